@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs everything ferry builds and tests with, from Debian's packages.
+# Idempotent: installs only what is missing. The CUDA 13 toolkit is expected at
+# /usr/local/cuda (present on every ferry machine).
+set -euo pipefail
+
+packages=(
+  cmake ninja-build g++ pkg-config
+  libasio-dev           # TCP transport (standalone Asio)
+  libcapnp-dev capnproto  # wire schema, compiled at build time
+  libabsl-dev           # containers, synchronization, time
+  libgtest-dev libgmock-dev  # unit and end-to-end tests
+  libbenchmark-dev      # bench/
+  libzstd-dev liblz4-dev  # compressed fatbin entries
+  rdma-core libibverbs-dev librdmacm-dev  # RDMA transport (later)
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install-deps: installing ${missing[*]}"
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [ ! -x /usr/local/cuda/bin/nvcc ] || [ ! -f /usr/local/cuda/include/cuda.h ]; then
+  echo "install-deps: the CUDA toolkit is missing at /usr/local/cuda (headers and nvcc are needed to build and test)" >&2
+  exit 1
+fi
