@@ -1,0 +1,204 @@
+#include "common/transport.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+namespace ferry {
+namespace {
+
+std::string ErrnoText(int err) { return std::strerror(err); }
+
+}  // namespace
+
+SocketTransport::SocketTransport(int fd, std::string peer_name)
+    : fd_(fd), peer_name_(std::move(peer_name)) {}
+
+SocketTransport::~SocketTransport() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+Status SocketTransport::Write(std::span<const ConstBuffer> buffers) {
+  // writev in rounds of at most IOV_MAX buffers, resuming after short writes.
+  constexpr size_t kMaxIov = 64;
+  size_t index = 0;
+  size_t offset = 0;  // into buffers[index]
+  while (index < buffers.size()) {
+    iovec iov[kMaxIov];
+    int count = 0;
+    for (size_t i = index; i < buffers.size() && count < static_cast<int>(kMaxIov); ++i) {
+      const size_t skip = (i == index) ? offset : 0;
+      if (buffers[i].size == skip) continue;
+      iov[count].iov_base = const_cast<char*>(static_cast<const char*>(buffers[i].data) + skip);
+      iov[count].iov_len = buffers[i].size - skip;
+      ++count;
+    }
+    if (count == 0) break;
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = count;
+    ssize_t n = ::sendmsg(fd_, &msg, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::Disconnected("write to " + peer_name_ + " failed: " + ErrnoText(errno));
+    }
+    size_t left = static_cast<size_t>(n);
+    while (index < buffers.size() && left > 0) {
+      const size_t available = buffers[index].size - offset;
+      if (left >= available) {
+        left -= available;
+        ++index;
+        offset = 0;
+      } else {
+        offset += left;
+        left = 0;
+      }
+    }
+    while (index < buffers.size() && buffers[index].size == offset) {
+      ++index;
+      offset = 0;
+    }
+  }
+  return Status::Ok();
+}
+
+Status SocketTransport::ReadExact(void* data, size_t size) {
+  auto* p = static_cast<char*>(data);
+  while (size > 0) {
+    ssize_t n = ::recv(fd_, p, size, 0);
+    if (n == 0) return Status::Disconnected("connection closed by " + peer_name_);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::Disconnected("read from " + peer_name_ + " failed: " + ErrnoText(errno));
+    }
+    p += n;
+    size -= static_cast<size_t>(n);
+  }
+  return Status::Ok();
+}
+
+void SocketTransport::Shutdown() { ::shutdown(fd_, SHUT_RDWR); }
+
+Status ParseHostPort(std::string_view address, std::string* host, uint16_t* port) {
+  std::string_view h, p;
+  if (!address.empty() && address.front() == '[') {
+    size_t close = address.find(']');
+    if (close == std::string_view::npos || close + 1 >= address.size() ||
+        address[close + 1] != ':') {
+      return Status::InvalidArgument("bad address '" + std::string(address) +
+                                     "': expected [v6-host]:port");
+    }
+    h = address.substr(1, close - 1);
+    p = address.substr(close + 2);
+  } else {
+    size_t colon = address.rfind(':');
+    if (colon == std::string_view::npos) {
+      return Status::InvalidArgument("bad address '" + std::string(address) +
+                                     "': expected host:port");
+    }
+    h = address.substr(0, colon);
+    p = address.substr(colon + 1);
+  }
+  if (h.empty() || p.empty() || p.size() > 5) {
+    return Status::InvalidArgument("bad address '" + std::string(address) +
+                                   "': expected host:port");
+  }
+  unsigned value = 0;
+  for (char c : p) {
+    if (c < '0' || c > '9') {
+      return Status::InvalidArgument("bad port in '" + std::string(address) + "'");
+    }
+    value = value * 10 + static_cast<unsigned>(c - '0');
+  }
+  if (value > 65535) return Status::InvalidArgument("bad port in '" + std::string(address) + "'");
+  *host = std::string(h);
+  *port = static_cast<uint16_t>(value);
+  return Status::Ok();
+}
+
+void TuneTcpSocket(int fd) {
+  int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  int buffer = 4 << 20;
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buffer, sizeof(buffer));
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer, sizeof(buffer));
+}
+
+Status ConnectTcp(std::string_view address, std::chrono::milliseconds timeout,
+                  std::unique_ptr<Transport>* out) {
+  std::string host;
+  uint16_t port = 0;
+  FERRY_RETURN_IF_ERROR(ParseHostPort(address, &host, &port));
+  const std::string name(address);
+
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* results = nullptr;
+  int rc = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &results);
+  if (rc != 0) {
+    return Status::Disconnected("cannot resolve server " + name + ": " + gai_strerror(rc));
+  }
+  std::string last_error = "no address";
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (addrinfo* ai = results; ai != nullptr; ai = ai->ai_next) {
+    int fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
+                      ai->ai_protocol);
+    if (fd < 0) {
+      last_error = ErrnoText(errno);
+      continue;
+    }
+    rc = ::connect(fd, ai->ai_addr, ai->ai_addrlen);
+    if (rc != 0 && errno == EINPROGRESS) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      pollfd pfd{fd, POLLOUT, 0};
+      int ready = left.count() > 0 ? ::poll(&pfd, 1, static_cast<int>(left.count())) : 0;
+      if (ready <= 0) {
+        last_error = "timed out after " + std::to_string(timeout.count()) + " ms";
+        ::close(fd);
+        continue;
+      }
+      int err = 0;
+      socklen_t len = sizeof(err);
+      ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+      rc = err == 0 ? 0 : -1;
+      errno = err;
+    }
+    if (rc != 0) {
+      last_error = ErrnoText(errno);
+      ::close(fd);
+      continue;
+    }
+    // Back to blocking mode: reader and writer threads block on the socket.
+    ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    TuneTcpSocket(fd);
+    ::freeaddrinfo(results);
+    *out = std::make_unique<SocketTransport>(fd, name);
+    return Status::Ok();
+  }
+  ::freeaddrinfo(results);
+  return Status::Disconnected("cannot connect to server " + name + ": " + last_error);
+}
+
+Status MakeTransportPair(std::unique_ptr<Transport>* a, std::unique_ptr<Transport>* b) {
+  int fds[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) {
+    return Status::Internal("socketpair failed: " + ErrnoText(errno));
+  }
+  *a = std::make_unique<SocketTransport>(fds[0], "pair:a");
+  *b = std::make_unique<SocketTransport>(fds[1], "pair:b");
+  return Status::Ok();
+}
+
+}  // namespace ferry

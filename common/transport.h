@@ -1,0 +1,75 @@
+// Transport: a reliable, ordered byte stream between a client and ferryd.
+//
+// Implementations: TCP (SocketTransport over a connected socket; AF_UNIX
+// socketpairs give an in-process pair for tests). Shared memory and RDMA come
+// later behind the same interface.
+//
+// Thread-safety: one reader and one writer may use a Transport at once (the
+// caller serialises writers among themselves and readers among themselves).
+// Shutdown may be called from any thread at any time; it makes blocked and
+// later reads and writes fail with Disconnected.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include "common/status.h"
+
+namespace ferry {
+
+struct ConstBuffer {
+  const void* data;
+  size_t size;
+};
+
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  // Writes every byte of every buffer, in order.
+  virtual Status Write(std::span<const ConstBuffer> buffers) = 0;
+  // Reads exactly `size` bytes into `data`.
+  virtual Status ReadExact(void* data, size_t size) = 0;
+  virtual void Shutdown() = 0;
+  // "127.0.0.1:40112" — for logs and ferryctl.
+  virtual const std::string& PeerName() const = 0;
+};
+
+// Owns a connected stream socket `fd`.
+class SocketTransport final : public Transport {
+ public:
+  SocketTransport(int fd, std::string peer_name);
+  ~SocketTransport() override;
+  SocketTransport(const SocketTransport&) = delete;
+  SocketTransport& operator=(const SocketTransport&) = delete;
+
+  Status Write(std::span<const ConstBuffer> buffers) override;
+  Status ReadExact(void* data, size_t size) override;
+  void Shutdown() override;
+  const std::string& PeerName() const override { return peer_name_; }
+
+ private:
+  int fd_;
+  std::string peer_name_;
+};
+
+// Splits "host:port" ("[::1]:7070" for IPv6). Port 0 is allowed.
+Status ParseHostPort(std::string_view address, std::string* host, uint16_t* port);
+
+// Connects over TCP with TCP_NODELAY and large buffers; gives up after
+// `timeout` with Disconnected naming the address and the reason.
+Status ConnectTcp(std::string_view address, std::chrono::milliseconds timeout,
+                  std::unique_ptr<Transport>* out);
+
+// Tunes an accepted or connected TCP socket the way ferry wants it.
+void TuneTcpSocket(int fd);
+
+// Two connected in-process transports (AF_UNIX socketpair), for tests.
+Status MakeTransportPair(std::unique_ptr<Transport>* a, std::unique_ptr<Transport>* b);
+
+}  // namespace ferry
