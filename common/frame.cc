@@ -27,31 +27,39 @@ capnp::ReaderOptions PeerReaderOptions() {
   return options;
 }
 
-Status ReadFrame(Transport& transport, Frame* frame) {
+Status ReadFrameHead(Transport& transport, wire::FrameKind* kind, kj::Array<capnp::word>* words,
+                     uint64_t* bulk_bytes) {
   uint8_t header[kFrameHeaderBytes];
   FERRY_RETURN_IF_ERROR(transport.ReadExact(header, sizeof(header)));
   const uint32_t magic = GetU32(header);
-  const uint16_t kind = GetU16(header + 4);
+  const uint16_t raw_kind = GetU16(header + 4);
   const uint32_t message_bytes = GetU32(header + 8);
-  const uint64_t bulk_bytes = GetU64(header + 16);
+  const uint64_t bulk = GetU64(header + 16);
   if (magic != wire::FRAME_MAGIC) {
     return Status::Malformed("bad frame magic from " + transport.PeerName());
   }
-  if (kind == 0 || kind > static_cast<uint16_t>(wire::FrameKind::CONTROL_REPLY)) {
-    return Status::Malformed("unknown frame kind " + std::to_string(kind) + " from " +
+  if (raw_kind == 0 || raw_kind > static_cast<uint16_t>(wire::FrameKind::CONTROL_REPLY)) {
+    return Status::Malformed("unknown frame kind " + std::to_string(raw_kind) + " from " +
                              transport.PeerName());
   }
   if (message_bytes == 0 || message_bytes > kMaxMessageBytes || message_bytes % 8 != 0) {
     return Status::Malformed("bad message size " + std::to_string(message_bytes) + " from " +
                              transport.PeerName());
   }
-  if (bulk_bytes > kMaxBulkBytes) {
-    return Status::Malformed("bulk payload of " + std::to_string(bulk_bytes) +
+  if (bulk > kMaxBulkBytes) {
+    return Status::Malformed("bulk payload of " + std::to_string(bulk) +
                              " bytes exceeds the limit, from " + transport.PeerName());
   }
-  frame->kind = static_cast<wire::FrameKind>(kind);
-  frame->words = kj::heapArray<capnp::word>(message_bytes / sizeof(capnp::word));
-  FERRY_RETURN_IF_ERROR(transport.ReadExact(frame->words.begin(), message_bytes));
+  *kind = static_cast<wire::FrameKind>(raw_kind);
+  *words = kj::heapArray<capnp::word>(message_bytes / sizeof(capnp::word));
+  FERRY_RETURN_IF_ERROR(transport.ReadExact(words->begin(), message_bytes));
+  *bulk_bytes = bulk;
+  return Status::Ok();
+}
+
+Status ReadFrame(Transport& transport, Frame* frame) {
+  uint64_t bulk_bytes = 0;
+  FERRY_RETURN_IF_ERROR(ReadFrameHead(transport, &frame->kind, &frame->words, &bulk_bytes));
   frame->bulk.size = bulk_bytes;
   frame->bulk.data.reset();
   if (bulk_bytes > 0) {

@@ -40,6 +40,12 @@ struct Frame {
 
 Status ReadFrame(Transport& transport, Frame* frame);
 
+// The first part of ReadFrame: the header and the message, validated, without
+// the bulk payload — for a reader that places the bulk bytes itself (straight
+// into their final buffer). `*bulk_bytes` of payload follow on the transport.
+Status ReadFrameHead(Transport& transport, wire::FrameKind* kind, kj::Array<capnp::word>* words,
+                     uint64_t* bulk_bytes);
+
 // Sends `message` and the bulk buffers as one frame (one gathered write).
 Status WriteFrame(Transport& transport, wire::FrameKind kind, capnp::MessageBuilder& message,
                   std::span<const ConstBuffer> bulk = {});

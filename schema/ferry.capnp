@@ -13,7 +13,10 @@
 # session receives every device's description once (HelloReply.devices):
 # values that cannot change are never asked again.
 #
-# Calls: the client sends CallBatch frames. Each Call carries a sequence number
+# Calls: the client sends callBatch frames. The message part of such a frame is
+# one or more Call messages back to back, each in the standard stream framing
+# (so a client serialises each call as it is issued and a batch is just their
+# concatenation). Each Call carries a sequence number
 # (seq) that increases by one per call in the order the client issued it,
 # across all of its threads; the server executes a session's calls in exactly
 # that order. A call's bulk bytes are the next `bulkBytes` bytes of the frame's
@@ -110,10 +113,6 @@ struct Global {
 enum MemoryKind {
   device @0;
   host @1;    # bytes travel as bulk: packed rows for 2D copies
-}
-
-struct CallBatch {
-  calls @0 :List(Call);
 }
 
 struct Call {
@@ -300,6 +299,7 @@ struct Reply {
     elapsedMs @8 :Float32;    # eventElapsedTime
   }
   # memcpyDtoH / memcpy2D to host: the bytes are the reply's bulk payload.
+  latchedFromSeq @9 :UInt64;  # nonzero: status is the latched error of that earlier call
 }
 
 struct MemAllocResult {

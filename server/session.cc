@@ -144,10 +144,11 @@ Status Session::ExecuteBatch(const Frame& frame) {
   // kj reports a message that breaks its own rules (bad pointers, traversal
   // limit) as an exception; none may escape into the server.
   try {
-    capnp::FlatArrayMessageReader reader(frame.words, PeerReaderOptions());
-    auto calls = reader.getRoot<wire::CallBatch>().getCalls();
+    kj::ArrayPtr<const capnp::word> rest = frame.words.asPtr();
     uint64_t offset = 0;
-    for (auto call : calls) {
+    while (rest.size() > 0) {
+      capnp::FlatArrayMessageReader reader(rest, PeerReaderOptions());
+      auto call = reader.getRoot<wire::Call>();
       const uint64_t bytes = call.getBulkBytes();
       if (bytes > frame.bulk.size - offset) {
         return Status::Malformed("call " + std::to_string(call.getSeq()) + " claims " +
@@ -162,6 +163,11 @@ Status Session::ExecuteBatch(const Frame& frame) {
       }
       Execute(call, std::move(bulk));
       offset += bytes;
+      rest = kj::arrayPtr(reader.getEnd(), rest.end());
+    }
+    if (offset != frame.bulk.size) {
+      return Status::Malformed("frame carried " + std::to_string(frame.bulk.size - offset) +
+                               " bulk bytes that no call claimed");
     }
   } catch (const kj::Exception& e) {
     return Status::Malformed(std::string("bad message: ") + e.getDescription().cStr());
@@ -178,9 +184,10 @@ void Session::Execute(wire::Call::Reader call, backend::HostBytes bulk) {
 
   if (cx.wants_reply && !latched_error_.ok()) {
     // The error of an earlier fire-and-forget call is this call's answer.
-    Status latched = latched_error_;
+    StatusToWire(latched_error_, cx.reply.initStatus());
+    cx.reply.setLatchedFromSeq(latched_seq_);
     latched_error_ = Status::Ok();
-    SendReply(cx.seq, latched);
+    SendReplyMessage(cx.message, {});
     return;
   }
   Status status = Dispatch(call, cx);

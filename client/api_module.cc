@@ -1,0 +1,407 @@
+// Entry points: modules, functions and kernel launches.
+//
+// A module image is sent whole (its length found by ferry::image) and the
+// server answers with every kernel's parameter layout, so cuModuleGetFunction
+// is answered locally (and registered with the server without a round trip)
+// and a launch packs `kernelParams` into one buffer laid out as the kernel
+// expects — the same layout CU_LAUNCH_PARAM_BUFFER_POINTER uses.
+#include <cuda.h>
+
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <mutex>
+#include <set>
+#include <vector>
+
+#include "client/cuda_result.h"
+#include "client/runtime.h"
+#include "image/module_image.h"
+
+using ferry::Status;
+using ferry::client::Api;
+using ferry::client::FunctionState;
+using ferry::client::ModuleState;
+using ferry::client::OutBytes;
+using ferry::client::Runtime;
+using ferry::client::StreamTarget;
+namespace wire = ferry::wire;
+
+namespace {
+
+Status LoadModule(CUmodule* module, std::span<const uint8_t> image) {
+  Runtime& rt = Runtime::Get();
+  if (module == nullptr) return Status::InvalidArgument("module is NULL");
+  uint64_t ctx = 0;
+  FERRY_RETURN_IF_ERROR(rt.CurrentContext(&ctx));
+  const uint64_t id = rt.NewId(ferry::client::HandleKind::kModule);
+  ModuleState state;
+  state.ctx = ctx;
+  FERRY_RETURN_IF_ERROR(rt.connection().Call(
+      [&](wire::Call::Builder call) {
+        auto args = call.initModuleLoad();
+        args.setCtx(ctx);
+        args.setModule(id);
+      },
+      OutBytes{image.data(), image.size()}, {},
+      [&](wire::Reply::Reader reply) {
+        for (auto kernel : reply.getModuleLoad().getKernels()) {
+          ferry::client::KernelInfo info;
+          for (auto p : kernel.getParams()) {
+            info.params.push_back({p.getOffset(), p.getSize()});
+            info.param_bytes = std::max<uint64_t>(info.param_bytes, uint64_t{p.getOffset()} + p.getSize());
+          }
+          state.kernels[kernel.getName().cStr()] = std::move(info);
+        }
+        for (auto global : reply.getModuleLoad().getGlobals()) {
+          state.globals[global.getName().cStr()] = global.getSize();
+        }
+        return Status::Ok();
+      }));
+  rt.AddModule(id, std::move(state));
+  *module = Runtime::ToHandle<CUmodule>(id);
+  return Status::Ok();
+}
+
+Status LoadModuleFromMemory(CUmodule* module, const void* image) {
+  if (image == nullptr) return Status::InvalidArgument("image is NULL");
+  FERRY_RETURN_IF_ERROR(Runtime::Get().Ready());
+  std::span<const uint8_t> bytes;
+  FERRY_RETURN_IF_ERROR(ferry::image::ResolveImage(image, &bytes));
+  return LoadModule(module, bytes);
+}
+
+Status LoadModuleFromFile(CUmodule* module, const char* path) {
+  if (path == nullptr) return Status::InvalidArgument("fname is NULL");
+  FERRY_RETURN_IF_ERROR(Runtime::Get().Ready());
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Status::Cuda(CUDA_ERROR_FILE_NOT_FOUND, std::string("cannot open ") + path);
+  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ferry::image::ImageKind kind;
+  FERRY_RETURN_IF_ERROR(ferry::image::ClassifyImage(bytes, &kind));
+  if (kind == ferry::image::ImageKind::kPtx && (bytes.empty() || bytes.back() != 0)) bytes.push_back(0);
+  return LoadModule(module, bytes);
+}
+
+Status FunctionOf(CUfunction f, FunctionState* out) {
+  FERRY_RETURN_IF_ERROR(Runtime::Get().Ready());
+  if (f == nullptr) return Status::InvalidHandle("function is NULL");
+  return Runtime::Get().FindFunction(Runtime::HandleId(f), out);
+}
+
+// Packs the launch parameters into the kernel's parameter buffer layout.
+Status PackParams(const FunctionState& function, void** kernel_params, void** extra,
+                  std::vector<uint8_t>* buffer) {
+  const auto& kernel = function.kernel;
+  if (kernel_params != nullptr) {
+    buffer->assign(kernel.param_bytes, 0);
+    for (size_t i = 0; i < kernel.params.size(); ++i) {
+      if (kernel_params[i] == nullptr) {
+        return Status::InvalidArgument("kernelParams[" + std::to_string(i) + "] of " + function.name +
+                                       " is NULL");
+      }
+      std::memcpy(buffer->data() + kernel.params[i].offset, kernel_params[i], kernel.params[i].size);
+    }
+    return Status::Ok();
+  }
+  if (extra != nullptr) {
+    const void* pointer = nullptr;
+    size_t size = 0;
+    bool have_size = false;
+    for (size_t i = 0; extra[i] != CU_LAUNCH_PARAM_END; i += 2) {
+      if (extra[i] == CU_LAUNCH_PARAM_BUFFER_POINTER) {
+        pointer = extra[i + 1];
+      } else if (extra[i] == CU_LAUNCH_PARAM_BUFFER_SIZE) {
+        if (extra[i + 1] == nullptr) return Status::InvalidArgument("CU_LAUNCH_PARAM_BUFFER_SIZE is NULL");
+        size = *static_cast<const size_t*>(extra[i + 1]);
+        have_size = true;
+      } else {
+        return Status::InvalidArgument("unknown entry in the launch's extra array");
+      }
+    }
+    if (pointer == nullptr || !have_size) {
+      return Status::InvalidArgument("extra needs CU_LAUNCH_PARAM_BUFFER_POINTER and _SIZE");
+    }
+    if (size < kernel.param_bytes) {
+      return Status::InvalidArgument("the parameter buffer holds " + std::to_string(size) + " bytes; " +
+                                     function.name + " takes " + std::to_string(kernel.param_bytes));
+    }
+    const auto* p = static_cast<const uint8_t*>(pointer);
+    buffer->assign(p, p + size);
+    return Status::Ok();
+  }
+  if (kernel.param_bytes != 0) {
+    return Status::InvalidArgument(function.name + " takes parameters; kernelParams and extra are NULL");
+  }
+  buffer->clear();
+  return Status::Ok();
+}
+
+Status Launch(CUfunction f, const std::array<unsigned, 3>& grid, const std::array<unsigned, 3>& block,
+              unsigned shared_bytes, CUstream stream, void** kernel_params, void** extra,
+              const std::array<unsigned, 3>& cluster, bool per_thread) {
+  Runtime& rt = Runtime::Get();
+  FunctionState function;
+  FERRY_RETURN_IF_ERROR(FunctionOf(f, &function));
+  StreamTarget target;
+  FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
+  for (int i = 0; i < 3; ++i) {
+    if (grid[i] == 0 || block[i] == 0) return Status::InvalidArgument("a grid or block dimension is 0");
+  }
+  thread_local std::vector<uint8_t> params;
+  FERRY_RETURN_IF_ERROR(PackParams(function, kernel_params, extra, &params));
+  const uint64_t function_id = Runtime::HandleId(f);
+  return rt.connection().Post(
+      [&](wire::Call::Builder call) {
+        auto args = call.initLaunch();
+        args.setCtx(target.ctx);
+        args.setStream(target.stream);
+        args.setFunction(function_id);
+        args.setGridX(grid[0]);
+        args.setGridY(grid[1]);
+        args.setGridZ(grid[2]);
+        args.setBlockX(block[0]);
+        args.setBlockY(block[1]);
+        args.setBlockZ(block[2]);
+        args.setSharedBytes(shared_bytes);
+        args.setClusterX(cluster[0]);
+        args.setClusterY(cluster[1]);
+        args.setClusterZ(cluster[2]);
+      },
+      OutBytes{params.data(), params.size()});
+}
+
+Status LaunchEx(const CUlaunchConfig* config, CUfunction f, void** kernel_params, void** extra,
+                bool per_thread) {
+  if (config == nullptr) return Status::InvalidArgument("config is NULL");
+  std::array<unsigned, 3> cluster{0, 0, 0};
+  for (unsigned i = 0; i < config->numAttrs; ++i) {
+    const CUlaunchAttribute& a = config->attrs[i];
+    switch (a.id) {
+      case CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION:
+        cluster = {a.value.clusterDim.x, a.value.clusterDim.y, a.value.clusterDim.z};
+        break;
+      case CU_LAUNCH_ATTRIBUTE_PRIORITY:  // a scheduling hint
+        break;
+      case CU_LAUNCH_ATTRIBUTE_COOPERATIVE:
+        if (a.value.cooperative != 0) {
+          return Status::Unimplemented("cooperative launches are not supported by ferry yet");
+        }
+        break;
+      case CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION:
+        // Allowing overlap is an optimisation; running serialised is correct.
+        break;
+      default:
+        return Status::Unimplemented("launch attribute " + std::to_string(a.id) +
+                                     " is not supported by ferry yet");
+    }
+  }
+  return Launch(f, {config->gridDimX, config->gridDimY, config->gridDimZ},
+                {config->blockDimX, config->blockDimY, config->blockDimZ}, config->sharedMemBytes,
+                config->hStream, kernel_params, extra, cluster, per_thread);
+}
+
+}  // namespace
+
+extern "C" {
+
+CUresult CUDAAPI cuModuleLoad(CUmodule* module, const char* fname) {
+  return Api([&] { return LoadModuleFromFile(module, fname); });
+}
+
+CUresult CUDAAPI cuModuleLoadData(CUmodule* module, const void* image) {
+  return Api([&] { return LoadModuleFromMemory(module, image); });
+}
+
+CUresult CUDAAPI cuModuleLoadDataEx(CUmodule* module, const void* image, unsigned int numOptions,
+                                    CUjit_option* options, void** optionValues) {
+  // JIT options tune compilation on the server's driver; ferry loads the image
+  // as given. Output options (logs) are left untouched: nothing was logged here.
+  return Api([&] { return LoadModuleFromMemory(module, image); });
+}
+
+CUresult CUDAAPI cuModuleLoadFatBinary(CUmodule* module, const void* fatCubin) {
+  return Api([&] { return LoadModuleFromMemory(module, fatCubin); });
+}
+
+CUresult CUDAAPI cuModuleUnload(CUmodule hmod) {
+  return Api([&]() -> Status {
+    Runtime& rt = Runtime::Get();
+    FERRY_RETURN_IF_ERROR(rt.Ready());
+    const uint64_t id = Runtime::HandleId(hmod);
+    FERRY_RETURN_IF_ERROR(rt.RemoveModule(id));
+    return rt.connection().Post([&](wire::Call::Builder call) { call.initModuleUnload().setModule(id); });
+  });
+}
+
+CUresult CUDAAPI cuModuleGetFunction(CUfunction* hfunc, CUmodule hmod, const char* name) {
+  return Api([&]() -> Status {
+    Runtime& rt = Runtime::Get();
+    FERRY_RETURN_IF_ERROR(rt.Ready());
+    if (hfunc == nullptr || name == nullptr) return Status::InvalidArgument("NULL argument");
+    const uint64_t module = Runtime::HandleId(hmod);
+    ModuleState state;
+    FERRY_RETURN_IF_ERROR(rt.FindModule(module, &state));
+    uint64_t id = 0;
+    bool created = false;
+    FERRY_RETURN_IF_ERROR(rt.AddFunction(module, name, &id, &created));
+    if (created) {
+      FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
+        auto args = call.initModuleGetFunction();
+        args.setModule(module);
+        args.setFunction(id);
+        args.setName(name);
+      }));
+    }
+    *hfunc = Runtime::ToHandle<CUfunction>(id);
+    return Status::Ok();
+  });
+}
+
+CUresult CUDAAPI cuModuleGetGlobal_v2(CUdeviceptr* dptr, size_t* bytes, CUmodule hmod, const char* name) {
+  return Api([&]() -> Status {
+    Runtime& rt = Runtime::Get();
+    FERRY_RETURN_IF_ERROR(rt.Ready());
+    if (name == nullptr) return Status::InvalidArgument("name is NULL");
+    const uint64_t module = Runtime::HandleId(hmod);
+    ModuleState state;
+    FERRY_RETURN_IF_ERROR(rt.FindModule(module, &state));
+    uint64_t address = 0, size = 0;
+    FERRY_RETURN_IF_ERROR(rt.connection().Call(
+        [&](wire::Call::Builder call) {
+          auto args = call.initModuleGetGlobal();
+          args.setModule(module);
+          args.setName(name);
+        },
+        {}, {},
+        [&](wire::Reply::Reader reply) {
+          address = reply.getModuleGetGlobal().getDptr();
+          size = reply.getModuleGetGlobal().getBytes();
+          return Status::Ok();
+        }));
+    if (size > 0 && !rt.FindDeviceAllocation(address, nullptr, nullptr)) {
+      rt.AddDeviceAllocation(address, size, state.ctx, /*global=*/true);
+    }
+    if (dptr != nullptr) *dptr = address;
+    if (bytes != nullptr) *bytes = size;
+    return Status::Ok();
+  });
+}
+
+CUresult CUDAAPI cuFuncGetAttribute(int* pi, CUfunction_attribute attrib, CUfunction hfunc) {
+  return Api([&]() -> Status {
+    if (pi == nullptr) return Status::InvalidArgument("pi is NULL");
+    FunctionState function;
+    FERRY_RETURN_IF_ERROR(FunctionOf(hfunc, &function));
+    return Runtime::Get().connection().Call(
+        [&](wire::Call::Builder call) {
+          auto args = call.initFuncGetAttribute();
+          args.setFunction(Runtime::HandleId(hfunc));
+          args.setAttribute(attrib);
+        },
+        {}, {},
+        [&](wire::Reply::Reader reply) {
+          *pi = static_cast<int>(reply.getValue());
+          return Status::Ok();
+        });
+  });
+}
+
+CUresult CUDAAPI cuFuncSetAttribute(CUfunction hfunc, CUfunction_attribute attrib, int value) {
+  return Api([&]() -> Status {
+    FunctionState function;
+    FERRY_RETURN_IF_ERROR(FunctionOf(hfunc, &function));
+    return Runtime::Get().connection().Call([&](wire::Call::Builder call) {
+      auto args = call.initFuncSetAttribute();
+      args.setFunction(Runtime::HandleId(hfunc));
+      args.setAttribute(attrib);
+      args.setValue(value);
+    });
+  });
+}
+
+CUresult CUDAAPI cuFuncSetCacheConfig(CUfunction hfunc, CUfunc_cache config) {
+  return Api([&]() -> Status {
+    FunctionState function;
+    FERRY_RETURN_IF_ERROR(FunctionOf(hfunc, &function));
+    if (config < CU_FUNC_CACHE_PREFER_NONE || config > CU_FUNC_CACHE_PREFER_EQUAL) {
+      return Status::InvalidArgument("bad cache config");
+    }
+    return Runtime::Get().connection().Post([&](wire::Call::Builder call) {
+      auto args = call.initFuncSetCacheConfig();
+      args.setFunction(Runtime::HandleId(hfunc));
+      args.setConfig(config);
+    });
+  });
+}
+
+CUresult CUDAAPI cuFuncGetName(const char** name, CUfunction hfunc) {
+  return Api([&]() -> Status {
+    if (name == nullptr) return Status::InvalidArgument("name is NULL");
+    FunctionState function;
+    FERRY_RETURN_IF_ERROR(FunctionOf(hfunc, &function));
+    // Interned: the pointer stays valid for the life of the process.
+    static std::mutex mu;
+    static auto* names = new std::set<std::string>;
+    std::lock_guard<std::mutex> lock(mu);
+    *name = names->insert(function.name).first->c_str();
+    return Status::Ok();
+  });
+}
+
+CUresult CUDAAPI cuFuncGetModule(CUmodule* hmod, CUfunction hfunc) {
+  return Api([&]() -> Status {
+    if (hmod == nullptr) return Status::InvalidArgument("hmod is NULL");
+    FunctionState function;
+    FERRY_RETURN_IF_ERROR(FunctionOf(hfunc, &function));
+    *hmod = Runtime::ToHandle<CUmodule>(function.module);
+    return Status::Ok();
+  });
+}
+
+CUresult CUDAAPI cuFuncGetParamInfo(CUfunction func, size_t paramIndex, size_t* paramOffset,
+                                    size_t* paramSize) {
+  return Api([&]() -> Status {
+    FunctionState function;
+    FERRY_RETURN_IF_ERROR(FunctionOf(func, &function));
+    if (paramIndex >= function.kernel.params.size()) {
+      return Status::InvalidArgument("parameter index out of range");
+    }
+    if (paramOffset != nullptr) *paramOffset = function.kernel.params[paramIndex].offset;
+    if (paramSize != nullptr) *paramSize = function.kernel.params[paramIndex].size;
+    return Status::Ok();
+  });
+}
+
+CUresult CUDAAPI cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned int gridDimY,
+                                unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY,
+                                unsigned int blockDimZ, unsigned int sharedMemBytes, CUstream hStream,
+                                void** kernelParams, void** extra) {
+  return Api([&] {
+    return Launch(f, {gridDimX, gridDimY, gridDimZ}, {blockDimX, blockDimY, blockDimZ}, sharedMemBytes,
+                  hStream, kernelParams, extra, {0, 0, 0}, false);
+  });
+}
+
+CUresult CUDAAPI cuLaunchKernel_ptsz(CUfunction f, unsigned int gridDimX, unsigned int gridDimY,
+                                     unsigned int gridDimZ, unsigned int blockDimX,
+                                     unsigned int blockDimY, unsigned int blockDimZ,
+                                     unsigned int sharedMemBytes, CUstream hStream,
+                                     void** kernelParams, void** extra) {
+  return Api([&] {
+    return Launch(f, {gridDimX, gridDimY, gridDimZ}, {blockDimX, blockDimY, blockDimZ}, sharedMemBytes,
+                  hStream, kernelParams, extra, {0, 0, 0}, true);
+  });
+}
+
+CUresult CUDAAPI cuLaunchKernelEx(const CUlaunchConfig* config, CUfunction f, void** kernelParams,
+                                  void** extra) {
+  return Api([&] { return LaunchEx(config, f, kernelParams, extra, false); });
+}
+
+CUresult CUDAAPI cuLaunchKernelEx_ptsz(const CUlaunchConfig* config, CUfunction f,
+                                       void** kernelParams, void** extra) {
+  return Api([&] { return LaunchEx(config, f, kernelParams, extra, true); });
+}
+
+}  // extern "C"

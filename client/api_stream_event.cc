@@ -1,0 +1,321 @@
+// Entry points: streams and events.
+// Creating and destroying is fire-and-forget (ids chosen here); queries and
+// synchronisation wait for the server, and synchronisation also waits until
+// every asynchronous device-to-host copy issued before it has landed.
+#include <cuda.h>
+
+#include "client/cuda_result.h"
+#include "client/runtime.h"
+
+using ferry::Status;
+using ferry::client::Api;
+using ferry::client::Runtime;
+using ferry::client::StreamTarget;
+namespace wire = ferry::wire;
+
+namespace {
+
+Status CreateStream(CUstream* out, unsigned flags, int priority) {
+  Runtime& rt = Runtime::Get();
+  if (out == nullptr) return Status::InvalidArgument("phStream is NULL");
+  if ((flags & ~static_cast<unsigned>(CU_STREAM_NON_BLOCKING)) != 0) {
+    return Status::InvalidArgument("unknown stream flags");
+  }
+  uint64_t ctx = 0;
+  FERRY_RETURN_IF_ERROR(rt.CurrentContext(&ctx));
+  // Priorities outside [greatest, least] are clamped, as CUDA does.
+  priority = std::min(0, std::max(-5, priority));
+  uint64_t id = 0;
+  FERRY_RETURN_IF_ERROR(rt.AddStream(ctx, flags, priority, &id));
+  FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
+    auto args = call.initStreamCreate();
+    args.setCtx(ctx);
+    args.setStream(id);
+    args.setFlags(flags);
+    args.setPriority(priority);
+  }));
+  *out = Runtime::ToHandle<CUstream>(id);
+  return Status::Ok();
+}
+
+Status SynchronizeStream(CUstream stream, bool per_thread) {
+  Runtime& rt = Runtime::Get();
+  StreamTarget target;
+  FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
+  uint64_t seq = 0;
+  FERRY_RETURN_IF_ERROR(rt.connection().Call(
+      [&](wire::Call::Builder call) {
+        auto args = call.initStreamSynchronize();
+        args.setCtx(target.ctx);
+        args.setStream(target.stream);
+      },
+      {}, {}, nullptr, &seq));
+  return rt.AfterSynchronize(seq);
+}
+
+Status QueryStream(CUstream stream, bool per_thread) {
+  Runtime& rt = Runtime::Get();
+  StreamTarget target;
+  FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
+  return rt.connection().Call([&](wire::Call::Builder call) {
+    auto args = call.initStreamQuery();
+    args.setCtx(target.ctx);
+    args.setStream(target.stream);
+  });
+}
+
+Status StreamWaitEvent(CUstream stream, CUevent event, unsigned flags, bool per_thread) {
+  Runtime& rt = Runtime::Get();
+  StreamTarget target;
+  FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
+  ferry::client::EventState state;
+  FERRY_RETURN_IF_ERROR(rt.FindEvent(Runtime::HandleId(event), &state));
+  if (flags != CU_EVENT_WAIT_DEFAULT) return Status::InvalidArgument("unknown wait flags");
+  return rt.connection().Post([&](wire::Call::Builder call) {
+    auto args = call.initStreamWaitEvent();
+    args.setCtx(target.ctx);
+    args.setStream(target.stream);
+    args.setEvent(Runtime::HandleId(event));
+  });
+}
+
+Status RecordEvent(CUevent event, CUstream stream, unsigned flags, bool per_thread) {
+  Runtime& rt = Runtime::Get();
+  FERRY_RETURN_IF_ERROR(rt.Ready());
+  ferry::client::EventState state;
+  FERRY_RETURN_IF_ERROR(rt.FindEvent(Runtime::HandleId(event), &state));
+  if (flags != CU_EVENT_RECORD_DEFAULT) {
+    return Status::Unimplemented("cuEventRecordWithFlags: external events are not supported by ferry");
+  }
+  StreamTarget target;
+  FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
+  return rt.connection().Post([&](wire::Call::Builder call) {
+    auto args = call.initEventRecord();
+    args.setCtx(target.ctx);
+    args.setStream(target.stream);
+    args.setEvent(Runtime::HandleId(event));
+  });
+}
+
+Status StreamOf(CUstream stream, ferry::client::StreamState* state) {
+  FERRY_RETURN_IF_ERROR(Runtime::Get().Ready());
+  const uint64_t id = Runtime::HandleId(stream);
+  if (id == 0 || stream == CU_STREAM_LEGACY || stream == CU_STREAM_PER_THREAD) {
+    uint64_t ctx = 0;
+    FERRY_RETURN_IF_ERROR(Runtime::Get().CurrentContext(&ctx));
+    *state = ferry::client::StreamState{ctx, 0, 0};
+    return Status::Ok();
+  }
+  return Runtime::Get().FindStream(id, state);
+}
+
+}  // namespace
+
+extern "C" {
+
+CUresult CUDAAPI cuStreamCreate(CUstream* phStream, unsigned int Flags) {
+  return Api([&] { return CreateStream(phStream, Flags, 0); });
+}
+
+CUresult CUDAAPI cuStreamCreateWithPriority(CUstream* phStream, unsigned int flags, int priority) {
+  return Api([&] { return CreateStream(phStream, flags, priority); });
+}
+
+CUresult CUDAAPI cuStreamDestroy_v2(CUstream hStream) {
+  return Api([&]() -> Status {
+    Runtime& rt = Runtime::Get();
+    FERRY_RETURN_IF_ERROR(rt.Ready());
+    const uint64_t id = Runtime::HandleId(hStream);
+    FERRY_RETURN_IF_ERROR(rt.RemoveStream(id, nullptr));
+    return rt.connection().Post([&](wire::Call::Builder call) {
+      auto args = call.initStreamDestroy();
+      args.setStream(id);
+    });
+  });
+}
+
+CUresult CUDAAPI cuStreamSynchronize(CUstream hStream) {
+  return Api([&] { return SynchronizeStream(hStream, false); });
+}
+CUresult CUDAAPI cuStreamSynchronize_ptsz(CUstream hStream) {
+  return Api([&] { return SynchronizeStream(hStream, true); });
+}
+
+CUresult CUDAAPI cuStreamQuery(CUstream hStream) {
+  return Api([&] { return QueryStream(hStream, false); });
+}
+CUresult CUDAAPI cuStreamQuery_ptsz(CUstream hStream) {
+  return Api([&] { return QueryStream(hStream, true); });
+}
+
+CUresult CUDAAPI cuStreamWaitEvent(CUstream hStream, CUevent hEvent, unsigned int Flags) {
+  return Api([&] { return StreamWaitEvent(hStream, hEvent, Flags, false); });
+}
+CUresult CUDAAPI cuStreamWaitEvent_ptsz(CUstream hStream, CUevent hEvent, unsigned int Flags) {
+  return Api([&] { return StreamWaitEvent(hStream, hEvent, Flags, true); });
+}
+
+CUresult CUDAAPI cuStreamGetPriority(CUstream hStream, int* priority) {
+  return Api([&]() -> Status {
+    if (priority == nullptr) return Status::InvalidArgument("priority is NULL");
+    ferry::client::StreamState state;
+    FERRY_RETURN_IF_ERROR(StreamOf(hStream, &state));
+    *priority = state.priority;
+    return Status::Ok();
+  });
+}
+CUresult CUDAAPI cuStreamGetPriority_ptsz(CUstream hStream, int* priority) {
+  return cuStreamGetPriority(hStream, priority);
+}
+
+CUresult CUDAAPI cuStreamGetFlags(CUstream hStream, unsigned int* flags) {
+  return Api([&]() -> Status {
+    if (flags == nullptr) return Status::InvalidArgument("flags is NULL");
+    ferry::client::StreamState state;
+    FERRY_RETURN_IF_ERROR(StreamOf(hStream, &state));
+    *flags = state.flags;
+    return Status::Ok();
+  });
+}
+CUresult CUDAAPI cuStreamGetFlags_ptsz(CUstream hStream, unsigned int* flags) {
+  return cuStreamGetFlags(hStream, flags);
+}
+
+CUresult CUDAAPI cuStreamGetCtx(CUstream hStream, CUcontext* pctx) {
+  return Api([&]() -> Status {
+    if (pctx == nullptr) return Status::InvalidArgument("pctx is NULL");
+    ferry::client::StreamState state;
+    FERRY_RETURN_IF_ERROR(StreamOf(hStream, &state));
+    *pctx = Runtime::ToHandle<CUcontext>(state.ctx);
+    return Status::Ok();
+  });
+}
+CUresult CUDAAPI cuStreamGetCtx_ptsz(CUstream hStream, CUcontext* pctx) { return cuStreamGetCtx(hStream, pctx); }
+
+CUresult CUDAAPI cuStreamGetId(CUstream hStream, unsigned long long* streamId) {
+  return Api([&]() -> Status {
+    if (streamId == nullptr) return Status::InvalidArgument("streamId is NULL");
+    ferry::client::StreamState state;
+    FERRY_RETURN_IF_ERROR(StreamOf(hStream, &state));
+    *streamId = Runtime::HandleId(hStream) & 0xffffffffffffull;
+    return Status::Ok();
+  });
+}
+CUresult CUDAAPI cuStreamGetId_ptsz(CUstream hStream, unsigned long long* streamId) {
+  return cuStreamGetId(hStream, streamId);
+}
+
+CUresult CUDAAPI cuStreamGetDevice(CUstream hStream, CUdevice* device) {
+  return Api([&]() -> Status {
+    if (device == nullptr) return Status::InvalidArgument("device is NULL");
+    ferry::client::StreamState state;
+    FERRY_RETURN_IF_ERROR(StreamOf(hStream, &state));
+    int d = 0;
+    FERRY_RETURN_IF_ERROR(Runtime::Get().ContextDevice(state.ctx, &d));
+    *device = d;
+    return Status::Ok();
+  });
+}
+CUresult CUDAAPI cuStreamGetDevice_ptsz(CUstream hStream, CUdevice* device) {
+  return cuStreamGetDevice(hStream, device);
+}
+
+CUresult CUDAAPI cuEventCreate(CUevent* phEvent, unsigned int Flags) {
+  return Api([&]() -> Status {
+    Runtime& rt = Runtime::Get();
+    if (phEvent == nullptr) return Status::InvalidArgument("phEvent is NULL");
+    constexpr unsigned kKnown = CU_EVENT_BLOCKING_SYNC | CU_EVENT_DISABLE_TIMING | CU_EVENT_INTERPROCESS;
+    if ((Flags & ~kKnown) != 0) return Status::InvalidArgument("unknown event flags");
+    if (Flags & CU_EVENT_INTERPROCESS) {
+      return Status::Unimplemented("interprocess events are not supported by ferry");
+    }
+    uint64_t ctx = 0;
+    FERRY_RETURN_IF_ERROR(rt.CurrentContext(&ctx));
+    uint64_t id = 0;
+    FERRY_RETURN_IF_ERROR(rt.AddEvent(ctx, Flags, &id));
+    FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
+      auto args = call.initEventCreate();
+      args.setCtx(ctx);
+      args.setEvent(id);
+      args.setFlags(Flags);
+    }));
+    *phEvent = Runtime::ToHandle<CUevent>(id);
+    return Status::Ok();
+  });
+}
+
+CUresult CUDAAPI cuEventRecord(CUevent hEvent, CUstream hStream) {
+  return Api([&] { return RecordEvent(hEvent, hStream, CU_EVENT_RECORD_DEFAULT, false); });
+}
+CUresult CUDAAPI cuEventRecord_ptsz(CUevent hEvent, CUstream hStream) {
+  return Api([&] { return RecordEvent(hEvent, hStream, CU_EVENT_RECORD_DEFAULT, true); });
+}
+CUresult CUDAAPI cuEventRecordWithFlags(CUevent hEvent, CUstream hStream, unsigned int flags) {
+  return Api([&] { return RecordEvent(hEvent, hStream, flags, false); });
+}
+CUresult CUDAAPI cuEventRecordWithFlags_ptsz(CUevent hEvent, CUstream hStream, unsigned int flags) {
+  return Api([&] { return RecordEvent(hEvent, hStream, flags, true); });
+}
+
+CUresult CUDAAPI cuEventQuery(CUevent hEvent) {
+  return Api([&]() -> Status {
+    Runtime& rt = Runtime::Get();
+    FERRY_RETURN_IF_ERROR(rt.Ready());
+    ferry::client::EventState state;
+    FERRY_RETURN_IF_ERROR(rt.FindEvent(Runtime::HandleId(hEvent), &state));
+    return rt.connection().Call(
+        [&](wire::Call::Builder call) { call.initEventQuery().setEvent(Runtime::HandleId(hEvent)); });
+  });
+}
+
+CUresult CUDAAPI cuEventSynchronize(CUevent hEvent) {
+  return Api([&]() -> Status {
+    Runtime& rt = Runtime::Get();
+    FERRY_RETURN_IF_ERROR(rt.Ready());
+    ferry::client::EventState state;
+    FERRY_RETURN_IF_ERROR(rt.FindEvent(Runtime::HandleId(hEvent), &state));
+    uint64_t seq = 0;
+    FERRY_RETURN_IF_ERROR(rt.connection().Call(
+        [&](wire::Call::Builder call) { call.initEventSynchronize().setEvent(Runtime::HandleId(hEvent)); },
+        {}, {}, nullptr, &seq));
+    return rt.AfterSynchronize(seq);
+  });
+}
+
+CUresult CUDAAPI cuEventElapsedTime_v2(float* pMilliseconds, CUevent hStart, CUevent hEnd) {
+  return Api([&]() -> Status {
+    Runtime& rt = Runtime::Get();
+    if (pMilliseconds == nullptr) return Status::InvalidArgument("pMilliseconds is NULL");
+    FERRY_RETURN_IF_ERROR(rt.Ready());
+    ferry::client::EventState start, end;
+    FERRY_RETURN_IF_ERROR(rt.FindEvent(Runtime::HandleId(hStart), &start));
+    FERRY_RETURN_IF_ERROR(rt.FindEvent(Runtime::HandleId(hEnd), &end));
+    return rt.connection().Call(
+        [&](wire::Call::Builder call) {
+          auto args = call.initEventElapsedTime();
+          args.setStart(Runtime::HandleId(hStart));
+          args.setEnd(Runtime::HandleId(hEnd));
+        },
+        {}, {},
+        [&](wire::Reply::Reader reply) {
+          *pMilliseconds = reply.getElapsedMs();
+          return Status::Ok();
+        });
+  });
+}
+
+CUresult CUDAAPI cuEventElapsedTime(float* pMilliseconds, CUevent hStart, CUevent hEnd) {
+  return cuEventElapsedTime_v2(pMilliseconds, hStart, hEnd);
+}
+
+CUresult CUDAAPI cuEventDestroy_v2(CUevent hEvent) {
+  return Api([&]() -> Status {
+    Runtime& rt = Runtime::Get();
+    FERRY_RETURN_IF_ERROR(rt.Ready());
+    const uint64_t id = Runtime::HandleId(hEvent);
+    FERRY_RETURN_IF_ERROR(rt.RemoveEvent(id));
+    return rt.connection().Post([&](wire::Call::Builder call) { call.initEventDestroy().setEvent(id); });
+  });
+}
+
+}  // extern "C"

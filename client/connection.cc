@@ -1,0 +1,377 @@
+#include "client/connection.h"
+
+#include <capnp/serialize.h>
+#include <kj/exception.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+
+#include "common/frame.h"
+#include "common/log.h"
+
+namespace ferry::client {
+namespace {
+
+// Calls whose bulk is at most this many bytes are copied into the batch;
+// larger ones are written straight from the caller's memory.
+constexpr uint64_t kCopyIntoBatchLimit = 64 << 10;
+// A batch is sent once it holds this much.
+constexpr size_t kBatchWordsLimit = 32 << 10;
+constexpr size_t kBatchBulkLimit = 1 << 20;
+constexpr size_t kBatchCallsLimit = 1024;
+// How long the flusher lets posts accumulate before it sends them.
+constexpr auto kFlushDelay = std::chrono::microseconds(20);
+
+}  // namespace
+
+Status Connection::Open(std::unique_ptr<Transport> transport, std::string server_name,
+                        std::unique_ptr<Connection>* out,
+                        std::unique_ptr<capnp::MessageReader>* hello_reply,
+                        kj::Array<capnp::word>* hello_words) {
+  {
+    capnp::MallocMessageBuilder message;
+    auto hello = message.initRoot<wire::Hello>();
+    hello.setProtocolVersion(wire::PROTOCOL_VERSION);
+    hello.setRole(wire::Hello::Role::CLIENT);
+    hello.setPid(static_cast<uint32_t>(getpid()));
+    char host[256] = {};
+    gethostname(host, sizeof(host) - 1);
+    hello.setHost(host);
+    hello.setProgram(program_invocation_short_name);
+    FERRY_RETURN_IF_ERROR(WriteFrame(*transport, wire::FrameKind::HELLO, message));
+  }
+  Frame frame;
+  FERRY_RETURN_IF_ERROR(ReadFrame(*transport, &frame));
+  if (frame.kind != wire::FrameKind::HELLO_REPLY) {
+    return Status::Malformed("server " + server_name + " answered the handshake with frame kind " +
+                             std::to_string(static_cast<int>(frame.kind)));
+  }
+  *hello_words = std::move(frame.words);
+  try {
+    auto reader = std::make_unique<capnp::FlatArrayMessageReader>(*hello_words, PeerReaderOptions());
+    FERRY_RETURN_IF_ERROR(StatusFromWire(reader->getRoot<wire::HelloReply>().getStatus())
+                              .WithContext("server " + server_name + " refused the session"));
+    *hello_reply = std::move(reader);
+  } catch (const kj::Exception& e) {
+    return Status::Malformed("bad handshake reply from " + server_name + ": " +
+                             e.getDescription().cStr());
+  }
+  out->reset(new Connection(std::move(transport), std::move(server_name)));
+  return Status::Ok();
+}
+
+Connection::Connection(std::unique_ptr<Transport> transport, std::string server_name)
+    : server_name_(std::move(server_name)), transport_(std::move(transport)) {
+  batch_words_.reserve(4096);
+  reader_ = std::thread([this] { ReaderLoop(); });
+  flusher_ = std::thread([this] { FlusherLoop(); });
+}
+
+Connection::~Connection() {
+  {
+    std::lock_guard<std::mutex> lock(flush_mutex_);
+    stopping_ = true;
+  }
+  flush_cv_.notify_all();
+  transport_->Shutdown();
+  if (flusher_.joinable()) flusher_.join();
+  if (reader_.joinable()) reader_.join();
+}
+
+Status Connection::health() {
+  std::lock_guard<std::mutex> lock(reply_mutex_);
+  return broken_;
+}
+
+uint64_t Connection::NextSeq() {
+  std::lock_guard<std::mutex> lock(send_mutex_);
+  return next_seq_;
+}
+
+uint64_t Connection::AppendLocked(const Fill& fill, bool wants_reply, uint64_t bulk_bytes) {
+  // Small calls are built in a scratch segment on the stack: no allocation.
+  capnp::word scratch[64];
+  std::memset(scratch, 0, sizeof(scratch));
+  capnp::MallocMessageBuilder message(kj::arrayPtr(scratch, 64));
+  auto call = message.initRoot<wire::Call>();
+  fill(call);
+  const uint64_t seq = next_seq_++;
+  call.setSeq(seq);
+  call.setWantsReply(wants_reply);
+  call.setBulkBytes(bulk_bytes);
+
+  auto segments = message.getSegmentsForOutput();
+  const size_t table_words = (segments.size() + 2) / 2;
+  const size_t start = batch_words_.size();
+  size_t total = table_words;
+  for (auto segment : segments) total += segment.size();
+  batch_words_.resize(start + total);
+  auto* table = reinterpret_cast<uint32_t*>(batch_words_.data() + start);
+  std::memset(table, 0, table_words * sizeof(capnp::word));
+  table[0] = static_cast<uint32_t>(segments.size() - 1);
+  capnp::word* out = batch_words_.data() + start + table_words;
+  for (size_t i = 0; i < segments.size(); ++i) {
+    table[i + 1] = static_cast<uint32_t>(segments[i].size());
+    std::memcpy(out, segments[i].begin(), segments[i].size() * sizeof(capnp::word));
+    out += segments[i].size();
+  }
+  ++batch_calls_;
+  return seq;
+}
+
+Status Connection::FlushLocked() {
+  if (batch_calls_ == 0) return Status::Ok();
+  // The frame header, written by hand: the message part is the batch's words.
+  uint8_t header[kFrameHeaderBytes] = {};
+  const uint32_t magic = wire::FRAME_MAGIC;
+  const uint16_t kind = static_cast<uint16_t>(wire::FrameKind::CALL_BATCH);
+  const uint32_t message_bytes = static_cast<uint32_t>(batch_words_.size() * sizeof(capnp::word));
+  const uint64_t bulk_bytes = batch_bulk_.size();
+  std::memcpy(header, &magic, 4);
+  std::memcpy(header + 4, &kind, 2);
+  std::memcpy(header + 8, &message_bytes, 4);
+  std::memcpy(header + 16, &bulk_bytes, 8);
+  ConstBuffer buffers[3] = {{header, sizeof(header)},
+                            {batch_words_.data(), message_bytes},
+                            {batch_bulk_.data(), batch_bulk_.size()}};
+  Status status = transport_->Write(std::span<const ConstBuffer>(buffers, 3));
+  batch_words_.clear();
+  batch_bulk_.clear();
+  batch_calls_ = 0;
+  if (!status.ok()) Fail(status);
+  return status;
+}
+
+Status Connection::Send(const Fill& fill, OutBytes bulk, bool wants_reply, Waiter* waiter,
+                        std::unique_ptr<Waiter> async_waiter, uint64_t* seq_out) {
+  bool wake_flusher = false;
+  {
+    std::lock_guard<std::mutex> lock(send_mutex_);
+    {
+      std::lock_guard<std::mutex> reply_lock(reply_mutex_);
+      if (!broken_.ok()) return broken_;
+      // Registered before the frame leaves, so the reply always finds it.
+      if (waiter != nullptr) waiters_[next_seq_] = waiter;
+      if (async_waiter != nullptr) async_copies_[next_seq_] = std::move(async_waiter);
+    }
+    const bool was_empty = batch_calls_ == 0;
+    const uint64_t seq = AppendLocked(fill, wants_reply, bulk.size);
+    if (seq_out != nullptr) *seq_out = seq;
+    if (bulk.size > kCopyIntoBatchLimit) {
+      // Large payload: write the batch and this call's bytes straight from the
+      // caller's memory, in one gathered write.
+      uint8_t header[kFrameHeaderBytes] = {};
+      const uint32_t magic = wire::FRAME_MAGIC;
+      const uint16_t kind = static_cast<uint16_t>(wire::FrameKind::CALL_BATCH);
+      const uint32_t message_bytes =
+          static_cast<uint32_t>(batch_words_.size() * sizeof(capnp::word));
+      const uint64_t bulk_bytes = batch_bulk_.size() + bulk.size;
+      std::memcpy(header, &magic, 4);
+      std::memcpy(header + 4, &kind, 2);
+      std::memcpy(header + 8, &message_bytes, 4);
+      std::memcpy(header + 16, &bulk_bytes, 8);
+      ConstBuffer buffers[4] = {{header, sizeof(header)},
+                                {batch_words_.data(), message_bytes},
+                                {batch_bulk_.data(), batch_bulk_.size()},
+                                {bulk.data, bulk.size}};
+      Status status = transport_->Write(std::span<const ConstBuffer>(buffers, 4));
+      batch_words_.clear();
+      batch_bulk_.clear();
+      batch_calls_ = 0;
+      if (!status.ok()) {
+        Fail(status);
+        return status;
+      }
+      return Status::Ok();
+    }
+    if (bulk.size > 0) {
+      const auto* p = static_cast<const uint8_t*>(bulk.data);
+      batch_bulk_.insert(batch_bulk_.end(), p, p + bulk.size);
+    }
+    if (wants_reply || batch_words_.size() >= kBatchWordsLimit ||
+        batch_bulk_.size() >= kBatchBulkLimit || batch_calls_ >= kBatchCallsLimit) {
+      return FlushLocked();
+    }
+    wake_flusher = was_empty;
+  }
+  if (wake_flusher) {
+    {
+      std::lock_guard<std::mutex> lock(flush_mutex_);
+      flush_requested_ = true;
+    }
+    flush_cv_.notify_one();
+  }
+  return Status::Ok();
+}
+
+Status Connection::Post(const Fill& fill, OutBytes bulk) {
+  return Send(fill, bulk, /*wants_reply=*/false, nullptr, nullptr, nullptr);
+}
+
+Status Connection::Call(const Fill& fill, OutBytes bulk, InBytes reply_bulk,
+                        const OnReply& on_reply, uint64_t* seq_out) {
+  Waiter waiter;
+  waiter.bulk = reply_bulk;
+  uint64_t seq = 0;
+  Status status = Send(fill, bulk, /*wants_reply=*/true, &waiter, nullptr, &seq);
+  if (seq_out != nullptr) *seq_out = seq;
+  if (!status.ok()) {
+    std::lock_guard<std::mutex> lock(reply_mutex_);
+    waiters_.erase(seq);
+    return status;
+  }
+  {
+    std::unique_lock<std::mutex> lock(reply_mutex_);
+    reply_cv_.wait(lock, [&] { return waiter.done; });
+  }
+  if (!waiter.status.ok() || !on_reply) return waiter.status;
+  try {
+    capnp::FlatArrayMessageReader reader(waiter.words, PeerReaderOptions());
+    return on_reply(reader.getRoot<wire::Reply>());
+  } catch (const kj::Exception& e) {
+    return Status::Malformed("bad reply from " + server_name_ + ": " + e.getDescription().cStr());
+  }
+}
+
+Status Connection::PostExpectingBytes(const Fill& fill, InBytes reply_bulk) {
+  auto waiter = std::make_unique<Waiter>();
+  waiter->bulk = reply_bulk;
+  waiter->async = true;
+  return Send(fill, {}, /*wants_reply=*/true, nullptr, std::move(waiter), nullptr);
+}
+
+Status Connection::WaitForEarlierCopies(uint64_t before_seq) {
+  std::unique_lock<std::mutex> lock(reply_mutex_);
+  reply_cv_.wait(lock, [&] {
+    return !broken_.ok() || async_copies_.empty() || async_copies_.begin()->first >= before_seq;
+  });
+  if (!broken_.ok()) return broken_;
+  Status error = async_error_;
+  async_error_ = Status::Ok();
+  return error;
+}
+
+Status Connection::Flush() {
+  std::lock_guard<std::mutex> lock(send_mutex_);
+  return FlushLocked();
+}
+
+void Connection::FlusherLoop() {
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(flush_mutex_);
+      flush_cv_.wait(lock, [this] { return flush_requested_ || stopping_; });
+      if (stopping_) return;
+      flush_requested_ = false;
+    }
+    // Let a burst of posts (a launch loop) accumulate into one frame.
+    std::this_thread::sleep_for(kFlushDelay);
+    std::lock_guard<std::mutex> lock(send_mutex_);
+    (void)FlushLocked();
+  }
+}
+
+void Connection::ReaderLoop() {
+  std::vector<uint8_t> discard;
+  for (;;) {
+    wire::FrameKind kind;
+    kj::Array<capnp::word> words;
+    uint64_t bulk_bytes = 0;
+    Status status = ReadFrameHead(*transport_, &kind, &words, &bulk_bytes);
+    if (status.ok() && kind != wire::FrameKind::REPLY) {
+      status = Status::Malformed("unexpected frame kind " + std::to_string(static_cast<int>(kind)));
+    }
+    uint64_t seq = 0;
+    Status reply_status;
+    if (status.ok()) {
+      try {
+        capnp::FlatArrayMessageReader reader(words, PeerReaderOptions());
+        auto reply = reader.getRoot<wire::Reply>();
+        seq = reply.getSeq();
+        reply_status = StatusFromWire(reply.getStatus());
+        if (reply.getLatchedFromSeq() != 0) {
+          // Nobody else would ever see why an asynchronous call failed.
+          FERRY_LOG(kWarning) << "an asynchronous call failed on " << server_name_ << ": "
+                              << reply_status.message();
+        }
+      } catch (const kj::Exception& e) {
+        status = Status::Malformed(std::string("bad reply: ") + e.getDescription().cStr());
+      }
+    }
+    if (!status.ok()) {
+      Fail(status);
+      return;
+    }
+    Waiter* waiter = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(reply_mutex_);
+      auto it = waiters_.find(seq);
+      if (it != waiters_.end()) {
+        waiter = it->second;
+      } else {
+        auto async = async_copies_.find(seq);
+        if (async != async_copies_.end()) waiter = async->second.get();
+      }
+    }
+    // Bulk bytes go straight into the waiter's buffer; the waiter is not
+    // touched by anyone else until it is marked done below.
+    if (bulk_bytes > 0) {
+      if (waiter != nullptr && waiter->bulk.size == bulk_bytes) {
+        status = transport_->ReadExact(waiter->bulk.data, bulk_bytes);
+      } else {
+        reply_status = Status::Internal("reply " + std::to_string(seq) + " carried " +
+                                        std::to_string(bulk_bytes) + " bytes, expected " +
+                                        std::to_string(waiter ? waiter->bulk.size : 0));
+        while (status.ok() && bulk_bytes > 0) {
+          discard.resize(std::min<uint64_t>(bulk_bytes, 1 << 20));
+          status = transport_->ReadExact(discard.data(), discard.size());
+          bulk_bytes -= discard.size();
+        }
+      }
+      if (!status.ok()) {
+        Fail(status);
+        return;
+      }
+    } else if (waiter != nullptr && waiter->bulk.size > 0 && reply_status.ok()) {
+      reply_status = Status::Internal("reply " + std::to_string(seq) + " carried no bytes");
+    }
+    {
+      std::lock_guard<std::mutex> lock(reply_mutex_);
+      auto it = waiters_.find(seq);
+      if (it != waiters_.end()) {
+        it->second->status = reply_status;
+        it->second->words = std::move(words);
+        it->second->done = true;
+        waiters_.erase(it);
+      } else {
+        auto async = async_copies_.find(seq);
+        if (async != async_copies_.end()) {
+          if (!reply_status.ok() && async_error_.ok()) async_error_ = reply_status;
+          async_copies_.erase(async);
+        }
+      }
+    }
+    reply_cv_.notify_all();
+  }
+}
+
+void Connection::Fail(const Status& status) {
+  {
+    std::lock_guard<std::mutex> lock(reply_mutex_);
+    if (!broken_.ok()) return;
+    broken_ = Status::Disconnected("lost connection to ferryd at " + server_name_ + ": " +
+                                   status.message());
+    FERRY_LOG(kError) << broken_.message();
+    for (auto& [seq, waiter] : waiters_) {
+      waiter->status = broken_;
+      waiter->done = true;
+    }
+    waiters_.clear();
+    async_copies_.clear();
+  }
+  reply_cv_.notify_all();
+  transport_->Shutdown();
+}
+
+}  // namespace ferry::client

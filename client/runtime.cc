@@ -1,0 +1,540 @@
+#include "client/runtime.h"
+
+#include <capnp/serialize.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <set>
+
+#include "client/cuda_result.h"
+#include "client/unsupported.h"
+#include "common/frame.h"
+#include "common/log.h"
+
+namespace ferry::client {
+namespace {
+
+constexpr const char* kDefaultServer = "127.0.0.1:7070";
+constexpr int kDefaultConnectTimeoutMs = 3000;
+
+// The calling thread's context stack; the back is the current context.
+thread_local std::vector<uint64_t> tls_context_stack;
+// The calling thread's per-thread default stream, per context.
+thread_local std::unordered_map<uint64_t, uint64_t> tls_per_thread_streams;
+
+}  // namespace
+
+CUresult Unsupported(const char* name) {
+  static auto* mu = new std::mutex;
+  static auto* logged = new std::set<std::string>;
+  std::lock_guard<std::mutex> lock(*mu);
+  if (logged->insert(name).second) {
+    FERRY_LOG(kWarning) << name << " is not supported by ferry; it returns CUDA_ERROR_NOT_SUPPORTED";
+  }
+  return CUDA_ERROR_NOT_SUPPORTED;
+}
+
+Runtime& Runtime::Get() {
+  static Runtime* runtime = new Runtime;  // never destroyed, on purpose
+  return *runtime;
+}
+
+Status Runtime::Init(unsigned flags) {
+  if (flags != 0) return Status::InvalidArgument("cuInit flags must be 0");
+  std::call_once(init_once_, [this] {
+    SetLogProgram(std::string(program_invocation_short_name) + " (ferry)");
+    init_status_ = Connect();
+    if (!init_status_.ok()) {
+      FERRY_LOG(kError) << init_status_.message();
+    }
+    initialized_.store(true, std::memory_order_release);
+  });
+  return init_status_;
+}
+
+Status Runtime::Connect() {
+  const char* env = std::getenv("FERRY_SERVER");
+  const std::string server = env != nullptr && *env != '\0' ? env : kDefaultServer;
+  int timeout_ms = kDefaultConnectTimeoutMs;
+  if (const char* t = std::getenv("FERRY_CONNECT_TIMEOUT_MS"); t != nullptr && std::atoi(t) > 0) {
+    timeout_ms = std::atoi(t);
+  }
+  std::unique_ptr<Transport> transport;
+  Status status = ConnectTcp(server, std::chrono::milliseconds(timeout_ms), &transport);
+  if (!status.ok()) {
+    return Status::Disconnected("cannot reach ferryd at " + server + " (FERRY_SERVER): " +
+                                status.message());
+  }
+  std::unique_ptr<capnp::MessageReader> hello;
+  kj::Array<capnp::word> hello_words;
+  status = Connection::Open(std::move(transport), server, &connection_, &hello, &hello_words);
+  if (!status.ok()) {
+    return Status::Disconnected("cannot start a session with ferryd at " + server + ": " +
+                                status.message());
+  }
+  auto reply = hello->getRoot<wire::HelloReply>();
+  for (auto d : reply.getDevices()) {
+    DeviceInfo info;
+    info.name = d.getName().cStr();
+    auto uuid = d.getUuid();
+    for (size_t i = 0; i < info.uuid.size() && i < uuid.size(); ++i) info.uuid[i] = uuid[i];
+    info.total_memory = d.getTotalMemory();
+    info.pci_domain = d.getPciDomain();
+    info.pci_bus = d.getPciBus();
+    info.pci_device = d.getPciDevice();
+    for (int32_t a : d.getAttributes()) info.attributes.push_back(a);
+    devices_.push_back(std::move(info));
+  }
+  FERRY_LOG(kDebug) << "session " << reply.getSessionId() << " with ferryd at " << server << " ("
+                    << reply.getBackend().cStr() << " backend, " << devices_.size() << " device(s))";
+  return Status::Ok();
+}
+
+Status Runtime::Ready() {
+  if (!initialized_.load(std::memory_order_acquire)) {
+    return Status::Cuda(CUDA_ERROR_NOT_INITIALIZED, "cuInit has not been called");
+  }
+  if (!init_status_.ok()) return init_status_;
+  return connection_->health();
+}
+
+Status Runtime::CheckDevice(int device) const {
+  if (device < 0 || device >= static_cast<int>(devices_.size())) {
+    return Status::Cuda(CUDA_ERROR_INVALID_DEVICE, "no device " + std::to_string(device));
+  }
+  return Status::Ok();
+}
+
+uint64_t Runtime::NewId(HandleKind kind) {
+  return (static_cast<uint64_t>(kind) << 48) | next_serial_.fetch_add(1);
+}
+
+// --- contexts -------------------------------------------------------------------
+
+uint64_t Runtime::CurrentContextId() {
+  return tls_context_stack.empty() ? 0 : tls_context_stack.back();
+}
+
+Status Runtime::CurrentContext(uint64_t* ctx) {
+  FERRY_RETURN_IF_ERROR(Ready());
+  const uint64_t current = CurrentContextId();
+  if (current == 0) return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "no current context");
+  FERRY_RETURN_IF_ERROR(EnsureLive(current));
+  *ctx = current;
+  return Status::Ok();
+}
+
+Status Runtime::CheckContext(uint64_t ctx) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (contexts_.count(ctx) == 0) {
+    return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "not a context of this process");
+  }
+  return Status::Ok();
+}
+
+Status Runtime::EnsureLive(uint64_t ctx) {
+  // Serialises creation so two threads never create the same primary context.
+  static std::mutex create_mu;
+  std::lock_guard<std::mutex> create_lock(create_mu);
+  int device;
+  unsigned flags;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = contexts_.find(ctx);
+    if (it == contexts_.end()) {
+      return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "not a context of this process");
+    }
+    if (it->second.live) return Status::Ok();
+    device = it->second.device;
+    flags = it->second.flags;
+  }
+  FERRY_RETURN_IF_ERROR(Ready());
+  FERRY_RETURN_IF_ERROR(connection_->Call([&](wire::Call::Builder call) {
+    auto args = call.initCtxCreate();
+    args.setCtx(ctx);
+    args.setDevice(device);
+    args.setFlags(flags);
+  }));
+  std::lock_guard<std::mutex> lock(mu_);
+  contexts_[ctx].live = true;
+  return Status::Ok();
+}
+
+void Runtime::SetCurrent(uint64_t ctx) {
+  if (tls_context_stack.empty()) {
+    if (ctx != 0) tls_context_stack.push_back(ctx);
+  } else if (ctx == 0) {
+    tls_context_stack.pop_back();
+  } else {
+    tls_context_stack.back() = ctx;
+  }
+}
+
+void Runtime::PushCurrent(uint64_t ctx) { tls_context_stack.push_back(ctx); }
+
+uint64_t Runtime::PopCurrent() {
+  if (tls_context_stack.empty()) return 0;
+  uint64_t ctx = tls_context_stack.back();
+  tls_context_stack.pop_back();
+  return ctx;
+}
+
+uint64_t Runtime::PrimaryContextId(int device) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = primary_ids_.find(device);
+  if (it != primary_ids_.end()) return it->second;
+  const uint64_t id = NewId(HandleKind::kContext);
+  primary_ids_[device] = id;
+  ContextState state;
+  state.device = device;
+  state.primary = true;
+  state.flags = primary_flags_[device];
+  contexts_[id] = state;
+  return id;
+}
+
+Status Runtime::RetainPrimary(int device, uint64_t* ctx) {
+  FERRY_RETURN_IF_ERROR(Ready());
+  FERRY_RETURN_IF_ERROR(CheckDevice(device));
+  const uint64_t id = PrimaryContextId(device);
+  FERRY_RETURN_IF_ERROR(EnsureLive(id));
+  std::lock_guard<std::mutex> lock(mu_);
+  ++primary_refcounts_[device];
+  *ctx = id;
+  return Status::Ok();
+}
+
+Status Runtime::ReleasePrimary(int device) {
+  FERRY_RETURN_IF_ERROR(Ready());
+  FERRY_RETURN_IF_ERROR(CheckDevice(device));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    int& count = primary_refcounts_[device];
+    if (count <= 0) {
+      return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "the primary context is not retained");
+    }
+    if (--count > 0) return Status::Ok();
+  }
+  return ResetPrimary(device).WithContext("releasing the primary context of device " + std::to_string(device));
+}
+
+Status Runtime::ResetPrimary(int device) {
+  FERRY_RETURN_IF_ERROR(Ready());
+  FERRY_RETURN_IF_ERROR(CheckDevice(device));
+  const uint64_t id = PrimaryContextId(device);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!contexts_[id].live) return Status::Ok();
+    contexts_[id].live = false;
+    ForgetContextResources(id);
+  }
+  tls_per_thread_streams.erase(id);
+  return connection_->Post([&](wire::Call::Builder call) { call.initCtxDestroy().setCtx(id); });
+}
+
+Status Runtime::SetPrimaryFlags(int device, unsigned flags) {
+  FERRY_RETURN_IF_ERROR(Ready());
+  FERRY_RETURN_IF_ERROR(CheckDevice(device));
+  const uint64_t id = PrimaryContextId(device);
+  std::lock_guard<std::mutex> lock(mu_);
+  primary_flags_[device] = flags;
+  contexts_[id].flags = flags;
+  return Status::Ok();
+}
+
+void Runtime::PrimaryState(int device, unsigned* flags, int* active) {
+  const uint64_t id = PrimaryContextId(device);
+  std::lock_guard<std::mutex> lock(mu_);
+  *flags = primary_flags_[device];
+  *active = contexts_[id].live && primary_refcounts_[device] > 0 ? 1 : 0;
+}
+
+Status Runtime::CreateContext(int device, unsigned flags, uint64_t* ctx) {
+  FERRY_RETURN_IF_ERROR(Ready());
+  FERRY_RETURN_IF_ERROR(CheckDevice(device));
+  const uint64_t id = NewId(HandleKind::kContext);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ContextState state;
+    state.device = device;
+    state.flags = flags;
+    contexts_[id] = state;
+  }
+  Status status = EnsureLive(id);
+  if (!status.ok()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    contexts_.erase(id);
+    return status;
+  }
+  PushCurrent(id);
+  *ctx = id;
+  return Status::Ok();
+}
+
+Status Runtime::DestroyContext(uint64_t ctx) {
+  FERRY_RETURN_IF_ERROR(Ready());
+  bool live;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = contexts_.find(ctx);
+    if (it == contexts_.end()) {
+      return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "not a context of this process");
+    }
+    if (it->second.primary) {
+      return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT,
+                          "cuCtxDestroy of a primary context (use cuDevicePrimaryCtxRelease)");
+    }
+    live = it->second.live;
+    ForgetContextResources(ctx);
+    contexts_.erase(it);
+  }
+  tls_per_thread_streams.erase(ctx);
+  // The calling thread stops using it; other threads find it gone.
+  std::erase(tls_context_stack, ctx);
+  if (!live) return Status::Ok();
+  return connection_->Post([&](wire::Call::Builder call) { call.initCtxDestroy().setCtx(ctx); });
+}
+
+Status Runtime::ContextDevice(uint64_t ctx, int* device) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = contexts_.find(ctx);
+  if (it == contexts_.end()) return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "not a context of this process");
+  *device = it->second.device;
+  return Status::Ok();
+}
+
+Status Runtime::ContextFlags(uint64_t ctx, unsigned* flags) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = contexts_.find(ctx);
+  if (it == contexts_.end()) return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "not a context of this process");
+  *flags = it->second.flags;
+  return Status::Ok();
+}
+
+void Runtime::ForgetContextResources(uint64_t ctx) {
+  std::erase_if(streams_, [ctx](const auto& e) { return e.second.ctx == ctx; });
+  std::erase_if(events_, [ctx](const auto& e) { return e.second.ctx == ctx; });
+  std::erase_if(functions_, [ctx](const auto& e) { return e.second.ctx == ctx; });
+  std::erase_if(modules_, [ctx](const auto& e) { return e.second.ctx == ctx; });
+  std::erase_if(device_allocations_, [ctx](const auto& e) { return e.second.ctx == ctx; });
+}
+
+// --- streams and events -------------------------------------------------------------
+
+Status Runtime::ResolveStream(CUstream stream, bool per_thread_default, StreamTarget* target) {
+  const uint64_t id = HandleId(stream);
+  const bool legacy = id == HandleId(CU_STREAM_LEGACY) || (id == 0 && !per_thread_default);
+  const bool per_thread = id == HandleId(CU_STREAM_PER_THREAD) || (id == 0 && per_thread_default);
+  if (legacy || per_thread) {
+    FERRY_RETURN_IF_ERROR(CurrentContext(&target->ctx));
+    target->stream = 0;
+    if (legacy) return Status::Ok();
+    // The per-thread default stream: a blocking stream of this thread's own,
+    // created on first use.
+    auto it = tls_per_thread_streams.find(target->ctx);
+    if (it != tls_per_thread_streams.end()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (streams_.count(it->second) != 0) {
+        target->stream = it->second;
+        return Status::Ok();
+      }
+    }
+    uint64_t created = 0;
+    FERRY_RETURN_IF_ERROR(AddStream(target->ctx, CU_STREAM_DEFAULT, 0, &created));
+    FERRY_RETURN_IF_ERROR(connection_->Post([&](wire::Call::Builder call) {
+      auto args = call.initStreamCreate();
+      args.setCtx(target->ctx);
+      args.setStream(created);
+      args.setFlags(CU_STREAM_DEFAULT);
+    }));
+    tls_per_thread_streams[target->ctx] = created;
+    target->stream = created;
+    return Status::Ok();
+  }
+  FERRY_RETURN_IF_ERROR(Ready());
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = streams_.find(id);
+  if (it == streams_.end()) return Status::InvalidHandle("not a stream of this process");
+  target->ctx = it->second.ctx;
+  target->stream = id;
+  return Status::Ok();
+}
+
+Status Runtime::AddStream(uint64_t ctx, unsigned flags, int priority, uint64_t* id) {
+  *id = NewId(HandleKind::kStream);
+  std::lock_guard<std::mutex> lock(mu_);
+  streams_[*id] = StreamState{ctx, flags, priority};
+  return Status::Ok();
+}
+
+Status Runtime::RemoveStream(uint64_t id, StreamState* removed) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = streams_.find(id);
+  if (it == streams_.end()) return Status::InvalidHandle("not a stream of this process");
+  if (removed != nullptr) *removed = it->second;
+  streams_.erase(it);
+  return Status::Ok();
+}
+
+Status Runtime::FindStream(uint64_t id, StreamState* out) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = streams_.find(id);
+  if (it == streams_.end()) return Status::InvalidHandle("not a stream of this process");
+  *out = it->second;
+  return Status::Ok();
+}
+
+Status Runtime::AddEvent(uint64_t ctx, unsigned flags, uint64_t* id) {
+  *id = NewId(HandleKind::kEvent);
+  std::lock_guard<std::mutex> lock(mu_);
+  events_[*id] = EventState{ctx, flags};
+  return Status::Ok();
+}
+
+Status Runtime::RemoveEvent(uint64_t id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (events_.erase(id) == 0) return Status::InvalidHandle("not an event of this process");
+  return Status::Ok();
+}
+
+Status Runtime::FindEvent(uint64_t id, EventState* out) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = events_.find(id);
+  if (it == events_.end()) return Status::InvalidHandle("not an event of this process");
+  *out = it->second;
+  return Status::Ok();
+}
+
+// --- modules and functions ------------------------------------------------------------
+
+void Runtime::AddModule(uint64_t id, ModuleState module) {
+  std::lock_guard<std::mutex> lock(mu_);
+  modules_[id] = std::move(module);
+}
+
+Status Runtime::RemoveModule(uint64_t id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (modules_.erase(id) == 0) return Status::InvalidHandle("not a module of this process");
+  std::erase_if(functions_, [id](const auto& e) { return e.second.module == id; });
+  return Status::Ok();
+}
+
+Status Runtime::FindModule(uint64_t id, ModuleState* out) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = modules_.find(id);
+  if (it == modules_.end()) return Status::InvalidHandle("not a module of this process");
+  *out = it->second;
+  return Status::Ok();
+}
+
+Status Runtime::AddFunction(uint64_t module, const std::string& name, uint64_t* id, bool* created) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = modules_.find(module);
+  if (it == modules_.end()) return Status::InvalidHandle("not a module of this process");
+  auto kernel = it->second.kernels.find(name);
+  if (kernel == it->second.kernels.end()) {
+    return Status::NotFound("the module has no kernel named " + name);
+  }
+  // One id per (module, name): asking twice gives the same CUfunction.
+  for (const auto& [fid, f] : functions_) {
+    if (f.module == module && f.name == name) {
+      *id = fid;
+      *created = false;
+      return Status::Ok();
+    }
+  }
+  *created = true;
+  *id = NewId(HandleKind::kFunction);
+  functions_[*id] = FunctionState{module, it->second.ctx, name, kernel->second};
+  return Status::Ok();
+}
+
+Status Runtime::FindFunction(uint64_t id, FunctionState* out) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = functions_.find(id);
+  if (it == functions_.end()) return Status::InvalidHandle("not a function of this process");
+  *out = it->second;
+  return Status::Ok();
+}
+
+// --- memory -------------------------------------------------------------------------
+
+void Runtime::AddDeviceAllocation(uint64_t dptr, uint64_t size, uint64_t ctx, bool global) {
+  std::lock_guard<std::mutex> lock(mu_);
+  device_allocations_[dptr] = DeviceAllocation{size, ctx, global};
+}
+
+Status Runtime::RemoveDeviceAllocation(uint64_t dptr) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = device_allocations_.find(dptr);
+  if (it == device_allocations_.end() || it->second.global) {
+    return Status::InvalidArgument("not the start of a device allocation of this process");
+  }
+  device_allocations_.erase(it);
+  return Status::Ok();
+}
+
+Status Runtime::CheckDeviceRange(uint64_t address, uint64_t bytes, const char* what) {
+  if (bytes == 0) return Status::Ok();
+  uint64_t base = 0;
+  DeviceAllocation allocation;
+  if (FindDeviceAllocation(address, &base, &allocation) &&
+      bytes <= allocation.size - (address - base)) {
+    return Status::Ok();
+  }
+  char text[160];
+  snprintf(text, sizeof(text), "%s range [0x%llx, +%llu) is not inside a device allocation", what,
+           static_cast<unsigned long long>(address), static_cast<unsigned long long>(bytes));
+  return Status::InvalidArgument(text);
+}
+
+bool Runtime::FindDeviceAllocation(uint64_t address, uint64_t* base, DeviceAllocation* out) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = device_allocations_.upper_bound(address);
+  if (it == device_allocations_.begin()) return false;
+  --it;
+  if (address - it->first >= it->second.size) return false;
+  if (base != nullptr) *base = it->first;
+  if (out != nullptr) *out = it->second;
+  return true;
+}
+
+void Runtime::AddHostAllocation(const void* ptr, HostAllocation allocation) {
+  std::lock_guard<std::mutex> lock(mu_);
+  host_allocations_[reinterpret_cast<uintptr_t>(ptr)] = allocation;
+}
+
+Status Runtime::RemoveHostAllocation(const void* ptr, bool registered, HostAllocation* removed) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = host_allocations_.find(reinterpret_cast<uintptr_t>(ptr));
+  if (it == host_allocations_.end() || it->second.registered != registered) {
+    return registered ? Status::Cuda(CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED,
+                                     "host memory is not registered")
+                      : Status::InvalidArgument("not page-locked memory allocated by the driver");
+  }
+  if (removed != nullptr) *removed = it->second;
+  host_allocations_.erase(it);
+  return Status::Ok();
+}
+
+bool Runtime::FindHostAllocation(const void* address, const void** base, HostAllocation* out) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const uintptr_t a = reinterpret_cast<uintptr_t>(address);
+  auto it = host_allocations_.upper_bound(a);
+  if (it == host_allocations_.begin()) return false;
+  --it;
+  if (a - it->first >= it->second.size) return false;
+  if (base != nullptr) *base = reinterpret_cast<const void*>(it->first);
+  if (out != nullptr) *out = it->second;
+  return true;
+}
+
+Status Runtime::AfterSynchronize(uint64_t seq) { return connection_->WaitForEarlierCopies(seq); }
+
+}  // namespace ferry::client
+
+namespace ferry::client {
+
+int UnsupportedCall(const char* name) { return static_cast<int>(Unsupported(name)); }
+
+}  // namespace ferry::client
