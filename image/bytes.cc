@@ -1,4 +1,6 @@
 // Out-of-line parts of the byte helpers (see bytes.h).
+//
+// Thread-safety: stateless; safe from any thread.
 #include "image/bytes.h"
 
 #include <cuda.h>

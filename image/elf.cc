@@ -1,4 +1,6 @@
 // ELF cubin measuring and parsing (see elf.h for the format facts).
+//
+// Thread-safety: pure functions on caller-owned bytes; safe from any thread.
 #include "image/elf.h"
 
 #include <algorithm>
@@ -47,7 +49,8 @@ constexpr uint8_t kEiattrParamCbank = 0x0a;
 constexpr uint8_t kEiattrKparamInfo = 0x17;
 // HVAL: parameter bytes.
 constexpr uint8_t kEiattrCbankParamSize = 0x19;
-// SVAL {u32 index, u16 ordinal, u16 offset, u32 size}.
+// SVAL {u32 index, u16 ordinal, u16 offset, u16 size, u16 flags}; sm_100
+// cubins set flag bits (0x0500 for a pointer), sm_90 ones leave them 0.
 constexpr uint8_t kEiattrKparamInfoV2 = 0x45;
 
 constexpr std::string_view kNvInfoPrefix = ".nv.info.";
@@ -205,7 +208,7 @@ Status ParseKernelInfo(std::span<const uint8_t> info, KernelLayout* kernel) {
               .offset = LoadLe16(p + 6),
               .size = attribute == kEiattrKparamInfo
                           ? (word >> 18) & 0x3fff
-                          : word,
+                          : word & 0xffff,
           });
         } else if (attribute == kEiattrParamCbank && payload.size() >= 8) {
           declared_total = LoadLe16(p + 6);
@@ -355,7 +358,8 @@ Status ParseCubin(std::span<const uint8_t> bytes, ImageLayout* out) {
     }
     if (is_kernel) {
       if (!seen.insert(name).second) continue;
-      KernelLayout kernel{.name = std::string(name)};
+      KernelLayout kernel;
+      kernel.name = std::string(name);
       if (auto it = nv_info.find(name); it != nv_info.end()) {
         Status status = ParseKernelInfo(data_of(sections[it->second]), &kernel);
         if (!status.ok()) return status.WithContext(kernel.name);
@@ -372,7 +376,9 @@ Status ParseCubin(std::span<const uint8_t> bytes, ImageLayout* out) {
       return InvalidImage("ELF: variable " + std::string(name) +
                           " lies outside its section");
     }
-    GlobalLayout global{.name = std::string(name), .size = size};
+    GlobalLayout global;
+    global.name = std::string(name);
+    global.size = size;
     // `.nv.global` is zero-filled at load even where its type is not NOBITS.
     if (home.HasFileData() && home_name != ".nv.global") {
       const auto init = data_of(home).subspan(value - home.addr, size);

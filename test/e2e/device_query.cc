@@ -78,17 +78,16 @@ void CheckDevice(int ordinal) {
   char bus_id[64];
   E2E_CHECK_CU(cuDeviceGetPCIBusId(bus_id, sizeof(bus_id), device));
   unsigned domain = 0, bus = 0, slot = 0, function = 0;
-  E2E_CHECK(std::sscanf(bus_id, "%x:%x:%x.%x", &domain, &bus, &slot,
-                        &function) == 4,
-            "PCI bus id \"%s\" is not DOMAIN:BUS:DEVICE.FUNCTION", bus_id);
   E2E_CHECK(
-      domain == static_cast<unsigned>(
-                    Attribute(CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID, device)) &&
-          bus == static_cast<unsigned>(
-                     Attribute(CU_DEVICE_ATTRIBUTE_PCI_BUS_ID, device)) &&
-          slot == static_cast<unsigned>(
-                      Attribute(CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID, device)),
-      "PCI bus id \"%s\" disagrees with the PCI attributes", bus_id);
+      std::sscanf(bus_id, "%x:%x:%x.%x", &domain, &bus, &slot, &function) == 4,
+      "PCI bus id \"%s\" is not DOMAIN:BUS:DEVICE.FUNCTION", bus_id);
+  E2E_CHECK(domain == static_cast<unsigned>(Attribute(
+                          CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID, device)) &&
+                bus == static_cast<unsigned>(
+                           Attribute(CU_DEVICE_ATTRIBUTE_PCI_BUS_ID, device)) &&
+                slot == static_cast<unsigned>(Attribute(
+                            CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID, device)),
+            "PCI bus id \"%s\" disagrees with the PCI attributes", bus_id);
   CUdevice by_bus_id = -1;
   E2E_CHECK_CU(cuDeviceGetByPCIBusId(&by_bus_id, bus_id));
   E2E_CHECK(by_bus_id == device, "cuDeviceGetByPCIBusId(\"%s\") = %d, not %d",
@@ -116,9 +115,10 @@ void CheckDevice(int ordinal) {
 void CheckErrorStrings() {
   const char* text = nullptr;
   E2E_CHECK_CU(cuGetErrorName(CUDA_ERROR_INVALID_DEVICE, &text));
-  E2E_CHECK(text != nullptr && std::strcmp(text, "CUDA_ERROR_INVALID_DEVICE") == 0,
-            "cuGetErrorName(CUDA_ERROR_INVALID_DEVICE) = \"%s\"",
-            text ? text : "(null)");
+  E2E_CHECK(
+      text != nullptr && std::strcmp(text, "CUDA_ERROR_INVALID_DEVICE") == 0,
+      "cuGetErrorName(CUDA_ERROR_INVALID_DEVICE) = \"%s\"",
+      text ? text : "(null)");
   Ok("cuGetErrorName(101) = \"%s\"", text);
   text = nullptr;
   E2E_CHECK_CU(cuGetErrorString(CUDA_ERROR_OUT_OF_MEMORY, &text));

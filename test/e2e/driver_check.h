@@ -53,8 +53,7 @@ __attribute__((format(printf, 1, 2))) inline std::string Format(
   std::_Exit(1);
 }
 
-__attribute__((format(printf, 1, 2))) inline void Ok(const char* format,
-                                                     ...) {
+__attribute__((format(printf, 1, 2))) inline void Ok(const char* format, ...) {
   va_list args;
   va_start(args, format);
   char buffer[1024];
@@ -174,26 +173,28 @@ inline bool UsingFerry() {
   ::ferry::e2e::ExpectCu((expected), (call), #call, __FILE__, __LINE__)
 
 // Fails with the printf-style message unless `cond` holds.
-#define E2E_CHECK(cond, ...)                                       \
-  do {                                                             \
-    if (!(cond)) {                                                 \
-      ::ferry::e2e::FailAt(__FILE__, __LINE__,                     \
-                           "check failed: " #cond ": " +           \
-                               ::ferry::e2e::Format(__VA_ARGS__)); \
-    }                                                              \
+#define E2E_CHECK(cond, ...)                                                \
+  do {                                                                      \
+    if (!(cond)) {                                                          \
+      ::ferry::e2e::FailAt(                                                 \
+          __FILE__, __LINE__,                                               \
+          "check failed: " #cond ": " + ::ferry::e2e::Format(__VA_ARGS__)); \
+    }                                                                       \
   } while (0)
 
 // Fails unless `call` or, when `call` succeeds, the next `sync_call` reports
 // an error; evaluates to the error reported.
-#define E2E_EXPECT_ERROR_NOW_OR_AT(call, sync_call)                       \
-  ::ferry::e2e::ExpectErrorNowOrAtSync(                                   \
-      (call), #call, [&] { return (sync_call); }, #sync_call, __FILE__, \
-      __LINE__)
+#define E2E_EXPECT_ERROR_NOW_OR_AT(call, sync_call)                 \
+  ::ferry::e2e::ExpectErrorNowOrAtSync((call), #call,               \
+                                       [&] { return (sync_call); }, \
+                                       #sync_call, __FILE__, __LINE__)
 
-#define E2E_CHECK_BYTES(actual, expected, n, what) \
-  ::ferry::e2e::CheckBytes((actual), (expected), (n), (what), __FILE__, __LINE__)
+#define E2E_CHECK_BYTES(actual, expected, n, what)                      \
+  ::ferry::e2e::CheckBytes((actual), (expected), (n), (what), __FILE__, \
+                           __LINE__)
 
-#define E2E_READ_FILE(path) ::ferry::e2e::ReadFileOrDie((path), __FILE__, __LINE__)
+#define E2E_READ_FILE(path) \
+  ::ferry::e2e::ReadFileOrDie((path), __FILE__, __LINE__)
 
 namespace ferry::e2e {
 

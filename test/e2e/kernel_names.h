@@ -9,8 +9,7 @@ namespace ferry::e2e {
 
 inline constexpr char kVectorAdd[] = "_Z10vector_addPKfS0_Pfi";
 inline constexpr char kPaddedByValue[] = "_Z15padded_by_valuec9E2ePaddedPx";
-inline constexpr char kManyParams[] =
-    "_Z11many_paramscsixfdPKi9E2eFloat3hsyPd";
+inline constexpr char kManyParams[] = "_Z11many_paramscsixfdPKi9E2eFloat3hsyPd";
 inline constexpr char kScaleFloat[] = "_Z5scaleIfEvPT_S0_i";
 inline constexpr char kScaleDouble[] = "_Z5scaleIdEvPT_S0_i";
 inline constexpr char kLaunchGeometry[] = "_Z15launch_geometryPj";
@@ -22,9 +21,9 @@ inline constexpr char kIncrement[] = "e2e_increment";  // extern "C"
 inline constexpr char kMissingHostKernel[] = "_Z19missing_host_kernelPi";
 
 inline constexpr const char* kAllKernels[] = {
-    kVectorAdd, kPaddedByValue, kManyParams, kScaleFloat,
-    kScaleDouble, kLaunchGeometry, kAddInt, kProduce,
-    kConsume, kIncrement, kMissingHostKernel,
+    kVectorAdd,         kPaddedByValue, kManyParams, kScaleFloat, kScaleDouble,
+    kLaunchGeometry,    kAddInt,        kProduce,    kConsume,    kIncrement,
+    kMissingHostKernel,
 };
 
 // The module global that the launch program reads and writes.

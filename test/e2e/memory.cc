@@ -26,7 +26,6 @@ using ::ferry::e2e::Pattern;
 
 constexpr size_t kMiB = size_t{1} << 20;
 
-void* HostPtr(CUdeviceptr p) { return reinterpret_cast<void*>(p); }
 CUdeviceptr AsDevicePtr(const void* p) {
   return reinterpret_cast<CUdeviceptr>(p);
 }
@@ -146,8 +145,8 @@ void CheckPitchedCopies() {
   CUdeviceptr pitched = 0;
   size_t pitch = 0;
   E2E_CHECK_CU(cuMemAllocPitch(&pitched, &pitch, width, height, 4));
-  E2E_CHECK(pitch >= width && pitch % 4 == 0, "pitch %zu for width %zu",
-            pitch, width);
+  E2E_CHECK(pitch >= width && pitch % 4 == 0, "pitch %zu for width %zu", pitch,
+            width);
   Ok("cuMemAllocPitch(1000 x 37) pitch %zu", pitch);
 
   // Host rows 1024 bytes apart, device rows `pitch` apart.
@@ -241,8 +240,7 @@ void CheckPinnedHostMemory() {
   void* portable = nullptr;
   E2E_CHECK_CU(cuMemAllocHost(&allocated, n));
   E2E_CHECK_CU(cuMemHostAlloc(&portable, n, CU_MEMHOSTALLOC_PORTABLE));
-  E2E_CHECK(allocated != nullptr && portable != nullptr,
-            "null pinned pointer");
+  E2E_CHECK(allocated != nullptr && portable != nullptr, "null pinned pointer");
   ferry::e2e::FillPattern(allocated, n, 6);  // the memory is writable
   std::memset(portable, 0, n);
   CUdeviceptr d = 0;
@@ -259,9 +257,9 @@ void CheckPinnedHostMemory() {
   E2E_CHECK_CU(cuMemHostRegister(registered, registered_size,
                                  CU_MEMHOSTREGISTER_PORTABLE));
   ferry::e2e::FillPattern(registered, registered_size, 7);
-  std::vector<uint8_t> expected(static_cast<uint8_t*>(registered),
-                                static_cast<uint8_t*>(registered) +
-                                    registered_size);
+  std::vector<uint8_t> expected(
+      static_cast<uint8_t*>(registered),
+      static_cast<uint8_t*>(registered) + registered_size);
   E2E_CHECK_CU(cuMemcpyHtoD(d, registered, registered_size));
   std::memset(registered, 0, registered_size);
   E2E_CHECK_CU(cuMemcpyDtoH(registered, d, registered_size));
@@ -364,10 +362,10 @@ void CheckAsyncCopies() {
   E2E_CHECK_CU(cuMemFree(d1));
   E2E_CHECK_CU(cuMemFree(d2));
   E2E_CHECK_CU(cuMemFree(d3));
-  for (void* p : {static_cast<void*>(source), static_cast<void*>(via_dtoh),
-                  static_cast<void*>(via_unified),
-                  static_cast<void*>(memsets), static_cast<void*>(rect_src),
-                  static_cast<void*>(rect_back)}) {
+  for (void* p :
+       {static_cast<void*>(source), static_cast<void*>(via_dtoh),
+        static_cast<void*>(via_unified), static_cast<void*>(memsets),
+        static_cast<void*>(rect_src), static_cast<void*>(rect_back)}) {
     E2E_CHECK_CU(cuMemFreeHost(p));
   }
   E2E_CHECK_CU(cuStreamDestroy(stream));
@@ -378,9 +376,9 @@ void CheckMemsets() {
   CUdeviceptr d = 0;
   E2E_CHECK_CU(cuMemAlloc(&d, n));
   E2E_CHECK_CU(cuMemsetD8(d, 0, n));
-  E2E_CHECK_CU(cuMemsetD8(d + 1, 0xA5, 1001));                 // odd start
-  E2E_CHECK_CU(cuMemsetD16(d + 1010, 0xBEEF, 333));            // 2-aligned
-  E2E_CHECK_CU(cuMemsetD32(d + 1700, 0xDEADBEEFu, 555));       // 4-aligned
+  E2E_CHECK_CU(cuMemsetD8(d + 1, 0xA5, 1001));            // odd start
+  E2E_CHECK_CU(cuMemsetD16(d + 1010, 0xBEEF, 333));       // 2-aligned
+  E2E_CHECK_CU(cuMemsetD32(d + 1700, 0xDEADBEEFu, 555));  // 4-aligned
   std::vector<uint8_t> expected(n, 0);
   std::memset(&expected[1], 0xA5, 1001);
   for (size_t i = 0; i < 333; ++i) {
@@ -398,16 +396,16 @@ void CheckMemsets() {
   E2E_CHECK_CU(cuMemFree(d));
 }
 
-void CheckPointerAttributes(CUdevice device) {
-  const size_t size = kMiB;
+// Memory is allocated in device 0's primary context.
+void CheckPointerAttributes() {
+  const size_t size = 2 * kMiB;  // a whole allocation granule
   CUdeviceptr d = 0;
   E2E_CHECK_CU(cuMemAlloc(&d, size));
 
   unsigned int memory_type = 0;
   E2E_CHECK_CU(cuPointerGetAttribute(
       &memory_type, CU_POINTER_ATTRIBUTE_MEMORY_TYPE, d + 100));
-  E2E_CHECK(memory_type == CU_MEMORYTYPE_DEVICE, "memory type %u",
-            memory_type);
+  E2E_CHECK(memory_type == CU_MEMORYTYPE_DEVICE, "memory type %u", memory_type);
   CUdeviceptr start = 0;
   E2E_CHECK_CU(cuPointerGetAttribute(
       &start, CU_POINTER_ATTRIBUTE_RANGE_START_ADDR, d + 100));
@@ -431,7 +429,7 @@ void CheckPointerAttributes(CUdevice device) {
   void* data[] = {&memory_type, &start, &range_size, &ordinal};
   E2E_CHECK_CU(cuPointerGetAttributes(4, attributes, data, d + size - 1));
   E2E_CHECK(memory_type == CU_MEMORYTYPE_DEVICE && start == d &&
-                range_size == size && ordinal == device,
+                range_size == size && ordinal == 0,
             "cuPointerGetAttributes: type %u, start 0x%llx, size %zu, "
             "ordinal %d",
             memory_type, static_cast<unsigned long long>(start), range_size,
@@ -441,9 +439,8 @@ void CheckPointerAttributes(CUdevice device) {
   void* pinned = nullptr;
   E2E_CHECK_CU(cuMemAllocHost(&pinned, 4096));
   memory_type = 0;
-  E2E_CHECK_CU(cuPointerGetAttribute(&memory_type,
-                                     CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
-                                     AsDevicePtr(pinned)));
+  E2E_CHECK_CU(cuPointerGetAttribute(
+      &memory_type, CU_POINTER_ATTRIBUTE_MEMORY_TYPE, AsDevicePtr(pinned)));
   E2E_CHECK(memory_type == CU_MEMORYTYPE_HOST,
             "pinned host memory type %u, expected %d", memory_type,
             CU_MEMORYTYPE_HOST);
@@ -463,7 +460,7 @@ int main() {
   CheckPinnedHostMemory();
   CheckAsyncCopies();
   CheckMemsets();
-  CheckPointerAttributes(primary.device);
+  CheckPointerAttributes();
   E2E_CHECK_CU(cuCtxSynchronize());
   E2E_CHECK_CU(cuDevicePrimaryCtxRelease(primary.device));
   std::printf("memory: all checks passed\n");

@@ -1,0 +1,348 @@
+// End-to-end tests (issue 2): ordinary driver-API programs, linked against
+// the toolkit's stub libcuda.so, run through ferry's libcuda.so.1
+// (LD_LIBRARY_PATH) against a ferryd with the host backend that each test
+// starts on an ephemeral port. Every child process is bounded in time and is
+// killed if the harness dies. A test that fails prints the programs' and
+// ferryd's output and keeps its folder of logs.
+//
+// Paths come from CMake as compile definitions (see CMakeLists.txt).
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "child_process.h"
+#include "kernel_names.h"
+#include "mini_json.h"
+
+namespace ferry::e2e {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr auto kReadyTimeout = 10s;     // ferryd writes its ready file
+constexpr auto kStopTimeout = 10s;      // ferryd exits after SIGTERM
+constexpr auto kProgramTimeout = 60s;   // one e2e program runs to its end
+constexpr auto kFerryctlTimeout = 10s;  // one ferryctl call
+constexpr auto kSessionGoneTimeout = 10s;
+constexpr auto kPollInterval = 50ms;
+
+std::string ProgramPath(const std::string& name) {
+  return std::string(FERRY_E2E_PROGRAM_DIR) + "/e2e_" + name;
+}
+
+// The environment that makes a program use ferry's libcuda.so.1 and the
+// server at `address`.
+std::map<std::string, std::string> ClientEnv(const std::string& address) {
+  std::string library_path = FERRY_E2E_CLIENT_LIB_DIR;
+  if (const char* old = std::getenv("LD_LIBRARY_PATH"); old && *old) {
+    library_path += std::string(":") + old;
+  }
+  return {{"LD_LIBRARY_PATH", library_path}, {"FERRY_SERVER", address}};
+}
+
+// A fresh folder for one test's files.
+std::string MakeTestDir() {
+  std::string pattern = ::testing::TempDir() + "ferry-e2e-XXXXXX";
+  if (mkdtemp(pattern.data()) == nullptr) return "";
+  return pattern;
+}
+
+std::vector<std::string> NonEmptyLines(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    if (line.find_first_not_of(" \t\r") != std::string::npos) {
+      lines.push_back(line);
+    }
+  }
+  return lines;
+}
+
+// A number member of a JSON object, or -1 when missing.
+double NumberField(const JsonValue& object, const char* key) {
+  const JsonValue* value = object.Find(key);
+  return value != nullptr && value->is_number() ? value->number : -1;
+}
+
+// Runs a started program to its end and expects it to pass: exit 0 and
+// its final "all checks passed" line.
+void ExpectPasses(ChildProcess& program) {
+  const ExitStatus status = program.Wait(kProgramTimeout);
+  EXPECT_TRUE(status.success() &&
+              program.Stdout().find("all checks passed") != std::string::npos)
+      << program.Describe();
+}
+
+// Base for the tests that need a server: starts ferryd (host backend, the
+// e2e host kernels) in SetUp, stops it with SIGTERM in TearDown and expects
+// it to exit 0.
+class FerrydTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = MakeTestDir();
+    ASSERT_FALSE(dir_.empty()) << "mkdtemp failed";
+    const std::string ready_file = dir_ + "/ready";
+    std::string error;
+    ferryd_ = ChildProcess::Start(
+        {FERRY_E2E_FERRYD, "--listen", "127.0.0.1:0", "--backend", "host",
+         "--host-kernels", FERRY_E2E_HOST_KERNELS, "--ready-file", ready_file},
+        {}, dir_ + "/ferryd", &error);
+    ASSERT_TRUE(ferryd_.has_value()) << "cannot start ferryd: " << error;
+    const auto deadline = std::chrono::steady_clock::now() + kReadyTimeout;
+    for (;;) {
+      const std::string ready = ReadWholeFile(ready_file);
+      if (!ready.empty() && ready.back() == '\n') {
+        address_ = ready.substr(0, ready.find_last_not_of("\r\n") + 1);
+        break;
+      }
+      ASSERT_FALSE(ferryd_->Poll()) << "ferryd exited before it was ready\n"
+                                    << ferryd_->Describe();
+      ASSERT_LT(std::chrono::steady_clock::now(), deadline)
+          << "ferryd wrote no ready file in 10 s\n"
+          << ferryd_->Describe();
+      std::this_thread::sleep_for(10ms);
+    }
+    ASSERT_EQ(address_.rfind("127.0.0.1:", 0), 0u)
+        << "ready file holds \"" << address_ << "\"";
+  }
+
+  void TearDown() override {
+    if (ferryd_.has_value()) {
+      if (ferryd_->Poll()) {
+        ADD_FAILURE() << "ferryd died during the test\n" << ferryd_->Describe();
+      } else {
+        ferryd_->Kill(SIGTERM);
+        const ExitStatus status = ferryd_->Wait(kStopTimeout);
+        EXPECT_TRUE(status.success())
+            << "ferryd did not exit 0 within 10 s of SIGTERM\n"
+            << ferryd_->Describe();
+      }
+    }
+    if (HasFailure()) {
+      if (ferryd_.has_value()) {
+        std::cerr << "ferryd log:\n" << Tail(ferryd_->Stderr(), 12000) << "\n";
+      }
+      std::cerr << "test files kept in " << dir_ << "\n";
+    } else if (!dir_.empty()) {
+      std::error_code ignored;
+      std::filesystem::remove_all(dir_, ignored);
+    }
+  }
+
+  // Starts e2e program `name` (with the image folder as its argument)
+  // against this test's ferryd; nullopt (and a failure) if it cannot start.
+  std::optional<ChildProcess> StartProgram(const std::string& name) {
+    std::string error;
+    std::optional<ChildProcess> program =
+        ChildProcess::Start({ProgramPath(name), FERRY_E2E_IMAGE_DIR},
+                            ClientEnv(address_), dir_ + "/" + name, &error);
+    if (!program.has_value()) {
+      ADD_FAILURE() << "cannot start " << name << ": " << error;
+    }
+    return program;
+  }
+
+  struct Status {
+    JsonValue json;
+    std::string text;
+    const std::vector<JsonValue>& sessions() const {
+      return json.Find("sessions")->array;
+    }
+  };
+
+  // `ferryctl status --server ADDRESS -o json`, parsed; nullopt with the
+  // reason in `why` when it fails or prints something else.
+  std::optional<Status> SessionStatus(std::string* why) {
+    std::string error;
+    std::optional<ChildProcess> ctl = ChildProcess::Start(
+        {FERRY_E2E_FERRYCTL, "status", "--server", address_, "-o", "json"}, {},
+        dir_ + "/ferryctl", &error);
+    if (!ctl.has_value()) {
+      *why = "cannot start ferryctl: " + error;
+      return std::nullopt;
+    }
+    if (!ctl->Wait(kFerryctlTimeout).success()) {
+      *why = ctl->Describe();
+      return std::nullopt;
+    }
+    Status status;
+    status.text = ctl->Stdout();
+    std::optional<JsonValue> json = ParseJson(status.text, &error);
+    if (!json.has_value() || !json->is_object() ||
+        json->Find("sessions") == nullptr ||
+        !json->Find("sessions")->is_array()) {
+      *why = "ferryctl printed no {\"sessions\": [...]} object (" + error +
+             "):\n" + status.text;
+      return std::nullopt;
+    }
+    status.json = std::move(*json);
+    return status;
+  }
+
+  // Polls ferryctl until it lists no session; fails the test after
+  // kSessionGoneTimeout.
+  void ExpectNoSessionsSoon(const char* after) {
+    const auto deadline =
+        std::chrono::steady_clock::now() + kSessionGoneTimeout;
+    std::string last;
+    for (;;) {
+      std::optional<Status> status = SessionStatus(&last);
+      if (status.has_value()) {
+        if (status->sessions().empty()) return;
+        last = status->text;
+      }
+      if (std::chrono::steady_clock::now() >= deadline) break;
+      std::this_thread::sleep_for(kPollInterval);
+    }
+    ADD_FAILURE() << "sessions remain 10 s after " << after
+                  << "; last ferryctl status:\n"
+                  << last;
+  }
+
+  // Runs program `name` to its end and expects it to pass.
+  void RunAndExpectPass(const std::string& name) {
+    std::optional<ChildProcess> program = StartProgram(name);
+    if (program.has_value()) ExpectPasses(*program);
+  }
+
+  std::string dir_;
+  std::string address_;  // "127.0.0.1:PORT"
+  std::optional<ChildProcess> ferryd_;
+};
+
+TEST_F(FerrydTest, DeviceQuery) { RunAndExpectPass("device_query"); }
+
+TEST_F(FerrydTest, Memory) { RunAndExpectPass("memory"); }
+
+TEST_F(FerrydTest, Launch) { RunAndExpectPass("launch"); }
+
+TEST_F(FerrydTest, StreamsEvents) { RunAndExpectPass("streams_events"); }
+
+TEST_F(FerrydTest, Contexts) { RunAndExpectPass("contexts"); }
+
+TEST_F(FerrydTest, Errors) {
+  std::optional<ChildProcess> program = StartProgram("errors");
+  ASSERT_TRUE(program.has_value());
+  ExpectPasses(*program);
+  // The launch of the kernel without a host implementation failed with a
+  // message that names it, in the client's log or in ferryd's.
+  const std::string logs = program->Stderr() + ferryd_->Stderr();
+  EXPECT_NE(logs.find("missing_host_kernel"), std::string::npos)
+      << "no log line names " << kMissingHostKernel << "\n"
+      << program->Describe();
+}
+
+TEST_F(FerrydTest, TwoClientsAtOnce) {
+  std::optional<ChildProcess> memory = StartProgram("memory");
+  std::optional<ChildProcess> launch = StartProgram("launch");
+  ASSERT_TRUE(memory.has_value() && launch.has_value());
+  ExpectPasses(*memory);
+  ExpectPasses(*launch);
+  ExpectNoSessionsSoon("both clients exited");
+}
+
+TEST_F(FerrydTest, KilledClientSessionIsFreed) {
+  std::optional<ChildProcess> started = StartProgram("hold_and_wait");
+  ASSERT_TRUE(started.has_value());
+  ChildProcess& holder = *started;
+  const auto deadline = std::chrono::steady_clock::now() + kProgramTimeout;
+  while (holder.Stdout().find("READY\n") == std::string::npos) {
+    ASSERT_FALSE(holder.Poll()) << "exited before READY\n" << holder.Describe();
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "no READY\n"
+                                                          << holder.Describe();
+    std::this_thread::sleep_for(kPollInterval);
+  }
+
+  std::string why;
+  std::optional<Status> status = SessionStatus(&why);
+  ASSERT_TRUE(status.has_value()) << why;
+  ASSERT_EQ(status->sessions().size(), 1u) << status->text << "\n"
+                                           << holder.Describe();
+  const JsonValue& session = status->sessions()[0];
+  EXPECT_EQ(NumberField(session, "pid"), holder.pid()) << status->text;
+  const JsonValue* program = session.Find("program");
+  EXPECT_TRUE(program != nullptr && program->is_string() &&
+              program->string.find("hold_and_wait") != std::string::npos)
+      << status->text;
+  EXPECT_GE(NumberField(session, "bytes_allocated"), 3 * 8 * 1024 * 1024)
+      << status->text;
+  EXPECT_GE(NumberField(session, "allocations"), 3) << status->text;
+  EXPECT_GE(NumberField(session, "contexts"), 1) << status->text;
+  EXPECT_GE(NumberField(session, "streams"), 2) << status->text;
+  EXPECT_GE(NumberField(session, "modules"), 1) << status->text;
+
+  holder.Kill(SIGKILL);
+  const ExitStatus killed = holder.Wait(kStopTimeout);
+  EXPECT_TRUE(!killed.exited && killed.signal == SIGKILL) << killed.ToString();
+  ExpectNoSessionsSoon("SIGKILL of the client");
+
+  // The server still serves a new client.
+  RunAndExpectPass("device_query");
+}
+
+// A port on 127.0.0.1 where nothing listens: bound, then closed.
+int ClosedPort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = 0;
+  socklen_t length = sizeof(address);
+  int port = -1;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0) {
+    port = ntohs(address.sin_port);
+  }
+  close(fd);
+  return port;
+}
+
+TEST(UnreachableServerTest, CallsFailFastWithOneLineNamingTheServer) {
+  const int port = ClosedPort();
+  ASSERT_GT(port, 0) << "cannot find a free port";
+  const std::string address = "127.0.0.1:" + std::to_string(port);
+  const std::string dir = MakeTestDir();
+  ASSERT_FALSE(dir.empty());
+  std::string error;
+  std::optional<ChildProcess> program =
+      ChildProcess::Start({ProgramPath("unreachable")}, ClientEnv(address),
+                          dir + "/unreachable", &error);
+  ASSERT_TRUE(program.has_value()) << error;
+  // The program checks each call's code and that it took < 10 s.
+  const ExitStatus status = program->Wait(30s);
+  EXPECT_TRUE(status.success()) << program->Describe();
+  EXPECT_NE(program->Stdout().find("cuInit(0) -> 46 "), std::string::npos)
+      << program->Describe();
+
+  const std::vector<std::string> lines = NonEmptyLines(program->Stderr());
+  int naming = 0;
+  for (const std::string& line : lines) {
+    if (line.find(address) != std::string::npos) ++naming;
+  }
+  EXPECT_EQ(naming, 1) << "expected one stderr line naming " << address << "\n"
+                       << program->Describe();
+  EXPECT_EQ(lines.size(), 1u) << "expected stderr to be that one line\n"
+                              << program->Describe();
+  if (!HasFailure()) {
+    std::error_code ignored;
+    std::filesystem::remove_all(dir, ignored);
+  }
+}
+
+}  // namespace
+}  // namespace ferry::e2e
