@@ -20,108 +20,108 @@ namespace {
 // Every CUresult cuda.h (CUDA 13.0) lists. The driver's cuGetErrorName is
 // preferred; this table serves where it cannot answer: the toolkit's stub
 // library fails every call, and stream callbacks must not call the driver.
-#define FERRY_CU_RESULTS(X) \
-  X(CUDA_SUCCESS) \
-  X(CUDA_ERROR_INVALID_VALUE) \
-  X(CUDA_ERROR_OUT_OF_MEMORY) \
-  X(CUDA_ERROR_NOT_INITIALIZED) \
-  X(CUDA_ERROR_DEINITIALIZED) \
-  X(CUDA_ERROR_PROFILER_DISABLED) \
-  X(CUDA_ERROR_PROFILER_NOT_INITIALIZED) \
-  X(CUDA_ERROR_PROFILER_ALREADY_STARTED) \
-  X(CUDA_ERROR_PROFILER_ALREADY_STOPPED) \
-  X(CUDA_ERROR_STUB_LIBRARY) \
-  X(CUDA_ERROR_CALL_REQUIRES_NEWER_DRIVER) \
-  X(CUDA_ERROR_DEVICE_UNAVAILABLE) \
-  X(CUDA_ERROR_NO_DEVICE) \
-  X(CUDA_ERROR_INVALID_DEVICE) \
-  X(CUDA_ERROR_DEVICE_NOT_LICENSED) \
-  X(CUDA_ERROR_INVALID_IMAGE) \
-  X(CUDA_ERROR_INVALID_CONTEXT) \
-  X(CUDA_ERROR_CONTEXT_ALREADY_CURRENT) \
-  X(CUDA_ERROR_MAP_FAILED) \
-  X(CUDA_ERROR_UNMAP_FAILED) \
-  X(CUDA_ERROR_ARRAY_IS_MAPPED) \
-  X(CUDA_ERROR_ALREADY_MAPPED) \
-  X(CUDA_ERROR_NO_BINARY_FOR_GPU) \
-  X(CUDA_ERROR_ALREADY_ACQUIRED) \
-  X(CUDA_ERROR_NOT_MAPPED) \
-  X(CUDA_ERROR_NOT_MAPPED_AS_ARRAY) \
-  X(CUDA_ERROR_NOT_MAPPED_AS_POINTER) \
-  X(CUDA_ERROR_ECC_UNCORRECTABLE) \
-  X(CUDA_ERROR_UNSUPPORTED_LIMIT) \
-  X(CUDA_ERROR_CONTEXT_ALREADY_IN_USE) \
-  X(CUDA_ERROR_PEER_ACCESS_UNSUPPORTED) \
-  X(CUDA_ERROR_INVALID_PTX) \
-  X(CUDA_ERROR_INVALID_GRAPHICS_CONTEXT) \
-  X(CUDA_ERROR_NVLINK_UNCORRECTABLE) \
-  X(CUDA_ERROR_JIT_COMPILER_NOT_FOUND) \
-  X(CUDA_ERROR_UNSUPPORTED_PTX_VERSION) \
-  X(CUDA_ERROR_JIT_COMPILATION_DISABLED) \
-  X(CUDA_ERROR_UNSUPPORTED_EXEC_AFFINITY) \
-  X(CUDA_ERROR_UNSUPPORTED_DEVSIDE_SYNC) \
-  X(CUDA_ERROR_CONTAINED) \
-  X(CUDA_ERROR_INVALID_SOURCE) \
-  X(CUDA_ERROR_FILE_NOT_FOUND) \
+#define FERRY_CU_RESULTS(X)                    \
+  X(CUDA_SUCCESS)                              \
+  X(CUDA_ERROR_INVALID_VALUE)                  \
+  X(CUDA_ERROR_OUT_OF_MEMORY)                  \
+  X(CUDA_ERROR_NOT_INITIALIZED)                \
+  X(CUDA_ERROR_DEINITIALIZED)                  \
+  X(CUDA_ERROR_PROFILER_DISABLED)              \
+  X(CUDA_ERROR_PROFILER_NOT_INITIALIZED)       \
+  X(CUDA_ERROR_PROFILER_ALREADY_STARTED)       \
+  X(CUDA_ERROR_PROFILER_ALREADY_STOPPED)       \
+  X(CUDA_ERROR_STUB_LIBRARY)                   \
+  X(CUDA_ERROR_CALL_REQUIRES_NEWER_DRIVER)     \
+  X(CUDA_ERROR_DEVICE_UNAVAILABLE)             \
+  X(CUDA_ERROR_NO_DEVICE)                      \
+  X(CUDA_ERROR_INVALID_DEVICE)                 \
+  X(CUDA_ERROR_DEVICE_NOT_LICENSED)            \
+  X(CUDA_ERROR_INVALID_IMAGE)                  \
+  X(CUDA_ERROR_INVALID_CONTEXT)                \
+  X(CUDA_ERROR_CONTEXT_ALREADY_CURRENT)        \
+  X(CUDA_ERROR_MAP_FAILED)                     \
+  X(CUDA_ERROR_UNMAP_FAILED)                   \
+  X(CUDA_ERROR_ARRAY_IS_MAPPED)                \
+  X(CUDA_ERROR_ALREADY_MAPPED)                 \
+  X(CUDA_ERROR_NO_BINARY_FOR_GPU)              \
+  X(CUDA_ERROR_ALREADY_ACQUIRED)               \
+  X(CUDA_ERROR_NOT_MAPPED)                     \
+  X(CUDA_ERROR_NOT_MAPPED_AS_ARRAY)            \
+  X(CUDA_ERROR_NOT_MAPPED_AS_POINTER)          \
+  X(CUDA_ERROR_ECC_UNCORRECTABLE)              \
+  X(CUDA_ERROR_UNSUPPORTED_LIMIT)              \
+  X(CUDA_ERROR_CONTEXT_ALREADY_IN_USE)         \
+  X(CUDA_ERROR_PEER_ACCESS_UNSUPPORTED)        \
+  X(CUDA_ERROR_INVALID_PTX)                    \
+  X(CUDA_ERROR_INVALID_GRAPHICS_CONTEXT)       \
+  X(CUDA_ERROR_NVLINK_UNCORRECTABLE)           \
+  X(CUDA_ERROR_JIT_COMPILER_NOT_FOUND)         \
+  X(CUDA_ERROR_UNSUPPORTED_PTX_VERSION)        \
+  X(CUDA_ERROR_JIT_COMPILATION_DISABLED)       \
+  X(CUDA_ERROR_UNSUPPORTED_EXEC_AFFINITY)      \
+  X(CUDA_ERROR_UNSUPPORTED_DEVSIDE_SYNC)       \
+  X(CUDA_ERROR_CONTAINED)                      \
+  X(CUDA_ERROR_INVALID_SOURCE)                 \
+  X(CUDA_ERROR_FILE_NOT_FOUND)                 \
   X(CUDA_ERROR_SHARED_OBJECT_SYMBOL_NOT_FOUND) \
-  X(CUDA_ERROR_SHARED_OBJECT_INIT_FAILED) \
-  X(CUDA_ERROR_OPERATING_SYSTEM) \
-  X(CUDA_ERROR_INVALID_HANDLE) \
-  X(CUDA_ERROR_ILLEGAL_STATE) \
-  X(CUDA_ERROR_LOSSY_QUERY) \
-  X(CUDA_ERROR_NOT_FOUND) \
-  X(CUDA_ERROR_NOT_READY) \
-  X(CUDA_ERROR_ILLEGAL_ADDRESS) \
-  X(CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES) \
-  X(CUDA_ERROR_LAUNCH_TIMEOUT) \
-  X(CUDA_ERROR_LAUNCH_INCOMPATIBLE_TEXTURING) \
-  X(CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED) \
-  X(CUDA_ERROR_PEER_ACCESS_NOT_ENABLED) \
-  X(CUDA_ERROR_PRIMARY_CONTEXT_ACTIVE) \
-  X(CUDA_ERROR_CONTEXT_IS_DESTROYED) \
-  X(CUDA_ERROR_ASSERT) \
-  X(CUDA_ERROR_TOO_MANY_PEERS) \
+  X(CUDA_ERROR_SHARED_OBJECT_INIT_FAILED)      \
+  X(CUDA_ERROR_OPERATING_SYSTEM)               \
+  X(CUDA_ERROR_INVALID_HANDLE)                 \
+  X(CUDA_ERROR_ILLEGAL_STATE)                  \
+  X(CUDA_ERROR_LOSSY_QUERY)                    \
+  X(CUDA_ERROR_NOT_FOUND)                      \
+  X(CUDA_ERROR_NOT_READY)                      \
+  X(CUDA_ERROR_ILLEGAL_ADDRESS)                \
+  X(CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES)        \
+  X(CUDA_ERROR_LAUNCH_TIMEOUT)                 \
+  X(CUDA_ERROR_LAUNCH_INCOMPATIBLE_TEXTURING)  \
+  X(CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED)    \
+  X(CUDA_ERROR_PEER_ACCESS_NOT_ENABLED)        \
+  X(CUDA_ERROR_PRIMARY_CONTEXT_ACTIVE)         \
+  X(CUDA_ERROR_CONTEXT_IS_DESTROYED)           \
+  X(CUDA_ERROR_ASSERT)                         \
+  X(CUDA_ERROR_TOO_MANY_PEERS)                 \
   X(CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED) \
-  X(CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED) \
-  X(CUDA_ERROR_HARDWARE_STACK_ERROR) \
-  X(CUDA_ERROR_ILLEGAL_INSTRUCTION) \
-  X(CUDA_ERROR_MISALIGNED_ADDRESS) \
-  X(CUDA_ERROR_INVALID_ADDRESS_SPACE) \
-  X(CUDA_ERROR_INVALID_PC) \
-  X(CUDA_ERROR_LAUNCH_FAILED) \
-  X(CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE) \
-  X(CUDA_ERROR_TENSOR_MEMORY_LEAK) \
-  X(CUDA_ERROR_NOT_PERMITTED) \
-  X(CUDA_ERROR_NOT_SUPPORTED) \
-  X(CUDA_ERROR_SYSTEM_NOT_READY) \
-  X(CUDA_ERROR_SYSTEM_DRIVER_MISMATCH) \
+  X(CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED)     \
+  X(CUDA_ERROR_HARDWARE_STACK_ERROR)           \
+  X(CUDA_ERROR_ILLEGAL_INSTRUCTION)            \
+  X(CUDA_ERROR_MISALIGNED_ADDRESS)             \
+  X(CUDA_ERROR_INVALID_ADDRESS_SPACE)          \
+  X(CUDA_ERROR_INVALID_PC)                     \
+  X(CUDA_ERROR_LAUNCH_FAILED)                  \
+  X(CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE)   \
+  X(CUDA_ERROR_TENSOR_MEMORY_LEAK)             \
+  X(CUDA_ERROR_NOT_PERMITTED)                  \
+  X(CUDA_ERROR_NOT_SUPPORTED)                  \
+  X(CUDA_ERROR_SYSTEM_NOT_READY)               \
+  X(CUDA_ERROR_SYSTEM_DRIVER_MISMATCH)         \
   X(CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE) \
-  X(CUDA_ERROR_MPS_CONNECTION_FAILED) \
-  X(CUDA_ERROR_MPS_RPC_FAILURE) \
-  X(CUDA_ERROR_MPS_SERVER_NOT_READY) \
-  X(CUDA_ERROR_MPS_MAX_CLIENTS_REACHED) \
-  X(CUDA_ERROR_MPS_MAX_CONNECTIONS_REACHED) \
-  X(CUDA_ERROR_MPS_CLIENT_TERMINATED) \
-  X(CUDA_ERROR_CDP_NOT_SUPPORTED) \
-  X(CUDA_ERROR_CDP_VERSION_MISMATCH) \
-  X(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED) \
-  X(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED) \
-  X(CUDA_ERROR_STREAM_CAPTURE_MERGE) \
-  X(CUDA_ERROR_STREAM_CAPTURE_UNMATCHED) \
-  X(CUDA_ERROR_STREAM_CAPTURE_UNJOINED) \
-  X(CUDA_ERROR_STREAM_CAPTURE_ISOLATION) \
-  X(CUDA_ERROR_STREAM_CAPTURE_IMPLICIT) \
-  X(CUDA_ERROR_CAPTURED_EVENT) \
-  X(CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD) \
-  X(CUDA_ERROR_TIMEOUT) \
-  X(CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE) \
-  X(CUDA_ERROR_EXTERNAL_DEVICE) \
-  X(CUDA_ERROR_INVALID_CLUSTER_SIZE) \
-  X(CUDA_ERROR_FUNCTION_NOT_LOADED) \
-  X(CUDA_ERROR_INVALID_RESOURCE_TYPE) \
+  X(CUDA_ERROR_MPS_CONNECTION_FAILED)          \
+  X(CUDA_ERROR_MPS_RPC_FAILURE)                \
+  X(CUDA_ERROR_MPS_SERVER_NOT_READY)           \
+  X(CUDA_ERROR_MPS_MAX_CLIENTS_REACHED)        \
+  X(CUDA_ERROR_MPS_MAX_CONNECTIONS_REACHED)    \
+  X(CUDA_ERROR_MPS_CLIENT_TERMINATED)          \
+  X(CUDA_ERROR_CDP_NOT_SUPPORTED)              \
+  X(CUDA_ERROR_CDP_VERSION_MISMATCH)           \
+  X(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED)     \
+  X(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED)     \
+  X(CUDA_ERROR_STREAM_CAPTURE_MERGE)           \
+  X(CUDA_ERROR_STREAM_CAPTURE_UNMATCHED)       \
+  X(CUDA_ERROR_STREAM_CAPTURE_UNJOINED)        \
+  X(CUDA_ERROR_STREAM_CAPTURE_ISOLATION)       \
+  X(CUDA_ERROR_STREAM_CAPTURE_IMPLICIT)        \
+  X(CUDA_ERROR_CAPTURED_EVENT)                 \
+  X(CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD)    \
+  X(CUDA_ERROR_TIMEOUT)                        \
+  X(CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE)      \
+  X(CUDA_ERROR_EXTERNAL_DEVICE)                \
+  X(CUDA_ERROR_INVALID_CLUSTER_SIZE)           \
+  X(CUDA_ERROR_FUNCTION_NOT_LOADED)            \
+  X(CUDA_ERROR_INVALID_RESOURCE_TYPE)          \
   X(CUDA_ERROR_INVALID_RESOURCE_CONFIGURATION) \
-  X(CUDA_ERROR_KEY_ROTATION) \
-  X(CUDA_ERROR_UNKNOWN) \
+  X(CUDA_ERROR_KEY_ROTATION)                   \
+  X(CUDA_ERROR_UNKNOWN)
 
 std::string VersionString(int version) {
   return absl::StrCat(version / 1000, ".", (version % 1000) / 10);
@@ -161,10 +161,12 @@ Status Resolve(const DriverApi& api, const char* base, const char* export_name, 
   // (and the only way on a driver older than this header).
   if (pointer == nullptr) pointer = dlsym(api.handle, export_name);
   if (pointer == nullptr) {
+    std::string what = export_name;
+    if (std::string_view(base) != export_name) {
+      absl::StrAppend(&what, " (", base, " as of CUDA ", VersionString(CUDA_VERSION), ")");
+    }
     return Status::NotFound(absl::StrCat("CUDA driver ", api.path, " (CUDA ",
-                                         VersionString(api.driver_version), ") lacks ",
-                                         export_name, ", which ferry needs (", base,
-                                         " as of CUDA ", VersionString(CUDA_VERSION), ")"));
+                                         VersionString(api.driver_version), ") lacks ", what));
   }
   *out = reinterpret_cast<Fn>(pointer);
   return Status::Ok();
@@ -180,8 +182,8 @@ Status InitDriver(void* handle, std::string path, std::unique_ptr<DriverApi>* ou
   api->cuDriverGetVersion = Symbol<decltype(api->cuDriverGetVersion)>(handle, "cuDriverGetVersion");
   api->cuGetErrorName = Symbol<decltype(api->cuGetErrorName)>(handle, "cuGetErrorName");
   api->cuGetErrorString = Symbol<decltype(api->cuGetErrorString)>(handle, "cuGetErrorString");
-  api->cuGetProcAddress = Symbol<decltype(api->cuGetProcAddress)>(
-      handle, FERRY_CUDA_EXPORT_NAME(cuGetProcAddress));
+  api->cuGetProcAddress =
+      Symbol<decltype(api->cuGetProcAddress)>(handle, FERRY_CUDA_EXPORT_NAME(cuGetProcAddress));
   if (api->cuInit == nullptr || api->cuDriverGetVersion == nullptr) {
     // Not a CUDA driver at all; nothing of it ran, so it may be unloaded.
     dlclose(handle);
@@ -203,8 +205,7 @@ Status InitDriver(void* handle, std::string path, std::unique_ptr<DriverApi>* ou
   }
   FERRY_RETURN_IF_ERROR(FERRY_CU(*api, cuDriverGetVersion, &api->driver_version)
                             .WithContext(absl::StrCat("CUDA driver ", api->path)));
-  api->used_proc_address =
-      api->cuGetProcAddress != nullptr && api->driver_version >= CUDA_VERSION;
+  api->used_proc_address = api->cuGetProcAddress != nullptr && api->driver_version >= CUDA_VERSION;
 
   // Devices before the full table, so a driver without GPUs says so rather
   // than reporting whichever entry point it happens to lack.
@@ -214,10 +215,9 @@ Status InitDriver(void* handle, std::string path, std::unique_ptr<DriverApi>* ou
   FERRY_RETURN_IF_ERROR(FERRY_CU(*api, cuDeviceGetCount, &count)
                             .WithContext(absl::StrCat("CUDA driver ", api->path)));
   if (count <= 0) {
-    return Status::Cuda(CUDA_ERROR_NO_DEVICE,
-                        absl::StrCat("CUDA driver ", api->path, " (CUDA ",
-                                     VersionString(api->driver_version),
-                                     ") reports no CUDA devices"));
+    return Status::Cuda(CUDA_ERROR_NO_DEVICE, absl::StrCat("CUDA driver ", api->path, " (CUDA ",
+                                                           VersionString(api->driver_version),
+                                                           ") reports no CUDA devices"));
   }
 
 #define FERRY_CUDA_RESOLVE_(name) \
@@ -226,7 +226,8 @@ Status InitDriver(void* handle, std::string path, std::unique_ptr<DriverApi>* ou
 #undef FERRY_CUDA_RESOLVE_
 
   FERRY_LOG(kInfo) << "loaded CUDA driver " << api->path << " (CUDA "
-                   << VersionString(api->driver_version) << ", " << count << " device(s), entry points via "
+                   << VersionString(api->driver_version) << ", " << count
+                   << " device(s), entry points via "
                    << (api->used_proc_address ? "cuGetProcAddress" : "dlsym") << ")";
   *out = std::move(api);
   return Status::Ok();
@@ -234,7 +235,7 @@ Status InitDriver(void* handle, std::string path, std::unique_ptr<DriverApi>* ou
 
 }  // namespace
 
-std::string_view CuResultName(CUresult result) {
+const char* CuResultName(CUresult result) {
   switch (result) {
 #define FERRY_CU_RESULT_CASE_(name) \
   case name:                        \
@@ -253,12 +254,12 @@ std::string DriverApi::ErrorName(CUresult result) const {
       name != nullptr) {
     return name;
   }
-  std::string_view known = CuResultName(result);
-  if (known.starts_with("CUDA_")) return std::string(known);
+  const char* known = CuResultName(result);
+  if (std::string_view(known).starts_with("CUDA_")) return known;
   return absl::StrCat("CUresult ", static_cast<int>(result));
 }
 
-Status DriverApi::Check(CUresult result, std::string_view call) const {
+Status DriverApi::Check(CUresult result, const char* call) const {
   if (result == CUDA_SUCCESS) return Status::Ok();
   std::string message = absl::StrCat(call, ": ", ErrorName(result));
   const char* text = nullptr;
@@ -324,14 +325,15 @@ Status LoadDriver(const std::vector<std::string>& candidates, bool explicit_path
       std::string why = absl::StrCat(loaded, " is ferry's own stand-in libcuda (it exports ",
                                      kFerryClientMarker, "), not NVIDIA's driver");
       if (explicit_path) return Status::InvalidArgument(why + "; ferryd needs the real driver");
-      FERRY_LOG(kWarning) << "skipping " << why;
+      FERRY_LOG(kWarning) << "skipping " << loaded << ": ferry's own stand-in libcuda (it exports "
+                          << kFerryClientMarker << "), not NVIDIA's driver";
       tried.push_back(absl::StrCat(loaded, " (ferry's stand-in, skipped)"));
       continue;
     }
     return InitDriver(handle, std::move(loaded), out);
   }
-  return Status::NotFound(absl::StrCat("no NVIDIA driver found; tried ",
-                                       absl::StrJoin(tried, ", ")));
+  return Status::NotFound(
+      absl::StrCat("no NVIDIA driver found; tried ", absl::StrJoin(tried, ", ")));
 }
 
 }  // namespace ferry::backend::cuda_internal

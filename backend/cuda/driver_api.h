@@ -88,6 +88,7 @@
   X(cuModuleEnumerateFunctions)           \
   X(cuFuncGetName)                        \
   X(cuFuncGetParamInfo)                   \
+  X(cuFuncLoad)                           \
   X(cuFuncGetAttribute)                   \
   X(cuFuncSetAttribute)                   \
   X(cuFuncSetCacheConfig)
@@ -102,8 +103,8 @@ struct DriverApi {
   // The dlopen handle. Never closed: once cuInit has run, the driver owns
   // threads and atexit handlers that must not outlive its code.
   void* handle = nullptr;
-  std::string path;         // the file actually loaded (resolved by the loader)
-  int driver_version = 0;   // cuDriverGetVersion
+  std::string path;                // the file actually loaded (resolved by the loader)
+  int driver_version = 0;          // cuDriverGetVersion
   bool used_proc_address = false;  // entry points came from cuGetProcAddress
 
   // Bootstrap entry points (dlsym). cuGetProcAddress is cuda.h's name for
@@ -125,7 +126,7 @@ struct DriverApi {
   // ferry's own table. Calls the driver: not for use in stream callbacks.
   std::string ErrorName(CUresult result) const;
   // OK for CUDA_SUCCESS, else Status::Cuda(result, "<call>: <name>: <string>").
-  Status Check(CUresult result, std::string_view call) const;
+  Status Check(CUresult result, const char* call) const;
 };
 
 // Calls `api.fn(args...)` and turns its CUresult into a Status that names the
@@ -134,7 +135,7 @@ struct DriverApi {
 
 // The name cuda.h gives `result` ("CUDA_ERROR_STUB_LIBRARY"), or
 // "CUresult <n>" for a value it does not list. Pure: safe in driver callbacks.
-std::string_view CuResultName(CUresult result);
+const char* CuResultName(CUresult result);
 
 // An entry point as the loader asks for it: the base name cuGetProcAddress
 // takes, and the versioned export name it falls back on with dlsym.

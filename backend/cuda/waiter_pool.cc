@@ -12,18 +12,18 @@ namespace ferry::backend::cuda_internal {
 WaiterPool::WaiterPool(size_t max_threads) : max_threads_(max_threads == 0 ? 1 : max_threads) {}
 
 WaiterPool::~WaiterPool() {
-  std::vector<std::thread> threads;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
   }
-  // Workers drain the queue before they exit, and a job may Submit more, so
-  // the thread list is only taken once every worker is gone... which needs
-  // the list: join under no lock, re-reading until it stops growing.
+  wake_.notify_all();
+  // Workers drain the queue before they exit. A job may still Submit (and
+  // so start a thread) meanwhile, so join by index under no lock, re-reading
+  // the size until every started thread has been joined.
   for (size_t joined = 0;;) {
     std::thread next;
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       if (joined == threads_.size()) break;
       next = std::move(threads_[joined]);
     }
@@ -34,8 +34,9 @@ WaiterPool::~WaiterPool() {
 
 void WaiterPool::Submit(Job job) {
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     queue_.push_back(std::move(job));
+    wake_.notify_one();
     // Each queued job beyond the idle threads gets a thread of its own while
     // the bound allows: a waiter blocks for as long as the GPU work takes.
     if (queue_.size() <= idle_ || threads_.size() >= max_threads_) return;
@@ -51,11 +52,15 @@ void WaiterPool::Submit(Job job) {
   }
   // No thread exists and none can be started: block the caller instead of
   // dropping a Completion.
-  std::move(job)();
+  try {
+    std::move(job)();
+  } catch (...) {
+    FERRY_LOG(kError) << "cuda backend: a waiter job threw";
+  }
 }
 
 size_t WaiterPool::TEST_thread_count() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return threads_.size();
 }
 
@@ -63,13 +68,9 @@ void WaiterPool::WorkerLoop() {
   for (;;) {
     Job job;
     {
-      absl::MutexLock lock(&mu_);
+      std::unique_lock<std::mutex> lock(mu_);
       ++idle_;
-      mu_.Await(absl::Condition(
-          +[](WaiterPool* pool) ABSL_EXCLUSIVE_LOCKS_REQUIRED(pool->mu_) {
-            return !pool->queue_.empty() || pool->stopping_;
-          },
-          this));
+      wake_.wait(lock, [this] { return !queue_.empty() || stopping_; });
       --idle_;
       if (queue_.empty()) return;  // stopping, and nothing left to run
       job = std::move(queue_.front());

@@ -12,14 +12,15 @@
 // be called from a job.
 #pragma once
 
+#include <condition_variable>
 #include <cstddef>
 #include <deque>
+#include <mutex>
 #include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/functional/any_invocable.h"
-#include "absl/synchronization/mutex.h"
 
 namespace ferry::backend::cuda_internal {
 
@@ -44,7 +45,10 @@ class WaiterPool {
   void WorkerLoop();
 
   const size_t max_threads_;
-  absl::Mutex mu_;
+  // std::mutex rather than absl::Mutex: the distribution's absl is built
+  // without TSan hooks, so TSan could not see its ordering.
+  std::mutex mu_;
+  std::condition_variable wake_;  // a job was queued, or stopping_ was set
   std::deque<Job> queue_ ABSL_GUARDED_BY(mu_);
   size_t idle_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

@@ -176,17 +176,28 @@ DeviceDescription MakeDeviceDescription(int index, uint64_t memory) {
 
 uint64_t DefaultLimit(int limit) {
   switch (limit) {
-    case CU_LIMIT_STACK_SIZE: return 1024;
-    case CU_LIMIT_PRINTF_FIFO_SIZE: return 1 << 20;
-    case CU_LIMIT_MALLOC_HEAP_SIZE: return 8 << 20;
-    case CU_LIMIT_DEV_RUNTIME_SYNC_DEPTH: return 2;
-    case CU_LIMIT_DEV_RUNTIME_PENDING_LAUNCH_COUNT: return 2048;
-    case CU_LIMIT_MAX_L2_FETCH_GRANULARITY: return 32;
-    case CU_LIMIT_PERSISTING_L2_CACHE_SIZE: return 0;
-    case CU_LIMIT_SHMEM_SIZE: return kSharedMemoryPerBlockOptin;
-    case CU_LIMIT_CIG_ENABLED: return 0;
-    case CU_LIMIT_CIG_SHMEM_FALLBACK_ENABLED: return 1;
-    default: return 0;
+    case CU_LIMIT_STACK_SIZE:
+      return 1024;
+    case CU_LIMIT_PRINTF_FIFO_SIZE:
+      return 1 << 20;
+    case CU_LIMIT_MALLOC_HEAP_SIZE:
+      return 8 << 20;
+    case CU_LIMIT_DEV_RUNTIME_SYNC_DEPTH:
+      return 2;
+    case CU_LIMIT_DEV_RUNTIME_PENDING_LAUNCH_COUNT:
+      return 2048;
+    case CU_LIMIT_MAX_L2_FETCH_GRANULARITY:
+      return 32;
+    case CU_LIMIT_PERSISTING_L2_CACHE_SIZE:
+      return 0;
+    case CU_LIMIT_SHMEM_SIZE:
+      return kSharedMemoryPerBlockOptin;
+    case CU_LIMIT_CIG_ENABLED:
+      return 0;
+    case CU_LIMIT_CIG_SHMEM_FALLBACK_ENABLED:
+      return 1;
+    default:
+      return 0;
   }
 }
 
@@ -220,24 +231,34 @@ Status CheckSetLimit(int limit, uint64_t value) {
       return Status::Cuda(CUDA_ERROR_INVALID_VALUE,
                           "limit " + std::to_string(limit) + " can only be queried");
     default:
-      return Status::Cuda(CUDA_ERROR_UNSUPPORTED_LIMIT,
-                          "unknown limit " + std::to_string(limit));
+      return Status::Cuda(CUDA_ERROR_UNSUPPORTED_LIMIT, "unknown limit " + std::to_string(limit));
   }
 }
 
 int DefaultFunctionAttribute(int attribute) {
   switch (attribute) {
-    case CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK: return kMaxThreadsPerBlock;
-    case CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES: return 0;
-    case CU_FUNC_ATTRIBUTE_CONST_SIZE_BYTES: return 0;
-    case CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES: return 0;
-    case CU_FUNC_ATTRIBUTE_NUM_REGS: return 32;
-    case CU_FUNC_ATTRIBUTE_PTX_VERSION: return 90;
-    case CU_FUNC_ATTRIBUTE_BINARY_VERSION: return 90;
-    case CU_FUNC_ATTRIBUTE_CACHE_MODE_CA: return 0;
-    case CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES: return kSharedMemoryPerBlock;
-    case CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT: return -1;  // no preference
-    default: return 0;  // cluster attributes: none required, portable only
+    case CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK:
+      return kMaxThreadsPerBlock;
+    case CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES:
+      return 0;
+    case CU_FUNC_ATTRIBUTE_CONST_SIZE_BYTES:
+      return 0;
+    case CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES:
+      return 0;
+    case CU_FUNC_ATTRIBUTE_NUM_REGS:
+      return 32;
+    case CU_FUNC_ATTRIBUTE_PTX_VERSION:
+      return 90;
+    case CU_FUNC_ATTRIBUTE_BINARY_VERSION:
+      return 90;
+    case CU_FUNC_ATTRIBUTE_CACHE_MODE_CA:
+      return 0;
+    case CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES:
+      return kSharedMemoryPerBlock;
+    case CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT:
+      return -1;  // no preference
+    default:
+      return 0;  // cluster attributes: none required, portable only
   }
 }
 

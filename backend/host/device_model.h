@@ -12,9 +12,9 @@
 // Thread-safety: pure functions and constants.
 #pragma once
 
-#include <cstdint>
-
 #include <cuda.h>
+
+#include <cstdint>
 
 #include "backend/api/gpu_backend.h"
 #include "common/status.h"

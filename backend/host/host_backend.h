@@ -30,8 +30,8 @@ struct HostBackendOptions {
   // Paths of shared libraries exporting "ferry_host_<mangled kernel name>"
   // functions; searched in this order for each kernel.
   std::vector<std::string> kernel_libraries;
-  int device_count = 1;                  // 1..64
-  uint64_t device_memory = 8ull << 30;   // bytes per device; > 0
+  int device_count = 1;                 // 1..64
+  uint64_t device_memory = 8ull << 30;  // bytes per device; > 0
 };
 
 // Creates a host backend. Fails (InvalidArgument) on bad options, or when a

@@ -13,25 +13,25 @@ CompletionThread::CompletionThread() : thread_([this] { Run(); }) {}
 
 CompletionThread::~CompletionThread() {
   {
-    absl::MutexLock lock(&mu_);
+    std::unique_lock<std::mutex> lock(mu_);
     stopping_ = true;
-    cv_.SignalAll();
+    cv_.notify_all();
   }
   thread_.join();
 }
 
 void CompletionThread::Post(std::function<void()> fn) {
-  absl::MutexLock lock(&mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   queue_.push_back(std::move(fn));
-  cv_.Signal();
+  cv_.notify_one();
 }
 
 void CompletionThread::Run() {
   for (;;) {
     std::function<void()> fn;
     {
-      absl::MutexLock lock(&mu_);
-      while (queue_.empty() && !stopping_) cv_.Wait(&mu_);
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [this] { return !queue_.empty() || stopping_; });
       if (queue_.empty()) return;  // stopping and drained
       fn = std::move(queue_.front());
       queue_.pop_front();
@@ -62,7 +62,7 @@ StreamQueue::StreamQueue(CompletionThread* completions) : completions_(completio
 
 Status StreamQueue::Create(CompletionThread* completions, std::shared_ptr<StreamQueue>* out) {
   std::shared_ptr<StreamQueue> queue(new StreamQueue(completions));
-  absl::MutexLock lock(&queue->thread_mu_);
+  std::lock_guard<std::mutex> lock(queue->thread_mu_);
   try {
     // The worker owns a reference until it exits, so a detached worker (see
     // Shutdown) never touches a destroyed queue.
@@ -80,30 +80,30 @@ StreamQueue::~StreamQueue() {
 }
 
 StreamPoint StreamQueue::Enqueue(std::vector<StreamPoint> after, std::function<void()> op) {
-  absl::MutexLock lock(&mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   ops_.push_back(Op{std::move(after), std::move(op)});
   ++enqueued_;
-  work_cv_.Signal();
+  work_cv_.notify_one();
   return StreamPoint{shared_from_this(), enqueued_};
 }
 
 StreamPoint StreamQueue::Tail() {
-  absl::MutexLock lock(&mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   return StreamPoint{shared_from_this(), enqueued_};
 }
 
 bool StreamQueue::Reached(uint64_t seq) {
-  absl::MutexLock lock(&mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   return done_ >= seq;
 }
 
 void StreamQueue::WaitReached(uint64_t seq) {
-  absl::MutexLock lock(&mu_);
-  while (done_ < seq) done_cv_.Wait(&mu_);
+  std::unique_lock<std::mutex> lock(mu_);
+  done_cv_.wait(lock, [this, seq] { return done_ >= seq; });
 }
 
 void StreamQueue::WhenReached(uint64_t seq, std::function<void(Status)> done) {
-  absl::MutexLock lock(&mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   if (done_ >= seq) {
     // Posted under the lock so that it cannot overtake a completion the
     // worker is about to post for an earlier seq of this queue.
@@ -114,11 +114,11 @@ void StreamQueue::WhenReached(uint64_t seq, std::function<void(Status)> done) {
 }
 
 void StreamQueue::Shutdown() {
-  absl::MutexLock thread_lock(&thread_mu_);
+  std::lock_guard<std::mutex> thread_lock(thread_mu_);
   {
-    absl::MutexLock lock(&mu_);
+    std::unique_lock<std::mutex> lock(mu_);
     stopping_ = true;
-    work_cv_.Signal();
+    work_cv_.notify_one();
   }
   if (!thread_.joinable()) return;
   if (thread_.get_id() == std::this_thread::get_id()) {
@@ -132,8 +132,8 @@ void StreamQueue::Run() {
   for (;;) {
     Op op;
     {
-      absl::MutexLock lock(&mu_);
-      while (ops_.empty() && !stopping_) work_cv_.Wait(&mu_);
+      std::unique_lock<std::mutex> lock(mu_);
+      work_cv_.wait(lock, [this] { return !ops_.empty() || stopping_; });
       if (ops_.empty()) return;  // stopping, and everything appended has run
       op = std::move(ops_.front());
       ops_.pop_front();
@@ -152,10 +152,10 @@ void StreamQueue::Run() {
     // before the op counts as done, so "done" means the backend no longer
     // holds the caller's bytes.
     op.fn = nullptr;
-    absl::MutexLock lock(&mu_);
+    std::unique_lock<std::mutex> lock(mu_);
     if (!failure.ok() && error_.ok()) error_ = std::move(failure);
     ++done_;
-    done_cv_.SignalAll();
+    done_cv_.notify_all();
     while (!waiters_.empty() && waiters_.begin()->first <= done_) {
       auto node = waiters_.extract(waiters_.begin());
       completions_->Post([done = std::move(node.mapped()), status = error_] { done(status); });

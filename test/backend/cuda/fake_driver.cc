@@ -1,0 +1,703 @@
+// A fake libcuda.so.1 for cuda_backend_test, so the loader and CudaBackend's
+// call sequences run on a machine without a GPU.
+//
+// Built in several variants (compile definitions):
+//   FAKE_DEVICE_COUNT    devices cuDeviceGetCount reports (default 1)
+//   FAKE_DRIVER_VERSION  what cuDriverGetVersion reports (default 13000)
+//   FAKE_FERRY           also export cuFerryClientIdentity (ferry's marker)
+//   FAKE_FULL            implement every entry point CudaBackend uses, with
+//                        host memory as "device" memory and one in-order
+//                        worker thread as the GPU; otherwise only the
+//                        bootstrap entry points exist
+// Every entry point is defined under its cuda.h name, so it gets the exact
+// versioned export name and prototype (cuCtxCreate defines cuCtxCreate_v4).
+//
+// Like the real driver, the fake checks that a context is current on the
+// calling thread and that a stream belongs to it, so the backend's
+// make-current logic is exercised, and it calls stream callbacks on its own
+// thread. Test hooks (fake_*) let the test pause the "GPU", inject a sticky
+// error, and inspect what the backend asked for.
+//
+// Thread-safety: every entry point may be called from any thread.
+#include <cuda.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#ifndef FAKE_DEVICE_COUNT
+#define FAKE_DEVICE_COUNT 1
+#endif
+#ifndef FAKE_DRIVER_VERSION
+#define FAKE_DRIVER_VERSION 13000
+#endif
+
+#define FAKE_HOOK extern "C" __attribute__((visibility("default")))
+
+namespace {
+
+std::atomic<int> g_init_calls{0};
+std::atomic<int> g_proc_address_calls{0};
+std::atomic<int> g_last_proc_version{0};
+std::atomic<unsigned long long> g_last_proc_flags{~0ull};
+
+}  // namespace
+
+#ifdef FAKE_FERRY
+FAKE_HOOK const char* cuFerryClientIdentity() { return "ferry fake"; }
+#endif
+
+FAKE_HOOK int fake_init_calls() { return g_init_calls.load(); }
+FAKE_HOOK int fake_proc_address_calls() { return g_proc_address_calls.load(); }
+FAKE_HOOK int fake_last_proc_version() { return g_last_proc_version.load(); }
+FAKE_HOOK unsigned long long fake_last_proc_flags() { return g_last_proc_flags.load(); }
+
+CUresult cuInit(unsigned int flags) {
+  ++g_init_calls;
+  return flags == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+CUresult cuDriverGetVersion(int* version) {
+  *version = FAKE_DRIVER_VERSION;
+  return CUDA_SUCCESS;
+}
+
+CUresult cuGetErrorName(CUresult error, const char** name) {
+  switch (error) {
+    case CUDA_SUCCESS:
+      *name = "CUDA_SUCCESS";
+      return CUDA_SUCCESS;
+    case CUDA_ERROR_INVALID_VALUE:
+      *name = "CUDA_ERROR_INVALID_VALUE";
+      return CUDA_SUCCESS;
+    case CUDA_ERROR_NOT_READY:
+      *name = "CUDA_ERROR_NOT_READY";
+      return CUDA_SUCCESS;
+    case CUDA_ERROR_INVALID_CONTEXT:
+      *name = "CUDA_ERROR_INVALID_CONTEXT";
+      return CUDA_SUCCESS;
+    default:
+      *name = nullptr;
+      return CUDA_ERROR_INVALID_VALUE;
+  }
+}
+
+CUresult cuGetErrorString(CUresult error, const char** text) {
+  *text = error == CUDA_ERROR_INVALID_CONTEXT ? "fake: no current context" : "fake error";
+  return CUDA_SUCCESS;
+}
+
+CUresult cuDeviceGetCount(int* count) {
+  *count = FAKE_DEVICE_COUNT;
+  return CUDA_SUCCESS;
+}
+
+#if FAKE_FULL
+namespace {
+
+// --- the "GPU": one in-order worker for every stream -----------------------
+class Gpu {
+ public:
+  void Push(std::function<void()> op) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!started_) {
+      started_ = true;
+      std::thread([this] { Loop(); }).detach();
+    }
+    queue_.push_back(std::move(op));
+    wake_.notify_all();
+  }
+  void Drain() {
+    std::unique_lock<std::mutex> lock(mu_);
+    idle_.wait(lock, [this] { return queue_.empty() && !busy_; });
+  }
+  bool Idle() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return queue_.empty() && !busy_;
+  }
+  void SetPaused(bool paused) {
+    std::lock_guard<std::mutex> lock(mu_);
+    paused_ = paused;
+    wake_.notify_all();
+  }
+
+ private:
+  void Loop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      wake_.wait(lock, [this] { return !paused_ && !queue_.empty(); });
+      std::function<void()> op = std::move(queue_.front());
+      queue_.pop_front();
+      busy_ = true;
+      lock.unlock();
+      op();
+      lock.lock();
+      busy_ = false;
+      if (queue_.empty()) idle_.notify_all();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable wake_, idle_;
+  std::deque<std::function<void()>> queue_;
+  bool busy_ = false, paused_ = false, started_ = false;
+};
+
+Gpu& TheGpu() {
+  static Gpu* gpu = new Gpu();  // never destroyed: its thread outlives main
+  return *gpu;
+}
+
+std::atomic<int> g_sticky_error{CUDA_SUCCESS};
+std::atomic<bool> g_drop_callbacks{false};
+std::atomic<int> g_live_objects{0};
+std::atomic<int> g_last_priority{0};
+std::atomic<size_t> g_last_image_length{0};
+
+struct FakeCtx {
+  CUdevice device;
+  std::mutex mu;
+  std::map<int, size_t> limits;
+};
+struct FakeStream {
+  FakeCtx* ctx;
+};
+struct FakeEvent {
+  FakeCtx* ctx;
+  std::atomic<bool> done{true};
+};
+struct FakeFunction {
+  const char* name;
+  std::vector<std::pair<size_t, size_t>> params;  // offset, size
+  std::map<int, int> attributes;
+  int cache_config = 0;
+};
+struct FakeModule {
+  FakeCtx* ctx;
+  FakeFunction functions[2] = {{"fake_fill", {{0, 8}, {8, 4}, {12, 4}}, {}, 0},
+                               {"fake_noargs", {}, {}, 0}};
+};
+struct LaunchRecord {
+  unsigned grid[3], block[3], shared, num_attrs, cluster[3];
+  size_t params_size;
+};
+std::mutex g_launch_mu;
+LaunchRecord g_last_launch;
+alignas(16) unsigned char g_global[64];
+
+thread_local std::vector<CUcontext> t_stack;
+
+FakeCtx* Current() {
+  return t_stack.empty() ? nullptr : reinterpret_cast<FakeCtx*>(t_stack.back());
+}
+
+CUresult Sticky() { return static_cast<CUresult>(g_sticky_error.load()); }
+
+// A stream is usable when a context is current and the stream is that
+// context's (the legacy stream always is).
+CUresult CheckStream(CUstream stream) {
+  FakeCtx* ctx = Current();
+  if (ctx == nullptr) return CUDA_ERROR_INVALID_CONTEXT;
+  if (stream == nullptr || stream == CU_STREAM_LEGACY) return CUDA_SUCCESS;
+  return reinterpret_cast<FakeStream*>(stream)->ctx == ctx ? CUDA_SUCCESS
+                                                           : CUDA_ERROR_INVALID_CONTEXT;
+}
+
+#define FAKE_NEED_CONTEXT() \
+  if (Current() == nullptr) return CUDA_ERROR_INVALID_CONTEXT
+#define FAKE_NEED_STREAM(s) \
+  if (CUresult r_ = CheckStream(s); r_ != CUDA_SUCCESS) return r_
+
+}  // namespace
+
+FAKE_HOOK void fake_set_paused(bool paused) { TheGpu().SetPaused(paused); }
+FAKE_HOOK void fake_set_sticky_error(int error) { g_sticky_error = error; }
+FAKE_HOOK void fake_set_drop_callbacks(bool drop) { g_drop_callbacks = drop; }
+FAKE_HOOK int fake_live_objects() { return g_live_objects.load(); }
+FAKE_HOOK void* fake_current_context() { return Current(); }
+FAKE_HOOK int fake_last_priority() { return g_last_priority.load(); }
+FAKE_HOOK size_t fake_last_image_length() { return g_last_image_length.load(); }
+// out: grid[3], block[3], shared, num_attrs, cluster[3]
+FAKE_HOOK void fake_last_launch(unsigned out[11], size_t* params_size) {
+  std::lock_guard<std::mutex> lock(g_launch_mu);
+  const LaunchRecord& l = g_last_launch;
+  const unsigned values[11] = {l.grid[0],    l.grid[1],    l.grid[2],   l.block[0],
+                               l.block[1],   l.block[2],   l.shared,    l.num_attrs,
+                               l.cluster[0], l.cluster[1], l.cluster[2]};
+  std::memcpy(out, values, sizeof(values));
+  *params_size = l.params_size;
+}
+
+// --- devices ----------------------------------------------------------------
+CUresult cuDeviceGet(CUdevice* device, int ordinal) {
+  if (ordinal < 0 || ordinal >= FAKE_DEVICE_COUNT) return CUDA_ERROR_INVALID_DEVICE;
+  *device = ordinal;
+  return CUDA_SUCCESS;
+}
+CUresult cuDeviceGetName(char* name, int length, CUdevice device) {
+  std::string value = "Fake GPU " + std::to_string(device);
+  std::strncpy(name, value.c_str(), static_cast<size_t>(length));
+  return CUDA_SUCCESS;
+}
+CUresult cuDeviceGetUuid(CUuuid* uuid, CUdevice device) {
+  for (int i = 0; i < 16; ++i) uuid->bytes[i] = static_cast<char>(i + 16 * device);
+  return CUDA_SUCCESS;
+}
+CUresult cuDeviceTotalMem(size_t* bytes, CUdevice device) {
+  *bytes = (size_t{2} << 30) + device;
+  return CUDA_SUCCESS;
+}
+// Attributes 1..99 are "known" (value 10 * attribute + device); the rest are
+// rejected like retired or future ones.
+CUresult cuDeviceGetAttribute(int* value, CUdevice_attribute attribute, CUdevice device) {
+  if (attribute <= 0 || attribute >= 100) return CUDA_ERROR_INVALID_VALUE;
+  *value = 10 * static_cast<int>(attribute) + device;
+  return CUDA_SUCCESS;
+}
+
+// --- contexts ---------------------------------------------------------------
+CUresult cuCtxCreate(CUcontext* context, CUctxCreateParams* params, unsigned int flags,
+                     CUdevice device) {
+  if (params != nullptr) return CUDA_ERROR_INVALID_VALUE;  // the backend passes none
+  if (device < 0 || device >= FAKE_DEVICE_COUNT) return CUDA_ERROR_INVALID_DEVICE;
+  auto* ctx = new FakeCtx{device, {}, {}};
+  ++g_live_objects;
+  *context = reinterpret_cast<CUcontext>(ctx);
+  t_stack.push_back(*context);
+  return CUDA_SUCCESS;
+}
+CUresult cuCtxPopCurrent(CUcontext* context) {
+  if (t_stack.empty()) return CUDA_ERROR_INVALID_CONTEXT;
+  if (context != nullptr) *context = t_stack.back();
+  t_stack.pop_back();
+  return CUDA_SUCCESS;
+}
+CUresult cuCtxSetCurrent(CUcontext context) {
+  if (t_stack.empty()) {
+    if (context != nullptr) t_stack.push_back(context);
+  } else if (context == nullptr) {
+    t_stack.pop_back();
+  } else {
+    t_stack.back() = context;
+  }
+  return CUDA_SUCCESS;
+}
+CUresult cuCtxDestroy(CUcontext context) {
+  TheGpu().Drain();
+  if (!t_stack.empty() && t_stack.back() == context) t_stack.pop_back();
+  delete reinterpret_cast<FakeCtx*>(context);
+  --g_live_objects;
+  return CUDA_SUCCESS;
+}
+CUresult cuCtxSynchronize() {
+  FAKE_NEED_CONTEXT();
+  TheGpu().Drain();
+  return Sticky();
+}
+CUresult cuCtxGetLimit(size_t* value, CUlimit limit) {
+  FAKE_NEED_CONTEXT();
+  std::lock_guard<std::mutex> lock(Current()->mu);
+  *value = Current()->limits[limit];
+  return CUDA_SUCCESS;
+}
+CUresult cuCtxSetLimit(CUlimit limit, size_t value) {
+  FAKE_NEED_CONTEXT();
+  std::lock_guard<std::mutex> lock(Current()->mu);
+  Current()->limits[limit] = value;
+  return CUDA_SUCCESS;
+}
+
+// --- memory -----------------------------------------------------------------
+CUresult cuMemAlloc(CUdeviceptr* pointer, size_t bytes) {
+  FAKE_NEED_CONTEXT();
+  *pointer = reinterpret_cast<CUdeviceptr>(std::malloc(bytes == 0 ? 1 : bytes));
+  ++g_live_objects;
+  return CUDA_SUCCESS;
+}
+CUresult cuMemAllocPitch(CUdeviceptr* pointer, size_t* pitch, size_t width, size_t height,
+                         unsigned int element_bytes) {
+  FAKE_NEED_CONTEXT();
+  if (element_bytes != 4 && element_bytes != 8 && element_bytes != 16) {
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  *pitch = (width + 255) & ~size_t{255};
+  *pointer = reinterpret_cast<CUdeviceptr>(std::malloc(*pitch * height));
+  ++g_live_objects;
+  return CUDA_SUCCESS;
+}
+CUresult cuMemFree(CUdeviceptr pointer) {
+  FAKE_NEED_CONTEXT();
+  TheGpu().Drain();  // like cudaFree
+  std::free(reinterpret_cast<void*>(pointer));
+  --g_live_objects;
+  return CUDA_SUCCESS;
+}
+CUresult cuMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+  FAKE_NEED_CONTEXT();
+  *free_bytes = size_t{1} << 30;
+  *total_bytes = size_t{2} << 30;
+  return CUDA_SUCCESS;
+}
+
+// --- stream work --------------------------------------------------------------
+CUresult cuMemcpyHtoDAsync(CUdeviceptr dst, const void* src, size_t bytes, CUstream stream) {
+  FAKE_NEED_STREAM(stream);
+  TheGpu().Push([=] { std::memcpy(reinterpret_cast<void*>(dst), src, bytes); });
+  return CUDA_SUCCESS;
+}
+CUresult cuMemcpyDtoHAsync(void* dst, CUdeviceptr src, size_t bytes, CUstream stream) {
+  FAKE_NEED_STREAM(stream);
+  TheGpu().Push([=] { std::memcpy(dst, reinterpret_cast<const void*>(src), bytes); });
+  return CUDA_SUCCESS;
+}
+CUresult cuMemcpyDtoDAsync(CUdeviceptr dst, CUdeviceptr src, size_t bytes, CUstream stream) {
+  FAKE_NEED_STREAM(stream);
+  TheGpu().Push([=] {
+    std::memmove(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), bytes);
+  });
+  return CUDA_SUCCESS;
+}
+CUresult cuMemcpy2DAsync(const CUDA_MEMCPY2D* copy, CUstream stream) {
+  FAKE_NEED_STREAM(stream);
+  CUDA_MEMCPY2D m = *copy;
+  TheGpu().Push([m] {
+    auto* src = static_cast<const unsigned char*>(m.srcMemoryType == CU_MEMORYTYPE_HOST
+                                                      ? m.srcHost
+                                                      : reinterpret_cast<const void*>(m.srcDevice));
+    auto* dst = static_cast<unsigned char*>(
+        m.dstMemoryType == CU_MEMORYTYPE_HOST ? m.dstHost : reinterpret_cast<void*>(m.dstDevice));
+    for (size_t row = 0; row < m.Height; ++row) {
+      std::memcpy(dst + row * m.dstPitch, src + row * m.srcPitch, m.WidthInBytes);
+    }
+  });
+  return CUDA_SUCCESS;
+}
+
+template <typename T>
+CUresult Fill2D(CUdeviceptr dst, size_t pitch, T value, size_t width, size_t height,
+                CUstream stream) {
+  FAKE_NEED_STREAM(stream);
+  TheGpu().Push([=] {
+    for (size_t row = 0; row < height; ++row) {
+      T* line = reinterpret_cast<T*>(dst + row * pitch);
+      for (size_t i = 0; i < width; ++i) line[i] = value;
+    }
+  });
+  return CUDA_SUCCESS;
+}
+CUresult cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, CUstream s) {
+  return Fill2D(d, 0, v, n, 1, s);
+}
+CUresult cuMemsetD16Async(CUdeviceptr d, unsigned short v, size_t n, CUstream s) {
+  return Fill2D(d, 0, v, n, 1, s);
+}
+CUresult cuMemsetD32Async(CUdeviceptr d, unsigned int v, size_t n, CUstream s) {
+  return Fill2D(d, 0, v, n, 1, s);
+}
+CUresult cuMemsetD2D8Async(CUdeviceptr d, size_t p, unsigned char v, size_t w, size_t h,
+                           CUstream s) {
+  return Fill2D(d, p, v, w, h, s);
+}
+CUresult cuMemsetD2D16Async(CUdeviceptr d, size_t p, unsigned short v, size_t w, size_t h,
+                            CUstream s) {
+  return Fill2D(d, p, v, w, h, s);
+}
+CUresult cuMemsetD2D32Async(CUdeviceptr d, size_t p, unsigned int v, size_t w, size_t h,
+                            CUstream s) {
+  return Fill2D(d, p, v, w, h, s);
+}
+
+// fake_fill(uint32_t* out, uint32_t n, uint32_t first): out[i] = first + i.
+CUresult cuLaunchKernelEx(const CUlaunchConfig* config, CUfunction function, void** kernel_params,
+                          void** extra) {
+  FAKE_NEED_STREAM(config->hStream);
+  auto* f = reinterpret_cast<FakeFunction*>(function);
+  std::vector<unsigned char> params;
+  if (extra != nullptr) {
+    // The CU_LAUNCH_PARAM_BUFFER form, exactly: pointer, size, end.
+    if (kernel_params != nullptr || extra[0] != CU_LAUNCH_PARAM_BUFFER_POINTER ||
+        extra[2] != CU_LAUNCH_PARAM_BUFFER_SIZE || extra[4] != CU_LAUNCH_PARAM_END) {
+      return CUDA_ERROR_INVALID_VALUE;
+    }
+    const size_t size = *static_cast<size_t*>(extra[3]);
+    const auto* data = static_cast<const unsigned char*>(extra[1]);
+    params.assign(data, data + size);  // copied now, as the driver does
+  }
+  {
+    std::lock_guard<std::mutex> lock(g_launch_mu);
+    LaunchRecord& l = g_last_launch;
+    l = LaunchRecord{{config->gridDimX, config->gridDimY, config->gridDimZ},
+                     {config->blockDimX, config->blockDimY, config->blockDimZ},
+                     config->sharedMemBytes,
+                     config->numAttrs,
+                     {0, 0, 0},
+                     params.size()};
+    for (unsigned i = 0; i < config->numAttrs; ++i) {
+      if (config->attrs[i].id == CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION) {
+        l.cluster[0] = config->attrs[i].value.clusterDim.x;
+        l.cluster[1] = config->attrs[i].value.clusterDim.y;
+        l.cluster[2] = config->attrs[i].value.clusterDim.z;
+      }
+    }
+  }
+  if (std::strcmp(f->name, "fake_fill") == 0) {
+    if (params.size() != 16) return CUDA_ERROR_INVALID_VALUE;
+    uint64_t out;
+    uint32_t n, first;
+    std::memcpy(&out, params.data(), 8);
+    std::memcpy(&n, params.data() + 8, 4);
+    std::memcpy(&first, params.data() + 12, 4);
+    TheGpu().Push([=] {
+      for (uint32_t i = 0; i < n; ++i) reinterpret_cast<uint32_t*>(out)[i] = first + i;
+    });
+  } else if (!params.empty()) {
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  return CUDA_SUCCESS;
+}
+
+// --- streams ------------------------------------------------------------------
+CUresult cuStreamCreateWithPriority(CUstream* stream, unsigned int flags, int priority) {
+  FAKE_NEED_CONTEXT();
+  g_last_priority = priority;
+  *stream = reinterpret_cast<CUstream>(new FakeStream{Current()});
+  ++g_live_objects;
+  return CUDA_SUCCESS;
+}
+CUresult cuStreamQuery(CUstream stream) {
+  FAKE_NEED_STREAM(stream);
+  if (Sticky() != CUDA_SUCCESS) return Sticky();
+  return TheGpu().Idle() ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
+}
+CUresult cuStreamSynchronize(CUstream stream) {
+  FAKE_NEED_STREAM(stream);
+  TheGpu().Drain();
+  return Sticky();
+}
+CUresult cuStreamDestroy(CUstream stream) {
+  FAKE_NEED_STREAM(stream);
+  if (stream == nullptr || stream == CU_STREAM_LEGACY) return CUDA_ERROR_INVALID_HANDLE;
+  delete reinterpret_cast<FakeStream*>(stream);
+  --g_live_objects;
+  return CUDA_SUCCESS;
+}
+CUresult cuStreamAddCallback(CUstream stream, CUstreamCallback callback, void* user_data,
+                             unsigned int flags) {
+  FAKE_NEED_STREAM(stream);
+  if (flags != 0) return CUDA_ERROR_INVALID_VALUE;
+  if (g_drop_callbacks) return CUDA_SUCCESS;  // as a failed context might
+  TheGpu().Push([=] { callback(stream, Sticky(), user_data); });
+  return CUDA_SUCCESS;
+}
+CUresult cuStreamWaitEvent(CUstream stream, CUevent event, unsigned int flags) {
+  FAKE_NEED_STREAM(stream);
+  return event != nullptr && flags == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+// --- events -------------------------------------------------------------------
+CUresult cuEventCreate(CUevent* event, unsigned int flags) {
+  FAKE_NEED_CONTEXT();
+  *event = reinterpret_cast<CUevent>(new FakeEvent{Current()});
+  ++g_live_objects;
+  return CUDA_SUCCESS;
+}
+CUresult cuEventRecord(CUevent event, CUstream stream) {
+  FAKE_NEED_STREAM(stream);
+  auto* e = reinterpret_cast<FakeEvent*>(event);
+  if (e->ctx != Current()) return CUDA_ERROR_INVALID_HANDLE;
+  e->done = false;
+  TheGpu().Push([e] { e->done = true; });
+  return CUDA_SUCCESS;
+}
+CUresult cuEventQuery(CUevent event) {
+  FAKE_NEED_CONTEXT();
+  return reinterpret_cast<FakeEvent*>(event)->done ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
+}
+CUresult cuEventSynchronize(CUevent event) {
+  FAKE_NEED_CONTEXT();
+  TheGpu().Drain();
+  return Sticky();
+}
+CUresult cuEventElapsedTime(float* milliseconds, CUevent start, CUevent end) {
+  FAKE_NEED_CONTEXT();
+  *milliseconds = 1.5f;
+  return CUDA_SUCCESS;
+}
+CUresult cuEventDestroy(CUevent event) {
+  TheGpu().Drain();  // a pending record still refers to it
+  delete reinterpret_cast<FakeEvent*>(event);
+  --g_live_objects;
+  return CUDA_SUCCESS;
+}
+
+// --- modules ------------------------------------------------------------------
+// An image is "FAKEMOD" followed by anything, NUL-terminated like PTX.
+CUresult cuModuleLoadData(CUmodule* module, const void* image) {
+  FAKE_NEED_CONTEXT();
+  const char* text = static_cast<const char*>(image);
+  if (std::strncmp(text, "FAKEMOD", 7) != 0) return CUDA_ERROR_INVALID_IMAGE;
+  g_last_image_length = std::strlen(text);
+  *module = reinterpret_cast<CUmodule>(new FakeModule{Current()});
+  ++g_live_objects;
+  return CUDA_SUCCESS;
+}
+CUresult cuModuleUnload(CUmodule module) {
+  delete reinterpret_cast<FakeModule*>(module);
+  --g_live_objects;
+  return CUDA_SUCCESS;
+}
+CUresult cuModuleGetFunctionCount(unsigned int* count, CUmodule module) {
+  *count = 2;
+  return CUDA_SUCCESS;
+}
+CUresult cuModuleEnumerateFunctions(CUfunction* functions, unsigned int count, CUmodule module) {
+  auto* m = reinterpret_cast<FakeModule*>(module);
+  for (unsigned i = 0; i < count && i < 2; ++i) {
+    functions[i] = reinterpret_cast<CUfunction>(&m->functions[i]);
+  }
+  return CUDA_SUCCESS;
+}
+CUresult cuModuleGetFunction(CUfunction* function, CUmodule module, const char* name) {
+  FAKE_NEED_CONTEXT();
+  auto* m = reinterpret_cast<FakeModule*>(module);
+  for (FakeFunction& f : m->functions) {
+    if (std::strcmp(f.name, name) == 0) {
+      *function = reinterpret_cast<CUfunction>(&f);
+      return CUDA_SUCCESS;
+    }
+  }
+  return CUDA_ERROR_NOT_FOUND;
+}
+CUresult cuModuleGetGlobal(CUdeviceptr* pointer, size_t* bytes, CUmodule module, const char* name) {
+  FAKE_NEED_CONTEXT();
+  if (std::strcmp(name, "fake_global") != 0) return CUDA_ERROR_NOT_FOUND;
+  *pointer = reinterpret_cast<CUdeviceptr>(g_global);
+  *bytes = sizeof(g_global);
+  return CUDA_SUCCESS;
+}
+CUresult cuFuncGetName(const char** name, CUfunction function) {
+  *name = reinterpret_cast<FakeFunction*>(function)->name;
+  return CUDA_SUCCESS;
+}
+CUresult cuFuncGetParamInfo(CUfunction function, size_t index, size_t* offset, size_t* size) {
+  auto* f = reinterpret_cast<FakeFunction*>(function);
+  if (index >= f->params.size()) return CUDA_ERROR_INVALID_VALUE;
+  *offset = f->params[index].first;
+  if (size != nullptr) *size = f->params[index].second;
+  return CUDA_SUCCESS;
+}
+CUresult cuFuncLoad(CUfunction function) { return CUDA_SUCCESS; }
+CUresult cuFuncGetAttribute(int* value, CUfunction_attribute attribute, CUfunction function) {
+  auto* f = reinterpret_cast<FakeFunction*>(function);
+  if (attribute == CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK) {
+    *value = 1024;
+    return CUDA_SUCCESS;
+  }
+  *value = f->attributes[attribute];
+  return CUDA_SUCCESS;
+}
+CUresult cuFuncSetAttribute(CUfunction function, CUfunction_attribute attribute, int value) {
+  reinterpret_cast<FakeFunction*>(function)->attributes[attribute] = value;
+  return CUDA_SUCCESS;
+}
+CUresult cuFuncSetCacheConfig(CUfunction function, CUfunc_cache config) {
+  reinterpret_cast<FakeFunction*>(function)->cache_config = config;
+  return CUDA_SUCCESS;
+}
+#endif  // FAKE_FULL
+
+// cuGetProcAddress_v2: answers for the entry points defined above, as a real
+// driver does (base name in, the version cuda.h maps it to out).
+CUresult cuGetProcAddress(const char* symbol, void** function, int cuda_version, cuuint64_t flags,
+                          CUdriverProcAddressQueryResult* status) {
+  ++g_proc_address_calls;
+  g_last_proc_version = cuda_version;
+  g_last_proc_flags = flags;
+  // The real driver refuses versions newer than itself.
+  if (cuda_version > FAKE_DRIVER_VERSION) return CUDA_ERROR_INVALID_VALUE;
+  struct Entry {
+    const char* name;
+    void* function;
+  };
+#define FAKE_ENTRY(name) Entry{#name, reinterpret_cast<void*>(&name)},
+  // clang-format off
+  static const Entry kEntries[] = {
+      FAKE_ENTRY(cuInit)
+      FAKE_ENTRY(cuDriverGetVersion)
+      FAKE_ENTRY(cuDeviceGetCount)
+#if FAKE_FULL
+      FAKE_ENTRY(cuDeviceGet)
+      FAKE_ENTRY(cuDeviceGetName)
+      FAKE_ENTRY(cuDeviceGetUuid)
+      FAKE_ENTRY(cuDeviceTotalMem)
+      FAKE_ENTRY(cuDeviceGetAttribute)
+      FAKE_ENTRY(cuCtxCreate)
+      FAKE_ENTRY(cuCtxDestroy)
+      FAKE_ENTRY(cuCtxPopCurrent)
+      FAKE_ENTRY(cuCtxSetCurrent)
+      FAKE_ENTRY(cuCtxSynchronize)
+      FAKE_ENTRY(cuCtxGetLimit)
+      FAKE_ENTRY(cuCtxSetLimit)
+      FAKE_ENTRY(cuMemAlloc)
+      FAKE_ENTRY(cuMemAllocPitch)
+      FAKE_ENTRY(cuMemFree)
+      FAKE_ENTRY(cuMemGetInfo)
+      FAKE_ENTRY(cuMemcpyHtoDAsync)
+      FAKE_ENTRY(cuMemcpyDtoHAsync)
+      FAKE_ENTRY(cuMemcpyDtoDAsync)
+      FAKE_ENTRY(cuMemcpy2DAsync)
+      FAKE_ENTRY(cuMemsetD8Async)
+      FAKE_ENTRY(cuMemsetD16Async)
+      FAKE_ENTRY(cuMemsetD32Async)
+      FAKE_ENTRY(cuMemsetD2D8Async)
+      FAKE_ENTRY(cuMemsetD2D16Async)
+      FAKE_ENTRY(cuMemsetD2D32Async)
+      FAKE_ENTRY(cuLaunchKernelEx)
+      FAKE_ENTRY(cuStreamCreateWithPriority)
+      FAKE_ENTRY(cuStreamQuery)
+      FAKE_ENTRY(cuStreamSynchronize)
+      FAKE_ENTRY(cuStreamDestroy)
+      FAKE_ENTRY(cuStreamAddCallback)
+      FAKE_ENTRY(cuStreamWaitEvent)
+      FAKE_ENTRY(cuEventCreate)
+      FAKE_ENTRY(cuEventRecord)
+      FAKE_ENTRY(cuEventQuery)
+      FAKE_ENTRY(cuEventSynchronize)
+      FAKE_ENTRY(cuEventElapsedTime)
+      FAKE_ENTRY(cuEventDestroy)
+      FAKE_ENTRY(cuModuleLoadData)
+      FAKE_ENTRY(cuModuleUnload)
+      FAKE_ENTRY(cuModuleGetFunction)
+      FAKE_ENTRY(cuModuleGetGlobal)
+      FAKE_ENTRY(cuModuleGetFunctionCount)
+      FAKE_ENTRY(cuModuleEnumerateFunctions)
+      FAKE_ENTRY(cuFuncGetName)
+      FAKE_ENTRY(cuFuncGetParamInfo)
+      FAKE_ENTRY(cuFuncLoad)
+      FAKE_ENTRY(cuFuncGetAttribute)
+      FAKE_ENTRY(cuFuncSetAttribute)
+      FAKE_ENTRY(cuFuncSetCacheConfig)
+#endif
+  };
+  // clang-format on
+#undef FAKE_ENTRY
+  for (const Entry& entry : kEntries) {
+    if (std::strcmp(entry.name, symbol) == 0) {
+      *function = entry.function;
+      if (status != nullptr) *status = CU_GET_PROC_ADDRESS_SUCCESS;
+      return CUDA_SUCCESS;
+    }
+  }
+  *function = nullptr;
+  if (status != nullptr) *status = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+  return CUDA_SUCCESS;
+}
