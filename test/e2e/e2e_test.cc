@@ -19,12 +19,17 @@
 #include <iostream>
 #include <map>
 #include <optional>
+#include <random>
+#include <cstring>
+#include <capnp/serialize.h>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "child_process.h"
+#include "common/frame.h"
+#include "common/transport.h"
 #include "kernel_names.h"
 #include "mini_json.h"
 
@@ -310,6 +315,79 @@ int ClosedPort() {
   }
   close(fd);
   return port;
+}
+
+// Nothing a client sends may stop ferryd: 240 connections, each hostile in
+// one way, then an ordinary program must still pass and no session remain.
+TEST_F(FerrydTest, HostileClientsNeverStopTheServer) {
+  std::mt19937 rng(2026);
+  auto send_raw = [&](const std::vector<uint8_t>& bytes) {
+    std::unique_ptr<ferry::Transport> t;
+    ASSERT_TRUE(ferry::ConnectTcp(address_, 2000ms, &t).ok());
+    ferry::ConstBuffer b{bytes.data(), bytes.size()};
+    (void)t->Write(std::span<const ferry::ConstBuffer>(&b, 1));
+    // Closing at once, or after a moment, covers both a peer that vanishes
+    // mid-frame and one that waits for an answer.
+    if (rng() % 2 == 0) std::this_thread::sleep_for(2ms);
+  };
+  auto hello_frame = [&](uint32_t version, int role) {
+    capnp::MallocMessageBuilder message;
+    auto hello = message.initRoot<ferry::wire::Hello>();
+    hello.setProtocolVersion(version);
+    hello.setRole(static_cast<ferry::wire::Hello::Role>(role));
+    auto words = capnp::messageToFlatArray(message);
+    std::vector<uint8_t> frame(ferry::kFrameHeaderBytes, 0);
+    const uint32_t magic = ferry::wire::FRAME_MAGIC;
+    const uint16_t kind = static_cast<uint16_t>(ferry::wire::FrameKind::HELLO);
+    const uint32_t size = static_cast<uint32_t>(words.asBytes().size());
+    std::memcpy(frame.data(), &magic, 4);
+    std::memcpy(frame.data() + 4, &kind, 2);
+    std::memcpy(frame.data() + 8, &size, 4);
+    frame.insert(frame.end(), words.asBytes().begin(), words.asBytes().end());
+    return frame;
+  };
+  for (int i = 0; i < 240; ++i) {
+    std::vector<uint8_t> bytes;
+    switch (i % 6) {
+      case 0:  // noise
+        bytes.resize(rng() % 4096);
+        for (auto& b : bytes) b = static_cast<uint8_t>(rng());
+        break;
+      case 1:  // a Hello cut short
+        bytes = hello_frame(ferry::wire::PROTOCOL_VERSION, 0);
+        bytes.resize(rng() % bytes.size());
+        break;
+      case 2:  // a Hello from a future protocol
+        bytes = hello_frame(ferry::wire::PROTOCOL_VERSION + 1 + rng() % 100, 0);
+        break;
+      case 3: {  // a good Hello, then a call batch of noise
+        bytes = hello_frame(ferry::wire::PROTOCOL_VERSION, 0);
+        std::vector<uint8_t> header(ferry::kFrameHeaderBytes, 0);
+        const uint32_t magic = ferry::wire::FRAME_MAGIC;
+        const uint16_t kind = static_cast<uint16_t>(ferry::wire::FrameKind::CALL_BATCH);
+        const uint32_t size = 8 * (1 + rng() % 64);
+        std::memcpy(header.data(), &magic, 4);
+        std::memcpy(header.data() + 4, &kind, 2);
+        std::memcpy(header.data() + 8, &size, 4);
+        bytes.insert(bytes.end(), header.begin(), header.end());
+        for (uint32_t k = 0; k < size; ++k) bytes.push_back(static_cast<uint8_t>(rng()));
+        break;
+      }
+      case 4:  // a good Hello with its bits flipped
+        bytes = hello_frame(ferry::wire::PROTOCOL_VERSION, static_cast<int>(rng() % 2));
+        for (int flips = 0; flips < 4; ++flips) bytes[rng() % bytes.size()] ^= 1u << (rng() % 8);
+        break;
+      case 5:  // a control connection that says too little
+        bytes = hello_frame(ferry::wire::PROTOCOL_VERSION, 1);
+        bytes.push_back(0x31);
+        break;
+    }
+    send_raw(bytes);
+    ASSERT_FALSE(ferryd_->Poll()) << "ferryd died after hostile connection " << i << "\n"
+                                  << ferryd_->Describe();
+  }
+  RunAndExpectPass("device_query");
+  ExpectNoSessionsSoon("the hostile connections closed");
 }
 
 TEST(UnreachableServerTest, CallsFailFastWithOneLineNamingTheServer) {
