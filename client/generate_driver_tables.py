@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Generates the stand-in driver's tables from the CUDA toolkit at build time.
 
-Inputs: cuda.h (the CUresult enum) and the toolkit's stub libcuda.so (the list
-of every driver symbol, ~637 in CUDA 13). Outputs, into --out-dir:
+Inputs: cuda.h (the CUresult enum and its `#define cuX cuX_vN` macros), the
+toolkit's stub libcuda.so (the list of every driver symbol, ~637 in CUDA 13)
+and the toolkit's *Typedefs.h headers (one `PFN_<name>_v<version>[_ptds|_ptsz]`
+typedef per ABI of every driver function). Outputs, into --out-dir:
 
   cuda_error_table.inc        {code, "CUDA_ERROR_NAME", "description"} rows
   unsupported_entry_points.cc  a weak definition for every exported driver
@@ -10,6 +12,10 @@ of every driver symbol, ~637 in CUDA 13). Outputs, into --out-dir:
                                logs its name once; ferry's real entry points
                                are strong definitions and take precedence at
                                link time, so no symbol is ever missing.
+  proc_address_table.cc        cuGetProcAddress's map: for every driver
+                               function name, each ABI version with the
+                               exported symbol that implements it (and its
+                               per-thread-default-stream export, if any).
 
 A stub takes no parameters: every driver function returns CUresult and the
 caller cleans up its own arguments (SysV x86-64 ABI), so ignoring them is safe.
@@ -47,10 +53,122 @@ def driver_symbols(stub_library):
     return names
 
 
+# One typedef per ABI of a driver function, e.g.
+#   typedef CUresult (CUDAAPI *PFN_cuMemAlloc_v3020)(CUdeviceptr_v2 *dptr, size_t bytesize);
+#   typedef CUresult (CUDAAPI *PFN_cuMemcpyHtoDAsync_v7000_ptsz)(...);
+PFN_TYPEDEF = re.compile(r"typedef\s+CUresult\s*\(\s*CUDAAPI\s*\*\s*PFN_(cu\w+?)_v(\d+)(_ptds|_ptsz)?\s*\)")
+
+
+def pfn_typedefs(headers):
+    """{name: [(version, suffix)]} from the *Typedefs.h headers; suffix is
+    "", "_ptds" or "_ptsz"."""
+    by_name = {}
+    for path in headers:
+        with open(path) as f:
+            text = f.read()
+        for name, version, suffix in PFN_TYPEDEF.findall(text):
+            if int(version) < 1000:
+                sys.exit("generate_driver_tables: odd version in PFN_%s_v%s%s" % (name, version, suffix))
+            by_name.setdefault(name, set()).add((int(version), suffix or ""))
+    if sum(len(v) for v in by_name.values()) < 400:
+        sys.exit("generate_driver_tables: only %d PFN typedefs in %s" % (len(by_name), headers))
+    return {name: sorted(v) for name, v in by_name.items()}
+
+
+def version_macros(header_text):
+    """cuda.h's `#define cuX cuX_vN` (possibly inside __CUDA_API_PTDS/PTSZ):
+    {cuX: cuX_vN}, the newest ABI a program compiled today calls."""
+    macros = {}
+    pattern = (r"^[ \t]*#define[ \t]+(cu\w+)[ \t]+"
+               r"(?:__CUDA_API_PT(?:DS|SZ)\((cu\w+)\)|(cu\w+))[ \t]*$")
+    for m in re.finditer(pattern, header_text, re.M):
+        macros.setdefault(m.group(1), m.group(2) or m.group(3))
+    return macros
+
+
+def proc_address_map(typedefs, exports, header_text):
+    """For each function name, its ABI generations in version order:
+    [(version, export, per_thread_version, per_thread_export)].
+
+    The rule (the scheme behind cuda.h's `#define cuMemAlloc cuMemAlloc_v2`
+    and the legacy declarations under __CUDA_API_VERSION_INTERNAL): the plain
+    typedefs of one name, in version order, are its ABI generations; the
+    first is exported under the bare name, the n-th (n >= 2) as `name_vN`.
+    A `_ptds`/`_ptsz` typedef at version V is the per-thread-default-stream
+    export of the newest generation introduced at or before V, with that
+    suffix appended: PFN_cuMemcpyHtoDAsync_v2000 -> cuMemcpyHtoDAsync,
+    _v3020 -> cuMemcpyHtoDAsync_v2, _v7000_ptsz -> cuMemcpyHtoDAsync_v2_ptsz.
+
+    Every derived name must be a symbol of the stub library, and the newest
+    generation must be what cuda.h's version macro names (where it has one
+    for the same function), so a toolkit that breaks the rule stops the build
+    instead of resolving to a wrong ABI."""
+    macros = version_macros(header_text)
+    table = {}
+    for name, entries in sorted(typedefs.items()):
+        plain = [v for v, suffix in entries if not suffix]
+        if not plain:
+            sys.exit("generate_driver_tables: %s has per-thread typedefs only" % name)
+        generations = []
+        for i, version in enumerate(plain):
+            generations.append([version, name if i == 0 else "%s_v%d" % (name, i + 1), 0, None])
+        for version, suffix in entries:
+            if not suffix:
+                continue
+            older = [g for g in generations if g[0] <= version]
+            generation = older[-1] if older else generations[0]
+            if generation[3] is not None:
+                sys.exit("generate_driver_tables: two per-thread typedefs for %s" % generation[1])
+            generation[2] = version
+            generation[3] = generation[1] + suffix
+        for g in generations:
+            for symbol in (g[1], g[3]):
+                if symbol is not None and symbol not in exports:
+                    sys.exit("generate_driver_tables: PFN rule gives %s for %s, which the stub "
+                             "library does not export" % (symbol, name))
+        target = macros.get(name)
+        if target is not None:
+            target = re.sub(r"_pt(ds|sz)$", "", target)
+            if target.startswith(name + "_v") and target != generations[-1][1]:
+                sys.exit("generate_driver_tables: cuda.h maps %s to %s but the PFN rule gives %s"
+                         % (name, target, generations[-1][1]))
+        table[name] = [tuple(g) for g in generations]
+    unreachable = set(exports) - {s for gens in table.values() for g in gens for s in (g[1], g[3])}
+    if unreachable:
+        print("generate_driver_tables: no PFN typedef for %s; cuGetProcAddress will not find them"
+              % ", ".join(sorted(unreachable)), file=sys.stderr)
+    return table
+
+
+def write_proc_address_table(path, table):
+    symbols = sorted({s for gens in table.values() for g in gens for s in (g[1], g[3]) if s})
+    with open(path, "w") as f:
+        f.write("// Generated by client/generate_driver_tables.py from the toolkit's *Typedefs.h.\n")
+        f.write("// Do not edit. %d names, %d exported symbols.\n" % (len(table), len(symbols)))
+        f.write('#include "client/proc_address.h"\n\n')
+        f.write("// Declared without parameters: only their addresses are taken here, and\n")
+        f.write("// this file must not see cuda.h, whose declarations of them differ.\n")
+        f.write('extern "C" {\n')
+        for symbol in symbols:
+            f.write("void %s();\n" % symbol)
+        f.write("}\n\nnamespace ferry::client {\n\n")
+        f.write("const ProcAddressEntry kProcAddressEntries[] = {\n")
+        for name in sorted(table):
+            for version, symbol, pt_version, pt_symbol in table[name]:
+                f.write('    {"%s", %d, &%s, %d, %s},\n'
+                        % (name, version, symbol, pt_version, "&" + pt_symbol if pt_symbol else "nullptr"))
+        f.write("};\n")
+        f.write("const size_t kProcAddressEntryCount = sizeof(kProcAddressEntries) / "
+                "sizeof(kProcAddressEntries[0]);\n\n")
+        f.write("}  // namespace ferry::client\n")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--cuda-header", required=True)
     parser.add_argument("--stub-library", required=True)
+    parser.add_argument("--typedefs-header", action="append", required=True,
+                        help="cudaTypedefs.h, cudaProfilerTypedefs.h (repeatable)")
     parser.add_argument("--out-dir", required=True)
     args = parser.parse_args()
     with open(args.cuda_header) as f:
@@ -73,6 +191,9 @@ def main():
         f.write("}\n")
     with open(os.path.join(args.out_dir, "driver_symbols.txt"), "w") as f:
         f.write("\n".join(names) + "\n")
+
+    table = proc_address_map(pfn_typedefs(args.typedefs_header), set(names), header)
+    write_proc_address_table(os.path.join(args.out_dir, "proc_address_table.cc"), table)
 
 
 if __name__ == "__main__":

@@ -225,6 +225,13 @@ Status Runtime::ResetPrimary(int device) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!contexts_[id].live) return Status::Ok();
+  }
+  // Before the context goes: the runtime's destructors free what it holds
+  // in it, through the driver (so not under mu_).
+  RunContextLocalStorageDestructors(id);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!contexts_[id].live) return Status::Ok();  // reset meanwhile by another thread
     contexts_[id].live = false;
     ForgetContextResources(id);
   }
@@ -273,9 +280,8 @@ Status Runtime::CreateContext(int device, unsigned flags, uint64_t* ctx) {
 
 Status Runtime::DestroyContext(uint64_t ctx) {
   FERRY_RETURN_IF_ERROR(Ready());
-  bool live;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
+  // Checked before the destructors run, so a refused call changes nothing.
+  auto check = [this, ctx]() -> Status {
     auto it = contexts_.find(ctx);
     if (it == contexts_.end()) {
       return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "not a context of this process");
@@ -284,6 +290,20 @@ Status Runtime::DestroyContext(uint64_t ctx) {
       return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT,
                           "cuCtxDestroy of a primary context (use cuDevicePrimaryCtxRelease)");
     }
+    return Status::Ok();
+  };
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    FERRY_RETURN_IF_ERROR(check());
+  }
+  // Before the context goes, and not under mu_: the runtime's destructors
+  // free what it holds in it through the driver.
+  RunContextLocalStorageDestructors(ctx);
+  bool live;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    FERRY_RETURN_IF_ERROR(check());  // destroyed meanwhile by another thread
+    auto it = contexts_.find(ctx);
     live = it->second.live;
     ForgetContextResources(ctx);
     contexts_.erase(it);

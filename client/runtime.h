@@ -103,6 +103,12 @@ struct StreamTarget {
   uint64_t stream = 0;  // 0 = the context's legacy stream
 };
 
+// Runs and drops the CUDA runtime's context-local storage destructors of
+// `ctx` (export_tables.cc). Called when a context goes away, while it still
+// exists (the destructors free the runtime's resources in it through the
+// driver) and without Runtime's lock held.
+void RunContextLocalStorageDestructors(uint64_t ctx);
+
 class Runtime {
  public:
   static Runtime& Get();
