@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Builds ferry on this machine and packs what the lent GPU machine needs into
+# device-bundle/ (ignored by git; carried to the device, so it must stay
+# under 64 MiB): ferryd and ferryctl, ferry's libcuda.so.1, the shared
+# libraries they need that a stock CUDA image lacks (Cap'n Proto, Abseil, ...),
+# the end-to-end programs and their module images, and the GPU checks.
+# scripts/gpu-check.sh runs it there (or here, with --backend host).
+#
+#   scripts/gpu-bundle.sh            # build, then pack
+#
+# Environment: BUILD_DIR (default build), BUNDLE_DIR (default device-bundle).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${BUILD_DIR:-build}
+bundle=${BUNDLE_DIR:-device-bundle}
+
+scripts/install-deps.sh
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo > /dev/null
+cmake --build "$build" -j"$(nproc)"
+
+rm -rf "$bundle"
+mkdir -p "$bundle"/{bin,client,deps,programs,images,host-kernels,checks}
+
+# Debug info is most of the size; the device has no debugger anyway.
+pack() {  # pack FILE DEST_DIR
+  objcopy --strip-debug "$1" "$2/$(basename "$1")"
+}
+
+pack "$build/bin/ferryd" "$bundle/bin"
+pack "$build/bin/ferryctl" "$bundle/bin"
+pack "$build/lib/libcuda.so.1" "$bundle/client"
+for program in "$build"/test/e2e/e2e_*; do
+  [ -x "$program" ] && [ -f "$program" ] || continue
+  case "$(basename "$program")" in e2e_test|e2e_plugin_test) continue ;; esac
+  pack "$program" "$bundle/programs"
+done
+cp "$build"/test/e2e/e2e_kernels.fatbin "$build"/test/e2e/e2e_kernels.ptx "$bundle/images/"
+# Runtime programs (nvcc-built, cudart static and shared) when the tree has them.
+if [ -d "$build/test/e2e_runtime" ]; then
+  find "$build/test/e2e_runtime" -maxdepth 1 -type f -perm -u+x -name 'rt_*' \
+    -exec cp {} "$bundle/programs/" \;
+fi
+cp "$build"/lib/host-kernels/*.so "$bundle/host-kernels/" 2>/dev/null || true
+find "$build/test" -name 'libferry_test_host_kernels.so' -o -name 'libe2e_host_kernels.so' 2>/dev/null |
+  xargs -r cp -t "$bundle/host-kernels/"
+[ -f "$build/test/gpu/gpu_cublas_gemm" ] && pack "$build/test/gpu/gpu_cublas_gemm" "$bundle/checks"
+cp test/gpu/torch_check.py "$bundle/checks/"
+
+# Shared libraries the binaries need, minus what every Linux image (glibc,
+# the GCC runtime) and every CUDA image (the toolkit's libraries, the
+# driver) already has. ldd resolves them on this machine.
+is_stock() {
+  case "$1" in
+    libc.so.*|libm.so.*|libdl.so.*|librt.so.*|libpthread.so.*|ld-linux*|linux-vdso*) return 0 ;;
+    libgcc_s.so.*|libstdc++.so.*) return 0 ;;
+    libcuda.so.*|libcudart.so.*|libcublas*.so.*|libnvidia*) return 0 ;;
+  esac
+  return 1
+}
+for binary in "$bundle"/bin/* "$bundle"/client/* "$bundle"/programs/* "$bundle"/checks/gpu_* "$bundle"/host-kernels/*; do
+  [ -f "$binary" ] || continue
+  ldd "$binary" 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' |
+    while read -r name path; do
+      is_stock "$name" || cp -nL "$path" "$bundle/deps/$name"
+    done
+done
+
+{
+  echo "commit $(git rev-parse HEAD)$(git diff --quiet HEAD -- . ':!device-bundle' || echo ' (with uncommitted changes)')"
+  echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -n)"
+} > "$bundle/MANIFEST"
+
+size=$(du -sm "$bundle" | cut -f1)
+echo "gpu-bundle: $bundle is ${size} MiB ($(find "$bundle" -type f | wc -l) files)"
+if [ "$size" -ge 60 ]; then
+  echo "gpu-bundle: $bundle is too large to carry (limit 64 MiB)" >&2
+  exit 1
+fi
