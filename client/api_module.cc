@@ -248,16 +248,7 @@ CUresult CUDAAPI cuModuleGetFunction(CUfunction* hfunc, CUmodule hmod, const cha
     ModuleState state;
     FERRY_RETURN_IF_ERROR(rt.FindModule(module, &state));
     uint64_t id = 0;
-    bool created = false;
-    FERRY_RETURN_IF_ERROR(rt.AddFunction(module, name, &id, &created));
-    if (created) {
-      FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
-        auto args = call.initModuleGetFunction();
-        args.setModule(module);
-        args.setFunction(id);
-        args.setName(name);
-      }));
-    }
+    FERRY_RETURN_IF_ERROR(rt.ModuleFunction(module, name, &id));
     *hfunc = Runtime::ToHandle<CUfunction>(id);
     return Status::Ok();
   });
@@ -335,6 +326,60 @@ CUresult CUDAAPI cuFuncGetName(const char** name, CUfunction hfunc) {
     std::lock_guard<std::mutex> lock(mu);
     *name = names->insert(function.name).first->c_str();
     return Status::Ok();
+  });
+}
+
+CUresult CUDAAPI cuModuleGetFunctionCount(unsigned int* count, CUmodule mod) {
+  return Api([&]() -> Status {
+    if (count == nullptr) return Status::InvalidArgument("count is NULL");
+    FERRY_RETURN_IF_ERROR(Runtime::Get().Ready());
+    ModuleState state;
+    FERRY_RETURN_IF_ERROR(Runtime::Get().FindModule(Runtime::HandleId(mod), &state));
+    *count = static_cast<unsigned>(state.kernels.size());
+    return Status::Ok();
+  });
+}
+
+CUresult CUDAAPI cuModuleEnumerateFunctions(CUfunction* functions, unsigned int numFunctions,
+                                            CUmodule mod) {
+  return Api([&]() -> Status {
+    if (functions == nullptr && numFunctions > 0) return Status::InvalidArgument("functions is NULL");
+    Runtime& rt = Runtime::Get();
+    FERRY_RETURN_IF_ERROR(rt.Ready());
+    const uint64_t module = Runtime::HandleId(mod);
+    ModuleState state;
+    FERRY_RETURN_IF_ERROR(rt.FindModule(module, &state));
+    if (numFunctions > state.kernels.size()) {
+      return Status::InvalidArgument("numFunctions exceeds the module's function count");
+    }
+    // In name order; each the same handle cuModuleGetFunction gives.
+    auto it = state.kernels.begin();
+    for (unsigned i = 0; i < numFunctions; ++i, ++it) {
+      uint64_t id = 0;
+      FERRY_RETURN_IF_ERROR(rt.ModuleFunction(module, it->first, &id));
+      functions[i] = Runtime::ToHandle<CUfunction>(id);
+    }
+    return Status::Ok();
+  });
+}
+
+// Functions are loaded with their module on the server (lazily there if its
+// driver loads lazily, which it resolves on first use): to the program every
+// function is loaded.
+CUresult CUDAAPI cuFuncIsLoaded(CUfunctionLoadingState* state, CUfunction function) {
+  return Api([&]() -> Status {
+    if (state == nullptr) return Status::InvalidArgument("state is NULL");
+    FunctionState f;
+    FERRY_RETURN_IF_ERROR(FunctionOf(function, &f));
+    *state = CU_FUNCTION_LOADING_STATE_LOADED;
+    return Status::Ok();
+  });
+}
+
+CUresult CUDAAPI cuFuncLoad(CUfunction function) {
+  return Api([&]() -> Status {
+    FunctionState f;
+    return FunctionOf(function, &f);
   });
 }
 

@@ -26,12 +26,17 @@ thread_local std::unordered_map<uint64_t, uint64_t> tls_per_thread_streams;
 
 }  // namespace
 
-CUresult Unsupported(const char* name) {
+CUresult Unsupported(const char* name, const char* reason) {
   static auto* mu = new std::mutex;
   static auto* logged = new std::set<std::string>;
   std::lock_guard<std::mutex> lock(*mu);
   if (logged->insert(name).second) {
-    FERRY_LOG(kWarning) << name << " is not supported by ferry; it returns CUDA_ERROR_NOT_SUPPORTED";
+    if (reason != nullptr) {
+      FERRY_LOG(kWarning) << name << " is not supported by ferry (" << reason
+                          << "); it returns CUDA_ERROR_NOT_SUPPORTED";
+    } else {
+      FERRY_LOG(kWarning) << name << " is not supported by ferry; it returns CUDA_ERROR_NOT_SUPPORTED";
+    }
   }
   return CUDA_ERROR_NOT_SUPPORTED;
 }
@@ -482,6 +487,28 @@ Status Runtime::AddFunction(uint64_t module, const std::string& name, uint64_t* 
   return Status::Ok();
 }
 
+Status Runtime::ModuleFunction(uint64_t module, const std::string& name, uint64_t* id) {
+  std::lock_guard<std::mutex> registration(registration_mu_);
+  return ModuleFunctionLocked(module, name, id);
+}
+
+Status Runtime::ModuleFunctionLocked(uint64_t module, const std::string& name, uint64_t* id) {
+  bool created = false;
+  FERRY_RETURN_IF_ERROR(AddFunction(module, name, id, &created));
+  if (!created) return Status::Ok();
+  Status posted = connection_->Post([&](wire::Call::Builder call) {
+    auto args = call.initModuleGetFunction();
+    args.setModule(module);
+    args.setFunction(*id);
+    args.setName(name);
+  });
+  if (!posted.ok()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    functions_.erase(*id);
+  }
+  return posted;
+}
+
 Status Runtime::FindFunction(uint64_t id, FunctionState* out) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = functions_.find(id);
@@ -571,7 +598,7 @@ void Runtime::LoadLibrariesEagerly(uint64_t ctx) {
 }
 
 Status Runtime::UnloadLibrary(uint64_t id) {
-  std::lock_guard<std::mutex> create(library_mu_);
+  std::lock_guard<std::mutex> create(registration_mu_);
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = libraries_.find(id);
@@ -623,7 +650,7 @@ Status Runtime::FindKernel(uint64_t id, KernelState* out) {
 }
 
 Status Runtime::LibraryModule(uint64_t library, uint64_t ctx, uint64_t* module) {
-  std::lock_guard<std::mutex> create(library_mu_);
+  std::lock_guard<std::mutex> create(registration_mu_);
   return LibraryModuleLocked(library, ctx, module);
 }
 
@@ -654,7 +681,7 @@ Status Runtime::LibraryModuleLocked(uint64_t library, uint64_t ctx, uint64_t* mo
     args.setCtx(ctx);
     args.setModule(id);
   }));
-  // library_mu_ keeps the library loaded; mu_ was let go only for the post,
+  // registration_mu_ keeps the library loaded; mu_ was let go only for the post,
   // and the context may have been destroyed meanwhile (with the module).
   std::lock_guard<std::mutex> lock(mu_);
   if (auto c = contexts_.find(ctx); c == contexts_.end() || !c->second.live) {
@@ -667,7 +694,7 @@ Status Runtime::LibraryModuleLocked(uint64_t library, uint64_t ctx, uint64_t* mo
 }
 
 Status Runtime::KernelFunction(uint64_t kernel, uint64_t ctx, uint64_t* function) {
-  std::lock_guard<std::mutex> create(library_mu_);
+  std::lock_guard<std::mutex> create(registration_mu_);
   return KernelFunctionLocked(kernel, ctx, function);
 }
 
@@ -699,16 +726,7 @@ Status Runtime::KernelFunctionLocked(uint64_t kernel, uint64_t ctx, uint64_t* fu
   uint64_t module = 0;
   FERRY_RETURN_IF_ERROR(LibraryModuleLocked(library, ctx, &module));
   uint64_t id = 0;
-  bool created = false;
-  FERRY_RETURN_IF_ERROR(AddFunction(module, name, &id, &created));
-  if (created) {
-    FERRY_RETURN_IF_ERROR(connection_->Post([&](wire::Call::Builder call) {
-      auto args = call.initModuleGetFunction();
-      args.setModule(module);
-      args.setFunction(id);
-      args.setName(name);
-    }));
-  }
+  FERRY_RETURN_IF_ERROR(ModuleFunctionLocked(module, name, &id));
   for (const auto& [attribute, value] : attributes) {
     FERRY_RETURN_IF_ERROR(connection_->Post([&](wire::Call::Builder call) {
       auto args = call.initFuncSetAttribute();
@@ -754,7 +772,7 @@ Status Runtime::ContextForDevice(int device, uint64_t* ctx) {
 Status Runtime::SetKernelAttribute(uint64_t kernel, int device, int attribute, int value) {
   uint64_t reference = 0;
   FERRY_RETURN_IF_ERROR(ContextForDevice(device, &reference));
-  std::lock_guard<std::mutex> create(library_mu_);
+  std::lock_guard<std::mutex> create(registration_mu_);
   uint64_t function = 0;
   FERRY_RETURN_IF_ERROR(KernelFunctionLocked(kernel, reference, &function));
   FERRY_RETURN_IF_ERROR(connection_->Call([&](wire::Call::Builder call) {
@@ -790,7 +808,7 @@ Status Runtime::SetKernelCacheConfig(uint64_t kernel, int device, int config) {
   }
   uint64_t reference = 0;
   FERRY_RETURN_IF_ERROR(ContextForDevice(device, &reference));
-  std::lock_guard<std::mutex> create(library_mu_);
+  std::lock_guard<std::mutex> create(registration_mu_);
   uint64_t function = 0;
   FERRY_RETURN_IF_ERROR(KernelFunctionLocked(kernel, reference, &function));
   std::vector<uint64_t> targets;
@@ -891,6 +909,8 @@ Status Runtime::AfterSynchronize(uint64_t seq) { return connection_->WaitForEarl
 
 namespace ferry::client {
 
-int UnsupportedCall(const char* name) { return static_cast<int>(Unsupported(name)); }
+int UnsupportedCall(const char* name, const char* reason) {
+  return static_cast<int>(Unsupported(name, reason));
+}
 
 }  // namespace ferry::client

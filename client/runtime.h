@@ -201,9 +201,10 @@ class Runtime {
   void AddModule(uint64_t id, ModuleState module);
   Status RemoveModule(uint64_t id);
   Status FindModule(uint64_t id, ModuleState* out);
-  // The function `name` of `module`: one id per (module, name). `*created` is
-  // true the first time, when the caller must register it with the server.
-  Status AddFunction(uint64_t module, const std::string& name, uint64_t* id, bool* created);
+  // The function `name` of `module`: one id per (module, name), registered
+  // with the server (posted, no round trip) the first time it is asked for.
+  // NOT_FOUND if the module has no such kernel.
+  Status ModuleFunction(uint64_t module, const std::string& name, uint64_t* id);
   Status FindFunction(uint64_t id, FunctionState* out);
 
   // The function a CUfunction handle names. A CUkernel cast to CUfunction is
@@ -259,7 +260,10 @@ class Runtime {
   Status Connect();
   // Frees the client-side records of everything `ctx` owned.
   void ForgetContextResources(uint64_t ctx);
-  // LibraryModule / KernelFunction with library_mu_ held.
+  // One id per (module, name); `*created` is true the first time.
+  Status AddFunction(uint64_t module, const std::string& name, uint64_t* id, bool* created);
+  // ModuleFunction / LibraryModule / KernelFunction with registration_mu_ held.
+  Status ModuleFunctionLocked(uint64_t module, const std::string& name, uint64_t* id);
   Status LibraryModuleLocked(uint64_t library, uint64_t ctx, uint64_t* module);
   Status KernelFunctionLocked(uint64_t kernel, uint64_t ctx, uint64_t* function);
   // Eager loading: loads every library into `ctx` (just created).
@@ -283,11 +287,12 @@ class Runtime {
   std::unordered_map<uint64_t, FunctionState> functions_;  // guarded by mu_
   std::unordered_map<uint64_t, LibraryState> libraries_;   // guarded by mu_
   std::unordered_map<uint64_t, KernelState> kernels_;      // guarded by mu_
-  // Serialises making a library's module or a kernel's function in a context
-  // with posting the calls that register them, so that a call another thread
-  // issues after finding one registered reaches the server after them. Taken
-  // before mu_, never while waiting for a context to be created.
-  std::mutex library_mu_;
+  // Serialises making a function, a library's module or a kernel's function
+  // in a context with posting the calls that register them with the server,
+  // so that a call another thread issues after finding one registered reaches
+  // the server after them. Taken before mu_, never while waiting for a
+  // context to be created.
+  std::mutex registration_mu_;
   std::map<uint64_t, DeviceAllocation> device_allocations_;  // guarded by mu_
   std::map<uintptr_t, HostAllocation> host_allocations_;     // guarded by mu_
 };
