@@ -57,6 +57,7 @@ Status LoadLibrary(CUlibrary* library, std::span<const uint8_t> image) {
   Runtime& rt = Runtime::Get();
   const uint64_t id = rt.NewId(ferry::client::HandleKind::kLibrary);
   LibraryState state;
+  auto kernels = std::make_shared<std::map<std::string, ferry::client::KernelInfo>>();
   FERRY_RETURN_IF_ERROR(rt.connection().Call(
       [&](wire::Call::Builder call) { call.initLibraryLoad().setLibrary(id); },
       OutBytes{image.data(), image.size()}, {},
@@ -70,13 +71,14 @@ Status LoadLibrary(CUlibrary* library, std::span<const uint8_t> image) {
                 std::max<uint64_t>(info.param_bytes, uint64_t{p.getOffset()} + p.getSize());
           }
           const std::string name = kernel.getName().cStr();
-          if (state.kernels.emplace(name, std::move(info)).second) state.kernel_names.push_back(name);
+          if (kernels->emplace(name, std::move(info)).second) state.kernel_names.push_back(name);
         }
         for (auto global : reply.getModuleLoad().getGlobals()) {
           state.globals[global.getName().cStr()] = global.getSize();
         }
         return Status::Ok();
       }));
+  state.kernels = std::move(kernels);
   FERRY_RETURN_IF_ERROR(rt.AddLibrary(id, std::move(state)));
   *library = Runtime::ToHandle<CUlibrary>(id);
   return Status::Ok();

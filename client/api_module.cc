@@ -10,6 +10,8 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <map>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <vector>
@@ -37,6 +39,7 @@ Status LoadModule(CUmodule* module, std::span<const uint8_t> image) {
   const uint64_t id = rt.NewId(ferry::client::HandleKind::kModule);
   ModuleState state;
   state.ctx = ctx;
+  auto kernels = std::make_shared<std::map<std::string, ferry::client::KernelInfo>>();
   FERRY_RETURN_IF_ERROR(rt.connection().Call(
       [&](wire::Call::Builder call) {
         auto args = call.initModuleLoad();
@@ -51,13 +54,14 @@ Status LoadModule(CUmodule* module, std::span<const uint8_t> image) {
             info.params.push_back({p.getOffset(), p.getSize()});
             info.param_bytes = std::max<uint64_t>(info.param_bytes, uint64_t{p.getOffset()} + p.getSize());
           }
-          state.kernels[kernel.getName().cStr()] = std::move(info);
+          (*kernels)[kernel.getName().cStr()] = std::move(info);
         }
         for (auto global : reply.getModuleLoad().getGlobals()) {
           state.globals[global.getName().cStr()] = global.getSize();
         }
         return Status::Ok();
       }));
+  state.kernels = std::move(kernels);
   rt.AddModule(id, std::move(state));
   *module = Runtime::ToHandle<CUmodule>(id);
   return Status::Ok();
@@ -335,7 +339,7 @@ CUresult CUDAAPI cuModuleGetFunctionCount(unsigned int* count, CUmodule mod) {
     FERRY_RETURN_IF_ERROR(Runtime::Get().Ready());
     ModuleState state;
     FERRY_RETURN_IF_ERROR(Runtime::Get().FindModule(Runtime::HandleId(mod), &state));
-    *count = static_cast<unsigned>(state.kernels.size());
+    *count = static_cast<unsigned>(state.kernels->size());
     return Status::Ok();
   });
 }
@@ -349,11 +353,11 @@ CUresult CUDAAPI cuModuleEnumerateFunctions(CUfunction* functions, unsigned int 
     const uint64_t module = Runtime::HandleId(mod);
     ModuleState state;
     FERRY_RETURN_IF_ERROR(rt.FindModule(module, &state));
-    if (numFunctions > state.kernels.size()) {
+    if (numFunctions > state.kernels->size()) {
       return Status::InvalidArgument("numFunctions exceeds the module's function count");
     }
     // In name order; each the same handle cuModuleGetFunction gives.
-    auto it = state.kernels.begin();
+    auto it = state.kernels->begin();
     for (unsigned i = 0; i < numFunctions; ++i, ++it) {
       uint64_t id = 0;
       FERRY_RETURN_IF_ERROR(rt.ModuleFunction(module, it->first, &id));

@@ -469,8 +469,8 @@ Status Runtime::AddFunction(uint64_t module, const std::string& name, uint64_t* 
   std::lock_guard<std::mutex> lock(mu_);
   auto it = modules_.find(module);
   if (it == modules_.end()) return Status::InvalidHandle("not a module of this process");
-  auto kernel = it->second.kernels.find(name);
-  if (kernel == it->second.kernels.end()) {
+  auto kernel = it->second.kernels->find(name);
+  if (kernel == it->second.kernels->end()) {
     return Status::NotFound("the module has no kernel named " + name);
   }
   // One id per (module, name): asking twice gives the same CUfunction.
@@ -626,8 +626,10 @@ Status Runtime::LibraryKernel(uint64_t library, const std::string& name, uint64_
   auto it = libraries_.find(library);
   if (it == libraries_.end()) return Status::InvalidHandle("not a library of this process");
   LibraryState& state = it->second;
-  auto info = state.kernels.find(name);
-  if (info == state.kernels.end()) return Status::NotFound("the library has no kernel named " + name);
+  auto info = state.kernels->find(name);
+  if (info == state.kernels->end()) {
+    return Status::NotFound("the library has no kernel named " + name);
+  }
   auto [id, created] = state.kernel_ids.emplace(name, 0);
   if (created) {
     id->second = NewId(HandleKind::kKernel);
@@ -712,7 +714,9 @@ Status Runtime::KernelFunctionLocked(uint64_t kernel, uint64_t ctx, uint64_t* fu
       return Status::Ok();
     }
     auto c = contexts_.find(ctx);
-    if (c == contexts_.end()) return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "not a context of this process");
+    if (c == contexts_.end()) {
+      return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "not a context of this process");
+    }
     library = it->second.library;
     name = it->second.name;
     const int device = c->second.device;

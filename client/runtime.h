@@ -86,9 +86,13 @@ struct EventState {
   uint64_t ctx = 0;
   unsigned flags = 0;
 };
+// Kernel layouts by name; immutable once made, so a library shares one with
+// its modules in every context and copies of a state are cheap.
+using KernelTable = std::shared_ptr<const std::map<std::string, KernelInfo>>;
+
 struct ModuleState {
   uint64_t ctx = 0;
-  std::map<std::string, KernelInfo> kernels;
+  KernelTable kernels;
   std::map<std::string, uint64_t> globals;  // name -> size
   uint64_t library = 0;  // nonzero: this is that library's module in `ctx`
 };
@@ -100,7 +104,7 @@ struct FunctionState {
 };
 struct LibraryState {
   std::vector<std::string> kernel_names;  // in the order the image lists them
-  std::map<std::string, KernelInfo> kernels;
+  KernelTable kernels;
   std::map<std::string, uint64_t> globals;     // name -> size
   std::map<std::string, uint64_t> kernel_ids;  // the CUkernel of each name asked for
   std::map<uint64_t, uint64_t> modules;        // context -> the library's module there
