@@ -208,9 +208,10 @@ void CheckContexts(CUlibrary library, e2e::PrimaryContext primary) {
   E2E_CHECK_CU(cuKernelGetFunction(&in_created, vector_add));
 
   // A stream of the created context, used while the primary one is current:
-  // the kernel runs in the stream's context.
+  // the kernel runs in the stream's context. A blocking stream, so that the
+  // launch is ordered after the copy below on the context's legacy stream.
   CUstream stream = nullptr;
-  E2E_CHECK_CU(cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING));
+  E2E_CHECK_CU(cuStreamCreate(&stream, CU_STREAM_DEFAULT));
   E2E_CHECK_CU(cuCtxSetCurrent(primary.context));
   E2E_CHECK_CU(cuKernelGetFunction(&in_primary, vector_add));
   E2E_CHECK(in_primary != in_created, "one CUfunction for two contexts");
