@@ -10,6 +10,8 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <map>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <vector>
@@ -37,6 +39,7 @@ Status LoadModule(CUmodule* module, std::span<const uint8_t> image) {
   const uint64_t id = rt.NewId(ferry::client::HandleKind::kModule);
   ModuleState state;
   state.ctx = ctx;
+  auto kernels = std::make_shared<std::map<std::string, ferry::client::KernelInfo>>();
   FERRY_RETURN_IF_ERROR(rt.connection().Call(
       [&](wire::Call::Builder call) {
         auto args = call.initModuleLoad();
@@ -51,13 +54,14 @@ Status LoadModule(CUmodule* module, std::span<const uint8_t> image) {
             info.params.push_back({p.getOffset(), p.getSize()});
             info.param_bytes = std::max<uint64_t>(info.param_bytes, uint64_t{p.getOffset()} + p.getSize());
           }
-          state.kernels[kernel.getName().cStr()] = std::move(info);
+          (*kernels)[kernel.getName().cStr()] = std::move(info);
         }
         for (auto global : reply.getModuleLoad().getGlobals()) {
           state.globals[global.getName().cStr()] = global.getSize();
         }
         return Status::Ok();
       }));
+  state.kernels = std::move(kernels);
   rt.AddModule(id, std::move(state));
   *module = Runtime::ToHandle<CUmodule>(id);
   return Status::Ok();
@@ -83,10 +87,13 @@ Status LoadModuleFromFile(CUmodule* module, const char* path) {
   return LoadModule(module, bytes);
 }
 
-Status FunctionOf(CUfunction f, FunctionState* out) {
-  FERRY_RETURN_IF_ERROR(Runtime::Get().Ready());
-  if (f == nullptr) return Status::InvalidHandle("function is NULL");
-  return Runtime::Get().FindFunction(Runtime::HandleId(f), out);
+// The function `f` names; a CUkernel names its function in the current
+// context. `id` (optional) receives the function's id.
+Status FunctionOf(CUfunction f, FunctionState* out, uint64_t* id = nullptr) {
+  uint64_t resolved = 0;
+  FERRY_RETURN_IF_ERROR(Runtime::Get().ResolveFunction(Runtime::HandleId(f), 0, &resolved, out));
+  if (id != nullptr) *id = resolved;
+  return Status::Ok();
 }
 
 // Packs the launch parameters into the kernel's parameter buffer layout.
@@ -141,16 +148,18 @@ Status Launch(CUfunction f, const std::array<unsigned, 3>& grid, const std::arra
               unsigned shared_bytes, CUstream stream, void** kernel_params, void** extra,
               const std::array<unsigned, 3>& cluster, bool per_thread) {
   Runtime& rt = Runtime::Get();
-  FunctionState function;
-  FERRY_RETURN_IF_ERROR(FunctionOf(f, &function));
+  FERRY_RETURN_IF_ERROR(rt.Ready());
   StreamTarget target;
   FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
+  // A CUkernel runs in the stream's context (the current one for stream 0).
+  FunctionState function;
+  uint64_t function_id = 0;
+  FERRY_RETURN_IF_ERROR(rt.ResolveFunction(Runtime::HandleId(f), target.ctx, &function_id, &function));
   for (int i = 0; i < 3; ++i) {
     if (grid[i] == 0 || block[i] == 0) return Status::InvalidArgument("a grid or block dimension is 0");
   }
   thread_local std::vector<uint8_t> params;
   FERRY_RETURN_IF_ERROR(PackParams(function, kernel_params, extra, &params));
-  const uint64_t function_id = Runtime::HandleId(f);
   return rt.connection().Post(
       [&](wire::Call::Builder call) {
         auto args = call.initLaunch();
@@ -243,16 +252,7 @@ CUresult CUDAAPI cuModuleGetFunction(CUfunction* hfunc, CUmodule hmod, const cha
     ModuleState state;
     FERRY_RETURN_IF_ERROR(rt.FindModule(module, &state));
     uint64_t id = 0;
-    bool created = false;
-    FERRY_RETURN_IF_ERROR(rt.AddFunction(module, name, &id, &created));
-    if (created) {
-      FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
-        auto args = call.initModuleGetFunction();
-        args.setModule(module);
-        args.setFunction(id);
-        args.setName(name);
-      }));
-    }
+    FERRY_RETURN_IF_ERROR(rt.ModuleFunction(module, name, &id));
     *hfunc = Runtime::ToHandle<CUfunction>(id);
     return Status::Ok();
   });
@@ -260,28 +260,9 @@ CUresult CUDAAPI cuModuleGetFunction(CUfunction* hfunc, CUmodule hmod, const cha
 
 CUresult CUDAAPI cuModuleGetGlobal_v2(CUdeviceptr* dptr, size_t* bytes, CUmodule hmod, const char* name) {
   return Api([&]() -> Status {
-    Runtime& rt = Runtime::Get();
-    FERRY_RETURN_IF_ERROR(rt.Ready());
-    if (name == nullptr) return Status::InvalidArgument("name is NULL");
-    const uint64_t module = Runtime::HandleId(hmod);
-    ModuleState state;
-    FERRY_RETURN_IF_ERROR(rt.FindModule(module, &state));
+    FERRY_RETURN_IF_ERROR(Runtime::Get().Ready());
     uint64_t address = 0, size = 0;
-    FERRY_RETURN_IF_ERROR(rt.connection().Call(
-        [&](wire::Call::Builder call) {
-          auto args = call.initModuleGetGlobal();
-          args.setModule(module);
-          args.setName(name);
-        },
-        {}, {},
-        [&](wire::Reply::Reader reply) {
-          address = reply.getModuleGetGlobal().getDptr();
-          size = reply.getModuleGetGlobal().getBytes();
-          return Status::Ok();
-        }));
-    if (size > 0 && !rt.FindDeviceAllocation(address, nullptr, nullptr)) {
-      rt.AddDeviceAllocation(address, size, state.ctx, /*global=*/true);
-    }
+    FERRY_RETURN_IF_ERROR(Runtime::Get().ModuleGlobal(Runtime::HandleId(hmod), name, &address, &size));
     if (dptr != nullptr) *dptr = address;
     if (bytes != nullptr) *bytes = size;
     return Status::Ok();
@@ -292,11 +273,12 @@ CUresult CUDAAPI cuFuncGetAttribute(int* pi, CUfunction_attribute attrib, CUfunc
   return Api([&]() -> Status {
     if (pi == nullptr) return Status::InvalidArgument("pi is NULL");
     FunctionState function;
-    FERRY_RETURN_IF_ERROR(FunctionOf(hfunc, &function));
+    uint64_t id = 0;
+    FERRY_RETURN_IF_ERROR(FunctionOf(hfunc, &function, &id));
     return Runtime::Get().connection().Call(
         [&](wire::Call::Builder call) {
           auto args = call.initFuncGetAttribute();
-          args.setFunction(Runtime::HandleId(hfunc));
+          args.setFunction(id);
           args.setAttribute(attrib);
         },
         {}, {},
@@ -310,10 +292,11 @@ CUresult CUDAAPI cuFuncGetAttribute(int* pi, CUfunction_attribute attrib, CUfunc
 CUresult CUDAAPI cuFuncSetAttribute(CUfunction hfunc, CUfunction_attribute attrib, int value) {
   return Api([&]() -> Status {
     FunctionState function;
-    FERRY_RETURN_IF_ERROR(FunctionOf(hfunc, &function));
+    uint64_t id = 0;
+    FERRY_RETURN_IF_ERROR(FunctionOf(hfunc, &function, &id));
     return Runtime::Get().connection().Call([&](wire::Call::Builder call) {
       auto args = call.initFuncSetAttribute();
-      args.setFunction(Runtime::HandleId(hfunc));
+      args.setFunction(id);
       args.setAttribute(attrib);
       args.setValue(value);
     });
@@ -323,13 +306,14 @@ CUresult CUDAAPI cuFuncSetAttribute(CUfunction hfunc, CUfunction_attribute attri
 CUresult CUDAAPI cuFuncSetCacheConfig(CUfunction hfunc, CUfunc_cache config) {
   return Api([&]() -> Status {
     FunctionState function;
-    FERRY_RETURN_IF_ERROR(FunctionOf(hfunc, &function));
+    uint64_t id = 0;
+    FERRY_RETURN_IF_ERROR(FunctionOf(hfunc, &function, &id));
     if (config < CU_FUNC_CACHE_PREFER_NONE || config > CU_FUNC_CACHE_PREFER_EQUAL) {
       return Status::InvalidArgument("bad cache config");
     }
     return Runtime::Get().connection().Post([&](wire::Call::Builder call) {
       auto args = call.initFuncSetCacheConfig();
-      args.setFunction(Runtime::HandleId(hfunc));
+      args.setFunction(id);
       args.setConfig(config);
     });
   });
@@ -346,6 +330,60 @@ CUresult CUDAAPI cuFuncGetName(const char** name, CUfunction hfunc) {
     std::lock_guard<std::mutex> lock(mu);
     *name = names->insert(function.name).first->c_str();
     return Status::Ok();
+  });
+}
+
+CUresult CUDAAPI cuModuleGetFunctionCount(unsigned int* count, CUmodule mod) {
+  return Api([&]() -> Status {
+    if (count == nullptr) return Status::InvalidArgument("count is NULL");
+    FERRY_RETURN_IF_ERROR(Runtime::Get().Ready());
+    ModuleState state;
+    FERRY_RETURN_IF_ERROR(Runtime::Get().FindModule(Runtime::HandleId(mod), &state));
+    *count = static_cast<unsigned>(state.kernels->size());
+    return Status::Ok();
+  });
+}
+
+CUresult CUDAAPI cuModuleEnumerateFunctions(CUfunction* functions, unsigned int numFunctions,
+                                            CUmodule mod) {
+  return Api([&]() -> Status {
+    if (functions == nullptr && numFunctions > 0) return Status::InvalidArgument("functions is NULL");
+    Runtime& rt = Runtime::Get();
+    FERRY_RETURN_IF_ERROR(rt.Ready());
+    const uint64_t module = Runtime::HandleId(mod);
+    ModuleState state;
+    FERRY_RETURN_IF_ERROR(rt.FindModule(module, &state));
+    if (numFunctions > state.kernels->size()) {
+      return Status::InvalidArgument("numFunctions exceeds the module's function count");
+    }
+    // In name order; each the same handle cuModuleGetFunction gives.
+    auto it = state.kernels->begin();
+    for (unsigned i = 0; i < numFunctions; ++i, ++it) {
+      uint64_t id = 0;
+      FERRY_RETURN_IF_ERROR(rt.ModuleFunction(module, it->first, &id));
+      functions[i] = Runtime::ToHandle<CUfunction>(id);
+    }
+    return Status::Ok();
+  });
+}
+
+// Functions are loaded with their module on the server (lazily there if its
+// driver loads lazily, which it resolves on first use): to the program every
+// function is loaded.
+CUresult CUDAAPI cuFuncIsLoaded(CUfunctionLoadingState* state, CUfunction function) {
+  return Api([&]() -> Status {
+    if (state == nullptr) return Status::InvalidArgument("state is NULL");
+    FunctionState f;
+    FERRY_RETURN_IF_ERROR(FunctionOf(function, &f));
+    *state = CU_FUNCTION_LOADING_STATE_LOADED;
+    return Status::Ok();
+  });
+}
+
+CUresult CUDAAPI cuFuncLoad(CUfunction function) {
+  return Api([&]() -> Status {
+    FunctionState f;
+    return FunctionOf(function, &f);
   });
 }
 

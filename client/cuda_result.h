@@ -27,7 +27,8 @@ CUresult Api(Body&& body) noexcept {
   }
 }
 
-// Logs `name` once and returns CUDA_ERROR_NOT_SUPPORTED (DESIGN invariant 1).
-CUresult Unsupported(const char* name);
+// Logs `name` once (with `reason`, if given) and returns
+// CUDA_ERROR_NOT_SUPPORTED (DESIGN invariant 1).
+CUresult Unsupported(const char* name, const char* reason = nullptr);
 
 }  // namespace ferry::client

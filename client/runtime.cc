@@ -4,6 +4,8 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
+#include <optional>
 #include <set>
 
 #include "client/cuda_result.h"
@@ -24,12 +26,17 @@ thread_local std::unordered_map<uint64_t, uint64_t> tls_per_thread_streams;
 
 }  // namespace
 
-CUresult Unsupported(const char* name) {
+CUresult Unsupported(const char* name, const char* reason) {
   static auto* mu = new std::mutex;
   static auto* logged = new std::set<std::string>;
   std::lock_guard<std::mutex> lock(*mu);
   if (logged->insert(name).second) {
-    FERRY_LOG(kWarning) << name << " is not supported by ferry; it returns CUDA_ERROR_NOT_SUPPORTED";
+    if (reason != nullptr) {
+      FERRY_LOG(kWarning) << name << " is not supported by ferry (" << reason
+                          << "); it returns CUDA_ERROR_NOT_SUPPORTED";
+    } else {
+      FERRY_LOG(kWarning) << name << " is not supported by ferry; it returns CUDA_ERROR_NOT_SUPPORTED";
+    }
   }
   return CUDA_ERROR_NOT_SUPPORTED;
 }
@@ -155,8 +162,11 @@ Status Runtime::EnsureLive(uint64_t ctx) {
     args.setDevice(device);
     args.setFlags(flags);
   }));
-  std::lock_guard<std::mutex> lock(mu_);
-  contexts_[ctx].live = true;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    contexts_[ctx].live = true;
+  }
+  LoadLibrariesEagerly(ctx);
   return Status::Ok();
 }
 
@@ -332,6 +342,9 @@ Status Runtime::ContextFlags(uint64_t ctx, unsigned* flags) {
 }
 
 void Runtime::ForgetContextResources(uint64_t ctx) {
+  // Libraries and kernels outlive contexts; only their share in `ctx` goes.
+  for (auto& [id, library] : libraries_) library.modules.erase(ctx);
+  for (auto& [id, kernel] : kernels_) kernel.functions.erase(ctx);
   std::erase_if(streams_, [ctx](const auto& e) { return e.second.ctx == ctx; });
   std::erase_if(events_, [ctx](const auto& e) { return e.second.ctx == ctx; });
   std::erase_if(functions_, [ctx](const auto& e) { return e.second.ctx == ctx; });
@@ -434,7 +447,12 @@ void Runtime::AddModule(uint64_t id, ModuleState module) {
 
 Status Runtime::RemoveModule(uint64_t id) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (modules_.erase(id) == 0) return Status::InvalidHandle("not a module of this process");
+  auto it = modules_.find(id);
+  if (it == modules_.end()) return Status::InvalidHandle("not a module of this process");
+  if (it->second.library != 0) {
+    return Status::InvalidHandle("the module belongs to a library; cuLibraryUnload unloads it");
+  }
+  modules_.erase(it);
   std::erase_if(functions_, [id](const auto& e) { return e.second.module == id; });
   return Status::Ok();
 }
@@ -451,8 +469,8 @@ Status Runtime::AddFunction(uint64_t module, const std::string& name, uint64_t* 
   std::lock_guard<std::mutex> lock(mu_);
   auto it = modules_.find(module);
   if (it == modules_.end()) return Status::InvalidHandle("not a module of this process");
-  auto kernel = it->second.kernels.find(name);
-  if (kernel == it->second.kernels.end()) {
+  auto kernel = it->second.kernels->find(name);
+  if (kernel == it->second.kernels->end()) {
     return Status::NotFound("the module has no kernel named " + name);
   }
   // One id per (module, name): asking twice gives the same CUfunction.
@@ -469,11 +487,351 @@ Status Runtime::AddFunction(uint64_t module, const std::string& name, uint64_t* 
   return Status::Ok();
 }
 
+Status Runtime::ModuleFunction(uint64_t module, const std::string& name, uint64_t* id) {
+  std::lock_guard<std::mutex> registration(registration_mu_);
+  return ModuleFunctionLocked(module, name, id);
+}
+
+Status Runtime::ModuleFunctionLocked(uint64_t module, const std::string& name, uint64_t* id) {
+  bool created = false;
+  FERRY_RETURN_IF_ERROR(AddFunction(module, name, id, &created));
+  if (!created) return Status::Ok();
+  Status posted = connection_->Post([&](wire::Call::Builder call) {
+    auto args = call.initModuleGetFunction();
+    args.setModule(module);
+    args.setFunction(*id);
+    args.setName(name);
+  });
+  if (!posted.ok()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    functions_.erase(*id);
+  }
+  return posted;
+}
+
 Status Runtime::FindFunction(uint64_t id, FunctionState* out) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = functions_.find(id);
   if (it == functions_.end()) return Status::InvalidHandle("not a function of this process");
   *out = it->second;
+  return Status::Ok();
+}
+
+Status Runtime::ResolveFunction(uint64_t handle, uint64_t ctx, uint64_t* id, FunctionState* out) {
+  FERRY_RETURN_IF_ERROR(Ready());
+  if (handle == 0) return Status::InvalidHandle("function is NULL");
+  if (IsKind(handle, HandleKind::kKernel)) {
+    if (ctx == 0) FERRY_RETURN_IF_ERROR(CurrentContext(&ctx));
+    FERRY_RETURN_IF_ERROR(KernelFunction(handle, ctx, &handle));
+  }
+  *id = handle;
+  return FindFunction(handle, out);
+}
+
+Status Runtime::ModuleGlobal(uint64_t module, const char* name, uint64_t* dptr, uint64_t* bytes) {
+  if (name == nullptr) return Status::InvalidArgument("name is NULL");
+  ModuleState state;
+  FERRY_RETURN_IF_ERROR(FindModule(module, &state));
+  uint64_t address = 0, size = 0;
+  FERRY_RETURN_IF_ERROR(connection_->Call(
+      [&](wire::Call::Builder call) {
+        auto args = call.initModuleGetGlobal();
+        args.setModule(module);
+        args.setName(name);
+      },
+      {}, {},
+      [&](wire::Reply::Reader reply) {
+        address = reply.getModuleGetGlobal().getDptr();
+        size = reply.getModuleGetGlobal().getBytes();
+        return Status::Ok();
+      }));
+  if (size > 0 && !FindDeviceAllocation(address, nullptr, nullptr)) {
+    AddDeviceAllocation(address, size, state.ctx, /*global=*/true);
+  }
+  *dptr = address;
+  *bytes = size;
+  return Status::Ok();
+}
+
+// --- libraries and kernels ---------------------------------------------------------
+
+namespace {
+
+// CUDA_MODULE_LOADING=EAGER, as cuModuleGetLoadingMode reports it.
+bool EagerLoading() {
+  const char* setting = std::getenv("CUDA_MODULE_LOADING");
+  return setting != nullptr && std::strcmp(setting, "EAGER") == 0;
+}
+
+}  // namespace
+
+Status Runtime::AddLibrary(uint64_t id, LibraryState library) {
+  std::vector<uint64_t> live;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    libraries_[id] = std::move(library);
+    for (const auto& [ctx, state] : contexts_) {
+      if (state.live) live.push_back(ctx);
+    }
+  }
+  if (!EagerLoading()) return Status::Ok();
+  for (uint64_t ctx : live) {
+    uint64_t module = 0;
+    FERRY_RETURN_IF_ERROR(LibraryModule(id, ctx, &module));
+  }
+  return Status::Ok();
+}
+
+void Runtime::LoadLibrariesEagerly(uint64_t ctx) {
+  if (!EagerLoading()) return;
+  std::vector<uint64_t> ids;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [id, library] : libraries_) ids.push_back(id);
+  }
+  for (uint64_t id : ids) {
+    uint64_t module = 0;
+    // A failure latches on the server and surfaces at the next call that
+    // waits, as the driver's eager loading reports it at context creation.
+    (void)LibraryModule(id, ctx, &module);
+  }
+}
+
+Status Runtime::UnloadLibrary(uint64_t id) {
+  std::lock_guard<std::mutex> create(registration_mu_);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = libraries_.find(id);
+    if (it == libraries_.end()) return Status::InvalidHandle("not a library of this process");
+    for (const auto& [ctx, module] : it->second.modules) {
+      modules_.erase(module);
+      std::erase_if(functions_, [module](const auto& e) { return e.second.module == module; });
+    }
+    std::erase_if(kernels_, [id](const auto& e) { return e.second.library == id; });
+    libraries_.erase(it);
+  }
+  return connection_->Post([&](wire::Call::Builder call) { call.initLibraryUnload().setLibrary(id); });
+}
+
+Status Runtime::FindLibrary(uint64_t id, LibraryState* out) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = libraries_.find(id);
+  if (it == libraries_.end()) return Status::InvalidHandle("not a library of this process");
+  *out = it->second;
+  return Status::Ok();
+}
+
+Status Runtime::LibraryKernel(uint64_t library, const std::string& name, uint64_t* kernel) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = libraries_.find(library);
+  if (it == libraries_.end()) return Status::InvalidHandle("not a library of this process");
+  LibraryState& state = it->second;
+  auto info = state.kernels->find(name);
+  if (info == state.kernels->end()) {
+    return Status::NotFound("the library has no kernel named " + name);
+  }
+  auto [id, created] = state.kernel_ids.emplace(name, 0);
+  if (created) {
+    id->second = NewId(HandleKind::kKernel);
+    KernelState k;
+    k.library = library;
+    k.name = name;
+    k.info = info->second;
+    kernels_[id->second] = std::move(k);
+  }
+  *kernel = id->second;
+  return Status::Ok();
+}
+
+Status Runtime::FindKernel(uint64_t id, KernelState* out) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = kernels_.find(id);
+  if (it == kernels_.end()) return Status::InvalidHandle("not a kernel of this process");
+  *out = it->second;
+  return Status::Ok();
+}
+
+Status Runtime::LibraryModule(uint64_t library, uint64_t ctx, uint64_t* module) {
+  std::lock_guard<std::mutex> create(registration_mu_);
+  return LibraryModuleLocked(library, ctx, module);
+}
+
+Status Runtime::LibraryModuleLocked(uint64_t library, uint64_t ctx, uint64_t* module) {
+  ModuleState state;
+  uint64_t id = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = libraries_.find(library);
+    if (it == libraries_.end()) return Status::InvalidHandle("not a library of this process");
+    if (auto m = it->second.modules.find(ctx); m != it->second.modules.end()) {
+      *module = m->second;
+      return Status::Ok();
+    }
+    auto c = contexts_.find(ctx);
+    if (c == contexts_.end() || !c->second.live) {
+      return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "not a live context of this process");
+    }
+    id = NewId(HandleKind::kModule);
+    state.ctx = ctx;
+    state.kernels = it->second.kernels;
+    state.globals = it->second.globals;
+    state.library = library;
+  }
+  FERRY_RETURN_IF_ERROR(connection_->Post([&](wire::Call::Builder call) {
+    auto args = call.initLibraryLoadModule();
+    args.setLibrary(library);
+    args.setCtx(ctx);
+    args.setModule(id);
+  }));
+  // registration_mu_ keeps the library loaded; mu_ was let go only for the post,
+  // and the context may have been destroyed meanwhile (with the module).
+  std::lock_guard<std::mutex> lock(mu_);
+  if (auto c = contexts_.find(ctx); c == contexts_.end() || !c->second.live) {
+    return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "the context was destroyed");
+  }
+  libraries_[library].modules[ctx] = id;
+  modules_[id] = std::move(state);
+  *module = id;
+  return Status::Ok();
+}
+
+Status Runtime::KernelFunction(uint64_t kernel, uint64_t ctx, uint64_t* function) {
+  std::lock_guard<std::mutex> create(registration_mu_);
+  return KernelFunctionLocked(kernel, ctx, function);
+}
+
+Status Runtime::KernelFunctionLocked(uint64_t kernel, uint64_t ctx, uint64_t* function) {
+  uint64_t library = 0;
+  std::string name;
+  std::map<int, int> attributes;
+  std::optional<int> cache_config;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = kernels_.find(kernel);
+    if (it == kernels_.end()) return Status::InvalidHandle("not a kernel of this process");
+    if (auto f = it->second.functions.find(ctx); f != it->second.functions.end()) {
+      *function = f->second;
+      return Status::Ok();
+    }
+    auto c = contexts_.find(ctx);
+    if (c == contexts_.end()) {
+      return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "not a context of this process");
+    }
+    library = it->second.library;
+    name = it->second.name;
+    const int device = c->second.device;
+    if (auto a = it->second.attributes.find(device); a != it->second.attributes.end()) {
+      attributes = a->second;
+    }
+    if (auto cc = it->second.cache_configs.find(device); cc != it->second.cache_configs.end()) {
+      cache_config = cc->second;
+    }
+  }
+  uint64_t module = 0;
+  FERRY_RETURN_IF_ERROR(LibraryModuleLocked(library, ctx, &module));
+  uint64_t id = 0;
+  FERRY_RETURN_IF_ERROR(ModuleFunctionLocked(module, name, &id));
+  for (const auto& [attribute, value] : attributes) {
+    FERRY_RETURN_IF_ERROR(connection_->Post([&](wire::Call::Builder call) {
+      auto args = call.initFuncSetAttribute();
+      args.setFunction(id);
+      args.setAttribute(attribute);
+      args.setValue(value);
+    }));
+  }
+  if (cache_config.has_value()) {
+    FERRY_RETURN_IF_ERROR(connection_->Post([&](wire::Call::Builder call) {
+      auto args = call.initFuncSetCacheConfig();
+      args.setFunction(id);
+      args.setConfig(*cache_config);
+    }));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (functions_.count(id) == 0) {
+    return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "the context was destroyed");
+  }
+  kernels_[kernel].functions[ctx] = id;
+  *function = id;
+  return Status::Ok();
+}
+
+Status Runtime::ContextForDevice(int device, uint64_t* ctx) {
+  FERRY_RETURN_IF_ERROR(Ready());
+  FERRY_RETURN_IF_ERROR(CheckDevice(device));
+  const uint64_t current = CurrentContextId();
+  int current_device = -1;
+  if (current != 0 && ContextDevice(current, &current_device).ok() && current_device == device) {
+    FERRY_RETURN_IF_ERROR(EnsureLive(current));
+    *ctx = current;
+    return Status::Ok();
+  }
+  // The primary context is live on the server from here on; it is neither
+  // retained nor made current, so the program observes nothing of it.
+  const uint64_t primary = PrimaryContextId(device);
+  FERRY_RETURN_IF_ERROR(EnsureLive(primary));
+  *ctx = primary;
+  return Status::Ok();
+}
+
+Status Runtime::SetKernelAttribute(uint64_t kernel, int device, int attribute, int value) {
+  uint64_t reference = 0;
+  FERRY_RETURN_IF_ERROR(ContextForDevice(device, &reference));
+  std::lock_guard<std::mutex> create(registration_mu_);
+  uint64_t function = 0;
+  FERRY_RETURN_IF_ERROR(KernelFunctionLocked(kernel, reference, &function));
+  FERRY_RETURN_IF_ERROR(connection_->Call([&](wire::Call::Builder call) {
+    auto args = call.initFuncSetAttribute();
+    args.setFunction(function);
+    args.setAttribute(attribute);
+    args.setValue(value);
+  }));
+  std::vector<uint64_t> others;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    KernelState& k = kernels_[kernel];
+    k.attributes[device][attribute] = value;
+    for (const auto& [ctx, f] : k.functions) {
+      auto c = contexts_.find(ctx);
+      if (f != function && c != contexts_.end() && c->second.device == device) others.push_back(f);
+    }
+  }
+  for (uint64_t f : others) {
+    FERRY_RETURN_IF_ERROR(connection_->Post([&](wire::Call::Builder call) {
+      auto args = call.initFuncSetAttribute();
+      args.setFunction(f);
+      args.setAttribute(attribute);
+      args.setValue(value);
+    }));
+  }
+  return Status::Ok();
+}
+
+Status Runtime::SetKernelCacheConfig(uint64_t kernel, int device, int config) {
+  if (config < CU_FUNC_CACHE_PREFER_NONE || config > CU_FUNC_CACHE_PREFER_EQUAL) {
+    return Status::InvalidArgument("bad cache config");
+  }
+  uint64_t reference = 0;
+  FERRY_RETURN_IF_ERROR(ContextForDevice(device, &reference));
+  std::lock_guard<std::mutex> create(registration_mu_);
+  uint64_t function = 0;
+  FERRY_RETURN_IF_ERROR(KernelFunctionLocked(kernel, reference, &function));
+  std::vector<uint64_t> targets;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    KernelState& k = kernels_[kernel];
+    k.cache_configs[device] = config;
+    for (const auto& [ctx, f] : k.functions) {
+      auto c = contexts_.find(ctx);
+      if (c != contexts_.end() && c->second.device == device) targets.push_back(f);
+    }
+  }
+  for (uint64_t f : targets) {
+    FERRY_RETURN_IF_ERROR(connection_->Post([&](wire::Call::Builder call) {
+      auto args = call.initFuncSetCacheConfig();
+      args.setFunction(f);
+      args.setConfig(config);
+    }));
+  }
   return Status::Ok();
 }
 
@@ -555,6 +913,8 @@ Status Runtime::AfterSynchronize(uint64_t seq) { return connection_->WaitForEarl
 
 namespace ferry::client {
 
-int UnsupportedCall(const char* name) { return static_cast<int>(Unsupported(name)); }
+int UnsupportedCall(const char* name, const char* reason) {
+  return static_cast<int>(Unsupported(name, reason));
+}
 
 }  // namespace ferry::client

@@ -6,8 +6,17 @@
 // server described at the handshake (all device queries are answered from
 // them), and the client's handle tables. Handles the program sees are ids the
 // client chooses (DESIGN invariant 2): the value of a CUcontext, CUstream,
-// CUevent, CUmodule or CUfunction is (kind << 48 | serial), a non-canonical
-// address, and the same id names the object on the wire. Every handle a
+// CUevent, CUmodule, CUfunction, CUlibrary or CUkernel is (kind << 48 |
+// serial), a non-canonical address, and the same id names the object on the
+// wire.
+//
+// Libraries and kernels are context-independent: a CUlibrary is loaded once
+// (the server keeps its image), and a CUkernel names (library, kernel name).
+// Where one is used in a context, the library gets an ordinary module there
+// (LibraryModule) and the kernel a function in that module (KernelFunction),
+// each registered with the server by a fire-and-forget call the first time,
+// so a CUkernel works in the primary context and in created contexts alike,
+// and costs no round trip on its first launch in each. Every handle a
 // program passes in is looked up here first, so a bad one is answered
 // locally with CUDA_ERROR_INVALID_HANDLE / INVALID_CONTEXT.
 //
@@ -49,6 +58,8 @@ enum class HandleKind : uint64_t {
   kEvent = 0xE7,
   kModule = 0x3D,
   kFunction = 0xF7,
+  kLibrary = 0x1B,
+  kKernel = 0x4E,
 };
 
 struct ParamLayout {
@@ -75,16 +86,38 @@ struct EventState {
   uint64_t ctx = 0;
   unsigned flags = 0;
 };
+// Kernel layouts by name; immutable once made, so a library shares one with
+// its modules in every context and copies of a state are cheap.
+using KernelTable = std::shared_ptr<const std::map<std::string, KernelInfo>>;
+
 struct ModuleState {
   uint64_t ctx = 0;
-  std::map<std::string, KernelInfo> kernels;
+  KernelTable kernels;
   std::map<std::string, uint64_t> globals;  // name -> size
+  uint64_t library = 0;  // nonzero: this is that library's module in `ctx`
 };
 struct FunctionState {
   uint64_t module = 0;
   uint64_t ctx = 0;
   std::string name;
   KernelInfo kernel;
+};
+struct LibraryState {
+  std::vector<std::string> kernel_names;  // in the order the image lists them
+  KernelTable kernels;
+  std::map<std::string, uint64_t> globals;     // name -> size
+  std::map<std::string, uint64_t> kernel_ids;  // the CUkernel of each name asked for
+  std::map<uint64_t, uint64_t> modules;        // context -> the library's module there
+};
+struct KernelState {
+  uint64_t library = 0;
+  std::string name;
+  KernelInfo info;
+  std::map<uint64_t, uint64_t> functions;  // context -> the kernel's function there
+  // cuKernelSetAttribute / cuKernelSetCacheConfig, per device: applied to the
+  // kernel's function in every context of that device, present and future.
+  std::map<int, std::map<int, int>> attributes;  // device -> attribute -> value
+  std::map<int, int> cache_configs;              // device -> CUfunc_cache
 };
 struct DeviceAllocation {
   uint64_t size = 0;
@@ -124,6 +157,9 @@ class Runtime {
   Status CheckDevice(int device) const;
 
   static uint64_t HandleId(const void* handle) { return reinterpret_cast<uint64_t>(handle); }
+  static bool IsKind(uint64_t id, HandleKind kind) {
+    return (id >> 48) == static_cast<uint64_t>(kind);
+  }
   template <typename Handle>
   static Handle ToHandle(uint64_t id) {
     return reinterpret_cast<Handle>(id);
@@ -169,10 +205,45 @@ class Runtime {
   void AddModule(uint64_t id, ModuleState module);
   Status RemoveModule(uint64_t id);
   Status FindModule(uint64_t id, ModuleState* out);
-  // The function `name` of `module`: one id per (module, name). `*created` is
-  // true the first time, when the caller must register it with the server.
-  Status AddFunction(uint64_t module, const std::string& name, uint64_t* id, bool* created);
+  // The function `name` of `module`: one id per (module, name), registered
+  // with the server (posted, no round trip) the first time it is asked for.
+  // NOT_FOUND if the module has no such kernel.
+  Status ModuleFunction(uint64_t module, const std::string& name, uint64_t* id);
   Status FindFunction(uint64_t id, FunctionState* out);
+
+  // The function a CUfunction handle names. A CUkernel cast to CUfunction is
+  // accepted (as the driver does): it names the kernel's function in `ctx`,
+  // or in the current context when `ctx` is 0. `*id` is the function's id.
+  Status ResolveFunction(uint64_t handle, uint64_t ctx, uint64_t* id, FunctionState* out);
+  // cuModuleGetGlobal: asks the server for the global's address and size in
+  // `module` and makes that range copyable.
+  Status ModuleGlobal(uint64_t module, const char* name, uint64_t* dptr, uint64_t* bytes);
+
+  // --- libraries and kernels ----------------------------------------------------
+  // Records a library the server has loaded; with eager loading
+  // (CUDA_MODULE_LOADING=EAGER) it is loaded into every live context at once.
+  Status AddLibrary(uint64_t id, LibraryState library);
+  // Forgets the library, its kernels, and its modules and functions in every
+  // context, and tells the server. INVALID_HANDLE for an unknown id.
+  Status UnloadLibrary(uint64_t id);
+  Status FindLibrary(uint64_t id, LibraryState* out);
+  // The CUkernel of `name` in `library` (one id per name); NOT_FOUND if the
+  // library has no such kernel.
+  Status LibraryKernel(uint64_t library, const std::string& name, uint64_t* kernel);
+  Status FindKernel(uint64_t id, KernelState* out);
+  // The library's module in live context `ctx`, loaded there on first use.
+  Status LibraryModule(uint64_t library, uint64_t ctx, uint64_t* module);
+  // The kernel's function in live context `ctx`, made on first use (with the
+  // kernel's per-device attributes applied).
+  Status KernelFunction(uint64_t kernel, uint64_t ctx, uint64_t* function);
+  // A live context of `device` to answer per-device kernel queries in: the
+  // current context if it is on `device`, else the device's primary context.
+  Status ContextForDevice(int device, uint64_t* ctx);
+  // cuKernelSetAttribute / cuKernelSetCacheConfig on `device`: validated by
+  // the server on the kernel's function in ContextForDevice, then recorded
+  // and applied to the kernel's functions in every context of the device.
+  Status SetKernelAttribute(uint64_t kernel, int device, int attribute, int value);
+  Status SetKernelCacheConfig(uint64_t kernel, int device, int config);
 
   // --- memory ------------------------------------------------------------------
   void AddDeviceAllocation(uint64_t dptr, uint64_t size, uint64_t ctx, bool global = false);
@@ -193,6 +264,14 @@ class Runtime {
   Status Connect();
   // Frees the client-side records of everything `ctx` owned.
   void ForgetContextResources(uint64_t ctx);
+  // One id per (module, name); `*created` is true the first time.
+  Status AddFunction(uint64_t module, const std::string& name, uint64_t* id, bool* created);
+  // ModuleFunction / LibraryModule / KernelFunction with registration_mu_ held.
+  Status ModuleFunctionLocked(uint64_t module, const std::string& name, uint64_t* id);
+  Status LibraryModuleLocked(uint64_t library, uint64_t ctx, uint64_t* module);
+  Status KernelFunctionLocked(uint64_t kernel, uint64_t ctx, uint64_t* function);
+  // Eager loading: loads every library into `ctx` (just created).
+  void LoadLibrariesEagerly(uint64_t ctx);
 
   std::once_flag init_once_;
   Status init_status_ = Status::Cuda(CUDA_ERROR_NOT_INITIALIZED, "cuInit has not been called");
@@ -210,6 +289,14 @@ class Runtime {
   std::unordered_map<uint64_t, EventState> events_;      // guarded by mu_
   std::unordered_map<uint64_t, ModuleState> modules_;    // guarded by mu_
   std::unordered_map<uint64_t, FunctionState> functions_;  // guarded by mu_
+  std::unordered_map<uint64_t, LibraryState> libraries_;   // guarded by mu_
+  std::unordered_map<uint64_t, KernelState> kernels_;      // guarded by mu_
+  // Serialises making a function, a library's module or a kernel's function
+  // in a context with posting the calls that register them with the server,
+  // so that a call another thread issues after finding one registered reaches
+  // the server after them. Taken before mu_, never while waiting for a
+  // context to be created.
+  std::mutex registration_mu_;
   std::map<uint64_t, DeviceAllocation> device_allocations_;  // guarded by mu_
   std::map<uintptr_t, HostAllocation> host_allocations_;     // guarded by mu_
 };

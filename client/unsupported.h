@@ -4,8 +4,9 @@
 
 namespace ferry::client {
 
-// Logs `name` once (naming it as unsupported) and returns
-// CUDA_ERROR_NOT_SUPPORTED as an int.
-int UnsupportedCall(const char* name);
+// Logs `name` once (naming it as unsupported, with `reason` from
+// unsupported_functions.txt when it is listed there, else nullptr) and
+// returns CUDA_ERROR_NOT_SUPPORTED as an int.
+int UnsupportedCall(const char* name, const char* reason);
 
 }  // namespace ferry::client

@@ -155,6 +155,13 @@ struct Call {
     eventSynchronize @34 :EventRef;        # sync, waits for the GPU
     eventElapsedTime @35 :EventElapsedTime;  # sync
     eventDestroy @36 :EventRef;            # async
+    # library and kernel API, occupancy
+    libraryLoad @37 :LibraryLoad;          # sync; bulk = the image; reply moduleLoad
+    libraryUnload @38 :LibraryRef;         # async
+    libraryLoadModule @39 :LibraryLoadModule;  # async
+    occupancyMaxActiveBlocks @40 :OccupancyMaxActiveBlocks;  # sync; reply values
+    occupancyAvailableDynamicSmem @41 :OccupancyAvailableDynamicSmem;  # sync; reply value
+    occupancyCluster @42 :OccupancyCluster;  # sync; reply value
   }
 }
 
@@ -286,6 +293,67 @@ struct EventElapsedTime {
   end @1 :UInt64;
 }
 
+# library and kernel API, occupancy
+#
+# A library (cuLibraryLoadData) belongs to no context: libraryLoad sends its
+# image once, the server keeps it and answers with its kernels and globals.
+# A CUkernel is a client-side name for (library, kernel name); wherever it is
+# used in a context, the client first sends libraryLoadModule, which loads
+# the kept image into that context as an ordinary module with a client-chosen
+# id (so cuLibraryGetModule has an answer), and then moduleGetFunction on that
+# module. Both are fire-and-forget, so the first launch of a kernel in a
+# context costs no round trip. libraryUnload drops the library and every
+# module it has in any context; a context's destruction drops the library's
+# module in that context only. moduleUnload of a library's module is refused.
+struct LibraryLoad {
+  library @0 :UInt64;
+}
+struct LibraryRef {
+  library @0 :UInt64;
+}
+struct LibraryLoadModule {
+  library @0 :UInt64;
+  ctx @1 :UInt64;
+  module @2 :UInt64;   # new module id: the library's module in ctx
+}
+# For each i, blocks of blockSizes[i] threads using dynamicSmemBytes[i]
+# bytes of dynamic shared memory: how many fit on one multiprocessor
+# (cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags). Several sizes in
+# one call let the client run cuOccupancyMaxPotentialBlockSize's search,
+# whose callback lives in the client, in one round trip. Both lists have the
+# same length, at most 1024.
+struct OccupancyMaxActiveBlocks {
+  function @0 :UInt64;
+  blockSizes @1 :List(UInt32);
+  dynamicSmemBytes @2 :List(UInt64);
+  flags @3 :UInt32;
+}
+struct OccupancyAvailableDynamicSmem {
+  function @0 :UInt64;
+  numBlocks @1 :UInt32;
+  blockSize @2 :UInt32;
+}
+# cuOccupancyMaxPotentialClusterSize / cuOccupancyMaxActiveClusters for a
+# launch configuration (cluster 0 = none given).
+struct OccupancyCluster {
+  function @0 :UInt64;
+  query @1 :Query;
+  enum Query {
+    maxPotentialClusterSize @0;
+    maxActiveClusters @1;
+  }
+  gridX @2 :UInt32;
+  gridY @3 :UInt32;
+  gridZ @4 :UInt32;
+  blockX @5 :UInt32;
+  blockY @6 :UInt32;
+  blockZ @7 :UInt32;
+  sharedBytes @8 :UInt32;
+  clusterX @9 :UInt32;
+  clusterY @10 :UInt32;
+  clusterZ @11 :UInt32;
+}
+
 struct Reply {
   seq @0 :UInt64;
   status @1 :Status;
@@ -297,6 +365,8 @@ struct Reply {
     moduleGetGlobal @6 :GlobalResult;
     value @7 :Int64;          # ctxGetLimit, funcGetAttribute
     elapsedMs @8 :Float32;    # eventElapsedTime
+    # library and kernel API, occupancy
+    values @10 :List(Int64);  # occupancyMaxActiveBlocks, one per block size
   }
   # memcpyDtoH / memcpy2D to host: the bytes are the reply's bulk payload.
   latchedFromSeq @9 :UInt64;  # nonzero: status is the latched error of that earlier call

@@ -248,6 +248,14 @@ Status Session::Dispatch(wire::Call::Reader call, CallContext& cx) {
     case W::EVENT_SYNCHRONIZE: return EventSynchronize(call.getEventSynchronize(), cx);
     case W::EVENT_ELAPSED_TIME: return EventElapsedTime(call.getEventElapsedTime(), cx);
     case W::EVENT_DESTROY: return EventDestroy(call.getEventDestroy());
+    case W::LIBRARY_LOAD: return LibraryLoad(call.getLibraryLoad(), cx);
+    case W::LIBRARY_UNLOAD: return LibraryUnload(call.getLibraryUnload());
+    case W::LIBRARY_LOAD_MODULE: return LibraryLoadModule(call.getLibraryLoadModule());
+    case W::OCCUPANCY_MAX_ACTIVE_BLOCKS:
+      return OccupancyMaxActiveBlocks(call.getOccupancyMaxActiveBlocks(), cx);
+    case W::OCCUPANCY_AVAILABLE_DYNAMIC_SMEM:
+      return OccupancyAvailableDynamicSmem(call.getOccupancyAvailableDynamicSmem(), cx);
+    case W::OCCUPANCY_CLUSTER: return OccupancyCluster(call.getOccupancyCluster(), cx);
   }
   return Status::Unimplemented("call ordinal " + std::to_string(static_cast<int>(call.which())) +
                                " is not known to this ferryd");
@@ -473,6 +481,8 @@ void Session::FreeEverything() {
   functions_.clear();
   modules_.clear();
   ranges_.clear();
+  // Libraries last: their modules went with the contexts.
+  libraries_.clear();
 }
 
 Status Session::CtxSynchronize(wire::CtxRef::Reader args, CallContext& cx) {
@@ -668,6 +678,31 @@ Status Session::Memset(wire::Memset::Reader args) {
 
 // --- modules and functions ---------------------------------------------------
 
+namespace {
+
+// Fills a moduleLoad reply (also libraryLoad's) from what the backend found.
+void DescribeInReply(const backend::ModuleDescription& description, wire::Reply::Builder reply) {
+  auto result = reply.initModuleLoad();
+  auto kernels = result.initKernels(static_cast<unsigned>(description.kernels.size()));
+  for (size_t i = 0; i < description.kernels.size(); ++i) {
+    const auto& k = description.kernels[i];
+    auto out = kernels[static_cast<unsigned>(i)];
+    out.setName(k.name);
+    auto params = out.initParams(static_cast<unsigned>(k.params.size()));
+    for (size_t p = 0; p < k.params.size(); ++p) {
+      params[static_cast<unsigned>(p)].setOffset(k.params[p].offset);
+      params[static_cast<unsigned>(p)].setSize(k.params[p].size);
+    }
+  }
+  auto globals = result.initGlobals(static_cast<unsigned>(description.globals.size()));
+  for (size_t i = 0; i < description.globals.size(); ++i) {
+    globals[static_cast<unsigned>(i)].setName(description.globals[i].name);
+    globals[static_cast<unsigned>(i)].setSize(description.globals[i].size);
+  }
+}
+
+}  // namespace
+
 Status Session::ModuleLoad(wire::ModuleLoad::Reader args, CallContext& cx) {
   ContextEntry* c = nullptr;
   FERRY_RETURN_IF_ERROR(FindContext(args.getCtx(), &c));
@@ -678,44 +713,38 @@ Status Session::ModuleLoad(wire::ModuleLoad::Reader args, CallContext& cx) {
   if (cx.bulk_in.size == 0) return Status::Cuda(CUDA_ERROR_INVALID_IMAGE, "empty module image");
   ModuleEntry entry;
   entry.ctx = args.getCtx();
+  auto description = std::make_shared<backend::ModuleDescription>();
   FERRY_RETURN_IF_ERROR(backend_.LoadModule(
       *c->context, std::span<const uint8_t>(cx.bulk_in.data, cx.bulk_in.size), &entry.module,
-      &entry.description));
-  auto result = cx.reply.initModuleLoad();
-  auto kernels = result.initKernels(static_cast<unsigned>(entry.description.kernels.size()));
-  for (size_t i = 0; i < entry.description.kernels.size(); ++i) {
-    const auto& k = entry.description.kernels[i];
-    auto out = kernels[static_cast<unsigned>(i)];
-    out.setName(k.name);
-    auto params = out.initParams(static_cast<unsigned>(k.params.size()));
-    for (size_t p = 0; p < k.params.size(); ++p) {
-      params[static_cast<unsigned>(p)].setOffset(k.params[p].offset);
-      params[static_cast<unsigned>(p)].setSize(k.params[p].size);
-    }
-  }
-  auto globals = result.initGlobals(static_cast<unsigned>(entry.description.globals.size()));
-  for (size_t i = 0; i < entry.description.globals.size(); ++i) {
-    globals[static_cast<unsigned>(i)].setName(entry.description.globals[i].name);
-    globals[static_cast<unsigned>(i)].setSize(entry.description.globals[i].size);
-  }
+      description.get()));
+  DescribeInReply(*description, cx.reply);
+  entry.description = std::move(description);
   modules_.emplace(id, std::move(entry));
   module_count_.fetch_add(1);
   return Status::Ok();
 }
 
-Status Session::ModuleUnload(wire::ModuleRef::Reader args) {
-  const uint64_t id = args.getModule();
-  if (modules_.count(id) == 0) {
-    return Status::InvalidHandle("no module " + std::to_string(id) + " in this session");
-  }
+void Session::EraseModule(uint64_t id) {
   for (auto it = functions_.begin(); it != functions_.end();) {
     it = it->second.module == id ? functions_.erase(it) : std::next(it);
   }
   for (auto it = ranges_.begin(); it != ranges_.end();) {
     it = it->second.module == id ? ranges_.erase(it) : std::next(it);
   }
-  modules_.erase(id);
-  module_count_.fetch_sub(1);
+  if (modules_.erase(id) != 0) module_count_.fetch_sub(1);
+}
+
+Status Session::ModuleUnload(wire::ModuleRef::Reader args) {
+  const uint64_t id = args.getModule();
+  auto it = modules_.find(id);
+  if (it == modules_.end()) {
+    return Status::InvalidHandle("no module " + std::to_string(id) + " in this session");
+  }
+  if (it->second.library != 0) {
+    return Status::InvalidHandle("module " + std::to_string(id) +
+                                 " belongs to a library; cuLibraryUnload unloads it");
+  }
+  EraseModule(id);
   return Status::Ok();
 }
 
@@ -731,7 +760,7 @@ Status Session::ModuleGetFunction(wire::ModuleGetFunction::Reader args) {
   entry.module = args.getModule();
   entry.ctx = m->ctx;
   FERRY_RETURN_IF_ERROR(backend_.GetFunction(*m->module, name, &entry.function));
-  for (const auto& kernel : m->description.kernels) {
+  for (const auto& kernel : m->description->kernels) {
     if (kernel.name != name) continue;
     for (const auto& p : kernel.params) {
       entry.param_bytes = std::max<uint64_t>(entry.param_bytes, uint64_t{p.offset} + p.size);
@@ -899,6 +928,143 @@ Status Session::EventDestroy(wire::EventRef::Reader args) {
     return Status::InvalidHandle("no event " + std::to_string(args.getEvent()) + " in this session");
   }
   event_count_.fetch_sub(1);
+  return Status::Ok();
+}
+
+// --- libraries ---------------------------------------------------------------------
+
+Status Session::LibraryLoad(wire::LibraryLoad::Reader args, CallContext& cx) {
+  const uint64_t id = args.getLibrary();
+  if (id == 0 || libraries_.count(id) != 0) {
+    return Status::InvalidArgument("library id " + std::to_string(id) + " is 0 or already in use");
+  }
+  if (cx.bulk_in.size == 0) return Status::Cuda(CUDA_ERROR_INVALID_IMAGE, "empty library image");
+  LibraryEntry entry;
+  auto description = std::make_shared<backend::ModuleDescription>();
+  FERRY_RETURN_IF_ERROR(backend_.LoadLibrary(
+      std::span<const uint8_t>(cx.bulk_in.data, cx.bulk_in.size), &entry.library,
+      description.get()));
+  DescribeInReply(*description, cx.reply);
+  entry.description = std::move(description);
+  libraries_.emplace(id, std::move(entry));
+  return Status::Ok();
+}
+
+Status Session::LibraryUnload(wire::LibraryRef::Reader args) {
+  const uint64_t id = args.getLibrary();
+  auto it = libraries_.find(id);
+  if (it == libraries_.end()) {
+    return Status::InvalidHandle("no library " + std::to_string(id) + " in this session");
+  }
+  // Its modules in every context first (GpuBackend contract).
+  std::vector<uint64_t> modules;
+  for (const auto& [module_id, module] : modules_) {
+    if (module.library == id) modules.push_back(module_id);
+  }
+  for (uint64_t module_id : modules) EraseModule(module_id);
+  libraries_.erase(it);
+  return Status::Ok();
+}
+
+Status Session::LibraryLoadModule(wire::LibraryLoadModule::Reader args) {
+  auto library = libraries_.find(args.getLibrary());
+  if (library == libraries_.end()) {
+    return Status::InvalidHandle("no library " + std::to_string(args.getLibrary()) +
+                                 " in this session");
+  }
+  ContextEntry* c = nullptr;
+  FERRY_RETURN_IF_ERROR(FindContext(args.getCtx(), &c));
+  const uint64_t id = args.getModule();
+  if (id == 0 || modules_.count(id) != 0) {
+    return Status::InvalidArgument("module id " + std::to_string(id) + " is 0 or already in use");
+  }
+  for (const auto& [module_id, module] : modules_) {
+    if (module.library == args.getLibrary() && module.ctx == args.getCtx()) {
+      return Status::InvalidArgument("library " + std::to_string(args.getLibrary()) +
+                                     " already has module " + std::to_string(module_id) +
+                                     " in context " + std::to_string(args.getCtx()));
+    }
+  }
+  ModuleEntry entry;
+  entry.ctx = args.getCtx();
+  entry.library = args.getLibrary();
+  entry.description = library->second.description;
+  FERRY_RETURN_IF_ERROR(
+      backend_.LoadLibraryModule(*c->context, *library->second.library, &entry.module));
+  modules_.emplace(id, std::move(entry));
+  module_count_.fetch_add(1);
+  return Status::Ok();
+}
+
+// --- occupancy ------------------------------------------------------------------------
+
+Status Session::OccupancyMaxActiveBlocks(wire::OccupancyMaxActiveBlocks::Reader args,
+                                         CallContext& cx) {
+  FunctionEntry* f = nullptr;
+  FERRY_RETURN_IF_ERROR(FindFunction(args.getFunction(), &f));
+  auto sizes = args.getBlockSizes();
+  auto smem = args.getDynamicSmemBytes();
+  constexpr unsigned kMaxQueries = 1024;
+  if (sizes.size() != smem.size() || sizes.size() == 0 || sizes.size() > kMaxQueries) {
+    return Status::InvalidArgument("occupancy query needs 1 to 1024 (block size, shared bytes) pairs");
+  }
+  std::vector<int64_t> answers;
+  answers.reserve(sizes.size());
+  for (unsigned i = 0; i < sizes.size(); ++i) {
+    if (sizes[i] > static_cast<uint32_t>(std::numeric_limits<int>::max())) {
+      return Status::Cuda(CUDA_ERROR_INVALID_VALUE, "block size out of range");
+    }
+    int blocks = 0;
+    FERRY_RETURN_IF_ERROR(backend_.OccupancyMaxActiveBlocks(
+        *f->function, static_cast<int>(sizes[i]), smem[i], args.getFlags(), &blocks));
+    answers.push_back(blocks);
+  }
+  auto values = cx.reply.initValues(static_cast<unsigned>(answers.size()));
+  for (unsigned i = 0; i < answers.size(); ++i) values.set(i, answers[i]);
+  return Status::Ok();
+}
+
+Status Session::OccupancyAvailableDynamicSmem(wire::OccupancyAvailableDynamicSmem::Reader args,
+                                              CallContext& cx) {
+  FunctionEntry* f = nullptr;
+  FERRY_RETURN_IF_ERROR(FindFunction(args.getFunction(), &f));
+  constexpr uint32_t kIntMax = std::numeric_limits<int>::max();
+  if (args.getNumBlocks() > kIntMax || args.getBlockSize() > kIntMax) {
+    return Status::Cuda(CUDA_ERROR_INVALID_VALUE, "block count or size out of range");
+  }
+  uint64_t bytes = 0;
+  FERRY_RETURN_IF_ERROR(backend_.OccupancyAvailableDynamicSmem(
+      *f->function, static_cast<int>(args.getNumBlocks()), static_cast<int>(args.getBlockSize()),
+      &bytes));
+  cx.reply.setValue(static_cast<int64_t>(bytes));
+  return Status::Ok();
+}
+
+Status Session::OccupancyCluster(wire::OccupancyCluster::Reader args, CallContext& cx) {
+  FunctionEntry* f = nullptr;
+  FERRY_RETURN_IF_ERROR(FindFunction(args.getFunction(), &f));
+  backend::LaunchConfig config;
+  config.grid = {args.getGridX(), args.getGridY(), args.getGridZ()};
+  config.block = {args.getBlockX(), args.getBlockY(), args.getBlockZ()};
+  config.shared_bytes = args.getSharedBytes();
+  config.cluster = {args.getClusterX(), args.getClusterY(), args.getClusterZ()};
+  for (int i = 0; i < 3; ++i) {
+    if (config.grid[i] == 0 || config.block[i] == 0) {
+      return Status::Cuda(CUDA_ERROR_INVALID_VALUE, "a grid or block dimension is 0");
+    }
+  }
+  int value = 0;
+  switch (args.getQuery()) {
+    case wire::OccupancyCluster::Query::MAX_POTENTIAL_CLUSTER_SIZE:
+      FERRY_RETURN_IF_ERROR(backend_.OccupancyMaxPotentialClusterSize(*f->function, config, &value));
+      break;
+    case wire::OccupancyCluster::Query::MAX_ACTIVE_CLUSTERS:
+      FERRY_RETURN_IF_ERROR(backend_.OccupancyMaxActiveClusters(*f->function, config, &value));
+      break;
+    default:
+      return Status::InvalidArgument("unknown cluster occupancy query");
+  }
+  cx.reply.setValue(value);
   return Status::Ok();
 }
 

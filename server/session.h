@@ -85,7 +85,15 @@ class Session {
   struct ModuleEntry {
     std::unique_ptr<backend::Module> module;
     uint64_t ctx = 0;
-    backend::ModuleDescription description;
+    // Shared by a library's modules in every context.
+    std::shared_ptr<const backend::ModuleDescription> description;
+    uint64_t library = 0;  // nonzero: this is that library's module in `ctx`
+  };
+  // A context-independent image (cuLibraryLoadData); its modules in
+  // contexts are ModuleEntries that name it.
+  struct LibraryEntry {
+    std::unique_ptr<backend::Library> library;
+    std::shared_ptr<const backend::ModuleDescription> description;
   };
   struct FunctionEntry {
     backend::Function* function = nullptr;
@@ -133,6 +141,8 @@ class Session {
   Status FindEvent(uint64_t event, EventEntry** out);
   Status FindModule(uint64_t module, ModuleEntry** out);
   Status FindFunction(uint64_t function, FunctionEntry** out);
+  // Drops module `id` with its functions and global ranges.
+  void EraseModule(uint64_t id);
   // OK when [address, address + bytes) lies inside one range of this session.
   Status CheckRange(uint64_t address, uint64_t bytes, const char* what) const;
   Status CheckRange2D(uint64_t address, uint64_t pitch, uint64_t width_bytes, uint64_t height,
@@ -172,6 +182,13 @@ class Session {
   Status EventSynchronize(wire::EventRef::Reader args, CallContext& cx);
   Status EventElapsedTime(wire::EventElapsedTime::Reader args, CallContext& cx);
   Status EventDestroy(wire::EventRef::Reader args);
+  Status LibraryLoad(wire::LibraryLoad::Reader args, CallContext& cx);
+  Status LibraryUnload(wire::LibraryRef::Reader args);
+  Status LibraryLoadModule(wire::LibraryLoadModule::Reader args);
+  Status OccupancyMaxActiveBlocks(wire::OccupancyMaxActiveBlocks::Reader args, CallContext& cx);
+  Status OccupancyAvailableDynamicSmem(wire::OccupancyAvailableDynamicSmem::Reader args,
+                                       CallContext& cx);
+  Status OccupancyCluster(wire::OccupancyCluster::Reader args, CallContext& cx);
 
   const uint64_t id_;
   std::unique_ptr<Transport> transport_;
@@ -186,6 +203,7 @@ class Session {
   std::unordered_map<uint64_t, StreamEntry> streams_;
   std::unordered_map<uint64_t, EventEntry> events_;
   std::unordered_map<uint64_t, ModuleEntry> modules_;
+  std::unordered_map<uint64_t, LibraryEntry> libraries_;
   std::unordered_map<uint64_t, FunctionEntry> functions_;
   std::map<uint64_t, RangeEntry> ranges_;  // by base address
   Status latched_error_;

@@ -126,6 +126,12 @@ class Module {
  public:
   virtual ~Module() = default;
 };
+// A loaded image that belongs to no context (cuLibraryLoadData); it gets a
+// Module in each context that uses it (LoadLibraryModule).
+class Library {
+ public:
+  virtual ~Library() = default;
+};
 
 class GpuBackend {
  public:
@@ -197,6 +203,33 @@ class GpuBackend {
   virtual Status GetFunctionAttribute(Function& function, int attribute, int* value) = 0;
   virtual Status SetFunctionAttribute(Function& function, int attribute, int value) = 0;
   virtual Status SetFunctionCacheConfig(Function& function, int config) = 0;
+
+  // --- libraries (context-independent images) -----------------------------
+  // Loads `image` (as LoadModule takes it) into no context. `description`
+  // lists its kernels with their parameter layouts, and its globals where the
+  // backend can enumerate them. The backend keeps what it needs of `image`.
+  virtual Status LoadLibrary(std::span<const uint8_t> image, std::unique_ptr<Library>* out,
+                             ModuleDescription* description) = 0;
+  // The library's module in `ctx`: its kernels and its own copy of the
+  // globals in that context (cuLibraryGetModule). Destroying the Module ends
+  // the library's use of the context; the caller destroys every Module of a
+  // library before the library, and a context's Modules before the context.
+  virtual Status LoadLibraryModule(Context& ctx, Library& library, std::unique_ptr<Module>* out) = 0;
+
+  // --- occupancy (in the function's context) -------------------------------
+  // cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags.
+  virtual Status OccupancyMaxActiveBlocks(Function& function, int block_size,
+                                          uint64_t dynamic_smem_bytes, unsigned flags,
+                                          int* blocks) = 0;
+  // cuOccupancyAvailableDynamicSMemPerBlock.
+  virtual Status OccupancyAvailableDynamicSmem(Function& function, int num_blocks, int block_size,
+                                               uint64_t* bytes) = 0;
+  // cuOccupancyMaxPotentialClusterSize / cuOccupancyMaxActiveClusters for a
+  // launch of `function` with `config` (config.cluster all 0: none given).
+  virtual Status OccupancyMaxPotentialClusterSize(Function& function, const LaunchConfig& config,
+                                                  int* cluster_size) = 0;
+  virtual Status OccupancyMaxActiveClusters(Function& function, const LaunchConfig& config,
+                                            int* clusters) = 0;
 };
 
 }  // namespace ferry::backend

@@ -222,16 +222,31 @@ class CudaFunction final : public Function {
 
 class CudaModule final : public Module {
  public:
-  CudaModule(CudaContext& context, CUmodule handle) : context(context), handle(handle) {}
+  CudaModule(CudaContext& context, CUmodule handle, bool owned = true)
+      : context(context), handle(handle), owned(owned) {}
   ~CudaModule() override;
 
   CudaContext& context;
   const CUmodule handle;
+  // false for a library's module in a context (cuLibraryGetModule): the
+  // library owns it and unloads it with itself.
+  const bool owned;
 
   std::mutex functions_mu;
   // By kernel name; a Function stays valid as long as the module.
   absl::flat_hash_map<std::string, std::unique_ptr<CudaFunction>> functions
       ABSL_GUARDED_BY(functions_mu);
+};
+
+// A context-independent image (cuLibraryLoadData). Its modules in contexts
+// are CudaModules that do not own their handle.
+class CudaLibrary final : public Library {
+ public:
+  CudaLibrary(const DriverApi& api, CUlibrary handle) : api(api), handle(handle) {}
+  ~CudaLibrary() override;
+
+  const DriverApi& api;
+  const CUlibrary handle;
 };
 
 // The objects a caller hands back are the ones this backend made.
@@ -880,7 +895,150 @@ class CudaBackend final : public GpuBackend {
     });
   }
 
+  // --- libraries ------------------------------------------------------------
+  // A library is the driver's own: cuLibraryLoadData needs no context, and
+  // the driver loads it into a context when LoadLibraryModule asks for the
+  // library's module there (cuLibraryGetModule).
+  Status LoadLibrary(std::span<const uint8_t> image, std::unique_ptr<Library>* out,
+                     ModuleDescription* description) override {
+    return Guarded("LoadLibrary", [&]() -> Status {
+      std::vector<uint8_t> storage;
+      const void* data = nullptr;
+      FERRY_RETURN_IF_ERROR(CheckModuleImage(image, &storage, &data));
+      CUlibrary handle = nullptr;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuLibraryLoadData, &handle, data, nullptr, nullptr, 0,
+                                     nullptr, nullptr, 0));
+      auto library = std::make_unique<CudaLibrary>(*api_, handle);
+      ModuleDescription described;
+      // On failure `library`'s destructor unloads the image again.
+      FERRY_RETURN_IF_ERROR(DescribeLibrary(*library, &described));
+      if (description != nullptr) *description = std::move(described);
+      *out = std::move(library);
+      return Status::Ok();
+    });
+  }
+
+  Status LoadLibraryModule(Context& context, Library& library, std::unique_ptr<Module>* out) override {
+    return Guarded("LoadLibraryModule", [&]() -> Status {
+      CudaContext& ctx = Ctx(context);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(ctx));
+      CUmodule handle = nullptr;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuLibraryGetModule, &handle,
+                                     static_cast<CudaLibrary&>(library).handle));
+      *out = std::make_unique<CudaModule>(ctx, handle, /*owned=*/false);
+      return Status::Ok();
+    });
+  }
+
+  // --- occupancy: the driver's own answers, in the function's context -------
+  Status OccupancyMaxActiveBlocks(Function& function, int block_size, uint64_t dynamic_smem_bytes,
+                                  unsigned flags, int* blocks) override {
+    return Guarded("OccupancyMaxActiveBlocks", [&]() -> Status {
+      CudaFunction& f = Fn(function);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(f.module.context));
+      return FERRY_CU(*api_, cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags, blocks, f.handle,
+                      block_size, static_cast<size_t>(dynamic_smem_bytes), flags);
+    });
+  }
+
+  Status OccupancyAvailableDynamicSmem(Function& function, int num_blocks, int block_size,
+                                       uint64_t* bytes) override {
+    return Guarded("OccupancyAvailableDynamicSmem", [&]() -> Status {
+      CudaFunction& f = Fn(function);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(f.module.context));
+      size_t available = 0;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuOccupancyAvailableDynamicSMemPerBlock, &available,
+                                     f.handle, num_blocks, block_size));
+      *bytes = available;
+      return Status::Ok();
+    });
+  }
+
+  Status OccupancyMaxPotentialClusterSize(Function& function, const LaunchConfig& config,
+                                          int* cluster_size) override {
+    return Guarded("OccupancyMaxPotentialClusterSize", [&]() -> Status {
+      CudaFunction& f = Fn(function);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(f.module.context));
+      CUlaunchAttribute attribute;
+      CUlaunchConfig launch = DriverLaunchConfig(config, &attribute);
+      return FERRY_CU(*api_, cuOccupancyMaxPotentialClusterSize, cluster_size, f.handle, &launch);
+    });
+  }
+
+  Status OccupancyMaxActiveClusters(Function& function, const LaunchConfig& config,
+                                    int* clusters) override {
+    return Guarded("OccupancyMaxActiveClusters", [&]() -> Status {
+      CudaFunction& f = Fn(function);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(f.module.context));
+      CUlaunchAttribute attribute;
+      CUlaunchConfig launch = DriverLaunchConfig(config, &attribute);
+      return FERRY_CU(*api_, cuOccupancyMaxActiveClusters, clusters, f.handle, &launch);
+    });
+  }
+
  private:
+  // `config` as the driver's occupancy queries take it: no stream (the
+  // current context), and the cluster dimension as an attribute when given.
+  static CUlaunchConfig DriverLaunchConfig(const LaunchConfig& config, CUlaunchAttribute* cluster) {
+    CUlaunchConfig launch;
+    std::memset(&launch, 0, sizeof(launch));
+    launch.gridDimX = config.grid[0];
+    launch.gridDimY = config.grid[1];
+    launch.gridDimZ = config.grid[2];
+    launch.blockDimX = config.block[0];
+    launch.blockDimY = config.block[1];
+    launch.blockDimZ = config.block[2];
+    launch.sharedMemBytes = config.shared_bytes;
+    launch.hStream = nullptr;
+    if (config.cluster[0] != 0 || config.cluster[1] != 0 || config.cluster[2] != 0) {
+      std::memset(cluster, 0, sizeof(*cluster));
+      cluster->id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+      cluster->value.clusterDim.x = config.cluster[0];
+      cluster->value.clusterDim.y = config.cluster[1];
+      cluster->value.clusterDim.z = config.cluster[2];
+      launch.attrs = cluster;
+      launch.numAttrs = 1;
+    }
+    return launch;
+  }
+
+  // Lists the library's kernels with their parameter layouts (no context
+  // needed: kernels are context-independent).
+  Status DescribeLibrary(CudaLibrary& library, ModuleDescription* description) {
+    unsigned count = 0;
+    FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuLibraryGetKernelCount, &count, library.handle));
+    std::vector<CUkernel> kernels(count);
+    if (count != 0) {
+      FERRY_RETURN_IF_ERROR(
+          FERRY_CU(*api_, cuLibraryEnumerateKernels, kernels.data(), count, library.handle));
+    }
+    description->kernels.reserve(count);
+    for (CUkernel handle : kernels) {
+      const char* name = nullptr;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuKernelGetName, &name, handle));
+      KernelDescription kernel;
+      kernel.name = name != nullptr ? name : "";
+      // As in Describe: INVALID_VALUE past the last parameter, bounded.
+      constexpr size_t kMaxParams = 32768;
+      for (size_t index = 0;; ++index) {
+        size_t offset = 0, size = 0;
+        CUresult result = api_->cuKernelGetParamInfo(handle, index, &offset, &size);
+        if (result == CUDA_ERROR_INVALID_VALUE) break;
+        FERRY_RETURN_IF_ERROR(
+            api_->Check(result, FERRY_CUDA_EXPORT_NAME(cuKernelGetParamInfo))
+                .WithContext(absl::StrCat("kernel ", kernel.name, " parameter ", index)));
+        if (index >= kMaxParams) {
+          return Status::Internal(absl::StrCat("kernel ", kernel.name, ": driver reports over ",
+                                               kMaxParams, " parameters"));
+        }
+        kernel.params.push_back(
+            KernelParam{static_cast<uint32_t>(offset), static_cast<uint32_t>(size)});
+      }
+      description->kernels.push_back(std::move(kernel));
+    }
+    return Status::Ok();
+  }
+
   // Runs `wait` on the pool, then `done` with its result. If the job cannot
   // even be queued, runs `undo` (to release what the caller counted) and
   // reports the failure through `done`, still off the caller's thread if it
@@ -1021,7 +1179,13 @@ CudaModule::~CudaModule() {
     // Kernels of this module may still be queued or running.
     FERRY_CU_QUIET(api, kWhat, cuCtxSynchronize);
   }
-  FERRY_CU_QUIET(api, kWhat, cuModuleUnload, handle);
+  if (owned) FERRY_CU_QUIET(api, kWhat, cuModuleUnload, handle);
+}
+
+CudaLibrary::~CudaLibrary() {
+  // Every module of the library in a context is gone (GpuBackend contract),
+  // and each synchronized its context first.
+  FERRY_CU_QUIET(api, "unloading a library", cuLibraryUnload, handle);
 }
 
 CudaContext::~CudaContext() {

@@ -91,7 +91,18 @@
   X(cuFuncLoad)                           \
   X(cuFuncGetAttribute)                   \
   X(cuFuncSetAttribute)                   \
-  X(cuFuncSetCacheConfig)
+  X(cuFuncSetCacheConfig)                 \
+  X(cuLibraryLoadData)                    \
+  X(cuLibraryUnload)                      \
+  X(cuLibraryGetModule)                   \
+  X(cuLibraryGetKernelCount)              \
+  X(cuLibraryEnumerateKernels)            \
+  X(cuKernelGetName)                      \
+  X(cuKernelGetParamInfo)                 \
+  X(cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags) \
+  X(cuOccupancyAvailableDynamicSMemPerBlock) \
+  X(cuOccupancyMaxPotentialClusterSize)   \
+  X(cuOccupancyMaxActiveClusters)
 
 namespace ferry::backend::cuda_internal {
 

@@ -1,5 +1,6 @@
 #include "backend/host/device_model.h"
 
+#include <algorithm>
 #include <string>
 
 namespace ferry::backend::host_internal {
@@ -294,6 +295,105 @@ Status CheckSetFunctionAttribute(int attribute, int value) {
       if (attribute >= 0 && attribute < kFunctionAttributeCount) return bad("read-only");
       return bad("unknown attribute");
   }
+}
+
+// --- occupancy (the model is described in device_model.h) ----------------------
+
+namespace {
+
+int CeilDiv(uint64_t a, uint64_t b) { return static_cast<int>((a + b - 1) / b); }
+uint64_t RoundUpTo(uint64_t value, uint64_t unit) { return (value + unit - 1) / unit * unit; }
+
+// Blocks per SM as limited by warps, registers and the block cap (not shared
+// memory).
+int BlocksByThreadsAndRegisters(const KernelResources& kernel, int block_size) {
+  const int warps = CeilDiv(static_cast<uint64_t>(block_size), kWarpSize);
+  int blocks = std::min(kMaxWarpsPerMultiprocessor / warps, kMaxBlocksPerMultiprocessor);
+  if (kernel.num_regs > 0) {
+    const uint64_t registers_per_warp =
+        RoundUpTo(static_cast<uint64_t>(kernel.num_regs) * kWarpSize, kRegisterAllocationUnit);
+    const int warps_by_registers = static_cast<int>(kRegistersPerMultiprocessor / registers_per_warp);
+    blocks = std::min(blocks, warps_by_registers / warps);
+  }
+  return blocks;
+}
+
+uint64_t SharedBytesPerBlock(const KernelResources& kernel, uint64_t dynamic_shared_bytes) {
+  return RoundUpTo(static_cast<uint64_t>(kernel.static_shared_bytes) + dynamic_shared_bytes +
+                       kReservedSharedMemoryPerBlock,
+                   kSharedMemoryAllocationUnit);
+}
+
+}  // namespace
+
+Status MaxActiveBlocksPerMultiprocessor(const KernelResources& kernel, int block_size,
+                                        uint64_t dynamic_shared_bytes, int* blocks) {
+  if (block_size <= 0) {
+    return Status::Cuda(CUDA_ERROR_INVALID_VALUE, "block size must be positive");
+  }
+  if (block_size > kernel.max_threads_per_block ||
+      dynamic_shared_bytes > static_cast<uint64_t>(kernel.max_dynamic_shared_bytes)) {
+    *blocks = 0;
+    return Status::Ok();
+  }
+  const uint64_t by_shared = kSharedMemoryPerMultiprocessor /
+                             SharedBytesPerBlock(kernel, dynamic_shared_bytes);
+  *blocks = static_cast<int>(
+      std::min<uint64_t>(BlocksByThreadsAndRegisters(kernel, block_size), by_shared));
+  return Status::Ok();
+}
+
+Status AvailableDynamicSharedMemoryPerBlock(const KernelResources& kernel, int num_blocks,
+                                            int block_size, uint64_t* bytes) {
+  if (num_blocks <= 0 || block_size <= 0) {
+    return Status::Cuda(CUDA_ERROR_INVALID_VALUE, "block count and size must be positive");
+  }
+  *bytes = 0;
+  if (block_size > kernel.max_threads_per_block ||
+      num_blocks > BlocksByThreadsAndRegisters(kernel, block_size)) {
+    return Status::Ok();
+  }
+  const uint64_t share = kSharedMemoryPerMultiprocessor / static_cast<uint64_t>(num_blocks) /
+                         kSharedMemoryAllocationUnit * kSharedMemoryAllocationUnit;
+  const uint64_t overhead =
+      static_cast<uint64_t>(kernel.static_shared_bytes) + kReservedSharedMemoryPerBlock;
+  if (share <= overhead) return Status::Ok();
+  *bytes = std::min<uint64_t>(share - overhead, static_cast<uint64_t>(kernel.max_dynamic_shared_bytes));
+  return Status::Ok();
+}
+
+Status MaxPotentialClusterSize(const KernelResources& kernel, int block_size,
+                               uint64_t dynamic_shared_bytes, int* cluster_size) {
+  int blocks = 0;
+  FERRY_RETURN_IF_ERROR(
+      MaxActiveBlocksPerMultiprocessor(kernel, block_size, dynamic_shared_bytes, &blocks));
+  const int limit = kernel.non_portable_cluster_size_allowed ? kNonPortableClusterSize
+                                                             : kPortableClusterSize;
+  *cluster_size = std::min(limit, blocks * kMultiprocessorsPerGpc);
+  return Status::Ok();
+}
+
+Status MaxActiveClusters(const KernelResources& kernel, int block_size,
+                         uint64_t dynamic_shared_bytes, int cluster_blocks, int* clusters) {
+  if (cluster_blocks < 0) {
+    return Status::Cuda(CUDA_ERROR_INVALID_CLUSTER_SIZE, "negative cluster size");
+  }
+  if (cluster_blocks == 0) {
+    cluster_blocks = 1;
+    for (int d : kernel.required_cluster) cluster_blocks *= d > 0 ? d : 1;
+  }
+  int largest = 0;
+  FERRY_RETURN_IF_ERROR(
+      MaxPotentialClusterSize(kernel, block_size, dynamic_shared_bytes, &largest));
+  if (cluster_blocks > largest) {
+    *clusters = 0;
+    return Status::Ok();
+  }
+  int blocks = 0;
+  FERRY_RETURN_IF_ERROR(
+      MaxActiveBlocksPerMultiprocessor(kernel, block_size, dynamic_shared_bytes, &blocks));
+  *clusters = blocks * kMultiprocessorsPerGpc / cluster_blocks * kGpcCount;
+  return Status::Ok();
 }
 
 }  // namespace ferry::backend::host_internal

@@ -59,4 +59,59 @@ int DefaultFunctionAttribute(int attribute);
 // CUDA_ERROR_INVALID_VALUE naming the problem.
 Status CheckSetFunctionAttribute(int attribute, int value);
 
+// --- occupancy ---------------------------------------------------------------
+// The model behind the host backend's cuOccupancy* answers: the resources of
+// one sm_90 multiprocessor as the device attributes above report them, and a
+// kernel's use of them as its function attributes report it (the host cannot
+// know a kernel's real register count: CU_FUNC_ATTRIBUTE_NUM_REGS is 32 and
+// static shared memory 0 unless a cubin says otherwise).
+//
+// Blocks of B threads using S bytes of dynamic shared memory fit on one SM
+// min(by warps, by registers, by shared memory, 32) times, where
+//  * by warps      = 64 / ceil(B / 32)                   (2048 threads per SM)
+//  * by registers  = floor(65536 / R) / ceil(B / 32), R = the registers one
+//                    warp holds: NUM_REGS * 32 rounded up to 256
+//  * by shared mem = floor(233472 / round_up(static + S + 1024, 128)): 228 KiB
+//                    per SM, 1 KiB reserved per block, 128-byte granules
+// and 0 when B exceeds the kernel's MAX_THREADS_PER_BLOCK or S its
+// MAX_DYNAMIC_SHARED_SIZE_BYTES. Clusters: a cluster is placed within one GPC
+// of 16 SMs, and the device has 8 such GPCs; the largest cluster is 8 blocks
+// (16 with NON_PORTABLE_CLUSTER_SIZE_ALLOWED).
+inline constexpr int kWarpSize = 32;
+inline constexpr int kMaxWarpsPerMultiprocessor = 64;
+inline constexpr int kMaxBlocksPerMultiprocessor = 32;
+inline constexpr int kRegistersPerMultiprocessor = 65536;
+inline constexpr int kRegisterAllocationUnit = 256;  // per warp
+inline constexpr int kSharedMemoryPerMultiprocessor = 228 * 1024;
+inline constexpr int kReservedSharedMemoryPerBlock = 1024;
+inline constexpr int kSharedMemoryAllocationUnit = 128;
+inline constexpr int kMultiprocessorsPerGpc = 16;
+inline constexpr int kGpcCount = 8;
+
+// What the model needs to know of a kernel (its function attributes).
+struct KernelResources {
+  int max_threads_per_block = kMaxThreadsPerBlock;
+  int num_regs = 32;
+  int static_shared_bytes = 0;
+  int max_dynamic_shared_bytes = kSharedMemoryPerBlock;
+  bool non_portable_cluster_size_allowed = false;
+  int required_cluster[3] = {0, 0, 0};  // 0: none required
+};
+
+// Blocks per SM; InvalidValue for block_size <= 0.
+Status MaxActiveBlocksPerMultiprocessor(const KernelResources& kernel, int block_size,
+                                        uint64_t dynamic_shared_bytes, int* blocks);
+// The most dynamic shared memory each of `num_blocks` blocks of `block_size`
+// threads may use with all of them resident on one SM (0 if they cannot be).
+Status AvailableDynamicSharedMemoryPerBlock(const KernelResources& kernel, int num_blocks,
+                                            int block_size, uint64_t* bytes);
+// The largest cluster (in blocks) a launch with `block_size` threads and
+// `dynamic_shared_bytes` per block could use (0 if one block cannot fit).
+Status MaxPotentialClusterSize(const KernelResources& kernel, int block_size,
+                               uint64_t dynamic_shared_bytes, int* cluster_size);
+// Clusters of `cluster_blocks` blocks (0: the kernel's required cluster, or
+// 1) that can be resident on the device at once.
+Status MaxActiveClusters(const KernelResources& kernel, int block_size,
+                         uint64_t dynamic_shared_bytes, int cluster_blocks, int* clusters);
+
 }  // namespace ferry::backend::host_internal

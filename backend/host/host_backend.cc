@@ -284,6 +284,13 @@ class HostModule final : public Module {
   const std::shared_ptr<ContextState> ctx_;
 };
 
+// A library keeps its parsed image; each context that uses it gets a
+// HostModule built from it (so each has its own globals).
+class HostLibrary final : public Library {
+ public:
+  image::ImageLayout layout;  // written once while loading; read-only after
+};
+
 class HostBackend;
 
 class HostContext final : public Context {
@@ -682,38 +689,23 @@ class HostBackend final : public GpuBackend {
     image::ImageLayout layout;
     Status parsed = image::ParseImage(image, &layout);
     if (!parsed.ok()) return parsed.WithContext("cannot load module");
+    return BuildModule(ctx, layout, out, description);
+  }
 
-    auto module = std::make_unique<HostModule>(AsContext(ctx).state());
-    ModuleDescription desc;
-    for (image::KernelLayout& k : layout.kernels) {
-      if (module->functions_by_name.contains(k.name)) continue;
-      KernelDescription kd;
-      kd.name = k.name;
-      for (const image::ParamLayout& p : k.params)
-        kd.params.push_back(KernelParam{p.offset, p.size});
-      auto fn = std::make_unique<HostFunction>(AsContext(ctx).state().get(), k.name, kd.params,
-                                               FindHostKernel(k.name));
-      module->functions_by_name.emplace(k.name, fn.get());
-      module->functions.push_back(std::move(fn));
-      desc.kernels.push_back(std::move(kd));
-    }
-    for (image::GlobalLayout& g : layout.globals) {
-      if (module->globals.contains(g.name)) continue;
-      // At least one byte, so that even an empty global has a distinct address.
-      std::shared_ptr<void> storage = AllocateDeviceStorage(std::max<uint64_t>(g.size, 1));
-      if (storage == nullptr) {
-        return Status::OutOfMemory("cannot allocate global " + g.name + " (" +
-                                   std::to_string(g.size) + " bytes)");
-      }
-      if (!g.initial.empty()) {
-        std::memcpy(storage.get(), g.initial.data(), std::min<uint64_t>(g.initial.size(), g.size));
-      }
-      module->globals.emplace(g.name, HostModule::Global{std::move(storage), g.size});
-      desc.globals.push_back(GlobalDescription{g.name, g.size});
-    }
-    *description = std::move(desc);
-    *out = std::move(module);
+  Status LoadLibrary(std::span<const uint8_t> image, std::unique_ptr<Library>* out,
+                     ModuleDescription* description) override {
+    auto library = std::make_unique<HostLibrary>();
+    Status parsed = image::ParseImage(image, &library->layout);
+    if (!parsed.ok()) return parsed.WithContext("cannot load library");
+    // The description is what every context's module will describe.
+    *description = Describe(library->layout);
+    *out = std::move(library);
     return Status::Ok();
+  }
+
+  Status LoadLibraryModule(Context& ctx, Library& library, std::unique_ptr<Module>* out) override {
+    ModuleDescription ignored;
+    return BuildModule(ctx, static_cast<HostLibrary&>(library).layout, out, &ignored);
   }
 
   Status GetFunction(Module& module, std::string_view name, Function** out) override {
@@ -761,7 +753,132 @@ class HostBackend final : public GpuBackend {
     return Status::Ok();
   }
 
+  // --- occupancy: the model in device_model.h ---------------------------------
+
+  Status OccupancyMaxActiveBlocks(Function& function, int block_size, uint64_t dynamic_smem_bytes,
+                                  unsigned flags, int* blocks) override {
+    // CU_OCCUPANCY_DISABLE_CACHING_OVERRIDE changes nothing: the model has no
+    // caching mode that trades against occupancy.
+    if ((flags & ~static_cast<unsigned>(CU_OCCUPANCY_DISABLE_CACHING_OVERRIDE)) != 0) {
+      return InvalidValue("unknown occupancy flags " + std::to_string(flags));
+    }
+    return host_internal::MaxActiveBlocksPerMultiprocessor(Resources(function), block_size,
+                                                           dynamic_smem_bytes, blocks);
+  }
+
+  Status OccupancyAvailableDynamicSmem(Function& function, int num_blocks, int block_size,
+                                       uint64_t* bytes) override {
+    return host_internal::AvailableDynamicSharedMemoryPerBlock(Resources(function), num_blocks,
+                                                               block_size, bytes);
+  }
+
+  Status OccupancyMaxPotentialClusterSize(Function& function, const LaunchConfig& config,
+                                          int* cluster_size) override {
+    int threads = 0;
+    FERRY_RETURN_IF_ERROR(BlockThreads(config, &threads));
+    return host_internal::MaxPotentialClusterSize(Resources(function), threads,
+                                                  config.shared_bytes, cluster_size);
+  }
+
+  Status OccupancyMaxActiveClusters(Function& function, const LaunchConfig& config,
+                                    int* clusters) override {
+    int threads = 0;
+    FERRY_RETURN_IF_ERROR(BlockThreads(config, &threads));
+    const auto& c = config.cluster;
+    const bool given = c[0] != 0 || c[1] != 0 || c[2] != 0;
+    if (given && (c[0] == 0 || c[1] == 0 || c[2] == 0)) {
+      return Status::Cuda(CUDA_ERROR_INVALID_CLUSTER_SIZE, "a cluster dimension is 0");
+    }
+    const uint64_t cluster_blocks = given ? uint64_t{c[0]} * c[1] * c[2] : 0;
+    if (cluster_blocks > static_cast<uint64_t>(host_internal::kNonPortableClusterSize)) {
+      *clusters = 0;
+      return Status::Ok();
+    }
+    return host_internal::MaxActiveClusters(Resources(function), threads, config.shared_bytes,
+                                            static_cast<int>(cluster_blocks), clusters);
+  }
+
  private:
+  static host_internal::KernelResources Resources(Function& function) {
+    auto& f = static_cast<HostFunction&>(function);
+    host_internal::KernelResources r;
+    r.max_threads_per_block = f.attribute(CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK);
+    r.num_regs = f.attribute(CU_FUNC_ATTRIBUTE_NUM_REGS);
+    r.static_shared_bytes = f.attribute(CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES);
+    r.max_dynamic_shared_bytes = f.attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES);
+    r.non_portable_cluster_size_allowed =
+        f.attribute(CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED) != 0;
+    r.required_cluster[0] = f.attribute(CU_FUNC_ATTRIBUTE_REQUIRED_CLUSTER_WIDTH);
+    r.required_cluster[1] = f.attribute(CU_FUNC_ATTRIBUTE_REQUIRED_CLUSTER_HEIGHT);
+    r.required_cluster[2] = f.attribute(CU_FUNC_ATTRIBUTE_REQUIRED_CLUSTER_DEPTH);
+    return r;
+  }
+
+  // Threads per block of `config`, checked against the device's limits.
+  static Status BlockThreads(const LaunchConfig& config, int* threads) {
+    uint64_t product = 1;
+    for (int i = 0; i < 3; ++i) {
+      if (config.block[i] == 0 || config.block[i] > host_internal::kMaxBlockDim[i]) {
+        return InvalidValue("block dimension " + std::to_string(i) + " = " +
+                            std::to_string(config.block[i]) + " out of range");
+      }
+      product *= config.block[i];
+    }
+    if (product > static_cast<uint64_t>(host_internal::kMaxThreadsPerBlock)) {
+      return InvalidValue(std::to_string(product) + " threads per block exceed the device maximum");
+    }
+    *threads = static_cast<int>(product);
+    return Status::Ok();
+  }
+
+  // What an image describes: each kernel and global once, first one wins.
+  static ModuleDescription Describe(const image::ImageLayout& layout) {
+    ModuleDescription desc;
+    absl::flat_hash_map<std::string, bool> seen_kernels, seen_globals;
+    for (const image::KernelLayout& k : layout.kernels) {
+      if (!seen_kernels.emplace(k.name, true).second) continue;
+      KernelDescription kd;
+      kd.name = k.name;
+      for (const image::ParamLayout& p : k.params) kd.params.push_back(KernelParam{p.offset, p.size});
+      desc.kernels.push_back(std::move(kd));
+    }
+    for (const image::GlobalLayout& g : layout.globals) {
+      if (!seen_globals.emplace(g.name, true).second) continue;
+      desc.globals.push_back(GlobalDescription{g.name, g.size});
+    }
+    return desc;
+  }
+
+  // A module of `ctx` with `layout`'s kernels (bound to their host
+  // implementations) and fresh copies of its globals.
+  Status BuildModule(Context& ctx, const image::ImageLayout& layout, std::unique_ptr<Module>* out,
+                     ModuleDescription* description) {
+    auto module = std::make_unique<HostModule>(AsContext(ctx).state());
+    ModuleDescription desc = Describe(layout);
+    for (const KernelDescription& kd : desc.kernels) {
+      auto fn = std::make_unique<HostFunction>(AsContext(ctx).state().get(), kd.name, kd.params,
+                                               FindHostKernel(kd.name));
+      module->functions_by_name.emplace(kd.name, fn.get());
+      module->functions.push_back(std::move(fn));
+    }
+    for (const image::GlobalLayout& g : layout.globals) {
+      if (module->globals.contains(g.name)) continue;
+      // At least one byte, so that even an empty global has a distinct address.
+      std::shared_ptr<void> storage = AllocateDeviceStorage(std::max<uint64_t>(g.size, 1));
+      if (storage == nullptr) {
+        return Status::OutOfMemory("cannot allocate global " + g.name + " (" +
+                                   std::to_string(g.size) + " bytes)");
+      }
+      if (!g.initial.empty()) {
+        std::memcpy(storage.get(), g.initial.data(), std::min<uint64_t>(g.initial.size(), g.size));
+      }
+      module->globals.emplace(g.name, HostModule::Global{std::move(storage), g.size});
+    }
+    *description = std::move(desc);
+    *out = std::move(module);
+    return Status::Ok();
+  }
+
   struct Allocation {
     std::shared_ptr<void> storage;
     uint64_t bytes = 0;  // as accounted (rounded up)

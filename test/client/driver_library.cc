@@ -82,20 +82,26 @@ std::set<std::string> CudaHeaderFunctionNames() {
   return names;
 }
 
-std::set<std::string> StubLibraryExports() {
-  std::set<std::string> names;
-  const std::string command = std::string("nm -D --defined-only ") + FERRY_TEST_STUB_LIBRARY;
+std::map<std::string, char> ExportedFunctions(const std::string& library) {
+  std::map<std::string, char> functions;
+  const std::string command = "nm -D --defined-only " + library;
   FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return names;
+  if (pipe == nullptr) return functions;
   char line[512];
   while (std::fgets(line, sizeof(line), pipe) != nullptr) {
     std::istringstream fields(line);
     std::string address, type, name;
     if (fields >> address >> type >> name && (type == "T" || type == "W") && name.rfind("cu", 0) == 0) {
-      names.insert(name);
+      functions[name] = type[0];
     }
   }
   pclose(pipe);
+  return functions;
+}
+
+std::set<std::string> StubLibraryExports() {
+  std::set<std::string> names;
+  for (const auto& [name, type] : ExportedFunctions(FERRY_TEST_STUB_LIBRARY)) names.insert(name);
   return names;
 }
 

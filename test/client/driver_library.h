@@ -7,6 +7,7 @@
 
 #include <cuda.h>
 
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -57,5 +58,8 @@ std::vector<PfnTypedef> ToolkitPfnTypedefs();
 std::set<std::string> CudaHeaderFunctionNames();
 // The symbols the toolkit's stub libcuda.so exports (nm -D).
 std::set<std::string> StubLibraryExports();
+// The cu* functions `library` exports (nm -D): 'T' for a strong definition,
+// 'W' for a weak one (in ferry's library: a generated NOT_SUPPORTED stub).
+std::map<std::string, char> ExportedFunctions(const std::string& library);
 
 }  // namespace ferry::test

@@ -150,11 +150,15 @@ class FerrydTest : public ::testing::Test {
 
   // Starts e2e program `name` (with the image folder as its argument)
   // against this test's ferryd; nullopt (and a failure) if it cannot start.
-  std::optional<ChildProcess> StartProgram(const std::string& name) {
+  // `env` adds to (or overrides) the client environment.
+  std::optional<ChildProcess> StartProgram(
+      const std::string& name, const std::map<std::string, std::string>& env = {}) {
     std::string error;
+    std::map<std::string, std::string> full_env = ClientEnv(address_);
+    for (const auto& [key, value] : env) full_env[key] = value;
     std::optional<ChildProcess> program =
         ChildProcess::Start({ProgramPath(name), FERRY_E2E_IMAGE_DIR},
-                            ClientEnv(address_), dir_ + "/" + name, &error);
+                            full_env, dir_ + "/" + name, &error);
     if (!program.has_value()) {
       ADD_FAILURE() << "cannot start " << name << ": " << error;
     }
@@ -219,8 +223,9 @@ class FerrydTest : public ::testing::Test {
   }
 
   // Runs program `name` to its end and expects it to pass.
-  void RunAndExpectPass(const std::string& name) {
-    std::optional<ChildProcess> program = StartProgram(name);
+  void RunAndExpectPass(const std::string& name,
+                        const std::map<std::string, std::string>& env = {}) {
+    std::optional<ChildProcess> program = StartProgram(name, env);
     if (program.has_value()) ExpectPasses(*program);
   }
 
@@ -238,6 +243,19 @@ TEST_F(FerrydTest, Launch) { RunAndExpectPass("launch"); }
 TEST_F(FerrydTest, StreamsEvents) { RunAndExpectPass("streams_events"); }
 
 TEST_F(FerrydTest, Contexts) { RunAndExpectPass("contexts"); }
+
+TEST_F(FerrydTest, Library) { RunAndExpectPass("library"); }
+
+// Eager loading puts every library into every context at once; the program
+// must not be able to tell, except by the loading mode it is told.
+TEST_F(FerrydTest, LibraryWithEagerLoading) {
+  std::optional<ChildProcess> program =
+      StartProgram("library", {{"CUDA_MODULE_LOADING", "EAGER"}});
+  ASSERT_TRUE(program.has_value());
+  ExpectPasses(*program);
+  EXPECT_NE(program->Stdout().find("module loading mode eager"), std::string::npos)
+      << program->Describe();
+}
 
 TEST_F(FerrydTest, Errors) {
   std::optional<ChildProcess> program = StartProgram("errors");

@@ -34,6 +34,7 @@ inline constexpr int kGlobalInitial[4] = {11, 22, 33, 44};
 // directory that the programs take as their first argument.
 inline constexpr char kFatbinFile[] = "e2e_kernels.fatbin";
 inline constexpr char kPtxFile[] = "e2e_kernels.ptx";
+inline constexpr char kCubinFile[] = "e2e_kernels.cubin";
 
 }  // namespace ferry::e2e
 

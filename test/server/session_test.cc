@@ -26,6 +26,9 @@ struct ReplyResult {
   uint64_t latched_from = 0;
   int64_t value = 0;
   uint64_t dptr = 0;
+  uint64_t bytes = 0;                // moduleGetGlobal
+  std::vector<int64_t> values;       // occupancyMaxActiveBlocks
+  std::vector<std::string> kernels;  // moduleLoad / libraryLoad
   std::vector<uint8_t> bulk;
 };
 
@@ -73,6 +76,16 @@ class RawClient {
     result.latched_from = reply.getLatchedFromSeq();
     if (reply.isValue()) result.value = reply.getValue();
     if (reply.isMemAlloc()) result.dptr = reply.getMemAlloc().getDptr();
+    if (reply.isModuleGetGlobal()) {
+      result.dptr = reply.getModuleGetGlobal().getDptr();
+      result.bytes = reply.getModuleGetGlobal().getBytes();
+    }
+    if (reply.isValues()) {
+      for (int64_t v : reply.getValues()) result.values.push_back(v);
+    }
+    if (reply.isModuleLoad()) {
+      for (auto k : reply.getModuleLoad().getKernels()) result.kernels.push_back(k.getName().cStr());
+    }
     if (frame.bulk.size > 0) result.bulk.assign(frame.bulk.data.get(), frame.bulk.data.get() + frame.bulk.size);
     return result;
   }
@@ -402,6 +415,221 @@ TEST_F(SessionTest, GarbageMessagesNeverCrashTheServer) {
       }
     }
   }
+}
+
+// --- libraries and occupancy ---------------------------------------------------
+
+// A library with one kernel k(u64, u32) and one 8-byte global.
+constexpr char kLibraryPtx[] = R"ptx(
+.version 8.0
+.target sm_90
+.address_size 64
+.visible .global .align 4 .b8 counter[8];
+.visible .entry k(.param .u64 k_p, .param .u32 k_n)
+{
+  ret;
+}
+)ptx";
+
+std::vector<uint8_t> LibraryImage() {
+  return std::vector<uint8_t>(kLibraryPtx, kLibraryPtx + sizeof(kLibraryPtx));  // with the NUL
+}
+
+class SessionLibraryTest : public SessionTest {
+ protected:
+  ReplyResult LoadLibrary(uint64_t library) {
+    return client_->Call([&](wire::Call::Builder c) { c.initLibraryLoad().setLibrary(library); },
+                         LibraryImage());
+  }
+  // The library's module in `ctx` and its kernel as `function`, posted
+  // without replies as the client does; a ping reports any error.
+  Status LoadIntoContext(uint64_t library, uint64_t ctx, uint64_t module, uint64_t function) {
+    client_->Send([&](wire::Call::Builder c) {
+      auto a = c.initLibraryLoadModule();
+      a.setLibrary(library);
+      a.setCtx(ctx);
+      a.setModule(module);
+    }, false);
+    client_->Send([&](wire::Call::Builder c) {
+      auto a = c.initModuleGetFunction();
+      a.setModule(module);
+      a.setFunction(function);
+      a.setName("k");
+    }, false);
+    return client_->Call([&](wire::Call::Builder c) { c.setPing(); }).status;
+  }
+  ReplyResult Global(uint64_t module) {
+    return client_->Call([&](wire::Call::Builder c) {
+      auto a = c.initModuleGetGlobal();
+      a.setModule(module);
+      a.setName("counter");
+    });
+  }
+};
+
+TEST_F(SessionLibraryTest, LoadsOnceAndGivesEachContextItsOwnModule) {
+  CreateContext(100);
+  CreateContext(200);
+  ReplyResult loaded = LoadLibrary(7);
+  ASSERT_TRUE(loaded.status.ok()) << loaded.status.ToString();
+  EXPECT_EQ(loaded.kernels, std::vector<std::string>{"k"});
+  EXPECT_EQ(session_->Info().modules, 0u);  // no context has it yet
+  ASSERT_TRUE(LoadIntoContext(7, 100, 11, 12).ok());
+  ASSERT_TRUE(LoadIntoContext(7, 200, 21, 22).ok());
+  EXPECT_EQ(session_->Info().modules, 2u);
+  ReplyResult first = Global(11);
+  ReplyResult second = Global(21);
+  ASSERT_TRUE(first.status.ok() && second.status.ok());
+  EXPECT_EQ(first.bytes, 8u);
+  EXPECT_NE(first.dptr, second.dptr) << "two contexts share one copy of the global";
+  // The global is a range the session may copy to.
+  std::vector<uint8_t> bytes(8, 0x5A);
+  client_->Send([&](wire::Call::Builder c) {
+    auto a = c.initMemcpyHtoD();
+    a.setCtx(200);
+    a.setDst(second.dptr);
+    a.setBytes(8);
+  }, false, bytes);
+  auto back = client_->Call([&](wire::Call::Builder c) {
+    auto a = c.initMemcpyDtoH();
+    a.setCtx(200);
+    a.setSrc(second.dptr);
+    a.setBytes(8);
+  });
+  ASSERT_TRUE(back.status.ok()) << back.status.ToString();
+  EXPECT_EQ(back.bulk, bytes);
+}
+
+TEST_F(SessionLibraryTest, RefusesBadIdsAndASecondModuleInOneContext) {
+  CreateContext(100);
+  EXPECT_EQ(client_->Call([&](wire::Call::Builder c) { c.initLibraryLoad().setLibrary(0); },
+                          LibraryImage())
+                .status.cuda_result(),
+            CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(LoadLibrary(7).status.cuda_result(), CUDA_SUCCESS);
+  EXPECT_EQ(LoadLibrary(7).status.cuda_result(), CUDA_ERROR_INVALID_VALUE);  // id in use
+  EXPECT_EQ(client_->Call([&](wire::Call::Builder c) { c.initLibraryLoad().setLibrary(8); })
+                .status.cuda_result(),
+            CUDA_ERROR_INVALID_IMAGE);  // no image
+  const std::vector<uint8_t> junk(64, 0x42);
+  EXPECT_NE(client_->Call([&](wire::Call::Builder c) { c.initLibraryLoad().setLibrary(9); }, junk)
+                .status.cuda_result(),
+            CUDA_SUCCESS);
+  EXPECT_EQ(LoadIntoContext(99, 100, 11, 12).cuda_result(), CUDA_ERROR_INVALID_HANDLE);
+  EXPECT_EQ(LoadIntoContext(7, 555, 11, 12).cuda_result(), CUDA_ERROR_INVALID_CONTEXT);
+  ASSERT_TRUE(LoadIntoContext(7, 100, 11, 12).ok());
+  EXPECT_EQ(LoadIntoContext(7, 100, 13, 14).cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  // A library's module is unloaded with the library, not on its own.
+  auto unload = client_->Call([&](wire::Call::Builder c) { c.initModuleUnload().setModule(11); });
+  EXPECT_EQ(unload.status.cuda_result(), CUDA_ERROR_INVALID_HANDLE);
+  EXPECT_EQ(client_->Call([&](wire::Call::Builder c) { c.initLibraryUnload().setLibrary(42); })
+                .status.cuda_result(),
+            CUDA_ERROR_INVALID_HANDLE);
+}
+
+TEST_F(SessionLibraryTest, UnloadAndContextDestructionDropTheRightModules) {
+  CreateContext(100);
+  CreateContext(200);
+  ASSERT_TRUE(LoadLibrary(7).status.ok());
+  ASSERT_TRUE(LoadIntoContext(7, 100, 11, 12).ok());
+  ASSERT_TRUE(LoadIntoContext(7, 200, 21, 22).ok());
+  const uint64_t global_in_200 = Global(21).dptr;
+  // Destroying context 200 drops the library's module there, not the library.
+  client_->Send([&](wire::Call::Builder c) { c.initCtxDestroy().setCtx(200); }, false);
+  ASSERT_TRUE(client_->Call([&](wire::Call::Builder c) { c.setPing(); }).status.ok());
+  EXPECT_EQ(session_->Info().modules, 1u);
+  EXPECT_EQ(Global(21).status.cuda_result(), CUDA_ERROR_INVALID_HANDLE);
+  auto stale = client_->Call([&](wire::Call::Builder c) {
+    auto a = c.initMemcpyDtoH();
+    a.setCtx(100);
+    a.setSrc(global_in_200);
+    a.setBytes(8);
+  });
+  EXPECT_EQ(stale.status.cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  CreateContext(300);
+  ASSERT_TRUE(LoadIntoContext(7, 300, 31, 32).ok());
+  // Unloading the library drops its modules and functions everywhere.
+  client_->Send([&](wire::Call::Builder c) { c.initLibraryUnload().setLibrary(7); }, false);
+  ASSERT_TRUE(client_->Call([&](wire::Call::Builder c) { c.setPing(); }).status.ok());
+  EXPECT_EQ(session_->Info().modules, 0u);
+  EXPECT_EQ(client_->Call([&](wire::Call::Builder c) { c.initFuncGetAttribute().setFunction(12); })
+                .status.cuda_result(),
+            CUDA_ERROR_INVALID_HANDLE);
+  EXPECT_EQ(LoadIntoContext(7, 100, 41, 42).cuda_result(), CUDA_ERROR_INVALID_HANDLE);
+}
+
+TEST_F(SessionLibraryTest, EndingTheSessionFreesLibraries) {
+  CreateContext(100);
+  ASSERT_TRUE(LoadLibrary(7).status.ok());
+  ASSERT_TRUE(LoadLibrary(8).status.ok());
+  ASSERT_TRUE(LoadIntoContext(7, 100, 11, 12).ok());
+  // EndSession (TearDown) checks that nothing is left.
+}
+
+TEST_F(SessionLibraryTest, OccupancyQueriesAnswerPerBlockSize) {
+  CreateContext(100);
+  ASSERT_TRUE(LoadLibrary(7).status.ok());
+  ASSERT_TRUE(LoadIntoContext(7, 100, 11, 12).ok());
+  auto blocks = client_->Call([&](wire::Call::Builder c) {
+    auto a = c.initOccupancyMaxActiveBlocks();
+    a.setFunction(12);
+    auto sizes = a.initBlockSizes(3);
+    auto smem = a.initDynamicSmemBytes(3);
+    sizes.set(0, 1024);
+    sizes.set(1, 128);
+    sizes.set(2, 128);
+    smem.set(0, 0);
+    smem.set(1, 0);
+    smem.set(2, 40 * 1024);
+  });
+  ASSERT_TRUE(blocks.status.ok()) << blocks.status.ToString();
+  // The host model: 2048 threads per SM; 228 KiB shared, 1 KiB reserved per block.
+  EXPECT_EQ(blocks.values, (std::vector<int64_t>{2, 16, 5}));
+  auto mismatched = client_->Call([&](wire::Call::Builder c) {
+    auto a = c.initOccupancyMaxActiveBlocks();
+    a.setFunction(12);
+    a.initBlockSizes(2);
+    a.initDynamicSmemBytes(1);
+  });
+  EXPECT_EQ(mismatched.status.cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  auto zero = client_->Call([&](wire::Call::Builder c) {
+    auto a = c.initOccupancyMaxActiveBlocks();
+    a.setFunction(12);
+    a.initBlockSizes(1).set(0, 0);
+    a.initDynamicSmemBytes(1);
+  });
+  EXPECT_EQ(zero.status.cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  auto available = client_->Call([&](wire::Call::Builder c) {
+    auto a = c.initOccupancyAvailableDynamicSmem();
+    a.setFunction(12);
+    a.setNumBlocks(4);
+    a.setBlockSize(256);
+  });
+  ASSERT_TRUE(available.status.ok());
+  EXPECT_EQ(available.value, 48 * 1024);  // a quarter of the SM, capped by the kernel's 48 KiB
+  auto clusters = client_->Call([&](wire::Call::Builder c) {
+    auto a = c.initOccupancyCluster();
+    a.setFunction(12);
+    a.setQuery(wire::OccupancyCluster::Query::MAX_ACTIVE_CLUSTERS);
+    a.setGridX(16);
+    a.setGridY(1);
+    a.setGridZ(1);
+    a.setBlockX(1024);
+    a.setBlockY(1);
+    a.setBlockZ(1);
+    a.setClusterX(4);
+    a.setClusterY(1);
+    a.setClusterZ(1);
+  });
+  ASSERT_TRUE(clusters.status.ok()) << clusters.status.ToString();
+  EXPECT_EQ(clusters.value, 2 * 16 / 4 * 8);  // 2 blocks per SM, 16 SMs per GPC, 8 GPCs
+  auto bad_function = client_->Call([&](wire::Call::Builder c) {
+    auto a = c.initOccupancyAvailableDynamicSmem();
+    a.setFunction(999);
+    a.setNumBlocks(1);
+    a.setBlockSize(32);
+  });
+  EXPECT_EQ(bad_function.status.cuda_result(), CUDA_ERROR_INVALID_HANDLE);
 }
 
 }  // namespace

@@ -779,5 +779,80 @@ TEST_F(FakeDriverTest, ThreadsSwitchBetweenContexts) {
   user.join();
 }
 
+TEST_F(FakeDriverTest, LibrariesAreTheDriversAndGetAModulePerContext) {
+  auto library_modules = Hook<int (*)()>(FAKE_FULL_PATH, "fake_library_modules");
+  ASSERT_NE(library_modules, nullptr);
+  static const char kImage[] = "FAKEMOD library";
+  std::unique_ptr<Library> library;
+  ModuleDescription description;
+  ASSERT_TRUE(backend_
+                  ->LoadLibrary(std::span(reinterpret_cast<const uint8_t*>(kImage), sizeof(kImage)),
+                                &library, &description)
+                  .ok());
+  // Described through cuLibraryEnumerateKernels / cuKernelGetParamInfo.
+  ASSERT_EQ(description.kernels.size(), 2u);
+  EXPECT_EQ(description.kernels[0].name, "fake_fill");
+  ASSERT_EQ(description.kernels[0].params.size(), 3u);
+  EXPECT_EQ(description.kernels[0].params[2].offset, 12u);
+  EXPECT_TRUE(description.kernels[1].params.empty());
+  EXPECT_EQ(library_modules(), 0);  // loaded into no context yet
+
+  std::unique_ptr<Context> other;
+  ASSERT_TRUE(backend_->CreateContext(1, 0, &other).ok());
+  std::unique_ptr<Module> here, there;
+  ASSERT_TRUE(backend_->LoadLibraryModule(*ctx_, *library, &here).ok());
+  ASSERT_TRUE(backend_->LoadLibraryModule(*other, *library, &there).ok());
+  EXPECT_EQ(library_modules(), 2);
+  Function* fill = nullptr;
+  ASSERT_TRUE(backend_->GetFunction(*here, "fake_fill", &fill).ok());
+  ASSERT_TRUE(backend_->Launch(legacy(), *fill, LaunchConfig{}, Bytes(std::vector<uint8_t>(16))).ok());
+  ASSERT_TRUE(Drain(legacy()).ok());
+  // The library owns its modules: dropping ours unloads nothing, the library
+  // unloads them all.
+  here.reset();
+  there.reset();
+  EXPECT_EQ(library_modules(), 2);
+  library.reset();
+  EXPECT_EQ(library_modules(), 0);
+  other.reset();
+
+  std::unique_ptr<Library> bad;
+  static const char kJunk[] = "not an image";
+  EXPECT_EQ(backend_
+                ->LoadLibrary(std::span(reinterpret_cast<const uint8_t*>(kJunk), sizeof(kJunk)),
+                              &bad, &description)
+                .cuda_result(),
+            CUDA_ERROR_INVALID_IMAGE);
+  EXPECT_EQ(bad, nullptr);
+}
+
+TEST_F(FakeDriverTest, OccupancyQueriesGoToTheDriverInTheFunctionsContext) {
+  std::unique_ptr<Module> module = LoadFakeModule();
+  ASSERT_NE(module, nullptr);
+  Function* fill = nullptr;
+  ASSERT_TRUE(backend_->GetFunction(*module, "fake_fill", &fill).ok());
+  // The fake answers 2048 / block - smem / 1024 - flags, and checks that a
+  // context is current (none is, between calls).
+  int blocks = 0;
+  ASSERT_TRUE(backend_->OccupancyMaxActiveBlocks(*fill, 256, 2048, 1, &blocks).ok());
+  EXPECT_EQ(blocks, 8 - 2 - 1);
+  EXPECT_EQ(backend_->OccupancyMaxActiveBlocks(*fill, 0, 0, 0, &blocks).cuda_result(),
+            CUDA_ERROR_INVALID_VALUE);
+  uint64_t bytes = 0;
+  ASSERT_TRUE(backend_->OccupancyAvailableDynamicSmem(*fill, 3, 64, &bytes).ok());
+  EXPECT_EQ(bytes, 3064u);
+  LaunchConfig config;
+  config.block = {128, 1, 1};
+  int size = 0;
+  ASSERT_TRUE(backend_->OccupancyMaxPotentialClusterSize(*fill, config, &size).ok());
+  EXPECT_EQ(size, 4);  // 128 / 32, no cluster attribute
+  config.cluster = {2, 1, 1};
+  ASSERT_TRUE(backend_->OccupancyMaxPotentialClusterSize(*fill, config, &size).ok());
+  EXPECT_EQ(size, 5);  // the cluster went as an attribute
+  int clusters = 0;
+  ASSERT_TRUE(backend_->OccupancyMaxActiveClusters(*fill, config, &clusters).ok());
+  EXPECT_EQ(clusters, 2);
+}
+
 }  // namespace
 }  // namespace ferry::backend

@@ -613,6 +613,97 @@ CUresult cuFuncSetCacheConfig(CUfunction function, CUfunc_cache config) {
   reinterpret_cast<FakeFunction*>(function)->cache_config = config;
   return CUDA_SUCCESS;
 }
+
+// --- libraries ----------------------------------------------------------------
+// A library takes the same "FAKEMOD" images; its kernels are a module's two,
+// and it has one module per context, made on first cuLibraryGetModule there.
+namespace {
+struct FakeLibrary {
+  FakeModule kernels{nullptr};
+  std::mutex mu;
+  std::map<FakeCtx*, FakeModule*> modules;
+};
+std::atomic<int> g_library_modules{0};
+}  // namespace
+FAKE_HOOK int fake_library_modules() { return g_library_modules.load(); }
+
+CUresult cuLibraryLoadData(CUlibrary* library, const void* code, CUjit_option*, void**, unsigned int,
+                           CUlibraryOption*, void**, unsigned int) {
+  const char* text = static_cast<const char*>(code);
+  if (std::strncmp(text, "FAKEMOD", 7) != 0) return CUDA_ERROR_INVALID_IMAGE;
+  g_last_image_length = std::strlen(text);
+  *library = reinterpret_cast<CUlibrary>(new FakeLibrary);
+  ++g_live_objects;
+  return CUDA_SUCCESS;
+}
+CUresult cuLibraryUnload(CUlibrary library) {
+  auto* l = reinterpret_cast<FakeLibrary*>(library);
+  for (auto& [ctx, module] : l->modules) {
+    delete module;
+    --g_library_modules;
+  }
+  delete l;
+  --g_live_objects;
+  return CUDA_SUCCESS;
+}
+CUresult cuLibraryGetModule(CUmodule* module, CUlibrary library) {
+  FAKE_NEED_CONTEXT();
+  auto* l = reinterpret_cast<FakeLibrary*>(library);
+  std::lock_guard<std::mutex> lock(l->mu);
+  FakeModule*& m = l->modules[Current()];
+  if (m == nullptr) {
+    m = new FakeModule{Current()};
+    ++g_library_modules;
+  }
+  *module = reinterpret_cast<CUmodule>(m);
+  return CUDA_SUCCESS;
+}
+CUresult cuLibraryGetKernelCount(unsigned int* count, CUlibrary library) {
+  *count = 2;
+  return CUDA_SUCCESS;
+}
+CUresult cuLibraryEnumerateKernels(CUkernel* kernels, unsigned int count, CUlibrary library) {
+  auto* l = reinterpret_cast<FakeLibrary*>(library);
+  for (unsigned i = 0; i < count && i < 2; ++i) {
+    kernels[i] = reinterpret_cast<CUkernel>(&l->kernels.functions[i]);
+  }
+  return CUDA_SUCCESS;
+}
+CUresult cuKernelGetName(const char** name, CUkernel kernel) {
+  *name = reinterpret_cast<FakeFunction*>(kernel)->name;
+  return CUDA_SUCCESS;
+}
+CUresult cuKernelGetParamInfo(CUkernel kernel, size_t index, size_t* offset, size_t* size) {
+  return cuFuncGetParamInfo(reinterpret_cast<CUfunction>(kernel), index, offset, size);
+}
+
+// --- occupancy: canned answers that show what was asked -------------------------
+CUresult cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int* blocks, CUfunction function,
+                                                              int block_size, size_t smem,
+                                                              unsigned int flags) {
+  FAKE_NEED_CONTEXT();
+  if (block_size <= 0) return CUDA_ERROR_INVALID_VALUE;
+  *blocks = 2048 / block_size - static_cast<int>(smem / 1024) - static_cast<int>(flags);
+  return CUDA_SUCCESS;
+}
+CUresult cuOccupancyAvailableDynamicSMemPerBlock(size_t* bytes, CUfunction function, int blocks,
+                                                 int block_size) {
+  FAKE_NEED_CONTEXT();
+  *bytes = 1000u * static_cast<size_t>(blocks) + static_cast<size_t>(block_size);
+  return CUDA_SUCCESS;
+}
+CUresult cuOccupancyMaxPotentialClusterSize(int* size, CUfunction function,
+                                            const CUlaunchConfig* config) {
+  FAKE_NEED_CONTEXT();
+  *size = static_cast<int>(config->blockDimX / 32 + config->numAttrs);
+  return CUDA_SUCCESS;
+}
+CUresult cuOccupancyMaxActiveClusters(int* clusters, CUfunction function,
+                                      const CUlaunchConfig* config) {
+  FAKE_NEED_CONTEXT();
+  *clusters = config->numAttrs == 1 ? static_cast<int>(config->attrs[0].value.clusterDim.x) : -1;
+  return CUDA_SUCCESS;
+}
 #endif  // FAKE_FULL
 
 // cuGetProcAddress_v2: answers for the entry points defined above, as a real
@@ -686,6 +777,17 @@ CUresult cuGetProcAddress(const char* symbol, void** function, int cuda_version,
       FAKE_ENTRY(cuFuncGetAttribute)
       FAKE_ENTRY(cuFuncSetAttribute)
       FAKE_ENTRY(cuFuncSetCacheConfig)
+      FAKE_ENTRY(cuLibraryLoadData)
+      FAKE_ENTRY(cuLibraryUnload)
+      FAKE_ENTRY(cuLibraryGetModule)
+      FAKE_ENTRY(cuLibraryGetKernelCount)
+      FAKE_ENTRY(cuLibraryEnumerateKernels)
+      FAKE_ENTRY(cuKernelGetName)
+      FAKE_ENTRY(cuKernelGetParamInfo)
+      FAKE_ENTRY(cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags)
+      FAKE_ENTRY(cuOccupancyAvailableDynamicSMemPerBlock)
+      FAKE_ENTRY(cuOccupancyMaxPotentialClusterSize)
+      FAKE_ENTRY(cuOccupancyMaxActiveClusters)
 #endif
   };
   // clang-format on

@@ -1138,5 +1138,126 @@ TEST_F(HostBackendTest, RejectsImagesThatDoNotParse) {
   EXPECT_EQ(m, nullptr);
 }
 
+// --- libraries ---------------------------------------------------------------
+
+TEST_F(HostBackendTest, LibraryLoadsOnceAndGivesEachContextItsOwnModule) {
+  if (std::string(FERRY_TEST_FATBIN).empty()) GTEST_SKIP() << "no nvcc";
+  std::vector<uint8_t> image = ReadFile(FERRY_TEST_FATBIN);
+  std::unique_ptr<Library> library;
+  ModuleDescription described;
+  ASSERT_OK(b().LoadLibrary(image, &library, &described));
+  // The image's bytes may go: the library keeps what it needs.
+  std::fill(image.begin(), image.end(), 0);
+  image.clear();
+  ModuleDescription direct;
+  std::unique_ptr<Module> plain;
+  ASSERT_OK(b().LoadModule(*ctx_, ReadFile(FERRY_TEST_FATBIN), &plain, &direct));
+  ASSERT_EQ(described.kernels.size(), direct.kernels.size());
+  for (size_t i = 0; i < direct.kernels.size(); ++i) {
+    EXPECT_EQ(described.kernels[i].name, direct.kernels[i].name);
+    EXPECT_EQ(described.kernels[i].params.size(), direct.kernels[i].params.size());
+  }
+  EXPECT_EQ(described.globals.size(), direct.globals.size());
+
+  std::unique_ptr<Context> other;
+  ASSERT_OK(b().CreateContext(1, 0, &other));
+  std::unique_ptr<Module> here, there;
+  ASSERT_OK(b().LoadLibraryModule(*ctx_, *library, &here));
+  ASSERT_OK(b().LoadLibraryModule(*other, *library, &there));
+  uint64_t g_here = 0, g_there = 0, bytes = 0;
+  ASSERT_OK(b().GetGlobal(*here, "ferry_test_counter", &g_here, &bytes));
+  ASSERT_OK(b().GetGlobal(*there, "ferry_test_counter", &g_there, &bytes));
+  EXPECT_NE(g_here, g_there);
+  Write(g_here, std::vector<int>{-9});
+  EXPECT_EQ(Read<int>(g_here, 1), std::vector<int>{-9});
+  EXPECT_EQ(*HostView<int>(g_there), 42);  // nothing runs on `other`: read directly
+
+  // Its kernels run like a module's.
+  module_ = std::move(here);
+  description_ = described;
+  uint64_t d = Alloc(7 * sizeof(unsigned));
+  LaunchConfig config;
+  config.grid = {3, 1, 1};
+  ASSERT_OK(Launch(legacy(), kLaunchInfo, config, HostView<unsigned>(d)));
+  EXPECT_EQ(Read<unsigned>(d, 1), std::vector<unsigned>{3});
+  // Modules first, then the library (GpuBackend contract).
+  module_.reset();
+  there.reset();
+  library.reset();
+}
+
+TEST_F(HostBackendTest, LibraryRejectsImagesThatDoNotParse) {
+  std::unique_ptr<Library> library;
+  ModuleDescription desc;
+  const std::vector<uint8_t> garbage = {0x7f, 'E', 'L', 'F', 0, 0, 0, 0};
+  EXPECT_FALSE(b().LoadLibrary(garbage, &library, &desc).ok());
+  EXPECT_EQ(library, nullptr);
+}
+
+// --- occupancy (the model in device_model.h) -----------------------------------
+
+TEST_F(HostBackendTest, OccupancyFollowsTheDocumentedModel) {
+  REQUIRE_KERNELS();
+  Function* f = Fn(kVadd);
+  ASSERT_NE(f, nullptr);
+  int blocks = 0;
+  // Threads: 2048 per SM, at most 32 blocks.
+  ASSERT_OK(b().OccupancyMaxActiveBlocks(*f, 1024, 0, 0, &blocks));
+  EXPECT_EQ(blocks, 2);
+  ASSERT_OK(b().OccupancyMaxActiveBlocks(*f, 96, 0, 0, &blocks));
+  EXPECT_EQ(blocks, 21);  // 64 warps / 3
+  ASSERT_OK(b().OccupancyMaxActiveBlocks(*f, 32, 0, 0, &blocks));
+  EXPECT_EQ(blocks, 32);
+  // Shared memory: 228 KiB per SM, each block 1 KiB more than it asks for.
+  ASSERT_OK(b().OccupancyMaxActiveBlocks(*f, 128, 40 * 1024, 0, &blocks));
+  EXPECT_EQ(blocks, 5);
+  // More than the kernel allows: nothing fits.
+  ASSERT_OK(b().OccupancyMaxActiveBlocks(*f, 128, 49 * 1024, 0, &blocks));
+  EXPECT_EQ(blocks, 0);
+  ASSERT_OK(b().OccupancyMaxActiveBlocks(*f, 2048, 0, 0, &blocks));
+  EXPECT_EQ(blocks, 0);
+  EXPECT_CUDA_ERROR(b().OccupancyMaxActiveBlocks(*f, 0, 0, 0, &blocks), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_CUDA_ERROR(b().OccupancyMaxActiveBlocks(*f, 128, 0, 0x100, &blocks),
+                    CUDA_ERROR_INVALID_VALUE);
+  ASSERT_OK(b().OccupancyMaxActiveBlocks(*f, 128, 0, CU_OCCUPANCY_DISABLE_CACHING_OVERRIDE, &blocks));
+  EXPECT_EQ(blocks, 16);
+  // The opt-in raises what a block may ask for.
+  ASSERT_OK(b().SetFunctionAttribute(*f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 200 * 1024));
+  ASSERT_OK(b().OccupancyMaxActiveBlocks(*f, 128, 100 * 1024, 0, &blocks));
+  EXPECT_EQ(blocks, 2);
+
+  uint64_t bytes = 0;
+  ASSERT_OK(b().OccupancyAvailableDynamicSmem(*f, 2, 256, &bytes));
+  EXPECT_EQ(bytes, 228 * 1024 / 2 - 1024);
+  ASSERT_OK(b().OccupancyAvailableDynamicSmem(*f, 1, 256, &bytes));
+  EXPECT_EQ(bytes, 200u * 1024);  // capped by the kernel's maximum
+  ASSERT_OK(b().OccupancyAvailableDynamicSmem(*f, 3, 1024, &bytes));
+  EXPECT_EQ(bytes, 0u);  // three blocks of 1024 never fit
+  EXPECT_CUDA_ERROR(b().OccupancyAvailableDynamicSmem(*f, 0, 32, &bytes), CUDA_ERROR_INVALID_VALUE);
+
+  LaunchConfig config;
+  config.grid = {16, 1, 1};
+  config.block = {256, 1, 1};
+  int size = 0;
+  ASSERT_OK(b().OccupancyMaxPotentialClusterSize(*f, config, &size));
+  EXPECT_EQ(size, 8);
+  ASSERT_OK(b().SetFunctionAttribute(*f, CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1));
+  ASSERT_OK(b().OccupancyMaxPotentialClusterSize(*f, config, &size));
+  EXPECT_EQ(size, 16);
+  config.cluster = {4, 1, 1};
+  int clusters = 0;
+  ASSERT_OK(b().OccupancyMaxActiveClusters(*f, config, &clusters));
+  EXPECT_EQ(clusters, 8 * 16 / 4 * 8);  // 8 blocks of 256 per SM
+  config.cluster = {32, 1, 1};
+  ASSERT_OK(b().OccupancyMaxActiveClusters(*f, config, &clusters));
+  EXPECT_EQ(clusters, 0);
+  config.cluster = {2, 0, 1};
+  EXPECT_CUDA_ERROR(b().OccupancyMaxActiveClusters(*f, config, &clusters),
+                    CUDA_ERROR_INVALID_CLUSTER_SIZE);
+  config.cluster = {0, 0, 0};
+  config.block = {2048, 1, 1};
+  EXPECT_CUDA_ERROR(b().OccupancyMaxPotentialClusterSize(*f, config, &size), CUDA_ERROR_INVALID_VALUE);
+}
+
 }  // namespace
 }  // namespace ferry::backend
