@@ -38,7 +38,8 @@ Status ReadFrameHead(Transport& transport, wire::FrameKind* kind, kj::Array<capn
   if (magic != wire::FRAME_MAGIC) {
     return Status::Malformed("bad frame magic from " + transport.PeerName());
   }
-  if (raw_kind == 0 || raw_kind > static_cast<uint16_t>(wire::FrameKind::CONTROL_REPLY)) {
+  // GATE_OPEN is the last FrameKind.
+  if (raw_kind == 0 || raw_kind > static_cast<uint16_t>(wire::FrameKind::GATE_OPEN)) {
     return Status::Malformed("unknown frame kind " + std::to_string(raw_kind) + " from " +
                              transport.PeerName());
   }
