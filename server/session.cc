@@ -122,7 +122,7 @@ void Session::Run() {
   }
   FERRY_LOG(kInfo) << "session " << id_ << " opened: " << transport_->PeerName() << " pid " << pid_
                    << " (" << program_ << "@" << host_ << ")";
-  ServeLoop();
+  ServeLoop(/*helper=*/false);
   // Serving has ended and every gate is open, so the helper finishes the
   // batch it may be executing and returns.
   if (helper_.joinable()) helper_.join();
@@ -135,14 +135,25 @@ void Session::Run() {
 // opens host gates at once (gateOpen frames) and appends call batches to the
 // inbox; the executor executes the inbox in order. A thread that has read a
 // batch and finds no executor becomes it, so with one thread this is the
-// plain loop "read a batch, execute it" and costs no hand-off. A session
-// starts with Run's thread alone; its first host gate starts helper_, and
-// from then on one of the two threads is always free to read: a call that
-// blocks the executor until a gate opens (destroying the held stream, a
-// driver call that synchronizes) never keeps the gateOpen from being read.
+// plain loop "read a batch, execute it" and costs no hand-off.
+//
+// A session starts with Run's thread alone. Its first host gate starts
+// helper_, which takes part only while a gate is closed: then one of the two
+// threads is always free to read, so a call that blocks the executor until a
+// gate opens (destroying the held stream, a driver call that synchronizes)
+// never keeps the gateOpen from being read. While no gate is closed the
+// helper sleeps, and Run's thread serves alone again: nothing the executor
+// waits for then depends on the client, and the hand-over between two
+// threads (a wake-up per frame) is not paid.
+//
 // Frames enter the inbox under read_mutex_, so their order is the wire's.
-void Session::ServeLoop() {
+void Session::ServeLoop(bool helper) {
   for (;;) {
+    if (helper) {
+      std::unique_lock<std::mutex> lock(serve_mutex_);
+      serve_cv_.wait(lock, [this] { return serving_ended_ || !gates_.empty(); });
+      if (serving_ended_) return;
+    }
     {
       std::lock_guard<std::mutex> read_lock(read_mutex_);
       Status status;
@@ -227,7 +238,7 @@ void Session::EndServing(const Status& why) {
 Status Session::StartHelper() {
   if (helper_.joinable()) return Status::Ok();
   try {
-    helper_ = std::thread([this] { ServeLoop(); });
+    helper_ = std::thread([this] { ServeLoop(/*helper=*/true); });
   } catch (const std::system_error& e) {
     return Status::Internal(std::string("cannot start the session's second thread: ") + e.what());
   }

@@ -16,10 +16,10 @@
 // Host callbacks (hostGate calls) hold a stream until the client opens the
 // gate with a gateOpen frame. A call can then block the executor until the
 // client's gateOpen arrives (destroying the held stream waits for it; the
-// CUDA driver synchronizes inside many calls), so once a session has a gate,
-// reading frames no longer waits for execution: two threads share the
-// session, one reading (and opening gates at once), the other executing the
-// call batches read so far, in order (see ServeLoop in session.cc).
+// CUDA driver synchronizes inside many calls), so while a gate is closed,
+// reading frames does not wait for execution: two threads share the session,
+// one reading (and opening gates at once), the other executing the call
+// batches read so far, in order (see ServeLoop in session.cc).
 //
 // Thread-safety: the session's tables and everything Dispatch calls belong to
 // the executor role, which one thread at a time holds (serve_mutex_ hands it
@@ -125,8 +125,9 @@ class Session {
   };
 
   // Serving (session.cc explains the two roles). ServeLoop runs on Run's
-  // thread and, once the session has a host gate, on helper_ as well.
-  void ServeLoop();
+  // thread and, once the session has had a host gate, on helper_ as well,
+  // which serves only while a gate is closed.
+  void ServeLoop(bool helper);
   // Executes the inbox until it is empty; the caller holds the executor role.
   void DrainInbox();
   // Ends serving for `why`: later reads and executions stop, every host gate
@@ -234,7 +235,7 @@ class Session {
   // serve_mutex_ guards what the two roles share.
   std::mutex read_mutex_;
   std::mutex serve_mutex_;
-  std::condition_variable serve_cv_;  // inbox shrank, a gate was added, or serving ended
+  std::condition_variable serve_cv_;  // inbox shrank, gates changed, or serving ended
   std::deque<Frame> inbox_;           // read, not yet executed; guarded by serve_mutex_
   uint64_t inbox_bytes_ = 0;          // guarded by serve_mutex_
   bool executing_ = false;            // a thread holds the executor role; guarded by serve_mutex_
