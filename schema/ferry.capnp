@@ -23,9 +23,10 @@
 # bulk payload, in call order.
 #
 # Replies: the server sends a Reply frame for each call that has wantsReply
-# set, and only for those (and for hostGate calls, below). A reply may come after replies to later calls (a
-# stream synchronize waits for the GPU while later calls from other client
-# threads run), so replies carry the seq they answer. A call without
+# set, and only for those (and for hostGate calls, below). A reply may come
+# after replies to later calls (a stream synchronize waits for the GPU while
+# later calls from other client threads run), so replies carry the seq they
+# answer. A call without
 # wantsReply ("fire and forget": launches, async copies, memsets, records,
 # waits, frees, destroys, host-to-device copies) that fails latches its error
 # in the session; the next call that wants a reply is then not executed and
@@ -322,11 +323,13 @@ struct Reply {
 
 # host callbacks
 # The answer to a hostGate call, sent when its stream reaches it. `held`: the
-# gate exists and holds its stream until the client opens it (a gateOpen frame);
-# false when the call failed (the status says why) and there is nothing to open.
+# gate exists and holds its stream until the client opens it (a gateOpen
+# frame); false when the call failed (the status says why, and the error is
+# latched like any failed asynchronous call) and there is nothing to open.
 # `streamFailed`: the stream's own work failed before the gate (a device-side
 # error; cuLaunchHostFunc then skips the function, as CUDA does). The reply's
-# status is that failure, else the session's latched error (left latched), else OK.
+# status is that failure, else the session's latched error (left latched),
+# else OK.
 struct GateReached {
   held @0 :Bool;
   streamFailed @1 :Bool;
