@@ -1,7 +1,8 @@
-// Entry points: streams and events.
+// Entry points: streams, events and host callbacks.
 // Creating and destroying is fire-and-forget (ids chosen here); queries and
 // synchronisation wait for the server, and synchronisation also waits until
-// every asynchronous device-to-host copy issued before it has landed.
+// every asynchronous device-to-host copy issued before it has landed. Host
+// callbacks are fire-and-forget too; they run later on the client.
 #include <cuda.h>
 
 #include "client/cuda_result.h"
@@ -97,6 +98,44 @@ Status RecordEvent(CUevent event, CUstream stream, unsigned flags, bool per_thre
   });
 }
 
+// Host callbacks: a gate on the server holds the stream while `fn` runs on
+// the client's host-callback thread (see Connection::PostHostGate). The call
+// itself returns at once.
+Status AddHostGate(CUstream stream, bool per_thread, ferry::client::Connection::HostFunction fn) {
+  Runtime& rt = Runtime::Get();
+  StreamTarget target;
+  FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
+  return rt.connection().PostHostGate(
+      [&](wire::Call::Builder call) {
+        auto args = call.initHostGate();
+        args.setCtx(target.ctx);
+        args.setStream(target.stream);
+      },
+      std::move(fn));
+}
+
+// As CUDA documents: the function is not called once the stream's work has
+// failed (nor when the connection is lost). An error ferry latched from an
+// earlier call does not stop it: CUDA would have returned that error from the
+// call itself, and the context would still work.
+Status LaunchHostFunc(CUstream stream, CUhostFn fn, void* user_data, bool per_thread) {
+  if (fn == nullptr) return Status::InvalidArgument("cuLaunchHostFunc: fn is NULL");
+  return AddHostGate(stream, per_thread, [fn, user_data](const Status&, bool stream_failed) {
+    if (!stream_failed) fn(user_data);
+  });
+}
+
+// The callback always runs, with the stream's status: CUDA_SUCCESS, the
+// stream's failure, or the asynchronous error latched so far.
+Status StreamAddCallback(CUstream stream, CUstreamCallback callback, void* user_data,
+                         unsigned flags, bool per_thread) {
+  if (callback == nullptr) return Status::InvalidArgument("cuStreamAddCallback: callback is NULL");
+  if (flags != 0) return Status::InvalidArgument("cuStreamAddCallback: flags must be 0");
+  return AddHostGate(stream, per_thread, [stream, callback, user_data](const Status& status, bool) {
+    callback(stream, ferry::client::ToCuResult(status), user_data);
+  });
+}
+
 Status StreamOf(CUstream stream, ferry::client::StreamState* state) {
   FERRY_RETURN_IF_ERROR(Runtime::Get().Ready());
   const uint64_t id = Runtime::HandleId(stream);
@@ -153,6 +192,22 @@ CUresult CUDAAPI cuStreamWaitEvent(CUstream hStream, CUevent hEvent, unsigned in
 }
 CUresult CUDAAPI cuStreamWaitEvent_ptsz(CUstream hStream, CUevent hEvent, unsigned int Flags) {
   return Api([&] { return StreamWaitEvent(hStream, hEvent, Flags, true); });
+}
+
+CUresult CUDAAPI cuLaunchHostFunc(CUstream hStream, CUhostFn fn, void* userData) {
+  return Api([&] { return LaunchHostFunc(hStream, fn, userData, false); });
+}
+CUresult CUDAAPI cuLaunchHostFunc_ptsz(CUstream hStream, CUhostFn fn, void* userData) {
+  return Api([&] { return LaunchHostFunc(hStream, fn, userData, true); });
+}
+
+CUresult CUDAAPI cuStreamAddCallback(CUstream hStream, CUstreamCallback callback, void* userData,
+                                     unsigned int flags) {
+  return Api([&] { return StreamAddCallback(hStream, callback, userData, flags, false); });
+}
+CUresult CUDAAPI cuStreamAddCallback_ptsz(CUstream hStream, CUstreamCallback callback,
+                                          void* userData, unsigned int flags) {
+  return Api([&] { return StreamAddCallback(hStream, callback, userData, flags, true); });
 }
 
 CUresult CUDAAPI cuStreamGetPriority(CUstream hStream, int* priority) {

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <mutex>
 
 #include "common/frame.h"
 #include "common/log.h"
@@ -144,7 +145,8 @@ Status Connection::FlushLocked() {
 }
 
 Status Connection::Send(const Fill& fill, OutBytes bulk, bool wants_reply, Waiter* waiter,
-                        std::unique_ptr<Waiter> async_waiter, uint64_t* seq_out) {
+                        std::unique_ptr<Waiter> async_waiter, uint64_t* seq_out,
+                        HostFunction gate) {
   bool wake_flusher = false;
   {
     std::lock_guard<std::mutex> lock(send_mutex_);
@@ -154,6 +156,7 @@ Status Connection::Send(const Fill& fill, OutBytes bulk, bool wants_reply, Waite
       // Registered before the frame leaves, so the reply always finds it.
       if (waiter != nullptr) waiters_[next_seq_] = waiter;
       if (async_waiter != nullptr) async_copies_[next_seq_] = std::move(async_waiter);
+      if (gate) gates_[next_seq_] = std::move(gate);
     }
     const bool was_empty = batch_calls_ == 0;
     const uint64_t seq = AppendLocked(fill, wants_reply, bulk.size);
@@ -209,8 +212,26 @@ Status Connection::Post(const Fill& fill, OutBytes bulk) {
   return Send(fill, bulk, /*wants_reply=*/false, nullptr, nullptr, nullptr);
 }
 
+namespace {
+
+// A call that waits, made from inside a host callback: CUDA forbids it, and
+// waiting there for work queued behind the callback's own gate would never
+// end, so it is refused.
+Status RefuseWaitInHostCallback() {
+  static std::once_flag logged;
+  std::call_once(logged, [] {
+    FERRY_LOG(kWarning) << "a host callback called a CUDA function that waits for the server; "
+                           "CUDA forbids CUDA calls in host callbacks, so ferry refuses it "
+                           "(CUDA_ERROR_NOT_PERMITTED)";
+  });
+  return Status::PermissionDenied("CUDA calls that wait are not permitted in a host callback");
+}
+
+}  // namespace
+
 Status Connection::Call(const Fill& fill, OutBytes bulk, InBytes reply_bulk,
                         const OnReply& on_reply, uint64_t* seq_out) {
+  if (HostCallbackThread::OnThisThread()) return RefuseWaitInHostCallback();
   Waiter waiter;
   waiter.bulk = reply_bulk;
   uint64_t seq = 0;
@@ -241,7 +262,56 @@ Status Connection::PostExpectingBytes(const Fill& fill, InBytes reply_bulk) {
   return Send(fill, {}, /*wants_reply=*/true, nullptr, std::move(waiter), nullptr);
 }
 
+Status Connection::PostHostGate(const Fill& fill, HostFunction fn) {
+  if (!fn) return Status::InvalidArgument("null host function");
+  return Send(fill, {}, /*wants_reply=*/false, nullptr, nullptr, nullptr, std::move(fn));
+}
+
+void Connection::RunHostFunction(uint64_t seq, HostFunction fn, Status status, bool held,
+                                 bool stream_failed) {
+  if (!held && !stream_failed) {
+    // The server refused the gate call; the session latched the error, and
+    // the next call that waits reports it. The function never runs, as it
+    // would not after a failed cuLaunchHostFunc.
+    FERRY_LOG(kWarning) << "a host callback will not run: " << status.message();
+    return;
+  }
+  Status posted = host_callbacks_.Post(
+      [this, seq, fn = std::move(fn), status = std::move(status), held, stream_failed] {
+        try {
+          fn(status, stream_failed);
+        } catch (...) {
+          FERRY_LOG(kError) << "a host callback threw; its stream goes on";
+        }
+        if (held) (void)OpenGate(seq);
+      });
+  if (!posted.ok()) {
+    // Without the thread the function cannot run; the stream must not stay
+    // held, or everything behind it would wait forever.
+    FERRY_LOG(kError) << posted.message() << "; a host callback is skipped";
+    if (held) (void)OpenGate(seq);
+  }
+}
+
+Status Connection::OpenGate(uint64_t seq) {
+  capnp::MallocMessageBuilder message(16);
+  message.initRoot<wire::GateOpen>().setGate(seq);
+  std::lock_guard<std::mutex> lock(send_mutex_);
+  {
+    // Taking reply_mutex_ here, after the host function ran, also orders the
+    // function's effects before every reply the server sends once the gate
+    // opens (say, a synchronize of later work): the reader takes it to hand
+    // such a reply over, and can only do so after this.
+    std::lock_guard<std::mutex> reply_lock(reply_mutex_);
+    if (!broken_.ok()) return broken_;
+  }
+  Status status = WriteFrame(*transport_, wire::FrameKind::GATE_OPEN, message);
+  if (!status.ok()) Fail(status);
+  return status;
+}
+
 Status Connection::WaitForEarlierCopies(uint64_t before_seq) {
+  if (HostCallbackThread::OnThisThread()) return RefuseWaitInHostCallback();
   std::unique_lock<std::mutex> lock(reply_mutex_);
   reply_cv_.wait(lock, [&] {
     return !broken_.ok() || async_copies_.empty() || async_copies_.begin()->first >= before_seq;
@@ -284,12 +354,17 @@ void Connection::ReaderLoop() {
     }
     uint64_t seq = 0;
     Status reply_status;
+    bool gate_held = false, gate_stream_failed = false;
     if (status.ok()) {
       try {
         capnp::FlatArrayMessageReader reader(words, PeerReaderOptions());
         auto reply = reader.getRoot<wire::Reply>();
         seq = reply.getSeq();
         reply_status = StatusFromWire(reply.getStatus());
+        if (reply.isGateReached()) {
+          gate_held = reply.getGateReached().getHeld();
+          gate_stream_failed = reply.getGateReached().getStreamFailed();
+        }
         if (reply.getLatchedFromSeq() != 0) {
           // Nobody else would ever see why an asynchronous call failed.
           FERRY_LOG(kWarning) << "an asynchronous call failed on " << server_name_ << ": "
@@ -336,6 +411,7 @@ void Connection::ReaderLoop() {
     } else if (waiter != nullptr && waiter->bulk.size > 0 && reply_status.ok()) {
       reply_status = Status::Internal("reply " + std::to_string(seq) + " carried no bytes");
     }
+    HostFunction gate;
     {
       std::lock_guard<std::mutex> lock(reply_mutex_);
       auto it = waiters_.find(seq);
@@ -344,34 +420,48 @@ void Connection::ReaderLoop() {
         it->second->words = std::move(words);
         it->second->done = true;
         waiters_.erase(it);
-      } else {
-        auto async = async_copies_.find(seq);
-        if (async != async_copies_.end()) {
-          if (!reply_status.ok() && async_error_.ok()) async_error_ = reply_status;
-          async_copies_.erase(async);
-        }
+      } else if (auto async = async_copies_.find(seq); async != async_copies_.end()) {
+        if (!reply_status.ok() && async_error_.ok()) async_error_ = reply_status;
+        async_copies_.erase(async);
+      } else if (auto g = gates_.find(seq); g != gates_.end()) {
+        gate = std::move(g->second);
+        gates_.erase(g);
       }
     }
     reply_cv_.notify_all();
+    // Replies are read in the order the server sent them, so the bytes of
+    // every copy the gate's stream waited for have landed by now.
+    if (gate) {
+      RunHostFunction(seq, std::move(gate), std::move(reply_status), gate_held, gate_stream_failed);
+    }
   }
 }
 
 void Connection::Fail(const Status& status) {
+  std::map<uint64_t, HostFunction> gates;
+  Status broken;
   {
     std::lock_guard<std::mutex> lock(reply_mutex_);
     if (!broken_.ok()) return;
     broken_ = Status::Disconnected("lost connection to ferryd at " + server_name_ + ": " +
                                    status.message());
     FERRY_LOG(kError) << broken_.message();
+    broken = broken_;
     for (auto& [seq, waiter] : waiters_) {
       waiter->status = broken_;
       waiter->done = true;
     }
     waiters_.clear();
     async_copies_.clear();
+    gates.swap(gates_);
   }
   reply_cv_.notify_all();
   transport_->Shutdown();
+  // Their streams will never reach them: a lost device, as far as the
+  // program can tell (cuStreamAddCallback reports it, cuLaunchHostFunc skips).
+  for (auto& [seq, fn] : gates) {
+    RunHostFunction(seq, std::move(fn), broken, /*held=*/false, /*stream_failed=*/true);
+  }
 }
 
 }  // namespace ferry::client

@@ -15,6 +15,13 @@
 // buffer when their reply arrives; WaitForEarlierCopies lets a synchronising
 // call return only after every such copy issued before it has landed.
 //
+// Host callbacks (PostHostGate): the server answers a hostGate call when its
+// stream reaches the gate and holds the stream there; the reader hands the
+// program's function to the host-callback thread, which runs it and then
+// opens the gate with a gateOpen frame. Calls that would wait are refused on
+// that thread (CUDA forbids CUDA calls in host callbacks; waiting there for
+// work behind the gate would never end).
+//
 // Once the connection breaks, every call fails with the same Disconnected
 // status, which names the server.
 //
@@ -34,6 +41,7 @@
 #include <thread>
 #include <vector>
 
+#include "client/host_callback_thread.h"
 #include "common/status.h"
 #include "common/transport.h"
 #include "schema/ferry.capnp.h"
@@ -56,6 +64,11 @@ class Connection {
   using Fill = std::function<void(wire::Call::Builder)>;
   // Reads a successful reply on the calling thread.
   using OnReply = std::function<Status(wire::Reply::Reader)>;
+  // A host callback's body, run on the host-callback thread once the stream
+  // reached its gate. `stream_failed`: the stream's work failed before the
+  // gate, or the connection was lost, and `status` says how; otherwise
+  // `status` is OK or the asynchronous error the session had latched.
+  using HostFunction = std::function<void(const Status& status, bool stream_failed)>;
 
   // Connects, says Hello, and keeps the HelloReply in `hello_reply`.
   static Status Open(std::unique_ptr<Transport> transport, std::string server_name,
@@ -78,6 +91,11 @@ class Connection {
   // Waits until every PostExpectingBytes issued before this call (by seq)
   // has landed; returns the first error among them, if any.
   Status WaitForEarlierCopies(uint64_t before_seq);
+  // Sends a hostGate call without waiting. `fn` runs once, as HostFunction
+  // says, and the gate is opened after it returns. If the server refuses the
+  // gate (a bad stream), `fn` never runs and the error is reported by the
+  // next call that waits, like any asynchronous error.
+  Status PostHostGate(const Fill& fill, HostFunction fn);
   // The seq the next call will get.
   uint64_t NextSeq();
   // Sends whatever is queued.
@@ -103,8 +121,14 @@ class Connection {
   // Queues (and, when it must wait or is large, sends) one call. A waiter is
   // registered before the call leaves: `waiter` (owned by the caller, who
   // waits on it) or `async_waiter` (owned by the connection from then on).
+  // `gate`, when set, is registered as the host function of this (hostGate)
+  // call, owned by the connection from then on.
   Status Send(const Fill& fill, OutBytes bulk, bool wants_reply, Waiter* waiter,
-              std::unique_ptr<Waiter> async_waiter, uint64_t* seq_out);
+              std::unique_ptr<Waiter> async_waiter, uint64_t* seq_out, HostFunction gate = nullptr);
+  // Hands a reached gate's function to the host-callback thread.
+  void RunHostFunction(uint64_t seq, HostFunction fn, Status status, bool held, bool stream_failed);
+  // Sends a gateOpen frame for the hostGate call `seq`.
+  Status OpenGate(uint64_t seq);
   void ReaderLoop();
   void FlusherLoop();
   void Fail(const Status& status);
@@ -126,6 +150,7 @@ class Connection {
   std::map<uint64_t, std::unique_ptr<Waiter>> async_copies_;  // owned here
   Status async_error_;  // first failed PostExpectingBytes, until reported
   Status broken_;       // set once the connection fails
+  std::map<uint64_t, HostFunction> gates_;  // hostGate calls not yet reached
 
   // Flusher.
   std::mutex flush_mutex_;
@@ -135,6 +160,8 @@ class Connection {
 
   std::thread reader_;
   std::thread flusher_;
+  // Last: destroyed first, while everything its jobs use still exists.
+  HostCallbackThread host_callbacks_;
 };
 
 }  // namespace ferry::client

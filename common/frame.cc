@@ -1,5 +1,6 @@
 #include "common/frame.h"
 
+#include <capnp/schema.h>
 #include <kj/exception.h>
 
 #include <cstring>
@@ -38,7 +39,11 @@ Status ReadFrameHead(Transport& transport, wire::FrameKind* kind, kj::Array<capn
   if (magic != wire::FRAME_MAGIC) {
     return Status::Malformed("bad frame magic from " + transport.PeerName());
   }
-  if (raw_kind == 0 || raw_kind > static_cast<uint16_t>(wire::FrameKind::CONTROL_REPLY)) {
+  // Every enumerant of FrameKind except `invalid` (0) is a kind; the bound
+  // comes from the schema, so a new kind needs no change here.
+  static const uint16_t kKindCount =
+      static_cast<uint16_t>(capnp::Schema::from<wire::FrameKind>().getEnumerants().size());
+  if (raw_kind == 0 || raw_kind >= kKindCount) {
     return Status::Malformed("unknown frame kind " + std::to_string(raw_kind) + " from " +
                              transport.PeerName());
   }

@@ -23,14 +23,27 @@
 # bulk payload, in call order.
 #
 # Replies: the server sends a Reply frame for each call that has wantsReply
-# set, and only for those. A reply may come after replies to later calls (a
-# stream synchronize waits for the GPU while later calls from other client
-# threads run), so replies carry the seq they answer. A call without
+# set, and only for those (and for hostGate calls, below). A reply may come
+# after replies to later calls (a stream synchronize waits for the GPU while
+# later calls from other client threads run), so replies carry the seq they
+# answer. A call without
 # wantsReply ("fire and forget": launches, async copies, memsets, records,
 # waits, frees, destroys, host-to-device copies) that fails latches its error
 # in the session; the next call that wants a reply is then not executed and
 # answers that latched error instead (as CUDA reports asynchronous errors at
 # the next call that waits), and the latch clears.
+#
+# Host callbacks (cuLaunchHostFunc, cuStreamAddCallback) run on the client, in
+# stream order, through a gate: the client sends a hostGate call (without
+# wantsReply) naming the stream. The server queues a gate there. When the work
+# queued on the stream before it has finished, the server sends a Reply with
+# the gate call's seq and `gateReached` (the one reply to a call without
+# wantsReply); the gate then holds the stream, so work queued after it waits,
+# until the client has run the function and sends a gateOpen frame (outside
+# any callBatch: it is read even while the session's calls wait behind the
+# gate, which they may, e.g. a stream destroy). A gate still closed when the
+# connection ends is opened by the server. Replies to device-to-host copies
+# that the gate's stream waited for are sent before its gateReached.
 #
 # Handles: contexts, streams, events, modules and functions are named by ids
 # that the client chooses (unique per session, never 0), so creating them needs
@@ -58,6 +71,8 @@ enum FrameKind {
   reply @4;
   controlRequest @5;
   controlReply @6;
+  # host callbacks
+  gateOpen @7;     # client -> server: open a host gate (message: GateOpen)
 }
 
 struct Status {
@@ -162,6 +177,8 @@ struct Call {
     occupancyMaxActiveBlocks @40 :OccupancyMaxActiveBlocks;  # sync; reply values
     occupancyAvailableDynamicSmem @41 :OccupancyAvailableDynamicSmem;  # sync; reply value
     occupancyCluster @42 :OccupancyCluster;  # sync; reply value
+    # host callbacks
+    hostGate @43 :StreamRef;               # async; answered when reached (see above)
   }
 }
 
@@ -367,9 +384,29 @@ struct Reply {
     elapsedMs @8 :Float32;    # eventElapsedTime
     # library and kernel API, occupancy
     values @10 :List(Int64);  # occupancyMaxActiveBlocks, one per block size
+    # host callbacks
+    gateReached @11 :GateReached;  # hostGate
   }
   # memcpyDtoH / memcpy2D to host: the bytes are the reply's bulk payload.
   latchedFromSeq @9 :UInt64;  # nonzero: status is the latched error of that earlier call
+}
+
+# host callbacks
+# The answer to a hostGate call, sent when its stream reaches it. `held`: the
+# gate exists and holds its stream until the client opens it (a gateOpen
+# frame); false when the call failed (the status says why, and the error is
+# latched like any failed asynchronous call) and there is nothing to open.
+# `streamFailed`: the stream's own work failed before the gate (a device-side
+# error; cuLaunchHostFunc then skips the function, as CUDA does). The reply's
+# status is that failure, else the session's latched error (left latched),
+# else OK.
+struct GateReached {
+  held @0 :Bool;
+  streamFailed @1 :Bool;
+}
+# The message of a gateOpen frame.
+struct GateOpen {
+  gate @0 :UInt64;  # the seq of the hostGate call
 }
 
 struct MemAllocResult {

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <limits>
+#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -30,6 +31,18 @@ std::string Hex(uint64_t v) {
 Status InvalidContext(uint64_t ctx) {
   return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "no context " + std::to_string(ctx) +
                                                       " in this session");
+}
+
+// Back-pressure on reading while the executor is behind: past this many
+// bytes of queued frames the reader waits, unless a host gate is closed (its
+// gateOpen may be what the executor waits for, so the reader must go on).
+constexpr uint64_t kInboxSoftLimit = 64ull << 20;
+// Past this, with a gate closed, the client is flooding while its host
+// callback holds a stream, and the session ends rather than buffer more.
+constexpr uint64_t kInboxHardLimit = 4ull << 30;
+
+uint64_t FrameBytes(const Frame& frame) {
+  return frame.words.size() * sizeof(capnp::word) + frame.bulk.size;
 }
 
 // A shared_ptr that keeps `owner` alive while pointing at `data`.
@@ -109,35 +122,155 @@ void Session::Run() {
   }
   FERRY_LOG(kInfo) << "session " << id_ << " opened: " << transport_->PeerName() << " pid " << pid_
                    << " (" << program_ << "@" << host_ << ")";
-  ServeFrames();
+  ServeLoop(/*helper=*/false);
+  // Serving has ended and every gate is open, so the helper finishes the
+  // batch it may be executing and returns.
+  if (helper_.joinable()) helper_.join();
   transport_->Shutdown();
   FreeEverything();
   FERRY_LOG(kInfo) << "session " << id_ << " closed; all its resources are freed";
 }
 
-void Session::ServeFrames() {
+// Two roles serve a session: the reader reads frames from the transport,
+// opens host gates at once (gateOpen frames) and appends call batches to the
+// inbox; the executor executes the inbox in order. A thread that has read a
+// batch and finds no executor becomes it, so with one thread this is the
+// plain loop "read a batch, execute it" and costs no hand-off.
+//
+// A session starts with Run's thread alone. Its first host gate starts
+// helper_, which takes part only while a gate is closed: then one of the two
+// threads is always free to read, so a call that blocks the executor until a
+// gate opens (destroying the held stream, a driver call that synchronizes)
+// never keeps the gateOpen from being read. While no gate is closed the
+// helper sleeps, and Run's thread serves alone again: nothing the executor
+// waits for then depends on the client, and the hand-over between two
+// threads (a wake-up per frame) is not paid.
+//
+// Frames enter the inbox under read_mutex_, so their order is the wire's.
+void Session::ServeLoop(bool helper) {
+  for (;;) {
+    if (helper) {
+      std::unique_lock<std::mutex> lock(serve_mutex_);
+      serve_cv_.wait(lock, [this] { return serving_ended_ || !gates_.empty(); });
+      if (serving_ended_) return;
+    }
+    {
+      std::lock_guard<std::mutex> read_lock(read_mutex_);
+      Status status;
+      {
+        std::unique_lock<std::mutex> lock(serve_mutex_);
+        serve_cv_.wait(lock, [this] {
+          return serving_ended_ || inbox_bytes_ < kInboxSoftLimit || !gates_.empty();
+        });
+        if (serving_ended_) return;
+        if (inbox_bytes_ > kInboxHardLimit) {
+          status = Status::Overloaded("the client queued more than " +
+                                      std::to_string(kInboxHardLimit >> 20) +
+                                      " MiB of calls while its host callback held a stream");
+        }
+      }
+      Frame frame;
+      if (status.ok()) status = ReadFrame(*transport_, &frame);
+      if (status.ok()) {
+        if (frame.kind == wire::FrameKind::GATE_OPEN) {
+          status = OpenGate(frame);
+          if (status.ok()) continue;
+        } else if (frame.kind != wire::FrameKind::CALL_BATCH) {
+          status = Status::Malformed("unexpected frame kind " +
+                                     std::to_string(static_cast<int>(frame.kind)) +
+                                     " on a client session");
+        }
+      }
+      if (!status.ok()) {
+        EndServing(status);
+        return;
+      }
+      std::lock_guard<std::mutex> lock(serve_mutex_);
+      inbox_bytes_ += FrameBytes(frame);
+      inbox_.push_back(std::move(frame));
+      if (executing_) continue;  // the executor takes it; keep reading
+      executing_ = true;
+    }
+    DrainInbox();
+  }
+}
+
+void Session::DrainInbox() {
   for (;;) {
     Frame frame;
-    Status status = ReadFrame(*transport_, &frame);
-    if (status.ok()) {
-      if (frame.kind != wire::FrameKind::CALL_BATCH) {
-        status = Status::Malformed("unexpected frame kind " +
-                                   std::to_string(static_cast<int>(frame.kind)) +
-                                   " on a client session");
-      } else {
-        status = ExecuteBatch(frame);
+    {
+      std::lock_guard<std::mutex> lock(serve_mutex_);
+      if (inbox_.empty() || serving_ended_) {
+        executing_ = false;
+        return;
       }
+      frame = std::move(inbox_.front());
+      inbox_.pop_front();
+      inbox_bytes_ -= FrameBytes(frame);
+      serve_cv_.notify_all();  // a reader may wait for the inbox to shrink
     }
-    if (!status.ok()) {
-      if (status.code() == StatusCode::kDisconnected) {
-        FERRY_LOG(kInfo) << "session " << id_ << ": " << status.message();
-      } else {
-        FERRY_LOG(kWarning) << "session " << id_ << " from " << transport_->PeerName()
-                            << ": closing: " << status.ToString();
-      }
-      return;
+    Status status = ExecuteBatch(frame);
+    if (!status.ok()) EndServing(status);
+  }
+}
+
+void Session::EndServing(const Status& why) {
+  std::map<uint64_t, std::shared_ptr<backend::HostGate>> gates;
+  {
+    std::lock_guard<std::mutex> lock(serve_mutex_);
+    if (serving_ended_) return;
+    serving_ended_ = true;
+    gates.swap(gates_);
+    serve_cv_.notify_all();
+  }
+  if (why.code() == StatusCode::kDisconnected) {
+    FERRY_LOG(kInfo) << "session " << id_ << ": " << why.message();
+  } else {
+    FERRY_LOG(kWarning) << "session " << id_ << " from " << transport_->PeerName()
+                        << ": closing: " << why.ToString();
+  }
+  // Nobody will open these now; the streams they hold must drain.
+  for (auto& [seq, gate] : gates) gate->Open();
+  // Ends a read the other thread may be blocked in.
+  transport_->Shutdown();
+}
+
+Status Session::StartHelper() {
+  if (helper_.joinable()) return Status::Ok();
+  try {
+    helper_ = std::thread([this] { ServeLoop(/*helper=*/true); });
+  } catch (const std::system_error& e) {
+    return Status::Internal(std::string("cannot start the session's second thread: ") + e.what());
+  }
+  return Status::Ok();
+}
+
+Status Session::OpenGate(const Frame& frame) {
+  if (frame.bulk.size != 0) return Status::Malformed("a gateOpen frame carried bulk bytes");
+  uint64_t seq = 0;
+  try {
+    capnp::FlatArrayMessageReader reader(frame.words.asPtr(), PeerReaderOptions());
+    seq = reader.getRoot<wire::GateOpen>().getGate();
+  } catch (const kj::Exception& e) {
+    return Status::Malformed(std::string("bad gateOpen message: ") + e.getDescription().cStr());
+  }
+  std::shared_ptr<backend::HostGate> gate;
+  {
+    std::lock_guard<std::mutex> lock(serve_mutex_);
+    auto it = gates_.find(seq);
+    if (it != gates_.end()) {
+      gate = std::move(it->second);
+      gates_.erase(it);
     }
   }
+  if (gate == nullptr) {
+    // Nothing to open: harmless to everyone else, but a client bug.
+    FERRY_LOG(kWarning) << "session " << id_ << ": gateOpen for " << seq
+                        << ", which is no closed gate of this session";
+    return Status::Ok();
+  }
+  gate->Open();
+  return Status::Ok();
 }
 
 Status Session::ExecuteBatch(const Frame& frame) {
@@ -256,6 +389,7 @@ Status Session::Dispatch(wire::Call::Reader call, CallContext& cx) {
     case W::OCCUPANCY_AVAILABLE_DYNAMIC_SMEM:
       return OccupancyAvailableDynamicSmem(call.getOccupancyAvailableDynamicSmem(), cx);
     case W::OCCUPANCY_CLUSTER: return OccupancyCluster(call.getOccupancyCluster(), cx);
+    case W::HOST_GATE: return HostGate(call.getHostGate(), cx);
   }
   return Status::Unimplemented("call ordinal " + std::to_string(static_cast<int>(call.which())) +
                                " is not known to this ferryd");
@@ -298,6 +432,17 @@ backend::Completion Session::DeferReply(CallContext& cx, backend::MutableHostByt
                                                            : std::span<const ConstBuffer>());
     CompletionDone();
   };
+}
+
+void Session::SendGateReached(uint64_t seq, const Status& status, bool held, bool stream_failed) {
+  capnp::MallocMessageBuilder message(64);
+  auto reply = message.initRoot<wire::Reply>();
+  reply.setSeq(seq);
+  StatusToWire(status, reply.initStatus());
+  auto reached = reply.initGateReached();
+  reached.setHeld(held);
+  reached.setStreamFailed(stream_failed);
+  SendReplyMessage(message, {});
 }
 
 void Session::CompletionDone() {
@@ -1066,6 +1211,67 @@ Status Session::OccupancyCluster(wire::OccupancyCluster::Reader args, CallContex
   }
   cx.reply.setValue(value);
   return Status::Ok();
+}
+
+// --- host callbacks ------------------------------------------------------------
+
+// The gate is registered before the backend can reach it, so the client's
+// gateOpen (sent only after gateReached) always finds it. Its gateReached
+// reports, for cuStreamAddCallback, the stream's own failure if any, else the
+// error latched in the session so far (left latched: the next call that
+// waits reports it as well).
+Status Session::HostGate(wire::StreamRef::Reader args, CallContext& cx) {
+  if (cx.wants_reply) {
+    return Status::InvalidArgument(
+        "a hostGate call must not want a reply: its answer is sent "
+        "when the stream reaches it");
+  }
+  const uint64_t seq = cx.seq;
+  backend::Stream* stream = nullptr;
+  Status status = FindStream(args.getCtx(), args.getStream(), &stream);
+  if (status.ok()) status = StartHelper();
+  if (!status.ok()) {
+    SendGateReached(seq, status, /*held=*/false, /*stream_failed=*/false);
+    return status;
+  }
+  auto gate = std::make_shared<backend::HostGate>();
+  {
+    std::lock_guard<std::mutex> lock(serve_mutex_);
+    if (serving_ended_) {
+      gate->Open();  // the client is gone; the gate must not hold anything
+    } else if (!gates_.emplace(seq, gate).second) {
+      // A seq used twice: the earlier gate must stay findable, or nothing
+      // could open it when the session ends.
+      status = Status::InvalidArgument("hostGate seq " + std::to_string(seq) +
+                                       " names a gate that is still closed");
+    } else {
+      serve_cv_.notify_all();  // a reader held back by the inbox limit reads again
+    }
+  }
+  if (!status.ok()) {
+    SendGateReached(seq, status, /*held=*/false, /*stream_failed=*/false);
+    return status;
+  }
+  {
+    std::lock_guard<std::mutex> lock(pending_mutex_);
+    ++pending_completions_;
+  }
+  const Status latched = latched_error_;
+  status = backend_.EnqueueHostGate(*stream, gate, [this, seq, latched](Status stream_status) {
+    const bool failed = !stream_status.ok();
+    SendGateReached(seq, failed ? stream_status : latched, /*held=*/true, failed);
+    CompletionDone();
+  });
+  if (!status.ok()) {
+    {
+      std::lock_guard<std::mutex> lock(serve_mutex_);
+      gates_.erase(seq);
+    }
+    gate->Open();
+    CompletionDone();
+    SendGateReached(seq, status, /*held=*/false, /*stream_failed=*/false);
+  }
+  return status;
 }
 
 }  // namespace ferry::server

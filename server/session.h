@@ -13,17 +13,28 @@
 // is written from the backend's thread when the work is done, so later calls
 // from the client's other threads keep running.
 //
-// Thread-safety: Run and everything it calls are confined to the executor
-// thread. Stop, Info and the reply writer are safe from any thread.
+// Host callbacks (hostGate calls) hold a stream until the client opens the
+// gate with a gateOpen frame. A call can then block the executor until the
+// client's gateOpen arrives (destroying the held stream waits for it; the
+// CUDA driver synchronizes inside many calls), so while a gate is closed,
+// reading frames does not wait for execution: two threads share the session,
+// one reading (and opening gates at once), the other executing the call
+// batches read so far, in order (see ServeLoop in session.cc).
+//
+// Thread-safety: the session's tables and everything Dispatch calls belong to
+// the executor role, which one thread at a time holds (serve_mutex_ hands it
+// over). Stop, Info and the reply writer are safe from any thread.
 #pragma once
 
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <unordered_map>
 
 #include "backend/api/gpu_backend.h"
@@ -60,7 +71,8 @@ class Session {
   Session& operator=(const Session&) = delete;
 
   // Answers the handshake, then executes calls until the connection ends, then
-  // frees every resource of the session. Returns when all of that is done.
+  // opens the session's host gates and frees every resource of the session.
+  // Returns when all of that is done.
   void Run();
 
   // Ends the connection; Run returns soon after. Any thread.
@@ -120,7 +132,20 @@ class Session {
     CallContext() : reply(message.initRoot<wire::Reply>()) {}
   };
 
-  void ServeFrames();
+  // Serving (session.cc explains the two roles). ServeLoop runs on Run's
+  // thread and, once the session has had a host gate, on helper_ as well,
+  // which serves only while a gate is closed.
+  void ServeLoop(bool helper);
+  // Executes the inbox until it is empty; the caller holds the executor role.
+  void DrainInbox();
+  // Ends serving for `why`: later reads and executions stop, every host gate
+  // opens, the transport shuts down. Idempotent; any thread.
+  void EndServing(const Status& why);
+  // Starts helper_ if it is not running (executor role, on Run's thread).
+  Status StartHelper();
+  // A gateOpen frame (reader role).
+  Status OpenGate(const Frame& frame);
+  void SendGateReached(uint64_t seq, const Status& status, bool held, bool stream_failed);
   Status ExecuteBatch(const Frame& frame);
   void Execute(wire::Call::Reader call, backend::HostBytes bulk);
   Status Dispatch(wire::Call::Reader call, CallContext& cx);
@@ -189,6 +214,7 @@ class Session {
   Status OccupancyAvailableDynamicSmem(wire::OccupancyAvailableDynamicSmem::Reader args,
                                        CallContext& cx);
   Status OccupancyCluster(wire::OccupancyCluster::Reader args, CallContext& cx);
+  Status HostGate(wire::StreamRef::Reader args, CallContext& cx);
 
   const uint64_t id_;
   std::unique_ptr<Transport> transport_;
@@ -198,7 +224,7 @@ class Session {
   const std::string program_;
   const int64_t since_unix_ms_;
 
-  // Executor-thread state.
+  // Executor-role state.
   std::unordered_map<uint64_t, ContextEntry> contexts_;
   std::unordered_map<uint64_t, StreamEntry> streams_;
   std::unordered_map<uint64_t, EventEntry> events_;
@@ -222,6 +248,22 @@ class Session {
   std::mutex pending_mutex_;
   std::condition_variable pending_cv_;
   int pending_completions_ = 0;  // guarded by pending_mutex_
+
+  // Serving. read_mutex_ is held by the thread that reads the transport;
+  // serve_mutex_ guards what the two roles share.
+  std::mutex read_mutex_;
+  std::mutex serve_mutex_;
+  std::condition_variable serve_cv_;  // inbox shrank, gates changed, or serving ended
+  std::deque<Frame> inbox_;           // read, not yet executed; guarded by serve_mutex_
+  uint64_t inbox_bytes_ = 0;          // guarded by serve_mutex_
+  bool executing_ = false;            // a thread holds the executor role; guarded by serve_mutex_
+  bool serving_ended_ = false;        // guarded by serve_mutex_
+  // Host gates not yet opened, by the seq of their hostGate call. Guarded by
+  // serve_mutex_.
+  std::map<uint64_t, std::shared_ptr<backend::HostGate>> gates_;
+  // The second serving thread. Started by the executor while that is still
+  // Run's thread (before helper_ exists nobody else serves), joined by Run.
+  std::thread helper_;
 };
 
 }  // namespace ferry::server

@@ -22,9 +22,11 @@
 #pragma once
 
 #include <array>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -106,6 +108,35 @@ struct LaunchConfig {
 // waited on.
 using Completion = std::function<void(Status)>;
 
+// A gate in a stream, behind which a host callback runs (cuLaunchHostFunc,
+// cuStreamAddCallback: the function runs on the client, so the server holds
+// the stream until the client says it is done). Work queued on the stream
+// after the gate waits until Open(). Shared by the caller, who opens it, and
+// the backend, which waits on it. Thread-safe; Open is idempotent and may come
+// before the gate is reached (it then never holds the stream).
+class HostGate {
+ public:
+  void Open() {
+    std::lock_guard<std::mutex> lock(mu_);
+    open_ = true;
+    opened_.notify_all();
+  }
+  bool IsOpen() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return open_;
+  }
+  // Blocks until Open() has been called.
+  void WaitOpen() const {
+    std::unique_lock<std::mutex> lock(mu_);
+    opened_.wait(lock, [this] { return open_; });
+  }
+
+ private:
+  mutable std::mutex mu_;
+  mutable std::condition_variable opened_;
+  bool open_ = false;  // guarded by mu_
+};
+
 class Context {
  public:
   virtual ~Context() = default;
@@ -180,6 +211,14 @@ class GpuBackend {
   // OK when all queued work is done, Status::Cuda(CUDA_ERROR_NOT_READY) if not.
   virtual Status QueryStream(Stream& stream) = 0;
   virtual void WhenStreamIdle(Stream& stream, Completion done) = 0;
+  // Queues `gate` on `stream`. Once the work queued on the stream before it
+  // has finished, `reached` runs (like a WhenStreamIdle Completion, with the
+  // stream's status); the work queued after it waits until gate->Open(), which
+  // the caller must eventually call, or the stream (and destroying it) waits
+  // forever. Implementations say what a closed gate costs beyond its stream.
+  // On failure nothing is queued and `reached` never runs.
+  virtual Status EnqueueHostGate(Stream& stream, std::shared_ptr<HostGate> gate,
+                                 Completion reached) = 0;
 
   // --- events -------------------------------------------------------------
   virtual Status CreateEvent(Context& ctx, unsigned flags, std::unique_ptr<Event>* out) = 0;

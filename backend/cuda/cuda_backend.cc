@@ -713,6 +713,37 @@ class CudaBackend final : public GpuBackend {
     if (!status.ok()) CompleteLater(std::move(done), std::move(status));
   }
 
+  // The gate is a stream callback that reports `reached` and then waits for
+  // the gate on the driver's callback thread: the simple way to hold a stream
+  // for the host. What it costs: that driver thread is held for the client's
+  // round trip and its function's run time, and the driver runs host
+  // callbacks one at a time on it (CUDA documents only that callbacks of
+  // independent streams "may be serialized"), so other streams'
+  // WhenStreamIdle Completions and buffer releases wait meanwhile; their
+  // device work does not. If the driver shares that thread between contexts,
+  // that includes other sessions' completions, and a client that never opens
+  // its gate stalls them until it disconnects. A wait on the device instead
+  // (cuStreamWaitValue32 on a mapped host word that Open sets) would hold
+  // only the stream; not done yet: the word's pinned memory must outlive
+  // every gate of its context, and it needs a GPU to be checked on.
+  Status EnqueueHostGate(Stream& stream, std::shared_ptr<HostGate> gate,
+                         Completion reached) override {
+    if (gate == nullptr) return Status::InvalidArgument("EnqueueHostGate: null gate");
+    return Guarded("EnqueueHostGate", [&]() -> Status {
+      CudaStream& s = Str(stream);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
+      return EnqueueCallback(
+          s, [reached = std::move(reached), gate = std::move(gate)](CUresult result) mutable {
+            // The driver's callback thread: no driver calls (CuResultName).
+            RunCompletion(reached, result == CUDA_SUCCESS
+                                       ? Status::Ok()
+                                       : Status::Cuda(result, absl::StrCat("stream work failed: ",
+                                                                           CuResultName(result))));
+            gate->WaitOpen();
+          });
+    });
+  }
+
   // --- events -------------------------------------------------------------
   Status CreateEvent(Context& context, unsigned flags, std::unique_ptr<Event>* out) override {
     return Guarded("CreateEvent", [&]() -> Status {

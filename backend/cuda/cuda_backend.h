@@ -15,6 +15,9 @@
 //    not be, say, pinned memory freed with cuMemFreeHost) and must be quick,
 //    since later work on the stream waits for them. WhenEventComplete and
 //    WhenContextIdle Completions run on a bounded waiter pool.
+//  * A closed host gate (EnqueueHostGate) holds the driver's callback thread
+//    as well as its stream, so stream callbacks queued behind it (of this
+//    context, and perhaps of others) wait until it opens.
 //  * Host memory: copies may use pageable memory; the driver stages it.
 //    A device-to-host copy into pageable memory returns only when the copy
 //    is done (driver behaviour), so it blocks the calling thread.

@@ -12,6 +12,8 @@
 //    stream-ordered calls form one total order (the one a serial program
 //    would see), whichever threads issue them.
 //  * cuStreamWaitEvent: the event's latest record point.
+// A host gate (EnqueueHostGate) is an operation that blocks its stream's
+// worker until the gate opens.
 // Completions run on one CompletionThread (see stream_queue.h).
 //
 // Memory is accounted per device at allocation and release time; the storage
@@ -615,6 +617,26 @@ class HostBackend final : public GpuBackend {
     tail.queue->WhenReached(tail.seq, std::move(done));
   }
 
+  // Two operations, appended together: an empty marker that carries the
+  // stream's ordering (its legacy-stream `after` points), so it is done once
+  // everything the gate follows has finished, and `reached` is posted then;
+  // and an operation that holds the stream's worker until the gate opens.
+  // Cost of a closed gate: this stream's worker thread waits, nothing else;
+  // other streams and the completion thread go on, and work ordered after the
+  // stream (legacy semantics, event waits) waits as it would on a GPU.
+  Status EnqueueHostGate(Stream& stream, std::shared_ptr<HostGate> gate,
+                         Completion reached) override {
+    if (gate == nullptr) return InvalidValue("null host gate");
+    StreamPoint marker;
+    {
+      std::lock_guard<std::mutex> lock(AsStream(stream).ctx().mu);
+      marker = AppendLocked(stream, {}, nullptr);
+      AppendLocked(stream, {}, [gate = std::move(gate)] { gate->WaitOpen(); });
+    }
+    marker.queue->WhenReached(marker.seq, std::move(reached));
+    return Status::Ok();
+  }
+
   // --- events -----------------------------------------------------------------
 
   Status CreateEvent(Context& ctx, unsigned flags, std::unique_ptr<Event>* out) override {
@@ -964,9 +986,14 @@ class HostBackend final : public GpuBackend {
   // Appends `op` to `stream` after `after` and after what legacy-stream
   // semantics order before it (see the file comment). Returns its point.
   StreamPoint Append(Stream& stream, std::vector<StreamPoint> after, std::function<void()> op) {
+    std::lock_guard<std::mutex> lock(AsStream(stream).ctx().mu);
+    return AppendLocked(stream, std::move(after), std::move(op));
+  }
+  // Append with the stream's ContextState::mu held by the caller.
+  StreamPoint AppendLocked(Stream& stream, std::vector<StreamPoint> after,
+                           std::function<void()> op) {
     HostStream& s = AsStream(stream);
     ContextState& c = s.ctx();
-    std::lock_guard<std::mutex> lock(c.mu);
     auto add_if_pending = [&after](StreamPoint p) {
       if (!p.Reached()) after.push_back(std::move(p));
     };

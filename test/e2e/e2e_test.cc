@@ -317,6 +317,35 @@ TEST_F(FerrydTest, KilledClientSessionIsFreed) {
   RunAndExpectPass("device_query");
 }
 
+TEST_F(FerrydTest, HostCallbacks) { RunAndExpectPass("host_callbacks"); }
+
+// A client killed while its host function holds a stream (and a destroy of
+// that stream waits behind it on the server): ferryd opens the gate itself,
+// frees the session and goes on serving.
+TEST_F(FerrydTest, ClientKilledWhileAHostCallbackHoldsAStream) {
+  std::optional<ChildProcess> started = StartProgram("host_callback_hold");
+  ASSERT_TRUE(started.has_value());
+  ChildProcess& holder = *started;
+  const auto deadline = std::chrono::steady_clock::now() + kProgramTimeout;
+  while (holder.Stdout().find("READY\n") == std::string::npos) {
+    ASSERT_FALSE(holder.Poll()) << "exited before READY\n" << holder.Describe();
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "no READY\n"
+                                                          << holder.Describe();
+    std::this_thread::sleep_for(kPollInterval);
+  }
+  std::string why;
+  std::optional<Status> status = SessionStatus(&why);
+  ASSERT_TRUE(status.has_value()) << why;
+  ASSERT_EQ(status->sessions().size(), 1u) << status->text;
+  EXPECT_GE(NumberField(status->sessions()[0], "streams"), 1) << status->text;
+
+  holder.Kill(SIGKILL);
+  const ExitStatus killed = holder.Wait(kStopTimeout);
+  EXPECT_TRUE(!killed.exited && killed.signal == SIGKILL) << killed.ToString();
+  ExpectNoSessionsSoon("SIGKILL of a client whose host function held a stream");
+  RunAndExpectPass("host_callbacks");
+}
+
 // A port on 127.0.0.1 where nothing listens: bound, then closed.
 int ClosedPort() {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);

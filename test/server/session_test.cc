@@ -8,8 +8,10 @@
 #include <cuda.h>
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstring>
 #include <functional>
+#include <future>
 #include <random>
 #include <thread>
 #include <vector>
@@ -30,6 +32,9 @@ struct ReplyResult {
   std::vector<int64_t> values;       // occupancyMaxActiveBlocks
   std::vector<std::string> kernels;  // moduleLoad / libraryLoad
   std::vector<uint8_t> bulk;
+  bool gate_reached = false;  // a hostGate's answer
+  bool held = false;
+  bool stream_failed = false;
 };
 
 // The client side of a session, one frame at a time.
@@ -86,15 +91,48 @@ class RawClient {
     if (reply.isModuleLoad()) {
       for (auto k : reply.getModuleLoad().getKernels()) result.kernels.push_back(k.getName().cStr());
     }
+    if (reply.isGateReached()) {
+      result.gate_reached = true;
+      result.held = reply.getGateReached().getHeld();
+      result.stream_failed = reply.getGateReached().getStreamFailed();
+    }
     if (frame.bulk.size > 0) result.bulk.assign(frame.bulk.data.get(), frame.bulk.data.get() + frame.bulk.size);
     return result;
   }
 
+  // Read, bounded: past `timeout` the connection is shut down and the result
+  // says that nothing came.
+  ReplyResult ReadWithin(std::chrono::seconds timeout = std::chrono::seconds(10)) {
+    auto future = std::async(std::launch::async, [this] { return Read(); });
+    if (future.wait_for(timeout) == std::future_status::ready) return future.get();
+    transport_->Shutdown();
+    ReplyResult r = future.get();
+    r.status = Status::Internal("no reply within " + std::to_string(timeout.count()) + " s");
+    return r;
+  }
+
   ReplyResult Call(const std::function<void(wire::Call::Builder)>& fill, const std::vector<uint8_t>& bulk = {}) {
     const uint64_t seq = Send(fill, true, bulk);
-    ReplyResult r = Read();
+    ReplyResult r = ReadWithin();
     EXPECT_EQ(r.seq, seq);
     return r;
+  }
+
+  // A hostGate call on (ctx, stream); returns its seq.
+  uint64_t SendGate(uint64_t ctx, uint64_t stream, bool wants_reply = false) {
+    return Send(
+        [&](wire::Call::Builder c) {
+          auto a = c.initHostGate();
+          a.setCtx(ctx);
+          a.setStream(stream);
+        },
+        wants_reply);
+  }
+  // A gateOpen frame for the gate of hostGate call `seq`.
+  void OpenGate(uint64_t seq) {
+    capnp::MallocMessageBuilder message;
+    message.initRoot<wire::GateOpen>().setGate(seq);
+    EXPECT_TRUE(WriteFrame(*transport_, wire::FrameKind::GATE_OPEN, message).ok());
   }
 
   Transport& transport() { return *transport_; }
@@ -168,6 +206,65 @@ class SessionTest : public ::testing::Test {
     });
     EXPECT_TRUE(r.status.ok()) << r.status.ToString();
     return r.dptr;
+  }
+
+  void CreateStream(uint64_t stream, unsigned flags = 0, uint64_t ctx = 100) {
+    client_->Send(
+        [&](wire::Call::Builder c) {
+          auto a = c.initStreamCreate();
+          a.setCtx(ctx);
+          a.setStream(stream);
+          a.setFlags(flags);
+        },
+        false);
+  }
+  void CopyIn(uint64_t stream, uint64_t dst, const std::vector<uint8_t>& data) {
+    client_->Send(
+        [&](wire::Call::Builder c) {
+          auto a = c.initMemcpyHtoD();
+          a.setCtx(100);
+          a.setStream(stream);
+          a.setDst(dst);
+          a.setBytes(data.size());
+        },
+        false, data);
+  }
+  void Fill(uint64_t stream, uint64_t dst, uint8_t value, uint64_t bytes) {
+    client_->Send(
+        [&](wire::Call::Builder c) {
+          auto a = c.initMemset();
+          a.setCtx(100);
+          a.setStream(stream);
+          a.setDst(dst);
+          a.setValue(value);
+          a.setElementBytes(1);
+          a.setWidth(bytes);
+          a.setHeight(1);
+        },
+        false);
+  }
+  ReplyResult CopyOut(uint64_t stream, uint64_t src, uint64_t bytes) {
+    return client_->Call([&](wire::Call::Builder c) {
+      auto a = c.initMemcpyDtoH();
+      a.setCtx(100);
+      a.setStream(stream);
+      a.setSrc(src);
+      a.setBytes(bytes);
+    });
+  }
+  ReplyResult Sync(uint64_t stream) {
+    return client_->Call([&](wire::Call::Builder c) {
+      auto a = c.initStreamSynchronize();
+      a.setCtx(100);
+      a.setStream(stream);
+    });
+  }
+  ReplyResult Query(uint64_t stream) {
+    return client_->Call([&](wire::Call::Builder c) {
+      auto a = c.initStreamQuery();
+      a.setCtx(100);
+      a.setStream(stream);
+    });
   }
 
   std::unique_ptr<backend::GpuBackend> backend_;
@@ -358,6 +455,216 @@ TEST_F(SessionTest, DisconnectFreesEverything) {
   EXPECT_EQ(session_->Info().bytes_allocated, 4u << 20);
   EXPECT_EQ(session_->Info().streams, 1u);
   // EndSession (TearDown) asserts that everything is gone.
+}
+
+// --- host gates ------------------------------------------------------------------
+
+constexpr uint64_t kHeld = 7;   // a blocking stream the tests hold with gates
+constexpr uint64_t kProbe = 8;  // a non-blocking stream that reads past them
+
+TEST_F(SessionTest, HostGateIsAnsweredWhenReachedAndHoldsItsStreamUntilOpened) {
+  CreateContext();
+  const uint64_t d = Alloc(4096);
+  CreateStream(kHeld);
+  CreateStream(kProbe, CU_STREAM_NON_BLOCKING);
+  const std::vector<uint8_t> before(4096, 0x5A);
+  CopyIn(kHeld, d, before);
+  const uint64_t gate = client_->SendGate(100, kHeld);
+  Fill(kHeld, d, 0xCD, 4096);  // queued behind the gate
+
+  ReplyResult reached = client_->ReadWithin();
+  ASSERT_TRUE(reached.status.ok()) << reached.status.ToString();
+  EXPECT_EQ(reached.seq, gate);
+  EXPECT_TRUE(reached.gate_reached);
+  EXPECT_TRUE(reached.held);
+  EXPECT_FALSE(reached.stream_failed);
+  // Held: the memset behind the gate has not run.
+  EXPECT_EQ(Query(kHeld).status.cuda_result(), CUDA_ERROR_NOT_READY);
+  ReplyResult probe = CopyOut(kProbe, d, 4096);
+  ASSERT_TRUE(probe.status.ok()) << probe.status.ToString();
+  EXPECT_EQ(probe.bulk, before);
+
+  client_->OpenGate(gate);
+  ReplyResult sync = Sync(kHeld);
+  EXPECT_TRUE(sync.status.ok()) << sync.status.ToString();
+  probe = CopyOut(kProbe, d, 4096);
+  EXPECT_EQ(probe.bulk, std::vector<uint8_t>(4096, 0xCD));
+}
+
+TEST_F(SessionTest, RepliesOfCopiesBeforeAGateComeBeforeItsAnswer) {
+  CreateContext();
+  const uint64_t d = Alloc(1 << 20);
+  CreateStream(kHeld);
+  Fill(kHeld, d, 0x3C, 1 << 20);
+  const uint64_t copy = client_->Send(
+      [&](wire::Call::Builder c) {
+        auto a = c.initMemcpyDtoH();
+        a.setCtx(100);
+        a.setStream(kHeld);
+        a.setSrc(d);
+        a.setBytes(1 << 20);
+      },
+      true);
+  const uint64_t gate = client_->SendGate(100, kHeld);
+  ReplyResult first = client_->ReadWithin();
+  ReplyResult second = client_->ReadWithin();
+  EXPECT_EQ(first.seq, copy);
+  EXPECT_EQ(first.bulk, std::vector<uint8_t>(1 << 20, 0x3C));
+  EXPECT_EQ(second.seq, gate);
+  EXPECT_TRUE(second.held);
+  client_->OpenGate(gate);
+  EXPECT_TRUE(Sync(kHeld).status.ok());
+}
+
+TEST_F(SessionTest, GatesOfAStreamAreAnsweredInOrderNeverPastAClosedOne) {
+  CreateContext();
+  CreateStream(kHeld);
+  const uint64_t first = client_->SendGate(100, kHeld);
+  const uint64_t second = client_->SendGate(100, kHeld);
+  ReplyResult r = client_->ReadWithin();
+  EXPECT_EQ(r.seq, first);
+  // The second is not reached while the first holds the stream: the next
+  // reply is the ping's.
+  const uint64_t ping = client_->Send([&](wire::Call::Builder c) { c.setPing(); }, true);
+  EXPECT_EQ(client_->ReadWithin().seq, ping);
+  client_->OpenGate(first);
+  r = client_->ReadWithin();
+  EXPECT_EQ(r.seq, second);
+  EXPECT_TRUE(r.held);
+  client_->OpenGate(second);
+  EXPECT_TRUE(Sync(kHeld).status.ok());
+}
+
+// A call that blocks the executor until a gate opens (destroying the held
+// stream) must not keep the session from reading the gateOpen, nor lose or
+// reorder the calls that arrive meanwhile.
+TEST_F(SessionTest, CallsWaitingBehindAGateDoNotKeepItsOpenFromBeingRead) {
+  CreateContext();
+  CreateStream(kHeld);
+  const uint64_t gate = client_->SendGate(100, kHeld);
+  ASSERT_EQ(client_->ReadWithin().seq, gate);
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        auto a = c.initStreamDestroy();
+        a.setCtx(100);
+        a.setStream(kHeld);
+      },
+      false);
+  std::vector<uint64_t> pings;
+  for (int i = 0; i < 50; ++i) {
+    pings.push_back(client_->Send([&](wire::Call::Builder c) { c.setPing(); }, true));
+  }
+  client_->OpenGate(gate);
+  for (uint64_t ping : pings) {
+    ReplyResult r = client_->ReadWithin();
+    ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+    EXPECT_EQ(r.seq, ping);
+  }
+  EXPECT_EQ(session_->Info().streams, 0u);
+}
+
+TEST_F(SessionTest, HostGateCarriesTheLatchedErrorAndLeavesItLatched) {
+  CreateContext();
+  const uint64_t bad_free =
+      client_->Send([&](wire::Call::Builder c) { c.initMemFree().setDptr(0x1234); }, false);
+  const uint64_t gate = client_->SendGate(100, 0);  // the legacy stream
+  ReplyResult reached = client_->ReadWithin();
+  EXPECT_EQ(reached.seq, gate);
+  EXPECT_TRUE(reached.held);
+  EXPECT_FALSE(reached.stream_failed);
+  EXPECT_EQ(reached.status.cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  client_->OpenGate(gate);
+  ReplyResult ping = client_->Call([&](wire::Call::Builder c) { c.setPing(); });
+  EXPECT_EQ(ping.status.cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(ping.latched_from, bad_free);
+}
+
+TEST_F(SessionTest, HostGateOnAnUnknownStreamIsRefusedAndLatched) {
+  CreateContext();
+  const uint64_t gate = client_->SendGate(100, 999);
+  ReplyResult refused = client_->ReadWithin();
+  EXPECT_EQ(refused.seq, gate);
+  EXPECT_TRUE(refused.gate_reached);
+  EXPECT_FALSE(refused.held);
+  EXPECT_EQ(refused.status.cuda_result(), CUDA_ERROR_INVALID_HANDLE);
+  ReplyResult ping = client_->Call([&](wire::Call::Builder c) { c.setPing(); });
+  EXPECT_EQ(ping.status.cuda_result(), CUDA_ERROR_INVALID_HANDLE);
+  EXPECT_EQ(ping.latched_from, gate);
+}
+
+TEST_F(SessionTest, HostGateThatWantsAReplyIsRefused) {
+  CreateContext();
+  const uint64_t gate = client_->SendGate(100, 0, /*wants_reply=*/true);
+  ReplyResult r = client_->ReadWithin();
+  EXPECT_EQ(r.seq, gate);
+  EXPECT_FALSE(r.held);
+  EXPECT_EQ(r.status.cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_TRUE(client_->Call([&](wire::Call::Builder c) { c.setPing(); }).status.ok());
+}
+
+// A hostile client reuses the seq of a closed gate: refused, and the first
+// gate still opens when the session ends (EndSession would hang otherwise).
+TEST_F(SessionTest, HostGateReusingTheSeqOfAClosedGateIsRefused) {
+  CreateContext();
+  CreateStream(kHeld);
+  const uint64_t gate = client_->SendGate(100, kHeld);
+  ASSERT_EQ(client_->ReadWithin().seq, gate);
+  capnp::MallocMessageBuilder message;
+  auto call = message.initRoot<wire::Call>();
+  call.setSeq(gate);
+  auto args = call.initHostGate();
+  args.setCtx(100);
+  args.setStream(kHeld);
+  ASSERT_TRUE(WriteFrame(client_->transport(), wire::FrameKind::CALL_BATCH, message).ok());
+  ReplyResult again = client_->ReadWithin();
+  EXPECT_EQ(again.seq, gate);
+  EXPECT_FALSE(again.held);
+  EXPECT_EQ(again.status.cuda_result(), CUDA_ERROR_INVALID_VALUE);
+}
+
+TEST_F(SessionTest, GateOpenForNoGateIsHarmless) {
+  CreateContext();
+  client_->OpenGate(12345);
+  EXPECT_TRUE(client_->Call([&](wire::Call::Builder c) { c.setPing(); }).status.ok());
+}
+
+TEST_F(SessionTest, MalformedGateOpenClosesTheSession) {
+  CreateContext();
+  const uint64_t words[2] = {0xffffffffffffffffull, 0x1234};
+  uint8_t header[kFrameHeaderBytes] = {};
+  const uint32_t magic = wire::FRAME_MAGIC;
+  const uint16_t kind = static_cast<uint16_t>(wire::FrameKind::GATE_OPEN);
+  const uint32_t message_bytes = sizeof(words);
+  std::memcpy(header, &magic, 4);
+  std::memcpy(header + 4, &kind, 2);
+  std::memcpy(header + 8, &message_bytes, 4);
+  ConstBuffer buffers[2] = {{header, sizeof(header)}, {words, sizeof(words)}};
+  ASSERT_TRUE(client_->transport().Write(buffers).ok());
+  EXPECT_FALSE(client_->ReadWithin().status.ok());  // closed
+}
+
+// The client dies while a gate holds a stream and calls wait behind it: the
+// session opens the gate itself and frees everything (EndSession checks).
+TEST_F(SessionTest, DisconnectWithAClosedGateFreesEverything) {
+  CreateContext();
+  const uint64_t d = Alloc(1 << 20);
+  CreateStream(kHeld);
+  const uint64_t gate = client_->SendGate(100, kHeld);
+  client_->SendGate(100, kHeld);  // never reached before the end
+  Fill(kHeld, d, 1, 1 << 20);
+  ASSERT_EQ(client_->ReadWithin().seq, gate);
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        auto a = c.initStreamDestroy();
+        a.setCtx(100);
+        a.setStream(kHeld);
+      },
+      false);
+  // Queued behind the blocked destroy, never answered; the pause lets the
+  // executor get into the destroy before the connection ends.
+  client_->Send([&](wire::Call::Builder c) { c.setPing(); }, true);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(session_->Info().streams, 1u);
 }
 
 TEST_F(SessionTest, BulkClaimedPastTheFrameClosesTheSession) {

@@ -3,7 +3,7 @@
 // machine without a GPU; on a GPU host it checks the driver ABI end to end:
 // contexts, memory, copies, memsets, 2D copies, module loading (fatbin,
 // cubin and PTX built by nvcc for sm_90 at build time), kernel launches with
-// and without clusters, events, completions, and a sticky error.
+// and without clusters, events, completions, a host gate, and a sticky error.
 //
 // Thread-safety: one backend per test binary, shared by the tests in order.
 #include <cuda.h>
@@ -19,6 +19,7 @@
 #include <iterator>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "backend/cuda/cuda_backend.h"
@@ -290,6 +291,53 @@ TEST_F(CudaGpuTest, GlobalsAttributesLimitsAndEvents) {
   ASSERT_TRUE(Await([&](Completion done) { backend_->WhenContextIdle(*ctx_, done); }).ok());
   EXPECT_EQ((*out)[0], 21);
   EXPECT_TRUE(backend_->QueryStream(*stream).ok());
+}
+
+// A host gate holds its stream on the real driver: reached after the work
+// before it, and the work after it waits until it opens. (Read through an
+// event, not a stream Completion: those wait behind the gate on the driver's
+// callback thread, see cuda_backend.h.)
+TEST_F(CudaGpuTest, HostGateHoldsItsStreamUntilOpened) {
+  uint64_t d = 0;
+  ASSERT_TRUE(backend_->MemAlloc(*ctx_, 4096, &d).ok());
+  std::unique_ptr<Stream> held, reader;
+  ASSERT_TRUE(backend_->CreateStream(*ctx_, CU_STREAM_NON_BLOCKING, 0, &held).ok());
+  ASSERT_TRUE(backend_->CreateStream(*ctx_, CU_STREAM_NON_BLOCKING, 0, &reader).ok());
+  std::unique_ptr<Event> read;
+  ASSERT_TRUE(backend_->CreateEvent(*ctx_, CU_EVENT_DISABLE_TIMING, &read).ok());
+  ASSERT_TRUE(backend_->Memset(*held, d, 0, 1, 4, 1024, 1).ok());
+  auto gate = std::make_shared<HostGate>();
+  // A failed assertion must not leave the stream held: its destruction waits.
+  struct OpenOnExit {
+    std::shared_ptr<HostGate> gate;
+    ~OpenOnExit() { gate->Open(); }
+  } open_on_exit{gate};
+  auto reached = std::make_shared<std::promise<Status>>();
+  ASSERT_TRUE(
+      backend_
+          ->EnqueueHostGate(*held, gate, [reached](Status status) { reached->set_value(status); })
+          .ok());
+  ASSERT_TRUE(backend_->Memset(*held, d, 0, 2, 4, 1024, 1).ok());
+  auto future = reached->get_future();
+  ASSERT_EQ(future.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  EXPECT_TRUE(future.get().ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(backend_->QueryStream(*held).cuda_result(), CUDA_ERROR_NOT_READY);
+  std::shared_ptr<std::vector<int>> out;
+  ASSERT_TRUE(backend_->CopyDeviceToHost(*reader, HostFor(&out, 1), d).ok());
+  ASSERT_TRUE(backend_->RecordEvent(*read, *reader).ok());
+  Status copied = Await([&](Completion done) { backend_->WhenEventComplete(*read, done); });
+  EXPECT_TRUE(copied.ok()) << copied.ToString();
+  EXPECT_EQ((*out)[0], 1) << "the memset after the closed gate ran";
+  gate->Open();
+  ASSERT_TRUE(Await([&](Completion done) { backend_->WhenStreamIdle(*held, done); }).ok());
+  ASSERT_TRUE(backend_->CopyDeviceToHost(*reader, HostFor(&out, 1), d).ok());
+  ASSERT_TRUE(Await([&](Completion done) { backend_->WhenStreamIdle(*reader, done); }).ok());
+  EXPECT_EQ((*out)[0], 2);
+  read.reset();
+  held.reset();
+  reader.reset();
+  ASSERT_TRUE(backend_->MemFree(*ctx_, d).ok());
 }
 
 // Last: an illegal address poisons its context. Completions must still come

@@ -731,6 +731,65 @@ TEST_F(FakeDriverTest, CallbacksTheDriverNeverRanCompleteAtContextDestruction) {
   EXPECT_TRUE(source.expired());
 }
 
+TEST_F(FakeDriverTest, HostGateReportsReachedThenHoldsLaterWorkUntilOpened) {
+  uint64_t dptr = 0;
+  ASSERT_TRUE(backend_->MemAlloc(*ctx_, 64, &dptr).ok());
+  ASSERT_TRUE(backend_->Memset(legacy(), dptr, 0, 0x11, 1, 64, 1).ok());
+  set_paused_(true);
+  auto gate = std::make_shared<HostGate>();
+  Awaited reached;
+  ASSERT_TRUE(backend_->EnqueueHostGate(legacy(), gate, reached.Callback()).ok());
+  ASSERT_TRUE(backend_->Memset(legacy(), dptr, 0, 0x22, 1, 64, 1).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_FALSE(reached.Ready()) << "reached before the work queued before it ran";
+  set_paused_(false);
+  EXPECT_TRUE(reached.Get().ok());
+  EXPECT_NE(reached.thread(), std::this_thread::get_id());
+  // Held: the memset queued after the gate has not run.
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(reinterpret_cast<const uint8_t*>(dptr)[0], 0x11);
+  EXPECT_EQ(backend_->QueryStream(legacy()).cuda_result(), CUDA_ERROR_NOT_READY);
+  gate->Open();
+  ASSERT_TRUE(Drain(legacy()).ok());
+  EXPECT_EQ(reinterpret_cast<const uint8_t*>(dptr)[0], 0x22);
+  ASSERT_TRUE(backend_->MemFree(*ctx_, dptr).ok());
+}
+
+TEST_F(FakeDriverTest, HostGateOpenedEarlyNeverHolds) {
+  auto gate = std::make_shared<HostGate>();
+  gate->Open();
+  Awaited reached;
+  ASSERT_TRUE(backend_->EnqueueHostGate(legacy(), gate, reached.Callback()).ok());
+  EXPECT_TRUE(reached.Get().ok());
+  EXPECT_TRUE(Drain(legacy()).ok());
+}
+
+TEST_F(FakeDriverTest, HostGateReportsAStickyError) {
+  set_sticky_(CUDA_ERROR_ILLEGAL_ADDRESS);
+  auto gate = std::make_shared<HostGate>();
+  Awaited reached;
+  ASSERT_TRUE(backend_->EnqueueHostGate(legacy(), gate, reached.Callback()).ok());
+  EXPECT_EQ(reached.Get().cuda_result(), CUDA_ERROR_ILLEGAL_ADDRESS);
+  gate->Open();
+  set_sticky_(CUDA_SUCCESS);
+  EXPECT_TRUE(Drain(legacy()).ok());
+}
+
+TEST_F(FakeDriverTest, HostGateTheDriverNeverRanIsReachedAtContextDestruction) {
+  set_drop_(true);
+  auto gate = std::make_shared<HostGate>();
+  Awaited reached;
+  ASSERT_TRUE(backend_->EnqueueHostGate(legacy(), gate, reached.Callback()).ok());
+  gate->Open();  // the owner opens what it will never see reached (a session ending)
+  ctx_.reset();
+  EXPECT_EQ(reached.Get().cuda_result(), CUDA_ERROR_CONTEXT_IS_DESTROYED);
+}
+
+TEST_F(FakeDriverTest, HostGateRejectsANullGate) {
+  EXPECT_EQ(backend_->EnqueueHostGate(legacy(), nullptr, [](Status) {}).code(),
+            StatusCode::kInvalidArgument);
+}
+
 TEST_F(FakeDriverTest, ThreadsSwitchBetweenContexts) {
   // The fake refuses a stream whose context is not current on the calling
   // thread, so a stale per-thread cache would fail here.

@@ -71,6 +71,25 @@ Status Await(const std::function<void(Completion)>& start) {
   return future.get();
 }
 
+// A Completion to hand out and wait for (bounded).
+class Awaited {
+ public:
+  Completion Callback() {
+    return [promise = promise_](Status status) { promise->set_value(std::move(status)); };
+  }
+  bool ReadyWithin(std::chrono::milliseconds wait) {
+    return future_.wait_for(wait) == std::future_status::ready;
+  }
+  Status Get() {
+    if (!ReadyWithin(kTimeout)) return Status::Internal("timed out waiting for a completion");
+    return future_.get();
+  }
+
+ private:
+  std::shared_ptr<std::promise<Status>> promise_ = std::make_shared<std::promise<Status>>();
+  std::future<Status> future_ = promise_->get_future();
+};
+
 std::vector<uint8_t> ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), {});
@@ -778,6 +797,119 @@ TEST_F(HostBackendTest, MemFreeWaitsForQueuedWork) {
   EXPECT_CUDA_ERROR(b().QueryStream(*s), CUDA_ERROR_NOT_READY);
   gate.Open();
   ASSERT_OK(SyncContext());
+}
+
+// --- host gates ----------------------------------------------------------------
+
+// Opens itself when it goes out of scope, like Gate; declare it after the
+// streams it holds.
+struct OpenOnExit {
+  std::shared_ptr<HostGate> gate = std::make_shared<HostGate>();
+  ~OpenOnExit() { gate->Open(); }
+};
+
+TEST_F(HostBackendTest, HostGateIsReachedAfterEarlierWorkAndHoldsLaterWork) {
+  REQUIRE_KERNELS();
+  uint64_t log = NewLog();
+  auto s = NewStream();
+  Gate kernel_gate(this);
+  OpenOnExit host_gate;
+  ASSERT_OK(Block(*s, kernel_gate));
+  ASSERT_OK(Append(*s, log, 1));
+  auto reached = std::make_shared<std::promise<std::pair<Status, int>>>();
+  auto future = reached->get_future();
+  ASSERT_OK(b().EnqueueHostGate(*s, host_gate.gate, [reached, log](Status st) {
+    reached->set_value({st, LogCount(log)});
+  }));
+  ASSERT_OK(Append(*s, log, 2));
+  EXPECT_EQ(future.wait_for(kSettle), std::future_status::timeout)
+      << "reached before the work queued before it ran";
+  kernel_gate.Open();
+  ASSERT_EQ(future.wait_for(kTimeout), std::future_status::ready);
+  auto [status, count_when_reached] = future.get();
+  EXPECT_OK(status);
+  EXPECT_EQ(count_when_reached, 1);
+  std::this_thread::sleep_for(kSettle);
+  EXPECT_EQ(LogEntries(log), std::vector<int>{1}) << "work after a closed gate ran";
+  EXPECT_CUDA_ERROR(b().QueryStream(*s), CUDA_ERROR_NOT_READY);
+  host_gate.gate->Open();
+  ASSERT_OK(Sync(*s));
+  EXPECT_EQ(LogEntries(log), (std::vector<int>{1, 2}));
+}
+
+TEST_F(HostBackendTest, HostGateOpenedBeforeItIsReachedNeverHolds) {
+  REQUIRE_KERNELS();
+  uint64_t log = NewLog();
+  auto s = NewStream();
+  auto gate = std::make_shared<HostGate>();
+  gate->Open();
+  ASSERT_OK(
+      Await([&](Completion done) { ASSERT_OK(b().EnqueueHostGate(*s, gate, std::move(done))); }));
+  ASSERT_OK(Append(*s, log, 1));
+  ASSERT_OK(Sync(*s));
+  EXPECT_EQ(LogEntries(log), std::vector<int>{1});
+}
+
+TEST_F(HostBackendTest, HostGateOnTheLegacyStreamFollowsBlockingStreams) {
+  REQUIRE_KERNELS();
+  auto s = NewStream();
+  auto nb = NewStream(CU_STREAM_NON_BLOCKING);
+  Gate kernel_gate(this);
+  OpenOnExit host_gate;
+  ASSERT_OK(Block(*s, kernel_gate));
+  Awaited reached;
+  ASSERT_OK(b().EnqueueHostGate(legacy(), host_gate.gate, reached.Callback()));
+  EXPECT_FALSE(reached.ReadyWithin(kSettle)) << "reached before a blocking stream's work ran";
+  kernel_gate.Open();
+  EXPECT_OK(reached.Get());
+  // A blocking stream's later work waits for the held legacy stream; a
+  // non-blocking stream's does not.
+  uint64_t log = NewLog();
+  ASSERT_OK(Append(*nb, log, 1));
+  ASSERT_OK(Sync(*nb));
+  ASSERT_OK(Append(*s, log, 2));
+  std::this_thread::sleep_for(kSettle);
+  EXPECT_EQ(LogEntries(log), std::vector<int>{1});
+  host_gate.gate->Open();
+  ASSERT_OK(Sync(*s));
+  EXPECT_EQ(LogEntries(log), (std::vector<int>{1, 2}));
+}
+
+TEST_F(HostBackendTest, HostGatesOfOneStreamAreReachedOneAfterAnother) {
+  auto s = NewStream();
+  OpenOnExit first, second;
+  Awaited first_reached, second_reached;
+  ASSERT_OK(b().EnqueueHostGate(*s, first.gate, first_reached.Callback()));
+  ASSERT_OK(b().EnqueueHostGate(*s, second.gate, second_reached.Callback()));
+  EXPECT_OK(first_reached.Get());
+  EXPECT_FALSE(second_reached.ReadyWithin(kSettle)) << "the second gate passed a closed first";
+  first.gate->Open();
+  EXPECT_OK(second_reached.Get());
+  second.gate->Open();
+  ASSERT_OK(Sync(*s));
+}
+
+TEST_F(HostBackendTest, DestroyingAStreamWaitsForItsClosedHostGate) {
+  auto s = NewStream();
+  auto gate = std::make_shared<HostGate>();
+  Awaited reached;
+  ASSERT_OK(b().EnqueueHostGate(*s, gate, reached.Callback()));
+  EXPECT_OK(reached.Get());
+  std::atomic<bool> destroyed{false};
+  std::thread destroyer([&] {
+    s.reset();
+    destroyed = true;
+  });
+  std::this_thread::sleep_for(kSettle);
+  EXPECT_FALSE(destroyed.load()) << "the stream went away under a closed gate";
+  gate->Open();
+  destroyer.join();
+  EXPECT_TRUE(destroyed.load());
+}
+
+TEST_F(HostBackendTest, HostGateRejectsANullGate) {
+  EXPECT_CUDA_ERROR(b().EnqueueHostGate(legacy(), nullptr, [](Status) {}),
+                    CUDA_ERROR_INVALID_VALUE);
 }
 
 TEST_F(HostBackendTest, ConcurrentCallersOnManyStreams) {
