@@ -16,7 +16,9 @@
 // call return only after every such copy issued before it has landed.
 //
 // Once the connection breaks, every call fails with the same Disconnected
-// status, which names the server.
+// status, which names the server. When the server takes the session's
+// devices away (a notice: a Reply with seq 0, after a preemption), every call
+// fails from then on with the notice's status, logged once.
 //
 // Thread-safety: all methods are safe from any thread.
 #pragma once
@@ -57,9 +59,19 @@ class Connection {
   // Reads a successful reply on the calling thread.
   using OnReply = std::function<Status(wire::Reply::Reader)>;
 
-  // Connects, says Hello, and keeps the HelloReply in `hello_reply`.
+  // What the client asks of a server with pools (FERRY_POOL, FERRY_GPUS,
+  // FERRY_WAIT); a server without pools ignores it.
+  struct Borrow {
+    std::string pool;      // "" = the server's default pool
+    uint32_t gpus = 1;
+    uint64_t wait_ms = 0;  // 0 = do not queue
+  };
+
+  // Connects, says Hello, and keeps the final HelloReply in `hello_reply`.
+  // While the server queues the borrow, each interim reply is logged with
+  // the queue position.
   static Status Open(std::unique_ptr<Transport> transport, std::string server_name,
-                     std::unique_ptr<Connection>* out,
+                     const Borrow& borrow, std::unique_ptr<Connection>* out,
                      std::unique_ptr<capnp::MessageReader>* hello_reply,
                      kj::Array<capnp::word>* hello_words);
   ~Connection();
@@ -84,7 +96,7 @@ class Connection {
   Status Flush();
 
   const std::string& server_name() const { return server_name_; }
-  // OK while the connection is up.
+  // OK while the connection is up and the session has its devices.
   Status health();
 
  private:
@@ -108,6 +120,8 @@ class Connection {
   void ReaderLoop();
   void FlusherLoop();
   void Fail(const Status& status);
+  // The server's notice that the session lost its devices.
+  void Revoke(const Status& notice);
 
   const std::string server_name_;
   std::unique_ptr<Transport> transport_;
@@ -126,6 +140,7 @@ class Connection {
   std::map<uint64_t, std::unique_ptr<Waiter>> async_copies_;  // owned here
   Status async_error_;  // first failed PostExpectingBytes, until reported
   Status broken_;       // set once the connection fails
+  Status revoked_;      // set once the server took the session's devices away
 
   // Flusher.
   std::mutex flush_mutex_;
