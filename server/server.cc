@@ -272,10 +272,14 @@ void Server::ServeConnection(uint64_t id, std::unique_ptr<Transport> transport) 
       std::lock_guard<std::mutex> lock(mutex_);
       sessions_.erase(id);
       connections_.erase(id);  // the transport dies with the session
-      early_preemptions_.erase(id);
     }
     // Run freed everything the session had: its slices can go to others.
     if (pool_ != nullptr) pool_->Return(id);
+    {
+      // A preemption that raced with the end has nobody to wait for it.
+      std::lock_guard<std::mutex> lock(mutex_);
+      early_preemptions_.erase(id);
+    }
     session.reset();
   } catch (const kj::Exception& e) {
     FERRY_LOG(kWarning) << "bad handshake from a client: " << e.getDescription().cStr();

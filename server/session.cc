@@ -87,19 +87,19 @@ Session::~Session() {
 
 void Session::Stop() {
   {
-    std::lock_guard<std::mutex> lock(interrupt_mutex_);
+    std::lock_guard<std::mutex> lock(throttle_mutex_);
     interrupted_ = true;
   }
-  interrupt_cv_.notify_all();
+  throttle_cv_.notify_all();
   transport_->Shutdown();
 }
 
 void Session::Preempt(const std::string& reason) {
   {
-    std::lock_guard<std::mutex> lock(interrupt_mutex_);
+    std::lock_guard<std::mutex> lock(throttle_mutex_);
     interrupted_ = true;  // a throttled launch stops waiting
   }
-  interrupt_cv_.notify_all();
+  throttle_cv_.notify_all();
   std::lock_guard<std::mutex> exec(exec_mutex_);
   if (!revoked_.ok()) return;
   revoked_ = Status::Cuda(CUDA_ERROR_DEVICE_UNAVAILABLE, reason);
@@ -501,16 +501,14 @@ void Session::Uncharge(int device, uint64_t bytes) {
 
 void Session::ThrottleBeforeLaunch(int device) {
   DeviceThrottle& t = *throttles_[device];
-  absl::Duration delay;
-  {
-    std::lock_guard<std::mutex> lock(t.mutex);
-    delay = t.throttle.DelayBeforeLaunch(absl::Now());
-  }
-  if (delay <= absl::ZeroDuration()) return;
   // Only this session waits (its calls keep their order); Stop and Preempt
   // cut the wait short.
-  std::unique_lock<std::mutex> lock(interrupt_mutex_);
-  interrupt_cv_.wait_for(lock, absl::ToChronoNanoseconds(delay), [this] { return interrupted_; });
+  std::unique_lock<std::mutex> lock(throttle_mutex_);
+  throttle_cv_.wait(lock, [&] { return interrupted_ || t.in_flight == 0; });
+  if (interrupted_) return;
+  const absl::Duration delay = t.throttle.DelayBeforeLaunch(absl::Now());
+  if (delay <= absl::ZeroDuration()) return;
+  throttle_cv_.wait_for(lock, absl::ToChronoNanoseconds(delay), [this] { return interrupted_; });
 }
 
 void Session::MeasureLaunch(int device, backend::Stream& stream) {
@@ -519,18 +517,21 @@ void Session::MeasureLaunch(int device, backend::Stream& stream) {
     ++pending_completions_;
   }
   DeviceThrottle* t = throttles_[device].get();
+  {
+    std::lock_guard<std::mutex> lock(throttle_mutex_);
+    ++t->in_flight;
+  }
   const absl::Time queued = absl::Now();
-  // The stream goes idle when this kernel (and what was queued before it)
-  // is done; the busy time is counted from the later of its queueing and the
-  // previous kernel's end on this device.
+  // The device had nothing else of this session in flight, so the time from
+  // queueing to the stream going idle is this kernel's busy time.
   backend_.WhenStreamIdle(stream, [this, t, queued](Status) {
     {
-      std::lock_guard<std::mutex> lock(t->mutex);
+      std::lock_guard<std::mutex> lock(throttle_mutex_);
       const absl::Time done = absl::Now();
-      const absl::Time start = std::max(queued, t->last_done);
-      if (done > start) t->throttle.ChargeBusy(done - start, done);
-      t->last_done = std::max(t->last_done, done);
+      if (done > queued) t->throttle.ChargeBusy(done - queued, done);
+      --t->in_flight;
     }
+    throttle_cv_.notify_all();
     CompletionDone();
   });
 }

@@ -157,11 +157,13 @@ class Session {
     uint64_t module = 0;
     int device = 0;  // allocations: the session device charged for it
   };
-  // The compute-share throttle of one throttled device.
+  // The compute-share throttle of one throttled device; guarded by
+  // throttle_mutex_. One kernel of the device is in flight at a time, so
+  // the busy time it measures is the kernel's, and the wait before the next
+  // one holds the session to its share.
   struct DeviceThrottle {
-    std::mutex mutex;
-    pool::LaunchThrottle throttle;          // guarded by mutex
-    absl::Time last_done = absl::InfinitePast();  // guarded by mutex
+    pool::LaunchThrottle throttle;
+    int in_flight = 0;
     explicit DeviceThrottle(double share)
         : throttle(share, absl::Milliseconds(5), absl::Now()) {}
   };
@@ -202,12 +204,19 @@ class Session {
   Status CheckRange(uint64_t address, uint64_t bytes, const char* what) const;
   Status CheckRange2D(uint64_t address, uint64_t pitch, uint64_t width_bytes, uint64_t height,
                       const char* what) const;
+  // The quota of a slice (DESIGN invariant 7). Every allocation path checks
+  // CheckQuota before it allocates (and again with the size it got, when the
+  // backend may round up) and Charges what it keeps; every free Uncharges.
+  // Today's paths are cuMemAlloc and cuMemAllocPitch; a new one (stream-
+  // ordered or pool allocations, cuMemCreate) must do the same. Module
+  // globals are not charged.
   // OK when `bytes` more fit in the quota of session device `device`;
   // OutOfMemory naming the slice otherwise.
   Status CheckQuota(int device, uint64_t bytes) const;
   void Charge(int device, uint64_t bytes);
   void Uncharge(int device, uint64_t bytes);
-  // Waits as long as the compute share of `device` asks before a launch.
+  // Waits until the device's previous kernel is done and as long as its
+  // compute share asks, before a launch.
   void ThrottleBeforeLaunch(int device);
   // Measures the launch just queued on `stream` for the throttle of `device`.
   void MeasureLaunch(int device, backend::Stream& stream);
@@ -275,17 +284,19 @@ class Session {
   std::atomic<uint32_t> module_count_{0};
 
   std::unique_ptr<std::atomic<uint64_t>[]> device_bytes_;  // per session device
-  std::vector<std::unique_ptr<DeviceThrottle>> throttles_;  // per device; null = none
+  // Per device; null = not throttled. The objects are guarded by
+  // throttle_mutex_.
+  std::vector<std::unique_ptr<DeviceThrottle>> throttles_;
 
   // Held while a batch executes and while Preempt frees everything.
   std::mutex exec_mutex_;
   Status revoked_;               // guarded by exec_mutex_: set by Preempt
   bool handshake_answered_ = false;  // guarded by exec_mutex_
 
-  // Interrupts a throttle wait (Preempt, Stop).
-  std::mutex interrupt_mutex_;
-  std::condition_variable interrupt_cv_;
-  bool interrupted_ = false;  // guarded by interrupt_mutex_
+  // Throttle state and waits; Preempt and Stop interrupt the waits.
+  std::mutex throttle_mutex_;
+  std::condition_variable throttle_cv_;
+  bool interrupted_ = false;  // guarded by throttle_mutex_
 
   std::mutex write_mutex_;  // serialises reply frames on transport_
 

@@ -4,6 +4,7 @@
 // on ferryd's test-only fake clock (--test-fake-clock), moved by `ferryctl
 // test-advance-clock`, so no test waits for 20:00. Every wait is bounded;
 // pass or fail never depends on how long something took.
+#include <capnp/message.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <unistd.h>
@@ -16,11 +17,15 @@
 #include <iostream>
 #include <map>
 #include <optional>
+#include <random>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "child_process.h"
+#include "common/frame.h"
+#include "common/transport.h"
 #include "mini_json.h"
 
 namespace ferry::e2e {
@@ -523,6 +528,112 @@ TEST_F(PoolTest, ManualDrainAndRebind) {
   });
   EXPECT_EQ(Ferryctl({"rebind", "0", "nosuchpool"}, &out, &err), 1);
   EXPECT_NE(err.find("no pool 'nosuchpool'"), std::string::npos) << err;
+}
+
+TEST_F(PoolTest, SeveralDevicesComeFromDistinctGpusAndWaitsEndAtTheirDeadline) {
+  StartFerryd(std::string(R"(
+[server]
+backend = "host"
+default_pool = "dev"
+[[gpu]]
+index = 0
+memory = "64MiB"
+[[gpu]]
+index = 1
+memory = "64MiB"
+[pool.dev]
+slices_per_gpu = 2
+)"),
+              kBeforeNight);
+  ChildProcess* a = StartHolder("a", {{"FERRY_GPUS", "2"}});
+  ASSERT_NE(a, nullptr);
+  ASSERT_TRUE(WaitForOutput(*a, "READY\n"));
+  EXPECT_NE(a->Stdout().find("BORROWED devices=2 total=" + std::to_string(kGpuMemory / 2)),
+            std::string::npos)
+      << a->Describe();
+  ChildProcess* b = StartHolder("b", {{"FERRY_GPUS", "2"}});
+  ASSERT_NE(b, nullptr);
+  ASSERT_TRUE(WaitForOutput(*b, "READY\n"));
+  std::string text;
+  std::optional<JsonValue> pool = PoolStatus(&text);
+  ASSERT_TRUE(pool.has_value()) << text;
+  for (int gpu = 0; gpu < 2; ++gpu) {
+    const std::vector<JsonValue> held = Holders(*pool, gpu);
+    EXPECT_EQ(held.size(), 2u) << text;
+    EXPECT_NE(HolderWithPid(held, a->pid()), nullptr) << text;
+    EXPECT_NE(HolderWithPid(held, b->pid()), nullptr) << text;
+  }
+  // A waiter whose FERRY_WAIT runs out (on the fake clock) gets the refusal.
+  ChildProcess* c = StartHolder("c", {{"FERRY_WAIT", "30s"}});
+  ASSERT_NE(c, nullptr);
+  WaitForPool("c waits", [](const JsonValue& p) { return Queue(p).size() == 1; });
+  AdvanceClock("31s");
+  const ExitStatus status = c->Wait(kProgramTimeout);
+  EXPECT_EQ(status.code, 3) << c->Describe();
+  EXPECT_NE(c->Stdout().find("CUINIT CUDA_ERROR_DEVICE_UNAVAILABLE"), std::string::npos)
+      << c->Describe();
+  EXPECT_NE(c->Stderr().find("no slice became free within 30s"), std::string::npos)
+      << c->Describe();
+  // Bad requests fail cuInit with a message that says why.
+  for (const auto& [key, value, says] : std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"FERRY_GPUS", "3", "this server has 2 GPUs"},
+           {"FERRY_WAIT", "soon", "FERRY_WAIT='soon' is not a duration"},
+           {"FERRY_POOL", "inference", "no pool 'inference'"}}) {
+    ChildProcess* bad = StartHolder("bad_" + key, {{key, value}});
+    ASSERT_NE(bad, nullptr);
+    EXPECT_EQ(bad->Wait(kProgramTimeout).code, 3) << bad->Describe();
+    EXPECT_NE(bad->Stdout().find("CUINIT CUDA_ERROR_INVALID_VALUE (1)"), std::string::npos)
+        << bad->Describe();
+    EXPECT_NE(bad->Stderr().find(says), std::string::npos) << bad->Describe();
+  }
+  Release("a");
+  Release("b");
+}
+
+// Hostile borrowers: odd pool names, device counts and waits, connections
+// that vanish while granted or queued, bytes sent while queued. ferryd lives
+// on and every slice and queue place comes back.
+TEST_F(PoolTest, HostileBorrowersNeverStopTheServerOrKeepASlice) {
+  StartFerryd(DayNightConfig(""), kBeforeNight);
+  std::mt19937 rng(6);
+  const std::vector<std::string> pools = {"", "dev", "train", "nope", std::string(5000, 'p')};
+  const std::vector<uint32_t> gpus = {0, 1, 2, 1000, 0xffffffffu};
+  const std::vector<uint64_t> waits = {0, 1, 60000, ~0ull};
+  for (int i = 0; i < 80; ++i) {
+    std::unique_ptr<Transport> t;
+    ASSERT_TRUE(ConnectTcp(address_, 2000ms, &t).ok());
+    capnp::MallocMessageBuilder message;
+    auto hello = message.initRoot<wire::Hello>();
+    hello.setProtocolVersion(wire::PROTOCOL_VERSION);
+    hello.setRole(wire::Hello::Role::CLIENT);
+    hello.setPool(pools[rng() % pools.size()]);
+    hello.setGpus(gpus[rng() % gpus.size()]);
+    hello.setWaitMs(waits[rng() % waits.size()]);
+    ASSERT_TRUE(WriteFrame(*t, wire::FrameKind::HELLO, message).ok());
+    switch (rng() % 3) {
+      case 0:  // vanish at once
+        break;
+      case 1:  // wait a moment (granted or queued), then vanish
+        std::this_thread::sleep_for(5ms);
+        break;
+      case 2: {  // talk out of turn
+        const uint8_t noise[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+        ConstBuffer b{noise, sizeof(noise)};
+        (void)t->Write(std::span<const ConstBuffer>(&b, 1));
+        std::this_thread::sleep_for(2ms);
+        break;
+      }
+    }
+    ASSERT_FALSE(ferryd_->Poll()) << "ferryd died after hostile borrower " << i << "\n"
+                                  << ferryd_->Describe();
+  }
+  WaitForPool("no holder and no waiter left", [](const JsonValue& p) {
+    return Holders(p, 0).empty() && Queue(p).empty();
+  });
+  ChildProcess* holder = StartHolder("holder");
+  ASSERT_NE(holder, nullptr);
+  ASSERT_TRUE(WaitForOutput(*holder, "READY\n"));
+  Release("holder");
 }
 
 TEST_F(PoolTest, TheTestClockIsRefusedWithoutTheTestFlag) {
