@@ -308,16 +308,17 @@ bool PoolState::TryPlace(const BorrowRequest& request, absl::Time now) {
 
 std::string PoolState::DescribeFull(const std::string& pool) const {
   const int n = config_.pools.at(pool).slices_per_gpu;
-  int gpus = 0, free = 0, held = 0;
+  int gpus = 0, drained = 0, held = 0;
   for (const Gpu& gpu : gpus_) {
     if (gpu.pool != pool) continue;
     ++gpus;
-    if (!gpu.drained) free += std::min(1, FreeSlices(gpu, n));
+    drained += gpu.drained ? 1 : 0;
     held += static_cast<int>(gpu.holdings.size());
   }
   if (gpus == 0) return "pool " + pool + " serves no GPU at the moment";
   return "pool " + pool + " is full: " + Plural(gpus, "GPU", "GPUs") + " with " +
-         Plural(n, "slice", "slices") + " each, " + std::to_string(held) + " held";
+         Plural(n, "slice", "slices") + " each, " + std::to_string(held) + " held" +
+         (drained > 0 ? ", " + std::to_string(drained) + " drained" : "");
 }
 
 BorrowResult PoolState::Borrow(const BorrowRequest& original, absl::Time now) {

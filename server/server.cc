@@ -2,11 +2,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <utility>
-
-#include <algorithm>
-#include <limits>
 
 #include "common/frame.h"
 #include "common/log.h"
@@ -107,7 +105,6 @@ Status Server::Reload(std::string* summary) {
   std::string pool_summary;
   if (status.ok() && pool_ != nullptr) status = pool_->Reload(after, &pool_summary);
   if (!status.ok()) {
-    FERRY_LOG(kWarning) << "reload rejected, the old config stays: " << status.message();
     return Status::InvalidArgument("reload rejected, the old config stays: " + status.message());
   }
   ApplyLogLevel(after);
@@ -463,7 +460,10 @@ Status Server::HandleControl(wire::ControlRequest::Reader request,
       return Status::Ok();
     }
     case R::RELOAD:
-      FERRY_RETURN_IF_ERROR(Reload(&summary));
+      if (Status status = Reload(&summary); !status.ok()) {
+        FERRY_LOG(kWarning) << "ferryctl reload: " << status.message();
+        return status;
+      }
       break;
     case R::REBIND: {
       if (pool_ == nullptr) return Status::InvalidArgument("ferryd runs without pools");

@@ -60,7 +60,7 @@ class Server {
   void SetConfigFile(const std::string& path, const pool::Config& loaded);
   // SIGHUP and ferryctl reload: re-reads the config file. A file that does
   // not parse, or that changes what needs a restart, is rejected and the old
-  // config stays; `summary` says what happened.
+  // config stays (the caller logs why); `summary` says what happened.
   Status Reload(std::string* summary);
 
   // Binds and listens on "host:port" (port 0 picks one). Call before Start.

@@ -515,6 +515,7 @@ TEST_F(PoolTest, ManualDrainAndRebind) {
   ChildProcess* refused = StartHolder("refused");
   ASSERT_NE(refused, nullptr);
   EXPECT_EQ(refused->Wait(kProgramTimeout).code, 3) << refused->Describe();
+  EXPECT_NE(refused->Stderr().find("1 drained"), std::string::npos) << refused->Describe();
   EXPECT_TRUE(holder->running());
   ASSERT_EQ(Ferryctl({"undrain", "0"}, &out, &err), 0) << err;
   // By hand, at once: the holder is preempted, by ferryctl rather than the schedule.
