@@ -1,6 +1,7 @@
 #include "client/connection.h"
 
 #include <capnp/serialize.h>
+#include <cuda.h>
 #include <kj/exception.h>
 #include <unistd.h>
 
@@ -27,7 +28,7 @@ constexpr auto kFlushDelay = std::chrono::microseconds(20);
 }  // namespace
 
 Status Connection::Open(std::unique_ptr<Transport> transport, std::string server_name,
-                        std::unique_ptr<Connection>* out,
+                        const Borrow& borrow, std::unique_ptr<Connection>* out,
                         std::unique_ptr<capnp::MessageReader>* hello_reply,
                         kj::Array<capnp::word>* hello_words) {
   {
@@ -40,23 +41,46 @@ Status Connection::Open(std::unique_ptr<Transport> transport, std::string server
     gethostname(host, sizeof(host) - 1);
     hello.setHost(host);
     hello.setProgram(program_invocation_short_name);
+    hello.setPool(borrow.pool);
+    hello.setGpus(borrow.gpus);
+    hello.setWaitMs(borrow.wait_ms);
     FERRY_RETURN_IF_ERROR(WriteFrame(*transport, wire::FrameKind::HELLO, message));
   }
-  Frame frame;
-  FERRY_RETURN_IF_ERROR(ReadFrame(*transport, &frame));
-  if (frame.kind != wire::FrameKind::HELLO_REPLY) {
-    return Status::Malformed("server " + server_name + " answered the handshake with frame kind " +
-                             std::to_string(static_cast<int>(frame.kind)));
-  }
-  *hello_words = std::move(frame.words);
-  try {
-    auto reader = std::make_unique<capnp::FlatArrayMessageReader>(*hello_words, PeerReaderOptions());
-    FERRY_RETURN_IF_ERROR(StatusFromWire(reader->getRoot<wire::HelloReply>().getStatus())
-                              .WithContext("server " + server_name + " refused the session"));
-    *hello_reply = std::move(reader);
-  } catch (const kj::Exception& e) {
-    return Status::Malformed("bad handshake reply from " + server_name + ": " +
-                             e.getDescription().cStr());
+  // Interim replies (queued for a slice) come first; the last one answers.
+  for (;;) {
+    Frame frame;
+    FERRY_RETURN_IF_ERROR(ReadFrame(*transport, &frame));
+    if (frame.kind != wire::FrameKind::HELLO_REPLY) {
+      return Status::Malformed("server " + server_name +
+                               " answered the handshake with frame kind " +
+                               std::to_string(static_cast<int>(frame.kind)));
+    }
+    *hello_words = std::move(frame.words);
+    try {
+      auto reader =
+          std::make_unique<capnp::FlatArrayMessageReader>(*hello_words, PeerReaderOptions());
+      auto reply = reader->getRoot<wire::HelloReply>();
+      Status status = StatusFromWire(reply.getStatus());
+      if (!status.ok()) {
+        // A refusal keeps its code: a full pool is not a lost server.
+        return Status::FromWire(static_cast<uint8_t>(status.code()), status.cuda_result(),
+                                "ferryd at " + server_name + " gives no device: " +
+                                    status.message());
+      }
+      if (reply.getQueuePosition() != 0) {
+        const std::string pool = reply.getPool().size() > 0
+                                     ? "pool " + std::string(reply.getPool().cStr())
+                                     : std::string("the default pool");
+        FERRY_LOG(kInfo) << "waiting for a GPU slice of " << pool << " on " << server_name
+                         << ": position " << reply.getQueuePosition() << " in the queue";
+        continue;
+      }
+      *hello_reply = std::move(reader);
+      break;
+    } catch (const kj::Exception& e) {
+      return Status::Malformed("bad handshake reply from " + server_name + ": " +
+                               e.getDescription().cStr());
+    }
   }
   out->reset(new Connection(std::move(transport), std::move(server_name)));
   return Status::Ok();
@@ -82,7 +106,7 @@ Connection::~Connection() {
 
 Status Connection::health() {
   std::lock_guard<std::mutex> lock(reply_mutex_);
-  return broken_;
+  return broken_.ok() ? revoked_ : broken_;
 }
 
 uint64_t Connection::NextSeq() {
@@ -153,6 +177,7 @@ Status Connection::Send(const Fill& fill, OutBytes bulk, bool wants_reply, Waite
     {
       std::lock_guard<std::mutex> reply_lock(reply_mutex_);
       if (!broken_.ok()) return broken_;
+      if (!revoked_.ok()) return revoked_;
       // Registered before the frame leaves, so the reply always finds it.
       if (waiter != nullptr) waiters_[next_seq_] = waiter;
       if (async_waiter != nullptr) async_copies_[next_seq_] = std::move(async_waiter);
@@ -378,6 +403,10 @@ void Connection::ReaderLoop() {
       Fail(status);
       return;
     }
+    if (seq == 0 && bulk_bytes == 0) {
+      Revoke(reply_status);
+      continue;
+    }
     Waiter* waiter = nullptr;
     {
       std::lock_guard<std::mutex> lock(reply_mutex_);
@@ -435,6 +464,20 @@ void Connection::ReaderLoop() {
       RunHostFunction(seq, std::move(gate), std::move(reply_status), gate_held, gate_stream_failed);
     }
   }
+}
+
+void Connection::Revoke(const Status& notice) {
+  {
+    std::lock_guard<std::mutex> lock(reply_mutex_);
+    if (!broken_.ok() || !revoked_.ok()) return;
+    revoked_ = notice.ok() ? Status::Cuda(CUDA_ERROR_DEVICE_UNAVAILABLE,
+                                          "ferryd at " + server_name_ + " took the devices away")
+                           : notice;
+    FERRY_LOG(kError) << "ferryd at " << server_name_ << ": " << revoked_.message()
+                      << "; from now on every CUDA call fails with CUDA_ERROR_DEVICE_UNAVAILABLE";
+  }
+  // Calls in flight still get their answers from the server (the same error).
+  reply_cv_.notify_all();
 }
 
 void Connection::Fail(const Status& status) {

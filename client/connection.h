@@ -23,7 +23,9 @@
 // work behind the gate would never end).
 //
 // Once the connection breaks, every call fails with the same Disconnected
-// status, which names the server.
+// status, which names the server. When the server takes the session's
+// devices away (a notice: a Reply with seq 0, after a preemption), every call
+// fails from then on with the notice's status, logged once.
 //
 // Thread-safety: all methods are safe from any thread.
 #pragma once
@@ -70,9 +72,19 @@ class Connection {
   // `status` is OK or the asynchronous error the session had latched.
   using HostFunction = std::function<void(const Status& status, bool stream_failed)>;
 
-  // Connects, says Hello, and keeps the HelloReply in `hello_reply`.
+  // What the client asks of a server with pools (FERRY_POOL, FERRY_GPUS,
+  // FERRY_WAIT); a server without pools ignores it.
+  struct Borrow {
+    std::string pool;      // "" = the server's default pool
+    uint32_t gpus = 1;
+    uint64_t wait_ms = 0;  // 0 = do not queue
+  };
+
+  // Connects, says Hello, and keeps the final HelloReply in `hello_reply`.
+  // While the server queues the borrow, each interim reply is logged with
+  // the queue position.
   static Status Open(std::unique_ptr<Transport> transport, std::string server_name,
-                     std::unique_ptr<Connection>* out,
+                     const Borrow& borrow, std::unique_ptr<Connection>* out,
                      std::unique_ptr<capnp::MessageReader>* hello_reply,
                      kj::Array<capnp::word>* hello_words);
   ~Connection();
@@ -102,7 +114,7 @@ class Connection {
   Status Flush();
 
   const std::string& server_name() const { return server_name_; }
-  // OK while the connection is up.
+  // OK while the connection is up and the session has its devices.
   Status health();
 
  private:
@@ -132,6 +144,8 @@ class Connection {
   void ReaderLoop();
   void FlusherLoop();
   void Fail(const Status& status);
+  // The server's notice that the session lost its devices.
+  void Revoke(const Status& notice);
 
   const std::string server_name_;
   std::unique_ptr<Transport> transport_;
@@ -151,6 +165,7 @@ class Connection {
   Status async_error_;  // first failed PostExpectingBytes, until reported
   Status broken_;       // set once the connection fails
   std::map<uint64_t, HostFunction> gates_;  // hostGate calls not yet reached
+  Status revoked_;      // set once the server took the session's devices away
 
   // Flusher.
   std::mutex flush_mutex_;

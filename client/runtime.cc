@@ -12,6 +12,7 @@
 #include "client/unsupported.h"
 #include "common/frame.h"
 #include "common/log.h"
+#include "common/units.h"
 
 namespace ferry::client {
 namespace {
@@ -23,6 +24,30 @@ constexpr int kDefaultConnectTimeoutMs = 3000;
 thread_local std::vector<uint64_t> tls_context_stack;
 // The calling thread's per-thread default stream, per context.
 thread_local std::unordered_map<uint64_t, uint64_t> tls_per_thread_streams;
+
+// FERRY_POOL, FERRY_GPUS and FERRY_WAIT: what to borrow from a server with
+// pools. A value that does not parse fails cuInit with a message naming it.
+Status BorrowFromEnvironment(Connection::Borrow* borrow) {
+  if (const char* pool = std::getenv("FERRY_POOL"); pool != nullptr) borrow->pool = pool;
+  if (const char* gpus = std::getenv("FERRY_GPUS"); gpus != nullptr && *gpus != '\0') {
+    char* end = nullptr;
+    const long n = std::strtol(gpus, &end, 10);
+    if (*end != '\0' || n < 1 || n > 1024) {
+      return Status::InvalidArgument("FERRY_GPUS='" + std::string(gpus) +
+                                     "' is not a number of devices (1 or more)");
+    }
+    borrow->gpus = static_cast<uint32_t>(n);
+  }
+  if (const char* wait = std::getenv("FERRY_WAIT"); wait != nullptr && *wait != '\0') {
+    std::chrono::milliseconds ms{};
+    if (!ParseDuration(wait, &ms)) {
+      return Status::InvalidArgument("FERRY_WAIT='" + std::string(wait) +
+                                     "' is not a duration (e.g. 30s, 5m, 1h)");
+    }
+    borrow->wait_ms = static_cast<uint64_t>(ms.count());
+  }
+  return Status::Ok();
+}
 
 }  // namespace
 
@@ -66,6 +91,8 @@ Status Runtime::Connect() {
   if (const char* t = std::getenv("FERRY_CONNECT_TIMEOUT_MS"); t != nullptr && std::atoi(t) > 0) {
     timeout_ms = std::atoi(t);
   }
+  Connection::Borrow borrow;
+  FERRY_RETURN_IF_ERROR(BorrowFromEnvironment(&borrow));
   std::unique_ptr<Transport> transport;
   Status status = ConnectTcp(server, std::chrono::milliseconds(timeout_ms), &transport);
   if (!status.ok()) {
@@ -74,8 +101,12 @@ Status Runtime::Connect() {
   }
   std::unique_ptr<capnp::MessageReader> hello;
   kj::Array<capnp::word> hello_words;
-  status = Connection::Open(std::move(transport), server, &connection_, &hello, &hello_words);
+  status = Connection::Open(std::move(transport), server, borrow, &connection_, &hello,
+                            &hello_words);
   if (!status.ok()) {
+    if (status.code() != StatusCode::kDisconnected && status.code() != StatusCode::kMalformed) {
+      return status;  // the server answered: a full pool, an unknown pool
+    }
     return Status::Disconnected("cannot start a session with ferryd at " + server + ": " +
                                 status.message());
   }

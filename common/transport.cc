@@ -89,6 +89,17 @@ Status SocketTransport::ReadExact(void* data, size_t size) {
 
 void SocketTransport::Shutdown() { ::shutdown(fd_, SHUT_RDWR); }
 
+bool SocketTransport::PeerGoneOrTalking() {
+  pollfd p{};
+  p.fd = fd_;
+  p.events = POLLIN | POLLRDHUP;
+  int n;
+  do {
+    n = ::poll(&p, 1, 0);
+  } while (n < 0 && errno == EINTR);
+  return n > 0 && (p.revents & (POLLIN | POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
+}
+
 Status ParseHostPort(std::string_view address, std::string* host, uint16_t* port) {
   std::string_view h, p;
   if (!address.empty() && address.front() == '[') {

@@ -38,6 +38,12 @@ class Transport {
   virtual void Shutdown() = 0;
   // "127.0.0.1:40112" — for logs and ferryctl.
   virtual const std::string& PeerName() const = 0;
+  // Without blocking: true when the peer has closed (or broken) the
+  // connection, or has sent bytes that nobody reads yet. For a server that
+  // waits on a peer that must stay silent meanwhile (a client queued for a
+  // GPU), either means the peer is gone. A transport that cannot tell says
+  // false.
+  virtual bool PeerGoneOrTalking() { return false; }
 };
 
 // Owns a connected stream socket `fd`.
@@ -52,6 +58,7 @@ class SocketTransport final : public Transport {
   Status ReadExact(void* data, size_t size) override;
   void Shutdown() override;
   const std::string& PeerName() const override { return peer_name_; }
+  bool PeerGoneOrTalking() override;
 
  private:
   int fd_;

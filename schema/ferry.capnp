@@ -53,6 +53,17 @@
 # addresses; every range a call touches is checked against the session's own
 # allocations (CUDA_ERROR_INVALID_VALUE otherwise).
 #
+# Pool (when ferryd runs with pools): Hello says which pool, how many devices
+# and how long the client will wait for them. While it waits, the server sends
+# interim HelloReplys with queuePosition > 0 (1 = next), one each time the
+# position changes; the final HelloReply (queuePosition 0) grants the devices
+# or refuses with a status that says why (the pool is full, no such pool).
+# A granted session's devices are its slices: device i is slices[i], with the
+# slice's memory as its total memory. A Reply with seq 0 is a notice, not an
+# answer: the server has taken the session's devices away (a schedule rebind
+# preempted it) and freed everything the session had; its status says why, and
+# every later call of the session fails with that status.
+#
 # Evolution: ordinals never change meaning; a new call gets a new ordinal. A
 # call the server does not know gets an Unimplemented status (the client
 # reports CUDA_ERROR_NOT_SUPPORTED); the connection stays up. A frame that does
@@ -91,6 +102,10 @@ struct Hello {
   pid @2 :UInt32;
   host @3 :Text;
   program @4 :Text;
+  # pool
+  pool @5 :Text;           # FERRY_POOL; "" = the server's default pool
+  gpus @6 :UInt32;         # FERRY_GPUS: devices wanted; 0 means 1
+  waitMs @7 :UInt64;       # FERRY_WAIT: how long to queue for them; 0 = not at all
 }
 
 struct Device {
@@ -110,6 +125,20 @@ struct HelloReply {
   backend @3 :Text;
   devices @4 :List(Device);
   server @5 :Text;         # the server's name for logs
+  # pool
+  queuePosition @6 :UInt32;    # nonzero: still waiting at this position; more replies follow
+  pool @7 :Text;               # the pool the devices come from; "" without pools
+  slices @8 :List(SliceInfo);  # per device, when the server has pools
+}
+
+# A borrowed slice of a GPU (pool).
+struct SliceInfo {
+  gpu @0 :UInt32;              # the server's GPU index
+  slice @1 :UInt32;            # 0-based, among the GPU's slices
+  slicesPerGpu @2 :UInt32;
+  memoryQuota @3 :UInt64;      # bytes this slice may allocate
+  computeShare @4 :Float64;    # fraction of the GPU's compute, (0, 1]
+  mechanism @5 :Text;          # how the share is enforced: "whole-gpu", "launch-throttle"
 }
 
 struct KernelParam {
@@ -430,8 +459,26 @@ struct GlobalResult {
 struct ControlRequest {
   union {
     none @0 :Void;     # never sent; keeps room for requests with arguments
-    status @1 :Void;   # list sessions
+    status @1 :Void;   # list sessions (and the pool)
+    # pool
+    reload @2 :Void;              # re-read the config file (as SIGHUP)
+    rebind @3 :RebindRequest;     # ferryctl rebind GPU POOL
+    drain @4 :DrainRequest;       # ferryctl drain GPU / undrain GPU
+    testAdvanceClock @5 :Int64;   # TEST ONLY: move ferryd's fake clock by this many ms;
+                                  # refused unless ferryd runs with --test-fake-clock
   }
+}
+
+struct RebindRequest {
+  gpu @0 :UInt32;
+  pool @1 :Text;
+  policy @2 :Text;    # "drain", "preempt", or "" for the config's on_rebind
+  graceMs @3 :Int64;  # drain grace; negative for the config's grace
+}
+
+struct DrainRequest {
+  gpu @0 :UInt32;
+  drained @1 :Bool;   # false: take borrows again
 }
 
 struct SessionInfo {
@@ -456,4 +503,62 @@ struct ControlReply {
     sessions @2 :List(SessionInfo);
   }
   backend @3 :Text;
+  # pool
+  pool @4 :PoolStatus;   # with status replies
+  message @5 :Text;      # what a reload, rebind or drain did
+}
+
+struct PoolStatus {
+  enabled @0 :Bool;            # false: no pools; every session gets every device, whole
+  configFile @1 :Text;
+  nowUnixMs @2 :Int64;         # the pool's clock
+  testClock @3 :Bool;          # the clock is ferryd's test-only fake clock
+  gpus @4 :List(GpuStatus);
+  queue @5 :List(WaiterStatus);
+  nextChangeUnixMs @6 :Int64;  # the next scheduled change of any GPU's pool; 0 = none
+  nextChangeGpu @7 :Int32;
+  nextChangePool @8 :Text;
+}
+
+struct GpuStatus {
+  index @0 :UInt32;
+  pool @1 :Text;
+  source @2 :Text;             # "schedule", "default" or "manual"
+  window @3 :Text;             # "20:00:00-08:00:00 Asia/Shanghai", or "manual until ..."
+  drained @4 :Bool;
+  memory @5 :UInt64;
+  slicesPerGpu @6 :UInt32;     # the current pool's layout
+  freeSlices @7 :UInt32;
+  holders @8 :List(HolderStatus);
+  nextChangeUnixMs @9 :Int64;  # 0 = none
+  nextPool @10 :Text;
+}
+
+struct HolderStatus {
+  sessionId @0 :UInt64;
+  pool @1 :Text;
+  slice @2 :UInt32;
+  slicesPerGpu @3 :UInt32;
+  memoryQuota @4 :UInt64;
+  memoryUsed @5 :UInt64;
+  computeShare @6 :Float64;
+  mechanism @7 :Text;
+  host @8 :Text;
+  pid @9 :UInt32;
+  program @10 :Text;
+  sinceUnixMs @11 :Int64;
+  drainDeadlineUnixMs @12 :Int64;  # 0 = not draining
+  preempting @13 :Bool;
+}
+
+struct WaiterStatus {
+  position @0 :UInt32;         # within its pool
+  sessionId @1 :UInt64;
+  pool @2 :Text;
+  gpus @3 :UInt32;
+  host @4 :Text;
+  pid @5 :UInt32;
+  program @6 :Text;
+  sinceUnixMs @7 :Int64;
+  deadlineUnixMs @8 :Int64;
 }

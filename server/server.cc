@@ -2,15 +2,120 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <utility>
 
 #include "common/frame.h"
 #include "common/log.h"
+#include "common/units.h"
 
 namespace ferry::server {
+namespace {
 
-Server::Server(backend::GpuBackend& backend) : backend_(backend) {}
+int64_t UnixMs(absl::Time t) {
+  if (t == absl::InfiniteFuture() || t == absl::InfinitePast()) return 0;
+  return absl::ToUnixMillis(t);
+}
+
+const char* SourceName(pool::BindingSource source) {
+  switch (source) {
+    case pool::BindingSource::kSchedule: return "schedule";
+    case pool::BindingSource::kManual: return "manual";
+    case pool::BindingSource::kDefault: break;
+  }
+  return "default";
+}
+
+// Settings a reload cannot change: the listeners, the backend and its GPUs
+// exist from the start. "" when none changed, else the first key that did.
+std::string RestartOnlyChange(const pool::Config& before, const pool::Config& after) {
+  if (before.server.listen != after.server.listen) return "server.listen";
+  if (before.server.backend != after.server.backend) return "server.backend";
+  if (before.server.cuda_driver != after.server.cuda_driver) return "server.cuda_driver";
+  if (before.server.host_kernels != after.server.host_kernels) return "server.host_kernels";
+  if (before.gpus.size() != after.gpus.size()) return "gpu";
+  for (size_t i = 0; i < before.gpus.size(); ++i) {
+    if (before.gpus[i].index != after.gpus[i].index || before.gpus[i].memory != after.gpus[i].memory) {
+      return "gpu[" + std::to_string(i) + "]";
+    }
+  }
+  if (before.pooling() != after.pooling()) return "pool (turning pools on or off)";
+  return "";
+}
+
+void ApplyLogLevel(const pool::Config& config) {
+  if (!config.server.log_level.has_value()) return;
+  const std::string& v = *config.server.log_level;
+  SetMinLogLevel(v == "debug"     ? LogLevel::kDebug
+                 : v == "warning" ? LogLevel::kWarning
+                 : v == "error"   ? LogLevel::kError
+                                  : LogLevel::kInfo);
+}
+
+}  // namespace
+
+Server::Server(backend::GpuBackend& backend) : backend_(backend) {
+  for (size_t i = 0; i < backend.Devices().size(); ++i) {
+    gpus_.push_back(ServedGpu{static_cast<int>(i), static_cast<int>(i),
+                              backend.Devices()[i].total_memory});
+  }
+}
+
+void Server::ServeGpus(std::vector<ServedGpu> gpus) { gpus_ = std::move(gpus); }
+
+Status Server::EnablePool(const pool::Config& config, pool::Clock& clock,
+                          pool::FakeClock* test_clock) {
+  std::vector<pool::PoolGpu> gpus;
+  for (const ServedGpu& gpu : gpus_) gpus.push_back(pool::PoolGpu{gpu.index, gpu.memory});
+  PoolService::Options options;
+  options.clock = &clock;
+  options.test_clock = test_clock;
+  options.preempt = [this](const pool::Preemption& p) { PreemptSession(p); };
+  return PoolService::Create(config, std::move(gpus), std::move(options), &pool_);
+}
+
+void Server::SetConfigFile(const std::string& path, const pool::Config& loaded) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  config_path_ = path;
+  loaded_config_ = loaded;
+}
+
+Status Server::Reload(std::string* summary) {
+  std::lock_guard<std::mutex> one_at_a_time(reload_mutex_);
+  std::string path;
+  pool::Config before;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    path = config_path_;
+    before = loaded_config_;
+  }
+  if (path.empty()) {
+    return Status::InvalidArgument("ferryd runs without --config: there is no file to reload");
+  }
+  pool::Config after;
+  Status status = pool::LoadConfigFile(path, &after);
+  if (status.ok()) {
+    const std::string changed = RestartOnlyChange(before, after);
+    if (!changed.empty()) {
+      status = Status::InvalidArgument(path + ": " + changed +
+                                       " changed; that needs a restart of ferryd");
+    }
+  }
+  std::string pool_summary;
+  if (status.ok() && pool_ != nullptr) status = pool_->Reload(after, &pool_summary);
+  if (!status.ok()) {
+    return Status::InvalidArgument("reload rejected, the old config stays: " + status.message());
+  }
+  ApplyLogLevel(after);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    loaded_config_ = after;
+  }
+  FERRY_LOG(kInfo) << "reloaded " << path;
+  *summary = "reloaded " + path + "\n" + pool_summary;
+  return Status::Ok();
+}
 
 Server::~Server() { Stop(); }
 
@@ -123,23 +228,279 @@ void Server::ServeConnection(uint64_t id, std::unique_ptr<Transport> transport) 
       ConnectionFinished(id);
       return;
     }
-    auto session = std::make_unique<Session>(id, std::move(transport), backend_, hello);
+    SessionGrant grant;
+    if (pool_ == nullptr) {
+      for (const ServedGpu& gpu : gpus_) {
+        SessionDevice device;
+        device.backend_device = gpu.backend_device;
+        device.gpu = gpu.index;
+        grant.devices.push_back(device);
+      }
+    } else {
+      Status borrowed = BorrowFor(id, *transport, hello, &grant);
+      if (!borrowed.ok()) {
+        FERRY_LOG(kInfo) << "client " << transport->PeerName() << " pid " << hello.getPid()
+                         << " gets no device: " << borrowed.message();
+        if (borrowed.code() != StatusCode::kDisconnected || !transport->PeerGoneOrTalking()) {
+          capnp::MallocMessageBuilder message;
+          StatusToWire(borrowed, message.initRoot<wire::HelloReply>().initStatus());
+          (void)WriteFrame(*transport, wire::FrameKind::HELLO_REPLY, message);
+        }
+        ConnectionFinished(id);
+        return;
+      }
+    }
+    auto session = std::make_shared<Session>(id, std::move(transport), backend_, hello,
+                                             std::move(grant));
+    std::string early_preemption;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      sessions_[id] = session.get();
+      sessions_[id] = session;
       if (stopping_) session->Stop();
+      if (auto it = early_preemptions_.find(id); it != early_preemptions_.end()) {
+        early_preemption = it->second;
+        early_preemptions_.erase(it);
+      }
     }
+    // Preempted before it started: Run answers the handshake with the reason.
+    if (!early_preemption.empty()) session->Preempt(early_preemption);
     session->Run();
     {
       std::lock_guard<std::mutex> lock(mutex_);
       sessions_.erase(id);
       connections_.erase(id);  // the transport dies with the session
     }
+    // Run freed everything the session had: its slices can go to others.
+    if (pool_ != nullptr) pool_->Return(id);
+    {
+      // A preemption that raced with the end has nobody to wait for it.
+      std::lock_guard<std::mutex> lock(mutex_);
+      early_preemptions_.erase(id);
+    }
     session.reset();
   } catch (const kj::Exception& e) {
     FERRY_LOG(kWarning) << "bad handshake from a client: " << e.getDescription().cStr();
   }
   ConnectionFinished(id);
+}
+
+Status Server::BorrowFor(uint64_t id, Transport& transport, wire::Hello::Reader hello,
+                         SessionGrant* grant) {
+  pool::BorrowRequest request;
+  request.session = id;
+  request.pool = hello.getPool().cStr();
+  request.gpus = static_cast<int>(std::clamp<uint32_t>(hello.getGpus(), 1, 1024));
+  // A wait longer than a year is a year (and never overflows absl::Time).
+  constexpr uint64_t kMaxWaitMs = 366ull * 24 * 3600 * 1000;
+  request.wait = absl::Milliseconds(static_cast<int64_t>(std::min(hello.getWaitMs(), kMaxWaitMs)));
+  request.host = hello.getHost().cStr();
+  request.pid = hello.getPid();
+  request.program = hello.getProgram().cStr();
+  const std::string wanted = request.pool.empty() ? "the default pool" : "pool " + request.pool;
+  pool::Lease lease;
+  FERRY_RETURN_IF_ERROR(pool_->Borrow(
+      request, [&transport] { return transport.PeerGoneOrTalking(); },
+      [&](int position) {
+        FERRY_LOG(kInfo) << "client " << transport.PeerName() << " pid " << request.pid
+                         << " waits for " << wanted << ": position " << position << " in the queue";
+        capnp::MallocMessageBuilder message;
+        auto reply = message.initRoot<wire::HelloReply>();
+        StatusToWire(Status::Ok(), reply.initStatus());
+        reply.setQueuePosition(static_cast<uint32_t>(position));
+        reply.setPool(request.pool);
+        (void)WriteFrame(transport, wire::FrameKind::HELLO_REPLY, message);
+      },
+      &lease));
+  grant->pooled = true;
+  grant->pool = lease.pool;
+  for (const pool::SliceGrant& slice : lease.slices) {
+    auto gpu = std::find_if(gpus_.begin(), gpus_.end(),
+                            [&](const ServedGpu& g) { return g.index == slice.gpu; });
+    SessionDevice device;
+    device.backend_device = gpu != gpus_.end() ? gpu->backend_device : 0;
+    device.memory_quota = slice.memory_quota;
+    device.compute_share = slice.compute_share;
+    device.gpu = slice.gpu;
+    device.slice = slice.slice;
+    device.slices_per_gpu = slice.slices_per_gpu;
+    grant->devices.push_back(device);
+  }
+  FERRY_LOG(kInfo) << "client " << transport.PeerName() << " pid " << request.pid << " borrowed "
+                   << lease.slices.size() << " slice(s) of pool " << lease.pool;
+  return Status::Ok();
+}
+
+void Server::PreemptSession(const pool::Preemption& preemption) {
+  std::shared_ptr<Session> session;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (stopping_) return;  // Stop ends every session anyway
+    auto it = sessions_.find(preemption.session);
+    if (it == sessions_.end()) {
+      // Granted, but its session has not started: it starts preempted.
+      early_preemptions_[preemption.session] = preemption.reason;
+      return;
+    }
+    session = it->second;
+    ++live_connections_;  // Stop waits for this worker too
+  }
+  // Freeing may wait for the session's queued GPU work: not on the caller's
+  // thread (the pool's timer, a control connection).
+  std::thread([this, session, preemption] {
+    session->Preempt(preemption.reason);
+    pool_->Return(preemption.session);
+    std::lock_guard<std::mutex> lock(mutex_);
+    --live_connections_;
+    connections_cv_.notify_all();
+  }).detach();
+}
+
+void Server::FillPoolStatus(wire::PoolStatus::Builder out) {
+  if (pool_ == nullptr) {
+    out.setEnabled(false);
+    return;
+  }
+  absl::Time now;
+  const pool::PoolSnapshot snapshot = pool_->Snapshot(&now);
+  // Memory in use per (session, GPU), from the sessions themselves.
+  std::map<std::pair<uint64_t, int>, uint64_t> used;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const auto& [id, session] : sessions_) {
+      const SessionInfo info = session->Info();
+      const SessionGrant& grant = session->grant();
+      for (size_t i = 0; i < grant.devices.size() && i < info.device_bytes.size(); ++i) {
+        used[{id, grant.devices[i].gpu}] += info.device_bytes[i];
+      }
+    }
+  }
+  out.setEnabled(true);
+  out.setConfigFile(pool_->config_path());
+  out.setNowUnixMs(UnixMs(now));
+  out.setTestClock(pool_->uses_test_clock());
+  auto gpus = out.initGpus(static_cast<unsigned>(snapshot.gpus.size()));
+  for (size_t i = 0; i < snapshot.gpus.size(); ++i) {
+    const pool::GpuSnapshot& g = snapshot.gpus[i];
+    auto o = gpus[static_cast<unsigned>(i)];
+    o.setIndex(static_cast<uint32_t>(g.index));
+    o.setPool(g.pool);
+    o.setSource(SourceName(g.source));
+    o.setWindow(g.window);
+    o.setDrained(g.drained);
+    o.setMemory(g.memory);
+    o.setSlicesPerGpu(static_cast<uint32_t>(g.slices_per_gpu));
+    o.setFreeSlices(static_cast<uint32_t>(g.free_slices));
+    o.setNextChangeUnixMs(UnixMs(g.next_change));
+    o.setNextPool(g.next_pool);
+    auto holders = o.initHolders(static_cast<unsigned>(g.holdings.size()));
+    for (size_t h = 0; h < g.holdings.size(); ++h) {
+      const pool::HoldingSnapshot& in = g.holdings[h];
+      auto ho = holders[static_cast<unsigned>(h)];
+      ho.setSessionId(in.session);
+      ho.setPool(in.pool);
+      ho.setSlice(static_cast<uint32_t>(in.slice.slice));
+      ho.setSlicesPerGpu(static_cast<uint32_t>(in.slice.slices_per_gpu));
+      ho.setMemoryQuota(in.slice.memory_quota);
+      auto u = used.find({in.session, g.index});
+      ho.setMemoryUsed(u != used.end() ? u->second : 0);
+      ho.setComputeShare(in.slice.compute_share);
+      ho.setMechanism(ComputeMechanism(in.slice.compute_share));
+      ho.setHost(in.host);
+      ho.setPid(in.pid);
+      ho.setProgram(in.program);
+      ho.setSinceUnixMs(UnixMs(in.since));
+      ho.setDrainDeadlineUnixMs(UnixMs(in.deadline));
+      ho.setPreempting(in.preempting);
+    }
+  }
+  auto queue = out.initQueue(static_cast<unsigned>(snapshot.queue.size()));
+  for (size_t i = 0; i < snapshot.queue.size(); ++i) {
+    const pool::WaiterSnapshot& w = snapshot.queue[i];
+    auto o = queue[static_cast<unsigned>(i)];
+    o.setPosition(static_cast<uint32_t>(w.position));
+    o.setSessionId(w.session);
+    o.setPool(w.pool);
+    o.setGpus(static_cast<uint32_t>(w.gpus));
+    o.setHost(w.host);
+    o.setPid(w.pid);
+    o.setProgram(w.program);
+    o.setSinceUnixMs(UnixMs(w.since));
+    o.setDeadlineUnixMs(UnixMs(w.deadline));
+  }
+  out.setNextChangeUnixMs(UnixMs(snapshot.next_change));
+  out.setNextChangeGpu(snapshot.next_change_gpu);
+  out.setNextChangePool(snapshot.next_change_pool);
+}
+
+Status Server::HandleControl(wire::ControlRequest::Reader request,
+                             wire::ControlReply::Builder reply) {
+  using R = wire::ControlRequest;
+  std::string summary;
+  switch (request.which()) {
+    case R::STATUS: {
+      auto sessions = Sessions();
+      auto list = reply.initSessions(static_cast<unsigned>(sessions.size()));
+      for (size_t i = 0; i < sessions.size(); ++i) {
+        const SessionInfo& s = sessions[i];
+        auto out = list[static_cast<unsigned>(i)];
+        out.setId(s.id);
+        out.setClient(s.client);
+        out.setPid(s.pid);
+        out.setHost(s.host);
+        out.setProgram(s.program);
+        out.setBytesAllocated(s.bytes_allocated);
+        out.setAllocations(s.allocations);
+        out.setContexts(s.contexts);
+        out.setStreams(s.streams);
+        out.setEvents(s.events);
+        out.setModules(s.modules);
+        out.setSinceUnixMs(s.since_unix_ms);
+      }
+      FillPoolStatus(reply.initPool());
+      return Status::Ok();
+    }
+    case R::RELOAD:
+      if (Status status = Reload(&summary); !status.ok()) {
+        FERRY_LOG(kWarning) << "ferryctl reload: " << status.message();
+        return status;
+      }
+      break;
+    case R::REBIND: {
+      if (pool_ == nullptr) return Status::InvalidArgument("ferryd runs without pools");
+      auto args = request.getRebind();
+      std::optional<pool::RebindPolicy> policy;
+      const std::string name = args.getPolicy().cStr();
+      if (name == "drain") {
+        policy = pool::RebindPolicy::kDrain;
+      } else if (name == "preempt") {
+        policy = pool::RebindPolicy::kPreempt;
+      } else if (!name.empty()) {
+        return Status::InvalidArgument("rebind policy '" + name + "' is not drain or preempt");
+      }
+      std::optional<absl::Duration> grace;
+      if (args.getGraceMs() >= 0) grace = absl::Milliseconds(args.getGraceMs());
+      FERRY_RETURN_IF_ERROR(pool_->Rebind(static_cast<int>(std::min<uint32_t>(args.getGpu(), 1 << 20)),
+                                          args.getPool().cStr(), policy, grace, &summary));
+      break;
+    }
+    case R::DRAIN: {
+      if (pool_ == nullptr) return Status::InvalidArgument("ferryd runs without pools");
+      auto args = request.getDrain();
+      FERRY_RETURN_IF_ERROR(pool_->SetDrained(
+          static_cast<int>(std::min<uint32_t>(args.getGpu(), 1 << 20)), args.getDrained(), &summary));
+      break;
+    }
+    case R::TEST_ADVANCE_CLOCK: {
+      if (pool_ == nullptr) return Status::InvalidArgument("ferryd runs without pools");
+      FERRY_RETURN_IF_ERROR(
+          pool_->AdvanceTestClock(absl::Milliseconds(request.getTestAdvanceClock()), &summary));
+      break;
+    }
+    default:
+      return Status::Unimplemented("unknown control request");
+  }
+  reply.setMessage(summary);
+  return Status::Ok();
 }
 
 void Server::ServeControl(Transport& transport) {
@@ -160,30 +521,8 @@ void Server::ServeControl(Transport& transport) {
     reply.setBackend(std::string(backend_.Name()));
     try {
       capnp::FlatArrayMessageReader reader(frame.words, PeerReaderOptions());
-      auto request = reader.getRoot<wire::ControlRequest>();
-      if (request.which() == wire::ControlRequest::STATUS) {
-        auto sessions = Sessions();
-        auto list = reply.initSessions(static_cast<unsigned>(sessions.size()));
-        for (size_t i = 0; i < sessions.size(); ++i) {
-          const SessionInfo& s = sessions[i];
-          auto out = list[static_cast<unsigned>(i)];
-          out.setId(s.id);
-          out.setClient(s.client);
-          out.setPid(s.pid);
-          out.setHost(s.host);
-          out.setProgram(s.program);
-          out.setBytesAllocated(s.bytes_allocated);
-          out.setAllocations(s.allocations);
-          out.setContexts(s.contexts);
-          out.setStreams(s.streams);
-          out.setEvents(s.events);
-          out.setModules(s.modules);
-          out.setSinceUnixMs(s.since_unix_ms);
-        }
-        StatusToWire(Status::Ok(), reply.initStatus());
-      } else {
-        StatusToWire(Status::Unimplemented("unknown control request"), reply.initStatus());
-      }
+      Status status = HandleControl(reader.getRoot<wire::ControlRequest>(), reply);
+      StatusToWire(status, reply.initStatus());
     } catch (const kj::Exception& e) {
       return;
     }
@@ -199,6 +538,8 @@ std::vector<SessionInfo> Server::Sessions() const {
 }
 
 void Server::Stop() {
+  // Waiting borrowers give up first; their connection threads then finish.
+  if (pool_ != nullptr) pool_->Stop();
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (stopping_ && !io_thread_.joinable()) return;

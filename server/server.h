@@ -5,6 +5,11 @@
 // (role control). Stop closes the listeners, ends every session (each frees
 // its resources) and joins all threads.
 //
+// Without a pool every session gets every served device, whole. With one
+// (EnablePool), a client's handshake borrows slices first — waiting in the
+// queue if it asked to — and gives them back when its session ends; a
+// preempted session loses its devices at once (Session::Preempt).
+//
 // Thread-safety: every public method is safe from any thread.
 #pragma once
 
@@ -21,15 +26,42 @@
 
 #include "backend/api/gpu_backend.h"
 #include "common/status.h"
+#include "pool/clock.h"
+#include "pool/config.h"
+#include "server/pool_service.h"
 #include "server/session.h"
 
 namespace ferry::server {
+
+// A GPU ferryd serves: its index (the [[gpu]] index, as operators and
+// ferryctl name it), the backend device behind it, and its memory.
+struct ServedGpu {
+  int index = 0;
+  int backend_device = 0;
+  uint64_t memory = 0;
+};
 
 class Server {
  public:
   // `backend` must outlive the server.
   explicit Server(backend::GpuBackend& backend);
   ~Server();  // Stop()s
+
+  // Before Start. Without a pool: sessions see these GPUs, whole, in this
+  // order (default: every backend device).
+  void ServeGpus(std::vector<ServedGpu> gpus);
+  // Before Start. Clients borrow slices of the served GPUs as `config` says
+  // (`config.pooling()` must hold). `clock` (and `test_clock`, the same
+  // object when ferryd runs --test-fake-clock) must outlive the server.
+  Status EnablePool(const pool::Config& config, pool::Clock& clock,
+                    pool::FakeClock* test_clock = nullptr);
+  // Before Start. The config file Reload re-reads; `loaded` is what it held
+  // at start (settings that need a restart are compared against it).
+  void SetConfigFile(const std::string& path, const pool::Config& loaded);
+  // SIGHUP and ferryctl reload: re-reads the config file. A file that does
+  // not parse, or that changes what needs a restart, is rejected and the old
+  // config stays (the caller logs why); `summary` says what happened.
+  Status Reload(std::string* summary);
 
   // Binds and listens on "host:port" (port 0 picks one). Call before Start.
   Status Listen(const std::string& address);
@@ -46,7 +78,15 @@ class Server {
   void StartAccept(asio::ip::tcp::acceptor& acceptor);
   void ServeConnection(uint64_t id, std::unique_ptr<Transport> transport);
   void ServeControl(Transport& transport);
+  Status HandleControl(wire::ControlRequest::Reader request, wire::ControlReply::Builder reply);
+  void FillPoolStatus(wire::PoolStatus::Builder out);
   void ConnectionFinished(uint64_t id);
+  // Borrows for the client whose handshake is `hello`; sends interim
+  // HelloReplys while it waits. Fills `grant` when it gets devices.
+  Status BorrowFor(uint64_t id, Transport& transport, wire::Hello::Reader hello,
+                   SessionGrant* grant);
+  // The pool's preempt hook.
+  void PreemptSession(const pool::Preemption& preemption);
 
   backend::GpuBackend& backend_;
   asio::io_context io_;
@@ -56,11 +96,21 @@ class Server {
 
   mutable std::mutex mutex_;
   std::condition_variable connections_cv_;
-  std::map<uint64_t, Session*> sessions_;  // guarded by mutex_; owned by their threads
+  std::vector<ServedGpu> gpus_;          // fixed after Start
+  std::unique_ptr<PoolService> pool_;    // null without pools; set before Start
+  std::string config_path_;              // guarded by mutex_
+  pool::Config loaded_config_;           // guarded by mutex_
+  std::mutex reload_mutex_;              // one reload at a time
+
+  // Shared with preemption workers, which may outlive the connection thread's
+  // use of a session.
+  std::map<uint64_t, std::shared_ptr<Session>> sessions_;  // guarded by mutex_
+  // Preemptions that arrived between a grant and the session's start.
+  std::map<uint64_t, std::string> early_preemptions_;       // guarded by mutex_
   // Every live connection's transport, so Stop can end them all, handshakes
   // in progress included. Guarded by mutex_; owned by the connection threads.
   std::map<uint64_t, Transport*> connections_;
-  int live_connections_ = 0;                // guarded by mutex_
+  int live_connections_ = 0;                // guarded by mutex_; preemption workers too
   uint64_t next_id_ = 1;                    // guarded by mutex_
   bool stopping_ = false;                   // guarded by mutex_
 };

@@ -3,6 +3,7 @@
 #include <cuda.h>
 #include <kj/exception.h>
 
+#include <algorithm>
 #include <chrono>
 #include <limits>
 #include <system_error>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "common/log.h"
+#include "common/units.h"
 
 namespace ferry::server {
 namespace {
@@ -53,15 +55,42 @@ std::shared_ptr<T> Alias(const std::shared_ptr<U>& owner, T* data) {
 
 }  // namespace
 
+SessionGrant WholeDevices(const backend::GpuBackend& backend) {
+  SessionGrant grant;
+  for (size_t i = 0; i < backend.Devices().size(); ++i) {
+    SessionDevice device;
+    device.backend_device = static_cast<int>(i);
+    device.gpu = static_cast<int>(i);
+    grant.devices.push_back(device);
+  }
+  return grant;
+}
+
+const char* ComputeMechanism(double share) {
+  return share >= 1.0 ? "whole-gpu" : "launch-throttle";
+}
+
 Session::Session(uint64_t id, std::unique_ptr<Transport> transport, backend::GpuBackend& backend,
                  wire::Hello::Reader hello)
+    : Session(id, std::move(transport), backend, hello, WholeDevices(backend)) {}
+
+Session::Session(uint64_t id, std::unique_ptr<Transport> transport, backend::GpuBackend& backend,
+                 wire::Hello::Reader hello, SessionGrant grant)
     : id_(id),
       transport_(std::move(transport)),
       backend_(backend),
       pid_(hello.getPid()),
       host_(hello.getHost().cStr()),
       program_(hello.getProgram().cStr()),
-      since_unix_ms_(NowUnixMs()) {}
+      since_unix_ms_(NowUnixMs()),
+      grant_(std::move(grant)),
+      device_bytes_(new std::atomic<uint64_t>[grant_.devices.size()]) {
+  for (size_t i = 0; i < grant_.devices.size(); ++i) {
+    device_bytes_[i].store(0);
+    const double share = grant_.devices[i].compute_share;
+    throttles_.push_back(share < 1.0 ? std::make_unique<DeviceThrottle>(share) : nullptr);
+  }
+}
 
 Session::~Session() {
   // Run() has freed everything; wait for any completion still writing.
@@ -69,7 +98,39 @@ Session::~Session() {
   pending_cv_.wait(lock, [this] { return pending_completions_ == 0; });
 }
 
-void Session::Stop() { transport_->Shutdown(); }
+void Session::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(throttle_mutex_);
+    interrupted_ = true;
+  }
+  throttle_cv_.notify_all();
+  transport_->Shutdown();
+}
+
+void Session::Preempt(const std::string& reason) {
+  {
+    std::lock_guard<std::mutex> lock(throttle_mutex_);
+    interrupted_ = true;  // a throttled launch stops waiting
+  }
+  throttle_cv_.notify_all();
+  // A batch blocked behind a closed host gate holds exec_mutex_ until the
+  // client opens the gate, which it may never do; the devices are going
+  // away, so the gates open now (a later gateOpen for them is harmless).
+  std::map<uint64_t, std::shared_ptr<backend::HostGate>> gates;
+  {
+    std::lock_guard<std::mutex> lock(serve_mutex_);
+    gates.swap(gates_);
+  }
+  for (auto& [seq, gate] : gates) gate->Open();
+  std::lock_guard<std::mutex> exec(exec_mutex_);
+  if (!revoked_.ok()) return;
+  revoked_ = Status::Cuda(CUDA_ERROR_DEVICE_UNAVAILABLE, reason);
+  FERRY_LOG(kWarning) << "session " << id_ << " (pid " << pid_ << ", " << program_ << "@" << host_
+                      << "): " << reason << "; freeing all its resources";
+  FreeEverything();
+  // The notice: seq 0 answers no call. Before the handshake, Run answers it.
+  if (handshake_answered_) SendReply(0, revoked_);
+}
 
 SessionInfo Session::Info() const {
   SessionInfo info;
@@ -85,30 +146,62 @@ SessionInfo Session::Info() const {
   info.events = event_count_.load();
   info.modules = module_count_.load();
   info.since_unix_ms = since_unix_ms_;
+  for (size_t i = 0; i < grant_.devices.size(); ++i) info.device_bytes.push_back(device_bytes_[i].load());
   return info;
 }
 
 void Session::Run() {
   {
+    std::lock_guard<std::mutex> exec(exec_mutex_);
     capnp::MallocMessageBuilder message;
     auto reply = message.initRoot<wire::HelloReply>();
+    if (!revoked_.ok()) {
+      StatusToWire(revoked_, reply.initStatus());
+      std::lock_guard<std::mutex> lock(write_mutex_);
+      (void)WriteFrame(*transport_, wire::FrameKind::HELLO_REPLY, message);
+      return;
+    }
+    handshake_answered_ = true;
     StatusToWire(Status::Ok(), reply.initStatus());
     reply.setSessionId(id_);
     reply.setDriverVersion(backend_.DriverVersion());
     reply.setBackend(std::string(backend_.Name()));
-    const auto& devices = backend_.Devices();
+    const auto& devices = grant_.devices;
     auto list = reply.initDevices(static_cast<unsigned>(devices.size()));
     for (size_t i = 0; i < devices.size(); ++i) {
-      const auto& d = devices[i];
+      const SessionDevice& device = devices[i];
+      const auto& d = backend_.Devices()[device.backend_device];
       auto out = list[static_cast<unsigned>(i)];
       out.setName(d.name);
       out.setUuid(kj::arrayPtr(d.uuid.data(), d.uuid.size()));
-      out.setTotalMemory(d.total_memory);
+      // A slice is a device with the slice's memory (DESIGN invariant 7).
+      out.setTotalMemory(device.memory_quota != 0 ? device.memory_quota : d.total_memory);
       out.setPciDomain(d.pci_domain);
       out.setPciBus(d.pci_bus);
       out.setPciDevice(d.pci_device);
       auto attrs = out.initAttributes(static_cast<unsigned>(d.attributes.size()));
-      for (size_t a = 0; a < d.attributes.size(); ++a) attrs.set(static_cast<unsigned>(a), d.attributes[a]);
+      for (size_t a = 0; a < d.attributes.size(); ++a) {
+        int32_t value = d.attributes[a];
+        if (a == CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT && device.compute_share < 1.0) {
+          // The slice's share of the SMs, so that programs size their grids
+          // for what they get.
+          value = std::max<int32_t>(1, static_cast<int32_t>(value * device.compute_share));
+        }
+        attrs.set(static_cast<unsigned>(a), value);
+      }
+    }
+    if (grant_.pooled) {
+      reply.setPool(grant_.pool);
+      auto slices = reply.initSlices(static_cast<unsigned>(devices.size()));
+      for (size_t i = 0; i < devices.size(); ++i) {
+        auto out = slices[static_cast<unsigned>(i)];
+        out.setGpu(static_cast<uint32_t>(devices[i].gpu));
+        out.setSlice(static_cast<uint32_t>(devices[i].slice));
+        out.setSlicesPerGpu(static_cast<uint32_t>(devices[i].slices_per_gpu));
+        out.setMemoryQuota(devices[i].memory_quota);
+        out.setComputeShare(devices[i].compute_share);
+        out.setMechanism(ComputeMechanism(devices[i].compute_share));
+      }
     }
     Status status;
     {
@@ -127,7 +220,10 @@ void Session::Run() {
   // batch it may be executing and returns.
   if (helper_.joinable()) helper_.join();
   transport_->Shutdown();
-  FreeEverything();
+  {
+    std::lock_guard<std::mutex> exec(exec_mutex_);
+    FreeEverything();
+  }
   FERRY_LOG(kInfo) << "session " << id_ << " closed; all its resources are freed";
 }
 
@@ -274,6 +370,7 @@ Status Session::OpenGate(const Frame& frame) {
 }
 
 Status Session::ExecuteBatch(const Frame& frame) {
+  std::lock_guard<std::mutex> exec(exec_mutex_);
   // kj reports a message that breaks its own rules (bad pointers, traversal
   // limit) as an exception; none may escape into the server.
   try {
@@ -315,6 +412,11 @@ void Session::Execute(wire::Call::Reader call, backend::HostBytes bulk) {
   cx.bulk_in = std::move(bulk);
   cx.reply.setSeq(cx.seq);
 
+  if (!revoked_.ok()) {
+    // Preempted: the session has no devices any more.
+    if (cx.wants_reply) SendReply(cx.seq, revoked_);
+    return;
+  }
   if (cx.wants_reply && !latched_error_.ok()) {
     // The error of an earlier fire-and-forget call is this call's answer.
     StatusToWire(latched_error_, cx.reply.initStatus());
@@ -533,6 +635,69 @@ Status Session::CheckRange2D(uint64_t address, uint64_t pitch, uint64_t width_by
   return CheckRange(address, pitch * rows + width_bytes, what);
 }
 
+// --- quotas and shares ------------------------------------------------------------
+
+Status Session::CheckQuota(int device, uint64_t bytes) const {
+  const SessionDevice& d = grant_.devices[device];
+  if (d.memory_quota == 0) return Status::Ok();
+  const uint64_t used = device_bytes_[device].load();
+  if (used <= d.memory_quota && bytes <= d.memory_quota - used) return Status::Ok();
+  return Status::OutOfMemory(
+      "cannot allocate " + std::to_string(bytes) + " bytes on device " + std::to_string(device) +
+      ": it is slice " + std::to_string(d.slice + 1) + "/" + std::to_string(d.slices_per_gpu) +
+      " of GPU " + std::to_string(d.gpu) + " (pool " + grant_.pool + ") with a quota of " +
+      FormatByteSize(d.memory_quota) + ", " + std::to_string(used) + " bytes in use");
+}
+
+void Session::Charge(int device, uint64_t bytes) {
+  device_bytes_[device].fetch_add(bytes);
+  bytes_allocated_.fetch_add(bytes);
+  allocation_count_.fetch_add(1);
+}
+
+void Session::Uncharge(int device, uint64_t bytes) {
+  device_bytes_[device].fetch_sub(bytes);
+  bytes_allocated_.fetch_sub(bytes);
+  allocation_count_.fetch_sub(1);
+}
+
+void Session::ThrottleBeforeLaunch(int device) {
+  DeviceThrottle& t = *throttles_[device];
+  // Only this session waits (its calls keep their order); Stop and Preempt
+  // cut the wait short.
+  std::unique_lock<std::mutex> lock(throttle_mutex_);
+  throttle_cv_.wait(lock, [&] { return interrupted_ || t.in_flight == 0; });
+  if (interrupted_) return;
+  const absl::Duration delay = t.throttle.DelayBeforeLaunch(absl::Now());
+  if (delay <= absl::ZeroDuration()) return;
+  throttle_cv_.wait_for(lock, absl::ToChronoNanoseconds(delay), [this] { return interrupted_; });
+}
+
+void Session::MeasureLaunch(int device, backend::Stream& stream) {
+  {
+    std::lock_guard<std::mutex> lock(pending_mutex_);
+    ++pending_completions_;
+  }
+  DeviceThrottle* t = throttles_[device].get();
+  {
+    std::lock_guard<std::mutex> lock(throttle_mutex_);
+    ++t->in_flight;
+  }
+  const absl::Time queued = absl::Now();
+  // The device had nothing else of this session in flight, so the time from
+  // queueing to the stream going idle is this kernel's busy time.
+  backend_.WhenStreamIdle(stream, [this, t, queued](Status) {
+    {
+      std::lock_guard<std::mutex> lock(throttle_mutex_);
+      const absl::Time done = absl::Now();
+      if (done > queued) t->throttle.ChargeBusy(done - queued, done);
+      --t->in_flight;
+    }
+    throttle_cv_.notify_all();
+    CompletionDone();
+  });
+}
+
 // --- contexts -----------------------------------------------------------------
 
 Status Session::CtxCreate(wire::CtxCreate::Reader args) {
@@ -541,12 +706,13 @@ Status Session::CtxCreate(wire::CtxCreate::Reader args) {
     return Status::InvalidArgument("context id " + std::to_string(id) + " is 0 or already in use");
   }
   const int device = args.getDevice();
-  if (device < 0 || device >= static_cast<int>(backend_.Devices().size())) {
+  if (device < 0 || device >= static_cast<int>(grant_.devices.size())) {
     return Status::Cuda(CUDA_ERROR_INVALID_DEVICE, "no device " + std::to_string(device));
   }
   ContextEntry entry;
   entry.device = device;
-  FERRY_RETURN_IF_ERROR(backend_.CreateContext(device, args.getFlags(), &entry.context));
+  FERRY_RETURN_IF_ERROR(backend_.CreateContext(grant_.devices[device].backend_device,
+                                               args.getFlags(), &entry.context));
   contexts_.emplace(id, std::move(entry));
   context_count_.fetch_add(1);
   return Status::Ok();
@@ -582,8 +748,7 @@ void Session::DestroyContextResources(uint64_t ctx) {
                                 << " failed: " << status.ToString();
           }
         }
-        bytes_allocated_.fetch_sub(it->second.size);
-        allocation_count_.fetch_sub(1);
+        Uncharge(it->second.device, it->second.size);
       }
       it = ranges_.erase(it);
     } else {
@@ -658,11 +823,11 @@ Status Session::MemAlloc(wire::MemAlloc::Reader args, CallContext& cx) {
   ContextEntry* c = nullptr;
   FERRY_RETURN_IF_ERROR(FindContext(args.getCtx(), &c));
   if (args.getBytes() == 0) return Status::InvalidArgument("cuMemAlloc of 0 bytes");
+  FERRY_RETURN_IF_ERROR(CheckQuota(c->device, args.getBytes()));
   uint64_t dptr = 0;
   FERRY_RETURN_IF_ERROR(backend_.MemAlloc(*c->context, args.getBytes(), &dptr));
-  ranges_[dptr] = RangeEntry{args.getBytes(), args.getCtx(), 0};
-  bytes_allocated_.fetch_add(args.getBytes());
-  allocation_count_.fetch_add(1);
+  ranges_[dptr] = RangeEntry{args.getBytes(), args.getCtx(), 0, c->device};
+  Charge(c->device, args.getBytes());
   cx.reply.initMemAlloc().setDptr(dptr);
   return Status::Ok();
 }
@@ -675,13 +840,22 @@ Status Session::MemAllocPitch(wire::MemAllocPitch::Reader args, CallContext& cx)
       (element != 4 && element != 8 && element != 16)) {
     return Status::InvalidArgument("cuMemAllocPitch: bad width, height or element size");
   }
+  // The pitch is the backend's to choose; the quota is checked before with
+  // the least the allocation can take, and after with what it took.
+  if (args.getHeight() > std::numeric_limits<uint64_t>::max() / args.getWidthBytes()) {
+    return Status::OutOfMemory("cuMemAllocPitch: extent overflows");
+  }
+  FERRY_RETURN_IF_ERROR(CheckQuota(c->device, args.getWidthBytes() * args.getHeight()));
   uint64_t dptr = 0, pitch = 0;
   FERRY_RETURN_IF_ERROR(backend_.MemAllocPitch(*c->context, args.getWidthBytes(), args.getHeight(),
                                                element, &dptr, &pitch));
   const uint64_t bytes = pitch * args.getHeight();
-  ranges_[dptr] = RangeEntry{bytes, args.getCtx(), 0};
-  bytes_allocated_.fetch_add(bytes);
-  allocation_count_.fetch_add(1);
+  if (Status quota = CheckQuota(c->device, bytes); !quota.ok()) {
+    (void)backend_.MemFree(*c->context, dptr);
+    return quota;
+  }
+  ranges_[dptr] = RangeEntry{bytes, args.getCtx(), 0, c->device};
+  Charge(c->device, bytes);
   auto result = cx.reply.initMemAlloc();
   result.setDptr(dptr);
   result.setPitch(pitch);
@@ -697,9 +871,9 @@ Status Session::MemFree(wire::MemFree::Reader args) {
   ContextEntry* c = nullptr;
   FERRY_RETURN_IF_ERROR(FindContext(it->second.ctx, &c));
   const uint64_t size = it->second.size;
+  const int device = it->second.device;
   ranges_.erase(it);
-  bytes_allocated_.fetch_sub(size);
-  allocation_count_.fetch_sub(1);
+  Uncharge(device, size);
   return backend_.MemFree(*c->context, args.getDptr());
 }
 
@@ -708,6 +882,14 @@ Status Session::MemGetInfo(wire::CtxRef::Reader args, CallContext& cx) {
   FERRY_RETURN_IF_ERROR(FindContext(args.getCtx(), &c));
   uint64_t free_bytes = 0, total = 0;
   FERRY_RETURN_IF_ERROR(backend_.MemGetInfo(*c->context, &free_bytes, &total));
+  const uint64_t quota = grant_.devices[c->device].memory_quota;
+  if (quota != 0) {
+    // The slice: its size, and what is left of it (never more than the
+    // device itself has free).
+    const uint64_t used = device_bytes_[c->device].load();
+    total = quota;
+    free_bytes = std::min(free_bytes, used < quota ? quota - used : 0);
+  }
   auto info = cx.reply.initMemGetInfo();
   info.setFree(free_bytes);
   info.setTotal(total);
@@ -971,7 +1153,14 @@ Status Session::Launch(wire::Launch::Reader args, CallContext& cx) {
       return Status::InvalidArgument("launch with a zero grid or block dimension");
     }
   }
-  return backend_.Launch(*stream, *f->function, config, cx.bulk_in);
+  // The function's context names the device whose compute share applies.
+  auto context = contexts_.find(f->ctx);
+  const int device = context != contexts_.end() ? context->second.device : 0;
+  const bool throttled = throttles_[device] != nullptr;
+  if (throttled) ThrottleBeforeLaunch(device);
+  FERRY_RETURN_IF_ERROR(backend_.Launch(*stream, *f->function, config, cx.bulk_in));
+  if (throttled) MeasureLaunch(device, *stream);
+  return Status::Ok();
 }
 
 // --- streams and events ---------------------------------------------------------

@@ -21,9 +21,19 @@
 // one reading (and opening gates at once), the other executing the call
 // batches read so far, in order (see ServeLoop in session.cc).
 //
+// Pools (DESIGN invariant 7): a session's devices are what it borrowed — whole
+// backend devices, or slices of them (SessionDevice). The session reports
+// each slice's memory as the device's total, refuses allocations past the
+// slice's quota on every allocation path, and throttles launches to the
+// slice's compute share. Preempt takes the devices away: everything is freed
+// at once, the client gets a notice, and every later call fails.
+//
 // Thread-safety: the session's tables and everything Dispatch calls belong to
 // the executor role, which one thread at a time holds (serve_mutex_ hands it
-// over). Stop, Info and the reply writer are safe from any thread.
+// over); a batch of calls executes under exec_mutex_. Preempt opens the
+// session's host gates (so no batch stays blocked behind one) and then takes
+// exec_mutex_, so it frees the session's objects between two batches. Stop,
+// Preempt, Info and the reply writer are safe from any thread.
 #pragma once
 
 #include <atomic>
@@ -37,10 +47,16 @@
 #include <thread>
 #include <unordered_map>
 
+#include <absl/time/clock.h>
+#include <absl/time/time.h>
+
+#include <vector>
+
 #include "backend/api/gpu_backend.h"
 #include "common/frame.h"
 #include "common/status.h"
 #include "common/transport.h"
+#include "pool/launch_throttle.h"
 #include "schema/ferry.capnp.h"
 
 namespace ferry::server {
@@ -59,11 +75,43 @@ struct SessionInfo {
   uint32_t events = 0;
   uint32_t modules = 0;
   int64_t since_unix_ms = 0;
+  std::vector<uint64_t> device_bytes;  // allocated per session device
 };
+
+// One device as a session sees it: a whole backend device, or a slice of one
+// borrowed from a pool.
+struct SessionDevice {
+  int backend_device = 0;
+  uint64_t memory_quota = 0;   // bytes the session may allocate here; 0 = no quota
+  double compute_share = 1.0;  // < 1: launches are throttled to this share
+  // Where the slice lives, for the handshake and status.
+  int gpu = 0;
+  int slice = 0;
+  int slices_per_gpu = 1;
+};
+
+// What a session may use: its devices in client ordinal order.
+struct SessionGrant {
+  bool pooled = false;  // the devices come from a pool (the handshake says so)
+  std::string pool;
+  std::vector<SessionDevice> devices;
+};
+
+// Every device of `backend`, whole, in order: the grant without pools.
+SessionGrant WholeDevices(const backend::GpuBackend& backend);
+
+// How a compute share is enforced: "whole-gpu" for a share of 1, else
+// "launch-throttle" (SM partitions through green contexts are not
+// implemented yet).
+const char* ComputeMechanism(double share);
 
 class Session {
  public:
-  // `backend` must outlive the session. `hello` is the client's handshake.
+  // `backend` must outlive the session. `hello` is the client's handshake;
+  // `grant` the devices it may use.
+  Session(uint64_t id, std::unique_ptr<Transport> transport, backend::GpuBackend& backend,
+          wire::Hello::Reader hello, SessionGrant grant);
+  // Every device of `backend`, whole.
   Session(uint64_t id, std::unique_ptr<Transport> transport, backend::GpuBackend& backend,
           wire::Hello::Reader hello);
   ~Session();
@@ -72,14 +120,23 @@ class Session {
 
   // Answers the handshake, then executes calls until the connection ends, then
   // opens the session's host gates and frees every resource of the session.
-  // Returns when all of that is done.
+  // Returns when all of that is done. A session preempted before Run answers
+  // the handshake with the reason.
   void Run();
 
   // Ends the connection; Run returns soon after. Any thread.
   void Stop();
 
+  // Takes the session's devices away, from any thread: waits for the batch
+  // in progress, frees every resource of the session, sends the client a
+  // notice (a Reply with seq 0) with `reason`, and from then on answers every
+  // call with CUDA_ERROR_DEVICE_UNAVAILABLE and `reason`. The connection stays
+  // up until the client closes it. Idempotent.
+  void Preempt(const std::string& reason);
+
   SessionInfo Info() const;
   uint64_t id() const { return id_; }
+  const SessionGrant& grant() const { return grant_; }
 
  private:
   struct ContextEntry {
@@ -119,6 +176,17 @@ class Session {
     uint64_t size = 0;
     uint64_t ctx = 0;
     uint64_t module = 0;
+    int device = 0;  // allocations: the session device charged for it
+  };
+  // The compute-share throttle of one throttled device; guarded by
+  // throttle_mutex_. One kernel of the device is in flight at a time, so
+  // the busy time it measures is the kernel's, and the wait before the next
+  // one holds the session to its share.
+  struct DeviceThrottle {
+    pool::LaunchThrottle throttle;
+    int in_flight = 0;
+    explicit DeviceThrottle(double share)
+        : throttle(share, absl::Milliseconds(5), absl::Now()) {}
   };
 
   // Per call: what the handler needs and what it answers.
@@ -172,6 +240,22 @@ class Session {
   Status CheckRange(uint64_t address, uint64_t bytes, const char* what) const;
   Status CheckRange2D(uint64_t address, uint64_t pitch, uint64_t width_bytes, uint64_t height,
                       const char* what) const;
+  // The quota of a slice (DESIGN invariant 7). Every allocation path checks
+  // CheckQuota before it allocates (and again with the size it got, when the
+  // backend may round up) and Charges what it keeps; every free Uncharges.
+  // Today's paths are cuMemAlloc and cuMemAllocPitch; a new one (stream-
+  // ordered or pool allocations, cuMemCreate) must do the same. Module
+  // globals are not charged.
+  // OK when `bytes` more fit in the quota of session device `device`;
+  // OutOfMemory naming the slice otherwise.
+  Status CheckQuota(int device, uint64_t bytes) const;
+  void Charge(int device, uint64_t bytes);
+  void Uncharge(int device, uint64_t bytes);
+  // Waits until the device's previous kernel is done and as long as its
+  // compute share asks, before a launch.
+  void ThrottleBeforeLaunch(int device);
+  // Measures the launch just queued on `stream` for the throttle of `device`.
+  void MeasureLaunch(int device, backend::Stream& stream);
 
   // Handlers (executor thread).
   Status CtxCreate(wire::CtxCreate::Reader args);
@@ -223,6 +307,7 @@ class Session {
   const std::string host_;
   const std::string program_;
   const int64_t since_unix_ms_;
+  const SessionGrant grant_;
 
   // Executor-role state.
   std::unordered_map<uint64_t, ContextEntry> contexts_;
@@ -242,6 +327,21 @@ class Session {
   std::atomic<uint32_t> stream_count_{0};
   std::atomic<uint32_t> event_count_{0};
   std::atomic<uint32_t> module_count_{0};
+
+  std::unique_ptr<std::atomic<uint64_t>[]> device_bytes_;  // per session device
+  // Per device; null = not throttled. The objects are guarded by
+  // throttle_mutex_.
+  std::vector<std::unique_ptr<DeviceThrottle>> throttles_;
+
+  // Held while a batch executes and while Preempt frees everything.
+  std::mutex exec_mutex_;
+  Status revoked_;               // guarded by exec_mutex_: set by Preempt
+  bool handshake_answered_ = false;  // guarded by exec_mutex_
+
+  // Throttle state and waits; Preempt and Stop interrupt the waits.
+  std::mutex throttle_mutex_;
+  std::condition_variable throttle_cv_;
+  bool interrupted_ = false;  // guarded by throttle_mutex_
 
   std::mutex write_mutex_;  // serialises reply frames on transport_
 

@@ -321,13 +321,20 @@ struct KernelLibrary {
 class HostBackend final : public GpuBackend {
  public:
   HostBackend(const HostBackendOptions& options, std::vector<KernelLibrary> libraries)
-      : device_memory_(options.device_memory),
+      : device_memory_(DeviceMemories(options)),
         libraries_(std::move(libraries)),
-        used_(options.device_count, 0),
+        used_(device_memory_.size(), 0),
         completions_(std::make_unique<CompletionThread>()) {
-    for (int i = 0; i < options.device_count; ++i) {
-      devices_.push_back(host_internal::MakeDeviceDescription(i, options.device_memory));
+    for (size_t i = 0; i < device_memory_.size(); ++i) {
+      devices_.push_back(host_internal::MakeDeviceDescription(static_cast<int>(i), device_memory_[i]));
     }
+  }
+
+  // One entry per device: device_memories when given, else device_count
+  // times device_memory.
+  static std::vector<uint64_t> DeviceMemories(const HostBackendOptions& options) {
+    if (!options.device_memories.empty()) return options.device_memories;
+    return std::vector<uint64_t>(static_cast<size_t>(options.device_count), options.device_memory);
   }
 
   ~HostBackend() override {
@@ -427,8 +434,8 @@ class HostBackend final : public GpuBackend {
   Status MemGetInfo(Context& ctx, uint64_t* free_bytes, uint64_t* total_bytes) override {
     const int device = AsContext(ctx).state()->device;
     std::lock_guard<std::mutex> lock(mu_);
-    *total_bytes = device_memory_;
-    *free_bytes = device_memory_ - used_[device];
+    *total_bytes = device_memory_[device];
+    *free_bytes = device_memory_[device] - used_[device];
     return Status::Ok();
   }
 
@@ -921,11 +928,11 @@ class HostBackend final : public GpuBackend {
     {
       // Reserve first, so that concurrent allocations cannot both pass.
       std::lock_guard<std::mutex> lock(mu_);
-      if (rounded > device_memory_ - used_[device]) {
+      if (rounded > device_memory_[device] - used_[device]) {
         return Status::OutOfMemory("cannot allocate " + std::to_string(bytes) +
                                    " bytes on device " + std::to_string(device) + ": " +
-                                   std::to_string(device_memory_ - used_[device]) + " of " +
-                                   std::to_string(device_memory_) + " bytes free");
+                                   std::to_string(device_memory_[device] - used_[device]) + " of " +
+                                   std::to_string(device_memory_[device]) + " bytes free");
       }
       used_[device] += rounded;
     }
@@ -1062,7 +1069,7 @@ class HostBackend final : public GpuBackend {
     return nullptr;
   }
 
-  const uint64_t device_memory_;
+  const std::vector<uint64_t> device_memory_;  // per device
   const std::vector<KernelLibrary> libraries_;
   std::vector<DeviceDescription> devices_;  // fixed after construction
 
@@ -1081,11 +1088,18 @@ HostContext::~HostContext() {
 }  // namespace
 
 Status CreateHostBackend(const HostBackendOptions& options, std::unique_ptr<GpuBackend>* out) {
-  if (options.device_count < 1 || options.device_count > 64) {
+  if (!options.device_memories.empty()) {
+    if (options.device_memories.size() > 64) {
+      return Status::InvalidArgument("host backend: at most 64 devices, not " +
+                                     std::to_string(options.device_memories.size()));
+    }
+    for (uint64_t memory : options.device_memories) {
+      if (memory == 0) return Status::InvalidArgument("host backend: device memory must be positive");
+    }
+  } else if (options.device_count < 1 || options.device_count > 64) {
     return Status::InvalidArgument("host backend: device_count must be 1..64, not " +
                                    std::to_string(options.device_count));
-  }
-  if (options.device_memory == 0) {
+  } else if (options.device_memory == 0) {
     return Status::InvalidArgument("host backend: device_memory must be positive");
   }
   std::vector<KernelLibrary> libraries;

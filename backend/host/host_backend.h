@@ -32,6 +32,9 @@ struct HostBackendOptions {
   std::vector<std::string> kernel_libraries;
   int device_count = 1;                 // 1..64
   uint64_t device_memory = 8ull << 30;  // bytes per device; > 0
+  // When not empty: one entry (bytes, > 0) per device, at most 64; replaces
+  // device_count and device_memory (ferryd's [[gpu]] memory).
+  std::vector<uint64_t> device_memories;
 };
 
 // Creates a host backend. Fails (InvalidArgument) on bad options, or when a

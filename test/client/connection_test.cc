@@ -42,7 +42,8 @@ class ConnectionTest : public ::testing::Test {
     std::unique_ptr<capnp::MessageReader> reply;
     kj::Array<capnp::word> words;
     auto opened = std::async(std::launch::async, [&] {
-      return Connection::Open(std::move(client_side), "test-server", &connection_, &reply, &words);
+      return Connection::Open(std::move(client_side), "test-server", Connection::Borrow{},
+                              &connection_, &reply, &words);
     });
     Frame hello;
     ASSERT_TRUE(ReadFrame(*server_side, &hello).ok());

@@ -939,5 +939,197 @@ TEST_F(SessionLibraryTest, OccupancyQueriesAnswerPerBlockSize) {
   EXPECT_EQ(bad_function.status.cuda_result(), CUDA_ERROR_INVALID_HANDLE);
 }
 
+// --- pooled sessions: slices, quotas, preemption ------------------------------
+
+constexpr uint64_t kSliceQuota = 1 << 20;
+
+// A session whose one device is slice 2/4 (quota 1 MiB) of the host backend's
+// device 1, as a pool grants it.
+class PooledSessionTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    backend::HostBackendOptions options;
+    options.device_count = 2;
+    options.device_memory = 64 << 20;
+    ASSERT_TRUE(backend::CreateHostBackend(options, &backend_).ok());
+  }
+  void TearDown() override {
+    if (runner_.joinable()) {
+      client_.reset();
+      runner_.join();
+    }
+    session_.reset();
+  }
+
+  SessionGrant Grant() {
+    SessionGrant grant;
+    grant.pooled = true;
+    grant.pool = "dev";
+    SessionDevice device;
+    device.backend_device = 1;
+    device.memory_quota = kSliceQuota;
+    device.compute_share = 0.25;
+    device.gpu = 1;
+    device.slice = 1;
+    device.slices_per_gpu = 4;
+    grant.devices.push_back(device);
+    return grant;
+  }
+
+  // Starts the session; `before_run` runs on it before Run. Returns the
+  // HelloReply frame.
+  Frame Start(const std::function<void(Session&)>& before_run = nullptr) {
+    std::unique_ptr<Transport> server_side, client_side;
+    EXPECT_TRUE(MakeTransportPair(&server_side, &client_side).ok());
+    capnp::MallocMessageBuilder hello;
+    auto h = hello.initRoot<wire::Hello>();
+    h.setPid(8);
+    h.setProgram("pooled_test");
+    session_ = std::make_unique<Session>(2, std::move(server_side), *backend_, h.asReader(), Grant());
+    if (before_run) before_run(*session_);
+    runner_ = std::thread([this] { session_->Run(); });
+    client_ = std::make_unique<RawClient>(std::move(client_side));
+    Frame frame;
+    EXPECT_TRUE(ReadFrame(client_->transport(), &frame).ok());
+    EXPECT_EQ(frame.kind, wire::FrameKind::HELLO_REPLY);
+    return frame;
+  }
+
+  ReplyResult CreateContext(int device) {
+    return client_->Call([&](wire::Call::Builder c) {
+      auto a = c.initCtxCreate();
+      a.setCtx(100 + static_cast<uint64_t>(device));
+      a.setDevice(device);
+    });
+  }
+  ReplyResult Alloc(uint64_t bytes) {
+    return client_->Call([&](wire::Call::Builder c) {
+      auto a = c.initMemAlloc();
+      a.setCtx(100);
+      a.setBytes(bytes);
+    });
+  }
+  // Free and total of backend device `device`, as the backend counts.
+  std::pair<uint64_t, uint64_t> BackendMemory(int device) {
+    std::unique_ptr<backend::Context> probe;
+    EXPECT_TRUE(backend_->CreateContext(device, 0, &probe).ok());
+    uint64_t free_bytes = 0, total = 0;
+    EXPECT_TRUE(backend_->MemGetInfo(*probe, &free_bytes, &total).ok());
+    return {free_bytes, total};
+  }
+
+  std::unique_ptr<backend::GpuBackend> backend_;
+  std::unique_ptr<Session> session_;
+  std::thread runner_;
+  std::unique_ptr<RawClient> client_;
+};
+
+TEST_F(PooledSessionTest, HandshakeDescribesTheSlice) {
+  Frame frame = Start();
+  capnp::FlatArrayMessageReader reader(frame.words, PeerReaderOptions());
+  auto reply = reader.getRoot<wire::HelloReply>();
+  ASSERT_TRUE(StatusFromWire(reply.getStatus()).ok());
+  ASSERT_EQ(reply.getDevices().size(), 1u);
+  auto device = reply.getDevices()[0];
+  EXPECT_EQ(device.getTotalMemory(), kSliceQuota);
+  const int sms = backend_->Devices()[1].attributes[CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT];
+  EXPECT_EQ(device.getAttributes()[CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT], sms / 4);
+  EXPECT_EQ(std::string(reply.getPool().cStr()), "dev");
+  ASSERT_EQ(reply.getSlices().size(), 1u);
+  EXPECT_EQ(reply.getSlices()[0].getGpu(), 1u);
+  EXPECT_EQ(reply.getSlices()[0].getSlice(), 1u);
+  EXPECT_EQ(reply.getSlices()[0].getSlicesPerGpu(), 4u);
+  EXPECT_EQ(reply.getSlices()[0].getMemoryQuota(), kSliceQuota);
+  EXPECT_EQ(std::string(reply.getSlices()[0].getMechanism().cStr()), "launch-throttle");
+  EXPECT_EQ(reply.getQueuePosition(), 0u);
+}
+
+TEST_F(PooledSessionTest, DeviceOrdinalsMapToTheBorrowedGpu) {
+  Start();
+  EXPECT_EQ(CreateContext(1).status.cuda_result(), CUDA_ERROR_INVALID_DEVICE);
+  ASSERT_TRUE(CreateContext(0).status.ok());
+  ASSERT_TRUE(Alloc(4096).status.ok());
+  // The allocation landed on backend device 1, not 0.
+  EXPECT_EQ(BackendMemory(0).first, BackendMemory(0).second);
+  EXPECT_LT(BackendMemory(1).first, BackendMemory(1).second);
+}
+
+TEST_F(PooledSessionTest, QuotaHoldsOnEveryAllocationPathAndMemGetInfoShowsTheSlice) {
+  Start();
+  ASSERT_TRUE(CreateContext(0).status.ok());
+  auto mem_info = [&] {
+    const uint64_t seq = client_->Send([](wire::Call::Builder c) { c.initMemGetInfo().setCtx(100); }, true);
+    Frame frame;
+    EXPECT_TRUE(ReadFrame(client_->transport(), &frame).ok());
+    capnp::FlatArrayMessageReader reader(frame.words, PeerReaderOptions());
+    auto reply = reader.getRoot<wire::Reply>();
+    EXPECT_EQ(reply.getSeq(), seq);
+    EXPECT_TRUE(StatusFromWire(reply.getStatus()).ok());
+    return std::make_pair(reply.getMemGetInfo().getFree(), reply.getMemGetInfo().getTotal());
+  };
+  EXPECT_EQ(mem_info(), std::make_pair(kSliceQuota, kSliceQuota));
+  ReplyResult a = Alloc(kSliceQuota / 2);
+  ASSERT_TRUE(a.status.ok());
+  EXPECT_EQ(mem_info(), std::make_pair(kSliceQuota / 2, kSliceQuota));
+  // One byte past the quota: out of memory, naming the slice.
+  ReplyResult over = Alloc(kSliceQuota / 2 + 1);
+  EXPECT_EQ(over.status.cuda_result(), CUDA_ERROR_OUT_OF_MEMORY);
+  EXPECT_NE(over.status.message().find("slice 2/4 of GPU 1 (pool dev)"), std::string::npos)
+      << over.status.message();
+  // Pitched allocations count their padded rows: 512 rows of 600 bytes pad
+  // to 1024 bytes each (half a MiB) and do not fit beside the first half.
+  ReplyResult pitched = client_->Call([](wire::Call::Builder c) {
+    auto a = c.initMemAllocPitch();
+    a.setCtx(100);
+    a.setWidthBytes(600);
+    a.setHeight(600);
+    a.setElementBytes(4);
+  });
+  EXPECT_EQ(pitched.status.cuda_result(), CUDA_ERROR_OUT_OF_MEMORY) << pitched.status.ToString();
+  // Exactly the rest fits.
+  ReplyResult rest = Alloc(kSliceQuota / 2);
+  ASSERT_TRUE(rest.status.ok()) << rest.status.ToString();
+  EXPECT_EQ(mem_info(), std::make_pair(uint64_t{0}, kSliceQuota));
+  EXPECT_EQ(Alloc(1).status.cuda_result(), CUDA_ERROR_OUT_OF_MEMORY);
+  // Freeing gives it back.
+  client_->Send([&](wire::Call::Builder c) { c.initMemFree().setDptr(a.dptr); }, false);
+  EXPECT_EQ(mem_info(), std::make_pair(kSliceQuota / 2, kSliceQuota));
+  EXPECT_EQ(session_->Info().device_bytes, std::vector<uint64_t>{kSliceQuota / 2});
+  // Nothing the refused allocations took is left on the backend.
+  client_.reset();
+  runner_.join();
+  EXPECT_EQ(BackendMemory(1).first, BackendMemory(1).second);
+}
+
+TEST_F(PooledSessionTest, PreemptFreesEverythingAndEveryLaterCallFails) {
+  Start();
+  ASSERT_TRUE(CreateContext(0).status.ok());
+  ASSERT_TRUE(Alloc(4096).status.ok());
+  session_->Preempt("preempted by the schedule: test");
+  // The notice comes first, unasked.
+  ReplyResult notice = client_->Read();
+  EXPECT_EQ(notice.seq, 0u);
+  EXPECT_EQ(notice.status.cuda_result(), CUDA_ERROR_DEVICE_UNAVAILABLE);
+  EXPECT_EQ(notice.status.message(), "preempted by the schedule: test");
+  // Everything is freed while the connection is still up.
+  const SessionInfo info = session_->Info();
+  EXPECT_EQ(info.bytes_allocated, 0u);
+  EXPECT_EQ(info.contexts, 0u);
+  EXPECT_EQ(BackendMemory(1).first, BackendMemory(1).second);
+  ReplyResult after = Alloc(16);
+  EXPECT_EQ(after.status.cuda_result(), CUDA_ERROR_DEVICE_UNAVAILABLE);
+  EXPECT_EQ(after.status.message(), "preempted by the schedule: test");
+  session_->Preempt("again");  // idempotent: no second notice
+  EXPECT_EQ(CreateContext(0).status.message(), "preempted by the schedule: test");
+}
+
+TEST_F(PooledSessionTest, PreemptedBeforeItStartsRefusesTheHandshake) {
+  Frame frame = Start([](Session& s) { s.Preempt("preempted by the schedule: early"); });
+  capnp::FlatArrayMessageReader reader(frame.words, PeerReaderOptions());
+  Status status = StatusFromWire(reader.getRoot<wire::HelloReply>().getStatus());
+  EXPECT_EQ(status.cuda_result(), CUDA_ERROR_DEVICE_UNAVAILABLE);
+  EXPECT_EQ(status.message(), "preempted by the schedule: early");
+}
+
 }  // namespace
 }  // namespace ferry::server

@@ -1,0 +1,96 @@
+// PoolService: ferryd's GPU pool at run time. It keeps a pool::PoolState
+// behind one mutex, moves it along a pool::Clock on a timer thread (schedule
+// boundaries, drain graces, wait deadlines), lets client handshakes borrow
+// (blocking while they wait in the queue), and hands preemptions to the
+// server through a hook.
+//
+// Thread-safety: every public method is safe from any thread. The preempt
+// hook and log lines run on the thread that caused the change, without the
+// service's lock held, so the hook may call back into the service.
+#pragma once
+
+#include <absl/time/time.h>
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/status.h"
+#include "pool/clock.h"
+#include "pool/config.h"
+#include "pool/pool_state.h"
+
+namespace ferry::server {
+
+class PoolService {
+ public:
+  struct Options {
+    pool::Clock* clock = nullptr;  // required; outlives the service
+    // ferryd --test-fake-clock: the same object as `clock`, which then only
+    // moves by AdvanceTestClock. Null in production.
+    pool::FakeClock* test_clock = nullptr;
+    // Must free the session's resources and then call Return(session). Runs
+    // without the service's lock; must not block for long.
+    std::function<void(const pool::Preemption&)> preempt;
+  };
+
+  static Status Create(const pool::Config& config, std::vector<pool::PoolGpu> gpus,
+                       Options options, std::unique_ptr<PoolService>* out);
+  ~PoolService();  // Stop()s
+  PoolService(const PoolService&) = delete;
+  PoolService& operator=(const PoolService&) = delete;
+
+  // Borrows for `request.session`. Returns at once when granted or refused;
+  // while queued, calls `on_position` with each new queue position and polls
+  // `gone` (the client went away: the wait ends). On success `*lease` is the
+  // grant; the caller must Return(request.session) when the session ends.
+  Status Borrow(const pool::BorrowRequest& request, const std::function<bool()>& gone,
+                const std::function<void(int position)>& on_position, pool::Lease* lease);
+  // The session ended and its resources are freed: its slices go back.
+  void Return(uint64_t session);
+
+  // A reloaded config (already parsed); a config the pool cannot take is
+  // refused and the old one stays.
+  Status Reload(const pool::Config& config, std::string* summary);
+  // ferryctl rebind; `policy` / `grace` default to the config's [server] values.
+  Status Rebind(int gpu, const std::string& pool, std::optional<pool::RebindPolicy> policy,
+                std::optional<absl::Duration> grace, std::string* summary);
+  Status SetDrained(int gpu, bool drained, std::string* summary);
+  // TEST ONLY: moves the fake clock and applies what falls due, before
+  // returning. PermissionDenied unless the service runs on a test clock.
+  Status AdvanceTestClock(absl::Duration by, std::string* summary);
+
+  pool::PoolSnapshot Snapshot(absl::Time* now) const;
+  std::string config_path() const;
+  bool uses_test_clock() const { return options_.test_clock != nullptr; }
+
+  // Ends every wait (with Disconnected) and the timer thread.
+  void Stop();
+
+ private:
+  PoolService(std::unique_ptr<pool::PoolState> state, Options options);
+  void TimerLoop();
+  // Under the lock: remembers ended waits for their borrowers.
+  void RecordLocked(const pool::PoolChanges& changes);
+  // Without the lock: logs, preempts, wakes waiters and the timer.
+  void Publish(const pool::PoolChanges& changes);
+  static std::string Summarize(const pool::PoolChanges& changes);
+
+  const Options options_;
+  mutable std::mutex mutex_;
+  std::condition_variable changed_cv_;  // any change a waiting borrower may care about
+  std::condition_variable timer_cv_;    // the timer must recompute its deadline
+  std::unique_ptr<pool::PoolState> state_;     // guarded by mutex_
+  std::map<uint64_t, Status> ended_waits_;     // guarded by mutex_
+  bool stopping_ = false;                      // guarded by mutex_
+  std::thread timer_;
+};
+
+}  // namespace ferry::server

@@ -1,0 +1,141 @@
+// e2e program pool_client: a borrower for the pool tests (issue 6). What it
+// borrows comes from FERRY_POOL, FERRY_GPUS and FERRY_WAIT.
+//
+//   pool_client hold RELEASE_FILE
+//     cuInit (a refusal prints "CUINIT <error name> (<code>)" and exits 3),
+//     prints "BORROWED devices=N total=BYTES", allocates 1 MiB on device 0,
+//     prints "READY", then calls cuMemGetInfo every 20 ms until RELEASE_FILE
+//     exists (exit 0) or a call fails: "CALL FAILED <error name> (<code>)",
+//     exit 4. Gives up after about 60 s (exit 5), so nothing is left behind.
+//
+//   pool_client quota QUOTA_BYTES [IMAGE_DIR]
+//     On one slice with a quota of QUOTA_BYTES: cuDeviceTotalMem and
+//     cuMemGetInfo report the slice; cuMemAlloc and cuMemAllocPitch fail
+//     with CUDA_ERROR_OUT_OF_MEMORY past the quota and succeed up to it; a
+//     kernel runs (through the launch throttle). Prints "all checks passed".
+#include <cuda.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "driver_check.h"
+
+namespace e2e = ::ferry::e2e;
+
+namespace {
+
+int Hold(const std::string& release_file) {
+  const CUresult init = cuInit(0);
+  if (init != CUDA_SUCCESS) {
+    std::printf("CUINIT %s (%d)\n", e2e::ErrorName(init), init);
+    return 3;
+  }
+  int count = 0;
+  E2E_CHECK_CU(cuDeviceGetCount(&count));
+  CUdevice device = 0;
+  E2E_CHECK_CU(cuDeviceGet(&device, 0));
+  size_t total = 0;
+  E2E_CHECK_CU(cuDeviceTotalMem(&total, device));
+  std::printf("BORROWED devices=%d total=%zu\n", count, total);
+  CUcontext context = nullptr;
+  E2E_CHECK_CU(cuDevicePrimaryCtxRetain(&context, device));
+  E2E_CHECK_CU(cuCtxSetCurrent(context));
+  CUdeviceptr buffer = 0;
+  E2E_CHECK_CU(cuMemAlloc(&buffer, 1 << 20));
+  std::printf("READY\n");
+  std::fflush(stdout);
+  for (int round = 0; round < 3000; ++round) {
+    if (access(release_file.c_str(), F_OK) == 0) {
+      E2E_CHECK_CU(cuMemFree(buffer));
+      std::printf("RELEASED\n");
+      return 0;
+    }
+    size_t free_bytes = 0, total_bytes = 0;
+    const CUresult r = cuMemGetInfo(&free_bytes, &total_bytes);
+    if (r != CUDA_SUCCESS) {
+      std::printf("CALL FAILED %s (%d)\n", e2e::ErrorName(r), r);
+      std::fflush(stdout);
+      return 4;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  std::printf("pool_client: never released; giving up\n");
+  return 5;
+}
+
+int Quota(uint64_t quota, const std::string& image_dir) {
+  e2e::PrimaryContext primary = e2e::SetUpPrimaryContext();
+  size_t total = 0;
+  E2E_CHECK_CU(cuDeviceTotalMem(&total, primary.device));
+  E2E_CHECK(total == quota, "cuDeviceTotalMem says %zu, the slice is %llu", total,
+            static_cast<unsigned long long>(quota));
+  e2e::Ok("cuDeviceTotalMem is the slice: %zu", total);
+  size_t free_bytes = 0;
+  E2E_CHECK_CU(cuMemGetInfo(&free_bytes, &total));
+  E2E_CHECK(total == quota && free_bytes == quota, "cuMemGetInfo: free %zu total %zu", free_bytes,
+            total);
+  e2e::Ok("cuMemGetInfo: free %zu of %zu", free_bytes, total);
+
+  CUdeviceptr half = 0;
+  E2E_CHECK_CU(cuMemAlloc(&half, quota / 2));
+  CUdeviceptr over = 0;
+  E2E_EXPECT_CU(CUDA_ERROR_OUT_OF_MEMORY, cuMemAlloc(&over, quota / 2 + 1));
+  // A pitched allocation whose rows pad past what is left.
+  size_t pitch = 0;
+  E2E_EXPECT_CU(CUDA_ERROR_OUT_OF_MEMORY,
+                cuMemAllocPitch(&over, &pitch, quota / 2, 2, 4));
+  CUdeviceptr rest = 0;
+  E2E_CHECK_CU(cuMemAlloc(&rest, quota / 2));
+  E2E_CHECK_CU(cuMemGetInfo(&free_bytes, &total));
+  E2E_CHECK(free_bytes == 0 && total == quota, "full slice: free %zu total %zu", free_bytes, total);
+  e2e::Ok("the slice is full: free %zu", free_bytes);
+  E2E_EXPECT_CU(CUDA_ERROR_OUT_OF_MEMORY, cuMemAlloc(&over, 256));
+  E2E_CHECK_CU(cuMemFree(rest));
+  CUdeviceptr pitched = 0;
+  E2E_CHECK_CU(cuMemAllocPitch(&pitched, &pitch, 4096, 16, 4));
+  e2e::Ok("cuMemAllocPitch within the quota: pitch %zu", pitch);
+
+  // A kernel still runs on the slice (its launches go through the throttle).
+  CUmodule module = nullptr;
+  E2E_CHECK_CU(cuModuleLoad(&module, (image_dir + "/" + e2e::kFatbinFile).c_str()));
+  CUfunction increment = nullptr;
+  E2E_CHECK_CU(cuModuleGetFunction(&increment, module, e2e::kIncrement));
+  constexpr int kCount = 1024;
+  E2E_CHECK_CU(cuMemsetD32(half, 7, kCount));
+  int n = kCount;
+  void* params[] = {&half, &n};
+  for (int i = 0; i < 8; ++i) {
+    E2E_CHECK_CU(cuLaunchKernel(increment, kCount / 256, 1, 1, 256, 1, 1, 0, nullptr, params,
+                                nullptr));
+  }
+  std::vector<unsigned> host(kCount);
+  E2E_CHECK_CU(cuMemcpyDtoH(host.data(), half, kCount * sizeof(unsigned)));
+  for (int i = 0; i < kCount; ++i) {
+    E2E_CHECK(host[i] == 15, "element %d is %u after 8 increments of 7", i, host[i]);
+  }
+  e2e::Ok("8 launches on the slice incremented every element");
+  E2E_CHECK_CU(cuModuleUnload(module));
+  E2E_CHECK_CU(cuMemFree(pitched));
+  E2E_CHECK_CU(cuMemFree(half));
+  E2E_CHECK_CU(cuDevicePrimaryCtxRelease(primary.device));
+  std::printf("all checks passed\n");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string mode = argc > 1 ? argv[1] : "";
+  if (mode == "hold" && argc == 3) return Hold(argv[2]);
+  if (mode == "quota" && argc >= 3) {
+    char* argv_rest[] = {argv[0], argc > 3 ? argv[3] : nullptr};
+    return Quota(std::strtoull(argv[2], nullptr, 10), e2e::ImageDir(argc > 3 ? 2 : 1, argv_rest));
+  }
+  std::fprintf(stderr, "usage: pool_client hold RELEASE_FILE | quota QUOTA_BYTES [IMAGE_DIR]\n");
+  return 2;
+}

@@ -1,0 +1,648 @@
+// End-to-end tests of the GPU pool (issue 6): real client processes
+// (pool_client through ferry's libcuda.so.1) against `ferryd --config FILE
+// --backend host`, observed through `ferryctl status -o json`. Schedules run
+// on ferryd's test-only fake clock (--test-fake-clock), moved by `ferryctl
+// test-advance-clock`, so no test waits for 20:00. Every wait is bounded;
+// pass or fail never depends on how long something took.
+#include <capnp/message.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <random>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include "child_process.h"
+#include "common/frame.h"
+#include "common/transport.h"
+#include "mini_json.h"
+
+namespace ferry::e2e {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr auto kReadyTimeout = 10s;
+constexpr auto kStopTimeout = 10s;
+constexpr auto kProgramTimeout = 60s;
+constexpr auto kConditionTimeout = 15s;
+constexpr auto kPollInterval = 30ms;
+
+constexpr uint64_t kGpuMemory = 64ull << 20;  // [[gpu]] memory = "64MiB"
+
+// The issue's day/night example on one 64 MiB GPU, in Shanghai time.
+std::string DayNightConfig(const std::string& night_policy) {
+  return std::string(R"(
+[server]
+backend = "host"
+default_pool = "dev"
+host_kernels = [")") + FERRY_E2E_HOST_KERNELS + R"("]
+
+[[gpu]]
+index = 0
+memory = "64MiB"
+
+[pool.dev]
+slices_per_gpu = 4
+[pool.train]
+slices_per_gpu = 1
+
+[[schedule]]
+pool = "dev"
+gpus = [0]
+from = 08:00:00
+to = 20:00:00
+timezone = "Asia/Shanghai"
+[[schedule]]
+pool = "train"
+gpus = [0]
+from = 20:00:00
+to = 08:00:00
+timezone = "Asia/Shanghai"
+)" + night_policy;
+}
+
+// 19:59:00 in Shanghai, one minute before the night window.
+constexpr char kBeforeNight[] = "2026-03-10T19:59:00+08:00";
+
+std::string MakeTestDir() {
+  std::string pattern = ::testing::TempDir() + "ferry-pool-e2e-XXXXXX";
+  if (mkdtemp(pattern.data()) == nullptr) return "";
+  return pattern;
+}
+
+double Number(const JsonValue* object, const char* key) {
+  if (object == nullptr) return -1;
+  const JsonValue* value = object->Find(key);
+  return value != nullptr && value->is_number() ? value->number : -1;
+}
+
+std::string String(const JsonValue* object, const char* key) {
+  if (object == nullptr) return "";
+  const JsonValue* value = object->Find(key);
+  return value != nullptr && value->is_string() ? value->string : "";
+}
+
+class PoolTest : public ::testing::Test {
+ protected:
+  void TearDown() override {
+    for (auto& [name, program] : programs_) {
+      if (program.running()) program.Kill(SIGKILL);
+    }
+    if (ferryd_.has_value()) {
+      if (ferryd_->Poll()) {
+        ADD_FAILURE() << "ferryd died during the test\n" << ferryd_->Describe();
+      } else {
+        ferryd_->Kill(SIGTERM);
+        EXPECT_TRUE(ferryd_->Wait(kStopTimeout).success())
+            << "ferryd did not exit 0 after SIGTERM\n" << ferryd_->Describe();
+      }
+    }
+    if (HasFailure()) {
+      if (ferryd_.has_value()) std::cerr << "ferryd log:\n" << Tail(ferryd_->Stderr(), 12000) << "\n";
+      for (auto& [name, program] : programs_) std::cerr << program.Describe(3000) << "\n";
+      std::cerr << "test files kept in " << dir_ << "\n";
+    } else if (!dir_.empty()) {
+      std::error_code ignored;
+      std::filesystem::remove_all(dir_, ignored);
+    }
+  }
+
+  void WriteConfig(const std::string& text) {
+    std::ofstream out(config_path_, std::ios::trunc);
+    out << text;
+  }
+
+  // Starts ferryd on `config` (optionally on the fake clock) and waits for
+  // its ready file.
+  void StartFerryd(const std::string& config, const char* fake_clock = nullptr) {
+    dir_ = MakeTestDir();
+    ASSERT_FALSE(dir_.empty());
+    config_path_ = dir_ + "/ferryd.toml";
+    WriteConfig(config);
+    const std::string ready_file = dir_ + "/ready";
+    std::vector<std::string> argv = {FERRY_E2E_FERRYD, "--config", config_path_, "--listen",
+                                     "127.0.0.1:0", "--ready-file", ready_file};
+    if (fake_clock != nullptr) {
+      argv.push_back("--test-fake-clock");
+      argv.push_back(fake_clock);
+    }
+    std::string error;
+    ferryd_ = ChildProcess::Start(argv, {}, dir_ + "/ferryd", &error);
+    ASSERT_TRUE(ferryd_.has_value()) << error;
+    const auto deadline = std::chrono::steady_clock::now() + kReadyTimeout;
+    for (;;) {
+      const std::string ready = ReadWholeFile(ready_file);
+      if (!ready.empty() && ready.back() == '\n') {
+        address_ = ready.substr(0, ready.find_last_not_of("\r\n") + 1);
+        return;
+      }
+      ASSERT_FALSE(ferryd_->Poll()) << "ferryd exited\n" << ferryd_->Describe();
+      ASSERT_LT(std::chrono::steady_clock::now(), deadline) << ferryd_->Describe();
+      std::this_thread::sleep_for(10ms);
+    }
+  }
+
+  std::map<std::string, std::string> ClientEnv(const std::map<std::string, std::string>& extra) {
+    std::string library_path = FERRY_E2E_CLIENT_LIB_DIR;
+    if (const char* old = std::getenv("LD_LIBRARY_PATH"); old && *old) {
+      library_path += std::string(":") + old;
+    }
+    std::map<std::string, std::string> env = {{"LD_LIBRARY_PATH", library_path},
+                                              {"FERRY_SERVER", address_}};
+    for (const auto& [k, v] : extra) env[k] = v;
+    return env;
+  }
+
+  // Starts `pool_client hold` as `name`; it releases its slice when the file
+  // dir_/name.release appears.
+  ChildProcess* StartHolder(const std::string& name,
+                            const std::map<std::string, std::string>& env = {}) {
+    std::string error;
+    std::optional<ChildProcess> child = ChildProcess::Start(
+        {std::string(FERRY_E2E_PROGRAM_DIR) + "/e2e_pool_client", "hold", ReleaseFile(name)},
+        ClientEnv(env), dir_ + "/" + name, &error);
+    if (!child.has_value()) {
+      ADD_FAILURE() << "cannot start " << name << ": " << error;
+      return nullptr;
+    }
+    return &programs_.emplace(name, std::move(*child)).first->second;
+  }
+
+  std::string ReleaseFile(const std::string& name) { return dir_ + "/" + name + ".release"; }
+  void Release(const std::string& name) { std::ofstream(ReleaseFile(name)) << "go\n"; }
+
+  // Waits until `program` printed `text`; false (with a failure) if it
+  // exits or takes too long.
+  bool WaitForOutput(ChildProcess& program, const std::string& text) {
+    const auto deadline = std::chrono::steady_clock::now() + kProgramTimeout;
+    while (program.Stdout().find(text) == std::string::npos) {
+      if (program.Poll() && program.Stdout().find(text) == std::string::npos) {
+        ADD_FAILURE() << program.name() << " ended before printing \"" << text << "\"\n"
+                      << program.Describe();
+        return false;
+      }
+      if (std::chrono::steady_clock::now() >= deadline) {
+        ADD_FAILURE() << program.name() << " did not print \"" << text << "\"\n"
+                      << program.Describe();
+        return false;
+      }
+      std::this_thread::sleep_for(kPollInterval);
+    }
+    return true;
+  }
+
+  // Runs ferryctl with `args`; its exit code and output.
+  int Ferryctl(const std::vector<std::string>& args, std::string* out, std::string* err = nullptr) {
+    std::vector<std::string> argv = {FERRY_E2E_FERRYCTL};
+    argv.insert(argv.end(), args.begin(), args.end());
+    argv.push_back("--server");
+    argv.push_back(address_);
+    std::string error;
+    std::optional<ChildProcess> ctl = ChildProcess::Start(argv, {}, dir_ + "/ferryctl", &error);
+    if (!ctl.has_value()) {
+      ADD_FAILURE() << error;
+      return -1;
+    }
+    const ExitStatus status = ctl->Wait(10s);
+    *out = ctl->Stdout();
+    if (err != nullptr) *err = ctl->Stderr();
+    return status.exited ? status.code : -1;
+  }
+
+  // `ferryctl status -o json`, parsed; its "pool" member.
+  std::optional<JsonValue> PoolStatus(std::string* text) {
+    if (Ferryctl({"status", "-o", "json"}, text) != 0) return std::nullopt;
+    std::optional<JsonValue> json = ParseJson(*text);
+    if (!json.has_value() || json->Find("pool") == nullptr) return std::nullopt;
+    return *json->Find("pool");
+  }
+
+  // Polls the pool status until `done` holds; fails after a bound.
+  void WaitForPool(const std::string& what, const std::function<bool(const JsonValue&)>& done) {
+    const auto deadline = std::chrono::steady_clock::now() + kConditionTimeout;
+    std::string text;
+    for (;;) {
+      std::optional<JsonValue> pool = PoolStatus(&text);
+      if (pool.has_value() && done(*pool)) return;
+      if (std::chrono::steady_clock::now() >= deadline) break;
+      std::this_thread::sleep_for(kPollInterval);
+    }
+    ADD_FAILURE() << "the pool never reached: " << what << "; last status:\n" << text;
+  }
+
+  static const JsonValue* Gpu(const JsonValue& pool, int index) {
+    const JsonValue* gpus = pool.Find("gpus");
+    if (gpus == nullptr || !gpus->is_array() || static_cast<int>(gpus->array.size()) <= index) {
+      return nullptr;
+    }
+    return &gpus->array[index];
+  }
+  static std::vector<JsonValue> Holders(const JsonValue& pool, int gpu) {
+    const JsonValue* g = Gpu(pool, gpu);
+    const JsonValue* holders = g != nullptr ? g->Find("holders") : nullptr;
+    return holders != nullptr && holders->is_array() ? holders->array : std::vector<JsonValue>{};
+  }
+  static std::vector<JsonValue> Queue(const JsonValue& pool) {
+    const JsonValue* queue = pool.Find("queue");
+    return queue != nullptr && queue->is_array() ? queue->array : std::vector<JsonValue>{};
+  }
+  static const JsonValue* HolderWithPid(const std::vector<JsonValue>& holders, pid_t pid) {
+    for (const JsonValue& h : holders) {
+      if (Number(&h, "pid") == pid) return &h;
+    }
+    return nullptr;
+  }
+
+  void AdvanceClock(const std::string& by) {
+    std::string out;
+    ASSERT_EQ(Ferryctl({"test-advance-clock", by}, &out), 0) << out;
+  }
+
+  std::string dir_;
+  std::string config_path_;
+  std::string address_;
+  std::optional<ChildProcess> ferryd_;
+  std::map<std::string, ChildProcess> programs_;
+};
+
+TEST_F(PoolTest, FourSlicesHeldAtOnceAndAFifthRefused) {
+  StartFerryd(DayNightConfig(""), kBeforeNight);
+  std::vector<ChildProcess*> holders;
+  for (int i = 0; i < 4; ++i) {
+    ChildProcess* h = StartHolder("holder" + std::to_string(i));
+    ASSERT_NE(h, nullptr);
+    ASSERT_TRUE(WaitForOutput(*h, "READY\n"));
+    // Each sees one device of a quarter of the GPU.
+    EXPECT_NE(h->Stdout().find("BORROWED devices=1 total=" + std::to_string(kGpuMemory / 4)),
+              std::string::npos)
+        << h->Describe();
+    holders.push_back(h);
+  }
+  std::string text;
+  std::optional<JsonValue> pool = PoolStatus(&text);
+  ASSERT_TRUE(pool.has_value()) << text;
+  const std::vector<JsonValue> held = Holders(*pool, 0);
+  ASSERT_EQ(held.size(), 4u) << text;
+  for (ChildProcess* h : holders) {
+    const JsonValue* holder = HolderWithPid(held, h->pid());
+    ASSERT_NE(holder, nullptr) << "pid " << h->pid() << " not among the holders:\n" << text;
+    EXPECT_EQ(String(holder, "pool"), "dev");
+    EXPECT_EQ(Number(holder, "memory_quota"), kGpuMemory / 4);
+    EXPECT_EQ(Number(holder, "memory_used"), 1 << 20) << text;  // its 1 MiB
+    EXPECT_EQ(String(holder, "mechanism"), "launch-throttle");
+    EXPECT_GT(Number(holder, "since_unix_ms"), 0);
+    EXPECT_FALSE(String(holder, "host").empty());
+  }
+  EXPECT_EQ(Number(Gpu(*pool, 0), "free_slices"), 0) << text;
+  EXPECT_EQ(String(Gpu(*pool, 0), "window"), "08:00:00-20:00:00 Asia/Shanghai");
+  EXPECT_EQ(Number(pool->Find("next_change"), "unix_ms"), 1773144000000.0) << text;  // 20:00 +08
+  EXPECT_EQ(String(pool->Find("next_change"), "pool"), "train");
+
+  // The fifth, without FERRY_WAIT, is refused at cuInit.
+  ChildProcess* fifth = StartHolder("fifth");
+  ASSERT_NE(fifth, nullptr);
+  const ExitStatus status = fifth->Wait(kProgramTimeout);
+  EXPECT_TRUE(status.exited && status.code == 3) << fifth->Describe();
+  EXPECT_NE(fifth->Stdout().find("CUINIT CUDA_ERROR_DEVICE_UNAVAILABLE (46)"), std::string::npos)
+      << fifth->Describe();
+  EXPECT_NE(fifth->Stderr().find("pool dev is full"), std::string::npos) << fifth->Describe();
+
+  // The table form shows the same.
+  std::string table;
+  ASSERT_EQ(Ferryctl({"status"}, &table), 0);
+  EXPECT_NE(table.find("launch-throttle"), std::string::npos) << table;
+  EXPECT_NE(table.find("next scheduled change"), std::string::npos) << table;
+
+  for (int i = 0; i < 4; ++i) Release("holder" + std::to_string(i));
+  for (ChildProcess* h : holders) EXPECT_TRUE(h->Wait(kProgramTimeout).success()) << h->Describe();
+  WaitForPool("every slice free", [](const JsonValue& p) { return Holders(p, 0).empty(); });
+}
+
+TEST_F(PoolTest, AWaiterIsServedWhenAKilledHolderReturnsItsSlice) {
+  StartFerryd(DayNightConfig(""), kBeforeNight);
+  std::vector<ChildProcess*> holders;
+  for (int i = 0; i < 4; ++i) {
+    ChildProcess* h = StartHolder("holder" + std::to_string(i));
+    ASSERT_NE(h, nullptr);
+    ASSERT_TRUE(WaitForOutput(*h, "READY\n"));
+    holders.push_back(h);
+  }
+  ChildProcess* waiter = StartHolder("waiter", {{"FERRY_WAIT", "5m"}});
+  ASSERT_NE(waiter, nullptr);
+  WaitForPool("one waiter queued", [&](const JsonValue& p) {
+    const std::vector<JsonValue> queue = Queue(p);
+    return queue.size() == 1 && Number(&queue[0], "pid") == waiter->pid() &&
+           Number(&queue[0], "position") == 1 && String(&queue[0], "pool") == "dev";
+  });
+  EXPECT_TRUE(waiter->running());
+  // The waiting client logs its place in the queue.
+  const auto deadline = std::chrono::steady_clock::now() + kConditionTimeout;
+  while (waiter->Stderr().find("position 1 in the queue") == std::string::npos &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(kPollInterval);
+  }
+  EXPECT_NE(waiter->Stderr().find("position 1 in the queue"), std::string::npos)
+      << waiter->Describe();
+
+  // SIGKILL a holder: its session ends, its slice goes to the waiter.
+  const pid_t killed = holders[1]->pid();
+  holders[1]->Kill(SIGKILL);
+  holders[1]->Wait(kStopTimeout);
+  ASSERT_TRUE(WaitForOutput(*waiter, "READY\n"));
+  WaitForPool("the waiter holds the killed holder's slice", [&](const JsonValue& p) {
+    const std::vector<JsonValue> held = Holders(p, 0);
+    return held.size() == 4 && HolderWithPid(held, waiter->pid()) != nullptr &&
+           HolderWithPid(held, killed) == nullptr && Queue(p).empty();
+  });
+  for (const char* name : {"holder0", "holder2", "holder3", "waiter"}) Release(name);
+}
+
+TEST_F(PoolTest, AKilledWaiterLeavesTheQueue) {
+  StartFerryd(DayNightConfig(""), kBeforeNight);
+  for (int i = 0; i < 4; ++i) {
+    ChildProcess* h = StartHolder("holder" + std::to_string(i));
+    ASSERT_NE(h, nullptr);
+    ASSERT_TRUE(WaitForOutput(*h, "READY\n"));
+  }
+  ChildProcess* waiter = StartHolder("waiter", {{"FERRY_WAIT", "1h"}});
+  ASSERT_NE(waiter, nullptr);
+  WaitForPool("one waiter", [](const JsonValue& p) { return Queue(p).size() == 1; });
+  waiter->Kill(SIGKILL);
+  WaitForPool("an empty queue", [](const JsonValue& p) { return Queue(p).empty(); });
+  for (int i = 0; i < 4; ++i) Release("holder" + std::to_string(i));
+}
+
+TEST_F(PoolTest, QuotaIsEnforcedAndMemGetInfoShowsTheSlice) {
+  StartFerryd(DayNightConfig(""), kBeforeNight);
+  std::string error;
+  std::optional<ChildProcess> program = ChildProcess::Start(
+      {std::string(FERRY_E2E_PROGRAM_DIR) + "/e2e_pool_client", "quota",
+       std::to_string(kGpuMemory / 4), FERRY_E2E_IMAGE_DIR},
+      ClientEnv({}), dir_ + "/quota", &error);
+  ASSERT_TRUE(program.has_value()) << error;
+  const ExitStatus status = program->Wait(kProgramTimeout);
+  EXPECT_TRUE(status.success() && program->Stdout().find("all checks passed") != std::string::npos)
+      << program->Describe();
+  // A whole-GPU slice of the night pool sees the whole memory.
+  ChildProcess* night = nullptr;
+  AdvanceClock("1m");
+  night = StartHolder("night", {{"FERRY_POOL", "train"}});
+  ASSERT_NE(night, nullptr);
+  ASSERT_TRUE(WaitForOutput(*night, "READY\n"));
+  EXPECT_NE(night->Stdout().find("total=" + std::to_string(kGpuMemory)), std::string::npos)
+      << night->Describe();
+  Release("night");
+}
+
+TEST_F(PoolTest, DrainRebindLetsTheHolderRunUntilTheGraceThenPreemptsIt) {
+  StartFerryd(DayNightConfig("on_rebind = \"drain\"\ngrace = \"15m\"\n"), kBeforeNight);
+  ChildProcess* day = StartHolder("day");
+  ASSERT_NE(day, nullptr);
+  ASSERT_TRUE(WaitForOutput(*day, "READY\n"));
+  AdvanceClock("1m");  // 20:00: the GPU moves to train; the day holder drains
+  WaitForPool("GPU 0 serves train with the day holder draining", [&](const JsonValue& p) {
+    const std::vector<JsonValue> held = Holders(p, 0);
+    return String(Gpu(p, 0), "pool") == "train" && held.size() == 1 &&
+           Number(&held[0], "drain_deadline_unix_ms") == 1773144900000.0;  // 20:15 +08
+  });
+  // A training job queues for the whole GPU.
+  ChildProcess* night = StartHolder("night", {{"FERRY_POOL", "train"}, {"FERRY_WAIT", "1h"}});
+  ASSERT_NE(night, nullptr);
+  WaitForPool("the training job waits", [](const JsonValue& p) { return Queue(p).size() == 1; });
+  AdvanceClock("14m");  // 20:14: still within the grace
+  std::string text;
+  std::optional<JsonValue> pool = PoolStatus(&text);
+  ASSERT_TRUE(pool.has_value());
+  EXPECT_EQ(Holders(*pool, 0).size(), 1u) << text;
+  EXPECT_TRUE(day->running()) << day->Describe();
+  EXPECT_EQ(day->Stdout().find("CALL FAILED"), std::string::npos) << day->Describe();
+
+  AdvanceClock("1m");  // 20:15: the grace ran out
+  ASSERT_TRUE(WaitForOutput(*day, "CALL FAILED CUDA_ERROR_DEVICE_UNAVAILABLE (46)"));
+  EXPECT_EQ(day->Wait(kProgramTimeout).code, 4);
+  EXPECT_NE(day->Stderr().find("preempted by the schedule"), std::string::npos) << day->Describe();
+  EXPECT_NE(ferryd_->Stderr().find("preempted by the schedule"), std::string::npos);
+  // Its resources were freed and the training job got the GPU, whole.
+  ASSERT_TRUE(WaitForOutput(*night, "READY\n"));
+  EXPECT_NE(night->Stdout().find("total=" + std::to_string(kGpuMemory)), std::string::npos);
+  WaitForPool("the training job holds GPU 0", [&](const JsonValue& p) {
+    const std::vector<JsonValue> held = Holders(p, 0);
+    return held.size() == 1 && Number(&held[0], "pid") == night->pid() && Queue(p).empty();
+  });
+  Release("night");
+}
+
+TEST_F(PoolTest, PreemptRebindPreemptsAtTheBoundary) {
+  StartFerryd(DayNightConfig("on_rebind = \"preempt\"\n"), kBeforeNight);
+  ChildProcess* day = StartHolder("day");
+  ASSERT_NE(day, nullptr);
+  ASSERT_TRUE(WaitForOutput(*day, "READY\n"));
+  AdvanceClock("1m");
+  ASSERT_TRUE(WaitForOutput(*day, "CALL FAILED CUDA_ERROR_DEVICE_UNAVAILABLE (46)"));
+  EXPECT_NE(day->Stderr().find("preempted by the schedule"), std::string::npos) << day->Describe();
+  EXPECT_NE(day->Stderr().find("on_rebind = preempt"), std::string::npos) << day->Describe();
+  WaitForPool("GPU 0 free for train", [](const JsonValue& p) {
+    return String(Gpu(p, 0), "pool") == "train" && Holders(p, 0).empty() &&
+           Number(Gpu(p, 0), "free_slices") == 1;
+  });
+}
+
+TEST_F(PoolTest, ReloadWithABadFileKeepsTheOldConfig) {
+  const std::string good = DayNightConfig("");
+  StartFerryd(good, kBeforeNight);
+  ChildProcess* holder = StartHolder("holder");
+  ASSERT_NE(holder, nullptr);
+  ASSERT_TRUE(WaitForOutput(*holder, "READY\n"));
+
+  // An unknown key: ferryctl reload fails, naming file, line and key.
+  std::string bad = good;
+  bad.replace(bad.find("slices_per_gpu = 4"), 18, "slices_per_gpu = 4\nslice_memory = 1");
+  WriteConfig(bad);
+  std::string out, err;
+  EXPECT_EQ(Ferryctl({"reload"}, &out, &err), 1);
+  EXPECT_NE(err.find(config_path_ + ":13: pool.dev.slice_memory: unknown key"), std::string::npos)
+      << err;
+  EXPECT_NE(err.find("the old config stays"), std::string::npos) << err;
+  // SIGHUP with the bad file: rejected too, ferryd lives on.
+  ferryd_->Kill(SIGHUP);
+  const auto deadline = std::chrono::steady_clock::now() + kConditionTimeout;
+  while (ferryd_->Stderr().find("SIGHUP: reload rejected") == std::string::npos &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(kPollInterval);
+  }
+  EXPECT_NE(ferryd_->Stderr().find("SIGHUP: reload rejected"), std::string::npos);
+  std::optional<JsonValue> pool = PoolStatus(&out);
+  ASSERT_TRUE(pool.has_value()) << out;
+  EXPECT_EQ(Number(Gpu(*pool, 0), "slices_per_gpu"), 4) << out;
+  EXPECT_EQ(Holders(*pool, 0).size(), 1u) << out;
+
+  // A good file with two slices per GPU is taken; the holder keeps its slice.
+  std::string two = good;
+  two.replace(two.find("slices_per_gpu = 4"), 18, "slices_per_gpu = 2");
+  WriteConfig(two);
+  ASSERT_EQ(Ferryctl({"reload"}, &out, &err), 0) << err;
+  EXPECT_NE(out.find("reloaded"), std::string::npos) << out;
+  pool = PoolStatus(&out);
+  ASSERT_TRUE(pool.has_value());
+  EXPECT_EQ(Number(Gpu(*pool, 0), "slices_per_gpu"), 2) << out;
+  const std::vector<JsonValue> held = Holders(*pool, 0);
+  ASSERT_EQ(held.size(), 1u) << out;
+  EXPECT_EQ(Number(&held[0], "memory_quota"), kGpuMemory / 4);
+  EXPECT_TRUE(holder->running());
+  Release("holder");
+  EXPECT_TRUE(holder->Wait(kProgramTimeout).success()) << holder->Describe();
+}
+
+TEST_F(PoolTest, ManualDrainAndRebind) {
+  StartFerryd(DayNightConfig(""), kBeforeNight);
+  ChildProcess* holder = StartHolder("holder");
+  ASSERT_NE(holder, nullptr);
+  ASSERT_TRUE(WaitForOutput(*holder, "READY\n"));
+  std::string out, err;
+  ASSERT_EQ(Ferryctl({"drain", "0"}, &out, &err), 0) << err;
+  ChildProcess* refused = StartHolder("refused");
+  ASSERT_NE(refused, nullptr);
+  EXPECT_EQ(refused->Wait(kProgramTimeout).code, 3) << refused->Describe();
+  EXPECT_NE(refused->Stderr().find("1 drained"), std::string::npos) << refused->Describe();
+  EXPECT_TRUE(holder->running());
+  ASSERT_EQ(Ferryctl({"undrain", "0"}, &out, &err), 0) << err;
+  // By hand, at once: the holder is preempted, by ferryctl rather than the schedule.
+  ASSERT_EQ(Ferryctl({"rebind", "0", "train", "--preempt"}, &out, &err), 0) << err;
+  ASSERT_TRUE(WaitForOutput(*holder, "CALL FAILED CUDA_ERROR_DEVICE_UNAVAILABLE (46)"));
+  EXPECT_NE(holder->Stderr().find("preempted by ferryctl rebind"), std::string::npos)
+      << holder->Describe();
+  WaitForPool("GPU 0 rebound by hand", [](const JsonValue& p) {
+    return String(Gpu(p, 0), "pool") == "train" && String(Gpu(p, 0), "source") == "manual" &&
+           Holders(p, 0).empty();
+  });
+  EXPECT_EQ(Ferryctl({"rebind", "0", "nosuchpool"}, &out, &err), 1);
+  EXPECT_NE(err.find("no pool 'nosuchpool'"), std::string::npos) << err;
+}
+
+TEST_F(PoolTest, SeveralDevicesComeFromDistinctGpusAndWaitsEndAtTheirDeadline) {
+  StartFerryd(std::string(R"(
+[server]
+backend = "host"
+default_pool = "dev"
+[[gpu]]
+index = 0
+memory = "64MiB"
+[[gpu]]
+index = 1
+memory = "64MiB"
+[pool.dev]
+slices_per_gpu = 2
+)"),
+              kBeforeNight);
+  ChildProcess* a = StartHolder("a", {{"FERRY_GPUS", "2"}});
+  ASSERT_NE(a, nullptr);
+  ASSERT_TRUE(WaitForOutput(*a, "READY\n"));
+  EXPECT_NE(a->Stdout().find("BORROWED devices=2 total=" + std::to_string(kGpuMemory / 2)),
+            std::string::npos)
+      << a->Describe();
+  ChildProcess* b = StartHolder("b", {{"FERRY_GPUS", "2"}});
+  ASSERT_NE(b, nullptr);
+  ASSERT_TRUE(WaitForOutput(*b, "READY\n"));
+  std::string text;
+  std::optional<JsonValue> pool = PoolStatus(&text);
+  ASSERT_TRUE(pool.has_value()) << text;
+  for (int gpu = 0; gpu < 2; ++gpu) {
+    const std::vector<JsonValue> held = Holders(*pool, gpu);
+    EXPECT_EQ(held.size(), 2u) << text;
+    EXPECT_NE(HolderWithPid(held, a->pid()), nullptr) << text;
+    EXPECT_NE(HolderWithPid(held, b->pid()), nullptr) << text;
+  }
+  // A waiter whose FERRY_WAIT runs out (on the fake clock) gets the refusal.
+  ChildProcess* c = StartHolder("c", {{"FERRY_WAIT", "30s"}});
+  ASSERT_NE(c, nullptr);
+  WaitForPool("c waits", [](const JsonValue& p) { return Queue(p).size() == 1; });
+  AdvanceClock("31s");
+  const ExitStatus status = c->Wait(kProgramTimeout);
+  EXPECT_EQ(status.code, 3) << c->Describe();
+  EXPECT_NE(c->Stdout().find("CUINIT CUDA_ERROR_DEVICE_UNAVAILABLE"), std::string::npos)
+      << c->Describe();
+  EXPECT_NE(c->Stderr().find("no slice became free within 30s"), std::string::npos)
+      << c->Describe();
+  // Bad requests fail cuInit with a message that says why.
+  for (const auto& [key, value, says] : std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"FERRY_GPUS", "3", "this server has 2 GPUs"},
+           {"FERRY_WAIT", "soon", "FERRY_WAIT='soon' is not a duration"},
+           {"FERRY_POOL", "inference", "no pool 'inference'"}}) {
+    ChildProcess* bad = StartHolder("bad_" + key, {{key, value}});
+    ASSERT_NE(bad, nullptr);
+    EXPECT_EQ(bad->Wait(kProgramTimeout).code, 3) << bad->Describe();
+    EXPECT_NE(bad->Stdout().find("CUINIT CUDA_ERROR_INVALID_VALUE (1)"), std::string::npos)
+        << bad->Describe();
+    EXPECT_NE(bad->Stderr().find(says), std::string::npos) << bad->Describe();
+  }
+  Release("a");
+  Release("b");
+}
+
+// Hostile borrowers: odd pool names, device counts and waits, connections
+// that vanish while granted or queued, bytes sent while queued. ferryd lives
+// on and every slice and queue place comes back.
+TEST_F(PoolTest, HostileBorrowersNeverStopTheServerOrKeepASlice) {
+  StartFerryd(DayNightConfig(""), kBeforeNight);
+  std::mt19937 rng(6);
+  const std::vector<std::string> pools = {"", "dev", "train", "nope", std::string(5000, 'p')};
+  const std::vector<uint32_t> gpus = {0, 1, 2, 1000, 0xffffffffu};
+  const std::vector<uint64_t> waits = {0, 1, 60000, ~0ull};
+  for (int i = 0; i < 80; ++i) {
+    std::unique_ptr<Transport> t;
+    ASSERT_TRUE(ConnectTcp(address_, 2000ms, &t).ok());
+    capnp::MallocMessageBuilder message;
+    auto hello = message.initRoot<wire::Hello>();
+    hello.setProtocolVersion(wire::PROTOCOL_VERSION);
+    hello.setRole(wire::Hello::Role::CLIENT);
+    hello.setPool(pools[rng() % pools.size()]);
+    hello.setGpus(gpus[rng() % gpus.size()]);
+    hello.setWaitMs(waits[rng() % waits.size()]);
+    ASSERT_TRUE(WriteFrame(*t, wire::FrameKind::HELLO, message).ok());
+    switch (rng() % 3) {
+      case 0:  // vanish at once
+        break;
+      case 1:  // wait a moment (granted or queued), then vanish
+        std::this_thread::sleep_for(5ms);
+        break;
+      case 2: {  // talk out of turn
+        const uint8_t noise[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+        ConstBuffer b{noise, sizeof(noise)};
+        (void)t->Write(std::span<const ConstBuffer>(&b, 1));
+        std::this_thread::sleep_for(2ms);
+        break;
+      }
+    }
+    ASSERT_FALSE(ferryd_->Poll()) << "ferryd died after hostile borrower " << i << "\n"
+                                  << ferryd_->Describe();
+  }
+  WaitForPool("no holder and no waiter left", [](const JsonValue& p) {
+    return Holders(p, 0).empty() && Queue(p).empty();
+  });
+  ChildProcess* holder = StartHolder("holder");
+  ASSERT_NE(holder, nullptr);
+  ASSERT_TRUE(WaitForOutput(*holder, "READY\n"));
+  Release("holder");
+}
+
+TEST_F(PoolTest, TheTestClockIsRefusedWithoutTheTestFlag) {
+  StartFerryd(DayNightConfig(""));
+  std::string out, err;
+  EXPECT_EQ(Ferryctl({"test-advance-clock", "1h"}, &out, &err), 1);
+  EXPECT_NE(err.find("--test-fake-clock"), std::string::npos) << err;
+}
+
+}  // namespace
+}  // namespace ferry::e2e
