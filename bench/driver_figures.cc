@@ -153,8 +153,12 @@ Status MeasureDriverFigures(const DriverBenchOptions& options, std::map<std::str
   CUdeviceptr device_buffer;
   FERRY_RETURN_IF_ERROR(check(d.MemAlloc(&device_buffer, max_copy), "cuMemAlloc"));
 
+  auto wanted = [&options](const char* group) {
+    return options.only.empty() || options.only.count(group) != 0;
+  };
+
   // --- sync call RTT: a 4-byte device-to-host copy --------------------------
-  {
+  if (wanted("rtt")) {
     uint32_t word = 0;
     for (int i = 0; i < 200; ++i) {
       FERRY_RETURN_IF_ERROR(check(d.MemcpyDtoH(&word, device_buffer, 4), "cuMemcpyDtoH"));
@@ -175,7 +179,7 @@ Status MeasureDriverFigures(const DriverBenchOptions& options, std::map<std::str
   std::ifstream in(options.kernels_fatbin, std::ios::binary);
   std::vector<uint8_t> fatbin((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   if (fatbin.size() < 16) return Status::NotFound("cannot read " + options.kernels_fatbin);
-  {
+  if (wanted("launch")) {
     CUmodule module;
     FERRY_RETURN_IF_ERROR(check(d.ModuleLoadData(&module, fatbin.data()), "cuModuleLoadData"));
     CUfunction empty;
@@ -200,7 +204,7 @@ Status MeasureDriverFigures(const DriverBenchOptions& options, std::map<std::str
   }
 
   // --- copy bandwidth ----------------------------------------------------------
-  {
+  if (wanted("copy")) {
     std::unique_ptr<uint8_t[]> pageable(new uint8_t[max_copy]);
     std::memset(pageable.get(), 5, max_copy);
     void* pinned_raw = nullptr;
@@ -235,7 +239,7 @@ Status MeasureDriverFigures(const DriverBenchOptions& options, std::map<std::str
   }
 
   // --- module load: a large image, first time and again ------------------------
-  if (options.large_image_bytes > 0) {
+  if (options.large_image_bytes > 0 && wanted("module")) {
     const std::vector<uint8_t> image =
         MakeLargeImage(fatbin, options.large_image_bytes, options.image_seed);
     (*out)["module_image_mib"] = image.size() / double(1 << 20);

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,8 @@ struct DriverBenchOptions {
   uint64_t copy_budget_bytes = 256ull << 20;  // bytes moved per copy figure
   uint64_t large_image_bytes = 64ull << 20;
   uint32_t image_seed = 1;  // makes the large image unique to this run
+  // The groups to measure ("rtt", "launch", "copy", "module"); empty: all.
+  std::set<std::string> only;
 };
 
 // Figures by name (see ferry_bench.cc for the names and units). Fails with

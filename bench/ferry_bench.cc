@@ -3,7 +3,7 @@
 // loopback). Run by scripts/bench.sh; never by the tests.
 //
 //   ferry-bench [--reps N] [--quick] [--json PATH] [--transports tcp[,unix]]
-//               [--ferryd PATH] [--libcuda PATH] [--host-kernels PATH]
+//               [--only rtt,launch,copy,module] [--ferryd PATH] [--libcuda PATH] [--host-kernels PATH]
 //
 // The parent measures the baselines in-process (raw TCP loopback RTT and
 // bandwidth with ferry's socket options, memcpy), starts ferryd, and for each
@@ -38,6 +38,7 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: ferry-bench [--reps N] [--quick] [--json PATH] [--transports tcp[,unix]]\n"
+    "                   [--only rtt,launch,copy,module]\n"
     "                   [--ferryd PATH] [--libcuda PATH] [--host-kernels PATH]\n";
 
 struct Options {
@@ -52,6 +53,7 @@ struct Options {
   // Child mode: take the driver figures against this server.
   std::string client_server;
   uint32_t image_seed = 1;
+  std::string only;  // comma-separated figure groups; empty: all
 };
 
 std::vector<std::string> Split(const std::string& text, char separator) {
@@ -76,6 +78,8 @@ bool ParseArgs(int argc, char** argv, Options* o) {
       o->json = v;
     } else if (arg == "--transports" && (v = value())) {
       o->transports = Split(v, ',');
+    } else if (arg == "--only" && (v = value())) {
+      o->only = v;
     } else if (arg == "--ferryd" && (v = value())) {
       o->ferryd = v;
     } else if (arg == "--libcuda" && (v = value())) {
@@ -109,6 +113,7 @@ DriverBenchOptions DriverOptions(const Options& o) {
   d.kernels_fatbin = o.fatbin;
   d.copy_sizes = CopySizes(o.quick);
   d.image_seed = o.image_seed;
+  for (const std::string& group : Split(o.only, ',')) d.only.insert(group);
   if (o.quick) {
     d.rtt_iterations = 5000;
     d.launches = 100000;
@@ -276,22 +281,6 @@ int RunParent(const Options& o) {
   }
   const std::string dir = dir_template;
 
-  // Baselines first, each rep, before ferryd exists.
-  std::map<std::string, std::vector<double>> baselines;
-  const uint64_t stream_bytes = o.quick ? (256ull << 20) : (1ull << 30);
-  for (int rep = 0; rep < o.reps; ++rep) {
-    double rtt = 0, bw = 0;
-    Status status = RawTcpRoundTrip(o.quick ? 5000 : 20000, &rtt);
-    if (status.ok()) status = RawTcpBandwidth(stream_bytes, 4 << 20, &bw);
-    if (!status.ok()) {
-      std::fprintf(stderr, "ferry-bench: baseline failed: %s\n", status.ToString().c_str());
-      return 1;
-    }
-    baselines["tcp_rtt_us"].push_back(rtt);
-    baselines["tcp_bw_gbs"].push_back(bw);
-    baselines["memcpy_bw_gbs"].push_back(MemcpyBandwidth(64 << 20, stream_bytes));
-  }
-
   Ferryd ferryd;
   Status status = ferryd.Start(o, dir);
   if (!status.ok()) {
@@ -303,14 +292,32 @@ int RunParent(const Options& o) {
   if (self_length <= 0) return 1;
   self[self_length] = '\0';
 
-  // figures[transport][name] = values over the reps.
+  // figures[transport][name] = values over the reps; baselines likewise.
+  // Each rep measures its baselines right before its driver figures, so that
+  // both see the same load on a shared machine, and ratios are taken per rep.
   std::map<std::string, std::map<std::string, std::vector<double>>> figures;
+  std::map<std::string, std::vector<double>> baselines;
+  const uint64_t stream_bytes = o.quick ? (256ull << 20) : (1ull << 30);
   for (int rep = 0; rep < o.reps; ++rep) {
+    double rtt = 0, bw = 0;
+    status = RawTcpRoundTrip(o.quick ? 5000 : 20000, &rtt);
+    if (status.ok()) status = RawTcpBandwidth(stream_bytes, 4 << 20, &bw);
+    if (!status.ok()) {
+      std::fprintf(stderr, "ferry-bench: baseline failed: %s\n", status.ToString().c_str());
+      return 1;
+    }
+    baselines["tcp_rtt_us"].push_back(rtt);
+    baselines["tcp_bw_gbs"].push_back(bw);
+    baselines["memcpy_bw_gbs"].push_back(MemcpyBandwidth(64 << 20, stream_bytes));
     for (const std::string& transport : o.transports) {
       std::vector<std::string> argv = {self, "--client", ferryd.Address(transport),
                                        "--image-seed", std::to_string(1000 * rep + 17),
                                        "--libcuda", o.libcuda};
       if (o.quick) argv.push_back("--quick");
+      if (!o.only.empty()) {
+        argv.push_back("--only");
+        argv.push_back(o.only);
+      }
       std::string output;
       const int code = RunCaptured(argv, &output);
       if (code != 0) {
@@ -351,7 +358,8 @@ int RunParent(const Options& o) {
 
   std::printf("ferry-bench  %s  host backend, loopback, %u CPUs, %d rep(s)%s\n", Now().c_str(),
               std::thread::hardware_concurrency(), o.reps, o.quick ? ", quick" : "");
-  std::printf("values: median [min-max] over the reps\n\n");
+  std::printf("values: median [min-max] over the reps; ratio: median of the per-rep ratios to\n"
+              "the baseline measured in the same rep\n\n");
   std::printf("baselines (in-process):\n");
   std::printf("  raw TCP RTT, 64 B (us)         %s\n", Format(Summarise(baselines["tcp_rtt_us"])).c_str());
   std::printf("  raw TCP bandwidth (GB/s)       %s\n", Format(Summarise(baselines["tcp_bw_gbs"])).c_str());
@@ -366,15 +374,26 @@ int RunParent(const Options& o) {
     }
   }
   std::printf("\n%-38s %-5s %-26s %-9s %s\n", "figure", "via", "value", "ratio", "target");
+  // (rows for figures that were not measured, --only, are left out)
   for (const Row& row : rows) {
-    const Spread value = Summarise(figures[row.transport][row.figure]);
+    if (figures[row.transport].count(row.figure) == 0) continue;
+    const std::vector<double>& values = figures[row.transport][row.figure];
+    const Spread value = Summarise(values);
     std::string ratio = "-";
     std::string target = "-";
     char buffer[64];
+    double median_ratio = 0;
     if (!row.baseline.empty()) {
-      const double base = Summarise(baselines[row.baseline]).median;
-      if (base > 0) {
-        std::snprintf(buffer, sizeof(buffer), "%.2fx", value.median / base);
+      // The median of the per-rep ratios (each against its own rep's baseline).
+      std::vector<double> ratios;
+      const std::vector<double>& base = baselines[row.baseline];
+      for (size_t i = 0; i < values.size() && i < base.size(); ++i) {
+        if (base[i] > 0) ratios.push_back(values[i] / base[i]);
+      }
+      const Spread r = Summarise(ratios);
+      median_ratio = r.median;
+      if (r.count > 0) {
+        std::snprintf(buffer, sizeof(buffer), "%.2fx", r.median);
         ratio = buffer;
       }
       if (row.target > 0) {
@@ -387,9 +406,7 @@ int RunParent(const Options& o) {
       target = buffer;
     }
     if (row.target > 0 && value.count > 0) {
-      const double measured = row.baseline.empty()
-                                  ? value.median
-                                  : value.median / Summarise(baselines[row.baseline]).median;
+      const double measured = row.baseline.empty() ? value.median : median_ratio;
       const bool met = row.lower_is_better ? measured <= row.target : measured >= row.target;
       target += met ? "  met" : "  MISSED";
     }

@@ -141,8 +141,11 @@ Status Launch(CUfunction f, const std::array<unsigned, 3>& grid, const std::arra
               unsigned shared_bytes, CUstream stream, void** kernel_params, void** extra,
               const std::array<unsigned, 3>& cluster, bool per_thread) {
   Runtime& rt = Runtime::Get();
-  FunctionState function;
-  FERRY_RETURN_IF_ERROR(FunctionOf(f, &function));
+  FERRY_RETURN_IF_ERROR(rt.Ready());
+  if (f == nullptr) return Status::InvalidHandle("function is NULL");
+  std::shared_ptr<const FunctionState> shared;
+  FERRY_RETURN_IF_ERROR(rt.FindFunction(Runtime::HandleId(f), &shared));
+  const FunctionState& function = *shared;
   StreamTarget target;
   FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
   for (int i = 0; i < 3; ++i) {

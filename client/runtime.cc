@@ -334,7 +334,7 @@ Status Runtime::ContextFlags(uint64_t ctx, unsigned* flags) {
 void Runtime::ForgetContextResources(uint64_t ctx) {
   std::erase_if(streams_, [ctx](const auto& e) { return e.second.ctx == ctx; });
   std::erase_if(events_, [ctx](const auto& e) { return e.second.ctx == ctx; });
-  std::erase_if(functions_, [ctx](const auto& e) { return e.second.ctx == ctx; });
+  std::erase_if(functions_, [ctx](const auto& e) { return e.second->ctx == ctx; });
   std::erase_if(modules_, [ctx](const auto& e) { return e.second.ctx == ctx; });
   std::erase_if(device_allocations_, [ctx](const auto& e) { return e.second.ctx == ctx; });
 }
@@ -435,7 +435,7 @@ void Runtime::AddModule(uint64_t id, ModuleState module) {
 Status Runtime::RemoveModule(uint64_t id) {
   std::lock_guard<std::mutex> lock(mu_);
   if (modules_.erase(id) == 0) return Status::InvalidHandle("not a module of this process");
-  std::erase_if(functions_, [id](const auto& e) { return e.second.module == id; });
+  std::erase_if(functions_, [id](const auto& e) { return e.second->module == id; });
   return Status::Ok();
 }
 
@@ -457,7 +457,7 @@ Status Runtime::AddFunction(uint64_t module, const std::string& name, uint64_t* 
   }
   // One id per (module, name): asking twice gives the same CUfunction.
   for (const auto& [fid, f] : functions_) {
-    if (f.module == module && f.name == name) {
+    if (f->module == module && f->name == name) {
       *id = fid;
       *created = false;
       return Status::Ok();
@@ -465,11 +465,19 @@ Status Runtime::AddFunction(uint64_t module, const std::string& name, uint64_t* 
   }
   *created = true;
   *id = NewId(HandleKind::kFunction);
-  functions_[*id] = FunctionState{module, it->second.ctx, name, kernel->second};
+  functions_[*id] = std::make_shared<const FunctionState>(
+      FunctionState{module, it->second.ctx, name, kernel->second});
   return Status::Ok();
 }
 
 Status Runtime::FindFunction(uint64_t id, FunctionState* out) {
+  std::shared_ptr<const FunctionState> function;
+  FERRY_RETURN_IF_ERROR(FindFunction(id, &function));
+  *out = *function;
+  return Status::Ok();
+}
+
+Status Runtime::FindFunction(uint64_t id, std::shared_ptr<const FunctionState>* out) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = functions_.find(id);
   if (it == functions_.end()) return Status::InvalidHandle("not a function of this process");

@@ -173,6 +173,8 @@ class Runtime {
   // true the first time, when the caller must register it with the server.
   Status AddFunction(uint64_t module, const std::string& name, uint64_t* id, bool* created);
   Status FindFunction(uint64_t id, FunctionState* out);
+  // The same without copying (the launch path): the state is immutable.
+  Status FindFunction(uint64_t id, std::shared_ptr<const FunctionState>* out);
 
   // --- memory ------------------------------------------------------------------
   void AddDeviceAllocation(uint64_t dptr, uint64_t size, uint64_t ctx, bool global = false);
@@ -209,7 +211,7 @@ class Runtime {
   std::unordered_map<uint64_t, StreamState> streams_;    // guarded by mu_
   std::unordered_map<uint64_t, EventState> events_;      // guarded by mu_
   std::unordered_map<uint64_t, ModuleState> modules_;    // guarded by mu_
-  std::unordered_map<uint64_t, FunctionState> functions_;  // guarded by mu_
+  std::unordered_map<uint64_t, std::shared_ptr<const FunctionState>> functions_;  // guarded by mu_
   std::map<uint64_t, DeviceAllocation> device_allocations_;  // guarded by mu_
   std::map<uintptr_t, HostAllocation> host_allocations_;     // guarded by mu_
 };

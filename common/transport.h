@@ -40,7 +40,8 @@ class Transport {
   virtual const std::string& PeerName() const = 0;
 };
 
-// Owns a connected stream socket `fd`.
+// Owns a connected stream socket `fd`. Small reads are served from a
+// userspace buffer filled by one recv, large ones go straight to the caller.
 class SocketTransport final : public Transport {
  public:
   SocketTransport(int fd, std::string peer_name);
@@ -54,8 +55,15 @@ class SocketTransport final : public Transport {
   const std::string& PeerName() const override { return peer_name_; }
 
  private:
+  static constexpr size_t kReadBufferBytes = 64 << 10;
+
   int fd_;
   std::string peer_name_;
+  // Bytes received but not yet read: [read_begin_, read_end_) of
+  // read_buffer_. Reader thread only.
+  std::unique_ptr<char[]> read_buffer_;
+  size_t read_begin_ = 0;
+  size_t read_end_ = 0;
 };
 
 // Splits "host:port" ("[::1]:7070" for IPv6). Port 0 is allowed.

@@ -4,6 +4,7 @@
 #include <kj/exception.h>
 
 #include <chrono>
+#include <cstring>
 #include <limits>
 #include <utility>
 #include <vector>
@@ -117,15 +118,17 @@ void Session::Run() {
 
 void Session::ServeFrames() {
   for (;;) {
-    Frame frame;
-    Status status = ReadFrame(*transport_, &frame);
+    wire::FrameKind kind;
+    kj::Array<capnp::word> words;
+    uint64_t bulk_bytes = 0;
+    Status status = ReadFrameHead(*transport_, &kind, &words, &bulk_bytes);
     if (status.ok()) {
-      if (frame.kind != wire::FrameKind::CALL_BATCH) {
+      if (kind != wire::FrameKind::CALL_BATCH) {
         status = Status::Malformed("unexpected frame kind " +
-                                   std::to_string(static_cast<int>(frame.kind)) +
+                                   std::to_string(static_cast<int>(kind)) +
                                    " on a client session");
       } else {
-        status = ExecuteBatch(frame);
+        status = ExecuteBatch(words, bulk_bytes);
       }
     }
     if (!status.ok()) {
@@ -140,39 +143,110 @@ void Session::ServeFrames() {
   }
 }
 
-Status Session::ExecuteBatch(const Frame& frame) {
+namespace {
+
+// Host-to-device copies at least this large may land straight in device
+// memory; smaller ones travel in the batch's shared payload buffer.
+constexpr uint64_t kDirectCopyMinBytes = 64 << 10;
+
+std::shared_ptr<uint8_t[]> AllocateBulk(uint64_t bytes) {
+  // Uninitialised on purpose: pages are committed only as bytes arrive.
+  return std::shared_ptr<uint8_t[]>(new (std::nothrow) uint8_t[bytes]);
+}
+
+}  // namespace
+
+Status Session::ExecuteBatch(kj::ArrayPtr<const capnp::word> words, uint64_t bulk_bytes) {
   // kj reports a message that breaks its own rules (bad pointers, traversal
   // limit) as an exception; none may escape into the server.
   try {
-    kj::ArrayPtr<const capnp::word> rest = frame.words.asPtr();
-    uint64_t offset = 0;
-    while (rest.size() > 0) {
+    // First find every call and how much payload it claims, so that all the
+    // payload that is not read straight into device memory shares one buffer.
+    batch_calls_.clear();
+    uint64_t claimed = 0;
+    uint64_t shared_bytes = 0;
+    const bool direct_possible = backend_.DeviceMemoryIsHostMemory();
+    for (kj::ArrayPtr<const capnp::word> rest = words; rest.size() > 0;) {
       capnp::FlatArrayMessageReader reader(rest, PeerReaderOptions());
       auto call = reader.getRoot<wire::Call>();
-      const uint64_t bytes = call.getBulkBytes();
-      if (bytes > frame.bulk.size - offset) {
+      BatchCall entry;
+      entry.words = kj::arrayPtr(rest.begin(), reader.getEnd());
+      entry.bulk_bytes = call.getBulkBytes();
+      if (entry.bulk_bytes > bulk_bytes - claimed) {
         return Status::Malformed("call " + std::to_string(call.getSeq()) + " claims " +
-                                 std::to_string(bytes) + " bulk bytes past the frame's payload");
+                                 std::to_string(entry.bulk_bytes) +
+                                 " bulk bytes past the frame's payload");
       }
-      backend::HostBytes bulk;
-      if (bytes > 0) {
-        uint8_t* base = frame.bulk.data.get() + offset;
-        bulk.owner = Alias<const void>(frame.bulk.data, base);
-        bulk.data = base;
-        bulk.size = bytes;
-      }
-      Execute(call, std::move(bulk));
-      offset += bytes;
+      claimed += entry.bulk_bytes;
+      entry.direct_candidate = direct_possible && call.which() == wire::Call::MEMCPY_HTO_D &&
+                               entry.bulk_bytes >= kDirectCopyMinBytes;
+      if (!entry.direct_candidate) shared_bytes += entry.bulk_bytes;
+      batch_calls_.push_back(entry);
       rest = kj::arrayPtr(reader.getEnd(), rest.end());
     }
-    if (offset != frame.bulk.size) {
-      return Status::Malformed("frame carried " + std::to_string(frame.bulk.size - offset) +
+    if (claimed != bulk_bytes) {
+      return Status::Malformed("frame carried " + std::to_string(bulk_bytes - claimed) +
                                " bulk bytes that no call claimed");
+    }
+    std::shared_ptr<uint8_t[]> shared;
+    if (shared_bytes > 0) {
+      shared = AllocateBulk(shared_bytes);
+      if (!shared) {
+        return Status::OutOfMemory("cannot buffer a bulk payload of " +
+                                   std::to_string(shared_bytes) + " bytes");
+      }
+    }
+    uint64_t shared_offset = 0;
+    // Then execute them in order, reading each one's payload just before it
+    // runs (the payload follows the message on the transport, in call order).
+    for (const BatchCall& entry : batch_calls_) {
+      capnp::FlatArrayMessageReader reader(entry.words, PeerReaderOptions());
+      auto call = reader.getRoot<wire::Call>();
+      backend::HostBytes bulk;
+      if (entry.bulk_bytes > 0) {
+        if (entry.direct_candidate) {
+          Status read;
+          if (TryDirectHostToDevice(call, &read)) {
+            FERRY_RETURN_IF_ERROR(read);
+            continue;
+          }
+          std::shared_ptr<uint8_t[]> own = AllocateBulk(entry.bulk_bytes);
+          if (!own) {
+            return Status::OutOfMemory("cannot buffer a bulk payload of " +
+                                       std::to_string(entry.bulk_bytes) + " bytes");
+          }
+          FERRY_RETURN_IF_ERROR(transport_->ReadExact(own.get(), entry.bulk_bytes));
+          bulk.data = own.get();
+          bulk.owner = Alias<const void>(own, own.get());
+        } else {
+          uint8_t* at = shared.get() + shared_offset;
+          shared_offset += entry.bulk_bytes;
+          FERRY_RETURN_IF_ERROR(transport_->ReadExact(at, entry.bulk_bytes));
+          bulk.data = at;
+          bulk.owner = Alias<const void>(shared, at);
+        }
+        bulk.size = entry.bulk_bytes;
+      }
+      Execute(call, std::move(bulk));
     }
   } catch (const kj::Exception& e) {
     return Status::Malformed(std::string("bad message: ") + e.getDescription().cStr());
   }
   return Status::Ok();
+}
+
+bool Session::TryDirectHostToDevice(wire::Call::Reader call, Status* read_status) {
+  auto args = call.getMemcpyHtoD();
+  if (call.getWantsReply() || args.getBytes() != call.getBulkBytes()) return false;
+  backend::Stream* stream = nullptr;
+  if (!FindStream(args.getCtx(), args.getStream(), &stream).ok()) return false;
+  if (!CheckRange(args.getDst(), args.getBytes(), "destination").ok()) return false;
+  // Only onto an idle stream: then writing now is what the queued copy would
+  // do when its turn came, and no earlier work can still read these bytes.
+  Status stream_status;
+  if (!backend_.StreamIdleNow(*stream, &stream_status) || !stream_status.ok()) return false;
+  *read_status = transport_->ReadExact(reinterpret_cast<void*>(args.getDst()), args.getBytes());
+  return true;
 }
 
 void Session::Execute(wire::Call::Reader call, backend::HostBytes bulk) {
@@ -197,7 +271,9 @@ void Session::Execute(wire::Call::Reader call, backend::HostBytes bulk) {
   if (cx.wants_reply) {
     if (status.ok()) {
       StatusToWire(status, cx.reply.initStatus());
-      SendReplyMessage(cx.message, {});
+      SendReplyMessage(cx.message, cx.reply_bulk.size > 0
+                                       ? std::span<const ConstBuffer>(&cx.reply_bulk, 1)
+                                       : std::span<const ConstBuffer>());
     } else {
       SendReply(cx.seq, status);
     }
@@ -478,6 +554,8 @@ void Session::FreeEverything() {
 Status Session::CtxSynchronize(wire::CtxRef::Reader args, CallContext& cx) {
   ContextEntry* c = nullptr;
   FERRY_RETURN_IF_ERROR(FindContext(args.getCtx(), &c));
+  Status idle_status;
+  if (backend_.ContextIdleNow(*c->context, &idle_status)) return idle_status;
   backend_.WhenContextIdle(*c->context, DeferReply(cx));
   return Status::Ok();
 }
@@ -568,6 +646,13 @@ Status Session::MemcpyHtoD(wire::Memcpy::Reader args, CallContext& cx) {
   }
   FERRY_RETURN_IF_ERROR(CheckRange(args.getDst(), args.getBytes(), "destination"));
   if (args.getBytes() == 0) return Status::Ok();
+  Status idle_status;
+  if (backend_.DeviceMemoryIsHostMemory() && backend_.StreamIdleNow(*stream, &idle_status) &&
+      idle_status.ok()) {
+    // What the queued copy would do when its turn came; no thread hop.
+    std::memcpy(reinterpret_cast<void*>(args.getDst()), cx.bulk_in.data, args.getBytes());
+    return Status::Ok();
+  }
   return backend_.CopyHostToDevice(*stream, args.getDst(), cx.bulk_in);
 }
 
@@ -576,6 +661,19 @@ Status Session::MemcpyDtoH(wire::Memcpy::Reader args, CallContext& cx) {
   FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
   FERRY_RETURN_IF_ERROR(CheckRange(args.getSrc(), args.getBytes(), "source"));
   if (!cx.wants_reply) return Status::InvalidArgument("a device-to-host copy must want a reply");
+  Status idle_status;
+  if (backend_.StreamIdleNow(*stream, &idle_status)) {
+    // Nothing queued can still change the source: answer now.
+    if (!idle_status.ok()) return idle_status;
+    if (args.getBytes() == 0) return Status::Ok();
+    if (backend_.DeviceMemoryIsHostMemory()) {
+      // The reply is written from device memory itself before the executor
+      // runs the session's next call, so nothing of this session can change
+      // the bytes meanwhile.
+      cx.reply_bulk = ConstBuffer{reinterpret_cast<const void*>(args.getSrc()), args.getBytes()};
+      return Status::Ok();
+    }
+  }
   backend::MutableHostBytes buffer;
   if (args.getBytes() > 0) {
     std::shared_ptr<uint8_t[]> bytes(new (std::nothrow) uint8_t[args.getBytes()]);
@@ -829,6 +927,8 @@ Status Session::StreamDestroy(wire::StreamRef::Reader args) {
 Status Session::StreamSynchronize(wire::StreamRef::Reader args, CallContext& cx) {
   backend::Stream* stream = nullptr;
   FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
+  Status idle_status;
+  if (backend_.StreamIdleNow(*stream, &idle_status)) return idle_status;
   backend_.WhenStreamIdle(*stream, DeferReply(cx));
   return Status::Ok();
 }

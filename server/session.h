@@ -11,7 +11,14 @@
 // Calls that wait for the GPU (synchronize, device-to-host copies) do not
 // block the executor: they queue a completion with the backend, and the reply
 // is written from the backend's thread when the work is done, so later calls
-// from the client's other threads keep running.
+// from the client's other threads keep running. When the work they wait for
+// has already finished (GpuBackend::StreamIdleNow), they are answered at once
+// on the executor instead: no thread hop for a call that need not wait.
+//
+// Bulk bytes are read per call as the batch executes, so a large
+// host-to-device copy onto an idle stream lands straight in device memory
+// when the backend's device memory is host memory, and a device-to-host
+// copy's reply is written straight from it (no staging buffer).
 //
 // Thread-safety: Run and everything it calls are confined to the executor
 // thread. Stop, Info and the reply writer are safe from any thread.
@@ -25,6 +32,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "backend/api/gpu_backend.h"
 #include "common/frame.h"
@@ -106,14 +114,33 @@ class Session {
     uint64_t seq = 0;
     bool wants_reply = false;
     backend::HostBytes bulk_in;
-    capnp::MallocMessageBuilder message;
+    // The reply is built in scratch space on the stack: no allocation for a
+    // call that needs none. Must be zero before use (capnp's rule).
+    capnp::word scratch[128] = {};
+    capnp::MallocMessageBuilder message{kj::arrayPtr(scratch, 128)};
     wire::Reply::Builder reply;
     bool deferred = false;  // the handler arranged a later reply
+    // Bytes the reply carries when it is sent at once (status OK only); they
+    // must stay valid until the handler's caller has written the reply.
+    ConstBuffer reply_bulk{nullptr, 0};
     CallContext() : reply(message.initRoot<wire::Reply>()) {}
+  };
+  // One call of a batch, found before any of them runs.
+  struct BatchCall {
+    kj::ArrayPtr<const capnp::word> words;
+    uint64_t bulk_bytes = 0;
+    bool direct_candidate = false;  // may land straight in device memory
   };
 
   void ServeFrames();
-  Status ExecuteBatch(const Frame& frame);
+  // Executes one callBatch frame whose message part is `words`; its
+  // `bulk_bytes` of payload are still on the transport and are read call by
+  // call.
+  Status ExecuteBatch(kj::ArrayPtr<const capnp::word> words, uint64_t bulk_bytes);
+  // Reads `call`'s payload straight into device memory and performs it, when
+  // it is a host-to-device copy that may (see the file comment). Returns
+  // false, having read nothing, when it may not.
+  bool TryDirectHostToDevice(wire::Call::Reader call, Status* read_status);
   void Execute(wire::Call::Reader call, backend::HostBytes bulk);
   Status Dispatch(wire::Call::Reader call, CallContext& cx);
   void FreeEverything();
@@ -200,6 +227,8 @@ class Session {
   std::atomic<uint32_t> module_count_{0};
 
   std::mutex write_mutex_;  // serialises reply frames on transport_
+
+  std::vector<BatchCall> batch_calls_;  // executor thread; reused per frame
 
   std::mutex pending_mutex_;
   std::condition_variable pending_cv_;
