@@ -3,7 +3,8 @@
 //
 //   ferryd --listen HOST:PORT [--listen ...] --backend cuda|host|auto
 //          [--cuda-driver PATH] [--host-kernels LIB.so ...]
-//          [--host-devices N] [--host-memory SIZE] [--ready-file PATH]
+//          [--host-devices N] [--host-memory SIZE] [--module-cache SIZE]
+//          [--ready-file PATH]
 //          [--log-level debug|info|warning|error]
 //
 // SIGTERM and SIGINT stop it cleanly: listeners close, every session ends and
@@ -30,7 +31,8 @@ namespace {
 constexpr const char* kUsage =
     "usage: ferryd --listen HOST:PORT [--listen HOST:PORT ...] --backend cuda|host|auto\n"
     "              [--cuda-driver PATH] [--host-kernels LIB.so ...] [--host-devices N]\n"
-    "              [--host-memory SIZE (e.g. 8GiB)] [--ready-file PATH]\n"
+    "              [--host-memory SIZE (e.g. 8GiB)] [--module-cache SIZE (default 1GiB, 0: off)]\n"
+    "              [--ready-file PATH]\n"
     "              [--log-level debug|info|warning|error]\n";
 
 struct Options {
@@ -40,6 +42,7 @@ struct Options {
   std::vector<std::string> host_kernels;
   int host_devices = 1;
   uint64_t host_memory = 8ull << 30;
+  uint64_t module_cache = server::Server::kDefaultModuleCacheBytes;
   std::string ready_file;
 };
 
@@ -101,6 +104,12 @@ bool ParseArgs(int argc, char** argv, Options* options, std::string* error) {
       if (!value(&v)) return false;
       if (!ParseSize(v, &options->host_memory) || options->host_memory == 0) {
         *error = "--host-memory: bad size '" + v + "' (e.g. 8GiB, 512MiB)";
+        return false;
+      }
+    } else if (arg == "--module-cache") {
+      if (!value(&v)) return false;
+      if (!ParseSize(v, &options->module_cache)) {
+        *error = "--module-cache: bad size '" + v + "' (e.g. 1GiB, 0 to turn it off)";
         return false;
       }
     } else if (arg == "--ready-file") {
@@ -174,7 +183,7 @@ int Main(int argc, char** argv) {
                      << (d.total_memory >> 20) << " MiB";
   }
 
-  server::Server server(*backend);
+  server::Server server(*backend, options.module_cache);
   for (const std::string& address : options.listen) {
     status = server.Listen(address);
     if (!status.ok()) {

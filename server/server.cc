@@ -10,7 +10,13 @@
 
 namespace ferry::server {
 
-Server::Server(backend::GpuBackend& backend) : backend_(backend) {}
+Server::Server(backend::GpuBackend& backend, uint64_t module_cache_bytes) : backend_(backend) {
+  if (module_cache_bytes > 0) module_cache_ = std::make_unique<ModuleCache>(module_cache_bytes);
+}
+
+ModuleCacheStats Server::module_cache_stats() const {
+  return module_cache_ != nullptr ? module_cache_->stats() : ModuleCacheStats{};
+}
 
 Server::~Server() { Stop(); }
 
@@ -123,7 +129,8 @@ void Server::ServeConnection(uint64_t id, std::unique_ptr<Transport> transport) 
       ConnectionFinished(id);
       return;
     }
-    auto session = std::make_unique<Session>(id, std::move(transport), backend_, hello);
+    auto session =
+        std::make_unique<Session>(id, std::move(transport), backend_, hello, module_cache_.get());
     {
       std::lock_guard<std::mutex> lock(mutex_);
       sessions_[id] = session.get();

@@ -27,8 +27,10 @@ namespace ferry::server {
 
 class Server {
  public:
-  // `backend` must outlive the server.
-  explicit Server(backend::GpuBackend& backend);
+  // `backend` must outlive the server. Sessions share a module image cache of
+  // `module_cache_bytes` (0: none).
+  explicit Server(backend::GpuBackend& backend, uint64_t module_cache_bytes = kDefaultModuleCacheBytes);
+  static constexpr uint64_t kDefaultModuleCacheBytes = 1ull << 30;
   ~Server();  // Stop()s
 
   // Binds and listens on "host:port" (port 0 picks one). Call before Start.
@@ -41,6 +43,7 @@ class Server {
   void Stop();
 
   std::vector<SessionInfo> Sessions() const;
+  ModuleCacheStats module_cache_stats() const;
 
  private:
   void StartAccept(asio::ip::tcp::acceptor& acceptor);
@@ -49,6 +52,7 @@ class Server {
   void ConnectionFinished(uint64_t id);
 
   backend::GpuBackend& backend_;
+  std::unique_ptr<ModuleCache> module_cache_;  // null: no cache
   asio::io_context io_;
   std::vector<std::unique_ptr<asio::ip::tcp::acceptor>> acceptors_;
   std::vector<std::string> bound_;

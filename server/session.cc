@@ -42,10 +42,11 @@ std::shared_ptr<T> Alias(const std::shared_ptr<U>& owner, T* data) {
 }  // namespace
 
 Session::Session(uint64_t id, std::unique_ptr<Transport> transport, backend::GpuBackend& backend,
-                 wire::Hello::Reader hello)
+                 wire::Hello::Reader hello, ModuleCache* module_cache)
     : id_(id),
       transport_(std::move(transport)),
       backend_(backend),
+      module_cache_(module_cache),
       pid_(hello.getPid()),
       host_(hello.getHost().cStr()),
       program_(hello.getProgram().cStr()),
@@ -73,6 +74,7 @@ SessionInfo Session::Info() const {
   info.events = event_count_.load();
   info.modules = module_count_.load();
   info.since_unix_ms = since_unix_ms_;
+  info.module_image_bytes_received = module_image_bytes_received_.load();
   return info;
 }
 
@@ -773,12 +775,44 @@ Status Session::ModuleLoad(wire::ModuleLoad::Reader args, CallContext& cx) {
   if (id == 0 || modules_.count(id) != 0) {
     return Status::InvalidArgument("module id " + std::to_string(id) + " is 0 or already in use");
   }
-  if (cx.bulk_in.size == 0) return Status::Cuda(CUDA_ERROR_INVALID_IMAGE, "empty module image");
+  // The image: sent with the call, or named by its hash and taken from the
+  // cache (see the protocol prose in schema/ferry.capnp).
+  auto hash_data = args.getImageHash();
+  const bool named = hash_data.size() > 0;
+  ContentHash hash{};
+  if (named) {
+    if (hash_data.size() != hash.size()) {
+      return Status::InvalidArgument("module image hash of " + std::to_string(hash_data.size()) +
+                                     " bytes; SHA-256 has 32");
+    }
+    std::memcpy(hash.data(), hash_data.begin(), hash.size());
+  }
+  backend::HostBytes image = cx.bulk_in;
+  if (image.size > 0) {
+    module_image_bytes_received_.fetch_add(image.size);
+    // Only bytes that are what their name says may be kept under it (there
+    // is nothing to keep, and so nothing to check, without a cache).
+    if (named && module_cache_ != nullptr &&
+        (args.getImageBytes() != image.size ||
+         HashContent(std::span<const uint8_t>(image.data, image.size)) != hash)) {
+      return Status::InvalidArgument("module image bytes do not match the SHA-256 sent with them");
+    }
+  } else if (named) {
+    if (module_cache_ == nullptr || !module_cache_->Find(hash, args.getImageBytes(), &image)) {
+      cx.reply.setImageNotCached(true);
+      return Status::Ok();
+    }
+  } else {
+    return Status::Cuda(CUDA_ERROR_INVALID_IMAGE, "empty module image");
+  }
   ModuleEntry entry;
   entry.ctx = args.getCtx();
   FERRY_RETURN_IF_ERROR(backend_.LoadModule(
-      *c->context, std::span<const uint8_t>(cx.bulk_in.data, cx.bulk_in.size), &entry.module,
+      *c->context, std::span<const uint8_t>(image.data, image.size), &entry.module,
       &entry.description));
+  if (named && cx.bulk_in.size > 0 && module_cache_ != nullptr) {
+    module_cache_->Insert(hash, cx.bulk_in);
+  }
   auto result = cx.reply.initModuleLoad();
   auto kernels = result.initKernels(static_cast<unsigned>(entry.description.kernels.size()));
   for (size_t i = 0; i < entry.description.kernels.size(); ++i) {

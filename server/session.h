@@ -39,6 +39,7 @@
 #include "common/status.h"
 #include "common/transport.h"
 #include "schema/ferry.capnp.h"
+#include "server/module_cache.h"
 
 namespace ferry::server {
 
@@ -56,13 +57,15 @@ struct SessionInfo {
   uint32_t events = 0;
   uint32_t modules = 0;
   int64_t since_unix_ms = 0;
+  uint64_t module_image_bytes_received = 0;  // image bytes the client sent
 };
 
 class Session {
  public:
-  // `backend` must outlive the session. `hello` is the client's handshake.
+  // `backend` and `module_cache` (may be null: no image cache) must outlive
+  // the session. `hello` is the client's handshake.
   Session(uint64_t id, std::unique_ptr<Transport> transport, backend::GpuBackend& backend,
-          wire::Hello::Reader hello);
+          wire::Hello::Reader hello, ModuleCache* module_cache = nullptr);
   ~Session();
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -203,6 +206,7 @@ class Session {
   const uint64_t id_;
   std::unique_ptr<Transport> transport_;
   backend::GpuBackend& backend_;
+  ModuleCache* const module_cache_;
   const uint32_t pid_;
   const std::string host_;
   const std::string program_;
@@ -225,6 +229,7 @@ class Session {
   std::atomic<uint32_t> stream_count_{0};
   std::atomic<uint32_t> event_count_{0};
   std::atomic<uint32_t> module_count_{0};
+  std::atomic<uint64_t> module_image_bytes_received_{0};
 
   std::mutex write_mutex_;  // serialises reply frames on transport_
 
