@@ -309,9 +309,11 @@ int RunParent(const Options& o) {
     baselines["tcp_rtt_us"].push_back(rtt);
     baselines["tcp_bw_gbs"].push_back(bw);
     baselines["memcpy_bw_gbs"].push_back(MemcpyBandwidth(64 << 20, stream_bytes));
-    for (const std::string& transport : o.transports) {
+    for (size_t t = 0; t < o.transports.size(); ++t) {
+      const std::string& transport = o.transports[t];
+      // A seed per rep and transport: each child's first load is a miss.
       std::vector<std::string> argv = {self, "--client", ferryd.Address(transport),
-                                       "--image-seed", std::to_string(1000 * rep + 17),
+                                       "--image-seed", std::to_string(1000 * rep + 17 + t),
                                        "--libcuda", o.libcuda};
       if (o.quick) argv.push_back("--quick");
       if (!o.only.empty()) {

@@ -60,7 +60,7 @@ Status Runtime::Connect() {
     timeout_ms = std::atoi(t);
   }
   std::unique_ptr<Transport> transport;
-  Status status = ConnectTcp(server, std::chrono::milliseconds(timeout_ms), &transport);
+  Status status = ConnectTransport(server, std::chrono::milliseconds(timeout_ms), &transport);
   if (!status.ok()) {
     return Status::Disconnected("cannot reach ferryd at " + server + " (FERRY_SERVER): " +
                                 status.message());

@@ -1,5 +1,7 @@
 #include "common/transport.h"
 
+#include "common/shm_transport.h"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -212,6 +214,15 @@ Status ConnectTcp(std::string_view address, std::chrono::milliseconds timeout,
   }
   ::freeaddrinfo(results);
   return Status::Disconnected("cannot connect to server " + name + ": " + last_error);
+}
+
+Status ConnectTransport(std::string_view address, std::chrono::milliseconds timeout,
+                        std::unique_ptr<Transport>* out) {
+  constexpr std::string_view kUnix = "unix:";
+  if (address.substr(0, kUnix.size()) == kUnix) {
+    return ConnectShm(address.substr(kUnix.size()), timeout, out);
+  }
+  return ConnectTcp(address, timeout, out);
 }
 
 Status MakeTransportPair(std::unique_ptr<Transport>* a, std::unique_ptr<Transport>* b) {

@@ -1,8 +1,9 @@
 // Transport: a reliable, ordered byte stream between a client and ferryd.
 //
 // Implementations: TCP (SocketTransport over a connected socket; AF_UNIX
-// socketpairs give an in-process pair for tests). Shared memory and RDMA come
-// later behind the same interface.
+// socketpairs give an in-process pair for tests) and shared memory for
+// clients on the server's host (ShmTransport, common/shm_transport.h). RDMA
+// comes later behind the same interface.
 //
 // Thread-safety: one reader and one writer may use a Transport at once (the
 // caller serialises writers among themselves and readers among themselves).
@@ -73,6 +74,11 @@ Status ParseHostPort(std::string_view address, std::string* host, uint16_t* port
 // `timeout` with Disconnected naming the address and the reason.
 Status ConnectTcp(std::string_view address, std::chrono::milliseconds timeout,
                   std::unique_ptr<Transport>* out);
+
+// Connects to a ferryd address: "unix:/path" (shared memory, see
+// common/shm_transport.h) or "host:port" (TCP).
+Status ConnectTransport(std::string_view address, std::chrono::milliseconds timeout,
+                        std::unique_ptr<Transport>* out);
 
 // Tunes an accepted or connected TCP socket the way ferry wants it.
 void TuneTcpSocket(int fd);

@@ -12,6 +12,7 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -33,7 +34,9 @@ class Server {
   static constexpr uint64_t kDefaultModuleCacheBytes = 1ull << 30;
   ~Server();  // Stop()s
 
-  // Binds and listens on "host:port" (port 0 picks one). Call before Start.
+  // Binds and listens on "host:port" (TCP; port 0 picks one) or
+  // "unix:/path" (clients on this host, over shared memory; a stale socket
+  // file at the path is replaced). Call before Start.
   Status Listen(const std::string& address);
   // The bound "host:port" of each listener, in Listen order.
   std::vector<std::string> BoundAddresses() const;
@@ -47,6 +50,11 @@ class Server {
 
  private:
   void StartAccept(asio::ip::tcp::acceptor& acceptor);
+  void StartAcceptUnix(asio::local::stream_protocol::acceptor& acceptor);
+  // Registers a new connection and serves it on a thread of its own;
+  // `make_transport` runs on that thread.
+  void ServeOnNewThread(std::function<Status(std::unique_ptr<Transport>*)> make_transport,
+                        std::string peer);
   void ServeConnection(uint64_t id, std::unique_ptr<Transport> transport);
   void ServeControl(Transport& transport);
   void ConnectionFinished(uint64_t id);
@@ -55,6 +63,8 @@ class Server {
   std::unique_ptr<ModuleCache> module_cache_;  // null: no cache
   asio::io_context io_;
   std::vector<std::unique_ptr<asio::ip::tcp::acceptor>> acceptors_;
+  std::vector<std::unique_ptr<asio::local::stream_protocol::acceptor>> unix_acceptors_;
+  std::vector<std::string> unix_paths_;  // removed at Stop
   std::vector<std::string> bound_;
   std::thread io_thread_;
 

@@ -1,5 +1,5 @@
 // Connection (client/connection.cc) against a real Session and HostBackend
-// over an in-process socket pair: posts batched into one frame, order across
+// over an in-process socket pair and over shared memory: posts batched into one frame, order across
 // client threads, errors of asynchronous calls reported by the next call that
 // waits, replies handed to the right waiter while waiting threads read for
 // each other, asynchronous copies landing with nobody waiting, and the
@@ -18,6 +18,7 @@
 
 #include "backend/host/host_backend.h"
 #include "common/frame.h"
+#include "common/shm_transport.h"
 #include "server/session.h"
 
 namespace ferry::client {
@@ -43,7 +44,9 @@ class CountingTransport final : public Transport {
   std::atomic<int>* writes_;
 };
 
-class ConnectionTest : public ::testing::Test {
+// Parametrised by the transport: "socket" (an AF_UNIX socket pair, as TCP)
+// or "shm" (the shared-memory rings).
+class ConnectionTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
     backend::HostBackendOptions options;
@@ -63,7 +66,11 @@ class ConnectionTest : public ::testing::Test {
 
   void Connect(ConnectionOptions options = {}) {
     std::unique_ptr<Transport> server_side, client_side;
-    ASSERT_TRUE(MakeTransportPair(&server_side, &client_side).ok());
+    if (GetParam() == "shm") {
+      ASSERT_TRUE(MakeShmTransportPair(&server_side, &client_side).ok());
+    } else {
+      ASSERT_TRUE(MakeTransportPair(&server_side, &client_side).ok());
+    }
     auto counted = std::make_unique<CountingTransport>(std::move(client_side), &writes_);
     Status open_status;
     std::thread opener([&] {
@@ -175,7 +182,7 @@ class ConnectionTest : public ::testing::Test {
   std::atomic<int> writes_{0};
 };
 
-TEST_F(ConnectionTest, PostsWaitForTheNextCallAndLeaveAsOneFrame) {
+TEST_P(ConnectionTest, PostsWaitForTheNextCallAndLeaveAsOneFrame) {
   // A flush delay longer than the test: only the waiting call sends.
   ConnectionOptions options;
   options.flush_delay = std::chrono::hours(1);
@@ -191,7 +198,7 @@ TEST_F(ConnectionTest, PostsWaitForTheNextCallAndLeaveAsOneFrame) {
   Free(d);
 }
 
-TEST_F(ConnectionTest, CallsFromManyThreadsRunInTheOrderTheyWereIssued) {
+TEST_P(ConnectionTest, CallsFromManyThreadsRunInTheOrderTheyWereIssued) {
   Connect();
   const uint64_t slot = Alloc(sizeof(uint64_t));
   // Each thread writes its own values to one slot, and now and then reads it
@@ -225,7 +232,7 @@ TEST_F(ConnectionTest, CallsFromManyThreadsRunInTheOrderTheyWereIssued) {
   Free(slot);
 }
 
-TEST_F(ConnectionTest, ConcurrentCallsEachGetTheirOwnReply) {
+TEST_P(ConnectionTest, ConcurrentCallsEachGetTheirOwnReply) {
   Connect();
   constexpr int kThreads = 6;
   constexpr uint64_t kBytes = 4096;
@@ -250,7 +257,7 @@ TEST_F(ConnectionTest, ConcurrentCallsEachGetTheirOwnReply) {
   Free(d);
 }
 
-TEST_F(ConnectionTest, EventRecordedOnOneThreadIsSeenByAWaitIssuedLaterOnAnother) {
+TEST_P(ConnectionTest, EventRecordedOnOneThreadIsSeenByAWaitIssuedLaterOnAnother) {
   Connect();
   constexpr uint64_t kBig = 64 << 20;  // keeps stream 1 busy for a while
   constexpr uint64_t kData = 1 << 20;
@@ -296,7 +303,7 @@ TEST_F(ConnectionTest, EventRecordedOnOneThreadIsSeenByAWaitIssuedLaterOnAnother
   Free(data);
 }
 
-TEST_F(ConnectionTest, LargeCopiesKeepStreamOrderWhetherTheStreamIsBusyOrIdle) {
+TEST_P(ConnectionTest, LargeCopiesKeepStreamOrderWhetherTheStreamIsBusyOrIdle) {
   Connect();
   constexpr uint64_t kBig = 64 << 20;
   constexpr uint64_t kCopy = 1 << 20;  // large enough to be read straight into device memory
@@ -324,7 +331,7 @@ TEST_F(ConnectionTest, LargeCopiesKeepStreamOrderWhetherTheStreamIsBusyOrIdle) {
   Free(a);
 }
 
-TEST_F(ConnectionTest, AsyncErrorIsReportedByTheNextCallThatWaitsAndLaterWorkStillRuns) {
+TEST_P(ConnectionTest, AsyncErrorIsReportedByTheNextCallThatWaitsAndLaterWorkStillRuns) {
   Connect();
   const uint64_t d = Alloc(64);
   ASSERT_TRUE(PostMemset(0x1000, 1, 64).ok());  // not an allocation of this session
@@ -341,7 +348,7 @@ TEST_F(ConnectionTest, AsyncErrorIsReportedByTheNextCallThatWaitsAndLaterWorkSti
   Free(d);
 }
 
-TEST_F(ConnectionTest, AsyncCopiesLandWithNobodyWaitingAndAreWaitedForBySynchronize) {
+TEST_P(ConnectionTest, AsyncCopiesLandWithNobodyWaitingAndAreWaitedForBySynchronize) {
   Connect();
   constexpr int kCopies = 16;
   constexpr uint64_t kBytes = 8192;
@@ -368,7 +375,7 @@ TEST_F(ConnectionTest, AsyncCopiesLandWithNobodyWaitingAndAreWaitedForBySynchron
   Free(d);
 }
 
-TEST_F(ConnectionTest, EveryCallFailsOnceTheServerIsGone) {
+TEST_P(ConnectionTest, EveryCallFailsOnceTheServerIsGone) {
   Connect();
   session_->Stop();
   runner_.join();
@@ -379,6 +386,9 @@ TEST_F(ConnectionTest, EveryCallFailsOnceTheServerIsGone) {
   EXPECT_EQ(PostMemset(0, 0, 1).code(), StatusCode::kDisconnected);
   session_.reset();
 }
+
+INSTANTIATE_TEST_SUITE_P(Transports, ConnectionTest, ::testing::Values("socket", "shm"),
+                         [](const auto& info) { return info.param; });
 
 }  // namespace
 }  // namespace ferry::client
