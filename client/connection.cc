@@ -290,6 +290,9 @@ void Connection::WaitUntil(std::unique_lock<std::mutex>& lock, absl::FunctionRef
       --sleepers_;
     }
   }
+  // The background reader stands aside while callers wait; once none does,
+  // asynchronous copies still in flight are its to read.
+  if (!reader_busy_ && sleepers_ == 0 && !async_copies_.empty()) background_cv_.notify_one();
 }
 
 void Connection::ReleaseReaderLocked() {
