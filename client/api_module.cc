@@ -1,8 +1,9 @@
 // Entry points: modules, functions and kernel launches.
 //
-// A module image is sent whole (its length found by ferry::image) and the
-// server answers with every kernel's parameter layout, so cuModuleGetFunction
-// is answered locally (and registered with the server without a round trip)
+// A module image is sent whole (its length found by ferry::image), or, when
+// it is large, named by its SHA-256 first so that an image the server already
+// caches is not sent again. The server answers with every kernel's parameter
+// layout, so cuModuleGetFunction is answered locally (and registered with the server without a round trip)
 // and a launch packs `kernelParams` into one buffer laid out as the kernel
 // expects — the same layout CU_LAUNCH_PARAM_BUFFER_POINTER uses.
 #include <cuda.h>
@@ -18,6 +19,7 @@
 
 #include "client/cuda_result.h"
 #include "client/runtime.h"
+#include "common/content_hash.h"
 #include "image/module_image.h"
 
 using ferry::Status;
@@ -31,36 +33,60 @@ namespace wire = ferry::wire;
 
 namespace {
 
+// Images at least this large are named by their hash first (the server may
+// hold them already); smaller ones are cheaper to send than to hash and ask.
+constexpr size_t kNameByHashMinBytes = 64 << 10;
+
 Status LoadModule(CUmodule* module, std::span<const uint8_t> image) {
   Runtime& rt = Runtime::Get();
   if (module == nullptr) return Status::InvalidArgument("module is NULL");
   uint64_t ctx = 0;
   FERRY_RETURN_IF_ERROR(rt.CurrentContext(&ctx));
   const uint64_t id = rt.NewId(ferry::client::HandleKind::kModule);
+  const bool named = image.size() >= kNameByHashMinBytes;
+  ferry::ContentHash hash{};
+  if (named) hash = ferry::HashContent(image);
+  auto fill = [&](wire::Call::Builder call) {
+    auto args = call.initModuleLoad();
+    args.setCtx(ctx);
+    args.setModule(id);
+    if (named) {
+      args.setImageHash(kj::arrayPtr(hash.data(), hash.size()));
+      args.setImageBytes(image.size());
+    }
+  };
   ModuleState state;
   state.ctx = ctx;
   auto kernels = std::make_shared<std::map<std::string, ferry::client::KernelInfo>>();
+  bool not_cached = false;
+  auto on_reply = [&](wire::Reply::Reader reply) {
+    if (reply.getImageNotCached()) {
+      not_cached = true;
+      return Status::Ok();
+    }
+    for (auto kernel : reply.getModuleLoad().getKernels()) {
+      ferry::client::KernelInfo info;
+      for (auto p : kernel.getParams()) {
+        info.params.push_back({p.getOffset(), p.getSize()});
+        info.param_bytes = std::max<uint64_t>(info.param_bytes, uint64_t{p.getOffset()} + p.getSize());
+      }
+      (*kernels)[kernel.getName().cStr()] = std::move(info);
+    }
+    for (auto global : reply.getModuleLoad().getGlobals()) {
+      state.globals[global.getName().cStr()] = global.getSize();
+    }
+    return Status::Ok();
+  };
+  // A named image goes by its hash alone first; the bytes follow only when
+  // the server does not have them (the protocol prose in schema/ferry.capnp).
   FERRY_RETURN_IF_ERROR(rt.connection().Call(
-      [&](wire::Call::Builder call) {
-        auto args = call.initModuleLoad();
-        args.setCtx(ctx);
-        args.setModule(id);
-      },
-      OutBytes{image.data(), image.size()}, {},
-      [&](wire::Reply::Reader reply) {
-        for (auto kernel : reply.getModuleLoad().getKernels()) {
-          ferry::client::KernelInfo info;
-          for (auto p : kernel.getParams()) {
-            info.params.push_back({p.getOffset(), p.getSize()});
-            info.param_bytes = std::max<uint64_t>(info.param_bytes, uint64_t{p.getOffset()} + p.getSize());
-          }
-          (*kernels)[kernel.getName().cStr()] = std::move(info);
-        }
-        for (auto global : reply.getModuleLoad().getGlobals()) {
-          state.globals[global.getName().cStr()] = global.getSize();
-        }
-        return Status::Ok();
-      }));
+      fill, named ? OutBytes{} : OutBytes{image.data(), image.size()}, {}, on_reply));
+  if (not_cached) {
+    not_cached = false;
+    FERRY_RETURN_IF_ERROR(
+        rt.connection().Call(fill, OutBytes{image.data(), image.size()}, {}, on_reply));
+    if (not_cached) return Status::Internal("ferryd asked twice for the bytes of a module image");
+  }
   state.kernels = std::move(kernels);
   rt.AddModule(id, std::move(state));
   *module = Runtime::ToHandle<CUmodule>(id);
@@ -152,9 +178,11 @@ Status Launch(CUfunction f, const std::array<unsigned, 3>& grid, const std::arra
   StreamTarget target;
   FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
   // A CUkernel runs in the stream's context (the current one for stream 0).
-  FunctionState function;
+  // The state is shared, not copied: launches are the hot path.
+  std::shared_ptr<const FunctionState> shared;
   uint64_t function_id = 0;
-  FERRY_RETURN_IF_ERROR(rt.ResolveFunction(Runtime::HandleId(f), target.ctx, &function_id, &function));
+  FERRY_RETURN_IF_ERROR(rt.ResolveFunction(Runtime::HandleId(f), target.ctx, &function_id, &shared));
+  const FunctionState& function = *shared;
   for (int i = 0; i < 3; ++i) {
     if (grid[i] == 0 || block[i] == 0) return Status::InvalidArgument("a grid or block dimension is 0");
   }

@@ -3,6 +3,7 @@
 #include <capnp/serialize.h>
 #include <cuda.h>
 #include <kj/exception.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -22,15 +23,13 @@ constexpr uint64_t kCopyIntoBatchLimit = 64 << 10;
 constexpr size_t kBatchWordsLimit = 32 << 10;
 constexpr size_t kBatchBulkLimit = 1 << 20;
 constexpr size_t kBatchCallsLimit = 1024;
-// How long the flusher lets posts accumulate before it sends them.
-constexpr auto kFlushDelay = std::chrono::microseconds(20);
 
 }  // namespace
 
 Status Connection::Open(std::unique_ptr<Transport> transport, std::string server_name,
                         const Borrow& borrow, std::unique_ptr<Connection>* out,
                         std::unique_ptr<capnp::MessageReader>* hello_reply,
-                        kj::Array<capnp::word>* hello_words) {
+                        kj::Array<capnp::word>* hello_words, ConnectionOptions options) {
   {
     capnp::MallocMessageBuilder message;
     auto hello = message.initRoot<wire::Hello>();
@@ -82,14 +81,16 @@ Status Connection::Open(std::unique_ptr<Transport> transport, std::string server
                                e.getDescription().cStr());
     }
   }
-  out->reset(new Connection(std::move(transport), std::move(server_name)));
+  out->reset(new Connection(std::move(transport), std::move(server_name), options));
   return Status::Ok();
 }
 
-Connection::Connection(std::unique_ptr<Transport> transport, std::string server_name)
-    : server_name_(std::move(server_name)), transport_(std::move(transport)) {
+Connection::Connection(std::unique_ptr<Transport> transport, std::string server_name,
+                       ConnectionOptions options)
+    : server_name_(std::move(server_name)), options_(options), transport_(std::move(transport)) {
   batch_words_.reserve(4096);
-  reader_ = std::thread([this] { ReaderLoop(); });
+  batch_bulk_.reserve(64 << 10);
+  background_reader_ = std::thread([this] { BackgroundReaderLoop(); });
   flusher_ = std::thread([this] { FlusherLoop(); });
 }
 
@@ -99,12 +100,18 @@ Connection::~Connection() {
     stopping_ = true;
   }
   flush_cv_.notify_all();
+  {
+    std::lock_guard<std::mutex> lock(reply_mutex_);
+    stopping_reader_ = true;
+  }
+  background_cv_.notify_all();
   transport_->Shutdown();
   if (flusher_.joinable()) flusher_.join();
-  if (reader_.joinable()) reader_.join();
+  if (background_reader_.joinable()) background_reader_.join();
 }
 
 Status Connection::health() {
+  if (!broken_flag_.load(std::memory_order_acquire)) return Status::Ok();
   std::lock_guard<std::mutex> lock(reply_mutex_);
   return broken_.ok() ? revoked_ : broken_;
 }
@@ -114,7 +121,7 @@ uint64_t Connection::NextSeq() {
   return next_seq_;
 }
 
-uint64_t Connection::AppendLocked(const Fill& fill, bool wants_reply, uint64_t bulk_bytes) {
+uint64_t Connection::AppendLocked(Fill fill, bool wants_reply, uint64_t bulk_bytes) {
   // Small calls are built in a scratch segment on the stack: no allocation.
   capnp::word scratch[64];
   std::memset(scratch, 0, sizeof(scratch));
@@ -145,74 +152,61 @@ uint64_t Connection::AppendLocked(const Fill& fill, bool wants_reply, uint64_t b
   return seq;
 }
 
-Status Connection::FlushLocked() {
-  if (batch_calls_ == 0) return Status::Ok();
+Status Connection::WriteBatchLocked(OutBytes extra) {
   // The frame header, written by hand: the message part is the batch's words.
   uint8_t header[kFrameHeaderBytes] = {};
   const uint32_t magic = wire::FRAME_MAGIC;
   const uint16_t kind = static_cast<uint16_t>(wire::FrameKind::CALL_BATCH);
   const uint32_t message_bytes = static_cast<uint32_t>(batch_words_.size() * sizeof(capnp::word));
-  const uint64_t bulk_bytes = batch_bulk_.size();
+  const uint64_t bulk_bytes = batch_bulk_.size() + extra.size;
   std::memcpy(header, &magic, 4);
   std::memcpy(header + 4, &kind, 2);
   std::memcpy(header + 8, &message_bytes, 4);
   std::memcpy(header + 16, &bulk_bytes, 8);
-  ConstBuffer buffers[3] = {{header, sizeof(header)},
+  // One gathered write: header, calls, small payloads copied into the batch,
+  // and the large payload straight from the caller's memory.
+  ConstBuffer buffers[4] = {{header, sizeof(header)},
                             {batch_words_.data(), message_bytes},
-                            {batch_bulk_.data(), batch_bulk_.size()}};
-  Status status = transport_->Write(std::span<const ConstBuffer>(buffers, 3));
+                            {batch_bulk_.data(), batch_bulk_.size()},
+                            {extra.data, extra.size}};
+  Status status = transport_->Write(std::span<const ConstBuffer>(buffers, extra.size > 0 ? 4 : 3));
   batch_words_.clear();
   batch_bulk_.clear();
   batch_calls_ = 0;
-  if (!status.ok()) Fail(status);
-  return status;
+  if (status.ok()) return status;
+  Fail(status);
+  return health();  // the connection's one failure, which names the server
 }
 
-Status Connection::Send(const Fill& fill, OutBytes bulk, bool wants_reply, Waiter* waiter,
+Status Connection::FlushLocked() {
+  if (batch_calls_ == 0) return Status::Ok();
+  return WriteBatchLocked({});
+}
+
+Status Connection::Send(Fill fill, OutBytes bulk, bool wants_reply, Waiter* waiter,
                         std::unique_ptr<Waiter> async_waiter, uint64_t* seq_out,
                         HostFunction gate) {
   bool wake_flusher = false;
   {
     std::lock_guard<std::mutex> lock(send_mutex_);
-    {
+    if (broken_flag_.load(std::memory_order_acquire)) return health();
+    if (waiter != nullptr || async_waiter != nullptr || gate != nullptr) {
       std::lock_guard<std::mutex> reply_lock(reply_mutex_);
       if (!broken_.ok()) return broken_;
       if (!revoked_.ok()) return revoked_;
       // Registered before the frame leaves, so the reply always finds it.
       if (waiter != nullptr) waiters_[next_seq_] = waiter;
+      // Nobody waits for these replies: the background reader reads them
+      // whenever no caller holds the reader role.
+      const bool unclaimed = async_waiter != nullptr || gate != nullptr;
       if (async_waiter != nullptr) async_copies_[next_seq_] = std::move(async_waiter);
       if (gate) gates_[next_seq_] = std::move(gate);
+      if (unclaimed && !reader_busy_) background_cv_.notify_one();
     }
     const bool was_empty = batch_calls_ == 0;
     const uint64_t seq = AppendLocked(fill, wants_reply, bulk.size);
     if (seq_out != nullptr) *seq_out = seq;
-    if (bulk.size > kCopyIntoBatchLimit) {
-      // Large payload: write the batch and this call's bytes straight from the
-      // caller's memory, in one gathered write.
-      uint8_t header[kFrameHeaderBytes] = {};
-      const uint32_t magic = wire::FRAME_MAGIC;
-      const uint16_t kind = static_cast<uint16_t>(wire::FrameKind::CALL_BATCH);
-      const uint32_t message_bytes =
-          static_cast<uint32_t>(batch_words_.size() * sizeof(capnp::word));
-      const uint64_t bulk_bytes = batch_bulk_.size() + bulk.size;
-      std::memcpy(header, &magic, 4);
-      std::memcpy(header + 4, &kind, 2);
-      std::memcpy(header + 8, &message_bytes, 4);
-      std::memcpy(header + 16, &bulk_bytes, 8);
-      ConstBuffer buffers[4] = {{header, sizeof(header)},
-                                {batch_words_.data(), message_bytes},
-                                {batch_bulk_.data(), batch_bulk_.size()},
-                                {bulk.data, bulk.size}};
-      Status status = transport_->Write(std::span<const ConstBuffer>(buffers, 4));
-      batch_words_.clear();
-      batch_bulk_.clear();
-      batch_calls_ = 0;
-      if (!status.ok()) {
-        Fail(status);
-        return status;
-      }
-      return Status::Ok();
-    }
+    if (bulk.size > kCopyIntoBatchLimit) return WriteBatchLocked(bulk);
     if (bulk.size > 0) {
       const auto* p = static_cast<const uint8_t*>(bulk.data);
       batch_bulk_.insert(batch_bulk_.end(), p, p + bulk.size);
@@ -269,7 +263,11 @@ Status Connection::Call(const Fill& fill, OutBytes bulk, InBytes reply_bulk,
   }
   {
     std::unique_lock<std::mutex> lock(reply_mutex_);
-    reply_cv_.wait(lock, [&] { return waiter.done; });
+    WaitUntil(lock, [&] { return waiter.done; });
+    if (!waiter.done) {  // broken while nobody could read for it
+      waiters_.erase(seq);
+      return broken_;
+    }
   }
   if (!waiter.status.ok() || !on_reply) return waiter.status;
   try {
@@ -338,8 +336,8 @@ Status Connection::OpenGate(uint64_t seq) {
 Status Connection::WaitForEarlierCopies(uint64_t before_seq) {
   if (HostCallbackThread::OnThisThread()) return RefuseWaitInHostCallback();
   std::unique_lock<std::mutex> lock(reply_mutex_);
-  reply_cv_.wait(lock, [&] {
-    return !broken_.ok() || async_copies_.empty() || async_copies_.begin()->first >= before_seq;
+  WaitUntil(lock, [&] {
+    return async_copies_.empty() || async_copies_.begin()->first >= before_seq;
   });
   if (!broken_.ok()) return broken_;
   Status error = async_error_;
@@ -353,6 +351,9 @@ Status Connection::Flush() {
 }
 
 void Connection::FlusherLoop() {
+  // sleep_for below should sleep about what it asks: the default timer slack
+  // (50 us) would more than triple the delay.
+  prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
   for (;;) {
     {
       std::unique_lock<std::mutex> lock(flush_mutex_);
@@ -361,109 +362,147 @@ void Connection::FlusherLoop() {
       flush_requested_ = false;
     }
     // Let a burst of posts (a launch loop) accumulate into one frame.
-    std::this_thread::sleep_for(kFlushDelay);
+    {
+      std::unique_lock<std::mutex> lock(flush_mutex_);
+      if (flush_cv_.wait_for(lock, options_.flush_delay, [this] { return stopping_; })) return;
+    }
     std::lock_guard<std::mutex> lock(send_mutex_);
     (void)FlushLocked();
   }
 }
 
-void Connection::ReaderLoop() {
-  std::vector<uint8_t> discard;
-  for (;;) {
-    wire::FrameKind kind;
-    kj::Array<capnp::word> words;
-    uint64_t bulk_bytes = 0;
-    Status status = ReadFrameHead(*transport_, &kind, &words, &bulk_bytes);
-    if (status.ok() && kind != wire::FrameKind::REPLY) {
-      status = Status::Malformed("unexpected frame kind " + std::to_string(static_cast<int>(kind)));
-    }
-    uint64_t seq = 0;
-    Status reply_status;
-    bool gate_held = false, gate_stream_failed = false;
-    if (status.ok()) {
-      try {
-        capnp::FlatArrayMessageReader reader(words, PeerReaderOptions());
-        auto reply = reader.getRoot<wire::Reply>();
-        seq = reply.getSeq();
-        reply_status = StatusFromWire(reply.getStatus());
-        if (reply.isGateReached()) {
-          gate_held = reply.getGateReached().getHeld();
-          gate_stream_failed = reply.getGateReached().getStreamFailed();
-        }
-        if (reply.getLatchedFromSeq() != 0) {
-          // Nobody else would ever see why an asynchronous call failed.
-          FERRY_LOG(kWarning) << "an asynchronous call failed on " << server_name_ << ": "
-                              << reply_status.message();
-        }
-      } catch (const kj::Exception& e) {
-        status = Status::Malformed(std::string("bad reply: ") + e.getDescription().cStr());
-      }
-    }
-    if (!status.ok()) {
-      Fail(status);
-      return;
-    }
-    if (seq == 0 && bulk_bytes == 0) {
-      Revoke(reply_status);
-      continue;
-    }
-    Waiter* waiter = nullptr;
-    {
-      std::lock_guard<std::mutex> lock(reply_mutex_);
-      auto it = waiters_.find(seq);
-      if (it != waiters_.end()) {
-        waiter = it->second;
-      } else {
-        auto async = async_copies_.find(seq);
-        if (async != async_copies_.end()) waiter = async->second.get();
-      }
-    }
-    // Bulk bytes go straight into the waiter's buffer; the waiter is not
-    // touched by anyone else until it is marked done below.
-    if (bulk_bytes > 0) {
-      if (waiter != nullptr && waiter->bulk.size == bulk_bytes) {
-        status = transport_->ReadExact(waiter->bulk.data, bulk_bytes);
-      } else {
-        reply_status = Status::Internal("reply " + std::to_string(seq) + " carried " +
-                                        std::to_string(bulk_bytes) + " bytes, expected " +
-                                        std::to_string(waiter ? waiter->bulk.size : 0));
-        while (status.ok() && bulk_bytes > 0) {
-          discard.resize(std::min<uint64_t>(bulk_bytes, 1 << 20));
-          status = transport_->ReadExact(discard.data(), discard.size());
-          bulk_bytes -= discard.size();
-        }
-      }
-      if (!status.ok()) {
-        Fail(status);
-        return;
-      }
-    } else if (waiter != nullptr && waiter->bulk.size > 0 && reply_status.ok()) {
-      reply_status = Status::Internal("reply " + std::to_string(seq) + " carried no bytes");
-    }
-    HostFunction gate;
-    {
-      std::lock_guard<std::mutex> lock(reply_mutex_);
-      auto it = waiters_.find(seq);
-      if (it != waiters_.end()) {
-        it->second->status = reply_status;
-        it->second->words = std::move(words);
-        it->second->done = true;
-        waiters_.erase(it);
-      } else if (auto async = async_copies_.find(seq); async != async_copies_.end()) {
-        if (!reply_status.ok() && async_error_.ok()) async_error_ = reply_status;
-        async_copies_.erase(async);
-      } else if (auto g = gates_.find(seq); g != gates_.end()) {
-        gate = std::move(g->second);
-        gates_.erase(g);
-      }
-    }
-    reply_cv_.notify_all();
-    // Replies are read in the order the server sent them, so the bytes of
-    // every copy the gate's stream waited for have landed by now.
-    if (gate) {
-      RunHostFunction(seq, std::move(gate), std::move(reply_status), gate_held, gate_stream_failed);
+void Connection::WaitUntil(std::unique_lock<std::mutex>& lock, absl::FunctionRef<bool()> done) {
+  while (!done() && broken_.ok()) {
+    if (!reader_busy_) {
+      reader_busy_ = true;
+      lock.unlock();
+      Status status = ReadOneReply();
+      if (!status.ok()) Fail(status);
+      lock.lock();
+      ReleaseReaderLocked();
+    } else {
+      ++sleepers_;
+      reply_cv_.wait(lock);
+      --sleepers_;
     }
   }
+  // The background reader stands aside while callers wait; once none does,
+  // asynchronous copies still in flight are its to read.
+  if (!reader_busy_ && sleepers_ == 0 && UnclaimedRepliesPendingLocked()) {
+    background_cv_.notify_one();
+  }
+}
+
+void Connection::ReleaseReaderLocked() {
+  reader_busy_ = false;
+  // A sleeper's reply may have arrived, or it must take the role over.
+  if (sleepers_ > 0) reply_cv_.notify_all();
+  if (UnclaimedRepliesPendingLocked()) background_cv_.notify_one();
+}
+
+void Connection::BackgroundReaderLoop() {
+  std::unique_lock<std::mutex> lock(reply_mutex_);
+  for (;;) {
+    background_cv_.wait(lock, [this] {
+      return stopping_reader_ || !broken_.ok() ||
+             (UnclaimedRepliesPendingLocked() && !reader_busy_ && sleepers_ == 0);
+    });
+    if (stopping_reader_ || !broken_.ok()) return;
+    reader_busy_ = true;
+    lock.unlock();
+    Status status = ReadOneReply();
+    if (!status.ok()) Fail(status);
+    lock.lock();
+    ReleaseReaderLocked();
+  }
+}
+
+Status Connection::ReadOneReply() {
+  wire::FrameKind kind;
+  kj::Array<capnp::word> words;
+  uint64_t bulk_bytes = 0;
+  FERRY_RETURN_IF_ERROR(ReadFrameHead(*transport_, &kind, &words, &bulk_bytes));
+  if (kind != wire::FrameKind::REPLY) {
+    return Status::Malformed("unexpected frame kind " + std::to_string(static_cast<int>(kind)));
+  }
+  uint64_t seq = 0;
+  Status reply_status;
+  bool gate_held = false, gate_stream_failed = false;
+  try {
+    capnp::FlatArrayMessageReader reader(words, PeerReaderOptions());
+    auto reply = reader.getRoot<wire::Reply>();
+    seq = reply.getSeq();
+    reply_status = StatusFromWire(reply.getStatus());
+    if (reply.isGateReached()) {
+      gate_held = reply.getGateReached().getHeld();
+      gate_stream_failed = reply.getGateReached().getStreamFailed();
+    }
+    if (reply.getLatchedFromSeq() != 0) {
+      // Nobody else would ever see why an asynchronous call failed.
+      FERRY_LOG(kWarning) << "an asynchronous call failed on " << server_name_ << ": "
+                          << reply_status.message();
+    }
+  } catch (const kj::Exception& e) {
+    return Status::Malformed(std::string("bad reply: ") + e.getDescription().cStr());
+  }
+  if (seq == 0 && bulk_bytes == 0) {
+    // A notice, not an answer: the server took the session's devices away.
+    Revoke(reply_status);
+    return Status::Ok();
+  }
+  Waiter* waiter = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(reply_mutex_);
+    auto it = waiters_.find(seq);
+    if (it != waiters_.end()) {
+      waiter = it->second;
+    } else {
+      auto async = async_copies_.find(seq);
+      if (async != async_copies_.end()) waiter = async->second.get();
+    }
+  }
+  // Bulk bytes go straight into the waiter's buffer; the waiter is not
+  // touched by anyone else until it is marked done below.
+  if (bulk_bytes > 0) {
+    if (waiter != nullptr && waiter->bulk.size == bulk_bytes) {
+      FERRY_RETURN_IF_ERROR(transport_->ReadExact(waiter->bulk.data, bulk_bytes));
+    } else {
+      reply_status = Status::Internal("reply " + std::to_string(seq) + " carried " +
+                                      std::to_string(bulk_bytes) + " bytes, expected " +
+                                      std::to_string(waiter ? waiter->bulk.size : 0));
+      while (bulk_bytes > 0) {
+        discard_.resize(std::min<uint64_t>(bulk_bytes, 1 << 20));
+        FERRY_RETURN_IF_ERROR(transport_->ReadExact(discard_.data(), discard_.size()));
+        bulk_bytes -= discard_.size();
+      }
+    }
+  } else if (waiter != nullptr && waiter->bulk.size > 0 && reply_status.ok()) {
+    reply_status = Status::Internal("reply " + std::to_string(seq) + " carried no bytes");
+  }
+  HostFunction gate;
+  {
+    std::lock_guard<std::mutex> lock(reply_mutex_);
+    auto it = waiters_.find(seq);
+    if (it != waiters_.end()) {
+      it->second->status = reply_status;
+      it->second->words = std::move(words);
+      it->second->done = true;
+      waiters_.erase(it);
+    } else if (auto async = async_copies_.find(seq); async != async_copies_.end()) {
+      if (!reply_status.ok() && async_error_.ok()) async_error_ = reply_status;
+      async_copies_.erase(async);
+    } else if (auto g = gates_.find(seq); g != gates_.end()) {
+      gate = std::move(g->second);
+      gates_.erase(g);
+    }
+  }
+  // Replies are read in the order the server sent them, so the bytes of
+  // every copy the gate's stream waited for have landed by now. The host
+  // function runs on the host-callback thread, never on this one.
+  if (gate) {
+    RunHostFunction(seq, std::move(gate), std::move(reply_status), gate_held, gate_stream_failed);
+  }
+  return Status::Ok();
 }
 
 void Connection::Revoke(const Status& notice) {
@@ -473,6 +512,7 @@ void Connection::Revoke(const Status& notice) {
     revoked_ = notice.ok() ? Status::Cuda(CUDA_ERROR_DEVICE_UNAVAILABLE,
                                           "ferryd at " + server_name_ + " took the devices away")
                            : notice;
+    broken_flag_.store(true, std::memory_order_release);
     FERRY_LOG(kError) << "ferryd at " << server_name_ << ": " << revoked_.message()
                       << "; from now on every CUDA call fails with CUDA_ERROR_DEVICE_UNAVAILABLE";
   }
@@ -488,6 +528,7 @@ void Connection::Fail(const Status& status) {
     if (!broken_.ok()) return;
     broken_ = Status::Disconnected("lost connection to ferryd at " + server_name_ + ": " +
                                    status.message());
+    broken_flag_.store(true, std::memory_order_release);
     FERRY_LOG(kError) << broken_.message();
     broken = broken_;
     for (auto& [seq, waiter] : waiters_) {
@@ -499,6 +540,7 @@ void Connection::Fail(const Status& status) {
     gates.swap(gates_);
   }
   reply_cv_.notify_all();
+  background_cv_.notify_all();
   transport_->Shutdown();
   // Their streams will never reach them: a lost device, as far as the
   // program can tell (cuStreamAddCallback reports it, cuLaunchHostFunc skips).

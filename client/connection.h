@@ -2,11 +2,20 @@
 //
 // Every driver call becomes one Call message. Post() queues a call that needs
 // no reply (DESIGN invariant 3): it is serialised at once into the pending
-// batch, and the batch goes out as one frame when a call that waits is
-// issued, when it grows large, or after a short delay (the flusher thread), so
-// queued work always reaches the server. Call() sends a call and blocks the
-// calling thread until its reply; other threads keep posting and calling
-// meanwhile, because replies are matched to waiters by seq on a reader thread.
+// batch (no allocation, no system call), and the batch goes out as one frame
+// when a call that waits is issued, when it grows large, or after a short
+// delay (the flusher thread), so queued work always reaches the server.
+// Call() sends a call and blocks the calling thread until its reply; other
+// threads keep posting and calling meanwhile, because replies are matched to
+// waiters by seq.
+//
+// Reading replies (leader/follower): a thread that waits for a reply reads
+// the connection itself while no other thread does, so a synchronous call
+// costs no thread hop; it hands any reply that belongs to another waiter to
+// that waiter, and when it has its own, it leaves the reader role to the next
+// waiter. A background reader takes the role only while asynchronous copies
+// (PostExpectingBytes) are outstanding and no caller reads, so their bytes
+// land without anyone waiting.
 //
 // Order (invariant 4): seq numbers are assigned under the send lock in the
 // order threads queue their calls, and the server executes them in that order.
@@ -32,6 +41,10 @@
 
 #include <capnp/message.h>
 
+#include "absl/functional/function_ref.h"
+
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -61,9 +74,15 @@ struct InBytes {
   uint64_t size = 0;
 };
 
+struct ConnectionOptions {
+  // How long the flusher lets posts accumulate before it sends them.
+  std::chrono::microseconds flush_delay{20};
+};
+
 class Connection {
  public:
-  using Fill = std::function<void(wire::Call::Builder)>;
+  // Fills in the call's arguments; called once, before the call returns.
+  using Fill = absl::FunctionRef<void(wire::Call::Builder)>;
   // Reads a successful reply on the calling thread.
   using OnReply = std::function<Status(wire::Reply::Reader)>;
   // A host callback's body, run on the host-callback thread once the stream
@@ -86,7 +105,7 @@ class Connection {
   static Status Open(std::unique_ptr<Transport> transport, std::string server_name,
                      const Borrow& borrow, std::unique_ptr<Connection>* out,
                      std::unique_ptr<capnp::MessageReader>* hello_reply,
-                     kj::Array<capnp::word>* hello_words);
+                     kj::Array<capnp::word>* hello_words, ConnectionOptions options = {});
   ~Connection();
 
   // Queues a call without waiting. `bulk` is taken before return (copied into
@@ -126,28 +145,47 @@ class Connection {
     bool async = false;  // PostExpectingBytes: no thread waits on it
   };
 
-  Connection(std::unique_ptr<Transport> transport, std::string server_name);
+  Connection(std::unique_ptr<Transport> transport, std::string server_name,
+             ConnectionOptions options);
   // Serialises `fill`'s call with the next seq into the batch; send_mutex_ held.
-  uint64_t AppendLocked(const Fill& fill, bool wants_reply, uint64_t bulk_bytes);
+  uint64_t AppendLocked(Fill fill, bool wants_reply, uint64_t bulk_bytes);
   Status FlushLocked();
+  // Writes the batch (and `extra`, the last call's bulk, when given) as one
+  // frame and empties it; send_mutex_ held.
+  Status WriteBatchLocked(OutBytes extra);
   // Queues (and, when it must wait or is large, sends) one call. A waiter is
   // registered before the call leaves: `waiter` (owned by the caller, who
   // waits on it) or `async_waiter` (owned by the connection from then on).
   // `gate`, when set, is registered as the host function of this (hostGate)
   // call, owned by the connection from then on.
-  Status Send(const Fill& fill, OutBytes bulk, bool wants_reply, Waiter* waiter,
+  Status Send(Fill fill, OutBytes bulk, bool wants_reply, Waiter* waiter,
               std::unique_ptr<Waiter> async_waiter, uint64_t* seq_out, HostFunction gate = nullptr);
   // Hands a reached gate's function to the host-callback thread.
   void RunHostFunction(uint64_t seq, HostFunction fn, Status status, bool held, bool stream_failed);
   // Sends a gateOpen frame for the hostGate call `seq`.
   Status OpenGate(uint64_t seq);
-  void ReaderLoop();
+  // Returns once `done()` holds or the connection broke, reading replies on
+  // the calling thread whenever no other thread reads. `lock` holds
+  // reply_mutex_ on entry and on return.
+  void WaitUntil(std::unique_lock<std::mutex>& lock, absl::FunctionRef<bool()> done);
+  // Reads one reply frame and hands it to its waiter (or its host function
+  // to the host-callback thread); only the thread that holds the reader role
+  // calls it, without reply_mutex_.
+  Status ReadOneReply();
+  // Gives up the reader role (reply_mutex_ held) and wakes whoever must take
+  // it next.
+  void ReleaseReaderLocked();
+  // True while replies arrive that nobody waits for (async copies, gates):
+  // then the background reader reads when no caller does. reply_mutex_ held.
+  bool UnclaimedRepliesPendingLocked() const { return !async_copies_.empty() || !gates_.empty(); }
+  void BackgroundReaderLoop();
   void FlusherLoop();
   void Fail(const Status& status);
   // The server's notice that the session lost its devices.
   void Revoke(const Status& notice);
 
   const std::string server_name_;
+  const ConnectionOptions options_;
   std::unique_ptr<Transport> transport_;
 
   // Sending. Guarded by send_mutex_.
@@ -166,6 +204,12 @@ class Connection {
   Status broken_;       // set once the connection fails
   std::map<uint64_t, HostFunction> gates_;  // hostGate calls not yet reached
   Status revoked_;      // set once the server took the session's devices away
+  bool reader_busy_ = false;  // a thread holds the reader role
+  int sleepers_ = 0;          // callers blocked on reply_cv_
+  bool stopping_reader_ = false;
+  std::condition_variable background_cv_;  // the background reader's turn may have come
+  std::atomic<bool> broken_flag_{false};   // broken_ or revoked_ is set; read without the lock
+  std::vector<uint8_t> discard_;           // the reader role's scratch
 
   // Flusher.
   std::mutex flush_mutex_;
@@ -173,7 +217,7 @@ class Connection {
   bool flush_requested_ = false;  // guarded by flush_mutex_
   bool stopping_ = false;         // guarded by flush_mutex_
 
-  std::thread reader_;
+  std::thread background_reader_;
   std::thread flusher_;
   // Last: destroyed first, while everything its jobs use still exists.
   HostCallbackThread host_callbacks_;

@@ -94,7 +94,7 @@ Status Runtime::Connect() {
   Connection::Borrow borrow;
   FERRY_RETURN_IF_ERROR(BorrowFromEnvironment(&borrow));
   std::unique_ptr<Transport> transport;
-  Status status = ConnectTcp(server, std::chrono::milliseconds(timeout_ms), &transport);
+  Status status = ConnectTransport(server, std::chrono::milliseconds(timeout_ms), &transport);
   if (!status.ok()) {
     return Status::Disconnected("cannot reach ferryd at " + server + " (FERRY_SERVER): " +
                                 status.message());
@@ -378,7 +378,7 @@ void Runtime::ForgetContextResources(uint64_t ctx) {
   for (auto& [id, kernel] : kernels_) kernel.functions.erase(ctx);
   std::erase_if(streams_, [ctx](const auto& e) { return e.second.ctx == ctx; });
   std::erase_if(events_, [ctx](const auto& e) { return e.second.ctx == ctx; });
-  std::erase_if(functions_, [ctx](const auto& e) { return e.second.ctx == ctx; });
+  std::erase_if(functions_, [ctx](const auto& e) { return e.second->ctx == ctx; });
   std::erase_if(modules_, [ctx](const auto& e) { return e.second.ctx == ctx; });
   std::erase_if(device_allocations_, [ctx](const auto& e) { return e.second.ctx == ctx; });
 }
@@ -484,7 +484,7 @@ Status Runtime::RemoveModule(uint64_t id) {
     return Status::InvalidHandle("the module belongs to a library; cuLibraryUnload unloads it");
   }
   modules_.erase(it);
-  std::erase_if(functions_, [id](const auto& e) { return e.second.module == id; });
+  std::erase_if(functions_, [id](const auto& e) { return e.second->module == id; });
   return Status::Ok();
 }
 
@@ -506,7 +506,7 @@ Status Runtime::AddFunction(uint64_t module, const std::string& name, uint64_t* 
   }
   // One id per (module, name): asking twice gives the same CUfunction.
   for (const auto& [fid, f] : functions_) {
-    if (f.module == module && f.name == name) {
+    if (f->module == module && f->name == name) {
       *id = fid;
       *created = false;
       return Status::Ok();
@@ -514,7 +514,8 @@ Status Runtime::AddFunction(uint64_t module, const std::string& name, uint64_t* 
   }
   *created = true;
   *id = NewId(HandleKind::kFunction);
-  functions_[*id] = FunctionState{module, it->second.ctx, name, kernel->second};
+  functions_[*id] = std::make_shared<const FunctionState>(
+      FunctionState{module, it->second.ctx, name, kernel->second});
   return Status::Ok();
 }
 
@@ -541,6 +542,13 @@ Status Runtime::ModuleFunctionLocked(uint64_t module, const std::string& name, u
 }
 
 Status Runtime::FindFunction(uint64_t id, FunctionState* out) {
+  std::shared_ptr<const FunctionState> function;
+  FERRY_RETURN_IF_ERROR(FindFunction(id, &function));
+  *out = *function;
+  return Status::Ok();
+}
+
+Status Runtime::FindFunction(uint64_t id, std::shared_ptr<const FunctionState>* out) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = functions_.find(id);
   if (it == functions_.end()) return Status::InvalidHandle("not a function of this process");
@@ -549,6 +557,14 @@ Status Runtime::FindFunction(uint64_t id, FunctionState* out) {
 }
 
 Status Runtime::ResolveFunction(uint64_t handle, uint64_t ctx, uint64_t* id, FunctionState* out) {
+  std::shared_ptr<const FunctionState> function;
+  FERRY_RETURN_IF_ERROR(ResolveFunction(handle, ctx, id, &function));
+  *out = *function;
+  return Status::Ok();
+}
+
+Status Runtime::ResolveFunction(uint64_t handle, uint64_t ctx, uint64_t* id,
+                                std::shared_ptr<const FunctionState>* out) {
   FERRY_RETURN_IF_ERROR(Ready());
   if (handle == 0) return Status::InvalidHandle("function is NULL");
   if (IsKind(handle, HandleKind::kKernel)) {
@@ -636,7 +652,7 @@ Status Runtime::UnloadLibrary(uint64_t id) {
     if (it == libraries_.end()) return Status::InvalidHandle("not a library of this process");
     for (const auto& [ctx, module] : it->second.modules) {
       modules_.erase(module);
-      std::erase_if(functions_, [module](const auto& e) { return e.second.module == module; });
+      std::erase_if(functions_, [module](const auto& e) { return e.second->module == module; });
     }
     std::erase_if(kernels_, [id](const auto& e) { return e.second.library == id; });
     libraries_.erase(it);

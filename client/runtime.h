@@ -210,11 +210,15 @@ class Runtime {
   // NOT_FOUND if the module has no such kernel.
   Status ModuleFunction(uint64_t module, const std::string& name, uint64_t* id);
   Status FindFunction(uint64_t id, FunctionState* out);
+  // The same without copying (the launch path): the state is immutable.
+  Status FindFunction(uint64_t id, std::shared_ptr<const FunctionState>* out);
 
   // The function a CUfunction handle names. A CUkernel cast to CUfunction is
   // accepted (as the driver does): it names the kernel's function in `ctx`,
   // or in the current context when `ctx` is 0. `*id` is the function's id.
   Status ResolveFunction(uint64_t handle, uint64_t ctx, uint64_t* id, FunctionState* out);
+  Status ResolveFunction(uint64_t handle, uint64_t ctx, uint64_t* id,
+                         std::shared_ptr<const FunctionState>* out);
   // cuModuleGetGlobal: asks the server for the global's address and size in
   // `module` and makes that range copyable.
   Status ModuleGlobal(uint64_t module, const char* name, uint64_t* dptr, uint64_t* bytes);
@@ -288,7 +292,7 @@ class Runtime {
   std::unordered_map<uint64_t, StreamState> streams_;    // guarded by mu_
   std::unordered_map<uint64_t, EventState> events_;      // guarded by mu_
   std::unordered_map<uint64_t, ModuleState> modules_;    // guarded by mu_
-  std::unordered_map<uint64_t, FunctionState> functions_;  // guarded by mu_
+  std::unordered_map<uint64_t, std::shared_ptr<const FunctionState>> functions_;  // guarded by mu_
   std::unordered_map<uint64_t, LibraryState> libraries_;   // guarded by mu_
   std::unordered_map<uint64_t, KernelState> kernels_;      // guarded by mu_
   // Serialises making a function, a library's module or a kernel's function

@@ -65,6 +65,10 @@ Status ReadFrameHead(Transport& transport, wire::FrameKind* kind, kj::Array<capn
 Status ReadFrame(Transport& transport, Frame* frame) {
   uint64_t bulk_bytes = 0;
   FERRY_RETURN_IF_ERROR(ReadFrameHead(transport, &frame->kind, &frame->words, &bulk_bytes));
+  return ReadFrameBulk(transport, bulk_bytes, frame);
+}
+
+Status ReadFrameBulk(Transport& transport, uint64_t bulk_bytes, Frame* frame) {
   frame->bulk.size = bulk_bytes;
   frame->bulk.data.reset();
   if (bulk_bytes > 0) {

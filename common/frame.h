@@ -46,6 +46,10 @@ Status ReadFrame(Transport& transport, Frame* frame);
 Status ReadFrameHead(Transport& transport, wire::FrameKind* kind, kj::Array<capnp::word>* words,
                      uint64_t* bulk_bytes);
 
+// The second part of ReadFrame: reads the `bulk_bytes` of payload that follow
+// a head into `frame->bulk` (frame->kind and frame->words are the caller's).
+Status ReadFrameBulk(Transport& transport, uint64_t bulk_bytes, Frame* frame);
+
 // Sends `message` and the bulk buffers as one frame (one gathered write).
 Status WriteFrame(Transport& transport, wire::FrameKind kind, capnp::MessageBuilder& message,
                   std::span<const ConstBuffer> bulk = {});

@@ -1,5 +1,7 @@
 #include "common/transport.h"
 
+#include "common/shm_transport.h"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -10,6 +12,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <vector>
@@ -74,15 +77,37 @@ Status SocketTransport::Write(std::span<const ConstBuffer> buffers) {
 
 Status SocketTransport::ReadExact(void* data, size_t size) {
   auto* p = static_cast<char*>(data);
+  // Bytes an earlier read took from the socket first.
+  const size_t buffered = std::min(size, read_end_ - read_begin_);
+  if (buffered > 0) {
+    std::memcpy(p, read_buffer_.get() + read_begin_, buffered);
+    read_begin_ += buffered;
+    p += buffered;
+    size -= buffered;
+  }
   while (size > 0) {
-    ssize_t n = ::recv(fd_, p, size, 0);
+    // A large read goes straight into its destination; a small one reads
+    // whatever the socket has into the buffer, so that a frame's header,
+    // message and small payload usually cost one system call together.
+    const bool direct = size >= kReadBufferBytes / 2;
+    if (!direct && read_buffer_ == nullptr) read_buffer_.reset(new char[kReadBufferBytes]);
+    ssize_t n = direct ? ::recv(fd_, p, size, 0) : ::recv(fd_, read_buffer_.get(), kReadBufferBytes, 0);
     if (n == 0) return Status::Disconnected("connection closed by " + peer_name_);
     if (n < 0) {
       if (errno == EINTR) continue;
       return Status::Disconnected("read from " + peer_name_ + " failed: " + ErrnoText(errno));
     }
-    p += n;
-    size -= static_cast<size_t>(n);
+    if (direct) {
+      p += n;
+      size -= static_cast<size_t>(n);
+      continue;
+    }
+    const size_t take = std::min(size, static_cast<size_t>(n));
+    std::memcpy(p, read_buffer_.get(), take);
+    p += take;
+    size -= take;
+    read_begin_ = take;
+    read_end_ = static_cast<size_t>(n);
   }
   return Status::Ok();
 }
@@ -200,6 +225,15 @@ Status ConnectTcp(std::string_view address, std::chrono::milliseconds timeout,
   }
   ::freeaddrinfo(results);
   return Status::Disconnected("cannot connect to server " + name + ": " + last_error);
+}
+
+Status ConnectTransport(std::string_view address, std::chrono::milliseconds timeout,
+                        std::unique_ptr<Transport>* out) {
+  constexpr std::string_view kUnix = "unix:";
+  if (address.substr(0, kUnix.size()) == kUnix) {
+    return ConnectShm(address.substr(kUnix.size()), timeout, out);
+  }
+  return ConnectTcp(address, timeout, out);
 }
 
 Status MakeTransportPair(std::unique_ptr<Transport>* a, std::unique_ptr<Transport>* b) {

@@ -1,8 +1,9 @@
 // Transport: a reliable, ordered byte stream between a client and ferryd.
 //
 // Implementations: TCP (SocketTransport over a connected socket; AF_UNIX
-// socketpairs give an in-process pair for tests). Shared memory and RDMA come
-// later behind the same interface.
+// socketpairs give an in-process pair for tests) and shared memory for
+// clients on the server's host (ShmTransport, common/shm_transport.h). RDMA
+// comes later behind the same interface.
 //
 // Thread-safety: one reader and one writer may use a Transport at once (the
 // caller serialises writers among themselves and readers among themselves).
@@ -46,7 +47,8 @@ class Transport {
   virtual bool PeerGoneOrTalking() { return false; }
 };
 
-// Owns a connected stream socket `fd`.
+// Owns a connected stream socket `fd`. Small reads are served from a
+// userspace buffer filled by one recv, large ones go straight to the caller.
 class SocketTransport final : public Transport {
  public:
   SocketTransport(int fd, std::string peer_name);
@@ -61,8 +63,15 @@ class SocketTransport final : public Transport {
   bool PeerGoneOrTalking() override;
 
  private:
+  static constexpr size_t kReadBufferBytes = 64 << 10;
+
   int fd_;
   std::string peer_name_;
+  // Bytes received but not yet read: [read_begin_, read_end_) of
+  // read_buffer_. Reader thread only.
+  std::unique_ptr<char[]> read_buffer_;
+  size_t read_begin_ = 0;
+  size_t read_end_ = 0;
 };
 
 // Splits "host:port" ("[::1]:7070" for IPv6). Port 0 is allowed.
@@ -72,6 +81,11 @@ Status ParseHostPort(std::string_view address, std::string* host, uint16_t* port
 // `timeout` with Disconnected naming the address and the reason.
 Status ConnectTcp(std::string_view address, std::chrono::milliseconds timeout,
                   std::unique_ptr<Transport>* out);
+
+// Connects to a ferryd address: "unix:/path" (shared memory, see
+// common/shm_transport.h) or "host:port" (TCP).
+Status ConnectTransport(std::string_view address, std::chrono::milliseconds timeout,
+                        std::unique_ptr<Transport>* out);
 
 // Tunes an accepted or connected TCP socket the way ferry wants it.
 void TuneTcpSocket(int fd);

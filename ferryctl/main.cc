@@ -111,7 +111,7 @@ std::string UtcTime(int64_t unix_ms) {
 }
 
 Status Connect(const std::string& server, std::unique_ptr<Transport>* transport) {
-  FERRY_RETURN_IF_ERROR(ConnectTcp(server, std::chrono::seconds(5), transport));
+  FERRY_RETURN_IF_ERROR(ConnectTransport(server, std::chrono::seconds(5), transport));
   capnp::MallocMessageBuilder message;
   auto hello = message.initRoot<wire::Hello>();
   hello.setProtocolVersion(wire::PROTOCOL_VERSION);

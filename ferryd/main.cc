@@ -3,7 +3,8 @@
 //
 //   ferryd [--config FILE] --listen HOST:PORT [--listen ...] --backend cuda|host|auto
 //          [--cuda-driver PATH] [--host-kernels LIB.so ...]
-//          [--host-devices N] [--host-memory SIZE] [--ready-file PATH]
+//          [--host-devices N] [--host-memory SIZE] [--module-cache SIZE]
+//          [--ready-file PATH]
 //          [--log-level debug|info|warning|error]
 //
 // --config reads a TOML file (pool/config.h): the same settings as the flags
@@ -47,7 +48,9 @@ constexpr const char* kUsage =
     "usage: ferryd [--config FILE] --listen HOST:PORT [--listen HOST:PORT ...]\n"
     "              --backend cuda|host|auto [--cuda-driver PATH] [--host-kernels LIB.so ...]\n"
     "              [--host-devices N] [--host-memory SIZE (e.g. 8GiB)] [--ready-file PATH]\n"
+    "              [--module-cache SIZE (default 1GiB, 0: off)]\n"
     "              [--log-level debug|info|warning|error]\n"
+    "  --listen ADDRESS  HOST:PORT (TCP) or unix:PATH (clients on this host, shared memory)\n"
     "  --config FILE  TOML: [server] (as the flags; flags win), [[gpu]], [pool.NAME],\n"
     "                 [[schedule]]; SIGHUP or `ferryctl reload` re-reads it\n"
     "  --test-fake-clock TIME  tests only: the pool's clock stands at TIME (RFC 3339)\n"
@@ -63,6 +66,7 @@ struct Flags {
   std::optional<int> host_devices;
   std::optional<uint64_t> host_memory;
   std::optional<std::string> log_level;
+  uint64_t module_cache = server::Server::kDefaultModuleCacheBytes;
   std::string ready_file;
   std::optional<absl::Time> test_fake_clock;
 };
@@ -125,6 +129,12 @@ bool ParseArgs(int argc, char** argv, Flags* flags, std::string* error) {
         return false;
       }
       flags->host_memory = bytes;
+    } else if (arg == "--module-cache") {
+      if (!value(&v)) return false;
+      if (!ParseByteSize(v, &flags->module_cache)) {
+        *error = "--module-cache: bad size '" + v + "' (e.g. 1GiB, 0 to turn it off)";
+        return false;
+      }
     } else if (arg == "--ready-file") {
       if (!value(&flags->ready_file)) return false;
     } else if (arg == "--log-level") {
@@ -307,7 +317,7 @@ int Main(int argc, char** argv) {
                                             absl::UTCTimeZone());
   }
 
-  server::Server server(*backend);
+  server::Server server(*backend, flags.module_cache);
   server.ServeGpus(gpus);
   if (config.pooling()) {
     status = server.EnablePool(config, *clock, fake_clock.get());

@@ -64,6 +64,16 @@
 # preempted it) and freed everything the session had; its status says why, and
 # every later call of the session fails with that status.
 #
+# Module images are content-addressed: a moduleLoad may name its image by
+# imageHash (SHA-256) and imageBytes instead of carrying it. If the server's
+# image cache holds that image, it loads it; otherwise it answers OK with
+# imageNotCached set and creates nothing, and the client sends the call again
+# with the image as bulk (and the same hash, so the server can keep it). The
+# server keeps only bytes whose SHA-256 it computed and found equal to the
+# hash sent with them; bytes that do not match are refused
+# (CUDA_ERROR_INVALID_VALUE). A moduleLoad with bulk and no hash is loaded
+# and not kept.
+#
 # Evolution: ordinals never change meaning; a new call gets a new ordinal. A
 # call the server does not know gets an Unimplemented status (the client
 # reports CUDA_ERROR_NOT_SUPPORTED); the connection stays up. A frame that does
@@ -269,6 +279,9 @@ struct Memset {
 struct ModuleLoad {
   ctx @0 :UInt64;
   module @1 :UInt64;
+  # module image cache
+  imageHash @2 :Data;     # SHA-256 of the image (32 bytes), or empty
+  imageBytes @3 :UInt64;  # the image's length, when imageHash is set
 }
 struct ModuleRef {
   module @0 :UInt64;
@@ -418,6 +431,8 @@ struct Reply {
   }
   # memcpyDtoH / memcpy2D to host: the bytes are the reply's bulk payload.
   latchedFromSeq @9 :UInt64;  # nonzero: status is the latched error of that earlier call
+  # module image cache
+  imageNotCached @12 :Bool;   # moduleLoad by hash alone: the server lacks the image
 }
 
 # host callbacks

@@ -14,6 +14,7 @@ packages=(
   libgtest-dev libgmock-dev  # unit and end-to-end tests
   libbenchmark-dev      # bench/
   libzstd-dev liblz4-dev  # compressed fatbin entries
+  libssl-dev            # SHA-256 naming module images in ferryd's image cache
   rdma-core libibverbs-dev librdmacm-dev  # RDMA transport (later)
 )
 

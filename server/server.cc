@@ -1,5 +1,7 @@
 #include "server/server.h"
 
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -7,6 +9,7 @@
 #include <utility>
 
 #include "common/frame.h"
+#include "common/shm_transport.h"
 #include "common/log.h"
 #include "common/units.h"
 
@@ -55,7 +58,8 @@ void ApplyLogLevel(const pool::Config& config) {
 
 }  // namespace
 
-Server::Server(backend::GpuBackend& backend) : backend_(backend) {
+Server::Server(backend::GpuBackend& backend, uint64_t module_cache_bytes) : backend_(backend) {
+  if (module_cache_bytes > 0) module_cache_ = std::make_unique<ModuleCache>(module_cache_bytes);
   for (size_t i = 0; i < backend.Devices().size(); ++i) {
     gpus_.push_back(ServedGpu{static_cast<int>(i), static_cast<int>(i),
                               backend.Devices()[i].total_memory});
@@ -117,9 +121,31 @@ Status Server::Reload(std::string* summary) {
   return Status::Ok();
 }
 
+ModuleCacheStats Server::module_cache_stats() const {
+  return module_cache_ != nullptr ? module_cache_->stats() : ModuleCacheStats{};
+}
+
 Server::~Server() { Stop(); }
 
 Status Server::Listen(const std::string& address) {
+  if (address.rfind("unix:", 0) == 0) {
+    const std::string path = address.substr(5);
+    if (path.empty()) return Status::InvalidArgument("bad listen address '" + address + "'");
+    // A socket file left by an earlier ferryd would make bind fail.
+    struct stat st{};
+    if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(path.c_str());
+    asio::error_code ec;
+    auto acceptor = std::make_unique<asio::local::stream_protocol::acceptor>(io_);
+    asio::local::stream_protocol::endpoint endpoint(path);
+    acceptor->open(endpoint.protocol(), ec);
+    if (!ec) acceptor->bind(endpoint, ec);
+    if (!ec) acceptor->listen(asio::socket_base::max_listen_connections, ec);
+    if (ec) return Status::InvalidArgument("cannot listen on " + address + ": " + ec.message());
+    bound_.push_back(address);
+    unix_paths_.push_back(path);
+    unix_acceptors_.push_back(std::move(acceptor));
+    return Status::Ok();
+  }
   std::string host;
   uint16_t port = 0;
   FERRY_RETURN_IF_ERROR(ParseHostPort(address, &host, &port));
@@ -153,6 +179,7 @@ std::vector<std::string> Server::BoundAddresses() const { return bound_; }
 
 void Server::Start() {
   for (auto& acceptor : acceptors_) StartAccept(*acceptor);
+  for (auto& acceptor : unix_acceptors_) StartAcceptUnix(*acceptor);
   io_thread_ = std::thread([this] { io_.run(); });
 }
 
@@ -174,19 +201,77 @@ void Server::StartAccept(asio::ip::tcp::acceptor& acceptor) {
       return;
     }
     TuneTcpSocket(fd);
-    auto transport = std::make_unique<SocketTransport>(fd, peer);
-    uint64_t id;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (stopping_) return;
-      ++live_connections_;
-      id = next_id_++;
-      connections_[id] = transport.get();
-    }
-    std::thread([this, id, t = std::move(transport)]() mutable { ServeConnection(id, std::move(t)); })
-        .detach();
+    ServeOnNewThread(
+        [fd, peer](std::unique_ptr<Transport>* out) {
+          *out = std::make_unique<SocketTransport>(fd, peer);
+          return Status::Ok();
+        },
+        peer);
     StartAccept(acceptor);
   });
+}
+
+void Server::StartAcceptUnix(asio::local::stream_protocol::acceptor& acceptor) {
+  acceptor.async_accept(
+      [this, &acceptor](const asio::error_code& ec, asio::local::stream_protocol::socket socket) {
+        if (ec) {
+          if (ec != asio::error::operation_aborted) {
+            FERRY_LOG(kWarning) << "accept failed: " << ec.message();
+            StartAcceptUnix(acceptor);
+          }
+          return;
+        }
+        asio::error_code ignored;
+        std::string peer = "unix:" + acceptor.local_endpoint(ignored).path();
+        const int fd = socket.release(ignored);
+        ucred credentials{};
+        socklen_t length = sizeof(credentials);
+        if (fd >= 0 && ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) == 0) {
+          peer += " pid " + std::to_string(credentials.pid);
+        }
+        if (fd >= 0) {
+          // The shared region is set up on the connection's own thread, never
+          // on the accepting one.
+          ServeOnNewThread(
+              [fd, peer](std::unique_ptr<Transport>* out) {
+                return ShmTransport::Accept(fd, peer, ShmTransport::kDefaultRingBytes, out);
+              },
+              peer);
+        }
+        StartAcceptUnix(acceptor);
+      });
+}
+
+void Server::ServeOnNewThread(std::function<Status(std::unique_ptr<Transport>*)> make_transport,
+                              std::string peer) {
+  uint64_t id = 0;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!stopping_) {
+      ++live_connections_;
+      id = next_id_++;
+    }
+  }
+  if (id == 0) {  // stopping: take the socket only to close it
+    std::unique_ptr<Transport> unused;
+    (void)make_transport(&unused);
+    return;
+  }
+  std::thread([this, id, make_transport = std::move(make_transport), peer = std::move(peer)] {
+    std::unique_ptr<Transport> transport;
+    Status status = make_transport(&transport);
+    if (!status.ok()) {
+      FERRY_LOG(kWarning) << "connection from " << peer << " failed: " << status.ToString();
+      ConnectionFinished(id);
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      connections_[id] = transport.get();
+      if (stopping_) transport->Shutdown();
+    }
+    ServeConnection(id, std::move(transport));
+  }).detach();
 }
 
 void Server::ConnectionFinished(uint64_t id) {
@@ -251,7 +336,7 @@ void Server::ServeConnection(uint64_t id, std::unique_ptr<Transport> transport) 
       }
     }
     auto session = std::make_shared<Session>(id, std::move(transport), backend_, hello,
-                                             std::move(grant));
+                                             std::move(grant), module_cache_.get());
     std::string early_preemption;
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -551,10 +636,16 @@ void Server::Stop() {
       asio::error_code ignored;
       acceptor->close(ignored);
     }
+    for (auto& acceptor : unix_acceptors_) {
+      asio::error_code ignored;
+      acceptor->close(ignored);
+    }
   });
   if (io_thread_.joinable()) io_thread_.join();
   std::unique_lock<std::mutex> lock(mutex_);
   connections_cv_.wait(lock, [this] { return live_connections_ == 0; });
+  for (const std::string& path : unix_paths_) ::unlink(path.c_str());
+  unix_paths_.clear();
 }
 
 }  // namespace ferry::server

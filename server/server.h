@@ -17,6 +17,7 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -43,8 +44,10 @@ struct ServedGpu {
 
 class Server {
  public:
-  // `backend` must outlive the server.
-  explicit Server(backend::GpuBackend& backend);
+  // `backend` must outlive the server. Sessions share a module image cache of
+  // `module_cache_bytes` (0: none).
+  explicit Server(backend::GpuBackend& backend, uint64_t module_cache_bytes = kDefaultModuleCacheBytes);
+  static constexpr uint64_t kDefaultModuleCacheBytes = 1ull << 30;
   ~Server();  // Stop()s
 
   // Before Start. Without a pool: sessions see these GPUs, whole, in this
@@ -63,7 +66,9 @@ class Server {
   // config stays (the caller logs why); `summary` says what happened.
   Status Reload(std::string* summary);
 
-  // Binds and listens on "host:port" (port 0 picks one). Call before Start.
+  // Binds and listens on "host:port" (TCP; port 0 picks one) or
+  // "unix:/path" (clients on this host, over shared memory; a stale socket
+  // file at the path is replaced). Call before Start.
   Status Listen(const std::string& address);
   // The bound "host:port" of each listener, in Listen order.
   std::vector<std::string> BoundAddresses() const;
@@ -73,9 +78,15 @@ class Server {
   void Stop();
 
   std::vector<SessionInfo> Sessions() const;
+  ModuleCacheStats module_cache_stats() const;
 
  private:
   void StartAccept(asio::ip::tcp::acceptor& acceptor);
+  void StartAcceptUnix(asio::local::stream_protocol::acceptor& acceptor);
+  // Registers a new connection and serves it on a thread of its own;
+  // `make_transport` runs on that thread.
+  void ServeOnNewThread(std::function<Status(std::unique_ptr<Transport>*)> make_transport,
+                        std::string peer);
   void ServeConnection(uint64_t id, std::unique_ptr<Transport> transport);
   void ServeControl(Transport& transport);
   Status HandleControl(wire::ControlRequest::Reader request, wire::ControlReply::Builder reply);
@@ -89,8 +100,11 @@ class Server {
   void PreemptSession(const pool::Preemption& preemption);
 
   backend::GpuBackend& backend_;
+  std::unique_ptr<ModuleCache> module_cache_;  // null: no cache
   asio::io_context io_;
   std::vector<std::unique_ptr<asio::ip::tcp::acceptor>> acceptors_;
+  std::vector<std::unique_ptr<asio::local::stream_protocol::acceptor>> unix_acceptors_;
+  std::vector<std::string> unix_paths_;  // removed at Stop
   std::vector<std::string> bound_;
   std::thread io_thread_;
 

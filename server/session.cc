@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <limits>
 #include <system_error>
 #include <utility>
@@ -71,14 +72,15 @@ const char* ComputeMechanism(double share) {
 }
 
 Session::Session(uint64_t id, std::unique_ptr<Transport> transport, backend::GpuBackend& backend,
-                 wire::Hello::Reader hello)
-    : Session(id, std::move(transport), backend, hello, WholeDevices(backend)) {}
+                 wire::Hello::Reader hello, ModuleCache* module_cache)
+    : Session(id, std::move(transport), backend, hello, WholeDevices(backend), module_cache) {}
 
 Session::Session(uint64_t id, std::unique_ptr<Transport> transport, backend::GpuBackend& backend,
-                 wire::Hello::Reader hello, SessionGrant grant)
+                 wire::Hello::Reader hello, SessionGrant grant, ModuleCache* module_cache)
     : id_(id),
       transport_(std::move(transport)),
       backend_(backend),
+      module_cache_(module_cache),
       pid_(hello.getPid()),
       host_(hello.getHost().cStr()),
       program_(hello.getProgram().cStr()),
@@ -147,6 +149,7 @@ SessionInfo Session::Info() const {
   info.modules = module_count_.load();
   info.since_unix_ms = since_unix_ms_;
   for (size_t i = 0; i < grant_.devices.size(); ++i) info.device_bytes.push_back(device_bytes_[i].load());
+  info.module_image_bytes_received = module_image_bytes_received_.load();
   return info;
 }
 
@@ -265,18 +268,50 @@ void Session::ServeLoop(bool helper) {
                                       " MiB of calls while its host callback held a stream");
         }
       }
-      Frame frame;
-      if (status.ok()) status = ReadFrame(*transport_, &frame);
+      wire::FrameKind kind = wire::FrameKind::INVALID;
+      kj::Array<capnp::word> words;
+      uint64_t bulk_bytes = 0;
+      if (status.ok()) status = ReadFrameHead(*transport_, &kind, &words, &bulk_bytes);
       if (status.ok()) {
-        if (frame.kind == wire::FrameKind::GATE_OPEN) {
-          status = OpenGate(frame);
+        if (kind == wire::FrameKind::GATE_OPEN) {
+          status = OpenGate(words, bulk_bytes);
           if (status.ok()) continue;
-        } else if (frame.kind != wire::FrameKind::CALL_BATCH) {
+        } else if (kind != wire::FrameKind::CALL_BATCH) {
           status = Status::Malformed("unexpected frame kind " +
-                                     std::to_string(static_cast<int>(frame.kind)) +
+                                     std::to_string(static_cast<int>(kind)) +
                                      " on a client session");
         }
       }
+      // Streaming: with no gate closed, nothing queued and no hostGate in
+      // the batch, nothing this batch does can wait for a frame behind it,
+      // so it executes while its payload is still on the transport, and each
+      // call's bytes are read just before it runs (a large host-to-device
+      // copy onto an idle stream lands straight in device memory).
+      bool streaming = false;
+      if (status.ok()) {
+        std::lock_guard<std::mutex> lock(serve_mutex_);
+        streaming = !executing_ && inbox_.empty() && gates_.empty() && !BatchHasHostGate(words);
+        if (streaming) executing_ = true;
+      }
+      if (streaming) {
+        TransportPayload payload(*transport_);
+        status = ExecuteBatch(words, bulk_bytes, payload);
+        {
+          std::lock_guard<std::mutex> lock(serve_mutex_);
+          executing_ = false;
+        }
+        if (!status.ok()) {
+          EndServing(status);
+          return;
+        }
+        continue;
+      }
+      // Buffered: the whole frame goes to the inbox, so this thread is free
+      // to read the next frame (a gateOpen) while the executor runs it.
+      Frame frame;
+      frame.kind = kind;
+      frame.words = std::move(words);
+      if (status.ok()) status = ReadFrameBulk(*transport_, bulk_bytes, &frame);
       if (!status.ok()) {
         EndServing(status);
         return;
@@ -305,9 +340,31 @@ void Session::DrainInbox() {
       inbox_bytes_ -= FrameBytes(frame);
       serve_cv_.notify_all();  // a reader may wait for the inbox to shrink
     }
-    Status status = ExecuteBatch(frame);
+    BufferedPayload payload(frame.bulk.data.get(), frame.bulk.size);
+    Status status = ExecuteBatch(frame.words.asPtr(), frame.bulk.size, payload);
     if (!status.ok()) EndServing(status);
   }
+}
+
+Status Session::BufferedPayload::Read(void* into, uint64_t bytes) {
+  if (bytes > left_) return Status::Malformed("a call claims bulk bytes past the frame's payload");
+  std::memcpy(into, data_, bytes);
+  data_ += bytes;
+  left_ -= bytes;
+  return Status::Ok();
+}
+
+bool Session::BatchHasHostGate(kj::ArrayPtr<const capnp::word> words) {
+  try {
+    for (kj::ArrayPtr<const capnp::word> rest = words; rest.size() > 0;) {
+      capnp::FlatArrayMessageReader reader(rest, PeerReaderOptions());
+      if (reader.getRoot<wire::Call>().which() == wire::Call::HOST_GATE) return true;
+      rest = kj::arrayPtr(reader.getEnd(), rest.end());
+    }
+  } catch (const kj::Exception&) {
+    // ExecuteBatch reports the malformed message.
+  }
+  return false;
 }
 
 void Session::EndServing(const Status& why) {
@@ -341,11 +398,11 @@ Status Session::StartHelper() {
   return Status::Ok();
 }
 
-Status Session::OpenGate(const Frame& frame) {
-  if (frame.bulk.size != 0) return Status::Malformed("a gateOpen frame carried bulk bytes");
+Status Session::OpenGate(kj::ArrayPtr<const capnp::word> words, uint64_t bulk_bytes) {
+  if (bulk_bytes != 0) return Status::Malformed("a gateOpen frame carried bulk bytes");
   uint64_t seq = 0;
   try {
-    capnp::FlatArrayMessageReader reader(frame.words.asPtr(), PeerReaderOptions());
+    capnp::FlatArrayMessageReader reader(words, PeerReaderOptions());
     seq = reader.getRoot<wire::GateOpen>().getGate();
   } catch (const kj::Exception& e) {
     return Status::Malformed(std::string("bad gateOpen message: ") + e.getDescription().cStr());
@@ -369,40 +426,113 @@ Status Session::OpenGate(const Frame& frame) {
   return Status::Ok();
 }
 
-Status Session::ExecuteBatch(const Frame& frame) {
+namespace {
+
+// Host-to-device copies at least this large may land straight in device
+// memory; smaller ones travel in the batch's shared payload buffer.
+constexpr uint64_t kDirectCopyMinBytes = 64 << 10;
+
+std::shared_ptr<uint8_t[]> AllocateBulk(uint64_t bytes) {
+  // Uninitialised on purpose: pages are committed only as bytes arrive.
+  return std::shared_ptr<uint8_t[]>(new (std::nothrow) uint8_t[bytes]);
+}
+
+}  // namespace
+
+Status Session::ExecuteBatch(kj::ArrayPtr<const capnp::word> words, uint64_t bulk_bytes,
+                             PayloadSource& payload) {
   std::lock_guard<std::mutex> exec(exec_mutex_);
   // kj reports a message that breaks its own rules (bad pointers, traversal
   // limit) as an exception; none may escape into the server.
   try {
-    kj::ArrayPtr<const capnp::word> rest = frame.words.asPtr();
-    uint64_t offset = 0;
-    while (rest.size() > 0) {
+    // First find every call and how much payload it claims, so that all the
+    // payload that is not read straight into device memory shares one buffer.
+    batch_calls_.clear();
+    uint64_t claimed = 0;
+    uint64_t shared_bytes = 0;
+    const bool direct_possible = backend_.DeviceMemoryIsHostMemory();
+    for (kj::ArrayPtr<const capnp::word> rest = words; rest.size() > 0;) {
       capnp::FlatArrayMessageReader reader(rest, PeerReaderOptions());
       auto call = reader.getRoot<wire::Call>();
-      const uint64_t bytes = call.getBulkBytes();
-      if (bytes > frame.bulk.size - offset) {
+      BatchCall entry;
+      entry.words = kj::arrayPtr(rest.begin(), reader.getEnd());
+      entry.bulk_bytes = call.getBulkBytes();
+      if (entry.bulk_bytes > bulk_bytes - claimed) {
         return Status::Malformed("call " + std::to_string(call.getSeq()) + " claims " +
-                                 std::to_string(bytes) + " bulk bytes past the frame's payload");
+                                 std::to_string(entry.bulk_bytes) +
+                                 " bulk bytes past the frame's payload");
       }
-      backend::HostBytes bulk;
-      if (bytes > 0) {
-        uint8_t* base = frame.bulk.data.get() + offset;
-        bulk.owner = Alias<const void>(frame.bulk.data, base);
-        bulk.data = base;
-        bulk.size = bytes;
-      }
-      Execute(call, std::move(bulk));
-      offset += bytes;
+      claimed += entry.bulk_bytes;
+      entry.direct_candidate = direct_possible && call.which() == wire::Call::MEMCPY_HTO_D &&
+                               entry.bulk_bytes >= kDirectCopyMinBytes;
+      if (!entry.direct_candidate) shared_bytes += entry.bulk_bytes;
+      batch_calls_.push_back(entry);
       rest = kj::arrayPtr(reader.getEnd(), rest.end());
     }
-    if (offset != frame.bulk.size) {
-      return Status::Malformed("frame carried " + std::to_string(frame.bulk.size - offset) +
+    if (claimed != bulk_bytes) {
+      return Status::Malformed("frame carried " + std::to_string(bulk_bytes - claimed) +
                                " bulk bytes that no call claimed");
+    }
+    std::shared_ptr<uint8_t[]> shared;
+    if (shared_bytes > 0) {
+      shared = AllocateBulk(shared_bytes);
+      if (!shared) {
+        return Status::OutOfMemory("cannot buffer a bulk payload of " +
+                                   std::to_string(shared_bytes) + " bytes");
+      }
+    }
+    uint64_t shared_offset = 0;
+    // Then execute them in order, reading each one's payload just before it
+    // runs (the payload follows the message on the transport, in call order).
+    for (const BatchCall& entry : batch_calls_) {
+      capnp::FlatArrayMessageReader reader(entry.words, PeerReaderOptions());
+      auto call = reader.getRoot<wire::Call>();
+      backend::HostBytes bulk;
+      if (entry.bulk_bytes > 0) {
+        if (entry.direct_candidate) {
+          Status read;
+          if (TryDirectHostToDevice(call, payload, &read)) {
+            FERRY_RETURN_IF_ERROR(read);
+            continue;
+          }
+          std::shared_ptr<uint8_t[]> own = AllocateBulk(entry.bulk_bytes);
+          if (!own) {
+            return Status::OutOfMemory("cannot buffer a bulk payload of " +
+                                       std::to_string(entry.bulk_bytes) + " bytes");
+          }
+          FERRY_RETURN_IF_ERROR(payload.Read(own.get(), entry.bulk_bytes));
+          bulk.data = own.get();
+          bulk.owner = Alias<const void>(own, own.get());
+        } else {
+          uint8_t* at = shared.get() + shared_offset;
+          shared_offset += entry.bulk_bytes;
+          FERRY_RETURN_IF_ERROR(payload.Read(at, entry.bulk_bytes));
+          bulk.data = at;
+          bulk.owner = Alias<const void>(shared, at);
+        }
+        bulk.size = entry.bulk_bytes;
+      }
+      Execute(call, std::move(bulk));
     }
   } catch (const kj::Exception& e) {
     return Status::Malformed(std::string("bad message: ") + e.getDescription().cStr());
   }
   return Status::Ok();
+}
+
+bool Session::TryDirectHostToDevice(wire::Call::Reader call, PayloadSource& payload,
+                                    Status* read_status) {
+  auto args = call.getMemcpyHtoD();
+  if (call.getWantsReply() || args.getBytes() != call.getBulkBytes()) return false;
+  backend::Stream* stream = nullptr;
+  if (!FindStream(args.getCtx(), args.getStream(), &stream).ok()) return false;
+  if (!CheckRange(args.getDst(), args.getBytes(), "destination").ok()) return false;
+  // Only onto an idle stream: then writing now is what the queued copy would
+  // do when its turn came, and no earlier work can still read these bytes.
+  Status stream_status;
+  if (!backend_.StreamIdleNow(*stream, &stream_status) || !stream_status.ok()) return false;
+  *read_status = payload.Read(reinterpret_cast<void*>(args.getDst()), args.getBytes());
+  return true;
 }
 
 void Session::Execute(wire::Call::Reader call, backend::HostBytes bulk) {
@@ -432,7 +562,9 @@ void Session::Execute(wire::Call::Reader call, backend::HostBytes bulk) {
   if (cx.wants_reply) {
     if (status.ok()) {
       StatusToWire(status, cx.reply.initStatus());
-      SendReplyMessage(cx.message, {});
+      SendReplyMessage(cx.message, cx.reply_bulk.size > 0
+                                       ? std::span<const ConstBuffer>(&cx.reply_bulk, 1)
+                                       : std::span<const ConstBuffer>());
     } else {
       SendReply(cx.seq, status);
     }
@@ -798,6 +930,8 @@ void Session::FreeEverything() {
 Status Session::CtxSynchronize(wire::CtxRef::Reader args, CallContext& cx) {
   ContextEntry* c = nullptr;
   FERRY_RETURN_IF_ERROR(FindContext(args.getCtx(), &c));
+  Status idle_status;
+  if (backend_.ContextIdleNow(*c->context, &idle_status)) return idle_status;
   backend_.WhenContextIdle(*c->context, DeferReply(cx));
   return Status::Ok();
 }
@@ -905,6 +1039,13 @@ Status Session::MemcpyHtoD(wire::Memcpy::Reader args, CallContext& cx) {
   }
   FERRY_RETURN_IF_ERROR(CheckRange(args.getDst(), args.getBytes(), "destination"));
   if (args.getBytes() == 0) return Status::Ok();
+  Status idle_status;
+  if (backend_.DeviceMemoryIsHostMemory() && backend_.StreamIdleNow(*stream, &idle_status) &&
+      idle_status.ok()) {
+    // What the queued copy would do when its turn came; no thread hop.
+    std::memcpy(reinterpret_cast<void*>(args.getDst()), cx.bulk_in.data, args.getBytes());
+    return Status::Ok();
+  }
   return backend_.CopyHostToDevice(*stream, args.getDst(), cx.bulk_in);
 }
 
@@ -913,6 +1054,19 @@ Status Session::MemcpyDtoH(wire::Memcpy::Reader args, CallContext& cx) {
   FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
   FERRY_RETURN_IF_ERROR(CheckRange(args.getSrc(), args.getBytes(), "source"));
   if (!cx.wants_reply) return Status::InvalidArgument("a device-to-host copy must want a reply");
+  Status idle_status;
+  if (backend_.StreamIdleNow(*stream, &idle_status)) {
+    // Nothing queued can still change the source: answer now.
+    if (!idle_status.ok()) return idle_status;
+    if (args.getBytes() == 0) return Status::Ok();
+    if (backend_.DeviceMemoryIsHostMemory()) {
+      // The reply is written from device memory itself before the executor
+      // runs the session's next call, so nothing of this session can change
+      // the bytes meanwhile.
+      cx.reply_bulk = ConstBuffer{reinterpret_cast<const void*>(args.getSrc()), args.getBytes()};
+      return Status::Ok();
+    }
+  }
   backend::MutableHostBytes buffer;
   if (args.getBytes() > 0) {
     std::shared_ptr<uint8_t[]> bytes(new (std::nothrow) uint8_t[args.getBytes()]);
@@ -1037,13 +1191,45 @@ Status Session::ModuleLoad(wire::ModuleLoad::Reader args, CallContext& cx) {
   if (id == 0 || modules_.count(id) != 0) {
     return Status::InvalidArgument("module id " + std::to_string(id) + " is 0 or already in use");
   }
-  if (cx.bulk_in.size == 0) return Status::Cuda(CUDA_ERROR_INVALID_IMAGE, "empty module image");
+  // The image: sent with the call, or named by its hash and taken from the
+  // cache (see the protocol prose in schema/ferry.capnp).
+  auto hash_data = args.getImageHash();
+  const bool named = hash_data.size() > 0;
+  ContentHash hash{};
+  if (named) {
+    if (hash_data.size() != hash.size()) {
+      return Status::InvalidArgument("module image hash of " + std::to_string(hash_data.size()) +
+                                     " bytes; SHA-256 has 32");
+    }
+    std::memcpy(hash.data(), hash_data.begin(), hash.size());
+  }
+  backend::HostBytes image = cx.bulk_in;
+  if (image.size > 0) {
+    module_image_bytes_received_.fetch_add(image.size);
+    // Only bytes that are what their name says may be kept under it (there
+    // is nothing to keep, and so nothing to check, without a cache).
+    if (named && module_cache_ != nullptr &&
+        (args.getImageBytes() != image.size ||
+         HashContent(std::span<const uint8_t>(image.data, image.size)) != hash)) {
+      return Status::InvalidArgument("module image bytes do not match the SHA-256 sent with them");
+    }
+  } else if (named) {
+    if (module_cache_ == nullptr || !module_cache_->Find(hash, args.getImageBytes(), &image)) {
+      cx.reply.setImageNotCached(true);
+      return Status::Ok();
+    }
+  } else {
+    return Status::Cuda(CUDA_ERROR_INVALID_IMAGE, "empty module image");
+  }
   ModuleEntry entry;
   entry.ctx = args.getCtx();
   auto description = std::make_shared<backend::ModuleDescription>();
   FERRY_RETURN_IF_ERROR(backend_.LoadModule(
-      *c->context, std::span<const uint8_t>(cx.bulk_in.data, cx.bulk_in.size), &entry.module,
+      *c->context, std::span<const uint8_t>(image.data, image.size), &entry.module,
       description.get()));
+  if (named && cx.bulk_in.size > 0 && module_cache_ != nullptr) {
+    module_cache_->Insert(hash, cx.bulk_in);
+  }
   DescribeInReply(*description, cx.reply);
   entry.description = std::move(description);
   modules_.emplace(id, std::move(entry));
@@ -1192,6 +1378,8 @@ Status Session::StreamDestroy(wire::StreamRef::Reader args) {
 Status Session::StreamSynchronize(wire::StreamRef::Reader args, CallContext& cx) {
   backend::Stream* stream = nullptr;
   FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
+  Status idle_status;
+  if (backend_.StreamIdleNow(*stream, &idle_status)) return idle_status;
   backend_.WhenStreamIdle(*stream, DeferReply(cx));
   return Status::Ok();
 }

@@ -11,7 +11,15 @@
 // Calls that wait for the GPU (synchronize, device-to-host copies) do not
 // block the executor: they queue a completion with the backend, and the reply
 // is written from the backend's thread when the work is done, so later calls
-// from the client's other threads keep running.
+// from the client's other threads keep running. When the work they wait for
+// has already finished (GpuBackend::StreamIdleNow), they are answered at once
+// on the executor instead: no thread hop for a call that need not wait.
+//
+// Bulk bytes are read per call as the batch executes (while no host gate is
+// closed), so a large host-to-device copy onto an idle stream lands straight
+// in device memory when the backend's device memory is host memory, and a
+// device-to-host copy's reply is written straight from it (no staging
+// buffer).
 //
 // Host callbacks (hostGate calls) hold a stream until the client opens the
 // gate with a gateOpen frame. A call can then block the executor until the
@@ -46,6 +54,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <vector>
 
 #include <absl/time/clock.h>
 #include <absl/time/time.h>
@@ -58,6 +67,7 @@
 #include "common/transport.h"
 #include "pool/launch_throttle.h"
 #include "schema/ferry.capnp.h"
+#include "server/module_cache.h"
 
 namespace ferry::server {
 
@@ -76,6 +86,7 @@ struct SessionInfo {
   uint32_t modules = 0;
   int64_t since_unix_ms = 0;
   std::vector<uint64_t> device_bytes;  // allocated per session device
+  uint64_t module_image_bytes_received = 0;  // image bytes the client sent
 };
 
 // One device as a session sees it: a whole backend device, or a slice of one
@@ -107,13 +118,14 @@ const char* ComputeMechanism(double share);
 
 class Session {
  public:
-  // `backend` must outlive the session. `hello` is the client's handshake;
-  // `grant` the devices it may use.
+  // `backend` and `module_cache` (may be null: no image cache) must outlive
+  // the session. `hello` is the client's handshake; `grant` the devices it
+  // may use.
   Session(uint64_t id, std::unique_ptr<Transport> transport, backend::GpuBackend& backend,
-          wire::Hello::Reader hello, SessionGrant grant);
+          wire::Hello::Reader hello, SessionGrant grant, ModuleCache* module_cache = nullptr);
   // Every device of `backend`, whole.
   Session(uint64_t id, std::unique_ptr<Transport> transport, backend::GpuBackend& backend,
-          wire::Hello::Reader hello);
+          wire::Hello::Reader hello, ModuleCache* module_cache = nullptr);
   ~Session();
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -194,10 +206,48 @@ class Session {
     uint64_t seq = 0;
     bool wants_reply = false;
     backend::HostBytes bulk_in;
-    capnp::MallocMessageBuilder message;
+    // The reply is built in scratch space on the stack: no allocation for a
+    // call that needs none. Must be zero before use (capnp's rule).
+    capnp::word scratch[128] = {};
+    capnp::MallocMessageBuilder message{kj::arrayPtr(scratch, 128)};
     wire::Reply::Builder reply;
     bool deferred = false;  // the handler arranged a later reply
+    // Bytes the reply carries when it is sent at once (status OK only); they
+    // must stay valid until the handler's caller has written the reply.
+    ConstBuffer reply_bulk{nullptr, 0};
     CallContext() : reply(message.initRoot<wire::Reply>()) {}
+  };
+  // One call of a batch, found before any of them runs.
+  struct BatchCall {
+    kj::ArrayPtr<const capnp::word> words;
+    uint64_t bulk_bytes = 0;
+    bool direct_candidate = false;  // may land straight in device memory
+  };
+
+  // Where a batch's bulk payload comes from: still on the transport
+  // (streaming) or already buffered with the frame (from the inbox). Read
+  // takes the next `bytes` of it, in call order.
+  class PayloadSource {
+   public:
+    virtual ~PayloadSource() = default;
+    virtual Status Read(void* into, uint64_t bytes) = 0;
+  };
+  class TransportPayload final : public PayloadSource {
+   public:
+    explicit TransportPayload(Transport& transport) : transport_(transport) {}
+    Status Read(void* into, uint64_t bytes) override { return transport_.ReadExact(into, bytes); }
+
+   private:
+    Transport& transport_;
+  };
+  class BufferedPayload final : public PayloadSource {
+   public:
+    BufferedPayload(const uint8_t* data, uint64_t size) : data_(data), left_(size) {}
+    Status Read(void* into, uint64_t bytes) override;
+
+   private:
+    const uint8_t* data_;
+    uint64_t left_;
   };
 
   // Serving (session.cc explains the two roles). ServeLoop runs on Run's
@@ -206,15 +256,25 @@ class Session {
   void ServeLoop(bool helper);
   // Executes the inbox until it is empty; the caller holds the executor role.
   void DrainInbox();
+  // True when the batch holds a hostGate call (then it is not streamed).
+  static bool BatchHasHostGate(kj::ArrayPtr<const capnp::word> words);
   // Ends serving for `why`: later reads and executions stop, every host gate
   // opens, the transport shuts down. Idempotent; any thread.
   void EndServing(const Status& why);
   // Starts helper_ if it is not running (executor role, on Run's thread).
   Status StartHelper();
   // A gateOpen frame (reader role).
-  Status OpenGate(const Frame& frame);
+  Status OpenGate(kj::ArrayPtr<const capnp::word> words, uint64_t bulk_bytes);
   void SendGateReached(uint64_t seq, const Status& status, bool held, bool stream_failed);
-  Status ExecuteBatch(const Frame& frame);
+  // Executes one callBatch frame whose message part is `words`; its
+  // `bulk_bytes` of payload come from `payload`, call by call.
+  Status ExecuteBatch(kj::ArrayPtr<const capnp::word> words, uint64_t bulk_bytes,
+                      PayloadSource& payload);
+  // Reads `call`'s payload straight into device memory and performs it, when
+  // it is a host-to-device copy that may (see the file comment). Returns
+  // false, having read nothing, when it may not.
+  bool TryDirectHostToDevice(wire::Call::Reader call, PayloadSource& payload,
+                             Status* read_status);
   void Execute(wire::Call::Reader call, backend::HostBytes bulk);
   Status Dispatch(wire::Call::Reader call, CallContext& cx);
   void FreeEverything();
@@ -303,6 +363,7 @@ class Session {
   const uint64_t id_;
   std::unique_ptr<Transport> transport_;
   backend::GpuBackend& backend_;
+  ModuleCache* const module_cache_;
   const uint32_t pid_;
   const std::string host_;
   const std::string program_;
@@ -327,6 +388,7 @@ class Session {
   std::atomic<uint32_t> stream_count_{0};
   std::atomic<uint32_t> event_count_{0};
   std::atomic<uint32_t> module_count_{0};
+  std::atomic<uint64_t> module_image_bytes_received_{0};
 
   std::unique_ptr<std::atomic<uint64_t>[]> device_bytes_;  // per session device
   // Per device; null = not throttled. The objects are guarded by
@@ -344,6 +406,8 @@ class Session {
   bool interrupted_ = false;  // guarded by throttle_mutex_
 
   std::mutex write_mutex_;  // serialises reply frames on transport_
+
+  std::vector<BatchCall> batch_calls_;  // executor thread; reused per frame
 
   std::mutex pending_mutex_;
   std::condition_variable pending_cv_;

@@ -228,6 +228,24 @@ class GpuBackend {
   virtual void WhenEventComplete(Event& event, Completion done) = 0;
   virtual Status EventElapsedTime(Event& start, Event& end, float* milliseconds) = 0;
 
+  // --- fast paths (optional) ------------------------------------------------
+  // They let ferryd answer a call on the thread that read it, instead of
+  // queueing it and replying from a backend thread. A backend that cannot
+  // tell answers false and the caller takes the queued path.
+  //
+  // True when an operation appended to `stream` now would start at once: the
+  // stream's own work and everything its ordering makes a new operation wait
+  // for (legacy default-stream semantics) has finished. `*status` is then
+  // what WhenStreamIdle's completion would report.
+  virtual bool StreamIdleNow(Stream& stream, Status* status) { return false; }
+  // True when every stream of `ctx` is idle; `*status` as WhenContextIdle's.
+  virtual bool ContextIdleNow(Context& ctx, Status* status) { return false; }
+  // True when device addresses are addresses in this process that ferryd may
+  // read and write directly (the host backend), so bulk bytes can move
+  // between the wire and device memory without a staging buffer — done only
+  // while the stream is idle (StreamIdleNow), which keeps stream order.
+  virtual bool DeviceMemoryIsHostMemory() const { return false; }
+
   // --- modules and functions ----------------------------------------------
   // `image` is a fatbin, a cubin (ELF) or NUL-terminated PTX text. On success
   // `description` lists the image's kernels with their parameter layouts and

@@ -644,6 +644,38 @@ class HostBackend final : public GpuBackend {
     return Status::Ok();
   }
 
+  bool StreamIdleNow(Stream& stream, Status* status) override {
+    HostStream& s = AsStream(stream);
+    ContextState& c = s.ctx();
+    // What Append would make a new operation wait for, under the same lock.
+    std::lock_guard<std::mutex> lock(c.mu);
+    if (!s.queue().IdleNow(status)) return false;
+    if (s.legacy()) {
+      for (const ContextState::StreamEntry& e : c.streams) {
+        if (!e.non_blocking && !e.queue->IdleNow(nullptr)) return false;
+      }
+    } else if (!s.non_blocking()) {
+      if (!c.legacy->IdleNow(nullptr)) return false;
+    }
+    return true;
+  }
+
+  bool ContextIdleNow(Context& ctx, Status* status) override {
+    ContextState& c = *AsContext(ctx).state();
+    std::lock_guard<std::mutex> lock(c.mu);
+    Status first;
+    Status error;
+    if (!c.legacy->IdleNow(&first)) return false;
+    for (const ContextState::StreamEntry& e : c.streams) {
+      if (!e.queue->IdleNow(&error)) return false;
+      if (first.ok()) first = error;
+    }
+    *status = first;
+    return true;
+  }
+
+  bool DeviceMemoryIsHostMemory() const override { return true; }
+
   // --- events -----------------------------------------------------------------
 
   Status CreateEvent(Context& ctx, unsigned flags, std::unique_ptr<Event>* out) override {

@@ -97,6 +97,13 @@ bool StreamQueue::Reached(uint64_t seq) {
   return done_ >= seq;
 }
 
+bool StreamQueue::IdleNow(Status* error) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (done_ < enqueued_) return false;
+  if (error != nullptr) *error = error_;
+  return true;
+}
+
 void StreamQueue::WaitReached(uint64_t seq) {
   std::unique_lock<std::mutex> lock(mu_);
   done_cv_.wait(lock, [this, seq] { return done_ >= seq; });

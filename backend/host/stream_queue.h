@@ -87,6 +87,9 @@ class StreamQueue : public std::enable_shared_from_this<StreamQueue> {
   // The point reached once everything appended so far has finished.
   StreamPoint Tail();
   bool Reached(uint64_t seq);
+  // True when everything appended so far has finished; `*error` (if given)
+  // is then the queue's first failure (OK if none), as WhenReached reports.
+  bool IdleNow(Status* error);
   // Blocks until `seq` is reached.
   void WaitReached(uint64_t seq);
   // Posts `done(status)` to the completion thread once `seq` is reached (at

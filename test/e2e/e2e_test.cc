@@ -29,6 +29,7 @@
 
 #include "child_process.h"
 #include "common/frame.h"
+#include "common/shm_transport.h"
 #include "common/transport.h"
 #include "kernel_names.h"
 #include "mini_json.h"
@@ -102,9 +103,10 @@ class FerrydTest : public ::testing::Test {
     ASSERT_FALSE(dir_.empty()) << "mkdtemp failed";
     const std::string ready_file = dir_ + "/ready";
     std::string error;
+    unix_address_ = "unix:" + dir_ + "/ferryd.sock";
     ferryd_ = ChildProcess::Start(
-        {FERRY_E2E_FERRYD, "--listen", "127.0.0.1:0", "--backend", "host",
-         "--host-kernels", FERRY_E2E_HOST_KERNELS, "--ready-file", ready_file},
+        {FERRY_E2E_FERRYD, "--listen", "127.0.0.1:0", "--listen", unix_address_, "--backend",
+         "host", "--host-kernels", FERRY_E2E_HOST_KERNELS, "--ready-file", ready_file},
         {}, dir_ + "/ferryd", &error);
     ASSERT_TRUE(ferryd_.has_value()) << "cannot start ferryd: " << error;
     const auto deadline = std::chrono::steady_clock::now() + kReadyTimeout;
@@ -154,7 +156,7 @@ class FerrydTest : public ::testing::Test {
   std::optional<ChildProcess> StartProgram(
       const std::string& name, const std::map<std::string, std::string>& env = {}) {
     std::string error;
-    std::map<std::string, std::string> full_env = ClientEnv(address_);
+    std::map<std::string, std::string> full_env = ClientEnv(ClientAddress());
     for (const auto& [key, value] : env) full_env[key] = value;
     std::optional<ChildProcess> program =
         ChildProcess::Start({ProgramPath(name), FERRY_E2E_IMAGE_DIR},
@@ -229,22 +231,34 @@ class FerrydTest : public ::testing::Test {
     if (program.has_value()) ExpectPasses(*program);
   }
 
+  // Where the programs connect: TCP here; FerrydTransportTest picks.
+  virtual std::string ClientAddress() const { return address_; }
+
   std::string dir_;
-  std::string address_;  // "127.0.0.1:PORT"
+  std::string address_;       // "127.0.0.1:PORT"; ferryctl always uses it
+  std::string unix_address_;  // "unix:DIR/ferryd.sock", the same ferryd
   std::optional<ChildProcess> ferryd_;
 };
 
-TEST_F(FerrydTest, DeviceQuery) { RunAndExpectPass("device_query"); }
+// The tests that run programs, once over TCP and once over shared memory.
+class FerrydTransportTest : public FerrydTest,
+                            public ::testing::WithParamInterface<std::string> {
+ protected:
+  std::string ClientAddress() const override {
+    return GetParam() == "unix" ? unix_address_ : address_;
+  }
+};
 
-TEST_F(FerrydTest, Memory) { RunAndExpectPass("memory"); }
+INSTANTIATE_TEST_SUITE_P(Transports, FerrydTransportTest, ::testing::Values("tcp", "unix"),
+                         [](const auto& info) { return info.param; });
 
-TEST_F(FerrydTest, Launch) { RunAndExpectPass("launch"); }
+TEST_P(FerrydTransportTest, DeviceQuery) { RunAndExpectPass("device_query"); }
 
-TEST_F(FerrydTest, StreamsEvents) { RunAndExpectPass("streams_events"); }
+TEST_P(FerrydTransportTest, Memory) { RunAndExpectPass("memory"); }
 
-TEST_F(FerrydTest, Contexts) { RunAndExpectPass("contexts"); }
+TEST_P(FerrydTransportTest, Launch) { RunAndExpectPass("launch"); }
 
-TEST_F(FerrydTest, Library) { RunAndExpectPass("library"); }
+TEST_P(FerrydTransportTest, Library) { RunAndExpectPass("library"); }
 
 // Eager loading puts every library into every context at once; the program
 // must not be able to tell, except by the loading mode it is told.
@@ -257,7 +271,11 @@ TEST_F(FerrydTest, LibraryWithEagerLoading) {
       << program->Describe();
 }
 
-TEST_F(FerrydTest, Errors) {
+TEST_P(FerrydTransportTest, StreamsEvents) { RunAndExpectPass("streams_events"); }
+
+TEST_P(FerrydTransportTest, Contexts) { RunAndExpectPass("contexts"); }
+
+TEST_P(FerrydTransportTest, Errors) {
   std::optional<ChildProcess> program = StartProgram("errors");
   ASSERT_TRUE(program.has_value());
   ExpectPasses(*program);
@@ -269,7 +287,7 @@ TEST_F(FerrydTest, Errors) {
       << program->Describe();
 }
 
-TEST_F(FerrydTest, TwoClientsAtOnce) {
+TEST_P(FerrydTransportTest, TwoClientsAtOnce) {
   std::optional<ChildProcess> memory = StartProgram("memory");
   std::optional<ChildProcess> launch = StartProgram("launch");
   ASSERT_TRUE(memory.has_value() && launch.has_value());
@@ -278,7 +296,7 @@ TEST_F(FerrydTest, TwoClientsAtOnce) {
   ExpectNoSessionsSoon("both clients exited");
 }
 
-TEST_F(FerrydTest, KilledClientSessionIsFreed) {
+TEST_P(FerrydTransportTest, KilledClientSessionIsFreed) {
   std::optional<ChildProcess> started = StartProgram("hold_and_wait");
   ASSERT_TRUE(started.has_value());
   ChildProcess& holder = *started;
@@ -317,7 +335,7 @@ TEST_F(FerrydTest, KilledClientSessionIsFreed) {
   RunAndExpectPass("device_query");
 }
 
-TEST_F(FerrydTest, HostCallbacks) { RunAndExpectPass("host_callbacks"); }
+TEST_P(FerrydTransportTest, HostCallbacks) { RunAndExpectPass("host_callbacks"); }
 
 // A client killed while its host function holds a stream (and a destroy of
 // that stream waits behind it on the server): ferryd opens the gate itself,
@@ -366,13 +384,21 @@ int ClosedPort() {
 
 // Nothing a client sends may stop ferryd: 240 connections, each hostile in
 // one way, then an ordinary program must still pass and no session remain.
-TEST_F(FerrydTest, HostileClientsNeverStopTheServer) {
+TEST_P(FerrydTransportTest, HostileClientsNeverStopTheServer) {
   std::mt19937 rng(2026);
   auto send_raw = [&](const std::vector<uint8_t>& bytes) {
     std::unique_ptr<ferry::Transport> t;
-    ASSERT_TRUE(ferry::ConnectTcp(address_, 2000ms, &t).ok());
+    ASSERT_TRUE(ferry::ConnectTransport(ClientAddress(), 2000ms, &t).ok());
     ferry::ConstBuffer b{bytes.data(), bytes.size()};
     (void)t->Write(std::span<const ferry::ConstBuffer>(&b, 1));
+    if (GetParam() == "unix" && rng() % 3 == 0) {
+      // Shared memory lets a client write more than bytes: impossible ring
+      // positions too.
+      auto* header = static_cast<ferry::ShmTransport&>(*t).TEST_header();
+      header->to_server.head.store(rng() % 2 ? ~0ull - rng() % 100 : header->to_server.head + (1ull << 40));
+      header->to_client.tail.store(rng());
+      header->to_server.data_event.fetch_add(1);
+    }
     // Closing at once, or after a moment, covers both a peer that vanishes
     // mid-frame and one that waits for an answer.
     if (rng() % 2 == 0) std::this_thread::sleep_for(2ms);

@@ -1,0 +1,193 @@
+// Connection's host callbacks (client/connection.h, PostHostGate), driven
+// against a real Session and HostBackend in this process over a socketpair:
+// the function runs on the host-callback thread once its stream reaches it,
+// in order, and its gate opens after it returns; calls that wait are refused
+// inside it; a refused gate never runs its function; a lost connection runs
+// the functions still pending with the loss. Every wait is bounded.
+#include "client/connection.h"
+
+#include <cuda.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <future>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "backend/host/host_backend.h"
+#include "common/frame.h"
+#include "server/session.h"
+
+namespace ferry::client {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr auto kTimeout = 10s;
+constexpr uint64_t kCtx = 100;
+constexpr uint64_t kStream = 7;
+
+class HostCallbackConnectionTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    backend::HostBackendOptions options;
+    options.device_memory = 16 << 20;
+    ASSERT_TRUE(backend::CreateHostBackend(options, &backend_).ok());
+    std::unique_ptr<Transport> server_side, client_side;
+    ASSERT_TRUE(MakeTransportPair(&server_side, &client_side).ok());
+    // The client says Hello and waits for the answer; as the server does,
+    // read the Hello first, then let the session answer it.
+    std::unique_ptr<capnp::MessageReader> reply;
+    kj::Array<capnp::word> words;
+    auto opened = std::async(std::launch::async, [&] {
+      return Connection::Open(std::move(client_side), "test-server", Connection::Borrow{},
+                              &connection_, &reply, &words);
+    });
+    Frame hello;
+    ASSERT_TRUE(ReadFrame(*server_side, &hello).ok());
+    ASSERT_EQ(hello.kind, wire::FrameKind::HELLO);
+    capnp::FlatArrayMessageReader hello_reader(hello.words, PeerReaderOptions());
+    session_ = std::make_unique<server::Session>(1, std::move(server_side), *backend_,
+                                                 hello_reader.getRoot<wire::Hello>());
+    runner_ = std::thread([this] { session_->Run(); });
+    ASSERT_EQ(opened.wait_for(kTimeout), std::future_status::ready);
+    const Status open_status = opened.get();
+    ASSERT_TRUE(open_status.ok()) << open_status.ToString();
+    ASSERT_TRUE(connection_
+                    ->Call([](wire::Call::Builder c) {
+                      auto a = c.initCtxCreate();
+                      a.setCtx(kCtx);
+                      a.setDevice(0);
+                    })
+                    .ok());
+    ASSERT_TRUE(connection_
+                    ->Post([](wire::Call::Builder c) {
+                      auto a = c.initStreamCreate();
+                      a.setCtx(kCtx);
+                      a.setStream(kStream);
+                    })
+                    .ok());
+  }
+
+  void TearDown() override {
+    connection_.reset();  // closes the connection; the session frees everything
+    if (runner_.joinable()) runner_.join();
+    session_.reset();
+  }
+
+  Status PostGate(uint64_t stream, Connection::HostFunction fn) {
+    return connection_->PostHostGate(
+        [stream](wire::Call::Builder c) {
+          auto a = c.initHostGate();
+          a.setCtx(kCtx);
+          a.setStream(stream);
+        },
+        std::move(fn));
+  }
+  Status Sync(uint64_t stream) {
+    return connection_->Call([stream](wire::Call::Builder c) {
+      auto a = c.initStreamSynchronize();
+      a.setCtx(kCtx);
+      a.setStream(stream);
+    });
+  }
+  Status Ping() {
+    return connection_->Call([](wire::Call::Builder c) { c.setPing(); });
+  }
+
+  std::unique_ptr<backend::GpuBackend> backend_;
+  std::unique_ptr<server::Session> session_;
+  std::thread runner_;
+  std::unique_ptr<Connection> connection_;
+};
+
+// What one host function saw.
+struct Seen {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<int> order;
+  bool on_callback_thread = true;
+  std::thread::id thread;
+  Status status;
+  bool stream_failed = false;
+  int calls = 0;
+
+  Connection::HostFunction Record(int id) {
+    return [this, id](const Status& s, bool failed) {
+      std::lock_guard<std::mutex> lock(mu);
+      order.push_back(id);
+      on_callback_thread = on_callback_thread && HostCallbackThread::OnThisThread();
+      thread = std::this_thread::get_id();
+      status = s;
+      stream_failed = failed;
+      ++calls;
+      cv.notify_all();
+    };
+  }
+  bool WaitCalls(int n) {
+    std::unique_lock<std::mutex> lock(mu);
+    return cv.wait_for(lock, kTimeout, [&] { return calls >= n; });
+  }
+};
+
+TEST_F(HostCallbackConnectionTest, HostFunctionsRunInStreamOrderOnTheCallbackThread) {
+  Seen seen;
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(PostGate(kStream, seen.Record(i)).ok());
+  ASSERT_TRUE(Sync(kStream).ok());  // returns only once every gate opened
+  std::lock_guard<std::mutex> lock(seen.mu);
+  EXPECT_EQ(seen.order, (std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}));
+  EXPECT_TRUE(seen.on_callback_thread);
+  EXPECT_NE(seen.thread, std::this_thread::get_id());
+  EXPECT_TRUE(seen.status.ok()) << seen.status.ToString();
+  EXPECT_FALSE(seen.stream_failed);
+}
+
+TEST_F(HostCallbackConnectionTest, CallsThatWaitAreRefusedInsideAHostFunction) {
+  auto result = std::make_shared<std::promise<Status>>();
+  ASSERT_TRUE(PostGate(kStream, [this, result](const Status&, bool) {
+                result->set_value(Sync(kStream));  // would wait for itself
+              }).ok());
+  auto future = result->get_future();
+  ASSERT_EQ(future.wait_for(kTimeout), std::future_status::ready);
+  const Status refused = future.get();
+  EXPECT_EQ(refused.code(), StatusCode::kPermissionDenied) << refused.ToString();
+  EXPECT_EQ(refused.cuda_result(), CUDA_ERROR_NOT_PERMITTED);
+  EXPECT_TRUE(Sync(kStream).ok());
+}
+
+TEST_F(HostCallbackConnectionTest, RefusedGateNeverRunsItsFunctionAndItsErrorIsReportedLater) {
+  Seen seen;
+  ASSERT_TRUE(PostGate(999, seen.Record(0)).ok());  // no such stream
+  const Status ping = Ping();
+  EXPECT_EQ(ping.cuda_result(), CUDA_ERROR_INVALID_HANDLE) << ping.ToString();
+  ASSERT_TRUE(PostGate(kStream, seen.Record(1)).ok());
+  ASSERT_TRUE(Sync(kStream).ok());
+  std::lock_guard<std::mutex> lock(seen.mu);
+  EXPECT_EQ(seen.order, std::vector<int>{1});
+}
+
+TEST_F(HostCallbackConnectionTest, LostConnectionRunsPendingFunctionsWithTheLoss) {
+  // The first function holds its stream until released; the second is
+  // behind it, so it is still pending when the server goes away.
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  Seen first, second;
+  ASSERT_TRUE(PostGate(kStream, [&first, released](const Status& s, bool failed) {
+                first.Record(0)(s, failed);
+                released.wait_for(kTimeout);
+              }).ok());
+  ASSERT_TRUE(PostGate(kStream, second.Record(1)).ok());
+  ASSERT_TRUE(first.WaitCalls(1));
+  session_->Stop();
+  release.set_value();
+  ASSERT_TRUE(second.WaitCalls(1));
+  std::lock_guard<std::mutex> lock(second.mu);
+  EXPECT_EQ(second.status.code(), StatusCode::kDisconnected) << second.status.ToString();
+  EXPECT_TRUE(second.stream_failed);
+  EXPECT_EQ(Ping().code(), StatusCode::kDisconnected);
+}
+
+}  // namespace
+}  // namespace ferry::client
