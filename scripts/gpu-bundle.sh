@@ -34,14 +34,14 @@ for program in "$build"/test/e2e/e2e_*; do
   case "$(basename "$program")" in e2e_test|e2e_plugin_test) continue ;; esac
   pack "$program" "$bundle/programs"
 done
-cp "$build"/test/e2e/e2e_kernels.fatbin "$build"/test/e2e/e2e_kernels.ptx "$bundle/images/"
+cp "$build"/test/e2e/e2e_kernels.* "$bundle/images/"
 # Runtime programs (nvcc-built, cudart static and shared) when the tree has them.
 if [ -d "$build/test/e2e_runtime" ]; then
   find "$build/test/e2e_runtime" -maxdepth 1 -type f -perm -u+x -name 'rt_*' \
     -exec cp {} "$bundle/programs/" \;
 fi
-cp "$build"/lib/host-kernels/*.so "$bundle/host-kernels/" 2>/dev/null || true
-find "$build/test" -name 'libferry_test_host_kernels.so' -o -name 'libe2e_host_kernels.so' 2>/dev/null |
+# Every host-kernel plugin, for the harness's own check with --backend host.
+find "$build/lib" "$build/test" -name 'lib*host*.so' -not -path '*/CMakeFiles/*' |
   xargs -r cp -t "$bundle/host-kernels/"
 [ -f "$build/test/gpu/gpu_cublas_gemm" ] && pack "$build/test/gpu/gpu_cublas_gemm" "$bundle/checks"
 cp test/gpu/torch_check.py "$bundle/checks/"
