@@ -152,6 +152,8 @@ class Session {
   SessionInfo Info() const;
   uint64_t id() const { return id_; }
   const SessionGrant& grant() const { return grant_; }
+  // Whether launches on session device `device` are throttled (tests).
+  bool TEST_throttled(int device) const { return throttles_.at(device) != nullptr; }
 
  private:
   struct ContextEntry {

@@ -754,9 +754,21 @@ struct FakeDesc {
 };
 std::atomic<int> g_split_calls{0};
 std::atomic<unsigned> g_last_split_min_count{0};
+
+std::mutex g_greens_mu;
+std::vector<FakeGreenCtx*> g_greens;  // live green contexts, guarded by g_greens_mu
 }  // namespace
 
 FAKE_HOOK int fake_split_calls() { return g_split_calls.load(); }
+// The SMs of every live green context (at most `max`); returns how many live.
+FAKE_HOOK int fake_green_contexts(unsigned* first_sms, unsigned* sm_counts, int max) {
+  std::lock_guard<std::mutex> lock(g_greens_mu);
+  for (int i = 0; i < max && i < static_cast<int>(g_greens.size()); ++i) {
+    first_sms[i] = g_greens[static_cast<size_t>(i)]->ctx.first_sm;
+    sm_counts[i] = g_greens[static_cast<size_t>(i)]->ctx.sm_count;
+  }
+  return static_cast<int>(g_greens.size());
+}
 FAKE_HOOK unsigned fake_last_split_min_count() { return g_last_split_min_count.load(); }
 // Whether `context` (a CUcontext) is a green context's, and its SMs.
 FAKE_HOOK int fake_context_sms(void* context, unsigned* first_sm, unsigned* sm_count) {
@@ -830,6 +842,10 @@ CUresult cuGreenCtxCreate(CUgreenCtx* green, CUdevResourceDesc desc, CUdevice de
   g->ctx.first_sm = range.first_sm;
   g->ctx.sm_count = resource.sm.smCount;
   ++g_live_objects;
+  {
+    std::lock_guard<std::mutex> lock(g_greens_mu);
+    g_greens.push_back(g);
+  }
   *green = reinterpret_cast<CUgreenCtx>(g);  // not made current (documented)
   return CUDA_SUCCESS;
 }
@@ -847,6 +863,10 @@ CUresult cuGreenCtxDestroy(CUgreenCtx green) {
   TheGpu().Drain();
   auto* context = reinterpret_cast<CUcontext>(&g->ctx);
   if (!t_stack.empty() && t_stack.back() == context) t_stack.pop_back();
+  {
+    std::lock_guard<std::mutex> lock(g_greens_mu);
+    std::erase(g_greens, g);
+  }
   delete g;
   --g_live_objects;
   return CUDA_SUCCESS;
