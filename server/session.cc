@@ -85,6 +85,14 @@ void ChooseComputeMechanism(backend::GpuBackend& backend, SessionDevice* device)
   }
 }
 
+namespace {
+// `grant` with each device's compute mechanism chosen.
+SessionGrant WithComputeMechanisms(backend::GpuBackend& backend, SessionGrant grant) {
+  for (SessionDevice& device : grant.devices) ChooseComputeMechanism(backend, &device);
+  return grant;
+}
+}  // namespace
+
 std::string ComputeMechanism(const SessionDevice& device) {
   if (device.compute_share >= 1.0) return "whole-gpu";
   if (device.sm_partition_sms > 0) {
@@ -106,12 +114,11 @@ Session::Session(uint64_t id, std::unique_ptr<Transport> transport, backend::Gpu
       host_(hello.getHost().cStr()),
       program_(hello.getProgram().cStr()),
       since_unix_ms_(NowUnixMs()),
-      grant_(std::move(grant)),
+      grant_(WithComputeMechanisms(backend, std::move(grant))),
       device_bytes_(new std::atomic<uint64_t>[grant_.devices.size()]) {
   for (size_t i = 0; i < grant_.devices.size(); ++i) {
     device_bytes_[i].store(0);
-    SessionDevice& device = grant_.devices[i];
-    ChooseComputeMechanism(backend_, &device);
+    const SessionDevice& device = grant_.devices[i];
     // An SM partition enforces the share by itself: throttling on top would
     // only take away what the partition gives.
     const bool throttled = device.compute_share < 1.0 && device.sm_partition_sms == 0;
