@@ -265,7 +265,7 @@ void PrintPoolTable(wire::PoolStatus::Reader pool) {
       } else if (h.getDrainDeadlineUnixMs() != 0) {
         state = "draining until " + UtcTime(h.getDrainDeadlineUnixMs());
       }
-      std::printf("     slice %-5s session %-5llu %-8s %-24s pid %-7u since %s  %s  share %.3g (%s)  %s\n",
+      std::printf("     slice %-5s session %-5llu %-8s %-24s pid %-7u since %s  %s  share %.3g by %s  %s\n",
                   slice.c_str(), static_cast<unsigned long long>(h.getSessionId()), h.getPool().cStr(),
                   who.c_str(), h.getPid(), UtcTime(h.getSinceUnixMs()).c_str(), memory.c_str(),
                   h.getComputeShare(), h.getMechanism().cStr(), state.c_str());

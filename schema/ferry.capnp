@@ -148,7 +148,8 @@ struct SliceInfo {
   slicesPerGpu @2 :UInt32;
   memoryQuota @3 :UInt64;      # bytes this slice may allocate
   computeShare @4 :Float64;    # fraction of the GPU's compute, (0, 1]
-  mechanism @5 :Text;          # how the share is enforced: "whole-gpu", "launch-throttle"
+  mechanism @5 :Text;          # how the share is enforced: "whole-gpu", "sm-partition (N SMs)"
+                               # (CUDA green contexts), "launch-throttle"
 }
 
 struct KernelParam {

@@ -399,10 +399,8 @@ Status Server::BorrowFor(uint64_t id, Transport& transport, wire::Hello::Reader 
   grant->pooled = true;
   grant->pool = lease.pool;
   for (const pool::SliceGrant& slice : lease.slices) {
-    auto gpu = std::find_if(gpus_.begin(), gpus_.end(),
-                            [&](const ServedGpu& g) { return g.index == slice.gpu; });
     SessionDevice device;
-    device.backend_device = gpu != gpus_.end() ? gpu->backend_device : 0;
+    device.backend_device = BackendDeviceOf(slice.gpu);
     device.memory_quota = slice.memory_quota;
     device.compute_share = slice.compute_share;
     device.gpu = slice.gpu;
@@ -413,6 +411,13 @@ Status Server::BorrowFor(uint64_t id, Transport& transport, wire::Hello::Reader 
   FERRY_LOG(kInfo) << "client " << transport.PeerName() << " pid " << request.pid << " borrowed "
                    << lease.slices.size() << " slice(s) of pool " << lease.pool;
   return Status::Ok();
+}
+
+int Server::BackendDeviceOf(int gpu_index) const {
+  // gpus_ is fixed after Start: no lock needed.
+  auto gpu = std::find_if(gpus_.begin(), gpus_.end(),
+                          [&](const ServedGpu& g) { return g.index == gpu_index; });
+  return gpu != gpus_.end() ? gpu->backend_device : 0;
 }
 
 void Server::PreemptSession(const pool::Preemption& preemption) {
@@ -489,7 +494,15 @@ void Server::FillPoolStatus(wire::PoolStatus::Builder out) {
       auto u = used.find({in.session, g.index});
       ho.setMemoryUsed(u != used.end() ? u->second : 0);
       ho.setComputeShare(in.slice.compute_share);
-      ho.setMechanism(ComputeMechanism(in.slice.compute_share));
+      // The same choice the holder's session made (the backend's answer
+      // for a device and slice count never changes).
+      SessionDevice device;
+      device.backend_device = BackendDeviceOf(g.index);
+      device.compute_share = in.slice.compute_share;
+      device.slice = in.slice.slice;
+      device.slices_per_gpu = in.slice.slices_per_gpu;
+      ChooseComputeMechanism(backend_, &device);
+      ho.setMechanism(ComputeMechanism(device));
       ho.setHost(in.host);
       ho.setPid(in.pid);
       ho.setProgram(in.program);

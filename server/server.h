@@ -98,6 +98,8 @@ class Server {
                    SessionGrant* grant);
   // The pool's preempt hook.
   void PreemptSession(const pool::Preemption& preemption);
+  // The backend device behind served GPU `gpu_index` (0 if none serves it).
+  int BackendDeviceOf(int gpu_index) const;
 
   backend::GpuBackend& backend_;
   std::unique_ptr<ModuleCache> module_cache_;  // null: no cache

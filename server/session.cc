@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <system_error>
@@ -67,8 +68,38 @@ SessionGrant WholeDevices(const backend::GpuBackend& backend) {
   return grant;
 }
 
-const char* ComputeMechanism(double share) {
-  return share >= 1.0 ? "whole-gpu" : "launch-throttle";
+void ChooseComputeMechanism(backend::GpuBackend& backend, SessionDevice* device) {
+  device->sm_partition_sms = 0;
+  if (device->compute_share >= 1.0 || device->slices_per_gpu < 2 || device->slice < 0 ||
+      device->slice >= device->slices_per_gpu) {
+    return;
+  }
+  // An SM group is 1/slices_per_gpu of the GPU; a share that is not exactly
+  // that (none today: the pool gives every slice 1/slices_per_gpu) is
+  // throttled instead.
+  const double group_share = 1.0 / device->slices_per_gpu;
+  if (std::abs(device->compute_share - group_share) > 1e-9) return;
+  int sm_count = 0;
+  if (backend.SmPartitionSize(device->backend_device, device->slices_per_gpu, &sm_count).ok() &&
+      sm_count > 0) {
+    device->sm_partition_sms = sm_count;
+  }
+}
+
+namespace {
+// `grant` with each device's compute mechanism chosen.
+SessionGrant WithComputeMechanisms(backend::GpuBackend& backend, SessionGrant grant) {
+  for (SessionDevice& device : grant.devices) ChooseComputeMechanism(backend, &device);
+  return grant;
+}
+}  // namespace
+
+std::string ComputeMechanism(const SessionDevice& device) {
+  if (device.compute_share >= 1.0) return "whole-gpu";
+  if (device.sm_partition_sms > 0) {
+    return "sm-partition (" + std::to_string(device.sm_partition_sms) + " SMs)";
+  }
+  return "launch-throttle";
 }
 
 Session::Session(uint64_t id, std::unique_ptr<Transport> transport, backend::GpuBackend& backend,
@@ -85,12 +116,16 @@ Session::Session(uint64_t id, std::unique_ptr<Transport> transport, backend::Gpu
       host_(hello.getHost().cStr()),
       program_(hello.getProgram().cStr()),
       since_unix_ms_(NowUnixMs()),
-      grant_(std::move(grant)),
+      grant_(WithComputeMechanisms(backend, std::move(grant))),
       device_bytes_(new std::atomic<uint64_t>[grant_.devices.size()]) {
   for (size_t i = 0; i < grant_.devices.size(); ++i) {
     device_bytes_[i].store(0);
-    const double share = grant_.devices[i].compute_share;
-    throttles_.push_back(share < 1.0 ? std::make_unique<DeviceThrottle>(share) : nullptr);
+    const SessionDevice& device = grant_.devices[i];
+    // An SM partition enforces the share by itself: throttling on top would
+    // only take away what the partition gives.
+    const bool throttled = device.compute_share < 1.0 && device.sm_partition_sms == 0;
+    throttles_.push_back(throttled ? std::make_unique<DeviceThrottle>(device.compute_share)
+                                   : nullptr);
   }
 }
 
@@ -186,9 +221,11 @@ void Session::Run() {
       for (size_t a = 0; a < d.attributes.size(); ++a) {
         int32_t value = d.attributes[a];
         if (a == CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT && device.compute_share < 1.0) {
-          // The slice's share of the SMs, so that programs size their grids
-          // for what they get.
-          value = std::max<int32_t>(1, static_cast<int32_t>(value * device.compute_share));
+          // The slice's SMs (its partition's, or its share of the card's),
+          // so that programs size their grids for what they get.
+          value = device.sm_partition_sms > 0
+                      ? device.sm_partition_sms
+                      : std::max<int32_t>(1, static_cast<int32_t>(value * device.compute_share));
         }
         attrs.set(static_cast<unsigned>(a), value);
       }
@@ -203,7 +240,7 @@ void Session::Run() {
         out.setSlicesPerGpu(static_cast<uint32_t>(devices[i].slices_per_gpu));
         out.setMemoryQuota(devices[i].memory_quota);
         out.setComputeShare(devices[i].compute_share);
-        out.setMechanism(ComputeMechanism(devices[i].compute_share));
+        out.setMechanism(ComputeMechanism(devices[i]));
       }
     }
     Status status;
@@ -843,8 +880,14 @@ Status Session::CtxCreate(wire::CtxCreate::Reader args) {
   }
   ContextEntry entry;
   entry.device = device;
-  FERRY_RETURN_IF_ERROR(backend_.CreateContext(grant_.devices[device].backend_device,
-                                               args.getFlags(), &entry.context));
+  const SessionDevice& where = grant_.devices[device];
+  if (where.sm_partition_sms > 0) {
+    FERRY_RETURN_IF_ERROR(backend_.CreatePartitionedContext(
+        where.backend_device, args.getFlags(), where.slices_per_gpu, where.slice, &entry.context));
+  } else {
+    FERRY_RETURN_IF_ERROR(
+        backend_.CreateContext(where.backend_device, args.getFlags(), &entry.context));
+  }
   contexts_.emplace(id, std::move(entry));
   context_count_.fetch_add(1);
   return Status::Ok();

@@ -32,9 +32,11 @@
 // Pools (DESIGN invariant 7): a session's devices are what it borrowed — whole
 // backend devices, or slices of them (SessionDevice). The session reports
 // each slice's memory as the device's total, refuses allocations past the
-// slice's quota on every allocation path, and throttles launches to the
-// slice's compute share. Preempt takes the devices away: everything is freed
-// at once, the client gets a notice, and every later call fails.
+// slice's quota on every allocation path, and enforces the slice's compute
+// share with an SM partition where the backend offers one, else by
+// throttling its launches (ChooseComputeMechanism). Preempt takes the
+// devices away: everything is freed at once, the client gets a notice, and
+// every later call fails.
 //
 // Thread-safety: the session's tables and everything Dispatch calls belong to
 // the executor role, which one thread at a time holds (serve_mutex_ hands it
@@ -94,11 +96,17 @@ struct SessionInfo {
 struct SessionDevice {
   int backend_device = 0;
   uint64_t memory_quota = 0;   // bytes the session may allocate here; 0 = no quota
-  double compute_share = 1.0;  // < 1: launches are throttled to this share
+  double compute_share = 1.0;  // < 1: a share of the GPU's compute (see below)
   // Where the slice lives, for the handshake and status.
   int gpu = 0;
   int slice = 0;
   int slices_per_gpu = 1;
+  // How the compute share is enforced, set by ChooseComputeMechanism: > 0:
+  // an SM partition — the session's contexts on this device are partitioned
+  // contexts (CUDA green contexts) on SM group `slice` of `slices_per_gpu`,
+  // which has this many SMs, and launches are not throttled. 0 with a share
+  // < 1: launch throttling.
+  int sm_partition_sms = 0;
 };
 
 // What a session may use: its devices in client ordinal order.
@@ -111,10 +119,17 @@ struct SessionGrant {
 // Every device of `backend`, whole, in order: the grant without pools.
 SessionGrant WholeDevices(const backend::GpuBackend& backend);
 
-// How a compute share is enforced: "whole-gpu" for a share of 1, else
-// "launch-throttle" (SM partitions through green contexts are not
-// implemented yet).
-const char* ComputeMechanism(double share);
+// Picks how `device`'s compute share is enforced (DESIGN invariant 7): an SM
+// partition where the backend can split the device into `slices_per_gpu`
+// disjoint SM groups and the share is one such group (the CUDA backend with
+// green contexts), else launch throttling. Sets device->sm_partition_sms.
+// The backend's answer for a device and slice count never changes, so the
+// session and ferryctl status always agree.
+void ChooseComputeMechanism(backend::GpuBackend& backend, SessionDevice* device);
+
+// How `device`'s share is enforced, as the handshake and ferryctl show it:
+// "whole-gpu" (share 1), "sm-partition (N SMs)", or "launch-throttle".
+std::string ComputeMechanism(const SessionDevice& device);
 
 class Session {
  public:
@@ -149,6 +164,8 @@ class Session {
   SessionInfo Info() const;
   uint64_t id() const { return id_; }
   const SessionGrant& grant() const { return grant_; }
+  // Whether launches on session device `device` are throttled (tests).
+  bool TEST_throttled(int device) const { return throttles_.at(device) != nullptr; }
 
  private:
   struct ContextEntry {

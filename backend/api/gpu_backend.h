@@ -174,6 +174,28 @@ class GpuBackend {
 
   // --- contexts -----------------------------------------------------------
   virtual Status CreateContext(int device, unsigned flags, std::unique_ptr<Context>* out) = 0;
+  // --- SM partitions (compute shares) -------------------------------------
+  // Whether `device` can be split into `groups` equal, disjoint groups of SMs
+  // (CUDA: green contexts). On success *sm_count is the SMs in each group;
+  // otherwise the Status says why not (Unimplemented where the backend, the
+  // driver or the GPU has no SM partitions, or the device has too few SMs for
+  // that many groups), and the caller shares compute another way (launch
+  // throttling). The answer for given arguments never changes. The default:
+  // no SM partitions (the host backend).
+  virtual Status SmPartitionSize(int device, int groups, int* sm_count) {
+    (void)device, (void)groups, (void)sm_count;
+    return Status::Unimplemented(std::string(Name()) + " backend has no SM partitions");
+  }
+  // Like CreateContext, but the context's kernels run only on SM group
+  // `group` (0-based) of `groups` (SmPartitionSize(device, groups) must
+  // succeed). Contexts with the same (device, groups, group) share one group;
+  // different groups of one split never overlap.
+  virtual Status CreatePartitionedContext(int device, unsigned flags, int groups, int group,
+                                          std::unique_ptr<Context>* out) {
+    (void)device, (void)flags, (void)groups, (void)group, (void)out;
+    return Status::Unimplemented(std::string(Name()) + " backend has no SM partitions");
+  }
+
   // The context's legacy default stream (CUstream 0). Owned by the context.
   virtual Stream& LegacyStream(Context& ctx) = 0;
   virtual Status GetLimit(Context& ctx, int limit, uint64_t* value) = 0;

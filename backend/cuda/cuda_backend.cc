@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <map>
 #include <mutex>
 #include <new>
 #include <utility>
@@ -155,9 +156,12 @@ class CudaStream final : public Stream {
 
 class CudaContext final : public Context {
  public:
-  CudaContext(CudaBackend& backend, CUcontext handle)
+  // `green`: the green context `handle` was converted from (owned; then
+  // destroying this destroys it instead of `handle`), or null.
+  CudaContext(CudaBackend& backend, CUcontext handle, CUgreenCtx green = nullptr)
       : backend(backend),
         handle(handle),
+        green(green),
         serial(g_next_context_serial.fetch_add(1, std::memory_order_relaxed)),
         // CU_STREAM_LEGACY names the legacy default stream of the current
         // context whichever entry point variant it reaches.
@@ -177,6 +181,7 @@ class CudaContext final : public Context {
 
   CudaBackend& backend;
   const CUcontext handle;
+  const CUgreenCtx green;
   const uint64_t serial;
   CudaStream legacy_stream;
   // WhenEventComplete / WhenContextIdle waits on the pool for this context.
@@ -404,6 +409,99 @@ class CudaBackend final : public GpuBackend {
     }
   }
 
+  // One device's SMs split into equal, disjoint groups (green contexts).
+  struct SmSplit {
+    Status status;  // why the device cannot be split so; then nothing else is set
+    unsigned sm_per_group = 0;
+    std::vector<CUdevResource> groups;  // index = group (a slice's index)
+  };
+
+  // The split of `device` into `groups` groups, computed once and kept: the
+  // driver's split is deterministic, but keeping it makes sure every context
+  // of group i gets exactly the resource of group i of one split, so groups
+  // of different slices can never overlap. Failures are kept (and logged
+  // once) too.
+  Status FindSmSplit(int device, int groups, const SmSplit** out) {
+    if (device < 0 || static_cast<size_t>(device) >= device_handles_.size()) {
+      return Status::Cuda(CUDA_ERROR_INVALID_DEVICE, absl::StrCat("no device ", device));
+    }
+    if (groups < 2) {
+      return Status::InvalidArgument(
+          absl::StrCat("an SM partition needs at least 2 groups, not ", groups));
+    }
+    std::lock_guard<std::mutex> lock(splits_mu_);
+    auto [it, inserted] = splits_.try_emplace({device, groups});
+    if (inserted) {
+      it->second.status = ComputeSmSplit(device, groups, &it->second);
+      if (!it->second.status.ok()) {
+        FERRY_LOG(kInfo) << "cuda backend: device " << device << " in " << groups
+                         << " slices: no SM partition (" << it->second.status.message()
+                         << "); its slices use launch throttling";
+      } else {
+        FERRY_LOG(kInfo) << "cuda backend: device " << device << " in " << groups
+                         << " slices: SM partitions of " << it->second.sm_per_group
+                         << " SMs each (green contexts)";
+      }
+    }
+    if (!it->second.status.ok()) return it->second.status;
+    *out = &it->second;
+    return Status::Ok();
+  }
+
+  // Rounding: each group gets floor(SMs / groups) rounded DOWN to the
+  // driver's co-scheduling alignment (smCoscheduledAlignment), so that
+  // `groups` groups always fit side by side; SMs left over belong to no
+  // slice (e.g. 132 SMs with an alignment of 8: halves of 64, quarters of
+  // 32, 4 SMs idle). A group smaller than the driver's minimum partition
+  // (minSmPartitionSize) is refused: the slices then use launch throttling.
+  Status ComputeSmSplit(int device, int groups, SmSplit* split) {
+    if (!api_->HasGreenContexts()) {
+      return Status::Unimplemented(absl::StrCat("the CUDA driver (", api_->driver_version / 1000,
+                                                ".", (api_->driver_version % 1000) / 10,
+                                                ") has no green contexts (CUDA 12.4+)"));
+    }
+    CUdevResource whole{};
+    CUresult result = api_->cuDeviceGetDevResource(device_handles_[static_cast<size_t>(device)],
+                                                   &whole, CU_DEV_RESOURCE_TYPE_SM);
+    if (result != CUDA_SUCCESS) {
+      // E.g. CUDA_ERROR_NOT_SUPPORTED on a GPU without SM partitions.
+      return Status::Unimplemented(
+          api_->Check(result, FERRY_CUDA_EXPORT_NAME(cuDeviceGetDevResource)).message());
+    }
+    const unsigned total = whole.sm.smCount;
+    const unsigned alignment = std::max(1u, whole.sm.smCoscheduledAlignment);
+    const unsigned minimum = std::max(1u, whole.sm.minSmPartitionSize);
+    const unsigned per_group = total / static_cast<unsigned>(groups) / alignment * alignment;
+    if (per_group < minimum) {
+      return Status::Unimplemented(absl::StrCat(
+          total, " SMs in ", groups, " groups is ", total / static_cast<unsigned>(groups),
+          " each (", per_group, " aligned to ", alignment, "), under the driver's minimum of ",
+          minimum));
+    }
+    split->groups.assign(static_cast<size_t>(groups), CUdevResource{});
+    unsigned made = static_cast<unsigned>(groups);
+    CUdevResource remaining{};
+    result = api_->cuDevSmResourceSplitByCount(split->groups.data(), &made, &whole, &remaining, 0,
+                                               per_group);
+    if (result != CUDA_SUCCESS) {
+      return Status::Unimplemented(
+          api_->Check(result, FERRY_CUDA_EXPORT_NAME(cuDevSmResourceSplitByCount)).message());
+    }
+    if (made < static_cast<unsigned>(groups)) {
+      return Status::Unimplemented(absl::StrCat("the driver split ", total, " SMs into only ",
+                                                made, " groups of ", per_group, ", not ", groups));
+    }
+    // The driver may round a group up; every group must be the same size,
+    // and what a slice is told is what its group really has.
+    split->sm_per_group = split->groups[0].sm.smCount;
+    for (const CUdevResource& group : split->groups) {
+      if (group.sm.smCount != split->sm_per_group || group.sm.smCount == 0) {
+        return Status::Unimplemented("the driver split the SMs into unequal groups");
+      }
+    }
+    return Status::Ok();
+  }
+
   // --- GpuBackend ---------------------------------------------------------
   std::string_view Name() const override { return "cuda"; }
   int DriverVersion() const override { return api_->driver_version; }
@@ -432,6 +530,50 @@ class CudaBackend final : public GpuBackend {
                         : pop;
       }
       *out = std::make_unique<CudaContext>(*this, handle);
+      return Status::Ok();
+    });
+  }
+
+  Status SmPartitionSize(int device, int groups, int* sm_count) override {
+    return Guarded("SmPartitionSize", [&]() -> Status {
+      const SmSplit* split = nullptr;
+      FERRY_RETURN_IF_ERROR(FindSmSplit(device, groups, &split));
+      *sm_count = static_cast<int>(split->sm_per_group);
+      return Status::Ok();
+    });
+  }
+
+  Status CreatePartitionedContext(int device, unsigned flags, int groups, int group,
+                                  std::unique_ptr<Context>* out) override {
+    return Guarded("CreatePartitionedContext", [&]() -> Status {
+      const SmSplit* split = nullptr;
+      FERRY_RETURN_IF_ERROR(FindSmSplit(device, groups, &split));
+      if (group < 0 || group >= groups) {
+        return Status::InvalidArgument(
+            absl::StrCat("CreatePartitionedContext: no SM group ", group, " of ", groups));
+      }
+      // The scheduling flags of cuCtxCreate have no green-context equivalent;
+      // a green context schedules like the primary context. They are dropped.
+      (void)flags;
+      // The descriptor holds exactly this group. The driver owns descriptors
+      // (there is no call to free one).
+      CUdevResource resource = split->groups[static_cast<size_t>(group)];
+      CUdevResourceDesc desc = nullptr;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuDevResourceGenerateDesc, &desc, &resource, 1));
+      CUgreenCtx green = nullptr;
+      // CU_GREEN_CTX_DEFAULT_STREAM is required: it gives the green context
+      // the default stream that CU_STREAM_LEGACY names while it is current.
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGreenCtxCreate, &green, desc,
+                                     device_handles_[static_cast<size_t>(device)],
+                                     CU_GREEN_CTX_DEFAULT_STREAM));
+      CUcontext handle = nullptr;
+      Status converted = FERRY_CU(*api_, cuCtxFromGreenCtx, &handle, green);
+      if (!converted.ok()) {
+        FERRY_CU_QUIET(*api_, "undoing a green context", cuGreenCtxDestroy, green);
+        return converted;
+      }
+      // cuGreenCtxCreate makes nothing current, so there is nothing to pop.
+      *out = std::make_unique<CudaContext>(*this, handle, green);
       return Status::Ok();
     });
   }
@@ -1175,6 +1317,9 @@ class CudaBackend final : public GpuBackend {
   const std::vector<DeviceDescription> devices_;
   const std::vector<CUdevice> device_handles_;  // by ordinal, as devices_
   WaiterPool waiters_;
+  std::mutex splits_mu_;
+  // By (device, groups); entries are never removed, so pointers stay valid.
+  std::map<std::pair<int, int>, SmSplit> splits_ ABSL_GUARDED_BY(splits_mu_);
 };
 
 // --- destructors: make the owner current, wait, destroy ---------------------
@@ -1227,7 +1372,13 @@ CudaContext::~CudaContext() {
     FERRY_CU_QUIET(api, kWhat, cuCtxSynchronize);
   }
   waits.WaitIdle();  // pool threads done with this context
-  FERRY_CU_QUIET(api, kWhat, cuCtxDestroy, handle);
+  if (green != nullptr) {
+    // The converted handle is the device's primary context with this green
+    // context's resources: cuCtxDestroy must not touch it.
+    FERRY_CU_QUIET(api, kWhat, cuGreenCtxDestroy, green);
+  } else {
+    FERRY_CU_QUIET(api, kWhat, cuCtxDestroy, handle);
+  }
   CudaBackend::ForgetCurrent(*this);
   // The driver runs no callback of a destroyed context; run those it never
   // got to (possible after a context failure) so no Completion is lost and

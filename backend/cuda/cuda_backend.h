@@ -5,7 +5,23 @@
 //  * Driver: found as LoadDriver describes in driver_api.h. ferry's own
 //    stand-in libcuda (it exports cuFerryClientIdentity) is always refused.
 //  * Contexts are real contexts from cuCtxCreate, current on no thread
-//    between calls. Each call makes its context current on the calling thread
+//    between calls. A partitioned context (CreatePartitionedContext) is a
+//    green context (CUDA 12.4+: cuDeviceGetDevResource(SM) ->
+//    cuDevSmResourceSplitByCount -> cuDevResourceGenerateDesc ->
+//    cuGreenCtxCreate(CU_GREEN_CTX_DEFAULT_STREAM) -> cuCtxFromGreenCtx),
+//    used everywhere a context is and destroyed with cuGreenCtxDestroy; its
+//    cuCtxCreate flags are dropped. A device's split into N groups is made
+//    once and kept, so group i of N is always the same SMs and different
+//    groups never overlap (SmPartitionSize says how rounding works). Drivers
+//    without the green-context entry points load as before and report
+//    Unimplemented, and the caller throttles launches instead.
+//    UNPROVEN ON A GPU: this path has only run against the fake driver in
+//    test/backend/cuda. Open questions for the first GPU run: the driver
+//    documents a green context as usable from one thread at a time, while
+//    this backend uses a context from the session's executor and from
+//    waiter-pool threads (cuEventSynchronize, cuCtxSynchronize); and green
+//    contexts share the primary context's memory, so cuMemGetInfo reports
+//    the device (the session reports the slice anyway). Each call makes its context current on the calling thread
 //    (cached per thread), so a thread that calls into this backend must not
 //    change its current context by other means.
 //  * Where callbacks run: WhenStreamIdle's Completion, and the release of

@@ -224,11 +224,17 @@ Status InitDriver(void* handle, std::string path, std::unique_ptr<DriverApi>* ou
   FERRY_RETURN_IF_ERROR(Resolve(*api, #name, FERRY_CUDA_EXPORT_NAME(name), &api->name));
   FERRY_CUDA_DRIVER_ENTRY_POINTS(FERRY_CUDA_RESOLVE_)
 #undef FERRY_CUDA_RESOLVE_
+  // Optional ones: absent is fine (their member stays null).
+#define FERRY_CUDA_RESOLVE_OPTIONAL_(name) \
+  (void)Resolve(*api, #name, FERRY_CUDA_EXPORT_NAME(name), &api->name);
+  FERRY_CUDA_OPTIONAL_ENTRY_POINTS(FERRY_CUDA_RESOLVE_OPTIONAL_)
+#undef FERRY_CUDA_RESOLVE_OPTIONAL_
 
   FERRY_LOG(kInfo) << "loaded CUDA driver " << api->path << " (CUDA "
                    << VersionString(api->driver_version) << ", " << count
                    << " device(s), entry points via "
-                   << (api->used_proc_address ? "cuGetProcAddress" : "dlsym") << ")";
+                   << (api->used_proc_address ? "cuGetProcAddress" : "dlsym") << "; green contexts "
+                   << (api->HasGreenContexts() ? "available" : "unavailable") << ")";
   *out = std::move(api);
   return Status::Ok();
 }

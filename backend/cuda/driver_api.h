@@ -104,6 +104,19 @@
   X(cuOccupancyMaxPotentialClusterSize)   \
   X(cuOccupancyMaxActiveClusters)
 
+// Entry points the backend uses where the driver has them and does without
+// where it does not: a driver that lacks one still loads, and its member
+// stays null. Green contexts (CUDA 12.4+) give a slice an SM partition;
+// without them compute shares fall back to launch throttling. Call sites
+// check HasGreenContexts() first.
+#define FERRY_CUDA_OPTIONAL_ENTRY_POINTS(X) \
+  X(cuDeviceGetDevResource)                  \
+  X(cuDevSmResourceSplitByCount)             \
+  X(cuDevResourceGenerateDesc)               \
+  X(cuGreenCtxCreate)                        \
+  X(cuGreenCtxDestroy)                       \
+  X(cuCtxFromGreenCtx)
+
 namespace ferry::backend::cuda_internal {
 
 // The symbol ferry's stand-in libcuda.so.1 exports so that ferryd can tell it
@@ -131,7 +144,17 @@ struct DriverApi {
   // and the same macro renames them).
 #define FERRY_CUDA_DECLARE_ENTRY_POINT_(name) decltype(&::name) name = nullptr;
   FERRY_CUDA_DRIVER_ENTRY_POINTS(FERRY_CUDA_DECLARE_ENTRY_POINT_)
+  // Optional: null where the driver lacks them.
+  FERRY_CUDA_OPTIONAL_ENTRY_POINTS(FERRY_CUDA_DECLARE_ENTRY_POINT_)
 #undef FERRY_CUDA_DECLARE_ENTRY_POINT_
+
+  // Every green-context entry point is there (all or nothing counts: a
+  // driver with half of them cannot make a green context).
+  bool HasGreenContexts() const {
+    return cuDeviceGetDevResource != nullptr && cuDevSmResourceSplitByCount != nullptr &&
+           cuDevResourceGenerateDesc != nullptr && cuGreenCtxCreate != nullptr &&
+           cuGreenCtxDestroy != nullptr && cuCtxFromGreenCtx != nullptr;
+  }
 
   // "CUDA_ERROR_OUT_OF_MEMORY", from the driver when it can say, else from
   // ferry's own table. Calls the driver: not for use in stream callbacks.
@@ -166,7 +189,8 @@ std::vector<std::string> DefaultDriverCandidates();
 //    kFerryClientMarker), is skipped and noted in the diagnostics;
 //  * the first one that opens and is not ferry's decides: it is initialized
 //    (cuInit(0)), must report at least one device, and must provide every
-//    entry point, or its error is returned.
+//    required entry point, or its error is returned. Optional entry points
+//    it lacks stay null.
 // With `explicit_path` (one configured candidate) skipping is an error.
 // Entry points come from cuGetProcAddress(base, CUDA_VERSION, LEGACY_STREAM)
 // when the driver is at least CUDA_VERSION (the documented way to get the ABI

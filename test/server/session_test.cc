@@ -6,6 +6,7 @@
 
 #include <capnp/serialize.h>
 #include <cuda.h>
+#include <dlfcn.h>
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -16,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "backend/cuda/cuda_backend.h"
 #include "backend/host/host_backend.h"
 #include "common/frame.h"
 
@@ -1129,6 +1131,153 @@ TEST_F(PooledSessionTest, PreemptedBeforeItStartsRefusesTheHandshake) {
   Status status = StatusFromWire(reader.getRoot<wire::HelloReply>().getStatus());
   EXPECT_EQ(status.cuda_result(), CUDA_ERROR_DEVICE_UNAVAILABLE);
   EXPECT_EQ(status.message(), "preempted by the schedule: early");
+}
+
+// --- compute shares on the CUDA backend (fake driver) -------------------------
+// The fake driver (test/backend/cuda/fake_driver.cc) has 132 SMs per device,
+// partitions of at least 8 aligned to 8; fake_cuda_old lacks green contexts.
+
+template <typename Fn>
+Fn FakeHook(const char* library, const char* name) {
+  void* handle = dlopen(library, RTLD_NOW | RTLD_NOLOAD);
+  return handle != nullptr ? reinterpret_cast<Fn>(dlsym(handle, name)) : nullptr;
+}
+
+// Sessions holding slices of the CUDA backend's device 0.
+class CudaSliceSessionTest : public ::testing::Test {
+ protected:
+  struct Running {
+    std::unique_ptr<Session> session;
+    std::thread runner;
+    std::unique_ptr<RawClient> client;
+    std::string mechanism;
+    int32_t sm_attribute = 0;
+  };
+
+  void Load(const char* driver) {
+    Status status = backend::CreateCudaBackend({.driver_path = driver}, &backend_);
+    ASSERT_TRUE(status.ok()) << status.ToString();
+  }
+  void TearDown() override {
+    for (auto& r : running_) {
+      r->client.reset();
+      r->runner.join();
+      r->session.reset();
+    }
+  }
+
+  // Starts a session holding slice `slice` of `slices` of device 0.
+  Running& Start(int slice, int slices) {
+    SessionGrant grant;
+    grant.pooled = true;
+    grant.pool = "dev";
+    SessionDevice device;
+    device.backend_device = 0;
+    device.memory_quota = 1 << 20;
+    device.compute_share = 1.0 / slices;
+    device.slice = slice;
+    device.slices_per_gpu = slices;
+    grant.devices.push_back(device);
+    std::unique_ptr<Transport> server_side, client_side;
+    EXPECT_TRUE(MakeTransportPair(&server_side, &client_side).ok());
+    capnp::MallocMessageBuilder hello;
+    hello.initRoot<wire::Hello>().setProgram("slice_test");
+    auto r = std::make_unique<Running>();
+    r->session = std::make_unique<Session>(10 + running_.size(), std::move(server_side), *backend_,
+                                           hello.getRoot<wire::Hello>().asReader(), grant);
+    Session* session = r->session.get();
+    r->runner = std::thread([session] { session->Run(); });
+    r->client = std::make_unique<RawClient>(std::move(client_side));
+    Frame frame;
+    EXPECT_TRUE(ReadFrame(r->client->transport(), &frame).ok());
+    capnp::FlatArrayMessageReader reader(frame.words, PeerReaderOptions());
+    auto reply = reader.getRoot<wire::HelloReply>();
+    EXPECT_TRUE(StatusFromWire(reply.getStatus()).ok());
+    if (reply.getSlices().size() == 1 && reply.getDevices().size() == 1) {
+      r->mechanism = reply.getSlices()[0].getMechanism().cStr();
+      r->sm_attribute = reply.getDevices()[0].getAttributes()[CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT];
+    }
+    running_.push_back(std::move(r));
+    return *running_.back();
+  }
+
+  static ReplyResult CreateContext(Running& r) {
+    return r.client->Call([](wire::Call::Builder c) {
+      auto a = c.initCtxCreate();
+      a.setCtx(100);
+      a.setDevice(0);
+    });
+  }
+
+  std::unique_ptr<backend::GpuBackend> backend_;
+  std::vector<std::unique_ptr<Running>> running_;
+};
+
+TEST_F(CudaSliceSessionTest, HalvesGetDisjointSmPartitionsAndNoThrottle) {
+  Load(FAKE_FULL_PATH);
+  auto greens = FakeHook<int (*)(unsigned*, unsigned*, int)>(FAKE_FULL_PATH, "fake_green_contexts");
+  ASSERT_NE(greens, nullptr);
+  Running& a = Start(0, 2);
+  Running& b = Start(1, 2);
+  for (Running* r : {&a, &b}) {
+    EXPECT_EQ(r->mechanism, "sm-partition (64 SMs)");
+    EXPECT_EQ(r->sm_attribute, 64);  // the partition's SMs, not the card's
+    EXPECT_EQ(r->session->grant().devices[0].sm_partition_sms, 64);
+    EXPECT_FALSE(r->session->TEST_throttled(0));
+    ReplyResult created = CreateContext(*r);
+    ASSERT_TRUE(created.status.ok()) << created.status.ToString();
+  }
+  unsigned first[4] = {}, count[4] = {};
+  ASSERT_EQ(greens(first, count, 4), 2);
+  EXPECT_EQ(count[0], 64u);
+  EXPECT_EQ(count[1], 64u);
+  EXPECT_TRUE(first[0] + count[0] <= first[1] || first[1] + count[1] <= first[0]);
+  // Ending the sessions destroys their green contexts.
+  TearDown();
+  running_.clear();
+  EXPECT_EQ(greens(first, count, 4), 0);
+}
+
+TEST_F(CudaSliceSessionTest, TooManySlicesForTheSmsFallBackToThrottling) {
+  Load(FAKE_FULL_PATH);
+  // 132 / 32 = 4 SMs per slice, under the driver's minimum of 8.
+  Running& r = Start(3, 32);
+  EXPECT_EQ(r.mechanism, "launch-throttle");
+  EXPECT_TRUE(r.session->TEST_throttled(0));
+}
+
+TEST_F(CudaSliceSessionTest, DriverWithoutGreenContextsThrottles) {
+  Load(FAKE_OLD_PATH);
+  Running& r = Start(1, 2);
+  EXPECT_EQ(r.mechanism, "launch-throttle");
+  EXPECT_TRUE(r.session->TEST_throttled(0));
+  const int card = backend_->Devices()[0].attributes[CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT];
+  EXPECT_EQ(r.sm_attribute, card / 2);
+  ReplyResult created = CreateContext(r);
+  EXPECT_TRUE(created.status.ok()) << created.status.ToString();
+}
+
+TEST(ComputeMechanismTest, NamesEachMechanism) {
+  SessionDevice device;
+  EXPECT_EQ(ComputeMechanism(device), "whole-gpu");
+  device.compute_share = 0.25;
+  EXPECT_EQ(ComputeMechanism(device), "launch-throttle");
+  device.sm_partition_sms = 32;
+  EXPECT_EQ(ComputeMechanism(device), "sm-partition (32 SMs)");
+}
+
+TEST(ComputeMechanismTest, HostBackendKeepsLaunchThrottling) {
+  std::unique_ptr<backend::GpuBackend> host;
+  backend::HostBackendOptions options;
+  options.device_memory = 16 << 20;
+  ASSERT_TRUE(backend::CreateHostBackend(options, &host).ok());
+  SessionDevice device;
+  device.compute_share = 0.5;
+  device.slices_per_gpu = 2;
+  device.slice = 1;
+  ChooseComputeMechanism(*host, &device);
+  EXPECT_EQ(device.sm_partition_sms, 0);
+  EXPECT_EQ(ComputeMechanism(device), "launch-throttle");
 }
 
 }  // namespace

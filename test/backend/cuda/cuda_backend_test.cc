@@ -913,5 +913,146 @@ TEST_F(FakeDriverTest, OccupancyQueriesGoToTheDriverInTheFunctionsContext) {
   EXPECT_EQ(clusters, 2);
 }
 
+// --- SM partitions (green contexts) -------------------------------------------
+// The fake's devices have 132 SMs, a minimum partition of 8 and an alignment
+// of 8 (fake_driver.cc, FAKE_GREEN).
+
+// The fake's record of `context`: whether it is a green context's, and its
+// SMs. Makes the context current on this thread first (via GetLimit).
+struct SmRange {
+  bool green = false;
+  unsigned first = 0, count = 0;
+};
+SmRange RangeOf(GpuBackend& backend, Context& context) {
+  uint64_t value = 0;
+  EXPECT_TRUE(backend.GetLimit(context, CU_LIMIT_STACK_SIZE, &value).ok());
+  auto current = Hook<void* (*)()>(FAKE_FULL_PATH, "fake_current_context");
+  auto sms = Hook<int (*)(void*, unsigned*, unsigned*)>(FAKE_FULL_PATH, "fake_context_sms");
+  SmRange range;
+  range.green = sms(current(), &range.first, &range.count) != 0;
+  return range;
+}
+
+TEST_F(FakeDriverTest, HalfSharesAreDisjointGreenContextsOfAlignedSize) {
+  auto split_calls = Hook<int (*)()>(FAKE_FULL_PATH, "fake_split_calls");
+  auto min_count = Hook<unsigned (*)()>(FAKE_FULL_PATH, "fake_last_split_min_count");
+  ASSERT_NE(split_calls, nullptr);
+  int sms = 0;
+  Status status = backend_->SmPartitionSize(0, 2, &sms);
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  // 132 / 2 = 66, rounded down to the alignment of 8.
+  EXPECT_EQ(sms, 64);
+  EXPECT_EQ(min_count(), 64u);
+
+  std::unique_ptr<Context> first, second;
+  ASSERT_TRUE(backend_->CreatePartitionedContext(0, 0, 2, 0, &first).ok());
+  ASSERT_TRUE(backend_->CreatePartitionedContext(0, 0, 2, 1, &second).ok());
+  const SmRange a = RangeOf(*backend_, *first), b = RangeOf(*backend_, *second);
+  EXPECT_TRUE(a.green);
+  EXPECT_TRUE(b.green);
+  EXPECT_EQ(a.count, 64u);
+  EXPECT_EQ(b.count, 64u);
+  EXPECT_TRUE(a.first + a.count <= b.first || b.first + b.count <= a.first)
+      << "groups overlap: [" << a.first << "," << a.first + a.count << ") and [" << b.first
+      << "," << b.first + b.count << ")";
+  // A plain context is not green.
+  EXPECT_FALSE(RangeOf(*backend_, *ctx_).green);
+
+  // The split is made once per (device, groups): a second context of group 0
+  // gets the very same SMs.
+  const int calls = split_calls();
+  std::unique_ptr<Context> again;
+  ASSERT_TRUE(backend_->CreatePartitionedContext(0, 0, 2, 0, &again).ok());
+  EXPECT_EQ(split_calls(), calls);
+  const SmRange c = RangeOf(*backend_, *again);
+  EXPECT_EQ(c.first, a.first);
+  EXPECT_EQ(c.count, a.count);
+
+  // A green context works like any context: its legacy stream runs work.
+  uint64_t dptr = 0;
+  ASSERT_TRUE(backend_->MemAlloc(*first, 64, &dptr).ok());
+  ASSERT_TRUE(backend_->Memset(backend_->LegacyStream(*first), dptr, 0, 7, 1, 64, 1).ok());
+  std::shared_ptr<std::vector<uint8_t>> out;
+  ASSERT_TRUE(
+      backend_->CopyDeviceToHost(backend_->LegacyStream(*first), Buffer(64, &out), dptr).ok());
+  ASSERT_TRUE(Drain(backend_->LegacyStream(*first)).ok());
+  EXPECT_EQ((*out)[63], 7);
+  ASSERT_TRUE(backend_->MemFree(*first, dptr).ok());
+  // Destroyed with cuGreenCtxDestroy (the fake refuses cuCtxDestroy on a
+  // green context, so TearDown's live-object check would catch a leak).
+  const int live = live_();
+  again.reset();
+  first.reset();
+  second.reset();
+  EXPECT_EQ(live_(), live - 3);
+}
+
+TEST_F(FakeDriverTest, QuartersGetFourDisjointGroups) {
+  int sms = 0;
+  ASSERT_TRUE(backend_->SmPartitionSize(1, 4, &sms).ok());
+  EXPECT_EQ(sms, 32);  // 132 / 4 = 33, aligned down to 32
+  std::vector<std::unique_ptr<Context>> contexts(4);
+  std::vector<SmRange> ranges;
+  for (int group = 0; group < 4; ++group) {
+    Status status = backend_->CreatePartitionedContext(1, 0, 4, group, &contexts[group]);
+    ASSERT_TRUE(status.ok()) << status.ToString();
+    ranges.push_back(RangeOf(*backend_, *contexts[group]));
+  }
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    EXPECT_TRUE(ranges[i].green);
+    EXPECT_EQ(ranges[i].count, 32u);
+    EXPECT_LE(ranges[i].first + ranges[i].count, 132u);
+    for (size_t j = i + 1; j < ranges.size(); ++j) {
+      EXPECT_TRUE(ranges[i].first + ranges[i].count <= ranges[j].first ||
+                  ranges[j].first + ranges[j].count <= ranges[i].first)
+          << "groups " << i << " and " << j << " overlap";
+    }
+  }
+}
+
+TEST_F(FakeDriverTest, GroupsUnderTheDriversMinimumAreRefused) {
+  int sms = 0;
+  // 132 / 32 = 4 SMs, under the minimum partition of 8.
+  Status status = backend_->SmPartitionSize(0, 32, &sms);
+  EXPECT_EQ(status.cuda_result(), CUDA_ERROR_NOT_SUPPORTED);
+  EXPECT_THAT(status.message(), HasSubstr("minimum of 8"));
+  std::unique_ptr<Context> context;
+  EXPECT_FALSE(backend_->CreatePartitionedContext(0, 0, 32, 0, &context).ok());
+  EXPECT_EQ(context, nullptr);
+  // 16 groups of 8 still fit.
+  ASSERT_TRUE(backend_->SmPartitionSize(0, 16, &sms).ok());
+  EXPECT_EQ(sms, 8);
+}
+
+TEST_F(FakeDriverTest, BadPartitionArgumentsAreRefused) {
+  std::unique_ptr<Context> context;
+  EXPECT_EQ(backend_->CreatePartitionedContext(0, 0, 2, 2, &context).cuda_result(),
+            CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(backend_->CreatePartitionedContext(0, 0, 2, -1, &context).cuda_result(),
+            CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(backend_->CreatePartitionedContext(5, 0, 2, 0, &context).cuda_result(),
+            CUDA_ERROR_INVALID_DEVICE);
+  int sms = 0;
+  EXPECT_FALSE(backend_->SmPartitionSize(0, 1, &sms).ok());
+  EXPECT_EQ(context, nullptr);
+}
+
+TEST(CudaBackendGreenTest, DriverWithoutGreenContextsLoadsAndReportsNoPartition) {
+  // fake_cuda_old has no green-context entry points.
+  std::unique_ptr<GpuBackend> backend;
+  Status status = CreateCudaBackend({.driver_path = FAKE_OLD_PATH}, &backend);
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  EXPECT_EQ(Hook<void* (*)()>(FAKE_OLD_PATH, "cuGreenCtxCreate"), nullptr);
+  int sms = 0;
+  status = backend->SmPartitionSize(0, 2, &sms);
+  EXPECT_EQ(status.cuda_result(), CUDA_ERROR_NOT_SUPPORTED);
+  EXPECT_THAT(status.message(), HasSubstr("no green contexts"));
+  std::unique_ptr<Context> context;
+  EXPECT_EQ(backend->CreatePartitionedContext(0, 0, 2, 0, &context).cuda_result(),
+            CUDA_ERROR_NOT_SUPPORTED);
+  // Plain contexts are unaffected.
+  ASSERT_TRUE(backend->CreateContext(0, 0, &context).ok());
+}
+
 }  // namespace
 }  // namespace ferry::backend

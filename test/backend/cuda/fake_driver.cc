@@ -9,6 +9,10 @@
 //                        host memory as "device" memory and one in-order
 //                        worker thread as the GPU; otherwise only the
 //                        bootstrap entry points exist
+//   FAKE_GREEN           (with FAKE_FULL) also the green-context entry points:
+//                        each device has FAKE_SM_COUNT SMs (default 132), a
+//                        minimum partition of 8 and an alignment of 8, like
+//                        the CUDA docs' guideline for compute capability 9.0
 // Every entry point is defined under its cuda.h name, so it gets the exact
 // versioned export name and prototype (cuCtxCreate defines cuCtxCreate_v4).
 //
@@ -21,6 +25,7 @@
 // Thread-safety: every entry point may be called from any thread.
 #include <cuda.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -39,6 +44,9 @@
 #endif
 #ifndef FAKE_DRIVER_VERSION
 #define FAKE_DRIVER_VERSION 13000
+#endif
+#ifndef FAKE_SM_COUNT
+#define FAKE_SM_COUNT 132
 #endif
 
 #define FAKE_HOOK extern "C" __attribute__((visibility("default")))
@@ -167,6 +175,17 @@ struct FakeCtx {
   CUdevice device;
   std::mutex mu;
   std::map<int, size_t> limits;
+  // A green context's converted context: its SMs are [first_sm, first_sm +
+  // sm_count) of the device.
+  bool green = false;
+  unsigned first_sm = 0, sm_count = 0;
+};
+// A green context. The CUgreenCtx handle and the CUcontext that
+// cuCtxFromGreenCtx returns are different pointers, as in the real driver,
+// so a backend that confuses them is caught.
+struct FakeGreenCtx {
+  int magic = 0x67726e;
+  FakeCtx ctx;
 };
 struct FakeStream {
   FakeCtx* ctx;
@@ -292,6 +311,9 @@ CUresult cuCtxSetCurrent(CUcontext context) {
   return CUDA_SUCCESS;
 }
 CUresult cuCtxDestroy(CUcontext context) {
+  // A green context's converted context is the primary context with the
+  // green context's resources: only cuGreenCtxDestroy may end it.
+  if (reinterpret_cast<FakeCtx*>(context)->green) return CUDA_ERROR_INVALID_CONTEXT;
   TheGpu().Drain();
   if (!t_stack.empty() && t_stack.back() == context) t_stack.pop_back();
   delete reinterpret_cast<FakeCtx*>(context);
@@ -704,6 +726,152 @@ CUresult cuOccupancyMaxActiveClusters(int* clusters, CUfunction function,
   *clusters = config->numAttrs == 1 ? static_cast<int>(config->attrs[0].value.clusterDim.x) : -1;
   return CUDA_SUCCESS;
 }
+
+#if FAKE_GREEN
+// --- green contexts -----------------------------------------------------------
+namespace {
+// What the fake keeps in a CUdevResource's internal padding.
+struct FakeSmRange {
+  int device;
+  unsigned first_sm;
+};
+FakeSmRange RangeOf(const CUdevResource& resource) {
+  FakeSmRange range;
+  std::memcpy(&range, resource._internal_padding, sizeof(range));
+  return range;
+}
+void SetSm(CUdevResource* resource, int device, unsigned first_sm, unsigned count) {
+  std::memset(resource, 0, sizeof(*resource));
+  resource->type = CU_DEV_RESOURCE_TYPE_SM;
+  resource->sm.smCount = count;
+  resource->sm.minSmPartitionSize = 8;
+  resource->sm.smCoscheduledAlignment = 8;
+  const FakeSmRange range{device, first_sm};
+  std::memcpy(resource->_internal_padding, &range, sizeof(range));
+}
+struct FakeDesc {
+  CUdevResource resource;
+};
+std::atomic<int> g_split_calls{0};
+std::atomic<unsigned> g_last_split_min_count{0};
+
+std::mutex g_greens_mu;
+std::vector<FakeGreenCtx*> g_greens;  // live green contexts, guarded by g_greens_mu
+}  // namespace
+
+FAKE_HOOK int fake_split_calls() { return g_split_calls.load(); }
+// The SMs of every live green context (at most `max`); returns how many live.
+FAKE_HOOK int fake_green_contexts(unsigned* first_sms, unsigned* sm_counts, int max) {
+  std::lock_guard<std::mutex> lock(g_greens_mu);
+  for (int i = 0; i < max && i < static_cast<int>(g_greens.size()); ++i) {
+    first_sms[i] = g_greens[static_cast<size_t>(i)]->ctx.first_sm;
+    sm_counts[i] = g_greens[static_cast<size_t>(i)]->ctx.sm_count;
+  }
+  return static_cast<int>(g_greens.size());
+}
+FAKE_HOOK unsigned fake_last_split_min_count() { return g_last_split_min_count.load(); }
+// Whether `context` (a CUcontext) is a green context's, and its SMs.
+FAKE_HOOK int fake_context_sms(void* context, unsigned* first_sm, unsigned* sm_count) {
+  const auto* ctx = static_cast<const FakeCtx*>(context);
+  *first_sm = ctx->first_sm;
+  *sm_count = ctx->sm_count;
+  return ctx->green ? 1 : 0;
+}
+
+CUresult cuDeviceGetDevResource(CUdevice device, CUdevResource* resource, CUdevResourceType type) {
+  if (device < 0 || device >= FAKE_DEVICE_COUNT) return CUDA_ERROR_INVALID_DEVICE;
+  if (type != CU_DEV_RESOURCE_TYPE_SM) return CUDA_ERROR_INVALID_RESOURCE_TYPE;
+  SetSm(resource, device, 0, FAKE_SM_COUNT);
+  return CUDA_SUCCESS;
+}
+
+// As documented: groups of at least minCount SMs, rounded up to the minimum
+// and the alignment; as many as fit (at most *nbGroups); the rest in
+// `remaining`.
+CUresult cuDevSmResourceSplitByCount(CUdevResource* result, unsigned int* nbGroups,
+                                     const CUdevResource* input, CUdevResource* remaining,
+                                     unsigned int useFlags, unsigned int minCount) {
+  ++g_split_calls;
+  g_last_split_min_count = minCount;
+  if (nbGroups == nullptr || input == nullptr || useFlags != 0) return CUDA_ERROR_INVALID_VALUE;
+  if (input->type != CU_DEV_RESOURCE_TYPE_SM) return CUDA_ERROR_INVALID_RESOURCE_TYPE;
+  const unsigned total = input->sm.smCount;
+  if (minCount > total) return CUDA_ERROR_INVALID_VALUE;
+  unsigned per = std::max(minCount, input->sm.minSmPartitionSize);
+  per = (per + input->sm.smCoscheduledAlignment - 1) / input->sm.smCoscheduledAlignment *
+        input->sm.smCoscheduledAlignment;
+  const unsigned fit = total / per;
+  if (result == nullptr) {
+    *nbGroups = fit;
+    return CUDA_SUCCESS;
+  }
+  const unsigned made = std::min(*nbGroups, fit);
+  const FakeSmRange range = RangeOf(*input);
+  for (unsigned i = 0; i < made; ++i) {
+    SetSm(&result[i], range.device, range.first_sm + i * per, per);
+  }
+  if (remaining != nullptr) {
+    SetSm(remaining, range.device, range.first_sm + made * per, total - made * per);
+  }
+  *nbGroups = made;
+  return CUDA_SUCCESS;
+}
+
+CUresult cuDevResourceGenerateDesc(CUdevResourceDesc* desc, CUdevResource* resources,
+                                   unsigned int count) {
+  // The fake supports one resource per descriptor (all the backend needs).
+  if (desc == nullptr || resources == nullptr || count != 1) return CUDA_ERROR_INVALID_VALUE;
+  if (resources[0].type != CU_DEV_RESOURCE_TYPE_SM) return CUDA_ERROR_INVALID_RESOURCE_TYPE;
+  // Owned by the "driver" (the API has no destroy call): never freed.
+  *desc = reinterpret_cast<CUdevResourceDesc>(new FakeDesc{resources[0]});
+  return CUDA_SUCCESS;
+}
+
+CUresult cuGreenCtxCreate(CUgreenCtx* green, CUdevResourceDesc desc, CUdevice device,
+                          unsigned int flags) {
+  if (green == nullptr || desc == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  if ((flags & CU_GREEN_CTX_DEFAULT_STREAM) == 0) return CUDA_ERROR_INVALID_VALUE;  // required
+  const CUdevResource& resource = reinterpret_cast<FakeDesc*>(desc)->resource;
+  const FakeSmRange range = RangeOf(resource);
+  if (device < 0 || device >= FAKE_DEVICE_COUNT || range.device != device) {
+    return CUDA_ERROR_INVALID_DEVICE;
+  }
+  auto* g = new FakeGreenCtx;
+  g->ctx.device = device;
+  g->ctx.green = true;
+  g->ctx.first_sm = range.first_sm;
+  g->ctx.sm_count = resource.sm.smCount;
+  ++g_live_objects;
+  {
+    std::lock_guard<std::mutex> lock(g_greens_mu);
+    g_greens.push_back(g);
+  }
+  *green = reinterpret_cast<CUgreenCtx>(g);  // not made current (documented)
+  return CUDA_SUCCESS;
+}
+
+CUresult cuCtxFromGreenCtx(CUcontext* context, CUgreenCtx green) {
+  if (context == nullptr || green == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  *context = reinterpret_cast<CUcontext>(&reinterpret_cast<FakeGreenCtx*>(green)->ctx);
+  return CUDA_SUCCESS;
+}
+
+CUresult cuGreenCtxDestroy(CUgreenCtx green) {
+  if (green == nullptr) return CUDA_ERROR_INVALID_CONTEXT;
+  auto* g = reinterpret_cast<FakeGreenCtx*>(green);
+  if (g->magic != 0x67726e) return CUDA_ERROR_INVALID_CONTEXT;  // a CUcontext, not a CUgreenCtx
+  TheGpu().Drain();
+  auto* context = reinterpret_cast<CUcontext>(&g->ctx);
+  if (!t_stack.empty() && t_stack.back() == context) t_stack.pop_back();
+  {
+    std::lock_guard<std::mutex> lock(g_greens_mu);
+    std::erase(g_greens, g);
+  }
+  delete g;
+  --g_live_objects;
+  return CUDA_SUCCESS;
+}
+#endif  // FAKE_GREEN
 #endif  // FAKE_FULL
 
 // cuGetProcAddress_v2: answers for the entry points defined above, as a real
@@ -788,6 +956,14 @@ CUresult cuGetProcAddress(const char* symbol, void** function, int cuda_version,
       FAKE_ENTRY(cuOccupancyAvailableDynamicSMemPerBlock)
       FAKE_ENTRY(cuOccupancyMaxPotentialClusterSize)
       FAKE_ENTRY(cuOccupancyMaxActiveClusters)
+#endif
+#if FAKE_FULL && FAKE_GREEN
+      FAKE_ENTRY(cuDeviceGetDevResource)
+      FAKE_ENTRY(cuDevSmResourceSplitByCount)
+      FAKE_ENTRY(cuDevResourceGenerateDesc)
+      FAKE_ENTRY(cuGreenCtxCreate)
+      FAKE_ENTRY(cuCtxFromGreenCtx)
+      FAKE_ENTRY(cuGreenCtxDestroy)
 #endif
   };
   // clang-format on
