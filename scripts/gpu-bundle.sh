@@ -45,6 +45,10 @@ find "$build/lib" "$build/test" -name 'lib*host*.so' -not -path '*/CMakeFiles/*'
   xargs -r cp -t "$bundle/host-kernels/"
 [ -f "$build/test/gpu/gpu_cublas_gemm" ] && pack "$build/test/gpu/gpu_cublas_gemm" "$bundle/checks"
 cp test/gpu/torch_check.py "$bundle/checks/"
+# The CUDA backend's own GPU tests (gtest, label gpu), with their images.
+pack "$build/bin/cuda_backend_gpu_test" "$bundle/checks"
+mkdir -p "$bundle/checks/backend-images"
+cp "$build"/test/backend/cuda/vadd.* "$bundle/checks/backend-images/"
 
 # Shared libraries the binaries need, minus what every Linux image (glibc,
 # the GCC runtime) and every CUDA image (the toolkit's libraries, the
@@ -57,7 +61,8 @@ is_stock() {
   esac
   return 1
 }
-for binary in "$bundle"/bin/* "$bundle"/client/* "$bundle"/programs/* "$bundle"/checks/gpu_* "$bundle"/host-kernels/*; do
+for binary in "$bundle"/bin/* "$bundle"/client/* "$bundle"/programs/* "$bundle"/checks/gpu_* \
+  "$bundle"/checks/cuda_backend_gpu_test "$bundle"/host-kernels/*; do
   [ -f "$binary" ] || continue
   ldd "$binary" 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' |
     while read -r name path; do

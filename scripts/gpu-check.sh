@@ -110,6 +110,23 @@ for program in "$bundle"/programs/*; do
   else record "$name" FAIL "$seconds" "rc $rc: $(last_line "$name")"; fi
 done
 
+# --- the CUDA backend's own tests on the real driver (no ferry client) -------
+backend_test="$bundle/checks/cuda_backend_gpu_test"
+if [ "$backend" != cuda ]; then
+  record cuda_backend_gpu_test SKIP 0 "needs the real driver"
+elif [ -x "$backend_test" ]; then
+  run_logged cuda_backend_gpu_test 600 env "LD_LIBRARY_PATH=$bundle/deps${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+    "FERRY_TEST_IMAGE_DIR=$bundle/checks/backend-images" "$backend_test"
+  summary=$(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$work/cuda_backend_gpu_test.out" | tr '\n' ' ')
+  if [ "$rc" = 0 ] && ! grep -q '^\[  SKIPPED' "$work/cuda_backend_gpu_test.out"; then
+    record cuda_backend_gpu_test PASS "$seconds" "$summary"
+  else
+    record cuda_backend_gpu_test FAIL "$seconds" "rc $rc: $summary"
+  fi
+else
+  record cuda_backend_gpu_test FAIL 0 "not in the bundle"
+fi
+
 # --- cuBLAS ---------------------------------------------------------------
 gemm="$bundle/checks/gpu_cublas_gemm"
 declare -A figures=()

@@ -13,6 +13,7 @@
 #include <array>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -37,7 +38,14 @@ constexpr char kFaultName[] = "_Z5faultPi";
 constexpr char kSmOfBlockName[] = "_Z11sm_of_blockPj";
 constexpr char kSpinName[] = "_Z4spinPfi";
 
-std::vector<uint8_t> ReadFile(const char* path) {
+// The images are where the build put them, or, when FERRY_TEST_IMAGE_DIR is
+// set (scripts/gpu-check.sh on a lent GPU), in that folder under the same
+// names.
+std::vector<uint8_t> ReadFile(const char* built_path) {
+  std::string path = built_path;
+  if (const char* dir = std::getenv("FERRY_TEST_IMAGE_DIR"); dir != nullptr && *dir != '\0') {
+    path = std::string(dir) + "/" + path.substr(path.find_last_of('/') + 1);
+  }
   std::ifstream in(path, std::ios::binary);
   std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)),
                              std::istreambuf_iterator<char>());
