@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "runtime_check.h"
+#include "runtime_hold.h"
 #include "runtime_kernels.cuh"
 
 namespace {
@@ -32,7 +33,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 // Every wait below is bounded, so a broken stream fails the program instead
 // of hanging it.
-constexpr auto kWaitLimit = std::chrono::seconds(20);
+constexpr auto kWaitLimit = kRtHoldLimit;
 
 // What the host function and the stream callback on stream B saw. They run
 // on the driver's callback thread, so fields are atomics.
@@ -65,27 +66,6 @@ void StreamCallback(cudaStream_t stream, cudaError_t status, void* user_data) {
   state->callback_status.store(static_cast<int>(status));
   state->callback_stream_ok.store(stream == state->stream);
   state->callback_at.store(state->order.fetch_add(1));
-}
-
-// A host function that holds its stream until `released` (or the wait
-// limit, recording that it gave up).
-struct Hold {
-  std::atomic<bool> released{false};
-  std::atomic<bool> entered{false};
-  std::atomic<bool> gave_up{false};
-};
-
-void HoldStream(void* user_data) {
-  auto* hold = static_cast<Hold*>(user_data);
-  hold->entered.store(true);
-  const auto deadline = Clock::now() + kWaitLimit;
-  while (!hold->released.load()) {
-    if (Clock::now() >= deadline) {
-      hold->gave_up.store(true);
-      return;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
 }
 
 void SetFlag(void* user_data) { static_cast<std::atomic<bool>*>(user_data)->store(true); }
@@ -213,9 +193,9 @@ void QueriesOnAHeldStream() {
   cudaEvent_t done = nullptr;
   RT_CHECK(cudaEventCreateWithFlags(&done, cudaEventBlockingSync));
 
-  Hold hold;
+  RtHold hold;
   RT_CHECK(cudaMemcpyAsync(data, pinned, bytes, cudaMemcpyHostToDevice, c));
-  RT_CHECK(cudaLaunchHostFunc(c, HoldStream, &hold));
+  RT_CHECK(cudaLaunchHostFunc(c, RtHoldStream, &hold));
   rt_scale<float><<<Blocks(n), 256, 0, c>>>(data, -3.0f, n);
   RT_CHECK(cudaGetLastError());
   RT_CHECK(cudaMemcpyAsync(pinned, data, bytes, cudaMemcpyDeviceToHost, c));
