@@ -72,7 +72,10 @@ Status CopyDeviceToHost(void* dst, CUdeviceptr src, size_t bytes, CUstream strea
   const bool page_locked = rt.FindHostAllocation(dst, &base, &pinned) &&
                            bytes <= pinned.size - (static_cast<const char*>(dst) -
                                                    static_cast<const char*>(base));
-  if (async && page_locked) return rt.connection().PostExpectingBytes(fill, InBytes{dst, bytes});
+  if (async && page_locked) {
+    return rt.connection().PostExpectingBytes(fill, InBytes{dst, bytes},
+                                              ferry::client::StreamKey{target.ctx, target.stream});
+  }
   return rt.connection().Call(fill, {}, InBytes{dst, bytes});
 }
 

@@ -11,7 +11,8 @@
 //     cudaStreamQuery and cudaEventQuery must answer cudaErrorNotReady (which
 //     is no error: cudaGetLastError stays clean) and cudaSuccess once the
 //     work completed; the results are then polled for with cudaEventQuery,
-//     as programs that overlap host work do;
+//     as programs that overlap host work do, and many polls in a row must
+//     each find the copied bytes there once the copy reports ready;
 //   - the default stream (per thread with --default-stream per-thread), used
 //     from two host threads at once, with copies and a host function each.
 // Prints what it checked and "all checks passed", or the first failure.
@@ -21,6 +22,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <thread>
 #include <vector>
 
@@ -228,6 +230,48 @@ void QueriesOnAHeldStream() {
   RT_CHECK(cudaFreeHost(pinned));
 }
 
+// The overlap pattern: queue a copy into page-locked memory, poll with
+// cudaEventQuery or cudaStreamQuery until ready, then read the bytes, many
+// times over. Ready must mean the bytes are there, every time.
+void PollForCopies() {
+  const int n = 1 << 14;
+  const size_t bytes = n * sizeof(unsigned);
+  const int rounds = 400;
+  unsigned* pinned = nullptr;
+  unsigned char* data = nullptr;
+  RT_CHECK(cudaMallocHost(&pinned, bytes));
+  RT_CHECK(cudaMalloc(&data, bytes));
+  cudaStream_t stream = nullptr;
+  RT_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  cudaEvent_t copied = nullptr;
+  RT_CHECK(cudaEventCreateWithFlags(&copied, cudaEventDisableTiming));
+  int stale = 0;
+  for (int round = 0; round < rounds; ++round) {
+    const unsigned char value = static_cast<unsigned char>(1 + round % 250);
+    std::memset(pinned, 0, bytes);
+    RT_CHECK(cudaMemsetAsync(data, value, bytes, stream));
+    RT_CHECK(cudaMemcpyAsync(pinned, data, bytes, cudaMemcpyDeviceToHost, stream));
+    RT_CHECK(cudaEventRecord(copied, stream));
+    const bool by_event = round % 2 == 0;
+    const auto deadline = Clock::now() + kWaitLimit;
+    cudaError_t state = cudaErrorNotReady;
+    while ((state = by_event ? cudaEventQuery(copied) : cudaStreamQuery(stream)) ==
+               cudaErrorNotReady &&
+           Clock::now() < deadline) {
+    }
+    RT_CHECK(state);
+    const unsigned expected = value * 0x01010101u;
+    if (pinned[0] != expected || pinned[n - 1] != expected) ++stale;
+  }
+  if (stale != 0) std::printf("%d of %d polls reported ready before the bytes arrived\n", stale, rounds);
+  RT_EXPECT(stale == 0);
+  RT_CHECK(cudaEventDestroy(copied));
+  RT_CHECK(cudaStreamDestroy(stream));
+  RT_CHECK(cudaFree(data));
+  RT_CHECK(cudaFreeHost(pinned));
+  std::printf("%d polls with cudaEventQuery / cudaStreamQuery: the bytes had arrived: ok\n", rounds);
+}
+
 // One host thread's round trip on the default stream (stream 0: the legacy
 // stream, or the thread's own with --default-stream per-thread) and on
 // cudaStreamPerThread: returns whether everything arrived.
@@ -276,6 +320,7 @@ int main() {
   RT_CHECK(cudaSetDevice(0));
   StreamsAndEvents();
   QueriesOnAHeldStream();
+  PollForCopies();
   DefaultStreamsFromTwoThreads();
   RT_CHECK(cudaDeviceSynchronize());
   std::printf("all checks passed\n");
