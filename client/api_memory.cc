@@ -569,7 +569,9 @@ Status PointerAttribute(void* data, CUpointer_attribute attribute, CUdeviceptr p
       *static_cast<CUdeviceptr*>(data) = is_device ? ptr : 0;
       return Status::Ok();
     case CU_POINTER_ATTRIBUTE_HOST_POINTER:
-      if (!is_host && !all_at_once) return Status::InvalidArgument("device memory has no host pointer");
+      if (!is_host && !all_at_once) {
+        return Status::InvalidArgument("device memory has no host pointer");
+      }
       *static_cast<void**>(data) = is_host ? reinterpret_cast<void*>(ptr) : nullptr;
       return Status::Ok();
     case CU_POINTER_ATTRIBUTE_IS_MANAGED:

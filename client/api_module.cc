@@ -167,7 +167,9 @@ Status CheckLaunchLimits(int device, const std::array<unsigned, 3>& grid,
   static constexpr const char* kAxis[3] = {"x", "y", "z"};
   uint64_t threads = 1;
   for (int i = 0; i < 3; ++i) {
-    if (grid[i] == 0 || block[i] == 0) return Status::InvalidArgument("a grid or block dimension is 0");
+    if (grid[i] == 0 || block[i] == 0) {
+      return Status::InvalidArgument("a grid or block dimension is 0");
+    }
     const int64_t grid_limit = info.Attribute(kGridLimit[i]);
     const int64_t block_limit = info.Attribute(kBlockLimit[i]);
     if (grid_limit > 0 && grid[i] > grid_limit) {
@@ -184,7 +186,8 @@ Status CheckLaunchLimits(int device, const std::array<unsigned, 3>& grid,
   }
   const int64_t max_threads = info.Attribute(CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK);
   if (max_threads > 0 && threads > static_cast<uint64_t>(max_threads)) {
-    return Status::InvalidArgument(std::to_string(threads) + " threads per block exceed the device's " +
+    return Status::InvalidArgument(std::to_string(threads) +
+                                   " threads per block exceed the device's " +
                                    std::to_string(max_threads));
   }
   const int64_t max_shared = info.Attribute(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN);

@@ -333,7 +333,9 @@ CUresult CUDAAPI cuEventQuery(CUevent hEvent) {
     FERRY_RETURN_IF_ERROR(rt.FindEvent(Runtime::HandleId(hEvent), &state));
     uint64_t seq = 0;
     FERRY_RETURN_IF_ERROR(rt.connection().Call(
-        [&](wire::Call::Builder call) { call.initEventQuery().setEvent(Runtime::HandleId(hEvent)); },
+        [&](wire::Call::Builder call) {
+          call.initEventQuery().setEvent(Runtime::HandleId(hEvent));
+        },
         {}, {}, nullptr, &seq));
     // Reached: the copies queued before the record on its stream are done;
     // ready once their bytes arrived (as for cuStreamQuery). A record another

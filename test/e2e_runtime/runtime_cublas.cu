@@ -55,11 +55,11 @@ bool Sgemm(cublasHandle_t handle, cudaStream_t stream, int n) {
   }
   if (ok) {
     const float one = 1.0f, zero = 0.0f;
-    ok = Ok(cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, da, n, db, n, &zero, dc,
-                        n),
-            "cublasSgemm") &&
-         Ok(cudaStreamSynchronize(stream), "cudaStreamSynchronize after cublasSgemm") &&
-         Ok(cublasGetMatrix(n, n, sizeof(float), dc, n, c.data(), n), "cublasGetMatrix C");
+    ok =
+        Ok(cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, da, n, db, n, &zero, dc, n),
+           "cublasSgemm") &&
+        Ok(cudaStreamSynchronize(stream), "cudaStreamSynchronize after cublasSgemm") &&
+        Ok(cublasGetMatrix(n, n, sizeof(float), dc, n, c.data(), n), "cublasGetMatrix C");
   }
   if (ok) {
     for (int i = 0; ok && i < n; ++i) {

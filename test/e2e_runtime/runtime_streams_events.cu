@@ -44,8 +44,8 @@ struct StreamBCallbacks {
   const float* expected = nullptr;
   int n = 0;
   cudaStream_t stream = nullptr;
-  std::atomic<int> order{0};           // incremented by each, in order
-  std::atomic<int> host_func_at{-1};   // value of `order` when it ran
+  std::atomic<int> order{0};          // incremented by each, in order
+  std::atomic<int> host_func_at{-1};  // value of `order` when it ran
   std::atomic<int> callback_at{-1};
   std::atomic<bool> bytes_arrived{false};
   std::atomic<bool> callback_stream_ok{false};
@@ -263,13 +263,15 @@ void PollForCopies() {
     const unsigned expected = value * 0x01010101u;
     if (pinned[0] != expected || pinned[n - 1] != expected) ++stale;
   }
-  if (stale != 0) std::printf("%d of %d polls reported ready before the bytes arrived\n", stale, rounds);
+  if (stale != 0)
+    std::printf("%d of %d polls reported ready before the bytes arrived\n", stale, rounds);
   RT_EXPECT(stale == 0);
   RT_CHECK(cudaEventDestroy(copied));
   RT_CHECK(cudaStreamDestroy(stream));
   RT_CHECK(cudaFree(data));
   RT_CHECK(cudaFreeHost(pinned));
-  std::printf("%d polls with cudaEventQuery / cudaStreamQuery: the bytes had arrived: ok\n", rounds);
+  std::printf("%d polls with cudaEventQuery / cudaStreamQuery: the bytes had arrived: ok\n",
+              rounds);
 }
 
 // One host thread's round trip on the default stream (stream 0: the legacy
