@@ -72,7 +72,10 @@ Status CopyDeviceToHost(void* dst, CUdeviceptr src, size_t bytes, CUstream strea
   const bool page_locked = rt.FindHostAllocation(dst, &base, &pinned) &&
                            bytes <= pinned.size - (static_cast<const char*>(dst) -
                                                    static_cast<const char*>(base));
-  if (async && page_locked) return rt.connection().PostExpectingBytes(fill, InBytes{dst, bytes});
+  if (async && page_locked) {
+    return rt.connection().PostExpectingBytes(fill, InBytes{dst, bytes},
+                                              ferry::client::StreamKey{target.ctx, target.stream});
+  }
   return rt.connection().Call(fill, {}, InBytes{dst, bytes});
 }
 
@@ -530,7 +533,13 @@ FERRY_MEMSET_2D_ASYNC(cuMemsetD2D32Async, _ptsz, unsigned int, 4, true)
 
 namespace {
 
-Status PointerAttribute(void* data, CUpointer_attribute attribute, CUdeviceptr ptr) {
+// `all_at_once`: for cuPointerGetAttributes, which answers every attribute of
+// a known pointer, an attribute that does not apply to its kind of memory
+// (the host pointer of device memory, the device pointer of host memory that
+// no GPU can map) gets its null value instead of failing the whole call; the
+// CUDA runtime's cudaPointerGetAttributes asks for both on every pointer.
+Status PointerAttribute(void* data, CUpointer_attribute attribute, CUdeviceptr ptr,
+                        bool all_at_once = false) {
   Runtime& rt = Runtime::Get();
   FERRY_RETURN_IF_ERROR(rt.Ready());
   if (data == nullptr) return Status::InvalidArgument("data is NULL");
@@ -554,12 +563,16 @@ Status PointerAttribute(void* data, CUpointer_attribute attribute, CUdeviceptr p
       *static_cast<unsigned int*>(data) = is_device ? CU_MEMORYTYPE_DEVICE : CU_MEMORYTYPE_HOST;
       return Status::Ok();
     case CU_POINTER_ATTRIBUTE_DEVICE_POINTER:
-      if (!is_device) return Status::InvalidArgument("host memory has no device pointer under ferry");
-      *static_cast<CUdeviceptr*>(data) = ptr;
+      if (!is_device && !all_at_once) {
+        return Status::InvalidArgument("host memory has no device pointer under ferry");
+      }
+      *static_cast<CUdeviceptr*>(data) = is_device ? ptr : 0;
       return Status::Ok();
     case CU_POINTER_ATTRIBUTE_HOST_POINTER:
-      if (!is_host) return Status::InvalidArgument("device memory has no host pointer");
-      *static_cast<void**>(data) = reinterpret_cast<void*>(ptr);
+      if (!is_host && !all_at_once) {
+        return Status::InvalidArgument("device memory has no host pointer");
+      }
+      *static_cast<void**>(data) = is_host ? reinterpret_cast<void*>(ptr) : nullptr;
       return Status::Ok();
     case CU_POINTER_ATTRIBUTE_IS_MANAGED:
     case CU_POINTER_ATTRIBUTE_MAPPED:
@@ -621,7 +634,7 @@ CUresult CUDAAPI cuPointerGetAttributes(unsigned int numAttributes, CUpointer_at
             continue;
         }
       }
-      FERRY_RETURN_IF_ERROR(PointerAttribute(data[i], attributes[i], ptr));
+      FERRY_RETURN_IF_ERROR(PointerAttribute(data[i], attributes[i], ptr, /*all_at_once=*/true));
     }
     return Status::Ok();
   });

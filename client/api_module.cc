@@ -8,6 +8,7 @@
 // expects — the same layout CU_LAUNCH_PARAM_BUFFER_POINTER uses.
 #include <cuda.h>
 
+#include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -15,6 +16,7 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "client/cuda_result.h"
@@ -170,6 +172,59 @@ Status PackParams(const FunctionState& function, void** kernel_params, void** ex
   return Status::Ok();
 }
 
+// A configuration that no kernel can run on `device` is refused by the launch
+// itself, as the driver does (CUDA_ERROR_INVALID_VALUE), so a program's
+// cudaGetLastError right after <<<>>> sees it. Limits that depend on the
+// kernel (its maximum threads per block, its dynamic shared memory limit) are
+// checked by the server, and their errors arrive asynchronously.
+Status CheckLaunchLimits(int device, const std::array<unsigned, 3>& grid,
+                         const std::array<unsigned, 3>& block, unsigned shared_bytes) {
+  const std::vector<ferry::client::DeviceInfo>& devices = Runtime::Get().devices();
+  if (device < 0 || device >= static_cast<int>(devices.size())) {
+    return Status::Cuda(CUDA_ERROR_INVALID_DEVICE, "the launch's context has no device");
+  }
+  const ferry::client::DeviceInfo& info = devices[device];
+  static constexpr CUdevice_attribute kGridLimit[3] = {CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_X,
+                                                       CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Y,
+                                                       CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Z};
+  static constexpr CUdevice_attribute kBlockLimit[3] = {CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_X,
+                                                        CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_Y,
+                                                        CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_Z};
+  static constexpr const char* kAxis[3] = {"x", "y", "z"};
+  uint64_t threads = 1;
+  for (int i = 0; i < 3; ++i) {
+    if (grid[i] == 0 || block[i] == 0) {
+      return Status::InvalidArgument("a grid or block dimension is 0");
+    }
+    const int64_t grid_limit = info.Attribute(kGridLimit[i]);
+    const int64_t block_limit = info.Attribute(kBlockLimit[i]);
+    if (grid_limit > 0 && grid[i] > grid_limit) {
+      return Status::InvalidArgument("grid dimension " + std::string(kAxis[i]) + " = " +
+                                     std::to_string(grid[i]) + " exceeds the device's " +
+                                     std::to_string(grid_limit));
+    }
+    if (block_limit > 0 && block[i] > block_limit) {
+      return Status::InvalidArgument("block dimension " + std::string(kAxis[i]) + " = " +
+                                     std::to_string(block[i]) + " exceeds the device's " +
+                                     std::to_string(block_limit));
+    }
+    threads *= block[i];
+  }
+  const int64_t max_threads = info.Attribute(CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK);
+  if (max_threads > 0 && threads > static_cast<uint64_t>(max_threads)) {
+    return Status::InvalidArgument(std::to_string(threads) +
+                                   " threads per block exceed the device's " +
+                                   std::to_string(max_threads));
+  }
+  const int64_t max_shared = info.Attribute(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN);
+  if (max_shared > 0 && shared_bytes > max_shared) {
+    return Status::InvalidArgument(std::to_string(shared_bytes) +
+                                   " bytes of dynamic shared memory exceed the device's " +
+                                   std::to_string(max_shared) + " per block");
+  }
+  return Status::Ok();
+}
+
 Status Launch(CUfunction f, const std::array<unsigned, 3>& grid, const std::array<unsigned, 3>& block,
               unsigned shared_bytes, CUstream stream, void** kernel_params, void** extra,
               const std::array<unsigned, 3>& cluster, bool per_thread) {
@@ -183,9 +238,9 @@ Status Launch(CUfunction f, const std::array<unsigned, 3>& grid, const std::arra
   uint64_t function_id = 0;
   FERRY_RETURN_IF_ERROR(rt.ResolveFunction(Runtime::HandleId(f), target.ctx, &function_id, &shared));
   const FunctionState& function = *shared;
-  for (int i = 0; i < 3; ++i) {
-    if (grid[i] == 0 || block[i] == 0) return Status::InvalidArgument("a grid or block dimension is 0");
-  }
+  int device = 0;
+  FERRY_RETURN_IF_ERROR(rt.ContextDevice(target.ctx, &device));
+  FERRY_RETURN_IF_ERROR(CheckLaunchLimits(device, grid, block, shared_bytes));
   thread_local std::vector<uint8_t> params;
   FERRY_RETURN_IF_ERROR(PackParams(function, kernel_params, extra, &params));
   return rt.connection().Post(

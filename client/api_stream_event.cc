@@ -54,15 +54,22 @@ Status SynchronizeStream(CUstream stream, bool per_thread) {
   return rt.AfterSynchronize(seq);
 }
 
+// A stream whose work is done is reported ready only once the bytes of its
+// asynchronous copies into page-locked memory arrived, so a program that
+// polls and then reads them finds them there.
 Status QueryStream(CUstream stream, bool per_thread) {
   Runtime& rt = Runtime::Get();
   StreamTarget target;
   FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
-  return rt.connection().Call([&](wire::Call::Builder call) {
-    auto args = call.initStreamQuery();
-    args.setCtx(target.ctx);
-    args.setStream(target.stream);
-  });
+  uint64_t seq = 0;
+  FERRY_RETURN_IF_ERROR(rt.connection().Call(
+      [&](wire::Call::Builder call) {
+        auto args = call.initStreamQuery();
+        args.setCtx(target.ctx);
+        args.setStream(target.stream);
+      },
+      {}, {}, nullptr, &seq));
+  return rt.AfterQuery(ferry::client::StreamKey{target.ctx, target.stream}, seq);
 }
 
 Status StreamWaitEvent(CUstream stream, CUevent event, unsigned flags, bool per_thread) {
@@ -90,12 +97,18 @@ Status RecordEvent(CUevent event, CUstream stream, unsigned flags, bool per_thre
   }
   StreamTarget target;
   FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
-  return rt.connection().Post([&](wire::Call::Builder call) {
-    auto args = call.initEventRecord();
-    args.setCtx(target.ctx);
-    args.setStream(target.stream);
-    args.setEvent(Runtime::HandleId(event));
-  });
+  uint64_t seq = 0;
+  FERRY_RETURN_IF_ERROR(rt.connection().Post(
+      [&](wire::Call::Builder call) {
+        auto args = call.initEventRecord();
+        args.setCtx(target.ctx);
+        args.setStream(target.stream);
+        args.setEvent(Runtime::HandleId(event));
+      },
+      {}, &seq));
+  rt.NoteEventRecord(Runtime::HandleId(event), ferry::client::StreamKey{target.ctx, target.stream},
+                     seq);
+  return Status::Ok();
 }
 
 // Host callbacks: a gate on the server holds the stream while `fn` runs on
@@ -318,8 +331,18 @@ CUresult CUDAAPI cuEventQuery(CUevent hEvent) {
     FERRY_RETURN_IF_ERROR(rt.Ready());
     ferry::client::EventState state;
     FERRY_RETURN_IF_ERROR(rt.FindEvent(Runtime::HandleId(hEvent), &state));
-    return rt.connection().Call(
-        [&](wire::Call::Builder call) { call.initEventQuery().setEvent(Runtime::HandleId(hEvent)); });
+    uint64_t seq = 0;
+    FERRY_RETURN_IF_ERROR(rt.connection().Call(
+        [&](wire::Call::Builder call) {
+          call.initEventQuery().setEvent(Runtime::HandleId(hEvent));
+        },
+        {}, {}, nullptr, &seq));
+    // Reached: the copies queued before the record on its stream are done;
+    // ready once their bytes arrived (as for cuStreamQuery). A record another
+    // thread issued after the query is not what the server answered about.
+    FERRY_RETURN_IF_ERROR(rt.FindEvent(Runtime::HandleId(hEvent), &state));
+    if (state.recorded_seq == 0 || state.recorded_seq > seq) return Status::Ok();
+    return rt.AfterQuery(state.recorded_on, state.recorded_seq);
   });
 }
 

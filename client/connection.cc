@@ -227,8 +227,8 @@ Status Connection::Send(Fill fill, OutBytes bulk, bool wants_reply, Waiter* wait
   return Status::Ok();
 }
 
-Status Connection::Post(const Fill& fill, OutBytes bulk) {
-  return Send(fill, bulk, /*wants_reply=*/false, nullptr, nullptr, nullptr);
+Status Connection::Post(const Fill& fill, OutBytes bulk, uint64_t* seq_out) {
+  return Send(fill, bulk, /*wants_reply=*/false, nullptr, nullptr, seq_out);
 }
 
 namespace {
@@ -278,10 +278,11 @@ Status Connection::Call(const Fill& fill, OutBytes bulk, InBytes reply_bulk,
   }
 }
 
-Status Connection::PostExpectingBytes(const Fill& fill, InBytes reply_bulk) {
+Status Connection::PostExpectingBytes(const Fill& fill, InBytes reply_bulk, StreamKey stream) {
   auto waiter = std::make_unique<Waiter>();
   waiter->bulk = reply_bulk;
   waiter->async = true;
+  waiter->stream = stream;
   return Send(fill, {}, /*wants_reply=*/true, nullptr, std::move(waiter), nullptr);
 }
 
@@ -338,6 +339,22 @@ Status Connection::WaitForEarlierCopies(uint64_t before_seq) {
   std::unique_lock<std::mutex> lock(reply_mutex_);
   WaitUntil(lock, [&] {
     return async_copies_.empty() || async_copies_.begin()->first >= before_seq;
+  });
+  if (!broken_.ok()) return broken_;
+  Status error = async_error_;
+  async_error_ = Status::Ok();
+  return error;
+}
+
+Status Connection::WaitForEarlierCopiesOn(StreamKey stream, uint64_t before_seq) {
+  if (HostCallbackThread::OnThisThread()) return RefuseWaitInHostCallback();
+  std::unique_lock<std::mutex> lock(reply_mutex_);
+  WaitUntil(lock, [&] {
+    for (auto it = async_copies_.begin(); it != async_copies_.end() && it->first < before_seq;
+         ++it) {
+      if (it->second->stream == stream) return false;
+    }
+    return true;
   });
   if (!broken_.ok()) return broken_;
   Status error = async_error_;

@@ -22,7 +22,10 @@
 //
 // Asynchronous device-to-host copies (PostExpectingBytes) land in the caller's
 // buffer when their reply arrives; WaitForEarlierCopies lets a synchronising
-// call return only after every such copy issued before it has landed.
+// call return only after every such copy issued before it has landed, and
+// WaitForEarlierCopiesOn lets a query that found a stream's work done return
+// only after that stream's copies landed (the server may report the stream
+// done before the copies' replies, which travel separately, have arrived).
 //
 // Host callbacks (PostHostGate): the server answers a hostGate call when its
 // stream reaches the gate and holds the stream there; the reader hands the
@@ -62,6 +65,14 @@
 #include "schema/ferry.capnp.h"
 
 namespace ferry::client {
+
+// The server-side stream a call is queued on, as the wire names it: context
+// id and stream id (0 = the context's legacy stream).
+struct StreamKey {
+  uint64_t ctx = 0;
+  uint64_t stream = 0;
+  bool operator==(const StreamKey&) const = default;
+};
 
 // Bytes a call sends (the caller's memory).
 struct OutBytes {
@@ -109,19 +120,27 @@ class Connection {
   ~Connection();
 
   // Queues a call without waiting. `bulk` is taken before return (copied into
-  // the batch, or written to the socket when large).
-  Status Post(const Fill& fill, OutBytes bulk = {});
+  // the batch, or written to the socket when large). `seq_out`, when given,
+  // receives the call's seq.
+  Status Post(const Fill& fill, OutBytes bulk = {}, uint64_t* seq_out = nullptr);
   // Sends a call and waits for its reply. A reply's bulk bytes are read into
   // `reply_bulk` (which must be exactly as large as the server sends).
   // `seq_out`, when given, receives the call's seq.
   Status Call(const Fill& fill, OutBytes bulk = {}, InBytes reply_bulk = {},
               const OnReply& on_reply = nullptr, uint64_t* seq_out = nullptr);
-  // Sends a call whose reply carries bytes for `reply_bulk`, without waiting.
-  // An error in that reply is reported by the next call that waits.
-  Status PostExpectingBytes(const Fill& fill, InBytes reply_bulk);
+  // Sends a call, queued on `stream`, whose reply carries bytes for
+  // `reply_bulk`, without waiting. An error in that reply is reported by the
+  // next call that waits.
+  Status PostExpectingBytes(const Fill& fill, InBytes reply_bulk, StreamKey stream);
   // Waits until every PostExpectingBytes issued before this call (by seq)
   // has landed; returns the first error among them, if any.
   Status WaitForEarlierCopies(uint64_t before_seq);
+  // Waits until every PostExpectingBytes queued on `stream` with a seq below
+  // `before_seq` has landed, and returns as WaitForEarlierCopies does. Meant
+  // for after the server said the stream reached `before_seq`: those copies
+  // are done, so this waits only for their replies to arrive, never for
+  // work on other streams.
+  Status WaitForEarlierCopiesOn(StreamKey stream, uint64_t before_seq);
   // Sends a hostGate call without waiting. `fn` runs once, as HostFunction
   // says, and the gate is opened after it returns. If the server refuses the
   // gate (a bad stream), `fn` never runs and the error is reported by the
@@ -143,6 +162,7 @@ class Connection {
     kj::Array<capnp::word> words;  // the reply message
     InBytes bulk;
     bool async = false;  // PostExpectingBytes: no thread waits on it
+    StreamKey stream;    // PostExpectingBytes: the stream it is queued on
   };
 
   Connection(std::unique_ptr<Transport> transport, std::string server_name,

@@ -451,7 +451,10 @@ Status Runtime::FindStream(uint64_t id, StreamState* out) {
 Status Runtime::AddEvent(uint64_t ctx, unsigned flags, uint64_t* id) {
   *id = NewId(HandleKind::kEvent);
   std::lock_guard<std::mutex> lock(mu_);
-  events_[*id] = EventState{ctx, flags};
+  EventState state;
+  state.ctx = ctx;
+  state.flags = flags;
+  events_[*id] = state;
   return Status::Ok();
 }
 
@@ -467,6 +470,16 @@ Status Runtime::FindEvent(uint64_t id, EventState* out) {
   if (it == events_.end()) return Status::InvalidHandle("not an event of this process");
   *out = it->second;
   return Status::Ok();
+}
+
+void Runtime::NoteEventRecord(uint64_t id, StreamKey stream, uint64_t seq) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = events_.find(id);
+  // Records from several threads: the later call (by seq) is the latest.
+  if (it != events_.end() && seq > it->second.recorded_seq) {
+    it->second.recorded_on = stream;
+    it->second.recorded_seq = seq;
+  }
 }
 
 // --- modules and functions ------------------------------------------------------------
@@ -955,6 +968,10 @@ bool Runtime::FindHostAllocation(const void* address, const void** base, HostAll
 }
 
 Status Runtime::AfterSynchronize(uint64_t seq) { return connection_->WaitForEarlierCopies(seq); }
+
+Status Runtime::AfterQuery(StreamKey stream, uint64_t seq) {
+  return connection_->WaitForEarlierCopiesOn(stream, seq);
+}
 
 }  // namespace ferry::client
 

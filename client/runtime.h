@@ -85,6 +85,10 @@ struct StreamState {
 struct EventState {
   uint64_t ctx = 0;
   unsigned flags = 0;
+  // Its latest cuEventRecord: the stream and the record call's seq (0: never
+  // recorded).
+  StreamKey recorded_on;
+  uint64_t recorded_seq = 0;
 };
 // Kernel layouts by name; immutable once made, so a library shares one with
 // its modules in every context and copies of a state are cheap.
@@ -200,6 +204,8 @@ class Runtime {
   Status AddEvent(uint64_t ctx, unsigned flags, uint64_t* id);
   Status RemoveEvent(uint64_t id);
   Status FindEvent(uint64_t id, EventState* out);
+  // Notes that the record call `seq` on `stream` is event `id`'s latest.
+  void NoteEventRecord(uint64_t id, StreamKey stream, uint64_t seq);
 
   // --- modules and functions ----------------------------------------------------
   void AddModule(uint64_t id, ModuleState module);
@@ -262,6 +268,10 @@ class Runtime {
 
   // Waits until `seq` and every asynchronous copy issued before it landed.
   Status AfterSynchronize(uint64_t seq);
+  // After a query found `stream`'s work up to `seq` done: waits until the
+  // asynchronous copies queued on it before `seq` landed (done already, so
+  // only their replies are awaited), so the program can read their bytes.
+  Status AfterQuery(StreamKey stream, uint64_t seq);
 
  private:
   Runtime() = default;

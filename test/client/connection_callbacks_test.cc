@@ -3,7 +3,8 @@
 // the function runs on the host-callback thread once its stream reaches it,
 // in order, and its gate opens after it returns; calls that wait are refused
 // inside it; a refused gate never runs its function; a lost connection runs
-// the functions still pending with the loss. Every wait is bounded.
+// the functions still pending with the loss. Also: waiting for one stream's
+// asynchronous copies does not wait for another's. Every wait is bounded.
 #include "client/connection.h"
 
 #include <cuda.h>
@@ -187,6 +188,86 @@ TEST_F(HostCallbackConnectionTest, LostConnectionRunsPendingFunctionsWithTheLoss
   EXPECT_EQ(second.status.code(), StatusCode::kDisconnected) << second.status.ToString();
   EXPECT_TRUE(second.stream_failed);
   EXPECT_EQ(Ping().code(), StatusCode::kDisconnected);
+}
+
+// An asynchronous copy on one stream lands without waiting for a copy on
+// another stream that is held behind a host function; each stream's wait
+// covers its own copies only, so a query of one stream never waits for
+// another's work.
+TEST_F(HostCallbackConnectionTest, WaitForEarlierCopiesOnWaitsForThatStreamsCopiesOnly) {
+  constexpr uint64_t kOther = 8;
+  constexpr uint64_t kBytes = 4096;
+  ASSERT_TRUE(connection_
+                  ->Post([](wire::Call::Builder c) {
+                    auto a = c.initStreamCreate();
+                    a.setCtx(kCtx);
+                    a.setStream(kOther);
+                  })
+                  .ok());
+  uint64_t dptr = 0;
+  ASSERT_TRUE(connection_
+                  ->Call(
+                      [](wire::Call::Builder c) {
+                        auto a = c.initMemAlloc();
+                        a.setCtx(kCtx);
+                        a.setBytes(kBytes);
+                      },
+                      {}, {},
+                      [&](wire::Reply::Reader r) {
+                        dptr = r.getMemAlloc().getDptr();
+                        return Status::Ok();
+                      })
+                  .ok());
+  std::vector<uint8_t> source(kBytes, 0x5a);
+  ASSERT_TRUE(connection_
+                  ->Post(
+                      [&](wire::Call::Builder c) {
+                        auto a = c.initMemcpyHtoD();
+                        a.setCtx(kCtx);
+                        a.setStream(kStream);
+                        a.setDst(dptr);
+                        a.setBytes(kBytes);
+                      },
+                      OutBytes{source.data(), kBytes})
+                  .ok());
+  ASSERT_TRUE(Sync(kStream).ok());
+
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  ASSERT_TRUE(PostGate(kStream, [released](const Status&, bool) {
+                released.wait_for(kTimeout);
+              }).ok());
+  std::vector<uint8_t> held(kBytes, 0), free_running(kBytes, 0);
+  auto copy_into = [&](uint64_t stream, std::vector<uint8_t>& buffer) {
+    return connection_->PostExpectingBytes(
+        [&](wire::Call::Builder c) {
+          auto a = c.initMemcpyDtoH();
+          a.setCtx(kCtx);
+          a.setStream(stream);
+          a.setSrc(dptr);
+          a.setBytes(kBytes);
+        },
+        InBytes{buffer.data(), kBytes}, StreamKey{kCtx, stream});
+  };
+  ASSERT_TRUE(copy_into(kStream, held).ok());
+  ASSERT_TRUE(copy_into(kOther, free_running).ok());
+  const uint64_t before = connection_->NextSeq();
+
+  auto other = std::async(std::launch::async, [&] {
+    return connection_->WaitForEarlierCopiesOn(StreamKey{kCtx, kOther}, before);
+  });
+  ASSERT_EQ(other.wait_for(kTimeout), std::future_status::ready);
+  EXPECT_TRUE(other.get().ok());
+  EXPECT_EQ(free_running, source);
+  EXPECT_EQ(held, std::vector<uint8_t>(kBytes, 0));  // still behind the gate
+
+  release.set_value();
+  auto own = std::async(std::launch::async, [&] {
+    return connection_->WaitForEarlierCopiesOn(StreamKey{kCtx, kStream}, before);
+  });
+  ASSERT_EQ(own.wait_for(kTimeout), std::future_status::ready);
+  EXPECT_TRUE(own.get().ok());
+  EXPECT_EQ(held, source);
 }
 
 }  // namespace

@@ -3,11 +3,14 @@
 // allocated (synchronous and async; the error may come from the call or the
 // next synchronize); a double cuMemFree; cuModuleLoadData on bytes that are
 // not an image, and cuModuleLoad of a missing file
-// (CUDA_ERROR_FILE_NOT_FOUND). Through ferry only (FERRY_SERVER set), where
-// the native driver would crash or cannot fail: a copy past the end of a
-// valid allocation; a memset of a bogus pointer; a launch of a kernel with no
-// host implementation (the next synchronize reports it); bogus and destroyed
-// CUstream / CUevent / CUfunction / CUmodule handles. After each error the
+// (CUDA_ERROR_FILE_NOT_FOUND); launches with more threads per block, a larger
+// block or grid dimension, or more dynamic shared memory than the device
+// allows (CUDA_ERROR_INVALID_VALUE from the launch itself). Through ferry
+// only (FERRY_SERVER set), where the native driver would crash or cannot
+// fail: a copy past the end of a valid allocation; a memset of a bogus
+// pointer; a launch of a kernel with no host implementation (the next
+// synchronize reports it); bogus and destroyed CUstream / CUevent /
+// CUfunction / CUmodule handles. After each error the
 // program shows it still works: the next synchronize succeeds and a fresh
 // allocation, copy and vector_add launch give the right data. Usage: errors
 // [IMAGE_DIR]. Exits 0 when every check passes.
@@ -144,6 +147,44 @@ void CheckBadImages() {
   CheckStillWorks("bad module images", nullptr);
 }
 
+// A launch configuration that no kernel can run on the device is refused by
+// cuLaunchKernel itself (CUDA_ERROR_INVALID_VALUE), not at the next
+// synchronize: programs check cudaGetLastError right after <<<>>>.
+void CheckImpossibleLaunches(CUmodule module) {
+  CUdevice device = 0;
+  E2E_CHECK_CU(cuCtxGetDevice(&device));
+  int max_threads = 0, max_block_z = 0, max_grid_y = 0, max_shared = 0;
+  E2E_CHECK_CU(cuDeviceGetAttribute(
+      &max_threads, CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK, device));
+  E2E_CHECK_CU(cuDeviceGetAttribute(
+      &max_block_z, CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_Z, device));
+  E2E_CHECK_CU(cuDeviceGetAttribute(
+      &max_grid_y, CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Y, device));
+  E2E_CHECK_CU(cuDeviceGetAttribute(
+      &max_shared, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+      device));
+  CUfunction vector_add = nullptr;
+  E2E_CHECK_CU(cuModuleGetFunction(&vector_add, module, e2e::kVectorAdd));
+  CUdeviceptr d = 0;
+  E2E_CHECK_CU(cuMemAlloc(&d, 1024 * sizeof(float)));
+  int n = 0;  // the kernel would touch nothing, were it launched
+  void* params[] = {&d, &d, &d, &n};
+  E2E_EXPECT_CU(CUDA_ERROR_INVALID_VALUE,
+                cuLaunchKernel(vector_add, 1, 1, 1, max_threads + 1, 1, 1, 0,
+                               nullptr, params, nullptr));
+  E2E_EXPECT_CU(CUDA_ERROR_INVALID_VALUE,
+                cuLaunchKernel(vector_add, 1, 1, 1, 1, 1, max_block_z + 1, 0,
+                               nullptr, params, nullptr));
+  E2E_EXPECT_CU(CUDA_ERROR_INVALID_VALUE,
+                cuLaunchKernel(vector_add, 1, max_grid_y + 1u, 1, 32, 1, 1, 0,
+                               nullptr, params, nullptr));
+  E2E_EXPECT_CU(CUDA_ERROR_INVALID_VALUE,
+                cuLaunchKernel(vector_add, 1, 1, 1, 32, 1, 1, max_shared + 1u,
+                               nullptr, params, nullptr));
+  E2E_CHECK_CU(cuMemFree(d));
+  CheckStillWorks("launches no device can run", module);
+}
+
 // Ferry only: the host backend has no host implementation for this kernel,
 // so the launch fails; the error surfaces at the next synchronize.
 void CheckMissingHostKernel(CUmodule module) {
@@ -214,6 +255,7 @@ int main(int argc, char** argv) {
   CheckBadPointers(module);
   CheckDoubleFree(module);
   CheckBadImages();
+  CheckImpossibleLaunches(module);
   if (e2e::UsingFerry()) {
     // On a real GPU (scripts/gpu-check.sh sets FERRY_E2E_BACKEND=cuda) the
     // "missing" kernel exists and simply runs.

@@ -129,3 +129,23 @@ FERRY_RT_HOST_KERNEL(_Z8rt_applyPKfPfi) {
     if (i < n) out[i] = coefficients[i % 4] * static_cast<float>(i);
   });
 }
+
+// runtime_two_runtimes_lib.cu: rt_lib_fill(float* out, float factor, int n)
+FERRY_RT_HOST_KERNEL(_Z11rt_lib_fillPffi) {
+  auto* out = Param<float*>(params, 0);
+  const float factor = Param<float>(params, 1);
+  const int n = Param<int>(params, 2);
+  ForEachThreadX(launch, [&](long long i) {
+    if (i < n) out[i] = factor * static_cast<float>(i);
+  });
+}
+
+// runtime_two_runtimes_lib.cu: rt_lib_accumulate(float* dst, const float* src, int n)
+FERRY_RT_HOST_KERNEL(_Z17rt_lib_accumulatePfPKfi) {
+  auto* dst = Param<float*>(params, 0);
+  const auto* src = Param<const float*>(params, 1);
+  const int n = Param<int>(params, 2);
+  ForEachThreadX(launch, [&](long long i) {
+    if (i < n) dst[i] += src[i];
+  });
+}

@@ -3,7 +3,7 @@
 //
 //   e2e_runtime_runner --ferryd PATH --host-kernels LIB --library-path DIRS
 //       --work-dir DIR [--exit-code N] [--expect TEXT]... [--expect-log TEXT]...
-//       [--env NAME=VALUE]... -- PROGRAM [ARGS...]
+//       [--forbid-log TEXT]... [--env NAME=VALUE]... -- PROGRAM [ARGS...]
 //
 // It starts `ferryd --backend host --host-kernels LIB` on 127.0.0.1:0 (the
 // port comes back through a ready file), runs PROGRAM with
@@ -11,7 +11,8 @@
 // libraries for -cudart shared programs) and FERRY_SERVER pointing at it, and
 // passes when the program exits N (default 0) within 60 s, its stdout holds
 // every --expect text in the given order, each --expect-log text occurs in
-// the program's stderr or ferryd's log, ferryd is still running, and ferryd
+// the program's stderr or ferryd's log and no --forbid-log text occurs in
+// either, ferryd is still running, and ferryd
 // exits 0 within 10 s of SIGTERM. Everything is bounded in time; the children
 // die with the runner. On failure it prints what the program and ferryd said
 // and keeps DIR; on success it removes DIR. Exit status: 0 pass, 1 fail,
@@ -44,7 +45,7 @@ constexpr auto kStopTimeout = 10s;
 struct Options {
   std::string ferryd, host_kernels, library_path, work_dir;
   int exit_code = 0;
-  std::vector<std::string> expect, expect_log;
+  std::vector<std::string> expect, expect_log, forbid_log;
   std::map<std::string, std::string> env;
   std::vector<std::string> program;  // argv
 };
@@ -72,6 +73,8 @@ bool ParseOptions(int argc, char** argv, Options* out) {
       out->expect.push_back(value);
     } else if (arg == "--expect-log") {
       out->expect_log.push_back(value);
+    } else if (arg == "--forbid-log") {
+      out->forbid_log.push_back(value);
     } else if (arg == "--env") {
       const size_t eq = value.find('=');
       if (eq == std::string::npos || eq == 0) return false;
@@ -137,6 +140,9 @@ std::string Run(const Options& options, std::optional<ChildProcess>& ferryd,
   for (const std::string& text : options.expect_log) {
     if (logs.find(text) == std::string::npos) failures += "no log line holds \"" + text + "\"\n";
   }
+  for (const std::string& text : options.forbid_log) {
+    if (logs.find(text) != std::string::npos) failures += "a log line holds \"" + text + "\"\n";
+  }
   if (ferryd->Poll()) return failures + "ferryd died during the program";
   ferryd->Kill(SIGTERM);
   const ExitStatus stopped = ferryd->Wait(kStopTimeout);
@@ -151,7 +157,8 @@ int main(int argc, char** argv) {
   if (!ParseOptions(argc, argv, &options)) {
     std::fprintf(stderr,
                  "usage: %s --ferryd PATH --host-kernels LIB --library-path DIRS --work-dir DIR "
-                 "[--exit-code N] [--expect TEXT]... [--expect-log TEXT]... [--env NAME=VALUE]... "
+                 "[--exit-code N] [--expect TEXT]... [--expect-log TEXT]... [--forbid-log TEXT]... "
+                 "[--env NAME=VALUE]... "
                  "-- PROGRAM [ARGS...]\n",
                  argv[0]);
     return 2;

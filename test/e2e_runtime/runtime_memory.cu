@@ -1,6 +1,6 @@
 // An ordinary CUDA runtime program (no kernels): device count and
 // properties, allocation, copies both ways, memset, device-to-device copy,
-// synchronisation, free. Built twice by nvcc (-cudart static and shared) and
+// pointer attributes, synchronisation, free. Built twice by nvcc (-cudart static and shared) and
 // run through ferry's libcuda.so.1 by runtime_e2e_test; prints what it found
 // and "all checks passed", or the first failure and exits 1.
 #include <cuda_runtime.h>
@@ -79,6 +79,27 @@ int main() {
   size_t free_bytes = 0, total_bytes = 0;
   CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
   std::printf("memory: %zu free of %zu\n", free_bytes, total_bytes);
+
+  // cudaPointerGetAttributes asks the driver for every attribute at once,
+  // including ones that do not apply to the pointer's kind of memory.
+  cudaPointerAttributes attributes;
+  std::memset(&attributes, 0xff, sizeof(attributes));
+  CHECK(cudaPointerGetAttributes(&attributes, a + 10));
+  EXPECT(attributes.type == cudaMemoryTypeDevice);
+  EXPECT(attributes.device == 0);
+  EXPECT(attributes.devicePointer == a + 10);
+  EXPECT(attributes.hostPointer == nullptr);
+  float* pinned = nullptr;
+  CHECK(cudaMallocHost(&pinned, 4096));
+  std::memset(&attributes, 0xff, sizeof(attributes));
+  CHECK(cudaPointerGetAttributes(&attributes, pinned));
+  EXPECT(attributes.type == cudaMemoryTypeHost);
+  EXPECT(attributes.hostPointer == pinned);
+  CHECK(cudaFreeHost(pinned));
+  std::memset(&attributes, 0xff, sizeof(attributes));
+  CHECK(cudaPointerGetAttributes(&attributes, host.data()));
+  EXPECT(attributes.type == cudaMemoryTypeUnregistered);
+  std::printf("cudaPointerGetAttributes of device, pinned and pageable memory: ok\n");
 
   CHECK(cudaFree(a));
   CHECK(cudaFree(b));
