@@ -39,6 +39,7 @@ cp "$build"/test/e2e/e2e_kernels.* "$bundle/images/"
 if [ -d "$build/test/e2e_runtime" ]; then
   find "$build/test/e2e_runtime" -maxdepth 1 -type f -perm -u+x -name 'rt_*' \
     -exec cp {} "$bundle/programs/" \;
+  cp "$build"/test/e2e_runtime/librt_*.so "$bundle/programs/" 2>/dev/null || true
 fi
 # Every host-kernel plugin, for the harness's own check with --backend host.
 find "$build/lib" "$build/test" -name 'lib*host*.so' -not -path '*/CMakeFiles/*' |

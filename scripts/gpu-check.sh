@@ -105,8 +105,21 @@ for program in "$bundle"/programs/*; do
     # Helpers of the ctest harness (they need its setup), not checks.
     e2e_hold_and_wait|e2e_unreachable|e2e_host_callback_hold|e2e_pool_client) continue ;;
   esac
-  run_logged "$name" 300 "${client_env[@]}" "$program" "$bundle/images"
-  if [ "$rc" = 0 ]; then record "$name" PASS "$seconds" "$(last_line "$name")"
+  case "$name" in
+    lib*.so) continue ;;
+    rt_runtime_two_runtimes*) args=("$bundle/programs/librt_two_runtimes_lib.so") ;;
+    rt_runtime_cublas*) args=(64) ;;
+    *) args=("$bundle/images") ;;
+  esac
+  run_logged "$name" 300 "${client_env[@]}" "$program" "${args[@]}"
+  if [ "$backend" = host ] && [[ "$name" == rt_runtime_cublas* ]]; then
+    # The host backend has no cuBLAS kernels: the GEMM must fail, clearly.
+    if [ "$rc" = 1 ] && grep -q "no host implementation for kernel" "$work/$name.out"; then
+      record "$name" PASS "$seconds" "GEMM refused: no host implementation (as expected)"
+    else
+      record "$name" FAIL "$seconds" "rc $rc: $(last_line "$name")"
+    fi
+  elif [ "$rc" = 0 ]; then record "$name" PASS "$seconds" "$(last_line "$name")"
   else record "$name" FAIL "$seconds" "rc $rc: $(last_line "$name")"; fi
 done
 

@@ -366,7 +366,7 @@ TEST_P(ConnectionTest, AsyncCopiesLandWithNobodyWaitingAndAreWaitedForBySynchron
                           a.setSrc(d + i * kBytes);
                           a.setBytes(kBytes);
                         },
-                        InBytes{landed.data() + i * kBytes, kBytes})
+                        InBytes{landed.data() + i * kBytes, kBytes}, StreamKey{kCtx, 0})
                     .ok());
   }
   ASSERT_TRUE(connection_->Flush().ok());
