@@ -12,4 +12,4 @@ if [ ! -f "$build/build.ninja" ]; then
   cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
 fi
 cmake --build "$build" --target ferry-bench
-exec "$build/bench/ferry-bench" "$@"
+exec "$build/bin/ferry-bench" "$@"
