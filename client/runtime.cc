@@ -75,6 +75,16 @@ Status Runtime::Init(unsigned flags) {
   if (flags != 0) return Status::InvalidArgument("cuInit flags must be 0");
   std::call_once(init_once_, [this] {
     SetLogProgram(std::string(program_invocation_short_name) + " (ferry)");
+    // FERRY_LOG_LEVEL=debug|info|warning|error (default info); anything
+    // else is reported once and ignored.
+    if (const char* level = std::getenv("FERRY_LOG_LEVEL"); level != nullptr && *level != '\0') {
+      const std::string v = level;
+      if (v == "debug") SetMinLogLevel(LogLevel::kDebug);
+      else if (v == "info") SetMinLogLevel(LogLevel::kInfo);
+      else if (v == "warning") SetMinLogLevel(LogLevel::kWarning);
+      else if (v == "error") SetMinLogLevel(LogLevel::kError);
+      else FERRY_LOG(kWarning) << "FERRY_LOG_LEVEL=" << v << " is not debug, info, warning or error; ignored";
+    }
     init_status_ = Connect();
     if (!init_status_.ok()) {
       FERRY_LOG(kError) << init_status_.message();
