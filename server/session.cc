@@ -159,7 +159,19 @@ void Session::Preempt(const std::string& reason) {
     gates.swap(gates_);
   }
   for (auto& [seq, gate] : gates) gate->Open();
-  std::lock_guard<std::mutex> exec(exec_mutex_);
+  // A batch still executing may be waiting for its client (payload bytes
+  // that never come); the devices must not stay with it. Past the wait, the
+  // session ends instead: Run frees everything once its thread sees the
+  // connection gone, and the client gets a lost connection, not a notice.
+  std::unique_lock<std::timed_mutex> exec(exec_mutex_, std::defer_lock);
+  if (!exec.try_lock_for(preempt_batch_wait_)) {
+    FERRY_LOG(kWarning) << "session " << id_ << " (pid " << pid_ << ", " << program_ << "@"
+                        << host_ << "): " << reason << "; its current batch did not end within "
+                        << absl::FormatDuration(absl::FromChrono(preempt_batch_wait_))
+                        << ", so the session is closed";
+    Stop();
+    return;
+  }
   if (!revoked_.ok()) return;
   revoked_ = Status::Cuda(CUDA_ERROR_DEVICE_UNAVAILABLE, reason);
   FERRY_LOG(kWarning) << "session " << id_ << " (pid " << pid_ << ", " << program_ << "@" << host_
@@ -190,7 +202,7 @@ SessionInfo Session::Info() const {
 
 void Session::Run() {
   {
-    std::lock_guard<std::mutex> exec(exec_mutex_);
+    std::lock_guard<std::timed_mutex> exec(exec_mutex_);
     capnp::MallocMessageBuilder message;
     auto reply = message.initRoot<wire::HelloReply>();
     if (!revoked_.ok()) {
@@ -261,7 +273,7 @@ void Session::Run() {
   if (helper_.joinable()) helper_.join();
   transport_->Shutdown();
   {
-    std::lock_guard<std::mutex> exec(exec_mutex_);
+    std::lock_guard<std::timed_mutex> exec(exec_mutex_);
     FreeEverything();
   }
   FERRY_LOG(kInfo) << "session " << id_ << " closed; all its resources are freed";
@@ -478,7 +490,7 @@ std::shared_ptr<uint8_t[]> AllocateBulk(uint64_t bytes) {
 
 Status Session::ExecuteBatch(kj::ArrayPtr<const capnp::word> words, uint64_t bulk_bytes,
                              PayloadSource& payload) {
-  std::lock_guard<std::mutex> exec(exec_mutex_);
+  std::lock_guard<std::timed_mutex> exec(exec_mutex_);
   // kj reports a message that breaks its own rules (bad pointers, traversal
   // limit) as an exception; none may escape into the server.
   try {

@@ -42,11 +42,13 @@
 // the executor role, which one thread at a time holds (serve_mutex_ hands it
 // over); a batch of calls executes under exec_mutex_. Preempt opens the
 // session's host gates (so no batch stays blocked behind one) and then takes
-// exec_mutex_, so it frees the session's objects between two batches. Stop,
+// exec_mutex_ (waiting at most kPreemptBatchWait, else closing the session),
+// so it frees the session's objects between two batches. Stop,
 // Preempt, Info and the reply writer are safe from any thread.
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -160,6 +162,8 @@ class Session {
   // call with CUDA_ERROR_DEVICE_UNAVAILABLE and `reason`. The connection stays
   // up until the client closes it. Idempotent.
   void Preempt(const std::string& reason);
+  // Tests only: how long Preempt waits for the batch in execution.
+  void TEST_SetPreemptBatchWait(std::chrono::milliseconds wait) { preempt_batch_wait_ = wait; }
 
   SessionInfo Info() const;
   uint64_t id() const { return id_; }
@@ -413,7 +417,11 @@ class Session {
   std::vector<std::unique_ptr<DeviceThrottle>> throttles_;
 
   // Held while a batch executes and while Preempt frees everything.
-  std::mutex exec_mutex_;
+  std::timed_mutex exec_mutex_;
+  // How long Preempt waits for the batch in execution before it closes the
+  // session instead.
+  static constexpr std::chrono::milliseconds kPreemptBatchWait{10000};
+  std::chrono::milliseconds preempt_batch_wait_{kPreemptBatchWait};
   Status revoked_;               // guarded by exec_mutex_: set by Preempt
   bool handshake_answered_ = false;  // guarded by exec_mutex_
 

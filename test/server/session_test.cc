@@ -1125,6 +1125,50 @@ TEST_F(PooledSessionTest, PreemptFreesEverythingAndEveryLaterCallFails) {
   EXPECT_EQ(CreateContext(0).status.message(), "preempted by the schedule: test");
 }
 
+// A client that announces a payload and never sends it keeps its batch
+// executing; a preemption must still take its devices: past the wait, the
+// session is closed and frees everything.
+TEST_F(PooledSessionTest, PreemptClosesASessionStuckInAnUnfinishedBatch) {
+  Start([](Session& s) { s.TEST_SetPreemptBatchWait(std::chrono::milliseconds(200)); });
+  ASSERT_TRUE(CreateContext(0).status.ok());
+  ReplyResult a = Alloc(4096);
+  ASSERT_TRUE(a.status.ok());
+  // A callBatch whose copy claims 4096 payload bytes, with none sent.
+  capnp::MallocMessageBuilder message;
+  auto call = message.initRoot<wire::Call>();
+  call.setSeq(1000);
+  call.setBulkBytes(4096);
+  auto copy = call.initMemcpyHtoD();
+  copy.setCtx(100);
+  copy.setDst(a.dptr);
+  copy.setBytes(4096);
+  kj::Array<capnp::word> words = capnp::messageToFlatArray(message);
+  const auto bytes = words.asBytes();
+  uint8_t header[24] = {};
+  const uint32_t magic = wire::FRAME_MAGIC;
+  const uint16_t kind = static_cast<uint16_t>(wire::FrameKind::CALL_BATCH);
+  const uint32_t message_bytes = static_cast<uint32_t>(bytes.size());
+  const uint64_t bulk_bytes = 4096;
+  std::memcpy(header, &magic, 4);
+  std::memcpy(header + 4, &kind, 2);
+  std::memcpy(header + 8, &message_bytes, 4);
+  std::memcpy(header + 16, &bulk_bytes, 8);
+  ConstBuffer parts[] = {{header, sizeof(header)}, {bytes.begin(), bytes.size()}};
+  ASSERT_TRUE(client_->transport().Write(parts).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the batch starts reading
+  const auto start = std::chrono::steady_clock::now();
+  session_->Preempt("preempted by the schedule: test");
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+  // Closed, not notified: the client's next read finds the connection gone.
+  Frame frame;
+  const bool notified = ReadFrame(client_->transport(), &frame).ok();
+  EXPECT_FALSE(notified) << "the stuck batch let Preempt through";
+  if (notified) client_.reset();
+  runner_.join();
+  EXPECT_EQ(session_->Info().bytes_allocated, 0u);
+  EXPECT_EQ(BackendMemory(1).first, BackendMemory(1).second);
+}
+
 TEST_F(PooledSessionTest, PreemptedBeforeItStartsRefusesTheHandshake) {
   Frame frame = Start([](Session& s) { s.Preempt("preempted by the schedule: early"); });
   capnp::FlatArrayMessageReader reader(frame.words, PeerReaderOptions());
