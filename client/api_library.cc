@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "client/cuda_result.h"
+#include "client/image_upload.h"
 #include "client/runtime.h"
 #include "image/module_image.h"
 
@@ -58,9 +59,16 @@ Status LoadLibrary(CUlibrary* library, std::span<const uint8_t> image) {
   const uint64_t id = rt.NewId(ferry::client::HandleKind::kLibrary);
   LibraryState state;
   auto kernels = std::make_shared<std::map<std::string, ferry::client::KernelInfo>>();
-  FERRY_RETURN_IF_ERROR(rt.connection().Call(
-      [&](wire::Call::Builder call) { call.initLibraryLoad().setLibrary(id); },
-      OutBytes{image.data(), image.size()}, {},
+  FERRY_RETURN_IF_ERROR(ferry::client::CallWithImage(
+      rt.connection(), image,
+      [&](wire::Call::Builder call, const ferry::ContentHash* name) {
+        auto args = call.initLibraryLoad();
+        args.setLibrary(id);
+        if (name != nullptr) {
+          args.setImageHash(kj::arrayPtr(name->data(), name->size()));
+          args.setImageBytes(image.size());
+        }
+      },
       [&](wire::Reply::Reader reply) {
         if (!reply.isModuleLoad()) return Status::Malformed("libraryLoad reply without a description");
         for (auto kernel : reply.getModuleLoad().getKernels()) {

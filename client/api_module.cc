@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "client/cuda_result.h"
+#include "client/image_upload.h"
 #include "client/runtime.h"
 #include "common/content_hash.h"
 #include "image/module_image.h"
@@ -35,60 +36,41 @@ namespace wire = ferry::wire;
 
 namespace {
 
-// Images at least this large are named by their hash first (the server may
-// hold them already); smaller ones are cheaper to send than to hash and ask.
-constexpr size_t kNameByHashMinBytes = 64 << 10;
-
 Status LoadModule(CUmodule* module, std::span<const uint8_t> image) {
   Runtime& rt = Runtime::Get();
   if (module == nullptr) return Status::InvalidArgument("module is NULL");
   uint64_t ctx = 0;
   FERRY_RETURN_IF_ERROR(rt.CurrentContext(&ctx));
   const uint64_t id = rt.NewId(ferry::client::HandleKind::kModule);
-  const bool named = image.size() >= kNameByHashMinBytes;
-  ferry::ContentHash hash{};
-  if (named) hash = ferry::HashContent(image);
-  auto fill = [&](wire::Call::Builder call) {
-    auto args = call.initModuleLoad();
-    args.setCtx(ctx);
-    args.setModule(id);
-    if (named) {
-      args.setImageHash(kj::arrayPtr(hash.data(), hash.size()));
-      args.setImageBytes(image.size());
-    }
-  };
   ModuleState state;
   state.ctx = ctx;
   auto kernels = std::make_shared<std::map<std::string, ferry::client::KernelInfo>>();
-  bool not_cached = false;
-  auto on_reply = [&](wire::Reply::Reader reply) {
-    if (reply.getImageNotCached()) {
-      not_cached = true;
-      return Status::Ok();
-    }
-    for (auto kernel : reply.getModuleLoad().getKernels()) {
-      ferry::client::KernelInfo info;
-      for (auto p : kernel.getParams()) {
-        info.params.push_back({p.getOffset(), p.getSize()});
-        info.param_bytes = std::max<uint64_t>(info.param_bytes, uint64_t{p.getOffset()} + p.getSize());
-      }
-      (*kernels)[kernel.getName().cStr()] = std::move(info);
-    }
-    for (auto global : reply.getModuleLoad().getGlobals()) {
-      state.globals[global.getName().cStr()] = global.getSize();
-    }
-    return Status::Ok();
-  };
-  // A named image goes by its hash alone first; the bytes follow only when
-  // the server does not have them (the protocol prose in schema/ferry.capnp).
-  FERRY_RETURN_IF_ERROR(rt.connection().Call(
-      fill, named ? OutBytes{} : OutBytes{image.data(), image.size()}, {}, on_reply));
-  if (not_cached) {
-    not_cached = false;
-    FERRY_RETURN_IF_ERROR(
-        rt.connection().Call(fill, OutBytes{image.data(), image.size()}, {}, on_reply));
-    if (not_cached) return Status::Internal("ferryd asked twice for the bytes of a module image");
-  }
+  FERRY_RETURN_IF_ERROR(ferry::client::CallWithImage(
+      rt.connection(), image,
+      [&](wire::Call::Builder call, const ferry::ContentHash* name) {
+        auto args = call.initModuleLoad();
+        args.setCtx(ctx);
+        args.setModule(id);
+        if (name != nullptr) {
+          args.setImageHash(kj::arrayPtr(name->data(), name->size()));
+          args.setImageBytes(image.size());
+        }
+      },
+      [&](wire::Reply::Reader reply) {
+        for (auto kernel : reply.getModuleLoad().getKernels()) {
+          ferry::client::KernelInfo info;
+          for (auto p : kernel.getParams()) {
+            info.params.push_back({p.getOffset(), p.getSize()});
+            info.param_bytes =
+                std::max<uint64_t>(info.param_bytes, uint64_t{p.getOffset()} + p.getSize());
+          }
+          (*kernels)[kernel.getName().cStr()] = std::move(info);
+        }
+        for (auto global : reply.getModuleLoad().getGlobals()) {
+          state.globals[global.getName().cStr()] = global.getSize();
+        }
+        return Status::Ok();
+      }));
   state.kernels = std::move(kernels);
   rt.AddModule(id, std::move(state));
   *module = Runtime::ToHandle<CUmodule>(id);

@@ -72,7 +72,7 @@
 # server keeps only bytes whose SHA-256 it computed and found equal to the
 # hash sent with them; bytes that do not match are refused
 # (CUDA_ERROR_INVALID_VALUE). A moduleLoad with bulk and no hash is loaded
-# and not kept.
+# and not kept. A libraryLoad names its image the same way.
 #
 # Evolution: ordinals never change meaning; a new call gets a new ordinal. A
 # call the server does not know gets an Unimplemented status (the client
@@ -367,6 +367,9 @@ struct EventElapsedTime {
 # module in that context only. moduleUnload of a library's module is refused.
 struct LibraryLoad {
   library @0 :UInt64;
+  # module image cache: as ModuleLoad's
+  imageHash @1 :Data;     # SHA-256 of the image (32 bytes), or empty
+  imageBytes @2 :UInt64;  # the image's length, when imageHash is set
 }
 struct LibraryRef {
   library @0 :UInt64;

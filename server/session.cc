@@ -1239,6 +1239,49 @@ void DescribeInReply(const backend::ModuleDescription& description, wire::Reply:
 
 }  // namespace
 
+// The image of a moduleLoad or libraryLoad: sent with the call, or named by
+// its hash and taken from the cache (the protocol prose in
+// schema/ferry.capnp). `source->not_cached`: the server lacks it, the reply
+// says so and nothing is to be created.
+Status Session::TakeImage(capnp::Data::Reader hash_data, uint64_t image_bytes, CallContext& cx,
+                          ImageSource* source) {
+  source->named = hash_data.size() > 0;
+  if (source->named) {
+    if (hash_data.size() != source->hash.size()) {
+      return Status::InvalidArgument("image hash of " + std::to_string(hash_data.size()) +
+                                     " bytes; SHA-256 has 32");
+    }
+    std::memcpy(source->hash.data(), hash_data.begin(), source->hash.size());
+  }
+  source->image = cx.bulk_in;
+  if (source->image.size > 0) {
+    module_image_bytes_received_.fetch_add(source->image.size);
+    // Only bytes that are what their name says may be kept under it (there
+    // is nothing to keep, and so nothing to check, without a cache).
+    if (source->named && module_cache_ != nullptr &&
+        (image_bytes != source->image.size ||
+         HashContent(std::span<const uint8_t>(source->image.data, source->image.size)) !=
+             source->hash)) {
+      return Status::InvalidArgument("image bytes do not match the SHA-256 sent with them");
+    }
+    return Status::Ok();
+  }
+  if (!source->named) return Status::Cuda(CUDA_ERROR_INVALID_IMAGE, "empty image");
+  if (module_cache_ == nullptr || !module_cache_->Find(source->hash, image_bytes, &source->image)) {
+    source->not_cached = true;
+    cx.reply.setImageNotCached(true);
+  }
+  return Status::Ok();
+}
+
+// After a successful load: named bytes that came with the call go into the
+// cache for the next process.
+void Session::KeepImage(const ImageSource& source, const CallContext& cx) {
+  if (source.named && cx.bulk_in.size > 0 && module_cache_ != nullptr) {
+    module_cache_->Insert(source.hash, cx.bulk_in);
+  }
+}
+
 Status Session::ModuleLoad(wire::ModuleLoad::Reader args, CallContext& cx) {
   ContextEntry* c = nullptr;
   FERRY_RETURN_IF_ERROR(FindContext(args.getCtx(), &c));
@@ -1246,45 +1289,17 @@ Status Session::ModuleLoad(wire::ModuleLoad::Reader args, CallContext& cx) {
   if (id == 0 || modules_.count(id) != 0) {
     return Status::InvalidArgument("module id " + std::to_string(id) + " is 0 or already in use");
   }
-  // The image: sent with the call, or named by its hash and taken from the
-  // cache (see the protocol prose in schema/ferry.capnp).
-  auto hash_data = args.getImageHash();
-  const bool named = hash_data.size() > 0;
-  ContentHash hash{};
-  if (named) {
-    if (hash_data.size() != hash.size()) {
-      return Status::InvalidArgument("module image hash of " + std::to_string(hash_data.size()) +
-                                     " bytes; SHA-256 has 32");
-    }
-    std::memcpy(hash.data(), hash_data.begin(), hash.size());
-  }
-  backend::HostBytes image = cx.bulk_in;
-  if (image.size > 0) {
-    module_image_bytes_received_.fetch_add(image.size);
-    // Only bytes that are what their name says may be kept under it (there
-    // is nothing to keep, and so nothing to check, without a cache).
-    if (named && module_cache_ != nullptr &&
-        (args.getImageBytes() != image.size ||
-         HashContent(std::span<const uint8_t>(image.data, image.size)) != hash)) {
-      return Status::InvalidArgument("module image bytes do not match the SHA-256 sent with them");
-    }
-  } else if (named) {
-    if (module_cache_ == nullptr || !module_cache_->Find(hash, args.getImageBytes(), &image)) {
-      cx.reply.setImageNotCached(true);
-      return Status::Ok();
-    }
-  } else {
-    return Status::Cuda(CUDA_ERROR_INVALID_IMAGE, "empty module image");
-  }
+  ImageSource source;
+  FERRY_RETURN_IF_ERROR(TakeImage(args.getImageHash(), args.getImageBytes(), cx, &source));
+  if (source.not_cached) return Status::Ok();
+  const backend::HostBytes& image = source.image;
   ModuleEntry entry;
   entry.ctx = args.getCtx();
   auto description = std::make_shared<backend::ModuleDescription>();
   FERRY_RETURN_IF_ERROR(backend_.LoadModule(
       *c->context, std::span<const uint8_t>(image.data, image.size), &entry.module,
       description.get()));
-  if (named && cx.bulk_in.size > 0 && module_cache_ != nullptr) {
-    module_cache_->Insert(hash, cx.bulk_in);
-  }
+  KeepImage(source, cx);
   DescribeInReply(*description, cx.reply);
   entry.description = std::move(description);
   modules_.emplace(id, std::move(entry));
@@ -1515,12 +1530,15 @@ Status Session::LibraryLoad(wire::LibraryLoad::Reader args, CallContext& cx) {
   if (id == 0 || libraries_.count(id) != 0) {
     return Status::InvalidArgument("library id " + std::to_string(id) + " is 0 or already in use");
   }
-  if (cx.bulk_in.size == 0) return Status::Cuda(CUDA_ERROR_INVALID_IMAGE, "empty library image");
+  ImageSource source;
+  FERRY_RETURN_IF_ERROR(TakeImage(args.getImageHash(), args.getImageBytes(), cx, &source));
+  if (source.not_cached) return Status::Ok();
   LibraryEntry entry;
   auto description = std::make_shared<backend::ModuleDescription>();
   FERRY_RETURN_IF_ERROR(backend_.LoadLibrary(
-      std::span<const uint8_t>(cx.bulk_in.data, cx.bulk_in.size), &entry.library,
+      std::span<const uint8_t>(source.image.data, source.image.size), &entry.library,
       description.get()));
+  KeepImage(source, cx);
   DescribeInReply(*description, cx.reply);
   entry.description = std::move(description);
   libraries_.emplace(id, std::move(entry));

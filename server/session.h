@@ -353,6 +353,16 @@ class Session {
   Status MemcpyDtoD(wire::Memcpy::Reader args);
   Status Memcpy2D(wire::Memcpy2D::Reader args, CallContext& cx);
   Status Memset(wire::Memset::Reader args);
+  // A load's image, from the call or from the module cache.
+  struct ImageSource {
+    bool named = false;       // the call named the image by its SHA-256
+    ContentHash hash{};
+    backend::HostBytes image;  // the bytes to load
+    bool not_cached = false;  // named, not sent, not in the cache
+  };
+  Status TakeImage(capnp::Data::Reader hash_data, uint64_t image_bytes, CallContext& cx,
+                   ImageSource* source);
+  void KeepImage(const ImageSource& source, const CallContext& cx);
   Status ModuleLoad(wire::ModuleLoad::Reader args, CallContext& cx);
   Status ModuleUnload(wire::ModuleRef::Reader args);
   Status ModuleGetFunction(wire::ModuleGetFunction::Reader args);

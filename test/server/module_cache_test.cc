@@ -127,20 +127,30 @@ class CachedSession {
     runner_.join();
   }
 
-  // moduleLoad with `hash` (empty: none) and `image` as bulk (empty: none).
-  LoadResult Load(uint64_t module, const std::vector<uint8_t>& hash, uint64_t image_bytes,
-                  const std::string& image) {
+  // moduleLoad (libraryLoad when `library`) of id `id` with `hash` (empty:
+  // none) and `image` as bulk (empty: none).
+  LoadResult Load(uint64_t id, const std::vector<uint8_t>& hash, uint64_t image_bytes,
+                  const std::string& image, bool library = false) {
     capnp::MallocMessageBuilder message;
     auto call = message.initRoot<wire::Call>();
     call.setSeq(next_seq_++);
     call.setWantsReply(true);
     call.setBulkBytes(image.size());
-    auto args = call.initModuleLoad();
-    args.setCtx(1);
-    args.setModule(module);
-    if (!hash.empty()) {
-      args.setImageHash(kj::arrayPtr(hash.data(), hash.size()));
-      args.setImageBytes(image_bytes);
+    if (library) {
+      auto args = call.initLibraryLoad();
+      args.setLibrary(id);
+      if (!hash.empty()) {
+        args.setImageHash(kj::arrayPtr(hash.data(), hash.size()));
+        args.setImageBytes(image_bytes);
+      }
+    } else {
+      auto args = call.initModuleLoad();
+      args.setCtx(1);
+      args.setModule(id);
+      if (!hash.empty()) {
+        args.setImageHash(kj::arrayPtr(hash.data(), hash.size()));
+        args.setImageBytes(image_bytes);
+      }
     }
     ConstBuffer bulk{image.data(), image.size()};
     EXPECT_TRUE(WriteFrame(*client_, wire::FrameKind::CALL_BATCH, message,
@@ -211,6 +221,39 @@ TEST_F(SessionModuleCacheTest, ASecondProcessLoadingTheSameImageSendsOnlyItsHash
   EXPECT_EQ(second.Info().modules, 1u);
   EXPECT_EQ(second.Info().module_image_bytes_received, 0u) << "the second load sent image bytes";
   EXPECT_EQ(cache_.stats().hits, 1u);
+  EXPECT_EQ(cache_.stats().insertions, 1u);
+}
+
+// Libraries (what the CUDA runtime and cuBLAS load) are named the same way,
+// and share the cache with modules.
+TEST_F(SessionModuleCacheTest, LibrariesAreNamedByHashAndShareTheCacheWithModules) {
+  const std::string image = PtxImage("library_kernel");
+  const std::vector<uint8_t> hash = HashBytes(image);
+  {
+    CachedSession first(1, *backend_, &cache_);
+    LoadResult asked = first.Load(7, hash, image.size(), "", /*library=*/true);
+    ASSERT_TRUE(asked.status.ok()) << asked.status.ToString();
+    EXPECT_TRUE(asked.not_cached);
+    LoadResult sent = first.Load(7, hash, image.size(), image, /*library=*/true);
+    ASSERT_TRUE(sent.status.ok()) << sent.status.ToString();
+    EXPECT_FALSE(sent.not_cached);
+    EXPECT_EQ(sent.kernels, std::vector<std::string>{"library_kernel"});
+    // Bytes that are not what their name says are refused.
+    std::string forged = image;
+    forged[forged.size() / 2] ^= 1;
+    EXPECT_EQ(first.Load(8, hash, forged.size(), forged, /*library=*/true).status.cuda_result(),
+              CUDA_ERROR_INVALID_VALUE);
+  }
+  CachedSession second(2, *backend_, &cache_);
+  LoadResult library = second.Load(9, hash, image.size(), "", /*library=*/true);
+  ASSERT_TRUE(library.status.ok()) << library.status.ToString();
+  EXPECT_FALSE(library.not_cached);
+  EXPECT_EQ(library.kernels, std::vector<std::string>{"library_kernel"});
+  LoadResult module = second.Load(20, hash, image.size(), "");
+  ASSERT_TRUE(module.status.ok()) << module.status.ToString();
+  EXPECT_FALSE(module.not_cached);
+  EXPECT_EQ(second.Info().module_image_bytes_received, 0u) << "the second process sent image bytes";
+  EXPECT_EQ(cache_.stats().hits, 2u);
   EXPECT_EQ(cache_.stats().insertions, 1u);
 }
 

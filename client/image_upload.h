@@ -1,0 +1,35 @@
+// Sending a module or library image (DESIGN: module images are
+// content-addressed). An image of kNameByHashMinBytes or more goes by its
+// SHA-256 alone first; only when the server answers imageNotCached does the
+// call go again with the bytes (and the same name, so ferryd can keep them).
+// A second process loading the same large image (cuBLAS's fatbins) then
+// sends 32 bytes instead of the image.
+//
+// Thread-safety: as Connection::Call.
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include <absl/functional/function_ref.h>
+
+#include "client/connection.h"
+#include "common/content_hash.h"
+#include "common/status.h"
+#include "schema/ferry.capnp.h"
+
+namespace ferry::client {
+
+// Images at least this large are named by their hash first (the server may
+// hold them already); smaller ones are cheaper to send than to hash and ask.
+constexpr size_t kNameByHashMinBytes = 64 << 10;
+
+// Calls the server with the call `fill` builds, carrying `image`. `fill`
+// gets the image's name (nullptr: the image is sent unnamed) and sets it in
+// the call's imageHash/imageBytes fields. `on_reply` sees only the final
+// reply (never an imageNotCached one).
+Status CallWithImage(Connection& connection, std::span<const uint8_t> image,
+                     absl::FunctionRef<void(wire::Call::Builder, const ContentHash* name)> fill,
+                     absl::FunctionRef<Status(wire::Reply::Reader)> on_reply);
+
+}  // namespace ferry::client
