@@ -416,7 +416,9 @@ TEST_P(FerrydTransportTest, HostileClientsNeverStopTheServer) {
     std::memcpy(frame.data(), &magic, 4);
     std::memcpy(frame.data() + 4, &kind, 2);
     std::memcpy(frame.data() + 8, &size, 4);
-    frame.insert(frame.end(), words.asBytes().begin(), words.asBytes().end());
+    const auto body = words.asBytes();
+    frame.resize(ferry::kFrameHeaderBytes + body.size());
+    std::memcpy(frame.data() + ferry::kFrameHeaderBytes, body.begin(), body.size());
     return frame;
   };
   for (int i = 0; i < 240; ++i) {
