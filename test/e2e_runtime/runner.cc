@@ -116,6 +116,10 @@ std::string Run(const Options& options, std::optional<ChildProcess>& ferryd,
   }
   env["LD_LIBRARY_PATH"] = library_path;
   env["FERRY_SERVER"] = address;
+#ifdef FERRY_RUNTIME_PRELOAD
+  env["LD_PRELOAD"] = FERRY_RUNTIME_PRELOAD;
+  env["ASAN_OPTIONS"] = "detect_leaks=0";
+#endif
   program = ChildProcess::Start(options.program, env, options.work_dir + "/program", &error);
   if (!program.has_value()) return "cannot start " + options.program[0] + ": " + error;
   const ExitStatus status = program->Wait(kProgramTimeout);

@@ -34,6 +34,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -822,8 +823,13 @@ CUresult cuDevResourceGenerateDesc(CUdevResourceDesc* desc, CUdevResource* resou
   // The fake supports one resource per descriptor (all the backend needs).
   if (desc == nullptr || resources == nullptr || count != 1) return CUDA_ERROR_INVALID_VALUE;
   if (resources[0].type != CU_DEV_RESOURCE_TYPE_SM) return CUDA_ERROR_INVALID_RESOURCE_TYPE;
-  // Owned by the "driver" (the API has no destroy call): never freed.
-  *desc = reinterpret_cast<CUdevResourceDesc>(new FakeDesc{resources[0]});
+  // Owned by the "driver" (the API has no destroy call): kept until the
+  // process exits, reachable, so leak checkers see no leak.
+  static std::mutex mu;
+  static auto* descs = new std::vector<std::unique_ptr<FakeDesc>>;
+  std::lock_guard<std::mutex> lock(mu);
+  descs->push_back(std::make_unique<FakeDesc>(FakeDesc{resources[0]}));
+  *desc = reinterpret_cast<CUdevResourceDesc>(descs->back().get());
   return CUDA_SUCCESS;
 }
 
