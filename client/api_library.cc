@@ -58,7 +58,7 @@ Status LoadLibrary(CUlibrary* library, std::span<const uint8_t> image) {
   Runtime& rt = Runtime::Get();
   const uint64_t id = rt.NewId(ferry::client::HandleKind::kLibrary);
   LibraryState state;
-  auto kernels = std::make_shared<std::map<std::string, ferry::client::KernelInfo>>();
+  ferry::client::ImageDescription description;
   FERRY_RETURN_IF_ERROR(ferry::client::CallWithImage(
       rt.connection(), image,
       [&](wire::Call::Builder call, const ferry::ContentHash* name) {
@@ -70,23 +70,11 @@ Status LoadLibrary(CUlibrary* library, std::span<const uint8_t> image) {
         }
       },
       [&](wire::Reply::Reader reply) {
-        if (!reply.isModuleLoad()) return Status::Malformed("libraryLoad reply without a description");
-        for (auto kernel : reply.getModuleLoad().getKernels()) {
-          ferry::client::KernelInfo info;
-          for (auto p : kernel.getParams()) {
-            info.params.push_back({p.getOffset(), p.getSize()});
-            info.param_bytes =
-                std::max<uint64_t>(info.param_bytes, uint64_t{p.getOffset()} + p.getSize());
-          }
-          const std::string name = kernel.getName().cStr();
-          if (kernels->emplace(name, std::move(info)).second) state.kernel_names.push_back(name);
-        }
-        for (auto global : reply.getModuleLoad().getGlobals()) {
-          state.globals[global.getName().cStr()] = global.getSize();
-        }
-        return Status::Ok();
+        return ferry::client::ReadImageDescription(reply, &description);
       }));
-  state.kernels = std::move(kernels);
+  state.kernel_names = std::move(description.kernel_names);
+  state.kernels = std::move(description.kernels);
+  state.globals = std::move(description.globals);
   FERRY_RETURN_IF_ERROR(rt.AddLibrary(id, std::move(state)));
   *library = Runtime::ToHandle<CUlibrary>(id);
   return Status::Ok();
@@ -273,12 +261,7 @@ CUresult CUDAAPI cuKernelGetParamInfo(CUkernel kernel, size_t paramIndex, size_t
   return Api([&]() -> Status {
     KernelState state;
     FERRY_RETURN_IF_ERROR(KernelOf(kernel, &state));
-    if (paramIndex >= state.info.params.size()) {
-      return Status::InvalidArgument("parameter index out of range");
-    }
-    if (paramOffset != nullptr) *paramOffset = state.info.params[paramIndex].offset;
-    if (paramSize != nullptr) *paramSize = state.info.params[paramIndex].size;
-    return Status::Ok();
+    return ferry::client::ParamInfo(state.info, paramIndex, paramOffset, paramSize);
   });
 }
 

@@ -44,7 +44,7 @@ Status LoadModule(CUmodule* module, std::span<const uint8_t> image) {
   const uint64_t id = rt.NewId(ferry::client::HandleKind::kModule);
   ModuleState state;
   state.ctx = ctx;
-  auto kernels = std::make_shared<std::map<std::string, ferry::client::KernelInfo>>();
+  ferry::client::ImageDescription description;
   FERRY_RETURN_IF_ERROR(ferry::client::CallWithImage(
       rt.connection(), image,
       [&](wire::Call::Builder call, const ferry::ContentHash* name) {
@@ -57,21 +57,10 @@ Status LoadModule(CUmodule* module, std::span<const uint8_t> image) {
         }
       },
       [&](wire::Reply::Reader reply) {
-        for (auto kernel : reply.getModuleLoad().getKernels()) {
-          ferry::client::KernelInfo info;
-          for (auto p : kernel.getParams()) {
-            info.params.push_back({p.getOffset(), p.getSize()});
-            info.param_bytes =
-                std::max<uint64_t>(info.param_bytes, uint64_t{p.getOffset()} + p.getSize());
-          }
-          (*kernels)[kernel.getName().cStr()] = std::move(info);
-        }
-        for (auto global : reply.getModuleLoad().getGlobals()) {
-          state.globals[global.getName().cStr()] = global.getSize();
-        }
-        return Status::Ok();
+        return ferry::client::ReadImageDescription(reply, &description);
       }));
-  state.kernels = std::move(kernels);
+  state.kernels = std::move(description.kernels);
+  state.globals = std::move(description.globals);
   rt.AddModule(id, std::move(state));
   *module = Runtime::ToHandle<CUmodule>(id);
   return Status::Ok();
@@ -467,12 +456,7 @@ CUresult CUDAAPI cuFuncGetParamInfo(CUfunction func, size_t paramIndex, size_t* 
   return Api([&]() -> Status {
     FunctionState function;
     FERRY_RETURN_IF_ERROR(FunctionOf(func, &function));
-    if (paramIndex >= function.kernel.params.size()) {
-      return Status::InvalidArgument("parameter index out of range");
-    }
-    if (paramOffset != nullptr) *paramOffset = function.kernel.params[paramIndex].offset;
-    if (paramSize != nullptr) *paramSize = function.kernel.params[paramIndex].size;
-    return Status::Ok();
+    return ferry::client::ParamInfo(function.kernel, paramIndex, paramOffset, paramSize);
   });
 }
 

@@ -1,5 +1,7 @@
 #include "client/image_upload.h"
 
+#include <algorithm>
+
 namespace ferry::client {
 
 Status CallWithImage(Connection& connection, std::span<const uint8_t> image,
@@ -24,6 +26,25 @@ Status CallWithImage(Connection& connection, std::span<const uint8_t> image,
   not_cached = false;
   FERRY_RETURN_IF_ERROR(connection.Call(build, OutBytes{image.data(), image.size()}, {}, answer));
   if (not_cached) return Status::Internal("ferryd asked twice for the bytes of an image");
+  return Status::Ok();
+}
+
+Status ReadImageDescription(wire::Reply::Reader reply, ImageDescription* out) {
+  if (!reply.isModuleLoad()) return Status::Malformed("load reply without a description");
+  auto kernels = std::make_shared<std::map<std::string, KernelInfo>>();
+  for (auto kernel : reply.getModuleLoad().getKernels()) {
+    KernelInfo info;
+    for (auto p : kernel.getParams()) {
+      info.params.push_back({p.getOffset(), p.getSize()});
+      info.param_bytes = std::max<uint64_t>(info.param_bytes, uint64_t{p.getOffset()} + p.getSize());
+    }
+    const std::string name = kernel.getName().cStr();
+    if (kernels->emplace(name, std::move(info)).second) out->kernel_names.push_back(name);
+  }
+  out->kernels = std::move(kernels);
+  for (auto global : reply.getModuleLoad().getGlobals()) {
+    out->globals[global.getName().cStr()] = global.getSize();
+  }
   return Status::Ok();
 }
 

@@ -13,7 +13,12 @@
 
 #include <absl/functional/function_ref.h>
 
+#include <map>
+#include <string>
+#include <vector>
+
 #include "client/connection.h"
+#include "client/runtime.h"
 #include "common/content_hash.h"
 #include "common/status.h"
 #include "schema/ferry.capnp.h"
@@ -31,5 +36,16 @@ constexpr size_t kNameByHashMinBytes = 64 << 10;
 Status CallWithImage(Connection& connection, std::span<const uint8_t> image,
                      absl::FunctionRef<void(wire::Call::Builder, const ContentHash* name)> fill,
                      absl::FunctionRef<Status(wire::Reply::Reader)> on_reply);
+
+// What a moduleLoad or libraryLoad reply describes.
+struct ImageDescription {
+  std::vector<std::string> kernel_names;    // in the order the image lists them
+  KernelTable kernels;                      // name -> parameter layout
+  std::map<std::string, uint64_t> globals;  // name -> size
+};
+
+// Reads the description from a load's reply; a reply without one is
+// Malformed.
+Status ReadImageDescription(wire::Reply::Reader reply, ImageDescription* out);
 
 }  // namespace ferry::client

@@ -15,6 +15,13 @@
 #include "common/units.h"
 
 namespace ferry::client {
+
+Status ParamInfo(const KernelInfo& kernel, size_t index, size_t* offset, size_t* size) {
+  if (index >= kernel.params.size()) return Status::InvalidArgument("parameter index out of range");
+  if (offset != nullptr) *offset = kernel.params[index].offset;
+  if (size != nullptr) *size = kernel.params[index].size;
+  return Status::Ok();
+}
 namespace {
 
 constexpr const char* kDefaultServer = "127.0.0.1:7070";

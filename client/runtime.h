@@ -71,6 +71,10 @@ struct KernelInfo {
   uint64_t param_bytes = 0;  // size of the packed buffer
 };
 
+// cuFuncGetParamInfo / cuKernelGetParamInfo: where parameter `index` of
+// `kernel` lies in its packed buffer (either output may be null).
+Status ParamInfo(const KernelInfo& kernel, size_t index, size_t* offset, size_t* size);
+
 struct ContextState {
   int device = 0;
   unsigned flags = 0;

@@ -19,6 +19,8 @@
 // distribution's absl is built without its TSan hooks).
 #include "backend/cuda/cuda_backend.h"
 
+#include <absl/functional/function_ref.h>
+
 #include <cuda.h>
 
 #include <algorithm>
@@ -1175,6 +1177,30 @@ class CudaBackend final : public GpuBackend {
     return launch;
   }
 
+  // Reads a kernel's parameter layout through `query` (cuFuncGetParamInfo or
+  // cuKernelGetParamInfo, named `query_name` in errors). The driver has no
+  // parameter count; it answers INVALID_VALUE for the first index past the
+  // end. A kernel's parameters fit in 32 KiB, so the loop is bounded even for
+  // a driver that never says stop.
+  Status ReadParams(const char* query_name,
+                    absl::FunctionRef<CUresult(size_t, size_t*, size_t*)> query,
+                    KernelDescription* kernel) {
+    constexpr size_t kMaxParams = 32768;
+    for (size_t index = 0;; ++index) {
+      size_t offset = 0, size = 0;
+      const CUresult result = query(index, &offset, &size);
+      if (result == CUDA_ERROR_INVALID_VALUE) return Status::Ok();
+      FERRY_RETURN_IF_ERROR(api_->Check(result, query_name)
+                                .WithContext(absl::StrCat("kernel ", kernel->name, " parameter ", index)));
+      if (index >= kMaxParams) {
+        return Status::Internal(absl::StrCat("kernel ", kernel->name, ": driver reports over ",
+                                             kMaxParams, " parameters"));
+      }
+      kernel->params.push_back(
+          KernelParam{static_cast<uint32_t>(offset), static_cast<uint32_t>(size)});
+    }
+  }
+
   // Lists the library's kernels with their parameter layouts (no context
   // needed: kernels are context-independent).
   Status DescribeLibrary(CudaLibrary& library, ModuleDescription* description) {
@@ -1191,22 +1217,12 @@ class CudaBackend final : public GpuBackend {
       FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuKernelGetName, &name, handle));
       KernelDescription kernel;
       kernel.name = name != nullptr ? name : "";
-      // As in Describe: INVALID_VALUE past the last parameter, bounded.
-      constexpr size_t kMaxParams = 32768;
-      for (size_t index = 0;; ++index) {
-        size_t offset = 0, size = 0;
-        CUresult result = api_->cuKernelGetParamInfo(handle, index, &offset, &size);
-        if (result == CUDA_ERROR_INVALID_VALUE) break;
-        FERRY_RETURN_IF_ERROR(
-            api_->Check(result, FERRY_CUDA_EXPORT_NAME(cuKernelGetParamInfo))
-                .WithContext(absl::StrCat("kernel ", kernel.name, " parameter ", index)));
-        if (index >= kMaxParams) {
-          return Status::Internal(absl::StrCat("kernel ", kernel.name, ": driver reports over ",
-                                               kMaxParams, " parameters"));
-        }
-        kernel.params.push_back(
-            KernelParam{static_cast<uint32_t>(offset), static_cast<uint32_t>(size)});
-      }
+      FERRY_RETURN_IF_ERROR(ReadParams(
+          FERRY_CUDA_EXPORT_NAME(cuKernelGetParamInfo),
+          [&](size_t index, size_t* offset, size_t* size) {
+            return api_->cuKernelGetParamInfo(handle, index, offset, size);
+          },
+          &kernel));
       description->kernels.push_back(std::move(kernel));
     }
     return Status::Ok();
@@ -1284,30 +1300,19 @@ class CudaBackend final : public GpuBackend {
       FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuFuncGetName, &name, function));
       KernelDescription kernel;
       kernel.name = name != nullptr ? name : "";
-      // The driver has no parameter count; it answers INVALID_VALUE for the
-      // first index past the end. A kernel's parameters fit in 32 KiB, so
-      // the loop is bounded even for a driver that never says stop.
-      constexpr size_t kMaxParams = 32768;
-      for (size_t index = 0;; ++index) {
-        size_t offset = 0, size = 0;
-        CUresult result = api_->cuFuncGetParamInfo(function, index, &offset, &size);
-        if (result == CUDA_ERROR_FUNCTION_NOT_LOADED) {
-          // Enumerated handles may be only partly loaded (lazy loading);
-          // the driver documents this error for queries that need more.
-          FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuFuncLoad, function));
-          result = api_->cuFuncGetParamInfo(function, index, &offset, &size);
-        }
-        if (result == CUDA_ERROR_INVALID_VALUE) break;
-        FERRY_RETURN_IF_ERROR(
-            api_->Check(result, FERRY_CUDA_EXPORT_NAME(cuFuncGetParamInfo))
-                .WithContext(absl::StrCat("kernel ", kernel.name, " parameter ", index)));
-        if (index >= kMaxParams) {
-          return Status::Internal(absl::StrCat("kernel ", kernel.name, ": driver reports over ",
-                                               kMaxParams, " parameters"));
-        }
-        kernel.params.push_back(
-            KernelParam{static_cast<uint32_t>(offset), static_cast<uint32_t>(size)});
-      }
+      FERRY_RETURN_IF_ERROR(ReadParams(
+          FERRY_CUDA_EXPORT_NAME(cuFuncGetParamInfo),
+          [&](size_t index, size_t* offset, size_t* size) {
+            CUresult result = api_->cuFuncGetParamInfo(function, index, offset, size);
+            if (result == CUDA_ERROR_FUNCTION_NOT_LOADED) {
+              // Enumerated handles may be only partly loaded (lazy loading);
+              // the driver documents this error for queries that need more.
+              result = api_->cuFuncLoad(function);
+              if (result == CUDA_SUCCESS) result = api_->cuFuncGetParamInfo(function, index, offset, size);
+            }
+            return result;
+          },
+          &kernel));
       description->kernels.push_back(std::move(kernel));
     }
     return Status::Ok();
