@@ -1,4 +1,4 @@
-#include "bench/driver_figures.h"
+#include "driver_figures.h"
 
 #include <cuda.h>
 #include <dlfcn.h>
@@ -57,7 +57,8 @@ Status LoadDriver(const std::string& path, Driver* d) {
     const char* why = dlerror();
     return Status::NotFound("cannot load " + path + ": " + (why ? why : "?"));
   }
-  bool ok = Resolve(library, "cuInit", &d->Init) && Resolve(library, "cuDeviceGet", &d->DeviceGet) &&
+  bool ok = Resolve(library, "cuInit", &d->Init) &&
+            Resolve(library, "cuDeviceGet", &d->DeviceGet) &&
             Resolve(library, "cuCtxCreate_v4", &d->CtxCreate) &&
             Resolve(library, "cuCtxDestroy_v2", &d->CtxDestroy) &&
             Resolve(library, "cuCtxSynchronize", &d->CtxSynchronize) &&
@@ -128,8 +129,10 @@ std::vector<uint8_t> MakeLargeImage(const std::vector<uint8_t>& fatbin, uint64_t
 }  // namespace
 
 std::string SizeName(uint64_t bytes) {
-  if (bytes >= (1ull << 20) && bytes % (1ull << 20) == 0) return std::to_string(bytes >> 20) + "MiB";
-  if (bytes >= (1ull << 10) && bytes % (1ull << 10) == 0) return std::to_string(bytes >> 10) + "KiB";
+  if (bytes >= (1ull << 20) && bytes % (1ull << 20) == 0)
+    return std::to_string(bytes >> 20) + "MiB";
+  if (bytes >= (1ull << 10) && bytes % (1ull << 10) == 0)
+    return std::to_string(bytes >> 10) + "KiB";
   return std::to_string(bytes) + "B";
 }
 
@@ -148,8 +151,9 @@ Status MeasureDriverFigures(const DriverBenchOptions& options, std::map<std::str
   FERRY_RETURN_IF_ERROR(check(d.CtxCreate(&ctx, nullptr, 0, device), "cuCtxCreate"));
 
   const uint64_t max_copy =
-      options.copy_sizes.empty() ? 4096 : *std::max_element(options.copy_sizes.begin(),
-                                                            options.copy_sizes.end());
+      options.copy_sizes.empty()
+          ? 4096
+          : *std::max_element(options.copy_sizes.begin(), options.copy_sizes.end());
   CUdeviceptr device_buffer;
   FERRY_RETURN_IF_ERROR(check(d.MemAlloc(&device_buffer, max_copy), "cuMemAlloc"));
 
@@ -177,7 +181,8 @@ Status MeasureDriverFigures(const DriverBenchOptions& options, std::map<std::str
 
   // --- pipelined launch rate -------------------------------------------------
   std::ifstream in(options.kernels_fatbin, std::ios::binary);
-  std::vector<uint8_t> fatbin((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<uint8_t> fatbin((std::istreambuf_iterator<char>(in)),
+                              std::istreambuf_iterator<char>());
   if (fatbin.size() < 16) return Status::NotFound("cannot read " + options.kernels_fatbin);
   if (wanted("launch")) {
     CUmodule module;
@@ -212,8 +217,7 @@ Status MeasureDriverFigures(const DriverBenchOptions& options, std::map<std::str
     auto* pinned = static_cast<uint8_t*>(pinned_raw);
     std::memset(pinned, 6, max_copy);
     for (uint64_t size : options.copy_sizes) {
-      const uint64_t rounds =
-          std::clamp<uint64_t>(options.copy_budget_bytes / size, 3, 20000);
+      const uint64_t rounds = std::clamp<uint64_t>(options.copy_budget_bytes / size, 3, 20000);
       for (const char* memory : {"pageable", "pinned"}) {
         uint8_t* host = std::strcmp(memory, "pinned") == 0 ? pinned : pageable.get();
         // Host to device: asynchronous in ferry once the bytes are taken, so

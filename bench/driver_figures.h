@@ -18,11 +18,11 @@
 namespace ferry::bench {
 
 struct DriverBenchOptions {
-  std::string libcuda;           // path of the library to dlopen
-  std::string kernels_fatbin;    // holds extern "C" ferry_bench_empty
+  std::string libcuda;         // path of the library to dlopen
+  std::string kernels_fatbin;  // holds extern "C" ferry_bench_empty
   int rtt_iterations = 20000;
   int launches = 100000;
-  std::vector<uint64_t> copy_sizes;  // bytes
+  std::vector<uint64_t> copy_sizes;           // bytes
   uint64_t copy_budget_bytes = 256ull << 20;  // bytes moved per copy figure
   uint64_t large_image_bytes = 64ull << 20;
   uint32_t image_seed = 1;  // makes the large image unique to this run

@@ -3,7 +3,8 @@
 // loopback). Run by scripts/bench.sh; never by the tests.
 //
 //   ferry-bench [--reps N] [--quick] [--json PATH] [--transports tcp[,unix]]
-//               [--only rtt,launch,copy,module] [--ferryd PATH] [--libcuda PATH] [--host-kernels PATH]
+//               [--only rtt,launch,copy,module] [--ferryd PATH] [--libcuda PATH] [--host-kernels
+//               PATH]
 //
 // The parent measures the baselines in-process (raw TCP loopback RTT and
 // bandwidth with ferry's socket options, memcpy), starts ferryd, and for each
@@ -30,8 +31,8 @@
 #include <thread>
 #include <vector>
 
-#include "bench/driver_figures.h"
-#include "bench/raw_baseline.h"
+#include "driver_figures.h"
+#include "raw_baseline.h"
 
 namespace ferry::bench {
 namespace {
@@ -169,9 +170,9 @@ class Ferryd {
   Status Start(const Options& o, const std::string& dir) {
     const std::string ready = dir + "/ready";
     unix_path_ = dir + "/ferryd.sock";
-    std::vector<std::string> argv = {o.ferryd, "--listen", "127.0.0.1:0", "--backend", "host",
-                                     "--host-kernels", o.host_kernels, "--ready-file", ready,
-                                     "--log-level", "warning"};
+    std::vector<std::string> argv = {o.ferryd, "--listen",       "127.0.0.1:0",  "--backend",
+                                     "host",   "--host-kernels", o.host_kernels, "--ready-file",
+                                     ready,    "--log-level",    "warning"};
     for (const std::string& t : o.transports) {
       if (t == "unix") {
         argv.push_back("--listen");
@@ -274,7 +275,8 @@ struct Row {
 };
 
 int RunParent(const Options& o) {
-  std::string dir_template = std::filesystem::temp_directory_path().string() + "/ferry-bench-XXXXXX";
+  std::string dir_template =
+      std::filesystem::temp_directory_path().string() + "/ferry-bench-XXXXXX";
   if (mkdtemp(dir_template.data()) == nullptr) {
     std::fprintf(stderr, "ferry-bench: mkdtemp failed\n");
     return 1;
@@ -312,9 +314,13 @@ int RunParent(const Options& o) {
     for (size_t t = 0; t < o.transports.size(); ++t) {
       const std::string& transport = o.transports[t];
       // A seed per rep and transport: each child's first load is a miss.
-      std::vector<std::string> argv = {self, "--client", ferryd.Address(transport),
-                                       "--image-seed", std::to_string(1000 * rep + 17 + t),
-                                       "--libcuda", o.libcuda};
+      std::vector<std::string> argv = {self,
+                                       "--client",
+                                       ferryd.Address(transport),
+                                       "--image-seed",
+                                       std::to_string(1000 * rep + 17 + t),
+                                       "--libcuda",
+                                       o.libcuda};
       if (o.quick) argv.push_back("--quick");
       if (!o.only.empty()) {
         argv.push_back("--only");
@@ -323,7 +329,8 @@ int RunParent(const Options& o) {
       std::string output;
       const int code = RunCaptured(argv, &output);
       if (code != 0) {
-        std::fprintf(stderr, "ferry-bench: the %s client failed (exit %d)\n", transport.c_str(), code);
+        std::fprintf(stderr, "ferry-bench: the %s client failed (exit %d)\n", transport.c_str(),
+                     code);
         return 1;
       }
       std::istringstream in(output);
@@ -360,17 +367,22 @@ int RunParent(const Options& o) {
 
   std::printf("ferry-bench  %s  host backend, loopback, %u CPUs, %d rep(s)%s\n", Now().c_str(),
               std::thread::hardware_concurrency(), o.reps, o.quick ? ", quick" : "");
-  std::printf("values: median [min-max] over the reps; ratio: median of the per-rep ratios to\n"
-              "the baseline measured in the same rep\n\n");
+  std::printf(
+      "values: median [min-max] over the reps; ratio: median of the per-rep ratios to\n"
+      "the baseline measured in the same rep\n\n");
   std::printf("baselines (in-process):\n");
-  std::printf("  raw TCP RTT, 64 B (us)         %s\n", Format(Summarise(baselines["tcp_rtt_us"])).c_str());
-  std::printf("  raw TCP bandwidth (GB/s)       %s\n", Format(Summarise(baselines["tcp_bw_gbs"])).c_str());
-  std::printf("  memcpy bandwidth (GB/s)        %s\n", Format(Summarise(baselines["memcpy_bw_gbs"])).c_str());
+  std::printf("  raw TCP RTT, 64 B (us)         %s\n",
+              Format(Summarise(baselines["tcp_rtt_us"])).c_str());
+  std::printf("  raw TCP bandwidth (GB/s)       %s\n",
+              Format(Summarise(baselines["tcp_bw_gbs"])).c_str());
+  std::printf("  memcpy bandwidth (GB/s)        %s\n",
+              Format(Summarise(baselines["memcpy_bw_gbs"])).c_str());
   if (figures.begin() != figures.end()) {
     for (const auto& [t, f] : figures) {
       auto it = f.find("module_image_mib");
       if (it != f.end()) {
-        std::printf("  module image for the load figures: %.1f MiB\n", Summarise(it->second).median);
+        std::printf("  module image for the load figures: %.1f MiB\n",
+                    Summarise(it->second).median);
         break;
       }
     }
@@ -399,8 +411,9 @@ int RunParent(const Options& o) {
         ratio = buffer;
       }
       if (row.target > 0) {
-        std::snprintf(buffer, sizeof(buffer), "%s %.2gx %s", row.lower_is_better ? "<=" : ">=",
-                      row.target, row.baseline.substr(0, row.baseline.find('_')).c_str());
+        std::snprintf(buffer, sizeof(buffer), "%s %.2gx %s",
+                      row.lower_is_better ? "<=" : ">=", row.target,
+                      row.baseline.substr(0, row.baseline.find('_')).c_str());
         target = buffer;
       }
     } else if (row.target > 0) {
@@ -427,9 +440,9 @@ int RunParent(const Options& o) {
         first = false;
       }
     };
-    out << "{\n  \"date\": \"" << Now() << "\",\n  \"backend\": \"host\",\n  \"cpus\": "
-        << std::thread::hardware_concurrency() << ",\n  \"quick\": " << (o.quick ? "true" : "false")
-        << ",\n  \"baselines\": {\n";
+    out << "{\n  \"date\": \"" << Now()
+        << "\",\n  \"backend\": \"host\",\n  \"cpus\": " << std::thread::hardware_concurrency()
+        << ",\n  \"quick\": " << (o.quick ? "true" : "false") << ",\n  \"baselines\": {\n";
     write_spreads(baselines);
     out << "\n  }";
     for (const auto& [transport, values] : figures) {

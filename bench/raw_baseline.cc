@@ -1,4 +1,4 @@
-#include "bench/raw_baseline.h"
+#include "raw_baseline.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -93,7 +93,8 @@ Status RawTcpRoundTrip(int iterations, double* median_us) {
   std::thread echo([&] {
     char buffer[kMessage];
     for (int i = 0; i < warmup + iterations; ++i) {
-      if (!RecvAll(pair.server, buffer, kMessage) || !SendAll(pair.server, buffer, kMessage)) return;
+      if (!RecvAll(pair.server, buffer, kMessage) || !SendAll(pair.server, buffer, kMessage))
+        return;
     }
   });
   char buffer[kMessage] = {1};

@@ -51,7 +51,9 @@ CUresult CUDAAPI cuDevicePrimaryCtxRetain(CUcontext* pctx, CUdevice dev) {
 CUresult CUDAAPI cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
   return Api([&] { return Runtime::Get().ReleasePrimary(dev); });
 }
-CUresult CUDAAPI cuDevicePrimaryCtxRelease(CUdevice dev) { return cuDevicePrimaryCtxRelease_v2(dev); }
+CUresult CUDAAPI cuDevicePrimaryCtxRelease(CUdevice dev) {
+  return cuDevicePrimaryCtxRelease_v2(dev);
+}
 
 CUresult CUDAAPI cuDevicePrimaryCtxReset_v2(CUdevice dev) {
   return Api([&] { return Runtime::Get().ResetPrimary(dev); });
@@ -87,13 +89,15 @@ CUresult CUDAAPI cuCtxCreate_v2(CUcontext* pctx, unsigned int flags, CUdevice de
 
 CUresult CUDAAPI cuCtxCreate_v3(CUcontext* pctx, CUexecAffinityParam* paramsArray, int numParams,
                                 unsigned int flags, CUdevice dev) {
-  if (numParams > 0 || paramsArray != nullptr) return ferry::client::Unsupported("cuCtxCreate_v3 (execution affinity)");
+  if (numParams > 0 || paramsArray != nullptr)
+    return ferry::client::Unsupported("cuCtxCreate_v3 (execution affinity)");
   return cuCtxCreate_v2(pctx, flags, dev);
 }
 
 CUresult CUDAAPI cuCtxCreate_v4(CUcontext* pctx, CUctxCreateParams* params, unsigned int flags,
                                 CUdevice dev) {
-  if (params != nullptr && (params->execAffinityParams != nullptr || params->cigParams != nullptr)) {
+  if (params != nullptr &&
+      (params->execAffinityParams != nullptr || params->cigParams != nullptr)) {
     return ferry::client::Unsupported("cuCtxCreate_v4 (execution affinity or CIG parameters)");
   }
   return cuCtxCreate_v2(pctx, flags, dev);
@@ -121,7 +125,8 @@ CUresult CUDAAPI cuCtxPopCurrent_v2(CUcontext* pctx) {
   return Api([&]() -> Status {
     Runtime& rt = Runtime::Get();
     FERRY_RETURN_IF_ERROR(rt.Ready());
-    if (rt.CurrentContextId() == 0) return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "no current context");
+    if (rt.CurrentContextId() == 0)
+      return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "no current context");
     const uint64_t popped = rt.PopCurrent();
     if (pctx != nullptr) *pctx = Runtime::ToHandle<CUcontext>(popped);
     return Status::Ok();

@@ -101,7 +101,9 @@ CUresult CUDAAPI cuDeviceGetUuid(CUuuid* uuid, CUdevice dev) {
   });
 }
 
-CUresult CUDAAPI cuDeviceGetUuid_v2(CUuuid* uuid, CUdevice dev) { return cuDeviceGetUuid(uuid, dev); }
+CUresult CUDAAPI cuDeviceGetUuid_v2(CUuuid* uuid, CUdevice dev) {
+  return cuDeviceGetUuid(uuid, dev);
+}
 
 CUresult CUDAAPI cuDeviceTotalMem_v2(size_t* bytes, CUdevice dev) {
   return Api([&]() -> Status {
@@ -191,13 +193,15 @@ CUresult CUDAAPI cuDeviceGetByPCIBusId(CUdevice* dev, const char* pciBusId) {
     }
     const auto& devices = Runtime::Get().devices();
     for (size_t i = 0; i < devices.size(); ++i) {
-      if (devices[i].pci_domain == static_cast<int>(domain) && devices[i].pci_bus == static_cast<int>(bus) &&
+      if (devices[i].pci_domain == static_cast<int>(domain) &&
+          devices[i].pci_bus == static_cast<int>(bus) &&
           devices[i].pci_device == static_cast<int>(device)) {
         *dev = static_cast<CUdevice>(i);
         return Status::Ok();
       }
     }
-    return Status::Cuda(CUDA_ERROR_INVALID_DEVICE, "no device at PCI bus id " + std::string(pciBusId));
+    return Status::Cuda(CUDA_ERROR_INVALID_DEVICE,
+                        "no device at PCI bus id " + std::string(pciBusId));
   });
 }
 

@@ -25,7 +25,7 @@
 #include "client/cuda_result.h"
 #include "client/image_upload.h"
 #include "client/runtime.h"
-#include "image/module_image.h"
+#include "common/image/module_image.h"
 
 using ferry::Status;
 using ferry::client::Api;
@@ -135,10 +135,12 @@ CUresult CUDAAPI cuLibraryLoadFromFile(CUlibrary* library, const char* fileName,
     FERRY_RETURN_IF_ERROR(CheckLibraryOptions(libraryOptions, numLibraryOptions));
     std::ifstream in(fileName, std::ios::binary);
     if (!in) return Status::Cuda(CUDA_ERROR_FILE_NOT_FOUND, std::string("cannot open ") + fileName);
-    std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)),
+                               std::istreambuf_iterator<char>());
     ferry::image::ImageKind kind;
     FERRY_RETURN_IF_ERROR(ferry::image::ClassifyImage(bytes, &kind));
-    if (kind == ferry::image::ImageKind::kPtx && (bytes.empty() || bytes.back() != 0)) bytes.push_back(0);
+    if (kind == ferry::image::ImageKind::kPtx && (bytes.empty() || bytes.back() != 0))
+      bytes.push_back(0);
     return LoadLibrary(library, bytes);
   });
 }
@@ -172,7 +174,8 @@ CUresult CUDAAPI cuLibraryGetKernelCount(unsigned int* count, CUlibrary lib) {
   });
 }
 
-CUresult CUDAAPI cuLibraryEnumerateKernels(CUkernel* kernels, unsigned int numKernels, CUlibrary lib) {
+CUresult CUDAAPI cuLibraryEnumerateKernels(CUkernel* kernels, unsigned int numKernels,
+                                           CUlibrary lib) {
   return Api([&]() -> Status {
     if (kernels == nullptr && numKernels > 0) return Status::InvalidArgument("kernels is NULL");
     Runtime& rt = Runtime::Get();

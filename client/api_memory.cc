@@ -69,9 +69,9 @@ Status CopyDeviceToHost(void* dst, CUdeviceptr src, size_t bytes, CUstream strea
   };
   const void* base = nullptr;
   ferry::client::HostAllocation pinned;
-  const bool page_locked = rt.FindHostAllocation(dst, &base, &pinned) &&
-                           bytes <= pinned.size - (static_cast<const char*>(dst) -
-                                                   static_cast<const char*>(base));
+  const bool page_locked =
+      rt.FindHostAllocation(dst, &base, &pinned) &&
+      bytes <= pinned.size - (static_cast<const char*>(dst) - static_cast<const char*>(base));
   if (async && page_locked) {
     return rt.connection().PostExpectingBytes(fill, InBytes{dst, bytes},
                                               ferry::client::StreamKey{target.ctx, target.stream});
@@ -121,7 +121,8 @@ Status CopyUnified(CUdeviceptr dst, CUdeviceptr src, size_t bytes, CUstream stre
 
 bool IsHostSide(CUmemorytype type, CUdeviceptr device, const void* host) {
   if (type == CU_MEMORYTYPE_HOST) return true;
-  if (type == CU_MEMORYTYPE_UNIFIED) return !IsDevice(device != 0 ? device : reinterpret_cast<CUdeviceptr>(host));
+  if (type == CU_MEMORYTYPE_UNIFIED)
+    return !IsDevice(device != 0 ? device : reinterpret_cast<CUdeviceptr>(host));
   return false;
 }
 
@@ -160,10 +161,12 @@ Status Copy2D(const CUDA_MEMCPY2D* p, CUstream stream, bool per_thread, bool asy
     return Status::Ok();
   }
   if (!src_host) {
-    FERRY_RETURN_IF_ERROR(rt.CheckDeviceRange(src_device, p->srcPitch * (height - 1) + width, "source"));
+    FERRY_RETURN_IF_ERROR(
+        rt.CheckDeviceRange(src_device, p->srcPitch * (height - 1) + width, "source"));
   }
   if (!dst_host) {
-    FERRY_RETURN_IF_ERROR(rt.CheckDeviceRange(dst_device, p->dstPitch * (height - 1) + width, "destination"));
+    FERRY_RETURN_IF_ERROR(
+        rt.CheckDeviceRange(dst_device, p->dstPitch * (height - 1) + width, "destination"));
   }
   auto fill = [&](wire::Call::Builder call) {
     auto args = call.initMemcpy2D();
@@ -213,8 +216,8 @@ Status Memset(CUdeviceptr dst, size_t pitch, uint32_t value, unsigned element, s
   if (width == 0 || height == 0) return Status::Ok();
   const size_t row_bytes = width * element;
   if (height > 1 && pitch < row_bytes) return Status::InvalidArgument("pitch smaller than the row");
-  FERRY_RETURN_IF_ERROR(rt.CheckDeviceRange(dst, height > 1 ? pitch * (height - 1) + row_bytes : row_bytes,
-                                            "memset"));
+  FERRY_RETURN_IF_ERROR(rt.CheckDeviceRange(
+      dst, height > 1 ? pitch * (height - 1) + row_bytes : row_bytes, "memset"));
   return rt.connection().Post([&](wire::Call::Builder call) {
     auto args = call.initMemset();
     args.setCtx(target.ctx);
@@ -241,7 +244,9 @@ Status HostAlloc(void** pp, size_t bytes, unsigned flags) {
   FERRY_RETURN_IF_ERROR(rt.CurrentContext(&ctx));
   if (bytes == 0) return Status::InvalidArgument("size is 0");
   void* p = AllocatePageLocked(bytes);
-  if (p == nullptr) return Status::OutOfMemory("cannot allocate " + std::to_string(bytes) + " bytes of host memory");
+  if (p == nullptr)
+    return Status::OutOfMemory("cannot allocate " + std::to_string(bytes) +
+                               " bytes of host memory");
   rt.AddHostAllocation(p, ferry::client::HostAllocation{bytes, flags, false});
   *pp = p;
   return Status::Ok();
@@ -311,7 +316,8 @@ CUresult CUDAAPI cuMemFree_v2(CUdeviceptr dptr) {
     FERRY_RETURN_IF_ERROR(rt.Ready());
     if (dptr == 0) return Status::Ok();  // freeing NULL is a no-op, as in CUDA
     FERRY_RETURN_IF_ERROR(rt.RemoveDeviceAllocation(dptr));
-    return rt.connection().Post([&](wire::Call::Builder call) { call.initMemFree().setDptr(dptr); });
+    return rt.connection().Post(
+        [&](wire::Call::Builder call) { call.initMemFree().setDptr(dptr); });
   });
 }
 
@@ -386,8 +392,9 @@ CUresult CUDAAPI cuMemHostRegister_v2(void* p, size_t bytesize, unsigned int Fla
     FERRY_RETURN_IF_ERROR(rt.CurrentContext(&ctx));
     if (p == nullptr || bytesize == 0) return Status::InvalidArgument("bad range");
     if (Flags & CU_MEMHOSTREGISTER_DEVICEMAP) {
-      return Status::Unimplemented("cuMemHostRegister with CU_MEMHOSTREGISTER_DEVICEMAP: host memory "
-                                   "cannot be mapped into a remote GPU");
+      return Status::Unimplemented(
+          "cuMemHostRegister with CU_MEMHOSTREGISTER_DEVICEMAP: host memory "
+          "cannot be mapped into a remote GPU");
     }
     if (rt.FindHostAllocation(p, nullptr, nullptr)) {
       return Status::Cuda(CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED, "already page-locked");
@@ -486,22 +493,22 @@ CUresult CUDAAPI cuMemcpy2DAsync_v2_ptsz(const CUDA_MEMCPY2D* p, CUstream s) {
 
 // --- memsets ------------------------------------------------------------------------
 
-#define FERRY_MEMSET_1D(name, suffix, type, element, per_thread)                     \
-  CUresult CUDAAPI name##suffix(CUdeviceptr dst, type value, size_t n) {             \
+#define FERRY_MEMSET_1D(name, suffix, type, element, per_thread)                           \
+  CUresult CUDAAPI name##suffix(CUdeviceptr dst, type value, size_t n) {                   \
     return Api([&] { return Memset(dst, 0, value, element, n, 1, nullptr, per_thread); }); \
   }
-#define FERRY_MEMSET_1D_ASYNC(name, suffix, type, element, per_thread)                        \
-  CUresult CUDAAPI name##suffix(CUdeviceptr dst, type value, size_t n, CUstream s) {          \
-    return Api([&] { return Memset(dst, 0, value, element, n, 1, s, per_thread); });          \
+#define FERRY_MEMSET_1D_ASYNC(name, suffix, type, element, per_thread)               \
+  CUresult CUDAAPI name##suffix(CUdeviceptr dst, type value, size_t n, CUstream s) { \
+    return Api([&] { return Memset(dst, 0, value, element, n, 1, s, per_thread); }); \
   }
-#define FERRY_MEMSET_2D(name, suffix, type, element, per_thread)                                \
+#define FERRY_MEMSET_2D(name, suffix, type, element, per_thread)                                 \
   CUresult CUDAAPI name##suffix(CUdeviceptr dst, size_t pitch, type value, size_t w, size_t h) { \
-    return Api([&] { return Memset(dst, pitch, value, element, w, h, nullptr, per_thread); });  \
+    return Api([&] { return Memset(dst, pitch, value, element, w, h, nullptr, per_thread); });   \
   }
-#define FERRY_MEMSET_2D_ASYNC(name, suffix, type, element, per_thread)                      \
+#define FERRY_MEMSET_2D_ASYNC(name, suffix, type, element, per_thread)                         \
   CUresult CUDAAPI name##suffix(CUdeviceptr dst, size_t pitch, type value, size_t w, size_t h, \
-                                CUstream s) {                                               \
-    return Api([&] { return Memset(dst, pitch, value, element, w, h, s, per_thread); });    \
+                                CUstream s) {                                                  \
+    return Api([&] { return Memset(dst, pitch, value, element, w, h, s, per_thread); });       \
   }
 
 FERRY_MEMSET_1D(cuMemsetD8_v2, , unsigned char, 1, false)
@@ -548,9 +555,11 @@ Status PointerAttribute(void* data, CUpointer_attribute attribute, CUdeviceptr p
   const void* host_base = nullptr;
   ferry::client::HostAllocation host;
   const bool is_device = rt.FindDeviceAllocation(ptr, &device_base, &device);
-  const bool is_host = !is_device && rt.FindHostAllocation(reinterpret_cast<const void*>(ptr), &host_base, &host);
+  const bool is_host =
+      !is_device && rt.FindHostAllocation(reinterpret_cast<const void*>(ptr), &host_base, &host);
   if (!is_device && !is_host) {
-    return Status::InvalidArgument("pointer is not memory allocated or registered through this driver");
+    return Status::InvalidArgument(
+        "pointer is not memory allocated or registered through this driver");
   }
   uint64_t ctx = is_device ? device.ctx : rt.CurrentContextId();
   int ordinal = 0;
@@ -577,7 +586,8 @@ Status PointerAttribute(void* data, CUpointer_attribute attribute, CUdeviceptr p
     case CU_POINTER_ATTRIBUTE_IS_MANAGED:
     case CU_POINTER_ATTRIBUTE_MAPPED:
     case CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE:
-      *static_cast<unsigned int*>(data) = attribute == CU_POINTER_ATTRIBUTE_MAPPED && is_device ? 1 : 0;
+      *static_cast<unsigned int*>(data) =
+          attribute == CU_POINTER_ATTRIBUTE_MAPPED && is_device ? 1 : 0;
       return Status::Ok();
     case CU_POINTER_ATTRIBUTE_SYNC_MEMOPS:
       *static_cast<unsigned int*>(data) = 1;  // every ferry copy is ordered
@@ -590,7 +600,8 @@ Status PointerAttribute(void* data, CUpointer_attribute attribute, CUdeviceptr p
           is_device ? device_base : reinterpret_cast<uintptr_t>(host_base);
       return Status::Ok();
     case CU_POINTER_ATTRIBUTE_RANGE_START_ADDR:
-      *static_cast<CUdeviceptr*>(data) = is_device ? device_base : reinterpret_cast<uintptr_t>(host_base);
+      *static_cast<CUdeviceptr*>(data) =
+          is_device ? device_base : reinterpret_cast<uintptr_t>(host_base);
       return Status::Ok();
     case CU_POINTER_ATTRIBUTE_RANGE_SIZE:
       *static_cast<size_t*>(data) = is_device ? device.size : host.size;
@@ -612,8 +623,9 @@ CUresult CUDAAPI cuPointerGetAttributes(unsigned int numAttributes, CUpointer_at
   return Api([&]() -> Status {
     if (attributes == nullptr || data == nullptr) return Status::InvalidArgument("NULL array");
     FERRY_RETURN_IF_ERROR(Runtime::Get().Ready());
-    const bool known = Runtime::Get().FindDeviceAllocation(ptr, nullptr, nullptr) ||
-                       Runtime::Get().FindHostAllocation(reinterpret_cast<const void*>(ptr), nullptr, nullptr);
+    const bool known =
+        Runtime::Get().FindDeviceAllocation(ptr, nullptr, nullptr) ||
+        Runtime::Get().FindHostAllocation(reinterpret_cast<const void*>(ptr), nullptr, nullptr);
     for (unsigned i = 0; i < numAttributes; ++i) {
       if (data[i] == nullptr) continue;
       if (!known) {

@@ -3,9 +3,9 @@
 // A module image is sent whole (its length found by ferry::image), or, when
 // it is large, named by its SHA-256 first so that an image the server already
 // caches is not sent again. The server answers with every kernel's parameter
-// layout, so cuModuleGetFunction is answered locally (and registered with the server without a round trip)
-// and a launch packs `kernelParams` into one buffer laid out as the kernel
-// expects — the same layout CU_LAUNCH_PARAM_BUFFER_POINTER uses.
+// layout, so cuModuleGetFunction is answered locally (and registered with the server without a
+// round trip) and a launch packs `kernelParams` into one buffer laid out as the kernel expects —
+// the same layout CU_LAUNCH_PARAM_BUFFER_POINTER uses.
 #include <cuda.h>
 
 #include <cstdint>
@@ -23,7 +23,7 @@
 #include "client/image_upload.h"
 #include "client/runtime.h"
 #include "common/content_hash.h"
-#include "image/module_image.h"
+#include "common/image/module_image.h"
 
 using ferry::Status;
 using ferry::client::Api;
@@ -79,10 +79,12 @@ Status LoadModuleFromFile(CUmodule* module, const char* path) {
   FERRY_RETURN_IF_ERROR(Runtime::Get().Ready());
   std::ifstream in(path, std::ios::binary);
   if (!in) return Status::Cuda(CUDA_ERROR_FILE_NOT_FOUND, std::string("cannot open ") + path);
-  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)),
+                             std::istreambuf_iterator<char>());
   ferry::image::ImageKind kind;
   FERRY_RETURN_IF_ERROR(ferry::image::ClassifyImage(bytes, &kind));
-  if (kind == ferry::image::ImageKind::kPtx && (bytes.empty() || bytes.back() != 0)) bytes.push_back(0);
+  if (kind == ferry::image::ImageKind::kPtx && (bytes.empty() || bytes.back() != 0))
+    bytes.push_back(0);
   return LoadModule(module, bytes);
 }
 
@@ -103,10 +105,11 @@ Status PackParams(const FunctionState& function, void** kernel_params, void** ex
     buffer->assign(kernel.param_bytes, 0);
     for (size_t i = 0; i < kernel.params.size(); ++i) {
       if (kernel_params[i] == nullptr) {
-        return Status::InvalidArgument("kernelParams[" + std::to_string(i) + "] of " + function.name +
-                                       " is NULL");
+        return Status::InvalidArgument("kernelParams[" + std::to_string(i) + "] of " +
+                                       function.name + " is NULL");
       }
-      std::memcpy(buffer->data() + kernel.params[i].offset, kernel_params[i], kernel.params[i].size);
+      std::memcpy(buffer->data() + kernel.params[i].offset, kernel_params[i],
+                  kernel.params[i].size);
     }
     return Status::Ok();
   }
@@ -118,7 +121,8 @@ Status PackParams(const FunctionState& function, void** kernel_params, void** ex
       if (extra[i] == CU_LAUNCH_PARAM_BUFFER_POINTER) {
         pointer = extra[i + 1];
       } else if (extra[i] == CU_LAUNCH_PARAM_BUFFER_SIZE) {
-        if (extra[i + 1] == nullptr) return Status::InvalidArgument("CU_LAUNCH_PARAM_BUFFER_SIZE is NULL");
+        if (extra[i + 1] == nullptr)
+          return Status::InvalidArgument("CU_LAUNCH_PARAM_BUFFER_SIZE is NULL");
         size = *static_cast<const size_t*>(extra[i + 1]);
         have_size = true;
       } else {
@@ -129,15 +133,17 @@ Status PackParams(const FunctionState& function, void** kernel_params, void** ex
       return Status::InvalidArgument("extra needs CU_LAUNCH_PARAM_BUFFER_POINTER and _SIZE");
     }
     if (size < kernel.param_bytes) {
-      return Status::InvalidArgument("the parameter buffer holds " + std::to_string(size) + " bytes; " +
-                                     function.name + " takes " + std::to_string(kernel.param_bytes));
+      return Status::InvalidArgument("the parameter buffer holds " + std::to_string(size) +
+                                     " bytes; " + function.name + " takes " +
+                                     std::to_string(kernel.param_bytes));
     }
     const auto* p = static_cast<const uint8_t*>(pointer);
     buffer->assign(p, p + size);
     return Status::Ok();
   }
   if (kernel.param_bytes != 0) {
-    return Status::InvalidArgument(function.name + " takes parameters; kernelParams and extra are NULL");
+    return Status::InvalidArgument(function.name +
+                                   " takes parameters; kernelParams and extra are NULL");
   }
   buffer->clear();
   return Status::Ok();
@@ -196,9 +202,10 @@ Status CheckLaunchLimits(int device, const std::array<unsigned, 3>& grid,
   return Status::Ok();
 }
 
-Status Launch(CUfunction f, const std::array<unsigned, 3>& grid, const std::array<unsigned, 3>& block,
-              unsigned shared_bytes, CUstream stream, void** kernel_params, void** extra,
-              const std::array<unsigned, 3>& cluster, bool per_thread) {
+Status Launch(CUfunction f, const std::array<unsigned, 3>& grid,
+              const std::array<unsigned, 3>& block, unsigned shared_bytes, CUstream stream,
+              void** kernel_params, void** extra, const std::array<unsigned, 3>& cluster,
+              bool per_thread) {
   Runtime& rt = Runtime::Get();
   FERRY_RETURN_IF_ERROR(rt.Ready());
   StreamTarget target;
@@ -207,7 +214,8 @@ Status Launch(CUfunction f, const std::array<unsigned, 3>& grid, const std::arra
   // The state is shared, not copied: launches are the hot path.
   std::shared_ptr<const FunctionState> shared;
   uint64_t function_id = 0;
-  FERRY_RETURN_IF_ERROR(rt.ResolveFunction(Runtime::HandleId(f), target.ctx, &function_id, &shared));
+  FERRY_RETURN_IF_ERROR(
+      rt.ResolveFunction(Runtime::HandleId(f), target.ctx, &function_id, &shared));
   const FunctionState& function = *shared;
   int device = 0;
   FERRY_RETURN_IF_ERROR(rt.ContextDevice(target.ctx, &device));
@@ -293,7 +301,8 @@ CUresult CUDAAPI cuModuleUnload(CUmodule hmod) {
     FERRY_RETURN_IF_ERROR(rt.Ready());
     const uint64_t id = Runtime::HandleId(hmod);
     FERRY_RETURN_IF_ERROR(rt.RemoveModule(id));
-    return rt.connection().Post([&](wire::Call::Builder call) { call.initModuleUnload().setModule(id); });
+    return rt.connection().Post(
+        [&](wire::Call::Builder call) { call.initModuleUnload().setModule(id); });
   });
 }
 
@@ -312,11 +321,13 @@ CUresult CUDAAPI cuModuleGetFunction(CUfunction* hfunc, CUmodule hmod, const cha
   });
 }
 
-CUresult CUDAAPI cuModuleGetGlobal_v2(CUdeviceptr* dptr, size_t* bytes, CUmodule hmod, const char* name) {
+CUresult CUDAAPI cuModuleGetGlobal_v2(CUdeviceptr* dptr, size_t* bytes, CUmodule hmod,
+                                      const char* name) {
   return Api([&]() -> Status {
     FERRY_RETURN_IF_ERROR(Runtime::Get().Ready());
     uint64_t address = 0, size = 0;
-    FERRY_RETURN_IF_ERROR(Runtime::Get().ModuleGlobal(Runtime::HandleId(hmod), name, &address, &size));
+    FERRY_RETURN_IF_ERROR(
+        Runtime::Get().ModuleGlobal(Runtime::HandleId(hmod), name, &address, &size));
     if (dptr != nullptr) *dptr = address;
     if (bytes != nullptr) *bytes = size;
     return Status::Ok();
@@ -401,7 +412,8 @@ CUresult CUDAAPI cuModuleGetFunctionCount(unsigned int* count, CUmodule mod) {
 CUresult CUDAAPI cuModuleEnumerateFunctions(CUfunction* functions, unsigned int numFunctions,
                                             CUmodule mod) {
   return Api([&]() -> Status {
-    if (functions == nullptr && numFunctions > 0) return Status::InvalidArgument("functions is NULL");
+    if (functions == nullptr && numFunctions > 0)
+      return Status::InvalidArgument("functions is NULL");
     Runtime& rt = Runtime::Get();
     FERRY_RETURN_IF_ERROR(rt.Ready());
     const uint64_t module = Runtime::HandleId(mod);
@@ -461,12 +473,13 @@ CUresult CUDAAPI cuFuncGetParamInfo(CUfunction func, size_t paramIndex, size_t* 
 }
 
 CUresult CUDAAPI cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned int gridDimY,
-                                unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY,
-                                unsigned int blockDimZ, unsigned int sharedMemBytes, CUstream hStream,
-                                void** kernelParams, void** extra) {
+                                unsigned int gridDimZ, unsigned int blockDimX,
+                                unsigned int blockDimY, unsigned int blockDimZ,
+                                unsigned int sharedMemBytes, CUstream hStream, void** kernelParams,
+                                void** extra) {
   return Api([&] {
-    return Launch(f, {gridDimX, gridDimY, gridDimZ}, {blockDimX, blockDimY, blockDimZ}, sharedMemBytes,
-                  hStream, kernelParams, extra, {0, 0, 0}, false);
+    return Launch(f, {gridDimX, gridDimY, gridDimZ}, {blockDimX, blockDimY, blockDimZ},
+                  sharedMemBytes, hStream, kernelParams, extra, {0, 0, 0}, false);
   });
 }
 
@@ -476,8 +489,8 @@ CUresult CUDAAPI cuLaunchKernel_ptsz(CUfunction f, unsigned int gridDimX, unsign
                                      unsigned int sharedMemBytes, CUstream hStream,
                                      void** kernelParams, void** extra) {
   return Api([&] {
-    return Launch(f, {gridDimX, gridDimY, gridDimZ}, {blockDimX, blockDimY, blockDimZ}, sharedMemBytes,
-                  hStream, kernelParams, extra, {0, 0, 0}, true);
+    return Launch(f, {gridDimX, gridDimY, gridDimZ}, {blockDimX, blockDimY, blockDimZ},
+                  sharedMemBytes, hStream, kernelParams, extra, {0, 0, 0}, true);
   });
 }
 

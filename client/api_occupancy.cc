@@ -32,7 +32,8 @@ namespace {
 
 // Blocks per SM for each (block size, dynamic shared bytes) pair.
 Status MaxActiveBlocks(uint64_t function, const std::vector<uint32_t>& block_sizes,
-                       const std::vector<uint64_t>& smem, unsigned flags, std::vector<int>* blocks) {
+                       const std::vector<uint64_t>& smem, unsigned flags,
+                       std::vector<int>* blocks) {
   return Runtime::Get().connection().Call(
       [&](wire::Call::Builder call) {
         auto args = call.initOccupancyMaxActiveBlocks();
@@ -173,10 +174,8 @@ Status ClusterQuery(int* out, CUfunction func, const CUlaunchConfig* config,
 
 extern "C" {
 
-CUresult CUDAAPI cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int* numBlocks, CUfunction func,
-                                                                      int blockSize,
-                                                                      size_t dynamicSMemSize,
-                                                                      unsigned int flags) {
+CUresult CUDAAPI cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(
+    int* numBlocks, CUfunction func, int blockSize, size_t dynamicSMemSize, unsigned int flags) {
   return Api([&]() -> Status {
     if (numBlocks == nullptr) return Status::InvalidArgument("numBlocks is NULL");
     if (blockSize <= 0) return Status::InvalidArgument("blockSize must be positive");
@@ -192,16 +191,16 @@ CUresult CUDAAPI cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int* numBl
 }
 
 CUresult CUDAAPI cuOccupancyMaxActiveBlocksPerMultiprocessor(int* numBlocks, CUfunction func,
-                                                             int blockSize, size_t dynamicSMemSize) {
-  return cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(numBlocks, func, blockSize,
-                                                              dynamicSMemSize, CU_OCCUPANCY_DEFAULT);
+                                                             int blockSize,
+                                                             size_t dynamicSMemSize) {
+  return cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(
+      numBlocks, func, blockSize, dynamicSMemSize, CU_OCCUPANCY_DEFAULT);
 }
 
-CUresult CUDAAPI cuOccupancyMaxPotentialBlockSizeWithFlags(int* minGridSize, int* blockSize,
-                                                           CUfunction func,
-                                                           CUoccupancyB2DSize blockSizeToDynamicSMemSize,
-                                                           size_t dynamicSMemSize,
-                                                           int blockSizeLimit, unsigned int flags) {
+CUresult CUDAAPI cuOccupancyMaxPotentialBlockSizeWithFlags(
+    int* minGridSize, int* blockSize, CUfunction func,
+    CUoccupancyB2DSize blockSizeToDynamicSMemSize, size_t dynamicSMemSize, int blockSizeLimit,
+    unsigned int flags) {
   return Api([&] {
     return MaxPotentialBlockSize(minGridSize, blockSize, func, blockSizeToDynamicSMemSize,
                                  dynamicSMemSize, blockSizeLimit, flags);
@@ -252,7 +251,8 @@ CUresult CUDAAPI cuOccupancyMaxPotentialClusterSize(int* clusterSize, CUfunction
 CUresult CUDAAPI cuOccupancyMaxActiveClusters(int* numClusters, CUfunction func,
                                               const CUlaunchConfig* config) {
   return Api([&] {
-    return ClusterQuery(numClusters, func, config, wire::OccupancyCluster::Query::MAX_ACTIVE_CLUSTERS);
+    return ClusterQuery(numClusters, func, config,
+                        wire::OccupancyCluster::Query::MAX_ACTIVE_CLUSTERS);
   });
 }
 

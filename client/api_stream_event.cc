@@ -93,7 +93,8 @@ Status RecordEvent(CUevent event, CUstream stream, unsigned flags, bool per_thre
   ferry::client::EventState state;
   FERRY_RETURN_IF_ERROR(rt.FindEvent(Runtime::HandleId(event), &state));
   if (flags != CU_EVENT_RECORD_DEFAULT) {
-    return Status::Unimplemented("cuEventRecordWithFlags: external events are not supported by ferry");
+    return Status::Unimplemented(
+        "cuEventRecordWithFlags: external events are not supported by ferry");
   }
   StreamTarget target;
   FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
@@ -258,7 +259,9 @@ CUresult CUDAAPI cuStreamGetCtx(CUstream hStream, CUcontext* pctx) {
     return Status::Ok();
   });
 }
-CUresult CUDAAPI cuStreamGetCtx_ptsz(CUstream hStream, CUcontext* pctx) { return cuStreamGetCtx(hStream, pctx); }
+CUresult CUDAAPI cuStreamGetCtx_ptsz(CUstream hStream, CUcontext* pctx) {
+  return cuStreamGetCtx(hStream, pctx);
+}
 
 CUresult CUDAAPI cuStreamGetId(CUstream hStream, unsigned long long* streamId) {
   return Api([&]() -> Status {
@@ -292,7 +295,8 @@ CUresult CUDAAPI cuEventCreate(CUevent* phEvent, unsigned int Flags) {
   return Api([&]() -> Status {
     Runtime& rt = Runtime::Get();
     if (phEvent == nullptr) return Status::InvalidArgument("phEvent is NULL");
-    constexpr unsigned kKnown = CU_EVENT_BLOCKING_SYNC | CU_EVENT_DISABLE_TIMING | CU_EVENT_INTERPROCESS;
+    constexpr unsigned kKnown =
+        CU_EVENT_BLOCKING_SYNC | CU_EVENT_DISABLE_TIMING | CU_EVENT_INTERPROCESS;
     if ((Flags & ~kKnown) != 0) return Status::InvalidArgument("unknown event flags");
     if (Flags & CU_EVENT_INTERPROCESS) {
       return Status::Unimplemented("interprocess events are not supported by ferry");
@@ -354,7 +358,9 @@ CUresult CUDAAPI cuEventSynchronize(CUevent hEvent) {
     FERRY_RETURN_IF_ERROR(rt.FindEvent(Runtime::HandleId(hEvent), &state));
     uint64_t seq = 0;
     FERRY_RETURN_IF_ERROR(rt.connection().Call(
-        [&](wire::Call::Builder call) { call.initEventSynchronize().setEvent(Runtime::HandleId(hEvent)); },
+        [&](wire::Call::Builder call) {
+          call.initEventSynchronize().setEvent(Runtime::HandleId(hEvent));
+        },
         {}, {}, nullptr, &seq));
     return rt.AfterSynchronize(seq);
   });
@@ -392,7 +398,8 @@ CUresult CUDAAPI cuEventDestroy_v2(CUevent hEvent) {
     FERRY_RETURN_IF_ERROR(rt.Ready());
     const uint64_t id = Runtime::HandleId(hEvent);
     FERRY_RETURN_IF_ERROR(rt.RemoveEvent(id));
-    return rt.connection().Post([&](wire::Call::Builder call) { call.initEventDestroy().setEvent(id); });
+    return rt.connection().Post(
+        [&](wire::Call::Builder call) { call.initEventDestroy().setEvent(id); });
   });
 }
 

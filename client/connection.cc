@@ -62,9 +62,9 @@ Status Connection::Open(std::unique_ptr<Transport> transport, std::string server
       Status status = StatusFromWire(reply.getStatus());
       if (!status.ok()) {
         // A refusal keeps its code: a full pool is not a lost server.
-        return Status::FromWire(static_cast<uint8_t>(status.code()), status.cuda_result(),
-                                "ferryd at " + server_name + " gives no device: " +
-                                    status.message());
+        return Status::FromWire(
+            static_cast<uint8_t>(status.code()), status.cuda_result(),
+            "ferryd at " + server_name + " gives no device: " + status.message());
       }
       if (reply.getQueuePosition() != 0) {
         const std::string pool = reply.getPool().size() > 0
@@ -337,9 +337,8 @@ Status Connection::OpenGate(uint64_t seq) {
 Status Connection::WaitForEarlierCopies(uint64_t before_seq) {
   if (HostCallbackThread::OnThisThread()) return RefuseWaitInHostCallback();
   std::unique_lock<std::mutex> lock(reply_mutex_);
-  WaitUntil(lock, [&] {
-    return async_copies_.empty() || async_copies_.begin()->first >= before_seq;
-  });
+  WaitUntil(lock,
+            [&] { return async_copies_.empty() || async_copies_.begin()->first >= before_seq; });
   if (!broken_.ok()) return broken_;
   Status error = async_error_;
   async_error_ = Status::Ok();

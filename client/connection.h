@@ -105,7 +105,7 @@ class Connection {
   // What the client asks of a server with pools (FERRY_POOL, FERRY_GPUS,
   // FERRY_WAIT); a server without pools ignores it.
   struct Borrow {
-    std::string pool;      // "" = the server's default pool
+    std::string pool;  // "" = the server's default pool
     uint32_t gpus = 1;
     uint64_t wait_ms = 0;  // 0 = do not queue
   };
@@ -220,12 +220,12 @@ class Connection {
   std::condition_variable reply_cv_;
   std::map<uint64_t, Waiter*> waiters_;
   std::map<uint64_t, std::unique_ptr<Waiter>> async_copies_;  // owned here
-  Status async_error_;  // first failed PostExpectingBytes, until reported
-  Status broken_;       // set once the connection fails
+  Status async_error_;                      // first failed PostExpectingBytes, until reported
+  Status broken_;                           // set once the connection fails
   std::map<uint64_t, HostFunction> gates_;  // hostGate calls not yet reached
-  Status revoked_;      // set once the server took the session's devices away
-  bool reader_busy_ = false;  // a thread holds the reader role
-  int sleepers_ = 0;          // callers blocked on reply_cv_
+  Status revoked_;                          // set once the server took the session's devices away
+  bool reader_busy_ = false;                // a thread holds the reader role
+  int sleepers_ = 0;                        // callers blocked on reply_cv_
   bool stopping_reader_ = false;
   std::condition_variable background_cv_;  // the background reader's turn may have come
   std::atomic<bool> broken_flag_{false};   // broken_ or revoked_ is set; read without the lock

@@ -36,8 +36,8 @@ void ContextLocalStorage::RunDestructors(uint64_t ctx) {
   // of this context through the driver, and may touch this storage again.
   for (const auto& [key, slot] : removed) {
     if (slot.destructor != nullptr) {
-      slot.destructor(reinterpret_cast<void*>(static_cast<uintptr_t>(ctx)), reinterpret_cast<void*>(key),
-                      slot.value);
+      slot.destructor(reinterpret_cast<void*>(static_cast<uintptr_t>(ctx)),
+                      reinterpret_cast<void*>(key), slot.value);
     }
   }
 }

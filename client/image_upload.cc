@@ -20,8 +20,8 @@ Status CallWithImage(Connection& connection, std::span<const uint8_t> image,
     }
     return on_reply(reply);
   };
-  FERRY_RETURN_IF_ERROR(
-      connection.Call(build, named ? OutBytes{} : OutBytes{image.data(), image.size()}, {}, answer));
+  FERRY_RETURN_IF_ERROR(connection.Call(
+      build, named ? OutBytes{} : OutBytes{image.data(), image.size()}, {}, answer));
   if (!not_cached) return Status::Ok();
   not_cached = false;
   FERRY_RETURN_IF_ERROR(connection.Call(build, OutBytes{image.data(), image.size()}, {}, answer));
@@ -36,7 +36,8 @@ Status ReadImageDescription(wire::Reply::Reader reply, ImageDescription* out) {
     KernelInfo info;
     for (auto p : kernel.getParams()) {
       info.params.push_back({p.getOffset(), p.getSize()});
-      info.param_bytes = std::max<uint64_t>(info.param_bytes, uint64_t{p.getOffset()} + p.getSize());
+      info.param_bytes =
+          std::max<uint64_t>(info.param_bytes, uint64_t{p.getOffset()} + p.getSize());
     }
     const std::string name = kernel.getName().cStr();
     if (kernels->emplace(name, std::move(info)).second) out->kernel_names.push_back(name);

@@ -71,12 +71,14 @@ extern "C" {
 
 // CUDA 12.0+: reports through `symbolStatus` why a name was not found.
 CUresult CUDAAPI cuGetProcAddress_v2(const char* symbol, void** pfn, int cudaVersion,
-                                     cuuint64_t flags, CUdriverProcAddressQueryResult* symbolStatus) {
+                                     cuuint64_t flags,
+                                     CUdriverProcAddressQueryResult* symbolStatus) {
   return ferry::client::GetProcAddress(symbol, pfn, cudaVersion, flags, symbolStatus);
 }
 
 // CUDA 11.3 - 11.8.
-CUresult CUDAAPI cuGetProcAddress(const char* symbol, void** pfn, int cudaVersion, cuuint64_t flags) {
+CUresult CUDAAPI cuGetProcAddress(const char* symbol, void** pfn, int cudaVersion,
+                                  cuuint64_t flags) {
   return ferry::client::GetProcAddress(symbol, pfn, cudaVersion, flags, nullptr);
 }
 

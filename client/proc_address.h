@@ -26,10 +26,10 @@ using DriverFunction = void (*)();
 
 // One ABI generation of a driver function.
 struct ProcAddressEntry {
-  const char* name;     // without version suffix: "cuMemcpyHtoDAsync"
-  int version;          // the CUDA version that introduced this ABI
+  const char* name;  // without version suffix: "cuMemcpyHtoDAsync"
+  int version;       // the CUDA version that introduced this ABI
   DriverFunction function;
-  int per_thread_version;  // when the per-thread variant appeared; 0 if none
+  int per_thread_version;              // when the per-thread variant appeared; 0 if none
   DriverFunction per_thread_function;  // its _ptds/_ptsz export, or nullptr
 };
 

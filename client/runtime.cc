@@ -67,7 +67,8 @@ CUresult Unsupported(const char* name, const char* reason) {
       FERRY_LOG(kWarning) << name << " is not supported by ferry (" << reason
                           << "); it returns CUDA_ERROR_NOT_SUPPORTED";
     } else {
-      FERRY_LOG(kWarning) << name << " is not supported by ferry; it returns CUDA_ERROR_NOT_SUPPORTED";
+      FERRY_LOG(kWarning) << name
+                          << " is not supported by ferry; it returns CUDA_ERROR_NOT_SUPPORTED";
     }
   }
   return CUDA_ERROR_NOT_SUPPORTED;
@@ -86,11 +87,17 @@ Status Runtime::Init(unsigned flags) {
     // else is reported once and ignored.
     if (const char* level = std::getenv("FERRY_LOG_LEVEL"); level != nullptr && *level != '\0') {
       const std::string v = level;
-      if (v == "debug") SetMinLogLevel(LogLevel::kDebug);
-      else if (v == "info") SetMinLogLevel(LogLevel::kInfo);
-      else if (v == "warning") SetMinLogLevel(LogLevel::kWarning);
-      else if (v == "error") SetMinLogLevel(LogLevel::kError);
-      else FERRY_LOG(kWarning) << "FERRY_LOG_LEVEL=" << v << " is not debug, info, warning or error; ignored";
+      if (v == "debug")
+        SetMinLogLevel(LogLevel::kDebug);
+      else if (v == "info")
+        SetMinLogLevel(LogLevel::kInfo);
+      else if (v == "warning")
+        SetMinLogLevel(LogLevel::kWarning);
+      else if (v == "error")
+        SetMinLogLevel(LogLevel::kError);
+      else
+        FERRY_LOG(kWarning) << "FERRY_LOG_LEVEL=" << v
+                            << " is not debug, info, warning or error; ignored";
     }
     init_status_ = Connect();
     if (!init_status_.ok()) {
@@ -113,13 +120,13 @@ Status Runtime::Connect() {
   std::unique_ptr<Transport> transport;
   Status status = ConnectTransport(server, std::chrono::milliseconds(timeout_ms), &transport);
   if (!status.ok()) {
-    return Status::Disconnected("cannot reach ferryd at " + server + " (FERRY_SERVER): " +
-                                status.message());
+    return Status::Disconnected("cannot reach ferryd at " + server +
+                                " (FERRY_SERVER): " + status.message());
   }
   std::unique_ptr<capnp::MessageReader> hello;
   kj::Array<capnp::word> hello_words;
-  status = Connection::Open(std::move(transport), server, borrow, &connection_, &hello,
-                            &hello_words);
+  status =
+      Connection::Open(std::move(transport), server, borrow, &connection_, &hello, &hello_words);
   if (!status.ok()) {
     if (status.code() != StatusCode::kDisconnected && status.code() != StatusCode::kMalformed) {
       return status;  // the server answered: a full pool, an unknown pool
@@ -141,7 +148,8 @@ Status Runtime::Connect() {
     devices_.push_back(std::move(info));
   }
   FERRY_LOG(kDebug) << "session " << reply.getSessionId() << " with ferryd at " << server << " ("
-                    << reply.getBackend().cStr() << " backend, " << devices_.size() << " device(s))";
+                    << reply.getBackend().cStr() << " backend, " << devices_.size()
+                    << " device(s))";
   return Status::Ok();
 }
 
@@ -273,7 +281,8 @@ Status Runtime::ReleasePrimary(int device) {
     }
     if (--count > 0) return Status::Ok();
   }
-  return ResetPrimary(device).WithContext("releasing the primary context of device " + std::to_string(device));
+  return ResetPrimary(device).WithContext("releasing the primary context of device " +
+                                          std::to_string(device));
 }
 
 Status Runtime::ResetPrimary(int device) {
@@ -376,7 +385,8 @@ Status Runtime::DestroyContext(uint64_t ctx) {
 Status Runtime::ContextDevice(uint64_t ctx, int* device) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = contexts_.find(ctx);
-  if (it == contexts_.end()) return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "not a context of this process");
+  if (it == contexts_.end())
+    return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "not a context of this process");
   *device = it->second.device;
   return Status::Ok();
 }
@@ -384,7 +394,8 @@ Status Runtime::ContextDevice(uint64_t ctx, int* device) {
 Status Runtime::ContextFlags(uint64_t ctx, unsigned* flags) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = contexts_.find(ctx);
-  if (it == contexts_.end()) return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "not a context of this process");
+  if (it == contexts_.end())
+    return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "not a context of this process");
   *flags = it->second.flags;
   return Status::Ok();
 }
@@ -687,7 +698,8 @@ Status Runtime::UnloadLibrary(uint64_t id) {
     std::erase_if(kernels_, [id](const auto& e) { return e.second.library == id; });
     libraries_.erase(it);
   }
-  return connection_->Post([&](wire::Call::Builder call) { call.initLibraryUnload().setLibrary(id); });
+  return connection_->Post(
+      [&](wire::Call::Builder call) { call.initLibraryUnload().setLibrary(id); });
 }
 
 Status Runtime::FindLibrary(uint64_t id, LibraryState* out) {

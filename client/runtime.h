@@ -48,7 +48,8 @@ struct DeviceInfo {
   int pci_domain = 0, pci_bus = 0, pci_device = 0;
   std::vector<int32_t> attributes;
   int Attribute(int attribute) const {
-    return attribute >= 0 && attribute < static_cast<int>(attributes.size()) ? attributes[attribute] : 0;
+    return attribute >= 0 && attribute < static_cast<int>(attributes.size()) ? attributes[attribute]
+                                                                             : 0;
   }
 };
 
@@ -102,7 +103,7 @@ struct ModuleState {
   uint64_t ctx = 0;
   KernelTable kernels;
   std::map<std::string, uint64_t> globals;  // name -> size
-  uint64_t library = 0;  // nonzero: this is that library's module in `ctx`
+  uint64_t library = 0;                     // nonzero: this is that library's module in `ctx`
 };
 struct FunctionState {
   uint64_t module = 0;
@@ -299,16 +300,16 @@ class Runtime {
 
   std::mutex mu_;
   std::atomic<uint64_t> next_serial_{1};
-  std::unordered_map<uint64_t, ContextState> contexts_;  // guarded by mu_
-  std::map<int, uint64_t> primary_ids_;                  // guarded by mu_
-  std::map<int, int> primary_refcounts_;                 // guarded by mu_
-  std::map<int, unsigned> primary_flags_;                // guarded by mu_
-  std::unordered_map<uint64_t, StreamState> streams_;    // guarded by mu_
-  std::unordered_map<uint64_t, EventState> events_;      // guarded by mu_
-  std::unordered_map<uint64_t, ModuleState> modules_;    // guarded by mu_
+  std::unordered_map<uint64_t, ContextState> contexts_;                           // guarded by mu_
+  std::map<int, uint64_t> primary_ids_;                                           // guarded by mu_
+  std::map<int, int> primary_refcounts_;                                          // guarded by mu_
+  std::map<int, unsigned> primary_flags_;                                         // guarded by mu_
+  std::unordered_map<uint64_t, StreamState> streams_;                             // guarded by mu_
+  std::unordered_map<uint64_t, EventState> events_;                               // guarded by mu_
+  std::unordered_map<uint64_t, ModuleState> modules_;                             // guarded by mu_
   std::unordered_map<uint64_t, std::shared_ptr<const FunctionState>> functions_;  // guarded by mu_
-  std::unordered_map<uint64_t, LibraryState> libraries_;   // guarded by mu_
-  std::unordered_map<uint64_t, KernelState> kernels_;      // guarded by mu_
+  std::unordered_map<uint64_t, LibraryState> libraries_;                          // guarded by mu_
+  std::unordered_map<uint64_t, KernelState> kernels_;                             // guarded by mu_
   // Serialises making a function, a library's module or a kernel's function
   // in a context with posting the calls that register them with the server,
   // so that a call another thread issues after finding one registered reaches

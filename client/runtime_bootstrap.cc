@@ -26,7 +26,7 @@ CUresult CUDAAPI cuModuleGetLoadingMode(CUmoduleLoadingMode* mode) {
     if (!ready.ok() && ready.cuda_result() == CUDA_ERROR_NOT_INITIALIZED) return ready;
     const char* setting = std::getenv("CUDA_MODULE_LOADING");
     *mode = setting != nullptr && std::strcmp(setting, "EAGER") == 0 ? CU_MODULE_EAGER_LOADING
-                                                                      : CU_MODULE_LAZY_LOADING;
+                                                                     : CU_MODULE_LAZY_LOADING;
     return Status::Ok();
   });
 }

@@ -36,13 +36,13 @@ class LogMessage {
 
 }  // namespace ferry
 
-#define FERRY_LOG(level)                                               \
-  if (::ferry::LogLevel::level < ::ferry::MinLogLevel()) {             \
-  } else                                                               \
+#define FERRY_LOG(level)                                   \
+  if (::ferry::LogLevel::level < ::ferry::MinLogLevel()) { \
+  } else                                                   \
     ::ferry::LogMessage(::ferry::LogLevel::level).stream()
 
-#define FERRY_LOG_ONCE(level)                                            \
-  if (static std::atomic<bool> ferry_logged_once_{false};                \
-      ferry_logged_once_.exchange(true, std::memory_order_relaxed)) {    \
-  } else                                                                 \
+#define FERRY_LOG_ONCE(level)                                         \
+  if (static std::atomic<bool> ferry_logged_once_{false};             \
+      ferry_logged_once_.exchange(true, std::memory_order_relaxed)) { \
+  } else                                                              \
     FERRY_LOG(level)

@@ -60,7 +60,8 @@ void FutexWait(std::atomic<uint32_t>& word, uint32_t expected, std::chrono::mill
 }
 
 void FutexWakeAll(std::atomic<uint32_t>& word) {
-  syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAKE, INT32_MAX, nullptr, nullptr, 0);
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAKE, INT32_MAX, nullptr, nullptr,
+          0);
 }
 
 // Wakes whoever sleeps on `event`, if anyone said it would.
@@ -215,7 +216,7 @@ Status ShmTransport::Join(int socket, std::string peer_name, std::chrono::millis
     return fail(Status::Disconnected(peer_name + " did not hand over shared memory" +
                                      (got < 0 ? ": " + ErrnoText(errno) : std::string())));
   }
-  struct stat st{};
+  struct stat st {};
   if (setup.magic != shm_layout::kMagic || setup.version != shm_layout::kVersion ||
       !ValidRingBytes(setup.ring_bytes) || setup.region_bytes != RegionBytes(setup.ring_bytes) ||
       ::fstat(memfd, &st) != 0 || static_cast<uint64_t>(st.st_size) != setup.region_bytes) {
@@ -271,7 +272,8 @@ Status ShmTransport::Wait(std::atomic<uint32_t>& event, std::atomic<uint32_t>& s
     const auto spin_until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(budget);
     for (int i = 0;; ++i) {
       if (ready()) {
-        spin->budget_ns = std::min<int64_t>(std::max<int64_t>(2 * budget, kSpinProbeNs), kMaxSpinNs);
+        spin->budget_ns =
+            std::min<int64_t>(std::max<int64_t>(2 * budget, kSpinProbeNs), kMaxSpinNs);
         return Status::Ok();
       }
       FERRY_RETURN_IF_ERROR(Alive(/*check_socket=*/false));
@@ -375,7 +377,8 @@ Status ShmTransport::ReadExact(void* data, size_t size) {
 
 void ShmTransport::Shutdown() {
   if (shut_down_.exchange(true)) return;
-  (server_side_ ? header_->server_closed : header_->client_closed).store(1, std::memory_order_release);
+  (server_side_ ? header_->server_closed : header_->client_closed)
+      .store(1, std::memory_order_release);
   // Wake every sleeper, on both sides: each rechecks and sees the close.
   for (Ring* ring : {&in_, &out_}) {
     ring->data_event.fetch_add(1, std::memory_order_release);

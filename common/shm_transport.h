@@ -55,25 +55,26 @@ inline constexpr uint64_t kMaxRingBytes = 1ull << 30;
 // One direction. Positions count bytes since the start and only grow; the
 // ring holds [tail, head). Each field is written by one side only (noted).
 struct Ring {
-  alignas(64) std::atomic<uint64_t> head;     // writer: bytes written so far
-  std::atomic<uint32_t> data_event;           // writer bumps it to wake the reader
-  std::atomic<uint32_t> reader_sleeping;      // reader: 1 while it may sleep
-  alignas(64) std::atomic<uint64_t> tail;     // reader: bytes consumed so far
-  std::atomic<uint32_t> space_event;          // reader bumps it to wake the writer
-  std::atomic<uint32_t> writer_sleeping;      // writer: 1 while it may sleep
+  alignas(64) std::atomic<uint64_t> head;  // writer: bytes written so far
+  std::atomic<uint32_t> data_event;        // writer bumps it to wake the reader
+  std::atomic<uint32_t> reader_sleeping;   // reader: 1 while it may sleep
+  alignas(64) std::atomic<uint64_t> tail;  // reader: bytes consumed so far
+  std::atomic<uint32_t> space_event;       // reader bumps it to wake the writer
+  std::atomic<uint32_t> writer_sleeping;   // writer: 1 while it may sleep
 };
 
 struct Header {
   uint32_t magic;
   uint32_t version;
-  uint64_t ring_bytes;  // a power of two
+  uint64_t ring_bytes;                              // a power of two
   alignas(64) std::atomic<uint32_t> client_closed;  // client: it shut down
   alignas(64) std::atomic<uint32_t> server_closed;  // server: it shut down
   Ring to_server;
   Ring to_client;
 };
 static_assert(sizeof(Header) <= kHeaderBytes);
-static_assert(std::atomic<uint64_t>::is_always_lock_free && std::atomic<uint32_t>::is_always_lock_free,
+static_assert(std::atomic<uint64_t>::is_always_lock_free &&
+                  std::atomic<uint32_t>::is_always_lock_free,
               "the region's atomics must work across processes");
 
 }  // namespace shm_layout
@@ -143,8 +144,8 @@ class ShmTransport final : public Transport {
   // This side's positions, private (the region's copies are published only).
   uint64_t in_tail_ = 0;   // reader thread
   uint64_t out_head_ = 0;  // writer thread
-  SpinState read_spin_;   // reader thread
-  SpinState write_spin_;  // writer thread
+  SpinState read_spin_;    // reader thread
+  SpinState write_spin_;   // writer thread
   std::atomic<bool> shut_down_{false};
 };
 

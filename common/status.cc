@@ -6,17 +6,28 @@ namespace ferry {
 
 std::string_view StatusCodeName(StatusCode code) {
   switch (code) {
-    case StatusCode::kOk: return "OK";
-    case StatusCode::kCuda: return "Cuda";
-    case StatusCode::kInvalidArgument: return "InvalidArgument";
-    case StatusCode::kNotFound: return "NotFound";
-    case StatusCode::kOutOfMemory: return "OutOfMemory";
-    case StatusCode::kDisconnected: return "Disconnected";
-    case StatusCode::kUnimplemented: return "Unimplemented";
-    case StatusCode::kPermissionDenied: return "PermissionDenied";
-    case StatusCode::kOverloaded: return "Overloaded";
-    case StatusCode::kInternal: return "Internal";
-    case StatusCode::kMalformed: return "Malformed";
+    case StatusCode::kOk:
+      return "OK";
+    case StatusCode::kCuda:
+      return "Cuda";
+    case StatusCode::kInvalidArgument:
+      return "InvalidArgument";
+    case StatusCode::kNotFound:
+      return "NotFound";
+    case StatusCode::kOutOfMemory:
+      return "OutOfMemory";
+    case StatusCode::kDisconnected:
+      return "Disconnected";
+    case StatusCode::kUnimplemented:
+      return "Unimplemented";
+    case StatusCode::kPermissionDenied:
+      return "PermissionDenied";
+    case StatusCode::kOverloaded:
+      return "Overloaded";
+    case StatusCode::kInternal:
+      return "Internal";
+    case StatusCode::kMalformed:
+      return "Malformed";
   }
   return "Unknown";
 }

@@ -79,8 +79,8 @@ class [[nodiscard]] Status {
 }  // namespace ferry
 
 // Returns from the enclosing function when `expr` yields a non-OK Status.
-#define FERRY_RETURN_IF_ERROR(expr)            \
-  do {                                         \
-    ::ferry::Status ferry_status_ = (expr);    \
+#define FERRY_RETURN_IF_ERROR(expr)                \
+  do {                                             \
+    ::ferry::Status ferry_status_ = (expr);        \
     if (!ferry_status_.ok()) return ferry_status_; \
   } while (0)

@@ -91,7 +91,8 @@ Status SocketTransport::ReadExact(void* data, size_t size) {
     // message and small payload usually cost one system call together.
     const bool direct = size >= kReadBufferBytes / 2;
     if (!direct && read_buffer_ == nullptr) read_buffer_.reset(new char[kReadBufferBytes]);
-    ssize_t n = direct ? ::recv(fd_, p, size, 0) : ::recv(fd_, read_buffer_.get(), kReadBufferBytes, 0);
+    ssize_t n =
+        direct ? ::recv(fd_, p, size, 0) : ::recv(fd_, read_buffer_.get(), kReadBufferBytes, 0);
     if (n == 0) return Status::Disconnected("connection closed by " + peer_name_);
     if (n < 0) {
       if (errno == EINTR) continue;
@@ -188,8 +189,8 @@ Status ConnectTcp(std::string_view address, std::chrono::milliseconds timeout,
   std::string last_error = "no address";
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (addrinfo* ai = results; ai != nullptr; ai = ai->ai_next) {
-    int fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
-                      ai->ai_protocol);
+    int fd =
+        ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol);
     if (fd < 0) {
       last_error = ErrnoText(errno);
       continue;

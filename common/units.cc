@@ -57,8 +57,7 @@ bool ParseDuration(std::string_view text, std::chrono::milliseconds* out) {
     uint64_t ms;
   };
   // Largest first; "ms" before "m" so that the longer name wins.
-  constexpr Unit kUnits[] = {
-      {"d", 86400000}, {"h", 3600000}, {"ms", 1}, {"m", 60000}, {"s", 1000}};
+  constexpr Unit kUnits[] = {{"d", 86400000}, {"h", 3600000}, {"ms", 1}, {"m", 60000}, {"s", 1000}};
   constexpr int kOrder[] = {0, 1, 3, 4, 2};  // d h m s ms: required order
   int last_rank = -1;
   uint64_t total = 0;

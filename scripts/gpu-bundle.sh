@@ -49,7 +49,7 @@ cp test/gpu/torch_check.py "$bundle/checks/"
 # The CUDA backend's own GPU tests (gtest, label gpu), with their images.
 pack "$build/bin/cuda_backend_gpu_test" "$bundle/checks"
 mkdir -p "$bundle/checks/backend-images"
-cp "$build"/test/backend/cuda/vadd.* "$bundle/checks/backend-images/"
+cp "$build"/test/server/backend/cuda/vadd.* "$bundle/checks/backend-images/"
 
 # Shared libraries the binaries need, minus what every Linux image (glibc,
 # the GCC runtime) and every CUDA image (the toolkit's libraries, the

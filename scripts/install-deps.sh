@@ -9,7 +9,7 @@ packages=(
   libasio-dev           # TCP transport (standalone Asio)
   libcapnp-dev capnproto  # wire schema, compiled at build time
   libabsl-dev           # containers, synchronization, time
-  libtomlplusplus-dev   # ferryd's TOML config (pool/)
+  libtomlplusplus-dev   # ferryd's TOML config (server/pool/)
   tzdata                # IANA time zones for pool schedules (absl::LoadTimeZone reads them)
   libgtest-dev libgmock-dev  # unit and end-to-end tests
   libbenchmark-dev      # bench/

@@ -39,7 +39,7 @@ cat "$log"
 echo
 echo "== demo: an unmodified driver-API program through ferry's libcuda.so.1 =="
 LD_LIBRARY_PATH="$root/$build/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" FERRY_SERVER="$server" \
-  "$build/bin/vector_add" "$build/examples/vector_add_kernel.fatbin"
+  "$build/bin/vector_add" "$build/test/demo/vector_add_kernel.fatbin"
 echo
 "$build/bin/ferryctl" status --server "$server"
 

@@ -21,8 +21,8 @@
 #include <mutex>
 #include <utility>
 
-#include "backend/api/gpu_backend.h"
 #include "common/content_hash.h"
+#include "server/backend/api/gpu_backend.h"
 
 namespace ferry::server {
 

@@ -182,7 +182,8 @@ Status PoolService::Rebind(int gpu, const std::string& pool_name,
   }
   Publish(changes);
   *summary = Summarize(changes);
-  if (summary->empty()) *summary = "GPU " + std::to_string(gpu) + " already serves pool " + pool_name + "\n";
+  if (summary->empty())
+    *summary = "GPU " + std::to_string(gpu) + " already serves pool " + pool_name + "\n";
   return Status::Ok();
 }
 
@@ -196,7 +197,8 @@ Status PoolService::SetDrained(int gpu, bool drained, std::string* summary) {
   Publish(changes);
   *summary = Summarize(changes);
   if (summary->empty()) {
-    *summary = "GPU " + std::to_string(gpu) + (drained ? " was already drained\n" : " was not drained\n");
+    *summary =
+        "GPU " + std::to_string(gpu) + (drained ? " was already drained\n" : " was not drained\n");
   }
   return Status::Ok();
 }
@@ -206,7 +208,8 @@ Status PoolService::AdvanceTestClock(absl::Duration by, std::string* summary) {
     return Status::PermissionDenied(
         "the clock can only be moved when ferryd runs with --test-fake-clock (tests only)");
   }
-  if (by < absl::ZeroDuration()) return Status::InvalidArgument("the test clock only moves forward");
+  if (by < absl::ZeroDuration())
+    return Status::InvalidArgument("the test clock only moves forward");
   pool::PoolChanges changes;
   {
     std::lock_guard<std::mutex> lock(mutex_);

@@ -23,9 +23,9 @@
 #include <vector>
 
 #include "common/status.h"
-#include "pool/clock.h"
-#include "pool/config.h"
-#include "pool/pool_state.h"
+#include "server/pool/clock.h"
+#include "server/pool/config.h"
+#include "server/pool/pool_state.h"
 
 namespace ferry::server {
 
@@ -41,8 +41,8 @@ class PoolService {
     std::function<void(const pool::Preemption&)> preempt;
   };
 
-  static Status Create(const pool::Config& config, std::vector<pool::PoolGpu> gpus,
-                       Options options, std::unique_ptr<PoolService>* out);
+  static Status Create(const pool::Config& config, std::vector<pool::PoolGpu> gpus, Options options,
+                       std::unique_ptr<PoolService>* out);
   ~PoolService();  // Stop()s
   PoolService(const PoolService&) = delete;
   PoolService& operator=(const PoolService&) = delete;
@@ -85,11 +85,11 @@ class PoolService {
 
   const Options options_;
   mutable std::mutex mutex_;
-  std::condition_variable changed_cv_;  // any change a waiting borrower may care about
-  std::condition_variable timer_cv_;    // the timer must recompute its deadline
-  std::unique_ptr<pool::PoolState> state_;     // guarded by mutex_
-  std::map<uint64_t, Status> ended_waits_;     // guarded by mutex_
-  bool stopping_ = false;                      // guarded by mutex_
+  std::condition_variable changed_cv_;      // any change a waiting borrower may care about
+  std::condition_variable timer_cv_;        // the timer must recompute its deadline
+  std::unique_ptr<pool::PoolState> state_;  // guarded by mutex_
+  std::map<uint64_t, Status> ended_waits_;  // guarded by mutex_
+  bool stopping_ = false;                   // guarded by mutex_
   std::thread timer_;
 };
 

@@ -9,8 +9,8 @@
 #include <utility>
 
 #include "common/frame.h"
-#include "common/shm_transport.h"
 #include "common/log.h"
+#include "common/shm_transport.h"
 #include "common/units.h"
 
 namespace ferry::server {
@@ -23,9 +23,12 @@ int64_t UnixMs(absl::Time t) {
 
 const char* SourceName(pool::BindingSource source) {
   switch (source) {
-    case pool::BindingSource::kSchedule: return "schedule";
-    case pool::BindingSource::kManual: return "manual";
-    case pool::BindingSource::kDefault: break;
+    case pool::BindingSource::kSchedule:
+      return "schedule";
+    case pool::BindingSource::kManual:
+      return "manual";
+    case pool::BindingSource::kDefault:
+      break;
   }
   return "default";
 }
@@ -39,7 +42,8 @@ std::string RestartOnlyChange(const pool::Config& before, const pool::Config& af
   if (before.server.host_kernels != after.server.host_kernels) return "server.host_kernels";
   if (before.gpus.size() != after.gpus.size()) return "gpu";
   for (size_t i = 0; i < before.gpus.size(); ++i) {
-    if (before.gpus[i].index != after.gpus[i].index || before.gpus[i].memory != after.gpus[i].memory) {
+    if (before.gpus[i].index != after.gpus[i].index ||
+        before.gpus[i].memory != after.gpus[i].memory) {
       return "gpu[" + std::to_string(i) + "]";
     }
   }
@@ -61,8 +65,8 @@ void ApplyLogLevel(const pool::Config& config) {
 Server::Server(backend::GpuBackend& backend, uint64_t module_cache_bytes) : backend_(backend) {
   if (module_cache_bytes > 0) module_cache_ = std::make_unique<ModuleCache>(module_cache_bytes);
   for (size_t i = 0; i < backend.Devices().size(); ++i) {
-    gpus_.push_back(ServedGpu{static_cast<int>(i), static_cast<int>(i),
-                              backend.Devices()[i].total_memory});
+    gpus_.push_back(
+        ServedGpu{static_cast<int>(i), static_cast<int>(i), backend.Devices()[i].total_memory});
   }
 }
 
@@ -132,7 +136,7 @@ Status Server::Listen(const std::string& address) {
     const std::string path = address.substr(5);
     if (path.empty()) return Status::InvalidArgument("bad listen address '" + address + "'");
     // A socket file left by an earlier ferryd would make bind fail.
-    struct stat st{};
+    struct stat st {};
     if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(path.c_str());
     asio::error_code ec;
     auto acceptor = std::make_unique<asio::local::stream_protocol::acceptor>(io_);
@@ -155,7 +159,8 @@ Status Server::Listen(const std::string& address) {
     asio::ip::tcp::resolver resolver(io_);
     auto results = resolver.resolve(host, std::to_string(port), ec);
     if (ec || results.empty()) {
-      return Status::InvalidArgument("cannot resolve listen address " + address + ": " + ec.message());
+      return Status::InvalidArgument("cannot resolve listen address " + address + ": " +
+                                     ec.message());
     }
     ip = results.begin()->endpoint().address();
   }
@@ -184,31 +189,32 @@ void Server::Start() {
 }
 
 void Server::StartAccept(asio::ip::tcp::acceptor& acceptor) {
-  acceptor.async_accept([this, &acceptor](const asio::error_code& ec, asio::ip::tcp::socket socket) {
-    if (ec) {
-      if (ec != asio::error::operation_aborted) {
-        FERRY_LOG(kWarning) << "accept failed: " << ec.message();
+  acceptor.async_accept(
+      [this, &acceptor](const asio::error_code& ec, asio::ip::tcp::socket socket) {
+        if (ec) {
+          if (ec != asio::error::operation_aborted) {
+            FERRY_LOG(kWarning) << "accept failed: " << ec.message();
+            StartAccept(acceptor);
+          }
+          return;
+        }
+        asio::error_code ignored;
+        auto remote = socket.remote_endpoint(ignored);
+        std::string peer = remote.address().to_string() + ":" + std::to_string(remote.port());
+        int fd = socket.release(ignored);
+        if (fd < 0) {
+          StartAccept(acceptor);
+          return;
+        }
+        TuneTcpSocket(fd);
+        ServeOnNewThread(
+            [fd, peer](std::unique_ptr<Transport>* out) {
+              *out = std::make_unique<SocketTransport>(fd, peer);
+              return Status::Ok();
+            },
+            peer);
         StartAccept(acceptor);
-      }
-      return;
-    }
-    asio::error_code ignored;
-    auto remote = socket.remote_endpoint(ignored);
-    std::string peer = remote.address().to_string() + ":" + std::to_string(remote.port());
-    int fd = socket.release(ignored);
-    if (fd < 0) {
-      StartAccept(acceptor);
-      return;
-    }
-    TuneTcpSocket(fd);
-    ServeOnNewThread(
-        [fd, peer](std::unique_ptr<Transport>* out) {
-          *out = std::make_unique<SocketTransport>(fd, peer);
-          return Status::Ok();
-        },
-        peer);
-    StartAccept(acceptor);
-  });
+      });
 }
 
 void Server::StartAcceptUnix(asio::local::stream_protocol::acceptor& acceptor) {
@@ -299,11 +305,11 @@ void Server::ServeConnection(uint64_t id, std::unique_ptr<Transport> transport) 
     if (hello.getProtocolVersion() != wire::PROTOCOL_VERSION) {
       capnp::MallocMessageBuilder message;
       auto reply = message.initRoot<wire::HelloReply>();
-      StatusToWire(Status::Unimplemented("protocol version " +
-                                         std::to_string(hello.getProtocolVersion()) +
-                                         " is not supported; this ferryd speaks " +
-                                         std::to_string(wire::PROTOCOL_VERSION)),
-                   reply.initStatus());
+      StatusToWire(
+          Status::Unimplemented("protocol version " + std::to_string(hello.getProtocolVersion()) +
+                                " is not supported; this ferryd speaks " +
+                                std::to_string(wire::PROTOCOL_VERSION)),
+          reply.initStatus());
       (void)WriteFrame(*transport, wire::FrameKind::HELLO_REPLY, message);
       ConnectionFinished(id);
       return;
@@ -577,15 +583,17 @@ Status Server::HandleControl(wire::ControlRequest::Reader request,
       }
       std::optional<absl::Duration> grace;
       if (args.getGraceMs() >= 0) grace = absl::Milliseconds(args.getGraceMs());
-      FERRY_RETURN_IF_ERROR(pool_->Rebind(static_cast<int>(std::min<uint32_t>(args.getGpu(), 1 << 20)),
-                                          args.getPool().cStr(), policy, grace, &summary));
+      FERRY_RETURN_IF_ERROR(
+          pool_->Rebind(static_cast<int>(std::min<uint32_t>(args.getGpu(), 1 << 20)),
+                        args.getPool().cStr(), policy, grace, &summary));
       break;
     }
     case R::DRAIN: {
       if (pool_ == nullptr) return Status::InvalidArgument("ferryd runs without pools");
       auto args = request.getDrain();
-      FERRY_RETURN_IF_ERROR(pool_->SetDrained(
-          static_cast<int>(std::min<uint32_t>(args.getGpu(), 1 << 20)), args.getDrained(), &summary));
+      FERRY_RETURN_IF_ERROR(
+          pool_->SetDrained(static_cast<int>(std::min<uint32_t>(args.getGpu(), 1 << 20)),
+                            args.getDrained(), &summary));
       break;
     }
     case R::TEST_ADVANCE_CLOCK: {

@@ -25,10 +25,10 @@
 #include <thread>
 #include <vector>
 
-#include "backend/api/gpu_backend.h"
 #include "common/status.h"
-#include "pool/clock.h"
-#include "pool/config.h"
+#include "server/backend/api/gpu_backend.h"
+#include "server/pool/clock.h"
+#include "server/pool/config.h"
 #include "server/pool_service.h"
 #include "server/session.h"
 
@@ -46,7 +46,8 @@ class Server {
  public:
   // `backend` must outlive the server. Sessions share a module image cache of
   // `module_cache_bytes` (0: none).
-  explicit Server(backend::GpuBackend& backend, uint64_t module_cache_bytes = kDefaultModuleCacheBytes);
+  explicit Server(backend::GpuBackend& backend,
+                  uint64_t module_cache_bytes = kDefaultModuleCacheBytes);
   static constexpr uint64_t kDefaultModuleCacheBytes = 1ull << 30;
   ~Server();  // Stop()s
 
@@ -112,23 +113,23 @@ class Server {
 
   mutable std::mutex mutex_;
   std::condition_variable connections_cv_;
-  std::vector<ServedGpu> gpus_;          // fixed after Start
-  std::unique_ptr<PoolService> pool_;    // null without pools; set before Start
-  std::string config_path_;              // guarded by mutex_
-  pool::Config loaded_config_;           // guarded by mutex_
-  std::mutex reload_mutex_;              // one reload at a time
+  std::vector<ServedGpu> gpus_;        // fixed after Start
+  std::unique_ptr<PoolService> pool_;  // null without pools; set before Start
+  std::string config_path_;            // guarded by mutex_
+  pool::Config loaded_config_;         // guarded by mutex_
+  std::mutex reload_mutex_;            // one reload at a time
 
   // Shared with preemption workers, which may outlive the connection thread's
   // use of a session.
   std::map<uint64_t, std::shared_ptr<Session>> sessions_;  // guarded by mutex_
   // Preemptions that arrived between a grant and the session's start.
-  std::map<uint64_t, std::string> early_preemptions_;       // guarded by mutex_
+  std::map<uint64_t, std::string> early_preemptions_;  // guarded by mutex_
   // Every live connection's transport, so Stop can end them all, handshakes
   // in progress included. Guarded by mutex_; owned by the connection threads.
   std::map<uint64_t, Transport*> connections_;
-  int live_connections_ = 0;                // guarded by mutex_; preemption workers too
-  uint64_t next_id_ = 1;                    // guarded by mutex_
-  bool stopping_ = false;                   // guarded by mutex_
+  int live_connections_ = 0;  // guarded by mutex_; preemption workers too
+  uint64_t next_id_ = 1;      // guarded by mutex_
+  bool stopping_ = false;     // guarded by mutex_
 };
 
 }  // namespace ferry::server

@@ -33,8 +33,8 @@ std::string Hex(uint64_t v) {
 }
 
 Status InvalidContext(uint64_t ctx) {
-  return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "no context " + std::to_string(ctx) +
-                                                      " in this session");
+  return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT,
+                      "no context " + std::to_string(ctx) + " in this session");
 }
 
 // Back-pressure on reading while the executor is behind: past this many
@@ -165,8 +165,8 @@ void Session::Preempt(const std::string& reason) {
   // connection gone, and the client gets a lost connection, not a notice.
   std::unique_lock<std::timed_mutex> exec(exec_mutex_, std::defer_lock);
   if (!exec.try_lock_for(preempt_batch_wait_)) {
-    FERRY_LOG(kWarning) << "session " << id_ << " (pid " << pid_ << ", " << program_ << "@"
-                        << host_ << "): " << reason << "; its current batch did not end within "
+    FERRY_LOG(kWarning) << "session " << id_ << " (pid " << pid_ << ", " << program_ << "@" << host_
+                        << "): " << reason << "; its current batch did not end within "
                         << absl::FormatDuration(absl::FromChrono(preempt_batch_wait_))
                         << ", so the session is closed";
     Stop();
@@ -195,7 +195,8 @@ SessionInfo Session::Info() const {
   info.events = event_count_.load();
   info.modules = module_count_.load();
   info.since_unix_ms = since_unix_ms_;
-  for (size_t i = 0; i < grant_.devices.size(); ++i) info.device_bytes.push_back(device_bytes_[i].load());
+  for (size_t i = 0; i < grant_.devices.size(); ++i)
+    info.device_bytes.push_back(device_bytes_[i].load());
   info.module_image_bytes_received = module_image_bytes_received_.load();
   return info;
 }
@@ -326,9 +327,9 @@ void Session::ServeLoop(bool helper) {
           status = OpenGate(words, bulk_bytes);
           if (status.ok()) continue;
         } else if (kind != wire::FrameKind::CALL_BATCH) {
-          status = Status::Malformed("unexpected frame kind " +
-                                     std::to_string(static_cast<int>(kind)) +
-                                     " on a client session");
+          status =
+              Status::Malformed("unexpected frame kind " + std::to_string(static_cast<int>(kind)) +
+                                " on a client session");
         }
       }
       // Streaming: with no gate closed, nothing queued and no hostGate in
@@ -619,60 +620,99 @@ void Session::Execute(wire::Call::Reader call, backend::HostBytes bulk) {
     }
   } else if (!status.ok()) {
     if (latched_error_.ok()) {
-      latched_error_ = status.WithContext("asynchronous error from call " +
-                                          std::to_string(cx.seq));
+      latched_error_ = status.WithContext("asynchronous error from call " + std::to_string(cx.seq));
       latched_seq_ = cx.seq;
     }
-    FERRY_LOG(kDebug) << "session " << id_ << ": call " << cx.seq << " failed: " << status.ToString();
+    FERRY_LOG(kDebug) << "session " << id_ << ": call " << cx.seq
+                      << " failed: " << status.ToString();
   }
 }
 
 Status Session::Dispatch(wire::Call::Reader call, CallContext& cx) {
   using W = wire::Call;
   switch (call.which()) {
-    case W::PING: return Status::Ok();
-    case W::CTX_CREATE: return CtxCreate(call.getCtxCreate());
-    case W::CTX_DESTROY: return CtxDestroy(call.getCtxDestroy());
-    case W::CTX_SYNCHRONIZE: return CtxSynchronize(call.getCtxSynchronize(), cx);
-    case W::CTX_GET_LIMIT: return CtxGetLimit(call.getCtxGetLimit(), cx);
-    case W::CTX_SET_LIMIT: return CtxSetLimit(call.getCtxSetLimit());
-    case W::MEM_ALLOC: return MemAlloc(call.getMemAlloc(), cx);
-    case W::MEM_ALLOC_PITCH: return MemAllocPitch(call.getMemAllocPitch(), cx);
-    case W::MEM_FREE: return MemFree(call.getMemFree());
-    case W::MEM_GET_INFO: return MemGetInfo(call.getMemGetInfo(), cx);
-    case W::MEMCPY_HTO_D: return MemcpyHtoD(call.getMemcpyHtoD(), cx);
-    case W::MEMCPY_DTO_H: return MemcpyDtoH(call.getMemcpyDtoH(), cx);
-    case W::MEMCPY_DTO_D: return MemcpyDtoD(call.getMemcpyDtoD());
-    case W::MEMCPY2_D: return Memcpy2D(call.getMemcpy2D(), cx);
-    case W::MEMSET: return Memset(call.getMemset());
-    case W::MODULE_LOAD: return ModuleLoad(call.getModuleLoad(), cx);
-    case W::MODULE_UNLOAD: return ModuleUnload(call.getModuleUnload());
-    case W::MODULE_GET_FUNCTION: return ModuleGetFunction(call.getModuleGetFunction());
-    case W::MODULE_GET_GLOBAL: return ModuleGetGlobal(call.getModuleGetGlobal(), cx);
-    case W::FUNC_GET_ATTRIBUTE: return FuncGetAttribute(call.getFuncGetAttribute(), cx);
-    case W::FUNC_SET_ATTRIBUTE: return FuncSetAttribute(call.getFuncSetAttribute());
-    case W::FUNC_SET_CACHE_CONFIG: return FuncSetCacheConfig(call.getFuncSetCacheConfig());
-    case W::LAUNCH: return Launch(call.getLaunch(), cx);
-    case W::STREAM_CREATE: return StreamCreate(call.getStreamCreate());
-    case W::STREAM_DESTROY: return StreamDestroy(call.getStreamDestroy());
-    case W::STREAM_SYNCHRONIZE: return StreamSynchronize(call.getStreamSynchronize(), cx);
-    case W::STREAM_QUERY: return StreamQuery(call.getStreamQuery());
-    case W::STREAM_WAIT_EVENT: return StreamWaitEvent(call.getStreamWaitEvent());
-    case W::EVENT_CREATE: return EventCreate(call.getEventCreate());
-    case W::EVENT_RECORD: return EventRecord(call.getEventRecord());
-    case W::EVENT_QUERY: return EventQuery(call.getEventQuery());
-    case W::EVENT_SYNCHRONIZE: return EventSynchronize(call.getEventSynchronize(), cx);
-    case W::EVENT_ELAPSED_TIME: return EventElapsedTime(call.getEventElapsedTime(), cx);
-    case W::EVENT_DESTROY: return EventDestroy(call.getEventDestroy());
-    case W::LIBRARY_LOAD: return LibraryLoad(call.getLibraryLoad(), cx);
-    case W::LIBRARY_UNLOAD: return LibraryUnload(call.getLibraryUnload());
-    case W::LIBRARY_LOAD_MODULE: return LibraryLoadModule(call.getLibraryLoadModule());
+    case W::PING:
+      return Status::Ok();
+    case W::CTX_CREATE:
+      return CtxCreate(call.getCtxCreate());
+    case W::CTX_DESTROY:
+      return CtxDestroy(call.getCtxDestroy());
+    case W::CTX_SYNCHRONIZE:
+      return CtxSynchronize(call.getCtxSynchronize(), cx);
+    case W::CTX_GET_LIMIT:
+      return CtxGetLimit(call.getCtxGetLimit(), cx);
+    case W::CTX_SET_LIMIT:
+      return CtxSetLimit(call.getCtxSetLimit());
+    case W::MEM_ALLOC:
+      return MemAlloc(call.getMemAlloc(), cx);
+    case W::MEM_ALLOC_PITCH:
+      return MemAllocPitch(call.getMemAllocPitch(), cx);
+    case W::MEM_FREE:
+      return MemFree(call.getMemFree());
+    case W::MEM_GET_INFO:
+      return MemGetInfo(call.getMemGetInfo(), cx);
+    case W::MEMCPY_HTO_D:
+      return MemcpyHtoD(call.getMemcpyHtoD(), cx);
+    case W::MEMCPY_DTO_H:
+      return MemcpyDtoH(call.getMemcpyDtoH(), cx);
+    case W::MEMCPY_DTO_D:
+      return MemcpyDtoD(call.getMemcpyDtoD());
+    case W::MEMCPY2_D:
+      return Memcpy2D(call.getMemcpy2D(), cx);
+    case W::MEMSET:
+      return Memset(call.getMemset());
+    case W::MODULE_LOAD:
+      return ModuleLoad(call.getModuleLoad(), cx);
+    case W::MODULE_UNLOAD:
+      return ModuleUnload(call.getModuleUnload());
+    case W::MODULE_GET_FUNCTION:
+      return ModuleGetFunction(call.getModuleGetFunction());
+    case W::MODULE_GET_GLOBAL:
+      return ModuleGetGlobal(call.getModuleGetGlobal(), cx);
+    case W::FUNC_GET_ATTRIBUTE:
+      return FuncGetAttribute(call.getFuncGetAttribute(), cx);
+    case W::FUNC_SET_ATTRIBUTE:
+      return FuncSetAttribute(call.getFuncSetAttribute());
+    case W::FUNC_SET_CACHE_CONFIG:
+      return FuncSetCacheConfig(call.getFuncSetCacheConfig());
+    case W::LAUNCH:
+      return Launch(call.getLaunch(), cx);
+    case W::STREAM_CREATE:
+      return StreamCreate(call.getStreamCreate());
+    case W::STREAM_DESTROY:
+      return StreamDestroy(call.getStreamDestroy());
+    case W::STREAM_SYNCHRONIZE:
+      return StreamSynchronize(call.getStreamSynchronize(), cx);
+    case W::STREAM_QUERY:
+      return StreamQuery(call.getStreamQuery());
+    case W::STREAM_WAIT_EVENT:
+      return StreamWaitEvent(call.getStreamWaitEvent());
+    case W::EVENT_CREATE:
+      return EventCreate(call.getEventCreate());
+    case W::EVENT_RECORD:
+      return EventRecord(call.getEventRecord());
+    case W::EVENT_QUERY:
+      return EventQuery(call.getEventQuery());
+    case W::EVENT_SYNCHRONIZE:
+      return EventSynchronize(call.getEventSynchronize(), cx);
+    case W::EVENT_ELAPSED_TIME:
+      return EventElapsedTime(call.getEventElapsedTime(), cx);
+    case W::EVENT_DESTROY:
+      return EventDestroy(call.getEventDestroy());
+    case W::LIBRARY_LOAD:
+      return LibraryLoad(call.getLibraryLoad(), cx);
+    case W::LIBRARY_UNLOAD:
+      return LibraryUnload(call.getLibraryUnload());
+    case W::LIBRARY_LOAD_MODULE:
+      return LibraryLoadModule(call.getLibraryLoadModule());
     case W::OCCUPANCY_MAX_ACTIVE_BLOCKS:
       return OccupancyMaxActiveBlocks(call.getOccupancyMaxActiveBlocks(), cx);
     case W::OCCUPANCY_AVAILABLE_DYNAMIC_SMEM:
       return OccupancyAvailableDynamicSmem(call.getOccupancyAvailableDynamicSmem(), cx);
-    case W::OCCUPANCY_CLUSTER: return OccupancyCluster(call.getOccupancyCluster(), cx);
-    case W::HOST_GATE: return HostGate(call.getHostGate(), cx);
+    case W::OCCUPANCY_CLUSTER:
+      return OccupancyCluster(call.getOccupancyCluster(), cx);
+    case W::HOST_GATE:
+      return HostGate(call.getHostGate(), cx);
   }
   return Status::Unimplemented("call ordinal " + std::to_string(static_cast<int>(call.which())) +
                                " is not known to this ferryd");
@@ -711,8 +751,9 @@ backend::Completion Session::DeferReply(CallContext& cx, backend::MutableHostByt
     reply.setSeq(seq);
     StatusToWire(status, reply.initStatus());
     ConstBuffer payload{bulk.data, bulk.size};
-    SendReplyMessage(message, status.ok() && bulk.size > 0 ? std::span<const ConstBuffer>(&payload, 1)
-                                                           : std::span<const ConstBuffer>());
+    SendReplyMessage(message, status.ok() && bulk.size > 0
+                                  ? std::span<const ConstBuffer>(&payload, 1)
+                                  : std::span<const ConstBuffer>());
     CompletionDone();
   };
 }
@@ -1125,7 +1166,8 @@ Status Session::MemcpyDtoH(wire::Memcpy::Reader args, CallContext& cx) {
   backend::MutableHostBytes buffer;
   if (args.getBytes() > 0) {
     std::shared_ptr<uint8_t[]> bytes(new (std::nothrow) uint8_t[args.getBytes()]);
-    if (!bytes) return Status::OutOfMemory("cannot buffer " + std::to_string(args.getBytes()) + " bytes");
+    if (!bytes)
+      return Status::OutOfMemory("cannot buffer " + std::to_string(args.getBytes()) + " bytes");
     buffer.data = bytes.get();
     buffer.size = args.getBytes();
     buffer.owner = Alias<void>(bytes, bytes.get());
@@ -1155,7 +1197,8 @@ Status Session::Memcpy2D(wire::Memcpy2D::Reader args, CallContext& cx) {
   const uint64_t packed = width * height;
   const bool src_host = args.getSrcKind() == wire::MemoryKind::HOST;
   const bool dst_host = args.getDstKind() == wire::MemoryKind::HOST;
-  if (src_host && dst_host) return Status::InvalidArgument("host-to-host 2D copy reached the server");
+  if (src_host && dst_host)
+    return Status::InvalidArgument("host-to-host 2D copy reached the server");
   backend::Copy2D copy;
   copy.width_bytes = width;
   copy.height = height;
@@ -1168,7 +1211,8 @@ Status Session::Memcpy2D(wire::Memcpy2D::Reader args, CallContext& cx) {
     copy.src_host = cx.bulk_in;
     copy.src_pitch = width;
   } else {
-    FERRY_RETURN_IF_ERROR(CheckRange2D(args.getSrcDevice(), args.getSrcPitch(), width, height, "source"));
+    FERRY_RETURN_IF_ERROR(
+        CheckRange2D(args.getSrcDevice(), args.getSrcPitch(), width, height, "source"));
     copy.src_device = args.getSrcDevice();
     copy.src_pitch = args.getSrcPitch();
   }
@@ -1184,7 +1228,8 @@ Status Session::Memcpy2D(wire::Memcpy2D::Reader args, CallContext& cx) {
     copy.dst_host = buffer;
     copy.dst_pitch = width;
   } else {
-    FERRY_RETURN_IF_ERROR(CheckRange2D(args.getDstDevice(), args.getDstPitch(), width, height, "destination"));
+    FERRY_RETURN_IF_ERROR(
+        CheckRange2D(args.getDstDevice(), args.getDstPitch(), width, height, "destination"));
     copy.dst_device = args.getDstDevice();
     copy.dst_pitch = args.getDstPitch();
   }
@@ -1296,9 +1341,9 @@ Status Session::ModuleLoad(wire::ModuleLoad::Reader args, CallContext& cx) {
   ModuleEntry entry;
   entry.ctx = args.getCtx();
   auto description = std::make_shared<backend::ModuleDescription>();
-  FERRY_RETURN_IF_ERROR(backend_.LoadModule(
-      *c->context, std::span<const uint8_t>(image.data, image.size), &entry.module,
-      description.get()));
+  FERRY_RETURN_IF_ERROR(backend_.LoadModule(*c->context,
+                                            std::span<const uint8_t>(image.data, image.size),
+                                            &entry.module, description.get()));
   KeepImage(source, cx);
   DescribeInReply(*description, cx.reply);
   entry.description = std::move(description);
@@ -1439,7 +1484,8 @@ Status Session::StreamCreate(wire::StreamCreate::Reader args) {
 
 Status Session::StreamDestroy(wire::StreamRef::Reader args) {
   if (streams_.erase(args.getStream()) == 0) {
-    return Status::InvalidHandle("no stream " + std::to_string(args.getStream()) + " in this session");
+    return Status::InvalidHandle("no stream " + std::to_string(args.getStream()) +
+                                 " in this session");
   }
   stream_count_.fetch_sub(1);
   return Status::Ok();
@@ -1517,7 +1563,8 @@ Status Session::EventElapsedTime(wire::EventElapsedTime::Reader args, CallContex
 
 Status Session::EventDestroy(wire::EventRef::Reader args) {
   if (events_.erase(args.getEvent()) == 0) {
-    return Status::InvalidHandle("no event " + std::to_string(args.getEvent()) + " in this session");
+    return Status::InvalidHandle("no event " + std::to_string(args.getEvent()) +
+                                 " in this session");
   }
   event_count_.fetch_sub(1);
   return Status::Ok();
@@ -1535,9 +1582,9 @@ Status Session::LibraryLoad(wire::LibraryLoad::Reader args, CallContext& cx) {
   if (source.not_cached) return Status::Ok();
   LibraryEntry entry;
   auto description = std::make_shared<backend::ModuleDescription>();
-  FERRY_RETURN_IF_ERROR(backend_.LoadLibrary(
-      std::span<const uint8_t>(source.image.data, source.image.size), &entry.library,
-      description.get()));
+  FERRY_RETURN_IF_ERROR(
+      backend_.LoadLibrary(std::span<const uint8_t>(source.image.data, source.image.size),
+                           &entry.library, description.get()));
   KeepImage(source, cx);
   DescribeInReply(*description, cx.reply);
   entry.description = std::move(description);
@@ -1601,7 +1648,8 @@ Status Session::OccupancyMaxActiveBlocks(wire::OccupancyMaxActiveBlocks::Reader 
   auto smem = args.getDynamicSmemBytes();
   constexpr unsigned kMaxQueries = 1024;
   if (sizes.size() != smem.size() || sizes.size() == 0 || sizes.size() > kMaxQueries) {
-    return Status::InvalidArgument("occupancy query needs 1 to 1024 (block size, shared bytes) pairs");
+    return Status::InvalidArgument(
+        "occupancy query needs 1 to 1024 (block size, shared bytes) pairs");
   }
   std::vector<int64_t> answers;
   answers.reserve(sizes.size());
@@ -1628,9 +1676,9 @@ Status Session::OccupancyAvailableDynamicSmem(wire::OccupancyAvailableDynamicSme
     return Status::Cuda(CUDA_ERROR_INVALID_VALUE, "block count or size out of range");
   }
   uint64_t bytes = 0;
-  FERRY_RETURN_IF_ERROR(backend_.OccupancyAvailableDynamicSmem(
-      *f->function, static_cast<int>(args.getNumBlocks()), static_cast<int>(args.getBlockSize()),
-      &bytes));
+  FERRY_RETURN_IF_ERROR(
+      backend_.OccupancyAvailableDynamicSmem(*f->function, static_cast<int>(args.getNumBlocks()),
+                                             static_cast<int>(args.getBlockSize()), &bytes));
   cx.reply.setValue(static_cast<int64_t>(bytes));
   return Status::Ok();
 }
@@ -1651,7 +1699,8 @@ Status Session::OccupancyCluster(wire::OccupancyCluster::Reader args, CallContex
   int value = 0;
   switch (args.getQuery()) {
     case wire::OccupancyCluster::Query::MAX_POTENTIAL_CLUSTER_SIZE:
-      FERRY_RETURN_IF_ERROR(backend_.OccupancyMaxPotentialClusterSize(*f->function, config, &value));
+      FERRY_RETURN_IF_ERROR(
+          backend_.OccupancyMaxPotentialClusterSize(*f->function, config, &value));
       break;
     case wire::OccupancyCluster::Query::MAX_ACTIVE_CLUSTERS:
       FERRY_RETURN_IF_ERROR(backend_.OccupancyMaxActiveClusters(*f->function, config, &value));

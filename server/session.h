@@ -65,13 +65,13 @@
 
 #include <vector>
 
-#include "backend/api/gpu_backend.h"
 #include "common/frame.h"
 #include "common/status.h"
 #include "common/transport.h"
-#include "pool/launch_throttle.h"
 #include "schema/ferry.capnp.h"
+#include "server/backend/api/gpu_backend.h"
 #include "server/module_cache.h"
+#include "server/pool/launch_throttle.h"
 
 namespace ferry::server {
 
@@ -89,7 +89,7 @@ struct SessionInfo {
   uint32_t events = 0;
   uint32_t modules = 0;
   int64_t since_unix_ms = 0;
-  std::vector<uint64_t> device_bytes;  // allocated per session device
+  std::vector<uint64_t> device_bytes;        // allocated per session device
   uint64_t module_image_bytes_received = 0;  // image bytes the client sent
 };
 
@@ -218,8 +218,7 @@ class Session {
   struct DeviceThrottle {
     pool::LaunchThrottle throttle;
     int in_flight = 0;
-    explicit DeviceThrottle(double share)
-        : throttle(share, absl::Milliseconds(5), absl::Now()) {}
+    explicit DeviceThrottle(double share) : throttle(share, absl::Milliseconds(5), absl::Now()) {}
   };
 
   // Per call: what the handler needs and what it answers.
@@ -294,8 +293,7 @@ class Session {
   // Reads `call`'s payload straight into device memory and performs it, when
   // it is a host-to-device copy that may (see the file comment). Returns
   // false, having read nothing, when it may not.
-  bool TryDirectHostToDevice(wire::Call::Reader call, PayloadSource& payload,
-                             Status* read_status);
+  bool TryDirectHostToDevice(wire::Call::Reader call, PayloadSource& payload, Status* read_status);
   void Execute(wire::Call::Reader call, backend::HostBytes bulk);
   Status Dispatch(wire::Call::Reader call, CallContext& cx);
   void FreeEverything();
@@ -355,10 +353,10 @@ class Session {
   Status Memset(wire::Memset::Reader args);
   // A load's image, from the call or from the module cache.
   struct ImageSource {
-    bool named = false;       // the call named the image by its SHA-256
+    bool named = false;  // the call named the image by its SHA-256
     ContentHash hash{};
     backend::HostBytes image;  // the bytes to load
-    bool not_cached = false;  // named, not sent, not in the cache
+    bool not_cached = false;   // named, not sent, not in the cache
   };
   Status TakeImage(capnp::Data::Reader hash_data, uint64_t image_bytes, CallContext& cx,
                    ImageSource* source);
@@ -432,7 +430,7 @@ class Session {
   // session instead.
   static constexpr std::chrono::milliseconds kPreemptBatchWait{10000};
   std::chrono::milliseconds preempt_batch_wait_{kPreemptBatchWait};
-  Status revoked_;               // guarded by exec_mutex_: set by Preempt
+  Status revoked_;                   // guarded by exec_mutex_: set by Preempt
   bool handshake_answered_ = false;  // guarded by exec_mutex_
 
   // Throttle state and waits; Preempt and Stop interrupt the waits.

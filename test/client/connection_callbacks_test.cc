@@ -17,8 +17,8 @@
 #include <thread>
 #include <vector>
 
-#include "backend/host/host_backend.h"
 #include "common/frame.h"
+#include "server/backend/host/host_backend.h"
 #include "server/session.h"
 
 namespace ferry::client {
@@ -234,9 +234,8 @@ TEST_F(HostCallbackConnectionTest, WaitForEarlierCopiesOnWaitsForThatStreamsCopi
 
   std::promise<void> release;
   std::shared_future<void> released = release.get_future().share();
-  ASSERT_TRUE(PostGate(kStream, [released](const Status&, bool) {
-                released.wait_for(kTimeout);
-              }).ok());
+  ASSERT_TRUE(
+      PostGate(kStream, [released](const Status&, bool) { released.wait_for(kTimeout); }).ok());
   std::vector<uint8_t> held(kBytes, 0), free_running(kBytes, 0);
   auto copy_into = [&](uint64_t stream, std::vector<uint8_t>& buffer) {
     return connection_->PostExpectingBytes(

@@ -16,9 +16,9 @@
 #include <thread>
 #include <vector>
 
-#include "backend/host/host_backend.h"
 #include "common/frame.h"
 #include "common/shm_transport.h"
+#include "server/backend/host/host_backend.h"
 #include "server/session.h"
 
 namespace ferry::client {
@@ -76,8 +76,8 @@ class ConnectionTest : public ::testing::TestWithParam<std::string> {
     std::thread opener([&] {
       std::unique_ptr<capnp::MessageReader> hello;
       kj::Array<capnp::word> hello_words;
-      open_status = Connection::Open(std::move(counted), "test-server", Connection::Borrow{}, &connection_, &hello,
-                                     &hello_words, options);
+      open_status = Connection::Open(std::move(counted), "test-server", Connection::Borrow{},
+                                     &connection_, &hello, &hello_words, options);
     });
     // What ferryd's listener does: read the Hello, then run a Session.
     Frame frame;
@@ -89,11 +89,13 @@ class ConnectionTest : public ::testing::TestWithParam<std::string> {
     runner_ = std::thread([this] { session_->Run(); });
     opener.join();
     ASSERT_TRUE(open_status.ok()) << open_status.ToString();
-    ASSERT_TRUE(connection_->Call([](wire::Call::Builder c) {
-                  auto a = c.initCtxCreate();
-                  a.setCtx(kCtx);
-                  a.setDevice(0);
-                }).ok());
+    ASSERT_TRUE(connection_
+                    ->Call([](wire::Call::Builder c) {
+                      auto a = c.initCtxCreate();
+                      a.setCtx(kCtx);
+                      a.setDevice(0);
+                    })
+                    .ok());
   }
 
   uint64_t Alloc(uint64_t bytes) {
@@ -114,7 +116,8 @@ class ConnectionTest : public ::testing::TestWithParam<std::string> {
   }
 
   void Free(uint64_t dptr) {
-    ASSERT_TRUE(connection_->Post([&](wire::Call::Builder c) { c.initMemFree().setDptr(dptr); }).ok());
+    ASSERT_TRUE(
+        connection_->Post([&](wire::Call::Builder c) { c.initMemFree().setDptr(dptr); }).ok());
   }
 
   Status PostHtoD(uint64_t dst, const void* data, uint64_t bytes, uint64_t stream = 0) {
@@ -159,20 +162,24 @@ class ConnectionTest : public ::testing::TestWithParam<std::string> {
   }
 
   void CreateStream(uint64_t id) {
-    ASSERT_TRUE(connection_->Post([&](wire::Call::Builder c) {
-                  auto a = c.initStreamCreate();
-                  a.setCtx(kCtx);
-                  a.setStream(id);
-                  a.setFlags(CU_STREAM_NON_BLOCKING);
-                }).ok());
+    ASSERT_TRUE(connection_
+                    ->Post([&](wire::Call::Builder c) {
+                      auto a = c.initStreamCreate();
+                      a.setCtx(kCtx);
+                      a.setStream(id);
+                      a.setFlags(CU_STREAM_NON_BLOCKING);
+                    })
+                    .ok());
   }
 
   void DestroyStream(uint64_t id) {
-    ASSERT_TRUE(connection_->Post([&](wire::Call::Builder c) {
-                  auto a = c.initStreamDestroy();
-                  a.setCtx(kCtx);
-                  a.setStream(id);
-                }).ok());
+    ASSERT_TRUE(connection_
+                    ->Post([&](wire::Call::Builder c) {
+                      auto a = c.initStreamDestroy();
+                      a.setCtx(kCtx);
+                      a.setStream(id);
+                    })
+                    .ok());
   }
 
   std::unique_ptr<backend::GpuBackend> backend_;
@@ -265,38 +272,45 @@ TEST_P(ConnectionTest, EventRecordedOnOneThreadIsSeenByAWaitIssuedLaterOnAnother
   const uint64_t data = Alloc(kData);
   CreateStream(1);
   CreateStream(2);
-  ASSERT_TRUE(connection_->Post([](wire::Call::Builder c) {
-                auto a = c.initEventCreate();
-                a.setCtx(kCtx);
-                a.setEvent(7);
-              }).ok());
+  ASSERT_TRUE(connection_
+                  ->Post([](wire::Call::Builder c) {
+                    auto a = c.initEventCreate();
+                    a.setCtx(kCtx);
+                    a.setEvent(7);
+                  })
+                  .ok());
   for (int round = 0; round < 20; ++round) {
     std::vector<uint8_t> pattern(kData, static_cast<uint8_t>(round + 1));
     std::atomic<bool> recorded{false};
     std::thread writer([&] {
       ASSERT_TRUE(PostMemset(busy, static_cast<uint8_t>(round), kBig, 1).ok());
       ASSERT_TRUE(PostHtoD(data, pattern.data(), kData, 1).ok());
-      ASSERT_TRUE(connection_->Post([](wire::Call::Builder c) {
-                    auto a = c.initEventRecord();
-                    a.setCtx(kCtx);
-                    a.setStream(1);
-                    a.setEvent(7);
-                  }).ok());
+      ASSERT_TRUE(connection_
+                      ->Post([](wire::Call::Builder c) {
+                        auto a = c.initEventRecord();
+                        a.setCtx(kCtx);
+                        a.setStream(1);
+                        a.setEvent(7);
+                      })
+                      .ok());
       recorded.store(true);
     });
     while (!recorded.load()) std::this_thread::yield();
-    ASSERT_TRUE(connection_->Post([](wire::Call::Builder c) {
-                  auto a = c.initStreamWaitEvent();
-                  a.setCtx(kCtx);
-                  a.setStream(2);
-                  a.setEvent(7);
-                }).ok());
+    ASSERT_TRUE(connection_
+                    ->Post([](wire::Call::Builder c) {
+                      auto a = c.initStreamWaitEvent();
+                      a.setCtx(kCtx);
+                      a.setStream(2);
+                      a.setEvent(7);
+                    })
+                    .ok());
     std::vector<uint8_t> seen(kData);
     ASSERT_TRUE(CallDtoH(seen.data(), data, kData, 2).ok());
     writer.join();
     ASSERT_EQ(seen, pattern) << "round " << round;
   }
-  ASSERT_TRUE(connection_->Post([](wire::Call::Builder c) { c.initEventDestroy().setEvent(7); }).ok());
+  ASSERT_TRUE(
+      connection_->Post([](wire::Call::Builder c) { c.initEventDestroy().setEvent(7); }).ok());
   DestroyStream(1);
   DestroyStream(2);
   Free(busy);

@@ -23,7 +23,8 @@ namespace ferry::test {
 namespace {
 
 bool EndsWith(const std::string& text, const std::string& suffix) {
-  return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return text.size() >= suffix.size() &&
+         text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 TEST(CoverageTest, LibraryOpensWithoutServer) {
@@ -39,8 +40,8 @@ TEST(CoverageTest, EveryCudaHeaderFunctionIsExported) {
   for (const std::string& name : names) {
     if (library.Find(name) == nullptr) missing.push_back(name);
   }
-  EXPECT_TRUE(missing.empty()) << missing.size() << " cuda.h functions not exported, first: "
-                               << missing.front();
+  EXPECT_TRUE(missing.empty()) << missing.size()
+                               << " cuda.h functions not exported, first: " << missing.front();
 }
 
 TEST(CoverageTest, EveryStubLibrarySymbolIsExported) {
@@ -52,8 +53,8 @@ TEST(CoverageTest, EveryStubLibrarySymbolIsExported) {
   for (const std::string& name : names) {
     if (library.Find(name) == nullptr) missing.push_back(name);
   }
-  EXPECT_TRUE(missing.empty()) << missing.size() << " stub library symbols not exported, first: "
-                               << missing.front();
+  EXPECT_TRUE(missing.empty()) << missing.size()
+                               << " stub library symbols not exported, first: " << missing.front();
 }
 
 // client/unsupported_functions.txt: symbol -> reason.
@@ -147,7 +148,8 @@ TEST(CoverageTest, UnsupportedFunctionsReturnNotSupported) {
   dup2(saved, 2);
   close(saved);
   close(null);
-  EXPECT_TRUE(wrong.empty()) << "listed but not answering CUDA_ERROR_NOT_SUPPORTED:" << Names(wrong);
+  EXPECT_TRUE(wrong.empty()) << "listed but not answering CUDA_ERROR_NOT_SUPPORTED:"
+                             << Names(wrong);
 }
 
 TEST(CoverageTest, EveryPfnTypedefResolves) {
@@ -181,7 +183,8 @@ TEST(CoverageTest, EveryPfnTypedefResolves) {
   for (const auto& [name, versions] : generations) {
     std::set<std::string> distinct;
     for (const auto& [version, exported] : versions) distinct.insert(exported);
-    EXPECT_EQ(distinct.size(), versions.size()) << name << ": two ABI versions share an entry point";
+    EXPECT_EQ(distinct.size(), versions.size())
+        << name << ": two ABI versions share an entry point";
   }
 }
 

@@ -50,7 +50,8 @@ std::string ReadFile(const std::string& path) {
 
 std::vector<PfnTypedef> ToolkitPfnTypedefs() {
   std::vector<PfnTypedef> typedefs;
-  const std::regex pfn(R"(typedef\s+CUresult\s*\(\s*CUDAAPI\s*\*\s*PFN_(cu\w+?)_v(\d+)(_ptds|_ptsz)?\s*\))");
+  const std::regex pfn(
+      R"(typedef\s+CUresult\s*\(\s*CUDAAPI\s*\*\s*PFN_(cu\w+?)_v(\d+)(_ptds|_ptsz)?\s*\))");
   std::stringstream paths(FERRY_TEST_TYPEDEF_HEADERS);
   for (std::string path; std::getline(paths, path, ':');) {
     const std::string text = ReadFile(path);
@@ -91,7 +92,8 @@ std::map<std::string, char> ExportedFunctions(const std::string& library) {
   while (std::fgets(line, sizeof(line), pipe) != nullptr) {
     std::istringstream fields(line);
     std::string address, type, name;
-    if (fields >> address >> type >> name && (type == "T" || type == "W") && name.rfind("cu", 0) == 0) {
+    if (fields >> address >> type >> name && (type == "T" || type == "W") &&
+        name.rfind("cu", 0) == 0) {
       functions[name] = type[0];
     }
   }

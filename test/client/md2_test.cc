@@ -85,8 +85,8 @@ TEST(HmacMd2Test, FollowsRfc2104) {
       std::vector<uint8_t>(80, 0xaa),  // longer than a block: hashed first
   };
   for (const auto& key : keys) {
-    for (const std::string& text :
-         std::vector<std::string>{"", "Hi There", "what do ya want for nothing?", std::string(200, 'z')}) {
+    for (const std::string& text : std::vector<std::string>{
+             "", "Hi There", "what do ya want for nothing?", std::string(200, 'z')}) {
       EXPECT_EQ(HmacMd2(key, Bytes(text)), ReferenceHmac(key, text))
           << "key of " << key.size() << " bytes, text of " << text.size();
     }

@@ -57,7 +57,8 @@ TEST_F(ProcAddressTest, VersionSelectsTheAbi) {
 TEST_F(ProcAddressTest, PerThreadFlagPicksThePerThreadExport) {
   EXPECT_EQ(Resolve("cuMemcpyHtoDAsync", 13000, kPerThread), "cuMemcpyHtoDAsync_v2_ptsz");
   EXPECT_EQ(Resolve("cuMemcpyHtoDAsync", 13000, kLegacy), "cuMemcpyHtoDAsync_v2");
-  EXPECT_EQ(Resolve("cuMemcpyHtoDAsync", 13000, CU_GET_PROC_ADDRESS_DEFAULT), "cuMemcpyHtoDAsync_v2");
+  EXPECT_EQ(Resolve("cuMemcpyHtoDAsync", 13000, CU_GET_PROC_ADDRESS_DEFAULT),
+            "cuMemcpyHtoDAsync_v2");
   EXPECT_EQ(Resolve("cuMemcpyHtoDAsync", 2000, kPerThread), "cuMemcpyHtoDAsync");
   // Per-thread variants appeared in CUDA 7.0: a program built for 6.5 gets
   // the legacy-stream export even when it asks.

@@ -29,7 +29,8 @@ TEST_F(FrameTest, RoundTripWithBulk) {
   for (size_t i = 0; i < first.size(); ++i) first[i] = static_cast<uint8_t>(i * 7);
   for (size_t i = 0; i < second.size(); ++i) second[i] = static_cast<uint8_t>(200 + i);
   ConstBuffer bulk[2] = {{first.data(), first.size()}, {second.data(), second.size()}};
-  std::thread writer([&] { ASSERT_TRUE(WriteFrame(*a_, wire::FrameKind::HELLO, message, bulk).ok()); });
+  std::thread writer(
+      [&] { ASSERT_TRUE(WriteFrame(*a_, wire::FrameKind::HELLO, message, bulk).ok()); });
   Frame frame;
   ASSERT_TRUE(ReadFrame(*b_, &frame).ok());
   writer.join();
@@ -80,7 +81,9 @@ TEST_F(FrameTest, UnknownKind) { ExpectMalformed(*a_, *b_, Header(wire::FRAME_MA
 TEST_F(FrameTest, OversizedMessage) {
   ExpectMalformed(*a_, *b_, Header(wire::FRAME_MAGIC, 3, kMaxMessageBytes + 8, 0));
 }
-TEST_F(FrameTest, UnalignedMessage) { ExpectMalformed(*a_, *b_, Header(wire::FRAME_MAGIC, 3, 12, 0)); }
+TEST_F(FrameTest, UnalignedMessage) {
+  ExpectMalformed(*a_, *b_, Header(wire::FRAME_MAGIC, 3, 12, 0));
+}
 TEST_F(FrameTest, OversizedBulk) {
   ExpectMalformed(*a_, *b_, Header(wire::FRAME_MAGIC, 3, 8, kMaxBulkBytes + 1));
 }

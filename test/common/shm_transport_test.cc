@@ -180,7 +180,8 @@ TEST(ShmTransportTest, ImpossiblePositionsFromTheClientAreMalformedNotFatal) {
 
 TEST(ShmTransportTest, ConnectingToNothingFailsFast) {
   std::unique_ptr<Transport> transport;
-  Status status = ConnectTransport("unix:/nonexistent/ferry.sock", std::chrono::seconds(2), &transport);
+  Status status =
+      ConnectTransport("unix:/nonexistent/ferry.sock", std::chrono::seconds(2), &transport);
   EXPECT_EQ(status.code(), StatusCode::kDisconnected) << status.ToString();
   EXPECT_NE(status.message().find("unix:/nonexistent/ferry.sock"), std::string::npos);
 }

@@ -20,8 +20,8 @@ TEST(ByteSizeTest, ParsesBinaryUnits) {
   EXPECT_EQ(bytes, 4096u);
   ASSERT_TRUE(ParseByteSize("2TiB", &bytes));
   EXPECT_EQ(bytes, 2ull << 40);
-  for (const char* bad : {"", "GiB", "8 GiB", "8gib", "-1", "1.5GiB", "8GB", "99999999999999999999",
-                          "16777216TiB"}) {
+  for (const char* bad :
+       {"", "GiB", "8 GiB", "8gib", "-1", "1.5GiB", "8GB", "99999999999999999999", "16777216TiB"}) {
     EXPECT_FALSE(ParseByteSize(bad, &bytes)) << bad;
   }
 }

@@ -32,8 +32,7 @@ std::string ExitStatus::ToString() const {
 
 std::string ReadWholeFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)),
-                     std::istreambuf_iterator<char>());
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
 std::string Tail(const std::string& text, size_t bytes) {
@@ -41,10 +40,10 @@ std::string Tail(const std::string& text, size_t bytes) {
   return "[...]" + text.substr(text.size() - bytes);
 }
 
-std::optional<ChildProcess> ChildProcess::Start(
-    const std::vector<std::string>& argv,
-    const std::map<std::string, std::string>& env,
-    const std::string& output_prefix, std::string* error) {
+std::optional<ChildProcess> ChildProcess::Start(const std::vector<std::string>& argv,
+                                                const std::map<std::string, std::string>& env,
+                                                const std::string& output_prefix,
+                                                std::string* error) {
   // Everything the child needs is built before fork: after fork it makes
   // only async-signal-safe calls.
   std::vector<std::string> env_entries;
@@ -157,19 +156,15 @@ void ChildProcess::Kill(int signal) {
   if (pid_ > 0 && running()) ::kill(pid_, signal);
 }
 
-std::string ChildProcess::Stdout() const {
-  return ReadWholeFile(prefix_ + ".out");
-}
+std::string ChildProcess::Stdout() const { return ReadWholeFile(prefix_ + ".out"); }
 
-std::string ChildProcess::Stderr() const {
-  return ReadWholeFile(prefix_ + ".err");
-}
+std::string ChildProcess::Stderr() const { return ReadWholeFile(prefix_ + ".err"); }
 
 std::string ChildProcess::Describe(size_t tail_bytes) const {
   std::ostringstream out;
   out << name_ << " (pid " << pid_ << ") "
-      << (status_ ? status_->ToString() : std::string("still running"))
-      << "\n--- " << name_ << " stdout ---\n"
+      << (status_ ? status_->ToString() : std::string("still running")) << "\n--- " << name_
+      << " stdout ---\n"
       << Tail(Stdout(), tail_bytes) << "\n--- " << name_ << " stderr ---\n"
       << Tail(Stderr(), tail_bytes) << "\n--- end of " << name_ << " ---";
   return out.str();

@@ -32,10 +32,9 @@ class ChildProcess {
   // environment with `env` overriding (set) its entries, stdin from
   // /dev/null, and stdout / stderr written to `output_prefix` + ".out" /
   // ".err". Returns nullopt, with the reason in `error`, if it cannot start.
-  static std::optional<ChildProcess> Start(
-      const std::vector<std::string>& argv,
-      const std::map<std::string, std::string>& env,
-      const std::string& output_prefix, std::string* error);
+  static std::optional<ChildProcess> Start(const std::vector<std::string>& argv,
+                                           const std::map<std::string, std::string>& env,
+                                           const std::string& output_prefix, std::string* error);
 
   ChildProcess(ChildProcess&& other) noexcept;
   ChildProcess& operator=(ChildProcess&& other) noexcept;  // kills ours

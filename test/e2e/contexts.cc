@@ -53,22 +53,19 @@ void CheckPrimaryContext(CUdevice device) {
   unsigned flags = 0;
   int active = -1;
   PrimaryState(device, &flags, &active);
-  E2E_CHECK(active == 0, "primary context active (%d) before any retain",
-            active);
+  E2E_CHECK(active == 0, "primary context active (%d) before any retain", active);
   Ok("primary context inactive at start (flags 0x%x)", flags);
 
   E2E_CHECK_CU(cuDevicePrimaryCtxSetFlags(device, CU_CTX_SCHED_BLOCKING_SYNC));
   PrimaryState(device, &flags, &active);
-  E2E_CHECK(
-      (flags & CU_CTX_SCHED_MASK) == CU_CTX_SCHED_BLOCKING_SYNC && active == 0,
-      "after SetFlags(BLOCKING_SYNC): flags 0x%x, active %d", flags, active);
+  E2E_CHECK((flags & CU_CTX_SCHED_MASK) == CU_CTX_SCHED_BLOCKING_SYNC && active == 0,
+            "after SetFlags(BLOCKING_SYNC): flags 0x%x, active %d", flags, active);
   Ok("cuDevicePrimaryCtxSetFlags(CU_CTX_SCHED_BLOCKING_SYNC) reads back");
 
   CUcontext first = nullptr, second = nullptr;
   E2E_CHECK_CU(cuDevicePrimaryCtxRetain(&first, device));
   E2E_CHECK_CU(cuDevicePrimaryCtxRetain(&second, device));
-  E2E_CHECK(first != nullptr && first == second,
-            "two retains gave different handles");
+  E2E_CHECK(first != nullptr && first == second, "two retains gave different handles");
   PrimaryState(device, &flags, &active);
   E2E_CHECK(active == 1, "primary context not active while retained");
   Ok("cuDevicePrimaryCtxRetain twice: same handle, active");
@@ -115,13 +112,11 @@ void CheckCreatedContexts(CUdevice device) {
   E2E_CHECK(Current() == first, "cuCtxCreate did not make its context current");
   CUdevice context_device = -1;
   E2E_CHECK_CU(cuCtxGetDevice(&context_device));
-  E2E_CHECK(context_device == device, "cuCtxGetDevice = %d, expected %d",
-            context_device, device);
+  E2E_CHECK(context_device == device, "cuCtxGetDevice = %d, expected %d", context_device, device);
   unsigned version = 0;
   E2E_CHECK_CU(cuCtxGetApiVersion(first, &version));
   E2E_CHECK(version >= 3020, "cuCtxGetApiVersion = %u", version);
-  Ok("cuCtxCreate: current, device %d, API version %u", context_device,
-     version);
+  Ok("cuCtxCreate: current, device %d, API version %u", context_device, version);
 
   E2E_CHECK_CU(cuCtxCreate(&second, nullptr, CU_CTX_SCHED_SPIN, device));
   E2E_CHECK(second != first && Current() == second,
@@ -142,9 +137,8 @@ void CheckCreatedContexts(CUdevice device) {
   E2E_CHECK_CU(cuCtxSetCurrent(first));
   E2E_CHECK(Current() == first, "set did not replace the top of the stack");
   E2E_CHECK_CU(cuCtxPopCurrent(&popped));
-  E2E_CHECK(popped == first && Current() == first,
-            "pop after set: popped %p, current %p", static_cast<void*>(popped),
-            static_cast<void*>(Current()));
+  E2E_CHECK(popped == first && Current() == first, "pop after set: popped %p, current %p",
+            static_cast<void*>(popped), static_cast<void*>(Current()));
   Ok("cuCtxPushCurrent / PopCurrent / SetCurrent keep the stack order");
 
   CheckContextWorks("copies in a created context");
@@ -193,22 +187,19 @@ void CheckThreadsShareContext(CUdevice device) {
       E2E_CHECK_CU(cuMemcpyHtoD(a, pattern.data(), n));
       E2E_CHECK_CU(cuMemcpyDtoD(b, a, n));
       E2E_CHECK_CU(cuMemcpyDtoH(back.data(), b, n));
-      E2E_CHECK(back == pattern, "thread %d round %d: copy mismatch", id,
-                round);
+      E2E_CHECK(back == pattern, "thread %d round %d: copy mismatch", id, round);
       const uint32_t word = 0x01010101u * static_cast<uint32_t>(id + 1);
       E2E_CHECK_CU(cuMemsetD32(a, word, n / 4));
       std::vector<uint32_t> words(n / 4, 0);
       E2E_CHECK_CU(cuMemcpyDtoH(words.data(), a, n / 4 * 4));
       for (size_t i = 0; i < words.size(); ++i) {
-        E2E_CHECK(words[i] == word, "thread %d round %d: word %zu = 0x%x", id,
-                  round, i, words[i]);
+        E2E_CHECK(words[i] == word, "thread %d round %d: word %zu = 0x%x", id, round, i, words[i]);
       }
       E2E_CHECK_CU(cuMemFree(a));
       E2E_CHECK_CU(cuMemFree(b));
     }
     E2E_CHECK_CU(cuCtxSynchronize());
-    Ok("thread %d: %d rounds of alloc / copy / memset / verify / free", id,
-       kRounds);
+    Ok("thread %d: %d rounds of alloc / copy / memset / verify / free", id, kRounds);
   };
   std::vector<std::thread> threads;
   for (int id = 0; id < kThreads; ++id) threads.emplace_back(worker, id);

@@ -24,19 +24,15 @@ struct AttributeRange {
 };
 
 constexpr AttributeRange kAttributes[] = {
-    {CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, "compute capability major",
-     3, 20},
-    {CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, "compute capability minor",
-     0, 9},
-    {CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, "multiprocessor count", 1,
-     100000},
-    {CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK, "max threads per block", 32,
-     4096},
+    {CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, "compute capability major", 3, 20},
+    {CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, "compute capability minor", 0, 9},
+    {CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, "multiprocessor count", 1, 100000},
+    {CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK, "max threads per block", 32, 4096},
     {CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_X, "max block dim x", 32, 4096},
     {CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_X, "max grid dim x", 65535, 0x7fffffff},
     {CU_DEVICE_ATTRIBUTE_WARP_SIZE, "warp size", 32, 32},
-    {CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK,
-     "max shared memory per block", 16 * 1024, 64 * 1024 * 1024},
+    {CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK, "max shared memory per block", 16 * 1024,
+     64 * 1024 * 1024},
     {CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING, "unified addressing", 1, 1},
     {CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID, "PCI domain id", 0, 0xffff},
     {CU_DEVICE_ATTRIBUTE_PCI_BUS_ID, "PCI bus id", 0, 0xff},
@@ -69,8 +65,7 @@ void CheckDevice(int ordinal) {
   char uuid_text[2 * sizeof(uuid.bytes) + 1];
   for (size_t i = 0; i < sizeof(uuid.bytes); ++i) {
     all_zero = all_zero && uuid.bytes[i] == 0;
-    std::snprintf(uuid_text + 2 * i, 3, "%02x",
-                  static_cast<unsigned char>(uuid.bytes[i]));
+    std::snprintf(uuid_text + 2 * i, 3, "%02x", static_cast<unsigned char>(uuid.bytes[i]));
   }
   E2E_CHECK(!all_zero, "UUID is all zeros");
   Ok("device %d UUID %s", ordinal, uuid_text);
@@ -78,22 +73,17 @@ void CheckDevice(int ordinal) {
   char bus_id[64];
   E2E_CHECK_CU(cuDeviceGetPCIBusId(bus_id, sizeof(bus_id), device));
   unsigned domain = 0, bus = 0, slot = 0, function = 0;
-  E2E_CHECK(
-      std::sscanf(bus_id, "%x:%x:%x.%x", &domain, &bus, &slot, &function) == 4,
-      "PCI bus id \"%s\" is not DOMAIN:BUS:DEVICE.FUNCTION", bus_id);
-  E2E_CHECK(domain == static_cast<unsigned>(Attribute(
-                          CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID, device)) &&
-                bus == static_cast<unsigned>(
-                           Attribute(CU_DEVICE_ATTRIBUTE_PCI_BUS_ID, device)) &&
-                slot == static_cast<unsigned>(Attribute(
-                            CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID, device)),
+  E2E_CHECK(std::sscanf(bus_id, "%x:%x:%x.%x", &domain, &bus, &slot, &function) == 4,
+            "PCI bus id \"%s\" is not DOMAIN:BUS:DEVICE.FUNCTION", bus_id);
+  E2E_CHECK(domain == static_cast<unsigned>(Attribute(CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID, device)) &&
+                bus == static_cast<unsigned>(Attribute(CU_DEVICE_ATTRIBUTE_PCI_BUS_ID, device)) &&
+                slot == static_cast<unsigned>(Attribute(CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID, device)),
             "PCI bus id \"%s\" disagrees with the PCI attributes", bus_id);
   CUdevice by_bus_id = -1;
   E2E_CHECK_CU(cuDeviceGetByPCIBusId(&by_bus_id, bus_id));
-  E2E_CHECK(by_bus_id == device, "cuDeviceGetByPCIBusId(\"%s\") = %d, not %d",
-            bus_id, by_bus_id, device);
-  Ok("device %d PCI bus id %s (matches attributes, maps back)", ordinal,
-     bus_id);
+  E2E_CHECK(by_bus_id == device, "cuDeviceGetByPCIBusId(\"%s\") = %d, not %d", bus_id, by_bus_id,
+            device);
+  Ok("device %d PCI bus id %s (matches attributes, maps back)", ordinal, bus_id);
 
   size_t total = 0;
   E2E_CHECK_CU(cuDeviceTotalMem(&total, device));
@@ -102,9 +92,8 @@ void CheckDevice(int ordinal) {
 
   for (const AttributeRange& range : kAttributes) {
     int value = Attribute(range.attribute, device);
-    E2E_CHECK(value >= range.min && value <= range.max,
-              "%s = %d, outside [%d, %d]", range.name, value, range.min,
-              range.max);
+    E2E_CHECK(value >= range.min && value <= range.max, "%s = %d, outside [%d, %d]", range.name,
+              value, range.min, range.max);
     Ok("device %d %s = %d", ordinal, range.name, value);
   }
   int value = 0;
@@ -115,18 +104,14 @@ void CheckDevice(int ordinal) {
 void CheckErrorStrings() {
   const char* text = nullptr;
   E2E_CHECK_CU(cuGetErrorName(CUDA_ERROR_INVALID_DEVICE, &text));
-  E2E_CHECK(
-      text != nullptr && std::strcmp(text, "CUDA_ERROR_INVALID_DEVICE") == 0,
-      "cuGetErrorName(CUDA_ERROR_INVALID_DEVICE) = \"%s\"",
-      text ? text : "(null)");
+  E2E_CHECK(text != nullptr && std::strcmp(text, "CUDA_ERROR_INVALID_DEVICE") == 0,
+            "cuGetErrorName(CUDA_ERROR_INVALID_DEVICE) = \"%s\"", text ? text : "(null)");
   Ok("cuGetErrorName(101) = \"%s\"", text);
   text = nullptr;
   E2E_CHECK_CU(cuGetErrorString(CUDA_ERROR_OUT_OF_MEMORY, &text));
-  E2E_CHECK(text != nullptr && text[0] != '\0',
-            "empty cuGetErrorString(CUDA_ERROR_OUT_OF_MEMORY)");
+  E2E_CHECK(text != nullptr && text[0] != '\0', "empty cuGetErrorString(CUDA_ERROR_OUT_OF_MEMORY)");
   Ok("cuGetErrorString(2) = \"%s\"", text);
-  E2E_EXPECT_CU(CUDA_ERROR_INVALID_VALUE,
-                cuGetErrorName(static_cast<CUresult>(9999), &text));
+  E2E_EXPECT_CU(CUDA_ERROR_INVALID_VALUE, cuGetErrorName(static_cast<CUresult>(9999), &text));
 }
 
 }  // namespace
@@ -153,12 +138,10 @@ int main() {
   E2E_EXPECT_CU(CUDA_ERROR_INVALID_DEVICE, cuDeviceGet(&device, count));
   E2E_EXPECT_CU(CUDA_ERROR_INVALID_DEVICE, cuDeviceGet(&device, -1));
   char name[64];
-  E2E_EXPECT_CU(CUDA_ERROR_INVALID_DEVICE,
-                cuDeviceGetName(name, sizeof(name), count));
+  E2E_EXPECT_CU(CUDA_ERROR_INVALID_DEVICE, cuDeviceGetName(name, sizeof(name), count));
   int value = 0;
-  E2E_EXPECT_CU(
-      CUDA_ERROR_INVALID_DEVICE,
-      cuDeviceGetAttribute(&value, CU_DEVICE_ATTRIBUTE_WARP_SIZE, count));
+  E2E_EXPECT_CU(CUDA_ERROR_INVALID_DEVICE,
+                cuDeviceGetAttribute(&value, CU_DEVICE_ATTRIBUTE_WARP_SIZE, count));
   size_t total = 0;
   E2E_EXPECT_CU(CUDA_ERROR_INVALID_DEVICE, cuDeviceTotalMem(&total, count));
 

@@ -33,8 +33,7 @@ inline const char* ErrorName(CUresult result) {
   return name;
 }
 
-__attribute__((format(printf, 1, 2))) inline std::string Format(
-    const char* format, ...) {
+__attribute__((format(printf, 1, 2))) inline std::string Format(const char* format, ...) {
   va_list args;
   va_start(args, format);
   char buffer[1024];
@@ -45,8 +44,7 @@ __attribute__((format(printf, 1, 2))) inline std::string Format(
 
 // Prints the failure and ends the process at once: other threads may still
 // be running, so no destructors or atexit handlers run.
-[[noreturn]] inline void FailAt(const char* file, int line,
-                                const std::string& what) {
+[[noreturn]] inline void FailAt(const char* file, int line, const std::string& what) {
   std::fflush(stdout);
   std::fprintf(stderr, "FAIL %s:%d: %s\n", file, line, what.c_str());
   std::fflush(stderr);
@@ -63,20 +61,18 @@ __attribute__((format(printf, 1, 2))) inline void Ok(const char* format, ...) {
   std::fflush(stdout);
 }
 
-inline void CheckCu(CUresult result, const char* expr, const char* file,
-                    int line) {
+inline void CheckCu(CUresult result, const char* expr, const char* file, int line) {
   if (result != CUDA_SUCCESS) {
-    FailAt(file, line,
-           Format("%s returned %s (%d)", expr, ErrorName(result), result));
+    FailAt(file, line, Format("%s returned %s (%d)", expr, ErrorName(result), result));
   }
 }
 
-inline void ExpectCu(CUresult expected, CUresult result, const char* expr,
-                     const char* file, int line) {
+inline void ExpectCu(CUresult expected, CUresult result, const char* expr, const char* file,
+                     int line) {
   if (result != expected) {
     FailAt(file, line,
-           Format("%s returned %s (%d), expected %s (%d)", expr,
-                  ErrorName(result), result, ErrorName(expected), expected));
+           Format("%s returned %s (%d), expected %s (%d)", expr, ErrorName(result), result,
+                  ErrorName(expected), expected));
   }
   Ok("%s -> %s", expr, ErrorName(result));
 }
@@ -85,9 +81,8 @@ inline void ExpectCu(CUresult expected, CUresult result, const char* expr,
 // that waits (`sync`, e.g. cuCtxSynchronize): fails unless one of the two
 // reports an error. Returns the error reported.
 template <typename Sync>
-CUresult ExpectErrorNowOrAtSync(CUresult now, const char* expr, Sync sync,
-                                const char* sync_expr, const char* file,
-                                int line) {
+CUresult ExpectErrorNowOrAtSync(CUresult now, const char* expr, Sync sync, const char* sync_expr,
+                                const char* file, int line) {
   if (now != CUDA_SUCCESS) {
     Ok("%s -> %s (reported by the call)", expr, ErrorName(now));
     return now;
@@ -95,8 +90,7 @@ CUresult ExpectErrorNowOrAtSync(CUresult now, const char* expr, Sync sync,
   CUresult later = sync();
   if (later == CUDA_SUCCESS) {
     FailAt(file, line,
-           Format("%s succeeded and so did the next %s; expected an error",
-                  expr, sync_expr));
+           Format("%s succeeded and so did the next %s; expected an error", expr, sync_expr));
   }
   Ok("%s -> CUDA_SUCCESS, then %s -> %s", expr, sync_expr, ErrorName(later));
   return later;
@@ -104,15 +98,14 @@ CUresult ExpectErrorNowOrAtSync(CUresult now, const char* expr, Sync sync,
 
 // Fails unless `n` bytes at `actual` equal those at `expected`; names the
 // first byte that differs.
-inline void CheckBytes(const void* actual, const void* expected, size_t n,
-                       const char* what, const char* file, int line) {
+inline void CheckBytes(const void* actual, const void* expected, size_t n, const char* what,
+                       const char* file, int line) {
   const auto* a = static_cast<const uint8_t*>(actual);
   const auto* e = static_cast<const uint8_t*>(expected);
   for (size_t i = 0; i < n; ++i) {
     if (a[i] != e[i]) {
       FailAt(file, line,
-             Format("%s: byte %zu of %zu is 0x%02x, expected 0x%02x", what, i,
-                    n, a[i], e[i]));
+             Format("%s: byte %zu of %zu is 0x%02x, expected 0x%02x", what, i, n, a[i], e[i]));
     }
   }
   Ok("%s (%zu bytes)", what, n);
@@ -144,12 +137,10 @@ inline std::string ImageDir(int argc, char** argv) {
 #endif
 }
 
-inline std::vector<char> ReadFileOrDie(const std::string& path,
-                                       const char* file, int line) {
+inline std::vector<char> ReadFileOrDie(const std::string& path, const char* file, int line) {
   std::ifstream in(path, std::ios::binary);
   if (!in) FailAt(file, line, Format("cannot open %s", path.c_str()));
-  std::vector<char> bytes((std::istreambuf_iterator<char>(in)),
-                          std::istreambuf_iterator<char>());
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   if (bytes.empty()) FailAt(file, line, Format("%s is empty", path.c_str()));
   return bytes;
 }
@@ -165,36 +156,31 @@ inline bool UsingFerry() {
 }  // namespace ferry::e2e
 
 // Fails unless `call` returns CUDA_SUCCESS.
-#define E2E_CHECK_CU(call) \
-  ::ferry::e2e::CheckCu((call), #call, __FILE__, __LINE__)
+#define E2E_CHECK_CU(call) ::ferry::e2e::CheckCu((call), #call, __FILE__, __LINE__)
 
 // Fails unless `call` returns `expected`; prints the result when it does.
 #define E2E_EXPECT_CU(expected, call) \
   ::ferry::e2e::ExpectCu((expected), (call), #call, __FILE__, __LINE__)
 
 // Fails with the printf-style message unless `cond` holds.
-#define E2E_CHECK(cond, ...)                                                \
-  do {                                                                      \
-    if (!(cond)) {                                                          \
-      ::ferry::e2e::FailAt(                                                 \
-          __FILE__, __LINE__,                                               \
-          "check failed: " #cond ": " + ::ferry::e2e::Format(__VA_ARGS__)); \
-    }                                                                       \
+#define E2E_CHECK(cond, ...)                                                                 \
+  do {                                                                                       \
+    if (!(cond)) {                                                                           \
+      ::ferry::e2e::FailAt(__FILE__, __LINE__,                                               \
+                           "check failed: " #cond ": " + ::ferry::e2e::Format(__VA_ARGS__)); \
+    }                                                                                        \
   } while (0)
 
 // Fails unless `call` or, when `call` succeeds, the next `sync_call` reports
 // an error; evaluates to the error reported.
-#define E2E_EXPECT_ERROR_NOW_OR_AT(call, sync_call)                 \
-  ::ferry::e2e::ExpectErrorNowOrAtSync((call), #call,               \
-                                       [&] { return (sync_call); }, \
-                                       #sync_call, __FILE__, __LINE__)
+#define E2E_EXPECT_ERROR_NOW_OR_AT(call, sync_call)                                            \
+  ::ferry::e2e::ExpectErrorNowOrAtSync((call), #call, [&] { return (sync_call); }, #sync_call, \
+                                       __FILE__, __LINE__)
 
-#define E2E_CHECK_BYTES(actual, expected, n, what)                      \
-  ::ferry::e2e::CheckBytes((actual), (expected), (n), (what), __FILE__, \
-                           __LINE__)
+#define E2E_CHECK_BYTES(actual, expected, n, what) \
+  ::ferry::e2e::CheckBytes((actual), (expected), (n), (what), __FILE__, __LINE__)
 
-#define E2E_READ_FILE(path) \
-  ::ferry::e2e::ReadFileOrDie((path), __FILE__, __LINE__)
+#define E2E_READ_FILE(path) ::ferry::e2e::ReadFileOrDie((path), __FILE__, __LINE__)
 
 namespace ferry::e2e {
 

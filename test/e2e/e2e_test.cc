@@ -13,15 +13,15 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <capnp/serialize.h>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
 #include <map>
 #include <optional>
 #include <random>
-#include <cstring>
-#include <capnp/serialize.h>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -88,8 +88,7 @@ double NumberField(const JsonValue& object, const char* key) {
 // its final "all checks passed" line.
 void ExpectPasses(ChildProcess& program) {
   const ExitStatus status = program.Wait(kProgramTimeout);
-  EXPECT_TRUE(status.success() &&
-              program.Stdout().find("all checks passed") != std::string::npos)
+  EXPECT_TRUE(status.success() && program.Stdout().find("all checks passed") != std::string::npos)
       << program.Describe();
 }
 
@@ -116,15 +115,13 @@ class FerrydTest : public ::testing::Test {
         address_ = ready.substr(0, ready.find_last_not_of("\r\n") + 1);
         break;
       }
-      ASSERT_FALSE(ferryd_->Poll()) << "ferryd exited before it was ready\n"
-                                    << ferryd_->Describe();
+      ASSERT_FALSE(ferryd_->Poll()) << "ferryd exited before it was ready\n" << ferryd_->Describe();
       ASSERT_LT(std::chrono::steady_clock::now(), deadline)
           << "ferryd wrote no ready file in 10 s\n"
           << ferryd_->Describe();
       std::this_thread::sleep_for(10ms);
     }
-    ASSERT_EQ(address_.rfind("127.0.0.1:", 0), 0u)
-        << "ready file holds \"" << address_ << "\"";
+    ASSERT_EQ(address_.rfind("127.0.0.1:", 0), 0u) << "ready file holds \"" << address_ << "\"";
   }
 
   void TearDown() override {
@@ -134,9 +131,8 @@ class FerrydTest : public ::testing::Test {
       } else {
         ferryd_->Kill(SIGTERM);
         const ExitStatus status = ferryd_->Wait(kStopTimeout);
-        EXPECT_TRUE(status.success())
-            << "ferryd did not exit 0 within 10 s of SIGTERM\n"
-            << ferryd_->Describe();
+        EXPECT_TRUE(status.success()) << "ferryd did not exit 0 within 10 s of SIGTERM\n"
+                                      << ferryd_->Describe();
       }
     }
     if (HasFailure()) {
@@ -153,14 +149,13 @@ class FerrydTest : public ::testing::Test {
   // Starts e2e program `name` (with the image folder as its argument)
   // against this test's ferryd; nullopt (and a failure) if it cannot start.
   // `env` adds to (or overrides) the client environment.
-  std::optional<ChildProcess> StartProgram(
-      const std::string& name, const std::map<std::string, std::string>& env = {}) {
+  std::optional<ChildProcess> StartProgram(const std::string& name,
+                                           const std::map<std::string, std::string>& env = {}) {
     std::string error;
     std::map<std::string, std::string> full_env = ClientEnv(ClientAddress());
     for (const auto& [key, value] : env) full_env[key] = value;
-    std::optional<ChildProcess> program =
-        ChildProcess::Start({ProgramPath(name), FERRY_E2E_IMAGE_DIR},
-                            full_env, dir_ + "/" + name, &error);
+    std::optional<ChildProcess> program = ChildProcess::Start(
+        {ProgramPath(name), FERRY_E2E_IMAGE_DIR}, full_env, dir_ + "/" + name, &error);
     if (!program.has_value()) {
       ADD_FAILURE() << "cannot start " << name << ": " << error;
     }
@@ -170,18 +165,16 @@ class FerrydTest : public ::testing::Test {
   struct Status {
     JsonValue json;
     std::string text;
-    const std::vector<JsonValue>& sessions() const {
-      return json.Find("sessions")->array;
-    }
+    const std::vector<JsonValue>& sessions() const { return json.Find("sessions")->array; }
   };
 
   // `ferryctl status --server ADDRESS -o json`, parsed; nullopt with the
   // reason in `why` when it fails or prints something else.
   std::optional<Status> SessionStatus(std::string* why) {
     std::string error;
-    std::optional<ChildProcess> ctl = ChildProcess::Start(
-        {FERRY_E2E_FERRYCTL, "status", "--server", address_, "-o", "json"}, {},
-        dir_ + "/ferryctl", &error);
+    std::optional<ChildProcess> ctl =
+        ChildProcess::Start({FERRY_E2E_FERRYCTL, "status", "--server", address_, "-o", "json"}, {},
+                            dir_ + "/ferryctl", &error);
     if (!ctl.has_value()) {
       *why = "cannot start ferryctl: " + error;
       return std::nullopt;
@@ -193,11 +186,9 @@ class FerrydTest : public ::testing::Test {
     Status status;
     status.text = ctl->Stdout();
     std::optional<JsonValue> json = ParseJson(status.text, &error);
-    if (!json.has_value() || !json->is_object() ||
-        json->Find("sessions") == nullptr ||
+    if (!json.has_value() || !json->is_object() || json->Find("sessions") == nullptr ||
         !json->Find("sessions")->is_array()) {
-      *why = "ferryctl printed no {\"sessions\": [...]} object (" + error +
-             "):\n" + status.text;
+      *why = "ferryctl printed no {\"sessions\": [...]} object (" + error + "):\n" + status.text;
       return std::nullopt;
     }
     status.json = std::move(*json);
@@ -207,8 +198,7 @@ class FerrydTest : public ::testing::Test {
   // Polls ferryctl until it lists no session; fails the test after
   // kSessionGoneTimeout.
   void ExpectNoSessionsSoon(const char* after) {
-    const auto deadline =
-        std::chrono::steady_clock::now() + kSessionGoneTimeout;
+    const auto deadline = std::chrono::steady_clock::now() + kSessionGoneTimeout;
     std::string last;
     for (;;) {
       std::optional<Status> status = SessionStatus(&last);
@@ -219,9 +209,7 @@ class FerrydTest : public ::testing::Test {
       if (std::chrono::steady_clock::now() >= deadline) break;
       std::this_thread::sleep_for(kPollInterval);
     }
-    ADD_FAILURE() << "sessions remain 10 s after " << after
-                  << "; last ferryctl status:\n"
-                  << last;
+    ADD_FAILURE() << "sessions remain 10 s after " << after << "; last ferryctl status:\n" << last;
   }
 
   // Runs program `name` to its end and expects it to pass.
@@ -241,8 +229,7 @@ class FerrydTest : public ::testing::Test {
 };
 
 // The tests that run programs, once over TCP and once over shared memory.
-class FerrydTransportTest : public FerrydTest,
-                            public ::testing::WithParamInterface<std::string> {
+class FerrydTransportTest : public FerrydTest, public ::testing::WithParamInterface<std::string> {
  protected:
   std::string ClientAddress() const override {
     return GetParam() == "unix" ? unix_address_ : address_;
@@ -263,8 +250,7 @@ TEST_P(FerrydTransportTest, Library) { RunAndExpectPass("library"); }
 // Eager loading puts every library into every context at once; the program
 // must not be able to tell, except by the loading mode it is told.
 TEST_F(FerrydTest, LibraryWithEagerLoading) {
-  std::optional<ChildProcess> program =
-      StartProgram("library", {{"CUDA_MODULE_LOADING", "EAGER"}});
+  std::optional<ChildProcess> program = StartProgram("library", {{"CUDA_MODULE_LOADING", "EAGER"}});
   ASSERT_TRUE(program.has_value());
   ExpectPasses(*program);
   EXPECT_NE(program->Stdout().find("module loading mode eager"), std::string::npos)
@@ -303,24 +289,21 @@ TEST_P(FerrydTransportTest, KilledClientSessionIsFreed) {
   const auto deadline = std::chrono::steady_clock::now() + kProgramTimeout;
   while (holder.Stdout().find("READY\n") == std::string::npos) {
     ASSERT_FALSE(holder.Poll()) << "exited before READY\n" << holder.Describe();
-    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "no READY\n"
-                                                          << holder.Describe();
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "no READY\n" << holder.Describe();
     std::this_thread::sleep_for(kPollInterval);
   }
 
   std::string why;
   std::optional<Status> status = SessionStatus(&why);
   ASSERT_TRUE(status.has_value()) << why;
-  ASSERT_EQ(status->sessions().size(), 1u) << status->text << "\n"
-                                           << holder.Describe();
+  ASSERT_EQ(status->sessions().size(), 1u) << status->text << "\n" << holder.Describe();
   const JsonValue& session = status->sessions()[0];
   EXPECT_EQ(NumberField(session, "pid"), holder.pid()) << status->text;
   const JsonValue* program = session.Find("program");
   EXPECT_TRUE(program != nullptr && program->is_string() &&
               program->string.find("hold_and_wait") != std::string::npos)
       << status->text;
-  EXPECT_GE(NumberField(session, "bytes_allocated"), 3 * 8 * 1024 * 1024)
-      << status->text;
+  EXPECT_GE(NumberField(session, "bytes_allocated"), 3 * 8 * 1024 * 1024) << status->text;
   EXPECT_GE(NumberField(session, "allocations"), 3) << status->text;
   EXPECT_GE(NumberField(session, "contexts"), 1) << status->text;
   EXPECT_GE(NumberField(session, "streams"), 2) << status->text;
@@ -347,8 +330,7 @@ TEST_F(FerrydTest, ClientKilledWhileAHostCallbackHoldsAStream) {
   const auto deadline = std::chrono::steady_clock::now() + kProgramTimeout;
   while (holder.Stdout().find("READY\n") == std::string::npos) {
     ASSERT_FALSE(holder.Poll()) << "exited before READY\n" << holder.Describe();
-    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "no READY\n"
-                                                          << holder.Describe();
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "no READY\n" << holder.Describe();
     std::this_thread::sleep_for(kPollInterval);
   }
   std::string why;
@@ -395,7 +377,8 @@ TEST_P(FerrydTransportTest, HostileClientsNeverStopTheServer) {
       // Shared memory lets a client write more than bytes: impossible ring
       // positions too.
       auto* header = static_cast<ferry::ShmTransport&>(*t).TEST_header();
-      header->to_server.head.store(rng() % 2 ? ~0ull - rng() % 100 : header->to_server.head + (1ull << 40));
+      header->to_server.head.store(rng() % 2 ? ~0ull - rng() % 100
+                                             : header->to_server.head + (1ull << 40));
       header->to_client.tail.store(rng());
       header->to_server.data_event.fetch_add(1);
     }
@@ -472,15 +455,13 @@ TEST(UnreachableServerTest, CallsFailFastWithOneLineNamingTheServer) {
   const std::string dir = MakeTestDir();
   ASSERT_FALSE(dir.empty());
   std::string error;
-  std::optional<ChildProcess> program =
-      ChildProcess::Start({ProgramPath("unreachable")}, ClientEnv(address),
-                          dir + "/unreachable", &error);
+  std::optional<ChildProcess> program = ChildProcess::Start(
+      {ProgramPath("unreachable")}, ClientEnv(address), dir + "/unreachable", &error);
   ASSERT_TRUE(program.has_value()) << error;
   // The program checks each call's code and that it took < 10 s.
   const ExitStatus status = program->Wait(30s);
   EXPECT_TRUE(status.success()) << program->Describe();
-  EXPECT_NE(program->Stdout().find("cuInit(0) -> 46 "), std::string::npos)
-      << program->Describe();
+  EXPECT_NE(program->Stdout().find("cuInit(0) -> 46 "), std::string::npos) << program->Describe();
 
   const std::vector<std::string> lines = NonEmptyLines(program->Stderr());
   int naming = 0;
@@ -489,8 +470,7 @@ TEST(UnreachableServerTest, CallsFailFastWithOneLineNamingTheServer) {
   }
   EXPECT_EQ(naming, 1) << "expected one stderr line naming " << address << "\n"
                        << program->Describe();
-  EXPECT_EQ(lines.size(), 1u) << "expected stderr to be that one line\n"
-                              << program->Describe();
+  EXPECT_EQ(lines.size(), 1u) << "expected stderr to be that one line\n" << program->Describe();
   if (!HasFailure()) {
     std::error_code ignored;
     std::filesystem::remove_all(dir, ignored);

@@ -35,9 +35,7 @@ constexpr CUdeviceptr kBogusPointer = 0x00000dead0000000ull;
 // Handle values that no call returned.
 CUstream BogusStream() { return reinterpret_cast<CUstream>(0xdead0001ull); }
 CUevent BogusEvent() { return reinterpret_cast<CUevent>(0xdead0002ull); }
-CUfunction BogusFunction() {
-  return reinterpret_cast<CUfunction>(0xdead0003ull);
-}
+CUfunction BogusFunction() { return reinterpret_cast<CUfunction>(0xdead0003ull); }
 CUmodule BogusModule() { return reinterpret_cast<CUmodule>(0xdead0004ull); }
 
 // The program still works: nothing is pending, and a fresh allocation, copy
@@ -61,41 +59,36 @@ void CheckStillWorks(const char* after, CUmodule module) {
     E2E_CHECK_CU(cuModuleGetFunction(&vector_add, module, e2e::kVectorAdd));
     int n = kN;
     void* params[] = {&da, &db, &dc, &n};
-    E2E_CHECK_CU(cuLaunchKernel(vector_add, (kN + 127) / 128, 1, 1, 128, 1, 1,
-                                0, nullptr, params, nullptr));
+    E2E_CHECK_CU(
+        cuLaunchKernel(vector_add, (kN + 127) / 128, 1, 1, 128, 1, 1, 0, nullptr, params, nullptr));
   } else {
     E2E_CHECK_CU(cuMemcpyDtoD(dc, da, kN * sizeof(float)));
   }
   E2E_CHECK_CU(cuMemcpyDtoH(c.data(), dc, kN * sizeof(float)));
   for (int i = 0; i < kN; ++i) {
     const float expected = module != nullptr ? a[i] + b[i] : a[i];
-    E2E_CHECK(c[i] == expected, "after %s: element %d = %g, expected %g", after,
-              i, c[i], expected);
+    E2E_CHECK(c[i] == expected, "after %s: element %d = %g, expected %g", after, i, c[i], expected);
   }
   E2E_CHECK_CU(cuMemFree(da));
   E2E_CHECK_CU(cuMemFree(db));
   E2E_CHECK_CU(cuMemFree(dc));
   E2E_CHECK_CU(cuCtxSynchronize());
-  Ok("still works after %s (alloc, copy%s)", after,
-     module != nullptr ? ", vector_add" : "");
+  Ok("still works after %s (alloc, copy%s)", after, module != nullptr ? ", vector_add" : "");
 }
 
 void CheckBadPointers(CUmodule module) {
   std::vector<uint8_t> host(256, 0x42);
-  E2E_EXPECT_ERROR_NOW_OR_AT(cuMemcpyHtoD(kBogusPointer, host.data(), 256),
-                             cuCtxSynchronize());
+  E2E_EXPECT_ERROR_NOW_OR_AT(cuMemcpyHtoD(kBogusPointer, host.data(), 256), cuCtxSynchronize());
   CheckStillWorks("cuMemcpyHtoD to a bogus pointer", module);
-  E2E_EXPECT_ERROR_NOW_OR_AT(cuMemcpyDtoH(host.data(), kBogusPointer, 256),
-                             cuCtxSynchronize());
+  E2E_EXPECT_ERROR_NOW_OR_AT(cuMemcpyDtoH(host.data(), kBogusPointer, 256), cuCtxSynchronize());
   CheckStillWorks("cuMemcpyDtoH from a bogus pointer", module);
 
   CUstream stream = nullptr;
   E2E_CHECK_CU(cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING));
   void* pinned = nullptr;
   E2E_CHECK_CU(cuMemAllocHost(&pinned, 256));
-  E2E_EXPECT_ERROR_NOW_OR_AT(
-      cuMemcpyHtoDAsync(kBogusPointer, pinned, 256, stream),
-      cuStreamSynchronize(stream));
+  E2E_EXPECT_ERROR_NOW_OR_AT(cuMemcpyHtoDAsync(kBogusPointer, pinned, 256, stream),
+                             cuStreamSynchronize(stream));
   E2E_CHECK_CU(cuStreamSynchronize(stream));
   CheckStillWorks("cuMemcpyHtoDAsync to a bogus pointer", module);
   E2E_CHECK_CU(cuMemFreeHost(pinned));
@@ -107,15 +100,12 @@ void CheckBadPointers(CUmodule module) {
     CUdeviceptr small = 0;
     E2E_CHECK_CU(cuMemAlloc(&small, 4096));
     std::vector<uint8_t> big(8192, 0x17);
-    E2E_EXPECT_ERROR_NOW_OR_AT(cuMemcpyHtoD(small, big.data(), big.size()),
-                               cuCtxSynchronize());
+    E2E_EXPECT_ERROR_NOW_OR_AT(cuMemcpyHtoD(small, big.data(), big.size()), cuCtxSynchronize());
     CheckStillWorks("cuMemcpyHtoD past the end of an allocation", module);
-    E2E_EXPECT_ERROR_NOW_OR_AT(cuMemcpyDtoH(big.data(), small, big.size()),
-                               cuCtxSynchronize());
+    E2E_EXPECT_ERROR_NOW_OR_AT(cuMemcpyDtoH(big.data(), small, big.size()), cuCtxSynchronize());
     CheckStillWorks("cuMemcpyDtoH past the end of an allocation", module);
     E2E_CHECK_CU(cuMemFree(small));
-    E2E_EXPECT_ERROR_NOW_OR_AT(cuMemsetD32(kBogusPointer, 1, 64),
-                               cuCtxSynchronize());
+    E2E_EXPECT_ERROR_NOW_OR_AT(cuMemsetD32(kBogusPointer, 1, 64), cuCtxSynchronize());
     CheckStillWorks("cuMemsetD32 on a bogus pointer", module);
   }
 }
@@ -140,10 +130,8 @@ void CheckBadImages() {
   CUresult result = cuModuleLoadData(&module, junk.data());
   E2E_CHECK(result != CUDA_SUCCESS, "cuModuleLoadData(junk) succeeded");
   Ok("cuModuleLoadData(junk) -> %s (%d)%s", e2e::ErrorName(result), result,
-     result == CUDA_ERROR_INVALID_IMAGE ? ""
-                                        : ", not CUDA_ERROR_INVALID_IMAGE");
-  E2E_EXPECT_CU(CUDA_ERROR_FILE_NOT_FOUND,
-                cuModuleLoad(&module, "/nonexistent/ferry-e2e.fatbin"));
+     result == CUDA_ERROR_INVALID_IMAGE ? "" : ", not CUDA_ERROR_INVALID_IMAGE");
+  E2E_EXPECT_CU(CUDA_ERROR_FILE_NOT_FOUND, cuModuleLoad(&module, "/nonexistent/ferry-e2e.fatbin"));
   CheckStillWorks("bad module images", nullptr);
 }
 
@@ -154,33 +142,27 @@ void CheckImpossibleLaunches(CUmodule module) {
   CUdevice device = 0;
   E2E_CHECK_CU(cuCtxGetDevice(&device));
   int max_threads = 0, max_block_z = 0, max_grid_y = 0, max_shared = 0;
-  E2E_CHECK_CU(cuDeviceGetAttribute(
-      &max_threads, CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK, device));
-  E2E_CHECK_CU(cuDeviceGetAttribute(
-      &max_block_z, CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_Z, device));
-  E2E_CHECK_CU(cuDeviceGetAttribute(
-      &max_grid_y, CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Y, device));
-  E2E_CHECK_CU(cuDeviceGetAttribute(
-      &max_shared, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
-      device));
+  E2E_CHECK_CU(
+      cuDeviceGetAttribute(&max_threads, CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK, device));
+  E2E_CHECK_CU(cuDeviceGetAttribute(&max_block_z, CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_Z, device));
+  E2E_CHECK_CU(cuDeviceGetAttribute(&max_grid_y, CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Y, device));
+  E2E_CHECK_CU(cuDeviceGetAttribute(&max_shared,
+                                    CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, device));
   CUfunction vector_add = nullptr;
   E2E_CHECK_CU(cuModuleGetFunction(&vector_add, module, e2e::kVectorAdd));
   CUdeviceptr d = 0;
   E2E_CHECK_CU(cuMemAlloc(&d, 1024 * sizeof(float)));
   int n = 0;  // the kernel would touch nothing, were it launched
   void* params[] = {&d, &d, &d, &n};
-  E2E_EXPECT_CU(CUDA_ERROR_INVALID_VALUE,
-                cuLaunchKernel(vector_add, 1, 1, 1, max_threads + 1, 1, 1, 0,
-                               nullptr, params, nullptr));
-  E2E_EXPECT_CU(CUDA_ERROR_INVALID_VALUE,
-                cuLaunchKernel(vector_add, 1, 1, 1, 1, 1, max_block_z + 1, 0,
-                               nullptr, params, nullptr));
-  E2E_EXPECT_CU(CUDA_ERROR_INVALID_VALUE,
-                cuLaunchKernel(vector_add, 1, max_grid_y + 1u, 1, 32, 1, 1, 0,
-                               nullptr, params, nullptr));
-  E2E_EXPECT_CU(CUDA_ERROR_INVALID_VALUE,
-                cuLaunchKernel(vector_add, 1, 1, 1, 32, 1, 1, max_shared + 1u,
-                               nullptr, params, nullptr));
+  E2E_EXPECT_CU(CUDA_ERROR_INVALID_VALUE, cuLaunchKernel(vector_add, 1, 1, 1, max_threads + 1, 1, 1,
+                                                         0, nullptr, params, nullptr));
+  E2E_EXPECT_CU(CUDA_ERROR_INVALID_VALUE, cuLaunchKernel(vector_add, 1, 1, 1, 1, 1, max_block_z + 1,
+                                                         0, nullptr, params, nullptr));
+  E2E_EXPECT_CU(CUDA_ERROR_INVALID_VALUE, cuLaunchKernel(vector_add, 1, max_grid_y + 1u, 1, 32, 1,
+                                                         1, 0, nullptr, params, nullptr));
+  E2E_EXPECT_CU(
+      CUDA_ERROR_INVALID_VALUE,
+      cuLaunchKernel(vector_add, 1, 1, 1, 32, 1, 1, max_shared + 1u, nullptr, params, nullptr));
   E2E_CHECK_CU(cuMemFree(d));
   CheckStillWorks("launches no device can run", module);
 }
@@ -194,11 +176,9 @@ void CheckMissingHostKernel(CUmodule module) {
   E2E_CHECK_CU(cuMemAlloc(&out, 32 * sizeof(int)));
   void* params[] = {&out};
   CUresult reported = E2E_EXPECT_ERROR_NOW_OR_AT(
-      cuLaunchKernel(missing, 1, 1, 1, 32, 1, 1, 0, nullptr, params, nullptr),
-      cuCtxSynchronize());
+      cuLaunchKernel(missing, 1, 1, 1, 32, 1, 1, 0, nullptr, params, nullptr), cuCtxSynchronize());
   if (reported != CUDA_ERROR_NOT_SUPPORTED) {
-    std::printf("note: expected CUDA_ERROR_NOT_SUPPORTED, got %s\n",
-                e2e::ErrorName(reported));
+    std::printf("note: expected CUDA_ERROR_NOT_SUPPORTED, got %s\n", e2e::ErrorName(reported));
   }
   E2E_CHECK_CU(cuMemFree(out));
   CheckStillWorks("a launch of a kernel without a host implementation", module);
@@ -206,26 +186,21 @@ void CheckMissingHostKernel(CUmodule module) {
 
 // Ferry only: the native driver takes handles for pointers and crashes.
 void CheckBogusHandles(CUmodule module) {
-  E2E_EXPECT_ERROR_NOW_OR_AT(cuStreamSynchronize(BogusStream()),
-                             cuCtxSynchronize());
+  E2E_EXPECT_ERROR_NOW_OR_AT(cuStreamSynchronize(BogusStream()), cuCtxSynchronize());
   E2E_EXPECT_ERROR_NOW_OR_AT(cuStreamQuery(BogusStream()), cuCtxSynchronize());
   E2E_EXPECT_ERROR_NOW_OR_AT(cuEventQuery(BogusEvent()), cuCtxSynchronize());
-  E2E_EXPECT_ERROR_NOW_OR_AT(cuEventSynchronize(BogusEvent()),
-                             cuCtxSynchronize());
-  E2E_EXPECT_ERROR_NOW_OR_AT(cuEventRecord(BogusEvent(), nullptr),
-                             cuCtxSynchronize());
+  E2E_EXPECT_ERROR_NOW_OR_AT(cuEventSynchronize(BogusEvent()), cuCtxSynchronize());
+  E2E_EXPECT_ERROR_NOW_OR_AT(cuEventRecord(BogusEvent(), nullptr), cuCtxSynchronize());
   CUdeviceptr d = 0;
   E2E_CHECK_CU(cuMemAlloc(&d, 4096));
-  E2E_EXPECT_ERROR_NOW_OR_AT(cuMemsetD8Async(d, 0, 4096, BogusStream()),
-                             cuCtxSynchronize());
+  E2E_EXPECT_ERROR_NOW_OR_AT(cuMemsetD8Async(d, 0, 4096, BogusStream()), cuCtxSynchronize());
   void* params[] = {&d};
-  E2E_EXPECT_ERROR_NOW_OR_AT(cuLaunchKernel(BogusFunction(), 1, 1, 1, 1, 1, 1,
-                                            0, nullptr, params, nullptr),
-                             cuCtxSynchronize());
-  CUfunction function = nullptr;
   E2E_EXPECT_ERROR_NOW_OR_AT(
-      cuModuleGetFunction(&function, BogusModule(), e2e::kVectorAdd),
+      cuLaunchKernel(BogusFunction(), 1, 1, 1, 1, 1, 1, 0, nullptr, params, nullptr),
       cuCtxSynchronize());
+  CUfunction function = nullptr;
+  E2E_EXPECT_ERROR_NOW_OR_AT(cuModuleGetFunction(&function, BogusModule(), e2e::kVectorAdd),
+                             cuCtxSynchronize());
   E2E_EXPECT_ERROR_NOW_OR_AT(cuMemFree(kBogusPointer), cuCtxSynchronize());
   E2E_CHECK_CU(cuMemFree(d));
   CheckStillWorks("bogus handles", module);
@@ -245,8 +220,7 @@ void CheckBogusHandles(CUmodule module) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::string fatbin_path =
-      e2e::ImageDir(argc, argv) + "/" + e2e::kFatbinFile;
+  const std::string fatbin_path = e2e::ImageDir(argc, argv) + "/" + e2e::kFatbinFile;
   e2e::PrimaryContext primary = e2e::SetUpPrimaryContext();
   CUmodule module = nullptr;
   E2E_CHECK_CU(cuModuleLoad(&module, fatbin_path.c_str()));

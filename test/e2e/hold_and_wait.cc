@@ -16,8 +16,7 @@
 
 int main(int argc, char** argv) {
   namespace e2e = ::ferry::e2e;
-  const std::string fatbin_path =
-      e2e::ImageDir(argc, argv) + "/" + e2e::kFatbinFile;
+  const std::string fatbin_path = e2e::ImageDir(argc, argv) + "/" + e2e::kFatbinFile;
   e2e::PrimaryContext primary = e2e::SetUpPrimaryContext();
 
   constexpr size_t kBytes = size_t{8} << 20;
@@ -44,8 +43,8 @@ int main(int argc, char** argv) {
   int n = kCount;
   void* params[] = {&buffers[0], &n};
   for (int round = 0; round < 3000; ++round) {  // about 60 s
-    E2E_CHECK_CU(cuLaunchKernel(increment, (kCount + 255) / 256, 1, 1, 256, 1,
-                                1, 0, compute, params, nullptr));
+    E2E_CHECK_CU(cuLaunchKernel(increment, (kCount + 255) / 256, 1, 1, 256, 1, 1, 0, compute,
+                                params, nullptr));
     E2E_CHECK_CU(cuMemcpyDtoDAsync(buffers[1], buffers[2], kBytes, copy));
     E2E_CHECK_CU(cuMemcpyHtoDAsync(buffers[2], pinned, 1 << 20, copy));
     if (round % 5 == 4) E2E_CHECK_CU(cuStreamSynchronize(compute));

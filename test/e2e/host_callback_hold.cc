@@ -27,8 +27,7 @@ void CUDA_CB HoldForever(void*) {
 
 int main(int argc, char** argv) {
   namespace e2e = ::ferry::e2e;
-  const std::string fatbin_path =
-      e2e::ImageDir(argc, argv) + "/" + e2e::kFatbinFile;
+  const std::string fatbin_path = e2e::ImageDir(argc, argv) + "/" + e2e::kFatbinFile;
   e2e::PrimaryContext primary = e2e::SetUpPrimaryContext();
   CUmodule module = nullptr;
   E2E_CHECK_CU(cuModuleLoad(&module, fatbin_path.c_str()));
@@ -42,11 +41,11 @@ int main(int argc, char** argv) {
 
   int n = kCount;
   void* params[] = {&buffer, &n};
-  E2E_CHECK_CU(cuLaunchKernel(increment, (kCount + 255) / 256, 1, 1, 256, 1, 1,
-                              0, held, params, nullptr));
+  E2E_CHECK_CU(
+      cuLaunchKernel(increment, (kCount + 255) / 256, 1, 1, 256, 1, 1, 0, held, params, nullptr));
   E2E_CHECK_CU(cuLaunchHostFunc(held, HoldForever, nullptr));
-  E2E_CHECK_CU(cuLaunchKernel(increment, (kCount + 255) / 256, 1, 1, 256, 1, 1,
-                              0, held, params, nullptr));
+  E2E_CHECK_CU(
+      cuLaunchKernel(increment, (kCount + 255) / 256, 1, 1, 256, 1, 1, 0, held, params, nullptr));
   E2E_CHECK_CU(cuStreamDestroy(held));
   std::this_thread::sleep_for(std::chrono::seconds(60));
   std::printf("host_callback_hold: not killed; exiting\n");

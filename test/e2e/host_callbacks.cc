@@ -31,12 +31,9 @@
 // The per-thread-default-stream entry points, which cuda.h declares only
 // under CUDA_API_PER_THREAD_DEFAULT_STREAM (as the plain names); the stub
 // library exports them.
-extern "C" CUresult CUDAAPI cuLaunchHostFunc_ptsz(CUstream hStream, CUhostFn fn,
-                                                  void* userData);
-extern "C" CUresult CUDAAPI cuStreamAddCallback_ptsz(CUstream hStream,
-                                                     CUstreamCallback callback,
-                                                     void* userData,
-                                                     unsigned int flags);
+extern "C" CUresult CUDAAPI cuLaunchHostFunc_ptsz(CUstream hStream, CUhostFn fn, void* userData);
+extern "C" CUresult CUDAAPI cuStreamAddCallback_ptsz(CUstream hStream, CUstreamCallback callback,
+                                                     void* userData, unsigned int flags);
 
 namespace {
 
@@ -53,19 +50,17 @@ struct Kernels {
   CUfunction missing = nullptr;
 };
 
-void LaunchProduce(const Kernels& k, CUdeviceptr out, int n, int mul, int add,
-                   CUstream stream) {
+void LaunchProduce(const Kernels& k, CUdeviceptr out, int n, int mul, int add, CUstream stream) {
   int spin = 1 << 12;
   void* params[] = {&out, &n, &mul, &add, &spin};
-  E2E_CHECK_CU(cuLaunchKernel(k.produce, (n + 255) / 256, 1, 1, 256, 1, 1, 0,
-                              stream, params, nullptr));
+  E2E_CHECK_CU(
+      cuLaunchKernel(k.produce, (n + 255) / 256, 1, 1, 256, 1, 1, 0, stream, params, nullptr));
 }
 
-void LaunchIncrement(const Kernels& k, CUdeviceptr data, int n,
-                     CUstream stream) {
+void LaunchIncrement(const Kernels& k, CUdeviceptr data, int n, CUstream stream) {
   void* params[] = {&data, &n};
-  E2E_CHECK_CU(cuLaunchKernel(k.increment, (n + 255) / 256, 1, 1, 256, 1, 1, 0,
-                              stream, params, nullptr));
+  E2E_CHECK_CU(
+      cuLaunchKernel(k.increment, (n + 255) / 256, 1, 1, 256, 1, 1, 0, stream, params, nullptr));
 }
 
 // What a callback saw; written on the callback thread, read by the program
@@ -91,11 +86,8 @@ void CUDA_CB VerifyProduced(void* data) {
 }
 
 void CheckVerified(const Verify& v, const char* what) {
-  E2E_CHECK(v.ran,
-            "%s: the host function had not run when the synchronize returned",
-            what);
-  E2E_CHECK(v.bad_index < 0,
-            "%s: element %d had not arrived when the host function ran", what,
+  E2E_CHECK(v.ran, "%s: the host function had not run when the synchronize returned", what);
+  E2E_CHECK(v.bad_index < 0, "%s: element %d had not arrived when the host function ran", what,
             v.bad_index);
 }
 
@@ -105,8 +97,7 @@ void CheckRunsAfterEarlierWork(const Kernels& k) {
   CUdeviceptr d = 0;
   int* host = nullptr;
   E2E_CHECK_CU(cuMemAlloc(&d, kN * sizeof(int)));
-  E2E_CHECK_CU(
-      cuMemAllocHost(reinterpret_cast<void**>(&host), kN * sizeof(int)));
+  E2E_CHECK_CU(cuMemAllocHost(reinterpret_cast<void**>(&host), kN * sizeof(int)));
   CUstream stream = nullptr;
   E2E_CHECK_CU(cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING));
   for (int round = 0; round < 4; ++round) {
@@ -154,8 +145,7 @@ void CUDA_CB BlockUntilReleased(void* data) {
   // Bounded, so that a broken run ends with a failed check, not a hang.
   b->cv.wait_for(lock, kWaitLimit, [b] { return b->released; });
   lock.unlock();
-  std::this_thread::sleep_for(
-      20ms);  // a synchronize that did not wait would win
+  std::this_thread::sleep_for(20ms);  // a synchronize that did not wait would win
   lock.lock();
   b->returned = true;
 }
@@ -176,8 +166,7 @@ void CheckHoldsLaterWorkButNotTheCaller(const Kernels& k) {
   E2E_CHECK_CU(cuMemAlloc(&d, 1024 * sizeof(int)));
   E2E_CHECK_CU(cuMemAlloc(&other_d, 1024 * sizeof(int)));
   E2E_CHECK_CU(cuMemAllocHost(reinterpret_cast<void**>(&pinned), sizeof(int)));
-  E2E_CHECK_CU(cuMemAllocHost(reinterpret_cast<void**>(&other_host),
-                              1024 * sizeof(int)));
+  E2E_CHECK_CU(cuMemAllocHost(reinterpret_cast<void**>(&other_host), 1024 * sizeof(int)));
   CUstream stream = nullptr, probe = nullptr, other = nullptr;
   E2E_CHECK_CU(cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING));
   E2E_CHECK_CU(cuStreamCreate(&probe, CU_STREAM_NON_BLOCKING));
@@ -197,17 +186,14 @@ void CheckHoldsLaterWorkButNotTheCaller(const Kernels& k) {
   E2E_EXPECT_CU(CUDA_ERROR_NOT_READY, cuStreamQuery(stream));
   E2E_EXPECT_CU(CUDA_ERROR_NOT_READY, cuEventQuery(after));
   const int seen = ReadFirstInt(d, probe, pinned);
-  E2E_CHECK(seen == 1,
-            "work queued after the running host function ran: d[0] = %d", seen);
+  E2E_CHECK(seen == 1, "work queued after the running host function ran: d[0] = %d", seen);
   Ok("while the host function runs, the memset after it has not run");
   // Other streams go on meanwhile, synchronize included.
   LaunchProduce(k, other_d, 1024, 7, 5, other);
-  E2E_CHECK_CU(
-      cuMemcpyDtoHAsync(other_host, other_d, 1024 * sizeof(int), other));
+  E2E_CHECK_CU(cuMemcpyDtoHAsync(other_host, other_d, 1024 * sizeof(int), other));
   E2E_CHECK_CU(cuStreamSynchronize(other));
   for (int i = 0; i < 1024; ++i) {
-    E2E_CHECK(other_host[i] == i * 7 + 5, "other stream: element %d = %d", i,
-              other_host[i]);
+    E2E_CHECK(other_host[i] == i * 7 + 5, "other stream: element %d = %d", i, other_host[i]);
   }
   Ok("another stream runs and synchronizes while the host function blocks");
 
@@ -217,8 +203,7 @@ void CheckHoldsLaterWorkButNotTheCaller(const Kernels& k) {
             "cuEventSynchronize of later work returned before the host "
             "function did");
   const int later = ReadFirstInt(d, probe, pinned);
-  E2E_CHECK(later == 2,
-            "the memset after the host function did not run: d[0] = %d", later);
+  E2E_CHECK(later == 2, "the memset after the host function did not run: d[0] = %d", later);
   Ok("work after the host function ran once it returned; the event waited for "
      "it");
 
@@ -244,8 +229,7 @@ struct SlotCheck {
 void CUDA_CB CheckSlot(void* data) {
   auto* check = static_cast<SlotCheck*>(data);
   StreamRecord* r = check->record;
-  if (r->slots[check->index] != static_cast<unsigned>(check->index + 1) &&
-      r->wrong < 0) {
+  if (r->slots[check->index] != static_cast<unsigned>(check->index + 1) && r->wrong < 0) {
     r->wrong = check->index;
   }
   r->order.push_back(check->index);
@@ -260,12 +244,11 @@ void CheckSeveralStreams(const Kernels& k) {
   std::vector<SlotCheck> checks;
   checks.reserve(kStreams * kCallbacks);
   for (int s = 0; s < kStreams; ++s) {
-    E2E_CHECK_CU(cuStreamCreate(
-        &streams[s], s % 2 ? CU_STREAM_NON_BLOCKING : CU_STREAM_DEFAULT));
+    E2E_CHECK_CU(cuStreamCreate(&streams[s], s % 2 ? CU_STREAM_NON_BLOCKING : CU_STREAM_DEFAULT));
     E2E_CHECK_CU(cuMemAlloc(&counters[s], sizeof(unsigned)));
     E2E_CHECK_CU(cuMemsetD32(counters[s], 0, 1));
-    E2E_CHECK_CU(cuMemAllocHost(reinterpret_cast<void**>(&slots[s]),
-                                kCallbacks * sizeof(unsigned)));
+    E2E_CHECK_CU(
+        cuMemAllocHost(reinterpret_cast<void**>(&slots[s]), kCallbacks * sizeof(unsigned)));
     for (int i = 0; i < kCallbacks; ++i) slots[s][i] = 0;
     records[s].slots = slots[s];
   }
@@ -274,8 +257,7 @@ void CheckSeveralStreams(const Kernels& k) {
   for (int i = 0; i < kCallbacks; ++i) {
     for (int s = 0; s < kStreams; ++s) {
       LaunchIncrement(k, counters[s], 1, streams[s]);
-      E2E_CHECK_CU(cuMemcpyDtoHAsync(&slots[s][i], counters[s],
-                                     sizeof(unsigned), streams[s]));
+      E2E_CHECK_CU(cuMemcpyDtoHAsync(&slots[s][i], counters[s], sizeof(unsigned), streams[s]));
       checks.push_back(SlotCheck{&records[s], i});
       E2E_CHECK_CU(cuLaunchHostFunc(streams[s], CheckSlot, &checks.back()));
     }
@@ -283,15 +265,12 @@ void CheckSeveralStreams(const Kernels& k) {
   E2E_CHECK_CU(cuCtxSynchronize());
   for (int s = 0; s < kStreams; ++s) {
     const StreamRecord& r = records[s];
-    E2E_CHECK(static_cast<int>(r.order.size()) == kCallbacks,
-              "stream %d: %zu of %d callbacks ran", s, r.order.size(),
-              kCallbacks);
+    E2E_CHECK(static_cast<int>(r.order.size()) == kCallbacks, "stream %d: %zu of %d callbacks ran",
+              s, r.order.size(), kCallbacks);
     for (int i = 0; i < kCallbacks; ++i) {
-      E2E_CHECK(r.order[i] == i, "stream %d: callback %d ran in place %d", s,
-                r.order[i], i);
+      E2E_CHECK(r.order[i] == i, "stream %d: callback %d ran in place %d", s, r.order[i], i);
     }
-    E2E_CHECK(r.wrong < 0, "stream %d: callback %d ran before its copy landed",
-              s, r.wrong);
+    E2E_CHECK(r.wrong < 0, "stream %d: callback %d ran before its copy landed", s, r.wrong);
     E2E_CHECK_CU(cuStreamDestroy(streams[s]));
     E2E_CHECK_CU(cuMemFree(counters[s]));
     E2E_CHECK_CU(cuMemFreeHost(slots[s]));
@@ -323,8 +302,7 @@ void CUDA_CB NothingWithStatus(CUstream, CUresult, void*) {}
 void CheckStreamAddCallback() {
   CUstream stream = nullptr;
   E2E_CHECK_CU(cuStreamCreate(&stream, CU_STREAM_DEFAULT));
-  for (CUstream target :
-       {stream, static_cast<CUstream>(nullptr), CU_STREAM_LEGACY}) {
+  for (CUstream target : {stream, static_cast<CUstream>(nullptr), CU_STREAM_LEGACY}) {
     CallbackSeen seen;
     E2E_CHECK_CU(cuStreamAddCallback(target, RecordCallback, &seen, 0));
     E2E_CHECK_CU(cuStreamSynchronize(target));
@@ -332,8 +310,7 @@ void CheckStreamAddCallback() {
     E2E_CHECK(seen.calls == 1, "callback ran %d times", seen.calls);
     E2E_CHECK(seen.stream == target, "callback got stream %p, expected %p",
               static_cast<void*>(seen.stream), static_cast<void*>(target));
-    E2E_CHECK(seen.status == CUDA_SUCCESS, "callback got status %s",
-              e2e::ErrorName(seen.status));
+    E2E_CHECK(seen.status == CUDA_SUCCESS, "callback got status %s", e2e::ErrorName(seen.status));
     E2E_CHECK(seen.user_data == &seen, "callback got another userData");
   }
   Ok("cuStreamAddCallback on a stream, on 0 and on CU_STREAM_LEGACY: stream, "
@@ -341,10 +318,8 @@ void CheckStreamAddCallback() {
      "userData");
   E2E_EXPECT_CU(CUDA_ERROR_INVALID_VALUE,
                 cuStreamAddCallback(stream, NothingWithStatus, nullptr, 1));
-  E2E_EXPECT_CU(CUDA_ERROR_INVALID_VALUE,
-                cuStreamAddCallback(stream, nullptr, nullptr, 0));
-  E2E_EXPECT_CU(CUDA_ERROR_INVALID_VALUE,
-                cuLaunchHostFunc(stream, nullptr, nullptr));
+  E2E_EXPECT_CU(CUDA_ERROR_INVALID_VALUE, cuStreamAddCallback(stream, nullptr, nullptr, 0));
+  E2E_EXPECT_CU(CUDA_ERROR_INVALID_VALUE, cuLaunchHostFunc(stream, nullptr, nullptr));
   E2E_CHECK_CU(cuStreamSynchronize(stream));
   E2E_CHECK_CU(cuStreamDestroy(stream));
 }
@@ -359,23 +334,19 @@ void CheckPerThreadDefaultStream(const Kernels& k, CUcontext context) {
     int* host = nullptr;
     constexpr int n = 1 << 16;
     E2E_CHECK_CU(cuMemAlloc(&d, n * sizeof(int)));
-    E2E_CHECK_CU(
-        cuMemAllocHost(reinterpret_cast<void**>(&host), n * sizeof(int)));
+    E2E_CHECK_CU(cuMemAllocHost(reinterpret_cast<void**>(&host), n * sizeof(int)));
     for (int round = 0; round < 3; ++round) {
       for (int i = 0; i < n; ++i) host[i] = -1;
       Verify ptsz{host, n, 10 + id, round};
       LaunchProduce(k, d, n, ptsz.mul, ptsz.add, CU_STREAM_PER_THREAD);
-      E2E_CHECK_CU(
-          cuMemcpyDtoHAsync(host, d, n * sizeof(int), CU_STREAM_PER_THREAD));
+      E2E_CHECK_CU(cuMemcpyDtoHAsync(host, d, n * sizeof(int), CU_STREAM_PER_THREAD));
       E2E_CHECK_CU(cuLaunchHostFunc_ptsz(nullptr, VerifyProduced, &ptsz));
       CallbackSeen seen;
       E2E_CHECK_CU(cuStreamAddCallback_ptsz(nullptr, RecordCallback, &seen, 0));
       Verify plain{host, n, 10 + id, round};
-      E2E_CHECK_CU(
-          cuLaunchHostFunc(CU_STREAM_PER_THREAD, VerifyProduced, &plain));
+      E2E_CHECK_CU(cuLaunchHostFunc(CU_STREAM_PER_THREAD, VerifyProduced, &plain));
       E2E_CHECK_CU(cuStreamSynchronize(CU_STREAM_PER_THREAD));
-      CheckVerified(
-          ptsz, "cuLaunchHostFunc_ptsz(0) on the per-thread default stream");
+      CheckVerified(ptsz, "cuLaunchHostFunc_ptsz(0) on the per-thread default stream");
       CheckVerified(plain, "cuLaunchHostFunc(CU_STREAM_PER_THREAD)");
       std::lock_guard<std::mutex> lock(seen.mu);
       E2E_CHECK(seen.calls == 1 && seen.status == CUDA_SUCCESS,
@@ -419,8 +390,7 @@ void CheckDestroyAndFreeWhileACallbackIsPending(const Kernels& k) {
   E2E_CHECK_CU(cuMemAlloc(&after, 4096));
   E2E_CHECK_CU(cuMemsetD32(after, 9, 1024));
   E2E_CHECK_CU(cuCtxSynchronize());
-  E2E_CHECK(slow.done,
-            "cuCtxSynchronize returned before the pending host function ran");
+  E2E_CHECK(slow.done, "cuCtxSynchronize returned before the pending host function ran");
   unsigned value = 0;
   E2E_CHECK_CU(cuMemcpyDtoH(&value, after, sizeof(value)));
   E2E_CHECK(value == 9, "memset after the destroy: %u", value);
@@ -440,8 +410,7 @@ void CheckCallbackAfterAnAsyncError(const Kernels& k) {
   void* params[] = {&d};
   const CUresult launched =
       cuLaunchKernel(k.missing, 1, 1, 1, 32, 1, 1, 0, stream, params, nullptr);
-  E2E_CHECK(launched == CUDA_SUCCESS,
-            "the launch reported %s at once; expected it later",
+  E2E_CHECK(launched == CUDA_SUCCESS, "the launch reported %s at once; expected it later",
             e2e::ErrorName(launched));
   CallbackSeen seen;
   E2E_CHECK_CU(cuStreamAddCallback(stream, RecordCallback, &seen, 0));
@@ -454,8 +423,8 @@ void CheckCallbackAfterAnAsyncError(const Kernels& k) {
   {
     std::lock_guard<std::mutex> lock(seen.mu);
     E2E_CHECK(seen.calls == 1 && seen.status == CUDA_ERROR_NOT_SUPPORTED,
-              "callback after the failed launch: %d calls, status %s",
-              seen.calls, e2e::ErrorName(seen.status));
+              "callback after the failed launch: %d calls, status %s", seen.calls,
+              e2e::ErrorName(seen.status));
   }
   E2E_CHECK(ran.done, "the host function after the failed launch did not run");
   Ok("a callback after an asynchronous error gets it (%s); cuLaunchHostFunc "
@@ -465,8 +434,8 @@ void CheckCallbackAfterAnAsyncError(const Kernels& k) {
   CallbackSeen clean;
   E2E_CHECK_CU(cuStreamAddCallback(stream, RecordCallback, &clean, 0));
   E2E_CHECK_CU(cuStreamSynchronize(stream));
-  E2E_CHECK(clean.calls == 1 && clean.status == CUDA_SUCCESS,
-            "later callback: status %s", e2e::ErrorName(clean.status));
+  E2E_CHECK(clean.calls == 1 && clean.status == CUDA_SUCCESS, "later callback: status %s",
+            e2e::ErrorName(clean.status));
   E2E_CHECK_CU(cuMemFree(d));
   E2E_CHECK_CU(cuStreamDestroy(stream));
 }
@@ -488,8 +457,7 @@ void CheckWaitingCallInsideACallbackIsRefused() {
   E2E_CHECK_CU(cuLaunchHostFunc(f.stream, SynchronizeInside, &f));
   E2E_CHECK_CU(cuStreamSynchronize(f.stream));
   E2E_CHECK(f.result == CUDA_ERROR_NOT_PERMITTED,
-            "cuStreamSynchronize inside a host function returned %s",
-            e2e::ErrorName(f.result));
+            "cuStreamSynchronize inside a host function returned %s", e2e::ErrorName(f.result));
   Ok("cuStreamSynchronize inside a host function -> CUDA_ERROR_NOT_PERMITTED");
   E2E_CHECK_CU(cuStreamDestroy(f.stream));
 }
@@ -497,17 +465,14 @@ void CheckWaitingCallInsideACallbackIsRefused() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::string fatbin_path =
-      e2e::ImageDir(argc, argv) + "/" + e2e::kFatbinFile;
+  const std::string fatbin_path = e2e::ImageDir(argc, argv) + "/" + e2e::kFatbinFile;
   e2e::PrimaryContext primary = e2e::SetUpPrimaryContext();
   CUmodule module = nullptr;
   E2E_CHECK_CU(cuModuleLoad(&module, fatbin_path.c_str()));
   Kernels kernels;
   E2E_CHECK_CU(cuModuleGetFunction(&kernels.produce, module, e2e::kProduce));
-  E2E_CHECK_CU(
-      cuModuleGetFunction(&kernels.increment, module, e2e::kIncrement));
-  E2E_CHECK_CU(
-      cuModuleGetFunction(&kernels.missing, module, e2e::kMissingHostKernel));
+  E2E_CHECK_CU(cuModuleGetFunction(&kernels.increment, module, e2e::kIncrement));
+  E2E_CHECK_CU(cuModuleGetFunction(&kernels.missing, module, e2e::kMissingHostKernel));
 
   CheckRunsAfterEarlierWork(kernels);
   CheckHoldsLaterWorkButNotTheCaller(kernels);
@@ -519,8 +484,7 @@ int main(int argc, char** argv) {
     CheckCallbackAfterAnAsyncError(kernels);
     CheckWaitingCallInsideACallbackIsRefused();
   } else {
-    std::printf(
-        "skipped: asynchronous error and forbidden-call checks (ferry only)\n");
+    std::printf("skipped: asynchronous error and forbidden-call checks (ferry only)\n");
   }
 
   E2E_CHECK_CU(cuModuleUnload(module));

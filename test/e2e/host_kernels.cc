@@ -1,7 +1,7 @@
 // Host implementations of the kernels in kernels.cu, loaded by ferryd's host
 // backend (`ferryd --backend host --host-kernels libe2e_host_kernels.so`).
 // Each is exported as "ferry_host_" + the kernel's mangled name (see
-// kernel_names.h) and follows backend/host/ferry_host_kernel.h: params[i]
+// kernel_names.h) and follows server/backend/host/ferry_host_kernel.h: params[i]
 // points at the bytes of parameter i, device pointers are addresses in
 // ferryd's memory, and the function emulates the whole grid by looping over
 // every block and thread. _Z19missing_host_kernelPi has no implementation
@@ -13,8 +13,8 @@
 #include <cstdint>
 #include <cstring>
 
-#include "backend/host/ferry_host_kernel.h"
 #include "kernel_types.h"
+#include "server/backend/host/ferry_host_kernel.h"
 
 namespace {
 

@@ -21,9 +21,8 @@ inline constexpr char kIncrement[] = "e2e_increment";  // extern "C"
 inline constexpr char kMissingHostKernel[] = "_Z19missing_host_kernelPi";
 
 inline constexpr const char* kAllKernels[] = {
-    kVectorAdd,         kPaddedByValue, kManyParams, kScaleFloat, kScaleDouble,
-    kLaunchGeometry,    kAddInt,        kProduce,    kConsume,    kIncrement,
-    kMissingHostKernel,
+    kVectorAdd, kPaddedByValue, kManyParams, kScaleFloat, kScaleDouble,       kLaunchGeometry,
+    kAddInt,    kProduce,       kConsume,    kIncrement,  kMissingHostKernel,
 };
 
 // The module global that the launch program reads and writes.

@@ -32,18 +32,16 @@ __global__ void padded_by_value(char tag, E2ePadded p, long long* out) {
 // out[k] = parameter k as a double for k = 0..10 (the pointer g contributes
 // *g, h contributes x + y + z), out[11] = their sum in that order: a checksum
 // that also shows which parameter arrived wrong.
-__global__ void many_params(char a, short b, int c, long long d, float e,
-                            double f, const int* g, E2eFloat3 h,
-                            unsigned char i, short k, unsigned long long l,
+__global__ void many_params(char a, short b, int c, long long d, float e, double f, const int* g,
+                            E2eFloat3 h, unsigned char i, short k, unsigned long long l,
                             double* out) {
   if (blockIdx.x != 0 || threadIdx.x != 0) return;
-  double v[kManyParamsOutputs - 1] = {
-      static_cast<double>(a),  static_cast<double>(b),
-      static_cast<double>(c),  static_cast<double>(d),
-      static_cast<double>(e),  f,
-      static_cast<double>(*g), static_cast<double>(h.x) + h.y + h.z,
-      static_cast<double>(i),  static_cast<double>(k),
-      static_cast<double>(l)};
+  double v[kManyParamsOutputs - 1] = {static_cast<double>(a),  static_cast<double>(b),
+                                      static_cast<double>(c),  static_cast<double>(d),
+                                      static_cast<double>(e),  f,
+                                      static_cast<double>(*g), static_cast<double>(h.x) + h.y + h.z,
+                                      static_cast<double>(i),  static_cast<double>(k),
+                                      static_cast<double>(l)};
   double sum = 0;
   for (int j = 0; j < kManyParamsOutputs - 1; ++j) {
     out[j] = v[j];
@@ -64,8 +62,8 @@ template __global__ void scale<double>(double*, double, int);
 // Writes the launch geometry: out[0..2] = gridDim, out[3..5] = blockDim,
 // out[6] = dynamic shared memory bytes; every thread adds 1 to out[7].
 __global__ void launch_geometry(unsigned* out) {
-  bool first = blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0 &&
-               threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0;
+  bool first = blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0 && threadIdx.x == 0 &&
+               threadIdx.y == 0 && threadIdx.z == 0;
   if (first) {
     unsigned dynamic_smem;
     asm volatile("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dynamic_smem));

@@ -71,8 +71,8 @@ class VectorAddBuffers {
     float c_host[kN];
     E2E_CHECK_CU(cuMemcpyDtoH(c_host, c, sizeof(c_host)));
     for (int i = 0; i < kN; ++i) {
-      E2E_CHECK(c_host[i] == a_[i] + b_[i], "%s: c[%d] = %g, expected %g", how,
-                i, c_host[i], a_[i] + b_[i]);
+      E2E_CHECK(c_host[i] == a_[i] + b_[i], "%s: c[%d] = %g, expected %g", how, i, c_host[i],
+                a_[i] + b_[i]);
     }
     Ok("vector_add (%s): %d sums", how, kN);
   }
@@ -91,25 +91,22 @@ class VectorAddBuffers {
   float b_[kN];
 };
 
-void LaunchVectorAdd(CUfunction function, VectorAddBuffers& buffers,
-                     CUstream stream) {
+void LaunchVectorAdd(CUfunction function, VectorAddBuffers& buffers, CUstream stream) {
   int n = VectorAddBuffers::kN;
   void* params[] = {&buffers.a, &buffers.b, &buffers.c, &n};
-  E2E_CHECK_CU(cuLaunchKernel(function, (n + 255) / 256, 1, 1, 256, 1, 1, 0,
-                              stream, params, nullptr));
+  E2E_CHECK_CU(
+      cuLaunchKernel(function, (n + 255) / 256, 1, 1, 256, 1, 1, 0, stream, params, nullptr));
 }
 
 void CheckGlobalIsInitial(CUmodule module, const char* how) {
   CUdeviceptr global = 0;
   size_t size = 0;
   E2E_CHECK_CU(cuModuleGetGlobal(&global, &size, module, e2e::kGlobalName));
-  E2E_CHECK(size == sizeof(e2e::kGlobalInitial), "%s: global size %zu", how,
-            size);
+  E2E_CHECK(size == sizeof(e2e::kGlobalInitial), "%s: global size %zu", how, size);
   int values[4] = {};
   E2E_CHECK_CU(cuMemcpyDtoH(values, global, sizeof(values)));
-  E2E_CHECK_BYTES(
-      values, e2e::kGlobalInitial, sizeof(values),
-      (std::string(how) + ": module global has its initial value").c_str());
+  E2E_CHECK_BYTES(values, e2e::kGlobalInitial, sizeof(values),
+                  (std::string(how) + ": module global has its initial value").c_str());
 }
 
 // Loads the images every supported way; each module must run vector_add and
@@ -122,36 +119,24 @@ void CheckLoadPaths(const Images& images, VectorAddBuffers& buffers) {
   static char error_log[4096];
   const LoadPath paths[] = {
       {"cuModuleLoad(fatbin file)",
-       [](CUmodule* m, const Images& i) {
-         return cuModuleLoad(m, i.fatbin_path.c_str());
-       }},
+       [](CUmodule* m, const Images& i) { return cuModuleLoad(m, i.fatbin_path.c_str()); }},
       {"cuModuleLoadData(fatbin)",
-       [](CUmodule* m, const Images& i) {
-         return cuModuleLoadData(m, i.fatbin.data());
-       }},
+       [](CUmodule* m, const Images& i) { return cuModuleLoadData(m, i.fatbin.data()); }},
       {"cuModuleLoadDataEx(fatbin, no options)",
        [](CUmodule* m, const Images& i) {
          return cuModuleLoadDataEx(m, i.fatbin.data(), 0, nullptr, nullptr);
        }},
       {"cuModuleLoadFatBinary(fatbin)",
-       [](CUmodule* m, const Images& i) {
-         return cuModuleLoadFatBinary(m, i.fatbin.data());
-       }},
+       [](CUmodule* m, const Images& i) { return cuModuleLoadFatBinary(m, i.fatbin.data()); }},
       {"cuModuleLoad(PTX file)",
-       [](CUmodule* m, const Images& i) {
-         return cuModuleLoad(m, i.ptx_path.c_str());
-       }},
+       [](CUmodule* m, const Images& i) { return cuModuleLoad(m, i.ptx_path.c_str()); }},
       {"cuModuleLoadData(PTX)",
-       [](CUmodule* m, const Images& i) {
-         return cuModuleLoadData(m, i.ptx.data());
-       }},
+       [](CUmodule* m, const Images& i) { return cuModuleLoadData(m, i.ptx.data()); }},
       {"cuModuleLoadDataEx(PTX, log buffer + optimization level)",
        [](CUmodule* m, const Images& i) {
-         CUjit_option options[] = {CU_JIT_ERROR_LOG_BUFFER,
-                                   CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES,
+         CUjit_option options[] = {CU_JIT_ERROR_LOG_BUFFER, CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES,
                                    CU_JIT_OPTIMIZATION_LEVEL};
-         void* values[] = {error_log,
-                           reinterpret_cast<void*>(sizeof(error_log)),
+         void* values[] = {error_log, reinterpret_cast<void*>(sizeof(error_log)),
                            reinterpret_cast<void*>(uintptr_t{3})};
          return cuModuleLoadDataEx(m, i.ptx.data(), 3, options, values);
        }},
@@ -161,10 +146,9 @@ void CheckLoadPaths(const Images& images, VectorAddBuffers& buffers) {
     error_log[0] = '\0';
     CUresult result = path.load(&module, images);
     if (result != CUDA_SUCCESS) {
-      ::ferry::e2e::FailAt(
-          __FILE__, __LINE__,
-          e2e::Format("%s returned %s (%d); JIT error log: \"%s\"", path.how,
-                      e2e::ErrorName(result), result, error_log));
+      ::ferry::e2e::FailAt(__FILE__, __LINE__,
+                           e2e::Format("%s returned %s (%d); JIT error log: \"%s\"", path.how,
+                                       e2e::ErrorName(result), result, error_log));
     }
     Ok("%s", path.how);
     CheckGlobalIsInitial(module, path.how);
@@ -183,8 +167,8 @@ void CheckGlobal(CUmodule module) {
   E2E_CHECK_CU(cuMemcpyHtoD(global, written, sizeof(written)));
   int n = 4, delta = 100;
   void* params[] = {&global, &delta, &n};
-  E2E_CHECK_CU(cuLaunchKernel(GetFunction(module, e2e::kAddInt), 1, 1, 1, 32, 1,
-                              1, 0, nullptr, params, nullptr));
+  E2E_CHECK_CU(cuLaunchKernel(GetFunction(module, e2e::kAddInt), 1, 1, 1, 32, 1, 1, 0, nullptr,
+                              params, nullptr));
   int values[4] = {};
   E2E_CHECK_CU(cuMemcpyDtoH(values, global, sizeof(values)));
   const int expected[4] = {101, 102, 103, 104};
@@ -193,11 +177,9 @@ void CheckGlobal(CUmodule module) {
 
   CUdeviceptr missing = 0;
   size_t size = 0;
-  E2E_EXPECT_CU(CUDA_ERROR_NOT_FOUND,
-                cuModuleGetGlobal(&missing, &size, module, "no_such_global"));
+  E2E_EXPECT_CU(CUDA_ERROR_NOT_FOUND, cuModuleGetGlobal(&missing, &size, module, "no_such_global"));
   CUfunction function = nullptr;
-  E2E_EXPECT_CU(CUDA_ERROR_NOT_FOUND,
-                cuModuleGetFunction(&function, module, "no_such_kernel"));
+  E2E_EXPECT_CU(CUDA_ERROR_NOT_FOUND, cuModuleGetFunction(&function, module, "no_such_kernel"));
 }
 
 // The main module's global still holds what CheckGlobal left there after
@@ -221,12 +203,11 @@ void CheckExtraParams(CUmodule module, VectorAddBuffers& buffers) {
   std::memcpy(buffer + 16, &buffers.c, 8);
   std::memcpy(buffer + 24, &n, 4);
   size_t size = sizeof(buffer);
-  void* extra[] = {CU_LAUNCH_PARAM_BUFFER_POINTER, buffer,
-                   CU_LAUNCH_PARAM_BUFFER_SIZE, &size, CU_LAUNCH_PARAM_END};
+  void* extra[] = {CU_LAUNCH_PARAM_BUFFER_POINTER, buffer, CU_LAUNCH_PARAM_BUFFER_SIZE, &size,
+                   CU_LAUNCH_PARAM_END};
   buffers.Clear();
-  E2E_CHECK_CU(cuLaunchKernel(GetFunction(module, e2e::kVectorAdd),
-                              (n + 255) / 256, 1, 1, 256, 1, 1, 0, nullptr,
-                              nullptr, extra));
+  E2E_CHECK_CU(cuLaunchKernel(GetFunction(module, e2e::kVectorAdd), (n + 255) / 256, 1, 1, 256, 1,
+                              1, 0, nullptr, nullptr, extra));
   buffers.Check("extra: CU_LAUNCH_PARAM_BUFFER_POINTER/SIZE");
 
   // padded_by_value(char, E2ePadded, long long*): 0, 8 (24 bytes), 32.
@@ -241,15 +222,13 @@ void CheckExtraParams(CUmodule module, VectorAddBuffers& buffers) {
   std::memcpy(padded_buffer + 32, &out, 8);
   size_t padded_size = sizeof(padded_buffer);
   void* padded_extra[] = {CU_LAUNCH_PARAM_BUFFER_POINTER, padded_buffer,
-                          CU_LAUNCH_PARAM_BUFFER_SIZE, &padded_size,
-                          CU_LAUNCH_PARAM_END};
-  E2E_CHECK_CU(cuLaunchKernel(GetFunction(module, e2e::kPaddedByValue), 1, 1, 1,
-                              1, 1, 1, 0, nullptr, nullptr, padded_extra));
+                          CU_LAUNCH_PARAM_BUFFER_SIZE, &padded_size, CU_LAUNCH_PARAM_END};
+  E2E_CHECK_CU(cuLaunchKernel(GetFunction(module, e2e::kPaddedByValue), 1, 1, 1, 1, 1, 1, 0,
+                              nullptr, nullptr, padded_extra));
   long long got[4] = {};
   E2E_CHECK_CU(cuMemcpyDtoH(got, out, sizeof(got)));
   const long long expected[4] = {42, -7, 4096, 123456};
-  E2E_CHECK_BYTES(got, expected, sizeof(got),
-                  "padded_by_value through `extra`");
+  E2E_CHECK_BYTES(got, expected, sizeof(got), "padded_by_value through `extra`");
   E2E_CHECK_CU(cuMemFree(out));
 }
 
@@ -264,8 +243,8 @@ void CheckStructByValue(CUmodule module) {
   padded.d = 12345.75;
   padded.i = -99999;
   void* params[] = {&tag, &padded, &out};
-  E2E_CHECK_CU(cuLaunchKernel(GetFunction(module, e2e::kPaddedByValue), 1, 1, 1,
-                              1, 1, 1, 0, nullptr, params, nullptr));
+  E2E_CHECK_CU(cuLaunchKernel(GetFunction(module, e2e::kPaddedByValue), 1, 1, 1, 1, 1, 1, 0,
+                              nullptr, params, nullptr));
   long long got[4] = {};
   E2E_CHECK_CU(cuMemcpyDtoH(got, out, sizeof(got)));
   const long long expected[4] = {-5, 7, 12345, -99999};
@@ -293,8 +272,8 @@ void CheckManyParams(CUmodule module) {
   E2E_CHECK_CU(cuMemAlloc(&out, kManyParamsOutputs * sizeof(double)));
   E2E_CHECK_CU(cuMemsetD8(out, 0, kManyParamsOutputs * sizeof(double)));
   void* params[] = {&a, &b, &c, &d, &e, &f, &g, &h, &i, &k, &l, &out};
-  E2E_CHECK_CU(cuLaunchKernel(GetFunction(module, e2e::kManyParams), 1, 1, 1, 1,
-                              1, 1, 0, nullptr, params, nullptr));
+  E2E_CHECK_CU(cuLaunchKernel(GetFunction(module, e2e::kManyParams), 1, 1, 1, 1, 1, 1, 0, nullptr,
+                              params, nullptr));
   double got[kManyParamsOutputs] = {};
   E2E_CHECK_CU(cuMemcpyDtoH(got, out, sizeof(got)));
 
@@ -305,9 +284,9 @@ void CheckManyParams(CUmodule module) {
       static_cast<double>(g_value), static_cast<double>(h.x) + h.y + h.z,
       static_cast<double>(i),       static_cast<double>(k),
       static_cast<double>(l)};
-  static const char* const kNames[] = {
-      "char a", "short b",  "int c",   "long long d", "float e", "double f",
-      "*g",     "Float3 h", "uchar i", "short k",     "ull l"};
+  static const char* const kNames[] = {"char a",  "short b",  "int c", "long long d",
+                                       "float e", "double f", "*g",    "Float3 h",
+                                       "uchar i", "short k",  "ull l"};
   double sum = 0;
   for (int j = 0; j < kManyParamsOutputs - 1; ++j) {
     E2E_CHECK(got[j] == values[j],
@@ -316,8 +295,7 @@ void CheckManyParams(CUmodule module) {
               kNames[j], got[j], values[j]);
     sum += values[j];
   }
-  E2E_CHECK(got[kManyParamsOutputs - 1] == sum,
-            "many_params checksum %.17g, expected %.17g",
+  E2E_CHECK(got[kManyParamsOutputs - 1] == sum, "many_params checksum %.17g, expected %.17g",
             got[kManyParamsOutputs - 1], sum);
   Ok("many_params: 12 parameters of mixed sizes, checksum %.17g", sum);
   E2E_CHECK_CU(cuMemFree(g));
@@ -334,23 +312,21 @@ void CheckScale(CUmodule module, const char* name, T factor) {
   E2E_CHECK_CU(cuMemcpyHtoD(d, data, sizeof(data)));
   int n = kN;
   void* params[] = {&d, &factor, &n};
-  E2E_CHECK_CU(cuLaunchKernel(GetFunction(module, name), 3, 1, 1, 128, 1, 1, 0,
-                              nullptr, params, nullptr));
+  E2E_CHECK_CU(
+      cuLaunchKernel(GetFunction(module, name), 3, 1, 1, 128, 1, 1, 0, nullptr, params, nullptr));
   T got[kN];
   E2E_CHECK_CU(cuMemcpyDtoH(got, d, sizeof(got)));
   for (int i = 0; i < kN; ++i) {
-    E2E_CHECK(got[i] == data[i] * factor, "%s: element %d = %g, expected %g",
-              name, i, static_cast<double>(got[i]),
-              static_cast<double>(data[i] * factor));
+    E2E_CHECK(got[i] == data[i] * factor, "%s: element %d = %g, expected %g", name, i,
+              static_cast<double>(got[i]), static_cast<double>(data[i] * factor));
   }
   Ok("template instantiation %s", name);
   E2E_CHECK_CU(cuMemFree(d));
 }
 
 // Launches launch_geometry and checks what it reports against the launch.
-void CheckGeometry(CUfunction function, const unsigned grid[3],
-                   const unsigned block[3], unsigned shared_bytes,
-                   CUstream stream, bool use_launch_ex) {
+void CheckGeometry(CUfunction function, const unsigned grid[3], const unsigned block[3],
+                   unsigned shared_bytes, CUstream stream, bool use_launch_ex) {
   CUdeviceptr out = 0;
   E2E_CHECK_CU(cuMemAlloc(&out, 8 * sizeof(unsigned)));
   E2E_CHECK_CU(cuMemsetD32(out, 0, 8));
@@ -371,28 +347,25 @@ void CheckGeometry(CUfunction function, const unsigned grid[3],
     config.numAttrs = 0;
     E2E_CHECK_CU(cuLaunchKernelEx(&config, function, params, nullptr));
   } else {
-    E2E_CHECK_CU(cuLaunchKernel(function, grid[0], grid[1], grid[2], block[0],
-                                block[1], block[2], shared_bytes, stream,
-                                params, nullptr));
+    E2E_CHECK_CU(cuLaunchKernel(function, grid[0], grid[1], grid[2], block[0], block[1], block[2],
+                                shared_bytes, stream, params, nullptr));
   }
   E2E_CHECK_CU(cuStreamSynchronize(stream));
   unsigned got[8] = {};
   E2E_CHECK_CU(cuMemcpyDtoH(got, out, sizeof(got)));
-  const unsigned threads =
-      grid[0] * grid[1] * grid[2] * block[0] * block[1] * block[2];
+  const unsigned threads = grid[0] * grid[1] * grid[2] * block[0] * block[1] * block[2];
   const unsigned expected[8] = {grid[0],  grid[1],  grid[2],      block[0],
                                 block[1], block[2], shared_bytes, threads};
   E2E_CHECK(std::memcmp(got, expected, sizeof(got)) == 0,
             "%s saw grid (%u,%u,%u) block (%u,%u,%u) shared %u threads %u; "
             "expected (%u,%u,%u) (%u,%u,%u) %u %u",
-            use_launch_ex ? "cuLaunchKernelEx" : "cuLaunchKernel", got[0],
-            got[1], got[2], got[3], got[4], got[5], got[6], got[7], expected[0],
-            expected[1], expected[2], expected[3], expected[4], expected[5],
-            expected[6], expected[7]);
+            use_launch_ex ? "cuLaunchKernelEx" : "cuLaunchKernel", got[0], got[1], got[2], got[3],
+            got[4], got[5], got[6], got[7], expected[0], expected[1], expected[2], expected[3],
+            expected[4], expected[5], expected[6], expected[7]);
   Ok("%s: grid (%u,%u,%u), block (%u,%u,%u), %u dynamic shared bytes, %u "
      "threads",
-     use_launch_ex ? "cuLaunchKernelEx" : "cuLaunchKernel", grid[0], grid[1],
-     grid[2], block[0], block[1], block[2], shared_bytes, threads);
+     use_launch_ex ? "cuLaunchKernelEx" : "cuLaunchKernel", grid[0], grid[1], grid[2], block[0],
+     block[1], block[2], shared_bytes, threads);
   E2E_CHECK_CU(cuMemFree(out));
 }
 
@@ -408,25 +381,20 @@ void CheckLaunchGeometry(CUmodule module, CUstream stream) {
 void CheckFunctionAttributes(CUmodule module, CUstream stream) {
   CUfunction function = GetFunction(module, e2e::kLaunchGeometry);
   int value = -1;
-  E2E_CHECK_CU(cuFuncGetAttribute(
-      &value, CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK, function));
+  E2E_CHECK_CU(cuFuncGetAttribute(&value, CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK, function));
   E2E_CHECK(value >= 32 && value <= 4096, "max threads per block %d", value);
   Ok("CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK = %d", value);
-  E2E_CHECK_CU(
-      cuFuncGetAttribute(&value, CU_FUNC_ATTRIBUTE_NUM_REGS, function));
+  E2E_CHECK_CU(cuFuncGetAttribute(&value, CU_FUNC_ATTRIBUTE_NUM_REGS, function));
   E2E_CHECK(value >= 0 && value <= 255, "registers %d", value);
   Ok("CU_FUNC_ATTRIBUTE_NUM_REGS = %d", value);
-  E2E_CHECK_CU(cuFuncGetAttribute(&value, CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES,
-                                  function));
+  E2E_CHECK_CU(cuFuncGetAttribute(&value, CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, function));
   E2E_CHECK(value >= 0, "static shared bytes %d", value);
   Ok("CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES = %d", value);
 
-  E2E_CHECK_CU(cuFuncSetAttribute(
-      function, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 8192));
-  E2E_CHECK_CU(cuFuncGetAttribute(
-      &value, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, function));
-  E2E_CHECK(value == 8192, "max dynamic shared bytes %d after setting 8192",
-            value);
+  E2E_CHECK_CU(cuFuncSetAttribute(function, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 8192));
+  E2E_CHECK_CU(
+      cuFuncGetAttribute(&value, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, function));
+  E2E_CHECK(value == 8192, "max dynamic shared bytes %d after setting 8192", value);
   Ok("cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES, 8192) reads back");
   E2E_CHECK_CU(cuFuncSetCacheConfig(function, CU_FUNC_CACHE_PREFER_SHARED));
   Ok("cuFuncSetCacheConfig(CU_FUNC_CACHE_PREFER_SHARED)");
@@ -447,15 +415,13 @@ void CheckExternCKernel(CUmodule module, CUstream stream) {
   int n = kN;
   void* params[] = {&d, &n};
   for (int round = 0; round < 2; ++round) {
-    E2E_CHECK_CU(cuLaunchKernel(function, 4, 1, 1, 128, 1, 1, 0, stream, params,
-                                nullptr));
+    E2E_CHECK_CU(cuLaunchKernel(function, 4, 1, 1, 128, 1, 1, 0, stream, params, nullptr));
   }
   E2E_CHECK_CU(cuStreamSynchronize(stream));
   unsigned got[kN];
   E2E_CHECK_CU(cuMemcpyDtoH(got, d, sizeof(got)));
   for (int i = 0; i < kN; ++i) {
-    E2E_CHECK(got[i] == static_cast<unsigned>(i) + 2, "data[%d] = %u", i,
-              got[i]);
+    E2E_CHECK(got[i] == static_cast<unsigned>(i) + 2, "data[%d] = %u", i, got[i]);
   }
   Ok("extern \"C\" kernel %s launched twice on a stream", e2e::kIncrement);
   E2E_CHECK_CU(cuMemFree(d));

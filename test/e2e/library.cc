@@ -95,7 +95,8 @@ void LoadEveryWay(const std::string& dir) {
   const std::vector<char> cubin = E2E_READ_FILE(cubin_path);
   CUlibrary library = nullptr;
 
-  E2E_CHECK_CU(cuLibraryLoadData(&library, fatbin.data(), nullptr, nullptr, 0, nullptr, nullptr, 0));
+  E2E_CHECK_CU(
+      cuLibraryLoadData(&library, fatbin.data(), nullptr, nullptr, 0, nullptr, nullptr, 0));
   CheckAndUnload(library, "raw fatbin");
   FatbinWrapper v1{kFatbinWrapperMagic, 1, fatbin.data(), nullptr};
   E2E_CHECK_CU(cuLibraryLoadData(&library, &v1, nullptr, nullptr, 0, nullptr, nullptr, 0));
@@ -152,7 +153,8 @@ void CheckQueries(CUlibrary library) {
   for (size_t i = 0; i < 12; ++i) {
     size_t offset = 0, size = 0;
     E2E_CHECK_CU(cuKernelGetParamInfo(many, i, &offset, &size));
-    E2E_CHECK(offset == offsets[i] && size == sizes[i], "param %zu at %zu size %zu", i, offset, size);
+    E2E_CHECK(offset == offsets[i] && size == sizes[i], "param %zu at %zu size %zu", i, offset,
+              size);
   }
   size_t offset = 0, size = 0;
   E2E_EXPECT_CU(CUDA_ERROR_INVALID_VALUE, cuKernelGetParamInfo(many, 12, &offset, &size));
@@ -164,8 +166,10 @@ void CheckQueries(CUlibrary library) {
   E2E_CHECK(bytes == sizeof(e2e::kGlobalInitial), "global of %zu bytes", bytes);
   int values[4] = {};
   E2E_CHECK_CU(cuMemcpyDtoH(values, global, sizeof(values)));
-  E2E_CHECK_BYTES(values, e2e::kGlobalInitial, sizeof(values), "cuLibraryGetGlobal's initial values");
-  E2E_EXPECT_CU(CUDA_ERROR_NOT_FOUND, cuLibraryGetGlobal(&global, &bytes, library, "no_such_global"));
+  E2E_CHECK_BYTES(values, e2e::kGlobalInitial, sizeof(values),
+                  "cuLibraryGetGlobal's initial values");
+  E2E_EXPECT_CU(CUDA_ERROR_NOT_FOUND,
+                cuLibraryGetGlobal(&global, &bytes, library, "no_such_global"));
 
   // The library's module in this context names the same objects.
   CUmodule module = nullptr;
@@ -227,8 +231,8 @@ void CheckContexts(CUlibrary library, e2e::PrimaryContext primary) {
   E2E_CHECK_CU(cuCtxSetCurrent(primary.context));
   int n = kN;
   void* params[] = {&data, &n};
-  E2E_CHECK_CU(cuLaunchKernel(reinterpret_cast<CUfunction>(Kernel(library, e2e::kIncrement)), 2, 1, 1,
-                              128, 1, 1, 0, stream, params, nullptr));
+  E2E_CHECK_CU(cuLaunchKernel(reinterpret_cast<CUfunction>(Kernel(library, e2e::kIncrement)), 2, 1,
+                              1, 128, 1, 1, 0, stream, params, nullptr));
   E2E_CHECK_CU(cuStreamSynchronize(stream));
   E2E_CHECK_CU(cuCtxSetCurrent(created));
   unsigned back[kN];
@@ -276,7 +280,8 @@ void CheckAttributes(CUlibrary library, e2e::PrimaryContext primary) {
   E2E_CHECK_CU(cuCtxCreate(&later, nullptr, 0, primary.device));
   CUfunction function = nullptr;
   E2E_CHECK_CU(cuKernelGetFunction(&function, geometry));
-  E2E_CHECK_CU(cuFuncGetAttribute(&value, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, function));
+  E2E_CHECK_CU(
+      cuFuncGetAttribute(&value, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, function));
   E2E_CHECK(value == big, "in a later context: %d", value);
   RunGeometry(geometry, big, "context created after cuKernelSetAttribute");
   E2E_CHECK_CU(cuCtxDestroy(later));
@@ -326,7 +331,8 @@ size_t SharedForBlockSize(int block_size) {
 void CheckOccupancy(CUlibrary library, e2e::PrimaryContext primary) {
   auto vector_add = reinterpret_cast<CUfunction>(Kernel(library, e2e::kVectorAdd));
   int sms = 0;
-  E2E_CHECK_CU(cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, primary.device));
+  E2E_CHECK_CU(
+      cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, primary.device));
   int blocks = 0;
   E2E_CHECK_CU(cuOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, vector_add, 128, 0));
   E2E_CHECK(blocks >= 1, "%d blocks of 128", blocks);
@@ -394,7 +400,8 @@ int main(int argc, char** argv) {
   LoadEveryWay(dir);
   const std::vector<char> fatbin = E2E_READ_FILE(dir + "/" + e2e::kFatbinFile);
   CUlibrary library = nullptr;
-  E2E_CHECK_CU(cuLibraryLoadData(&library, fatbin.data(), nullptr, nullptr, 0, nullptr, nullptr, 0));
+  E2E_CHECK_CU(
+      cuLibraryLoadData(&library, fatbin.data(), nullptr, nullptr, 0, nullptr, nullptr, 0));
   CheckQueries(library);
   CheckContexts(library, primary);
   CheckAttributes(library, primary);

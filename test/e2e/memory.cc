@@ -26,15 +26,13 @@ using ::ferry::e2e::Pattern;
 
 constexpr size_t kMiB = size_t{1} << 20;
 
-CUdeviceptr AsDevicePtr(const void* p) {
-  return reinterpret_cast<CUdeviceptr>(p);
-}
+CUdeviceptr AsDevicePtr(const void* p) { return reinterpret_cast<CUdeviceptr>(p); }
 
 void CheckAllocAndInfo() {
   size_t free_before = 0, total_before = 0;
   E2E_CHECK_CU(cuMemGetInfo(&free_before, &total_before));
-  E2E_CHECK(total_before > 0 && free_before <= total_before,
-            "cuMemGetInfo: free %zu, total %zu", free_before, total_before);
+  E2E_CHECK(total_before > 0 && free_before <= total_before, "cuMemGetInfo: free %zu, total %zu",
+            free_before, total_before);
   Ok("cuMemGetInfo: free %zu of %zu", free_before, total_before);
 
   const size_t size = 64 * kMiB;
@@ -43,13 +41,10 @@ void CheckAllocAndInfo() {
   E2E_CHECK(d != 0, "cuMemAlloc returned a null pointer");
   size_t free_after = 0, total_after = 0;
   E2E_CHECK_CU(cuMemGetInfo(&free_after, &total_after));
-  E2E_CHECK(total_after == total_before, "total changed: %zu -> %zu",
-            total_before, total_after);
-  E2E_CHECK(free_after < free_before,
-            "free did not drop after a 64 MiB allocation: %zu -> %zu",
+  E2E_CHECK(total_after == total_before, "total changed: %zu -> %zu", total_before, total_after);
+  E2E_CHECK(free_after < free_before, "free did not drop after a 64 MiB allocation: %zu -> %zu",
             free_before, free_after);
-  Ok("free dropped by %zu bytes after cuMemAlloc(64 MiB)",
-     free_before - free_after);
+  Ok("free dropped by %zu bytes after cuMemAlloc(64 MiB)", free_before - free_after);
 
   CUdeviceptr base = 0;
   size_t range_size = 0;
@@ -57,8 +52,8 @@ void CheckAllocAndInfo() {
   E2E_CHECK(base == d && range_size == size,
             "cuMemGetAddressRange(d + 12345) = [0x%llx, +%zu), expected "
             "[0x%llx, +%zu)",
-            static_cast<unsigned long long>(base), range_size,
-            static_cast<unsigned long long>(d), size);
+            static_cast<unsigned long long>(base), range_size, static_cast<unsigned long long>(d),
+            size);
   Ok("cuMemGetAddressRange of an interior pointer gives the allocation");
   E2E_CHECK_CU(cuMemFree(d));
 
@@ -97,13 +92,11 @@ void CheckLinearCopies() {
   expected.assign(src.begin(), src.begin() + window);
   std::memcpy(expected.data() + 5, patch.data(), patch_size);
   E2E_CHECK_CU(cuMemcpyDtoH(got.data(), d2, window));
-  E2E_CHECK_BYTES(got.data(), expected.data(), window,
-                  "DtoD from offset 3 to offset 5");
+  E2E_CHECK_BYTES(got.data(), expected.data(), window, "DtoD from offset 3 to offset 5");
 
   // DtoH from an interior offset.
   E2E_CHECK_CU(cuMemcpyDtoH(got.data(), d1 + n - window, window));
-  E2E_CHECK_BYTES(got.data(), src.data() + n - window, window,
-                  "DtoH of the last 2048 bytes");
+  E2E_CHECK_BYTES(got.data(), src.data() + n - window, window, "DtoH of the last 2048 bytes");
 
   E2E_CHECK_CU(cuMemFree(d1));
   E2E_CHECK_CU(cuMemFree(d2));
@@ -145,8 +138,7 @@ void CheckPitchedCopies() {
   CUdeviceptr pitched = 0;
   size_t pitch = 0;
   E2E_CHECK_CU(cuMemAllocPitch(&pitched, &pitch, width, height, 4));
-  E2E_CHECK(pitch >= width && pitch % 4 == 0, "pitch %zu for width %zu", pitch,
-            width);
+  E2E_CHECK(pitch >= width && pitch % 4 == 0, "pitch %zu for width %zu", pitch, width);
   Ok("cuMemAllocPitch(1000 x 37) pitch %zu", pitch);
 
   // Host rows 1024 bytes apart, device rows `pitch` apart.
@@ -208,8 +200,7 @@ void CheckPitchedCopies() {
   E2E_CHECK_CU(cuMemcpy2D(&sub_back));
   std::vector<uint8_t> sub_expected(sub.size());
   for (size_t row = 0; row < sub_height; ++row) {
-    std::memcpy(&sub_expected[row * sub_width],
-                &src[(row + 2) * host_pitch + 8], sub_width);
+    std::memcpy(&sub_expected[row * sub_width], &src[(row + 2) * host_pitch + 8], sub_width);
   }
   E2E_CHECK_BYTES(sub.data(), sub_expected.data(), sub.size(),
                   "cuMemcpy2D DtoD of a sub-rectangle at (8, 2)");
@@ -227,8 +218,8 @@ void CheckPitchedCopies() {
   words_back.dstPitch = width;
   E2E_CHECK_CU(cuMemcpy2D(&words_back));
   std::vector<uint32_t> words_expected(words.size(), kWord);
-  E2E_CHECK_BYTES(words.data(), words_expected.data(),
-                  words.size() * sizeof(uint32_t), "cuMemsetD2D32");
+  E2E_CHECK_BYTES(words.data(), words_expected.data(), words.size() * sizeof(uint32_t),
+                  "cuMemsetD2D32");
 
   E2E_CHECK_CU(cuMemFree(pitched));
   E2E_CHECK_CU(cuMemFree(pitched2));
@@ -247,19 +238,16 @@ void CheckPinnedHostMemory() {
   E2E_CHECK_CU(cuMemAlloc(&d, n));
   E2E_CHECK_CU(cuMemcpyHtoD(d, allocated, n));
   E2E_CHECK_CU(cuMemcpyDtoH(portable, d, n));
-  E2E_CHECK_BYTES(portable, allocated, n,
-                  "cuMemAllocHost -> device -> cuMemHostAlloc(PORTABLE)");
+  E2E_CHECK_BYTES(portable, allocated, n, "cuMemAllocHost -> device -> cuMemHostAlloc(PORTABLE)");
 
   // Register ordinary page-aligned memory, copy through it, unregister.
   const size_t registered_size = kMiB;
   void* registered = std::aligned_alloc(4096, registered_size);
   E2E_CHECK(registered != nullptr, "aligned_alloc failed");
-  E2E_CHECK_CU(cuMemHostRegister(registered, registered_size,
-                                 CU_MEMHOSTREGISTER_PORTABLE));
+  E2E_CHECK_CU(cuMemHostRegister(registered, registered_size, CU_MEMHOSTREGISTER_PORTABLE));
   ferry::e2e::FillPattern(registered, registered_size, 7);
-  std::vector<uint8_t> expected(
-      static_cast<uint8_t*>(registered),
-      static_cast<uint8_t*>(registered) + registered_size);
+  std::vector<uint8_t> expected(static_cast<uint8_t*>(registered),
+                                static_cast<uint8_t*>(registered) + registered_size);
   E2E_CHECK_CU(cuMemcpyHtoD(d, registered, registered_size));
   std::memset(registered, 0, registered_size);
   E2E_CHECK_CU(cuMemcpyDtoH(registered, d, registered_size));
@@ -312,10 +300,8 @@ void CheckAsyncCopies() {
   const size_t width = 300, height = 20;
   uint8_t* rect_src = nullptr;
   uint8_t* rect_back = nullptr;
-  E2E_CHECK_CU(
-      cuMemAllocHost(reinterpret_cast<void**>(&rect_src), 320 * height));
-  E2E_CHECK_CU(
-      cuMemAllocHost(reinterpret_cast<void**>(&rect_back), width * height));
+  E2E_CHECK_CU(cuMemAllocHost(reinterpret_cast<void**>(&rect_src), 320 * height));
+  E2E_CHECK_CU(cuMemAllocHost(reinterpret_cast<void**>(&rect_back), width * height));
   ferry::e2e::FillPattern(rect_src, 320 * height, 9);
   std::memset(rect_back, 0, width * height);
   CUDA_MEMCPY2D htod = Copy2D(width, height);
@@ -336,10 +322,8 @@ void CheckAsyncCopies() {
   E2E_CHECK_CU(cuMemcpy2DAsync(&dtoh, stream));
 
   E2E_CHECK_CU(cuStreamSynchronize(stream));
-  E2E_CHECK_BYTES(via_dtoh, source, n,
-                  "async HtoD -> DtoD -> DtoH on one stream");
-  E2E_CHECK_BYTES(via_unified, source, n,
-                  "async cuMemcpyAsync device -> device -> host");
+  E2E_CHECK_BYTES(via_dtoh, source, n, "async HtoD -> DtoD -> DtoH on one stream");
+  E2E_CHECK_BYTES(via_unified, source, n, "async cuMemcpyAsync device -> device -> host");
   std::vector<uint8_t> expected(source, source + 400);
   std::memset(expected.data(), 0x11, 100);
   for (size_t i = 100; i < 200; i += 2) {
@@ -363,9 +347,8 @@ void CheckAsyncCopies() {
   E2E_CHECK_CU(cuMemFree(d2));
   E2E_CHECK_CU(cuMemFree(d3));
   for (void* p :
-       {static_cast<void*>(source), static_cast<void*>(via_dtoh),
-        static_cast<void*>(via_unified), static_cast<void*>(memsets),
-        static_cast<void*>(rect_src), static_cast<void*>(rect_back)}) {
+       {static_cast<void*>(source), static_cast<void*>(via_dtoh), static_cast<void*>(via_unified),
+        static_cast<void*>(memsets), static_cast<void*>(rect_src), static_cast<void*>(rect_back)}) {
     E2E_CHECK_CU(cuMemFreeHost(p));
   }
   E2E_CHECK_CU(cuStreamDestroy(stream));
@@ -391,8 +374,7 @@ void CheckMemsets() {
   }
   std::vector<uint8_t> got(n, 0xFF);
   E2E_CHECK_CU(cuMemcpyDtoH(got.data(), d, n));
-  E2E_CHECK_BYTES(got.data(), expected.data(), n,
-                  "cuMemsetD8/D16/D32 at offsets 1, 1010, 1700");
+  E2E_CHECK_BYTES(got.data(), expected.data(), n, "cuMemsetD8/D16/D32 at offsets 1, 1010, 1700");
   E2E_CHECK_CU(cuMemFree(d));
 }
 
@@ -403,20 +385,15 @@ void CheckPointerAttributes() {
   E2E_CHECK_CU(cuMemAlloc(&d, size));
 
   unsigned int memory_type = 0;
-  E2E_CHECK_CU(cuPointerGetAttribute(
-      &memory_type, CU_POINTER_ATTRIBUTE_MEMORY_TYPE, d + 100));
+  E2E_CHECK_CU(cuPointerGetAttribute(&memory_type, CU_POINTER_ATTRIBUTE_MEMORY_TYPE, d + 100));
   E2E_CHECK(memory_type == CU_MEMORYTYPE_DEVICE, "memory type %u", memory_type);
   CUdeviceptr start = 0;
-  E2E_CHECK_CU(cuPointerGetAttribute(
-      &start, CU_POINTER_ATTRIBUTE_RANGE_START_ADDR, d + 100));
+  E2E_CHECK_CU(cuPointerGetAttribute(&start, CU_POINTER_ATTRIBUTE_RANGE_START_ADDR, d + 100));
   E2E_CHECK(start == d, "range start 0x%llx, expected 0x%llx",
-            static_cast<unsigned long long>(start),
-            static_cast<unsigned long long>(d));
+            static_cast<unsigned long long>(start), static_cast<unsigned long long>(d));
   size_t range_size = 0;
-  E2E_CHECK_CU(cuPointerGetAttribute(&range_size,
-                                     CU_POINTER_ATTRIBUTE_RANGE_SIZE, d + 100));
-  E2E_CHECK(range_size == size, "range size %zu, expected %zu", range_size,
-            size);
+  E2E_CHECK_CU(cuPointerGetAttribute(&range_size, CU_POINTER_ATTRIBUTE_RANGE_SIZE, d + 100));
+  E2E_CHECK(range_size == size, "range size %zu, expected %zu", range_size, size);
   Ok("cuPointerGetAttribute: device memory, range start and size");
 
   CUpointer_attribute attributes[] = {
@@ -428,22 +405,19 @@ void CheckPointerAttributes() {
   int ordinal = -1;
   void* data[] = {&memory_type, &start, &range_size, &ordinal};
   E2E_CHECK_CU(cuPointerGetAttributes(4, attributes, data, d + size - 1));
-  E2E_CHECK(memory_type == CU_MEMORYTYPE_DEVICE && start == d &&
-                range_size == size && ordinal == 0,
+  E2E_CHECK(memory_type == CU_MEMORYTYPE_DEVICE && start == d && range_size == size && ordinal == 0,
             "cuPointerGetAttributes: type %u, start 0x%llx, size %zu, "
             "ordinal %d",
-            memory_type, static_cast<unsigned long long>(start), range_size,
-            ordinal);
+            memory_type, static_cast<unsigned long long>(start), range_size, ordinal);
   Ok("cuPointerGetAttributes on the last byte of the allocation");
 
   void* pinned = nullptr;
   E2E_CHECK_CU(cuMemAllocHost(&pinned, 4096));
   memory_type = 0;
-  E2E_CHECK_CU(cuPointerGetAttribute(
-      &memory_type, CU_POINTER_ATTRIBUTE_MEMORY_TYPE, AsDevicePtr(pinned)));
-  E2E_CHECK(memory_type == CU_MEMORYTYPE_HOST,
-            "pinned host memory type %u, expected %d", memory_type,
-            CU_MEMORYTYPE_HOST);
+  E2E_CHECK_CU(
+      cuPointerGetAttribute(&memory_type, CU_POINTER_ATTRIBUTE_MEMORY_TYPE, AsDevicePtr(pinned)));
+  E2E_CHECK(memory_type == CU_MEMORYTYPE_HOST, "pinned host memory type %u, expected %d",
+            memory_type, CU_MEMORYTYPE_HOST);
   Ok("cuPointerGetAttribute: pinned memory is host memory");
   E2E_CHECK_CU(cuMemFreeHost(pinned));
   E2E_CHECK_CU(cuMemFree(d));

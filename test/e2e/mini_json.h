@@ -36,7 +36,6 @@ struct JsonValue {
 
 // Parses one JSON document (surrounding whitespace allowed). On failure
 // returns nullopt and, when `error` is not null, says where and why.
-std::optional<JsonValue> ParseJson(std::string_view text,
-                                   std::string* error = nullptr);
+std::optional<JsonValue> ParseJson(std::string_view text, std::string* error = nullptr);
 
 }  // namespace ferry::e2e

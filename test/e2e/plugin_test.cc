@@ -14,32 +14,28 @@
 #include <string>
 #include <vector>
 
-#include "backend/host/ferry_host_kernel.h"
 #include "child_process.h"
 #include "kernel_names.h"
 #include "kernel_types.h"
+#include "server/backend/host/ferry_host_kernel.h"
 
 namespace ferry::e2e {
 namespace {
 
-std::string ImagePath(const char* file) {
-  return std::string(FERRY_E2E_IMAGE_DIR) + "/" + file;
-}
+std::string ImagePath(const char* file) { return std::string(FERRY_E2E_IMAGE_DIR) + "/" + file; }
 
 TEST(E2eImagesTest, PtxEntriesAreTheNamedKernels) {
   const std::string ptx = ReadWholeFile(ImagePath(kPtxFile));
   ASSERT_FALSE(ptx.empty());
   std::set<std::string> entries;
   const std::regex entry(R"(\.entry\s+([A-Za-z_$][A-Za-z0-9_$]*)\s*\()");
-  for (auto it = std::sregex_iterator(ptx.begin(), ptx.end(), entry);
-       it != std::sregex_iterator(); ++it) {
+  for (auto it = std::sregex_iterator(ptx.begin(), ptx.end(), entry); it != std::sregex_iterator();
+       ++it) {
     entries.insert((*it)[1].str());
   }
-  const std::set<std::string> named(std::begin(kAllKernels),
-                                    std::end(kAllKernels));
+  const std::set<std::string> named(std::begin(kAllKernels), std::end(kAllKernels));
   EXPECT_EQ(entries, named);
-  EXPECT_NE(ptx.find(std::string(".global .align 4 .b8 ") + kGlobalName),
-            std::string::npos);
+  EXPECT_NE(ptx.find(std::string(".global .align 4 .b8 ") + kGlobalName), std::string::npos);
 }
 
 TEST(E2eImagesTest, FatbinHasTheMagic) {
@@ -61,8 +57,8 @@ class HostKernelsTest : public ::testing::Test {
   }
 
   ferry_host_kernel_fn Find(const char* kernel) {
-    return reinterpret_cast<ferry_host_kernel_fn>(dlsym(
-        handle_, (std::string(FERRY_HOST_KERNEL_PREFIX) + kernel).c_str()));
+    return reinterpret_cast<ferry_host_kernel_fn>(
+        dlsym(handle_, (std::string(FERRY_HOST_KERNEL_PREFIX) + kernel).c_str()));
   }
 
   void* handle_ = nullptr;
@@ -73,8 +69,7 @@ TEST_F(HostKernelsTest, ExportsEveryKernelButTheMissingOne) {
     if (std::strcmp(kernel, kMissingHostKernel) == 0) {
       EXPECT_EQ(Find(kernel), nullptr) << kernel << " must stay unimplemented";
     } else {
-      EXPECT_NE(Find(kernel), nullptr)
-          << "no host implementation of " << kernel;
+      EXPECT_NE(Find(kernel), nullptr) << "no host implementation of " << kernel;
     }
   }
 }

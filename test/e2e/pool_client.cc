@@ -87,8 +87,7 @@ int Quota(uint64_t quota, const std::string& image_dir) {
   E2E_EXPECT_CU(CUDA_ERROR_OUT_OF_MEMORY, cuMemAlloc(&over, quota / 2 + 1));
   // A pitched allocation whose rows pad past what is left.
   size_t pitch = 0;
-  E2E_EXPECT_CU(CUDA_ERROR_OUT_OF_MEMORY,
-                cuMemAllocPitch(&over, &pitch, quota / 2, 2, 4));
+  E2E_EXPECT_CU(CUDA_ERROR_OUT_OF_MEMORY, cuMemAllocPitch(&over, &pitch, quota / 2, 2, 4));
   CUdeviceptr rest = 0;
   E2E_CHECK_CU(cuMemAlloc(&rest, quota / 2));
   E2E_CHECK_CU(cuMemGetInfo(&free_bytes, &total));
@@ -110,8 +109,8 @@ int Quota(uint64_t quota, const std::string& image_dir) {
   int n = kCount;
   void* params[] = {&half, &n};
   for (int i = 0; i < 8; ++i) {
-    E2E_CHECK_CU(cuLaunchKernel(increment, kCount / 256, 1, 1, 256, 1, 1, 0, nullptr, params,
-                                nullptr));
+    E2E_CHECK_CU(
+        cuLaunchKernel(increment, kCount / 256, 1, 1, 256, 1, 1, 0, nullptr, params, nullptr));
   }
   std::vector<unsigned> host(kCount);
   E2E_CHECK_CU(cuMemcpyDtoH(host.data(), half, kCount * sizeof(unsigned)));

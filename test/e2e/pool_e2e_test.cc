@@ -47,7 +47,8 @@ std::string DayNightConfig(const std::string& night_policy) {
 [server]
 backend = "host"
 default_pool = "dev"
-host_kernels = [")") + FERRY_E2E_HOST_KERNELS + R"("]
+host_kernels = [")") +
+         FERRY_E2E_HOST_KERNELS + R"("]
 
 [[gpu]]
 index = 0
@@ -106,11 +107,13 @@ class PoolTest : public ::testing::Test {
       } else {
         ferryd_->Kill(SIGTERM);
         EXPECT_TRUE(ferryd_->Wait(kStopTimeout).success())
-            << "ferryd did not exit 0 after SIGTERM\n" << ferryd_->Describe();
+            << "ferryd did not exit 0 after SIGTERM\n"
+            << ferryd_->Describe();
       }
     }
     if (HasFailure()) {
-      if (ferryd_.has_value()) std::cerr << "ferryd log:\n" << Tail(ferryd_->Stderr(), 12000) << "\n";
+      if (ferryd_.has_value())
+        std::cerr << "ferryd log:\n" << Tail(ferryd_->Stderr(), 12000) << "\n";
       for (auto& [name, program] : programs_) std::cerr << program.Describe(3000) << "\n";
       std::cerr << "test files kept in " << dir_ << "\n";
     } else if (!dir_.empty()) {
@@ -132,8 +135,8 @@ class PoolTest : public ::testing::Test {
     config_path_ = dir_ + "/ferryd.toml";
     WriteConfig(config);
     const std::string ready_file = dir_ + "/ready";
-    std::vector<std::string> argv = {FERRY_E2E_FERRYD, "--config", config_path_, "--listen",
-                                     "127.0.0.1:0", "--ready-file", ready_file};
+    std::vector<std::string> argv = {FERRY_E2E_FERRYD, "--config",     config_path_, "--listen",
+                                     "127.0.0.1:0",    "--ready-file", ready_file};
     if (fake_clock != nullptr) {
       argv.push_back("--test-fake-clock");
       argv.push_back(fake_clock);
@@ -387,10 +390,10 @@ TEST_F(PoolTest, AKilledWaiterLeavesTheQueue) {
 TEST_F(PoolTest, QuotaIsEnforcedAndMemGetInfoShowsTheSlice) {
   StartFerryd(DayNightConfig(""), kBeforeNight);
   std::string error;
-  std::optional<ChildProcess> program = ChildProcess::Start(
-      {std::string(FERRY_E2E_PROGRAM_DIR) + "/e2e_pool_client", "quota",
-       std::to_string(kGpuMemory / 4), FERRY_E2E_IMAGE_DIR},
-      ClientEnv({}), dir_ + "/quota", &error);
+  std::optional<ChildProcess> program =
+      ChildProcess::Start({std::string(FERRY_E2E_PROGRAM_DIR) + "/e2e_pool_client", "quota",
+                           std::to_string(kGpuMemory / 4), FERRY_E2E_IMAGE_DIR},
+                          ClientEnv({}), dir_ + "/quota", &error);
   ASSERT_TRUE(program.has_value()) << error;
   const ExitStatus status = program->Wait(kProgramTimeout);
   EXPECT_TRUE(status.success() && program->Stdout().find("all checks passed") != std::string::npos)
@@ -576,7 +579,8 @@ slices_per_gpu = 2
   EXPECT_NE(c->Stderr().find("no slice became free within 30s"), std::string::npos)
       << c->Describe();
   // Bad requests fail cuInit with a message that says why.
-  for (const auto& [key, value, says] : std::vector<std::tuple<std::string, std::string, std::string>>{
+  for (const auto& [key, value, says] :
+       std::vector<std::tuple<std::string, std::string, std::string>>{
            {"FERRY_GPUS", "3", "this server has 2 GPUs"},
            {"FERRY_WAIT", "soon", "FERRY_WAIT='soon' is not a duration"},
            {"FERRY_POOL", "inference", "no pool 'inference'"}}) {
@@ -628,9 +632,8 @@ TEST_F(PoolTest, HostileBorrowersNeverStopTheServerOrKeepASlice) {
     ASSERT_FALSE(ferryd_->Poll()) << "ferryd died after hostile borrower " << i << "\n"
                                   << ferryd_->Describe();
   }
-  WaitForPool("no holder and no waiter left", [](const JsonValue& p) {
-    return Holders(p, 0).empty() && Queue(p).empty();
-  });
+  WaitForPool("no holder and no waiter left",
+              [](const JsonValue& p) { return Holders(p, 0).empty() && Queue(p).empty(); });
   ChildProcess* holder = StartHolder("holder");
   ASSERT_NE(holder, nullptr);
   ASSERT_TRUE(WaitForOutput(*holder, "READY\n"));

@@ -35,28 +35,26 @@ struct Kernels {
   CUfunction consume = nullptr;
 };
 
-void LaunchProduce(const Kernels& kernels, CUdeviceptr out, int mul, int add,
-                   CUstream stream) {
+void LaunchProduce(const Kernels& kernels, CUdeviceptr out, int mul, int add, CUstream stream) {
   int n = kN, spin = kProducerSpin;
   void* params[] = {&out, &n, &mul, &add, &spin};
-  E2E_CHECK_CU(cuLaunchKernel(kernels.produce, kN / 256, 1, 1, 256, 1, 1, 0,
-                              stream, params, nullptr));
+  E2E_CHECK_CU(
+      cuLaunchKernel(kernels.produce, kN / 256, 1, 1, 256, 1, 1, 0, stream, params, nullptr));
 }
 
-void LaunchConsume(const Kernels& kernels, CUdeviceptr in, CUdeviceptr out,
-                   CUstream stream) {
+void LaunchConsume(const Kernels& kernels, CUdeviceptr in, CUdeviceptr out, CUstream stream) {
   int n = kN;
   void* params[] = {&in, &out, &n};
-  E2E_CHECK_CU(cuLaunchKernel(kernels.consume, kN / 256, 1, 1, 256, 1, 1, 0,
-                              stream, params, nullptr));
+  E2E_CHECK_CU(
+      cuLaunchKernel(kernels.consume, kN / 256, 1, 1, 256, 1, 1, 0, stream, params, nullptr));
 }
 
 // Fails unless result[i] == (i * mul + add) * 2 + 1 for every i.
 void CheckConsumed(const int* result, int mul, int add, const char* what) {
   for (int i = 0; i < kN; ++i) {
     const int expected = (i * mul + add) * 2 + 1;
-    E2E_CHECK(result[i] == expected, "%s: element %d = %d, expected %d", what,
-              i, result[i], expected);
+    E2E_CHECK(result[i] == expected, "%s: element %d = %d, expected %d", what, i, result[i],
+              expected);
   }
   Ok("%s: %d elements", what, kN);
 }
@@ -66,8 +64,7 @@ struct Buffers {
   Buffers() {
     E2E_CHECK_CU(cuMemAlloc(&in, kN * sizeof(int)));
     E2E_CHECK_CU(cuMemAlloc(&out, kN * sizeof(int)));
-    E2E_CHECK_CU(
-        cuMemAllocHost(reinterpret_cast<void**>(&host), kN * sizeof(int)));
+    E2E_CHECK_CU(cuMemAllocHost(reinterpret_cast<void**>(&host), kN * sizeof(int)));
   }
   ~Buffers() {
     E2E_CHECK_CU(cuMemFree(in));
@@ -88,21 +85,17 @@ struct Buffers {
 void CheckStreams(const Kernels& kernels, CUcontext context) {
   int least = 0, greatest = 0;
   E2E_CHECK_CU(cuCtxGetStreamPriorityRange(&least, &greatest));
-  E2E_CHECK(greatest <= least, "priority range least %d, greatest %d", least,
-            greatest);
+  E2E_CHECK(greatest <= least, "priority range least %d, greatest %d", least, greatest);
   Ok("cuCtxGetStreamPriorityRange: least %d, greatest %d", least, greatest);
 
-  CUstream blocking = nullptr, non_blocking = nullptr, high = nullptr,
-           low = nullptr, clamped = nullptr;
+  CUstream blocking = nullptr, non_blocking = nullptr, high = nullptr, low = nullptr,
+           clamped = nullptr;
   E2E_CHECK_CU(cuStreamCreate(&blocking, CU_STREAM_DEFAULT));
   E2E_CHECK_CU(cuStreamCreate(&non_blocking, CU_STREAM_NON_BLOCKING));
-  E2E_CHECK_CU(
-      cuStreamCreateWithPriority(&high, CU_STREAM_NON_BLOCKING, greatest));
+  E2E_CHECK_CU(cuStreamCreateWithPriority(&high, CU_STREAM_NON_BLOCKING, greatest));
   E2E_CHECK_CU(cuStreamCreateWithPriority(&low, CU_STREAM_DEFAULT, least));
-  E2E_CHECK_CU(
-      cuStreamCreateWithPriority(&clamped, CU_STREAM_DEFAULT, greatest - 10));
-  E2E_CHECK(blocking != non_blocking && high != low,
-            "two streams share a handle");
+  E2E_CHECK_CU(cuStreamCreateWithPriority(&clamped, CU_STREAM_DEFAULT, greatest - 10));
+  E2E_CHECK(blocking != non_blocking && high != low, "two streams share a handle");
 
   unsigned int flags = 99;
   E2E_CHECK_CU(cuStreamGetFlags(blocking, &flags));
@@ -115,13 +108,12 @@ void CheckStreams(const Kernels& kernels, CUcontext context) {
 
   int priority = 99;
   E2E_CHECK_CU(cuStreamGetPriority(high, &priority));
-  E2E_CHECK(priority == greatest, "high priority %d, expected %d", priority,
-            greatest);
+  E2E_CHECK(priority == greatest, "high priority %d, expected %d", priority, greatest);
   E2E_CHECK_CU(cuStreamGetPriority(low, &priority));
   E2E_CHECK(priority == least, "low priority %d, expected %d", priority, least);
   E2E_CHECK_CU(cuStreamGetPriority(clamped, &priority));
-  E2E_CHECK(priority == greatest, "priority %d clamped to %d, expected %d",
-            greatest - 10, priority, greatest);
+  E2E_CHECK(priority == greatest, "priority %d clamped to %d, expected %d", greatest - 10, priority,
+            greatest);
   Ok("cuStreamGetPriority (greatest, least, clamped)");
 
   CUcontext stream_context = nullptr;
@@ -141,8 +133,7 @@ void CheckStreams(const Kernels& kernels, CUcontext context) {
     buffers.Reset();
     LaunchProduce(kernels, buffers.in, 3, round, stream);
     LaunchConsume(kernels, buffers.in, buffers.out, stream);
-    E2E_CHECK_CU(
-        cuMemcpyDtoHAsync(buffers.host, buffers.out, kN * sizeof(int), stream));
+    E2E_CHECK_CU(cuMemcpyDtoHAsync(buffers.host, buffers.out, kN * sizeof(int), stream));
     E2E_CHECK_CU(cuStreamSynchronize(stream));
     E2E_CHECK_CU(cuStreamQuery(stream));
     CheckConsumed(buffers.host, 3, round, "produce + consume on one stream");
@@ -205,11 +196,9 @@ void CheckWaitEvent(const Kernels& kernels) {
     E2E_CHECK_CU(cuEventRecord(produced, producer));
     E2E_CHECK_CU(cuStreamWaitEvent(consumer, produced, 0));
     LaunchConsume(kernels, buffers.in, buffers.out, consumer);
-    E2E_CHECK_CU(cuMemcpyDtoHAsync(buffers.host, buffers.out, kN * sizeof(int),
-                                   consumer));
+    E2E_CHECK_CU(cuMemcpyDtoHAsync(buffers.host, buffers.out, kN * sizeof(int), consumer));
     E2E_CHECK_CU(cuStreamSynchronize(consumer));
-    CheckConsumed(buffers.host, mul, add,
-                  "consumer on stream B after cuStreamWaitEvent on A");
+    CheckConsumed(buffers.host, mul, add, "consumer on stream B after cuStreamWaitEvent on A");
   }
   E2E_CHECK_CU(cuStreamSynchronize(producer));
   E2E_CHECK_CU(cuEventDestroy(produced));
@@ -225,17 +214,14 @@ void CheckLegacyDefaultStream(const Kernels& kernels) {
   // The legacy default stream waits for work on blocking streams.
   LaunchProduce(kernels, buffers.in, 4, 3, blocking);
   LaunchConsume(kernels, buffers.in, buffers.out, nullptr);
-  E2E_CHECK_CU(cuMemcpyDtoHAsync(buffers.host, buffers.out, kN * sizeof(int),
-                                 CU_STREAM_LEGACY));
+  E2E_CHECK_CU(cuMemcpyDtoHAsync(buffers.host, buffers.out, kN * sizeof(int), CU_STREAM_LEGACY));
   E2E_CHECK_CU(cuStreamSynchronize(nullptr));
-  CheckConsumed(buffers.host, 4, 3,
-                "blocking stream, then legacy default stream (0)");
+  CheckConsumed(buffers.host, 4, 3, "blocking stream, then legacy default stream (0)");
 
   buffers.Reset();
   LaunchProduce(kernels, buffers.in, 6, 0, nullptr);
   LaunchConsume(kernels, buffers.in, buffers.out, CU_STREAM_LEGACY);
-  E2E_CHECK_CU(
-      cuMemcpyDtoHAsync(buffers.host, buffers.out, kN * sizeof(int), nullptr));
+  E2E_CHECK_CU(cuMemcpyDtoHAsync(buffers.host, buffers.out, kN * sizeof(int), nullptr));
   E2E_CHECK_CU(cuStreamSynchronize(CU_STREAM_LEGACY));
   CheckConsumed(buffers.host, 6, 0, "stream 0 and CU_STREAM_LEGACY");
   E2E_CHECK_CU(cuStreamDestroy(blocking));
@@ -249,11 +235,10 @@ void CheckPerThreadDefaultStream(const Kernels& kernels, CUcontext context) {
       const int mul = 10 + id, add = round;
       LaunchProduce(kernels, buffers.in, mul, add, CU_STREAM_PER_THREAD);
       LaunchConsume(kernels, buffers.in, buffers.out, CU_STREAM_PER_THREAD);
-      E2E_CHECK_CU(cuMemcpyDtoHAsync(buffers.host, buffers.out,
-                                     kN * sizeof(int), CU_STREAM_PER_THREAD));
+      E2E_CHECK_CU(
+          cuMemcpyDtoHAsync(buffers.host, buffers.out, kN * sizeof(int), CU_STREAM_PER_THREAD));
       E2E_CHECK_CU(cuStreamSynchronize(CU_STREAM_PER_THREAD));
-      CheckConsumed(buffers.host, mul, add,
-                    "CU_STREAM_PER_THREAD on a worker thread");
+      CheckConsumed(buffers.host, mul, add, "CU_STREAM_PER_THREAD on a worker thread");
     }
   };
   std::thread first(worker, 0);
@@ -267,8 +252,7 @@ void CheckPerThreadDefaultStream(const Kernels& kernels, CUcontext context) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::string fatbin_path =
-      e2e::ImageDir(argc, argv) + "/" + e2e::kFatbinFile;
+  const std::string fatbin_path = e2e::ImageDir(argc, argv) + "/" + e2e::kFatbinFile;
   e2e::PrimaryContext primary = e2e::SetUpPrimaryContext();
   CUmodule module = nullptr;
   E2E_CHECK_CU(cuModuleLoad(&module, fatbin_path.c_str()));

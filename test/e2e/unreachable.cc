@@ -23,14 +23,12 @@ void ExpectUnavailable(const char* what, Call call) {
   const auto start = std::chrono::steady_clock::now();
   const CUresult result = call();
   const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
-          .count();
-  std::printf("%s -> %d %s in %.2f s\n", what, result, e2e::ErrorName(result),
-              seconds);
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::printf("%s -> %d %s in %.2f s\n", what, result, e2e::ErrorName(result), seconds);
   std::fflush(stdout);
   E2E_CHECK(result == CUDA_ERROR_DEVICE_UNAVAILABLE,
-            "%s returned %s (%d), expected CUDA_ERROR_DEVICE_UNAVAILABLE (46)",
-            what, e2e::ErrorName(result), result);
+            "%s returned %s (%d), expected CUDA_ERROR_DEVICE_UNAVAILABLE (46)", what,
+            e2e::ErrorName(result), result);
   E2E_CHECK(seconds < 10.0, "%s took %.2f s", what, seconds);
 }
 

@@ -17,13 +17,13 @@
 
 #include "client/md2.h"
 
-#define CHECK_CU(call)                                                       \
-  do {                                                                       \
-    const CUresult result_ = (call);                                         \
-    if (result_ != CUDA_SUCCESS) {                                           \
+#define CHECK_CU(call)                                                           \
+  do {                                                                           \
+    const CUresult result_ = (call);                                             \
+    if (result_ != CUDA_SUCCESS) {                                               \
       std::printf("FAILED %s: CUresult %d\n", #call, static_cast<int>(result_)); \
-      return 1;                                                              \
-    }                                                                        \
+      return 1;                                                                  \
+    }                                                                            \
   } while (0)
 
 #define EXPECT(condition)                           \
@@ -111,7 +111,8 @@ int main() {
   CUcontext unretained = nullptr;
   CHECK_CU(SlotOf<PrimaryContextFn>(runtime_interface, 2)(&unretained, device));
   EXPECT(unretained != nullptr);
-  EXPECT(SlotOf<PrimaryContextFn>(runtime_interface, 2)(&unretained, 99) == CUDA_ERROR_INVALID_DEVICE);
+  EXPECT(SlotOf<PrimaryContextFn>(runtime_interface, 2)(&unretained, 99) ==
+         CUDA_ERROR_INVALID_DEVICE);
   CHECK_CU(cuCtxSetCurrent(unretained));
   CUcontext primary = nullptr;
   CHECK_CU(cuDevicePrimaryCtxRetain(&primary, device));
@@ -189,8 +190,9 @@ int main() {
     CUuuid uuid;
     CHECK_CU(cuDeviceGetUuid(&uuid, d));
     record.insert(record.end(), uuid.bytes, uuid.bytes + 16);
-    for (CUdevice_attribute attribute : {CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID, CU_DEVICE_ATTRIBUTE_PCI_BUS_ID,
-                                         CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID}) {
+    for (CUdevice_attribute attribute :
+         {CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID, CU_DEVICE_ATTRIBUTE_PCI_BUS_ID,
+          CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID}) {
       int id = 0;
       CHECK_CU(cuDeviceGetAttribute(&id, attribute, d));
       Append(&record, static_cast<uint32_t>(id), 4);

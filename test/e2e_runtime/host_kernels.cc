@@ -1,7 +1,7 @@
 // Host implementations of the kernels of the runtime programs in this folder,
 // loaded by the ferryd each runner starts (`--host-kernels`). Each is exported
 // as "ferry_host_" + the kernel's mangled name and follows
-// backend/host/ferry_host_kernel.h: params[i] points at the bytes of
+// server/backend/host/ferry_host_kernel.h: params[i] points at the bytes of
 // parameter i, device pointers are addresses in ferryd, and the function
 // emulates the whole grid. A program's new kernels get their implementation
 // here, computing what the CUDA version computes.
@@ -11,8 +11,8 @@
 #include <cstdint>
 #include <cstring>
 
-#include "backend/host/ferry_host_kernel.h"
 #include "runtime_types.h"
+#include "server/backend/host/ferry_host_kernel.h"
 
 namespace {
 

@@ -31,10 +31,12 @@ __global__ void rt_padded(char tag, RtPadded p, long long* out) {
 __global__ void rt_many(char a, short b, int c, long long d, float e, double f, const int* g,
                         RtFloat3 h, unsigned char i, short k, unsigned long long l, double* out) {
   if (blockIdx.x != 0 || threadIdx.x != 0) return;
-  double v[11] = {static_cast<double>(a), static_cast<double>(b), static_cast<double>(c),
-                  static_cast<double>(d), static_cast<double>(e), f,
+  double v[11] = {static_cast<double>(a),  static_cast<double>(b),
+                  static_cast<double>(c),  static_cast<double>(d),
+                  static_cast<double>(e),  f,
                   static_cast<double>(*g), static_cast<double>(h.x) + h.y + h.z,
-                  static_cast<double>(i), static_cast<double>(k), static_cast<double>(l)};
+                  static_cast<double>(i),  static_cast<double>(k),
+                  static_cast<double>(l)};
   double sum = 0;
   for (int j = 0; j < 11; ++j) {
     out[j] = v[j];

@@ -98,8 +98,8 @@ void CheckParameters() {
                      18000000000000000000ULL, many);
   double v[12];
   RT_CHECK(cudaMemcpy(v, many, sizeof(v), cudaMemcpyDeviceToHost));
-  const double expected[11] = {-3, 300, -70000, 5000000000.0, 2.5, -0.125, 4242, 4.0, 200, -12,
-                               18000000000000000000.0};
+  const double expected[11] = {-3,  300, -70000, 5000000000.0,          2.5, -0.125, 4242,
+                               4.0, 200, -12,    18000000000000000000.0};
   double sum = 0;
   for (int k = 0; k < 11; ++k) {
     RT_EXPECT(v[k] == expected[k]);
@@ -186,9 +186,10 @@ void CheckOccupancy() {
   size_t available = 0;
   RT_CHECK(cudaOccupancyAvailableDynamicSMemPerBlock(&available, rt_geometry, 2, 256));
   RT_EXPECT(available > 0);
-  std::printf("occupancy: %d blocks of 256 per SM, %d with 60 KiB shared; best block %d, "
-              "grid >= %d; %zu bytes shared for 2 blocks\n",
-              blocks, fewer, block, min_grid, available);
+  std::printf(
+      "occupancy: %d blocks of 256 per SM, %d with 60 KiB shared; best block %d, "
+      "grid >= %d; %zu bytes shared for 2 blocks\n",
+      blocks, fewer, block, min_grid, available);
 }
 
 void CheckSymbols() {

@@ -10,22 +10,22 @@
 #include <cstring>
 #include <vector>
 
-#define CHECK(call)                                                                     \
-  do {                                                                                  \
-    const cudaError_t error_ = (call);                                                  \
-    if (error_ != cudaSuccess) {                                                        \
-      std::printf("FAILED %s: %s (%s, %d)\n", #call, cudaGetErrorString(error_),        \
-                  cudaGetErrorName(error_), static_cast<int>(error_));                  \
-      return 1;                                                                         \
-    }                                                                                   \
+#define CHECK(call)                                                              \
+  do {                                                                           \
+    const cudaError_t error_ = (call);                                           \
+    if (error_ != cudaSuccess) {                                                 \
+      std::printf("FAILED %s: %s (%s, %d)\n", #call, cudaGetErrorString(error_), \
+                  cudaGetErrorName(error_), static_cast<int>(error_));           \
+      return 1;                                                                  \
+    }                                                                            \
   } while (0)
 
-#define EXPECT(condition)                                 \
-  do {                                                    \
-    if (!(condition)) {                                   \
-      std::printf("FAILED check %s\n", #condition);       \
-      return 1;                                           \
-    }                                                     \
+#define EXPECT(condition)                           \
+  do {                                              \
+    if (!(condition)) {                             \
+      std::printf("FAILED check %s\n", #condition); \
+      return 1;                                     \
+    }                                               \
   } while (0)
 
 int main() {

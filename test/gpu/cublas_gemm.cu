@@ -41,8 +41,7 @@ template <typename T>
 cublasStatus_t Gemm(cublasHandle_t handle, int n, const T* a, const T* b, T* c);
 
 template <>
-cublasStatus_t Gemm<float>(cublasHandle_t handle, int n, const float* a, const float* b,
-                           float* c) {
+cublasStatus_t Gemm<float>(cublasHandle_t handle, int n, const float* a, const float* b, float* c) {
   const float one = 1, zero = 0;
   return cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, a, n, b, n, &zero, c, n);
 }
@@ -77,17 +76,22 @@ GemmResult RunGemm(cublasHandle_t handle, int n, double tolerance) {
       !Check(cudaMalloc(&dc, count * sizeof(T)), "cudaMalloc C")) {
     return result;
   }
-  bool ok = Check(cudaMemcpy(da, a.data(), count * sizeof(T), cudaMemcpyHostToDevice), "A to device") &&
-            Check(cudaMemcpy(db, b.data(), count * sizeof(T), cudaMemcpyHostToDevice), "B to device") &&
-            Check(Gemm(handle, n, da, db, dc), "warm-up gemm") &&
-            Check(cudaDeviceSynchronize(), "synchronize after warm-up");
+  bool ok =
+      Check(cudaMemcpy(da, a.data(), count * sizeof(T), cudaMemcpyHostToDevice), "A to device") &&
+      Check(cudaMemcpy(db, b.data(), count * sizeof(T), cudaMemcpyHostToDevice), "B to device") &&
+      Check(Gemm(handle, n, da, db, dc), "warm-up gemm") &&
+      Check(cudaDeviceSynchronize(), "synchronize after warm-up");
   std::vector<double> times;
   for (int run = 0; ok && run < 5; ++run) {
     auto start = std::chrono::steady_clock::now();
-    ok = Check(Gemm(handle, n, da, db, dc), "gemm") && Check(cudaDeviceSynchronize(), "synchronize");
-    times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+    ok =
+        Check(Gemm(handle, n, da, db, dc), "gemm") && Check(cudaDeviceSynchronize(), "synchronize");
+    times.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+            .count());
   }
-  ok = ok && Check(cudaMemcpy(c.data(), dc, count * sizeof(T), cudaMemcpyDeviceToHost), "C to host");
+  ok =
+      ok && Check(cudaMemcpy(c.data(), dc, count * sizeof(T), cudaMemcpyDeviceToHost), "C to host");
   cudaFree(da);
   cudaFree(db);
   cudaFree(dc);

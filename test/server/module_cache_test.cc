@@ -14,8 +14,8 @@
 #include <thread>
 #include <vector>
 
-#include "backend/host/host_backend.h"
 #include "common/frame.h"
+#include "server/backend/host/host_backend.h"
 #include "server/session.h"
 
 namespace ferry::server {
@@ -59,7 +59,7 @@ TEST(ModuleCacheTest, StaysWithinItsCapacityDroppingTheLeastRecentlyUsed) {
   cache.Insert(HashOf(images[1]), images[1]);
   backend::HostBytes found;
   ASSERT_TRUE(cache.Find(HashOf(images[0]), 40, &found));  // a is now the most recent
-  cache.Insert(HashOf(images[2]), images[2]);               // 120 > 100: b goes
+  cache.Insert(HashOf(images[2]), images[2]);              // 120 > 100: b goes
   EXPECT_TRUE(cache.Find(HashOf(images[0]), 40, &found));
   EXPECT_FALSE(cache.Find(HashOf(images[1]), 40, &found));
   EXPECT_TRUE(cache.Find(HashOf(images[2]), 40, &found));
@@ -166,7 +166,8 @@ class CachedSession {
     result.status = StatusFromWire(reply.getStatus());
     result.not_cached = reply.getImageNotCached();
     if (reply.isModuleLoad()) {
-      for (auto k : reply.getModuleLoad().getKernels()) result.kernels.push_back(k.getName().cStr());
+      for (auto k : reply.getModuleLoad().getKernels())
+        result.kernels.push_back(k.getName().cStr());
     }
     return result;
   }
@@ -181,8 +182,8 @@ class CachedSession {
 };
 
 std::vector<uint8_t> HashBytes(const std::string& image) {
-  const ContentHash hash =
-      HashContent(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(image.data()), image.size()));
+  const ContentHash hash = HashContent(
+      std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(image.data()), image.size()));
   return std::vector<uint8_t>(hash.begin(), hash.end());
 }
 

@@ -17,9 +17,9 @@
 #include <thread>
 #include <vector>
 
-#include "backend/cuda/cuda_backend.h"
-#include "backend/host/host_backend.h"
 #include "common/frame.h"
+#include "server/backend/cuda/cuda_backend.h"
+#include "server/backend/host/host_backend.h"
 
 namespace ferry::server {
 namespace {
@@ -64,8 +64,9 @@ class RawClient {
     call.setBulkBytes(bulk.size());
     ConstBuffer b{bulk.data(), bulk.size()};
     *seq_out = seq;
-    return WriteFrame(*transport_, wire::FrameKind::CALL_BATCH, message,
-                      bulk.empty() ? std::span<const ConstBuffer>() : std::span<const ConstBuffer>(&b, 1));
+    return WriteFrame(
+        *transport_, wire::FrameKind::CALL_BATCH, message,
+        bulk.empty() ? std::span<const ConstBuffer>() : std::span<const ConstBuffer>(&b, 1));
   }
 
   ReplyResult Read() {
@@ -91,14 +92,16 @@ class RawClient {
       for (int64_t v : reply.getValues()) result.values.push_back(v);
     }
     if (reply.isModuleLoad()) {
-      for (auto k : reply.getModuleLoad().getKernels()) result.kernels.push_back(k.getName().cStr());
+      for (auto k : reply.getModuleLoad().getKernels())
+        result.kernels.push_back(k.getName().cStr());
     }
     if (reply.isGateReached()) {
       result.gate_reached = true;
       result.held = reply.getGateReached().getHeld();
       result.stream_failed = reply.getGateReached().getStreamFailed();
     }
-    if (frame.bulk.size > 0) result.bulk.assign(frame.bulk.data.get(), frame.bulk.data.get() + frame.bulk.size);
+    if (frame.bulk.size > 0)
+      result.bulk.assign(frame.bulk.data.get(), frame.bulk.data.get() + frame.bulk.size);
     return result;
   }
 
@@ -113,7 +116,8 @@ class RawClient {
     return r;
   }
 
-  ReplyResult Call(const std::function<void(wire::Call::Builder)>& fill, const std::vector<uint8_t>& bulk = {}) {
+  ReplyResult Call(const std::function<void(wire::Call::Builder)>& fill,
+                   const std::vector<uint8_t>& bulk = {}) {
     const uint64_t seq = Send(fill, true, bulk);
     ReplyResult r = ReadWithin();
     EXPECT_EQ(r.seq, seq);
@@ -280,12 +284,14 @@ TEST_F(SessionTest, CopiesRoundTrip) {
   const uint64_t d = Alloc(4096);
   std::vector<uint8_t> data(4096);
   for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i * 13);
-  client_->Send([&](wire::Call::Builder c) {
-    auto a = c.initMemcpyHtoD();
-    a.setCtx(100);
-    a.setDst(d);
-    a.setBytes(data.size());
-  }, false, data);
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        auto a = c.initMemcpyHtoD();
+        a.setCtx(100);
+        a.setDst(d);
+        a.setBytes(data.size());
+      },
+      false, data);
   auto r = client_->Call([&](wire::Call::Builder c) {
     auto a = c.initMemcpyDtoH();
     a.setCtx(100);
@@ -329,7 +335,8 @@ TEST_F(SessionTest, BadHandlesGetCudaErrors) {
   EXPECT_EQ(alloc.status.cuda_result(), CUDA_ERROR_INVALID_CONTEXT);
   auto event = client_->Call([&](wire::Call::Builder c) { c.initEventQuery().setEvent(5); });
   EXPECT_EQ(event.status.cuda_result(), CUDA_ERROR_INVALID_HANDLE);
-  auto attr = client_->Call([&](wire::Call::Builder c) { c.initFuncGetAttribute().setFunction(77); });
+  auto attr =
+      client_->Call([&](wire::Call::Builder c) { c.initFuncGetAttribute().setFunction(77); });
   EXPECT_EQ(attr.status.cuda_result(), CUDA_ERROR_INVALID_HANDLE);
   auto device = client_->Call([&](wire::Call::Builder c) {
     auto a = c.initCtxCreate();
@@ -347,8 +354,10 @@ TEST_F(SessionTest, BadHandlesGetCudaErrors) {
 
 TEST_F(SessionTest, AsyncErrorIsReportedByTheNextCallThatWaitsThenClears) {
   CreateContext();
-  const uint64_t bad_free = client_->Send([&](wire::Call::Builder c) { c.initMemFree().setDptr(0x1234); }, false);
-  client_->Send([&](wire::Call::Builder c) { c.initMemFree().setDptr(0x5678); }, false);  // second error: not reported
+  const uint64_t bad_free =
+      client_->Send([&](wire::Call::Builder c) { c.initMemFree().setDptr(0x1234); }, false);
+  client_->Send([&](wire::Call::Builder c) { c.initMemFree().setDptr(0x5678); },
+                false);  // second error: not reported
   auto first = client_->Call([&](wire::Call::Builder c) { c.setPing(); });
   EXPECT_EQ(first.status.cuda_result(), CUDA_ERROR_INVALID_VALUE);
   EXPECT_EQ(first.latched_from, bad_free);
@@ -369,11 +378,13 @@ TEST_F(SessionTest, FreeingAnotherSessionsMemoryIsRefused) {
   RawClient intruder(std::move(client_side));
   Frame frame;
   ASSERT_TRUE(ReadFrame(intruder.transport(), &frame).ok());
-  ASSERT_TRUE(intruder.Call([&](wire::Call::Builder c) {
-    auto a = c.initCtxCreate();
-    a.setCtx(100);
-    a.setDevice(0);
-  }).status.ok());
+  ASSERT_TRUE(intruder
+                  .Call([&](wire::Call::Builder c) {
+                    auto a = c.initCtxCreate();
+                    a.setCtx(100);
+                    a.setDevice(0);
+                  })
+                  .status.ok());
   intruder.Send([&](wire::Call::Builder c) { c.initMemFree().setDptr(mine); }, false);
   std::vector<uint8_t> junk(256, 0xEE);
   auto write = intruder.Call([&](wire::Call::Builder c) {
@@ -405,32 +416,40 @@ TEST_F(SessionTest, FreeingAnotherSessionsMemoryIsRefused) {
 TEST_F(SessionTest, StreamsEventsAndSynchronizeReplyInOrderOfCompletion) {
   CreateContext();
   const uint64_t d = Alloc(1 << 20);
-  client_->Send([&](wire::Call::Builder c) {
-    auto a = c.initStreamCreate();
-    a.setCtx(100);
-    a.setStream(7);
-  }, false);
-  client_->Send([&](wire::Call::Builder c) {
-    auto a = c.initEventCreate();
-    a.setCtx(100);
-    a.setEvent(8);
-  }, false);
-  client_->Send([&](wire::Call::Builder c) {
-    auto a = c.initMemset();
-    a.setCtx(100);
-    a.setStream(7);
-    a.setDst(d);
-    a.setValue(0xAB);
-    a.setElementBytes(1);
-    a.setWidth(1 << 20);
-    a.setHeight(1);
-  }, false);
-  client_->Send([&](wire::Call::Builder c) {
-    auto a = c.initEventRecord();
-    a.setCtx(100);
-    a.setStream(7);
-    a.setEvent(8);
-  }, false);
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        auto a = c.initStreamCreate();
+        a.setCtx(100);
+        a.setStream(7);
+      },
+      false);
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        auto a = c.initEventCreate();
+        a.setCtx(100);
+        a.setEvent(8);
+      },
+      false);
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        auto a = c.initMemset();
+        a.setCtx(100);
+        a.setStream(7);
+        a.setDst(d);
+        a.setValue(0xAB);
+        a.setElementBytes(1);
+        a.setWidth(1 << 20);
+        a.setHeight(1);
+      },
+      false);
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        auto a = c.initEventRecord();
+        a.setCtx(100);
+        a.setStream(7);
+        a.setEvent(8);
+      },
+      false);
   auto sync = client_->Call([&](wire::Call::Builder c) { c.initEventSynchronize().setEvent(8); });
   ASSERT_TRUE(sync.status.ok()) << sync.status.ToString();
   auto r = client_->Call([&](wire::Call::Builder c) {
@@ -448,11 +467,13 @@ TEST_F(SessionTest, DisconnectFreesEverything) {
   CreateContext();
   Alloc(1 << 20);
   Alloc(3 << 20);
-  client_->Send([&](wire::Call::Builder c) {
-    auto a = c.initStreamCreate();
-    a.setCtx(100);
-    a.setStream(9);
-  }, false);
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        auto a = c.initStreamCreate();
+        a.setCtx(100);
+        a.setStream(9);
+      },
+      false);
   ASSERT_TRUE(client_->Call([&](wire::Call::Builder c) { c.setPing(); }).status.ok());
   EXPECT_EQ(session_->Info().bytes_allocated, 4u << 20);
   EXPECT_EQ(session_->Info().streams, 1u);
@@ -715,7 +736,8 @@ TEST_F(SessionTest, GarbageMessagesNeverCrashTheServer) {
     // Whatever the frame said, the session answers it or closes the
     // connection; either way a ping after it is answered or finds it closed.
     uint64_t ping = 0;
-    if (!client_->TrySend([&](wire::Call::Builder c) { c.setPing(); }, true, {}, &ping).ok()) continue;
+    if (!client_->TrySend([&](wire::Call::Builder c) { c.setPing(); }, true, {}, &ping).ok())
+      continue;
     for (int reads = 0; reads < 4; ++reads) {
       ReplyResult r = client_->Read();
       if (r.seq == ping || r.status.code() == StatusCode::kDisconnected ||
@@ -753,18 +775,22 @@ class SessionLibraryTest : public SessionTest {
   // The library's module in `ctx` and its kernel as `function`, posted
   // without replies as the client does; a ping reports any error.
   Status LoadIntoContext(uint64_t library, uint64_t ctx, uint64_t module, uint64_t function) {
-    client_->Send([&](wire::Call::Builder c) {
-      auto a = c.initLibraryLoadModule();
-      a.setLibrary(library);
-      a.setCtx(ctx);
-      a.setModule(module);
-    }, false);
-    client_->Send([&](wire::Call::Builder c) {
-      auto a = c.initModuleGetFunction();
-      a.setModule(module);
-      a.setFunction(function);
-      a.setName("k");
-    }, false);
+    client_->Send(
+        [&](wire::Call::Builder c) {
+          auto a = c.initLibraryLoadModule();
+          a.setLibrary(library);
+          a.setCtx(ctx);
+          a.setModule(module);
+        },
+        false);
+    client_->Send(
+        [&](wire::Call::Builder c) {
+          auto a = c.initModuleGetFunction();
+          a.setModule(module);
+          a.setFunction(function);
+          a.setName("k");
+        },
+        false);
     return client_->Call([&](wire::Call::Builder c) { c.setPing(); }).status;
   }
   ReplyResult Global(uint64_t module) {
@@ -793,12 +819,14 @@ TEST_F(SessionLibraryTest, LoadsOnceAndGivesEachContextItsOwnModule) {
   EXPECT_NE(first.dptr, second.dptr) << "two contexts share one copy of the global";
   // The global is a range the session may copy to.
   std::vector<uint8_t> bytes(8, 0x5A);
-  client_->Send([&](wire::Call::Builder c) {
-    auto a = c.initMemcpyHtoD();
-    a.setCtx(200);
-    a.setDst(second.dptr);
-    a.setBytes(8);
-  }, false, bytes);
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        auto a = c.initMemcpyHtoD();
+        a.setCtx(200);
+        a.setDst(second.dptr);
+        a.setBytes(8);
+      },
+      false, bytes);
   auto back = client_->Call([&](wire::Call::Builder c) {
     auto a = c.initMemcpyDtoH();
     a.setCtx(200);
@@ -811,10 +839,11 @@ TEST_F(SessionLibraryTest, LoadsOnceAndGivesEachContextItsOwnModule) {
 
 TEST_F(SessionLibraryTest, RefusesBadIdsAndASecondModuleInOneContext) {
   CreateContext(100);
-  EXPECT_EQ(client_->Call([&](wire::Call::Builder c) { c.initLibraryLoad().setLibrary(0); },
-                          LibraryImage())
-                .status.cuda_result(),
-            CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(
+      client_
+          ->Call([&](wire::Call::Builder c) { c.initLibraryLoad().setLibrary(0); }, LibraryImage())
+          .status.cuda_result(),
+      CUDA_ERROR_INVALID_VALUE);
   EXPECT_EQ(LoadLibrary(7).status.cuda_result(), CUDA_SUCCESS);
   EXPECT_EQ(LoadLibrary(7).status.cuda_result(), CUDA_ERROR_INVALID_VALUE);  // id in use
   EXPECT_EQ(client_->Call([&](wire::Call::Builder c) { c.initLibraryLoad().setLibrary(8); })
@@ -987,7 +1016,8 @@ class PooledSessionTest : public ::testing::Test {
     auto h = hello.initRoot<wire::Hello>();
     h.setPid(8);
     h.setProgram("pooled_test");
-    session_ = std::make_unique<Session>(2, std::move(server_side), *backend_, h.asReader(), Grant());
+    session_ =
+        std::make_unique<Session>(2, std::move(server_side), *backend_, h.asReader(), Grant());
     if (before_run) before_run(*session_);
     runner_ = std::thread([this] { session_->Run(); });
     client_ = std::make_unique<RawClient>(std::move(client_side));
@@ -1060,7 +1090,8 @@ TEST_F(PooledSessionTest, QuotaHoldsOnEveryAllocationPathAndMemGetInfoShowsTheSl
   Start();
   ASSERT_TRUE(CreateContext(0).status.ok());
   auto mem_info = [&] {
-    const uint64_t seq = client_->Send([](wire::Call::Builder c) { c.initMemGetInfo().setCtx(100); }, true);
+    const uint64_t seq =
+        client_->Send([](wire::Call::Builder c) { c.initMemGetInfo().setCtx(100); }, true);
     Frame frame;
     EXPECT_TRUE(ReadFrame(client_->transport(), &frame).ok());
     capnp::FlatArrayMessageReader reader(frame.words, PeerReaderOptions());
@@ -1178,7 +1209,7 @@ TEST_F(PooledSessionTest, PreemptedBeforeItStartsRefusesTheHandshake) {
 }
 
 // --- compute shares on the CUDA backend (fake driver) -------------------------
-// The fake driver (test/backend/cuda/fake_driver.cc) has 132 SMs per device,
+// The fake driver (test/server/backend/cuda/fake_driver.cc) has 132 SMs per device,
 // partitions of at least 8 aligned to 8; fake_cuda_old lacks green contexts.
 
 template <typename Fn>
@@ -1239,7 +1270,8 @@ class CudaSliceSessionTest : public ::testing::Test {
     EXPECT_TRUE(StatusFromWire(reply.getStatus()).ok());
     if (reply.getSlices().size() == 1 && reply.getDevices().size() == 1) {
       r->mechanism = reply.getSlices()[0].getMechanism().cStr();
-      r->sm_attribute = reply.getDevices()[0].getAttributes()[CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT];
+      r->sm_attribute =
+          reply.getDevices()[0].getAttributes()[CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT];
     }
     running_.push_back(std::move(r));
     return *running_.back();

@@ -1,0 +1,61 @@
+// Module images: what the CUDA runtime and driver-API programs hand to
+// cuModuleLoadData / cuLibraryLoadData, and what ferry needs to know of them.
+//
+//  * The client must find how many bytes an image spans (the API gives only a
+//    pointer): ResolveImage follows a fatbin wrapper (magic 0x466243B1) to its
+//    fatbin, and measures a fatbin (0xBA55ED50), an ELF cubin (program-header
+//    table possibly after the section headers) or NUL-terminated PTX text.
+//  * The host backend must know each kernel's parameter layout and each
+//    global's size: ParseImage reads fatbin containers (LZ4 and zstd
+//    compressed entries included), cubin `.nv.info.<kernel>` EIATTR_KPARAM_INFO
+//    tables, `.nv.global` / `.nv.constant*` symbols, and PTX `.entry`
+//    signatures and `.global` / `.const` declarations.
+//
+// Everything here is pure computation on bytes; thread-safe. Bad input yields
+// a Status (never a crash, never a read outside the given span).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace ferry::image {
+
+enum class ImageKind { kFatbin, kCubin, kPtx };
+
+struct ParamLayout {
+  uint32_t offset = 0;  // byte offset in the packed parameter buffer
+  uint32_t size = 0;    // bytes
+};
+struct KernelLayout {
+  std::string name;                 // mangled
+  std::vector<ParamLayout> params;  // in parameter order
+};
+struct GlobalLayout {
+  std::string name;
+  uint64_t size = 0;
+  std::vector<uint8_t> initial;  // initial bytes when the image holds them (else empty = zeros)
+};
+struct ImageLayout {
+  std::vector<KernelLayout> kernels;
+  std::vector<GlobalLayout> globals;
+};
+
+// Finds the bytes of the image that starts at `image` in the caller's memory.
+// Follows a fatbin wrapper to its fatbin. `*out` views caller memory (no copy).
+// The caller vouches that `image` points at readable memory holding one of the
+// supported forms; within that, lengths are taken from the headers.
+Status ResolveImage(const void* image, std::span<const uint8_t>* out);
+
+// Classifies bytes already known to span one whole image.
+Status ClassifyImage(std::span<const uint8_t> bytes, ImageKind* kind);
+
+// Parses an image (fatbin, cubin or PTX) into kernel parameter layouts and
+// globals. For a fatbin, every entry is read (ELF entries preferred over PTX
+// for the same kernel); kernels are reported once each.
+Status ParseImage(std::span<const uint8_t> bytes, ImageLayout* out);
+
+}  // namespace ferry::image

@@ -1,0 +1,314 @@
+// GpuBackend — the seam between a ferryd session and whatever executes its
+// calls: the real driver (CudaBackend) or host memory and threads (HostBackend).
+//
+// Contract for every implementation:
+//  * One GpuBackend serves all sessions of a ferryd; all methods are
+//    thread-safe. A session calls them from its executor thread in the order
+//    its client issued the calls (DESIGN invariant 4); Completion callbacks may
+//    run on any backend thread.
+//  * Nothing here blocks on device work. Stream operations are queued and
+//    return at once; the caller learns of completion through When*Idle /
+//    WhenEventComplete, which never block the caller either.
+//  * Objects (contexts, streams, events, modules) are owned by the caller
+//    through std::unique_ptr. Destroying one waits for the work queued on it
+//    and releases its resources. The caller destroys streams, events and
+//    modules of a context before the context itself.
+//  * Device addresses are real: a host backend's are host addresses in the
+//    ferryd process, a CUDA backend's are the driver's CUdeviceptr values. The
+//    caller (the session) validates every address range against the session's
+//    allocations before it calls in here; backends may trust them.
+//  * Errors come back as Status; driver errors keep their CUresult
+//    (Status::Cuda).
+#pragma once
+
+#include <array>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+
+namespace ferry::backend {
+
+// What a client learns about a device once per session.
+struct DeviceDescription {
+  std::string name;
+  std::array<uint8_t, 16> uuid{};
+  uint64_t total_memory = 0;
+  int pci_domain = 0, pci_bus = 0, pci_device = 0;
+  // Indexed by CUdevice_attribute; size CU_DEVICE_ATTRIBUTE_MAX. Attributes
+  // the backend does not know are 0.
+  std::vector<int32_t> attributes;
+};
+
+// One kernel parameter: its byte offset in the packed parameter buffer and
+// its size. The packed buffer holds every parameter at its offset, so a
+// launch sends one contiguous buffer (the CU_LAUNCH_PARAM_BUFFER layout).
+struct KernelParam {
+  uint32_t offset = 0;
+  uint32_t size = 0;
+};
+struct KernelDescription {
+  std::string name;  // mangled name as in the image
+  std::vector<KernelParam> params;
+};
+struct GlobalDescription {
+  std::string name;
+  uint64_t size = 0;
+};
+struct ModuleDescription {
+  std::vector<KernelDescription> kernels;
+  std::vector<GlobalDescription> globals;
+};
+
+// Read-only bytes that stay alive as long as `owner` does. Backends keep
+// `owner` until the work that reads `data` has finished.
+struct HostBytes {
+  std::shared_ptr<const void> owner;
+  const uint8_t* data = nullptr;
+  uint64_t size = 0;
+};
+// Writable bytes; same ownership rule.
+struct MutableHostBytes {
+  std::shared_ptr<void> owner;
+  uint8_t* data = nullptr;
+  uint64_t size = 0;
+};
+
+// A 2D copy. Exactly one of src_device / src_host is used (src_host when
+// src_is_host), likewise for dst. Rows are width_bytes long.
+struct Copy2D {
+  bool src_is_host = false;
+  uint64_t src_device = 0;
+  HostBytes src_host;
+  uint64_t src_pitch = 0;
+  bool dst_is_host = false;
+  uint64_t dst_device = 0;
+  MutableHostBytes dst_host;
+  uint64_t dst_pitch = 0;
+  uint64_t width_bytes = 0;
+  uint64_t height = 0;
+};
+
+struct LaunchConfig {
+  std::array<uint32_t, 3> grid{1, 1, 1};
+  std::array<uint32_t, 3> block{1, 1, 1};
+  uint32_t shared_bytes = 0;
+  std::array<uint32_t, 3> cluster{0, 0, 0};  // 0 = no cluster attribute
+};
+
+// Called once when the awaited work has finished (or failed). May run on any
+// backend thread; must not block for long and must not destroy the object it
+// waited on.
+using Completion = std::function<void(Status)>;
+
+// A gate in a stream, behind which a host callback runs (cuLaunchHostFunc,
+// cuStreamAddCallback: the function runs on the client, so the server holds
+// the stream until the client says it is done). Work queued on the stream
+// after the gate waits until Open(). Shared by the caller, who opens it, and
+// the backend, which waits on it. Thread-safe; Open is idempotent and may come
+// before the gate is reached (it then never holds the stream).
+class HostGate {
+ public:
+  void Open() {
+    std::lock_guard<std::mutex> lock(mu_);
+    open_ = true;
+    opened_.notify_all();
+  }
+  bool IsOpen() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return open_;
+  }
+  // Blocks until Open() has been called.
+  void WaitOpen() const {
+    std::unique_lock<std::mutex> lock(mu_);
+    opened_.wait(lock, [this] { return open_; });
+  }
+
+ private:
+  mutable std::mutex mu_;
+  mutable std::condition_variable opened_;
+  bool open_ = false;  // guarded by mu_
+};
+
+class Context {
+ public:
+  virtual ~Context() = default;
+};
+class Stream {
+ public:
+  virtual ~Stream() = default;
+};
+class Event {
+ public:
+  virtual ~Event() = default;
+};
+class Function {
+ public:
+  virtual ~Function() = default;
+};
+class Module {
+ public:
+  virtual ~Module() = default;
+};
+// A loaded image that belongs to no context (cuLibraryLoadData); it gets a
+// Module in each context that uses it (LoadLibraryModule).
+class Library {
+ public:
+  virtual ~Library() = default;
+};
+
+class GpuBackend {
+ public:
+  virtual ~GpuBackend() = default;
+
+  virtual std::string_view Name() const = 0;  // "host" or "cuda"
+  virtual int DriverVersion() const = 0;      // as cuDriverGetVersion reports it
+  virtual const std::vector<DeviceDescription>& Devices() const = 0;
+
+  // --- contexts -----------------------------------------------------------
+  virtual Status CreateContext(int device, unsigned flags, std::unique_ptr<Context>* out) = 0;
+  // --- SM partitions (compute shares) -------------------------------------
+  // Whether `device` can be split into `groups` equal, disjoint groups of SMs
+  // (CUDA: green contexts). On success *sm_count is the SMs in each group;
+  // otherwise the Status says why not (Unimplemented where the backend, the
+  // driver or the GPU has no SM partitions, or the device has too few SMs for
+  // that many groups), and the caller shares compute another way (launch
+  // throttling). The answer for given arguments never changes. The default:
+  // no SM partitions (the host backend).
+  virtual Status SmPartitionSize(int device, int groups, int* sm_count) {
+    (void)device, (void)groups, (void)sm_count;
+    return Status::Unimplemented(std::string(Name()) + " backend has no SM partitions");
+  }
+  // Like CreateContext, but the context's kernels run only on SM group
+  // `group` (0-based) of `groups` (SmPartitionSize(device, groups) must
+  // succeed). Contexts with the same (device, groups, group) share one group;
+  // different groups of one split never overlap.
+  virtual Status CreatePartitionedContext(int device, unsigned flags, int groups, int group,
+                                          std::unique_ptr<Context>* out) {
+    (void)device, (void)flags, (void)groups, (void)group, (void)out;
+    return Status::Unimplemented(std::string(Name()) + " backend has no SM partitions");
+  }
+
+  // The context's legacy default stream (CUstream 0). Owned by the context.
+  virtual Stream& LegacyStream(Context& ctx) = 0;
+  virtual Status GetLimit(Context& ctx, int limit, uint64_t* value) = 0;
+  virtual Status SetLimit(Context& ctx, int limit, uint64_t value) = 0;
+  // Calls `done` once all work queued so far on every stream of `ctx` is done.
+  virtual void WhenContextIdle(Context& ctx, Completion done) = 0;
+
+  // --- memory -------------------------------------------------------------
+  virtual Status MemAlloc(Context& ctx, uint64_t bytes, uint64_t* dptr) = 0;
+  virtual Status MemAllocPitch(Context& ctx, uint64_t width_bytes, uint64_t height,
+                               unsigned element_bytes, uint64_t* dptr, uint64_t* pitch) = 0;
+  // Frees once the work queued on `ctx` before this call has finished (the
+  // backend may return before then).
+  virtual Status MemFree(Context& ctx, uint64_t dptr) = 0;
+  virtual Status MemGetInfo(Context& ctx, uint64_t* free_bytes, uint64_t* total_bytes) = 0;
+
+  // --- stream-ordered operations (queued; return at once) -----------------
+  virtual Status CopyHostToDevice(Stream& stream, uint64_t dst, HostBytes src) = 0;
+  virtual Status CopyDeviceToHost(Stream& stream, MutableHostBytes dst, uint64_t src) = 0;
+  virtual Status CopyDeviceToDevice(Stream& stream, uint64_t dst, uint64_t src, uint64_t bytes) = 0;
+  virtual Status Copy2DAsync(Stream& stream, Copy2D copy) = 0;
+  // Sets width x height elements of `element_bytes` (1, 2 or 4) to `value`;
+  // rows start `pitch` bytes apart (pitch is ignored when height == 1).
+  virtual Status Memset(Stream& stream, uint64_t dst, uint64_t pitch, uint32_t value,
+                        unsigned element_bytes, uint64_t width, uint64_t height) = 0;
+  // `params` is the packed parameter buffer laid out per the function's
+  // KernelDescription.
+  virtual Status Launch(Stream& stream, Function& function, const LaunchConfig& config,
+                        HostBytes params) = 0;
+
+  // --- streams ------------------------------------------------------------
+  virtual Status CreateStream(Context& ctx, unsigned flags, int priority,
+                              std::unique_ptr<Stream>* out) = 0;
+  // OK when all queued work is done, Status::Cuda(CUDA_ERROR_NOT_READY) if not.
+  virtual Status QueryStream(Stream& stream) = 0;
+  virtual void WhenStreamIdle(Stream& stream, Completion done) = 0;
+  // Queues `gate` on `stream`. Once the work queued on the stream before it
+  // has finished, `reached` runs (like a WhenStreamIdle Completion, with the
+  // stream's status); the work queued after it waits until gate->Open(), which
+  // the caller must eventually call, or the stream (and destroying it) waits
+  // forever. Implementations say what a closed gate costs beyond its stream.
+  // On failure nothing is queued and `reached` never runs.
+  virtual Status EnqueueHostGate(Stream& stream, std::shared_ptr<HostGate> gate,
+                                 Completion reached) = 0;
+
+  // --- events -------------------------------------------------------------
+  virtual Status CreateEvent(Context& ctx, unsigned flags, std::unique_ptr<Event>* out) = 0;
+  virtual Status RecordEvent(Event& event, Stream& stream) = 0;
+  virtual Status StreamWaitEvent(Stream& stream, Event& event) = 0;
+  virtual Status QueryEvent(Event& event) = 0;  // OK or Cuda(CUDA_ERROR_NOT_READY)
+  virtual void WhenEventComplete(Event& event, Completion done) = 0;
+  virtual Status EventElapsedTime(Event& start, Event& end, float* milliseconds) = 0;
+
+  // --- fast paths (optional) ------------------------------------------------
+  // They let ferryd answer a call on the thread that read it, instead of
+  // queueing it and replying from a backend thread. A backend that cannot
+  // tell answers false and the caller takes the queued path.
+  //
+  // True when an operation appended to `stream` now would start at once: the
+  // stream's own work and everything its ordering makes a new operation wait
+  // for (legacy default-stream semantics) has finished. `*status` is then
+  // what WhenStreamIdle's completion would report.
+  virtual bool StreamIdleNow(Stream& stream, Status* status) { return false; }
+  // True when every stream of `ctx` is idle; `*status` as WhenContextIdle's.
+  virtual bool ContextIdleNow(Context& ctx, Status* status) { return false; }
+  // True when device addresses are addresses in this process that ferryd may
+  // read and write directly (the host backend), so bulk bytes can move
+  // between the wire and device memory without a staging buffer — done only
+  // while the stream is idle (StreamIdleNow), which keeps stream order.
+  virtual bool DeviceMemoryIsHostMemory() const { return false; }
+
+  // --- modules and functions ----------------------------------------------
+  // `image` is a fatbin, a cubin (ELF) or NUL-terminated PTX text. On success
+  // `description` lists the image's kernels with their parameter layouts and
+  // its globals.
+  virtual Status LoadModule(Context& ctx, std::span<const uint8_t> image,
+                            std::unique_ptr<Module>* out, ModuleDescription* description) = 0;
+  // The returned Function is owned by the module and valid until it is
+  // destroyed. NotFound if the module has no such kernel.
+  virtual Status GetFunction(Module& module, std::string_view name, Function** out) = 0;
+  virtual Status GetGlobal(Module& module, std::string_view name, uint64_t* dptr,
+                           uint64_t* bytes) = 0;
+  virtual Status GetFunctionAttribute(Function& function, int attribute, int* value) = 0;
+  virtual Status SetFunctionAttribute(Function& function, int attribute, int value) = 0;
+  virtual Status SetFunctionCacheConfig(Function& function, int config) = 0;
+
+  // --- libraries (context-independent images) -----------------------------
+  // Loads `image` (as LoadModule takes it) into no context. `description`
+  // lists its kernels with their parameter layouts, and its globals where the
+  // backend can enumerate them. The backend keeps what it needs of `image`.
+  virtual Status LoadLibrary(std::span<const uint8_t> image, std::unique_ptr<Library>* out,
+                             ModuleDescription* description) = 0;
+  // The library's module in `ctx`: its kernels and its own copy of the
+  // globals in that context (cuLibraryGetModule). Destroying the Module ends
+  // the library's use of the context; the caller destroys every Module of a
+  // library before the library, and a context's Modules before the context.
+  virtual Status LoadLibraryModule(Context& ctx, Library& library,
+                                   std::unique_ptr<Module>* out) = 0;
+
+  // --- occupancy (in the function's context) -------------------------------
+  // cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags.
+  virtual Status OccupancyMaxActiveBlocks(Function& function, int block_size,
+                                          uint64_t dynamic_smem_bytes, unsigned flags,
+                                          int* blocks) = 0;
+  // cuOccupancyAvailableDynamicSMemPerBlock.
+  virtual Status OccupancyAvailableDynamicSmem(Function& function, int num_blocks, int block_size,
+                                               uint64_t* bytes) = 0;
+  // cuOccupancyMaxPotentialClusterSize / cuOccupancyMaxActiveClusters for a
+  // launch of `function` with `config` (config.cluster all 0: none given).
+  virtual Status OccupancyMaxPotentialClusterSize(Function& function, const LaunchConfig& config,
+                                                  int* cluster_size) = 0;
+  virtual Status OccupancyMaxActiveClusters(Function& function, const LaunchConfig& config,
+                                            int* clusters) = 0;
+};
+
+}  // namespace ferry::backend

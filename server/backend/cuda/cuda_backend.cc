@@ -1,0 +1,1480 @@
+// CudaBackend: GpuBackend on the real driver. See cuda_backend.h for the
+// behaviour the contract leaves open; this file explains the mechanics.
+//
+// Objects: each GpuBackend object wraps one driver handle and remembers its
+// CudaContext, which every call makes current first. Destruction follows the
+// contract (work queued on the object finishes first), so destructors
+// synchronize before they destroy.
+//
+// Host work after stream work goes through cuStreamAddCallback rather than
+// cuLaunchHostFunc: the driver skips host functions once the context has
+// failed, but calls stream callbacks with the error, and both a Completion
+// and the release of a host buffer must happen even then. Each callback is
+// also tracked by its context, so one the driver never ran is still run (with
+// an error) when the context is destroyed: no Completion is ever lost.
+//
+// Thread-safety: the backend's state is immutable after construction except
+// the waiter pool and the per-object sets and caches, each behind its mutex
+// (std::mutex, not absl::Mutex, so that TSan sees the ordering: the
+// distribution's absl is built without its TSan hooks).
+#include "server/backend/cuda/cuda_backend.h"
+
+#include <absl/functional/function_ref.h>
+
+#include <cuda.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <map>
+#include <mutex>
+#include <new>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "server/backend/cuda/driver_api.h"
+#include "server/backend/cuda/waiter_pool.h"
+
+namespace ferry::backend {
+namespace {
+
+using cuda_internal::CuResultName;
+using cuda_internal::DriverApi;
+using cuda_internal::WaiterPool;
+
+class CudaBackend;
+class CudaContext;
+
+// Serial numbers name contexts in the per-thread cache below. Unlike CUcontext
+// values they are never reused, so a thread whose cached context was
+// destroyed can never mistake a new context at the same address for current.
+std::atomic<uint64_t> g_next_context_serial{1};
+// The serial of the context this thread last made current (0: none known).
+constinit thread_local uint64_t tls_current_context = 0;
+
+// Runs a Completion, keeping its exceptions on this side of the driver (or
+// the pool) that called us.
+void RunCompletion(Completion& done, Status status) {
+  if (!done) return;
+  try {
+    done(std::move(status));
+  } catch (const std::exception& e) {
+    FERRY_LOG(kError) << "cuda backend: a Completion threw: " << e.what();
+  } catch (...) {
+    FERRY_LOG(kError) << "cuda backend: a Completion threw";
+  }
+}
+
+// Runs `body`, turning an exception (allocation failure, thread creation)
+// into a Status so that none escapes the backend.
+template <typename Body>
+Status Guarded(const char* what, Body&& body) {
+  try {
+    return body();
+  } catch (const std::bad_alloc&) {
+    return Status::OutOfMemory(absl::StrCat(what, ": out of host memory"));
+  } catch (const std::exception& e) {
+    return Status::Internal(absl::StrCat(what, ": ", e.what()));
+  } catch (...) {
+    return Status::Internal(absl::StrCat(what, ": unknown exception"));
+  }
+}
+
+// Logs a failed driver call whose error has no caller to go to (in
+// destructors and cleanup). Never throws.
+void LogFailure(const DriverApi& api, CUresult result, const char* call,
+                const char* what) noexcept {
+  if (result == CUDA_SUCCESS) return;
+  try {
+    FERRY_LOG(kWarning) << "cuda backend: " << what << ": " << api.Check(result, call).message();
+  } catch (...) {
+  }
+}
+#define FERRY_CU_QUIET(api, what, fn, ...) \
+  LogFailure((api), (api).fn(__VA_ARGS__), FERRY_CUDA_EXPORT_NAME(fn), (what))
+
+// Counts waits in flight on an object so that its destructor can wait for
+// them. Done() notifies under the lock: the waiter may destroy this object as
+// soon as it wakes, and it cannot wake before the notifier lets go.
+class PendingWaits {
+ public:
+  void Add() {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++count_;
+  }
+  // The object may be gone once this returns: touch nothing of it after.
+  void Done() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (--count_ == 0) idle_.notify_all();
+  }
+  // Calls Done() on scope exit, however the scope is left.
+  class DoneOnExit {
+   public:
+    explicit DoneOnExit(PendingWaits& waits) : waits_(waits) {}
+    ~DoneOnExit() { waits_.Done(); }
+    DoneOnExit(const DoneOnExit&) = delete;
+    DoneOnExit& operator=(const DoneOnExit&) = delete;
+
+   private:
+    PendingWaits& waits_;
+  };
+  void WaitIdle() {
+    std::unique_lock<std::mutex> lock(mu_);
+    idle_.wait(lock, [this] { return count_ == 0; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable idle_;
+  int count_ = 0;
+};
+
+// Host work queued behind stream work (cuStreamAddCallback). Owned by the
+// driver while queued; whoever runs it deletes it.
+struct HostCallback {
+  CudaContext* context;
+  absl::AnyInvocable<void(CUresult) &&> run;
+};
+
+class CudaStream final : public Stream {
+ public:
+  CudaStream(CudaContext& context, CUstream handle, bool owned)
+      : context(context), handle(handle), owned(owned) {}
+  ~CudaStream() override;
+
+  CudaContext& context;
+  const CUstream handle;
+  const bool owned;  // false for the legacy stream, which the context owns
+};
+
+class CudaContext final : public Context {
+ public:
+  // `green`: the green context `handle` was converted from (owned; then
+  // destroying this destroys it instead of `handle`), or null.
+  CudaContext(CudaBackend& backend, CUcontext handle, CUgreenCtx green = nullptr)
+      : backend(backend),
+        handle(handle),
+        green(green),
+        serial(g_next_context_serial.fetch_add(1, std::memory_order_relaxed)),
+        // CU_STREAM_LEGACY names the legacy default stream of the current
+        // context whichever entry point variant it reaches.
+        legacy_stream(*this, CU_STREAM_LEGACY, /*owned=*/false) {}
+  ~CudaContext() override;
+
+  // Registers `callback` before it is handed to the driver, which may run it
+  // at once. Returns false when it was already run or swept.
+  void Track(HostCallback* callback) {
+    std::lock_guard<std::mutex> lock(callbacks_mu_);
+    callbacks_.insert(callback);
+  }
+  bool Untrack(HostCallback* callback) {
+    std::lock_guard<std::mutex> lock(callbacks_mu_);
+    return callbacks_.erase(callback) != 0;
+  }
+
+  CudaBackend& backend;
+  const CUcontext handle;
+  const CUgreenCtx green;
+  const uint64_t serial;
+  CudaStream legacy_stream;
+  // WhenEventComplete / WhenContextIdle waits on the pool for this context.
+  PendingWaits waits;
+
+ private:
+  std::mutex callbacks_mu_;
+  absl::flat_hash_set<HostCallback*> callbacks_ ABSL_GUARDED_BY(callbacks_mu_);
+};
+
+// One WhenEventComplete. It must wait for the record the event had when the
+// call was made, but the waiter thread may start later, after the client has
+// recorded the event again. So RecordEvent retargets waits that have not
+// started onto a private snapshot of the old record (see RecordEvent).
+struct EventWait {
+  CUevent target;              // what the waiter synchronizes
+  CUevent snapshot = nullptr;  // owned: the private event target points at
+};
+
+class CudaEvent final : public Event {
+ public:
+  CudaEvent(CudaContext& context, CUevent handle) : context(context), handle(handle) {}
+  ~CudaEvent() override;
+
+  CudaContext& context;
+  const CUevent handle;
+  PendingWaits waits;  // WhenEventComplete jobs that use `handle`
+
+  std::mutex waits_mu;
+  // WhenEventComplete jobs not yet in cuEventSynchronize.
+  std::vector<std::shared_ptr<EventWait>> unstarted ABSL_GUARDED_BY(waits_mu);
+};
+
+class CudaModule;
+
+class CudaFunction final : public Function {
+ public:
+  CudaFunction(CudaModule& module, CUfunction handle) : module(module), handle(handle) {}
+
+  CudaModule& module;
+  const CUfunction handle;
+};
+
+class CudaModule final : public Module {
+ public:
+  CudaModule(CudaContext& context, CUmodule handle, bool owned = true)
+      : context(context), handle(handle), owned(owned) {}
+  ~CudaModule() override;
+
+  CudaContext& context;
+  const CUmodule handle;
+  // false for a library's module in a context (cuLibraryGetModule): the
+  // library owns it and unloads it with itself.
+  const bool owned;
+
+  std::mutex functions_mu;
+  // By kernel name; a Function stays valid as long as the module.
+  absl::flat_hash_map<std::string, std::unique_ptr<CudaFunction>> functions
+      ABSL_GUARDED_BY(functions_mu);
+};
+
+// A context-independent image (cuLibraryLoadData). Its modules in contexts
+// are CudaModules that do not own their handle.
+class CudaLibrary final : public Library {
+ public:
+  CudaLibrary(const DriverApi& api, CUlibrary handle) : api(api), handle(handle) {}
+  ~CudaLibrary() override;
+
+  const DriverApi& api;
+  const CUlibrary handle;
+};
+
+// The objects a caller hands back are the ones this backend made.
+CudaContext& Ctx(Context& context) { return static_cast<CudaContext&>(context); }
+CudaStream& Str(Stream& stream) { return static_cast<CudaStream&>(stream); }
+CudaEvent& Ev(Event& event) { return static_cast<CudaEvent&>(event); }
+CudaModule& Mod(Module& module) { return static_cast<CudaModule&>(module); }
+CudaFunction& Fn(Function& function) { return static_cast<CudaFunction&>(function); }
+
+// The driver's entry for every stream callback.
+void CUDA_CB RunHostCallback(CUstream /*stream*/, CUresult status, void* user_data) {
+  auto* callback = static_cast<HostCallback*>(user_data);
+  // The context sweeps callbacks only after cuCtxDestroy, when the driver
+  // runs none any more, so the record is still ours here.
+  callback->context->Untrack(callback);
+  try {
+    std::move(callback->run)(status);
+  } catch (...) {
+    FERRY_LOG(kError) << "cuda backend: a stream callback threw";
+  }
+  delete callback;
+}
+
+// Little-endian field of `bytes` bytes at `p`.
+uint64_t ReadLe(const uint8_t* p, int bytes) {
+  uint64_t value = 0;
+  for (int i = bytes - 1; i >= 0; --i) value = (value << 8) | p[i];
+  return value;
+}
+
+// The driver finds an image's length from its own headers, so a truncated
+// image would have it read past `image`. Checks the outer structure of the
+// two binary formats and makes sure PTX text is NUL-terminated (copying it
+// into `storage` when it is not). Sets `*data` to the bytes to load.
+Status CheckModuleImage(std::span<const uint8_t> image, std::vector<uint8_t>* storage,
+                        const void** data) {
+  const uint64_t size = image.size();
+  const uint8_t* p = image.data();
+  *data = p;
+  if (size >= 4 && ReadLe(p, 4) == 0x466243b1) {
+    return Status::InvalidArgument(
+        "module image is a fatbin wrapper (it points into the client's memory); send the fatbin");
+  }
+  if (size >= 4 && ReadLe(p, 4) == 0xBA55ED50) {  // fatbin container
+    if (size < 16) return Status::InvalidArgument("module image: truncated fatbin header");
+    const uint64_t header_size = ReadLe(p + 6, 2);
+    const uint64_t fat_size = ReadLe(p + 8, 8);
+    if (header_size < 16 || fat_size > size || header_size + fat_size > size) {
+      return Status::InvalidArgument(absl::StrCat("module image: fatbin claims ", header_size, "+",
+                                                  fat_size, " bytes but the image has ", size));
+    }
+    return Status::Ok();
+  }
+  if (size >= 4 && std::memcmp(p,
+                               "\x7f"
+                               "ELF",
+                               4) == 0) {
+    if (size < 64 || p[4] != 2 /*ELFCLASS64*/ || p[5] != 1 /*little-endian*/) {
+      return Status::InvalidArgument("module image: not a 64-bit little-endian ELF");
+    }
+    const uint64_t ph_off = ReadLe(p + 0x20, 8), sh_off = ReadLe(p + 0x28, 8);
+    const uint64_t ph_size = ReadLe(p + 0x36, 2), ph_num = ReadLe(p + 0x38, 2);
+    const uint64_t sh_size = ReadLe(p + 0x3A, 2), sh_num = ReadLe(p + 0x3C, 2);
+    auto inside = [size](uint64_t offset, uint64_t length) {
+      return offset <= size && length <= size - offset;
+    };
+    if (!inside(ph_off, ph_size * ph_num) || !inside(sh_off, sh_size * sh_num) ||
+        (sh_num != 0 && sh_size < 64)) {
+      return Status::InvalidArgument("module image: ELF headers point past the image");
+    }
+    for (uint64_t i = 0; i < sh_num; ++i) {
+      const uint8_t* section = p + sh_off + i * sh_size;
+      const uint64_t type = ReadLe(section + 4, 4);
+      if (type == 8 /*SHT_NOBITS*/) continue;
+      if (!inside(ReadLe(section + 0x18, 8), ReadLe(section + 0x20, 8))) {
+        return Status::InvalidArgument(
+            absl::StrCat("module image: ELF section ", i, " lies past the image"));
+      }
+    }
+    return Status::Ok();
+  }
+  // Anything else goes to the driver as PTX text, which it reads up to a NUL.
+  if (std::find(image.begin(), image.end(), uint8_t{0}) == image.end()) {
+    storage->assign(image.begin(), image.end());
+    storage->push_back(0);
+    *data = storage->data();
+  }
+  return Status::Ok();
+}
+
+class CudaBackend final : public GpuBackend {
+ public:
+  CudaBackend(std::unique_ptr<DriverApi> api, std::vector<DeviceDescription> devices,
+              std::vector<CUdevice> device_handles, size_t max_waiter_threads)
+      : api_(std::move(api)),
+        devices_(std::move(devices)),
+        device_handles_(std::move(device_handles)),
+        waiters_(max_waiter_threads) {}
+
+  const DriverApi& api() const { return *api_; }
+
+  // Makes `context` current on the calling thread unless it already is.
+  Status MakeCurrent(const CudaContext& context) {
+    if (tls_current_context == context.serial) return Status::Ok();
+    FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuCtxSetCurrent, context.handle));
+    tls_current_context = context.serial;
+    return Status::Ok();
+  }
+  // MakeCurrent for destructors: logs instead of returning a Status.
+  bool MakeCurrentQuietly(const CudaContext& context, const char* what) noexcept {
+    if (tls_current_context == context.serial) return true;
+    CUresult result = api_->cuCtxSetCurrent(context.handle);
+    LogFailure(*api_, result, FERRY_CUDA_EXPORT_NAME(cuCtxSetCurrent), what);
+    if (result != CUDA_SUCCESS) return false;
+    tls_current_context = context.serial;
+    return true;
+  }
+  // For a context that is being destroyed on this thread.
+  static void ForgetCurrent(const CudaContext& context) {
+    if (tls_current_context == context.serial) tls_current_context = 0;
+  }
+
+  // Queues `run` behind the work queued so far on `stream` (context current).
+  // On failure nothing was queued and `run` is dropped unrun.
+  Status EnqueueCallback(CudaStream& stream, absl::AnyInvocable<void(CUresult) &&> run) {
+    auto* callback = new HostCallback{&stream.context, std::move(run)};
+    stream.context.Track(callback);
+    CUresult result = api_->cuStreamAddCallback(stream.handle, &RunHostCallback, callback, 0);
+    if (result != CUDA_SUCCESS) {
+      stream.context.Untrack(callback);
+      delete callback;
+      return api_->Check(result, FERRY_CUDA_EXPORT_NAME(cuStreamAddCallback));
+    }
+    return Status::Ok();
+  }
+
+  // Keeps `first` and `second` alive until the work queued so far on
+  // `stream` is done; called right after queuing a copy that uses them.
+  void KeepAlive(CudaStream& stream, std::shared_ptr<const void> first,
+                 std::shared_ptr<const void> second = nullptr) {
+    if (first == nullptr && second == nullptr) return;
+    // Copies, not moves: if queuing fails, the callback is dropped and the
+    // parameters must still hold the buffers while the stream drains.
+    Status status = EnqueueCallback(stream, [first, second](CUresult) mutable {
+      first.reset();
+      second.reset();
+    });
+    if (!status.ok()) {
+      // The copy is queued but nothing would hold its buffers: wait for it
+      // instead (slow, but never a use-after-free). Rare: the callback could
+      // only fail if the stream itself had just become invalid.
+      FERRY_LOG(kWarning) << "cuda backend: " << status.message()
+                          << "; synchronizing the stream to release a copy's host buffer";
+      (void)api_->cuStreamSynchronize(stream.handle);
+    }
+  }
+
+  // One device's SMs split into equal, disjoint groups (green contexts).
+  struct SmSplit {
+    Status status;  // why the device cannot be split so; then nothing else is set
+    unsigned sm_per_group = 0;
+    std::vector<CUdevResource> groups;  // index = group (a slice's index)
+  };
+
+  // The split of `device` into `groups` groups, computed once and kept: the
+  // driver's split is deterministic, but keeping it makes sure every context
+  // of group i gets exactly the resource of group i of one split, so groups
+  // of different slices can never overlap. Failures are kept (and logged
+  // once) too.
+  Status FindSmSplit(int device, int groups, const SmSplit** out) {
+    if (device < 0 || static_cast<size_t>(device) >= device_handles_.size()) {
+      return Status::Cuda(CUDA_ERROR_INVALID_DEVICE, absl::StrCat("no device ", device));
+    }
+    if (groups < 2) {
+      return Status::InvalidArgument(
+          absl::StrCat("an SM partition needs at least 2 groups, not ", groups));
+    }
+    std::lock_guard<std::mutex> lock(splits_mu_);
+    auto [it, inserted] = splits_.try_emplace({device, groups});
+    if (inserted) {
+      it->second.status = ComputeSmSplit(device, groups, &it->second);
+      if (!it->second.status.ok()) {
+        FERRY_LOG(kInfo) << "cuda backend: device " << device << " in " << groups
+                         << " slices: no SM partition (" << it->second.status.message()
+                         << "); its slices use launch throttling";
+      } else {
+        FERRY_LOG(kInfo) << "cuda backend: device " << device << " in " << groups
+                         << " slices: SM partitions of " << it->second.sm_per_group
+                         << " SMs each (green contexts)";
+      }
+    }
+    if (!it->second.status.ok()) return it->second.status;
+    *out = &it->second;
+    return Status::Ok();
+  }
+
+  // Rounding: each group gets floor(SMs / groups) rounded DOWN to the
+  // driver's co-scheduling alignment (smCoscheduledAlignment), so that
+  // `groups` groups always fit side by side; SMs left over belong to no
+  // slice (e.g. 132 SMs with an alignment of 8: halves of 64, quarters of
+  // 32, 4 SMs idle). A group smaller than the driver's minimum partition
+  // (minSmPartitionSize) is refused: the slices then use launch throttling.
+  Status ComputeSmSplit(int device, int groups, SmSplit* split) {
+    if (!api_->HasGreenContexts()) {
+      return Status::Unimplemented(absl::StrCat("the CUDA driver (", api_->driver_version / 1000,
+                                                ".", (api_->driver_version % 1000) / 10,
+                                                ") has no green contexts (CUDA 12.4+)"));
+    }
+    CUdevResource whole{};
+    CUresult result = api_->cuDeviceGetDevResource(device_handles_[static_cast<size_t>(device)],
+                                                   &whole, CU_DEV_RESOURCE_TYPE_SM);
+    if (result != CUDA_SUCCESS) {
+      // E.g. CUDA_ERROR_NOT_SUPPORTED on a GPU without SM partitions.
+      return Status::Unimplemented(
+          api_->Check(result, FERRY_CUDA_EXPORT_NAME(cuDeviceGetDevResource)).message());
+    }
+    const unsigned total = whole.sm.smCount;
+    const unsigned alignment = std::max(1u, whole.sm.smCoscheduledAlignment);
+    const unsigned minimum = std::max(1u, whole.sm.minSmPartitionSize);
+    const unsigned per_group = total / static_cast<unsigned>(groups) / alignment * alignment;
+    if (per_group < minimum) {
+      return Status::Unimplemented(absl::StrCat(total, " SMs in ", groups, " groups is ",
+                                                total / static_cast<unsigned>(groups), " each (",
+                                                per_group, " aligned to ", alignment,
+                                                "), under the driver's minimum of ", minimum));
+    }
+    split->groups.assign(static_cast<size_t>(groups), CUdevResource{});
+    unsigned made = static_cast<unsigned>(groups);
+    CUdevResource remaining{};
+    result = api_->cuDevSmResourceSplitByCount(split->groups.data(), &made, &whole, &remaining, 0,
+                                               per_group);
+    if (result != CUDA_SUCCESS) {
+      return Status::Unimplemented(
+          api_->Check(result, FERRY_CUDA_EXPORT_NAME(cuDevSmResourceSplitByCount)).message());
+    }
+    if (made < static_cast<unsigned>(groups)) {
+      return Status::Unimplemented(absl::StrCat("the driver split ", total, " SMs into only ", made,
+                                                " groups of ", per_group, ", not ", groups));
+    }
+    // The driver may round a group up; every group must be the same size,
+    // and what a slice is told is what its group really has.
+    split->sm_per_group = split->groups[0].sm.smCount;
+    for (const CUdevResource& group : split->groups) {
+      if (group.sm.smCount != split->sm_per_group || group.sm.smCount == 0) {
+        return Status::Unimplemented("the driver split the SMs into unequal groups");
+      }
+    }
+    return Status::Ok();
+  }
+
+  // --- GpuBackend ---------------------------------------------------------
+  std::string_view Name() const override { return "cuda"; }
+  int DriverVersion() const override { return api_->driver_version; }
+  const std::vector<DeviceDescription>& Devices() const override { return devices_; }
+
+  Status CreateContext(int device, unsigned flags, std::unique_ptr<Context>* out) override {
+    return Guarded("CreateContext", [&]() -> Status {
+      if (device < 0 || static_cast<size_t>(device) >= device_handles_.size()) {
+        return Status::Cuda(CUDA_ERROR_INVALID_DEVICE,
+                            absl::StrCat("CreateContext: no device ", device, " (",
+                                         device_handles_.size(), " devices)"));
+      }
+      CUcontext handle = nullptr;
+      // CUDA 13's cuCtxCreate (cuCtxCreate_v4): NULL creation parameters
+      // mean neither execution affinity nor CIG, i.e. a plain context.
+      FERRY_RETURN_IF_ERROR(
+          FERRY_CU(*api_, cuCtxCreate, &handle, nullptr, flags, device_handles_[device]));
+      // cuCtxCreate pushed the context on this thread; pop it so that this
+      // thread is back to whatever was current (the cache stays right).
+      CUcontext popped = nullptr;
+      Status pop = FERRY_CU(*api_, cuCtxPopCurrent, &popped);
+      if (!pop.ok() || popped != handle) {
+        (void)api_->cuCtxDestroy(handle);
+        tls_current_context = 0;  // whatever is current now, we do not know it
+        return pop.ok() ? Status::Internal("CreateContext: cuCtxPopCurrent popped another context")
+                        : pop;
+      }
+      *out = std::make_unique<CudaContext>(*this, handle);
+      return Status::Ok();
+    });
+  }
+
+  Status SmPartitionSize(int device, int groups, int* sm_count) override {
+    return Guarded("SmPartitionSize", [&]() -> Status {
+      const SmSplit* split = nullptr;
+      FERRY_RETURN_IF_ERROR(FindSmSplit(device, groups, &split));
+      *sm_count = static_cast<int>(split->sm_per_group);
+      return Status::Ok();
+    });
+  }
+
+  Status CreatePartitionedContext(int device, unsigned flags, int groups, int group,
+                                  std::unique_ptr<Context>* out) override {
+    return Guarded("CreatePartitionedContext", [&]() -> Status {
+      const SmSplit* split = nullptr;
+      FERRY_RETURN_IF_ERROR(FindSmSplit(device, groups, &split));
+      if (group < 0 || group >= groups) {
+        return Status::InvalidArgument(
+            absl::StrCat("CreatePartitionedContext: no SM group ", group, " of ", groups));
+      }
+      // The scheduling flags of cuCtxCreate have no green-context equivalent;
+      // a green context schedules like the primary context. They are dropped.
+      (void)flags;
+      // The descriptor holds exactly this group. The driver owns descriptors
+      // (there is no call to free one).
+      CUdevResource resource = split->groups[static_cast<size_t>(group)];
+      CUdevResourceDesc desc = nullptr;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuDevResourceGenerateDesc, &desc, &resource, 1));
+      CUgreenCtx green = nullptr;
+      // CU_GREEN_CTX_DEFAULT_STREAM is required: it gives the green context
+      // the default stream that CU_STREAM_LEGACY names while it is current.
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGreenCtxCreate, &green, desc,
+                                     device_handles_[static_cast<size_t>(device)],
+                                     CU_GREEN_CTX_DEFAULT_STREAM));
+      CUcontext handle = nullptr;
+      Status converted = FERRY_CU(*api_, cuCtxFromGreenCtx, &handle, green);
+      if (!converted.ok()) {
+        FERRY_CU_QUIET(*api_, "undoing a green context", cuGreenCtxDestroy, green);
+        return converted;
+      }
+      // cuGreenCtxCreate makes nothing current, so there is nothing to pop.
+      *out = std::make_unique<CudaContext>(*this, handle, green);
+      return Status::Ok();
+    });
+  }
+
+  Stream& LegacyStream(Context& context) override { return Ctx(context).legacy_stream; }
+
+  Status GetLimit(Context& context, int limit, uint64_t* value) override {
+    return Guarded("GetLimit", [&]() -> Status {
+      CudaContext& ctx = Ctx(context);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(ctx));
+      size_t v = 0;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuCtxGetLimit, &v, static_cast<CUlimit>(limit)));
+      *value = v;
+      return Status::Ok();
+    });
+  }
+
+  Status SetLimit(Context& context, int limit, uint64_t value) override {
+    return Guarded("SetLimit", [&]() -> Status {
+      CudaContext& ctx = Ctx(context);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(ctx));
+      return FERRY_CU(*api_, cuCtxSetLimit, static_cast<CUlimit>(limit),
+                      static_cast<size_t>(value));
+    });
+  }
+
+  void WhenContextIdle(Context& context, Completion done) override {
+    CudaContext& ctx = Ctx(context);
+    ctx.waits.Add();
+    SubmitWait(
+        std::move(done),
+        [this, &ctx]() -> Status {
+          PendingWaits::DoneOnExit done_with_ctx(ctx.waits);  // then `ctx` may go
+          Status status = MakeCurrent(ctx);
+          if (status.ok()) status = FERRY_CU(*api_, cuCtxSynchronize);
+          return status;
+        },
+        [&ctx] { ctx.waits.Done(); });
+  }
+
+  // --- memory -------------------------------------------------------------
+  Status MemAlloc(Context& context, uint64_t bytes, uint64_t* dptr) override {
+    return Guarded("MemAlloc", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(MakeCurrent(Ctx(context)));
+      CUdeviceptr p = 0;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemAlloc, &p, static_cast<size_t>(bytes)));
+      *dptr = p;
+      return Status::Ok();
+    });
+  }
+
+  Status MemAllocPitch(Context& context, uint64_t width_bytes, uint64_t height,
+                       unsigned element_bytes, uint64_t* dptr, uint64_t* pitch) override {
+    return Guarded("MemAllocPitch", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(MakeCurrent(Ctx(context)));
+      CUdeviceptr p = 0;
+      size_t row = 0;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemAllocPitch, &p, &row,
+                                     static_cast<size_t>(width_bytes), static_cast<size_t>(height),
+                                     element_bytes));
+      *dptr = p;
+      *pitch = row;
+      return Status::Ok();
+    });
+  }
+
+  Status MemFree(Context& context, uint64_t dptr) override {
+    return Guarded("MemFree", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(MakeCurrent(Ctx(context)));
+      // cuMemFree waits for the work that may still use the memory, like
+      // cudaFree, which is what the contract asks (it allows returning later).
+      return FERRY_CU(*api_, cuMemFree, static_cast<CUdeviceptr>(dptr));
+    });
+  }
+
+  Status MemGetInfo(Context& context, uint64_t* free_bytes, uint64_t* total_bytes) override {
+    return Guarded("MemGetInfo", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(MakeCurrent(Ctx(context)));
+      size_t free_now = 0, total = 0;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemGetInfo, &free_now, &total));
+      *free_bytes = free_now;
+      *total_bytes = total;
+      return Status::Ok();
+    });
+  }
+
+  // --- stream-ordered operations ------------------------------------------
+  Status CopyHostToDevice(Stream& stream, uint64_t dst, HostBytes src) override {
+    return Guarded("CopyHostToDevice", [&]() -> Status {
+      CudaStream& s = Str(stream);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemcpyHtoDAsync, static_cast<CUdeviceptr>(dst),
+                                     src.data, static_cast<size_t>(src.size), s.handle));
+      KeepAlive(s, std::move(src.owner));
+      return Status::Ok();
+    });
+  }
+
+  Status CopyDeviceToHost(Stream& stream, MutableHostBytes dst, uint64_t src) override {
+    return Guarded("CopyDeviceToHost", [&]() -> Status {
+      CudaStream& s = Str(stream);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemcpyDtoHAsync, dst.data,
+                                     static_cast<CUdeviceptr>(src), static_cast<size_t>(dst.size),
+                                     s.handle));
+      KeepAlive(s, std::move(dst.owner));
+      return Status::Ok();
+    });
+  }
+
+  Status CopyDeviceToDevice(Stream& stream, uint64_t dst, uint64_t src, uint64_t bytes) override {
+    return Guarded("CopyDeviceToDevice", [&]() -> Status {
+      CudaStream& s = Str(stream);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
+      return FERRY_CU(*api_, cuMemcpyDtoDAsync, static_cast<CUdeviceptr>(dst),
+                      static_cast<CUdeviceptr>(src), static_cast<size_t>(bytes), s.handle);
+    });
+  }
+
+  Status Copy2DAsync(Stream& stream, Copy2D copy) override {
+    return Guarded("Copy2DAsync", [&]() -> Status {
+      // Host buffers come with their size; make sure the rows fit, since the
+      // driver would read or write whatever the pitch and height say.
+      auto fits = [&copy](uint64_t buffer_size, uint64_t pitch) {
+        if (copy.height == 0 || copy.width_bytes == 0) return true;
+        if (copy.height > 1 && pitch < copy.width_bytes) return false;
+        const uint64_t rows = copy.height - 1;
+        if (rows != 0 && pitch > (UINT64_MAX - copy.width_bytes) / rows) return false;
+        return rows * pitch + copy.width_bytes <= buffer_size;
+      };
+      if (copy.src_is_host && !fits(copy.src_host.size, copy.src_pitch)) {
+        return Status::InvalidArgument("Copy2DAsync: source rows exceed the host buffer");
+      }
+      if (copy.dst_is_host && !fits(copy.dst_host.size, copy.dst_pitch)) {
+        return Status::InvalidArgument("Copy2DAsync: destination rows exceed the host buffer");
+      }
+      CudaStream& s = Str(stream);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
+      CUDA_MEMCPY2D m;
+      std::memset(&m, 0, sizeof(m));
+      if (copy.src_is_host) {
+        m.srcMemoryType = CU_MEMORYTYPE_HOST;
+        m.srcHost = copy.src_host.data;
+      } else {
+        m.srcMemoryType = CU_MEMORYTYPE_DEVICE;
+        m.srcDevice = static_cast<CUdeviceptr>(copy.src_device);
+      }
+      m.srcPitch = static_cast<size_t>(copy.src_pitch);
+      if (copy.dst_is_host) {
+        m.dstMemoryType = CU_MEMORYTYPE_HOST;
+        m.dstHost = copy.dst_host.data;
+      } else {
+        m.dstMemoryType = CU_MEMORYTYPE_DEVICE;
+        m.dstDevice = static_cast<CUdeviceptr>(copy.dst_device);
+      }
+      m.dstPitch = static_cast<size_t>(copy.dst_pitch);
+      m.WidthInBytes = static_cast<size_t>(copy.width_bytes);
+      m.Height = static_cast<size_t>(copy.height);
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemcpy2DAsync, &m, s.handle));
+      KeepAlive(s, copy.src_is_host ? std::move(copy.src_host.owner) : nullptr,
+                copy.dst_is_host ? std::move(copy.dst_host.owner) : nullptr);
+      return Status::Ok();
+    });
+  }
+
+  Status Memset(Stream& stream, uint64_t dst, uint64_t pitch, uint32_t value,
+                unsigned element_bytes, uint64_t width, uint64_t height) override {
+    return Guarded("Memset", [&]() -> Status {
+      CudaStream& s = Str(stream);
+      const auto d = static_cast<CUdeviceptr>(dst);
+      const auto w = static_cast<size_t>(width), h = static_cast<size_t>(height);
+      const auto p = static_cast<size_t>(pitch);
+      if (element_bytes != 1 && element_bytes != 2 && element_bytes != 4) {
+        return Status::InvalidArgument(
+            absl::StrCat("Memset: element size ", element_bytes, " is not 1, 2 or 4"));
+      }
+      FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
+      if (height == 1) {
+        switch (element_bytes) {
+          case 1:
+            return FERRY_CU(*api_, cuMemsetD8Async, d, static_cast<unsigned char>(value), w,
+                            s.handle);
+          case 2:
+            return FERRY_CU(*api_, cuMemsetD16Async, d, static_cast<unsigned short>(value), w,
+                            s.handle);
+          default:
+            return FERRY_CU(*api_, cuMemsetD32Async, d, static_cast<unsigned int>(value), w,
+                            s.handle);
+        }
+      }
+      switch (element_bytes) {
+        case 1:
+          return FERRY_CU(*api_, cuMemsetD2D8Async, d, p, static_cast<unsigned char>(value), w, h,
+                          s.handle);
+        case 2:
+          return FERRY_CU(*api_, cuMemsetD2D16Async, d, p, static_cast<unsigned short>(value), w, h,
+                          s.handle);
+        default:
+          return FERRY_CU(*api_, cuMemsetD2D32Async, d, p, static_cast<unsigned int>(value), w, h,
+                          s.handle);
+      }
+    });
+  }
+
+  Status Launch(Stream& stream, Function& function, const LaunchConfig& config,
+                HostBytes params) override {
+    return Guarded("Launch", [&]() -> Status {
+      CudaStream& s = Str(stream);
+      CudaFunction& f = Fn(function);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
+      CUlaunchConfig launch;
+      std::memset(&launch, 0, sizeof(launch));
+      launch.gridDimX = config.grid[0];
+      launch.gridDimY = config.grid[1];
+      launch.gridDimZ = config.grid[2];
+      launch.blockDimX = config.block[0];
+      launch.blockDimY = config.block[1];
+      launch.blockDimZ = config.block[2];
+      launch.sharedMemBytes = config.shared_bytes;
+      launch.hStream = s.handle;
+      CUlaunchAttribute cluster;
+      std::memset(&cluster, 0, sizeof(cluster));
+      if (config.cluster[0] != 0 || config.cluster[1] != 0 || config.cluster[2] != 0) {
+        cluster.id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+        // A zero in one dimension of a requested cluster means 1 there.
+        cluster.value.clusterDim.x = std::max<uint32_t>(config.cluster[0], 1);
+        cluster.value.clusterDim.y = std::max<uint32_t>(config.cluster[1], 1);
+        cluster.value.clusterDim.z = std::max<uint32_t>(config.cluster[2], 1);
+        launch.attrs = &cluster;
+        launch.numAttrs = 1;
+      }
+      // The packed buffer goes to the driver as is; it copies the parameters
+      // before cuLaunchKernelEx returns, so `params` need only live until then.
+      size_t params_size = static_cast<size_t>(params.size);
+      void* extra[] = {CU_LAUNCH_PARAM_BUFFER_POINTER, const_cast<uint8_t*>(params.data),
+                       CU_LAUNCH_PARAM_BUFFER_SIZE, &params_size, CU_LAUNCH_PARAM_END};
+      return FERRY_CU(*api_, cuLaunchKernelEx, &launch, f.handle, nullptr,
+                      params_size != 0 ? extra : nullptr);
+    });
+  }
+
+  // --- streams ------------------------------------------------------------
+  Status CreateStream(Context& context, unsigned flags, int priority,
+                      std::unique_ptr<Stream>* out) override {
+    return Guarded("CreateStream", [&]() -> Status {
+      CudaContext& ctx = Ctx(context);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(ctx));
+      CUstream handle = nullptr;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuStreamCreateWithPriority, &handle, flags, priority));
+      *out = std::make_unique<CudaStream>(ctx, handle, /*owned=*/true);
+      return Status::Ok();
+    });
+  }
+
+  Status QueryStream(Stream& stream) override {
+    return Guarded("QueryStream", [&]() -> Status {
+      CudaStream& s = Str(stream);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
+      return FERRY_CU(*api_, cuStreamQuery, s.handle);
+    });
+  }
+
+  void WhenStreamIdle(Stream& stream, Completion done) override {
+    CudaStream& s = Str(stream);
+    Status status = Guarded("WhenStreamIdle", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
+      // `done` sits in a shared slot so it can be taken back if queuing fails.
+      auto shared = std::make_shared<Completion>(std::move(done));
+      Status queued = EnqueueCallback(s, [shared](CUresult result) mutable {
+        // Runs on the driver's thread: no driver calls, hence CuResultName.
+        RunCompletion(*shared, result == CUDA_SUCCESS
+                                   ? Status::Ok()
+                                   : Status::Cuda(result, absl::StrCat("stream work failed: ",
+                                                                       CuResultName(result))));
+      });
+      if (!queued.ok()) done = std::move(*shared);
+      return queued;
+    });
+    if (!status.ok()) CompleteLater(std::move(done), std::move(status));
+  }
+
+  // The gate is a stream callback that reports `reached` and then waits for
+  // the gate on the driver's callback thread: the simple way to hold a stream
+  // for the host. What it costs: that driver thread is held for the client's
+  // round trip and its function's run time, and the driver runs host
+  // callbacks one at a time on it (CUDA documents only that callbacks of
+  // independent streams "may be serialized"), so other streams'
+  // WhenStreamIdle Completions and buffer releases wait meanwhile; their
+  // device work does not. If the driver shares that thread between contexts,
+  // that includes other sessions' completions, and a client that never opens
+  // its gate stalls them until it disconnects. A wait on the device instead
+  // (cuStreamWaitValue32 on a mapped host word that Open sets) would hold
+  // only the stream; not done yet: the word's pinned memory must outlive
+  // every gate of its context, and it needs a GPU to be checked on.
+  Status EnqueueHostGate(Stream& stream, std::shared_ptr<HostGate> gate,
+                         Completion reached) override {
+    if (gate == nullptr) return Status::InvalidArgument("EnqueueHostGate: null gate");
+    return Guarded("EnqueueHostGate", [&]() -> Status {
+      CudaStream& s = Str(stream);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
+      return EnqueueCallback(
+          s, [reached = std::move(reached), gate = std::move(gate)](CUresult result) mutable {
+            // The driver's callback thread: no driver calls (CuResultName).
+            RunCompletion(reached, result == CUDA_SUCCESS
+                                       ? Status::Ok()
+                                       : Status::Cuda(result, absl::StrCat("stream work failed: ",
+                                                                           CuResultName(result))));
+            gate->WaitOpen();
+          });
+    });
+  }
+
+  // --- events -------------------------------------------------------------
+  Status CreateEvent(Context& context, unsigned flags, std::unique_ptr<Event>* out) override {
+    return Guarded("CreateEvent", [&]() -> Status {
+      CudaContext& ctx = Ctx(context);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(ctx));
+      CUevent handle = nullptr;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuEventCreate, &handle, flags));
+      *out = std::make_unique<CudaEvent>(ctx, handle);
+      return Status::Ok();
+    });
+  }
+
+  Status RecordEvent(Event& event, Stream& stream) override {
+    return Guarded("RecordEvent", [&]() -> Status {
+      CudaStream& s = Str(stream);
+      CudaEvent& e = Ev(event);
+      std::lock_guard<std::mutex> lock(e.waits_mu);
+      // Rare: a WhenEventComplete still waits for a thread. Pin it to the
+      // record it was asked about before this call replaces that record.
+      for (const std::shared_ptr<EventWait>& wait : e.unstarted) {
+        if (wait->snapshot == nullptr) Snapshot(e, *wait);
+      }
+      FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
+      return FERRY_CU(*api_, cuEventRecord, e.handle, s.handle);
+    });
+  }
+
+  Status StreamWaitEvent(Stream& stream, Event& event) override {
+    return Guarded("StreamWaitEvent", [&]() -> Status {
+      CudaStream& s = Str(stream);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
+      return FERRY_CU(*api_, cuStreamWaitEvent, s.handle, Ev(event).handle, 0);
+    });
+  }
+
+  Status QueryEvent(Event& event) override {
+    return Guarded("QueryEvent", [&]() -> Status {
+      CudaEvent& e = Ev(event);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(e.context));
+      return FERRY_CU(*api_, cuEventQuery, e.handle);
+    });
+  }
+
+  void WhenEventComplete(Event& event, Completion done) override {
+    CudaEvent& e = Ev(event);
+    std::shared_ptr<EventWait> wait;
+    Status status = Guarded("WhenEventComplete", [&]() -> Status {
+      wait = std::make_shared<EventWait>(EventWait{e.handle});
+      std::lock_guard<std::mutex> lock(e.waits_mu);
+      e.unstarted.push_back(wait);
+      return Status::Ok();
+    });
+    if (!status.ok()) return CompleteLater(std::move(done), std::move(status));
+    e.context.waits.Add();
+    e.waits.Add();
+    SubmitWait(
+        std::move(done),
+        [this, &e, wait]() -> Status {
+          CudaContext& ctx = e.context;
+          // Released in reverse order on exit: `e`, then `ctx`, may then go.
+          PendingWaits::DoneOnExit done_with_ctx(ctx.waits);
+          PendingWaits::DoneOnExit done_with_event(e.waits);
+          CUevent target;
+          {
+            std::lock_guard<std::mutex> lock(e.waits_mu);
+            std::erase(e.unstarted, wait);
+            target = wait->target;
+          }
+          // cuEventSynchronize waits for the record the event holds when it is
+          // called; `target` is that record, or a snapshot of the one the
+          // client asked about if it has been recorded again since.
+          Status status = MakeCurrent(ctx);
+          if (status.ok()) status = FERRY_CU(*api_, cuEventSynchronize, target);
+          if (wait->snapshot != nullptr) (void)api_->cuEventDestroy(wait->snapshot);
+          return status;
+        },
+        [this, &e, wait] {
+          CudaContext& ctx = e.context;
+          {
+            std::lock_guard<std::mutex> lock(e.waits_mu);
+            std::erase(e.unstarted, wait);
+          }
+          if (wait->snapshot != nullptr) (void)api_->cuEventDestroy(wait->snapshot);
+          e.waits.Done();
+          ctx.waits.Done();
+        });
+  }
+
+  Status EventElapsedTime(Event& start, Event& end, float* milliseconds) override {
+    return Guarded("EventElapsedTime", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(MakeCurrent(Ev(start).context));
+      return FERRY_CU(*api_, cuEventElapsedTime, milliseconds, Ev(start).handle, Ev(end).handle);
+    });
+  }
+
+  // --- modules and functions ----------------------------------------------
+  Status LoadModule(Context& context, std::span<const uint8_t> image, std::unique_ptr<Module>* out,
+                    ModuleDescription* description) override {
+    return Guarded("LoadModule", [&]() -> Status {
+      CudaContext& ctx = Ctx(context);
+      std::vector<uint8_t> storage;
+      const void* data = nullptr;
+      FERRY_RETURN_IF_ERROR(CheckModuleImage(image, &storage, &data));
+      FERRY_RETURN_IF_ERROR(MakeCurrent(ctx));
+      CUmodule handle = nullptr;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuModuleLoadData, &handle, data));
+      auto module = std::make_unique<CudaModule>(ctx, handle);
+      ModuleDescription described;
+      // On failure `module`'s destructor unloads the image again.
+      FERRY_RETURN_IF_ERROR(Describe(*module, &described));
+      if (description != nullptr) *description = std::move(described);
+      *out = std::move(module);
+      return Status::Ok();
+    });
+  }
+
+  Status GetFunction(Module& module, std::string_view name, Function** out) override {
+    return Guarded("GetFunction", [&]() -> Status {
+      CudaModule& m = Mod(module);
+      std::lock_guard<std::mutex> lock(m.functions_mu);
+      auto it = m.functions.find(absl::string_view(name.data(), name.size()));
+      if (it == m.functions.end()) {
+        FERRY_RETURN_IF_ERROR(MakeCurrent(m.context));
+        CUfunction handle = nullptr;
+        const std::string key(name);
+        CUresult result = api_->cuModuleGetFunction(&handle, m.handle, key.c_str());
+        if (result == CUDA_ERROR_NOT_FOUND) {
+          return Status::NotFound(absl::StrCat("module has no kernel named '", key, "'"));
+        }
+        FERRY_RETURN_IF_ERROR(api_->Check(result, FERRY_CUDA_EXPORT_NAME(cuModuleGetFunction)));
+        it = m.functions.emplace(key, std::make_unique<CudaFunction>(m, handle)).first;
+      }
+      *out = it->second.get();
+      return Status::Ok();
+    });
+  }
+
+  Status GetGlobal(Module& module, std::string_view name, uint64_t* dptr,
+                   uint64_t* bytes) override {
+    return Guarded("GetGlobal", [&]() -> Status {
+      CudaModule& m = Mod(module);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(m.context));
+      const std::string key(name);
+      CUdeviceptr p = 0;
+      size_t size = 0;
+      CUresult result = api_->cuModuleGetGlobal(&p, &size, m.handle, key.c_str());
+      if (result == CUDA_ERROR_NOT_FOUND) {
+        return Status::NotFound(absl::StrCat("module has no global named '", key, "'"));
+      }
+      FERRY_RETURN_IF_ERROR(api_->Check(result, FERRY_CUDA_EXPORT_NAME(cuModuleGetGlobal)));
+      *dptr = p;
+      *bytes = size;
+      return Status::Ok();
+    });
+  }
+
+  Status GetFunctionAttribute(Function& function, int attribute, int* value) override {
+    return Guarded("GetFunctionAttribute", [&]() -> Status {
+      CudaFunction& f = Fn(function);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(f.module.context));
+      return FERRY_CU(*api_, cuFuncGetAttribute, value,
+                      static_cast<CUfunction_attribute>(attribute), f.handle);
+    });
+  }
+
+  Status SetFunctionAttribute(Function& function, int attribute, int value) override {
+    return Guarded("SetFunctionAttribute", [&]() -> Status {
+      CudaFunction& f = Fn(function);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(f.module.context));
+      return FERRY_CU(*api_, cuFuncSetAttribute, f.handle,
+                      static_cast<CUfunction_attribute>(attribute), value);
+    });
+  }
+
+  Status SetFunctionCacheConfig(Function& function, int config) override {
+    return Guarded("SetFunctionCacheConfig", [&]() -> Status {
+      CudaFunction& f = Fn(function);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(f.module.context));
+      return FERRY_CU(*api_, cuFuncSetCacheConfig, f.handle, static_cast<CUfunc_cache>(config));
+    });
+  }
+
+  // --- libraries ------------------------------------------------------------
+  // A library is the driver's own: cuLibraryLoadData needs no context, and
+  // the driver loads it into a context when LoadLibraryModule asks for the
+  // library's module there (cuLibraryGetModule).
+  Status LoadLibrary(std::span<const uint8_t> image, std::unique_ptr<Library>* out,
+                     ModuleDescription* description) override {
+    return Guarded("LoadLibrary", [&]() -> Status {
+      std::vector<uint8_t> storage;
+      const void* data = nullptr;
+      FERRY_RETURN_IF_ERROR(CheckModuleImage(image, &storage, &data));
+      CUlibrary handle = nullptr;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuLibraryLoadData, &handle, data, nullptr, nullptr, 0,
+                                     nullptr, nullptr, 0));
+      auto library = std::make_unique<CudaLibrary>(*api_, handle);
+      ModuleDescription described;
+      // On failure `library`'s destructor unloads the image again.
+      FERRY_RETURN_IF_ERROR(DescribeLibrary(*library, &described));
+      if (description != nullptr) *description = std::move(described);
+      *out = std::move(library);
+      return Status::Ok();
+    });
+  }
+
+  Status LoadLibraryModule(Context& context, Library& library,
+                           std::unique_ptr<Module>* out) override {
+    return Guarded("LoadLibraryModule", [&]() -> Status {
+      CudaContext& ctx = Ctx(context);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(ctx));
+      CUmodule handle = nullptr;
+      FERRY_RETURN_IF_ERROR(
+          FERRY_CU(*api_, cuLibraryGetModule, &handle, static_cast<CudaLibrary&>(library).handle));
+      *out = std::make_unique<CudaModule>(ctx, handle, /*owned=*/false);
+      return Status::Ok();
+    });
+  }
+
+  // --- occupancy: the driver's own answers, in the function's context -------
+  Status OccupancyMaxActiveBlocks(Function& function, int block_size, uint64_t dynamic_smem_bytes,
+                                  unsigned flags, int* blocks) override {
+    return Guarded("OccupancyMaxActiveBlocks", [&]() -> Status {
+      CudaFunction& f = Fn(function);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(f.module.context));
+      return FERRY_CU(*api_, cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags, blocks, f.handle,
+                      block_size, static_cast<size_t>(dynamic_smem_bytes), flags);
+    });
+  }
+
+  Status OccupancyAvailableDynamicSmem(Function& function, int num_blocks, int block_size,
+                                       uint64_t* bytes) override {
+    return Guarded("OccupancyAvailableDynamicSmem", [&]() -> Status {
+      CudaFunction& f = Fn(function);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(f.module.context));
+      size_t available = 0;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuOccupancyAvailableDynamicSMemPerBlock, &available,
+                                     f.handle, num_blocks, block_size));
+      *bytes = available;
+      return Status::Ok();
+    });
+  }
+
+  Status OccupancyMaxPotentialClusterSize(Function& function, const LaunchConfig& config,
+                                          int* cluster_size) override {
+    return Guarded("OccupancyMaxPotentialClusterSize", [&]() -> Status {
+      CudaFunction& f = Fn(function);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(f.module.context));
+      CUlaunchAttribute attribute;
+      CUlaunchConfig launch = DriverLaunchConfig(config, &attribute);
+      return FERRY_CU(*api_, cuOccupancyMaxPotentialClusterSize, cluster_size, f.handle, &launch);
+    });
+  }
+
+  Status OccupancyMaxActiveClusters(Function& function, const LaunchConfig& config,
+                                    int* clusters) override {
+    return Guarded("OccupancyMaxActiveClusters", [&]() -> Status {
+      CudaFunction& f = Fn(function);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(f.module.context));
+      CUlaunchAttribute attribute;
+      CUlaunchConfig launch = DriverLaunchConfig(config, &attribute);
+      return FERRY_CU(*api_, cuOccupancyMaxActiveClusters, clusters, f.handle, &launch);
+    });
+  }
+
+ private:
+  // `config` as the driver's occupancy queries take it: no stream (the
+  // current context), and the cluster dimension as an attribute when given.
+  static CUlaunchConfig DriverLaunchConfig(const LaunchConfig& config, CUlaunchAttribute* cluster) {
+    CUlaunchConfig launch;
+    std::memset(&launch, 0, sizeof(launch));
+    launch.gridDimX = config.grid[0];
+    launch.gridDimY = config.grid[1];
+    launch.gridDimZ = config.grid[2];
+    launch.blockDimX = config.block[0];
+    launch.blockDimY = config.block[1];
+    launch.blockDimZ = config.block[2];
+    launch.sharedMemBytes = config.shared_bytes;
+    launch.hStream = nullptr;
+    if (config.cluster[0] != 0 || config.cluster[1] != 0 || config.cluster[2] != 0) {
+      std::memset(cluster, 0, sizeof(*cluster));
+      cluster->id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+      cluster->value.clusterDim.x = config.cluster[0];
+      cluster->value.clusterDim.y = config.cluster[1];
+      cluster->value.clusterDim.z = config.cluster[2];
+      launch.attrs = cluster;
+      launch.numAttrs = 1;
+    }
+    return launch;
+  }
+
+  // Reads a kernel's parameter layout through `query` (cuFuncGetParamInfo or
+  // cuKernelGetParamInfo, named `query_name` in errors). The driver has no
+  // parameter count; it answers INVALID_VALUE for the first index past the
+  // end. A kernel's parameters fit in 32 KiB, so the loop is bounded even for
+  // a driver that never says stop.
+  Status ReadParams(const char* query_name,
+                    absl::FunctionRef<CUresult(size_t, size_t*, size_t*)> query,
+                    KernelDescription* kernel) {
+    constexpr size_t kMaxParams = 32768;
+    for (size_t index = 0;; ++index) {
+      size_t offset = 0, size = 0;
+      const CUresult result = query(index, &offset, &size);
+      if (result == CUDA_ERROR_INVALID_VALUE) return Status::Ok();
+      FERRY_RETURN_IF_ERROR(
+          api_->Check(result, query_name)
+              .WithContext(absl::StrCat("kernel ", kernel->name, " parameter ", index)));
+      if (index >= kMaxParams) {
+        return Status::Internal(absl::StrCat("kernel ", kernel->name, ": driver reports over ",
+                                             kMaxParams, " parameters"));
+      }
+      kernel->params.push_back(
+          KernelParam{static_cast<uint32_t>(offset), static_cast<uint32_t>(size)});
+    }
+  }
+
+  // Lists the library's kernels with their parameter layouts (no context
+  // needed: kernels are context-independent).
+  Status DescribeLibrary(CudaLibrary& library, ModuleDescription* description) {
+    unsigned count = 0;
+    FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuLibraryGetKernelCount, &count, library.handle));
+    std::vector<CUkernel> kernels(count);
+    if (count != 0) {
+      FERRY_RETURN_IF_ERROR(
+          FERRY_CU(*api_, cuLibraryEnumerateKernels, kernels.data(), count, library.handle));
+    }
+    description->kernels.reserve(count);
+    for (CUkernel handle : kernels) {
+      const char* name = nullptr;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuKernelGetName, &name, handle));
+      KernelDescription kernel;
+      kernel.name = name != nullptr ? name : "";
+      FERRY_RETURN_IF_ERROR(ReadParams(
+          FERRY_CUDA_EXPORT_NAME(cuKernelGetParamInfo),
+          [&](size_t index, size_t* offset, size_t* size) {
+            return api_->cuKernelGetParamInfo(handle, index, offset, size);
+          },
+          &kernel));
+      description->kernels.push_back(std::move(kernel));
+    }
+    return Status::Ok();
+  }
+
+  // Runs `wait` on the pool, then `done` with its result. If the job cannot
+  // even be queued, runs `undo` (to release what the caller counted) and
+  // reports the failure through `done`, still off the caller's thread if it
+  // can be.
+  void SubmitWait(Completion done, absl::AnyInvocable<Status() &&> wait,
+                  absl::AnyInvocable<void() &&> undo) {
+    try {
+      waiters_.Submit([done = std::move(done), wait = std::move(wait)]() mutable {
+        Status status = std::move(wait)();
+        RunCompletion(done, std::move(status));
+      });
+    } catch (...) {
+      // Only allocation can fail here, and then `done` may already be
+      // moved; nothing better than logging remains.
+      std::move(undo)();
+      FERRY_LOG(kError) << "cuda backend: could not queue a wait (out of memory)";
+    }
+  }
+
+  // Reports an error for a When* call on the pool, never on the caller's
+  // thread, so callers need not expect re-entrant Completions.
+  void CompleteLater(Completion done, Status status) {
+    try {
+      waiters_.Submit([done = std::move(done), status = std::move(status)]() mutable {
+        RunCompletion(done, std::move(status));
+      });
+    } catch (...) {
+      FERRY_LOG(kError) << "cuda backend: could not report an error (out of memory)";
+    }
+  }
+
+  // Points `wait` at a private event that completes with `e`'s current
+  // record: a throwaway stream waits for `e`, then records the private event
+  // (a never-recorded `e` makes the wait a no-op, as for cuEventSynchronize).
+  // On failure `wait` stays on `e`, i.e. on the new record (logged).
+  void Snapshot(CudaEvent& e, EventWait& wait) ABSL_EXCLUSIVE_LOCKS_REQUIRED(e.waits_mu) {
+    Status status = MakeCurrent(e.context);
+    CUstream stream = nullptr;
+    CUevent snapshot = nullptr;
+    if (status.ok()) {
+      status = FERRY_CU(*api_, cuStreamCreateWithPriority, &stream, CU_STREAM_NON_BLOCKING, 0);
+    }
+    if (status.ok()) status = FERRY_CU(*api_, cuEventCreate, &snapshot, CU_EVENT_DISABLE_TIMING);
+    if (status.ok()) status = FERRY_CU(*api_, cuStreamWaitEvent, stream, e.handle, 0);
+    if (status.ok()) status = FERRY_CU(*api_, cuEventRecord, snapshot, stream);
+    // The driver releases the stream once its work is done.
+    if (stream != nullptr) (void)api_->cuStreamDestroy(stream);
+    if (!status.ok()) {
+      if (snapshot != nullptr) (void)api_->cuEventDestroy(snapshot);
+      FERRY_LOG(kWarning) << "cuda backend: cannot pin a pending event wait to its record ("
+                          << status.message() << "); it waits for the new record instead";
+      return;
+    }
+    wait.target = snapshot;
+    wait.snapshot = snapshot;
+  }
+
+  // Lists the module's kernels with their parameter layouts.
+  Status Describe(CudaModule& module, ModuleDescription* description) {
+    unsigned count = 0;
+    FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuModuleGetFunctionCount, &count, module.handle));
+    std::vector<CUfunction> functions(count);
+    if (count != 0) {
+      FERRY_RETURN_IF_ERROR(
+          FERRY_CU(*api_, cuModuleEnumerateFunctions, functions.data(), count, module.handle));
+    }
+    description->kernels.reserve(count);
+    for (CUfunction function : functions) {
+      const char* name = nullptr;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuFuncGetName, &name, function));
+      KernelDescription kernel;
+      kernel.name = name != nullptr ? name : "";
+      FERRY_RETURN_IF_ERROR(ReadParams(
+          FERRY_CUDA_EXPORT_NAME(cuFuncGetParamInfo),
+          [&](size_t index, size_t* offset, size_t* size) {
+            CUresult result = api_->cuFuncGetParamInfo(function, index, offset, size);
+            if (result == CUDA_ERROR_FUNCTION_NOT_LOADED) {
+              // Enumerated handles may be only partly loaded (lazy loading);
+              // the driver documents this error for queries that need more.
+              result = api_->cuFuncLoad(function);
+              if (result == CUDA_SUCCESS)
+                result = api_->cuFuncGetParamInfo(function, index, offset, size);
+            }
+            return result;
+          },
+          &kernel));
+      description->kernels.push_back(std::move(kernel));
+    }
+    return Status::Ok();
+  }
+
+  const std::unique_ptr<DriverApi> api_;
+  const std::vector<DeviceDescription> devices_;
+  const std::vector<CUdevice> device_handles_;  // by ordinal, as devices_
+  WaiterPool waiters_;
+  std::mutex splits_mu_;
+  // By (device, groups); entries are never removed, so pointers stay valid.
+  std::map<std::pair<int, int>, SmSplit> splits_ ABSL_GUARDED_BY(splits_mu_);
+};
+
+// --- destructors: make the owner current, wait, destroy ---------------------
+// Errors here have no caller to go to; they are logged. A context that has
+// failed (say, an illegal address) reports its error from every call, and
+// destruction still goes ahead.
+
+CudaStream::~CudaStream() {
+  if (!owned) return;
+  CudaBackend& backend = context.backend;
+  const DriverApi& api = backend.api();
+  constexpr char kWhat[] = "destroying a stream";
+  if (backend.MakeCurrentQuietly(context, kWhat)) {
+    FERRY_CU_QUIET(api, kWhat, cuStreamSynchronize, handle);
+  }
+  FERRY_CU_QUIET(api, kWhat, cuStreamDestroy, handle);
+}
+
+CudaEvent::~CudaEvent() {
+  waits.WaitIdle();  // no waiter is still in cuEventSynchronize on `handle`
+  CudaBackend& backend = context.backend;
+  constexpr char kWhat[] = "destroying an event";
+  (void)backend.MakeCurrentQuietly(context, kWhat);
+  // The driver defers the release itself if the event's work is pending.
+  FERRY_CU_QUIET(backend.api(), kWhat, cuEventDestroy, handle);
+}
+
+CudaModule::~CudaModule() {
+  CudaBackend& backend = context.backend;
+  const DriverApi& api = backend.api();
+  constexpr char kWhat[] = "unloading a module";
+  if (backend.MakeCurrentQuietly(context, kWhat)) {
+    // Kernels of this module may still be queued or running.
+    FERRY_CU_QUIET(api, kWhat, cuCtxSynchronize);
+  }
+  if (owned) FERRY_CU_QUIET(api, kWhat, cuModuleUnload, handle);
+}
+
+CudaLibrary::~CudaLibrary() {
+  // Every module of the library in a context is gone (GpuBackend contract),
+  // and each synchronized its context first.
+  FERRY_CU_QUIET(api, "unloading a library", cuLibraryUnload, handle);
+}
+
+CudaContext::~CudaContext() {
+  const DriverApi& api = backend.api();
+  constexpr char kWhat[] = "destroying a context";
+  if (backend.MakeCurrentQuietly(*this, kWhat)) {
+    // Device work and stream callbacks (Completions, buffer releases) first.
+    FERRY_CU_QUIET(api, kWhat, cuCtxSynchronize);
+  }
+  waits.WaitIdle();  // pool threads done with this context
+  if (green != nullptr) {
+    // The converted handle is the device's primary context with this green
+    // context's resources: cuCtxDestroy must not touch it.
+    FERRY_CU_QUIET(api, kWhat, cuGreenCtxDestroy, green);
+  } else {
+    FERRY_CU_QUIET(api, kWhat, cuCtxDestroy, handle);
+  }
+  CudaBackend::ForgetCurrent(*this);
+  // The driver runs no callback of a destroyed context; run those it never
+  // got to (possible after a context failure) so no Completion is lost and
+  // every host buffer is released.
+  absl::flat_hash_set<HostCallback*> orphans;
+  {
+    std::lock_guard<std::mutex> lock(callbacks_mu_);
+    orphans.swap(callbacks_);
+  }
+  if (!orphans.empty()) {
+    try {
+      FERRY_LOG(kWarning) << "cuda backend: " << orphans.size()
+                          << " stream callback(s) never ran; completing them at context "
+                             "destruction";
+    } catch (...) {
+    }
+  }
+  for (HostCallback* callback : orphans) {
+    try {
+      std::move(callback->run)(CUDA_ERROR_CONTEXT_IS_DESTROYED);
+    } catch (...) {
+      FERRY_LOG(kError) << "cuda backend: a stream callback threw";
+    }
+    delete callback;
+  }
+}
+
+// Describes every device the driver reports.
+Status DescribeDevices(const DriverApi& api, std::vector<DeviceDescription>* devices,
+                       std::vector<CUdevice>* handles) {
+  int count = 0;
+  FERRY_RETURN_IF_ERROR(FERRY_CU(api, cuDeviceGetCount, &count));
+  for (int ordinal = 0; ordinal < count; ++ordinal) {
+    CUdevice device = 0;
+    FERRY_RETURN_IF_ERROR(FERRY_CU(api, cuDeviceGet, &device, ordinal));
+    DeviceDescription d;
+    char name[256] = {};
+    FERRY_RETURN_IF_ERROR(
+        FERRY_CU(api, cuDeviceGetName, name, static_cast<int>(sizeof(name) - 1), device));
+    d.name = name;
+    CUuuid uuid;
+    std::memset(&uuid, 0, sizeof(uuid));
+    FERRY_RETURN_IF_ERROR(FERRY_CU(api, cuDeviceGetUuid, &uuid, device));
+    static_assert(sizeof(uuid.bytes) == sizeof(d.uuid));
+    std::memcpy(d.uuid.data(), uuid.bytes, sizeof(uuid.bytes));
+    size_t total = 0;
+    FERRY_RETURN_IF_ERROR(FERRY_CU(api, cuDeviceTotalMem, &total, device));
+    d.total_memory = total;
+    // Every attribute this header knows. A driver rejects the numbers it has
+    // retired or does not know yet; those read as 0, as the contract says.
+    d.attributes.assign(CU_DEVICE_ATTRIBUTE_MAX, 0);
+    for (int attribute = 0; attribute < CU_DEVICE_ATTRIBUTE_MAX; ++attribute) {
+      int value = 0;
+      if (api.cuDeviceGetAttribute(&value, static_cast<CUdevice_attribute>(attribute), device) ==
+          CUDA_SUCCESS) {
+        d.attributes[attribute] = value;
+      }
+    }
+    d.pci_domain = d.attributes[CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID];
+    d.pci_bus = d.attributes[CU_DEVICE_ATTRIBUTE_PCI_BUS_ID];
+    d.pci_device = d.attributes[CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID];
+    devices->push_back(std::move(d));
+    handles->push_back(device);
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status CreateCudaBackend(const CudaBackendOptions& options, std::unique_ptr<GpuBackend>* out) {
+  return Guarded("CreateCudaBackend", [&]() -> Status {
+    const bool explicit_path = !options.driver_path.empty();
+    std::vector<std::string> candidates = explicit_path
+                                              ? std::vector<std::string>{options.driver_path}
+                                              : cuda_internal::DefaultDriverCandidates();
+    std::unique_ptr<DriverApi> api;
+    FERRY_RETURN_IF_ERROR(cuda_internal::LoadDriver(candidates, explicit_path, &api));
+    std::vector<DeviceDescription> devices;
+    std::vector<CUdevice> handles;
+    FERRY_RETURN_IF_ERROR(DescribeDevices(*api, &devices, &handles)
+                              .WithContext(absl::StrCat("CUDA driver ", api->path)));
+    const size_t waiters = options.max_waiter_threads > 0
+                               ? static_cast<size_t>(options.max_waiter_threads)
+                               : size_t{1};
+    *out = std::make_unique<CudaBackend>(std::move(api), std::move(devices), std::move(handles),
+                                         waiters);
+    return Status::Ok();
+  });
+}
+
+}  // namespace ferry::backend

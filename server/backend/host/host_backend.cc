@@ -1,0 +1,1164 @@
+// HostBackend: see host_backend.h for what it models.
+//
+// Structure. Each Stream owns a StreamQueue (one worker thread). Stream-ordered
+// calls append closures to it; the closures capture everything they touch
+// (HostBytes owners, copied launch parameters), so nothing the caller owns
+// must outlive the call. Cross-stream order is expressed as StreamPoints that
+// an operation waits for before it runs:
+//  * legacy default stream (CU_STREAM_LEGACY): an operation on it waits for
+//    the tail of every blocking stream of the context; an operation on a
+//    blocking stream waits for the tail of the legacy stream. Both are taken
+//    under ContextState::mu together with the append, so the context's
+//    stream-ordered calls form one total order (the one a serial program
+//    would see), whichever threads issue them.
+//  * cuStreamWaitEvent: the event's latest record point.
+// A host gate (EnqueueHostGate) is an operation that blocks its stream's
+// worker until the gate opens.
+// Completions run on one CompletionThread (see stream_queue.h).
+//
+// Memory is accounted per device at allocation and release time; the storage
+// itself is released only once the context's earlier work has finished, so an
+// in-flight kernel or copy never touches freed memory.
+#include "server/backend/host/host_backend.h"
+
+#include <cuda.h>
+#include <dlfcn.h>
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <system_error>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "common/image/module_image.h"
+#include "server/backend/host/device_model.h"
+#include "server/backend/host/ferry_host_kernel.h"
+#include "server/backend/host/stream_queue.h"
+
+namespace ferry::backend {
+namespace {
+
+using host_internal::CompletionThread;
+using host_internal::StreamPoint;
+using host_internal::StreamQueue;
+
+constexpr unsigned kKnownContextFlags = 0xff;  // CU_CTX_FLAGS_MASK
+constexpr unsigned kKnownEventFlags =
+    CU_EVENT_BLOCKING_SYNC | CU_EVENT_DISABLE_TIMING | CU_EVENT_INTERPROCESS;
+// Below this, allocations come from malloc (then cleared); at and above, from
+// mmap, whose pages are zero and committed only when touched, so an 8 GiB
+// cuMemAlloc costs nothing until used. (No MAP_NORESERVE: a request the
+// kernel's overcommit check refuses should fail in MemAlloc, not later as a
+// SIGSEGV inside ferryd.)
+constexpr uint64_t kMmapThreshold = 64 * 1024;
+
+Status InvalidValue(std::string message) {
+  return Status::Cuda(CUDA_ERROR_INVALID_VALUE, std::move(message));
+}
+
+bool CheckedMul(uint64_t a, uint64_t b, uint64_t* out) {
+  return !__builtin_mul_overflow(a, b, out);
+}
+bool CheckedAdd(uint64_t a, uint64_t b, uint64_t* out) {
+  return !__builtin_add_overflow(a, b, out);
+}
+bool RoundUp(uint64_t value, uint64_t alignment, uint64_t* out) {
+  uint64_t sum;
+  if (!CheckedAdd(value, alignment - 1, &sum)) return false;
+  *out = sum / alignment * alignment;
+  return true;
+}
+
+// Bytes spanned by `rows` rows of `width` bytes starting `pitch` apart.
+bool RowSpan(uint64_t width, uint64_t rows, uint64_t pitch, uint64_t* out) {
+  if (rows == 0 || width == 0) {
+    *out = 0;
+    return true;
+  }
+  uint64_t before_last;
+  return CheckedMul(rows - 1, pitch, &before_last) && CheckedAdd(before_last, width, out);
+}
+
+// Zero-filled, `kAllocationAlignment`-aligned storage that frees itself. The
+// zeroing matters beyond tidiness: sessions share this process, and memory
+// one session freed must not show its bytes to the next (DESIGN invariant 6).
+// Returns null when `bytes` cannot be had.
+std::shared_ptr<void> AllocateDeviceStorage(uint64_t bytes) {
+  // aligned_alloc wants a multiple of the alignment.
+  if (bytes == 0 || !RoundUp(bytes, host_internal::kAllocationAlignment, &bytes)) return nullptr;
+  if (bytes >= kMmapThreshold) {
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return nullptr;
+    return std::shared_ptr<void>(p, [bytes](void* q) { munmap(q, bytes); });
+  }
+  void* p = std::aligned_alloc(host_internal::kAllocationAlignment, bytes);
+  if (p == nullptr) return nullptr;
+  std::memset(p, 0, bytes);
+  return std::shared_ptr<void>(p, [](void* q) { std::free(q); });
+}
+
+uint8_t* AsPointer(uint64_t address) { return reinterpret_cast<uint8_t*>(address); }
+
+int64_t SteadyNowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// --- objects ---------------------------------------------------------------
+
+// What a context's streams, events and modules share. Outlives the Context
+// object if any of them outlive it (they hold a reference).
+struct ContextState {
+  ContextState(int device_index, unsigned context_flags)
+      : device(device_index), flags(context_flags) {
+    for (int i = 0; i < host_internal::kLimitCount; ++i) limits[i] = host_internal::DefaultLimit(i);
+  }
+
+  const int device;
+  const unsigned flags;
+  std::shared_ptr<StreamQueue> legacy;  // set once, before the context is shared
+
+  struct StreamEntry {
+    const void* key;  // the HostStream
+    std::shared_ptr<StreamQueue> queue;
+    bool non_blocking;
+  };
+  // Serializes the stream-ordered appends of this context (see file comment).
+  std::mutex mu;
+  std::vector<StreamEntry> streams ABSL_GUARDED_BY(mu);  // all but the legacy stream
+
+  std::mutex limits_mu;
+  std::array<uint64_t, host_internal::kLimitCount> limits ABSL_GUARDED_BY(limits_mu);
+
+  // The tails of every stream of the context, legacy included.
+  std::vector<StreamPoint> Tails() {
+    std::lock_guard<std::mutex> lock(mu);
+    std::vector<StreamPoint> points;
+    points.reserve(streams.size() + 1);
+    points.push_back(legacy->Tail());
+    for (const StreamEntry& e : streams) points.push_back(e.queue->Tail());
+    return points;
+  }
+};
+
+class HostStream final : public Stream {
+ public:
+  HostStream(std::shared_ptr<ContextState> ctx, std::shared_ptr<StreamQueue> queue, bool legacy,
+             bool non_blocking)
+      : ctx_(std::move(ctx)),
+        queue_(std::move(queue)),
+        legacy_(legacy),
+        non_blocking_(non_blocking) {}
+
+  // Waits for the queued work, then joins the worker (GpuBackend contract).
+  ~HostStream() override {
+    if (!legacy_) {
+      std::lock_guard<std::mutex> lock(ctx_->mu);
+      auto& v = ctx_->streams;
+      v.erase(std::remove_if(v.begin(), v.end(),
+                             [this](const ContextState::StreamEntry& e) { return e.key == this; }),
+              v.end());
+    }
+    queue_->Shutdown();
+  }
+
+  ContextState& ctx() const { return *ctx_; }
+  StreamQueue& queue() const { return *queue_; }
+  bool legacy() const { return legacy_; }
+  bool non_blocking() const { return non_blocking_; }
+
+ private:
+  const std::shared_ptr<ContextState> ctx_;
+  const std::shared_ptr<StreamQueue> queue_;
+  const bool legacy_;
+  const bool non_blocking_;
+};
+
+// One cuEventRecord: where it sits in its stream, and when it was reached.
+struct EventRecord {
+  StreamPoint point;
+  std::atomic<int64_t> reached_ns{0};  // written by the worker before `point` is reached
+};
+
+class HostEvent final : public Event {
+ public:
+  explicit HostEvent(unsigned flags) : flags_(flags) {}
+
+  bool timing() const { return (flags_ & CU_EVENT_DISABLE_TIMING) == 0; }
+
+  std::shared_ptr<EventRecord> latest() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return latest_;
+  }
+  void set_latest(std::shared_ptr<EventRecord> record) {
+    std::lock_guard<std::mutex> lock(mu_);
+    latest_ = std::move(record);
+  }
+
+ private:
+  const unsigned flags_;
+  std::mutex mu_;
+  std::shared_ptr<EventRecord> latest_ ABSL_GUARDED_BY(mu_);  // null: never recorded
+};
+
+class HostFunction final : public Function {
+ public:
+  HostFunction(const ContextState* ctx, std::string name, const std::vector<KernelParam>& params,
+               ferry_host_kernel_fn fn)
+      : ctx_(ctx), name_(std::move(name)), fn_(fn) {
+    auto offsets = std::make_shared<std::vector<uint32_t>>();
+    for (const KernelParam& p : params) {
+      offsets->push_back(p.offset);
+      params_end_ = std::max(params_end_, static_cast<uint64_t>(p.offset) + p.size);
+    }
+    offsets_ = std::move(offsets);
+    for (int i = 0; i < host_internal::kFunctionAttributeCount; ++i) {
+      attributes_[i] = host_internal::DefaultFunctionAttribute(i);
+    }
+  }
+
+  const ContextState* ctx() const { return ctx_; }
+  const std::string& name() const { return name_; }
+  // Shared with queued launches, which may run after the module is gone only
+  // if the caller broke the destruction order; they then still read valid
+  // offsets.
+  const std::shared_ptr<const std::vector<uint32_t>>& offsets() const { return offsets_; }
+  uint64_t params_end() const { return params_end_; }
+  ferry_host_kernel_fn fn() const { return fn_; }
+
+  int attribute(int a) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return attributes_[a];
+  }
+  void set_attribute(int a, int value) {
+    std::lock_guard<std::mutex> lock(mu_);
+    attributes_[a] = value;
+  }
+  void set_cache_config(int config) {
+    std::lock_guard<std::mutex> lock(mu_);
+    cache_config_ = config;
+  }
+
+ private:
+  const ContextState* const ctx_;  // of the module; identity only
+  const std::string name_;
+  std::shared_ptr<const std::vector<uint32_t>> offsets_;  // set in the constructor
+  uint64_t params_end_ = 0;        // bytes the packed buffer must hold; set in the constructor
+  const ferry_host_kernel_fn fn_;  // null: no host implementation
+  std::mutex mu_;
+  std::array<int, host_internal::kFunctionAttributeCount> attributes_ ABSL_GUARDED_BY(mu_);
+  // Stored for completeness; the host has no L1/shared split to apply it to.
+  int cache_config_ ABSL_GUARDED_BY(mu_) = CU_FUNC_CACHE_PREFER_NONE;
+};
+
+class HostModule final : public Module {
+ public:
+  explicit HostModule(std::shared_ptr<ContextState> ctx) : ctx_(std::move(ctx)) {}
+
+  // Kernels of this module may still be queued on any stream of the context,
+  // reading its globals: wait for all of the context's work first.
+  ~HostModule() override {
+    for (const StreamPoint& p : ctx_->Tails()) p.Wait();
+  }
+
+  struct Global {
+    std::shared_ptr<void> storage;
+    uint64_t size = 0;
+  };
+
+  // Written only while loading, before the module is handed out; read-only
+  // afterwards, hence no lock.
+  std::vector<std::unique_ptr<HostFunction>> functions;
+  absl::flat_hash_map<std::string, HostFunction*> functions_by_name;
+  absl::flat_hash_map<std::string, Global> globals;
+
+ private:
+  const std::shared_ptr<ContextState> ctx_;
+};
+
+// A library keeps its parsed image; each context that uses it gets a
+// HostModule built from it (so each has its own globals).
+class HostLibrary final : public Library {
+ public:
+  image::ImageLayout layout;  // written once while loading; read-only after
+};
+
+class HostBackend;
+
+class HostContext final : public Context {
+ public:
+  HostContext(HostBackend* backend, std::shared_ptr<ContextState> state,
+              std::unique_ptr<HostStream> legacy)
+      : backend_(backend), state_(std::move(state)), legacy_(std::move(legacy)) {}
+  ~HostContext() override;
+
+  const std::shared_ptr<ContextState>& state() const { return state_; }
+  HostStream& legacy() const { return *legacy_; }
+
+ private:
+  HostBackend* const backend_;
+  const std::shared_ptr<ContextState> state_;
+  std::unique_ptr<HostStream> legacy_;
+};
+
+struct KernelLibrary {
+  std::string path;
+  void* handle;
+};
+
+// --- the backend -------------------------------------------------------------
+
+class HostBackend final : public GpuBackend {
+ public:
+  HostBackend(const HostBackendOptions& options, std::vector<KernelLibrary> libraries)
+      : device_memory_(DeviceMemories(options)),
+        libraries_(std::move(libraries)),
+        used_(device_memory_.size(), 0),
+        completions_(std::make_unique<CompletionThread>()) {
+    for (size_t i = 0; i < device_memory_.size(); ++i) {
+      devices_.push_back(
+          host_internal::MakeDeviceDescription(static_cast<int>(i), device_memory_[i]));
+    }
+  }
+
+  // One entry per device: device_memories when given, else device_count
+  // times device_memory.
+  static std::vector<uint64_t> DeviceMemories(const HostBackendOptions& options) {
+    if (!options.device_memories.empty()) return options.device_memories;
+    return std::vector<uint64_t>(static_cast<size_t>(options.device_count), options.device_memory);
+  }
+
+  ~HostBackend() override {
+    // Runs the completions still due while the rest of the backend exists.
+    completions_.reset();
+    for (const KernelLibrary& lib : libraries_) dlclose(lib.handle);
+  }
+
+  std::string_view Name() const override { return "host"; }
+  int DriverVersion() const override { return host_internal::kDriverVersion; }
+  const std::vector<DeviceDescription>& Devices() const override { return devices_; }
+
+  // --- contexts ---------------------------------------------------------------
+
+  Status CreateContext(int device, unsigned flags, std::unique_ptr<Context>* out) override {
+    if (device < 0 || device >= static_cast<int>(devices_.size())) {
+      return Status::Cuda(CUDA_ERROR_INVALID_DEVICE, "no device " + std::to_string(device));
+    }
+    const unsigned sched = flags & CU_CTX_SCHED_MASK;
+    if ((flags & ~kKnownContextFlags) != 0 ||
+        (sched != CU_CTX_SCHED_AUTO && sched != CU_CTX_SCHED_SPIN && sched != CU_CTX_SCHED_YIELD &&
+         sched != CU_CTX_SCHED_BLOCKING_SYNC)) {
+      return InvalidValue("bad context flags " + std::to_string(flags));
+    }
+    auto state = std::make_shared<ContextState>(device, flags);
+    FERRY_RETURN_IF_ERROR(StreamQueue::Create(completions_.get(), &state->legacy));
+    auto legacy = std::make_unique<HostStream>(state, state->legacy, /*legacy=*/true,
+                                               /*non_blocking=*/false);
+    *out = std::make_unique<HostContext>(this, std::move(state), std::move(legacy));
+    return Status::Ok();
+  }
+
+  Stream& LegacyStream(Context& ctx) override { return AsContext(ctx).legacy(); }
+
+  Status GetLimit(Context& ctx, int limit, uint64_t* value) override {
+    if (limit < 0 || limit >= host_internal::kLimitCount) {
+      return Status::Cuda(CUDA_ERROR_UNSUPPORTED_LIMIT, "unknown limit " + std::to_string(limit));
+    }
+    ContextState& c = *AsContext(ctx).state();
+    std::lock_guard<std::mutex> lock(c.limits_mu);
+    *value = c.limits[limit];
+    return Status::Ok();
+  }
+
+  Status SetLimit(Context& ctx, int limit, uint64_t value) override {
+    FERRY_RETURN_IF_ERROR(host_internal::CheckSetLimit(limit, value));
+    ContextState& c = *AsContext(ctx).state();
+    std::lock_guard<std::mutex> lock(c.limits_mu);
+    c.limits[limit] = value;
+    return Status::Ok();
+  }
+
+  void WhenContextIdle(Context& ctx, Completion done) override {
+    WhenAllReached(AsContext(ctx).state()->Tails(), std::move(done));
+  }
+
+  // --- memory ---------------------------------------------------------------
+
+  Status MemAlloc(Context& ctx, uint64_t bytes, uint64_t* dptr) override {
+    const ContextState* owner = AsContext(ctx).state().get();
+    return Allocate(owner, owner->device, bytes, dptr);
+  }
+
+  Status MemAllocPitch(Context& ctx, uint64_t width_bytes, uint64_t height, unsigned element_bytes,
+                       uint64_t* dptr, uint64_t* pitch) override {
+    if (element_bytes != 4 && element_bytes != 8 && element_bytes != 16) {
+      return InvalidValue("element size must be 4, 8 or 16 bytes, not " +
+                          std::to_string(element_bytes));
+    }
+    if (width_bytes == 0 || height == 0) return InvalidValue("empty pitched allocation");
+    uint64_t p, total;
+    if (!RoundUp(width_bytes, host_internal::kPitchAlignment, &p) ||
+        !CheckedMul(p, height, &total)) {
+      return Status::OutOfMemory("pitched allocation size overflows");
+    }
+    FERRY_RETURN_IF_ERROR(MemAlloc(ctx, total, dptr));
+    *pitch = p;
+    return Status::Ok();
+  }
+
+  Status MemFree(Context& ctx, uint64_t dptr) override {
+    std::shared_ptr<void> storage;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = allocations_.find(dptr);
+      if (it == allocations_.end()) {
+        return InvalidValue("no allocation starts at " + std::to_string(dptr));
+      }
+      storage = std::move(it->second.storage);
+      used_[it->second.device] -= it->second.bytes;
+      allocations_.erase(it);
+    }
+    ReleaseAfterWork(*AsContext(ctx).state(), std::move(storage));
+    return Status::Ok();
+  }
+
+  Status MemGetInfo(Context& ctx, uint64_t* free_bytes, uint64_t* total_bytes) override {
+    const int device = AsContext(ctx).state()->device;
+    std::lock_guard<std::mutex> lock(mu_);
+    *total_bytes = device_memory_[device];
+    *free_bytes = device_memory_[device] - used_[device];
+    return Status::Ok();
+  }
+
+  // Frees what `owner` still holds; called as its context goes away.
+  void ReleaseContextAllocations(ContextState& owner) {
+    std::vector<std::shared_ptr<void>> storages;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto it = allocations_.begin(); it != allocations_.end();) {
+        if (it->second.owner != &owner) {
+          ++it;
+          continue;
+        }
+        used_[it->second.device] -= it->second.bytes;
+        storages.push_back(std::move(it->second.storage));
+        allocations_.erase(it++);
+      }
+    }
+    for (auto& s : storages) ReleaseAfterWork(owner, std::move(s));
+  }
+
+  // --- stream-ordered operations ----------------------------------------------
+
+  Status CopyHostToDevice(Stream& stream, uint64_t dst, HostBytes src) override {
+    if (src.size == 0) return Status::Ok();
+    if (src.data == nullptr) return InvalidValue("null host source");
+    Append(stream, {},
+           [dst, src = std::move(src)] { std::memcpy(AsPointer(dst), src.data, src.size); });
+    return Status::Ok();
+  }
+
+  Status CopyDeviceToHost(Stream& stream, MutableHostBytes dst, uint64_t src) override {
+    if (dst.size == 0) return Status::Ok();
+    if (dst.data == nullptr) return InvalidValue("null host destination");
+    Append(stream, {},
+           [dst = std::move(dst), src] { std::memcpy(dst.data, AsPointer(src), dst.size); });
+    return Status::Ok();
+  }
+
+  Status CopyDeviceToDevice(Stream& stream, uint64_t dst, uint64_t src, uint64_t bytes) override {
+    if (bytes == 0) return Status::Ok();
+    // memmove: overlapping ranges are undefined in CUDA; here they are at
+    // least not a crash.
+    Append(stream, {}, [dst, src, bytes] { std::memmove(AsPointer(dst), AsPointer(src), bytes); });
+    return Status::Ok();
+  }
+
+  Status Copy2DAsync(Stream& stream, Copy2D copy) override {
+    if (copy.width_bytes == 0 || copy.height == 0) return Status::Ok();
+    if (copy.height > 1 &&
+        (copy.src_pitch < copy.width_bytes || copy.dst_pitch < copy.width_bytes)) {
+      return InvalidValue("2D copy pitch smaller than its width");
+    }
+    uint64_t src_span, dst_span;
+    if (!RowSpan(copy.width_bytes, copy.height, copy.src_pitch, &src_span) ||
+        !RowSpan(copy.width_bytes, copy.height, copy.dst_pitch, &dst_span)) {
+      return InvalidValue("2D copy extent overflows");
+    }
+    if (copy.src_is_host && (copy.src_host.data == nullptr || copy.src_host.size < src_span)) {
+      return InvalidValue("2D copy host source holds " + std::to_string(copy.src_host.size) +
+                          " bytes, needs " + std::to_string(src_span));
+    }
+    if (copy.dst_is_host && (copy.dst_host.data == nullptr || copy.dst_host.size < dst_span)) {
+      return InvalidValue("2D copy host destination holds " + std::to_string(copy.dst_host.size) +
+                          " bytes, needs " + std::to_string(dst_span));
+    }
+    Append(stream, {}, [copy = std::move(copy)] {
+      const uint8_t* src = copy.src_is_host ? copy.src_host.data : AsPointer(copy.src_device);
+      uint8_t* dst = copy.dst_is_host ? copy.dst_host.data : AsPointer(copy.dst_device);
+      for (uint64_t row = 0; row < copy.height; ++row) {
+        std::memmove(dst + row * copy.dst_pitch, src + row * copy.src_pitch, copy.width_bytes);
+      }
+    });
+    return Status::Ok();
+  }
+
+  Status Memset(Stream& stream, uint64_t dst, uint64_t pitch, uint32_t value,
+                unsigned element_bytes, uint64_t width, uint64_t height) override {
+    if (element_bytes != 1 && element_bytes != 2 && element_bytes != 4) {
+      return InvalidValue("memset element size must be 1, 2 or 4, not " +
+                          std::to_string(element_bytes));
+    }
+    uint64_t row_bytes;
+    if (!CheckedMul(width, element_bytes, &row_bytes))
+      return InvalidValue("memset width overflows");
+    if (row_bytes == 0 || height == 0) return Status::Ok();
+    uint64_t span;
+    if (height > 1 && pitch < row_bytes) return InvalidValue("memset pitch smaller than its width");
+    if (height == 1) pitch = row_bytes;
+    if (!RowSpan(row_bytes, height, pitch, &span)) return InvalidValue("memset extent overflows");
+    Append(stream, {}, [dst, pitch, value, element_bytes, row_bytes, height] {
+      uint8_t* base = AsPointer(dst);
+      for (uint64_t row = 0; row < height; ++row) {
+        uint8_t* p = base + row * pitch;
+        if (element_bytes == 1) {
+          std::memset(p, static_cast<int>(value & 0xff), row_bytes);
+        } else if (element_bytes == 2) {
+          const uint16_t v = static_cast<uint16_t>(value);
+          for (uint64_t i = 0; i < row_bytes; i += 2) std::memcpy(p + i, &v, 2);
+        } else {
+          for (uint64_t i = 0; i < row_bytes; i += 4) std::memcpy(p + i, &value, 4);
+        }
+      }
+    });
+    return Status::Ok();
+  }
+
+  Status Launch(Stream& stream, Function& function, const LaunchConfig& config,
+                HostBytes params) override {
+    auto& f = static_cast<HostFunction&>(function);
+    if (f.ctx() != &AsStream(stream).ctx()) {
+      return Status::InvalidHandle("kernel " + f.name() +
+                                   " belongs to another context than the stream");
+    }
+    FERRY_RETURN_IF_ERROR(CheckLaunchConfig(f, config));
+    if (params.size < f.params_end()) {
+      return InvalidValue("kernel " + f.name() + " takes " + std::to_string(f.params_end()) +
+                          " bytes of parameters, got " + std::to_string(params.size));
+    }
+    if (params.size > 0 && params.data == nullptr) return InvalidValue("null parameter buffer");
+    if (f.fn() == nullptr) {
+      std::string libs;
+      for (const KernelLibrary& lib : libraries_) {
+        if (!libs.empty()) libs += ", ";
+        libs += lib.path;
+      }
+      return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED,
+                          "no host implementation for kernel " + f.name() +
+                              ": none of the --host-kernels libraries [" + libs + "] exports " +
+                              FERRY_HOST_KERNEL_PREFIX + f.name());
+    }
+    // The parameters are copied into storage aligned for any type: the packed
+    // buffer arrives at whatever alignment the wire gave it, and host kernels
+    // dereference params[i] as the parameter's type. This also frees the
+    // caller's buffer at once.
+    auto storage = std::make_shared<std::vector<std::max_align_t>>(
+        (params.size + sizeof(std::max_align_t) - 1) / sizeof(std::max_align_t));
+    if (params.size > 0) std::memcpy(storage->data(), params.data, params.size);
+    ferry_launch launch{};
+    for (int i = 0; i < 3; ++i) {
+      launch.grid[i] = config.grid[i];
+      launch.block[i] = config.block[i];
+    }
+    launch.shared_bytes = config.shared_bytes;
+    Append(stream, {}, [fn = f.fn(), launch, storage = std::move(storage), offsets = f.offsets()] {
+      auto* base = reinterpret_cast<uint8_t*>(storage->data());
+      std::vector<void*> pointers(offsets->size() + 1, nullptr);  // +1: never a null array
+      for (size_t i = 0; i < offsets->size(); ++i) pointers[i] = base + (*offsets)[i];
+      fn(&launch, pointers.data());
+    });
+    return Status::Ok();
+  }
+
+  // --- streams --------------------------------------------------------------
+
+  Status CreateStream(Context& ctx, unsigned flags, int priority,
+                      std::unique_ptr<Stream>* out) override {
+    if ((flags & ~static_cast<unsigned>(CU_STREAM_NON_BLOCKING)) != 0) {
+      return InvalidValue("bad stream flags " + std::to_string(flags));
+    }
+    // Priorities only order work among ready streams on a GPU; with a thread
+    // per stream there is nothing to order, so `priority` is accepted (CUDA
+    // clamps it to the device's range, [-5, 0] on sm_90) and unused.
+    const std::shared_ptr<ContextState>& state = AsContext(ctx).state();
+    std::shared_ptr<StreamQueue> queue;
+    FERRY_RETURN_IF_ERROR(StreamQueue::Create(completions_.get(), &queue));
+    const bool non_blocking = (flags & CU_STREAM_NON_BLOCKING) != 0;
+    auto stream = std::make_unique<HostStream>(state, queue, /*legacy=*/false, non_blocking);
+    {
+      std::lock_guard<std::mutex> lock(state->mu);
+      state->streams.push_back({stream.get(), queue, non_blocking});
+    }
+    *out = std::move(stream);
+    return Status::Ok();
+  }
+
+  Status QueryStream(Stream& stream) override {
+    if (!AsStream(stream).queue().Tail().Reached()) {
+      return Status::Cuda(CUDA_ERROR_NOT_READY, "stream has pending work");
+    }
+    return Status::Ok();
+  }
+
+  void WhenStreamIdle(Stream& stream, Completion done) override {
+    StreamPoint tail = AsStream(stream).queue().Tail();
+    tail.queue->WhenReached(tail.seq, std::move(done));
+  }
+
+  // Two operations, appended together: an empty marker that carries the
+  // stream's ordering (its legacy-stream `after` points), so it is done once
+  // everything the gate follows has finished, and `reached` is posted then;
+  // and an operation that holds the stream's worker until the gate opens.
+  // Cost of a closed gate: this stream's worker thread waits, nothing else;
+  // other streams and the completion thread go on, and work ordered after the
+  // stream (legacy semantics, event waits) waits as it would on a GPU.
+  Status EnqueueHostGate(Stream& stream, std::shared_ptr<HostGate> gate,
+                         Completion reached) override {
+    if (gate == nullptr) return InvalidValue("null host gate");
+    StreamPoint marker;
+    {
+      std::lock_guard<std::mutex> lock(AsStream(stream).ctx().mu);
+      marker = AppendLocked(stream, {}, nullptr);
+      AppendLocked(stream, {}, [gate = std::move(gate)] { gate->WaitOpen(); });
+    }
+    marker.queue->WhenReached(marker.seq, std::move(reached));
+    return Status::Ok();
+  }
+
+  bool StreamIdleNow(Stream& stream, Status* status) override {
+    HostStream& s = AsStream(stream);
+    ContextState& c = s.ctx();
+    // What Append would make a new operation wait for, under the same lock.
+    std::lock_guard<std::mutex> lock(c.mu);
+    if (!s.queue().IdleNow(status)) return false;
+    if (s.legacy()) {
+      for (const ContextState::StreamEntry& e : c.streams) {
+        if (!e.non_blocking && !e.queue->IdleNow(nullptr)) return false;
+      }
+    } else if (!s.non_blocking()) {
+      if (!c.legacy->IdleNow(nullptr)) return false;
+    }
+    return true;
+  }
+
+  bool ContextIdleNow(Context& ctx, Status* status) override {
+    ContextState& c = *AsContext(ctx).state();
+    std::lock_guard<std::mutex> lock(c.mu);
+    Status first;
+    Status error;
+    if (!c.legacy->IdleNow(&first)) return false;
+    for (const ContextState::StreamEntry& e : c.streams) {
+      if (!e.queue->IdleNow(&error)) return false;
+      if (first.ok()) first = error;
+    }
+    *status = first;
+    return true;
+  }
+
+  bool DeviceMemoryIsHostMemory() const override { return true; }
+
+  // --- events -----------------------------------------------------------------
+
+  Status CreateEvent(Context& ctx, unsigned flags, std::unique_ptr<Event>* out) override {
+    if ((flags & ~kKnownEventFlags) != 0) {
+      return InvalidValue("bad event flags " + std::to_string(flags));
+    }
+    if ((flags & CU_EVENT_INTERPROCESS) != 0 && (flags & CU_EVENT_DISABLE_TIMING) == 0) {
+      return InvalidValue("an interprocess event must disable timing");
+    }
+    *out = std::make_unique<HostEvent>(flags);
+    return Status::Ok();
+  }
+
+  Status RecordEvent(Event& event, Stream& stream) override {
+    auto record = std::make_shared<EventRecord>();
+    // The op holds the record only until it runs; the event keeps it after.
+    record->point = Append(stream, {}, [record] {
+      record->reached_ns.store(SteadyNowNs(), std::memory_order_relaxed);
+    });
+    static_cast<HostEvent&>(event).set_latest(std::move(record));
+    return Status::Ok();
+  }
+
+  Status StreamWaitEvent(Stream& stream, Event& event) override {
+    std::shared_ptr<EventRecord> record = static_cast<HostEvent&>(event).latest();
+    // Never recorded, or already reached: nothing to wait for.
+    if (record == nullptr || record->point.Reached()) return Status::Ok();
+    Append(stream, {record->point}, nullptr);
+    return Status::Ok();
+  }
+
+  Status QueryEvent(Event& event) override {
+    std::shared_ptr<EventRecord> record = static_cast<HostEvent&>(event).latest();
+    if (record != nullptr && !record->point.Reached()) {
+      return Status::Cuda(CUDA_ERROR_NOT_READY, "event not reached yet");
+    }
+    return Status::Ok();
+  }
+
+  void WhenEventComplete(Event& event, Completion done) override {
+    std::shared_ptr<EventRecord> record = static_cast<HostEvent&>(event).latest();
+    if (record == nullptr) {
+      completions_->Post([done = std::move(done)] { done(Status::Ok()); });
+      return;
+    }
+    record->point.queue->WhenReached(record->point.seq, std::move(done));
+  }
+
+  Status EventElapsedTime(Event& start, Event& end, float* milliseconds) override {
+    auto& s = static_cast<HostEvent&>(start);
+    auto& e = static_cast<HostEvent&>(end);
+    if (!s.timing() || !e.timing()) {
+      return Status::InvalidHandle("event created with CU_EVENT_DISABLE_TIMING");
+    }
+    std::shared_ptr<EventRecord> rs = s.latest();
+    std::shared_ptr<EventRecord> re = e.latest();
+    if (rs == nullptr || re == nullptr) return Status::InvalidHandle("event never recorded");
+    // Reached() synchronizes with the worker that stored reached_ns.
+    if (!rs->point.Reached() || !re->point.Reached()) {
+      return Status::Cuda(CUDA_ERROR_NOT_READY, "event not reached yet");
+    }
+    const int64_t ns = re->reached_ns.load(std::memory_order_relaxed) -
+                       rs->reached_ns.load(std::memory_order_relaxed);
+    *milliseconds = static_cast<float>(static_cast<double>(ns) / 1e6);
+    return Status::Ok();
+  }
+
+  // --- modules and functions ------------------------------------------------
+
+  Status LoadModule(Context& ctx, std::span<const uint8_t> image, std::unique_ptr<Module>* out,
+                    ModuleDescription* description) override {
+    image::ImageLayout layout;
+    Status parsed = image::ParseImage(image, &layout);
+    if (!parsed.ok()) return parsed.WithContext("cannot load module");
+    return BuildModule(ctx, layout, out, description);
+  }
+
+  Status LoadLibrary(std::span<const uint8_t> image, std::unique_ptr<Library>* out,
+                     ModuleDescription* description) override {
+    auto library = std::make_unique<HostLibrary>();
+    Status parsed = image::ParseImage(image, &library->layout);
+    if (!parsed.ok()) return parsed.WithContext("cannot load library");
+    // The description is what every context's module will describe.
+    *description = Describe(library->layout);
+    *out = std::move(library);
+    return Status::Ok();
+  }
+
+  Status LoadLibraryModule(Context& ctx, Library& library, std::unique_ptr<Module>* out) override {
+    ModuleDescription ignored;
+    return BuildModule(ctx, static_cast<HostLibrary&>(library).layout, out, &ignored);
+  }
+
+  Status GetFunction(Module& module, std::string_view name, Function** out) override {
+    auto& m = static_cast<HostModule&>(module);
+    // absl here has its own string_view type, distinct from std::string_view.
+    auto it = m.functions_by_name.find(absl::string_view(name.data(), name.size()));
+    if (it == m.functions_by_name.end()) {
+      return Status::NotFound("module has no kernel named " + std::string(name));
+    }
+    *out = it->second;
+    return Status::Ok();
+  }
+
+  Status GetGlobal(Module& module, std::string_view name, uint64_t* dptr,
+                   uint64_t* bytes) override {
+    auto& m = static_cast<HostModule&>(module);
+    auto it = m.globals.find(absl::string_view(name.data(), name.size()));
+    if (it == m.globals.end()) {
+      return Status::NotFound("module has no global named " + std::string(name));
+    }
+    *dptr = reinterpret_cast<uint64_t>(it->second.storage.get());
+    *bytes = it->second.size;
+    return Status::Ok();
+  }
+
+  Status GetFunctionAttribute(Function& function, int attribute, int* value) override {
+    if (attribute < 0 || attribute >= host_internal::kFunctionAttributeCount) {
+      return InvalidValue("unknown function attribute " + std::to_string(attribute));
+    }
+    *value = static_cast<HostFunction&>(function).attribute(attribute);
+    return Status::Ok();
+  }
+
+  Status SetFunctionAttribute(Function& function, int attribute, int value) override {
+    FERRY_RETURN_IF_ERROR(host_internal::CheckSetFunctionAttribute(attribute, value));
+    static_cast<HostFunction&>(function).set_attribute(attribute, value);
+    return Status::Ok();
+  }
+
+  Status SetFunctionCacheConfig(Function& function, int config) override {
+    if (config < CU_FUNC_CACHE_PREFER_NONE || config > CU_FUNC_CACHE_PREFER_EQUAL) {
+      return InvalidValue("unknown cache config " + std::to_string(config));
+    }
+    static_cast<HostFunction&>(function).set_cache_config(config);
+    return Status::Ok();
+  }
+
+  // --- occupancy: the model in device_model.h ---------------------------------
+
+  Status OccupancyMaxActiveBlocks(Function& function, int block_size, uint64_t dynamic_smem_bytes,
+                                  unsigned flags, int* blocks) override {
+    // CU_OCCUPANCY_DISABLE_CACHING_OVERRIDE changes nothing: the model has no
+    // caching mode that trades against occupancy.
+    if ((flags & ~static_cast<unsigned>(CU_OCCUPANCY_DISABLE_CACHING_OVERRIDE)) != 0) {
+      return InvalidValue("unknown occupancy flags " + std::to_string(flags));
+    }
+    return host_internal::MaxActiveBlocksPerMultiprocessor(Resources(function), block_size,
+                                                           dynamic_smem_bytes, blocks);
+  }
+
+  Status OccupancyAvailableDynamicSmem(Function& function, int num_blocks, int block_size,
+                                       uint64_t* bytes) override {
+    return host_internal::AvailableDynamicSharedMemoryPerBlock(Resources(function), num_blocks,
+                                                               block_size, bytes);
+  }
+
+  Status OccupancyMaxPotentialClusterSize(Function& function, const LaunchConfig& config,
+                                          int* cluster_size) override {
+    int threads = 0;
+    FERRY_RETURN_IF_ERROR(BlockThreads(config, &threads));
+    return host_internal::MaxPotentialClusterSize(Resources(function), threads, config.shared_bytes,
+                                                  cluster_size);
+  }
+
+  Status OccupancyMaxActiveClusters(Function& function, const LaunchConfig& config,
+                                    int* clusters) override {
+    int threads = 0;
+    FERRY_RETURN_IF_ERROR(BlockThreads(config, &threads));
+    const auto& c = config.cluster;
+    const bool given = c[0] != 0 || c[1] != 0 || c[2] != 0;
+    if (given && (c[0] == 0 || c[1] == 0 || c[2] == 0)) {
+      return Status::Cuda(CUDA_ERROR_INVALID_CLUSTER_SIZE, "a cluster dimension is 0");
+    }
+    const uint64_t cluster_blocks = given ? uint64_t{c[0]} * c[1] * c[2] : 0;
+    if (cluster_blocks > static_cast<uint64_t>(host_internal::kNonPortableClusterSize)) {
+      *clusters = 0;
+      return Status::Ok();
+    }
+    return host_internal::MaxActiveClusters(Resources(function), threads, config.shared_bytes,
+                                            static_cast<int>(cluster_blocks), clusters);
+  }
+
+ private:
+  static host_internal::KernelResources Resources(Function& function) {
+    auto& f = static_cast<HostFunction&>(function);
+    host_internal::KernelResources r;
+    r.max_threads_per_block = f.attribute(CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK);
+    r.num_regs = f.attribute(CU_FUNC_ATTRIBUTE_NUM_REGS);
+    r.static_shared_bytes = f.attribute(CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES);
+    r.max_dynamic_shared_bytes = f.attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES);
+    r.non_portable_cluster_size_allowed =
+        f.attribute(CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED) != 0;
+    r.required_cluster[0] = f.attribute(CU_FUNC_ATTRIBUTE_REQUIRED_CLUSTER_WIDTH);
+    r.required_cluster[1] = f.attribute(CU_FUNC_ATTRIBUTE_REQUIRED_CLUSTER_HEIGHT);
+    r.required_cluster[2] = f.attribute(CU_FUNC_ATTRIBUTE_REQUIRED_CLUSTER_DEPTH);
+    return r;
+  }
+
+  // Threads per block of `config`, checked against the device's limits.
+  static Status BlockThreads(const LaunchConfig& config, int* threads) {
+    uint64_t product = 1;
+    for (int i = 0; i < 3; ++i) {
+      if (config.block[i] == 0 || config.block[i] > host_internal::kMaxBlockDim[i]) {
+        return InvalidValue("block dimension " + std::to_string(i) + " = " +
+                            std::to_string(config.block[i]) + " out of range");
+      }
+      product *= config.block[i];
+    }
+    if (product > static_cast<uint64_t>(host_internal::kMaxThreadsPerBlock)) {
+      return InvalidValue(std::to_string(product) + " threads per block exceed the device maximum");
+    }
+    *threads = static_cast<int>(product);
+    return Status::Ok();
+  }
+
+  // What an image describes: each kernel and global once, first one wins.
+  static ModuleDescription Describe(const image::ImageLayout& layout) {
+    ModuleDescription desc;
+    absl::flat_hash_map<std::string, bool> seen_kernels, seen_globals;
+    for (const image::KernelLayout& k : layout.kernels) {
+      if (!seen_kernels.emplace(k.name, true).second) continue;
+      KernelDescription kd;
+      kd.name = k.name;
+      for (const image::ParamLayout& p : k.params)
+        kd.params.push_back(KernelParam{p.offset, p.size});
+      desc.kernels.push_back(std::move(kd));
+    }
+    for (const image::GlobalLayout& g : layout.globals) {
+      if (!seen_globals.emplace(g.name, true).second) continue;
+      desc.globals.push_back(GlobalDescription{g.name, g.size});
+    }
+    return desc;
+  }
+
+  // A module of `ctx` with `layout`'s kernels (bound to their host
+  // implementations) and fresh copies of its globals.
+  Status BuildModule(Context& ctx, const image::ImageLayout& layout, std::unique_ptr<Module>* out,
+                     ModuleDescription* description) {
+    auto module = std::make_unique<HostModule>(AsContext(ctx).state());
+    ModuleDescription desc = Describe(layout);
+    for (const KernelDescription& kd : desc.kernels) {
+      auto fn = std::make_unique<HostFunction>(AsContext(ctx).state().get(), kd.name, kd.params,
+                                               FindHostKernel(kd.name));
+      module->functions_by_name.emplace(kd.name, fn.get());
+      module->functions.push_back(std::move(fn));
+    }
+    for (const image::GlobalLayout& g : layout.globals) {
+      if (module->globals.contains(g.name)) continue;
+      // At least one byte, so that even an empty global has a distinct address.
+      std::shared_ptr<void> storage = AllocateDeviceStorage(std::max<uint64_t>(g.size, 1));
+      if (storage == nullptr) {
+        return Status::OutOfMemory("cannot allocate global " + g.name + " (" +
+                                   std::to_string(g.size) + " bytes)");
+      }
+      if (!g.initial.empty()) {
+        std::memcpy(storage.get(), g.initial.data(), std::min<uint64_t>(g.initial.size(), g.size));
+      }
+      module->globals.emplace(g.name, HostModule::Global{std::move(storage), g.size});
+    }
+    *description = std::move(desc);
+    *out = std::move(module);
+    return Status::Ok();
+  }
+
+  struct Allocation {
+    std::shared_ptr<void> storage;
+    uint64_t bytes = 0;  // as accounted (rounded up)
+    int device = 0;
+    const ContextState* owner = nullptr;  // identity only
+  };
+
+  // The GpuBackend contract hands back only objects this backend created.
+  static HostContext& AsContext(Context& ctx) { return static_cast<HostContext&>(ctx); }
+  static HostStream& AsStream(Stream& stream) { return static_cast<HostStream&>(stream); }
+
+  Status Allocate(const ContextState* owner, int device, uint64_t bytes, uint64_t* dptr) {
+    if (bytes == 0) return InvalidValue("cannot allocate 0 bytes");
+    uint64_t rounded;
+    if (!RoundUp(bytes, host_internal::kAllocationAlignment, &rounded)) {
+      return Status::OutOfMemory("allocation of " + std::to_string(bytes) + " bytes overflows");
+    }
+    {
+      // Reserve first, so that concurrent allocations cannot both pass.
+      std::lock_guard<std::mutex> lock(mu_);
+      if (rounded > device_memory_[device] - used_[device]) {
+        return Status::OutOfMemory("cannot allocate " + std::to_string(bytes) +
+                                   " bytes on device " + std::to_string(device) + ": " +
+                                   std::to_string(device_memory_[device] - used_[device]) + " of " +
+                                   std::to_string(device_memory_[device]) + " bytes free");
+      }
+      used_[device] += rounded;
+    }
+    std::shared_ptr<void> storage = AllocateDeviceStorage(rounded);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (storage == nullptr) {
+      used_[device] -= rounded;
+      return Status::OutOfMemory("host memory exhausted allocating " + std::to_string(bytes) +
+                                 " bytes");
+    }
+    *dptr = reinterpret_cast<uint64_t>(storage.get());
+    allocations_.emplace(*dptr, Allocation{std::move(storage), rounded, device, owner});
+    return Status::Ok();
+  }
+
+  // Drops `storage` once every stream of `ctx` has finished the work queued
+  // so far (at once if there is none).
+  void ReleaseAfterWork(ContextState& ctx, std::shared_ptr<void> storage) {
+    std::vector<StreamPoint> pending;
+    for (StreamPoint& p : ctx.Tails()) {
+      if (!p.Reached()) pending.push_back(std::move(p));
+    }
+    if (pending.empty()) return;  // `storage` goes now
+    WhenAllReached(std::move(pending),
+                   [storage = std::move(storage)](Status) mutable { storage.reset(); });
+  }
+
+  // Calls `done` on the completion thread once every point is reached, with
+  // the first failure among the streams, if any.
+  void WhenAllReached(std::vector<StreamPoint> points, Completion done) {
+    if (points.empty()) {
+      completions_->Post([done = std::move(done)] { done(Status::Ok()); });
+      return;
+    }
+    struct Join {
+      std::atomic<size_t> remaining;
+      std::mutex mu;
+      Status first_error;
+      Completion done;
+    };
+    auto join = std::make_shared<Join>();
+    join->remaining = points.size();
+    join->done = std::move(done);
+    for (const StreamPoint& p : points) {
+      p.queue->WhenReached(p.seq, [join](Status s) {
+        if (!s.ok()) {
+          std::lock_guard<std::mutex> lock(join->mu);
+          if (join->first_error.ok()) join->first_error = s;
+        }
+        if (join->remaining.fetch_sub(1) == 1) {
+          Completion done = std::move(join->done);
+          done(join->first_error);
+        }
+      });
+    }
+  }
+
+  // Appends `op` to `stream` after `after` and after what legacy-stream
+  // semantics order before it (see the file comment). Returns its point.
+  StreamPoint Append(Stream& stream, std::vector<StreamPoint> after, std::function<void()> op) {
+    std::lock_guard<std::mutex> lock(AsStream(stream).ctx().mu);
+    return AppendLocked(stream, std::move(after), std::move(op));
+  }
+  // Append with the stream's ContextState::mu held by the caller.
+  StreamPoint AppendLocked(Stream& stream, std::vector<StreamPoint> after,
+                           std::function<void()> op) {
+    HostStream& s = AsStream(stream);
+    ContextState& c = s.ctx();
+    auto add_if_pending = [&after](StreamPoint p) {
+      if (!p.Reached()) after.push_back(std::move(p));
+    };
+    if (s.legacy()) {
+      for (const ContextState::StreamEntry& e : c.streams) {
+        if (!e.non_blocking) add_if_pending(e.queue->Tail());
+      }
+    } else if (!s.non_blocking()) {
+      add_if_pending(c.legacy->Tail());
+    }
+    return s.queue().Enqueue(std::move(after), std::move(op));
+  }
+
+  Status CheckLaunchConfig(HostFunction& f, const LaunchConfig& config) {
+    uint64_t threads = 1;
+    for (int i = 0; i < 3; ++i) {
+      if (config.grid[i] == 0 || config.grid[i] > host_internal::kMaxGridDim[i]) {
+        return InvalidValue("grid dimension " + std::to_string(i) + " = " +
+                            std::to_string(config.grid[i]) + " out of range");
+      }
+      if (config.block[i] == 0 || config.block[i] > host_internal::kMaxBlockDim[i]) {
+        return InvalidValue("block dimension " + std::to_string(i) + " = " +
+                            std::to_string(config.block[i]) + " out of range");
+      }
+      threads *= config.block[i];
+    }
+    if (threads > static_cast<uint64_t>(f.attribute(CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK))) {
+      return InvalidValue(std::to_string(threads) + " threads per block exceed the maximum");
+    }
+    if (config.shared_bytes >
+        static_cast<uint32_t>(f.attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES))) {
+      return InvalidValue(std::to_string(config.shared_bytes) +
+                          " bytes of dynamic shared memory exceed the kernel's maximum "
+                          "(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES)");
+    }
+    const auto& cl = config.cluster;
+    if (cl[0] != 0 || cl[1] != 0 || cl[2] != 0) {
+      const uint64_t max_cluster =
+          f.attribute(CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED) != 0
+              ? host_internal::kNonPortableClusterSize
+              : host_internal::kPortableClusterSize;
+      uint64_t cluster_blocks = 1;
+      for (int i = 0; i < 3; ++i) {
+        if (cl[i] == 0 || config.grid[i] % cl[i] != 0) {
+          return Status::Cuda(CUDA_ERROR_INVALID_CLUSTER_SIZE,
+                              "cluster dimensions must be non-zero and divide the grid");
+        }
+        cluster_blocks *= cl[i];
+      }
+      if (cluster_blocks > max_cluster) {
+        return Status::Cuda(
+            CUDA_ERROR_INVALID_CLUSTER_SIZE,
+            "cluster of " + std::to_string(cluster_blocks) + " blocks is too large");
+      }
+    }
+    return Status::Ok();
+  }
+
+  ferry_host_kernel_fn FindHostKernel(const std::string& name) const {
+    const std::string symbol = FERRY_HOST_KERNEL_PREFIX + name;
+    for (const KernelLibrary& lib : libraries_) {
+      if (void* sym = dlsym(lib.handle, symbol.c_str())) {
+        return reinterpret_cast<ferry_host_kernel_fn>(sym);
+      }
+    }
+    return nullptr;
+  }
+
+  const std::vector<uint64_t> device_memory_;  // per device
+  const std::vector<KernelLibrary> libraries_;
+  std::vector<DeviceDescription> devices_;  // fixed after construction
+
+  std::mutex mu_;
+  absl::flat_hash_map<uint64_t, Allocation> allocations_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint64_t> used_ ABSL_GUARDED_BY(mu_);  // accounted bytes per device
+
+  std::unique_ptr<CompletionThread> completions_;
+};
+
+HostContext::~HostContext() {
+  legacy_.reset();  // drains the legacy stream
+  backend_->ReleaseContextAllocations(*state_);
+}
+
+}  // namespace
+
+Status CreateHostBackend(const HostBackendOptions& options, std::unique_ptr<GpuBackend>* out) {
+  if (!options.device_memories.empty()) {
+    if (options.device_memories.size() > 64) {
+      return Status::InvalidArgument("host backend: at most 64 devices, not " +
+                                     std::to_string(options.device_memories.size()));
+    }
+    for (uint64_t memory : options.device_memories) {
+      if (memory == 0)
+        return Status::InvalidArgument("host backend: device memory must be positive");
+    }
+  } else if (options.device_count < 1 || options.device_count > 64) {
+    return Status::InvalidArgument("host backend: device_count must be 1..64, not " +
+                                   std::to_string(options.device_count));
+  } else if (options.device_memory == 0) {
+    return Status::InvalidArgument("host backend: device_memory must be positive");
+  }
+  std::vector<KernelLibrary> libraries;
+  auto close_all = [&libraries] {
+    for (const KernelLibrary& lib : libraries) dlclose(lib.handle);
+  };
+  for (const std::string& path : options.kernel_libraries) {
+    // RTLD_LOCAL: two libraries may define the same helper symbols; each
+    // kernel is looked up by handle, in the order given.
+    void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (handle == nullptr) {
+      const char* why = dlerror();
+      close_all();
+      return Status::InvalidArgument("cannot load --host-kernels library '" + path +
+                                     "': " + (why != nullptr ? why : "unknown dlopen error"));
+    }
+    libraries.push_back(KernelLibrary{path, handle});
+  }
+  try {
+    *out = std::make_unique<HostBackend>(options, std::move(libraries));
+  } catch (const std::system_error& e) {  // the completion thread could not start
+    close_all();
+    return Status::Internal(std::string("host backend: ") + e.what());
+  }
+  return Status::Ok();
+}
+
+}  // namespace ferry::backend

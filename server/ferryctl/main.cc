@@ -1,0 +1,458 @@
+// ferryctl: the operator's tool.
+//
+//   ferryctl status [-o table|json]        sessions, GPUs, pools, slices, queue
+//   ferryctl reload                        re-read ferryd's config file
+//   ferryctl rebind GPU POOL [--preempt | --drain] [--grace DURATION]
+//   ferryctl drain GPU                     no new borrows on GPU
+//   ferryctl undrain GPU                   take borrows again
+//   every command: [--server HOST:PORT]
+//
+// The server address defaults to FERRY_SERVER, the address clients use.
+// `ferryctl test-advance-clock DURATION` moves the fake clock of a ferryd
+// started with --test-fake-clock; it exists for tests only.
+// Exit status: 0 on success, 1 when the server cannot be reached or refuses,
+// 2 on bad usage.
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "common/frame.h"
+#include "common/log.h"
+#include "common/transport.h"
+#include "common/units.h"
+
+namespace ferry {
+namespace {
+
+constexpr const char* kUsage =
+    "usage: ferryctl status [-o table|json]\n"
+    "       ferryctl reload\n"
+    "       ferryctl rebind GPU POOL [--preempt | --drain] [--grace DURATION]\n"
+    "       ferryctl drain GPU\n"
+    "       ferryctl undrain GPU\n"
+    "  every command takes --server HOST:PORT (default: $FERRY_SERVER)\n";
+
+std::string JsonString(std::string_view s) {
+  std::string out = "\"";
+  for (char c : s) {
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          char buf[8];
+          snprintf(buf, sizeof(buf), "\\u%04x", c);
+          out += buf;
+        } else {
+          out += c;
+        }
+    }
+  }
+  return out + "\"";
+}
+
+// Builds one JSON object: Add("key", raw JSON value).
+class JsonObject {
+ public:
+  JsonObject& Add(std::string_view key, const std::string& raw) {
+    out_ += (out_.empty() ? "{" : ",") + JsonString(key) + ":" + raw;
+    return *this;
+  }
+  JsonObject& Str(std::string_view key, std::string_view value) {
+    return Add(key, JsonString(value));
+  }
+  JsonObject& Num(std::string_view key, long long value) { return Add(key, std::to_string(value)); }
+  JsonObject& Real(std::string_view key, double value) {
+    char buf[32];
+    snprintf(buf, sizeof(buf), "%.6g", value);
+    return Add(key, buf);
+  }
+  JsonObject& Bool(std::string_view key, bool value) { return Add(key, value ? "true" : "false"); }
+  std::string Done() const { return out_.empty() ? "{}" : out_ + "}"; }
+
+ private:
+  std::string out_;
+};
+
+std::string JsonArray(const std::vector<std::string>& items) {
+  std::string out = "[";
+  for (size_t i = 0; i < items.size(); ++i) out += (i ? "," : "") + items[i];
+  return out + "]";
+}
+
+std::string HumanBytes(uint64_t bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double value = static_cast<double>(bytes);
+  int unit = 0;
+  while (value >= 1024 && unit < 4) {
+    value /= 1024;
+    ++unit;
+  }
+  char buf[32];
+  snprintf(buf, sizeof(buf), unit == 0 ? "%.0f %s" : "%.1f %s", value, units[unit]);
+  return buf;
+}
+
+// "2026-03-10 12:00:00 UTC"; "-" for 0 (none).
+std::string UtcTime(int64_t unix_ms) {
+  if (unix_ms == 0) return "-";
+  const time_t seconds = static_cast<time_t>(unix_ms / 1000);
+  std::tm tm{};
+  gmtime_r(&seconds, &tm);
+  char buf[40];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%d %H:%M:%S UTC", &tm);
+  return buf;
+}
+
+Status Connect(const std::string& server, std::unique_ptr<Transport>* transport) {
+  FERRY_RETURN_IF_ERROR(ConnectTransport(server, std::chrono::seconds(5), transport));
+  capnp::MallocMessageBuilder message;
+  auto hello = message.initRoot<wire::Hello>();
+  hello.setProtocolVersion(wire::PROTOCOL_VERSION);
+  hello.setRole(wire::Hello::Role::CONTROL);
+  hello.setPid(static_cast<uint32_t>(getpid()));
+  hello.setProgram("ferryctl");
+  FERRY_RETURN_IF_ERROR(WriteFrame(**transport, wire::FrameKind::HELLO, message));
+  Frame frame;
+  FERRY_RETURN_IF_ERROR(ReadFrame(**transport, &frame));
+  if (frame.kind != wire::FrameKind::HELLO_REPLY) return Status::Malformed("unexpected reply");
+  capnp::FlatArrayMessageReader reader(frame.words, PeerReaderOptions());
+  return StatusFromWire(reader.getRoot<wire::HelloReply>().getStatus());
+}
+
+// Sends one request built by `fill`, then hands the reply to `use`.
+int Request(const std::string& server,
+            const std::function<void(wire::ControlRequest::Builder)>& fill,
+            const std::function<int(wire::ControlReply::Reader)>& use) {
+  std::unique_ptr<Transport> transport;
+  Status status = Connect(server, &transport);
+  if (!status.ok()) {
+    std::fprintf(stderr, "ferryctl: %s\n", status.message().c_str());
+    return 1;
+  }
+  capnp::MallocMessageBuilder message;
+  fill(message.initRoot<wire::ControlRequest>());
+  Frame frame;
+  status = WriteFrame(*transport, wire::FrameKind::CONTROL_REQUEST, message);
+  if (status.ok()) status = ReadFrame(*transport, &frame);
+  if (status.ok() && frame.kind != wire::FrameKind::CONTROL_REPLY) {
+    status = Status::Malformed("unexpected frame from the server");
+  }
+  if (!status.ok()) {
+    std::fprintf(stderr, "ferryctl: %s: %s\n", server.c_str(), status.message().c_str());
+    return 1;
+  }
+  try {
+    capnp::FlatArrayMessageReader reader(frame.words, PeerReaderOptions());
+    auto reply = reader.getRoot<wire::ControlReply>();
+    status = StatusFromWire(reply.getStatus());
+    if (!status.ok()) {
+      std::fprintf(stderr, "ferryctl: %s: %s\n", server.c_str(), status.message().c_str());
+      return 1;
+    }
+    return use(reply);
+  } catch (const kj::Exception& e) {
+    std::fprintf(stderr, "ferryctl: bad reply from %s: %s\n", server.c_str(),
+                 e.getDescription().cStr());
+    return 1;
+  }
+}
+
+// Prints what a reload, rebind or drain did.
+int PrintMessage(wire::ControlReply::Reader reply) {
+  std::fputs(reply.getMessage().cStr(), stdout);
+  return 0;
+}
+
+std::string PoolJson(wire::PoolStatus::Reader pool) {
+  JsonObject out;
+  out.Bool("enabled", pool.getEnabled());
+  if (!pool.getEnabled()) return out.Done();
+  out.Str("config_file", pool.getConfigFile().cStr())
+      .Num("now_unix_ms", pool.getNowUnixMs())
+      .Bool("test_clock", pool.getTestClock());
+  std::vector<std::string> gpus;
+  for (auto g : pool.getGpus()) {
+    std::vector<std::string> holders;
+    for (auto h : g.getHolders()) {
+      holders.push_back(JsonObject()
+                            .Num("session", static_cast<long long>(h.getSessionId()))
+                            .Str("pool", h.getPool().cStr())
+                            .Num("slice", h.getSlice())
+                            .Num("slices_per_gpu", h.getSlicesPerGpu())
+                            .Num("memory_quota", static_cast<long long>(h.getMemoryQuota()))
+                            .Num("memory_used", static_cast<long long>(h.getMemoryUsed()))
+                            .Real("compute_share", h.getComputeShare())
+                            .Str("mechanism", h.getMechanism().cStr())
+                            .Str("host", h.getHost().cStr())
+                            .Num("pid", h.getPid())
+                            .Str("program", h.getProgram().cStr())
+                            .Num("since_unix_ms", h.getSinceUnixMs())
+                            .Num("drain_deadline_unix_ms", h.getDrainDeadlineUnixMs())
+                            .Bool("preempting", h.getPreempting())
+                            .Done());
+    }
+    gpus.push_back(JsonObject()
+                       .Num("index", g.getIndex())
+                       .Str("pool", g.getPool().cStr())
+                       .Str("source", g.getSource().cStr())
+                       .Str("window", g.getWindow().cStr())
+                       .Bool("drained", g.getDrained())
+                       .Num("memory", static_cast<long long>(g.getMemory()))
+                       .Num("slices_per_gpu", g.getSlicesPerGpu())
+                       .Num("free_slices", g.getFreeSlices())
+                       .Num("next_change_unix_ms", g.getNextChangeUnixMs())
+                       .Str("next_pool", g.getNextPool().cStr())
+                       .Add("holders", JsonArray(holders))
+                       .Done());
+  }
+  out.Add("gpus", JsonArray(gpus));
+  std::vector<std::string> queue;
+  for (auto w : pool.getQueue()) {
+    queue.push_back(JsonObject()
+                        .Num("position", w.getPosition())
+                        .Num("session", static_cast<long long>(w.getSessionId()))
+                        .Str("pool", w.getPool().cStr())
+                        .Num("gpus", w.getGpus())
+                        .Str("host", w.getHost().cStr())
+                        .Num("pid", w.getPid())
+                        .Str("program", w.getProgram().cStr())
+                        .Num("since_unix_ms", w.getSinceUnixMs())
+                        .Num("deadline_unix_ms", w.getDeadlineUnixMs())
+                        .Done());
+  }
+  out.Add("queue", JsonArray(queue));
+  out.Add("next_change", JsonObject()
+                             .Num("unix_ms", pool.getNextChangeUnixMs())
+                             .Num("gpu", pool.getNextChangeGpu())
+                             .Str("pool", pool.getNextChangePool().cStr())
+                             .Done());
+  return out.Done();
+}
+
+void PrintPoolTable(wire::PoolStatus::Reader pool) {
+  if (!pool.getEnabled()) {
+    std::printf("\nno pools: every session gets every device, whole\n");
+    return;
+  }
+  std::printf("\npools (config %s), now %s%s\n", pool.getConfigFile().cStr(),
+              UtcTime(pool.getNowUnixMs()).c_str(),
+              pool.getTestClock() ? " (TEST fake clock)" : "");
+  std::printf("%-4s %-10s %-9s %-34s %6s %5s %10s  %s\n", "GPU", "POOL", "SOURCE", "WINDOW",
+              "SLICES", "FREE", "MEMORY", "NEXT CHANGE");
+  for (auto g : pool.getGpus()) {
+    std::string next = "-";
+    if (g.getNextChangeUnixMs() != 0) {
+      next = UtcTime(g.getNextChangeUnixMs()) + " -> " + g.getNextPool().cStr();
+    }
+    std::string window = g.getWindow().size() > 0 ? g.getWindow().cStr() : "-";
+    std::printf("%-4u %-10s %-9s %-34s %6u %5u %10s  %s%s\n", g.getIndex(), g.getPool().cStr(),
+                g.getSource().cStr(), window.c_str(), g.getSlicesPerGpu(), g.getFreeSlices(),
+                HumanBytes(g.getMemory()).c_str(), next.c_str(),
+                g.getDrained() ? "  [DRAINED]" : "");
+    for (auto h : g.getHolders()) {
+      const std::string slice =
+          std::to_string(h.getSlice() + 1) + "/" + std::to_string(h.getSlicesPerGpu());
+      const std::string who = std::string(h.getProgram().cStr()) + "@" + h.getHost().cStr();
+      const std::string memory =
+          HumanBytes(h.getMemoryUsed()) + " / " + HumanBytes(h.getMemoryQuota());
+      std::string state = "holding";
+      if (h.getPreempting()) {
+        state = "preempting";
+      } else if (h.getDrainDeadlineUnixMs() != 0) {
+        state = "draining until " + UtcTime(h.getDrainDeadlineUnixMs());
+      }
+      std::printf(
+          "     slice %-5s session %-5llu %-8s %-24s pid %-7u since %s  %s  share %.3g by %s  %s\n",
+          slice.c_str(), static_cast<unsigned long long>(h.getSessionId()), h.getPool().cStr(),
+          who.c_str(), h.getPid(), UtcTime(h.getSinceUnixMs()).c_str(), memory.c_str(),
+          h.getComputeShare(), h.getMechanism().cStr(), state.c_str());
+    }
+  }
+  auto queue = pool.getQueue();
+  std::printf("queue: %u waiting\n", queue.size());
+  for (auto w : queue) {
+    const std::string who = std::string(w.getProgram().cStr()) + "@" + w.getHost().cStr();
+    std::printf("  #%-3u pool %-10s %u GPU(s)  session %-5llu %-24s pid %-7u since %s  until %s\n",
+                w.getPosition(), w.getPool().cStr(), w.getGpus(),
+                static_cast<unsigned long long>(w.getSessionId()), who.c_str(), w.getPid(),
+                UtcTime(w.getSinceUnixMs()).c_str(), UtcTime(w.getDeadlineUnixMs()).c_str());
+  }
+  if (pool.getNextChangeUnixMs() != 0) {
+    std::printf("next scheduled change: %s, GPU %d -> pool %s\n",
+                UtcTime(pool.getNextChangeUnixMs()).c_str(), pool.getNextChangeGpu(),
+                pool.getNextChangePool().cStr());
+  } else {
+    std::printf("next scheduled change: none\n");
+  }
+}
+
+int PrintStatus(const std::string& server, const std::string& format,
+                wire::ControlReply::Reader reply) {
+  auto sessions = reply.getSessions();
+  if (format == "json") {
+    std::vector<std::string> list;
+    for (auto s : sessions) {
+      list.push_back(JsonObject()
+                         .Num("id", static_cast<long long>(s.getId()))
+                         .Str("client", s.getClient().cStr())
+                         .Num("pid", s.getPid())
+                         .Str("host", s.getHost().cStr())
+                         .Str("program", s.getProgram().cStr())
+                         .Num("bytes_allocated", static_cast<long long>(s.getBytesAllocated()))
+                         .Num("allocations", static_cast<long long>(s.getAllocations()))
+                         .Num("contexts", s.getContexts())
+                         .Num("streams", s.getStreams())
+                         .Num("events", s.getEvents())
+                         .Num("modules", s.getModules())
+                         .Num("since_unix_ms", s.getSinceUnixMs())
+                         .Done());
+    }
+    std::string out = JsonObject()
+                          .Str("server", server)
+                          .Str("backend", reply.getBackend().cStr())
+                          .Add("sessions", JsonArray(list))
+                          .Add("pool", PoolJson(reply.getPool()))
+                          .Done();
+    std::printf("%s\n", out.c_str());
+    return 0;
+  }
+  std::printf("server %s (%s backend): %u session(s)\n", server.c_str(), reply.getBackend().cStr(),
+              sessions.size());
+  if (sessions.size() > 0) {
+    std::printf("%-6s %-22s %-8s %-24s %12s %6s %4s %7s %6s %7s\n", "ID", "CLIENT", "PID",
+                "PROGRAM@HOST", "ALLOCATED", "ALLOCS", "CTX", "STREAMS", "EVENTS", "MODULES");
+  }
+  for (auto s : sessions) {
+    std::string who = std::string(s.getProgram().cStr()) + "@" + s.getHost().cStr();
+    std::printf("%-6llu %-22s %-8u %-24s %12s %6llu %4u %7u %6u %7u\n",
+                static_cast<unsigned long long>(s.getId()), s.getClient().cStr(), s.getPid(),
+                who.c_str(), HumanBytes(s.getBytesAllocated()).c_str(),
+                static_cast<unsigned long long>(s.getAllocations()), s.getContexts(),
+                s.getStreams(), s.getEvents(), s.getModules());
+  }
+  PrintPoolTable(reply.getPool());
+  return 0;
+}
+
+bool ParseGpu(const std::string& text, uint32_t* gpu) {
+  char* end = nullptr;
+  const long value = std::strtol(text.c_str(), &end, 10);
+  if (text.empty() || *end != '\0' || value < 0 || value > 1023) return false;
+  *gpu = static_cast<uint32_t>(value);
+  return true;
+}
+
+int Usage(const std::string& why) {
+  std::fprintf(stderr, "ferryctl: %s\n%s", why.c_str(), kUsage);
+  return 2;
+}
+
+int Main(int argc, char** argv) {
+  SetLogProgram("ferryctl");
+  if (argc < 2) {
+    std::fputs(kUsage, stderr);
+    return 2;
+  }
+  const std::string command = argv[1];
+  if (command == "--help" || command == "-h" || command == "help") {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  const char* env = std::getenv("FERRY_SERVER");
+  std::string server = env != nullptr ? env : "";
+  std::string format = "table";
+  std::string policy;
+  int64_t grace_ms = -1;
+  std::vector<std::string> positional;
+  for (int i = 2; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if ((arg == "--server" || arg == "-s") && i + 1 < argc) {
+      server = argv[++i];
+    } else if ((arg == "-o" || arg == "--output") && i + 1 < argc && command == "status") {
+      format = argv[++i];
+      if (format != "table" && format != "json") return Usage("-o must be table or json");
+    } else if ((arg == "--preempt" || arg == "--drain") && command == "rebind") {
+      policy = arg.substr(2);
+    } else if (arg == "--grace" && i + 1 < argc && command == "rebind") {
+      std::chrono::milliseconds ms{};
+      if (!ParseDuration(argv[++i], &ms))
+        return Usage(std::string("bad --grace '") + argv[i] + "'");
+      grace_ms = ms.count();
+    } else if (!arg.empty() && arg[0] != '-') {
+      positional.push_back(arg);
+    } else {
+      return Usage("unknown argument '" + arg + "'");
+    }
+  }
+  if (server.empty()) {
+    std::fprintf(stderr, "ferryctl: no server: pass --server HOST:PORT or set FERRY_SERVER\n");
+    return 2;
+  }
+  auto want = [&](size_t n) { return positional.size() == n; };
+  if (command == "status" && want(0)) {
+    return Request(
+        server, [](wire::ControlRequest::Builder r) { r.setStatus(); },
+        [&](wire::ControlReply::Reader reply) { return PrintStatus(server, format, reply); });
+  }
+  if (command == "reload" && want(0)) {
+    return Request(
+        server, [](wire::ControlRequest::Builder r) { r.setReload(); }, PrintMessage);
+  }
+  if (command == "rebind" && want(2)) {
+    uint32_t gpu = 0;
+    if (!ParseGpu(positional[0], &gpu)) return Usage("'" + positional[0] + "' is not a GPU index");
+    return Request(
+        server,
+        [&](wire::ControlRequest::Builder r) {
+          auto args = r.initRebind();
+          args.setGpu(gpu);
+          args.setPool(positional[1]);
+          args.setPolicy(policy);
+          args.setGraceMs(grace_ms);
+        },
+        PrintMessage);
+  }
+  if ((command == "drain" || command == "undrain") && want(1)) {
+    uint32_t gpu = 0;
+    if (!ParseGpu(positional[0], &gpu)) return Usage("'" + positional[0] + "' is not a GPU index");
+    return Request(
+        server,
+        [&](wire::ControlRequest::Builder r) {
+          auto args = r.initDrain();
+          args.setGpu(gpu);
+          args.setDrained(command == "drain");
+        },
+        PrintMessage);
+  }
+  if (command == "test-advance-clock" && want(1)) {
+    // Tests only: ferryd refuses it unless started with --test-fake-clock.
+    std::chrono::milliseconds ms{};
+    if (!ParseDuration(positional[0], &ms)) return Usage("bad duration '" + positional[0] + "'");
+    return Request(
+        server, [&](wire::ControlRequest::Builder r) { r.setTestAdvanceClock(ms.count()); },
+        PrintMessage);
+  }
+  return Usage("bad command line for '" + command + "'");
+}
+
+}  // namespace
+}  // namespace ferry
+
+int main(int argc, char** argv) { return ferry::Main(argc, argv); }

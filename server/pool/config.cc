@@ -1,0 +1,406 @@
+#include "server/pool/config.h"
+
+#include <toml++/toml.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "common/units.h"
+
+namespace ferry::pool {
+namespace {
+
+// What the parser says about a node's type, for messages.
+std::string TypeName(const toml::node& node) {
+  std::ostringstream out;
+  out << node.type();
+  return out.str();
+}
+
+bool ValidPoolName(std::string_view name) {
+  if (name.empty() || name.size() > 64) return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '-';
+  });
+}
+
+// Reads one file's tables into a Config; every error names file, line, key.
+class Reader {
+ public:
+  explicit Reader(const std::string& path) : path_(path.empty() ? "<config>" : path) {}
+
+  Status Read(const toml::table& root, Config* config) {
+    // [server] first: its on_rebind and grace are the schedules' defaults.
+    for (auto&& [key, node] : root) {
+      const std::string name(key.str());
+      if (name != "server" && name != "gpu" && name != "pool" && name != "schedule") {
+        return Error(key.source(), name,
+                     "unknown key (the top level has [server], [[gpu]], [pool.NAME] and "
+                     "[[schedule]])");
+      }
+    }
+    if (const toml::node* server = root.get("server")) {
+      FERRY_RETURN_IF_ERROR(ReadServer(*server, &config->server));
+    }
+    if (const toml::node* gpus = root.get("gpu")) FERRY_RETURN_IF_ERROR(ReadGpus(*gpus, config));
+    if (const toml::node* pools = root.get("pool"))
+      FERRY_RETURN_IF_ERROR(ReadPools(*pools, config));
+    if (const toml::node* schedules = root.get("schedule")) {
+      FERRY_RETURN_IF_ERROR(ReadSchedules(*schedules, config));
+    }
+    return Validate(root, *config);
+  }
+
+ private:
+  Status Error(const toml::source_region& where, std::string_view key, std::string_view what) {
+    return Status::InvalidArgument(path_ + ":" + std::to_string(where.begin.line) + ": " +
+                                   std::string(key) + ": " + std::string(what));
+  }
+  Status WrongType(const toml::node& node, std::string_view key, std::string_view expected) {
+    return Error(node.source(), key,
+                 "expected " + std::string(expected) + ", not " + TypeName(node));
+  }
+
+  Status String(const toml::node& node, std::string_view key, std::string* out) {
+    if (!node.is_string()) return WrongType(node, key, "a string");
+    *out = node.as_string()->get();
+    return Status::Ok();
+  }
+  Status Strings(const toml::node& node, std::string_view key, bool allow_single,
+                 std::vector<std::string>* out) {
+    out->clear();
+    if (allow_single && node.is_string()) {
+      out->push_back(node.as_string()->get());
+      return Status::Ok();
+    }
+    const char* expected = allow_single ? "a string or an array of strings" : "an array of strings";
+    if (!node.is_array()) return WrongType(node, key, expected);
+    for (const toml::node& item : *node.as_array()) {
+      if (!item.is_string()) return WrongType(item, key, expected);
+      out->push_back(item.as_string()->get());
+    }
+    return Status::Ok();
+  }
+  Status Integer(const toml::node& node, std::string_view key, int64_t min, int64_t max,
+                 int64_t* out) {
+    if (!node.is_integer()) return WrongType(node, key, "an integer");
+    const int64_t value = node.as_integer()->get();
+    if (value < min || value > max) {
+      return Error(node.source(), key,
+                   std::to_string(value) + " is out of range (" + std::to_string(min) + " to " +
+                       std::to_string(max) + ")");
+    }
+    *out = value;
+    return Status::Ok();
+  }
+  Status Duration(const toml::node& node, std::string_view key, absl::Duration* out) {
+    std::string text;
+    FERRY_RETURN_IF_ERROR(String(node, key, &text));
+    std::chrono::milliseconds ms;
+    if (!ParseDuration(text, &ms)) {
+      return Error(node.source(), key,
+                   "'" + text + "' is not a duration (e.g. \"30s\", \"15m\", \"1h30m\")");
+    }
+    *out = absl::FromChrono(ms);
+    return Status::Ok();
+  }
+  Status Policy(const toml::node& node, std::string_view key, RebindPolicy* out) {
+    std::string text;
+    FERRY_RETURN_IF_ERROR(String(node, key, &text));
+    if (text == "drain") {
+      *out = RebindPolicy::kDrain;
+    } else if (text == "preempt") {
+      *out = RebindPolicy::kPreempt;
+    } else {
+      return Error(node.source(), key, "'" + text + "' is not \"drain\" or \"preempt\"");
+    }
+    return Status::Ok();
+  }
+  Status Time(const toml::node& node, std::string_view key, TimeOfDay* out) {
+    if (node.is_time()) {
+      const toml::time t = node.as_time()->get();
+      if (t.nanosecond != 0)
+        return Error(node.source(), key, "fractions of a second are not allowed");
+      *out = TimeOfDay{t.hour, t.minute, t.second};
+      return Status::Ok();
+    }
+    if (node.is_string()) {
+      Status status = ParseTimeOfDay(node.as_string()->get(), out);
+      if (!status.ok()) return Error(node.source(), key, status.message());
+      return Status::Ok();
+    }
+    return WrongType(node, key, "a time of day (20:00:00 or \"20:00\")");
+  }
+  const toml::table* Table(const toml::node& node) { return node.as_table(); }
+
+  Status ReadServer(const toml::node& node, ServerConfig* server) {
+    if (!node.is_table()) return WrongType(node, "server", "a table ([server])");
+    for (auto&& [key_node, value] : *node.as_table()) {
+      const std::string key = "server." + std::string(key_node.str());
+      const std::string_view name = key_node.str();
+      if (name == "listen") {
+        std::vector<std::string> listen;
+        FERRY_RETURN_IF_ERROR(Strings(value, key, true, &listen));
+        if (listen.empty()) return Error(value.source(), key, "needs at least one HOST:PORT");
+        server->listen = listen;
+      } else if (name == "backend") {
+        std::string backend;
+        FERRY_RETURN_IF_ERROR(String(value, key, &backend));
+        if (backend != "cuda" && backend != "host" && backend != "auto") {
+          return Error(value.source(), key,
+                       "'" + backend + "' is not \"cuda\", \"host\" or \"auto\"");
+        }
+        server->backend = backend;
+      } else if (name == "default_pool") {
+        FERRY_RETURN_IF_ERROR(String(value, key, &server->default_pool));
+      } else if (name == "cuda_driver") {
+        std::string path;
+        FERRY_RETURN_IF_ERROR(String(value, key, &path));
+        server->cuda_driver = path;
+      } else if (name == "host_kernels") {
+        std::vector<std::string> libraries;
+        FERRY_RETURN_IF_ERROR(Strings(value, key, false, &libraries));
+        server->host_kernels = libraries;
+      } else if (name == "log_level") {
+        std::string level;
+        FERRY_RETURN_IF_ERROR(String(value, key, &level));
+        if (level != "debug" && level != "info" && level != "warning" && level != "error") {
+          return Error(value.source(), key, "'" + level + "' is not debug, info, warning or error");
+        }
+        server->log_level = level;
+      } else if (name == "on_rebind") {
+        FERRY_RETURN_IF_ERROR(Policy(value, key, &server->on_rebind));
+      } else if (name == "grace") {
+        FERRY_RETURN_IF_ERROR(Duration(value, key, &server->grace));
+      } else {
+        return Error(key_node.source(), key,
+                     "unknown key ([server] has listen, backend, default_pool, cuda_driver, "
+                     "host_kernels, log_level, on_rebind, grace)");
+      }
+    }
+    return Status::Ok();
+  }
+
+  Status ReadGpus(const toml::node& node, Config* config) {
+    if (!node.is_array_of_tables()) return WrongType(node, "gpu", "an array of tables ([[gpu]])");
+    std::set<int> seen;
+    int n = 0;
+    for (const toml::node& item : *node.as_array()) {
+      const std::string prefix = "gpu[" + std::to_string(n++) + "]";
+      GpuConfig gpu;
+      gpu.line = static_cast<int>(item.source().begin.line);
+      bool has_index = false;
+      for (auto&& [key_node, value] : *item.as_table()) {
+        const std::string key = prefix + "." + std::string(key_node.str());
+        if (key_node.str() == "index") {
+          int64_t index = 0;
+          FERRY_RETURN_IF_ERROR(Integer(value, key, 0, 63, &index));
+          gpu.index = static_cast<int>(index);
+          has_index = true;
+        } else if (key_node.str() == "memory") {
+          uint64_t bytes = 0;
+          if (value.is_integer() && value.as_integer()->get() > 0) {
+            bytes = static_cast<uint64_t>(value.as_integer()->get());
+          } else if (value.is_string()) {
+            if (!ParseByteSize(value.as_string()->get(), &bytes) || bytes == 0) {
+              return Error(value.source(), key,
+                           "'" + value.as_string()->get() +
+                               "' is not a size (e.g. \"8GiB\", \"512MiB\"; more than 0)");
+            }
+          } else {
+            return WrongType(value, key, "a size such as \"8GiB\"");
+          }
+          gpu.memory = bytes;
+        } else {
+          return Error(key_node.source(), key, "unknown key ([[gpu]] has index, memory)");
+        }
+      }
+      if (!has_index) return Error(item.source(), prefix + ".index", "missing");
+      if (!seen.insert(gpu.index).second) {
+        return Error(item.source(), prefix + ".index",
+                     "GPU " + std::to_string(gpu.index) + " is listed twice");
+      }
+      config->gpus.push_back(gpu);
+    }
+    return Status::Ok();
+  }
+
+  Status ReadPools(const toml::node& node, Config* config) {
+    if (!node.is_table()) return WrongType(node, "pool", "tables ([pool.NAME])");
+    for (auto&& [name_node, value] : *node.as_table()) {
+      const std::string name(name_node.str());
+      const std::string prefix = "pool." + name;
+      if (!ValidPoolName(name)) {
+        return Error(name_node.source(), prefix,
+                     "a pool name has 1 to 64 letters, digits, '_' or '-'");
+      }
+      if (!value.is_table()) return WrongType(value, prefix, "a table ([" + prefix + "])");
+      PoolConfig pool;
+      pool.name = name;
+      for (auto&& [key_node, item] : *value.as_table()) {
+        const std::string key = prefix + "." + std::string(key_node.str());
+        if (key_node.str() == "slices_per_gpu") {
+          int64_t slices = 0;
+          FERRY_RETURN_IF_ERROR(Integer(item, key, 1, kMaxSlicesPerGpu, &slices));
+          pool.slices_per_gpu = static_cast<int>(slices);
+        } else {
+          return Error(key_node.source(), key, "unknown key ([pool.NAME] has slices_per_gpu)");
+        }
+      }
+      config->pools[name] = pool;
+    }
+    return Status::Ok();
+  }
+
+  Status ReadSchedules(const toml::node& node, Config* config) {
+    if (!node.is_array_of_tables()) {
+      return WrongType(node, "schedule", "an array of tables ([[schedule]])");
+    }
+    int n = 0;
+    for (const toml::node& item : *node.as_array()) {
+      const std::string prefix = "schedule[" + std::to_string(n++) + "]";
+      std::string pool;
+      std::vector<int> gpus;
+      std::optional<TimeOfDay> from, to;
+      std::string zone_name = "UTC";
+      const toml::node* zone_node = nullptr;
+      RebindPolicy policy = config->server.on_rebind;
+      absl::Duration grace = config->server.grace;
+      const toml::node* pool_node = nullptr;
+      const toml::node* gpus_node = nullptr;
+      for (auto&& [key_node, value] : *item.as_table()) {
+        const std::string_view name = key_node.str();
+        const std::string key = prefix + "." + std::string(name);
+        if (name == "pool") {
+          FERRY_RETURN_IF_ERROR(String(value, key, &pool));
+          pool_node = &value;
+        } else if (name == "gpus") {
+          if (!value.is_array()) return WrongType(value, key, "an array of GPU indices");
+          for (const toml::node& g : *value.as_array()) {
+            int64_t index = 0;
+            FERRY_RETURN_IF_ERROR(Integer(g, key, 0, 63, &index));
+            if (std::find(gpus.begin(), gpus.end(), index) != gpus.end()) {
+              return Error(g.source(), key, "GPU " + std::to_string(index) + " is listed twice");
+            }
+            gpus.push_back(static_cast<int>(index));
+          }
+          gpus_node = &value;
+        } else if (name == "from" || name == "to") {
+          TimeOfDay t;
+          FERRY_RETURN_IF_ERROR(Time(value, key, &t));
+          (name == "from" ? from : to) = t;
+        } else if (name == "timezone") {
+          FERRY_RETURN_IF_ERROR(String(value, key, &zone_name));
+          zone_node = &value;
+        } else if (name == "on_rebind") {
+          FERRY_RETURN_IF_ERROR(Policy(value, key, &policy));
+        } else if (name == "grace") {
+          FERRY_RETURN_IF_ERROR(Duration(value, key, &grace));
+        } else {
+          return Error(key_node.source(), key,
+                       "unknown key ([[schedule]] has pool, gpus, from, to, timezone, "
+                       "on_rebind, grace)");
+        }
+      }
+      if (pool_node == nullptr) return Error(item.source(), prefix + ".pool", "missing");
+      if (config->pools.count(pool) == 0) {
+        return Error(pool_node->source(), prefix + ".pool", UnknownPool(pool, *config));
+      }
+      if (gpus_node == nullptr) return Error(item.source(), prefix + ".gpus", "missing");
+      if (gpus.empty()) return Error(gpus_node->source(), prefix + ".gpus", "lists no GPU");
+      if (!config->gpus.empty()) {
+        for (int g : gpus) {
+          const bool listed = std::any_of(config->gpus.begin(), config->gpus.end(),
+                                          [g](const GpuConfig& c) { return c.index == g; });
+          if (!listed) {
+            return Error(gpus_node->source(), prefix + ".gpus",
+                         "GPU " + std::to_string(g) + " has no [[gpu]] table");
+          }
+        }
+      }
+      if (!from.has_value()) return Error(item.source(), prefix + ".from", "missing");
+      if (!to.has_value()) return Error(item.source(), prefix + ".to", "missing");
+      absl::TimeZone zone;
+      Status status = LoadIanaTimeZone(zone_name, &zone);
+      if (!status.ok()) {
+        return Error(zone_node != nullptr ? zone_node->source() : item.source(),
+                     prefix + ".timezone", status.message());
+      }
+      config->schedules.push_back(
+          ScheduleConfig{pool, gpus, DailyWindow(*from, *to, zone, zone_name), policy, grace,
+                         static_cast<int>(item.source().begin.line)});
+    }
+    return Status::Ok();
+  }
+
+  std::string UnknownPool(const std::string& pool, const Config& config) {
+    std::string names;
+    for (const auto& [name, p] : config.pools) names += (names.empty() ? "" : ", ") + name;
+    return "no pool '" + pool + "' is defined" +
+           (names.empty() ? std::string(" (add a [pool.NAME] table)") : " (pools: " + names + ")");
+  }
+
+  Status Validate(const toml::table& root, const Config& config) {
+    const toml::node* server = root.get("server");
+    const toml::node* default_pool =
+        server != nullptr && server->is_table() ? server->as_table()->get("default_pool") : nullptr;
+    if (config.pooling()) {
+      if (default_pool == nullptr) {
+        const toml::source_region where =
+            server != nullptr ? server->source() : root.get("pool")->source();
+        return Error(where, "server.default_pool",
+                     "missing (pools are defined, so a GPU that no window covers needs a pool)");
+      }
+      if (config.pools.count(config.server.default_pool) == 0) {
+        return Error(default_pool->source(), "server.default_pool",
+                     UnknownPool(config.server.default_pool, config));
+      }
+    } else if (default_pool != nullptr) {
+      return Error(default_pool->source(), "server.default_pool",
+                   UnknownPool(config.server.default_pool, config));
+    }
+    return Status::Ok();
+  }
+
+  std::string path_;
+};
+
+}  // namespace
+
+std::string_view RebindPolicyName(RebindPolicy policy) {
+  return policy == RebindPolicy::kPreempt ? "preempt" : "drain";
+}
+
+Status ParseConfig(std::string_view text, const std::string& path, Config* out) {
+  Config config;
+  config.path = path;
+  try {
+    toml::table root = toml::parse(text, path);
+    Reader reader(path);
+    FERRY_RETURN_IF_ERROR(reader.Read(root, &config));
+  } catch (const toml::parse_error& e) {
+    return Status::InvalidArgument((path.empty() ? std::string("<config>") : path) + ":" +
+                                   std::to_string(e.source().begin.line) + ":" +
+                                   std::to_string(e.source().begin.column) + ": " +
+                                   std::string(e.description()));
+  }
+  *out = std::move(config);
+  return Status::Ok();
+}
+
+Status LoadConfigFile(const std::string& path, Config* out) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Status::NotFound("cannot read config file " + path + ": " + std::strerror(errno));
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) return Status::InvalidArgument("error reading config file " + path);
+  return ParseConfig(text.str(), path, out);
+}
+
+}  // namespace ferry::pool

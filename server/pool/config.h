@@ -1,0 +1,112 @@
+// ferryd's TOML configuration (`ferryd --config FILE`): server settings, the
+// GPUs to serve, the pools and the schedule that binds GPUs to pools.
+//
+//   [server]
+//   listen = ["127.0.0.1:7070"]     # or one string
+//   backend = "host"                # "cuda", "host" or "auto"
+//   default_pool = "dev"            # the pool of a GPU no window covers
+//   cuda_driver = "/usr/lib/x86_64-linux-gnu/libcuda.so.1"
+//   host_kernels = ["kernels.so"]   # host backend: kernel implementations
+//   log_level = "info"              # debug, info, warning, error
+//   on_rebind = "drain"             # default for windows and manual rebinds
+//   grace = "15m"                   # default drain grace
+//
+//   [[gpu]]                         # cuda: which GPUs to serve; host: the
+//   index = 0                       # emulated devices, indices 0..N-1
+//   memory = "8GiB"                 # host backend only
+//
+//   [pool.dev]
+//   slices_per_gpu = 4              # 1..32; each slice 1/N of memory and compute
+//
+//   [[schedule]]                    # the first window (file order) that
+//   pool = "train"                  # covers a GPU at a moment wins
+//   gpus = [0]
+//   from = 20:00:00                 # TOML local time, or "20:00"
+//   to = 08:00:00                   # earlier than from: wraps midnight
+//   timezone = "Asia/Shanghai"      # IANA name; default "UTC"
+//   on_rebind = "drain"             # or "preempt"
+//   grace = "15m"
+//
+// Every error names the file, the line and the key: unknown keys, values of
+// the wrong type, sizes and durations that do not parse, pools that are not
+// defined, zones that do not exist. Facts that only the backend knows (how
+// many GPUs exist) are checked when the pool is built (pool_state.h).
+//
+// Thread-safety: plain values.
+#pragma once
+
+#include <absl/time/time.h>
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+#include "server/pool/schedule.h"
+
+namespace ferry::pool {
+
+inline constexpr int kMaxSlicesPerGpu = 32;
+
+enum class RebindPolicy {
+  kDrain,    // holders keep their slices until they end or the grace passes
+  kPreempt,  // holders lose their slices at once
+};
+std::string_view RebindPolicyName(RebindPolicy policy);
+
+struct ServerConfig {
+  // Each is set only when the file sets it, so that command-line flags and
+  // built-in defaults can fill the rest.
+  std::optional<std::vector<std::string>> listen;
+  std::optional<std::string> backend;
+  std::optional<std::string> cuda_driver;
+  std::optional<std::vector<std::string>> host_kernels;
+  std::optional<std::string> log_level;
+  std::string default_pool;  // "" = no pools
+  RebindPolicy on_rebind = RebindPolicy::kDrain;
+  absl::Duration grace = absl::Minutes(15);
+};
+
+struct GpuConfig {
+  int index = 0;
+  std::optional<uint64_t> memory;  // host backend: the emulated memory
+  int line = 0;                    // of the [[gpu]] table, for messages
+};
+
+struct PoolConfig {
+  std::string name;
+  int slices_per_gpu = 1;
+};
+
+struct ScheduleConfig {
+  std::string pool;
+  std::vector<int> gpus;
+  DailyWindow window;
+  RebindPolicy on_rebind = RebindPolicy::kDrain;  // the [server] default when unset
+  absl::Duration grace = absl::Minutes(15);       // likewise
+  int line = 0;                                   // of the [[schedule]] table
+};
+
+struct Config {
+  std::string path;  // for messages; "" when parsed from text
+  ServerConfig server;
+  std::vector<GpuConfig> gpus;              // file order
+  std::map<std::string, PoolConfig> pools;  // by name
+  std::vector<ScheduleConfig> schedules;    // file order = precedence
+
+  // Pools are in use: at least one pool is defined (then default_pool names
+  // one of them).
+  bool pooling() const { return !pools.empty(); }
+};
+
+// Parses `text` as a ferryd config; `path` names it in messages.
+// InvalidArgument("FILE:LINE: key: what is wrong") on the first problem.
+Status ParseConfig(std::string_view text, const std::string& path, Config* out);
+
+// Reads and parses the file at `path`.
+Status LoadConfigFile(const std::string& path, Config* out);
+
+}  // namespace ferry::pool

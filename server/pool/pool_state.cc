@@ -1,0 +1,548 @@
+#include "server/pool/pool_state.h"
+
+#include <algorithm>
+#include <chrono>
+#include <set>
+
+#include "common/units.h"
+
+namespace ferry::pool {
+namespace {
+
+std::string FormatInstant(absl::Time t) {
+  if (t == absl::InfiniteFuture()) return "never";
+  return absl::FormatTime("%Y-%m-%d %H:%M:%S UTC", t, absl::UTCTimeZone());
+}
+
+std::string FormatGrace(absl::Duration d) { return FormatDuration(absl::ToChronoMilliseconds(d)); }
+
+std::string Plural(int n, const char* one, const char* many) {
+  return std::to_string(n) + " " + (n == 1 ? one : many);
+}
+
+}  // namespace
+
+PoolState::PoolState(Config config, std::vector<PoolGpu> gpus) : config_(std::move(config)) {
+  std::sort(gpus.begin(), gpus.end(),
+            [](const PoolGpu& a, const PoolGpu& b) { return a.index < b.index; });
+  for (const PoolGpu& spec : gpus) {
+    Gpu gpu;
+    gpu.spec = spec;
+    gpus_.push_back(std::move(gpu));
+  }
+}
+
+Status PoolState::CheckScheduleGpus(const Config& config, const std::vector<PoolGpu>& gpus) {
+  if (!config.pooling()) return Status::InvalidArgument("the config defines no pool");
+  if (gpus.empty()) return Status::InvalidArgument("the pool has no GPU");
+  std::set<int> seen;
+  for (const PoolGpu& gpu : gpus) {
+    if (!seen.insert(gpu.index).second) {
+      return Status::InvalidArgument("GPU " + std::to_string(gpu.index) + " is listed twice");
+    }
+  }
+  for (const ScheduleConfig& schedule : config.schedules) {
+    for (int g : schedule.gpus) {
+      if (seen.count(g) == 0) {
+        return Status::InvalidArgument(
+            (config.path.empty() ? std::string("<config>") : config.path) + ":" +
+            std::to_string(schedule.line) + ": schedule.gpus: GPU " + std::to_string(g) +
+            " is not served by this ferryd (" +
+            Plural(static_cast<int>(gpus.size()), "GPU", "GPUs") + ")");
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+Status PoolState::Create(const Config& config, std::vector<PoolGpu> gpus, absl::Time now,
+                         std::unique_ptr<PoolState>* out) {
+  FERRY_RETURN_IF_ERROR(CheckScheduleGpus(config, gpus));
+  std::unique_ptr<PoolState> state(new PoolState(config, std::move(gpus)));
+  PoolChanges ignored;  // nobody holds anything yet
+  state->ApplyBindings(now, "the schedule", &ignored);
+  *out = std::move(state);
+  return Status::Ok();
+}
+
+// --- bindings -------------------------------------------------------------------
+
+PoolState::Gpu* PoolState::FindGpu(int index) {
+  for (Gpu& gpu : gpus_) {
+    if (gpu.spec.index == index) return &gpu;
+  }
+  return nullptr;
+}
+
+const PoolState::Gpu* PoolState::FindGpu(int index) const {
+  return const_cast<PoolState*>(this)->FindGpu(index);
+}
+
+PoolState::Binding PoolState::Scheduled(const Gpu& gpu, absl::Time t) const {
+  for (size_t i = 0; i < config_.schedules.size(); ++i) {
+    const ScheduleConfig& s = config_.schedules[i];
+    if (std::find(s.gpus.begin(), s.gpus.end(), gpu.spec.index) == s.gpus.end()) continue;
+    if (s.window.Contains(t)) {
+      return Binding{s.pool, BindingSource::kSchedule, static_cast<int>(i), s.on_rebind, s.grace};
+    }
+  }
+  return Binding{config_.server.default_pool, BindingSource::kDefault, -1, config_.server.on_rebind,
+                 config_.server.grace};
+}
+
+PoolState::Binding PoolState::Desired(const Gpu& gpu, absl::Time t) const {
+  if (gpu.source == BindingSource::kManual && t < gpu.manual_until) {
+    Binding binding = Scheduled(gpu, t);
+    binding.pool = gpu.manual_pool;
+    binding.source = BindingSource::kManual;
+    binding.schedule = -1;
+    return binding;
+  }
+  return Scheduled(gpu, t);
+}
+
+std::pair<absl::Time, std::string> PoolState::NextScheduledChange(const Gpu& gpu,
+                                                                  absl::Time t) const {
+  const std::string current = Scheduled(gpu, t).pool;
+  absl::Time at = t;
+  // Each step moves to the next boundary of some window of this GPU; a
+  // boundary where the pool stays the same (a window ends into the default
+  // pool of the same name) is stepped over. Two weeks of boundaries bound it.
+  for (int step = 0; step < 64; ++step) {
+    absl::Time next = absl::InfiniteFuture();
+    for (const ScheduleConfig& s : config_.schedules) {
+      if (std::find(s.gpus.begin(), s.gpus.end(), gpu.spec.index) == s.gpus.end()) continue;
+      next = std::min(next, s.window.NextBoundary(at));
+    }
+    if (next == absl::InfiniteFuture()) break;
+    const std::string pool = Scheduled(gpu, next).pool;
+    if (pool != current) return {next, pool};
+    at = next;
+  }
+  return {absl::InfiniteFuture(), ""};
+}
+
+std::string PoolState::DescribeBinding(const Binding& binding) const {
+  switch (binding.source) {
+    case BindingSource::kSchedule:
+      return "window " + config_.schedules[binding.schedule].window.ToString();
+    case BindingSource::kManual:
+      return "manual rebind";
+    case BindingSource::kDefault:
+      break;
+  }
+  return "default_pool";
+}
+
+void PoolState::ApplyBindings(absl::Time now, const std::string& by, PoolChanges* changes) {
+  for (Gpu& gpu : gpus_) {
+    if (gpu.source == BindingSource::kManual && now >= gpu.manual_until) {
+      changes->log.push_back("GPU " + std::to_string(gpu.spec.index) +
+                             ": the manual rebind to pool " + gpu.manual_pool +
+                             " ends; the schedule applies again");
+      gpu.source = BindingSource::kDefault;
+      gpu.manual_pool.clear();
+      gpu.manual_until = absl::InfiniteFuture();
+    }
+    const Binding binding = Desired(gpu, now);
+    if (binding.pool != gpu.pool) {
+      MoveGpu(gpu, binding.pool, binding.policy, binding.grace, now, by, DescribeBinding(binding),
+              changes);
+    }
+    if (gpu.source != BindingSource::kManual) {
+      gpu.source = binding.source;
+      gpu.schedule = binding.schedule;
+    }
+  }
+}
+
+void PoolState::MoveGpu(Gpu& gpu, const std::string& pool, RebindPolicy policy,
+                        absl::Duration grace, absl::Time now, const std::string& by,
+                        const std::string& detail, PoolChanges* changes) {
+  const std::string from = gpu.pool;
+  gpu.pool = pool;
+  if (from.empty()) return;  // the first binding, at creation
+  // "GPU 0 was rebound from pool dev to pool train (window 20:00:00-08:00:00
+  // Asia/Shanghai) at 2026-03-10 12:00:00 UTC"
+  const std::string what = "GPU " + std::to_string(gpu.spec.index) + " was rebound from pool " +
+                           from + " to pool " + pool + " (" + detail + ") at " + FormatInstant(now);
+  int affected = 0;
+  std::vector<uint64_t> to_preempt;
+  for (Holding& holding : gpu.holdings) {
+    const Lease& lease = leases_.at(holding.session);
+    if (lease.pool == pool) {
+      holding.deadline = absl::InfiniteFuture();  // back home: no longer draining
+      holding.drain_reason.clear();
+      continue;
+    }
+    if (lease.preempting) continue;
+    ++affected;
+    if (policy == RebindPolicy::kPreempt) {
+      to_preempt.push_back(holding.session);
+    } else if (now + grace < holding.deadline) {
+      holding.deadline = now + grace;
+      holding.drain_reason = "preempted by " + by + ": " + what + "; the drain grace of " +
+                             FormatGrace(grace) + " ran out";
+    }
+  }
+  std::string line = "by " + by + ": " + what;
+  if (affected > 0) {
+    line += policy == RebindPolicy::kPreempt
+                ? "; preempting " + Plural(affected, "holder", "holders")
+                : "; draining " + Plural(affected, "holder", "holders") + " (grace " +
+                      FormatGrace(grace) + ")";
+  }
+  changes->log.push_back(line);
+  for (uint64_t session : to_preempt) {
+    Preempt(session, "preempted by " + by + ": " + what + " (on_rebind = preempt)", changes);
+  }
+}
+
+void PoolState::Preempt(uint64_t session, const std::string& reason, PoolChanges* changes) {
+  auto it = leases_.find(session);
+  if (it == leases_.end() || it->second.preempting) return;
+  it->second.preempting = true;
+  it->second.preempt_reason = reason;
+  changes->preempted.push_back(Preemption{session, reason});
+}
+
+// --- time -------------------------------------------------------------------------
+
+PoolChanges PoolState::Advance(absl::Time now) {
+  PoolChanges changes;
+  ApplyBindings(now, "the schedule", &changes);
+  ExpireGraces(now, &changes);
+  ExpireWaits(now, &changes);
+  ServeQueue(now, &changes);
+  return changes;
+}
+
+void PoolState::ExpireGraces(absl::Time now, PoolChanges* changes) {
+  for (Gpu& gpu : gpus_) {
+    for (const Holding& holding : gpu.holdings) {
+      if (holding.deadline <= now) Preempt(holding.session, holding.drain_reason, changes);
+    }
+  }
+}
+
+void PoolState::ExpireWaits(absl::Time now, PoolChanges* changes) {
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    if (it->deadline <= now) {
+      const std::string waited = FormatGrace(it->deadline - it->since);
+      changes->ended_waits.emplace_back(
+          it->request.session,
+          Status::Overloaded("pool " + it->request.pool + " is full: no slice became free within " +
+                             waited + " (FERRY_WAIT)"));
+      it = queue_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+absl::Time PoolState::NextEventTime(absl::Time now) const {
+  absl::Time next = absl::InfiniteFuture();
+  for (const ScheduleConfig& s : config_.schedules)
+    next = std::min(next, s.window.NextBoundary(now));
+  for (const Gpu& gpu : gpus_) {
+    if (gpu.source == BindingSource::kManual) next = std::min(next, gpu.manual_until);
+    for (const Holding& holding : gpu.holdings) {
+      if (!leases_.at(holding.session).preempting) next = std::min(next, holding.deadline);
+    }
+  }
+  for (const Waiter& waiter : queue_) next = std::min(next, waiter.deadline);
+  return next;
+}
+
+// --- borrowing ----------------------------------------------------------------------
+
+uint64_t PoolState::UsedUnits(const Gpu& gpu) const {
+  uint64_t used = 0;
+  for (const Holding& holding : gpu.holdings) {
+    used += kCapacityUnits / static_cast<uint64_t>(holding.slices_per_gpu);
+  }
+  return used;
+}
+
+int PoolState::FreeSlices(const Gpu& gpu, int slices_per_gpu) const {
+  const uint64_t used = UsedUnits(gpu);
+  if (used >= kCapacityUnits) return 0;
+  return static_cast<int>((kCapacityUnits - used) / (kCapacityUnits / slices_per_gpu));
+}
+
+bool PoolState::TryPlace(const BorrowRequest& request, absl::Time now) {
+  const int n = config_.pools.at(request.pool).slices_per_gpu;
+  std::vector<Gpu*> chosen;
+  for (Gpu& gpu : gpus_) {
+    if (static_cast<int>(chosen.size()) == request.gpus) break;
+    if (gpu.pool != request.pool || gpu.drained || FreeSlices(gpu, n) == 0) continue;
+    chosen.push_back(&gpu);
+  }
+  if (static_cast<int>(chosen.size()) < request.gpus) return false;
+  Lease lease;
+  lease.session = request.session;
+  lease.pool = request.pool;
+  lease.since = now;
+  lease.host = request.host;
+  lease.pid = request.pid;
+  lease.program = request.program;
+  for (Gpu* gpu : chosen) {
+    // The lowest slice number not taken by a holding of the same layout
+    // (FreeSlices > 0 guarantees one).
+    int slice = 0;
+    for (;; ++slice) {
+      const bool taken =
+          std::any_of(gpu->holdings.begin(), gpu->holdings.end(),
+                      [&](const Holding& h) { return h.slices_per_gpu == n && h.slice == slice; });
+      if (!taken) break;
+    }
+    gpu->holdings.push_back(Holding{request.session, slice, n, absl::InfiniteFuture(), ""});
+    lease.slices.push_back(SliceGrant{gpu->spec.index, slice, n, gpu->spec.memory / n, 1.0 / n});
+  }
+  leases_[request.session] = std::move(lease);
+  return true;
+}
+
+std::string PoolState::DescribeFull(const std::string& pool) const {
+  const int n = config_.pools.at(pool).slices_per_gpu;
+  int gpus = 0, drained = 0, held = 0;
+  for (const Gpu& gpu : gpus_) {
+    if (gpu.pool != pool) continue;
+    ++gpus;
+    drained += gpu.drained ? 1 : 0;
+    held += static_cast<int>(gpu.holdings.size());
+  }
+  if (gpus == 0) return "pool " + pool + " serves no GPU at the moment";
+  return "pool " + pool + " is full: " + Plural(gpus, "GPU", "GPUs") + " with " +
+         Plural(n, "slice", "slices") + " each, " + std::to_string(held) + " held" +
+         (drained > 0 ? ", " + std::to_string(drained) + " drained" : "");
+}
+
+BorrowResult PoolState::Borrow(const BorrowRequest& original, absl::Time now) {
+  BorrowResult result;
+  BorrowRequest request = original;
+  if (request.pool.empty()) request.pool = config_.server.default_pool;
+  if (config_.pools.count(request.pool) == 0) {
+    std::string names;
+    for (const auto& [name, p] : config_.pools) names += (names.empty() ? "" : ", ") + name;
+    result.error =
+        Status::InvalidArgument("no pool '" + request.pool + "' (FERRY_POOL); pools: " + names);
+    return result;
+  }
+  if (request.gpus < 1 || request.gpus > static_cast<int>(gpus_.size())) {
+    result.error = Status::InvalidArgument("FERRY_GPUS=" + std::to_string(request.gpus) +
+                                           ": this server has " +
+                                           Plural(static_cast<int>(gpus_.size()), "GPU", "GPUs"));
+    return result;
+  }
+  if (leases_.count(request.session) != 0 || QueuePosition(request.session) != 0) {
+    result.error =
+        Status::InvalidArgument("session " + std::to_string(request.session) + " already borrows");
+    return result;
+  }
+  int ahead = 0;
+  for (const Waiter& w : queue_) ahead += w.request.pool == request.pool ? 1 : 0;
+  // First come, first served: nobody overtakes a waiter of the same pool.
+  if (ahead == 0 && TryPlace(request, now)) {
+    result.outcome = BorrowOutcome::kGranted;
+    return result;
+  }
+  if (request.wait <= absl::ZeroDuration()) {
+    std::string why = ahead > 0
+                          ? "pool " + request.pool +
+                                " is full: " + Plural(ahead, "borrower waits", "borrowers wait") +
+                                " ahead of you"
+                          : DescribeFull(request.pool);
+    result.error = Status::Overloaded(why + " (set FERRY_WAIT, e.g. FERRY_WAIT=5m, to queue)");
+    return result;
+  }
+  queue_.push_back(Waiter{request, now, now + request.wait});
+  result.outcome = BorrowOutcome::kQueued;
+  result.queue_position = ahead + 1;
+  return result;
+}
+
+void PoolState::ServeQueue(absl::Time now, PoolChanges* changes) {
+  std::set<std::string> blocked;  // pools whose first waiter cannot be served
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    if (blocked.count(it->request.pool) == 0 && TryPlace(it->request, now)) {
+      changes->granted.push_back(it->request.session);
+      it = queue_.erase(it);
+    } else {
+      blocked.insert(it->request.pool);
+      ++it;
+    }
+  }
+}
+
+PoolChanges PoolState::Return(uint64_t session, absl::Time now) {
+  PoolChanges changes;
+  for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+    if (it->request.session == session) {
+      queue_.erase(it);
+      ServeQueue(now, &changes);  // those behind it may fit now
+      return changes;
+    }
+  }
+  if (leases_.erase(session) == 0) return changes;
+  for (Gpu& gpu : gpus_) {
+    std::erase_if(gpu.holdings, [session](const Holding& h) { return h.session == session; });
+  }
+  ServeQueue(now, &changes);
+  return changes;
+}
+
+// --- operator actions ------------------------------------------------------------------
+
+Status PoolState::Rebind(int index, const std::string& pool, RebindPolicy policy,
+                         absl::Duration grace, absl::Time now, PoolChanges* changes) {
+  Gpu* gpu = FindGpu(index);
+  if (gpu == nullptr) return Status::NotFound("no GPU " + std::to_string(index) + " in the pool");
+  if (config_.pools.count(pool) == 0) return Status::NotFound("no pool '" + pool + "'");
+  if (grace < absl::ZeroDuration()) return Status::InvalidArgument("negative grace");
+  const Binding scheduled = Scheduled(*gpu, now);
+  if (pool == scheduled.pool) {
+    gpu->source = scheduled.source;
+    gpu->schedule = scheduled.schedule;
+    gpu->manual_pool.clear();
+    gpu->manual_until = absl::InfiniteFuture();
+  } else {
+    gpu->source = BindingSource::kManual;
+    gpu->schedule = -1;
+    gpu->manual_pool = pool;
+    gpu->manual_until = NextScheduledChange(*gpu, now).first;
+  }
+  if (gpu->pool != pool) {
+    MoveGpu(*gpu, pool, policy, grace, now, "ferryctl rebind", "manual rebind", changes);
+  }
+  ExpireGraces(now, changes);  // a zero grace ends at once
+  ServeQueue(now, changes);
+  return Status::Ok();
+}
+
+Status PoolState::SetDrained(int index, bool drained, absl::Time now, PoolChanges* changes) {
+  Gpu* gpu = FindGpu(index);
+  if (gpu == nullptr) return Status::NotFound("no GPU " + std::to_string(index) + " in the pool");
+  if (gpu->drained != drained) {
+    gpu->drained = drained;
+    changes->log.push_back(
+        "GPU " + std::to_string(index) +
+        (drained ? " drained: it takes no new borrows" : " undrained: it takes borrows again"));
+  }
+  ServeQueue(now, changes);
+  return Status::Ok();
+}
+
+Status PoolState::Reconfigure(const Config& config, absl::Time now, PoolChanges* changes) {
+  std::vector<PoolGpu> specs;
+  for (const Gpu& gpu : gpus_) specs.push_back(gpu.spec);
+  FERRY_RETURN_IF_ERROR(CheckScheduleGpus(config, specs));
+  config_ = config;
+  for (Gpu& gpu : gpus_) {
+    if (gpu.source == BindingSource::kManual && config_.pools.count(gpu.manual_pool) == 0) {
+      changes->log.push_back("GPU " + std::to_string(gpu.spec.index) +
+                             ": the manual rebind to pool " + gpu.manual_pool +
+                             " ends: the pool is gone");
+      gpu.source = BindingSource::kDefault;
+      gpu.manual_pool.clear();
+      gpu.manual_until = absl::InfiniteFuture();
+    }
+    if (gpu.source == BindingSource::kSchedule) gpu.source = BindingSource::kDefault;
+  }
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    if (config_.pools.count(it->request.pool) == 0) {
+      changes->ended_waits.emplace_back(
+          it->request.session,
+          Status::InvalidArgument("pool " + it->request.pool + " was removed by a config reload"));
+      it = queue_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  ApplyBindings(now, "a config reload", changes);
+  ExpireGraces(now, changes);
+  ExpireWaits(now, changes);
+  ServeQueue(now, changes);
+  return Status::Ok();
+}
+
+// --- queries -------------------------------------------------------------------------------
+
+const Lease* PoolState::FindLease(uint64_t session) const {
+  auto it = leases_.find(session);
+  return it == leases_.end() ? nullptr : &it->second;
+}
+
+int PoolState::QueuePosition(uint64_t session) const {
+  for (size_t i = 0; i < queue_.size(); ++i) {
+    if (queue_[i].request.session != session) continue;
+    int position = 1;
+    for (size_t j = 0; j < i; ++j) position += queue_[j].request.pool == queue_[i].request.pool;
+    return position;
+  }
+  return 0;
+}
+
+PoolSnapshot PoolState::Snapshot(absl::Time now) const {
+  PoolSnapshot snapshot;
+  for (const Gpu& gpu : gpus_) {
+    GpuSnapshot g;
+    g.index = gpu.spec.index;
+    g.memory = gpu.spec.memory;
+    g.pool = gpu.pool;
+    g.source = gpu.source;
+    if (gpu.source == BindingSource::kSchedule && gpu.schedule >= 0) {
+      g.window = config_.schedules[gpu.schedule].window.ToString();
+    } else if (gpu.source == BindingSource::kManual) {
+      g.window = "manual until " + FormatInstant(gpu.manual_until);
+    }
+    g.manual_until = gpu.manual_until;
+    g.drained = gpu.drained;
+    auto pool = config_.pools.find(gpu.pool);
+    g.slices_per_gpu = pool != config_.pools.end() ? pool->second.slices_per_gpu : 1;
+    g.free_slices = FreeSlices(gpu, g.slices_per_gpu);
+    for (const Holding& holding : gpu.holdings) {
+      const Lease& lease = leases_.at(holding.session);
+      HoldingSnapshot h;
+      h.session = lease.session;
+      h.pool = lease.pool;
+      for (const SliceGrant& s : lease.slices) {
+        if (s.gpu == gpu.spec.index) h.slice = s;
+      }
+      h.since = lease.since;
+      h.host = lease.host;
+      h.pid = lease.pid;
+      h.program = lease.program;
+      h.deadline = holding.deadline;
+      h.preempting = lease.preempting;
+      g.holdings.push_back(std::move(h));
+    }
+    std::tie(g.next_change, g.next_pool) = NextScheduledChange(gpu, now);
+    if (gpu.source == BindingSource::kManual && gpu.manual_until < g.next_change) {
+      g.next_change = gpu.manual_until;
+      g.next_pool = Scheduled(gpu, gpu.manual_until).pool;
+    }
+    if (g.next_change < snapshot.next_change) {
+      snapshot.next_change = g.next_change;
+      snapshot.next_change_gpu = g.index;
+      snapshot.next_change_pool = g.next_pool;
+    }
+    snapshot.gpus.push_back(std::move(g));
+  }
+  for (const Waiter& waiter : queue_) {
+    WaiterSnapshot w;
+    w.session = waiter.request.session;
+    w.pool = waiter.request.pool;
+    w.gpus = waiter.request.gpus;
+    w.position = QueuePosition(waiter.request.session);
+    w.since = waiter.since;
+    w.deadline = waiter.deadline;
+    w.host = waiter.request.host;
+    w.pid = waiter.request.pid;
+    w.program = waiter.request.program;
+    snapshot.queue.push_back(std::move(w));
+  }
+  return snapshot;
+}
+
+}  // namespace ferry::pool

@@ -1,0 +1,73 @@
+// Host implementations of host_test_kernels.cu for HostBackend, loaded by
+// host_backend_test through HostBackendOptions::kernel_libraries. Each
+// function emulates the whole grid (server/backend/host/ferry_host_kernel.h).
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <thread>
+
+#include "host_test_kernel_types.h"
+#include "server/backend/host/ferry_host_kernel.h"
+
+namespace {
+
+template <typename T>
+T Param(void** params, int i) {
+  T value;
+  std::memcpy(&value, params[i], sizeof(T));
+  return value;
+}
+
+unsigned long long Threads(const ferry_launch* l) {
+  return 1ull * l->grid[0] * l->grid[1] * l->grid[2] * l->block[0] * l->block[1] * l->block[2];
+}
+
+}  // namespace
+
+extern "C" {
+
+void ferry_host__Z4vaddPKfS0_Pfi(const ferry_launch* l, void** params) {
+  auto a = Param<const float*>(params, 0);
+  auto b = Param<const float*>(params, 1);
+  auto c = Param<float*>(params, 2);
+  auto n = Param<int>(params, 3);
+  for (unsigned long long i = 0; i < Threads(l) && i < static_cast<unsigned long long>(n); ++i) {
+    c[i] = a[i] + b[i];
+  }
+}
+
+void ferry_host__Z5scale9ScaleArgs(const ferry_launch* l, void** params) {
+  auto args = Param<ScaleArgs>(params, 0);
+  for (unsigned long long i = 0; i < Threads(l) && i < static_cast<unsigned long long>(args.n);
+       ++i) {
+    args.data[i] = args.data[i] * args.factor + args.offset;
+  }
+}
+
+void ferry_host__Z10log_appendPiii(const ferry_launch*, void** params) {
+  auto log = Param<int*>(params, 0);
+  auto id = Param<int>(params, 1);
+  auto sleep_ms = Param<int>(params, 2);
+  if (sleep_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(sleep_ms));
+  int k = std::atomic_ref<int>(log[0]).fetch_add(1);
+  if (k < kLogCapacity) std::atomic_ref<int>(log[1 + k]).store(id);
+}
+
+void ferry_host__Z4gatePKi(const ferry_launch*, void** params) {
+  auto flag = Param<int*>(params, 0);  // const in the signature; read only
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::atomic_ref<int>(*flag).load() == 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+void ferry_host__Z11launch_infoPj(const ferry_launch* l, void** params) {
+  auto out = Param<unsigned*>(params, 0);
+  for (int i = 0; i < 3; ++i) {
+    out[i] = l->grid[i];
+    out[3 + i] = l->block[i];
+  }
+  out[6] = l->shared_bytes;
+}
+
+}  // extern "C"

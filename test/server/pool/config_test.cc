@@ -1,0 +1,223 @@
+// The TOML config: every key of the issue's example, and errors that name
+// the file, the line and the key.
+#include "server/pool/config.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <fstream>
+
+namespace ferry::pool {
+namespace {
+
+constexpr const char* kExample = R"(# the example from issue 6
+[server]
+listen = ["127.0.0.1:7070"]
+backend = "host"                 # or "cuda"
+default_pool = "dev"
+
+[[gpu]]
+index = 0
+memory = "8GiB"
+
+[pool.dev]
+slices_per_gpu = 4
+[pool.train]
+slices_per_gpu = 1
+
+[[schedule]]
+pool = "dev"
+gpus = [0]
+from = 08:00:00
+to = 20:00:00
+timezone = "Asia/Shanghai"
+[[schedule]]
+pool = "train"
+gpus = [0]
+from = 20:00:00
+to = 08:00:00
+timezone = "Asia/Shanghai"
+on_rebind = "drain"
+grace = "15m"
+)";
+
+TEST(ConfigTest, ParsesTheIssueExample) {
+  Config config;
+  Status status = ParseConfig(kExample, "ferryd.toml", &config);
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  ASSERT_TRUE(config.server.listen.has_value());
+  EXPECT_EQ(*config.server.listen, std::vector<std::string>{"127.0.0.1:7070"});
+  EXPECT_EQ(config.server.backend, "host");
+  EXPECT_EQ(config.server.default_pool, "dev");
+  EXPECT_FALSE(config.server.cuda_driver.has_value());
+  ASSERT_EQ(config.gpus.size(), 1u);
+  EXPECT_EQ(config.gpus[0].index, 0);
+  EXPECT_EQ(config.gpus[0].memory, 8ull << 30);
+  EXPECT_EQ(config.gpus[0].line, 7);
+  ASSERT_EQ(config.pools.size(), 2u);
+  EXPECT_EQ(config.pools["dev"].slices_per_gpu, 4);
+  EXPECT_EQ(config.pools["train"].slices_per_gpu, 1);
+  ASSERT_EQ(config.schedules.size(), 2u);
+  EXPECT_EQ(config.schedules[0].pool, "dev");
+  EXPECT_EQ(config.schedules[0].window.ToString(), "08:00:00-20:00:00 Asia/Shanghai");
+  EXPECT_EQ(config.schedules[0].on_rebind, RebindPolicy::kDrain);  // the [server] default
+  EXPECT_EQ(config.schedules[0].grace, absl::Minutes(15));         // likewise
+  EXPECT_EQ(config.schedules[1].window.ToString(), "20:00:00-08:00:00 Asia/Shanghai");
+  EXPECT_EQ(config.schedules[1].gpus, std::vector<int>{0});
+  EXPECT_EQ(config.schedules[1].line, 22);
+  EXPECT_TRUE(config.pooling());
+}
+
+TEST(ConfigTest, ServerDefaultsAndOtherForms) {
+  Config config;
+  Status status = ParseConfig(R"(
+[server]
+listen = "0.0.0.0:7070"
+backend = "cuda"
+cuda_driver = "/opt/libcuda.so.1"
+host_kernels = ["a.so", "b.so"]
+log_level = "debug"
+default_pool = "p"
+on_rebind = "preempt"
+grace = "1h30m"
+[pool.p]
+[[schedule]]
+pool = "p"
+gpus = [1, 0]
+from = "22:00"
+to = "06:30"
+[[gpu]]
+index = 1
+[[gpu]]
+index = 0
+memory = 1048576
+)",
+                              "x.toml", &config);
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  EXPECT_EQ(*config.server.listen, std::vector<std::string>{"0.0.0.0:7070"});
+  EXPECT_EQ(*config.server.cuda_driver, "/opt/libcuda.so.1");
+  EXPECT_EQ(config.server.host_kernels->size(), 2u);
+  EXPECT_EQ(*config.server.log_level, "debug");
+  EXPECT_EQ(config.pools["p"].slices_per_gpu, 1);  // the default
+  ASSERT_EQ(config.schedules.size(), 1u);
+  EXPECT_EQ(config.schedules[0].on_rebind, RebindPolicy::kPreempt);
+  EXPECT_EQ(config.schedules[0].grace, absl::Minutes(90));
+  EXPECT_EQ(config.schedules[0].window.ToString(), "22:00:00-06:30:00 UTC");
+  EXPECT_EQ(config.gpus[1].memory, 1048576u);
+  EXPECT_FALSE(config.gpus[0].memory.has_value());
+}
+
+TEST(ConfigTest, ServerOnlyMeansNoPools) {
+  Config config;
+  ASSERT_TRUE(ParseConfig("[server]\nbackend = \"host\"\n", "s.toml", &config).ok());
+  EXPECT_FALSE(config.pooling());
+}
+
+// Parses `text` and expects an error whose message starts with `prefix`
+// ("FILE:LINE: key") and contains `detail`.
+void ExpectError(const std::string& text, const std::string& prefix, const std::string& detail) {
+  Config config;
+  Status status = ParseConfig(text, "bad.toml", &config);
+  ASSERT_FALSE(status.ok()) << text;
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(status.message().rfind(prefix, 0), 0u) << status.message();
+  EXPECT_NE(status.message().find(detail), std::string::npos) << status.message();
+}
+
+TEST(ConfigTest, UnknownKeysNameFileLineAndKey) {
+  ExpectError("[server]\nlisten = \"a:1\"\nlisen = 3\n", "bad.toml:3: server.lisen", "unknown key");
+  ExpectError("[servers]\n", "bad.toml:1: servers", "unknown key");
+  ExpectError("[server]\ndefault_pool = \"d\"\n[pool.d]\nslices = 2\n", "bad.toml:4: pool.d.slices",
+              "unknown key");
+  ExpectError("[[gpu]]\nindex = 0\nmem = \"1GiB\"\n", "bad.toml:3: gpu[0].mem", "unknown key");
+  ExpectError(
+      "[server]\ndefault_pool = \"d\"\n[pool.d]\n[[schedule]]\npool = \"d\"\ngpus = [0]\n"
+      "from = 08:00:00\nto = 09:00:00\ntz = \"UTC\"\n",
+      "bad.toml:9: schedule[0].tz", "unknown key");
+}
+
+TEST(ConfigTest, BadValuesNameFileLineAndKey) {
+  ExpectError("[[gpu]]\nindex = 0\nmemory = \"8 GiB\"\n", "bad.toml:3: gpu[0].memory",
+              "'8 GiB' is not a size");
+  ExpectError("[[gpu]]\nindex = 0\nmemory = \"0\"\n", "bad.toml:3: gpu[0].memory", "not a size");
+  ExpectError("[[gpu]]\nindex = -1\n", "bad.toml:2: gpu[0].index", "out of range");
+  ExpectError("[[gpu]]\nmemory = \"1GiB\"\n", "bad.toml:1: gpu[0].index", "missing");
+  ExpectError("[[gpu]]\nindex = 0\n[[gpu]]\nindex = 0\n", "bad.toml:3: gpu[1].index",
+              "listed twice");
+  ExpectError("[server]\ngrace = \"15 minutes\"\n", "bad.toml:2: server.grace",
+              "is not a duration");
+  ExpectError("[server]\ngrace = 15\n", "bad.toml:2: server.grace", "expected a string");
+  ExpectError("[server]\non_rebind = \"kill\"\n", "bad.toml:2: server.on_rebind",
+              "not \"drain\" or \"preempt\"");
+  ExpectError("[server]\nbackend = \"gpu\"\n", "bad.toml:2: server.backend", "'gpu'");
+  ExpectError("[server]\nlisten = []\n", "bad.toml:2: server.listen", "at least one");
+  ExpectError("[server]\nlisten = [7070]\n", "bad.toml:2: server.listen", "array of strings");
+  ExpectError("[server]\ndefault_pool = \"d\"\n[pool.d]\nslices_per_gpu = 33\n",
+              "bad.toml:4: pool.d.slices_per_gpu", "out of range (1 to 32)");
+  ExpectError("[server]\ndefault_pool = \"d\"\n[pool.d]\nslices_per_gpu = \"4\"\n",
+              "bad.toml:4: pool.d.slices_per_gpu", "expected an integer");
+  ExpectError("[server]\ndefault_pool = \"d\"\n[pool.\"a b\"]\n", "bad.toml:3: pool.a b",
+              "letters, digits");
+}
+
+TEST(ConfigTest, SchedulesAreChecked) {
+  const std::string head = "[server]\ndefault_pool = \"dev\"\n[pool.dev]\n[[schedule]]\n";
+  ExpectError(head + "pool = \"train\"\ngpus = [0]\nfrom = 08:00:00\nto = 09:00:00\n",
+              "bad.toml:5: schedule[0].pool", "no pool 'train' is defined (pools: dev)");
+  ExpectError(head +
+                  "pool = \"dev\"\ngpus = [0]\nfrom = 08:00:00\nto = 09:00:00\n"
+                  "timezone = \"Asia/Atlantis\"\n",
+              "bad.toml:9: schedule[0].timezone", "unknown time zone 'Asia/Atlantis'");
+  ExpectError(head + "pool = \"dev\"\ngpus = [0]\nfrom = \"25:00\"\nto = 09:00:00\n",
+              "bad.toml:7: schedule[0].from", "not a time of day");
+  ExpectError(head + "pool = \"dev\"\ngpus = [0]\nfrom = 25:00:00\nto = 09:00:00\n",
+              "bad.toml:7:", "hour");  // TOML itself rejects it
+  ExpectError(head + "pool = \"dev\"\ngpus = [0]\nto = 09:00:00\n", "bad.toml:4: schedule[0].from",
+              "missing");
+  ExpectError(head + "pool = \"dev\"\ngpus = []\nfrom = 08:00:00\nto = 09:00:00\n",
+              "bad.toml:6: schedule[0].gpus", "lists no GPU");
+  ExpectError(head + "pool = \"dev\"\ngpus = [0, 0]\nfrom = 08:00:00\nto = 09:00:00\n",
+              "bad.toml:6: schedule[0].gpus", "listed twice");
+  ExpectError("[[gpu]]\nindex = 0\n" + head +
+                  "pool = \"dev\"\ngpus = [1]\nfrom = 08:00:00\nto = 09:00:00\n",
+              "bad.toml:8: schedule[0].gpus", "GPU 1 has no [[gpu]] table");
+  ExpectError(head + "pool = \"dev\"\ngpus = [0]\nfrom = 08:00:00.5\nto = 09:00:00\n",
+              "bad.toml:7: schedule[0].from", "fractions");
+}
+
+TEST(ConfigTest, DefaultPoolIsRequiredWithPoolsAndMustExist) {
+  ExpectError("[pool.dev]\n", "bad.toml:1: server.default_pool", "missing");
+  ExpectError("[server]\ndefault_pool = \"x\"\n[pool.dev]\n", "bad.toml:2: server.default_pool",
+              "no pool 'x'");
+  ExpectError("[server]\ndefault_pool = \"x\"\n", "bad.toml:2: server.default_pool",
+              "add a [pool.NAME] table");
+}
+
+TEST(ConfigTest, SyntaxErrorsNameFileLineAndColumn) {
+  Config config;
+  Status status = ParseConfig("[server]\nlisten = [\"a\"\n", "syntax.toml", &config);
+  ASSERT_FALSE(status.ok());
+  EXPECT_EQ(status.message().rfind("syntax.toml:", 0), 0u) << status.message();
+  status = ParseConfig("[server]\n\nbackend = host\n", "syntax.toml", &config);
+  ASSERT_FALSE(status.ok());
+  EXPECT_EQ(status.message().rfind("syntax.toml:3:", 0), 0u) << status.message();
+}
+
+TEST(ConfigTest, LoadsFilesAndNamesMissingOnes) {
+  const std::string path = ::testing::TempDir() + "/ferry-config-test.toml";
+  {
+    std::ofstream out(path);
+    out << kExample;
+  }
+  Config config;
+  Status status = LoadConfigFile(path, &config);
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  EXPECT_EQ(config.path, path);
+  std::remove(path.c_str());
+  status = LoadConfigFile(path, &config);
+  EXPECT_EQ(status.code(), StatusCode::kNotFound);
+  EXPECT_NE(status.message().find(path), std::string::npos);
+}
+
+}  // namespace
+}  // namespace ferry::pool

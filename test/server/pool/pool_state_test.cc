@@ -1,0 +1,503 @@
+// PoolState with a fake clock: slices, the borrow queue, schedules that wrap
+// midnight and cross DST, drains, preemption, manual actions and reloads.
+#include "server/pool/pool_state.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
+#include "server/pool/clock.h"
+
+namespace ferry::pool {
+namespace {
+
+constexpr uint64_t kGiB = 1ull << 30;
+
+absl::TimeZone Zone(const std::string& name) {
+  absl::TimeZone zone;
+  EXPECT_TRUE(LoadIanaTimeZone(name, &zone).ok());
+  return zone;
+}
+
+absl::Time Shanghai(int y, int mo, int d, int h, int mi, int s = 0) {
+  return absl::FromCivil(absl::CivilSecond(y, mo, d, h, mi, s), Zone("Asia/Shanghai"));
+}
+
+Config MustParse(const std::string& text) {
+  Config config;
+  Status status = ParseConfig(text, "test.toml", &config);
+  EXPECT_TRUE(status.ok()) << status.ToString();
+  return config;
+}
+
+// The issue's example with `gpus` GPUs of 8 GiB: dev (4 slices) by day,
+// train (1 slice) by night, drain with a 15-minute grace.
+std::string DayNight(const std::string& night_policy = "on_rebind = \"drain\"\ngrace = \"15m\"\n",
+                     const std::string& gpus = "[0]") {
+  return R"(
+[server]
+default_pool = "dev"
+[pool.dev]
+slices_per_gpu = 4
+[pool.train]
+slices_per_gpu = 1
+[[schedule]]
+pool = "dev"
+gpus = )" +
+         gpus + R"(
+from = 08:00:00
+to = 20:00:00
+timezone = "Asia/Shanghai"
+[[schedule]]
+pool = "train"
+gpus = )" +
+         gpus + R"(
+from = 20:00:00
+to = 08:00:00
+timezone = "Asia/Shanghai"
+)" + night_policy;
+}
+
+class PoolStateTest : public ::testing::Test {
+ protected:
+  void Make(const std::string& config_text, int gpu_count = 1,
+            absl::Time start = Shanghai(2026, 3, 10, 19, 0)) {
+    clock_ = std::make_unique<FakeClock>(start);
+    std::vector<PoolGpu> gpus;
+    for (int i = 0; i < gpu_count; ++i) gpus.push_back(PoolGpu{i, 8 * kGiB});
+    Status status = PoolState::Create(MustParse(config_text), gpus, clock_->Now(), &pool_);
+    ASSERT_TRUE(status.ok()) << status.ToString();
+  }
+
+  BorrowResult Borrow(uint64_t session, const std::string& pool = "", int gpus = 1,
+                      absl::Duration wait = absl::ZeroDuration()) {
+    BorrowRequest request;
+    request.session = session;
+    request.pool = pool;
+    request.gpus = gpus;
+    request.wait = wait;
+    request.host = "host" + std::to_string(session);
+    request.pid = static_cast<uint32_t>(1000 + session);
+    request.program = "prog";
+    BorrowResult result = pool_->Borrow(request, clock_->Now());
+    for (const Preemption& p : result.changes.preempted) preempted_.push_back(p);
+    return result;
+  }
+
+  PoolChanges AdvanceBy(absl::Duration d) {
+    clock_->Advance(d);
+    PoolChanges changes = pool_->Advance(clock_->Now());
+    for (const Preemption& p : changes.preempted) preempted_.push_back(p);
+    return changes;
+  }
+
+  PoolChanges AdvanceTo(absl::Time t) { return AdvanceBy(t - clock_->Now()); }
+
+  const GpuSnapshot& Gpu(int index) {
+    snapshot_ = pool_->Snapshot(clock_->Now());
+    return snapshot_.gpus.at(index);
+  }
+
+  std::unique_ptr<FakeClock> clock_;
+  std::unique_ptr<PoolState> pool_;
+  std::vector<Preemption> preempted_;
+  PoolSnapshot snapshot_;
+};
+
+TEST_F(PoolStateTest, FourSlicesHeldAndTheFifthRefused) {
+  Make(DayNight());
+  for (uint64_t s = 1; s <= 4; ++s) {
+    BorrowResult r = Borrow(s);
+    ASSERT_EQ(r.outcome, BorrowOutcome::kGranted) << r.error.ToString();
+    const Lease* lease = pool_->FindLease(s);
+    ASSERT_NE(lease, nullptr);
+    EXPECT_EQ(lease->pool, "dev");
+    ASSERT_EQ(lease->slices.size(), 1u);
+    EXPECT_EQ(lease->slices[0].gpu, 0);
+    EXPECT_EQ(lease->slices[0].slice, static_cast<int>(s - 1));
+    EXPECT_EQ(lease->slices[0].slices_per_gpu, 4);
+    EXPECT_EQ(lease->slices[0].memory_quota, 2 * kGiB);
+    EXPECT_DOUBLE_EQ(lease->slices[0].compute_share, 0.25);
+  }
+  BorrowResult fifth = Borrow(5);
+  EXPECT_EQ(fifth.outcome, BorrowOutcome::kRefused);
+  EXPECT_EQ(fifth.error.code(), StatusCode::kOverloaded);
+  EXPECT_NE(fifth.error.message().find("pool dev is full"), std::string::npos)
+      << fifth.error.message();
+  EXPECT_NE(fifth.error.message().find("FERRY_WAIT"), std::string::npos);
+  EXPECT_EQ(pool_->FindLease(5), nullptr);
+  EXPECT_EQ(Gpu(0).holdings.size(), 4u);
+  EXPECT_EQ(Gpu(0).free_slices, 0);
+}
+
+TEST_F(PoolStateTest, AWaiterIsServedWhenASliceFrees) {
+  Make(DayNight());
+  for (uint64_t s = 1; s <= 4; ++s) ASSERT_EQ(Borrow(s).outcome, BorrowOutcome::kGranted);
+  BorrowResult waiter = Borrow(5, "dev", 1, absl::Minutes(5));
+  ASSERT_EQ(waiter.outcome, BorrowOutcome::kQueued);
+  EXPECT_EQ(waiter.queue_position, 1);
+  EXPECT_EQ(Borrow(6, "dev", 1, absl::Minutes(5)).queue_position, 2);
+  EXPECT_EQ(pool_->QueuePosition(6), 2);
+  clock_->Advance(absl::Minutes(1));
+  PoolChanges changes = pool_->Return(3, clock_->Now());
+  EXPECT_EQ(changes.granted, std::vector<uint64_t>{5});
+  ASSERT_NE(pool_->FindLease(5), nullptr);
+  EXPECT_EQ(pool_->FindLease(5)->slices[0].slice, 2);  // the slice that freed
+  EXPECT_EQ(pool_->QueuePosition(6), 1);               // moved up
+  EXPECT_EQ(pool_->FindLease(3), nullptr);
+}
+
+TEST_F(PoolStateTest, NobodyOvertakesAnEarlierWaiter) {
+  Make(DayNight("", "[0, 1]"), 2);
+  for (uint64_t s = 1; s <= 8; ++s) ASSERT_EQ(Borrow(s).outcome, BorrowOutcome::kGranted);
+  // Wants two GPUs; then a one-GPU borrower queues behind it.
+  ASSERT_EQ(Borrow(10, "dev", 2, absl::Hours(1)).outcome, BorrowOutcome::kQueued);
+  ASSERT_EQ(Borrow(11, "dev", 1, absl::Hours(1)).outcome, BorrowOutcome::kQueued);
+  // One slice frees on GPU 0: not enough for 10, and 11 must not jump it.
+  EXPECT_TRUE(pool_->Return(1, clock_->Now()).granted.empty());
+  // A newcomer without a wait is refused although a slice is free.
+  BorrowResult late = Borrow(12);
+  EXPECT_EQ(late.outcome, BorrowOutcome::kRefused);
+  EXPECT_NE(late.error.message().find("2 borrowers wait ahead"), std::string::npos)
+      << late.error.message();
+  // A slice on GPU 1 frees: 10 gets one slice on each GPU, then 11 waits on.
+  PoolChanges changes = pool_->Return(5, clock_->Now());
+  EXPECT_EQ(changes.granted, std::vector<uint64_t>{10});
+  const Lease* lease = pool_->FindLease(10);
+  ASSERT_NE(lease, nullptr);
+  ASSERT_EQ(lease->slices.size(), 2u);
+  EXPECT_EQ(lease->slices[0].gpu, 0);
+  EXPECT_EQ(lease->slices[1].gpu, 1);
+  EXPECT_EQ(pool_->QueuePosition(11), 1);
+}
+
+TEST_F(PoolStateTest, SlicesFillTheLowestGpuFirstOnDistinctGpus) {
+  Make(DayNight("", "[0, 1]"), 2);
+  ASSERT_EQ(Borrow(1, "dev", 2).outcome, BorrowOutcome::kGranted);
+  const Lease* lease = pool_->FindLease(1);
+  ASSERT_EQ(lease->slices.size(), 2u);
+  EXPECT_NE(lease->slices[0].gpu, lease->slices[1].gpu);
+  ASSERT_EQ(Borrow(2).outcome, BorrowOutcome::kGranted);
+  EXPECT_EQ(pool_->FindLease(2)->slices[0].gpu, 0);
+  // Three GPUs are more than the server has.
+  BorrowResult r = Borrow(3, "dev", 3);
+  EXPECT_EQ(r.outcome, BorrowOutcome::kRefused);
+  EXPECT_EQ(r.error.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(r.error.message().find("2 GPUs"), std::string::npos) << r.error.message();
+}
+
+TEST_F(PoolStateTest, UnknownPoolIsRefusedWithTheNames) {
+  Make(DayNight());
+  BorrowResult r = Borrow(1, "inference");
+  EXPECT_EQ(r.outcome, BorrowOutcome::kRefused);
+  EXPECT_NE(r.error.message().find("no pool 'inference'"), std::string::npos);
+  EXPECT_NE(r.error.message().find("dev, train"), std::string::npos);
+}
+
+TEST_F(PoolStateTest, AWaitEndsAtItsDeadline) {
+  Make(DayNight());
+  for (uint64_t s = 1; s <= 4; ++s) ASSERT_EQ(Borrow(s).outcome, BorrowOutcome::kGranted);
+  ASSERT_EQ(Borrow(5, "dev", 1, absl::Seconds(30)).outcome, BorrowOutcome::kQueued);
+  EXPECT_EQ(pool_->NextEventTime(clock_->Now()), clock_->Now() + absl::Seconds(30));
+  EXPECT_TRUE(AdvanceBy(absl::Seconds(29)).ended_waits.empty());
+  PoolChanges changes = AdvanceBy(absl::Seconds(1));
+  ASSERT_EQ(changes.ended_waits.size(), 1u);
+  EXPECT_EQ(changes.ended_waits[0].first, 5u);
+  EXPECT_EQ(changes.ended_waits[0].second.code(), StatusCode::kOverloaded);
+  EXPECT_NE(changes.ended_waits[0].second.message().find("within 30s"), std::string::npos)
+      << changes.ended_waits[0].second.message();
+  EXPECT_EQ(pool_->QueuePosition(5), 0);
+}
+
+TEST_F(PoolStateTest, AQueuedBorrowerThatLeavesIsForgotten) {
+  Make(DayNight());
+  for (uint64_t s = 1; s <= 4; ++s) ASSERT_EQ(Borrow(s).outcome, BorrowOutcome::kGranted);
+  ASSERT_EQ(Borrow(5, "dev", 1, absl::Minutes(1)).outcome, BorrowOutcome::kQueued);
+  ASSERT_EQ(Borrow(6, "dev", 1, absl::Minutes(1)).outcome, BorrowOutcome::kQueued);
+  pool_->Return(5, clock_->Now());  // the client died while waiting
+  EXPECT_EQ(pool_->QueuePosition(5), 0);
+  EXPECT_EQ(pool_->QueuePosition(6), 1);
+  EXPECT_EQ(pool_->Return(2, clock_->Now()).granted, std::vector<uint64_t>{6});
+}
+
+TEST_F(PoolStateTest, NightDrainLetsHoldersFinishThenPreemptsAfterTheGrace) {
+  Make(DayNight(), 1, Shanghai(2026, 3, 10, 19, 59));
+  ASSERT_EQ(Borrow(1).outcome, BorrowOutcome::kGranted);
+  ASSERT_EQ(Borrow(2).outcome, BorrowOutcome::kGranted);
+  EXPECT_EQ(Gpu(0).pool, "dev");
+  EXPECT_EQ(Gpu(0).window, "08:00:00-20:00:00 Asia/Shanghai");
+  EXPECT_EQ(Gpu(0).next_change, Shanghai(2026, 3, 10, 20, 0));
+  EXPECT_EQ(Gpu(0).next_pool, "train");
+  EXPECT_EQ(pool_->NextEventTime(clock_->Now()), Shanghai(2026, 3, 10, 20, 0));
+
+  PoolChanges at_eight = AdvanceTo(Shanghai(2026, 3, 10, 20, 0));
+  EXPECT_TRUE(at_eight.preempted.empty());
+  ASSERT_EQ(at_eight.log.size(), 1u);
+  EXPECT_NE(at_eight.log[0].find("from pool dev to pool train"), std::string::npos)
+      << at_eight.log[0];
+  EXPECT_NE(at_eight.log[0].find("draining 2 holders (grace 15m)"), std::string::npos);
+  EXPECT_EQ(Gpu(0).pool, "train");
+  EXPECT_EQ(Gpu(0).window, "20:00:00-08:00:00 Asia/Shanghai");
+  EXPECT_EQ(Gpu(0).holdings[0].deadline, Shanghai(2026, 3, 10, 20, 15));
+  // New borrows follow the new layout: dev has no GPU now, and train's one
+  // whole slice does not fit beside the dev holders.
+  EXPECT_NE(Borrow(3, "dev").error.message().find("pool dev serves no GPU"), std::string::npos);
+  ASSERT_EQ(Borrow(4, "train", 1, absl::Hours(1)).outcome, BorrowOutcome::kQueued);
+
+  // Holder 1 finishes within the grace; 4 still waits for holder 2.
+  EXPECT_TRUE(pool_->Return(1, clock_->Now()).granted.empty());
+  EXPECT_EQ(pool_->NextEventTime(clock_->Now()), Shanghai(2026, 3, 10, 20, 15));
+  EXPECT_TRUE(AdvanceTo(Shanghai(2026, 3, 10, 20, 14, 59)).preempted.empty());
+  PoolChanges at_grace = AdvanceTo(Shanghai(2026, 3, 10, 20, 15));
+  ASSERT_EQ(at_grace.preempted.size(), 1u);
+  EXPECT_EQ(at_grace.preempted[0].session, 2u);
+  const std::string& reason = at_grace.preempted[0].reason;
+  EXPECT_EQ(
+      reason.rfind("preempted by the schedule: GPU 0 was rebound from pool dev to pool train", 0),
+      0u)
+      << reason;
+  EXPECT_NE(reason.find("the drain grace of 15m ran out"), std::string::npos) << reason;
+  // The preempted lease keeps its capacity until its resources are freed.
+  EXPECT_TRUE(at_grace.granted.empty());
+  EXPECT_TRUE(pool_->FindLease(2)->preempting);
+  EXPECT_TRUE(Gpu(0).holdings[0].preempting);
+  PoolChanges freed = pool_->Return(2, clock_->Now());
+  EXPECT_EQ(freed.granted, std::vector<uint64_t>{4});
+  EXPECT_EQ(pool_->FindLease(4)->slices[0].memory_quota, 8 * kGiB);
+  EXPECT_DOUBLE_EQ(pool_->FindLease(4)->slices[0].compute_share, 1.0);
+}
+
+TEST_F(PoolStateTest, PreemptRebindPreemptsAtOnce) {
+  Make(DayNight("on_rebind = \"preempt\"\n"), 1, Shanghai(2026, 3, 10, 19, 59, 59));
+  ASSERT_EQ(Borrow(1).outcome, BorrowOutcome::kGranted);
+  ASSERT_EQ(Borrow(2).outcome, BorrowOutcome::kGranted);
+  PoolChanges changes = AdvanceBy(absl::Seconds(1));
+  ASSERT_EQ(changes.preempted.size(), 2u);
+  EXPECT_NE(changes.preempted[0].reason.find("(on_rebind = preempt)"), std::string::npos);
+  EXPECT_EQ(changes.preempted[0].reason.rfind("preempted by the schedule", 0), 0u);
+  pool_->Return(1, clock_->Now());
+  pool_->Return(2, clock_->Now());
+  EXPECT_EQ(Borrow(3, "train").outcome, BorrowOutcome::kGranted);
+}
+
+TEST_F(PoolStateTest, MorningRebindAfterMidnightHandsTheGpuBackToDev) {
+  Make(DayNight(), 1, Shanghai(2026, 3, 10, 23, 30));
+  EXPECT_EQ(Gpu(0).pool, "train");
+  ASSERT_EQ(Borrow(1, "train").outcome, BorrowOutcome::kGranted);
+  // Past midnight the night window still holds.
+  EXPECT_TRUE(AdvanceTo(Shanghai(2026, 3, 11, 0, 30)).log.empty());
+  EXPECT_EQ(Gpu(0).pool, "train");
+  EXPECT_EQ(Gpu(0).next_change, Shanghai(2026, 3, 11, 8, 0));
+  PoolChanges morning = AdvanceTo(Shanghai(2026, 3, 11, 8, 0));
+  EXPECT_EQ(Gpu(0).pool, "dev");
+  ASSERT_EQ(morning.log.size(), 1u);
+  // The day window has no policy of its own: the [server] default, drain 15m.
+  EXPECT_EQ(Gpu(0).holdings[0].deadline, Shanghai(2026, 3, 11, 8, 15));
+  // Dev slices fit only when the whole-GPU train slice is gone.
+  EXPECT_EQ(Borrow(2).outcome, BorrowOutcome::kRefused);
+  pool_->Return(1, clock_->Now());
+  EXPECT_EQ(Borrow(2).outcome, BorrowOutcome::kGranted);
+}
+
+TEST_F(PoolStateTest, ScheduleAcrossDstInNewYork) {
+  const std::string config = R"(
+[server]
+default_pool = "dev"
+[pool.dev]
+slices_per_gpu = 2
+[pool.train]
+[[schedule]]
+pool = "train"
+gpus = [0]
+from = 20:00:00
+to = 08:00:00
+timezone = "America/New_York"
+on_rebind = "preempt"
+)";
+  const absl::TimeZone ny = Zone("America/New_York");
+  // Saturday 2026-03-07 19:00 EST; the night crosses the spring-forward.
+  Make(config, 1, absl::FromCivil(absl::CivilSecond(2026, 3, 7, 19, 0, 0), ny));
+  EXPECT_EQ(Gpu(0).pool, "dev");
+  const absl::Time night = absl::FromCivil(absl::CivilSecond(2026, 3, 7, 20, 0, 0), ny);
+  EXPECT_EQ(Gpu(0).next_change, night);
+  AdvanceTo(night);
+  EXPECT_EQ(Gpu(0).pool, "train");
+  // 11 hours later it is 08:00 EDT: the night was an hour short.
+  EXPECT_EQ(Gpu(0).next_change, night + absl::Hours(11));
+  AdvanceTo(night + absl::Hours(11) - absl::Seconds(1));
+  EXPECT_EQ(Gpu(0).pool, "train");
+  AdvanceBy(absl::Seconds(1));
+  EXPECT_EQ(Gpu(0).pool, "dev");
+}
+
+TEST_F(PoolStateTest, DrainFromFourToTwoSlicesHandsOutSlicesAsTheyFree) {
+  const std::string config = R"(
+[server]
+default_pool = "dev"
+[pool.dev]
+slices_per_gpu = 4
+[pool.half]
+slices_per_gpu = 2
+)";
+  Make(config);
+  for (uint64_t s = 1; s <= 4; ++s) ASSERT_EQ(Borrow(s).outcome, BorrowOutcome::kGranted);
+  PoolChanges changes;
+  ASSERT_TRUE(
+      pool_->Rebind(0, "half", RebindPolicy::kDrain, absl::Hours(1), clock_->Now(), &changes).ok());
+  ASSERT_EQ(Borrow(5, "half", 1, absl::Hours(1)).outcome, BorrowOutcome::kQueued);
+  ASSERT_EQ(Borrow(6, "half", 1, absl::Hours(1)).outcome, BorrowOutcome::kQueued);
+  // One quarter free is not half a GPU; two quarters are.
+  EXPECT_TRUE(pool_->Return(1, clock_->Now()).granted.empty());
+  EXPECT_EQ(pool_->Return(2, clock_->Now()).granted, std::vector<uint64_t>{5});
+  EXPECT_EQ(pool_->FindLease(5)->slices[0].memory_quota, 4 * kGiB);
+  EXPECT_EQ(Gpu(0).free_slices, 0);
+  EXPECT_TRUE(pool_->Return(3, clock_->Now()).granted.empty());
+  EXPECT_EQ(pool_->Return(4, clock_->Now()).granted, std::vector<uint64_t>{6});
+  EXPECT_EQ(pool_->FindLease(6)->slices[0].slice, 1);
+}
+
+TEST_F(PoolStateTest, ManualRebindLastsUntilTheNextScheduledChange) {
+  Make(DayNight(), 1, Shanghai(2026, 3, 10, 10, 0));
+  ASSERT_EQ(Borrow(1).outcome, BorrowOutcome::kGranted);
+  PoolChanges changes;
+  ASSERT_TRUE(pool_
+                  ->Rebind(0, "train", RebindPolicy::kPreempt, absl::ZeroDuration(), clock_->Now(),
+                           &changes)
+                  .ok());
+  ASSERT_EQ(changes.preempted.size(), 1u);
+  EXPECT_EQ(changes.preempted[0].reason.rfind("preempted by ferryctl rebind: GPU 0 was rebound", 0),
+            0u)
+      << changes.preempted[0].reason;
+  EXPECT_EQ(Gpu(0).pool, "train");
+  EXPECT_EQ(Gpu(0).source, BindingSource::kManual);
+  EXPECT_EQ(Gpu(0).manual_until, Shanghai(2026, 3, 10, 20, 0));
+  // The schedule's own change at 20:00 (to train) ends the override; the
+  // morning brings dev back as scheduled.
+  AdvanceTo(Shanghai(2026, 3, 10, 20, 0));
+  EXPECT_EQ(Gpu(0).source, BindingSource::kSchedule);
+  EXPECT_EQ(Gpu(0).pool, "train");
+  AdvanceTo(Shanghai(2026, 3, 11, 8, 0));
+  EXPECT_EQ(Gpu(0).pool, "dev");
+}
+
+TEST_F(PoolStateTest, RebindWithZeroGraceAndErrors) {
+  Make(DayNight(), 1, Shanghai(2026, 3, 10, 10, 0));
+  ASSERT_EQ(Borrow(1).outcome, BorrowOutcome::kGranted);
+  PoolChanges changes;
+  EXPECT_EQ(
+      pool_->Rebind(3, "dev", RebindPolicy::kDrain, absl::ZeroDuration(), clock_->Now(), &changes)
+          .code(),
+      StatusCode::kNotFound);
+  EXPECT_EQ(
+      pool_->Rebind(0, "nope", RebindPolicy::kDrain, absl::ZeroDuration(), clock_->Now(), &changes)
+          .code(),
+      StatusCode::kNotFound);
+  ASSERT_TRUE(
+      pool_->Rebind(0, "train", RebindPolicy::kDrain, absl::ZeroDuration(), clock_->Now(), &changes)
+          .ok());
+  ASSERT_EQ(changes.preempted.size(), 1u);  // drain with no grace ends at once
+  EXPECT_NE(changes.preempted[0].reason.find("grace of 0s ran out"), std::string::npos);
+}
+
+TEST_F(PoolStateTest, DrainedGpuTakesNoNewBorrowsAndKeepsItsHolders) {
+  Make(DayNight());
+  ASSERT_EQ(Borrow(1).outcome, BorrowOutcome::kGranted);
+  PoolChanges changes;
+  ASSERT_TRUE(pool_->SetDrained(0, true, clock_->Now(), &changes).ok());
+  EXPECT_TRUE(changes.preempted.empty());
+  EXPECT_TRUE(Gpu(0).drained);
+  EXPECT_NE(pool_->FindLease(1), nullptr);
+  ASSERT_EQ(Borrow(2, "dev", 1, absl::Hours(1)).outcome, BorrowOutcome::kQueued);
+  PoolChanges undrain;
+  ASSERT_TRUE(pool_->SetDrained(0, false, clock_->Now(), &undrain).ok());
+  EXPECT_EQ(undrain.granted, std::vector<uint64_t>{2});
+}
+
+TEST_F(PoolStateTest, ReloadAppliesNewPoolsAndABadOneKeepsTheOld) {
+  Make(DayNight(), 1, Shanghai(2026, 3, 10, 10, 0));
+  for (uint64_t s = 1; s <= 4; ++s) ASSERT_EQ(Borrow(s).outcome, BorrowOutcome::kGranted);
+  ASSERT_EQ(Borrow(5, "dev", 1, absl::Hours(1)).outcome, BorrowOutcome::kQueued);
+  // A config whose schedule names GPU 7 is rejected; nothing changes.
+  std::string bad = DayNight("", "[7]");
+  PoolChanges changes;
+  Status status = pool_->Reconfigure(MustParse(bad), clock_->Now(), &changes);
+  EXPECT_FALSE(status.ok());
+  EXPECT_NE(status.message().find("test.toml:"), std::string::npos) << status.message();
+  EXPECT_NE(status.message().find("GPU 7"), std::string::npos);
+  EXPECT_EQ(pool_->config().schedules[0].gpus, std::vector<int>{0});
+  EXPECT_EQ(pool_->QueuePosition(5), 1);
+  // A good one: dev becomes 8 slices per GPU. Holders keep their quarter
+  // (the GPU stays full); when one quarter frees, the waiter gets an eighth.
+  std::string good = DayNight();
+  good.replace(good.find("slices_per_gpu = 4"), 18, "slices_per_gpu = 8");
+  ASSERT_TRUE(pool_->Reconfigure(MustParse(good), clock_->Now(), &changes).ok());
+  EXPECT_TRUE(changes.granted.empty());
+  EXPECT_EQ(Gpu(0).slices_per_gpu, 8);
+  EXPECT_EQ(Gpu(0).free_slices, 0);
+  EXPECT_EQ(pool_->Return(1, clock_->Now()).granted, std::vector<uint64_t>{5});
+  EXPECT_EQ(pool_->FindLease(2)->slices[0].memory_quota, 2 * kGiB);
+  ASSERT_NE(pool_->FindLease(5), nullptr);
+  EXPECT_EQ(pool_->FindLease(5)->slices[0].memory_quota, 1 * kGiB);
+  EXPECT_EQ(Gpu(0).free_slices, 1);
+}
+
+TEST_F(PoolStateTest, ReloadThatRemovesAPoolRefusesItsWaitersAndRebinds) {
+  Make(DayNight(), 1, Shanghai(2026, 3, 10, 21, 0));
+  ASSERT_EQ(Borrow(1, "train").outcome, BorrowOutcome::kGranted);
+  ASSERT_EQ(Borrow(2, "train", 1, absl::Hours(1)).outcome, BorrowOutcome::kQueued);
+  PoolChanges changes;
+  ASSERT_TRUE(pool_
+                  ->Reconfigure(MustParse("[server]\ndefault_pool = \"dev\"\non_rebind = "
+                                          "\"preempt\"\n[pool.dev]\nslices_per_gpu = 2\n"),
+                                clock_->Now(), &changes)
+                  .ok());
+  ASSERT_EQ(changes.ended_waits.size(), 1u);
+  EXPECT_EQ(changes.ended_waits[0].first, 2u);
+  EXPECT_NE(changes.ended_waits[0].second.message().find("removed by a config reload"),
+            std::string::npos);
+  ASSERT_EQ(changes.preempted.size(), 1u);
+  EXPECT_EQ(changes.preempted[0].reason.rfind("preempted by a config reload", 0), 0u)
+      << changes.preempted[0].reason;
+  EXPECT_EQ(Gpu(0).pool, "dev");
+}
+
+TEST_F(PoolStateTest, SnapshotShowsHoldersQueueAndTheNextChange) {
+  Make(DayNight("", "[0, 1]"), 2, Shanghai(2026, 3, 10, 7, 0));
+  EXPECT_EQ(Gpu(0).pool, "train");
+  ASSERT_EQ(Borrow(1, "train").outcome, BorrowOutcome::kGranted);
+  ASSERT_EQ(Borrow(2, "train").outcome, BorrowOutcome::kGranted);
+  ASSERT_EQ(Borrow(3, "train", 1, absl::Minutes(10)).outcome, BorrowOutcome::kQueued);
+  const PoolSnapshot snapshot = pool_->Snapshot(clock_->Now());
+  ASSERT_EQ(snapshot.gpus.size(), 2u);
+  ASSERT_EQ(snapshot.gpus[1].holdings.size(), 1u);
+  const HoldingSnapshot& h = snapshot.gpus[1].holdings[0];
+  EXPECT_EQ(h.session, 2u);
+  EXPECT_EQ(h.host, "host2");
+  EXPECT_EQ(h.pid, 1002u);
+  EXPECT_EQ(h.since, clock_->Now());
+  EXPECT_EQ(h.slice.memory_quota, 8 * kGiB);
+  ASSERT_EQ(snapshot.queue.size(), 1u);
+  EXPECT_EQ(snapshot.queue[0].session, 3u);
+  EXPECT_EQ(snapshot.queue[0].position, 1);
+  EXPECT_EQ(snapshot.queue[0].deadline, clock_->Now() + absl::Minutes(10));
+  EXPECT_EQ(snapshot.next_change, Shanghai(2026, 3, 10, 8, 0));
+  EXPECT_EQ(snapshot.next_change_gpu, 0);
+  EXPECT_EQ(snapshot.next_change_pool, "dev");
+}
+
+TEST_F(PoolStateTest, ScheduleNamingAMissingGpuIsRefusedAtCreation) {
+  std::unique_ptr<PoolState> pool;
+  Status status =
+      PoolState::Create(MustParse(DayNight("", "[0, 2]")), {PoolGpu{0, kGiB}}, absl::Now(), &pool);
+  EXPECT_FALSE(status.ok());
+  EXPECT_NE(status.message().find("GPU 2 is not served"), std::string::npos) << status.message();
+}
+
+TEST(PoolCapacityTest, UnitsAreExactForEverySliceCount) {
+  for (uint64_t n = 1; n <= kMaxSlicesPerGpu; ++n) {
+    EXPECT_EQ(PoolState::kCapacityUnits % n, 0u) << n;
+  }
+}
+
+}  // namespace
+}  // namespace ferry::pool
