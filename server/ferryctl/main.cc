@@ -380,12 +380,19 @@ int64_t DurationMs(const std::string& text) {
 // argument (CLI11's own wording does not say "unknown command").
 std::string ParseErrorMessage(const CLI::App& app, const CLI::ParseError& error) {
   const std::vector<CLI::App*> chosen = app.get_subcommands();
-  for (const std::string& arg : app.remaining()) {
-    if (!arg.empty() && arg[0] == '-') return "unknown flag '" + arg + "'";
-    if (chosen.empty()) return "unknown command '" + arg + "'";
+  const bool extras = dynamic_cast<const CLI::ExtrasError*>(&error) != nullptr;
+  // Without a command CLI11 reports "a subcommand is required" even when an
+  // unknown word stands where the command belongs; name that word instead.
+  if (extras || chosen.empty()) {
+    for (const std::string& arg : app.remaining()) {
+      if (!arg.empty() && arg[0] == '-') return "unknown flag '" + arg + "'";
+      return (chosen.empty() ? "unknown command '" : "unexpected argument '") + arg + "'";
+    }
   }
-  if (chosen.empty()) return "no command given";
-  if (dynamic_cast<const CLI::ExtrasError*>(&error) != nullptr) {
+  if (chosen.empty() && dynamic_cast<const CLI::RequiredError*>(&error) != nullptr) {
+    return "no command given";
+  }
+  if (extras) {
     for (const std::string& arg : chosen.front()->remaining()) {
       const bool flag = !arg.empty() && arg[0] == '-';
       return std::string(flag ? "unknown flag '" : "unexpected argument '") + arg + "' for '" +

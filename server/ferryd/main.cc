@@ -103,6 +103,7 @@ const CLI::Validator kRfc3339(
 // What a parse error says, naming the offending argument (CLI11's own
 // wording for extras is "not expected").
 std::string ParseErrorMessage(const CLI::App& app, const CLI::ParseError& error) {
+  if (dynamic_cast<const CLI::ExtrasError*>(&error) == nullptr) return error.what();
   for (const std::string& arg : app.remaining()) {
     if (!arg.empty() && arg[0] == '-') return "unknown flag '" + arg + "'";
     return "unexpected argument '" + arg + "' (ferryd takes no positional arguments)";

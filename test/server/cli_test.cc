@@ -180,6 +180,10 @@ TEST_F(CliTest, UnknownCommandsAndFlagsAreNamed) {
   EXPECT_EQ(r.code, 2);
   EXPECT_TRUE(Contains(r.err, "'--preempt'")) << r.err;
 
+  r = Ctl({"stray", "status", "--server", "127.0.0.1:1"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_TRUE(Contains(r.err, "unexpected argument 'stray'")) << r.err;
+
   r = Ctl({});
   EXPECT_EQ(r.code, 2);
   EXPECT_TRUE(Contains(r.err, "no command")) << r.err;
@@ -191,6 +195,11 @@ TEST_F(CliTest, UnknownCommandsAndFlagsAreNamed) {
   r = Ferryd({"--listen", "127.0.0.1:0", "stray"});
   EXPECT_EQ(r.code, 2);
   EXPECT_TRUE(Contains(r.err, "'stray'")) << r.err;
+
+  // A bad value is reported as such, even beside an unexpected argument.
+  r = Ferryd({"stray", "--backend", "gpu", "--listen", "127.0.0.1:0"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_TRUE(Contains(r.err, "--backend")) << r.err;
 }
 
 TEST_F(CliTest, BadValuesAreUsageErrors) {
