@@ -10,6 +10,7 @@ packages=(
   libcapnp-dev capnproto  # wire schema, compiled at build time
   libabsl-dev           # containers, synchronization, time
   libtomlplusplus-dev   # ferryd's TOML config (server/pool/)
+  libcli11-dev          # command lines of ferryd and ferryctl (header-only CLI11)
   tzdata                # IANA time zones for pool schedules (absl::LoadTimeZone reads them)
   libgtest-dev libgmock-dev  # unit and end-to-end tests
   libbenchmark-dev      # bench/

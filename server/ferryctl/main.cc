@@ -5,7 +5,8 @@
 //   ferryctl rebind GPU POOL [--preempt | --drain] [--grace DURATION]
 //   ferryctl drain GPU                     no new borrows on GPU
 //   ferryctl undrain GPU                   take borrows again
-//   every command: [--server HOST:PORT]
+//   every command: [--server HOST:PORT] (before or after the command), --help
+//   ferryctl --version
 //
 // The server address defaults to FERRY_SERVER, the address clients use.
 // `ferryctl test-advance-clock DURATION` moves the fake clock of a ferryd
@@ -22,6 +23,8 @@
 #include <string>
 #include <vector>
 
+#include <CLI/CLI.hpp>
+
 #include "common/frame.h"
 #include "common/log.h"
 #include "common/transport.h"
@@ -29,14 +32,6 @@
 
 namespace ferry {
 namespace {
-
-constexpr const char* kUsage =
-    "usage: ferryctl status [-o table|json]\n"
-    "       ferryctl reload\n"
-    "       ferryctl rebind GPU POOL [--preempt | --drain] [--grace DURATION]\n"
-    "       ferryctl drain GPU\n"
-    "       ferryctl undrain GPU\n"
-    "  every command takes --server HOST:PORT (default: $FERRY_SERVER)\n";
 
 std::string JsonString(std::string_view s) {
   std::string out = "\"";
@@ -359,97 +354,178 @@ bool ParseGpu(const std::string& text, uint32_t* gpu) {
   return true;
 }
 
-int Usage(const std::string& why) {
-  std::fprintf(stderr, "ferryctl: %s\n%s", why.c_str(), kUsage);
-  return 2;
+// CLI11 validators: an empty string accepts the value, anything else is the
+// reason it is refused.
+const CLI::Validator kGpuIndex(
+    [](const std::string& text) {
+      uint32_t gpu = 0;
+      return ParseGpu(text, &gpu) ? std::string() : "'" + text + "' is not a GPU index (0-1023)";
+    },
+    "GPU");
+const CLI::Validator kDuration(
+    [](const std::string& text) {
+      std::chrono::milliseconds ms{};
+      return ParseDuration(text, &ms) ? std::string()
+                                      : "bad duration '" + text + "' (e.g. 10m, 1h30m, 90s)";
+    },
+    "DURATION");
+
+int64_t DurationMs(const std::string& text) {
+  std::chrono::milliseconds ms{};
+  ParseDuration(text, &ms);  // validated by kDuration
+  return ms.count();
+}
+
+// What a parse error says, in one line that names the offending command or
+// argument (CLI11's own wording does not say "unknown command").
+std::string ParseErrorMessage(const CLI::App& app, const CLI::ParseError& error) {
+  const std::vector<CLI::App*> chosen = app.get_subcommands();
+  const bool extras = dynamic_cast<const CLI::ExtrasError*>(&error) != nullptr;
+  // Without a command CLI11 reports "a subcommand is required" even when an
+  // unknown word stands where the command belongs; name that word instead.
+  if (extras || chosen.empty()) {
+    for (const std::string& arg : app.remaining()) {
+      if (!arg.empty() && arg[0] == '-') return "unknown flag '" + arg + "'";
+      return (chosen.empty() ? "unknown command '" : "unexpected argument '") + arg + "'";
+    }
+  }
+  if (chosen.empty() && dynamic_cast<const CLI::RequiredError*>(&error) != nullptr) {
+    return "no command given";
+  }
+  if (extras) {
+    for (const std::string& arg : chosen.front()->remaining()) {
+      const bool flag = !arg.empty() && arg[0] == '-';
+      return std::string(flag ? "unknown flag '" : "unexpected argument '") + arg + "' for '" +
+             chosen.front()->get_name() + "'";
+    }
+  }
+  return error.what();
+}
+
+// Every command takes --server, before or after the command's name.
+void AddServerOption(CLI::App* app, std::string* server) {
+  app->add_option("-s,--server", *server,
+                  "ferryd's address, HOST:PORT or unix:PATH (default: $FERRY_SERVER)");
 }
 
 int Main(int argc, char** argv) {
   SetLogProgram("ferryctl");
-  if (argc < 2) {
-    std::fputs(kUsage, stderr);
-    return 2;
-  }
-  const std::string command = argv[1];
-  if (command == "--help" || command == "-h" || command == "help") {
-    std::fputs(kUsage, stdout);
-    return 0;
-  }
   const char* env = std::getenv("FERRY_SERVER");
   std::string server = env != nullptr ? env : "";
   std::string format = "table";
-  std::string policy;
-  int64_t grace_ms = -1;
-  std::vector<std::string> positional;
-  for (int i = 2; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if ((arg == "--server" || arg == "-s") && i + 1 < argc) {
-      server = argv[++i];
-    } else if ((arg == "-o" || arg == "--output") && i + 1 < argc && command == "status") {
-      format = argv[++i];
-      if (format != "table" && format != "json") return Usage("-o must be table or json");
-    } else if ((arg == "--preempt" || arg == "--drain") && command == "rebind") {
-      policy = arg.substr(2);
-    } else if (arg == "--grace" && i + 1 < argc && command == "rebind") {
-      std::chrono::milliseconds ms{};
-      if (!ParseDuration(argv[++i], &ms))
-        return Usage(std::string("bad --grace '") + argv[i] + "'");
-      grace_ms = ms.count();
-    } else if (!arg.empty() && arg[0] != '-') {
-      positional.push_back(arg);
-    } else {
-      return Usage("unknown argument '" + arg + "'");
-    }
+  std::string gpu_text;
+  std::string pool;
+  bool preempt = false;
+  bool drain = false;
+  std::string grace;
+  std::string duration;
+
+  CLI::App app("ferryctl: the operator's tool for a ferryd", "ferryctl");
+  app.set_version_flag("--version", std::string("ferryctl ") + FERRY_VERSION,
+                       "Print the version and exit");
+  app.require_subcommand(1);
+  app.footer(
+      "Exit status: 0 on success, 1 when the server cannot be reached or refuses, 2 on bad "
+      "usage.");
+  AddServerOption(&app, &server);
+
+  CLI::App* status = app.add_subcommand("status", "Sessions, GPUs, pools, slices and the queue");
+  AddServerOption(status, &server);
+  status->add_option("-o,--output", format, "Output format (default: table)")
+      ->check(CLI::IsMember({"table", "json"}));
+
+  CLI::App* reload = app.add_subcommand("reload", "Re-read ferryd's config file");
+  AddServerOption(reload, &server);
+
+  CLI::App* rebind = app.add_subcommand("rebind", "Give GPU to POOL now");
+  AddServerOption(rebind, &server);
+  rebind->add_option("GPU", gpu_text, "GPU index")->required()->check(kGpuIndex);
+  rebind->add_option("POOL", pool, "The pool that gets the GPU")->required();
+  CLI::Option* preempt_flag =
+      rebind->add_flag("--preempt", preempt, "Preempt the GPU's holders at once");
+  CLI::Option* drain_flag =
+      rebind->add_flag("--drain", drain, "Let the holders finish (up to --grace)");
+  preempt_flag->excludes(drain_flag);
+  rebind->add_option("--grace", grace, "How long draining holders may keep the GPU (e.g. 10m)")
+      ->check(kDuration);
+
+  CLI::App* drain_cmd = app.add_subcommand("drain", "No new borrows on GPU");
+  AddServerOption(drain_cmd, &server);
+  drain_cmd->add_option("GPU", gpu_text, "GPU index")->required()->check(kGpuIndex);
+
+  CLI::App* undrain = app.add_subcommand("undrain", "Take borrows on GPU again");
+  AddServerOption(undrain, &server);
+  undrain->add_option("GPU", gpu_text, "GPU index")->required()->check(kGpuIndex);
+
+  // Tests only (hidden): moves the fake clock of a ferryd started with
+  // --test-fake-clock; ferryd refuses it otherwise.
+  CLI::App* advance = app.add_subcommand("test-advance-clock", "Tests only")->group("");
+  AddServerOption(advance, &server);
+  advance->add_option("DURATION", duration, "How far to move the clock")
+      ->required()
+      ->check(kDuration);
+
+  // `ferryctl help` is `ferryctl --help`.
+  CLI::App* help = app.add_subcommand("help", "Print this help")->group("");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& error) {
+    if (error.get_exit_code() == 0) return app.exit(error);  // --help, --version
+    std::fprintf(stderr, "ferryctl: %s\nRun 'ferryctl --help' for usage.\n",
+                 ParseErrorMessage(app, error).c_str());
+    return 2;
+  }
+  if (help->parsed()) {
+    std::fputs(app.get_formatter()->make_help(&app, "ferryctl", CLI::AppFormatMode::Normal).c_str(),
+               stdout);
+    return 0;
   }
   if (server.empty()) {
     std::fprintf(stderr, "ferryctl: no server: pass --server HOST:PORT or set FERRY_SERVER\n");
     return 2;
   }
-  auto want = [&](size_t n) { return positional.size() == n; };
-  if (command == "status" && want(0)) {
+
+  if (status->parsed()) {
     return Request(
         server, [](wire::ControlRequest::Builder r) { r.setStatus(); },
         [&](wire::ControlReply::Reader reply) { return PrintStatus(server, format, reply); });
   }
-  if (command == "reload" && want(0)) {
+  if (reload->parsed()) {
     return Request(
         server, [](wire::ControlRequest::Builder r) { r.setReload(); }, PrintMessage);
   }
-  if (command == "rebind" && want(2)) {
-    uint32_t gpu = 0;
-    if (!ParseGpu(positional[0], &gpu)) return Usage("'" + positional[0] + "' is not a GPU index");
+  uint32_t gpu = 0;
+  ParseGpu(gpu_text, &gpu);  // validated by kGpuIndex where a command takes a GPU
+  if (rebind->parsed()) {
+    const std::string policy = preempt ? "preempt" : drain ? "drain" : "";
+    const int64_t grace_ms = grace.empty() ? -1 : DurationMs(grace);
     return Request(
         server,
         [&](wire::ControlRequest::Builder r) {
           auto args = r.initRebind();
           args.setGpu(gpu);
-          args.setPool(positional[1]);
+          args.setPool(pool);
           args.setPolicy(policy);
           args.setGraceMs(grace_ms);
         },
         PrintMessage);
   }
-  if ((command == "drain" || command == "undrain") && want(1)) {
-    uint32_t gpu = 0;
-    if (!ParseGpu(positional[0], &gpu)) return Usage("'" + positional[0] + "' is not a GPU index");
+  if (drain_cmd->parsed() || undrain->parsed()) {
+    const bool drained = drain_cmd->parsed();
     return Request(
         server,
         [&](wire::ControlRequest::Builder r) {
           auto args = r.initDrain();
           args.setGpu(gpu);
-          args.setDrained(command == "drain");
+          args.setDrained(drained);
         },
         PrintMessage);
   }
-  if (command == "test-advance-clock" && want(1)) {
-    // Tests only: ferryd refuses it unless started with --test-fake-clock.
-    std::chrono::milliseconds ms{};
-    if (!ParseDuration(positional[0], &ms)) return Usage("bad duration '" + positional[0] + "'");
-    return Request(
-        server, [&](wire::ControlRequest::Builder r) { r.setTestAdvanceClock(ms.count()); },
-        PrintMessage);
-  }
-  return Usage("bad command line for '" + command + "'");
+  // test-advance-clock: require_subcommand(1) leaves no other choice.
+  const int64_t ms = DurationMs(duration);
+  return Request(
+      server, [&](wire::ControlRequest::Builder r) { r.setTestAdvanceClock(ms); }, PrintMessage);
 }
 
 }  // namespace

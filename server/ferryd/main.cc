@@ -6,6 +6,7 @@
 //          [--host-devices N] [--host-memory SIZE] [--module-cache SIZE]
 //          [--ready-file PATH]
 //          [--log-level debug|info|warning|error]
+//   ferryd --help | --version
 //
 // --config reads a TOML file (server/pool/config.h): the same settings as the flags
 // (flags win), the GPUs to serve, and the pools and schedule that slice them.
@@ -17,7 +18,9 @@
 //
 // --test-fake-clock TIME (tests only) runs the pool on a clock that stands at
 // TIME (RFC 3339, e.g. 2026-03-10T19:59:00+08:00) and moves only when
-// `ferryctl test-advance-clock` says so.
+// `ferryctl test-advance-clock` says so. --allow-ferry-cuda-driver (tests
+// only) lets the CUDA backend load ferry's own libcuda.so.1, so one ferryd
+// can be chained to another.
 #include <pthread.h>
 #include <signal.h>
 
@@ -33,6 +36,8 @@
 #include <string>
 #include <vector>
 
+#include <CLI/CLI.hpp>
+
 #include "common/log.h"
 #include "common/units.h"
 #include "server/backend/cuda/cuda_backend.h"
@@ -43,18 +48,6 @@
 
 namespace ferry {
 namespace {
-
-constexpr const char* kUsage =
-    "usage: ferryd [--config FILE] --listen HOST:PORT [--listen HOST:PORT ...]\n"
-    "              --backend cuda|host|auto [--cuda-driver PATH] [--host-kernels LIB.so ...]\n"
-    "              [--host-devices N] [--host-memory SIZE (e.g. 8GiB)] [--ready-file PATH]\n"
-    "              [--module-cache SIZE (default 1GiB, 0: off)]\n"
-    "              [--log-level debug|info|warning|error]\n"
-    "  --listen ADDRESS  HOST:PORT (TCP) or unix:PATH (clients on this host, shared memory)\n"
-    "  --config FILE  TOML: [server] (as the flags; flags win), [[gpu]], [pool.NAME],\n"
-    "                 [[schedule]]; SIGHUP or `ferryctl reload` re-reads it\n"
-    "  --test-fake-clock TIME  tests only: the pool's clock stands at TIME (RFC 3339)\n"
-    "                 and moves only by `ferryctl test-advance-clock`\n";
 
 // What the command line says; unset means "from the config, else default".
 struct Flags {
@@ -69,6 +62,7 @@ struct Flags {
   uint64_t module_cache = server::Server::kDefaultModuleCacheBytes;
   std::string ready_file;
   std::optional<absl::Time> test_fake_clock;
+  bool allow_ferry_cuda_driver = false;  // tests only
 };
 
 bool SetLogLevel(const std::string& v) {
@@ -85,85 +79,128 @@ bool SetLogLevel(const std::string& v) {
   return true;
 }
 
-bool ParseArgs(int argc, char** argv, Flags* flags, std::string* error) {
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    auto value = [&](std::string* out) {
-      if (i + 1 >= argc) {
-        *error = arg + " needs a value";
-        return false;
-      }
-      *out = argv[++i];
-      return true;
-    };
-    std::string v;
-    if (arg == "--help" || arg == "-h") {
-      std::fputs(kUsage, stdout);
-      std::exit(0);
-    } else if (arg == "--config") {
-      if (!value(&flags->config_path)) return false;
-    } else if (arg == "--listen") {
-      if (!value(&v)) return false;
-      flags->listen.push_back(v);
-    } else if (arg == "--backend") {
-      if (!value(&v)) return false;
-      if (v != "cuda" && v != "host" && v != "auto") {
-        *error = "--backend must be cuda, host or auto, not '" + v + "'";
-        return false;
-      }
-      flags->backend = v;
-    } else if (arg == "--cuda-driver") {
-      if (!value(&v)) return false;
-      flags->cuda_driver = v;
-    } else if (arg == "--host-kernels") {
-      if (!value(&v)) return false;
-      flags->host_kernels.push_back(v);
-    } else if (arg == "--host-devices") {
-      if (!value(&v)) return false;
-      const int n = std::atoi(v.c_str());
-      if (n < 1 || n > 64) {
-        *error = "--host-devices must be between 1 and 64";
-        return false;
-      }
-      flags->host_devices = n;
-    } else if (arg == "--host-memory") {
-      if (!value(&v)) return false;
-      uint64_t bytes = 0;
-      if (!ParseByteSize(v, &bytes) || bytes == 0) {
-        *error = "--host-memory: bad size '" + v + "' (e.g. 8GiB, 512MiB)";
-        return false;
-      }
-      flags->host_memory = bytes;
-    } else if (arg == "--module-cache") {
-      if (!value(&v)) return false;
-      if (!ParseByteSize(v, &flags->module_cache)) {
-        *error = "--module-cache: bad size '" + v + "' (e.g. 1GiB, 0 to turn it off)";
-        return false;
-      }
-    } else if (arg == "--ready-file") {
-      if (!value(&flags->ready_file)) return false;
-    } else if (arg == "--log-level") {
-      if (!value(&v)) return false;
-      if (v != "debug" && v != "info" && v != "warning" && v != "error") {
-        *error = "--log-level must be debug, info, warning or error";
-        return false;
-      }
-      flags->log_level = v;
-    } else if (arg == "--test-fake-clock") {
-      if (!value(&v)) return false;
+// CLI11 validators: an empty string accepts the value, anything else is the
+// reason it is refused.
+CLI::Validator ByteSize(bool allow_zero, const std::string& example) {
+  return CLI::Validator(
+      [allow_zero, example](const std::string& text) {
+        uint64_t bytes = 0;
+        if (ParseByteSize(text, &bytes) && (allow_zero || bytes != 0)) return std::string();
+        return "bad size '" + text + "' (e.g. " + example + ")";
+      },
+      "");
+}
+
+const CLI::Validator kRfc3339(
+    [](const std::string& text) {
       absl::Time t;
       std::string why;
-      if (!absl::ParseTime(absl::RFC3339_full, v, &t, &why)) {
-        *error = "--test-fake-clock: '" + v + "' is not an RFC 3339 time (" + why + ")";
-        return false;
-      }
-      flags->test_fake_clock = t;
-    } else {
-      *error = "unknown argument '" + arg + "'";
-      return false;
-    }
+      if (absl::ParseTime(absl::RFC3339_full, text, &t, &why)) return std::string();
+      return "'" + text + "' is not an RFC 3339 time (" + why + ")";
+    },
+    "");
+
+// What a parse error says, naming the offending argument (CLI11's own
+// wording for extras is "not expected").
+std::string ParseErrorMessage(const CLI::App& app, const CLI::ParseError& error) {
+  if (dynamic_cast<const CLI::ExtrasError*>(&error) == nullptr) return error.what();
+  for (const std::string& arg : app.remaining()) {
+    if (!arg.empty() && arg[0] == '-') return "unknown flag '" + arg + "'";
+    return "unexpected argument '" + arg + "' (ferryd takes no positional arguments)";
   }
-  return true;
+  return error.what();
+}
+
+// Parses the command line into `flags`. Returns -1 to go on, else the exit
+// status: 0 after --help or --version, 2 on a usage error (reported on stderr).
+int ParseArgs(int argc, char** argv, Flags* flags) {
+  CLI::App app(
+      "ferryd: the GPU server. Holds the GPUs (or the host stand-in), accepts client sessions\n"
+      "and executes their driver calls on a backend.",
+      "ferryd");
+  app.set_version_flag("--version", std::string("ferryd ") + FERRY_VERSION,
+                       "Print the version and exit");
+  app.footer(
+      "SIGTERM and SIGINT stop ferryd cleanly (exit 0); SIGHUP re-reads --config.\n"
+      "Exit status: 0 after a clean stop, 1 when it cannot start, 2 on bad usage.");
+  std::string backend, cuda_driver, host_memory, log_level, test_fake_clock;
+  std::string module_cache;
+  int host_devices = 0;
+  app.add_option("--config", flags->config_path,
+                 "TOML: [server] (as the flags; flags win), [[gpu]], [pool.NAME], [[schedule]];\n"
+                 "SIGHUP or `ferryctl reload` re-reads it")
+      ->type_name("FILE");
+  // Repeatable: one address per --listen.
+  app.add_option("--listen", flags->listen,
+                 "HOST:PORT (TCP) or unix:PATH (clients on this host, shared memory);\n"
+                 "repeat for more addresses (at least one here or in [server] listen)")
+      ->allow_extra_args(false)
+      ->type_name("ADDRESS");
+  CLI::Option* backend_option =
+      app.add_option("--backend", backend, "cuda, host or auto (default: auto)")
+          ->check(CLI::IsMember({"cuda", "host", "auto"}))
+          ->type_name("BACKEND");
+  CLI::Option* cuda_driver_option =
+      app.add_option("--cuda-driver", cuda_driver, "NVIDIA's libcuda.so.1 (default: the system's)")
+          ->type_name("PATH");
+  app.add_flag("--allow-ferry-cuda-driver", flags->allow_ferry_cuda_driver,
+               "tests only: accept ferry's own libcuda.so.1 as --cuda-driver, to chain a\n"
+               "CUDA-backend ferryd to another ferryd");
+  // Repeatable: one plugin per --host-kernels.
+  app.add_option("--host-kernels", flags->host_kernels,
+                 "host backend: a plugin with host implementations of kernels; repeatable")
+      ->allow_extra_args(false)
+      ->type_name("LIB.so");
+  CLI::Option* host_devices_option =
+      app.add_option("--host-devices", host_devices, "host backend: devices to emulate (1-64)")
+          ->check(CLI::Range(1, 64))
+          ->type_name("N");
+  CLI::Option* host_memory_option =
+      app.add_option("--host-memory", host_memory, "host backend: memory per device (default 8GiB)")
+          ->check(ByteSize(/*allow_zero=*/false, "8GiB, 512MiB"))
+          ->type_name("SIZE");
+  CLI::Option* module_cache_option =
+      app.add_option("--module-cache", module_cache, "module image cache (default 1GiB, 0: off)")
+          ->check(ByteSize(/*allow_zero=*/true, "1GiB, 0 to turn it off"))
+          ->type_name("SIZE");
+  app.add_option("--ready-file", flags->ready_file,
+                 "once listening, write the first bound address to PATH")
+      ->type_name("PATH");
+  CLI::Option* log_level_option =
+      app.add_option("--log-level", log_level, "debug, info, warning or error")
+          ->check(CLI::IsMember({"debug", "info", "warning", "error"}))
+          ->type_name("LEVEL");
+  CLI::Option* fake_clock_option =
+      app.add_option("--test-fake-clock", test_fake_clock,
+                     "tests only: the pool's clock stands at TIME (RFC 3339) and moves only by\n"
+                     "`ferryctl test-advance-clock`")
+          ->check(kRfc3339)
+          ->type_name("TIME");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& error) {
+    if (error.get_exit_code() == 0) return app.exit(error);  // --help, --version
+    std::fprintf(stderr, "ferryd: %s\nRun 'ferryd --help' for usage.\n",
+                 ParseErrorMessage(app, error).c_str());
+    return 2;
+  }
+  // The validators above accepted every value, so these conversions succeed.
+  if (backend_option->count() > 0) flags->backend = backend;
+  if (cuda_driver_option->count() > 0) flags->cuda_driver = cuda_driver;
+  if (host_devices_option->count() > 0) flags->host_devices = host_devices;
+  uint64_t bytes = 0;
+  if (host_memory_option->count() > 0 && ParseByteSize(host_memory, &bytes)) {
+    flags->host_memory = bytes;
+  }
+  if (module_cache_option->count() > 0) ParseByteSize(module_cache, &flags->module_cache);
+  if (log_level_option->count() > 0) flags->log_level = log_level;
+  absl::Time t;
+  std::string why;
+  if (fake_clock_option->count() > 0 &&
+      absl::ParseTime(absl::RFC3339_full, test_fake_clock, &t, &why)) {
+    flags->test_fake_clock = t;
+  }
+  return -1;
 }
 
 // The settings in force: flags over the config file over defaults.
@@ -208,6 +245,9 @@ Status MakeBackend(const Flags& flags, const Settings& settings, const pool::Con
   if (settings.backend == "cuda" || settings.backend == "auto") {
     backend::CudaBackendOptions cuda;
     cuda.driver_path = settings.cuda_driver;
+    // NOT YET WIRED: uncomment once CudaBackendOptions has allow_ferry_driver; until then
+    // --allow-ferry-cuda-driver is accepted but the backend still refuses ferry's driver.
+    // cuda.allow_ferry_driver = flags.allow_ferry_cuda_driver;
     Status status = backend::CreateCudaBackend(cuda, out);
     if (status.ok() || settings.backend == "cuda") return status;
     FERRY_LOG(kInfo) << "no usable NVIDIA driver (" << status.message()
@@ -267,11 +307,7 @@ Status ServedGpus(const pool::Config& config, const backend::GpuBackend& backend
 int Main(int argc, char** argv) {
   SetLogProgram("ferryd");
   Flags flags;
-  std::string error;
-  if (!ParseArgs(argc, argv, &flags, &error)) {
-    std::fprintf(stderr, "ferryd: %s\n%s", error.c_str(), kUsage);
-    return 2;
-  }
+  if (const int exit_status = ParseArgs(argc, argv, &flags); exit_status >= 0) return exit_status;
   pool::Config config;
   if (!flags.config_path.empty()) {
     Status status = pool::LoadConfigFile(flags.config_path, &config);
@@ -282,7 +318,7 @@ int Main(int argc, char** argv) {
   }
   Settings settings;
   if (Status status = Merge(flags, config, &settings); !status.ok()) {
-    std::fprintf(stderr, "ferryd: %s\n%s", status.message().c_str(), kUsage);
+    std::fprintf(stderr, "ferryd: %s\nRun 'ferryd --help' for usage.\n", status.message().c_str());
     return 2;
   }
 

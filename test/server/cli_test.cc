@@ -1,0 +1,290 @@
+// The command lines of ferryd and ferryctl, run as the built programs:
+// global flags before or after the command, --flag=value and --flag value,
+// --help on every command, --version, unknown commands and flags named with
+// exit status 2, and ferryctl's status from a ferryd this test starts (host
+// backend, port 0, --ready-file). Every child is bounded by a timeout.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <stdlib.h>
+
+#include <chrono>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "child_process.h"
+
+namespace ferry {
+namespace {
+
+using namespace std::chrono_literals;
+using e2e::ChildProcess;
+using e2e::ExitStatus;
+
+constexpr auto kRunTimeout = 10s;    // one ferryctl or ferryd that exits at once
+constexpr auto kReadyTimeout = 10s;  // ferryd writes its ready file
+constexpr auto kStopTimeout = 10s;   // ferryd exits after SIGTERM
+
+struct Result {
+  int code = -1;  // the exit status; -1 when it did not exit normally in time
+  std::string out;
+  std::string err;
+};
+
+std::string MakeTestDir() {
+  std::string pattern = ::testing::TempDir() + "ferry-cli-XXXXXX";
+  if (mkdtemp(pattern.data()) == nullptr) return "";
+  return pattern;
+}
+
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = MakeTestDir();
+    ASSERT_FALSE(dir_.empty()) << "mkdtemp failed";
+  }
+
+  void TearDown() override {
+    StopFerryd();
+    std::error_code ignored;
+    if (!HasFailure()) std::filesystem::remove_all(dir_, ignored);
+  }
+
+  // Runs `program` with `args`; FERRY_SERVER is empty unless `env` sets it,
+  // so the caller's environment cannot pick a server.
+  Result Run(const std::string& program, const std::vector<std::string>& args,
+             std::map<std::string, std::string> env = {}) {
+    std::vector<std::string> argv = {program};
+    argv.insert(argv.end(), args.begin(), args.end());
+    env.emplace("FERRY_SERVER", "");
+    std::string error;
+    std::optional<ChildProcess> child =
+        ChildProcess::Start(argv, env, dir_ + "/run" + std::to_string(runs_++), &error);
+    if (!child.has_value()) {
+      ADD_FAILURE() << "cannot start " << program << ": " << error;
+      return {};
+    }
+    const ExitStatus status = child->Wait(kRunTimeout);
+    EXPECT_TRUE(status.exited) << child->Describe();
+    return Result{status.exited ? status.code : -1, child->Stdout(), child->Stderr()};
+  }
+
+  Result Ctl(const std::vector<std::string>& args, std::map<std::string, std::string> env = {}) {
+    return Run(FERRY_TEST_FERRYCTL, args, std::move(env));
+  }
+  Result Ferryd(const std::vector<std::string>& args) { return Run(FERRY_TEST_FERRYD, args); }
+
+  // Starts ferryd (host backend, two TCP listeners on port 0, given as
+  // --flag=value and --flag value) and waits for its ready file.
+  void StartFerryd() {
+    const std::string ready_file = dir_ + "/ready";
+    std::string error;
+    ferryd_ =
+        ChildProcess::Start({FERRY_TEST_FERRYD, "--listen=127.0.0.1:0", "--listen", "127.0.0.1:0",
+                             "--backend=host", "--host-devices", "2", "--ready-file", ready_file},
+                            {}, dir_ + "/ferryd", &error);
+    ASSERT_TRUE(ferryd_.has_value()) << "cannot start ferryd: " << error;
+    const auto deadline = std::chrono::steady_clock::now() + kReadyTimeout;
+    for (;;) {
+      const std::string ready = e2e::ReadWholeFile(ready_file);
+      if (!ready.empty() && ready.back() == '\n') {
+        address_ = ready.substr(0, ready.size() - 1);
+        break;
+      }
+      ASSERT_FALSE(ferryd_->Poll()) << "ferryd exited before it was ready\n" << ferryd_->Describe();
+      ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "no ready file in 10 s\n"
+                                                            << ferryd_->Describe();
+      std::this_thread::sleep_for(10ms);  // polling the file, bounded by the deadline
+    }
+  }
+
+  void StopFerryd() {
+    if (!ferryd_.has_value() || !ferryd_->running()) return;
+    ferryd_->Kill(SIGTERM);
+    const ExitStatus status = ferryd_->Wait(kStopTimeout);
+    EXPECT_TRUE(status.success()) << ferryd_->Describe();
+  }
+
+  std::string dir_;
+  std::string address_;
+  std::optional<ChildProcess> ferryd_;
+  int runs_ = 0;
+};
+
+bool Contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+TEST_F(CliTest, VersionComesFromTheProject) {
+  Result ctl = Ctl({"--version"});
+  EXPECT_EQ(ctl.code, 0) << ctl.err;
+  EXPECT_EQ(ctl.out, std::string("ferryctl ") + FERRY_TEST_VERSION + "\n");
+  Result d = Ferryd({"--version"});
+  EXPECT_EQ(d.code, 0) << d.err;
+  EXPECT_EQ(d.out, std::string("ferryd ") + FERRY_TEST_VERSION + "\n");
+}
+
+TEST_F(CliTest, HelpOnEveryCommandNamesItsFlags) {
+  const std::map<std::vector<std::string>, std::vector<std::string>> cases = {
+      {{"--help"}, {"status", "reload", "rebind", "drain", "undrain", "--server", "--version"}},
+      {{"-h"}, {"status", "--server"}},
+      {{"help"}, {"status", "--server"}},
+      {{"status", "--help"}, {"--output", "json", "--server"}},
+      {{"reload", "-h"}, {"--server"}},
+      {{"rebind", "--help"}, {"GPU", "POOL", "--preempt", "--drain", "--grace", "--server"}},
+      {{"drain", "--help"}, {"GPU", "--server"}},
+      {{"undrain", "-h"}, {"GPU", "--server"}},
+  };
+  for (const auto& [args, names] : cases) {
+    Result r = Ctl(args);
+    EXPECT_EQ(r.code, 0) << args.front() << "\n" << r.err;
+    for (const std::string& name : names) {
+      EXPECT_TRUE(Contains(r.out, name))
+          << "ferryctl " << args.front() << " help lacks " << name << ":\n"
+          << r.out;
+    }
+  }
+  Result d = Ferryd({"--help"});
+  EXPECT_EQ(d.code, 0) << d.err;
+  for (const char* flag :
+       {"--config", "--listen", "--backend", "--cuda-driver", "--allow-ferry-cuda-driver",
+        "--host-kernels", "--host-devices", "--host-memory", "--module-cache", "--ready-file",
+        "--log-level", "--test-fake-clock", "--version"}) {
+    EXPECT_TRUE(Contains(d.out, flag)) << "ferryd --help lacks " << flag << ":\n" << d.out;
+  }
+  EXPECT_EQ(Ferryd({"-h"}).code, 0);
+}
+
+TEST_F(CliTest, UnknownCommandsAndFlagsAreNamed) {
+  Result r = Ctl({"frobnicate", "--server", "127.0.0.1:1"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_TRUE(Contains(r.err, "unknown command 'frobnicate'")) << r.err;
+
+  r = Ctl({"--server=127.0.0.1:1", "frobnicate"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_TRUE(Contains(r.err, "unknown command 'frobnicate'")) << r.err;
+
+  r = Ctl({"status", "--bogus", "--server", "127.0.0.1:1"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_TRUE(Contains(r.err, "unknown flag '--bogus'")) << r.err;
+
+  r = Ctl({"--bogus", "status"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_TRUE(Contains(r.err, "unknown flag '--bogus'")) << r.err;
+
+  // A flag of another command is unknown here.
+  r = Ctl({"reload", "--preempt", "--server", "127.0.0.1:1"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_TRUE(Contains(r.err, "'--preempt'")) << r.err;
+
+  r = Ctl({"stray", "status", "--server", "127.0.0.1:1"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_TRUE(Contains(r.err, "unexpected argument 'stray'")) << r.err;
+
+  r = Ctl({});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_TRUE(Contains(r.err, "no command")) << r.err;
+
+  r = Ferryd({"--bogus", "--listen", "127.0.0.1:0"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_TRUE(Contains(r.err, "unknown flag '--bogus'")) << r.err;
+
+  r = Ferryd({"--listen", "127.0.0.1:0", "stray"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_TRUE(Contains(r.err, "'stray'")) << r.err;
+
+  // A bad value is reported as such, even beside an unexpected argument.
+  r = Ferryd({"stray", "--backend", "gpu", "--listen", "127.0.0.1:0"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_TRUE(Contains(r.err, "--backend")) << r.err;
+}
+
+TEST_F(CliTest, BadValuesAreUsageErrors) {
+  const std::vector<std::pair<std::vector<std::string>, std::string>> ctl_cases = {
+      {{"status", "-o", "xml"}, "--output"},
+      {{"rebind", "5000", "train"}, "GPU"},
+      {{"rebind", "0", "train", "--preempt", "--drain"}, "--preempt"},
+      {{"rebind", "0", "train", "--grace=soon"}, "--grace"},
+      {{"rebind", "0"}, "POOL"},
+      {{"drain"}, "GPU"},
+      {{"undrain", "x"}, "GPU"},
+      {{"status", "extra"}, "'extra'"},
+  };
+  for (const auto& [args, named] : ctl_cases) {
+    std::vector<std::string> argv = args;
+    argv.push_back("--server=127.0.0.1:1");
+    Result r = Ctl(argv);
+    EXPECT_EQ(r.code, 2) << args.front() << " " << args.back();
+    EXPECT_TRUE(Contains(r.err, named)) << r.err;
+  }
+  // No server anywhere: a usage error that says how to give one.
+  Result r = Ctl({"status"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_TRUE(Contains(r.err, "--server")) << r.err;
+
+  const std::vector<std::pair<std::vector<std::string>, std::string>> ferryd_cases = {
+      {{"--backend", "gpu"}, "--backend"},
+      {{"--host-devices", "0"}, "--host-devices"},
+      {{"--host-devices=65"}, "--host-devices"},
+      {{"--host-memory", "0"}, "--host-memory"},
+      {{"--module-cache=lots"}, "--module-cache"},
+      {{"--log-level", "loud"}, "--log-level"},
+      {{"--test-fake-clock", "yesterday"}, "--test-fake-clock"},
+      {{"--listen"}, "--listen"},
+      {{"--backend", "host"}, "--listen"},  // no address anywhere
+  };
+  for (const auto& [args, named] : ferryd_cases) {
+    std::vector<std::string> argv = args;
+    if (named != "--listen") argv.insert(argv.end(), {"--listen", "127.0.0.1:0"});
+    Result d = Ferryd(argv);
+    EXPECT_EQ(d.code, 2) << args.front();
+    EXPECT_TRUE(Contains(d.err, named)) << d.err;
+  }
+}
+
+TEST_F(CliTest, StatusWithTheServerBeforeOrAfterTheCommand) {
+  ASSERT_NO_FATAL_FAILURE(StartFerryd());
+  const std::vector<std::vector<std::string>> forms = {
+      {"--server", address_, "status"},   {"--server=" + address_, "status"},
+      {"-s", address_, "status"},         {"status", "--server", address_},
+      {"status", "--server=" + address_},
+  };
+  for (const auto& args : forms) {
+    Result r = Ctl(args);
+    EXPECT_EQ(r.code, 0) << args.front() << "\n" << r.err;
+    EXPECT_TRUE(Contains(r.out, "server " + address_ + " (host backend): 0 session(s)"))
+        << args.front() << "\n"
+        << r.out;
+  }
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"status", "-o", "json", "--server", address_},
+           {"--server", address_, "status", "--output=json"},
+       }) {
+    Result r = Ctl(args);
+    EXPECT_EQ(r.code, 0) << r.err;
+    EXPECT_TRUE(Contains(r.out, "\"backend\":\"host\"")) << r.out;
+    EXPECT_TRUE(Contains(r.out, "\"sessions\":[]")) << r.out;
+  }
+  // FERRY_SERVER is the default; --server wins over it.
+  Result r = Ctl({"status"}, {{"FERRY_SERVER", address_}});
+  EXPECT_EQ(r.code, 0) << r.err;
+  r = Ctl({"status", "--server", address_}, {{"FERRY_SERVER", "127.0.0.1:1"}});
+  EXPECT_EQ(r.code, 0) << r.err;
+  // A failure that is not a usage error: ferryd has no config to reload.
+  r = Ctl({"reload", "--server", address_});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(Contains(r.err, "--config")) << r.err;
+}
+
+TEST_F(CliTest, UnreachableServerExitsOne) {
+  // Port 1 on loopback: nothing listens there.
+  Result r = Ctl({"status", "--server", "127.0.0.1:1"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_FALSE(r.err.empty());
+}
+
+}  // namespace
+}  // namespace ferry
