@@ -19,7 +19,7 @@ Status ContextOrCurrent(CUcontext ctx, uint64_t* id) {
   Runtime& rt = Runtime::Get();
   if (ctx == nullptr) return rt.CurrentContext(id);
   FERRY_RETURN_IF_ERROR(rt.Ready());
-  FERRY_RETURN_IF_ERROR(rt.CheckContext(Id(ctx)));
+  FERRY_RETURN_IF_ERROR(rt.contexts().Check(Id(ctx)));
   FERRY_RETURN_IF_ERROR(rt.EnsureLive(Id(ctx)));
   *id = Id(ctx);
   return Status::Ok();
@@ -115,7 +115,7 @@ CUresult CUDAAPI cuCtxPushCurrent_v2(CUcontext ctx) {
     Runtime& rt = Runtime::Get();
     FERRY_RETURN_IF_ERROR(rt.Ready());
     if (ctx == nullptr) return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "ctx is NULL");
-    FERRY_RETURN_IF_ERROR(rt.CheckContext(Id(ctx)));
+    FERRY_RETURN_IF_ERROR(rt.contexts().Check(Id(ctx)));
     rt.PushCurrent(Id(ctx));
     return Status::Ok();
   });
@@ -137,7 +137,7 @@ CUresult CUDAAPI cuCtxSetCurrent(CUcontext ctx) {
   return Api([&]() -> Status {
     Runtime& rt = Runtime::Get();
     FERRY_RETURN_IF_ERROR(rt.Ready());
-    if (ctx != nullptr) FERRY_RETURN_IF_ERROR(rt.CheckContext(Id(ctx)));
+    if (ctx != nullptr) FERRY_RETURN_IF_ERROR(rt.contexts().Check(Id(ctx)));
     rt.SetCurrent(Id(ctx));
     return Status::Ok();
   });
@@ -159,7 +159,7 @@ CUresult CUDAAPI cuCtxGetDevice(CUdevice* device) {
     const uint64_t ctx = Runtime::Get().CurrentContextId();
     if (ctx == 0) return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "no current context");
     int d = 0;
-    FERRY_RETURN_IF_ERROR(Runtime::Get().ContextDevice(ctx, &d));
+    FERRY_RETURN_IF_ERROR(Runtime::Get().contexts().Device(ctx, &d));
     *device = d;
     return Status::Ok();
   });
@@ -172,7 +172,7 @@ CUresult CUDAAPI cuCtxGetDevice_v2(CUdevice* device, CUcontext ctx) {
     const uint64_t id = ctx != nullptr ? Id(ctx) : Runtime::Get().CurrentContextId();
     if (id == 0) return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "no current context");
     int d = 0;
-    FERRY_RETURN_IF_ERROR(Runtime::Get().ContextDevice(id, &d));
+    FERRY_RETURN_IF_ERROR(Runtime::Get().contexts().Device(id, &d));
     *device = d;
     return Status::Ok();
   });
@@ -232,7 +232,7 @@ CUresult CUDAAPI cuCtxGetFlags(unsigned int* flags) {
     FERRY_RETURN_IF_ERROR(Runtime::Get().Ready());
     const uint64_t ctx = Runtime::Get().CurrentContextId();
     if (ctx == 0) return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "no current context");
-    return Runtime::Get().ContextFlags(ctx, flags);
+    return Runtime::Get().contexts().Flags(ctx, flags);
   });
 }
 
@@ -242,7 +242,7 @@ CUresult CUDAAPI cuCtxGetApiVersion(CUcontext ctx, unsigned int* version) {
     FERRY_RETURN_IF_ERROR(Runtime::Get().Ready());
     const uint64_t id = ctx != nullptr ? Id(ctx) : Runtime::Get().CurrentContextId();
     if (id == 0) return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "no current context");
-    FERRY_RETURN_IF_ERROR(Runtime::Get().CheckContext(id));
+    FERRY_RETURN_IF_ERROR(Runtime::Get().contexts().Check(id));
     *version = 3020;  // the context API generation of every context since CUDA 3.2
     return Status::Ok();
   });
@@ -254,7 +254,7 @@ CUresult CUDAAPI cuCtxGetId(CUcontext ctx, unsigned long long* ctxId) {
     FERRY_RETURN_IF_ERROR(Runtime::Get().Ready());
     const uint64_t id = ctx != nullptr ? Id(ctx) : Runtime::Get().CurrentContextId();
     if (id == 0) return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "no current context");
-    FERRY_RETURN_IF_ERROR(Runtime::Get().CheckContext(id));
+    FERRY_RETURN_IF_ERROR(Runtime::Get().contexts().Check(id));
     *ctxId = id & 0xffffffffffffull;
     return Status::Ok();
   });

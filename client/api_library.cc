@@ -83,7 +83,7 @@ Status LoadLibrary(CUlibrary* library, std::span<const uint8_t> image) {
 Status KernelOf(CUkernel kernel, KernelState* out) {
   FERRY_RETURN_IF_ERROR(Runtime::Get().Ready());
   if (kernel == nullptr) return Status::InvalidHandle("kernel is NULL");
-  return Runtime::Get().FindKernel(Runtime::HandleId(kernel), out);
+  return Runtime::Get().modules().FindKernel(Runtime::HandleId(kernel), out);
 }
 
 // The kernel's function in a live context of `device` (see
@@ -157,7 +157,8 @@ CUresult CUDAAPI cuLibraryGetKernel(CUkernel* pKernel, CUlibrary library, const 
     if (pKernel == nullptr || name == nullptr) return Status::InvalidArgument("NULL argument");
     FERRY_RETURN_IF_ERROR(Runtime::Get().Ready());
     uint64_t id = 0;
-    FERRY_RETURN_IF_ERROR(Runtime::Get().LibraryKernel(Runtime::HandleId(library), name, &id));
+    FERRY_RETURN_IF_ERROR(
+        Runtime::Get().modules().LibraryKernel(Runtime::HandleId(library), name, &id));
     *pKernel = Runtime::ToHandle<CUkernel>(id);
     return Status::Ok();
   });
@@ -168,7 +169,7 @@ CUresult CUDAAPI cuLibraryGetKernelCount(unsigned int* count, CUlibrary lib) {
     if (count == nullptr) return Status::InvalidArgument("count is NULL");
     FERRY_RETURN_IF_ERROR(Runtime::Get().Ready());
     LibraryState state;
-    FERRY_RETURN_IF_ERROR(Runtime::Get().FindLibrary(Runtime::HandleId(lib), &state));
+    FERRY_RETURN_IF_ERROR(Runtime::Get().modules().FindLibrary(Runtime::HandleId(lib), &state));
     *count = static_cast<unsigned>(state.kernel_names.size());
     return Status::Ok();
   });
@@ -181,13 +182,14 @@ CUresult CUDAAPI cuLibraryEnumerateKernels(CUkernel* kernels, unsigned int numKe
     Runtime& rt = Runtime::Get();
     FERRY_RETURN_IF_ERROR(rt.Ready());
     LibraryState state;
-    FERRY_RETURN_IF_ERROR(rt.FindLibrary(Runtime::HandleId(lib), &state));
+    FERRY_RETURN_IF_ERROR(rt.modules().FindLibrary(Runtime::HandleId(lib), &state));
     if (numKernels > state.kernel_names.size()) {
       return Status::InvalidArgument("numKernels exceeds the library's kernel count");
     }
     for (unsigned i = 0; i < numKernels; ++i) {
       uint64_t id = 0;
-      FERRY_RETURN_IF_ERROR(rt.LibraryKernel(Runtime::HandleId(lib), state.kernel_names[i], &id));
+      FERRY_RETURN_IF_ERROR(
+          rt.modules().LibraryKernel(Runtime::HandleId(lib), state.kernel_names[i], &id));
       kernels[i] = Runtime::ToHandle<CUkernel>(id);
     }
     return Status::Ok();

@@ -38,7 +38,7 @@ Status CopyHostToDevice(CUdeviceptr dst, const void* src, size_t bytes, CUstream
   FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
   if (bytes == 0) return Status::Ok();
   if (src == nullptr) return Status::InvalidArgument("source is NULL");
-  FERRY_RETURN_IF_ERROR(rt.CheckDeviceRange(dst, bytes, "destination"));
+  FERRY_RETURN_IF_ERROR(rt.allocations().CheckDevice(dst, bytes, "destination"));
   return rt.connection().Post(
       [&](wire::Call::Builder call) {
         auto args = call.initMemcpyHtoD();
@@ -59,7 +59,7 @@ Status CopyDeviceToHost(void* dst, CUdeviceptr src, size_t bytes, CUstream strea
   FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
   if (bytes == 0) return Status::Ok();
   if (dst == nullptr) return Status::InvalidArgument("destination is NULL");
-  FERRY_RETURN_IF_ERROR(rt.CheckDeviceRange(src, bytes, "source"));
+  FERRY_RETURN_IF_ERROR(rt.allocations().CheckDevice(src, bytes, "source"));
   auto fill = [&](wire::Call::Builder call) {
     auto args = call.initMemcpyDtoH();
     args.setCtx(target.ctx);
@@ -70,7 +70,7 @@ Status CopyDeviceToHost(void* dst, CUdeviceptr src, size_t bytes, CUstream strea
   const void* base = nullptr;
   ferry::client::HostAllocation pinned;
   const bool page_locked =
-      rt.FindHostAllocation(dst, &base, &pinned) &&
+      rt.allocations().FindHost(dst, &base, &pinned) &&
       bytes <= pinned.size - (static_cast<const char*>(dst) - static_cast<const char*>(base));
   if (async && page_locked) {
     return rt.connection().PostExpectingBytes(fill, InBytes{dst, bytes},
@@ -85,8 +85,8 @@ Status CopyDeviceToDevice(CUdeviceptr dst, CUdeviceptr src, size_t bytes, CUstre
   StreamTarget target;
   FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
   if (bytes == 0) return Status::Ok();
-  FERRY_RETURN_IF_ERROR(rt.CheckDeviceRange(src, bytes, "source"));
-  FERRY_RETURN_IF_ERROR(rt.CheckDeviceRange(dst, bytes, "destination"));
+  FERRY_RETURN_IF_ERROR(rt.allocations().CheckDevice(src, bytes, "source"));
+  FERRY_RETURN_IF_ERROR(rt.allocations().CheckDevice(dst, bytes, "destination"));
   return rt.connection().Post([&](wire::Call::Builder call) {
     auto args = call.initMemcpyDtoD();
     args.setCtx(target.ctx);
@@ -97,7 +97,9 @@ Status CopyDeviceToDevice(CUdeviceptr dst, CUdeviceptr src, size_t bytes, CUstre
   });
 }
 
-bool IsDevice(CUdeviceptr p) { return Runtime::Get().FindDeviceAllocation(p, nullptr, nullptr); }
+bool IsDevice(CUdeviceptr p) {
+  return Runtime::Get().allocations().FindDevice(p, nullptr, nullptr);
+}
 
 // cuMemcpy / cuMemcpyAsync: unified addressing decides the direction.
 Status CopyUnified(CUdeviceptr dst, CUdeviceptr src, size_t bytes, CUstream stream, bool per_thread,
@@ -162,11 +164,11 @@ Status Copy2D(const CUDA_MEMCPY2D* p, CUstream stream, bool per_thread, bool asy
   }
   if (!src_host) {
     FERRY_RETURN_IF_ERROR(
-        rt.CheckDeviceRange(src_device, p->srcPitch * (height - 1) + width, "source"));
+        rt.allocations().CheckDevice2D(src_device, p->srcPitch, width, height, "source"));
   }
   if (!dst_host) {
     FERRY_RETURN_IF_ERROR(
-        rt.CheckDeviceRange(dst_device, p->dstPitch * (height - 1) + width, "destination"));
+        rt.allocations().CheckDevice2D(dst_device, p->dstPitch, width, height, "destination"));
   }
   auto fill = [&](wire::Call::Builder call) {
     auto args = call.initMemcpy2D();
@@ -216,8 +218,7 @@ Status Memset(CUdeviceptr dst, size_t pitch, uint32_t value, unsigned element, s
   if (width == 0 || height == 0) return Status::Ok();
   const size_t row_bytes = width * element;
   if (height > 1 && pitch < row_bytes) return Status::InvalidArgument("pitch smaller than the row");
-  FERRY_RETURN_IF_ERROR(rt.CheckDeviceRange(
-      dst, height > 1 ? pitch * (height - 1) + row_bytes : row_bytes, "memset"));
+  FERRY_RETURN_IF_ERROR(rt.allocations().CheckDevice2D(dst, pitch, row_bytes, height, "memset"));
   return rt.connection().Post([&](wire::Call::Builder call) {
     auto args = call.initMemset();
     args.setCtx(target.ctx);
@@ -247,7 +248,9 @@ Status HostAlloc(void** pp, size_t bytes, unsigned flags) {
   if (p == nullptr)
     return Status::OutOfMemory("cannot allocate " + std::to_string(bytes) +
                                " bytes of host memory");
-  rt.AddHostAllocation(p, ferry::client::HostAllocation{bytes, flags, false});
+  // Fresh memory: a stale record over it is replaced, so this cannot fail.
+  FERRY_RETURN_IF_ERROR(
+      rt.allocations().AddHost(p, ferry::client::HostAllocation{bytes, flags, false}));
   *pp = p;
   return Status::Ok();
 }
@@ -275,7 +278,7 @@ CUresult CUDAAPI cuMemAlloc_v2(CUdeviceptr* dptr, size_t bytesize) {
           result = reply.getMemAlloc().getDptr();
           return Status::Ok();
         }));
-    rt.AddDeviceAllocation(result, bytesize, ctx);
+    rt.allocations().AddDevice(result, bytesize, ctx);
     *dptr = result;
     return Status::Ok();
   });
@@ -303,7 +306,7 @@ CUresult CUDAAPI cuMemAllocPitch_v2(CUdeviceptr* dptr, size_t* pPitch, size_t Wi
           pitch = reply.getMemAlloc().getPitch();
           return Status::Ok();
         }));
-    rt.AddDeviceAllocation(result, pitch * Height, ctx);
+    rt.allocations().AddDevice(result, pitch * Height, ctx);
     *dptr = result;
     *pPitch = pitch;
     return Status::Ok();
@@ -315,7 +318,7 @@ CUresult CUDAAPI cuMemFree_v2(CUdeviceptr dptr) {
     Runtime& rt = Runtime::Get();
     FERRY_RETURN_IF_ERROR(rt.Ready());
     if (dptr == 0) return Status::Ok();  // freeing NULL is a no-op, as in CUDA
-    FERRY_RETURN_IF_ERROR(rt.RemoveDeviceAllocation(dptr));
+    FERRY_RETURN_IF_ERROR(rt.allocations().RemoveDevice(dptr));
     return rt.connection().Post(
         [&](wire::Call::Builder call) { call.initMemFree().setDptr(dptr); });
   });
@@ -343,7 +346,7 @@ CUresult CUDAAPI cuMemGetAddressRange_v2(CUdeviceptr* pbase, size_t* psize, CUde
     FERRY_RETURN_IF_ERROR(rt.Ready());
     uint64_t base = 0;
     ferry::client::DeviceAllocation allocation;
-    if (!rt.FindDeviceAllocation(dptr, &base, &allocation)) {
+    if (!rt.allocations().FindDevice(dptr, &base, &allocation)) {
       return Status::Cuda(CUDA_ERROR_NOT_FOUND, "not inside a device allocation of this process");
     }
     if (pbase != nullptr) *pbase = base;
@@ -365,7 +368,7 @@ CUresult CUDAAPI cuMemFreeHost(void* p) {
     Runtime& rt = Runtime::Get();
     FERRY_RETURN_IF_ERROR(rt.Ready());
     ferry::client::HostAllocation removed;
-    FERRY_RETURN_IF_ERROR(rt.RemoveHostAllocation(p, /*registered=*/false, &removed));
+    FERRY_RETURN_IF_ERROR(rt.allocations().RemoveHost(p, /*registered=*/false, &removed));
     munmap(p, removed.size);
     return Status::Ok();
   });
@@ -377,7 +380,7 @@ CUresult CUDAAPI cuMemHostGetFlags(unsigned int* pFlags, void* p) {
     FERRY_RETURN_IF_ERROR(Runtime::Get().Ready());
     const void* base = nullptr;
     ferry::client::HostAllocation allocation;
-    if (!Runtime::Get().FindHostAllocation(p, &base, &allocation)) {
+    if (!Runtime::Get().allocations().FindHost(p, &base, &allocation)) {
       return Status::InvalidArgument("not page-locked memory of this process");
     }
     *pFlags = allocation.flags;
@@ -396,13 +399,13 @@ CUresult CUDAAPI cuMemHostRegister_v2(void* p, size_t bytesize, unsigned int Fla
           "cuMemHostRegister with CU_MEMHOSTREGISTER_DEVICEMAP: host memory "
           "cannot be mapped into a remote GPU");
     }
-    if (rt.FindHostAllocation(p, nullptr, nullptr)) {
+    if (rt.allocations().FindHost(p, nullptr, nullptr)) {
       return Status::Cuda(CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED, "already page-locked");
     }
     // Nothing to pin locally: the bytes cross the network either way. The
-    // record makes async copies into this range asynchronous.
-    rt.AddHostAllocation(p, ferry::client::HostAllocation{bytesize, Flags, true});
-    return Status::Ok();
+    // record makes async copies into this range asynchronous. A range that
+    // overlaps page-locked memory is refused (ALREADY_REGISTERED).
+    return rt.allocations().AddHost(p, ferry::client::HostAllocation{bytesize, Flags, true});
   });
 }
 
@@ -413,7 +416,7 @@ CUresult CUDAAPI cuMemHostRegister(void* p, size_t bytesize, unsigned int Flags)
 CUresult CUDAAPI cuMemHostUnregister(void* p) {
   return Api([&]() -> Status {
     FERRY_RETURN_IF_ERROR(Runtime::Get().Ready());
-    return Runtime::Get().RemoveHostAllocation(p, /*registered=*/true, nullptr);
+    return Runtime::Get().allocations().RemoveHost(p, /*registered=*/true, nullptr);
   });
 }
 
@@ -554,16 +557,16 @@ Status PointerAttribute(void* data, CUpointer_attribute attribute, CUdeviceptr p
   ferry::client::DeviceAllocation device;
   const void* host_base = nullptr;
   ferry::client::HostAllocation host;
-  const bool is_device = rt.FindDeviceAllocation(ptr, &device_base, &device);
-  const bool is_host =
-      !is_device && rt.FindHostAllocation(reinterpret_cast<const void*>(ptr), &host_base, &host);
+  const bool is_device = rt.allocations().FindDevice(ptr, &device_base, &device);
+  const bool is_host = !is_device && rt.allocations().FindHost(reinterpret_cast<const void*>(ptr),
+                                                               &host_base, &host);
   if (!is_device && !is_host) {
     return Status::InvalidArgument(
         "pointer is not memory allocated or registered through this driver");
   }
   uint64_t ctx = is_device ? device.ctx : rt.CurrentContextId();
   int ordinal = 0;
-  if (ctx != 0) (void)rt.ContextDevice(ctx, &ordinal);
+  if (ctx != 0) (void)rt.contexts().Device(ctx, &ordinal);
   switch (attribute) {
     case CU_POINTER_ATTRIBUTE_CONTEXT:
       *static_cast<CUcontext*>(data) = Runtime::ToHandle<CUcontext>(ctx);
@@ -624,8 +627,8 @@ CUresult CUDAAPI cuPointerGetAttributes(unsigned int numAttributes, CUpointer_at
     if (attributes == nullptr || data == nullptr) return Status::InvalidArgument("NULL array");
     FERRY_RETURN_IF_ERROR(Runtime::Get().Ready());
     const bool known =
-        Runtime::Get().FindDeviceAllocation(ptr, nullptr, nullptr) ||
-        Runtime::Get().FindHostAllocation(reinterpret_cast<const void*>(ptr), nullptr, nullptr);
+        Runtime::Get().allocations().FindDevice(ptr, nullptr, nullptr) ||
+        Runtime::Get().allocations().FindHost(reinterpret_cast<const void*>(ptr), nullptr, nullptr);
     for (unsigned i = 0; i < numAttributes; ++i) {
       if (data[i] == nullptr) continue;
       if (!known) {

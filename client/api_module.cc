@@ -61,7 +61,7 @@ Status LoadModule(CUmodule* module, std::span<const uint8_t> image) {
       }));
   state.kernels = std::move(description.kernels);
   state.globals = std::move(description.globals);
-  rt.AddModule(id, std::move(state));
+  rt.modules().AddModule(id, std::move(state));
   *module = Runtime::ToHandle<CUmodule>(id);
   return Status::Ok();
 }
@@ -218,7 +218,7 @@ Status Launch(CUfunction f, const std::array<unsigned, 3>& grid,
       rt.ResolveFunction(Runtime::HandleId(f), target.ctx, &function_id, &shared));
   const FunctionState& function = *shared;
   int device = 0;
-  FERRY_RETURN_IF_ERROR(rt.ContextDevice(target.ctx, &device));
+  FERRY_RETURN_IF_ERROR(rt.contexts().Device(target.ctx, &device));
   FERRY_RETURN_IF_ERROR(CheckLaunchLimits(device, grid, block, shared_bytes));
   thread_local std::vector<uint8_t> params;
   FERRY_RETURN_IF_ERROR(PackParams(function, kernel_params, extra, &params));
@@ -300,7 +300,7 @@ CUresult CUDAAPI cuModuleUnload(CUmodule hmod) {
     Runtime& rt = Runtime::Get();
     FERRY_RETURN_IF_ERROR(rt.Ready());
     const uint64_t id = Runtime::HandleId(hmod);
-    FERRY_RETURN_IF_ERROR(rt.RemoveModule(id));
+    FERRY_RETURN_IF_ERROR(rt.modules().RemoveModule(id));
     return rt.connection().Post(
         [&](wire::Call::Builder call) { call.initModuleUnload().setModule(id); });
   });
@@ -313,7 +313,7 @@ CUresult CUDAAPI cuModuleGetFunction(CUfunction* hfunc, CUmodule hmod, const cha
     if (hfunc == nullptr || name == nullptr) return Status::InvalidArgument("NULL argument");
     const uint64_t module = Runtime::HandleId(hmod);
     ModuleState state;
-    FERRY_RETURN_IF_ERROR(rt.FindModule(module, &state));
+    FERRY_RETURN_IF_ERROR(rt.modules().FindModule(module, &state));
     uint64_t id = 0;
     FERRY_RETURN_IF_ERROR(rt.ModuleFunction(module, name, &id));
     *hfunc = Runtime::ToHandle<CUfunction>(id);
@@ -403,7 +403,7 @@ CUresult CUDAAPI cuModuleGetFunctionCount(unsigned int* count, CUmodule mod) {
     if (count == nullptr) return Status::InvalidArgument("count is NULL");
     FERRY_RETURN_IF_ERROR(Runtime::Get().Ready());
     ModuleState state;
-    FERRY_RETURN_IF_ERROR(Runtime::Get().FindModule(Runtime::HandleId(mod), &state));
+    FERRY_RETURN_IF_ERROR(Runtime::Get().modules().FindModule(Runtime::HandleId(mod), &state));
     *count = static_cast<unsigned>(state.kernels->size());
     return Status::Ok();
   });
@@ -418,7 +418,7 @@ CUresult CUDAAPI cuModuleEnumerateFunctions(CUfunction* functions, unsigned int 
     FERRY_RETURN_IF_ERROR(rt.Ready());
     const uint64_t module = Runtime::HandleId(mod);
     ModuleState state;
-    FERRY_RETURN_IF_ERROR(rt.FindModule(module, &state));
+    FERRY_RETURN_IF_ERROR(rt.modules().FindModule(module, &state));
     if (numFunctions > state.kernels->size()) {
       return Status::InvalidArgument("numFunctions exceeds the module's function count");
     }

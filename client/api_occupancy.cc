@@ -63,7 +63,7 @@ Status Resolve(CUfunction f, uint64_t* id, int* device) {
   Runtime& rt = Runtime::Get();
   FunctionState function;
   FERRY_RETURN_IF_ERROR(rt.ResolveFunction(Runtime::HandleId(f), 0, id, &function));
-  return rt.ContextDevice(function.ctx, device);
+  return rt.contexts().Device(function.ctx, device);
 }
 
 Status FunctionAttribute(uint64_t function, CUfunction_attribute attribute, int* value) {

@@ -27,7 +27,7 @@ Status CreateStream(CUstream* out, unsigned flags, int priority) {
   // Priorities outside [greatest, least] are clamped, as CUDA does.
   priority = std::min(0, std::max(-5, priority));
   uint64_t id = 0;
-  FERRY_RETURN_IF_ERROR(rt.AddStream(ctx, flags, priority, &id));
+  FERRY_RETURN_IF_ERROR(rt.streams().AddStream(ctx, flags, priority, &id));
   FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
     auto args = call.initStreamCreate();
     args.setCtx(ctx);
@@ -77,7 +77,7 @@ Status StreamWaitEvent(CUstream stream, CUevent event, unsigned flags, bool per_
   StreamTarget target;
   FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
   ferry::client::EventState state;
-  FERRY_RETURN_IF_ERROR(rt.FindEvent(Runtime::HandleId(event), &state));
+  FERRY_RETURN_IF_ERROR(rt.streams().FindEvent(Runtime::HandleId(event), &state));
   if (flags != CU_EVENT_WAIT_DEFAULT) return Status::InvalidArgument("unknown wait flags");
   return rt.connection().Post([&](wire::Call::Builder call) {
     auto args = call.initStreamWaitEvent();
@@ -91,7 +91,7 @@ Status RecordEvent(CUevent event, CUstream stream, unsigned flags, bool per_thre
   Runtime& rt = Runtime::Get();
   FERRY_RETURN_IF_ERROR(rt.Ready());
   ferry::client::EventState state;
-  FERRY_RETURN_IF_ERROR(rt.FindEvent(Runtime::HandleId(event), &state));
+  FERRY_RETURN_IF_ERROR(rt.streams().FindEvent(Runtime::HandleId(event), &state));
   if (flags != CU_EVENT_RECORD_DEFAULT) {
     return Status::Unimplemented(
         "cuEventRecordWithFlags: external events are not supported by ferry");
@@ -107,8 +107,8 @@ Status RecordEvent(CUevent event, CUstream stream, unsigned flags, bool per_thre
         args.setEvent(Runtime::HandleId(event));
       },
       {}, &seq));
-  rt.NoteEventRecord(Runtime::HandleId(event), ferry::client::StreamKey{target.ctx, target.stream},
-                     seq);
+  rt.streams().NoteEventRecord(Runtime::HandleId(event),
+                               ferry::client::StreamKey{target.ctx, target.stream}, seq);
   return Status::Ok();
 }
 
@@ -159,7 +159,7 @@ Status StreamOf(CUstream stream, ferry::client::StreamState* state) {
     *state = ferry::client::StreamState{ctx, 0, 0};
     return Status::Ok();
   }
-  return Runtime::Get().FindStream(id, state);
+  return Runtime::Get().streams().FindStream(id, state);
 }
 
 }  // namespace
@@ -179,7 +179,7 @@ CUresult CUDAAPI cuStreamDestroy_v2(CUstream hStream) {
     Runtime& rt = Runtime::Get();
     FERRY_RETURN_IF_ERROR(rt.Ready());
     const uint64_t id = Runtime::HandleId(hStream);
-    FERRY_RETURN_IF_ERROR(rt.RemoveStream(id, nullptr));
+    FERRY_RETURN_IF_ERROR(rt.streams().RemoveStream(id, nullptr));
     return rt.connection().Post([&](wire::Call::Builder call) {
       auto args = call.initStreamDestroy();
       args.setStream(id);
@@ -282,7 +282,7 @@ CUresult CUDAAPI cuStreamGetDevice(CUstream hStream, CUdevice* device) {
     ferry::client::StreamState state;
     FERRY_RETURN_IF_ERROR(StreamOf(hStream, &state));
     int d = 0;
-    FERRY_RETURN_IF_ERROR(Runtime::Get().ContextDevice(state.ctx, &d));
+    FERRY_RETURN_IF_ERROR(Runtime::Get().contexts().Device(state.ctx, &d));
     *device = d;
     return Status::Ok();
   });
@@ -304,7 +304,7 @@ CUresult CUDAAPI cuEventCreate(CUevent* phEvent, unsigned int Flags) {
     uint64_t ctx = 0;
     FERRY_RETURN_IF_ERROR(rt.CurrentContext(&ctx));
     uint64_t id = 0;
-    FERRY_RETURN_IF_ERROR(rt.AddEvent(ctx, Flags, &id));
+    FERRY_RETURN_IF_ERROR(rt.streams().AddEvent(ctx, Flags, &id));
     FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
       auto args = call.initEventCreate();
       args.setCtx(ctx);
@@ -334,7 +334,7 @@ CUresult CUDAAPI cuEventQuery(CUevent hEvent) {
     Runtime& rt = Runtime::Get();
     FERRY_RETURN_IF_ERROR(rt.Ready());
     ferry::client::EventState state;
-    FERRY_RETURN_IF_ERROR(rt.FindEvent(Runtime::HandleId(hEvent), &state));
+    FERRY_RETURN_IF_ERROR(rt.streams().FindEvent(Runtime::HandleId(hEvent), &state));
     uint64_t seq = 0;
     FERRY_RETURN_IF_ERROR(rt.connection().Call(
         [&](wire::Call::Builder call) {
@@ -344,7 +344,7 @@ CUresult CUDAAPI cuEventQuery(CUevent hEvent) {
     // Reached: the copies queued before the record on its stream are done;
     // ready once their bytes arrived (as for cuStreamQuery). A record another
     // thread issued after the query is not what the server answered about.
-    FERRY_RETURN_IF_ERROR(rt.FindEvent(Runtime::HandleId(hEvent), &state));
+    FERRY_RETURN_IF_ERROR(rt.streams().FindEvent(Runtime::HandleId(hEvent), &state));
     if (state.recorded_seq == 0 || state.recorded_seq > seq) return Status::Ok();
     return rt.AfterQuery(state.recorded_on, state.recorded_seq);
   });
@@ -355,7 +355,7 @@ CUresult CUDAAPI cuEventSynchronize(CUevent hEvent) {
     Runtime& rt = Runtime::Get();
     FERRY_RETURN_IF_ERROR(rt.Ready());
     ferry::client::EventState state;
-    FERRY_RETURN_IF_ERROR(rt.FindEvent(Runtime::HandleId(hEvent), &state));
+    FERRY_RETURN_IF_ERROR(rt.streams().FindEvent(Runtime::HandleId(hEvent), &state));
     uint64_t seq = 0;
     FERRY_RETURN_IF_ERROR(rt.connection().Call(
         [&](wire::Call::Builder call) {
@@ -372,8 +372,8 @@ CUresult CUDAAPI cuEventElapsedTime_v2(float* pMilliseconds, CUevent hStart, CUe
     if (pMilliseconds == nullptr) return Status::InvalidArgument("pMilliseconds is NULL");
     FERRY_RETURN_IF_ERROR(rt.Ready());
     ferry::client::EventState start, end;
-    FERRY_RETURN_IF_ERROR(rt.FindEvent(Runtime::HandleId(hStart), &start));
-    FERRY_RETURN_IF_ERROR(rt.FindEvent(Runtime::HandleId(hEnd), &end));
+    FERRY_RETURN_IF_ERROR(rt.streams().FindEvent(Runtime::HandleId(hStart), &start));
+    FERRY_RETURN_IF_ERROR(rt.streams().FindEvent(Runtime::HandleId(hEnd), &end));
     return rt.connection().Call(
         [&](wire::Call::Builder call) {
           auto args = call.initEventElapsedTime();
@@ -397,7 +397,7 @@ CUresult CUDAAPI cuEventDestroy_v2(CUevent hEvent) {
     Runtime& rt = Runtime::Get();
     FERRY_RETURN_IF_ERROR(rt.Ready());
     const uint64_t id = Runtime::HandleId(hEvent);
-    FERRY_RETURN_IF_ERROR(rt.RemoveEvent(id));
+    FERRY_RETURN_IF_ERROR(rt.streams().RemoveEvent(id));
     return rt.connection().Post(
         [&](wire::Call::Builder call) { call.initEventDestroy().setEvent(id); });
   });

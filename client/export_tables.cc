@@ -126,7 +126,7 @@ CUresult CUDAAPI RuntimePrimaryContext(CUcontext* ctx, CUdevice device) {
     Runtime& rt = Runtime::Get();
     FERRY_RETURN_IF_ERROR(rt.Ready());
     FERRY_RETURN_IF_ERROR(rt.CheckDevice(device));
-    *ctx = Runtime::ToHandle<CUcontext>(rt.PrimaryContextId(device));
+    *ctx = Runtime::ToHandle<CUcontext>(rt.contexts().PrimaryId(device));
     return Status::Ok();
   });
 }
@@ -175,7 +175,7 @@ Status StorageContext(CUcontext ctx, uint64_t* id) {
   Runtime& rt = Runtime::Get();
   *id = ctx != nullptr ? Runtime::HandleId(ctx) : rt.CurrentContextId();
   if (*id == 0) return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "no current context");
-  return rt.CheckContext(*id);
+  return rt.contexts().Check(*id);
 }
 
 CUresult CUDAAPI StoragePut(CUcontext ctx, void* key, void* value,

@@ -16,12 +16,6 @@
 
 namespace ferry::client {
 
-Status ParamInfo(const KernelInfo& kernel, size_t index, size_t* offset, size_t* size) {
-  if (index >= kernel.params.size()) return Status::InvalidArgument("parameter index out of range");
-  if (offset != nullptr) *offset = kernel.params[index].offset;
-  if (size != nullptr) *size = kernel.params[index].size;
-  return Status::Ok();
-}
 namespace {
 
 constexpr const char* kDefaultServer = "127.0.0.1:7070";
@@ -168,10 +162,6 @@ Status Runtime::CheckDevice(int device) const {
   return Status::Ok();
 }
 
-uint64_t Runtime::NewId(HandleKind kind) {
-  return (static_cast<uint64_t>(kind) << 48) | next_serial_.fetch_add(1);
-}
-
 // --- contexts -------------------------------------------------------------------
 
 uint64_t Runtime::CurrentContextId() {
@@ -187,41 +177,22 @@ Status Runtime::CurrentContext(uint64_t* ctx) {
   return Status::Ok();
 }
 
-Status Runtime::CheckContext(uint64_t ctx) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (contexts_.count(ctx) == 0) {
-    return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "not a context of this process");
-  }
-  return Status::Ok();
-}
-
 Status Runtime::EnsureLive(uint64_t ctx) {
-  // Serialises creation so two threads never create the same primary context.
-  static std::mutex create_mu;
-  std::lock_guard<std::mutex> create_lock(create_mu);
-  int device;
-  unsigned flags;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = contexts_.find(ctx);
-    if (it == contexts_.end()) {
-      return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "not a context of this process");
-    }
-    if (it->second.live) return Status::Ok();
-    device = it->second.device;
-    flags = it->second.flags;
-  }
+  std::lock_guard<std::mutex> create_lock(create_mu_);
+  ContextState state;
+  FERRY_RETURN_IF_ERROR(contexts_.Find(ctx, &state));
+  if (state.live) return Status::Ok();
   FERRY_RETURN_IF_ERROR(Ready());
   FERRY_RETURN_IF_ERROR(connection_->Call([&](wire::Call::Builder call) {
     auto args = call.initCtxCreate();
     args.setCtx(ctx);
-    args.setDevice(device);
-    args.setFlags(flags);
+    args.setDevice(state.device);
+    args.setFlags(state.flags);
   }));
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    contexts_[ctx].live = true;
-  }
+  // A context is destroyed by this process's own calls only, and cuCtxDestroy
+  // of a context being created is a program's race; either way the server
+  // hears of it after this creation.
+  contexts_.MarkLive(ctx);
   LoadLibrariesEagerly(ctx);
   return Status::Ok();
 }
@@ -245,27 +216,12 @@ uint64_t Runtime::PopCurrent() {
   return ctx;
 }
 
-uint64_t Runtime::PrimaryContextId(int device) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = primary_ids_.find(device);
-  if (it != primary_ids_.end()) return it->second;
-  const uint64_t id = NewId(HandleKind::kContext);
-  primary_ids_[device] = id;
-  ContextState state;
-  state.device = device;
-  state.primary = true;
-  state.flags = primary_flags_[device];
-  contexts_[id] = state;
-  return id;
-}
-
 Status Runtime::RetainPrimary(int device, uint64_t* ctx) {
   FERRY_RETURN_IF_ERROR(Ready());
   FERRY_RETURN_IF_ERROR(CheckDevice(device));
-  const uint64_t id = PrimaryContextId(device);
+  const uint64_t id = contexts_.PrimaryId(device);
   FERRY_RETURN_IF_ERROR(EnsureLive(id));
-  std::lock_guard<std::mutex> lock(mu_);
-  ++primary_refcounts_[device];
+  contexts_.RetainPrimary(device);
   *ctx = id;
   return Status::Ok();
 }
@@ -273,14 +229,9 @@ Status Runtime::RetainPrimary(int device, uint64_t* ctx) {
 Status Runtime::ReleasePrimary(int device) {
   FERRY_RETURN_IF_ERROR(Ready());
   FERRY_RETURN_IF_ERROR(CheckDevice(device));
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    int& count = primary_refcounts_[device];
-    if (count <= 0) {
-      return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "the primary context is not retained");
-    }
-    if (--count > 0) return Status::Ok();
-  }
+  bool last = false;
+  FERRY_RETURN_IF_ERROR(contexts_.ReleasePrimary(device, &last));
+  if (!last) return Status::Ok();
   return ResetPrimary(device).WithContext("releasing the primary context of device " +
                                           std::to_string(device));
 }
@@ -288,20 +239,13 @@ Status Runtime::ReleasePrimary(int device) {
 Status Runtime::ResetPrimary(int device) {
   FERRY_RETURN_IF_ERROR(Ready());
   FERRY_RETURN_IF_ERROR(CheckDevice(device));
-  const uint64_t id = PrimaryContextId(device);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!contexts_[id].live) return Status::Ok();
-  }
+  const uint64_t id = contexts_.PrimaryId(device);
+  if (!contexts_.IsLive(id)) return Status::Ok();
   // Before the context goes: the runtime's destructors free what it holds
-  // in it, through the driver (so not under mu_).
+  // in it, through the driver (so under no registry's lock).
   RunContextLocalStorageDestructors(id);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!contexts_[id].live) return Status::Ok();  // reset meanwhile by another thread
-    contexts_[id].live = false;
-    ForgetContextResources(id);
-  }
+  if (!contexts_.MarkNotLive(id)) return Status::Ok();  // reset meanwhile by another thread
+  ForgetContextResources(id);
   tls_per_thread_streams.erase(id);
   return connection_->Post([&](wire::Call::Builder call) { call.initCtxDestroy().setCtx(id); });
 }
@@ -309,35 +253,21 @@ Status Runtime::ResetPrimary(int device) {
 Status Runtime::SetPrimaryFlags(int device, unsigned flags) {
   FERRY_RETURN_IF_ERROR(Ready());
   FERRY_RETURN_IF_ERROR(CheckDevice(device));
-  const uint64_t id = PrimaryContextId(device);
-  std::lock_guard<std::mutex> lock(mu_);
-  primary_flags_[device] = flags;
-  contexts_[id].flags = flags;
+  contexts_.SetPrimaryFlags(device, flags);
   return Status::Ok();
 }
 
 void Runtime::PrimaryState(int device, unsigned* flags, int* active) {
-  const uint64_t id = PrimaryContextId(device);
-  std::lock_guard<std::mutex> lock(mu_);
-  *flags = primary_flags_[device];
-  *active = contexts_[id].live && primary_refcounts_[device] > 0 ? 1 : 0;
+  contexts_.PrimaryState(device, flags, active);
 }
 
 Status Runtime::CreateContext(int device, unsigned flags, uint64_t* ctx) {
   FERRY_RETURN_IF_ERROR(Ready());
   FERRY_RETURN_IF_ERROR(CheckDevice(device));
-  const uint64_t id = NewId(HandleKind::kContext);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    ContextState state;
-    state.device = device;
-    state.flags = flags;
-    contexts_[id] = state;
-  }
+  const uint64_t id = contexts_.Add(device, flags);
   Status status = EnsureLive(id);
   if (!status.ok()) {
-    std::lock_guard<std::mutex> lock(mu_);
-    contexts_.erase(id);
+    contexts_.Erase(id);
     return status;
   }
   PushCurrent(id);
@@ -348,33 +278,13 @@ Status Runtime::CreateContext(int device, unsigned flags, uint64_t* ctx) {
 Status Runtime::DestroyContext(uint64_t ctx) {
   FERRY_RETURN_IF_ERROR(Ready());
   // Checked before the destructors run, so a refused call changes nothing.
-  auto check = [this, ctx]() -> Status {
-    auto it = contexts_.find(ctx);
-    if (it == contexts_.end()) {
-      return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "not a context of this process");
-    }
-    if (it->second.primary) {
-      return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT,
-                          "cuCtxDestroy of a primary context (use cuDevicePrimaryCtxRelease)");
-    }
-    return Status::Ok();
-  };
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    FERRY_RETURN_IF_ERROR(check());
-  }
-  // Before the context goes, and not under mu_: the runtime's destructors
-  // free what it holds in it through the driver.
+  FERRY_RETURN_IF_ERROR(contexts_.CheckDestroyable(ctx));
+  // Before the context goes, and under no registry's lock: the runtime's
+  // destructors free what it holds in it through the driver.
   RunContextLocalStorageDestructors(ctx);
-  bool live;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    FERRY_RETURN_IF_ERROR(check());  // destroyed meanwhile by another thread
-    auto it = contexts_.find(ctx);
-    live = it->second.live;
-    ForgetContextResources(ctx);
-    contexts_.erase(it);
-  }
+  bool live = false;
+  FERRY_RETURN_IF_ERROR(contexts_.Remove(ctx, &live));  // destroyed meanwhile by another thread
+  ForgetContextResources(ctx);
   tls_per_thread_streams.erase(ctx);
   // The calling thread stops using it; other threads find it gone.
   std::erase(tls_context_stack, ctx);
@@ -382,33 +292,10 @@ Status Runtime::DestroyContext(uint64_t ctx) {
   return connection_->Post([&](wire::Call::Builder call) { call.initCtxDestroy().setCtx(ctx); });
 }
 
-Status Runtime::ContextDevice(uint64_t ctx, int* device) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = contexts_.find(ctx);
-  if (it == contexts_.end())
-    return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "not a context of this process");
-  *device = it->second.device;
-  return Status::Ok();
-}
-
-Status Runtime::ContextFlags(uint64_t ctx, unsigned* flags) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = contexts_.find(ctx);
-  if (it == contexts_.end())
-    return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "not a context of this process");
-  *flags = it->second.flags;
-  return Status::Ok();
-}
-
 void Runtime::ForgetContextResources(uint64_t ctx) {
-  // Libraries and kernels outlive contexts; only their share in `ctx` goes.
-  for (auto& [id, library] : libraries_) library.modules.erase(ctx);
-  for (auto& [id, kernel] : kernels_) kernel.functions.erase(ctx);
-  std::erase_if(streams_, [ctx](const auto& e) { return e.second.ctx == ctx; });
-  std::erase_if(events_, [ctx](const auto& e) { return e.second.ctx == ctx; });
-  std::erase_if(functions_, [ctx](const auto& e) { return e.second->ctx == ctx; });
-  std::erase_if(modules_, [ctx](const auto& e) { return e.second.ctx == ctx; });
-  std::erase_if(device_allocations_, [ctx](const auto& e) { return e.second.ctx == ctx; });
+  streams_.ForgetContext(ctx);
+  modules_.ForgetContext(ctx);
+  allocations_.ForgetContext(ctx);
 }
 
 // --- streams and events -------------------------------------------------------------
@@ -424,15 +311,12 @@ Status Runtime::ResolveStream(CUstream stream, bool per_thread_default, StreamTa
     // The per-thread default stream: a blocking stream of this thread's own,
     // created on first use.
     auto it = tls_per_thread_streams.find(target->ctx);
-    if (it != tls_per_thread_streams.end()) {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (streams_.count(it->second) != 0) {
-        target->stream = it->second;
-        return Status::Ok();
-      }
+    if (it != tls_per_thread_streams.end() && streams_.HasStream(it->second)) {
+      target->stream = it->second;
+      return Status::Ok();
     }
     uint64_t created = 0;
-    FERRY_RETURN_IF_ERROR(AddStream(target->ctx, CU_STREAM_DEFAULT, 0, &created));
+    FERRY_RETURN_IF_ERROR(streams_.AddStream(target->ctx, CU_STREAM_DEFAULT, 0, &created));
     FERRY_RETURN_IF_ERROR(connection_->Post([&](wire::Call::Builder call) {
       auto args = call.initStreamCreate();
       args.setCtx(target->ctx);
@@ -444,121 +328,14 @@ Status Runtime::ResolveStream(CUstream stream, bool per_thread_default, StreamTa
     return Status::Ok();
   }
   FERRY_RETURN_IF_ERROR(Ready());
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = streams_.find(id);
-  if (it == streams_.end()) return Status::InvalidHandle("not a stream of this process");
-  target->ctx = it->second.ctx;
+  StreamState state;
+  FERRY_RETURN_IF_ERROR(streams_.FindStream(id, &state));
+  target->ctx = state.ctx;
   target->stream = id;
   return Status::Ok();
 }
 
-Status Runtime::AddStream(uint64_t ctx, unsigned flags, int priority, uint64_t* id) {
-  *id = NewId(HandleKind::kStream);
-  std::lock_guard<std::mutex> lock(mu_);
-  streams_[*id] = StreamState{ctx, flags, priority};
-  return Status::Ok();
-}
-
-Status Runtime::RemoveStream(uint64_t id, StreamState* removed) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = streams_.find(id);
-  if (it == streams_.end()) return Status::InvalidHandle("not a stream of this process");
-  if (removed != nullptr) *removed = it->second;
-  streams_.erase(it);
-  return Status::Ok();
-}
-
-Status Runtime::FindStream(uint64_t id, StreamState* out) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = streams_.find(id);
-  if (it == streams_.end()) return Status::InvalidHandle("not a stream of this process");
-  *out = it->second;
-  return Status::Ok();
-}
-
-Status Runtime::AddEvent(uint64_t ctx, unsigned flags, uint64_t* id) {
-  *id = NewId(HandleKind::kEvent);
-  std::lock_guard<std::mutex> lock(mu_);
-  EventState state;
-  state.ctx = ctx;
-  state.flags = flags;
-  events_[*id] = state;
-  return Status::Ok();
-}
-
-Status Runtime::RemoveEvent(uint64_t id) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (events_.erase(id) == 0) return Status::InvalidHandle("not an event of this process");
-  return Status::Ok();
-}
-
-Status Runtime::FindEvent(uint64_t id, EventState* out) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = events_.find(id);
-  if (it == events_.end()) return Status::InvalidHandle("not an event of this process");
-  *out = it->second;
-  return Status::Ok();
-}
-
-void Runtime::NoteEventRecord(uint64_t id, StreamKey stream, uint64_t seq) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = events_.find(id);
-  // Records from several threads: the later call (by seq) is the latest.
-  if (it != events_.end() && seq > it->second.recorded_seq) {
-    it->second.recorded_on = stream;
-    it->second.recorded_seq = seq;
-  }
-}
-
 // --- modules and functions ------------------------------------------------------------
-
-void Runtime::AddModule(uint64_t id, ModuleState module) {
-  std::lock_guard<std::mutex> lock(mu_);
-  modules_[id] = std::move(module);
-}
-
-Status Runtime::RemoveModule(uint64_t id) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = modules_.find(id);
-  if (it == modules_.end()) return Status::InvalidHandle("not a module of this process");
-  if (it->second.library != 0) {
-    return Status::InvalidHandle("the module belongs to a library; cuLibraryUnload unloads it");
-  }
-  modules_.erase(it);
-  std::erase_if(functions_, [id](const auto& e) { return e.second->module == id; });
-  return Status::Ok();
-}
-
-Status Runtime::FindModule(uint64_t id, ModuleState* out) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = modules_.find(id);
-  if (it == modules_.end()) return Status::InvalidHandle("not a module of this process");
-  *out = it->second;
-  return Status::Ok();
-}
-
-Status Runtime::AddFunction(uint64_t module, const std::string& name, uint64_t* id, bool* created) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = modules_.find(module);
-  if (it == modules_.end()) return Status::InvalidHandle("not a module of this process");
-  auto kernel = it->second.kernels->find(name);
-  if (kernel == it->second.kernels->end()) {
-    return Status::NotFound("the module has no kernel named " + name);
-  }
-  // One id per (module, name): asking twice gives the same CUfunction.
-  for (const auto& [fid, f] : functions_) {
-    if (f->module == module && f->name == name) {
-      *id = fid;
-      *created = false;
-      return Status::Ok();
-    }
-  }
-  *created = true;
-  *id = NewId(HandleKind::kFunction);
-  functions_[*id] = std::make_shared<const FunctionState>(
-      FunctionState{module, it->second.ctx, name, kernel->second});
-  return Status::Ok();
-}
 
 Status Runtime::ModuleFunction(uint64_t module, const std::string& name, uint64_t* id) {
   std::lock_guard<std::mutex> registration(registration_mu_);
@@ -567,7 +344,7 @@ Status Runtime::ModuleFunction(uint64_t module, const std::string& name, uint64_
 
 Status Runtime::ModuleFunctionLocked(uint64_t module, const std::string& name, uint64_t* id) {
   bool created = false;
-  FERRY_RETURN_IF_ERROR(AddFunction(module, name, id, &created));
+  FERRY_RETURN_IF_ERROR(modules_.AddFunction(module, name, id, &created));
   if (!created) return Status::Ok();
   Status posted = connection_->Post([&](wire::Call::Builder call) {
     auto args = call.initModuleGetFunction();
@@ -575,26 +352,8 @@ Status Runtime::ModuleFunctionLocked(uint64_t module, const std::string& name, u
     args.setFunction(*id);
     args.setName(name);
   });
-  if (!posted.ok()) {
-    std::lock_guard<std::mutex> lock(mu_);
-    functions_.erase(*id);
-  }
+  if (!posted.ok()) modules_.EraseFunction(*id);
   return posted;
-}
-
-Status Runtime::FindFunction(uint64_t id, FunctionState* out) {
-  std::shared_ptr<const FunctionState> function;
-  FERRY_RETURN_IF_ERROR(FindFunction(id, &function));
-  *out = *function;
-  return Status::Ok();
-}
-
-Status Runtime::FindFunction(uint64_t id, std::shared_ptr<const FunctionState>* out) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = functions_.find(id);
-  if (it == functions_.end()) return Status::InvalidHandle("not a function of this process");
-  *out = it->second;
-  return Status::Ok();
 }
 
 Status Runtime::ResolveFunction(uint64_t handle, uint64_t ctx, uint64_t* id, FunctionState* out) {
@@ -613,13 +372,13 @@ Status Runtime::ResolveFunction(uint64_t handle, uint64_t ctx, uint64_t* id,
     FERRY_RETURN_IF_ERROR(KernelFunction(handle, ctx, &handle));
   }
   *id = handle;
-  return FindFunction(handle, out);
+  return modules_.FindFunction(handle, out);
 }
 
 Status Runtime::ModuleGlobal(uint64_t module, const char* name, uint64_t* dptr, uint64_t* bytes) {
   if (name == nullptr) return Status::InvalidArgument("name is NULL");
   ModuleState state;
-  FERRY_RETURN_IF_ERROR(FindModule(module, &state));
+  FERRY_RETURN_IF_ERROR(modules_.FindModule(module, &state));
   uint64_t address = 0, size = 0;
   FERRY_RETURN_IF_ERROR(connection_->Call(
       [&](wire::Call::Builder call) {
@@ -633,8 +392,8 @@ Status Runtime::ModuleGlobal(uint64_t module, const char* name, uint64_t* dptr, 
         size = reply.getModuleGetGlobal().getBytes();
         return Status::Ok();
       }));
-  if (size > 0 && !FindDeviceAllocation(address, nullptr, nullptr)) {
-    AddDeviceAllocation(address, size, state.ctx, /*global=*/true);
+  if (size > 0 && !allocations_.FindDevice(address, nullptr, nullptr)) {
+    allocations_.AddDevice(address, size, state.ctx, /*global=*/true);
   }
   *dptr = address;
   *bytes = size;
@@ -654,16 +413,9 @@ bool EagerLoading() {
 }  // namespace
 
 Status Runtime::AddLibrary(uint64_t id, LibraryState library) {
-  std::vector<uint64_t> live;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    libraries_[id] = std::move(library);
-    for (const auto& [ctx, state] : contexts_) {
-      if (state.live) live.push_back(ctx);
-    }
-  }
+  modules_.AddLibrary(id, std::move(library));
   if (!EagerLoading()) return Status::Ok();
-  for (uint64_t ctx : live) {
+  for (uint64_t ctx : contexts_.LiveContexts()) {
     uint64_t module = 0;
     FERRY_RETURN_IF_ERROR(LibraryModule(id, ctx, &module));
   }
@@ -672,12 +424,7 @@ Status Runtime::AddLibrary(uint64_t id, LibraryState library) {
 
 void Runtime::LoadLibrariesEagerly(uint64_t ctx) {
   if (!EagerLoading()) return;
-  std::vector<uint64_t> ids;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (const auto& [id, library] : libraries_) ids.push_back(id);
-  }
-  for (uint64_t id : ids) {
+  for (uint64_t id : modules_.LibraryIds()) {
     uint64_t module = 0;
     // A failure latches on the server and surfaces at the next call that
     // waits, as the driver's eager loading reports it at context creation.
@@ -686,140 +433,61 @@ void Runtime::LoadLibrariesEagerly(uint64_t ctx) {
 }
 
 Status Runtime::UnloadLibrary(uint64_t id) {
-  std::lock_guard<std::mutex> create(registration_mu_);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = libraries_.find(id);
-    if (it == libraries_.end()) return Status::InvalidHandle("not a library of this process");
-    for (const auto& [ctx, module] : it->second.modules) {
-      modules_.erase(module);
-      std::erase_if(functions_, [module](const auto& e) { return e.second->module == module; });
-    }
-    std::erase_if(kernels_, [id](const auto& e) { return e.second.library == id; });
-    libraries_.erase(it);
-  }
+  std::lock_guard<std::mutex> registration(registration_mu_);
+  FERRY_RETURN_IF_ERROR(modules_.RemoveLibrary(id));
   return connection_->Post(
       [&](wire::Call::Builder call) { call.initLibraryUnload().setLibrary(id); });
 }
 
-Status Runtime::FindLibrary(uint64_t id, LibraryState* out) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = libraries_.find(id);
-  if (it == libraries_.end()) return Status::InvalidHandle("not a library of this process");
-  *out = it->second;
-  return Status::Ok();
-}
-
-Status Runtime::LibraryKernel(uint64_t library, const std::string& name, uint64_t* kernel) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = libraries_.find(library);
-  if (it == libraries_.end()) return Status::InvalidHandle("not a library of this process");
-  LibraryState& state = it->second;
-  auto info = state.kernels->find(name);
-  if (info == state.kernels->end()) {
-    return Status::NotFound("the library has no kernel named " + name);
-  }
-  auto [id, created] = state.kernel_ids.emplace(name, 0);
-  if (created) {
-    id->second = NewId(HandleKind::kKernel);
-    KernelState k;
-    k.library = library;
-    k.name = name;
-    k.info = info->second;
-    kernels_[id->second] = std::move(k);
-  }
-  *kernel = id->second;
-  return Status::Ok();
-}
-
-Status Runtime::FindKernel(uint64_t id, KernelState* out) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = kernels_.find(id);
-  if (it == kernels_.end()) return Status::InvalidHandle("not a kernel of this process");
-  *out = it->second;
-  return Status::Ok();
-}
-
 Status Runtime::LibraryModule(uint64_t library, uint64_t ctx, uint64_t* module) {
-  std::lock_guard<std::mutex> create(registration_mu_);
+  std::lock_guard<std::mutex> registration(registration_mu_);
   return LibraryModuleLocked(library, ctx, module);
 }
 
 Status Runtime::LibraryModuleLocked(uint64_t library, uint64_t ctx, uint64_t* module) {
   ModuleState state;
-  uint64_t id = 0;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = libraries_.find(library);
-    if (it == libraries_.end()) return Status::InvalidHandle("not a library of this process");
-    if (auto m = it->second.modules.find(ctx); m != it->second.modules.end()) {
-      *module = m->second;
-      return Status::Ok();
-    }
-    auto c = contexts_.find(ctx);
-    if (c == contexts_.end() || !c->second.live) {
-      return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "not a live context of this process");
-    }
-    id = NewId(HandleKind::kModule);
-    state.ctx = ctx;
-    state.kernels = it->second.kernels;
-    state.globals = it->second.globals;
-    state.library = library;
+  FERRY_RETURN_IF_ERROR(modules_.LibraryModuleIn(library, ctx, module, &state));
+  if (*module != 0) return Status::Ok();
+  if (!contexts_.IsLive(ctx)) {
+    return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "not a live context of this process");
   }
+  const uint64_t id = NewId(HandleKind::kModule);
   FERRY_RETURN_IF_ERROR(connection_->Post([&](wire::Call::Builder call) {
     auto args = call.initLibraryLoadModule();
     args.setLibrary(library);
     args.setCtx(ctx);
     args.setModule(id);
   }));
-  // registration_mu_ keeps the library loaded; mu_ was let go only for the post,
-  // and the context may have been destroyed meanwhile (with the module).
-  std::lock_guard<std::mutex> lock(mu_);
-  if (auto c = contexts_.find(ctx); c == contexts_.end() || !c->second.live) {
-    return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "the context was destroyed");
-  }
-  libraries_[library].modules[ctx] = id;
-  modules_[id] = std::move(state);
+  // registration_mu_ keeps the library loaded, but the context may have been
+  // destroyed since the check (with its modules): recorded only if it is
+  // still live, checked under the module registry's lock.
+  FERRY_RETURN_IF_ERROR(modules_.AddLibraryModule(library, id, std::move(state),
+                                                  [&] { return contexts_.IsLive(ctx); }));
   *module = id;
   return Status::Ok();
 }
 
 Status Runtime::KernelFunction(uint64_t kernel, uint64_t ctx, uint64_t* function) {
-  std::lock_guard<std::mutex> create(registration_mu_);
+  std::lock_guard<std::mutex> registration(registration_mu_);
   return KernelFunctionLocked(kernel, ctx, function);
 }
 
 Status Runtime::KernelFunctionLocked(uint64_t kernel, uint64_t ctx, uint64_t* function) {
-  uint64_t library = 0;
-  std::string name;
+  KernelState state;
+  FERRY_RETURN_IF_ERROR(modules_.KernelFunctionIn(kernel, ctx, function, &state));
+  if (*function != 0) return Status::Ok();
+  int device = 0;
+  FERRY_RETURN_IF_ERROR(contexts_.Device(ctx, &device));
   std::map<int, int> attributes;
   std::optional<int> cache_config;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = kernels_.find(kernel);
-    if (it == kernels_.end()) return Status::InvalidHandle("not a kernel of this process");
-    if (auto f = it->second.functions.find(ctx); f != it->second.functions.end()) {
-      *function = f->second;
-      return Status::Ok();
-    }
-    auto c = contexts_.find(ctx);
-    if (c == contexts_.end()) {
-      return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "not a context of this process");
-    }
-    library = it->second.library;
-    name = it->second.name;
-    const int device = c->second.device;
-    if (auto a = it->second.attributes.find(device); a != it->second.attributes.end()) {
-      attributes = a->second;
-    }
-    if (auto cc = it->second.cache_configs.find(device); cc != it->second.cache_configs.end()) {
-      cache_config = cc->second;
-    }
+  if (auto a = state.attributes.find(device); a != state.attributes.end()) attributes = a->second;
+  if (auto c = state.cache_configs.find(device); c != state.cache_configs.end()) {
+    cache_config = c->second;
   }
   uint64_t module = 0;
-  FERRY_RETURN_IF_ERROR(LibraryModuleLocked(library, ctx, &module));
+  FERRY_RETURN_IF_ERROR(LibraryModuleLocked(state.library, ctx, &module));
   uint64_t id = 0;
-  FERRY_RETURN_IF_ERROR(ModuleFunctionLocked(module, name, &id));
+  FERRY_RETURN_IF_ERROR(ModuleFunctionLocked(module, state.name, &id));
   for (const auto& [attribute, value] : attributes) {
     FERRY_RETURN_IF_ERROR(connection_->Post([&](wire::Call::Builder call) {
       auto args = call.initFuncSetAttribute();
@@ -835,11 +503,7 @@ Status Runtime::KernelFunctionLocked(uint64_t kernel, uint64_t ctx, uint64_t* fu
       args.setConfig(*cache_config);
     }));
   }
-  std::lock_guard<std::mutex> lock(mu_);
-  if (functions_.count(id) == 0) {
-    return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "the context was destroyed");
-  }
-  kernels_[kernel].functions[ctx] = id;
+  FERRY_RETURN_IF_ERROR(modules_.SetKernelFunction(kernel, ctx, id));
   *function = id;
   return Status::Ok();
 }
@@ -849,23 +513,35 @@ Status Runtime::ContextForDevice(int device, uint64_t* ctx) {
   FERRY_RETURN_IF_ERROR(CheckDevice(device));
   const uint64_t current = CurrentContextId();
   int current_device = -1;
-  if (current != 0 && ContextDevice(current, &current_device).ok() && current_device == device) {
+  if (current != 0 && contexts_.Device(current, &current_device).ok() && current_device == device) {
     FERRY_RETURN_IF_ERROR(EnsureLive(current));
     *ctx = current;
     return Status::Ok();
   }
   // The primary context is live on the server from here on; it is neither
   // retained nor made current, so the program observes nothing of it.
-  const uint64_t primary = PrimaryContextId(device);
+  const uint64_t primary = contexts_.PrimaryId(device);
   FERRY_RETURN_IF_ERROR(EnsureLive(primary));
   *ctx = primary;
   return Status::Ok();
 }
 
+std::vector<uint64_t> Runtime::FunctionsOnDevice(
+    const std::vector<std::pair<uint64_t, uint64_t>>& functions, int device, uint64_t skip) {
+  std::vector<uint64_t> on_device;
+  for (const auto& [ctx, function] : functions) {
+    int ctx_device = -1;
+    if (function != skip && contexts_.Device(ctx, &ctx_device).ok() && ctx_device == device) {
+      on_device.push_back(function);
+    }
+  }
+  return on_device;
+}
+
 Status Runtime::SetKernelAttribute(uint64_t kernel, int device, int attribute, int value) {
   uint64_t reference = 0;
   FERRY_RETURN_IF_ERROR(ContextForDevice(device, &reference));
-  std::lock_guard<std::mutex> create(registration_mu_);
+  std::lock_guard<std::mutex> registration(registration_mu_);
   uint64_t function = 0;
   FERRY_RETURN_IF_ERROR(KernelFunctionLocked(kernel, reference, &function));
   FERRY_RETURN_IF_ERROR(connection_->Call([&](wire::Call::Builder call) {
@@ -874,17 +550,9 @@ Status Runtime::SetKernelAttribute(uint64_t kernel, int device, int attribute, i
     args.setAttribute(attribute);
     args.setValue(value);
   }));
-  std::vector<uint64_t> others;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    KernelState& k = kernels_[kernel];
-    k.attributes[device][attribute] = value;
-    for (const auto& [ctx, f] : k.functions) {
-      auto c = contexts_.find(ctx);
-      if (f != function && c != contexts_.end() && c->second.device == device) others.push_back(f);
-    }
-  }
-  for (uint64_t f : others) {
+  std::vector<std::pair<uint64_t, uint64_t>> functions;
+  FERRY_RETURN_IF_ERROR(modules_.SetKernelAttribute(kernel, device, attribute, value, &functions));
+  for (uint64_t f : FunctionsOnDevice(functions, device, /*skip=*/function)) {
     FERRY_RETURN_IF_ERROR(connection_->Post([&](wire::Call::Builder call) {
       auto args = call.initFuncSetAttribute();
       args.setFunction(f);
@@ -901,20 +569,12 @@ Status Runtime::SetKernelCacheConfig(uint64_t kernel, int device, int config) {
   }
   uint64_t reference = 0;
   FERRY_RETURN_IF_ERROR(ContextForDevice(device, &reference));
-  std::lock_guard<std::mutex> create(registration_mu_);
+  std::lock_guard<std::mutex> registration(registration_mu_);
   uint64_t function = 0;
   FERRY_RETURN_IF_ERROR(KernelFunctionLocked(kernel, reference, &function));
-  std::vector<uint64_t> targets;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    KernelState& k = kernels_[kernel];
-    k.cache_configs[device] = config;
-    for (const auto& [ctx, f] : k.functions) {
-      auto c = contexts_.find(ctx);
-      if (c != contexts_.end() && c->second.device == device) targets.push_back(f);
-    }
-  }
-  for (uint64_t f : targets) {
+  std::vector<std::pair<uint64_t, uint64_t>> functions;
+  FERRY_RETURN_IF_ERROR(modules_.SetKernelCacheConfig(kernel, device, config, &functions));
+  for (uint64_t f : FunctionsOnDevice(functions, device, /*skip=*/0)) {
     FERRY_RETURN_IF_ERROR(connection_->Post([&](wire::Call::Builder call) {
       auto args = call.initFuncSetCacheConfig();
       args.setFunction(f);
@@ -925,76 +585,6 @@ Status Runtime::SetKernelCacheConfig(uint64_t kernel, int device, int config) {
 }
 
 // --- memory -------------------------------------------------------------------------
-
-void Runtime::AddDeviceAllocation(uint64_t dptr, uint64_t size, uint64_t ctx, bool global) {
-  std::lock_guard<std::mutex> lock(mu_);
-  device_allocations_[dptr] = DeviceAllocation{size, ctx, global};
-}
-
-Status Runtime::RemoveDeviceAllocation(uint64_t dptr) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = device_allocations_.find(dptr);
-  if (it == device_allocations_.end() || it->second.global) {
-    return Status::InvalidArgument("not the start of a device allocation of this process");
-  }
-  device_allocations_.erase(it);
-  return Status::Ok();
-}
-
-Status Runtime::CheckDeviceRange(uint64_t address, uint64_t bytes, const char* what) {
-  if (bytes == 0) return Status::Ok();
-  uint64_t base = 0;
-  DeviceAllocation allocation;
-  if (FindDeviceAllocation(address, &base, &allocation) &&
-      bytes <= allocation.size - (address - base)) {
-    return Status::Ok();
-  }
-  char text[160];
-  snprintf(text, sizeof(text), "%s range [0x%llx, +%llu) is not inside a device allocation", what,
-           static_cast<unsigned long long>(address), static_cast<unsigned long long>(bytes));
-  return Status::InvalidArgument(text);
-}
-
-bool Runtime::FindDeviceAllocation(uint64_t address, uint64_t* base, DeviceAllocation* out) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = device_allocations_.upper_bound(address);
-  if (it == device_allocations_.begin()) return false;
-  --it;
-  if (address - it->first >= it->second.size) return false;
-  if (base != nullptr) *base = it->first;
-  if (out != nullptr) *out = it->second;
-  return true;
-}
-
-void Runtime::AddHostAllocation(const void* ptr, HostAllocation allocation) {
-  std::lock_guard<std::mutex> lock(mu_);
-  host_allocations_[reinterpret_cast<uintptr_t>(ptr)] = allocation;
-}
-
-Status Runtime::RemoveHostAllocation(const void* ptr, bool registered, HostAllocation* removed) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = host_allocations_.find(reinterpret_cast<uintptr_t>(ptr));
-  if (it == host_allocations_.end() || it->second.registered != registered) {
-    return registered ? Status::Cuda(CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED,
-                                     "host memory is not registered")
-                      : Status::InvalidArgument("not page-locked memory allocated by the driver");
-  }
-  if (removed != nullptr) *removed = it->second;
-  host_allocations_.erase(it);
-  return Status::Ok();
-}
-
-bool Runtime::FindHostAllocation(const void* address, const void** base, HostAllocation* out) {
-  std::lock_guard<std::mutex> lock(mu_);
-  const uintptr_t a = reinterpret_cast<uintptr_t>(address);
-  auto it = host_allocations_.upper_bound(a);
-  if (it == host_allocations_.begin()) return false;
-  --it;
-  if (a - it->first >= it->second.size) return false;
-  if (base != nullptr) *base = reinterpret_cast<const void*>(it->first);
-  if (out != nullptr) *out = it->second;
-  return true;
-}
 
 Status Runtime::AfterSynchronize(uint64_t seq) { return connection_->WaitForEarlierCopies(seq); }
 

@@ -4,11 +4,14 @@
 //
 // It holds the connection to ferryd (opened by cuInit), the devices the
 // server described at the handshake (all device queries are answered from
-// them), and the client's handle tables. Handles the program sees are ids the
-// client chooses (DESIGN invariant 2): the value of a CUcontext, CUstream,
-// CUevent, CUmodule, CUfunction, CUlibrary or CUkernel is (kind << 48 |
-// serial), a non-canonical address, and the same id names the object on the
-// wire.
+// them), and the client's handle tables, one registry per job: contexts
+// (ContextRegistry), streams and events (StreamRegistry), modules, functions,
+// libraries and kernels (ModuleRegistry), and device and page-locked host
+// memory (AllocationRegistry). Handles the program sees are ids the client
+// chooses (client/handles.h). Runtime is the glue: what needs the connection
+// or more than one registry (creating a context on the server, forgetting a
+// destroyed context's objects everywhere) is done here; plain lookups go to
+// the registries directly.
 //
 // Libraries and kernels are context-independent: a CUlibrary is loaded once
 // (the server keeps its image), and a CUkernel names (library, kernel name).
@@ -20,8 +23,10 @@
 // program passes in is looked up here first, so a bad one is answered
 // locally with CUDA_ERROR_INVALID_HANDLE / INVALID_CONTEXT.
 //
-// Thread-safety: all methods are thread-safe; the tables are guarded by mu_.
-// The current-context stack is per thread, as in CUDA.
+// Thread-safety: all methods are thread-safe; each registry has its own
+// lock, and Runtime never holds one while calling another, except
+// ModuleRegistry's call into ContextRegistry (see module_registry.h). The
+// current-context stack is per thread, as in CUDA.
 #pragma once
 
 #include <cuda.h>
@@ -33,10 +38,16 @@
 #include <memory>
 #include <mutex>
 #include <string>
-#include <unordered_map>
+#include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "client/allocation_registry.h"
 #include "client/connection.h"
+#include "client/context_registry.h"
+#include "client/handles.h"
+#include "client/module_registry.h"
+#include "client/stream_registry.h"
 #include "common/status.h"
 
 namespace ferry::client {
@@ -51,92 +62,6 @@ struct DeviceInfo {
     return attribute >= 0 && attribute < static_cast<int>(attributes.size()) ? attributes[attribute]
                                                                              : 0;
   }
-};
-
-enum class HandleKind : uint64_t {
-  kContext = 0xC7,
-  kStream = 0x57,
-  kEvent = 0xE7,
-  kModule = 0x3D,
-  kFunction = 0xF7,
-  kLibrary = 0x1B,
-  kKernel = 0x4E,
-};
-
-struct ParamLayout {
-  uint32_t offset = 0;
-  uint32_t size = 0;
-};
-struct KernelInfo {
-  std::vector<ParamLayout> params;
-  uint64_t param_bytes = 0;  // size of the packed buffer
-};
-
-// cuFuncGetParamInfo / cuKernelGetParamInfo: where parameter `index` of
-// `kernel` lies in its packed buffer (either output may be null).
-Status ParamInfo(const KernelInfo& kernel, size_t index, size_t* offset, size_t* size);
-
-struct ContextState {
-  int device = 0;
-  unsigned flags = 0;
-  bool primary = false;
-  bool live = false;  // exists on the server
-};
-struct StreamState {
-  uint64_t ctx = 0;
-  unsigned flags = 0;
-  int priority = 0;
-};
-struct EventState {
-  uint64_t ctx = 0;
-  unsigned flags = 0;
-  // Its latest cuEventRecord: the stream and the record call's seq (0: never
-  // recorded).
-  StreamKey recorded_on;
-  uint64_t recorded_seq = 0;
-};
-// Kernel layouts by name; immutable once made, so a library shares one with
-// its modules in every context and copies of a state are cheap.
-using KernelTable = std::shared_ptr<const std::map<std::string, KernelInfo>>;
-
-struct ModuleState {
-  uint64_t ctx = 0;
-  KernelTable kernels;
-  std::map<std::string, uint64_t> globals;  // name -> size
-  uint64_t library = 0;                     // nonzero: this is that library's module in `ctx`
-};
-struct FunctionState {
-  uint64_t module = 0;
-  uint64_t ctx = 0;
-  std::string name;
-  KernelInfo kernel;
-};
-struct LibraryState {
-  std::vector<std::string> kernel_names;  // in the order the image lists them
-  KernelTable kernels;
-  std::map<std::string, uint64_t> globals;     // name -> size
-  std::map<std::string, uint64_t> kernel_ids;  // the CUkernel of each name asked for
-  std::map<uint64_t, uint64_t> modules;        // context -> the library's module there
-};
-struct KernelState {
-  uint64_t library = 0;
-  std::string name;
-  KernelInfo info;
-  std::map<uint64_t, uint64_t> functions;  // context -> the kernel's function there
-  // cuKernelSetAttribute / cuKernelSetCacheConfig, per device: applied to the
-  // kernel's function in every context of that device, present and future.
-  std::map<int, std::map<int, int>> attributes;  // device -> attribute -> value
-  std::map<int, int> cache_configs;              // device -> CUfunc_cache
-};
-struct DeviceAllocation {
-  uint64_t size = 0;
-  uint64_t ctx = 0;
-  bool global = false;  // a module global: copyable, never freed by cuMemFree
-};
-struct HostAllocation {
-  uint64_t size = 0;
-  unsigned flags = 0;
-  bool registered = false;  // cuMemHostRegister'ed program memory (not ours to free)
 };
 
 // Where a stream-ordered call goes on the wire.
@@ -165,15 +90,21 @@ class Runtime {
   const std::vector<DeviceInfo>& devices() const { return devices_; }
   Status CheckDevice(int device) const;
 
+  // The registries (never null, live as long as the Runtime). Their lookups
+  // are answered locally; creating and destroying objects on the server goes
+  // through the methods below.
+  ContextRegistry& contexts() { return contexts_; }
+  StreamRegistry& streams() { return streams_; }
+  ModuleRegistry& modules() { return modules_; }
+  AllocationRegistry& allocations() { return allocations_; }
+
   static uint64_t HandleId(const void* handle) { return reinterpret_cast<uint64_t>(handle); }
-  static bool IsKind(uint64_t id, HandleKind kind) {
-    return (id >> 48) == static_cast<uint64_t>(kind);
-  }
+  static bool IsKind(uint64_t id, HandleKind kind) { return IsHandleKind(id, kind); }
   template <typename Handle>
   static Handle ToHandle(uint64_t id) {
     return reinterpret_cast<Handle>(id);
   }
-  uint64_t NewId(HandleKind kind);
+  uint64_t NewId(HandleKind kind) { return ids_.New(kind); }
 
   // --- contexts ---------------------------------------------------------------
   // The calling thread's current context (0 if none).
@@ -181,13 +112,11 @@ class Runtime {
   // The current context, created on the server if it is a primary context
   // that is not live yet. INVALID_CONTEXT when there is none.
   Status CurrentContext(uint64_t* ctx);
+  // Creates `ctx` on the server unless it is live already.
   Status EnsureLive(uint64_t ctx);
-  Status CheckContext(uint64_t ctx);
   void SetCurrent(uint64_t ctx);
   void PushCurrent(uint64_t ctx);
   uint64_t PopCurrent();
-  // The primary context id of `device` (stable for the process).
-  uint64_t PrimaryContextId(int device);
   Status RetainPrimary(int device, uint64_t* ctx);
   Status ReleasePrimary(int device);
   Status ResetPrimary(int device);
@@ -195,34 +124,18 @@ class Runtime {
   void PrimaryState(int device, unsigned* flags, int* active);
   Status CreateContext(int device, unsigned flags, uint64_t* ctx);
   Status DestroyContext(uint64_t ctx);
-  Status ContextDevice(uint64_t ctx, int* device);
-  Status ContextFlags(uint64_t ctx, unsigned* flags);
 
-  // --- streams and events -------------------------------------------------------
+  // --- streams ------------------------------------------------------------------
   // Maps a CUstream from the program to its wire target. `per_thread_default`
   // is true for the _ptsz/_ptds entry points, where stream 0 means the
   // per-thread default stream.
   Status ResolveStream(CUstream stream, bool per_thread_default, StreamTarget* target);
-  Status AddStream(uint64_t ctx, unsigned flags, int priority, uint64_t* id);
-  Status RemoveStream(uint64_t id, StreamState* removed);
-  Status FindStream(uint64_t id, StreamState* out);
-  Status AddEvent(uint64_t ctx, unsigned flags, uint64_t* id);
-  Status RemoveEvent(uint64_t id);
-  Status FindEvent(uint64_t id, EventState* out);
-  // Notes that the record call `seq` on `stream` is event `id`'s latest.
-  void NoteEventRecord(uint64_t id, StreamKey stream, uint64_t seq);
 
   // --- modules and functions ----------------------------------------------------
-  void AddModule(uint64_t id, ModuleState module);
-  Status RemoveModule(uint64_t id);
-  Status FindModule(uint64_t id, ModuleState* out);
   // The function `name` of `module`: one id per (module, name), registered
   // with the server (posted, no round trip) the first time it is asked for.
   // NOT_FOUND if the module has no such kernel.
   Status ModuleFunction(uint64_t module, const std::string& name, uint64_t* id);
-  Status FindFunction(uint64_t id, FunctionState* out);
-  // The same without copying (the launch path): the state is immutable.
-  Status FindFunction(uint64_t id, std::shared_ptr<const FunctionState>* out);
 
   // The function a CUfunction handle names. A CUkernel cast to CUfunction is
   // accepted (as the driver does): it names the kernel's function in `ctx`,
@@ -241,11 +154,6 @@ class Runtime {
   // Forgets the library, its kernels, and its modules and functions in every
   // context, and tells the server. INVALID_HANDLE for an unknown id.
   Status UnloadLibrary(uint64_t id);
-  Status FindLibrary(uint64_t id, LibraryState* out);
-  // The CUkernel of `name` in `library` (one id per name); NOT_FOUND if the
-  // library has no such kernel.
-  Status LibraryKernel(uint64_t library, const std::string& name, uint64_t* kernel);
-  Status FindKernel(uint64_t id, KernelState* out);
   // The library's module in live context `ctx`, loaded there on first use.
   Status LibraryModule(uint64_t library, uint64_t ctx, uint64_t* module);
   // The kernel's function in live context `ctx`, made on first use (with the
@@ -261,16 +169,6 @@ class Runtime {
   Status SetKernelCacheConfig(uint64_t kernel, int device, int config);
 
   // --- memory ------------------------------------------------------------------
-  void AddDeviceAllocation(uint64_t dptr, uint64_t size, uint64_t ctx, bool global = false);
-  // OK when [address, address + bytes) lies inside one device allocation.
-  Status CheckDeviceRange(uint64_t address, uint64_t bytes, const char* what);
-  Status RemoveDeviceAllocation(uint64_t dptr);
-  // The allocation containing `address`, if any.
-  bool FindDeviceAllocation(uint64_t address, uint64_t* base, DeviceAllocation* out);
-  void AddHostAllocation(const void* ptr, HostAllocation allocation);
-  Status RemoveHostAllocation(const void* ptr, bool registered, HostAllocation* removed);
-  bool FindHostAllocation(const void* address, const void** base, HostAllocation* out);
-
   // Waits until `seq` and every asynchronous copy issued before it landed.
   Status AfterSynchronize(uint64_t seq);
   // After a query found `stream`'s work up to `seq` done: waits until the
@@ -281,14 +179,21 @@ class Runtime {
  private:
   Runtime() = default;
   Status Connect();
-  // Frees the client-side records of everything `ctx` owned.
+  // Frees the client-side records of everything `ctx` owned, in every
+  // registry. Called after `ctx` was removed or marked not live, so that an
+  // object registered concurrently is either refused or forgotten here.
   void ForgetContextResources(uint64_t ctx);
-  // One id per (module, name); `*created` is true the first time.
-  Status AddFunction(uint64_t module, const std::string& name, uint64_t* id, bool* created);
   // ModuleFunction / LibraryModule / KernelFunction with registration_mu_ held.
-  Status ModuleFunctionLocked(uint64_t module, const std::string& name, uint64_t* id);
-  Status LibraryModuleLocked(uint64_t library, uint64_t ctx, uint64_t* module);
-  Status KernelFunctionLocked(uint64_t kernel, uint64_t ctx, uint64_t* function);
+  Status ModuleFunctionLocked(uint64_t module, const std::string& name, uint64_t* id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(registration_mu_);
+  Status LibraryModuleLocked(uint64_t library, uint64_t ctx, uint64_t* module)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(registration_mu_);
+  Status KernelFunctionLocked(uint64_t kernel, uint64_t ctx, uint64_t* function)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(registration_mu_);
+  // Those of `functions` (context, function) whose context is on `device`,
+  // `skip` excepted.
+  std::vector<uint64_t> FunctionsOnDevice(
+      const std::vector<std::pair<uint64_t, uint64_t>>& functions, int device, uint64_t skip);
   // Eager loading: loads every library into `ctx` (just created).
   void LoadLibrariesEagerly(uint64_t ctx);
 
@@ -298,26 +203,21 @@ class Runtime {
   std::unique_ptr<Connection> connection_;
   std::vector<DeviceInfo> devices_;  // fixed after Init
 
-  std::mutex mu_;
-  std::atomic<uint64_t> next_serial_{1};
-  std::unordered_map<uint64_t, ContextState> contexts_;                           // guarded by mu_
-  std::map<int, uint64_t> primary_ids_;                                           // guarded by mu_
-  std::map<int, int> primary_refcounts_;                                          // guarded by mu_
-  std::map<int, unsigned> primary_flags_;                                         // guarded by mu_
-  std::unordered_map<uint64_t, StreamState> streams_;                             // guarded by mu_
-  std::unordered_map<uint64_t, EventState> events_;                               // guarded by mu_
-  std::unordered_map<uint64_t, ModuleState> modules_;                             // guarded by mu_
-  std::unordered_map<uint64_t, std::shared_ptr<const FunctionState>> functions_;  // guarded by mu_
-  std::unordered_map<uint64_t, LibraryState> libraries_;                          // guarded by mu_
-  std::unordered_map<uint64_t, KernelState> kernels_;                             // guarded by mu_
+  HandleIds ids_;
+  ContextRegistry contexts_{&ids_};
+  StreamRegistry streams_{&ids_};
+  ModuleRegistry modules_{&ids_};
+  AllocationRegistry allocations_;
+  // Serialises creating contexts on the server, so two threads never create
+  // the same primary context. Held across the round trip; taken before any
+  // registry's lock.
+  std::mutex create_mu_;
   // Serialises making a function, a library's module or a kernel's function
   // in a context with posting the calls that register them with the server,
   // so that a call another thread issues after finding one registered reaches
-  // the server after them. Taken before mu_, never while waiting for a
-  // context to be created.
+  // the server after them. Taken before the registries' locks, never while
+  // waiting for a context to be created.
   std::mutex registration_mu_;
-  std::map<uint64_t, DeviceAllocation> device_allocations_;  // guarded by mu_
-  std::map<uintptr_t, HostAllocation> host_allocations_;     // guarded by mu_
 };
 
 }  // namespace ferry::client

@@ -1,0 +1,79 @@
+// AllocationRegistry: the client's record of device allocations (cuMemAlloc,
+// cuMemAllocPitch, and module globals the program asked for) and of
+// page-locked host memory (cuMemHostAlloc'ed or cuMemHostRegister'ed), as
+// address ranges (RangeMap). Device ranges let the client refuse a copy that
+// leaves an allocation before it reaches the server; host ranges make copies
+// into page-locked memory asynchronous.
+//
+// The server is the authority on device addresses: a range it hands out that
+// overlaps a recorded one means the record is stale (memory the program freed
+// behind the client's back, a global of an unloaded module), so the new range
+// replaces it. The same holds for host memory the driver allocates; a
+// registration that overlaps recorded host memory is refused.
+//
+// Thread-safety: all methods are thread-safe; mu_ guards both maps and is
+// never held while calling out.
+#pragma once
+
+#include <cstdint>
+#include <mutex>
+
+#include "absl/base/thread_annotations.h"
+#include "common/range_map.h"
+#include "common/status.h"
+
+namespace ferry::client {
+
+struct DeviceAllocation {
+  uint64_t size = 0;
+  uint64_t ctx = 0;
+  bool global = false;  // a module global: copyable, never freed by cuMemFree
+};
+struct HostAllocation {
+  uint64_t size = 0;
+  unsigned flags = 0;
+  bool registered = false;  // cuMemHostRegister'ed program memory (not ours to free)
+};
+
+class AllocationRegistry {
+ public:
+  // Records [dptr, dptr + size) of `ctx`, replacing overlapping records.
+  // Nothing is recorded for size 0.
+  void AddDevice(uint64_t dptr, uint64_t size, uint64_t ctx, bool global = false);
+  // cuMemFree: forgets the allocation starting at `dptr`; INVALID_VALUE when
+  // none does or it is a module global.
+  Status RemoveDevice(uint64_t dptr);
+  // OK when [address, address + bytes) lies inside one device allocation
+  // (always for bytes == 0); otherwise INVALID_VALUE naming `what`.
+  Status CheckDevice(uint64_t address, uint64_t bytes, const char* what);
+  // The same for `height` rows of `width_bytes`, `pitch` apart.
+  Status CheckDevice2D(uint64_t address, uint64_t pitch, uint64_t width_bytes, uint64_t height,
+                       const char* what);
+  // The allocation containing `address`, if any (either output may be null).
+  bool FindDevice(uint64_t address, uint64_t* base, DeviceAllocation* out);
+
+  // Records page-locked host memory at `ptr`. Driver-allocated memory
+  // replaces overlapping records; a registration (allocation.registered)
+  // overlapping recorded memory is refused with
+  // HOST_MEMORY_ALREADY_REGISTERED. INVALID_VALUE for size 0.
+  Status AddHost(const void* ptr, HostAllocation allocation);
+  // Forgets the host memory starting at `ptr`, which must have been recorded
+  // as `registered` (HOST_MEMORY_NOT_REGISTERED / INVALID_VALUE otherwise).
+  // `removed` may be null.
+  Status RemoveHost(const void* ptr, bool registered, HostAllocation* removed);
+  // The host memory containing `address`, if any (either output may be null).
+  bool FindHost(const void* address, const void** base, HostAllocation* out);
+
+  // Forgets the device allocations of `ctx` (its globals included).
+  void ForgetContext(uint64_t ctx);
+
+ private:
+  template <typename Value>
+  static void EraseOverlapping(RangeMap<Value>* map, uint64_t base, uint64_t size);
+
+  std::mutex mu_;
+  RangeMap<DeviceAllocation> device_ ABSL_GUARDED_BY(mu_);
+  RangeMap<HostAllocation> host_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace ferry::client

@@ -1,0 +1,40 @@
+// Handle ids: the value of every CUcontext, CUstream, CUevent, CUmodule,
+// CUfunction, CUlibrary or CUkernel the client hands out is (kind << 48 |
+// serial), a non-canonical address the client chooses (DESIGN invariant 2),
+// and the same id names the object on the wire.
+//
+// Thread-safety: HandleIds is thread-safe (one atomic counter).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+namespace ferry::client {
+
+enum class HandleKind : uint64_t {
+  kContext = 0xC7,
+  kStream = 0x57,
+  kEvent = 0xE7,
+  kModule = 0x3D,
+  kFunction = 0xF7,
+  kLibrary = 0x1B,
+  kKernel = 0x4E,
+};
+
+inline bool IsHandleKind(uint64_t id, HandleKind kind) {
+  return (id >> 48) == static_cast<uint64_t>(kind);
+}
+
+// Hands out ids: serials are unique across kinds and never reused, so an id
+// of a destroyed object never names a later one.
+class HandleIds {
+ public:
+  uint64_t New(HandleKind kind) {
+    return (static_cast<uint64_t>(kind) << 48) | next_serial_.fetch_add(1);
+  }
+
+ private:
+  std::atomic<uint64_t> next_serial_{1};
+};
+
+}  // namespace ferry::client

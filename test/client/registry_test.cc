@@ -1,0 +1,397 @@
+// The client's registries (client/*_registry.h): ids, lookups, what a
+// destroyed context takes with it, range lookups at their edges, and
+// concurrent use from several threads.
+#include <cuda.h>
+#include <gtest/gtest.h>
+
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "client/allocation_registry.h"
+#include "client/context_registry.h"
+#include "client/handles.h"
+#include "client/module_registry.h"
+#include "client/stream_registry.h"
+
+namespace ferry::client {
+namespace {
+
+// The CUresult the program would see.
+CUresult Code(const Status& s) { return static_cast<CUresult>(s.cuda_result()); }
+
+KernelTable Kernels(std::initializer_list<std::string> names) {
+  auto table = std::make_shared<std::map<std::string, KernelInfo>>();
+  for (const std::string& name : names) {
+    KernelInfo info;
+    info.params = {{0, 8}, {8, 4}};
+    info.param_bytes = 12;
+    (*table)[name] = info;
+  }
+  return table;
+}
+
+TEST(HandleIdsTest, IdsCarryTheirKindAndAreUnique) {
+  HandleIds ids;
+  const uint64_t a = ids.New(HandleKind::kContext);
+  const uint64_t b = ids.New(HandleKind::kStream);
+  EXPECT_TRUE(IsHandleKind(a, HandleKind::kContext));
+  EXPECT_FALSE(IsHandleKind(a, HandleKind::kStream));
+  EXPECT_TRUE(IsHandleKind(b, HandleKind::kStream));
+  EXPECT_NE(a & 0xffffffffffffULL, b & 0xffffffffffffULL);
+}
+
+TEST(ContextRegistryTest, CreatedContextLifecycle) {
+  HandleIds ids;
+  ContextRegistry contexts(&ids);
+  const uint64_t ctx = contexts.Add(/*device=*/1, /*flags=*/4);
+  EXPECT_TRUE(IsHandleKind(ctx, HandleKind::kContext));
+  EXPECT_TRUE(contexts.Check(ctx).ok());
+  int device = -1;
+  unsigned flags = 0;
+  ASSERT_TRUE(contexts.Device(ctx, &device).ok());
+  ASSERT_TRUE(contexts.Flags(ctx, &flags).ok());
+  EXPECT_EQ(device, 1);
+  EXPECT_EQ(flags, 4u);
+  EXPECT_FALSE(contexts.IsLive(ctx));
+  EXPECT_TRUE(contexts.LiveContexts().empty());
+  EXPECT_TRUE(contexts.MarkLive(ctx));
+  EXPECT_TRUE(contexts.IsLive(ctx));
+  EXPECT_EQ(contexts.LiveContexts(), std::vector<uint64_t>{ctx});
+  EXPECT_TRUE(contexts.CheckDestroyable(ctx).ok());
+  bool was_live = false;
+  ASSERT_TRUE(contexts.Remove(ctx, &was_live).ok());
+  EXPECT_TRUE(was_live);
+  EXPECT_EQ(Code(contexts.Check(ctx)), CUDA_ERROR_INVALID_CONTEXT);
+  EXPECT_EQ(Code(contexts.Remove(ctx, &was_live)), CUDA_ERROR_INVALID_CONTEXT);
+  EXPECT_FALSE(contexts.MarkLive(ctx));  // a destroyed context is not brought back
+  EXPECT_EQ(Code(contexts.Check(ctx)), CUDA_ERROR_INVALID_CONTEXT);
+}
+
+TEST(ContextRegistryTest, PrimaryContextIsStableAndRefCounted) {
+  HandleIds ids;
+  ContextRegistry contexts(&ids);
+  contexts.SetPrimaryFlags(0, 2);
+  const uint64_t primary = contexts.PrimaryId(0);
+  EXPECT_EQ(contexts.PrimaryId(0), primary);
+  EXPECT_NE(contexts.PrimaryId(1), primary);
+  unsigned flags = 0;
+  ASSERT_TRUE(contexts.Flags(primary, &flags).ok());
+  EXPECT_EQ(flags, 2u);
+  EXPECT_EQ(Code(contexts.CheckDestroyable(primary)), CUDA_ERROR_INVALID_CONTEXT);
+  bool was_live = false;
+  EXPECT_EQ(Code(contexts.Remove(primary, &was_live)), CUDA_ERROR_INVALID_CONTEXT);
+
+  int active = -1;
+  contexts.PrimaryState(0, &flags, &active);
+  EXPECT_EQ(active, 0);
+  contexts.MarkLive(primary);
+  contexts.RetainPrimary(0);
+  contexts.RetainPrimary(0);
+  contexts.PrimaryState(0, &flags, &active);
+  EXPECT_EQ(active, 1);
+  bool last = true;
+  ASSERT_TRUE(contexts.ReleasePrimary(0, &last).ok());
+  EXPECT_FALSE(last);
+  ASSERT_TRUE(contexts.ReleasePrimary(0, &last).ok());
+  EXPECT_TRUE(last);
+  EXPECT_EQ(Code(contexts.ReleasePrimary(0, &last)), CUDA_ERROR_INVALID_CONTEXT);
+  // Reset: not live, same id afterwards; only one resetter wins.
+  EXPECT_TRUE(contexts.MarkNotLive(primary));
+  EXPECT_FALSE(contexts.MarkNotLive(primary));
+  EXPECT_EQ(contexts.PrimaryId(0), primary);
+  contexts.SetPrimaryFlags(0, 8);
+  ASSERT_TRUE(contexts.Flags(primary, &flags).ok());
+  EXPECT_EQ(flags, 8u);
+}
+
+TEST(StreamRegistryTest, StreamsAndEventsGoWithTheirContext) {
+  HandleIds ids;
+  StreamRegistry streams(&ids);
+  uint64_t s1 = 0, s2 = 0, e1 = 0, e2 = 0;
+  ASSERT_TRUE(streams.AddStream(/*ctx=*/10, 1, -1, &s1).ok());
+  ASSERT_TRUE(streams.AddStream(/*ctx=*/20, 0, 0, &s2).ok());
+  ASSERT_TRUE(streams.AddEvent(10, 2, &e1).ok());
+  ASSERT_TRUE(streams.AddEvent(20, 0, &e2).ok());
+  EXPECT_TRUE(IsHandleKind(s1, HandleKind::kStream));
+  EXPECT_TRUE(IsHandleKind(e1, HandleKind::kEvent));
+  StreamState stream;
+  ASSERT_TRUE(streams.FindStream(s1, &stream).ok());
+  EXPECT_EQ(stream.ctx, 10u);
+  EXPECT_EQ(stream.flags, 1u);
+  EXPECT_EQ(stream.priority, -1);
+
+  streams.NoteEventRecord(e1, StreamKey{10, s1}, 7);
+  streams.NoteEventRecord(e1, StreamKey{10, 0}, 5);  // an earlier call, noted later
+  EventState event;
+  ASSERT_TRUE(streams.FindEvent(e1, &event).ok());
+  EXPECT_EQ(event.recorded_seq, 7u);
+  EXPECT_EQ(event.recorded_on, (StreamKey{10, s1}));
+
+  streams.ForgetContext(10);
+  EXPECT_FALSE(streams.HasStream(s1));
+  EXPECT_EQ(Code(streams.FindEvent(e1, &event)), CUDA_ERROR_INVALID_HANDLE);
+  EXPECT_TRUE(streams.HasStream(s2));
+  EXPECT_TRUE(streams.FindEvent(e2, &event).ok());
+  ASSERT_TRUE(streams.RemoveStream(s2, &stream).ok());
+  EXPECT_EQ(stream.ctx, 20u);
+  EXPECT_EQ(Code(streams.RemoveStream(s2, nullptr)), CUDA_ERROR_INVALID_HANDLE);
+  ASSERT_TRUE(streams.RemoveEvent(e2).ok());
+  EXPECT_EQ(Code(streams.RemoveEvent(e2)), CUDA_ERROR_INVALID_HANDLE);
+}
+
+TEST(ModuleRegistryTest, FunctionsHaveOneIdPerModuleAndName) {
+  HandleIds ids;
+  ModuleRegistry modules(&ids);
+  const uint64_t module = ids.New(HandleKind::kModule);
+  modules.AddModule(module, ModuleState{/*ctx=*/5, Kernels({"add", "mul"}), {}, 0});
+  uint64_t add = 0, again = 0, mul = 0;
+  bool created = false;
+  ASSERT_TRUE(modules.AddFunction(module, "add", &add, &created).ok());
+  EXPECT_TRUE(created);
+  ASSERT_TRUE(modules.AddFunction(module, "add", &again, &created).ok());
+  EXPECT_FALSE(created);
+  EXPECT_EQ(again, add);
+  ASSERT_TRUE(modules.AddFunction(module, "mul", &mul, &created).ok());
+  EXPECT_NE(mul, add);
+  EXPECT_TRUE(IsHandleKind(add, HandleKind::kFunction));
+  EXPECT_EQ(Code(modules.AddFunction(module, "nope", &again, &created)), CUDA_ERROR_NOT_FOUND);
+  EXPECT_EQ(Code(modules.AddFunction(module + 1, "add", &again, &created)),
+            CUDA_ERROR_INVALID_HANDLE);
+
+  FunctionState function;
+  ASSERT_TRUE(modules.FindFunction(add, &function).ok());
+  EXPECT_EQ(function.module, module);
+  EXPECT_EQ(function.ctx, 5u);
+  EXPECT_EQ(function.name, "add");
+  size_t offset = 0, size = 0;
+  ASSERT_TRUE(ParamInfo(function.kernel, 1, &offset, &size).ok());
+  EXPECT_EQ(offset, 8u);
+  EXPECT_EQ(size, 4u);
+  EXPECT_FALSE(ParamInfo(function.kernel, 2, &offset, &size).ok());
+
+  modules.EraseFunction(mul);
+  EXPECT_EQ(Code(modules.FindFunction(mul, &function)), CUDA_ERROR_INVALID_HANDLE);
+  ASSERT_TRUE(modules.RemoveModule(module).ok());
+  EXPECT_EQ(Code(modules.FindFunction(add, &function)), CUDA_ERROR_INVALID_HANDLE);
+  EXPECT_EQ(Code(modules.RemoveModule(module)), CUDA_ERROR_INVALID_HANDLE);
+}
+
+TEST(ModuleRegistryTest, LibrariesOutliveContextsButNotTheirShareInThem) {
+  HandleIds ids;
+  ModuleRegistry modules(&ids);
+  const uint64_t library = ids.New(HandleKind::kLibrary);
+  LibraryState state;
+  state.kernel_names = {"k"};
+  state.kernels = Kernels({"k"});
+  state.globals = {{"g", 16}};
+  modules.AddLibrary(library, state);
+  EXPECT_EQ(modules.LibraryIds(), std::vector<uint64_t>{library});
+
+  uint64_t kernel = 0, same = 0;
+  ASSERT_TRUE(modules.LibraryKernel(library, "k", &kernel).ok());
+  ASSERT_TRUE(modules.LibraryKernel(library, "k", &same).ok());
+  EXPECT_EQ(kernel, same);
+  EXPECT_TRUE(IsHandleKind(kernel, HandleKind::kKernel));
+  EXPECT_EQ(Code(modules.LibraryKernel(library, "x", &same)), CUDA_ERROR_NOT_FOUND);
+
+  // The library's module and the kernel's function in two contexts.
+  std::map<uint64_t, uint64_t> function_in;
+  for (uint64_t ctx : {uint64_t{100}, uint64_t{200}}) {
+    uint64_t module = 1;
+    ModuleState fresh;
+    ASSERT_TRUE(modules.LibraryModuleIn(library, ctx, &module, &fresh).ok());
+    ASSERT_EQ(module, 0u);
+    EXPECT_EQ(fresh.ctx, ctx);
+    EXPECT_EQ(fresh.library, library);
+    EXPECT_EQ(fresh.globals.at("g"), 16u);
+    module = ids.New(HandleKind::kModule);
+    ASSERT_TRUE(modules.AddLibraryModule(library, module, fresh, [] { return true; }).ok());
+    uint64_t found = 0;
+    ASSERT_TRUE(modules.LibraryModuleIn(library, ctx, &found, &fresh).ok());
+    EXPECT_EQ(found, module);
+
+    uint64_t function = 1;
+    KernelState kernel_state;
+    ASSERT_TRUE(modules.KernelFunctionIn(kernel, ctx, &function, &kernel_state).ok());
+    ASSERT_EQ(function, 0u);
+    EXPECT_EQ(kernel_state.name, "k");
+    bool created = false;
+    ASSERT_TRUE(modules.AddFunction(module, "k", &function, &created).ok());
+    ASSERT_TRUE(modules.SetKernelFunction(kernel, ctx, function).ok());
+    function_in[ctx] = function;
+  }
+  // A module for a context that went meanwhile is refused.
+  uint64_t module = 0;
+  ModuleState fresh;
+  ASSERT_TRUE(modules.LibraryModuleIn(library, 300, &module, &fresh).ok());
+  EXPECT_EQ(Code(modules.AddLibraryModule(library, ids.New(HandleKind::kModule), fresh,
+                                          [] { return false; })),
+            CUDA_ERROR_INVALID_CONTEXT);
+
+  std::vector<std::pair<uint64_t, uint64_t>> functions;
+  ASSERT_TRUE(modules.SetKernelAttribute(kernel, 0, 8, 1024, &functions).ok());
+  EXPECT_EQ(functions.size(), 2u);
+  KernelState kernel_state;
+  ASSERT_TRUE(modules.FindKernel(kernel, &kernel_state).ok());
+  EXPECT_EQ(kernel_state.attributes.at(0).at(8), 1024);
+
+  // Context 100 goes: its module and function go, the library and kernel stay.
+  modules.ForgetContext(100);
+  FunctionState function;
+  EXPECT_EQ(Code(modules.FindFunction(function_in[100], &function)), CUDA_ERROR_INVALID_HANDLE);
+  EXPECT_TRUE(modules.FindFunction(function_in[200], &function).ok());
+  LibraryState library_state;
+  ASSERT_TRUE(modules.FindLibrary(library, &library_state).ok());
+  EXPECT_EQ(library_state.modules.count(100), 0u);
+  EXPECT_EQ(library_state.modules.count(200), 1u);
+  uint64_t function_id = 1;
+  ASSERT_TRUE(modules.KernelFunctionIn(kernel, 100, &function_id, &kernel_state).ok());
+  EXPECT_EQ(function_id, 0u);
+  EXPECT_EQ(Code(modules.SetKernelFunction(kernel, 100, function_in[100])),
+            CUDA_ERROR_INVALID_CONTEXT);
+  // A library's module is not unloaded by cuModuleUnload.
+  EXPECT_EQ(Code(modules.RemoveModule(library_state.modules.at(200))), CUDA_ERROR_INVALID_HANDLE);
+
+  ASSERT_TRUE(modules.RemoveLibrary(library).ok());
+  EXPECT_EQ(Code(modules.FindFunction(function_in[200], &function)), CUDA_ERROR_INVALID_HANDLE);
+  EXPECT_EQ(Code(modules.FindKernel(kernel, &kernel_state)), CUDA_ERROR_INVALID_HANDLE);
+  EXPECT_EQ(Code(modules.FindModule(library_state.modules.at(200), &fresh)),
+            CUDA_ERROR_INVALID_HANDLE);
+  EXPECT_EQ(Code(modules.RemoveLibrary(library)), CUDA_ERROR_INVALID_HANDLE);
+}
+
+TEST(AllocationRegistryTest, DeviceRangesAtTheirEdges) {
+  AllocationRegistry allocations;
+  allocations.AddDevice(0x1000, 0x100, /*ctx=*/1);
+  allocations.AddDevice(0x1100, 0x100, /*ctx=*/1);  // adjacent
+  uint64_t base = 0;
+  DeviceAllocation found;
+  EXPECT_FALSE(allocations.FindDevice(0xfff, &base, &found));
+  ASSERT_TRUE(allocations.FindDevice(0x1000, &base, &found));
+  EXPECT_EQ(base, 0x1000u);
+  ASSERT_TRUE(allocations.FindDevice(0x10ff, &base, &found));
+  EXPECT_EQ(base, 0x1000u);
+  ASSERT_TRUE(allocations.FindDevice(0x1100, &base, &found));
+  EXPECT_EQ(base, 0x1100u);
+  EXPECT_FALSE(allocations.FindDevice(0x1200, nullptr, nullptr));
+
+  EXPECT_TRUE(allocations.CheckDevice(0x1000, 0x100, "x").ok());
+  EXPECT_TRUE(allocations.CheckDevice(0x10ff, 1, "x").ok());
+  EXPECT_TRUE(allocations.CheckDevice(0x5000, 0, "x").ok());  // no bytes: nothing to check
+  // Across two adjacent allocations is not inside one.
+  EXPECT_EQ(Code(allocations.CheckDevice(0x10ff, 2, "x")), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(Code(allocations.CheckDevice(0x1000, ~0ULL, "x")), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_TRUE(allocations.CheckDevice2D(0x1000, 0x40, 0x40, 4, "x").ok());
+  EXPECT_FALSE(allocations.CheckDevice2D(0x1000, 0x40, 0x41, 4, "x").ok());
+  EXPECT_FALSE(allocations.CheckDevice2D(0x1000, ~0ULL, 1, 3, "x").ok());  // overflows
+
+  // cuMemFree takes the start only; globals are not freed.
+  EXPECT_EQ(Code(allocations.RemoveDevice(0x1001)), CUDA_ERROR_INVALID_VALUE);
+  allocations.AddDevice(0x8000, 0x10, /*ctx=*/2, /*global=*/true);
+  EXPECT_EQ(Code(allocations.RemoveDevice(0x8000)), CUDA_ERROR_INVALID_VALUE);
+  ASSERT_TRUE(allocations.RemoveDevice(0x1100).ok());
+  EXPECT_FALSE(allocations.FindDevice(0x1100, nullptr, nullptr));
+
+  // A range the server hands out over a stale record replaces it.
+  allocations.AddDevice(0x1080, 0x100, /*ctx=*/3);
+  ASSERT_TRUE(allocations.FindDevice(0x1090, &base, &found));
+  EXPECT_EQ(base, 0x1080u);
+  EXPECT_EQ(found.ctx, 3u);
+  EXPECT_FALSE(allocations.FindDevice(0x1000, nullptr, nullptr));
+
+  // A context's allocations (its globals included) go with it.
+  allocations.ForgetContext(2);
+  EXPECT_FALSE(allocations.FindDevice(0x8000, nullptr, nullptr));
+  EXPECT_TRUE(allocations.FindDevice(0x1080, nullptr, nullptr));
+}
+
+TEST(AllocationRegistryTest, HostRanges) {
+  AllocationRegistry allocations;
+  std::vector<char> buffer(256);
+  char* p = buffer.data();
+  ASSERT_TRUE(allocations.AddHost(p, HostAllocation{128, 0, /*registered=*/true}).ok());
+  const void* base = nullptr;
+  HostAllocation found;
+  ASSERT_TRUE(allocations.FindHost(p + 127, &base, &found));
+  EXPECT_EQ(base, p);
+  EXPECT_TRUE(found.registered);
+  EXPECT_FALSE(allocations.FindHost(p + 128, nullptr, nullptr));
+  // An overlapping registration is refused; driver memory replaces.
+  EXPECT_EQ(Code(allocations.AddHost(p + 64, HostAllocation{128, 0, true})),
+            CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED);
+  EXPECT_FALSE(allocations.AddHost(p + 200, HostAllocation{0, 0, true}).ok());
+  ASSERT_TRUE(allocations.AddHost(p + 128, HostAllocation{64, 1, false}).ok());
+  // Unregistering needs the start and the right kind.
+  EXPECT_EQ(Code(allocations.RemoveHost(p + 1, true, nullptr)),
+            CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED);
+  EXPECT_EQ(Code(allocations.RemoveHost(p, false, nullptr)), CUDA_ERROR_INVALID_VALUE);
+  HostAllocation removed;
+  ASSERT_TRUE(allocations.RemoveHost(p + 128, false, &removed).ok());
+  EXPECT_EQ(removed.flags, 1u);
+  ASSERT_TRUE(allocations.RemoveHost(p, true, nullptr).ok());
+  EXPECT_FALSE(allocations.FindHost(p, nullptr, nullptr));
+}
+
+// Threads add, look up and remove their own objects, and each makes and
+// destroys a context of its own; every id stays unique and each thread finds
+// what it made. Bounded: a fixed number of iterations.
+TEST(RegistryConcurrencyTest, SeveralThreads) {
+  HandleIds ids;
+  ContextRegistry contexts(&ids);
+  StreamRegistry streams(&ids);
+  ModuleRegistry modules(&ids);
+  AllocationRegistry allocations;
+  constexpr int kThreads = 4;
+  constexpr int kIterations = 500;
+  std::vector<std::vector<uint64_t>> made(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      const uint64_t ctx = contexts.Add(t, 0);
+      contexts.MarkLive(ctx);
+      const uint64_t module = ids.New(HandleKind::kModule);
+      modules.AddModule(module, ModuleState{ctx, Kernels({"k"}), {}, 0});
+      for (int i = 0; i < kIterations; ++i) {
+        uint64_t stream = 0, function = 0;
+        bool created = false;
+        ASSERT_TRUE(streams.AddStream(ctx, 0, 0, &stream).ok());
+        ASSERT_TRUE(modules.AddFunction(module, "k", &function, &created).ok());
+        EXPECT_EQ(created, i == 0);
+        const uint64_t dptr = (uint64_t{1} << 40) * (t + 1) + uint64_t{0x1000} * i;
+        allocations.AddDevice(dptr, 0x1000, ctx);
+        ASSERT_TRUE(allocations.CheckDevice(dptr + 0xfff, 1, "x").ok());
+        ASSERT_TRUE(streams.HasStream(stream));
+        made[t].push_back(stream);
+        ASSERT_TRUE(streams.RemoveStream(stream, nullptr).ok());
+        if (i % 2 == 0) ASSERT_TRUE(allocations.RemoveDevice(dptr).ok());
+      }
+      // A short-lived context of this thread: made, used, destroyed.
+      const uint64_t scratch = contexts.Add(t, 0);
+      uint64_t event = 0;
+      ASSERT_TRUE(streams.AddEvent(scratch, 0, &event).ok());
+      bool live = true;
+      ASSERT_TRUE(contexts.Remove(scratch, &live).ok());
+      EXPECT_FALSE(live);
+      streams.ForgetContext(scratch);
+      modules.ForgetContext(scratch);
+      allocations.ForgetContext(scratch);
+      EventState state;
+      EXPECT_FALSE(streams.FindEvent(event, &state).ok());
+      made[t].push_back(event);
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  std::set<uint64_t> unique;
+  for (const auto& list : made) unique.insert(list.begin(), list.end());
+  EXPECT_EQ(unique.size(), static_cast<size_t>(kThreads * (kIterations + 1)));
+  EXPECT_EQ(contexts.LiveContexts().size(), static_cast<size_t>(kThreads));
+  for (uint64_t ctx : contexts.LiveContexts()) allocations.ForgetContext(ctx);
+  EXPECT_FALSE(allocations.FindDevice((uint64_t{1} << 40) + 0x1000, nullptr, nullptr));
+}
+
+}  // namespace
+}  // namespace ferry::client
