@@ -38,6 +38,12 @@
 // devices away: everything is freed at once, the client gets a notice, and
 // every later call fails.
 //
+// Where things are: session.cc holds the serving core (handshake, the two
+// serving roles, batches, replies, host gates, Dispatch); the handlers are in
+// session_<area>.cc by API area (context, memory, module, stream_event); the
+// handle tables are HandleTables, the device ranges a RangeMap, and the
+// quotas and compute-share throttles a SessionShares.
+//
 // Thread-safety: the session's tables and everything Dispatch calls belong to
 // the executor role, which one thread at a time holds (serve_mutex_ hands it
 // over); a batch of calls executes under exec_mutex_. Preempt opens the
