@@ -21,6 +21,8 @@
 #include <mutex>
 #include <utility>
 
+#include <absl/base/thread_annotations.h>
+
 #include "common/content_hash.h"
 #include "server/backend/api/gpu_backend.h"
 
@@ -61,9 +63,9 @@ class ModuleCache {
 
   const uint64_t capacity_bytes_;
   mutable std::mutex mu_;
-  std::map<Key, Entry> entries_;  // guarded by mu_
-  std::list<Key> lru_;            // guarded by mu_; most recently used first
-  ModuleCacheStats stats_;        // guarded by mu_
+  std::map<Key, Entry> entries_ ABSL_GUARDED_BY(mu_);
+  std::list<Key> lru_ ABSL_GUARDED_BY(mu_);  // most recently used first
+  ModuleCacheStats stats_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ferry::server

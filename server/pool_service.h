@@ -9,6 +9,7 @@
 // service's lock held, so the hook may call back into the service.
 #pragma once
 
+#include <absl/base/thread_annotations.h>
 #include <absl/time/time.h>
 
 #include <condition_variable>
@@ -85,11 +86,11 @@ class PoolService {
 
   const Options options_;
   mutable std::mutex mutex_;
-  std::condition_variable changed_cv_;      // any change a waiting borrower may care about
-  std::condition_variable timer_cv_;        // the timer must recompute its deadline
-  std::unique_ptr<pool::PoolState> state_;  // guarded by mutex_
-  std::map<uint64_t, Status> ended_waits_;  // guarded by mutex_
-  bool stopping_ = false;                   // guarded by mutex_
+  std::condition_variable changed_cv_;  // any change a waiting borrower may care about
+  std::condition_variable timer_cv_;    // the timer must recompute its deadline
+  std::unique_ptr<pool::PoolState> state_ ABSL_GUARDED_BY(mutex_);
+  std::map<uint64_t, Status> ended_waits_ ABSL_GUARDED_BY(mutex_);
+  bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
   std::thread timer_;
 };
 

@@ -13,6 +13,7 @@
 // Thread-safety: every public method is safe from any thread.
 #pragma once
 
+#include <absl/base/thread_annotations.h>
 #include <asio.hpp>
 
 #include <condition_variable>
@@ -115,21 +116,21 @@ class Server {
   std::condition_variable connections_cv_;
   std::vector<ServedGpu> gpus_;        // fixed after Start
   std::unique_ptr<PoolService> pool_;  // null without pools; set before Start
-  std::string config_path_;            // guarded by mutex_
-  pool::Config loaded_config_;         // guarded by mutex_
-  std::mutex reload_mutex_;            // one reload at a time
+  std::string config_path_ ABSL_GUARDED_BY(mutex_);
+  pool::Config loaded_config_ ABSL_GUARDED_BY(mutex_);
+  std::mutex reload_mutex_;  // one reload at a time
 
   // Shared with preemption workers, which may outlive the connection thread's
   // use of a session.
-  std::map<uint64_t, std::shared_ptr<Session>> sessions_;  // guarded by mutex_
+  std::map<uint64_t, std::shared_ptr<Session>> sessions_ ABSL_GUARDED_BY(mutex_);
   // Preemptions that arrived between a grant and the session's start.
-  std::map<uint64_t, std::string> early_preemptions_;  // guarded by mutex_
+  std::map<uint64_t, std::string> early_preemptions_ ABSL_GUARDED_BY(mutex_);
   // Every live connection's transport, so Stop can end them all, handshakes
-  // in progress included. Guarded by mutex_; owned by the connection threads.
-  std::map<uint64_t, Transport*> connections_;
-  int live_connections_ = 0;  // guarded by mutex_; preemption workers too
-  uint64_t next_id_ = 1;      // guarded by mutex_
-  bool stopping_ = false;     // guarded by mutex_
+  // in progress included. Owned by the connection threads.
+  std::map<uint64_t, Transport*> connections_ ABSL_GUARDED_BY(mutex_);
+  int live_connections_ ABSL_GUARDED_BY(mutex_) = 0;  // preemption workers too
+  uint64_t next_id_ ABSL_GUARDED_BY(mutex_) = 1;
+  bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
 };
 
 }  // namespace ferry::server

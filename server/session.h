@@ -38,6 +38,12 @@
 // devices away: everything is freed at once, the client gets a notice, and
 // every later call fails.
 //
+// Where things are: session.cc holds the serving core (handshake, the two
+// serving roles, batches, replies, host gates, Dispatch); the handlers are in
+// session_<area>.cc by API area (context, memory, module, stream_event); the
+// handle tables are HandleTables, the device ranges a RangeMap, and the
+// quotas and compute-share throttles a SessionShares.
+//
 // Thread-safety: the session's tables and everything Dispatch calls belong to
 // the executor role, which one thread at a time holds (serve_mutex_ hands it
 // over); a batch of calls executes under exec_mutex_. Preempt opens the
@@ -57,21 +63,19 @@
 #include <mutex>
 #include <string>
 #include <thread>
-#include <unordered_map>
 #include <vector>
 
-#include <absl/time/clock.h>
-#include <absl/time/time.h>
-
-#include <vector>
+#include <absl/base/thread_annotations.h>
 
 #include "common/frame.h"
+#include "common/range_map.h"
 #include "common/status.h"
 #include "common/transport.h"
 #include "schema/ferry.capnp.h"
 #include "server/backend/api/gpu_backend.h"
+#include "server/handle_table.h"
 #include "server/module_cache.h"
-#include "server/pool/launch_throttle.h"
+#include "server/session_shares.h"
 
 namespace ferry::server {
 
@@ -92,46 +96,6 @@ struct SessionInfo {
   std::vector<uint64_t> device_bytes;        // allocated per session device
   uint64_t module_image_bytes_received = 0;  // image bytes the client sent
 };
-
-// One device as a session sees it: a whole backend device, or a slice of one
-// borrowed from a pool.
-struct SessionDevice {
-  int backend_device = 0;
-  uint64_t memory_quota = 0;   // bytes the session may allocate here; 0 = no quota
-  double compute_share = 1.0;  // < 1: a share of the GPU's compute (see below)
-  // Where the slice lives, for the handshake and status.
-  int gpu = 0;
-  int slice = 0;
-  int slices_per_gpu = 1;
-  // How the compute share is enforced, set by ChooseComputeMechanism: > 0:
-  // an SM partition — the session's contexts on this device are partitioned
-  // contexts (CUDA green contexts) on SM group `slice` of `slices_per_gpu`,
-  // which has this many SMs, and launches are not throttled. 0 with a share
-  // < 1: launch throttling.
-  int sm_partition_sms = 0;
-};
-
-// What a session may use: its devices in client ordinal order.
-struct SessionGrant {
-  bool pooled = false;  // the devices come from a pool (the handshake says so)
-  std::string pool;
-  std::vector<SessionDevice> devices;
-};
-
-// Every device of `backend`, whole, in order: the grant without pools.
-SessionGrant WholeDevices(const backend::GpuBackend& backend);
-
-// Picks how `device`'s compute share is enforced (DESIGN invariant 7): an SM
-// partition where the backend can split the device into `slices_per_gpu`
-// disjoint SM groups and the share is one such group (the CUDA backend with
-// green contexts), else launch throttling. Sets device->sm_partition_sms.
-// The backend's answer for a device and slice count never changes, so the
-// session and ferryctl status always agree.
-void ChooseComputeMechanism(backend::GpuBackend& backend, SessionDevice* device);
-
-// How `device`'s share is enforced, as the handshake and ferryctl show it:
-// "whole-gpu" (share 1), "sm-partition (N SMs)", or "launch-throttle".
-std::string ComputeMechanism(const SessionDevice& device);
 
 class Session {
  public:
@@ -169,7 +133,7 @@ class Session {
   uint64_t id() const { return id_; }
   const SessionGrant& grant() const { return grant_; }
   // Whether launches on session device `device` are throttled (tests).
-  bool TEST_throttled(int device) const { return throttles_.at(device) != nullptr; }
+  bool TEST_throttled(int device) const { return shares_.Throttled(device); }
 
  private:
   struct ContextEntry {
@@ -203,23 +167,16 @@ class Session {
     uint64_t ctx = 0;
     uint64_t param_bytes = 0;  // the packed buffer a launch must supply
   };
-  // A device range the session may touch: an allocation (module == 0) or a
-  // module global.
+  // What a device range the session may touch is (ranges_ holds its base
+  // and size): an allocation (module == 0) or a module global.
   struct RangeEntry {
-    uint64_t size = 0;
     uint64_t ctx = 0;
     uint64_t module = 0;
     int device = 0;  // allocations: the session device charged for it
   };
-  // The compute-share throttle of one throttled device; guarded by
-  // throttle_mutex_. One kernel of the device is in flight at a time, so
-  // the busy time it measures is the kernel's, and the wait before the next
-  // one holds the session to its share.
-  struct DeviceThrottle {
-    pool::LaunchThrottle throttle;
-    int in_flight = 0;
-    explicit DeviceThrottle(double share) : throttle(share, absl::Milliseconds(5), absl::Now()) {}
-  };
+
+  // A context the session lacks: the driver's own code for it.
+  static Status InvalidContextStatus(std::string message);
 
   // Per call: what the handler needs and what it answers.
   struct CallContext {
@@ -307,33 +264,21 @@ class Session {
   backend::Completion DeferReply(CallContext& cx, backend::MutableHostBytes bulk = {});
   void CompletionDone();
 
-  // Lookups: each returns a Status naming what was wrong.
-  Status FindContext(uint64_t ctx, ContextEntry** out);
+  // Counts a completion handed to the backend; the destructor waits until
+  // each has called CompletionDone.
+  void CompletionStarted();
+
+  // Lookups beyond the handle tables' own Find; each returns a Status naming
+  // what was wrong.
+  // Stream 0 is `ctx`'s legacy stream; any other names a stream of the session.
   Status FindStream(uint64_t ctx, uint64_t stream, backend::Stream** out);
-  Status FindEvent(uint64_t event, EventEntry** out);
-  Status FindModule(uint64_t module, ModuleEntry** out);
-  Status FindFunction(uint64_t function, FunctionEntry** out);
   // Drops module `id` with its functions and global ranges.
   void EraseModule(uint64_t id);
   // OK when [address, address + bytes) lies inside one range of this session.
-  Status CheckRange(uint64_t address, uint64_t bytes, const char* what) const;
+  Status CheckRange(uint64_t address, uint64_t bytes, const char* what);
   Status CheckRange2D(uint64_t address, uint64_t pitch, uint64_t width_bytes, uint64_t height,
-                      const char* what) const;
-  // The quota of a slice (DESIGN invariant 7). Every allocation path checks
-  // CheckQuota before it allocates (and again with the size it got, when the
-  // backend may round up) and Charges what it keeps; every free Uncharges.
-  // Today's paths are cuMemAlloc and cuMemAllocPitch; a new one (stream-
-  // ordered or pool allocations, cuMemCreate) must do the same. Module
-  // globals are not charged.
-  // OK when `bytes` more fit in the quota of session device `device`;
-  // OutOfMemory naming the slice otherwise.
-  Status CheckQuota(int device, uint64_t bytes) const;
-  void Charge(int device, uint64_t bytes);
-  void Uncharge(int device, uint64_t bytes);
-  // Waits until the device's previous kernel is done and as long as its
-  // compute share asks, before a launch.
-  void ThrottleBeforeLaunch(int device);
-  // Measures the launch just queued on `stream` for the throttle of `device`.
+                      const char* what);
+  // Launches on a throttled device wait for its share and are measured.
   void MeasureLaunch(int device, backend::Stream& stream);
 
   // Handlers (executor thread).
@@ -399,30 +344,22 @@ class Session {
   const int64_t since_unix_ms_;
   const SessionGrant grant_;
 
-  // Executor-role state.
-  std::unordered_map<uint64_t, ContextEntry> contexts_;
-  std::unordered_map<uint64_t, StreamEntry> streams_;
-  std::unordered_map<uint64_t, EventEntry> events_;
-  std::unordered_map<uint64_t, ModuleEntry> modules_;
-  std::unordered_map<uint64_t, LibraryEntry> libraries_;
-  std::unordered_map<uint64_t, FunctionEntry> functions_;
-  std::map<uint64_t, RangeEntry> ranges_;  // by base address
+  // Quotas and compute shares of the grant's devices (after grant_).
+  SessionShares shares_;
+
+  // Executor-role state (the tables' sizes may be read by anyone).
+  HandleTable<ContextEntry> contexts_{"context", &InvalidContextStatus};
+  HandleTable<StreamEntry> streams_{"stream"};
+  HandleTable<EventEntry> events_{"event"};
+  HandleTable<ModuleEntry> modules_{"module"};
+  HandleTable<LibraryEntry> libraries_{"library"};
+  HandleTable<FunctionEntry> functions_{"function"};
+  RangeMap<RangeEntry> ranges_;
   Status latched_error_;
   uint64_t latched_seq_ = 0;
 
-  // Counters for Info (written by the executor, read by anyone).
-  std::atomic<uint64_t> bytes_allocated_{0};
-  std::atomic<uint64_t> allocation_count_{0};
-  std::atomic<uint32_t> context_count_{0};
-  std::atomic<uint32_t> stream_count_{0};
-  std::atomic<uint32_t> event_count_{0};
-  std::atomic<uint32_t> module_count_{0};
+  // Image bytes received, for Info (written by the executor, read by anyone).
   std::atomic<uint64_t> module_image_bytes_received_{0};
-
-  std::unique_ptr<std::atomic<uint64_t>[]> device_bytes_;  // per session device
-  // Per device; null = not throttled. The objects are guarded by
-  // throttle_mutex_.
-  std::vector<std::unique_ptr<DeviceThrottle>> throttles_;
 
   // Held while a batch executes and while Preempt frees everything.
   std::timed_mutex exec_mutex_;
@@ -430,13 +367,8 @@ class Session {
   // session instead.
   static constexpr std::chrono::milliseconds kPreemptBatchWait{10000};
   std::chrono::milliseconds preempt_batch_wait_{kPreemptBatchWait};
-  Status revoked_;                   // guarded by exec_mutex_: set by Preempt
-  bool handshake_answered_ = false;  // guarded by exec_mutex_
-
-  // Throttle state and waits; Preempt and Stop interrupt the waits.
-  std::mutex throttle_mutex_;
-  std::condition_variable throttle_cv_;
-  bool interrupted_ = false;  // guarded by throttle_mutex_
+  Status revoked_ ABSL_GUARDED_BY(exec_mutex_);  // set by Preempt
+  bool handshake_answered_ ABSL_GUARDED_BY(exec_mutex_) = false;
 
   std::mutex write_mutex_;  // serialises reply frames on transport_
 
@@ -444,20 +376,19 @@ class Session {
 
   std::mutex pending_mutex_;
   std::condition_variable pending_cv_;
-  int pending_completions_ = 0;  // guarded by pending_mutex_
+  int pending_completions_ ABSL_GUARDED_BY(pending_mutex_) = 0;
 
   // Serving. read_mutex_ is held by the thread that reads the transport;
   // serve_mutex_ guards what the two roles share.
   std::mutex read_mutex_;
   std::mutex serve_mutex_;
   std::condition_variable serve_cv_;  // inbox shrank, gates changed, or serving ended
-  std::deque<Frame> inbox_;           // read, not yet executed; guarded by serve_mutex_
-  uint64_t inbox_bytes_ = 0;          // guarded by serve_mutex_
-  bool executing_ = false;            // a thread holds the executor role; guarded by serve_mutex_
-  bool serving_ended_ = false;        // guarded by serve_mutex_
-  // Host gates not yet opened, by the seq of their hostGate call. Guarded by
-  // serve_mutex_.
-  std::map<uint64_t, std::shared_ptr<backend::HostGate>> gates_;
+  std::deque<Frame> inbox_ ABSL_GUARDED_BY(serve_mutex_);  // read, not yet executed
+  uint64_t inbox_bytes_ ABSL_GUARDED_BY(serve_mutex_) = 0;
+  bool executing_ ABSL_GUARDED_BY(serve_mutex_) = false;  // a thread holds the executor role
+  bool serving_ended_ ABSL_GUARDED_BY(serve_mutex_) = false;
+  // Host gates not yet opened, by the seq of their hostGate call.
+  std::map<uint64_t, std::shared_ptr<backend::HostGate>> gates_ ABSL_GUARDED_BY(serve_mutex_);
   // The second serving thread. Started by the executor while that is still
   // Run's thread (before helper_ exists nobody else serves), joined by Run.
   std::thread helper_;

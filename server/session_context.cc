@@ -1,0 +1,109 @@
+// Session handlers for contexts, and freeing a context's (or the whole
+// session's) resources.
+
+#include "server/session.h"
+
+#include <cuda.h>
+
+#include <vector>
+
+#include "common/log.h"
+#include "server/session_internal.h"
+
+namespace ferry::server {
+
+using session_internal::Hex;
+
+Status Session::CtxCreate(wire::CtxCreate::Reader args) {
+  const uint64_t id = args.getCtx();
+  FERRY_RETURN_IF_ERROR(contexts_.CheckNewId(id));
+  const int device = args.getDevice();
+  if (device < 0 || device >= static_cast<int>(grant_.devices.size())) {
+    return Status::Cuda(CUDA_ERROR_INVALID_DEVICE, "no device " + std::to_string(device));
+  }
+  ContextEntry entry;
+  entry.device = device;
+  const SessionDevice& where = grant_.devices[device];
+  if (where.sm_partition_sms > 0) {
+    FERRY_RETURN_IF_ERROR(backend_.CreatePartitionedContext(
+        where.backend_device, args.getFlags(), where.slices_per_gpu, where.slice, &entry.context));
+  } else {
+    FERRY_RETURN_IF_ERROR(
+        backend_.CreateContext(where.backend_device, args.getFlags(), &entry.context));
+  }
+  return contexts_.Insert(id, std::move(entry));
+}
+
+void Session::DestroyContextResources(uint64_t ctx) {
+  // Events and streams first (destroying a stream waits for its work), then
+  // modules and memory, so nothing in flight touches freed memory.
+  auto in_ctx = [ctx](uint64_t, const auto& entry) { return entry.ctx == ctx; };
+  events_.EraseIf(in_ctx);
+  streams_.EraseIf(in_ctx);
+  ContextEntry* context = nullptr;
+  const bool context_found = contexts_.Find(ctx, &context).ok();
+  ranges_.ForEach([&](uint64_t base, uint64_t size, RangeEntry& range) {
+    if (range.ctx != ctx || range.module != 0) return;
+    if (context_found) {
+      Status status = backend_.MemFree(*context->context, base);
+      if (!status.ok()) {
+        FERRY_LOG(kWarning) << "session " << id_ << ": freeing " << Hex(base)
+                            << " failed: " << status.ToString();
+      }
+    }
+    shares_.Uncharge(range.device, size);
+  });
+  ranges_.EraseIf([ctx](const RangeEntry& range) { return range.ctx == ctx; });
+  functions_.EraseIf(in_ctx);
+  modules_.EraseIf(in_ctx);
+}
+
+Status Session::CtxDestroy(wire::CtxRef::Reader args) {
+  ContextEntry* c = nullptr;
+  FERRY_RETURN_IF_ERROR(contexts_.Find(args.getCtx(), &c));
+  DestroyContextResources(args.getCtx());
+  return contexts_.Erase(args.getCtx());
+}
+
+void Session::FreeEverything() {
+  std::vector<uint64_t> ids;
+  contexts_.ForEach([&](uint64_t id, ContextEntry&) { ids.push_back(id); });
+  for (uint64_t id : ids) {
+    DestroyContextResources(id);
+    (void)contexts_.Erase(id);
+  }
+  // Anything left belongs to no context (cannot happen by construction).
+  events_.Clear();
+  streams_.Clear();
+  functions_.Clear();
+  modules_.Clear();
+  ranges_.clear();
+  // Libraries last: their modules went with the contexts.
+  libraries_.Clear();
+}
+
+Status Session::CtxSynchronize(wire::CtxRef::Reader args, CallContext& cx) {
+  ContextEntry* c = nullptr;
+  FERRY_RETURN_IF_ERROR(contexts_.Find(args.getCtx(), &c));
+  Status idle_status;
+  if (backend_.ContextIdleNow(*c->context, &idle_status)) return idle_status;
+  backend_.WhenContextIdle(*c->context, DeferReply(cx));
+  return Status::Ok();
+}
+
+Status Session::CtxGetLimit(wire::CtxLimit::Reader args, CallContext& cx) {
+  ContextEntry* c = nullptr;
+  FERRY_RETURN_IF_ERROR(contexts_.Find(args.getCtx(), &c));
+  uint64_t value = 0;
+  FERRY_RETURN_IF_ERROR(backend_.GetLimit(*c->context, static_cast<int>(args.getLimit()), &value));
+  cx.reply.setValue(static_cast<int64_t>(value));
+  return Status::Ok();
+}
+
+Status Session::CtxSetLimit(wire::CtxLimit::Reader args) {
+  ContextEntry* c = nullptr;
+  FERRY_RETURN_IF_ERROR(contexts_.Find(args.getCtx(), &c));
+  return backend_.SetLimit(*c->context, static_cast<int>(args.getLimit()), args.getValue());
+}
+
+}  // namespace ferry::server

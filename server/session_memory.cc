@@ -1,0 +1,244 @@
+// Session handlers for device memory: allocation (charged to the slice's
+// quota), copies and memset, each range checked against the session's own
+// ranges (DESIGN invariant 6).
+
+#include "server/session.h"
+
+#include <cuda.h>
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+
+#include "common/log.h"
+#include "server/session_internal.h"
+
+namespace ferry::server {
+
+using session_internal::Alias;
+using session_internal::Hex;
+
+namespace {
+constexpr char kRangeOwner[] = "an allocation of this session";
+}  // namespace
+
+Status Session::CheckRange(uint64_t address, uint64_t bytes, const char* what) {
+  return ranges_.Check(address, bytes, what, kRangeOwner);
+}
+
+Status Session::CheckRange2D(uint64_t address, uint64_t pitch, uint64_t width_bytes,
+                             uint64_t height, const char* what) {
+  return ranges_.Check2D(address, pitch, width_bytes, height, what, kRangeOwner);
+}
+
+Status Session::MemAlloc(wire::MemAlloc::Reader args, CallContext& cx) {
+  ContextEntry* c = nullptr;
+  FERRY_RETURN_IF_ERROR(contexts_.Find(args.getCtx(), &c));
+  if (args.getBytes() == 0) return Status::InvalidArgument("cuMemAlloc of 0 bytes");
+  FERRY_RETURN_IF_ERROR(shares_.CheckQuota(c->device, args.getBytes()));
+  uint64_t dptr = 0;
+  FERRY_RETURN_IF_ERROR(backend_.MemAlloc(*c->context, args.getBytes(), &dptr));
+  if (!ranges_.Insert(dptr, args.getBytes(), RangeEntry{args.getCtx(), 0, c->device})) {
+    // The backend gave out memory the session already holds: never keep
+    // two entries for one address.
+    (void)backend_.MemFree(*c->context, dptr);
+    return Status::Internal("cuMemAlloc returned " + Hex(dptr) +
+                            ", which overlaps a range the session holds");
+  }
+  shares_.Charge(c->device, args.getBytes());
+  cx.reply.initMemAlloc().setDptr(dptr);
+  return Status::Ok();
+}
+
+Status Session::MemAllocPitch(wire::MemAllocPitch::Reader args, CallContext& cx) {
+  ContextEntry* c = nullptr;
+  FERRY_RETURN_IF_ERROR(contexts_.Find(args.getCtx(), &c));
+  const unsigned element = args.getElementBytes();
+  if (args.getWidthBytes() == 0 || args.getHeight() == 0 ||
+      (element != 4 && element != 8 && element != 16)) {
+    return Status::InvalidArgument("cuMemAllocPitch: bad width, height or element size");
+  }
+  // The pitch is the backend's to choose; the quota is checked before with
+  // the least the allocation can take, and after with what it took.
+  if (args.getHeight() > std::numeric_limits<uint64_t>::max() / args.getWidthBytes()) {
+    return Status::OutOfMemory("cuMemAllocPitch: extent overflows");
+  }
+  FERRY_RETURN_IF_ERROR(shares_.CheckQuota(c->device, args.getWidthBytes() * args.getHeight()));
+  uint64_t dptr = 0, pitch = 0;
+  FERRY_RETURN_IF_ERROR(backend_.MemAllocPitch(*c->context, args.getWidthBytes(), args.getHeight(),
+                                               element, &dptr, &pitch));
+  const uint64_t bytes = pitch * args.getHeight();
+  if (Status quota = shares_.CheckQuota(c->device, bytes); !quota.ok()) {
+    (void)backend_.MemFree(*c->context, dptr);
+    return quota;
+  }
+  if (!ranges_.Insert(dptr, bytes, RangeEntry{args.getCtx(), 0, c->device})) {
+    (void)backend_.MemFree(*c->context, dptr);
+    return Status::Internal("cuMemAllocPitch returned " + Hex(dptr) +
+                            ", which overlaps a range the session holds");
+  }
+  shares_.Charge(c->device, bytes);
+  auto result = cx.reply.initMemAlloc();
+  result.setDptr(dptr);
+  result.setPitch(pitch);
+  return Status::Ok();
+}
+
+Status Session::MemFree(wire::MemFree::Reader args) {
+  auto range = ranges_.FindBase(args.getDptr());
+  if (range.value == nullptr || range.value->module != 0) {
+    return Status::InvalidArgument("cuMemFree(" + Hex(args.getDptr()) +
+                                   "): not the start of an allocation of this session");
+  }
+  ContextEntry* c = nullptr;
+  FERRY_RETURN_IF_ERROR(contexts_.Find(range.value->ctx, &c));
+  const int device = range.value->device;
+  ranges_.Erase(args.getDptr());
+  shares_.Uncharge(device, range.size);
+  return backend_.MemFree(*c->context, args.getDptr());
+}
+
+Status Session::MemGetInfo(wire::CtxRef::Reader args, CallContext& cx) {
+  ContextEntry* c = nullptr;
+  FERRY_RETURN_IF_ERROR(contexts_.Find(args.getCtx(), &c));
+  uint64_t free_bytes = 0, total = 0;
+  FERRY_RETURN_IF_ERROR(backend_.MemGetInfo(*c->context, &free_bytes, &total));
+  shares_.ApplyQuota(c->device, &free_bytes, &total);
+  auto info = cx.reply.initMemGetInfo();
+  info.setFree(free_bytes);
+  info.setTotal(total);
+  return Status::Ok();
+}
+
+Status Session::MemcpyHtoD(wire::Memcpy::Reader args, CallContext& cx) {
+  backend::Stream* stream = nullptr;
+  FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
+  if (cx.bulk_in.size != args.getBytes()) {
+    return Status::InvalidArgument("host-to-device copy of " + std::to_string(args.getBytes()) +
+                                   " bytes carried " + std::to_string(cx.bulk_in.size));
+  }
+  FERRY_RETURN_IF_ERROR(CheckRange(args.getDst(), args.getBytes(), "destination"));
+  if (args.getBytes() == 0) return Status::Ok();
+  Status idle_status;
+  if (backend_.DeviceMemoryIsHostMemory() && backend_.StreamIdleNow(*stream, &idle_status) &&
+      idle_status.ok()) {
+    // What the queued copy would do when its turn came; no thread hop.
+    std::memcpy(reinterpret_cast<void*>(args.getDst()), cx.bulk_in.data, args.getBytes());
+    return Status::Ok();
+  }
+  return backend_.CopyHostToDevice(*stream, args.getDst(), cx.bulk_in);
+}
+
+Status Session::MemcpyDtoH(wire::Memcpy::Reader args, CallContext& cx) {
+  backend::Stream* stream = nullptr;
+  FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
+  FERRY_RETURN_IF_ERROR(CheckRange(args.getSrc(), args.getBytes(), "source"));
+  if (!cx.wants_reply) return Status::InvalidArgument("a device-to-host copy must want a reply");
+  Status idle_status;
+  if (backend_.StreamIdleNow(*stream, &idle_status)) {
+    // Nothing queued can still change the source: answer now.
+    if (!idle_status.ok()) return idle_status;
+    if (args.getBytes() == 0) return Status::Ok();
+    if (backend_.DeviceMemoryIsHostMemory()) {
+      // The reply is written from device memory itself before the executor
+      // runs the session's next call, so nothing of this session can change
+      // the bytes meanwhile.
+      cx.reply_bulk = ConstBuffer{reinterpret_cast<const void*>(args.getSrc()), args.getBytes()};
+      return Status::Ok();
+    }
+  }
+  backend::MutableHostBytes buffer;
+  if (args.getBytes() > 0) {
+    std::shared_ptr<uint8_t[]> bytes(new (std::nothrow) uint8_t[args.getBytes()]);
+    if (!bytes)
+      return Status::OutOfMemory("cannot buffer " + std::to_string(args.getBytes()) + " bytes");
+    buffer.data = bytes.get();
+    buffer.size = args.getBytes();
+    buffer.owner = Alias<void>(bytes, bytes.get());
+    FERRY_RETURN_IF_ERROR(backend_.CopyDeviceToHost(*stream, buffer, args.getSrc()));
+  }
+  backend_.WhenStreamIdle(*stream, DeferReply(cx, buffer));
+  return Status::Ok();
+}
+
+Status Session::MemcpyDtoD(wire::Memcpy::Reader args) {
+  backend::Stream* stream = nullptr;
+  FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
+  FERRY_RETURN_IF_ERROR(CheckRange(args.getSrc(), args.getBytes(), "source"));
+  FERRY_RETURN_IF_ERROR(CheckRange(args.getDst(), args.getBytes(), "destination"));
+  if (args.getBytes() == 0) return Status::Ok();
+  return backend_.CopyDeviceToDevice(*stream, args.getDst(), args.getSrc(), args.getBytes());
+}
+
+Status Session::Memcpy2D(wire::Memcpy2D::Reader args, CallContext& cx) {
+  backend::Stream* stream = nullptr;
+  FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
+  const uint64_t width = args.getWidthBytes();
+  const uint64_t height = args.getHeight();
+  if (width != 0 && height > std::numeric_limits<uint64_t>::max() / width) {
+    return Status::InvalidArgument("2D copy extent overflows");
+  }
+  const uint64_t packed = width * height;
+  const bool src_host = args.getSrcKind() == wire::MemoryKind::HOST;
+  const bool dst_host = args.getDstKind() == wire::MemoryKind::HOST;
+  if (src_host && dst_host)
+    return Status::InvalidArgument("host-to-host 2D copy reached the server");
+  backend::Copy2D copy;
+  copy.width_bytes = width;
+  copy.height = height;
+  if (src_host) {
+    if (cx.bulk_in.size != packed) {
+      return Status::InvalidArgument("2D copy expected " + std::to_string(packed) +
+                                     " packed bytes, got " + std::to_string(cx.bulk_in.size));
+    }
+    copy.src_is_host = true;
+    copy.src_host = cx.bulk_in;
+    copy.src_pitch = width;
+  } else {
+    FERRY_RETURN_IF_ERROR(
+        CheckRange2D(args.getSrcDevice(), args.getSrcPitch(), width, height, "source"));
+    copy.src_device = args.getSrcDevice();
+    copy.src_pitch = args.getSrcPitch();
+  }
+  backend::MutableHostBytes buffer;
+  if (dst_host) {
+    if (!cx.wants_reply) return Status::InvalidArgument("a 2D copy to the host must want a reply");
+    std::shared_ptr<uint8_t[]> bytes(new (std::nothrow) uint8_t[packed > 0 ? packed : 1]);
+    if (!bytes) return Status::OutOfMemory("cannot buffer " + std::to_string(packed) + " bytes");
+    buffer.data = bytes.get();
+    buffer.size = packed;
+    buffer.owner = Alias<void>(bytes, bytes.get());
+    copy.dst_is_host = true;
+    copy.dst_host = buffer;
+    copy.dst_pitch = width;
+  } else {
+    FERRY_RETURN_IF_ERROR(
+        CheckRange2D(args.getDstDevice(), args.getDstPitch(), width, height, "destination"));
+    copy.dst_device = args.getDstDevice();
+    copy.dst_pitch = args.getDstPitch();
+  }
+  if (packed > 0) FERRY_RETURN_IF_ERROR(backend_.Copy2DAsync(*stream, std::move(copy)));
+  if (dst_host) backend_.WhenStreamIdle(*stream, DeferReply(cx, buffer));
+  return Status::Ok();
+}
+
+Status Session::Memset(wire::Memset::Reader args) {
+  backend::Stream* stream = nullptr;
+  FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
+  const unsigned element = args.getElementBytes();
+  if (element != 1 && element != 2 && element != 4) {
+    return Status::InvalidArgument("memset element size must be 1, 2 or 4");
+  }
+  const uint64_t width = args.getWidth();
+  if (width > std::numeric_limits<uint64_t>::max() / element) {
+    return Status::InvalidArgument("memset extent overflows");
+  }
+  const uint64_t height = args.getHeight() == 0 ? 1 : args.getHeight();
+  FERRY_RETURN_IF_ERROR(CheckRange2D(args.getDst(), height == 1 ? width * element : args.getPitch(),
+                                     width * element, height, "memset"));
+  if (width == 0) return Status::Ok();
+  return backend_.Memset(*stream, args.getDst(), args.getPitch(), args.getValue(), element, width,
+                         height);
+}
+
+}  // namespace ferry::server

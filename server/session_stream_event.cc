@@ -1,0 +1,167 @@
+// Session handlers for streams, events and host callbacks (host gates).
+
+#include "server/session.h"
+
+#include <memory>
+#include <mutex>
+
+namespace ferry::server {
+
+Status Session::FindStream(uint64_t ctx, uint64_t stream, backend::Stream** out) {
+  if (stream == 0) {
+    ContextEntry* c = nullptr;
+    FERRY_RETURN_IF_ERROR(contexts_.Find(ctx, &c));
+    *out = &backend_.LegacyStream(*c->context);
+    return Status::Ok();
+  }
+  StreamEntry* entry = nullptr;
+  FERRY_RETURN_IF_ERROR(streams_.Find(stream, &entry));
+  *out = entry->stream.get();
+  return Status::Ok();
+}
+
+// --- streams and events ---------------------------------------------------------
+
+Status Session::StreamCreate(wire::StreamCreate::Reader args) {
+  ContextEntry* c = nullptr;
+  FERRY_RETURN_IF_ERROR(contexts_.Find(args.getCtx(), &c));
+  const uint64_t id = args.getStream();
+  FERRY_RETURN_IF_ERROR(streams_.CheckNewId(id));
+  StreamEntry entry;
+  entry.ctx = args.getCtx();
+  FERRY_RETURN_IF_ERROR(
+      backend_.CreateStream(*c->context, args.getFlags(), args.getPriority(), &entry.stream));
+  return streams_.Insert(id, std::move(entry));
+}
+
+Status Session::StreamDestroy(wire::StreamRef::Reader args) {
+  return streams_.Erase(args.getStream());
+}
+
+Status Session::StreamSynchronize(wire::StreamRef::Reader args, CallContext& cx) {
+  backend::Stream* stream = nullptr;
+  FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
+  Status idle_status;
+  if (backend_.StreamIdleNow(*stream, &idle_status)) return idle_status;
+  backend_.WhenStreamIdle(*stream, DeferReply(cx));
+  return Status::Ok();
+}
+
+Status Session::StreamQuery(wire::StreamRef::Reader args) {
+  backend::Stream* stream = nullptr;
+  FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
+  return backend_.QueryStream(*stream);
+}
+
+Status Session::StreamWaitEvent(wire::StreamWaitEvent::Reader args) {
+  backend::Stream* stream = nullptr;
+  FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
+  EventEntry* e = nullptr;
+  FERRY_RETURN_IF_ERROR(events_.Find(args.getEvent(), &e));
+  return backend_.StreamWaitEvent(*stream, *e->event);
+}
+
+Status Session::EventCreate(wire::EventCreate::Reader args) {
+  ContextEntry* c = nullptr;
+  FERRY_RETURN_IF_ERROR(contexts_.Find(args.getCtx(), &c));
+  const uint64_t id = args.getEvent();
+  FERRY_RETURN_IF_ERROR(events_.CheckNewId(id));
+  EventEntry entry;
+  entry.ctx = args.getCtx();
+  FERRY_RETURN_IF_ERROR(backend_.CreateEvent(*c->context, args.getFlags(), &entry.event));
+  return events_.Insert(id, std::move(entry));
+}
+
+Status Session::EventRecord(wire::EventRecord::Reader args) {
+  EventEntry* e = nullptr;
+  FERRY_RETURN_IF_ERROR(events_.Find(args.getEvent(), &e));
+  backend::Stream* stream = nullptr;
+  FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
+  return backend_.RecordEvent(*e->event, *stream);
+}
+
+Status Session::EventQuery(wire::EventRef::Reader args) {
+  EventEntry* e = nullptr;
+  FERRY_RETURN_IF_ERROR(events_.Find(args.getEvent(), &e));
+  return backend_.QueryEvent(*e->event);
+}
+
+Status Session::EventSynchronize(wire::EventRef::Reader args, CallContext& cx) {
+  EventEntry* e = nullptr;
+  FERRY_RETURN_IF_ERROR(events_.Find(args.getEvent(), &e));
+  backend_.WhenEventComplete(*e->event, DeferReply(cx));
+  return Status::Ok();
+}
+
+Status Session::EventElapsedTime(wire::EventElapsedTime::Reader args, CallContext& cx) {
+  EventEntry* start = nullptr;
+  EventEntry* end = nullptr;
+  FERRY_RETURN_IF_ERROR(events_.Find(args.getStart(), &start));
+  FERRY_RETURN_IF_ERROR(events_.Find(args.getEnd(), &end));
+  float ms = 0;
+  FERRY_RETURN_IF_ERROR(backend_.EventElapsedTime(*start->event, *end->event, &ms));
+  cx.reply.setElapsedMs(ms);
+  return Status::Ok();
+}
+
+Status Session::EventDestroy(wire::EventRef::Reader args) { return events_.Erase(args.getEvent()); }
+
+// --- host callbacks ------------------------------------------------------------
+
+// The gate is registered before the backend can reach it, so the client's
+// gateOpen (sent only after gateReached) always finds it. Its gateReached
+// reports, for cuStreamAddCallback, the stream's own failure if any, else the
+// error latched in the session so far (left latched: the next call that
+// waits reports it as well).
+Status Session::HostGate(wire::StreamRef::Reader args, CallContext& cx) {
+  if (cx.wants_reply) {
+    return Status::InvalidArgument(
+        "a hostGate call must not want a reply: its answer is sent "
+        "when the stream reaches it");
+  }
+  const uint64_t seq = cx.seq;
+  backend::Stream* stream = nullptr;
+  Status status = FindStream(args.getCtx(), args.getStream(), &stream);
+  if (status.ok()) status = StartHelper();
+  if (!status.ok()) {
+    SendGateReached(seq, status, /*held=*/false, /*stream_failed=*/false);
+    return status;
+  }
+  auto gate = std::make_shared<backend::HostGate>();
+  {
+    std::lock_guard<std::mutex> lock(serve_mutex_);
+    if (serving_ended_) {
+      gate->Open();  // the client is gone; the gate must not hold anything
+    } else if (!gates_.emplace(seq, gate).second) {
+      // A seq used twice: the earlier gate must stay findable, or nothing
+      // could open it when the session ends.
+      status = Status::InvalidArgument("hostGate seq " + std::to_string(seq) +
+                                       " names a gate that is still closed");
+    } else {
+      serve_cv_.notify_all();  // a reader held back by the inbox limit reads again
+    }
+  }
+  if (!status.ok()) {
+    SendGateReached(seq, status, /*held=*/false, /*stream_failed=*/false);
+    return status;
+  }
+  CompletionStarted();
+  const Status latched = latched_error_;
+  status = backend_.EnqueueHostGate(*stream, gate, [this, seq, latched](Status stream_status) {
+    const bool failed = !stream_status.ok();
+    SendGateReached(seq, failed ? stream_status : latched, /*held=*/true, failed);
+    CompletionDone();
+  });
+  if (!status.ok()) {
+    {
+      std::lock_guard<std::mutex> lock(serve_mutex_);
+      gates_.erase(seq);
+    }
+    gate->Open();
+    CompletionDone();
+    SendGateReached(seq, status, /*held=*/false, /*stream_failed=*/false);
+  }
+  return status;
+}
+
+}  // namespace ferry::server
