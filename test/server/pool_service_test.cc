@@ -68,15 +68,30 @@ class PoolServiceTest : public ::testing::Test {
         request, [] { return false; }, [](int) {}, &lease);
   }
 
+  // Borrows for `session` on a thread of its own, queueing for up to an
+  // hour; the queue position it is told lands in position_.
+  std::future<Status> StartQueuedBorrow(uint64_t session) {
+    return std::async(std::launch::async, [this, session] {
+      pool::BorrowRequest request;
+      request.session = session;
+      request.wait = absl::Hours(1);
+      pool::Lease lease;
+      return service_->Borrow(
+          request, [] { return false; }, [this](int p) { position_.store(p); }, &lease);
+    });
+  }
+
   std::vector<uint64_t> Preempted() {
     std::lock_guard<std::mutex> lock(mu_);
     return preempted_;
   }
 
   pool::FakeClock clock_{ShanghaiAt(19, 59)};
-  std::unique_ptr<PoolService> service_;
+  std::atomic<int> position_{0};  // the queued borrower's last position
   std::mutex mu_;
   std::vector<uint64_t> preempted_;  // guarded by mu_
+  // Last: destroyed (and stopped) before what its hook and waiters use.
+  std::unique_ptr<PoolService> service_;
 };
 
 TEST_F(PoolServiceTest, GrantsUpToTheSlicesThenRefusesAtOnce) {
@@ -101,16 +116,8 @@ TEST_F(PoolServiceTest, AnUnknownPoolIsRefused) {
 TEST_F(PoolServiceTest, AQueuedBorrowerIsServedWhenASliceComesBack) {
   Make("");
   for (uint64_t session = 1; session <= 4; ++session) ASSERT_TRUE(Borrow(session).ok());
-  std::atomic<int> position{0};
-  auto waiter = std::async(std::launch::async, [&] {
-    pool::BorrowRequest request;
-    request.session = 5;
-    request.wait = absl::Hours(1);
-    pool::Lease lease;
-    return service_->Borrow(
-        request, [] { return false; }, [&](int p) { position.store(p); }, &lease);
-  });
-  ASSERT_TRUE(test::WaitFor([&] { return position.load() == 1; }, 10s));
+  std::future<Status> waiter = StartQueuedBorrow(5);
+  ASSERT_TRUE(test::WaitFor([&] { return position_.load() == 1; }, 10s));
   EXPECT_EQ(waiter.wait_for(0s), std::future_status::timeout);
   service_->Return(3);
   ASSERT_EQ(waiter.wait_for(10s), std::future_status::ready);
@@ -121,16 +128,8 @@ TEST_F(PoolServiceTest, AQueuedBorrowerIsServedWhenASliceComesBack) {
 TEST_F(PoolServiceTest, StopEndsAWaitWithDisconnected) {
   Make("");
   for (uint64_t session = 1; session <= 4; ++session) ASSERT_TRUE(Borrow(session).ok());
-  std::atomic<int> position{0};
-  auto waiter = std::async(std::launch::async, [&] {
-    pool::BorrowRequest request;
-    request.session = 5;
-    request.wait = absl::Hours(1);
-    pool::Lease lease;
-    return service_->Borrow(
-        request, [] { return false; }, [&](int p) { position.store(p); }, &lease);
-  });
-  ASSERT_TRUE(test::WaitFor([&] { return position.load() == 1; }, 10s));
+  std::future<Status> waiter = StartQueuedBorrow(5);
+  ASSERT_TRUE(test::WaitFor([&] { return position_.load() == 1; }, 10s));
   service_->Stop();
   ASSERT_EQ(waiter.wait_for(10s), std::future_status::ready);
   EXPECT_EQ(waiter.get().code(), StatusCode::kDisconnected);
