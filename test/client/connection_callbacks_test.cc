@@ -20,6 +20,7 @@
 #include "common/frame.h"
 #include "server/backend/host/host_backend.h"
 #include "server/session.h"
+#include "test/support/connection_fixture.h"
 
 namespace ferry::client {
 namespace {
@@ -38,31 +39,10 @@ class HostCallbackConnectionTest : public ::testing::Test {
     ASSERT_TRUE(backend::CreateHostBackend(options, &backend_).ok());
     std::unique_ptr<Transport> server_side, client_side;
     ASSERT_TRUE(MakeTransportPair(&server_side, &client_side).ok());
-    // The client says Hello and waits for the answer; as the server does,
-    // read the Hello first, then let the session answer it.
-    std::unique_ptr<capnp::MessageReader> reply;
-    kj::Array<capnp::word> words;
-    auto opened = std::async(std::launch::async, [&] {
-      return Connection::Open(std::move(client_side), "test-server", Connection::Borrow{},
-                              &connection_, &reply, &words);
-    });
-    Frame hello;
-    ASSERT_TRUE(ReadFrame(*server_side, &hello).ok());
-    ASSERT_EQ(hello.kind, wire::FrameKind::HELLO);
-    capnp::FlatArrayMessageReader hello_reader(hello.words, PeerReaderOptions());
-    session_ = std::make_unique<server::Session>(1, std::move(server_side), *backend_,
-                                                 hello_reader.getRoot<wire::Hello>());
-    runner_ = std::thread([this] { session_->Run(); });
-    ASSERT_EQ(opened.wait_for(kTimeout), std::future_status::ready);
-    const Status open_status = opened.get();
+    const Status open_status =
+        loop_.Open(*backend_, std::move(server_side), std::move(client_side), {}, kTimeout);
     ASSERT_TRUE(open_status.ok()) << open_status.ToString();
-    ASSERT_TRUE(connection_
-                    ->Call([](wire::Call::Builder c) {
-                      auto a = c.initCtxCreate();
-                      a.setCtx(kCtx);
-                      a.setDevice(0);
-                    })
-                    .ok());
+    ASSERT_TRUE(loop_.CreateContext(kCtx).ok());
     ASSERT_TRUE(connection_
                     ->Post([](wire::Call::Builder c) {
                       auto a = c.initStreamCreate();
@@ -73,9 +53,7 @@ class HostCallbackConnectionTest : public ::testing::Test {
   }
 
   void TearDown() override {
-    connection_.reset();  // closes the connection; the session frees everything
-    if (runner_.joinable()) runner_.join();
-    session_.reset();
+    loop_.Close();  // closes the connection; the session frees everything
   }
 
   Status PostGate(uint64_t stream, Connection::HostFunction fn) {
@@ -99,9 +77,8 @@ class HostCallbackConnectionTest : public ::testing::Test {
   }
 
   std::unique_ptr<backend::GpuBackend> backend_;
-  std::unique_ptr<server::Session> session_;
-  std::thread runner_;
-  std::unique_ptr<Connection> connection_;
+  test::LoopbackConnection loop_;
+  std::unique_ptr<Connection>& connection_ = loop_.connection_ptr();
 };
 
 // What one host function saw.
@@ -181,7 +158,7 @@ TEST_F(HostCallbackConnectionTest, LostConnectionRunsPendingFunctionsWithTheLoss
               }).ok());
   ASSERT_TRUE(PostGate(kStream, second.Record(1)).ok());
   ASSERT_TRUE(first.WaitCalls(1));
-  session_->Stop();
+  loop_.session().Stop();
   release.set_value();
   ASSERT_TRUE(second.WaitCalls(1));
   std::lock_guard<std::mutex> lock(second.mu);

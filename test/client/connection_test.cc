@@ -20,6 +20,7 @@
 #include "common/shm_transport.h"
 #include "server/backend/host/host_backend.h"
 #include "server/session.h"
+#include "test/support/connection_fixture.h"
 
 namespace ferry::client {
 namespace {
@@ -55,10 +56,9 @@ class ConnectionTest : public ::testing::TestWithParam<std::string> {
   }
 
   void TearDown() override {
-    connection_.reset();  // closes the client's end; the session ends
-    if (runner_.joinable()) runner_.join();
-    if (session_) {
-      const server::SessionInfo info = session_->Info();
+    loop_.Close();  // closes the client's end; the session ends
+    if (loop_.has_session()) {
+      const server::SessionInfo info = loop_.session().Info();
       EXPECT_EQ(info.allocations, 0u);
       EXPECT_EQ(info.streams, 0u);
     }
@@ -72,30 +72,10 @@ class ConnectionTest : public ::testing::TestWithParam<std::string> {
       ASSERT_TRUE(MakeTransportPair(&server_side, &client_side).ok());
     }
     auto counted = std::make_unique<CountingTransport>(std::move(client_side), &writes_);
-    Status open_status;
-    std::thread opener([&] {
-      std::unique_ptr<capnp::MessageReader> hello;
-      kj::Array<capnp::word> hello_words;
-      open_status = Connection::Open(std::move(counted), "test-server", Connection::Borrow{},
-                                     &connection_, &hello, &hello_words, options);
-    });
-    // What ferryd's listener does: read the Hello, then run a Session.
-    Frame frame;
-    ASSERT_TRUE(ReadFrame(*server_side, &frame).ok());
-    ASSERT_EQ(frame.kind, wire::FrameKind::HELLO);
-    capnp::FlatArrayMessageReader reader(frame.words, PeerReaderOptions());
-    session_ = std::make_unique<server::Session>(1, std::move(server_side), *backend_,
-                                                 reader.getRoot<wire::Hello>());
-    runner_ = std::thread([this] { session_->Run(); });
-    opener.join();
+    const Status open_status =
+        loop_.Open(*backend_, std::move(server_side), std::move(counted), options);
     ASSERT_TRUE(open_status.ok()) << open_status.ToString();
-    ASSERT_TRUE(connection_
-                    ->Call([](wire::Call::Builder c) {
-                      auto a = c.initCtxCreate();
-                      a.setCtx(kCtx);
-                      a.setDevice(0);
-                    })
-                    .ok());
+    ASSERT_TRUE(loop_.CreateContext(kCtx).ok());
   }
 
   uint64_t Alloc(uint64_t bytes) {
@@ -183,9 +163,8 @@ class ConnectionTest : public ::testing::TestWithParam<std::string> {
   }
 
   std::unique_ptr<backend::GpuBackend> backend_;
-  std::unique_ptr<server::Session> session_;
-  std::thread runner_;
-  std::unique_ptr<Connection> connection_;
+  test::LoopbackConnection loop_;
+  std::unique_ptr<Connection>& connection_ = loop_.connection_ptr();
   std::atomic<int> writes_{0};
 };
 
@@ -391,14 +370,12 @@ TEST_P(ConnectionTest, AsyncCopiesLandWithNobodyWaitingAndAreWaitedForBySynchron
 
 TEST_P(ConnectionTest, EveryCallFailsOnceTheServerIsGone) {
   Connect();
-  session_->Stop();
-  runner_.join();
+  loop_.StopSession();
   Status status = Ping();
   EXPECT_EQ(status.code(), StatusCode::kDisconnected) << status.ToString();
   EXPECT_NE(status.message().find("test-server"), std::string::npos) << status.ToString();
   EXPECT_EQ(Ping().code(), StatusCode::kDisconnected);
   EXPECT_EQ(PostMemset(0, 0, 1).code(), StatusCode::kDisconnected);
-  session_.reset();
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, ConnectionTest, ::testing::Values("socket", "shm"),

@@ -14,6 +14,8 @@
 #include <thread>
 #include <vector>
 
+#include "test/support/wait.h"
+
 namespace ferry {
 namespace {
 
@@ -85,7 +87,13 @@ TEST(ShmTransportTest, ShutdownWakesBlockedCallsOnBothSides) {
     client_write = client->Write(std::span<const ConstBuffer>(
         std::vector<ConstBuffer>{{lots.data(), lots.size()}}.data(), 1));
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  // Shut down once the client's ring is full, so its write is blocked.
+  shm_layout::Header* header = static_cast<ShmTransport&>(*client).TEST_header();
+  EXPECT_TRUE(test::WaitFor(
+      [&] {
+        return header->to_server.head.load() - header->to_server.tail.load() == header->ring_bytes;
+      },
+      std::chrono::seconds(10)));
   server->Shutdown();
   server_reader.join();
   client_writer.join();

@@ -27,17 +27,24 @@
 #include <thread>
 #include <vector>
 
-#include "child_process.h"
 #include "common/frame.h"
 #include "common/shm_transport.h"
 #include "common/transport.h"
 #include "kernel_names.h"
 #include "mini_json.h"
+#include "test/support/child_process.h"
+#include "test/support/ferryd.h"
+#include "test/support/net.h"
+#include "test/support/raw_client.h"
+#include "test/support/wait.h"
 
 namespace ferry::e2e {
 namespace {
 
 using namespace std::chrono_literals;
+using test::ChildProcess;
+using test::ExitStatus;
+using test::Tail;
 
 constexpr auto kReadyTimeout = 10s;     // ferryd writes its ready file
 constexpr auto kStopTimeout = 10s;      // ferryd exits after SIGTERM
@@ -53,19 +60,11 @@ std::string ProgramPath(const std::string& name) {
 // The environment that makes a program use ferry's libcuda.so.1 and the
 // server at `address`.
 std::map<std::string, std::string> ClientEnv(const std::string& address) {
-  std::string library_path = FERRY_E2E_CLIENT_LIB_DIR;
-  if (const char* old = std::getenv("LD_LIBRARY_PATH"); old && *old) {
-    library_path += std::string(":") + old;
-  }
-  return {{"LD_LIBRARY_PATH", library_path}, {"FERRY_SERVER", address}};
+  return test::ClientEnv(FERRY_E2E_CLIENT_LIB_DIR, address);
 }
 
 // A fresh folder for one test's files.
-std::string MakeTestDir() {
-  std::string pattern = ::testing::TempDir() + "ferry-e2e-XXXXXX";
-  if (mkdtemp(pattern.data()) == nullptr) return "";
-  return pattern;
-}
+std::string MakeTestDir() { return test::MakeTempDir("ferry-e2e-"); }
 
 std::vector<std::string> NonEmptyLines(const std::string& text) {
   std::vector<std::string> lines;
@@ -92,6 +91,22 @@ void ExpectPasses(ChildProcess& program) {
       << program.Describe();
 }
 
+// Waits until `program` printed its READY line; false (with a failure) if it
+// ends first or takes longer than kProgramTimeout.
+bool WaitForReady(ChildProcess& program) {
+  bool ended = false;
+  const bool ready = test::WaitFor(
+      [&] {
+        if (program.Stdout().find("READY\n") != std::string::npos) return true;
+        ended = program.Poll();
+        return ended;
+      },
+      kProgramTimeout, kPollInterval);
+  if (ready && !ended) return true;
+  ADD_FAILURE() << (ended ? "exited before READY\n" : "no READY\n") << program.Describe();
+  return false;
+}
+
 // Base for the tests that need a server: starts ferryd (host backend, the
 // e2e host kernels) in SetUp, stops it with SIGTERM in TearDown and expects
 // it to exit 0.
@@ -100,27 +115,13 @@ class FerrydTest : public ::testing::Test {
   void SetUp() override {
     dir_ = MakeTestDir();
     ASSERT_FALSE(dir_.empty()) << "mkdtemp failed";
-    const std::string ready_file = dir_ + "/ready";
     std::string error;
     unix_address_ = "unix:" + dir_ + "/ferryd.sock";
-    ferryd_ = ChildProcess::Start(
-        {FERRY_E2E_FERRYD, "--listen", "127.0.0.1:0", "--listen", unix_address_, "--backend",
-         "host", "--host-kernels", FERRY_E2E_HOST_KERNELS, "--ready-file", ready_file},
-        {}, dir_ + "/ferryd", &error);
-    ASSERT_TRUE(ferryd_.has_value()) << "cannot start ferryd: " << error;
-    const auto deadline = std::chrono::steady_clock::now() + kReadyTimeout;
-    for (;;) {
-      const std::string ready = ReadWholeFile(ready_file);
-      if (!ready.empty() && ready.back() == '\n') {
-        address_ = ready.substr(0, ready.find_last_not_of("\r\n") + 1);
-        break;
-      }
-      ASSERT_FALSE(ferryd_->Poll()) << "ferryd exited before it was ready\n" << ferryd_->Describe();
-      ASSERT_LT(std::chrono::steady_clock::now(), deadline)
-          << "ferryd wrote no ready file in 10 s\n"
-          << ferryd_->Describe();
-      std::this_thread::sleep_for(10ms);
-    }
+    ferryd_ = test::StartFerryd(FERRY_E2E_FERRYD,
+                                {"--listen", "127.0.0.1:0", "--listen", unix_address_, "--backend",
+                                 "host", "--host-kernels", FERRY_E2E_HOST_KERNELS},
+                                dir_, kReadyTimeout, &address_, &error);
+    ASSERT_TRUE(ferryd_.has_value()) << error;
     ASSERT_EQ(address_.rfind("127.0.0.1:", 0), 0u) << "ready file holds \"" << address_ << "\"";
   }
 
@@ -198,17 +199,16 @@ class FerrydTest : public ::testing::Test {
   // Polls ferryctl until it lists no session; fails the test after
   // kSessionGoneTimeout.
   void ExpectNoSessionsSoon(const char* after) {
-    const auto deadline = std::chrono::steady_clock::now() + kSessionGoneTimeout;
     std::string last;
-    for (;;) {
-      std::optional<Status> status = SessionStatus(&last);
-      if (status.has_value()) {
-        if (status->sessions().empty()) return;
-        last = status->text;
-      }
-      if (std::chrono::steady_clock::now() >= deadline) break;
-      std::this_thread::sleep_for(kPollInterval);
-    }
+    const bool gone = test::WaitFor(
+        [&] {
+          std::optional<Status> status = SessionStatus(&last);
+          if (!status.has_value()) return false;
+          last = status->text;
+          return status->sessions().empty();
+        },
+        kSessionGoneTimeout, kPollInterval);
+    if (gone) return;
     ADD_FAILURE() << "sessions remain 10 s after " << after << "; last ferryctl status:\n" << last;
   }
 
@@ -286,12 +286,7 @@ TEST_P(FerrydTransportTest, KilledClientSessionIsFreed) {
   std::optional<ChildProcess> started = StartProgram("hold_and_wait");
   ASSERT_TRUE(started.has_value());
   ChildProcess& holder = *started;
-  const auto deadline = std::chrono::steady_clock::now() + kProgramTimeout;
-  while (holder.Stdout().find("READY\n") == std::string::npos) {
-    ASSERT_FALSE(holder.Poll()) << "exited before READY\n" << holder.Describe();
-    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "no READY\n" << holder.Describe();
-    std::this_thread::sleep_for(kPollInterval);
-  }
+  ASSERT_TRUE(WaitForReady(holder));
 
   std::string why;
   std::optional<Status> status = SessionStatus(&why);
@@ -327,12 +322,7 @@ TEST_F(FerrydTest, ClientKilledWhileAHostCallbackHoldsAStream) {
   std::optional<ChildProcess> started = StartProgram("host_callback_hold");
   ASSERT_TRUE(started.has_value());
   ChildProcess& holder = *started;
-  const auto deadline = std::chrono::steady_clock::now() + kProgramTimeout;
-  while (holder.Stdout().find("READY\n") == std::string::npos) {
-    ASSERT_FALSE(holder.Poll()) << "exited before READY\n" << holder.Describe();
-    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "no READY\n" << holder.Describe();
-    std::this_thread::sleep_for(kPollInterval);
-  }
+  ASSERT_TRUE(WaitForReady(holder));
   std::string why;
   std::optional<Status> status = SessionStatus(&why);
   ASSERT_TRUE(status.has_value()) << why;
@@ -344,24 +334,6 @@ TEST_F(FerrydTest, ClientKilledWhileAHostCallbackHoldsAStream) {
   EXPECT_TRUE(!killed.exited && killed.signal == SIGKILL) << killed.ToString();
   ExpectNoSessionsSoon("SIGKILL of a client whose host function held a stream");
   RunAndExpectPass("host_callbacks");
-}
-
-// A port on 127.0.0.1 where nothing listens: bound, then closed.
-int ClosedPort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return -1;
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  address.sin_port = 0;
-  socklen_t length = sizeof(address);
-  int port = -1;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0) {
-    port = ntohs(address.sin_port);
-  }
-  close(fd);
-  return port;
 }
 
 // Nothing a client sends may stop ferryd: 240 connections, each hostile in
@@ -383,27 +355,11 @@ TEST_P(FerrydTransportTest, HostileClientsNeverStopTheServer) {
       header->to_server.data_event.fetch_add(1);
     }
     // Closing at once, or after a moment, covers both a peer that vanishes
-    // mid-frame and one that waits for an answer.
+    // mid-frame and one that waits for an answer: the pause is the hostile
+    // behaviour under test, not a synchronization.
     if (rng() % 2 == 0) std::this_thread::sleep_for(2ms);
   };
-  auto hello_frame = [&](uint32_t version, int role) {
-    capnp::MallocMessageBuilder message;
-    auto hello = message.initRoot<ferry::wire::Hello>();
-    hello.setProtocolVersion(version);
-    hello.setRole(static_cast<ferry::wire::Hello::Role>(role));
-    auto words = capnp::messageToFlatArray(message);
-    std::vector<uint8_t> frame(ferry::kFrameHeaderBytes, 0);
-    const uint32_t magic = ferry::wire::FRAME_MAGIC;
-    const uint16_t kind = static_cast<uint16_t>(ferry::wire::FrameKind::HELLO);
-    const uint32_t size = static_cast<uint32_t>(words.asBytes().size());
-    std::memcpy(frame.data(), &magic, 4);
-    std::memcpy(frame.data() + 4, &kind, 2);
-    std::memcpy(frame.data() + 8, &size, 4);
-    const auto body = words.asBytes();
-    frame.resize(ferry::kFrameHeaderBytes + body.size());
-    std::memcpy(frame.data() + ferry::kFrameHeaderBytes, body.begin(), body.size());
-    return frame;
-  };
+  const auto hello_frame = test::HelloFrame;
   for (int i = 0; i < 240; ++i) {
     std::vector<uint8_t> bytes;
     switch (i % 6) {
@@ -420,13 +376,8 @@ TEST_P(FerrydTransportTest, HostileClientsNeverStopTheServer) {
         break;
       case 3: {  // a good Hello, then a call batch of noise
         bytes = hello_frame(ferry::wire::PROTOCOL_VERSION, 0);
-        std::vector<uint8_t> header(ferry::kFrameHeaderBytes, 0);
-        const uint32_t magic = ferry::wire::FRAME_MAGIC;
-        const uint16_t kind = static_cast<uint16_t>(ferry::wire::FrameKind::CALL_BATCH);
         const uint32_t size = 8 * (1 + rng() % 64);
-        std::memcpy(header.data(), &magic, 4);
-        std::memcpy(header.data() + 4, &kind, 2);
-        std::memcpy(header.data() + 8, &size, 4);
+        const std::vector<uint8_t> header = test::FrameHeader(wire::FrameKind::CALL_BATCH, size);
         bytes.insert(bytes.end(), header.begin(), header.end());
         for (uint32_t k = 0; k < size; ++k) bytes.push_back(static_cast<uint8_t>(rng()));
         break;
@@ -449,7 +400,7 @@ TEST_P(FerrydTransportTest, HostileClientsNeverStopTheServer) {
 }
 
 TEST(UnreachableServerTest, CallsFailFastWithOneLineNamingTheServer) {
-  const int port = ClosedPort();
+  const int port = test::ClosedLoopbackPort();
   ASSERT_GT(port, 0) << "cannot find a free port";
   const std::string address = "127.0.0.1:" + std::to_string(port);
   const std::string dir = MakeTestDir();

@@ -14,39 +14,14 @@
 #include <cstring>
 
 #include "kernel_types.h"
-#include "server/backend/host/ferry_host_kernel.h"
+#include "test/support/host_kernel.h"
 
-namespace {
+using ferry::test::BlockCount;
+using ferry::test::BlockSize;
+using ferry::test::ForEachThreadX;
+using ferry::test::Param;
 
-// Parameter i of a launch, read as T (memcpy: the bytes may be unaligned).
-template <typename T>
-T Param(void** params, int i) {
-  T value;
-  std::memcpy(&value, params[i], sizeof(T));
-  return value;
-}
-
-unsigned long long BlockCount(const ferry_launch* launch) {
-  return 1ull * launch->grid[0] * launch->grid[1] * launch->grid[2];
-}
-
-unsigned long long BlockSize(const ferry_launch* launch) {
-  return 1ull * launch->block[0] * launch->block[1] * launch->block[2];
-}
-
-// Calls body(i) for each linear thread index i = blockIdx.x * blockDim.x +
-// threadIdx.x of a one-dimensional launch.
-template <typename Body>
-void ForEachThreadX(const ferry_launch* launch, Body body) {
-  const long long total = 1ll * launch->grid[0] * launch->block[0];
-  for (long long i = 0; i < total; ++i) body(i);
-}
-
-}  // namespace
-
-#define FERRY_E2E_HOST_KERNEL(mangled)                                         \
-  extern "C" __attribute__((visibility("default"))) void ferry_host_##mangled( \
-      const ferry_launch* launch, void** params)
+#define FERRY_E2E_HOST_KERNEL(mangled) FERRY_TEST_HOST_KERNEL(mangled)
 
 // vector_add(const float* a, const float* b, float* c, int n)
 FERRY_E2E_HOST_KERNEL(_Z10vector_addPKfS0_Pfi) {

@@ -14,13 +14,15 @@
 #include <string>
 #include <vector>
 
-#include "child_process.h"
 #include "kernel_names.h"
 #include "kernel_types.h"
 #include "server/backend/host/ferry_host_kernel.h"
+#include "test/support/child_process.h"
 
 namespace ferry::e2e {
 namespace {
+
+using test::ReadWholeFile;
 
 std::string ImagePath(const char* file) { return std::string(FERRY_E2E_IMAGE_DIR) + "/" + file; }
 

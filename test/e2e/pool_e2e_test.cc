@@ -23,15 +23,21 @@
 #include <tuple>
 #include <vector>
 
-#include "child_process.h"
 #include "common/frame.h"
 #include "common/transport.h"
 #include "mini_json.h"
+#include "test/support/child_process.h"
+#include "test/support/ferryd.h"
+#include "test/support/pool_config.h"
+#include "test/support/wait.h"
 
 namespace ferry::e2e {
 namespace {
 
 using namespace std::chrono_literals;
+using test::ChildProcess;
+using test::ExitStatus;
+using test::Tail;
 
 constexpr auto kReadyTimeout = 10s;
 constexpr auto kStopTimeout = 10s;
@@ -41,47 +47,20 @@ constexpr auto kPollInterval = 30ms;
 
 constexpr uint64_t kGpuMemory = 64ull << 20;  // [[gpu]] memory = "64MiB"
 
-// The issue's day/night example on one 64 MiB GPU, in Shanghai time.
+// The day/night example on one 64 MiB GPU, in Shanghai time.
 std::string DayNightConfig(const std::string& night_policy) {
-  return std::string(R"(
-[server]
-backend = "host"
-default_pool = "dev"
-host_kernels = [")") +
-         FERRY_E2E_HOST_KERNELS + R"("]
-
-[[gpu]]
-index = 0
-memory = "64MiB"
-
-[pool.dev]
-slices_per_gpu = 4
-[pool.train]
-slices_per_gpu = 1
-
-[[schedule]]
-pool = "dev"
-gpus = [0]
-from = 08:00:00
-to = 20:00:00
-timezone = "Asia/Shanghai"
-[[schedule]]
-pool = "train"
-gpus = [0]
-from = 20:00:00
-to = 08:00:00
-timezone = "Asia/Shanghai"
-)" + night_policy;
+  test::DayNightConfig config;
+  config.server_keys =
+      std::string("backend = \"host\"\nhost_kernels = [\"") + FERRY_E2E_HOST_KERNELS + "\"]\n";
+  config.gpu_memory = "64MiB";
+  config.night_policy = night_policy;
+  return test::DayNightToml(config);
 }
 
 // 19:59:00 in Shanghai, one minute before the night window.
 constexpr char kBeforeNight[] = "2026-03-10T19:59:00+08:00";
 
-std::string MakeTestDir() {
-  std::string pattern = ::testing::TempDir() + "ferry-pool-e2e-XXXXXX";
-  if (mkdtemp(pattern.data()) == nullptr) return "";
-  return pattern;
-}
+std::string MakeTestDir() { return test::MakeTempDir("ferry-pool-e2e-"); }
 
 double Number(const JsonValue* object, const char* key) {
   if (object == nullptr) return -1;
@@ -123,8 +102,7 @@ class PoolTest : public ::testing::Test {
   }
 
   void WriteConfig(const std::string& text) {
-    std::ofstream out(config_path_, std::ios::trunc);
-    out << text;
+    ASSERT_TRUE(test::WriteTextFile(config_path_, text)) << config_path_;
   }
 
   // Starts ferryd on `config` (optionally on the fake clock) and waits for
@@ -134,38 +112,18 @@ class PoolTest : public ::testing::Test {
     ASSERT_FALSE(dir_.empty());
     config_path_ = dir_ + "/ferryd.toml";
     WriteConfig(config);
-    const std::string ready_file = dir_ + "/ready";
-    std::vector<std::string> argv = {FERRY_E2E_FERRYD, "--config",     config_path_, "--listen",
-                                     "127.0.0.1:0",    "--ready-file", ready_file};
+    std::vector<std::string> args = {"--config", config_path_, "--listen", "127.0.0.1:0"};
     if (fake_clock != nullptr) {
-      argv.push_back("--test-fake-clock");
-      argv.push_back(fake_clock);
+      args.push_back("--test-fake-clock");
+      args.push_back(fake_clock);
     }
     std::string error;
-    ferryd_ = ChildProcess::Start(argv, {}, dir_ + "/ferryd", &error);
+    ferryd_ = test::StartFerryd(FERRY_E2E_FERRYD, args, dir_, kReadyTimeout, &address_, &error);
     ASSERT_TRUE(ferryd_.has_value()) << error;
-    const auto deadline = std::chrono::steady_clock::now() + kReadyTimeout;
-    for (;;) {
-      const std::string ready = ReadWholeFile(ready_file);
-      if (!ready.empty() && ready.back() == '\n') {
-        address_ = ready.substr(0, ready.find_last_not_of("\r\n") + 1);
-        return;
-      }
-      ASSERT_FALSE(ferryd_->Poll()) << "ferryd exited\n" << ferryd_->Describe();
-      ASSERT_LT(std::chrono::steady_clock::now(), deadline) << ferryd_->Describe();
-      std::this_thread::sleep_for(10ms);
-    }
   }
 
   std::map<std::string, std::string> ClientEnv(const std::map<std::string, std::string>& extra) {
-    std::string library_path = FERRY_E2E_CLIENT_LIB_DIR;
-    if (const char* old = std::getenv("LD_LIBRARY_PATH"); old && *old) {
-      library_path += std::string(":") + old;
-    }
-    std::map<std::string, std::string> env = {{"LD_LIBRARY_PATH", library_path},
-                                              {"FERRY_SERVER", address_}};
-    for (const auto& [k, v] : extra) env[k] = v;
-    return env;
+    return test::ClientEnv(FERRY_E2E_CLIENT_LIB_DIR, address_, extra);
   }
 
   // Starts `pool_client hold` as `name`; it releases its slice when the file
@@ -189,21 +147,19 @@ class PoolTest : public ::testing::Test {
   // Waits until `program` printed `text`; false (with a failure) if it
   // exits or takes too long.
   bool WaitForOutput(ChildProcess& program, const std::string& text) {
-    const auto deadline = std::chrono::steady_clock::now() + kProgramTimeout;
-    while (program.Stdout().find(text) == std::string::npos) {
-      if (program.Poll() && program.Stdout().find(text) == std::string::npos) {
-        ADD_FAILURE() << program.name() << " ended before printing \"" << text << "\"\n"
-                      << program.Describe();
-        return false;
-      }
-      if (std::chrono::steady_clock::now() >= deadline) {
-        ADD_FAILURE() << program.name() << " did not print \"" << text << "\"\n"
-                      << program.Describe();
-        return false;
-      }
-      std::this_thread::sleep_for(kPollInterval);
-    }
-    return true;
+    bool ended = false;
+    const bool printed = test::WaitFor(
+        [&] {
+          if (program.Stdout().find(text) != std::string::npos) return true;
+          ended = program.Poll() && program.Stdout().find(text) == std::string::npos;
+          return ended;
+        },
+        kProgramTimeout, kPollInterval);
+    if (printed && !ended) return true;
+    ADD_FAILURE() << program.name() << (ended ? " ended before printing \"" : " did not print \"")
+                  << text << "\"\n"
+                  << program.Describe();
+    return false;
   }
 
   // Runs ferryctl with `args`; its exit code and output.
@@ -234,14 +190,14 @@ class PoolTest : public ::testing::Test {
 
   // Polls the pool status until `done` holds; fails after a bound.
   void WaitForPool(const std::string& what, const std::function<bool(const JsonValue&)>& done) {
-    const auto deadline = std::chrono::steady_clock::now() + kConditionTimeout;
     std::string text;
-    for (;;) {
-      std::optional<JsonValue> pool = PoolStatus(&text);
-      if (pool.has_value() && done(*pool)) return;
-      if (std::chrono::steady_clock::now() >= deadline) break;
-      std::this_thread::sleep_for(kPollInterval);
-    }
+    const bool reached = test::WaitFor(
+        [&] {
+          std::optional<JsonValue> pool = PoolStatus(&text);
+          return pool.has_value() && done(*pool);
+        },
+        kConditionTimeout, kPollInterval);
+    if (reached) return;
     ADD_FAILURE() << "the pool never reached: " << what << "; last status:\n" << text;
   }
 
@@ -351,11 +307,9 @@ TEST_F(PoolTest, AWaiterIsServedWhenAKilledHolderReturnsItsSlice) {
   });
   EXPECT_TRUE(waiter->running());
   // The waiting client logs its place in the queue.
-  const auto deadline = std::chrono::steady_clock::now() + kConditionTimeout;
-  while (waiter->Stderr().find("position 1 in the queue") == std::string::npos &&
-         std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(kPollInterval);
-  }
+  test::WaitFor(
+      [&] { return waiter->Stderr().find("position 1 in the queue") != std::string::npos; },
+      kConditionTimeout, kPollInterval);
   EXPECT_NE(waiter->Stderr().find("position 1 in the queue"), std::string::npos)
       << waiter->Describe();
 
@@ -475,16 +429,15 @@ TEST_F(PoolTest, ReloadWithABadFileKeepsTheOldConfig) {
   WriteConfig(bad);
   std::string out, err;
   EXPECT_EQ(Ferryctl({"reload"}, &out, &err), 1);
-  EXPECT_NE(err.find(config_path_ + ":13: pool.dev.slice_memory: unknown key"), std::string::npos)
-      << err;
+  const std::string where =
+      config_path_ + ":" + std::to_string(test::LineOf(bad, "slice_memory")) + ":";
+  EXPECT_NE(err.find(where + " pool.dev.slice_memory: unknown key"), std::string::npos) << err;
   EXPECT_NE(err.find("the old config stays"), std::string::npos) << err;
   // SIGHUP with the bad file: rejected too, ferryd lives on.
   ferryd_->Kill(SIGHUP);
-  const auto deadline = std::chrono::steady_clock::now() + kConditionTimeout;
-  while (ferryd_->Stderr().find("SIGHUP: reload rejected") == std::string::npos &&
-         std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(kPollInterval);
-  }
+  test::WaitFor(
+      [&] { return ferryd_->Stderr().find("SIGHUP: reload rejected") != std::string::npos; },
+      kConditionTimeout, kPollInterval);
   EXPECT_NE(ferryd_->Stderr().find("SIGHUP: reload rejected"), std::string::npos);
   std::optional<JsonValue> pool = PoolStatus(&out);
   ASSERT_TRUE(pool.has_value()) << out;
@@ -618,14 +571,15 @@ TEST_F(PoolTest, HostileBorrowersNeverStopTheServerOrKeepASlice) {
     switch (rng() % 3) {
       case 0:  // vanish at once
         break;
-      case 1:  // wait a moment (granted or queued), then vanish
+      case 1:  // wait a moment (granted or queued), then vanish: the pause is the
+               // hostile behaviour under test, not a synchronization
         std::this_thread::sleep_for(5ms);
         break;
       case 2: {  // talk out of turn
         const uint8_t noise[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
         ConstBuffer b{noise, sizeof(noise)};
         (void)t->Write(std::span<const ConstBuffer>(&b, 1));
-        std::this_thread::sleep_for(2ms);
+        std::this_thread::sleep_for(2ms);  // as case 1: the behaviour under test
         break;
       }
     }

@@ -12,32 +12,14 @@
 #include <cstring>
 
 #include "runtime_types.h"
-#include "server/backend/host/ferry_host_kernel.h"
+#include "test/support/host_kernel.h"
 
 namespace {
 
-// Parameter i of a launch, read as T (memcpy: the bytes may be unaligned).
-template <typename T>
-T Param(void** params, int i) {
-  T value;
-  std::memcpy(&value, params[i], sizeof(T));
-  return value;
-}
-
-unsigned long long Blocks(const ferry_launch* launch) {
-  return 1ull * launch->grid[0] * launch->grid[1] * launch->grid[2];
-}
-unsigned long long ThreadsPerBlock(const ferry_launch* launch) {
-  return 1ull * launch->block[0] * launch->block[1] * launch->block[2];
-}
-
-// Calls body(i) for i = blockIdx.x * blockDim.x + threadIdx.x over a
-// one-dimensional launch.
-template <typename Body>
-void ForEachThreadX(const ferry_launch* launch, Body body) {
-  const long long total = 1ll * launch->grid[0] * launch->block[0];
-  for (long long i = 0; i < total; ++i) body(i);
-}
+using ferry::test::BlockCount;
+using ferry::test::BlockSize;
+using ferry::test::ForEachThreadX;
+using ferry::test::Param;
 
 template <typename T>
 void Scale(const ferry_launch* launch, void** params) {
@@ -51,9 +33,7 @@ void Scale(const ferry_launch* launch, void** params) {
 
 }  // namespace
 
-#define FERRY_RT_HOST_KERNEL(mangled)                                          \
-  extern "C" __attribute__((visibility("default"))) void ferry_host_##mangled( \
-      const ferry_launch* launch, void** params)
+#define FERRY_RT_HOST_KERNEL(mangled) FERRY_TEST_HOST_KERNEL(mangled)
 
 // rt_vector_add(const float* a, const float* b, float* c, int n)
 FERRY_RT_HOST_KERNEL(_Z13rt_vector_addPKfS0_Pfi) {
@@ -68,7 +48,7 @@ FERRY_RT_HOST_KERNEL(_Z13rt_vector_addPKfS0_Pfi) {
 
 // rt_padded(char tag, RtPadded p, long long* out)
 FERRY_RT_HOST_KERNEL(_Z9rt_paddedc8RtPaddedPx) {
-  if (Blocks(launch) == 0 || ThreadsPerBlock(launch) == 0) return;
+  if (BlockCount(launch) == 0 || BlockSize(launch) == 0) return;
   const RtPadded p = Param<RtPadded>(params, 1);
   auto* out = Param<long long*>(params, 2);
   out[0] = Param<char>(params, 0);
@@ -81,7 +61,7 @@ FERRY_RT_HOST_KERNEL(_Z9rt_paddedc8RtPaddedPx) {
 //         const int* g, RtFloat3 h, unsigned char i, short k,
 //         unsigned long long l, double* out)
 FERRY_RT_HOST_KERNEL(_Z7rt_manycsixfdPKi8RtFloat3hsyPd) {
-  if (Blocks(launch) == 0 || ThreadsPerBlock(launch) == 0) return;
+  if (BlockCount(launch) == 0 || BlockSize(launch) == 0) return;
   const RtFloat3 h = Param<RtFloat3>(params, 7);
   const double v[11] = {static_cast<double>(Param<char>(params, 0)),
                         static_cast<double>(Param<short>(params, 1)),
@@ -110,7 +90,7 @@ FERRY_RT_HOST_KERNEL(_Z8rt_scaleIdEvPT_S0_i) { Scale<double>(launch, params); }
 // rt_geometry(unsigned* out)
 FERRY_RT_HOST_KERNEL(_Z11rt_geometryPj) {
   auto* out = Param<unsigned*>(params, 0);
-  const unsigned long long threads = Blocks(launch) * ThreadsPerBlock(launch);
+  const unsigned long long threads = BlockCount(launch) * BlockSize(launch);
   if (threads == 0) return;
   for (int k = 0; k < 3; ++k) {
     out[k] = launch->grid[k];

@@ -30,13 +30,14 @@
 #include <thread>
 #include <vector>
 
-#include "child_process.h"
+#include "test/support/child_process.h"
+#include "test/support/ferryd.h"
 
 namespace {
 
 using namespace std::chrono_literals;
-using ferry::e2e::ChildProcess;
-using ferry::e2e::ExitStatus;
+using ferry::test::ChildProcess;
+using ferry::test::ExitStatus;
 
 constexpr auto kReadyTimeout = 10s;
 constexpr auto kProgramTimeout = 60s;
@@ -90,24 +91,13 @@ bool ParseOptions(int argc, char** argv, Options* out) {
 // Runs the whole check; returns an empty string on success, else what failed.
 std::string Run(const Options& options, std::optional<ChildProcess>& ferryd,
                 std::optional<ChildProcess>& program) {
-  const std::string ready_file = options.work_dir + "/ready";
   std::string error;
-  ferryd = ChildProcess::Start({options.ferryd, "--listen", "127.0.0.1:0", "--backend", "host",
-                                "--host-kernels", options.host_kernels, "--ready-file", ready_file},
-                               {}, options.work_dir + "/ferryd", &error);
-  if (!ferryd.has_value()) return "cannot start ferryd: " + error;
   std::string address;
-  const auto deadline = std::chrono::steady_clock::now() + kReadyTimeout;
-  for (;;) {
-    const std::string ready = ferry::e2e::ReadWholeFile(ready_file);
-    if (!ready.empty() && ready.back() == '\n') {
-      address = ready.substr(0, ready.find_last_not_of("\r\n") + 1);
-      break;
-    }
-    if (ferryd->Poll()) return "ferryd exited before it was ready";
-    if (std::chrono::steady_clock::now() >= deadline) return "ferryd wrote no ready file in 10 s";
-    std::this_thread::sleep_for(10ms);
-  }
+  ferryd = ferry::test::StartFerryd(
+      options.ferryd,
+      {"--listen", "127.0.0.1:0", "--backend", "host", "--host-kernels", options.host_kernels},
+      options.work_dir, kReadyTimeout, &address, &error);
+  if (!ferryd.has_value()) return error;
 
   std::map<std::string, std::string> env = options.env;
   std::string library_path = options.library_path;
@@ -184,7 +174,7 @@ int main(int argc, char** argv) {
   std::cout << "FAIL " << options.program[0] << ":\n" << failures << "\n";
   if (program.has_value()) std::cout << program->Describe() << "\n";
   if (ferryd.has_value()) {
-    std::cout << "ferryd log:\n" << ferry::e2e::Tail(ferryd->Stderr(), 12000) << "\n";
+    std::cout << "ferryd log:\n" << ferry::test::Tail(ferryd->Stderr(), 12000) << "\n";
   }
   std::cout << "files kept in " << options.work_dir << "\n";
   return 1;

@@ -15,14 +15,15 @@
 #include <thread>
 #include <vector>
 
-#include "child_process.h"
+#include "test/support/child_process.h"
+#include "test/support/ferryd.h"
 
 namespace ferry {
 namespace {
 
 using namespace std::chrono_literals;
-using e2e::ChildProcess;
-using e2e::ExitStatus;
+using test::ChildProcess;
+using test::ExitStatus;
 
 constexpr auto kRunTimeout = 10s;    // one ferryctl or ferryd that exits at once
 constexpr auto kReadyTimeout = 10s;  // ferryd writes its ready file
@@ -80,25 +81,12 @@ class CliTest : public ::testing::Test {
   // Starts ferryd (host backend, two TCP listeners on port 0, given as
   // --flag=value and --flag value) and waits for its ready file.
   void StartFerryd() {
-    const std::string ready_file = dir_ + "/ready";
     std::string error;
-    ferryd_ =
-        ChildProcess::Start({FERRY_TEST_FERRYD, "--listen=127.0.0.1:0", "--listen", "127.0.0.1:0",
-                             "--backend=host", "--host-devices", "2", "--ready-file", ready_file},
-                            {}, dir_ + "/ferryd", &error);
+    ferryd_ = test::StartFerryd(FERRY_TEST_FERRYD,
+                                {"--listen=127.0.0.1:0", "--listen", "127.0.0.1:0",
+                                 "--backend=host", "--host-devices", "2"},
+                                dir_ + "/ferryd", kReadyTimeout, &address_, &error);
     ASSERT_TRUE(ferryd_.has_value()) << "cannot start ferryd: " << error;
-    const auto deadline = std::chrono::steady_clock::now() + kReadyTimeout;
-    for (;;) {
-      const std::string ready = e2e::ReadWholeFile(ready_file);
-      if (!ready.empty() && ready.back() == '\n') {
-        address_ = ready.substr(0, ready.size() - 1);
-        break;
-      }
-      ASSERT_FALSE(ferryd_->Poll()) << "ferryd exited before it was ready\n" << ferryd_->Describe();
-      ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "no ready file in 10 s\n"
-                                                            << ferryd_->Describe();
-      std::this_thread::sleep_for(10ms);  // polling the file, bounded by the deadline
-    }
   }
 
   void StopFerryd() {

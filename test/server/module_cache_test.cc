@@ -17,6 +17,7 @@
 #include "common/frame.h"
 #include "server/backend/host/host_backend.h"
 #include "server/session.h"
+#include "test/support/raw_client.h"
 
 namespace ferry::server {
 namespace {
@@ -109,21 +110,15 @@ class CachedSession {
     session_ = std::make_unique<Session>(id, std::move(server_side), backend,
                                          hello.initRoot<wire::Hello>().asReader(), cache);
     runner_ = std::thread([this] { session_->Run(); });
-    client_ = std::move(client_side);
+    client_ = std::make_unique<test::RawClient>(std::move(client_side));
     Frame frame;
-    EXPECT_TRUE(ReadFrame(*client_, &frame).ok());
-    capnp::MallocMessageBuilder message;
-    auto call = message.initRoot<wire::Call>();
-    call.setSeq(next_seq_++);
-    call.setWantsReply(true);
-    auto args = call.initCtxCreate();
-    args.setCtx(1);
-    EXPECT_TRUE(WriteFrame(*client_, wire::FrameKind::CALL_BATCH, message).ok());
-    EXPECT_TRUE(ReadFrame(*client_, &frame).ok());
+    EXPECT_TRUE(ReadFrame(client_->transport(), &frame).ok());  // the HelloReply
+    EXPECT_TRUE(
+        client_->Call([](wire::Call::Builder c) { c.initCtxCreate().setCtx(1); }).status.ok());
   }
 
   ~CachedSession() {
-    client_->Shutdown();
+    client_->transport().Shutdown();
     runner_.join();
   }
 
@@ -131,44 +126,30 @@ class CachedSession {
   // none) and `image` as bulk (empty: none).
   LoadResult Load(uint64_t id, const std::vector<uint8_t>& hash, uint64_t image_bytes,
                   const std::string& image, bool library = false) {
-    capnp::MallocMessageBuilder message;
-    auto call = message.initRoot<wire::Call>();
-    call.setSeq(next_seq_++);
-    call.setWantsReply(true);
-    call.setBulkBytes(image.size());
-    if (library) {
-      auto args = call.initLibraryLoad();
-      args.setLibrary(id);
-      if (!hash.empty()) {
-        args.setImageHash(kj::arrayPtr(hash.data(), hash.size()));
-        args.setImageBytes(image_bytes);
-      }
-    } else {
-      auto args = call.initModuleLoad();
-      args.setCtx(1);
-      args.setModule(id);
-      if (!hash.empty()) {
-        args.setImageHash(kj::arrayPtr(hash.data(), hash.size()));
-        args.setImageBytes(image_bytes);
-      }
-    }
-    ConstBuffer bulk{image.data(), image.size()};
-    EXPECT_TRUE(WriteFrame(*client_, wire::FrameKind::CALL_BATCH, message,
-                           image.empty() ? std::span<const ConstBuffer>()
-                                         : std::span<const ConstBuffer>(&bulk, 1))
-                    .ok());
-    Frame frame;
+    const test::ReplyResult reply = client_->Call(
+        [&](wire::Call::Builder call) {
+          if (library) {
+            auto args = call.initLibraryLoad();
+            args.setLibrary(id);
+            if (!hash.empty()) {
+              args.setImageHash(kj::arrayPtr(hash.data(), hash.size()));
+              args.setImageBytes(image_bytes);
+            }
+          } else {
+            auto args = call.initModuleLoad();
+            args.setCtx(1);
+            args.setModule(id);
+            if (!hash.empty()) {
+              args.setImageHash(kj::arrayPtr(hash.data(), hash.size()));
+              args.setImageBytes(image_bytes);
+            }
+          }
+        },
+        std::vector<uint8_t>(image.begin(), image.end()));
     LoadResult result;
-    result.status = ReadFrame(*client_, &frame);
-    if (!result.status.ok()) return result;
-    capnp::FlatArrayMessageReader reader(frame.words, PeerReaderOptions());
-    auto reply = reader.getRoot<wire::Reply>();
-    result.status = StatusFromWire(reply.getStatus());
-    result.not_cached = reply.getImageNotCached();
-    if (reply.isModuleLoad()) {
-      for (auto k : reply.getModuleLoad().getKernels())
-        result.kernels.push_back(k.getName().cStr());
-    }
+    result.status = reply.status;
+    result.not_cached = reply.image_not_cached;
+    result.kernels = reply.kernels;
     return result;
   }
 
@@ -177,8 +158,7 @@ class CachedSession {
  private:
   std::unique_ptr<Session> session_;
   std::thread runner_;
-  std::unique_ptr<Transport> client_;
-  uint64_t next_seq_ = 1;
+  std::unique_ptr<test::RawClient> client_;
 };
 
 std::vector<uint8_t> HashBytes(const std::string& image) {

@@ -20,133 +20,15 @@
 #include "common/frame.h"
 #include "server/backend/cuda/cuda_backend.h"
 #include "server/backend/host/host_backend.h"
+#include "test/support/observed_transport.h"
+#include "test/support/raw_client.h"
+#include "test/support/wait.h"
 
 namespace ferry::server {
 namespace {
 
-struct ReplyResult {
-  Status status;
-  uint64_t seq = 0;
-  uint64_t latched_from = 0;
-  int64_t value = 0;
-  uint64_t dptr = 0;
-  uint64_t bytes = 0;                // moduleGetGlobal
-  std::vector<int64_t> values;       // occupancyMaxActiveBlocks
-  std::vector<std::string> kernels;  // moduleLoad / libraryLoad
-  std::vector<uint8_t> bulk;
-  bool gate_reached = false;  // a hostGate's answer
-  bool held = false;
-  bool stream_failed = false;
-};
-
-// The client side of a session, one frame at a time.
-class RawClient {
- public:
-  explicit RawClient(std::unique_ptr<Transport> transport) : transport_(std::move(transport)) {}
-
-  // Sends one call in its own batch frame; the write must succeed.
-  uint64_t Send(const std::function<void(wire::Call::Builder)>& fill, bool wants_reply,
-                const std::vector<uint8_t>& bulk = {}) {
-    uint64_t seq = 0;
-    EXPECT_TRUE(TrySend(fill, wants_reply, bulk, &seq).ok());
-    return seq;
-  }
-
-  // Sends one call; the peer may already have closed the connection.
-  Status TrySend(const std::function<void(wire::Call::Builder)>& fill, bool wants_reply,
-                 const std::vector<uint8_t>& bulk, uint64_t* seq_out) {
-    capnp::MallocMessageBuilder message;
-    auto call = message.initRoot<wire::Call>();
-    fill(call);
-    const uint64_t seq = next_seq_++;
-    call.setSeq(seq);
-    call.setWantsReply(wants_reply);
-    call.setBulkBytes(bulk.size());
-    ConstBuffer b{bulk.data(), bulk.size()};
-    *seq_out = seq;
-    return WriteFrame(
-        *transport_, wire::FrameKind::CALL_BATCH, message,
-        bulk.empty() ? std::span<const ConstBuffer>() : std::span<const ConstBuffer>(&b, 1));
-  }
-
-  ReplyResult Read() {
-    ReplyResult result;
-    Frame frame;
-    Status status = ReadFrame(*transport_, &frame);
-    if (!status.ok()) {
-      result.status = status;
-      return result;
-    }
-    capnp::FlatArrayMessageReader reader(frame.words, PeerReaderOptions());
-    auto reply = reader.getRoot<wire::Reply>();
-    result.status = StatusFromWire(reply.getStatus());
-    result.seq = reply.getSeq();
-    result.latched_from = reply.getLatchedFromSeq();
-    if (reply.isValue()) result.value = reply.getValue();
-    if (reply.isMemAlloc()) result.dptr = reply.getMemAlloc().getDptr();
-    if (reply.isModuleGetGlobal()) {
-      result.dptr = reply.getModuleGetGlobal().getDptr();
-      result.bytes = reply.getModuleGetGlobal().getBytes();
-    }
-    if (reply.isValues()) {
-      for (int64_t v : reply.getValues()) result.values.push_back(v);
-    }
-    if (reply.isModuleLoad()) {
-      for (auto k : reply.getModuleLoad().getKernels())
-        result.kernels.push_back(k.getName().cStr());
-    }
-    if (reply.isGateReached()) {
-      result.gate_reached = true;
-      result.held = reply.getGateReached().getHeld();
-      result.stream_failed = reply.getGateReached().getStreamFailed();
-    }
-    if (frame.bulk.size > 0)
-      result.bulk.assign(frame.bulk.data.get(), frame.bulk.data.get() + frame.bulk.size);
-    return result;
-  }
-
-  // Read, bounded: past `timeout` the connection is shut down and the result
-  // says that nothing came.
-  ReplyResult ReadWithin(std::chrono::seconds timeout = std::chrono::seconds(10)) {
-    auto future = std::async(std::launch::async, [this] { return Read(); });
-    if (future.wait_for(timeout) == std::future_status::ready) return future.get();
-    transport_->Shutdown();
-    ReplyResult r = future.get();
-    r.status = Status::Internal("no reply within " + std::to_string(timeout.count()) + " s");
-    return r;
-  }
-
-  ReplyResult Call(const std::function<void(wire::Call::Builder)>& fill,
-                   const std::vector<uint8_t>& bulk = {}) {
-    const uint64_t seq = Send(fill, true, bulk);
-    ReplyResult r = ReadWithin();
-    EXPECT_EQ(r.seq, seq);
-    return r;
-  }
-
-  // A hostGate call on (ctx, stream); returns its seq.
-  uint64_t SendGate(uint64_t ctx, uint64_t stream, bool wants_reply = false) {
-    return Send(
-        [&](wire::Call::Builder c) {
-          auto a = c.initHostGate();
-          a.setCtx(ctx);
-          a.setStream(stream);
-        },
-        wants_reply);
-  }
-  // A gateOpen frame for the gate of hostGate call `seq`.
-  void OpenGate(uint64_t seq) {
-    capnp::MallocMessageBuilder message;
-    message.initRoot<wire::GateOpen>().setGate(seq);
-    EXPECT_TRUE(WriteFrame(*transport_, wire::FrameKind::GATE_OPEN, message).ok());
-  }
-
-  Transport& transport() { return *transport_; }
-
- private:
-  std::unique_ptr<Transport> transport_;
-  uint64_t next_seq_ = 1;
-};
+using test::RawClient;
+using test::ReplyResult;
 
 class SessionTest : public ::testing::Test {
  protected:
@@ -161,13 +43,17 @@ class SessionTest : public ::testing::Test {
   void StartSession() {
     std::unique_ptr<Transport> server_side, client_side;
     ASSERT_TRUE(MakeTransportPair(&server_side, &client_side).ok());
+    auto observed_server = std::make_unique<test::ObservedTransport>(std::move(server_side));
+    auto observed_client = std::make_unique<test::ObservedTransport>(std::move(client_side));
+    server_observed_ = observed_server.get();
+    client_observed_ = observed_client.get();
     capnp::MallocMessageBuilder hello;
     auto h = hello.initRoot<wire::Hello>();
     h.setPid(7);
     h.setProgram("session_test");
-    session_ = std::make_unique<Session>(1, std::move(server_side), *backend_, h.asReader());
+    session_ = std::make_unique<Session>(1, std::move(observed_server), *backend_, h.asReader());
     runner_ = std::thread([this] { session_->Run(); });
-    client_ = std::make_unique<RawClient>(std::move(client_side));
+    client_ = std::make_unique<RawClient>(std::move(observed_client));
     Frame frame;
     ASSERT_TRUE(ReadFrame(client_->transport(), &frame).ok());
     ASSERT_EQ(frame.kind, wire::FrameKind::HELLO_REPLY);
@@ -277,6 +163,21 @@ class SessionTest : public ::testing::Test {
   std::unique_ptr<Session> session_;
   std::thread runner_;
   std::unique_ptr<RawClient> client_;
+  // The session's and the client's ends, owned by the session and client_:
+  // how far each has read and written, for waits on the session's progress.
+  test::ObservedTransport* server_observed_ = nullptr;
+  test::ObservedTransport* client_observed_ = nullptr;
+
+  // Waits until the session has read every byte the client wrote and is
+  // reading again: it has taken every call sent so far off the connection.
+  bool SessionReadEverything() {
+    return test::WaitFor(
+        [&] {
+          return server_observed_->bytes_read() == client_observed_->bytes_written() &&
+                 server_observed_->reading();
+        },
+        std::chrono::seconds(10));
+  }
 };
 
 TEST_F(SessionTest, CopiesRoundTrip) {
@@ -654,14 +555,8 @@ TEST_F(SessionTest, GateOpenForNoGateIsHarmless) {
 TEST_F(SessionTest, MalformedGateOpenClosesTheSession) {
   CreateContext();
   const uint64_t words[2] = {0xffffffffffffffffull, 0x1234};
-  uint8_t header[kFrameHeaderBytes] = {};
-  const uint32_t magic = wire::FRAME_MAGIC;
-  const uint16_t kind = static_cast<uint16_t>(wire::FrameKind::GATE_OPEN);
-  const uint32_t message_bytes = sizeof(words);
-  std::memcpy(header, &magic, 4);
-  std::memcpy(header + 4, &kind, 2);
-  std::memcpy(header + 8, &message_bytes, 4);
-  ConstBuffer buffers[2] = {{header, sizeof(header)}, {words, sizeof(words)}};
+  const std::vector<uint8_t> header = test::FrameHeader(wire::FrameKind::GATE_OPEN, sizeof(words));
+  ConstBuffer buffers[2] = {{header.data(), header.size()}, {words, sizeof(words)}};
   ASSERT_TRUE(client_->transport().Write(buffers).ok());
   EXPECT_FALSE(client_->ReadWithin().status.ok());  // closed
 }
@@ -683,10 +578,10 @@ TEST_F(SessionTest, DisconnectWithAClosedGateFreesEverything) {
         a.setStream(kHeld);
       },
       false);
-  // Queued behind the blocked destroy, never answered; the pause lets the
-  // executor get into the destroy before the connection ends.
+  // Queued behind the blocked destroy, never answered. The connection ends
+  // only once the session has taken both calls off it.
   client_->Send([&](wire::Call::Builder c) { c.setPing(); }, true);
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_TRUE(SessionReadEverything());
   EXPECT_EQ(session_->Info().streams, 1u);
 }
 
@@ -724,14 +619,9 @@ TEST_F(SessionTest, GarbageMessagesNeverCrashTheServer) {
     for (int flips = 1 + static_cast<int>(rng() % 8); flips > 0; --flips) {
       bytes[8 + rng() % (n - 8)] ^= static_cast<uint8_t>(1u << (rng() % 8));
     }
-    uint8_t header[kFrameHeaderBytes] = {};
-    const uint32_t magic = wire::FRAME_MAGIC;
-    const uint16_t kind = static_cast<uint16_t>(wire::FrameKind::CALL_BATCH);
-    const uint32_t message_bytes = static_cast<uint32_t>(n);
-    std::memcpy(header, &magic, 4);
-    std::memcpy(header + 4, &kind, 2);
-    std::memcpy(header + 8, &message_bytes, 4);
-    ConstBuffer buffers[2] = {{header, sizeof(header)}, {bytes, n}};
+    const std::vector<uint8_t> header =
+        test::FrameHeader(wire::FrameKind::CALL_BATCH, static_cast<uint32_t>(n));
+    ConstBuffer buffers[2] = {{header.data(), header.size()}, {bytes, n}};
     ASSERT_TRUE(client_->transport().Write(buffers).ok());
     // Whatever the frame said, the session answers it or closes the
     // connection; either way a ping after it is answered or finds it closed.
@@ -1012,12 +902,13 @@ class PooledSessionTest : public ::testing::Test {
   Frame Start(const std::function<void(Session&)>& before_run = nullptr) {
     std::unique_ptr<Transport> server_side, client_side;
     EXPECT_TRUE(MakeTransportPair(&server_side, &client_side).ok());
+    auto observed = std::make_unique<test::ObservedTransport>(std::move(server_side));
+    server_observed_ = observed.get();
     capnp::MallocMessageBuilder hello;
     auto h = hello.initRoot<wire::Hello>();
     h.setPid(8);
     h.setProgram("pooled_test");
-    session_ =
-        std::make_unique<Session>(2, std::move(server_side), *backend_, h.asReader(), Grant());
+    session_ = std::make_unique<Session>(2, std::move(observed), *backend_, h.asReader(), Grant());
     if (before_run) before_run(*session_);
     runner_ = std::thread([this] { session_->Run(); });
     client_ = std::make_unique<RawClient>(std::move(client_side));
@@ -1054,6 +945,7 @@ class PooledSessionTest : public ::testing::Test {
   std::unique_ptr<Session> session_;
   std::thread runner_;
   std::unique_ptr<RawClient> client_;
+  test::ObservedTransport* server_observed_ = nullptr;  // the session's end, owned by it
 };
 
 TEST_F(PooledSessionTest, HandshakeDescribesTheSlice) {
@@ -1175,18 +1067,19 @@ TEST_F(PooledSessionTest, PreemptClosesASessionStuckInAnUnfinishedBatch) {
   copy.setBytes(4096);
   kj::Array<capnp::word> words = capnp::messageToFlatArray(message);
   const auto bytes = words.asBytes();
-  uint8_t header[24] = {};
-  const uint32_t magic = wire::FRAME_MAGIC;
-  const uint16_t kind = static_cast<uint16_t>(wire::FrameKind::CALL_BATCH);
-  const uint32_t message_bytes = static_cast<uint32_t>(bytes.size());
-  const uint64_t bulk_bytes = 4096;
-  std::memcpy(header, &magic, 4);
-  std::memcpy(header + 4, &kind, 2);
-  std::memcpy(header + 8, &message_bytes, 4);
-  std::memcpy(header + 16, &bulk_bytes, 8);
-  ConstBuffer parts[] = {{header, sizeof(header)}, {bytes.begin(), bytes.size()}};
+  const std::vector<uint8_t> header = test::FrameHeader(
+      wire::FrameKind::CALL_BATCH, static_cast<uint32_t>(bytes.size()), /*bulk_bytes=*/4096);
+  ConstBuffer parts[] = {{header.data(), header.size()}, {bytes.begin(), bytes.size()}};
+  const uint64_t read_before = server_observed_->bytes_read();
   ASSERT_TRUE(client_->transport().Write(parts).ok());
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the batch starts reading
+  // The session has read the header and the message and waits for the
+  // payload that never comes.
+  ASSERT_TRUE(test::WaitFor(
+      [&] {
+        return server_observed_->bytes_read() >= read_before + header.size() + bytes.size() &&
+               server_observed_->reading();
+      },
+      std::chrono::seconds(10)));
   const auto start = std::chrono::steady_clock::now();
   session_->Preempt("preempted by the schedule: test");
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));

@@ -5,7 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
-#include <fstream>
+#include "test/support/pool_config.h"
 
 namespace ferry::pool {
 namespace {
@@ -205,10 +205,7 @@ TEST(ConfigTest, SyntaxErrorsNameFileLineAndColumn) {
 
 TEST(ConfigTest, LoadsFilesAndNamesMissingOnes) {
   const std::string path = ::testing::TempDir() + "/ferry-config-test.toml";
-  {
-    std::ofstream out(path);
-    out << kExample;
-  }
+  ASSERT_TRUE(test::WriteTextFile(path, kExample));
   Config config;
   Status status = LoadConfigFile(path, &config);
   ASSERT_TRUE(status.ok()) << status.ToString();

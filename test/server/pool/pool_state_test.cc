@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "server/pool/clock.h"
+#include "test/support/pool_config.h"
 
 namespace ferry::pool {
 namespace {
@@ -34,28 +35,10 @@ Config MustParse(const std::string& text) {
 // train (1 slice) by night, drain with a 15-minute grace.
 std::string DayNight(const std::string& night_policy = "on_rebind = \"drain\"\ngrace = \"15m\"\n",
                      const std::string& gpus = "[0]") {
-  return R"(
-[server]
-default_pool = "dev"
-[pool.dev]
-slices_per_gpu = 4
-[pool.train]
-slices_per_gpu = 1
-[[schedule]]
-pool = "dev"
-gpus = )" +
-         gpus + R"(
-from = 08:00:00
-to = 20:00:00
-timezone = "Asia/Shanghai"
-[[schedule]]
-pool = "train"
-gpus = )" +
-         gpus + R"(
-from = 20:00:00
-to = 08:00:00
-timezone = "Asia/Shanghai"
-)" + night_policy;
+  test::DayNightConfig config;
+  config.gpus = gpus;
+  config.night_policy = night_policy;
+  return test::DayNightToml(config);
 }
 
 class PoolStateTest : public ::testing::Test {

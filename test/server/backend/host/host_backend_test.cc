@@ -35,6 +35,9 @@ using namespace std::chrono_literals;
 constexpr auto kTimeout = 10s;
 // How long a test lets a stream run before checking that it did NOT get past
 // a closed gate. Longer only makes a broken backend likelier to be caught.
+// The sleeps on it are the checks of an absence, not synchronization: no
+// condition can say "this never happens", so the window is the test; a
+// correct backend passes whatever the machine's speed.
 constexpr auto kSettle = 50ms;
 
 constexpr char kVadd[] = "_Z4vaddPKfS0_Pfi";

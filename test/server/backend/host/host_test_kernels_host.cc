@@ -7,22 +7,11 @@
 #include <thread>
 
 #include "host_test_kernel_types.h"
-#include "server/backend/host/ferry_host_kernel.h"
+#include "test/support/host_kernel.h"
 
-namespace {
+using ferry::test::Param;
 
-template <typename T>
-T Param(void** params, int i) {
-  T value;
-  std::memcpy(&value, params[i], sizeof(T));
-  return value;
-}
-
-unsigned long long Threads(const ferry_launch* l) {
-  return 1ull * l->grid[0] * l->grid[1] * l->grid[2] * l->block[0] * l->block[1] * l->block[2];
-}
-
-}  // namespace
+static unsigned long long Threads(const ferry_launch* l) { return ferry::test::ThreadCount(l); }
 
 extern "C" {
 
@@ -48,6 +37,7 @@ void ferry_host__Z10log_appendPiii(const ferry_launch*, void** params) {
   auto log = Param<int*>(params, 0);
   auto id = Param<int>(params, 1);
   auto sleep_ms = Param<int>(params, 2);
+  // A slow kernel: the sleep is the behaviour the tests need, not a wait.
   if (sleep_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(sleep_ms));
   int k = std::atomic_ref<int>(log[0]).fetch_add(1);
   if (k < kLogCapacity) std::atomic_ref<int>(log[1 + k]).store(id);
@@ -56,6 +46,7 @@ void ferry_host__Z10log_appendPiii(const ferry_launch*, void** params) {
 void ferry_host__Z4gatePKi(const ferry_launch*, void** params) {
   auto flag = Param<int*>(params, 0);  // const in the signature; read only
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  // Polls the flag with a deadline: the kernel waits on a condition.
   while (std::atomic_ref<int>(*flag).load() == 0 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }

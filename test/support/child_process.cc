@@ -1,6 +1,6 @@
 // ChildProcess: fork + exec with output files and a parent-death signal;
 // see child_process.h.
-#include "child_process.h"
+#include "test/support/child_process.h"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -17,7 +17,7 @@
 
 extern char** environ;
 
-namespace ferry::e2e {
+namespace ferry::test {
 
 std::string ExitStatus::ToString() const {
   std::ostringstream out;
@@ -170,4 +170,4 @@ std::string ChildProcess::Describe(size_t tail_bytes) const {
   return out.str();
 }
 
-}  // namespace ferry::e2e
+}  // namespace ferry::test

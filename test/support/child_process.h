@@ -1,4 +1,4 @@
-// ChildProcess: a program the e2e harness starts (ferryd, a test program,
+// ChildProcess: a program a test starts (ferryd, a test program,
 // ferryctl), with its stdout and stderr in files, a bounded wait, and a kill
 // that never leaves it behind: the child gets SIGKILL when the harness dies
 // (PR_SET_PDEATHSIG) or when the object is destroyed while it still runs.
@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-namespace ferry::e2e {
+namespace ferry::test {
 
 struct ExitStatus {
   bool timed_out = false;  // killed by Wait after its timeout
@@ -81,4 +81,4 @@ std::string ReadWholeFile(const std::string& path);
 // The last `bytes` of `text`, marked when cut.
 std::string Tail(const std::string& text, size_t bytes);
 
-}  // namespace ferry::e2e
+}  // namespace ferry::test

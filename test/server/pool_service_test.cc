@@ -1,0 +1,158 @@
+// PoolService (server/pool_service.h) on a fake clock: borrows granted up to
+// the slices, a full pool refusing or queueing, a queued borrower served when
+// a slice comes back, a schedule boundary preempting through the hook, and
+// the test clock refused when the service does not run on one.
+#include "server/pool_service.h"
+
+#include <absl/time/civil_time.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "server/pool/config.h"
+#include "test/support/pool_config.h"
+#include "test/support/wait.h"
+
+namespace ferry::server {
+namespace {
+
+using namespace std::chrono_literals;
+
+absl::Time ShanghaiAt(int hour, int minute) {
+  absl::TimeZone zone;
+  EXPECT_TRUE(absl::LoadTimeZone("Asia/Shanghai", &zone));
+  return absl::FromCivil(absl::CivilSecond(2026, 3, 10, hour, minute, 0), zone);
+}
+
+class PoolServiceTest : public ::testing::Test {
+ protected:
+  // One 64 MiB GPU, dev (4 slices) by day and train (1) by night; the clock
+  // at 19:59 Shanghai, a minute before the night.
+  void Make(const std::string& night_policy, bool test_clock = true) {
+    test::DayNightConfig day_night;
+    day_night.night_policy = night_policy;
+    pool::Config config;
+    const Status parsed = pool::ParseConfig(test::DayNightToml(day_night), "test.toml", &config);
+    ASSERT_TRUE(parsed.ok()) << parsed.ToString();
+    PoolService::Options options;
+    options.clock = &clock_;
+    options.test_clock = test_clock ? &clock_ : nullptr;
+    options.preempt = [this](const pool::Preemption& preemption) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        preempted_.push_back(preemption.session);
+      }
+      service_->Return(preemption.session);
+    };
+    const Status created =
+        PoolService::Create(config, {pool::PoolGpu{0, 64ull << 20}}, options, &service_);
+    ASSERT_TRUE(created.ok()) << created.ToString();
+  }
+  void TearDown() override {
+    if (service_) service_->Stop();
+  }
+
+  Status Borrow(uint64_t session, absl::Duration wait = absl::ZeroDuration(),
+                const std::string& pool = "") {
+    pool::BorrowRequest request;
+    request.session = session;
+    request.pool = pool;
+    request.wait = wait;
+    pool::Lease lease;
+    return service_->Borrow(
+        request, [] { return false; }, [](int) {}, &lease);
+  }
+
+  // Borrows for `session` on a thread of its own, queueing for up to an
+  // hour; the queue position it is told lands in position_.
+  std::future<Status> StartQueuedBorrow(uint64_t session) {
+    return std::async(std::launch::async, [this, session] {
+      pool::BorrowRequest request;
+      request.session = session;
+      request.wait = absl::Hours(1);
+      pool::Lease lease;
+      return service_->Borrow(
+          request, [] { return false; }, [this](int p) { position_.store(p); }, &lease);
+    });
+  }
+
+  std::vector<uint64_t> Preempted() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return preempted_;
+  }
+
+  pool::FakeClock clock_{ShanghaiAt(19, 59)};
+  std::atomic<int> position_{0};  // the queued borrower's last position
+  std::mutex mu_;
+  std::vector<uint64_t> preempted_;  // guarded by mu_
+  // Last: destroyed (and stopped) before what its hook and waiters use.
+  std::unique_ptr<PoolService> service_;
+};
+
+TEST_F(PoolServiceTest, GrantsUpToTheSlicesThenRefusesAtOnce) {
+  Make("");
+  for (uint64_t session = 1; session <= 4; ++session) {
+    const Status status = Borrow(session);
+    ASSERT_TRUE(status.ok()) << session << ": " << status.ToString();
+  }
+  const Status full = Borrow(5);
+  EXPECT_FALSE(full.ok());
+  EXPECT_NE(full.message().find("pool dev is full"), std::string::npos) << full.ToString();
+  service_->Return(2);
+  EXPECT_TRUE(Borrow(5).ok());
+}
+
+TEST_F(PoolServiceTest, AnUnknownPoolIsRefused) {
+  Make("");
+  const Status status = Borrow(1, absl::ZeroDuration(), "nosuchpool");
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument) << status.ToString();
+}
+
+TEST_F(PoolServiceTest, AQueuedBorrowerIsServedWhenASliceComesBack) {
+  Make("");
+  for (uint64_t session = 1; session <= 4; ++session) ASSERT_TRUE(Borrow(session).ok());
+  std::future<Status> waiter = StartQueuedBorrow(5);
+  ASSERT_TRUE(test::WaitFor([&] { return position_.load() == 1; }, 10s));
+  EXPECT_EQ(waiter.wait_for(0s), std::future_status::timeout);
+  service_->Return(3);
+  ASSERT_EQ(waiter.wait_for(10s), std::future_status::ready);
+  const Status status = waiter.get();
+  EXPECT_TRUE(status.ok()) << status.ToString();
+}
+
+TEST_F(PoolServiceTest, StopEndsAWaitWithDisconnected) {
+  Make("");
+  for (uint64_t session = 1; session <= 4; ++session) ASSERT_TRUE(Borrow(session).ok());
+  std::future<Status> waiter = StartQueuedBorrow(5);
+  ASSERT_TRUE(test::WaitFor([&] { return position_.load() == 1; }, 10s));
+  service_->Stop();
+  ASSERT_EQ(waiter.wait_for(10s), std::future_status::ready);
+  EXPECT_EQ(waiter.get().code(), StatusCode::kDisconnected);
+}
+
+TEST_F(PoolServiceTest, TheNightBoundaryPreemptsThroughTheHook) {
+  Make("on_rebind = \"preempt\"\n");
+  ASSERT_TRUE(Borrow(1).ok());
+  std::string summary;
+  const Status advanced = service_->AdvanceTestClock(absl::Minutes(1), &summary);
+  ASSERT_TRUE(advanced.ok()) << advanced.ToString();
+  EXPECT_TRUE(test::WaitFor([&] { return Preempted() == std::vector<uint64_t>{1}; }, 10s));
+  // The GPU now serves train, whole: one borrower, then full.
+  EXPECT_TRUE(Borrow(2, absl::ZeroDuration(), "train").ok());
+  EXPECT_FALSE(Borrow(3, absl::ZeroDuration(), "train").ok());
+}
+
+TEST_F(PoolServiceTest, TheTestClockIsRefusedWithoutOne) {
+  Make("", /*test_clock=*/false);
+  std::string summary;
+  EXPECT_EQ(service_->AdvanceTestClock(absl::Minutes(1), &summary).code(),
+            StatusCode::kPermissionDenied);
+}
+
+}  // namespace
+}  // namespace ferry::server

@@ -1,0 +1,104 @@
+// LoopbackConnection: a client Connection (client/connection.h) opened
+// against a server::Session that runs in this process, over a transport pair
+// the test chooses — what ferryd's listener does, without a listener.
+//
+// Header only: client/connection.cc is not a library of its own, so the test
+// that includes this compiles it in (test/client/CMakeLists.txt) and links
+// ferry_server for the Session.
+//
+// Thread-safety: one object belongs to the test's thread; the session runs on
+// a thread of its own until Close.
+#pragma once
+
+#include <capnp/serialize.h>
+
+#include <chrono>
+#include <future>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "client/connection.h"
+#include "common/frame.h"
+#include "server/session.h"
+
+namespace ferry::test {
+
+class LoopbackConnection {
+ public:
+  LoopbackConnection() = default;
+  LoopbackConnection(const LoopbackConnection&) = delete;
+  LoopbackConnection& operator=(const LoopbackConnection&) = delete;
+  ~LoopbackConnection() { Close(); }
+
+  // Opens a Connection over `client_side` while a Session on `server_side`
+  // (and `backend`, which must outlive this object) answers its Hello. Fails
+  // if the Hello does not come, the session refuses it, or Open does not
+  // return within `timeout`.
+  Status Open(backend::GpuBackend& backend, std::unique_ptr<Transport> server_side,
+              std::unique_ptr<Transport> client_side, client::ConnectionOptions options = {},
+              std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+    std::unique_ptr<capnp::MessageReader> reply;
+    kj::Array<capnp::word> words;
+    // Open says Hello and waits for the answer, so it runs beside the
+    // server's side: read the Hello first, then let the session answer it.
+    auto opened = std::async(std::launch::async, [&] {
+      return client::Connection::Open(std::move(client_side), "test-server",
+                                      client::Connection::Borrow{}, &connection_, &reply, &words,
+                                      options);
+    });
+    Frame hello;
+    Status status = ReadFrame(*server_side, &hello);
+    if (status.ok() && hello.kind != wire::FrameKind::HELLO) {
+      status = Status::Malformed("the client's first frame is not a Hello");
+    }
+    if (!status.ok()) {
+      server_side->Shutdown();  // Open fails too, and the future can be waited for
+      opened.wait();
+      return status;
+    }
+    capnp::FlatArrayMessageReader hello_reader(hello.words, PeerReaderOptions());
+    session_ = std::make_unique<server::Session>(1, std::move(server_side), backend,
+                                                 hello_reader.getRoot<wire::Hello>());
+    runner_ = std::thread([this] { session_->Run(); });
+    if (opened.wait_for(timeout) != std::future_status::ready) {
+      return Status::Internal("Connection::Open did not return in time");
+    }
+    return opened.get();
+  }
+
+  // Creates context `ctx` on device 0 (a call that waits).
+  Status CreateContext(uint64_t ctx) {
+    return connection_->Call([ctx](wire::Call::Builder c) {
+      auto a = c.initCtxCreate();
+      a.setCtx(ctx);
+      a.setDevice(0);
+    });
+  }
+
+  // Closes the client's end and waits for the session to end (it frees what
+  // the client left). session() stays readable afterwards.
+  void Close() {
+    connection_.reset();
+    if (runner_.joinable()) runner_.join();
+  }
+
+  // Stops the session as ferryd's shutdown does and waits for it to end; the
+  // Connection stays, to see how it fails.
+  void StopSession() {
+    session_->Stop();
+    if (runner_.joinable()) runner_.join();
+  }
+
+  client::Connection& connection() { return *connection_; }
+  std::unique_ptr<client::Connection>& connection_ptr() { return connection_; }
+  bool has_session() const { return session_ != nullptr; }
+  server::Session& session() { return *session_; }
+
+ private:
+  std::unique_ptr<client::Connection> connection_;
+  std::unique_ptr<server::Session> session_;
+  std::thread runner_;
+};
+
+}  // namespace ferry::test

@@ -1,0 +1,68 @@
+#include "test/support/ferryd.h"
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <stdlib.h>
+
+#include <cstdlib>
+
+#include "test/support/wait.h"
+
+namespace ferry::test {
+
+std::optional<ChildProcess> StartFerryd(const std::string& ferryd,
+                                        const std::vector<std::string>& args,
+                                        const std::string& dir, std::chrono::milliseconds timeout,
+                                        std::string* address, std::string* error) {
+  const std::string ready_file = dir + "/ready";
+  std::vector<std::string> argv = {ferryd};
+  argv.insert(argv.end(), args.begin(), args.end());
+  argv.push_back("--ready-file");
+  argv.push_back(ready_file);
+  std::optional<ChildProcess> process = ChildProcess::Start(argv, {}, dir + "/ferryd", error);
+  if (!process.has_value()) {
+    *error = "cannot start ferryd: " + *error;
+    return std::nullopt;
+  }
+  // ferryd writes the file whole, ending in a newline, once it listens.
+  std::string ready;
+  bool exited = false;
+  const bool is_ready = WaitFor(
+      [&] {
+        ready = ReadWholeFile(ready_file);
+        if (!ready.empty() && ready.back() == '\n') return true;
+        exited = process->Poll();
+        return exited;
+      },
+      timeout, std::chrono::milliseconds(10));
+  if (!is_ready || exited) {
+    *error = std::string(exited ? "ferryd exited before it was ready"
+                                : "ferryd wrote no ready file in time") +
+             "\n" + process->Describe();
+    process->Kill(SIGKILL);
+    return std::nullopt;
+  }
+  *address = ready.substr(0, ready.find_first_of("\r\n"));
+  return process;
+}
+
+std::map<std::string, std::string> ClientEnv(const std::string& client_library_path,
+                                             const std::string& server_address,
+                                             const std::map<std::string, std::string>& extra) {
+  std::string library_path = client_library_path;
+  if (const char* old = std::getenv("LD_LIBRARY_PATH"); old != nullptr && *old != '\0') {
+    library_path += std::string(":") + old;
+  }
+  std::map<std::string, std::string> env = {{"LD_LIBRARY_PATH", library_path},
+                                            {"FERRY_SERVER", server_address}};
+  for (const auto& [key, value] : extra) env[key] = value;
+  return env;
+}
+
+std::string MakeTempDir(const std::string& prefix) {
+  std::string pattern = ::testing::TempDir() + prefix + "XXXXXX";
+  if (mkdtemp(pattern.data()) == nullptr) return "";
+  return pattern;
+}
+
+}  // namespace ferry::test

@@ -1,0 +1,166 @@
+// A raw client for tests that speak ferry's frames directly to a Session or
+// to ferryd: one call per CALL_BATCH frame, replies decoded into ReplyResult,
+// and byte-level builders for frames a well-behaved client never sends.
+//
+// Thread-safety: a RawClient belongs to one thread, except that transport()
+// may be Shutdown from any thread (see common/transport.h).
+#pragma once
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/frame.h"
+#include "common/status.h"
+#include "common/transport.h"
+
+namespace ferry::test {
+
+// The 24-byte frame header (common/frame.h's layout: magic, kind, message
+// bytes, bulk bytes), for frames built by hand.
+std::vector<uint8_t> FrameHeader(wire::FrameKind kind, uint32_t message_bytes,
+                                 uint64_t bulk_bytes = 0);
+
+// A whole HELLO frame with `version` and `role` (a raw number, so that
+// unknown roles can be sent); the rest of the Hello is left default.
+std::vector<uint8_t> HelloFrame(uint32_t version, int role);
+
+// Writes `bytes` as they are; the transport's status.
+Status WriteBytes(Transport& transport, const std::vector<uint8_t>& bytes);
+
+struct ReplyResult {
+  Status status;
+  uint64_t seq = 0;
+  uint64_t latched_from = 0;
+  int64_t value = 0;
+  uint64_t dptr = 0;
+  uint64_t bytes = 0;                // moduleGetGlobal
+  std::vector<int64_t> values;       // occupancyMaxActiveBlocks
+  std::vector<std::string> kernels;  // moduleLoad / libraryLoad
+  std::vector<uint8_t> bulk;
+  bool gate_reached = false;  // a hostGate's answer
+  bool held = false;
+  bool stream_failed = false;
+  bool image_not_cached = false;  // a load that named an image the server lacks
+};
+
+// The client side of a session, one frame at a time.
+class RawClient {
+ public:
+  explicit RawClient(std::unique_ptr<Transport> transport) : transport_(std::move(transport)) {}
+
+  // Sends one call in its own batch frame; the write must succeed.
+  uint64_t Send(const std::function<void(wire::Call::Builder)>& fill, bool wants_reply,
+                const std::vector<uint8_t>& bulk = {}) {
+    uint64_t seq = 0;
+    EXPECT_TRUE(TrySend(fill, wants_reply, bulk, &seq).ok());
+    return seq;
+  }
+
+  // Sends one call; the peer may already have closed the connection.
+  Status TrySend(const std::function<void(wire::Call::Builder)>& fill, bool wants_reply,
+                 const std::vector<uint8_t>& bulk, uint64_t* seq_out) {
+    capnp::MallocMessageBuilder message;
+    auto call = message.initRoot<wire::Call>();
+    fill(call);
+    const uint64_t seq = next_seq_++;
+    call.setSeq(seq);
+    call.setWantsReply(wants_reply);
+    call.setBulkBytes(bulk.size());
+    ConstBuffer b{bulk.data(), bulk.size()};
+    *seq_out = seq;
+    return WriteFrame(
+        *transport_, wire::FrameKind::CALL_BATCH, message,
+        bulk.empty() ? std::span<const ConstBuffer>() : std::span<const ConstBuffer>(&b, 1));
+  }
+
+  // Reads one frame and decodes it as a Reply.
+  ReplyResult Read() {
+    ReplyResult result;
+    Frame frame;
+    Status status = ReadFrame(*transport_, &frame);
+    if (!status.ok()) {
+      result.status = status;
+      return result;
+    }
+    capnp::FlatArrayMessageReader reader(frame.words, PeerReaderOptions());
+    auto reply = reader.getRoot<wire::Reply>();
+    result.status = StatusFromWire(reply.getStatus());
+    result.seq = reply.getSeq();
+    result.latched_from = reply.getLatchedFromSeq();
+    result.image_not_cached = reply.getImageNotCached();
+    if (reply.isValue()) result.value = reply.getValue();
+    if (reply.isMemAlloc()) result.dptr = reply.getMemAlloc().getDptr();
+    if (reply.isModuleGetGlobal()) {
+      result.dptr = reply.getModuleGetGlobal().getDptr();
+      result.bytes = reply.getModuleGetGlobal().getBytes();
+    }
+    if (reply.isValues()) {
+      for (int64_t v : reply.getValues()) result.values.push_back(v);
+    }
+    if (reply.isModuleLoad()) {
+      for (auto k : reply.getModuleLoad().getKernels())
+        result.kernels.push_back(k.getName().cStr());
+    }
+    if (reply.isGateReached()) {
+      result.gate_reached = true;
+      result.held = reply.getGateReached().getHeld();
+      result.stream_failed = reply.getGateReached().getStreamFailed();
+    }
+    if (frame.bulk.size > 0)
+      result.bulk.assign(frame.bulk.data.get(), frame.bulk.data.get() + frame.bulk.size);
+    return result;
+  }
+
+  // Read, bounded: past `timeout` the connection is shut down and the result
+  // says that nothing came.
+  ReplyResult ReadWithin(std::chrono::seconds timeout = std::chrono::seconds(10)) {
+    auto future = std::async(std::launch::async, [this] { return Read(); });
+    if (future.wait_for(timeout) == std::future_status::ready) return future.get();
+    transport_->Shutdown();
+    ReplyResult r = future.get();
+    r.status = Status::Internal("no reply within " + std::to_string(timeout.count()) + " s");
+    return r;
+  }
+
+  ReplyResult Call(const std::function<void(wire::Call::Builder)>& fill,
+                   const std::vector<uint8_t>& bulk = {}) {
+    const uint64_t seq = Send(fill, true, bulk);
+    ReplyResult r = ReadWithin();
+    EXPECT_EQ(r.seq, seq);
+    return r;
+  }
+
+  // A hostGate call on (ctx, stream); returns its seq.
+  uint64_t SendGate(uint64_t ctx, uint64_t stream, bool wants_reply = false) {
+    return Send(
+        [&](wire::Call::Builder c) {
+          auto a = c.initHostGate();
+          a.setCtx(ctx);
+          a.setStream(stream);
+        },
+        wants_reply);
+  }
+  // A gateOpen frame for the gate of hostGate call `seq`.
+  void OpenGate(uint64_t seq) {
+    capnp::MallocMessageBuilder message;
+    message.initRoot<wire::GateOpen>().setGate(seq);
+    EXPECT_TRUE(WriteFrame(*transport_, wire::FrameKind::GATE_OPEN, message).ok());
+  }
+
+  Transport& transport() { return *transport_; }
+
+ private:
+  std::unique_ptr<Transport> transport_;
+  uint64_t next_seq_ = 1;
+};
+
+}  // namespace ferry::test
