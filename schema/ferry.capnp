@@ -295,6 +295,9 @@ struct Call {
     # host callbacks
     hostGate @43 :StreamRef  # answered when reached (see above)
         $waits("gate") $orderedOn("stream") $handles(["ctx", "stream"]) $usesContext;
+    # context
+    ctxResetPersistingL2Cache @44 :CtxRef  # cuCtxResetPersistingL2Cache
+        $waits("never") $handles(["ctx"]);
   }
 }
 

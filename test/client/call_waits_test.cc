@@ -33,6 +33,8 @@ TEST_F(CallWaitsTest, ACallThatAlwaysWaitsIsRefusedWhenPosted) {
 TEST_F(CallWaitsTest, ACallThatNeverWaitsIsRefusedWhenSentToWait) {
   EXPECT_TRUE(CheckWaits(W::MEM_FREE, /*wants_reply=*/false, /*gate=*/false).ok());
   EXPECT_REFUSED(CheckWaits(W::MEM_FREE, /*wants_reply=*/true, /*gate=*/false));
+  EXPECT_TRUE(CheckWaits(W::CTX_RESET_PERSISTING_L2_CACHE, false, false).ok());
+  EXPECT_REFUSED(CheckWaits(W::CTX_RESET_PERSISTING_L2_CACHE, true, false));
 }
 
 TEST_F(CallWaitsTest, ByFlagCallsGoEitherWayAndGatesOnlyThroughPostHostGate) {
@@ -48,7 +50,7 @@ TEST_F(CallWaitsTest, AnOrdinalWithoutADescriptionIsRefused) {
 }
 
 TEST(CallTableTest, FollowsTheSchemaDescriptions) {
-  ASSERT_EQ(wire::kCallMembers, static_cast<size_t>(W::HOST_GATE) + 1);
+  ASSERT_EQ(wire::kCallMembers, static_cast<size_t>(W::CTX_RESET_PERSISTING_L2_CACHE) + 1);
   EXPECT_EQ(wire::kCallWaits[static_cast<size_t>(W::PING)], wire::CallWaits::kAlways);
   EXPECT_EQ(wire::kCallWaits[static_cast<size_t>(W::LAUNCH)], wire::CallWaits::kNever);
   EXPECT_EQ(wire::kCallWaits[static_cast<size_t>(W::FUNC_SET_ATTRIBUTE)], wire::CallWaits::kByFlag);
