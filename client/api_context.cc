@@ -1,6 +1,7 @@
 // Entry points: primary contexts and cuCtx*.
 // The current-context stack lives on the client (per thread, as in CUDA);
-// only creation, destruction, synchronisation and limits reach the server.
+// only creation, destruction, synchronisation, limits and the persisting-L2
+// reset reach the server.
 #include <cuda.h>
 
 #include "client/cuda_result.h"
@@ -204,6 +205,17 @@ CUresult CUDAAPI cuCtxSetLimit(CUlimit limit, size_t value) {
       args.setLimit(static_cast<uint32_t>(limit));
       args.setValue(value);
     });
+  });
+}
+
+// Fire and forget, as CUDA queues the reset behind the context's work; an
+// error is reported by the next call that waits.
+CUresult CUDAAPI cuCtxResetPersistingL2Cache() {
+  return Api([&]() -> Status {
+    uint64_t ctx = 0;
+    FERRY_RETURN_IF_ERROR(Runtime::Get().CurrentContext(&ctx));
+    return Runtime::Get().connection().Post(
+        [&](ferry::wire::Call::Builder call) { call.initCtxResetPersistingL2Cache().setCtx(ctx); });
   });
 }
 

@@ -7,11 +7,14 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <string>
 
 #include "common/frame.h"
 #include "common/log.h"
+#include "schema/call_table.h"
 
 namespace ferry::client {
 namespace {
@@ -25,6 +28,40 @@ constexpr size_t kBatchBulkLimit = 1 << 20;
 constexpr size_t kBatchCallsLimit = 1024;
 
 }  // namespace
+
+Status CheckWaits(wire::Call::Which which, bool wants_reply, bool gate) {
+  const wire::CallWaits* waits = wire::FindCallWaits(which);
+  const char* refusal = nullptr;
+  if (waits == nullptr) {
+    refusal = "has no description in this client's schema";
+  } else {
+    switch (*waits) {
+      case wire::CallWaits::kAlways:
+        if (!wants_reply || gate) refusal = "always waits for its reply but was posted";
+        break;
+      case wire::CallWaits::kNever:
+        if (wants_reply || gate) refusal = "never waits for a reply but was sent to wait";
+        break;
+      case wire::CallWaits::kByFlag:
+        if (gate) refusal = "is no host gate but was sent as one";
+        break;
+      case wire::CallWaits::kGate:
+        if (!gate) refusal = "is a host gate but was not sent through PostHostGate";
+        break;
+    }
+  }
+  if (refusal == nullptr) return Status::Ok();
+  const std::string name = waits != nullptr
+                               ? wire::kCallDescriptions[static_cast<size_t>(which)].name
+                               : "ordinal " + std::to_string(static_cast<int>(which));
+  const std::string message = "call " + name + " " + refusal + " (its $waits in ferry.capnp)";
+  FERRY_LOG(kError) << "bug in the ferry client: " << message;
+#ifndef NDEBUG
+  // A debug build stops at the call site, where the wrong choice was made.
+  std::abort();
+#endif
+  return Status::Internal(message);
+}
 
 Status Connection::Open(std::unique_ptr<Transport> transport, std::string server_name,
                         const Borrow& borrow, std::unique_ptr<Connection>* out,
@@ -121,13 +158,8 @@ uint64_t Connection::NextSeq() {
   return next_seq_;
 }
 
-uint64_t Connection::AppendLocked(Fill fill, bool wants_reply, uint64_t bulk_bytes) {
-  // Small calls are built in a scratch segment on the stack: no allocation.
-  capnp::word scratch[64];
-  std::memset(scratch, 0, sizeof(scratch));
-  capnp::MallocMessageBuilder message(kj::arrayPtr(scratch, 64));
-  auto call = message.initRoot<wire::Call>();
-  fill(call);
+uint64_t Connection::AppendLocked(wire::Call::Builder call, capnp::MessageBuilder& message,
+                                  bool wants_reply, uint64_t bulk_bytes) {
   const uint64_t seq = next_seq_++;
   call.setSeq(seq);
   call.setWantsReply(wants_reply);
@@ -186,6 +218,14 @@ Status Connection::FlushLocked() {
 Status Connection::Send(Fill fill, OutBytes bulk, bool wants_reply, Waiter* waiter,
                         std::unique_ptr<Waiter> async_waiter, uint64_t* seq_out,
                         HostFunction gate) {
+  // Small calls are built in a scratch segment on the stack: no allocation.
+  // Built before the lock, so a refused call changes nothing.
+  capnp::word scratch[64];
+  std::memset(scratch, 0, sizeof(scratch));
+  capnp::MallocMessageBuilder message(kj::arrayPtr(scratch, 64));
+  auto call = message.initRoot<wire::Call>();
+  fill(call);
+  FERRY_RETURN_IF_ERROR(CheckWaits(call.which(), wants_reply, gate != nullptr));
   bool wake_flusher = false;
   {
     std::lock_guard<std::mutex> lock(send_mutex_);
@@ -204,7 +244,7 @@ Status Connection::Send(Fill fill, OutBytes bulk, bool wants_reply, Waiter* wait
       if (unclaimed && !reader_busy_) background_cv_.notify_one();
     }
     const bool was_empty = batch_calls_ == 0;
-    const uint64_t seq = AppendLocked(fill, wants_reply, bulk.size);
+    const uint64_t seq = AppendLocked(call, message, wants_reply, bulk.size);
     if (seq_out != nullptr) *seq_out = seq;
     if (bulk.size > kCopyIntoBatchLimit) return WriteBatchLocked(bulk);
     if (bulk.size > 0) {

@@ -90,6 +90,14 @@ struct ConnectionOptions {
   std::chrono::microseconds flush_delay{20};
 };
 
+// Whether a call may be sent the way it is: the schema's description of each
+// call ($waits) says whether it waits for its reply, and Post (no reply),
+// Call and PostExpectingBytes (reply) and PostHostGate (a gate) must agree
+// with it. A disagreement is a bug in the client: a debug build aborts; a
+// release build logs it and refuses the call with an Internal status, before
+// anything is sent. A table lookup: cheap enough for every call.
+Status CheckWaits(wire::Call::Which which, bool wants_reply, bool gate);
+
 class Connection {
  public:
   // Fills in the call's arguments; called once, before the call returns.
@@ -121,7 +129,8 @@ class Connection {
 
   // Queues a call without waiting. `bulk` is taken before return (copied into
   // the batch, or written to the socket when large). `seq_out`, when given,
-  // receives the call's seq.
+  // receives the call's seq. Post, Call, PostExpectingBytes and PostHostGate
+  // refuse a call whose schema description disagrees (CheckWaits).
   Status Post(const Fill& fill, OutBytes bulk = {}, uint64_t* seq_out = nullptr);
   // Sends a call and waits for its reply. A reply's bulk bytes are read into
   // `reply_bulk` (which must be exactly as large as the server sends).
@@ -167,8 +176,10 @@ class Connection {
 
   Connection(std::unique_ptr<Transport> transport, std::string server_name,
              ConnectionOptions options);
-  // Serialises `fill`'s call with the next seq into the batch; send_mutex_ held.
-  uint64_t AppendLocked(Fill fill, bool wants_reply, uint64_t bulk_bytes);
+  // Gives `call` (the root of `message`) the next seq and serialises it into
+  // the batch; send_mutex_ held.
+  uint64_t AppendLocked(wire::Call::Builder call, capnp::MessageBuilder& message, bool wants_reply,
+                        uint64_t bulk_bytes);
   Status FlushLocked();
   // Writes the batch (and `extra`, the last call's bulk, when given) as one
   // frame and empties it; send_mutex_ held.

@@ -170,55 +170,134 @@ enum MemoryKind {
   host @1;    # bytes travel as bulk: packed rows for 2D copies
 }
 
+# Call descriptions. Each member of Call's union says, through these
+# annotations, what schema/generate_calls.py needs to generate the mechanical
+# parts of forwarding it (the server's dispatch and handler declarations, the
+# client's wait check); schema/README.md says how to add a call. Every member
+# carries $waits; the generator refuses a member without it, and refuses a
+# field name below that the member's argument struct does not have.
+
+# Whether the client waits for the call's reply (sets wantsReply):
+#   "always"   Connection::Call, or PostExpectingBytes (an async copy whose
+#              reply carries bytes)
+#   "never"    Connection::Post: fire and forget, errors latch
+#   "by-flag"  either; wantsReply decides per call (memcpy2D waits when its
+#              destination is host memory; funcSetAttribute waits when the
+#              program sets an attribute, not when the client replays it)
+#   "gate"     Connection::PostHostGate: sent without wantsReply, answered
+#              when its stream reaches it
+annotation waits @0xd6494ff051bde0e3 (field) :Text;
+# The argument field naming the stream (of the argument's `ctx`) the call is
+# queued on, in stream order; absent: not a stream operation.
+annotation orderedOn @0xff9c6315b799c12c (field) :Text;
+# Argument fields carrying ids of objects the session must already hold
+# (contexts, streams, events, modules, functions, libraries); a bad one is
+# answered with CUDA_ERROR_INVALID_HANDLE.
+annotation handles @0x9b1d26942b560ad8 (field) :List(Text);
+# Argument fields carrying device addresses the server checks against the
+# session's allocations.
+annotation ranges @0xe966868546fbdd43 (field) :List(Text);
+# The server's handler takes the CallContext (it fills the reply, reads or
+# writes bulk bytes, or defers its reply). A Void member has no handler: the
+# dispatch answers it with OK.
+annotation usesContext @0x8f92a067bd250d37 (field) :Void;
+
 struct Call {
   seq @0 :UInt64;
   wantsReply @1 :Bool;
   bulkBytes @2 :UInt64;
 
   union {
-    ping @3 :Void;                         # sync; a barrier
-    ctxCreate @4 :CtxCreate;               # sync
-    ctxDestroy @5 :CtxRef;                 # async
-    ctxSynchronize @6 :CtxRef;             # sync, waits for the GPU
-    ctxGetLimit @7 :CtxLimit;              # sync
-    ctxSetLimit @8 :CtxLimit;              # sync
-    memAlloc @9 :MemAlloc;                 # sync
-    memAllocPitch @10 :MemAllocPitch;      # sync
-    memFree @11 :MemFree;                  # async
-    memGetInfo @12 :CtxRef;                # sync
-    memcpyHtoD @13 :Memcpy;                # async; bulk = the bytes
-    memcpyDtoH @14 :Memcpy;                # sync; reply bulk = the bytes
-    memcpyDtoD @15 :Memcpy;                # async
-    memcpy2D @16 :Memcpy2D;                # HtoD/DtoD async, DtoH sync
-    memset @17 :Memset;                    # async
-    moduleLoad @18 :ModuleLoad;            # sync; bulk = the image
-    moduleUnload @19 :ModuleRef;           # async
-    moduleGetFunction @20 :ModuleGetFunction;  # async
-    moduleGetGlobal @21 :ModuleGetGlobal;  # sync
-    funcGetAttribute @22 :FuncAttribute;   # sync
-    funcSetAttribute @23 :FuncAttribute;   # sync
-    funcSetCacheConfig @24 :FuncCacheConfig;  # async
-    launch @25 :Launch;                    # async; bulk = packed params
-    streamCreate @26 :StreamCreate;        # async
-    streamDestroy @27 :StreamRef;          # async
-    streamSynchronize @28 :StreamRef;      # sync, waits for the GPU
-    streamQuery @29 :StreamRef;            # sync
-    streamWaitEvent @30 :StreamWaitEvent;  # async
-    eventCreate @31 :EventCreate;          # async
-    eventRecord @32 :EventRecord;          # async
-    eventQuery @33 :EventRef;              # sync
-    eventSynchronize @34 :EventRef;        # sync, waits for the GPU
-    eventElapsedTime @35 :EventElapsedTime;  # sync
-    eventDestroy @36 :EventRef;            # async
+    ping @3 :Void  # a barrier
+        $waits("always");
+    ctxCreate @4 :CtxCreate
+        $waits("always");
+    ctxDestroy @5 :CtxRef
+        $waits("never") $handles(["ctx"]);
+    ctxSynchronize @6 :CtxRef  # waits for the GPU
+        $waits("always") $handles(["ctx"]) $usesContext;
+    ctxGetLimit @7 :CtxLimit
+        $waits("always") $handles(["ctx"]) $usesContext;
+    ctxSetLimit @8 :CtxLimit
+        $waits("always") $handles(["ctx"]);
+    memAlloc @9 :MemAlloc
+        $waits("always") $handles(["ctx"]) $usesContext;
+    memAllocPitch @10 :MemAllocPitch
+        $waits("always") $handles(["ctx"]) $usesContext;
+    memFree @11 :MemFree
+        $waits("never") $ranges(["dptr"]);
+    memGetInfo @12 :CtxRef
+        $waits("always") $handles(["ctx"]) $usesContext;
+    memcpyHtoD @13 :Memcpy  # bulk = the bytes
+        $waits("never") $orderedOn("stream") $handles(["ctx", "stream"]) $ranges(["dst"])
+        $usesContext;
+    memcpyDtoH @14 :Memcpy  # reply bulk = the bytes
+        $waits("always") $orderedOn("stream") $handles(["ctx", "stream"]) $ranges(["src"])
+        $usesContext;
+    memcpyDtoD @15 :Memcpy
+        $waits("never") $orderedOn("stream") $handles(["ctx", "stream"]) $ranges(["dst", "src"]);
+    memcpy2D @16 :Memcpy2D  # HtoD/DtoD async, DtoH sync
+        $waits("by-flag") $orderedOn("stream") $handles(["ctx", "stream"])
+        $ranges(["srcDevice", "dstDevice"]) $usesContext;
+    memset @17 :Memset
+        $waits("never") $orderedOn("stream") $handles(["ctx", "stream"]) $ranges(["dst"]);
+    moduleLoad @18 :ModuleLoad  # bulk = the image
+        $waits("always") $handles(["ctx"]) $usesContext;
+    moduleUnload @19 :ModuleRef
+        $waits("never") $handles(["module"]);
+    moduleGetFunction @20 :ModuleGetFunction
+        $waits("never") $handles(["module"]);
+    moduleGetGlobal @21 :ModuleGetGlobal
+        $waits("always") $handles(["module"]) $usesContext;
+    funcGetAttribute @22 :FuncAttribute
+        $waits("always") $handles(["function"]) $usesContext;
+    funcSetAttribute @23 :FuncAttribute
+        $waits("by-flag") $handles(["function"]);
+    funcSetCacheConfig @24 :FuncCacheConfig
+        $waits("never") $handles(["function"]);
+    launch @25 :Launch  # bulk = packed params
+        $waits("never") $orderedOn("stream") $handles(["ctx", "stream", "function"]) $usesContext;
+    streamCreate @26 :StreamCreate
+        $waits("never") $handles(["ctx"]);
+    streamDestroy @27 :StreamRef
+        $waits("never") $handles(["ctx", "stream"]);
+    streamSynchronize @28 :StreamRef  # waits for the GPU
+        $waits("always") $orderedOn("stream") $handles(["ctx", "stream"]) $usesContext;
+    streamQuery @29 :StreamRef
+        $waits("always") $orderedOn("stream") $handles(["ctx", "stream"]);
+    streamWaitEvent @30 :StreamWaitEvent
+        $waits("never") $orderedOn("stream") $handles(["ctx", "stream", "event"]);
+    eventCreate @31 :EventCreate
+        $waits("never") $handles(["ctx"]);
+    eventRecord @32 :EventRecord
+        $waits("never") $orderedOn("stream") $handles(["ctx", "stream", "event"]);
+    eventQuery @33 :EventRef
+        $waits("always") $handles(["event"]);
+    eventSynchronize @34 :EventRef  # waits for the GPU
+        $waits("always") $handles(["event"]) $usesContext;
+    eventElapsedTime @35 :EventElapsedTime
+        $waits("always") $handles(["start", "end"]) $usesContext;
+    eventDestroy @36 :EventRef
+        $waits("never") $handles(["event"]);
     # library and kernel API, occupancy
-    libraryLoad @37 :LibraryLoad;          # sync; bulk = the image; reply moduleLoad
-    libraryUnload @38 :LibraryRef;         # async
-    libraryLoadModule @39 :LibraryLoadModule;  # async
-    occupancyMaxActiveBlocks @40 :OccupancyMaxActiveBlocks;  # sync; reply values
-    occupancyAvailableDynamicSmem @41 :OccupancyAvailableDynamicSmem;  # sync; reply value
-    occupancyCluster @42 :OccupancyCluster;  # sync; reply value
+    libraryLoad @37 :LibraryLoad  # bulk = the image; reply moduleLoad
+        $waits("always") $usesContext;
+    libraryUnload @38 :LibraryRef
+        $waits("never") $handles(["library"]);
+    libraryLoadModule @39 :LibraryLoadModule
+        $waits("never") $handles(["library", "ctx"]);
+    occupancyMaxActiveBlocks @40 :OccupancyMaxActiveBlocks  # reply values
+        $waits("always") $handles(["function"]) $usesContext;
+    occupancyAvailableDynamicSmem @41 :OccupancyAvailableDynamicSmem  # reply value
+        $waits("always") $handles(["function"]) $usesContext;
+    occupancyCluster @42 :OccupancyCluster  # reply value
+        $waits("always") $handles(["function"]) $usesContext;
     # host callbacks
-    hostGate @43 :StreamRef;               # async; answered when reached (see above)
+    hostGate @43 :StreamRef  # answered when reached (see above)
+        $waits("gate") $orderedOn("stream") $handles(["ctx", "stream"]) $usesContext;
+    # context
+    ctxResetPersistingL2Cache @44 :CtxRef  # cuCtxResetPersistingL2Cache
+        $waits("never") $handles(["ctx"]);
   }
 }
 

@@ -556,93 +556,10 @@ void Session::Execute(wire::Call::Reader call, backend::HostBytes bulk) {
 }
 
 Status Session::Dispatch(wire::Call::Reader call, CallContext& cx) {
-  using W = wire::Call;
-  switch (call.which()) {
-    case W::PING:
-      return Status::Ok();
-    case W::CTX_CREATE:
-      return CtxCreate(call.getCtxCreate());
-    case W::CTX_DESTROY:
-      return CtxDestroy(call.getCtxDestroy());
-    case W::CTX_SYNCHRONIZE:
-      return CtxSynchronize(call.getCtxSynchronize(), cx);
-    case W::CTX_GET_LIMIT:
-      return CtxGetLimit(call.getCtxGetLimit(), cx);
-    case W::CTX_SET_LIMIT:
-      return CtxSetLimit(call.getCtxSetLimit());
-    case W::MEM_ALLOC:
-      return MemAlloc(call.getMemAlloc(), cx);
-    case W::MEM_ALLOC_PITCH:
-      return MemAllocPitch(call.getMemAllocPitch(), cx);
-    case W::MEM_FREE:
-      return MemFree(call.getMemFree());
-    case W::MEM_GET_INFO:
-      return MemGetInfo(call.getMemGetInfo(), cx);
-    case W::MEMCPY_HTO_D:
-      return MemcpyHtoD(call.getMemcpyHtoD(), cx);
-    case W::MEMCPY_DTO_H:
-      return MemcpyDtoH(call.getMemcpyDtoH(), cx);
-    case W::MEMCPY_DTO_D:
-      return MemcpyDtoD(call.getMemcpyDtoD());
-    case W::MEMCPY2_D:
-      return Memcpy2D(call.getMemcpy2D(), cx);
-    case W::MEMSET:
-      return Memset(call.getMemset());
-    case W::MODULE_LOAD:
-      return ModuleLoad(call.getModuleLoad(), cx);
-    case W::MODULE_UNLOAD:
-      return ModuleUnload(call.getModuleUnload());
-    case W::MODULE_GET_FUNCTION:
-      return ModuleGetFunction(call.getModuleGetFunction());
-    case W::MODULE_GET_GLOBAL:
-      return ModuleGetGlobal(call.getModuleGetGlobal(), cx);
-    case W::FUNC_GET_ATTRIBUTE:
-      return FuncGetAttribute(call.getFuncGetAttribute(), cx);
-    case W::FUNC_SET_ATTRIBUTE:
-      return FuncSetAttribute(call.getFuncSetAttribute());
-    case W::FUNC_SET_CACHE_CONFIG:
-      return FuncSetCacheConfig(call.getFuncSetCacheConfig());
-    case W::LAUNCH:
-      return Launch(call.getLaunch(), cx);
-    case W::STREAM_CREATE:
-      return StreamCreate(call.getStreamCreate());
-    case W::STREAM_DESTROY:
-      return StreamDestroy(call.getStreamDestroy());
-    case W::STREAM_SYNCHRONIZE:
-      return StreamSynchronize(call.getStreamSynchronize(), cx);
-    case W::STREAM_QUERY:
-      return StreamQuery(call.getStreamQuery());
-    case W::STREAM_WAIT_EVENT:
-      return StreamWaitEvent(call.getStreamWaitEvent());
-    case W::EVENT_CREATE:
-      return EventCreate(call.getEventCreate());
-    case W::EVENT_RECORD:
-      return EventRecord(call.getEventRecord());
-    case W::EVENT_QUERY:
-      return EventQuery(call.getEventQuery());
-    case W::EVENT_SYNCHRONIZE:
-      return EventSynchronize(call.getEventSynchronize(), cx);
-    case W::EVENT_ELAPSED_TIME:
-      return EventElapsedTime(call.getEventElapsedTime(), cx);
-    case W::EVENT_DESTROY:
-      return EventDestroy(call.getEventDestroy());
-    case W::LIBRARY_LOAD:
-      return LibraryLoad(call.getLibraryLoad(), cx);
-    case W::LIBRARY_UNLOAD:
-      return LibraryUnload(call.getLibraryUnload());
-    case W::LIBRARY_LOAD_MODULE:
-      return LibraryLoadModule(call.getLibraryLoadModule());
-    case W::OCCUPANCY_MAX_ACTIVE_BLOCKS:
-      return OccupancyMaxActiveBlocks(call.getOccupancyMaxActiveBlocks(), cx);
-    case W::OCCUPANCY_AVAILABLE_DYNAMIC_SMEM:
-      return OccupancyAvailableDynamicSmem(call.getOccupancyAvailableDynamicSmem(), cx);
-    case W::OCCUPANCY_CLUSTER:
-      return OccupancyCluster(call.getOccupancyCluster(), cx);
-    case W::HOST_GATE:
-      return HostGate(call.getHostGate(), cx);
-  }
-  return Status::Unimplemented("call ordinal " + std::to_string(static_cast<int>(call.which())) +
-                               " is not known to this ferryd");
+  // A switch over the call's union member, calling its handler; generated
+  // from the schema (schema/generate_calls.py). An ordinal this ferryd does
+  // not know is answered Unimplemented.
+#include "schema/session_dispatch.inc"
 }
 
 // --- replies ---------------------------------------------------------------

@@ -281,21 +281,6 @@ class Session {
   // Launches on a throttled device wait for its share and are measured.
   void MeasureLaunch(int device, backend::Stream& stream);
 
-  // Handlers (executor thread).
-  Status CtxCreate(wire::CtxCreate::Reader args);
-  Status CtxDestroy(wire::CtxRef::Reader args);
-  Status CtxSynchronize(wire::CtxRef::Reader args, CallContext& cx);
-  Status CtxGetLimit(wire::CtxLimit::Reader args, CallContext& cx);
-  Status CtxSetLimit(wire::CtxLimit::Reader args);
-  Status MemAlloc(wire::MemAlloc::Reader args, CallContext& cx);
-  Status MemAllocPitch(wire::MemAllocPitch::Reader args, CallContext& cx);
-  Status MemFree(wire::MemFree::Reader args);
-  Status MemGetInfo(wire::CtxRef::Reader args, CallContext& cx);
-  Status MemcpyHtoD(wire::Memcpy::Reader args, CallContext& cx);
-  Status MemcpyDtoH(wire::Memcpy::Reader args, CallContext& cx);
-  Status MemcpyDtoD(wire::Memcpy::Reader args);
-  Status Memcpy2D(wire::Memcpy2D::Reader args, CallContext& cx);
-  Status Memset(wire::Memset::Reader args);
   // A load's image, from the call or from the module cache.
   struct ImageSource {
     bool named = false;  // the call named the image by its SHA-256
@@ -306,33 +291,11 @@ class Session {
   Status TakeImage(capnp::Data::Reader hash_data, uint64_t image_bytes, CallContext& cx,
                    ImageSource* source);
   void KeepImage(const ImageSource& source, const CallContext& cx);
-  Status ModuleLoad(wire::ModuleLoad::Reader args, CallContext& cx);
-  Status ModuleUnload(wire::ModuleRef::Reader args);
-  Status ModuleGetFunction(wire::ModuleGetFunction::Reader args);
-  Status ModuleGetGlobal(wire::ModuleGetGlobal::Reader args, CallContext& cx);
-  Status FuncGetAttribute(wire::FuncAttribute::Reader args, CallContext& cx);
-  Status FuncSetAttribute(wire::FuncAttribute::Reader args);
-  Status FuncSetCacheConfig(wire::FuncCacheConfig::Reader args);
-  Status Launch(wire::Launch::Reader args, CallContext& cx);
-  Status StreamCreate(wire::StreamCreate::Reader args);
-  Status StreamDestroy(wire::StreamRef::Reader args);
-  Status StreamSynchronize(wire::StreamRef::Reader args, CallContext& cx);
-  Status StreamQuery(wire::StreamRef::Reader args);
-  Status StreamWaitEvent(wire::StreamWaitEvent::Reader args);
-  Status EventCreate(wire::EventCreate::Reader args);
-  Status EventRecord(wire::EventRecord::Reader args);
-  Status EventQuery(wire::EventRef::Reader args);
-  Status EventSynchronize(wire::EventRef::Reader args, CallContext& cx);
-  Status EventElapsedTime(wire::EventElapsedTime::Reader args, CallContext& cx);
-  Status EventDestroy(wire::EventRef::Reader args);
-  Status LibraryLoad(wire::LibraryLoad::Reader args, CallContext& cx);
-  Status LibraryUnload(wire::LibraryRef::Reader args);
-  Status LibraryLoadModule(wire::LibraryLoadModule::Reader args);
-  Status OccupancyMaxActiveBlocks(wire::OccupancyMaxActiveBlocks::Reader args, CallContext& cx);
-  Status OccupancyAvailableDynamicSmem(wire::OccupancyAvailableDynamicSmem::Reader args,
-                                       CallContext& cx);
-  Status OccupancyCluster(wire::OccupancyCluster::Reader args, CallContext& cx);
-  Status HostGate(wire::StreamRef::Reader args, CallContext& cx);
+  // Handlers (executor thread): one per member of wire::Call's union, generated
+  // from the schema's call descriptions (schema/generate_calls.py), so the
+  // signatures and the dispatch that calls them cannot drift apart. A handler
+  // takes `cx` where the schema gives the member $usesContext.
+#include "schema/session_handlers.inc"
 
   const uint64_t id_;
   std::unique_ptr<Transport> transport_;

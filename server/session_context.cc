@@ -106,4 +106,10 @@ Status Session::CtxSetLimit(wire::CtxLimit::Reader args) {
   return backend_.SetLimit(*c->context, static_cast<int>(args.getLimit()), args.getValue());
 }
 
+Status Session::CtxResetPersistingL2Cache(wire::CtxRef::Reader args) {
+  ContextEntry* c = nullptr;
+  FERRY_RETURN_IF_ERROR(contexts_.Find(args.getCtx(), &c));
+  return backend_.ResetPersistingL2Cache(*c->context);
+}
+
 }  // namespace ferry::server

@@ -378,6 +378,27 @@ TEST_P(ConnectionTest, EveryCallFailsOnceTheServerIsGone) {
   EXPECT_EQ(PostMemset(0, 0, 1).code(), StatusCode::kDisconnected);
 }
 
+#ifdef NDEBUG
+// (A debug build aborts instead: call_waits_test covers that.)
+TEST_P(ConnectionTest, ACallSentAgainstItsDescriptionIsRefusedBeforeItLeaves) {
+  Connect();
+  const uint64_t next_seq = connection_->NextSeq();
+  Status posted = connection_->Post([](wire::Call::Builder c) {
+    auto a = c.initMemAlloc();
+    a.setCtx(kCtx);
+    a.setBytes(4096);
+  });
+  EXPECT_EQ(posted.code(), StatusCode::kInternal) << posted.ToString();
+  EXPECT_NE(posted.message().find("memAlloc"), std::string::npos) << posted.ToString();
+  Status called = connection_->Call([](wire::Call::Builder c) { c.initMemFree().setDptr(1); });
+  EXPECT_EQ(called.code(), StatusCode::kInternal) << called.ToString();
+  // Neither left: no seq was used, the session still answers, and nothing
+  // was allocated (TearDown checks that no allocation is left).
+  EXPECT_EQ(connection_->NextSeq(), next_seq);
+  EXPECT_TRUE(Ping().ok());
+}
+#endif
+
 INSTANTIATE_TEST_SUITE_P(Transports, ConnectionTest, ::testing::Values("socket", "shm"),
                          [](const auto& info) { return info.param; });
 

@@ -6,8 +6,9 @@
 // extra release fails; cuCtxCreate / Destroy / PushCurrent / PopCurrent /
 // SetCurrent / GetCurrent / GetDevice / GetApiVersion / GetFlags /
 // Synchronize with the stack order CUDA defines; cuCtxSetLimit/GetLimit
-// (stack size, printf FIFO); a fresh thread has no current context
-// (cuMemAlloc fails with CUDA_ERROR_INVALID_CONTEXT); and 4 threads sharing
+// (stack size, printf FIFO); cuCtxResetPersistingL2Cache; a fresh thread has
+// no current context (cuMemAlloc and cuCtxResetPersistingL2Cache fail with
+// CUDA_ERROR_INVALID_CONTEXT); and 4 threads sharing
 // one created context, each doing 20 rounds of alloc / copy / memset /
 // verify / free. Exits 0 when every check passes.
 #include <cuda.h>
@@ -154,6 +155,11 @@ void CheckCreatedContexts(CUdevice device) {
   E2E_CHECK(value >= (2 << 20), "printf FIFO %zu after setting 2 MiB", value);
   Ok("CU_LIMIT_PRINTF_FIFO_SIZE = %zu", value);
 
+  // Fire and forget: any error would surface at the synchronize.
+  E2E_CHECK_CU(cuCtxResetPersistingL2Cache());
+  E2E_CHECK_CU(cuCtxSynchronize());
+  Ok("cuCtxResetPersistingL2Cache");
+
   E2E_CHECK_CU(cuCtxDestroy(second));  // not on this thread's stack
   E2E_CHECK(Current() == first, "destroying another context changed current");
   E2E_CHECK_CU(cuCtxDestroy(first));  // current: destroying pops it
@@ -171,6 +177,7 @@ void CheckThreadsShareContext(CUdevice device) {
     E2E_CHECK(Current() == nullptr, "a new thread has a current context");
     CUdeviceptr d = 0;
     E2E_EXPECT_CU(CUDA_ERROR_INVALID_CONTEXT, cuMemAlloc(&d, 1024));
+    E2E_EXPECT_CU(CUDA_ERROR_INVALID_CONTEXT, cuCtxResetPersistingL2Cache());
   }).join();
 
   constexpr int kThreads = 4, kRounds = 20;

@@ -85,7 +85,7 @@ class CliTest : public ::testing::Test {
     ferryd_ = test::StartFerryd(FERRY_TEST_FERRYD,
                                 {"--listen=127.0.0.1:0", "--listen", "127.0.0.1:0",
                                  "--backend=host", "--host-devices", "2"},
-                                dir_ + "/ferryd", kReadyTimeout, &address_, &error);
+                                dir_, kReadyTimeout, &address_, &error);
     ASSERT_TRUE(ferryd_.has_value()) << "cannot start ferryd: " << error;
   }
 

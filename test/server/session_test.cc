@@ -267,6 +267,23 @@ TEST_F(SessionTest, AsyncErrorIsReportedByTheNextCallThatWaitsThenClears) {
   EXPECT_EQ(second.latched_from, 0u);
 }
 
+TEST_F(SessionTest, ResetPersistingL2CacheIsFireAndForgetAndItsErrorLatches) {
+  CreateContext();
+  auto reset = [&](uint64_t ctx) {
+    return client_->Send(
+        [&](wire::Call::Builder c) { c.initCtxResetPersistingL2Cache().setCtx(ctx); }, false);
+  };
+  reset(100);
+  auto after_good = client_->Call([&](wire::Call::Builder c) { c.setPing(); });
+  EXPECT_TRUE(after_good.status.ok()) << after_good.status.ToString();
+  EXPECT_EQ(after_good.latched_from, 0u);
+  const uint64_t bad = reset(999);
+  auto after_bad = client_->Call([&](wire::Call::Builder c) { c.setPing(); });
+  EXPECT_EQ(after_bad.status.cuda_result(), CUDA_ERROR_INVALID_CONTEXT)
+      << after_bad.status.ToString();
+  EXPECT_EQ(after_bad.latched_from, bad);
+}
+
 TEST_F(SessionTest, FreeingAnotherSessionsMemoryIsRefused) {
   CreateContext();
   const uint64_t mine = Alloc(256);
@@ -1224,6 +1241,19 @@ TEST_F(CudaSliceSessionTest, DriverWithoutGreenContextsThrottles) {
   EXPECT_EQ(r.sm_attribute, card / 2);
   ReplyResult created = CreateContext(r);
   EXPECT_TRUE(created.status.ok()) << created.status.ToString();
+}
+
+// The fake driver has no cuCtxResetPersistingL2Cache: the CUDA backend loads
+// it without, and answers the call CUDA_ERROR_NOT_SUPPORTED.
+TEST_F(CudaSliceSessionTest, ResetPersistingL2CacheWithoutTheEntryPointIsNotSupported) {
+  Load(FAKE_FULL_PATH);
+  Running& r = Start(0, 1);
+  ASSERT_TRUE(CreateContext(r).status.ok());
+  const uint64_t reset = r.client->Send(
+      [](wire::Call::Builder c) { c.initCtxResetPersistingL2Cache().setCtx(100); }, false);
+  ReplyResult ping = r.client->Call([](wire::Call::Builder c) { c.setPing(); });
+  EXPECT_EQ(ping.status.cuda_result(), CUDA_ERROR_NOT_SUPPORTED) << ping.status.ToString();
+  EXPECT_EQ(ping.latched_from, reset);
 }
 
 TEST(ComputeMechanismTest, NamesEachMechanism) {

@@ -200,6 +200,9 @@ class GpuBackend {
   virtual Stream& LegacyStream(Context& ctx) = 0;
   virtual Status GetLimit(Context& ctx, int limit, uint64_t* value) = 0;
   virtual Status SetLimit(Context& ctx, int limit, uint64_t value) = 0;
+  // cuCtxResetPersistingL2Cache: returns the persisting lines of the L2 cache
+  // to normal. Queued behind `ctx`'s work, as CUDA does.
+  virtual Status ResetPersistingL2Cache(Context& ctx) = 0;
   // Calls `done` once all work queued so far on every stream of `ctx` is done.
   virtual void WhenContextIdle(Context& ctx, Completion done) = 0;
 

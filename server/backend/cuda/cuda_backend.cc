@@ -602,6 +602,17 @@ class CudaBackend final : public GpuBackend {
     });
   }
 
+  Status ResetPersistingL2Cache(Context& context) override {
+    return Guarded("ResetPersistingL2Cache", [&]() -> Status {
+      if (api_->cuCtxResetPersistingL2Cache == nullptr) {
+        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED,
+                            "the driver has no cuCtxResetPersistingL2Cache");
+      }
+      FERRY_RETURN_IF_ERROR(MakeCurrent(Ctx(context)));
+      return FERRY_CU(*api_, cuCtxResetPersistingL2Cache);
+    });
+  }
+
   void WhenContextIdle(Context& context, Completion done) override {
     CudaContext& ctx = Ctx(context);
     ctx.waits.Add();

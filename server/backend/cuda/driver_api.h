@@ -108,8 +108,10 @@
 // where it does not: a driver that lacks one still loads, and its member
 // stays null. Green contexts (CUDA 12.4+) give a slice an SM partition;
 // without them compute shares fall back to launch throttling. Call sites
-// check HasGreenContexts() first.
+// check HasGreenContexts() first. cuCtxResetPersistingL2Cache (CUDA 11.0+)
+// is answered CUDA_ERROR_NOT_SUPPORTED where missing.
 #define FERRY_CUDA_OPTIONAL_ENTRY_POINTS(X) \
+  X(cuCtxResetPersistingL2Cache)            \
   X(cuDeviceGetDevResource)                 \
   X(cuDevSmResourceSplitByCount)            \
   X(cuDevResourceGenerateDesc)              \

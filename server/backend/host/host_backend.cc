@@ -387,6 +387,9 @@ class HostBackend final : public GpuBackend {
     return Status::Ok();
   }
 
+  // Host memory has no persisting L2 lines: nothing to reset.
+  Status ResetPersistingL2Cache(Context& ctx) override { return Status::Ok(); }
+
   void WhenContextIdle(Context& ctx, Completion done) override {
     WhenAllReached(AsContext(ctx).state()->Tails(), std::move(done));
   }
