@@ -1,4 +1,4 @@
-// ferry-bench (issue 5): how close ferry comes to the machine's own limits,
+// ferry-bench: how close ferry comes to the machine's own limits,
 // measured in one run against one ferryd that it starts (host backend,
 // loopback). Run by scripts/bench.sh; never by the tests.
 //

@@ -3,7 +3,7 @@
 //
 // Every device range is checked against the client's own record of its
 // allocations first, so a bad pointer is reported by the call that passed it
-// (the server checks again: DESIGN invariant 6). Host-to-device copies are
+// (the server checks again: README.md invariant 6). Host-to-device copies are
 // fire-and-forget once their bytes are taken; device-to-host copies wait for
 // their bytes, except async copies into page-locked memory, which land when
 // their reply arrives and are waited for by the next synchronising call.

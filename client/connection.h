@@ -1,7 +1,7 @@
 // Connection: the client's side of one ferryd session.
 //
 // Every driver call becomes one Call message. Post() queues a call that needs
-// no reply (DESIGN invariant 3): it is serialised at once into the pending
+// no reply (README.md invariant 3): it is serialised at once into the pending
 // batch (no allocation, no system call), and the batch goes out as one frame
 // when a call that waits is issued, when it grows large, or after a short
 // delay (the flusher thread), so queued work always reaches the server.

@@ -1,5 +1,5 @@
 // The one place where a ferry Status becomes the CUresult a program sees
-// (DESIGN invariant 8), and the guard that keeps C++ exceptions from crossing
+// (README.md invariant 8), and the guard that keeps C++ exceptions from crossing
 // the extern "C" boundary.
 #pragma once
 
@@ -28,7 +28,7 @@ CUresult Api(Body&& body) noexcept {
 }
 
 // Logs `name` once (with `reason`, if given) and returns
-// CUDA_ERROR_NOT_SUPPORTED (DESIGN invariant 1).
+// CUDA_ERROR_NOT_SUPPORTED (README.md invariant 1).
 CUresult Unsupported(const char* name, const char* reason = nullptr);
 
 }  // namespace ferry::client

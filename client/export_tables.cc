@@ -1,7 +1,7 @@
 // cuGetExportTable: the private tables the CUDA runtime asks its driver for.
 //
 // They are not in cuda.h. What each must do was observed (see
-// shared/notes/cuda-runtime-private-interface.md): a table is an array of
+// client/README.md, "Export tables"): a table is an array of
 // pointers, named by a 16-byte id; most start with their own size in bytes.
 // All of them are answered here, locally: the runtime calls some of them
 // (context-local storage) before almost every runtime call, and some before

@@ -1,6 +1,6 @@
 // Handle ids: the value of every CUcontext, CUstream, CUevent, CUmodule,
 // CUfunction, CUlibrary or CUkernel the client hands out is (kind << 48 |
-// serial), a non-canonical address the client chooses (DESIGN invariant 2),
+// serial), a non-canonical address the client chooses (README.md invariant 2),
 // and the same id names the object on the wire.
 //
 // Thread-safety: HandleIds is thread-safe (one atomic counter).

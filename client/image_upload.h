@@ -1,4 +1,4 @@
-// Sending a module or library image (DESIGN: module images are
+// Sending a module or library image (schema/README.md: module images are
 // content-addressed). An image of kNameByHashMinBytes or more goes by its
 // SHA-256 alone first; only when the server answers imageNotCached does the
 // call go again with the bytes (and the same name, so ferryd can keep them).

@@ -1,4 +1,4 @@
-// Runtime: the stand-in driver's one global (STYLE 11). It is created on first
+// Runtime: the stand-in driver's one global (README.md, "Rules of the code"). It is created on first
 // use and never destroyed, so cu* calls from atexit handlers and static
 // destructors still work.
 //

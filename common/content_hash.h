@@ -1,5 +1,5 @@
 // ContentHash: the SHA-256 of some bytes, naming a module image by its
-// content (DESIGN "Wire protocol": module images are content-addressed).
+// content (schema/README.md: module images are content-addressed).
 // SHA-256 because the name crosses sessions: two different images must never
 // share one, even when a client chooses its bytes to make them collide.
 //

@@ -3,7 +3,7 @@
 // hold all of [address, address + bytes)". The client keeps its device and
 // page-locked host allocations in one; the server keeps each session's device
 // ranges (allocations and module globals) in one and checks every range a call
-// names against it (DESIGN invariant 6: sessions cannot reach each other).
+// names against it (README.md invariant 6: sessions cannot reach each other).
 //
 // Ranges are keyed by base address; Insert refuses a range that overlaps one
 // already held. Zero-sized ranges are never stored.

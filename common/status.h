@@ -2,7 +2,7 @@
 //
 // A Status is OK or carries a category (StatusCode), the CUresult that the C
 // surface will report for it, and a human-readable message. Named constructors
-// pick the CUresult that the category means (DESIGN invariant 8); Status::Cuda
+// pick the CUresult that the category means (README.md invariant 8); Status::Cuda
 // carries a driver error through unchanged. The conversion to CUresult happens
 // in exactly one place (client/cuda_result.h: ToCuResult).
 //

@@ -1,6 +1,6 @@
 // HandleTable<Entry>: one kind of a session's handles (contexts, streams,
 // events, modules, libraries, functions), keyed by the uint64 id the client
-// chose for it (DESIGN invariant 6: a session validates every handle against
+// chose for it (README.md invariant 6: a session validates every handle against
 // its own tables). Id 0 is never a handle: the client uses it for "none"
 // (the legacy stream, no library).
 //

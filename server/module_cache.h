@@ -1,6 +1,6 @@
 // ModuleCache: module images by content, shared by every session of one
 // ferryd, so that a process loading an image the server already holds sends
-// only its hash (DESIGN "Wire protocol"; schema ModuleLoad.imageHash).
+// only its hash (schema/README.md; schema ModuleLoad.imageHash).
 //
 // An image is named by its SHA-256 and its length. The session inserts only
 // bytes whose hash it has computed itself and found equal to the name the

@@ -152,7 +152,7 @@ void Session::Run() {
       auto out = list[static_cast<unsigned>(i)];
       out.setName(d.name);
       out.setUuid(kj::arrayPtr(d.uuid.data(), d.uuid.size()));
-      // A slice is a device with the slice's memory (DESIGN invariant 7).
+      // A slice is a device with the slice's memory (README.md invariant 7).
       out.setTotalMemory(device.memory_quota != 0 ? device.memory_quota : d.total_memory);
       out.setPciDomain(d.pci_domain);
       out.setPciBus(d.pci_bus);

@@ -2,7 +2,7 @@
 //
 // A Session owns everything its client creates — contexts, streams, events,
 // modules, allocations — and frees all of it when the connection ends for any
-// reason (DESIGN invariant 5). It executes the client's calls in the order
+// reason (README.md invariant 5). It executes the client's calls in the order
 // they were issued (invariant 4) on one executor thread (the thread that calls
 // Run), validates every handle and device address range against its own tables
 // (invariant 6), and latches the error of a fire-and-forget call until the
@@ -29,7 +29,7 @@
 // one reading (and opening gates at once), the other executing the call
 // batches read so far, in order (see ServeLoop in session.cc).
 //
-// Pools (DESIGN invariant 7): a session's devices are what it borrowed — whole
+// Pools (README.md invariant 7): a session's devices are what it borrowed — whole
 // backend devices, or slices of them (SessionDevice). The session reports
 // each slice's memory as the device's total, refuses allocations past the
 // slice's quota on every allocation path, and enforces the slice's compute

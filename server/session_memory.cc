@@ -1,6 +1,6 @@
 // Session handlers for device memory: allocation (charged to the slice's
 // quota), copies and memset, each range checked against the session's own
-// ranges (DESIGN invariant 6).
+// ranges (README.md invariant 6).
 
 #include "server/session.h"
 

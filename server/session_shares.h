@@ -1,5 +1,5 @@
 // What a session may use (its grant: whole devices or pool slices) and the
-// enforcement of a slice's shares (DESIGN invariant 7): the memory quota and
+// enforcement of a slice's shares (README.md invariant 7): the memory quota and
 // the compute share.
 //
 // A slice's compute share is enforced with an SM partition where the backend
@@ -58,7 +58,7 @@ struct SessionGrant {
 // Every device of `backend`, whole, in order: the grant without pools.
 SessionGrant WholeDevices(const backend::GpuBackend& backend);
 
-// Picks how `device`'s compute share is enforced (DESIGN invariant 7): an SM
+// Picks how `device`'s compute share is enforced (README.md invariant 7): an SM
 // partition where the backend can split the device into `slices_per_gpu`
 // disjoint SM groups and the share is one such group (the CUDA backend with
 // green contexts), else launch throttling. Sets device->sm_partition_sms.

@@ -1,4 +1,4 @@
-// Coverage of the driver API (STYLE 4, issue 3 item 6): every function
+// Coverage of the driver API (README.md invariant 1): every function
 // cuda.h declares, every name its version macros expand to (_v2, _ptds,
 // _ptsz) and every symbol of the toolkit's stub libcuda.so is exported by
 // ferry's libcuda.so.1; each is either implemented by ferry (a strong

@@ -1,4 +1,4 @@
-// End-to-end tests (issue 2): ordinary driver-API programs, linked against
+// End-to-end tests: ordinary driver-API programs, linked against
 // the toolkit's stub libcuda.so, run through ferry's libcuda.so.1
 // (LD_LIBRARY_PATH) against a ferryd with the host backend that each test
 // starts on an ephemeral port. Every child process is bounded in time and is

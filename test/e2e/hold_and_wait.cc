@@ -48,6 +48,7 @@ int main(int argc, char** argv) {
     E2E_CHECK_CU(cuMemcpyDtoDAsync(buffers[1], buffers[2], kBytes, copy));
     E2E_CHECK_CU(cuMemcpyHtoDAsync(buffers[2], pinned, 1 << 20, copy));
     if (round % 5 == 4) E2E_CHECK_CU(cuStreamSynchronize(compute));
+    // Pacing: a client that keeps working until the test kills it.
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   std::printf("hold_and_wait: not killed; exiting\n");

@@ -20,6 +20,7 @@ namespace {
 void CUDA_CB HoldForever(void*) {
   std::printf("READY\n");
   std::fflush(stdout);
+  // Holds the stream until the test kills this process (bounded).
   std::this_thread::sleep_for(std::chrono::seconds(60));
 }
 
@@ -47,6 +48,7 @@ int main(int argc, char** argv) {
   E2E_CHECK_CU(
       cuLaunchKernel(increment, (kCount + 255) / 256, 1, 1, 256, 1, 1, 0, held, params, nullptr));
   E2E_CHECK_CU(cuStreamDestroy(held));
+  // Waits to be killed by the test (bounded).
   std::this_thread::sleep_for(std::chrono::seconds(60));
   std::printf("host_callback_hold: not killed; exiting\n");
   E2E_CHECK_CU(cuDevicePrimaryCtxRelease(primary.device));

@@ -369,7 +369,7 @@ struct Slow {
   bool done = false;
 };
 void CUDA_CB SlowHostFunction(void* data) {
-  std::this_thread::sleep_for(100ms);
+  std::this_thread::sleep_for(100ms);  // the slowness is the behaviour under test
   static_cast<Slow*>(data)->done = true;
 }
 

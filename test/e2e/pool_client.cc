@@ -1,4 +1,4 @@
-// e2e program pool_client: a borrower for the pool tests (issue 6). What it
+// e2e program pool_client: a borrower for the pool tests. What it
 // borrows comes from FERRY_POOL, FERRY_GPUS and FERRY_WAIT.
 //
 //   pool_client hold RELEASE_FILE
@@ -62,6 +62,7 @@ int Hold(const std::string& release_file) {
       std::fflush(stdout);
       return 4;
     }
+    // Pacing a bounded poll: the state polled is the server's notice.
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   std::printf("pool_client: never released; giving up\n");

@@ -1,4 +1,4 @@
-// End-to-end tests of the GPU pool (issue 6): real client processes
+// End-to-end tests of the GPU pool: real client processes
 // (pool_client through ferry's libcuda.so.1) against `ferryd --config FILE
 // --backend host`, observed through `ferryctl status -o json`. Schedules run
 // on ferryd's test-only fake clock (--test-fake-clock), moved by `ferryctl

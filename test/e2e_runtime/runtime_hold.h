@@ -40,6 +40,9 @@ inline void RtHoldStream(void* user_data) {
 
 // Releases `hold` from another thread after `delay`, so a call that must
 // wait for the held work can be made meanwhile; join the thread afterwards.
+// The delay is not synchronization: whether or not the caller is already
+// waiting when the hold opens, what it checks afterwards must hold; the delay
+// only makes the waiting path the one usually taken.
 inline std::thread RtReleaseLater(RtHold& hold, std::chrono::milliseconds delay) {
   return std::thread([&hold, delay] {
     std::this_thread::sleep_for(delay);

@@ -1,4 +1,4 @@
-// A cuBLAS program for the GPU check (issue 4): SGEMM and DGEMM at
+// A cuBLAS program for the GPU check: SGEMM and DGEMM at
 // 1024, 2048 and 4096, each compared with a CPU reference, and timed.
 // The reference is exact per entry: a fixed sample of output entries is
 // recomputed on the CPU in double precision (a full 4096^3 product on the CPU

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Stock PyTorch on CUDA, for the GPU check (issue 4). Run unmodified twice:
+"""Stock PyTorch on CUDA, for the GPU check. Run unmodified twice:
 through ferry (LD_LIBRARY_PATH puts ferry's libcuda.so.1 first, FERRY_SERVER
 set) and natively; the harness compares the two.
 

@@ -4,7 +4,7 @@
 // Contract for every implementation:
 //  * One GpuBackend serves all sessions of a ferryd; all methods are
 //    thread-safe. A session calls them from its executor thread in the order
-//    its client issued the calls (DESIGN invariant 4); Completion callbacks may
+//    its client issued the calls (README.md invariant 4); Completion callbacks may
 //    run on any backend thread.
 //  * Nothing here blocks on device work. Stream operations are queued and
 //    return at once; the caller learns of completion through When*Idle /

@@ -89,7 +89,7 @@ bool RowSpan(uint64_t width, uint64_t rows, uint64_t pitch, uint64_t* out) {
 
 // Zero-filled, `kAllocationAlignment`-aligned storage that frees itself. The
 // zeroing matters beyond tidiness: sessions share this process, and memory
-// one session freed must not show its bytes to the next (DESIGN invariant 6).
+// one session freed must not show its bytes to the next (README.md invariant 6).
 // Returns null when `bytes` cannot be had.
 std::shared_ptr<void> AllocateDeviceStorage(uint64_t bytes) {
   // aligned_alloc wants a multiple of the alignment.

@@ -1,5 +1,4 @@
-// HostBackend — the CPU stand-in GPU behind every test (DESIGN "Server
-// backends"): "device" memory is host memory of the ferryd process, each
+// HostBackend — the CPU stand-in GPU behind every test (README.md "Design"// backends"): "device" memory is host memory of the ferryd process, each
 // stream runs its operations in order on its own host thread, and a kernel
 // runs by calling a host implementation exported by a --host-kernels library
 // (server/backend/host/ferry_host_kernel.h).

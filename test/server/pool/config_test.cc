@@ -10,7 +10,7 @@
 namespace ferry::pool {
 namespace {
 
-constexpr const char* kExample = R"(# the example from issue 6
+constexpr const char* kExample = R"(# the example from the README
 [server]
 listen = ["127.0.0.1:7070"]
 backend = "host"                 # or "cuda"
