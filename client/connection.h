@@ -46,6 +46,8 @@
 
 #include "absl/functional/function_ref.h"
 
+#include "absl/base/thread_annotations.h"
+
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -219,25 +221,29 @@ class Connection {
   const ConnectionOptions options_;
   std::unique_ptr<Transport> transport_;
 
-  // Sending. Guarded by send_mutex_.
+  // Sending.
   std::mutex send_mutex_;
-  uint64_t next_seq_ = 1;
-  std::vector<capnp::word> batch_words_;
-  std::vector<uint8_t> batch_bulk_;
-  size_t batch_calls_ = 0;
+  uint64_t next_seq_ ABSL_GUARDED_BY(send_mutex_) = 1;
+  std::vector<capnp::word> batch_words_ ABSL_GUARDED_BY(send_mutex_);
+  std::vector<uint8_t> batch_bulk_ ABSL_GUARDED_BY(send_mutex_);
+  size_t batch_calls_ ABSL_GUARDED_BY(send_mutex_) = 0;
 
-  // Replies. Guarded by reply_mutex_.
+  // Replies.
   std::mutex reply_mutex_;
   std::condition_variable reply_cv_;
-  std::map<uint64_t, Waiter*> waiters_;
-  std::map<uint64_t, std::unique_ptr<Waiter>> async_copies_;  // owned here
-  Status async_error_;                      // first failed PostExpectingBytes, until reported
-  Status broken_;                           // set once the connection fails
-  std::map<uint64_t, HostFunction> gates_;  // hostGate calls not yet reached
-  Status revoked_;                          // set once the server took the session's devices away
-  bool reader_busy_ = false;                // a thread holds the reader role
-  int sleepers_ = 0;                        // callers blocked on reply_cv_
-  bool stopping_reader_ = false;
+  std::map<uint64_t, Waiter*> waiters_ ABSL_GUARDED_BY(reply_mutex_);
+  // Owned here.
+  std::map<uint64_t, std::unique_ptr<Waiter>> async_copies_ ABSL_GUARDED_BY(reply_mutex_);
+  // The first failed PostExpectingBytes, until reported.
+  Status async_error_ ABSL_GUARDED_BY(reply_mutex_);
+  Status broken_ ABSL_GUARDED_BY(reply_mutex_);  // set once the connection fails
+  // hostGate calls not yet reached.
+  std::map<uint64_t, HostFunction> gates_ ABSL_GUARDED_BY(reply_mutex_);
+  // Set once the server took the session's devices away.
+  Status revoked_ ABSL_GUARDED_BY(reply_mutex_);
+  bool reader_busy_ ABSL_GUARDED_BY(reply_mutex_) = false;  // a thread holds the reader role
+  int sleepers_ ABSL_GUARDED_BY(reply_mutex_) = 0;          // callers blocked on reply_cv_
+  bool stopping_reader_ ABSL_GUARDED_BY(reply_mutex_) = false;
   std::condition_variable background_cv_;  // the background reader's turn may have come
   std::atomic<bool> broken_flag_{false};   // broken_ or revoked_ is set; read without the lock
   std::vector<uint8_t> discard_;           // the reader role's scratch
@@ -245,8 +251,8 @@ class Connection {
   // Flusher.
   std::mutex flush_mutex_;
   std::condition_variable flush_cv_;
-  bool flush_requested_ = false;  // guarded by flush_mutex_
-  bool stopping_ = false;         // guarded by flush_mutex_
+  bool flush_requested_ ABSL_GUARDED_BY(flush_mutex_) = false;
+  bool stopping_ ABSL_GUARDED_BY(flush_mutex_) = false;
 
   std::thread background_reader_;
   std::thread flusher_;

@@ -17,6 +17,8 @@
 #include <mutex>
 #include <utility>
 
+#include "absl/base/thread_annotations.h"
+
 namespace ferry::client {
 
 class ContextLocalStorage {
@@ -42,7 +44,7 @@ class ContextLocalStorage {
   };
   std::mutex mu_;
   // (context id, key address) -> slot
-  std::map<std::pair<uint64_t, uintptr_t>, Slot> slots_;  // guarded by mu_
+  std::map<std::pair<uint64_t, uintptr_t>, Slot> slots_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ferry::client

@@ -19,6 +19,8 @@
 #include <mutex>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
+
 #include "common/status.h"
 
 namespace ferry::client {
@@ -43,9 +45,9 @@ class HostCallbackThread {
 
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<std::function<void()>> jobs_;  // guarded by mu_
-  bool stopping_ = false;                   // guarded by mu_
-  std::thread thread_;                      // started under mu_ by the first Post
+  std::deque<std::function<void()>> jobs_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;  // started under mu_ by the first Post
 };
 
 }  // namespace ferry::client

@@ -32,6 +32,8 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+
 #include "common/status.h"
 
 namespace ferry::backend {
@@ -134,7 +136,7 @@ class HostGate {
  private:
   mutable std::mutex mu_;
   mutable std::condition_variable opened_;
-  bool open_ = false;  // guarded by mu_
+  bool open_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 class Context {
