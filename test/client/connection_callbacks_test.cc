@@ -18,9 +18,9 @@
 #include <vector>
 
 #include "common/frame.h"
-#include "server/backend/host/host_backend.h"
 #include "server/session.h"
 #include "test/support/connection_fixture.h"
+#include "test/support/host_backend.h"
 
 namespace ferry::client {
 namespace {
@@ -34,9 +34,7 @@ constexpr uint64_t kStream = 7;
 class HostCallbackConnectionTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    backend::HostBackendOptions options;
-    options.device_memory = 16 << 20;
-    ASSERT_TRUE(backend::CreateHostBackend(options, &backend_).ok());
+    ASSERT_TRUE(test::CreateTestHostBackend(16 << 20, &backend_).ok());
     std::unique_ptr<Transport> server_side, client_side;
     ASSERT_TRUE(MakeTransportPair(&server_side, &client_side).ok());
     const Status open_status =

@@ -18,9 +18,9 @@
 
 #include "common/frame.h"
 #include "common/shm_transport.h"
-#include "server/backend/host/host_backend.h"
 #include "server/session.h"
 #include "test/support/connection_fixture.h"
+#include "test/support/host_backend.h"
 
 namespace ferry::client {
 namespace {
@@ -49,11 +49,7 @@ class CountingTransport final : public Transport {
 // or "shm" (the shared-memory rings).
 class ConnectionTest : public ::testing::TestWithParam<std::string> {
  protected:
-  void SetUp() override {
-    backend::HostBackendOptions options;
-    options.device_memory = 512 << 20;
-    ASSERT_TRUE(backend::CreateHostBackend(options, &backend_).ok());
-  }
+  void SetUp() override { ASSERT_TRUE(test::CreateTestHostBackend(512 << 20, &backend_).ok()); }
 
   void TearDown() override {
     loop_.Close();  // closes the client's end; the session ends

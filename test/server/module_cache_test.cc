@@ -15,8 +15,8 @@
 #include <vector>
 
 #include "common/frame.h"
-#include "server/backend/host/host_backend.h"
 #include "server/session.h"
+#include "test/support/host_backend.h"
 #include "test/support/raw_client.h"
 
 namespace ferry::server {
@@ -169,11 +169,7 @@ std::vector<uint8_t> HashBytes(const std::string& image) {
 
 class SessionModuleCacheTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    backend::HostBackendOptions options;
-    options.device_memory = 64 << 20;
-    ASSERT_TRUE(backend::CreateHostBackend(options, &backend_).ok());
-  }
+  void SetUp() override { ASSERT_TRUE(test::CreateTestHostBackend(64 << 20, &backend_).ok()); }
   std::unique_ptr<backend::GpuBackend> backend_;
   ModuleCache cache_{64 << 20};
 };

@@ -14,7 +14,7 @@
 
 #include "common/frame.h"
 #include "common/transport.h"
-#include "server/backend/host/host_backend.h"
+#include "test/support/host_backend.h"
 #include "test/support/raw_client.h"
 #include "test/support/wait.h"
 
@@ -29,9 +29,7 @@ constexpr int kControlRole = static_cast<int>(wire::Hello::Role::CONTROL);
 class ServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    backend::HostBackendOptions options;
-    options.device_memory = 16 << 20;
-    ASSERT_TRUE(backend::CreateHostBackend(options, &backend_).ok());
+    ASSERT_TRUE(test::CreateTestHostBackend(16 << 20, &backend_).ok());
     server_ = std::make_unique<Server>(*backend_);
     ASSERT_TRUE(server_->Listen("127.0.0.1:0").ok());
     server_->Start();

@@ -19,7 +19,7 @@
 
 #include "common/frame.h"
 #include "server/backend/cuda/cuda_backend.h"
-#include "server/backend/host/host_backend.h"
+#include "test/support/host_backend.h"
 #include "test/support/observed_transport.h"
 #include "test/support/raw_client.h"
 #include "test/support/wait.h"
@@ -33,9 +33,7 @@ using test::ReplyResult;
 class SessionTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    backend::HostBackendOptions options;
-    options.device_memory = 64 << 20;
-    ASSERT_TRUE(backend::CreateHostBackend(options, &backend_).ok());
+    ASSERT_TRUE(test::CreateTestHostBackend(64 << 20, &backend_).ok());
     StartSession();
   }
   void TearDown() override { EndSession(); }
@@ -885,12 +883,7 @@ constexpr uint64_t kSliceQuota = 1 << 20;
 // device 1, as a pool grants it.
 class PooledSessionTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    backend::HostBackendOptions options;
-    options.device_count = 2;
-    options.device_memory = 64 << 20;
-    ASSERT_TRUE(backend::CreateHostBackend(options, &backend_).ok());
-  }
+  void SetUp() override { ASSERT_TRUE(test::CreateTestHostBackend(64 << 20, &backend_, 2).ok()); }
   void TearDown() override {
     if (runner_.joinable()) {
       client_.reset();
@@ -1267,9 +1260,7 @@ TEST(ComputeMechanismTest, NamesEachMechanism) {
 
 TEST(ComputeMechanismTest, HostBackendKeepsLaunchThrottling) {
   std::unique_ptr<backend::GpuBackend> host;
-  backend::HostBackendOptions options;
-  options.device_memory = 16 << 20;
-  ASSERT_TRUE(backend::CreateHostBackend(options, &host).ok());
+  ASSERT_TRUE(test::CreateTestHostBackend(16 << 20, &host).ok());
   SessionDevice device;
   device.compute_share = 0.5;
   device.slices_per_gpu = 2;
