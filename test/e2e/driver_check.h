@@ -200,4 +200,13 @@ inline PrimaryContext SetUpPrimaryContext() {
   return primary;
 }
 
+// Loads the fatbin built from kernels.cu (kFatbinFile in ImageDir) into the
+// current context; the caller unloads it, or lets the process end do so.
+inline CUmodule LoadFatbin(int argc, char** argv) {
+  const std::string path = ImageDir(argc, argv) + "/" + kFatbinFile;
+  CUmodule module = nullptr;
+  E2E_CHECK_CU(cuModuleLoad(&module, path.c_str()));
+  return module;
+}
+
 }  // namespace ferry::e2e

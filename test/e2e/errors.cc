@@ -220,10 +220,8 @@ void CheckBogusHandles(CUmodule module) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::string fatbin_path = e2e::ImageDir(argc, argv) + "/" + e2e::kFatbinFile;
   e2e::PrimaryContext primary = e2e::SetUpPrimaryContext();
-  CUmodule module = nullptr;
-  E2E_CHECK_CU(cuModuleLoad(&module, fatbin_path.c_str()));
+  CUmodule module = e2e::LoadFatbin(argc, argv);
   CheckStillWorks("setup", module);
 
   CheckBadPointers(module);

@@ -16,7 +16,6 @@
 
 int main(int argc, char** argv) {
   namespace e2e = ::ferry::e2e;
-  const std::string fatbin_path = e2e::ImageDir(argc, argv) + "/" + e2e::kFatbinFile;
   e2e::PrimaryContext primary = e2e::SetUpPrimaryContext();
 
   constexpr size_t kBytes = size_t{8} << 20;
@@ -29,8 +28,7 @@ int main(int argc, char** argv) {
   CUstream compute = nullptr, copy = nullptr;
   E2E_CHECK_CU(cuStreamCreate(&compute, CU_STREAM_NON_BLOCKING));
   E2E_CHECK_CU(cuStreamCreate(&copy, CU_STREAM_NON_BLOCKING));
-  CUmodule module = nullptr;
-  E2E_CHECK_CU(cuModuleLoad(&module, fatbin_path.c_str()));
+  CUmodule module = e2e::LoadFatbin(argc, argv);
   CUfunction increment = nullptr;
   E2E_CHECK_CU(cuModuleGetFunction(&increment, module, e2e::kIncrement));
   void* pinned = nullptr;

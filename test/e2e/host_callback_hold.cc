@@ -28,10 +28,8 @@ void CUDA_CB HoldForever(void*) {
 
 int main(int argc, char** argv) {
   namespace e2e = ::ferry::e2e;
-  const std::string fatbin_path = e2e::ImageDir(argc, argv) + "/" + e2e::kFatbinFile;
   e2e::PrimaryContext primary = e2e::SetUpPrimaryContext();
-  CUmodule module = nullptr;
-  E2E_CHECK_CU(cuModuleLoad(&module, fatbin_path.c_str()));
+  CUmodule module = e2e::LoadFatbin(argc, argv);
   CUfunction increment = nullptr;
   E2E_CHECK_CU(cuModuleGetFunction(&increment, module, e2e::kIncrement));
   constexpr int kCount = 1 << 20;
