@@ -5,6 +5,8 @@
 // callbacks are fire-and-forget too; they run later on the client.
 #include <cuda.h>
 
+#include <string>
+
 #include "client/cuda_result.h"
 #include "client/runtime.h"
 
@@ -39,36 +41,24 @@ Status CreateStream(CUstream* out, unsigned flags, int priority) {
   return Status::Ok();
 }
 
-Status SynchronizeStream(CUstream stream, bool per_thread) {
+// cuStreamSynchronize (`query` false) and cuStreamQuery (`query` true): one
+// call that waits for the server. A stream whose work is done is reported
+// ready only once the bytes of its asynchronous copies into page-locked memory
+// arrived, so a program that polls and then reads them finds them there.
+Status SynchronizeOrQueryStream(CUstream stream, bool per_thread, bool query) {
   Runtime& rt = Runtime::Get();
   StreamTarget target;
   FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
   uint64_t seq = 0;
   FERRY_RETURN_IF_ERROR(rt.connection().Call(
       [&](wire::Call::Builder call) {
-        auto args = call.initStreamSynchronize();
+        wire::StreamRef::Builder args =
+            query ? call.initStreamQuery() : call.initStreamSynchronize();
         args.setCtx(target.ctx);
         args.setStream(target.stream);
       },
       {}, {}, nullptr, &seq));
-  return rt.AfterSynchronize(seq);
-}
-
-// A stream whose work is done is reported ready only once the bytes of its
-// asynchronous copies into page-locked memory arrived, so a program that
-// polls and then reads them finds them there.
-Status QueryStream(CUstream stream, bool per_thread) {
-  Runtime& rt = Runtime::Get();
-  StreamTarget target;
-  FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
-  uint64_t seq = 0;
-  FERRY_RETURN_IF_ERROR(rt.connection().Call(
-      [&](wire::Call::Builder call) {
-        auto args = call.initStreamQuery();
-        args.setCtx(target.ctx);
-        args.setStream(target.stream);
-      },
-      {}, {}, nullptr, &seq));
+  if (!query) return rt.AfterSynchronize(seq);
   return rt.AfterQuery(ferry::client::StreamKey{target.ctx, target.stream}, seq);
 }
 
@@ -162,6 +152,43 @@ Status StreamOf(CUstream stream, ferry::client::StreamState* state) {
   return Runtime::Get().streams().FindStream(id, state);
 }
 
+// The cuStreamGet* entry points that read the stream's state: fails when
+// `out` (named `name` in the message) is NULL, else `*out = get(state)`.
+template <typename T, typename Get>
+CUresult GetStreamProperty(CUstream stream, T* out, const char* name, Get get) {
+  return Api([&]() -> Status {
+    if (out == nullptr) return Status::InvalidArgument(std::string(name) + " is NULL");
+    ferry::client::StreamState state;
+    FERRY_RETURN_IF_ERROR(StreamOf(stream, &state));
+    *out = get(state);
+    return Status::Ok();
+  });
+}
+
+// cuEventSynchronize (`query` false) and cuEventQuery (`query` true): one
+// call that waits for the server. Reached, a queried event is ready once the
+// copies queued before its record on its stream have landed (as for
+// cuStreamQuery); a record another thread issued after the query is not what
+// the server answered about.
+Status SynchronizeOrQueryEvent(CUevent event, bool query) {
+  Runtime& rt = Runtime::Get();
+  FERRY_RETURN_IF_ERROR(rt.Ready());
+  const uint64_t id = Runtime::HandleId(event);
+  ferry::client::EventState state;
+  FERRY_RETURN_IF_ERROR(rt.streams().FindEvent(id, &state));
+  uint64_t seq = 0;
+  FERRY_RETURN_IF_ERROR(rt.connection().Call(
+      [&](wire::Call::Builder call) {
+        wire::EventRef::Builder args = query ? call.initEventQuery() : call.initEventSynchronize();
+        args.setEvent(id);
+      },
+      {}, {}, nullptr, &seq));
+  if (!query) return rt.AfterSynchronize(seq);
+  FERRY_RETURN_IF_ERROR(rt.streams().FindEvent(id, &state));
+  if (state.recorded_seq == 0 || state.recorded_seq > seq) return Status::Ok();
+  return rt.AfterQuery(state.recorded_on, state.recorded_seq);
+}
+
 }  // namespace
 
 extern "C" {
@@ -188,17 +215,17 @@ CUresult CUDAAPI cuStreamDestroy_v2(CUstream hStream) {
 }
 
 CUresult CUDAAPI cuStreamSynchronize(CUstream hStream) {
-  return Api([&] { return SynchronizeStream(hStream, false); });
+  return Api([&] { return SynchronizeOrQueryStream(hStream, false, false); });
 }
 CUresult CUDAAPI cuStreamSynchronize_ptsz(CUstream hStream) {
-  return Api([&] { return SynchronizeStream(hStream, true); });
+  return Api([&] { return SynchronizeOrQueryStream(hStream, true, false); });
 }
 
 CUresult CUDAAPI cuStreamQuery(CUstream hStream) {
-  return Api([&] { return QueryStream(hStream, false); });
+  return Api([&] { return SynchronizeOrQueryStream(hStream, false, true); });
 }
 CUresult CUDAAPI cuStreamQuery_ptsz(CUstream hStream) {
-  return Api([&] { return QueryStream(hStream, true); });
+  return Api([&] { return SynchronizeOrQueryStream(hStream, true, true); });
 }
 
 CUresult CUDAAPI cuStreamWaitEvent(CUstream hStream, CUevent hEvent, unsigned int Flags) {
@@ -225,38 +252,24 @@ CUresult CUDAAPI cuStreamAddCallback_ptsz(CUstream hStream, CUstreamCallback cal
 }
 
 CUresult CUDAAPI cuStreamGetPriority(CUstream hStream, int* priority) {
-  return Api([&]() -> Status {
-    if (priority == nullptr) return Status::InvalidArgument("priority is NULL");
-    ferry::client::StreamState state;
-    FERRY_RETURN_IF_ERROR(StreamOf(hStream, &state));
-    *priority = state.priority;
-    return Status::Ok();
-  });
+  return GetStreamProperty(hStream, priority, "priority",
+                           [](const ferry::client::StreamState& state) { return state.priority; });
 }
 CUresult CUDAAPI cuStreamGetPriority_ptsz(CUstream hStream, int* priority) {
   return cuStreamGetPriority(hStream, priority);
 }
 
 CUresult CUDAAPI cuStreamGetFlags(CUstream hStream, unsigned int* flags) {
-  return Api([&]() -> Status {
-    if (flags == nullptr) return Status::InvalidArgument("flags is NULL");
-    ferry::client::StreamState state;
-    FERRY_RETURN_IF_ERROR(StreamOf(hStream, &state));
-    *flags = state.flags;
-    return Status::Ok();
-  });
+  return GetStreamProperty(hStream, flags, "flags",
+                           [](const ferry::client::StreamState& state) { return state.flags; });
 }
 CUresult CUDAAPI cuStreamGetFlags_ptsz(CUstream hStream, unsigned int* flags) {
   return cuStreamGetFlags(hStream, flags);
 }
 
 CUresult CUDAAPI cuStreamGetCtx(CUstream hStream, CUcontext* pctx) {
-  return Api([&]() -> Status {
-    if (pctx == nullptr) return Status::InvalidArgument("pctx is NULL");
-    ferry::client::StreamState state;
-    FERRY_RETURN_IF_ERROR(StreamOf(hStream, &state));
-    *pctx = Runtime::ToHandle<CUcontext>(state.ctx);
-    return Status::Ok();
+  return GetStreamProperty(hStream, pctx, "pctx", [](const ferry::client::StreamState& state) {
+    return Runtime::ToHandle<CUcontext>(state.ctx);
   });
 }
 CUresult CUDAAPI cuStreamGetCtx_ptsz(CUstream hStream, CUcontext* pctx) {
@@ -264,13 +277,10 @@ CUresult CUDAAPI cuStreamGetCtx_ptsz(CUstream hStream, CUcontext* pctx) {
 }
 
 CUresult CUDAAPI cuStreamGetId(CUstream hStream, unsigned long long* streamId) {
-  return Api([&]() -> Status {
-    if (streamId == nullptr) return Status::InvalidArgument("streamId is NULL");
-    ferry::client::StreamState state;
-    FERRY_RETURN_IF_ERROR(StreamOf(hStream, &state));
-    *streamId = Runtime::HandleId(hStream) & 0xffffffffffffull;
-    return Status::Ok();
-  });
+  return GetStreamProperty(hStream, streamId, "streamId",
+                           [hStream](const ferry::client::StreamState&) {
+                             return Runtime::HandleId(hStream) & 0xffffffffffffull;
+                           });
 }
 CUresult CUDAAPI cuStreamGetId_ptsz(CUstream hStream, unsigned long long* streamId) {
   return cuStreamGetId(hStream, streamId);
@@ -330,40 +340,11 @@ CUresult CUDAAPI cuEventRecordWithFlags_ptsz(CUevent hEvent, CUstream hStream, u
 }
 
 CUresult CUDAAPI cuEventQuery(CUevent hEvent) {
-  return Api([&]() -> Status {
-    Runtime& rt = Runtime::Get();
-    FERRY_RETURN_IF_ERROR(rt.Ready());
-    ferry::client::EventState state;
-    FERRY_RETURN_IF_ERROR(rt.streams().FindEvent(Runtime::HandleId(hEvent), &state));
-    uint64_t seq = 0;
-    FERRY_RETURN_IF_ERROR(rt.connection().Call(
-        [&](wire::Call::Builder call) {
-          call.initEventQuery().setEvent(Runtime::HandleId(hEvent));
-        },
-        {}, {}, nullptr, &seq));
-    // Reached: the copies queued before the record on its stream are done;
-    // ready once their bytes arrived (as for cuStreamQuery). A record another
-    // thread issued after the query is not what the server answered about.
-    FERRY_RETURN_IF_ERROR(rt.streams().FindEvent(Runtime::HandleId(hEvent), &state));
-    if (state.recorded_seq == 0 || state.recorded_seq > seq) return Status::Ok();
-    return rt.AfterQuery(state.recorded_on, state.recorded_seq);
-  });
+  return Api([&] { return SynchronizeOrQueryEvent(hEvent, true); });
 }
 
 CUresult CUDAAPI cuEventSynchronize(CUevent hEvent) {
-  return Api([&]() -> Status {
-    Runtime& rt = Runtime::Get();
-    FERRY_RETURN_IF_ERROR(rt.Ready());
-    ferry::client::EventState state;
-    FERRY_RETURN_IF_ERROR(rt.streams().FindEvent(Runtime::HandleId(hEvent), &state));
-    uint64_t seq = 0;
-    FERRY_RETURN_IF_ERROR(rt.connection().Call(
-        [&](wire::Call::Builder call) {
-          call.initEventSynchronize().setEvent(Runtime::HandleId(hEvent));
-        },
-        {}, {}, nullptr, &seq));
-    return rt.AfterSynchronize(seq);
-  });
+  return Api([&] { return SynchronizeOrQueryEvent(hEvent, false); });
 }
 
 CUresult CUDAAPI cuEventElapsedTime_v2(float* pMilliseconds, CUevent hStart, CUevent hEnd) {
