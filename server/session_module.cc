@@ -17,6 +17,21 @@ namespace ferry::server {
 
 namespace {
 
+// Reads the geometry of a launch from `args` (a Launch or an
+// OccupancyCluster: the same grid, block, shared-bytes and cluster fields);
+// false when a grid or block dimension is 0.
+template <typename Args>
+bool ReadLaunchConfig(Args args, backend::LaunchConfig* config) {
+  config->grid = {args.getGridX(), args.getGridY(), args.getGridZ()};
+  config->block = {args.getBlockX(), args.getBlockY(), args.getBlockZ()};
+  config->shared_bytes = args.getSharedBytes();
+  config->cluster = {args.getClusterX(), args.getClusterY(), args.getClusterZ()};
+  for (int i = 0; i < 3; ++i) {
+    if (config->grid[i] == 0 || config->block[i] == 0) return false;
+  }
+  return true;
+}
+
 // Fills a moduleLoad reply (also libraryLoad's) from what the backend found.
 void DescribeInReply(const backend::ModuleDescription& description, wire::Reply::Builder reply) {
   auto result = reply.initModuleLoad();
@@ -187,14 +202,8 @@ Status Session::Launch(wire::Launch::Reader args, CallContext& cx) {
                                    std::to_string(f->param_bytes));
   }
   backend::LaunchConfig config;
-  config.grid = {args.getGridX(), args.getGridY(), args.getGridZ()};
-  config.block = {args.getBlockX(), args.getBlockY(), args.getBlockZ()};
-  config.shared_bytes = args.getSharedBytes();
-  config.cluster = {args.getClusterX(), args.getClusterY(), args.getClusterZ()};
-  for (int i = 0; i < 3; ++i) {
-    if (config.grid[i] == 0 || config.block[i] == 0) {
-      return Status::InvalidArgument("launch with a zero grid or block dimension");
-    }
+  if (!ReadLaunchConfig(args, &config)) {
+    return Status::InvalidArgument("launch with a zero grid or block dimension");
   }
   // The function's context names the device whose compute share applies.
   ContextEntry* context = nullptr;
@@ -319,14 +328,8 @@ Status Session::OccupancyCluster(wire::OccupancyCluster::Reader args, CallContex
   FunctionEntry* f = nullptr;
   FERRY_RETURN_IF_ERROR(functions_.Find(args.getFunction(), &f));
   backend::LaunchConfig config;
-  config.grid = {args.getGridX(), args.getGridY(), args.getGridZ()};
-  config.block = {args.getBlockX(), args.getBlockY(), args.getBlockZ()};
-  config.shared_bytes = args.getSharedBytes();
-  config.cluster = {args.getClusterX(), args.getClusterY(), args.getClusterZ()};
-  for (int i = 0; i < 3; ++i) {
-    if (config.grid[i] == 0 || config.block[i] == 0) {
-      return Status::Cuda(CUDA_ERROR_INVALID_VALUE, "a grid or block dimension is 0");
-    }
+  if (!ReadLaunchConfig(args, &config)) {
+    return Status::Cuda(CUDA_ERROR_INVALID_VALUE, "a grid or block dimension is 0");
   }
   int value = 0;
   switch (args.getQuery()) {
