@@ -262,6 +262,31 @@ void RunGeometry(CUkernel kernel, unsigned shared, const char* how) {
   Ok("launch_geometry with %u bytes of dynamic shared memory (%s)", shared, how);
 }
 
+// A one-dimensional launch configuration: `grid` blocks of `block` threads
+// with `shared_bytes` of dynamic shared memory, on the default stream, with
+// no attributes.
+CUlaunchConfig LineLaunch(unsigned grid, unsigned block, unsigned shared_bytes) {
+  CUlaunchConfig config;
+  std::memset(&config, 0, sizeof(config));
+  config.gridDimX = grid;
+  config.gridDimY = config.gridDimZ = 1;
+  config.blockDimX = block;
+  config.blockDimY = config.blockDimZ = 1;
+  config.sharedMemBytes = shared_bytes;
+  return config;
+}
+
+// Makes `*cluster` a cluster of `x` blocks and `*config`'s only attribute;
+// `*cluster` must outlive the uses of `*config`.
+void AddCluster(unsigned x, CUlaunchAttribute* cluster, CUlaunchConfig* config) {
+  std::memset(cluster, 0, sizeof(*cluster));
+  cluster->id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+  cluster->value.clusterDim.x = x;
+  cluster->value.clusterDim.y = cluster->value.clusterDim.z = 1;
+  config->attrs = cluster;
+  config->numAttrs = 1;
+}
+
 void CheckAttributes(CUlibrary library, e2e::PrimaryContext primary) {
   CUkernel geometry = Kernel(library, e2e::kLaunchGeometry);
   int value = 0;
@@ -297,20 +322,9 @@ void CheckAttributes(CUlibrary library, e2e::PrimaryContext primary) {
   CUdeviceptr out = 0;
   E2E_CHECK_CU(cuMemAlloc(&out, 8 * sizeof(unsigned)));
   E2E_CHECK_CU(cuMemsetD8(out, 0, 8 * sizeof(unsigned)));
-  CUlaunchConfig config;
-  std::memset(&config, 0, sizeof(config));
-  config.gridDimX = 4;
-  config.gridDimY = config.gridDimZ = 1;
-  config.blockDimX = 64;
-  config.blockDimY = config.blockDimZ = 1;
-  config.sharedMemBytes = 512;
+  CUlaunchConfig config = LineLaunch(4, 64, 512);
   CUlaunchAttribute cluster;
-  std::memset(&cluster, 0, sizeof(cluster));
-  cluster.id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-  cluster.value.clusterDim.x = 2;
-  cluster.value.clusterDim.y = cluster.value.clusterDim.z = 1;
-  config.attrs = &cluster;
-  config.numAttrs = 1;
+  AddCluster(2, &cluster, &config);
   void* params[] = {&out};
   E2E_CHECK_CU(cuLaunchKernelEx(&config, reinterpret_cast<CUfunction>(geometry), params, nullptr));
   unsigned got[8];
@@ -353,22 +367,12 @@ void CheckOccupancy(CUlibrary library, e2e::PrimaryContext primary) {
   size_t available = 0;
   E2E_CHECK_CU(cuOccupancyAvailableDynamicSMemPerBlock(&available, vector_add, 2, 128));
   E2E_CHECK(available > 0, "no shared memory for 2 blocks");
-  CUlaunchConfig config;
-  std::memset(&config, 0, sizeof(config));
-  config.gridDimX = 16;
-  config.gridDimY = config.gridDimZ = 1;
-  config.blockDimX = 128;
-  config.blockDimY = config.blockDimZ = 1;
+  CUlaunchConfig config = LineLaunch(16, 128, 0);
   int cluster_size = 0;
   E2E_CHECK_CU(cuOccupancyMaxPotentialClusterSize(&cluster_size, vector_add, &config));
   E2E_CHECK(cluster_size >= 2, "largest cluster %d", cluster_size);
   CUlaunchAttribute cluster;
-  std::memset(&cluster, 0, sizeof(cluster));
-  cluster.id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-  cluster.value.clusterDim.x = 2;
-  cluster.value.clusterDim.y = cluster.value.clusterDim.z = 1;
-  config.attrs = &cluster;
-  config.numAttrs = 1;
+  AddCluster(2, &cluster, &config);
   int clusters = 0;
   E2E_CHECK_CU(cuOccupancyMaxActiveClusters(&clusters, vector_add, &config));
   E2E_CHECK(clusters >= 1, "%d active clusters of 2", clusters);
