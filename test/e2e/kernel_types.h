@@ -27,4 +27,33 @@ static_assert(sizeof(E2eFloat3) == 12 && alignof(E2eFloat3) == 4);
 // a value (11), then their sum.
 inline constexpr int kManyParamsOutputs = 12;
 
+// The arguments the tests pass to many_params (every scalar size, a pointer
+// to g_value and a by-value struct), and the values it must write for them.
+struct ManyParamsArgs {
+  char a = -3;
+  short b = -1234;
+  int c = 100000;
+  long long d = -(1LL << 40) - 7;
+  float e = 2.5f;
+  double f = -1024.25;
+  int g_value = 777;  // what the pointer parameter g points at
+  E2eFloat3 h = {1.5f, -2.25f, 3.0f};
+  unsigned char i = 200;
+  short k = 31000;
+  unsigned long long l = (1ULL << 45) + 3;
+
+  // out[0..10] as many_params writes them: each parameter as a double, *g
+  // for g and h.x + h.y + h.z for h.
+  void Expected(double (&out)[kManyParamsOutputs - 1]) const {
+    const double values[kManyParamsOutputs - 1] = {
+        static_cast<double>(a),       static_cast<double>(b),
+        static_cast<double>(c),       static_cast<double>(d),
+        static_cast<double>(e),       f,
+        static_cast<double>(g_value), static_cast<double>(h.x) + h.y + h.z,
+        static_cast<double>(i),       static_cast<double>(k),
+        static_cast<double>(l)};
+    for (int j = 0; j < kManyParamsOutputs - 1; ++j) out[j] = values[j];
+  }
+};
+
 #endif  // FERRY_TEST_E2E_KERNEL_TYPES_H_

@@ -254,36 +254,21 @@ void CheckStructByValue(CUmodule module) {
 }
 
 void CheckManyParams(CUmodule module) {
-  char a = -3;
-  short b = -1234;
-  int c = 100000;
-  long long d = -(1LL << 40) - 7;
-  float e = 2.5f;
-  double f = -1024.25;
-  const int g_value = 777;
-  E2eFloat3 h = {1.5f, -2.25f, 3.0f};
-  unsigned char i = 200;
-  short k = 31000;
-  unsigned long long l = (1ULL << 45) + 3;
-
+  ManyParamsArgs args;
   CUdeviceptr g = 0, out = 0;
-  E2E_CHECK_CU(cuMemAlloc(&g, sizeof(g_value)));
-  E2E_CHECK_CU(cuMemcpyHtoD(g, &g_value, sizeof(g_value)));
+  E2E_CHECK_CU(cuMemAlloc(&g, sizeof(args.g_value)));
+  E2E_CHECK_CU(cuMemcpyHtoD(g, &args.g_value, sizeof(args.g_value)));
   E2E_CHECK_CU(cuMemAlloc(&out, kManyParamsOutputs * sizeof(double)));
   E2E_CHECK_CU(cuMemsetD8(out, 0, kManyParamsOutputs * sizeof(double)));
-  void* params[] = {&a, &b, &c, &d, &e, &f, &g, &h, &i, &k, &l, &out};
+  void* params[] = {&args.a, &args.b, &args.c, &args.d, &args.e, &args.f,
+                    &g,      &args.h, &args.i, &args.k, &args.l, &out};
   E2E_CHECK_CU(cuLaunchKernel(GetFunction(module, e2e::kManyParams), 1, 1, 1, 1, 1, 1, 0, nullptr,
                               params, nullptr));
   double got[kManyParamsOutputs] = {};
   E2E_CHECK_CU(cuMemcpyDtoH(got, out, sizeof(got)));
 
-  const double values[kManyParamsOutputs - 1] = {
-      static_cast<double>(a),       static_cast<double>(b),
-      static_cast<double>(c),       static_cast<double>(d),
-      static_cast<double>(e),       f,
-      static_cast<double>(g_value), static_cast<double>(h.x) + h.y + h.z,
-      static_cast<double>(i),       static_cast<double>(k),
-      static_cast<double>(l)};
+  double values[kManyParamsOutputs - 1];
+  args.Expected(values);
   static const char* const kNames[] = {"char a",  "short b",  "int c", "long long d",
                                        "float e", "double f", "*g",    "Float3 h",
                                        "uchar i", "short k",  "ull l"};

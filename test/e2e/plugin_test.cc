@@ -99,26 +99,16 @@ TEST_F(HostKernelsTest, VectorAddCoversTheGridAndStopsAtN) {
 TEST_F(HostKernelsTest, ManyParamsReadsEachParameter) {
   ferry_host_kernel_fn many = Find(kManyParams);
   ASSERT_NE(many, nullptr);
-  char a = -3;
-  short b = -1234;
-  int c = 100000;
-  long long d = -(1LL << 40) - 7;
-  float e = 2.5f;
-  double f = -1024.25;
-  int g_value = 777;
-  const int* g = &g_value;
-  E2eFloat3 h = {1.5f, -2.25f, 3.0f};
-  unsigned char i = 200;
-  short k = 31000;
-  unsigned long long l = (1ULL << 45) + 3;
+  ManyParamsArgs args;
+  const int* g = &args.g_value;
   double out[kManyParamsOutputs] = {};
   double* out_ptr = out;
-  void* params[] = {&a, &b, &c, &d, &e, &f, &g, &h, &i, &k, &l, &out_ptr};
+  void* params[] = {&args.a, &args.b, &args.c, &args.d, &args.e, &args.f,
+                    &g,      &args.h, &args.i, &args.k, &args.l, &out_ptr};
   const ferry_launch launch = {{1, 1, 1}, {1, 1, 1}, 0};
   many(&launch, params);
-  const double expected[kManyParamsOutputs - 1] = {
-      -3,   -1234, 100000, static_cast<double>(d), 2.5, -1024.25, 777,
-      2.25, 200,   31000,  static_cast<double>(l)};
+  double expected[kManyParamsOutputs - 1];
+  args.Expected(expected);
   double sum = 0;
   for (int j = 0; j < kManyParamsOutputs - 1; ++j) {
     EXPECT_EQ(out[j], expected[j]) << "parameter " << j;
