@@ -16,8 +16,6 @@
 // Thread-safety: every entry point may be called from any thread.
 #include <cuda.h>
 
-#include <fstream>
-#include <iterator>
 #include <mutex>
 #include <set>
 #include <vector>
@@ -59,19 +57,14 @@ Status LoadLibrary(CUlibrary* library, std::span<const uint8_t> image) {
   const uint64_t id = rt.NewId(ferry::client::HandleKind::kLibrary);
   LibraryState state;
   ferry::client::ImageDescription description;
-  FERRY_RETURN_IF_ERROR(ferry::client::CallWithImage(
+  FERRY_RETURN_IF_ERROR(ferry::client::LoadImage(
       rt.connection(), image,
-      [&](wire::Call::Builder call, const ferry::ContentHash* name) {
+      [&](wire::Call::Builder call) {
         auto args = call.initLibraryLoad();
         args.setLibrary(id);
-        if (name != nullptr) {
-          args.setImageHash(kj::arrayPtr(name->data(), name->size()));
-          args.setImageBytes(image.size());
-        }
+        return args;
       },
-      [&](wire::Reply::Reader reply) {
-        return ferry::client::ReadImageDescription(reply, &description);
-      }));
+      &description));
   state.kernel_names = std::move(description.kernel_names);
   state.kernels = std::move(description.kernels);
   state.globals = std::move(description.globals);
@@ -133,14 +126,8 @@ CUresult CUDAAPI cuLibraryLoadFromFile(CUlibrary* library, const char* fileName,
     if (library == nullptr || fileName == nullptr) return Status::InvalidArgument("NULL argument");
     FERRY_RETURN_IF_ERROR(Runtime::Get().Ready());
     FERRY_RETURN_IF_ERROR(CheckLibraryOptions(libraryOptions, numLibraryOptions));
-    std::ifstream in(fileName, std::ios::binary);
-    if (!in) return Status::Cuda(CUDA_ERROR_FILE_NOT_FOUND, std::string("cannot open ") + fileName);
-    std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)),
-                               std::istreambuf_iterator<char>());
-    ferry::image::ImageKind kind;
-    FERRY_RETURN_IF_ERROR(ferry::image::ClassifyImage(bytes, &kind));
-    if (kind == ferry::image::ImageKind::kPtx && (bytes.empty() || bytes.back() != 0))
-      bytes.push_back(0);
+    std::vector<uint8_t> bytes;
+    FERRY_RETURN_IF_ERROR(ferry::client::ReadImageFile(fileName, &bytes));
     return LoadLibrary(library, bytes);
   });
 }

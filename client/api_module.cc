@@ -10,8 +10,6 @@
 
 #include <cstdint>
 #include <cstring>
-#include <fstream>
-#include <iterator>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -45,20 +43,15 @@ Status LoadModule(CUmodule* module, std::span<const uint8_t> image) {
   ModuleState state;
   state.ctx = ctx;
   ferry::client::ImageDescription description;
-  FERRY_RETURN_IF_ERROR(ferry::client::CallWithImage(
+  FERRY_RETURN_IF_ERROR(ferry::client::LoadImage(
       rt.connection(), image,
-      [&](wire::Call::Builder call, const ferry::ContentHash* name) {
+      [&](wire::Call::Builder call) {
         auto args = call.initModuleLoad();
         args.setCtx(ctx);
         args.setModule(id);
-        if (name != nullptr) {
-          args.setImageHash(kj::arrayPtr(name->data(), name->size()));
-          args.setImageBytes(image.size());
-        }
+        return args;
       },
-      [&](wire::Reply::Reader reply) {
-        return ferry::client::ReadImageDescription(reply, &description);
-      }));
+      &description));
   state.kernels = std::move(description.kernels);
   state.globals = std::move(description.globals);
   rt.modules().AddModule(id, std::move(state));
@@ -77,14 +70,8 @@ Status LoadModuleFromMemory(CUmodule* module, const void* image) {
 Status LoadModuleFromFile(CUmodule* module, const char* path) {
   if (path == nullptr) return Status::InvalidArgument("fname is NULL");
   FERRY_RETURN_IF_ERROR(Runtime::Get().Ready());
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Status::Cuda(CUDA_ERROR_FILE_NOT_FOUND, std::string("cannot open ") + path);
-  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)),
-                             std::istreambuf_iterator<char>());
-  ferry::image::ImageKind kind;
-  FERRY_RETURN_IF_ERROR(ferry::image::ClassifyImage(bytes, &kind));
-  if (kind == ferry::image::ImageKind::kPtx && (bytes.empty() || bytes.back() != 0))
-    bytes.push_back(0);
+  std::vector<uint8_t> bytes;
+  FERRY_RETURN_IF_ERROR(ferry::client::ReadImageFile(path, &bytes));
   return LoadModule(module, bytes);
 }
 

@@ -1,6 +1,12 @@
 #include "client/image_upload.h"
 
+#include <cuda.h>
+
 #include <algorithm>
+#include <fstream>
+#include <iterator>
+
+#include "common/image/module_image.h"
 
 namespace ferry::client {
 
@@ -45,6 +51,18 @@ Status ReadImageDescription(wire::Reply::Reader reply, ImageDescription* out) {
   out->kernels = std::move(kernels);
   for (auto global : reply.getModuleLoad().getGlobals()) {
     out->globals[global.getName().cStr()] = global.getSize();
+  }
+  return Status::Ok();
+}
+
+Status ReadImageFile(const char* path, std::vector<uint8_t>* bytes) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Status::Cuda(CUDA_ERROR_FILE_NOT_FOUND, std::string("cannot open ") + path);
+  bytes->assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  image::ImageKind kind;
+  FERRY_RETURN_IF_ERROR(image::ClassifyImage(*bytes, &kind));
+  if (kind == image::ImageKind::kPtx && (bytes->empty() || bytes->back() != 0)) {
+    bytes->push_back(0);
   }
   return Status::Ok();
 }

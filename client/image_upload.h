@@ -48,4 +48,28 @@ struct ImageDescription {
 // Malformed.
 Status ReadImageDescription(wire::Reply::Reader reply, ImageDescription* out);
 
+// Loads `image` as a module or library and reads the reply's description
+// into `*out`. `init` starts the call's arguments (initModuleLoad or
+// initLibraryLoad, with their ids set by the caller's lambda) and returns
+// them; the image's name goes into them as CallWithImage decides.
+template <typename Init>
+Status LoadImage(Connection& connection, std::span<const uint8_t> image, Init init,
+                 ImageDescription* out) {
+  return CallWithImage(
+      connection, image,
+      [&](wire::Call::Builder call, const ContentHash* name) {
+        auto args = init(call);
+        if (name != nullptr) {
+          args.setImageHash(kj::arrayPtr(name->data(), name->size()));
+          args.setImageBytes(image.size());
+        }
+      },
+      [&](wire::Reply::Reader reply) { return ReadImageDescription(reply, out); });
+}
+
+// Reads the image file at `path` (cuModuleLoad, cuLibraryLoadFromFile):
+// CUDA_ERROR_FILE_NOT_FOUND when it cannot be opened, an error when it is no
+// image; PTX text gets the terminating NUL the loaders expect.
+Status ReadImageFile(const char* path, std::vector<uint8_t>* bytes);
+
 }  // namespace ferry::client
