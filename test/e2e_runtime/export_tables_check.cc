@@ -16,23 +16,7 @@
 #include <vector>
 
 #include "client/md2.h"
-
-#define CHECK_CU(call)                                                           \
-  do {                                                                           \
-    const CUresult result_ = (call);                                             \
-    if (result_ != CUDA_SUCCESS) {                                               \
-      std::printf("FAILED %s: CUresult %d\n", #call, static_cast<int>(result_)); \
-      return 1;                                                                  \
-    }                                                                            \
-  } while (0)
-
-#define EXPECT(condition)                           \
-  do {                                              \
-    if (!(condition)) {                             \
-      std::printf("FAILED check %s\n", #condition); \
-      return 1;                                     \
-    }                                               \
-  } while (0)
+#include "runtime_check.h"
 
 namespace {
 
@@ -86,9 +70,9 @@ void Append(std::vector<uint8_t>* record, uint64_t value, int bytes) {
 }  // namespace
 
 int main() {
-  CHECK_CU(cuInit(0));
+  RT_CHECK_CU(cuInit(0));
   CUdevice device = 0;
-  CHECK_CU(cuDeviceGet(&device, 0));
+  RT_CHECK_CU(cuDeviceGet(&device, 0));
 
   const void* raw = nullptr;
   const CUuuid runtime_id = Id("6bd5fb6c5bf4e74a8987d93912fd9df9");
@@ -96,38 +80,38 @@ int main() {
   const CUuuid storage_id = Id("c693336e1121df11a8c368f355d89593");
   const CUuuid identity_id = Id("21318c60971432488ca641ff7324c8f2");
   const CUuuid integrity_id = Id("d4082055bde6704b8d34ba123c66e1f2");
-  CHECK_CU(cuGetExportTable(&raw, &runtime_id));
+  RT_CHECK_CU(cuGetExportTable(&raw, &runtime_id));
   Table runtime_interface = static_cast<Table>(raw);
-  CHECK_CU(cuGetExportTable(&raw, &tls_id));
+  RT_CHECK_CU(cuGetExportTable(&raw, &tls_id));
   Table tools_tls = static_cast<Table>(raw);
-  CHECK_CU(cuGetExportTable(&raw, &storage_id));
+  RT_CHECK_CU(cuGetExportTable(&raw, &storage_id));
   Table storage = static_cast<Table>(raw);
-  CHECK_CU(cuGetExportTable(&raw, &identity_id));
+  RT_CHECK_CU(cuGetExportTable(&raw, &identity_id));
   Table identity = static_cast<Table>(raw);
-  CHECK_CU(cuGetExportTable(&raw, &integrity_id));
+  RT_CHECK_CU(cuGetExportTable(&raw, &integrity_id));
   Table integrity = static_cast<Table>(raw);
 
   // The primary context, unretained, is the handle a later retain returns.
   CUcontext unretained = nullptr;
-  CHECK_CU(SlotOf<PrimaryContextFn>(runtime_interface, 2)(&unretained, device));
-  EXPECT(unretained != nullptr);
-  EXPECT(SlotOf<PrimaryContextFn>(runtime_interface, 2)(&unretained, 99) ==
-         CUDA_ERROR_INVALID_DEVICE);
-  CHECK_CU(cuCtxSetCurrent(unretained));
+  RT_CHECK_CU(SlotOf<PrimaryContextFn>(runtime_interface, 2)(&unretained, device));
+  RT_EXPECT(unretained != nullptr);
+  RT_EXPECT(SlotOf<PrimaryContextFn>(runtime_interface, 2)(&unretained, 99) ==
+            CUDA_ERROR_INVALID_DEVICE);
+  RT_CHECK_CU(cuCtxSetCurrent(unretained));
   CUcontext primary = nullptr;
-  CHECK_CU(cuDevicePrimaryCtxRetain(&primary, device));
-  EXPECT(primary == unretained);
+  RT_CHECK_CU(cuDevicePrimaryCtxRetain(&primary, device));
+  RT_EXPECT(primary == unretained);
   std::printf("primary context from the runtime interface: ok\n");
 
   CUcontext current = nullptr;
-  CHECK_CU(SlotOf<CurrentContextFn>(tools_tls, 2)(&current));
-  EXPECT(current == primary);
+  RT_CHECK_CU(SlotOf<CurrentContextFn>(tools_tls, 2)(&current));
+  RT_EXPECT(current == primary);
 
   uint64_t table_id = 0;
   unsigned long long driver_id = 0;
-  CHECK_CU(SlotOf<ContextIdFn>(identity, 4)(primary, &table_id));
-  CHECK_CU(cuCtxGetId(primary, &driver_id));
-  EXPECT(table_id == driver_id);
+  RT_CHECK_CU(SlotOf<ContextIdFn>(identity, 4)(primary, &table_id));
+  RT_CHECK_CU(cuCtxGetId(primary, &driver_id));
+  RT_EXPECT(table_id == driver_id);
   std::printf("tools TLS and context identity: ok\n");
 
   // Context-local storage on the current (primary) context.
@@ -136,45 +120,45 @@ int main() {
   auto get = SlotOf<StorageGetFn>(storage, 2);
   static int key = 0, value = 0, other_key = 0;
   void* found = nullptr;
-  EXPECT(get(&found, nullptr, &key) == CUDA_ERROR_INVALID_HANDLE);
-  CHECK_CU(put(nullptr, &key, &value, &RecordingDestructor));
-  CHECK_CU(get(&found, nullptr, &key));
-  EXPECT(found == &value);
-  CHECK_CU(get(&found, primary, &key));
-  EXPECT(found == &value);
-  CHECK_CU(erase(nullptr, &key));
-  EXPECT(get(&found, nullptr, &key) == CUDA_ERROR_INVALID_HANDLE);
-  EXPECT(erase(nullptr, &key) == CUDA_ERROR_INVALID_HANDLE);
+  RT_EXPECT(get(&found, nullptr, &key) == CUDA_ERROR_INVALID_HANDLE);
+  RT_CHECK_CU(put(nullptr, &key, &value, &RecordingDestructor));
+  RT_CHECK_CU(get(&found, nullptr, &key));
+  RT_EXPECT(found == &value);
+  RT_CHECK_CU(get(&found, primary, &key));
+  RT_EXPECT(found == &value);
+  RT_CHECK_CU(erase(nullptr, &key));
+  RT_EXPECT(get(&found, nullptr, &key) == CUDA_ERROR_INVALID_HANDLE);
+  RT_EXPECT(erase(nullptr, &key) == CUDA_ERROR_INVALID_HANDLE);
 
   // Destructors run at reset, once, while the context still works.
-  CHECK_CU(put(primary, &key, &value, &RecordingDestructor));
-  CHECK_CU(put(primary, &other_key, &value, nullptr));
-  CHECK_CU(cuMemAlloc(&g_allocation, 4096));
-  CHECK_CU(cuDevicePrimaryCtxReset(device));
-  EXPECT(g_destructor_calls.size() == 1);
-  EXPECT(g_destructor_calls[0].ctx == primary);
-  EXPECT(g_destructor_calls[0].key == &key && g_destructor_calls[0].value == &value);
-  EXPECT(g_destructor_calls[0].free_result == CUDA_SUCCESS);
-  EXPECT(get(&found, primary, &key) == CUDA_ERROR_INVALID_HANDLE);
-  EXPECT(get(&found, primary, &other_key) == CUDA_ERROR_INVALID_HANDLE);
+  RT_CHECK_CU(put(primary, &key, &value, &RecordingDestructor));
+  RT_CHECK_CU(put(primary, &other_key, &value, nullptr));
+  RT_CHECK_CU(cuMemAlloc(&g_allocation, 4096));
+  RT_CHECK_CU(cuDevicePrimaryCtxReset(device));
+  RT_EXPECT(g_destructor_calls.size() == 1);
+  RT_EXPECT(g_destructor_calls[0].ctx == primary);
+  RT_EXPECT(g_destructor_calls[0].key == &key && g_destructor_calls[0].value == &value);
+  RT_EXPECT(g_destructor_calls[0].free_result == CUDA_SUCCESS);
+  RT_EXPECT(get(&found, primary, &key) == CUDA_ERROR_INVALID_HANDLE);
+  RT_EXPECT(get(&found, primary, &other_key) == CUDA_ERROR_INVALID_HANDLE);
   std::printf("context-local storage and destructors at primary reset: ok\n");
 
   // ... and at cuCtxDestroy of an ordinary context.
   CUcontext own = nullptr;
-  CHECK_CU(cuCtxCreate(&own, nullptr, 0, device));
-  CHECK_CU(put(own, &key, &other_key, &RecordingDestructor));
-  CHECK_CU(cuMemAlloc(&g_allocation, 4096));
-  CHECK_CU(cuCtxDestroy(own));
-  EXPECT(g_destructor_calls.size() == 2);
-  EXPECT(g_destructor_calls[1].ctx == own && g_destructor_calls[1].value == &other_key);
-  EXPECT(g_destructor_calls[1].free_result == CUDA_SUCCESS);
-  EXPECT(get(&found, own, &key) == CUDA_ERROR_INVALID_CONTEXT);
+  RT_CHECK_CU(cuCtxCreate(&own, nullptr, 0, device));
+  RT_CHECK_CU(put(own, &key, &other_key, &RecordingDestructor));
+  RT_CHECK_CU(cuMemAlloc(&g_allocation, 4096));
+  RT_CHECK_CU(cuCtxDestroy(own));
+  RT_EXPECT(g_destructor_calls.size() == 2);
+  RT_EXPECT(g_destructor_calls[1].ctx == own && g_destructor_calls[1].value == &other_key);
+  RT_EXPECT(g_destructor_calls[1].free_result == CUDA_SUCCESS);
+  RT_EXPECT(get(&found, own, &key) == CUDA_ERROR_INVALID_CONTEXT);
   std::printf("destructors at cuCtxDestroy: ok\n");
 
   // The integrity answer covers the devices the runtime is shown.
   const uint64_t seconds = static_cast<uint64_t>(std::time(nullptr));
   int driver_version = 0;
-  CHECK_CU(cuDriverGetVersion(&driver_version));
+  RT_CHECK_CU(cuDriverGetVersion(&driver_version));
   std::vector<uint8_t> record;
   Append(&record, static_cast<uint32_t>(driver_version), 4);
   Append(&record, 13002, 4);
@@ -185,16 +169,16 @@ int main() {
   Append(&record, reinterpret_cast<uintptr_t>(integrity[1]), 8);
   Append(&record, seconds, 8);
   int count = 0;
-  CHECK_CU(cuDeviceGetCount(&count));
+  RT_CHECK_CU(cuDeviceGetCount(&count));
   for (int d = 0; d < count; ++d) {
     CUuuid uuid;
-    CHECK_CU(cuDeviceGetUuid(&uuid, d));
+    RT_CHECK_CU(cuDeviceGetUuid(&uuid, d));
     record.insert(record.end(), uuid.bytes, uuid.bytes + 16);
     for (CUdevice_attribute attribute :
          {CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID, CU_DEVICE_ATTRIBUTE_PCI_BUS_ID,
           CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID}) {
       int id = 0;
-      CHECK_CU(cuDeviceGetAttribute(&id, attribute, d));
+      RT_CHECK_CU(cuDeviceGetAttribute(&id, attribute, d));
       Append(&record, static_cast<uint32_t>(id), 4);
     }
   }
@@ -202,8 +186,8 @@ int main() {
                                 0xaa, 0x08, 0x41, 0x36, 0x0b, 0xf5, 0x5a, 0x9f};
   const ferry::client::Md2Digest expected = ferry::client::HmacMd2(hmac_key, record);
   uint64_t answer[2] = {};
-  CHECK_CU(SlotOf<IntegrityFn>(integrity, 1)(13002, seconds, answer));
-  EXPECT(std::memcmp(answer, expected.data(), 16) == 0);
+  RT_CHECK_CU(SlotOf<IntegrityFn>(integrity, 1)(13002, seconds, answer));
+  RT_EXPECT(std::memcmp(answer, expected.data(), 16) == 0);
   std::printf("integrity answer with %d device(s): ok\n", count);
 
   std::printf("all checks passed\n");
