@@ -430,12 +430,7 @@ void Connection::FlusherLoop() {
 void Connection::WaitUntil(std::unique_lock<std::mutex>& lock, absl::FunctionRef<bool()> done) {
   while (!done() && broken_.ok()) {
     if (!reader_busy_) {
-      reader_busy_ = true;
-      lock.unlock();
-      Status status = ReadOneReply();
-      if (!status.ok()) Fail(status);
-      lock.lock();
-      ReleaseReaderLocked();
+      ReadOneReplyAsReader(lock);
     } else {
       ++sleepers_;
       reply_cv_.wait(lock);
@@ -456,6 +451,15 @@ void Connection::ReleaseReaderLocked() {
   if (UnclaimedRepliesPendingLocked()) background_cv_.notify_one();
 }
 
+void Connection::ReadOneReplyAsReader(std::unique_lock<std::mutex>& lock) {
+  reader_busy_ = true;
+  lock.unlock();
+  Status status = ReadOneReply();
+  if (!status.ok()) Fail(status);
+  lock.lock();
+  ReleaseReaderLocked();
+}
+
 void Connection::BackgroundReaderLoop() {
   std::unique_lock<std::mutex> lock(reply_mutex_);
   for (;;) {
@@ -464,12 +468,7 @@ void Connection::BackgroundReaderLoop() {
              (UnclaimedRepliesPendingLocked() && !reader_busy_ && sleepers_ == 0);
     });
     if (stopping_reader_ || !broken_.ok()) return;
-    reader_busy_ = true;
-    lock.unlock();
-    Status status = ReadOneReply();
-    if (!status.ok()) Fail(status);
-    lock.lock();
-    ReleaseReaderLocked();
+    ReadOneReplyAsReader(lock);
   }
 }
 

@@ -208,6 +208,10 @@ class Connection {
   // Gives up the reader role (reply_mutex_ held) and wakes whoever must take
   // it next.
   void ReleaseReaderLocked();
+  // Takes the reader role, reads one reply without reply_mutex_ (a failed
+  // read breaks the connection), and gives the role up. `lock` holds
+  // reply_mutex_ on entry and on return; the role must be free.
+  void ReadOneReplyAsReader(std::unique_lock<std::mutex>& lock);
   // True while replies arrive that nobody waits for (async copies, gates):
   // then the background reader reads when no caller does. reply_mutex_ held.
   bool UnclaimedRepliesPendingLocked() const { return !async_copies_.empty() || !gates_.empty(); }
