@@ -35,6 +35,24 @@ struct SetupMessage {
   uint64_t region_bytes;
 };
 
+// The msghdr that carries a SetupMessage and, beside it, one file descriptor
+// (SCM_RIGHTS): the iovec and the control buffer it points at live here, so
+// an envelope stays where it was made.
+struct SetupEnvelope {
+  explicit SetupEnvelope(SetupMessage* setup) : iov{setup, sizeof(*setup)} {
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+  }
+  SetupEnvelope(const SetupEnvelope&) = delete;
+  SetupEnvelope& operator=(const SetupEnvelope&) = delete;
+
+  iovec iov;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr msg{};
+};
+
 // Bounds of a waiting side's spin before it sleeps (see Wait).
 constexpr int64_t kMaxSpinNs = 20000;
 constexpr int64_t kSpinProbeNs = 2000;
@@ -155,13 +173,8 @@ Status ShmTransport::Accept(int socket, std::string peer_name, uint64_t ring_byt
   header->ring_bytes = ring_bytes;
 
   SetupMessage setup{shm_layout::kMagic, shm_layout::kVersion, ring_bytes, region_bytes};
-  iovec iov{&setup, sizeof(setup)};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
+  SetupEnvelope envelope(&setup);
+  msghdr& msg = envelope.msg;
   cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
   cmsg->cmsg_level = SOL_SOCKET;
   cmsg->cmsg_type = SCM_RIGHTS;
@@ -193,13 +206,8 @@ Status ShmTransport::Join(int socket, std::string peer_name, std::chrono::millis
   Status ready = WaitReadable(socket, timeout, peer_name);
   if (!ready.ok()) return fail(ready);
   SetupMessage setup{};
-  iovec iov{&setup, sizeof(setup)};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
+  SetupEnvelope envelope(&setup);
+  msghdr& msg = envelope.msg;
   ssize_t got;
   do {
     got = ::recvmsg(socket, &msg, MSG_CMSG_CLOEXEC);
