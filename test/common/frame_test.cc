@@ -104,6 +104,7 @@ TEST(TransportTest, ParseHostPort) {
   EXPECT_EQ(port, 0);
   EXPECT_FALSE(ParseHostPort("localhost", &host, &port).ok());
   EXPECT_FALSE(ParseHostPort("host:70700", &host, &port).ok());
+  EXPECT_FALSE(ParseHostPort("127.0.0.1:99999", &host, &port).ok());
   EXPECT_FALSE(ParseHostPort("host:7a", &host, &port).ok());
   EXPECT_FALSE(ParseHostPort(":7070", &host, &port).ok());
 }

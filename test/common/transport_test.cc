@@ -118,12 +118,7 @@ TEST(TcpConnectTest, AClosedPortFailsWithDisconnectedWithinTheTimeout) {
 TEST(TcpConnectTest, BadAddressesAreRefused) {
   std::unique_ptr<Transport> transport;
   EXPECT_FALSE(ConnectTcp("no-port-here", 100ms, &transport).ok());
-  std::string host;
-  uint16_t port = 0;
-  ASSERT_TRUE(ParseHostPort("[::1]:7070", &host, &port).ok());
-  EXPECT_EQ(host, "::1");
-  EXPECT_EQ(port, 7070);
-  EXPECT_FALSE(ParseHostPort("127.0.0.1:99999", &host, &port).ok());
+  EXPECT_FALSE(ConnectTcp("127.0.0.1:99999", 100ms, &transport).ok());
 }
 
 }  // namespace
