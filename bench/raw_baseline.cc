@@ -55,10 +55,13 @@ Status MakeLoopbackPair(SocketPair* pair) {
   return Status::Ok();
 }
 
-bool SendAll(int fd, const void* data, size_t size) {
-  const auto* p = static_cast<const char*>(data);
+// Moves all `size` bytes at `p` with `io` (one send or recv call on the
+// pointer and the bytes left), again after EINTR; false when the peer is gone
+// or the socket fails.
+template <typename Byte, typename Io>
+bool TransferAll(Byte* p, size_t size, Io io) {
   while (size > 0) {
-    const ssize_t n = ::send(fd, p, size, MSG_NOSIGNAL);
+    const ssize_t n = io(p, size);
     if (n <= 0) {
       if (n < 0 && errno == EINTR) continue;
       return false;
@@ -69,18 +72,14 @@ bool SendAll(int fd, const void* data, size_t size) {
   return true;
 }
 
+bool SendAll(int fd, const void* data, size_t size) {
+  return TransferAll(static_cast<const char*>(data), size,
+                     [fd](const char* p, size_t n) { return ::send(fd, p, n, MSG_NOSIGNAL); });
+}
+
 bool RecvAll(int fd, void* data, size_t size) {
-  auto* p = static_cast<char*>(data);
-  while (size > 0) {
-    const ssize_t n = ::recv(fd, p, size, 0);
-    if (n <= 0) {
-      if (n < 0 && errno == EINTR) continue;
-      return false;
-    }
-    p += n;
-    size -= static_cast<size_t>(n);
-  }
-  return true;
+  return TransferAll(static_cast<char*>(data), size,
+                     [fd](char* p, size_t n) { return ::recv(fd, p, n, 0); });
 }
 
 }  // namespace
