@@ -82,6 +82,25 @@ struct Buffers {
   int* host = nullptr;
 };
 
+// Where a produce/consume round runs: produce, then consume, then the copy of
+// the result to the host buffer, each on its stream; then `sync` is
+// synchronized.
+struct RoundStreams {
+  CUstream produce, consume, copy, sync;
+};
+
+// Produces in[i] = i * mul + add, consumes it into out, copies out to the
+// host buffer and synchronizes, on the streams `on` names; then checks the
+// host buffer (`what` names the round in messages).
+void RunRound(const Kernels& kernels, Buffers& buffers, int mul, int add, RoundStreams on,
+              const char* what) {
+  LaunchProduce(kernels, buffers.in, mul, add, on.produce);
+  LaunchConsume(kernels, buffers.in, buffers.out, on.consume);
+  E2E_CHECK_CU(cuMemcpyDtoHAsync(buffers.host, buffers.out, kN * sizeof(int), on.copy));
+  E2E_CHECK_CU(cuStreamSynchronize(on.sync));
+  CheckConsumed(buffers.host, mul, add, what);
+}
+
 void CheckStreams(const Kernels& kernels, CUcontext context) {
   int least = 0, greatest = 0;
   E2E_CHECK_CU(cuCtxGetStreamPriorityRange(&least, &greatest));
@@ -131,12 +150,9 @@ void CheckStreams(const Kernels& kernels, CUcontext context) {
   int round = 0;
   for (CUstream stream : {blocking, non_blocking, high, low}) {
     buffers.Reset();
-    LaunchProduce(kernels, buffers.in, 3, round, stream);
-    LaunchConsume(kernels, buffers.in, buffers.out, stream);
-    E2E_CHECK_CU(cuMemcpyDtoHAsync(buffers.host, buffers.out, kN * sizeof(int), stream));
-    E2E_CHECK_CU(cuStreamSynchronize(stream));
+    RunRound(kernels, buffers, 3, round, {stream, stream, stream, stream},
+             "produce + consume on one stream");
     E2E_CHECK_CU(cuStreamQuery(stream));
-    CheckConsumed(buffers.host, 3, round, "produce + consume on one stream");
     ++round;
   }
 
@@ -212,18 +228,12 @@ void CheckLegacyDefaultStream(const Kernels& kernels) {
   Buffers buffers;
   buffers.Reset();
   // The legacy default stream waits for work on blocking streams.
-  LaunchProduce(kernels, buffers.in, 4, 3, blocking);
-  LaunchConsume(kernels, buffers.in, buffers.out, nullptr);
-  E2E_CHECK_CU(cuMemcpyDtoHAsync(buffers.host, buffers.out, kN * sizeof(int), CU_STREAM_LEGACY));
-  E2E_CHECK_CU(cuStreamSynchronize(nullptr));
-  CheckConsumed(buffers.host, 4, 3, "blocking stream, then legacy default stream (0)");
+  RunRound(kernels, buffers, 4, 3, {blocking, nullptr, CU_STREAM_LEGACY, nullptr},
+           "blocking stream, then legacy default stream (0)");
 
   buffers.Reset();
-  LaunchProduce(kernels, buffers.in, 6, 0, nullptr);
-  LaunchConsume(kernels, buffers.in, buffers.out, CU_STREAM_LEGACY);
-  E2E_CHECK_CU(cuMemcpyDtoHAsync(buffers.host, buffers.out, kN * sizeof(int), nullptr));
-  E2E_CHECK_CU(cuStreamSynchronize(CU_STREAM_LEGACY));
-  CheckConsumed(buffers.host, 6, 0, "stream 0 and CU_STREAM_LEGACY");
+  RunRound(kernels, buffers, 6, 0, {nullptr, CU_STREAM_LEGACY, nullptr, CU_STREAM_LEGACY},
+           "stream 0 and CU_STREAM_LEGACY");
   E2E_CHECK_CU(cuStreamDestroy(blocking));
 }
 
@@ -233,12 +243,10 @@ void CheckPerThreadDefaultStream(const Kernels& kernels, CUcontext context) {
     Buffers buffers;
     for (int round = 0; round < 3; ++round) {
       const int mul = 10 + id, add = round;
-      LaunchProduce(kernels, buffers.in, mul, add, CU_STREAM_PER_THREAD);
-      LaunchConsume(kernels, buffers.in, buffers.out, CU_STREAM_PER_THREAD);
-      E2E_CHECK_CU(
-          cuMemcpyDtoHAsync(buffers.host, buffers.out, kN * sizeof(int), CU_STREAM_PER_THREAD));
-      E2E_CHECK_CU(cuStreamSynchronize(CU_STREAM_PER_THREAD));
-      CheckConsumed(buffers.host, mul, add, "CU_STREAM_PER_THREAD on a worker thread");
+      RunRound(
+          kernels, buffers, mul, add,
+          {CU_STREAM_PER_THREAD, CU_STREAM_PER_THREAD, CU_STREAM_PER_THREAD, CU_STREAM_PER_THREAD},
+          "CU_STREAM_PER_THREAD on a worker thread");
     }
   };
   std::thread first(worker, 0);
