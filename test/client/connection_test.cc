@@ -21,6 +21,7 @@
 #include "server/session.h"
 #include "test/support/connection_fixture.h"
 #include "test/support/host_backend.h"
+#include "test/support/raw_client.h"
 
 namespace ferry::client {
 namespace {
@@ -109,16 +110,8 @@ class ConnectionTest : public ::testing::TestWithParam<std::string> {
   }
 
   Status PostMemset(uint64_t dst, uint8_t value, uint64_t bytes, uint64_t stream = 0) {
-    return connection_->Post([&](wire::Call::Builder c) {
-      auto a = c.initMemset();
-      a.setCtx(kCtx);
-      a.setStream(stream);
-      a.setDst(dst);
-      a.setValue(value);
-      a.setElementBytes(1);
-      a.setWidth(bytes);
-      a.setHeight(1);
-    });
+    return connection_->Post(
+        [&](wire::Call::Builder c) { test::BuildMemsetD8(c, kCtx, stream, dst, value, bytes); });
   }
 
   Status CallDtoH(void* out, uint64_t src, uint64_t bytes, uint64_t stream = 0) {

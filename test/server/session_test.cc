@@ -121,16 +121,7 @@ class SessionTest : public ::testing::Test {
   }
   void Fill(uint64_t stream, uint64_t dst, uint8_t value, uint64_t bytes) {
     client_->Send(
-        [&](wire::Call::Builder c) {
-          auto a = c.initMemset();
-          a.setCtx(100);
-          a.setStream(stream);
-          a.setDst(dst);
-          a.setValue(value);
-          a.setElementBytes(1);
-          a.setWidth(bytes);
-          a.setHeight(1);
-        },
+        [&](wire::Call::Builder c) { test::BuildMemsetD8(c, 100, stream, dst, value, bytes); },
         false);
   }
   ReplyResult CopyOut(uint64_t stream, uint64_t src, uint64_t bytes) {
@@ -346,18 +337,8 @@ TEST_F(SessionTest, StreamsEventsAndSynchronizeReplyInOrderOfCompletion) {
         a.setEvent(8);
       },
       false);
-  client_->Send(
-      [&](wire::Call::Builder c) {
-        auto a = c.initMemset();
-        a.setCtx(100);
-        a.setStream(7);
-        a.setDst(d);
-        a.setValue(0xAB);
-        a.setElementBytes(1);
-        a.setWidth(1 << 20);
-        a.setHeight(1);
-      },
-      false);
+  client_->Send([&](wire::Call::Builder c) { test::BuildMemsetD8(c, 100, 7, d, 0xAB, 1 << 20); },
+                false);
   client_->Send(
       [&](wire::Call::Builder c) {
         auto a = c.initEventRecord();

@@ -37,4 +37,16 @@ Status WriteBytes(Transport& transport, const std::vector<uint8_t>& bytes) {
   return transport.Write(std::span<const ConstBuffer>(&buffer, 1));
 }
 
+void BuildMemsetD8(wire::Call::Builder call, uint64_t ctx, uint64_t stream, uint64_t dst,
+                   uint8_t value, uint64_t bytes) {
+  auto a = call.initMemset();
+  a.setCtx(ctx);
+  a.setStream(stream);
+  a.setDst(dst);
+  a.setValue(value);
+  a.setElementBytes(1);
+  a.setWidth(bytes);
+  a.setHeight(1);
+}
+
 }  // namespace ferry::test

@@ -36,6 +36,11 @@ std::vector<uint8_t> HelloFrame(uint32_t version, int role);
 // Writes `bytes` as they are; the transport's status.
 Status WriteBytes(Transport& transport, const std::vector<uint8_t>& bytes);
 
+// Makes `call` a byte-wise memset (cuMemsetD8Async) of `bytes` bytes at `dst`
+// to `value`, in context `ctx`, on `stream`.
+void BuildMemsetD8(wire::Call::Builder call, uint64_t ctx, uint64_t stream, uint64_t dst,
+                   uint8_t value, uint64_t bytes);
+
 struct ReplyResult {
   Status status;
   uint64_t seq = 0;
