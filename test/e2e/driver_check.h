@@ -200,6 +200,14 @@ inline PrimaryContext SetUpPrimaryContext() {
   return primary;
 }
 
+// The function `name` of `module`; fails unless the driver finds it.
+inline CUfunction GetFunction(CUmodule module, const char* name) {
+  CUfunction function = nullptr;
+  E2E_CHECK_CU(cuModuleGetFunction(&function, module, name));
+  E2E_CHECK(function != nullptr, "null function for %s", name);
+  return function;
+}
+
 // Loads the fatbin built from kernels.cu (kFatbinFile in ImageDir) into the
 // current context; the caller unloads it, or lets the process end do so.
 inline CUmodule LoadFatbin(int argc, char** argv) {

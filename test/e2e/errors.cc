@@ -55,8 +55,7 @@ void CheckStillWorks(const char* after, CUmodule module) {
   E2E_CHECK_CU(cuMemcpyHtoD(da, a.data(), kN * sizeof(float)));
   E2E_CHECK_CU(cuMemcpyHtoD(db, b.data(), kN * sizeof(float)));
   if (module != nullptr) {
-    CUfunction vector_add = nullptr;
-    E2E_CHECK_CU(cuModuleGetFunction(&vector_add, module, e2e::kVectorAdd));
+    CUfunction vector_add = e2e::GetFunction(module, e2e::kVectorAdd);
     int n = kN;
     void* params[] = {&da, &db, &dc, &n};
     E2E_CHECK_CU(
@@ -148,8 +147,7 @@ void CheckImpossibleLaunches(CUmodule module) {
   E2E_CHECK_CU(cuDeviceGetAttribute(&max_grid_y, CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Y, device));
   E2E_CHECK_CU(cuDeviceGetAttribute(&max_shared,
                                     CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, device));
-  CUfunction vector_add = nullptr;
-  E2E_CHECK_CU(cuModuleGetFunction(&vector_add, module, e2e::kVectorAdd));
+  CUfunction vector_add = e2e::GetFunction(module, e2e::kVectorAdd);
   CUdeviceptr d = 0;
   E2E_CHECK_CU(cuMemAlloc(&d, 1024 * sizeof(float)));
   int n = 0;  // the kernel would touch nothing, were it launched
@@ -170,8 +168,7 @@ void CheckImpossibleLaunches(CUmodule module) {
 // Ferry only: the host backend has no host implementation for this kernel,
 // so the launch fails; the error surfaces at the next synchronize.
 void CheckMissingHostKernel(CUmodule module) {
-  CUfunction missing = nullptr;
-  E2E_CHECK_CU(cuModuleGetFunction(&missing, module, e2e::kMissingHostKernel));
+  CUfunction missing = e2e::GetFunction(module, e2e::kMissingHostKernel);
   CUdeviceptr out = 0;
   E2E_CHECK_CU(cuMemAlloc(&out, 32 * sizeof(int)));
   void* params[] = {&out};

@@ -29,8 +29,7 @@ int main(int argc, char** argv) {
   E2E_CHECK_CU(cuStreamCreate(&compute, CU_STREAM_NON_BLOCKING));
   E2E_CHECK_CU(cuStreamCreate(&copy, CU_STREAM_NON_BLOCKING));
   CUmodule module = e2e::LoadFatbin(argc, argv);
-  CUfunction increment = nullptr;
-  E2E_CHECK_CU(cuModuleGetFunction(&increment, module, e2e::kIncrement));
+  CUfunction increment = e2e::GetFunction(module, e2e::kIncrement);
   void* pinned = nullptr;
   E2E_CHECK_CU(cuMemAllocHost(&pinned, 1 << 20));
   E2E_CHECK_CU(cuCtxSynchronize());

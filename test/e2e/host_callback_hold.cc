@@ -30,8 +30,7 @@ int main(int argc, char** argv) {
   namespace e2e = ::ferry::e2e;
   e2e::PrimaryContext primary = e2e::SetUpPrimaryContext();
   CUmodule module = e2e::LoadFatbin(argc, argv);
-  CUfunction increment = nullptr;
-  E2E_CHECK_CU(cuModuleGetFunction(&increment, module, e2e::kIncrement));
+  CUfunction increment = e2e::GetFunction(module, e2e::kIncrement);
   constexpr int kCount = 1 << 20;
   CUdeviceptr buffer = 0;
   E2E_CHECK_CU(cuMemAlloc(&buffer, kCount * sizeof(unsigned)));

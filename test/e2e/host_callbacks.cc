@@ -467,10 +467,9 @@ void CheckWaitingCallInsideACallbackIsRefused() {
 int main(int argc, char** argv) {
   e2e::PrimaryContext primary = e2e::SetUpPrimaryContext();
   CUmodule module = e2e::LoadFatbin(argc, argv);
-  Kernels kernels;
-  E2E_CHECK_CU(cuModuleGetFunction(&kernels.produce, module, e2e::kProduce));
-  E2E_CHECK_CU(cuModuleGetFunction(&kernels.increment, module, e2e::kIncrement));
-  E2E_CHECK_CU(cuModuleGetFunction(&kernels.missing, module, e2e::kMissingHostKernel));
+  const Kernels kernels{e2e::GetFunction(module, e2e::kProduce),
+                        e2e::GetFunction(module, e2e::kIncrement),
+                        e2e::GetFunction(module, e2e::kMissingHostKernel)};
 
   CheckRunsAfterEarlierWork(kernels);
   CheckHoldsLaterWorkButNotTheCaller(kernels);

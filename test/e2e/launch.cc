@@ -27,6 +27,7 @@
 namespace {
 
 namespace e2e = ::ferry::e2e;
+using ::ferry::e2e::GetFunction;
 using ::ferry::e2e::Ok;
 
 struct Images {
@@ -35,13 +36,6 @@ struct Images {
   std::vector<char> fatbin;
   std::vector<char> ptx;  // NUL-terminated, as cuModuleLoadData wants PTX
 };
-
-CUfunction GetFunction(CUmodule module, const char* name) {
-  CUfunction function = nullptr;
-  E2E_CHECK_CU(cuModuleGetFunction(&function, module, name));
-  E2E_CHECK(function != nullptr, "null function for %s", name);
-  return function;
-}
 
 // Device buffers for one vector_add run over n elements.
 class VectorAddBuffers {

@@ -103,8 +103,7 @@ int Quota(uint64_t quota, const std::string& image_dir) {
   // A kernel still runs on the slice (its launches go through the throttle).
   CUmodule module = nullptr;
   E2E_CHECK_CU(cuModuleLoad(&module, (image_dir + "/" + e2e::kFatbinFile).c_str()));
-  CUfunction increment = nullptr;
-  E2E_CHECK_CU(cuModuleGetFunction(&increment, module, e2e::kIncrement));
+  CUfunction increment = e2e::GetFunction(module, e2e::kIncrement);
   constexpr int kCount = 1024;
   E2E_CHECK_CU(cuMemsetD32(half, 7, kCount));
   int n = kCount;

@@ -262,9 +262,8 @@ void CheckPerThreadDefaultStream(const Kernels& kernels, CUcontext context) {
 int main(int argc, char** argv) {
   e2e::PrimaryContext primary = e2e::SetUpPrimaryContext();
   CUmodule module = e2e::LoadFatbin(argc, argv);
-  Kernels kernels;
-  E2E_CHECK_CU(cuModuleGetFunction(&kernels.produce, module, e2e::kProduce));
-  E2E_CHECK_CU(cuModuleGetFunction(&kernels.consume, module, e2e::kConsume));
+  const Kernels kernels{e2e::GetFunction(module, e2e::kProduce),
+                        e2e::GetFunction(module, e2e::kConsume)};
 
   CheckStreams(kernels, primary.context);
   CheckEvents(kernels);
