@@ -212,6 +212,29 @@ class FerrydTest : public ::testing::Test {
     ADD_FAILURE() << "sessions remain 10 s after " << after << "; last ferryctl status:\n" << last;
   }
 
+  // Starts `program`, a client that prints READY once it holds what it
+  // checks, waits for READY, and reads ferryd's status into `*status` while
+  // that client is its one session.
+  void StartHolder(const std::string& program, std::optional<ChildProcess>* holder,
+                   std::optional<Status>* status) {
+    *holder = StartProgram(program);
+    ASSERT_TRUE(holder->has_value());
+    ASSERT_TRUE(WaitForReady(**holder));
+    std::string why;
+    *status = SessionStatus(&why);
+    ASSERT_TRUE(status->has_value()) << why;
+    ASSERT_EQ((*status)->sessions().size(), 1u) << (*status)->text << "\n" << (*holder)->Describe();
+  }
+
+  // Kills `holder` with SIGKILL and expects ferryd to free its session (`after`
+  // names the case in the message).
+  void KillAndExpectSessionFreed(ChildProcess& holder, const char* after) {
+    holder.Kill(SIGKILL);
+    const ExitStatus killed = holder.Wait(kStopTimeout);
+    EXPECT_TRUE(!killed.exited && killed.signal == SIGKILL) << killed.ToString();
+    ExpectNoSessionsSoon(after);
+  }
+
   // Runs program `name` to its end and expects it to pass.
   void RunAndExpectPass(const std::string& name,
                         const std::map<std::string, std::string>& env = {}) {
@@ -283,15 +306,10 @@ TEST_P(FerrydTransportTest, TwoClientsAtOnce) {
 }
 
 TEST_P(FerrydTransportTest, KilledClientSessionIsFreed) {
-  std::optional<ChildProcess> started = StartProgram("hold_and_wait");
-  ASSERT_TRUE(started.has_value());
+  std::optional<ChildProcess> started;
+  std::optional<Status> status;
+  ASSERT_NO_FATAL_FAILURE(StartHolder("hold_and_wait", &started, &status));
   ChildProcess& holder = *started;
-  ASSERT_TRUE(WaitForReady(holder));
-
-  std::string why;
-  std::optional<Status> status = SessionStatus(&why);
-  ASSERT_TRUE(status.has_value()) << why;
-  ASSERT_EQ(status->sessions().size(), 1u) << status->text << "\n" << holder.Describe();
   const JsonValue& session = status->sessions()[0];
   EXPECT_EQ(NumberField(session, "pid"), holder.pid()) << status->text;
   const JsonValue* program = session.Find("program");
@@ -304,10 +322,7 @@ TEST_P(FerrydTransportTest, KilledClientSessionIsFreed) {
   EXPECT_GE(NumberField(session, "streams"), 2) << status->text;
   EXPECT_GE(NumberField(session, "modules"), 1) << status->text;
 
-  holder.Kill(SIGKILL);
-  const ExitStatus killed = holder.Wait(kStopTimeout);
-  EXPECT_TRUE(!killed.exited && killed.signal == SIGKILL) << killed.ToString();
-  ExpectNoSessionsSoon("SIGKILL of the client");
+  KillAndExpectSessionFreed(holder, "SIGKILL of the client");
 
   // The server still serves a new client.
   RunAndExpectPass("device_query");
@@ -319,20 +334,12 @@ TEST_P(FerrydTransportTest, HostCallbacks) { RunAndExpectPass("host_callbacks");
 // that stream waits behind it on the server): ferryd opens the gate itself,
 // frees the session and goes on serving.
 TEST_F(FerrydTest, ClientKilledWhileAHostCallbackHoldsAStream) {
-  std::optional<ChildProcess> started = StartProgram("host_callback_hold");
-  ASSERT_TRUE(started.has_value());
-  ChildProcess& holder = *started;
-  ASSERT_TRUE(WaitForReady(holder));
-  std::string why;
-  std::optional<Status> status = SessionStatus(&why);
-  ASSERT_TRUE(status.has_value()) << why;
-  ASSERT_EQ(status->sessions().size(), 1u) << status->text;
+  std::optional<ChildProcess> started;
+  std::optional<Status> status;
+  ASSERT_NO_FATAL_FAILURE(StartHolder("host_callback_hold", &started, &status));
   EXPECT_GE(NumberField(status->sessions()[0], "streams"), 1) << status->text;
 
-  holder.Kill(SIGKILL);
-  const ExitStatus killed = holder.Wait(kStopTimeout);
-  EXPECT_TRUE(!killed.exited && killed.signal == SIGKILL) << killed.ToString();
-  ExpectNoSessionsSoon("SIGKILL of a client whose host function held a stream");
+  KillAndExpectSessionFreed(*started, "SIGKILL of a client whose host function held a stream");
   RunAndExpectPass("host_callbacks");
 }
 
