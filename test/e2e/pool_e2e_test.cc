@@ -141,6 +141,25 @@ class PoolTest : public ::testing::Test {
     return &programs_.emplace(name, std::move(*child)).first->second;
   }
 
+  // StartHolder, then waits until the holder printed READY (it holds its
+  // slice); nullptr (with a failure) if it does not get there.
+  ChildProcess* StartReadyHolder(const std::string& name,
+                                 const std::map<std::string, std::string>& env = {}) {
+    ChildProcess* holder = StartHolder(name, env);
+    if (holder == nullptr || !WaitForOutput(*holder, "READY\n")) return nullptr;
+    return holder;
+  }
+
+  // Starts "holder0" to "holder3", each READY with one of the day pool's four
+  // slices of GPU 0; `*holders` (when given) receives them in that order.
+  void HoldEveryDaySlice(std::vector<ChildProcess*>* holders = nullptr) {
+    for (int i = 0; i < 4; ++i) {
+      ChildProcess* h = StartReadyHolder("holder" + std::to_string(i));
+      ASSERT_NE(h, nullptr);
+      if (holders != nullptr) holders->push_back(h);
+    }
+  }
+
   std::string ReleaseFile(const std::string& name) { return dir_ + "/" + name + ".release"; }
   void Release(const std::string& name) { std::ofstream(ReleaseFile(name)) << "go\n"; }
 
@@ -239,15 +258,12 @@ class PoolTest : public ::testing::Test {
 TEST_F(PoolTest, FourSlicesHeldAtOnceAndAFifthRefused) {
   StartFerryd(DayNightConfig(""), kBeforeNight);
   std::vector<ChildProcess*> holders;
-  for (int i = 0; i < 4; ++i) {
-    ChildProcess* h = StartHolder("holder" + std::to_string(i));
-    ASSERT_NE(h, nullptr);
-    ASSERT_TRUE(WaitForOutput(*h, "READY\n"));
+  ASSERT_NO_FATAL_FAILURE(HoldEveryDaySlice(&holders));
+  for (ChildProcess* h : holders) {
     // Each sees one device of a quarter of the GPU.
     EXPECT_NE(h->Stdout().find("BORROWED devices=1 total=" + std::to_string(kGpuMemory / 4)),
               std::string::npos)
         << h->Describe();
-    holders.push_back(h);
   }
   std::string text;
   std::optional<JsonValue> pool = PoolStatus(&text);
@@ -292,12 +308,7 @@ TEST_F(PoolTest, FourSlicesHeldAtOnceAndAFifthRefused) {
 TEST_F(PoolTest, AWaiterIsServedWhenAKilledHolderReturnsItsSlice) {
   StartFerryd(DayNightConfig(""), kBeforeNight);
   std::vector<ChildProcess*> holders;
-  for (int i = 0; i < 4; ++i) {
-    ChildProcess* h = StartHolder("holder" + std::to_string(i));
-    ASSERT_NE(h, nullptr);
-    ASSERT_TRUE(WaitForOutput(*h, "READY\n"));
-    holders.push_back(h);
-  }
+  ASSERT_NO_FATAL_FAILURE(HoldEveryDaySlice(&holders));
   ChildProcess* waiter = StartHolder("waiter", {{"FERRY_WAIT", "5m"}});
   ASSERT_NE(waiter, nullptr);
   WaitForPool("one waiter queued", [&](const JsonValue& p) {
@@ -328,11 +339,7 @@ TEST_F(PoolTest, AWaiterIsServedWhenAKilledHolderReturnsItsSlice) {
 
 TEST_F(PoolTest, AKilledWaiterLeavesTheQueue) {
   StartFerryd(DayNightConfig(""), kBeforeNight);
-  for (int i = 0; i < 4; ++i) {
-    ChildProcess* h = StartHolder("holder" + std::to_string(i));
-    ASSERT_NE(h, nullptr);
-    ASSERT_TRUE(WaitForOutput(*h, "READY\n"));
-  }
+  ASSERT_NO_FATAL_FAILURE(HoldEveryDaySlice());
   ChildProcess* waiter = StartHolder("waiter", {{"FERRY_WAIT", "1h"}});
   ASSERT_NE(waiter, nullptr);
   WaitForPool("one waiter", [](const JsonValue& p) { return Queue(p).size() == 1; });
@@ -355,9 +362,8 @@ TEST_F(PoolTest, QuotaIsEnforcedAndMemGetInfoShowsTheSlice) {
   // A whole-GPU slice of the night pool sees the whole memory.
   ChildProcess* night = nullptr;
   AdvanceClock("1m");
-  night = StartHolder("night", {{"FERRY_POOL", "train"}});
+  night = StartReadyHolder("night", {{"FERRY_POOL", "train"}});
   ASSERT_NE(night, nullptr);
-  ASSERT_TRUE(WaitForOutput(*night, "READY\n"));
   EXPECT_NE(night->Stdout().find("total=" + std::to_string(kGpuMemory)), std::string::npos)
       << night->Describe();
   Release("night");
@@ -365,9 +371,8 @@ TEST_F(PoolTest, QuotaIsEnforcedAndMemGetInfoShowsTheSlice) {
 
 TEST_F(PoolTest, DrainRebindLetsTheHolderRunUntilTheGraceThenPreemptsIt) {
   StartFerryd(DayNightConfig("on_rebind = \"drain\"\ngrace = \"15m\"\n"), kBeforeNight);
-  ChildProcess* day = StartHolder("day");
+  ChildProcess* day = StartReadyHolder("day");
   ASSERT_NE(day, nullptr);
-  ASSERT_TRUE(WaitForOutput(*day, "READY\n"));
   AdvanceClock("1m");  // 20:00: the GPU moves to train; the day holder drains
   WaitForPool("GPU 0 serves train with the day holder draining", [&](const JsonValue& p) {
     const std::vector<JsonValue> held = Holders(p, 0);
@@ -403,9 +408,8 @@ TEST_F(PoolTest, DrainRebindLetsTheHolderRunUntilTheGraceThenPreemptsIt) {
 
 TEST_F(PoolTest, PreemptRebindPreemptsAtTheBoundary) {
   StartFerryd(DayNightConfig("on_rebind = \"preempt\"\n"), kBeforeNight);
-  ChildProcess* day = StartHolder("day");
+  ChildProcess* day = StartReadyHolder("day");
   ASSERT_NE(day, nullptr);
-  ASSERT_TRUE(WaitForOutput(*day, "READY\n"));
   AdvanceClock("1m");
   ASSERT_TRUE(WaitForOutput(*day, "CALL FAILED CUDA_ERROR_DEVICE_UNAVAILABLE (46)"));
   EXPECT_NE(day->Stderr().find("preempted by the schedule"), std::string::npos) << day->Describe();
@@ -419,9 +423,8 @@ TEST_F(PoolTest, PreemptRebindPreemptsAtTheBoundary) {
 TEST_F(PoolTest, ReloadWithABadFileKeepsTheOldConfig) {
   const std::string good = DayNightConfig("");
   StartFerryd(good, kBeforeNight);
-  ChildProcess* holder = StartHolder("holder");
+  ChildProcess* holder = StartReadyHolder("holder");
   ASSERT_NE(holder, nullptr);
-  ASSERT_TRUE(WaitForOutput(*holder, "READY\n"));
 
   // An unknown key: ferryctl reload fails, naming file, line and key.
   std::string bad = good;
@@ -463,9 +466,8 @@ TEST_F(PoolTest, ReloadWithABadFileKeepsTheOldConfig) {
 
 TEST_F(PoolTest, ManualDrainAndRebind) {
   StartFerryd(DayNightConfig(""), kBeforeNight);
-  ChildProcess* holder = StartHolder("holder");
+  ChildProcess* holder = StartReadyHolder("holder");
   ASSERT_NE(holder, nullptr);
-  ASSERT_TRUE(WaitForOutput(*holder, "READY\n"));
   std::string out, err;
   ASSERT_EQ(Ferryctl({"drain", "0"}, &out, &err), 0) << err;
   ChildProcess* refused = StartHolder("refused");
@@ -502,15 +504,13 @@ memory = "64MiB"
 slices_per_gpu = 2
 )"),
               kBeforeNight);
-  ChildProcess* a = StartHolder("a", {{"FERRY_GPUS", "2"}});
+  ChildProcess* a = StartReadyHolder("a", {{"FERRY_GPUS", "2"}});
   ASSERT_NE(a, nullptr);
-  ASSERT_TRUE(WaitForOutput(*a, "READY\n"));
   EXPECT_NE(a->Stdout().find("BORROWED devices=2 total=" + std::to_string(kGpuMemory / 2)),
             std::string::npos)
       << a->Describe();
-  ChildProcess* b = StartHolder("b", {{"FERRY_GPUS", "2"}});
+  ChildProcess* b = StartReadyHolder("b", {{"FERRY_GPUS", "2"}});
   ASSERT_NE(b, nullptr);
-  ASSERT_TRUE(WaitForOutput(*b, "READY\n"));
   std::string text;
   std::optional<JsonValue> pool = PoolStatus(&text);
   ASSERT_TRUE(pool.has_value()) << text;
@@ -588,9 +588,8 @@ TEST_F(PoolTest, HostileBorrowersNeverStopTheServerOrKeepASlice) {
   }
   WaitForPool("no holder and no waiter left",
               [](const JsonValue& p) { return Holders(p, 0).empty() && Queue(p).empty(); });
-  ChildProcess* holder = StartHolder("holder");
+  ChildProcess* holder = StartReadyHolder("holder");
   ASSERT_NE(holder, nullptr);
-  ASSERT_TRUE(WaitForOutput(*holder, "READY\n"));
   Release("holder");
 }
 
