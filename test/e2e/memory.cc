@@ -125,12 +125,37 @@ void CheckUnifiedCopies() {
   E2E_CHECK_CU(cuMemFreeHost(h2));
 }
 
-CUDA_MEMCPY2D Copy2D(size_t width, size_t height) {
-  CUDA_MEMCPY2D copy;
-  std::memset(&copy, 0, sizeof(copy));
-  copy.WidthInBytes = width;
-  copy.Height = height;
-  return copy;
+// One end of a 2D copy: host memory or device memory, rows `pitch` apart.
+struct End2D {
+  CUmemorytype type;
+  const void* host;
+  CUdeviceptr device;
+  size_t pitch;
+};
+End2D Host2D(const void* host, size_t pitch) { return {CU_MEMORYTYPE_HOST, host, 0, pitch}; }
+End2D Device2D(CUdeviceptr device, size_t pitch) {
+  return {CU_MEMORYTYPE_DEVICE, nullptr, device, pitch};
+}
+
+// A 2D copy of `width` x `height` bytes from `src` to `dst`, both at (0, 0);
+// a host destination must be writable.
+CUDA_MEMCPY2D Copy2D(size_t width, size_t height, End2D src, End2D dst) {
+  return CUDA_MEMCPY2D{.srcXInBytes = 0,
+                       .srcY = 0,
+                       .srcMemoryType = src.type,
+                       .srcHost = src.host,
+                       .srcDevice = src.device,
+                       .srcArray = nullptr,
+                       .srcPitch = src.pitch,
+                       .dstXInBytes = 0,
+                       .dstY = 0,
+                       .dstMemoryType = dst.type,
+                       .dstHost = const_cast<void*>(dst.host),
+                       .dstDevice = dst.device,
+                       .dstArray = nullptr,
+                       .dstPitch = dst.pitch,
+                       .WidthInBytes = width,
+                       .Height = height};
 }
 
 void CheckPitchedCopies() {
@@ -144,13 +169,8 @@ void CheckPitchedCopies() {
   // Host rows 1024 bytes apart, device rows `pitch` apart.
   const size_t host_pitch = 1024;
   std::vector<uint8_t> src = Pattern(host_pitch * height, 4);
-  CUDA_MEMCPY2D htod = Copy2D(width, height);
-  htod.srcMemoryType = CU_MEMORYTYPE_HOST;
-  htod.srcHost = src.data();
-  htod.srcPitch = host_pitch;
-  htod.dstMemoryType = CU_MEMORYTYPE_DEVICE;
-  htod.dstDevice = pitched;
-  htod.dstPitch = pitch;
+  CUDA_MEMCPY2D htod =
+      Copy2D(width, height, Host2D(src.data(), host_pitch), Device2D(pitched, pitch));
   E2E_CHECK_CU(cuMemcpy2D(&htod));
 
   // Back to host rows 1100 bytes apart; the 100 bytes after each row keep
@@ -158,13 +178,8 @@ void CheckPitchedCopies() {
   const size_t back_pitch = 1100;
   const uint8_t kGuard = 0xEE;
   std::vector<uint8_t> back(back_pitch * height, kGuard);
-  CUDA_MEMCPY2D dtoh = Copy2D(width, height);
-  dtoh.srcMemoryType = CU_MEMORYTYPE_DEVICE;
-  dtoh.srcDevice = pitched;
-  dtoh.srcPitch = pitch;
-  dtoh.dstMemoryType = CU_MEMORYTYPE_HOST;
-  dtoh.dstHost = back.data();
-  dtoh.dstPitch = back_pitch;
+  CUDA_MEMCPY2D dtoh =
+      Copy2D(width, height, Device2D(pitched, pitch), Host2D(back.data(), back_pitch));
   E2E_CHECK_CU(cuMemcpy2D(&dtoh));
   std::vector<uint8_t> expected(back_pitch * height, kGuard);
   for (size_t row = 0; row < height; ++row) {
@@ -179,24 +194,14 @@ void CheckPitchedCopies() {
   size_t pitch2 = 0;
   E2E_CHECK_CU(cuMemAllocPitch(&pitched2, &pitch2, width, height, 16));
   const size_t sub_width = width - 8, sub_height = height - 2;
-  CUDA_MEMCPY2D dtod = Copy2D(sub_width, sub_height);
-  dtod.srcMemoryType = CU_MEMORYTYPE_DEVICE;
-  dtod.srcDevice = pitched;
-  dtod.srcPitch = pitch;
+  CUDA_MEMCPY2D dtod =
+      Copy2D(sub_width, sub_height, Device2D(pitched, pitch), Device2D(pitched2, pitch2));
   dtod.srcXInBytes = 8;
   dtod.srcY = 2;
-  dtod.dstMemoryType = CU_MEMORYTYPE_DEVICE;
-  dtod.dstDevice = pitched2;
-  dtod.dstPitch = pitch2;
   E2E_CHECK_CU(cuMemcpy2D(&dtod));
   std::vector<uint8_t> sub(sub_width * sub_height, 0);
-  CUDA_MEMCPY2D sub_back = Copy2D(sub_width, sub_height);
-  sub_back.srcMemoryType = CU_MEMORYTYPE_DEVICE;
-  sub_back.srcDevice = pitched2;
-  sub_back.srcPitch = pitch2;
-  sub_back.dstMemoryType = CU_MEMORYTYPE_HOST;
-  sub_back.dstHost = sub.data();
-  sub_back.dstPitch = sub_width;
+  CUDA_MEMCPY2D sub_back =
+      Copy2D(sub_width, sub_height, Device2D(pitched2, pitch2), Host2D(sub.data(), sub_width));
   E2E_CHECK_CU(cuMemcpy2D(&sub_back));
   std::vector<uint8_t> sub_expected(sub.size());
   for (size_t row = 0; row < sub_height; ++row) {
@@ -209,13 +214,8 @@ void CheckPitchedCopies() {
   const uint32_t kWord = 0x01020304u;
   E2E_CHECK_CU(cuMemsetD2D32(pitched2, pitch2, kWord, width / 4, height));
   std::vector<uint32_t> words(width / 4 * height, 0);
-  CUDA_MEMCPY2D words_back = Copy2D(width, height);
-  words_back.srcMemoryType = CU_MEMORYTYPE_DEVICE;
-  words_back.srcDevice = pitched2;
-  words_back.srcPitch = pitch2;
-  words_back.dstMemoryType = CU_MEMORYTYPE_HOST;
-  words_back.dstHost = words.data();
-  words_back.dstPitch = width;
+  CUDA_MEMCPY2D words_back =
+      Copy2D(width, height, Device2D(pitched2, pitch2), Host2D(words.data(), width));
   E2E_CHECK_CU(cuMemcpy2D(&words_back));
   std::vector<uint32_t> words_expected(words.size(), kWord);
   E2E_CHECK_BYTES(words.data(), words_expected.data(), words.size() * sizeof(uint32_t),
@@ -304,21 +304,9 @@ void CheckAsyncCopies() {
   E2E_CHECK_CU(cuMemAllocHost(reinterpret_cast<void**>(&rect_back), width * height));
   ferry::e2e::FillPattern(rect_src, 320 * height, 9);
   std::memset(rect_back, 0, width * height);
-  CUDA_MEMCPY2D htod = Copy2D(width, height);
-  htod.srcMemoryType = CU_MEMORYTYPE_HOST;
-  htod.srcHost = rect_src;
-  htod.srcPitch = 320;
-  htod.dstMemoryType = CU_MEMORYTYPE_DEVICE;
-  htod.dstDevice = d3;
-  htod.dstPitch = 512;
+  CUDA_MEMCPY2D htod = Copy2D(width, height, Host2D(rect_src, 320), Device2D(d3, 512));
   E2E_CHECK_CU(cuMemcpy2DAsync(&htod, stream));
-  CUDA_MEMCPY2D dtoh = Copy2D(width, height);
-  dtoh.srcMemoryType = CU_MEMORYTYPE_DEVICE;
-  dtoh.srcDevice = d3;
-  dtoh.srcPitch = 512;
-  dtoh.dstMemoryType = CU_MEMORYTYPE_HOST;
-  dtoh.dstHost = rect_back;
-  dtoh.dstPitch = width;
+  CUDA_MEMCPY2D dtoh = Copy2D(width, height, Device2D(d3, 512), Host2D(rect_back, width));
   E2E_CHECK_CU(cuMemcpy2DAsync(&dtoh, stream));
 
   E2E_CHECK_CU(cuStreamSynchronize(stream));
