@@ -23,7 +23,6 @@
 #include <vector>
 
 #include "client/cuda_result.h"
-#include "client/image_upload.h"
 #include "client/runtime.h"
 #include "common/image/module_image.h"
 
@@ -55,27 +54,8 @@ Status CheckLibraryOptions(CUlibraryOption* options, unsigned count) {
 
 // Sends `image` (one whole fatbin, cubin or PTX text) as a new library.
 Status LoadLibrary(CUlibrary* library, std::span<const uint8_t> image) {
-  Runtime& rt = Runtime::Get();
-  const uint64_t id = rt.NewId(ferry::client::HandleKind::kLibrary);
-  LibraryState state;
-  ferry::client::ImageDescription description;
-  FERRY_RETURN_IF_ERROR(ferry::client::CallWithImage(
-      rt.connection(), image,
-      [&](wire::Call::Builder call, const ferry::ContentHash* name) {
-        auto args = call.initLibraryLoad();
-        args.setLibrary(id);
-        if (name != nullptr) {
-          args.setImageHash(kj::arrayPtr(name->data(), name->size()));
-          args.setImageBytes(image.size());
-        }
-      },
-      [&](wire::Reply::Reader reply) {
-        return ferry::client::ReadImageDescription(reply, &description);
-      }));
-  state.kernel_names = std::move(description.kernel_names);
-  state.kernels = std::move(description.kernels);
-  state.globals = std::move(description.globals);
-  FERRY_RETURN_IF_ERROR(rt.AddLibrary(id, std::move(state)));
+  uint64_t id = 0;
+  FERRY_RETURN_IF_ERROR(Runtime::Get().LoadLibrary(image, &id));
   *library = Runtime::ToHandle<CUlibrary>(id);
   return Status::Ok();
 }
