@@ -7,17 +7,16 @@
 // process: nothing of one instance is shared with another, per-thread state
 // (the current-context stack, the per-thread default streams) included.
 //
-// It holds the connection to ferryd, the devices the
-// server described at the handshake (all device queries are answered from
-// them), the CUDA runtime's context-local storage, and the client's handle
-// tables, one registry per job: contexts
-// (ContextRegistry), streams and events (StreamRegistry), modules, functions,
-// libraries and kernels (ModuleRegistry), and device and page-locked host
-// memory (AllocationRegistry). Handles the program sees are ids the client
-// chooses (client/handles.h). Runtime is the glue: what needs the connection
-// or more than one registry (creating a context on the server, forgetting a
-// destroyed context's objects everywhere) is done here; plain lookups go to
-// the registries directly.
+// It holds the connection to ferryd, the devices the server described at the
+// handshake (all device queries are answered from them), the CUDA runtime's
+// context-local storage, and the client's handle tables, one registry per
+// job: contexts (ContextRegistry), streams and events (StreamRegistry),
+// modules, functions, libraries and kernels (ModuleRegistry), and device and
+// page-locked host memory (AllocationRegistry). Handles the program sees are
+// ids the client chooses (client/handles.h). Runtime is the glue: what needs
+// the connection or more than one registry (creating a context on the
+// server, forgetting a destroyed context's objects everywhere) is done here;
+// plain lookups go to the registries directly.
 //
 // Libraries and kernels are context-independent: a CUlibrary is loaded once
 // (the server keeps its image), and a CUkernel names (library, kernel name).
