@@ -53,22 +53,8 @@ Status CheckLibraryOptions(CUlibraryOption* options, unsigned count) {
 
 // Sends `image` (one whole fatbin, cubin or PTX text) as a new library.
 Status LoadLibrary(CUlibrary* library, std::span<const uint8_t> image) {
-  Runtime& rt = Runtime::Get();
-  const uint64_t id = rt.NewId(ferry::client::HandleKind::kLibrary);
-  LibraryState state;
-  ferry::client::ImageDescription description;
-  FERRY_RETURN_IF_ERROR(ferry::client::LoadImage(
-      rt.connection(), image,
-      [&](wire::Call::Builder call) {
-        auto args = call.initLibraryLoad();
-        args.setLibrary(id);
-        return args;
-      },
-      &description));
-  state.kernel_names = std::move(description.kernel_names);
-  state.kernels = std::move(description.kernels);
-  state.globals = std::move(description.globals);
-  FERRY_RETURN_IF_ERROR(rt.AddLibrary(id, std::move(state)));
+  uint64_t id = 0;
+  FERRY_RETURN_IF_ERROR(Runtime::Get().LoadLibrary(image, &id));
   *library = Runtime::ToHandle<CUlibrary>(id);
   return Status::Ok();
 }

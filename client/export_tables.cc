@@ -102,10 +102,7 @@ std::string UuidText(const uint8_t* bytes) {
   return text;
 }
 
-ContextLocalStorage& Storage() {
-  static auto* storage = new ContextLocalStorage;  // never destroyed, like Runtime
-  return *storage;
-}
+ContextLocalStorage& Storage() { return Runtime::Get().context_local_storage(); }
 
 // A slot of unknown role: answers success and says so once.
 template <int kTable, int kSlot>
@@ -365,8 +362,6 @@ Status GetExportTable(const void** table, const CUuuid* table_id) {
 }
 
 }  // namespace
-
-void RunContextLocalStorageDestructors(uint64_t ctx) { Storage().RunDestructors(ctx); }
 
 }  // namespace ferry::client
 

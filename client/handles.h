@@ -3,7 +3,7 @@
 // serial), a non-canonical address the client chooses (README.md invariant 2),
 // and the same id names the object on the wire.
 //
-// Thread-safety: HandleIds is thread-safe (one atomic counter).
+// Thread-safety: HandleIds is thread-safe (one atomic counter per process).
 #pragma once
 
 #include <atomic>
@@ -25,8 +25,10 @@ inline bool IsHandleKind(uint64_t id, HandleKind kind) {
   return (id >> 48) == static_cast<uint64_t>(kind);
 }
 
-// Hands out ids: serials are unique across kinds and never reused, so an id
-// of a destroyed object never names a later one.
+// Hands out ids: serials are unique across kinds and across every HandleIds
+// of the process, and never reused, so an id of a destroyed object never
+// names a later one and two Runtime instances in one process (a test's)
+// never hand out the same id.
 class HandleIds {
  public:
   uint64_t New(HandleKind kind) {
@@ -34,7 +36,7 @@ class HandleIds {
   }
 
  private:
-  std::atomic<uint64_t> next_serial_{1};
+  inline static std::atomic<uint64_t> next_serial_{1};
 };
 
 }  // namespace ferry::client

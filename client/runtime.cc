@@ -9,6 +9,7 @@
 #include <set>
 
 #include "client/cuda_result.h"
+#include "client/image_upload.h"
 #include "client/unsupported.h"
 #include "common/frame.h"
 #include "common/log.h"
@@ -21,10 +22,8 @@ namespace {
 constexpr const char* kDefaultServer = "127.0.0.1:7070";
 constexpr int kDefaultConnectTimeoutMs = 3000;
 
-// The calling thread's context stack; the back is the current context.
-thread_local std::vector<uint64_t> tls_context_stack;
-// The calling thread's per-thread default stream, per context.
-thread_local std::unordered_map<uint64_t, uint64_t> tls_per_thread_streams;
+// Serials of Runtime instances, never reused (Runtime::ThisThread).
+std::atomic<uint64_t> next_instance{1};
 
 // FERRY_POOL, FERRY_GPUS and FERRY_WAIT: what to borrow from a server with
 // pools. A value that does not parse fails cuInit with a message naming it.
@@ -73,9 +72,58 @@ Runtime& Runtime::Get() {
   return *runtime;
 }
 
+Runtime::Runtime() : instance_(next_instance.fetch_add(1)) {}
+
+Runtime::Runtime(std::unique_ptr<Connection> connection, std::vector<DeviceInfo> devices,
+                 uint64_t session_id)
+    : init_status_(Status::Ok()),
+      initialized_(true),
+      instance_(next_instance.fetch_add(1)),
+      connection_(std::move(connection)),
+      devices_(std::move(devices)),
+      session_id_(session_id) {}
+
+Runtime::~Runtime() {
+  // First: the connection's threads stop before the tables they might reach.
+  connection_.reset();
+}
+
+Status Runtime::Connect(std::unique_ptr<Transport> transport, const std::string& server_name,
+                        const Connection::Borrow& borrow, std::unique_ptr<Runtime>* out,
+                        ConnectionOptions options) {
+  std::unique_ptr<Connection> connection;
+  std::vector<DeviceInfo> devices;
+  uint64_t session_id = 0;
+  FERRY_RETURN_IF_ERROR(OpenSession(std::move(transport), server_name, borrow, options, &connection,
+                                    &devices, &session_id));
+  *out = std::make_unique<Runtime>(std::move(connection), std::move(devices), session_id);
+  return Status::Ok();
+}
+
+Runtime::ThreadState& Runtime::ThisThread() {
+  // One lookup per call: the last instance used on this thread is kept at
+  // hand (a process has one, unless it is a test). Map nodes do not move.
+  struct States {
+    uint64_t last_instance = 0;
+    ThreadState* last = nullptr;
+    std::unordered_map<uint64_t, ThreadState> by_instance;
+  };
+  thread_local States states;
+  if (states.last_instance != instance_) {
+    states.last = &states.by_instance[instance_];
+    states.last_instance = instance_;
+  }
+  return *states.last;
+}
+
+void Runtime::RunContextLocalStorageDestructors(uint64_t ctx) {
+  context_local_storage_.RunDestructors(ctx);
+}
+
 Status Runtime::Init(unsigned flags) {
   if (flags != 0) return Status::InvalidArgument("cuInit flags must be 0");
   std::call_once(init_once_, [this] {
+    if (connection_ != nullptr) return;  // built on an open session
     SetLogProgram(std::string(program_invocation_short_name) + " (ferry)");
     // FERRY_LOG_LEVEL=debug|info|warning|error (default info); anything
     // else is reported once and ignored.
@@ -93,7 +141,7 @@ Status Runtime::Init(unsigned flags) {
         FERRY_LOG(kWarning) << "FERRY_LOG_LEVEL=" << v
                             << " is not debug, info, warning or error; ignored";
     }
-    init_status_ = Connect();
+    init_status_ = ConnectFromEnvironment();
     if (!init_status_.ok()) {
       FERRY_LOG(kError) << init_status_.message();
     }
@@ -102,7 +150,7 @@ Status Runtime::Init(unsigned flags) {
   return init_status_;
 }
 
-Status Runtime::Connect() {
+Status Runtime::ConnectFromEnvironment() {
   const char* env = std::getenv("FERRY_SERVER");
   const std::string server = env != nullptr && *env != '\0' ? env : kDefaultServer;
   int timeout_ms = kDefaultConnectTimeoutMs;
@@ -117,10 +165,18 @@ Status Runtime::Connect() {
     return Status::Disconnected("cannot reach ferryd at " + server +
                                 " (FERRY_SERVER): " + status.message());
   }
+  return OpenSession(std::move(transport), server, borrow, ConnectionOptions{}, &connection_,
+                     &devices_, &session_id_);
+}
+
+Status Runtime::OpenSession(std::unique_ptr<Transport> transport, const std::string& server,
+                            const Connection::Borrow& borrow, ConnectionOptions options,
+                            std::unique_ptr<Connection>* connection,
+                            std::vector<DeviceInfo>* devices, uint64_t* session_id) {
   std::unique_ptr<capnp::MessageReader> hello;
   kj::Array<capnp::word> hello_words;
-  status =
-      Connection::Open(std::move(transport), server, borrow, &connection_, &hello, &hello_words);
+  Status status = Connection::Open(std::move(transport), server, borrow, connection, &hello,
+                                   &hello_words, options);
   if (!status.ok()) {
     if (status.code() != StatusCode::kDisconnected && status.code() != StatusCode::kMalformed) {
       return status;  // the server answered: a full pool, an unknown pool
@@ -139,10 +195,11 @@ Status Runtime::Connect() {
     info.pci_bus = d.getPciBus();
     info.pci_device = d.getPciDevice();
     for (int32_t a : d.getAttributes()) info.attributes.push_back(a);
-    devices_.push_back(std::move(info));
+    devices->push_back(std::move(info));
   }
+  *session_id = reply.getSessionId();
   FERRY_LOG(kDebug) << "session " << reply.getSessionId() << " with ferryd at " << server << " ("
-                    << reply.getBackend().cStr() << " backend, " << devices_.size()
+                    << reply.getBackend().cStr() << " backend, " << devices->size()
                     << " device(s))";
   return Status::Ok();
 }
@@ -165,7 +222,8 @@ Status Runtime::CheckDevice(int device) const {
 // --- contexts -------------------------------------------------------------------
 
 uint64_t Runtime::CurrentContextId() {
-  return tls_context_stack.empty() ? 0 : tls_context_stack.back();
+  const std::vector<uint64_t>& stack = ThisThread().context_stack;
+  return stack.empty() ? 0 : stack.back();
 }
 
 Status Runtime::CurrentContext(uint64_t* ctx) {
@@ -198,21 +256,23 @@ Status Runtime::EnsureLive(uint64_t ctx) {
 }
 
 void Runtime::SetCurrent(uint64_t ctx) {
-  if (tls_context_stack.empty()) {
-    if (ctx != 0) tls_context_stack.push_back(ctx);
+  std::vector<uint64_t>& stack = ThisThread().context_stack;
+  if (stack.empty()) {
+    if (ctx != 0) stack.push_back(ctx);
   } else if (ctx == 0) {
-    tls_context_stack.pop_back();
+    stack.pop_back();
   } else {
-    tls_context_stack.back() = ctx;
+    stack.back() = ctx;
   }
 }
 
-void Runtime::PushCurrent(uint64_t ctx) { tls_context_stack.push_back(ctx); }
+void Runtime::PushCurrent(uint64_t ctx) { ThisThread().context_stack.push_back(ctx); }
 
 uint64_t Runtime::PopCurrent() {
-  if (tls_context_stack.empty()) return 0;
-  uint64_t ctx = tls_context_stack.back();
-  tls_context_stack.pop_back();
+  std::vector<uint64_t>& stack = ThisThread().context_stack;
+  if (stack.empty()) return 0;
+  uint64_t ctx = stack.back();
+  stack.pop_back();
   return ctx;
 }
 
@@ -246,7 +306,7 @@ Status Runtime::ResetPrimary(int device) {
   RunContextLocalStorageDestructors(id);
   if (!contexts_.MarkNotLive(id)) return Status::Ok();  // reset meanwhile by another thread
   ForgetContextResources(id);
-  tls_per_thread_streams.erase(id);
+  ThisThread().per_thread_streams.erase(id);
   return connection_->Post([&](wire::Call::Builder call) { call.initCtxDestroy().setCtx(id); });
 }
 
@@ -285,9 +345,10 @@ Status Runtime::DestroyContext(uint64_t ctx) {
   bool live = false;
   FERRY_RETURN_IF_ERROR(contexts_.Remove(ctx, &live));  // destroyed meanwhile by another thread
   ForgetContextResources(ctx);
-  tls_per_thread_streams.erase(ctx);
+  ThreadState& thread = ThisThread();
+  thread.per_thread_streams.erase(ctx);
   // The calling thread stops using it; other threads find it gone.
-  std::erase(tls_context_stack, ctx);
+  std::erase(thread.context_stack, ctx);
   if (!live) return Status::Ok();
   return connection_->Post([&](wire::Call::Builder call) { call.initCtxDestroy().setCtx(ctx); });
 }
@@ -310,8 +371,9 @@ Status Runtime::ResolveStream(CUstream stream, bool per_thread_default, StreamTa
     if (legacy) return Status::Ok();
     // The per-thread default stream: a blocking stream of this thread's own,
     // created on first use.
-    auto it = tls_per_thread_streams.find(target->ctx);
-    if (it != tls_per_thread_streams.end() && streams_.HasStream(it->second)) {
+    std::unordered_map<uint64_t, uint64_t>& per_thread_streams = ThisThread().per_thread_streams;
+    auto it = per_thread_streams.find(target->ctx);
+    if (it != per_thread_streams.end() && streams_.HasStream(it->second)) {
       target->stream = it->second;
       return Status::Ok();
     }
@@ -323,7 +385,7 @@ Status Runtime::ResolveStream(CUstream stream, bool per_thread_default, StreamTa
       args.setStream(created);
       args.setFlags(CU_STREAM_DEFAULT);
     }));
-    tls_per_thread_streams[target->ctx] = created;
+    per_thread_streams[target->ctx] = created;
     target->stream = created;
     return Status::Ok();
   }
@@ -411,6 +473,27 @@ bool EagerLoading() {
 }
 
 }  // namespace
+
+Status Runtime::LoadLibrary(std::span<const uint8_t> image, uint64_t* id) {
+  FERRY_RETURN_IF_ERROR(Ready());
+  const uint64_t library = NewId(HandleKind::kLibrary);
+  ImageDescription description;
+  FERRY_RETURN_IF_ERROR(LoadImage(
+      *connection_, image,
+      [&](wire::Call::Builder call) {
+        auto args = call.initLibraryLoad();
+        args.setLibrary(library);
+        return args;
+      },
+      &description));
+  LibraryState state;
+  state.kernel_names = std::move(description.kernel_names);
+  state.kernels = std::move(description.kernels);
+  state.globals = std::move(description.globals);
+  FERRY_RETURN_IF_ERROR(AddLibrary(library, std::move(state)));
+  *id = library;
+  return Status::Ok();
+}
 
 Status Runtime::AddLibrary(uint64_t id, LibraryState library) {
   modules_.AddLibrary(id, std::move(library));

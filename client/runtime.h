@@ -1,17 +1,22 @@
-// Runtime: the stand-in driver's one global (README.md, "Rules of the code"). It is created on first
-// use and never destroyed, so cu* calls from atexit handlers and static
-// destructors still work.
+// Runtime: one client of ferryd. The stand-in driver's entry points use the
+// process's one global instance (Get(); README.md, "Rules of the code"),
+// created on first use and never destroyed, so cu* calls from atexit
+// handlers and static destructors still work; it connects at cuInit, to the
+// server the environment names. A test builds instances of its own on a
+// session it opened (Connect, or the constructor), as many as it likes in one
+// process: nothing of one instance is shared with another, per-thread state
+// (the current-context stack, the per-thread default streams) included.
 //
-// It holds the connection to ferryd (opened by cuInit), the devices the
-// server described at the handshake (all device queries are answered from
-// them), and the client's handle tables, one registry per job: contexts
-// (ContextRegistry), streams and events (StreamRegistry), modules, functions,
-// libraries and kernels (ModuleRegistry), and device and page-locked host
-// memory (AllocationRegistry). Handles the program sees are ids the client
-// chooses (client/handles.h). Runtime is the glue: what needs the connection
-// or more than one registry (creating a context on the server, forgetting a
-// destroyed context's objects everywhere) is done here; plain lookups go to
-// the registries directly.
+// It holds the connection to ferryd, the devices the server described at the
+// handshake (all device queries are answered from them), the CUDA runtime's
+// context-local storage, and the client's handle tables, one registry per
+// job: contexts (ContextRegistry), streams and events (StreamRegistry),
+// modules, functions, libraries and kernels (ModuleRegistry), and device and
+// page-locked host memory (AllocationRegistry). Handles the program sees are
+// ids the client chooses (client/handles.h). Runtime is the glue: what needs
+// the connection or more than one registry (creating a context on the
+// server, forgetting a destroyed context's objects everywhere) is done here;
+// plain lookups go to the registries directly.
 //
 // Libraries and kernels are context-independent: a CUlibrary is loaded once
 // (the server keeps its image), and a CUkernel names (library, kernel name).
@@ -26,7 +31,7 @@
 // Thread-safety: all methods are thread-safe; each registry has its own
 // lock, and Runtime never holds one while calling another, except
 // ModuleRegistry's call into ContextRegistry (see module_registry.h). The
-// current-context stack is per thread, as in CUDA.
+// current-context stack is per thread (and per instance), as in CUDA.
 #pragma once
 
 #include <cuda.h>
@@ -37,13 +42,16 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "client/allocation_registry.h"
 #include "client/connection.h"
+#include "client/context_local_storage.h"
 #include "client/context_registry.h"
 #include "client/handles.h"
 #include "client/module_registry.h"
@@ -70,25 +78,46 @@ struct StreamTarget {
   uint64_t stream = 0;  // 0 = the context's legacy stream
 };
 
-// Runs and drops the CUDA runtime's context-local storage destructors of
-// `ctx` (export_tables.cc). Called when a context goes away, while it still
-// exists (the destructors free the runtime's resources in it through the
-// driver) and without Runtime's lock held.
-void RunContextLocalStorageDestructors(uint64_t ctx);
-
 class Runtime {
  public:
+  // The process's global instance, not connected until Init.
   static Runtime& Get();
 
+  // A Runtime on a session that is open already: `connection` after its
+  // handshake, `devices` as the HelloReply described them, `session_id` the
+  // server's id of the session. Ready() is OK at once and Init does nothing.
+  Runtime(std::unique_ptr<Connection> connection, std::vector<DeviceInfo> devices,
+          uint64_t session_id);
+  // Ends the session (the server frees everything the instance made). Only
+  // instances a test built are destroyed; no call may be in progress.
+  ~Runtime();
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
+
+  // Says Hello over `transport` (to a server called `server_name` in
+  // messages), borrowing as `borrow` says, and builds a Runtime on the
+  // session: what the global's cuInit does after reading the environment.
+  // DISCONNECTED when the connection fails or no valid HelloReply comes; the
+  // server's refusal (a full pool, an unknown pool) as the server said it.
+  static Status Connect(std::unique_ptr<Transport> transport, const std::string& server_name,
+                        const Connection::Borrow& borrow, std::unique_ptr<Runtime>* out,
+                        ConnectionOptions options = {});
+
   // cuInit: connects to FERRY_SERVER (default 127.0.0.1:7070) once; later
-  // calls return the first outcome.
+  // calls return the first outcome. Nothing to do for an instance built on
+  // an open session.
   Status Init(unsigned flags);
   // OK after a successful cuInit; NOT_INITIALIZED before; the connection's
   // failure once it broke.
   Status Ready();
   Connection& connection() { return *connection_; }
   const std::vector<DeviceInfo>& devices() const { return devices_; }
+  // The server's id of this client's session (0 before a successful Init).
+  uint64_t session_id() const { return session_id_; }
   Status CheckDevice(int device) const;
+  // The CUDA runtime's context-local storage (export_tables.cc). Its
+  // destructors for a context run when the context goes away.
+  ContextLocalStorage& context_local_storage() { return context_local_storage_; }
 
   // The registries (never null, live as long as the Runtime). Their lookups
   // are answered locally; creating and destroying objects on the server goes
@@ -148,6 +177,10 @@ class Runtime {
   Status ModuleGlobal(uint64_t module, const char* name, uint64_t* dptr, uint64_t* bytes);
 
   // --- libraries and kernels ----------------------------------------------------
+  // cuLibraryLoadData: has the server load `image` (one whole fatbin, cubin
+  // or PTX text) as a new library and records it (AddLibrary); `*id` is its
+  // CUlibrary. The server's error when it cannot load the image.
+  Status LoadLibrary(std::span<const uint8_t> image, uint64_t* id);
   // Records a library the server has loaded; with eager loading
   // (CUDA_MODULE_LOADING=EAGER) it is loaded into every live context at once.
   Status AddLibrary(uint64_t id, LibraryState library);
@@ -177,8 +210,30 @@ class Runtime {
   Status AfterQuery(StreamKey stream, uint64_t seq);
 
  private:
-  Runtime() = default;
-  Status Connect();
+  // What one thread keeps of one instance.
+  struct ThreadState {
+    std::vector<uint64_t> context_stack;  // the back is the current context
+    // context -> this thread's per-thread default stream there
+    std::unordered_map<uint64_t, uint64_t> per_thread_streams;
+  };
+
+  Runtime();  // the global, not connected
+  // Opens a session over `transport`: the connection, the devices and the
+  // session's id from the HelloReply.
+  static Status OpenSession(std::unique_ptr<Transport> transport, const std::string& server_name,
+                            const Connection::Borrow& borrow, ConnectionOptions options,
+                            std::unique_ptr<Connection>* connection,
+                            std::vector<DeviceInfo>* devices, uint64_t* session_id);
+  // The global's cuInit: connects to the server the environment names.
+  Status ConnectFromEnvironment();
+  // The calling thread's state of this instance, made on first use. A thread
+  // keeps the state of an instance that was destroyed until it exits;
+  // instances are told apart by a serial that is never reused.
+  ThreadState& ThisThread();
+  // Runs and drops the context-local storage destructors of `ctx`. Called
+  // when a context goes away, while it still exists (the destructors free
+  // the runtime's resources in it through the driver) and under no lock.
+  void RunContextLocalStorageDestructors(uint64_t ctx);
   // Frees the client-side records of everything `ctx` owned, in every
   // registry. Called after `ctx` was removed or marked not live, so that an
   // object registered concurrently is either refused or forgotten here.
@@ -200,8 +255,12 @@ class Runtime {
   std::once_flag init_once_;
   Status init_status_ = Status::Cuda(CUDA_ERROR_NOT_INITIALIZED, "cuInit has not been called");
   std::atomic<bool> initialized_{false};
+  // Tells this instance's per-thread state apart from other instances'.
+  const uint64_t instance_;
   std::unique_ptr<Connection> connection_;
   std::vector<DeviceInfo> devices_;  // fixed after Init
+  uint64_t session_id_ = 0;          // fixed after Init
+  ContextLocalStorage context_local_storage_;
 
   HandleIds ids_;
   ContextRegistry contexts_{&ids_};

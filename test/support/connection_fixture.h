@@ -2,9 +2,8 @@
 // against a server::Session that runs in this process, over a transport pair
 // the test chooses — what ferryd's listener does, without a listener.
 //
-// Header only: client/connection.cc is not a library of its own, so the test
-// that includes this compiles it in (test/client/CMakeLists.txt) and links
-// ferry_server for the Session.
+// Header only: the test that includes it links ferry_client_core for the
+// Connection and ferry_server for the Session (test/client/CMakeLists.txt).
 //
 // Thread-safety: one object belongs to the test's thread; the session runs on
 // a thread of its own until Close.
