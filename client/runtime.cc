@@ -128,18 +128,13 @@ Status Runtime::Init(unsigned flags) {
     // FERRY_LOG_LEVEL=debug|info|warning|error (default info); anything
     // else is reported once and ignored.
     if (const char* level = std::getenv("FERRY_LOG_LEVEL"); level != nullptr && *level != '\0') {
-      const std::string v = level;
-      if (v == "debug")
-        SetMinLogLevel(LogLevel::kDebug);
-      else if (v == "info")
-        SetMinLogLevel(LogLevel::kInfo);
-      else if (v == "warning")
-        SetMinLogLevel(LogLevel::kWarning);
-      else if (v == "error")
-        SetMinLogLevel(LogLevel::kError);
-      else
-        FERRY_LOG(kWarning) << "FERRY_LOG_LEVEL=" << v
+      LogLevel parsed = LogLevel::kInfo;
+      if (ParseLogLevel(level, &parsed)) {
+        SetMinLogLevel(parsed);
+      } else {
+        FERRY_LOG(kWarning) << "FERRY_LOG_LEVEL=" << level
                             << " is not debug, info, warning or error; ignored";
+      }
     }
     init_status_ = ConnectFromEnvironment();
     if (!init_status_.ok()) {

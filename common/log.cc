@@ -7,6 +7,7 @@
 #include <cstring>
 #include <ctime>
 #include <mutex>
+#include <utility>
 
 namespace ferry {
 namespace {
@@ -36,6 +37,21 @@ char LevelLetter(LogLevel level) {
 }
 
 }  // namespace
+
+bool ParseLogLevel(std::string_view text, LogLevel* level) {
+  static constexpr std::pair<std::string_view, LogLevel> kNames[] = {
+      {"debug", LogLevel::kDebug},
+      {"info", LogLevel::kInfo},
+      {"warning", LogLevel::kWarning},
+      {"error", LogLevel::kError}};
+  for (const auto& [name, value] : kNames) {
+    if (text == name) {
+      *level = value;
+      return true;
+    }
+  }
+  return false;
+}
 
 void SetLogProgram(std::string_view name) {
   std::lock_guard<std::mutex> lock(ProgramMutex());

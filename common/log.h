@@ -20,6 +20,9 @@ enum class LogLevel { kDebug, kInfo, kWarning, kError };
 
 void SetLogProgram(std::string_view name);
 void SetMinLogLevel(LogLevel level);
+// Parses "debug", "info", "warning" or "error"; false (nothing written) for
+// anything else.
+bool ParseLogLevel(std::string_view text, LogLevel* level);
 LogLevel MinLogLevel();
 void WriteLogLine(LogLevel level, std::string_view message);
 

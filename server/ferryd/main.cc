@@ -66,16 +66,9 @@ struct Flags {
 };
 
 bool SetLogLevel(const std::string& v) {
-  if (v == "debug")
-    SetMinLogLevel(LogLevel::kDebug);
-  else if (v == "info")
-    SetMinLogLevel(LogLevel::kInfo);
-  else if (v == "warning")
-    SetMinLogLevel(LogLevel::kWarning);
-  else if (v == "error")
-    SetMinLogLevel(LogLevel::kError);
-  else
-    return false;
+  LogLevel level = LogLevel::kInfo;
+  if (!ParseLogLevel(v, &level)) return false;
+  SetMinLogLevel(level);
   return true;
 }
 

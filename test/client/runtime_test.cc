@@ -21,28 +21,13 @@
 #include "common/transport.h"
 #include "server/backend/host/host_backend.h"
 #include "server/server.h"
+#include "test/support/tiny_library.h"
 #include "test/support/wait.h"
 
 namespace ferry::client {
 namespace {
 
 using namespace std::chrono_literals;
-
-// A library with one kernel k(u64, u32) and one 8-byte global.
-constexpr char kLibraryPtx[] = R"ptx(
-.version 8.0
-.target sm_90
-.address_size 64
-.visible .global .align 4 .b8 counter[8];
-.visible .entry k(.param .u64 k_p, .param .u32 k_n)
-{
-  ret;
-}
-)ptx";
-
-std::vector<uint8_t> LibraryImage() {
-  return std::vector<uint8_t>(kLibraryPtx, kLibraryPtx + sizeof(kLibraryPtx));  // with the NUL
-}
 
 class RuntimeTest : public ::testing::Test {
  protected:
@@ -196,7 +181,7 @@ TEST_F(RuntimeTest, DestroyingAContextFreesItsAllocationsAndModulesOnTheServer) 
   ASSERT_TRUE(Alloc(*rt, ctx, 4096, &a).ok());
   ASSERT_TRUE(Alloc(*rt, ctx, 8192, &b).ok());
   uint64_t library = 0, module = 0;
-  Status loaded = rt->LoadLibrary(LibraryImage(), &library);
+  Status loaded = rt->LoadLibrary(test::TinyLibraryImage(), &library);
   ASSERT_TRUE(loaded.ok()) << loaded.ToString();
   ASSERT_TRUE(rt->LibraryModule(library, ctx, &module).ok());
   int key = 0;
@@ -234,7 +219,7 @@ TEST_F(RuntimeTest, ALibraryLoadedOnceGetsAModulePerContextOnFirstUse) {
   std::unique_ptr<Runtime> rt = Connect();
   ASSERT_NE(rt, nullptr);
   uint64_t library = 0;
-  Status loaded = rt->LoadLibrary(LibraryImage(), &library);
+  Status loaded = rt->LoadLibrary(test::TinyLibraryImage(), &library);
   ASSERT_TRUE(loaded.ok()) << loaded.ToString();
   EXPECT_TRUE(Runtime::IsKind(library, HandleKind::kLibrary));
   uint64_t kernel = 0;

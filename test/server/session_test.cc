@@ -22,6 +22,7 @@
 #include "test/support/host_backend.h"
 #include "test/support/observed_transport.h"
 #include "test/support/raw_client.h"
+#include "test/support/tiny_library.h"
 #include "test/support/wait.h"
 
 namespace ferry::server {
@@ -636,27 +637,11 @@ TEST_F(SessionTest, GarbageMessagesNeverCrashTheServer) {
 
 // --- libraries and occupancy ---------------------------------------------------
 
-// A library with one kernel k(u64, u32) and one 8-byte global.
-constexpr char kLibraryPtx[] = R"ptx(
-.version 8.0
-.target sm_90
-.address_size 64
-.visible .global .align 4 .b8 counter[8];
-.visible .entry k(.param .u64 k_p, .param .u32 k_n)
-{
-  ret;
-}
-)ptx";
-
-std::vector<uint8_t> LibraryImage() {
-  return std::vector<uint8_t>(kLibraryPtx, kLibraryPtx + sizeof(kLibraryPtx));  // with the NUL
-}
-
 class SessionLibraryTest : public SessionTest {
  protected:
   ReplyResult LoadLibrary(uint64_t library) {
     return client_->Call([&](wire::Call::Builder c) { c.initLibraryLoad().setLibrary(library); },
-                         LibraryImage());
+                         test::TinyLibraryImage());
   }
   // The library's module in `ctx` and its kernel as `function`, posted
   // without replies as the client does; a ping reports any error.
@@ -725,11 +710,11 @@ TEST_F(SessionLibraryTest, LoadsOnceAndGivesEachContextItsOwnModule) {
 
 TEST_F(SessionLibraryTest, RefusesBadIdsAndASecondModuleInOneContext) {
   CreateContext(100);
-  EXPECT_EQ(
-      client_
-          ->Call([&](wire::Call::Builder c) { c.initLibraryLoad().setLibrary(0); }, LibraryImage())
-          .status.cuda_result(),
-      CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(client_
+                ->Call([&](wire::Call::Builder c) { c.initLibraryLoad().setLibrary(0); },
+                       test::TinyLibraryImage())
+                .status.cuda_result(),
+            CUDA_ERROR_INVALID_VALUE);
   EXPECT_EQ(LoadLibrary(7).status.cuda_result(), CUDA_SUCCESS);
   EXPECT_EQ(LoadLibrary(7).status.cuda_result(), CUDA_ERROR_INVALID_VALUE);  // id in use
   EXPECT_EQ(client_->Call([&](wire::Call::Builder c) { c.initLibraryLoad().setLibrary(8); })
