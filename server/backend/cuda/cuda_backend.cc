@@ -11,7 +11,11 @@
 // failed, but calls stream callbacks with the error, and both a Completion
 // and the release of a host buffer must happen even then. Each callback is
 // also tracked by its context, so one the driver never ran is still run (with
-// an error) when the context is destroyed: no Completion is ever lost.
+// an error) when the context is destroyed: no Completion is ever lost. Nothing
+// promises that the driver runs no callback after cuCtxDestroy, so a
+// callback's record is shared (the driver's reference, the tracker's) and
+// runs its work once, whoever comes first; a late callback finds it claimed
+// and touches nothing the context owned.
 //
 // Thread-safety: the backend's state is immutable after construction except
 // the waiter pool and the per-object sets and caches, each behind its mutex
@@ -40,6 +44,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/strings/str_cat.h"
+#include "common/image/module_image.h"
 #include "common/log.h"
 #include "server/backend/cuda/driver_api.h"
 #include "server/backend/cuda/waiter_pool.h"
@@ -138,11 +143,35 @@ class PendingWaits {
   int count_ = 0;
 };
 
-// Host work queued behind stream work (cuStreamAddCallback). Owned by the
-// driver while queued; whoever runs it deletes it.
+struct HostCallback;
+
+// The callbacks of one context that the driver has not run yet. Shared by the
+// context and each of its callbacks, so a callback the driver runs after the
+// context is gone still finds it.
+struct CallbackTracker {
+  std::mutex mu;
+  absl::flat_hash_map<HostCallback*, std::shared_ptr<HostCallback>> pending ABSL_GUARDED_BY(mu);
+};
+
+// Host work queued behind stream work (cuStreamAddCallback). Shared: the
+// driver holds one reference (a heap std::shared_ptr passed as user data,
+// deleted by RunHostCallback), the tracker another until the callback runs
+// or the context sweeps it. `run` runs at most once, on whichever thread
+// claims it first, and is destroyed right after (releasing its captures).
 struct HostCallback {
-  CudaContext* context;
+  std::shared_ptr<CallbackTracker> tracker;
+  std::atomic<bool> claimed{false};
   absl::AnyInvocable<void(CUresult) &&> run;
+
+  void RunOnce(CUresult status) {
+    if (claimed.exchange(true, std::memory_order_acq_rel)) return;
+    absl::AnyInvocable<void(CUresult)&&> work = std::move(run);
+    try {
+      std::move(work)(status);
+    } catch (...) {
+      FERRY_LOG(kError) << "cuda backend: a stream callback threw";
+    }
+  }
 };
 
 class CudaStream final : public Stream {
@@ -170,15 +199,15 @@ class CudaContext final : public Context {
         legacy_stream(*this, CU_STREAM_LEGACY, /*owned=*/false) {}
   ~CudaContext() override;
 
-  // Registers `callback` before it is handed to the driver, which may run it
-  // at once. Returns false when it was already run or swept.
-  void Track(HostCallback* callback) {
-    std::lock_guard<std::mutex> lock(callbacks_mu_);
-    callbacks_.insert(callback);
-  }
-  bool Untrack(HostCallback* callback) {
-    std::lock_guard<std::mutex> lock(callbacks_mu_);
-    return callbacks_.erase(callback) != 0;
+  // A new callback record for `run`, registered before it is handed to the
+  // driver (which may run it at once).
+  std::shared_ptr<HostCallback> Track(absl::AnyInvocable<void(CUresult) &&> run) {
+    auto callback = std::make_shared<HostCallback>();
+    callback->tracker = callbacks_;
+    callback->run = std::move(run);
+    std::lock_guard<std::mutex> lock(callbacks_->mu);
+    callbacks_->pending.emplace(callback.get(), callback);
+    return callback;
   }
 
   CudaBackend& backend;
@@ -190,8 +219,7 @@ class CudaContext final : public Context {
   PendingWaits waits;
 
  private:
-  std::mutex callbacks_mu_;
-  absl::flat_hash_set<HostCallback*> callbacks_ ABSL_GUARDED_BY(callbacks_mu_);
+  const std::shared_ptr<CallbackTracker> callbacks_ = std::make_shared<CallbackTracker>();
 };
 
 // One WhenEventComplete. It must wait for the record the event had when the
@@ -264,78 +292,33 @@ CudaModule& Mod(Module& module) { return static_cast<CudaModule&>(module); }
 CudaFunction& Fn(Function& function) { return static_cast<CudaFunction&>(function); }
 
 // The driver's entry for every stream callback.
+// It may run after its context was destroyed (and swept): it touches only
+// the shared record and tracker, never the context.
 void CUDA_CB RunHostCallback(CUstream /*stream*/, CUresult status, void* user_data) {
-  auto* callback = static_cast<HostCallback*>(user_data);
-  // The context sweeps callbacks only after cuCtxDestroy, when the driver
-  // runs none any more, so the record is still ours here.
-  callback->context->Untrack(callback);
-  try {
-    std::move(callback->run)(status);
-  } catch (...) {
-    FERRY_LOG(kError) << "cuda backend: a stream callback threw";
+  std::unique_ptr<std::shared_ptr<HostCallback>> reference(
+      static_cast<std::shared_ptr<HostCallback>*>(user_data));
+  HostCallback& callback = **reference;
+  {
+    std::lock_guard<std::mutex> lock(callback.tracker->mu);
+    callback.tracker->pending.erase(&callback);
   }
-  delete callback;
-}
-
-// Little-endian field of `bytes` bytes at `p`.
-uint64_t ReadLe(const uint8_t* p, int bytes) {
-  uint64_t value = 0;
-  for (int i = bytes - 1; i >= 0; --i) value = (value << 8) | p[i];
-  return value;
+  callback.RunOnce(status);
 }
 
 // The driver finds an image's length from its own headers, so a truncated
-// image would have it read past `image`. Checks the outer structure of the
-// two binary formats and makes sure PTX text is NUL-terminated (copying it
-// into `storage` when it is not). Sets `*data` to the bytes to load.
+// image would have it read past `image`: common/image checks the headers of
+// the two binary formats against the bytes received. PTX text must end with
+// a NUL (copied into `storage` with one when it does not). Sets `*data` to
+// the bytes to load.
 Status CheckModuleImage(std::span<const uint8_t> image, std::vector<uint8_t>* storage,
                         const void** data) {
-  const uint64_t size = image.size();
-  const uint8_t* p = image.data();
-  *data = p;
-  if (size >= 4 && ReadLe(p, 4) == 0x466243b1) {
-    return Status::InvalidArgument(
-        "module image is a fatbin wrapper (it points into the client's memory); send the fatbin");
+  if (Status bounds = ferry::image::CheckImageBounds(image); !bounds.ok()) {
+    // Bad client input, not the driver's refusal: InvalidArgument.
+    return Status::InvalidArgument(absl::StrCat("module image: ", bounds.message()));
   }
-  if (size >= 4 && ReadLe(p, 4) == 0xBA55ED50) {  // fatbin container
-    if (size < 16) return Status::InvalidArgument("module image: truncated fatbin header");
-    const uint64_t header_size = ReadLe(p + 6, 2);
-    const uint64_t fat_size = ReadLe(p + 8, 8);
-    if (header_size < 16 || fat_size > size || header_size + fat_size > size) {
-      return Status::InvalidArgument(absl::StrCat("module image: fatbin claims ", header_size, "+",
-                                                  fat_size, " bytes but the image has ", size));
-    }
-    return Status::Ok();
-  }
-  if (size >= 4 && std::memcmp(p,
-                               "\x7f"
-                               "ELF",
-                               4) == 0) {
-    if (size < 64 || p[4] != 2 /*ELFCLASS64*/ || p[5] != 1 /*little-endian*/) {
-      return Status::InvalidArgument("module image: not a 64-bit little-endian ELF");
-    }
-    const uint64_t ph_off = ReadLe(p + 0x20, 8), sh_off = ReadLe(p + 0x28, 8);
-    const uint64_t ph_size = ReadLe(p + 0x36, 2), ph_num = ReadLe(p + 0x38, 2);
-    const uint64_t sh_size = ReadLe(p + 0x3A, 2), sh_num = ReadLe(p + 0x3C, 2);
-    auto inside = [size](uint64_t offset, uint64_t length) {
-      return offset <= size && length <= size - offset;
-    };
-    if (!inside(ph_off, ph_size * ph_num) || !inside(sh_off, sh_size * sh_num) ||
-        (sh_num != 0 && sh_size < 64)) {
-      return Status::InvalidArgument("module image: ELF headers point past the image");
-    }
-    for (uint64_t i = 0; i < sh_num; ++i) {
-      const uint8_t* section = p + sh_off + i * sh_size;
-      const uint64_t type = ReadLe(section + 4, 4);
-      if (type == 8 /*SHT_NOBITS*/) continue;
-      if (!inside(ReadLe(section + 0x18, 8), ReadLe(section + 0x20, 8))) {
-        return Status::InvalidArgument(
-            absl::StrCat("module image: ELF section ", i, " lies past the image"));
-      }
-    }
-    return Status::Ok();
-  }
-  // Anything else goes to the driver as PTX text, which it reads up to a NUL.
+  *data = image.data();
+  // Anything but a fatbin or an ELF goes to the driver as PTX text, which it
+  // reads up to a NUL.
   if (std::find(image.begin(), image.end(), uint8_t{0}) == image.end()) {
     storage->assign(image.begin(), image.end());
     storage->push_back(0);
@@ -379,12 +362,18 @@ class CudaBackend final : public GpuBackend {
   // Queues `run` behind the work queued so far on `stream` (context current).
   // On failure nothing was queued and `run` is dropped unrun.
   Status EnqueueCallback(CudaStream& stream, absl::AnyInvocable<void(CUresult) &&> run) {
-    auto* callback = new HostCallback{&stream.context, std::move(run)};
-    stream.context.Track(callback);
-    CUresult result = api_->cuStreamAddCallback(stream.handle, &RunHostCallback, callback, 0);
+    std::shared_ptr<HostCallback> callback = stream.context.Track(std::move(run));
+    // The driver's reference; RunHostCallback deletes it. (Leaked if the
+    // driver never calls back: the context's sweep still runs the work.)
+    auto* reference = new std::shared_ptr<HostCallback>(callback);
+    CUresult result = api_->cuStreamAddCallback(stream.handle, &RunHostCallback, reference, 0);
     if (result != CUDA_SUCCESS) {
-      stream.context.Untrack(callback);
-      delete callback;
+      delete reference;
+      {
+        std::lock_guard<std::mutex> lock(callback->tracker->mu);
+        callback->tracker->pending.erase(callback.get());
+      }
+      callback->claimed = true;  // dropped unrun, as documented
       return api_->Check(result, FERRY_CUDA_EXPORT_NAME(cuStreamAddCallback));
     }
     return Status::Ok();
@@ -1399,13 +1388,14 @@ CudaContext::~CudaContext() {
     FERRY_CU_QUIET(api, kWhat, cuCtxDestroy, handle);
   }
   CudaBackend::ForgetCurrent(*this);
-  // The driver runs no callback of a destroyed context; run those it never
-  // got to (possible after a context failure) so no Completion is lost and
-  // every host buffer is released.
-  absl::flat_hash_set<HostCallback*> orphans;
+  // Run the callbacks the driver has not run (possible after a context
+  // failure) so no Completion is lost and every host buffer is released. The
+  // driver may still call some of them later: they find their work claimed
+  // (HostCallback::RunOnce) and the tracker alive (shared).
+  absl::flat_hash_map<HostCallback*, std::shared_ptr<HostCallback>> orphans;
   {
-    std::lock_guard<std::mutex> lock(callbacks_mu_);
-    orphans.swap(callbacks_);
+    std::lock_guard<std::mutex> lock(callbacks_->mu);
+    orphans.swap(callbacks_->pending);
   }
   if (!orphans.empty()) {
     try {
@@ -1415,14 +1405,7 @@ CudaContext::~CudaContext() {
     } catch (...) {
     }
   }
-  for (HostCallback* callback : orphans) {
-    try {
-      std::move(callback->run)(CUDA_ERROR_CONTEXT_IS_DESTROYED);
-    } catch (...) {
-      FERRY_LOG(kError) << "cuda backend: a stream callback threw";
-    }
-    delete callback;
-  }
+  for (auto& [unused, callback] : orphans) callback->RunOnce(CUDA_ERROR_CONTEXT_IS_DESTROYED);
 }
 
 // Describes every device the driver reports.
@@ -1474,7 +1457,8 @@ Status CreateCudaBackend(const CudaBackendOptions& options, std::unique_ptr<GpuB
                                               ? std::vector<std::string>{options.driver_path}
                                               : cuda_internal::DefaultDriverCandidates();
     std::unique_ptr<DriverApi> api;
-    FERRY_RETURN_IF_ERROR(cuda_internal::LoadDriver(candidates, explicit_path, &api));
+    FERRY_RETURN_IF_ERROR(
+        cuda_internal::LoadDriver(candidates, explicit_path, &api, options.allow_ferry_driver));
     std::vector<DeviceDescription> devices;
     std::vector<CUdevice> handles;
     FERRY_RETURN_IF_ERROR(DescribeDevices(*api, &devices, &handles)

@@ -3,7 +3,8 @@
 //
 // What the GpuBackend contract leaves to the implementation, for this one:
 //  * Driver: found as LoadDriver describes in driver_api.h. ferry's own
-//    stand-in libcuda (it exports cuFerryClientIdentity) is always refused.
+//    stand-in libcuda (it exports cuFerryClientIdentity) is refused unless
+//    CudaBackendOptions::allow_ferry_driver says otherwise (tests only).
 //  * Contexts are real contexts from cuCtxCreate, current on no thread
 //    between calls. A partitioned context (CreatePartitionedContext) is a
 //    green context (CUDA 12.4+: cuDeviceGetDevResource(SM) ->
@@ -62,6 +63,10 @@ struct CudaBackendOptions {
   std::string driver_path;
   // Most threads that wait for events and contexts at once.
   int max_waiter_threads = 16;
+  // Tests only: accept ferry's own stand-in libcuda.so.1 as the driver, so
+  // that this backend forwards to a second ferryd (a chain). Off by default:
+  // pointed at a ferryd that forwards back to itself, it would deadlock.
+  bool allow_ferry_driver = false;
 };
 
 // Loads and initializes the driver and describes its devices. Fails with a

@@ -215,24 +215,71 @@ TEST(CudaBackendLoadTest, MissingEntryPointIsNamed) {
               AllOf(HasSubstr(FAKE_PARTIAL_PATH), HasSubstr("lacks cuDeviceGet")));
 }
 
-TEST(CudaBackendLoadTest, AsksCuGetProcAddressForTheHeadersVersionAndLegacyStreams) {
+TEST(CudaBackendLoadTest, AsksCuGetProcAddressForEachListedVersionAndLegacyStreams) {
   std::unique_ptr<GpuBackend> backend;
   ASSERT_TRUE(CreateCudaBackend({.driver_path = FAKE_FULL_PATH}, &backend).ok());
   auto calls = Hook<int (*)()>(FAKE_FULL_PATH, "fake_proc_address_calls");
   auto version = Hook<int (*)()>(FAKE_FULL_PATH, "fake_last_proc_version");
   auto flags = Hook<unsigned long long (*)()>(FAKE_FULL_PATH, "fake_last_proc_flags");
+  auto unimplemented = Hook<int (*)()>(FAKE_FULL_PATH, "fake_unimplemented_variant_requests");
   ASSERT_NE(calls, nullptr);
   EXPECT_GE(calls(), static_cast<int>(cuda_internal::EntryPointNames().size()));
-  EXPECT_EQ(version(), CUDA_VERSION);
+  // The last entry point resolved is the last optional one, at its own
+  // version (not CUDA_VERSION: see driver_entry_points.h).
+  EXPECT_EQ(version(), cuda_internal::kVersion_cuCtxFromGreenCtx);
   EXPECT_EQ(flags(), static_cast<unsigned long long>(CU_GET_PROC_ADDRESS_LEGACY_STREAM));
+  // Every variant the backend asked for is one the fake implements.
+  EXPECT_EQ(unimplemented(), 0);
   EXPECT_EQ(backend->Name(), "cuda");
   EXPECT_EQ(backend->DriverVersion(), 13000);
 }
 
+TEST(DriverApiTest, CtxSynchronizeIsTheVariantWithoutAContext) {
+  // CUDA 13 added cuCtxSynchronize_v2(CUcontext), which cuGetProcAddress
+  // returns for version 13000: the backend's table must ask for 2000.
+  EXPECT_EQ(cuda_internal::kVersion_cuCtxSynchronize, 2000);
+  std::map<std::string, int> versions;
+  for (const auto& name : cuda_internal::EntryPointNames()) versions[name.base] = name.version;
+  EXPECT_EQ(versions["cuCtxSynchronize"], 2000);
+  EXPECT_EQ(versions["cuCtxCreate"], 12050);
+  EXPECT_EQ(versions["cuEventElapsedTime"], 12080);
+}
+
+TEST(FakeDriverProcAddressTest, AnswersLikeTheCuda13Driver) {
+  // The fake returns the newest variant at or below the version asked for,
+  // as NVIDIA's driver does, so it cannot hide a table that asks for the
+  // wrong one.
+  std::unique_ptr<GpuBackend> backend;  // loads the fake (cuInit) first
+  ASSERT_TRUE(CreateCudaBackend({.driver_path = FAKE_FULL_PATH}, &backend).ok());
+  auto get = Hook<decltype(&::cuGetProcAddress)>(FAKE_FULL_PATH, "cuGetProcAddress_v2");
+  ASSERT_NE(get, nullptr);
+  void* old_variant = nullptr;
+  void* new_variant = nullptr;
+  CUdriverProcAddressQueryResult query = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+  ASSERT_EQ(get("cuCtxSynchronize", &old_variant, 12090, CU_GET_PROC_ADDRESS_LEGACY_STREAM, &query),
+            CUDA_SUCCESS);
+  EXPECT_EQ(query, CU_GET_PROC_ADDRESS_SUCCESS);
+  ASSERT_EQ(get("cuCtxSynchronize", &new_variant, 13000, CU_GET_PROC_ADDRESS_LEGACY_STREAM, &query),
+            CUDA_SUCCESS);
+  EXPECT_EQ(old_variant, Hook<void*>(FAKE_FULL_PATH, "cuCtxSynchronize"));
+  EXPECT_EQ(new_variant, Hook<void*>(FAKE_FULL_PATH, "cuCtxSynchronize_v2"));
+  // Called through the right type with a value that is no context, the new
+  // variant says so, as the driver would.
+  auto sync = reinterpret_cast<PFN_cuCtxSynchronize_v13000>(new_variant);
+  int not_a_context = 0;
+  EXPECT_EQ(sync(reinterpret_cast<CUcontext>(&not_a_context)), CUDA_ERROR_INVALID_CONTEXT);
+  // Too old a version for a name: not sufficient.
+  void* none = nullptr;
+  EXPECT_NE(get("cuLibraryLoadData", &none, 11080, CU_GET_PROC_ADDRESS_LEGACY_STREAM, &query),
+            CUDA_SUCCESS);
+  EXPECT_EQ(query, CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT);
+  EXPECT_EQ(none, nullptr);
+}
+
 TEST(CudaBackendLoadTest, OlderDriverIsBoundByVersionedExportNames) {
-  // cuGetProcAddress(name, CUDA_VERSION) is invalid on an older driver, and
-  // an older CUDA version would map names to older ABIs: dlsym of the
-  // versioned names is the only right way there.
+  // The loader uses cuGetProcAddress only on a driver at least as new as the
+  // header; an older one is bound by dlsym of the versioned export names,
+  // which fix the same ABI.
   std::unique_ptr<GpuBackend> backend;
   Status status = CreateCudaBackend({.driver_path = FAKE_OLD_PATH}, &backend);
   ASSERT_TRUE(status.ok()) << status.ToString();
@@ -729,6 +776,35 @@ TEST_F(FakeDriverTest, CallbacksTheDriverNeverRanCompleteAtContextDestruction) {
   ctx_.reset();
   EXPECT_EQ(idle.Get().cuda_result(), CUDA_ERROR_CONTEXT_IS_DESTROYED);
   EXPECT_TRUE(source.expired());
+}
+
+TEST_F(FakeDriverTest, CallbacksTheDriverRunsAfterContextDestructionAreHarmless) {
+  // Nothing promises that a destroyed context runs no callback (ferry's own
+  // libcuda, as a driver, delivers them late): the sweep at destruction runs
+  // each Completion once, and the driver's late call must find its record
+  // still valid and already claimed.
+  auto set_defer = Hook<void (*)(bool)>(FAKE_FULL_PATH, "fake_set_defer_callbacks");
+  auto run_deferred = Hook<int (*)()>(FAKE_FULL_PATH, "fake_run_deferred_callbacks");
+  ASSERT_NE(set_defer, nullptr);
+  ASSERT_NE(run_deferred, nullptr);
+  set_defer(true);
+  std::atomic<int> completions{0};
+  Awaited idle;
+  backend_->WhenStreamIdle(legacy(), [&completions, done = idle.Callback()](Status status) mutable {
+    ++completions;
+    std::move(done)(std::move(status));
+  });
+  std::weak_ptr<const void> source;
+  uint64_t dptr = 0;
+  ASSERT_TRUE(backend_->MemAlloc(*ctx_, 16, &dptr).ok());
+  ASSERT_TRUE(backend_->CopyHostToDevice(legacy(), dptr, Bytes(Iota(16), &source)).ok());
+  ASSERT_TRUE(backend_->MemFree(*ctx_, dptr).ok());
+  ctx_.reset();
+  EXPECT_EQ(idle.Get().cuda_result(), CUDA_ERROR_CONTEXT_IS_DESTROYED);
+  EXPECT_TRUE(source.expired());
+  set_defer(false);
+  EXPECT_GE(run_deferred(), 2);  // the Completion's and the copy's buffer release
+  EXPECT_EQ(completions.load(), 1);
 }
 
 TEST_F(FakeDriverTest, HostGateReportsReachedThenHoldsLaterWorkUntilOpened) {
