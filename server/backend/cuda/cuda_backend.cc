@@ -174,6 +174,17 @@ struct HostCallback {
   }
 };
 
+// What a stream has been given and what a WhenStreamIdle has seen done.
+// Shared with the stream's completion callbacks (which may outlive it).
+struct StreamProgress {
+  static constexpr uint64_t kNone = ~uint64_t{0};
+  // Stream-ordered operations queued so far (counted before each is queued).
+  std::atomic<uint64_t> submitted{0};
+  // `submitted` as it stood when the latest WhenStreamIdle that found the
+  // stream's work done successfully was queued; kNone before the first.
+  std::atomic<uint64_t> idle_through{kNone};
+};
+
 class CudaStream final : public Stream {
  public:
   CudaStream(CudaContext& context, CUstream handle, bool owned)
@@ -183,6 +194,7 @@ class CudaStream final : public Stream {
   CudaContext& context;
   const CUstream handle;
   const bool owned;  // false for the legacy stream, which the context owns
+  const std::shared_ptr<StreamProgress> progress = std::make_shared<StreamProgress>();
 };
 
 class CudaContext final : public Context {
@@ -666,6 +678,7 @@ class CudaBackend final : public GpuBackend {
   Status CopyHostToDevice(Stream& stream, uint64_t dst, HostBytes src) override {
     return Guarded("CopyHostToDevice", [&]() -> Status {
       CudaStream& s = Str(stream);
+      s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
       FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemcpyHtoDAsync, static_cast<CUdeviceptr>(dst),
                                      src.data, static_cast<size_t>(src.size), s.handle));
@@ -677,6 +690,7 @@ class CudaBackend final : public GpuBackend {
   Status CopyDeviceToHost(Stream& stream, MutableHostBytes dst, uint64_t src) override {
     return Guarded("CopyDeviceToHost", [&]() -> Status {
       CudaStream& s = Str(stream);
+      s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
       FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemcpyDtoHAsync, dst.data,
                                      static_cast<CUdeviceptr>(src), static_cast<size_t>(dst.size),
@@ -689,6 +703,7 @@ class CudaBackend final : public GpuBackend {
   Status CopyDeviceToDevice(Stream& stream, uint64_t dst, uint64_t src, uint64_t bytes) override {
     return Guarded("CopyDeviceToDevice", [&]() -> Status {
       CudaStream& s = Str(stream);
+      s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
       return FERRY_CU(*api_, cuMemcpyDtoDAsync, static_cast<CUdeviceptr>(dst),
                       static_cast<CUdeviceptr>(src), static_cast<size_t>(bytes), s.handle);
@@ -713,6 +728,7 @@ class CudaBackend final : public GpuBackend {
         return Status::InvalidArgument("Copy2DAsync: destination rows exceed the host buffer");
       }
       CudaStream& s = Str(stream);
+      s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
       CUDA_MEMCPY2D m;
       std::memset(&m, 0, sizeof(m));
@@ -745,6 +761,7 @@ class CudaBackend final : public GpuBackend {
                 unsigned element_bytes, uint64_t width, uint64_t height) override {
     return Guarded("Memset", [&]() -> Status {
       CudaStream& s = Str(stream);
+      s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
       const auto d = static_cast<CUdeviceptr>(dst);
       const auto w = static_cast<size_t>(width), h = static_cast<size_t>(height);
       const auto p = static_cast<size_t>(pitch);
@@ -784,6 +801,7 @@ class CudaBackend final : public GpuBackend {
                 HostBytes params) override {
     return Guarded("Launch", [&]() -> Status {
       CudaStream& s = Str(stream);
+      s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
       CudaFunction& f = Fn(function);
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
       CUlaunchConfig launch;
@@ -834,7 +852,18 @@ class CudaBackend final : public GpuBackend {
     return Guarded("QueryStream", [&]() -> Status {
       CudaStream& s = Str(stream);
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
-      return FERRY_CU(*api_, cuStreamQuery, s.handle);
+      const uint64_t submitted = s.progress->submitted.load(std::memory_order_acquire);
+      const CUresult result = api_->cuStreamQuery(s.handle);
+      // A WhenStreamIdle Completion runs inside its stream callback, so the
+      // driver counts the stream busy until that callback returns, just
+      // after the client has been told the stream is idle: a query right
+      // after a synchronize would say NOT_READY. Nothing was queued since
+      // that Completion found the work done, so the stream is idle.
+      if (result == CUDA_ERROR_NOT_READY &&
+          s.progress->idle_through.load(std::memory_order_acquire) == submitted) {
+        return Status::Ok();
+      }
+      return api_->Check(result, FERRY_CUDA_EXPORT_NAME(cuStreamQuery));
     });
   }
 
@@ -844,13 +873,17 @@ class CudaBackend final : public GpuBackend {
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
       // `done` sits in a shared slot so it can be taken back if queuing fails.
       auto shared = std::make_shared<Completion>(std::move(done));
-      Status queued = EnqueueCallback(s, [shared](CUresult result) mutable {
-        // Runs on the driver's thread: no driver calls, hence CuResultName.
-        RunCompletion(*shared, result == CUDA_SUCCESS
-                                   ? Status::Ok()
-                                   : Status::Cuda(result, absl::StrCat("stream work failed: ",
-                                                                       CuResultName(result))));
-      });
+      const uint64_t through = s.progress->submitted.load(std::memory_order_acquire);
+      Status queued =
+          EnqueueCallback(s, [shared, progress = s.progress, through](CUresult result) mutable {
+            if (result == CUDA_SUCCESS)
+              progress->idle_through.store(through, std::memory_order_release);
+            // Runs on the driver's thread: no driver calls, hence CuResultName.
+            RunCompletion(*shared, result == CUDA_SUCCESS
+                                       ? Status::Ok()
+                                       : Status::Cuda(result, absl::StrCat("stream work failed: ",
+                                                                           CuResultName(result))));
+          });
       if (!queued.ok()) done = std::move(*shared);
       return queued;
     });
@@ -875,6 +908,7 @@ class CudaBackend final : public GpuBackend {
     if (gate == nullptr) return Status::InvalidArgument("EnqueueHostGate: null gate");
     return Guarded("EnqueueHostGate", [&]() -> Status {
       CudaStream& s = Str(stream);
+      s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
       return EnqueueCallback(
           s, [reached = std::move(reached), gate = std::move(gate)](CUresult result) mutable {
@@ -903,6 +937,7 @@ class CudaBackend final : public GpuBackend {
   Status RecordEvent(Event& event, Stream& stream) override {
     return Guarded("RecordEvent", [&]() -> Status {
       CudaStream& s = Str(stream);
+      s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
       CudaEvent& e = Ev(event);
       std::lock_guard<std::mutex> lock(e.waits_mu);
       // Rare: a WhenEventComplete still waits for a thread. Pin it to the
@@ -918,6 +953,7 @@ class CudaBackend final : public GpuBackend {
   Status StreamWaitEvent(Stream& stream, Event& event) override {
     return Guarded("StreamWaitEvent", [&]() -> Status {
       CudaStream& s = Str(stream);
+      s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
       return FERRY_CU(*api_, cuStreamWaitEvent, s.handle, Ev(event).handle, 0);
     });

@@ -807,6 +807,35 @@ TEST_F(FakeDriverTest, CallbacksTheDriverRunsAfterContextDestructionAreHarmless)
   EXPECT_EQ(completions.load(), 1);
 }
 
+TEST_F(FakeDriverTest, StreamIsIdleOnceAWhenStreamIdleCompletionRan) {
+  // The Completion runs inside the driver's callback, which the driver
+  // counts as stream work until it returns; a client told "idle" must not
+  // then see NOT_READY from a query (the chain through ferry's libcuda
+  // showed it after every cuStreamSynchronize).
+  std::promise<void> entered;
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  Awaited idle;
+  backend_->WhenStreamIdle(legacy(),
+                           [&entered, released, done = idle.Callback()](Status status) mutable {
+                             entered.set_value();
+                             released.wait();
+                             std::move(done)(std::move(status));
+                           });
+  ASSERT_EQ(entered.get_future().wait_for(kTimeout), std::future_status::ready);
+  EXPECT_TRUE(backend_->QueryStream(legacy()).ok());
+  // New work makes it busy again (the GPU is held by the callback).
+  uint64_t dptr = 0;
+  ASSERT_TRUE(backend_->MemAlloc(*ctx_, 64, &dptr).ok());
+  ASSERT_TRUE(backend_->Memset(legacy(), dptr, 0, 0x11, 1, 64, 1).ok());
+  EXPECT_EQ(backend_->QueryStream(legacy()).cuda_result(), CUDA_ERROR_NOT_READY);
+  release.set_value();
+  EXPECT_TRUE(idle.Get().ok());
+  EXPECT_TRUE(Drain(legacy()).ok());
+  EXPECT_TRUE(backend_->QueryStream(legacy()).ok());
+  ASSERT_TRUE(backend_->MemFree(*ctx_, dptr).ok());
+}
+
 TEST_F(FakeDriverTest, HostGateReportsReachedThenHoldsLaterWorkUntilOpened) {
   uint64_t dptr = 0;
   ASSERT_TRUE(backend_->MemAlloc(*ctx_, 64, &dptr).ok());
