@@ -197,6 +197,24 @@ class CudaStream final : public Stream {
   const std::shared_ptr<StreamProgress> progress = std::make_shared<StreamProgress>();
 };
 
+// Page-locked buffers of one context for device-to-host copies: into pageable
+// memory the driver performs cuMemcpyDtoHAsync synchronously, which would
+// block the caller (a session's thread) until the stream reaches the copy,
+// and a stream held by a host function reaches it only when the client says
+// so, which that blocked thread would never hear. Shared with the copies'
+// stream callbacks, which hand their buffer back (no driver calls there);
+// buffers are allocated and freed only by callers, never in callbacks.
+struct StagingCache {
+  // Cached bytes past which CopyDeviceToHost frees idle buffers.
+  static constexpr size_t kMaxCachedBytes = size_t{64} << 20;
+  std::mutex mu;
+  // Set when the context is being destroyed: a callback the driver runs
+  // after that must not touch its buffer (cuCtxDestroy freed it).
+  bool closed ABSL_GUARDED_BY(mu) = false;
+  std::vector<std::pair<size_t, void*>> idle ABSL_GUARDED_BY(mu);  // capacity, buffer
+  size_t idle_bytes ABSL_GUARDED_BY(mu) = 0;
+};
+
 class CudaContext final : public Context {
  public:
   // `green`: the green context `handle` was converted from (owned; then
@@ -229,6 +247,7 @@ class CudaContext final : public Context {
   CudaStream legacy_stream;
   // WhenEventComplete / WhenContextIdle waits on the pool for this context.
   PendingWaits waits;
+  const std::shared_ptr<StagingCache> staging = std::make_shared<StagingCache>();
 
  private:
   const std::shared_ptr<CallbackTracker> callbacks_ = std::make_shared<CallbackTracker>();
@@ -389,6 +408,58 @@ class CudaBackend final : public GpuBackend {
       return api_->Check(result, FERRY_CUDA_EXPORT_NAME(cuStreamAddCallback));
     }
     return Status::Ok();
+  }
+
+  // A page-locked buffer of at least `size` bytes from `context`'s cache or
+  // the driver (`context` current), its capacity in `*capacity`; null when
+  // the driver cannot give one. Frees idle buffers past the cache's bound.
+  void* TakeStaging(CudaContext& context, size_t size, size_t* capacity) {
+    StagingCache& cache = *context.staging;
+    std::vector<void*> excess;
+    void* found = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(cache.mu);
+      auto best = cache.idle.end();
+      for (auto it = cache.idle.begin(); it != cache.idle.end(); ++it) {
+        if (it->first >= size && (best == cache.idle.end() || it->first < best->first)) best = it;
+      }
+      if (best != cache.idle.end()) {
+        found = best->second;
+        *capacity = best->first;
+        cache.idle_bytes -= best->first;
+        cache.idle.erase(best);
+      }
+      while (cache.idle_bytes > StagingCache::kMaxCachedBytes && !cache.idle.empty()) {
+        cache.idle_bytes -= cache.idle.back().first;
+        excess.push_back(cache.idle.back().second);
+        cache.idle.pop_back();
+      }
+    }
+    for (void* buffer : excess) (void)api_->cuMemFreeHost(buffer);
+    if (found != nullptr) return found;
+    // Powers of two from 64 KiB, so that buffers are reused across sizes.
+    size_t rounded = size_t{64} << 10;
+    while (rounded < size && rounded <= (SIZE_MAX >> 1)) rounded <<= 1;
+    if (rounded < size) return nullptr;
+    void* buffer = nullptr;
+    if (api_->cuMemHostAlloc(&buffer, rounded, 0) != CUDA_SUCCESS || buffer == nullptr) {
+      return nullptr;
+    }
+    *capacity = rounded;
+    return buffer;
+  }
+
+  // Copies `size` bytes of `buffer` to `dst` when `result` says the copy
+  // into it succeeded, and gives `buffer` back to `cache`. Safe on the
+  // driver's callback thread (no driver calls) and after the context's
+  // destruction began (then it touches nothing).
+  static void ReturnStaging(StagingCache& cache, void* buffer, size_t capacity, void* dst,
+                            size_t size, CUresult result) {
+    std::lock_guard<std::mutex> lock(cache.mu);
+    if (cache.closed) return;
+    if (result == CUDA_SUCCESS && dst != nullptr) std::memcpy(dst, buffer, size);
+    cache.idle.emplace_back(capacity, buffer);
+    cache.idle_bytes += capacity;
   }
 
   // Keeps `first` and `second` alive until the work queued so far on
@@ -692,10 +763,39 @@ class CudaBackend final : public GpuBackend {
       CudaStream& s = Str(stream);
       s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
-      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemcpyDtoHAsync, dst.data,
-                                     static_cast<CUdeviceptr>(src), static_cast<size_t>(dst.size),
-                                     s.handle));
-      KeepAlive(s, std::move(dst.owner));
+      const size_t size = static_cast<size_t>(dst.size);
+      size_t capacity = 0;
+      void* staging = size > 0 ? TakeStaging(s.context, size, &capacity) : nullptr;
+      if (staging == nullptr) {
+        // No page-locked memory to be had: the driver copies synchronously.
+        FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemcpyDtoHAsync, dst.data,
+                                       static_cast<CUdeviceptr>(src), size, s.handle));
+        KeepAlive(s, std::move(dst.owner));
+        return Status::Ok();
+      }
+      std::shared_ptr<StagingCache> cache = s.context.staging;
+      Status copied = FERRY_CU(*api_, cuMemcpyDtoHAsync, staging, static_cast<CUdeviceptr>(src),
+                               size, s.handle);
+      if (!copied.ok()) {
+        ReturnStaging(*cache, staging, capacity, nullptr, 0, CUDA_ERROR_UNKNOWN);
+        return copied;
+      }
+      // Lands the bytes once the copy is done (on the driver's callback
+      // thread: memcpy, no driver call), then releases the destination.
+      auto land = std::make_shared<MutableHostBytes>(std::move(dst));
+      Status queued = EnqueueCallback(s, [cache, staging, capacity, land](CUresult result) {
+        ReturnStaging(*cache, staging, capacity, land->data, land->size, result);
+        land->owner.reset();
+      });
+      if (!queued.ok()) {
+        // Nothing would land the copy: wait for it here instead.
+        FERRY_LOG(kWarning) << "cuda backend: " << queued.message()
+                            << "; synchronizing the stream to land a device-to-host copy";
+        const CUresult result = api_->cuStreamSynchronize(s.handle);
+        ReturnStaging(*cache, staging, capacity, land->data, land->size, result);
+        land->owner.reset();
+        return api_->Check(result, FERRY_CUDA_EXPORT_NAME(cuStreamSynchronize));
+      }
       return Status::Ok();
     });
   }
@@ -1416,6 +1516,18 @@ CudaContext::~CudaContext() {
     FERRY_CU_QUIET(api, kWhat, cuCtxSynchronize);
   }
   waits.WaitIdle();  // pool threads done with this context
+  // Idle staging buffers go back to the driver; any still in a copy go with
+  // the context, and a callback that runs after this finds the cache closed.
+  std::vector<std::pair<size_t, void*>> idle_staging;
+  {
+    std::lock_guard<std::mutex> lock(staging->mu);
+    staging->closed = true;
+    idle_staging.swap(staging->idle);
+    staging->idle_bytes = 0;
+  }
+  for (const auto& [unused, buffer] : idle_staging) {
+    FERRY_CU_QUIET(api, kWhat, cuMemFreeHost, buffer);
+  }
   if (green != nullptr) {
     // The converted handle is the device's primary context with this green
     // context's resources: cuCtxDestroy must not touch it.

@@ -36,8 +36,12 @@
 //    as well as its stream, so stream callbacks queued behind it (of this
 //    context, and perhaps of others) wait until it opens.
 //  * Host memory: copies may use pageable memory; the driver stages it.
-//    A device-to-host copy into pageable memory returns only when the copy
-//    is done (driver behaviour), so it blocks the calling thread.
+//    A device-to-host copy goes through a page-locked staging buffer of the
+//    context (cuMemHostAlloc, cached), since into pageable memory the driver
+//    would return only when the copy is done, blocking the caller behind
+//    held streams; the bytes land in the destination in a stream callback.
+//    Only where no page-locked memory can be had does it block. Copy2DAsync
+//    into host memory still goes to the driver directly (and blocks).
 //  * MemFree is cuMemFree, which synchronizes like cudaFree.
 //  * LoadModule describes kernels (name, parameter offsets and sizes from
 //    the driver); `globals` is left empty: the driver cannot enumerate them.

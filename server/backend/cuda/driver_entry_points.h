@@ -38,6 +38,8 @@
   X(cuMemAllocPitch, 3020)                                      \
   X(cuMemFree, 3020)                                            \
   X(cuMemGetInfo, 3020)                                         \
+  X(cuMemHostAlloc, 2020)                                       \
+  X(cuMemFreeHost, 2000)                                        \
   X(cuMemcpyHtoDAsync, 3020)                                    \
   X(cuMemcpyDtoHAsync, 3020)                                    \
   X(cuMemcpyDtoDAsync, 3020)                                    \

@@ -346,6 +346,8 @@ class FakeDriverTest : public ::testing::Test {
     ctx_.reset();
     backend_.reset();
     EXPECT_EQ(live_(), 0) << "the fake driver still holds objects";
+    EXPECT_EQ(Hook<int (*)()>(FAKE_FULL_PATH, "fake_pinned_buffers")(), 0)
+        << "page-locked staging buffers outlived their contexts";
   }
 
   Stream& legacy() { return backend_->LegacyStream(*ctx_); }
@@ -833,6 +835,40 @@ TEST_F(FakeDriverTest, StreamIsIdleOnceAWhenStreamIdleCompletionRan) {
   EXPECT_TRUE(idle.Get().ok());
   EXPECT_TRUE(Drain(legacy()).ok());
   EXPECT_TRUE(backend_->QueryStream(legacy()).ok());
+  ASSERT_TRUE(backend_->MemFree(*ctx_, dptr).ok());
+}
+
+TEST_F(FakeDriverTest, DeviceToHostCopiesDoNotBlockBehindAHeldStream) {
+  // Into pageable memory the driver copies "asynchronously" only once the
+  // stream reaches the copy; the backend stages through page-locked memory,
+  // so a copy queued behind held work returns at once and lands later.
+  auto pageable = Hook<int (*)()>(FAKE_FULL_PATH, "fake_pageable_async_copies");
+  ASSERT_NE(pageable, nullptr);
+  const int pageable_before = pageable();
+  uint64_t dptr = 0;
+  ASSERT_TRUE(backend_->MemAlloc(*ctx_, 256, &dptr).ok());
+  ASSERT_TRUE(backend_->CopyHostToDevice(legacy(), dptr, Bytes(Iota(256, 7))).ok());
+  set_paused_(true);
+  std::shared_ptr<std::vector<uint8_t>> landed;
+  std::weak_ptr<const void> watch;
+  {
+    MutableHostBytes dst = Buffer(256, &landed);
+    watch = dst.owner;
+    auto copy = std::async(std::launch::async, [&] {
+      return backend_->CopyDeviceToHost(legacy(), std::move(dst), dptr);
+    });
+    const bool returned = copy.wait_for(kTimeout) == std::future_status::ready;
+    if (!returned) set_paused_(false);  // lets the blocked call (and `copy`) finish
+    ASSERT_TRUE(returned) << "CopyDeviceToHost waited for the held stream";
+    EXPECT_TRUE(copy.get().ok());
+  }
+  EXPECT_EQ((*landed)[0], 0xEE) << "landed before the stream ran";
+  set_paused_(false);
+  EXPECT_TRUE(Drain(legacy()).ok());
+  EXPECT_EQ(*landed, Iota(256, 7));
+  landed.reset();
+  EXPECT_TRUE(watch.expired()) << "the destination was not released";
+  EXPECT_EQ(pageable(), pageable_before);
   ASSERT_TRUE(backend_->MemFree(*ctx_, dptr).ok());
 }
 

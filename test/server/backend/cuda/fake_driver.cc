@@ -264,6 +264,8 @@ FAKE_HOOK void fake_set_paused(bool paused) { TheGpu().SetPaused(paused); }
 FAKE_HOOK void fake_set_sticky_error(int error) { g_sticky_error = error; }
 FAKE_HOOK void fake_set_drop_callbacks(bool drop) { g_drop_callbacks = drop; }
 FAKE_HOOK void fake_set_defer_callbacks(bool defer) { g_defer_callbacks = defer; }
+// cuMemcpyDtoHAsync calls into pageable memory (which return only when done).
+FAKE_HOOK int fake_pageable_async_copies();
 // Runs the deferred callbacks on the calling thread; returns how many.
 FAKE_HOOK int fake_run_deferred_callbacks() {
   std::vector<std::function<void()>> deferred;
@@ -444,9 +446,47 @@ CUresult cuMemcpyHtoDAsync(CUdeviceptr dst, const void* src, size_t bytes, CUstr
   TheGpu().Push([=] { std::memcpy(reinterpret_cast<void*>(dst), src, bytes); });
   return CUDA_SUCCESS;
 }
+// Page-locked host memory (cuMemHostAlloc): start -> size.
+namespace {
+std::mutex g_pinned_mu;
+std::map<const void*, size_t> g_pinned;  // guarded by g_pinned_mu
+std::atomic<int> g_pageable_async_copies{0};
+bool Pinned(const void* p, size_t bytes) {
+  std::lock_guard<std::mutex> lock(g_pinned_mu);
+  auto it = g_pinned.upper_bound(p);
+  if (it == g_pinned.begin()) return false;
+  --it;
+  const auto* start = static_cast<const char*>(it->first);
+  const auto* q = static_cast<const char*>(p);
+  return q >= start && q + bytes <= start + it->second;
+}
+}  // namespace
+CUresult cuMemHostAlloc(void** pp, size_t bytes, unsigned int flags) {
+  FAKE_NEED_CONTEXT();
+  if (pp == nullptr || bytes == 0 || flags != 0) return CUDA_ERROR_INVALID_VALUE;
+  *pp = std::malloc(bytes);
+  if (*pp == nullptr) return CUDA_ERROR_OUT_OF_MEMORY;
+  std::lock_guard<std::mutex> lock(g_pinned_mu);
+  g_pinned[*pp] = bytes;
+  return CUDA_SUCCESS;
+}
+CUresult cuMemFreeHost(void* p) {
+  {
+    std::lock_guard<std::mutex> lock(g_pinned_mu);
+    if (g_pinned.erase(p) == 0) return CUDA_ERROR_INVALID_VALUE;
+  }
+  std::free(p);
+  return CUDA_SUCCESS;
+}
+// Like the real driver, an "asynchronous" copy into pageable memory returns
+// only once it is done; into page-locked memory it returns at once.
 CUresult cuMemcpyDtoHAsync(void* dst, CUdeviceptr src, size_t bytes, CUstream stream) {
   FAKE_NEED_STREAM(stream);
   TheGpu().Push([=] { std::memcpy(dst, reinterpret_cast<const void*>(src), bytes); });
+  if (!Pinned(dst, bytes)) {
+    ++g_pageable_async_copies;
+    TheGpu().Drain();
+  }
   return CUDA_SUCCESS;
 }
 CUresult cuMemcpyDtoDAsync(CUdeviceptr dst, CUdeviceptr src, size_t bytes, CUstream stream) {
@@ -1029,3 +1069,12 @@ CUresult cuGetProcAddress(const char* symbol, void** function, int cuda_version,
   }
   return CUDA_ERROR_NOT_FOUND;
 }
+
+#if FAKE_FULL
+FAKE_HOOK int fake_pageable_async_copies() { return g_pageable_async_copies.load(); }
+// Page-locked buffers not freed yet (counted apart from fake_live_objects).
+FAKE_HOOK int fake_pinned_buffers() {
+  std::lock_guard<std::mutex> lock(g_pinned_mu);
+  return static_cast<int>(g_pinned.size());
+}
+#endif
