@@ -449,15 +449,22 @@ class CudaBackend final : public GpuBackend {
     return buffer;
   }
 
-  // Copies `size` bytes of `buffer` to `dst` when `result` says the copy
-  // into it succeeded, and gives `buffer` back to `cache`. Safe on the
-  // driver's callback thread (no driver calls) and after the context's
-  // destruction began (then it touches nothing).
+  // When `result` says the copy into `buffer` succeeded, copies its `height`
+  // rows of `width` bytes, `pitch` bytes apart, to the same places in `dst`
+  // (rows only: the bytes between them in `dst` are not the copy's). Then
+  // gives `buffer` back to `cache`. Safe on the driver's callback thread (no
+  // driver calls) and after the context's destruction began (then it
+  // touches nothing).
   static void ReturnStaging(StagingCache& cache, void* buffer, size_t capacity, void* dst,
-                            size_t size, CUresult result) {
+                            size_t pitch, size_t width, size_t height, CUresult result) {
     std::lock_guard<std::mutex> lock(cache.mu);
     if (cache.closed) return;
-    if (result == CUDA_SUCCESS && dst != nullptr) std::memcpy(dst, buffer, size);
+    if (result == CUDA_SUCCESS && dst != nullptr) {
+      for (size_t row = 0; row < height; ++row) {
+        std::memcpy(static_cast<uint8_t*>(dst) + row * pitch,
+                    static_cast<const uint8_t*>(buffer) + row * pitch, width);
+      }
+    }
     cache.idle.emplace_back(capacity, buffer);
     cache.idle_bytes += capacity;
   }
@@ -777,14 +784,14 @@ class CudaBackend final : public GpuBackend {
       Status copied = FERRY_CU(*api_, cuMemcpyDtoHAsync, staging, static_cast<CUdeviceptr>(src),
                                size, s.handle);
       if (!copied.ok()) {
-        ReturnStaging(*cache, staging, capacity, nullptr, 0, CUDA_ERROR_UNKNOWN);
+        ReturnStaging(*cache, staging, capacity, nullptr, 0, 0, 0, CUDA_ERROR_UNKNOWN);
         return copied;
       }
       // Lands the bytes once the copy is done (on the driver's callback
       // thread: memcpy, no driver call), then releases the destination.
       auto land = std::make_shared<MutableHostBytes>(std::move(dst));
       Status queued = EnqueueCallback(s, [cache, staging, capacity, land](CUresult result) {
-        ReturnStaging(*cache, staging, capacity, land->data, land->size, result);
+        ReturnStaging(*cache, staging, capacity, land->data, land->size, land->size, 1, result);
         land->owner.reset();
       });
       if (!queued.ok()) {
@@ -792,7 +799,7 @@ class CudaBackend final : public GpuBackend {
         FERRY_LOG(kWarning) << "cuda backend: " << queued.message()
                             << "; synchronizing the stream to land a device-to-host copy";
         const CUresult result = api_->cuStreamSynchronize(s.handle);
-        ReturnStaging(*cache, staging, capacity, land->data, land->size, result);
+        ReturnStaging(*cache, staging, capacity, land->data, land->size, land->size, 1, result);
         land->owner.reset();
         return api_->Check(result, FERRY_CUDA_EXPORT_NAME(cuStreamSynchronize));
       }
@@ -850,9 +857,38 @@ class CudaBackend final : public GpuBackend {
       m.dstPitch = static_cast<size_t>(copy.dst_pitch);
       m.WidthInBytes = static_cast<size_t>(copy.width_bytes);
       m.Height = static_cast<size_t>(copy.height);
-      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemcpy2DAsync, &m, s.handle));
-      KeepAlive(s, copy.src_is_host ? std::move(copy.src_host.owner) : nullptr,
-                copy.dst_is_host ? std::move(copy.dst_host.owner) : nullptr);
+      // Device to host: through a page-locked buffer laid out like the
+      // destination, as CopyDeviceToHost does (and for the same reason).
+      size_t capacity = 0;
+      void* staging = nullptr;
+      if (copy.dst_is_host && !copy.src_is_host && m.Height > 0 && m.WidthInBytes > 0) {
+        staging = TakeStaging(s.context, (m.Height - 1) * m.dstPitch + m.WidthInBytes, &capacity);
+      }
+      if (staging == nullptr) {
+        FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemcpy2DAsync, &m, s.handle));
+        KeepAlive(s, copy.src_is_host ? std::move(copy.src_host.owner) : nullptr,
+                  copy.dst_is_host ? std::move(copy.dst_host.owner) : nullptr);
+        return Status::Ok();
+      }
+      std::shared_ptr<StagingCache> cache = s.context.staging;
+      m.dstHost = staging;
+      if (Status copied = FERRY_CU(*api_, cuMemcpy2DAsync, &m, s.handle); !copied.ok()) {
+        ReturnStaging(*cache, staging, capacity, nullptr, 0, 0, 0, CUDA_ERROR_UNKNOWN);
+        return copied;
+      }
+      auto land = std::make_shared<MutableHostBytes>(std::move(copy.dst_host));
+      const size_t pitch = m.dstPitch, width = m.WidthInBytes, height = m.Height;
+      auto finish = [cache, staging, capacity, land, pitch, width, height](CUresult result) {
+        ReturnStaging(*cache, staging, capacity, land->data, pitch, width, height, result);
+        land->owner.reset();
+      };
+      if (Status queued = EnqueueCallback(s, finish); !queued.ok()) {
+        FERRY_LOG(kWarning) << "cuda backend: " << queued.message()
+                            << "; synchronizing the stream to land a device-to-host copy";
+        const CUresult result = api_->cuStreamSynchronize(s.handle);
+        finish(result);
+        return api_->Check(result, FERRY_CUDA_EXPORT_NAME(cuStreamSynchronize));
+      }
       return Status::Ok();
     });
   }

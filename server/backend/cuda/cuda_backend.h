@@ -40,8 +40,8 @@
 //    context (cuMemHostAlloc, cached), since into pageable memory the driver
 //    would return only when the copy is done, blocking the caller behind
 //    held streams; the bytes land in the destination in a stream callback.
-//    Only where no page-locked memory can be had does it block. Copy2DAsync
-//    into host memory still goes to the driver directly (and blocks).
+//    Copy2DAsync from device to host does the same. Only where no
+//    page-locked memory can be had does a copy block.
 //  * MemFree is cuMemFree, which synchronizes like cudaFree.
 //  * LoadModule describes kernels (name, parameter offsets and sizes from
 //    the driver); `globals` is left empty: the driver cannot enumerate them.

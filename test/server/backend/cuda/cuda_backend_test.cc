@@ -497,6 +497,10 @@ TEST_F(FakeDriverTest, PitchedMemoryAnd2DCopies) {
       const uint8_t expected = x < 50 ? static_cast<uint8_t>(row * 100 + x) : 7;
       ASSERT_EQ((*out)[row * 120 + x], expected) << "row " << row << " x " << x;
     }
+    // The bytes between the rows are not the copy's (staging lands rows only).
+    if (row < 2) {
+      for (int x = 100; x < 120; ++x) ASSERT_EQ((*out)[row * 120 + x], 0xEE) << "gap " << row;
+    }
   }
   // A host buffer too small for its rows is refused before the driver sees it.
   Copy2D bad = down;
@@ -868,6 +872,30 @@ TEST_F(FakeDriverTest, DeviceToHostCopiesDoNotBlockBehindAHeldStream) {
   EXPECT_EQ(*landed, Iota(256, 7));
   landed.reset();
   EXPECT_TRUE(watch.expired()) << "the destination was not released";
+  // A 2D copy to the host behind held work returns at once as well.
+  set_paused_(true);
+  Copy2D down;
+  down.src_device = dptr;
+  down.src_pitch = 64;
+  down.dst_is_host = true;
+  std::shared_ptr<std::vector<uint8_t>> rows;
+  down.dst_host = Buffer(200, &rows);
+  down.dst_pitch = 100;
+  down.width_bytes = 10;
+  down.height = 2;
+  auto copy2d = std::async(std::launch::async,
+                           [&] { return backend_->Copy2DAsync(legacy(), std::move(down)); });
+  const bool returned = copy2d.wait_for(kTimeout) == std::future_status::ready;
+  set_paused_(false);
+  ASSERT_TRUE(returned) << "Copy2DAsync to the host waited for the held stream";
+  EXPECT_TRUE(copy2d.get().ok());
+  EXPECT_TRUE(Drain(legacy()).ok());
+  const std::vector<uint8_t> source = Iota(256, 7);
+  for (int x = 0; x < 10; ++x) {
+    EXPECT_EQ((*rows)[x], source[x]);
+    EXPECT_EQ((*rows)[100 + x], source[64 + x]);
+  }
+  EXPECT_EQ((*rows)[10], 0xEE);
   EXPECT_EQ(pageable(), pageable_before);
   ASSERT_TRUE(backend_->MemFree(*ctx_, dptr).ok());
 }

@@ -509,6 +509,12 @@ CUresult cuMemcpy2DAsync(const CUDA_MEMCPY2D* copy, CUstream stream) {
       std::memcpy(dst + row * m.dstPitch, src + row * m.srcPitch, m.WidthInBytes);
     }
   });
+  // Into pageable memory it returns once done, as cuMemcpyDtoHAsync does.
+  if (m.dstMemoryType == CU_MEMORYTYPE_HOST && m.Height > 0 &&
+      !Pinned(m.dstHost, (m.Height - 1) * m.dstPitch + m.WidthInBytes)) {
+    ++g_pageable_async_copies;
+    TheGpu().Drain();
+  }
   return CUDA_SUCCESS;
 }
 
