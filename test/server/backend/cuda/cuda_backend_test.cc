@@ -197,6 +197,17 @@ TEST(CudaBackendLoadTest, SearchGoesPastFerrysStandInToTheNextDriver) {
   EXPECT_THAT(status.message(), HasSubstr(FAKE_NODEV_PATH));  // it reached the second
 }
 
+// After the tests that expect ferry's stand-in never to have been initialized.
+TEST(CudaBackendLoadTest, FerrysStandInLoadsWhenAllowedForTests) {
+  // A chain (tests only): ferryd's CUDA backend on ferry's own libcuda.so.1.
+  std::unique_ptr<GpuBackend> backend;
+  Status status =
+      CreateCudaBackend({.driver_path = FAKE_FERRY_PATH, .allow_ferry_driver = true}, &backend);
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  EXPECT_EQ(backend->Name(), "cuda");
+  EXPECT_EQ(Hook<int (*)()>(FAKE_FERRY_PATH, "fake_init_calls")(), 1);
+}
+
 TEST(CudaBackendLoadTest, ZeroDevicesIsAClearError) {
   std::unique_ptr<GpuBackend> backend;
   Status status = CreateCudaBackend({.driver_path = FAKE_NODEV_PATH}, &backend);
