@@ -89,15 +89,19 @@
 
 // Entry points the backend uses where the driver has them and does without
 // where it does not: a driver that lacks one still loads, and its member
-// stays null. Green contexts (CUDA 12.4+) give a slice an SM partition;
-// without them compute shares fall back to launch throttling. Call sites
-// check HasGreenContexts() first. cuCtxResetPersistingL2Cache (CUDA 11.0+)
-// is answered CUDA_ERROR_NOT_SUPPORTED where missing.
+// stays null. cuCtxResetPersistingL2Cache (CUDA 11.0+) is answered
+// CUDA_ERROR_NOT_SUPPORTED where missing. Green contexts (CUDA 12.4+) give a
+// slice an SM partition; without them compute shares fall back to launch
+// throttling. Call sites check HasGreenContexts() first.
 #define FERRY_CUDA_OPTIONAL_ENTRY_POINTS(X) \
   X(cuCtxResetPersistingL2Cache, 11000)     \
-  X(cuDeviceGetDevResource, 12040)          \
-  X(cuDevSmResourceSplitByCount, 12040)     \
-  X(cuDevResourceGenerateDesc, 12040)       \
-  X(cuGreenCtxCreate, 12040)                \
-  X(cuGreenCtxDestroy, 12040)               \
+  FERRY_CUDA_GREEN_CONTEXT_ENTRY_POINTS(X)
+
+// The green-context ones among them (all or nothing: see HasGreenContexts).
+#define FERRY_CUDA_GREEN_CONTEXT_ENTRY_POINTS(X) \
+  X(cuDeviceGetDevResource, 12040)               \
+  X(cuDevSmResourceSplitByCount, 12040)          \
+  X(cuDevResourceGenerateDesc, 12040)            \
+  X(cuGreenCtxCreate, 12040)                     \
+  X(cuGreenCtxDestroy, 12040)                    \
   X(cuCtxFromGreenCtx, 12040)

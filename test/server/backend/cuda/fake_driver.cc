@@ -382,10 +382,6 @@ CUresult cuCtxSynchronize() {
   TheGpu().Drain();
   return Sticky();
 }
-CUresult cuCtxResetPersistingL2Cache() {
-  FAKE_NEED_CONTEXT();
-  return Sticky();
-}
 // The CUDA 13 variant (what cuGetProcAddress returns for version 13000): the
 // context is an argument; null means the current one. Like the driver, a
 // value that is not a live context is CUDA_ERROR_INVALID_CONTEXT.
@@ -1039,7 +1035,7 @@ CUresult cuGetProcAddress(const char* symbol, void** function, int cuda_version,
       FAKE_ENTRY(cuDeviceGetCount, 2000)
 #endif
 #if FAKE_FULL && FAKE_GREEN
-      FERRY_CUDA_OPTIONAL_ENTRY_POINTS(FAKE_ENTRY)
+      FERRY_CUDA_GREEN_CONTEXT_ENTRY_POINTS(FAKE_ENTRY)
 #endif
   };
   // clang-format on
