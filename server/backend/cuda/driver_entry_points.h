@@ -13,7 +13,6 @@
 // not the one cuda.h declares, such as cuCtxSynchronize, whose v13000 variant
 // takes a context, is listed at cuda.h's version: asking the driver for
 // CUDA_VERSION would hand back the newer ABI.)
-//
 #pragma once
 
 // Every entry point the backend needs beyond the bootstrap ones (cuInit,
