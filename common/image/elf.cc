@@ -272,6 +272,21 @@ Status MeasureElf(const uint8_t* base, uint64_t* size) {
   return Extent(ByteReader({base, std::max(table_end, kEhdrSize)}), h, size);
 }
 
+Status MeasureElfIn(std::span<const uint8_t> bytes, uint64_t* size) {
+  const ByteReader r(bytes);
+  ElfHeader h;
+  FERRY_RETURN_IF_ERROR(DecodeHeader(r, &h));
+  FERRY_RETURN_IF_ERROR(ResolveExtendedNumbering(r, &h));
+  uint64_t extent = 0;
+  FERRY_RETURN_IF_ERROR(Extent(r, h, &extent));
+  if (extent > bytes.size()) {
+    return InvalidImage("ELF: headers place " + std::to_string(extent) +
+                        " bytes but the image has " + std::to_string(bytes.size()));
+  }
+  *size = extent;
+  return Status::Ok();
+}
+
 Status ParseCubin(std::span<const uint8_t> bytes, ImageLayout* out) {
   const ByteReader r(bytes);
   ElfHeader h;

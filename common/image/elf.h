@@ -34,6 +34,10 @@ bool HasElfMagic(std::span<const uint8_t> bytes);
 // that those are readable.
 Status MeasureElf(const uint8_t* base, uint64_t* size);
 
+// MeasureElf for an image already in memory as `bytes`: reads nothing
+// outside it, and fails if the headers place any of the image past its end.
+Status MeasureElfIn(std::span<const uint8_t> bytes, uint64_t* size);
+
 // Sets `*out` to the cubin's kernels and device variables, each name once.
 // Fails, leaving `*out` untouched, on any malformed or truncated structure.
 Status ParseCubin(std::span<const uint8_t> bytes, ImageLayout* out);

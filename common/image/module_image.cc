@@ -88,6 +88,28 @@ Status ResolveImage(const void* image, std::span<const uint8_t>* out) {
   return Status::Ok();
 }
 
+Status CheckImageBounds(std::span<const uint8_t> bytes) {
+  if (bytes.size() < 4) return Status::Ok();
+  const uint32_t magic = LoadLe32(bytes.data());
+  uint64_t size = 0;
+  if (magic == kFatbinWrapperMagic) {
+    return InvalidImage("a fatbin wrapper (it points into the client's memory); send the fatbin");
+  } else if (magic == kFatbinMagic) {
+    if (bytes.size() < kFatbinHeaderSize) return InvalidImage("fatbin: truncated header");
+    FERRY_RETURN_IF_ERROR(internal::MeasureFatbin(
+        std::span<const uint8_t, kFatbinHeaderSize>(bytes.data(), kFatbinHeaderSize), &size));
+  } else if (magic == kElfMagicLe) {
+    FERRY_RETURN_IF_ERROR(internal::MeasureElfIn(bytes, &size));
+  } else {
+    return Status::Ok();
+  }
+  if (size > bytes.size()) {
+    return InvalidImage("fatbin: header claims " + std::to_string(size) +
+                        " bytes but the image has " + std::to_string(bytes.size()));
+  }
+  return Status::Ok();
+}
+
 Status ClassifyImage(std::span<const uint8_t> bytes, ImageKind* kind) {
   if (kind == nullptr) return Status::InvalidArgument("ClassifyImage: null");
   if (bytes.size() >= 4) {

@@ -50,6 +50,13 @@ struct ImageLayout {
 // supported forms; within that, lengths are taken from the headers.
 Status ResolveImage(const void* image, std::span<const uint8_t>* out);
 
+// For a server that hands received bytes to NVIDIA's driver, which finds an
+// image's length from the image's own headers: checks that a fatbin's or an
+// ELF cubin's headers place the whole image inside `bytes` (reading nothing
+// outside it). A fatbin wrapper is refused (it points into its own
+// process). Other bytes pass: PTX text, or what the driver will refuse.
+Status CheckImageBounds(std::span<const uint8_t> bytes);
+
 // Classifies bytes already known to span one whole image.
 Status ClassifyImage(std::span<const uint8_t> bytes, ImageKind* kind);
 

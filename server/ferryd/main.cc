@@ -238,9 +238,7 @@ Status MakeBackend(const Flags& flags, const Settings& settings, const pool::Con
   if (settings.backend == "cuda" || settings.backend == "auto") {
     backend::CudaBackendOptions cuda;
     cuda.driver_path = settings.cuda_driver;
-    // NOT YET WIRED: uncomment once CudaBackendOptions has allow_ferry_driver; until then
-    // --allow-ferry-cuda-driver is accepted but the backend still refuses ferry's driver.
-    // cuda.allow_ferry_driver = flags.allow_ferry_cuda_driver;
+    cuda.allow_ferry_driver = flags.allow_ferry_cuda_driver;
     Status status = backend::CreateCudaBackend(cuda, out);
     if (status.ok() || settings.backend == "cuda") return status;
     FERRY_LOG(kInfo) << "no usable NVIDIA driver (" << status.message()

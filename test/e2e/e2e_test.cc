@@ -6,6 +6,11 @@
 // ferryd's output and keeps its folder of logs.
 //
 // Paths come from CMake as compile definitions (see CMakeLists.txt).
+//
+// Chained (FERRY_E2E_CHAIN_DRIVER names ferry's libcuda.so.1; ctest label
+// "chain"): the programs talk to a ferryd with the CUDA backend whose driver
+// is ferry's own libcuda.so.1, forwarding to a second ferryd with the host
+// backend. So the CUDA backend runs against a driver that nobody here faked.
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -107,9 +112,17 @@ bool WaitForReady(ChildProcess& program) {
   return false;
 }
 
+// ferry's libcuda.so.1 when the tests run chained (see the top), else empty.
+std::string ChainDriver() {
+  const char* driver = std::getenv("FERRY_E2E_CHAIN_DRIVER");
+  return driver != nullptr ? driver : "";
+}
+
 // Base for the tests that need a server: starts ferryd (host backend, the
 // e2e host kernels) in SetUp, stops it with SIGTERM in TearDown and expects
-// it to exit 0.
+// it to exit 0. Chained, `ferryd_` is the CUDA-backend ferryd the programs
+// use and `upstream_` the host-backend one it forwards to (files in
+// DIR/upstream).
 class FerrydTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -117,28 +130,63 @@ class FerrydTest : public ::testing::Test {
     ASSERT_FALSE(dir_.empty()) << "mkdtemp failed";
     std::string error;
     unix_address_ = "unix:" + dir_ + "/ferryd.sock";
-    ferryd_ = test::StartFerryd(FERRY_E2E_FERRYD,
-                                {"--listen", "127.0.0.1:0", "--listen", unix_address_, "--backend",
-                                 "host", "--host-kernels", FERRY_E2E_HOST_KERNELS},
-                                dir_, kReadyTimeout, &address_, &error);
+    const std::vector<std::string> host_backend = {"--backend", "host", "--host-kernels",
+                                                   FERRY_E2E_HOST_KERNELS};
+    std::vector<std::string> args = {"--listen", "127.0.0.1:0", "--listen", unix_address_};
+    std::map<std::string, std::string> env;
+    const std::string chain_driver = ChainDriver();
+    if (chain_driver.empty()) {
+      args.insert(args.end(), host_backend.begin(), host_backend.end());
+    } else {
+      const std::string upstream_dir = dir_ + "/upstream";
+      std::error_code made;
+      std::filesystem::create_directory(upstream_dir, made);
+      ASSERT_FALSE(made) << "cannot make " << upstream_dir << ": " << made.message();
+      std::vector<std::string> upstream_args = {"--listen", "127.0.0.1:0"};
+      upstream_args.insert(upstream_args.end(), host_backend.begin(), host_backend.end());
+      upstream_ = test::StartFerryd(FERRY_E2E_FERRYD, upstream_args, upstream_dir, kReadyTimeout,
+                                    &upstream_address_, &error);
+      ASSERT_TRUE(upstream_.has_value()) << "upstream: " << error;
+      args.insert(args.end(), {"--backend", "cuda", "--cuda-driver", chain_driver,
+                               "--allow-ferry-cuda-driver"});
+      env["FERRY_SERVER"] = upstream_address_;
+    }
+    ferryd_ =
+        test::StartFerryd(FERRY_E2E_FERRYD, args, dir_, kReadyTimeout, &address_, &error, env);
     ASSERT_TRUE(ferryd_.has_value()) << error;
     ASSERT_EQ(address_.rfind("127.0.0.1:", 0), 0u) << "ready file holds \"" << address_ << "\"";
   }
 
-  void TearDown() override {
-    if (ferryd_.has_value()) {
-      if (ferryd_->Poll()) {
-        ADD_FAILURE() << "ferryd died during the test\n" << ferryd_->Describe();
-      } else {
-        ferryd_->Kill(SIGTERM);
-        const ExitStatus status = ferryd_->Wait(kStopTimeout);
-        EXPECT_TRUE(status.success()) << "ferryd did not exit 0 within 10 s of SIGTERM\n"
-                                      << ferryd_->Describe();
-      }
+  // SIGTERM, and expects exit 0 (a ferryd that died earlier fails the test).
+  static void StopFerryd(const char* name, std::optional<ChildProcess>& ferryd) {
+    if (!ferryd.has_value()) return;
+    if (ferryd->Poll()) {
+      ADD_FAILURE() << name << " died during the test\n" << ferryd->Describe();
+      return;
     }
+    ferryd->Kill(SIGTERM);
+    const ExitStatus status = ferryd->Wait(kStopTimeout);
+    EXPECT_TRUE(status.success()) << name << " did not exit 0 within 10 s of SIGTERM\n"
+                                  << ferryd->Describe();
+  }
+
+  // Both ferryds' logs (chained: the CUDA-backend one, then its upstream).
+  std::string FerrydLogs() const {
+    std::string logs = ferryd_.has_value() ? ferryd_->Stderr() : "";
+    if (upstream_.has_value()) logs += upstream_->Stderr();
+    return logs;
+  }
+
+  void TearDown() override {
+    // The chained ferryd first: it is its upstream's client.
+    StopFerryd("ferryd", ferryd_);
+    StopFerryd("upstream ferryd", upstream_);
     if (HasFailure()) {
       if (ferryd_.has_value()) {
         std::cerr << "ferryd log:\n" << Tail(ferryd_->Stderr(), 12000) << "\n";
+      }
+      if (upstream_.has_value()) {
+        std::cerr << "upstream ferryd log:\n" << Tail(upstream_->Stderr(), 12000) << "\n";
       }
       std::cerr << "test files kept in " << dir_ << "\n";
     } else if (!dir_.empty()) {
@@ -154,6 +202,8 @@ class FerrydTest : public ::testing::Test {
                                            const std::map<std::string, std::string>& env = {}) {
     std::string error;
     std::map<std::string, std::string> full_env = ClientEnv(ClientAddress());
+    // Tells the programs what is behind ferry (see host_callbacks.cc).
+    if (!ChainDriver().empty()) full_env["FERRY_E2E_BACKEND"] = "chain";
     for (const auto& [key, value] : env) full_env[key] = value;
     std::optional<ChildProcess> program = ChildProcess::Start(
         {ProgramPath(name), FERRY_E2E_IMAGE_DIR}, full_env, dir_ + "/" + name, &error);
@@ -249,6 +299,9 @@ class FerrydTest : public ::testing::Test {
   std::string address_;       // "127.0.0.1:PORT"; ferryctl always uses it
   std::string unix_address_;  // "unix:DIR/ferryd.sock", the same ferryd
   std::optional<ChildProcess> ferryd_;
+  // Chained only: the host-backend ferryd that ferryd_ forwards to.
+  std::optional<ChildProcess> upstream_;
+  std::string upstream_address_;
 };
 
 // The tests that run programs, once over TCP and once over shared memory.
@@ -290,7 +343,7 @@ TEST_P(FerrydTransportTest, Errors) {
   ExpectPasses(*program);
   // The launch of the kernel without a host implementation failed with a
   // message that names it, in the client's log or in ferryd's.
-  const std::string logs = program->Stderr() + ferryd_->Stderr();
+  const std::string logs = program->Stderr() + FerrydLogs();
   EXPECT_NE(logs.find("missing_host_kernel"), std::string::npos)
       << "no log line names " << kMissingHostKernel << "\n"
       << program->Describe();

@@ -21,6 +21,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -478,7 +479,17 @@ int main(int argc, char** argv) {
   CheckPerThreadDefaultStream(kernels, primary.context);
   CheckDestroyAndFreeWhileACallbackIsPending(kernels);
   if (e2e::UsingFerry()) {
-    CheckCallbackAfterAnAsyncError(kernels);
+    // Behind a CUDA backend (a real GPU: FERRY_E2E_BACKEND=cuda, or the
+    // chained run: chain) a failed launch is a stream fault as in CUDA: it
+    // stays, and later host functions do not run; the check below holds for
+    // ferry's host backend, whose missing host kernel is a one-off error.
+    const char* backend = std::getenv("FERRY_E2E_BACKEND");
+    const std::string behind = backend != nullptr ? backend : "host";
+    if (behind == "cuda" || behind == "chain") {
+      std::printf("skipped: asynchronous error check (host backend only)\n");
+    } else {
+      CheckCallbackAfterAnAsyncError(kernels);
+    }
     CheckWaitingCallInsideACallbackIsRefused();
   } else {
     std::printf("skipped: asynchronous error and forbidden-call checks (ferry only)\n");

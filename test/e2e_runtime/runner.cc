@@ -3,7 +3,8 @@
 //
 //   e2e_runtime_runner --ferryd PATH --host-kernels LIB --library-path DIRS
 //       --work-dir DIR [--exit-code N] [--expect TEXT]... [--expect-log TEXT]...
-//       [--forbid-log TEXT]... [--env NAME=VALUE]... -- PROGRAM [ARGS...]
+//       [--forbid-log TEXT]... [--env NAME=VALUE]... [--chain-driver LIB]
+//       -- PROGRAM [ARGS...]
 //
 // It starts `ferryd --backend host --host-kernels LIB` on 127.0.0.1:0 (the
 // port comes back through a ready file), runs PROGRAM with
@@ -17,6 +18,12 @@
 // die with the runner. On failure it prints what the program and ferryd said
 // and keeps DIR; on success it removes DIR. Exit status: 0 pass, 1 fail,
 // 2 usage.
+//
+// With --chain-driver LIB (ferry's libcuda.so.1) the program's ferryd is a
+// chain: a ferryd with `--backend cuda --cuda-driver LIB
+// --allow-ferry-cuda-driver` whose FERRY_SERVER is the host-backend ferryd
+// above (its files in DIR/upstream). Both are checked as above, and
+// "ferryd's log" is both logs.
 #include <signal.h>
 
 #include <chrono>
@@ -44,7 +51,7 @@ constexpr auto kProgramTimeout = 60s;
 constexpr auto kStopTimeout = 10s;
 
 struct Options {
-  std::string ferryd, host_kernels, library_path, work_dir;
+  std::string ferryd, host_kernels, library_path, work_dir, chain_driver;
   int exit_code = 0;
   std::vector<std::string> expect, expect_log, forbid_log;
   std::map<std::string, std::string> env;
@@ -66,6 +73,8 @@ bool ParseOptions(int argc, char** argv, Options* out) {
       out->host_kernels = value;
     } else if (arg == "--library-path") {
       out->library_path = value;
+    } else if (arg == "--chain-driver") {
+      out->chain_driver = value;
     } else if (arg == "--work-dir") {
       out->work_dir = value;
     } else if (arg == "--exit-code") {
@@ -88,15 +97,41 @@ bool ParseOptions(int argc, char** argv, Options* out) {
          !out->program.empty();
 }
 
+// SIGTERM, expecting exit 0 within kStopTimeout; returns what failed, or "".
+std::string StopFerryd(const std::string& name, std::optional<ChildProcess>& ferryd) {
+  if (!ferryd.has_value()) return "";
+  if (ferryd->Poll()) return name + " died during the program\n";
+  ferryd->Kill(SIGTERM);
+  const ExitStatus stopped = ferryd->Wait(kStopTimeout);
+  return stopped.success() ? "" : name + " did not exit 0 within 10 s of SIGTERM\n";
+}
+
 // Runs the whole check; returns an empty string on success, else what failed.
+// `ferryd` is the one the program talks to; `upstream` the host-backend one
+// it forwards to when chained.
 std::string Run(const Options& options, std::optional<ChildProcess>& ferryd,
-                std::optional<ChildProcess>& program) {
+                std::optional<ChildProcess>& upstream, std::optional<ChildProcess>& program) {
   std::string error;
   std::string address;
-  ferryd = ferry::test::StartFerryd(
-      options.ferryd,
-      {"--listen", "127.0.0.1:0", "--backend", "host", "--host-kernels", options.host_kernels},
-      options.work_dir, kReadyTimeout, &address, &error);
+  const std::vector<std::string> host = {"--listen", "127.0.0.1:0",    "--backend",
+                                         "host",     "--host-kernels", options.host_kernels};
+  if (options.chain_driver.empty()) {
+    ferryd = ferry::test::StartFerryd(options.ferryd, host, options.work_dir, kReadyTimeout,
+                                      &address, &error);
+  } else {
+    const std::string upstream_dir = options.work_dir + "/upstream";
+    std::error_code ignored;
+    std::filesystem::create_directories(upstream_dir, ignored);
+    std::string upstream_address;
+    upstream = ferry::test::StartFerryd(options.ferryd, host, upstream_dir, kReadyTimeout,
+                                        &upstream_address, &error);
+    if (!upstream.has_value()) return "upstream: " + error;
+    ferryd = ferry::test::StartFerryd(
+        options.ferryd,
+        {"--listen", "127.0.0.1:0", "--backend", "cuda", "--cuda-driver", options.chain_driver,
+         "--allow-ferry-cuda-driver"},
+        options.work_dir, kReadyTimeout, &address, &error, {{"FERRY_SERVER", upstream_address}});
+  }
   if (!ferryd.has_value()) return error;
 
   std::map<std::string, std::string> env = options.env;
@@ -106,6 +141,7 @@ std::string Run(const Options& options, std::optional<ChildProcess>& ferryd,
   }
   env["LD_LIBRARY_PATH"] = library_path;
   env["FERRY_SERVER"] = address;
+  if (!options.chain_driver.empty()) env["FERRY_E2E_BACKEND"] = "chain";
 #ifdef FERRY_RUNTIME_PRELOAD
   env["LD_PRELOAD"] = FERRY_RUNTIME_PRELOAD;
   env["ASAN_OPTIONS"] = "detect_leaks=0";
@@ -130,17 +166,17 @@ std::string Run(const Options& options, std::optional<ChildProcess>& ferryd,
     }
     from = at + text.size();
   }
-  const std::string logs = program->Stderr() + ferryd->Stderr();
+  std::string logs = program->Stderr() + ferryd->Stderr();
+  if (upstream.has_value()) logs += upstream->Stderr();
   for (const std::string& text : options.expect_log) {
     if (logs.find(text) == std::string::npos) failures += "no log line holds \"" + text + "\"\n";
   }
   for (const std::string& text : options.forbid_log) {
     if (logs.find(text) != std::string::npos) failures += "a log line holds \"" + text + "\"\n";
   }
-  if (ferryd->Poll()) return failures + "ferryd died during the program";
-  ferryd->Kill(SIGTERM);
-  const ExitStatus stopped = ferryd->Wait(kStopTimeout);
-  if (!stopped.success()) failures += "ferryd did not exit 0 within 10 s of SIGTERM\n";
+  // The chained ferryd first: it is its upstream's client.
+  failures += StopFerryd("ferryd", ferryd);
+  failures += StopFerryd("upstream ferryd", upstream);
   return failures;
 }
 
@@ -152,7 +188,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr,
                  "usage: %s --ferryd PATH --host-kernels LIB --library-path DIRS --work-dir DIR "
                  "[--exit-code N] [--expect TEXT]... [--expect-log TEXT]... [--forbid-log TEXT]... "
-                 "[--env NAME=VALUE]... "
+                 "[--env NAME=VALUE]... [--chain-driver LIB] "
                  "-- PROGRAM [ARGS...]\n",
                  argv[0]);
     return 2;
@@ -162,11 +198,12 @@ int main(int argc, char** argv) {
   std::filesystem::remove_all(options.work_dir, ignored);
   std::filesystem::create_directories(options.work_dir, ignored);
 
-  std::optional<ChildProcess> ferryd, program;
-  const std::string failures = Run(options, ferryd, program);
+  std::optional<ChildProcess> ferryd, upstream, program;
+  const std::string failures = Run(options, ferryd, upstream, program);
   if (failures.empty()) {
     std::printf("PASS %s\n", options.program[0].c_str());
     ferryd.reset();
+    upstream.reset();
     program.reset();
     std::filesystem::remove_all(options.work_dir, ignored);
     return 0;
@@ -175,6 +212,9 @@ int main(int argc, char** argv) {
   if (program.has_value()) std::cout << program->Describe() << "\n";
   if (ferryd.has_value()) {
     std::cout << "ferryd log:\n" << ferry::test::Tail(ferryd->Stderr(), 12000) << "\n";
+  }
+  if (upstream.has_value()) {
+    std::cout << "upstream ferryd log:\n" << ferry::test::Tail(upstream->Stderr(), 12000) << "\n";
   }
   std::cout << "files kept in " << options.work_dir << "\n";
   return 1;

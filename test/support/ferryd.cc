@@ -13,13 +13,14 @@ namespace ferry::test {
 std::optional<ChildProcess> StartFerryd(const std::string& ferryd,
                                         const std::vector<std::string>& args,
                                         const std::string& dir, std::chrono::milliseconds timeout,
-                                        std::string* address, std::string* error) {
+                                        std::string* address, std::string* error,
+                                        const std::map<std::string, std::string>& env) {
   const std::string ready_file = dir + "/ready";
   std::vector<std::string> argv = {ferryd};
   argv.insert(argv.end(), args.begin(), args.end());
   argv.push_back("--ready-file");
   argv.push_back(ready_file);
-  std::optional<ChildProcess> process = ChildProcess::Start(argv, {}, dir + "/ferryd", error);
+  std::optional<ChildProcess> process = ChildProcess::Start(argv, env, dir + "/ferryd", error);
   if (!process.has_value()) {
     *error = "cannot start ferryd: " + *error;
     return std::nullopt;

@@ -20,11 +20,13 @@ namespace ferry::test {
 // `timeout` for the ready file's first line, which it stores in `*address`
 // ("127.0.0.1:PORT"). On failure (it cannot start, exits first, or is not
 // ready in time) returns nullopt with the reason and ferryd's output in
-// `*error`; a ferryd that was started is killed.
+// `*error`; a ferryd that was started is killed. `env` adds to (or
+// overrides) ferryd's environment (e.g. FERRY_SERVER for a chained ferryd).
 std::optional<ChildProcess> StartFerryd(const std::string& ferryd,
                                         const std::vector<std::string>& args,
                                         const std::string& dir, std::chrono::milliseconds timeout,
-                                        std::string* address, std::string* error);
+                                        std::string* address, std::string* error,
+                                        const std::map<std::string, std::string>& env = {});
 
 // The environment that makes a program load ferry's libcuda.so.1 from
 // `client_library_path` (before the harness's LD_LIBRARY_PATH) and connect

@@ -11,7 +11,11 @@
 // failed, but calls stream callbacks with the error, and both a Completion
 // and the release of a host buffer must happen even then. Each callback is
 // also tracked by its context, so one the driver never ran is still run (with
-// an error) when the context is destroyed: no Completion is ever lost.
+// an error) when the context is destroyed: no Completion is ever lost. Nothing
+// promises that the driver runs no callback after cuCtxDestroy, so a
+// callback's record is shared (the driver's reference, the tracker's) and
+// runs its work once, whoever comes first; a late callback finds it claimed
+// and touches nothing the context owned.
 //
 // Thread-safety: the backend's state is immutable after construction except
 // the waiter pool and the per-object sets and caches, each behind its mutex
@@ -40,6 +44,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/strings/str_cat.h"
+#include "common/image/module_image.h"
 #include "common/log.h"
 #include "server/backend/cuda/driver_api.h"
 #include "server/backend/cuda/waiter_pool.h"
@@ -138,11 +143,46 @@ class PendingWaits {
   int count_ = 0;
 };
 
-// Host work queued behind stream work (cuStreamAddCallback). Owned by the
-// driver while queued; whoever runs it deletes it.
+struct HostCallback;
+
+// The callbacks of one context that the driver has not run yet. Shared by the
+// context and each of its callbacks, so a callback the driver runs after the
+// context is gone still finds it.
+struct CallbackTracker {
+  std::mutex mu;
+  absl::flat_hash_map<HostCallback*, std::shared_ptr<HostCallback>> pending ABSL_GUARDED_BY(mu);
+};
+
+// Host work queued behind stream work (cuStreamAddCallback). Shared: the
+// driver holds one reference (a heap std::shared_ptr passed as user data,
+// deleted by RunHostCallback), the tracker another until the callback runs
+// or the context sweeps it. `run` runs at most once, on whichever thread
+// claims it first, and is destroyed right after (releasing its captures).
 struct HostCallback {
-  CudaContext* context;
+  std::shared_ptr<CallbackTracker> tracker;
+  std::atomic<bool> claimed{false};
   absl::AnyInvocable<void(CUresult) &&> run;
+
+  void RunOnce(CUresult status) {
+    if (claimed.exchange(true, std::memory_order_acq_rel)) return;
+    absl::AnyInvocable<void(CUresult)&&> work = std::move(run);
+    try {
+      std::move(work)(status);
+    } catch (...) {
+      FERRY_LOG(kError) << "cuda backend: a stream callback threw";
+    }
+  }
+};
+
+// What a stream has been given and what a WhenStreamIdle has seen done.
+// Shared with the stream's completion callbacks (which may outlive it).
+struct StreamProgress {
+  static constexpr uint64_t kNone = ~uint64_t{0};
+  // Stream-ordered operations queued so far (counted before each is queued).
+  std::atomic<uint64_t> submitted{0};
+  // `submitted` as it stood when the latest WhenStreamIdle that found the
+  // stream's work done successfully was queued; kNone before the first.
+  std::atomic<uint64_t> idle_through{kNone};
 };
 
 class CudaStream final : public Stream {
@@ -154,6 +194,25 @@ class CudaStream final : public Stream {
   CudaContext& context;
   const CUstream handle;
   const bool owned;  // false for the legacy stream, which the context owns
+  const std::shared_ptr<StreamProgress> progress = std::make_shared<StreamProgress>();
+};
+
+// Page-locked buffers of one context for device-to-host copies: into pageable
+// memory the driver performs cuMemcpyDtoHAsync synchronously, which would
+// block the caller (a session's thread) until the stream reaches the copy,
+// and a stream held by a host function reaches it only when the client says
+// so, which that blocked thread would never hear. Shared with the copies'
+// stream callbacks, which hand their buffer back (no driver calls there);
+// buffers are allocated and freed only by callers, never in callbacks.
+struct StagingCache {
+  // Cached bytes past which CopyDeviceToHost frees idle buffers.
+  static constexpr size_t kMaxCachedBytes = size_t{64} << 20;
+  std::mutex mu;
+  // Set when the context is being destroyed: a callback the driver runs
+  // after that must not touch its buffer (cuCtxDestroy freed it).
+  bool closed ABSL_GUARDED_BY(mu) = false;
+  std::vector<std::pair<size_t, void*>> idle ABSL_GUARDED_BY(mu);  // capacity, buffer
+  size_t idle_bytes ABSL_GUARDED_BY(mu) = 0;
 };
 
 class CudaContext final : public Context {
@@ -170,15 +229,15 @@ class CudaContext final : public Context {
         legacy_stream(*this, CU_STREAM_LEGACY, /*owned=*/false) {}
   ~CudaContext() override;
 
-  // Registers `callback` before it is handed to the driver, which may run it
-  // at once. Returns false when it was already run or swept.
-  void Track(HostCallback* callback) {
-    std::lock_guard<std::mutex> lock(callbacks_mu_);
-    callbacks_.insert(callback);
-  }
-  bool Untrack(HostCallback* callback) {
-    std::lock_guard<std::mutex> lock(callbacks_mu_);
-    return callbacks_.erase(callback) != 0;
+  // A new callback record for `run`, registered before it is handed to the
+  // driver (which may run it at once).
+  std::shared_ptr<HostCallback> Track(absl::AnyInvocable<void(CUresult) &&> run) {
+    auto callback = std::make_shared<HostCallback>();
+    callback->tracker = callbacks_;
+    callback->run = std::move(run);
+    std::lock_guard<std::mutex> lock(callbacks_->mu);
+    callbacks_->pending.emplace(callback.get(), callback);
+    return callback;
   }
 
   CudaBackend& backend;
@@ -188,10 +247,10 @@ class CudaContext final : public Context {
   CudaStream legacy_stream;
   // WhenEventComplete / WhenContextIdle waits on the pool for this context.
   PendingWaits waits;
+  const std::shared_ptr<StagingCache> staging = std::make_shared<StagingCache>();
 
  private:
-  std::mutex callbacks_mu_;
-  absl::flat_hash_set<HostCallback*> callbacks_ ABSL_GUARDED_BY(callbacks_mu_);
+  const std::shared_ptr<CallbackTracker> callbacks_ = std::make_shared<CallbackTracker>();
 };
 
 // One WhenEventComplete. It must wait for the record the event had when the
@@ -264,78 +323,33 @@ CudaModule& Mod(Module& module) { return static_cast<CudaModule&>(module); }
 CudaFunction& Fn(Function& function) { return static_cast<CudaFunction&>(function); }
 
 // The driver's entry for every stream callback.
+// It may run after its context was destroyed (and swept): it touches only
+// the shared record and tracker, never the context.
 void CUDA_CB RunHostCallback(CUstream /*stream*/, CUresult status, void* user_data) {
-  auto* callback = static_cast<HostCallback*>(user_data);
-  // The context sweeps callbacks only after cuCtxDestroy, when the driver
-  // runs none any more, so the record is still ours here.
-  callback->context->Untrack(callback);
-  try {
-    std::move(callback->run)(status);
-  } catch (...) {
-    FERRY_LOG(kError) << "cuda backend: a stream callback threw";
+  std::unique_ptr<std::shared_ptr<HostCallback>> reference(
+      static_cast<std::shared_ptr<HostCallback>*>(user_data));
+  HostCallback& callback = **reference;
+  {
+    std::lock_guard<std::mutex> lock(callback.tracker->mu);
+    callback.tracker->pending.erase(&callback);
   }
-  delete callback;
-}
-
-// Little-endian field of `bytes` bytes at `p`.
-uint64_t ReadLe(const uint8_t* p, int bytes) {
-  uint64_t value = 0;
-  for (int i = bytes - 1; i >= 0; --i) value = (value << 8) | p[i];
-  return value;
+  callback.RunOnce(status);
 }
 
 // The driver finds an image's length from its own headers, so a truncated
-// image would have it read past `image`. Checks the outer structure of the
-// two binary formats and makes sure PTX text is NUL-terminated (copying it
-// into `storage` when it is not). Sets `*data` to the bytes to load.
+// image would have it read past `image`: common/image checks the headers of
+// the two binary formats against the bytes received. PTX text must end with
+// a NUL (copied into `storage` with one when it does not). Sets `*data` to
+// the bytes to load.
 Status CheckModuleImage(std::span<const uint8_t> image, std::vector<uint8_t>* storage,
                         const void** data) {
-  const uint64_t size = image.size();
-  const uint8_t* p = image.data();
-  *data = p;
-  if (size >= 4 && ReadLe(p, 4) == 0x466243b1) {
-    return Status::InvalidArgument(
-        "module image is a fatbin wrapper (it points into the client's memory); send the fatbin");
+  if (Status bounds = ferry::image::CheckImageBounds(image); !bounds.ok()) {
+    // Bad client input, not the driver's refusal: InvalidArgument.
+    return Status::InvalidArgument(absl::StrCat("module image: ", bounds.message()));
   }
-  if (size >= 4 && ReadLe(p, 4) == 0xBA55ED50) {  // fatbin container
-    if (size < 16) return Status::InvalidArgument("module image: truncated fatbin header");
-    const uint64_t header_size = ReadLe(p + 6, 2);
-    const uint64_t fat_size = ReadLe(p + 8, 8);
-    if (header_size < 16 || fat_size > size || header_size + fat_size > size) {
-      return Status::InvalidArgument(absl::StrCat("module image: fatbin claims ", header_size, "+",
-                                                  fat_size, " bytes but the image has ", size));
-    }
-    return Status::Ok();
-  }
-  if (size >= 4 && std::memcmp(p,
-                               "\x7f"
-                               "ELF",
-                               4) == 0) {
-    if (size < 64 || p[4] != 2 /*ELFCLASS64*/ || p[5] != 1 /*little-endian*/) {
-      return Status::InvalidArgument("module image: not a 64-bit little-endian ELF");
-    }
-    const uint64_t ph_off = ReadLe(p + 0x20, 8), sh_off = ReadLe(p + 0x28, 8);
-    const uint64_t ph_size = ReadLe(p + 0x36, 2), ph_num = ReadLe(p + 0x38, 2);
-    const uint64_t sh_size = ReadLe(p + 0x3A, 2), sh_num = ReadLe(p + 0x3C, 2);
-    auto inside = [size](uint64_t offset, uint64_t length) {
-      return offset <= size && length <= size - offset;
-    };
-    if (!inside(ph_off, ph_size * ph_num) || !inside(sh_off, sh_size * sh_num) ||
-        (sh_num != 0 && sh_size < 64)) {
-      return Status::InvalidArgument("module image: ELF headers point past the image");
-    }
-    for (uint64_t i = 0; i < sh_num; ++i) {
-      const uint8_t* section = p + sh_off + i * sh_size;
-      const uint64_t type = ReadLe(section + 4, 4);
-      if (type == 8 /*SHT_NOBITS*/) continue;
-      if (!inside(ReadLe(section + 0x18, 8), ReadLe(section + 0x20, 8))) {
-        return Status::InvalidArgument(
-            absl::StrCat("module image: ELF section ", i, " lies past the image"));
-      }
-    }
-    return Status::Ok();
-  }
-  // Anything else goes to the driver as PTX text, which it reads up to a NUL.
+  *data = image.data();
+  // Anything but a fatbin or an ELF goes to the driver as PTX text, which it
+  // reads up to a NUL.
   if (std::find(image.begin(), image.end(), uint8_t{0}) == image.end()) {
     storage->assign(image.begin(), image.end());
     storage->push_back(0);
@@ -379,15 +393,80 @@ class CudaBackend final : public GpuBackend {
   // Queues `run` behind the work queued so far on `stream` (context current).
   // On failure nothing was queued and `run` is dropped unrun.
   Status EnqueueCallback(CudaStream& stream, absl::AnyInvocable<void(CUresult) &&> run) {
-    auto* callback = new HostCallback{&stream.context, std::move(run)};
-    stream.context.Track(callback);
-    CUresult result = api_->cuStreamAddCallback(stream.handle, &RunHostCallback, callback, 0);
+    std::shared_ptr<HostCallback> callback = stream.context.Track(std::move(run));
+    // The driver's reference; RunHostCallback deletes it. (Leaked if the
+    // driver never calls back: the context's sweep still runs the work.)
+    auto* reference = new std::shared_ptr<HostCallback>(callback);
+    CUresult result = api_->cuStreamAddCallback(stream.handle, &RunHostCallback, reference, 0);
     if (result != CUDA_SUCCESS) {
-      stream.context.Untrack(callback);
-      delete callback;
+      delete reference;
+      {
+        std::lock_guard<std::mutex> lock(callback->tracker->mu);
+        callback->tracker->pending.erase(callback.get());
+      }
+      callback->claimed = true;  // dropped unrun, as documented
       return api_->Check(result, FERRY_CUDA_EXPORT_NAME(cuStreamAddCallback));
     }
     return Status::Ok();
+  }
+
+  // A page-locked buffer of at least `size` bytes from `context`'s cache or
+  // the driver (`context` current), its capacity in `*capacity`; null when
+  // the driver cannot give one. Frees idle buffers past the cache's bound.
+  void* TakeStaging(CudaContext& context, size_t size, size_t* capacity) {
+    StagingCache& cache = *context.staging;
+    std::vector<void*> excess;
+    void* found = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(cache.mu);
+      auto best = cache.idle.end();
+      for (auto it = cache.idle.begin(); it != cache.idle.end(); ++it) {
+        if (it->first >= size && (best == cache.idle.end() || it->first < best->first)) best = it;
+      }
+      if (best != cache.idle.end()) {
+        found = best->second;
+        *capacity = best->first;
+        cache.idle_bytes -= best->first;
+        cache.idle.erase(best);
+      }
+      while (cache.idle_bytes > StagingCache::kMaxCachedBytes && !cache.idle.empty()) {
+        cache.idle_bytes -= cache.idle.back().first;
+        excess.push_back(cache.idle.back().second);
+        cache.idle.pop_back();
+      }
+    }
+    for (void* buffer : excess) (void)api_->cuMemFreeHost(buffer);
+    if (found != nullptr) return found;
+    // Powers of two from 64 KiB, so that buffers are reused across sizes.
+    size_t rounded = size_t{64} << 10;
+    while (rounded < size && rounded <= (SIZE_MAX >> 1)) rounded <<= 1;
+    if (rounded < size) return nullptr;
+    void* buffer = nullptr;
+    if (api_->cuMemHostAlloc(&buffer, rounded, 0) != CUDA_SUCCESS || buffer == nullptr) {
+      return nullptr;
+    }
+    *capacity = rounded;
+    return buffer;
+  }
+
+  // When `result` says the copy into `buffer` succeeded, copies its `height`
+  // rows of `width` bytes, `pitch` bytes apart, to the same places in `dst`
+  // (rows only: the bytes between them in `dst` are not the copy's). Then
+  // gives `buffer` back to `cache`. Safe on the driver's callback thread (no
+  // driver calls) and after the context's destruction began (then it
+  // touches nothing).
+  static void ReturnStaging(StagingCache& cache, void* buffer, size_t capacity, void* dst,
+                            size_t pitch, size_t width, size_t height, CUresult result) {
+    std::lock_guard<std::mutex> lock(cache.mu);
+    if (cache.closed) return;
+    if (result == CUDA_SUCCESS && dst != nullptr) {
+      for (size_t row = 0; row < height; ++row) {
+        std::memcpy(static_cast<uint8_t*>(dst) + row * pitch,
+                    static_cast<const uint8_t*>(buffer) + row * pitch, width);
+      }
+    }
+    cache.idle.emplace_back(capacity, buffer);
+    cache.idle_bytes += capacity;
   }
 
   // Keeps `first` and `second` alive until the work queued so far on
@@ -677,6 +756,7 @@ class CudaBackend final : public GpuBackend {
   Status CopyHostToDevice(Stream& stream, uint64_t dst, HostBytes src) override {
     return Guarded("CopyHostToDevice", [&]() -> Status {
       CudaStream& s = Str(stream);
+      s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
       FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemcpyHtoDAsync, static_cast<CUdeviceptr>(dst),
                                      src.data, static_cast<size_t>(src.size), s.handle));
@@ -688,11 +768,41 @@ class CudaBackend final : public GpuBackend {
   Status CopyDeviceToHost(Stream& stream, MutableHostBytes dst, uint64_t src) override {
     return Guarded("CopyDeviceToHost", [&]() -> Status {
       CudaStream& s = Str(stream);
+      s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
-      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemcpyDtoHAsync, dst.data,
-                                     static_cast<CUdeviceptr>(src), static_cast<size_t>(dst.size),
-                                     s.handle));
-      KeepAlive(s, std::move(dst.owner));
+      const size_t size = static_cast<size_t>(dst.size);
+      size_t capacity = 0;
+      void* staging = size > 0 ? TakeStaging(s.context, size, &capacity) : nullptr;
+      if (staging == nullptr) {
+        // No page-locked memory to be had: the driver copies synchronously.
+        FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemcpyDtoHAsync, dst.data,
+                                       static_cast<CUdeviceptr>(src), size, s.handle));
+        KeepAlive(s, std::move(dst.owner));
+        return Status::Ok();
+      }
+      std::shared_ptr<StagingCache> cache = s.context.staging;
+      Status copied = FERRY_CU(*api_, cuMemcpyDtoHAsync, staging, static_cast<CUdeviceptr>(src),
+                               size, s.handle);
+      if (!copied.ok()) {
+        ReturnStaging(*cache, staging, capacity, nullptr, 0, 0, 0, CUDA_ERROR_UNKNOWN);
+        return copied;
+      }
+      // Lands the bytes once the copy is done (on the driver's callback
+      // thread: memcpy, no driver call), then releases the destination.
+      auto land = std::make_shared<MutableHostBytes>(std::move(dst));
+      Status queued = EnqueueCallback(s, [cache, staging, capacity, land](CUresult result) {
+        ReturnStaging(*cache, staging, capacity, land->data, land->size, land->size, 1, result);
+        land->owner.reset();
+      });
+      if (!queued.ok()) {
+        // Nothing would land the copy: wait for it here instead.
+        FERRY_LOG(kWarning) << "cuda backend: " << queued.message()
+                            << "; synchronizing the stream to land a device-to-host copy";
+        const CUresult result = api_->cuStreamSynchronize(s.handle);
+        ReturnStaging(*cache, staging, capacity, land->data, land->size, land->size, 1, result);
+        land->owner.reset();
+        return api_->Check(result, FERRY_CUDA_EXPORT_NAME(cuStreamSynchronize));
+      }
       return Status::Ok();
     });
   }
@@ -700,6 +810,7 @@ class CudaBackend final : public GpuBackend {
   Status CopyDeviceToDevice(Stream& stream, uint64_t dst, uint64_t src, uint64_t bytes) override {
     return Guarded("CopyDeviceToDevice", [&]() -> Status {
       CudaStream& s = Str(stream);
+      s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
       return FERRY_CU(*api_, cuMemcpyDtoDAsync, static_cast<CUdeviceptr>(dst),
                       static_cast<CUdeviceptr>(src), static_cast<size_t>(bytes), s.handle);
@@ -724,6 +835,7 @@ class CudaBackend final : public GpuBackend {
         return Status::InvalidArgument("Copy2DAsync: destination rows exceed the host buffer");
       }
       CudaStream& s = Str(stream);
+      s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
       CUDA_MEMCPY2D m;
       std::memset(&m, 0, sizeof(m));
@@ -745,9 +857,38 @@ class CudaBackend final : public GpuBackend {
       m.dstPitch = static_cast<size_t>(copy.dst_pitch);
       m.WidthInBytes = static_cast<size_t>(copy.width_bytes);
       m.Height = static_cast<size_t>(copy.height);
-      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemcpy2DAsync, &m, s.handle));
-      KeepAlive(s, copy.src_is_host ? std::move(copy.src_host.owner) : nullptr,
-                copy.dst_is_host ? std::move(copy.dst_host.owner) : nullptr);
+      // Device to host: through a page-locked buffer laid out like the
+      // destination, as CopyDeviceToHost does (and for the same reason).
+      size_t capacity = 0;
+      void* staging = nullptr;
+      if (copy.dst_is_host && !copy.src_is_host && m.Height > 0 && m.WidthInBytes > 0) {
+        staging = TakeStaging(s.context, (m.Height - 1) * m.dstPitch + m.WidthInBytes, &capacity);
+      }
+      if (staging == nullptr) {
+        FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemcpy2DAsync, &m, s.handle));
+        KeepAlive(s, copy.src_is_host ? std::move(copy.src_host.owner) : nullptr,
+                  copy.dst_is_host ? std::move(copy.dst_host.owner) : nullptr);
+        return Status::Ok();
+      }
+      std::shared_ptr<StagingCache> cache = s.context.staging;
+      m.dstHost = staging;
+      if (Status copied = FERRY_CU(*api_, cuMemcpy2DAsync, &m, s.handle); !copied.ok()) {
+        ReturnStaging(*cache, staging, capacity, nullptr, 0, 0, 0, CUDA_ERROR_UNKNOWN);
+        return copied;
+      }
+      auto land = std::make_shared<MutableHostBytes>(std::move(copy.dst_host));
+      const size_t pitch = m.dstPitch, width = m.WidthInBytes, height = m.Height;
+      auto finish = [cache, staging, capacity, land, pitch, width, height](CUresult result) {
+        ReturnStaging(*cache, staging, capacity, land->data, pitch, width, height, result);
+        land->owner.reset();
+      };
+      if (Status queued = EnqueueCallback(s, finish); !queued.ok()) {
+        FERRY_LOG(kWarning) << "cuda backend: " << queued.message()
+                            << "; synchronizing the stream to land a device-to-host copy";
+        const CUresult result = api_->cuStreamSynchronize(s.handle);
+        finish(result);
+        return api_->Check(result, FERRY_CUDA_EXPORT_NAME(cuStreamSynchronize));
+      }
       return Status::Ok();
     });
   }
@@ -756,6 +897,7 @@ class CudaBackend final : public GpuBackend {
                 unsigned element_bytes, uint64_t width, uint64_t height) override {
     return Guarded("Memset", [&]() -> Status {
       CudaStream& s = Str(stream);
+      s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
       const auto d = static_cast<CUdeviceptr>(dst);
       const auto w = static_cast<size_t>(width), h = static_cast<size_t>(height);
       const auto p = static_cast<size_t>(pitch);
@@ -795,6 +937,7 @@ class CudaBackend final : public GpuBackend {
                 HostBytes params) override {
     return Guarded("Launch", [&]() -> Status {
       CudaStream& s = Str(stream);
+      s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
       CudaFunction& f = Fn(function);
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
       CUlaunchConfig launch;
@@ -845,7 +988,18 @@ class CudaBackend final : public GpuBackend {
     return Guarded("QueryStream", [&]() -> Status {
       CudaStream& s = Str(stream);
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
-      return FERRY_CU(*api_, cuStreamQuery, s.handle);
+      const uint64_t submitted = s.progress->submitted.load(std::memory_order_acquire);
+      const CUresult result = api_->cuStreamQuery(s.handle);
+      // A WhenStreamIdle Completion runs inside its stream callback, so the
+      // driver counts the stream busy until that callback returns, just
+      // after the client has been told the stream is idle: a query right
+      // after a synchronize would say NOT_READY. Nothing was queued since
+      // that Completion found the work done, so the stream is idle.
+      if (result == CUDA_ERROR_NOT_READY &&
+          s.progress->idle_through.load(std::memory_order_acquire) == submitted) {
+        return Status::Ok();
+      }
+      return api_->Check(result, FERRY_CUDA_EXPORT_NAME(cuStreamQuery));
     });
   }
 
@@ -855,13 +1009,17 @@ class CudaBackend final : public GpuBackend {
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
       // `done` sits in a shared slot so it can be taken back if queuing fails.
       auto shared = std::make_shared<Completion>(std::move(done));
-      Status queued = EnqueueCallback(s, [shared](CUresult result) mutable {
-        // Runs on the driver's thread: no driver calls, hence CuResultName.
-        RunCompletion(*shared, result == CUDA_SUCCESS
-                                   ? Status::Ok()
-                                   : Status::Cuda(result, absl::StrCat("stream work failed: ",
-                                                                       CuResultName(result))));
-      });
+      const uint64_t through = s.progress->submitted.load(std::memory_order_acquire);
+      Status queued =
+          EnqueueCallback(s, [shared, progress = s.progress, through](CUresult result) mutable {
+            if (result == CUDA_SUCCESS)
+              progress->idle_through.store(through, std::memory_order_release);
+            // Runs on the driver's thread: no driver calls, hence CuResultName.
+            RunCompletion(*shared, result == CUDA_SUCCESS
+                                       ? Status::Ok()
+                                       : Status::Cuda(result, absl::StrCat("stream work failed: ",
+                                                                           CuResultName(result))));
+          });
       if (!queued.ok()) done = std::move(*shared);
       return queued;
     });
@@ -886,6 +1044,7 @@ class CudaBackend final : public GpuBackend {
     if (gate == nullptr) return Status::InvalidArgument("EnqueueHostGate: null gate");
     return Guarded("EnqueueHostGate", [&]() -> Status {
       CudaStream& s = Str(stream);
+      s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
       return EnqueueCallback(
           s, [reached = std::move(reached), gate = std::move(gate)](CUresult result) mutable {
@@ -914,6 +1073,7 @@ class CudaBackend final : public GpuBackend {
   Status RecordEvent(Event& event, Stream& stream) override {
     return Guarded("RecordEvent", [&]() -> Status {
       CudaStream& s = Str(stream);
+      s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
       CudaEvent& e = Ev(event);
       std::lock_guard<std::mutex> lock(e.waits_mu);
       // Rare: a WhenEventComplete still waits for a thread. Pin it to the
@@ -929,6 +1089,7 @@ class CudaBackend final : public GpuBackend {
   Status StreamWaitEvent(Stream& stream, Event& event) override {
     return Guarded("StreamWaitEvent", [&]() -> Status {
       CudaStream& s = Str(stream);
+      s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
       return FERRY_CU(*api_, cuStreamWaitEvent, s.handle, Ev(event).handle, 0);
     });
@@ -1391,6 +1552,18 @@ CudaContext::~CudaContext() {
     FERRY_CU_QUIET(api, kWhat, cuCtxSynchronize);
   }
   waits.WaitIdle();  // pool threads done with this context
+  // Idle staging buffers go back to the driver; any still in a copy go with
+  // the context, and a callback that runs after this finds the cache closed.
+  std::vector<std::pair<size_t, void*>> idle_staging;
+  {
+    std::lock_guard<std::mutex> lock(staging->mu);
+    staging->closed = true;
+    idle_staging.swap(staging->idle);
+    staging->idle_bytes = 0;
+  }
+  for (const auto& [unused, buffer] : idle_staging) {
+    FERRY_CU_QUIET(api, kWhat, cuMemFreeHost, buffer);
+  }
   if (green != nullptr) {
     // The converted handle is the device's primary context with this green
     // context's resources: cuCtxDestroy must not touch it.
@@ -1399,13 +1572,14 @@ CudaContext::~CudaContext() {
     FERRY_CU_QUIET(api, kWhat, cuCtxDestroy, handle);
   }
   CudaBackend::ForgetCurrent(*this);
-  // The driver runs no callback of a destroyed context; run those it never
-  // got to (possible after a context failure) so no Completion is lost and
-  // every host buffer is released.
-  absl::flat_hash_set<HostCallback*> orphans;
+  // Run the callbacks the driver has not run (possible after a context
+  // failure) so no Completion is lost and every host buffer is released. The
+  // driver may still call some of them later: they find their work claimed
+  // (HostCallback::RunOnce) and the tracker alive (shared).
+  absl::flat_hash_map<HostCallback*, std::shared_ptr<HostCallback>> orphans;
   {
-    std::lock_guard<std::mutex> lock(callbacks_mu_);
-    orphans.swap(callbacks_);
+    std::lock_guard<std::mutex> lock(callbacks_->mu);
+    orphans.swap(callbacks_->pending);
   }
   if (!orphans.empty()) {
     try {
@@ -1415,14 +1589,7 @@ CudaContext::~CudaContext() {
     } catch (...) {
     }
   }
-  for (HostCallback* callback : orphans) {
-    try {
-      std::move(callback->run)(CUDA_ERROR_CONTEXT_IS_DESTROYED);
-    } catch (...) {
-      FERRY_LOG(kError) << "cuda backend: a stream callback threw";
-    }
-    delete callback;
-  }
+  for (auto& [unused, callback] : orphans) callback->RunOnce(CUDA_ERROR_CONTEXT_IS_DESTROYED);
 }
 
 // Describes every device the driver reports.
@@ -1474,7 +1641,8 @@ Status CreateCudaBackend(const CudaBackendOptions& options, std::unique_ptr<GpuB
                                               ? std::vector<std::string>{options.driver_path}
                                               : cuda_internal::DefaultDriverCandidates();
     std::unique_ptr<DriverApi> api;
-    FERRY_RETURN_IF_ERROR(cuda_internal::LoadDriver(candidates, explicit_path, &api));
+    FERRY_RETURN_IF_ERROR(
+        cuda_internal::LoadDriver(candidates, explicit_path, &api, options.allow_ferry_driver));
     std::vector<DeviceDescription> devices;
     std::vector<CUdevice> handles;
     FERRY_RETURN_IF_ERROR(DescribeDevices(*api, &devices, &handles)

@@ -3,7 +3,8 @@
 //
 // What the GpuBackend contract leaves to the implementation, for this one:
 //  * Driver: found as LoadDriver describes in driver_api.h. ferry's own
-//    stand-in libcuda (it exports cuFerryClientIdentity) is always refused.
+//    stand-in libcuda (it exports cuFerryClientIdentity) is refused unless
+//    CudaBackendOptions::allow_ferry_driver says otherwise (tests only).
 //  * Contexts are real contexts from cuCtxCreate, current on no thread
 //    between calls. A partitioned context (CreatePartitionedContext) is a
 //    green context (CUDA 12.4+: cuDeviceGetDevResource(SM) ->
@@ -35,8 +36,12 @@
 //    as well as its stream, so stream callbacks queued behind it (of this
 //    context, and perhaps of others) wait until it opens.
 //  * Host memory: copies may use pageable memory; the driver stages it.
-//    A device-to-host copy into pageable memory returns only when the copy
-//    is done (driver behaviour), so it blocks the calling thread.
+//    A device-to-host copy goes through a page-locked staging buffer of the
+//    context (cuMemHostAlloc, cached), since into pageable memory the driver
+//    would return only when the copy is done, blocking the caller behind
+//    held streams; the bytes land in the destination in a stream callback.
+//    Copy2DAsync from device to host does the same. Only where no
+//    page-locked memory can be had does a copy block.
 //  * MemFree is cuMemFree, which synchronizes like cudaFree.
 //  * LoadModule describes kernels (name, parameter offsets and sizes from
 //    the driver); `globals` is left empty: the driver cannot enumerate them.
@@ -62,6 +67,10 @@ struct CudaBackendOptions {
   std::string driver_path;
   // Most threads that wait for events and contexts at once.
   int max_waiter_threads = 16;
+  // Tests only: accept ferry's own stand-in libcuda.so.1 as the driver, so
+  // that this backend forwards to a second ferryd (a chain). Off by default:
+  // pointed at a ferryd that forwards back to itself, it would deadlock.
+  bool allow_ferry_driver = false;
 };
 
 // Loads and initializes the driver and describes its devices. Fails with a

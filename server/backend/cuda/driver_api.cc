@@ -146,15 +146,18 @@ std::string LoadedPath(void* handle, const std::string& requested) {
 
 // Finds one entry point; see LoadDriver for the order and why.
 template <typename Fn>
-Status Resolve(const DriverApi& api, const char* base, const char* export_name, Fn* out) {
+Status Resolve(const DriverApi& api, const char* base, const char* export_name, int version,
+               Fn* out) {
   void* pointer = nullptr;
   if (api.used_proc_address) {
     CUdriverProcAddressQueryResult query = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
     // LEGACY_STREAM, not DEFAULT: DEFAULT means "whatever the caller was
     // compiled for", which at this ABI level is legacy too, but the explicit
     // flag documents that stream 0 must be the legacy default stream.
-    CUresult result = api.cuGetProcAddress(base, &pointer, CUDA_VERSION,
-                                           CU_GET_PROC_ADDRESS_LEGACY_STREAM, &query);
+    // `version` is the variant Fn is typed for (driver_entry_points.h); the
+    // driver returns the newest variant at or below it, i.e. that one.
+    CUresult result =
+        api.cuGetProcAddress(base, &pointer, version, CU_GET_PROC_ADDRESS_LEGACY_STREAM, &query);
     if (result != CUDA_SUCCESS || query != CU_GET_PROC_ADDRESS_SUCCESS) pointer = nullptr;
   }
   // The versioned export name pins the same ABI, so it is a safe fallback
@@ -163,7 +166,7 @@ Status Resolve(const DriverApi& api, const char* base, const char* export_name, 
   if (pointer == nullptr) {
     std::string what = export_name;
     if (std::string_view(base) != export_name) {
-      absl::StrAppend(&what, " (", base, " as of CUDA ", VersionString(CUDA_VERSION), ")");
+      absl::StrAppend(&what, " (", base, " as of CUDA ", VersionString(version), ")");
     }
     return Status::NotFound(absl::StrCat("CUDA driver ", api.path, " (CUDA ",
                                          VersionString(api.driver_version), ") lacks ", what));
@@ -210,7 +213,7 @@ Status InitDriver(void* handle, std::string path, std::unique_ptr<DriverApi>* ou
   // Devices before the full table, so a driver without GPUs says so rather
   // than reporting whichever entry point it happens to lack.
   FERRY_RETURN_IF_ERROR(Resolve(*api, "cuDeviceGetCount", FERRY_CUDA_EXPORT_NAME(cuDeviceGetCount),
-                                &api->cuDeviceGetCount));
+                                kVersion_cuDeviceGetCount, &api->cuDeviceGetCount));
   int count = 0;
   FERRY_RETURN_IF_ERROR(FERRY_CU(*api, cuDeviceGetCount, &count)
                             .WithContext(absl::StrCat("CUDA driver ", api->path)));
@@ -220,13 +223,13 @@ Status InitDriver(void* handle, std::string path, std::unique_ptr<DriverApi>* ou
                                                            ") reports no CUDA devices"));
   }
 
-#define FERRY_CUDA_RESOLVE_(name) \
-  FERRY_RETURN_IF_ERROR(Resolve(*api, #name, FERRY_CUDA_EXPORT_NAME(name), &api->name));
+#define FERRY_CUDA_RESOLVE_(name, version) \
+  FERRY_RETURN_IF_ERROR(Resolve(*api, #name, FERRY_CUDA_EXPORT_NAME(name), version, &api->name));
   FERRY_CUDA_DRIVER_ENTRY_POINTS(FERRY_CUDA_RESOLVE_)
 #undef FERRY_CUDA_RESOLVE_
   // Optional ones: absent is fine (their member stays null).
-#define FERRY_CUDA_RESOLVE_OPTIONAL_(name) \
-  (void)Resolve(*api, #name, FERRY_CUDA_EXPORT_NAME(name), &api->name);
+#define FERRY_CUDA_RESOLVE_OPTIONAL_(name, version) \
+  (void)Resolve(*api, #name, FERRY_CUDA_EXPORT_NAME(name), version, &api->name);
   FERRY_CUDA_OPTIONAL_ENTRY_POINTS(FERRY_CUDA_RESOLVE_OPTIONAL_)
 #undef FERRY_CUDA_RESOLVE_OPTIONAL_
 
@@ -278,7 +281,8 @@ Status DriverApi::Check(CUresult result, const char* call) const {
 
 std::vector<EntryPointName> EntryPointNames() {
   return {
-#define FERRY_CUDA_NAME_(name) EntryPointName{#name, FERRY_CUDA_EXPORT_NAME(name)},
+#define FERRY_CUDA_NAME_(name, version) \
+  EntryPointName{#name, FERRY_CUDA_EXPORT_NAME(name), version},
       FERRY_CUDA_DRIVER_ENTRY_POINTS(FERRY_CUDA_NAME_)
 #undef FERRY_CUDA_NAME_
   };
@@ -305,7 +309,7 @@ std::vector<std::string> DefaultDriverCandidates() {
 }
 
 Status LoadDriver(const std::vector<std::string>& candidates, bool explicit_path,
-                  std::unique_ptr<DriverApi>* out) {
+                  std::unique_ptr<DriverApi>* out, bool allow_ferry_driver) {
   std::vector<std::string> tried;
   for (const std::string& candidate : candidates) {
     const bool is_path = candidate.find('/') != std::string::npos;
@@ -325,7 +329,11 @@ Status LoadDriver(const std::vector<std::string>& candidates, bool explicit_path
       continue;
     }
     std::string loaded = LoadedPath(handle, candidate);
-    if (dlsym(handle, kFerryClientMarker) != nullptr) {
+    if (dlsym(handle, kFerryClientMarker) != nullptr && allow_ferry_driver) {
+      FERRY_LOG(kWarning) << "loading " << loaded
+                          << ", ferry's own stand-in libcuda, as the CUDA driver (allowed for "
+                             "tests): every call is forwarded to another ferryd";
+    } else if (dlsym(handle, kFerryClientMarker) != nullptr) {
       // ferry's stand-in would forward ferryd's calls back to a ferryd.
       dlclose(handle);
       std::string why = absl::StrCat(loaded, " is ferry's own stand-in libcuda (it exports ",

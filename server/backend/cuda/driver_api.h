@@ -2,26 +2,31 @@
 // table of driver entry points that CudaBackend calls. Private to
 // server/backend/cuda (tests include it to exercise the loader).
 //
-// ABI by construction: every entry point is named below by its cuda.h name
-// (cuCtxCreate, cuMemAlloc, ...). cuda.h maps many of those names to a
-// versioned symbol (cuCtxCreate -> cuCtxCreate_v4, cuEventElapsedTime ->
-// cuEventElapsedTime_v2). The table expands the name, so the pointer's type is
-// the prototype cuda.h declares for that version, the symbol we dlsym is that
-// version's export name, and the version we hand cuGetProcAddress is
-// CUDA_VERSION of the same header: the three cannot disagree.
+// ABI by construction: the entry points and the CUDA version of the variant
+// each one calls are listed once, in driver_entry_points.h. Each member is
+// typed PFN_<name>_v<version> (cudaTypedefs.h), the loader asks
+// cuGetProcAddress for that same version, and a static_assert below checks
+// that the type is also the prototype cuda.h declares for the name, whose
+// versioned export (cuCtxCreate -> cuCtxCreate_v4) is the dlsym fallback.
+// Asking for CUDA_VERSION instead would be wrong: the driver answers with
+// the newest variant at or below the version asked, which for some names
+// (cuCtxSynchronize in CUDA 13) has another prototype than cuda.h declares.
 //
 // Thread-safety: a DriverApi is immutable once LoadDriver returns; the driver
 // itself is thread-safe, so any thread may call through the table.
 #pragma once
 
 #include <cuda.h>
+#include <cudaTypedefs.h>
 
 #include <memory>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "common/status.h"
+#include "server/backend/cuda/driver_entry_points.h"
 
 #if defined(CUDA_API_PER_THREAD_DEFAULT_STREAM)
 // The per-thread-default-stream build renames the stream functions to their
@@ -34,90 +39,6 @@
 // FERRY_CUDA_EXPORT_NAME(cuCtxCreate) is "cuCtxCreate_v4" with the CUDA 13 header.
 #define FERRY_CUDA_EXPORT_NAME(name) FERRY_CUDA_STRINGIFY_(name)
 #define FERRY_CUDA_STRINGIFY_(name) #name
-
-// Every entry point the backend needs beyond the bootstrap ones (cuInit,
-// cuDriverGetVersion, cuGetErrorName/String, cuGetProcAddress), which the
-// loader finds with dlsym. All are required: a driver without one of them is
-// refused with a Status that names it.
-#define FERRY_CUDA_DRIVER_ENTRY_POINTS(X)                 \
-  X(cuDeviceGetCount)                                     \
-  X(cuDeviceGet)                                          \
-  X(cuDeviceGetName)                                      \
-  X(cuDeviceGetUuid)                                      \
-  X(cuDeviceTotalMem)                                     \
-  X(cuDeviceGetAttribute)                                 \
-  X(cuCtxCreate)                                          \
-  X(cuCtxDestroy)                                         \
-  X(cuCtxPopCurrent)                                      \
-  X(cuCtxSetCurrent)                                      \
-  X(cuCtxSynchronize)                                     \
-  X(cuCtxGetLimit)                                        \
-  X(cuCtxSetLimit)                                        \
-  X(cuMemAlloc)                                           \
-  X(cuMemAllocPitch)                                      \
-  X(cuMemFree)                                            \
-  X(cuMemGetInfo)                                         \
-  X(cuMemcpyHtoDAsync)                                    \
-  X(cuMemcpyDtoHAsync)                                    \
-  X(cuMemcpyDtoDAsync)                                    \
-  X(cuMemcpy2DAsync)                                      \
-  X(cuMemsetD8Async)                                      \
-  X(cuMemsetD16Async)                                     \
-  X(cuMemsetD32Async)                                     \
-  X(cuMemsetD2D8Async)                                    \
-  X(cuMemsetD2D16Async)                                   \
-  X(cuMemsetD2D32Async)                                   \
-  X(cuLaunchKernelEx)                                     \
-  X(cuStreamCreateWithPriority)                           \
-  X(cuStreamQuery)                                        \
-  X(cuStreamSynchronize)                                  \
-  X(cuStreamDestroy)                                      \
-  X(cuStreamAddCallback)                                  \
-  X(cuStreamWaitEvent)                                    \
-  X(cuEventCreate)                                        \
-  X(cuEventRecord)                                        \
-  X(cuEventQuery)                                         \
-  X(cuEventSynchronize)                                   \
-  X(cuEventElapsedTime)                                   \
-  X(cuEventDestroy)                                       \
-  X(cuModuleLoadData)                                     \
-  X(cuModuleUnload)                                       \
-  X(cuModuleGetFunction)                                  \
-  X(cuModuleGetGlobal)                                    \
-  X(cuModuleGetFunctionCount)                             \
-  X(cuModuleEnumerateFunctions)                           \
-  X(cuFuncGetName)                                        \
-  X(cuFuncGetParamInfo)                                   \
-  X(cuFuncLoad)                                           \
-  X(cuFuncGetAttribute)                                   \
-  X(cuFuncSetAttribute)                                   \
-  X(cuFuncSetCacheConfig)                                 \
-  X(cuLibraryLoadData)                                    \
-  X(cuLibraryUnload)                                      \
-  X(cuLibraryGetModule)                                   \
-  X(cuLibraryGetKernelCount)                              \
-  X(cuLibraryEnumerateKernels)                            \
-  X(cuKernelGetName)                                      \
-  X(cuKernelGetParamInfo)                                 \
-  X(cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags) \
-  X(cuOccupancyAvailableDynamicSMemPerBlock)              \
-  X(cuOccupancyMaxPotentialClusterSize)                   \
-  X(cuOccupancyMaxActiveClusters)
-
-// Entry points the backend uses where the driver has them and does without
-// where it does not: a driver that lacks one still loads, and its member
-// stays null. Green contexts (CUDA 12.4+) give a slice an SM partition;
-// without them compute shares fall back to launch throttling. Call sites
-// check HasGreenContexts() first. cuCtxResetPersistingL2Cache (CUDA 11.0+)
-// is answered CUDA_ERROR_NOT_SUPPORTED where missing.
-#define FERRY_CUDA_OPTIONAL_ENTRY_POINTS(X) \
-  X(cuCtxResetPersistingL2Cache)            \
-  X(cuDeviceGetDevResource)                 \
-  X(cuDevSmResourceSplitByCount)            \
-  X(cuDevResourceGenerateDesc)              \
-  X(cuGreenCtxCreate)                       \
-  X(cuGreenCtxDestroy)                      \
-  X(cuCtxFromGreenCtx)
 
 namespace ferry::backend::cuda_internal {
 
@@ -141,10 +62,10 @@ struct DriverApi {
   decltype(&::cuGetErrorString) cuGetErrorString = nullptr;
   decltype(&::cuGetProcAddress) cuGetProcAddress = nullptr;
 
-  // One member per entry point, named and typed by cuda.h (the member for
-  // cuCtxCreate is really called cuCtxCreate_v4; call sites write cuCtxCreate
-  // and the same macro renames them).
-#define FERRY_CUDA_DECLARE_ENTRY_POINT_(name) decltype(&::name) name = nullptr;
+  // One member per entry point, typed by the variant the list names (the
+  // member for cuCtxCreate is really called cuCtxCreate_v4: call sites write
+  // cuCtxCreate and cuda.h's macro renames both).
+#define FERRY_CUDA_DECLARE_ENTRY_POINT_(name, version) PFN_##name##_v##version name = nullptr;
   FERRY_CUDA_DRIVER_ENTRY_POINTS(FERRY_CUDA_DECLARE_ENTRY_POINT_)
   // Optional: null where the driver lacks them.
   FERRY_CUDA_OPTIONAL_ENTRY_POINTS(FERRY_CUDA_DECLARE_ENTRY_POINT_)
@@ -165,6 +86,22 @@ struct DriverApi {
   Status Check(CUresult result, const char* call) const;
 };
 
+// The variant each member holds has the prototype cuda.h declares for its
+// name (see the top of this file): a mismatch does not compile.
+#define FERRY_CUDA_CHECK_ENTRY_POINT_TYPE_(name, version)                   \
+  static_assert(std::is_same_v<PFN_##name##_v##version, decltype(&::name)>, \
+                #name ": PFN_" #name "_v" #version " is not the prototype cuda.h declares");
+FERRY_CUDA_DRIVER_ENTRY_POINTS(FERRY_CUDA_CHECK_ENTRY_POINT_TYPE_)
+FERRY_CUDA_OPTIONAL_ENTRY_POINTS(FERRY_CUDA_CHECK_ENTRY_POINT_TYPE_)
+#undef FERRY_CUDA_CHECK_ENTRY_POINT_TYPE_
+
+// kVersion_<name>: the variant's version for each entry point, for code that
+// names one entry point (the loader resolves cuDeviceGetCount first).
+#define FERRY_CUDA_DECLARE_VERSION_(name, version) inline constexpr int kVersion_##name = version;
+FERRY_CUDA_DRIVER_ENTRY_POINTS(FERRY_CUDA_DECLARE_VERSION_)
+FERRY_CUDA_OPTIONAL_ENTRY_POINTS(FERRY_CUDA_DECLARE_VERSION_)
+#undef FERRY_CUDA_DECLARE_VERSION_
+
 // Calls `api.fn(args...)` and turns its CUresult into a Status that names the
 // export actually called (e.g. "cuMemAlloc_v2: CUDA_ERROR_OUT_OF_MEMORY: ...").
 #define FERRY_CU(api, fn, ...) (api).Check((api).fn(__VA_ARGS__), FERRY_CUDA_EXPORT_NAME(fn))
@@ -173,11 +110,13 @@ struct DriverApi {
 // "CUresult <n>" for a value it does not list. Pure: safe in driver callbacks.
 const char* CuResultName(CUresult result);
 
-// An entry point as the loader asks for it: the base name cuGetProcAddress
-// takes, and the versioned export name it falls back on with dlsym.
+// An entry point as the loader asks for it: the base name and the variant's
+// CUDA version cuGetProcAddress takes, and the versioned export name it
+// falls back on with dlsym.
 struct EntryPointName {
   const char* base;
   const char* export_name;
+  int version;
 };
 std::vector<EntryPointName> EntryPointNames();
 
@@ -194,11 +133,13 @@ std::vector<std::string> DefaultDriverCandidates();
 //    required entry point, or its error is returned. Optional entry points
 //    it lacks stay null.
 // With `explicit_path` (one configured candidate) skipping is an error.
-// Entry points come from cuGetProcAddress(base, CUDA_VERSION, LEGACY_STREAM)
-// when the driver is at least CUDA_VERSION (the documented way to get the ABI
-// this header declares); otherwise, or where that yields nothing, from dlsym
-// of the versioned export name, which fixes the ABI just as well.
+// With `allow_ferry_driver` (tests only) ferry's stand-in is not skipped: it
+// is loaded like a driver and forwards to the ferryd its FERRY_SERVER names.
+// Entry points come from cuGetProcAddress(base, version, LEGACY_STREAM), with
+// each one's version from driver_entry_points.h, when the driver is at least
+// CUDA_VERSION; otherwise, or where that yields nothing, from dlsym of the
+// versioned export name, which fixes the same ABI.
 Status LoadDriver(const std::vector<std::string>& candidates, bool explicit_path,
-                  std::unique_ptr<DriverApi>* out);
+                  std::unique_ptr<DriverApi>* out, bool allow_ferry_driver = false);
 
 }  // namespace ferry::backend::cuda_internal

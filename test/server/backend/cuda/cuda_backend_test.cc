@@ -197,6 +197,17 @@ TEST(CudaBackendLoadTest, SearchGoesPastFerrysStandInToTheNextDriver) {
   EXPECT_THAT(status.message(), HasSubstr(FAKE_NODEV_PATH));  // it reached the second
 }
 
+// After the tests that expect ferry's stand-in never to have been initialized.
+TEST(CudaBackendLoadTest, FerrysStandInLoadsWhenAllowedForTests) {
+  // A chain (tests only): ferryd's CUDA backend on ferry's own libcuda.so.1.
+  std::unique_ptr<GpuBackend> backend;
+  Status status =
+      CreateCudaBackend({.driver_path = FAKE_FERRY_PATH, .allow_ferry_driver = true}, &backend);
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  EXPECT_EQ(backend->Name(), "cuda");
+  EXPECT_EQ(Hook<int (*)()>(FAKE_FERRY_PATH, "fake_init_calls")(), 1);
+}
+
 TEST(CudaBackendLoadTest, ZeroDevicesIsAClearError) {
   std::unique_ptr<GpuBackend> backend;
   Status status = CreateCudaBackend({.driver_path = FAKE_NODEV_PATH}, &backend);
@@ -215,24 +226,71 @@ TEST(CudaBackendLoadTest, MissingEntryPointIsNamed) {
               AllOf(HasSubstr(FAKE_PARTIAL_PATH), HasSubstr("lacks cuDeviceGet")));
 }
 
-TEST(CudaBackendLoadTest, AsksCuGetProcAddressForTheHeadersVersionAndLegacyStreams) {
+TEST(CudaBackendLoadTest, AsksCuGetProcAddressForEachListedVersionAndLegacyStreams) {
   std::unique_ptr<GpuBackend> backend;
   ASSERT_TRUE(CreateCudaBackend({.driver_path = FAKE_FULL_PATH}, &backend).ok());
   auto calls = Hook<int (*)()>(FAKE_FULL_PATH, "fake_proc_address_calls");
   auto version = Hook<int (*)()>(FAKE_FULL_PATH, "fake_last_proc_version");
   auto flags = Hook<unsigned long long (*)()>(FAKE_FULL_PATH, "fake_last_proc_flags");
+  auto unimplemented = Hook<int (*)()>(FAKE_FULL_PATH, "fake_unimplemented_variant_requests");
   ASSERT_NE(calls, nullptr);
   EXPECT_GE(calls(), static_cast<int>(cuda_internal::EntryPointNames().size()));
-  EXPECT_EQ(version(), CUDA_VERSION);
+  // The last entry point resolved is the last optional one, at its own
+  // version (not CUDA_VERSION: see driver_entry_points.h).
+  EXPECT_EQ(version(), cuda_internal::kVersion_cuCtxFromGreenCtx);
   EXPECT_EQ(flags(), static_cast<unsigned long long>(CU_GET_PROC_ADDRESS_LEGACY_STREAM));
+  // Every variant the backend asked for is one the fake implements.
+  EXPECT_EQ(unimplemented(), 0);
   EXPECT_EQ(backend->Name(), "cuda");
   EXPECT_EQ(backend->DriverVersion(), 13000);
 }
 
+TEST(DriverApiTest, CtxSynchronizeIsTheVariantWithoutAContext) {
+  // CUDA 13 added cuCtxSynchronize_v2(CUcontext), which cuGetProcAddress
+  // returns for version 13000: the backend's table must ask for 2000.
+  EXPECT_EQ(cuda_internal::kVersion_cuCtxSynchronize, 2000);
+  std::map<std::string, int> versions;
+  for (const auto& name : cuda_internal::EntryPointNames()) versions[name.base] = name.version;
+  EXPECT_EQ(versions["cuCtxSynchronize"], 2000);
+  EXPECT_EQ(versions["cuCtxCreate"], 12050);
+  EXPECT_EQ(versions["cuEventElapsedTime"], 12080);
+}
+
+TEST(FakeDriverProcAddressTest, AnswersLikeTheCuda13Driver) {
+  // The fake returns the newest variant at or below the version asked for,
+  // as NVIDIA's driver does, so it cannot hide a table that asks for the
+  // wrong one.
+  std::unique_ptr<GpuBackend> backend;  // loads the fake (cuInit) first
+  ASSERT_TRUE(CreateCudaBackend({.driver_path = FAKE_FULL_PATH}, &backend).ok());
+  auto get = Hook<decltype(&::cuGetProcAddress)>(FAKE_FULL_PATH, "cuGetProcAddress_v2");
+  ASSERT_NE(get, nullptr);
+  void* old_variant = nullptr;
+  void* new_variant = nullptr;
+  CUdriverProcAddressQueryResult query = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+  ASSERT_EQ(get("cuCtxSynchronize", &old_variant, 12090, CU_GET_PROC_ADDRESS_LEGACY_STREAM, &query),
+            CUDA_SUCCESS);
+  EXPECT_EQ(query, CU_GET_PROC_ADDRESS_SUCCESS);
+  ASSERT_EQ(get("cuCtxSynchronize", &new_variant, 13000, CU_GET_PROC_ADDRESS_LEGACY_STREAM, &query),
+            CUDA_SUCCESS);
+  EXPECT_EQ(old_variant, Hook<void*>(FAKE_FULL_PATH, "cuCtxSynchronize"));
+  EXPECT_EQ(new_variant, Hook<void*>(FAKE_FULL_PATH, "cuCtxSynchronize_v2"));
+  // Called through the right type with a value that is no context, the new
+  // variant says so, as the driver would.
+  auto sync = reinterpret_cast<PFN_cuCtxSynchronize_v13000>(new_variant);
+  int not_a_context = 0;
+  EXPECT_EQ(sync(reinterpret_cast<CUcontext>(&not_a_context)), CUDA_ERROR_INVALID_CONTEXT);
+  // Too old a version for a name: not sufficient.
+  void* none = nullptr;
+  EXPECT_NE(get("cuLibraryLoadData", &none, 11080, CU_GET_PROC_ADDRESS_LEGACY_STREAM, &query),
+            CUDA_SUCCESS);
+  EXPECT_EQ(query, CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT);
+  EXPECT_EQ(none, nullptr);
+}
+
 TEST(CudaBackendLoadTest, OlderDriverIsBoundByVersionedExportNames) {
-  // cuGetProcAddress(name, CUDA_VERSION) is invalid on an older driver, and
-  // an older CUDA version would map names to older ABIs: dlsym of the
-  // versioned names is the only right way there.
+  // The loader uses cuGetProcAddress only on a driver at least as new as the
+  // header; an older one is bound by dlsym of the versioned export names,
+  // which fix the same ABI.
   std::unique_ptr<GpuBackend> backend;
   Status status = CreateCudaBackend({.driver_path = FAKE_OLD_PATH}, &backend);
   ASSERT_TRUE(status.ok()) << status.ToString();
@@ -299,6 +357,8 @@ class FakeDriverTest : public ::testing::Test {
     ctx_.reset();
     backend_.reset();
     EXPECT_EQ(live_(), 0) << "the fake driver still holds objects";
+    EXPECT_EQ(Hook<int (*)()>(FAKE_FULL_PATH, "fake_pinned_buffers")(), 0)
+        << "page-locked staging buffers outlived their contexts";
   }
 
   Stream& legacy() { return backend_->LegacyStream(*ctx_); }
@@ -379,13 +439,9 @@ TEST_F(FakeDriverTest, CopiesKeepHostBuffersUntilTheyHaveRun) {
   ASSERT_TRUE(Drain(legacy()).ok());
   EXPECT_TRUE(source.expired());
   EXPECT_TRUE(watch_out.expired());
-  // The Completion ran inside the last callback; the stream is idle once
-  // that has returned.
+  // The Completion ran inside the last callback, which may not have returned
+  // yet; the stream is idle to a query all the same (nothing queued since).
   Status query = backend_->QueryStream(legacy());
-  for (int i = 0; i < 1000 && !query.ok(); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    query = backend_->QueryStream(legacy());
-  }
   EXPECT_TRUE(query.ok()) << query.ToString();
   ASSERT_TRUE(backend_->MemFree(*ctx_, dptr).ok());
 }
@@ -447,6 +503,10 @@ TEST_F(FakeDriverTest, PitchedMemoryAnd2DCopies) {
     for (int x = 0; x < 100; ++x) {
       const uint8_t expected = x < 50 ? static_cast<uint8_t>(row * 100 + x) : 7;
       ASSERT_EQ((*out)[row * 120 + x], expected) << "row " << row << " x " << x;
+    }
+    // The bytes between the rows are not the copy's (staging lands rows only).
+    if (row < 2) {
+      for (int x = 100; x < 120; ++x) ASSERT_EQ((*out)[row * 120 + x], 0xEE) << "gap " << row;
     }
   }
   // A host buffer too small for its rows is refused before the driver sees it.
@@ -729,6 +789,122 @@ TEST_F(FakeDriverTest, CallbacksTheDriverNeverRanCompleteAtContextDestruction) {
   ctx_.reset();
   EXPECT_EQ(idle.Get().cuda_result(), CUDA_ERROR_CONTEXT_IS_DESTROYED);
   EXPECT_TRUE(source.expired());
+}
+
+TEST_F(FakeDriverTest, CallbacksTheDriverRunsAfterContextDestructionAreHarmless) {
+  // Nothing promises that a destroyed context runs no callback (ferry's own
+  // libcuda, as a driver, delivers them late): the sweep at destruction runs
+  // each Completion once, and the driver's late call must find its record
+  // still valid and already claimed.
+  auto set_defer = Hook<void (*)(bool)>(FAKE_FULL_PATH, "fake_set_defer_callbacks");
+  auto run_deferred = Hook<int (*)()>(FAKE_FULL_PATH, "fake_run_deferred_callbacks");
+  ASSERT_NE(set_defer, nullptr);
+  ASSERT_NE(run_deferred, nullptr);
+  set_defer(true);
+  std::atomic<int> completions{0};
+  Awaited idle;
+  backend_->WhenStreamIdle(legacy(), [&completions, done = idle.Callback()](Status status) mutable {
+    ++completions;
+    std::move(done)(std::move(status));
+  });
+  std::weak_ptr<const void> source;
+  uint64_t dptr = 0;
+  ASSERT_TRUE(backend_->MemAlloc(*ctx_, 16, &dptr).ok());
+  ASSERT_TRUE(backend_->CopyHostToDevice(legacy(), dptr, Bytes(Iota(16), &source)).ok());
+  ASSERT_TRUE(backend_->MemFree(*ctx_, dptr).ok());
+  ctx_.reset();
+  EXPECT_EQ(idle.Get().cuda_result(), CUDA_ERROR_CONTEXT_IS_DESTROYED);
+  EXPECT_TRUE(source.expired());
+  set_defer(false);
+  EXPECT_GE(run_deferred(), 2);  // the Completion's and the copy's buffer release
+  EXPECT_EQ(completions.load(), 1);
+}
+
+TEST_F(FakeDriverTest, StreamIsIdleOnceAWhenStreamIdleCompletionRan) {
+  // The Completion runs inside the driver's callback, which the driver
+  // counts as stream work until it returns; a client told "idle" must not
+  // then see NOT_READY from a query (the chain through ferry's libcuda
+  // showed it after every cuStreamSynchronize).
+  std::promise<void> entered;
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  Awaited idle;
+  backend_->WhenStreamIdle(legacy(),
+                           [&entered, released, done = idle.Callback()](Status status) mutable {
+                             entered.set_value();
+                             released.wait();
+                             std::move(done)(std::move(status));
+                           });
+  ASSERT_EQ(entered.get_future().wait_for(kTimeout), std::future_status::ready);
+  EXPECT_TRUE(backend_->QueryStream(legacy()).ok());
+  // New work makes it busy again (the GPU is held by the callback).
+  uint64_t dptr = 0;
+  ASSERT_TRUE(backend_->MemAlloc(*ctx_, 64, &dptr).ok());
+  ASSERT_TRUE(backend_->Memset(legacy(), dptr, 0, 0x11, 1, 64, 1).ok());
+  EXPECT_EQ(backend_->QueryStream(legacy()).cuda_result(), CUDA_ERROR_NOT_READY);
+  release.set_value();
+  EXPECT_TRUE(idle.Get().ok());
+  EXPECT_TRUE(Drain(legacy()).ok());
+  EXPECT_TRUE(backend_->QueryStream(legacy()).ok());
+  ASSERT_TRUE(backend_->MemFree(*ctx_, dptr).ok());
+}
+
+TEST_F(FakeDriverTest, DeviceToHostCopiesDoNotBlockBehindAHeldStream) {
+  // Into pageable memory the driver copies "asynchronously" only once the
+  // stream reaches the copy; the backend stages through page-locked memory,
+  // so a copy queued behind held work returns at once and lands later.
+  auto pageable = Hook<int (*)()>(FAKE_FULL_PATH, "fake_pageable_async_copies");
+  ASSERT_NE(pageable, nullptr);
+  const int pageable_before = pageable();
+  uint64_t dptr = 0;
+  ASSERT_TRUE(backend_->MemAlloc(*ctx_, 256, &dptr).ok());
+  ASSERT_TRUE(backend_->CopyHostToDevice(legacy(), dptr, Bytes(Iota(256, 7))).ok());
+  set_paused_(true);
+  std::shared_ptr<std::vector<uint8_t>> landed;
+  std::weak_ptr<const void> watch;
+  {
+    MutableHostBytes dst = Buffer(256, &landed);
+    watch = dst.owner;
+    auto copy = std::async(std::launch::async, [&] {
+      return backend_->CopyDeviceToHost(legacy(), std::move(dst), dptr);
+    });
+    const bool returned = copy.wait_for(kTimeout) == std::future_status::ready;
+    if (!returned) set_paused_(false);  // lets the blocked call (and `copy`) finish
+    ASSERT_TRUE(returned) << "CopyDeviceToHost waited for the held stream";
+    EXPECT_TRUE(copy.get().ok());
+  }
+  EXPECT_EQ((*landed)[0], 0xEE) << "landed before the stream ran";
+  set_paused_(false);
+  EXPECT_TRUE(Drain(legacy()).ok());
+  EXPECT_EQ(*landed, Iota(256, 7));
+  landed.reset();
+  EXPECT_TRUE(watch.expired()) << "the destination was not released";
+  // A 2D copy to the host behind held work returns at once as well.
+  set_paused_(true);
+  Copy2D down;
+  down.src_device = dptr;
+  down.src_pitch = 64;
+  down.dst_is_host = true;
+  std::shared_ptr<std::vector<uint8_t>> rows;
+  down.dst_host = Buffer(200, &rows);
+  down.dst_pitch = 100;
+  down.width_bytes = 10;
+  down.height = 2;
+  auto copy2d = std::async(std::launch::async,
+                           [&] { return backend_->Copy2DAsync(legacy(), std::move(down)); });
+  const bool returned = copy2d.wait_for(kTimeout) == std::future_status::ready;
+  set_paused_(false);
+  ASSERT_TRUE(returned) << "Copy2DAsync to the host waited for the held stream";
+  EXPECT_TRUE(copy2d.get().ok());
+  EXPECT_TRUE(Drain(legacy()).ok());
+  const std::vector<uint8_t> source = Iota(256, 7);
+  for (int x = 0; x < 10; ++x) {
+    EXPECT_EQ((*rows)[x], source[x]);
+    EXPECT_EQ((*rows)[100 + x], source[64 + x]);
+  }
+  EXPECT_EQ((*rows)[10], 0xEE);
+  EXPECT_EQ(pageable(), pageable_before);
+  ASSERT_TRUE(backend_->MemFree(*ctx_, dptr).ok());
 }
 
 TEST_F(FakeDriverTest, HostGateReportsReachedThenHoldsLaterWorkUntilOpened) {

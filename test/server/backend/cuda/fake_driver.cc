@@ -15,6 +15,13 @@
 //                        the CUDA docs' guideline for compute capability 9.0
 // Every entry point is defined under its cuda.h name, so it gets the exact
 // versioned export name and prototype (cuCtxCreate defines cuCtxCreate_v4).
+// cuGetProcAddress answers like NVIDIA's CUDA 13 driver: with the newest
+// variant at or below the version asked for, among every variant
+// cudaTypedefs.h lists (fake_variants.inc, generated from it at configure
+// time). The entry points it implements come from the backend's own list
+// (server/backend/cuda/driver_entry_points.h), so a request for a variant
+// the fake does not implement fails (and is counted) instead of handing back
+// a function of another prototype.
 //
 // Like the real driver, the fake checks that a context is current on the
 // calling thread and that a stream belongs to it, so the backend's
@@ -29,6 +36,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -36,9 +44,12 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "server/backend/cuda/driver_entry_points.h"
 
 #ifndef FAKE_DEVICE_COUNT
 #define FAKE_DEVICE_COUNT 1
@@ -58,6 +69,7 @@ std::atomic<int> g_init_calls{0};
 std::atomic<int> g_proc_address_calls{0};
 std::atomic<int> g_last_proc_version{0};
 std::atomic<unsigned long long> g_last_proc_flags{~0ull};
+std::atomic<int> g_unimplemented_variant_requests{0};
 
 }  // namespace
 
@@ -68,6 +80,10 @@ FAKE_HOOK const char* cuFerryClientIdentity() { return "ferry fake"; }
 FAKE_HOOK int fake_init_calls() { return g_init_calls.load(); }
 FAKE_HOOK int fake_proc_address_calls() { return g_proc_address_calls.load(); }
 FAKE_HOOK int fake_last_proc_version() { return g_last_proc_version.load(); }
+// Requests for a variant the fake does not implement (see cuGetProcAddress).
+FAKE_HOOK int fake_unimplemented_variant_requests() {
+  return g_unimplemented_variant_requests.load();
+}
 FAKE_HOOK unsigned long long fake_last_proc_flags() { return g_last_proc_flags.load(); }
 
 CUresult cuInit(unsigned int flags) {
@@ -168,6 +184,11 @@ Gpu& TheGpu() {
 
 std::atomic<int> g_sticky_error{CUDA_SUCCESS};
 std::atomic<bool> g_drop_callbacks{false};
+// Deferred stream callbacks: held back until the test runs them, e.g. after
+// their context is destroyed (nothing in the driver's contract forbids that).
+std::atomic<bool> g_defer_callbacks{false};
+std::mutex g_deferred_mu;
+std::vector<std::function<void()>> g_deferred;  // guarded by g_deferred_mu
 std::atomic<int> g_live_objects{0};
 std::atomic<int> g_last_priority{0};
 std::atomic<size_t> g_last_image_length{0};
@@ -242,6 +263,19 @@ CUresult CheckStream(CUstream stream) {
 FAKE_HOOK void fake_set_paused(bool paused) { TheGpu().SetPaused(paused); }
 FAKE_HOOK void fake_set_sticky_error(int error) { g_sticky_error = error; }
 FAKE_HOOK void fake_set_drop_callbacks(bool drop) { g_drop_callbacks = drop; }
+FAKE_HOOK void fake_set_defer_callbacks(bool defer) { g_defer_callbacks = defer; }
+// cuMemcpyDtoHAsync calls into pageable memory (which return only when done).
+FAKE_HOOK int fake_pageable_async_copies();
+// Runs the deferred callbacks on the calling thread; returns how many.
+FAKE_HOOK int fake_run_deferred_callbacks() {
+  std::vector<std::function<void()>> deferred;
+  {
+    std::lock_guard<std::mutex> lock(g_deferred_mu);
+    deferred.swap(g_deferred);
+  }
+  for (auto& callback : deferred) callback();
+  return static_cast<int>(deferred.size());
+}
 FAKE_HOOK int fake_live_objects() { return g_live_objects.load(); }
 FAKE_HOOK void* fake_current_context() { return Current(); }
 FAKE_HOOK int fake_last_priority() { return g_last_priority.load(); }
@@ -285,6 +319,26 @@ CUresult cuDeviceGetAttribute(int* value, CUdevice_attribute attribute, CUdevice
 }
 
 // --- contexts ---------------------------------------------------------------
+// Every live context (plain, and green contexts' converted ones), so that an
+// entry point taking a context can refuse a value that is not one, as the
+// driver does, instead of dereferencing it.
+namespace {
+std::mutex g_contexts_mu;
+std::set<CUcontext> g_contexts;  // guarded by g_contexts_mu
+void AddLiveContext(CUcontext context) {
+  std::lock_guard<std::mutex> lock(g_contexts_mu);
+  g_contexts.insert(context);
+}
+void RemoveLiveContext(CUcontext context) {
+  std::lock_guard<std::mutex> lock(g_contexts_mu);
+  g_contexts.erase(context);
+}
+bool LiveContext(CUcontext context) {
+  std::lock_guard<std::mutex> lock(g_contexts_mu);
+  return g_contexts.count(context) != 0;
+}
+}  // namespace
+
 CUresult cuCtxCreate(CUcontext* context, CUctxCreateParams* params, unsigned int flags,
                      CUdevice device) {
   if (params != nullptr) return CUDA_ERROR_INVALID_VALUE;  // the backend passes none
@@ -292,6 +346,7 @@ CUresult cuCtxCreate(CUcontext* context, CUctxCreateParams* params, unsigned int
   auto* ctx = new FakeCtx{device, {}, {}};
   ++g_live_objects;
   *context = reinterpret_cast<CUcontext>(ctx);
+  AddLiveContext(*context);
   t_stack.push_back(*context);
   return CUDA_SUCCESS;
 }
@@ -317,12 +372,22 @@ CUresult cuCtxDestroy(CUcontext context) {
   if (reinterpret_cast<FakeCtx*>(context)->green) return CUDA_ERROR_INVALID_CONTEXT;
   TheGpu().Drain();
   if (!t_stack.empty() && t_stack.back() == context) t_stack.pop_back();
+  RemoveLiveContext(context);
   delete reinterpret_cast<FakeCtx*>(context);
   --g_live_objects;
   return CUDA_SUCCESS;
 }
 CUresult cuCtxSynchronize() {
   FAKE_NEED_CONTEXT();
+  TheGpu().Drain();
+  return Sticky();
+}
+// The CUDA 13 variant (what cuGetProcAddress returns for version 13000): the
+// context is an argument; null means the current one. Like the driver, a
+// value that is not a live context is CUDA_ERROR_INVALID_CONTEXT.
+CUresult cuCtxSynchronize_v2(CUcontext context) {
+  if (context == nullptr) return cuCtxSynchronize();
+  if (!LiveContext(context)) return CUDA_ERROR_INVALID_CONTEXT;
   TheGpu().Drain();
   return Sticky();
 }
@@ -377,9 +442,47 @@ CUresult cuMemcpyHtoDAsync(CUdeviceptr dst, const void* src, size_t bytes, CUstr
   TheGpu().Push([=] { std::memcpy(reinterpret_cast<void*>(dst), src, bytes); });
   return CUDA_SUCCESS;
 }
+// Page-locked host memory (cuMemHostAlloc): start -> size.
+namespace {
+std::mutex g_pinned_mu;
+std::map<const void*, size_t> g_pinned;  // guarded by g_pinned_mu
+std::atomic<int> g_pageable_async_copies{0};
+bool Pinned(const void* p, size_t bytes) {
+  std::lock_guard<std::mutex> lock(g_pinned_mu);
+  auto it = g_pinned.upper_bound(p);
+  if (it == g_pinned.begin()) return false;
+  --it;
+  const auto* start = static_cast<const char*>(it->first);
+  const auto* q = static_cast<const char*>(p);
+  return q >= start && q + bytes <= start + it->second;
+}
+}  // namespace
+CUresult cuMemHostAlloc(void** pp, size_t bytes, unsigned int flags) {
+  FAKE_NEED_CONTEXT();
+  if (pp == nullptr || bytes == 0 || flags != 0) return CUDA_ERROR_INVALID_VALUE;
+  *pp = std::malloc(bytes);
+  if (*pp == nullptr) return CUDA_ERROR_OUT_OF_MEMORY;
+  std::lock_guard<std::mutex> lock(g_pinned_mu);
+  g_pinned[*pp] = bytes;
+  return CUDA_SUCCESS;
+}
+CUresult cuMemFreeHost(void* p) {
+  {
+    std::lock_guard<std::mutex> lock(g_pinned_mu);
+    if (g_pinned.erase(p) == 0) return CUDA_ERROR_INVALID_VALUE;
+  }
+  std::free(p);
+  return CUDA_SUCCESS;
+}
+// Like the real driver, an "asynchronous" copy into pageable memory returns
+// only once it is done; into page-locked memory it returns at once.
 CUresult cuMemcpyDtoHAsync(void* dst, CUdeviceptr src, size_t bytes, CUstream stream) {
   FAKE_NEED_STREAM(stream);
   TheGpu().Push([=] { std::memcpy(dst, reinterpret_cast<const void*>(src), bytes); });
+  if (!Pinned(dst, bytes)) {
+    ++g_pageable_async_copies;
+    TheGpu().Drain();
+  }
   return CUDA_SUCCESS;
 }
 CUresult cuMemcpyDtoDAsync(CUdeviceptr dst, CUdeviceptr src, size_t bytes, CUstream stream) {
@@ -402,6 +505,12 @@ CUresult cuMemcpy2DAsync(const CUDA_MEMCPY2D* copy, CUstream stream) {
       std::memcpy(dst + row * m.dstPitch, src + row * m.srcPitch, m.WidthInBytes);
     }
   });
+  // Into pageable memory it returns once done, as cuMemcpyDtoHAsync does.
+  if (m.dstMemoryType == CU_MEMORYTYPE_HOST && m.Height > 0 &&
+      !Pinned(m.dstHost, (m.Height - 1) * m.dstPitch + m.WidthInBytes)) {
+    ++g_pageable_async_copies;
+    TheGpu().Drain();
+  }
   return CUDA_SUCCESS;
 }
 
@@ -518,6 +627,11 @@ CUresult cuStreamAddCallback(CUstream stream, CUstreamCallback callback, void* u
   FAKE_NEED_STREAM(stream);
   if (flags != 0) return CUDA_ERROR_INVALID_VALUE;
   if (g_drop_callbacks) return CUDA_SUCCESS;  // as a failed context might
+  if (g_defer_callbacks) {
+    std::lock_guard<std::mutex> lock(g_deferred_mu);
+    g_deferred.push_back([=] { callback(stream, CUDA_ERROR_CONTEXT_IS_DESTROYED, user_data); });
+    return CUDA_SUCCESS;
+  }
   TheGpu().Push([=] { callback(stream, Sticky(), user_data); });
   return CUDA_SUCCESS;
 }
@@ -852,6 +966,7 @@ CUresult cuGreenCtxCreate(CUgreenCtx* green, CUdevResourceDesc desc, CUdevice de
     std::lock_guard<std::mutex> lock(g_greens_mu);
     g_greens.push_back(g);
   }
+  AddLiveContext(reinterpret_cast<CUcontext>(&g->ctx));
   *green = reinterpret_cast<CUgreenCtx>(g);  // not made current (documented)
   return CUDA_SUCCESS;
 }
@@ -869,6 +984,7 @@ CUresult cuGreenCtxDestroy(CUgreenCtx green) {
   TheGpu().Drain();
   auto* context = reinterpret_cast<CUcontext>(&g->ctx);
   if (!t_stack.empty() && t_stack.back() == context) t_stack.pop_back();
+  RemoveLiveContext(context);
   {
     std::lock_guard<std::mutex> lock(g_greens_mu);
     std::erase(g_greens, g);
@@ -880,108 +996,87 @@ CUresult cuGreenCtxDestroy(CUgreenCtx green) {
 #endif  // FAKE_GREEN
 #endif  // FAKE_FULL
 
-// cuGetProcAddress_v2: answers for the entry points defined above, as a real
-// driver does (base name in, the version cuda.h maps it to out).
+// cuGetProcAddress_v2, as NVIDIA's CUDA 13 driver answers it: the newest
+// variant of `symbol` at or below `cuda_version` (every variant
+// cudaTypedefs.h lists), if the fake implements that variant.
 CUresult cuGetProcAddress(const char* symbol, void** function, int cuda_version, cuuint64_t flags,
                           CUdriverProcAddressQueryResult* status) {
   ++g_proc_address_calls;
   g_last_proc_version = cuda_version;
   g_last_proc_flags = flags;
+  *function = nullptr;
   // The real driver refuses versions newer than itself.
   if (cuda_version > FAKE_DRIVER_VERSION) return CUDA_ERROR_INVALID_VALUE;
+  struct Variant {
+    const char* name;
+    int version;
+  };
+  static const Variant kVariants[] = {
+#define FAKE_VARIANT(name, version) Variant{#name, version},
+#include "fake_variants.inc"
+#undef FAKE_VARIANT
+  };
   struct Entry {
     const char* name;
+    int version;
     void* function;
   };
-#define FAKE_ENTRY(name) Entry{#name, reinterpret_cast<void*>(&name)},
+#define FAKE_ENTRY(name, version) Entry{#name, version, reinterpret_cast<void*>(&name)},
   // clang-format off
   static const Entry kEntries[] = {
-      FAKE_ENTRY(cuInit)
-      FAKE_ENTRY(cuDriverGetVersion)
-      FAKE_ENTRY(cuDeviceGetCount)
+      FAKE_ENTRY(cuInit, 2000)
+      FAKE_ENTRY(cuDriverGetVersion, 2020)
 #if FAKE_FULL
-      FAKE_ENTRY(cuDeviceGet)
-      FAKE_ENTRY(cuDeviceGetName)
-      FAKE_ENTRY(cuDeviceGetUuid)
-      FAKE_ENTRY(cuDeviceTotalMem)
-      FAKE_ENTRY(cuDeviceGetAttribute)
-      FAKE_ENTRY(cuCtxCreate)
-      FAKE_ENTRY(cuCtxDestroy)
-      FAKE_ENTRY(cuCtxPopCurrent)
-      FAKE_ENTRY(cuCtxSetCurrent)
-      FAKE_ENTRY(cuCtxSynchronize)
-      FAKE_ENTRY(cuCtxGetLimit)
-      FAKE_ENTRY(cuCtxSetLimit)
-      FAKE_ENTRY(cuMemAlloc)
-      FAKE_ENTRY(cuMemAllocPitch)
-      FAKE_ENTRY(cuMemFree)
-      FAKE_ENTRY(cuMemGetInfo)
-      FAKE_ENTRY(cuMemcpyHtoDAsync)
-      FAKE_ENTRY(cuMemcpyDtoHAsync)
-      FAKE_ENTRY(cuMemcpyDtoDAsync)
-      FAKE_ENTRY(cuMemcpy2DAsync)
-      FAKE_ENTRY(cuMemsetD8Async)
-      FAKE_ENTRY(cuMemsetD16Async)
-      FAKE_ENTRY(cuMemsetD32Async)
-      FAKE_ENTRY(cuMemsetD2D8Async)
-      FAKE_ENTRY(cuMemsetD2D16Async)
-      FAKE_ENTRY(cuMemsetD2D32Async)
-      FAKE_ENTRY(cuLaunchKernelEx)
-      FAKE_ENTRY(cuStreamCreateWithPriority)
-      FAKE_ENTRY(cuStreamQuery)
-      FAKE_ENTRY(cuStreamSynchronize)
-      FAKE_ENTRY(cuStreamDestroy)
-      FAKE_ENTRY(cuStreamAddCallback)
-      FAKE_ENTRY(cuStreamWaitEvent)
-      FAKE_ENTRY(cuEventCreate)
-      FAKE_ENTRY(cuEventRecord)
-      FAKE_ENTRY(cuEventQuery)
-      FAKE_ENTRY(cuEventSynchronize)
-      FAKE_ENTRY(cuEventElapsedTime)
-      FAKE_ENTRY(cuEventDestroy)
-      FAKE_ENTRY(cuModuleLoadData)
-      FAKE_ENTRY(cuModuleUnload)
-      FAKE_ENTRY(cuModuleGetFunction)
-      FAKE_ENTRY(cuModuleGetGlobal)
-      FAKE_ENTRY(cuModuleGetFunctionCount)
-      FAKE_ENTRY(cuModuleEnumerateFunctions)
-      FAKE_ENTRY(cuFuncGetName)
-      FAKE_ENTRY(cuFuncGetParamInfo)
-      FAKE_ENTRY(cuFuncLoad)
-      FAKE_ENTRY(cuFuncGetAttribute)
-      FAKE_ENTRY(cuFuncSetAttribute)
-      FAKE_ENTRY(cuFuncSetCacheConfig)
-      FAKE_ENTRY(cuLibraryLoadData)
-      FAKE_ENTRY(cuLibraryUnload)
-      FAKE_ENTRY(cuLibraryGetModule)
-      FAKE_ENTRY(cuLibraryGetKernelCount)
-      FAKE_ENTRY(cuLibraryEnumerateKernels)
-      FAKE_ENTRY(cuKernelGetName)
-      FAKE_ENTRY(cuKernelGetParamInfo)
-      FAKE_ENTRY(cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags)
-      FAKE_ENTRY(cuOccupancyAvailableDynamicSMemPerBlock)
-      FAKE_ENTRY(cuOccupancyMaxPotentialClusterSize)
-      FAKE_ENTRY(cuOccupancyMaxActiveClusters)
+      FERRY_CUDA_DRIVER_ENTRY_POINTS(FAKE_ENTRY)
+      // Newer variants than the backend's, so that asking for them gets
+      // what the real driver gives (another prototype), not the old one.
+      Entry{"cuCtxSynchronize", 13000, reinterpret_cast<void*>(&cuCtxSynchronize_v2)},
+#else
+      FAKE_ENTRY(cuDeviceGetCount, 2000)
 #endif
 #if FAKE_FULL && FAKE_GREEN
-      FAKE_ENTRY(cuDeviceGetDevResource)
-      FAKE_ENTRY(cuDevSmResourceSplitByCount)
-      FAKE_ENTRY(cuDevResourceGenerateDesc)
-      FAKE_ENTRY(cuGreenCtxCreate)
-      FAKE_ENTRY(cuCtxFromGreenCtx)
-      FAKE_ENTRY(cuGreenCtxDestroy)
+      FERRY_CUDA_GREEN_CONTEXT_ENTRY_POINTS(FAKE_ENTRY)
 #endif
   };
   // clang-format on
 #undef FAKE_ENTRY
+  int newest = 0;
+  for (const Variant& variant : kVariants) {
+    if (std::strcmp(variant.name, symbol) == 0 && variant.version <= cuda_version) {
+      newest = std::max(newest, variant.version);
+    }
+  }
+  bool known = false;
   for (const Entry& entry : kEntries) {
-    if (std::strcmp(entry.name, symbol) == 0) {
+    if (std::strcmp(entry.name, symbol) != 0) continue;
+    known = true;
+    if (entry.version == newest) {
       *function = entry.function;
       if (status != nullptr) *status = CU_GET_PROC_ADDRESS_SUCCESS;
       return CUDA_SUCCESS;
     }
   }
-  *function = nullptr;
-  if (status != nullptr) *status = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
-  return CUDA_SUCCESS;
+  if (known && newest != 0) {
+    // The driver would return a variant the fake lacks: fail loudly rather
+    // than hand back a function of another prototype.
+    ++g_unimplemented_variant_requests;
+    std::fprintf(stderr, "fake libcuda: %s variant v%d (asked for %d) is not implemented\n", symbol,
+                 newest, cuda_version);
+    if (status != nullptr) *status = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+    return CUDA_ERROR_NOT_FOUND;
+  }
+  if (status != nullptr) {
+    *status =
+        known ? CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT : CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+  }
+  return CUDA_ERROR_NOT_FOUND;
 }
+
+#if FAKE_FULL
+FAKE_HOOK int fake_pageable_async_copies() { return g_pageable_async_copies.load(); }
+// Page-locked buffers not freed yet (counted apart from fake_live_objects).
+FAKE_HOOK int fake_pinned_buffers() {
+  std::lock_guard<std::mutex> lock(g_pinned_mu);
+  return static_cast<int>(g_pinned.size());
+}
+#endif

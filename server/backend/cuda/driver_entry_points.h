@@ -1,0 +1,106 @@
+// The CUDA driver entry points ferry's CUDA backend calls, each with the
+// CUDA version of the variant it calls. One list for the backend's table
+// (driver_api.h) and the fake driver its tests load, so the two cannot drift.
+//
+// X(name, version): `name` is the cuda.h name (cuCtxCreate), `version` the
+// CUDA version that introduced the variant called: the loader asks
+// cuGetProcAddress for exactly that version, and the member holding it is
+// typed PFN_<name>_v<version> from cudaTypedefs.h. driver_api.h checks at
+// compile time that this type is also the prototype cuda.h declares for
+// `name`, whose export name is the dlsym fallback. So the version requested,
+// the pointer's type and the fallback symbol are one fact checked by the
+// compiler: a wrong version does not build. (A name whose newest variant is
+// not the one cuda.h declares, such as cuCtxSynchronize, whose v13000 variant
+// takes a context, is listed at cuda.h's version: asking the driver for
+// CUDA_VERSION would hand back the newer ABI.)
+#pragma once
+
+// Every entry point the backend needs beyond the bootstrap ones (cuInit,
+// cuDriverGetVersion, cuGetErrorName/String, cuGetProcAddress), which the
+// loader finds with dlsym. All are required: a driver without one of them is
+// refused with a Status that names it.
+#define FERRY_CUDA_DRIVER_ENTRY_POINTS(X)                       \
+  X(cuDeviceGetCount, 2000)                                     \
+  X(cuDeviceGet, 2000)                                          \
+  X(cuDeviceGetName, 2000)                                      \
+  X(cuDeviceGetUuid, 11040)                                     \
+  X(cuDeviceTotalMem, 3020)                                     \
+  X(cuDeviceGetAttribute, 2000)                                 \
+  X(cuCtxCreate, 12050)                                         \
+  X(cuCtxDestroy, 4000)                                         \
+  X(cuCtxPopCurrent, 4000)                                      \
+  X(cuCtxSetCurrent, 4000)                                      \
+  X(cuCtxSynchronize, 2000)                                     \
+  X(cuCtxGetLimit, 3010)                                        \
+  X(cuCtxSetLimit, 3010)                                        \
+  X(cuMemAlloc, 3020)                                           \
+  X(cuMemAllocPitch, 3020)                                      \
+  X(cuMemFree, 3020)                                            \
+  X(cuMemGetInfo, 3020)                                         \
+  X(cuMemHostAlloc, 2020)                                       \
+  X(cuMemFreeHost, 2000)                                        \
+  X(cuMemcpyHtoDAsync, 3020)                                    \
+  X(cuMemcpyDtoHAsync, 3020)                                    \
+  X(cuMemcpyDtoDAsync, 3020)                                    \
+  X(cuMemcpy2DAsync, 3020)                                      \
+  X(cuMemsetD8Async, 3020)                                      \
+  X(cuMemsetD16Async, 3020)                                     \
+  X(cuMemsetD32Async, 3020)                                     \
+  X(cuMemsetD2D8Async, 3020)                                    \
+  X(cuMemsetD2D16Async, 3020)                                   \
+  X(cuMemsetD2D32Async, 3020)                                   \
+  X(cuLaunchKernelEx, 11060)                                    \
+  X(cuStreamCreateWithPriority, 5050)                           \
+  X(cuStreamQuery, 2000)                                        \
+  X(cuStreamSynchronize, 2000)                                  \
+  X(cuStreamDestroy, 4000)                                      \
+  X(cuStreamAddCallback, 5000)                                  \
+  X(cuStreamWaitEvent, 3020)                                    \
+  X(cuEventCreate, 2000)                                        \
+  X(cuEventRecord, 2000)                                        \
+  X(cuEventQuery, 2000)                                         \
+  X(cuEventSynchronize, 2000)                                   \
+  X(cuEventElapsedTime, 12080)                                  \
+  X(cuEventDestroy, 4000)                                       \
+  X(cuModuleLoadData, 2000)                                     \
+  X(cuModuleUnload, 2000)                                       \
+  X(cuModuleGetFunction, 2000)                                  \
+  X(cuModuleGetGlobal, 3020)                                    \
+  X(cuModuleGetFunctionCount, 12040)                            \
+  X(cuModuleEnumerateFunctions, 12040)                          \
+  X(cuFuncGetName, 12030)                                       \
+  X(cuFuncGetParamInfo, 12040)                                  \
+  X(cuFuncLoad, 12040)                                          \
+  X(cuFuncGetAttribute, 2020)                                   \
+  X(cuFuncSetAttribute, 9000)                                   \
+  X(cuFuncSetCacheConfig, 3000)                                 \
+  X(cuLibraryLoadData, 12000)                                   \
+  X(cuLibraryUnload, 12000)                                     \
+  X(cuLibraryGetModule, 12000)                                  \
+  X(cuLibraryGetKernelCount, 12040)                             \
+  X(cuLibraryEnumerateKernels, 12040)                           \
+  X(cuKernelGetName, 12030)                                     \
+  X(cuKernelGetParamInfo, 12040)                                \
+  X(cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags, 7000) \
+  X(cuOccupancyAvailableDynamicSMemPerBlock, 10020)             \
+  X(cuOccupancyMaxPotentialClusterSize, 11070)                  \
+  X(cuOccupancyMaxActiveClusters, 11070)
+
+// Entry points the backend uses where the driver has them and does without
+// where it does not: a driver that lacks one still loads, and its member
+// stays null. cuCtxResetPersistingL2Cache (CUDA 11.0+) is answered
+// CUDA_ERROR_NOT_SUPPORTED where missing. Green contexts (CUDA 12.4+) give a
+// slice an SM partition; without them compute shares fall back to launch
+// throttling. Call sites check HasGreenContexts() first.
+#define FERRY_CUDA_OPTIONAL_ENTRY_POINTS(X) \
+  X(cuCtxResetPersistingL2Cache, 11000)     \
+  FERRY_CUDA_GREEN_CONTEXT_ENTRY_POINTS(X)
+
+// The green-context ones among them (all or nothing: see HasGreenContexts).
+#define FERRY_CUDA_GREEN_CONTEXT_ENTRY_POINTS(X) \
+  X(cuDeviceGetDevResource, 12040)               \
+  X(cuDevSmResourceSplitByCount, 12040)          \
+  X(cuDevResourceGenerateDesc, 12040)            \
+  X(cuGreenCtxCreate, 12040)                     \
+  X(cuGreenCtxDestroy, 12040)                    \
+  X(cuCtxFromGreenCtx, 12040)
