@@ -207,6 +207,8 @@ CUresult CUDAAPI cuStreamDestroy_v2(CUstream hStream) {
     FERRY_RETURN_IF_ERROR(rt.Ready());
     const uint64_t id = Runtime::HandleId(hStream);
     FERRY_RETURN_IF_ERROR(rt.streams().RemoveStream(id, nullptr));
+    ferry::client::CaptureState capture;  // stream capture: ends with its stream
+    (void)rt.graphs().EndCapture(id, &capture);
     return rt.connection().Post([&](wire::Call::Builder call) {
       auto args = call.initStreamDestroy();
       args.setStream(id);

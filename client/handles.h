@@ -19,6 +19,9 @@ enum class HandleKind : uint64_t {
   kFunction = 0xF7,
   kLibrary = 0x1B,
   kKernel = 0x4E,
+  // stream capture and graphs
+  kGraph = 0x6A,
+  kGraphExec = 0x6E,
 };
 
 inline bool IsHandleKind(uint64_t id, HandleKind kind) {

@@ -352,6 +352,7 @@ void Runtime::ForgetContextResources(uint64_t ctx) {
   streams_.ForgetContext(ctx);
   modules_.ForgetContext(ctx);
   allocations_.ForgetContext(ctx);
+  graphs_.ForgetContext(ctx);
 }
 
 // --- streams and events -------------------------------------------------------------

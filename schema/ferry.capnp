@@ -298,6 +298,27 @@ struct Call {
     # context
     ctxResetPersistingL2Cache @44 :CtxRef  # cuCtxResetPersistingL2Cache
         $waits("never") $handles(["ctx"]);
+    # stream capture and graphs
+    streamBeginCapture @45 :StreamBeginCapture
+        $waits("never") $orderedOn("stream") $handles(["ctx", "stream"]);
+    streamEndCapture @46 :StreamRef  # waits: an invalidated capture is reported here
+        $waits("always") $orderedOn("stream") $handles(["ctx", "stream"]);
+    streamCaptureStatus @47 :StreamRef  # reply value: a CUstreamCaptureStatus
+        $waits("always") $handles(["ctx", "stream"]) $usesContext;
+    graphCreate @48 :GraphCreate
+        $waits("never");
+    graphDestroy @49 :GraphRef
+        $waits("never") $handles(["graph"]);
+    graphInstantiate @50 :GraphInstantiate
+        $waits("never") $handles(["graph"]);
+    graphExecDestroy @51 :GraphExecRef
+        $waits("never") $handles(["exec"]);
+    graphLaunch @52 :GraphLaunch
+        $waits("never") $orderedOn("stream") $handles(["ctx", "stream", "exec"]);
+    graphUpload @53 :GraphLaunch
+        $waits("never") $orderedOn("stream") $handles(["ctx", "stream", "exec"]);
+    graphNodeCount @54 :GraphRef  # reply value
+        $waits("always") $handles(["graph"]) $usesContext;
   }
 }
 
@@ -432,6 +453,48 @@ struct EventElapsedTime {
   end @1 :UInt64;
 }
 
+# stream capture and graphs
+#
+# A capture happens where the work runs: streamBeginCapture makes the server's
+# stream record the stream-ordered calls issued on it (launches, device-only
+# copies and memsets, graph launches) into a graph instead of running them;
+# streamEndCapture ends it, and the graph becomes `graph` (the id the client
+# chose at the beginning). A call that would synchronize with a capturing
+# stream (synchronize, query, a copy to or from host memory, a host gate)
+# fails with CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidates the
+# capture; later calls on the stream fail with
+# CUDA_ERROR_STREAM_CAPTURE_INVALIDATED, and so does its streamEndCapture
+# (which still ends the capture, creating no graph). Graphs and executable
+# graphs are client-chosen ids; a graph launch is one call however many nodes
+# the graph has. The device ranges a graph touches are checked again at each
+# launch.
+struct StreamBeginCapture {
+  ctx @0 :UInt64;
+  stream @1 :UInt64;
+  mode @2 :UInt32;    # CUstreamCaptureMode
+  graph @3 :UInt64;   # new graph id: the graph the capture builds
+}
+struct GraphCreate {
+  graph @0 :UInt64;   # new graph id
+  flags @1 :UInt32;
+}
+struct GraphRef {
+  graph @0 :UInt64;
+}
+struct GraphInstantiate {
+  graph @0 :UInt64;
+  exec @1 :UInt64;    # new executable graph id
+  flags @2 :UInt64;
+}
+struct GraphExecRef {
+  exec @0 :UInt64;
+}
+struct GraphLaunch {
+  ctx @0 :UInt64;
+  stream @1 :UInt64;
+  exec @2 :UInt64;
+}
+
 # library and kernel API, occupancy
 #
 # A library (cuLibraryLoadData) belongs to no context: libraryLoad sends its
@@ -505,7 +568,7 @@ struct Reply {
     memGetInfo @4 :MemInfoResult;
     moduleLoad @5 :ModuleLoadResult;
     moduleGetGlobal @6 :GlobalResult;
-    value @7 :Int64;          # ctxGetLimit, funcGetAttribute
+    value @7 :Int64;          # ctxGetLimit, funcGetAttribute, streamCaptureStatus, graphNodeCount
     elapsedMs @8 :Float32;    # eventElapsedTime
     # library and kernel API, occupancy
     values @10 :List(Int64);  # occupancyMaxActiveBlocks, one per block size

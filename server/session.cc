@@ -504,6 +504,7 @@ bool Session::TryDirectHostToDevice(wire::Call::Reader call, PayloadSource& payl
   backend::Stream* stream = nullptr;
   if (!FindStream(args.getCtx(), args.getStream(), &stream).ok()) return false;
   if (!CheckRange(args.getDst(), args.getBytes(), "destination").ok()) return false;
+  if (!captures_.empty()) return false;  // stream capture: the handler's rules apply
   // Only onto an idle stream: then writing now is what the queued copy would
   // do when its turn came, and no earlier work can still read these bytes.
   Status stream_status;

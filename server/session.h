@@ -58,11 +58,13 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <absl/base/thread_annotations.h>
@@ -175,6 +177,32 @@ class Session {
     int device = 0;  // allocations: the session device charged for it
   };
 
+  // stream capture and graphs (session_graph.cc). A device range: base, bytes.
+  using DeviceRange = std::pair<uint64_t, uint64_t>;
+  // A stream that is capturing, keyed by its id in captures_.
+  struct CaptureEntry {
+    uint64_t ctx = 0;
+    uint64_t graph = 0;  // the id the graph gets at the end
+    bool invalidated = false;
+    std::vector<DeviceRange> ranges;  // touched by the recorded work
+  };
+  struct GraphEntry {
+    std::unique_ptr<backend::Graph> graph;
+    uint64_t ctx = 0;  // of the captured work; 0: no context's (an empty graph)
+    std::shared_ptr<const std::vector<DeviceRange>> ranges;
+  };
+  struct GraphExecEntry {
+    std::unique_ptr<backend::GraphExec> exec;
+    uint64_t ctx = 0;
+    std::shared_ptr<const std::vector<DeviceRange>> ranges;
+  };
+  // How a stream-ordered call uses its stream, for CaptureGuard.
+  enum class CaptureUse {
+    kRecorded,      // queued work a capture records (launch, device-only copy, memset)
+    kSynchronizes,  // waits for the stream or reads its state (synchronize, query)
+    kHostMemory,    // a copy to or from host memory, a host gate
+  };
+
   // A context the session lacks: the driver's own code for it.
   static Status InvalidContextStatus(std::string message);
 
@@ -278,6 +306,19 @@ class Session {
   Status CheckRange(uint64_t address, uint64_t bytes, const char* what);
   Status CheckRange2D(uint64_t address, uint64_t pitch, uint64_t width_bytes, uint64_t height,
                       const char* what);
+  // stream capture: OK when `stream` is not capturing, or when `use` is
+  // kRecorded (then `ranges` join the capture's). Any other use of a
+  // capturing stream invalidates its capture and fails with
+  // CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED; any use of an invalidated one fails
+  // with CUDA_ERROR_STREAM_CAPTURE_INVALIDATED. Free when nothing captures.
+  Status CaptureGuard(uint64_t stream, CaptureUse use,
+                      std::initializer_list<DeviceRange> ranges = {});
+  // cuCtxSynchronize while streams of `ctx` capture: invalidates them and
+  // fails with CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED.
+  Status CaptureGuardContext(uint64_t ctx);
+  // Forgets the captures, graphs and executable graphs of `ctx` (before its
+  // streams and memory go).
+  void DestroyContextGraphs(uint64_t ctx);
   // Launches on a throttled device wait for its share and are measured.
   void MeasureLaunch(int device, backend::Stream& stream);
 
@@ -318,6 +359,10 @@ class Session {
   HandleTable<LibraryEntry> libraries_{"library"};
   HandleTable<FunctionEntry> functions_{"function"};
   RangeMap<RangeEntry> ranges_;
+  // stream capture and graphs
+  std::map<uint64_t, CaptureEntry> captures_;  // by stream id
+  HandleTable<GraphEntry> graphs_{"graph"};
+  HandleTable<GraphExecEntry> graph_execs_{"executable graph"};
   Status latched_error_;
   uint64_t latched_seq_ = 0;
 

@@ -37,6 +37,7 @@ Status Session::CtxCreate(wire::CtxCreate::Reader args) {
 void Session::DestroyContextResources(uint64_t ctx) {
   // Events and streams first (destroying a stream waits for its work), then
   // modules and memory, so nothing in flight touches freed memory.
+  DestroyContextGraphs(ctx);  // stream capture and graphs, before their streams and memory
   auto in_ctx = [ctx](uint64_t, const auto& entry) { return entry.ctx == ctx; };
   events_.EraseIf(in_ctx);
   streams_.EraseIf(in_ctx);
@@ -66,6 +67,9 @@ Status Session::CtxDestroy(wire::CtxRef::Reader args) {
 }
 
 void Session::FreeEverything() {
+  // stream capture and graphs of no context (empty created graphs) first.
+  graph_execs_.Clear();
+  graphs_.Clear();
   std::vector<uint64_t> ids;
   contexts_.ForEach([&](uint64_t id, ContextEntry&) { ids.push_back(id); });
   for (uint64_t id : ids) {
@@ -85,6 +89,7 @@ void Session::FreeEverything() {
 Status Session::CtxSynchronize(wire::CtxRef::Reader args, CallContext& cx) {
   ContextEntry* c = nullptr;
   FERRY_RETURN_IF_ERROR(contexts_.Find(args.getCtx(), &c));
+  FERRY_RETURN_IF_ERROR(CaptureGuardContext(args.getCtx()));
   Status idle_status;
   if (backend_.ContextIdleNow(*c->context, &idle_status)) return idle_status;
   backend_.WhenContextIdle(*c->context, DeferReply(cx));

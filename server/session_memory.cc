@@ -118,6 +118,7 @@ Status Session::MemcpyHtoD(wire::Memcpy::Reader args, CallContext& cx) {
                                    " bytes carried " + std::to_string(cx.bulk_in.size));
   }
   FERRY_RETURN_IF_ERROR(CheckRange(args.getDst(), args.getBytes(), "destination"));
+  FERRY_RETURN_IF_ERROR(CaptureGuard(args.getStream(), CaptureUse::kHostMemory));
   if (args.getBytes() == 0) return Status::Ok();
   Status idle_status;
   if (backend_.DeviceMemoryIsHostMemory() && backend_.StreamIdleNow(*stream, &idle_status) &&
@@ -133,6 +134,7 @@ Status Session::MemcpyDtoH(wire::Memcpy::Reader args, CallContext& cx) {
   backend::Stream* stream = nullptr;
   FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
   FERRY_RETURN_IF_ERROR(CheckRange(args.getSrc(), args.getBytes(), "source"));
+  FERRY_RETURN_IF_ERROR(CaptureGuard(args.getStream(), CaptureUse::kHostMemory));
   if (!cx.wants_reply) return Status::InvalidArgument("a device-to-host copy must want a reply");
   Status idle_status;
   if (backend_.StreamIdleNow(*stream, &idle_status)) {
@@ -166,6 +168,9 @@ Status Session::MemcpyDtoD(wire::Memcpy::Reader args) {
   FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
   FERRY_RETURN_IF_ERROR(CheckRange(args.getSrc(), args.getBytes(), "source"));
   FERRY_RETURN_IF_ERROR(CheckRange(args.getDst(), args.getBytes(), "destination"));
+  FERRY_RETURN_IF_ERROR(
+      CaptureGuard(args.getStream(), CaptureUse::kRecorded,
+                   {{args.getSrc(), args.getBytes()}, {args.getDst(), args.getBytes()}}));
   if (args.getBytes() == 0) return Status::Ok();
   return backend_.CopyDeviceToDevice(*stream, args.getDst(), args.getSrc(), args.getBytes());
 }
@@ -217,6 +222,16 @@ Status Session::Memcpy2D(wire::Memcpy2D::Reader args, CallContext& cx) {
     copy.dst_device = args.getDstDevice();
     copy.dst_pitch = args.getDstPitch();
   }
+  if (src_host || dst_host) {
+    FERRY_RETURN_IF_ERROR(CaptureGuard(args.getStream(), CaptureUse::kHostMemory));
+  } else if (packed > 0) {
+    // Both checked by CheckRange2D above: the spans do not overflow.
+    const uint64_t rows_before_last = (height - 1);
+    FERRY_RETURN_IF_ERROR(
+        CaptureGuard(args.getStream(), CaptureUse::kRecorded,
+                     {{copy.src_device, rows_before_last * copy.src_pitch + width},
+                      {copy.dst_device, rows_before_last * copy.dst_pitch + width}}));
+  }
   if (packed > 0) FERRY_RETURN_IF_ERROR(backend_.Copy2DAsync(*stream, std::move(copy)));
   if (dst_host) backend_.WhenStreamIdle(*stream, DeferReply(cx, buffer));
   return Status::Ok();
@@ -236,6 +251,9 @@ Status Session::Memset(wire::Memset::Reader args) {
   const uint64_t height = args.getHeight() == 0 ? 1 : args.getHeight();
   FERRY_RETURN_IF_ERROR(CheckRange2D(args.getDst(), height == 1 ? width * element : args.getPitch(),
                                      width * element, height, "memset"));
+  FERRY_RETURN_IF_ERROR(CaptureGuard(
+      args.getStream(), CaptureUse::kRecorded,
+      {{args.getDst(), (height - 1) * (height == 1 ? 0 : args.getPitch()) + width * element}}));
   if (width == 0) return Status::Ok();
   return backend_.Memset(*stream, args.getDst(), args.getPitch(), args.getValue(), element, width,
                          height);

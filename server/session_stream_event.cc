@@ -35,12 +35,22 @@ Status Session::StreamCreate(wire::StreamCreate::Reader args) {
 }
 
 Status Session::StreamDestroy(wire::StreamRef::Reader args) {
+  // stream capture: a capture still open ends with its stream, making nothing.
+  if (auto it = captures_.find(args.getStream()); it != captures_.end()) {
+    StreamEntry* entry = nullptr;
+    std::unique_ptr<backend::Graph> discarded;
+    if (streams_.Find(args.getStream(), &entry).ok()) {
+      (void)backend_.EndCapture(*entry->stream, &discarded);
+    }
+    captures_.erase(it);
+  }
   return streams_.Erase(args.getStream());
 }
 
 Status Session::StreamSynchronize(wire::StreamRef::Reader args, CallContext& cx) {
   backend::Stream* stream = nullptr;
   FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
+  FERRY_RETURN_IF_ERROR(CaptureGuard(args.getStream(), CaptureUse::kSynchronizes));
   Status idle_status;
   if (backend_.StreamIdleNow(*stream, &idle_status)) return idle_status;
   backend_.WhenStreamIdle(*stream, DeferReply(cx));
@@ -50,6 +60,7 @@ Status Session::StreamSynchronize(wire::StreamRef::Reader args, CallContext& cx)
 Status Session::StreamQuery(wire::StreamRef::Reader args) {
   backend::Stream* stream = nullptr;
   FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
+  FERRY_RETURN_IF_ERROR(CaptureGuard(args.getStream(), CaptureUse::kSynchronizes));
   return backend_.QueryStream(*stream);
 }
 
@@ -58,6 +69,7 @@ Status Session::StreamWaitEvent(wire::StreamWaitEvent::Reader args) {
   FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
   EventEntry* e = nullptr;
   FERRY_RETURN_IF_ERROR(events_.Find(args.getEvent(), &e));
+  FERRY_RETURN_IF_ERROR(CaptureGuard(args.getStream(), CaptureUse::kRecorded));
   return backend_.StreamWaitEvent(*stream, *e->event);
 }
 
@@ -77,6 +89,7 @@ Status Session::EventRecord(wire::EventRecord::Reader args) {
   FERRY_RETURN_IF_ERROR(events_.Find(args.getEvent(), &e));
   backend::Stream* stream = nullptr;
   FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
+  FERRY_RETURN_IF_ERROR(CaptureGuard(args.getStream(), CaptureUse::kRecorded));
   return backend_.RecordEvent(*e->event, *stream);
 }
 
@@ -122,6 +135,7 @@ Status Session::HostGate(wire::StreamRef::Reader args, CallContext& cx) {
   const uint64_t seq = cx.seq;
   backend::Stream* stream = nullptr;
   Status status = FindStream(args.getCtx(), args.getStream(), &stream);
+  if (status.ok()) status = CaptureGuard(args.getStream(), CaptureUse::kHostMemory);
   if (status.ok()) status = StartHelper();
   if (!status.ok()) {
     SendGateReached(seq, status, /*held=*/false, /*stream_failed=*/false);

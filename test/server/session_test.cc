@@ -637,6 +637,207 @@ TEST_F(SessionTest, GarbageMessagesNeverCrashTheServer) {
 
 // --- libraries and occupancy ---------------------------------------------------
 
+// --- stream capture and graphs ------------------------------------------------------
+
+class SessionGraphTest : public SessionTest {
+ protected:
+  void BeginCapture(uint64_t stream, uint64_t graph, uint64_t ctx = 100) {
+    client_->Send(
+        [&](wire::Call::Builder c) {
+          auto a = c.initStreamBeginCapture();
+          a.setCtx(ctx);
+          a.setStream(stream);
+          a.setMode(CU_STREAM_CAPTURE_MODE_GLOBAL);
+          a.setGraph(graph);
+        },
+        false);
+  }
+  ReplyResult EndCapture(uint64_t stream) {
+    return client_->Call([&](wire::Call::Builder c) {
+      auto a = c.initStreamEndCapture();
+      a.setCtx(100);
+      a.setStream(stream);
+    });
+  }
+  ReplyResult CaptureStatus(uint64_t stream) {
+    return client_->Call([&](wire::Call::Builder c) {
+      auto a = c.initStreamCaptureStatus();
+      a.setCtx(100);
+      a.setStream(stream);
+    });
+  }
+  void Instantiate(uint64_t graph, uint64_t exec) {
+    client_->Send(
+        [&](wire::Call::Builder c) {
+          auto a = c.initGraphInstantiate();
+          a.setGraph(graph);
+          a.setExec(exec);
+        },
+        false);
+  }
+  void Launch(uint64_t exec, uint64_t stream) {
+    client_->Send(
+        [&](wire::Call::Builder c) {
+          auto a = c.initGraphLaunch();
+          a.setCtx(100);
+          a.setStream(stream);
+          a.setExec(exec);
+        },
+        false);
+  }
+  void CopyDtoD(uint64_t stream, uint64_t dst, uint64_t src, uint64_t bytes) {
+    client_->Send(
+        [&](wire::Call::Builder c) {
+          auto a = c.initMemcpyDtoD();
+          a.setCtx(100);
+          a.setStream(stream);
+          a.setDst(dst);
+          a.setSrc(src);
+          a.setBytes(bytes);
+        },
+        false);
+  }
+  Status Ping() {
+    return client_->Call([&](wire::Call::Builder c) { c.setPing(); }).status;
+  }
+};
+
+TEST_F(SessionGraphTest, CaptureRecordsInsteadOfRunningAndOneLaunchReplaysIt) {
+  CreateContext();
+  CreateStream(5);
+  const uint64_t a = Alloc(64);
+  const uint64_t b = Alloc(64);
+  EXPECT_EQ(CaptureStatus(5).value, CU_STREAM_CAPTURE_STATUS_NONE);
+  BeginCapture(5, 50);
+  Fill(5, a, 0x11, 64);
+  CopyDtoD(5, b, a, 64);
+  ReplyResult status = CaptureStatus(5);
+  ASSERT_TRUE(status.status.ok()) << status.status.ToString();
+  EXPECT_EQ(status.value, CU_STREAM_CAPTURE_STATUS_ACTIVE);
+  // Recorded, not run: another stream sees the memory untouched.
+  EXPECT_EQ(CopyOut(0, b, 64).bulk, std::vector<uint8_t>(64, 0));
+  ReplyResult ended = EndCapture(5);
+  ASSERT_TRUE(ended.status.ok()) << ended.status.ToString();
+  EXPECT_EQ(CaptureStatus(5).value, CU_STREAM_CAPTURE_STATUS_NONE);
+  ReplyResult count =
+      client_->Call([&](wire::Call::Builder c) { c.initGraphNodeCount().setGraph(50); });
+  ASSERT_TRUE(count.status.ok()) << count.status.ToString();
+  EXPECT_EQ(count.value, 2);
+  Instantiate(50, 60);
+  for (int replay = 0; replay < 3; ++replay) {
+    Fill(5, b, 0, 64);
+    Launch(60, 5);
+    ReplyResult out = CopyOut(5, b, 64);
+    ASSERT_TRUE(out.status.ok()) << out.status.ToString();
+    EXPECT_EQ(out.bulk, std::vector<uint8_t>(64, 0x11)) << "replay " << replay;
+  }
+  // The executable graph outlives its graph.
+  client_->Send([&](wire::Call::Builder c) { c.initGraphDestroy().setGraph(50); }, false);
+  Fill(5, b, 0, 64);
+  Launch(60, 5);
+  EXPECT_EQ(CopyOut(5, b, 64).bulk, std::vector<uint8_t>(64, 0x11));
+  client_->Send([&](wire::Call::Builder c) { c.initGraphExecDestroy().setExec(60); }, false);
+  EXPECT_TRUE(Ping().ok());
+}
+
+TEST_F(SessionGraphTest, SynchronizingACapturingStreamInvalidatesTheCapture) {
+  CreateContext();
+  CreateStream(5);
+  const uint64_t a = Alloc(64);
+  BeginCapture(5, 50);
+  Fill(5, a, 0x11, 64);
+  EXPECT_EQ(Sync(5).status.cuda_result(), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+  EXPECT_EQ(CaptureStatus(5).value, CU_STREAM_CAPTURE_STATUS_INVALIDATED);
+  // Later work on the stream fails (latched), and so does the end.
+  Fill(5, a, 0x22, 64);
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+  EXPECT_EQ(EndCapture(5).status.cuda_result(), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+  EXPECT_EQ(CaptureStatus(5).value, CU_STREAM_CAPTURE_STATUS_NONE);
+  Instantiate(50, 60);  // no graph was made
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_INVALID_HANDLE);
+  // Nothing recorded ever ran; the stream works normally again.
+  EXPECT_EQ(CopyOut(5, a, 64).bulk, std::vector<uint8_t>(64, 0));
+}
+
+TEST_F(SessionGraphTest, CaptureRefusesHostCopiesQueriesAndContextSynchronize) {
+  CreateContext();
+  CreateStream(5);
+  const uint64_t a = Alloc(64);
+  BeginCapture(5, 50);
+  EXPECT_EQ(CopyOut(5, a, 64).status.cuda_result(), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+  EXPECT_EQ(EndCapture(5).status.cuda_result(), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+  BeginCapture(5, 51);
+  CopyIn(5, a, std::vector<uint8_t>(64, 7));
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+  EXPECT_EQ(EndCapture(5).status.cuda_result(), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+  BeginCapture(5, 52);
+  EXPECT_EQ(Query(5).status.cuda_result(), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+  EXPECT_EQ(EndCapture(5).status.cuda_result(), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+  BeginCapture(5, 53);
+  EXPECT_EQ(client_->Call([&](wire::Call::Builder c) { c.initCtxSynchronize().setCtx(100); })
+                .status.cuda_result(),
+            CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+  EXPECT_EQ(EndCapture(5).status.cuda_result(), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+  // The legacy stream cannot capture; a stream cannot capture twice; a stream
+  // that does not capture cannot end a capture.
+  BeginCapture(0, 54);
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+  BeginCapture(5, 55);
+  BeginCapture(5, 56);
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_ILLEGAL_STATE);
+  EXPECT_TRUE(EndCapture(5).status.ok());
+  EXPECT_EQ(EndCapture(5).status.cuda_result(), CUDA_ERROR_ILLEGAL_STATE);
+  EXPECT_EQ(CopyOut(5, a, 64).bulk, std::vector<uint8_t>(64, 0));
+}
+
+TEST_F(SessionGraphTest, BadGraphHandlesAndFreedMemoryAreRefused) {
+  CreateContext();
+  CreateStream(5);
+  Launch(999, 5);
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_INVALID_HANDLE);
+  Instantiate(999, 60);
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_INVALID_HANDLE);
+  client_->Send([&](wire::Call::Builder c) { c.initGraphDestroy().setGraph(999); }, false);
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_INVALID_HANDLE);
+  client_->Send([&](wire::Call::Builder c) { c.initGraphExecDestroy().setExec(999); }, false);
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_INVALID_HANDLE);
+  EXPECT_EQ(client_->Call([&](wire::Call::Builder c) { c.initGraphNodeCount().setGraph(999); })
+                .status.cuda_result(),
+            CUDA_ERROR_INVALID_HANDLE);
+  // An empty graph launches and does nothing.
+  client_->Send([&](wire::Call::Builder c) { c.initGraphCreate().setGraph(40); }, false);
+  Instantiate(40, 41);
+  Launch(41, 5);
+  EXPECT_TRUE(Ping().ok());
+  EXPECT_EQ(
+      client_->Call([&](wire::Call::Builder c) { c.initGraphNodeCount().setGraph(40); }).value, 0);
+  // A graph whose memory was freed is not replayed.
+  const uint64_t a = Alloc(64);
+  BeginCapture(5, 50);
+  Fill(5, a, 0x11, 64);
+  ASSERT_TRUE(EndCapture(5).status.ok());
+  Instantiate(50, 60);
+  client_->Send([&](wire::Call::Builder c) { c.initMemFree().setDptr(a); }, false);
+  Launch(60, 5);
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  // A graph of one context does not launch on another's stream.
+  CreateContext(200);
+  const uint64_t b = Alloc(64);
+  BeginCapture(5, 70);
+  Fill(5, b, 0x11, 64);
+  ASSERT_TRUE(EndCapture(5).status.ok());
+  Instantiate(70, 71);
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        auto l = c.initGraphLaunch();
+        l.setCtx(200);
+        l.setStream(0);
+        l.setExec(71);
+      },
+      false);
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_INVALID_CONTEXT);
+}
+
 class SessionLibraryTest : public SessionTest {
  protected:
   ReplyResult LoadLibrary(uint64_t library) {

@@ -159,6 +159,16 @@ class Module {
  public:
   virtual ~Module() = default;
 };
+// stream capture and graphs: a graph (captured or created) and its
+// executable form. A captured graph's work belongs to its stream's context.
+class Graph {
+ public:
+  virtual ~Graph() = default;
+};
+class GraphExec {
+ public:
+  virtual ~GraphExec() = default;
+};
 // A loaded image that belongs to no context (cuLibraryLoadData); it gets a
 // Module in each context that uses it (LoadLibraryModule).
 class Library {
@@ -314,6 +324,57 @@ class GpuBackend {
                                                   int* cluster_size) = 0;
   virtual Status OccupancyMaxActiveClusters(Function& function, const LaunchConfig& config,
                                             int* clusters) = 0;
+
+  // --- stream capture and graphs --------------------------------------------
+  // The defaults answer CUDA_ERROR_NOT_SUPPORTED. The caller (the session)
+  // keeps the capture's rules (what a capturing stream refuses, invalidation);
+  // a backend records what is queued on a capturing stream instead of
+  // running it.
+  // Starts capturing `stream` (CUstreamCaptureMode `mode`): the stream-ordered
+  // operations queued on it from now on are recorded, not run. The legacy
+  // stream cannot capture (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED); a stream
+  // that captures already: CUDA_ERROR_ILLEGAL_STATE.
+  virtual Status BeginCapture(Stream& stream, int mode) {
+    (void)stream, (void)mode;
+    return NoGraphs();
+  }
+  // Ends the capture of `stream`; *out is what it recorded, in stream order.
+  // CUDA_ERROR_ILLEGAL_STATE when the stream is not capturing.
+  virtual Status EndCapture(Stream& stream, std::unique_ptr<Graph>* out) {
+    (void)stream, (void)out;
+    return NoGraphs();
+  }
+  // An empty graph (cuGraphCreate).
+  virtual Status CreateGraph(unsigned flags, std::unique_ptr<Graph>* out) {
+    (void)flags, (void)out;
+    return NoGraphs();
+  }
+  virtual Status GraphNodeCount(Graph& graph, uint64_t* count) {
+    (void)graph, (void)count;
+    return NoGraphs();
+  }
+  // The executable graph keeps what it needs of `graph`: destroying the graph
+  // afterwards leaves it launchable.
+  virtual Status InstantiateGraph(Graph& graph, uint64_t flags, std::unique_ptr<GraphExec>* out) {
+    (void)graph, (void)flags, (void)out;
+    return NoGraphs();
+  }
+  // Queues all of `exec`'s work on `stream` as one stream operation.
+  virtual Status LaunchGraph(GraphExec& exec, Stream& stream) {
+    (void)exec, (void)stream;
+    return NoGraphs();
+  }
+  virtual Status UploadGraph(GraphExec& exec, Stream& stream) {
+    (void)exec, (void)stream;
+    return NoGraphs();
+  }
+
+ private:
+  Status NoGraphs() const {
+    constexpr int kCudaErrorNotSupported = 801;  // CUDA_ERROR_NOT_SUPPORTED (no cuda.h here)
+    return Status::Cuda(kCudaErrorNotSupported,
+                        std::string(Name()) + " backend has no stream capture or graphs");
+  }
 };
 
 }  // namespace ferry::backend

@@ -315,6 +315,30 @@ class CudaLibrary final : public Library {
   const CUlibrary handle;
 };
 
+// stream capture and graphs: a driver graph and its executable form, each
+// destroyed with its owner. A captured graph remembers its stream's context,
+// where it is instantiated.
+class CudaGraph final : public Graph {
+ public:
+  CudaGraph(const DriverApi& api, CUgraph handle, const CudaContext* context)
+      : api(api), handle(handle), context(context) {}
+  ~CudaGraph() override { FERRY_CU_QUIET(api, "destroying a graph", cuGraphDestroy, handle); }
+
+  const DriverApi& api;
+  const CUgraph handle;
+  const CudaContext* const context;  // null: an empty graph of no context
+};
+class CudaGraphExec final : public GraphExec {
+ public:
+  CudaGraphExec(const DriverApi& api, CUgraphExec handle) : api(api), handle(handle) {}
+  ~CudaGraphExec() override {
+    FERRY_CU_QUIET(api, "destroying an executable graph", cuGraphExecDestroy, handle);
+  }
+
+  const DriverApi& api;
+  const CUgraphExec handle;
+};
+
 // The objects a caller hands back are the ones this backend made.
 CudaContext& Ctx(Context& context) { return static_cast<CudaContext&>(context); }
 CudaStream& Str(Stream& stream) { return static_cast<CudaStream&>(stream); }
@@ -1324,7 +1348,97 @@ class CudaBackend final : public GpuBackend {
     });
   }
 
+  // --- stream capture and graphs ---------------------------------------------
+  // The driver captures in relaxed mode: ferryd's own threads (waiters, other
+  // sessions) make calls the stricter modes forbid, and the session keeps the
+  // program's capture rules itself.
+  Status BeginCapture(Stream& stream, int mode) override {
+    return Guarded("BeginCapture", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedGraphs());
+      (void)mode;
+      CudaStream& s = Str(stream);
+      if (!s.owned) {
+        return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+                            "the legacy default stream cannot be captured");
+      }
+      FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
+      return FERRY_CU(*api_, cuStreamBeginCapture, s.handle, CU_STREAM_CAPTURE_MODE_RELAXED);
+    });
+  }
+
+  Status EndCapture(Stream& stream, std::unique_ptr<Graph>* out) override {
+    return Guarded("EndCapture", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedGraphs());
+      CudaStream& s = Str(stream);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
+      CUgraph graph = nullptr;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuStreamEndCapture, s.handle, &graph));
+      *out = std::make_unique<CudaGraph>(*api_, graph, &s.context);
+      return Status::Ok();
+    });
+  }
+
+  Status CreateGraph(unsigned flags, std::unique_ptr<Graph>* out) override {
+    return Guarded("CreateGraph", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedGraphs());
+      CUgraph graph = nullptr;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphCreate, &graph, flags));
+      *out = std::make_unique<CudaGraph>(*api_, graph, nullptr);
+      return Status::Ok();
+    });
+  }
+
+  Status GraphNodeCount(Graph& graph, uint64_t* count) override {
+    return Guarded("GraphNodeCount", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedGraphs());
+      size_t n = 0;
+      FERRY_RETURN_IF_ERROR(
+          FERRY_CU(*api_, cuGraphGetNodes, static_cast<CudaGraph&>(graph).handle, nullptr, &n));
+      *count = n;
+      return Status::Ok();
+    });
+  }
+
+  Status InstantiateGraph(Graph& graph, uint64_t flags, std::unique_ptr<GraphExec>* out) override {
+    return Guarded("InstantiateGraph", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedGraphs());
+      CudaGraph& g = static_cast<CudaGraph&>(graph);
+      if (g.context != nullptr) FERRY_RETURN_IF_ERROR(MakeCurrent(*g.context));
+      CUgraphExec exec = nullptr;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphInstantiateWithFlags, &exec, g.handle,
+                                     static_cast<unsigned long long>(flags)));
+      *out = std::make_unique<CudaGraphExec>(*api_, exec);
+      return Status::Ok();
+    });
+  }
+
+  Status LaunchGraph(GraphExec& exec, Stream& stream) override {
+    return Guarded("LaunchGraph", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedGraphs());
+      CudaStream& s = Str(stream);
+      s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
+      return FERRY_CU(*api_, cuGraphLaunch, static_cast<CudaGraphExec&>(exec).handle, s.handle);
+    });
+  }
+
+  Status UploadGraph(GraphExec& exec, Stream& stream) override {
+    return Guarded("UploadGraph", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedGraphs());
+      CudaStream& s = Str(stream);
+      s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
+      return FERRY_CU(*api_, cuGraphUpload, static_cast<CudaGraphExec&>(exec).handle, s.handle);
+    });
+  }
+
  private:
+  // stream capture and graphs: NOT_SUPPORTED where the driver lacks them.
+  Status NeedGraphs() const {
+    if (api_->HasGraphs()) return Status::Ok();
+    return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no stream capture or graphs");
+  }
+
   // `config` as the driver's occupancy queries take it: no stream (the
   // current context), and the cluster dimension as an attribute when given.
   static CUlaunchConfig DriverLaunchConfig(const LaunchConfig& config, CUlaunchAttribute* cluster) {

@@ -79,6 +79,13 @@ struct DriverApi {
            cuGreenCtxDestroy != nullptr && cuCtxFromGreenCtx != nullptr;
   }
 
+  // Every stream-capture and graph entry point is there (all or nothing).
+  bool HasGraphs() const {
+#define FERRY_CUDA_HAS_(name, version) &&name != nullptr
+    return true FERRY_CUDA_GRAPH_ENTRY_POINTS(FERRY_CUDA_HAS_);
+#undef FERRY_CUDA_HAS_
+  }
+
   // "CUDA_ERROR_OUT_OF_MEMORY", from the driver when it can say, else from
   // ferry's own table. Calls the driver: not for use in stream callbacks.
   std::string ErrorName(CUresult result) const;

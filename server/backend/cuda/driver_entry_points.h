@@ -89,12 +89,26 @@
 // Entry points the backend uses where the driver has them and does without
 // where it does not: a driver that lacks one still loads, and its member
 // stays null. cuCtxResetPersistingL2Cache (CUDA 11.0+) is answered
-// CUDA_ERROR_NOT_SUPPORTED where missing. Green contexts (CUDA 12.4+) give a
-// slice an SM partition; without them compute shares fall back to launch
-// throttling. Call sites check HasGreenContexts() first.
+// CUDA_ERROR_NOT_SUPPORTED where missing, and so are stream capture and graphs
+// (CUDA 11.4+) where any of theirs is (call sites check HasGraphs()). Green contexts (CUDA 12.4+)
+// give a slice an SM partition; without them compute shares fall back to launch throttling. Call
+// sites check HasGreenContexts() first.
 #define FERRY_CUDA_OPTIONAL_ENTRY_POINTS(X) \
   X(cuCtxResetPersistingL2Cache, 11000)     \
-  FERRY_CUDA_GREEN_CONTEXT_ENTRY_POINTS(X)
+  FERRY_CUDA_GREEN_CONTEXT_ENTRY_POINTS(X)  \
+  FERRY_CUDA_GRAPH_ENTRY_POINTS(X)
+
+// stream capture and graphs (all or nothing: see HasGraphs).
+#define FERRY_CUDA_GRAPH_ENTRY_POINTS(X) \
+  X(cuStreamBeginCapture, 10010)         \
+  X(cuStreamEndCapture, 10000)           \
+  X(cuGraphCreate, 10000)                \
+  X(cuGraphGetNodes, 10000)              \
+  X(cuGraphDestroy, 10000)               \
+  X(cuGraphInstantiateWithFlags, 11040)  \
+  X(cuGraphExecDestroy, 10000)           \
+  X(cuGraphLaunch, 10000)                \
+  X(cuGraphUpload, 11010)
 
 // The green-context ones among them (all or nothing: see HasGreenContexts).
 #define FERRY_CUDA_GREEN_CONTEXT_ENTRY_POINTS(X) \

@@ -173,14 +173,41 @@ class HostStream final : public Stream {
 
   ContextState& ctx() const { return *ctx_; }
   StreamQueue& queue() const { return *queue_; }
+  const std::shared_ptr<StreamQueue>& queue_ptr() const { return queue_; }
   bool legacy() const { return legacy_; }
   bool non_blocking() const { return non_blocking_; }
+
+  // stream capture: while `capture` is set, what is appended to the stream is
+  // recorded there instead of queued. Guarded by ctx().mu (the lock every
+  // append holds).
+  std::shared_ptr<std::vector<std::function<void()>>> capture;
 
  private:
   const std::shared_ptr<ContextState> ctx_;
   const std::shared_ptr<StreamQueue> queue_;
   const bool legacy_;
   const bool non_blocking_;
+};
+
+// A graph: its operations in the order they run (a capture records one
+// stream, so stream order is a valid order of its nodes). Immutable once made;
+// executable graphs and queued launches share it.
+using HostGraphOps = std::vector<std::function<void()>>;
+class HostGraph final : public Graph {
+ public:
+  explicit HostGraph(std::shared_ptr<const HostGraphOps> ops) : ops_(std::move(ops)) {}
+  const std::shared_ptr<const HostGraphOps>& ops() const { return ops_; }
+
+ private:
+  const std::shared_ptr<const HostGraphOps> ops_;
+};
+class HostGraphExec final : public GraphExec {
+ public:
+  explicit HostGraphExec(std::shared_ptr<const HostGraphOps> ops) : ops_(std::move(ops)) {}
+  const std::shared_ptr<const HostGraphOps>& ops() const { return ops_; }
+
+ private:
+  const std::shared_ptr<const HostGraphOps> ops_;
 };
 
 // One cuEventRecord: where it sits in its stream, and when it was reached.
@@ -862,6 +889,68 @@ class HostBackend final : public GpuBackend {
                                             static_cast<int>(cluster_blocks), clusters);
   }
 
+  // --- stream capture and graphs ---------------------------------------------
+  Status BeginCapture(Stream& stream, int mode) override {
+    HostStream& s = AsStream(stream);
+    if (mode != CU_STREAM_CAPTURE_MODE_GLOBAL && mode != CU_STREAM_CAPTURE_MODE_THREAD_LOCAL &&
+        mode != CU_STREAM_CAPTURE_MODE_RELAXED) {
+      return InvalidValue("unknown stream capture mode " + std::to_string(mode));
+    }
+    if (s.legacy()) {
+      return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+                          "the legacy default stream cannot be captured");
+    }
+    std::lock_guard<std::mutex> lock(s.ctx().mu);
+    if (s.capture != nullptr) {
+      return Status::Cuda(CUDA_ERROR_ILLEGAL_STATE, "the stream is capturing already");
+    }
+    s.capture = std::make_shared<HostGraphOps>();
+    return Status::Ok();
+  }
+
+  Status EndCapture(Stream& stream, std::unique_ptr<Graph>* out) override {
+    HostStream& s = AsStream(stream);
+    std::shared_ptr<HostGraphOps> ops;
+    {
+      std::lock_guard<std::mutex> lock(s.ctx().mu);
+      ops = std::move(s.capture);
+      s.capture = nullptr;
+    }
+    if (ops == nullptr) {
+      return Status::Cuda(CUDA_ERROR_ILLEGAL_STATE, "the stream is not capturing");
+    }
+    *out = std::make_unique<HostGraph>(std::move(ops));
+    return Status::Ok();
+  }
+
+  Status CreateGraph(unsigned flags, std::unique_ptr<Graph>* out) override {
+    if (flags != 0) return InvalidValue("cuGraphCreate flags must be 0");
+    *out = std::make_unique<HostGraph>(std::make_shared<const HostGraphOps>());
+    return Status::Ok();
+  }
+
+  Status GraphNodeCount(Graph& graph, uint64_t* count) override {
+    *count = static_cast<HostGraph&>(graph).ops()->size();
+    return Status::Ok();
+  }
+
+  Status InstantiateGraph(Graph& graph, uint64_t flags, std::unique_ptr<GraphExec>* out) override {
+    (void)flags;  // upload, auto-free, device launch, priority: nothing to do on the host
+    *out = std::make_unique<HostGraphExec>(static_cast<HostGraph&>(graph).ops());
+    return Status::Ok();
+  }
+
+  // One stream operation runs every node, in order.
+  Status LaunchGraph(GraphExec& exec, Stream& stream) override {
+    Append(stream, {}, [ops = static_cast<HostGraphExec&>(exec).ops()] {
+      for (const std::function<void()>& op : *ops) op();
+    });
+    return Status::Ok();
+  }
+
+  // Host memory needs no upload; ordered on the stream all the same.
+  Status UploadGraph(GraphExec& exec, Stream& stream) override { return Status::Ok(); }
+
  private:
   static host_internal::KernelResources Resources(Function& function) {
     auto& f = static_cast<HostFunction&>(function);
@@ -1037,6 +1126,11 @@ class HostBackend final : public GpuBackend {
                            std::function<void()> op) {
     HostStream& s = AsStream(stream);
     ContextState& c = s.ctx();
+    if (s.capture != nullptr) {
+      // Recorded, not run: the point returned is reached from the start.
+      if (op) s.capture->push_back(std::move(op));
+      return StreamPoint{s.queue_ptr(), 0};
+    }
     auto add_if_pending = [&after](StreamPoint p) {
       if (!p.Reached()) after.push_back(std::move(p));
     };

@@ -1,0 +1,191 @@
+// Session handlers for stream capture and graphs. A capture runs where the
+// work runs: the backend records what is queued on a capturing stream; the
+// session keeps the capture's rules (CaptureGuard: what a capturing stream
+// refuses, invalidation) and the device ranges the recorded work touches,
+// which every launch of the graph checks again (README.md invariant 6), so a
+// graph whose memory was freed since is refused instead of replayed.
+
+#include <cuda.h>
+
+#include "server/session.h"
+
+namespace ferry::server {
+
+Status Session::CaptureGuard(uint64_t stream, CaptureUse use,
+                             std::initializer_list<DeviceRange> ranges) {
+  if (captures_.empty()) return Status::Ok();
+  auto it = captures_.find(stream);
+  if (it == captures_.end()) return Status::Ok();
+  CaptureEntry& capture = it->second;
+  if (capture.invalidated) {
+    return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED,
+                        "the stream's capture was invalidated by an earlier call");
+  }
+  if (use == CaptureUse::kRecorded) {
+    capture.ranges.insert(capture.ranges.end(), ranges.begin(), ranges.end());
+    return Status::Ok();
+  }
+  capture.invalidated = true;
+  return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+                      use == CaptureUse::kSynchronizes
+                          ? "the stream is capturing: it cannot be synchronized or queried"
+                          : "the stream is capturing: copies to or from host memory and host "
+                            "callbacks cannot be captured through ferry");
+}
+
+Status Session::CaptureGuardContext(uint64_t ctx) {
+  bool any = false;
+  for (auto& [stream, capture] : captures_) {
+    if (capture.ctx != ctx) continue;
+    capture.invalidated = true;
+    any = true;
+  }
+  if (!any) return Status::Ok();
+  return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+                      "a stream of the context is capturing: the context cannot be synchronized");
+}
+
+void Session::DestroyContextGraphs(uint64_t ctx) {
+  for (auto it = captures_.begin(); it != captures_.end();) {
+    if (it->second.ctx != ctx) {
+      ++it;
+      continue;
+    }
+    backend::Stream* stream = nullptr;
+    std::unique_ptr<backend::Graph> discarded;
+    if (FindStream(ctx, it->first, &stream).ok()) (void)backend_.EndCapture(*stream, &discarded);
+    it = captures_.erase(it);
+  }
+  auto in_ctx = [ctx](uint64_t, const auto& entry) { return entry.ctx == ctx; };
+  graph_execs_.EraseIf(in_ctx);
+  graphs_.EraseIf(in_ctx);
+}
+
+Status Session::StreamBeginCapture(wire::StreamBeginCapture::Reader args) {
+  backend::Stream* stream = nullptr;
+  FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
+  if (args.getStream() == 0) {
+    return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+                        "the legacy default stream cannot be captured");
+  }
+  if (captures_.count(args.getStream()) != 0) {
+    return Status::Cuda(CUDA_ERROR_ILLEGAL_STATE, "the stream is capturing already");
+  }
+  FERRY_RETURN_IF_ERROR(graphs_.CheckNewId(args.getGraph()));
+  FERRY_RETURN_IF_ERROR(backend_.BeginCapture(*stream, static_cast<int>(args.getMode())));
+  CaptureEntry capture;
+  capture.ctx = args.getCtx();
+  capture.graph = args.getGraph();
+  captures_.emplace(args.getStream(), std::move(capture));
+  return Status::Ok();
+}
+
+Status Session::StreamEndCapture(wire::StreamRef::Reader args) {
+  backend::Stream* stream = nullptr;
+  FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
+  auto it = captures_.find(args.getStream());
+  if (it == captures_.end()) {
+    return Status::Cuda(CUDA_ERROR_ILLEGAL_STATE, "the stream is not capturing");
+  }
+  CaptureEntry capture = std::move(it->second);
+  captures_.erase(it);
+  GraphEntry entry;
+  FERRY_RETURN_IF_ERROR(backend_.EndCapture(*stream, &entry.graph));
+  if (capture.invalidated) {
+    return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED,
+                        "the capture was invalidated by an earlier call; no graph was made");
+  }
+  entry.ctx = capture.ctx;
+  entry.ranges = std::make_shared<const std::vector<DeviceRange>>(std::move(capture.ranges));
+  return graphs_.Insert(capture.graph, std::move(entry));
+}
+
+Status Session::StreamCaptureStatus(wire::StreamRef::Reader args, CallContext& cx) {
+  backend::Stream* stream = nullptr;
+  FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
+  auto it = captures_.find(args.getStream());
+  int64_t status = CU_STREAM_CAPTURE_STATUS_NONE;
+  if (it != captures_.end()) {
+    status = it->second.invalidated ? CU_STREAM_CAPTURE_STATUS_INVALIDATED
+                                    : CU_STREAM_CAPTURE_STATUS_ACTIVE;
+  }
+  cx.reply.setValue(status);
+  return Status::Ok();
+}
+
+Status Session::GraphCreate(wire::GraphCreate::Reader args) {
+  FERRY_RETURN_IF_ERROR(graphs_.CheckNewId(args.getGraph()));
+  GraphEntry entry;
+  FERRY_RETURN_IF_ERROR(backend_.CreateGraph(args.getFlags(), &entry.graph));
+  entry.ranges = std::make_shared<const std::vector<DeviceRange>>();
+  return graphs_.Insert(args.getGraph(), std::move(entry));
+}
+
+Status Session::GraphDestroy(wire::GraphRef::Reader args) { return graphs_.Erase(args.getGraph()); }
+
+Status Session::GraphInstantiate(wire::GraphInstantiate::Reader args) {
+  GraphEntry* graph = nullptr;
+  FERRY_RETURN_IF_ERROR(graphs_.Find(args.getGraph(), &graph));
+  FERRY_RETURN_IF_ERROR(graph_execs_.CheckNewId(args.getExec()));
+  GraphExecEntry entry;
+  FERRY_RETURN_IF_ERROR(backend_.InstantiateGraph(*graph->graph, args.getFlags(), &entry.exec));
+  entry.ctx = graph->ctx;
+  entry.ranges = graph->ranges;
+  return graph_execs_.Insert(args.getExec(), std::move(entry));
+}
+
+Status Session::GraphExecDestroy(wire::GraphExecRef::Reader args) {
+  return graph_execs_.Erase(args.getExec());
+}
+
+Status Session::GraphLaunch(wire::GraphLaunch::Reader args) {
+  GraphExecEntry* exec = nullptr;
+  FERRY_RETURN_IF_ERROR(graph_execs_.Find(args.getExec(), &exec));
+  backend::Stream* stream = nullptr;
+  FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
+  uint64_t stream_ctx = args.getCtx();
+  if (args.getStream() != 0) {
+    StreamEntry* s = nullptr;
+    FERRY_RETURN_IF_ERROR(streams_.Find(args.getStream(), &s));
+    stream_ctx = s->ctx;
+  }
+  if (exec->ctx != 0 && exec->ctx != stream_ctx) {
+    return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT,
+                        "the graph's work belongs to another context than the stream");
+  }
+  for (const DeviceRange& range : *exec->ranges) {
+    FERRY_RETURN_IF_ERROR(CheckRange(range.first, range.second, "graph node"));
+  }
+  FERRY_RETURN_IF_ERROR(CaptureGuard(args.getStream(), CaptureUse::kRecorded));
+  if (auto it = captures_.find(args.getStream()); it != captures_.end()) {
+    it->second.ranges.insert(it->second.ranges.end(), exec->ranges->begin(), exec->ranges->end());
+  }
+  // A graph launch is a launch: a throttled device's share applies to it.
+  ContextEntry* context = nullptr;
+  const int device = contexts_.Find(stream_ctx, &context).ok() ? context->device : 0;
+  const bool throttled = shares_.Throttled(device);
+  if (throttled) shares_.ThrottleBeforeLaunch(device);
+  FERRY_RETURN_IF_ERROR(backend_.LaunchGraph(*exec->exec, *stream));
+  if (throttled) MeasureLaunch(device, *stream);
+  return Status::Ok();
+}
+
+Status Session::GraphUpload(wire::GraphLaunch::Reader args) {
+  GraphExecEntry* exec = nullptr;
+  FERRY_RETURN_IF_ERROR(graph_execs_.Find(args.getExec(), &exec));
+  backend::Stream* stream = nullptr;
+  FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
+  FERRY_RETURN_IF_ERROR(CaptureGuard(args.getStream(), CaptureUse::kRecorded));
+  return backend_.UploadGraph(*exec->exec, *stream);
+}
+
+Status Session::GraphNodeCount(wire::GraphRef::Reader args, CallContext& cx) {
+  GraphEntry* graph = nullptr;
+  FERRY_RETURN_IF_ERROR(graphs_.Find(args.getGraph(), &graph));
+  uint64_t count = 0;
+  FERRY_RETURN_IF_ERROR(backend_.GraphNodeCount(*graph->graph, &count));
+  cx.reply.setValue(static_cast<int64_t>(count));
+  return Status::Ok();
+}
+
+}  // namespace ferry::server
