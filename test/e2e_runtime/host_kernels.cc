@@ -59,3 +59,13 @@ FERRY_RT_HOST_KERNEL(_Z17rt_lib_accumulatePfPKfi) {
     if (i < n) dst[i] += src[i];
   });
 }
+
+// runtime_graphs.cu: rt_accumulate(float* acc, const float* x, int n)
+FERRY_RT_HOST_KERNEL(_Z13rt_accumulatePfPKfi) {
+  auto* acc = Param<float*>(params, 0);
+  const auto* x = Param<const float*>(params, 1);
+  const int n = Param<int>(params, 2);
+  ForEachThreadX(launch, [&](long long i) {
+    if (i < n) acc[i] += x[i];
+  });
+}
