@@ -37,6 +37,17 @@ TEST_F(CallWaitsTest, ACallThatNeverWaitsIsRefusedWhenSentToWait) {
   EXPECT_REFUSED(CheckWaits(W::CTX_RESET_PERSISTING_L2_CACHE, true, false));
 }
 
+// stream capture and graphs: beginning a capture and launching a graph never
+// wait; ending a capture always does (an invalidated capture is reported there).
+TEST_F(CallWaitsTest, CaptureAndGraphCallsWaitAsDescribed) {
+  EXPECT_TRUE(CheckWaits(W::STREAM_BEGIN_CAPTURE, false, false).ok());
+  EXPECT_REFUSED(CheckWaits(W::STREAM_BEGIN_CAPTURE, true, false));
+  EXPECT_TRUE(CheckWaits(W::GRAPH_LAUNCH, false, false).ok());
+  EXPECT_REFUSED(CheckWaits(W::GRAPH_LAUNCH, true, false));
+  EXPECT_TRUE(CheckWaits(W::STREAM_END_CAPTURE, true, false).ok());
+  EXPECT_REFUSED(CheckWaits(W::STREAM_END_CAPTURE, false, false));
+}
+
 TEST_F(CallWaitsTest, ByFlagCallsGoEitherWayAndGatesOnlyThroughPostHostGate) {
   EXPECT_TRUE(CheckWaits(W::MEMCPY2_D, /*wants_reply=*/true, /*gate=*/false).ok());
   EXPECT_TRUE(CheckWaits(W::MEMCPY2_D, /*wants_reply=*/false, /*gate=*/false).ok());
@@ -50,7 +61,7 @@ TEST_F(CallWaitsTest, AnOrdinalWithoutADescriptionIsRefused) {
 }
 
 TEST(CallTableTest, FollowsTheSchemaDescriptions) {
-  ASSERT_EQ(wire::kCallMembers, static_cast<size_t>(W::CTX_RESET_PERSISTING_L2_CACHE) + 1);
+  ASSERT_EQ(wire::kCallMembers, static_cast<size_t>(W::GRAPH_NODE_COUNT) + 1);
   EXPECT_EQ(wire::kCallWaits[static_cast<size_t>(W::PING)], wire::CallWaits::kAlways);
   EXPECT_EQ(wire::kCallWaits[static_cast<size_t>(W::LAUNCH)], wire::CallWaits::kNever);
   EXPECT_EQ(wire::kCallWaits[static_cast<size_t>(W::FUNC_SET_ATTRIBUTE)], wire::CallWaits::kByFlag);

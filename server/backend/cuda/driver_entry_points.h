@@ -95,8 +95,8 @@
 // sites check HasGreenContexts() first.
 #define FERRY_CUDA_OPTIONAL_ENTRY_POINTS(X) \
   X(cuCtxResetPersistingL2Cache, 11000)     \
-  FERRY_CUDA_GREEN_CONTEXT_ENTRY_POINTS(X)  \
-  FERRY_CUDA_GRAPH_ENTRY_POINTS(X)
+  FERRY_CUDA_GRAPH_ENTRY_POINTS(X)          \
+  FERRY_CUDA_GREEN_CONTEXT_ENTRY_POINTS(X)
 
 // stream capture and graphs (all or nothing: see HasGraphs).
 #define FERRY_CUDA_GRAPH_ENTRY_POINTS(X) \
