@@ -319,6 +319,8 @@ struct Call {
         $waits("never") $orderedOn("stream") $handles(["ctx", "stream", "exec"]);
     graphNodeCount @54 :GraphRef  # reply value
         $waits("always") $handles(["graph"]) $usesContext;
+    graphAddNode @55 :GraphAddNode  # kernel nodes: bulk = packed params
+        $waits("never") $handles(["graph"]) $usesContext;
   }
 }
 
@@ -493,6 +495,21 @@ struct GraphLaunch {
   ctx @0 :UInt64;
   stream @1 :UInt64;
   exec @2 :UInt64;
+}
+# cuGraphAdd*Node: a node of `graph` after `dependencies` (nodes of the same
+# graph). Its work is what the stream-ordered call would do (the `stream`
+# fields are unused), in the argument's `ctx`; a graph's work belongs to one
+# context.
+struct GraphAddNode {
+  graph @0 :UInt64;
+  node @1 :UInt64;   # new node id
+  dependencies @2 :List(UInt64);
+  union {
+    empty @3 :Void;
+    kernel @4 :Launch;
+    memset @5 :Memset;
+    memcpy @6 :Memcpy;  # device to device
+  }
 }
 
 # library and kernel API, occupancy

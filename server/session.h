@@ -191,6 +191,10 @@ class Session {
     uint64_t ctx = 0;  // of the captured work; 0: no context's (an empty graph)
     std::shared_ptr<const std::vector<DeviceRange>> ranges;
   };
+  struct GraphNodeEntry {
+    backend::GraphNode* node = nullptr;  // owned by the graph
+    uint64_t graph = 0;
+  };
   struct GraphExecEntry {
     std::unique_ptr<backend::GraphExec> exec;
     uint64_t ctx = 0;
@@ -363,6 +367,7 @@ class Session {
   std::map<uint64_t, CaptureEntry> captures_;  // by stream id
   HandleTable<GraphEntry> graphs_{"graph"};
   HandleTable<GraphExecEntry> graph_execs_{"executable graph"};
+  HandleTable<GraphNodeEntry> graph_nodes_{"graph node"};
   Status latched_error_;
   uint64_t latched_seq_ = 0;
 

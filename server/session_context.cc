@@ -69,6 +69,7 @@ Status Session::CtxDestroy(wire::CtxRef::Reader args) {
 void Session::FreeEverything() {
   // stream capture and graphs of no context (empty created graphs) first.
   graph_execs_.Clear();
+  graph_nodes_.Clear();
   graphs_.Clear();
   std::vector<uint64_t> ids;
   contexts_.ForEach([&](uint64_t id, ContextEntry&) { ids.push_back(id); });

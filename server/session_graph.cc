@@ -9,6 +9,10 @@
 
 #include "server/session.h"
 
+#include <limits>
+#include <string>
+#include <vector>
+
 namespace ferry::server {
 
 Status Session::CaptureGuard(uint64_t stream, CaptureUse use,
@@ -58,6 +62,10 @@ void Session::DestroyContextGraphs(uint64_t ctx) {
   }
   auto in_ctx = [ctx](uint64_t, const auto& entry) { return entry.ctx == ctx; };
   graph_execs_.EraseIf(in_ctx);
+  graph_nodes_.EraseIf([this, ctx](uint64_t, const GraphNodeEntry& n) {
+    GraphEntry* g = nullptr;
+    return graphs_.Find(n.graph, &g).ok() && g->ctx == ctx;
+  });
   graphs_.EraseIf(in_ctx);
 }
 
@@ -121,7 +129,117 @@ Status Session::GraphCreate(wire::GraphCreate::Reader args) {
   return graphs_.Insert(args.getGraph(), std::move(entry));
 }
 
-Status Session::GraphDestroy(wire::GraphRef::Reader args) { return graphs_.Erase(args.getGraph()); }
+Status Session::GraphDestroy(wire::GraphRef::Reader args) {
+  FERRY_RETURN_IF_ERROR(graphs_.Erase(args.getGraph()));
+  graph_nodes_.EraseIf(
+      [graph = args.getGraph()](uint64_t, const GraphNodeEntry& n) { return n.graph == graph; });
+  return Status::Ok();
+}
+
+Status Session::GraphAddNode(wire::GraphAddNode::Reader args, CallContext& cx) {
+  GraphEntry* graph = nullptr;
+  FERRY_RETURN_IF_ERROR(graphs_.Find(args.getGraph(), &graph));
+  FERRY_RETURN_IF_ERROR(graph_nodes_.CheckNewId(args.getNode()));
+  std::vector<backend::GraphNode*> dependencies;
+  for (uint64_t id : args.getDependencies()) {
+    GraphNodeEntry* dependency = nullptr;
+    FERRY_RETURN_IF_ERROR(graph_nodes_.Find(id, &dependency));
+    if (dependency->graph != args.getGraph()) {
+      return Status::InvalidArgument("dependency " + std::to_string(id) +
+                                     " is not a node of graph " + std::to_string(args.getGraph()));
+    }
+    dependencies.push_back(dependency->node);
+  }
+  backend::GraphNodeSpec spec;
+  uint64_t ctx = 0;
+  std::vector<DeviceRange> ranges;
+  switch (args.which()) {
+    case wire::GraphAddNode::EMPTY:
+      break;
+    case wire::GraphAddNode::KERNEL: {
+      auto k = args.getKernel();
+      ctx = k.getCtx();
+      FunctionEntry* f = nullptr;
+      FERRY_RETURN_IF_ERROR(functions_.Find(k.getFunction(), &f));
+      if (f->ctx != ctx) return Status::InvalidArgument("the kernel belongs to another context");
+      if (cx.bulk_in.size < f->param_bytes) {
+        return Status::InvalidArgument("kernel node carried " + std::to_string(cx.bulk_in.size) +
+                                       " parameter bytes; the kernel takes " +
+                                       std::to_string(f->param_bytes));
+      }
+      spec.kind = backend::GraphNodeSpec::Kind::kKernel;
+      spec.function = f->function;
+      spec.config.grid = {k.getGridX(), k.getGridY(), k.getGridZ()};
+      spec.config.block = {k.getBlockX(), k.getBlockY(), k.getBlockZ()};
+      spec.config.shared_bytes = k.getSharedBytes();
+      spec.config.cluster = {k.getClusterX(), k.getClusterY(), k.getClusterZ()};
+      for (int i = 0; i < 3; ++i) {
+        if (spec.config.grid[i] == 0 || spec.config.block[i] == 0) {
+          return Status::InvalidArgument("kernel node with a zero grid or block dimension");
+        }
+      }
+      spec.params = cx.bulk_in;
+      break;
+    }
+    case wire::GraphAddNode::MEMSET: {
+      auto m = args.getMemset();
+      ctx = m.getCtx();
+      const unsigned element = m.getElementBytes();
+      if (element != 1 && element != 2 && element != 4) {
+        return Status::InvalidArgument("memset element size must be 1, 2 or 4");
+      }
+      const uint64_t width = m.getWidth();
+      const uint64_t height = m.getHeight() == 0 ? 1 : m.getHeight();
+      if (width == 0 || width > std::numeric_limits<uint64_t>::max() / element) {
+        return Status::InvalidArgument("memset node extent is empty or overflows");
+      }
+      const uint64_t pitch = height == 1 ? width * element : m.getPitch();
+      FERRY_RETURN_IF_ERROR(CheckRange2D(m.getDst(), pitch, width * element, height, "memset"));
+      ranges.push_back({m.getDst(), (height - 1) * pitch + width * element});
+      spec.kind = backend::GraphNodeSpec::Kind::kMemset;
+      spec.dst = m.getDst();
+      spec.pitch = pitch;
+      spec.value = m.getValue();
+      spec.element_bytes = element;
+      spec.width = width;
+      spec.height = height;
+      break;
+    }
+    case wire::GraphAddNode::MEMCPY: {
+      auto m = args.getMemcpy();
+      ctx = m.getCtx();
+      if (m.getBytes() == 0) return Status::InvalidArgument("empty memcpy node");
+      FERRY_RETURN_IF_ERROR(CheckRange(m.getSrc(), m.getBytes(), "source"));
+      FERRY_RETURN_IF_ERROR(CheckRange(m.getDst(), m.getBytes(), "destination"));
+      ranges.push_back({m.getSrc(), m.getBytes()});
+      ranges.push_back({m.getDst(), m.getBytes()});
+      spec.kind = backend::GraphNodeSpec::Kind::kCopy;
+      spec.dst = m.getDst();
+      spec.src = m.getSrc();
+      spec.bytes = m.getBytes();
+      break;
+    }
+    default:
+      return Status::InvalidArgument("unknown graph node kind");
+  }
+  if (ctx != 0) {
+    ContextEntry* c = nullptr;
+    FERRY_RETURN_IF_ERROR(contexts_.Find(ctx, &c));
+    if (graph->ctx != 0 && graph->ctx != ctx) {
+      return Status::InvalidArgument("a graph's nodes must belong to one context");
+    }
+    spec.ctx = c->context.get();
+  }
+  backend::GraphNode* node = nullptr;
+  FERRY_RETURN_IF_ERROR(backend_.AddGraphNode(*graph->graph, dependencies, spec, &node));
+  if (ctx != 0) graph->ctx = ctx;
+  if (!ranges.empty()) {
+    auto all = std::make_shared<std::vector<DeviceRange>>(*graph->ranges);
+    all->insert(all->end(), ranges.begin(), ranges.end());
+    graph->ranges = std::move(all);
+  }
+  return graph_nodes_.Insert(args.getNode(), GraphNodeEntry{node, args.getGraph()});
+}
 
 Status Session::GraphInstantiate(wire::GraphInstantiate::Reader args) {
   GraphEntry* graph = nullptr;

@@ -838,6 +838,71 @@ TEST_F(SessionGraphTest, BadGraphHandlesAndFreedMemoryAreRefused) {
   EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_INVALID_CONTEXT);
 }
 
+TEST_F(SessionGraphTest, ExplicitNodesRunInDependencyOrderAndAreValidated) {
+  CreateContext();
+  CreateStream(5);
+  const uint64_t a = Alloc(64);
+  const uint64_t b = Alloc(64);
+  client_->Send([&](wire::Call::Builder c) { c.initGraphCreate().setGraph(40); }, false);
+  client_->Send([&](wire::Call::Builder c) { c.initGraphCreate().setGraph(90); }, false);
+  auto add = [&](uint64_t graph, uint64_t node, std::vector<uint64_t> deps,
+                 const std::function<void(wire::GraphAddNode::Builder)>& fill) {
+    client_->Send(
+        [&](wire::Call::Builder c) {
+          auto n = c.initGraphAddNode();
+          n.setGraph(graph);
+          n.setNode(node);
+          auto d = n.initDependencies(static_cast<unsigned>(deps.size()));
+          for (size_t i = 0; i < deps.size(); ++i) d.set(static_cast<unsigned>(i), deps[i]);
+          fill(n);
+        },
+        false);
+  };
+  add(40, 41, {}, [&](wire::GraphAddNode::Builder n) {
+    auto m = n.initMemset();
+    m.setCtx(100);
+    m.setDst(a);
+    m.setValue(0x11);
+    m.setElementBytes(1);
+    m.setWidth(64);
+    m.setHeight(1);
+  });
+  add(40, 42, {41}, [&](wire::GraphAddNode::Builder n) {
+    auto m = n.initMemcpy();
+    m.setCtx(100);
+    m.setDst(b);
+    m.setSrc(a);
+    m.setBytes(64);
+  });
+  add(40, 43, {41, 42}, [&](wire::GraphAddNode::Builder n) { n.setEmpty(); });
+  EXPECT_TRUE(Ping().ok());
+  EXPECT_EQ(
+      client_->Call([&](wire::Call::Builder c) { c.initGraphNodeCount().setGraph(40); }).value, 3);
+  Instantiate(40, 60);
+  Launch(60, 5);
+  ReplyResult out = CopyOut(5, b, 64);
+  ASSERT_TRUE(out.status.ok()) << out.status.ToString();
+  EXPECT_EQ(out.bulk, std::vector<uint8_t>(64, 0x11));
+  // A dependency of another graph, an unknown one, a range outside the
+  // session, a node id in use.
+  add(90, 91, {41}, [&](wire::GraphAddNode::Builder n) { n.setEmpty(); });
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  add(90, 92, {777}, [&](wire::GraphAddNode::Builder n) { n.setEmpty(); });
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_INVALID_HANDLE);
+  add(90, 93, {}, [&](wire::GraphAddNode::Builder n) {
+    auto m = n.initMemcpy();
+    m.setCtx(100);
+    m.setDst(b + 32);
+    m.setSrc(a);
+    m.setBytes(64);
+  });
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  add(90, 41, {}, [&](wire::GraphAddNode::Builder n) { n.setEmpty(); });
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  add(999, 94, {}, [&](wire::GraphAddNode::Builder n) { n.setEmpty(); });
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_INVALID_HANDLE);
+}
+
 class SessionLibraryTest : public SessionTest {
  protected:
   ReplyResult LoadLibrary(uint64_t library) {

@@ -169,6 +169,28 @@ class GraphExec {
  public:
   virtual ~GraphExec() = default;
 };
+// A node of a graph, owned by the graph (valid while it lives).
+class GraphNode {
+ public:
+  virtual ~GraphNode() = default;
+};
+// What an explicitly added graph node does (cuGraphAdd*Node): nothing, a
+// kernel launch, a memset or a device-to-device copy, as the stream-ordered
+// operation of the same name would. The caller validated every range.
+struct GraphNodeSpec {
+  enum class Kind { kEmpty, kKernel, kMemset, kCopy };
+  Kind kind = Kind::kEmpty;
+  Context* ctx = nullptr;  // the work's context (all kinds but kEmpty)
+  // kKernel
+  Function* function = nullptr;
+  LaunchConfig config;
+  HostBytes params;  // packed, as Launch takes them
+  // kMemset (as Memset) and kCopy (dst, src, bytes)
+  uint64_t dst = 0, src = 0, bytes = 0;
+  uint64_t pitch = 0, width = 0, height = 1;
+  uint32_t value = 0;
+  unsigned element_bytes = 1;
+};
 // A loaded image that belongs to no context (cuLibraryLoadData); it gets a
 // Module in each context that uses it (LoadLibraryModule).
 class Library {
@@ -347,6 +369,13 @@ class GpuBackend {
   // An empty graph (cuGraphCreate).
   virtual Status CreateGraph(unsigned flags, std::unique_ptr<Graph>* out) {
     (void)flags, (void)out;
+    return NoGraphs();
+  }
+  // Adds a node after `dependencies` (nodes of `graph`). A graph's nodes may
+  // belong to one context only.
+  virtual Status AddGraphNode(Graph& graph, std::span<GraphNode* const> dependencies,
+                              const GraphNodeSpec& spec, GraphNode** out) {
+    (void)graph, (void)dependencies, (void)spec, (void)out;
     return NoGraphs();
   }
   virtual Status GraphNodeCount(Graph& graph, uint64_t* count) {

@@ -193,13 +193,15 @@ class HostStream final : public Stream {
 // stream, so stream order is a valid order of its nodes). Immutable once made;
 // executable graphs and queued launches share it.
 using HostGraphOps = std::vector<std::function<void()>>;
+// Nodes run in the order they were added: a node's dependencies exist
+// before it, so that order is a valid order of the graph. Executable graphs
+// take a copy of the operations. Used by one session's executor at a time.
+class HostGraphNode final : public GraphNode {};
 class HostGraph final : public Graph {
  public:
-  explicit HostGraph(std::shared_ptr<const HostGraphOps> ops) : ops_(std::move(ops)) {}
-  const std::shared_ptr<const HostGraphOps>& ops() const { return ops_; }
-
- private:
-  const std::shared_ptr<const HostGraphOps> ops_;
+  explicit HostGraph(HostGraphOps ops) : ops(std::move(ops)) {}
+  HostGraphOps ops;
+  std::vector<std::unique_ptr<HostGraphNode>> nodes;  // explicitly added ones
 };
 class HostGraphExec final : public GraphExec {
  public:
@@ -544,6 +546,15 @@ class HostBackend final : public GpuBackend {
 
   Status Memset(Stream& stream, uint64_t dst, uint64_t pitch, uint32_t value,
                 unsigned element_bytes, uint64_t width, uint64_t height) override {
+    std::function<void()> op;
+    FERRY_RETURN_IF_ERROR(MemsetOp(dst, pitch, value, element_bytes, width, height, &op));
+    if (op) Append(stream, {}, std::move(op));
+    return Status::Ok();
+  }
+
+  // The operation a memset runs; null when there is nothing to set.
+  static Status MemsetOp(uint64_t dst, uint64_t pitch, uint32_t value, unsigned element_bytes,
+                         uint64_t width, uint64_t height, std::function<void()>* out) {
     if (element_bytes != 1 && element_bytes != 2 && element_bytes != 4) {
       return InvalidValue("memset element size must be 1, 2 or 4, not " +
                           std::to_string(element_bytes));
@@ -556,7 +567,7 @@ class HostBackend final : public GpuBackend {
     if (height > 1 && pitch < row_bytes) return InvalidValue("memset pitch smaller than its width");
     if (height == 1) pitch = row_bytes;
     if (!RowSpan(row_bytes, height, pitch, &span)) return InvalidValue("memset extent overflows");
-    Append(stream, {}, [dst, pitch, value, element_bytes, row_bytes, height] {
+    *out = [dst, pitch, value, element_bytes, row_bytes, height] {
       uint8_t* base = AsPointer(dst);
       for (uint64_t row = 0; row < height; ++row) {
         uint8_t* p = base + row * pitch;
@@ -569,14 +580,23 @@ class HostBackend final : public GpuBackend {
           for (uint64_t i = 0; i < row_bytes; i += 4) std::memcpy(p + i, &value, 4);
         }
       }
-    });
+    };
     return Status::Ok();
   }
 
   Status Launch(Stream& stream, Function& function, const LaunchConfig& config,
                 HostBytes params) override {
+    std::function<void()> op;
+    FERRY_RETURN_IF_ERROR(LaunchOp(AsStream(stream).ctx(), function, config, params, &op));
+    Append(stream, {}, std::move(op));
+    return Status::Ok();
+  }
+
+  // The operation a launch of `function` in `ctx` runs, checked.
+  Status LaunchOp(const ContextState& ctx, Function& function, const LaunchConfig& config,
+                  const HostBytes& params, std::function<void()>* out) {
     auto& f = static_cast<HostFunction&>(function);
-    if (f.ctx() != &AsStream(stream).ctx()) {
+    if (f.ctx() != &ctx) {
       return Status::InvalidHandle("kernel " + f.name() +
                                    " belongs to another context than the stream");
     }
@@ -610,12 +630,12 @@ class HostBackend final : public GpuBackend {
       launch.block[i] = config.block[i];
     }
     launch.shared_bytes = config.shared_bytes;
-    Append(stream, {}, [fn = f.fn(), launch, storage = std::move(storage), offsets = f.offsets()] {
+    *out = [fn = f.fn(), launch, storage = std::move(storage), offsets = f.offsets()] {
       auto* base = reinterpret_cast<uint8_t*>(storage->data());
       std::vector<void*> pointers(offsets->size() + 1, nullptr);  // +1: never a null array
       for (size_t i = 0; i < offsets->size(); ++i) pointers[i] = base + (*offsets)[i];
       fn(&launch, pointers.data());
-    });
+    };
     return Status::Ok();
   }
 
@@ -919,24 +939,53 @@ class HostBackend final : public GpuBackend {
     if (ops == nullptr) {
       return Status::Cuda(CUDA_ERROR_ILLEGAL_STATE, "the stream is not capturing");
     }
-    *out = std::make_unique<HostGraph>(std::move(ops));
+    *out = std::make_unique<HostGraph>(std::move(*ops));
     return Status::Ok();
   }
 
   Status CreateGraph(unsigned flags, std::unique_ptr<Graph>* out) override {
     if (flags != 0) return InvalidValue("cuGraphCreate flags must be 0");
-    *out = std::make_unique<HostGraph>(std::make_shared<const HostGraphOps>());
+    *out = std::make_unique<HostGraph>(HostGraphOps{});
+    return Status::Ok();
+  }
+
+  Status AddGraphNode(Graph& graph, std::span<GraphNode* const> dependencies,
+                      const GraphNodeSpec& spec, GraphNode** out) override {
+    (void)dependencies;  // nodes run in the order they were added (see HostGraph)
+    auto& g = static_cast<HostGraph&>(graph);
+    std::function<void()> op = [] {};
+    switch (spec.kind) {
+      case GraphNodeSpec::Kind::kEmpty:
+        break;
+      case GraphNodeSpec::Kind::kKernel:
+        FERRY_RETURN_IF_ERROR(
+            LaunchOp(*AsContext(*spec.ctx).state(), *spec.function, spec.config, spec.params, &op));
+        break;
+      case GraphNodeSpec::Kind::kMemset:
+        FERRY_RETURN_IF_ERROR(MemsetOp(spec.dst, spec.pitch, spec.value, spec.element_bytes,
+                                       spec.width, spec.height, &op));
+        break;
+      case GraphNodeSpec::Kind::kCopy:
+        op = [dst = spec.dst, src = spec.src, bytes = spec.bytes] {
+          std::memmove(AsPointer(dst), AsPointer(src), bytes);
+        };
+        break;
+    }
+    g.ops.push_back(std::move(op));
+    g.nodes.push_back(std::make_unique<HostGraphNode>());
+    *out = g.nodes.back().get();
     return Status::Ok();
   }
 
   Status GraphNodeCount(Graph& graph, uint64_t* count) override {
-    *count = static_cast<HostGraph&>(graph).ops()->size();
+    *count = static_cast<HostGraph&>(graph).ops.size();
     return Status::Ok();
   }
 
   Status InstantiateGraph(Graph& graph, uint64_t flags, std::unique_ptr<GraphExec>* out) override {
     (void)flags;  // upload, auto-free, device launch, priority: nothing to do on the host
-    *out = std::make_unique<HostGraphExec>(static_cast<HostGraph&>(graph).ops());
+    *out = std::make_unique<HostGraphExec>(
+        std::make_shared<const HostGraphOps>(static_cast<HostGraph&>(graph).ops));
     return Status::Ok();
   }
 
