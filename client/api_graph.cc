@@ -7,13 +7,18 @@
 // invalidated capture there. A graph launch is one call however many nodes
 // the graph has.
 //
-// Not forwarded (unsupported_functions.txt): the explicit graph-building API
-// (nodes, dependencies, clone, update), capture into an existing graph, and
-// node handles.
+// Graphs can also be built node by node (empty, kernel, memset and one-row
+// device-to-device copy nodes, with dependencies). Not forwarded
+// (unsupported_functions.txt): other node kinds, node queries and updates,
+// cloning, executable-graph updates, capture into an existing graph, and
+// cross-stream capture (a stream joining a capture through an event wait).
 #include <cuda.h>
 
 #include <cstring>
+#include <functional>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "client/cuda_result.h"
 #include "client/runtime.h"
@@ -385,6 +390,209 @@ CUresult CUDAAPI cuGraphUpload(CUgraphExec hGraphExec, CUstream hStream) {
 }
 CUresult CUDAAPI cuGraphUpload_ptsz(CUgraphExec hGraphExec, CUstream hStream) {
   return Api([&] { return LaunchOrUpload(hGraphExec, hStream, true, true); });
+}
+
+}  // extern "C"
+
+// --- explicit graph nodes ------------------------------------------------------------
+// Each node gets a client-chosen id and one fire-and-forget call; its work is
+// checked by the server as the stream-ordered call of the same kind would be.
+
+namespace {
+
+// Sends a graphAddNode call for a new node of `graph` after `deps`; `fill`
+// sets the node's kind. *node gets its handle.
+Status AddNode(CUgraphNode* node, CUgraph graph, const CUgraphNode* deps, size_t count,
+               const std::function<void(wire::GraphAddNode::Builder)>& fill,
+               ferry::client::OutBytes bulk = {}) {
+  Runtime& rt = Runtime::Get();
+  if (node == nullptr) return Status::InvalidArgument("phGraphNode is NULL");
+  if (count > 0 && deps == nullptr) return Status::InvalidArgument("dependencies is NULL");
+  FERRY_RETURN_IF_ERROR(rt.Ready());
+  const uint64_t graph_id = Runtime::HandleId(graph);
+  if (!rt.graphs().HasGraph(graph_id)) return Status::InvalidHandle("not a graph of this client");
+  for (size_t i = 0; i < count; ++i) {
+    if (!rt.graphs().IsNodeOf(Runtime::HandleId(deps[i]), graph_id)) {
+      return Status::InvalidArgument("dependency " + std::to_string(i) +
+                                     " is not a node of the graph");
+    }
+  }
+  const uint64_t id = rt.graphs().NewNode(graph_id);
+  FERRY_RETURN_IF_ERROR(rt.connection().Post(
+      [&](wire::Call::Builder call) {
+        auto args = call.initGraphAddNode();
+        args.setGraph(graph_id);
+        args.setNode(id);
+        auto list = args.initDependencies(static_cast<unsigned>(count));
+        for (size_t i = 0; i < count; ++i) {
+          list.set(static_cast<unsigned>(i), Runtime::HandleId(deps[i]));
+        }
+        fill(args);
+      },
+      bulk));
+  *node = Runtime::ToHandle<CUgraphNode>(id);
+  return Status::Ok();
+}
+
+// The context a node's work runs in: `ctx`, or the current one when NULL.
+Status NodeContext(CUcontext ctx, uint64_t* out) {
+  Runtime& rt = Runtime::Get();
+  if (ctx == nullptr) return rt.CurrentContext(out);
+  *out = Runtime::HandleId(ctx);
+  return rt.EnsureLive(*out);
+}
+
+// A kernel node: `func` (or `kern` where func is NULL) in `ctx`, with its
+// parameters packed as a launch packs them.
+Status AddKernelNode(CUgraphNode* node, CUgraph graph, const CUgraphNode* deps, size_t count,
+                     const CUDA_KERNEL_NODE_PARAMS_v2* p) {
+  Runtime& rt = Runtime::Get();
+  if (p == nullptr) return Status::InvalidArgument("nodeParams is NULL");
+  uint64_t ctx = 0;
+  FERRY_RETURN_IF_ERROR(NodeContext(p->func != nullptr ? nullptr : p->ctx, &ctx));
+  const uint64_t handle =
+      Runtime::HandleId(p->func != nullptr ? static_cast<const void*>(p->func) : p->kern);
+  uint64_t function_id = 0;
+  std::shared_ptr<const ferry::client::FunctionState> function;
+  FERRY_RETURN_IF_ERROR(rt.ResolveFunction(handle, ctx, &function_id, &function));
+  const auto& kernel = function->kernel;
+  std::vector<uint8_t> params;
+  if (p->kernelParams != nullptr) {
+    params.assign(kernel.param_bytes, 0);
+    for (size_t i = 0; i < kernel.params.size(); ++i) {
+      if (p->kernelParams[i] == nullptr) {
+        return Status::InvalidArgument("kernelParams[" + std::to_string(i) + "] is NULL");
+      }
+      std::memcpy(params.data() + kernel.params[i].offset, p->kernelParams[i],
+                  kernel.params[i].size);
+    }
+  } else if (p->extra != nullptr) {
+    // CU_LAUNCH_PARAM_BUFFER_POINTER / _SIZE: the packed buffer as is.
+    const void* pointer = nullptr;
+    const size_t* size = nullptr;
+    for (size_t i = 0; p->extra[i] != CU_LAUNCH_PARAM_END; i += 2) {
+      if (p->extra[i] == CU_LAUNCH_PARAM_BUFFER_POINTER) {
+        pointer = p->extra[i + 1];
+      } else if (p->extra[i] == CU_LAUNCH_PARAM_BUFFER_SIZE) {
+        size = static_cast<const size_t*>(p->extra[i + 1]);
+      } else {
+        return Status::InvalidArgument("unknown entry in the kernel node's extra array");
+      }
+    }
+    if (pointer == nullptr || size == nullptr || *size < kernel.param_bytes) {
+      return Status::InvalidArgument(
+          "extra needs CU_LAUNCH_PARAM_BUFFER_POINTER and _SIZE covering the parameters");
+    }
+    const auto* bytes = static_cast<const uint8_t*>(pointer);
+    params.assign(bytes, bytes + *size);
+  } else if (kernel.param_bytes != 0) {
+    return Status::InvalidArgument(function->name + " takes parameters; kernelParams is NULL");
+  }
+  return AddNode(
+      node, graph, deps, count,
+      [&](wire::GraphAddNode::Builder args) {
+        auto k = args.initKernel();
+        k.setCtx(ctx);
+        k.setFunction(function_id);
+        k.setGridX(p->gridDimX);
+        k.setGridY(p->gridDimY);
+        k.setGridZ(p->gridDimZ);
+        k.setBlockX(p->blockDimX);
+        k.setBlockY(p->blockDimY);
+        k.setBlockZ(p->blockDimZ);
+        k.setSharedBytes(p->sharedMemBytes);
+      },
+      ferry::client::OutBytes{params.data(), params.size()});
+}
+
+}  // namespace
+
+extern "C" {
+
+CUresult CUDAAPI cuGraphAddEmptyNode(CUgraphNode* phGraphNode, CUgraph hGraph,
+                                     const CUgraphNode* dependencies, size_t numDependencies) {
+  return Api([&] {
+    return AddNode(phGraphNode, hGraph, dependencies, numDependencies,
+                   [](wire::GraphAddNode::Builder args) { args.setEmpty(); });
+  });
+}
+
+CUresult CUDAAPI cuGraphAddKernelNode(CUgraphNode* phGraphNode, CUgraph hGraph,
+                                      const CUgraphNode* dependencies, size_t numDependencies,
+                                      const CUDA_KERNEL_NODE_PARAMS_v1* nodeParams) {
+  return Api([&]() -> Status {
+    if (nodeParams == nullptr) return Status::InvalidArgument("nodeParams is NULL");
+    CUDA_KERNEL_NODE_PARAMS_v2 p{};
+    p.func = nodeParams->func;
+    p.gridDimX = nodeParams->gridDimX;
+    p.gridDimY = nodeParams->gridDimY;
+    p.gridDimZ = nodeParams->gridDimZ;
+    p.blockDimX = nodeParams->blockDimX;
+    p.blockDimY = nodeParams->blockDimY;
+    p.blockDimZ = nodeParams->blockDimZ;
+    p.sharedMemBytes = nodeParams->sharedMemBytes;
+    p.kernelParams = nodeParams->kernelParams;
+    p.extra = nodeParams->extra;
+    return AddKernelNode(phGraphNode, hGraph, dependencies, numDependencies, &p);
+  });
+}
+CUresult CUDAAPI cuGraphAddKernelNode_v2(CUgraphNode* phGraphNode, CUgraph hGraph,
+                                         const CUgraphNode* dependencies, size_t numDependencies,
+                                         const CUDA_KERNEL_NODE_PARAMS_v2* nodeParams) {
+  return Api([&] {
+    return AddKernelNode(phGraphNode, hGraph, dependencies, numDependencies, nodeParams);
+  });
+}
+
+CUresult CUDAAPI cuGraphAddMemsetNode(CUgraphNode* phGraphNode, CUgraph hGraph,
+                                      const CUgraphNode* dependencies, size_t numDependencies,
+                                      const CUDA_MEMSET_NODE_PARAMS* memsetParams, CUcontext ctx) {
+  return Api([&]() -> Status {
+    if (memsetParams == nullptr) return Status::InvalidArgument("memsetParams is NULL");
+    uint64_t context = 0;
+    FERRY_RETURN_IF_ERROR(NodeContext(ctx, &context));
+    const CUDA_MEMSET_NODE_PARAMS& m = *memsetParams;
+    return AddNode(phGraphNode, hGraph, dependencies, numDependencies,
+                   [&](wire::GraphAddNode::Builder args) {
+                     auto set = args.initMemset();
+                     set.setCtx(context);
+                     set.setDst(m.dst);
+                     set.setPitch(m.pitch);
+                     set.setValue(m.value);
+                     set.setElementBytes(static_cast<uint8_t>(m.elementSize));
+                     set.setWidth(m.width);
+                     set.setHeight(m.height);
+                   });
+  });
+}
+
+// Device-to-device copies of one row (WidthInBytes at the given byte
+// offsets); anything else is not forwarded.
+CUresult CUDAAPI cuGraphAddMemcpyNode(CUgraphNode* phGraphNode, CUgraph hGraph,
+                                      const CUgraphNode* dependencies, size_t numDependencies,
+                                      const CUDA_MEMCPY3D* copyParams, CUcontext ctx) {
+  return Api([&]() -> Status {
+    if (copyParams == nullptr) return Status::InvalidArgument("copyParams is NULL");
+    const CUDA_MEMCPY3D& c = *copyParams;
+    auto device = [](CUmemorytype type) {
+      return type == CU_MEMORYTYPE_DEVICE || type == CU_MEMORYTYPE_UNIFIED;
+    };
+    if (!device(c.srcMemoryType) || !device(c.dstMemoryType) || c.Height > 1 || c.Depth > 1 ||
+        c.srcY != 0 || c.srcZ != 0 || c.dstY != 0 || c.dstZ != 0) {
+      return Status::Unimplemented(
+          "cuGraphAddMemcpyNode: only one-row device-to-device copies are forwarded by ferry");
+    }
+    uint64_t context = 0;
+    FERRY_RETURN_IF_ERROR(NodeContext(ctx, &context));
+    return AddNode(phGraphNode, hGraph, dependencies, numDependencies,
+                   [&](wire::GraphAddNode::Builder args) {
+                     auto copy = args.initMemcpy();
+                     copy.setCtx(context);
+                     copy.setDst(c.dstDevice + c.dstXInBytes);
+                     copy.setSrc(c.srcDevice + c.srcXInBytes);
+                     copy.setBytes(c.WidthInBytes);
+                   });
+  });
 }
 
 }  // extern "C"

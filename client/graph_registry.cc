@@ -2,6 +2,7 @@
 
 #include <cuda.h>
 
+#include <iterator>
 #include <string>
 
 namespace ferry::client {
@@ -60,7 +61,23 @@ void GraphRegistry::AddGraph(uint64_t id) {
 Status GraphRegistry::RemoveGraph(uint64_t id) {
   std::lock_guard<std::mutex> lock(mu_);
   if (graphs_.erase(id) == 0) return Status::InvalidHandle("no graph " + std::to_string(id));
+  for (auto it = nodes_.begin(); it != nodes_.end();) {
+    it = it->second == id ? nodes_.erase(it) : std::next(it);
+  }
   return Status::Ok();
+}
+
+uint64_t GraphRegistry::NewNode(uint64_t graph) {
+  const uint64_t id = ids_->New(HandleKind::kGraphNode);
+  std::lock_guard<std::mutex> lock(mu_);
+  nodes_[id] = graph;
+  return id;
+}
+
+bool GraphRegistry::IsNodeOf(uint64_t node, uint64_t graph) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = nodes_.find(node);
+  return it != nodes_.end() && it->second == graph;
 }
 
 bool GraphRegistry::HasGraph(uint64_t id) {

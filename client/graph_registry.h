@@ -51,6 +51,10 @@ class GraphRegistry {
   uint64_t NewExec();
   Status RemoveExec(uint64_t id);
   bool HasExec(uint64_t id);
+  // A node id of `graph` (explicitly added nodes).
+  uint64_t NewNode(uint64_t graph);
+  // Whether `node` is a node of `graph`.
+  bool IsNodeOf(uint64_t node, uint64_t graph);
   // Forgets the captures of `ctx` (its streams are gone).
   void ForgetContext(uint64_t ctx);
 
@@ -62,6 +66,7 @@ class GraphRegistry {
   std::unordered_map<uint64_t, CaptureState> captures_ ABSL_GUARDED_BY(mu_);  // by stream
   std::unordered_map<uint64_t, bool> graphs_ ABSL_GUARDED_BY(mu_);
   std::unordered_map<uint64_t, bool> execs_ ABSL_GUARDED_BY(mu_);
+  std::unordered_map<uint64_t, uint64_t> nodes_ ABSL_GUARDED_BY(mu_);  // node -> graph
 };
 
 }  // namespace ferry::client

@@ -22,6 +22,7 @@ enum class HandleKind : uint64_t {
   // stream capture and graphs
   kGraph = 0x6A,
   kGraphExec = 0x6E,
+  kGraphNode = 0x6D,
 };
 
 inline bool IsHandleKind(uint64_t id, HandleKind kind) {

@@ -7,6 +7,8 @@
 //     on a stream reports itself active (with an id), runs nothing, and ends
 //     with a graph of five nodes; instantiated and launched kReplays times, it
 //     accumulates kReplays times what one run adds;
+//   - a graph built node by node (memset, kernel, copy, each after the one
+//     before) replays on the legacy stream;
 //   - synchronizing a capturing stream fails with
 //     cudaErrorStreamCaptureUnsupported, and the capture then ends with
 //     cudaErrorStreamCaptureInvalidated and no graph.
@@ -122,6 +124,44 @@ int main() {
   RT_CHECK(cudaStreamIsCapturing(s, &status));
   RT_EXPECT(status == cudaStreamCaptureStatusNone);
   std::printf("invalidated capture: ok\n");
+
+  // A graph built node by node: e = 0; e = a + b (after the memset);
+  // f = e (after the kernel); replayed on the legacy stream.
+  float *e, *f;
+  RT_CHECK(cudaMalloc(&e, kBytes));
+  RT_CHECK(cudaMalloc(&f, kBytes));
+  cudaGraph_t built = nullptr;
+  RT_CHECK(cudaGraphCreate(&built, 0));
+  cudaMemsetParams set = {};
+  set.dst = e;
+  set.value = 0;
+  set.elementSize = 4;
+  set.width = kN;
+  set.height = 1;
+  cudaGraphNode_t set_node, kernel_node, copy_node;
+  RT_CHECK(cudaGraphAddMemsetNode(&set_node, built, nullptr, 0, &set));
+  int n = kN;
+  void* args[] = {&a, &b, &e, &n};
+  cudaKernelNodeParams kernel = {};
+  kernel.func = reinterpret_cast<void*>(rt_vector_add);
+  kernel.gridDim = dim3(blocks);
+  kernel.blockDim = dim3(256);
+  kernel.kernelParams = args;
+  RT_CHECK(cudaGraphAddKernelNode(&kernel_node, built, &set_node, 1, &kernel));
+  RT_CHECK(cudaGraphAddMemcpyNode1D(&copy_node, built, &kernel_node, 1, f, e, kBytes,
+                                    cudaMemcpyDeviceToDevice));
+  RT_CHECK(cudaGraphGetNodes(built, nullptr, &nodes));
+  RT_EXPECT(nodes == 3);
+  cudaGraphExec_t built_exec = nullptr;
+  RT_CHECK(cudaGraphInstantiate(&built_exec, built, 0));
+  for (int r = 0; r < 3; ++r) RT_CHECK(cudaGraphLaunch(built_exec, 0));
+  RT_CHECK(cudaMemcpy(out.data(), f, kBytes, cudaMemcpyDeviceToHost));
+  for (int i = 0; i < kN; ++i) RT_EXPECT(out[i] == 3.0f * i);
+  RT_CHECK(cudaGraphExecDestroy(built_exec));
+  RT_CHECK(cudaGraphDestroy(built));
+  RT_CHECK(cudaFree(e));
+  RT_CHECK(cudaFree(f));
+  std::printf("graph built node by node: ok\n");
 
   RT_CHECK(cudaGraphExecDestroy(exec));
   RT_CHECK(cudaGraphDestroy(graph));

@@ -326,7 +326,13 @@ class CudaGraph final : public Graph {
 
   const DriverApi& api;
   const CUgraph handle;
-  const CudaContext* const context;  // null: an empty graph of no context
+  const CudaContext* context;                     // null: no work of any context yet
+  std::vector<std::unique_ptr<GraphNode>> nodes;  // explicitly added ones
+};
+class CudaGraphNode final : public GraphNode {
+ public:
+  explicit CudaGraphNode(CUgraphNode handle) : handle(handle) {}
+  const CUgraphNode handle;  // owned by its graph
 };
 class CudaGraphExec final : public GraphExec {
  public:
@@ -1384,6 +1390,80 @@ class CudaBackend final : public GpuBackend {
       CUgraph graph = nullptr;
       FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphCreate, &graph, flags));
       *out = std::make_unique<CudaGraph>(*api_, graph, nullptr);
+      return Status::Ok();
+    });
+  }
+
+  Status AddGraphNode(Graph& graph, std::span<GraphNode* const> dependencies,
+                      const GraphNodeSpec& spec, GraphNode** out) override {
+    return Guarded("AddGraphNode", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedGraphs());
+      CudaGraph& g = static_cast<CudaGraph&>(graph);
+      std::vector<CUgraphNode> deps;
+      for (GraphNode* d : dependencies) deps.push_back(static_cast<CudaGraphNode*>(d)->handle);
+      CudaContext* ctx = spec.ctx != nullptr ? &Ctx(*spec.ctx) : nullptr;
+      if (ctx != nullptr) FERRY_RETURN_IF_ERROR(MakeCurrent(*ctx));
+      CUgraphNode node = nullptr;
+      switch (spec.kind) {
+        case GraphNodeSpec::Kind::kEmpty:
+          FERRY_RETURN_IF_ERROR(
+              FERRY_CU(*api_, cuGraphAddEmptyNode, &node, g.handle, deps.data(), deps.size()));
+          break;
+        case GraphNodeSpec::Kind::kKernel: {
+          const auto& c = spec.config;
+          if (c.cluster[0] != 0 || c.cluster[1] != 0 || c.cluster[2] != 0) {
+            return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "kernel nodes with clusters");
+          }
+          CUDA_KERNEL_NODE_PARAMS p;
+          std::memset(&p, 0, sizeof(p));
+          p.func = Fn(*spec.function).handle;
+          p.gridDimX = c.grid[0];
+          p.gridDimY = c.grid[1];
+          p.gridDimZ = c.grid[2];
+          p.blockDimX = c.block[0];
+          p.blockDimY = c.block[1];
+          p.blockDimZ = c.block[2];
+          p.sharedMemBytes = c.shared_bytes;
+          // The driver copies the parameters before it returns.
+          size_t params_size = static_cast<size_t>(spec.params.size);
+          void* extra[] = {CU_LAUNCH_PARAM_BUFFER_POINTER, const_cast<uint8_t*>(spec.params.data),
+                           CU_LAUNCH_PARAM_BUFFER_SIZE, &params_size, CU_LAUNCH_PARAM_END};
+          p.extra = params_size != 0 ? extra : nullptr;
+          FERRY_RETURN_IF_ERROR(
+              FERRY_CU(*api_, cuGraphAddKernelNode, &node, g.handle, deps.data(), deps.size(), &p));
+          break;
+        }
+        case GraphNodeSpec::Kind::kMemset: {
+          CUDA_MEMSET_NODE_PARAMS p;
+          std::memset(&p, 0, sizeof(p));
+          p.dst = static_cast<CUdeviceptr>(spec.dst);
+          p.pitch = static_cast<size_t>(spec.pitch);
+          p.value = spec.value;
+          p.elementSize = spec.element_bytes;
+          p.width = static_cast<size_t>(spec.width);
+          p.height = static_cast<size_t>(spec.height);
+          FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphAddMemsetNode, &node, g.handle, deps.data(),
+                                         deps.size(), &p, ctx->handle));
+          break;
+        }
+        case GraphNodeSpec::Kind::kCopy: {
+          CUDA_MEMCPY3D p;
+          std::memset(&p, 0, sizeof(p));
+          p.srcMemoryType = CU_MEMORYTYPE_DEVICE;
+          p.srcDevice = static_cast<CUdeviceptr>(spec.src);
+          p.dstMemoryType = CU_MEMORYTYPE_DEVICE;
+          p.dstDevice = static_cast<CUdeviceptr>(spec.dst);
+          p.WidthInBytes = static_cast<size_t>(spec.bytes);
+          p.Height = 1;
+          p.Depth = 1;
+          FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphAddMemcpyNode, &node, g.handle, deps.data(),
+                                         deps.size(), &p, ctx->handle));
+          break;
+        }
+      }
+      if (ctx != nullptr) g.context = ctx;
+      g.nodes.push_back(std::make_unique<CudaGraphNode>(node));
+      *out = g.nodes.back().get();
       return Status::Ok();
     });
   }

@@ -108,7 +108,11 @@
   X(cuGraphInstantiateWithFlags, 11040)  \
   X(cuGraphExecDestroy, 10000)           \
   X(cuGraphLaunch, 10000)                \
-  X(cuGraphUpload, 11010)
+  X(cuGraphUpload, 11010)                \
+  X(cuGraphAddEmptyNode, 10000)          \
+  X(cuGraphAddKernelNode, 12000)         \
+  X(cuGraphAddMemsetNode, 10000)         \
+  X(cuGraphAddMemcpyNode, 10000)
 
 // The green-context ones among them (all or nothing: see HasGreenContexts).
 #define FERRY_CUDA_GREEN_CONTEXT_ENTRY_POINTS(X) \
