@@ -293,6 +293,26 @@ CUresult CUDAAPI cuGraphCreate(CUgraph* phGraph, unsigned int flags) {
   });
 }
 
+// The clone's nodes have no handles of their own here (cuGraphNodeFindInClone
+// is not forwarded).
+CUresult CUDAAPI cuGraphClone(CUgraph* phGraphClone, CUgraph originalGraph) {
+  return Api([&]() -> Status {
+    Runtime& rt = Runtime::Get();
+    if (phGraphClone == nullptr) return Status::InvalidArgument("phGraphClone is NULL");
+    FERRY_RETURN_IF_ERROR(rt.Ready());
+    const uint64_t original = Runtime::HandleId(originalGraph);
+    if (!rt.graphs().HasGraph(original)) return Status::InvalidHandle("not a graph of this client");
+    const uint64_t id = rt.graphs().NewGraph();
+    FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
+      auto args = call.initGraphClone();
+      args.setGraph(original);
+      args.setClone(id);
+    }));
+    *phGraphClone = Runtime::ToHandle<CUgraph>(id);
+    return Status::Ok();
+  });
+}
+
 CUresult CUDAAPI cuGraphDestroy(CUgraph hGraph) {
   return Api([&]() -> Status {
     Runtime& rt = Runtime::Get();

@@ -321,6 +321,8 @@ struct Call {
         $waits("always") $handles(["graph"]) $usesContext;
     graphAddNode @55 :GraphAddNode  # kernel nodes: bulk = packed params
         $waits("never") $handles(["graph"]) $usesContext;
+    graphClone @56 :GraphClone
+        $waits("never") $handles(["graph"]);
   }
 }
 
@@ -495,6 +497,10 @@ struct GraphLaunch {
   ctx @0 :UInt64;
   stream @1 :UInt64;
   exec @2 :UInt64;
+}
+struct GraphClone {
+  graph @0 :UInt64;
+  clone @1 :UInt64;  # new graph id: a copy of `graph`'s nodes (node ids are not carried over)
 }
 # cuGraphAdd*Node: a node of `graph` after `dependencies` (nodes of the same
 # graph). Its work is what the stream-ordered call would do (the `stream`

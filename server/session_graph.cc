@@ -241,6 +241,17 @@ Status Session::GraphAddNode(wire::GraphAddNode::Reader args, CallContext& cx) {
   return graph_nodes_.Insert(args.getNode(), GraphNodeEntry{node, args.getGraph()});
 }
 
+Status Session::GraphClone(wire::GraphClone::Reader args) {
+  GraphEntry* graph = nullptr;
+  FERRY_RETURN_IF_ERROR(graphs_.Find(args.getGraph(), &graph));
+  FERRY_RETURN_IF_ERROR(graphs_.CheckNewId(args.getClone()));
+  GraphEntry clone;
+  FERRY_RETURN_IF_ERROR(backend_.CloneGraph(*graph->graph, &clone.graph));
+  clone.ctx = graph->ctx;
+  clone.ranges = graph->ranges;
+  return graphs_.Insert(args.getClone(), std::move(clone));
+}
+
 Status Session::GraphInstantiate(wire::GraphInstantiate::Reader args) {
   GraphEntry* graph = nullptr;
   FERRY_RETURN_IF_ERROR(graphs_.Find(args.getGraph(), &graph));

@@ -8,7 +8,7 @@
 //     with a graph of five nodes; instantiated and launched kReplays times, it
 //     accumulates kReplays times what one run adds;
 //   - a graph built node by node (memset, kernel, copy, each after the one
-//     before) replays on the legacy stream;
+//     before), then cloned, replays on the legacy stream;
 //   - synchronizing a capturing stream fails with
 //     cudaErrorStreamCaptureUnsupported, and the capture then ends with
 //     cudaErrorStreamCaptureInvalidated and no graph.
@@ -152,6 +152,11 @@ int main() {
                                     cudaMemcpyDeviceToDevice));
   RT_CHECK(cudaGraphGetNodes(built, nullptr, &nodes));
   RT_EXPECT(nodes == 3);
+  // Instantiated from a clone (the original destroyed first).
+  cudaGraph_t clone = nullptr;
+  RT_CHECK(cudaGraphClone(&clone, built));
+  RT_CHECK(cudaGraphDestroy(built));
+  built = clone;
   cudaGraphExec_t built_exec = nullptr;
   RT_CHECK(cudaGraphInstantiate(&built_exec, built, 0));
   for (int r = 0; r < 3; ++r) RT_CHECK(cudaGraphLaunch(built_exec, 0));

@@ -378,6 +378,11 @@ class GpuBackend {
     (void)graph, (void)dependencies, (void)spec, (void)out;
     return NoGraphs();
   }
+  // A graph with the same nodes and dependencies (cuGraphClone).
+  virtual Status CloneGraph(Graph& graph, std::unique_ptr<Graph>* out) {
+    (void)graph, (void)out;
+    return NoGraphs();
+  }
   virtual Status GraphNodeCount(Graph& graph, uint64_t* count) {
     (void)graph, (void)count;
     return NoGraphs();

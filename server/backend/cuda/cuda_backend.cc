@@ -1468,6 +1468,17 @@ class CudaBackend final : public GpuBackend {
     });
   }
 
+  Status CloneGraph(Graph& graph, std::unique_ptr<Graph>* out) override {
+    return Guarded("CloneGraph", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedGraphs());
+      CudaGraph& g = static_cast<CudaGraph&>(graph);
+      CUgraph clone = nullptr;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphClone, &clone, g.handle));
+      *out = std::make_unique<CudaGraph>(*api_, clone, g.context);
+      return Status::Ok();
+    });
+  }
+
   Status GraphNodeCount(Graph& graph, uint64_t* count) override {
     return Guarded("GraphNodeCount", [&]() -> Status {
       FERRY_RETURN_IF_ERROR(NeedGraphs());

@@ -977,6 +977,11 @@ class HostBackend final : public GpuBackend {
     return Status::Ok();
   }
 
+  Status CloneGraph(Graph& graph, std::unique_ptr<Graph>* out) override {
+    *out = std::make_unique<HostGraph>(static_cast<HostGraph&>(graph).ops);
+    return Status::Ok();
+  }
+
   Status GraphNodeCount(Graph& graph, uint64_t* count) override {
     *count = static_cast<HostGraph&>(graph).ops.size();
     return Status::Ok();
