@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds ferry on this machine and packs what the lent GPU machine needs into
+# Builds ferry on this machine and packs what a machine with a GPU needs into
 # device-bundle/ (ignored by git; carried to the device, so it must stay
 # under 64 MiB): ferryd and ferryctl, ferry's libcuda.so.1, the shared
 # libraries they need that a stock CUDA image lacks (Cap'n Proto, Abseil, ...),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check, run on the lent GPU machine from the repository
+# The GPU check, run on a machine with a GPU from the repository
 # root after scripts/gpu-bundle.sh packed device-bundle/ here: starts
 # `ferryd --backend cuda` on loopback and runs, through ferry's libcuda.so.1,
 # every end-to-end program, the cuBLAS GEMMs and stock PyTorch; the cuBLAS and
