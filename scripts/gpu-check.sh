@@ -213,7 +213,7 @@ elif have_time cuda_backend_gpu_test; then
     verdict=$(grep -E '^\[ *(OK|FAILED|SKIPPED) *\] CudaGpuTest.HalfSlicesRunOnDisjointSmPartitions' "$out" |
       head -n 1 | sed -E 's/^\[ *([A-Z]+) *\].*/\1/')
     case "$verdict" in OK) s=PASS ;; SKIPPED) s=SKIP ;; *) s=FAIL ;; esac
-    skip_reason=$(grep -A1 'HalfSlicesRunOnDisjointSmPartitions' "$out" | grep -o 'no SM partitions.*' | head -n 1)
+    skip_reason=$(grep -A3 'HalfSlicesRunOnDisjointSmPartitions' "$out" | grep -o 'no SM partitions.*' | head -n 1)
     record cuda_backend_gpu_test.sm_partition "$s" 0 "${partition:-$skip_reason}"
   fi
 fi
@@ -431,10 +431,10 @@ EOF
     # Two at once: both borrow their slice and warm up, then start together.
     go="$work/shares.go"
     shares_start=$(date +%s.%N)
-    timeout --kill-after=5 90 "${shares_env[@]}" "$share" --iterations "$iterations" --go-file "$go" \
+    timeout --kill-after=5 60 "${shares_env[@]}" "$share" --iterations "$iterations" --go-file "$go" \
       > "$work/share_a.out" 2>&1 &
     pid_a=$!
-    timeout --kill-after=5 90 "${shares_env[@]}" "$share" --iterations "$iterations" --go-file "$go" \
+    timeout --kill-after=5 60 "${shares_env[@]}" "$share" --iterations "$iterations" --go-file "$go" \
       > "$work/share_b.out" 2>&1 &
     pid_b=$!
     background+=("$pid_a" "$pid_b")
@@ -482,7 +482,7 @@ elif [ ! -x "$fault" ]; then
 elif have_time fault_isolation.faulting fault_isolation.other_session fault_isolation.ferryd_up \
   fault_isolation.new_session; then
   stop="$work/fault.stop"
-  timeout --kill-after=5 90 "${client_env[@]}" "$fault" worker "$stop" > "$work/fault_worker.out" 2>&1 &
+  timeout --kill-after=5 60 "${client_env[@]}" "$fault" worker "$stop" > "$work/fault_worker.out" 2>&1 &
   worker_pid=$!
   background+=("$worker_pid")
   for _ in $(seq 300); do
