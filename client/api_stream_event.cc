@@ -206,9 +206,11 @@ CUresult CUDAAPI cuStreamDestroy_v2(CUstream hStream) {
     Runtime& rt = Runtime::Get();
     FERRY_RETURN_IF_ERROR(rt.Ready());
     const uint64_t id = Runtime::HandleId(hStream);
-    FERRY_RETURN_IF_ERROR(rt.streams().RemoveStream(id, nullptr));
+    ferry::client::StreamState removed;
+    FERRY_RETURN_IF_ERROR(rt.streams().RemoveStream(id, &removed));
     return rt.connection().Post([&](wire::Call::Builder call) {
       auto args = call.initStreamDestroy();
+      args.setCtx(removed.ctx);
       args.setStream(id);
     });
   });

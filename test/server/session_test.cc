@@ -4,20 +4,26 @@
 // session frees everything when its connection ends.
 #include "server/session.h"
 
+#include <capnp/dynamic.h>
 #include <capnp/serialize.h>
 #include <cuda.h>
 #include <dlfcn.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <functional>
 #include <future>
+#include <map>
 #include <random>
+#include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
 #include "common/frame.h"
+#include "schema/call_table.h"
 #include "server/backend/cuda/cuda_backend.h"
 #include "test/support/host_backend.h"
 #include "test/support/observed_transport.h"
@@ -672,6 +678,116 @@ class SessionLibraryTest : public SessionTest {
     });
   }
 };
+
+// Every handle and device-range field that a call's description names in the
+// schema ($handles, $ranges) is validated by its handler. For each such field
+// the call is sent with that field alone holding something this session does
+// not own; handle fields of kinds the test can make hold this session's
+// objects, range fields its allocation, and other integer fields 4 (sizes,
+// counts, flags), so the error is the field's own: INVALID_HANDLE (or
+// INVALID_CONTEXT) for a handle, INVALID_VALUE for a range. Each call is sent
+// the way its description says the client sends it (a call that always waits
+// wants a reply; the others are posted, and a ping reports the latched error),
+// and the session keeps working after each.
+TEST_F(SessionLibraryTest, EveryDescribedHandleAndRangeIsValidated) {
+  constexpr uint64_t kUnknownId = 0x7777;
+  constexpr uint64_t kForeignAddress = 0x10;
+  CreateContext();
+  const uint64_t buffer = Alloc(4096);
+  CreateStream(200);
+  for (uint64_t event : {300, 301}) {
+    client_->Send(
+        [&](wire::Call::Builder c) {
+          auto a = c.initEventCreate();
+          a.setCtx(100);
+          a.setEvent(event);
+        },
+        false);
+  }
+  ASSERT_TRUE(LoadLibrary(600).status.ok());
+  ASSERT_TRUE(LoadIntoContext(600, 100, 400, 500).ok());
+  const std::map<std::string, uint64_t> valid = {
+      {"ctx", 100}, {"stream", 200}, {"event", 300},    {"start", 300},
+      {"end", 301}, {"module", 400}, {"function", 500}, {"library", 600}};
+  auto split = [](const char* list) {
+    std::vector<std::string> names;
+    for (std::string_view rest = list; !rest.empty();) {
+      const size_t comma = rest.find(',');
+      names.emplace_back(rest.substr(0, comma));
+      rest = comma == std::string_view::npos ? "" : rest.substr(comma + 1);
+    }
+    return names;
+  };
+  int checked = 0;
+  for (const wire::CallDescription& description : wire::kCallDescriptions) {
+    const std::vector<std::string> handles = split(description.handles);
+    const std::vector<std::string> ranges = split(description.ranges);
+    auto contains = [](const std::vector<std::string>& names, const std::string& name) {
+      return std::find(names.begin(), names.end(), name) != names.end();
+    };
+    const wire::CallWaits waits = wire::kCallWaits[&description - wire::kCallDescriptions];
+    const bool wants_reply = waits == wire::CallWaits::kAlways;
+    auto send_with_bad = [&](const std::string& bad) {
+      const uint64_t seq = client_->Send(
+          [&](wire::Call::Builder c) {
+            capnp::DynamicStruct::Builder call = capnp::toDynamic(c);
+            auto args = call.init(call.getSchema().getFieldByName(description.name))
+                            .as<capnp::DynamicStruct>();
+            for (capnp::StructSchema::Field field : args.getSchema().getFields()) {
+              const std::string name = field.getProto().getName();
+              const capnp::Type type = field.getType();
+              if (!(type.isUInt8() || type.isUInt16() || type.isUInt32() || type.isUInt64() ||
+                    type.isInt32() || type.isInt64())) {
+                continue;
+              }
+              uint64_t value = 4;
+              if (contains(handles, name)) {
+                auto it = valid.find(name);
+                value = name == bad || it == valid.end() ? kUnknownId : it->second;
+              } else if (contains(ranges, name)) {
+                value = name == bad ? kForeignAddress : buffer;
+              }
+              args.set(name, value);
+            }
+          },
+          wants_reply);
+      if (wants_reply) {
+        const ReplyResult reply = client_->ReadWithin();
+        EXPECT_EQ(reply.seq, seq);
+        return reply.status;
+      }
+      if (waits == wire::CallWaits::kGate) {
+        // A refused gate is answered at once, and its error is latched too.
+        const ReplyResult refused = client_->ReadWithin();
+        EXPECT_EQ(refused.seq, seq);
+        EXPECT_EQ(client_->Call([&](wire::Call::Builder c) { c.setPing(); }).status.cuda_result(),
+                  refused.status.cuda_result());
+        return refused.status;
+      }
+      return client_->Call([&](wire::Call::Builder c) { c.setPing(); }).status;
+    };
+    for (const std::string& handle : handles) {
+      const Status status = send_with_bad(handle);
+      EXPECT_TRUE(status.cuda_result() == CUDA_ERROR_INVALID_HANDLE ||
+                  status.cuda_result() == CUDA_ERROR_INVALID_CONTEXT)
+          << description.name << "." << handle << ": " << status.ToString();
+      ++checked;
+    }
+    for (const std::string& range : ranges) {
+      const Status status = send_with_bad(range);
+      EXPECT_EQ(status.cuda_result(), CUDA_ERROR_INVALID_VALUE)
+          << description.name << "." << range << ": " << status.ToString();
+      ++checked;
+    }
+    ASSERT_TRUE(client_->Call([&](wire::Call::Builder c) { c.setPing(); }).status.ok())
+        << "the session stopped working after " << description.name;
+  }
+  EXPECT_GT(checked, 40);
+  // Leave nothing behind for EndSession's check.
+  client_->Send([&](wire::Call::Builder c) { c.initLibraryUnload().setLibrary(600); }, false);
+  client_->Send([&](wire::Call::Builder c) { c.initCtxDestroy().setCtx(100); }, false);
+  ASSERT_TRUE(client_->Call([&](wire::Call::Builder c) { c.setPing(); }).status.ok());
+}
 
 TEST_F(SessionLibraryTest, LoadsOnceAndGivesEachContextItsOwnModule) {
   CreateContext(100);
