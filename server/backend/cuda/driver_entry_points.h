@@ -94,8 +94,8 @@
 // throttling. Call sites check HasGreenContexts() first.
 #define FERRY_CUDA_OPTIONAL_ENTRY_POINTS(X) \
   X(cuCtxResetPersistingL2Cache, 11000)     \
-  FERRY_CUDA_GREEN_CONTEXT_ENTRY_POINTS(X)  \
-  FERRY_CUDA_PEER_ENTRY_POINTS(X)
+  FERRY_CUDA_PEER_ENTRY_POINTS(X)           \
+  FERRY_CUDA_GREEN_CONTEXT_ENTRY_POINTS(X)
 
 // The green-context ones among them (all or nothing: see HasGreenContexts).
 #define FERRY_CUDA_GREEN_CONTEXT_ENTRY_POINTS(X) \
