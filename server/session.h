@@ -301,7 +301,7 @@ class Session {
   // from the schema's call descriptions (schema/generate_calls.py), so the
   // signatures and the dispatch that calls them cannot drift apart. A handler
   // takes `cx` where the schema gives the member $usesContext.
-#include "schema/session_handlers.inc"
+#include "server/generated/session_handlers.inc"
 
   const uint64_t id_;
   std::unique_ptr<Transport> transport_;
