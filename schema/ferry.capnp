@@ -298,7 +298,49 @@ struct Call {
     # context
     ctxResetPersistingL2Cache @44 :CtxRef  # cuCtxResetPersistingL2Cache
         $waits("never") $handles(["ctx"]);
+    # peers
+    deviceCanAccessPeer @45 :DevicePeer  # reply value: 1 or 0
+        $waits("always") $usesContext;
+    deviceGetP2PAttribute @46 :DevicePeer  # reply value
+        $waits("always") $usesContext;
+    ctxEnablePeerAccess @47 :CtxPeer
+        $waits("never") $handles(["ctx", "peer"]);
+    ctxDisablePeerAccess @48 :CtxPeer
+        $waits("never") $handles(["ctx", "peer"]);
+    memcpyPeer @49 :MemcpyPeer
+        $waits("never") $orderedOn("stream") $handles(["ctx", "stream", "dstCtx", "srcCtx"])
+        $ranges(["dst", "src"]);
   }
+}
+
+# peers
+# Two of the session's devices: cuDeviceCanAccessPeer (device, peer) and
+# cuDeviceGetP2PAttribute (attribute; device = source, peer = destination).
+struct DevicePeer {
+  device @0 :Int32;
+  peer @1 :Int32;
+  attribute @2 :Int32;
+}
+# cuCtxEnablePeerAccess / cuCtxDisablePeerAccess: `ctx` (the current context)
+# gains or loses access to the memory of `peer`'s device.
+struct CtxPeer {
+  ctx @0 :UInt64;
+  peer @1 :UInt64;
+  flags @2 :UInt32;
+}
+# cuMemcpyPeer(Async): `bytes` from `src` (memory of srcCtx's device) to `dst`
+# (memory of dstCtx's device), queued on `stream` of `ctx`. `synchronous`
+# (cuMemcpyPeer, stream 0): also ordered after and before the work of the
+# legacy streams of dstCtx and srcCtx.
+struct MemcpyPeer {
+  ctx @0 :UInt64;
+  stream @1 :UInt64;
+  dst @2 :UInt64;
+  dstCtx @3 :UInt64;
+  src @4 :UInt64;
+  srcCtx @5 :UInt64;
+  bytes @6 :UInt64;
+  synchronous @7 :Bool;
 }
 
 struct CtxCreate {

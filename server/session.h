@@ -61,6 +61,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -276,6 +277,11 @@ class Session {
   void EraseModule(uint64_t id);
   // OK when [address, address + bytes) lies inside one range of this session.
   Status CheckRange(uint64_t address, uint64_t bytes, const char* what);
+  // peers: the backend device of session device `device`
+  // (CUDA_ERROR_INVALID_DEVICE for one the session lacks), and CheckRange
+  // that also requires the range to be memory of session device `device`.
+  Status BackendDevice(int device, int* backend_device);
+  Status CheckRangeOnDevice(uint64_t address, uint64_t bytes, int device, const char* what);
   Status CheckRange2D(uint64_t address, uint64_t pitch, uint64_t width_bytes, uint64_t height,
                       const char* what);
   // Launches on a throttled device wait for its share and are measured.
@@ -318,6 +324,9 @@ class Session {
   HandleTable<LibraryEntry> libraries_{"library"};
   HandleTable<FunctionEntry> functions_{"function"};
   RangeMap<RangeEntry> ranges_;
+  // peers: (context, peer context) pairs with peer access enabled; a
+  // context's pairs go with it.
+  std::set<std::pair<uint64_t, uint64_t>> peer_access_;
   Status latched_error_;
   uint64_t latched_seq_ = 0;
 

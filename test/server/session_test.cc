@@ -643,6 +643,130 @@ TEST_F(SessionTest, GarbageMessagesNeverCrashTheServer) {
 
 // --- libraries and occupancy ---------------------------------------------------
 
+// Peers: two host devices, a context on each.
+class SessionPeerTest : public SessionTest {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(test::CreateTestHostBackend(64 << 20, &backend_, 2).ok());
+    StartSession();
+    CreateContext(100);
+    auto r = client_->Call([&](wire::Call::Builder c) {
+      auto a = c.initCtxCreate();
+      a.setCtx(200);
+      a.setDevice(1);
+    });
+    ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  }
+  // A call that does not wait, then a ping: the ping reports its error.
+  Status PostThenPing(const std::function<void(wire::Call::Builder)>& fill) {
+    client_->Send(fill, false);
+    return client_->Call([](wire::Call::Builder c) { c.setPing(); }).status;
+  }
+  Status CopyPeer(uint64_t dst, uint64_t dst_ctx, uint64_t src, uint64_t src_ctx, uint64_t bytes,
+                  bool synchronous = true) {
+    return PostThenPing([&](wire::Call::Builder c) {
+      auto a = c.initMemcpyPeer();
+      a.setCtx(100);
+      a.setDst(dst);
+      a.setDstCtx(dst_ctx);
+      a.setSrc(src);
+      a.setSrcCtx(src_ctx);
+      a.setBytes(bytes);
+      a.setSynchronous(synchronous);
+    });
+  }
+  Status PeerAccess(bool enable, uint64_t ctx, uint64_t peer, unsigned flags = 0) {
+    return PostThenPing([&](wire::Call::Builder c) {
+      auto a = enable ? c.initCtxEnablePeerAccess() : c.initCtxDisablePeerAccess();
+      a.setCtx(ctx);
+      a.setPeer(peer);
+      a.setFlags(flags);
+    });
+  }
+};
+
+TEST_F(SessionPeerTest, CanAccessPeerAndP2PAttributesForTheSessionsDevicesOnly) {
+  auto ask = [&](bool attribute, int device, int peer) {
+    return client_->Call([&](wire::Call::Builder c) {
+      auto a = attribute ? c.initDeviceGetP2PAttribute() : c.initDeviceCanAccessPeer();
+      a.setDevice(device);
+      a.setPeer(peer);
+      a.setAttribute(CU_DEVICE_P2P_ATTRIBUTE_ACCESS_SUPPORTED);
+    });
+  };
+  ReplyResult r = ask(false, 0, 1);
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  EXPECT_EQ(r.value, 1);
+  r = ask(false, 1, 1);
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  EXPECT_EQ(r.value, 0);
+  EXPECT_EQ(ask(false, 0, 2).status.cuda_result(), CUDA_ERROR_INVALID_DEVICE);
+  EXPECT_EQ(ask(false, -1, 0).status.cuda_result(), CUDA_ERROR_INVALID_DEVICE);
+  r = ask(true, 1, 0);
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  EXPECT_EQ(r.value, 1);
+  EXPECT_EQ(ask(true, 0, 0).status.cuda_result(), CUDA_ERROR_INVALID_DEVICE);
+  EXPECT_EQ(ask(true, 0, 5).status.cuda_result(), CUDA_ERROR_INVALID_DEVICE);
+}
+
+TEST_F(SessionPeerTest, PeerAccessStateIsPerContextPairWithTheDriversErrors) {
+  EXPECT_EQ(PeerAccess(false, 100, 200).cuda_result(), CUDA_ERROR_PEER_ACCESS_NOT_ENABLED);
+  EXPECT_EQ(PeerAccess(true, 100, 200, 1).cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(PeerAccess(true, 100, 100).cuda_result(), CUDA_ERROR_PEER_ACCESS_UNSUPPORTED);
+  EXPECT_EQ(PeerAccess(true, 100, 999).cuda_result(), CUDA_ERROR_INVALID_CONTEXT);
+  EXPECT_TRUE(PeerAccess(true, 100, 200).ok());
+  EXPECT_EQ(PeerAccess(true, 100, 200).cuda_result(), CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED);
+  EXPECT_TRUE(PeerAccess(true, 200, 100).ok());  // the other direction is its own
+  EXPECT_TRUE(PeerAccess(false, 100, 200).ok());
+  EXPECT_EQ(PeerAccess(false, 100, 200).cuda_result(), CUDA_ERROR_PEER_ACCESS_NOT_ENABLED);
+  EXPECT_TRUE(PeerAccess(true, 100, 200).ok());
+  // Destroying a context forgets its pairs.
+  EXPECT_TRUE(PostThenPing([](wire::Call::Builder c) { c.initCtxDestroy().setCtx(200); }).ok());
+  auto r = client_->Call([&](wire::Call::Builder c) {
+    auto a = c.initCtxCreate();
+    a.setCtx(200);
+    a.setDevice(1);
+  });
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  EXPECT_TRUE(PeerAccess(true, 100, 200).ok());
+}
+
+TEST_F(SessionPeerTest, CopiesBetweenDevicesCheckBothRangesAgainstTheirContextsDevices) {
+  const uint64_t a0 = Alloc(4096, 100);
+  const uint64_t a1 = Alloc(4096, 200);
+  std::vector<uint8_t> data(4096);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i * 7);
+  CopyIn(0, a0, data);
+  ASSERT_TRUE(CopyPeer(a1, 200, a0, 100, 4096).ok());
+  ASSERT_TRUE(CopyPeer(a0 + 2048, 100, a1, 200, 2048, /*synchronous=*/false).ok());
+  ReplyResult out = client_->Call([&](wire::Call::Builder c) {
+    auto a = c.initMemcpyDtoH();
+    a.setCtx(200);
+    a.setSrc(a1);
+    a.setBytes(4096);
+  });
+  ASSERT_TRUE(out.status.ok()) << out.status.ToString();
+  EXPECT_EQ(out.bulk, data);
+  out = CopyOut(0, a0 + 2048, 2048);
+  ASSERT_TRUE(out.status.ok()) << out.status.ToString();
+  EXPECT_EQ(out.bulk, std::vector<uint8_t>(data.begin(), data.begin() + 2048));
+
+  // Outside the allocations, past their ends, on the wrong device, or with
+  // an unknown context: refused, and nothing is copied.
+  EXPECT_EQ(CopyPeer(a1, 200, a0 + 4000, 100, 200).cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(CopyPeer(a1 + 4000, 200, a0, 100, 200).cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(CopyPeer(0x1000, 200, a0, 100, 16).cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(CopyPeer(a1, 100, a0, 100, 16).cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(CopyPeer(a1, 200, a0, 200, 16).cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(CopyPeer(a1, 999, a0, 100, 16).cuda_result(), CUDA_ERROR_INVALID_CONTEXT);
+  EXPECT_EQ(CopyPeer(a1, 200, a0, 100, ~0ull).cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  // Device 0 to device 0 is a copy within it.
+  ASSERT_TRUE(CopyPeer(a0 + 2048, 100, a0, 100, 2048).ok());
+  out = CopyOut(0, a0 + 2048, 2048);
+  ASSERT_TRUE(out.status.ok()) << out.status.ToString();
+  EXPECT_EQ(out.bulk, std::vector<uint8_t>(data.begin(), data.begin() + 2048));
+}
+
 class SessionLibraryTest : public SessionTest {
  protected:
   ReplyResult LoadLibrary(uint64_t library) {
