@@ -831,8 +831,9 @@ TEST_F(SessionLibraryTest, EveryDescribedHandleAndRangeIsValidated) {
   ASSERT_TRUE(LoadLibrary(600).status.ok());
   ASSERT_TRUE(LoadIntoContext(600, 100, 400, 500).ok());
   const std::map<std::string, uint64_t> valid = {
-      {"ctx", 100}, {"stream", 200}, {"event", 300},    {"start", 300},
-      {"end", 301}, {"module", 400}, {"function", 500}, {"library", 600}};
+      {"ctx", 100},    {"dstCtx", 100},   {"srcCtx", 100}, {"peer", 100},
+      {"stream", 200}, {"event", 300},    {"start", 300},  {"end", 301},
+      {"module", 400}, {"function", 500}, {"library", 600}};
   auto split = [](const char* list) {
     std::vector<std::string> names;
     for (std::string_view rest = list; !rest.empty();) {
