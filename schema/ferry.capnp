@@ -298,32 +298,74 @@ struct Call {
     # context
     ctxResetPersistingL2Cache @44 :CtxRef  # cuCtxResetPersistingL2Cache
         $waits("never") $handles(["ctx"]);
+    # peers
+    deviceCanAccessPeer @45 :DevicePeer  # reply value: 1 or 0
+        $waits("always") $usesContext;
+    deviceGetP2PAttribute @46 :DevicePeer  # reply value
+        $waits("always") $usesContext;
+    ctxEnablePeerAccess @47 :CtxPeer
+        $waits("never") $handles(["ctx", "peer"]);
+    ctxDisablePeerAccess @48 :CtxPeer
+        $waits("never") $handles(["ctx", "peer"]);
+    memcpyPeer @49 :MemcpyPeer
+        $waits("never") $orderedOn("stream") $handles(["ctx", "stream", "dstCtx", "srcCtx"])
+        $ranges(["dst", "src"]);
     # stream capture and graphs
-    streamBeginCapture @45 :StreamBeginCapture
+    streamBeginCapture @50 :StreamBeginCapture
         $waits("never") $orderedOn("stream") $handles(["ctx", "stream"]);
-    streamEndCapture @46 :StreamRef  # waits: an invalidated capture is reported here
+    streamEndCapture @51 :StreamRef  # waits: an invalidated capture is reported here
         $waits("always") $orderedOn("stream") $handles(["ctx", "stream"]);
-    streamCaptureStatus @47 :StreamRef  # reply value: a CUstreamCaptureStatus
+    streamCaptureStatus @52 :StreamRef  # reply value: a CUstreamCaptureStatus
         $waits("always") $handles(["ctx", "stream"]) $usesContext;
-    graphCreate @48 :GraphCreate
+    graphCreate @53 :GraphCreate
         $waits("never");
-    graphDestroy @49 :GraphRef
+    graphDestroy @54 :GraphRef
         $waits("never") $handles(["graph"]);
-    graphInstantiate @50 :GraphInstantiate
+    graphInstantiate @55 :GraphInstantiate
         $waits("never") $handles(["graph"]);
-    graphExecDestroy @51 :GraphExecRef
+    graphExecDestroy @56 :GraphExecRef
         $waits("never") $handles(["exec"]);
-    graphLaunch @52 :GraphLaunch
+    graphLaunch @57 :GraphLaunch
         $waits("never") $orderedOn("stream") $handles(["ctx", "stream", "exec"]);
-    graphUpload @53 :GraphLaunch
+    graphUpload @58 :GraphLaunch
         $waits("never") $orderedOn("stream") $handles(["ctx", "stream", "exec"]);
-    graphNodeCount @54 :GraphRef  # reply value
+    graphNodeCount @59 :GraphRef  # reply value
         $waits("always") $handles(["graph"]) $usesContext;
-    graphAddNode @55 :GraphAddNode  # kernel nodes: bulk = packed params
+    graphAddNode @60 :GraphAddNode  # kernel nodes: bulk = packed params
         $waits("never") $handles(["graph"]) $usesContext;
-    graphClone @56 :GraphClone
+    graphClone @61 :GraphClone
         $waits("never") $handles(["graph"]);
   }
+}
+
+# peers
+# Two of the session's devices: cuDeviceCanAccessPeer (device, peer) and
+# cuDeviceGetP2PAttribute (attribute; device = source, peer = destination).
+struct DevicePeer {
+  device @0 :Int32;
+  peer @1 :Int32;
+  attribute @2 :Int32;
+}
+# cuCtxEnablePeerAccess / cuCtxDisablePeerAccess: `ctx` (the current context)
+# gains or loses access to the memory of `peer`'s device.
+struct CtxPeer {
+  ctx @0 :UInt64;
+  peer @1 :UInt64;
+  flags @2 :UInt32;
+}
+# cuMemcpyPeer(Async): `bytes` from `src` (memory of srcCtx's device) to `dst`
+# (memory of dstCtx's device), queued on `stream` of `ctx`. `synchronous`
+# (cuMemcpyPeer, stream 0): also ordered after and before the work of the
+# legacy streams of dstCtx and srcCtx.
+struct MemcpyPeer {
+  ctx @0 :UInt64;
+  stream @1 :UInt64;
+  dst @2 :UInt64;
+  dstCtx @3 :UInt64;
+  src @4 :UInt64;
+  srcCtx @5 :UInt64;
+  bytes @6 :UInt64;
+  synchronous @7 :Bool;
 }
 
 struct CtxCreate {
