@@ -54,6 +54,7 @@
 #include "client/context_local_storage.h"
 #include "client/context_registry.h"
 #include "client/handles.h"
+#include "client/mempool_registry.h"
 #include "client/module_registry.h"
 #include "client/stream_registry.h"
 #include "common/status.h"
@@ -126,6 +127,7 @@ class Runtime {
   StreamRegistry& streams() { return streams_; }
   ModuleRegistry& modules() { return modules_; }
   AllocationRegistry& allocations() { return allocations_; }
+  MemPoolRegistry& mem_pools() { return mem_pools_; }
 
   static uint64_t HandleId(const void* handle) { return reinterpret_cast<uint64_t>(handle); }
   static bool IsKind(uint64_t id, HandleKind kind) { return IsHandleKind(id, kind); }
@@ -267,6 +269,7 @@ class Runtime {
   StreamRegistry streams_{&ids_};
   ModuleRegistry modules_{&ids_};
   AllocationRegistry allocations_;
+  MemPoolRegistry mem_pools_{&ids_};
   // Serialises creating contexts on the server, so two threads never create
   // the same primary context. Held across the round trip; taken before any
   // registry's lock.

@@ -298,6 +298,23 @@ struct Call {
     # context
     ctxResetPersistingL2Cache @44 :CtxRef  # cuCtxResetPersistingL2Cache
         $waits("never") $handles(["ctx"]);
+    # stream-ordered allocation and memory pools
+    memPoolCreate @45 :MemPoolCreate  # cuMemPoolCreate, or a device's default pool
+        $waits("never");
+    memPoolDestroy @46 :MemPoolRef
+        $waits("never") $handles(["pool"]);
+    memPoolSetAttribute @47 :MemPoolAttribute
+        $waits("never") $handles(["pool"]);
+    memPoolGetAttribute @48 :MemPoolAttribute  # reply value
+        $waits("always") $handles(["pool"]) $usesContext;
+    memPoolTrimTo @49 :MemPoolTrim
+        $waits("never") $handles(["pool"]);
+    memAllocAsync @50 :MemAllocAsync  # reply memAlloc; see MemAllocAsync
+        $waits("always") $orderedOn("stream") $handles(["ctx", "stream", "pool"]) $usesContext;
+    memFreeAsync @51 :MemFreeAsync
+        $waits("never") $orderedOn("stream") $handles(["ctx", "stream"]) $ranges(["dptr"]);
+    profilerControl @52 :ProfilerControl  # cuProfilerStart / cuProfilerStop
+        $waits("never") $handles(["ctx"]);
   }
 }
 
@@ -494,6 +511,60 @@ struct OccupancyCluster {
   clusterX @9 :UInt32;
   clusterY @10 :UInt32;
   clusterZ @11 :UInt32;
+}
+
+# stream-ordered allocation and memory pools
+#
+# A memory pool is named by an id the client chooses. memPoolCreate with
+# `isDefault` makes the session's default pool of `device` (what
+# cuDeviceGetDefaultMemPool names; the client sends it once per device, before
+# the pool is first used, and it cannot be destroyed); without it, a pool
+# cuMemPoolCreate made. Each session's pools are its own, the default ones
+# included, so one session's attributes and trims never reach another's.
+struct MemPoolCreate {
+  pool @0 :UInt64;
+  device @1 :Int32;       # the session's device ordinal
+  isDefault @2 :Bool;
+  maxSize @3 :UInt64;     # CUmemPoolProps.maxSize; 0 = no limit of its own
+}
+struct MemPoolRef {
+  pool @0 :UInt64;
+}
+# CUmemPool_attribute `attribute`; int attributes travel as their value.
+struct MemPoolAttribute {
+  pool @0 :UInt64;
+  attribute @1 :Int32;
+  value @2 :UInt64;
+}
+struct MemPoolTrim {
+  pool @0 :UInt64;
+  minBytesToKeep @1 :UInt64;
+}
+# cuMemAllocAsync / cuMemAllocFromPoolAsync: `bytes` from `pool` (the client
+# names the device's current pool for cuMemAllocAsync), usable in `stream`'s
+# order. The server allocates when it executes the call, which waits for the
+# reply (the address) but not for the stream: the driver's stream-ordered
+# allocator hands out the address at once, the same way. The allocation is
+# charged to the pool device's quota then, and its range is the session's
+# from then on.
+struct MemAllocAsync {
+  ctx @0 :UInt64;
+  stream @1 :UInt64;
+  pool @2 :UInt64;
+  bytes @3 :UInt64;
+}
+# cuMemFreeAsync: frees `dptr` (the start of a stream-ordered allocation, or
+# of any allocation) when `stream` reaches the call. The range is no longer
+# the session's from the call on; the quota is given back once the free has
+# executed.
+struct MemFreeAsync {
+  ctx @0 :UInt64;
+  stream @1 :UInt64;
+  dptr @2 :UInt64;
+}
+struct ProfilerControl {
+  ctx @0 :UInt64;
+  start @1 :Bool;  # false: stop
 }
 
 struct Reply {

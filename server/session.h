@@ -167,6 +167,13 @@ class Session {
     uint64_t ctx = 0;
     uint64_t param_bytes = 0;  // the packed buffer a launch must supply
   };
+  // A memory pool: one cuMemPoolCreate made, or the session's default pool
+  // of a device (which cuMemPoolDestroy refuses).
+  struct MemPoolEntry {
+    std::unique_ptr<backend::MemPool> pool;
+    int device = 0;  // session device: allocations from it charge its quota
+    bool is_default = false;
+  };
   // What a device range the session may touch is (ranges_ holds its base
   // and size): an allocation (module == 0) or a module global.
   struct RangeEntry {
@@ -318,6 +325,7 @@ class Session {
   HandleTable<LibraryEntry> libraries_{"library"};
   HandleTable<FunctionEntry> functions_{"function"};
   RangeMap<RangeEntry> ranges_;
+  HandleTable<MemPoolEntry> mem_pools_{"memory pool"};
   Status latched_error_;
   uint64_t latched_seq_ = 0;
 

@@ -166,6 +166,14 @@ class Library {
   virtual ~Library() = default;
 };
 
+// A memory pool for stream-ordered allocation (cuMemPoolCreate). Destroying
+// it while allocations from it are outstanding is allowed: their memory stays
+// valid until they are freed, as in CUDA.
+class MemPool {
+ public:
+  virtual ~MemPool() = default;
+};
+
 class GpuBackend {
  public:
   virtual ~GpuBackend() = default;
@@ -314,6 +322,50 @@ class GpuBackend {
                                                   int* cluster_size) = 0;
   virtual Status OccupancyMaxActiveClusters(Function& function, const LaunchConfig& config,
                                             int* clusters) = 0;
+
+  // --- stream-ordered allocation and memory pools ----------------------------
+  // A pool on backend device `device` (CUmemPoolProps with pinned device
+  // memory there; `max_size` 0: no limit of its own). The default
+  // implementations answer Unimplemented.
+  virtual Status CreateMemPool(int device, uint64_t max_size, std::unique_ptr<MemPool>* out) {
+    (void)device, (void)max_size, (void)out;
+    return Status::Unimplemented(std::string(Name()) + " backend has no memory pools");
+  }
+  // cuMemAllocFromPoolAsync: `*dptr` is valid at once (the address is never
+  // handed out twice while allocated); the memory may be used by work queued
+  // on `stream` after this call, or ordered after it.
+  virtual Status MemAllocFromPool(Stream& stream, MemPool& pool, uint64_t bytes, uint64_t* dptr) {
+    (void)stream, (void)pool, (void)bytes, (void)dptr;
+    return Status::Unimplemented(std::string(Name()) + " backend has no memory pools");
+  }
+  // cuMemFreeAsync: frees `dptr` (from MemAllocFromPool, MemAlloc or
+  // MemAllocPitch) when `stream` reaches this point; returns at once.
+  virtual Status MemFreeAsync(Stream& stream, uint64_t dptr) {
+    (void)stream, (void)dptr;
+    return Status::Unimplemented(std::string(Name()) + " backend has no memory pools");
+  }
+  // cuMemPoolGetAttribute / cuMemPoolSetAttribute; int attributes as their
+  // value. A bad attribute or value is CUDA_ERROR_INVALID_VALUE.
+  virtual Status GetMemPoolAttribute(MemPool& pool, int attribute, uint64_t* value) {
+    (void)pool, (void)attribute, (void)value;
+    return Status::Unimplemented(std::string(Name()) + " backend has no memory pools");
+  }
+  virtual Status SetMemPoolAttribute(MemPool& pool, int attribute, uint64_t value) {
+    (void)pool, (void)attribute, (void)value;
+    return Status::Unimplemented(std::string(Name()) + " backend has no memory pools");
+  }
+  virtual Status TrimMemPool(MemPool& pool, uint64_t min_bytes_to_keep) {
+    (void)pool, (void)min_bytes_to_keep;
+    return Status::Unimplemented(std::string(Name()) + " backend has no memory pools");
+  }
+
+  // --- profiler --------------------------------------------------------------
+  // cuProfilerStart / cuProfilerStop in `ctx`. The default accepts them: with
+  // no profiler attached both do nothing, as in CUDA.
+  virtual Status ProfilerControl(Context& ctx, bool start) {
+    (void)ctx, (void)start;
+    return Status::Ok();
+  }
 };
 
 }  // namespace ferry::backend

@@ -358,6 +358,28 @@ Status CheckModuleImage(std::span<const uint8_t> image, std::vector<uint8_t>* st
   return Status::Ok();
 }
 
+// A pool of the driver's stream-ordered allocator. Destroying it while
+// allocations are outstanding is the driver's to handle: it releases the pool
+// once they are freed.
+class CudaMemPool final : public MemPool {
+ public:
+  CudaMemPool(const DriverApi& api, CUmemoryPool handle) : api(api), handle(handle) {}
+  ~CudaMemPool() override {
+    LogFailure(api, api.cuMemPoolDestroy(handle), FERRY_CUDA_EXPORT_NAME(cuMemPoolDestroy),
+               "destroying a memory pool");
+  }
+  const DriverApi& api;
+  const CUmemoryPool handle;
+};
+
+// The CUmemPool_attribute values whose value type is int (the others are
+// cuuint64_t).
+bool MemPoolAttributeIsInt(int attribute) {
+  return attribute == CU_MEMPOOL_ATTR_REUSE_FOLLOW_EVENT_DEPENDENCIES ||
+         attribute == CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC ||
+         attribute == CU_MEMPOOL_ATTR_REUSE_ALLOW_INTERNAL_DEPENDENCIES;
+}
+
 class CudaBackend final : public GpuBackend {
  public:
   CudaBackend(std::unique_ptr<DriverApi> api, std::vector<DeviceDescription> devices,
@@ -704,6 +726,113 @@ class CudaBackend final : public GpuBackend {
           return status;
         },
         [&ctx] { ctx.waits.Done(); });
+  }
+
+  // --- stream-ordered allocation and memory pools ----------------------------
+  Status CreateMemPool(int device, uint64_t max_size, std::unique_ptr<MemPool>* out) override {
+    return Guarded("CreateMemPool", [&]() -> Status {
+      if (api_->cuMemPoolCreate == nullptr || api_->cuMemPoolDestroy == nullptr) {
+        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no cuMemPoolCreate");
+      }
+      if (device < 0 || device >= static_cast<int>(device_handles_.size())) {
+        return Status::Cuda(CUDA_ERROR_INVALID_DEVICE, "no device " + std::to_string(device));
+      }
+      CUmemPoolProps props;
+      std::memset(&props, 0, sizeof(props));
+      props.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+      props.handleTypes = CU_MEM_HANDLE_TYPE_NONE;
+      props.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+      props.location.id = device_handles_[device];
+      props.maxSize = static_cast<size_t>(max_size);
+      CUmemoryPool pool = nullptr;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemPoolCreate, &pool, &props));
+      *out = std::make_unique<CudaMemPool>(*api_, pool);
+      return Status::Ok();
+    });
+  }
+
+  Status MemAllocFromPool(Stream& stream, MemPool& pool, uint64_t bytes, uint64_t* dptr) override {
+    return Guarded("MemAllocFromPool", [&]() -> Status {
+      if (api_->cuMemAllocFromPoolAsync == nullptr) {
+        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no cuMemAllocFromPoolAsync");
+      }
+      CudaStream& s = Str(stream);
+      s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
+      CUdeviceptr p = 0;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemAllocFromPoolAsync, &p, static_cast<size_t>(bytes),
+                                     static_cast<CudaMemPool&>(pool).handle, s.handle));
+      *dptr = p;
+      return Status::Ok();
+    });
+  }
+
+  Status MemFreeAsync(Stream& stream, uint64_t dptr) override {
+    return Guarded("MemFreeAsync", [&]() -> Status {
+      if (api_->cuMemFreeAsync == nullptr) {
+        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no cuMemFreeAsync");
+      }
+      CudaStream& s = Str(stream);
+      s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
+      return FERRY_CU(*api_, cuMemFreeAsync, static_cast<CUdeviceptr>(dptr), s.handle);
+    });
+  }
+
+  Status GetMemPoolAttribute(MemPool& pool, int attribute, uint64_t* value) override {
+    return Guarded("GetMemPoolAttribute", [&]() -> Status {
+      if (api_->cuMemPoolGetAttribute == nullptr) {
+        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no cuMemPoolGetAttribute");
+      }
+      const CUmemoryPool handle = static_cast<CudaMemPool&>(pool).handle;
+      const auto attr = static_cast<CUmemPool_attribute>(attribute);
+      if (MemPoolAttributeIsInt(attribute)) {
+        int v = 0;
+        FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemPoolGetAttribute, handle, attr, &v));
+        *value = static_cast<uint64_t>(v);
+        return Status::Ok();
+      }
+      cuuint64_t v = 0;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemPoolGetAttribute, handle, attr, &v));
+      *value = v;
+      return Status::Ok();
+    });
+  }
+
+  Status SetMemPoolAttribute(MemPool& pool, int attribute, uint64_t value) override {
+    return Guarded("SetMemPoolAttribute", [&]() -> Status {
+      if (api_->cuMemPoolSetAttribute == nullptr) {
+        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no cuMemPoolSetAttribute");
+      }
+      const CUmemoryPool handle = static_cast<CudaMemPool&>(pool).handle;
+      const auto attr = static_cast<CUmemPool_attribute>(attribute);
+      if (MemPoolAttributeIsInt(attribute)) {
+        int v = static_cast<int>(value);
+        return FERRY_CU(*api_, cuMemPoolSetAttribute, handle, attr, &v);
+      }
+      cuuint64_t v = value;
+      return FERRY_CU(*api_, cuMemPoolSetAttribute, handle, attr, &v);
+    });
+  }
+
+  Status TrimMemPool(MemPool& pool, uint64_t min_bytes_to_keep) override {
+    return Guarded("TrimMemPool", [&]() -> Status {
+      if (api_->cuMemPoolTrimTo == nullptr) {
+        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no cuMemPoolTrimTo");
+      }
+      return FERRY_CU(*api_, cuMemPoolTrimTo, static_cast<CudaMemPool&>(pool).handle,
+                      static_cast<size_t>(min_bytes_to_keep));
+    });
+  }
+
+  Status ProfilerControl(Context& context, bool start) override {
+    return Guarded("ProfilerControl", [&]() -> Status {
+      if (api_->cuProfilerStart == nullptr || api_->cuProfilerStop == nullptr) {
+        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no cuProfilerStart/Stop");
+      }
+      FERRY_RETURN_IF_ERROR(MakeCurrent(Ctx(context)));
+      return start ? FERRY_CU(*api_, cuProfilerStart) : FERRY_CU(*api_, cuProfilerStop);
+    });
   }
 
   // --- memory -------------------------------------------------------------

@@ -94,7 +94,21 @@
 // throttling. Call sites check HasGreenContexts() first.
 #define FERRY_CUDA_OPTIONAL_ENTRY_POINTS(X) \
   X(cuCtxResetPersistingL2Cache, 11000)     \
-  FERRY_CUDA_GREEN_CONTEXT_ENTRY_POINTS(X)
+  FERRY_CUDA_GREEN_CONTEXT_ENTRY_POINTS(X)  \
+  FERRY_CUDA_MEMPOOL_ENTRY_POINTS(X)
+
+// Stream-ordered allocation and memory pools (CUDA 11.2+), and profiler
+// control: each answered CUDA_ERROR_NOT_SUPPORTED where the driver lacks it.
+#define FERRY_CUDA_MEMPOOL_ENTRY_POINTS(X) \
+  X(cuMemPoolCreate, 11020)                \
+  X(cuMemPoolDestroy, 11020)               \
+  X(cuMemPoolGetAttribute, 11020)          \
+  X(cuMemPoolSetAttribute, 11020)          \
+  X(cuMemPoolTrimTo, 11020)                \
+  X(cuMemAllocFromPoolAsync, 11020)        \
+  X(cuMemFreeAsync, 11020)                 \
+  X(cuProfilerStart, 4000)                 \
+  X(cuProfilerStop, 4000)
 
 // The green-context ones among them (all or nothing: see HasGreenContexts).
 #define FERRY_CUDA_GREEN_CONTEXT_ENTRY_POINTS(X) \

@@ -172,6 +172,7 @@ class HostStream final : public Stream {
   }
 
   ContextState& ctx() const { return *ctx_; }
+  const ContextState* ctx_state() const { return ctx_.get(); }
   StreamQueue& queue() const { return *queue_; }
   bool legacy() const { return legacy_; }
   bool non_blocking() const { return non_blocking_; }
@@ -310,6 +311,35 @@ class HostContext final : public Context {
   std::unique_ptr<HostStream> legacy_;
 };
 
+// A memory pool's state, shared by the pool and its outstanding allocations
+// (which may outlive the pool). Memory goes back to the device as soon as an
+// allocation is freed, so reserved memory is always the used memory and
+// trimming has nothing to release.
+struct HostMemPoolState {
+  explicit HostMemPoolState(int device, uint64_t max_size) : device(device), max_size(max_size) {}
+  const int device;
+  const uint64_t max_size;  // 0: only the device's memory limits it
+  std::mutex mu;
+  int follow_event_dependencies ABSL_GUARDED_BY(mu) = 1;
+  int allow_opportunistic ABSL_GUARDED_BY(mu) = 1;
+  int allow_internal_dependencies ABSL_GUARDED_BY(mu) = 1;
+  uint64_t release_threshold ABSL_GUARDED_BY(mu) = 0;
+  uint64_t used ABSL_GUARDED_BY(mu) = 0;
+  uint64_t used_high ABSL_GUARDED_BY(mu) = 0;
+  uint64_t reserved_high ABSL_GUARDED_BY(mu) = 0;
+
+  void Release(uint64_t bytes) {
+    std::lock_guard<std::mutex> lock(mu);
+    used -= bytes;
+  }
+};
+
+class HostMemPool final : public MemPool {
+ public:
+  explicit HostMemPool(std::shared_ptr<HostMemPoolState> state) : state(std::move(state)) {}
+  const std::shared_ptr<HostMemPoolState> state;
+};
+
 struct KernelLibrary {
   std::string path;
   void* handle;
@@ -428,6 +458,7 @@ class HostBackend final : public GpuBackend {
       }
       storage = std::move(it->second.storage);
       used_[it->second.device] -= it->second.bytes;
+      if (it->second.pool) it->second.pool->Release(it->second.bytes);
       allocations_.erase(it);
     }
     ReleaseAfterWork(*AsContext(ctx).state(), std::move(storage));
@@ -453,12 +484,136 @@ class HostBackend final : public GpuBackend {
           continue;
         }
         used_[it->second.device] -= it->second.bytes;
+        if (it->second.pool) it->second.pool->Release(it->second.bytes);
         storages.push_back(std::move(it->second.storage));
         allocations_.erase(it++);
       }
     }
     for (auto& s : storages) ReleaseAfterWork(owner, std::move(s));
   }
+
+  // --- stream-ordered allocation and memory pools ------------------------------
+
+  Status CreateMemPool(int device, uint64_t max_size, std::unique_ptr<MemPool>* out) override {
+    if (device < 0 || device >= static_cast<int>(devices_.size())) {
+      return Status::Cuda(CUDA_ERROR_INVALID_DEVICE, "no device " + std::to_string(device));
+    }
+    *out = std::make_unique<HostMemPool>(std::make_shared<HostMemPoolState>(device, max_size));
+    return Status::Ok();
+  }
+
+  // The memory exists from the call on (host memory needs no stream order to
+  // become usable), so the address is valid at once.
+  Status MemAllocFromPool(Stream& stream, MemPool& pool, uint64_t bytes, uint64_t* dptr) override {
+    const std::shared_ptr<HostMemPoolState>& p = static_cast<HostMemPool&>(pool).state;
+    uint64_t rounded;
+    if (bytes == 0) return InvalidValue("cannot allocate 0 bytes");
+    if (!RoundUp(bytes, host_internal::kAllocationAlignment, &rounded)) {
+      return Status::OutOfMemory("allocation of " + std::to_string(bytes) + " bytes overflows");
+    }
+    {
+      // Reserve in the pool first, so concurrent allocations cannot both pass.
+      std::lock_guard<std::mutex> lock(p->mu);
+      if (p->max_size != 0 && rounded > p->max_size - std::min(p->used, p->max_size)) {
+        return Status::OutOfMemory("cannot allocate " + std::to_string(bytes) +
+                                   " bytes from a pool of at most " + std::to_string(p->max_size) +
+                                   " bytes, " + std::to_string(p->used) + " in use");
+      }
+      p->used += rounded;
+      p->used_high = std::max(p->used_high, p->used);
+      p->reserved_high = std::max(p->reserved_high, p->used);
+    }
+    Status status = Allocate(AsStream(stream).ctx_state(), p->device, bytes, dptr, p);
+    if (!status.ok()) p->Release(rounded);
+    return status;
+  }
+
+  Status MemFreeAsync(Stream& stream, uint64_t dptr) override {
+    Allocation allocation;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = allocations_.find(dptr);
+      if (it == allocations_.end()) {
+        return InvalidValue("no allocation starts at " + std::to_string(dptr));
+      }
+      allocation = std::move(it->second);
+      allocations_.erase(it);
+    }
+    // The memory goes back to the device (and its pool) when the stream
+    // reaches the free.
+    auto released = std::make_shared<Allocation>(std::move(allocation));
+    Append(stream, {}, [this, released] {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        used_[released->device] -= released->bytes;
+      }
+      if (released->pool) released->pool->Release(released->bytes);
+      released->storage.reset();
+    });
+    return Status::Ok();
+  }
+
+  Status GetMemPoolAttribute(MemPool& pool, int attribute, uint64_t* value) override {
+    HostMemPoolState& p = *static_cast<HostMemPool&>(pool).state;
+    std::lock_guard<std::mutex> lock(p.mu);
+    switch (attribute) {
+      case CU_MEMPOOL_ATTR_REUSE_FOLLOW_EVENT_DEPENDENCIES:
+        *value = p.follow_event_dependencies;
+        return Status::Ok();
+      case CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC:
+        *value = p.allow_opportunistic;
+        return Status::Ok();
+      case CU_MEMPOOL_ATTR_REUSE_ALLOW_INTERNAL_DEPENDENCIES:
+        *value = p.allow_internal_dependencies;
+        return Status::Ok();
+      case CU_MEMPOOL_ATTR_RELEASE_THRESHOLD:
+        *value = p.release_threshold;
+        return Status::Ok();
+      case CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT:
+      case CU_MEMPOOL_ATTR_USED_MEM_CURRENT:
+        *value = p.used;
+        return Status::Ok();
+      case CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH:
+        *value = p.reserved_high;
+        return Status::Ok();
+      case CU_MEMPOOL_ATTR_USED_MEM_HIGH:
+        *value = p.used_high;
+        return Status::Ok();
+      default:
+        return InvalidValue("unknown memory pool attribute " + std::to_string(attribute));
+    }
+  }
+
+  Status SetMemPoolAttribute(MemPool& pool, int attribute, uint64_t value) override {
+    HostMemPoolState& p = *static_cast<HostMemPool&>(pool).state;
+    std::lock_guard<std::mutex> lock(p.mu);
+    switch (attribute) {
+      case CU_MEMPOOL_ATTR_REUSE_FOLLOW_EVENT_DEPENDENCIES:
+        p.follow_event_dependencies = value != 0;
+        return Status::Ok();
+      case CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC:
+        p.allow_opportunistic = value != 0;
+        return Status::Ok();
+      case CU_MEMPOOL_ATTR_REUSE_ALLOW_INTERNAL_DEPENDENCIES:
+        p.allow_internal_dependencies = value != 0;
+        return Status::Ok();
+      case CU_MEMPOOL_ATTR_RELEASE_THRESHOLD:
+        p.release_threshold = value;
+        return Status::Ok();
+      case CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH:
+      case CU_MEMPOOL_ATTR_USED_MEM_HIGH:
+        // Only a reset (to 0) is allowed; the mark restarts at the current use.
+        if (value != 0) return InvalidValue("a pool's high-water mark can only be reset to 0");
+        (attribute == CU_MEMPOOL_ATTR_USED_MEM_HIGH ? p.used_high : p.reserved_high) = p.used;
+        return Status::Ok();
+      default:
+        return InvalidValue("memory pool attribute " + std::to_string(attribute) +
+                            " cannot be set");
+    }
+  }
+
+  // Freed memory is never kept: nothing to trim.
+  Status TrimMemPool(MemPool& pool, uint64_t min_bytes_to_keep) override { return Status::Ok(); }
 
   // --- stream-ordered operations ----------------------------------------------
 
@@ -948,14 +1103,16 @@ class HostBackend final : public GpuBackend {
     std::shared_ptr<void> storage;
     uint64_t bytes = 0;  // as accounted (rounded up)
     int device = 0;
-    const ContextState* owner = nullptr;  // identity only
+    const ContextState* owner = nullptr;     // identity only
+    std::shared_ptr<HostMemPoolState> pool;  // the pool it came from, or null
   };
 
   // The GpuBackend contract hands back only objects this backend created.
   static HostContext& AsContext(Context& ctx) { return static_cast<HostContext&>(ctx); }
   static HostStream& AsStream(Stream& stream) { return static_cast<HostStream&>(stream); }
 
-  Status Allocate(const ContextState* owner, int device, uint64_t bytes, uint64_t* dptr) {
+  Status Allocate(const ContextState* owner, int device, uint64_t bytes, uint64_t* dptr,
+                  std::shared_ptr<HostMemPoolState> pool = nullptr) {
     if (bytes == 0) return InvalidValue("cannot allocate 0 bytes");
     uint64_t rounded;
     if (!RoundUp(bytes, host_internal::kAllocationAlignment, &rounded)) {
@@ -980,7 +1137,8 @@ class HostBackend final : public GpuBackend {
                                  " bytes");
     }
     *dptr = reinterpret_cast<uint64_t>(storage.get());
-    allocations_.emplace(*dptr, Allocation{std::move(storage), rounded, device, owner});
+    allocations_.emplace(*dptr,
+                         Allocation{std::move(storage), rounded, device, owner, std::move(pool)});
     return Status::Ok();
   }
 
