@@ -1215,6 +1215,237 @@ TEST_F(CudaSliceSessionTest, ResetPersistingL2CacheWithoutTheEntryPointIsNotSupp
   EXPECT_EQ(ping.latched_from, reset);
 }
 
+// --- stream-ordered allocation and memory pools --------------------------------
+
+constexpr uint64_t kDefaultPool = 900;
+constexpr uint64_t kCreatedPool = 901;
+constexpr uint64_t kPoolStream = 9;
+
+// Calls of the stream-ordered allocator, as the client builds them.
+void BuildPoolCreate(wire::Call::Builder c, uint64_t pool, int device, bool is_default,
+                     uint64_t max_size = 0) {
+  auto a = c.initMemPoolCreate();
+  a.setPool(pool);
+  a.setDevice(device);
+  a.setIsDefault(is_default);
+  a.setMaxSize(max_size);
+}
+void BuildAllocAsync(wire::Call::Builder c, uint64_t pool, uint64_t bytes,
+                     uint64_t stream = kPoolStream) {
+  auto a = c.initMemAllocAsync();
+  a.setCtx(100);
+  a.setStream(stream);
+  a.setPool(pool);
+  a.setBytes(bytes);
+}
+void BuildFreeAsync(wire::Call::Builder c, uint64_t dptr, uint64_t stream = kPoolStream) {
+  auto a = c.initMemFreeAsync();
+  a.setCtx(100);
+  a.setStream(stream);
+  a.setDptr(dptr);
+}
+void BuildPoolAttribute(wire::Call::Builder c, bool set, uint64_t pool, CUmemPool_attribute attr,
+                        uint64_t value = 0) {
+  auto a = set ? c.initMemPoolSetAttribute() : c.initMemPoolGetAttribute();
+  a.setPool(pool);
+  a.setAttribute(attr);
+  a.setValue(value);
+}
+
+TEST_F(SessionTest, AsyncAllocationIsUsableInStreamOrderUntilItsAsyncFree) {
+  CreateContext();
+  CreateStream(kPoolStream);
+  client_->Send([](wire::Call::Builder c) { BuildPoolCreate(c, kDefaultPool, 0, true); }, false);
+  ReplyResult alloc =
+      client_->Call([](wire::Call::Builder c) { BuildAllocAsync(c, kDefaultPool, 4096); });
+  ASSERT_TRUE(alloc.status.ok()) << alloc.status.ToString();
+  ASSERT_NE(alloc.dptr, 0u);
+  Fill(kPoolStream, alloc.dptr, 0xAB, 4096);
+  ReplyResult out = CopyOut(kPoolStream, alloc.dptr, 4096);
+  ASSERT_TRUE(out.status.ok()) << out.status.ToString();
+  EXPECT_EQ(out.bulk, std::vector<uint8_t>(4096, 0xAB));
+  // Copies on another stream may use it too (the range is the session's).
+  ReplyResult legacy = CopyOut(0, alloc.dptr, 16);
+  EXPECT_TRUE(legacy.status.ok()) << legacy.status.ToString();
+  client_->Send([&](wire::Call::Builder c) { BuildFreeAsync(c, alloc.dptr); }, false);
+  // After the free, the range is no longer the session's.
+  ReplyResult after = CopyOut(kPoolStream, alloc.dptr, 16);
+  EXPECT_EQ(after.status.cuda_result(), CUDA_ERROR_INVALID_VALUE) << after.status.ToString();
+  EXPECT_TRUE(Sync(kPoolStream).status.ok());
+  EXPECT_TRUE(test::WaitFor([&] { return session_->Info().bytes_allocated == 0; },
+                            std::chrono::seconds(10)));
+}
+
+TEST_F(SessionTest, BadPoolsAndAsyncFreesGetCudaErrors) {
+  CreateContext();
+  CreateStream(kPoolStream);
+  // An unknown pool.
+  ReplyResult unknown =
+      client_->Call([](wire::Call::Builder c) { BuildAllocAsync(c, 12345, 4096); });
+  EXPECT_EQ(unknown.status.cuda_result(), CUDA_ERROR_INVALID_HANDLE) << unknown.status.ToString();
+  ReplyResult get_unknown = client_->Call([](wire::Call::Builder c) {
+    BuildPoolAttribute(c, false, 12345, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD);
+  });
+  EXPECT_EQ(get_unknown.status.cuda_result(), CUDA_ERROR_INVALID_HANDLE);
+  // A pool on a device the session lacks: latched.
+  const uint64_t bad_device = client_->Send(
+      [](wire::Call::Builder c) { BuildPoolCreate(c, kCreatedPool, 7, false); }, false);
+  ReplyResult ping = client_->Call([](wire::Call::Builder c) { c.setPing(); });
+  EXPECT_EQ(ping.status.cuda_result(), CUDA_ERROR_INVALID_DEVICE) << ping.status.ToString();
+  EXPECT_EQ(ping.latched_from, bad_device);
+  // The default pool cannot be destroyed.
+  client_->Send([](wire::Call::Builder c) { BuildPoolCreate(c, kDefaultPool, 0, true); }, false);
+  client_->Send([](wire::Call::Builder c) { c.initMemPoolDestroy().setPool(kDefaultPool); }, false);
+  ping = client_->Call([](wire::Call::Builder c) { c.setPing(); });
+  EXPECT_EQ(ping.status.cuda_result(), CUDA_ERROR_INVALID_VALUE) << ping.status.ToString();
+  // Zero bytes, an unknown attribute.
+  ReplyResult zero =
+      client_->Call([](wire::Call::Builder c) { BuildAllocAsync(c, kDefaultPool, 0); });
+  EXPECT_EQ(zero.status.cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  ReplyResult bad_attr = client_->Call([](wire::Call::Builder c) {
+    BuildPoolAttribute(c, false, kDefaultPool, static_cast<CUmemPool_attribute>(999));
+  });
+  EXPECT_EQ(bad_attr.status.cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  // An async free of what is no allocation, and on an unknown stream.
+  const uint64_t d = Alloc(4096);
+  client_->Send([&](wire::Call::Builder c) { BuildFreeAsync(c, d + 16); }, false);
+  ping = client_->Call([](wire::Call::Builder c) { c.setPing(); });
+  EXPECT_EQ(ping.status.cuda_result(), CUDA_ERROR_INVALID_VALUE) << ping.status.ToString();
+  client_->Send([&](wire::Call::Builder c) { BuildFreeAsync(c, d, 4242); }, false);
+  ping = client_->Call([](wire::Call::Builder c) { c.setPing(); });
+  EXPECT_EQ(ping.status.cuda_result(), CUDA_ERROR_INVALID_HANDLE) << ping.status.ToString();
+  // The allocation is still there: an async free of an ordinary allocation works.
+  client_->Send([&](wire::Call::Builder c) { BuildFreeAsync(c, d); }, false);
+  ping = client_->Call([](wire::Call::Builder c) { c.setPing(); });
+  EXPECT_TRUE(ping.status.ok()) << ping.status.ToString();
+}
+
+TEST_F(SessionTest, PoolAttributesAreStoredAndUsageIsCounted) {
+  CreateContext();
+  CreateStream(kPoolStream);
+  client_->Send([](wire::Call::Builder c) { BuildPoolCreate(c, kCreatedPool, 0, false, 1 << 20); },
+                false);
+  auto get = [&](CUmemPool_attribute attr) {
+    ReplyResult r = client_->Call(
+        [&](wire::Call::Builder c) { BuildPoolAttribute(c, false, kCreatedPool, attr); });
+    EXPECT_TRUE(r.status.ok()) << r.status.ToString();
+    return r.value;
+  };
+  EXPECT_EQ(get(CU_MEMPOOL_ATTR_RELEASE_THRESHOLD), 0);
+  client_->Send(
+      [](wire::Call::Builder c) {
+        BuildPoolAttribute(c, true, kCreatedPool, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, 1 << 30);
+      },
+      false);
+  client_->Send(
+      [](wire::Call::Builder c) {
+        BuildPoolAttribute(c, true, kCreatedPool, CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC, 0);
+      },
+      false);
+  EXPECT_EQ(get(CU_MEMPOOL_ATTR_RELEASE_THRESHOLD), int64_t{1} << 30);
+  EXPECT_EQ(get(CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC), 0);
+  EXPECT_EQ(get(CU_MEMPOOL_ATTR_REUSE_FOLLOW_EVENT_DEPENDENCIES), 1);
+  ReplyResult a =
+      client_->Call([](wire::Call::Builder c) { BuildAllocAsync(c, kCreatedPool, 4096); });
+  ASSERT_TRUE(a.status.ok()) << a.status.ToString();
+  EXPECT_EQ(get(CU_MEMPOOL_ATTR_USED_MEM_CURRENT), 4096);
+  EXPECT_EQ(get(CU_MEMPOOL_ATTR_USED_MEM_HIGH), 4096);
+  // The pool's own maximum size holds.
+  ReplyResult over =
+      client_->Call([](wire::Call::Builder c) { BuildAllocAsync(c, kCreatedPool, 1 << 20); });
+  EXPECT_EQ(over.status.cuda_result(), CUDA_ERROR_OUT_OF_MEMORY) << over.status.ToString();
+  client_->Send([&](wire::Call::Builder c) { BuildFreeAsync(c, a.dptr); }, false);
+  EXPECT_TRUE(Sync(kPoolStream).status.ok());
+  EXPECT_EQ(get(CU_MEMPOOL_ATTR_USED_MEM_CURRENT), 0);
+  client_->Send(
+      [](wire::Call::Builder c) {
+        BuildPoolAttribute(c, true, kCreatedPool, CU_MEMPOOL_ATTR_USED_MEM_HIGH, 0);
+      },
+      false);
+  EXPECT_EQ(get(CU_MEMPOOL_ATTR_USED_MEM_HIGH), 0);
+  client_->Send(
+      [](wire::Call::Builder c) {
+        auto t = c.initMemPoolTrimTo();
+        t.setPool(kCreatedPool);
+        t.setMinBytesToKeep(0);
+      },
+      false);
+  // A pool destroyed while an allocation from it is outstanding: the memory
+  // stays usable until it is freed.
+  ReplyResult b =
+      client_->Call([](wire::Call::Builder c) { BuildAllocAsync(c, kCreatedPool, 4096); });
+  ASSERT_TRUE(b.status.ok()) << b.status.ToString();
+  client_->Send([](wire::Call::Builder c) { c.initMemPoolDestroy().setPool(kCreatedPool); }, false);
+  Fill(kPoolStream, b.dptr, 0x11, 4096);
+  ReplyResult out = CopyOut(kPoolStream, b.dptr, 4096);
+  ASSERT_TRUE(out.status.ok()) << out.status.ToString();
+  EXPECT_EQ(out.bulk, std::vector<uint8_t>(4096, 0x11));
+  // Left allocated: the session's end frees it (EndSession checks).
+}
+
+TEST_F(SessionTest, ProfilerControlIsAcceptedInAContext) {
+  CreateContext();
+  client_->Send(
+      [](wire::Call::Builder c) {
+        auto p = c.initProfilerControl();
+        p.setCtx(100);
+        p.setStart(true);
+      },
+      false);
+  client_->Send([](wire::Call::Builder c) { c.initProfilerControl().setCtx(100); }, false);
+  ReplyResult ping = client_->Call([](wire::Call::Builder c) { c.setPing(); });
+  EXPECT_TRUE(ping.status.ok()) << ping.status.ToString();
+  client_->Send([](wire::Call::Builder c) { c.initProfilerControl().setCtx(555); }, false);
+  ping = client_->Call([](wire::Call::Builder c) { c.setPing(); });
+  EXPECT_EQ(ping.status.cuda_result(), CUDA_ERROR_INVALID_CONTEXT) << ping.status.ToString();
+}
+
+TEST_F(PooledSessionTest, AsyncAllocationsChargeTheQuotaUntilTheirFreeExecutes) {
+  Start();
+  ASSERT_TRUE(CreateContext(0).status.ok());
+  client_->Send(
+      [](wire::Call::Builder c) {
+        auto a = c.initStreamCreate();
+        a.setCtx(100);
+        a.setStream(kPoolStream);
+      },
+      false);
+  client_->Send([](wire::Call::Builder c) { BuildPoolCreate(c, kDefaultPool, 0, true); }, false);
+  client_->Send([](wire::Call::Builder c) { BuildPoolCreate(c, kCreatedPool, 0, false); }, false);
+  ReplyResult a = client_->Call(
+      [](wire::Call::Builder c) { BuildAllocAsync(c, kDefaultPool, kSliceQuota / 2); });
+  ASSERT_TRUE(a.status.ok()) << a.status.ToString();
+  // Past the quota, from either pool: out of memory, naming the slice.
+  for (uint64_t pool : {kDefaultPool, kCreatedPool}) {
+    ReplyResult over = client_->Call(
+        [&](wire::Call::Builder c) { BuildAllocAsync(c, pool, kSliceQuota / 2 + 1); });
+    EXPECT_EQ(over.status.cuda_result(), CUDA_ERROR_OUT_OF_MEMORY) << over.status.ToString();
+    EXPECT_NE(over.status.message().find("slice 2/4"), std::string::npos);
+  }
+  // Ordinary allocations share the same quota.
+  EXPECT_EQ(Alloc(kSliceQuota / 2 + 1).status.cuda_result(), CUDA_ERROR_OUT_OF_MEMORY);
+  // The free is held behind a gate: until it executes, the quota stays used.
+  const uint64_t gate = client_->SendGate(100, kPoolStream);
+  client_->Send([&](wire::Call::Builder c) { BuildFreeAsync(c, a.dptr); }, false);
+  ReplyResult reached = client_->ReadWithin();
+  ASSERT_TRUE(reached.gate_reached);
+  ReplyResult held = client_->Call(
+      [](wire::Call::Builder c) { BuildAllocAsync(c, kCreatedPool, kSliceQuota / 2 + 1); });
+  EXPECT_EQ(held.status.cuda_result(), CUDA_ERROR_OUT_OF_MEMORY) << held.status.ToString();
+  EXPECT_EQ(session_->Info().device_bytes, std::vector<uint64_t>{kSliceQuota / 2});
+  client_->OpenGate(gate);
+  ASSERT_TRUE(test::WaitFor([&] { return session_->Info().device_bytes[0] == 0; },
+                            std::chrono::seconds(10)));
+  ReplyResult whole =
+      client_->Call([](wire::Call::Builder c) { BuildAllocAsync(c, kCreatedPool, kSliceQuota); });
+  EXPECT_TRUE(whole.status.ok()) << whole.status.ToString();
+  // The session's end frees it all.
+  client_.reset();
+  runner_.join();
+  EXPECT_EQ(session_->Info().bytes_allocated, 0u);
+  EXPECT_EQ(BackendMemory(1).first, BackendMemory(1).second);
+}
+
 TEST(ComputeMechanismTest, NamesEachMechanism) {
   SessionDevice device;
   EXPECT_EQ(ComputeMechanism(device), "whole-gpu");
