@@ -77,7 +77,7 @@ Status Session::MemAllocAsync(wire::MemAllocAsync::Reader args, CallContext& cx)
   uint64_t dptr = 0;
   FERRY_RETURN_IF_ERROR(backend_.MemAllocFromPool(*stream, *pool->pool, bytes, &dptr));
   if (!ranges_.Insert(dptr, bytes, RangeEntry{args.getCtx(), 0, pool->device})) {
-    (void)backend_.MemFreeAsync(*stream, dptr);
+    (void)backend_.MemFreeAsync(*stream, dptr, [](Status) {});
     return Status::Internal("cuMemAllocAsync returned " + Hex(dptr) +
                             ", which overlaps a range the session holds");
   }
@@ -96,15 +96,19 @@ Status Session::MemFreeAsync(wire::MemFreeAsync::Reader args) {
   }
   const int device = range.value->device;
   const uint64_t size = range.size;
-  FERRY_RETURN_IF_ERROR(backend_.MemFreeAsync(*stream, args.getDptr()));
-  ranges_.Erase(args.getDptr());
-  // The quota comes back once the free has executed: until then the memory
-  // is still in use by the work queued before it.
+  // The quota comes back once the free has executed (until then the memory
+  // is in use by the work queued before it), and before anything can see the
+  // stream idle past it: a synchronize after the free finds it given back.
   CompletionStarted();
-  backend_.WhenStreamIdle(*stream, [this, device, size](Status) {
+  Status status = backend_.MemFreeAsync(*stream, args.getDptr(), [this, device, size](Status) {
     shares_.Uncharge(device, size);
     CompletionDone();
   });
+  if (!status.ok()) {
+    CompletionDone();
+    return status;
+  }
+  ranges_.Erase(args.getDptr());
   return Status::Ok();
 }
 

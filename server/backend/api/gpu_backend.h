@@ -339,9 +339,12 @@ class GpuBackend {
     return Status::Unimplemented(std::string(Name()) + " backend has no memory pools");
   }
   // cuMemFreeAsync: frees `dptr` (from MemAllocFromPool, MemAlloc or
-  // MemAllocPitch) when `stream` reaches this point; returns at once.
-  virtual Status MemFreeAsync(Stream& stream, uint64_t dptr) {
-    (void)stream, (void)dptr;
+  // MemAllocPitch) when `stream` reaches this point; returns at once. On
+  // success `freed` runs once the free has executed, before the stream counts
+  // as idle past it (so whoever sees the stream idle sees `freed` done); on
+  // failure it never runs.
+  virtual Status MemFreeAsync(Stream& stream, uint64_t dptr, Completion freed) {
+    (void)stream, (void)dptr, (void)freed;
     return Status::Unimplemented(std::string(Name()) + " backend has no memory pools");
   }
   // cuMemPoolGetAttribute / cuMemPoolSetAttribute; int attributes as their

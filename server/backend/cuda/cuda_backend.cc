@@ -767,7 +767,7 @@ class CudaBackend final : public GpuBackend {
     });
   }
 
-  Status MemFreeAsync(Stream& stream, uint64_t dptr) override {
+  Status MemFreeAsync(Stream& stream, uint64_t dptr, Completion freed) override {
     return Guarded("MemFreeAsync", [&]() -> Status {
       if (api_->cuMemFreeAsync == nullptr) {
         return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no cuMemFreeAsync");
@@ -775,7 +775,17 @@ class CudaBackend final : public GpuBackend {
       CudaStream& s = Str(stream);
       s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
-      return FERRY_CU(*api_, cuMemFreeAsync, static_cast<CUdeviceptr>(dptr), s.handle);
+      FERRY_RETURN_IF_ERROR(
+          FERRY_CU(*api_, cuMemFreeAsync, static_cast<CUdeviceptr>(dptr), s.handle));
+      // A stream callback holds the stream until it has run, so the stream
+      // is idle past the free only after `freed`.
+      Status queued = EnqueueCallback(s, [freed](CUresult result) mutable {
+        freed(result == CUDA_SUCCESS ? Status::Ok()
+                                     : Status::Cuda(result, "stream work failed before a free"));
+      });
+      // The free is queued either way: without a callback, say so at once.
+      if (!queued.ok()) freed(Status::Ok());
+      return Status::Ok();
     });
   }
 

@@ -528,7 +528,7 @@ class HostBackend final : public GpuBackend {
     return status;
   }
 
-  Status MemFreeAsync(Stream& stream, uint64_t dptr) override {
+  Status MemFreeAsync(Stream& stream, uint64_t dptr, Completion freed) override {
     Allocation allocation;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -542,13 +542,14 @@ class HostBackend final : public GpuBackend {
     // The memory goes back to the device (and its pool) when the stream
     // reaches the free.
     auto released = std::make_shared<Allocation>(std::move(allocation));
-    Append(stream, {}, [this, released] {
+    Append(stream, {}, [this, released, freed = std::move(freed)] {
       {
         std::lock_guard<std::mutex> lock(mu_);
         used_[released->device] -= released->bytes;
       }
       if (released->pool) released->pool->Release(released->bytes);
       released->storage.reset();
+      freed(Status::Ok());
     });
     return Status::Ok();
   }
