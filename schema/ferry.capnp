@@ -315,6 +315,12 @@ struct Call {
         $waits("never") $orderedOn("stream") $handles(["ctx", "stream"]) $ranges(["dptr"]);
     profilerControl @52 :ProfilerControl  # cuProfilerStart / cuProfilerStop
         $waits("never") $handles(["ctx"]);
+    streamSetAttribute @53 :StreamAttribute
+        $waits("never") $handles(["ctx", "stream"]) $ranges(["windowBase"]);
+    streamGetAttribute @54 :StreamAttribute  # reply streamAttribute
+        $waits("always") $handles(["ctx", "stream"]) $usesContext;
+    streamCopyAttributes @55 :StreamCopyAttributes
+        $waits("never") $handles(["dstCtx", "dst", "srcCtx", "src"]);
   }
 }
 
@@ -566,6 +572,30 @@ struct ProfilerControl {
   ctx @0 :UInt64;
   start @1 :Bool;  # false: stop
 }
+# cuStreamSetAttribute / cuStreamGetAttribute: one CUstreamAttrID
+# (`attribute`) of a stream. The server keeps the values (answering
+# streamGetAttribute) and hands them to the backend. Access policy window
+# (CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW): window*, hitRatio, hitProp,
+# missProp; the window, when not empty, lies in the session's memory.
+# Synchronization policy (CU_LAUNCH_ATTRIBUTE_SYNCHRONIZATION_POLICY): value.
+struct StreamAttribute {
+  ctx @0 :UInt64;
+  stream @1 :UInt64;
+  attribute @2 :Int32;
+  windowBase @3 :UInt64;
+  windowBytes @4 :UInt64;
+  hitRatio @5 :Float32;
+  hitProp @6 :Int32;
+  missProp @7 :Int32;
+  value @8 :UInt32;
+}
+# cuStreamCopyAttributes: every attribute above, from src to dst.
+struct StreamCopyAttributes {
+  dstCtx @0 :UInt64;
+  dst @1 :UInt64;
+  srcCtx @2 :UInt64;
+  src @3 :UInt64;
+}
 
 struct Reply {
   seq @0 :UInt64;
@@ -582,6 +612,8 @@ struct Reply {
     values @10 :List(Int64);  # occupancyMaxActiveBlocks, one per block size
     # host callbacks
     gateReached @11 :GateReached;  # hostGate
+    # stream attributes
+    streamAttribute @13 :StreamAttribute;  # streamGetAttribute
   }
   # memcpyDtoH / memcpy2D to host: the bytes are the reply's bulk payload.
   latchedFromSeq @9 :UInt64;  # nonzero: status is the latched error of that earlier call

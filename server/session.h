@@ -326,6 +326,13 @@ class Session {
   HandleTable<FunctionEntry> functions_{"function"};
   RangeMap<RangeEntry> ranges_;
   HandleTable<MemPoolEntry> mem_pools_{"memory pool"};
+  // Stream attributes the client set, by StreamAttributesKey. (Ids are never
+  // reused, so an entry of a destroyed stream is never found again.)
+  std::map<std::pair<uint64_t, uint64_t>, backend::StreamAttributes> stream_attributes_;
+  // A stream's key there: (0, id), or (ctx, 0) for ctx's legacy stream.
+  static std::pair<uint64_t, uint64_t> StreamAttributesKey(uint64_t ctx, uint64_t stream) {
+    return stream == 0 ? std::make_pair(ctx, uint64_t{0}) : std::make_pair(uint64_t{0}, stream);
+  }
   Status latched_error_;
   uint64_t latched_seq_ = 0;
 

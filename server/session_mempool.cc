@@ -1,5 +1,6 @@
 // Session handlers for stream-ordered allocation and memory pools
-// (cuMemAllocAsync, cuMemFreeAsync, cuMemPool*), and profiler control.
+// (cuMemAllocAsync, cuMemFreeAsync, cuMemPool*), profiler control, and stream
+// attributes (cuStreamSetAttribute and its kin).
 //
 // Every allocation is charged to the quota of its pool's device when the
 // call executes and given back when the stream-ordered free has executed
@@ -116,6 +117,117 @@ Status Session::ProfilerControl(wire::ProfilerControl::Reader args) {
   ContextEntry* c = nullptr;
   FERRY_RETURN_IF_ERROR(contexts_.Find(args.getCtx(), &c));
   return backend_.ProfilerControl(*c->context, args.getStart());
+}
+
+}  // namespace ferry::server
+
+// --- stream attributes -------------------------------------------------------
+
+namespace ferry::server {
+
+namespace {
+
+// The value of `attribute` in `args`, checked, into `values`.
+Status ParseStreamAttribute(wire::StreamAttribute::Reader args, backend::StreamAttributes* values) {
+  switch (args.getAttribute()) {
+    case CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW: {
+      const float ratio = args.getHitRatio();
+      if (!(ratio >= 0.0f && ratio <= 1.0f)) {
+        return Status::InvalidArgument("access policy window: hitRatio must lie in [0, 1]");
+      }
+      auto valid = [](int p) {
+        return p == CU_ACCESS_PROPERTY_NORMAL || p == CU_ACCESS_PROPERTY_STREAMING ||
+               p == CU_ACCESS_PROPERTY_PERSISTING;
+      };
+      if (!valid(args.getHitProp()) || !valid(args.getMissProp()) ||
+          args.getMissProp() == CU_ACCESS_PROPERTY_PERSISTING) {
+        return Status::InvalidArgument("access policy window: bad hitProp or missProp");
+      }
+      values->window_base = args.getWindowBase();
+      values->window_bytes = args.getWindowBytes();
+      values->hit_ratio = ratio;
+      values->hit_prop = args.getHitProp();
+      values->miss_prop = args.getMissProp();
+      return Status::Ok();
+    }
+    case CU_LAUNCH_ATTRIBUTE_SYNCHRONIZATION_POLICY: {
+      const uint32_t policy = args.getValue();
+      if (policy < CU_SYNC_POLICY_AUTO || policy > CU_SYNC_POLICY_BLOCKING_SYNC) {
+        return Status::InvalidArgument("bad synchronization policy " + std::to_string(policy));
+      }
+      values->sync_policy = static_cast<int>(policy);
+      return Status::Ok();
+    }
+    default:
+      return Status::Unimplemented("stream attribute " + std::to_string(args.getAttribute()) +
+                                   " is not supported by ferry");
+  }
+}
+
+}  // namespace
+
+Status Session::StreamSetAttribute(wire::StreamAttribute::Reader args) {
+  backend::Stream* stream = nullptr;
+  FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
+  const auto key = StreamAttributesKey(args.getCtx(), args.getStream());
+  auto found = stream_attributes_.find(key);
+  backend::StreamAttributes values =
+      found != stream_attributes_.end() ? found->second : backend::StreamAttributes{};
+  FERRY_RETURN_IF_ERROR(ParseStreamAttribute(args, &values));
+  if (args.getAttribute() == CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW && values.window_bytes > 0) {
+    FERRY_RETURN_IF_ERROR(
+        CheckRange(values.window_base, values.window_bytes, "access policy window"));
+  }
+  FERRY_RETURN_IF_ERROR(backend_.SetStreamAttribute(*stream, args.getAttribute(), values));
+  stream_attributes_[key] = values;
+  return Status::Ok();
+}
+
+Status Session::StreamGetAttribute(wire::StreamAttribute::Reader args, CallContext& cx) {
+  backend::Stream* stream = nullptr;
+  FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
+  const int attribute = args.getAttribute();
+  if (attribute != CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW &&
+      attribute != CU_LAUNCH_ATTRIBUTE_SYNCHRONIZATION_POLICY) {
+    return Status::Unimplemented("stream attribute " + std::to_string(attribute) +
+                                 " is not supported by ferry");
+  }
+  auto found = stream_attributes_.find(StreamAttributesKey(args.getCtx(), args.getStream()));
+  const backend::StreamAttributes values =
+      found != stream_attributes_.end() ? found->second : backend::StreamAttributes{};
+  auto out = cx.reply.initStreamAttribute();
+  out.setCtx(args.getCtx());
+  out.setStream(args.getStream());
+  out.setAttribute(attribute);
+  out.setWindowBase(values.window_base);
+  out.setWindowBytes(values.window_bytes);
+  out.setHitRatio(values.hit_ratio);
+  out.setHitProp(values.hit_prop);
+  out.setMissProp(values.miss_prop);
+  out.setValue(static_cast<uint32_t>(values.sync_policy));
+  return Status::Ok();
+}
+
+Status Session::StreamCopyAttributes(wire::StreamCopyAttributes::Reader args) {
+  backend::Stream* dst = nullptr;
+  backend::Stream* src = nullptr;
+  FERRY_RETURN_IF_ERROR(FindStream(args.getDstCtx(), args.getDst(), &dst));
+  FERRY_RETURN_IF_ERROR(FindStream(args.getSrcCtx(), args.getSrc(), &src));
+  auto found = stream_attributes_.find(StreamAttributesKey(args.getSrcCtx(), args.getSrc()));
+  const backend::StreamAttributes values =
+      found != stream_attributes_.end() ? found->second : backend::StreamAttributes{};
+  // The window was checked when it was set on src; it may have been freed
+  // since, so check it again before it reaches dst.
+  if (values.window_bytes > 0) {
+    FERRY_RETURN_IF_ERROR(
+        CheckRange(values.window_base, values.window_bytes, "access policy window"));
+  }
+  for (int attribute :
+       {CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW, CU_LAUNCH_ATTRIBUTE_SYNCHRONIZATION_POLICY}) {
+    FERRY_RETURN_IF_ERROR(backend_.SetStreamAttribute(*dst, attribute, values));
+  }
+  stream_attributes_[StreamAttributesKey(args.getDstCtx(), args.getDst())] = values;
+  return Status::Ok();
 }
 
 }  // namespace ferry::server

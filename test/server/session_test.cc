@@ -1400,6 +1400,100 @@ TEST_F(SessionTest, ProfilerControlIsAcceptedInAContext) {
   EXPECT_EQ(ping.status.cuda_result(), CUDA_ERROR_INVALID_CONTEXT) << ping.status.ToString();
 }
 
+TEST_F(SessionTest, StreamAttributesAreStoredCheckedAndCopied) {
+  CreateContext();
+  CreateStream(kPoolStream);
+  CreateStream(kPoolStream + 1);
+  const uint64_t d = Alloc(1 << 16);
+  auto set_window = [&](uint64_t stream, uint64_t base, uint64_t bytes, float ratio) {
+    return client_->Send(
+        [&](wire::Call::Builder c) {
+          auto a = c.initStreamSetAttribute();
+          a.setCtx(100);
+          a.setStream(stream);
+          a.setAttribute(CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW);
+          a.setWindowBase(base);
+          a.setWindowBytes(bytes);
+          a.setHitRatio(ratio);
+          a.setHitProp(CU_ACCESS_PROPERTY_PERSISTING);
+          a.setMissProp(CU_ACCESS_PROPERTY_STREAMING);
+        },
+        false);
+  };
+  auto get = [&](uint64_t stream, CUlaunchAttributeID attr) {
+    return client_->Call([&](wire::Call::Builder c) {
+      auto a = c.initStreamGetAttribute();
+      a.setCtx(100);
+      a.setStream(stream);
+      a.setAttribute(attr);
+    });
+  };
+  auto ping = [&] { return client_->Call([](wire::Call::Builder c) { c.setPing(); }); };
+  set_window(kPoolStream, d, 4096, 0.5f);
+  client_->Send(
+      [](wire::Call::Builder c) {
+        auto a = c.initStreamSetAttribute();
+        a.setCtx(100);
+        a.setStream(kPoolStream);
+        a.setAttribute(CU_LAUNCH_ATTRIBUTE_SYNCHRONIZATION_POLICY);
+        a.setValue(CU_SYNC_POLICY_BLOCKING_SYNC);
+      },
+      false);
+  EXPECT_TRUE(ping().status.ok());
+  auto expect_set = [&](uint64_t stream) {
+    ReplyResult window = get(stream, CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW);
+    ASSERT_TRUE(window.status.ok()) << window.status.ToString();
+    EXPECT_TRUE(window.stream_attribute);
+    EXPECT_EQ(window.window_base, d);
+    EXPECT_EQ(window.window_bytes, 4096u);
+    EXPECT_EQ(window.hit_ratio, 0.5f);
+    EXPECT_EQ(window.hit_prop, CU_ACCESS_PROPERTY_PERSISTING);
+    EXPECT_EQ(window.miss_prop, CU_ACCESS_PROPERTY_STREAMING);
+    ReplyResult policy = get(stream, CU_LAUNCH_ATTRIBUTE_SYNCHRONIZATION_POLICY);
+    ASSERT_TRUE(policy.status.ok()) << policy.status.ToString();
+    EXPECT_EQ(policy.sync_policy, static_cast<uint32_t>(CU_SYNC_POLICY_BLOCKING_SYNC));
+  };
+  expect_set(kPoolStream);
+  // A second stream starts with the defaults, then gets src's by copy.
+  ReplyResult fresh = get(kPoolStream + 1, CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW);
+  EXPECT_EQ(fresh.window_bytes, 0u);
+  EXPECT_EQ(get(kPoolStream + 1, CU_LAUNCH_ATTRIBUTE_SYNCHRONIZATION_POLICY).sync_policy,
+            static_cast<uint32_t>(CU_SYNC_POLICY_AUTO));
+  client_->Send(
+      [](wire::Call::Builder c) {
+        auto a = c.initStreamCopyAttributes();
+        a.setDstCtx(100);
+        a.setDst(kPoolStream + 1);
+        a.setSrcCtx(100);
+        a.setSrc(kPoolStream);
+      },
+      false);
+  EXPECT_TRUE(ping().status.ok());
+  expect_set(kPoolStream + 1);
+  // Bad input: a window outside the session's memory, a ratio past 1, an
+  // unknown policy, an unknown attribute, an unknown stream.
+  const uint64_t outside = set_window(kPoolStream, d + (1 << 16), 4096, 0.5f);
+  ReplyResult bad = ping();
+  EXPECT_EQ(bad.status.cuda_result(), CUDA_ERROR_INVALID_VALUE) << bad.status.ToString();
+  EXPECT_EQ(bad.latched_from, outside);
+  set_window(kPoolStream, d, 4096, 1.5f);
+  EXPECT_EQ(ping().status.cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  client_->Send(
+      [](wire::Call::Builder c) {
+        auto a = c.initStreamSetAttribute();
+        a.setCtx(100);
+        a.setStream(kPoolStream);
+        a.setAttribute(CU_LAUNCH_ATTRIBUTE_SYNCHRONIZATION_POLICY);
+        a.setValue(77);
+      },
+      false);
+  EXPECT_EQ(ping().status.cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(get(kPoolStream, CU_LAUNCH_ATTRIBUTE_PRIORITY).status.cuda_result(),
+            CUDA_ERROR_NOT_SUPPORTED);
+  EXPECT_EQ(get(4242, CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW).status.cuda_result(),
+            CUDA_ERROR_INVALID_HANDLE);
+}
+
 TEST_F(PooledSessionTest, AsyncAllocationsChargeTheQuotaUntilTheirFreeExecutes) {
   Start();
   ASSERT_TRUE(CreateContext(0).status.ok());

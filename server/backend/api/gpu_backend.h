@@ -166,6 +166,17 @@ class Library {
   virtual ~Library() = default;
 };
 
+// A stream's access policy window and synchronization policy
+// (cuStreamSetAttribute); `attribute` says which one a call sets.
+struct StreamAttributes {
+  uint64_t window_base = 0;
+  uint64_t window_bytes = 0;
+  float hit_ratio = 0;
+  int hit_prop = 0;     // CUaccessProperty
+  int miss_prop = 0;    // CUaccessProperty
+  int sync_policy = 1;  // CUsynchronizationPolicy; CU_SYNC_POLICY_AUTO
+};
+
 // A memory pool for stream-ordered allocation (cuMemPoolCreate). Destroying
 // it while allocations from it are outstanding is allowed: their memory stays
 // valid until they are freed, as in CUDA.
@@ -360,6 +371,16 @@ class GpuBackend {
   virtual Status TrimMemPool(MemPool& pool, uint64_t min_bytes_to_keep) {
     (void)pool, (void)min_bytes_to_keep;
     return Status::Unimplemented(std::string(Name()) + " backend has no memory pools");
+  }
+
+  // --- stream attributes -----------------------------------------------------
+  // cuStreamSetAttribute of `attribute` (CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW
+  // or CU_LAUNCH_ATTRIBUTE_SYNCHRONIZATION_POLICY) to its value in `values`,
+  // validated by the caller. The default accepts them: a backend without an
+  // L2 cache or blocking policies has nothing to apply.
+  virtual Status SetStreamAttribute(Stream& stream, int attribute, const StreamAttributes& values) {
+    (void)stream, (void)attribute, (void)values;
+    return Status::Ok();
   }
 
   // --- profiler --------------------------------------------------------------

@@ -835,6 +835,30 @@ class CudaBackend final : public GpuBackend {
     });
   }
 
+  Status SetStreamAttribute(Stream& stream, int attribute,
+                            const StreamAttributes& values) override {
+    return Guarded("SetStreamAttribute", [&]() -> Status {
+      if (api_->cuStreamSetAttribute == nullptr) {
+        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no cuStreamSetAttribute");
+      }
+      CudaStream& s = Str(stream);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
+      CUstreamAttrValue value;
+      std::memset(&value, 0, sizeof(value));
+      if (attribute == CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW) {
+        value.accessPolicyWindow.base_ptr = reinterpret_cast<void*>(values.window_base);
+        value.accessPolicyWindow.num_bytes = static_cast<size_t>(values.window_bytes);
+        value.accessPolicyWindow.hitRatio = values.hit_ratio;
+        value.accessPolicyWindow.hitProp = static_cast<CUaccessProperty>(values.hit_prop);
+        value.accessPolicyWindow.missProp = static_cast<CUaccessProperty>(values.miss_prop);
+      } else {
+        value.syncPolicy = static_cast<CUsynchronizationPolicy>(values.sync_policy);
+      }
+      return FERRY_CU(*api_, cuStreamSetAttribute, s.handle, static_cast<CUstreamAttrID>(attribute),
+                      &value);
+    });
+  }
+
   Status ProfilerControl(Context& context, bool start) override {
     return Guarded("ProfilerControl", [&]() -> Status {
       if (api_->cuProfilerStart == nullptr || api_->cuProfilerStop == nullptr) {

@@ -97,8 +97,9 @@
   FERRY_CUDA_GREEN_CONTEXT_ENTRY_POINTS(X)  \
   FERRY_CUDA_MEMPOOL_ENTRY_POINTS(X)
 
-// Stream-ordered allocation and memory pools (CUDA 11.2+), and profiler
-// control: each answered CUDA_ERROR_NOT_SUPPORTED where the driver lacks it.
+// Stream-ordered allocation and memory pools (CUDA 11.2+), profiler control
+// and stream attributes: each answered CUDA_ERROR_NOT_SUPPORTED where the
+// driver lacks it.
 #define FERRY_CUDA_MEMPOOL_ENTRY_POINTS(X) \
   X(cuMemPoolCreate, 11020)                \
   X(cuMemPoolDestroy, 11020)               \
@@ -108,7 +109,8 @@
   X(cuMemAllocFromPoolAsync, 11020)        \
   X(cuMemFreeAsync, 11020)                 \
   X(cuProfilerStart, 4000)                 \
-  X(cuProfilerStop, 4000)
+  X(cuProfilerStop, 4000)                  \
+  X(cuStreamSetAttribute, 11000)
 
 // The green-context ones among them (all or nothing: see HasGreenContexts).
 #define FERRY_CUDA_GREEN_CONTEXT_ENTRY_POINTS(X) \
