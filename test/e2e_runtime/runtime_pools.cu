@@ -4,7 +4,8 @@
 // cudaMallocAsync / cudaFreeAsync on a stream with a kernel in between, the
 // device's default and current pool, a created pool with attributes set and
 // read back, allocation past the slice's quota failing with out of memory,
-// and cudaProfilerStart / cudaProfilerStop.
+// stream attributes (access policy window, synchronization policy), and
+// cudaProfilerStart / cudaProfilerStop.
 #include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 
@@ -52,9 +53,36 @@ int main() {
   RT_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&d), bytes, stream));
   RT_EXPECT(d != nullptr);
   RT_CHECK(cudaMemcpyAsync(d, host.data(), bytes, cudaMemcpyHostToDevice, stream));
+  // A stream attribute over the allocation: set, read back, copied.
+  cudaStreamAttrValue window = {};
+  window.accessPolicyWindow.base_ptr = d;
+  window.accessPolicyWindow.num_bytes = bytes;
+  window.accessPolicyWindow.hitRatio = 0.6f;
+  window.accessPolicyWindow.hitProp = cudaAccessPropertyPersisting;
+  window.accessPolicyWindow.missProp = cudaAccessPropertyStreaming;
+  RT_CHECK(cudaStreamSetAttribute(stream, cudaStreamAttributeAccessPolicyWindow, &window));
   rt_scale<float><<<(n + 255) / 256, 256, 0, stream>>>(d, 2.0f, n);
   RT_CHECK(cudaGetLastError());
   ExpectScaled(d, n, 2.0f, stream);
+  cudaStream_t copy;
+  RT_CHECK(cudaStreamCreate(&copy));
+  RT_CHECK(cudaStreamCopyAttributes(copy, stream));
+  cudaStreamAttrValue read_window = {};
+  RT_CHECK(cudaStreamGetAttribute(copy, cudaStreamAttributeAccessPolicyWindow, &read_window));
+  RT_EXPECT(read_window.accessPolicyWindow.base_ptr == d);
+  RT_EXPECT(read_window.accessPolicyWindow.num_bytes == bytes);
+  RT_EXPECT(read_window.accessPolicyWindow.hitRatio == 0.6f);
+  RT_EXPECT(read_window.accessPolicyWindow.hitProp == cudaAccessPropertyPersisting);
+  cudaStreamAttrValue policy = {};
+  policy.syncPolicy = cudaSyncPolicyYield;
+  RT_CHECK(cudaStreamSetAttribute(copy, cudaStreamAttributeSynchronizationPolicy, &policy));
+  cudaStreamAttrValue read_policy = {};
+  RT_CHECK(cudaStreamGetAttribute(copy, cudaStreamAttributeSynchronizationPolicy, &read_policy));
+  RT_EXPECT(read_policy.syncPolicy == cudaSyncPolicyYield);
+  window.accessPolicyWindow.num_bytes = 0;  // reset before the memory goes
+  RT_CHECK(cudaStreamSetAttribute(stream, cudaStreamAttributeAccessPolicyWindow, &window));
+  RT_CHECK(cudaStreamDestroy(copy));
+  std::printf("stream attributes: ok\n");
   RT_CHECK(cudaFreeAsync(d, stream));
   RT_CHECK(cudaStreamSynchronize(stream));
   std::printf("cudaMallocAsync / kernel / cudaFreeAsync: ok\n");
