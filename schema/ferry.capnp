@@ -321,6 +321,8 @@ struct Call {
         $waits("always") $handles(["ctx", "stream"]) $usesContext;
     streamCopyAttributes @55 :StreamCopyAttributes
         $waits("never") $handles(["dstCtx", "dst", "srcCtx", "src"]);
+    streamMemOps @56 :StreamMemOps  # cuStreamWaitValue*, cuStreamWriteValue*, cuStreamBatchMemOp
+        $waits("never") $orderedOn("stream") $handles(["ctx", "stream"]) $ranges(["ops"]);
   }
 }
 
@@ -589,6 +591,24 @@ struct StreamAttribute {
   missProp @7 :Int32;
   value @8 :UInt32;
 }
+# Stream memory operations, executed in order when the stream reaches them:
+# waits on and writes of 32- or 64-bit values in the session's memory, flushes
+# and barriers. `operation` is a CUstreamBatchMemOpType, `flags` that
+# operation's flags (CUstreamWaitValue_flags, CUstreamWriteValue_flags,
+# CUstreamMemoryBarrier_flags).
+struct StreamMemOp {
+  operation @0 :Int32;
+  address @1 :UInt64;
+  value @2 :UInt64;
+  flags @3 :UInt32;
+}
+struct StreamMemOps {
+  ctx @0 :UInt64;
+  stream @1 :UInt64;
+  ops @2 :List(StreamMemOp);  # 1 to 256
+  flags @3 :UInt32;           # cuStreamBatchMemOp's own flags (0)
+}
+
 # cuStreamCopyAttributes: every attribute above, from src to dst.
 struct StreamCopyAttributes {
   dstCtx @0 :UInt64;

@@ -231,3 +231,65 @@ Status Session::StreamCopyAttributes(wire::StreamCopyAttributes::Reader args) {
 }
 
 }  // namespace ferry::server
+
+// --- stream memory operations --------------------------------------------------
+
+namespace ferry::server {
+
+Status Session::StreamMemOps(wire::StreamMemOps::Reader args) {
+  backend::Stream* stream = nullptr;
+  FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
+  auto ops = args.getOps();
+  if (ops.size() == 0 || ops.size() > 256) {
+    return Status::InvalidArgument("a batch of stream memory operations holds 1 to 256 of them");
+  }
+  if (args.getFlags() != 0) return Status::InvalidArgument("cuStreamBatchMemOp flags must be 0");
+  std::vector<backend::StreamMemOp> checked;
+  checked.reserve(ops.size());
+  for (auto op : ops) {
+    backend::StreamMemOp out{op.getOperation(), op.getAddress(), op.getValue(), op.getFlags()};
+    uint64_t width = 0;
+    switch (out.operation) {
+      case CU_STREAM_MEM_OP_WAIT_VALUE_32:
+      case CU_STREAM_MEM_OP_WAIT_VALUE_64:
+        width = out.operation == CU_STREAM_MEM_OP_WAIT_VALUE_32 ? 4 : 8;
+        if ((out.flags & ~static_cast<unsigned>(CU_STREAM_WAIT_VALUE_FLUSH)) > 3) {
+          return Status::InvalidArgument("bad wait flags " + std::to_string(out.flags));
+        }
+        break;
+      case CU_STREAM_MEM_OP_WRITE_VALUE_32:
+      case CU_STREAM_MEM_OP_WRITE_VALUE_64:
+        width = out.operation == CU_STREAM_MEM_OP_WRITE_VALUE_32 ? 4 : 8;
+        if ((out.flags & ~static_cast<unsigned>(CU_STREAM_WRITE_VALUE_NO_MEMORY_BARRIER)) != 0) {
+          return Status::InvalidArgument("bad write flags " + std::to_string(out.flags));
+        }
+        break;
+      case CU_STREAM_MEM_OP_FLUSH_REMOTE_WRITES:
+        if (out.flags != 0) return Status::InvalidArgument("flush flags must be 0");
+        break;
+      case CU_STREAM_MEM_OP_BARRIER:
+        if (out.flags != CU_STREAM_MEMORY_BARRIER_TYPE_SYS &&
+            out.flags != CU_STREAM_MEMORY_BARRIER_TYPE_GPU) {
+          return Status::InvalidArgument("bad barrier type " + std::to_string(out.flags));
+        }
+        break;
+      default:
+        return Status::InvalidArgument("unknown stream memory operation " +
+                                       std::to_string(out.operation));
+    }
+    if (width > 0) {
+      if (out.address % width != 0) {
+        return Status::InvalidArgument("stream memory operation on " + Hex(out.address) +
+                                       ", which is not " + std::to_string(width) + "-byte aligned");
+      }
+      if (width == 4 && out.value > UINT32_MAX) {
+        return Status::InvalidArgument("a 32-bit operation's value does not fit in 32 bits");
+      }
+      FERRY_RETURN_IF_ERROR(CheckRange(out.address, width, "stream memory operation"));
+    }
+    checked.push_back(out);
+  }
+  return backend_.StreamMemOps(*stream, std::move(checked), args.getFlags());
+}
+
+}  // namespace ferry::server

@@ -1494,6 +1494,106 @@ TEST_F(SessionTest, StreamAttributesAreStoredCheckedAndCopied) {
             CUDA_ERROR_INVALID_HANDLE);
 }
 
+// Stream memory operations, as the client builds them.
+void BuildMemOp(wire::Call::Builder c, uint64_t stream, CUstreamBatchMemOpType operation,
+                uint64_t address, uint64_t value, unsigned flags = 0) {
+  auto a = c.initStreamMemOps();
+  a.setCtx(100);
+  a.setStream(stream);
+  auto op = a.initOps(1)[0];
+  op.setOperation(operation);
+  op.setAddress(address);
+  op.setValue(value);
+  op.setFlags(flags);
+}
+
+TEST_F(SessionTest, StreamWaitValueHoldsItsStreamUntilAnotherStreamWritesIt) {
+  CreateContext();
+  CreateStream(kPoolStream);
+  CreateStream(kProbe, CU_STREAM_NON_BLOCKING);
+  const uint64_t d = Alloc(4096);
+  Fill(kProbe, d, 0, 4096);
+  ASSERT_TRUE(Sync(kProbe).status.ok());
+  // kPoolStream waits for d[0] == 7 (32-bit), then fills the rest.
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        BuildMemOp(c, kPoolStream, CU_STREAM_MEM_OP_WAIT_VALUE_32, d, 7, CU_STREAM_WAIT_VALUE_EQ);
+      },
+      false);
+  Fill(kPoolStream, d + 64, 0xAB, 64);
+  EXPECT_EQ(Query(kPoolStream).status.cuda_result(), CUDA_ERROR_NOT_READY);
+  ReplyResult before = CopyOut(kProbe, d + 64, 64);
+  ASSERT_TRUE(before.status.ok()) << before.status.ToString();
+  EXPECT_EQ(before.bulk, std::vector<uint8_t>(64, 0));
+  // A 64-bit write of 7 on the other stream releases it (little-endian:
+  // the low word is 7).
+  client_->Send(
+      [&](wire::Call::Builder c) { BuildMemOp(c, kProbe, CU_STREAM_MEM_OP_WRITE_VALUE_64, d, 7); },
+      false);
+  ASSERT_TRUE(Sync(kPoolStream).status.ok());
+  ReplyResult after = CopyOut(kProbe, d + 64, 64);
+  EXPECT_EQ(after.bulk, std::vector<uint8_t>(64, 0xAB));
+  // A batch: GEQ on a 64-bit value already reached, a write, a barrier.
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        auto a = c.initStreamMemOps();
+        a.setCtx(100);
+        a.setStream(kPoolStream);
+        auto ops = a.initOps(3);
+        ops[0].setOperation(CU_STREAM_MEM_OP_WAIT_VALUE_64);
+        ops[0].setAddress(d);
+        ops[0].setValue(5);
+        ops[0].setFlags(CU_STREAM_WAIT_VALUE_GEQ);
+        ops[1].setOperation(CU_STREAM_MEM_OP_WRITE_VALUE_32);
+        ops[1].setAddress(d + 8);
+        ops[1].setValue(0x01020304);
+        ops[2].setOperation(CU_STREAM_MEM_OP_BARRIER);
+        ops[2].setFlags(CU_STREAM_MEMORY_BARRIER_TYPE_GPU);
+      },
+      false);
+  ReplyResult written = CopyOut(kPoolStream, d + 8, 4);
+  ASSERT_TRUE(written.status.ok()) << written.status.ToString();
+  EXPECT_EQ(written.bulk, (std::vector<uint8_t>{4, 3, 2, 1}));
+}
+
+TEST_F(SessionTest, BadStreamMemoryOperationsGetCudaErrors) {
+  CreateContext();
+  CreateStream(kPoolStream);
+  const uint64_t d = Alloc(4096);
+  auto expect_latched = [&](CUstreamBatchMemOpType operation, uint64_t address, uint64_t value,
+                            unsigned flags) {
+    const uint64_t seq = client_->Send(
+        [&](wire::Call::Builder c) {
+          BuildMemOp(c, kPoolStream, operation, address, value, flags);
+        },
+        false);
+    ReplyResult ping = client_->Call([](wire::Call::Builder c) { c.setPing(); });
+    EXPECT_EQ(ping.status.cuda_result(), CUDA_ERROR_INVALID_VALUE) << ping.status.ToString();
+    EXPECT_EQ(ping.latched_from, seq);
+  };
+  expect_latched(CU_STREAM_MEM_OP_WRITE_VALUE_32, d + 2, 1, 0);       // unaligned
+  expect_latched(CU_STREAM_MEM_OP_WRITE_VALUE_64, d + 4096, 1, 0);    // outside
+  expect_latched(CU_STREAM_MEM_OP_WAIT_VALUE_32, d, 1, 7);            // bad flags
+  expect_latched(CU_STREAM_MEM_OP_WRITE_VALUE_32, d, 1ull << 40, 0);  // too wide
+  expect_latched(static_cast<CUstreamBatchMemOpType>(42), d, 1, 0);   // unknown
+  // Nothing was written.
+  ReplyResult out = CopyOut(kPoolStream, d, 8);
+  EXPECT_EQ(out.bulk, std::vector<uint8_t>(8, 0));
+}
+
+TEST_F(SessionTest, AStreamWaitingForAValueNeverWrittenDoesNotHoldTheSessionsEnd) {
+  CreateContext();
+  CreateStream(kPoolStream);
+  const uint64_t d = Alloc(4096);
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        BuildMemOp(c, kPoolStream, CU_STREAM_MEM_OP_WAIT_VALUE_32, d, 1, CU_STREAM_WAIT_VALUE_EQ);
+      },
+      false);
+  EXPECT_EQ(Query(kPoolStream).status.cuda_result(), CUDA_ERROR_NOT_READY);
+  // TearDown ends the session: destroying the stream ends the wait.
+}
+
 TEST_F(PooledSessionTest, AsyncAllocationsChargeTheQuotaUntilTheirFreeExecutes) {
   Start();
   ASSERT_TRUE(CreateContext(0).status.ok());

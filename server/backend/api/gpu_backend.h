@@ -177,6 +177,15 @@ struct StreamAttributes {
   int sync_policy = 1;  // CUsynchronizationPolicy; CU_SYNC_POLICY_AUTO
 };
 
+// One stream memory operation (cuStreamBatchMemOp's CUstreamBatchMemOpParams):
+// `operation` a CUstreamBatchMemOpType, `flags` its flags.
+struct StreamMemOp {
+  int operation = 0;
+  uint64_t address = 0;
+  uint64_t value = 0;
+  unsigned flags = 0;
+};
+
 // A memory pool for stream-ordered allocation (cuMemPoolCreate). Destroying
 // it while allocations from it are outstanding is allowed: their memory stays
 // valid until they are freed, as in CUDA.
@@ -381,6 +390,16 @@ class GpuBackend {
   virtual Status SetStreamAttribute(Stream& stream, int attribute, const StreamAttributes& values) {
     (void)stream, (void)attribute, (void)values;
     return Status::Ok();
+  }
+
+  // --- stream memory operations -----------------------------------------------
+  // Queues `ops` on `stream`, executed in order when the stream reaches them
+  // (cuStreamBatchMemOp). The caller has checked each operation and address.
+  // A wait holds the stream until its condition holds; destroying the stream
+  // ends the wait (the host backend) or is the driver's to handle.
+  virtual Status StreamMemOps(Stream& stream, std::vector<StreamMemOp> ops, unsigned flags) {
+    (void)stream, (void)ops, (void)flags;
+    return Status::Unimplemented(std::string(Name()) + " backend has no stream memory operations");
   }
 
   // --- profiler --------------------------------------------------------------

@@ -859,6 +859,46 @@ class CudaBackend final : public GpuBackend {
     });
   }
 
+  Status StreamMemOps(Stream& stream, std::vector<StreamMemOp> ops, unsigned flags) override {
+    return Guarded("StreamMemOps", [&]() -> Status {
+      if (api_->cuStreamBatchMemOp == nullptr) {
+        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no cuStreamBatchMemOp");
+      }
+      std::vector<CUstreamBatchMemOpParams> params(ops.size());
+      for (size_t i = 0; i < ops.size(); ++i) {
+        CUstreamBatchMemOpParams& p = params[i];
+        std::memset(&p, 0, sizeof(p));
+        const StreamMemOp& op = ops[i];
+        p.operation = static_cast<CUstreamBatchMemOpType>(op.operation);
+        switch (op.operation) {
+          case CU_STREAM_MEM_OP_WAIT_VALUE_32:
+          case CU_STREAM_MEM_OP_WAIT_VALUE_64:
+            p.waitValue.address = static_cast<CUdeviceptr>(op.address);
+            p.waitValue.value64 = op.value;
+            p.waitValue.flags = op.flags;
+            break;
+          case CU_STREAM_MEM_OP_WRITE_VALUE_32:
+          case CU_STREAM_MEM_OP_WRITE_VALUE_64:
+            p.writeValue.address = static_cast<CUdeviceptr>(op.address);
+            p.writeValue.value64 = op.value;
+            p.writeValue.flags = op.flags;
+            break;
+          case CU_STREAM_MEM_OP_FLUSH_REMOTE_WRITES:
+            p.flushRemoteWrites.flags = op.flags;
+            break;
+          default:
+            p.memoryBarrier.flags = op.flags;
+            break;
+        }
+      }
+      CudaStream& s = Str(stream);
+      s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
+      return FERRY_CU(*api_, cuStreamBatchMemOp, s.handle, static_cast<unsigned>(params.size()),
+                      params.data(), flags);
+    });
+  }
+
   Status ProfilerControl(Context& context, bool start) override {
     return Guarded("ProfilerControl", [&]() -> Status {
       if (api_->cuProfilerStart == nullptr || api_->cuProfilerStop == nullptr) {

@@ -34,6 +34,7 @@
 #include <cstring>
 #include <mutex>
 #include <system_error>
+#include <thread>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
@@ -160,7 +161,9 @@ class HostStream final : public Stream {
         non_blocking_(non_blocking) {}
 
   // Waits for the queued work, then joins the worker (GpuBackend contract).
+  // Stream memory waits still waiting end first (cancel_waits).
   ~HostStream() override {
+    cancel_waits_->store(true);
     if (!legacy_) {
       std::lock_guard<std::mutex> lock(ctx_->mu);
       auto& v = ctx_->streams;
@@ -176,8 +179,12 @@ class HostStream final : public Stream {
   StreamQueue& queue() const { return *queue_; }
   bool legacy() const { return legacy_; }
   bool non_blocking() const { return non_blocking_; }
+  // Set when the stream is being destroyed: a stream memory wait queued on
+  // it stops waiting, so destroying it cannot hang on a value never written.
+  const std::shared_ptr<std::atomic<bool>>& cancel_waits() const { return cancel_waits_; }
 
  private:
+  const std::shared_ptr<std::atomic<bool>> cancel_waits_ = std::make_shared<std::atomic<bool>>();
   const std::shared_ptr<ContextState> ctx_;
   const std::shared_ptr<StreamQueue> queue_;
   const bool legacy_;
@@ -615,6 +622,69 @@ class HostBackend final : public GpuBackend {
 
   // Freed memory is never kept: nothing to trim.
   Status TrimMemPool(MemPool& pool, uint64_t min_bytes_to_keep) override { return Status::Ok(); }
+
+  // --- stream memory operations ---------------------------------------------------
+
+  // Emulates the GPU's memory operations on the stream's thread: writes are
+  // sequentially consistent stores, waits poll the value (yielding, then
+  // sleeping briefly between looks: a device-side spin) until it holds or the
+  // stream is destroyed. Flushes and barriers have nothing to order in host
+  // memory beyond what the stores and loads already order.
+  Status StreamMemOps(Stream& stream, std::vector<StreamMemOp> ops, unsigned flags) override {
+    std::shared_ptr<std::atomic<bool>> cancel = AsStream(stream).cancel_waits();
+    Append(stream, {}, [ops = std::move(ops), cancel] {
+      for (const StreamMemOp& op : ops) {
+        switch (op.operation) {
+          case CU_STREAM_MEM_OP_WRITE_VALUE_32:
+            __atomic_store_n(reinterpret_cast<uint32_t*>(op.address),
+                             static_cast<uint32_t>(op.value), __ATOMIC_SEQ_CST);
+            break;
+          case CU_STREAM_MEM_OP_WRITE_VALUE_64:
+            __atomic_store_n(reinterpret_cast<uint64_t*>(op.address), op.value, __ATOMIC_SEQ_CST);
+            break;
+          case CU_STREAM_MEM_OP_WAIT_VALUE_32:
+          case CU_STREAM_MEM_OP_WAIT_VALUE_64:
+            WaitValue(op, *cancel);
+            break;
+          default:
+            __atomic_thread_fence(__ATOMIC_SEQ_CST);
+            break;
+        }
+      }
+    });
+    return Status::Ok();
+  }
+
+  // True when the wait `op` is satisfied by the value now at its address.
+  static bool WaitSatisfied(const StreamMemOp& op) {
+    const bool wide = op.operation == CU_STREAM_MEM_OP_WAIT_VALUE_64;
+    const uint64_t now =
+        wide ? __atomic_load_n(reinterpret_cast<const uint64_t*>(op.address), __ATOMIC_SEQ_CST)
+             : __atomic_load_n(reinterpret_cast<const uint32_t*>(op.address), __ATOMIC_SEQ_CST);
+    const uint64_t mask = wide ? ~uint64_t{0} : uint64_t{0xFFFFFFFF};
+    switch (op.flags & 3u) {
+      case CU_STREAM_WAIT_VALUE_GEQ:
+        return wide ? static_cast<int64_t>(now - op.value) >= 0
+                    : static_cast<int32_t>(static_cast<uint32_t>(now - op.value)) >= 0;
+      case CU_STREAM_WAIT_VALUE_EQ:
+        return now == op.value;
+      case CU_STREAM_WAIT_VALUE_AND:
+        return (now & op.value) != 0;
+      default:  // CU_STREAM_WAIT_VALUE_NOR
+        return (~(now | op.value) & mask) != 0;
+    }
+  }
+
+  static void WaitValue(const StreamMemOp& op, const std::atomic<bool>& cancel) {
+    for (int spins = 0; !WaitSatisfied(op); ++spins) {
+      if (cancel.load()) return;
+      if (spins < 1000) {
+        std::this_thread::yield();
+      } else {
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+      }
+    }
+  }
 
   // --- stream-ordered operations ----------------------------------------------
 
