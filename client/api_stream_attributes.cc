@@ -1,8 +1,8 @@
 // Entry points: stream attributes (cuStreamSetAttribute, cuStreamGetAttribute,
 // cuStreamCopyAttributes): the access policy window and the synchronization
-// policy. The server keeps them (so a get is a round trip, and a copy between
-// streams needs none) and hands them to its driver; setting one returns only a
-// status, so it is posted (README.md invariant 3).
+// policy; and context-wide events (cuCtxRecordEvent, cuCtxWaitEvent). The server keeps them (so a
+// get is a round trip, and a copy between streams needs none) and hands them to its driver; setting
+// one returns only a status, so it is posted (README.md invariant 3).
 #include <cuda.h>
 
 #include "client/cuda_result.h"
@@ -129,6 +129,54 @@ CUresult CUDAAPI cuStreamCopyAttributes(CUstream dst, CUstream src) {
 }
 CUresult CUDAAPI cuStreamCopyAttributes_ptsz(CUstream dst, CUstream src) {
   return Api([&] { return CopyAttributes(dst, src, true); });
+}
+
+}  // extern "C"
+
+// --- context-wide events ----------------------------------------------------------
+// cuCtxRecordEvent / cuCtxWaitEvent: posted (README.md invariant 3); the event
+// must belong to the context (INVALID_HANDLE otherwise, as the driver says).
+
+namespace {
+
+Status ContextEvent(CUcontext hCtx, CUevent hEvent, bool record) {
+  Runtime& rt = Runtime::Get();
+  FERRY_RETURN_IF_ERROR(rt.Ready());
+  uint64_t ctx = Runtime::HandleId(hCtx);
+  if (ctx == 0) {
+    FERRY_RETURN_IF_ERROR(rt.CurrentContext(&ctx));
+  } else {
+    FERRY_RETURN_IF_ERROR(rt.contexts().Check(ctx));
+    FERRY_RETURN_IF_ERROR(rt.EnsureLive(ctx));
+  }
+  const uint64_t event = Runtime::HandleId(hEvent);
+  ferry::client::EventState state;
+  FERRY_RETURN_IF_ERROR(rt.streams().FindEvent(event, &state));
+  if (state.ctx != ctx) return Status::InvalidHandle("the event belongs to another context");
+  uint64_t seq = 0;
+  FERRY_RETURN_IF_ERROR(rt.connection().Post(
+      [&](wire::Call::Builder call) {
+        auto args = record ? call.initCtxRecordEvent() : call.initCtxWaitEvent();
+        args.setCtx(ctx);
+        args.setEvent(event);
+      },
+      {}, &seq));
+  // A query that finds the record done waits for the asynchronous copies
+  // queued before it on the context's legacy stream (those on its other
+  // streams land by the next synchronizing call).
+  if (record) rt.streams().NoteEventRecord(event, ferry::client::StreamKey{ctx, 0}, seq);
+  return Status::Ok();
+}
+
+}  // namespace
+
+extern "C" {
+
+CUresult CUDAAPI cuCtxRecordEvent(CUcontext hCtx, CUevent hEvent) {
+  return Api([&] { return ContextEvent(hCtx, hEvent, true); });
+}
+CUresult CUDAAPI cuCtxWaitEvent(CUcontext hCtx, CUevent hEvent) {
+  return Api([&] { return ContextEvent(hCtx, hEvent, false); });
 }
 
 }  // extern "C"

@@ -323,6 +323,10 @@ struct Call {
         $waits("never") $handles(["dstCtx", "dst", "srcCtx", "src"]);
     streamMemOps @56 :StreamMemOps  # cuStreamWaitValue*, cuStreamWriteValue*, cuStreamBatchMemOp
         $waits("never") $orderedOn("stream") $handles(["ctx", "stream"]) $ranges(["ops"]);
+    ctxRecordEvent @57 :CtxEvent  # cuCtxRecordEvent: the event captures all of ctx's work
+        $waits("never") $handles(["ctx", "event"]);
+    ctxWaitEvent @58 :CtxEvent  # cuCtxWaitEvent: ctx's later work waits for the event
+        $waits("never") $handles(["ctx", "event"]);
   }
 }
 
@@ -607,6 +611,12 @@ struct StreamMemOps {
   stream @1 :UInt64;
   ops @2 :List(StreamMemOp);  # 1 to 256
   flags @3 :UInt32;           # cuStreamBatchMemOp's own flags (0)
+}
+
+# A context and one of its events (cuCtxRecordEvent, cuCtxWaitEvent).
+struct CtxEvent {
+  ctx @0 :UInt64;
+  event @1 :UInt64;
 }
 
 # cuStreamCopyAttributes: every attribute above, from src to dst.

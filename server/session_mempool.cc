@@ -293,3 +293,31 @@ Status Session::StreamMemOps(wire::StreamMemOps::Reader args) {
 }
 
 }  // namespace ferry::server
+
+// --- context-wide events ---------------------------------------------------------
+
+namespace ferry::server {
+
+Status Session::CtxRecordEvent(wire::CtxEvent::Reader args) {
+  ContextEntry* c = nullptr;
+  FERRY_RETURN_IF_ERROR(contexts_.Find(args.getCtx(), &c));
+  EventEntry* e = nullptr;
+  FERRY_RETURN_IF_ERROR(events_.Find(args.getEvent(), &e));
+  if (e->ctx != args.getCtx()) {
+    return Status::InvalidHandle("cuCtxRecordEvent: the event belongs to another context");
+  }
+  return backend_.RecordContextEvent(*c->context, *e->event);
+}
+
+Status Session::CtxWaitEvent(wire::CtxEvent::Reader args) {
+  ContextEntry* c = nullptr;
+  FERRY_RETURN_IF_ERROR(contexts_.Find(args.getCtx(), &c));
+  EventEntry* e = nullptr;
+  FERRY_RETURN_IF_ERROR(events_.Find(args.getEvent(), &e));
+  if (e->ctx != args.getCtx()) {
+    return Status::InvalidHandle("cuCtxWaitEvent: the event belongs to another context");
+  }
+  return backend_.ContextWaitEvent(*c->context, *e->event);
+}
+
+}  // namespace ferry::server

@@ -1594,6 +1594,60 @@ TEST_F(SessionTest, AStreamWaitingForAValueNeverWrittenDoesNotHoldTheSessionsEnd
   // TearDown ends the session: destroying the stream ends the wait.
 }
 
+TEST_F(SessionTest, ContextEventsCaptureEveryStreamAndHoldLaterWork) {
+  CreateContext();
+  CreateStream(kHeld);
+  CreateStream(kProbe, CU_STREAM_NON_BLOCKING);
+  const uint64_t d = Alloc(4096);
+  constexpr uint64_t kEvent = 50;
+  client_->Send(
+      [](wire::Call::Builder c) {
+        auto a = c.initEventCreate();
+        a.setCtx(100);
+        a.setEvent(kEvent);
+      },
+      false);
+  auto ctx_event = [&](bool record, uint64_t ctx, uint64_t event) {
+    return client_->Send(
+        [&](wire::Call::Builder c) {
+          auto a = record ? c.initCtxRecordEvent() : c.initCtxWaitEvent();
+          a.setCtx(ctx);
+          a.setEvent(event);
+        },
+        false);
+  };
+  auto query_event = [&] {
+    return client_->Call([](wire::Call::Builder c) { c.initEventQuery().setEvent(kEvent); });
+  };
+  // kHeld is held by a gate: a context-wide record is not reached.
+  const uint64_t gate = client_->SendGate(100, kHeld);
+  ReplyResult reached = client_->ReadWithin();
+  ASSERT_TRUE(reached.gate_reached);
+  ctx_event(true, 100, kEvent);
+  EXPECT_EQ(query_event().status.cuda_result(), CUDA_ERROR_NOT_READY);
+  // After a context-wide wait, even the non-blocking stream's work waits.
+  ctx_event(false, 100, kEvent);
+  Fill(kProbe, d, 0x5C, 4096);
+  EXPECT_EQ(Query(kProbe).status.cuda_result(), CUDA_ERROR_NOT_READY);
+  client_->OpenGate(gate);
+  ASSERT_TRUE(Sync(kProbe).status.ok());
+  EXPECT_TRUE(query_event().status.ok());
+  ReplyResult out = CopyOut(kProbe, d, 4096);
+  EXPECT_EQ(out.bulk, std::vector<uint8_t>(4096, 0x5C));
+  // Once reached, the wait holds nothing back.
+  Fill(kProbe, d, 0x11, 16);
+  EXPECT_TRUE(Sync(kProbe).status.ok());
+  // An event of another context, an unknown event.
+  CreateContext(101);
+  const uint64_t other = ctx_event(true, 101, kEvent);
+  ReplyResult ping = client_->Call([](wire::Call::Builder c) { c.setPing(); });
+  EXPECT_EQ(ping.status.cuda_result(), CUDA_ERROR_INVALID_HANDLE) << ping.status.ToString();
+  EXPECT_EQ(ping.latched_from, other);
+  ctx_event(false, 100, 4242);
+  ping = client_->Call([](wire::Call::Builder c) { c.setPing(); });
+  EXPECT_EQ(ping.status.cuda_result(), CUDA_ERROR_INVALID_HANDLE) << ping.status.ToString();
+}
+
 TEST_F(PooledSessionTest, AsyncAllocationsChargeTheQuotaUntilTheirFreeExecutes) {
   Start();
   ASSERT_TRUE(CreateContext(0).status.ok());

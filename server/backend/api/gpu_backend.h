@@ -279,6 +279,17 @@ class GpuBackend {
   virtual Status RecordEvent(Event& event, Stream& stream) = 0;
   virtual Status StreamWaitEvent(Stream& stream, Event& event) = 0;
   virtual Status QueryEvent(Event& event) = 0;  // OK or Cuda(CUDA_ERROR_NOT_READY)
+  // cuCtxRecordEvent: `event` (of `ctx`) captures the work queued so far on
+  // every stream of `ctx`. cuCtxWaitEvent: every operation queued on `ctx`
+  // after this call waits for `event`'s record. Defaults: Unimplemented.
+  virtual Status RecordContextEvent(Context& ctx, Event& event) {
+    (void)ctx, (void)event;
+    return Status::Unimplemented(std::string(Name()) + " backend has no context-wide events");
+  }
+  virtual Status ContextWaitEvent(Context& ctx, Event& event) {
+    (void)ctx, (void)event;
+    return Status::Unimplemented(std::string(Name()) + " backend has no context-wide events");
+  }
   virtual void WhenEventComplete(Event& event, Completion done) = 0;
   virtual Status EventElapsedTime(Event& start, Event& end, float* milliseconds) = 0;
 

@@ -1289,6 +1289,34 @@ class CudaBackend final : public GpuBackend {
     });
   }
 
+  Status RecordContextEvent(Context& context, Event& event) override {
+    return Guarded("RecordContextEvent", [&]() -> Status {
+      if (api_->cuCtxRecordEvent == nullptr) {
+        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no cuCtxRecordEvent");
+      }
+      CudaContext& ctx = Ctx(context);
+      CudaEvent& e = Ev(event);
+      std::lock_guard<std::mutex> lock(e.waits_mu);
+      // As RecordEvent: waits not started keep the record they asked about.
+      for (const std::shared_ptr<EventWait>& wait : e.unstarted) {
+        if (wait->snapshot == nullptr) Snapshot(e, *wait);
+      }
+      FERRY_RETURN_IF_ERROR(MakeCurrent(ctx));
+      return FERRY_CU(*api_, cuCtxRecordEvent, ctx.handle, e.handle);
+    });
+  }
+
+  Status ContextWaitEvent(Context& context, Event& event) override {
+    return Guarded("ContextWaitEvent", [&]() -> Status {
+      if (api_->cuCtxWaitEvent == nullptr) {
+        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no cuCtxWaitEvent");
+      }
+      CudaContext& ctx = Ctx(context);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(ctx));
+      return FERRY_CU(*api_, cuCtxWaitEvent, ctx.handle, Ev(event).handle);
+    });
+  }
+
   Status StreamWaitEvent(Stream& stream, Event& event) override {
     return Guarded("StreamWaitEvent", [&]() -> Status {
       CudaStream& s = Str(stream);

@@ -98,8 +98,8 @@
   FERRY_CUDA_MEMPOOL_ENTRY_POINTS(X)
 
 // Stream-ordered allocation and memory pools (CUDA 11.2+), profiler control,
-// stream attributes and stream memory operations: each answered CUDA_ERROR_NOT_SUPPORTED where the
-// driver lacks it.
+// stream attributes, stream memory operations and context-wide events: each answered
+// CUDA_ERROR_NOT_SUPPORTED where the driver lacks it.
 #define FERRY_CUDA_MEMPOOL_ENTRY_POINTS(X) \
   X(cuMemPoolCreate, 11020)                \
   X(cuMemPoolDestroy, 11020)               \
@@ -111,7 +111,9 @@
   X(cuProfilerStart, 4000)                 \
   X(cuProfilerStop, 4000)                  \
   X(cuStreamSetAttribute, 11000)           \
-  X(cuStreamBatchMemOp, 11070)
+  X(cuStreamBatchMemOp, 11070)             \
+  X(cuCtxRecordEvent, 12050)               \
+  X(cuCtxWaitEvent, 12050)
 
 // The green-context ones among them (all or nothing: see HasGreenContexts).
 #define FERRY_CUDA_GREEN_CONTEXT_ENTRY_POINTS(X) \

@@ -136,6 +136,13 @@ struct ContextState {
   // Serializes the stream-ordered appends of this context (see file comment).
   std::mutex mu;
   std::vector<StreamEntry> streams ABSL_GUARDED_BY(mu);  // all but the legacy stream
+  // cuCtxRecordEvent: a queue of its own whose operations wait for every
+  // stream's tail at the time of the record (made on first use; shut down
+  // with the context).
+  std::shared_ptr<StreamQueue> marker ABSL_GUARDED_BY(mu);
+  // cuCtxWaitEvent: points every operation appended to the context waits
+  // for, until they are reached.
+  std::vector<StreamPoint> barriers ABSL_GUARDED_BY(mu);
 
   std::mutex limits_mu;
   std::array<uint64_t, host_internal::kLimitCount> limits ABSL_GUARDED_BY(limits_mu);
@@ -879,6 +886,9 @@ class HostBackend final : public GpuBackend {
     // What Append would make a new operation wait for, under the same lock.
     std::lock_guard<std::mutex> lock(c.mu);
     if (!s.queue().IdleNow(status)) return false;
+    for (const StreamPoint& p : c.barriers) {
+      if (!p.Reached()) return false;
+    }
     if (s.legacy()) {
       for (const ContextState::StreamEntry& e : c.streams) {
         if (!e.non_blocking && !e.queue->IdleNow(nullptr)) return false;
@@ -933,6 +943,36 @@ class HostBackend final : public GpuBackend {
     // Never recorded, or already reached: nothing to wait for.
     if (record == nullptr || record->point.Reached()) return Status::Ok();
     Append(stream, {record->point}, nullptr);
+    return Status::Ok();
+  }
+
+  Status RecordContextEvent(Context& ctx, Event& event) override {
+    ContextState& c = *AsContext(ctx).state();
+    auto record = std::make_shared<EventRecord>();
+    {
+      std::lock_guard<std::mutex> lock(c.mu);
+      if (c.marker == nullptr)
+        FERRY_RETURN_IF_ERROR(StreamQueue::Create(completions_.get(), &c.marker));
+      std::vector<StreamPoint> pending;
+      auto add_if_pending = [&pending](StreamPoint p) {
+        if (!p.Reached()) pending.push_back(std::move(p));
+      };
+      add_if_pending(c.legacy->Tail());
+      for (const ContextState::StreamEntry& e : c.streams) add_if_pending(e.queue->Tail());
+      record->point = c.marker->Enqueue(std::move(pending), [record] {
+        record->reached_ns.store(SteadyNowNs(), std::memory_order_relaxed);
+      });
+    }
+    static_cast<HostEvent&>(event).set_latest(std::move(record));
+    return Status::Ok();
+  }
+
+  Status ContextWaitEvent(Context& ctx, Event& event) override {
+    std::shared_ptr<EventRecord> record = static_cast<HostEvent&>(event).latest();
+    if (record == nullptr || record->point.Reached()) return Status::Ok();
+    ContextState& c = *AsContext(ctx).state();
+    std::lock_guard<std::mutex> lock(c.mu);
+    c.barriers.push_back(record->point);
     return Status::Ok();
   }
 
@@ -1269,6 +1309,10 @@ class HostBackend final : public GpuBackend {
     auto add_if_pending = [&after](StreamPoint p) {
       if (!p.Reached()) after.push_back(std::move(p));
     };
+    if (!c.barriers.empty()) {
+      std::erase_if(c.barriers, [](const StreamPoint& p) { return p.Reached(); });
+      for (const StreamPoint& p : c.barriers) after.push_back(p);
+    }
     if (s.legacy()) {
       for (const ContextState::StreamEntry& e : c.streams) {
         if (!e.non_blocking) add_if_pending(e.queue->Tail());
@@ -1347,6 +1391,13 @@ class HostBackend final : public GpuBackend {
 
 HostContext::~HostContext() {
   legacy_.reset();  // drains the legacy stream
+  std::shared_ptr<StreamQueue> marker;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    marker = std::move(state_->marker);
+    state_->barriers.clear();
+  }
+  if (marker != nullptr) marker->Shutdown();
   backend_->ReleaseContextAllocations(*state_);
 }
 
