@@ -4,8 +4,10 @@
 // cudaMallocAsync / cudaFreeAsync on a stream with a kernel in between, the
 // device's default and current pool, a created pool with attributes set and
 // read back, allocation past the slice's quota failing with out of memory,
-// stream attributes (access policy window, synchronization policy), and
-// cudaProfilerStart / cudaProfilerStop.
+// stream attributes (access policy window, synchronization policy), stream
+// memory operations and a context-wide event through the driver API on the
+// runtime's streams, and cudaProfilerStart / cudaProfilerStop.
+#include <cuda.h>
 #include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 
@@ -148,6 +150,36 @@ int main() {
   RT_CHECK(cudaFreeAsync(over, stream));
   RT_CHECK(cudaStreamSynchronize(stream));
   std::printf("allocation past the slice's quota: out of memory\n");
+
+  // Stream memory operations: a stream waits for a value another writes.
+  unsigned* flag = nullptr;
+  RT_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&flag), 2 * sizeof(unsigned), stream));
+  RT_CHECK(cudaMemsetAsync(flag, 0, 2 * sizeof(unsigned), stream));
+  RT_CHECK(cudaStreamSynchronize(stream));
+  cudaStream_t waiter;
+  RT_CHECK(cudaStreamCreateWithFlags(&waiter, cudaStreamNonBlocking));
+  RT_CHECK_CU(cuStreamWaitValue32(waiter, reinterpret_cast<CUdeviceptr>(flag), 1,
+                                  CU_STREAM_WAIT_VALUE_EQ));
+  RT_CHECK(cudaMemsetAsync(flag + 1, 0xFF, sizeof(unsigned), waiter));
+  RT_EXPECT(cudaStreamQuery(waiter) == cudaErrorNotReady);
+  (void)cudaGetLastError();
+  RT_CHECK_CU(cuStreamWriteValue32(stream, reinterpret_cast<CUdeviceptr>(flag), 1, 0));
+  RT_CHECK(cudaStreamSynchronize(waiter));
+  unsigned after = 0;
+  RT_CHECK(cudaMemcpy(&after, flag + 1, sizeof(after), cudaMemcpyDeviceToHost));
+  RT_EXPECT(after == 0xFFFFFFFFu);
+  // A context-wide event captures both streams.
+  CUcontext ctx = nullptr;
+  RT_CHECK_CU(cuCtxGetCurrent(&ctx));
+  cudaEvent_t everything;
+  RT_CHECK(cudaEventCreate(&everything));
+  RT_CHECK_CU(cuCtxRecordEvent(ctx, reinterpret_cast<CUevent>(everything)));
+  RT_CHECK_CU(cuCtxWaitEvent(ctx, reinterpret_cast<CUevent>(everything)));
+  RT_CHECK(cudaEventSynchronize(everything));
+  RT_CHECK(cudaEventDestroy(everything));
+  RT_CHECK(cudaFreeAsync(flag, stream));
+  RT_CHECK(cudaStreamDestroy(waiter));
+  std::printf("stream memory operations and context events: ok\n");
 
   RT_CHECK(cudaStreamDestroy(stream));
   RT_CHECK(cudaProfilerStop());
