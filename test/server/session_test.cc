@@ -1700,6 +1700,30 @@ TEST_F(PooledSessionTest, AsyncAllocationsChargeTheQuotaUntilTheirFreeExecutes) 
   EXPECT_EQ(BackendMemory(1).first, BackendMemory(1).second);
 }
 
+// The fake driver has none of the stream-ordered allocator's entry points, nor
+// the profiler's: the CUDA backend loads without them and answers
+// CUDA_ERROR_NOT_SUPPORTED.
+TEST_F(CudaSliceSessionTest, PoolsAndProfilerWithoutTheEntryPointsAreNotSupported) {
+  Load(FAKE_FULL_PATH);
+  Running& r = Start(0, 1);
+  ASSERT_TRUE(CreateContext(r).status.ok());
+  const uint64_t create = r.client->Send(
+      [](wire::Call::Builder c) { BuildPoolCreate(c, kCreatedPool, 0, false); }, false);
+  ReplyResult ping = r.client->Call([](wire::Call::Builder c) { c.setPing(); });
+  EXPECT_EQ(ping.status.cuda_result(), CUDA_ERROR_NOT_SUPPORTED) << ping.status.ToString();
+  EXPECT_EQ(ping.latched_from, create);
+  const uint64_t profile = r.client->Send(
+      [](wire::Call::Builder c) {
+        auto p = c.initProfilerControl();
+        p.setCtx(100);
+        p.setStart(true);
+      },
+      false);
+  ping = r.client->Call([](wire::Call::Builder c) { c.setPing(); });
+  EXPECT_EQ(ping.status.cuda_result(), CUDA_ERROR_NOT_SUPPORTED) << ping.status.ToString();
+  EXPECT_EQ(ping.latched_from, profile);
+}
+
 TEST(ComputeMechanismTest, NamesEachMechanism) {
   SessionDevice device;
   EXPECT_EQ(ComputeMechanism(device), "whole-gpu");
