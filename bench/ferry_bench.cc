@@ -3,8 +3,10 @@
 // loopback). Run by scripts/bench.sh; never by the tests.
 //
 //   ferry-bench [--reps N] [--quick] [--json PATH] [--transports tcp[,unix]]
-//               [--only rtt,launch,copy,module] [--ferryd PATH] [--libcuda PATH] [--host-kernels
-//               PATH]
+//               [--only rtt,launch,copy,module] [--copy-sizes 64MiB,256MiB]
+//               [--ferryd PATH] [--libcuda PATH] [--host-kernels PATH] [--fatbin PATH]
+//   ferry-bench --client ADDRESS [--libcuda PATH] [--fatbin PATH] [--only ...]
+//               [--copy-sizes ...] [--quick]
 //
 // The parent measures the baselines in-process (raw TCP loopback RTT and
 // bandwidth with ferry's socket options, memcpy), starts ferryd, and for each
@@ -12,6 +14,12 @@
 // loads the driver library (ferry's libcuda.so.1 by default) and takes the
 // driver figures; each child is a fresh process with a fresh session. Every
 // figure is the median over the repetitions, shown with its spread.
+//
+// `--client ADDRESS` alone takes one set of driver figures against a server
+// that is already running and prints them as "name value" lines: the GPU
+// check (scripts/gpu-check.sh) uses it against `ferryd --backend cuda`, and
+// with `--libcuda` naming the system's driver (ADDRESS is then unused) for the
+// native figures on the same GPU.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -39,8 +47,10 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: ferry-bench [--reps N] [--quick] [--json PATH] [--transports tcp[,unix]]\n"
-    "                   [--only rtt,launch,copy,module]\n"
-    "                   [--ferryd PATH] [--libcuda PATH] [--host-kernels PATH]\n";
+    "                   [--only rtt,launch,copy,module] [--copy-sizes 64MiB,256MiB]\n"
+    "                   [--ferryd PATH] [--libcuda PATH] [--host-kernels PATH] [--fatbin PATH]\n"
+    "       ferry-bench --client ADDRESS [--libcuda PATH] [--fatbin PATH] [--only ...]\n"
+    "                   [--copy-sizes ...] [--quick]\n";
 
 struct Options {
   int reps = 3;
@@ -54,7 +64,8 @@ struct Options {
   // Child mode: take the driver figures against this server.
   std::string client_server;
   uint32_t image_seed = 1;
-  std::string only;  // comma-separated figure groups; empty: all
+  std::string only;        // comma-separated figure groups; empty: all
+  std::string copy_sizes;  // comma-separated sizes ("64MiB,256MiB"); empty: the default range
 };
 
 std::vector<std::string> Split(const std::string& text, char separator) {
@@ -64,6 +75,18 @@ std::vector<std::string> Split(const std::string& text, char separator) {
     if (!part.empty()) parts.push_back(part);
   }
   return parts;
+}
+
+// "64MiB", "4KiB", "4096": bytes; 0 when the text is no size.
+uint64_t ParseCopySize(const std::string& text) {
+  char* end = nullptr;
+  const unsigned long long value = std::strtoull(text.c_str(), &end, 10);
+  const std::string unit = end;
+  if (unit.empty() || unit == "B") return value;
+  if (unit == "KiB") return value << 10;
+  if (unit == "MiB") return value << 20;
+  if (unit == "GiB") return value << 30;
+  return 0;
 }
 
 bool ParseArgs(int argc, char** argv, Options* o) {
@@ -87,6 +110,13 @@ bool ParseArgs(int argc, char** argv, Options* o) {
       o->libcuda = v;
     } else if (arg == "--host-kernels" && (v = value())) {
       o->host_kernels = v;
+    } else if (arg == "--fatbin" && (v = value())) {
+      o->fatbin = v;
+    } else if (arg == "--copy-sizes" && (v = value())) {
+      o->copy_sizes = v;
+      for (const std::string& size : Split(v, ',')) {
+        if (ParseCopySize(size) == 0) return false;
+      }
     } else if (arg == "--client" && (v = value())) {
       o->client_server = v;
     } else if (arg == "--image-seed" && (v = value())) {
@@ -101,8 +131,13 @@ bool ParseArgs(int argc, char** argv, Options* o) {
   return true;
 }
 
-std::vector<uint64_t> CopySizes(bool quick) {
+std::vector<uint64_t> CopySizes(const Options& o) {
+  const bool quick = o.quick;
   std::vector<uint64_t> sizes;
+  if (!o.copy_sizes.empty()) {
+    for (const std::string& size : Split(o.copy_sizes, ',')) sizes.push_back(ParseCopySize(size));
+    return sizes;
+  }
   for (uint64_t s = 4 << 10; s <= (256ull << 20); s *= quick ? 16 : 4) sizes.push_back(s);
   if (sizes.back() != (256ull << 20)) sizes.push_back(256ull << 20);
   return sizes;
@@ -112,7 +147,7 @@ DriverBenchOptions DriverOptions(const Options& o) {
   DriverBenchOptions d;
   d.libcuda = o.libcuda;
   d.kernels_fatbin = o.fatbin;
-  d.copy_sizes = CopySizes(o.quick);
+  d.copy_sizes = CopySizes(o);
   d.image_seed = o.image_seed;
   for (const std::string& group : Split(o.only, ',')) d.only.insert(group);
   if (o.quick) {
@@ -326,6 +361,12 @@ int RunParent(const Options& o) {
         argv.push_back("--only");
         argv.push_back(o.only);
       }
+      if (!o.copy_sizes.empty()) {
+        argv.push_back("--copy-sizes");
+        argv.push_back(o.copy_sizes);
+      }
+      argv.push_back("--fatbin");
+      argv.push_back(o.fatbin);
       std::string output;
       const int code = RunCaptured(argv, &output);
       if (code != 0) {
@@ -352,7 +393,7 @@ int RunParent(const Options& o) {
     rows.push_back({"pipelined launches (k/s)", t, "launch_rate_kps", "", false, 150});
     const char* bw_base = shm ? "memcpy_bw_gbs" : "tcp_bw_gbs";
     const double bw_target = shm ? 0.5 : 0.8;
-    for (uint64_t size : CopySizes(o.quick)) {
+    for (uint64_t size : CopySizes(o)) {
       for (const char* direction : {"h2d", "d2h"}) {
         for (const char* memory : {"pageable", "pinned"}) {
           rows.push_back({std::string(direction) + " " + memory + " " + SizeName(size) + " (GB/s)",

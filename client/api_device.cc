@@ -205,17 +205,6 @@ CUresult CUDAAPI cuDeviceGetByPCIBusId(CUdevice* dev, const char* pciBusId) {
   });
 }
 
-CUresult CUDAAPI cuDeviceCanAccessPeer(int* canAccessPeer, CUdevice dev, CUdevice peerDev) {
-  return Api([&]() -> Status {
-    if (canAccessPeer == nullptr) return Status::InvalidArgument("NULL output");
-    FERRY_RETURN_IF_ERROR(Runtime::Get().Ready());
-    FERRY_RETURN_IF_ERROR(Runtime::Get().CheckDevice(dev));
-    FERRY_RETURN_IF_ERROR(Runtime::Get().CheckDevice(peerDev));
-    *canAccessPeer = 0;  // peer access between borrowed devices is not offered (yet)
-    return Status::Ok();
-  });
-}
-
 CUresult CUDAAPI cuGetErrorName(CUresult error, const char** str) {
   if (str == nullptr) return CUDA_ERROR_INVALID_VALUE;
   const ErrorEntry* e = FindError(error);

@@ -3,14 +3,8 @@
 // backend its documented device model), for the function in its context; a
 // CUkernel is taken in the current context, as the driver does.
 //
-// cuOccupancyMaxPotentialBlockSize takes a callback in the program, which
-// the server cannot call. So the client runs the search itself: it lists the
-// candidate block sizes (the kernel's largest, then every multiple of the warp
-// size below it), asks the callback for each one's dynamic shared memory, and
-// sends all the candidates in one occupancyMaxActiveBlocks call. The best is
-// the candidate with the most resident threads per SM (blocks x size), the
-// largest size among equals; the minimum grid is its blocks per SM times the
-// SM count. With no callback the same search runs with the fixed size.
+// cuOccupancyMaxPotentialBlockSize runs its search on the client, in one
+// round trip (client/occupancy.h).
 //
 // Thread-safety: every entry point may be called from any thread.
 #include <cuda.h>
@@ -19,6 +13,7 @@
 #include <vector>
 
 #include "client/cuda_result.h"
+#include "client/occupancy.h"
 #include "client/runtime.h"
 
 using ferry::Status;
@@ -30,33 +25,6 @@ namespace wire = ferry::wire;
 
 namespace {
 
-// Blocks per SM for each (block size, dynamic shared bytes) pair.
-Status MaxActiveBlocks(uint64_t function, const std::vector<uint32_t>& block_sizes,
-                       const std::vector<uint64_t>& smem, unsigned flags,
-                       std::vector<int>* blocks) {
-  return Runtime::Get().connection().Call(
-      [&](wire::Call::Builder call) {
-        auto args = call.initOccupancyMaxActiveBlocks();
-        args.setFunction(function);
-        auto sizes = args.initBlockSizes(static_cast<unsigned>(block_sizes.size()));
-        auto bytes = args.initDynamicSmemBytes(static_cast<unsigned>(smem.size()));
-        for (unsigned i = 0; i < block_sizes.size(); ++i) {
-          sizes.set(i, block_sizes[i]);
-          bytes.set(i, smem[i]);
-        }
-        args.setFlags(flags);
-      },
-      {}, {},
-      [&](wire::Reply::Reader reply) {
-        if (!reply.isValues() || reply.getValues().size() != block_sizes.size()) {
-          return Status::Malformed("occupancy reply does not answer every block size");
-        }
-        blocks->clear();
-        for (int64_t v : reply.getValues()) blocks->push_back(static_cast<int>(v));
-        return Status::Ok();
-      });
-}
-
 // The function `f` names in the current context (a CUkernel included), and
 // the device of that context.
 Status Resolve(CUfunction f, uint64_t* id, int* device) {
@@ -66,65 +34,15 @@ Status Resolve(CUfunction f, uint64_t* id, int* device) {
   return rt.contexts().Device(function.ctx, device);
 }
 
-Status FunctionAttribute(uint64_t function, CUfunction_attribute attribute, int* value) {
-  return Runtime::Get().connection().Call(
-      [&](wire::Call::Builder call) {
-        auto args = call.initFuncGetAttribute();
-        args.setFunction(function);
-        args.setAttribute(attribute);
-      },
-      {}, {},
-      [&](wire::Reply::Reader reply) {
-        *value = static_cast<int>(reply.getValue());
-        return Status::Ok();
-      });
-}
-
 Status MaxPotentialBlockSize(int* min_grid_size, int* block_size, CUfunction func,
                              CUoccupancyB2DSize smem_of_block_size, size_t dynamic_smem,
                              int block_size_limit, unsigned flags) {
-  if (min_grid_size == nullptr || block_size == nullptr) {
-    return Status::InvalidArgument("minGridSize or blockSize is NULL");
-  }
-  if (block_size_limit < 0) return Status::InvalidArgument("blockSizeLimit is negative");
-  Runtime& rt = Runtime::Get();
-  uint64_t function = 0;
-  int device = 0;
-  FERRY_RETURN_IF_ERROR(Resolve(func, &function, &device));
-  const auto& info = rt.devices()[device];
-  const int warp = std::max(1, info.Attribute(CU_DEVICE_ATTRIBUTE_WARP_SIZE));
-  int function_max = 0;
-  FERRY_RETURN_IF_ERROR(
-      FunctionAttribute(function, CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK, &function_max));
-  int largest = std::min(info.Attribute(CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK), function_max);
-  if (block_size_limit > 0) largest = std::min(largest, block_size_limit);
-  if (largest <= 0) {
-    *min_grid_size = 0;
-    *block_size = 0;
-    return Status::Ok();
-  }
-  std::vector<uint32_t> sizes;
-  std::vector<uint64_t> smem;
-  for (int aligned = (largest + warp - 1) / warp * warp; aligned > 0; aligned -= warp) {
-    const int size = std::min(largest, aligned);
-    sizes.push_back(static_cast<uint32_t>(size));
-    smem.push_back(smem_of_block_size != nullptr ? smem_of_block_size(size) : dynamic_smem);
-  }
-  std::vector<int> blocks;
-  FERRY_RETURN_IF_ERROR(MaxActiveBlocks(function, sizes, smem, flags, &blocks));
-  int best_size = 0, best_blocks = 0;
-  long long best_threads = 0;
-  for (size_t i = 0; i < sizes.size(); ++i) {
-    const long long threads = 1ll * blocks[i] * sizes[i];
-    if (threads > best_threads) {
-      best_threads = threads;
-      best_size = static_cast<int>(sizes[i]);
-      best_blocks = blocks[i];
-    }
-  }
-  *block_size = best_size;
-  *min_grid_size = best_blocks * info.Attribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT);
-  return Status::Ok();
+  return ferry::client::MaxPotentialBlockSize(
+      Runtime::Get(), Runtime::HandleId(func),
+      [&](int size) {
+        return smem_of_block_size != nullptr ? smem_of_block_size(size) : dynamic_smem;
+      },
+      block_size_limit, flags, min_grid_size, block_size);
 }
 
 Status ClusterQuery(int* out, CUfunction func, const CUlaunchConfig* config,
@@ -183,8 +101,9 @@ CUresult CUDAAPI cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(
     int device = 0;
     FERRY_RETURN_IF_ERROR(Resolve(func, &function, &device));
     std::vector<int> blocks;
-    FERRY_RETURN_IF_ERROR(MaxActiveBlocks(function, {static_cast<uint32_t>(blockSize)},
-                                          {dynamicSMemSize}, flags, &blocks));
+    FERRY_RETURN_IF_ERROR(ferry::client::MaxActiveBlocks(Runtime::Get(), function,
+                                                         {static_cast<uint32_t>(blockSize)},
+                                                         {dynamicSMemSize}, flags, &blocks));
     *numBlocks = blocks[0];
     return Status::Ok();
   });

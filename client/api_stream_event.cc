@@ -69,12 +69,20 @@ Status StreamWaitEvent(CUstream stream, CUevent event, unsigned flags, bool per_
   ferry::client::EventState state;
   FERRY_RETURN_IF_ERROR(rt.streams().FindEvent(Runtime::HandleId(event), &state));
   if (flags != CU_EVENT_WAIT_DEFAULT) return Status::InvalidArgument("unknown wait flags");
-  return rt.connection().Post([&](wire::Call::Builder call) {
-    auto args = call.initStreamWaitEvent();
-    args.setCtx(target.ctx);
-    args.setStream(target.stream);
-    args.setEvent(Runtime::HandleId(event));
-  });
+  uint64_t seq = 0;
+  FERRY_RETURN_IF_ERROR(rt.connection().Post(
+      [&](wire::Call::Builder call) {
+        auto args = call.initStreamWaitEvent();
+        args.setCtx(target.ctx);
+        args.setStream(target.stream);
+        args.setEvent(Runtime::HandleId(event));
+      },
+      {}, &seq));
+  // The stream now depends on the copies the event's record depends on: a
+  // query that finds it done waits for their bytes too.
+  rt.connection().AddCopyDependencies(ferry::client::StreamKey{target.ctx, target.stream}, seq,
+                                      state.copies);
+  return Status::Ok();
 }
 
 Status RecordEvent(CUevent event, CUstream stream, unsigned flags, bool per_thread) {
@@ -97,8 +105,9 @@ Status RecordEvent(CUevent event, CUstream stream, unsigned flags, bool per_thre
         args.setEvent(Runtime::HandleId(event));
       },
       {}, &seq));
-  rt.streams().NoteEventRecord(Runtime::HandleId(event),
-                               ferry::client::StreamKey{target.ctx, target.stream}, seq);
+  const ferry::client::StreamKey key{target.ctx, target.stream};
+  rt.streams().NoteEventRecord(Runtime::HandleId(event), key, seq,
+                               rt.connection().CopiesBefore(key, seq));
   return Status::Ok();
 }
 
@@ -167,9 +176,10 @@ CUresult GetStreamProperty(CUstream stream, T* out, const char* name, Get get) {
 
 // cuEventSynchronize (`query` false) and cuEventQuery (`query` true): one
 // call that waits for the server. Reached, a queried event is ready once the
-// copies queued before its record on its stream have landed (as for
-// cuStreamQuery); a record another thread issued after the query is not what
-// the server answered about.
+// copies its record depends on have landed (those queued before it on its
+// stream and, through event waits, on others; as for cuStreamQuery); a record
+// another thread issued after the query is not what the server answered
+// about.
 Status SynchronizeOrQueryEvent(CUevent event, bool query) {
   Runtime& rt = Runtime::Get();
   FERRY_RETURN_IF_ERROR(rt.Ready());
@@ -186,7 +196,7 @@ Status SynchronizeOrQueryEvent(CUevent event, bool query) {
   if (!query) return rt.AfterSynchronize(seq);
   FERRY_RETURN_IF_ERROR(rt.streams().FindEvent(id, &state));
   if (state.recorded_seq == 0 || state.recorded_seq > seq) return Status::Ok();
-  return rt.AfterQuery(state.recorded_on, state.recorded_seq);
+  return rt.connection().WaitForCopies(state.copies);
 }
 
 }  // namespace
@@ -206,9 +216,11 @@ CUresult CUDAAPI cuStreamDestroy_v2(CUstream hStream) {
     Runtime& rt = Runtime::Get();
     FERRY_RETURN_IF_ERROR(rt.Ready());
     const uint64_t id = Runtime::HandleId(hStream);
-    FERRY_RETURN_IF_ERROR(rt.streams().RemoveStream(id, nullptr));
+    ferry::client::StreamState removed;
+    FERRY_RETURN_IF_ERROR(rt.streams().RemoveStream(id, &removed));
     return rt.connection().Post([&](wire::Call::Builder call) {
       auto args = call.initStreamDestroy();
+      args.setCtx(removed.ctx);
       args.setStream(id);
     });
   });

@@ -388,10 +388,70 @@ Status Connection::WaitForEarlierCopies(uint64_t before_seq) {
 Status Connection::WaitForEarlierCopiesOn(StreamKey stream, uint64_t before_seq) {
   if (HostCallbackThread::OnThisThread()) return RefuseWaitInHostCallback();
   std::unique_lock<std::mutex> lock(reply_mutex_);
+  const std::pair<uint64_t, uint64_t> key{stream.ctx, stream.stream};
   WaitUntil(lock, [&] {
     for (auto it = async_copies_.begin(); it != async_copies_.end() && it->first < before_seq;
          ++it) {
       if (it->second->stream == stream) return false;
+    }
+    auto deps = copy_dependencies_.find(key);
+    if (deps == copy_dependencies_.end()) return true;
+    for (const auto& [since, copy] : deps->second) {
+      if (since < before_seq && async_copies_.count(copy) != 0) return false;
+    }
+    return true;
+  });
+  if (!broken_.ok()) return broken_;
+  if (auto deps = copy_dependencies_.find(key); deps != copy_dependencies_.end()) {
+    std::erase_if(deps->second, [&](const auto& d) { return async_copies_.count(d.second) == 0; });
+    if (deps->second.empty()) copy_dependencies_.erase(deps);
+  }
+  Status error = async_error_;
+  async_error_ = Status::Ok();
+  return error;
+}
+
+std::vector<uint64_t> Connection::CopiesBefore(StreamKey stream, uint64_t before_seq) {
+  std::vector<uint64_t> copies;
+  std::lock_guard<std::mutex> lock(reply_mutex_);
+  for (auto it = async_copies_.begin(); it != async_copies_.end() && it->first < before_seq; ++it) {
+    if (it->second->stream == stream) copies.push_back(it->first);
+  }
+  auto deps = copy_dependencies_.find({stream.ctx, stream.stream});
+  if (deps != copy_dependencies_.end()) {
+    for (const auto& [since, copy] : deps->second) {
+      if (since < before_seq && async_copies_.count(copy) != 0) copies.push_back(copy);
+    }
+  }
+  return copies;
+}
+
+void Connection::AddCopyDependencies(StreamKey stream, uint64_t since_seq,
+                                     const std::vector<uint64_t>& copies) {
+  std::lock_guard<std::mutex> lock(reply_mutex_);
+  bool added = false;
+  for (uint64_t copy : copies) {
+    if (async_copies_.count(copy) == 0) continue;
+    if (!added) {
+      // Something to keep: drop what landed everywhere first, so the table
+      // stays as small as the copies in flight (destroyed streams included).
+      for (auto it = copy_dependencies_.begin(); it != copy_dependencies_.end();) {
+        std::erase_if(it->second,
+                      [&](const auto& d) { return async_copies_.count(d.second) == 0; });
+        it = it->second.empty() ? copy_dependencies_.erase(it) : std::next(it);
+      }
+      added = true;
+    }
+    copy_dependencies_[{stream.ctx, stream.stream}].emplace_back(since_seq, copy);
+  }
+}
+
+Status Connection::WaitForCopies(const std::vector<uint64_t>& copies) {
+  if (HostCallbackThread::OnThisThread()) return RefuseWaitInHostCallback();
+  std::unique_lock<std::mutex> lock(reply_mutex_);
+  WaitUntil(lock, [&] {
+    for (uint64_t copy : copies) {
+      if (async_copies_.count(copy) != 0) return false;
     }
     return true;
   });

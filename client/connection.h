@@ -151,7 +151,29 @@ class Connection {
   // for after the server said the stream reached `before_seq`: those copies
   // are done, so this waits only for their replies to arrive, never for
   // work on other streams.
+  // Also waits for the copies `stream` came to depend on through stream
+  // waits issued before `before_seq` (AddCopyDependencies).
   Status WaitForEarlierCopiesOn(StreamKey stream, uint64_t before_seq);
+
+  // Copies one stream's work depends on through event waits. A record of an
+  // event on stream A at seq r captures CopiesBefore(A, r); a wait of stream B
+  // for that event (call `since_seq`) adds the capture to B; a query of B that
+  // found B's work done up to a seq past `since_seq` then also waits for those
+  // copies' bytes (WaitForEarlierCopiesOn), and so does a query of the event
+  // (WaitForCopies). Dependencies are transitive: A's own dependencies are
+  // part of its captures.
+  //
+  // The asynchronous copies still in flight that work queued on `stream`
+  // before `before_seq` depends on: the stream's own copies below
+  // `before_seq` and those added to it by waits issued before `before_seq`.
+  std::vector<uint64_t> CopiesBefore(StreamKey stream, uint64_t before_seq);
+  // From the call `since_seq` (a stream wait) on, work on `stream` depends on
+  // the copies `copies` (a capture of CopiesBefore). Copies landed already
+  // are dropped.
+  void AddCopyDependencies(StreamKey stream, uint64_t since_seq,
+                           const std::vector<uint64_t>& copies);
+  // Waits until each of `copies` landed; returns as WaitForEarlierCopies does.
+  Status WaitForCopies(const std::vector<uint64_t>& copies);
   // Sends a hostGate call without waiting. `fn` runs once, as HostFunction
   // says, and the gate is opened after it returns. If the server refuses the
   // gate (a bad stream), `fn` never runs and the error is reported by the
@@ -238,6 +260,11 @@ class Connection {
   std::map<uint64_t, Waiter*> waiters_ ABSL_GUARDED_BY(reply_mutex_);
   // Owned here.
   std::map<uint64_t, std::unique_ptr<Waiter>> async_copies_ ABSL_GUARDED_BY(reply_mutex_);
+  // Per stream (ctx, stream id): (since_seq, copy seq) of the copies it
+  // depends on through event waits (AddCopyDependencies); only copies still
+  // in flight when added, pruned as they are found landed.
+  std::map<std::pair<uint64_t, uint64_t>, std::vector<std::pair<uint64_t, uint64_t>>>
+      copy_dependencies_ ABSL_GUARDED_BY(reply_mutex_);
   // The first failed PostExpectingBytes, until reported.
   Status async_error_ ABSL_GUARDED_BY(reply_mutex_);
   Status broken_ ABSL_GUARDED_BY(reply_mutex_);  // set once the connection fails

@@ -67,6 +67,7 @@ bool ContextRegistry::MarkNotLive(uint64_t ctx) {
   auto it = contexts_.find(ctx);
   if (it == contexts_.end() || !it->second.live) return false;
   it->second.live = false;
+  ForgetPeersLocked(ctx);
   return true;
 }
 
@@ -99,12 +100,47 @@ Status ContextRegistry::Remove(uint64_t ctx, bool* was_live) {
   }
   *was_live = it->second.live;
   contexts_.erase(it);
+  ForgetPeersLocked(ctx);
   return Status::Ok();
 }
 
 void ContextRegistry::Erase(uint64_t ctx) {
   std::lock_guard<std::mutex> lock(mu_);
   contexts_.erase(ctx);
+  ForgetPeersLocked(ctx);
+}
+
+bool ContextRegistry::CanAccessPeer(int device, int peer, int* can_access) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = can_access_peer_.find({device, peer});
+  if (it == can_access_peer_.end()) return false;
+  *can_access = it->second;
+  return true;
+}
+
+void ContextRegistry::NoteCanAccessPeer(int device, int peer, int can_access) {
+  std::lock_guard<std::mutex> lock(mu_);
+  can_access_peer_[{device, peer}] = can_access;
+}
+
+Status ContextRegistry::EnablePeer(uint64_t ctx, uint64_t peer) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!peer_access_.insert({ctx, peer}).second) {
+    return Status::Cuda(CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED, "peer access is already enabled");
+  }
+  return Status::Ok();
+}
+
+Status ContextRegistry::DisablePeer(uint64_t ctx, uint64_t peer) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (peer_access_.erase({ctx, peer}) == 0) {
+    return Status::Cuda(CUDA_ERROR_PEER_ACCESS_NOT_ENABLED, "peer access is not enabled");
+  }
+  return Status::Ok();
+}
+
+void ContextRegistry::ForgetPeersLocked(uint64_t ctx) {
+  std::erase_if(peer_access_, [ctx](const auto& p) { return p.first == ctx || p.second == ctx; });
 }
 
 uint64_t ContextRegistry::PrimaryIdLocked(int device) {

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <set>
 #include <unordered_map>
 #include <vector>
 
@@ -72,6 +73,19 @@ class ContextRegistry {
   // cuDevicePrimaryCtxGetState: the flags, and 1 when live and retained.
   void PrimaryState(int device, unsigned* flags, int* active);
 
+  // --- peers ---
+  // Whether `device` can access `peer`'s memory, once the server told it (a
+  // fact of the devices that never changes): false while unknown.
+  bool CanAccessPeer(int device, int peer, int* can_access);
+  void NoteCanAccessPeer(int device, int peer, int can_access);
+  // Records that `ctx` has peer access to `peer`'s memory:
+  // PEER_ACCESS_ALREADY_ENABLED when it has. A context's pairs (either side)
+  // are forgotten once it is not live (destroyed, or a primary context
+  // reset), as the driver forgets them.
+  Status EnablePeer(uint64_t ctx, uint64_t peer);
+  // Forgets it: PEER_ACCESS_NOT_ENABLED when `ctx` has no such access.
+  Status DisablePeer(uint64_t ctx, uint64_t peer);
+
  private:
   uint64_t PrimaryIdLocked(int device) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -81,6 +95,10 @@ class ContextRegistry {
   std::map<int, uint64_t> primary_ids_ ABSL_GUARDED_BY(mu_);
   std::map<int, int> primary_refcounts_ ABSL_GUARDED_BY(mu_);
   std::map<int, unsigned> primary_flags_ ABSL_GUARDED_BY(mu_);
+  // peers
+  void ForgetPeersLocked(uint64_t ctx) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::map<std::pair<int, int>, int> can_access_peer_ ABSL_GUARDED_BY(mu_);
+  std::set<std::pair<uint64_t, uint64_t>> peer_access_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ferry::client

@@ -82,6 +82,21 @@ Status ModuleRegistry::FindFunction(uint64_t id, std::shared_ptr<const FunctionS
   return Status::Ok();
 }
 
+bool ModuleRegistry::MaxThreadsPerBlock(uint64_t id, int* value) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = max_threads_per_block_.find(id);
+  if (it == max_threads_per_block_.end() || functions_.count(id) == 0) return false;
+  *value = it->second;
+  return true;
+}
+
+void ModuleRegistry::NoteMaxThreadsPerBlock(uint64_t id, int value) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::erase_if(max_threads_per_block_,
+                [this](const auto& e) { return functions_.count(e.first) == 0; });
+  if (functions_.count(id) != 0) max_threads_per_block_[id] = value;
+}
+
 // --- libraries and kernels ---------------------------------------------------------
 
 void ModuleRegistry::AddLibrary(uint64_t id, LibraryState library) {

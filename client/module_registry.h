@@ -96,6 +96,11 @@ class ModuleRegistry {
   Status FindFunction(uint64_t id, FunctionState* out);
   // The same without copying (the launch path): the state is immutable.
   Status FindFunction(uint64_t id, std::shared_ptr<const FunctionState>* out);
+  // The function's CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK, once the server
+  // told it (a property of the loaded code that no call changes): false
+  // while unknown or once the function is gone.
+  bool MaxThreadsPerBlock(uint64_t id, int* value);
+  void NoteMaxThreadsPerBlock(uint64_t id, int value);
 
   // --- libraries and kernels ---
   void AddLibrary(uint64_t id, LibraryState library);
@@ -144,6 +149,9 @@ class ModuleRegistry {
   std::unordered_map<uint64_t, ModuleState> modules_ ABSL_GUARDED_BY(mu_);
   std::unordered_map<uint64_t, std::shared_ptr<const FunctionState>> functions_
       ABSL_GUARDED_BY(mu_);
+  // NoteMaxThreadsPerBlock's values; entries of functions gone are pruned
+  // when one is added.
+  std::unordered_map<uint64_t, int> max_threads_per_block_ ABSL_GUARDED_BY(mu_);
   std::unordered_map<uint64_t, LibraryState> libraries_ ABSL_GUARDED_BY(mu_);
   std::unordered_map<uint64_t, KernelState> kernels_ ABSL_GUARDED_BY(mu_);
 };

@@ -207,8 +207,9 @@ class Runtime {
   // Waits until `seq` and every asynchronous copy issued before it landed.
   Status AfterSynchronize(uint64_t seq);
   // After a query found `stream`'s work up to `seq` done: waits until the
-  // asynchronous copies queued on it before `seq` landed (done already, so
-  // only their replies are awaited), so the program can read their bytes.
+  // asynchronous copies queued on it before `seq`, and those it depends on
+  // through event waits issued before `seq`, landed (done already, so only
+  // their replies are awaited), so the program can read their bytes.
   Status AfterQuery(StreamKey stream, uint64_t seq);
 
  private:

@@ -55,13 +55,15 @@ Status StreamRegistry::FindEvent(uint64_t id, EventState* out) {
   return Status::Ok();
 }
 
-void StreamRegistry::NoteEventRecord(uint64_t id, StreamKey stream, uint64_t seq) {
+void StreamRegistry::NoteEventRecord(uint64_t id, StreamKey stream, uint64_t seq,
+                                     std::vector<uint64_t> copies) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = events_.find(id);
   // Records from several threads: the later call (by seq) is the latest.
   if (it != events_.end() && seq > it->second.recorded_seq) {
     it->second.recorded_on = stream;
     it->second.recorded_seq = seq;
+    it->second.copies = std::move(copies);
   }
 }
 

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <mutex>
 #include <unordered_map>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "client/connection.h"  // StreamKey
@@ -28,6 +29,9 @@ struct EventState {
   // recorded).
   StreamKey recorded_on;
   uint64_t recorded_seq = 0;
+  // The asynchronous copies that record depends on, still in flight when it
+  // was issued (Connection::CopiesBefore).
+  std::vector<uint64_t> copies;
 };
 
 class StreamRegistry {
@@ -45,8 +49,9 @@ class StreamRegistry {
   Status RemoveEvent(uint64_t id);
   Status FindEvent(uint64_t id, EventState* out);
   // Notes that the record call `seq` on `stream` is event `id`'s latest
-  // (unless a later one, by seq, was noted already).
-  void NoteEventRecord(uint64_t id, StreamKey stream, uint64_t seq);
+  // (unless a later one, by seq, was noted already), depending on `copies`.
+  void NoteEventRecord(uint64_t id, StreamKey stream, uint64_t seq,
+                       std::vector<uint64_t> copies = {});
 
   // Forgets the streams and events of `ctx`.
   void ForgetContext(uint64_t ctx);

@@ -298,36 +298,78 @@ struct Call {
     # context
     ctxResetPersistingL2Cache @44 :CtxRef  # cuCtxResetPersistingL2Cache
         $waits("never") $handles(["ctx"]);
+    # peers
+    deviceCanAccessPeer @45 :DevicePeer  # reply value: 1 or 0
+        $waits("always") $usesContext;
+    deviceGetP2PAttribute @46 :DevicePeer  # reply value
+        $waits("always") $usesContext;
+    ctxEnablePeerAccess @47 :CtxPeer
+        $waits("never") $handles(["ctx", "peer"]);
+    ctxDisablePeerAccess @48 :CtxPeer
+        $waits("never") $handles(["ctx", "peer"]);
+    memcpyPeer @49 :MemcpyPeer
+        $waits("never") $orderedOn("stream") $handles(["ctx", "stream", "dstCtx", "srcCtx"])
+        $ranges(["dst", "src"]);
     # stream-ordered allocation and memory pools
-    memPoolCreate @45 :MemPoolCreate  # cuMemPoolCreate, or a device's default pool
+    memPoolCreate @50 :MemPoolCreate  # cuMemPoolCreate, or a device's default pool
         $waits("never");
-    memPoolDestroy @46 :MemPoolRef
+    memPoolDestroy @51 :MemPoolRef
         $waits("never") $handles(["pool"]);
-    memPoolSetAttribute @47 :MemPoolAttribute
+    memPoolSetAttribute @52 :MemPoolAttribute
         $waits("never") $handles(["pool"]);
-    memPoolGetAttribute @48 :MemPoolAttribute  # reply value
+    memPoolGetAttribute @53 :MemPoolAttribute  # reply value
         $waits("always") $handles(["pool"]) $usesContext;
-    memPoolTrimTo @49 :MemPoolTrim
+    memPoolTrimTo @54 :MemPoolTrim
         $waits("never") $handles(["pool"]);
-    memAllocAsync @50 :MemAllocAsync  # reply memAlloc; see MemAllocAsync
+    memAllocAsync @55 :MemAllocAsync  # reply memAlloc; see MemAllocAsync
         $waits("always") $orderedOn("stream") $handles(["ctx", "stream", "pool"]) $usesContext;
-    memFreeAsync @51 :MemFreeAsync
+    memFreeAsync @56 :MemFreeAsync
         $waits("never") $orderedOn("stream") $handles(["ctx", "stream"]) $ranges(["dptr"]);
-    profilerControl @52 :ProfilerControl  # cuProfilerStart / cuProfilerStop
+    profilerControl @57 :ProfilerControl  # cuProfilerStart / cuProfilerStop
         $waits("never") $handles(["ctx"]);
-    streamSetAttribute @53 :StreamAttribute
+    streamSetAttribute @58 :StreamAttribute
         $waits("never") $handles(["ctx", "stream"]) $ranges(["windowBase"]);
-    streamGetAttribute @54 :StreamAttribute  # reply streamAttribute
+    streamGetAttribute @59 :StreamAttribute  # reply streamAttribute
         $waits("always") $handles(["ctx", "stream"]) $usesContext;
-    streamCopyAttributes @55 :StreamCopyAttributes
+    streamCopyAttributes @60 :StreamCopyAttributes
         $waits("never") $handles(["dstCtx", "dst", "srcCtx", "src"]);
-    streamMemOps @56 :StreamMemOps  # cuStreamWaitValue*, cuStreamWriteValue*, cuStreamBatchMemOp
+    streamMemOps @61 :StreamMemOps  # cuStreamWaitValue*, cuStreamWriteValue*, cuStreamBatchMemOp
         $waits("never") $orderedOn("stream") $handles(["ctx", "stream"]) $ranges(["ops"]);
-    ctxRecordEvent @57 :CtxEvent  # cuCtxRecordEvent: the event captures all of ctx's work
+    ctxRecordEvent @62 :CtxEvent  # cuCtxRecordEvent: the event captures all of ctx's work
         $waits("never") $handles(["ctx", "event"]);
-    ctxWaitEvent @58 :CtxEvent  # cuCtxWaitEvent: ctx's later work waits for the event
+    ctxWaitEvent @63 :CtxEvent  # cuCtxWaitEvent: ctx's later work waits for the event
         $waits("never") $handles(["ctx", "event"]);
   }
+}
+
+# peers
+# Two of the session's devices: cuDeviceCanAccessPeer (device, peer) and
+# cuDeviceGetP2PAttribute (attribute; device = source, peer = destination).
+struct DevicePeer {
+  device @0 :Int32;
+  peer @1 :Int32;
+  attribute @2 :Int32;
+}
+# cuCtxEnablePeerAccess / cuCtxDisablePeerAccess: `ctx` (the current context)
+# gains or loses access to the memory of `peer`'s device.
+struct CtxPeer {
+  ctx @0 :UInt64;
+  peer @1 :UInt64;
+  flags @2 :UInt32;
+}
+# cuMemcpyPeer(Async): `bytes` from `src` (memory of srcCtx's device) to `dst`
+# (memory of dstCtx's device), queued on `stream` of `ctx`. `synchronous`
+# (cuMemcpyPeer, stream 0): also ordered after and before the work of the
+# legacy streams of dstCtx and srcCtx.
+struct MemcpyPeer {
+  ctx @0 :UInt64;
+  stream @1 :UInt64;
+  dst @2 :UInt64;
+  dstCtx @3 :UInt64;
+  src @4 :UInt64;
+  srcCtx @5 :UInt64;
+  bytes @6 :UInt64;
+  synchronous @7 :Bool;
 }
 
 struct CtxCreate {

@@ -304,8 +304,11 @@ def write(path, text):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--schema", required=True)
-    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--out-dir", required=True, help="call_table.h (both sides include it)")
+    parser.add_argument(
+        "--server-out-dir", help="the session's .inc files (only ferryd sees them); default --out-dir")
     args = parser.parse_args()
+    server_out_dir = args.server_out_dir or args.out_dir
     with open(args.schema) as f:
         text = f.read()
     try:
@@ -314,8 +317,9 @@ def main():
         print(f"{args.schema}: error: {e}", file=sys.stderr)
         return 1
     os.makedirs(args.out_dir, exist_ok=True)
-    write(os.path.join(args.out_dir, "session_dispatch.inc"), dispatch_inc(members))
-    write(os.path.join(args.out_dir, "session_handlers.inc"), handlers_inc(members))
+    os.makedirs(server_out_dir, exist_ok=True)
+    write(os.path.join(server_out_dir, "session_dispatch.inc"), dispatch_inc(members))
+    write(os.path.join(server_out_dir, "session_handlers.inc"), handlers_inc(members))
     write(os.path.join(args.out_dir, "call_table.h"), call_table_h(members))
     return 0
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Builds ferry on this machine and packs what the lent GPU machine needs into
+# Builds ferry on this machine and packs what a machine with a GPU needs into
 # device-bundle/ (ignored by git; carried to the device, so it must stay
 # under 64 MiB): ferryd and ferryctl, ferry's libcuda.so.1, the shared
 # libraries they need that a stock CUDA image lacks (Cap'n Proto, Abseil, ...),
-# the end-to-end programs and their module images, and the GPU checks.
+# the end-to-end programs and their module images, the GPU checks (test/gpu:
+# cuBLAS, fault isolation, compute shares, graph bench, PyTorch and CuPy
+# scripts) and ferry-bench with its kernels, for the driver figures.
 # scripts/gpu-check.sh runs it there (or here, with --backend host).
 #
 #   scripts/gpu-bundle.sh            # build, then pack
@@ -41,11 +43,17 @@ if [ -d "$build/test/e2e_runtime" ]; then
     -exec cp {} "$bundle/programs/" \;
   cp "$build"/test/e2e_runtime/librt_*.so "$bundle/programs/" 2>/dev/null || true
 fi
-# Every host-kernel plugin, for the harness's own check with --backend host.
+# Every host-kernel plugin, for the harness's own check with --backend host
+# (ferry-bench's among them, so that check takes the driver figures too).
 find "$build/lib" "$build/test" -name 'lib*host*.so' -not -path '*/CMakeFiles/*' |
   xargs -r cp -t "$bundle/host-kernels/"
-[ -f "$build/test/gpu/gpu_cublas_gemm" ] && pack "$build/test/gpu/gpu_cublas_gemm" "$bundle/checks"
-cp test/gpu/torch_check.py "$bundle/checks/"
+for program in gpu_cublas_gemm gpu_fault_check gpu_compute_share gpu_graph_bench; do
+  pack "$build/test/gpu/$program" "$bundle/checks"
+done
+cp test/gpu/torch_check.py test/gpu/cupy_check.py "$bundle/checks/"
+# ferry-bench's client mode takes the driver figures through ferry and natively.
+pack "$build/bin/ferry-bench" "$bundle/bin"
+cp "$build/bench/ferry_bench_kernels.fatbin" "$bundle/checks/"
 # The CUDA backend's own GPU tests (gtest, label gpu), with their images.
 pack "$build/bin/cuda_backend_gpu_test" "$bundle/checks"
 mkdir -p "$bundle/checks/backend-images"

@@ -559,7 +559,7 @@ Status Session::Dispatch(wire::Call::Reader call, CallContext& cx) {
   // A switch over the call's union member, calling its handler; generated
   // from the schema (schema/generate_calls.py). An ordinal this ferryd does
   // not know is answered Unimplemented.
-#include "schema/session_dispatch.inc"
+#include "server/generated/session_dispatch.inc"
 }
 
 // --- replies ---------------------------------------------------------------

@@ -61,6 +61,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -283,6 +284,11 @@ class Session {
   void EraseModule(uint64_t id);
   // OK when [address, address + bytes) lies inside one range of this session.
   Status CheckRange(uint64_t address, uint64_t bytes, const char* what);
+  // peers: the backend device of session device `device`
+  // (CUDA_ERROR_INVALID_DEVICE for one the session lacks), and CheckRange
+  // that also requires the range to be memory of session device `device`.
+  Status BackendDevice(int device, int* backend_device);
+  Status CheckRangeOnDevice(uint64_t address, uint64_t bytes, int device, const char* what);
   Status CheckRange2D(uint64_t address, uint64_t pitch, uint64_t width_bytes, uint64_t height,
                       const char* what);
   // Launches on a throttled device wait for its share and are measured.
@@ -302,7 +308,7 @@ class Session {
   // from the schema's call descriptions (schema/generate_calls.py), so the
   // signatures and the dispatch that calls them cannot drift apart. A handler
   // takes `cx` where the schema gives the member $usesContext.
-#include "schema/session_handlers.inc"
+#include "server/generated/session_handlers.inc"
 
   const uint64_t id_;
   std::unique_ptr<Transport> transport_;
@@ -325,6 +331,9 @@ class Session {
   HandleTable<LibraryEntry> libraries_{"library"};
   HandleTable<FunctionEntry> functions_{"function"};
   RangeMap<RangeEntry> ranges_;
+  // peers: (context, peer context) pairs with peer access enabled; a
+  // context's pairs go with it.
+  std::set<std::pair<uint64_t, uint64_t>> peer_access_;
   HandleTable<MemPoolEntry> mem_pools_{"memory pool"};
   // Stream attributes the client set, by StreamAttributesKey. (Ids are never
   // reused, so an entry of a destroyed stream is never found again.)

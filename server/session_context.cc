@@ -56,6 +56,7 @@ void Session::DestroyContextResources(uint64_t ctx) {
   ranges_.EraseIf([ctx](const RangeEntry& range) { return range.ctx == ctx; });
   functions_.EraseIf(in_ctx);
   modules_.EraseIf(in_ctx);
+  std::erase_if(peer_access_, [ctx](const auto& p) { return p.first == ctx || p.second == ctx; });
 }
 
 Status Session::CtxDestroy(wire::CtxRef::Reader args) {

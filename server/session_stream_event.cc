@@ -8,14 +8,20 @@
 namespace ferry::server {
 
 Status Session::FindStream(uint64_t ctx, uint64_t stream, backend::Stream** out) {
+  // The context must exist whichever stream is named, and a created stream
+  // must be one of its streams (the client names a stream's own context).
+  ContextEntry* c = nullptr;
+  FERRY_RETURN_IF_ERROR(contexts_.Find(ctx, &c));
   if (stream == 0) {
-    ContextEntry* c = nullptr;
-    FERRY_RETURN_IF_ERROR(contexts_.Find(ctx, &c));
     *out = &backend_.LegacyStream(*c->context);
     return Status::Ok();
   }
   StreamEntry* entry = nullptr;
   FERRY_RETURN_IF_ERROR(streams_.Find(stream, &entry));
+  if (entry->ctx != ctx) {
+    return Status::InvalidHandle("stream " + std::to_string(stream) +
+                                 " is not a stream of context " + std::to_string(ctx));
+  }
   *out = entry->stream.get();
   return Status::Ok();
 }
@@ -35,7 +41,11 @@ Status Session::StreamCreate(wire::StreamCreate::Reader args) {
 }
 
 Status Session::StreamDestroy(wire::StreamRef::Reader args) {
-  return streams_.Erase(args.getStream());
+  if (args.getStream() != 0) {
+    backend::Stream* stream = nullptr;
+    FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
+  }
+  return streams_.Erase(args.getStream());  // stream 0 (the legacy stream): no such stream
 }
 
 Status Session::StreamSynchronize(wire::StreamRef::Reader args, CallContext& cx) {

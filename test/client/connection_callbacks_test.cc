@@ -4,7 +4,8 @@
 // in order, and its gate opens after it returns; calls that wait are refused
 // inside it; a refused gate never runs its function; a lost connection runs
 // the functions still pending with the loss. Also: waiting for one stream's
-// asynchronous copies does not wait for another's. Every wait is bounded.
+// asynchronous copies does not wait for another's, but does wait for the
+// copies it depends on through event waits. Every wait is bounded.
 #include "client/connection.h"
 
 #include <cuda.h>
@@ -242,6 +243,143 @@ TEST_F(HostCallbackConnectionTest, WaitForEarlierCopiesOnWaitsForThatStreamsCopi
   ASSERT_EQ(own.wait_for(kTimeout), std::future_status::ready);
   EXPECT_TRUE(own.get().ok());
   EXPECT_EQ(held, source);
+}
+
+// A stream that waited for an event depends on the copies before the event's
+// record on another stream: a query of the waiting stream (and of the event)
+// that found it done returns only once those copies' bytes landed, and the
+// dependency carries on through a second event (transitively).
+TEST_F(HostCallbackConnectionTest, QueriesWaitForCopiesTheStreamDependsOnThroughEventWaits) {
+  constexpr uint64_t kWaiting = 8, kThird = 9;
+  constexpr uint64_t kEvent = 50, kSecondEvent = 51;
+  constexpr uint64_t kBytes = 4096;
+  for (uint64_t stream : {kWaiting, kThird}) {
+    ASSERT_TRUE(connection_
+                    ->Post([stream](wire::Call::Builder c) {
+                      auto a = c.initStreamCreate();
+                      a.setCtx(kCtx);
+                      a.setStream(stream);
+                    })
+                    .ok());
+  }
+  for (uint64_t event : {kEvent, kSecondEvent}) {
+    ASSERT_TRUE(connection_
+                    ->Post([event](wire::Call::Builder c) {
+                      auto a = c.initEventCreate();
+                      a.setCtx(kCtx);
+                      a.setEvent(event);
+                    })
+                    .ok());
+  }
+  uint64_t dptr = 0;
+  ASSERT_TRUE(connection_
+                  ->Call(
+                      [](wire::Call::Builder c) {
+                        auto a = c.initMemAlloc();
+                        a.setCtx(kCtx);
+                        a.setBytes(kBytes);
+                      },
+                      {}, {},
+                      [&](wire::Reply::Reader r) {
+                        dptr = r.getMemAlloc().getDptr();
+                        return Status::Ok();
+                      })
+                  .ok());
+  std::vector<uint8_t> source(kBytes, 0x3c);
+  ASSERT_TRUE(connection_
+                  ->Post(
+                      [&](wire::Call::Builder c) {
+                        auto a = c.initMemcpyHtoD();
+                        a.setCtx(kCtx);
+                        a.setStream(kStream);
+                        a.setDst(dptr);
+                        a.setBytes(kBytes);
+                      },
+                      OutBytes{source.data(), kBytes})
+                  .ok());
+  ASSERT_TRUE(Sync(kStream).ok());
+
+  // kStream: held by a gate, then a copy, then the event's record.
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  ASSERT_TRUE(
+      PostGate(kStream, [released](const Status&, bool) { released.wait_for(kTimeout); }).ok());
+  std::vector<uint8_t> landed(kBytes, 0);
+  ASSERT_TRUE(connection_
+                  ->PostExpectingBytes(
+                      [&](wire::Call::Builder c) {
+                        auto a = c.initMemcpyDtoH();
+                        a.setCtx(kCtx);
+                        a.setStream(kStream);
+                        a.setSrc(dptr);
+                        a.setBytes(kBytes);
+                      },
+                      InBytes{landed.data(), kBytes}, StreamKey{kCtx, kStream})
+                  .ok());
+  auto record = [&](uint64_t event, uint64_t stream) {
+    uint64_t seq = 0;
+    EXPECT_TRUE(connection_
+                    ->Post(
+                        [&](wire::Call::Builder c) {
+                          auto a = c.initEventRecord();
+                          a.setCtx(kCtx);
+                          a.setStream(stream);
+                          a.setEvent(event);
+                        },
+                        {}, &seq)
+                    .ok());
+    return connection_->CopiesBefore(StreamKey{kCtx, stream}, seq);
+  };
+  auto wait = [&](uint64_t stream, uint64_t event, const std::vector<uint64_t>& copies) {
+    uint64_t seq = 0;
+    EXPECT_TRUE(connection_
+                    ->Post(
+                        [&](wire::Call::Builder c) {
+                          auto a = c.initStreamWaitEvent();
+                          a.setCtx(kCtx);
+                          a.setStream(stream);
+                          a.setEvent(event);
+                        },
+                        {}, &seq)
+                    .ok());
+    connection_->AddCopyDependencies(StreamKey{kCtx, stream}, seq, copies);
+  };
+  const std::vector<uint64_t> first = record(kEvent, kStream);
+  ASSERT_EQ(first.size(), 1u);
+  // A query before the wait does not depend on the copy.
+  const uint64_t before_wait = connection_->NextSeq();
+  wait(kWaiting, kEvent, first);
+  // Transitively: kThird waits for an event recorded on kWaiting after its wait.
+  const std::vector<uint64_t> second = record(kSecondEvent, kWaiting);
+  EXPECT_EQ(second, first);
+  wait(kThird, kSecondEvent, second);
+  const uint64_t after = connection_->NextSeq();
+
+  auto query_waiting = std::async(std::launch::async, [&] {
+    return connection_->WaitForEarlierCopiesOn(StreamKey{kCtx, kWaiting}, after);
+  });
+  auto query_third = std::async(std::launch::async, [&] {
+    return connection_->WaitForEarlierCopiesOn(StreamKey{kCtx, kThird}, after);
+  });
+  auto query_event =
+      std::async(std::launch::async, [&] { return connection_->WaitForCopies(first); });
+  auto unrelated = std::async(std::launch::async, [&] {
+    return connection_->WaitForEarlierCopiesOn(StreamKey{kCtx, kWaiting}, before_wait);
+  });
+  ASSERT_EQ(unrelated.wait_for(kTimeout), std::future_status::ready);
+  EXPECT_TRUE(unrelated.get().ok());
+  // The copy is held behind the gate, so every dependent query still waits.
+  EXPECT_EQ(query_waiting.wait_for(50ms), std::future_status::timeout);
+  EXPECT_EQ(query_third.wait_for(0ms), std::future_status::timeout);
+  EXPECT_EQ(query_event.wait_for(0ms), std::future_status::timeout);
+  release.set_value();
+  for (auto* query : {&query_waiting, &query_third, &query_event}) {
+    ASSERT_EQ(query->wait_for(kTimeout), std::future_status::ready);
+    EXPECT_TRUE(query->get().ok());
+  }
+  EXPECT_EQ(landed, source);
+  // Landed, the copy is no dependency any more.
+  EXPECT_TRUE(connection_->CopiesBefore(StreamKey{kCtx, kWaiting}, after).empty());
 }
 
 }  // namespace

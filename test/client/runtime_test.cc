@@ -9,6 +9,8 @@
 // server runs a session's calls in order). Every wait is bounded.
 #include "client/runtime.h"
 
+#include <cuda.h>
+
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -18,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "client/occupancy.h"
 #include "common/transport.h"
 #include "server/backend/host/host_backend.h"
 #include "server/server.h"
@@ -265,6 +268,78 @@ TEST_F(RuntimeTest, ALibraryLoadedOnceGetsAModulePerContextOnFirstUse) {
   ASSERT_TRUE(rt->UnloadLibrary(library).ok());
   EXPECT_EQ(Info(*rt).modules, 0u);
   EXPECT_FALSE(rt->modules().FindFunction(f1, &function).ok());
+}
+
+// cuOccupancyMaxPotentialBlockSize's search: the callback is asked for each
+// candidate (the largest block size, then every multiple of the warp size
+// below it), all candidates go to the server in one call, and the function's
+// maximum block size is asked only the first time: one round trip after that.
+TEST_F(RuntimeTest, MaxPotentialBlockSizeTakesOneRoundTrip) {
+  std::unique_ptr<Runtime> rt = Connect();
+  ASSERT_NE(rt, nullptr);
+  uint64_t library = 0, kernel = 0, ctx = 0, function = 0;
+  ASSERT_TRUE(rt->LoadLibrary(test::TinyLibraryImage(), &library).ok());
+  ASSERT_TRUE(rt->modules().LibraryKernel(library, "k", &kernel).ok());
+  ASSERT_TRUE(rt->CreateContext(0, 0, &ctx).ok());
+  ASSERT_TRUE(rt->KernelFunction(kernel, ctx, &function).ok());
+  ASSERT_TRUE(Barrier(*rt).ok());
+
+  std::vector<int> asked;
+  auto smem_of = [&](int size) {
+    asked.push_back(size);
+    return static_cast<size_t>(size) * 16;
+  };
+  int min_grid = 0, block = 0;
+  uint64_t before = rt->connection().NextSeq();
+  Status status = MaxPotentialBlockSize(*rt, function, smem_of, 0, 0, &min_grid, &block);
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  EXPECT_EQ(rt->connection().NextSeq() - before, 2u);  // the function's maximum, then the search
+  ASSERT_FALSE(asked.empty());
+  const int warp = rt->devices()[0].Attribute(CU_DEVICE_ATTRIBUTE_WARP_SIZE);
+  for (size_t i = 1; i < asked.size(); ++i) {
+    EXPECT_LT(asked[i], asked[i - 1]);
+    EXPECT_EQ(asked[i] % warp, 0);
+  }
+  EXPECT_EQ(asked.back(), warp);
+
+  // The answer is the best of the candidates, each asked of the server alone.
+  std::vector<uint32_t> sizes(asked.begin(), asked.end());
+  std::vector<uint64_t> smem;
+  for (int size : asked) smem.push_back(static_cast<uint64_t>(size) * 16);
+  std::vector<int> blocks;
+  ASSERT_TRUE(MaxActiveBlocks(*rt, function, sizes, smem, 0, &blocks).ok());
+  long long best_threads = 0;
+  int best_size = 0, best_blocks = 0;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    if (1ll * blocks[i] * sizes[i] > best_threads) {
+      best_threads = 1ll * blocks[i] * sizes[i];
+      best_size = static_cast<int>(sizes[i]);
+      best_blocks = blocks[i];
+    }
+  }
+  EXPECT_GT(best_size, 0);
+  EXPECT_EQ(block, best_size);
+  EXPECT_EQ(min_grid,
+            best_blocks * rt->devices()[0].Attribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT));
+
+  // Again, and with a limit: one call each.
+  const std::vector<int> first_asked = asked;
+  asked.clear();
+  before = rt->connection().NextSeq();
+  int again_grid = 0, again_block = 0;
+  ASSERT_TRUE(MaxPotentialBlockSize(*rt, function, smem_of, 0, 0, &again_grid, &again_block).ok());
+  EXPECT_EQ(rt->connection().NextSeq() - before, 1u);
+  EXPECT_EQ(asked, first_asked);
+  EXPECT_EQ(again_block, block);
+  EXPECT_EQ(again_grid, min_grid);
+  asked.clear();
+  before = rt->connection().NextSeq();
+  ASSERT_TRUE(
+      MaxPotentialBlockSize(*rt, function, smem_of, 100, 0, &again_grid, &again_block).ok());
+  EXPECT_EQ(rt->connection().NextSeq() - before, 1u);
+  ASSERT_FALSE(asked.empty());
+  EXPECT_EQ(asked.front(), 100);
+  EXPECT_LE(again_block, 100);
 }
 
 TEST_F(RuntimeTest, BadHandlesAreRefusedWithoutARoundTrip) {

@@ -130,8 +130,9 @@ class FerrydTest : public ::testing::Test {
     ASSERT_FALSE(dir_.empty()) << "mkdtemp failed";
     std::string error;
     unix_address_ = "unix:" + dir_ + "/ferryd.sock";
-    const std::vector<std::string> host_backend = {"--backend", "host", "--host-kernels",
-                                                   FERRY_E2E_HOST_KERNELS};
+    const std::vector<std::string> host_backend = {"--backend",      "host",
+                                                   "--host-kernels", FERRY_E2E_HOST_KERNELS,
+                                                   "--host-devices", std::to_string(HostDevices())};
     std::vector<std::string> args = {"--listen", "127.0.0.1:0", "--listen", unix_address_};
     std::map<std::string, std::string> env;
     const std::string chain_driver = ChainDriver();
@@ -292,6 +293,9 @@ class FerrydTest : public ::testing::Test {
     if (program.has_value()) ExpectPasses(*program);
   }
 
+  // How many devices the host backend emulates.
+  virtual int HostDevices() const { return 1; }
+
   // Where the programs connect: TCP here; FerrydTransportTest picks.
   virtual std::string ClientAddress() const { return address_; }
 
@@ -336,6 +340,14 @@ TEST_F(FerrydTest, LibraryWithEagerLoading) {
 TEST_P(FerrydTransportTest, StreamsEvents) { RunAndExpectPass("streams_events"); }
 
 TEST_P(FerrydTransportTest, Contexts) { RunAndExpectPass("contexts"); }
+
+// Peers need two devices.
+class FerrydTwoDeviceTest : public FerrydTest {
+ protected:
+  int HostDevices() const override { return 2; }
+};
+
+TEST_F(FerrydTwoDeviceTest, Peers) { RunAndExpectPass("peers"); }
 
 TEST_P(FerrydTransportTest, Errors) {
   std::optional<ChildProcess> program = StartProgram("errors");

@@ -124,6 +124,9 @@ TEST(SessionSharesTest, InterruptEndsEveryWait) {
   SessionShares shares(grant);
   backend::Completion done = shares.LaunchQueued(0);  // never completes before the wait
   auto waiter = std::async(std::launch::async, [&] { shares.ThrottleBeforeLaunch(0); });
+  // The waiter is held by the kernel in flight (not yet interrupted), so the
+  // interrupt below cuts a present wait short.
+  ASSERT_EQ(waiter.wait_for(std::chrono::milliseconds(50)), std::future_status::timeout);
   shares.Interrupt();
   ASSERT_EQ(waiter.wait_for(std::chrono::seconds(10)), std::future_status::ready);
   // Later waits return at once too.

@@ -4,20 +4,26 @@
 // session frees everything when its connection ends.
 #include "server/session.h"
 
+#include <capnp/dynamic.h>
 #include <capnp/serialize.h>
 #include <cuda.h>
 #include <dlfcn.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <functional>
 #include <future>
+#include <map>
 #include <random>
+#include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
 #include "common/frame.h"
+#include "schema/call_table.h"
 #include "server/backend/cuda/cuda_backend.h"
 #include "test/support/host_backend.h"
 #include "test/support/observed_transport.h"
@@ -637,6 +643,130 @@ TEST_F(SessionTest, GarbageMessagesNeverCrashTheServer) {
 
 // --- libraries and occupancy ---------------------------------------------------
 
+// Peers: two host devices, a context on each.
+class SessionPeerTest : public SessionTest {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(test::CreateTestHostBackend(64 << 20, &backend_, 2).ok());
+    StartSession();
+    CreateContext(100);
+    auto r = client_->Call([&](wire::Call::Builder c) {
+      auto a = c.initCtxCreate();
+      a.setCtx(200);
+      a.setDevice(1);
+    });
+    ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  }
+  // A call that does not wait, then a ping: the ping reports its error.
+  Status PostThenPing(const std::function<void(wire::Call::Builder)>& fill) {
+    client_->Send(fill, false);
+    return client_->Call([](wire::Call::Builder c) { c.setPing(); }).status;
+  }
+  Status CopyPeer(uint64_t dst, uint64_t dst_ctx, uint64_t src, uint64_t src_ctx, uint64_t bytes,
+                  bool synchronous = true) {
+    return PostThenPing([&](wire::Call::Builder c) {
+      auto a = c.initMemcpyPeer();
+      a.setCtx(100);
+      a.setDst(dst);
+      a.setDstCtx(dst_ctx);
+      a.setSrc(src);
+      a.setSrcCtx(src_ctx);
+      a.setBytes(bytes);
+      a.setSynchronous(synchronous);
+    });
+  }
+  Status PeerAccess(bool enable, uint64_t ctx, uint64_t peer, unsigned flags = 0) {
+    return PostThenPing([&](wire::Call::Builder c) {
+      auto a = enable ? c.initCtxEnablePeerAccess() : c.initCtxDisablePeerAccess();
+      a.setCtx(ctx);
+      a.setPeer(peer);
+      a.setFlags(flags);
+    });
+  }
+};
+
+TEST_F(SessionPeerTest, CanAccessPeerAndP2PAttributesForTheSessionsDevicesOnly) {
+  auto ask = [&](bool attribute, int device, int peer) {
+    return client_->Call([&](wire::Call::Builder c) {
+      auto a = attribute ? c.initDeviceGetP2PAttribute() : c.initDeviceCanAccessPeer();
+      a.setDevice(device);
+      a.setPeer(peer);
+      a.setAttribute(CU_DEVICE_P2P_ATTRIBUTE_ACCESS_SUPPORTED);
+    });
+  };
+  ReplyResult r = ask(false, 0, 1);
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  EXPECT_EQ(r.value, 1);
+  r = ask(false, 1, 1);
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  EXPECT_EQ(r.value, 0);
+  EXPECT_EQ(ask(false, 0, 2).status.cuda_result(), CUDA_ERROR_INVALID_DEVICE);
+  EXPECT_EQ(ask(false, -1, 0).status.cuda_result(), CUDA_ERROR_INVALID_DEVICE);
+  r = ask(true, 1, 0);
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  EXPECT_EQ(r.value, 1);
+  EXPECT_EQ(ask(true, 0, 0).status.cuda_result(), CUDA_ERROR_INVALID_DEVICE);
+  EXPECT_EQ(ask(true, 0, 5).status.cuda_result(), CUDA_ERROR_INVALID_DEVICE);
+}
+
+TEST_F(SessionPeerTest, PeerAccessStateIsPerContextPairWithTheDriversErrors) {
+  EXPECT_EQ(PeerAccess(false, 100, 200).cuda_result(), CUDA_ERROR_PEER_ACCESS_NOT_ENABLED);
+  EXPECT_EQ(PeerAccess(true, 100, 200, 1).cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(PeerAccess(true, 100, 100).cuda_result(), CUDA_ERROR_PEER_ACCESS_UNSUPPORTED);
+  EXPECT_EQ(PeerAccess(true, 100, 999).cuda_result(), CUDA_ERROR_INVALID_CONTEXT);
+  EXPECT_TRUE(PeerAccess(true, 100, 200).ok());
+  EXPECT_EQ(PeerAccess(true, 100, 200).cuda_result(), CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED);
+  EXPECT_TRUE(PeerAccess(true, 200, 100).ok());  // the other direction is its own
+  EXPECT_TRUE(PeerAccess(false, 100, 200).ok());
+  EXPECT_EQ(PeerAccess(false, 100, 200).cuda_result(), CUDA_ERROR_PEER_ACCESS_NOT_ENABLED);
+  EXPECT_TRUE(PeerAccess(true, 100, 200).ok());
+  // Destroying a context forgets its pairs.
+  EXPECT_TRUE(PostThenPing([](wire::Call::Builder c) { c.initCtxDestroy().setCtx(200); }).ok());
+  auto r = client_->Call([&](wire::Call::Builder c) {
+    auto a = c.initCtxCreate();
+    a.setCtx(200);
+    a.setDevice(1);
+  });
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  EXPECT_TRUE(PeerAccess(true, 100, 200).ok());
+}
+
+TEST_F(SessionPeerTest, CopiesBetweenDevicesCheckBothRangesAgainstTheirContextsDevices) {
+  const uint64_t a0 = Alloc(4096, 100);
+  const uint64_t a1 = Alloc(4096, 200);
+  std::vector<uint8_t> data(4096);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i * 7);
+  CopyIn(0, a0, data);
+  ASSERT_TRUE(CopyPeer(a1, 200, a0, 100, 4096).ok());
+  ASSERT_TRUE(CopyPeer(a0 + 2048, 100, a1, 200, 2048, /*synchronous=*/false).ok());
+  ReplyResult out = client_->Call([&](wire::Call::Builder c) {
+    auto a = c.initMemcpyDtoH();
+    a.setCtx(200);
+    a.setSrc(a1);
+    a.setBytes(4096);
+  });
+  ASSERT_TRUE(out.status.ok()) << out.status.ToString();
+  EXPECT_EQ(out.bulk, data);
+  out = CopyOut(0, a0 + 2048, 2048);
+  ASSERT_TRUE(out.status.ok()) << out.status.ToString();
+  EXPECT_EQ(out.bulk, std::vector<uint8_t>(data.begin(), data.begin() + 2048));
+
+  // Outside the allocations, past their ends, on the wrong device, or with
+  // an unknown context: refused, and nothing is copied.
+  EXPECT_EQ(CopyPeer(a1, 200, a0 + 4000, 100, 200).cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(CopyPeer(a1 + 4000, 200, a0, 100, 200).cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(CopyPeer(0x1000, 200, a0, 100, 16).cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(CopyPeer(a1, 100, a0, 100, 16).cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(CopyPeer(a1, 200, a0, 200, 16).cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(CopyPeer(a1, 999, a0, 100, 16).cuda_result(), CUDA_ERROR_INVALID_CONTEXT);
+  EXPECT_EQ(CopyPeer(a1, 200, a0, 100, ~0ull).cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  // Device 0 to device 0 is a copy within it.
+  ASSERT_TRUE(CopyPeer(a0 + 2048, 100, a0, 100, 2048).ok());
+  out = CopyOut(0, a0 + 2048, 2048);
+  ASSERT_TRUE(out.status.ok()) << out.status.ToString();
+  EXPECT_EQ(out.bulk, std::vector<uint8_t>(data.begin(), data.begin() + 2048));
+}
+
 class SessionLibraryTest : public SessionTest {
  protected:
   ReplyResult LoadLibrary(uint64_t library) {
@@ -672,6 +802,117 @@ class SessionLibraryTest : public SessionTest {
     });
   }
 };
+
+// Every handle and device-range field that a call's description names in the
+// schema ($handles, $ranges) is validated by its handler. For each such field
+// the call is sent with that field alone holding something this session does
+// not own; handle fields of kinds the test can make hold this session's
+// objects, range fields its allocation, and other integer fields 4 (sizes,
+// counts, flags), so the error is the field's own: INVALID_HANDLE (or
+// INVALID_CONTEXT) for a handle, INVALID_VALUE for a range. Each call is sent
+// the way its description says the client sends it (a call that always waits
+// wants a reply; the others are posted, and a ping reports the latched error),
+// and the session keeps working after each.
+TEST_F(SessionLibraryTest, EveryDescribedHandleAndRangeIsValidated) {
+  constexpr uint64_t kUnknownId = 0x7777;
+  constexpr uint64_t kForeignAddress = 0x10;
+  CreateContext();
+  const uint64_t buffer = Alloc(4096);
+  CreateStream(200);
+  for (uint64_t event : {300, 301}) {
+    client_->Send(
+        [&](wire::Call::Builder c) {
+          auto a = c.initEventCreate();
+          a.setCtx(100);
+          a.setEvent(event);
+        },
+        false);
+  }
+  ASSERT_TRUE(LoadLibrary(600).status.ok());
+  ASSERT_TRUE(LoadIntoContext(600, 100, 400, 500).ok());
+  const std::map<std::string, uint64_t> valid = {
+      {"ctx", 100},    {"dstCtx", 100},   {"srcCtx", 100}, {"peer", 100},
+      {"stream", 200}, {"event", 300},    {"start", 300},  {"end", 301},
+      {"module", 400}, {"function", 500}, {"library", 600}};
+  auto split = [](const char* list) {
+    std::vector<std::string> names;
+    for (std::string_view rest = list; !rest.empty();) {
+      const size_t comma = rest.find(',');
+      names.emplace_back(rest.substr(0, comma));
+      rest = comma == std::string_view::npos ? "" : rest.substr(comma + 1);
+    }
+    return names;
+  };
+  int checked = 0;
+  for (const wire::CallDescription& description : wire::kCallDescriptions) {
+    const std::vector<std::string> handles = split(description.handles);
+    const std::vector<std::string> ranges = split(description.ranges);
+    auto contains = [](const std::vector<std::string>& names, const std::string& name) {
+      return std::find(names.begin(), names.end(), name) != names.end();
+    };
+    const wire::CallWaits waits = wire::kCallWaits[&description - wire::kCallDescriptions];
+    const bool wants_reply = waits == wire::CallWaits::kAlways;
+    auto send_with_bad = [&](const std::string& bad) {
+      const uint64_t seq = client_->Send(
+          [&](wire::Call::Builder c) {
+            capnp::DynamicStruct::Builder call = capnp::toDynamic(c);
+            auto args = call.init(call.getSchema().getFieldByName(description.name))
+                            .as<capnp::DynamicStruct>();
+            for (capnp::StructSchema::Field field : args.getSchema().getFields()) {
+              const std::string name = field.getProto().getName();
+              const capnp::Type type = field.getType();
+              if (!(type.isUInt8() || type.isUInt16() || type.isUInt32() || type.isUInt64() ||
+                    type.isInt32() || type.isInt64())) {
+                continue;
+              }
+              uint64_t value = 4;
+              if (contains(handles, name)) {
+                auto it = valid.find(name);
+                value = name == bad || it == valid.end() ? kUnknownId : it->second;
+              } else if (contains(ranges, name)) {
+                value = name == bad ? kForeignAddress : buffer;
+              }
+              args.set(name, value);
+            }
+          },
+          wants_reply);
+      if (wants_reply) {
+        const ReplyResult reply = client_->ReadWithin();
+        EXPECT_EQ(reply.seq, seq);
+        return reply.status;
+      }
+      if (waits == wire::CallWaits::kGate) {
+        // A refused gate is answered at once, and its error is latched too.
+        const ReplyResult refused = client_->ReadWithin();
+        EXPECT_EQ(refused.seq, seq);
+        EXPECT_EQ(client_->Call([&](wire::Call::Builder c) { c.setPing(); }).status.cuda_result(),
+                  refused.status.cuda_result());
+        return refused.status;
+      }
+      return client_->Call([&](wire::Call::Builder c) { c.setPing(); }).status;
+    };
+    for (const std::string& handle : handles) {
+      const Status status = send_with_bad(handle);
+      EXPECT_TRUE(status.cuda_result() == CUDA_ERROR_INVALID_HANDLE ||
+                  status.cuda_result() == CUDA_ERROR_INVALID_CONTEXT)
+          << description.name << "." << handle << ": " << status.ToString();
+      ++checked;
+    }
+    for (const std::string& range : ranges) {
+      const Status status = send_with_bad(range);
+      EXPECT_EQ(status.cuda_result(), CUDA_ERROR_INVALID_VALUE)
+          << description.name << "." << range << ": " << status.ToString();
+      ++checked;
+    }
+    ASSERT_TRUE(client_->Call([&](wire::Call::Builder c) { c.setPing(); }).status.ok())
+        << "the session stopped working after " << description.name;
+  }
+  EXPECT_GT(checked, 40);
+  // Leave nothing behind for EndSession's check.
+  client_->Send([&](wire::Call::Builder c) { c.initLibraryUnload().setLibrary(600); }, false);
+  client_->Send([&](wire::Call::Builder c) { c.initCtxDestroy().setCtx(100); }, false);
+  ASSERT_TRUE(client_->Call([&](wire::Call::Builder c) { c.setPing(); }).status.ok());
+}
 
 TEST_F(SessionLibraryTest, LoadsOnceAndGivesEachContextItsOwnModule) {
   CreateContext(100);

@@ -61,6 +61,10 @@ class LoopbackConnection {
                                                  hello_reader.getRoot<wire::Hello>());
     runner_ = std::thread([this] { session_->Run(); });
     if (opened.wait_for(timeout) != std::future_status::ready) {
+      // Ending the session makes Open fail, so the future (whose destructor
+      // would wait for it) is ready before this returns.
+      session_->Stop();
+      opened.wait();
       return Status::Internal("Connection::Open did not return in time");
     }
     return opened.get();

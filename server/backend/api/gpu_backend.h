@@ -354,6 +354,24 @@ class GpuBackend {
   virtual Status OccupancyMaxActiveClusters(Function& function, const LaunchConfig& config,
                                             int* clusters) = 0;
 
+  // --- peers (backend device indices) --------------------------------------
+  // cuDeviceCanAccessPeer: whether `device` can access `peer`'s memory
+  // (0 for the device itself).
+  virtual Status CanAccessPeer(int device, int peer, int* can_access) = 0;
+  // cuDeviceGetP2PAttribute of the link from `src_device` to `dst_device`
+  // (two different devices; else CUDA_ERROR_INVALID_DEVICE).
+  virtual Status GetP2PAttribute(int attribute, int src_device, int dst_device, int* value) = 0;
+  // cuCtxEnablePeerAccess / cuCtxDisablePeerAccess: `ctx` gains or loses
+  // access to the memory of `peer`'s device. The caller keeps the state and
+  // calls these only to change it (contexts of different devices that can
+  // access each other).
+  virtual Status EnablePeerAccess(Context& ctx, Context& peer) = 0;
+  virtual Status DisablePeerAccess(Context& ctx, Context& peer) = 0;
+  // cuMemcpyPeerAsync: `bytes` from `src` (memory of `src_ctx`'s device) to
+  // `dst` (memory of `dst_ctx`'s device), queued on `stream`.
+  virtual Status CopyPeer(Stream& stream, uint64_t dst, Context& dst_ctx, uint64_t src,
+                          Context& src_ctx, uint64_t bytes) = 0;
+
   // --- stream-ordered allocation and memory pools ----------------------------
   // A pool on backend device `device` (CUmemPoolProps with pinned device
   // memory there; `max_size` 0: no limit of its own). The default

@@ -1555,7 +1555,74 @@ class CudaBackend final : public GpuBackend {
     });
   }
 
+  // --- peers ---------------------------------------------------------------
+  Status CanAccessPeer(int device, int peer, int* can_access) override {
+    return Guarded("CanAccessPeer", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuDeviceCanAccessPeer, "cuDeviceCanAccessPeer"));
+      CUdevice a = 0, b = 0;
+      FERRY_RETURN_IF_ERROR(DeviceHandle(device, &a));
+      FERRY_RETURN_IF_ERROR(DeviceHandle(peer, &b));
+      return FERRY_CU(*api_, cuDeviceCanAccessPeer, can_access, a, b);
+    });
+  }
+
+  Status GetP2PAttribute(int attribute, int src_device, int dst_device, int* value) override {
+    return Guarded("GetP2PAttribute", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(
+          NeedEntryPoint(api_->cuDeviceGetP2PAttribute, "cuDeviceGetP2PAttribute"));
+      CUdevice src = 0, dst = 0;
+      FERRY_RETURN_IF_ERROR(DeviceHandle(src_device, &src));
+      FERRY_RETURN_IF_ERROR(DeviceHandle(dst_device, &dst));
+      return FERRY_CU(*api_, cuDeviceGetP2PAttribute, value,
+                      static_cast<CUdevice_P2PAttribute>(attribute), src, dst);
+    });
+  }
+
+  Status EnablePeerAccess(Context& ctx, Context& peer) override {
+    return Guarded("EnablePeerAccess", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuCtxEnablePeerAccess, "cuCtxEnablePeerAccess"));
+      FERRY_RETURN_IF_ERROR(MakeCurrent(Ctx(ctx)));
+      return FERRY_CU(*api_, cuCtxEnablePeerAccess, Ctx(peer).handle, 0u);
+    });
+  }
+
+  Status DisablePeerAccess(Context& ctx, Context& peer) override {
+    return Guarded("DisablePeerAccess", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuCtxDisablePeerAccess, "cuCtxDisablePeerAccess"));
+      FERRY_RETURN_IF_ERROR(MakeCurrent(Ctx(ctx)));
+      return FERRY_CU(*api_, cuCtxDisablePeerAccess, Ctx(peer).handle);
+    });
+  }
+
+  Status CopyPeer(Stream& stream, uint64_t dst, Context& dst_ctx, uint64_t src, Context& src_ctx,
+                  uint64_t bytes) override {
+    return Guarded("CopyPeer", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuMemcpyPeerAsync, "cuMemcpyPeerAsync"));
+      CudaStream& s = Str(stream);
+      s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
+      return FERRY_CU(*api_, cuMemcpyPeerAsync, static_cast<CUdeviceptr>(dst), Ctx(dst_ctx).handle,
+                      static_cast<CUdeviceptr>(src), Ctx(src_ctx).handle,
+                      static_cast<size_t>(bytes), s.handle);
+    });
+  }
+
  private:
+  // NOT_SUPPORTED, naming `name`, when the driver lacks an optional entry
+  // point.
+  template <typename Fn>
+  static Status NeedEntryPoint(Fn* fn, const char* name) {
+    if (fn != nullptr) return Status::Ok();
+    return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, absl::StrCat("the driver has no ", name));
+  }
+  Status DeviceHandle(int device, CUdevice* out) const {
+    if (device < 0 || static_cast<size_t>(device) >= device_handles_.size()) {
+      return Status::Cuda(CUDA_ERROR_INVALID_DEVICE, absl::StrCat("no device ", device));
+    }
+    *out = device_handles_[device];
+    return Status::Ok();
+  }
+
   // `config` as the driver's occupancy queries take it: no stream (the
   // current context), and the cluster dimension as an attribute when given.
   static CUlaunchConfig DriverLaunchConfig(const LaunchConfig& config, CUlaunchAttribute* cluster) {

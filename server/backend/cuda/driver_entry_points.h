@@ -94,6 +94,7 @@
 // throttling. Call sites check HasGreenContexts() first.
 #define FERRY_CUDA_OPTIONAL_ENTRY_POINTS(X) \
   X(cuCtxResetPersistingL2Cache, 11000)     \
+  FERRY_CUDA_PEER_ENTRY_POINTS(X)           \
   FERRY_CUDA_GREEN_CONTEXT_ENTRY_POINTS(X)  \
   FERRY_CUDA_MEMPOOL_ENTRY_POINTS(X)
 
@@ -123,3 +124,12 @@
   X(cuGreenCtxCreate, 12040)                     \
   X(cuGreenCtxDestroy, 12040)                    \
   X(cuCtxFromGreenCtx, 12040)
+
+// Peers (cuDeviceCanAccessPeer and the rest): each is answered
+// CUDA_ERROR_NOT_SUPPORTED where the driver lacks it.
+#define FERRY_CUDA_PEER_ENTRY_POINTS(X) \
+  X(cuDeviceCanAccessPeer, 4000)        \
+  X(cuDeviceGetP2PAttribute, 8000)      \
+  X(cuCtxEnablePeerAccess, 4000)        \
+  X(cuCtxDisablePeerAccess, 4000)       \
+  X(cuMemcpyPeerAsync, 4000)

@@ -1128,7 +1128,55 @@ class HostBackend final : public GpuBackend {
                                             static_cast<int>(cluster_blocks), clusters);
   }
 
+  // --- peers ---------------------------------------------------------------
+  // Every device's memory is this process's memory: any two devices reach
+  // each other, and a copy between them is a copy in host memory.
+  Status CanAccessPeer(int device, int peer, int* can_access) override {
+    FERRY_RETURN_IF_ERROR(CheckDevice(device));
+    FERRY_RETURN_IF_ERROR(CheckDevice(peer));
+    *can_access = device != peer ? 1 : 0;
+    return Status::Ok();
+  }
+
+  Status GetP2PAttribute(int attribute, int src_device, int dst_device, int* value) override {
+    FERRY_RETURN_IF_ERROR(CheckDevice(src_device));
+    FERRY_RETURN_IF_ERROR(CheckDevice(dst_device));
+    if (src_device == dst_device) {
+      return Status::Cuda(CUDA_ERROR_INVALID_DEVICE, "a P2P attribute needs two devices");
+    }
+    switch (attribute) {
+      case CU_DEVICE_P2P_ATTRIBUTE_PERFORMANCE_RANK:
+        *value = 0;
+        return Status::Ok();
+      case CU_DEVICE_P2P_ATTRIBUTE_ACCESS_SUPPORTED:
+      case CU_DEVICE_P2P_ATTRIBUTE_NATIVE_ATOMIC_SUPPORTED:
+        *value = 1;
+        return Status::Ok();
+      case CU_DEVICE_P2P_ATTRIBUTE_CUDA_ARRAY_ACCESS_SUPPORTED:
+      case CU_DEVICE_P2P_ATTRIBUTE_ONLY_PARTIAL_NATIVE_ATOMIC_SUPPORTED:
+        *value = 0;
+        return Status::Ok();
+      default:
+        return InvalidValue("unknown P2P attribute " + std::to_string(attribute));
+    }
+  }
+
+  Status EnablePeerAccess(Context&, Context&) override { return Status::Ok(); }
+  Status DisablePeerAccess(Context&, Context&) override { return Status::Ok(); }
+
+  Status CopyPeer(Stream& stream, uint64_t dst, Context&, uint64_t src, Context&,
+                  uint64_t bytes) override {
+    return CopyDeviceToDevice(stream, dst, src, bytes);
+  }
+
  private:
+  Status CheckDevice(int device) const {
+    if (device < 0 || device >= static_cast<int>(devices_.size())) {
+      return Status::Cuda(CUDA_ERROR_INVALID_DEVICE, "no device " + std::to_string(device));
+    }
+    return Status::Ok();
+  }
+
   static host_internal::KernelResources Resources(Function& function) {
     auto& f = static_cast<HostFunction&>(function);
     host_internal::KernelResources r;

@@ -1,5 +1,6 @@
-// HostBackend — the CPU stand-in GPU behind every test (README.md "Design"// backends"): "device" memory is host memory of the ferryd process, each
-// stream runs its operations in order on its own host thread, and a kernel
+// HostBackend — the CPU stand-in GPU behind every test (README.md, "Design"):
+// "device" memory is host memory of the ferryd process, each stream runs its
+// operations in order on its own host thread, and a kernel
 // runs by calling a host implementation exported by a --host-kernels library
 // (server/backend/host/ferry_host_kernel.h).
 //

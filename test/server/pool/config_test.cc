@@ -1,4 +1,4 @@
-// The TOML config: every key of the example, and errors that name
+// The TOML config: every key of README.md's pool example, and errors that name
 // the file, the line and the key.
 #include "server/pool/config.h"
 

@@ -31,7 +31,7 @@ Config MustParse(const std::string& text) {
   return config;
 }
 
-// The example with `gpus` GPUs of 8 GiB: dev (4 slices) by day,
+// README.md's pool example with `gpus` GPUs of 8 GiB: dev (4 slices) by day,
 // train (1 slice) by night, drain with a 15-minute grace.
 std::string DayNight(const std::string& night_policy = "on_rebind = \"drain\"\ngrace = \"15m\"\n",
                      const std::string& gpus = "[0]") {

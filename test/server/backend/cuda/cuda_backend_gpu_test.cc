@@ -374,7 +374,7 @@ TEST_F(CudaGpuTest, ZzStickyErrorReachesCompletions) {
 }
 
 // --- SM partitions (green contexts) -------------------------------------------
-// UNPROVEN until the issue-4 harness runs this on a lent GPU: the green
+// UNPROVEN until scripts/gpu-check.sh runs this on a GPU: the green
 // context path has only met the fake driver. What this test asserts does not
 // depend on timing: two slices at 1/2 each get partitioned contexts whose
 // blocks run on disjoint sets of SMs, no more SMs than the partition has.

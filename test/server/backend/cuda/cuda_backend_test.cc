@@ -32,6 +32,12 @@
 namespace ferry::backend {
 namespace {
 
+// How long a test gives something that must NOT happen (a callback while the
+// fake driver is paused, a destroy under a pending wait) the chance to happen
+// wrongly. A check of absence, not synchronization: every positive outcome is
+// waited for with a deadline.
+constexpr std::chrono::milliseconds kSettle{50};
+
 using ::testing::AllOf;
 using ::testing::AnyOf;
 using ::testing::HasSubstr;
@@ -694,7 +700,7 @@ TEST_F(FakeDriverTest, StreamsEventsAndCompletions) {
   backend_->WhenEventComplete(*end, event_done.Callback());
   backend_->WhenStreamIdle(*stream, stream_idle.Callback());
   backend_->WhenContextIdle(*ctx_, context_idle.Callback());
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::this_thread::sleep_for(kSettle);
   EXPECT_FALSE(event_done.Ready());
   EXPECT_FALSE(stream_idle.Ready());
   EXPECT_FALSE(context_idle.Ready());
@@ -724,7 +730,7 @@ TEST_F(FakeDriverTest, DestroyingAnEventWaitsForItsPendingWait) {
     event.reset();
     destroyed = true;
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::this_thread::sleep_for(kSettle);
   EXPECT_FALSE(destroyed.load()) << "the event went away under a pending wait";
   set_paused_(false);
   destroyer.join();
@@ -916,13 +922,13 @@ TEST_F(FakeDriverTest, HostGateReportsReachedThenHoldsLaterWorkUntilOpened) {
   Awaited reached;
   ASSERT_TRUE(backend_->EnqueueHostGate(legacy(), gate, reached.Callback()).ok());
   ASSERT_TRUE(backend_->Memset(legacy(), dptr, 0, 0x22, 1, 64, 1).ok());
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::this_thread::sleep_for(kSettle);
   EXPECT_FALSE(reached.Ready()) << "reached before the work queued before it ran";
   set_paused_(false);
   EXPECT_TRUE(reached.Get().ok());
   EXPECT_NE(reached.thread(), std::this_thread::get_id());
   // Held: the memset queued after the gate has not run.
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::this_thread::sleep_for(kSettle);
   EXPECT_EQ(reinterpret_cast<const uint8_t*>(dptr)[0], 0x11);
   EXPECT_EQ(backend_->QueryStream(legacy()).cuda_result(), CUDA_ERROR_NOT_READY);
   gate->Open();
