@@ -169,15 +169,16 @@ Status ParseStreamAttribute(wire::StreamAttribute::Reader args, backend::StreamA
 Status Session::StreamSetAttribute(wire::StreamAttribute::Reader args) {
   backend::Stream* stream = nullptr;
   FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
+  // A window names session memory whatever else is wrong with the call.
+  if (args.getWindowBytes() > 0) {
+    FERRY_RETURN_IF_ERROR(
+        CheckRange(args.getWindowBase(), args.getWindowBytes(), "access policy window"));
+  }
   const auto key = StreamAttributesKey(args.getCtx(), args.getStream());
   auto found = stream_attributes_.find(key);
   backend::StreamAttributes values =
       found != stream_attributes_.end() ? found->second : backend::StreamAttributes{};
   FERRY_RETURN_IF_ERROR(ParseStreamAttribute(args, &values));
-  if (args.getAttribute() == CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW && values.window_bytes > 0) {
-    FERRY_RETURN_IF_ERROR(
-        CheckRange(values.window_base, values.window_bytes, "access policy window"));
-  }
   FERRY_RETURN_IF_ERROR(backend_.SetStreamAttribute(*stream, args.getAttribute(), values));
   stream_attributes_[key] = values;
   return Status::Ok();
