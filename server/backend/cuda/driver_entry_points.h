@@ -95,8 +95,8 @@
 #define FERRY_CUDA_OPTIONAL_ENTRY_POINTS(X) \
   X(cuCtxResetPersistingL2Cache, 11000)     \
   FERRY_CUDA_PEER_ENTRY_POINTS(X)           \
-  FERRY_CUDA_GREEN_CONTEXT_ENTRY_POINTS(X)  \
-  FERRY_CUDA_MEMPOOL_ENTRY_POINTS(X)
+  FERRY_CUDA_MEMPOOL_ENTRY_POINTS(X)        \
+  FERRY_CUDA_GREEN_CONTEXT_ENTRY_POINTS(X)
 
 // Stream-ordered allocation and memory pools (CUDA 11.2+), profiler control,
 // stream attributes, stream memory operations and context-wide events: each answered
