@@ -158,8 +158,8 @@ int main() {
   RT_CHECK(cudaStreamSynchronize(stream));
   cudaStream_t waiter;
   RT_CHECK(cudaStreamCreateWithFlags(&waiter, cudaStreamNonBlocking));
-  RT_CHECK_CU(cuStreamWaitValue32(waiter, reinterpret_cast<CUdeviceptr>(flag), 1,
-                                  CU_STREAM_WAIT_VALUE_EQ));
+  RT_CHECK_CU(
+      cuStreamWaitValue32(waiter, reinterpret_cast<CUdeviceptr>(flag), 1, CU_STREAM_WAIT_VALUE_EQ));
   RT_CHECK(cudaMemsetAsync(flag + 1, 0xFF, sizeof(unsigned), waiter));
   RT_EXPECT(cudaStreamQuery(waiter) == cudaErrorNotReady);
   (void)cudaGetLastError();
