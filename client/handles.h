@@ -1,5 +1,5 @@
 // Handle ids: the value of every CUcontext, CUstream, CUevent, CUmodule,
-// CUfunction, CUlibrary or CUkernel the client hands out is (kind << 48 |
+// CUfunction, CUlibrary, CUkernel or CUmemoryPool the client hands out is (kind << 48 |
 // serial), a non-canonical address the client chooses (README.md invariant 2),
 // and the same id names the object on the wire.
 //
@@ -19,6 +19,7 @@ enum class HandleKind : uint64_t {
   kFunction = 0xF7,
   kLibrary = 0x1B,
   kKernel = 0x4E,
+  kMemPool = 0x9E,  // CUmemoryPool
   // stream capture and graphs
   kGraph = 0x6A,
   kGraphExec = 0x6E,

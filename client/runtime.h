@@ -55,6 +55,7 @@
 #include "client/context_registry.h"
 #include "client/graph_registry.h"
 #include "client/handles.h"
+#include "client/mempool_registry.h"
 #include "client/module_registry.h"
 #include "client/stream_registry.h"
 #include "common/status.h"
@@ -127,6 +128,7 @@ class Runtime {
   StreamRegistry& streams() { return streams_; }
   ModuleRegistry& modules() { return modules_; }
   AllocationRegistry& allocations() { return allocations_; }
+  MemPoolRegistry& mem_pools() { return mem_pools_; }
   GraphRegistry& graphs() { return graphs_; }
 
   static uint64_t HandleId(const void* handle) { return reinterpret_cast<uint64_t>(handle); }
@@ -270,6 +272,7 @@ class Runtime {
   StreamRegistry streams_{&ids_};
   ModuleRegistry modules_{&ids_};
   AllocationRegistry allocations_;
+  MemPoolRegistry mem_pools_{&ids_};
   GraphRegistry graphs_{&ids_};
   // Serialises creating contexts on the server, so two threads never create
   // the same primary context. Held across the round trip; taken before any

@@ -310,30 +310,59 @@ struct Call {
     memcpyPeer @49 :MemcpyPeer
         $waits("never") $orderedOn("stream") $handles(["ctx", "stream", "dstCtx", "srcCtx"])
         $ranges(["dst", "src"]);
-    # stream capture and graphs
-    streamBeginCapture @50 :StreamBeginCapture
-        $waits("never") $orderedOn("stream") $handles(["ctx", "stream"]);
-    streamEndCapture @51 :StreamRef  # waits: an invalidated capture is reported here
-        $waits("always") $orderedOn("stream") $handles(["ctx", "stream"]);
-    streamCaptureStatus @52 :StreamRef  # reply value: a CUstreamCaptureStatus
-        $waits("always") $handles(["ctx", "stream"]) $usesContext;
-    graphCreate @53 :GraphCreate
+    # stream-ordered allocation and memory pools
+    memPoolCreate @50 :MemPoolCreate  # cuMemPoolCreate, or a device's default pool
         $waits("never");
-    graphDestroy @54 :GraphRef
+    memPoolDestroy @51 :MemPoolRef
+        $waits("never") $handles(["pool"]);
+    memPoolSetAttribute @52 :MemPoolAttribute
+        $waits("never") $handles(["pool"]);
+    memPoolGetAttribute @53 :MemPoolAttribute  # reply value
+        $waits("always") $handles(["pool"]) $usesContext;
+    memPoolTrimTo @54 :MemPoolTrim
+        $waits("never") $handles(["pool"]);
+    memAllocAsync @55 :MemAllocAsync  # reply memAlloc; see MemAllocAsync
+        $waits("always") $orderedOn("stream") $handles(["ctx", "stream", "pool"]) $usesContext;
+    memFreeAsync @56 :MemFreeAsync
+        $waits("never") $orderedOn("stream") $handles(["ctx", "stream"]) $ranges(["dptr"]);
+    profilerControl @57 :ProfilerControl  # cuProfilerStart / cuProfilerStop
+        $waits("never") $handles(["ctx"]);
+    streamSetAttribute @58 :StreamAttribute
+        $waits("never") $handles(["ctx", "stream"]) $ranges(["windowBase"]);
+    streamGetAttribute @59 :StreamAttribute  # reply streamAttribute
+        $waits("always") $handles(["ctx", "stream"]) $usesContext;
+    streamCopyAttributes @60 :StreamCopyAttributes
+        $waits("never") $handles(["dstCtx", "dst", "srcCtx", "src"]);
+    streamMemOps @61 :StreamMemOps  # cuStreamWaitValue*, cuStreamWriteValue*, cuStreamBatchMemOp
+        $waits("never") $orderedOn("stream") $handles(["ctx", "stream"]) $ranges(["ops"]);
+    ctxRecordEvent @62 :CtxEvent  # cuCtxRecordEvent: the event captures all of ctx's work
+        $waits("never") $handles(["ctx", "event"]);
+    ctxWaitEvent @63 :CtxEvent  # cuCtxWaitEvent: ctx's later work waits for the event
+        $waits("never") $handles(["ctx", "event"]);
+    # stream capture and graphs
+    streamBeginCapture @64 :StreamBeginCapture
+        $waits("never") $orderedOn("stream") $handles(["ctx", "stream"]);
+    streamEndCapture @65 :StreamRef  # waits: an invalidated capture is reported here
+        $waits("always") $orderedOn("stream") $handles(["ctx", "stream"]);
+    streamCaptureStatus @66 :StreamRef  # reply value: a CUstreamCaptureStatus
+        $waits("always") $handles(["ctx", "stream"]) $usesContext;
+    graphCreate @67 :GraphCreate
+        $waits("never");
+    graphDestroy @68 :GraphRef
         $waits("never") $handles(["graph"]);
-    graphInstantiate @55 :GraphInstantiate
+    graphInstantiate @69 :GraphInstantiate
         $waits("never") $handles(["graph"]);
-    graphExecDestroy @56 :GraphExecRef
+    graphExecDestroy @70 :GraphExecRef
         $waits("never") $handles(["exec"]);
-    graphLaunch @57 :GraphLaunch
+    graphLaunch @71 :GraphLaunch
         $waits("never") $orderedOn("stream") $handles(["ctx", "stream", "exec"]);
-    graphUpload @58 :GraphLaunch
+    graphUpload @72 :GraphLaunch
         $waits("never") $orderedOn("stream") $handles(["ctx", "stream", "exec"]);
-    graphNodeCount @59 :GraphRef  # reply value
+    graphNodeCount @73 :GraphRef  # reply value
         $waits("always") $handles(["graph"]) $usesContext;
-    graphAddNode @60 :GraphAddNode  # kernel nodes: bulk = packed params
+    graphAddNode @74 :GraphAddNode  # kernel nodes: bulk = packed params
         $waits("never") $handles(["graph"]) $usesContext;
-    graphClone @61 :GraphClone
+    graphClone @75 :GraphClone
         $waits("never") $handles(["graph"]);
   }
 }
@@ -624,6 +653,108 @@ struct OccupancyCluster {
   clusterZ @11 :UInt32;
 }
 
+# stream-ordered allocation and memory pools
+#
+# A memory pool is named by an id the client chooses. memPoolCreate with
+# `isDefault` makes the session's default pool of `device` (what
+# cuDeviceGetDefaultMemPool names; the client sends it once per device, before
+# the pool is first used, and it cannot be destroyed); without it, a pool
+# cuMemPoolCreate made. Each session's pools are its own, the default ones
+# included, so one session's attributes and trims never reach another's.
+struct MemPoolCreate {
+  pool @0 :UInt64;
+  device @1 :Int32;       # the session's device ordinal
+  isDefault @2 :Bool;
+  maxSize @3 :UInt64;     # CUmemPoolProps.maxSize; 0 = no limit of its own
+}
+struct MemPoolRef {
+  pool @0 :UInt64;
+}
+# CUmemPool_attribute `attribute`; int attributes travel as their value.
+struct MemPoolAttribute {
+  pool @0 :UInt64;
+  attribute @1 :Int32;
+  value @2 :UInt64;
+}
+struct MemPoolTrim {
+  pool @0 :UInt64;
+  minBytesToKeep @1 :UInt64;
+}
+# cuMemAllocAsync / cuMemAllocFromPoolAsync: `bytes` from `pool` (the client
+# names the device's current pool for cuMemAllocAsync), usable in `stream`'s
+# order. The server allocates when it executes the call, which waits for the
+# reply (the address) but not for the stream: the driver's stream-ordered
+# allocator hands out the address at once, the same way. The allocation is
+# charged to the pool device's quota then, and its range is the session's
+# from then on.
+struct MemAllocAsync {
+  ctx @0 :UInt64;
+  stream @1 :UInt64;
+  pool @2 :UInt64;
+  bytes @3 :UInt64;
+}
+# cuMemFreeAsync: frees `dptr` (the start of a stream-ordered allocation, or
+# of any allocation) when `stream` reaches the call. The range is no longer
+# the session's from the call on; the quota is given back once the free has
+# executed.
+struct MemFreeAsync {
+  ctx @0 :UInt64;
+  stream @1 :UInt64;
+  dptr @2 :UInt64;
+}
+struct ProfilerControl {
+  ctx @0 :UInt64;
+  start @1 :Bool;  # false: stop
+}
+# cuStreamSetAttribute / cuStreamGetAttribute: one CUstreamAttrID
+# (`attribute`) of a stream. The server keeps the values (answering
+# streamGetAttribute) and hands them to the backend. Access policy window
+# (CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW): window*, hitRatio, hitProp,
+# missProp; the window, when not empty, lies in the session's memory.
+# Synchronization policy (CU_LAUNCH_ATTRIBUTE_SYNCHRONIZATION_POLICY): value.
+struct StreamAttribute {
+  ctx @0 :UInt64;
+  stream @1 :UInt64;
+  attribute @2 :Int32;
+  windowBase @3 :UInt64;
+  windowBytes @4 :UInt64;
+  hitRatio @5 :Float32;
+  hitProp @6 :Int32;
+  missProp @7 :Int32;
+  value @8 :UInt32;
+}
+# Stream memory operations, executed in order when the stream reaches them:
+# waits on and writes of 32- or 64-bit values in the session's memory, flushes
+# and barriers. `operation` is a CUstreamBatchMemOpType, `flags` that
+# operation's flags (CUstreamWaitValue_flags, CUstreamWriteValue_flags,
+# CUstreamMemoryBarrier_flags).
+struct StreamMemOp {
+  operation @0 :Int32;
+  address @1 :UInt64;
+  value @2 :UInt64;
+  flags @3 :UInt32;
+}
+struct StreamMemOps {
+  ctx @0 :UInt64;
+  stream @1 :UInt64;
+  ops @2 :List(StreamMemOp);  # 1 to 256
+  flags @3 :UInt32;           # cuStreamBatchMemOp's own flags (0)
+}
+
+# A context and one of its events (cuCtxRecordEvent, cuCtxWaitEvent).
+struct CtxEvent {
+  ctx @0 :UInt64;
+  event @1 :UInt64;
+}
+
+# cuStreamCopyAttributes: every attribute above, from src to dst.
+struct StreamCopyAttributes {
+  dstCtx @0 :UInt64;
+  dst @1 :UInt64;
+  srcCtx @2 :UInt64;
+  src @3 :UInt64;
+}
+
 struct Reply {
   seq @0 :UInt64;
   status @1 :Status;
@@ -639,6 +770,8 @@ struct Reply {
     values @10 :List(Int64);  # occupancyMaxActiveBlocks, one per block size
     # host callbacks
     gateReached @11 :GateReached;  # hostGate
+    # stream attributes
+    streamAttribute @13 :StreamAttribute;  # streamGetAttribute
   }
   # memcpyDtoH / memcpy2D to host: the bytes are the reply's bulk payload.
   latchedFromSeq @9 :UInt64;  # nonzero: status is the latched error of that earlier call

@@ -170,6 +170,13 @@ class Session {
     uint64_t ctx = 0;
     uint64_t param_bytes = 0;  // the packed buffer a launch must supply
   };
+  // A memory pool: one cuMemPoolCreate made, or the session's default pool
+  // of a device (which cuMemPoolDestroy refuses).
+  struct MemPoolEntry {
+    std::unique_ptr<backend::MemPool> pool;
+    int device = 0;  // session device: allocations from it charge its quota
+    bool is_default = false;
+  };
   // What a device range the session may touch is (ranges_ holds its base
   // and size): an allocation (module == 0) or a module global.
   struct RangeEntry {
@@ -206,6 +213,7 @@ class Session {
     kRecorded,      // queued work a capture records (launch, device-only copy, memset)
     kSynchronizes,  // waits for the stream or reads its state (synchronize, query)
     kHostMemory,    // a copy to or from host memory, a host gate
+    kNotRecorded,   // work ferry does not record (stream-ordered allocation, memory operations)
   };
 
   // A context the session lacks: the driver's own code for it.
@@ -372,6 +380,14 @@ class Session {
   // peers: (context, peer context) pairs with peer access enabled; a
   // context's pairs go with it.
   std::set<std::pair<uint64_t, uint64_t>> peer_access_;
+  HandleTable<MemPoolEntry> mem_pools_{"memory pool"};
+  // Stream attributes the client set, by StreamAttributesKey. (Ids are never
+  // reused, so an entry of a destroyed stream is never found again.)
+  std::map<std::pair<uint64_t, uint64_t>, backend::StreamAttributes> stream_attributes_;
+  // A stream's key there: (0, id), or (ctx, 0) for ctx's legacy stream.
+  static std::pair<uint64_t, uint64_t> StreamAttributesKey(uint64_t ctx, uint64_t stream) {
+    return stream == 0 ? std::make_pair(ctx, uint64_t{0}) : std::make_pair(uint64_t{0}, stream);
+  }
   // stream capture and graphs
   std::map<uint64_t, CaptureEntry> captures_;  // by stream id
   HandleTable<GraphEntry> graphs_{"graph"};

@@ -78,6 +78,9 @@ void Session::FreeEverything() {
     DestroyContextResources(id);
     (void)contexts_.Erase(id);
   }
+  // Pools after the allocations (freed with their contexts above).
+  mem_pools_.Clear();
+  stream_attributes_.clear();
   // Anything left belongs to no context (cannot happen by construction).
   events_.Clear();
   streams_.Clear();

@@ -30,11 +30,17 @@ Status Session::CaptureGuard(uint64_t stream, CaptureUse use,
     return Status::Ok();
   }
   capture.invalidated = true;
-  return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
-                      use == CaptureUse::kSynchronizes
-                          ? "the stream is capturing: it cannot be synchronized or queried"
-                          : "the stream is capturing: copies to or from host memory and host "
-                            "callbacks cannot be captured through ferry");
+  const char* why = "the stream is capturing: it cannot be synchronized or queried";
+  if (use == CaptureUse::kHostMemory) {
+    why =
+        "the stream is capturing: copies to or from host memory and host callbacks cannot be "
+        "captured through ferry";
+  } else if (use == CaptureUse::kNotRecorded) {
+    why =
+        "the stream is capturing: stream-ordered allocation and stream memory operations cannot "
+        "be captured through ferry";
+  }
+  return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, why);
 }
 
 Status Session::CaptureGuardContext(uint64_t ctx) {

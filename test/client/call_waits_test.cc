@@ -29,6 +29,9 @@ TEST_F(CallWaitsTest, ACallThatAlwaysWaitsIsRefusedWhenPosted) {
   EXPECT_TRUE(CheckWaits(W::MEM_ALLOC, /*wants_reply=*/true, /*gate=*/false).ok());
   EXPECT_REFUSED(CheckWaits(W::MEM_ALLOC, /*wants_reply=*/false, /*gate=*/false));
   EXPECT_REFUSED(CheckWaits(W::MEMCPY_DTO_H, /*wants_reply=*/false, /*gate=*/false));
+  // cuMemAllocAsync waits for its address (not for the stream).
+  EXPECT_TRUE(CheckWaits(W::MEM_ALLOC_ASYNC, true, false).ok());
+  EXPECT_REFUSED(CheckWaits(W::MEM_ALLOC_ASYNC, false, false));
 }
 
 TEST_F(CallWaitsTest, ACallThatNeverWaitsIsRefusedWhenSentToWait) {
@@ -36,6 +39,8 @@ TEST_F(CallWaitsTest, ACallThatNeverWaitsIsRefusedWhenSentToWait) {
   EXPECT_REFUSED(CheckWaits(W::MEM_FREE, /*wants_reply=*/true, /*gate=*/false));
   EXPECT_TRUE(CheckWaits(W::CTX_RESET_PERSISTING_L2_CACHE, false, false).ok());
   EXPECT_REFUSED(CheckWaits(W::CTX_RESET_PERSISTING_L2_CACHE, true, false));
+  EXPECT_TRUE(CheckWaits(W::MEM_FREE_ASYNC, false, false).ok());
+  EXPECT_REFUSED(CheckWaits(W::MEM_FREE_ASYNC, true, false));
 }
 
 // stream capture and graphs: beginning a capture and launching a graph never

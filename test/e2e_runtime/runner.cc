@@ -54,6 +54,7 @@ struct Options {
   std::string ferryd, host_kernels, library_path, work_dir, chain_driver;
   int exit_code = 0;
   std::vector<std::string> expect, expect_log, forbid_log;
+  std::vector<std::string> ferryd_args;  // appended to the program's ferryd's command line
   std::map<std::string, std::string> env;
   std::vector<std::string> program;  // argv
 };
@@ -85,6 +86,8 @@ bool ParseOptions(int argc, char** argv, Options* out) {
       out->expect_log.push_back(value);
     } else if (arg == "--forbid-log") {
       out->forbid_log.push_back(value);
+    } else if (arg == "--ferryd-arg") {
+      out->ferryd_args.push_back(value);
     } else if (arg == "--env") {
       const size_t eq = value.find('=');
       if (eq == std::string::npos || eq == 0) return false;
@@ -116,7 +119,9 @@ std::string Run(const Options& options, std::optional<ChildProcess>& ferryd,
   const std::vector<std::string> host = {"--listen", "127.0.0.1:0",    "--backend",
                                          "host",     "--host-kernels", options.host_kernels};
   if (options.chain_driver.empty()) {
-    ferryd = ferry::test::StartFerryd(options.ferryd, host, options.work_dir, kReadyTimeout,
+    std::vector<std::string> args = host;
+    args.insert(args.end(), options.ferryd_args.begin(), options.ferryd_args.end());
+    ferryd = ferry::test::StartFerryd(options.ferryd, args, options.work_dir, kReadyTimeout,
                                       &address, &error);
   } else {
     const std::string upstream_dir = options.work_dir + "/upstream";
@@ -126,11 +131,16 @@ std::string Run(const Options& options, std::optional<ChildProcess>& ferryd,
     upstream = ferry::test::StartFerryd(options.ferryd, host, upstream_dir, kReadyTimeout,
                                         &upstream_address, &error);
     if (!upstream.has_value()) return "upstream: " + error;
-    ferryd = ferry::test::StartFerryd(
-        options.ferryd,
-        {"--listen", "127.0.0.1:0", "--backend", "cuda", "--cuda-driver", options.chain_driver,
-         "--allow-ferry-cuda-driver"},
-        options.work_dir, kReadyTimeout, &address, &error, {{"FERRY_SERVER", upstream_address}});
+    std::vector<std::string> args = {"--listen",
+                                     "127.0.0.1:0",
+                                     "--backend",
+                                     "cuda",
+                                     "--cuda-driver",
+                                     options.chain_driver,
+                                     "--allow-ferry-cuda-driver"};
+    args.insert(args.end(), options.ferryd_args.begin(), options.ferryd_args.end());
+    ferryd = ferry::test::StartFerryd(options.ferryd, args, options.work_dir, kReadyTimeout,
+                                      &address, &error, {{"FERRY_SERVER", upstream_address}});
   }
   if (!ferryd.has_value()) return error;
 

@@ -779,6 +779,18 @@ TEST_F(SessionGraphTest, CaptureRefusesHostCopiesQueriesAndContextSynchronize) {
   BeginCapture(5, 52);
   EXPECT_EQ(Query(5).status.cuda_result(), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
   EXPECT_EQ(EndCapture(5).status.cuda_result(), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+  // Stream-ordered frees are not recorded: refused inside a capture.
+  BeginCapture(5, 57);
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        auto f = c.initMemFreeAsync();
+        f.setCtx(100);
+        f.setStream(5);
+        f.setDptr(a);
+      },
+      false);
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+  EXPECT_EQ(EndCapture(5).status.cuda_result(), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
   BeginCapture(5, 53);
   EXPECT_EQ(client_->Call([&](wire::Call::Builder c) { c.initCtxSynchronize().setCtx(100); })
                 .status.cuda_result(),
@@ -1720,6 +1732,515 @@ TEST_F(CudaSliceSessionTest, ResetPersistingL2CacheWithoutTheEntryPointIsNotSupp
   ReplyResult ping = r.client->Call([](wire::Call::Builder c) { c.setPing(); });
   EXPECT_EQ(ping.status.cuda_result(), CUDA_ERROR_NOT_SUPPORTED) << ping.status.ToString();
   EXPECT_EQ(ping.latched_from, reset);
+}
+
+// --- stream-ordered allocation and memory pools --------------------------------
+
+constexpr uint64_t kDefaultPool = 900;
+constexpr uint64_t kCreatedPool = 901;
+constexpr uint64_t kPoolStream = 9;
+
+// Calls of the stream-ordered allocator, as the client builds them.
+void BuildPoolCreate(wire::Call::Builder c, uint64_t pool, int device, bool is_default,
+                     uint64_t max_size = 0) {
+  auto a = c.initMemPoolCreate();
+  a.setPool(pool);
+  a.setDevice(device);
+  a.setIsDefault(is_default);
+  a.setMaxSize(max_size);
+}
+void BuildAllocAsync(wire::Call::Builder c, uint64_t pool, uint64_t bytes,
+                     uint64_t stream = kPoolStream) {
+  auto a = c.initMemAllocAsync();
+  a.setCtx(100);
+  a.setStream(stream);
+  a.setPool(pool);
+  a.setBytes(bytes);
+}
+void BuildFreeAsync(wire::Call::Builder c, uint64_t dptr, uint64_t stream = kPoolStream) {
+  auto a = c.initMemFreeAsync();
+  a.setCtx(100);
+  a.setStream(stream);
+  a.setDptr(dptr);
+}
+void BuildPoolAttribute(wire::Call::Builder c, bool set, uint64_t pool, CUmemPool_attribute attr,
+                        uint64_t value = 0) {
+  auto a = set ? c.initMemPoolSetAttribute() : c.initMemPoolGetAttribute();
+  a.setPool(pool);
+  a.setAttribute(attr);
+  a.setValue(value);
+}
+
+TEST_F(SessionTest, AsyncAllocationIsUsableInStreamOrderUntilItsAsyncFree) {
+  CreateContext();
+  CreateStream(kPoolStream);
+  client_->Send([](wire::Call::Builder c) { BuildPoolCreate(c, kDefaultPool, 0, true); }, false);
+  ReplyResult alloc =
+      client_->Call([](wire::Call::Builder c) { BuildAllocAsync(c, kDefaultPool, 4096); });
+  ASSERT_TRUE(alloc.status.ok()) << alloc.status.ToString();
+  ASSERT_NE(alloc.dptr, 0u);
+  Fill(kPoolStream, alloc.dptr, 0xAB, 4096);
+  ReplyResult out = CopyOut(kPoolStream, alloc.dptr, 4096);
+  ASSERT_TRUE(out.status.ok()) << out.status.ToString();
+  EXPECT_EQ(out.bulk, std::vector<uint8_t>(4096, 0xAB));
+  // Copies on another stream may use it too (the range is the session's).
+  ReplyResult legacy = CopyOut(0, alloc.dptr, 16);
+  EXPECT_TRUE(legacy.status.ok()) << legacy.status.ToString();
+  client_->Send([&](wire::Call::Builder c) { BuildFreeAsync(c, alloc.dptr); }, false);
+  // After the free, the range is no longer the session's.
+  ReplyResult after = CopyOut(kPoolStream, alloc.dptr, 16);
+  EXPECT_EQ(after.status.cuda_result(), CUDA_ERROR_INVALID_VALUE) << after.status.ToString();
+  // Once the stream is idle past the free, its quota is back.
+  EXPECT_TRUE(Sync(kPoolStream).status.ok());
+  EXPECT_EQ(session_->Info().bytes_allocated, 0u);
+}
+
+TEST_F(SessionTest, BadPoolsAndAsyncFreesGetCudaErrors) {
+  CreateContext();
+  CreateStream(kPoolStream);
+  // An unknown pool.
+  ReplyResult unknown =
+      client_->Call([](wire::Call::Builder c) { BuildAllocAsync(c, 12345, 4096); });
+  EXPECT_EQ(unknown.status.cuda_result(), CUDA_ERROR_INVALID_HANDLE) << unknown.status.ToString();
+  ReplyResult get_unknown = client_->Call([](wire::Call::Builder c) {
+    BuildPoolAttribute(c, false, 12345, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD);
+  });
+  EXPECT_EQ(get_unknown.status.cuda_result(), CUDA_ERROR_INVALID_HANDLE);
+  // A pool on a device the session lacks: latched.
+  const uint64_t bad_device = client_->Send(
+      [](wire::Call::Builder c) { BuildPoolCreate(c, kCreatedPool, 7, false); }, false);
+  ReplyResult ping = client_->Call([](wire::Call::Builder c) { c.setPing(); });
+  EXPECT_EQ(ping.status.cuda_result(), CUDA_ERROR_INVALID_DEVICE) << ping.status.ToString();
+  EXPECT_EQ(ping.latched_from, bad_device);
+  // The default pool cannot be destroyed.
+  client_->Send([](wire::Call::Builder c) { BuildPoolCreate(c, kDefaultPool, 0, true); }, false);
+  client_->Send([](wire::Call::Builder c) { c.initMemPoolDestroy().setPool(kDefaultPool); }, false);
+  ping = client_->Call([](wire::Call::Builder c) { c.setPing(); });
+  EXPECT_EQ(ping.status.cuda_result(), CUDA_ERROR_INVALID_VALUE) << ping.status.ToString();
+  // Zero bytes, an unknown attribute.
+  ReplyResult zero =
+      client_->Call([](wire::Call::Builder c) { BuildAllocAsync(c, kDefaultPool, 0); });
+  EXPECT_EQ(zero.status.cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  ReplyResult bad_attr = client_->Call([](wire::Call::Builder c) {
+    BuildPoolAttribute(c, false, kDefaultPool, static_cast<CUmemPool_attribute>(999));
+  });
+  EXPECT_EQ(bad_attr.status.cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  // An async free of what is no allocation, and on an unknown stream.
+  const uint64_t d = Alloc(4096);
+  client_->Send([&](wire::Call::Builder c) { BuildFreeAsync(c, d + 16); }, false);
+  ping = client_->Call([](wire::Call::Builder c) { c.setPing(); });
+  EXPECT_EQ(ping.status.cuda_result(), CUDA_ERROR_INVALID_VALUE) << ping.status.ToString();
+  client_->Send([&](wire::Call::Builder c) { BuildFreeAsync(c, d, 4242); }, false);
+  ping = client_->Call([](wire::Call::Builder c) { c.setPing(); });
+  EXPECT_EQ(ping.status.cuda_result(), CUDA_ERROR_INVALID_HANDLE) << ping.status.ToString();
+  // The allocation is still there: an async free of an ordinary allocation works.
+  client_->Send([&](wire::Call::Builder c) { BuildFreeAsync(c, d); }, false);
+  ping = client_->Call([](wire::Call::Builder c) { c.setPing(); });
+  EXPECT_TRUE(ping.status.ok()) << ping.status.ToString();
+}
+
+TEST_F(SessionTest, PoolAttributesAreStoredAndUsageIsCounted) {
+  CreateContext();
+  CreateStream(kPoolStream);
+  client_->Send([](wire::Call::Builder c) { BuildPoolCreate(c, kCreatedPool, 0, false, 1 << 20); },
+                false);
+  auto get = [&](CUmemPool_attribute attr) {
+    ReplyResult r = client_->Call(
+        [&](wire::Call::Builder c) { BuildPoolAttribute(c, false, kCreatedPool, attr); });
+    EXPECT_TRUE(r.status.ok()) << r.status.ToString();
+    return r.value;
+  };
+  EXPECT_EQ(get(CU_MEMPOOL_ATTR_RELEASE_THRESHOLD), 0);
+  client_->Send(
+      [](wire::Call::Builder c) {
+        BuildPoolAttribute(c, true, kCreatedPool, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, 1 << 30);
+      },
+      false);
+  client_->Send(
+      [](wire::Call::Builder c) {
+        BuildPoolAttribute(c, true, kCreatedPool, CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC, 0);
+      },
+      false);
+  EXPECT_EQ(get(CU_MEMPOOL_ATTR_RELEASE_THRESHOLD), int64_t{1} << 30);
+  EXPECT_EQ(get(CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC), 0);
+  EXPECT_EQ(get(CU_MEMPOOL_ATTR_REUSE_FOLLOW_EVENT_DEPENDENCIES), 1);
+  ReplyResult a =
+      client_->Call([](wire::Call::Builder c) { BuildAllocAsync(c, kCreatedPool, 4096); });
+  ASSERT_TRUE(a.status.ok()) << a.status.ToString();
+  EXPECT_EQ(get(CU_MEMPOOL_ATTR_USED_MEM_CURRENT), 4096);
+  EXPECT_EQ(get(CU_MEMPOOL_ATTR_USED_MEM_HIGH), 4096);
+  // The pool's own maximum size holds.
+  ReplyResult over =
+      client_->Call([](wire::Call::Builder c) { BuildAllocAsync(c, kCreatedPool, 1 << 20); });
+  EXPECT_EQ(over.status.cuda_result(), CUDA_ERROR_OUT_OF_MEMORY) << over.status.ToString();
+  client_->Send([&](wire::Call::Builder c) { BuildFreeAsync(c, a.dptr); }, false);
+  EXPECT_TRUE(Sync(kPoolStream).status.ok());
+  EXPECT_EQ(get(CU_MEMPOOL_ATTR_USED_MEM_CURRENT), 0);
+  client_->Send(
+      [](wire::Call::Builder c) {
+        BuildPoolAttribute(c, true, kCreatedPool, CU_MEMPOOL_ATTR_USED_MEM_HIGH, 0);
+      },
+      false);
+  EXPECT_EQ(get(CU_MEMPOOL_ATTR_USED_MEM_HIGH), 0);
+  client_->Send(
+      [](wire::Call::Builder c) {
+        auto t = c.initMemPoolTrimTo();
+        t.setPool(kCreatedPool);
+        t.setMinBytesToKeep(0);
+      },
+      false);
+  // A pool destroyed while an allocation from it is outstanding: the memory
+  // stays usable until it is freed.
+  ReplyResult b =
+      client_->Call([](wire::Call::Builder c) { BuildAllocAsync(c, kCreatedPool, 4096); });
+  ASSERT_TRUE(b.status.ok()) << b.status.ToString();
+  client_->Send([](wire::Call::Builder c) { c.initMemPoolDestroy().setPool(kCreatedPool); }, false);
+  Fill(kPoolStream, b.dptr, 0x11, 4096);
+  ReplyResult out = CopyOut(kPoolStream, b.dptr, 4096);
+  ASSERT_TRUE(out.status.ok()) << out.status.ToString();
+  EXPECT_EQ(out.bulk, std::vector<uint8_t>(4096, 0x11));
+  // Left allocated: the session's end frees it (EndSession checks).
+}
+
+TEST_F(SessionTest, ProfilerControlIsAcceptedInAContext) {
+  CreateContext();
+  client_->Send(
+      [](wire::Call::Builder c) {
+        auto p = c.initProfilerControl();
+        p.setCtx(100);
+        p.setStart(true);
+      },
+      false);
+  client_->Send([](wire::Call::Builder c) { c.initProfilerControl().setCtx(100); }, false);
+  ReplyResult ping = client_->Call([](wire::Call::Builder c) { c.setPing(); });
+  EXPECT_TRUE(ping.status.ok()) << ping.status.ToString();
+  client_->Send([](wire::Call::Builder c) { c.initProfilerControl().setCtx(555); }, false);
+  ping = client_->Call([](wire::Call::Builder c) { c.setPing(); });
+  EXPECT_EQ(ping.status.cuda_result(), CUDA_ERROR_INVALID_CONTEXT) << ping.status.ToString();
+}
+
+TEST_F(SessionTest, StreamAttributesAreStoredCheckedAndCopied) {
+  CreateContext();
+  CreateStream(kPoolStream);
+  CreateStream(kPoolStream + 1);
+  const uint64_t d = Alloc(1 << 16);
+  auto set_window = [&](uint64_t stream, uint64_t base, uint64_t bytes, float ratio) {
+    return client_->Send(
+        [&](wire::Call::Builder c) {
+          auto a = c.initStreamSetAttribute();
+          a.setCtx(100);
+          a.setStream(stream);
+          a.setAttribute(CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW);
+          a.setWindowBase(base);
+          a.setWindowBytes(bytes);
+          a.setHitRatio(ratio);
+          a.setHitProp(CU_ACCESS_PROPERTY_PERSISTING);
+          a.setMissProp(CU_ACCESS_PROPERTY_STREAMING);
+        },
+        false);
+  };
+  auto get = [&](uint64_t stream, CUlaunchAttributeID attr) {
+    return client_->Call([&](wire::Call::Builder c) {
+      auto a = c.initStreamGetAttribute();
+      a.setCtx(100);
+      a.setStream(stream);
+      a.setAttribute(attr);
+    });
+  };
+  auto ping = [&] { return client_->Call([](wire::Call::Builder c) { c.setPing(); }); };
+  set_window(kPoolStream, d, 4096, 0.5f);
+  client_->Send(
+      [](wire::Call::Builder c) {
+        auto a = c.initStreamSetAttribute();
+        a.setCtx(100);
+        a.setStream(kPoolStream);
+        a.setAttribute(CU_LAUNCH_ATTRIBUTE_SYNCHRONIZATION_POLICY);
+        a.setValue(CU_SYNC_POLICY_BLOCKING_SYNC);
+      },
+      false);
+  EXPECT_TRUE(ping().status.ok());
+  auto expect_set = [&](uint64_t stream) {
+    ReplyResult window = get(stream, CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW);
+    ASSERT_TRUE(window.status.ok()) << window.status.ToString();
+    EXPECT_TRUE(window.stream_attribute);
+    EXPECT_EQ(window.window_base, d);
+    EXPECT_EQ(window.window_bytes, 4096u);
+    EXPECT_EQ(window.hit_ratio, 0.5f);
+    EXPECT_EQ(window.hit_prop, CU_ACCESS_PROPERTY_PERSISTING);
+    EXPECT_EQ(window.miss_prop, CU_ACCESS_PROPERTY_STREAMING);
+    ReplyResult policy = get(stream, CU_LAUNCH_ATTRIBUTE_SYNCHRONIZATION_POLICY);
+    ASSERT_TRUE(policy.status.ok()) << policy.status.ToString();
+    EXPECT_EQ(policy.sync_policy, static_cast<uint32_t>(CU_SYNC_POLICY_BLOCKING_SYNC));
+  };
+  expect_set(kPoolStream);
+  // A second stream starts with the defaults, then gets src's by copy.
+  ReplyResult fresh = get(kPoolStream + 1, CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW);
+  EXPECT_EQ(fresh.window_bytes, 0u);
+  EXPECT_EQ(get(kPoolStream + 1, CU_LAUNCH_ATTRIBUTE_SYNCHRONIZATION_POLICY).sync_policy,
+            static_cast<uint32_t>(CU_SYNC_POLICY_AUTO));
+  client_->Send(
+      [](wire::Call::Builder c) {
+        auto a = c.initStreamCopyAttributes();
+        a.setDstCtx(100);
+        a.setDst(kPoolStream + 1);
+        a.setSrcCtx(100);
+        a.setSrc(kPoolStream);
+      },
+      false);
+  EXPECT_TRUE(ping().status.ok());
+  expect_set(kPoolStream + 1);
+  // Bad input: a window outside the session's memory, a ratio past 1, an
+  // unknown policy, an unknown attribute, an unknown stream.
+  const uint64_t outside = set_window(kPoolStream, d + (1 << 16), 4096, 0.5f);
+  ReplyResult bad = ping();
+  EXPECT_EQ(bad.status.cuda_result(), CUDA_ERROR_INVALID_VALUE) << bad.status.ToString();
+  EXPECT_EQ(bad.latched_from, outside);
+  set_window(kPoolStream, d, 4096, 1.5f);
+  EXPECT_EQ(ping().status.cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  client_->Send(
+      [](wire::Call::Builder c) {
+        auto a = c.initStreamSetAttribute();
+        a.setCtx(100);
+        a.setStream(kPoolStream);
+        a.setAttribute(CU_LAUNCH_ATTRIBUTE_SYNCHRONIZATION_POLICY);
+        a.setValue(77);
+      },
+      false);
+  EXPECT_EQ(ping().status.cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(get(kPoolStream, CU_LAUNCH_ATTRIBUTE_PRIORITY).status.cuda_result(),
+            CUDA_ERROR_NOT_SUPPORTED);
+  EXPECT_EQ(get(4242, CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW).status.cuda_result(),
+            CUDA_ERROR_INVALID_HANDLE);
+}
+
+// Stream memory operations, as the client builds them.
+void BuildMemOp(wire::Call::Builder c, uint64_t stream, CUstreamBatchMemOpType operation,
+                uint64_t address, uint64_t value, unsigned flags = 0) {
+  auto a = c.initStreamMemOps();
+  a.setCtx(100);
+  a.setStream(stream);
+  auto op = a.initOps(1)[0];
+  op.setOperation(operation);
+  op.setAddress(address);
+  op.setValue(value);
+  op.setFlags(flags);
+}
+
+TEST_F(SessionTest, StreamWaitValueHoldsItsStreamUntilAnotherStreamWritesIt) {
+  CreateContext();
+  CreateStream(kPoolStream);
+  CreateStream(kProbe, CU_STREAM_NON_BLOCKING);
+  const uint64_t d = Alloc(4096);
+  Fill(kProbe, d, 0, 4096);
+  ASSERT_TRUE(Sync(kProbe).status.ok());
+  // kPoolStream waits for d[0] == 7 (32-bit), then fills the rest.
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        BuildMemOp(c, kPoolStream, CU_STREAM_MEM_OP_WAIT_VALUE_32, d, 7, CU_STREAM_WAIT_VALUE_EQ);
+      },
+      false);
+  Fill(kPoolStream, d + 64, 0xAB, 64);
+  EXPECT_EQ(Query(kPoolStream).status.cuda_result(), CUDA_ERROR_NOT_READY);
+  ReplyResult before = CopyOut(kProbe, d + 64, 64);
+  ASSERT_TRUE(before.status.ok()) << before.status.ToString();
+  EXPECT_EQ(before.bulk, std::vector<uint8_t>(64, 0));
+  // A 64-bit write of 7 on the other stream releases it (little-endian:
+  // the low word is 7).
+  client_->Send(
+      [&](wire::Call::Builder c) { BuildMemOp(c, kProbe, CU_STREAM_MEM_OP_WRITE_VALUE_64, d, 7); },
+      false);
+  ASSERT_TRUE(Sync(kPoolStream).status.ok());
+  ReplyResult after = CopyOut(kProbe, d + 64, 64);
+  EXPECT_EQ(after.bulk, std::vector<uint8_t>(64, 0xAB));
+  // A batch: GEQ on a 64-bit value already reached, a write, a barrier.
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        auto a = c.initStreamMemOps();
+        a.setCtx(100);
+        a.setStream(kPoolStream);
+        auto ops = a.initOps(3);
+        ops[0].setOperation(CU_STREAM_MEM_OP_WAIT_VALUE_64);
+        ops[0].setAddress(d);
+        ops[0].setValue(5);
+        ops[0].setFlags(CU_STREAM_WAIT_VALUE_GEQ);
+        ops[1].setOperation(CU_STREAM_MEM_OP_WRITE_VALUE_32);
+        ops[1].setAddress(d + 8);
+        ops[1].setValue(0x01020304);
+        ops[2].setOperation(CU_STREAM_MEM_OP_BARRIER);
+        ops[2].setFlags(CU_STREAM_MEMORY_BARRIER_TYPE_GPU);
+      },
+      false);
+  ReplyResult written = CopyOut(kPoolStream, d + 8, 4);
+  ASSERT_TRUE(written.status.ok()) << written.status.ToString();
+  EXPECT_EQ(written.bulk, (std::vector<uint8_t>{4, 3, 2, 1}));
+}
+
+TEST_F(SessionTest, BadStreamMemoryOperationsGetCudaErrors) {
+  CreateContext();
+  CreateStream(kPoolStream);
+  const uint64_t d = Alloc(4096);
+  auto expect_latched = [&](CUstreamBatchMemOpType operation, uint64_t address, uint64_t value,
+                            unsigned flags) {
+    const uint64_t seq = client_->Send(
+        [&](wire::Call::Builder c) {
+          BuildMemOp(c, kPoolStream, operation, address, value, flags);
+        },
+        false);
+    ReplyResult ping = client_->Call([](wire::Call::Builder c) { c.setPing(); });
+    EXPECT_EQ(ping.status.cuda_result(), CUDA_ERROR_INVALID_VALUE) << ping.status.ToString();
+    EXPECT_EQ(ping.latched_from, seq);
+  };
+  expect_latched(CU_STREAM_MEM_OP_WRITE_VALUE_32, d + 2, 1, 0);       // unaligned
+  expect_latched(CU_STREAM_MEM_OP_WRITE_VALUE_64, d + 4096, 1, 0);    // outside
+  expect_latched(CU_STREAM_MEM_OP_WAIT_VALUE_32, d, 1, 7);            // bad flags
+  expect_latched(CU_STREAM_MEM_OP_WRITE_VALUE_32, d, 1ull << 40, 0);  // too wide
+  expect_latched(static_cast<CUstreamBatchMemOpType>(42), d, 1, 0);   // unknown
+  // Nothing was written.
+  ReplyResult out = CopyOut(kPoolStream, d, 8);
+  EXPECT_EQ(out.bulk, std::vector<uint8_t>(8, 0));
+}
+
+TEST_F(SessionTest, AStreamWaitingForAValueNeverWrittenDoesNotHoldTheSessionsEnd) {
+  CreateContext();
+  CreateStream(kPoolStream);
+  const uint64_t d = Alloc(4096);
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        BuildMemOp(c, kPoolStream, CU_STREAM_MEM_OP_WAIT_VALUE_32, d, 1, CU_STREAM_WAIT_VALUE_EQ);
+      },
+      false);
+  EXPECT_EQ(Query(kPoolStream).status.cuda_result(), CUDA_ERROR_NOT_READY);
+  // TearDown ends the session: destroying the stream ends the wait.
+}
+
+TEST_F(SessionTest, ContextEventsCaptureEveryStreamAndHoldLaterWork) {
+  CreateContext();
+  CreateStream(kHeld);
+  CreateStream(kProbe, CU_STREAM_NON_BLOCKING);
+  const uint64_t d = Alloc(4096);
+  constexpr uint64_t kEvent = 50;
+  client_->Send(
+      [](wire::Call::Builder c) {
+        auto a = c.initEventCreate();
+        a.setCtx(100);
+        a.setEvent(kEvent);
+      },
+      false);
+  auto ctx_event = [&](bool record, uint64_t ctx, uint64_t event) {
+    return client_->Send(
+        [&](wire::Call::Builder c) {
+          auto a = record ? c.initCtxRecordEvent() : c.initCtxWaitEvent();
+          a.setCtx(ctx);
+          a.setEvent(event);
+        },
+        false);
+  };
+  auto query_event = [&] {
+    return client_->Call([](wire::Call::Builder c) { c.initEventQuery().setEvent(kEvent); });
+  };
+  // kHeld is held by a gate: a context-wide record is not reached.
+  const uint64_t gate = client_->SendGate(100, kHeld);
+  ReplyResult reached = client_->ReadWithin();
+  ASSERT_TRUE(reached.gate_reached);
+  ctx_event(true, 100, kEvent);
+  EXPECT_EQ(query_event().status.cuda_result(), CUDA_ERROR_NOT_READY);
+  // After a context-wide wait, even the non-blocking stream's work waits.
+  ctx_event(false, 100, kEvent);
+  Fill(kProbe, d, 0x5C, 4096);
+  EXPECT_EQ(Query(kProbe).status.cuda_result(), CUDA_ERROR_NOT_READY);
+  client_->OpenGate(gate);
+  ASSERT_TRUE(Sync(kProbe).status.ok());
+  EXPECT_TRUE(query_event().status.ok());
+  ReplyResult out = CopyOut(kProbe, d, 4096);
+  EXPECT_EQ(out.bulk, std::vector<uint8_t>(4096, 0x5C));
+  // Once reached, the wait holds nothing back.
+  Fill(kProbe, d, 0x11, 16);
+  EXPECT_TRUE(Sync(kProbe).status.ok());
+  // An event of another context, an unknown event.
+  CreateContext(101);
+  const uint64_t other = ctx_event(true, 101, kEvent);
+  ReplyResult ping = client_->Call([](wire::Call::Builder c) { c.setPing(); });
+  EXPECT_EQ(ping.status.cuda_result(), CUDA_ERROR_INVALID_HANDLE) << ping.status.ToString();
+  EXPECT_EQ(ping.latched_from, other);
+  ctx_event(false, 100, 4242);
+  ping = client_->Call([](wire::Call::Builder c) { c.setPing(); });
+  EXPECT_EQ(ping.status.cuda_result(), CUDA_ERROR_INVALID_HANDLE) << ping.status.ToString();
+}
+
+TEST_F(PooledSessionTest, AsyncAllocationsChargeTheQuotaUntilTheirFreeExecutes) {
+  Start();
+  ASSERT_TRUE(CreateContext(0).status.ok());
+  client_->Send(
+      [](wire::Call::Builder c) {
+        auto a = c.initStreamCreate();
+        a.setCtx(100);
+        a.setStream(kPoolStream);
+      },
+      false);
+  client_->Send([](wire::Call::Builder c) { BuildPoolCreate(c, kDefaultPool, 0, true); }, false);
+  client_->Send([](wire::Call::Builder c) { BuildPoolCreate(c, kCreatedPool, 0, false); }, false);
+  ReplyResult a = client_->Call(
+      [](wire::Call::Builder c) { BuildAllocAsync(c, kDefaultPool, kSliceQuota / 2); });
+  ASSERT_TRUE(a.status.ok()) << a.status.ToString();
+  // Past the quota, from either pool: out of memory, naming the slice.
+  for (uint64_t pool : {kDefaultPool, kCreatedPool}) {
+    ReplyResult over = client_->Call(
+        [&](wire::Call::Builder c) { BuildAllocAsync(c, pool, kSliceQuota / 2 + 1); });
+    EXPECT_EQ(over.status.cuda_result(), CUDA_ERROR_OUT_OF_MEMORY) << over.status.ToString();
+    EXPECT_NE(over.status.message().find("slice 2/4"), std::string::npos);
+  }
+  // Ordinary allocations share the same quota.
+  EXPECT_EQ(Alloc(kSliceQuota / 2 + 1).status.cuda_result(), CUDA_ERROR_OUT_OF_MEMORY);
+  // The free is held behind a gate: until it executes, the quota stays used.
+  const uint64_t gate = client_->SendGate(100, kPoolStream);
+  client_->Send([&](wire::Call::Builder c) { BuildFreeAsync(c, a.dptr); }, false);
+  ReplyResult reached = client_->ReadWithin();
+  ASSERT_TRUE(reached.gate_reached);
+  ReplyResult held = client_->Call(
+      [](wire::Call::Builder c) { BuildAllocAsync(c, kCreatedPool, kSliceQuota / 2 + 1); });
+  EXPECT_EQ(held.status.cuda_result(), CUDA_ERROR_OUT_OF_MEMORY) << held.status.ToString();
+  EXPECT_EQ(session_->Info().device_bytes, std::vector<uint64_t>{kSliceQuota / 2});
+  client_->OpenGate(gate);
+  // Once the stream is idle past the free, its quota is back.
+  ReplyResult sync = client_->Call([](wire::Call::Builder c) {
+    auto a = c.initStreamSynchronize();
+    a.setCtx(100);
+    a.setStream(kPoolStream);
+  });
+  ASSERT_TRUE(sync.status.ok()) << sync.status.ToString();
+  EXPECT_EQ(session_->Info().device_bytes, std::vector<uint64_t>{0});
+  ReplyResult whole =
+      client_->Call([](wire::Call::Builder c) { BuildAllocAsync(c, kCreatedPool, kSliceQuota); });
+  EXPECT_TRUE(whole.status.ok()) << whole.status.ToString();
+  // The session's end frees it all.
+  client_.reset();
+  runner_.join();
+  EXPECT_EQ(session_->Info().bytes_allocated, 0u);
+  EXPECT_EQ(BackendMemory(1).first, BackendMemory(1).second);
+}
+
+// The fake driver has none of the stream-ordered allocator's entry points, nor
+// the profiler's: the CUDA backend loads without them and answers
+// CUDA_ERROR_NOT_SUPPORTED.
+TEST_F(CudaSliceSessionTest, PoolsAndProfilerWithoutTheEntryPointsAreNotSupported) {
+  Load(FAKE_FULL_PATH);
+  Running& r = Start(0, 1);
+  ASSERT_TRUE(CreateContext(r).status.ok());
+  const uint64_t create = r.client->Send(
+      [](wire::Call::Builder c) { BuildPoolCreate(c, kCreatedPool, 0, false); }, false);
+  ReplyResult ping = r.client->Call([](wire::Call::Builder c) { c.setPing(); });
+  EXPECT_EQ(ping.status.cuda_result(), CUDA_ERROR_NOT_SUPPORTED) << ping.status.ToString();
+  EXPECT_EQ(ping.latched_from, create);
+  const uint64_t profile = r.client->Send(
+      [](wire::Call::Builder c) {
+        auto p = c.initProfilerControl();
+        p.setCtx(100);
+        p.setStart(true);
+      },
+      false);
+  ping = r.client->Call([](wire::Call::Builder c) { c.setPing(); });
+  EXPECT_EQ(ping.status.cuda_result(), CUDA_ERROR_NOT_SUPPORTED) << ping.status.ToString();
+  EXPECT_EQ(ping.latched_from, profile);
 }
 
 TEST(ComputeMechanismTest, NamesEachMechanism) {

@@ -51,6 +51,12 @@ struct ReplyResult {
   std::vector<int64_t> values;       // occupancyMaxActiveBlocks
   std::vector<std::string> kernels;  // moduleLoad / libraryLoad
   std::vector<uint8_t> bulk;
+  // streamGetAttribute
+  bool stream_attribute = false;
+  uint64_t window_base = 0, window_bytes = 0;
+  float hit_ratio = 0;
+  int hit_prop = 0, miss_prop = 0;
+  uint32_t sync_policy = 0;
   bool gate_reached = false;  // a hostGate's answer
   bool held = false;
   bool stream_failed = false;
@@ -114,6 +120,16 @@ class RawClient {
     if (reply.isModuleLoad()) {
       for (auto k : reply.getModuleLoad().getKernels())
         result.kernels.push_back(k.getName().cStr());
+    }
+    if (reply.isStreamAttribute()) {
+      auto a = reply.getStreamAttribute();
+      result.stream_attribute = true;
+      result.window_base = a.getWindowBase();
+      result.window_bytes = a.getWindowBytes();
+      result.hit_ratio = a.getHitRatio();
+      result.hit_prop = a.getHitProp();
+      result.miss_prop = a.getMissProp();
+      result.sync_policy = a.getValue();
     }
     if (reply.isGateReached()) {
       result.gate_reached = true;

@@ -198,6 +198,34 @@ class Library {
   virtual ~Library() = default;
 };
 
+// A stream's access policy window and synchronization policy
+// (cuStreamSetAttribute); `attribute` says which one a call sets.
+struct StreamAttributes {
+  uint64_t window_base = 0;
+  uint64_t window_bytes = 0;
+  float hit_ratio = 0;
+  int hit_prop = 0;     // CUaccessProperty
+  int miss_prop = 0;    // CUaccessProperty
+  int sync_policy = 1;  // CUsynchronizationPolicy; CU_SYNC_POLICY_AUTO
+};
+
+// One stream memory operation (cuStreamBatchMemOp's CUstreamBatchMemOpParams):
+// `operation` a CUstreamBatchMemOpType, `flags` its flags.
+struct StreamMemOp {
+  int operation = 0;
+  uint64_t address = 0;
+  uint64_t value = 0;
+  unsigned flags = 0;
+};
+
+// A memory pool for stream-ordered allocation (cuMemPoolCreate). Destroying
+// it while allocations from it are outstanding is allowed: their memory stays
+// valid until they are freed, as in CUDA.
+class MemPool {
+ public:
+  virtual ~MemPool() = default;
+};
+
 class GpuBackend {
  public:
   virtual ~GpuBackend() = default;
@@ -283,6 +311,17 @@ class GpuBackend {
   virtual Status RecordEvent(Event& event, Stream& stream) = 0;
   virtual Status StreamWaitEvent(Stream& stream, Event& event) = 0;
   virtual Status QueryEvent(Event& event) = 0;  // OK or Cuda(CUDA_ERROR_NOT_READY)
+  // cuCtxRecordEvent: `event` (of `ctx`) captures the work queued so far on
+  // every stream of `ctx`. cuCtxWaitEvent: every operation queued on `ctx`
+  // after this call waits for `event`'s record. Defaults: Unimplemented.
+  virtual Status RecordContextEvent(Context& ctx, Event& event) {
+    (void)ctx, (void)event;
+    return Status::Unimplemented(std::string(Name()) + " backend has no context-wide events");
+  }
+  virtual Status ContextWaitEvent(Context& ctx, Event& event) {
+    (void)ctx, (void)event;
+    return Status::Unimplemented(std::string(Name()) + " backend has no context-wide events");
+  }
   virtual void WhenEventComplete(Event& event, Completion done) = 0;
   virtual Status EventElapsedTime(Event& start, Event& end, float* milliseconds) = 0;
 
@@ -364,6 +403,73 @@ class GpuBackend {
   // `dst` (memory of `dst_ctx`'s device), queued on `stream`.
   virtual Status CopyPeer(Stream& stream, uint64_t dst, Context& dst_ctx, uint64_t src,
                           Context& src_ctx, uint64_t bytes) = 0;
+
+  // --- stream-ordered allocation and memory pools ----------------------------
+  // A pool on backend device `device` (CUmemPoolProps with pinned device
+  // memory there; `max_size` 0: no limit of its own). The default
+  // implementations answer Unimplemented.
+  virtual Status CreateMemPool(int device, uint64_t max_size, std::unique_ptr<MemPool>* out) {
+    (void)device, (void)max_size, (void)out;
+    return Status::Unimplemented(std::string(Name()) + " backend has no memory pools");
+  }
+  // cuMemAllocFromPoolAsync: `*dptr` is valid at once (the address is never
+  // handed out twice while allocated); the memory may be used by work queued
+  // on `stream` after this call, or ordered after it.
+  virtual Status MemAllocFromPool(Stream& stream, MemPool& pool, uint64_t bytes, uint64_t* dptr) {
+    (void)stream, (void)pool, (void)bytes, (void)dptr;
+    return Status::Unimplemented(std::string(Name()) + " backend has no memory pools");
+  }
+  // cuMemFreeAsync: frees `dptr` (from MemAllocFromPool, MemAlloc or
+  // MemAllocPitch) when `stream` reaches this point; returns at once. On
+  // success `freed` runs once the free has executed, before the stream counts
+  // as idle past it (so whoever sees the stream idle sees `freed` done); on
+  // failure it never runs.
+  virtual Status MemFreeAsync(Stream& stream, uint64_t dptr, Completion freed) {
+    (void)stream, (void)dptr, (void)freed;
+    return Status::Unimplemented(std::string(Name()) + " backend has no memory pools");
+  }
+  // cuMemPoolGetAttribute / cuMemPoolSetAttribute; int attributes as their
+  // value. A bad attribute or value is CUDA_ERROR_INVALID_VALUE.
+  virtual Status GetMemPoolAttribute(MemPool& pool, int attribute, uint64_t* value) {
+    (void)pool, (void)attribute, (void)value;
+    return Status::Unimplemented(std::string(Name()) + " backend has no memory pools");
+  }
+  virtual Status SetMemPoolAttribute(MemPool& pool, int attribute, uint64_t value) {
+    (void)pool, (void)attribute, (void)value;
+    return Status::Unimplemented(std::string(Name()) + " backend has no memory pools");
+  }
+  virtual Status TrimMemPool(MemPool& pool, uint64_t min_bytes_to_keep) {
+    (void)pool, (void)min_bytes_to_keep;
+    return Status::Unimplemented(std::string(Name()) + " backend has no memory pools");
+  }
+
+  // --- stream attributes -----------------------------------------------------
+  // cuStreamSetAttribute of `attribute` (CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW
+  // or CU_LAUNCH_ATTRIBUTE_SYNCHRONIZATION_POLICY) to its value in `values`,
+  // validated by the caller. The default accepts them: a backend without an
+  // L2 cache or blocking policies has nothing to apply.
+  virtual Status SetStreamAttribute(Stream& stream, int attribute, const StreamAttributes& values) {
+    (void)stream, (void)attribute, (void)values;
+    return Status::Ok();
+  }
+
+  // --- stream memory operations -----------------------------------------------
+  // Queues `ops` on `stream`, executed in order when the stream reaches them
+  // (cuStreamBatchMemOp). The caller has checked each operation and address.
+  // A wait holds the stream until its condition holds; destroying the stream
+  // ends the wait (the host backend) or is the driver's to handle.
+  virtual Status StreamMemOps(Stream& stream, std::vector<StreamMemOp> ops, unsigned flags) {
+    (void)stream, (void)ops, (void)flags;
+    return Status::Unimplemented(std::string(Name()) + " backend has no stream memory operations");
+  }
+
+  // --- profiler --------------------------------------------------------------
+  // cuProfilerStart / cuProfilerStop in `ctx`. The default accepts them: with
+  // no profiler attached both do nothing, as in CUDA.
+  virtual Status ProfilerControl(Context& ctx, bool start) {
+    (void)ctx, (void)start;
+    return Status::Ok();
+  }
 
   // --- stream capture and graphs --------------------------------------------
   // The defaults answer CUDA_ERROR_NOT_SUPPORTED. The caller (the session)

@@ -388,6 +388,28 @@ Status CheckModuleImage(std::span<const uint8_t> image, std::vector<uint8_t>* st
   return Status::Ok();
 }
 
+// A pool of the driver's stream-ordered allocator. Destroying it while
+// allocations are outstanding is the driver's to handle: it releases the pool
+// once they are freed.
+class CudaMemPool final : public MemPool {
+ public:
+  CudaMemPool(const DriverApi& api, CUmemoryPool handle) : api(api), handle(handle) {}
+  ~CudaMemPool() override {
+    LogFailure(api, api.cuMemPoolDestroy(handle), FERRY_CUDA_EXPORT_NAME(cuMemPoolDestroy),
+               "destroying a memory pool");
+  }
+  const DriverApi& api;
+  const CUmemoryPool handle;
+};
+
+// The CUmemPool_attribute values whose value type is int (the others are
+// cuuint64_t).
+bool MemPoolAttributeIsInt(int attribute) {
+  return attribute == CU_MEMPOOL_ATTR_REUSE_FOLLOW_EVENT_DEPENDENCIES ||
+         attribute == CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC ||
+         attribute == CU_MEMPOOL_ATTR_REUSE_ALLOW_INTERNAL_DEPENDENCIES;
+}
+
 class CudaBackend final : public GpuBackend {
  public:
   CudaBackend(std::unique_ptr<DriverApi> api, std::vector<DeviceDescription> devices,
@@ -734,6 +756,187 @@ class CudaBackend final : public GpuBackend {
           return status;
         },
         [&ctx] { ctx.waits.Done(); });
+  }
+
+  // --- stream-ordered allocation and memory pools ----------------------------
+  Status CreateMemPool(int device, uint64_t max_size, std::unique_ptr<MemPool>* out) override {
+    return Guarded("CreateMemPool", [&]() -> Status {
+      if (api_->cuMemPoolCreate == nullptr || api_->cuMemPoolDestroy == nullptr) {
+        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no cuMemPoolCreate");
+      }
+      if (device < 0 || device >= static_cast<int>(device_handles_.size())) {
+        return Status::Cuda(CUDA_ERROR_INVALID_DEVICE, "no device " + std::to_string(device));
+      }
+      CUmemPoolProps props;
+      std::memset(&props, 0, sizeof(props));
+      props.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+      props.handleTypes = CU_MEM_HANDLE_TYPE_NONE;
+      props.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+      props.location.id = device_handles_[device];
+      props.maxSize = static_cast<size_t>(max_size);
+      CUmemoryPool pool = nullptr;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemPoolCreate, &pool, &props));
+      *out = std::make_unique<CudaMemPool>(*api_, pool);
+      return Status::Ok();
+    });
+  }
+
+  Status MemAllocFromPool(Stream& stream, MemPool& pool, uint64_t bytes, uint64_t* dptr) override {
+    return Guarded("MemAllocFromPool", [&]() -> Status {
+      if (api_->cuMemAllocFromPoolAsync == nullptr) {
+        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no cuMemAllocFromPoolAsync");
+      }
+      CudaStream& s = Str(stream);
+      s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
+      CUdeviceptr p = 0;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemAllocFromPoolAsync, &p, static_cast<size_t>(bytes),
+                                     static_cast<CudaMemPool&>(pool).handle, s.handle));
+      *dptr = p;
+      return Status::Ok();
+    });
+  }
+
+  Status MemFreeAsync(Stream& stream, uint64_t dptr, Completion freed) override {
+    return Guarded("MemFreeAsync", [&]() -> Status {
+      if (api_->cuMemFreeAsync == nullptr) {
+        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no cuMemFreeAsync");
+      }
+      CudaStream& s = Str(stream);
+      s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
+      FERRY_RETURN_IF_ERROR(
+          FERRY_CU(*api_, cuMemFreeAsync, static_cast<CUdeviceptr>(dptr), s.handle));
+      // A stream callback holds the stream until it has run, so the stream
+      // is idle past the free only after `freed`.
+      Status queued = EnqueueCallback(s, [freed](CUresult result) mutable {
+        freed(result == CUDA_SUCCESS ? Status::Ok()
+                                     : Status::Cuda(result, "stream work failed before a free"));
+      });
+      // The free is queued either way: without a callback, say so at once.
+      if (!queued.ok()) freed(Status::Ok());
+      return Status::Ok();
+    });
+  }
+
+  Status GetMemPoolAttribute(MemPool& pool, int attribute, uint64_t* value) override {
+    return Guarded("GetMemPoolAttribute", [&]() -> Status {
+      if (api_->cuMemPoolGetAttribute == nullptr) {
+        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no cuMemPoolGetAttribute");
+      }
+      const CUmemoryPool handle = static_cast<CudaMemPool&>(pool).handle;
+      const auto attr = static_cast<CUmemPool_attribute>(attribute);
+      if (MemPoolAttributeIsInt(attribute)) {
+        int v = 0;
+        FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemPoolGetAttribute, handle, attr, &v));
+        *value = static_cast<uint64_t>(v);
+        return Status::Ok();
+      }
+      cuuint64_t v = 0;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemPoolGetAttribute, handle, attr, &v));
+      *value = v;
+      return Status::Ok();
+    });
+  }
+
+  Status SetMemPoolAttribute(MemPool& pool, int attribute, uint64_t value) override {
+    return Guarded("SetMemPoolAttribute", [&]() -> Status {
+      if (api_->cuMemPoolSetAttribute == nullptr) {
+        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no cuMemPoolSetAttribute");
+      }
+      const CUmemoryPool handle = static_cast<CudaMemPool&>(pool).handle;
+      const auto attr = static_cast<CUmemPool_attribute>(attribute);
+      if (MemPoolAttributeIsInt(attribute)) {
+        int v = static_cast<int>(value);
+        return FERRY_CU(*api_, cuMemPoolSetAttribute, handle, attr, &v);
+      }
+      cuuint64_t v = value;
+      return FERRY_CU(*api_, cuMemPoolSetAttribute, handle, attr, &v);
+    });
+  }
+
+  Status TrimMemPool(MemPool& pool, uint64_t min_bytes_to_keep) override {
+    return Guarded("TrimMemPool", [&]() -> Status {
+      if (api_->cuMemPoolTrimTo == nullptr) {
+        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no cuMemPoolTrimTo");
+      }
+      return FERRY_CU(*api_, cuMemPoolTrimTo, static_cast<CudaMemPool&>(pool).handle,
+                      static_cast<size_t>(min_bytes_to_keep));
+    });
+  }
+
+  Status SetStreamAttribute(Stream& stream, int attribute,
+                            const StreamAttributes& values) override {
+    return Guarded("SetStreamAttribute", [&]() -> Status {
+      if (api_->cuStreamSetAttribute == nullptr) {
+        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no cuStreamSetAttribute");
+      }
+      CudaStream& s = Str(stream);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
+      CUstreamAttrValue value;
+      std::memset(&value, 0, sizeof(value));
+      if (attribute == CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW) {
+        value.accessPolicyWindow.base_ptr = reinterpret_cast<void*>(values.window_base);
+        value.accessPolicyWindow.num_bytes = static_cast<size_t>(values.window_bytes);
+        value.accessPolicyWindow.hitRatio = values.hit_ratio;
+        value.accessPolicyWindow.hitProp = static_cast<CUaccessProperty>(values.hit_prop);
+        value.accessPolicyWindow.missProp = static_cast<CUaccessProperty>(values.miss_prop);
+      } else {
+        value.syncPolicy = static_cast<CUsynchronizationPolicy>(values.sync_policy);
+      }
+      return FERRY_CU(*api_, cuStreamSetAttribute, s.handle, static_cast<CUstreamAttrID>(attribute),
+                      &value);
+    });
+  }
+
+  Status StreamMemOps(Stream& stream, std::vector<StreamMemOp> ops, unsigned flags) override {
+    return Guarded("StreamMemOps", [&]() -> Status {
+      if (api_->cuStreamBatchMemOp == nullptr) {
+        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no cuStreamBatchMemOp");
+      }
+      std::vector<CUstreamBatchMemOpParams> params(ops.size());
+      for (size_t i = 0; i < ops.size(); ++i) {
+        CUstreamBatchMemOpParams& p = params[i];
+        std::memset(&p, 0, sizeof(p));
+        const StreamMemOp& op = ops[i];
+        p.operation = static_cast<CUstreamBatchMemOpType>(op.operation);
+        switch (op.operation) {
+          case CU_STREAM_MEM_OP_WAIT_VALUE_32:
+          case CU_STREAM_MEM_OP_WAIT_VALUE_64:
+            p.waitValue.address = static_cast<CUdeviceptr>(op.address);
+            p.waitValue.value64 = op.value;
+            p.waitValue.flags = op.flags;
+            break;
+          case CU_STREAM_MEM_OP_WRITE_VALUE_32:
+          case CU_STREAM_MEM_OP_WRITE_VALUE_64:
+            p.writeValue.address = static_cast<CUdeviceptr>(op.address);
+            p.writeValue.value64 = op.value;
+            p.writeValue.flags = op.flags;
+            break;
+          case CU_STREAM_MEM_OP_FLUSH_REMOTE_WRITES:
+            p.flushRemoteWrites.flags = op.flags;
+            break;
+          default:
+            p.memoryBarrier.flags = op.flags;
+            break;
+        }
+      }
+      CudaStream& s = Str(stream);
+      s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
+      return FERRY_CU(*api_, cuStreamBatchMemOp, s.handle, static_cast<unsigned>(params.size()),
+                      params.data(), flags);
+    });
+  }
+
+  Status ProfilerControl(Context& context, bool start) override {
+    return Guarded("ProfilerControl", [&]() -> Status {
+      if (api_->cuProfilerStart == nullptr || api_->cuProfilerStop == nullptr) {
+        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no cuProfilerStart/Stop");
+      }
+      FERRY_RETURN_IF_ERROR(MakeCurrent(Ctx(context)));
+      return start ? FERRY_CU(*api_, cuProfilerStart) : FERRY_CU(*api_, cuProfilerStop);
+    });
   }
 
   // --- memory -------------------------------------------------------------
@@ -1113,6 +1316,34 @@ class CudaBackend final : public GpuBackend {
       }
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
       return FERRY_CU(*api_, cuEventRecord, e.handle, s.handle);
+    });
+  }
+
+  Status RecordContextEvent(Context& context, Event& event) override {
+    return Guarded("RecordContextEvent", [&]() -> Status {
+      if (api_->cuCtxRecordEvent == nullptr) {
+        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no cuCtxRecordEvent");
+      }
+      CudaContext& ctx = Ctx(context);
+      CudaEvent& e = Ev(event);
+      std::lock_guard<std::mutex> lock(e.waits_mu);
+      // As RecordEvent: waits not started keep the record they asked about.
+      for (const std::shared_ptr<EventWait>& wait : e.unstarted) {
+        if (wait->snapshot == nullptr) Snapshot(e, *wait);
+      }
+      FERRY_RETURN_IF_ERROR(MakeCurrent(ctx));
+      return FERRY_CU(*api_, cuCtxRecordEvent, ctx.handle, e.handle);
+    });
+  }
+
+  Status ContextWaitEvent(Context& context, Event& event) override {
+    return Guarded("ContextWaitEvent", [&]() -> Status {
+      if (api_->cuCtxWaitEvent == nullptr) {
+        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no cuCtxWaitEvent");
+      }
+      CudaContext& ctx = Ctx(context);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(ctx));
+      return FERRY_CU(*api_, cuCtxWaitEvent, ctx.handle, Ev(event).handle);
     });
   }
 

@@ -96,8 +96,27 @@
 #define FERRY_CUDA_OPTIONAL_ENTRY_POINTS(X) \
   X(cuCtxResetPersistingL2Cache, 11000)     \
   FERRY_CUDA_PEER_ENTRY_POINTS(X)           \
+  FERRY_CUDA_MEMPOOL_ENTRY_POINTS(X)        \
   FERRY_CUDA_GRAPH_ENTRY_POINTS(X)          \
   FERRY_CUDA_GREEN_CONTEXT_ENTRY_POINTS(X)
+
+// Stream-ordered allocation and memory pools (CUDA 11.2+), profiler control,
+// stream attributes, stream memory operations and context-wide events: each answered
+// CUDA_ERROR_NOT_SUPPORTED where the driver lacks it.
+#define FERRY_CUDA_MEMPOOL_ENTRY_POINTS(X) \
+  X(cuMemPoolCreate, 11020)                \
+  X(cuMemPoolDestroy, 11020)               \
+  X(cuMemPoolGetAttribute, 11020)          \
+  X(cuMemPoolSetAttribute, 11020)          \
+  X(cuMemPoolTrimTo, 11020)                \
+  X(cuMemAllocFromPoolAsync, 11020)        \
+  X(cuMemFreeAsync, 11020)                 \
+  X(cuProfilerStart, 4000)                 \
+  X(cuProfilerStop, 4000)                  \
+  X(cuStreamSetAttribute, 11000)           \
+  X(cuStreamBatchMemOp, 11070)             \
+  X(cuCtxRecordEvent, 12050)               \
+  X(cuCtxWaitEvent, 12050)
 
 // stream capture and graphs (all or nothing: see HasGraphs).
 #define FERRY_CUDA_GRAPH_ENTRY_POINTS(X) \

@@ -109,7 +109,13 @@ DeviceDescription MakeDeviceDescription(int index, uint64_t memory) {
   set(CU_DEVICE_ATTRIBUTE_INTEGRATED, 0);
   set(CU_DEVICE_ATTRIBUTE_CAN_MAP_HOST_MEMORY, 0);
   set(CU_DEVICE_ATTRIBUTE_MANAGED_MEMORY, 0);
-  set(CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED, 0);
+  // Stream-ordered allocation (cuMemAllocAsync, cuMemPool*) is forwarded;
+  // pools cannot be shared between processes (no IPC handle types).
+  set(CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED, 1);
+  // Stream memory operations (cuStreamWaitValue*, cuStreamWriteValue*,
+  // cuStreamBatchMemOp) run on the stream's thread, 64-bit and NOR included.
+  set(CU_DEVICE_ATTRIBUTE_CAN_USE_64_BIT_STREAM_MEM_OPS, 1);
+  set(CU_DEVICE_ATTRIBUTE_CAN_USE_STREAM_WAIT_VALUE_NOR, 1);
   set(CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, 0);
   set(CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH, 0);
 

@@ -34,6 +34,7 @@
 #include <cstring>
 #include <mutex>
 #include <system_error>
+#include <thread>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
@@ -135,6 +136,13 @@ struct ContextState {
   // Serializes the stream-ordered appends of this context (see file comment).
   std::mutex mu;
   std::vector<StreamEntry> streams ABSL_GUARDED_BY(mu);  // all but the legacy stream
+  // cuCtxRecordEvent: a queue of its own whose operations wait for every
+  // stream's tail at the time of the record (made on first use; shut down
+  // with the context).
+  std::shared_ptr<StreamQueue> marker ABSL_GUARDED_BY(mu);
+  // cuCtxWaitEvent: points every operation appended to the context waits
+  // for, until they are reached.
+  std::vector<StreamPoint> barriers ABSL_GUARDED_BY(mu);
 
   std::mutex limits_mu;
   std::array<uint64_t, host_internal::kLimitCount> limits ABSL_GUARDED_BY(limits_mu);
@@ -160,7 +168,9 @@ class HostStream final : public Stream {
         non_blocking_(non_blocking) {}
 
   // Waits for the queued work, then joins the worker (GpuBackend contract).
+  // Stream memory waits still waiting end first (cancel_waits).
   ~HostStream() override {
+    cancel_waits_->store(true);
     if (!legacy_) {
       std::lock_guard<std::mutex> lock(ctx_->mu);
       auto& v = ctx_->streams;
@@ -172,10 +182,14 @@ class HostStream final : public Stream {
   }
 
   ContextState& ctx() const { return *ctx_; }
+  const ContextState* ctx_state() const { return ctx_.get(); }
   StreamQueue& queue() const { return *queue_; }
   const std::shared_ptr<StreamQueue>& queue_ptr() const { return queue_; }
   bool legacy() const { return legacy_; }
   bool non_blocking() const { return non_blocking_; }
+  // Set when the stream is being destroyed: a stream memory wait queued on
+  // it stops waiting, so destroying it cannot hang on a value never written.
+  const std::shared_ptr<std::atomic<bool>>& cancel_waits() const { return cancel_waits_; }
 
   // stream capture: while `capture` is set, what is appended to the stream is
   // recorded there instead of queued. Guarded by ctx().mu (the lock every
@@ -183,6 +197,7 @@ class HostStream final : public Stream {
   std::shared_ptr<std::vector<std::function<void()>>> capture;
 
  private:
+  const std::shared_ptr<std::atomic<bool>> cancel_waits_ = std::make_shared<std::atomic<bool>>();
   const std::shared_ptr<ContextState> ctx_;
   const std::shared_ptr<StreamQueue> queue_;
   const bool legacy_;
@@ -339,6 +354,35 @@ class HostContext final : public Context {
   std::unique_ptr<HostStream> legacy_;
 };
 
+// A memory pool's state, shared by the pool and its outstanding allocations
+// (which may outlive the pool). Memory goes back to the device as soon as an
+// allocation is freed, so reserved memory is always the used memory and
+// trimming has nothing to release.
+struct HostMemPoolState {
+  explicit HostMemPoolState(int device, uint64_t max_size) : device(device), max_size(max_size) {}
+  const int device;
+  const uint64_t max_size;  // 0: only the device's memory limits it
+  std::mutex mu;
+  int follow_event_dependencies ABSL_GUARDED_BY(mu) = 1;
+  int allow_opportunistic ABSL_GUARDED_BY(mu) = 1;
+  int allow_internal_dependencies ABSL_GUARDED_BY(mu) = 1;
+  uint64_t release_threshold ABSL_GUARDED_BY(mu) = 0;
+  uint64_t used ABSL_GUARDED_BY(mu) = 0;
+  uint64_t used_high ABSL_GUARDED_BY(mu) = 0;
+  uint64_t reserved_high ABSL_GUARDED_BY(mu) = 0;
+
+  void Release(uint64_t bytes) {
+    std::lock_guard<std::mutex> lock(mu);
+    used -= bytes;
+  }
+};
+
+class HostMemPool final : public MemPool {
+ public:
+  explicit HostMemPool(std::shared_ptr<HostMemPoolState> state) : state(std::move(state)) {}
+  const std::shared_ptr<HostMemPoolState> state;
+};
+
 struct KernelLibrary {
   std::string path;
   void* handle;
@@ -457,6 +501,7 @@ class HostBackend final : public GpuBackend {
       }
       storage = std::move(it->second.storage);
       used_[it->second.device] -= it->second.bytes;
+      if (it->second.pool) it->second.pool->Release(it->second.bytes);
       allocations_.erase(it);
     }
     ReleaseAfterWork(*AsContext(ctx).state(), std::move(storage));
@@ -482,11 +527,199 @@ class HostBackend final : public GpuBackend {
           continue;
         }
         used_[it->second.device] -= it->second.bytes;
+        if (it->second.pool) it->second.pool->Release(it->second.bytes);
         storages.push_back(std::move(it->second.storage));
         allocations_.erase(it++);
       }
     }
     for (auto& s : storages) ReleaseAfterWork(owner, std::move(s));
+  }
+
+  // --- stream-ordered allocation and memory pools ------------------------------
+
+  Status CreateMemPool(int device, uint64_t max_size, std::unique_ptr<MemPool>* out) override {
+    if (device < 0 || device >= static_cast<int>(devices_.size())) {
+      return Status::Cuda(CUDA_ERROR_INVALID_DEVICE, "no device " + std::to_string(device));
+    }
+    *out = std::make_unique<HostMemPool>(std::make_shared<HostMemPoolState>(device, max_size));
+    return Status::Ok();
+  }
+
+  // The memory exists from the call on (host memory needs no stream order to
+  // become usable), so the address is valid at once.
+  Status MemAllocFromPool(Stream& stream, MemPool& pool, uint64_t bytes, uint64_t* dptr) override {
+    const std::shared_ptr<HostMemPoolState>& p = static_cast<HostMemPool&>(pool).state;
+    uint64_t rounded;
+    if (bytes == 0) return InvalidValue("cannot allocate 0 bytes");
+    if (!RoundUp(bytes, host_internal::kAllocationAlignment, &rounded)) {
+      return Status::OutOfMemory("allocation of " + std::to_string(bytes) + " bytes overflows");
+    }
+    {
+      // Reserve in the pool first, so concurrent allocations cannot both pass.
+      std::lock_guard<std::mutex> lock(p->mu);
+      if (p->max_size != 0 && rounded > p->max_size - std::min(p->used, p->max_size)) {
+        return Status::OutOfMemory("cannot allocate " + std::to_string(bytes) +
+                                   " bytes from a pool of at most " + std::to_string(p->max_size) +
+                                   " bytes, " + std::to_string(p->used) + " in use");
+      }
+      p->used += rounded;
+      p->used_high = std::max(p->used_high, p->used);
+      p->reserved_high = std::max(p->reserved_high, p->used);
+    }
+    Status status = Allocate(AsStream(stream).ctx_state(), p->device, bytes, dptr, p);
+    if (!status.ok()) p->Release(rounded);
+    return status;
+  }
+
+  Status MemFreeAsync(Stream& stream, uint64_t dptr, Completion freed) override {
+    Allocation allocation;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = allocations_.find(dptr);
+      if (it == allocations_.end()) {
+        return InvalidValue("no allocation starts at " + std::to_string(dptr));
+      }
+      allocation = std::move(it->second);
+      allocations_.erase(it);
+    }
+    // The memory goes back to the device (and its pool) when the stream
+    // reaches the free.
+    auto released = std::make_shared<Allocation>(std::move(allocation));
+    Append(stream, {}, [this, released, freed = std::move(freed)] {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        used_[released->device] -= released->bytes;
+      }
+      if (released->pool) released->pool->Release(released->bytes);
+      released->storage.reset();
+      freed(Status::Ok());
+    });
+    return Status::Ok();
+  }
+
+  Status GetMemPoolAttribute(MemPool& pool, int attribute, uint64_t* value) override {
+    HostMemPoolState& p = *static_cast<HostMemPool&>(pool).state;
+    std::lock_guard<std::mutex> lock(p.mu);
+    switch (attribute) {
+      case CU_MEMPOOL_ATTR_REUSE_FOLLOW_EVENT_DEPENDENCIES:
+        *value = p.follow_event_dependencies;
+        return Status::Ok();
+      case CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC:
+        *value = p.allow_opportunistic;
+        return Status::Ok();
+      case CU_MEMPOOL_ATTR_REUSE_ALLOW_INTERNAL_DEPENDENCIES:
+        *value = p.allow_internal_dependencies;
+        return Status::Ok();
+      case CU_MEMPOOL_ATTR_RELEASE_THRESHOLD:
+        *value = p.release_threshold;
+        return Status::Ok();
+      case CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT:
+      case CU_MEMPOOL_ATTR_USED_MEM_CURRENT:
+        *value = p.used;
+        return Status::Ok();
+      case CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH:
+        *value = p.reserved_high;
+        return Status::Ok();
+      case CU_MEMPOOL_ATTR_USED_MEM_HIGH:
+        *value = p.used_high;
+        return Status::Ok();
+      default:
+        return InvalidValue("unknown memory pool attribute " + std::to_string(attribute));
+    }
+  }
+
+  Status SetMemPoolAttribute(MemPool& pool, int attribute, uint64_t value) override {
+    HostMemPoolState& p = *static_cast<HostMemPool&>(pool).state;
+    std::lock_guard<std::mutex> lock(p.mu);
+    switch (attribute) {
+      case CU_MEMPOOL_ATTR_REUSE_FOLLOW_EVENT_DEPENDENCIES:
+        p.follow_event_dependencies = value != 0;
+        return Status::Ok();
+      case CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC:
+        p.allow_opportunistic = value != 0;
+        return Status::Ok();
+      case CU_MEMPOOL_ATTR_REUSE_ALLOW_INTERNAL_DEPENDENCIES:
+        p.allow_internal_dependencies = value != 0;
+        return Status::Ok();
+      case CU_MEMPOOL_ATTR_RELEASE_THRESHOLD:
+        p.release_threshold = value;
+        return Status::Ok();
+      case CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH:
+      case CU_MEMPOOL_ATTR_USED_MEM_HIGH:
+        // Only a reset (to 0) is allowed; the mark restarts at the current use.
+        if (value != 0) return InvalidValue("a pool's high-water mark can only be reset to 0");
+        (attribute == CU_MEMPOOL_ATTR_USED_MEM_HIGH ? p.used_high : p.reserved_high) = p.used;
+        return Status::Ok();
+      default:
+        return InvalidValue("memory pool attribute " + std::to_string(attribute) +
+                            " cannot be set");
+    }
+  }
+
+  // Freed memory is never kept: nothing to trim.
+  Status TrimMemPool(MemPool& pool, uint64_t min_bytes_to_keep) override { return Status::Ok(); }
+
+  // --- stream memory operations ---------------------------------------------------
+
+  // Emulates the GPU's memory operations on the stream's thread: writes are
+  // sequentially consistent stores, waits poll the value (yielding, then
+  // sleeping briefly between looks: a device-side spin) until it holds or the
+  // stream is destroyed. Flushes and barriers have nothing to order in host
+  // memory beyond what the stores and loads already order.
+  Status StreamMemOps(Stream& stream, std::vector<StreamMemOp> ops, unsigned flags) override {
+    std::shared_ptr<std::atomic<bool>> cancel = AsStream(stream).cancel_waits();
+    Append(stream, {}, [ops = std::move(ops), cancel] {
+      for (const StreamMemOp& op : ops) {
+        switch (op.operation) {
+          case CU_STREAM_MEM_OP_WRITE_VALUE_32:
+            __atomic_store_n(reinterpret_cast<uint32_t*>(op.address),
+                             static_cast<uint32_t>(op.value), __ATOMIC_SEQ_CST);
+            break;
+          case CU_STREAM_MEM_OP_WRITE_VALUE_64:
+            __atomic_store_n(reinterpret_cast<uint64_t*>(op.address), op.value, __ATOMIC_SEQ_CST);
+            break;
+          case CU_STREAM_MEM_OP_WAIT_VALUE_32:
+          case CU_STREAM_MEM_OP_WAIT_VALUE_64:
+            WaitValue(op, *cancel);
+            break;
+          default:
+            __atomic_thread_fence(__ATOMIC_SEQ_CST);
+            break;
+        }
+      }
+    });
+    return Status::Ok();
+  }
+
+  // True when the wait `op` is satisfied by the value now at its address.
+  static bool WaitSatisfied(const StreamMemOp& op) {
+    const bool wide = op.operation == CU_STREAM_MEM_OP_WAIT_VALUE_64;
+    const uint64_t now =
+        wide ? __atomic_load_n(reinterpret_cast<const uint64_t*>(op.address), __ATOMIC_SEQ_CST)
+             : __atomic_load_n(reinterpret_cast<const uint32_t*>(op.address), __ATOMIC_SEQ_CST);
+    const uint64_t mask = wide ? ~uint64_t{0} : uint64_t{0xFFFFFFFF};
+    switch (op.flags & 3u) {
+      case CU_STREAM_WAIT_VALUE_GEQ:
+        return wide ? static_cast<int64_t>(now - op.value) >= 0
+                    : static_cast<int32_t>(static_cast<uint32_t>(now - op.value)) >= 0;
+      case CU_STREAM_WAIT_VALUE_EQ:
+        return now == op.value;
+      case CU_STREAM_WAIT_VALUE_AND:
+        return (now & op.value) != 0;
+      default:  // CU_STREAM_WAIT_VALUE_NOR
+        return (~(now | op.value) & mask) != 0;
+    }
+  }
+
+  static void WaitValue(const StreamMemOp& op, const std::atomic<bool>& cancel) {
+    for (int spins = 0; !WaitSatisfied(op); ++spins) {
+      if (cancel.load()) return;
+      if (spins < 1000) {
+        std::this_thread::yield();
+      } else {
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+      }
+    }
   }
 
   // --- stream-ordered operations ----------------------------------------------
@@ -700,6 +933,9 @@ class HostBackend final : public GpuBackend {
     // What Append would make a new operation wait for, under the same lock.
     std::lock_guard<std::mutex> lock(c.mu);
     if (!s.queue().IdleNow(status)) return false;
+    for (const StreamPoint& p : c.barriers) {
+      if (!p.Reached()) return false;
+    }
     if (s.legacy()) {
       for (const ContextState::StreamEntry& e : c.streams) {
         if (!e.non_blocking && !e.queue->IdleNow(nullptr)) return false;
@@ -754,6 +990,36 @@ class HostBackend final : public GpuBackend {
     // Never recorded, or already reached: nothing to wait for.
     if (record == nullptr || record->point.Reached()) return Status::Ok();
     Append(stream, {record->point}, nullptr);
+    return Status::Ok();
+  }
+
+  Status RecordContextEvent(Context& ctx, Event& event) override {
+    ContextState& c = *AsContext(ctx).state();
+    auto record = std::make_shared<EventRecord>();
+    {
+      std::lock_guard<std::mutex> lock(c.mu);
+      if (c.marker == nullptr)
+        FERRY_RETURN_IF_ERROR(StreamQueue::Create(completions_.get(), &c.marker));
+      std::vector<StreamPoint> pending;
+      auto add_if_pending = [&pending](StreamPoint p) {
+        if (!p.Reached()) pending.push_back(std::move(p));
+      };
+      add_if_pending(c.legacy->Tail());
+      for (const ContextState::StreamEntry& e : c.streams) add_if_pending(e.queue->Tail());
+      record->point = c.marker->Enqueue(std::move(pending), [record] {
+        record->reached_ns.store(SteadyNowNs(), std::memory_order_relaxed);
+      });
+    }
+    static_cast<HostEvent&>(event).set_latest(std::move(record));
+    return Status::Ok();
+  }
+
+  Status ContextWaitEvent(Context& ctx, Event& event) override {
+    std::shared_ptr<EventRecord> record = static_cast<HostEvent&>(event).latest();
+    if (record == nullptr || record->point.Reached()) return Status::Ok();
+    ContextState& c = *AsContext(ctx).state();
+    std::lock_guard<std::mutex> lock(c.mu);
+    c.barriers.push_back(record->point);
     return Status::Ok();
   }
 
@@ -1139,14 +1405,16 @@ class HostBackend final : public GpuBackend {
     std::shared_ptr<void> storage;
     uint64_t bytes = 0;  // as accounted (rounded up)
     int device = 0;
-    const ContextState* owner = nullptr;  // identity only
+    const ContextState* owner = nullptr;     // identity only
+    std::shared_ptr<HostMemPoolState> pool;  // the pool it came from, or null
   };
 
   // The GpuBackend contract hands back only objects this backend created.
   static HostContext& AsContext(Context& ctx) { return static_cast<HostContext&>(ctx); }
   static HostStream& AsStream(Stream& stream) { return static_cast<HostStream&>(stream); }
 
-  Status Allocate(const ContextState* owner, int device, uint64_t bytes, uint64_t* dptr) {
+  Status Allocate(const ContextState* owner, int device, uint64_t bytes, uint64_t* dptr,
+                  std::shared_ptr<HostMemPoolState> pool = nullptr) {
     if (bytes == 0) return InvalidValue("cannot allocate 0 bytes");
     uint64_t rounded;
     if (!RoundUp(bytes, host_internal::kAllocationAlignment, &rounded)) {
@@ -1171,7 +1439,8 @@ class HostBackend final : public GpuBackend {
                                  " bytes");
     }
     *dptr = reinterpret_cast<uint64_t>(storage.get());
-    allocations_.emplace(*dptr, Allocation{std::move(storage), rounded, device, owner});
+    allocations_.emplace(*dptr,
+                         Allocation{std::move(storage), rounded, device, owner, std::move(pool)});
     return Status::Ok();
   }
 
@@ -1236,6 +1505,10 @@ class HostBackend final : public GpuBackend {
     auto add_if_pending = [&after](StreamPoint p) {
       if (!p.Reached()) after.push_back(std::move(p));
     };
+    if (!c.barriers.empty()) {
+      std::erase_if(c.barriers, [](const StreamPoint& p) { return p.Reached(); });
+      for (const StreamPoint& p : c.barriers) after.push_back(p);
+    }
     if (s.legacy()) {
       for (const ContextState::StreamEntry& e : c.streams) {
         if (!e.non_blocking) add_if_pending(e.queue->Tail());
@@ -1314,6 +1587,13 @@ class HostBackend final : public GpuBackend {
 
 HostContext::~HostContext() {
   legacy_.reset();  // drains the legacy stream
+  std::shared_ptr<StreamQueue> marker;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    marker = std::move(state_->marker);
+    state_->barriers.clear();
+  }
+  if (marker != nullptr) marker->Shutdown();
   backend_->ReleaseContextAllocations(*state_);
 }
 
