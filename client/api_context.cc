@@ -4,12 +4,7 @@
 // reset reach the server.
 #include <cuda.h>
 
-#include "client/cuda_result.h"
-#include "client/runtime.h"
-
-using ferry::Status;
-using ferry::client::Api;
-using ferry::client::Runtime;
+#include "client/entry_point.h"
 
 namespace {
 

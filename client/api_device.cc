@@ -6,12 +6,7 @@
 #include <cstdio>
 #include <cstring>
 
-#include "client/cuda_result.h"
-#include "client/runtime.h"
-
-using ferry::Status;
-using ferry::client::Api;
-using ferry::client::Runtime;
+#include "client/entry_point.h"
 
 namespace {
 

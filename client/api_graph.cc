@@ -20,15 +20,9 @@
 #include <string>
 #include <vector>
 
-#include "client/cuda_result.h"
-#include "client/runtime.h"
+#include "client/entry_point.h"
 
-using ferry::Status;
-using ferry::client::Api;
 using ferry::client::CaptureState;
-using ferry::client::Runtime;
-using ferry::client::StreamTarget;
-namespace wire = ferry::wire;
 
 namespace {
 

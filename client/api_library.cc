@@ -20,18 +20,13 @@
 #include <set>
 #include <vector>
 
-#include "client/cuda_result.h"
+#include "client/entry_point.h"
 #include "client/image_upload.h"
-#include "client/runtime.h"
 #include "common/image/module_image.h"
 
-using ferry::Status;
-using ferry::client::Api;
 using ferry::client::KernelState;
 using ferry::client::LibraryState;
 using ferry::client::OutBytes;
-using ferry::client::Runtime;
-namespace wire = ferry::wire;
 
 namespace {
 

@@ -18,16 +18,10 @@
 #include <cstring>
 #include <vector>
 
-#include "client/cuda_result.h"
-#include "client/runtime.h"
+#include "client/entry_point.h"
 
-using ferry::Status;
-using ferry::client::Api;
 using ferry::client::InBytes;
 using ferry::client::OutBytes;
-using ferry::client::Runtime;
-using ferry::client::StreamTarget;
-namespace wire = ferry::wire;
 
 namespace {
 

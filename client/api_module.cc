@@ -17,20 +17,14 @@
 #include <string>
 #include <vector>
 
-#include "client/cuda_result.h"
+#include "client/entry_point.h"
 #include "client/image_upload.h"
-#include "client/runtime.h"
 #include "common/content_hash.h"
 #include "common/image/module_image.h"
 
-using ferry::Status;
-using ferry::client::Api;
 using ferry::client::FunctionState;
 using ferry::client::ModuleState;
 using ferry::client::OutBytes;
-using ferry::client::Runtime;
-using ferry::client::StreamTarget;
-namespace wire = ferry::wire;
 
 namespace {
 

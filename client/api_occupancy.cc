@@ -12,16 +12,10 @@
 #include <algorithm>
 #include <vector>
 
-#include "client/cuda_result.h"
+#include "client/entry_point.h"
 #include "client/occupancy.h"
-#include "client/runtime.h"
 
-using ferry::Status;
-using ferry::client::Api;
 using ferry::client::FunctionState;
-using ferry::client::Runtime;
-using ferry::client::StreamTarget;
-namespace wire = ferry::wire;
 
 namespace {
 

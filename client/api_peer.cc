@@ -15,14 +15,7 @@
 
 #include <string>
 
-#include "client/cuda_result.h"
-#include "client/runtime.h"
-
-using ferry::Status;
-using ferry::client::Api;
-using ferry::client::Runtime;
-using ferry::client::StreamTarget;
-namespace wire = ferry::wire;
+#include "client/entry_point.h"
 
 namespace {
 

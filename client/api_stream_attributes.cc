@@ -5,14 +5,7 @@
 // one returns only a status, so it is posted (README.md invariant 3).
 #include <cuda.h>
 
-#include "client/cuda_result.h"
-#include "client/runtime.h"
-
-using ferry::Status;
-using ferry::client::Api;
-using ferry::client::Runtime;
-using ferry::client::StreamTarget;
-namespace wire = ferry::wire;
+#include "client/entry_point.h"
 
 namespace {
 
