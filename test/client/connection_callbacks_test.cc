@@ -42,13 +42,7 @@ class HostCallbackConnectionTest : public ::testing::Test {
         loop_.Open(*backend_, std::move(server_side), std::move(client_side), {}, kTimeout);
     ASSERT_TRUE(open_status.ok()) << open_status.ToString();
     ASSERT_TRUE(loop_.CreateContext(kCtx).ok());
-    ASSERT_TRUE(connection_
-                    ->Post([](wire::Call::Builder c) {
-                      auto a = c.initStreamCreate();
-                      a.setCtx(kCtx);
-                      a.setStream(kStream);
-                    })
-                    .ok());
+    ASSERT_TRUE(loop_.CreateStream(kCtx, kStream).ok());
   }
 
   void TearDown() override {
@@ -173,39 +167,11 @@ TEST_F(HostCallbackConnectionTest, LostConnectionRunsPendingFunctionsWithTheLoss
 TEST_F(HostCallbackConnectionTest, WaitForEarlierCopiesOnWaitsForThatStreamsCopiesOnly) {
   constexpr uint64_t kOther = 8;
   constexpr uint64_t kBytes = 4096;
-  ASSERT_TRUE(connection_
-                  ->Post([](wire::Call::Builder c) {
-                    auto a = c.initStreamCreate();
-                    a.setCtx(kCtx);
-                    a.setStream(kOther);
-                  })
-                  .ok());
+  ASSERT_TRUE(loop_.CreateStream(kCtx, kOther).ok());
   uint64_t dptr = 0;
-  ASSERT_TRUE(connection_
-                  ->Call(
-                      [](wire::Call::Builder c) {
-                        auto a = c.initMemAlloc();
-                        a.setCtx(kCtx);
-                        a.setBytes(kBytes);
-                      },
-                      {}, {},
-                      [&](wire::Reply::Reader r) {
-                        dptr = r.getMemAlloc().getDptr();
-                        return Status::Ok();
-                      })
-                  .ok());
+  ASSERT_TRUE(loop_.Alloc(kCtx, kBytes, &dptr).ok());
   std::vector<uint8_t> source(kBytes, 0x5a);
-  ASSERT_TRUE(connection_
-                  ->Post(
-                      [&](wire::Call::Builder c) {
-                        auto a = c.initMemcpyHtoD();
-                        a.setCtx(kCtx);
-                        a.setStream(kStream);
-                        a.setDst(dptr);
-                        a.setBytes(kBytes);
-                      },
-                      OutBytes{source.data(), kBytes})
-                  .ok());
+  ASSERT_TRUE(loop_.PostHtoD(kCtx, kStream, dptr, source.data(), kBytes).ok());
   ASSERT_TRUE(Sync(kStream).ok());
 
   std::promise<void> release;
@@ -215,13 +181,7 @@ TEST_F(HostCallbackConnectionTest, WaitForEarlierCopiesOnWaitsForThatStreamsCopi
   std::vector<uint8_t> held(kBytes, 0), free_running(kBytes, 0);
   auto copy_into = [&](uint64_t stream, std::vector<uint8_t>& buffer) {
     return connection_->PostExpectingBytes(
-        [&](wire::Call::Builder c) {
-          auto a = c.initMemcpyDtoH();
-          a.setCtx(kCtx);
-          a.setStream(stream);
-          a.setSrc(dptr);
-          a.setBytes(kBytes);
-        },
+        [&](wire::Call::Builder c) { test::BuildMemcpyDtoH(c, kCtx, stream, dptr, kBytes); },
         InBytes{buffer.data(), kBytes}, StreamKey{kCtx, stream});
   };
   ASSERT_TRUE(copy_into(kStream, held).ok());
@@ -254,13 +214,7 @@ TEST_F(HostCallbackConnectionTest, QueriesWaitForCopiesTheStreamDependsOnThrough
   constexpr uint64_t kEvent = 50, kSecondEvent = 51;
   constexpr uint64_t kBytes = 4096;
   for (uint64_t stream : {kWaiting, kThird}) {
-    ASSERT_TRUE(connection_
-                    ->Post([stream](wire::Call::Builder c) {
-                      auto a = c.initStreamCreate();
-                      a.setCtx(kCtx);
-                      a.setStream(stream);
-                    })
-                    .ok());
+    ASSERT_TRUE(loop_.CreateStream(kCtx, stream).ok());
   }
   for (uint64_t event : {kEvent, kSecondEvent}) {
     ASSERT_TRUE(connection_
@@ -272,31 +226,9 @@ TEST_F(HostCallbackConnectionTest, QueriesWaitForCopiesTheStreamDependsOnThrough
                     .ok());
   }
   uint64_t dptr = 0;
-  ASSERT_TRUE(connection_
-                  ->Call(
-                      [](wire::Call::Builder c) {
-                        auto a = c.initMemAlloc();
-                        a.setCtx(kCtx);
-                        a.setBytes(kBytes);
-                      },
-                      {}, {},
-                      [&](wire::Reply::Reader r) {
-                        dptr = r.getMemAlloc().getDptr();
-                        return Status::Ok();
-                      })
-                  .ok());
+  ASSERT_TRUE(loop_.Alloc(kCtx, kBytes, &dptr).ok());
   std::vector<uint8_t> source(kBytes, 0x3c);
-  ASSERT_TRUE(connection_
-                  ->Post(
-                      [&](wire::Call::Builder c) {
-                        auto a = c.initMemcpyHtoD();
-                        a.setCtx(kCtx);
-                        a.setStream(kStream);
-                        a.setDst(dptr);
-                        a.setBytes(kBytes);
-                      },
-                      OutBytes{source.data(), kBytes})
-                  .ok());
+  ASSERT_TRUE(loop_.PostHtoD(kCtx, kStream, dptr, source.data(), kBytes).ok());
   ASSERT_TRUE(Sync(kStream).ok());
 
   // kStream: held by a gate, then a copy, then the event's record.
@@ -305,17 +237,12 @@ TEST_F(HostCallbackConnectionTest, QueriesWaitForCopiesTheStreamDependsOnThrough
   ASSERT_TRUE(
       PostGate(kStream, [released](const Status&, bool) { released.wait_for(kTimeout); }).ok());
   std::vector<uint8_t> landed(kBytes, 0);
-  ASSERT_TRUE(connection_
-                  ->PostExpectingBytes(
-                      [&](wire::Call::Builder c) {
-                        auto a = c.initMemcpyDtoH();
-                        a.setCtx(kCtx);
-                        a.setStream(kStream);
-                        a.setSrc(dptr);
-                        a.setBytes(kBytes);
-                      },
-                      InBytes{landed.data(), kBytes}, StreamKey{kCtx, kStream})
-                  .ok());
+  ASSERT_TRUE(
+      connection_
+          ->PostExpectingBytes(
+              [&](wire::Call::Builder c) { test::BuildMemcpyDtoH(c, kCtx, kStream, dptr, kBytes); },
+              InBytes{landed.data(), kBytes}, StreamKey{kCtx, kStream})
+          .ok());
   auto record = [&](uint64_t event, uint64_t stream) {
     uint64_t seq = 0;
     EXPECT_TRUE(connection_
