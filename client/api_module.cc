@@ -19,6 +19,7 @@
 
 #include "client/entry_point.h"
 #include "client/image_upload.h"
+#include "client/occupancy.h"
 #include "common/content_hash.h"
 #include "common/image/module_image.h"
 
@@ -321,17 +322,7 @@ CUresult CUDAAPI cuFuncGetAttribute(int* pi, CUfunction_attribute attrib, CUfunc
     FunctionState function;
     uint64_t id = 0;
     FERRY_RETURN_IF_ERROR(FunctionOf(hfunc, &function, &id));
-    return Runtime::Get().connection().Call(
-        [&](wire::Call::Builder call) {
-          auto args = call.initFuncGetAttribute();
-          args.setFunction(id);
-          args.setAttribute(attrib);
-        },
-        {}, {},
-        [&](wire::Reply::Reader reply) {
-          *pi = static_cast<int>(reply.getValue());
-          return Status::Ok();
-        });
+    return ferry::client::FunctionAttribute(Runtime::Get(), id, attrib, pi);
   });
 }
 
