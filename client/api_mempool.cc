@@ -170,13 +170,10 @@ CUresult CUDAAPI cuMemPoolCreate(CUmemoryPool* pool, const CUmemPoolProps* props
 }
 
 CUresult CUDAAPI cuMemPoolDestroy(CUmemoryPool pool) {
-  return Api([&]() -> Status {
-    Runtime& rt = Runtime::Get();
-    FERRY_RETURN_IF_ERROR(rt.Ready());
-    const uint64_t id = Runtime::HandleId(pool);
-    FERRY_RETURN_IF_ERROR(rt.mem_pools().Remove(id));
-    return rt.connection().Post(
-        [&](wire::Call::Builder call) { call.initMemPoolDestroy().setPool(id); });
+  return Api([&] {
+    return DestroyHandle(
+        pool, [](Runtime& rt, uint64_t id) { return rt.mem_pools().Remove(id); },
+        [](wire::Call::Builder call, uint64_t id) { call.initMemPoolDestroy().setPool(id); });
   });
 }
 

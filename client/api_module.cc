@@ -278,13 +278,10 @@ CUresult CUDAAPI cuModuleLoadFatBinary(CUmodule* module, const void* fatCubin) {
 }
 
 CUresult CUDAAPI cuModuleUnload(CUmodule hmod) {
-  return Api([&]() -> Status {
-    Runtime& rt = Runtime::Get();
-    FERRY_RETURN_IF_ERROR(rt.Ready());
-    const uint64_t id = Runtime::HandleId(hmod);
-    FERRY_RETURN_IF_ERROR(rt.modules().RemoveModule(id));
-    return rt.connection().Post(
-        [&](wire::Call::Builder call) { call.initModuleUnload().setModule(id); });
+  return Api([&] {
+    return DestroyHandle(
+        hmod, [](Runtime& rt, uint64_t id) { return rt.modules().RemoveModule(id); },
+        [](wire::Call::Builder call, uint64_t id) { call.initModuleUnload().setModule(id); });
   });
 }
 
