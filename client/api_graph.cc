@@ -308,13 +308,10 @@ CUresult CUDAAPI cuGraphClone(CUgraph* phGraphClone, CUgraph originalGraph) {
 }
 
 CUresult CUDAAPI cuGraphDestroy(CUgraph hGraph) {
-  return Api([&]() -> Status {
-    Runtime& rt = Runtime::Get();
-    FERRY_RETURN_IF_ERROR(rt.Ready());
-    const uint64_t id = Runtime::HandleId(hGraph);
-    FERRY_RETURN_IF_ERROR(rt.graphs().RemoveGraph(id));
-    return rt.connection().Post(
-        [&](wire::Call::Builder call) { call.initGraphDestroy().setGraph(id); });
+  return Api([&] {
+    return DestroyHandle(
+        hGraph, [](Runtime& rt, uint64_t id) { return rt.graphs().RemoveGraph(id); },
+        [](wire::Call::Builder call, uint64_t id) { call.initGraphDestroy().setGraph(id); });
   });
 }
 
@@ -383,13 +380,10 @@ CUresult CUDAAPI cuGraphInstantiateWithParams_ptsz(
 }
 
 CUresult CUDAAPI cuGraphExecDestroy(CUgraphExec hGraphExec) {
-  return Api([&]() -> Status {
-    Runtime& rt = Runtime::Get();
-    FERRY_RETURN_IF_ERROR(rt.Ready());
-    const uint64_t id = Runtime::HandleId(hGraphExec);
-    FERRY_RETURN_IF_ERROR(rt.graphs().RemoveExec(id));
-    return rt.connection().Post(
-        [&](wire::Call::Builder call) { call.initGraphExecDestroy().setExec(id); });
+  return Api([&] {
+    return DestroyHandle(
+        hGraphExec, [](Runtime& rt, uint64_t id) { return rt.graphs().RemoveExec(id); },
+        [](wire::Call::Builder call, uint64_t id) { call.initGraphExecDestroy().setExec(id); });
   });
 }
 

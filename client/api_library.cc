@@ -22,6 +22,7 @@
 
 #include "client/entry_point.h"
 #include "client/image_upload.h"
+#include "client/occupancy.h"
 #include "common/image/module_image.h"
 
 using ferry::client::KernelState;
@@ -244,17 +245,7 @@ CUresult CUDAAPI cuKernelGetAttribute(int* pi, CUfunction_attribute attrib, CUke
     if (pi == nullptr) return Status::InvalidArgument("pi is NULL");
     uint64_t function = 0;
     FERRY_RETURN_IF_ERROR(KernelFunctionOnDevice(kernel, dev, &function));
-    return Runtime::Get().connection().Call(
-        [&](wire::Call::Builder call) {
-          auto args = call.initFuncGetAttribute();
-          args.setFunction(function);
-          args.setAttribute(attrib);
-        },
-        {}, {},
-        [&](wire::Reply::Reader reply) {
-          *pi = static_cast<int>(reply.getValue());
-          return Status::Ok();
-        });
+    return ferry::client::FunctionAttribute(Runtime::Get(), function, attrib, pi);
   });
 }
 

@@ -261,18 +261,7 @@ CUresult CUDAAPI cuMemAlloc_v2(CUdeviceptr* dptr, size_t bytesize) {
     FERRY_RETURN_IF_ERROR(rt.CurrentContext(&ctx));
     if (bytesize == 0) return Status::InvalidArgument("cuMemAlloc of 0 bytes");
     uint64_t result = 0;
-    FERRY_RETURN_IF_ERROR(rt.connection().Call(
-        [&](wire::Call::Builder call) {
-          auto args = call.initMemAlloc();
-          args.setCtx(ctx);
-          args.setBytes(bytesize);
-        },
-        {}, {},
-        [&](wire::Reply::Reader reply) {
-          result = reply.getMemAlloc().getDptr();
-          return Status::Ok();
-        }));
-    rt.allocations().AddDevice(result, bytesize, ctx);
+    FERRY_RETURN_IF_ERROR(rt.AllocDevice(ctx, bytesize, &result));
     *dptr = result;
     return Status::Ok();
   });

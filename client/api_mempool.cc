@@ -100,6 +100,21 @@ Status ProfilerControl(bool start) {
   });
 }
 
+// The pool of `dev` that *pool_out gets: its current pool when `current`,
+// else its default pool (either made, and announced to the server, on first
+// use).
+Status DevicePool(CUmemoryPool* pool_out, CUdevice dev, bool current) {
+  Runtime& rt = Runtime::Get();
+  FERRY_RETURN_IF_ERROR(rt.Ready());
+  FERRY_RETURN_IF_ERROR(rt.CheckDevice(dev));
+  auto announce = [&](uint64_t id) { return AnnounceDefault(rt, dev, id); };
+  uint64_t pool = 0;
+  FERRY_RETURN_IF_ERROR(current ? rt.mem_pools().Current(dev, announce, &pool)
+                                : rt.mem_pools().EnsureDefault(dev, announce, &pool));
+  *pool_out = Runtime::ToHandle<CUmemoryPool>(pool);
+  return Status::Ok();
+}
+
 }  // namespace
 
 extern "C" {
@@ -107,28 +122,14 @@ extern "C" {
 CUresult CUDAAPI cuDeviceGetDefaultMemPool(CUmemoryPool* pool_out, CUdevice dev) {
   return Api([&]() -> Status {
     if (pool_out == nullptr) return Status::InvalidArgument("pool_out is NULL");
-    Runtime& rt = Runtime::Get();
-    FERRY_RETURN_IF_ERROR(rt.Ready());
-    FERRY_RETURN_IF_ERROR(rt.CheckDevice(dev));
-    uint64_t pool = 0;
-    FERRY_RETURN_IF_ERROR(rt.mem_pools().EnsureDefault(
-        dev, [&](uint64_t id) { return AnnounceDefault(rt, dev, id); }, &pool));
-    *pool_out = Runtime::ToHandle<CUmemoryPool>(pool);
-    return Status::Ok();
+    return DevicePool(pool_out, dev, /*current=*/false);
   });
 }
 
 CUresult CUDAAPI cuDeviceGetMemPool(CUmemoryPool* pool_out, CUdevice dev) {
   return Api([&]() -> Status {
     if (pool_out == nullptr) return Status::InvalidArgument("pool is NULL");
-    Runtime& rt = Runtime::Get();
-    FERRY_RETURN_IF_ERROR(rt.Ready());
-    FERRY_RETURN_IF_ERROR(rt.CheckDevice(dev));
-    uint64_t pool = 0;
-    FERRY_RETURN_IF_ERROR(rt.mem_pools().Current(
-        dev, [&](uint64_t id) { return AnnounceDefault(rt, dev, id); }, &pool));
-    *pool_out = Runtime::ToHandle<CUmemoryPool>(pool);
-    return Status::Ok();
+    return DevicePool(pool_out, dev, /*current=*/true);
   });
 }
 
@@ -170,13 +171,10 @@ CUresult CUDAAPI cuMemPoolCreate(CUmemoryPool* pool, const CUmemPoolProps* props
 }
 
 CUresult CUDAAPI cuMemPoolDestroy(CUmemoryPool pool) {
-  return Api([&]() -> Status {
-    Runtime& rt = Runtime::Get();
-    FERRY_RETURN_IF_ERROR(rt.Ready());
-    const uint64_t id = Runtime::HandleId(pool);
-    FERRY_RETURN_IF_ERROR(rt.mem_pools().Remove(id));
-    return rt.connection().Post(
-        [&](wire::Call::Builder call) { call.initMemPoolDestroy().setPool(id); });
+  return Api([&] {
+    return DestroyHandle(
+        pool, [](Runtime& rt, uint64_t id) { return rt.mem_pools().Remove(id); },
+        [](wire::Call::Builder call, uint64_t id) { call.initMemPoolDestroy().setPool(id); });
   });
 }
 

@@ -19,6 +19,7 @@
 
 #include "client/entry_point.h"
 #include "client/image_upload.h"
+#include "client/occupancy.h"
 #include "common/content_hash.h"
 #include "common/image/module_image.h"
 
@@ -277,13 +278,10 @@ CUresult CUDAAPI cuModuleLoadFatBinary(CUmodule* module, const void* fatCubin) {
 }
 
 CUresult CUDAAPI cuModuleUnload(CUmodule hmod) {
-  return Api([&]() -> Status {
-    Runtime& rt = Runtime::Get();
-    FERRY_RETURN_IF_ERROR(rt.Ready());
-    const uint64_t id = Runtime::HandleId(hmod);
-    FERRY_RETURN_IF_ERROR(rt.modules().RemoveModule(id));
-    return rt.connection().Post(
-        [&](wire::Call::Builder call) { call.initModuleUnload().setModule(id); });
+  return Api([&] {
+    return DestroyHandle(
+        hmod, [](Runtime& rt, uint64_t id) { return rt.modules().RemoveModule(id); },
+        [](wire::Call::Builder call, uint64_t id) { call.initModuleUnload().setModule(id); });
   });
 }
 
@@ -321,17 +319,7 @@ CUresult CUDAAPI cuFuncGetAttribute(int* pi, CUfunction_attribute attrib, CUfunc
     FunctionState function;
     uint64_t id = 0;
     FERRY_RETURN_IF_ERROR(FunctionOf(hfunc, &function, &id));
-    return Runtime::Get().connection().Call(
-        [&](wire::Call::Builder call) {
-          auto args = call.initFuncGetAttribute();
-          args.setFunction(id);
-          args.setAttribute(attrib);
-        },
-        {}, {},
-        [&](wire::Reply::Reader reply) {
-          *pi = static_cast<int>(reply.getValue());
-          return Status::Ok();
-        });
+    return ferry::client::FunctionAttribute(Runtime::Get(), id, attrib, pi);
   });
 }
 

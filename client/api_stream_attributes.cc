@@ -19,14 +19,23 @@ Status CheckAttribute(CUstreamAttrID attr) {
                                "the synchronization policy are)");
 }
 
-Status SetAttribute(CUstream stream, CUstreamAttrID attr, const CUstreamAttrValue* value,
-                    bool per_thread) {
+// What cuStreamGetAttribute and cuStreamSetAttribute check first, in order:
+// the runtime is ready, `value` is not NULL, `attr` is supported, and
+// `stream` resolves (to *target).
+Status ResolveAttributeCall(CUstream stream, CUstreamAttrID attr, const CUstreamAttrValue* value,
+                            bool per_thread, StreamTarget* target) {
   Runtime& rt = Runtime::Get();
   FERRY_RETURN_IF_ERROR(rt.Ready());
   if (value == nullptr) return Status::InvalidArgument("value is NULL");
   FERRY_RETURN_IF_ERROR(CheckAttribute(attr));
+  return rt.ResolveStream(stream, per_thread, target);
+}
+
+Status SetAttribute(CUstream stream, CUstreamAttrID attr, const CUstreamAttrValue* value,
+                    bool per_thread) {
+  Runtime& rt = Runtime::Get();
   StreamTarget target;
-  FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
+  FERRY_RETURN_IF_ERROR(ResolveAttributeCall(stream, attr, value, per_thread, &target));
   const CUaccessPolicyWindow& window = value->accessPolicyWindow;
   const uint64_t base = reinterpret_cast<uint64_t>(window.base_ptr);
   if (attr == CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW && window.num_bytes > 0) {
@@ -52,11 +61,8 @@ Status SetAttribute(CUstream stream, CUstreamAttrID attr, const CUstreamAttrValu
 Status GetAttribute(CUstream stream, CUstreamAttrID attr, CUstreamAttrValue* value,
                     bool per_thread) {
   Runtime& rt = Runtime::Get();
-  FERRY_RETURN_IF_ERROR(rt.Ready());
-  if (value == nullptr) return Status::InvalidArgument("value is NULL");
-  FERRY_RETURN_IF_ERROR(CheckAttribute(attr));
   StreamTarget target;
-  FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
+  FERRY_RETURN_IF_ERROR(ResolveAttributeCall(stream, attr, value, per_thread, &target));
   return rt.connection().Call(
       [&](wire::Call::Builder call) {
         auto args = call.initStreamGetAttribute();

@@ -381,13 +381,10 @@ CUresult CUDAAPI cuEventElapsedTime(float* pMilliseconds, CUevent hStart, CUeven
 }
 
 CUresult CUDAAPI cuEventDestroy_v2(CUevent hEvent) {
-  return Api([&]() -> Status {
-    Runtime& rt = Runtime::Get();
-    FERRY_RETURN_IF_ERROR(rt.Ready());
-    const uint64_t id = Runtime::HandleId(hEvent);
-    FERRY_RETURN_IF_ERROR(rt.streams().RemoveEvent(id));
-    return rt.connection().Post(
-        [&](wire::Call::Builder call) { call.initEventDestroy().setEvent(id); });
+  return Api([&] {
+    return DestroyHandle(
+        hEvent, [](Runtime& rt, uint64_t id) { return rt.streams().RemoveEvent(id); },
+        [](wire::Call::Builder call, uint64_t id) { call.initEventDestroy().setEvent(id); });
   });
 }
 

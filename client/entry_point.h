@@ -11,3 +11,16 @@ using ferry::client::Api;
 using ferry::client::Runtime;
 using ferry::client::StreamTarget;
 namespace wire = ferry::wire;
+
+// A cu*Destroy's (or cuModuleUnload's) work: after rt.Ready(), `forget(rt,
+// id)` drops the handle's id from the runtime's registry (its error, such as
+// INVALID_HANDLE, is the call's), then `fill(call, id)` builds the server's
+// call, which is posted.
+template <typename Handle, typename Forget, typename Fill>
+Status DestroyHandle(Handle handle, Forget forget, Fill fill) {
+  Runtime& rt = Runtime::Get();
+  FERRY_RETURN_IF_ERROR(rt.Ready());
+  const uint64_t id = Runtime::HandleId(handle);
+  FERRY_RETURN_IF_ERROR(forget(rt, id));
+  return rt.connection().Post([&](wire::Call::Builder call) { fill(call, id); });
+}

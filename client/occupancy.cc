@@ -32,23 +32,28 @@ Status MaxActiveBlocks(Runtime& rt, uint64_t function, const std::vector<uint32_
       });
 }
 
+Status FunctionAttribute(Runtime& rt, uint64_t function, int attribute, int* value) {
+  return rt.connection().Call(
+      [&](wire::Call::Builder call) {
+        auto args = call.initFuncGetAttribute();
+        args.setFunction(function);
+        args.setAttribute(attribute);
+      },
+      {}, {},
+      [&](wire::Reply::Reader reply) {
+        *value = static_cast<int>(reply.getValue());
+        return Status::Ok();
+      });
+}
+
 namespace {
 
 // The function's CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK: asked of the
 // server the first time only.
 Status FunctionMaxThreads(Runtime& rt, uint64_t function, int* value) {
   if (rt.modules().MaxThreadsPerBlock(function, value)) return Status::Ok();
-  FERRY_RETURN_IF_ERROR(rt.connection().Call(
-      [&](wire::Call::Builder call) {
-        auto args = call.initFuncGetAttribute();
-        args.setFunction(function);
-        args.setAttribute(CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK);
-      },
-      {}, {},
-      [&](wire::Reply::Reader reply) {
-        *value = static_cast<int>(reply.getValue());
-        return Status::Ok();
-      }));
+  FERRY_RETURN_IF_ERROR(
+      FunctionAttribute(rt, function, CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK, value));
   rt.modules().NoteMaxThreadsPerBlock(function, *value);
   return Status::Ok();
 }

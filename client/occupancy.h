@@ -28,6 +28,10 @@
 
 namespace ferry::client {
 
+// The value of `attribute` (a CUfunction_attribute) of `function` (a function
+// id), asked of the server.
+Status FunctionAttribute(Runtime& rt, uint64_t function, int attribute, int* value);
+
 // Blocks per SM of `function` (a function id, not a kernel) for each
 // (block size, dynamic shared bytes) pair, in one call.
 Status MaxActiveBlocks(Runtime& rt, uint64_t function, const std::vector<uint32_t>& block_sizes,

@@ -433,6 +433,22 @@ Status Runtime::ResolveFunction(uint64_t handle, uint64_t ctx, uint64_t* id,
   return modules_.FindFunction(handle, out);
 }
 
+Status Runtime::AllocDevice(uint64_t ctx, uint64_t bytes, uint64_t* dptr) {
+  FERRY_RETURN_IF_ERROR(connection_->Call(
+      [&](wire::Call::Builder call) {
+        auto args = call.initMemAlloc();
+        args.setCtx(ctx);
+        args.setBytes(bytes);
+      },
+      {}, {},
+      [&](wire::Reply::Reader reply) {
+        *dptr = reply.getMemAlloc().getDptr();
+        return Status::Ok();
+      }));
+  allocations_.AddDevice(*dptr, bytes, ctx);
+  return Status::Ok();
+}
+
 Status Runtime::ModuleGlobal(uint64_t module, const char* name, uint64_t* dptr, uint64_t* bytes) {
   if (name == nullptr) return Status::InvalidArgument("name is NULL");
   ModuleState state;

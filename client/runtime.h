@@ -158,6 +158,11 @@ class Runtime {
   Status CreateContext(int device, unsigned flags, uint64_t* ctx);
   Status DestroyContext(uint64_t ctx);
 
+  // --- memory -----------------------------------------------------------------
+  // cuMemAlloc's work: `bytes` of device memory in `ctx` at *dptr, recorded
+  // in allocations().
+  Status AllocDevice(uint64_t ctx, uint64_t bytes, uint64_t* dptr);
+
   // --- streams ------------------------------------------------------------------
   // Maps a CUstream from the program to its wire target. `per_thread_default`
   // is true for the _ptsz/_ptds entry points, where stream 0 means the

@@ -31,6 +31,7 @@ using namespace std::chrono_literals;
 constexpr auto kTimeout = 10s;
 constexpr uint64_t kCtx = 100;
 constexpr uint64_t kStream = 7;
+constexpr uint64_t kBytes = 4096;  // the size of the copies tests make
 
 class HostCallbackConnectionTest : public ::testing::Test {
  protected:
@@ -42,13 +43,7 @@ class HostCallbackConnectionTest : public ::testing::Test {
         loop_.Open(*backend_, std::move(server_side), std::move(client_side), {}, kTimeout);
     ASSERT_TRUE(open_status.ok()) << open_status.ToString();
     ASSERT_TRUE(loop_.CreateContext(kCtx).ok());
-    ASSERT_TRUE(connection_
-                    ->Post([](wire::Call::Builder c) {
-                      auto a = c.initStreamCreate();
-                      a.setCtx(kCtx);
-                      a.setStream(kStream);
-                    })
-                    .ok());
+    ASSERT_TRUE(loop_.CreateStream(kCtx, kStream).ok());
   }
 
   void TearDown() override {
@@ -73,6 +68,20 @@ class HostCallbackConnectionTest : public ::testing::Test {
   }
   Status Ping() {
     return connection_->Call([](wire::Call::Builder c) { c.setPing(); });
+  }
+  // kBytes of device memory in kCtx that hold `source` (copied in on kStream,
+  // which is then synchronized); 0 after a failure, which the test is told.
+  uint64_t AllocHolding(const std::vector<uint8_t>& source) {
+    uint64_t dptr = 0;
+    EXPECT_TRUE(loop_.Alloc(kCtx, kBytes, &dptr).ok());
+    EXPECT_TRUE(loop_.PostHtoD(kCtx, kStream, dptr, source.data(), kBytes).ok());
+    EXPECT_TRUE(Sync(kStream).ok());
+    return dptr;
+  }
+  // Holds `stream` behind a host function until `released` is ready.
+  void HoldStream(uint64_t stream, std::shared_future<void> released) {
+    ASSERT_TRUE(
+        PostGate(stream, [released](const Status&, bool) { released.wait_for(kTimeout); }).ok());
   }
 
   std::unique_ptr<backend::GpuBackend> backend_;
@@ -172,56 +181,17 @@ TEST_F(HostCallbackConnectionTest, LostConnectionRunsPendingFunctionsWithTheLoss
 // another's work.
 TEST_F(HostCallbackConnectionTest, WaitForEarlierCopiesOnWaitsForThatStreamsCopiesOnly) {
   constexpr uint64_t kOther = 8;
-  constexpr uint64_t kBytes = 4096;
-  ASSERT_TRUE(connection_
-                  ->Post([](wire::Call::Builder c) {
-                    auto a = c.initStreamCreate();
-                    a.setCtx(kCtx);
-                    a.setStream(kOther);
-                  })
-                  .ok());
-  uint64_t dptr = 0;
-  ASSERT_TRUE(connection_
-                  ->Call(
-                      [](wire::Call::Builder c) {
-                        auto a = c.initMemAlloc();
-                        a.setCtx(kCtx);
-                        a.setBytes(kBytes);
-                      },
-                      {}, {},
-                      [&](wire::Reply::Reader r) {
-                        dptr = r.getMemAlloc().getDptr();
-                        return Status::Ok();
-                      })
-                  .ok());
-  std::vector<uint8_t> source(kBytes, 0x5a);
-  ASSERT_TRUE(connection_
-                  ->Post(
-                      [&](wire::Call::Builder c) {
-                        auto a = c.initMemcpyHtoD();
-                        a.setCtx(kCtx);
-                        a.setStream(kStream);
-                        a.setDst(dptr);
-                        a.setBytes(kBytes);
-                      },
-                      OutBytes{source.data(), kBytes})
-                  .ok());
-  ASSERT_TRUE(Sync(kStream).ok());
+  ASSERT_TRUE(loop_.CreateStream(kCtx, kOther).ok());
+  const std::vector<uint8_t> source(kBytes, 0x5a);
+  const uint64_t dptr = AllocHolding(source);
+  ASSERT_NE(dptr, 0u);
 
   std::promise<void> release;
-  std::shared_future<void> released = release.get_future().share();
-  ASSERT_TRUE(
-      PostGate(kStream, [released](const Status&, bool) { released.wait_for(kTimeout); }).ok());
+  HoldStream(kStream, release.get_future().share());
   std::vector<uint8_t> held(kBytes, 0), free_running(kBytes, 0);
   auto copy_into = [&](uint64_t stream, std::vector<uint8_t>& buffer) {
     return connection_->PostExpectingBytes(
-        [&](wire::Call::Builder c) {
-          auto a = c.initMemcpyDtoH();
-          a.setCtx(kCtx);
-          a.setStream(stream);
-          a.setSrc(dptr);
-          a.setBytes(kBytes);
-        },
+        [&](wire::Call::Builder c) { test::BuildMemcpyDtoH(c, kCtx, stream, dptr, kBytes); },
         InBytes{buffer.data(), kBytes}, StreamKey{kCtx, stream});
   };
   ASSERT_TRUE(copy_into(kStream, held).ok());
@@ -252,15 +222,8 @@ TEST_F(HostCallbackConnectionTest, WaitForEarlierCopiesOnWaitsForThatStreamsCopi
 TEST_F(HostCallbackConnectionTest, QueriesWaitForCopiesTheStreamDependsOnThroughEventWaits) {
   constexpr uint64_t kWaiting = 8, kThird = 9;
   constexpr uint64_t kEvent = 50, kSecondEvent = 51;
-  constexpr uint64_t kBytes = 4096;
   for (uint64_t stream : {kWaiting, kThird}) {
-    ASSERT_TRUE(connection_
-                    ->Post([stream](wire::Call::Builder c) {
-                      auto a = c.initStreamCreate();
-                      a.setCtx(kCtx);
-                      a.setStream(stream);
-                    })
-                    .ok());
+    ASSERT_TRUE(loop_.CreateStream(kCtx, stream).ok());
   }
   for (uint64_t event : {kEvent, kSecondEvent}) {
     ASSERT_TRUE(connection_
@@ -271,51 +234,20 @@ TEST_F(HostCallbackConnectionTest, QueriesWaitForCopiesTheStreamDependsOnThrough
                     })
                     .ok());
   }
-  uint64_t dptr = 0;
-  ASSERT_TRUE(connection_
-                  ->Call(
-                      [](wire::Call::Builder c) {
-                        auto a = c.initMemAlloc();
-                        a.setCtx(kCtx);
-                        a.setBytes(kBytes);
-                      },
-                      {}, {},
-                      [&](wire::Reply::Reader r) {
-                        dptr = r.getMemAlloc().getDptr();
-                        return Status::Ok();
-                      })
-                  .ok());
-  std::vector<uint8_t> source(kBytes, 0x3c);
-  ASSERT_TRUE(connection_
-                  ->Post(
-                      [&](wire::Call::Builder c) {
-                        auto a = c.initMemcpyHtoD();
-                        a.setCtx(kCtx);
-                        a.setStream(kStream);
-                        a.setDst(dptr);
-                        a.setBytes(kBytes);
-                      },
-                      OutBytes{source.data(), kBytes})
-                  .ok());
-  ASSERT_TRUE(Sync(kStream).ok());
+  const std::vector<uint8_t> source(kBytes, 0x3c);
+  const uint64_t dptr = AllocHolding(source);
+  ASSERT_NE(dptr, 0u);
 
   // kStream: held by a gate, then a copy, then the event's record.
   std::promise<void> release;
-  std::shared_future<void> released = release.get_future().share();
-  ASSERT_TRUE(
-      PostGate(kStream, [released](const Status&, bool) { released.wait_for(kTimeout); }).ok());
+  HoldStream(kStream, release.get_future().share());
   std::vector<uint8_t> landed(kBytes, 0);
-  ASSERT_TRUE(connection_
-                  ->PostExpectingBytes(
-                      [&](wire::Call::Builder c) {
-                        auto a = c.initMemcpyDtoH();
-                        a.setCtx(kCtx);
-                        a.setStream(kStream);
-                        a.setSrc(dptr);
-                        a.setBytes(kBytes);
-                      },
-                      InBytes{landed.data(), kBytes}, StreamKey{kCtx, kStream})
-                  .ok());
+  ASSERT_TRUE(
+      connection_
+          ->PostExpectingBytes(
+              [&](wire::Call::Builder c) { test::BuildMemcpyDtoH(c, kCtx, kStream, dptr, kBytes); },
+              InBytes{landed.data(), kBytes}, StreamKey{kCtx, kStream})
+          .ok());
   auto record = [&](uint64_t event, uint64_t stream) {
     uint64_t seq = 0;
     EXPECT_TRUE(connection_

@@ -77,17 +77,7 @@ class ConnectionTest : public ::testing::TestWithParam<std::string> {
 
   uint64_t Alloc(uint64_t bytes) {
     uint64_t dptr = 0;
-    Status status = connection_->Call(
-        [&](wire::Call::Builder c) {
-          auto a = c.initMemAlloc();
-          a.setCtx(kCtx);
-          a.setBytes(bytes);
-        },
-        {}, {},
-        [&](wire::Reply::Reader reply) {
-          dptr = reply.getMemAlloc().getDptr();
-          return Status::Ok();
-        });
+    Status status = loop_.Alloc(kCtx, bytes, &dptr);
     EXPECT_TRUE(status.ok()) << status.ToString();
     return dptr;
   }
@@ -98,15 +88,7 @@ class ConnectionTest : public ::testing::TestWithParam<std::string> {
   }
 
   Status PostHtoD(uint64_t dst, const void* data, uint64_t bytes, uint64_t stream = 0) {
-    return connection_->Post(
-        [&](wire::Call::Builder c) {
-          auto a = c.initMemcpyHtoD();
-          a.setCtx(kCtx);
-          a.setStream(stream);
-          a.setDst(dst);
-          a.setBytes(bytes);
-        },
-        OutBytes{data, bytes});
+    return loop_.PostHtoD(kCtx, stream, dst, data, bytes);
   }
 
   Status PostMemset(uint64_t dst, uint8_t value, uint64_t bytes, uint64_t stream = 0) {
@@ -116,14 +98,8 @@ class ConnectionTest : public ::testing::TestWithParam<std::string> {
 
   Status CallDtoH(void* out, uint64_t src, uint64_t bytes, uint64_t stream = 0) {
     return connection_->Call(
-        [&](wire::Call::Builder c) {
-          auto a = c.initMemcpyDtoH();
-          a.setCtx(kCtx);
-          a.setStream(stream);
-          a.setSrc(src);
-          a.setBytes(bytes);
-        },
-        {}, InBytes{out, bytes});
+        [&](wire::Call::Builder c) { test::BuildMemcpyDtoH(c, kCtx, stream, src, bytes); }, {},
+        InBytes{out, bytes});
   }
 
   Status Ping() {
@@ -131,14 +107,7 @@ class ConnectionTest : public ::testing::TestWithParam<std::string> {
   }
 
   void CreateStream(uint64_t id) {
-    ASSERT_TRUE(connection_
-                    ->Post([&](wire::Call::Builder c) {
-                      auto a = c.initStreamCreate();
-                      a.setCtx(kCtx);
-                      a.setStream(id);
-                      a.setFlags(CU_STREAM_NON_BLOCKING);
-                    })
-                    .ok());
+    ASSERT_TRUE(loop_.CreateStream(kCtx, id, CU_STREAM_NON_BLOCKING).ok());
   }
 
   void DestroyStream(uint64_t id) {

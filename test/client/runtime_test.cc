@@ -77,23 +77,6 @@ class RuntimeTest : public ::testing::Test {
     return {};
   }
 
-  // cuMemAlloc's work: memory in `ctx`, recorded in `rt`'s registry.
-  static Status Alloc(Runtime& rt, uint64_t ctx, uint64_t bytes, uint64_t* dptr) {
-    FERRY_RETURN_IF_ERROR(rt.connection().Call(
-        [&](wire::Call::Builder call) {
-          auto args = call.initMemAlloc();
-          args.setCtx(ctx);
-          args.setBytes(bytes);
-        },
-        {}, {},
-        [&](wire::Reply::Reader reply) {
-          *dptr = reply.getMemAlloc().getDptr();
-          return Status::Ok();
-        }));
-    rt.allocations().AddDevice(*dptr, bytes, ctx);
-    return Status::Ok();
-  }
-
   std::unique_ptr<backend::GpuBackend> backend_;
   std::unique_ptr<server::Server> server_;
   std::string address_;
@@ -181,8 +164,8 @@ TEST_F(RuntimeTest, DestroyingAContextFreesItsAllocationsAndModulesOnTheServer) 
   uint64_t ctx = 0;
   ASSERT_TRUE(rt->CreateContext(0, 0, &ctx).ok());
   uint64_t a = 0, b = 0;
-  ASSERT_TRUE(Alloc(*rt, ctx, 4096, &a).ok());
-  ASSERT_TRUE(Alloc(*rt, ctx, 8192, &b).ok());
+  ASSERT_TRUE(rt->AllocDevice(ctx, 4096, &a).ok());
+  ASSERT_TRUE(rt->AllocDevice(ctx, 8192, &b).ok());
   uint64_t library = 0, module = 0;
   Status loaded = rt->LoadLibrary(test::TinyLibraryImage(), &library);
   ASSERT_TRUE(loaded.ok()) << loaded.ToString();
@@ -404,9 +387,9 @@ TEST_F(RuntimeTest, TwoRuntimesShareNeitherHandlesNorThreadState) {
 
   // B's session on the server does not know A's context or memory either.
   uint64_t dptr_a = 0;
-  ASSERT_TRUE(Alloc(*a, ctx_a, 4096, &dptr_a).ok());
+  ASSERT_TRUE(a->AllocDevice(ctx_a, 4096, &dptr_a).ok());
   uint64_t stray = 0;
-  EXPECT_FALSE(Alloc(*b, ctx_a, 4096, &stray).ok());
+  EXPECT_FALSE(b->AllocDevice(ctx_a, 4096, &stray).ok());
   ASSERT_TRUE(b->connection()
                   .Post([&](wire::Call::Builder call) { call.initMemFree().setDptr(dptr_a); })
                   .ok());
@@ -432,7 +415,7 @@ TEST_F(RuntimeTest, DestroyingARuntimeEndsItsSession) {
   ASSERT_NE(b, nullptr);
   uint64_t ctx = 0, dptr = 0;
   ASSERT_TRUE(a->CreateContext(0, 0, &ctx).ok());
-  ASSERT_TRUE(Alloc(*a, ctx, 4096, &dptr).ok());
+  ASSERT_TRUE(a->AllocDevice(ctx, 4096, &dptr).ok());
   const uint64_t gone = a->session_id();
   a.reset();
   EXPECT_TRUE(test::WaitFor(

@@ -117,13 +117,7 @@ class SessionTest : public ::testing::Test {
   }
   void CopyIn(uint64_t stream, uint64_t dst, const std::vector<uint8_t>& data) {
     client_->Send(
-        [&](wire::Call::Builder c) {
-          auto a = c.initMemcpyHtoD();
-          a.setCtx(100);
-          a.setStream(stream);
-          a.setDst(dst);
-          a.setBytes(data.size());
-        },
+        [&](wire::Call::Builder c) { test::BuildMemcpyHtoD(c, 100, stream, dst, data.size()); },
         false, data);
   }
   void Fill(uint64_t stream, uint64_t dst, uint8_t value, uint64_t bytes) {
@@ -132,13 +126,8 @@ class SessionTest : public ::testing::Test {
         false);
   }
   ReplyResult CopyOut(uint64_t stream, uint64_t src, uint64_t bytes) {
-    return client_->Call([&](wire::Call::Builder c) {
-      auto a = c.initMemcpyDtoH();
-      a.setCtx(100);
-      a.setStream(stream);
-      a.setSrc(src);
-      a.setBytes(bytes);
-    });
+    return client_->Call(
+        [&](wire::Call::Builder c) { test::BuildMemcpyDtoH(c, 100, stream, src, bytes); });
   }
   ReplyResult Sync(uint64_t stream) {
     return client_->Call([&](wire::Call::Builder c) {
@@ -356,13 +345,8 @@ TEST_F(SessionTest, StreamsEventsAndSynchronizeReplyInOrderOfCompletion) {
       false);
   auto sync = client_->Call([&](wire::Call::Builder c) { c.initEventSynchronize().setEvent(8); });
   ASSERT_TRUE(sync.status.ok()) << sync.status.ToString();
-  auto r = client_->Call([&](wire::Call::Builder c) {
-    auto a = c.initMemcpyDtoH();
-    a.setCtx(100);
-    a.setStream(7);
-    a.setSrc(d + 1000);
-    a.setBytes(4);
-  });
+  auto r =
+      client_->Call([&](wire::Call::Builder c) { test::BuildMemcpyDtoH(c, 100, 7, d + 1000, 4); });
   ASSERT_TRUE(r.status.ok());
   EXPECT_EQ(r.bulk, std::vector<uint8_t>(4, 0xAB));
 }
@@ -424,14 +408,7 @@ TEST_F(SessionTest, RepliesOfCopiesBeforeAGateComeBeforeItsAnswer) {
   CreateStream(kHeld);
   Fill(kHeld, d, 0x3C, 1 << 20);
   const uint64_t copy = client_->Send(
-      [&](wire::Call::Builder c) {
-        auto a = c.initMemcpyDtoH();
-        a.setCtx(100);
-        a.setStream(kHeld);
-        a.setSrc(d);
-        a.setBytes(1 << 20);
-      },
-      true);
+      [&](wire::Call::Builder c) { test::BuildMemcpyDtoH(c, 100, kHeld, d, 1 << 20); }, true);
   const uint64_t gate = client_->SendGate(100, kHeld);
   ReplyResult first = client_->ReadWithin();
   ReplyResult second = client_->ReadWithin();

@@ -3,7 +3,8 @@
 // the test chooses — what ferryd's listener does, without a listener.
 //
 // Header only: the test that includes it links ferry_client_core for the
-// Connection and ferry_server for the Session (test/client/CMakeLists.txt).
+// Connection, ferry_server for the Session and ferry_test_support for the call
+// builders (test/client/CMakeLists.txt).
 //
 // Thread-safety: one object belongs to the test's thread; the session runs on
 // a thread of its own until Close.
@@ -20,6 +21,7 @@
 #include "client/connection.h"
 #include "common/frame.h"
 #include "server/session.h"
+#include "test/support/raw_client.h"
 
 namespace ferry::test {
 
@@ -77,6 +79,40 @@ class LoopbackConnection {
       a.setCtx(ctx);
       a.setDevice(0);
     });
+  }
+
+  // Creates stream `stream` in context `ctx` (a post: a failure shows at
+  // the next call that waits).
+  Status CreateStream(uint64_t ctx, uint64_t stream, unsigned flags = 0) {
+    return connection_->Post([=](wire::Call::Builder c) {
+      auto a = c.initStreamCreate();
+      a.setCtx(ctx);
+      a.setStream(stream);
+      a.setFlags(flags);
+    });
+  }
+
+  // Allocates `bytes` of device memory in context `ctx` (a call that waits);
+  // *dptr is its address.
+  Status Alloc(uint64_t ctx, uint64_t bytes, uint64_t* dptr) {
+    return connection_->Call(
+        [=](wire::Call::Builder c) {
+          auto a = c.initMemAlloc();
+          a.setCtx(ctx);
+          a.setBytes(bytes);
+        },
+        {}, {},
+        [dptr](wire::Reply::Reader reply) {
+          *dptr = reply.getMemAlloc().getDptr();
+          return Status::Ok();
+        });
+  }
+
+  // Posts a copy of `bytes` from `data` to `dst` on `stream` of `ctx`.
+  Status PostHtoD(uint64_t ctx, uint64_t stream, uint64_t dst, const void* data, uint64_t bytes) {
+    return connection_->Post(
+        [=](wire::Call::Builder c) { test::BuildMemcpyHtoD(c, ctx, stream, dst, bytes); },
+        client::OutBytes{data, bytes});
   }
 
   // Closes the client's end and waits for the session to end (it frees what

@@ -49,4 +49,22 @@ void BuildMemsetD8(wire::Call::Builder call, uint64_t ctx, uint64_t stream, uint
   a.setHeight(1);
 }
 
+void BuildMemcpyHtoD(wire::Call::Builder call, uint64_t ctx, uint64_t stream, uint64_t dst,
+                     uint64_t bytes) {
+  auto a = call.initMemcpyHtoD();
+  a.setCtx(ctx);
+  a.setStream(stream);
+  a.setDst(dst);
+  a.setBytes(bytes);
+}
+
+void BuildMemcpyDtoH(wire::Call::Builder call, uint64_t ctx, uint64_t stream, uint64_t src,
+                     uint64_t bytes) {
+  auto a = call.initMemcpyDtoH();
+  a.setCtx(ctx);
+  a.setStream(stream);
+  a.setSrc(src);
+  a.setBytes(bytes);
+}
+
 }  // namespace ferry::test

@@ -41,6 +41,16 @@ Status WriteBytes(Transport& transport, const std::vector<uint8_t>& bytes);
 void BuildMemsetD8(wire::Call::Builder call, uint64_t ctx, uint64_t stream, uint64_t dst,
                    uint8_t value, uint64_t bytes);
 
+// Makes `call` a copy of `bytes` bytes from the host (the call's bulk bytes)
+// to `dst`, in context `ctx`, on `stream`.
+void BuildMemcpyHtoD(wire::Call::Builder call, uint64_t ctx, uint64_t stream, uint64_t dst,
+                     uint64_t bytes);
+
+// Makes `call` a copy of `bytes` bytes at `src` to the host (the reply's bulk
+// bytes), in context `ctx`, on `stream`.
+void BuildMemcpyDtoH(wire::Call::Builder call, uint64_t ctx, uint64_t stream, uint64_t src,
+                     uint64_t bytes);
+
 struct ReplyResult {
   Status status;
   uint64_t seq = 0;
