@@ -34,6 +34,7 @@
 namespace ferry::server {
 namespace {
 
+using test::OnStream;
 using test::RawClient;
 using test::ReplyResult;
 
@@ -108,11 +109,23 @@ class SessionTest : public ::testing::Test {
   void CreateStream(uint64_t stream, unsigned flags = 0, uint64_t ctx = 100) {
     client_->Send(
         [&](wire::Call::Builder c) {
-          auto a = c.initStreamCreate();
-          a.setCtx(ctx);
-          a.setStream(stream);
+          auto a = OnStream(c.initStreamCreate(), stream, ctx);
           a.setFlags(flags);
         },
+        false);
+  }
+  void CreateEvent(uint64_t event) {
+    client_->Send(
+        [&](wire::Call::Builder c) {
+          auto a = c.initEventCreate();
+          a.setCtx(100);
+          a.setEvent(event);
+        },
+        false);
+  }
+  void RecordEvent(uint64_t stream, uint64_t event) {
+    client_->Send(
+        [&](wire::Call::Builder c) { OnStream(c.initEventRecord(), stream).setEvent(event); },
         false);
   }
   void CopyIn(uint64_t stream, uint64_t dst, const std::vector<uint8_t>& data) {
@@ -130,18 +143,11 @@ class SessionTest : public ::testing::Test {
         [&](wire::Call::Builder c) { test::BuildMemcpyDtoH(c, 100, stream, src, bytes); });
   }
   ReplyResult Sync(uint64_t stream) {
-    return client_->Call([&](wire::Call::Builder c) {
-      auto a = c.initStreamSynchronize();
-      a.setCtx(100);
-      a.setStream(stream);
-    });
+    return client_->Call(
+        [&](wire::Call::Builder c) { OnStream(c.initStreamSynchronize(), stream); });
   }
   ReplyResult Query(uint64_t stream) {
-    return client_->Call([&](wire::Call::Builder c) {
-      auto a = c.initStreamQuery();
-      a.setCtx(100);
-      a.setStream(stream);
-    });
+    return client_->Call([&](wire::Call::Builder c) { OnStream(c.initStreamQuery(), stream); });
   }
 
   std::unique_ptr<backend::GpuBackend> backend_;
@@ -170,20 +176,8 @@ TEST_F(SessionTest, CopiesRoundTrip) {
   const uint64_t d = Alloc(4096);
   std::vector<uint8_t> data(4096);
   for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i * 13);
-  client_->Send(
-      [&](wire::Call::Builder c) {
-        auto a = c.initMemcpyHtoD();
-        a.setCtx(100);
-        a.setDst(d);
-        a.setBytes(data.size());
-      },
-      false, data);
-  auto r = client_->Call([&](wire::Call::Builder c) {
-    auto a = c.initMemcpyDtoH();
-    a.setCtx(100);
-    a.setSrc(d);
-    a.setBytes(data.size());
-  });
+  CopyIn(0, d, data);
+  auto r = CopyOut(0, d, data.size());
   ASSERT_TRUE(r.status.ok()) << r.status.ToString();
   EXPECT_EQ(r.bulk, data);
 }
@@ -193,12 +187,7 @@ TEST_F(SessionTest, RangesOutsideTheSessionsAllocationsAreRefused) {
   const uint64_t d = Alloc(64);
   for (auto [src, bytes] : std::vector<std::pair<uint64_t, uint64_t>>{
            {d + 60, 8}, {d - 8, 8}, {0, 4}, {d, ~0ull}, {~0ull - 2, 4}}) {
-    auto r = client_->Call([&](wire::Call::Builder c) {
-      auto a = c.initMemcpyDtoH();
-      a.setCtx(100);
-      a.setSrc(src);
-      a.setBytes(bytes);
-    });
+    auto r = CopyOut(0, src, bytes);
     EXPECT_EQ(r.status.cuda_result(), CUDA_ERROR_INVALID_VALUE) << src << "+" << bytes;
   }
   // The session still works.
@@ -207,11 +196,7 @@ TEST_F(SessionTest, RangesOutsideTheSessionsAllocationsAreRefused) {
 
 TEST_F(SessionTest, BadHandlesGetCudaErrors) {
   CreateContext();
-  auto sync = client_->Call([&](wire::Call::Builder c) {
-    auto a = c.initStreamSynchronize();
-    a.setCtx(100);
-    a.setStream(12345);
-  });
+  auto sync = Sync(12345);
   EXPECT_EQ(sync.status.cuda_result(), CUDA_ERROR_INVALID_HANDLE);
   auto alloc = client_->Call([&](wire::Call::Builder c) {
     auto a = c.initMemAlloc();
@@ -307,42 +292,18 @@ TEST_F(SessionTest, FreeingAnotherSessionsMemoryIsRefused) {
   intruder.transport().Shutdown();
   runner.join();
   // The owner's memory is intact and still its own.
-  auto r = client_->Call([&](wire::Call::Builder c) {
-    auto a = c.initMemcpyDtoH();
-    a.setCtx(100);
-    a.setSrc(mine);
-    a.setBytes(256);
-  });
+  auto r = CopyOut(0, mine, 256);
   EXPECT_TRUE(r.status.ok()) << r.status.ToString();
 }
 
 TEST_F(SessionTest, StreamsEventsAndSynchronizeReplyInOrderOfCompletion) {
   CreateContext();
   const uint64_t d = Alloc(1 << 20);
-  client_->Send(
-      [&](wire::Call::Builder c) {
-        auto a = c.initStreamCreate();
-        a.setCtx(100);
-        a.setStream(7);
-      },
-      false);
-  client_->Send(
-      [&](wire::Call::Builder c) {
-        auto a = c.initEventCreate();
-        a.setCtx(100);
-        a.setEvent(8);
-      },
-      false);
+  CreateStream(7);
+  CreateEvent(8);
   client_->Send([&](wire::Call::Builder c) { test::BuildMemsetD8(c, 100, 7, d, 0xAB, 1 << 20); },
                 false);
-  client_->Send(
-      [&](wire::Call::Builder c) {
-        auto a = c.initEventRecord();
-        a.setCtx(100);
-        a.setStream(7);
-        a.setEvent(8);
-      },
-      false);
+  RecordEvent(7, 8);
   auto sync = client_->Call([&](wire::Call::Builder c) { c.initEventSynchronize().setEvent(8); });
   ASSERT_TRUE(sync.status.ok()) << sync.status.ToString();
   auto r =
@@ -355,13 +316,7 @@ TEST_F(SessionTest, DisconnectFreesEverything) {
   CreateContext();
   Alloc(1 << 20);
   Alloc(3 << 20);
-  client_->Send(
-      [&](wire::Call::Builder c) {
-        auto a = c.initStreamCreate();
-        a.setCtx(100);
-        a.setStream(9);
-      },
-      false);
+  CreateStream(9);
   ASSERT_TRUE(client_->Call([&](wire::Call::Builder c) { c.setPing(); }).status.ok());
   EXPECT_EQ(session_->Info().bytes_allocated, 4u << 20);
   EXPECT_EQ(session_->Info().streams, 1u);
@@ -447,13 +402,7 @@ TEST_F(SessionTest, CallsWaitingBehindAGateDoNotKeepItsOpenFromBeingRead) {
   CreateStream(kHeld);
   const uint64_t gate = client_->SendGate(100, kHeld);
   ASSERT_EQ(client_->ReadWithin().seq, gate);
-  client_->Send(
-      [&](wire::Call::Builder c) {
-        auto a = c.initStreamDestroy();
-        a.setCtx(100);
-        a.setStream(kHeld);
-      },
-      false);
+  client_->Send([&](wire::Call::Builder c) { OnStream(c.initStreamDestroy(), kHeld); }, false);
   std::vector<uint64_t> pings;
   for (int i = 0; i < 50; ++i) {
     pings.push_back(client_->Send([&](wire::Call::Builder c) { c.setPing(); }, true));
@@ -551,13 +500,7 @@ TEST_F(SessionTest, DisconnectWithAClosedGateFreesEverything) {
   client_->SendGate(100, kHeld);  // never reached before the end
   Fill(kHeld, d, 1, 1 << 20);
   ASSERT_EQ(client_->ReadWithin().seq, gate);
-  client_->Send(
-      [&](wire::Call::Builder c) {
-        auto a = c.initStreamDestroy();
-        a.setCtx(100);
-        a.setStream(kHeld);
-      },
-      false);
+  client_->Send([&](wire::Call::Builder c) { OnStream(c.initStreamDestroy(), kHeld); }, false);
   // Queued behind the blocked destroy, never answered. The connection ends
   // only once the session has taken both calls off it.
   client_->Send([&](wire::Call::Builder c) { c.setPing(); }, true);
@@ -627,27 +570,19 @@ class SessionGraphTest : public SessionTest {
   void BeginCapture(uint64_t stream, uint64_t graph, uint64_t ctx = 100) {
     client_->Send(
         [&](wire::Call::Builder c) {
-          auto a = c.initStreamBeginCapture();
-          a.setCtx(ctx);
-          a.setStream(stream);
+          auto a = OnStream(c.initStreamBeginCapture(), stream, ctx);
           a.setMode(CU_STREAM_CAPTURE_MODE_GLOBAL);
           a.setGraph(graph);
         },
         false);
   }
   ReplyResult EndCapture(uint64_t stream) {
-    return client_->Call([&](wire::Call::Builder c) {
-      auto a = c.initStreamEndCapture();
-      a.setCtx(100);
-      a.setStream(stream);
-    });
+    return client_->Call(
+        [&](wire::Call::Builder c) { OnStream(c.initStreamEndCapture(), stream); });
   }
   ReplyResult CaptureStatus(uint64_t stream) {
-    return client_->Call([&](wire::Call::Builder c) {
-      auto a = c.initStreamCaptureStatus();
-      a.setCtx(100);
-      a.setStream(stream);
-    });
+    return client_->Call(
+        [&](wire::Call::Builder c) { OnStream(c.initStreamCaptureStatus(), stream); });
   }
   void Instantiate(uint64_t graph, uint64_t exec) {
     client_->Send(
@@ -661,9 +596,7 @@ class SessionGraphTest : public SessionTest {
   void Launch(uint64_t exec, uint64_t stream) {
     client_->Send(
         [&](wire::Call::Builder c) {
-          auto a = c.initGraphLaunch();
-          a.setCtx(100);
-          a.setStream(stream);
+          auto a = OnStream(c.initGraphLaunch(), stream);
           a.setExec(exec);
         },
         false);
@@ -671,9 +604,7 @@ class SessionGraphTest : public SessionTest {
   void CopyDtoD(uint64_t stream, uint64_t dst, uint64_t src, uint64_t bytes) {
     client_->Send(
         [&](wire::Call::Builder c) {
-          auto a = c.initMemcpyDtoD();
-          a.setCtx(100);
-          a.setStream(stream);
+          auto a = OnStream(c.initMemcpyDtoD(), stream);
           a.setDst(dst);
           a.setSrc(src);
           a.setBytes(bytes);
@@ -1075,13 +1006,7 @@ TEST_F(SessionLibraryTest, EveryDescribedHandleAndRangeIsValidated) {
   const uint64_t buffer = Alloc(4096);
   CreateStream(200);
   for (uint64_t event : {300, 301}) {
-    client_->Send(
-        [&](wire::Call::Builder c) {
-          auto a = c.initEventCreate();
-          a.setCtx(100);
-          a.setEvent(event);
-        },
-        false);
+    CreateEvent(event);
   }
   ASSERT_TRUE(LoadLibrary(600).status.ok());
   ASSERT_TRUE(LoadIntoContext(600, 100, 400, 500).ok());
@@ -1244,12 +1169,7 @@ TEST_F(SessionLibraryTest, UnloadAndContextDestructionDropTheRightModules) {
   ASSERT_TRUE(client_->Call([&](wire::Call::Builder c) { c.setPing(); }).status.ok());
   EXPECT_EQ(session_->Info().modules, 1u);
   EXPECT_EQ(Global(21).status.cuda_result(), CUDA_ERROR_INVALID_HANDLE);
-  auto stale = client_->Call([&](wire::Call::Builder c) {
-    auto a = c.initMemcpyDtoH();
-    a.setCtx(100);
-    a.setSrc(global_in_200);
-    a.setBytes(8);
-  });
+  auto stale = CopyOut(0, global_in_200, 8);
   EXPECT_EQ(stale.status.cuda_result(), CUDA_ERROR_INVALID_VALUE);
   CreateContext(300);
   ASSERT_TRUE(LoadIntoContext(7, 300, 31, 32).ok());
@@ -1728,16 +1648,12 @@ void BuildPoolCreate(wire::Call::Builder c, uint64_t pool, int device, bool is_d
 }
 void BuildAllocAsync(wire::Call::Builder c, uint64_t pool, uint64_t bytes,
                      uint64_t stream = kPoolStream) {
-  auto a = c.initMemAllocAsync();
-  a.setCtx(100);
-  a.setStream(stream);
+  auto a = OnStream(c.initMemAllocAsync(), stream);
   a.setPool(pool);
   a.setBytes(bytes);
 }
 void BuildFreeAsync(wire::Call::Builder c, uint64_t dptr, uint64_t stream = kPoolStream) {
-  auto a = c.initMemFreeAsync();
-  a.setCtx(100);
-  a.setStream(stream);
+  auto a = OnStream(c.initMemFreeAsync(), stream);
   a.setDptr(dptr);
 }
 void BuildPoolAttribute(wire::Call::Builder c, bool set, uint64_t pool, CUmemPool_attribute attr,
@@ -1904,9 +1820,7 @@ TEST_F(SessionTest, StreamAttributesAreStoredCheckedAndCopied) {
   auto set_window = [&](uint64_t stream, uint64_t base, uint64_t bytes, float ratio) {
     return client_->Send(
         [&](wire::Call::Builder c) {
-          auto a = c.initStreamSetAttribute();
-          a.setCtx(100);
-          a.setStream(stream);
+          auto a = OnStream(c.initStreamSetAttribute(), stream);
           a.setAttribute(CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW);
           a.setWindowBase(base);
           a.setWindowBytes(bytes);
@@ -1918,9 +1832,7 @@ TEST_F(SessionTest, StreamAttributesAreStoredCheckedAndCopied) {
   };
   auto get = [&](uint64_t stream, CUlaunchAttributeID attr) {
     return client_->Call([&](wire::Call::Builder c) {
-      auto a = c.initStreamGetAttribute();
-      a.setCtx(100);
-      a.setStream(stream);
+      auto a = OnStream(c.initStreamGetAttribute(), stream);
       a.setAttribute(attr);
     });
   };
@@ -1928,9 +1840,7 @@ TEST_F(SessionTest, StreamAttributesAreStoredCheckedAndCopied) {
   set_window(kPoolStream, d, 4096, 0.5f);
   client_->Send(
       [](wire::Call::Builder c) {
-        auto a = c.initStreamSetAttribute();
-        a.setCtx(100);
-        a.setStream(kPoolStream);
+        auto a = OnStream(c.initStreamSetAttribute(), kPoolStream);
         a.setAttribute(CU_LAUNCH_ATTRIBUTE_SYNCHRONIZATION_POLICY);
         a.setValue(CU_SYNC_POLICY_BLOCKING_SYNC);
       },
@@ -1976,9 +1886,7 @@ TEST_F(SessionTest, StreamAttributesAreStoredCheckedAndCopied) {
   EXPECT_EQ(ping().status.cuda_result(), CUDA_ERROR_INVALID_VALUE);
   client_->Send(
       [](wire::Call::Builder c) {
-        auto a = c.initStreamSetAttribute();
-        a.setCtx(100);
-        a.setStream(kPoolStream);
+        auto a = OnStream(c.initStreamSetAttribute(), kPoolStream);
         a.setAttribute(CU_LAUNCH_ATTRIBUTE_SYNCHRONIZATION_POLICY);
         a.setValue(77);
       },
@@ -1993,9 +1901,7 @@ TEST_F(SessionTest, StreamAttributesAreStoredCheckedAndCopied) {
 // Stream memory operations, as the client builds them.
 void BuildMemOp(wire::Call::Builder c, uint64_t stream, CUstreamBatchMemOpType operation,
                 uint64_t address, uint64_t value, unsigned flags = 0) {
-  auto a = c.initStreamMemOps();
-  a.setCtx(100);
-  a.setStream(stream);
+  auto a = OnStream(c.initStreamMemOps(), stream);
   auto op = a.initOps(1)[0];
   op.setOperation(operation);
   op.setAddress(address);
@@ -2032,9 +1938,7 @@ TEST_F(SessionTest, StreamWaitValueHoldsItsStreamUntilAnotherStreamWritesIt) {
   // A batch: GEQ on a 64-bit value already reached, a write, a barrier.
   client_->Send(
       [&](wire::Call::Builder c) {
-        auto a = c.initStreamMemOps();
-        a.setCtx(100);
-        a.setStream(kPoolStream);
+        auto a = OnStream(c.initStreamMemOps(), kPoolStream);
         auto ops = a.initOps(3);
         ops[0].setOperation(CU_STREAM_MEM_OP_WAIT_VALUE_64);
         ops[0].setAddress(d);
@@ -2096,13 +2000,7 @@ TEST_F(SessionTest, ContextEventsCaptureEveryStreamAndHoldLaterWork) {
   CreateStream(kProbe, CU_STREAM_NON_BLOCKING);
   const uint64_t d = Alloc(4096);
   constexpr uint64_t kEvent = 50;
-  client_->Send(
-      [](wire::Call::Builder c) {
-        auto a = c.initEventCreate();
-        a.setCtx(100);
-        a.setEvent(kEvent);
-      },
-      false);
+  CreateEvent(kEvent);
   auto ctx_event = [&](bool record, uint64_t ctx, uint64_t event) {
     return client_->Send(
         [&](wire::Call::Builder c) {
@@ -2147,13 +2045,7 @@ TEST_F(SessionTest, ContextEventsCaptureEveryStreamAndHoldLaterWork) {
 TEST_F(PooledSessionTest, AsyncAllocationsChargeTheQuotaUntilTheirFreeExecutes) {
   Start();
   ASSERT_TRUE(CreateContext(0).status.ok());
-  client_->Send(
-      [](wire::Call::Builder c) {
-        auto a = c.initStreamCreate();
-        a.setCtx(100);
-        a.setStream(kPoolStream);
-      },
-      false);
+  client_->Send([](wire::Call::Builder c) { OnStream(c.initStreamCreate(), kPoolStream); }, false);
   client_->Send([](wire::Call::Builder c) { BuildPoolCreate(c, kDefaultPool, 0, true); }, false);
   client_->Send([](wire::Call::Builder c) { BuildPoolCreate(c, kCreatedPool, 0, false); }, false);
   ReplyResult a = client_->Call(
@@ -2179,11 +2071,8 @@ TEST_F(PooledSessionTest, AsyncAllocationsChargeTheQuotaUntilTheirFreeExecutes) 
   EXPECT_EQ(session_->Info().device_bytes, std::vector<uint64_t>{kSliceQuota / 2});
   client_->OpenGate(gate);
   // Once the stream is idle past the free, its quota is back.
-  ReplyResult sync = client_->Call([](wire::Call::Builder c) {
-    auto a = c.initStreamSynchronize();
-    a.setCtx(100);
-    a.setStream(kPoolStream);
-  });
+  ReplyResult sync = client_->Call(
+      [](wire::Call::Builder c) { OnStream(c.initStreamSynchronize(), kPoolStream); });
   ASSERT_TRUE(sync.status.ok()) << sync.status.ToString();
   EXPECT_EQ(session_->Info().device_bytes, std::vector<uint64_t>{0});
   ReplyResult whole =

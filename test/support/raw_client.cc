@@ -39,9 +39,7 @@ Status WriteBytes(Transport& transport, const std::vector<uint8_t>& bytes) {
 
 void BuildMemsetD8(wire::Call::Builder call, uint64_t ctx, uint64_t stream, uint64_t dst,
                    uint8_t value, uint64_t bytes) {
-  auto a = call.initMemset();
-  a.setCtx(ctx);
-  a.setStream(stream);
+  auto a = OnStream(call.initMemset(), stream, ctx);
   a.setDst(dst);
   a.setValue(value);
   a.setElementBytes(1);
@@ -51,18 +49,14 @@ void BuildMemsetD8(wire::Call::Builder call, uint64_t ctx, uint64_t stream, uint
 
 void BuildMemcpyHtoD(wire::Call::Builder call, uint64_t ctx, uint64_t stream, uint64_t dst,
                      uint64_t bytes) {
-  auto a = call.initMemcpyHtoD();
-  a.setCtx(ctx);
-  a.setStream(stream);
+  auto a = OnStream(call.initMemcpyHtoD(), stream, ctx);
   a.setDst(dst);
   a.setBytes(bytes);
 }
 
 void BuildMemcpyDtoH(wire::Call::Builder call, uint64_t ctx, uint64_t stream, uint64_t src,
                      uint64_t bytes) {
-  auto a = call.initMemcpyDtoH();
-  a.setCtx(ctx);
-  a.setStream(stream);
+  auto a = OnStream(call.initMemcpyDtoH(), stream, ctx);
   a.setSrc(src);
   a.setBytes(bytes);
 }

@@ -36,6 +36,15 @@ std::vector<uint8_t> HelloFrame(uint32_t version, int role);
 // Writes `bytes` as they are; the transport's status.
 Status WriteBytes(Transport& transport, const std::vector<uint8_t>& bytes);
 
+// Sets the context and stream that every stream-ordered call's arguments
+// carry; returns the arguments, for the call's other fields.
+template <typename Args>
+Args OnStream(Args args, uint64_t stream, uint64_t ctx = 100) {
+  args.setCtx(ctx);
+  args.setStream(stream);
+  return args;
+}
+
 // Makes `call` a byte-wise memset (cuMemsetD8Async) of `bytes` bytes at `dst`
 // to `value`, in context `ctx`, on `stream`.
 void BuildMemsetD8(wire::Call::Builder call, uint64_t ctx, uint64_t stream, uint64_t dst,
