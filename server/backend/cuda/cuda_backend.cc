@@ -1878,31 +1878,55 @@ class CudaBackend final : public GpuBackend {
     }
   }
 
-  // Lists the library's kernels with their parameter layouts (no context
-  // needed: kernels are context-independent).
-  Status DescribeLibrary(CudaLibrary& library, ModuleDescription* description) {
+  // Describes the kernels a module or library lists: `get_count` and
+  // `enumerate` list their handles, `get_name` names each, and `query` (the
+  // entry point `query_name`) reads each one's parameter layout.
+  template <typename Handle>
+  Status DescribeKernels(absl::FunctionRef<Status(unsigned*)> get_count,
+                         absl::FunctionRef<Status(Handle*, unsigned)> enumerate,
+                         absl::FunctionRef<Status(Handle, const char**)> get_name,
+                         const char* query_name,
+                         absl::FunctionRef<CUresult(Handle, size_t, size_t*, size_t*)> query,
+                         ModuleDescription* description) {
     unsigned count = 0;
-    FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuLibraryGetKernelCount, &count, library.handle));
-    std::vector<CUkernel> kernels(count);
-    if (count != 0) {
-      FERRY_RETURN_IF_ERROR(
-          FERRY_CU(*api_, cuLibraryEnumerateKernels, kernels.data(), count, library.handle));
-    }
+    FERRY_RETURN_IF_ERROR(get_count(&count));
+    std::vector<Handle> handles(count);
+    if (count != 0) FERRY_RETURN_IF_ERROR(enumerate(handles.data(), count));
     description->kernels.reserve(count);
-    for (CUkernel handle : kernels) {
+    for (Handle handle : handles) {
       const char* name = nullptr;
-      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuKernelGetName, &name, handle));
+      FERRY_RETURN_IF_ERROR(get_name(handle, &name));
       KernelDescription kernel;
       kernel.name = name != nullptr ? name : "";
       FERRY_RETURN_IF_ERROR(ReadParams(
-          FERRY_CUDA_EXPORT_NAME(cuKernelGetParamInfo),
+          query_name,
           [&](size_t index, size_t* offset, size_t* size) {
-            return api_->cuKernelGetParamInfo(handle, index, offset, size);
+            return query(handle, index, offset, size);
           },
           &kernel));
       description->kernels.push_back(std::move(kernel));
     }
     return Status::Ok();
+  }
+
+  // Lists the library's kernels with their parameter layouts (no context
+  // needed: kernels are context-independent).
+  Status DescribeLibrary(CudaLibrary& library, ModuleDescription* description) {
+    return DescribeKernels<CUkernel>(
+        [&](unsigned* count) {
+          return FERRY_CU(*api_, cuLibraryGetKernelCount, count, library.handle);
+        },
+        [&](CUkernel* kernels, unsigned count) {
+          return FERRY_CU(*api_, cuLibraryEnumerateKernels, kernels, count, library.handle);
+        },
+        [&](CUkernel kernel, const char** name) {
+          return FERRY_CU(*api_, cuKernelGetName, name, kernel);
+        },
+        FERRY_CUDA_EXPORT_NAME(cuKernelGetParamInfo),
+        [&](CUkernel kernel, size_t index, size_t* offset, size_t* size) {
+          return api_->cuKernelGetParamInfo(kernel, index, offset, size);
+        },
+        description);
   }
 
   // Runs `wait` on the pool, then `done` with its result. If the job cannot
@@ -1964,36 +1988,29 @@ class CudaBackend final : public GpuBackend {
 
   // Lists the module's kernels with their parameter layouts.
   Status Describe(CudaModule& module, ModuleDescription* description) {
-    unsigned count = 0;
-    FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuModuleGetFunctionCount, &count, module.handle));
-    std::vector<CUfunction> functions(count);
-    if (count != 0) {
-      FERRY_RETURN_IF_ERROR(
-          FERRY_CU(*api_, cuModuleEnumerateFunctions, functions.data(), count, module.handle));
-    }
-    description->kernels.reserve(count);
-    for (CUfunction function : functions) {
-      const char* name = nullptr;
-      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuFuncGetName, &name, function));
-      KernelDescription kernel;
-      kernel.name = name != nullptr ? name : "";
-      FERRY_RETURN_IF_ERROR(ReadParams(
-          FERRY_CUDA_EXPORT_NAME(cuFuncGetParamInfo),
-          [&](size_t index, size_t* offset, size_t* size) {
-            CUresult result = api_->cuFuncGetParamInfo(function, index, offset, size);
-            if (result == CUDA_ERROR_FUNCTION_NOT_LOADED) {
-              // Enumerated handles may be only partly loaded (lazy loading);
-              // the driver documents this error for queries that need more.
-              result = api_->cuFuncLoad(function);
-              if (result == CUDA_SUCCESS)
-                result = api_->cuFuncGetParamInfo(function, index, offset, size);
-            }
-            return result;
-          },
-          &kernel));
-      description->kernels.push_back(std::move(kernel));
-    }
-    return Status::Ok();
+    return DescribeKernels<CUfunction>(
+        [&](unsigned* count) {
+          return FERRY_CU(*api_, cuModuleGetFunctionCount, count, module.handle);
+        },
+        [&](CUfunction* functions, unsigned count) {
+          return FERRY_CU(*api_, cuModuleEnumerateFunctions, functions, count, module.handle);
+        },
+        [&](CUfunction function, const char** name) {
+          return FERRY_CU(*api_, cuFuncGetName, name, function);
+        },
+        FERRY_CUDA_EXPORT_NAME(cuFuncGetParamInfo),
+        [&](CUfunction function, size_t index, size_t* offset, size_t* size) {
+          CUresult result = api_->cuFuncGetParamInfo(function, index, offset, size);
+          if (result == CUDA_ERROR_FUNCTION_NOT_LOADED) {
+            // Enumerated handles may be only partly loaded (lazy loading);
+            // the driver documents this error for queries that need more.
+            result = api_->cuFuncLoad(function);
+            if (result == CUDA_SUCCESS)
+              result = api_->cuFuncGetParamInfo(function, index, offset, size);
+          }
+          return result;
+        },
+        description);
   }
 
   const std::unique_ptr<DriverApi> api_;
