@@ -18,18 +18,16 @@ Status Session::CtxCreate(wire::CtxCreate::Reader args) {
   const uint64_t id = args.getCtx();
   FERRY_RETURN_IF_ERROR(contexts_.CheckNewId(id));
   const int device = args.getDevice();
-  if (device < 0 || device >= static_cast<int>(grant_.devices.size())) {
-    return Status::Cuda(CUDA_ERROR_INVALID_DEVICE, "no device " + std::to_string(device));
-  }
+  int backend_device = 0;
+  FERRY_RETURN_IF_ERROR(BackendDevice(device, &backend_device));
   ContextEntry entry;
   entry.device = device;
   const SessionDevice& where = grant_.devices[device];
   if (where.sm_partition_sms > 0) {
     FERRY_RETURN_IF_ERROR(backend_.CreatePartitionedContext(
-        where.backend_device, args.getFlags(), where.slices_per_gpu, where.slice, &entry.context));
+        backend_device, args.getFlags(), where.slices_per_gpu, where.slice, &entry.context));
   } else {
-    FERRY_RETURN_IF_ERROR(
-        backend_.CreateContext(where.backend_device, args.getFlags(), &entry.context));
+    FERRY_RETURN_IF_ERROR(backend_.CreateContext(backend_device, args.getFlags(), &entry.context));
   }
   return contexts_.Insert(id, std::move(entry));
 }

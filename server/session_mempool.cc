@@ -23,16 +23,14 @@ Status Session::MemPoolCreate(wire::MemPoolCreate::Reader args) {
   const uint64_t id = args.getPool();
   FERRY_RETURN_IF_ERROR(mem_pools_.CheckNewId(id));
   const int device = args.getDevice();
-  if (device < 0 || device >= static_cast<int>(grant_.devices.size())) {
-    return Status::Cuda(CUDA_ERROR_INVALID_DEVICE, "no device " + std::to_string(device));
-  }
+  int backend_device = 0;
+  FERRY_RETURN_IF_ERROR(BackendDevice(device, &backend_device));
   MemPoolEntry entry;
   entry.device = device;
   entry.is_default = args.getIsDefault();
   // Every pool of the session is its own, the default ones included, so
   // attributes and trims never reach another session (invariant 6).
-  FERRY_RETURN_IF_ERROR(backend_.CreateMemPool(grant_.devices[device].backend_device,
-                                               args.getMaxSize(), &entry.pool));
+  FERRY_RETURN_IF_ERROR(backend_.CreateMemPool(backend_device, args.getMaxSize(), &entry.pool));
   return mem_pools_.Insert(id, std::move(entry));
 }
 
