@@ -212,63 +212,41 @@ CUresult CUDAAPI cuStreamIsCapturing_ptsz(CUstream hStream, CUstreamCaptureStatu
   return Api([&] { return CaptureInfo(hStream, true, captureStatus, &capture); });
 }
 
-CUresult CUDAAPI cuStreamGetCaptureInfo(CUstream hStream, CUstreamCaptureStatus* captureStatus_out,
-                                        cuuint64_t* id_out) {
-  return Api([&] {
-    return GetCaptureInfo(hStream, false, captureStatus_out, id_out, nullptr, nullptr, nullptr,
-                          nullptr);
-  });
-}
-CUresult CUDAAPI cuStreamGetCaptureInfo_ptsz(CUstream hStream,
-                                             CUstreamCaptureStatus* captureStatus_out,
-                                             cuuint64_t* id_out) {
-  return Api([&] {
-    return GetCaptureInfo(hStream, true, captureStatus_out, id_out, nullptr, nullptr, nullptr,
-                          nullptr);
-  });
-}
-CUresult CUDAAPI cuStreamGetCaptureInfo_v2(CUstream hStream,
-                                           CUstreamCaptureStatus* captureStatus_out,
-                                           cuuint64_t* id_out, CUgraph* graph_out,
-                                           const CUgraphNode** dependencies_out,
-                                           size_t* numDependencies_out) {
-  return Api([&] {
-    return GetCaptureInfo(hStream, false, captureStatus_out, id_out, graph_out, dependencies_out,
-                          nullptr, numDependencies_out);
-  });
-}
-CUresult CUDAAPI cuStreamGetCaptureInfo_v2_ptsz(CUstream hStream,
-                                                CUstreamCaptureStatus* captureStatus_out,
-                                                cuuint64_t* id_out, CUgraph* graph_out,
-                                                const CUgraphNode** dependencies_out,
-                                                size_t* numDependencies_out) {
-  return Api([&] {
-    return GetCaptureInfo(hStream, true, captureStatus_out, id_out, graph_out, dependencies_out,
-                          nullptr, numDependencies_out);
-  });
-}
-CUresult CUDAAPI cuStreamGetCaptureInfo_v3(CUstream hStream,
-                                           CUstreamCaptureStatus* captureStatus_out,
-                                           cuuint64_t* id_out, CUgraph* graph_out,
-                                           const CUgraphNode** dependencies_out,
-                                           const CUgraphEdgeData** edgeData_out,
-                                           size_t* numDependencies_out) {
-  return Api([&] {
-    return GetCaptureInfo(hStream, false, captureStatus_out, id_out, graph_out, dependencies_out,
-                          edgeData_out, numDependencies_out);
-  });
-}
-CUresult CUDAAPI cuStreamGetCaptureInfo_v3_ptsz(CUstream hStream,
-                                                CUstreamCaptureStatus* captureStatus_out,
-                                                cuuint64_t* id_out, CUgraph* graph_out,
-                                                const CUgraphNode** dependencies_out,
-                                                const CUgraphEdgeData** edgeData_out,
-                                                size_t* numDependencies_out) {
-  return Api([&] {
-    return GetCaptureInfo(hStream, true, captureStatus_out, id_out, graph_out, dependencies_out,
-                          edgeData_out, numDependencies_out);
-  });
-}
+// cuStreamGetCaptureInfo at every generation, each also with _ptsz.
+#define FERRY_CAPTURE_INFO(name, per_thread)                                                  \
+  CUresult CUDAAPI name(CUstream hStream, CUstreamCaptureStatus* captureStatus_out,           \
+                        cuuint64_t* id_out) {                                                 \
+    return Api([&] {                                                                          \
+      return GetCaptureInfo(hStream, per_thread, captureStatus_out, id_out, nullptr, nullptr, \
+                            nullptr, nullptr);                                                \
+    });                                                                                       \
+  }
+#define FERRY_CAPTURE_INFO_V2(name, per_thread)                                              \
+  CUresult CUDAAPI name(CUstream hStream, CUstreamCaptureStatus* captureStatus_out,          \
+                        cuuint64_t* id_out, CUgraph* graph_out,                              \
+                        const CUgraphNode** dependencies_out, size_t* numDependencies_out) { \
+    return Api([&] {                                                                         \
+      return GetCaptureInfo(hStream, per_thread, captureStatus_out, id_out, graph_out,       \
+                            dependencies_out, nullptr, numDependencies_out);                 \
+    });                                                                                      \
+  }
+#define FERRY_CAPTURE_INFO_V3(name, per_thread)                                              \
+  CUresult CUDAAPI name(CUstream hStream, CUstreamCaptureStatus* captureStatus_out,          \
+                        cuuint64_t* id_out, CUgraph* graph_out,                              \
+                        const CUgraphNode** dependencies_out,                                \
+                        const CUgraphEdgeData** edgeData_out, size_t* numDependencies_out) { \
+    return Api([&] {                                                                         \
+      return GetCaptureInfo(hStream, per_thread, captureStatus_out, id_out, graph_out,       \
+                            dependencies_out, edgeData_out, numDependencies_out);            \
+    });                                                                                      \
+  }
+
+FERRY_CAPTURE_INFO(cuStreamGetCaptureInfo, false)
+FERRY_CAPTURE_INFO(cuStreamGetCaptureInfo_ptsz, true)
+FERRY_CAPTURE_INFO_V2(cuStreamGetCaptureInfo_v2, false)
+FERRY_CAPTURE_INFO_V2(cuStreamGetCaptureInfo_v2_ptsz, true)
+FERRY_CAPTURE_INFO_V3(cuStreamGetCaptureInfo_v3, false)
+FERRY_CAPTURE_INFO_V3(cuStreamGetCaptureInfo_v3_ptsz, true)
 
 CUresult CUDAAPI cuGraphCreate(CUgraph* phGraph, unsigned int flags) {
   return Api([&]() -> Status {
