@@ -480,13 +480,7 @@ Status AddKernelNode(CUgraphNode* node, CUgraph graph, const CUgraphNode* deps, 
         auto k = args.initKernel();
         k.setCtx(ctx);
         k.setFunction(function_id);
-        k.setGridX(p->gridDimX);
-        k.setGridY(p->gridDimY);
-        k.setGridZ(p->gridDimZ);
-        k.setBlockX(p->blockDimX);
-        k.setBlockY(p->blockDimY);
-        k.setBlockZ(p->blockDimZ);
-        k.setSharedBytes(p->sharedMemBytes);
+        SetLaunchShape(k, *p);
       },
       ferry::client::OutBytes{params.data(), params.size()});
 }
