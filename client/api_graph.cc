@@ -54,8 +54,7 @@ Status BeginCapture(CUstream stream, bool per_thread, int mode) {
   FERRY_RETURN_IF_ERROR(rt.graphs().BeginCapture(target.stream, &capture));
   Status status = rt.connection().Post([&](wire::Call::Builder call) {
     auto args = call.initStreamBeginCapture();
-    args.setCtx(target.ctx);
-    args.setStream(target.stream);
+    SetStreamTarget(args, target);
     args.setMode(static_cast<uint32_t>(mode));
     args.setGraph(capture.graph);
   });
@@ -73,8 +72,7 @@ Status EndCapture(CUstream stream, bool per_thread, CUgraph* graph) {
   FERRY_RETURN_IF_ERROR(rt.graphs().EndCapture(target.stream, &capture));
   FERRY_RETURN_IF_ERROR(rt.connection().Call([&](wire::Call::Builder call) {
     auto args = call.initStreamEndCapture();
-    args.setCtx(target.ctx);
-    args.setStream(target.stream);
+    SetStreamTarget(args, target);
   }));
   rt.graphs().AddGraph(capture.graph);
   *graph = Runtime::ToHandle<CUgraph>(capture.graph);
@@ -104,8 +102,7 @@ Status CaptureInfo(CUstream stream, bool per_thread, CUstreamCaptureStatus* stat
   FERRY_RETURN_IF_ERROR(rt.connection().Call(
       [&](wire::Call::Builder call) {
         auto args = call.initStreamCaptureStatus();
-        args.setCtx(target.ctx);
-        args.setStream(target.stream);
+        SetStreamTarget(args, target);
       },
       {}, {},
       [&](wire::Reply::Reader reply) {
@@ -163,8 +160,7 @@ Status LaunchOrUpload(CUgraphExec exec, CUstream stream, bool per_thread, bool u
   FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
   return rt.connection().Post([&](wire::Call::Builder call) {
     wire::GraphLaunch::Builder args = upload ? call.initGraphUpload() : call.initGraphLaunch();
-    args.setCtx(target.ctx);
-    args.setStream(target.stream);
+    SetStreamTarget(args, target);
     args.setExec(id);
   });
 }

@@ -207,8 +207,7 @@ Status Launch(CUfunction f, const std::array<unsigned, 3>& grid,
   return rt.connection().Post(
       [&](wire::Call::Builder call) {
         auto args = call.initLaunch();
-        args.setCtx(target.ctx);
-        args.setStream(target.stream);
+        SetStreamTarget(args, target);
         args.setFunction(function_id);
         SetLaunchShape(args, grid, block, shared_bytes);
         args.setClusterX(cluster[0]);

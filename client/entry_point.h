@@ -50,3 +50,11 @@ void SetLaunchShape(Builder args, const Params& p) {
   SetLaunchShape(args, {p.gridDimX, p.gridDimY, p.gridDimZ},
                  {p.blockDimX, p.blockDimY, p.blockDimZ}, p.sharedMemBytes);
 }
+
+// Orders a call on `target`'s stream: `args` is any wire builder with the
+// ctx and stream fields.
+template <typename Builder>
+void SetStreamTarget(Builder args, const StreamTarget& target) {
+  args.setCtx(target.ctx);
+  args.setStream(target.stream);
+}
