@@ -54,8 +54,7 @@ Status BeginCapture(CUstream stream, bool per_thread, int mode) {
   FERRY_RETURN_IF_ERROR(rt.graphs().BeginCapture(target.stream, &capture));
   Status status = rt.connection().Post([&](wire::Call::Builder call) {
     auto args = call.initStreamBeginCapture();
-    args.setCtx(target.ctx);
-    args.setStream(target.stream);
+    SetStreamTarget(args, target);
     args.setMode(static_cast<uint32_t>(mode));
     args.setGraph(capture.graph);
   });
@@ -73,8 +72,7 @@ Status EndCapture(CUstream stream, bool per_thread, CUgraph* graph) {
   FERRY_RETURN_IF_ERROR(rt.graphs().EndCapture(target.stream, &capture));
   FERRY_RETURN_IF_ERROR(rt.connection().Call([&](wire::Call::Builder call) {
     auto args = call.initStreamEndCapture();
-    args.setCtx(target.ctx);
-    args.setStream(target.stream);
+    SetStreamTarget(args, target);
   }));
   rt.graphs().AddGraph(capture.graph);
   *graph = Runtime::ToHandle<CUgraph>(capture.graph);
@@ -104,8 +102,7 @@ Status CaptureInfo(CUstream stream, bool per_thread, CUstreamCaptureStatus* stat
   FERRY_RETURN_IF_ERROR(rt.connection().Call(
       [&](wire::Call::Builder call) {
         auto args = call.initStreamCaptureStatus();
-        args.setCtx(target.ctx);
-        args.setStream(target.stream);
+        SetStreamTarget(args, target);
       },
       {}, {},
       [&](wire::Reply::Reader reply) {
@@ -163,8 +160,7 @@ Status LaunchOrUpload(CUgraphExec exec, CUstream stream, bool per_thread, bool u
   FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
   return rt.connection().Post([&](wire::Call::Builder call) {
     wire::GraphLaunch::Builder args = upload ? call.initGraphUpload() : call.initGraphLaunch();
-    args.setCtx(target.ctx);
-    args.setStream(target.stream);
+    SetStreamTarget(args, target);
     args.setExec(id);
   });
 }
@@ -212,63 +208,41 @@ CUresult CUDAAPI cuStreamIsCapturing_ptsz(CUstream hStream, CUstreamCaptureStatu
   return Api([&] { return CaptureInfo(hStream, true, captureStatus, &capture); });
 }
 
-CUresult CUDAAPI cuStreamGetCaptureInfo(CUstream hStream, CUstreamCaptureStatus* captureStatus_out,
-                                        cuuint64_t* id_out) {
-  return Api([&] {
-    return GetCaptureInfo(hStream, false, captureStatus_out, id_out, nullptr, nullptr, nullptr,
-                          nullptr);
-  });
-}
-CUresult CUDAAPI cuStreamGetCaptureInfo_ptsz(CUstream hStream,
-                                             CUstreamCaptureStatus* captureStatus_out,
-                                             cuuint64_t* id_out) {
-  return Api([&] {
-    return GetCaptureInfo(hStream, true, captureStatus_out, id_out, nullptr, nullptr, nullptr,
-                          nullptr);
-  });
-}
-CUresult CUDAAPI cuStreamGetCaptureInfo_v2(CUstream hStream,
-                                           CUstreamCaptureStatus* captureStatus_out,
-                                           cuuint64_t* id_out, CUgraph* graph_out,
-                                           const CUgraphNode** dependencies_out,
-                                           size_t* numDependencies_out) {
-  return Api([&] {
-    return GetCaptureInfo(hStream, false, captureStatus_out, id_out, graph_out, dependencies_out,
-                          nullptr, numDependencies_out);
-  });
-}
-CUresult CUDAAPI cuStreamGetCaptureInfo_v2_ptsz(CUstream hStream,
-                                                CUstreamCaptureStatus* captureStatus_out,
-                                                cuuint64_t* id_out, CUgraph* graph_out,
-                                                const CUgraphNode** dependencies_out,
-                                                size_t* numDependencies_out) {
-  return Api([&] {
-    return GetCaptureInfo(hStream, true, captureStatus_out, id_out, graph_out, dependencies_out,
-                          nullptr, numDependencies_out);
-  });
-}
-CUresult CUDAAPI cuStreamGetCaptureInfo_v3(CUstream hStream,
-                                           CUstreamCaptureStatus* captureStatus_out,
-                                           cuuint64_t* id_out, CUgraph* graph_out,
-                                           const CUgraphNode** dependencies_out,
-                                           const CUgraphEdgeData** edgeData_out,
-                                           size_t* numDependencies_out) {
-  return Api([&] {
-    return GetCaptureInfo(hStream, false, captureStatus_out, id_out, graph_out, dependencies_out,
-                          edgeData_out, numDependencies_out);
-  });
-}
-CUresult CUDAAPI cuStreamGetCaptureInfo_v3_ptsz(CUstream hStream,
-                                                CUstreamCaptureStatus* captureStatus_out,
-                                                cuuint64_t* id_out, CUgraph* graph_out,
-                                                const CUgraphNode** dependencies_out,
-                                                const CUgraphEdgeData** edgeData_out,
-                                                size_t* numDependencies_out) {
-  return Api([&] {
-    return GetCaptureInfo(hStream, true, captureStatus_out, id_out, graph_out, dependencies_out,
-                          edgeData_out, numDependencies_out);
-  });
-}
+// cuStreamGetCaptureInfo at every generation, each also with _ptsz.
+#define FERRY_CAPTURE_INFO(name, per_thread)                                                  \
+  CUresult CUDAAPI name(CUstream hStream, CUstreamCaptureStatus* captureStatus_out,           \
+                        cuuint64_t* id_out) {                                                 \
+    return Api([&] {                                                                          \
+      return GetCaptureInfo(hStream, per_thread, captureStatus_out, id_out, nullptr, nullptr, \
+                            nullptr, nullptr);                                                \
+    });                                                                                       \
+  }
+#define FERRY_CAPTURE_INFO_V2(name, per_thread)                                              \
+  CUresult CUDAAPI name(CUstream hStream, CUstreamCaptureStatus* captureStatus_out,          \
+                        cuuint64_t* id_out, CUgraph* graph_out,                              \
+                        const CUgraphNode** dependencies_out, size_t* numDependencies_out) { \
+    return Api([&] {                                                                         \
+      return GetCaptureInfo(hStream, per_thread, captureStatus_out, id_out, graph_out,       \
+                            dependencies_out, nullptr, numDependencies_out);                 \
+    });                                                                                      \
+  }
+#define FERRY_CAPTURE_INFO_V3(name, per_thread)                                              \
+  CUresult CUDAAPI name(CUstream hStream, CUstreamCaptureStatus* captureStatus_out,          \
+                        cuuint64_t* id_out, CUgraph* graph_out,                              \
+                        const CUgraphNode** dependencies_out,                                \
+                        const CUgraphEdgeData** edgeData_out, size_t* numDependencies_out) { \
+    return Api([&] {                                                                         \
+      return GetCaptureInfo(hStream, per_thread, captureStatus_out, id_out, graph_out,       \
+                            dependencies_out, edgeData_out, numDependencies_out);            \
+    });                                                                                      \
+  }
+
+FERRY_CAPTURE_INFO(cuStreamGetCaptureInfo, false)
+FERRY_CAPTURE_INFO(cuStreamGetCaptureInfo_ptsz, true)
+FERRY_CAPTURE_INFO_V2(cuStreamGetCaptureInfo_v2, false)
+FERRY_CAPTURE_INFO_V2(cuStreamGetCaptureInfo_v2_ptsz, true)
+FERRY_CAPTURE_INFO_V3(cuStreamGetCaptureInfo_v3, false)
+FERRY_CAPTURE_INFO_V3(cuStreamGetCaptureInfo_v3_ptsz, true)
 
 CUresult CUDAAPI cuGraphCreate(CUgraph* phGraph, unsigned int flags) {
   return Api([&]() -> Status {
@@ -502,13 +476,7 @@ Status AddKernelNode(CUgraphNode* node, CUgraph graph, const CUgraphNode* deps, 
         auto k = args.initKernel();
         k.setCtx(ctx);
         k.setFunction(function_id);
-        k.setGridX(p->gridDimX);
-        k.setGridY(p->gridDimY);
-        k.setGridZ(p->gridDimZ);
-        k.setBlockX(p->blockDimX);
-        k.setBlockY(p->blockDimY);
-        k.setBlockZ(p->blockDimZ);
-        k.setSharedBytes(p->sharedMemBytes);
+        SetLaunchShape(k, *p);
       },
       ferry::client::OutBytes{params.data(), params.size()});
 }

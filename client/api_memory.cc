@@ -36,8 +36,7 @@ Status CopyHostToDevice(CUdeviceptr dst, const void* src, size_t bytes, CUstream
   return rt.connection().Post(
       [&](wire::Call::Builder call) {
         auto args = call.initMemcpyHtoD();
-        args.setCtx(target.ctx);
-        args.setStream(target.stream);
+        SetStreamTarget(args, target);
         args.setDst(dst);
         args.setBytes(bytes);
       },
@@ -56,8 +55,7 @@ Status CopyDeviceToHost(void* dst, CUdeviceptr src, size_t bytes, CUstream strea
   FERRY_RETURN_IF_ERROR(rt.allocations().CheckDevice(src, bytes, "source"));
   auto fill = [&](wire::Call::Builder call) {
     auto args = call.initMemcpyDtoH();
-    args.setCtx(target.ctx);
-    args.setStream(target.stream);
+    SetStreamTarget(args, target);
     args.setSrc(src);
     args.setBytes(bytes);
   };
@@ -83,8 +81,7 @@ Status CopyDeviceToDevice(CUdeviceptr dst, CUdeviceptr src, size_t bytes, CUstre
   FERRY_RETURN_IF_ERROR(rt.allocations().CheckDevice(dst, bytes, "destination"));
   return rt.connection().Post([&](wire::Call::Builder call) {
     auto args = call.initMemcpyDtoD();
-    args.setCtx(target.ctx);
-    args.setStream(target.stream);
+    SetStreamTarget(args, target);
     args.setDst(dst);
     args.setSrc(src);
     args.setBytes(bytes);
@@ -166,8 +163,7 @@ Status Copy2D(const CUDA_MEMCPY2D* p, CUstream stream, bool per_thread, bool asy
   }
   auto fill = [&](wire::Call::Builder call) {
     auto args = call.initMemcpy2D();
-    args.setCtx(target.ctx);
-    args.setStream(target.stream);
+    SetStreamTarget(args, target);
     args.setSrcKind(src_host ? wire::MemoryKind::HOST : wire::MemoryKind::DEVICE);
     args.setSrcDevice(src_host ? 0 : src_device);
     args.setSrcPitch(src_host ? width : p->srcPitch);
@@ -215,8 +211,7 @@ Status Memset(CUdeviceptr dst, size_t pitch, uint32_t value, unsigned element, s
   FERRY_RETURN_IF_ERROR(rt.allocations().CheckDevice2D(dst, pitch, row_bytes, height, "memset"));
   return rt.connection().Post([&](wire::Call::Builder call) {
     auto args = call.initMemset();
-    args.setCtx(target.ctx);
-    args.setStream(target.stream);
+    SetStreamTarget(args, target);
     args.setDst(dst);
     args.setPitch(pitch);
     args.setValue(value);

@@ -53,8 +53,7 @@ Status AllocAsync(CUdeviceptr* dptr, size_t bytes, uint64_t pool, CUstream strea
   FERRY_RETURN_IF_ERROR(rt.connection().Call(
       [&](wire::Call::Builder call) {
         auto args = call.initMemAllocAsync();
-        args.setCtx(target.ctx);
-        args.setStream(target.stream);
+        SetStreamTarget(args, target);
         args.setPool(pool);
         args.setBytes(bytes);
       },
@@ -77,8 +76,7 @@ Status FreeAsync(CUdeviceptr dptr, CUstream stream, bool per_thread) {
   FERRY_RETURN_IF_ERROR(rt.allocations().RemoveDevice(dptr));
   return rt.connection().Post([&](wire::Call::Builder call) {
     auto args = call.initMemFreeAsync();
-    args.setCtx(target.ctx);
-    args.setStream(target.stream);
+    SetStreamTarget(args, target);
     args.setDptr(dptr);
   });
 }

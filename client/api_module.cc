@@ -207,16 +207,9 @@ Status Launch(CUfunction f, const std::array<unsigned, 3>& grid,
   return rt.connection().Post(
       [&](wire::Call::Builder call) {
         auto args = call.initLaunch();
-        args.setCtx(target.ctx);
-        args.setStream(target.stream);
+        SetStreamTarget(args, target);
         args.setFunction(function_id);
-        args.setGridX(grid[0]);
-        args.setGridY(grid[1]);
-        args.setGridZ(grid[2]);
-        args.setBlockX(block[0]);
-        args.setBlockY(block[1]);
-        args.setBlockZ(block[2]);
-        args.setSharedBytes(shared_bytes);
+        SetLaunchShape(args, grid, block, shared_bytes);
         args.setClusterX(cluster[0]);
         args.setClusterY(cluster[1]);
         args.setClusterZ(cluster[2]);

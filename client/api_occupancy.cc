@@ -64,13 +64,7 @@ Status ClusterQuery(int* out, CUfunction func, const CUlaunchConfig* config,
         auto args = call.initOccupancyCluster();
         args.setFunction(id);
         args.setQuery(query);
-        args.setGridX(config->gridDimX);
-        args.setGridY(config->gridDimY);
-        args.setGridZ(config->gridDimZ);
-        args.setBlockX(config->blockDimX);
-        args.setBlockY(config->blockDimY);
-        args.setBlockZ(config->blockDimZ);
-        args.setSharedBytes(config->sharedMemBytes);
+        SetLaunchShape(args, *config);
         args.setClusterX(cluster[0]);
         args.setClusterY(cluster[1]);
         args.setClusterZ(cluster[2]);

@@ -101,8 +101,7 @@ Status CopyPeer(CUdeviceptr dst, CUcontext dst_handle, CUdeviceptr src, CUcontex
   FERRY_RETURN_IF_ERROR(rt.allocations().CheckDevice(dst, bytes, "destination"));
   return rt.connection().Post([&](wire::Call::Builder call) {
     auto args = call.initMemcpyPeer();
-    args.setCtx(target.ctx);
-    args.setStream(target.stream);
+    SetStreamTarget(args, target);
     args.setDst(dst);
     args.setDstCtx(dst_ctx);
     args.setSrc(src);

@@ -43,8 +43,7 @@ Status SetAttribute(CUstream stream, CUstreamAttrID attr, const CUstreamAttrValu
   }
   return rt.connection().Post([&](wire::Call::Builder call) {
     auto args = call.initStreamSetAttribute();
-    args.setCtx(target.ctx);
-    args.setStream(target.stream);
+    SetStreamTarget(args, target);
     args.setAttribute(attr);
     if (attr == CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW) {
       args.setWindowBase(base);
@@ -66,8 +65,7 @@ Status GetAttribute(CUstream stream, CUstreamAttrID attr, CUstreamAttrValue* val
   return rt.connection().Call(
       [&](wire::Call::Builder call) {
         auto args = call.initStreamGetAttribute();
-        args.setCtx(target.ctx);
-        args.setStream(target.stream);
+        SetStreamTarget(args, target);
         args.setAttribute(attr);
       },
       {}, {},

@@ -47,8 +47,7 @@ Status SynchronizeOrQueryStream(CUstream stream, bool per_thread, bool query) {
       [&](wire::Call::Builder call) {
         wire::StreamRef::Builder args =
             query ? call.initStreamQuery() : call.initStreamSynchronize();
-        args.setCtx(target.ctx);
-        args.setStream(target.stream);
+        SetStreamTarget(args, target);
       },
       {}, {}, nullptr, &seq));
   if (!query) return rt.AfterSynchronize(seq);
@@ -66,8 +65,7 @@ Status StreamWaitEvent(CUstream stream, CUevent event, unsigned flags, bool per_
   FERRY_RETURN_IF_ERROR(rt.connection().Post(
       [&](wire::Call::Builder call) {
         auto args = call.initStreamWaitEvent();
-        args.setCtx(target.ctx);
-        args.setStream(target.stream);
+        SetStreamTarget(args, target);
         args.setEvent(Runtime::HandleId(event));
       },
       {}, &seq));
@@ -93,8 +91,7 @@ Status RecordEvent(CUevent event, CUstream stream, unsigned flags, bool per_thre
   FERRY_RETURN_IF_ERROR(rt.connection().Post(
       [&](wire::Call::Builder call) {
         auto args = call.initEventRecord();
-        args.setCtx(target.ctx);
-        args.setStream(target.stream);
+        SetStreamTarget(args, target);
         args.setEvent(Runtime::HandleId(event));
       },
       {}, &seq));
@@ -114,8 +111,7 @@ Status AddHostGate(CUstream stream, bool per_thread, ferry::client::Connection::
   return rt.connection().PostHostGate(
       [&](wire::Call::Builder call) {
         auto args = call.initHostGate();
-        args.setCtx(target.ctx);
-        args.setStream(target.stream);
+        SetStreamTarget(args, target);
       },
       std::move(fn));
 }

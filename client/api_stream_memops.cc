@@ -39,8 +39,7 @@ Status Post(CUstream stream, const std::vector<MemOp>& ops, unsigned flags, bool
   }
   return rt.connection().Post([&](wire::Call::Builder call) {
     auto args = call.initStreamMemOps();
-    args.setCtx(target.ctx);
-    args.setStream(target.stream);
+    SetStreamTarget(args, target);
     args.setFlags(flags);
     auto list = args.initOps(static_cast<unsigned>(ops.size()));
     for (size_t i = 0; i < ops.size(); ++i) {

@@ -3,6 +3,9 @@
 // names are brought in at global scope: include this from api_*.cc only.
 #pragma once
 
+#include <array>
+#include <cstdint>
+
 #include "client/cuda_result.h"
 #include "client/runtime.h"
 
@@ -23,4 +26,35 @@ Status DestroyHandle(Handle handle, Forget forget, Fill fill) {
   const uint64_t id = Runtime::HandleId(handle);
   FERRY_RETURN_IF_ERROR(forget(rt, id));
   return rt.connection().Post([&](wire::Call::Builder call) { fill(call, id); });
+}
+
+// Sets a kernel's launch shape on `args`, any wire builder with a launch's
+// grid, block and sharedBytes fields (a launch, a kernel node, an occupancy
+// question).
+template <typename Builder>
+void SetLaunchShape(Builder args, const std::array<unsigned, 3>& grid,
+                    const std::array<unsigned, 3>& block, unsigned shared_bytes) {
+  args.setGridX(grid[0]);
+  args.setGridY(grid[1]);
+  args.setGridZ(grid[2]);
+  args.setBlockX(block[0]);
+  args.setBlockY(block[1]);
+  args.setBlockZ(block[2]);
+  args.setSharedBytes(shared_bytes);
+}
+
+// The same from the driver's description of a launch (a CUlaunchConfig or a
+// CUDA_KERNEL_NODE_PARAMS: gridDim*, blockDim*, sharedMemBytes).
+template <typename Builder, typename Params>
+void SetLaunchShape(Builder args, const Params& p) {
+  SetLaunchShape(args, {p.gridDimX, p.gridDimY, p.gridDimZ},
+                 {p.blockDimX, p.blockDimY, p.blockDimZ}, p.sharedMemBytes);
+}
+
+// Orders a call on `target`'s stream: `args` is any wire builder with the
+// ctx and stream fields.
+template <typename Builder>
+void SetStreamTarget(Builder args, const StreamTarget& target) {
+  args.setCtx(target.ctx);
+  args.setStream(target.stream);
 }

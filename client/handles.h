@@ -9,6 +9,8 @@
 #include <atomic>
 #include <cstdint>
 
+#include "common/status.h"
+
 namespace ferry::client {
 
 enum class HandleKind : uint64_t {
@@ -43,5 +45,16 @@ class HandleIds {
  private:
   inline static std::atomic<uint64_t> next_serial_{1};
 };
+
+// A registry's lookup: copies `table`'s entry for `id` to `*out`, or is
+// INVALID_HANDLE with `missing` where there is none. The caller holds the
+// table's lock.
+template <typename Table, typename Value>
+Status CopyEntry(const Table& table, uint64_t id, Value* out, const char* missing) {
+  auto it = table.find(id);
+  if (it == table.end()) return Status::InvalidHandle(missing);
+  *out = it->second;
+  return Status::Ok();
+}
 
 }  // namespace ferry::client

@@ -32,10 +32,7 @@ Status ModuleRegistry::RemoveModule(uint64_t id) {
 
 Status ModuleRegistry::FindModule(uint64_t id, ModuleState* out) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = modules_.find(id);
-  if (it == modules_.end()) return Status::InvalidHandle("not a module of this process");
-  *out = it->second;
-  return Status::Ok();
+  return CopyEntry(modules_, id, out, "not a module of this process");
 }
 
 Status ModuleRegistry::AddFunction(uint64_t module, const std::string& name, uint64_t* id,
@@ -76,10 +73,7 @@ Status ModuleRegistry::FindFunction(uint64_t id, FunctionState* out) {
 
 Status ModuleRegistry::FindFunction(uint64_t id, std::shared_ptr<const FunctionState>* out) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = functions_.find(id);
-  if (it == functions_.end()) return Status::InvalidHandle("not a function of this process");
-  *out = it->second;
-  return Status::Ok();
+  return CopyEntry(functions_, id, out, "not a function of this process");
 }
 
 bool ModuleRegistry::MaxThreadsPerBlock(uint64_t id, int* value) {
@@ -119,10 +113,7 @@ Status ModuleRegistry::RemoveLibrary(uint64_t id) {
 
 Status ModuleRegistry::FindLibrary(uint64_t id, LibraryState* out) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = libraries_.find(id);
-  if (it == libraries_.end()) return Status::InvalidHandle("not a library of this process");
-  *out = it->second;
-  return Status::Ok();
+  return CopyEntry(libraries_, id, out, "not a library of this process");
 }
 
 std::vector<uint64_t> ModuleRegistry::LibraryIds() {
@@ -156,10 +147,7 @@ Status ModuleRegistry::LibraryKernel(uint64_t library, const std::string& name, 
 
 Status ModuleRegistry::FindKernel(uint64_t id, KernelState* out) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = kernels_.find(id);
-  if (it == kernels_.end()) return Status::InvalidHandle("not a kernel of this process");
-  *out = it->second;
-  return Status::Ok();
+  return CopyEntry(kernels_, id, out, "not a kernel of this process");
 }
 
 Status ModuleRegistry::LibraryModuleIn(uint64_t library, uint64_t ctx, uint64_t* module,

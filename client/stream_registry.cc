@@ -20,10 +20,7 @@ Status StreamRegistry::RemoveStream(uint64_t id, StreamState* removed) {
 
 Status StreamRegistry::FindStream(uint64_t id, StreamState* out) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = streams_.find(id);
-  if (it == streams_.end()) return Status::InvalidHandle("not a stream of this process");
-  *out = it->second;
-  return Status::Ok();
+  return CopyEntry(streams_, id, out, "not a stream of this process");
 }
 
 bool StreamRegistry::HasStream(uint64_t id) {
@@ -49,10 +46,7 @@ Status StreamRegistry::RemoveEvent(uint64_t id) {
 
 Status StreamRegistry::FindEvent(uint64_t id, EventState* out) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = events_.find(id);
-  if (it == events_.end()) return Status::InvalidHandle("not an event of this process");
-  *out = it->second;
-  return Status::Ok();
+  return CopyEntry(events_, id, out, "not an event of this process");
 }
 
 void StreamRegistry::NoteEventRecord(uint64_t id, StreamKey stream, uint64_t seq,
