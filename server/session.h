@@ -313,6 +313,33 @@ class Session {
   // what was wrong.
   // Stream 0 is `ctx`'s legacy stream; any other names a stream of the session.
   Status FindStream(uint64_t ctx, uint64_t stream, backend::Stream** out);
+  // Makes an object of context `ctx` under the client's new `id` in `table`:
+  // the context must exist and the id be new; create(context, &entry) makes
+  // the backend object. Entry has a `ctx` member.
+  template <typename Entry, typename Create>
+  Status CreateInContext(HandleTable<Entry>& table, uint64_t ctx, uint64_t id, Create create) {
+    ContextEntry* c = nullptr;
+    FERRY_RETURN_IF_ERROR(contexts_.Find(ctx, &c));
+    FERRY_RETURN_IF_ERROR(table.CheckNewId(id));
+    Entry entry;
+    entry.ctx = ctx;
+    FERRY_RETURN_IF_ERROR(create(*c->context, &entry));
+    return table.Insert(id, std::move(entry));
+  }
+  // Makes an object of session device `device` under the client's new `id`
+  // in `table`: the id must be new and the device the session's;
+  // create(backend_device, &entry) makes the backend object. Entry has a
+  // `device` member.
+  template <typename Entry, typename Create>
+  Status CreateOnDevice(HandleTable<Entry>& table, uint64_t id, int device, Create create) {
+    FERRY_RETURN_IF_ERROR(table.CheckNewId(id));
+    int backend_device = 0;
+    FERRY_RETURN_IF_ERROR(BackendDevice(device, &backend_device));
+    Entry entry;
+    entry.device = device;
+    FERRY_RETURN_IF_ERROR(create(backend_device, &entry));
+    return table.Insert(id, std::move(entry));
+  }
   // Drops module `id` with its functions and global ranges.
   void EraseModule(uint64_t id);
   // OK when [address, address + bytes) lies inside one range of this session.

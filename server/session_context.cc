@@ -15,21 +15,15 @@ namespace ferry::server {
 using session_internal::Hex;
 
 Status Session::CtxCreate(wire::CtxCreate::Reader args) {
-  const uint64_t id = args.getCtx();
-  FERRY_RETURN_IF_ERROR(contexts_.CheckNewId(id));
-  const int device = args.getDevice();
-  int backend_device = 0;
-  FERRY_RETURN_IF_ERROR(BackendDevice(device, &backend_device));
-  ContextEntry entry;
-  entry.device = device;
-  const SessionDevice& where = grant_.devices[device];
-  if (where.sm_partition_sms > 0) {
-    FERRY_RETURN_IF_ERROR(backend_.CreatePartitionedContext(
-        backend_device, args.getFlags(), where.slices_per_gpu, where.slice, &entry.context));
-  } else {
-    FERRY_RETURN_IF_ERROR(backend_.CreateContext(backend_device, args.getFlags(), &entry.context));
-  }
-  return contexts_.Insert(id, std::move(entry));
+  return CreateOnDevice(
+      contexts_, args.getCtx(), args.getDevice(), [&](int backend_device, ContextEntry* entry) {
+        const SessionDevice& where = grant_.devices[entry->device];
+        if (where.sm_partition_sms > 0) {
+          return backend_.CreatePartitionedContext(
+              backend_device, args.getFlags(), where.slices_per_gpu, where.slice, &entry->context);
+        }
+        return backend_.CreateContext(backend_device, args.getFlags(), &entry->context);
+      });
 }
 
 void Session::DestroyContextResources(uint64_t ctx) {

@@ -20,18 +20,13 @@ namespace ferry::server {
 using session_internal::Hex;
 
 Status Session::MemPoolCreate(wire::MemPoolCreate::Reader args) {
-  const uint64_t id = args.getPool();
-  FERRY_RETURN_IF_ERROR(mem_pools_.CheckNewId(id));
-  const int device = args.getDevice();
-  int backend_device = 0;
-  FERRY_RETURN_IF_ERROR(BackendDevice(device, &backend_device));
-  MemPoolEntry entry;
-  entry.device = device;
-  entry.is_default = args.getIsDefault();
   // Every pool of the session is its own, the default ones included, so
   // attributes and trims never reach another session (invariant 6).
-  FERRY_RETURN_IF_ERROR(backend_.CreateMemPool(backend_device, args.getMaxSize(), &entry.pool));
-  return mem_pools_.Insert(id, std::move(entry));
+  return CreateOnDevice(
+      mem_pools_, args.getPool(), args.getDevice(), [&](int backend_device, MemPoolEntry* entry) {
+        entry->is_default = args.getIsDefault();
+        return backend_.CreateMemPool(backend_device, args.getMaxSize(), &entry->pool);
+      });
 }
 
 Status Session::MemPoolDestroy(wire::MemPoolRef::Reader args) {

@@ -29,15 +29,11 @@ Status Session::FindStream(uint64_t ctx, uint64_t stream, backend::Stream** out)
 // --- streams and events ---------------------------------------------------------
 
 Status Session::StreamCreate(wire::StreamCreate::Reader args) {
-  ContextEntry* c = nullptr;
-  FERRY_RETURN_IF_ERROR(contexts_.Find(args.getCtx(), &c));
-  const uint64_t id = args.getStream();
-  FERRY_RETURN_IF_ERROR(streams_.CheckNewId(id));
-  StreamEntry entry;
-  entry.ctx = args.getCtx();
-  FERRY_RETURN_IF_ERROR(
-      backend_.CreateStream(*c->context, args.getFlags(), args.getPriority(), &entry.stream));
-  return streams_.Insert(id, std::move(entry));
+  return CreateInContext(streams_, args.getCtx(), args.getStream(),
+                         [&](backend::Context& context, StreamEntry* entry) {
+                           return backend_.CreateStream(context, args.getFlags(),
+                                                        args.getPriority(), &entry->stream);
+                         });
 }
 
 Status Session::StreamDestroy(wire::StreamRef::Reader args) {
@@ -84,14 +80,10 @@ Status Session::StreamWaitEvent(wire::StreamWaitEvent::Reader args) {
 }
 
 Status Session::EventCreate(wire::EventCreate::Reader args) {
-  ContextEntry* c = nullptr;
-  FERRY_RETURN_IF_ERROR(contexts_.Find(args.getCtx(), &c));
-  const uint64_t id = args.getEvent();
-  FERRY_RETURN_IF_ERROR(events_.CheckNewId(id));
-  EventEntry entry;
-  entry.ctx = args.getCtx();
-  FERRY_RETURN_IF_ERROR(backend_.CreateEvent(*c->context, args.getFlags(), &entry.event));
-  return events_.Insert(id, std::move(entry));
+  return CreateInContext(events_, args.getCtx(), args.getEvent(),
+                         [&](backend::Context& context, EventEntry* entry) {
+                           return backend_.CreateEvent(context, args.getFlags(), &entry->event);
+                         });
 }
 
 Status Session::EventRecord(wire::EventRecord::Reader args) {
