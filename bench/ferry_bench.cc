@@ -39,6 +39,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/units.h"
 #include "driver_figures.h"
 #include "raw_baseline.h"
 
@@ -77,16 +78,10 @@ std::vector<std::string> Split(const std::string& text, char separator) {
   return parts;
 }
 
-// "64MiB", "4KiB", "4096": bytes; 0 when the text is no size.
+// "64MiB", "4KiB", "4096": bytes (common/units.h); 0 when the text is no size.
 uint64_t ParseCopySize(const std::string& text) {
-  char* end = nullptr;
-  const unsigned long long value = std::strtoull(text.c_str(), &end, 10);
-  const std::string unit = end;
-  if (unit.empty() || unit == "B") return value;
-  if (unit == "KiB") return value << 10;
-  if (unit == "MiB") return value << 20;
-  if (unit == "GiB") return value << 30;
-  return 0;
+  uint64_t bytes = 0;
+  return ferry::ParseByteSize(text, &bytes) ? bytes : 0;
 }
 
 bool ParseArgs(int argc, char** argv, Options* o) {

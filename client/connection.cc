@@ -428,6 +428,7 @@ std::vector<uint64_t> Connection::CopiesBefore(StreamKey stream, uint64_t before
 
 void Connection::AddCopyDependencies(StreamKey stream, uint64_t since_seq,
                                      const std::vector<uint64_t>& copies) {
+  if (copies.empty()) return;  // the common case: no lock taken
   std::lock_guard<std::mutex> lock(reply_mutex_);
   bool added = false;
   for (uint64_t copy : copies) {

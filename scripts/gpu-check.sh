@@ -440,7 +440,8 @@ EOF
     background+=("$pid_a" "$pid_b")
     for _ in $(seq 600); do
       grep -q READY "$work/share_a.out" && grep -q READY "$work/share_b.out" && break
-      kill -0 "$pid_a" 2> /dev/null || kill -0 "$pid_b" 2> /dev/null || break
+      # Either half gone: its READY never comes.
+      { kill -0 "$pid_a" 2> /dev/null && kill -0 "$pid_b" 2> /dev/null; } || break
       sleep 0.1
     done
     timeout 20 "${server_env[@]}" "$bundle/bin/ferryctl" status -o json --server "$shares_server" \

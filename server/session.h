@@ -142,10 +142,12 @@ class Session {
   struct ContextEntry {
     std::unique_ptr<backend::Context> context;
     int device = 0;
+    backend::StreamAttributes legacy_stream_attributes;  // as the client set them
   };
   struct StreamEntry {
     std::unique_ptr<backend::Stream> stream;
     uint64_t ctx = 0;
+    backend::StreamAttributes attributes;  // as the client set them
   };
   struct EventEntry {
     std::unique_ptr<backend::Event> event;
@@ -188,16 +190,27 @@ class Session {
   // stream capture and graphs (session_graph.cc). A device range: base, bytes.
   using DeviceRange = std::pair<uint64_t, uint64_t>;
   // A stream that is capturing, keyed by its id in captures_.
+  // What recorded work relies on still being there when it runs: the device
+  // ranges it touches and the modules of its kernels. A graph launch checks
+  // them, so a graph never reaches freed memory or an unloaded kernel.
+  struct GraphUses {
+    std::vector<DeviceRange> ranges;
+    std::vector<uint64_t> modules;
+    void Add(const GraphUses& other) {
+      ranges.insert(ranges.end(), other.ranges.begin(), other.ranges.end());
+      modules.insert(modules.end(), other.modules.begin(), other.modules.end());
+    }
+  };
   struct CaptureEntry {
     uint64_t ctx = 0;
     uint64_t graph = 0;  // the id the graph gets at the end
     bool invalidated = false;
-    std::vector<DeviceRange> ranges;  // touched by the recorded work
+    GraphUses uses;  // of the recorded work
   };
   struct GraphEntry {
     std::unique_ptr<backend::Graph> graph;
     uint64_t ctx = 0;  // of the captured work; 0: no context's (an empty graph)
-    std::shared_ptr<const std::vector<DeviceRange>> ranges;
+    std::shared_ptr<const GraphUses> uses;
   };
   struct GraphNodeEntry {
     backend::GraphNode* node = nullptr;  // owned by the graph
@@ -206,7 +219,7 @@ class Session {
   struct GraphExecEntry {
     std::unique_ptr<backend::GraphExec> exec;
     uint64_t ctx = 0;
-    std::shared_ptr<const std::vector<DeviceRange>> ranges;
+    std::shared_ptr<const GraphUses> uses;
   };
   // How a stream-ordered call uses its stream, for CaptureGuard.
   enum class CaptureUse {
@@ -313,6 +326,10 @@ class Session {
   // what was wrong.
   // Stream 0 is `ctx`'s legacy stream; any other names a stream of the session.
   Status FindStream(uint64_t ctx, uint64_t stream, backend::Stream** out);
+  // The same, with the attributes the client set on the stream (kept in its
+  // entry, or in its context's for the legacy stream, so they go with it).
+  Status FindStream(uint64_t ctx, uint64_t stream, backend::Stream** out,
+                    backend::StreamAttributes** attributes);
   // Makes an object of context `ctx` under the client's new `id` in `table`:
   // the context must exist and the id be new; create(context, &entry) makes
   // the backend object. Entry has a `ctx` member.
@@ -352,12 +369,16 @@ class Session {
   Status CheckRange2D(uint64_t address, uint64_t pitch, uint64_t width_bytes, uint64_t height,
                       const char* what);
   // stream capture: OK when `stream` is not capturing, or when `use` is
-  // kRecorded (then `ranges` join the capture's). Any other use of a
+  // kRecorded (then `ranges` and the kernel's `module`, if any, join the
+  // capture's uses). Any other use of a
   // capturing stream invalidates its capture and fails with
   // CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED; any use of an invalidated one fails
   // with CUDA_ERROR_STREAM_CAPTURE_INVALIDATED. Free when nothing captures.
+  // A launch or upload of `exec` on a stream of `stream_ctx`: same context,
+  // and every range and kernel module the graph uses still the session's.
+  Status CheckGraphExec(const GraphExecEntry& exec, uint64_t stream_ctx);
   Status CaptureGuard(uint64_t stream, CaptureUse use,
-                      std::initializer_list<DeviceRange> ranges = {});
+                      std::initializer_list<DeviceRange> ranges = {}, uint64_t module = 0);
   // cuCtxSynchronize while streams of `ctx` capture: invalidates them and
   // fails with CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED.
   Status CaptureGuardContext(uint64_t ctx);
@@ -408,13 +429,6 @@ class Session {
   // context's pairs go with it.
   std::set<std::pair<uint64_t, uint64_t>> peer_access_;
   HandleTable<MemPoolEntry> mem_pools_{"memory pool"};
-  // Stream attributes the client set, by StreamAttributesKey. (Ids are never
-  // reused, so an entry of a destroyed stream is never found again.)
-  std::map<std::pair<uint64_t, uint64_t>, backend::StreamAttributes> stream_attributes_;
-  // A stream's key there: (0, id), or (ctx, 0) for ctx's legacy stream.
-  static std::pair<uint64_t, uint64_t> StreamAttributesKey(uint64_t ctx, uint64_t stream) {
-    return stream == 0 ? std::make_pair(ctx, uint64_t{0}) : std::make_pair(uint64_t{0}, stream);
-  }
   // stream capture and graphs
   std::map<uint64_t, CaptureEntry> captures_;  // by stream id
   HandleTable<GraphEntry> graphs_{"graph"};

@@ -72,7 +72,6 @@ void Session::FreeEverything() {
   }
   // Pools after the allocations (freed with their contexts above).
   mem_pools_.Clear();
-  stream_attributes_.clear();
   // Anything left belongs to no context (cannot happen by construction).
   events_.Clear();
   streams_.Clear();

@@ -16,7 +16,7 @@
 namespace ferry::server {
 
 Status Session::CaptureGuard(uint64_t stream, CaptureUse use,
-                             std::initializer_list<DeviceRange> ranges) {
+                             std::initializer_list<DeviceRange> ranges, uint64_t module) {
   if (captures_.empty()) return Status::Ok();
   auto it = captures_.find(stream);
   if (it == captures_.end()) return Status::Ok();
@@ -26,7 +26,8 @@ Status Session::CaptureGuard(uint64_t stream, CaptureUse use,
                         "the stream's capture was invalidated by an earlier call");
   }
   if (use == CaptureUse::kRecorded) {
-    capture.ranges.insert(capture.ranges.end(), ranges.begin(), ranges.end());
+    capture.uses.ranges.insert(capture.uses.ranges.end(), ranges.begin(), ranges.end());
+    if (module != 0) capture.uses.modules.push_back(module);
     return Status::Ok();
   }
   capture.invalidated = true;
@@ -110,7 +111,7 @@ Status Session::StreamEndCapture(wire::StreamRef::Reader args) {
                         "the capture was invalidated by an earlier call; no graph was made");
   }
   entry.ctx = capture.ctx;
-  entry.ranges = std::make_shared<const std::vector<DeviceRange>>(std::move(capture.ranges));
+  entry.uses = std::make_shared<const GraphUses>(std::move(capture.uses));
   return graphs_.Insert(capture.graph, std::move(entry));
 }
 
@@ -131,7 +132,7 @@ Status Session::GraphCreate(wire::GraphCreate::Reader args) {
   FERRY_RETURN_IF_ERROR(graphs_.CheckNewId(args.getGraph()));
   GraphEntry entry;
   FERRY_RETURN_IF_ERROR(backend_.CreateGraph(args.getFlags(), &entry.graph));
-  entry.ranges = std::make_shared<const std::vector<DeviceRange>>();
+  entry.uses = std::make_shared<const GraphUses>();
   return graphs_.Insert(args.getGraph(), std::move(entry));
 }
 
@@ -158,7 +159,7 @@ Status Session::GraphAddNode(wire::GraphAddNode::Reader args, CallContext& cx) {
   }
   backend::GraphNodeSpec spec;
   uint64_t ctx = 0;
-  std::vector<DeviceRange> ranges;
+  GraphUses uses;  // of the new node
   switch (args.which()) {
     case wire::GraphAddNode::EMPTY:
       break;
@@ -185,6 +186,7 @@ Status Session::GraphAddNode(wire::GraphAddNode::Reader args, CallContext& cx) {
         }
       }
       spec.params = cx.bulk_in;
+      uses.modules.push_back(f->module);
       break;
     }
     case wire::GraphAddNode::MEMSET: {
@@ -201,7 +203,7 @@ Status Session::GraphAddNode(wire::GraphAddNode::Reader args, CallContext& cx) {
       }
       const uint64_t pitch = height == 1 ? width * element : m.getPitch();
       FERRY_RETURN_IF_ERROR(CheckRange2D(m.getDst(), pitch, width * element, height, "memset"));
-      ranges.push_back({m.getDst(), (height - 1) * pitch + width * element});
+      uses.ranges.push_back({m.getDst(), (height - 1) * pitch + width * element});
       spec.kind = backend::GraphNodeSpec::Kind::kMemset;
       spec.dst = m.getDst();
       spec.pitch = pitch;
@@ -217,8 +219,8 @@ Status Session::GraphAddNode(wire::GraphAddNode::Reader args, CallContext& cx) {
       if (m.getBytes() == 0) return Status::InvalidArgument("empty memcpy node");
       FERRY_RETURN_IF_ERROR(CheckRange(m.getSrc(), m.getBytes(), "source"));
       FERRY_RETURN_IF_ERROR(CheckRange(m.getDst(), m.getBytes(), "destination"));
-      ranges.push_back({m.getSrc(), m.getBytes()});
-      ranges.push_back({m.getDst(), m.getBytes()});
+      uses.ranges.push_back({m.getSrc(), m.getBytes()});
+      uses.ranges.push_back({m.getDst(), m.getBytes()});
       spec.kind = backend::GraphNodeSpec::Kind::kCopy;
       spec.dst = m.getDst();
       spec.src = m.getSrc();
@@ -239,10 +241,11 @@ Status Session::GraphAddNode(wire::GraphAddNode::Reader args, CallContext& cx) {
   backend::GraphNode* node = nullptr;
   FERRY_RETURN_IF_ERROR(backend_.AddGraphNode(*graph->graph, dependencies, spec, &node));
   if (ctx != 0) graph->ctx = ctx;
-  if (!ranges.empty()) {
-    auto all = std::make_shared<std::vector<DeviceRange>>(*graph->ranges);
-    all->insert(all->end(), ranges.begin(), ranges.end());
-    graph->ranges = std::move(all);
+  if (!uses.ranges.empty() || !uses.modules.empty()) {
+    // Clones and executable graphs share the uses they were made with.
+    auto all = std::make_shared<GraphUses>(*graph->uses);
+    all->Add(uses);
+    graph->uses = std::move(all);
   }
   return graph_nodes_.Insert(args.getNode(), GraphNodeEntry{node, args.getGraph()});
 }
@@ -254,7 +257,7 @@ Status Session::GraphClone(wire::GraphClone::Reader args) {
   GraphEntry clone;
   FERRY_RETURN_IF_ERROR(backend_.CloneGraph(*graph->graph, &clone.graph));
   clone.ctx = graph->ctx;
-  clone.ranges = graph->ranges;
+  clone.uses = graph->uses;
   return graphs_.Insert(args.getClone(), std::move(clone));
 }
 
@@ -265,7 +268,7 @@ Status Session::GraphInstantiate(wire::GraphInstantiate::Reader args) {
   GraphExecEntry entry;
   FERRY_RETURN_IF_ERROR(backend_.InstantiateGraph(*graph->graph, args.getFlags(), &entry.exec));
   entry.ctx = graph->ctx;
-  entry.ranges = graph->ranges;
+  entry.uses = graph->uses;
   return graph_execs_.Insert(args.getExec(), std::move(entry));
 }
 
@@ -273,31 +276,37 @@ Status Session::GraphExecDestroy(wire::GraphExecRef::Reader args) {
   return graph_execs_.Erase(args.getExec());
 }
 
+Status Session::CheckGraphExec(const GraphExecEntry& exec, uint64_t stream_ctx) {
+  if (exec.ctx != 0 && exec.ctx != stream_ctx) {
+    return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT,
+                        "the graph's work belongs to another context than the stream");
+  }
+  for (const DeviceRange& range : exec.uses->ranges) {
+    FERRY_RETURN_IF_ERROR(CheckRange(range.first, range.second, "graph node"));
+  }
+  for (uint64_t module : exec.uses->modules) {
+    if (!modules_.Contains(module)) {
+      return Status::InvalidHandle("the graph runs a kernel of module " + std::to_string(module) +
+                                   ", which was unloaded");
+    }
+  }
+  return Status::Ok();
+}
+
 Status Session::GraphLaunch(wire::GraphLaunch::Reader args) {
   GraphExecEntry* exec = nullptr;
   FERRY_RETURN_IF_ERROR(graph_execs_.Find(args.getExec(), &exec));
   backend::Stream* stream = nullptr;
+  // FindStream checked that the stream is one of args.ctx's.
   FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
-  uint64_t stream_ctx = args.getCtx();
-  if (args.getStream() != 0) {
-    StreamEntry* s = nullptr;
-    FERRY_RETURN_IF_ERROR(streams_.Find(args.getStream(), &s));
-    stream_ctx = s->ctx;
-  }
-  if (exec->ctx != 0 && exec->ctx != stream_ctx) {
-    return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT,
-                        "the graph's work belongs to another context than the stream");
-  }
-  for (const DeviceRange& range : *exec->ranges) {
-    FERRY_RETURN_IF_ERROR(CheckRange(range.first, range.second, "graph node"));
-  }
+  FERRY_RETURN_IF_ERROR(CheckGraphExec(*exec, args.getCtx()));
   FERRY_RETURN_IF_ERROR(CaptureGuard(args.getStream(), CaptureUse::kRecorded));
   if (auto it = captures_.find(args.getStream()); it != captures_.end()) {
-    it->second.ranges.insert(it->second.ranges.end(), exec->ranges->begin(), exec->ranges->end());
+    it->second.uses.Add(*exec->uses);
   }
   // A graph launch is a launch: a throttled device's share applies to it.
   ContextEntry* context = nullptr;
-  const int device = contexts_.Find(stream_ctx, &context).ok() ? context->device : 0;
+  const int device = contexts_.Find(args.getCtx(), &context).ok() ? context->device : 0;
   const bool throttled = shares_.Throttled(device);
   if (throttled) shares_.ThrottleBeforeLaunch(device);
   FERRY_RETURN_IF_ERROR(backend_.LaunchGraph(*exec->exec, *stream));
@@ -310,6 +319,7 @@ Status Session::GraphUpload(wire::GraphLaunch::Reader args) {
   FERRY_RETURN_IF_ERROR(graph_execs_.Find(args.getExec(), &exec));
   backend::Stream* stream = nullptr;
   FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
+  FERRY_RETURN_IF_ERROR(CheckGraphExec(*exec, args.getCtx()));
   FERRY_RETURN_IF_ERROR(CaptureGuard(args.getStream(), CaptureUse::kRecorded));
   return backend_.UploadGraph(*exec->exec, *stream);
 }

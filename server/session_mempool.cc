@@ -67,6 +67,16 @@ Status Session::MemAllocAsync(wire::MemAllocAsync::Reader args, CallContext& cx)
   FERRY_RETURN_IF_ERROR(CaptureGuard(args.getStream(), CaptureUse::kNotRecorded));
   MemPoolEntry* pool = nullptr;
   FERRY_RETURN_IF_ERROR(mem_pools_.Find(args.getPool(), &pool));
+  // The allocation belongs to the stream's context (it is freed with it), so
+  // the pool must be of that context's device.
+  ContextEntry* context = nullptr;
+  FERRY_RETURN_IF_ERROR(contexts_.Find(args.getCtx(), &context));
+  if (context->device != pool->device) {
+    return Status::InvalidArgument("memory pool " + std::to_string(args.getPool()) +
+                                   " is of device " + std::to_string(pool->device) +
+                                   ", the stream's context of device " +
+                                   std::to_string(context->device));
+  }
   const uint64_t bytes = args.getBytes();
   if (bytes == 0) return Status::InvalidArgument("cuMemAllocAsync of 0 bytes");
   FERRY_RETURN_IF_ERROR(shares_.CheckQuota(pool->device, bytes));
@@ -165,34 +175,31 @@ Status ParseStreamAttribute(wire::StreamAttribute::Reader args, backend::StreamA
 
 Status Session::StreamSetAttribute(wire::StreamAttribute::Reader args) {
   backend::Stream* stream = nullptr;
-  FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
+  backend::StreamAttributes* kept = nullptr;
+  FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream, &kept));
   // A window names session memory whatever else is wrong with the call.
   if (args.getWindowBytes() > 0) {
     FERRY_RETURN_IF_ERROR(
         CheckRange(args.getWindowBase(), args.getWindowBytes(), "access policy window"));
   }
-  const auto key = StreamAttributesKey(args.getCtx(), args.getStream());
-  auto found = stream_attributes_.find(key);
-  backend::StreamAttributes values =
-      found != stream_attributes_.end() ? found->second : backend::StreamAttributes{};
+  backend::StreamAttributes values = *kept;
   FERRY_RETURN_IF_ERROR(ParseStreamAttribute(args, &values));
   FERRY_RETURN_IF_ERROR(backend_.SetStreamAttribute(*stream, args.getAttribute(), values));
-  stream_attributes_[key] = values;
+  *kept = values;
   return Status::Ok();
 }
 
 Status Session::StreamGetAttribute(wire::StreamAttribute::Reader args, CallContext& cx) {
   backend::Stream* stream = nullptr;
-  FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
+  backend::StreamAttributes* kept = nullptr;
+  FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream, &kept));
   const int attribute = args.getAttribute();
   if (attribute != CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW &&
       attribute != CU_LAUNCH_ATTRIBUTE_SYNCHRONIZATION_POLICY) {
     return Status::Unimplemented("stream attribute " + std::to_string(attribute) +
                                  " is not supported by ferry");
   }
-  auto found = stream_attributes_.find(StreamAttributesKey(args.getCtx(), args.getStream()));
-  const backend::StreamAttributes values =
-      found != stream_attributes_.end() ? found->second : backend::StreamAttributes{};
+  const backend::StreamAttributes& values = *kept;
   auto out = cx.reply.initStreamAttribute();
   out.setCtx(args.getCtx());
   out.setStream(args.getStream());
@@ -209,11 +216,11 @@ Status Session::StreamGetAttribute(wire::StreamAttribute::Reader args, CallConte
 Status Session::StreamCopyAttributes(wire::StreamCopyAttributes::Reader args) {
   backend::Stream* dst = nullptr;
   backend::Stream* src = nullptr;
-  FERRY_RETURN_IF_ERROR(FindStream(args.getDstCtx(), args.getDst(), &dst));
-  FERRY_RETURN_IF_ERROR(FindStream(args.getSrcCtx(), args.getSrc(), &src));
-  auto found = stream_attributes_.find(StreamAttributesKey(args.getSrcCtx(), args.getSrc()));
-  const backend::StreamAttributes values =
-      found != stream_attributes_.end() ? found->second : backend::StreamAttributes{};
+  backend::StreamAttributes* dst_kept = nullptr;
+  backend::StreamAttributes* src_kept = nullptr;
+  FERRY_RETURN_IF_ERROR(FindStream(args.getDstCtx(), args.getDst(), &dst, &dst_kept));
+  FERRY_RETURN_IF_ERROR(FindStream(args.getSrcCtx(), args.getSrc(), &src, &src_kept));
+  const backend::StreamAttributes values = *src_kept;
   // The window was checked when it was set on src; it may have been freed
   // since, so check it again before it reaches dst.
   if (values.window_bytes > 0) {
@@ -224,7 +231,7 @@ Status Session::StreamCopyAttributes(wire::StreamCopyAttributes::Reader args) {
        {CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW, CU_LAUNCH_ATTRIBUTE_SYNCHRONIZATION_POLICY}) {
     FERRY_RETURN_IF_ERROR(backend_.SetStreamAttribute(*dst, attribute, values));
   }
-  stream_attributes_[StreamAttributesKey(args.getDstCtx(), args.getDst())] = values;
+  *dst_kept = values;
   return Status::Ok();
 }
 

@@ -196,7 +196,7 @@ Status Session::Launch(wire::Launch::Reader args, CallContext& cx) {
   FERRY_RETURN_IF_ERROR(functions_.Find(args.getFunction(), &f));
   backend::Stream* stream = nullptr;
   FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
-  FERRY_RETURN_IF_ERROR(CaptureGuard(args.getStream(), CaptureUse::kRecorded));
+  FERRY_RETURN_IF_ERROR(CaptureGuard(args.getStream(), CaptureUse::kRecorded, {}, f->module));
   if (cx.bulk_in.size < f->param_bytes) {
     return Status::InvalidArgument("launch carried " + std::to_string(cx.bulk_in.size) +
                                    " parameter bytes; the kernel takes " +

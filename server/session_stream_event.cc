@@ -8,12 +8,19 @@
 namespace ferry::server {
 
 Status Session::FindStream(uint64_t ctx, uint64_t stream, backend::Stream** out) {
+  backend::StreamAttributes* attributes = nullptr;
+  return FindStream(ctx, stream, out, &attributes);
+}
+
+Status Session::FindStream(uint64_t ctx, uint64_t stream, backend::Stream** out,
+                           backend::StreamAttributes** attributes) {
   // The context must exist whichever stream is named, and a created stream
   // must be one of its streams (the client names a stream's own context).
   ContextEntry* c = nullptr;
   FERRY_RETURN_IF_ERROR(contexts_.Find(ctx, &c));
   if (stream == 0) {
     *out = &backend_.LegacyStream(*c->context);
+    *attributes = &c->legacy_stream_attributes;
     return Status::Ok();
   }
   StreamEntry* entry = nullptr;
@@ -23,6 +30,7 @@ Status Session::FindStream(uint64_t ctx, uint64_t stream, backend::Stream** out)
                                  " is not a stream of context " + std::to_string(ctx));
   }
   *out = entry->stream.get();
+  *attributes = &entry->attributes;
   return Status::Ok();
 }
 

@@ -35,16 +35,10 @@ struct Result {
   std::string err;
 };
 
-std::string MakeTestDir() {
-  std::string pattern = ::testing::TempDir() + "ferry-cli-XXXXXX";
-  if (mkdtemp(pattern.data()) == nullptr) return "";
-  return pattern;
-}
-
 class CliTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = MakeTestDir();
+    dir_ = test::MakeTempDir("ferry-cli-");
     ASSERT_FALSE(dir_.empty()) << "mkdtemp failed";
   }
 

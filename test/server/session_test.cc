@@ -989,6 +989,63 @@ class SessionLibraryTest : public SessionTest {
   }
 };
 
+// A graph keeps the modules of its kernels in view: once the library behind a
+// captured kernel is unloaded, launching the graph is refused instead of
+// handing the backend a function of an unloaded module.
+TEST_F(SessionLibraryTest, AGraphWhoseKernelsModuleIsUnloadedIsRefused) {
+  // A backend that knows the tiny library's kernel, so the capture records it.
+  EndSession();
+  backend::HostBackendOptions options;
+  options.device_memory = 64 << 20;
+  options.kernel_libraries = {SESSION_TEST_HOST_KERNELS};
+  ASSERT_TRUE(backend::CreateHostBackend(options, &backend_).ok());
+  StartSession();
+  CreateContext();
+  CreateStream(5);
+  ASSERT_TRUE(LoadLibrary(600).status.ok());
+  ASSERT_TRUE(LoadIntoContext(600, 100, 400, 500).ok());
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        auto a = test::OnStream(c.initStreamBeginCapture(), 5);
+        a.setMode(CU_STREAM_CAPTURE_MODE_GLOBAL);
+        a.setGraph(60);
+      },
+      false);
+  const std::vector<uint8_t> params(12, 0);
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        auto a = test::OnStream(c.initLaunch(), 5);
+        a.setFunction(500);
+        a.setGridX(1);
+        a.setGridY(1);
+        a.setGridZ(1);
+        a.setBlockX(1);
+        a.setBlockY(1);
+        a.setBlockZ(1);
+      },
+      false, params);
+  const Status ended =
+      client_->Call([&](wire::Call::Builder c) { test::OnStream(c.initStreamEndCapture(), 5); })
+          .status;
+  ASSERT_TRUE(ended.ok()) << ended.ToString();
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        auto a = c.initGraphInstantiate();
+        a.setGraph(60);
+        a.setExec(61);
+      },
+      false);
+  client_->Send([&](wire::Call::Builder c) { c.initLibraryUnload().setLibrary(600); }, false);
+  client_->Send([&](wire::Call::Builder c) { test::OnStream(c.initGraphLaunch(), 5).setExec(61); },
+                false);
+  const Status launched = client_->Call([&](wire::Call::Builder c) { c.setPing(); }).status;
+  EXPECT_EQ(launched.cuda_result(), CUDA_ERROR_INVALID_HANDLE) << launched.ToString();
+  client_->Send([&](wire::Call::Builder c) { c.initGraphExecDestroy().setExec(61); }, false);
+  client_->Send([&](wire::Call::Builder c) { c.initGraphDestroy().setGraph(60); }, false);
+  client_->Send([&](wire::Call::Builder c) { c.initCtxDestroy().setCtx(100); }, false);
+  ASSERT_TRUE(client_->Call([&](wire::Call::Builder c) { c.setPing(); }).status.ok());
+}
+
 // Every handle and device-range field that a call's description names in the
 // schema ($handles, $ranges) is validated by its handler. For each such field
 // the call is sent with that field alone holding something this session does

@@ -1,6 +1,7 @@
 // ChildProcess: fork + exec with output files and a parent-death signal;
 // see child_process.h.
 #include "test/support/child_process.h"
+#include "test/support/wait.h"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -135,19 +136,14 @@ bool ChildProcess::Poll() {
 }
 
 ExitStatus ChildProcess::Wait(std::chrono::milliseconds timeout) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!Poll()) {
-    if (std::chrono::steady_clock::now() >= deadline) {
-      ::kill(pid_, SIGKILL);
-      int status = 0;
-      waitpid(pid_, &status, 0);
-      ExitStatus killed;
-      killed.timed_out = true;
-      killed.signal = SIGKILL;
-      status_ = killed;
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  if (!WaitFor([this] { return Poll(); }, timeout, std::chrono::milliseconds(5))) {
+    ::kill(pid_, SIGKILL);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    ExitStatus killed;
+    killed.timed_out = true;
+    killed.signal = SIGKILL;
+    status_ = killed;
   }
   return *status_;
 }

@@ -735,10 +735,8 @@ class CudaBackend final : public GpuBackend {
 
   Status ResetPersistingL2Cache(Context& context) override {
     return Guarded("ResetPersistingL2Cache", [&]() -> Status {
-      if (api_->cuCtxResetPersistingL2Cache == nullptr) {
-        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED,
-                            "the driver has no cuCtxResetPersistingL2Cache");
-      }
+      FERRY_RETURN_IF_ERROR(
+          NeedEntryPoint(api_->cuCtxResetPersistingL2Cache, "cuCtxResetPersistingL2Cache"));
       FERRY_RETURN_IF_ERROR(MakeCurrent(Ctx(context)));
       return FERRY_CU(*api_, cuCtxResetPersistingL2Cache);
     });
@@ -764,15 +762,14 @@ class CudaBackend final : public GpuBackend {
       if (api_->cuMemPoolCreate == nullptr || api_->cuMemPoolDestroy == nullptr) {
         return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no cuMemPoolCreate");
       }
-      if (device < 0 || device >= static_cast<int>(device_handles_.size())) {
-        return Status::Cuda(CUDA_ERROR_INVALID_DEVICE, "no device " + std::to_string(device));
-      }
+      CUdevice device_handle = 0;
+      FERRY_RETURN_IF_ERROR(DeviceHandle(device, &device_handle));
       CUmemPoolProps props;
       std::memset(&props, 0, sizeof(props));
       props.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
       props.handleTypes = CU_MEM_HANDLE_TYPE_NONE;
       props.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-      props.location.id = device_handles_[device];
+      props.location.id = device_handle;
       props.maxSize = static_cast<size_t>(max_size);
       CUmemoryPool pool = nullptr;
       FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemPoolCreate, &pool, &props));
@@ -783,9 +780,8 @@ class CudaBackend final : public GpuBackend {
 
   Status MemAllocFromPool(Stream& stream, MemPool& pool, uint64_t bytes, uint64_t* dptr) override {
     return Guarded("MemAllocFromPool", [&]() -> Status {
-      if (api_->cuMemAllocFromPoolAsync == nullptr) {
-        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no cuMemAllocFromPoolAsync");
-      }
+      FERRY_RETURN_IF_ERROR(
+          NeedEntryPoint(api_->cuMemAllocFromPoolAsync, "cuMemAllocFromPoolAsync"));
       CudaStream& s = Str(stream);
       s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
@@ -799,9 +795,7 @@ class CudaBackend final : public GpuBackend {
 
   Status MemFreeAsync(Stream& stream, uint64_t dptr, Completion freed) override {
     return Guarded("MemFreeAsync", [&]() -> Status {
-      if (api_->cuMemFreeAsync == nullptr) {
-        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no cuMemFreeAsync");
-      }
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuMemFreeAsync, "cuMemFreeAsync"));
       CudaStream& s = Str(stream);
       s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
@@ -810,20 +804,22 @@ class CudaBackend final : public GpuBackend {
       // A stream callback holds the stream until it has run, so the stream
       // is idle past the free only after `freed`.
       Status queued = EnqueueCallback(s, [freed](CUresult result) mutable {
-        freed(result == CUDA_SUCCESS ? Status::Ok()
-                                     : Status::Cuda(result, "stream work failed before a free"));
+        RunCompletion(freed, result == CUDA_SUCCESS
+                                 ? Status::Ok()
+                                 : Status::Cuda(result, "stream work failed before a free"));
       });
-      // The free is queued either way: without a callback, say so at once.
-      if (!queued.ok()) freed(Status::Ok());
+      if (!queued.ok()) {
+        // `freed` promises the free has executed: without a callback, wait
+        // for the stream here, as the other callback fallbacks do.
+        RunCompletion(freed, FERRY_CU(*api_, cuStreamSynchronize, s.handle));
+      }
       return Status::Ok();
     });
   }
 
   Status GetMemPoolAttribute(MemPool& pool, int attribute, uint64_t* value) override {
     return Guarded("GetMemPoolAttribute", [&]() -> Status {
-      if (api_->cuMemPoolGetAttribute == nullptr) {
-        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no cuMemPoolGetAttribute");
-      }
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuMemPoolGetAttribute, "cuMemPoolGetAttribute"));
       const CUmemoryPool handle = static_cast<CudaMemPool&>(pool).handle;
       const auto attr = static_cast<CUmemPool_attribute>(attribute);
       if (MemPoolAttributeIsInt(attribute)) {
@@ -841,9 +837,7 @@ class CudaBackend final : public GpuBackend {
 
   Status SetMemPoolAttribute(MemPool& pool, int attribute, uint64_t value) override {
     return Guarded("SetMemPoolAttribute", [&]() -> Status {
-      if (api_->cuMemPoolSetAttribute == nullptr) {
-        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no cuMemPoolSetAttribute");
-      }
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuMemPoolSetAttribute, "cuMemPoolSetAttribute"));
       const CUmemoryPool handle = static_cast<CudaMemPool&>(pool).handle;
       const auto attr = static_cast<CUmemPool_attribute>(attribute);
       if (MemPoolAttributeIsInt(attribute)) {
@@ -857,9 +851,7 @@ class CudaBackend final : public GpuBackend {
 
   Status TrimMemPool(MemPool& pool, uint64_t min_bytes_to_keep) override {
     return Guarded("TrimMemPool", [&]() -> Status {
-      if (api_->cuMemPoolTrimTo == nullptr) {
-        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no cuMemPoolTrimTo");
-      }
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuMemPoolTrimTo, "cuMemPoolTrimTo"));
       return FERRY_CU(*api_, cuMemPoolTrimTo, static_cast<CudaMemPool&>(pool).handle,
                       static_cast<size_t>(min_bytes_to_keep));
     });
@@ -868,9 +860,7 @@ class CudaBackend final : public GpuBackend {
   Status SetStreamAttribute(Stream& stream, int attribute,
                             const StreamAttributes& values) override {
     return Guarded("SetStreamAttribute", [&]() -> Status {
-      if (api_->cuStreamSetAttribute == nullptr) {
-        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no cuStreamSetAttribute");
-      }
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuStreamSetAttribute, "cuStreamSetAttribute"));
       CudaStream& s = Str(stream);
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
       CUstreamAttrValue value;
@@ -891,9 +881,7 @@ class CudaBackend final : public GpuBackend {
 
   Status StreamMemOps(Stream& stream, std::vector<StreamMemOp> ops, unsigned flags) override {
     return Guarded("StreamMemOps", [&]() -> Status {
-      if (api_->cuStreamBatchMemOp == nullptr) {
-        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no cuStreamBatchMemOp");
-      }
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuStreamBatchMemOp, "cuStreamBatchMemOp"));
       std::vector<CUstreamBatchMemOpParams> params(ops.size());
       for (size_t i = 0; i < ops.size(); ++i) {
         CUstreamBatchMemOpParams& p = params[i];
@@ -1173,27 +1161,9 @@ class CudaBackend final : public GpuBackend {
       s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
       CudaFunction& f = Fn(function);
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
-      CUlaunchConfig launch;
-      std::memset(&launch, 0, sizeof(launch));
-      launch.gridDimX = config.grid[0];
-      launch.gridDimY = config.grid[1];
-      launch.gridDimZ = config.grid[2];
-      launch.blockDimX = config.block[0];
-      launch.blockDimY = config.block[1];
-      launch.blockDimZ = config.block[2];
-      launch.sharedMemBytes = config.shared_bytes;
-      launch.hStream = s.handle;
       CUlaunchAttribute cluster;
-      std::memset(&cluster, 0, sizeof(cluster));
-      if (config.cluster[0] != 0 || config.cluster[1] != 0 || config.cluster[2] != 0) {
-        cluster.id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-        // A zero in one dimension of a requested cluster means 1 there.
-        cluster.value.clusterDim.x = std::max<uint32_t>(config.cluster[0], 1);
-        cluster.value.clusterDim.y = std::max<uint32_t>(config.cluster[1], 1);
-        cluster.value.clusterDim.z = std::max<uint32_t>(config.cluster[2], 1);
-        launch.attrs = &cluster;
-        launch.numAttrs = 1;
-      }
+      CUlaunchConfig launch = DriverLaunchConfig(config, &cluster);
+      launch.hStream = s.handle;
       // The packed buffer goes to the driver as is; it copies the parameters
       // before cuLaunchKernelEx returns, so `params` need only live until then.
       size_t params_size = static_cast<size_t>(params.size);
@@ -1321,9 +1291,7 @@ class CudaBackend final : public GpuBackend {
 
   Status RecordContextEvent(Context& context, Event& event) override {
     return Guarded("RecordContextEvent", [&]() -> Status {
-      if (api_->cuCtxRecordEvent == nullptr) {
-        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no cuCtxRecordEvent");
-      }
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuCtxRecordEvent, "cuCtxRecordEvent"));
       CudaContext& ctx = Ctx(context);
       CudaEvent& e = Ev(event);
       std::lock_guard<std::mutex> lock(e.waits_mu);
@@ -1338,9 +1306,7 @@ class CudaBackend final : public GpuBackend {
 
   Status ContextWaitEvent(Context& context, Event& event) override {
     return Guarded("ContextWaitEvent", [&]() -> Status {
-      if (api_->cuCtxWaitEvent == nullptr) {
-        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no cuCtxWaitEvent");
-      }
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuCtxWaitEvent, "cuCtxWaitEvent"));
       CudaContext& ctx = Ctx(context);
       FERRY_RETURN_IF_ERROR(MakeCurrent(ctx));
       return FERRY_CU(*api_, cuCtxWaitEvent, ctx.handle, Ev(event).handle);
@@ -1717,6 +1683,7 @@ class CudaBackend final : public GpuBackend {
           break;
         }
         case GraphNodeSpec::Kind::kMemset: {
+          if (ctx == nullptr) return Status::InvalidArgument("a memset node needs a context");
           CUDA_MEMSET_NODE_PARAMS p;
           std::memset(&p, 0, sizeof(p));
           p.dst = static_cast<CUdeviceptr>(spec.dst);
@@ -1730,6 +1697,7 @@ class CudaBackend final : public GpuBackend {
           break;
         }
         case GraphNodeSpec::Kind::kCopy: {
+          if (ctx == nullptr) return Status::InvalidArgument("a copy node needs a context");
           CUDA_MEMCPY3D p;
           std::memset(&p, 0, sizeof(p));
           p.srcMemoryType = CU_MEMORYTYPE_DEVICE;
@@ -1844,9 +1812,10 @@ class CudaBackend final : public GpuBackend {
     if (config.cluster[0] != 0 || config.cluster[1] != 0 || config.cluster[2] != 0) {
       std::memset(cluster, 0, sizeof(*cluster));
       cluster->id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-      cluster->value.clusterDim.x = config.cluster[0];
-      cluster->value.clusterDim.y = config.cluster[1];
-      cluster->value.clusterDim.z = config.cluster[2];
+      // A zero in one dimension of a requested cluster means 1 there.
+      cluster->value.clusterDim.x = std::max<uint32_t>(config.cluster[0], 1);
+      cluster->value.clusterDim.y = std::max<uint32_t>(config.cluster[1], 1);
+      cluster->value.clusterDim.z = std::max<uint32_t>(config.cluster[2], 1);
       launch.attrs = cluster;
       launch.numAttrs = 1;
     }
@@ -2051,11 +2020,13 @@ CudaModule::~CudaModule() {
   CudaBackend& backend = context.backend;
   const DriverApi& api = backend.api();
   constexpr char kWhat[] = "unloading a module";
+  // A library's module is the library's to unload: nothing to wait for.
+  if (!owned) return;
   if (backend.MakeCurrentQuietly(context, kWhat)) {
     // Kernels of this module may still be queued or running.
     FERRY_CU_QUIET(api, kWhat, cuCtxSynchronize);
   }
-  if (owned) FERRY_CU_QUIET(api, kWhat, cuModuleUnload, handle);
+  FERRY_CU_QUIET(api, kWhat, cuModuleUnload, handle);
 }
 
 CudaLibrary::~CudaLibrary() {

@@ -538,9 +538,7 @@ class HostBackend final : public GpuBackend {
   // --- stream-ordered allocation and memory pools ------------------------------
 
   Status CreateMemPool(int device, uint64_t max_size, std::unique_ptr<MemPool>* out) override {
-    if (device < 0 || device >= static_cast<int>(devices_.size())) {
-      return Status::Cuda(CUDA_ERROR_INVALID_DEVICE, "no device " + std::to_string(device));
-    }
+    FERRY_RETURN_IF_ERROR(CheckDevice(device));
     *out = std::make_unique<HostMemPool>(std::make_shared<HostMemPoolState>(device, max_size));
     return Status::Ok();
   }
@@ -1309,7 +1307,7 @@ class HostBackend final : public GpuBackend {
     return Status::Ok();
   }
 
-  // Host memory needs no upload; ordered on the stream all the same.
+  // Host memory needs no upload, so there is nothing to queue on the stream.
   Status UploadGraph(GraphExec& exec, Stream& stream) override { return Status::Ok(); }
 
  private:
