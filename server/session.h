@@ -387,6 +387,19 @@ class Session {
   void DestroyContextGraphs(uint64_t ctx);
   // Launches on a throttled device wait for its share and are measured.
   void MeasureLaunch(int device, backend::Stream& stream);
+  // Runs `launch` (a kernel or graph launch on `stream`) under the compute
+  // share of context `ctx`'s device: throttled devices wait their turn
+  // before it and measure it after.
+  template <typename Launch>
+  Status LaunchUnderShare(uint64_t ctx, backend::Stream& stream, Launch launch) {
+    ContextEntry* context = nullptr;
+    const int device = contexts_.Find(ctx, &context).ok() ? context->device : 0;
+    const bool throttled = shares_.Throttled(device);
+    if (throttled) shares_.ThrottleBeforeLaunch(device);
+    FERRY_RETURN_IF_ERROR(launch());
+    if (throttled) MeasureLaunch(device, stream);
+    return Status::Ok();
+  }
 
   // A load's image, from the call or from the module cache.
   struct ImageSource {

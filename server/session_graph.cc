@@ -9,6 +9,7 @@
 
 #include "server/session.h"
 
+#include <algorithm>
 #include <limits>
 #include <string>
 #include <vector>
@@ -268,7 +269,13 @@ Status Session::GraphInstantiate(wire::GraphInstantiate::Reader args) {
   GraphExecEntry entry;
   FERRY_RETURN_IF_ERROR(backend_.InstantiateGraph(*graph->graph, args.getFlags(), &entry.exec));
   entry.ctx = graph->ctx;
-  entry.uses = graph->uses;
+  // Each launch checks every use: keep each range and module once.
+  auto uses = std::make_shared<GraphUses>(*graph->uses);
+  std::sort(uses->modules.begin(), uses->modules.end());
+  uses->modules.erase(std::unique(uses->modules.begin(), uses->modules.end()), uses->modules.end());
+  std::sort(uses->ranges.begin(), uses->ranges.end());
+  uses->ranges.erase(std::unique(uses->ranges.begin(), uses->ranges.end()), uses->ranges.end());
+  entry.uses = std::move(uses);
   return graph_execs_.Insert(args.getExec(), std::move(entry));
 }
 
@@ -305,13 +312,8 @@ Status Session::GraphLaunch(wire::GraphLaunch::Reader args) {
     it->second.uses.Add(*exec->uses);
   }
   // A graph launch is a launch: a throttled device's share applies to it.
-  ContextEntry* context = nullptr;
-  const int device = contexts_.Find(args.getCtx(), &context).ok() ? context->device : 0;
-  const bool throttled = shares_.Throttled(device);
-  if (throttled) shares_.ThrottleBeforeLaunch(device);
-  FERRY_RETURN_IF_ERROR(backend_.LaunchGraph(*exec->exec, *stream));
-  if (throttled) MeasureLaunch(device, *stream);
-  return Status::Ok();
+  return LaunchUnderShare(args.getCtx(), *stream,
+                          [&] { return backend_.LaunchGraph(*exec->exec, *stream); });
 }
 
 Status Session::GraphUpload(wire::GraphLaunch::Reader args) {

@@ -207,13 +207,8 @@ Status Session::Launch(wire::Launch::Reader args, CallContext& cx) {
     return Status::InvalidArgument("launch with a zero grid or block dimension");
   }
   // The function's context names the device whose compute share applies.
-  ContextEntry* context = nullptr;
-  const int device = contexts_.Find(f->ctx, &context).ok() ? context->device : 0;
-  const bool throttled = shares_.Throttled(device);
-  if (throttled) shares_.ThrottleBeforeLaunch(device);
-  FERRY_RETURN_IF_ERROR(backend_.Launch(*stream, *f->function, config, cx.bulk_in));
-  if (throttled) MeasureLaunch(device, *stream);
-  return Status::Ok();
+  return LaunchUnderShare(
+      f->ctx, *stream, [&] { return backend_.Launch(*stream, *f->function, config, cx.bulk_in); });
 }
 
 void Session::MeasureLaunch(int device, backend::Stream& stream) {
