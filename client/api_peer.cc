@@ -1,14 +1,13 @@
 // Entry points: peers (cuDeviceCanAccessPeer, cuDeviceGetP2PAttribute,
 // cuCtxEnablePeerAccess/cuCtxDisablePeerAccess, cuMemcpyPeer(Async)).
 //
-// Whether one device can access another never changes, so it is asked of the
-// server once per pair. Peer access is state per context pair, kept here as
-// well as on the server, so that the errors the driver gives at once
-// (already enabled, not enabled, unsupported, same device) are given at once
-// here too, and the calls themselves do not wait (README.md invariant 3).
-// cuMemcpyPeer is queued on the current context's legacy stream (ordered on
-// the server with the legacy streams of both contexts as well);
-// cuMemcpyPeerAsync on the stream given.
+// Whether one device can access another, and its P2P attributes, never
+// change, so each is asked of the server once per pair. Peer access is state per context pair, kept
+// here as well as on the server, so that the errors the driver gives at once (already enabled, not
+// enabled, unsupported, same device) are given at once here too, and the calls themselves do not
+// wait (README.md invariant 3). cuMemcpyPeer is queued on the current context's legacy stream
+// (ordered on the server with the legacy streams of both contexts as well); cuMemcpyPeerAsync on
+// the stream given.
 //
 // Thread-safety: every entry point may be called from any thread.
 #include <cuda.h>
@@ -28,7 +27,8 @@ Status CanAccessPeer(Runtime& rt, int device, int peer, int* can_access) {
     *can_access = 0;
     return Status::Ok();
   }
-  if (rt.contexts().CanAccessPeer(device, peer, can_access)) return Status::Ok();
+  constexpr int kWhat = ferry::client::ContextRegistry::kCanAccessPeer;
+  if (rt.contexts().PeerFact(device, peer, kWhat, can_access)) return Status::Ok();
   int value = 0;
   FERRY_RETURN_IF_ERROR(rt.connection().Call(
       [&](wire::Call::Builder call) {
@@ -41,7 +41,7 @@ Status CanAccessPeer(Runtime& rt, int device, int peer, int* can_access) {
         value = static_cast<int>(reply.getValue());
         return Status::Ok();
       }));
-  rt.contexts().NoteCanAccessPeer(device, peer, value);
+  rt.contexts().NotePeerFact(device, peer, kWhat, value);
   *can_access = value;
   return Status::Ok();
 }
@@ -133,18 +133,23 @@ CUresult CUDAAPI cuDeviceGetP2PAttribute(int* value, CUdevice_P2PAttribute attri
     if (srcDevice == dstDevice) {
       return Status::Cuda(CUDA_ERROR_INVALID_DEVICE, "a P2P attribute needs two devices");
     }
-    return rt.connection().Call(
+    // A fact of the device pair: asked of the server once.
+    const int what = static_cast<int>(attrib);
+    if (rt.contexts().PeerFact(srcDevice, dstDevice, what, value)) return Status::Ok();
+    FERRY_RETURN_IF_ERROR(rt.connection().Call(
         [&](wire::Call::Builder call) {
           auto args = call.initDeviceGetP2PAttribute();
           args.setDevice(srcDevice);
           args.setPeer(dstDevice);
-          args.setAttribute(static_cast<int>(attrib));
+          args.setAttribute(what);
         },
         {}, {},
         [&](wire::Reply::Reader reply) {
           *value = static_cast<int>(reply.getValue());
           return Status::Ok();
-        });
+        }));
+    rt.contexts().NotePeerFact(srcDevice, dstDevice, what, *value);
+    return Status::Ok();
   });
 }
 

@@ -110,17 +110,17 @@ void ContextRegistry::Erase(uint64_t ctx) {
   ForgetPeersLocked(ctx);
 }
 
-bool ContextRegistry::CanAccessPeer(int device, int peer, int* can_access) {
+bool ContextRegistry::PeerFact(int device, int peer, int what, int* value) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = can_access_peer_.find({device, peer});
-  if (it == can_access_peer_.end()) return false;
-  *can_access = it->second;
+  auto it = peer_facts_.find({device, peer, what});
+  if (it == peer_facts_.end()) return false;
+  *value = it->second;
   return true;
 }
 
-void ContextRegistry::NoteCanAccessPeer(int device, int peer, int can_access) {
+void ContextRegistry::NotePeerFact(int device, int peer, int what, int value) {
   std::lock_guard<std::mutex> lock(mu_);
-  can_access_peer_[{device, peer}] = can_access;
+  peer_facts_[{device, peer, what}] = value;
 }
 
 Status ContextRegistry::EnablePeer(uint64_t ctx, uint64_t peer) {

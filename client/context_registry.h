@@ -16,6 +16,7 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <tuple>
 #include <unordered_map>
 #include <vector>
 
@@ -74,10 +75,12 @@ class ContextRegistry {
   void PrimaryState(int device, unsigned* flags, int* active);
 
   // --- peers ---
-  // Whether `device` can access `peer`'s memory, once the server told it (a
-  // fact of the devices that never changes): false while unknown.
-  bool CanAccessPeer(int device, int peer, int* can_access);
-  void NoteCanAccessPeer(int device, int peer, int can_access);
+  // Facts of a device pair that never change, once the server told them:
+  // `what` is a CUdevice_P2PAttribute, or kCanAccessPeer for
+  // cuDeviceCanAccessPeer's answer. PeerFact is false while unknown.
+  static constexpr int kCanAccessPeer = -1;
+  bool PeerFact(int device, int peer, int what, int* value);
+  void NotePeerFact(int device, int peer, int what, int value);
   // Records that `ctx` has peer access to `peer`'s memory:
   // PEER_ACCESS_ALREADY_ENABLED when it has. A context's pairs (either side)
   // are forgotten once it is not live (destroyed, or a primary context
@@ -97,7 +100,7 @@ class ContextRegistry {
   std::map<int, unsigned> primary_flags_ ABSL_GUARDED_BY(mu_);
   // peers
   void ForgetPeersLocked(uint64_t ctx) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  std::map<std::pair<int, int>, int> can_access_peer_ ABSL_GUARDED_BY(mu_);
+  std::map<std::tuple<int, int, int>, int> peer_facts_ ABSL_GUARDED_BY(mu_);
   std::set<std::pair<uint64_t, uint64_t>> peer_access_ ABSL_GUARDED_BY(mu_);
 };
 
