@@ -93,6 +93,14 @@ have_time() {
   for name in "$@"; do record "$name" SKIP 0 "time budget spent (${budget} s)"; done
   return 1
 }
+# gpu_part_ready NAME PROGRAM [WHY]: true when a part that needs the real
+# driver can run; else records NAME as SKIP on the host backend (WHY) or as
+# FAIL when PROGRAM is not in the bundle.
+gpu_part_ready() {
+  local name=$1 program=$2 why=${3:-"needs a GPU (the host backend has no kernels for it)"}
+  if [ "$backend" != cuda ]; then record "$name" SKIP 0 "$why"; return 1; fi
+  if [ ! -x "$program" ]; then record "$name" FAIL 0 "not in the bundle"; return 1; fi
+}
 # run_logged NAME LIMIT CMD...: runs CMD under a timeout (LIMIT, cut to what
 # the budget has left), appends its output to the logs, leaves it in
 # $work/NAME.out, sets $rc and $seconds.
@@ -133,7 +141,9 @@ start_ferryd() {
 # --- the device -----------------------------------------------------------
 device="(no GPU)"
 driver="(none)"
+gpu_count=0
 if command -v nvidia-smi > /dev/null; then
+  gpu_count=$(timeout 20 nvidia-smi --query-gpu=name --format=csv,noheader | wc -l)
   device=$(timeout 20 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -n 1)
   driver=$(timeout 20 nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -n 1)
 fi
@@ -146,7 +156,8 @@ sock="$work/ferry.sock"
 ferryd_args=(--listen 127.0.0.1:0 --listen "unix:$sock" --backend "$backend")
 if [ "$backend" = host ]; then
   for plugin in "$bundle"/host-kernels/*.so; do ferryd_args+=(--host-kernels "$plugin"); done
-  ferryd_args+=(--host-memory 2GiB)
+  # Two devices, so that the peers program has a pair, as in ctest.
+  ferryd_args+=(--host-memory 2GiB --host-devices 2)
 fi
 if ! start_ferryd ferryd "$work/ready" "${ferryd_args[@]}"; then
   cat "$work/ferryd.log" >&2
@@ -178,6 +189,10 @@ for program in "$bundle"/programs/*; do
     rt_runtime_cublas*) args=(64) ;;
     *) args=("$bundle/images") ;;
   esac
+  if [ "$name" = e2e_peers ] && [ "$backend" = cuda ] && ((gpu_count < 2)); then
+    record "$name" SKIP 0 "needs two GPUs, this machine has $gpu_count"
+    continue
+  fi
   have_time "$name" || continue
   run_logged "$name" 60 "${client_env[@]}" "$program" "${args[@]}"
   if [ "$backend" = host ] && [[ "$name" == rt_runtime_cublas* ]]; then
@@ -193,11 +208,8 @@ done
 
 # --- the CUDA backend's own tests on the real driver (no ferry client) -------
 backend_test="$bundle/checks/cuda_backend_gpu_test"
-if [ "$backend" != cuda ]; then
-  record cuda_backend_gpu_test SKIP 0 "needs the real driver"
-elif [ ! -x "$backend_test" ]; then
-  record cuda_backend_gpu_test FAIL 0 "not in the bundle"
-elif have_time cuda_backend_gpu_test; then
+if gpu_part_ready cuda_backend_gpu_test "$backend_test" "needs the real driver" &&
+  have_time cuda_backend_gpu_test; then
   run_logged cuda_backend_gpu_test 120 env "LD_LIBRARY_PATH=$bundle/deps${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
     "FERRY_TEST_IMAGE_DIR=$bundle/checks/backend-images" "$backend_test"
   out="$work/cuda_backend_gpu_test.out"
@@ -290,11 +302,7 @@ fi
 
 # --- CUDA graph launch vs stream launches -----------------------------------
 graph="$bundle/checks/gpu_graph_bench"
-if [ "$backend" != cuda ]; then
-  record graph_bench SKIP 0 "needs a GPU (the host backend has no kernels for it)"
-elif [ ! -x "$graph" ]; then
-  record graph_bench FAIL 0 "not in the bundle"
-else
+if gpu_part_ready graph_bench "$graph"; then
   for mode in native ferry; do
     have_time "graph_bench.$mode" || continue
     if [ "$mode" = ferry ]; then run_logged graph_ferry 60 "${client_env[@]}" "$graph"
@@ -403,11 +411,8 @@ fi
 
 # --- compute shares: two half slices of one GPU -------------------------------
 share="$bundle/checks/gpu_compute_share"
-if [ "$backend" != cuda ]; then
-  record compute_shares SKIP 0 "needs a GPU (the host backend has no kernels for it)"
-elif [ ! -x "$share" ]; then
-  record compute_shares FAIL 0 "not in the bundle"
-elif have_time compute_shares; then
+if gpu_part_ready compute_shares "$share" &&
+  have_time compute_shares; then
   cat > "$work/shares.toml" << 'EOF'
 [server]
 backend = "cuda"
@@ -476,11 +481,8 @@ fi
 # fault may take the others (or ferryd) down with it; the rows say what
 # happened.
 fault="$bundle/checks/gpu_fault_check"
-if [ "$backend" != cuda ]; then
-  record fault_isolation SKIP 0 "needs a GPU (the host backend has no kernels for it)"
-elif [ ! -x "$fault" ]; then
-  record fault_isolation FAIL 0 "not in the bundle"
-elif have_time fault_isolation.faulting fault_isolation.other_session fault_isolation.ferryd_up \
+if gpu_part_ready fault_isolation "$fault" &&
+  have_time fault_isolation.faulting fault_isolation.other_session fault_isolation.ferryd_up \
   fault_isolation.new_session; then
   stop="$work/fault.stop"
   timeout --kill-after=5 60 "${client_env[@]}" "$fault" worker "$stop" > "$work/fault_worker.out" 2>&1 &
