@@ -160,15 +160,8 @@ class FerrydTest : public ::testing::Test {
 
   // SIGTERM, and expects exit 0 (a ferryd that died earlier fails the test).
   static void StopFerryd(const char* name, std::optional<ChildProcess>& ferryd) {
-    if (!ferryd.has_value()) return;
-    if (ferryd->Poll()) {
-      ADD_FAILURE() << name << " died during the test\n" << ferryd->Describe();
-      return;
-    }
-    ferryd->Kill(SIGTERM);
-    const ExitStatus status = ferryd->Wait(kStopTimeout);
-    EXPECT_TRUE(status.success()) << name << " did not exit 0 within 10 s of SIGTERM\n"
-                                  << ferryd->Describe();
+    const std::string failed = test::StopFerryd(name, ferryd, kStopTimeout);
+    EXPECT_TRUE(failed.empty()) << failed;
   }
 
   // Both ferryds' logs (chained: the CUDA-backend one, then its upstream).

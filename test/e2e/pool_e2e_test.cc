@@ -80,16 +80,8 @@ class PoolTest : public ::testing::Test {
     for (auto& [name, program] : programs_) {
       if (program.running()) program.Kill(SIGKILL);
     }
-    if (ferryd_.has_value()) {
-      if (ferryd_->Poll()) {
-        ADD_FAILURE() << "ferryd died during the test\n" << ferryd_->Describe();
-      } else {
-        ferryd_->Kill(SIGTERM);
-        EXPECT_TRUE(ferryd_->Wait(kStopTimeout).success())
-            << "ferryd did not exit 0 after SIGTERM\n"
-            << ferryd_->Describe();
-      }
-    }
+    const std::string stop_failed = test::StopFerryd("ferryd", ferryd_, kStopTimeout);
+    EXPECT_TRUE(stop_failed.empty()) << stop_failed;
     if (HasFailure()) {
       if (ferryd_.has_value())
         std::cerr << "ferryd log:\n" << Tail(ferryd_->Stderr(), 12000) << "\n";

@@ -100,15 +100,6 @@ bool ParseOptions(int argc, char** argv, Options* out) {
          !out->program.empty();
 }
 
-// SIGTERM, expecting exit 0 within kStopTimeout; returns what failed, or "".
-std::string StopFerryd(const std::string& name, std::optional<ChildProcess>& ferryd) {
-  if (!ferryd.has_value()) return "";
-  if (ferryd->Poll()) return name + " died during the program\n";
-  ferryd->Kill(SIGTERM);
-  const ExitStatus stopped = ferryd->Wait(kStopTimeout);
-  return stopped.success() ? "" : name + " did not exit 0 within 10 s of SIGTERM\n";
-}
-
 // Runs the whole check; returns an empty string on success, else what failed.
 // `ferryd` is the one the program talks to; `upstream` the host-backend one
 // it forwards to when chained.
@@ -185,8 +176,8 @@ std::string Run(const Options& options, std::optional<ChildProcess>& ferryd,
     if (logs.find(text) != std::string::npos) failures += "a log line holds \"" + text + "\"\n";
   }
   // The chained ferryd first: it is its upstream's client.
-  failures += StopFerryd("ferryd", ferryd);
-  failures += StopFerryd("upstream ferryd", upstream);
+  failures += ferry::test::StopFerryd("ferryd", ferryd, kStopTimeout);
+  failures += ferry::test::StopFerryd("upstream ferryd", upstream, kStopTimeout);
   return failures;
 }
 

@@ -60,6 +60,16 @@ std::map<std::string, std::string> ClientEnv(const std::string& client_library_p
   return env;
 }
 
+std::string StopFerryd(const std::string& name, std::optional<ChildProcess>& ferryd,
+                       std::chrono::milliseconds timeout) {
+  if (!ferryd.has_value()) return "";
+  if (ferryd->Poll()) return name + " died earlier\n" + ferryd->Describe() + "\n";
+  ferryd->Kill(SIGTERM);
+  if (ferryd->Wait(timeout).success()) return "";
+  return name + " did not exit 0 within " + std::to_string(timeout.count()) +
+         " ms of SIGTERM\n" + ferryd->Describe() + "\n";
+}
+
 std::string MakeTempDir(const std::string& prefix) {
   std::string pattern = ::testing::TempDir() + prefix + "XXXXXX";
   if (mkdtemp(pattern.data()) == nullptr) return "";

@@ -28,6 +28,13 @@ std::optional<ChildProcess> StartFerryd(const std::string& ferryd,
                                         std::string* address, std::string* error,
                                         const std::map<std::string, std::string>& env = {});
 
+// Stops a ferryd started by StartFerryd: SIGTERM, then waits up to `timeout`
+// for exit status 0. Returns "" when it stopped cleanly, else what failed,
+// naming it `name` ("NAME died earlier", "... did not exit 0 ...") with its
+// output; an absent ferryd is "".
+std::string StopFerryd(const std::string& name, std::optional<ChildProcess>& ferryd,
+                       std::chrono::milliseconds timeout);
+
 // The environment that makes a program load ferry's libcuda.so.1 from
 // `client_library_path` (before the harness's LD_LIBRARY_PATH) and connect
 // to `server_address`; `extra` adds or overrides entries.
