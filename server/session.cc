@@ -526,7 +526,13 @@ void Session::Execute(wire::Call::Reader call, backend::HostBytes bulk) {
     return;
   }
   if (cx.wants_reply && !latched_error_.ok()) {
-    // The error of an earlier fire-and-forget call is this call's answer.
+    // The error of an earlier fire-and-forget call is this call's answer,
+    // and the call does not run. Except that an end of capture still ends
+    // the capture: the client forgot it when it sent the call, and CUDA ends
+    // a capture whatever cuStreamEndCapture answers; a stream left capturing
+    // here would refuse the program's later work on it (a capture that
+    // failed in a framework, then an ordinary copy).
+    if (call.isStreamEndCapture()) AbandonCaptureOf(call.getStreamEndCapture());
     StatusToWire(latched_error_, cx.reply.initStatus());
     cx.reply.setLatchedFromSeq(latched_seq_);
     latched_error_ = Status::Ok();
