@@ -204,7 +204,8 @@ void Session::Run() {
     std::lock_guard<std::timed_mutex> exec(exec_mutex_);
     FreeEverything();
   }
-  FERRY_LOG(kInfo) << "session " << id_ << " closed; all its resources are freed";
+  FERRY_LOG(kInfo) << "session " << id_ << " closed; all its resources are freed (module images: "
+                   << module_image_bytes_received_.load() << " bytes received)";
 }
 
 // Two roles serve a session: the reader reads frames from the transport,
