@@ -11,6 +11,7 @@ lines carry timings for bench/results (never a verdict).
 import ctypes
 import os
 import sys
+import threading
 import time
 
 started = time.perf_counter()
@@ -120,6 +121,61 @@ def events():
         back = device.to("cpu", non_blocking=False)
     check(torch.equal(back, data), "copy after wait_event differs")
     return "16 MiB H2D timed at %.3f ms; wait_event orders a second stream" % ms
+
+
+def streams_and_threads():
+    """A high-priority stream with record_stream, and four threads copying
+    at once (each its own stream state in the runtime, one connection)."""
+    stream = torch.cuda.Stream(priority=-1)
+    check(stream.priority == -1, "priority %d" % stream.priority)
+    host = torch.arange(MIB // 4, dtype=torch.int32)
+    with torch.cuda.stream(stream):
+        device = host.to(cuda, non_blocking=True)
+        device.record_stream(stream)
+    stream.synchronize()
+    check(stream.query() and torch.equal(device.cpu(), host), "priority stream copy differs")
+    errors = []
+
+    def worker(index):
+        try:
+            data = torch.full((MIB // 4,), index, dtype=torch.int32)
+            with torch.cuda.stream(torch.cuda.Stream()):
+                for _ in range(5):
+                    check(torch.equal(data.to(cuda).cpu(), data), "thread %d: copy differs" % index)
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append("%s: %s" % (type(error).__name__, error))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    check(not errors, "; ".join(errors))
+    return "priority -1 stream + record_stream; 4 threads x 5 round trips of 1 MiB"
+
+
+def cupy_interop():
+    """CuPy (its own CUDA runtime instance) in the same process as torch:
+    DLPack both ways shares the device memory, on torch's stream."""
+    try:
+        import cupy as cp
+        import numpy as np
+    except ImportError as error:
+        raise Skip("cupy not importable here: %s" % error)
+    stream = torch.cuda.Stream()
+    host = torch.arange(MIB // 4, dtype=torch.int32)
+    with torch.cuda.stream(stream):
+        shared = host.to(cuda, non_blocking=True)
+    stream.synchronize()
+    view = cp.from_dlpack(shared)
+    check(view.data.ptr == shared.data_ptr(), "from_dlpack copied instead of sharing")
+    check(np.array_equal(cp.asnumpy(view), host.numpy()), "CuPy reads other values")
+    with cp.cuda.ExternalStream(stream.cuda_stream):
+        made = cp.asarray(np.arange(1000, dtype=np.int32))
+        back = torch.from_dlpack(made)
+    check(back.data_ptr() == made.data.ptr, "torch.from_dlpack copied")
+    check(torch.equal(back.cpu(), torch.arange(1000, dtype=torch.int32)), "torch reads other values")
+    return "cupy %s: DLPack torch -> cupy -> torch shares memory, on torch's stream" % cp.__version__
 
 
 def memory_stats():
@@ -235,9 +291,11 @@ probes.run("round_trip_16MiB", round_trip(16 * MIB))
 probes.run("d2d_clone", d2d_clone)
 probes.run("pinned_non_blocking", pinned_non_blocking)
 probes.run("events", events)
+probes.run("streams_and_threads", streams_and_threads)
 probes.run("memory_stats", memory_stats)
 probes.run("cuda_graph", cuda_graph)
 probes.run("graph_host_copies", graph_host_copies)
+probes.run("cupy_interop", cupy_interop)
 # Last: whatever a kernel error leaves behind must not change the others.
 probes.run("kernel_fails_cleanly", kernel_fails_cleanly)
 sys.exit(probes.finish())
