@@ -4,6 +4,7 @@
 # test/frameworks/ (device queries, allocation, copies small and 16 MiB, D2D,
 # pinned non_blocking copies on a side stream, events, the caching
 # allocator's stats and empty_cache, a CUDA graph of copies and a memset,
+# streams from several threads, torch and CuPy sharing memory by DLPack,
 # and a kernel op that must fail cleanly, the host backend having no twins
 # for the frameworks' kernels). One line per probe:
 #
@@ -194,8 +195,13 @@ fi
 echo
 echo "test-frameworks: $passed passed, $failed failed, $skipped skipped" \
   "(install ${install_seconds} s, probes $(elapsed "$run_started") s)"
-torch_version=$("$venv/bin/python" -c "import torch; print(torch.__version__, 'CUDA', torch.version.cuda)" 2> /dev/null)
-echo "test-frameworks: torch ${torch_version:-?}; cupy13 $("$venv/bin/python" -c "import cupy; print(cupy.__version__)" 2> /dev/null); cupy12 $("$venv12/bin/python" -c "import cupy; print(cupy.__version__)" 2> /dev/null)"
+versions=()
+if wants torch || wants cupy13; then
+  versions+=("torch $("$venv/bin/python" -c "import torch; print(torch.__version__)" 2> /dev/null)")
+  versions+=("cupy-cuda13x $("$venv/bin/python" -c "import cupy; print(cupy.__version__)" 2> /dev/null)")
+fi
+wants cupy12 && versions+=("cupy-cuda12x $("$venv12/bin/python" -c "import cupy; print(cupy.__version__)" 2> /dev/null)")
+echo "test-frameworks: $(IFS=';'; echo "${versions[*]}" | sed 's/;/, /g')"
 if ((failed > 0)); then
   echo "test-frameworks: FAILED: ${failures[*]}"
   exit 1
