@@ -8,7 +8,7 @@
 // cuInit, when there is no server.
 //
 //   runtime interface   slot 2 gives a device's primary context without
-//                       retaining it
+//                       retaining it; slot 12 lets the runtime's start go on
 //   tools hooks         slots 2 and 6 hand out zeroed buffers (no tool
 //                       attached); the others notify tools, so do nothing
 //   tools TLS           slot 2 gives the current context
@@ -126,6 +126,16 @@ CUresult CUDAAPI RuntimePrimaryContext(CUcontext* ctx, CUdevice device) {
     *ctx = Runtime::ToHandle<CUcontext>(rt.contexts().PrimaryId(device));
     return Status::Ok();
   });
+}
+
+// Slot 12: called with no arguments we know of, once, while the CUDA 13.2
+// runtime initializes (PyTorch 2.15's cudaGetDeviceCount; not the CUDA 13.0
+// nor the 12.9 runtime); an error from it fails the runtime's start. What
+// the driver checks there is unknown; success lets the start go on, and
+// needs no warning every time a program starts.
+CUresult CUDAAPI RuntimeStartCheck() {
+  FERRY_LOG_ONCE(kDebug) << "runtime interface slot 12 called (start check): success";
+  return CUDA_SUCCESS;
 }
 
 // ---- tools runtime hooks -----------------------------------------------------------
@@ -265,6 +275,7 @@ const Tables& GetTables() {
     auto* t = new Tables;  // never destroyed: the runtime keeps the pointers
     t->slots[kRuntimeInterface] = NewTable<kRuntimeInterface>();
     t->slots[kRuntimeInterface][2] = Slot(&RuntimePrimaryContext);
+    t->slots[kRuntimeInterface][12] = Slot(&RuntimeStartCheck);
     t->slots[kToolsHooks] = NewTable<kToolsHooks>();
     t->slots[kToolsHooks][1] = Slot(&ToolsNotification<1>);
     t->slots[kToolsHooks][3] = Slot(&ToolsNotification<3>);

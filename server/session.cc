@@ -204,7 +204,8 @@ void Session::Run() {
     std::lock_guard<std::timed_mutex> exec(exec_mutex_);
     FreeEverything();
   }
-  FERRY_LOG(kInfo) << "session " << id_ << " closed; all its resources are freed";
+  FERRY_LOG(kInfo) << "session " << id_ << " closed; all its resources are freed (module images: "
+                   << module_image_bytes_received_.load() << " bytes received)";
 }
 
 // Two roles serve a session: the reader reads frames from the transport,
@@ -526,7 +527,13 @@ void Session::Execute(wire::Call::Reader call, backend::HostBytes bulk) {
     return;
   }
   if (cx.wants_reply && !latched_error_.ok()) {
-    // The error of an earlier fire-and-forget call is this call's answer.
+    // The error of an earlier fire-and-forget call is this call's answer,
+    // and the call does not run. Except that an end of capture still ends
+    // the capture: the client forgot it when it sent the call, and CUDA ends
+    // a capture whatever cuStreamEndCapture answers; a stream left capturing
+    // here would refuse the program's later work on it (a capture that
+    // failed in a framework, then an ordinary copy).
+    if (call.isStreamEndCapture()) AbandonCaptureOf(call.getStreamEndCapture());
     StatusToWire(latched_error_, cx.reply.initStatus());
     cx.reply.setLatchedFromSeq(latched_seq_);
     latched_error_ = Status::Ok();

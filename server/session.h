@@ -385,6 +385,12 @@ class Session {
   // Forgets the captures, graphs and executable graphs of `ctx` (before its
   // streams and memory go).
   void DestroyContextGraphs(uint64_t ctx);
+  // Ends `capture` and discards what it recorded; returns the next capture.
+  std::map<uint64_t, CaptureEntry>::iterator AbandonCapture(
+      std::map<uint64_t, CaptureEntry>::iterator capture);
+  // cuStreamEndCapture answered by a latched error: the capture of that
+  // stream (if any) ends without a graph, as the client has forgotten it.
+  void AbandonCaptureOf(wire::StreamRef::Reader args);
   // Launches on a throttled device wait for its share and are measured.
   void MeasureLaunch(int device, backend::Stream& stream);
   // Runs `launch` (a kernel or graph launch on `stream`) under the compute

@@ -57,16 +57,24 @@ Status Session::CaptureGuardContext(uint64_t ctx) {
                       "a stream of the context is capturing: the context cannot be synchronized");
 }
 
+std::map<uint64_t, Session::CaptureEntry>::iterator Session::AbandonCapture(
+    std::map<uint64_t, CaptureEntry>::iterator capture) {
+  backend::Stream* stream = nullptr;
+  std::unique_ptr<backend::Graph> discarded;
+  if (FindStream(capture->second.ctx, capture->first, &stream).ok()) {
+    (void)backend_.EndCapture(*stream, &discarded);
+  }
+  return captures_.erase(capture);
+}
+
+void Session::AbandonCaptureOf(wire::StreamRef::Reader args) {
+  auto it = captures_.find(args.getStream());
+  if (it != captures_.end() && it->second.ctx == args.getCtx()) AbandonCapture(it);
+}
+
 void Session::DestroyContextGraphs(uint64_t ctx) {
   for (auto it = captures_.begin(); it != captures_.end();) {
-    if (it->second.ctx != ctx) {
-      ++it;
-      continue;
-    }
-    backend::Stream* stream = nullptr;
-    std::unique_ptr<backend::Graph> discarded;
-    if (FindStream(ctx, it->first, &stream).ok()) (void)backend_.EndCapture(*stream, &discarded);
-    it = captures_.erase(it);
+    it = it->second.ctx == ctx ? AbandonCapture(it) : std::next(it);
   }
   auto in_ctx = [ctx](uint64_t, const auto& entry) { return entry.ctx == ctx; };
   graph_execs_.EraseIf(in_ctx);

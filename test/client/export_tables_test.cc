@@ -9,6 +9,7 @@
 #include <array>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -130,6 +131,13 @@ TEST_F(ExportTablesTest, SlotsThatWorkWithoutAContext) {
   EXPECT_EQ(SlotOf<CUresult (*)(void**, CUcontext, void*)>(Get(kContextStorage), 2)(&value, nullptr,
                                                                                     &key),
             CUDA_ERROR_INVALID_CONTEXT);
+
+  // The runtime interface's start check (CUDA 13.2's runtime calls it while
+  // it starts) succeeds quietly: no "role unknown" warning at every start.
+  ::testing::internal::CaptureStderr();
+  EXPECT_EQ(SlotOf<CUresult (*)()>(Get(kRuntimeInterface), 12)(), CUDA_SUCCESS);
+  const std::string logged = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(logged.find("role ferry does not know"), std::string::npos) << logged;
 
   // The primary context needs cuInit (cudart calls it after).
   CUcontext primary = nullptr;

@@ -716,6 +716,38 @@ TEST_F(SessionGraphTest, CaptureRefusesHostCopiesQueriesAndContextSynchronize) {
   EXPECT_EQ(CopyOut(5, a, 64).bulk, std::vector<uint8_t>(64, 0));
 }
 
+// A framework that captures a host copy (refused, fire-and-forget) and then
+// ends the capture gets the copy's error from the end: the capture must end
+// all the same, or every later use of the stream fails.
+TEST_F(SessionGraphTest, EndCaptureAnsweredByALatchedErrorStillEndsTheCapture) {
+  CreateContext();
+  CreateStream(5);
+  const uint64_t a = Alloc(64);
+  BeginCapture(5, 50);
+  CopyIn(5, a, std::vector<uint8_t>(64, 7));
+  EXPECT_EQ(EndCapture(5).status.cuda_result(), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+  EXPECT_EQ(CaptureStatus(5).value, CU_STREAM_CAPTURE_STATUS_NONE);
+  EXPECT_TRUE(Sync(5).status.ok());
+  Instantiate(50, 60);  // no graph was made
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_INVALID_HANDLE);
+  // The stream copies and captures again.
+  CopyIn(5, a, std::vector<uint8_t>(64, 9));
+  EXPECT_EQ(CopyOut(5, a, 64).bulk, std::vector<uint8_t>(64, 9));
+  BeginCapture(5, 51);
+  Fill(5, a, 0x33, 64);
+  ReplyResult ended = EndCapture(5);
+  ASSERT_TRUE(ended.status.ok()) << ended.status.ToString();
+  // A latched error answering the end of another stream's capture leaves
+  // this one alone.
+  CreateStream(6);
+  BeginCapture(5, 52);
+  BeginCapture(6, 53);
+  CopyIn(6, a, std::vector<uint8_t>(64, 1));
+  EXPECT_EQ(EndCapture(6).status.cuda_result(), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+  EXPECT_EQ(CaptureStatus(5).value, CU_STREAM_CAPTURE_STATUS_ACTIVE);
+  EXPECT_TRUE(EndCapture(5).status.ok());
+}
+
 TEST_F(SessionGraphTest, BadGraphHandlesAndFreedMemoryAreRefused) {
   CreateContext();
   CreateStream(5);
