@@ -28,14 +28,12 @@ constexpr auto kBothMapped = [](const auto& left, const auto& right) {
 }  // namespace
 
 Status Session::CheckRange(uint64_t address, uint64_t bytes, const char* what) {
-  return ranges_.CheckJoined(address, bytes, what, kRangeOwner,
-                             kBothMapped);
+  return ranges_.CheckJoined(address, bytes, what, kRangeOwner, kBothMapped);
 }
 
 Status Session::CheckRange2D(uint64_t address, uint64_t pitch, uint64_t width_bytes,
                              uint64_t height, const char* what) {
-  return ranges_.Check2DJoined(address, pitch, width_bytes, height, what, kRangeOwner,
-                               kBothMapped);
+  return ranges_.Check2DJoined(address, pitch, width_bytes, height, what, kRangeOwner, kBothMapped);
 }
 
 Status Session::MemAlloc(wire::MemAlloc::Reader args, CallContext& cx) {

@@ -7,9 +7,9 @@
 #include <capnp/dynamic.h>
 #include <capnp/serialize.h>
 #include <cuda.h>
-#include <unistd.h>
 #include <dlfcn.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>

@@ -809,14 +809,14 @@ class CudaBackend final : public GpuBackend {
 
   Status AllocationGranularity(int device, bool recommended, uint64_t* bytes) override {
     return Guarded("AllocationGranularity", [&]() -> Status {
-      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuMemGetAllocationGranularity,
-                                           "cuMemGetAllocationGranularity"));
+      FERRY_RETURN_IF_ERROR(
+          NeedEntryPoint(api_->cuMemGetAllocationGranularity, "cuMemGetAllocationGranularity"));
       CUmemAllocationProp props;
       FERRY_RETURN_IF_ERROR(PinnedDeviceProperties(device, &props));
       size_t granularity = 0;
-      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemGetAllocationGranularity, &granularity, &props,
-                                     recommended ? CU_MEM_ALLOC_GRANULARITY_RECOMMENDED
-                                                 : CU_MEM_ALLOC_GRANULARITY_MINIMUM));
+      FERRY_RETURN_IF_ERROR(FERRY_CU(
+          *api_, cuMemGetAllocationGranularity, &granularity, &props,
+          recommended ? CU_MEM_ALLOC_GRANULARITY_RECOMMENDED : CU_MEM_ALLOC_GRANULARITY_MINIMUM));
       *bytes = granularity;
       return Status::Ok();
     });
@@ -843,8 +843,8 @@ class CudaBackend final : public GpuBackend {
       FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuMemAddressReserve, "cuMemAddressReserve"));
       CUdeviceptr p = 0;
       FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemAddressReserve, &p, static_cast<size_t>(bytes),
-                                     static_cast<size_t>(alignment),
-                                     static_cast<CUdeviceptr>(hint), 0));
+                                     static_cast<size_t>(alignment), static_cast<CUdeviceptr>(hint),
+                                     0));
       *address = p;
       return Status::Ok();
     });

@@ -103,7 +103,7 @@
 
 // virtual memory management (CUDA 10.2+): each answered
 // CUDA_ERROR_NOT_SUPPORTED where the driver lacks it.
-#define FERRY_CUDA_VMM_ENTRY_POINTS(X)   \
+#define FERRY_CUDA_VMM_ENTRY_POINTS(X)    \
   X(cuMemGetAllocationGranularity, 10020) \
   X(cuMemCreate, 10020)                   \
   X(cuMemRelease, 10020)                  \

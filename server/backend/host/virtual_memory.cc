@@ -63,8 +63,7 @@ uint64_t HostVirtualMemory::Granularity() {
   return page;
 }
 
-Status HostVirtualMemory::Create(int device, uint64_t bytes,
-                                 std::unique_ptr<PhysicalMemory>* out) {
+Status HostVirtualMemory::Create(int device, uint64_t bytes, std::unique_ptr<PhysicalMemory>* out) {
   if (bytes == 0 || bytes % Granularity() != 0) {
     return InvalidValue("cuMemCreate: size " + std::to_string(bytes) +
                         " is not a positive multiple of the granularity " +
@@ -111,7 +110,8 @@ Status HostVirtualMemory::Reserve(uint64_t bytes, uint64_t alignment, uint64_t h
     const uint64_t start = reinterpret_cast<uint64_t>(raw);
     const uint64_t aligned = (start + alignment - 1) / alignment * alignment;
     if (aligned > start) munmap(raw, aligned - start);
-    if (start + padded > aligned + bytes) munmap(At(aligned + bytes), start + padded - aligned - bytes);
+    if (start + padded > aligned + bytes)
+      munmap(At(aligned + bytes), start + padded - aligned - bytes);
     p = At(aligned);
   }
   *address = reinterpret_cast<uint64_t>(p);
@@ -153,7 +153,8 @@ Status HostVirtualMemory::Map(uint64_t address, uint64_t bytes, PhysicalMemory& 
   }
   auto next = mappings_.lower_bound(address);
   if ((next != mappings_.end() && next->first < address + bytes) ||
-      (next != mappings_.begin() && std::prev(next)->first + std::prev(next)->second.bytes > address)) {
+      (next != mappings_.begin() &&
+       std::prev(next)->first + std::prev(next)->second.bytes > address)) {
     return InvalidValue("cuMemMap: the range is already mapped");
   }
   void* p = mmap(At(address), bytes, PROT_NONE, MAP_SHARED | MAP_FIXED, physical->fd,
