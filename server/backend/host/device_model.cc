@@ -106,6 +106,7 @@ DeviceDescription MakeDeviceDescription(int index, uint64_t memory) {
   // is impossible across the network.
   set(CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING, 1);
   set(CU_DEVICE_ATTRIBUTE_HOST_REGISTER_SUPPORTED, 1);
+  set(CU_DEVICE_ATTRIBUTE_READ_ONLY_HOST_REGISTER_SUPPORTED, 1);  // the client accepts the flag
   set(CU_DEVICE_ATTRIBUTE_INTEGRATED, 0);
   set(CU_DEVICE_ATTRIBUTE_CAN_MAP_HOST_MEMORY, 0);
   set(CU_DEVICE_ATTRIBUTE_MANAGED_MEMORY, 0);
