@@ -1439,6 +1439,62 @@ TEST_F(SessionTest, MappedMemoryNeedsAccessJoinsAndIsFreedWithTheSession) {
   EXPECT_EQ(freed.status.cuda_result(), CUDA_ERROR_INVALID_VALUE);  // still mapped
 }
 
+// Unmapping waits for the work already queued that may touch the mapping: a
+// memset held behind a host gate runs into the memory before the unmap (on
+// the host backend the pages would otherwise be gone under it), and mapping
+// the memory again shows its bytes.
+TEST_F(SessionTest, UnmapWaitsForQueuedWorkOnTheMapping) {
+  CreateContext();
+  CreateStream(kHeld);
+  const uint64_t page = PageSize();
+  const ReplyResult reserved = client_->Call([&](wire::Call::Builder c) {
+    auto a = c.initMemAddressReserve();
+    a.setBytes(page);
+  });
+  ASSERT_TRUE(reserved.status.ok()) << reserved.status.ToString();
+  const uint64_t base = reserved.dptr;
+  ASSERT_TRUE(CreatePhysicalMemory(900, page).status.ok());
+  auto map_with_access = [&] {
+    const ReplyResult mapped = client_->Call([&](wire::Call::Builder c) {
+      auto a = c.initMemMap();
+      a.setAddress(base);
+      a.setBytes(page);
+      a.setHandle(900);
+    });
+    ASSERT_TRUE(mapped.status.ok()) << mapped.status.ToString();
+    const ReplyResult access = client_->Call([&](wire::Call::Builder c) {
+      auto a = c.initMemSetAccess();
+      a.setAddress(base);
+      a.setBytes(page);
+      auto desc = a.initAccess(1);
+      desc[0].setDevice(0);
+      desc[0].setFlags(CU_MEM_ACCESS_FLAGS_PROT_READWRITE);
+    });
+    ASSERT_TRUE(access.status.ok()) << access.status.ToString();
+  };
+  map_with_access();
+  const uint64_t gate = client_->SendGate(100, kHeld);
+  const ReplyResult reached = client_->ReadWithin();
+  ASSERT_EQ(reached.seq, gate);
+  ASSERT_TRUE(reached.held);
+  Fill(kHeld, base, 0x5A, page);  // queued behind the closed gate
+  const uint64_t unmap = client_->Send(
+      [&](wire::Call::Builder c) {
+        auto a = c.initMemUnmap();
+        a.setAddress(base);
+        a.setBytes(page);
+      },
+      true);
+  client_->OpenGate(gate);
+  const ReplyResult unmapped = client_->ReadWithin();
+  EXPECT_EQ(unmapped.seq, unmap);
+  ASSERT_TRUE(unmapped.status.ok()) << unmapped.status.ToString();
+  map_with_access();
+  const ReplyResult read = CopyOut(kHeld, base, page);
+  ASSERT_TRUE(read.status.ok()) << read.status.ToString();
+  EXPECT_EQ(read.bulk, std::vector<uint8_t>(page, 0x5A));
+}
+
 // --- pooled sessions: slices, quotas, preemption ------------------------------
 
 constexpr uint64_t kSliceQuota = 1 << 20;
