@@ -1437,6 +1437,22 @@ TEST_F(SessionTest, MappedMemoryNeedsAccessJoinsAndIsFreedWithTheSession) {
     a.setBytes(4 * page);
   });
   EXPECT_EQ(freed.status.cuda_result(), CUDA_ERROR_INVALID_VALUE);  // still mapped
+
+  // Read-only access is reported as such; a copy into it never faults ferryd.
+  const ReplyResult read_only = client_->Call([&](wire::Call::Builder c) {
+    auto a = c.initMemSetAccess();
+    a.setAddress(base);
+    a.setBytes(4 * page);
+    auto desc = a.initAccess(1);
+    desc[0].setDevice(0);
+    desc[0].setFlags(CU_MEM_ACCESS_FLAGS_PROT_READ);
+  });
+  ASSERT_TRUE(read_only.status.ok()) << read_only.status.ToString();
+  const ReplyResult flags = client_->Call(
+      [&](wire::Call::Builder c) { c.initMemGetAccess().setAddress(base + 3 * page); });
+  ASSERT_TRUE(flags.status.ok());
+  EXPECT_EQ(flags.value, CU_MEM_ACCESS_FLAGS_PROT_READ);
+  EXPECT_TRUE(write(base, pattern).ok());
 }
 
 // Unmapping waits for the work already queued that may touch the mapping: a

@@ -183,7 +183,11 @@ Status HostVirtualMemory::Unmap(uint64_t address, uint64_t bytes) {
 Status HostVirtualMemory::SetAccess(uint64_t address, uint64_t bytes,
                                     std::span<const MemoryAccess> access) {
   // One address space serves every device: the pages get the widest access
-  // any device has.
+  // any device has. Read-only access still leaves the pages writable: ferryd
+  // itself writes device memory for copies and memsets, and a write the
+  // driver would refuse must never fault ferryd (a host kernel's write to
+  // read-only memory therefore lands instead of faulting, the one way this
+  // backend differs from a GPU here).
   unsigned flags = 0;
   for (const MemoryAccess& a : access) {
     if (a.flags != CU_MEM_ACCESS_FLAGS_PROT_NONE && a.flags != CU_MEM_ACCESS_FLAGS_PROT_READ &&
@@ -192,9 +196,7 @@ Status HostVirtualMemory::SetAccess(uint64_t address, uint64_t bytes,
     }
     flags |= a.flags;
   }
-  const int prot = flags == CU_MEM_ACCESS_FLAGS_PROT_READWRITE ? PROT_READ | PROT_WRITE
-                   : flags == CU_MEM_ACCESS_FLAGS_PROT_READ    ? PROT_READ
-                                                               : PROT_NONE;
+  const int prot = flags != CU_MEM_ACCESS_FLAGS_PROT_NONE ? PROT_READ | PROT_WRITE : PROT_NONE;
   std::lock_guard<std::mutex> lock(mu_);
   auto it = mappings_.find(address);
   if (it == mappings_.end() || it->second.bytes != bytes) {

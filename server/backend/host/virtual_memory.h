@@ -6,7 +6,8 @@
 // while it is held. Physical memory is a memfd, zero-filled, so mapping it
 // (MAP_SHARED | MAP_FIXED over the reservation) in two places aliases the same
 // bytes, as two mappings of one handle do on a GPU. A mapping starts PROT_NONE;
-// access is the pages' protection. Unmapping puts the PROT_NONE reservation
+// access is the pages' protection (read-only access leaves them writable: see
+// SetAccess). Unmapping puts the PROT_NONE reservation
 // back. The memory is charged to its device from creation until it is released
 // and no mapping holds it.
 //
