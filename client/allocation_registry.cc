@@ -28,22 +28,29 @@ void AllocationRegistry::AddDevice(uint64_t dptr, uint64_t size, uint64_t ctx, b
 Status AllocationRegistry::RemoveDevice(uint64_t dptr) {
   std::lock_guard<std::mutex> lock(mu_);
   RangeMap<DeviceAllocation>::Found found = device_.FindBase(dptr);
-  if (found.value == nullptr || found.value->global) {
+  if (found.value == nullptr || found.value->global || found.value->mapped) {
     return Status::InvalidArgument("not the start of a device allocation of this process");
   }
   device_.Erase(dptr);
   return Status::Ok();
 }
 
+namespace {
+constexpr auto kBothMapped = [](const DeviceAllocation& left, const DeviceAllocation& right) {
+  return left.mapped && right.mapped;
+};
+}  // namespace
+
 Status AllocationRegistry::CheckDevice(uint64_t address, uint64_t bytes, const char* what) {
   std::lock_guard<std::mutex> lock(mu_);
-  return device_.Check(address, bytes, what, "a device allocation");
+  return device_.CheckJoined(address, bytes, what, "a device allocation", kBothMapped);
 }
 
 Status AllocationRegistry::CheckDevice2D(uint64_t address, uint64_t pitch, uint64_t width_bytes,
                                          uint64_t height, const char* what) {
   std::lock_guard<std::mutex> lock(mu_);
-  return device_.Check2D(address, pitch, width_bytes, height, what, "a device allocation");
+  return device_.Check2DJoined(address, pitch, width_bytes, height, what, "a device allocation",
+                               kBothMapped);
 }
 
 bool AllocationRegistry::FindDevice(uint64_t address, uint64_t* base, DeviceAllocation* out) {
@@ -95,7 +102,89 @@ bool AllocationRegistry::FindHost(const void* address, const void** base, HostAl
 
 void AllocationRegistry::ForgetContext(uint64_t ctx) {
   std::lock_guard<std::mutex> lock(mu_);
-  device_.EraseIf([ctx](const DeviceAllocation& a) { return a.ctx == ctx; });
+  device_.EraseIf([ctx](const DeviceAllocation& a) { return !a.mapped && a.ctx == ctx; });
+}
+
+// --- virtual memory management -------------------------------------------------
+
+void AllocationRegistry::AddPhysical(uint64_t handle, const CUmemAllocationProp& prop) {
+  std::lock_guard<std::mutex> lock(mu_);
+  physical_[handle] = PhysicalAllocation{prop, 1};
+}
+
+Status AllocationRegistry::CheckPhysical(uint64_t handle, PhysicalAllocation* out) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = physical_.find(handle);
+  if (it == physical_.end() || it->second.references == 0) {
+    return Status::InvalidHandle("not an allocation handle this process holds");
+  }
+  if (out != nullptr) *out = it->second;
+  return Status::Ok();
+}
+
+void AllocationRegistry::ReleasePhysical(uint64_t handle) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = physical_.find(handle);
+  if (it == physical_.end() || it->second.references == 0) return;
+  --it->second.references;
+  DropPhysicalIfUnused(handle);
+}
+
+void AllocationRegistry::RetainPhysical(uint64_t handle) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = physical_.find(handle);
+  if (it != physical_.end()) ++it->second.references;
+}
+
+void AllocationRegistry::DropPhysicalIfUnused(uint64_t handle) {
+  auto it = physical_.find(handle);
+  if (it == physical_.end() || it->second.references > 0) return;
+  bool mapped = false;
+  mappings_.ForEach([&](uint64_t, uint64_t, const Mapping& m) { mapped |= m.handle == handle; });
+  if (!mapped) physical_.erase(it);
+}
+
+void AllocationRegistry::AddMapping(uint64_t address, uint64_t bytes, uint64_t handle) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!mappings_.Insert(address, bytes, Mapping{handle, {}})) {
+    EraseOverlapping(&mappings_, address, bytes);  // a stale record (the server decides)
+    mappings_.Insert(address, bytes, Mapping{handle, {}});
+  }
+}
+
+void AllocationRegistry::SetMappingAccess(uint64_t address, uint64_t bytes,
+                                          std::span<const std::pair<int, unsigned>> access) {
+  std::lock_guard<std::mutex> lock(mu_);
+  mappings_.ForEach([&](uint64_t base, uint64_t size, Mapping& m) {
+    if (base < address || base - address >= bytes) return;
+    for (const auto& [device, flags] : access) {
+      if (flags == CU_MEM_ACCESS_FLAGS_PROT_NONE) {
+        m.access.erase(device);
+      } else {
+        m.access[device] = flags;
+      }
+    }
+    device_.Erase(base);
+    if (m.access.empty()) return;
+    const auto physical = physical_.find(m.handle);
+    const int device = physical == physical_.end() ? 0 : physical->second.prop.location.id;
+    EraseOverlapping(&device_, base, size);
+    device_.Insert(base, size, DeviceAllocation{size, 0, false, true, device});
+  });
+}
+
+void AllocationRegistry::RemoveMappings(uint64_t address, uint64_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::pair<uint64_t, uint64_t>> removed;  // base, handle
+  mappings_.ForEach([&](uint64_t base, uint64_t, Mapping& m) {
+    if (base >= address && base - address < bytes) removed.emplace_back(base, m.handle);
+  });
+  for (const auto& [base, handle] : removed) {
+    mappings_.Erase(base);
+    RangeMap<DeviceAllocation>::Found found = device_.FindBase(base);
+    if (found.value != nullptr && found.value->mapped) device_.Erase(base);
+    DropPhysicalIfUnused(handle);
+  }
 }
 
 }  // namespace ferry::client

@@ -15,8 +15,14 @@
 // never held while calling out.
 #pragma once
 
+#include <cuda.h>
+
 #include <cstdint>
+#include <map>
 #include <mutex>
+#include <span>
+#include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "common/range_map.h"
@@ -28,6 +34,17 @@ struct DeviceAllocation {
   uint64_t size = 0;
   uint64_t ctx = 0;
   bool global = false;  // a module global: copyable, never freed by cuMemFree
+  // virtual memory management: an accessible mapping (ctx 0) of physical
+  // memory on `device`; never freed by cuMemFree. Mappings side by side are
+  // one span for range checks, as they are one stretch of addresses on a GPU.
+  bool mapped = false;
+  int device = 0;
+};
+// virtual memory management: physical memory the program created
+// (cuMemCreate), by its handle id.
+struct PhysicalAllocation {
+  CUmemAllocationProp prop{};  // as the program asked for it
+  int references = 0;          // cuMemCreate's and each cuMemRetainAllocationHandle's
 };
 struct HostAllocation {
   uint64_t size = 0;
@@ -67,6 +84,25 @@ class AllocationRegistry {
   // Forgets the device allocations of `ctx` (its globals included).
   void ForgetContext(uint64_t ctx);
 
+  // virtual memory management, recorded after the server accepted each call
+  // (it checks everything first). AddPhysical: cuMemCreate made `handle`.
+  // ReleasePhysical / RetainPhysical: the program's reference count
+  // (INVALID_HANDLE for a handle it does not hold); the record goes once no
+  // reference and no mapping is left. FindPhysical: its properties.
+  void AddPhysical(uint64_t handle, const CUmemAllocationProp& prop);
+  Status CheckPhysical(uint64_t handle, PhysicalAllocation* out);
+  void ReleasePhysical(uint64_t handle);
+  void RetainPhysical(uint64_t handle);
+  // cuMemMap of `handle` at [address, address + bytes): not accessible yet.
+  void AddMapping(uint64_t address, uint64_t bytes, uint64_t handle);
+  // cuMemSetAccess over whole mappings: (device, flags) pairs; a mapping
+  // that some device may access is device memory from then on, one no device
+  // may access is not.
+  void SetMappingAccess(uint64_t address, uint64_t bytes,
+                        std::span<const std::pair<int, unsigned>> access);
+  // cuMemUnmap of whole mappings.
+  void RemoveMappings(uint64_t address, uint64_t bytes);
+
  private:
   template <typename Value>
   static void EraseOverlapping(RangeMap<Value>* map, uint64_t base, uint64_t size);
@@ -74,6 +110,13 @@ class AllocationRegistry {
   std::mutex mu_;
   RangeMap<DeviceAllocation> device_ ABSL_GUARDED_BY(mu_);
   RangeMap<HostAllocation> host_ ABSL_GUARDED_BY(mu_);
+  struct Mapping {
+    uint64_t handle = 0;
+    std::map<int, unsigned> access;  // by device; absent: none
+  };
+  void DropPhysicalIfUnused(uint64_t handle) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::map<uint64_t, PhysicalAllocation> physical_ ABSL_GUARDED_BY(mu_);
+  RangeMap<Mapping> mappings_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ferry::client

@@ -372,10 +372,25 @@ CUresult CUDAAPI cuMemHostRegister_v2(void* p, size_t bytesize, unsigned int Fla
     uint64_t ctx = 0;
     FERRY_RETURN_IF_ERROR(rt.CurrentContext(&ctx));
     if (p == nullptr || bytesize == 0) return Status::InvalidArgument("bad range");
+    constexpr unsigned kKnownFlags = CU_MEMHOSTREGISTER_PORTABLE | CU_MEMHOSTREGISTER_DEVICEMAP |
+                                     CU_MEMHOSTREGISTER_IOMEMORY | CU_MEMHOSTREGISTER_READ_ONLY;
+    if ((Flags & ~kKnownFlags) != 0) {
+      return Status::InvalidArgument("cuMemHostRegister: unknown flags " + std::to_string(Flags));
+    }
+    // PORTABLE and READ_ONLY need nothing here: the remote GPU reaches the
+    // range only through copies this process performs itself. Mapping it
+    // into the device is impossible across the network, and so is
+    // registering I/O memory (the driver answers NOT_SUPPORTED where it
+    // cannot).
     if (Flags & CU_MEMHOSTREGISTER_DEVICEMAP) {
       return Status::Unimplemented(
           "cuMemHostRegister with CU_MEMHOSTREGISTER_DEVICEMAP: host memory "
           "cannot be mapped into a remote GPU");
+    }
+    if (Flags & CU_MEMHOSTREGISTER_IOMEMORY) {
+      return Status::Unimplemented(
+          "cuMemHostRegister with CU_MEMHOSTREGISTER_IOMEMORY: I/O memory cannot be "
+          "registered with a remote GPU");
     }
     if (rt.allocations().FindHost(p, nullptr, nullptr)) {
       return Status::Cuda(CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED, "already page-locked");
@@ -545,6 +560,7 @@ Status PointerAttribute(void* data, CUpointer_attribute attribute, CUdeviceptr p
   uint64_t ctx = is_device ? device.ctx : rt.CurrentContextId();
   int ordinal = 0;
   if (ctx != 0) (void)rt.contexts().Device(ctx, &ordinal);
+  if (is_device && device.mapped) ordinal = device.device;  // a mapping belongs to no context
   switch (attribute) {
     case CU_POINTER_ATTRIBUTE_CONTEXT:
       *static_cast<CUcontext*>(data) = Runtime::ToHandle<CUcontext>(ctx);

@@ -26,6 +26,8 @@ enum class HandleKind : uint64_t {
   kGraph = 0x6A,
   kGraphExec = 0x6E,
   kGraphNode = 0x6D,
+  // virtual memory management
+  kPhysicalMemory = 0x9A,  // CUmemGenericAllocationHandle
 };
 
 inline bool IsHandleKind(uint64_t id, HandleKind kind) {

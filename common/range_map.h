@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <iterator>
 #include <limits>
 #include <map>
 #include <string>
@@ -90,6 +91,47 @@ class RangeMap {
     uint64_t span = 0;
     if (Status s = Span2D(pitch, width_bytes, height, what, &span); !s.ok()) return s;
     return Check(address, span, what, where);
+  }
+
+  // Like Contains, but [address, address + bytes) may also run across ranges
+  // that follow each other without a gap where joins(left, right) says the two
+  // form one span (virtual memory: mappings placed side by side in a reserved
+  // range are one stretch of device addresses, as on a GPU).
+  template <typename Joins>
+  bool ContainsJoined(uint64_t address, uint64_t bytes, Joins joins) {
+    if (bytes == 0) return true;
+    if (address > std::numeric_limits<uint64_t>::max() - bytes) return false;
+    auto it = ranges_.upper_bound(address);
+    if (it == ranges_.begin()) return false;
+    --it;
+    if (address - it->first >= it->second.size) return false;
+    const uint64_t end = address + bytes;
+    while (true) {
+      const uint64_t range_end = it->first + it->second.size;
+      if (end <= range_end) return true;
+      auto next = std::next(it);
+      if (next == ranges_.end() || next->first != range_end ||
+          !joins(it->second.value, next->second.value)) {
+        return false;
+      }
+      it = next;
+    }
+  }
+
+  // CheckJoined is to ContainsJoined what Check is to Contains; Check2DJoined
+  // likewise for a 2D region.
+  template <typename Joins>
+  Status CheckJoined(uint64_t address, uint64_t bytes, const char* what, const char* where,
+                     Joins joins) {
+    if (ContainsJoined(address, bytes, joins)) return Status::Ok();
+    return RangeOutside(what, address, bytes, where);
+  }
+  template <typename Joins>
+  Status Check2DJoined(uint64_t address, uint64_t pitch, uint64_t width_bytes, uint64_t height,
+                       const char* what, const char* where, Joins joins) {
+    uint64_t span = 0;
+    if (Status s = Span2D(pitch, width_bytes, height, what, &span); !s.ok()) return s;
+    return CheckJoined(address, span, what, where, joins);
   }
 
   // Removes the range starting at `base`; false when there is none.

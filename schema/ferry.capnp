@@ -364,7 +364,91 @@ struct Call {
         $waits("never") $handles(["graph"]) $usesContext;
     graphClone @75 :GraphClone
         $waits("never") $handles(["graph"]);
+    # virtual memory management (see MemCreate); every call waits, so each
+    # error is the call's own (these calls are rare: a framework grows its
+    # memory in large steps)
+    memAddressReserve @76 :MemAddressReserve  # reply memAlloc (dptr)
+        $waits("always") $usesContext;
+    memAddressFree @77 :MemRange
+        $waits("always") $ranges(["address"]);
+    memCreate @78 :MemCreate
+        $waits("always");
+    memRelease @79 :MemHandleRef
+        $waits("always") $handles(["handle"]);
+    memMap @80 :MemMap
+        $waits("always") $handles(["handle"]) $ranges(["address"]);
+    memUnmap @81 :MemRange
+        $waits("always") $ranges(["address"]);
+    memSetAccess @82 :MemSetAccess
+        $waits("always") $ranges(["address"]);
+    memGetAccess @83 :MemGetAccess  # reply value: CUmemAccess_flags
+        $waits("always") $ranges(["address"]) $usesContext;
+    memRetainAllocationHandle @84 :MemRange  # reply value: the handle's id
+        $waits("always") $ranges(["address"]) $usesContext;
+    memGetAllocationGranularity @85 :MemGranularity  # reply value: bytes
+        $waits("always") $usesContext;
   }
+}
+
+# virtual memory management
+#
+# cuMemAddressReserve reserves a range of device addresses (the server's real
+# ones); cuMemCreate makes physical memory on a device, named by an id the
+# client chooses (a CUmemGenericAllocationHandle), charged to that device's
+# quota; cuMemMap places (part of) it at an address inside one of the
+# session's reservations, and cuMemSetAccess makes mapped ranges usable. Only
+# a range that is mapped and accessible counts as the session's memory for
+# copies, memsets and kernels, and mappings that follow each other without a
+# gap form one span. cuMemRelease drops the client's reference; the memory
+# (and its quota) goes once no mapping holds it either.
+# cuMemRetainAllocationHandle answers the id of the memory mapped at an
+# address and adds a reference. The $ranges fields here are checked against
+# the session's reservations (memAddressFree, memMap: the start of one, or a
+# range inside one) and mappings (the others).
+struct MemAddressReserve {
+  bytes @0 :UInt64;
+  alignment @1 :UInt64;  # 0: the granularity
+  address @2 :UInt64;    # a hint, as the driver takes it; 0: none
+  flags @3 :UInt64;      # must be 0
+}
+struct MemRange {
+  address @0 :UInt64;
+  bytes @1 :UInt64;      # memRetainAllocationHandle: unused
+}
+struct MemCreate {
+  handle @0 :UInt64;     # new id
+  device @1 :Int32;      # the session's device ordinal
+  bytes @2 :UInt64;      # a multiple of the device's granularity
+  flags @3 :UInt64;      # cuMemCreate's flags (0)
+}
+struct MemHandleRef {
+  handle @0 :UInt64;
+}
+struct MemMap {
+  address @0 :UInt64;
+  bytes @1 :UInt64;
+  offset @2 :UInt64;     # into the physical memory
+  handle @3 :UInt64;
+  flags @4 :UInt64;      # must be 0
+}
+# One CUmemAccessDesc: `device` (a session device ordinal) may read
+# (flags 1), read and write (3) or not touch (0) the range.
+struct MemAccess {
+  device @0 :Int32;
+  flags @1 :UInt32;
+}
+struct MemSetAccess {
+  address @0 :UInt64;
+  bytes @1 :UInt64;      # whole mappings, one after another
+  access @2 :List(MemAccess);
+}
+struct MemGetAccess {
+  address @0 :UInt64;
+  device @1 :Int32;
+}
+struct MemGranularity {
+  device @0 :Int32;
+  recommended @1 :Bool;  # CU_MEM_ALLOC_GRANULARITY_RECOMMENDED; else MINIMUM
 }
 
 # peers

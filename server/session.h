@@ -185,7 +185,30 @@ class Session {
     uint64_t ctx = 0;
     uint64_t module = 0;
     int device = 0;  // allocations: the session device charged for it
+    // virtual memory management: a mapping that some device may access (ctx
+    // and module 0; device: its physical memory's). Mappings side by side
+    // form one span for range checks; cuMemFree never frees one.
+    bool mapped = false;
   };
+  // virtual memory management (session_vmm.cc). Physical memory
+  // (cuMemCreate) under the client's id: charged to `device` until the
+  // client holds no reference and no mapping holds it either (then the entry
+  // and the backend's memory go).
+  struct PhysicalEntry {
+    std::unique_ptr<backend::PhysicalMemory> memory;
+    int device = 0;  // session device
+    uint64_t bytes = 0;
+    int references = 0;  // cuMemCreate's and each cuMemRetainAllocationHandle's
+    int mappings = 0;
+  };
+  // A mapping (cuMemMap) inside a reservation; ranges_ holds it too while
+  // any device may access it.
+  struct MappingEntry {
+    uint64_t handle = 0;
+    int device = 0;                // the physical memory's session device
+    std::vector<unsigned> access;  // CUmemAccess_flags per session device
+  };
+  struct ReservationEntry {};
 
   // stream capture and graphs (session_graph.cc). A device range: base, bytes.
   using DeviceRange = std::pair<uint64_t, uint64_t>;
@@ -357,6 +380,18 @@ class Session {
     FERRY_RETURN_IF_ERROR(create(backend_device, &entry));
     return table.Insert(id, std::move(entry));
   }
+  // virtual memory management: the client's live reference to physical
+  // memory `id` (INVALID_HANDLE if it holds none); drops `id` once nothing
+  // holds it; the bases of the whole mappings that make up exactly
+  // [address, address + bytes), one after another; waits until the work
+  // queued on every context of the session has finished (before a range
+  // stops being accessible, where a backend thread could still touch it).
+  Status FindPhysical(uint64_t id, PhysicalEntry** out);
+  void DropPhysicalIfUnused(uint64_t id);
+  Status WholeMappings(uint64_t address, uint64_t bytes, const char* call,
+                       std::vector<uint64_t>* bases);
+  void WaitForContextsIdle();
+  void FreeVirtualMemory();  // at the end of the session, after the contexts
   // Drops module `id` with its functions and global ranges.
   void EraseModule(uint64_t id);
   // OK when [address, address + bytes) lies inside one range of this session.
@@ -448,6 +483,11 @@ class Session {
   // context's pairs go with it.
   std::set<std::pair<uint64_t, uint64_t>> peer_access_;
   HandleTable<MemPoolEntry> mem_pools_{"memory pool"};
+  // virtual memory management
+  HandleTable<PhysicalEntry> physical_{"allocation handle"};
+  RangeMap<ReservationEntry> reservations_;
+  RangeMap<MappingEntry> mappings_;
+  uint64_t reserved_bytes_ = 0;
   // stream capture and graphs
   std::map<uint64_t, CaptureEntry> captures_;  // by stream id
   HandleTable<GraphEntry> graphs_{"graph"};

@@ -72,6 +72,8 @@ void Session::FreeEverything() {
   }
   // Pools after the allocations (freed with their contexts above).
   mem_pools_.Clear();
+  // virtual memory management: no work is left that could touch it.
+  FreeVirtualMemory();
   // Anything left belongs to no context (cannot happen by construction).
   events_.Clear();
   streams_.Clear();

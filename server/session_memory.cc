@@ -20,15 +20,20 @@ using session_internal::Hex;
 
 namespace {
 constexpr char kRangeOwner[] = "an allocation of this session";
+
+// Mappings placed side by side are one stretch of device addresses.
+constexpr auto kBothMapped = [](const auto& left, const auto& right) {
+  return left.mapped && right.mapped;
+};
 }  // namespace
 
 Status Session::CheckRange(uint64_t address, uint64_t bytes, const char* what) {
-  return ranges_.Check(address, bytes, what, kRangeOwner);
+  return ranges_.CheckJoined(address, bytes, what, kRangeOwner, kBothMapped);
 }
 
 Status Session::CheckRange2D(uint64_t address, uint64_t pitch, uint64_t width_bytes,
                              uint64_t height, const char* what) {
-  return ranges_.Check2D(address, pitch, width_bytes, height, what, kRangeOwner);
+  return ranges_.Check2DJoined(address, pitch, width_bytes, height, what, kRangeOwner, kBothMapped);
 }
 
 Status Session::MemAlloc(wire::MemAlloc::Reader args, CallContext& cx) {
@@ -86,7 +91,7 @@ Status Session::MemAllocPitch(wire::MemAllocPitch::Reader args, CallContext& cx)
 
 Status Session::MemFree(wire::MemFree::Reader args) {
   auto range = ranges_.FindBase(args.getDptr());
-  if (range.value == nullptr || range.value->module != 0) {
+  if (range.value == nullptr || range.value->module != 0 || range.value->mapped) {
     return Status::InvalidArgument("cuMemFree(" + Hex(args.getDptr()) +
                                    "): not the start of an allocation of this session");
   }

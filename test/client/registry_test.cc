@@ -309,6 +309,46 @@ TEST(AllocationRegistryTest, DeviceRangesAtTheirEdges) {
   EXPECT_TRUE(allocations.FindDevice(0x1080, nullptr, nullptr));
 }
 
+// virtual memory management: a mapping is device memory only while some
+// device may access it; mappings side by side are one span; a released
+// handle's record stays while it is mapped.
+TEST(AllocationRegistryTest, MappingsWithAccessAreDeviceMemoryAndJoin) {
+  AllocationRegistry allocations;
+  CUmemAllocationProp prop{};
+  prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  prop.location.id = 1;
+  allocations.AddPhysical(7, prop);
+  allocations.AddMapping(0x10000, 0x1000, 7);
+  allocations.AddMapping(0x11000, 0x1000, 7);
+  EXPECT_FALSE(allocations.FindDevice(0x10000, nullptr, nullptr));  // no access yet
+  const std::pair<int, unsigned> read_write[] = {{1, CU_MEM_ACCESS_FLAGS_PROT_READWRITE}};
+  allocations.SetMappingAccess(0x10000, 0x2000, read_write);
+  DeviceAllocation found;
+  ASSERT_TRUE(allocations.FindDevice(0x11fff, nullptr, &found));
+  EXPECT_TRUE(found.mapped);
+  EXPECT_EQ(found.device, 1);
+  EXPECT_TRUE(allocations.CheckDevice(0x10ff0, 0x20, "x").ok());                 // across both
+  EXPECT_FALSE(allocations.CheckDevice(0x11ff0, 0x20, "x").ok());                // past the second
+  EXPECT_EQ(Code(allocations.RemoveDevice(0x10000)), CUDA_ERROR_INVALID_VALUE);  // not cuMemFree's
+
+  allocations.ReleasePhysical(7);
+  EXPECT_EQ(Code(allocations.CheckPhysical(7, nullptr)), CUDA_ERROR_INVALID_HANDLE);
+  allocations.RetainPhysical(7);  // cuMemRetainAllocationHandle of a mapped address
+  PhysicalAllocation physical;
+  ASSERT_TRUE(allocations.CheckPhysical(7, &physical).ok());
+  EXPECT_EQ(physical.prop.location.id, 1);
+  allocations.ReleasePhysical(7);
+
+  const std::pair<int, unsigned> none[] = {{1, CU_MEM_ACCESS_FLAGS_PROT_NONE}};
+  allocations.SetMappingAccess(0x11000, 0x1000, none);
+  EXPECT_FALSE(allocations.FindDevice(0x11000, nullptr, nullptr));
+  EXPECT_TRUE(allocations.FindDevice(0x10000, nullptr, nullptr));
+  allocations.RemoveMappings(0x10000, 0x2000);
+  EXPECT_FALSE(allocations.FindDevice(0x10000, nullptr, nullptr));
+  allocations.RetainPhysical(7);  // gone with its last mapping
+  EXPECT_EQ(Code(allocations.CheckPhysical(7, nullptr)), CUDA_ERROR_INVALID_HANDLE);
+}
+
 TEST(AllocationRegistryTest, HostRanges) {
   AllocationRegistry allocations;
   std::vector<char> buffer(256);

@@ -54,6 +54,26 @@ TEST(RangeMapTest, ContainsNeedsOneRangeToHoldTheWholeSpan) {
             "source range [0x5000, +4) is not inside an allocation of this session");
 }
 
+TEST(RangeMapTest, ContainsJoinedRunsAcrossAdjacentRangesThatJoin) {
+  // Values: positive = a mapping (joins its positive neighbours), else not.
+  RangeMap<int> ranges;
+  ASSERT_TRUE(ranges.Insert(0x1000, 0x100, 1));
+  ASSERT_TRUE(ranges.Insert(0x1100, 0x100, 2));
+  ASSERT_TRUE(ranges.Insert(0x1200, 0x100, -3));  // adjacent, does not join
+  ASSERT_TRUE(ranges.Insert(0x1400, 0x100, 4));   // a gap before it
+  auto joins = [](int left, int right) { return left > 0 && right > 0; };
+  EXPECT_TRUE(ranges.ContainsJoined(0x10f0, 0x20, joins));
+  EXPECT_TRUE(ranges.ContainsJoined(0x1000, 0x200, joins));
+  EXPECT_FALSE(ranges.ContainsJoined(0x1000, 0x201, joins));  // into the one that does not join
+  EXPECT_FALSE(ranges.ContainsJoined(0x13f0, 0x20, joins));   // starts in the gap
+  EXPECT_FALSE(ranges.ContainsJoined(0x12f0, 0x200, joins));  // across the gap
+  EXPECT_FALSE(ranges.ContainsJoined(0xf00, 0x200, joins));   // starts before any range
+  EXPECT_FALSE(ranges.ContainsJoined(0x1000, std::numeric_limits<uint64_t>::max(), joins));
+  EXPECT_TRUE(ranges.ContainsJoined(0x9000, 0, joins));
+  EXPECT_TRUE(ranges.Check2DJoined(0x1000, 0x100, 0x80, 2, "copy", "here", joins).ok());
+  EXPECT_FALSE(ranges.CheckJoined(0x1000, 0x201, "copy", "here", joins).ok());
+}
+
 TEST(RangeMapTest, Checks2DRegionsByTheirSpan) {
   RangeMap<int> ranges;
   ASSERT_TRUE(ranges.Insert(0x1000, 1000, 1));

@@ -40,6 +40,16 @@ FERRY_RT_HOST_KERNEL(_Z8rt_applyPKfPfi) {
   });
 }
 
+// rt_iota(unsigned* out, unsigned base, int n)
+FERRY_RT_HOST_KERNEL(_Z7rt_iotaPjji) {
+  auto* out = Param<unsigned*>(params, 0);
+  const unsigned base = Param<unsigned>(params, 1);
+  const int n = Param<int>(params, 2);
+  ForEachThreadX(launch, [&](long long i) {
+    if (i < n) out[i] = base + static_cast<unsigned>(i);
+  });
+}
+
 // runtime_two_runtimes_lib.cu: rt_lib_fill(float* out, float factor, int n)
 FERRY_RT_HOST_KERNEL(_Z11rt_lib_fillPffi) {
   auto* out = Param<float*>(params, 0);

@@ -79,3 +79,10 @@ __global__ void rt_apply(const float* coefficients, float* out, int n) {
   int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) out[i] = coefficients[i % 4] * static_cast<float>(i);
 }
+
+// out[i] = base + i for i < n (runtime_vmm.cu: a kernel writing across
+// mappings that lie side by side).
+__global__ void rt_iota(unsigned* out, unsigned base, int n) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = base + static_cast<unsigned>(i);
+}

@@ -9,6 +9,7 @@
 #include <cuda.h>
 #include <dlfcn.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -105,6 +106,18 @@ class SessionTest : public ::testing::Test {
     EXPECT_TRUE(r.status.ok()) << r.status.ToString();
     return r.dptr;
   }
+
+  // virtual memory management: `bytes` of physical memory on device 0 as
+  // `handle`; the host backend's granularity.
+  ReplyResult CreatePhysicalMemory(uint64_t handle, uint64_t bytes) {
+    return client_->Call([&](wire::Call::Builder c) {
+      auto a = c.initMemCreate();
+      a.setHandle(handle);
+      a.setDevice(0);
+      a.setBytes(bytes);
+    });
+  }
+  static uint64_t PageSize() { return static_cast<uint64_t>(sysconf(_SC_PAGESIZE)); }
 
   void CreateStream(uint64_t stream, unsigned flags = 0, uint64_t ctx = 100) {
     client_->Send(
@@ -1099,10 +1112,11 @@ TEST_F(SessionLibraryTest, EveryDescribedHandleAndRangeIsValidated) {
   }
   ASSERT_TRUE(LoadLibrary(600).status.ok());
   ASSERT_TRUE(LoadIntoContext(600, 100, 400, 500).ok());
+  ASSERT_TRUE(CreatePhysicalMemory(700, PageSize()).status.ok());  // virtual memory management
   const std::map<std::string, uint64_t> valid = {
-      {"ctx", 100},    {"dstCtx", 100},   {"srcCtx", 100}, {"peer", 100},
-      {"stream", 200}, {"event", 300},    {"start", 300},  {"end", 301},
-      {"module", 400}, {"function", 500}, {"library", 600}};
+      {"ctx", 100},    {"dstCtx", 100},   {"srcCtx", 100},  {"peer", 100},
+      {"stream", 200}, {"event", 300},    {"start", 300},   {"end", 301},
+      {"module", 400}, {"function", 500}, {"library", 600}, {"handle", 700}};
   auto split = [](const char* list) {
     std::vector<std::string> names;
     for (std::string_view rest = list; !rest.empty();) {
@@ -1346,6 +1360,157 @@ TEST_F(SessionLibraryTest, OccupancyQueriesAnswerPerBlockSize) {
   EXPECT_EQ(bad_function.status.cuda_result(), CUDA_ERROR_INVALID_HANDLE);
 }
 
+// --- virtual memory management -----------------------------------------------
+
+// Two mappings of one physical allocation side by side: copies are refused
+// until access is set, then run across both (one span) and see one set of
+// bytes through both addresses; a released handle stays mapped (and usable)
+// but can no longer be mapped, and cuMemRetainAllocationHandle finds it again.
+// Everything is left mapped at the end: the session frees it (EndSession checks
+// the backend got every byte back).
+TEST_F(SessionTest, MappedMemoryNeedsAccessJoinsAndIsFreedWithTheSession) {
+  CreateContext();
+  const uint64_t page = PageSize();
+  const ReplyResult reserved = client_->Call([&](wire::Call::Builder c) {
+    auto a = c.initMemAddressReserve();
+    a.setBytes(4 * page);
+  });
+  ASSERT_TRUE(reserved.status.ok()) << reserved.status.ToString();
+  const uint64_t base = reserved.dptr;
+  ASSERT_TRUE(CreatePhysicalMemory(900, 2 * page).status.ok());
+  for (uint64_t at : {base, base + 2 * page}) {
+    const ReplyResult mapped = client_->Call([&](wire::Call::Builder c) {
+      auto a = c.initMemMap();
+      a.setAddress(at);
+      a.setBytes(2 * page);
+      a.setHandle(900);
+    });
+    ASSERT_TRUE(mapped.status.ok()) << mapped.status.ToString();
+  }
+  auto write = [&](uint64_t at, const std::vector<uint8_t>& bytes) {
+    client_->Send(
+        [&](wire::Call::Builder c) { test::BuildMemcpyHtoD(c, 100, 0, at, bytes.size()); }, false,
+        bytes);
+    return client_->Call([](wire::Call::Builder c) { c.setPing(); }).status;
+  };
+  std::vector<uint8_t> pattern(page + 16);
+  for (size_t i = 0; i < pattern.size(); ++i) pattern[i] = static_cast<uint8_t>(i * 7);
+  EXPECT_EQ(write(base, pattern).cuda_result(), CUDA_ERROR_INVALID_VALUE);  // no access yet
+
+  const ReplyResult access = client_->Call([&](wire::Call::Builder c) {
+    auto a = c.initMemSetAccess();
+    a.setAddress(base);
+    a.setBytes(4 * page);
+    auto desc = a.initAccess(1);
+    desc[0].setDevice(0);
+    desc[0].setFlags(CU_MEM_ACCESS_FLAGS_PROT_READWRITE);
+  });
+  ASSERT_TRUE(access.status.ok()) << access.status.ToString();
+  // Across the boundary of the two mappings: one span.
+  ASSERT_TRUE(write(base + 2 * page - 8, pattern).ok());
+  const ReplyResult read = client_->Call([&](wire::Call::Builder c) {
+    test::BuildMemcpyDtoH(c, 100, 0, base - 8 + 2 * page + 2 * page, 8);
+  });
+  ASSERT_TRUE(read.status.ok()) << read.status.ToString();
+  // base + 4 pages - 8 aliases base + 2 pages - 8: the first bytes written.
+  EXPECT_EQ(read.bulk, std::vector<uint8_t>(pattern.begin(), pattern.begin() + 8));
+  EXPECT_EQ(write(base + 4 * page - 8, pattern).cuda_result(), CUDA_ERROR_INVALID_VALUE);
+
+  const ReplyResult released =
+      client_->Call([](wire::Call::Builder c) { c.initMemRelease().setHandle(900); });
+  ASSERT_TRUE(released.status.ok());
+  EXPECT_TRUE(write(base, pattern).ok());  // the mappings hold the memory
+  const ReplyResult remapped = client_->Call([&](wire::Call::Builder c) {
+    auto a = c.initMemUnmap();
+    a.setAddress(base);
+    a.setBytes(page);  // part of a mapping
+  });
+  EXPECT_EQ(remapped.status.cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  const ReplyResult retained = client_->Call([&](wire::Call::Builder c) {
+    c.initMemRetainAllocationHandle().setAddress(base + page + 3);
+  });
+  ASSERT_TRUE(retained.status.ok());
+  EXPECT_EQ(retained.value, 900);
+  const ReplyResult freed = client_->Call([&](wire::Call::Builder c) {
+    auto a = c.initMemAddressFree();
+    a.setAddress(base);
+    a.setBytes(4 * page);
+  });
+  EXPECT_EQ(freed.status.cuda_result(), CUDA_ERROR_INVALID_VALUE);  // still mapped
+
+  // Read-only access is reported as such; a copy into it never faults ferryd.
+  const ReplyResult read_only = client_->Call([&](wire::Call::Builder c) {
+    auto a = c.initMemSetAccess();
+    a.setAddress(base);
+    a.setBytes(4 * page);
+    auto desc = a.initAccess(1);
+    desc[0].setDevice(0);
+    desc[0].setFlags(CU_MEM_ACCESS_FLAGS_PROT_READ);
+  });
+  ASSERT_TRUE(read_only.status.ok()) << read_only.status.ToString();
+  const ReplyResult flags = client_->Call(
+      [&](wire::Call::Builder c) { c.initMemGetAccess().setAddress(base + 3 * page); });
+  ASSERT_TRUE(flags.status.ok());
+  EXPECT_EQ(flags.value, CU_MEM_ACCESS_FLAGS_PROT_READ);
+  EXPECT_TRUE(write(base, pattern).ok());
+}
+
+// Unmapping waits for the work already queued that may touch the mapping: a
+// memset held behind a host gate runs into the memory before the unmap (on
+// the host backend the pages would otherwise be gone under it), and mapping
+// the memory again shows its bytes.
+TEST_F(SessionTest, UnmapWaitsForQueuedWorkOnTheMapping) {
+  CreateContext();
+  CreateStream(kHeld);
+  const uint64_t page = PageSize();
+  const ReplyResult reserved = client_->Call([&](wire::Call::Builder c) {
+    auto a = c.initMemAddressReserve();
+    a.setBytes(page);
+  });
+  ASSERT_TRUE(reserved.status.ok()) << reserved.status.ToString();
+  const uint64_t base = reserved.dptr;
+  ASSERT_TRUE(CreatePhysicalMemory(900, page).status.ok());
+  auto map_with_access = [&] {
+    const ReplyResult mapped = client_->Call([&](wire::Call::Builder c) {
+      auto a = c.initMemMap();
+      a.setAddress(base);
+      a.setBytes(page);
+      a.setHandle(900);
+    });
+    ASSERT_TRUE(mapped.status.ok()) << mapped.status.ToString();
+    const ReplyResult access = client_->Call([&](wire::Call::Builder c) {
+      auto a = c.initMemSetAccess();
+      a.setAddress(base);
+      a.setBytes(page);
+      auto desc = a.initAccess(1);
+      desc[0].setDevice(0);
+      desc[0].setFlags(CU_MEM_ACCESS_FLAGS_PROT_READWRITE);
+    });
+    ASSERT_TRUE(access.status.ok()) << access.status.ToString();
+  };
+  map_with_access();
+  const uint64_t gate = client_->SendGate(100, kHeld);
+  const ReplyResult reached = client_->ReadWithin();
+  ASSERT_EQ(reached.seq, gate);
+  ASSERT_TRUE(reached.held);
+  Fill(kHeld, base, 0x5A, page);  // queued behind the closed gate
+  const uint64_t unmap = client_->Send(
+      [&](wire::Call::Builder c) {
+        auto a = c.initMemUnmap();
+        a.setAddress(base);
+        a.setBytes(page);
+      },
+      true);
+  client_->OpenGate(gate);
+  const ReplyResult unmapped = client_->ReadWithin();
+  EXPECT_EQ(unmapped.seq, unmap);
+  ASSERT_TRUE(unmapped.status.ok()) << unmapped.status.ToString();
+  map_with_access();
+  const ReplyResult read = CopyOut(kHeld, base, page);
+  ASSERT_TRUE(read.status.ok()) << read.status.ToString();
+  EXPECT_EQ(read.bulk, std::vector<uint8_t>(page, 0x5A));
+}
+
 // --- pooled sessions: slices, quotas, preemption ------------------------------
 
 constexpr uint64_t kSliceQuota = 1 << 20;
@@ -1428,6 +1593,27 @@ class PooledSessionTest : public ::testing::Test {
   std::unique_ptr<RawClient> client_;
   test::ObservedTransport* server_observed_ = nullptr;  // the session's end, owned by it
 };
+
+// virtual memory management: cuMemCreate is charged to the slice like any
+// allocation, and cuMemRelease gives it back.
+TEST_F(PooledSessionTest, PhysicalMemoryCountsAgainstTheSliceQuota) {
+  Start();
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  auto create = [&](uint64_t handle, uint64_t bytes) {
+    return client_->Call([&](wire::Call::Builder c) {
+      auto a = c.initMemCreate();
+      a.setHandle(handle);
+      a.setDevice(0);
+      a.setBytes(bytes);
+    });
+  };
+  ASSERT_TRUE(create(700, kSliceQuota / 2).status.ok());
+  EXPECT_EQ(create(701, kSliceQuota / 2 + page).status.cuda_result(), CUDA_ERROR_OUT_OF_MEMORY);
+  ASSERT_TRUE(
+      client_->Call([](wire::Call::Builder c) { c.initMemRelease().setHandle(700); }).status.ok());
+  EXPECT_TRUE(create(701, kSliceQuota / 2 + page).status.ok());
+  EXPECT_EQ(session_->Info().bytes_allocated, kSliceQuota / 2 + page);
+}
 
 TEST_F(PooledSessionTest, HandshakeDescribesTheSlice) {
   Frame frame = Start();

@@ -226,6 +226,21 @@ class MemPool {
   virtual ~MemPool() = default;
 };
 
+// virtual memory management: physical memory made by
+// CreatePhysicalMemory (cuMemCreate). Destroying it is cuMemRelease: the
+// memory itself stays while a mapping holds it (MapMemory), as the driver
+// keeps it.
+class PhysicalMemory {
+ public:
+  virtual ~PhysicalMemory() = default;
+};
+// One CUmemAccessDesc: backend device `device` may touch a mapped range as
+// CUmemAccess_flags `flags` says (0 none, 1 read, 3 read and write).
+struct MemoryAccess {
+  int device = 0;
+  unsigned flags = 0;
+};
+
 class GpuBackend {
  public:
   virtual ~GpuBackend() = default;
@@ -443,6 +458,63 @@ class GpuBackend {
     return Status::Unimplemented(std::string(Name()) + " backend has no memory pools");
   }
 
+  // --- virtual memory management ------------------------------------------------
+  // The driver's virtual memory calls. The caller (the session) keeps which
+  // reservations, mappings and physical memory are whose, and checks every
+  // address, size and offset against them (sizes and offsets multiples of
+  // AllocationGranularity) before it calls in here. Unmapping, freeing a
+  // reservation and taking access away act at once: when device memory is host
+  // memory (DeviceMemoryIsHostMemory) the caller first waits for the work that
+  // may still touch the range. The defaults answer CUDA_ERROR_NOT_SUPPORTED.
+  //
+  // cuMemGetAllocationGranularity for pinned memory on backend device
+  // `device` (recommended, else minimum): the unit sizes, offsets and
+  // addresses come in.
+  virtual Status AllocationGranularity(int device, bool recommended, uint64_t* bytes) {
+    (void)device, (void)recommended, (void)bytes;
+    return NoVirtualMemory();
+  }
+  // cuMemCreate: `bytes` of pinned memory on backend device `device`,
+  // zero-filled (memory another session freed never shows its bytes).
+  virtual Status CreatePhysicalMemory(int device, uint64_t bytes,
+                                      std::unique_ptr<PhysicalMemory>* out) {
+    (void)device, (void)bytes, (void)out;
+    return NoVirtualMemory();
+  }
+  // cuMemAddressReserve: `bytes` of addresses aligned to `alignment` (a
+  // power of two), at `hint` if that is free (a hint only, as the driver
+  // takes it; 0: anywhere). Nothing is accessible until mapped.
+  virtual Status ReserveAddressRange(uint64_t bytes, uint64_t alignment, uint64_t hint,
+                                     uint64_t* address) {
+    (void)bytes, (void)alignment, (void)hint, (void)address;
+    return NoVirtualMemory();
+  }
+  // cuMemAddressFree of a whole reservation with nothing mapped in it.
+  virtual Status FreeAddressRange(uint64_t address, uint64_t bytes) {
+    (void)address, (void)bytes;
+    return NoVirtualMemory();
+  }
+  // cuMemMap: [offset, offset + bytes) of `memory` at `address`, inside a
+  // reservation where nothing is mapped; no device may touch it until
+  // SetMemoryAccess. Two mappings of one memory alias the same bytes.
+  virtual Status MapMemory(uint64_t address, uint64_t bytes, PhysicalMemory& memory,
+                           uint64_t offset) {
+    (void)address, (void)bytes, (void)memory, (void)offset;
+    return NoVirtualMemory();
+  }
+  // cuMemUnmap of one whole mapping: its addresses are reserved again.
+  virtual Status UnmapMemory(uint64_t address, uint64_t bytes) {
+    (void)address, (void)bytes;
+    return NoVirtualMemory();
+  }
+  // cuMemSetAccess of one whole mapping: `access` is every device's access
+  // to it after the call (devices not named: none).
+  virtual Status SetMemoryAccess(uint64_t address, uint64_t bytes,
+                                 std::span<const MemoryAccess> access) {
+    (void)address, (void)bytes, (void)access;
+    return NoVirtualMemory();
+  }
+
   // --- stream attributes -----------------------------------------------------
   // cuStreamSetAttribute of `attribute` (CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW
   // or CU_LAUNCH_ATTRIBUTE_SYNCHRONIZATION_POLICY) to its value in `values`,
@@ -528,6 +600,11 @@ class GpuBackend {
   }
 
  private:
+  Status NoVirtualMemory() const {
+    constexpr int kCudaErrorNotSupported = 801;  // CUDA_ERROR_NOT_SUPPORTED (no cuda.h here)
+    return Status::Cuda(kCudaErrorNotSupported,
+                        std::string(Name()) + " backend has no virtual memory management");
+  }
   Status NoGraphs() const {
     constexpr int kCudaErrorNotSupported = 801;  // CUDA_ERROR_NOT_SUPPORTED (no cuda.h here)
     return Status::Cuda(kCudaErrorNotSupported,

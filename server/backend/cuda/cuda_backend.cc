@@ -402,6 +402,21 @@ class CudaMemPool final : public MemPool {
   const CUmemoryPool handle;
 };
 
+// Physical memory of the driver's virtual memory management (cuMemCreate);
+// destroying it releases the handle, and the driver keeps the memory while a
+// mapping holds it.
+class CudaPhysicalMemory final : public PhysicalMemory {
+ public:
+  CudaPhysicalMemory(const DriverApi& api, CUmemGenericAllocationHandle handle)
+      : api(api), handle(handle) {}
+  ~CudaPhysicalMemory() override {
+    LogFailure(api, api.cuMemRelease(handle), FERRY_CUDA_EXPORT_NAME(cuMemRelease),
+               "releasing physical memory");
+  }
+  const DriverApi& api;
+  const CUmemGenericAllocationHandle handle;
+};
+
 // The CUmemPool_attribute values whose value type is int (the others are
 // cuuint64_t).
 bool MemPoolAttributeIsInt(int attribute) {
@@ -775,6 +790,106 @@ class CudaBackend final : public GpuBackend {
       FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemPoolCreate, &pool, &props));
       *out = std::make_unique<CudaMemPool>(*api_, pool);
       return Status::Ok();
+    });
+  }
+
+  // --- virtual memory management ------------------------------------------
+  // Pinned device memory with no shareable handle type: what a session's
+  // cuMemCreate gets, and what the granularity is asked for.
+  Status PinnedDeviceProperties(int device, CUmemAllocationProp* props) const {
+    CUdevice device_handle = 0;
+    FERRY_RETURN_IF_ERROR(DeviceHandle(device, &device_handle));
+    std::memset(props, 0, sizeof(*props));
+    props->type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    props->requestedHandleTypes = CU_MEM_HANDLE_TYPE_NONE;
+    props->location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    props->location.id = device_handle;
+    return Status::Ok();
+  }
+
+  Status AllocationGranularity(int device, bool recommended, uint64_t* bytes) override {
+    return Guarded("AllocationGranularity", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(
+          NeedEntryPoint(api_->cuMemGetAllocationGranularity, "cuMemGetAllocationGranularity"));
+      CUmemAllocationProp props;
+      FERRY_RETURN_IF_ERROR(PinnedDeviceProperties(device, &props));
+      size_t granularity = 0;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(
+          *api_, cuMemGetAllocationGranularity, &granularity, &props,
+          recommended ? CU_MEM_ALLOC_GRANULARITY_RECOMMENDED : CU_MEM_ALLOC_GRANULARITY_MINIMUM));
+      *bytes = granularity;
+      return Status::Ok();
+    });
+  }
+
+  Status CreatePhysicalMemory(int device, uint64_t bytes,
+                              std::unique_ptr<PhysicalMemory>* out) override {
+    return Guarded("CreatePhysicalMemory", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuMemCreate, "cuMemCreate"));
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuMemRelease, "cuMemRelease"));
+      CUmemAllocationProp props;
+      FERRY_RETURN_IF_ERROR(PinnedDeviceProperties(device, &props));
+      CUmemGenericAllocationHandle handle = 0;
+      FERRY_RETURN_IF_ERROR(
+          FERRY_CU(*api_, cuMemCreate, &handle, static_cast<size_t>(bytes), &props, 0));
+      *out = std::make_unique<CudaPhysicalMemory>(*api_, handle);
+      return Status::Ok();
+    });
+  }
+
+  Status ReserveAddressRange(uint64_t bytes, uint64_t alignment, uint64_t hint,
+                             uint64_t* address) override {
+    return Guarded("ReserveAddressRange", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuMemAddressReserve, "cuMemAddressReserve"));
+      CUdeviceptr p = 0;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemAddressReserve, &p, static_cast<size_t>(bytes),
+                                     static_cast<size_t>(alignment), static_cast<CUdeviceptr>(hint),
+                                     0));
+      *address = p;
+      return Status::Ok();
+    });
+  }
+
+  Status FreeAddressRange(uint64_t address, uint64_t bytes) override {
+    return Guarded("FreeAddressRange", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuMemAddressFree, "cuMemAddressFree"));
+      return FERRY_CU(*api_, cuMemAddressFree, static_cast<CUdeviceptr>(address),
+                      static_cast<size_t>(bytes));
+    });
+  }
+
+  Status MapMemory(uint64_t address, uint64_t bytes, PhysicalMemory& memory,
+                   uint64_t offset) override {
+    return Guarded("MapMemory", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuMemMap, "cuMemMap"));
+      return FERRY_CU(*api_, cuMemMap, static_cast<CUdeviceptr>(address),
+                      static_cast<size_t>(bytes), static_cast<size_t>(offset),
+                      static_cast<CudaPhysicalMemory&>(memory).handle, 0);
+    });
+  }
+
+  Status UnmapMemory(uint64_t address, uint64_t bytes) override {
+    return Guarded("UnmapMemory", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuMemUnmap, "cuMemUnmap"));
+      return FERRY_CU(*api_, cuMemUnmap, static_cast<CUdeviceptr>(address),
+                      static_cast<size_t>(bytes));
+    });
+  }
+
+  Status SetMemoryAccess(uint64_t address, uint64_t bytes,
+                         std::span<const MemoryAccess> access) override {
+    return Guarded("SetMemoryAccess", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuMemSetAccess, "cuMemSetAccess"));
+      std::vector<CUmemAccessDesc> descs(access.size());
+      for (size_t i = 0; i < access.size(); ++i) {
+        CUdevice device_handle = 0;
+        FERRY_RETURN_IF_ERROR(DeviceHandle(access[i].device, &device_handle));
+        descs[i].location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+        descs[i].location.id = device_handle;
+        descs[i].flags = static_cast<CUmemAccess_flags>(access[i].flags);
+      }
+      return FERRY_CU(*api_, cuMemSetAccess, static_cast<CUdeviceptr>(address),
+                      static_cast<size_t>(bytes), descs.data(), descs.size());
     });
   }
 

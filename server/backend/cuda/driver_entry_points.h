@@ -98,7 +98,20 @@
   FERRY_CUDA_PEER_ENTRY_POINTS(X)           \
   FERRY_CUDA_MEMPOOL_ENTRY_POINTS(X)        \
   FERRY_CUDA_GRAPH_ENTRY_POINTS(X)          \
+  FERRY_CUDA_VMM_ENTRY_POINTS(X)            \
   FERRY_CUDA_GREEN_CONTEXT_ENTRY_POINTS(X)
+
+// virtual memory management (CUDA 10.2+): each answered
+// CUDA_ERROR_NOT_SUPPORTED where the driver lacks it.
+#define FERRY_CUDA_VMM_ENTRY_POINTS(X)    \
+  X(cuMemGetAllocationGranularity, 10020) \
+  X(cuMemCreate, 10020)                   \
+  X(cuMemRelease, 10020)                  \
+  X(cuMemAddressReserve, 10020)           \
+  X(cuMemAddressFree, 10020)              \
+  X(cuMemMap, 10020)                      \
+  X(cuMemUnmap, 10020)                    \
+  X(cuMemSetAccess, 10020)
 
 // Stream-ordered allocation and memory pools (CUDA 11.2+), profiler control,
 // stream attributes, stream memory operations and context-wide events: each answered

@@ -106,6 +106,7 @@ DeviceDescription MakeDeviceDescription(int index, uint64_t memory) {
   // is impossible across the network.
   set(CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING, 1);
   set(CU_DEVICE_ATTRIBUTE_HOST_REGISTER_SUPPORTED, 1);
+  set(CU_DEVICE_ATTRIBUTE_READ_ONLY_HOST_REGISTER_SUPPORTED, 1);  // the client accepts the flag
   set(CU_DEVICE_ATTRIBUTE_INTEGRATED, 0);
   set(CU_DEVICE_ATTRIBUTE_CAN_MAP_HOST_MEMORY, 0);
   set(CU_DEVICE_ATTRIBUTE_MANAGED_MEMORY, 0);
@@ -116,7 +117,17 @@ DeviceDescription MakeDeviceDescription(int index, uint64_t memory) {
   // cuStreamBatchMemOp) run on the stream's thread, 64-bit and NOR included.
   set(CU_DEVICE_ATTRIBUTE_CAN_USE_64_BIT_STREAM_MEM_OPS, 1);
   set(CU_DEVICE_ATTRIBUTE_CAN_USE_STREAM_WAIT_VALUE_NOR, 1);
-  set(CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, 0);
+  // Virtual memory management (cuMemAddressReserve, cuMemCreate, cuMemMap,
+  // cuMemSetAccess) is forwarded; its handles cannot be exported to other
+  // processes (no shareable handle types), and there is no compression or
+  // RDMA.
+  set(CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, 1);
+  set(CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED, 0);
+  set(CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_WIN32_HANDLE_SUPPORTED, 0);
+  set(CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_WIN32_KMT_HANDLE_SUPPORTED, 0);
+  set(CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_FABRIC_SUPPORTED, 0);
+  set(CU_DEVICE_ATTRIBUTE_GENERIC_COMPRESSION_SUPPORTED, 0);
+  set(CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED, 0);
   set(CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH, 0);
 
   // Textures and surfaces: sm_90 limits, reported for runtimes that read

@@ -5,8 +5,7 @@
 // The device is an sm_90-class GPU shaped like an H100 SXM (132 SMs, 50 MiB
 // L2, 5120-bit HBM3 bus, 227 KiB opt-in shared memory per block). Features
 // that a client could only use through calls the GpuBackend interface does not
-// carry — mapped/managed memory, memory pools, virtual memory management, IPC,
-// stream memory operations, cooperative launch — are reported as unsupported
+// carry — mapped/managed memory, IPC, cooperative launch — are reported as unsupported
 // (0), so that runtimes take their portable paths instead of failing later.
 //
 // Thread-safety: pure functions and constants.

@@ -43,6 +43,7 @@
 #include "server/backend/host/device_model.h"
 #include "server/backend/host/ferry_host_kernel.h"
 #include "server/backend/host/stream_queue.h"
+#include "server/backend/host/virtual_memory.h"
 
 namespace ferry::backend {
 namespace {
@@ -533,6 +534,38 @@ class HostBackend final : public GpuBackend {
       }
     }
     for (auto& s : storages) ReleaseAfterWork(owner, std::move(s));
+  }
+
+  // --- virtual memory management (host_internal::HostVirtualMemory) -----------
+
+  Status AllocationGranularity(int device, bool recommended, uint64_t* bytes) override {
+    (void)recommended;  // pages are what this backend maps, whatever the request
+    FERRY_RETURN_IF_ERROR(CheckDevice(device));
+    *bytes = host_internal::HostVirtualMemory::Granularity();
+    return Status::Ok();
+  }
+  Status CreatePhysicalMemory(int device, uint64_t bytes,
+                              std::unique_ptr<PhysicalMemory>* out) override {
+    FERRY_RETURN_IF_ERROR(CheckDevice(device));
+    return virtual_memory_.Create(device, bytes, out);
+  }
+  Status ReserveAddressRange(uint64_t bytes, uint64_t alignment, uint64_t hint,
+                             uint64_t* address) override {
+    return virtual_memory_.Reserve(bytes, alignment, hint, address);
+  }
+  Status FreeAddressRange(uint64_t address, uint64_t bytes) override {
+    return virtual_memory_.Free(address, bytes);
+  }
+  Status MapMemory(uint64_t address, uint64_t bytes, PhysicalMemory& memory,
+                   uint64_t offset) override {
+    return virtual_memory_.Map(address, bytes, memory, offset);
+  }
+  Status UnmapMemory(uint64_t address, uint64_t bytes) override {
+    return virtual_memory_.Unmap(address, bytes);
+  }
+  Status SetMemoryAccess(uint64_t address, uint64_t bytes,
+                         std::span<const MemoryAccess> access) override {
+    return virtual_memory_.SetAccess(address, bytes, access);
   }
 
   // --- stream-ordered allocation and memory pools ------------------------------
@@ -1581,6 +1614,25 @@ class HostBackend final : public GpuBackend {
   std::vector<uint64_t> used_ ABSL_GUARDED_BY(mu_);  // accounted bytes per device
 
   std::unique_ptr<CompletionThread> completions_;
+
+  // Physical memory is charged to used_ like any allocation (after mu_ and
+  // used_, so it goes before them).
+  host_internal::HostVirtualMemory virtual_memory_{
+      [this](int device, uint64_t bytes) -> Status {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (bytes > device_memory_[device] - used_[device]) {
+          return Status::OutOfMemory("cannot create " + std::to_string(bytes) +
+                                     " bytes on device " + std::to_string(device) + ": " +
+                                     std::to_string(device_memory_[device] - used_[device]) +
+                                     " bytes free");
+        }
+        used_[device] += bytes;
+        return Status::Ok();
+      },
+      [this](int device, uint64_t bytes) {
+        std::lock_guard<std::mutex> lock(mu_);
+        used_[device] -= bytes;
+      }};
 };
 
 HostContext::~HostContext() {

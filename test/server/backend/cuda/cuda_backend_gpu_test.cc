@@ -3,7 +3,8 @@
 // machine without a GPU; on a GPU host it checks the driver ABI end to end:
 // contexts, memory, copies, memsets, 2D copies, module loading (fatbin,
 // cubin and PTX built by nvcc for sm_90 at build time), kernel launches with
-// and without clusters, events, completions, a host gate, and a sticky error.
+// and without clusters, events, completions, a host gate, a sticky error, and
+// virtual memory (mappings side by side and aliased).
 //
 // Thread-safety: one backend per test binary, shared by the tests in order.
 #include <cuda.h>
@@ -244,6 +245,45 @@ TEST_F(CudaGpuTest, PitchedMemsetAnd2DCopies) {
     }
   }
   ASSERT_TRUE(backend_->MemFree(*ctx_, dptr).ok());
+}
+
+// virtual memory management on the real driver: two allocations side by side
+// in one reservation, one memset across both, a second mapping of the second
+// allocation that aliases its bytes, then everything undone.
+TEST_F(CudaGpuTest, VirtualMemoryMappingsJoinAndAlias) {
+  uint64_t granularity = 0;
+  Status status = backend_->AllocationGranularity(0, /*recommended=*/false, &granularity);
+  if (status.cuda_result() == CUDA_ERROR_NOT_SUPPORTED) GTEST_SKIP() << status.ToString();
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  ASSERT_GT(granularity, 0u);
+  uint64_t base = 0;
+  ASSERT_TRUE(backend_->ReserveAddressRange(3 * granularity, 0, 0, &base).ok());
+  std::unique_ptr<PhysicalMemory> first, second;
+  ASSERT_TRUE(backend_->CreatePhysicalMemory(0, granularity, &first).ok());
+  ASSERT_TRUE(backend_->CreatePhysicalMemory(0, granularity, &second).ok());
+  ASSERT_TRUE(backend_->MapMemory(base, granularity, *first, 0).ok());
+  ASSERT_TRUE(backend_->MapMemory(base + granularity, granularity, *second, 0).ok());
+  ASSERT_TRUE(backend_->MapMemory(base + 2 * granularity, granularity, *second, 0).ok());
+  const MemoryAccess read_write{0, CU_MEM_ACCESS_FLAGS_PROT_READWRITE};
+  for (int i = 0; i < 3; ++i) {
+    status = backend_->SetMemoryAccess(base + i * granularity, granularity, {&read_write, 1});
+    ASSERT_TRUE(status.ok()) << status.ToString();
+  }
+  ASSERT_TRUE(backend_->Memset(legacy(), base, 0, 0x11, 1, 2 * granularity, 1).ok());
+  ASSERT_TRUE(
+      backend_->Memset(legacy(), base + 2 * granularity + 8, 0, 0x22, 1, 8, 1).ok());  // alias
+  std::shared_ptr<std::vector<uint8_t>> out;
+  ASSERT_TRUE(backend_->CopyDeviceToHost(legacy(), HostFor(&out, 32), base + granularity).ok());
+  ASSERT_TRUE(Await([&](Completion done) { backend_->WhenStreamIdle(legacy(), done); }).ok());
+  for (int i = 0; i < 32; ++i) {
+    ASSERT_EQ((*out)[i], i >= 8 && i < 16 ? 0x22 : 0x11) << "at " << i;
+  }
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(backend_->UnmapMemory(base + i * granularity, granularity).ok());
+  }
+  first.reset();
+  second.reset();
+  ASSERT_TRUE(backend_->FreeAddressRange(base, 3 * granularity).ok());
 }
 
 TEST_F(CudaGpuTest, GlobalsAttributesLimitsAndEvents) {

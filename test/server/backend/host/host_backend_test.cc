@@ -11,6 +11,7 @@
 
 #include <cuda.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -389,6 +390,59 @@ TEST_F(HostBackendTest, AllocFreeAndMemGetInfo) {
   ASSERT_OK(b().MemFree(*ctx_, a));
   ASSERT_OK(b().MemFree(*ctx_, big));
   EXPECT_EQ(FreeBytes(), kDeviceMemory);
+}
+
+// virtual memory management: real address space of ferryd, memfd pages.
+TEST_F(HostBackendTest, VirtualMemoryAliasesHonoursHintsAndCountsAgainstTheDevice) {
+  uint64_t page = 0;
+  ASSERT_OK(b().AllocationGranularity(0, /*recommended=*/true, &page));
+  EXPECT_EQ(page, static_cast<uint64_t>(sysconf(_SC_PAGESIZE)));
+  uint64_t base = 0;
+  ASSERT_OK(b().ReserveAddressRange(4 * page, 16 * page, 0, &base));
+  EXPECT_EQ(base % (16 * page), 0u);
+  // A free address as the hint is honoured (one just given back); a taken
+  // one is not.
+  uint64_t probe = 0;
+  ASSERT_OK(b().ReserveAddressRange(page, 0, 0, &probe));
+  ASSERT_OK(b().FreeAddressRange(probe, page));
+  uint64_t hinted = 0;
+  ASSERT_OK(b().ReserveAddressRange(page, 0, probe, &hinted));
+  EXPECT_EQ(hinted, probe);
+  uint64_t elsewhere = 0;
+  ASSERT_OK(b().ReserveAddressRange(page, 0, base, &elsewhere));
+  EXPECT_NE(elsewhere, base);
+
+  std::unique_ptr<PhysicalMemory> memory;
+  ASSERT_OK(b().CreatePhysicalMemory(0, 2 * page, &memory));
+  EXPECT_EQ(FreeBytes(), kDeviceMemory - 2 * page);
+  ASSERT_OK(b().MapMemory(base, 2 * page, *memory, 0));
+  ASSERT_OK(b().MapMemory(base + 2 * page, page, *memory, page));       // its second page again
+  EXPECT_FALSE(b().MapMemory(base + page, page, *memory, 0).ok());      // already mapped
+  EXPECT_FALSE(b().MapMemory(base + 4 * page, page, *memory, 0).ok());  // outside the reservation
+  const MemoryAccess read_write{0, CU_MEM_ACCESS_FLAGS_PROT_READWRITE};
+  ASSERT_OK(b().SetMemoryAccess(base, 2 * page, {&read_write, 1}));
+  ASSERT_OK(b().SetMemoryAccess(base + 2 * page, page, {&read_write, 1}));
+  EXPECT_FALSE(b().SetMemoryAccess(base, page, {&read_write, 1}).ok());  // part of a mapping
+  auto* bytes = reinterpret_cast<uint8_t*>(base);
+  EXPECT_EQ(bytes[0], 0);  // zero-filled
+  bytes[page + 5] = 0x7E;
+  EXPECT_EQ(bytes[2 * page + 5], 0x7E);  // the alias sees it
+
+  EXPECT_FALSE(b().FreeAddressRange(base, 4 * page).ok());  // still mapped
+  memory.reset();  // released; the mappings keep the memory
+  EXPECT_EQ(FreeBytes(), kDeviceMemory - 2 * page);
+  EXPECT_EQ(bytes[2 * page + 5], 0x7E);
+  ASSERT_OK(b().UnmapMemory(base, 2 * page));
+  EXPECT_EQ(FreeBytes(), kDeviceMemory - 2 * page);
+  ASSERT_OK(b().UnmapMemory(base + 2 * page, page));
+  EXPECT_EQ(FreeBytes(), kDeviceMemory);  // the last mapping gave it back
+  ASSERT_OK(b().FreeAddressRange(base, 4 * page));
+  ASSERT_OK(b().FreeAddressRange(hinted, page));
+  ASSERT_OK(b().FreeAddressRange(elsewhere, page));
+
+  std::unique_ptr<PhysicalMemory> too_big;
+  EXPECT_EQ(b().CreatePhysicalMemory(0, kDeviceMemory + page, &too_big).code(),
+            StatusCode::kOutOfMemory);
 }
 
 TEST_F(HostBackendTest, AllocationsAreZeroed) {

@@ -1,0 +1,211 @@
+#include "server/backend/host/virtual_memory.h"
+
+#include <cuda.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace ferry::backend::host_internal {
+namespace {
+
+Status InvalidValue(std::string message) {
+  return Status::Cuda(CUDA_ERROR_INVALID_VALUE, std::move(message));
+}
+
+std::string Errno(const char* what) { return std::string(what) + ": " + std::strerror(errno); }
+
+void* At(uint64_t address) { return reinterpret_cast<void*>(address); }
+
+// A PROT_NONE range that reserves addresses without committing memory.
+constexpr int kReservationFlags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+
+}  // namespace
+
+struct HostVirtualMemory::Physical {
+  Physical(int fd, int device, uint64_t bytes, Give give)
+      : fd(fd), device(device), bytes(bytes), give(std::move(give)) {}
+  // Runs when the handle is released and the last mapping is gone.
+  ~Physical() {
+    close(fd);
+    give(device, bytes);
+  }
+  const int fd;
+  const int device;
+  const uint64_t bytes;
+  const Give give;
+};
+
+class HostVirtualMemory::Handle final : public PhysicalMemory {
+ public:
+  explicit Handle(std::shared_ptr<Physical> physical) : physical(std::move(physical)) {}
+  const std::shared_ptr<Physical> physical;
+};
+
+HostVirtualMemory::HostVirtualMemory(Take take, Give give)
+    : take_(std::move(take)), give_(std::move(give)) {}
+
+HostVirtualMemory::~HostVirtualMemory() {
+  std::map<uint64_t, Mapping> mappings;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    mappings.swap(mappings_);
+  }
+  // Dropping the mappings' references gives their memory back.
+}
+
+uint64_t HostVirtualMemory::Granularity() {
+  static const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  return page;
+}
+
+Status HostVirtualMemory::Create(int device, uint64_t bytes, std::unique_ptr<PhysicalMemory>* out) {
+  if (bytes == 0 || bytes % Granularity() != 0) {
+    return InvalidValue("cuMemCreate: size " + std::to_string(bytes) +
+                        " is not a positive multiple of the granularity " +
+                        std::to_string(Granularity()));
+  }
+  FERRY_RETURN_IF_ERROR(take_(device, bytes));
+  const int fd = memfd_create("ferry-physical-memory", MFD_CLOEXEC);
+  if (fd < 0 || ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
+    const std::string why = Errno("memfd");
+    if (fd >= 0) close(fd);
+    give_(device, bytes);
+    return Status::OutOfMemory("cuMemCreate of " + std::to_string(bytes) + " bytes: " + why);
+  }
+  *out = std::make_unique<Handle>(std::make_shared<Physical>(fd, device, bytes, give_));
+  return Status::Ok();
+}
+
+Status HostVirtualMemory::Reserve(uint64_t bytes, uint64_t alignment, uint64_t hint,
+                                  uint64_t* address) {
+  const uint64_t page = Granularity();
+  if (alignment < page) alignment = page;
+  if (bytes == 0 || bytes % page != 0 || (alignment & (alignment - 1)) != 0) {
+    return InvalidValue("cuMemAddressReserve: bad size or alignment");
+  }
+  void* p = MAP_FAILED;
+  if (hint != 0 && hint % alignment == 0) {
+    // The hint, if nothing is there (older kernels take MAP_FIXED_NOREPLACE
+    // as a plain hint and may answer elsewhere: then it is not honoured).
+    p = mmap(At(hint), bytes, PROT_NONE, kReservationFlags | MAP_FIXED_NOREPLACE, -1, 0);
+    if (p != MAP_FAILED && p != At(hint)) {
+      munmap(p, bytes);
+      p = MAP_FAILED;
+    }
+  }
+  if (p == MAP_FAILED) {
+    // Over-reserve by the alignment and trim both ends.
+    const uint64_t padded = bytes + alignment - page;
+    if (padded < bytes) return Status::OutOfMemory("cuMemAddressReserve: size overflows");
+    void* raw = mmap(nullptr, padded, PROT_NONE, kReservationFlags, -1, 0);
+    if (raw == MAP_FAILED) {
+      return Status::OutOfMemory("cuMemAddressReserve of " + std::to_string(bytes) +
+                                 " bytes: " + Errno("mmap"));
+    }
+    const uint64_t start = reinterpret_cast<uint64_t>(raw);
+    const uint64_t aligned = (start + alignment - 1) / alignment * alignment;
+    if (aligned > start) munmap(raw, aligned - start);
+    if (start + padded > aligned + bytes)
+      munmap(At(aligned + bytes), start + padded - aligned - bytes);
+    p = At(aligned);
+  }
+  *address = reinterpret_cast<uint64_t>(p);
+  std::lock_guard<std::mutex> lock(mu_);
+  reservations_[*address] = bytes;
+  return Status::Ok();
+}
+
+Status HostVirtualMemory::Free(uint64_t address, uint64_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = reservations_.find(address);
+  if (it == reservations_.end() || it->second != bytes) {
+    return InvalidValue("cuMemAddressFree: not a whole reservation");
+  }
+  auto mapped = mappings_.lower_bound(address);
+  if (mapped != mappings_.end() && mapped->first < address + bytes) {
+    return InvalidValue("cuMemAddressFree: the reservation still has mappings");
+  }
+  munmap(At(address), bytes);
+  reservations_.erase(it);
+  return Status::Ok();
+}
+
+Status HostVirtualMemory::Map(uint64_t address, uint64_t bytes, PhysicalMemory& memory,
+                              uint64_t offset) {
+  const std::shared_ptr<Physical>& physical = static_cast<Handle&>(memory).physical;
+  const uint64_t page = Granularity();
+  if (bytes == 0 || bytes % page != 0 || offset % page != 0 || address % page != 0 ||
+      offset > physical->bytes || bytes > physical->bytes - offset) {
+    return InvalidValue("cuMemMap: size, offset or address not within the memory");
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  auto reservation = reservations_.upper_bound(address);
+  if (reservation == reservations_.begin()) return InvalidValue("cuMemMap: not reserved");
+  --reservation;
+  if (address - reservation->first >= reservation->second ||
+      bytes > reservation->second - (address - reservation->first)) {
+    return InvalidValue("cuMemMap: the range is not inside one reservation");
+  }
+  auto next = mappings_.lower_bound(address);
+  if ((next != mappings_.end() && next->first < address + bytes) ||
+      (next != mappings_.begin() &&
+       std::prev(next)->first + std::prev(next)->second.bytes > address)) {
+    return InvalidValue("cuMemMap: the range is already mapped");
+  }
+  void* p = mmap(At(address), bytes, PROT_NONE, MAP_SHARED | MAP_FIXED, physical->fd,
+                 static_cast<off_t>(offset));
+  if (p == MAP_FAILED) return Status::OutOfMemory("cuMemMap: " + Errno("mmap"));
+  mappings_.emplace(address, Mapping{bytes, physical});
+  return Status::Ok();
+}
+
+Status HostVirtualMemory::Unmap(uint64_t address, uint64_t bytes) {
+  std::shared_ptr<Physical> dropped;  // released after mu_
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = mappings_.find(address);
+  if (it == mappings_.end() || it->second.bytes != bytes) {
+    return InvalidValue("cuMemUnmap: not a whole mapping");
+  }
+  // The reservation again, in place (MAP_FIXED replaces the mapping atomically).
+  if (mmap(At(address), bytes, PROT_NONE, kReservationFlags | MAP_FIXED, -1, 0) == MAP_FAILED) {
+    return Status::Internal("cuMemUnmap: " + Errno("mmap"));
+  }
+  dropped = std::move(it->second.physical);
+  mappings_.erase(it);
+  return Status::Ok();
+}
+
+Status HostVirtualMemory::SetAccess(uint64_t address, uint64_t bytes,
+                                    std::span<const MemoryAccess> access) {
+  // One address space serves every device: the pages get the widest access
+  // any device has. Read-only access still leaves the pages writable: ferryd
+  // itself writes device memory for copies and memsets, and a write the
+  // driver would refuse must never fault ferryd (a host kernel's write to
+  // read-only memory therefore lands instead of faulting, the one way this
+  // backend differs from a GPU here).
+  unsigned flags = 0;
+  for (const MemoryAccess& a : access) {
+    if (a.flags != CU_MEM_ACCESS_FLAGS_PROT_NONE && a.flags != CU_MEM_ACCESS_FLAGS_PROT_READ &&
+        a.flags != CU_MEM_ACCESS_FLAGS_PROT_READWRITE) {
+      return InvalidValue("cuMemSetAccess: bad access flags " + std::to_string(a.flags));
+    }
+    flags |= a.flags;
+  }
+  const int prot = flags != CU_MEM_ACCESS_FLAGS_PROT_NONE ? PROT_READ | PROT_WRITE : PROT_NONE;
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = mappings_.find(address);
+  if (it == mappings_.end() || it->second.bytes != bytes) {
+    return InvalidValue("cuMemSetAccess: not a whole mapping");
+  }
+  if (mprotect(At(address), bytes, prot) != 0) {
+    return Status::Internal("cuMemSetAccess: " + Errno("mprotect"));
+  }
+  return Status::Ok();
+}
+
+}  // namespace ferry::backend::host_internal

@@ -1,0 +1,74 @@
+// Private to the host backend: virtual memory management (cuMemAddressReserve,
+// cuMemCreate, cuMemMap, cuMemSetAccess, ...) in ferryd's own address space.
+//
+// A reservation is a PROT_NONE, MAP_NORESERVE anonymous mapping: real
+// addresses nobody else (no allocation of any session, no library) can get
+// while it is held. Physical memory is a memfd, zero-filled, so mapping it
+// (MAP_SHARED | MAP_FIXED over the reservation) in two places aliases the same
+// bytes, as two mappings of one handle do on a GPU. A mapping starts PROT_NONE;
+// access is the pages' protection (read-only access leaves them writable: see
+// SetAccess). Unmapping puts the PROT_NONE reservation
+// back. The memory is charged to its device from creation until it is released
+// and no mapping holds it.
+//
+// This object checks what it is asked against its own books (a reservation
+// freed whole, a mapping inside a reservation and over nothing mapped,
+// unmapping and access of a whole mapping), so a caller's slip cannot unmap
+// memory of ferryd itself.
+//
+// Thread-safety: every method is thread-safe (mu_); physical memory may be
+// released from any thread.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <span>
+
+#include "absl/base/thread_annotations.h"
+#include "common/status.h"
+#include "server/backend/api/gpu_backend.h"
+
+namespace ferry::backend::host_internal {
+
+class HostVirtualMemory {
+ public:
+  // take(device, bytes) charges a device's memory (an error, such as
+  // OutOfMemory, when it cannot); give(device, bytes) returns it. Both are
+  // called without mu_ held and must outlive this object and every
+  // PhysicalMemory it makes.
+  using Take = std::function<Status(int device, uint64_t bytes)>;
+  using Give = std::function<void(int device, uint64_t bytes)>;
+  HostVirtualMemory(Take take, Give give);
+  // Gives back what is still mapped (its reservations go with the process).
+  ~HostVirtualMemory();
+
+  // The unit of sizes, offsets and addresses: the page size (host pages are
+  // what the backend maps).
+  static uint64_t Granularity();
+
+  Status Create(int device, uint64_t bytes, std::unique_ptr<PhysicalMemory>* out);
+  Status Reserve(uint64_t bytes, uint64_t alignment, uint64_t hint, uint64_t* address);
+  Status Free(uint64_t address, uint64_t bytes);
+  Status Map(uint64_t address, uint64_t bytes, PhysicalMemory& memory, uint64_t offset);
+  Status Unmap(uint64_t address, uint64_t bytes);
+  Status SetAccess(uint64_t address, uint64_t bytes, std::span<const MemoryAccess> access);
+
+ private:
+  struct Physical;  // the memfd and its charge; shared by the handle and its mappings
+  class Handle;
+  struct Mapping {
+    uint64_t bytes = 0;
+    std::shared_ptr<Physical> physical;
+  };
+
+  const Take take_;
+  const Give give_;
+  std::mutex mu_;
+  std::map<uint64_t, uint64_t> reservations_ ABSL_GUARDED_BY(mu_);  // base -> bytes
+  std::map<uint64_t, Mapping> mappings_ ABSL_GUARDED_BY(mu_);       // by address
+};
+
+}  // namespace ferry::backend::host_internal
