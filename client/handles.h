@@ -26,6 +26,9 @@ enum class HandleKind : uint64_t {
   kGraph = 0x6A,
   kGraphExec = 0x6E,
   kGraphNode = 0x6D,
+  // CUDA arrays, textures and surfaces
+  kArray = 0xA7,           // CUarray
+  kMipmappedArray = 0xA9,  // CUmipmappedArray
 };
 
 inline bool IsHandleKind(uint64_t id, HandleKind kind) {

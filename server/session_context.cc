@@ -33,6 +33,7 @@ void Session::DestroyContextResources(uint64_t ctx) {
   auto in_ctx = [ctx](uint64_t, const auto& entry) { return entry.ctx == ctx; };
   events_.EraseIf(in_ctx);
   streams_.EraseIf(in_ctx);
+  DestroyContextArrays(ctx);  // CUDA arrays, textures and surfaces, after the streams
   ContextEntry* context = nullptr;
   const bool context_found = contexts_.Find(ctx, &context).ok();
   ranges_.ForEach([&](uint64_t base, uint64_t size, RangeEntry& range) {
