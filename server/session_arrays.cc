@@ -52,8 +52,11 @@ Status Session::ArrayDestroy(wire::ArrayRef::Reader args) {
                                  " is a level of a mipmapped array, destroyed with it");
   }
   const uint64_t id = args.getArray();
+  const int device = entry->device;
+  const uint64_t charged = entry->charged;
+  // Its levels first: they are owned by it.
   arrays_.EraseIf([id](uint64_t, const ArrayEntry& e) { return e.parent == id; });
-  shares_.Uncharge(entry->device, entry->charged);
+  shares_.Uncharge(device, charged);
   return arrays_.Erase(id);
 }
 
