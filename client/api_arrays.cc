@@ -265,8 +265,8 @@ CUresult CUDAAPI cuArray3DGetDescriptor_v2(CUDA_ARRAY3D_DESCRIPTOR* out, CUarray
   });
 }
 
-CUresult CUDAAPI cuMipmappedArrayCreate(CUmipmappedArray* pHandle,
-                                        const CUDA_ARRAY3D_DESCRIPTOR* d, unsigned int levels) {
+CUresult CUDAAPI cuMipmappedArrayCreate(CUmipmappedArray* pHandle, const CUDA_ARRAY3D_DESCRIPTOR* d,
+                                        unsigned int levels) {
   return Api([&]() -> Status {
     if (pHandle == nullptr || d == nullptr) return Status::InvalidArgument("NULL argument");
     if (levels == 0) return Status::InvalidArgument("a mipmapped array has at least one level");

@@ -166,7 +166,8 @@ Status ResolveCopySide(CUmemorytype type, const void* host, CUdeviceptr device, 
   }
   uint64_t offset, span;
   if (__builtin_mul_overflow(static_cast<uint64_t>(z), slice_rows, &offset) ||
-      __builtin_add_overflow(offset, y, &offset) || __builtin_mul_overflow(offset, pitch, &offset) ||
+      __builtin_add_overflow(offset, y, &offset) ||
+      __builtin_mul_overflow(offset, pitch, &offset) ||
       __builtin_add_overflow(offset, x, &offset) ||
       __builtin_mul_overflow(depth - 1, slice_rows, &span) ||
       __builtin_add_overflow(span, height - 1, &span) ||
@@ -316,8 +317,8 @@ struct LinearSide {
   CUarray array;
   size_t offset;  // bytes into the array's first row (arrays)
 };
-Status CopyArrayRow(LinearSide dst, LinearSide src, size_t bytes, CUstream stream,
-                    bool per_thread, bool async) {
+Status CopyArrayRow(LinearSide dst, LinearSide src, size_t bytes, CUstream stream, bool per_thread,
+                    bool async) {
   CUDA_MEMCPY3D m;
   std::memset(&m, 0, sizeof(m));
   m.srcMemoryType = src.type;
@@ -629,19 +630,19 @@ CUresult CUDAAPI cuMemcpy3DAsync_v2(const CUDA_MEMCPY3D* p, CUstream s) {
 CUresult CUDAAPI cuMemcpy3DAsync_v2_ptsz(const CUDA_MEMCPY3D* p, CUstream s) {
   return Api([&] { return Copy3D(p, s, true, true); });
 }
-#define FERRY_ARRAY_COPY(name, params, dst, src, bytes)                                           \
-  CUresult CUDAAPI name##_v2 params {                                                            \
-    return Api([&] { return CopyArrayRow(dst, src, bytes, nullptr, false, false); });            \
-  }                                                                                              \
-  CUresult CUDAAPI name##_v2_ptds params {                                                       \
-    return Api([&] { return CopyArrayRow(dst, src, bytes, nullptr, true, false); });             \
+#define FERRY_ARRAY_COPY(name, params, dst, src, bytes)                               \
+  CUresult CUDAAPI name##_v2 params {                                                 \
+    return Api([&] { return CopyArrayRow(dst, src, bytes, nullptr, false, false); }); \
+  }                                                                                   \
+  CUresult CUDAAPI name##_v2_ptds params {                                            \
+    return Api([&] { return CopyArrayRow(dst, src, bytes, nullptr, true, false); });  \
   }
 FERRY_ARRAY_COPY(cuMemcpyHtoA, (CUarray a, size_t off, const void* h, size_t n), ArraySide(a, off),
                  HostSide(h), n)
 FERRY_ARRAY_COPY(cuMemcpyAtoH, (void* h, CUarray a, size_t off, size_t n), HostSide(h),
                  ArraySide(a, off), n)
-FERRY_ARRAY_COPY(cuMemcpyDtoA, (CUarray a, size_t off, CUdeviceptr d, size_t n),
-                 ArraySide(a, off), DeviceSide(d), n)
+FERRY_ARRAY_COPY(cuMemcpyDtoA, (CUarray a, size_t off, CUdeviceptr d, size_t n), ArraySide(a, off),
+                 DeviceSide(d), n)
 FERRY_ARRAY_COPY(cuMemcpyAtoD, (CUdeviceptr d, CUarray a, size_t off, size_t n), DeviceSide(d),
                  ArraySide(a, off), n)
 FERRY_ARRAY_COPY(cuMemcpyAtoA, (CUarray a, size_t off, CUarray b, size_t boff, size_t n),

@@ -85,7 +85,8 @@ class ArrayRegistry {
       return Status::InvalidHandle("not a mipmapped array of this program");
     }
     if (level >= parent->second.levels) {
-      return Status::InvalidArgument("level " + std::to_string(level) + " of a mipmapped array of " +
+      return Status::InvalidArgument("level " + std::to_string(level) +
+                                     " of a mipmapped array of " +
                                      std::to_string(parent->second.levels));
     }
     auto known = levels_.find({id, level});

@@ -119,8 +119,7 @@ Status CheckArrayExtent(const ArrayShape& shape, unsigned element_bytes, uint64_
         std::to_string(ArraySlices(shape)) + ")");
   }
   if (x % element_bytes != 0 || width_bytes % element_bytes != 0) {
-    return Status::InvalidArgument(std::string(what) +
-                                   ": an array copy moves whole elements of " +
+    return Status::InvalidArgument(std::string(what) + ": an array copy moves whole elements of " +
                                    std::to_string(element_bytes) + " bytes");
   }
   return Status::Ok();

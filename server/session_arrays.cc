@@ -35,8 +35,8 @@ Status Session::ArrayCreate(wire::ArrayCreate::Reader args) {
       CheckArrayShape(entry.descriptor, entry.levels, &entry.element_bytes, &entry.charged));
   FERRY_RETURN_IF_ERROR(shares_.CheckQuota(c->device, entry.charged));
   if (entry.levels > 0) {
-    FERRY_RETURN_IF_ERROR(backend_.CreateMipmappedArray(*c->context, entry.descriptor,
-                                                        entry.levels, &entry.mipmapped));
+    FERRY_RETURN_IF_ERROR(backend_.CreateMipmappedArray(*c->context, entry.descriptor, entry.levels,
+                                                        &entry.mipmapped));
   } else {
     FERRY_RETURN_IF_ERROR(backend_.CreateArray(*c->context, entry.descriptor, &entry.array));
   }
@@ -83,13 +83,14 @@ Status Session::MipmappedArrayGetLevel(wire::MipmappedArrayGetLevel::Reader args
   return arrays_.Insert(args.getArray(), std::move(level));
 }
 
-Status Session::FindCopyArray(uint64_t id, uint64_t x, uint64_t y, uint64_t z,
-                              uint64_t width_bytes, uint64_t height, uint64_t depth,
-                              const char* what, backend::Array** out) {
+Status Session::FindCopyArray(uint64_t id, uint64_t x, uint64_t y, uint64_t z, uint64_t width_bytes,
+                              uint64_t height, uint64_t depth, const char* what,
+                              backend::Array** out) {
   ArrayEntry* entry = nullptr;
   FERRY_RETURN_IF_ERROR(arrays_.Find(id, &entry));
   if (entry->copyable() == nullptr) {
-    return Status::InvalidHandle(std::string(what) + ": a mipmapped array is copied level by level");
+    return Status::InvalidHandle(std::string(what) +
+                                 ": a mipmapped array is copied level by level");
   }
   FERRY_RETURN_IF_ERROR(CheckArrayExtent(entry->descriptor, entry->element_bytes, x, y, z,
                                          width_bytes, height, depth, what));
@@ -121,7 +122,8 @@ Status Session::TexObjectCreate(wire::TexObjectCreate::Reader args, CallContext&
     case CU_RESOURCE_TYPE_ARRAY:
     case CU_RESOURCE_TYPE_MIPMAPPED_ARRAY: {
       const bool mipmapped = args.getResourceType() == CU_RESOURCE_TYPE_MIPMAPPED_ARRAY;
-      if (array == nullptr || (mipmapped ? array->mipmapped == nullptr : array->copyable() == nullptr)) {
+      if (array == nullptr ||
+          (mipmapped ? array->mipmapped == nullptr : array->copyable() == nullptr)) {
         return Status::InvalidHandle(mipmapped ? "the resource is not a mipmapped array"
                                                : "the resource is not an array");
       }
@@ -135,8 +137,8 @@ Status Session::TexObjectCreate(wire::TexObjectCreate::Reader args, CallContext&
     case CU_RESOURCE_TYPE_PITCH2D: {
       const bool linear = args.getResourceType() == CU_RESOURCE_TYPE_LINEAR;
       const unsigned element = ArrayFormatBytes(resource.format) * resource.channels;
-      if (element == 0 || (resource.channels != 1 && resource.channels != 2 &&
-                           resource.channels != 4)) {
+      if (element == 0 ||
+          (resource.channels != 1 && resource.channels != 2 && resource.channels != 4)) {
         return Status::InvalidArgument("the resource's format or channel count is not valid");
       }
       if (linear) {

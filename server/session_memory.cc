@@ -216,8 +216,8 @@ Status Session::Memcpy2D(wire::Memcpy2D::Reader args, CallContext& cx) {
     }
     return CheckRange(address, span, what);
   };
-  const bool arrays = args.getSrcKind() == wire::MemoryKind::ARRAY ||
-                      args.getDstKind() == wire::MemoryKind::ARRAY;
+  const bool arrays =
+      args.getSrcKind() == wire::MemoryKind::ARRAY || args.getDstKind() == wire::MemoryKind::ARRAY;
   if (src_host) {
     if (cx.bulk_in.size != packed) {
       return Status::InvalidArgument("2D copy expected " + std::to_string(packed) +

@@ -98,8 +98,8 @@ FERRY_RT_HOST_KERNEL(rt_tex_fetch1d) {
   ForEachThreadX(launch, [&](long long i) {
     if (i >= n) return;
     float value;
-    const int status = launch->services->tex_fetch_element(launch, tex, static_cast<float>(i), 0,
-                                                           0, &value, sizeof(value));
+    const int status = launch->services->tex_fetch_element(launch, tex, static_cast<float>(i), 0, 0,
+                                                           &value, sizeof(value));
     out[i] = status == FERRY_HOST_OK ? value : __builtin_nanf("");
   });
 }

@@ -61,29 +61,29 @@ std::vector<float> Image(int width, int height, int salt = 0) {
 void TwoDimensionalCopies(cudaArray_t array) {
   const std::vector<float> image = Image(kWidth, kHeight);
   const size_t row = kWidth * sizeof(float);
-  RT_CHECK(cudaMemcpy2DToArray(array, 0, 0, image.data(), row, row, kHeight,
-                               cudaMemcpyHostToDevice));
+  RT_CHECK(
+      cudaMemcpy2DToArray(array, 0, 0, image.data(), row, row, kHeight, cudaMemcpyHostToDevice));
   std::vector<float> back(image.size(), -1);
-  RT_CHECK(cudaMemcpy2DFromArray(back.data(), row, array, 0, 0, row, kHeight,
-                                 cudaMemcpyDeviceToHost));
+  RT_CHECK(
+      cudaMemcpy2DFromArray(back.data(), row, array, 0, 0, row, kHeight, cudaMemcpyDeviceToHost));
   RT_EXPECT(back == image);
 
   // Through device memory with a pitch of its own, and into a second array.
   float* pitched = nullptr;
   size_t pitch = 0;
   RT_CHECK(cudaMallocPitch(reinterpret_cast<void**>(&pitched), &pitch, row, kHeight));
-  RT_CHECK(cudaMemcpy2DFromArray(pitched, pitch, array, 0, 0, row, kHeight,
-                                 cudaMemcpyDeviceToDevice));
+  RT_CHECK(
+      cudaMemcpy2DFromArray(pitched, pitch, array, 0, 0, row, kHeight, cudaMemcpyDeviceToDevice));
   cudaArray_t second = nullptr;
   const cudaChannelFormatDesc format = cudaCreateChannelDesc<float>();
   RT_CHECK(cudaMallocArray(&second, &format, kWidth, kHeight));
-  RT_CHECK(cudaMemcpy2DToArray(second, 0, 0, pitched, pitch, row, kHeight,
-                               cudaMemcpyDeviceToDevice));
+  RT_CHECK(
+      cudaMemcpy2DToArray(second, 0, 0, pitched, pitch, row, kHeight, cudaMemcpyDeviceToDevice));
   // A 3 x 2 block of the first array at (2, 1) over the second's (4, 3).
   RT_CHECK(cudaMemcpy2DArrayToArray(second, 4 * sizeof(float), 3, array, 2 * sizeof(float), 1,
                                     3 * sizeof(float), 2, cudaMemcpyDeviceToDevice));
-  RT_CHECK(cudaMemcpy2DFromArray(back.data(), row, second, 0, 0, row, kHeight,
-                                 cudaMemcpyDeviceToHost));
+  RT_CHECK(
+      cudaMemcpy2DFromArray(back.data(), row, second, 0, 0, row, kHeight, cudaMemcpyDeviceToHost));
   for (int y = 0; y < kHeight; ++y) {
     for (int x = 0; x < kWidth; ++x) {
       const bool moved = x >= 4 && x < 7 && y >= 3 && y < 5;
@@ -100,8 +100,8 @@ void TwoDimensionalCopies(cudaArray_t array) {
                                   cudaMemcpyDeviceToHost) == cudaErrorInvalidValue);
   (void)cudaGetLastError();  // clears the refusals above
   // The array is as it was.
-  RT_CHECK(cudaMemcpy2DFromArray(back.data(), row, array, 0, 0, row, kHeight,
-                                 cudaMemcpyDeviceToHost));
+  RT_CHECK(
+      cudaMemcpy2DFromArray(back.data(), row, array, 0, 0, row, kHeight, cudaMemcpyDeviceToHost));
   RT_EXPECT(back == image);
   RT_CHECK(cudaFreeArray(second));
   RT_CHECK(cudaFree(pitched));
@@ -239,8 +239,8 @@ std::vector<float> Sample(cudaTextureObject_t tex, const std::vector<float>& coo
   float* d_out = nullptr;
   RT_CHECK(cudaMalloc(reinterpret_cast<void**>(&d_coords), coords.size() * sizeof(float)));
   RT_CHECK(cudaMalloc(reinterpret_cast<void**>(&d_out), n * sizeof(float)));
-  RT_CHECK(cudaMemcpy(d_coords, coords.data(), coords.size() * sizeof(float),
-                      cudaMemcpyHostToDevice));
+  RT_CHECK(
+      cudaMemcpy(d_coords, coords.data(), coords.size() * sizeof(float), cudaMemcpyHostToDevice));
   rt_tex_sample<<<(n + 63) / 64, 64>>>(tex, d_coords, d_out, n);
   RT_CHECK(cudaGetLastError());
   std::vector<float> out(n);
@@ -282,8 +282,7 @@ void Textures(cudaArray_t array) {
   cudaTextureDesc texture_back = {};
   RT_CHECK(cudaGetTextureObjectTextureDesc(&texture_back, clamped));
   RT_EXPECT(texture_back.addressMode[0] == cudaAddressModeClamp &&
-            texture_back.filterMode == cudaFilterModePoint &&
-            texture_back.normalizedCoords == 0);
+            texture_back.filterMode == cudaFilterModePoint && texture_back.normalizedCoords == 0);
 
   // Normalized coordinates that wrap, and a border.
   texture.normalizedCoords = 1;
@@ -346,8 +345,8 @@ void Surfaces() {
   RT_CHECK(cudaMallocArray(&array, &format, kWidth, kHeight, cudaArraySurfaceLoadStore));
   const std::vector<float> image = Image(kWidth, kHeight);
   const size_t row = kWidth * sizeof(float);
-  RT_CHECK(cudaMemcpy2DToArray(array, 0, 0, image.data(), row, row, kHeight,
-                               cudaMemcpyHostToDevice));
+  RT_CHECK(
+      cudaMemcpy2DToArray(array, 0, 0, image.data(), row, row, kHeight, cudaMemcpyHostToDevice));
   cudaResourceDesc resource = {};
   resource.resType = cudaResourceTypeArray;
   resource.res.array.array = array;
@@ -359,8 +358,8 @@ void Surfaces() {
   rt_surf_scale<<<1, 64>>>(surface, kWidth, kHeight, 2.0f);
   RT_CHECK(cudaGetLastError());
   std::vector<float> back(image.size());
-  RT_CHECK(cudaMemcpy2DFromArray(back.data(), row, array, 0, 0, row, kHeight,
-                                 cudaMemcpyDeviceToHost));
+  RT_CHECK(
+      cudaMemcpy2DFromArray(back.data(), row, array, 0, 0, row, kHeight, cudaMemcpyDeviceToHost));
   for (int y = 0; y < kHeight; ++y) {
     for (int x = 0; x < kWidth; ++x) {
       RT_EXPECT(back[y * kWidth + x] == Texel(x, y) * 2.0f + static_cast<float>(x));

@@ -1089,9 +1089,9 @@ TEST_F(SessionLibraryTest, EveryDescribedHandleAndRangeIsValidated) {
     ASSERT_TRUE(CreateArray(array, 64, 64, 0, levels).status.ok());
   }
   const std::map<std::string, uint64_t> valid = {
-      {"ctx", 100},      {"dstCtx", 100},   {"srcCtx", 100},       {"peer", 100},
-      {"stream", 200},   {"event", 300},    {"start", 300},        {"end", 301},
-      {"module", 400},   {"function", 500}, {"library", 600},      {"array", 700},
+      {"ctx", 100},      {"dstCtx", 100},   {"srcCtx", 100},        {"peer", 100},
+      {"stream", 200},   {"event", 300},    {"start", 300},         {"end", 301},
+      {"module", 400},   {"function", 500}, {"library", 600},       {"array", 700},
       {"srcArray", 700}, {"dstArray", 700}, {"mipmappedArray", 701}};
   auto split = [](const char* list) {
     std::vector<std::string> names;
@@ -1703,7 +1703,6 @@ TEST_F(PooledSessionTest, QuotaHoldsOnEveryAllocationPathAndMemGetInfoShowsTheSl
   runner_.join();
   EXPECT_EQ(BackendMemory(1).first, BackendMemory(1).second);
 }
-
 
 // CUDA arrays, textures and surfaces: an array (or mipmapped array, all its
 // levels) past the slice's quota is out of memory, and a destroyed one gives

@@ -1087,8 +1087,7 @@ class CudaBackend final : public GpuBackend {
   // side (CUDA arrays, textures and surfaces) to cuMemcpy3DAsync.
   Status Copy2DAsync(Stream& stream, Copy2D copy) override {
     return Guarded("Copy2DAsync", [&]() -> Status {
-      const bool three_d =
-          copy.depth > 1 || copy.src_array != nullptr || copy.dst_array != nullptr;
+      const bool three_d = copy.depth > 1 || copy.src_array != nullptr || copy.dst_array != nullptr;
       if (three_d) FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuMemcpy3DAsync, "cuMemcpy3DAsync"));
       // Host buffers come with their size and travel packed (a host side's
       // slices are `height` rows); make sure the rows fit, since the driver
@@ -1115,8 +1114,8 @@ class CudaBackend final : public GpuBackend {
       size_t capacity = 0;
       void* staging = nullptr;
       if (copy.dst_is_host && !copy.src_is_host && host_rows > 0 && copy.width_bytes > 0) {
-        staging = TakeStaging(s.context, (host_rows - 1) * copy.dst_pitch + copy.width_bytes,
-                              &capacity);
+        staging =
+            TakeStaging(s.context, (host_rows - 1) * copy.dst_pitch + copy.width_bytes, &capacity);
       }
       void* dst_host = staging != nullptr ? staging : copy.dst_host.data;
       Status copied;
@@ -1205,11 +1204,10 @@ class CudaBackend final : public GpuBackend {
     });
   }
 
-  Status CreateMipmappedArray(Context& context, const ArrayDescriptor& descriptor,
-                              unsigned levels, std::unique_ptr<MipmappedArray>* out) override {
+  Status CreateMipmappedArray(Context& context, const ArrayDescriptor& descriptor, unsigned levels,
+                              std::unique_ptr<MipmappedArray>* out) override {
     return Guarded("CreateMipmappedArray", [&]() -> Status {
-      FERRY_RETURN_IF_ERROR(
-          NeedEntryPoint(api_->cuMipmappedArrayCreate, "cuMipmappedArrayCreate"));
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuMipmappedArrayCreate, "cuMipmappedArrayCreate"));
       FERRY_RETURN_IF_ERROR(
           NeedEntryPoint(api_->cuMipmappedArrayDestroy, "cuMipmappedArrayDestroy"));
       FERRY_RETURN_IF_ERROR(MakeCurrent(Ctx(context)));
@@ -1251,7 +1249,8 @@ class CudaBackend final : public GpuBackend {
       const CUDA_RESOURCE_DESC r = DriverResource(resource);
       CUDA_TEXTURE_DESC t;
       std::memset(&t, 0, sizeof(t));
-      for (int i = 0; i < 3; ++i) t.addressMode[i] = static_cast<CUaddress_mode>(texture.address_mode[i]);
+      for (int i = 0; i < 3; ++i)
+        t.addressMode[i] = static_cast<CUaddress_mode>(texture.address_mode[i]);
       t.filterMode = static_cast<CUfilter_mode>(texture.filter_mode);
       t.flags = texture.flags;
       t.maxAnisotropy = texture.max_anisotropy;

@@ -60,7 +60,8 @@ typedef struct ferry_launch {
 #define FERRY_HOST_OUT_OF_RANGE 2
 
 typedef struct ferry_host_services {
-  unsigned size; /* sizeof(ferry_host_services) in ferryd: later members exist when it covers them */
+  /* sizeof(ferry_host_services) in ferryd: a member exists when `size` covers it */
+  unsigned size;
   int (*tex_fetch)(const ferry_launch* launch, unsigned long long tex, float x, float y, float z,
                    float out[4]);
   int (*tex_fetch_element)(const ferry_launch* launch, unsigned long long tex, float x, float y,

@@ -470,8 +470,7 @@ class TextureRegistry {
     objects_.erase(it);
   }
   // The object `value` names for a launch in context `scope`, or null.
-  std::shared_ptr<const HostTextureState> Resolve(uint64_t value, const void* scope,
-                                                  bool surface) {
+  std::shared_ptr<const HostTextureState> Resolve(uint64_t value, const void* scope, bool surface) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = objects_.find(value);
     if (it == objects_.end() || it->second->owner != scope || it->second->surface != surface) {
@@ -529,8 +528,8 @@ int ServiceSurfRead(const ferry_launch* launch, unsigned long long surf, int x_b
   std::memcpy(out, p, bytes);
   return FERRY_HOST_OK;
 }
-int ServiceSurfWrite(const ferry_launch* launch, unsigned long long surf, int x_bytes, int y,
-                     int z, const void* in, unsigned bytes) {
+int ServiceSurfWrite(const ferry_launch* launch, unsigned long long surf, int x_bytes, int y, int z,
+                     const void* in, unsigned bytes) {
   auto state = TextureRegistry::Get().Resolve(surf, launch->services_scope, true);
   if (state == nullptr) return FERRY_HOST_BAD_OBJECT;
   uint8_t* p = host_internal::SurfaceBytes(state->layout, x_bytes, y, z, bytes);
@@ -538,9 +537,9 @@ int ServiceSurfWrite(const ferry_launch* launch, unsigned long long surf, int x_
   std::memcpy(p, in, bytes);
   return FERRY_HOST_OK;
 }
-constexpr ferry_host_services kHostServices = {
-    sizeof(ferry_host_services), ServiceTexFetch, ServiceTexFetchElement, ServiceSurfRead,
-    ServiceSurfWrite};
+constexpr ferry_host_services kHostServices = {sizeof(ferry_host_services), ServiceTexFetch,
+                                               ServiceTexFetchElement, ServiceSurfRead,
+                                               ServiceSurfWrite};
 
 struct KernelLibrary {
   std::string path;

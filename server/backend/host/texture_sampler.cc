@@ -12,7 +12,8 @@ namespace {
 Status NotOnHost(const std::string& what) {
   return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED,
                       "the host backend samples textures point-wise from plain arrays and "
-                      "memory; " + what + " is not supported");
+                      "memory; " +
+                          what + " is not supported");
 }
 
 // The index a point sample at `coord` reads along an axis of `extent`

@@ -1506,8 +1506,8 @@ TEST_F(HostBackendTest, TextureObjectsAreSampledOnlyInTheirContext) {
   auto sample = [&](Stream& stream, float x, float y, Module& module) {
     Function* f = nullptr;
     EXPECT_OK(b().GetFunction(module, kTexelAt, &f));
-    EXPECT_OK(b().Launch(stream, *f, LaunchConfig{},
-                         Pack(kTexelAt, value, x, y, HostView<float>(out))));
+    EXPECT_OK(
+        b().Launch(stream, *f, LaunchConfig{}, Pack(kTexelAt, value, x, y, HostView<float>(out))));
     EXPECT_OK(Sync(stream));
     return std::make_pair(HostView<float>(out)[0], static_cast<int>(HostView<float>(out)[4]));
   };
@@ -1520,8 +1520,7 @@ TEST_F(HostBackendTest, TextureObjectsAreSampledOnlyInTheirContext) {
   ASSERT_OK(b().CreateContext(0, 0, &other));
   std::unique_ptr<Module> other_module;
   ModuleDescription other_description;
-  ASSERT_OK(b().LoadModule(*other, ReadFile(FERRY_TEST_FATBIN), &other_module,
-                           &other_description));
+  ASSERT_OK(b().LoadModule(*other, ReadFile(FERRY_TEST_FATBIN), &other_module, &other_description));
   EXPECT_EQ(sample(b().LegacyStream(*other), 2.5f, 1.5f, *other_module).second,
             FERRY_HOST_BAD_OBJECT);
   other_module.reset();

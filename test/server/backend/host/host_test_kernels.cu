@@ -50,7 +50,6 @@ __global__ void texel_at(unsigned long long tex, float x, float y, float* out) {
 
 // _Z11surface_putyiifPi: writes `value` at (x_bytes, y) of the surface,
 // *status = the service's status (host version only).
-__global__ void surface_put(unsigned long long surf, int x_bytes, int y, float value,
-                            int* status) {
+__global__ void surface_put(unsigned long long surf, int x_bytes, int y, float value, int* status) {
   *status = x_bytes + y + static_cast<int>(value) + static_cast<int>(surf);
 }
