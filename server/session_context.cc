@@ -74,6 +74,8 @@ void Session::FreeEverything() {
   // Pools after the allocations (freed with their contexts above).
   mem_pools_.Clear();
   // Anything left belongs to no context (cannot happen by construction).
+  textures_.Clear();
+  arrays_.Clear();
   events_.Clear();
   streams_.Clear();
   functions_.Clear();

@@ -79,10 +79,8 @@ const uint8_t* FetchElement(const TexelLayout& layout, const TextureDescription&
   int64_t j = 0, k = 0;
   if (layout.dimensions >= 2) j = AxisIndex(y, layout.height, texture.address_mode[1], normalized);
   if (layout.layered) {
-    // A layer index: clamped, never normalized (the layer of a 1D layered
-    // texture is its second coordinate).
-    const float layer = layout.dimensions == 1 ? y : z;
-    k = AxisIndex(layer, layout.depth, CU_TR_ADDRESS_MODE_CLAMP, false);
+    // A layer index: clamped, never normalized.
+    k = AxisIndex(z, layout.depth, CU_TR_ADDRESS_MODE_CLAMP, false);
   } else if (layout.dimensions == 3) {
     k = AxisIndex(z, layout.depth, texture.address_mode[2], normalized);
   }
