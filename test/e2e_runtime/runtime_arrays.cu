@@ -3,11 +3,12 @@
 // quarter of the device): 2D, 3D, layered and mipmapped arrays filled and
 // read back through every kind of copy (host, device, array sides; 2D, 3D
 // and the driver's one-row copies), a 2D texture read by a kernel with
-// clamped, bordered and normalized wrapping coordinates, a 1D texture over
-// linear memory, a surface read and written by a kernel, the objects'
-// descriptors read back, copies past an array's extent refused with
-// cudaErrorInvalidValue and an array past the slice's quota refused with
-// cudaErrorMemoryAllocation. Every kernel has a host twin in host_kernels.cc.
+// clamped, bordered and normalized wrapping coordinates and with linear
+// filtering, a 1D texture over linear memory, a surface read and written by
+// a kernel, the objects' descriptors read back, copies past an array's
+// extent refused with cudaErrorInvalidValue and an array past the slice's
+// quota refused with cudaErrorMemoryAllocation. Every kernel has a host twin
+// in host_kernels.cc.
 #include <cuda.h>
 #include <cuda_runtime.h>
 
@@ -301,6 +302,20 @@ void Textures(cudaArray_t array) {
   RT_EXPECT(Sample(wrapped, normalized) ==
             (std::vector<float>{Texel(2, 1), Texel(2, 4), Texel(kWidth - 1, 0), 0.0f}));
   RT_CHECK(cudaDestroyTextureObject(wrapped));
+
+  // Linear filtering: between texel centres (at i + 0.5) the texels, which
+  // grow linearly here, interpolate (a GPU weighs with 9-bit fixed point:
+  // these weights are exact in it).
+  texture.normalizedCoords = 0;
+  texture.addressMode[0] = cudaAddressModeClamp;
+  texture.addressMode[1] = cudaAddressModeClamp;
+  texture.filterMode = cudaFilterModeLinear;
+  cudaTextureObject_t filtered = 0;
+  RT_CHECK(cudaCreateTextureObject(&filtered, &resource, &texture, nullptr));
+  const std::vector<float> between = Sample(filtered, {1.0f, 0.5f, 2.25f, 1.75f, 0.25f, 3.5f});
+  const float interpolated[] = {0.5f, 100 * 1.25f + 1.75f, Texel(0, 3)};
+  for (int i = 0; i < 3; ++i) RT_EXPECT(std::fabs(between[i] - interpolated[i]) < 1e-3f);
+  RT_CHECK(cudaDestroyTextureObject(filtered));
   RT_CHECK(cudaDestroyTextureObject(clamped));
   // A destroyed object is gone.
   RT_EXPECT(cudaGetTextureObjectResourceDesc(&resource_back, clamped) != cudaSuccess);

@@ -1485,7 +1485,7 @@ TEST_F(SessionTest, TextureAndSurfaceObjectsNameTheSessionsArraysAndMemory) {
   ASSERT_TRUE(CreateArray(701, 8, 8, 0, 0, CUDA_ARRAY3D_SURFACE_LDST).status.ok());
   const uint64_t buffer = Alloc(1024);
   auto create = [&](bool surface, unsigned type, uint64_t array, uint64_t dev_ptr,
-                    uint64_t size_bytes, unsigned filter = CU_TR_FILTER_MODE_POINT) {
+                    uint64_t size_bytes, bool view = false) {
     return client_->Call([&](wire::Call::Builder c) {
       auto a = c.initTexObjectCreate();
       a.setCtx(100);
@@ -1497,7 +1497,7 @@ TEST_F(SessionTest, TextureAndSurfaceObjectsNameTheSessionsArraysAndMemory) {
       a.setNumChannels(1);
       a.setSizeBytes(size_bytes);
       a.initAddressMode(3);
-      a.setFilterMode(filter);
+      a.setHasView(view);
     });
   };
   auto destroy = [&](uint64_t object, bool surface) {
@@ -1521,7 +1521,7 @@ TEST_F(SessionTest, TextureAndSurfaceObjectsNameTheSessionsArraysAndMemory) {
 
   // Memory past the session's range, an unknown array, a surface over an
   // array without CUDA_ARRAY3D_SURFACE_LDST or over memory, and (on the
-  // host backend) linear filtering: refused.
+  // host backend) a resource view: refused.
   EXPECT_EQ(create(false, CU_RESOURCE_TYPE_LINEAR, 0, buffer + 512, 513).status.cuda_result(),
             CUDA_ERROR_INVALID_VALUE);
   EXPECT_EQ(create(false, CU_RESOURCE_TYPE_ARRAY, 799, 0, 0).status.cuda_result(),
@@ -1530,8 +1530,7 @@ TEST_F(SessionTest, TextureAndSurfaceObjectsNameTheSessionsArraysAndMemory) {
             CUDA_ERROR_INVALID_VALUE);
   EXPECT_EQ(create(true, CU_RESOURCE_TYPE_LINEAR, 0, buffer, 512).status.cuda_result(),
             CUDA_ERROR_INVALID_VALUE);
-  EXPECT_EQ(create(false, CU_RESOURCE_TYPE_ARRAY, 700, 0, 0, CU_TR_FILTER_MODE_LINEAR)
-                .status.cuda_result(),
+  EXPECT_EQ(create(false, CU_RESOURCE_TYPE_ARRAY, 700, 0, 0, /*view=*/true).status.cuda_result(),
             CUDA_ERROR_NOT_SUPPORTED);
 
   // Destroyed as what it is, once.

@@ -120,8 +120,8 @@ DeviceDescription MakeDeviceDescription(int index, uint64_t memory) {
   set(CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH, 0);
 
   // Textures and surfaces: sm_90 limits for what the host backend
-  // implements (arrays of every shape; point-sampled 1D, 2D, 3D and layered
-  // textures over arrays and memory; surfaces over arrays, cubemap ones as
+  // implements (arrays of every shape; point-sampled or linearly filtered 1D, 2D,
+  // 3D and layered textures over arrays and memory; surfaces over arrays, cubemap ones as
   // 6-face arrays). It samples no cubemap or mipmapped texture and has no
   // texture gather, so those limits are 0 (texture_sampler.h).
   set(CU_DEVICE_ATTRIBUTE_TEXTURE_ALIGNMENT, 512);

@@ -22,19 +22,23 @@
  * or FERRY_HOST_OUT_OF_RANGE (surfaces only: the access lies outside the
  * array; nothing is read or written, as a trapping boundary mode would not).
  *
- *  tex_fetch: the texel at (x, y, z), point-sampled (the host backend refuses
- *    CU_TR_FILTER_MODE_LINEAR at object creation). Coordinates are
- *    normalized when the texture was made with CU_TRSF_NORMALIZED_COORDINATES
- *    and count texels otherwise (a linear resource: x is the element index,
- *    as tex1Dfetch takes it); for a layered array z is the layer index
- *    (1D layered ones too: y is then ignored), never normalized.
- *    Coordinates outside are resolved by the texture's address modes
- *    (clamp, border, and with normalized coordinates wrap and mirror). out[c] is channel c as
- * float: 8- and 16-bit integers read as normalized floats unless CU_TRSF_READ_AS_INTEGER, 32-bit
- * integers as their value; channels the format lacks are 0 (alpha 1 for normalized).
+ *  tex_fetch: the texel at (x, y, z), point-sampled, or with
+ *    CU_TR_FILTER_MODE_LINEAR the texels around it weighted by the distance
+ *    (texel centres at i + 0.5; exact weights, where a GPU's are 9-bit fixed
+ *    point). Coordinates are normalized when the texture was made with
+ *    CU_TRSF_NORMALIZED_COORDINATES and count texels otherwise (a linear
+ *    resource: x is the element index, as tex1Dfetch takes it); for a
+ *    layered array z is the layer index (1D layered ones too: y is then
+ *    ignored), never normalized. Coordinates outside are resolved by the
+ *    texture's address modes (clamp, border, and with normalized coordinates
+ *    wrap and mirror). out[c] is channel c as float: 8- and 16-bit integers
+ *    read as normalized floats unless CU_TRSF_READ_AS_INTEGER, 32-bit
+ *    integers as their value; channels the format lacks are 0 (alpha 1 for
+ *    normalized reads).
  *  tex_fetch_element: the same texel's raw bytes (element_bytes of them,
- *    format size x channels), e.g. for tex2D<int> or tex2D<uchar4>; fails
- *    with FERRY_HOST_OUT_OF_RANGE when `bytes` is not the element's size.
+ *    format size x channels), always point-sampled, e.g. for tex2D<int> or
+ *    tex2D<uchar4>; fails with FERRY_HOST_OUT_OF_RANGE when `bytes` is not
+ *    the element's size.
  *  surf_read / surf_write: `bytes` bytes at byte x_bytes of row y of slice
  *    (or layer) z of a surface's array, as surf*Dread / surf*Dwrite. */
 #ifndef FERRY_HOST_KERNEL_H_

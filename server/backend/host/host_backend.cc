@@ -502,6 +502,10 @@ int ServiceTexFetch(const ferry_launch* launch, unsigned long long tex, float x,
                     float out[4]) {
   auto state = TextureRegistry::Get().Resolve(tex, launch->services_scope, false);
   if (state == nullptr) return FERRY_HOST_BAD_OBJECT;
+  if (state->texture.filter_mode == CU_TR_FILTER_MODE_LINEAR) {
+    host_internal::SampleLinear(state->layout, state->texture, x, y, z, out);
+    return FERRY_HOST_OK;
+  }
   const uint8_t* element = host_internal::FetchElement(state->layout, state->texture, x, y, z);
   host_internal::ElementToFloats(state->layout, state->texture, element, out);
   return FERRY_HOST_OK;

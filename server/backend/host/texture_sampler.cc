@@ -11,31 +11,44 @@ namespace {
 
 Status NotOnHost(const std::string& what) {
   return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED,
-                      "the host backend samples textures point-wise from plain arrays and "
-                      "memory; " +
-                          what + " is not supported");
+                      "the host backend samples textures from plain arrays and memory; " + what +
+                          " is not supported");
 }
 
-// The index a point sample at `coord` reads along an axis of `extent`
-// texels, or -1 when the border mode puts it outside.
-int64_t AxisIndex(float coord, uint64_t extent, int mode, bool normalized) {
-  const double n = static_cast<double>(extent);
-  double t = normalized ? static_cast<double>(coord) * n : static_cast<double>(coord);
-  if (std::isnan(t)) t = 0;
-  if (normalized && mode == CU_TR_ADDRESS_MODE_WRAP) {
-    const double u = static_cast<double>(coord) - std::floor(static_cast<double>(coord));
-    t = u * n;
-  } else if (normalized && mode == CU_TR_ADDRESS_MODE_MIRROR) {
-    const double period = std::floor(static_cast<double>(coord));
-    double u = static_cast<double>(coord) - period;
-    if (static_cast<int64_t>(period) % 2 != 0) u = 1.0 - u;
-    t = u * n;
+// Texel `index` along an axis of `extent` texels under address mode
+// `mode`, or -1 for the border. Wrap and mirror need normalized
+// coordinates; without them they clamp, as CUDA's do.
+int64_t ResolveIndex(int64_t index, uint64_t extent, int mode, bool normalized) {
+  const auto n = static_cast<int64_t>(extent);
+  if (normalized && mode == CU_TR_ADDRESS_MODE_WRAP) return ((index % n) + n) % n;
+  if (normalized && mode == CU_TR_ADDRESS_MODE_MIRROR) {
+    const int64_t m = ((index % (2 * n)) + 2 * n) % (2 * n);
+    return m < n ? m : 2 * n - 1 - m;
   }
-  const double index = std::floor(t);
-  if (mode == CU_TR_ADDRESS_MODE_BORDER && (index < 0 || index >= n)) return -1;
-  if (index < 0) return 0;
-  if (index >= n) return static_cast<int64_t>(extent - 1);
-  return static_cast<int64_t>(index);
+  if (mode == CU_TR_ADDRESS_MODE_BORDER) return index < 0 || index >= n ? -1 : index;
+  return index < 0 ? 0 : (index >= n ? n - 1 : index);
+}
+
+// `coord` in texels (scaled when normalized), kept where an int64 holds
+// its floor.
+double Texels(float coord, uint64_t extent, bool normalized) {
+  double t = normalized ? static_cast<double>(coord) * static_cast<double>(extent) : coord;
+  if (std::isnan(t)) return 0;
+  constexpr double kLimit = 4.0e18;
+  return t < -kLimit ? -kLimit : (t > kLimit ? kLimit : t);
+}
+
+// The texel a point sample at `coord` reads along an axis, or -1.
+int64_t AxisIndex(float coord, uint64_t extent, int mode, bool normalized) {
+  return ResolveIndex(static_cast<int64_t>(std::floor(Texels(coord, extent, normalized))), extent,
+                      mode, normalized);
+}
+
+const uint8_t* ElementAt(const TexelLayout& layout, int64_t i, int64_t j, int64_t k) {
+  if (i < 0 || j < 0 || k < 0) return nullptr;
+  return layout.base + static_cast<uint64_t>(k) * layout.slice_pitch +
+         static_cast<uint64_t>(j) * layout.row_pitch +
+         static_cast<uint64_t>(i) * layout.element_bytes;
 }
 
 float HalfToFloat(uint16_t h) {
@@ -55,7 +68,20 @@ float HalfToFloat(uint16_t h) {
 
 Status CheckSampledTexture(const TextureResource& resource, const ArrayDescriptor* array,
                            const TextureDescription& texture, const TextureView* view) {
-  if (texture.filter_mode != CU_TR_FILTER_MODE_POINT) return NotOnHost("linear filtering");
+  if (texture.filter_mode != CU_TR_FILTER_MODE_POINT &&
+      texture.filter_mode != CU_TR_FILTER_MODE_LINEAR) {
+    return Status::InvalidArgument("unknown filter mode " + std::to_string(texture.filter_mode));
+  }
+  if (texture.filter_mode == CU_TR_FILTER_MODE_LINEAR) {
+    // Linear filtering returns floats: integers read as integers cannot be
+    // filtered (CUDA refuses them too).
+    const int format = array != nullptr ? array->format : resource.format;
+    const bool integer_read = format == CU_AD_FORMAT_UNSIGNED_INT32 ||
+                              format == CU_AD_FORMAT_SIGNED_INT32 ||
+                              ((texture.flags & CU_TRSF_READ_AS_INTEGER) != 0 &&
+                               format != CU_AD_FORMAT_FLOAT && format != CU_AD_FORMAT_HALF);
+    if (integer_read) return Status::InvalidArgument("linear filtering of an integer read");
+  }
   if (resource.kind == TextureResource::Kind::kMipmappedArray) {
     return NotOnHost("a mipmapped array resource");
   }
@@ -84,10 +110,47 @@ const uint8_t* FetchElement(const TexelLayout& layout, const TextureDescription&
   } else if (layout.dimensions == 3) {
     k = AxisIndex(z, layout.depth, texture.address_mode[2], normalized);
   }
-  if (i < 0 || j < 0 || k < 0) return nullptr;
-  return layout.base + static_cast<uint64_t>(k) * layout.slice_pitch +
-         static_cast<uint64_t>(j) * layout.row_pitch +
-         static_cast<uint64_t>(i) * layout.element_bytes;
+  return ElementAt(layout, i, j, k);
+}
+
+void SampleLinear(const TexelLayout& layout, const TextureDescription& texture, float x, float y,
+                  float z, float out[4]) {
+  const bool normalized = (texture.flags & CU_TRSF_NORMALIZED_COORDINATES) != 0;
+  // Per filtered axis: the two texels around the sample point (texel
+  // centres sit at i + 0.5) and the weight of the second.
+  const float coords[3] = {x, y, z};
+  const uint64_t extents[3] = {layout.width, layout.height, layout.depth};
+  const int axes = layout.dimensions;
+  int64_t index[3][2] = {{0, 0}, {0, 0}, {0, 0}};
+  double weight[3] = {0, 0, 0};
+  for (int a = 0; a < axes; ++a) {
+    const double t = Texels(coords[a], extents[a], normalized) - 0.5;
+    const double first = std::floor(t);
+    weight[a] = t - first;
+    for (int e = 0; e < 2; ++e) {
+      index[a][e] = ResolveIndex(static_cast<int64_t>(first) + e, extents[a],
+                                 texture.address_mode[a], normalized);
+    }
+  }
+  if (layout.layered) {
+    const int64_t layer = AxisIndex(z, layout.depth, CU_TR_ADDRESS_MODE_CLAMP, false);
+    index[2][0] = index[2][1] = layer;
+  }
+  double sum[4] = {0, 0, 0, 0};
+  for (int corner = 0; corner < (1 << axes); ++corner) {
+    double w = 1;
+    int64_t at[3] = {0, 0, index[2][0]};
+    for (int a = 0; a < axes; ++a) {
+      const int e = (corner >> a) & 1;
+      w *= e ? weight[a] : 1 - weight[a];
+      at[a] = index[a][e];
+    }
+    if (w == 0) continue;
+    float texel[4];
+    ElementToFloats(layout, texture, ElementAt(layout, at[0], at[1], at[2]), texel);
+    for (int c = 0; c < 4; ++c) sum[c] += w * texel[c];
+  }
+  for (int c = 0; c < 4; ++c) out[c] = static_cast<float>(sum[c]);
 }
 
 void ElementToFloats(const TexelLayout& layout, const TextureDescription& texture,

@@ -26,8 +26,9 @@ struct TexelLayout {
   int dimensions = 1;    // 1, 2 or 3 (layers not counted)
 };
 
-// What the host backend refuses in a texture it cannot sample: linear
-// filtering, mipmapped and cubemap resources, views, sRGB; OK otherwise.
+// What the host backend refuses in a texture it cannot sample: mipmapped
+// and cubemap resources, views, sRGB, and linear filtering of integers read
+// as integers; OK otherwise.
 Status CheckSampledTexture(const TextureResource& resource, const ArrayDescriptor* array,
                            const TextureDescription& texture, const TextureView* view);
 
@@ -35,6 +36,15 @@ Status CheckSampledTexture(const TextureResource& resource, const ArrayDescripto
 // address mode is border and the coordinate lies outside.
 const uint8_t* FetchElement(const TexelLayout& layout, const TextureDescription& texture, float x,
                             float y, float z);
+
+// A linearly filtered sample (CU_TR_FILTER_MODE_LINEAR) at (x, y, z): the
+// 2, 4 or 8 texels around it (texel centres at i + 0.5) weighted by the
+// distance, each texel resolved by the address modes (the border's color
+// where the border mode puts it outside); layers are never filtered. The
+// weights are exact, where a GPU's texture unit uses 9-bit fixed point, so
+// results may differ from a GPU's in the last bits.
+void SampleLinear(const TexelLayout& layout, const TextureDescription& texture, float x, float y,
+                  float z, float out[4]);
 
 // The element's channels as tex_fetch reports them (ferry_host_kernel.h).
 // `element` null: the border color.

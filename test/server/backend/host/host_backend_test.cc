@@ -27,6 +27,7 @@
 
 #include "host_test_kernel_types.h"
 #include "server/backend/host/ferry_host_kernel.h"
+#include "server/backend/host/texture_sampler.h"
 
 namespace ferry::backend {
 namespace {
@@ -1528,10 +1529,57 @@ TEST_F(HostBackendTest, TextureObjectsAreSampledOnlyInTheirContext) {
   // Nor does a destroyed object.
   tex.reset();
   EXPECT_EQ(sample(legacy(), 2.5f, 1.5f, *module_).second, FERRY_HOST_BAD_OBJECT);
-  // Linear filtering, mipmapped resources and views are refused.
-  texture.filter_mode = CU_TR_FILTER_MODE_LINEAR;
-  EXPECT_CUDA_ERROR(b().CreateTextureObject(*ctx_, resource, texture, nullptr, &tex),
+  // Views are refused.
+  TextureView view;
+  EXPECT_CUDA_ERROR(b().CreateTextureObject(*ctx_, resource, texture, &view, &tex),
                     CUDA_ERROR_NOT_SUPPORTED);
+}
+
+TEST_F(HostBackendTest, LinearFilteringWeighsTheTexelsAroundTheSamplePoint) {
+  std::vector<float> image;
+  for (int y = 0; y < 4; ++y) {
+    for (int x = 0; x < 4; ++x) image.push_back(Texel(x, y));
+  }
+  host_internal::TexelLayout layout;
+  layout.base = reinterpret_cast<uint8_t*>(image.data());
+  layout.width = layout.height = 4;
+  layout.row_pitch = 16;
+  layout.slice_pitch = 64;
+  layout.format = CU_AD_FORMAT_FLOAT;
+  layout.element_bytes = 4;
+  layout.dimensions = 2;
+  TextureDescription texture;
+  texture.filter_mode = CU_TR_FILTER_MODE_LINEAR;
+  texture.address_mode = {CU_TR_ADDRESS_MODE_CLAMP, CU_TR_ADDRESS_MODE_BORDER,
+                          CU_TR_ADDRESS_MODE_CLAMP};
+  texture.border_color = {-100, 0, 0, 0};
+  auto sample = [&](float x, float y) {
+    float out[4];
+    host_internal::SampleLinear(layout, texture, x, y, 0, out);
+    return out[0];
+  };
+  // Texel centres read the texel; between them the texel values, which
+  // grow linearly here, interpolate exactly.
+  EXPECT_FLOAT_EQ(sample(1.5f, 2.5f), Texel(1, 2));
+  EXPECT_FLOAT_EQ(sample(2.25f, 1.75f), 10 * 1.25f + 1.75f);
+  // Clamped on x: left of the first centre reads the first column.
+  EXPECT_FLOAT_EQ(sample(0.2f, 1.5f), Texel(0, 1));
+  // Bordered on y: above the first centre, the border's color mixes in.
+  EXPECT_FLOAT_EQ(sample(1.5f, 0.25f), 0.25f * -100 + 0.75f * Texel(1, 0));
+  // Floats can be filtered, integers read as integers cannot.
+  std::unique_ptr<Array> array;
+  ASSERT_OK(b().CreateArray(*ctx_, FloatArray(4, 4), &array));
+  TextureResource resource;
+  resource.array = array.get();
+  std::unique_ptr<TextureObject> tex;
+  ASSERT_OK(b().CreateTextureObject(*ctx_, resource, texture, nullptr, &tex));
+  std::unique_ptr<Array> integers;
+  ArrayDescriptor d = FloatArray(4, 4);
+  d.format = CU_AD_FORMAT_SIGNED_INT32;
+  ASSERT_OK(b().CreateArray(*ctx_, d, &integers));
+  resource.array = integers.get();
+  EXPECT_CUDA_ERROR(b().CreateTextureObject(*ctx_, resource, texture, nullptr, &tex),
+                    CUDA_ERROR_INVALID_VALUE);
 }
 
 TEST_F(HostBackendTest, SurfaceObjectsWriteTheirArrayWithinItsExtent) {
