@@ -180,9 +180,10 @@ Status Session::MemcpyDtoD(wire::Memcpy::Reader args) {
 Status Session::Memcpy2D(wire::Memcpy2D::Reader args, CallContext& cx) {
   backend::Stream* stream = nullptr;
   FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
-  ArrayEntry* named = nullptr;
+  // An array id named must be the session's whatever the kinds say.
   for (uint64_t array : {args.getSrcArray(), args.getDstArray()}) {
-    if (array != 0) FERRY_RETURN_IF_ERROR(arrays_.Find(array, &named));
+    ArrayEntry* entry = nullptr;
+    if (array != 0) FERRY_RETURN_IF_ERROR(arrays_.Find(array, &entry));
   }
   const uint64_t width = args.getWidthBytes();
   const uint64_t height = args.getHeight();
@@ -205,8 +206,8 @@ Status Session::Memcpy2D(wire::Memcpy2D::Reader args, CallContext& cx) {
   auto check_device = [&](uint64_t address, uint64_t pitch, uint64_t slice_rows,
                           const char* what) -> Status {
     if (depth <= 1) return CheckRange2D(address, pitch, width, height, what);
-    if (slice_rows < height || (height > 1 && pitch < width) || (slice_rows > 1 && pitch < width)) {
-      return Status::InvalidArgument(std::string(what) + ": slices overlap");
+    if (slice_rows < height || pitch < width) {
+      return Status::InvalidArgument(std::string(what) + ": rows or slices overlap");
     }
     uint64_t rows, span;
     if (__builtin_mul_overflow(depth - 1, slice_rows, &rows) ||
