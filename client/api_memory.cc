@@ -119,85 +119,231 @@ bool IsHostSide(CUmemorytype type, CUdeviceptr device, const void* host) {
   return false;
 }
 
-Status Copy2D(const CUDA_MEMCPY2D* p, CUstream stream, bool per_thread, bool async) {
+// One side of a 2D or 3D copy, resolved: host memory, device memory or a
+// CUDA array (arrays, textures and surfaces).
+struct CopySide {
+  wire::MemoryKind kind = wire::MemoryKind::DEVICE;
+  char* host = nullptr;     // host: the first byte copied
+  CUdeviceptr device = 0;   // device: the first byte copied
+  uint64_t pitch = 0;       // host and device: bytes between rows
+  uint64_t slice_rows = 0;  // host and device: rows between slices
+  uint64_t array = 0;       // array: its id, and where the copy starts
+  uint64_t x = 0, y = 0, z = 0;
+};
+
+// Resolves and checks one side of `p` (the src* or dst* fields, passed
+// one by one), for a copy of `width` bytes x `height` x `depth`.
+Status ResolveCopySide(CUmemorytype type, const void* host, CUdeviceptr device, CUarray array,
+                       size_t x, size_t y, size_t z, size_t lod, size_t pitch, size_t slice_rows,
+                       uint64_t width, uint64_t height, uint64_t depth, const char* what,
+                       CopySide* out) {
   Runtime& rt = Runtime::Get();
-  if (p == nullptr) return Status::InvalidArgument("pCopy is NULL");
-  if (p->srcMemoryType == CU_MEMORYTYPE_ARRAY || p->dstMemoryType == CU_MEMORYTYPE_ARRAY) {
-    return Status::Unimplemented("2D copies to or from CUDA arrays are not supported by ferry");
-  }
-  StreamTarget target;
-  FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
-  const size_t width = p->WidthInBytes;
-  const size_t height = p->Height;
-  if (width == 0 || height == 0) return Status::Ok();
-  const bool src_host = IsHostSide(p->srcMemoryType, p->srcDevice, p->srcHost);
-  const bool dst_host = IsHostSide(p->dstMemoryType, p->dstDevice, p->dstHost);
-  if ((height > 1 && (p->srcPitch < width || p->dstPitch < width))) {
-    return Status::InvalidArgument("pitch smaller than WidthInBytes");
-  }
-  // Start addresses after the X/Y offsets.
-  const char* src_host_start =
-      static_cast<const char*>(p->srcMemoryType == CU_MEMORYTYPE_UNIFIED
-                                   ? reinterpret_cast<const void*>(p->srcDevice)
-                                   : p->srcHost) +
-      p->srcY * p->srcPitch + p->srcXInBytes;
-  char* dst_host_start = static_cast<char*>(p->dstMemoryType == CU_MEMORYTYPE_UNIFIED
-                                                ? reinterpret_cast<void*>(p->dstDevice)
-                                                : p->dstHost) +
-                         p->dstY * p->dstPitch + p->dstXInBytes;
-  const CUdeviceptr src_device = p->srcDevice + p->srcY * p->srcPitch + p->srcXInBytes;
-  const CUdeviceptr dst_device = p->dstDevice + p->dstY * p->dstPitch + p->dstXInBytes;
-  if (src_host && dst_host) {
-    for (size_t row = 0; row < height; ++row) {
-      std::memmove(dst_host_start + row * p->dstPitch, src_host_start + row * p->srcPitch, width);
+  if (lod != 0) return Status::InvalidArgument(std::string(what) + ": LOD must be 0");
+  if (type == CU_MEMORYTYPE_ARRAY) {
+    ferry::client::ArrayRecord record;
+    out->kind = wire::MemoryKind::ARRAY;
+    out->array = Runtime::HandleId(array);
+    FERRY_RETURN_IF_ERROR(rt.arrays().Find(out->array, &record));
+    if (record.levels > 0) {
+      return Status::InvalidHandle(std::string(what) +
+                                   ": a mipmapped array is copied level by level");
     }
+    FERRY_RETURN_IF_ERROR(ferry::CheckArrayExtent(record.shape, record.element_bytes, x, y, z,
+                                                  width, height, depth, what));
+    out->x = x;
+    out->y = y;
+    out->z = z;
     return Status::Ok();
   }
-  if (!src_host) {
-    FERRY_RETURN_IF_ERROR(
-        rt.allocations().CheckDevice2D(src_device, p->srcPitch, width, height, "source"));
+  if (type != CU_MEMORYTYPE_HOST && type != CU_MEMORYTYPE_DEVICE && type != CU_MEMORYTYPE_UNIFIED) {
+    return Status::InvalidArgument(std::string(what) + ": unknown memory type");
   }
-  if (!dst_host) {
-    FERRY_RETURN_IF_ERROR(
-        rt.allocations().CheckDevice2D(dst_device, p->dstPitch, width, height, "destination"));
+  if ((height > 1 || depth > 1) && pitch < width) {
+    return Status::InvalidArgument(std::string(what) + ": pitch smaller than WidthInBytes");
+  }
+  if (depth > 1 && slice_rows < height) {
+    return Status::InvalidArgument(std::string(what) + ": height smaller than the copy's");
+  }
+  uint64_t offset, span;
+  if (__builtin_mul_overflow(static_cast<uint64_t>(z), slice_rows, &offset) ||
+      __builtin_add_overflow(offset, y, &offset) ||
+      __builtin_mul_overflow(offset, pitch, &offset) ||
+      __builtin_add_overflow(offset, x, &offset) ||
+      __builtin_mul_overflow(depth - 1, slice_rows, &span) ||
+      __builtin_add_overflow(span, height - 1, &span) ||
+      __builtin_mul_overflow(span, pitch, &span) || __builtin_add_overflow(span, width, &span)) {
+    return Status::InvalidArgument(std::string(what) + ": extent overflows");
+  }
+  out->pitch = pitch;
+  out->slice_rows = slice_rows;
+  if (IsHostSide(type, device, host)) {
+    out->kind = wire::MemoryKind::HOST;
+    const char* base = static_cast<const char*>(
+        type == CU_MEMORYTYPE_UNIFIED ? reinterpret_cast<const void*>(device) : host);
+    if (base == nullptr) return Status::InvalidArgument(std::string(what) + " is NULL");
+    out->host = const_cast<char*>(base) + offset;
+    return Status::Ok();
+  }
+  out->kind = wire::MemoryKind::DEVICE;
+  out->device = device + offset;
+  if (depth == 1) return rt.allocations().CheckDevice2D(out->device, pitch, width, height, what);
+  return rt.allocations().CheckDevice(out->device, span, what);
+}
+
+// The address of row `row` of slice `slice` of a host side.
+char* HostRow(const CopySide& side, uint64_t slice, uint64_t row) {
+  return side.host + (slice * side.slice_rows + row) * side.pitch;
+}
+
+// Every 2D and 3D copy, array sides included (cuMemcpy2D*, cuMemcpy3D*,
+// cuMemcpy*A*): one memcpy2D call. Host sides travel packed.
+Status Copy3D(const CUDA_MEMCPY3D* p, CUstream stream, bool per_thread, bool async) {
+  Runtime& rt = Runtime::Get();
+  if (p == nullptr) return Status::InvalidArgument("pCopy is NULL");
+  StreamTarget target;
+  FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
+  const uint64_t width = p->WidthInBytes, height = p->Height, depth = p->Depth;
+  if (width == 0 || height == 0 || depth == 0) return Status::Ok();
+  if (p->reserved0 != nullptr || p->reserved1 != nullptr) {
+    return Status::InvalidArgument("reserved fields of CUDA_MEMCPY3D must be NULL");
+  }
+  uint64_t packed;
+  if (__builtin_mul_overflow(width, height, &packed) ||
+      __builtin_mul_overflow(packed, depth, &packed)) {
+    return Status::InvalidArgument("copy extent overflows");
+  }
+  CopySide src, dst;
+  FERRY_RETURN_IF_ERROR(ResolveCopySide(p->srcMemoryType, p->srcHost, p->srcDevice, p->srcArray,
+                                        p->srcXInBytes, p->srcY, p->srcZ, p->srcLOD, p->srcPitch,
+                                        p->srcHeight, width, height, depth, "source", &src));
+  FERRY_RETURN_IF_ERROR(ResolveCopySide(p->dstMemoryType, p->dstHost, p->dstDevice, p->dstArray,
+                                        p->dstXInBytes, p->dstY, p->dstZ, p->dstLOD, p->dstPitch,
+                                        p->dstHeight, width, height, depth, "destination", &dst));
+  const bool src_host = src.kind == wire::MemoryKind::HOST;
+  const bool dst_host = dst.kind == wire::MemoryKind::HOST;
+  if (src_host && dst_host) {
+    for (uint64_t slice = 0; slice < depth; ++slice) {
+      for (uint64_t row = 0; row < height; ++row) {
+        std::memmove(HostRow(dst, slice, row), HostRow(src, slice, row), width);
+      }
+    }
+    return Status::Ok();
   }
   auto fill = [&](wire::Call::Builder call) {
     auto args = call.initMemcpy2D();
     SetStreamTarget(args, target);
-    args.setSrcKind(src_host ? wire::MemoryKind::HOST : wire::MemoryKind::DEVICE);
-    args.setSrcDevice(src_host ? 0 : src_device);
-    args.setSrcPitch(src_host ? width : p->srcPitch);
-    args.setDstKind(dst_host ? wire::MemoryKind::HOST : wire::MemoryKind::DEVICE);
-    args.setDstDevice(dst_host ? 0 : dst_device);
-    args.setDstPitch(dst_host ? width : p->dstPitch);
     args.setWidthBytes(width);
     args.setHeight(height);
+    args.setDepth(depth);
+    args.setSrcKind(src.kind);
+    args.setSrcDevice(src.device);
+    args.setSrcPitch(src_host ? width : src.pitch);
+    args.setSrcHeight(src.kind == wire::MemoryKind::DEVICE && depth > 1 ? src.slice_rows : 0);
+    args.setSrcArray(src.array);
+    args.setSrcX(src.x);
+    args.setSrcY(src.y);
+    args.setSrcZ(src.z);
+    args.setDstKind(dst.kind);
+    args.setDstDevice(dst.device);
+    args.setDstPitch(dst_host ? width : dst.pitch);
+    args.setDstHeight(dst.kind == wire::MemoryKind::DEVICE && depth > 1 ? dst.slice_rows : 0);
+    args.setDstArray(dst.array);
+    args.setDstX(dst.x);
+    args.setDstY(dst.y);
+    args.setDstZ(dst.z);
   };
-  // Host rows travel packed (pitch = width).
+  // Host rows travel packed (pitch = width, slices = height rows).
+  const bool src_packed = src.pitch == width && (depth == 1 || src.slice_rows == height);
+  const bool dst_packed = dst.pitch == width && (depth == 1 || dst.slice_rows == height);
   if (src_host) {
-    if (p->srcPitch == width) {
-      return rt.connection().Post(fill, OutBytes{src_host_start, width * height});
+    if (src_packed) return rt.connection().Post(fill, OutBytes{src.host, packed});
+    std::vector<char> bytes(packed);
+    for (uint64_t slice = 0; slice < depth; ++slice) {
+      for (uint64_t row = 0; row < height; ++row) {
+        std::memcpy(bytes.data() + (slice * height + row) * width, HostRow(src, slice, row), width);
+      }
     }
-    std::vector<char> packed(width * height);
-    for (size_t row = 0; row < height; ++row) {
-      std::memcpy(packed.data() + row * width, src_host_start + row * p->srcPitch, width);
-    }
-    return rt.connection().Post(fill, OutBytes{packed.data(), packed.size()});
+    return rt.connection().Post(fill, OutBytes{bytes.data(), bytes.size()});
   }
   if (dst_host) {
     // Performed synchronously, async or not: the rows must be unpacked here.
     (void)async;
-    if (p->dstPitch == width) {
-      return rt.connection().Call(fill, {}, InBytes{dst_host_start, width * height});
-    }
-    std::vector<char> packed(width * height);
-    FERRY_RETURN_IF_ERROR(rt.connection().Call(fill, {}, InBytes{packed.data(), packed.size()}));
-    for (size_t row = 0; row < height; ++row) {
-      std::memcpy(dst_host_start + row * p->dstPitch, packed.data() + row * width, width);
+    if (dst_packed) return rt.connection().Call(fill, {}, InBytes{dst.host, packed});
+    std::vector<char> bytes(packed);
+    FERRY_RETURN_IF_ERROR(rt.connection().Call(fill, {}, InBytes{bytes.data(), bytes.size()}));
+    for (uint64_t slice = 0; slice < depth; ++slice) {
+      for (uint64_t row = 0; row < height; ++row) {
+        std::memcpy(HostRow(dst, slice, row), bytes.data() + (slice * height + row) * width, width);
+      }
     }
     return Status::Ok();
   }
   return rt.connection().Post(fill);
+}
+
+// A 2D copy is a 3D copy of one slice.
+Status Copy2D(const CUDA_MEMCPY2D* p, CUstream stream, bool per_thread, bool async) {
+  if (p == nullptr) return Status::InvalidArgument("pCopy is NULL");
+  CUDA_MEMCPY3D m;
+  std::memset(&m, 0, sizeof(m));
+  m.srcXInBytes = p->srcXInBytes;
+  m.srcY = p->srcY;
+  m.srcMemoryType = p->srcMemoryType;
+  m.srcHost = p->srcHost;
+  m.srcDevice = p->srcDevice;
+  m.srcArray = p->srcArray;
+  m.srcPitch = p->srcPitch;
+  m.srcHeight = p->Height;
+  m.dstXInBytes = p->dstXInBytes;
+  m.dstY = p->dstY;
+  m.dstMemoryType = p->dstMemoryType;
+  m.dstHost = p->dstHost;
+  m.dstDevice = p->dstDevice;
+  m.dstArray = p->dstArray;
+  m.dstPitch = p->dstPitch;
+  m.dstHeight = p->Height;
+  m.WidthInBytes = p->WidthInBytes;
+  m.Height = p->Height;
+  m.Depth = 1;
+  return Copy3D(&m, stream, per_thread, async);
+}
+
+// cuMemcpy*A*: a copy of `bytes` within one row of an array (or between a
+// row and linear memory), as a one-row 3D copy.
+struct LinearSide {
+  CUmemorytype type;
+  const void* host;
+  CUdeviceptr device;
+  CUarray array;
+  size_t offset;  // bytes into the array's first row (arrays)
+};
+Status CopyArrayRow(LinearSide dst, LinearSide src, size_t bytes, CUstream stream, bool per_thread,
+                    bool async) {
+  CUDA_MEMCPY3D m;
+  std::memset(&m, 0, sizeof(m));
+  m.srcMemoryType = src.type;
+  m.srcHost = src.host;
+  m.srcDevice = src.device;
+  m.srcArray = src.array;
+  m.srcXInBytes = src.type == CU_MEMORYTYPE_ARRAY ? src.offset : 0;
+  m.srcPitch = bytes;
+  m.srcHeight = 1;
+  m.dstMemoryType = dst.type;
+  m.dstHost = const_cast<void*>(dst.host);
+  m.dstDevice = dst.device;
+  m.dstArray = dst.array;
+  m.dstXInBytes = dst.type == CU_MEMORYTYPE_ARRAY ? dst.offset : 0;
+  m.dstPitch = bytes;
+  m.dstHeight = 1;
+  m.WidthInBytes = bytes;
+  m.Height = 1;
+  m.Depth = 1;
+  return Copy3D(&m, stream, per_thread, async);
+}
+LinearSide HostSide(const void* p) { return {CU_MEMORYTYPE_HOST, p, 0, nullptr, 0}; }
+LinearSide DeviceSide(CUdeviceptr p) { return {CU_MEMORYTYPE_DEVICE, nullptr, p, nullptr, 0}; }
+LinearSide ArraySide(CUarray a, size_t offset) {
+  return {CU_MEMORYTYPE_ARRAY, nullptr, 0, a, offset};
 }
 
 Status Memset(CUdeviceptr dst, size_t pitch, uint32_t value, unsigned element, size_t width,
@@ -485,6 +631,50 @@ CUresult CUDAAPI cuMemcpy2DAsync_v2(const CUDA_MEMCPY2D* p, CUstream s) {
 }
 CUresult CUDAAPI cuMemcpy2DAsync_v2_ptsz(const CUDA_MEMCPY2D* p, CUstream s) {
   return Api([&] { return Copy2D(p, s, true, true); });
+}
+// CUDA arrays, textures and surfaces: 3D copies and copies to and from arrays.
+CUresult CUDAAPI cuMemcpy3D_v2(const CUDA_MEMCPY3D* p) {
+  return Api([&] { return Copy3D(p, nullptr, false, false); });
+}
+CUresult CUDAAPI cuMemcpy3D_v2_ptds(const CUDA_MEMCPY3D* p) {
+  return Api([&] { return Copy3D(p, nullptr, true, false); });
+}
+CUresult CUDAAPI cuMemcpy3DAsync_v2(const CUDA_MEMCPY3D* p, CUstream s) {
+  return Api([&] { return Copy3D(p, s, false, true); });
+}
+CUresult CUDAAPI cuMemcpy3DAsync_v2_ptsz(const CUDA_MEMCPY3D* p, CUstream s) {
+  return Api([&] { return Copy3D(p, s, true, true); });
+}
+#define FERRY_ARRAY_COPY(name, params, dst, src, bytes)                               \
+  CUresult CUDAAPI name##_v2 params {                                                 \
+    return Api([&] { return CopyArrayRow(dst, src, bytes, nullptr, false, false); }); \
+  }                                                                                   \
+  CUresult CUDAAPI name##_v2_ptds params {                                            \
+    return Api([&] { return CopyArrayRow(dst, src, bytes, nullptr, true, false); });  \
+  }
+FERRY_ARRAY_COPY(cuMemcpyHtoA, (CUarray a, size_t off, const void* h, size_t n), ArraySide(a, off),
+                 HostSide(h), n)
+FERRY_ARRAY_COPY(cuMemcpyAtoH, (void* h, CUarray a, size_t off, size_t n), HostSide(h),
+                 ArraySide(a, off), n)
+FERRY_ARRAY_COPY(cuMemcpyDtoA, (CUarray a, size_t off, CUdeviceptr d, size_t n), ArraySide(a, off),
+                 DeviceSide(d), n)
+FERRY_ARRAY_COPY(cuMemcpyAtoD, (CUdeviceptr d, CUarray a, size_t off, size_t n), DeviceSide(d),
+                 ArraySide(a, off), n)
+FERRY_ARRAY_COPY(cuMemcpyAtoA, (CUarray a, size_t off, CUarray b, size_t boff, size_t n),
+                 ArraySide(a, off), ArraySide(b, boff), n)
+#undef FERRY_ARRAY_COPY
+CUresult CUDAAPI cuMemcpyHtoAAsync_v2(CUarray a, size_t off, const void* h, size_t n, CUstream s) {
+  return Api([&] { return CopyArrayRow(ArraySide(a, off), HostSide(h), n, s, false, true); });
+}
+CUresult CUDAAPI cuMemcpyHtoAAsync_v2_ptsz(CUarray a, size_t off, const void* h, size_t n,
+                                           CUstream s) {
+  return Api([&] { return CopyArrayRow(ArraySide(a, off), HostSide(h), n, s, true, true); });
+}
+CUresult CUDAAPI cuMemcpyAtoHAsync_v2(void* h, CUarray a, size_t off, size_t n, CUstream s) {
+  return Api([&] { return CopyArrayRow(HostSide(h), ArraySide(a, off), n, s, false, true); });
+}
+CUresult CUDAAPI cuMemcpyAtoHAsync_v2_ptsz(void* h, CUarray a, size_t off, size_t n, CUstream s) {
+  return Api([&] { return CopyArrayRow(HostSide(h), ArraySide(a, off), n, s, true, true); });
 }
 
 // --- memsets ------------------------------------------------------------------------

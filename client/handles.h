@@ -28,6 +28,9 @@ enum class HandleKind : uint64_t {
   kGraphNode = 0x6D,
   // virtual memory management
   kPhysicalMemory = 0x9A,  // CUmemGenericAllocationHandle
+  // CUDA arrays, textures and surfaces
+  kArray = 0xA7,           // CUarray
+  kMipmappedArray = 0xA9,  // CUmipmappedArray
 };
 
 inline bool IsHandleKind(uint64_t id, HandleKind kind) {

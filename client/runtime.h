@@ -50,6 +50,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "client/allocation_registry.h"
+#include "client/array_registry.h"
 #include "client/connection.h"
 #include "client/context_local_storage.h"
 #include "client/context_registry.h"
@@ -130,6 +131,7 @@ class Runtime {
   AllocationRegistry& allocations() { return allocations_; }
   MemPoolRegistry& mem_pools() { return mem_pools_; }
   GraphRegistry& graphs() { return graphs_; }
+  ArrayRegistry& arrays() { return arrays_; }  // CUDA arrays, textures and surfaces
 
   static uint64_t HandleId(const void* handle) { return reinterpret_cast<uint64_t>(handle); }
   static bool IsKind(uint64_t id, HandleKind kind) { return IsHandleKind(id, kind); }
@@ -279,6 +281,7 @@ class Runtime {
   AllocationRegistry allocations_;
   MemPoolRegistry mem_pools_{&ids_};
   GraphRegistry graphs_{&ids_};
+  ArrayRegistry arrays_{&ids_};
   // Serialises creating contexts on the server, so two threads never create
   // the same primary context. Held across the round trip; taken before any
   // registry's lock.

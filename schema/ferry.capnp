@@ -168,6 +168,7 @@ struct Global {
 enum MemoryKind {
   device @0;
   host @1;    # bytes travel as bulk: packed rows for 2D copies
+  array @2;   # a CUDA array (arrays, textures and surfaces)
 }
 
 # Call descriptions. Each member of Call's union says, through these
@@ -236,8 +237,8 @@ struct Call {
         $usesContext;
     memcpyDtoD @15 :Memcpy
         $waits("never") $orderedOn("stream") $handles(["ctx", "stream"]) $ranges(["dst", "src"]);
-    memcpy2D @16 :Memcpy2D  # HtoD/DtoD async, DtoH sync
-        $waits("by-flag") $orderedOn("stream") $handles(["ctx", "stream"])
+    memcpy2D @16 :Memcpy2D  # 2D and 3D; HtoD/DtoD async, DtoH sync
+        $waits("by-flag") $orderedOn("stream") $handles(["ctx", "stream", "srcArray", "dstArray"])
         $ranges(["srcDevice", "dstDevice"]) $usesContext;
     memset @17 :Memset
         $waits("never") $orderedOn("stream") $handles(["ctx", "stream"]) $ranges(["dst"]);
@@ -387,6 +388,17 @@ struct Call {
         $waits("always") $ranges(["address"]) $usesContext;
     memGetAllocationGranularity @85 :MemGranularity  # reply value: bytes
         $waits("always") $usesContext;
+    # CUDA arrays, textures and surfaces
+    arrayCreate @86 :ArrayCreate  # cuArrayCreate, cuArray3DCreate, cuMipmappedArrayCreate
+        $waits("always") $handles(["ctx"]);
+    arrayDestroy @87 :ArrayRef  # cuArrayDestroy, cuMipmappedArrayDestroy
+        $waits("never") $handles(["array"]);
+    mipmappedArrayGetLevel @88 :MipmappedArrayGetLevel
+        $waits("never") $handles(["mipmappedArray"]);
+    texObjectCreate @89 :TexObjectCreate  # reply value: the object
+        $waits("always") $handles(["ctx", "array"]) $ranges(["devPtr"]) $usesContext;
+    texObjectDestroy @90 :TexObjectRef  # cuTexObjectDestroy, cuSurfObjectDestroy
+        $waits("never") $handles(["object"]);
   }
 }
 
@@ -525,6 +537,23 @@ struct Memcpy2D {
   dstPitch @7 :UInt64;
   widthBytes @8 :UInt64;
   height @9 :UInt64;
+  # CUDA arrays, textures and surfaces: 3D copies and array sides. A side of
+  # kind `array` is the array `*Array` (an array of the session) from
+  # (*X bytes, *Y, *Z) on; a nonzero `*Array` must name one of the session's
+  # arrays whatever the kind. `depth` slices of `height` rows; a device
+  # side's slices are `*Height` rows of `*Pitch` bytes apart (0: `height`),
+  # a host side's travel packed (width x height x depth bytes).
+  srcArray @10 :UInt64;
+  srcX @11 :UInt64;
+  srcY @12 :UInt64;
+  srcZ @13 :UInt64;
+  srcHeight @14 :UInt64;
+  dstArray @15 :UInt64;
+  dstX @16 :UInt64;
+  dstY @17 :UInt64;
+  dstZ @18 :UInt64;
+  dstHeight @19 :UInt64;
+  depth @20 :UInt64 = 1;
 }
 struct Memset {
   ctx @0 :UInt64;
@@ -823,6 +852,79 @@ struct StreamMemOps {
   stream @1 :UInt64;
   ops @2 :List(StreamMemOp);  # 1 to 256
   flags @3 :UInt32;           # cuStreamBatchMemOp's own flags (0)
+}
+
+# CUDA arrays, textures and surfaces
+#
+# An array belongs to a context and is named by an id the client chooses;
+# its memory is charged to the context device's quota until it is
+# destroyed (with its context, or at the session's end). A mipmapped array
+# (`levels` > 0) is an array id of its own; mipmappedArrayGetLevel names one
+# of its levels with a new array id, which lives as long as the mipmapped
+# array and cannot be destroyed by itself. Extents are elements: `height` 0
+# is a 1D array, `depth` 0 a 2D one; `flags` are CUDA_ARRAY3D_* flags
+# (layered: `depth` layers; cubemap: 6 faces, or 6 x layers).
+struct ArrayCreate {
+  ctx @0 :UInt64;
+  array @1 :UInt64;      # new array id
+  width @2 :UInt64;
+  height @3 :UInt64;
+  depth @4 :UInt64;
+  format @5 :UInt32;     # CUarray_format
+  numChannels @6 :UInt32;
+  flags @7 :UInt32;
+  levels @8 :UInt32;     # 0: an ordinary array; else a mipmapped one
+}
+struct ArrayRef {
+  array @0 :UInt64;
+}
+struct MipmappedArrayGetLevel {
+  mipmappedArray @0 :UInt64;
+  level @1 :UInt32;
+  array @2 :UInt64;      # new array id: the level
+}
+# cuTexObjectCreate (`surface` false) and cuSurfObjectCreate (true): the
+# reply's value is the object a kernel receives, the backend's own (the
+# driver's on the CUDA backend). Resource (CUresourcetype `resourceType`):
+# `array` (an array or mipmapped array of the session) or device memory at
+# `devPtr` (linear: `sizeBytes`; pitch2D: `width` x `height` texels of
+# `format` x `numChannels`, rows `pitchBytes` apart), a range of the
+# session's. Surfaces take arrays only. The CUDA_TEXTURE_DESC fields follow;
+# `hasView` adds a CUDA_RESOURCE_VIEW_DESC.
+struct TexObjectCreate {
+  ctx @0 :UInt64;
+  surface @1 :Bool;
+  resourceType @2 :UInt32;
+  array @3 :UInt64;
+  devPtr @4 :UInt64;
+  format @5 :UInt32;
+  numChannels @6 :UInt32;
+  sizeBytes @7 :UInt64;
+  width @8 :UInt64;
+  height @9 :UInt64;
+  pitchBytes @10 :UInt64;
+  addressMode @11 :List(UInt32);  # 3
+  filterMode @12 :UInt32;
+  flags @13 :UInt32;
+  maxAnisotropy @14 :UInt32;
+  mipmapFilterMode @15 :UInt32;
+  mipmapLevelBias @16 :Float32;
+  minMipmapLevelClamp @17 :Float32;
+  maxMipmapLevelClamp @18 :Float32;
+  borderColor @19 :List(Float32);  # 4
+  hasView @20 :Bool;
+  viewFormat @21 :UInt32;
+  viewWidth @22 :UInt64;
+  viewHeight @23 :UInt64;
+  viewDepth @24 :UInt64;
+  viewFirstLevel @25 :UInt32;
+  viewLastLevel @26 :UInt32;
+  viewFirstLayer @27 :UInt32;
+  viewLastLayer @28 :UInt32;
+}
+struct TexObjectRef {
+  object @0 :UInt64;
+  surface @1 :Bool;
 }
 
 # A context and one of its events (cuCtxRecordEvent, cuCtxWaitEvent).

@@ -244,12 +244,36 @@ class Session {
     uint64_t ctx = 0;
     std::shared_ptr<const GraphUses> uses;
   };
+  // CUDA arrays, textures and surfaces (session_arrays.cc). An array id
+  // names an array, a mipmapped array, or a level of one (owned by the
+  // mipmapped array `parent`, whose entry goes first and takes it along).
+  struct ArrayEntry {
+    std::unique_ptr<backend::Array> array;
+    std::unique_ptr<backend::MipmappedArray> mipmapped;
+    backend::Array* level = nullptr;
+    uint64_t parent = 0;
+    uint64_t ctx = 0;
+    int device = 0;
+    uint64_t charged = 0;                 // bytes charged to `device`'s quota
+    backend::ArrayDescriptor descriptor;  // a level's own extents
+    unsigned levels = 0;                  // a mipmapped array's
+    unsigned element_bytes = 0;
+    // The array copies reach (not a mipmapped array), or null.
+    backend::Array* copyable() const { return array ? array.get() : level; }
+  };
+  struct TextureEntry {
+    std::unique_ptr<backend::TextureObject> object;
+    uint64_t ctx = 0;
+    bool surface = false;
+  };
+
   // How a stream-ordered call uses its stream, for CaptureGuard.
   enum class CaptureUse {
     kRecorded,      // queued work a capture records (launch, device-only copy, memset)
     kSynchronizes,  // waits for the stream or reads its state (synchronize, query)
     kHostMemory,    // a copy to or from host memory, a host gate
-    kNotRecorded,   // work ferry does not record (stream-ordered allocation, memory operations)
+    kNotRecorded,   // work ferry does not record (stream-ordered allocation, memory operations,
+                    // array and 3D copies)
   };
 
   // A context the session lacks: the driver's own code for it.
@@ -392,6 +416,13 @@ class Session {
                        std::vector<uint64_t>* bases);
   void WaitForContextsIdle();
   void FreeVirtualMemory();  // at the end of the session, after the contexts
+  // CUDA arrays, textures and surfaces: drops the texture and surface
+  // objects and arrays of `ctx`, giving back their quota.
+  void DestroyContextArrays(uint64_t ctx);
+  // The array side of a copy: `id` names an array (not a mipmapped one) of
+  // the session in which (x bytes, y, z) + (width_bytes, height, depth) fits.
+  Status FindCopyArray(uint64_t id, uint64_t x, uint64_t y, uint64_t z, uint64_t width_bytes,
+                       uint64_t height, uint64_t depth, const char* what, backend::Array** out);
   // Drops module `id` with its functions and global ranges.
   void EraseModule(uint64_t id);
   // OK when [address, address + bytes) lies inside one range of this session.
@@ -493,6 +524,9 @@ class Session {
   HandleTable<GraphEntry> graphs_{"graph"};
   HandleTable<GraphExecEntry> graph_execs_{"executable graph"};
   HandleTable<GraphNodeEntry> graph_nodes_{"graph node"};
+  // CUDA arrays, textures and surfaces
+  HandleTable<ArrayEntry> arrays_{"array"};
+  HandleTable<TextureEntry> textures_{"texture or surface object"};
   Status latched_error_;
   uint64_t latched_seq_ = 0;
 

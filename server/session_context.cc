@@ -33,6 +33,7 @@ void Session::DestroyContextResources(uint64_t ctx) {
   auto in_ctx = [ctx](uint64_t, const auto& entry) { return entry.ctx == ctx; };
   events_.EraseIf(in_ctx);
   streams_.EraseIf(in_ctx);
+  DestroyContextArrays(ctx);  // CUDA arrays, textures and surfaces, after the streams
   ContextEntry* context = nullptr;
   const bool context_found = contexts_.Find(ctx, &context).ok();
   ranges_.ForEach([&](uint64_t base, uint64_t size, RangeEntry& range) {
@@ -75,6 +76,8 @@ void Session::FreeEverything() {
   // virtual memory management: no work is left that could touch it.
   FreeVirtualMemory();
   // Anything left belongs to no context (cannot happen by construction).
+  textures_.Clear();
+  arrays_.Clear();
   events_.Clear();
   streams_.Clear();
   functions_.Clear();

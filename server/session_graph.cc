@@ -39,8 +39,8 @@ Status Session::CaptureGuard(uint64_t stream, CaptureUse use,
         "captured through ferry";
   } else if (use == CaptureUse::kNotRecorded) {
     why =
-        "the stream is capturing: stream-ordered allocation and stream memory operations cannot "
-        "be captured through ferry";
+        "the stream is capturing: stream-ordered allocation, stream memory operations, copies "
+        "to or from CUDA arrays and 3D copies cannot be captured through ferry";
   }
   return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, why);
 }

@@ -180,15 +180,24 @@ Status Session::MemcpyDtoD(wire::Memcpy::Reader args) {
   return backend_.CopyDeviceToDevice(*stream, args.getDst(), args.getSrc(), args.getBytes());
 }
 
+// 2D and 3D copies, array sides included (CUDA arrays, textures and
+// surfaces): every side is checked before anything is queued.
 Status Session::Memcpy2D(wire::Memcpy2D::Reader args, CallContext& cx) {
   backend::Stream* stream = nullptr;
   FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
+  // An array id named must be the session's whatever the kinds say.
+  for (uint64_t array : {args.getSrcArray(), args.getDstArray()}) {
+    ArrayEntry* entry = nullptr;
+    if (array != 0) FERRY_RETURN_IF_ERROR(arrays_.Find(array, &entry));
+  }
   const uint64_t width = args.getWidthBytes();
   const uint64_t height = args.getHeight();
-  if (width != 0 && height > std::numeric_limits<uint64_t>::max() / width) {
-    return Status::InvalidArgument("2D copy extent overflows");
+  const uint64_t depth = args.getDepth();
+  uint64_t packed;
+  if (__builtin_mul_overflow(width, height, &packed) ||
+      __builtin_mul_overflow(packed, depth, &packed)) {
+    return Status::InvalidArgument("copy extent overflows");
   }
-  const uint64_t packed = width * height;
   const bool src_host = args.getSrcKind() == wire::MemoryKind::HOST;
   const bool dst_host = args.getDstKind() == wire::MemoryKind::HOST;
   if (src_host && dst_host)
@@ -196,6 +205,25 @@ Status Session::Memcpy2D(wire::Memcpy2D::Reader args, CallContext& cx) {
   backend::Copy2D copy;
   copy.width_bytes = width;
   copy.height = height;
+  copy.depth = depth;
+  // The span of `depth` slices of `slice_rows` rows of `pitch` bytes that a
+  // device side covers from `address` must be one of the session's ranges.
+  auto check_device = [&](uint64_t address, uint64_t pitch, uint64_t slice_rows,
+                          const char* what) -> Status {
+    if (depth <= 1) return CheckRange2D(address, pitch, width, height, what);
+    if (slice_rows < height || pitch < width) {
+      return Status::InvalidArgument(std::string(what) + ": rows or slices overlap");
+    }
+    uint64_t rows, span;
+    if (__builtin_mul_overflow(depth - 1, slice_rows, &rows) ||
+        __builtin_add_overflow(rows, height - 1, &rows) ||
+        __builtin_mul_overflow(rows, pitch, &span) || __builtin_add_overflow(span, width, &span)) {
+      return Status::InvalidArgument(std::string(what) + ": extent overflows");
+    }
+    return CheckRange(address, span, what);
+  };
+  const bool arrays =
+      args.getSrcKind() == wire::MemoryKind::ARRAY || args.getDstKind() == wire::MemoryKind::ARRAY;
   if (src_host) {
     if (cx.bulk_in.size != packed) {
       return Status::InvalidArgument("2D copy expected " + std::to_string(packed) +
@@ -204,9 +232,17 @@ Status Session::Memcpy2D(wire::Memcpy2D::Reader args, CallContext& cx) {
     copy.src_is_host = true;
     copy.src_host = cx.bulk_in;
     copy.src_pitch = width;
+  } else if (args.getSrcKind() == wire::MemoryKind::ARRAY) {
+    FERRY_RETURN_IF_ERROR(FindCopyArray(args.getSrcArray(), args.getSrcX(), args.getSrcY(),
+                                        args.getSrcZ(), width, height, depth, "source",
+                                        &copy.src_array));
+    copy.src_x = args.getSrcX();
+    copy.src_y = args.getSrcY();
+    copy.src_z = args.getSrcZ();
   } else {
+    copy.src_height = args.getSrcHeight() == 0 ? height : args.getSrcHeight();
     FERRY_RETURN_IF_ERROR(
-        CheckRange2D(args.getSrcDevice(), args.getSrcPitch(), width, height, "source"));
+        check_device(args.getSrcDevice(), args.getSrcPitch(), copy.src_height, "source"));
     copy.src_device = args.getSrcDevice();
     copy.src_pitch = args.getSrcPitch();
   }
@@ -221,14 +257,24 @@ Status Session::Memcpy2D(wire::Memcpy2D::Reader args, CallContext& cx) {
     copy.dst_is_host = true;
     copy.dst_host = buffer;
     copy.dst_pitch = width;
+  } else if (args.getDstKind() == wire::MemoryKind::ARRAY) {
+    FERRY_RETURN_IF_ERROR(FindCopyArray(args.getDstArray(), args.getDstX(), args.getDstY(),
+                                        args.getDstZ(), width, height, depth, "destination",
+                                        &copy.dst_array));
+    copy.dst_x = args.getDstX();
+    copy.dst_y = args.getDstY();
+    copy.dst_z = args.getDstZ();
   } else {
+    copy.dst_height = args.getDstHeight() == 0 ? height : args.getDstHeight();
     FERRY_RETURN_IF_ERROR(
-        CheckRange2D(args.getDstDevice(), args.getDstPitch(), width, height, "destination"));
+        check_device(args.getDstDevice(), args.getDstPitch(), copy.dst_height, "destination"));
     copy.dst_device = args.getDstDevice();
     copy.dst_pitch = args.getDstPitch();
   }
   if (src_host || dst_host) {
     FERRY_RETURN_IF_ERROR(CaptureGuard(args.getStream(), CaptureUse::kHostMemory));
+  } else if (arrays || depth > 1) {
+    FERRY_RETURN_IF_ERROR(CaptureGuard(args.getStream(), CaptureUse::kNotRecorded));
   } else if (packed > 0) {
     // Both checked by CheckRange2D above: the spans do not overflow.
     const uint64_t rows_before_last = (height - 1);

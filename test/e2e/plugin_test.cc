@@ -89,7 +89,7 @@ TEST_F(HostKernelsTest, VectorAddCoversTheGridAndStopsAtN) {
   float* c_ptr = c.data();
   int n = 1000;
   void* params[] = {&a_ptr, &b_ptr, &c_ptr, &n};
-  const ferry_launch launch = {{4, 1, 1}, {256, 1, 1}, 0};
+  const ferry_launch launch = {{4, 1, 1}, {256, 1, 1}, 0, nullptr, nullptr};
   vector_add(&launch, params);
   for (int i = 0; i < 1024; ++i) {
     ASSERT_EQ(c[i], i < n ? a[i] + b[i] : -1.0f) << "element " << i;
@@ -105,7 +105,7 @@ TEST_F(HostKernelsTest, ManyParamsReadsEachParameter) {
   double* out_ptr = out;
   void* params[] = {&args.a, &args.b, &args.c, &args.d, &args.e, &args.f,
                     &g,      &args.h, &args.i, &args.k, &args.l, &out_ptr};
-  const ferry_launch launch = {{1, 1, 1}, {1, 1, 1}, 0};
+  const ferry_launch launch = {{1, 1, 1}, {1, 1, 1}, 0, nullptr, nullptr};
   many(&launch, params);
   double expected[kManyParamsOutputs - 1];
   args.Expected(expected);
@@ -123,7 +123,7 @@ TEST_F(HostKernelsTest, LaunchGeometryReportsTheLaunch) {
   unsigned out[8] = {};
   unsigned* out_ptr = out;
   void* params[] = {&out_ptr};
-  const ferry_launch launch = {{3, 2, 2}, {4, 2, 3}, 256};
+  const ferry_launch launch = {{3, 2, 2}, {4, 2, 3}, 256, nullptr, nullptr};
   geometry(&launch, params);
   const unsigned expected[8] = {3, 2, 2, 4, 2, 3, 256, 288};
   EXPECT_EQ(std::memcmp(out, expected, sizeof(out)), 0);

@@ -79,3 +79,53 @@ FERRY_RT_HOST_KERNEL(_Z13rt_accumulatePfPKfi) {
     if (i < n) acc[i] += x[i];
   });
 }
+
+// runtime_arrays.cu (CUDA arrays, textures and surfaces), through the
+// backend's texture and surface services (ferry_host_kernel.h). A texture
+// or surface that does not resolve leaves NaN where the kernel would have
+// written, so a program that checks its values sees it.
+
+// rt_tex_sample(cudaTextureObject_t tex, const float* coords, float* out, int n)
+FERRY_RT_HOST_KERNEL(rt_tex_sample) {
+  const auto tex = Param<unsigned long long>(params, 0);
+  const auto* coords = Param<const float*>(params, 1);
+  auto* out = Param<float*>(params, 2);
+  const int n = Param<int>(params, 3);
+  ForEachThreadX(launch, [&](long long i) {
+    if (i >= n) return;
+    float texel[4];
+    const int status =
+        launch->services->tex_fetch(launch, tex, coords[2 * i], coords[2 * i + 1], 0, texel);
+    out[i] = status == FERRY_HOST_OK ? texel[0] : __builtin_nanf("");
+  });
+}
+
+// rt_tex_fetch1d(cudaTextureObject_t tex, float* out, int n)
+FERRY_RT_HOST_KERNEL(rt_tex_fetch1d) {
+  const auto tex = Param<unsigned long long>(params, 0);
+  auto* out = Param<float*>(params, 1);
+  const int n = Param<int>(params, 2);
+  ForEachThreadX(launch, [&](long long i) {
+    if (i >= n) return;
+    float value;
+    const int status = launch->services->tex_fetch_element(launch, tex, static_cast<float>(i), 0, 0,
+                                                           &value, sizeof(value));
+    out[i] = status == FERRY_HOST_OK ? value : __builtin_nanf("");
+  });
+}
+
+// rt_surf_scale(cudaSurfaceObject_t surf, int width, int height, float factor)
+FERRY_RT_HOST_KERNEL(rt_surf_scale) {
+  const auto surf = Param<unsigned long long>(params, 0);
+  const int width = Param<int>(params, 1);
+  const int height = Param<int>(params, 2);
+  const float factor = Param<float>(params, 3);
+  ForEachThreadX(launch, [&](long long i) {
+    if (i >= 1ll * width * height) return;
+    const int x = static_cast<int>(i % width), y = static_cast<int>(i / width);
+    float v = __builtin_nanf("");
+    launch->services->surf_read(launch, surf, x * 4, y, 0, &v, sizeof(v));
+    v = v * factor + static_cast<float>(x);
+    launch->services->surf_write(launch, surf, x * 4, y, 0, &v, sizeof(v));
+  });
+}

@@ -155,6 +155,23 @@ class SessionTest : public ::testing::Test {
     return client_->Call(
         [&](wire::Call::Builder c) { test::BuildMemcpyDtoH(c, 100, stream, src, bytes); });
   }
+  // CUDA arrays, textures and surfaces: a float array (levels > 0: a
+  // mipmapped one) of context 100.
+  ReplyResult CreateArray(uint64_t array, uint64_t width, uint64_t height, uint64_t depth,
+                          unsigned levels = 0, unsigned flags = 0, unsigned channels = 1) {
+    return client_->Call([&](wire::Call::Builder c) {
+      auto a = c.initArrayCreate();
+      a.setCtx(100);
+      a.setArray(array);
+      a.setWidth(width);
+      a.setHeight(height);
+      a.setDepth(depth);
+      a.setFormat(CU_AD_FORMAT_FLOAT);
+      a.setNumChannels(channels);
+      a.setFlags(flags);
+      a.setLevels(levels);
+    });
+  }
   ReplyResult Sync(uint64_t stream) {
     return client_->Call(
         [&](wire::Call::Builder c) { OnStream(c.initStreamSynchronize(), stream); });
@@ -1113,10 +1130,15 @@ TEST_F(SessionLibraryTest, EveryDescribedHandleAndRangeIsValidated) {
   ASSERT_TRUE(LoadLibrary(600).status.ok());
   ASSERT_TRUE(LoadIntoContext(600, 100, 400, 500).ok());
   ASSERT_TRUE(CreatePhysicalMemory(700, PageSize()).status.ok());  // virtual memory management
+  // CUDA arrays, textures and surfaces: an array and a mipmapped array.
+  for (auto [array, levels] : {std::pair{800, 0u}, std::pair{801, 2u}}) {
+    ASSERT_TRUE(CreateArray(array, 64, 64, 0, levels).status.ok());
+  }
   const std::map<std::string, uint64_t> valid = {
-      {"ctx", 100},    {"dstCtx", 100},   {"srcCtx", 100},  {"peer", 100},
-      {"stream", 200}, {"event", 300},    {"start", 300},   {"end", 301},
-      {"module", 400}, {"function", 500}, {"library", 600}, {"handle", 700}};
+      {"ctx", 100},      {"dstCtx", 100},   {"srcCtx", 100},        {"peer", 100},
+      {"stream", 200},   {"event", 300},    {"start", 300},         {"end", 301},
+      {"module", 400},   {"function", 500}, {"library", 600},       {"handle", 700},
+      {"array", 800},    {"srcArray", 800}, {"dstArray", 800},      {"mipmappedArray", 801}};
   auto split = [](const char* list) {
     std::vector<std::string> names;
     for (std::string_view rest = list; !rest.empty();) {
@@ -1511,6 +1533,212 @@ TEST_F(SessionTest, UnmapWaitsForQueuedWorkOnTheMapping) {
   EXPECT_EQ(read.bulk, std::vector<uint8_t>(page, 0x5A));
 }
 
+// --- CUDA arrays, textures and surfaces ----------------------------------------
+
+// One side of a memcpy2D (a 2D or 3D copy) naming an array.
+struct ArraySide {
+  uint64_t array = 0;
+  uint64_t x = 0, y = 0, z = 0;
+};
+
+// A copy of `depth` slices of `height` rows of `width` bytes from host bytes
+// `data` into `dst`, posted; a ping reports its error.
+Status CopyHostToArray(RawClient& client, ArraySide dst, uint64_t width, uint64_t height,
+                       uint64_t depth, const std::vector<uint8_t>& data) {
+  client.Send(
+      [&](wire::Call::Builder c) {
+        auto a = test::OnStream(c.initMemcpy2D(), 0);
+        a.setSrcKind(wire::MemoryKind::HOST);
+        a.setSrcPitch(width);
+        a.setDstKind(wire::MemoryKind::ARRAY);
+        a.setDstArray(dst.array);
+        a.setDstX(dst.x);
+        a.setDstY(dst.y);
+        a.setDstZ(dst.z);
+        a.setWidthBytes(width);
+        a.setHeight(height);
+        a.setDepth(depth);
+      },
+      false, data);
+  return client.Call([&](wire::Call::Builder c) { c.setPing(); }).status;
+}
+
+// The same from `src` to the host (the reply's bulk).
+ReplyResult CopyArrayToHost(RawClient& client, ArraySide src, uint64_t width, uint64_t height,
+                            uint64_t depth) {
+  return client.Call([&](wire::Call::Builder c) {
+    auto a = test::OnStream(c.initMemcpy2D(), 0);
+    a.setSrcKind(wire::MemoryKind::ARRAY);
+    a.setSrcArray(src.array);
+    a.setSrcX(src.x);
+    a.setSrcY(src.y);
+    a.setSrcZ(src.z);
+    a.setDstKind(wire::MemoryKind::HOST);
+    a.setDstPitch(width);
+    a.setWidthBytes(width);
+    a.setHeight(height);
+    a.setDepth(depth);
+  });
+}
+
+TEST_F(SessionTest, ArraysAreChargedCopiedIn3DAndRefuseCopiesPastTheirExtent) {
+  CreateContext();
+  // A 4 x 3 x 2 float array: 96 bytes, charged while it lives.
+  ASSERT_TRUE(CreateArray(700, 4, 3, 2).status.ok());
+  EXPECT_EQ(session_->Info().bytes_allocated, 96u);
+  // Shapes no array has: no width, 3D without a height, 3 channels.
+  EXPECT_EQ(CreateArray(701, 0, 3, 0).status.cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(CreateArray(701, 4, 0, 2).status.cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(CreateArray(701, 4, 3, 0, 0, 0, 3).status.cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(session_->Info().bytes_allocated, 96u);
+
+  std::vector<uint8_t> volume(96);
+  for (size_t i = 0; i < volume.size(); ++i) volume[i] = static_cast<uint8_t>(i * 7 + 1);
+  ASSERT_TRUE(CopyHostToArray(*client_, {700}, 16, 3, 2, volume).ok());
+  ReplyResult whole = CopyArrayToHost(*client_, {700}, 16, 3, 2);
+  ASSERT_TRUE(whole.status.ok()) << whole.status.ToString();
+  EXPECT_EQ(whole.bulk, volume);
+  // Array -> pitched device memory (rows 32 bytes apart, slices 4 rows
+  // apart) -> host: the rows land where the pitch says.
+  const uint64_t device = Alloc(256);
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        auto a = test::OnStream(c.initMemcpy2D(), 0);
+        a.setSrcKind(wire::MemoryKind::ARRAY);
+        a.setSrcArray(700);
+        a.setDstKind(wire::MemoryKind::DEVICE);
+        a.setDstDevice(device);
+        a.setDstPitch(32);
+        a.setDstHeight(4);
+        a.setWidthBytes(16);
+        a.setHeight(3);
+        a.setDepth(2);
+      },
+      false);
+  ReplyResult pitched = CopyOut(0, device, 256);
+  ASSERT_TRUE(pitched.status.ok());
+  for (uint64_t z = 0; z < 2; ++z) {
+    for (uint64_t y = 0; y < 3; ++y) {
+      const uint8_t* row = pitched.bulk.data() + (z * 4 + y) * 32;
+      EXPECT_TRUE(std::equal(row, row + 16, volume.begin() + (z * 3 + y) * 16));
+    }
+  }
+  // A 2 x 2 block of slice 1 at element (1, 1).
+  ReplyResult block = CopyArrayToHost(*client_, {700, 4, 1, 1}, 8, 2, 1);
+  ASSERT_TRUE(block.status.ok());
+  std::vector<uint8_t> expected;
+  for (uint64_t y = 1; y < 3; ++y) {
+    auto row = volume.begin() + (3 + y) * 16 + 4;
+    expected.insert(expected.end(), row, row + 8);
+  }
+  EXPECT_EQ(block.bulk, expected);
+
+  // Past the extent on every axis, a partial element, and a mipmapped
+  // array (copied level by level): refused, the array untouched.
+  for (ArraySide bad : {ArraySide{700, 4, 0, 0}, ArraySide{700, 0, 1, 0}, ArraySide{700, 0, 0, 1},
+                        ArraySide{700, 2, 0, 0}}) {
+    EXPECT_EQ(CopyArrayToHost(*client_, bad, 16, 3, 2).status.cuda_result(),
+              CUDA_ERROR_INVALID_VALUE)
+        << bad.x << "," << bad.y << "," << bad.z;
+    EXPECT_EQ(CopyHostToArray(*client_, bad, 16, 3, 2, volume).cuda_result(),
+              CUDA_ERROR_INVALID_VALUE);
+  }
+  ASSERT_TRUE(CreateArray(702, 8, 8, 0, 2).status.ok());
+  EXPECT_EQ(CopyArrayToHost(*client_, {702}, 4, 1, 1).status.cuda_result(),
+            CUDA_ERROR_INVALID_HANDLE);
+  EXPECT_EQ(CopyArrayToHost(*client_, {700}, 16, 3, 2).bulk, volume);
+
+  // A level of the mipmapped array is an array of its own extents (4 x 4).
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        auto a = c.initMipmappedArrayGetLevel();
+        a.setMipmappedArray(702);
+        a.setLevel(1);
+        a.setArray(703);
+      },
+      false);
+  std::vector<uint8_t> level(64, 0x5A);
+  EXPECT_TRUE(CopyHostToArray(*client_, {703}, 16, 4, 1, level).ok());
+  EXPECT_EQ(CopyArrayToHost(*client_, {703}, 16, 4, 1).bulk, level);
+  EXPECT_EQ(CopyArrayToHost(*client_, {703}, 16, 5, 1).status.cuda_result(),
+            CUDA_ERROR_INVALID_VALUE);
+  // A level goes with its mipmapped array, never by itself.
+  client_->Send([&](wire::Call::Builder c) { c.initArrayDestroy().setArray(703); }, false);
+  EXPECT_EQ(client_->Call([&](wire::Call::Builder c) { c.setPing(); }).status.cuda_result(),
+            CUDA_ERROR_INVALID_HANDLE);
+  EXPECT_EQ(session_->Info().bytes_allocated, 96u + 256u + (8 * 8 + 4 * 4) * 4u);
+  for (uint64_t array : {700, 702}) {
+    client_->Send([&](wire::Call::Builder c) { c.initArrayDestroy().setArray(array); }, false);
+  }
+  ASSERT_TRUE(client_->Call([&](wire::Call::Builder c) { c.setPing(); }).status.ok());
+  EXPECT_EQ(session_->Info().bytes_allocated, 256u);
+  EXPECT_EQ(CopyArrayToHost(*client_, {703}, 16, 4, 1).status.cuda_result(),
+            CUDA_ERROR_INVALID_HANDLE);
+}
+
+TEST_F(SessionTest, TextureAndSurfaceObjectsNameTheSessionsArraysAndMemory) {
+  CreateContext();
+  ASSERT_TRUE(CreateArray(700, 8, 8, 0).status.ok());
+  ASSERT_TRUE(CreateArray(701, 8, 8, 0, 0, CUDA_ARRAY3D_SURFACE_LDST).status.ok());
+  const uint64_t buffer = Alloc(1024);
+  auto create = [&](bool surface, unsigned type, uint64_t array, uint64_t dev_ptr,
+                    uint64_t size_bytes, bool view = false) {
+    return client_->Call([&](wire::Call::Builder c) {
+      auto a = c.initTexObjectCreate();
+      a.setCtx(100);
+      a.setSurface(surface);
+      a.setResourceType(type);
+      a.setArray(array);
+      a.setDevPtr(dev_ptr);
+      a.setFormat(CU_AD_FORMAT_FLOAT);
+      a.setNumChannels(1);
+      a.setSizeBytes(size_bytes);
+      a.initAddressMode(3);
+      a.setHasView(view);
+    });
+  };
+  auto destroy = [&](uint64_t object, bool surface) {
+    client_->Send(
+        [&](wire::Call::Builder c) {
+          auto a = c.initTexObjectDestroy();
+          a.setObject(object);
+          a.setSurface(surface);
+        },
+        false);
+    return client_->Call([&](wire::Call::Builder c) { c.setPing(); }).status;
+  };
+  ReplyResult texture = create(false, CU_RESOURCE_TYPE_ARRAY, 700, 0, 0);
+  ASSERT_TRUE(texture.status.ok()) << texture.status.ToString();
+  EXPECT_NE(texture.value, 0);
+  ReplyResult linear = create(false, CU_RESOURCE_TYPE_LINEAR, 0, buffer + 512, 512);
+  ASSERT_TRUE(linear.status.ok()) << linear.status.ToString();
+  EXPECT_NE(linear.value, texture.value);
+  ReplyResult surface = create(true, CU_RESOURCE_TYPE_ARRAY, 701, 0, 0);
+  ASSERT_TRUE(surface.status.ok()) << surface.status.ToString();
+
+  // Memory past the session's range, an unknown array, a surface over an
+  // array without CUDA_ARRAY3D_SURFACE_LDST or over memory, and (on the
+  // host backend) a resource view: refused.
+  EXPECT_EQ(create(false, CU_RESOURCE_TYPE_LINEAR, 0, buffer + 512, 513).status.cuda_result(),
+            CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(create(false, CU_RESOURCE_TYPE_ARRAY, 799, 0, 0).status.cuda_result(),
+            CUDA_ERROR_INVALID_HANDLE);
+  EXPECT_EQ(create(true, CU_RESOURCE_TYPE_ARRAY, 700, 0, 0).status.cuda_result(),
+            CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(create(true, CU_RESOURCE_TYPE_LINEAR, 0, buffer, 512).status.cuda_result(),
+            CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(create(false, CU_RESOURCE_TYPE_ARRAY, 700, 0, 0, /*view=*/true).status.cuda_result(),
+            CUDA_ERROR_NOT_SUPPORTED);
+
+  // Destroyed as what it is, once.
+  EXPECT_EQ(destroy(texture.value, true).cuda_result(), CUDA_ERROR_INVALID_HANDLE);
+  EXPECT_TRUE(destroy(texture.value, false).ok());
+  EXPECT_EQ(destroy(texture.value, false).cuda_result(), CUDA_ERROR_INVALID_HANDLE);
+  EXPECT_EQ(destroy(surface.value, false).cuda_result(), CUDA_ERROR_INVALID_HANDLE);
+  // The rest (linear, surface, the arrays) goes with the session: EndSession
+  // checks that every byte came back.
+}
+
 // --- pooled sessions: slices, quotas, preemption ------------------------------
 
 constexpr uint64_t kSliceQuota = 1 << 20;
@@ -1693,6 +1921,36 @@ TEST_F(PooledSessionTest, QuotaHoldsOnEveryAllocationPathAndMemGetInfoShowsTheSl
   EXPECT_EQ(BackendMemory(1).first, BackendMemory(1).second);
 }
 
+// CUDA arrays, textures and surfaces: an array (or mipmapped array, all its
+// levels) past the slice's quota is out of memory, and a destroyed one gives
+// its bytes back.
+TEST_F(PooledSessionTest, ArraysPastTheQuotaAreOutOfMemory) {
+  Start();
+  ASSERT_TRUE(CreateContext(0).status.ok());
+  auto create = [&](uint64_t array, uint64_t width, uint64_t height, unsigned levels) {
+    return client_->Call([&](wire::Call::Builder c) {
+      auto a = c.initArrayCreate();
+      a.setCtx(100);
+      a.setArray(array);
+      a.setWidth(width);
+      a.setHeight(height);
+      a.setFormat(CU_AD_FORMAT_FLOAT);
+      a.setNumChannels(1);
+      a.setLevels(levels);
+    });
+  };
+  // 1024 x 512 floats: 2 MiB, twice the quota.
+  EXPECT_EQ(create(700, 1024, 512, 0).status.cuda_result(), CUDA_ERROR_OUT_OF_MEMORY);
+  ASSERT_TRUE(create(701, 512, 256, 0).status.ok());  // half of it
+  EXPECT_EQ(session_->Info().device_bytes, std::vector<uint64_t>{kSliceQuota / 2});
+  // Half again, plus a second level: past it.
+  EXPECT_EQ(create(702, 512, 256, 2).status.cuda_result(), CUDA_ERROR_OUT_OF_MEMORY);
+  ASSERT_TRUE(create(703, 512, 256, 0).status.ok());
+  client_->Send([&](wire::Call::Builder c) { c.initArrayDestroy().setArray(701); }, false);
+  ASSERT_TRUE(client_->Call([&](wire::Call::Builder c) { c.setPing(); }).status.ok());
+  EXPECT_EQ(session_->Info().device_bytes, std::vector<uint64_t>{kSliceQuota / 2});
+  EXPECT_EQ(create(704, 1024, 256, 0).status.cuda_result(), CUDA_ERROR_OUT_OF_MEMORY);
+}
 TEST_F(PooledSessionTest, PreemptFreesEverythingAndEveryLaterCallFails) {
   Start();
   ASSERT_TRUE(CreateContext(0).status.ok());

@@ -34,6 +34,7 @@
 
 #include "absl/base/thread_annotations.h"
 
+#include "common/array_shape.h"
 #include "common/status.h"
 
 namespace ferry::backend {
@@ -83,8 +84,65 @@ struct MutableHostBytes {
   uint64_t size = 0;
 };
 
-// A 2D copy. Exactly one of src_device / src_host is used (src_host when
-// src_is_host), likewise for dst. Rows are width_bytes long.
+// CUDA arrays, textures and surfaces. An array (cuArray3DCreate) and a
+// mipmapped array belong to the context they were made in; destroying one
+// frees its memory once the work queued on that context before has finished.
+// The caller validates extents, formats and flags that every backend shares
+// (CheckArrayShape, common/array_shape.h); a backend refuses, with a Status that says
+// why, what it cannot honour.
+class Array {
+ public:
+  virtual ~Array() = default;
+};
+class MipmappedArray {
+ public:
+  virtual ~MipmappedArray() = default;
+};
+// CUDA_ARRAY3D_DESCRIPTOR (common/array_shape.h).
+using ArrayDescriptor = ArrayShape;
+// A texture or surface object; destroying it is cuTexObjectDestroy /
+// cuSurfObjectDestroy. `value` is what kernels receive (the CUtexObject or
+// CUsurfObject), never 0.
+class TextureObject {
+ public:
+  virtual ~TextureObject() = default;
+  virtual uint64_t value() const = 0;
+};
+// CUDA_RESOURCE_DESC: an array, a mipmapped array, or device memory the
+// caller checked against the session's ranges (linear: size_bytes; pitch2D:
+// width x height texels, rows pitch_bytes apart).
+struct TextureResource {
+  enum class Kind { kArray, kMipmappedArray, kLinear, kPitch2D };
+  Kind kind = Kind::kArray;
+  Array* array = nullptr;
+  MipmappedArray* mipmapped = nullptr;
+  uint64_t dev_ptr = 0;
+  int format = 0;  // CUarray_format (linear and pitch2D)
+  unsigned channels = 1;
+  uint64_t size_bytes = 0, width = 0, height = 0, pitch_bytes = 0;
+};
+// CUDA_TEXTURE_DESC and CUDA_RESOURCE_VIEW_DESC, field by field.
+struct TextureDescription {
+  std::array<int, 3> address_mode{};  // CUaddress_mode
+  int filter_mode = 0;                // CUfilter_mode
+  unsigned flags = 0;                 // CU_TRSF_*
+  unsigned max_anisotropy = 0;
+  int mipmap_filter_mode = 0;
+  float mipmap_level_bias = 0, min_mipmap_level_clamp = 0, max_mipmap_level_clamp = 0;
+  std::array<float, 4> border_color{};
+};
+struct TextureView {
+  int format = 0;  // CUresourceViewFormat
+  uint64_t width = 0, height = 0, depth = 0;
+  unsigned first_level = 0, last_level = 0, first_layer = 0, last_layer = 0;
+};
+
+// A 2D or 3D copy: `depth` slices of `height` rows of `width_bytes`. Each
+// side is host bytes (src_is_host: src_host, packed or pitched by
+// src_pitch), device memory at src_device (rows src_pitch apart, slices
+// src_height rows apart; 0: `height`), or an array (src_array, from byte
+// src_x of row src_y of slice or layer src_z on; the caller checked the
+// extent against the array's). Likewise for dst.
 struct Copy2D {
   bool src_is_host = false;
   uint64_t src_device = 0;
@@ -96,6 +154,13 @@ struct Copy2D {
   uint64_t dst_pitch = 0;
   uint64_t width_bytes = 0;
   uint64_t height = 0;
+  // CUDA arrays, textures and surfaces
+  uint64_t depth = 1;
+  uint64_t src_height = 0, dst_height = 0;
+  Array* src_array = nullptr;
+  uint64_t src_x = 0, src_y = 0, src_z = 0;
+  Array* dst_array = nullptr;
+  uint64_t dst_x = 0, dst_y = 0, dst_z = 0;
 };
 
 struct LaunchConfig {
@@ -543,6 +608,38 @@ class GpuBackend {
     return Status::Ok();
   }
 
+  // --- CUDA arrays, textures and surfaces -------------------------------------
+  // Arrays are made in `ctx`; `levels` > 0 makes a mipmapped array of that
+  // many levels. A level (MipmappedArrayLevel) is owned by its mipmapped
+  // array. Texture and surface objects are made in `ctx`; `view` may be null.
+  // A surface takes an array resource only. The defaults answer
+  // CUDA_ERROR_NOT_SUPPORTED.
+  virtual Status CreateArray(Context& ctx, const ArrayDescriptor& descriptor,
+                             std::unique_ptr<Array>* out) {
+    (void)ctx, (void)descriptor, (void)out;
+    return NoArrays();
+  }
+  virtual Status CreateMipmappedArray(Context& ctx, const ArrayDescriptor& descriptor,
+                                      unsigned levels, std::unique_ptr<MipmappedArray>* out) {
+    (void)ctx, (void)descriptor, (void)levels, (void)out;
+    return NoArrays();
+  }
+  virtual Status MipmappedArrayLevel(MipmappedArray& mipmapped, unsigned level, Array** out) {
+    (void)mipmapped, (void)level, (void)out;
+    return NoArrays();
+  }
+  virtual Status CreateTextureObject(Context& ctx, const TextureResource& resource,
+                                     const TextureDescription& texture, const TextureView* view,
+                                     std::unique_ptr<TextureObject>* out) {
+    (void)ctx, (void)resource, (void)texture, (void)view, (void)out;
+    return NoArrays();
+  }
+  virtual Status CreateSurfaceObject(Context& ctx, const TextureResource& resource,
+                                     std::unique_ptr<TextureObject>* out) {
+    (void)ctx, (void)resource, (void)out;
+    return NoArrays();
+  }
+
   // --- stream capture and graphs --------------------------------------------
   // The defaults answer CUDA_ERROR_NOT_SUPPORTED. The caller (the session)
   // keeps the capture's rules (what a capturing stream refuses, invalidation);
@@ -609,6 +706,11 @@ class GpuBackend {
     constexpr int kCudaErrorNotSupported = 801;  // CUDA_ERROR_NOT_SUPPORTED (no cuda.h here)
     return Status::Cuda(kCudaErrorNotSupported,
                         std::string(Name()) + " backend has no stream capture or graphs");
+  }
+  Status NoArrays() const {
+    constexpr int kCudaErrorNotSupported = 801;  // CUDA_ERROR_NOT_SUPPORTED (no cuda.h here)
+    return Status::Cuda(kCudaErrorNotSupported,
+                        std::string(Name()) + " backend has no CUDA arrays or textures");
   }
 };
 

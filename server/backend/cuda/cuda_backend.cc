@@ -345,6 +345,51 @@ class CudaGraphExec final : public GraphExec {
   const CUgraphExec handle;
 };
 
+// CUDA arrays, textures and surfaces: driver objects destroyed with their
+// owners. A mipmapped array's levels are the driver's too (cuMipmappedArray-
+// GetLevel), owned by it; their CudaArrays do not destroy them.
+class CudaArray final : public Array {
+ public:
+  CudaArray(const DriverApi& api, CUarray handle, bool owned)
+      : api(api), handle(handle), owned(owned) {}
+  ~CudaArray() override {
+    if (owned) FERRY_CU_QUIET(api, "destroying an array", cuArrayDestroy, handle);
+  }
+
+  const DriverApi& api;
+  const CUarray handle;
+  const bool owned;
+};
+class CudaMipmappedArray final : public MipmappedArray {
+ public:
+  CudaMipmappedArray(const DriverApi& api, CUmipmappedArray handle) : api(api), handle(handle) {}
+  ~CudaMipmappedArray() override {
+    levels.clear();
+    FERRY_CU_QUIET(api, "destroying a mipmapped array", cuMipmappedArrayDestroy, handle);
+  }
+
+  const DriverApi& api;
+  const CUmipmappedArray handle;
+  std::map<unsigned, std::unique_ptr<CudaArray>> levels;  // asked for so far
+};
+class CudaTextureObject final : public TextureObject {
+ public:
+  CudaTextureObject(const DriverApi& api, uint64_t handle, bool surface)
+      : api(api), handle(handle), surface(surface) {}
+  ~CudaTextureObject() override {
+    if (surface) {
+      FERRY_CU_QUIET(api, "destroying a surface object", cuSurfObjectDestroy, handle);
+    } else {
+      FERRY_CU_QUIET(api, "destroying a texture object", cuTexObjectDestroy, handle);
+    }
+  }
+  uint64_t value() const override { return handle; }
+
+  const DriverApi& api;
+  const uint64_t handle;
+  const bool surface;
+};
+
 // The objects a caller hands back are the ones this backend made.
 CudaContext& Ctx(Context& context) { return static_cast<CudaContext&>(context); }
 CudaStream& Str(Stream& stream) { return static_cast<CudaStream&>(stream); }
@@ -1153,14 +1198,20 @@ class CudaBackend final : public GpuBackend {
     });
   }
 
+  // 2D copies go to cuMemcpy2DAsync; 3D copies and copies with an array
+  // side (CUDA arrays, textures and surfaces) to cuMemcpy3DAsync.
   Status Copy2DAsync(Stream& stream, Copy2D copy) override {
     return Guarded("Copy2DAsync", [&]() -> Status {
-      // Host buffers come with their size; make sure the rows fit, since the
-      // driver would read or write whatever the pitch and height say.
-      auto fits = [&copy](uint64_t buffer_size, uint64_t pitch) {
-        if (copy.height == 0 || copy.width_bytes == 0) return true;
-        if (copy.height > 1 && pitch < copy.width_bytes) return false;
-        const uint64_t rows = copy.height - 1;
+      const bool three_d = copy.depth > 1 || copy.src_array != nullptr || copy.dst_array != nullptr;
+      if (three_d) FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuMemcpy3DAsync, "cuMemcpy3DAsync"));
+      // Host buffers come with their size and travel packed (a host side's
+      // slices are `height` rows); make sure the rows fit, since the driver
+      // would read or write whatever the pitch and extents say.
+      const uint64_t host_rows = copy.height * copy.depth;
+      auto fits = [&copy, host_rows](uint64_t buffer_size, uint64_t pitch) {
+        if (host_rows == 0 || copy.width_bytes == 0) return true;
+        if (host_rows > 1 && pitch < copy.width_bytes) return false;
+        const uint64_t rows = host_rows - 1;
         if (rows != 0 && pitch > (UINT64_MAX - copy.width_bytes) / rows) return false;
         return rows * pitch + copy.width_bytes <= buffer_size;
       };
@@ -1173,49 +1224,72 @@ class CudaBackend final : public GpuBackend {
       CudaStream& s = Str(stream);
       s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
-      CUDA_MEMCPY2D m;
-      std::memset(&m, 0, sizeof(m));
-      if (copy.src_is_host) {
-        m.srcMemoryType = CU_MEMORYTYPE_HOST;
-        m.srcHost = copy.src_host.data;
-      } else {
-        m.srcMemoryType = CU_MEMORYTYPE_DEVICE;
-        m.srcDevice = static_cast<CUdeviceptr>(copy.src_device);
-      }
-      m.srcPitch = static_cast<size_t>(copy.src_pitch);
-      if (copy.dst_is_host) {
-        m.dstMemoryType = CU_MEMORYTYPE_HOST;
-        m.dstHost = copy.dst_host.data;
-      } else {
-        m.dstMemoryType = CU_MEMORYTYPE_DEVICE;
-        m.dstDevice = static_cast<CUdeviceptr>(copy.dst_device);
-      }
-      m.dstPitch = static_cast<size_t>(copy.dst_pitch);
-      m.WidthInBytes = static_cast<size_t>(copy.width_bytes);
-      m.Height = static_cast<size_t>(copy.height);
       // Device to host: through a page-locked buffer laid out like the
       // destination, as CopyDeviceToHost does (and for the same reason).
       size_t capacity = 0;
       void* staging = nullptr;
-      if (copy.dst_is_host && !copy.src_is_host && m.Height > 0 && m.WidthInBytes > 0) {
-        staging = TakeStaging(s.context, (m.Height - 1) * m.dstPitch + m.WidthInBytes, &capacity);
+      if (copy.dst_is_host && !copy.src_is_host && host_rows > 0 && copy.width_bytes > 0) {
+        staging =
+            TakeStaging(s.context, (host_rows - 1) * copy.dst_pitch + copy.width_bytes, &capacity);
+      }
+      void* dst_host = staging != nullptr ? staging : copy.dst_host.data;
+      Status copied;
+      if (three_d) {
+        CUDA_MEMCPY3D m;
+        std::memset(&m, 0, sizeof(m));
+        DescribeCopySide(copy.src_is_host, const_cast<uint8_t*>(copy.src_host.data),
+                         copy.src_device, copy.src_pitch, copy.src_height, copy.src_array,
+                         copy.src_x, copy.src_y, copy.src_z, &m.srcMemoryType, &m.srcHost,
+                         &m.srcDevice, &m.srcArray, &m.srcPitch, &m.srcHeight, &m.srcXInBytes,
+                         &m.srcY, &m.srcZ);
+        DescribeCopySide(copy.dst_is_host, dst_host, copy.dst_device, copy.dst_pitch,
+                         copy.dst_height, copy.dst_array, copy.dst_x, copy.dst_y, copy.dst_z,
+                         &m.dstMemoryType, &m.dstHost, &m.dstDevice, &m.dstArray, &m.dstPitch,
+                         &m.dstHeight, &m.dstXInBytes, &m.dstY, &m.dstZ);
+        if (copy.src_is_host) m.srcHeight = static_cast<size_t>(copy.height);
+        if (copy.dst_is_host) m.dstHeight = static_cast<size_t>(copy.height);
+        m.WidthInBytes = static_cast<size_t>(copy.width_bytes);
+        m.Height = static_cast<size_t>(copy.height);
+        m.Depth = static_cast<size_t>(copy.depth);
+        copied = FERRY_CU(*api_, cuMemcpy3DAsync, &m, s.handle);
+      } else {
+        CUDA_MEMCPY2D m;
+        std::memset(&m, 0, sizeof(m));
+        if (copy.src_is_host) {
+          m.srcMemoryType = CU_MEMORYTYPE_HOST;
+          m.srcHost = copy.src_host.data;
+        } else {
+          m.srcMemoryType = CU_MEMORYTYPE_DEVICE;
+          m.srcDevice = static_cast<CUdeviceptr>(copy.src_device);
+        }
+        m.srcPitch = static_cast<size_t>(copy.src_pitch);
+        if (copy.dst_is_host) {
+          m.dstMemoryType = CU_MEMORYTYPE_HOST;
+          m.dstHost = dst_host;
+        } else {
+          m.dstMemoryType = CU_MEMORYTYPE_DEVICE;
+          m.dstDevice = static_cast<CUdeviceptr>(copy.dst_device);
+        }
+        m.dstPitch = static_cast<size_t>(copy.dst_pitch);
+        m.WidthInBytes = static_cast<size_t>(copy.width_bytes);
+        m.Height = static_cast<size_t>(copy.height);
+        copied = FERRY_CU(*api_, cuMemcpy2DAsync, &m, s.handle);
       }
       if (staging == nullptr) {
-        FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemcpy2DAsync, &m, s.handle));
+        FERRY_RETURN_IF_ERROR(copied);
         KeepAlive(s, copy.src_is_host ? std::move(copy.src_host.owner) : nullptr,
                   copy.dst_is_host ? std::move(copy.dst_host.owner) : nullptr);
         return Status::Ok();
       }
       std::shared_ptr<StagingCache> cache = s.context.staging;
-      m.dstHost = staging;
-      if (Status copied = FERRY_CU(*api_, cuMemcpy2DAsync, &m, s.handle); !copied.ok()) {
+      if (!copied.ok()) {
         ReturnStaging(*cache, staging, capacity, nullptr, 0, 0, 0, CUDA_ERROR_UNKNOWN);
         return copied;
       }
       auto land = std::make_shared<MutableHostBytes>(std::move(copy.dst_host));
-      const size_t pitch = m.dstPitch, width = m.WidthInBytes, height = m.Height;
-      auto finish = [cache, staging, capacity, land, pitch, width, height](CUresult result) {
-        ReturnStaging(*cache, staging, capacity, land->data, pitch, width, height, result);
+      const size_t pitch = copy.dst_pitch, width = copy.width_bytes, rows = host_rows;
+      auto finish = [cache, staging, capacity, land, pitch, width, rows](CUresult result) {
+        ReturnStaging(*cache, staging, capacity, land->data, pitch, width, rows, result);
         land->owner.reset();
       };
       if (Status queued = EnqueueCallback(s, finish); !queued.ok()) {
@@ -1225,6 +1299,111 @@ class CudaBackend final : public GpuBackend {
         finish(result);
         return api_->Check(result, FERRY_CUDA_EXPORT_NAME(cuStreamSynchronize));
       }
+      return Status::Ok();
+    });
+  }
+
+  // --- CUDA arrays, textures and surfaces ---------------------------------------
+
+  Status CreateArray(Context& context, const ArrayDescriptor& descriptor,
+                     std::unique_ptr<Array>* out) override {
+    return Guarded("CreateArray", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuArray3DCreate, "cuArray3DCreate"));
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuArrayDestroy, "cuArrayDestroy"));
+      FERRY_RETURN_IF_ERROR(MakeCurrent(Ctx(context)));
+      const CUDA_ARRAY3D_DESCRIPTOR d = DriverDescriptor(descriptor);
+      CUarray handle = nullptr;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuArray3DCreate, &handle, &d));
+      *out = std::make_unique<CudaArray>(*api_, handle, /*owned=*/true);
+      return Status::Ok();
+    });
+  }
+
+  Status CreateMipmappedArray(Context& context, const ArrayDescriptor& descriptor, unsigned levels,
+                              std::unique_ptr<MipmappedArray>* out) override {
+    return Guarded("CreateMipmappedArray", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuMipmappedArrayCreate, "cuMipmappedArrayCreate"));
+      FERRY_RETURN_IF_ERROR(
+          NeedEntryPoint(api_->cuMipmappedArrayDestroy, "cuMipmappedArrayDestroy"));
+      FERRY_RETURN_IF_ERROR(MakeCurrent(Ctx(context)));
+      const CUDA_ARRAY3D_DESCRIPTOR d = DriverDescriptor(descriptor);
+      CUmipmappedArray handle = nullptr;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMipmappedArrayCreate, &handle, &d, levels));
+      *out = std::make_unique<CudaMipmappedArray>(*api_, handle);
+      return Status::Ok();
+    });
+  }
+
+  Status MipmappedArrayLevel(MipmappedArray& mipmapped, unsigned level, Array** out) override {
+    return Guarded("MipmappedArrayLevel", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(
+          NeedEntryPoint(api_->cuMipmappedArrayGetLevel, "cuMipmappedArrayGetLevel"));
+      auto& m = static_cast<CudaMipmappedArray&>(mipmapped);
+      std::unique_ptr<CudaArray>& slot = m.levels[level];
+      if (slot == nullptr) {
+        CUarray handle = nullptr;
+        Status got = FERRY_CU(*api_, cuMipmappedArrayGetLevel, &handle, m.handle, level);
+        if (!got.ok()) {
+          m.levels.erase(level);
+          return got;
+        }
+        slot = std::make_unique<CudaArray>(*api_, handle, /*owned=*/false);
+      }
+      *out = slot.get();
+      return Status::Ok();
+    });
+  }
+
+  Status CreateTextureObject(Context& context, const TextureResource& resource,
+                             const TextureDescription& texture, const TextureView* view,
+                             std::unique_ptr<TextureObject>* out) override {
+    return Guarded("CreateTextureObject", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuTexObjectCreate, "cuTexObjectCreate"));
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuTexObjectDestroy, "cuTexObjectDestroy"));
+      FERRY_RETURN_IF_ERROR(MakeCurrent(Ctx(context)));
+      const CUDA_RESOURCE_DESC r = DriverResource(resource);
+      CUDA_TEXTURE_DESC t;
+      std::memset(&t, 0, sizeof(t));
+      for (int i = 0; i < 3; ++i)
+        t.addressMode[i] = static_cast<CUaddress_mode>(texture.address_mode[i]);
+      t.filterMode = static_cast<CUfilter_mode>(texture.filter_mode);
+      t.flags = texture.flags;
+      t.maxAnisotropy = texture.max_anisotropy;
+      t.mipmapFilterMode = static_cast<CUfilter_mode>(texture.mipmap_filter_mode);
+      t.mipmapLevelBias = texture.mipmap_level_bias;
+      t.minMipmapLevelClamp = texture.min_mipmap_level_clamp;
+      t.maxMipmapLevelClamp = texture.max_mipmap_level_clamp;
+      for (int i = 0; i < 4; ++i) t.borderColor[i] = texture.border_color[i];
+      CUDA_RESOURCE_VIEW_DESC v;
+      std::memset(&v, 0, sizeof(v));
+      if (view != nullptr) {
+        v.format = static_cast<CUresourceViewFormat>(view->format);
+        v.width = static_cast<size_t>(view->width);
+        v.height = static_cast<size_t>(view->height);
+        v.depth = static_cast<size_t>(view->depth);
+        v.firstMipmapLevel = view->first_level;
+        v.lastMipmapLevel = view->last_level;
+        v.firstLayer = view->first_layer;
+        v.lastLayer = view->last_layer;
+      }
+      CUtexObject handle = 0;
+      FERRY_RETURN_IF_ERROR(
+          FERRY_CU(*api_, cuTexObjectCreate, &handle, &r, &t, view != nullptr ? &v : nullptr));
+      *out = std::make_unique<CudaTextureObject>(*api_, handle, /*surface=*/false);
+      return Status::Ok();
+    });
+  }
+
+  Status CreateSurfaceObject(Context& context, const TextureResource& resource,
+                             std::unique_ptr<TextureObject>* out) override {
+    return Guarded("CreateSurfaceObject", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuSurfObjectCreate, "cuSurfObjectCreate"));
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuSurfObjectDestroy, "cuSurfObjectDestroy"));
+      FERRY_RETURN_IF_ERROR(MakeCurrent(Ctx(context)));
+      const CUDA_RESOURCE_DESC r = DriverResource(resource);
+      CUsurfObject handle = 0;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuSurfObjectCreate, &handle, &r));
+      *out = std::make_unique<CudaTextureObject>(*api_, handle, /*surface=*/true);
       return Status::Ok();
     });
   }
@@ -1892,6 +2071,82 @@ class CudaBackend final : public GpuBackend {
  private:
   // NOT_SUPPORTED, naming `name`, when the driver lacks an optional entry
   // point.
+  // One side of a CUDA_MEMCPY3D (CUDA arrays, textures and surfaces).
+  static void DescribeCopySide(bool is_host, void* host, uint64_t device, uint64_t pitch,
+                               uint64_t slice_rows, Array* array, uint64_t x, uint64_t y,
+                               uint64_t z, CUmemorytype* type, const void** host_out,
+                               CUdeviceptr* device_out, CUarray* array_out, size_t* pitch_out,
+                               size_t* height_out, size_t* x_out, size_t* y_out, size_t* z_out) {
+    if (is_host) {
+      *type = CU_MEMORYTYPE_HOST;
+      *host_out = host;
+    } else if (array != nullptr) {
+      *type = CU_MEMORYTYPE_ARRAY;
+      *array_out = static_cast<CudaArray&>(*array).handle;
+      *x_out = static_cast<size_t>(x);
+      *y_out = static_cast<size_t>(y);
+      *z_out = static_cast<size_t>(z);
+      return;
+    } else {
+      *type = CU_MEMORYTYPE_DEVICE;
+      *device_out = static_cast<CUdeviceptr>(device);
+    }
+    *pitch_out = static_cast<size_t>(pitch);
+    *height_out = static_cast<size_t>(slice_rows);
+  }
+  static void DescribeCopySide(bool is_host, void* host, uint64_t device, uint64_t pitch,
+                               uint64_t slice_rows, Array* array, uint64_t x, uint64_t y,
+                               uint64_t z, CUmemorytype* type, void** host_out,
+                               CUdeviceptr* device_out, CUarray* array_out, size_t* pitch_out,
+                               size_t* height_out, size_t* x_out, size_t* y_out, size_t* z_out) {
+    const void* out = nullptr;
+    DescribeCopySide(is_host, host, device, pitch, slice_rows, array, x, y, z, type, &out,
+                     device_out, array_out, pitch_out, height_out, x_out, y_out, z_out);
+    *host_out = const_cast<void*>(out);
+  }
+  static CUDA_ARRAY3D_DESCRIPTOR DriverDescriptor(const ArrayDescriptor& d) {
+    CUDA_ARRAY3D_DESCRIPTOR out;
+    std::memset(&out, 0, sizeof(out));
+    out.Width = static_cast<size_t>(d.width);
+    out.Height = static_cast<size_t>(d.height);
+    out.Depth = static_cast<size_t>(d.depth);
+    out.Format = static_cast<CUarray_format>(d.format);
+    out.NumChannels = d.channels;
+    out.Flags = d.flags;
+    return out;
+  }
+  static CUDA_RESOURCE_DESC DriverResource(const TextureResource& r) {
+    CUDA_RESOURCE_DESC out;
+    std::memset(&out, 0, sizeof(out));
+    switch (r.kind) {
+      case TextureResource::Kind::kArray:
+        out.resType = CU_RESOURCE_TYPE_ARRAY;
+        out.res.array.hArray = static_cast<CudaArray&>(*r.array).handle;
+        break;
+      case TextureResource::Kind::kMipmappedArray:
+        out.resType = CU_RESOURCE_TYPE_MIPMAPPED_ARRAY;
+        out.res.mipmap.hMipmappedArray = static_cast<CudaMipmappedArray&>(*r.mipmapped).handle;
+        break;
+      case TextureResource::Kind::kLinear:
+        out.resType = CU_RESOURCE_TYPE_LINEAR;
+        out.res.linear.devPtr = static_cast<CUdeviceptr>(r.dev_ptr);
+        out.res.linear.format = static_cast<CUarray_format>(r.format);
+        out.res.linear.numChannels = r.channels;
+        out.res.linear.sizeInBytes = static_cast<size_t>(r.size_bytes);
+        break;
+      case TextureResource::Kind::kPitch2D:
+        out.resType = CU_RESOURCE_TYPE_PITCH2D;
+        out.res.pitch2D.devPtr = static_cast<CUdeviceptr>(r.dev_ptr);
+        out.res.pitch2D.format = static_cast<CUarray_format>(r.format);
+        out.res.pitch2D.numChannels = r.channels;
+        out.res.pitch2D.width = static_cast<size_t>(r.width);
+        out.res.pitch2D.height = static_cast<size_t>(r.height);
+        out.res.pitch2D.pitchInBytes = static_cast<size_t>(r.pitch_bytes);
+        break;
+    }
+    return out;
+  }
+
   template <typename Fn>
   static Status NeedEntryPoint(Fn* fn, const char* name) {
     if (fn != nullptr) return Status::Ok();

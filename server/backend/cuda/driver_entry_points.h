@@ -99,6 +99,7 @@
   FERRY_CUDA_MEMPOOL_ENTRY_POINTS(X)        \
   FERRY_CUDA_GRAPH_ENTRY_POINTS(X)          \
   FERRY_CUDA_VMM_ENTRY_POINTS(X)            \
+  FERRY_CUDA_ARRAY_ENTRY_POINTS(X)          \
   FERRY_CUDA_GREEN_CONTEXT_ENTRY_POINTS(X)
 
 // virtual memory management (CUDA 10.2+): each answered
@@ -112,6 +113,20 @@
   X(cuMemMap, 10020)                      \
   X(cuMemUnmap, 10020)                    \
   X(cuMemSetAccess, 10020)
+
+// CUDA arrays, textures and surfaces: each answered CUDA_ERROR_NOT_SUPPORTED
+// where the driver lacks it.
+#define FERRY_CUDA_ARRAY_ENTRY_POINTS(X) \
+  X(cuArray3DCreate, 3020)               \
+  X(cuArrayDestroy, 2000)                \
+  X(cuMipmappedArrayCreate, 5000)        \
+  X(cuMipmappedArrayDestroy, 5000)       \
+  X(cuMipmappedArrayGetLevel, 5000)      \
+  X(cuMemcpy3DAsync, 3020)               \
+  X(cuTexObjectCreate, 5000)             \
+  X(cuTexObjectDestroy, 5000)            \
+  X(cuSurfObjectCreate, 5000)            \
+  X(cuSurfObjectDestroy, 5000)
 
 // Stream-ordered allocation and memory pools (CUDA 11.2+), profiler control,
 // stream attributes, stream memory operations and context-wide events: each answered

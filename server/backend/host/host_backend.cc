@@ -44,6 +44,7 @@
 #include "server/backend/host/ferry_host_kernel.h"
 #include "server/backend/host/stream_queue.h"
 #include "server/backend/host/virtual_memory.h"
+#include "server/backend/host/texture_sampler.h"
 
 namespace ferry::backend {
 namespace {
@@ -87,6 +88,20 @@ bool RowSpan(uint64_t width, uint64_t rows, uint64_t pitch, uint64_t* out) {
   }
   uint64_t before_last;
   return CheckedMul(rows - 1, pitch, &before_last) && CheckedAdd(before_last, width, out);
+}
+
+// Bytes spanned by `depth` slices, `slice_rows` rows of `pitch` bytes apart,
+// of `rows` rows of `width` bytes.
+bool SliceSpan(uint64_t width, uint64_t rows, uint64_t depth, uint64_t pitch, uint64_t slice_rows,
+               uint64_t* out) {
+  if (depth == 0 || rows == 0 || width == 0) {
+    *out = 0;
+    return true;
+  }
+  uint64_t last_row;
+  return CheckedMul(depth - 1, slice_rows, &last_row) &&
+         CheckedAdd(last_row, rows - 1, &last_row) && CheckedMul(last_row, pitch, &last_row) &&
+         CheckedAdd(last_row, width, out);
 }
 
 // Zero-filled, `kAllocationAlignment`-aligned storage that frees itself. The
@@ -384,6 +399,153 @@ class HostMemPool final : public MemPool {
   const std::shared_ptr<HostMemPoolState> state;
 };
 
+// --- CUDA arrays, textures and surfaces ----------------------------------------
+//
+// An array is an allocation of the array's bytes laid out without padding:
+// rows of width x element bytes, slices (depth or layers) of rows. Copies
+// reach it as device memory at Address(). A mipmapped array is one such
+// array per level.
+class HostArray final : public Array {
+ public:
+  HostArray(HostBackend* backend, std::shared_ptr<ContextState> ctx, uint64_t base,
+            const ArrayDescriptor& descriptor, unsigned element_bytes)
+      : backend(backend),
+        ctx(std::move(ctx)),
+        base(base),
+        descriptor(descriptor),
+        element_bytes(element_bytes),
+        row_pitch(descriptor.width * element_bytes),
+        slice_pitch(row_pitch * ArrayRows(descriptor)) {}
+  ~HostArray() override;
+
+  uint64_t Address(uint64_t x_bytes, uint64_t y, uint64_t z) const {
+    return base + z * slice_pitch + y * row_pitch + x_bytes;
+  }
+
+  HostBackend* const backend;
+  const std::shared_ptr<ContextState> ctx;
+  const uint64_t base;
+  const ArrayDescriptor descriptor;
+  const unsigned element_bytes;
+  const uint64_t row_pitch, slice_pitch;
+};
+
+class HostMipmappedArray final : public MipmappedArray {
+ public:
+  std::vector<std::unique_ptr<HostArray>> levels;
+};
+
+// A texture or surface object as host kernels reach it: its texels (kept
+// alive by `storage` even if the memory under it is freed first, which CUDA
+// leaves undefined), its description, and the context it belongs to (a
+// launch of another context does not resolve it).
+struct HostTextureState {
+  const ContextState* owner = nullptr;
+  bool surface = false;
+  host_internal::TexelLayout layout;
+  TextureDescription texture;
+  std::shared_ptr<void> storage;
+};
+
+// Every texture and surface object of every host backend in the process, by
+// value. Values are never reused, so a stale or guessed one resolves to
+// nothing, or to an object the owner check then refuses. Thread-safe.
+class TextureRegistry {
+ public:
+  static TextureRegistry& Get() {
+    static TextureRegistry* registry = new TextureRegistry;  // never destroyed
+    return *registry;
+  }
+  uint64_t Add(std::shared_ptr<const HostTextureState> state) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const uint64_t value = next_value_++;
+    objects_.emplace(value, std::move(state));
+    return value;
+  }
+  void Remove(uint64_t value) {
+    std::shared_ptr<const HostTextureState> state;  // dropped outside the lock
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = objects_.find(value);
+    if (it == objects_.end()) return;
+    state = std::move(it->second);
+    objects_.erase(it);
+  }
+  // The object `value` names for a launch in context `scope`, or null.
+  std::shared_ptr<const HostTextureState> Resolve(uint64_t value, const void* scope, bool surface) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = objects_.find(value);
+    if (it == objects_.end() || it->second->owner != scope || it->second->surface != surface) {
+      return nullptr;
+    }
+    return it->second;
+  }
+
+ private:
+  std::mutex mu_;
+  uint64_t next_value_ ABSL_GUARDED_BY(mu_) = 1;
+  absl::flat_hash_map<uint64_t, std::shared_ptr<const HostTextureState>> objects_
+      ABSL_GUARDED_BY(mu_);
+};
+
+class HostTextureObject final : public TextureObject {
+ public:
+  explicit HostTextureObject(uint64_t value) : value_(value) {}
+  ~HostTextureObject() override { TextureRegistry::Get().Remove(value_); }
+  uint64_t value() const override { return value_; }
+
+ private:
+  const uint64_t value_;
+};
+
+// The services of ferry_host_kernel.h. A launch's services_scope is its
+// context's ContextState.
+int ServiceTexFetch(const ferry_launch* launch, unsigned long long tex, float x, float y, float z,
+                    float out[4]) {
+  auto state = TextureRegistry::Get().Resolve(tex, launch->services_scope, false);
+  if (state == nullptr) return FERRY_HOST_BAD_OBJECT;
+  if (state->texture.filter_mode == CU_TR_FILTER_MODE_LINEAR) {
+    host_internal::SampleLinear(state->layout, state->texture, x, y, z, out);
+    return FERRY_HOST_OK;
+  }
+  const uint8_t* element = host_internal::FetchElement(state->layout, state->texture, x, y, z);
+  host_internal::ElementToFloats(state->layout, state->texture, element, out);
+  return FERRY_HOST_OK;
+}
+int ServiceTexFetchElement(const ferry_launch* launch, unsigned long long tex, float x, float y,
+                           float z, void* out, unsigned bytes) {
+  auto state = TextureRegistry::Get().Resolve(tex, launch->services_scope, false);
+  if (state == nullptr) return FERRY_HOST_BAD_OBJECT;
+  if (bytes != state->layout.element_bytes) return FERRY_HOST_OUT_OF_RANGE;
+  const uint8_t* element = host_internal::FetchElement(state->layout, state->texture, x, y, z);
+  if (element == nullptr) {
+    std::memset(out, 0, bytes);  // the border (its color applies to float reads)
+  } else {
+    std::memcpy(out, element, bytes);
+  }
+  return FERRY_HOST_OK;
+}
+int ServiceSurfRead(const ferry_launch* launch, unsigned long long surf, int x_bytes, int y, int z,
+                    void* out, unsigned bytes) {
+  auto state = TextureRegistry::Get().Resolve(surf, launch->services_scope, true);
+  if (state == nullptr) return FERRY_HOST_BAD_OBJECT;
+  const uint8_t* p = host_internal::SurfaceBytes(state->layout, x_bytes, y, z, bytes);
+  if (p == nullptr) return FERRY_HOST_OUT_OF_RANGE;
+  std::memcpy(out, p, bytes);
+  return FERRY_HOST_OK;
+}
+int ServiceSurfWrite(const ferry_launch* launch, unsigned long long surf, int x_bytes, int y, int z,
+                     const void* in, unsigned bytes) {
+  auto state = TextureRegistry::Get().Resolve(surf, launch->services_scope, true);
+  if (state == nullptr) return FERRY_HOST_BAD_OBJECT;
+  uint8_t* p = host_internal::SurfaceBytes(state->layout, x_bytes, y, z, bytes);
+  if (p == nullptr) return FERRY_HOST_OUT_OF_RANGE;
+  std::memcpy(p, in, bytes);
+  return FERRY_HOST_OK;
+}
+constexpr ferry_host_services kHostServices = {sizeof(ferry_host_services), ServiceTexFetch,
+                                               ServiceTexFetchElement, ServiceSurfRead,
+                                               ServiceSurfWrite};
+
 struct KernelLibrary {
   std::string path;
   void* handle;
@@ -493,6 +655,11 @@ class HostBackend final : public GpuBackend {
   }
 
   Status MemFree(Context& ctx, uint64_t dptr) override {
+    return Release(*AsContext(ctx).state(), dptr);
+  }
+
+  // Frees the allocation at `dptr` once `ctx`'s earlier work is done.
+  Status Release(ContextState& ctx, uint64_t dptr) {
     std::shared_ptr<void> storage;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -505,7 +672,7 @@ class HostBackend final : public GpuBackend {
       if (it->second.pool) it->second.pool->Release(it->second.bytes);
       allocations_.erase(it);
     }
-    ReleaseAfterWork(*AsContext(ctx).state(), std::move(storage));
+    ReleaseAfterWork(ctx, std::move(storage));
     return Status::Ok();
   }
 
@@ -779,15 +946,39 @@ class HostBackend final : public GpuBackend {
     return Status::Ok();
   }
 
+  // 2D and 3D copies; an array side is device memory laid out as HostArray
+  // says.
   Status Copy2DAsync(Stream& stream, Copy2D copy) override {
-    if (copy.width_bytes == 0 || copy.height == 0) return Status::Ok();
-    if (copy.height > 1 &&
+    if (copy.width_bytes == 0 || copy.height == 0 || copy.depth == 0) return Status::Ok();
+    auto array_as_device = [](const Array* array, uint64_t x, uint64_t y, uint64_t z,
+                              uint64_t* device, uint64_t* pitch, uint64_t* slice_rows) {
+      const auto& a = static_cast<const HostArray&>(*array);
+      *device = a.Address(x, y, z);
+      *pitch = a.row_pitch;
+      *slice_rows = ArrayRows(a.descriptor);
+    };
+    if (copy.src_array != nullptr) {
+      array_as_device(copy.src_array, copy.src_x, copy.src_y, copy.src_z, &copy.src_device,
+                      &copy.src_pitch, &copy.src_height);
+    }
+    if (copy.dst_array != nullptr) {
+      array_as_device(copy.dst_array, copy.dst_x, copy.dst_y, copy.dst_z, &copy.dst_device,
+                      &copy.dst_pitch, &copy.dst_height);
+    }
+    if (copy.src_height == 0) copy.src_height = copy.height;
+    if (copy.dst_height == 0) copy.dst_height = copy.height;
+    if ((copy.height > 1 || copy.depth > 1) &&
         (copy.src_pitch < copy.width_bytes || copy.dst_pitch < copy.width_bytes)) {
       return InvalidValue("2D copy pitch smaller than its width");
     }
+    if (copy.depth > 1 && (copy.src_height < copy.height || copy.dst_height < copy.height)) {
+      return InvalidValue("3D copy slices overlap");
+    }
     uint64_t src_span, dst_span;
-    if (!RowSpan(copy.width_bytes, copy.height, copy.src_pitch, &src_span) ||
-        !RowSpan(copy.width_bytes, copy.height, copy.dst_pitch, &dst_span)) {
+    if (!SliceSpan(copy.width_bytes, copy.height, copy.depth, copy.src_pitch, copy.src_height,
+                   &src_span) ||
+        !SliceSpan(copy.width_bytes, copy.height, copy.depth, copy.dst_pitch, copy.dst_height,
+                   &dst_span)) {
       return InvalidValue("2D copy extent overflows");
     }
     if (copy.src_is_host && (copy.src_host.data == nullptr || copy.src_host.size < src_span)) {
@@ -801,10 +992,80 @@ class HostBackend final : public GpuBackend {
     Append(stream, {}, [copy = std::move(copy)] {
       const uint8_t* src = copy.src_is_host ? copy.src_host.data : AsPointer(copy.src_device);
       uint8_t* dst = copy.dst_is_host ? copy.dst_host.data : AsPointer(copy.dst_device);
-      for (uint64_t row = 0; row < copy.height; ++row) {
-        std::memmove(dst + row * copy.dst_pitch, src + row * copy.src_pitch, copy.width_bytes);
+      for (uint64_t z = 0; z < copy.depth; ++z) {
+        for (uint64_t row = 0; row < copy.height; ++row) {
+          std::memmove(dst + (z * copy.dst_height + row) * copy.dst_pitch,
+                       src + (z * copy.src_height + row) * copy.src_pitch, copy.width_bytes);
+        }
       }
     });
+    return Status::Ok();
+  }
+
+  // --- CUDA arrays, textures and surfaces ---------------------------------------
+
+  // Flags whose arrays are plain memory here; the others (sparse, deferred
+  // mapping, depth textures, color attachments, video) need a GPU's.
+  static constexpr unsigned kHostArrayFlags = CUDA_ARRAY3D_LAYERED | CUDA_ARRAY3D_SURFACE_LDST |
+                                              CUDA_ARRAY3D_CUBEMAP | CUDA_ARRAY3D_TEXTURE_GATHER;
+
+  Status CreateArray(Context& ctx, const ArrayDescriptor& descriptor,
+                     std::unique_ptr<Array>* out) override {
+    std::unique_ptr<HostArray> array;
+    FERRY_RETURN_IF_ERROR(MakeArray(AsContext(ctx).state(), descriptor, &array));
+    *out = std::move(array);
+    return Status::Ok();
+  }
+
+  Status CreateMipmappedArray(Context& ctx, const ArrayDescriptor& descriptor, unsigned levels,
+                              std::unique_ptr<MipmappedArray>* out) override {
+    auto mipmapped = std::make_unique<HostMipmappedArray>();
+    for (unsigned level = 0; level < levels; ++level) {
+      std::unique_ptr<HostArray> array;
+      FERRY_RETURN_IF_ERROR(
+          MakeArray(AsContext(ctx).state(), ArrayLevelShape(descriptor, level), &array));
+      mipmapped->levels.push_back(std::move(array));
+    }
+    *out = std::move(mipmapped);
+    return Status::Ok();
+  }
+
+  Status MipmappedArrayLevel(MipmappedArray& mipmapped, unsigned level, Array** out) override {
+    auto& m = static_cast<HostMipmappedArray&>(mipmapped);
+    if (level >= m.levels.size()) {
+      return InvalidValue("no level " + std::to_string(level) + " in a mipmapped array of " +
+                          std::to_string(m.levels.size()));
+    }
+    *out = m.levels[level].get();
+    return Status::Ok();
+  }
+
+  Status CreateTextureObject(Context& ctx, const TextureResource& resource,
+                             const TextureDescription& texture, const TextureView* view,
+                             std::unique_ptr<TextureObject>* out) override {
+    const HostArray* array =
+        resource.kind == TextureResource::Kind::kArray ? &AsArray(*resource.array) : nullptr;
+    FERRY_RETURN_IF_ERROR(host_internal::CheckSampledTexture(
+        resource, array != nullptr ? &array->descriptor : nullptr, texture, view));
+    auto state = std::make_shared<HostTextureState>();
+    state->texture = texture;
+    FERRY_RETURN_IF_ERROR(DescribeTexels(AsContext(ctx), resource, state.get()));
+    *out = std::make_unique<HostTextureObject>(TextureRegistry::Get().Add(std::move(state)));
+    return Status::Ok();
+  }
+
+  Status CreateSurfaceObject(Context& ctx, const TextureResource& resource,
+                             std::unique_ptr<TextureObject>* out) override {
+    if (resource.kind != TextureResource::Kind::kArray) {
+      return InvalidValue("a surface object takes an array resource");
+    }
+    if ((AsArray(*resource.array).descriptor.flags & CUDA_ARRAY3D_SURFACE_LDST) == 0) {
+      return InvalidValue("a surface's array needs CUDA_ARRAY3D_SURFACE_LDST");
+    }
+    auto state = std::make_shared<HostTextureState>();
+    state->surface = true;
+    FERRY_RETURN_IF_ERROR(DescribeTexels(AsContext(ctx), resource, state.get()));
+    *out = std::make_unique<HostTextureObject>(TextureRegistry::Get().Add(std::move(state)));
     return Status::Ok();
   }
 
@@ -894,6 +1155,8 @@ class HostBackend final : public GpuBackend {
       launch.block[i] = config.block[i];
     }
     launch.shared_bytes = config.shared_bytes;
+    launch.services = &kHostServices;
+    launch.services_scope = &ctx;
     *out = [fn = f.fn(), launch, storage = std::move(storage), offsets = f.offsets()] {
       auto* base = reinterpret_cast<uint8_t*>(storage->data());
       std::vector<void*> pointers(offsets->size() + 1, nullptr);  // +1: never a null array
@@ -1441,7 +1704,79 @@ class HostBackend final : public GpuBackend {
   };
 
   // The GpuBackend contract hands back only objects this backend created.
+  static HostArray& AsArray(Array& array) { return static_cast<HostArray&>(array); }
   static HostContext& AsContext(Context& ctx) { return static_cast<HostContext&>(ctx); }
+
+  // CUDA arrays, textures and surfaces: an array's memory is an allocation
+  // of `ctx` (so it is accounted and freed as one).
+  Status MakeArray(const std::shared_ptr<ContextState>& ctx, const ArrayDescriptor& descriptor,
+                   std::unique_ptr<HostArray>* out) {
+    if ((descriptor.flags & ~kHostArrayFlags) != 0) {
+      return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED,
+                          "the host backend's arrays are plain memory: flags " +
+                              std::to_string(descriptor.flags & ~kHostArrayFlags) +
+                              " (sparse, deferred mapping, depth, color attachment or video "
+                              "arrays) are not supported");
+    }
+    unsigned element_bytes = 0;
+    uint64_t bytes = 0;
+    FERRY_RETURN_IF_ERROR(CheckArrayShape(descriptor, 0, &element_bytes, &bytes));
+    uint64_t base = 0;
+    FERRY_RETURN_IF_ERROR(Allocate(ctx.get(), ctx->device, bytes, &base));
+    *out = std::make_unique<HostArray>(this, ctx, base, descriptor, element_bytes);
+    return Status::Ok();
+  }
+
+  // Fills `state`'s layout, owner and storage from `resource`.
+  Status DescribeTexels(HostContext& ctx, const TextureResource& resource,
+                        HostTextureState* state) {
+    host_internal::TexelLayout& layout = state->layout;
+    state->owner = ctx.state().get();
+    if (resource.kind == TextureResource::Kind::kArray) {
+      const HostArray& array = AsArray(*resource.array);
+      const ArrayDescriptor& d = array.descriptor;
+      layout.base = AsPointer(array.base);
+      layout.width = d.width;
+      layout.height = ArrayRows(d);
+      layout.depth = ArraySlices(d);
+      layout.row_pitch = array.row_pitch;
+      layout.slice_pitch = array.slice_pitch;
+      layout.format = d.format;
+      layout.channels = d.channels;
+      layout.element_bytes = array.element_bytes;
+      layout.layered = (d.flags & CUDA_ARRAY3D_LAYERED) != 0;
+      layout.dimensions = d.height == 0 ? 1 : (d.depth == 0 || layout.layered ? 2 : 3);
+      if (layout.layered && d.height == 0) layout.height = 1;
+    } else {
+      layout.base = AsPointer(resource.dev_ptr);
+      layout.format = resource.format;
+      layout.channels = resource.channels;
+      layout.element_bytes = ArrayFormatBytes(resource.format) * resource.channels;
+      if (layout.element_bytes == 0) return InvalidValue("unknown resource format");
+      if (resource.kind == TextureResource::Kind::kLinear) {
+        layout.width = resource.size_bytes / layout.element_bytes;
+        layout.row_pitch = layout.width * layout.element_bytes;
+        layout.dimensions = 1;
+      } else {
+        layout.width = resource.width;
+        layout.height = resource.height;
+        layout.row_pitch = resource.pitch_bytes;
+        layout.dimensions = 2;
+      }
+      layout.slice_pitch = layout.row_pitch * layout.height;
+      if (layout.width == 0) return InvalidValue("the resource holds no whole element");
+    }
+    // Keep the memory under the texels alive as long as the object.
+    const uint64_t address = reinterpret_cast<uint64_t>(layout.base);
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [base, allocation] : allocations_) {
+      if (address >= base && address - base < allocation.bytes) {
+        state->storage = allocation.storage;
+        return Status::Ok();
+      }
+    }
+    return InvalidValue("the resource is not memory of this backend");
+  }
   static HostStream& AsStream(Stream& stream) { return static_cast<HostStream&>(stream); }
 
   Status Allocate(const ContextState* owner, int device, uint64_t bytes, uint64_t* dptr,
@@ -1634,6 +1969,12 @@ class HostBackend final : public GpuBackend {
         used_[device] -= bytes;
       }};
 };
+
+HostArray::~HostArray() {
+  // The context may have released it already (it went first): then there
+  // is nothing left to free.
+  (void)backend->Release(*ctx, base);
+}
 
 HostContext::~HostContext() {
   legacy_.reset();  // drains the legacy stream

@@ -522,6 +522,42 @@ TEST_F(FakeDriverTest, PitchedMemoryAnd2DCopies) {
   ASSERT_TRUE(backend_->MemFree(*ctx_, dptr).ok());
 }
 
+// CUDA arrays, textures and surfaces: a driver without their entry points
+// (the fake one) still loads, and each of them answers NOT_SUPPORTED, a 3D
+// copy included, before the driver is called.
+TEST_F(FakeDriverTest, ArraysTexturesAnd3DCopiesNeedTheirEntryPoints) {
+  ArrayDescriptor descriptor;
+  descriptor.width = 4;
+  descriptor.format = CU_AD_FORMAT_FLOAT;
+  std::unique_ptr<Array> array;
+  EXPECT_EQ(backend_->CreateArray(*ctx_, descriptor, &array).cuda_result(),
+            CUDA_ERROR_NOT_SUPPORTED);
+  std::unique_ptr<MipmappedArray> mipmapped;
+  EXPECT_EQ(backend_->CreateMipmappedArray(*ctx_, descriptor, 1, &mipmapped).cuda_result(),
+            CUDA_ERROR_NOT_SUPPORTED);
+  uint64_t dptr = 0;
+  ASSERT_TRUE(backend_->MemAlloc(*ctx_, 64, &dptr).ok());
+  TextureResource resource;
+  resource.kind = TextureResource::Kind::kLinear;
+  resource.dev_ptr = dptr;
+  resource.format = CU_AD_FORMAT_FLOAT;
+  resource.size_bytes = 64;
+  std::unique_ptr<TextureObject> object;
+  EXPECT_EQ(backend_->CreateTextureObject(*ctx_, resource, TextureDescription{}, nullptr, &object)
+                .cuda_result(),
+            CUDA_ERROR_NOT_SUPPORTED);
+  Copy2D volume;
+  volume.src_device = dptr;
+  volume.src_pitch = 8;
+  volume.dst_device = dptr + 32;
+  volume.dst_pitch = 8;
+  volume.width_bytes = 8;
+  volume.height = 2;
+  volume.depth = 2;
+  EXPECT_EQ(backend_->Copy2DAsync(legacy(), volume).cuda_result(), CUDA_ERROR_NOT_SUPPORTED);
+  ASSERT_TRUE(backend_->MemFree(*ctx_, dptr).ok());
+}
+
 TEST_F(FakeDriverTest, LoadsModulesAndLaunchesFromThePackedBuffer) {
   ModuleDescription description;
   std::unique_ptr<Module> module = LoadFakeModule(&description);

@@ -27,6 +27,8 @@
 #include <vector>
 
 #include "host_test_kernel_types.h"
+#include "server/backend/host/ferry_host_kernel.h"
+#include "server/backend/host/texture_sampler.h"
 
 namespace ferry::backend {
 namespace {
@@ -1449,6 +1451,227 @@ TEST_F(HostBackendTest, OccupancyFollowsTheDocumentedModel) {
   config.block = {2048, 1, 1};
   EXPECT_CUDA_ERROR(b().OccupancyMaxPotentialClusterSize(*f, config, &size),
                     CUDA_ERROR_INVALID_VALUE);
+}
+
+// --- CUDA arrays, textures and surfaces ------------------------------------------
+
+constexpr char kTexelAt[] = "_Z8texel_atyffPf";
+constexpr char kSurfacePut[] = "_Z11surface_putyiifPi";
+
+ArrayDescriptor FloatArray(uint64_t width, uint64_t height, uint64_t depth = 0,
+                           unsigned flags = 0) {
+  ArrayDescriptor d;
+  d.width = width;
+  d.height = height;
+  d.depth = depth;
+  d.format = CU_AD_FORMAT_FLOAT;
+  d.channels = 1;
+  d.flags = flags;
+  return d;
+}
+
+float Texel(int x, int y) { return static_cast<float>(10 * y + x); }
+
+TEST_F(HostBackendTest, ArraysAreAccountedDeviceMemoryCopiedIn3D) {
+  const uint64_t before = FreeBytes();
+  std::unique_ptr<Array> array;
+  ASSERT_OK(b().CreateArray(*ctx_, FloatArray(4, 3, 2), &array));
+  EXPECT_LT(FreeBytes(), before);
+  std::vector<float> volume(24);
+  std::iota(volume.begin(), volume.end(), 1.0f);
+  Copy2D in;
+  in.src_is_host = true;
+  in.src_host = HostCopyOf(volume);
+  in.src_pitch = 16;
+  in.dst_array = array.get();
+  in.width_bytes = 16;
+  in.height = 3;
+  in.depth = 2;
+  ASSERT_OK(b().Copy2DAsync(legacy(), std::move(in)));
+  // Array -> device memory with rows 32 bytes apart and slices 4 rows apart.
+  const uint64_t pitched = Alloc(2 * 4 * 32);
+  Copy2D out;
+  out.src_array = array.get();
+  out.dst_device = pitched;
+  out.dst_pitch = 32;
+  out.dst_height = 4;
+  out.width_bytes = 16;
+  out.height = 3;
+  out.depth = 2;
+  ASSERT_OK(b().Copy2DAsync(legacy(), std::move(out)));
+  const std::vector<float> rows = Read<float>(pitched, 2 * 4 * 8);
+  for (int z = 0; z < 2; ++z) {
+    for (int y = 0; y < 3; ++y) {
+      for (int x = 0; x < 4; ++x) {
+        EXPECT_EQ(rows[(z * 4 + y) * 8 + x], volume[(z * 3 + y) * 4 + x]);
+      }
+    }
+  }
+  // A 2 x 2 block of slice 1 at element (1, 1), to the host.
+  auto block = std::make_shared<std::vector<float>>(4);
+  Copy2D part;
+  part.src_array = array.get();
+  part.src_x = 4;
+  part.src_y = 1;
+  part.src_z = 1;
+  part.dst_is_host = true;
+  part.dst_host = HostSpanOf(block);
+  part.dst_pitch = 8;
+  part.width_bytes = 8;
+  part.height = 2;
+  ASSERT_OK(b().Copy2DAsync(legacy(), std::move(part)));
+  ASSERT_OK(Sync(legacy()));
+  EXPECT_EQ(*block, (std::vector<float>{volume[17], volume[18], volume[21], volume[22]}));
+  // What the host cannot honour is refused; the memory comes back.
+  std::unique_ptr<Array> sparse;
+  EXPECT_CUDA_ERROR(b().CreateArray(*ctx_, FloatArray(64, 64, 0, CUDA_ARRAY3D_SPARSE), &sparse),
+                    CUDA_ERROR_NOT_SUPPORTED);
+  array.reset();
+  ASSERT_OK(b().MemFree(*ctx_, pitched));
+  ASSERT_OK(SyncContext());
+  EXPECT_EQ(FreeBytes(), before);
+}
+
+TEST_F(HostBackendTest, TextureObjectsAreSampledOnlyInTheirContext) {
+  REQUIRE_KERNELS();
+  std::unique_ptr<Array> array;
+  ASSERT_OK(b().CreateArray(*ctx_, FloatArray(4, 4), &array));
+  std::vector<float> image;
+  for (int y = 0; y < 4; ++y) {
+    for (int x = 0; x < 4; ++x) image.push_back(Texel(x, y));
+  }
+  Copy2D in;
+  in.src_is_host = true;
+  in.src_host = HostCopyOf(image);
+  in.src_pitch = 16;
+  in.dst_array = array.get();
+  in.width_bytes = 16;
+  in.height = 4;
+  ASSERT_OK(b().Copy2DAsync(legacy(), std::move(in)));
+  TextureResource resource;
+  resource.array = array.get();
+  TextureDescription texture;
+  texture.address_mode = {CU_TR_ADDRESS_MODE_CLAMP, CU_TR_ADDRESS_MODE_CLAMP,
+                          CU_TR_ADDRESS_MODE_CLAMP};
+  std::unique_ptr<TextureObject> tex;
+  ASSERT_OK(b().CreateTextureObject(*ctx_, resource, texture, nullptr, &tex));
+  const uint64_t value = tex->value();
+  ASSERT_NE(value, 0u);
+  const uint64_t out = Alloc(5 * sizeof(float));
+  auto sample = [&](Stream& stream, float x, float y, Module& module) {
+    Function* f = nullptr;
+    EXPECT_OK(b().GetFunction(module, kTexelAt, &f));
+    EXPECT_OK(
+        b().Launch(stream, *f, LaunchConfig{}, Pack(kTexelAt, value, x, y, HostView<float>(out))));
+    EXPECT_OK(Sync(stream));
+    return std::make_pair(HostView<float>(out)[0], static_cast<int>(HostView<float>(out)[4]));
+  };
+  EXPECT_EQ(sample(legacy(), 2.5f, 1.5f, *module_), std::make_pair(Texel(2, 1), FERRY_HOST_OK));
+  EXPECT_EQ(sample(legacy(), 9.0f, -2.0f, *module_), std::make_pair(Texel(3, 0), FERRY_HOST_OK));
+
+  // The same value in a launch of another context (as another session's
+  // would be) names nothing.
+  std::unique_ptr<Context> other;
+  ASSERT_OK(b().CreateContext(0, 0, &other));
+  std::unique_ptr<Module> other_module;
+  ModuleDescription other_description;
+  ASSERT_OK(b().LoadModule(*other, ReadFile(FERRY_TEST_FATBIN), &other_module, &other_description));
+  EXPECT_EQ(sample(b().LegacyStream(*other), 2.5f, 1.5f, *other_module).second,
+            FERRY_HOST_BAD_OBJECT);
+  other_module.reset();
+  other.reset();
+  // Nor does a destroyed object.
+  tex.reset();
+  EXPECT_EQ(sample(legacy(), 2.5f, 1.5f, *module_).second, FERRY_HOST_BAD_OBJECT);
+  // Views are refused.
+  TextureView view;
+  EXPECT_CUDA_ERROR(b().CreateTextureObject(*ctx_, resource, texture, &view, &tex),
+                    CUDA_ERROR_NOT_SUPPORTED);
+}
+
+TEST_F(HostBackendTest, LinearFilteringWeighsTheTexelsAroundTheSamplePoint) {
+  std::vector<float> image;
+  for (int y = 0; y < 4; ++y) {
+    for (int x = 0; x < 4; ++x) image.push_back(Texel(x, y));
+  }
+  host_internal::TexelLayout layout;
+  layout.base = reinterpret_cast<uint8_t*>(image.data());
+  layout.width = layout.height = 4;
+  layout.row_pitch = 16;
+  layout.slice_pitch = 64;
+  layout.format = CU_AD_FORMAT_FLOAT;
+  layout.element_bytes = 4;
+  layout.dimensions = 2;
+  TextureDescription texture;
+  texture.filter_mode = CU_TR_FILTER_MODE_LINEAR;
+  texture.address_mode = {CU_TR_ADDRESS_MODE_CLAMP, CU_TR_ADDRESS_MODE_BORDER,
+                          CU_TR_ADDRESS_MODE_CLAMP};
+  texture.border_color = {-100, 0, 0, 0};
+  auto sample = [&](float x, float y) {
+    float out[4];
+    host_internal::SampleLinear(layout, texture, x, y, 0, out);
+    return out[0];
+  };
+  // Texel centres read the texel; between them the texel values, which
+  // grow linearly here, interpolate exactly.
+  EXPECT_FLOAT_EQ(sample(1.5f, 2.5f), Texel(1, 2));
+  EXPECT_FLOAT_EQ(sample(2.25f, 1.75f), 10 * 1.25f + 1.75f);
+  // Clamped on x: left of the first centre reads the first column.
+  EXPECT_FLOAT_EQ(sample(0.2f, 1.5f), Texel(0, 1));
+  // Bordered on y: above the first centre, the border's color mixes in.
+  EXPECT_FLOAT_EQ(sample(1.5f, 0.25f), 0.25f * -100 + 0.75f * Texel(1, 0));
+  // Floats can be filtered, integers read as integers cannot.
+  std::unique_ptr<Array> array;
+  ASSERT_OK(b().CreateArray(*ctx_, FloatArray(4, 4), &array));
+  TextureResource resource;
+  resource.array = array.get();
+  std::unique_ptr<TextureObject> tex;
+  ASSERT_OK(b().CreateTextureObject(*ctx_, resource, texture, nullptr, &tex));
+  std::unique_ptr<Array> integers;
+  ArrayDescriptor d = FloatArray(4, 4);
+  d.format = CU_AD_FORMAT_SIGNED_INT32;
+  ASSERT_OK(b().CreateArray(*ctx_, d, &integers));
+  resource.array = integers.get();
+  EXPECT_CUDA_ERROR(b().CreateTextureObject(*ctx_, resource, texture, nullptr, &tex),
+                    CUDA_ERROR_INVALID_VALUE);
+}
+
+TEST_F(HostBackendTest, SurfaceObjectsWriteTheirArrayWithinItsExtent) {
+  REQUIRE_KERNELS();
+  std::unique_ptr<Array> plain, writable;
+  ASSERT_OK(b().CreateArray(*ctx_, FloatArray(4, 4), &plain));
+  ASSERT_OK(b().CreateArray(*ctx_, FloatArray(4, 4, 0, CUDA_ARRAY3D_SURFACE_LDST), &writable));
+  TextureResource resource;
+  resource.array = plain.get();
+  std::unique_ptr<TextureObject> surface;
+  EXPECT_CUDA_ERROR(b().CreateSurfaceObject(*ctx_, resource, &surface), CUDA_ERROR_INVALID_VALUE);
+  resource.array = writable.get();
+  ASSERT_OK(b().CreateSurfaceObject(*ctx_, resource, &surface));
+  const uint64_t status = Alloc(sizeof(int));
+  auto put = [&](uint64_t object, int x_bytes, int y, float value) {
+    EXPECT_OK(Launch1(legacy(), kSurfacePut, object, x_bytes, y, value, HostView<int>(status)));
+    EXPECT_OK(Sync(legacy()));
+    return *HostView<int>(status);
+  };
+  EXPECT_EQ(put(surface->value(), 8, 2, 7.5f), FERRY_HOST_OK);
+  EXPECT_EQ(put(surface->value(), 16, 0, 1.0f), FERRY_HOST_OUT_OF_RANGE);
+  EXPECT_EQ(put(surface->value(), 0, 4, 1.0f), FERRY_HOST_OUT_OF_RANGE);
+  auto texels = std::make_shared<std::vector<float>>(16, -1.0f);
+  Copy2D read;
+  read.src_array = writable.get();
+  read.dst_is_host = true;
+  read.dst_host = HostSpanOf(texels);
+  read.dst_pitch = 16;
+  read.width_bytes = 16;
+  read.height = 4;
+  ASSERT_OK(b().Copy2DAsync(legacy(), std::move(read)));
+  ASSERT_OK(Sync(legacy()));
+  for (int i = 0; i < 16; ++i) EXPECT_EQ((*texels)[i], i == 2 * 4 + 2 ? 7.5f : 0.0f) << i;
+  // A texture object is not a surface.
+  TextureDescription texture;
+  std::unique_ptr<TextureObject> tex;
+  ASSERT_OK(b().CreateTextureObject(*ctx_, resource, texture, nullptr, &tex));
+  EXPECT_EQ(put(tex->value(), 0, 0, 1.0f), FERRY_HOST_BAD_OBJECT);
 }
 
 }  // namespace

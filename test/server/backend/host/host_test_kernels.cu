@@ -41,3 +41,15 @@ __global__ void launch_info(unsigned* out) {
 
 // _Z6nohostPi: deliberately has no host implementation.
 __global__ void nohost(int* p) { *p = 1; }
+
+// CUDA arrays, textures and surfaces. _Z8texel_atyffPf: out[0..3] = the
+// texel at (x, y), out[4] = the service's status (host version only).
+__global__ void texel_at(unsigned long long tex, float x, float y, float* out) {
+  out[0] = x + y + static_cast<float>(tex);
+}
+
+// _Z11surface_putyiifPi: writes `value` at (x_bytes, y) of the surface,
+// *status = the service's status (host version only).
+__global__ void surface_put(unsigned long long surf, int x_bytes, int y, float value, int* status) {
+  *status = x_bytes + y + static_cast<int>(value) + static_cast<int>(surf);
+}

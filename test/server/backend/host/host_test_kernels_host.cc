@@ -61,4 +61,22 @@ void ferry_host__Z11launch_infoPj(const ferry_launch* l, void** params) {
   out[6] = l->shared_bytes;
 }
 
+// CUDA arrays, textures and surfaces: through the launch's services.
+void ferry_host__Z8texel_atyffPf(const ferry_launch* l, void** params) {
+  auto tex = Param<unsigned long long>(params, 0);
+  auto x = Param<float>(params, 1);
+  auto y = Param<float>(params, 2);
+  auto out = Param<float*>(params, 3);
+  out[4] = static_cast<float>(l->services->tex_fetch(l, tex, x, y, 0, out));
+}
+
+void ferry_host__Z11surface_putyiifPi(const ferry_launch* l, void** params) {
+  auto surf = Param<unsigned long long>(params, 0);
+  auto x_bytes = Param<int>(params, 1);
+  auto y = Param<int>(params, 2);
+  auto value = Param<float>(params, 3);
+  auto status = Param<int*>(params, 4);
+  *status = l->services->surf_write(l, surf, x_bytes, y, 0, &value, sizeof(value));
+}
+
 }  // extern "C"
