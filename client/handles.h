@@ -1,5 +1,5 @@
 // Handle ids: the value of every CUcontext, CUstream, CUevent, CUmodule,
-// CUfunction, CUlibrary, CUkernel or CUmemoryPool the client hands out is (kind << 48 |
+// CUfunction, CUlibrary, CUkernel, CUmemoryPool or CUlinkState the client hands out is (kind << 48 |
 // serial), a non-canonical address the client chooses (README.md invariant 2),
 // and the same id names the object on the wire.
 //
@@ -26,6 +26,8 @@ enum class HandleKind : uint64_t {
   kGraph = 0x6A,
   kGraphExec = 0x6E,
   kGraphNode = 0x6D,
+  // JIT linking: a CUlinkState
+  kLink = 0x11,
 };
 
 inline bool IsHandleKind(uint64_t id, HandleKind kind) {

@@ -364,7 +364,64 @@ struct Call {
         $waits("never") $handles(["graph"]) $usesContext;
     graphClone @75 :GraphClone
         $waits("never") $handles(["graph"]);
+    # JIT linking (cuLinkCreate, cuLinkAddData/File, cuLinkComplete, cuLinkDestroy): see
+    # LinkCreate. linkAddData and linkComplete answer a linkResult.
+    linkCreate @76 :LinkCreate
+        $waits("always") $handles(["ctx"]);
+    linkAddData @77 :LinkAddData  # bulk = the input, unless named by its hash alone
+        $waits("always") $handles(["link"]) $usesContext;
+    linkComplete @78 :LinkRef  # linkResult.imageBytes: the linked image's size
+        $waits("always") $handles(["link"]) $usesContext;
+    linkImage @79 :LinkRef  # reply bulk = the linked image (after a successful linkComplete)
+        $waits("always") $handles(["link"]) $usesContext;
+    linkDestroy @80 :LinkRef
+        $waits("never") $handles(["link"]);
   }
+}
+
+# JIT linking. A link belongs to `ctx` (the current context of cuLinkCreate)
+# and runs on the server: the CUDA backend uses the driver's linker, the host
+# backend its own (server/backend/host/host_link.h says what linking means there).
+# Inputs travel like module images (named by SHA-256 first when large; the
+# server's image cache serves them). Options travel as (option, value) pairs,
+# the value being what the program's optionValues slot holds; options that
+# carry pointers are translated: a log buffer (CU_JIT_INFO_LOG_BUFFER,
+# CU_JIT_ERROR_LOG_BUFFER) travels with value 0 and the server links into a
+# buffer of its own of the size the program gave, whose contents come back in
+# every linkResult; the client copies them into the program's buffer and
+# writes the output options (wall time, log sizes, threads per block) back
+# into the program's optionValues, as the driver does.
+struct JitOption {
+  option @0 :Int32;  # a CUjit_option
+  value @1 :UInt64;  # the optionValues slot's bits (a float option in the low 32 bits)
+}
+struct LinkCreate {
+  ctx @0 :UInt64;
+  link @1 :UInt64;
+  options @2 :List(JitOption);
+}
+struct LinkAddData {
+  link @0 :UInt64;
+  type @1 :Int32;              # a CUjitInputType
+  name @2 :Text;               # the input's name in log messages
+  options @3 :List(JitOption);  # this input's compiler options
+  # module image cache
+  imageHash @4 :Data;     # SHA-256 of the input, or empty
+  imageBytes @5 :UInt64;  # the input's length, when imageHash is set
+}
+struct LinkRef {
+  link @0 :UInt64;
+}
+# What a link call did. The call's own outcome is `outcome`, not the reply's
+# status (which is OK once the link was found), so that the logs of a failed
+# link still reach the program.
+struct LinkResult {
+  outcome @0 :Status;
+  infoLog @1 :Data;                  # the info log buffer's text so far, without its NUL
+  errorLog @2 :Data;                 # the error log buffer's
+  options @3 :List(JitOption);       # the link's option slots after the call
+  inputOptions @4 :List(JitOption);  # linkAddData: its own option slots after the call
+  imageBytes @5 :UInt64;             # linkComplete: the linked image's size
 }
 
 # peers
@@ -494,6 +551,10 @@ struct Launch {
   clusterX @10 :UInt32;
   clusterY @11 :UInt32;
   clusterZ @12 :UInt32;
+  # cooperative launches: every block of the grid must be resident at once
+  # (cuLaunchCooperativeKernel, CU_LAUNCH_ATTRIBUTE_COOPERATIVE); a grid
+  # larger than that is CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE.
+  cooperative @13 :Bool;
 }
 struct StreamCreate {
   ctx @0 :UInt64;
@@ -772,11 +833,14 @@ struct Reply {
     gateReached @11 :GateReached;  # hostGate
     # stream attributes
     streamAttribute @13 :StreamAttribute;  # streamGetAttribute
+    # JIT linking
+    linkResult @14 :LinkResult;  # linkCreate, linkAddData, linkComplete
   }
   # memcpyDtoH / memcpy2D to host: the bytes are the reply's bulk payload.
   latchedFromSeq @9 :UInt64;  # nonzero: status is the latched error of that earlier call
   # module image cache
-  imageNotCached @12 :Bool;   # moduleLoad by hash alone: the server lacks the image
+  imageNotCached @12 :Bool;   # moduleLoad, libraryLoad or linkAddData by hash alone: the
+                              # server lacks the image
 }
 
 # host callbacks

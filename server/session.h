@@ -221,6 +221,12 @@ class Session {
     uint64_t ctx = 0;
     std::shared_ptr<const GraphUses> uses;
   };
+  // JIT linking (session_link.cc): a pending or completed link of `ctx`.
+  struct LinkEntry {
+    std::unique_ptr<backend::Link> link;
+    uint64_t ctx = 0;
+    std::span<const uint8_t> image;  // after CompleteLink succeeded; owned by `link`
+  };
   // How a stream-ordered call uses its stream, for CaptureGuard.
   enum class CaptureUse {
     kRecorded,      // queued work a capture records (launch, device-only copy, memset)
@@ -447,6 +453,8 @@ class Session {
   HandleTable<GraphEntry> graphs_{"graph"};
   HandleTable<GraphExecEntry> graph_execs_{"executable graph"};
   HandleTable<GraphNodeEntry> graph_nodes_{"graph node"};
+  // JIT linking
+  HandleTable<LinkEntry> links_{"link"};
   Status latched_error_;
   uint64_t latched_seq_ = 0;
 

@@ -98,7 +98,16 @@
   FERRY_CUDA_PEER_ENTRY_POINTS(X)           \
   FERRY_CUDA_MEMPOOL_ENTRY_POINTS(X)        \
   FERRY_CUDA_GRAPH_ENTRY_POINTS(X)          \
-  FERRY_CUDA_GREEN_CONTEXT_ENTRY_POINTS(X)
+  FERRY_CUDA_GREEN_CONTEXT_ENTRY_POINTS(X)  \
+  FERRY_CUDA_LINK_ENTRY_POINTS(X)
+
+// JIT linking (all or nothing: see HasLinker); answered
+// CUDA_ERROR_NOT_SUPPORTED where the driver lacks it.
+#define FERRY_CUDA_LINK_ENTRY_POINTS(X) \
+  X(cuLinkCreate, 6050)                 \
+  X(cuLinkAddData, 6050)                \
+  X(cuLinkComplete, 5050)               \
+  X(cuLinkDestroy, 5050)
 
 // Stream-ordered allocation and memory pools (CUDA 11.2+), profiler control,
 // stream attributes, stream memory operations and context-wide events: each answered
