@@ -2,14 +2,16 @@
 // cuLinkComplete, cuLinkDestroy): the protocol prose at schema/ferry.capnp's
 // LinkCreate says what travels.
 
+#include "server/session.h"
+
 #include <cuda.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "common/content_hash.h"
-#include "server/session.h"
 #include "server/session_internal.h"
 
 namespace ferry::server {
