@@ -61,8 +61,7 @@ std::map<uint64_t, std::shared_ptr<LinkState>>& Links() {
 
 Status FindLink(CUlinkState state, std::shared_ptr<LinkState>* out) {
   std::lock_guard<std::mutex> lock(g_links_mu);
-  return ferry::client::CopyEntry(Links(), Runtime::HandleId(state), out,
-                                  "unknown CUlinkState");
+  return ferry::client::CopyEntry(Links(), Runtime::HandleId(state), out, "unknown CUlinkState");
 }
 
 bool IsOutputOption(int option) {
@@ -160,8 +159,8 @@ Status ApplyLinkResult(wire::Reply::Reader reply, LinkState& link, unsigned inpu
   auto result = reply.getLinkResult();
   WriteLog(result.getInfoLog(), link.info_log, link.info_capacity);
   WriteLog(result.getErrorLog(), link.error_log, link.error_capacity);
-  WriteOutputs(result.getOptions(), static_cast<unsigned>(link.options.size()),
-               link.options.data(), link.values);
+  WriteOutputs(result.getOptions(), static_cast<unsigned>(link.options.size()), link.options.data(),
+               link.values);
   WriteOutputs(result.getInputOptions(), input_count, input_options, input_values);
   if (image_bytes != nullptr) *image_bytes = result.getImageBytes();
   return ferry::StatusFromWire(result.getOutcome());
@@ -282,8 +281,9 @@ CUresult CUDAAPI cuLinkCreate_v2(unsigned int numOptions, CUjit_option* options,
 CUresult CUDAAPI cuLinkAddData_v2(CUlinkState state, CUjitInputType type, void* data, size_t size,
                                   const char* name, unsigned int numOptions, CUjit_option* options,
                                   void** optionValues) {
-  return Api(
-      [&] { return LinkAddData(state, type, data, size, name, numOptions, options, optionValues); });
+  return Api([&] {
+    return LinkAddData(state, type, data, size, name, numOptions, options, optionValues);
+  });
 }
 
 CUresult CUDAAPI cuLinkAddFile_v2(CUlinkState state, CUjitInputType type, const char* path,

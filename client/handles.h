@@ -1,7 +1,8 @@
 // Handle ids: the value of every CUcontext, CUstream, CUevent, CUmodule,
-// CUfunction, CUlibrary, CUkernel, CUmemoryPool or CUlinkState the client hands out is (kind << 48 |
-// serial), a non-canonical address the client chooses (README.md invariant 2),
-// and the same id names the object on the wire.
+// CUfunction, CUlibrary, CUkernel, CUmemoryPool or CUlinkState the client
+// hands out is (kind << 48 | serial), a non-canonical address the client
+// chooses (README.md invariant 2), and the same id names the object on the
+// wire.
 //
 // Thread-safety: HandleIds is thread-safe (one atomic counter per process).
 #pragma once

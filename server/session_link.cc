@@ -145,8 +145,7 @@ Status Session::LinkImage(wire::LinkRef::Reader args, CallContext& cx) {
   LinkEntry* link = nullptr;
   FERRY_RETURN_IF_ERROR(links_.Find(args.getLink(), &link));
   if (link->image.empty()) {
-    return Status::InvalidArgument("link " + std::to_string(args.getLink()) +
-                                   " has not completed");
+    return Status::InvalidArgument("link " + std::to_string(args.getLink()) + " has not completed");
   }
   // Owned by the link, which outlives the reply (the executor writes it
   // before it runs another call).

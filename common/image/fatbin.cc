@@ -32,7 +32,7 @@ constexpr uint64_t kLz4MaxRatio = 255;
 constexpr uint64_t kMaxEntryBytes = INT_MAX;
 
 struct Entry {
-  size_t index = 0;  // position in the container, for messages
+  size_t index = 0;                // position in the container, for messages
   std::span<const uint8_t> whole;  // header and payload
   uint16_t kind = 0;
   uint64_t flags = 0;

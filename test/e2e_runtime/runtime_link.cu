@@ -114,8 +114,8 @@ int main(int argc, char** argv) {
   int n = kN;
   float a = 3.0f;
   void* apply_args[] = {&d_x, &d_y, &a, &n};
-  RT_CHECK_CU(cuLaunchKernel(apply, (kN + 127) / 128, 1, 1, 128, 1, 1, 0, nullptr, apply_args,
-                             nullptr));
+  RT_CHECK_CU(
+      cuLaunchKernel(apply, (kN + 127) / 128, 1, 1, 128, 1, 1, 0, nullptr, apply_args, nullptr));
   std::vector<float> y(kN);
   RT_CHECK_CU(cuMemcpyDtoH(y.data(), d_y, kN * sizeof(float)));
   for (int i = 0; i < kN; ++i) RT_EXPECT(y[i] == x[i] * 3.0f + 1.0f);

@@ -2272,8 +2272,8 @@ TEST_F(SessionLinkTest, TwoPtxInputsLinkIntoAModuleWithTheKernelsOfBoth) {
   EXPECT_NE(completed.info_log.find("linked 2 inputs"), std::string::npos) << completed.info_log;
   EXPECT_EQ(completed.link_options.at(CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES),
             completed.info_log.size() + 1);
-  const float ms = std::bit_cast<float>(
-      static_cast<uint32_t>(completed.link_options.at(CU_JIT_WALL_TIME)));
+  const float ms =
+      std::bit_cast<float>(static_cast<uint32_t>(completed.link_options.at(CU_JIT_WALL_TIME)));
   EXPECT_GE(ms, 0.0f);
   // No server pointer comes back in a log buffer's slot.
   EXPECT_EQ(completed.link_options.at(CU_JIT_INFO_LOG_BUFFER), 0u);

@@ -413,8 +413,7 @@ class GpuBackend {
                               LinkReport* report) = 0;
   // cuLinkComplete: links the inputs; `*image` is the result (an image
   // LoadModule accepts), owned by `link` until it is destroyed.
-  virtual Status CompleteLink(Link& link, std::span<const uint8_t>* image,
-                              LinkReport* report) = 0;
+  virtual Status CompleteLink(Link& link, std::span<const uint8_t>* image, LinkReport* report) = 0;
 
   // --- occupancy (in the function's context) -------------------------------
   // cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags.

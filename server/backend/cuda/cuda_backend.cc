@@ -1447,9 +1447,8 @@ class CudaBackend final : public GpuBackend {
     });
   }
 
-  Status AddLinkInput(Link& link, int type, std::span<const uint8_t> data,
-                      const std::string& name, const std::vector<JitOption>& options,
-                      LinkReport* report) override {
+  Status AddLinkInput(Link& link, int type, std::span<const uint8_t> data, const std::string& name,
+                      const std::vector<JitOption>& options, LinkReport* report) override {
     return Guarded("AddLinkInput", [&]() -> Status {
       auto& l = static_cast<CudaLink&>(link);
       std::vector<CUjit_option> input_options;

@@ -1138,9 +1138,8 @@ class HostBackend final : public GpuBackend {
     return Status::Ok();
   }
 
-  Status AddLinkInput(Link& link, int type, std::span<const uint8_t> data,
-                      const std::string& name, const std::vector<JitOption>& options,
-                      LinkReport* report) override {
+  Status AddLinkInput(Link& link, int type, std::span<const uint8_t> data, const std::string& name,
+                      const std::vector<JitOption>& options, LinkReport* report) override {
     return static_cast<host_internal::HostLink&>(link).AddInput(type, data, name, options, report);
   }
 
@@ -1591,8 +1590,7 @@ class HostBackend final : public GpuBackend {
     int per_sm = 0;
     FERRY_RETURN_IF_ERROR(host_internal::MaxActiveBlocksPerMultiprocessor(
         Resources(f), threads, config.shared_bytes, &per_sm));
-    const uint64_t resident =
-        uint64_t(per_sm) * host_internal::kMultiprocessorCount;
+    const uint64_t resident = uint64_t(per_sm) * host_internal::kMultiprocessorCount;
     const uint64_t blocks = uint64_t{config.grid[0]} * config.grid[1] * config.grid[2];
     if (blocks > resident) {
       return Status::Cuda(CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE,

@@ -19,9 +19,7 @@ std::string InputName(const std::string& name, size_t index) {
 }
 
 // Replaces the low 32 bits of an option slot (an output's width).
-uint64_t WithLow32(uint64_t slot, uint32_t value) {
-  return (slot & ~uint64_t{0xffffffff}) | value;
-}
+uint64_t WithLow32(uint64_t slot, uint32_t value) { return (slot & ~uint64_t{0xffffffff}) | value; }
 
 // Bytes a log of `text` fills in a buffer of `capacity` bytes, NUL included.
 uint32_t LogBytes(const std::string& text, uint64_t capacity) {
@@ -49,12 +47,11 @@ Status HostLink::AddInput(int type, std::span<const uint8_t> data, const std::st
   const std::string shown = InputName(name, inputs_.size());
   Status added = [&]() -> Status {
     if (!image_.empty()) return Status::InvalidHandle("the link is complete");
-    if (type != CU_JIT_INPUT_PTX && type != CU_JIT_INPUT_CUBIN &&
-        type != CU_JIT_INPUT_FATBINARY) {
+    if (type != CU_JIT_INPUT_PTX && type != CU_JIT_INPUT_CUBIN && type != CU_JIT_INPUT_FATBINARY) {
       Error("'" + shown + "': the host backend links PTX, cubin and fatbin inputs only");
-      return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED,
-                          "input type " + std::to_string(type) + " of '" + shown +
-                              "' cannot be linked on the host backend");
+      return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "input type " + std::to_string(type) + " of '" +
+                                                        shown +
+                                                        "' cannot be linked on the host backend");
     }
     image::ImageKind kind;
     Status classified = image::ClassifyImage(data, &kind);
@@ -66,9 +63,9 @@ Status HostLink::AddInput(int type, std::span<const uint8_t> data, const std::st
     if (!classified.ok() || kind != expected) {
       const std::string why = classified.ok() ? "not of the type given" : classified.message();
       Error("'" + shown + "': " + why);
-      return Status::Cuda(type == CU_JIT_INPUT_PTX ? CUDA_ERROR_INVALID_PTX
-                                                   : CUDA_ERROR_INVALID_IMAGE,
-                          "link input '" + shown + "': " + why);
+      return Status::Cuda(
+          type == CU_JIT_INPUT_PTX ? CUDA_ERROR_INVALID_PTX : CUDA_ERROR_INVALID_IMAGE,
+          "link input '" + shown + "': " + why);
     }
     Input input{shown, std::vector<uint8_t>(data.begin(), data.end()), {}};
     FERRY_RETURN_IF_ERROR(image::ReadLinkSymbols(data, &input.symbols));
