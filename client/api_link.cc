@@ -12,9 +12,10 @@
 // their sizes), and the output options (CU_JIT_WALL_TIME, the log sizes,
 // CU_JIT_THREADS_PER_BLOCK) are written back into the program's optionValues
 // (cuLinkCreate's, which CUDA requires to live as long as the link, and
-// cuLinkAddData's own). Options that carry other pointers into the program
-// (global symbol tables, referenced-name lists) are refused with
-// CUDA_ERROR_NOT_SUPPORTED rather than sent.
+// cuLinkAddData's own). The global symbol table (CU_JIT_GLOBAL_SYMBOL_NAMES,
+// _ADDRESSES, _COUNT) is read here and sent as names with device addresses;
+// the referenced-name lists (CU_JIT_REFERENCED_*), pointers into the program
+// that nothing translates, are refused with CUDA_ERROR_NOT_SUPPORTED.
 //
 // Thread-safety: every entry point is safe from any thread; calls on one link
 // state are serialised by its mutex.
@@ -50,6 +51,14 @@ struct LinkState {
   std::vector<uint8_t> image;  // the linked image, after cuLinkComplete
 };
 
+// What cuLinkCreate's options say beyond (option, value) pairs.
+struct GlobalSymbolTable {
+  const char* const* names = nullptr;
+  void* const* addresses = nullptr;
+  unsigned count = 0;
+  bool given = false;  // any of the three options was
+};
+
 // The links of the process by handle id (the entry points use the one
 // Runtime). Links of a destroyed context stay here until cuLinkDestroy; the
 // server then answers INVALID_HANDLE for them.
@@ -70,10 +79,12 @@ bool IsOutputOption(int option) {
 }
 
 // Reads the program's (options, values) into wire options. cuLinkCreate's
-// (`state` given) record where the log buffers are; cuLinkAddData's refuse
-// the options CUDA accepts only at cuLinkCreate.
+// (`state` and `symbols` given) record where the log buffers and the global
+// symbol table are; cuLinkAddData's refuse the options CUDA accepts only at
+// cuLinkCreate.
 Status ReadOptions(unsigned count, const CUjit_option* options, void* const* values,
-                   LinkState* state, std::vector<std::pair<int, uint64_t>>* out) {
+                   LinkState* state, GlobalSymbolTable* symbols,
+                   std::vector<std::pair<int, uint64_t>>* out) {
   if (count > 0 && (options == nullptr || values == nullptr)) {
     return Status::InvalidArgument("options or optionValues is NULL");
   }
@@ -105,12 +116,25 @@ Status ReadOptions(unsigned count, const CUjit_option* options, void* const* val
       case CU_JIT_GLOBAL_SYMBOL_NAMES:
       case CU_JIT_GLOBAL_SYMBOL_ADDRESSES:
       case CU_JIT_GLOBAL_SYMBOL_COUNT:
+        if (symbols == nullptr) {
+          return Status::InvalidArgument("JIT option " + std::to_string(option) +
+                                         " is accepted by cuLinkCreate only");
+        }
+        symbols->given = true;
+        if (option == CU_JIT_GLOBAL_SYMBOL_NAMES) {
+          symbols->names = static_cast<const char* const*>(values[i]);
+        } else if (option == CU_JIT_GLOBAL_SYMBOL_ADDRESSES) {
+          symbols->addresses = static_cast<void* const*>(values[i]);
+        } else {
+          symbols->count = static_cast<uint32_t>(value);
+        }
+        continue;  // travels as the table, not as an option
       case CU_JIT_REFERENCED_KERNEL_NAMES:
       case CU_JIT_REFERENCED_KERNEL_COUNT:
       case CU_JIT_REFERENCED_VARIABLE_NAMES:
       case CU_JIT_REFERENCED_VARIABLE_COUNT:
         return Status::Unimplemented("JIT option " + std::to_string(option) +
-                                     " (a table of names or addresses) is not forwarded by ferry");
+                                     " (a list of referenced names) is not forwarded by ferry");
       default:
         if (option < 0 || option >= CU_JIT_NUM_OPTIONS) {
           return Status::InvalidArgument("unknown JIT option " + std::to_string(option));
@@ -131,14 +155,16 @@ void SetOptions(Builder args, const std::vector<std::pair<int, uint64_t>>& optio
   }
 }
 
-// Writes the output options among `slots` (in the order the program gave its
-// options) back into the program's `values`.
+// Writes the output options among `slots` back into the program's `values`,
+// at the slot of the same option.
 void WriteOutputs(capnp::List<wire::JitOption>::Reader slots, unsigned count,
                   const CUjit_option* options, void** values) {
-  for (unsigned i = 0; i < slots.size() && i < count; ++i) {
-    if (slots[i].getOption() != options[i] || !IsOutputOption(options[i])) continue;
-    const uint64_t value = slots[i].getValue();
-    std::memcpy(&values[i], &value, sizeof(value));
+  for (auto slot : slots) {
+    if (!IsOutputOption(slot.getOption())) continue;
+    const uint64_t value = slot.getValue();
+    for (unsigned i = 0; i < count; ++i) {
+      if (options[i] == slot.getOption()) std::memcpy(&values[i], &value, sizeof(value));
+    }
   }
 }
 
@@ -173,7 +199,12 @@ Status LinkCreate(unsigned count, CUjit_option* options, void** values, CUlinkSt
   auto link = std::make_shared<LinkState>();
   FERRY_RETURN_IF_ERROR(rt.CurrentContext(&link->ctx));
   std::vector<std::pair<int, uint64_t>> wire_options;
-  FERRY_RETURN_IF_ERROR(ReadOptions(count, options, values, link.get(), &wire_options));
+  GlobalSymbolTable symbols;
+  FERRY_RETURN_IF_ERROR(ReadOptions(count, options, values, link.get(), &symbols, &wire_options));
+  if (symbols.given && symbols.count > 0 &&
+      (symbols.names == nullptr || symbols.addresses == nullptr)) {
+    return Status::InvalidArgument("CU_JIT_GLOBAL_SYMBOL_COUNT without its names or addresses");
+  }
   link->options.assign(options, options + count);
   link->values = values;
   const uint64_t id = rt.NewId(HandleKind::kLink);
@@ -182,6 +213,12 @@ Status LinkCreate(unsigned count, CUjit_option* options, void** values, CUlinkSt
     args.setCtx(link->ctx);
     args.setLink(id);
     SetOptions(args, wire_options);
+    auto table = args.initGlobalSymbols(symbols.given ? symbols.count : 0);
+    for (unsigned i = 0; i < table.size(); ++i) {
+      if (symbols.names[i] == nullptr) continue;  // the server refuses a nameless entry
+      table[i].setName(symbols.names[i]);
+      table[i].setAddress(reinterpret_cast<uint64_t>(symbols.addresses[i]));
+    }
   }));
   {
     std::lock_guard<std::mutex> lock(g_links_mu);
@@ -198,7 +235,7 @@ Status LinkAdd(CUlinkState state, CUjitInputType type, std::span<const uint8_t> 
   std::shared_ptr<LinkState> link;
   FERRY_RETURN_IF_ERROR(FindLink(state, &link));
   std::vector<std::pair<int, uint64_t>> wire_options;
-  FERRY_RETURN_IF_ERROR(ReadOptions(count, options, values, nullptr, &wire_options));
+  FERRY_RETURN_IF_ERROR(ReadOptions(count, options, values, nullptr, nullptr, &wire_options));
   std::lock_guard<std::mutex> lock(link->mu);
   Status outcome;
   FERRY_RETURN_IF_ERROR(ferry::client::CallWithImage(

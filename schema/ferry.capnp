@@ -390,7 +390,10 @@ struct Call {
 # buffer of its own of the size the program gave, whose contents come back in
 # every linkResult; the client copies them into the program's buffer and
 # writes the output options (wall time, log sizes, threads per block) back
-# into the program's optionValues, as the driver does.
+# into the program's optionValues, as the driver does. The global symbol
+# table (CU_JIT_GLOBAL_SYMBOL_NAMES/ADDRESSES/COUNT) travels as
+# globalSymbols: names with device addresses, each checked against the
+# session's allocations; tables of referenced names are not forwarded.
 struct JitOption {
   option @0 :Int32;  # a CUjit_option
   value @1 :UInt64;  # the optionValues slot's bits (a float option in the low 32 bits)
@@ -399,6 +402,11 @@ struct LinkCreate {
   ctx @0 :UInt64;
   link @1 :UInt64;
   options @2 :List(JitOption);
+  globalSymbols @3 :List(JitSymbol);  # CU_JIT_GLOBAL_SYMBOL_*: names the inputs may use
+}
+struct JitSymbol {
+  name @0 :Text;
+  address @1 :UInt64;  # a device address of the session's
 }
 struct LinkAddData {
   link @0 :UInt64;

@@ -48,6 +48,7 @@ Status ReadJitOptions(capnp::List<wire::JitOption>::Reader in,
       case CU_JIT_GLOBAL_SYMBOL_NAMES:
       case CU_JIT_GLOBAL_SYMBOL_ADDRESSES:
       case CU_JIT_GLOBAL_SYMBOL_COUNT:
+        return Status::InvalidArgument("the global symbol table travels as globalSymbols");
       case CU_JIT_REFERENCED_KERNEL_NAMES:
       case CU_JIT_REFERENCED_KERNEL_COUNT:
       case CU_JIT_REFERENCED_VARIABLE_NAMES:
@@ -93,9 +94,23 @@ wire::LinkResult::Builder ReplyLinkResult(const Status& outcome, const backend::
 Status Session::LinkCreate(wire::LinkCreate::Reader args) {
   std::vector<backend::JitOption> options;
   FERRY_RETURN_IF_ERROR(ReadJitOptions(args.getOptions(), &options));
+  // The global symbol table: each address must be the session's own, as any
+  // device address a call names (a linked kernel would write there).
+  constexpr unsigned kMaxJitSymbols = 4096;
+  if (args.getGlobalSymbols().size() > kMaxJitSymbols) {
+    return Status::InvalidArgument("more than " + std::to_string(kMaxJitSymbols) +
+                                   " global symbols");
+  }
+  std::vector<backend::JitSymbol> symbols;
+  for (auto symbol : args.getGlobalSymbols()) {
+    if (symbol.getName().size() == 0)
+      return Status::InvalidArgument("a global symbol without name");
+    FERRY_RETURN_IF_ERROR(CheckRange(symbol.getAddress(), 1, "global symbol"));
+    symbols.push_back({symbol.getName().cStr(), symbol.getAddress()});
+  }
   return CreateInContext(links_, args.getCtx(), args.getLink(),
                          [&](backend::Context& ctx, LinkEntry* entry) {
-                           return backend_.CreateLink(ctx, options, &entry->link);
+                           return backend_.CreateLink(ctx, options, symbols, &entry->link);
                          });
 }
 

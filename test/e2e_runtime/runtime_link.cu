@@ -7,9 +7,12 @@
 // the log sizes are written back into the program's optionValues. Linking
 // link_kernel.ptx alone fails at cuLinkComplete with an error log that names
 // the missing rt_link_op; an input that is no PTX is refused at
-// cuLinkAddData.
+// cuLinkAddData. link_counter.ptx's `.extern` rt_link_counter resolves
+// through the link's global symbol table (CU_JIT_GLOBAL_SYMBOL_*), and
+// fails to without it (its kernel is not launched: a host twin cannot see
+// where the table put the counter).
 //
-// Usage: runtime_link LINK_KERNEL_PTX LINK_OP_PTX
+// Usage: runtime_link LINK_KERNEL_PTX LINK_OP_PTX LINK_COUNTER_PTX
 #include <cuda.h>
 #include <cuda_runtime.h>
 
@@ -75,8 +78,8 @@ struct LinkOptions {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 3) {
-    std::printf("usage: runtime_link LINK_KERNEL_PTX LINK_OP_PTX\n");
+  if (argc != 4) {
+    std::printf("usage: runtime_link LINK_KERNEL_PTX LINK_OP_PTX LINK_COUNTER_PTX\n");
     return 2;
   }
   RT_CHECK(cudaSetDevice(0));
@@ -154,6 +157,32 @@ int main(int argc, char** argv) {
   RT_EXPECT(bad.error[0] != '\0');
   RT_CHECK_CU(cuLinkDestroy(link));
   std::printf("bad input refused: ok\n");
+
+  // The global symbol table gives link_counter.ptx's extern variable an
+  // address of the program's.
+  std::vector<char> counter_ptx = ReadText(argv[3]);
+  const char* names[] = {"rt_link_counter"};
+  void* addresses[] = {reinterpret_cast<void*>(d_y)};
+  char table_error[1024] = {};
+  CUjit_option table_options[] = {CU_JIT_GLOBAL_SYMBOL_NAMES, CU_JIT_GLOBAL_SYMBOL_ADDRESSES,
+                                  CU_JIT_GLOBAL_SYMBOL_COUNT, CU_JIT_ERROR_LOG_BUFFER,
+                                  CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES};
+  void* table_values[] = {names, addresses, reinterpret_cast<void*>(uintptr_t{1}), table_error,
+                          reinterpret_cast<void*>(uintptr_t{sizeof(table_error)})};
+  RT_CHECK_CU(cuLinkCreate(5, table_options, table_values, &link));
+  RT_CHECK_CU(cuLinkAddData(link, CU_JIT_INPUT_PTX, counter_ptx.data(), counter_ptx.size(),
+                            "link_counter.ptx", 0, nullptr, nullptr));
+  RT_CHECK_CU(cuLinkComplete(link, &cubin, &cubin_bytes));
+  RT_EXPECT(cubin_bytes > 0 && table_error[0] == '\0');
+  RT_CHECK_CU(cuLinkDestroy(link));
+  LinkOptions no_table;
+  RT_CHECK_CU(cuLinkCreate(no_table.Count(), no_table.options, no_table.values, &link));
+  RT_CHECK_CU(cuLinkAddData(link, CU_JIT_INPUT_PTX, counter_ptx.data(), counter_ptx.size(),
+                            "link_counter.ptx", 0, nullptr, nullptr));
+  RT_EXPECT(cuLinkComplete(link, &cubin, &cubin_bytes) != CUDA_SUCCESS);
+  RT_EXPECT(std::strstr(no_table.error, "rt_link_counter") != nullptr);
+  RT_CHECK_CU(cuLinkDestroy(link));
+  std::printf("global symbol table resolves rt_link_counter: ok\n");
 
   RT_CHECK_CU(cuMemFree(d_x));
   RT_CHECK_CU(cuMemFree(d_y));

@@ -2323,17 +2323,23 @@ TEST_F(SessionLinkTest, AnUnresolvedReferenceFailsWithItsNameInTheErrorLog) {
   EXPECT_EQ(Complete(900).status.cuda_result(), CUDA_ERROR_INVALID_HANDLE);
 }
 
-TEST_F(SessionLinkTest, LogBuffersAreBoundedAndPointerTablesRefused) {
+TEST_F(SessionLinkTest, LogBuffersAreBoundedAndPointerOptionsRefused) {
   CreateContext();
-  const ReplyResult table = client_->Call([&](wire::Call::Builder c) {
-    auto a = c.initLinkCreate();
-    a.setCtx(100);
-    a.setLink(901);
-    auto list = a.initOptions(1);
-    list[0].setOption(CU_JIT_GLOBAL_SYMBOL_NAMES);
-    list[0].setValue(0x1234);
-  });
-  EXPECT_EQ(table.status.cuda_result(), CUDA_ERROR_NOT_SUPPORTED);
+  // Pointers into the program never arrive as option values.
+  auto create_with = [&](uint64_t link, CUjit_option option) {
+    return client_->Call([&](wire::Call::Builder c) {
+      auto a = c.initLinkCreate();
+      a.setCtx(100);
+      a.setLink(link);
+      auto list = a.initOptions(1);
+      list[0].setOption(option);
+      list[0].setValue(0x1234);
+    });
+  };
+  EXPECT_EQ(create_with(901, CU_JIT_REFERENCED_KERNEL_NAMES).status.cuda_result(),
+            CUDA_ERROR_NOT_SUPPORTED);
+  EXPECT_EQ(create_with(901, CU_JIT_GLOBAL_SYMBOL_NAMES).status.cuda_result(),
+            CUDA_ERROR_INVALID_VALUE);
   const ReplyResult unknown = client_->Call([&](wire::Call::Builder c) {
     auto a = c.initLinkCreate();
     a.setCtx(100);
@@ -2355,6 +2361,42 @@ TEST_F(SessionLinkTest, LogBuffersAreBoundedAndPointerTablesRefused) {
   ASSERT_TRUE(AddPtx(903, "a.ptx", UsesOp()).link_outcome.ok());
   EXPECT_EQ(Complete(903).link_options.at(CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES),
             std::string("error   : Undefined reference to 'op' in 'a.ptx'\n").size() + 1);
+  client_->Send([&](wire::Call::Builder c) { c.initCtxDestroy().setCtx(100); }, false);
+  ASSERT_TRUE(client_->Call([&](wire::Call::Builder c) { c.setPing(); }).status.ok());
+}
+
+// The global symbol table (CU_JIT_GLOBAL_SYMBOL_*) defines names for the
+// inputs: an `.extern .global` it names resolves; its addresses must be the
+// session's own.
+TEST_F(SessionLinkTest, TheGlobalSymbolTableResolvesExternVariables) {
+  CreateContext();
+  const uint64_t counter = Alloc(256);
+  const std::vector<uint8_t> uses_counter = Ptx(R"ptx(.version 9.0
+.target sm_90
+.address_size 64
+.extern .global .align 4 .u32 counter;
+.visible .entry bump() { ret; }
+)ptx");
+  auto create = [&](uint64_t link, uint64_t address) {
+    return client_->Call([&](wire::Call::Builder c) {
+      auto a = c.initLinkCreate();
+      a.setCtx(100);
+      a.setLink(link);
+      auto table = a.initGlobalSymbols(1);
+      table[0].setName("counter");
+      table[0].setAddress(address);
+    });
+  };
+  EXPECT_EQ(create(910, 0x10).status.cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  ASSERT_TRUE(create(911, counter).status.ok());
+  ASSERT_TRUE(AddPtx(911, "counter.ptx", uses_counter).link_outcome.ok());
+  const ReplyResult completed = Complete(911);
+  EXPECT_TRUE(completed.link_outcome.ok()) << completed.link_outcome.ToString();
+  // Without the table the same input leaves counter unresolved.
+  ASSERT_TRUE(CreateLink(912).status.ok());
+  ASSERT_TRUE(AddPtx(912, "counter.ptx", uses_counter).link_outcome.ok());
+  EXPECT_EQ(Complete(912).error_log,
+            "error   : Undefined reference to 'counter' in 'counter.ptx'\n");
   client_->Send([&](wire::Call::Builder c) { c.initCtxDestroy().setCtx(100); }, false);
   ASSERT_TRUE(client_->Call([&](wire::Call::Builder c) { c.setPing(); }).status.ok());
 }

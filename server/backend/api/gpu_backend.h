@@ -216,6 +216,13 @@ struct JitOption {
   int option = 0;
   uint64_t value = 0;
 };
+// CU_JIT_GLOBAL_SYMBOL_NAMES/ADDRESSES: a name the inputs may reference and
+// the device address it stands for (the caller checked the address). They
+// reach the backend as this list, never as those options.
+struct JitSymbol {
+  std::string name;
+  uint64_t address = 0;
+};
 // What a link call leaves for the program, filled whether the call succeeded
 // or not: the logs so far (text without the NUL), and the option slots after
 // the call as the driver left them (outputs such as CU_JIT_WALL_TIME, a
@@ -402,9 +409,10 @@ class GpuBackend {
                                    std::unique_ptr<Module>* out) = 0;
 
   // --- JIT linking ---------------------------------------------------------
-  // cuLinkCreate in `ctx` with `options`. The caller bounds the log sizes.
+  // cuLinkCreate in `ctx` with `options` and the global symbol table
+  // `symbols`. The caller bounds the log sizes.
   virtual Status CreateLink(Context& ctx, const std::vector<JitOption>& options,
-                            std::unique_ptr<Link>* out) = 0;
+                            const std::vector<JitSymbol>& symbols, std::unique_ptr<Link>* out) = 0;
   // cuLinkAddData: input `data` of CUjitInputType `type`, called `name` in
   // logs, with its own compiler `options`. The backend keeps what it needs of
   // `data`. `report` as LinkReport says.

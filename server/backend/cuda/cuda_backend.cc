@@ -359,6 +359,10 @@ class CudaLink final : public Link {
   std::vector<CUjit_option> options;
   std::vector<void*> values;
   std::vector<char> info_log, error_log;  // the buffers the log options point at
+  // The global symbol table the CU_JIT_GLOBAL_SYMBOL_* options point at.
+  std::vector<std::string> symbol_names;
+  std::vector<const char*> symbol_name_pointers;
+  std::vector<void*> symbol_addresses;
 };
 
 // The objects a caller hands back are the ones this backend made.
@@ -1424,7 +1428,7 @@ class CudaBackend final : public GpuBackend {
   // the program's held; a log buffer option points at a buffer of the link's
   // own, of the size its *_SIZE_BYTES option gives.
   Status CreateLink(Context& context, const std::vector<JitOption>& options,
-                    std::unique_ptr<Link>* out) override {
+                    const std::vector<JitSymbol>& symbols, std::unique_ptr<Link>* out) override {
     return Guarded("CreateLink", [&]() -> Status {
       FERRY_RETURN_IF_ERROR(NeedLinker());
       CudaContext& ctx = Ctx(context);
@@ -1438,6 +1442,22 @@ class CudaBackend final : public GpuBackend {
       link->info_log.assign(std::max<size_t>(size_of(CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES), 1), 0);
       link->error_log.assign(std::max<size_t>(size_of(CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES), 1), 0);
       ToDriverOptions(options, link.get(), &link->options, &link->values);
+      if (!symbols.empty()) {
+        for (const JitSymbol& symbol : symbols) {
+          link->symbol_names.push_back(symbol.name);
+          link->symbol_addresses.push_back(reinterpret_cast<void*>(symbol.address));
+        }
+        for (const std::string& name : link->symbol_names) {
+          link->symbol_name_pointers.push_back(name.c_str());
+        }
+        link->options.insert(link->options.end(),
+                             {CU_JIT_GLOBAL_SYMBOL_NAMES, CU_JIT_GLOBAL_SYMBOL_ADDRESSES,
+                              CU_JIT_GLOBAL_SYMBOL_COUNT});
+        link->values.insert(link->values.end(),
+                            {static_cast<void*>(link->symbol_name_pointers.data()),
+                             static_cast<void*>(link->symbol_addresses.data()),
+                             reinterpret_cast<void*>(uintptr_t{symbols.size()})});
+      }
       FERRY_RETURN_IF_ERROR(MakeCurrent(ctx));
       FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuLinkCreate,
                                      static_cast<unsigned>(link->options.size()),
@@ -1888,12 +1908,18 @@ class CudaBackend final : public GpuBackend {
       values->push_back(value);
     }
   }
-  // The slots after a driver call, with the log buffers' pointers left out.
+  // The slots after a driver call, with the log buffers' pointers left out
+  // and the global symbol table's options dropped (they follow the
+  // program's own, so the rest keep the program's order).
   static std::vector<JitOption> FromDriverOptions(const std::vector<CUjit_option>& ids,
                                                   const std::vector<void*>& values) {
     std::vector<JitOption> out;
     for (size_t i = 0; i < ids.size(); ++i) {
       JitOption o{static_cast<int>(ids[i]), 0};
+      if (ids[i] == CU_JIT_GLOBAL_SYMBOL_NAMES || ids[i] == CU_JIT_GLOBAL_SYMBOL_ADDRESSES ||
+          ids[i] == CU_JIT_GLOBAL_SYMBOL_COUNT) {
+        continue;  // the table's, not the program's options
+      }
       if (ids[i] != CU_JIT_INFO_LOG_BUFFER && ids[i] != CU_JIT_ERROR_LOG_BUFFER) {
         std::memcpy(&o.value, &values[i], sizeof(o.value));
       }

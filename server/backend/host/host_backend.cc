@@ -1132,9 +1132,9 @@ class HostBackend final : public GpuBackend {
   // --- JIT linking: host_link.h says what it means here ----------------------
 
   Status CreateLink(Context& ctx, const std::vector<JitOption>& options,
-                    std::unique_ptr<Link>* out) override {
+                    const std::vector<JitSymbol>& symbols, std::unique_ptr<Link>* out) override {
     (void)ctx;  // every context's devices run the same host twins
-    *out = std::make_unique<host_internal::HostLink>(options);
+    *out = std::make_unique<host_internal::HostLink>(options, symbols);
     return Status::Ok();
   }
 

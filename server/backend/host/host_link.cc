@@ -28,7 +28,8 @@ uint32_t LogBytes(const std::string& text, uint64_t capacity) {
 
 }  // namespace
 
-HostLink::HostLink(std::vector<JitOption> options) : options_(std::move(options)) {}
+HostLink::HostLink(std::vector<JitOption> options, std::vector<JitSymbol> symbols)
+    : options_(std::move(options)), symbols_(std::move(symbols)) {}
 
 uint64_t HostLink::OptionValue(int option, uint64_t otherwise) const {
   for (const JitOption& o : options_) {
@@ -90,7 +91,8 @@ Status HostLink::Complete(std::span<const uint8_t>* image, LinkReport* report) {
       return Status::InvalidArgument("cuLinkComplete: no inputs were added");
     }
     std::map<std::string, const Input*> defined;  // strong definitions
-    std::set<std::string> weak;
+    std::set<std::string> weak;                   // and the global symbol table's names
+    for (const JitSymbol& symbol : symbols_) weak.insert(symbol.name);
     bool failed = false;
     for (const Input& input : inputs_) {
       for (const std::string& name : input.symbols.defined) {

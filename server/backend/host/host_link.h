@@ -10,7 +10,8 @@
 //    A refused input gets an error-log line naming it.
 //  * cuLinkComplete resolves references by name across PTX inputs: every
 //    `.extern .func` / `.extern .global` / `.extern .const` of one input
-//    must be defined `.visible` (or `.weak`) by some input, and no name may
+//    must be defined `.visible` (or `.weak`) by some input or named in the
+//    global symbol table (CU_JIT_GLOBAL_SYMBOL_NAMES), and no name may
 //    be defined `.visible` twice; otherwise the link fails with
 //    CUDA_ERROR_UNKNOWN (what the driver reports for nvlink's errors) and an
 //    error-log line per problem: "error   : Undefined reference to 'NAME' in
@@ -42,7 +43,7 @@ namespace ferry::backend::host_internal {
 
 class HostLink final : public Link {
  public:
-  explicit HostLink(std::vector<JitOption> options);
+  HostLink(std::vector<JitOption> options, std::vector<JitSymbol> symbols);
 
   // GpuBackend::AddLinkInput and CompleteLink.
   Status AddInput(int type, std::span<const uint8_t> data, const std::string& name,
@@ -63,6 +64,7 @@ class HostLink final : public Link {
   void Info(const std::string& line);
 
   std::vector<JitOption> options_;  // as given; outputs are written into copies
+  std::vector<JitSymbol> symbols_;  // the global symbol table
   std::string info_log_;
   std::string error_log_;
   double wall_ms_ = 0;

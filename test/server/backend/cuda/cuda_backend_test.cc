@@ -1232,7 +1232,7 @@ TEST_F(FakeDriverTest, BadPartitionArgumentsAreRefused) {
 // backend works on.
 TEST_F(FakeDriverTest, ADriverWithoutTheLinkerRefusesLinks) {
   std::unique_ptr<Link> link;
-  const Status status = backend_->CreateLink(*ctx_, {{CU_JIT_LOG_VERBOSE, 1}}, &link);
+  const Status status = backend_->CreateLink(*ctx_, {{CU_JIT_LOG_VERBOSE, 1}}, {}, &link);
   EXPECT_EQ(status.cuda_result(), CUDA_ERROR_NOT_SUPPORTED);
   EXPECT_THAT(status.message(), HasSubstr("no JIT linker"));
   EXPECT_EQ(link, nullptr);
