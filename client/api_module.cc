@@ -184,10 +184,39 @@ Status CheckLaunchLimits(int device, const std::array<unsigned, 3>& grid,
   return Status::Ok();
 }
 
+// A cooperative grid must fit on the device at once (CUDA's rule): blocks per
+// SM for this block size and shared memory, as the server's occupancy answer
+// gives it exactly, times the device's SM count. Checked here so the launch
+// itself returns CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE, as the driver's
+// does (the launch is posted; the server's check would only latch). One round
+// trip per cooperative launch; the backend checks again when it launches.
+Status CheckCooperativeGrid(Runtime& rt, uint64_t function_id, int device,
+                            const std::array<unsigned, 3>& grid,
+                            const std::array<unsigned, 3>& block, unsigned shared_bytes) {
+  const uint64_t threads = uint64_t{block[0]} * block[1] * block[2];
+  std::vector<int> per_sm;
+  FERRY_RETURN_IF_ERROR(ferry::client::MaxActiveBlocks(
+      rt, function_id, {static_cast<uint32_t>(threads)}, {shared_bytes}, 0, &per_sm));
+  const int64_t sms = rt.devices()[device].Attribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT);
+  const uint64_t resident = static_cast<uint64_t>(per_sm.at(0)) * static_cast<uint64_t>(sms);
+  const uint64_t blocks = uint64_t{grid[0]} * grid[1] * grid[2];
+  if (blocks > resident) {
+    return Status::Cuda(CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE,
+                        "cooperative grid of " + std::to_string(blocks) + " blocks exceeds the " +
+                            std::to_string(resident) + " that can be resident at once");
+  }
+  return Status::Ok();
+}
+
+// How a launch runs beyond its shape: a cluster (0s: none) and cooperation.
+struct LaunchMode {
+  std::array<unsigned, 3> cluster{0, 0, 0};
+  bool cooperative = false;
+};
+
 Status Launch(CUfunction f, const std::array<unsigned, 3>& grid,
               const std::array<unsigned, 3>& block, unsigned shared_bytes, CUstream stream,
-              void** kernel_params, void** extra, const std::array<unsigned, 3>& cluster,
-              bool per_thread) {
+              void** kernel_params, void** extra, const LaunchMode& mode, bool per_thread) {
   Runtime& rt = Runtime::Get();
   FERRY_RETURN_IF_ERROR(rt.Ready());
   StreamTarget target;
@@ -202,6 +231,9 @@ Status Launch(CUfunction f, const std::array<unsigned, 3>& grid,
   int device = 0;
   FERRY_RETURN_IF_ERROR(rt.contexts().Device(target.ctx, &device));
   FERRY_RETURN_IF_ERROR(CheckLaunchLimits(device, grid, block, shared_bytes));
+  if (mode.cooperative) {
+    FERRY_RETURN_IF_ERROR(CheckCooperativeGrid(rt, function_id, device, grid, block, shared_bytes));
+  }
   thread_local std::vector<uint8_t> params;
   FERRY_RETURN_IF_ERROR(PackParams(function, kernel_params, extra, &params));
   return rt.connection().Post(
@@ -210,9 +242,10 @@ Status Launch(CUfunction f, const std::array<unsigned, 3>& grid,
         SetStreamTarget(args, target);
         args.setFunction(function_id);
         SetLaunchShape(args, grid, block, shared_bytes);
-        args.setClusterX(cluster[0]);
-        args.setClusterY(cluster[1]);
-        args.setClusterZ(cluster[2]);
+        args.setClusterX(mode.cluster[0]);
+        args.setClusterY(mode.cluster[1]);
+        args.setClusterZ(mode.cluster[2]);
+        args.setCooperative(mode.cooperative);
       },
       OutBytes{params.data(), params.size()});
 }
@@ -220,19 +253,17 @@ Status Launch(CUfunction f, const std::array<unsigned, 3>& grid,
 Status LaunchEx(const CUlaunchConfig* config, CUfunction f, void** kernel_params, void** extra,
                 bool per_thread) {
   if (config == nullptr) return Status::InvalidArgument("config is NULL");
-  std::array<unsigned, 3> cluster{0, 0, 0};
+  LaunchMode mode;
   for (unsigned i = 0; i < config->numAttrs; ++i) {
     const CUlaunchAttribute& a = config->attrs[i];
     switch (a.id) {
       case CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION:
-        cluster = {a.value.clusterDim.x, a.value.clusterDim.y, a.value.clusterDim.z};
+        mode.cluster = {a.value.clusterDim.x, a.value.clusterDim.y, a.value.clusterDim.z};
         break;
       case CU_LAUNCH_ATTRIBUTE_PRIORITY:  // a scheduling hint
         break;
       case CU_LAUNCH_ATTRIBUTE_COOPERATIVE:
-        if (a.value.cooperative != 0) {
-          return Status::Unimplemented("cooperative launches are not supported by ferry yet");
-        }
+        mode.cooperative = a.value.cooperative != 0;
         break;
       case CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION:
         // Allowing overlap is an optimisation; running serialised is correct.
@@ -244,7 +275,7 @@ Status LaunchEx(const CUlaunchConfig* config, CUfunction f, void** kernel_params
   }
   return Launch(f, {config->gridDimX, config->gridDimY, config->gridDimZ},
                 {config->blockDimX, config->blockDimY, config->blockDimZ}, config->sharedMemBytes,
-                config->hStream, kernel_params, extra, cluster, per_thread);
+                config->hStream, kernel_params, extra, mode, per_thread);
 }
 
 }  // namespace
@@ -441,7 +472,7 @@ CUresult CUDAAPI cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned in
                                 void** extra) {
   return Api([&] {
     return Launch(f, {gridDimX, gridDimY, gridDimZ}, {blockDimX, blockDimY, blockDimZ},
-                  sharedMemBytes, hStream, kernelParams, extra, {0, 0, 0}, false);
+                  sharedMemBytes, hStream, kernelParams, extra, LaunchMode{}, false);
   });
 }
 
@@ -452,7 +483,32 @@ CUresult CUDAAPI cuLaunchKernel_ptsz(CUfunction f, unsigned int gridDimX, unsign
                                      void** kernelParams, void** extra) {
   return Api([&] {
     return Launch(f, {gridDimX, gridDimY, gridDimZ}, {blockDimX, blockDimY, blockDimZ},
-                  sharedMemBytes, hStream, kernelParams, extra, {0, 0, 0}, true);
+                  sharedMemBytes, hStream, kernelParams, extra, LaunchMode{}, true);
+  });
+}
+
+// Cooperative launches: as cuLaunchKernel, with every block resident at once.
+CUresult CUDAAPI cuLaunchCooperativeKernel(CUfunction f, unsigned int gridDimX,
+                                           unsigned int gridDimY, unsigned int gridDimZ,
+                                           unsigned int blockDimX, unsigned int blockDimY,
+                                           unsigned int blockDimZ, unsigned int sharedMemBytes,
+                                           CUstream hStream, void** kernelParams) {
+  return Api([&] {
+    return Launch(f, {gridDimX, gridDimY, gridDimZ}, {blockDimX, blockDimY, blockDimZ},
+                  sharedMemBytes, hStream, kernelParams, nullptr, LaunchMode{.cooperative = true},
+                  false);
+  });
+}
+
+CUresult CUDAAPI cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned int gridDimX,
+                                                unsigned int gridDimY, unsigned int gridDimZ,
+                                                unsigned int blockDimX, unsigned int blockDimY,
+                                                unsigned int blockDimZ, unsigned int sharedMemBytes,
+                                                CUstream hStream, void** kernelParams) {
+  return Api([&] {
+    return Launch(f, {gridDimX, gridDimY, gridDimZ}, {blockDimX, blockDimY, blockDimZ},
+                  sharedMemBytes, hStream, kernelParams, nullptr, LaunchMode{.cooperative = true},
+                  true);
   });
 }
 

@@ -1,7 +1,8 @@
 // Handle ids: the value of every CUcontext, CUstream, CUevent, CUmodule,
-// CUfunction, CUlibrary, CUkernel or CUmemoryPool the client hands out is (kind << 48 |
-// serial), a non-canonical address the client chooses (README.md invariant 2),
-// and the same id names the object on the wire.
+// CUfunction, CUlibrary, CUkernel, CUmemoryPool or CUlinkState the client
+// hands out is (kind << 48 | serial), a non-canonical address the client
+// chooses (README.md invariant 2), and the same id names the object on the
+// wire.
 //
 // Thread-safety: HandleIds is thread-safe (one atomic counter per process).
 #pragma once
@@ -31,6 +32,8 @@ enum class HandleKind : uint64_t {
   // CUDA arrays, textures and surfaces
   kArray = 0xA7,           // CUarray
   kMipmappedArray = 0xA9,  // CUmipmappedArray
+  // JIT linking: a CUlinkState
+  kLink = 0x11,
 };
 
 inline bool IsHandleKind(uint64_t id, HandleKind kind) {

@@ -55,10 +55,15 @@ Status ReadImageDescription(wire::Reply::Reader reply, ImageDescription* out) {
   return Status::Ok();
 }
 
-Status ReadImageFile(const char* path, std::vector<uint8_t>* bytes) {
+Status ReadFileBytes(const char* path, std::vector<uint8_t>* bytes) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return Status::Cuda(CUDA_ERROR_FILE_NOT_FOUND, std::string("cannot open ") + path);
   bytes->assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  return Status::Ok();
+}
+
+Status ReadImageFile(const char* path, std::vector<uint8_t>* bytes) {
+  FERRY_RETURN_IF_ERROR(ReadFileBytes(path, bytes));
   image::ImageKind kind;
   FERRY_RETURN_IF_ERROR(image::ClassifyImage(*bytes, &kind));
   if (kind == image::ImageKind::kPtx && (bytes->empty() || bytes->back() != 0)) {

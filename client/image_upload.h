@@ -67,6 +67,10 @@ Status LoadImage(Connection& connection, std::span<const uint8_t> image, Init in
       [&](wire::Reply::Reader reply) { return ReadImageDescription(reply, out); });
 }
 
+// Reads the file at `path` as it is (cuLinkAddFile):
+// CUDA_ERROR_FILE_NOT_FOUND when it cannot be opened.
+Status ReadFileBytes(const char* path, std::vector<uint8_t>* bytes);
+
 // Reads the image file at `path` (cuModuleLoad, cuLibraryLoadFromFile):
 // CUDA_ERROR_FILE_NOT_FOUND when it cannot be opened, an error when it is no
 // image; PTX text gets the terminating NUL the loaders expect.

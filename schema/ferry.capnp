@@ -399,6 +399,18 @@ struct Call {
         $waits("always") $handles(["ctx", "array"]) $ranges(["devPtr"]) $usesContext;
     texObjectDestroy @90 :TexObjectRef  # cuTexObjectDestroy, cuSurfObjectDestroy
         $waits("never") $handles(["object"]);
+    # JIT linking (cuLinkCreate, cuLinkAddData/File, cuLinkComplete, cuLinkDestroy): see
+    # LinkCreate. linkAddData and linkComplete answer a linkResult.
+    linkCreate @91 :LinkCreate
+        $waits("always") $handles(["ctx"]);
+    linkAddData @92 :LinkAddData  # bulk = the input, unless named by its hash alone
+        $waits("always") $handles(["link"]) $usesContext;
+    linkComplete @93 :LinkRef  # linkResult.imageBytes: the linked image's size
+        $waits("always") $handles(["link"]) $usesContext;
+    linkImage @94 :LinkRef  # reply bulk = the linked image (after a successful linkComplete)
+        $waits("always") $handles(["link"]) $usesContext;
+    linkDestroy @95 :LinkRef
+        $waits("never") $handles(["link"]);
   }
 }
 
@@ -461,6 +473,59 @@ struct MemGetAccess {
 struct MemGranularity {
   device @0 :Int32;
   recommended @1 :Bool;  # CU_MEM_ALLOC_GRANULARITY_RECOMMENDED; else MINIMUM
+}
+
+# JIT linking. A link belongs to `ctx` (the current context of cuLinkCreate)
+# and runs on the server: the CUDA backend uses the driver's linker, the host
+# backend its own (server/backend/host/host_link.h says what linking means there).
+# Inputs travel like module images (named by SHA-256 first when large; the
+# server's image cache serves them). Options travel as (option, value) pairs,
+# the value being what the program's optionValues slot holds; options that
+# carry pointers are translated: a log buffer (CU_JIT_INFO_LOG_BUFFER,
+# CU_JIT_ERROR_LOG_BUFFER) travels with value 0 and the server links into a
+# buffer of its own of the size the program gave, whose contents come back in
+# every linkResult; the client copies them into the program's buffer and
+# writes the output options (wall time, log sizes, threads per block) back
+# into the program's optionValues, as the driver does. The global symbol
+# table (CU_JIT_GLOBAL_SYMBOL_NAMES/ADDRESSES/COUNT) travels as
+# globalSymbols: names with device addresses, each checked against the
+# session's allocations; tables of referenced names are not forwarded.
+struct JitOption {
+  option @0 :Int32;  # a CUjit_option
+  value @1 :UInt64;  # the optionValues slot's bits (a float option in the low 32 bits)
+}
+struct LinkCreate {
+  ctx @0 :UInt64;
+  link @1 :UInt64;
+  options @2 :List(JitOption);
+  globalSymbols @3 :List(JitSymbol);  # CU_JIT_GLOBAL_SYMBOL_*: names the inputs may use
+}
+struct JitSymbol {
+  name @0 :Text;
+  address @1 :UInt64;  # a device address of the session's
+}
+struct LinkAddData {
+  link @0 :UInt64;
+  type @1 :Int32;              # a CUjitInputType
+  name @2 :Text;               # the input's name in log messages
+  options @3 :List(JitOption);  # this input's compiler options
+  # module image cache
+  imageHash @4 :Data;     # SHA-256 of the input, or empty
+  imageBytes @5 :UInt64;  # the input's length, when imageHash is set
+}
+struct LinkRef {
+  link @0 :UInt64;
+}
+# What a link call did. The call's own outcome is `outcome`, not the reply's
+# status (which is OK once the link was found), so that the logs of a failed
+# link still reach the program.
+struct LinkResult {
+  outcome @0 :Status;
+  infoLog @1 :Data;                  # the info log buffer's text so far, without its NUL
+  errorLog @2 :Data;                 # the error log buffer's
+  options @3 :List(JitOption);       # the link's option slots after the call
+  inputOptions @4 :List(JitOption);  # linkAddData: its own option slots after the call
+  imageBytes @5 :UInt64;             # linkComplete: the linked image's size
 }
 
 # peers
@@ -607,6 +672,10 @@ struct Launch {
   clusterX @10 :UInt32;
   clusterY @11 :UInt32;
   clusterZ @12 :UInt32;
+  # cooperative launches: every block of the grid must be resident at once
+  # (cuLaunchCooperativeKernel, CU_LAUNCH_ATTRIBUTE_COOPERATIVE); a grid
+  # larger than that is CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE.
+  cooperative @13 :Bool;
 }
 struct StreamCreate {
   ctx @0 :UInt64;
@@ -958,11 +1027,14 @@ struct Reply {
     gateReached @11 :GateReached;  # hostGate
     # stream attributes
     streamAttribute @13 :StreamAttribute;  # streamGetAttribute
+    # JIT linking
+    linkResult @14 :LinkResult;  # linkCreate, linkAddData, linkComplete
   }
   # memcpyDtoH / memcpy2D to host: the bytes are the reply's bulk payload.
   latchedFromSeq @9 :UInt64;  # nonzero: status is the latched error of that earlier call
   # module image cache
-  imageNotCached @12 :Bool;   # moduleLoad by hash alone: the server lacks the image
+  imageNotCached @12 :Bool;   # moduleLoad, libraryLoad or linkAddData by hash alone: the
+                              # server lacks the image
 }
 
 # host callbacks

@@ -42,6 +42,8 @@ if [ -d "$build/test/e2e_runtime" ]; then
   find "$build/test/e2e_runtime" -maxdepth 1 -type f -perm -u+x -name 'rt_*' \
     -exec cp {} "$bundle/programs/" \;
   cp "$build"/test/e2e_runtime/librt_*.so "$bundle/programs/" 2>/dev/null || true
+  # runtime_link's JIT-link inputs.
+  cp "$build"/test/e2e_runtime/link_*.ptx "$bundle/images/" 2>/dev/null || true
 fi
 # Every host-kernel plugin, for the harness's own check with --backend host
 # (ferry-bench's among them, so that check takes the driver figures too).

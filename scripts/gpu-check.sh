@@ -187,6 +187,9 @@ for program in "$bundle"/programs/*; do
   case "$name" in
     rt_runtime_two_runtimes*) args=("$bundle/programs/librt_two_runtimes_lib.so") ;;
     rt_runtime_cublas*) args=(64) ;;
+    rt_runtime_link*)
+      args=("$bundle/images/link_kernel.ptx" "$bundle/images/link_op.ptx"
+        "$bundle/images/link_counter.ptx") ;;
     *) args=("$bundle/images") ;;
   esac
   if [ "$name" = e2e_peers ] && [ "$backend" = cuda ] && ((gpu_count < 2)); then

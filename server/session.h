@@ -267,6 +267,12 @@ class Session {
     bool surface = false;
   };
 
+  // JIT linking (session_link.cc): a pending or completed link of `ctx`.
+  struct LinkEntry {
+    std::unique_ptr<backend::Link> link;
+    uint64_t ctx = 0;
+    std::span<const uint8_t> image;  // after CompleteLink succeeded; owned by `link`
+  };
   // How a stream-ordered call uses its stream, for CaptureGuard.
   enum class CaptureUse {
     kRecorded,      // queued work a capture records (launch, device-only copy, memset)
@@ -527,6 +533,8 @@ class Session {
   // CUDA arrays, textures and surfaces
   HandleTable<ArrayEntry> arrays_{"array"};
   HandleTable<TextureEntry> textures_{"texture or surface object"};
+  // JIT linking
+  HandleTable<LinkEntry> links_{"link"};
   Status latched_error_;
   uint64_t latched_seq_ = 0;
 

@@ -50,6 +50,7 @@ void Session::DestroyContextResources(uint64_t ctx) {
   ranges_.EraseIf([ctx](const RangeEntry& range) { return range.ctx == ctx; });
   functions_.EraseIf(in_ctx);
   modules_.EraseIf(in_ctx);
+  links_.EraseIf(in_ctx);
   std::erase_if(peer_access_, [ctx](const auto& p) { return p.first == ctx || p.second == ctx; });
 }
 
@@ -82,6 +83,7 @@ void Session::FreeEverything() {
   streams_.Clear();
   functions_.Clear();
   modules_.Clear();
+  links_.Clear();
   ranges_.clear();
   // Libraries last: their modules went with the contexts.
   libraries_.Clear();

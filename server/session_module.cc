@@ -206,6 +206,7 @@ Status Session::Launch(wire::Launch::Reader args, CallContext& cx) {
   if (!ReadLaunchConfig(args, &config)) {
     return Status::InvalidArgument("launch with a zero grid or block dimension");
   }
+  config.cooperative = args.getCooperative();
   // The function's context names the device whose compute share applies.
   return LaunchUnderShare(
       f->ctx, *stream, [&] { return backend_.Launch(*stream, *f->function, config, cx.bulk_in); });

@@ -36,6 +36,17 @@ inline uint64_t LoadLe64(const uint8_t* p) {
   return uint64_t{LoadLe32(p)} | (uint64_t{LoadLe32(p + 4)} << 32);
 }
 
+// Little-endian stores, the counterparts of the loads above.
+inline void StoreLe16(uint8_t* p, uint16_t v) {
+  for (int i = 0; i < 2; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+inline void StoreLe32(uint8_t* p, uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+inline void StoreLe64(uint8_t* p, uint64_t v) {
+  for (int i = 0; i < 8; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+
 // True when [offset, offset + length) lies within `size` bytes. Written so
 // that no addition can wrap around.
 inline bool InBounds(uint64_t size, uint64_t offset, uint64_t length) {

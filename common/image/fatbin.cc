@@ -32,7 +32,8 @@ constexpr uint64_t kLz4MaxRatio = 255;
 constexpr uint64_t kMaxEntryBytes = INT_MAX;
 
 struct Entry {
-  size_t index = 0;  // position in the container, for messages
+  size_t index = 0;                // position in the container, for messages
+  std::span<const uint8_t> whole;  // header and payload
   uint16_t kind = 0;
   uint64_t flags = 0;
   uint64_t compressed_size = 0;
@@ -139,7 +140,10 @@ Status MeasureFatbin(std::span<const uint8_t, kFatbinHeaderSize> header, uint64_
   return Status::Ok();
 }
 
-Status ParseFatbin(std::span<const uint8_t> bytes, ImageLayout* out) {
+namespace {
+
+// The entries of the fatbin container `bytes`, checked to lie within it.
+Status ReadEntries(std::span<const uint8_t> bytes, std::vector<Entry>* out) {
   if (bytes.size() < kFatbinHeaderSize) {
     return InvalidImage("fatbin: truncated header");
   }
@@ -163,6 +167,7 @@ Status ParseFatbin(std::span<const uint8_t> bytes, ImageLayout* out) {
     }
     entries.push_back(Entry{
         .index = entries.size(),
+        .whole = bytes.subspan(at, header_size + payload_size),
         .kind = LoadLe16(h),
         .flags = LoadLe64(h + 40),
         .compressed_size = LoadLe32(h + 16),
@@ -171,7 +176,15 @@ Status ParseFatbin(std::span<const uint8_t> bytes, ImageLayout* out) {
     });
     at = payload_at + payload_size;
   }
+  *out = std::move(entries);
+  return Status::Ok();
+}
 
+}  // namespace
+
+Status ParseFatbin(std::span<const uint8_t> bytes, ImageLayout* out) {
+  std::vector<Entry> entries;
+  FERRY_RETURN_IF_ERROR(ReadEntries(bytes, &entries));
   // ELF layouts come from the compiler's own tables; PTX adds only what no
   // ELF entry had (kernels compiled for PTX JIT alone). Several ELF entries
   // (one per SM) name the same kernels; each is reported once.
@@ -188,6 +201,39 @@ Status ParseFatbin(std::span<const uint8_t> bytes, ImageLayout* out) {
   }
   *out = std::move(layout);
   return Status::Ok();
+}
+
+Status AppendFatbinEntries(std::span<const uint8_t> bytes, std::vector<uint8_t>* payload) {
+  std::vector<Entry> entries;
+  FERRY_RETURN_IF_ERROR(ReadEntries(bytes, &entries));
+  for (const Entry& e : entries) payload->insert(payload->end(), e.whole.begin(), e.whole.end());
+  return Status::Ok();
+}
+
+void AppendFatbinEntry(bool elf, uint32_t sm, std::span<const uint8_t> bytes,
+                       std::vector<uint8_t>* payload) {
+  // Payloads are padded to 8 bytes (zeros: after PTX's NUL, after an ELF's
+  // end), so every entry header stays aligned.
+  const uint64_t padded = (bytes.size() + 7) & ~uint64_t{7};
+  uint8_t header[kEntryHeaderMinSize] = {};
+  StoreLe16(header, elf ? kEntryElf : kEntryPtx);
+  StoreLe16(header + 2, 0x0101);  // entry format version
+  StoreLe32(header + 4, kEntryHeaderMinSize);
+  StoreLe64(header + 8, padded);
+  StoreLe32(header + 28, sm);
+  payload->insert(payload->end(), header, header + sizeof(header));
+  payload->insert(payload->end(), bytes.begin(), bytes.end());
+  payload->resize(payload->size() + (padded - bytes.size()), 0);
+}
+
+std::vector<uint8_t> WrapFatbin(std::span<const uint8_t> payload) {
+  std::vector<uint8_t> fatbin(kFatbinHeaderSize);
+  StoreLe32(fatbin.data(), kFatbinMagic);
+  StoreLe16(fatbin.data() + 4, 1);  // container version
+  StoreLe16(fatbin.data() + 6, kFatbinHeaderSize);
+  StoreLe64(fatbin.data() + 8, payload.size());
+  fatbin.insert(fatbin.end(), payload.begin(), payload.end());
+  return fatbin;
 }
 
 }  // namespace ferry::image::internal

@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <span>
+#include <vector>
 
 #include "common/image/module_image.h"
 #include "common/status.h"
@@ -34,5 +35,16 @@ Status MeasureFatbin(std::span<const uint8_t, kFatbinHeaderSize> header, uint64_
 // PTX entries add. Fails, leaving `*out` untouched, if any entry is
 // malformed or does not decompress.
 Status ParseFatbin(std::span<const uint8_t> bytes, ImageLayout* out);
+
+// Writing a container (FatbinBuilder): appends every entry of the fatbin
+// `bytes` to `payload` as it is (compressed entries stay compressed); fails,
+// appending nothing, on a malformed container.
+Status AppendFatbinEntries(std::span<const uint8_t> bytes, std::vector<uint8_t>* payload);
+// Appends one uncompressed entry: an ELF cubin (`elf`) or NUL-terminated PTX,
+// for SM `sm` (e.g. 90).
+void AppendFatbinEntry(bool elf, uint32_t sm, std::span<const uint8_t> bytes,
+                       std::vector<uint8_t>* payload);
+// The container header followed by `payload` (entries).
+std::vector<uint8_t> WrapFatbin(std::span<const uint8_t> payload);
 
 }  // namespace ferry::image::internal

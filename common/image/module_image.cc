@@ -153,4 +153,37 @@ Status ParseImage(std::span<const uint8_t> bytes, ImageLayout* out) {
   return InvalidImage("unknown image kind");
 }
 
+Status ReadLinkSymbols(std::span<const uint8_t> image, LinkSymbols* out) {
+  ImageKind kind;
+  FERRY_RETURN_IF_ERROR(ClassifyImage(image, &kind));
+  if (kind == ImageKind::kPtx) {
+    std::string_view text(reinterpret_cast<const char*>(image.data()), image.size());
+    internal::ScanPtxLinkSymbols(text.substr(0, text.find('\0')), out);
+  }
+  // A fatbin's and a cubin's symbols are not read (see LinkSymbols).
+  return Status::Ok();
+}
+
+Status FatbinBuilder::Add(std::span<const uint8_t> image) {
+  ImageKind kind;
+  FERRY_RETURN_IF_ERROR(ClassifyImage(image, &kind));
+  constexpr uint32_t kSm = 90;  // the host backend's devices are sm_90
+  switch (kind) {
+    case ImageKind::kFatbin:
+      return internal::AppendFatbinEntries(image, &payload_);
+    case ImageKind::kCubin:
+      internal::AppendFatbinEntry(/*elf=*/true, kSm, image, &payload_);
+      return Status::Ok();
+    case ImageKind::kPtx: {
+      std::vector<uint8_t> text(image.begin(), image.end());
+      if (text.empty() || text.back() != 0) text.push_back(0);
+      internal::AppendFatbinEntry(/*elf=*/false, kSm, text, &payload_);
+      return Status::Ok();
+    }
+  }
+  return InvalidImage("unknown image kind");
+}
+
+std::vector<uint8_t> FatbinBuilder::Finish() const { return internal::WrapFatbin(payload_); }
+
 }  // namespace ferry::image

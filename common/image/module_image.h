@@ -65,4 +65,30 @@ Status ClassifyImage(std::span<const uint8_t> bytes, ImageKind* kind);
 // for the same kernel); kernels are reported once each.
 Status ParseImage(std::span<const uint8_t> bytes, ImageLayout* out);
 
+// --- linking (the host backend's linker) ------------------------------------
+
+// What an image offers other images at link time and what it needs from
+// them, by name. Read from PTX images only; a fatbin or an ELF cubin adds
+// nothing (it is taken as it is).
+struct LinkSymbols {
+  std::vector<std::string> defined;     // .visible functions and variables
+  std::vector<std::string> weak;        // .weak / .common ones
+  std::vector<std::string> referenced;  // .extern ones, to be defined elsewhere
+};
+Status ReadLinkSymbols(std::span<const uint8_t> image, LinkSymbols* out);
+
+// Builds one fatbin container out of several images: a PTX text or an ELF
+// cubin becomes an uncompressed entry, a fatbin's entries are copied as they
+// are. ParseImage reads the result as the union of the inputs.
+class FatbinBuilder {
+ public:
+  // Adds `image` (one whole image); fails, adding nothing, on bytes that are
+  // no image. PTX without its NUL gets one.
+  Status Add(std::span<const uint8_t> image);
+  std::vector<uint8_t> Finish() const;
+
+ private:
+  std::vector<uint8_t> payload_;
+};
+
 }  // namespace ferry::image

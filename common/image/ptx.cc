@@ -567,4 +567,75 @@ bool LooksLikePtx(std::string_view text) {
 
 Status ParsePtx(std::string_view text, ImageLayout* out) { return PtxParser(text).Parse(out); }
 
+void ScanPtxLinkSymbols(std::string_view text, LinkSymbols* out) {
+  Lexer lex(text);
+  enum class Linkage { kNone, kVisible, kWeak, kExtern };
+  Linkage linkage = Linkage::kNone;
+  int depth = 0;   // braces: bodies and initialisers
+  int parens = 0;  // parameter lists
+  // The name after `.func`/`.entry` (past a return-parameter list and
+  // attributes) or after `.global`/`.const` (past alignment and type).
+  auto name_after = [&lex](bool skip_lists) {
+    for (std::string_view tok = lex.Next(); !tok.empty(); tok = lex.Next()) {
+      if (skip_lists && tok == "(") {
+        for (int open = 1; open > 0;) {
+          const std::string_view t = lex.Next();
+          if (t.empty()) return std::string_view();
+          open += t == "(" ? 1 : t == ")" ? -1 : 0;
+        }
+      } else if (tok == ";" || tok == "{") {
+        return std::string_view();
+      } else if (tok[0] != '.' && IsIdentifier(tok)) {
+        return tok;
+      }
+    }
+    return std::string_view();
+  };
+  auto record = [&](std::string_view name) {
+    if (name.empty()) return;
+    switch (linkage) {
+      case Linkage::kVisible:
+        out->defined.emplace_back(name);
+        break;
+      case Linkage::kWeak:
+        out->weak.emplace_back(name);
+        break;
+      case Linkage::kExtern:
+        out->referenced.emplace_back(name);
+        break;
+      case Linkage::kNone:  // local to this module
+        break;
+    }
+    linkage = Linkage::kNone;
+  };
+  for (std::string_view tok = lex.Next(); !tok.empty(); tok = lex.Next()) {
+    if (tok == "{") {
+      ++depth;
+    } else if (tok == "}") {
+      depth = std::max(depth - 1, 0);
+    } else if (depth > 0) {
+      continue;
+    } else if (tok == "(") {
+      ++parens;
+    } else if (tok == ")") {
+      parens = std::max(parens - 1, 0);
+    } else if (parens > 0) {
+      continue;
+    } else if (tok == ";") {
+      linkage = Linkage::kNone;
+    } else if (tok == ".visible") {
+      linkage = Linkage::kVisible;
+    } else if (tok == ".weak" || tok == ".common") {
+      linkage = Linkage::kWeak;
+    } else if (tok == ".extern") {
+      linkage = Linkage::kExtern;
+    } else if (tok == ".func" || tok == ".entry") {
+      record(name_after(/*skip_lists=*/true));
+    } else if (tok == ".global" || tok == ".const") {
+      // `.extern .shared` (dynamic shared memory) is no reference to resolve.
+      record(name_after(/*skip_lists=*/false));
+    }
+  }
+}
+
 }  // namespace ferry::image::internal

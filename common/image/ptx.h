@@ -30,4 +30,10 @@ bool LooksLikePtx(std::string_view text);
 // once. Fails, leaving `*out` untouched, on a declaration it cannot lay out.
 Status ParsePtx(std::string_view text, ImageLayout* out);
 
+// Appends to `*out` the module-scope functions and variables `text` gives
+// other modules (`.visible`; `.weak` and `.common` as weak) and those it takes
+// from them (`.extern .func`, `.extern .global`, `.extern .const`). Function
+// bodies are skipped; text it cannot read adds nothing.
+void ScanPtxLinkSymbols(std::string_view text, LinkSymbols* out);
+
 }  // namespace ferry::image::internal

@@ -129,3 +129,41 @@ FERRY_RT_HOST_KERNEL(rt_surf_scale) {
     launch->services->surf_write(launch, surf, x * 4, y, 0, &v, sizeof(v));
   });
 }
+
+// runtime_cooperative.cu: rt_coop_rotate(int* stage, int* out, int n), a
+// cooperative kernel with one grid.sync(): the whole grid's first phase runs
+// before any of its second, which is what the sync guarantees on a GPU.
+FERRY_RT_HOST_KERNEL(_Z14rt_coop_rotatePiS_i) {
+  auto* stage = Param<int*>(params, 0);
+  auto* out = Param<int*>(params, 1);
+  const int n = Param<int>(params, 2);
+  const long long block = launch->block[0];
+  ForEachThreadX(launch, [&](long long i) {
+    if (i < n) stage[i] = static_cast<int>(i + 1);
+  });
+  ForEachThreadX(launch, [&](long long i) {
+    if (i < n) out[i] = stage[(i + block) % n];
+  });
+}
+
+// runtime_link.cu, JIT-linked from link_kernel.ptx and link_op.ptx (extern
+// "C" names): rt_link_apply(const float* x, float* y, float a, int n) calls
+// link_op's rt_link_op(x, a) = x * a + 1; rt_link_fill(float* y, float v, int n).
+FERRY_RT_HOST_KERNEL(rt_link_apply) {
+  const auto* x = Param<const float*>(params, 0);
+  auto* y = Param<float*>(params, 1);
+  const float a = Param<float>(params, 2);
+  const int n = Param<int>(params, 3);
+  ForEachThreadX(launch, [&](long long i) {
+    if (i < n) y[i] = x[i] * a + 1.0f;
+  });
+}
+
+FERRY_RT_HOST_KERNEL(rt_link_fill) {
+  auto* y = Param<float*>(params, 0);
+  const float v = Param<float>(params, 1);
+  const int n = Param<int>(params, 2);
+  ForEachThreadX(launch, [&](long long i) {
+    if (i < n) y[i] = v;
+  });
+}

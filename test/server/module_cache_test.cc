@@ -154,6 +154,7 @@ class CachedSession {
   }
 
   SessionInfo Info() const { return session_->Info(); }
+  test::RawClient& client() { return *client_; }
 
  private:
   std::unique_ptr<Session> session_;
@@ -283,6 +284,55 @@ TEST_F(SessionModuleCacheTest, WithoutACacheEveryLoadByHashAsksForTheBytes) {
   LoadResult plain = session.Load(12, {}, 0, image);
   ASSERT_TRUE(plain.status.ok()) << plain.status.ToString();
   EXPECT_EQ(session.Info().modules, 4u);
+}
+
+// JIT linking: a link input is named by its hash like a module image (it
+// travels once), and the linked image goes into the cache, so a later load
+// of it that names it by its hash sends nothing.
+TEST_F(SessionModuleCacheTest, LinkInputsAndLinkedImagesAreCachedByHash) {
+  const std::string input = PtxImage("linked_kernel");
+  const std::vector<uint8_t> input_hash = HashBytes(input);
+  auto link = [&](CachedSession& session, uint64_t id, const std::string& bytes) {
+    EXPECT_TRUE(session.client()
+                    .Call([&](wire::Call::Builder c) {
+                      auto a = c.initLinkCreate();
+                      a.setCtx(1);
+                      a.setLink(id);
+                    })
+                    .status.ok());
+    return session.client().Call(
+        [&](wire::Call::Builder c) {
+          auto a = c.initLinkAddData();
+          a.setLink(id);
+          a.setType(CU_JIT_INPUT_PTX);
+          a.setImageHash(kj::arrayPtr(input_hash.data(), input_hash.size()));
+          a.setImageBytes(input.size());
+        },
+        std::vector<uint8_t>(bytes.begin(), bytes.end()));
+  };
+  std::string linked;
+  {
+    CachedSession first(1, *backend_, &cache_);
+    EXPECT_TRUE(link(first, 5, "").image_not_cached);
+    const test::ReplyResult added = link(first, 6, input);
+    ASSERT_TRUE(added.link_result && added.link_outcome.ok()) << added.status.ToString();
+    const test::ReplyResult completed =
+        first.client().Call([&](wire::Call::Builder c) { c.initLinkComplete().setLink(6); });
+    ASSERT_TRUE(completed.link_outcome.ok()) << completed.link_outcome.ToString();
+    const test::ReplyResult image =
+        first.client().Call([&](wire::Call::Builder c) { c.initLinkImage().setLink(6); });
+    ASSERT_EQ(image.bulk.size(), completed.image_bytes);
+    linked.assign(image.bulk.begin(), image.bulk.end());
+  }
+  CachedSession second(2, *backend_, &cache_);
+  const test::ReplyResult by_hash = link(second, 7, "");
+  EXPECT_FALSE(by_hash.image_not_cached);
+  EXPECT_TRUE(by_hash.link_outcome.ok()) << by_hash.link_outcome.ToString();
+  LoadResult loaded = second.Load(20, HashBytes(linked), linked.size(), "");
+  ASSERT_TRUE(loaded.status.ok()) << loaded.status.ToString();
+  EXPECT_FALSE(loaded.not_cached);
+  EXPECT_EQ(loaded.kernels, std::vector<std::string>{"linked_kernel"});
+  EXPECT_EQ(second.Info().module_image_bytes_received, 0u) << "the second process sent image bytes";
 }
 
 }  // namespace

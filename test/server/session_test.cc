@@ -12,15 +12,18 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <cstring>
 #include <functional>
 #include <future>
 #include <map>
 #include <random>
+#include <set>
 #include <string>
 #include <string_view>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "common/frame.h"
@@ -2661,6 +2664,255 @@ TEST(ComputeMechanismTest, HostBackendKeepsLaunchThrottling) {
   ChooseComputeMechanism(*host, &device);
   EXPECT_EQ(device.sm_partition_sms, 0);
   EXPECT_EQ(ComputeMechanism(device), "launch-throttle");
+}
+
+// --- JIT linking and cooperative launches --------------------------------------------
+
+class SessionLinkTest : public SessionTest {
+ protected:
+  // a.ptx calls op, which only b.ptx defines; each has a kernel of its own.
+  static std::vector<uint8_t> Ptx(std::string_view text) {
+    std::vector<uint8_t> bytes(text.begin(), text.end());
+    bytes.push_back(0);
+    return bytes;
+  }
+  static std::vector<uint8_t> UsesOp() {
+    return Ptx(R"ptx(.version 9.0
+.target sm_90
+.address_size 64
+.extern .func (.param .b32 r) op(.param .b32 x);
+.visible .entry uses_op(.param .u64 p) { ret; }
+)ptx");
+  }
+  static std::vector<uint8_t> DefinesOp() {
+    return Ptx(R"ptx(.version 9.0
+.target sm_90
+.address_size 64
+.visible .func (.param .b32 r) op(.param .b32 x) { ret; }
+.visible .entry other(.param .u32 n) { ret; }
+)ptx");
+  }
+
+  // linkCreate of `link` in context 100 with both logs (256 bytes each),
+  // the wall time and verbose logging.
+  ReplyResult CreateLink(uint64_t link) {
+    return client_->Call([&](wire::Call::Builder c) {
+      auto a = c.initLinkCreate();
+      a.setCtx(100);
+      a.setLink(link);
+      const std::pair<CUjit_option, uint64_t> options[] = {
+          {CU_JIT_INFO_LOG_BUFFER, 0},  {CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES, 256},
+          {CU_JIT_ERROR_LOG_BUFFER, 0}, {CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES, 256},
+          {CU_JIT_WALL_TIME, 0},        {CU_JIT_LOG_VERBOSE, 1}};
+      auto list = a.initOptions(std::size(options));
+      for (unsigned i = 0; i < std::size(options); ++i) {
+        list[i].setOption(options[i].first);
+        list[i].setValue(options[i].second);
+      }
+    });
+  }
+  ReplyResult AddPtx(uint64_t link, const char* name, const std::vector<uint8_t>& ptx) {
+    return client_->Call(
+        [&](wire::Call::Builder c) {
+          auto a = c.initLinkAddData();
+          a.setLink(link);
+          a.setType(CU_JIT_INPUT_PTX);
+          a.setName(name);
+        },
+        ptx);
+  }
+  ReplyResult Complete(uint64_t link) {
+    return client_->Call([&](wire::Call::Builder c) { c.initLinkComplete().setLink(link); });
+  }
+  ReplyResult Image(uint64_t link) {
+    return client_->Call([&](wire::Call::Builder c) { c.initLinkImage().setLink(link); });
+  }
+};
+
+TEST_F(SessionLinkTest, TwoPtxInputsLinkIntoAModuleWithTheKernelsOfBoth) {
+  CreateContext();
+  ASSERT_TRUE(CreateLink(900).status.ok());
+  for (const auto& [name, ptx] : {std::pair{"a.ptx", UsesOp()}, std::pair{"b.ptx", DefinesOp()}}) {
+    const ReplyResult added = AddPtx(900, name, ptx);
+    ASSERT_TRUE(added.status.ok() && added.link_result) << added.status.ToString();
+    EXPECT_TRUE(added.link_outcome.ok()) << added.link_outcome.ToString();
+  }
+  const ReplyResult completed = Complete(900);
+  ASSERT_TRUE(completed.status.ok() && completed.link_outcome.ok())
+      << completed.link_outcome.ToString();
+  ASSERT_GT(completed.image_bytes, 0u);
+  // The outputs: an empty error log is its NUL alone; the verbose info log
+  // fits its buffer; the wall time is a float in the slot's low 32 bits.
+  EXPECT_EQ(completed.error_log, "");
+  EXPECT_EQ(completed.link_options.at(CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES), 1u);
+  EXPECT_NE(completed.info_log.find("linked 2 inputs"), std::string::npos) << completed.info_log;
+  EXPECT_EQ(completed.link_options.at(CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES),
+            completed.info_log.size() + 1);
+  const float ms =
+      std::bit_cast<float>(static_cast<uint32_t>(completed.link_options.at(CU_JIT_WALL_TIME)));
+  EXPECT_GE(ms, 0.0f);
+  // No server pointer comes back in a log buffer's slot.
+  EXPECT_EQ(completed.link_options.at(CU_JIT_INFO_LOG_BUFFER), 0u);
+
+  const ReplyResult image = Image(900);
+  ASSERT_TRUE(image.status.ok()) << image.status.ToString();
+  ASSERT_EQ(image.bulk.size(), completed.image_bytes);
+  const ReplyResult loaded = client_->Call(
+      [&](wire::Call::Builder c) {
+        auto a = c.initModuleLoad();
+        a.setCtx(100);
+        a.setModule(400);
+      },
+      image.bulk);
+  ASSERT_TRUE(loaded.status.ok()) << loaded.status.ToString();
+  EXPECT_EQ(std::set<std::string>(loaded.kernels.begin(), loaded.kernels.end()),
+            (std::set<std::string>{"uses_op", "other"}));
+  // A complete link takes no more inputs.
+  const ReplyResult late = AddPtx(900, "late.ptx", DefinesOp());
+  EXPECT_EQ(late.status.cuda_result(), CUDA_ERROR_INVALID_HANDLE);
+  client_->Send([&](wire::Call::Builder c) { c.initModuleUnload().setModule(400); }, false);
+  client_->Send([&](wire::Call::Builder c) { c.initLinkDestroy().setLink(900); }, false);
+  EXPECT_EQ(Image(900).status.cuda_result(), CUDA_ERROR_INVALID_HANDLE);
+  client_->Send([&](wire::Call::Builder c) { c.initCtxDestroy().setCtx(100); }, false);
+  ASSERT_TRUE(client_->Call([&](wire::Call::Builder c) { c.setPing(); }).status.ok());
+}
+
+TEST_F(SessionLinkTest, AnUnresolvedReferenceFailsWithItsNameInTheErrorLog) {
+  CreateContext();
+  ASSERT_TRUE(CreateLink(900).status.ok());
+  ASSERT_TRUE(AddPtx(900, "a.ptx", UsesOp()).link_outcome.ok());
+  const ReplyResult completed = Complete(900);
+  ASSERT_TRUE(completed.status.ok() && completed.link_result);
+  EXPECT_EQ(completed.link_outcome.cuda_result(), CUDA_ERROR_UNKNOWN);
+  EXPECT_EQ(completed.error_log, "error   : Undefined reference to 'op' in 'a.ptx'\n");
+  EXPECT_EQ(completed.link_options.at(CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES),
+            completed.error_log.size() + 1);
+  EXPECT_EQ(completed.image_bytes, 0u);
+  EXPECT_EQ(Image(900).status.cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  // An input that is not what its type says: refused, named in the log.
+  const std::vector<uint8_t> junk = {'n', 'o', 't', 0};
+  const ReplyResult bad = AddPtx(900, "junk.ptx", junk);
+  EXPECT_EQ(bad.link_outcome.cuda_result(), CUDA_ERROR_INVALID_PTX);
+  EXPECT_NE(bad.error_log.find("'junk.ptx'"), std::string::npos) << bad.error_log;
+  // The context takes its links with it.
+  client_->Send([&](wire::Call::Builder c) { c.initCtxDestroy().setCtx(100); }, false);
+  EXPECT_EQ(Complete(900).status.cuda_result(), CUDA_ERROR_INVALID_HANDLE);
+}
+
+TEST_F(SessionLinkTest, LogBuffersAreBoundedAndPointerOptionsRefused) {
+  CreateContext();
+  // Pointers into the program never arrive as option values.
+  auto create_with = [&](uint64_t link, CUjit_option option) {
+    return client_->Call([&](wire::Call::Builder c) {
+      auto a = c.initLinkCreate();
+      a.setCtx(100);
+      a.setLink(link);
+      auto list = a.initOptions(1);
+      list[0].setOption(option);
+      list[0].setValue(0x1234);
+    });
+  };
+  EXPECT_EQ(create_with(901, CU_JIT_REFERENCED_KERNEL_NAMES).status.cuda_result(),
+            CUDA_ERROR_NOT_SUPPORTED);
+  EXPECT_EQ(create_with(901, CU_JIT_GLOBAL_SYMBOL_NAMES).status.cuda_result(),
+            CUDA_ERROR_INVALID_VALUE);
+  const ReplyResult unknown = client_->Call([&](wire::Call::Builder c) {
+    auto a = c.initLinkCreate();
+    a.setCtx(100);
+    a.setLink(902);
+    a.initOptions(1)[0].setOption(CU_JIT_NUM_OPTIONS);
+  });
+  EXPECT_EQ(unknown.status.cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  // A log size past the bound is clamped: the link works.
+  const ReplyResult huge = client_->Call([&](wire::Call::Builder c) {
+    auto a = c.initLinkCreate();
+    a.setCtx(100);
+    a.setLink(903);
+    auto list = a.initOptions(2);
+    list[0].setOption(CU_JIT_ERROR_LOG_BUFFER);
+    list[1].setOption(CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES);
+    list[1].setValue(0xffffffffu);
+  });
+  ASSERT_TRUE(huge.status.ok()) << huge.status.ToString();
+  ASSERT_TRUE(AddPtx(903, "a.ptx", UsesOp()).link_outcome.ok());
+  EXPECT_EQ(Complete(903).link_options.at(CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES),
+            std::string("error   : Undefined reference to 'op' in 'a.ptx'\n").size() + 1);
+  client_->Send([&](wire::Call::Builder c) { c.initCtxDestroy().setCtx(100); }, false);
+  ASSERT_TRUE(client_->Call([&](wire::Call::Builder c) { c.setPing(); }).status.ok());
+}
+
+// The global symbol table (CU_JIT_GLOBAL_SYMBOL_*) defines names for the
+// inputs: an `.extern .global` it names resolves; its addresses must be the
+// session's own.
+TEST_F(SessionLinkTest, TheGlobalSymbolTableResolvesExternVariables) {
+  CreateContext();
+  const uint64_t counter = Alloc(256);
+  const std::vector<uint8_t> uses_counter = Ptx(R"ptx(.version 9.0
+.target sm_90
+.address_size 64
+.extern .global .align 4 .u32 counter;
+.visible .entry bump() { ret; }
+)ptx");
+  auto create = [&](uint64_t link, uint64_t address) {
+    return client_->Call([&](wire::Call::Builder c) {
+      auto a = c.initLinkCreate();
+      a.setCtx(100);
+      a.setLink(link);
+      auto table = a.initGlobalSymbols(1);
+      table[0].setName("counter");
+      table[0].setAddress(address);
+    });
+  };
+  EXPECT_EQ(create(910, 0x10).status.cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  ASSERT_TRUE(create(911, counter).status.ok());
+  ASSERT_TRUE(AddPtx(911, "counter.ptx", uses_counter).link_outcome.ok());
+  const ReplyResult completed = Complete(911);
+  EXPECT_TRUE(completed.link_outcome.ok()) << completed.link_outcome.ToString();
+  // Without the table the same input leaves counter unresolved.
+  ASSERT_TRUE(CreateLink(912).status.ok());
+  ASSERT_TRUE(AddPtx(912, "counter.ptx", uses_counter).link_outcome.ok());
+  EXPECT_EQ(Complete(912).error_log,
+            "error   : Undefined reference to 'counter' in 'counter.ptx'\n");
+  client_->Send([&](wire::Call::Builder c) { c.initCtxDestroy().setCtx(100); }, false);
+  ASSERT_TRUE(client_->Call([&](wire::Call::Builder c) { c.setPing(); }).status.ok());
+}
+
+// A cooperative launch of the tiny library's kernel: 128-thread blocks fit
+// 16 to an SM on the host backend's model, 132 SMs: 2112 blocks are the most
+// that are resident at once, one more is refused (the error latches).
+TEST_F(SessionLibraryTest, ACooperativeGridLargerThanCanBeResidentIsRefused) {
+  EndSession();
+  backend::HostBackendOptions options;
+  options.device_memory = 64 << 20;
+  options.kernel_libraries = {SESSION_TEST_HOST_KERNELS};
+  ASSERT_TRUE(backend::CreateHostBackend(options, &backend_).ok());
+  StartSession();
+  CreateContext();
+  ASSERT_TRUE(LoadLibrary(600).status.ok());
+  ASSERT_TRUE(LoadIntoContext(600, 100, 400, 500).ok());
+  const std::vector<uint8_t> params(12, 0);
+  auto launch = [&](uint32_t blocks) {
+    client_->Send(
+        [&](wire::Call::Builder c) {
+          auto a = c.initLaunch();
+          a.setCtx(100);
+          a.setFunction(500);
+          a.setGridX(blocks);
+          a.setGridY(1);
+          a.setGridZ(1);
+          a.setBlockX(128);
+          a.setBlockY(1);
+          a.setBlockZ(1);
+          a.setCooperative(true);
+        },
+        false, params);
+    return client_->Call([&](wire::Call::Builder c) { c.setPing(); }).status;
+  };
+  EXPECT_TRUE(launch(2112).ok());
+  EXPECT_EQ(launch(2113).cuda_result(), CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE);
+  client_->Send([&](wire::Call::Builder c) { c.initLibraryUnload().setLibrary(600); }, false);
+  client_->Send([&](wire::Call::Builder c) { c.initCtxDestroy().setCtx(100); }, false);
+  ASSERT_TRUE(client_->Call([&](wire::Call::Builder c) { c.setPing(); }).status.ok());
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <future>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -80,6 +81,12 @@ struct ReplyResult {
   bool held = false;
   bool stream_failed = false;
   bool image_not_cached = false;  // a load that named an image the server lacks
+  // JIT linking: a linkResult
+  bool link_result = false;
+  Status link_outcome;
+  std::string info_log, error_log;
+  std::map<int, uint64_t> link_options;  // option -> slot after the call
+  uint64_t image_bytes = 0;
 };
 
 // The client side of a session, one frame at a time.
@@ -154,6 +161,16 @@ class RawClient {
       result.gate_reached = true;
       result.held = reply.getGateReached().getHeld();
       result.stream_failed = reply.getGateReached().getStreamFailed();
+    }
+    if (reply.isLinkResult()) {
+      auto link = reply.getLinkResult();
+      result.link_result = true;
+      result.link_outcome = StatusFromWire(link.getOutcome());
+      auto text = [](capnp::Data::Reader log) { return std::string(log.begin(), log.end()); };
+      result.info_log = text(link.getInfoLog());
+      result.error_log = text(link.getErrorLog());
+      for (auto o : link.getOptions()) result.link_options[o.getOption()] = o.getValue();
+      result.image_bytes = link.getImageBytes();
     }
     if (frame.bulk.size > 0)
       result.bulk.assign(frame.bulk.data.get(), frame.bulk.data.get() + frame.bulk.size);

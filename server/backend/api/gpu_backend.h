@@ -168,6 +168,11 @@ struct LaunchConfig {
   std::array<uint32_t, 3> block{1, 1, 1};
   uint32_t shared_bytes = 0;
   std::array<uint32_t, 3> cluster{0, 0, 0};  // 0 = no cluster attribute
+  // A cooperative launch (cuLaunchCooperativeKernel): every block of the grid
+  // is resident at once, so blocks may wait for each other (a grid sync). A
+  // backend refuses a grid larger than it can keep resident with
+  // CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE.
+  bool cooperative = false;
 };
 
 // Called once when the awaited work has finished (or failed). May run on any
@@ -261,6 +266,38 @@ struct GraphNodeSpec {
 class Library {
  public:
   virtual ~Library() = default;
+};
+
+// JIT linking (cuLinkCreate and the rest). A pending link of one context.
+class Link {
+ public:
+  virtual ~Link() = default;
+};
+// A JIT option as the program gave it: a CUjit_option and the bits of its
+// optionValues slot. Log buffers (CU_JIT_INFO_LOG_BUFFER,
+// CU_JIT_ERROR_LOG_BUFFER) arrive with value 0: the backend logs into buffers
+// of its own, of the size the matching *_SIZE_BYTES option gives.
+struct JitOption {
+  int option = 0;
+  uint64_t value = 0;
+};
+// CU_JIT_GLOBAL_SYMBOL_NAMES/ADDRESSES: a name the inputs may reference and
+// the device address it stands for (the caller checked the address). They
+// reach the backend as this list, never as those options.
+struct JitSymbol {
+  std::string name;
+  uint64_t address = 0;
+};
+// What a link call leaves for the program, filled whether the call succeeded
+// or not: the logs so far (text without the NUL), and the option slots after
+// the call as the driver left them (outputs such as CU_JIT_WALL_TIME, a
+// float in the low 32 bits, and the log sizes; pointer slots are the
+// backend's own and mean nothing to the program).
+struct LinkReport {
+  std::string info_log;
+  std::string error_log;
+  std::vector<JitOption> options;        // the link's (CreateLink's) options
+  std::vector<JitOption> input_options;  // AddLinkInput's own options
 };
 
 // A stream's access policy window and synchronization policy
@@ -450,6 +487,21 @@ class GpuBackend {
   // library before the library, and a context's Modules before the context.
   virtual Status LoadLibraryModule(Context& ctx, Library& library,
                                    std::unique_ptr<Module>* out) = 0;
+
+  // --- JIT linking ---------------------------------------------------------
+  // cuLinkCreate in `ctx` with `options` and the global symbol table
+  // `symbols`. The caller bounds the log sizes.
+  virtual Status CreateLink(Context& ctx, const std::vector<JitOption>& options,
+                            const std::vector<JitSymbol>& symbols, std::unique_ptr<Link>* out) = 0;
+  // cuLinkAddData: input `data` of CUjitInputType `type`, called `name` in
+  // logs, with its own compiler `options`. The backend keeps what it needs of
+  // `data`. `report` as LinkReport says.
+  virtual Status AddLinkInput(Link& link, int type, std::span<const uint8_t> data,
+                              const std::string& name, const std::vector<JitOption>& options,
+                              LinkReport* report) = 0;
+  // cuLinkComplete: links the inputs; `*image` is the result (an image
+  // LoadModule accepts), owned by `link` until it is destroyed.
+  virtual Status CompleteLink(Link& link, std::span<const uint8_t>* image, LinkReport* report) = 0;
 
   // --- occupancy (in the function's context) -------------------------------
   // cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags.

@@ -28,6 +28,7 @@
 #include <cuda.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -388,6 +389,25 @@ class CudaTextureObject final : public TextureObject {
   const DriverApi& api;
   const uint64_t handle;
   const bool surface;
+};
+
+// JIT linking: a driver link state with the option arrays and log buffers it
+// writes into, which the driver requires to live as long as the state.
+class CudaLink final : public Link {
+ public:
+  CudaLink(const DriverApi& api, CudaContext& context) : api(api), context(context) {}
+  ~CudaLink() override;
+
+  const DriverApi& api;
+  CudaContext& context;
+  CUlinkState state = nullptr;
+  std::vector<CUjit_option> options;
+  std::vector<void*> values;
+  std::vector<char> info_log, error_log;  // the buffers the log options point at
+  // The global symbol table the CU_JIT_GLOBAL_SYMBOL_* options point at.
+  std::vector<std::string> symbol_names;
+  std::vector<const char*> symbol_name_pointers;
+  std::vector<void*> symbol_addresses;
 };
 
 // The objects a caller hands back are the ones this backend made.
@@ -1455,8 +1475,8 @@ class CudaBackend final : public GpuBackend {
       s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
       CudaFunction& f = Fn(function);
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
-      CUlaunchAttribute cluster;
-      CUlaunchConfig launch = DriverLaunchConfig(config, &cluster);
+      LaunchAttributes attributes;
+      CUlaunchConfig launch = DriverLaunchConfig(config, &attributes);
       launch.hStream = s.handle;
       // The packed buffer goes to the driver as is; it copies the parameters
       // before cuLaunchKernelEx returns, so `params` need only live until then.
@@ -1697,6 +1717,81 @@ class CudaBackend final : public GpuBackend {
     });
   }
 
+  // --- JIT linking: the driver's linker -------------------------------------
+  // The program's options become the driver's, each slot holding the value
+  // the program's held; a log buffer option points at a buffer of the link's
+  // own, of the size its *_SIZE_BYTES option gives.
+  Status CreateLink(Context& context, const std::vector<JitOption>& options,
+                    const std::vector<JitSymbol>& symbols, std::unique_ptr<Link>* out) override {
+    return Guarded("CreateLink", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedLinker());
+      CudaContext& ctx = Ctx(context);
+      auto link = std::make_unique<CudaLink>(*api_, ctx);
+      auto size_of = [&options](int size_option) -> size_t {
+        for (const JitOption& o : options) {
+          if (o.option == size_option) return static_cast<uint32_t>(o.value);
+        }
+        return 0;
+      };
+      link->info_log.assign(std::max<size_t>(size_of(CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES), 1), 0);
+      link->error_log.assign(std::max<size_t>(size_of(CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES), 1), 0);
+      ToDriverOptions(options, link.get(), &link->options, &link->values);
+      if (!symbols.empty()) {
+        for (const JitSymbol& symbol : symbols) {
+          link->symbol_names.push_back(symbol.name);
+          link->symbol_addresses.push_back(reinterpret_cast<void*>(symbol.address));
+        }
+        for (const std::string& name : link->symbol_names) {
+          link->symbol_name_pointers.push_back(name.c_str());
+        }
+        link->options.insert(link->options.end(),
+                             {CU_JIT_GLOBAL_SYMBOL_NAMES, CU_JIT_GLOBAL_SYMBOL_ADDRESSES,
+                              CU_JIT_GLOBAL_SYMBOL_COUNT});
+        link->values.insert(link->values.end(),
+                            {static_cast<void*>(link->symbol_name_pointers.data()),
+                             static_cast<void*>(link->symbol_addresses.data()),
+                             reinterpret_cast<void*>(uintptr_t{symbols.size()})});
+      }
+      FERRY_RETURN_IF_ERROR(MakeCurrent(ctx));
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuLinkCreate,
+                                     static_cast<unsigned>(link->options.size()),
+                                     link->options.data(), link->values.data(), &link->state));
+      *out = std::move(link);
+      return Status::Ok();
+    });
+  }
+
+  Status AddLinkInput(Link& link, int type, std::span<const uint8_t> data, const std::string& name,
+                      const std::vector<JitOption>& options, LinkReport* report) override {
+    return Guarded("AddLinkInput", [&]() -> Status {
+      auto& l = static_cast<CudaLink&>(link);
+      std::vector<CUjit_option> input_options;
+      std::vector<void*> input_values;
+      ToDriverOptions(options, nullptr, &input_options, &input_values);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(l.context));
+      const Status added = FERRY_CU(
+          *api_, cuLinkAddData, l.state, static_cast<CUjitInputType>(type),
+          const_cast<uint8_t*>(data.data()), data.size(), name.c_str(),
+          static_cast<unsigned>(input_options.size()), input_options.data(), input_values.data());
+      ReportLink(l, report);
+      report->input_options = FromDriverOptions(input_options, input_values);
+      return added;
+    });
+  }
+
+  Status CompleteLink(Link& link, std::span<const uint8_t>* image, LinkReport* report) override {
+    return Guarded("CompleteLink", [&]() -> Status {
+      auto& l = static_cast<CudaLink&>(link);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(l.context));
+      void* cubin = nullptr;
+      size_t size = 0;
+      const Status completed = FERRY_CU(*api_, cuLinkComplete, l.state, &cubin, &size);
+      ReportLink(l, report);
+      if (completed.ok()) *image = std::span<const uint8_t>(static_cast<uint8_t*>(cubin), size);
+      return completed;
+    });
+  }
+
   Status GetFunction(Module& module, std::string_view name, Function** out) override {
     return Guarded("GetFunction", [&]() -> Status {
       CudaModule& m = Mod(module);
@@ -1828,8 +1923,8 @@ class CudaBackend final : public GpuBackend {
     return Guarded("OccupancyMaxPotentialClusterSize", [&]() -> Status {
       CudaFunction& f = Fn(function);
       FERRY_RETURN_IF_ERROR(MakeCurrent(f.module.context));
-      CUlaunchAttribute attribute;
-      CUlaunchConfig launch = DriverLaunchConfig(config, &attribute);
+      LaunchAttributes attributes;
+      CUlaunchConfig launch = DriverLaunchConfig(config, &attributes);
       return FERRY_CU(*api_, cuOccupancyMaxPotentialClusterSize, cluster_size, f.handle, &launch);
     });
   }
@@ -1839,8 +1934,8 @@ class CudaBackend final : public GpuBackend {
     return Guarded("OccupancyMaxActiveClusters", [&]() -> Status {
       CudaFunction& f = Fn(function);
       FERRY_RETURN_IF_ERROR(MakeCurrent(f.module.context));
-      CUlaunchAttribute attribute;
-      CUlaunchConfig launch = DriverLaunchConfig(config, &attribute);
+      LaunchAttributes attributes;
+      CUlaunchConfig launch = DriverLaunchConfig(config, &attributes);
       return FERRY_CU(*api_, cuOccupancyMaxActiveClusters, clusters, f.handle, &launch);
     });
   }
@@ -2160,17 +2255,74 @@ class CudaBackend final : public GpuBackend {
     return Status::Ok();
   }
 
+  // JIT linking: NOT_SUPPORTED where the driver lacks it.
+  Status NeedLinker() const {
+    if (api_->HasLinker()) return Status::Ok();
+    return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no JIT linker");
+  }
+  // `options` as the driver's arrays. With `link`, its log buffers take the
+  // place of the log buffer options' values (the program's pointers never
+  // reach here).
+  static void ToDriverOptions(const std::vector<JitOption>& options, CudaLink* link,
+                              std::vector<CUjit_option>* ids, std::vector<void*>* values) {
+    for (const JitOption& o : options) {
+      ids->push_back(static_cast<CUjit_option>(o.option));
+      void* value = nullptr;
+      if (link != nullptr && o.option == CU_JIT_INFO_LOG_BUFFER) {
+        value = link->info_log.data();
+      } else if (link != nullptr && o.option == CU_JIT_ERROR_LOG_BUFFER) {
+        value = link->error_log.data();
+      } else {
+        std::memcpy(&value, &o.value, sizeof(value));
+      }
+      values->push_back(value);
+    }
+  }
+  // The slots after a driver call, with the log buffers' pointers left out
+  // and the global symbol table's options dropped (they follow the
+  // program's own, so the rest keep the program's order).
+  static std::vector<JitOption> FromDriverOptions(const std::vector<CUjit_option>& ids,
+                                                  const std::vector<void*>& values) {
+    std::vector<JitOption> out;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      JitOption o{static_cast<int>(ids[i]), 0};
+      if (ids[i] == CU_JIT_GLOBAL_SYMBOL_NAMES || ids[i] == CU_JIT_GLOBAL_SYMBOL_ADDRESSES ||
+          ids[i] == CU_JIT_GLOBAL_SYMBOL_COUNT) {
+        continue;  // the table's, not the program's options
+      }
+      if (ids[i] != CU_JIT_INFO_LOG_BUFFER && ids[i] != CU_JIT_ERROR_LOG_BUFFER) {
+        std::memcpy(&o.value, &values[i], sizeof(o.value));
+      }
+      out.push_back(o);
+    }
+    return out;
+  }
+  // The logs and option slots of `link` as the driver left them.
+  static void ReportLink(const CudaLink& link, LinkReport* report) {
+    auto text = [](const std::vector<char>& log) {
+      return std::string(log.data(), strnlen(log.data(), log.size()));
+    };
+    report->info_log = text(link.info_log);
+    report->error_log = text(link.error_log);
+    report->options = FromDriverOptions(link.options, link.values);
+  }
+
   // stream capture and graphs: NOT_SUPPORTED where the driver lacks them.
   Status NeedGraphs() const {
     if (api_->HasGraphs()) return Status::Ok();
     return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no stream capture or graphs");
   }
 
-  // `config` as the driver's occupancy queries take it: no stream (the
-  // current context), and the cluster dimension as an attribute when given.
-  static CUlaunchConfig DriverLaunchConfig(const LaunchConfig& config, CUlaunchAttribute* cluster) {
+  // The attributes a CUlaunchConfig from DriverLaunchConfig points at.
+  using LaunchAttributes = std::array<CUlaunchAttribute, 2>;
+  // `config` as the driver takes it (no stream: the current context, for the
+  // occupancy queries): the cluster dimension when given and the cooperative
+  // flag when set become attributes, stored in `*attributes`.
+  static CUlaunchConfig DriverLaunchConfig(const LaunchConfig& config,
+                                           LaunchAttributes* attributes) {
     CUlaunchConfig launch;
     std::memset(&launch, 0, sizeof(launch));
+    std::memset(attributes->data(), 0, sizeof(*attributes));
     launch.gridDimX = config.grid[0];
     launch.gridDimY = config.grid[1];
     launch.gridDimZ = config.grid[2];
@@ -2179,16 +2331,21 @@ class CudaBackend final : public GpuBackend {
     launch.blockDimZ = config.block[2];
     launch.sharedMemBytes = config.shared_bytes;
     launch.hStream = nullptr;
+    launch.attrs = attributes->data();
     if (config.cluster[0] != 0 || config.cluster[1] != 0 || config.cluster[2] != 0) {
-      std::memset(cluster, 0, sizeof(*cluster));
-      cluster->id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+      CUlaunchAttribute& cluster = (*attributes)[launch.numAttrs++];
+      cluster.id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
       // A zero in one dimension of a requested cluster means 1 there.
-      cluster->value.clusterDim.x = std::max<uint32_t>(config.cluster[0], 1);
-      cluster->value.clusterDim.y = std::max<uint32_t>(config.cluster[1], 1);
-      cluster->value.clusterDim.z = std::max<uint32_t>(config.cluster[2], 1);
-      launch.attrs = cluster;
-      launch.numAttrs = 1;
+      cluster.value.clusterDim.x = std::max<uint32_t>(config.cluster[0], 1);
+      cluster.value.clusterDim.y = std::max<uint32_t>(config.cluster[1], 1);
+      cluster.value.clusterDim.z = std::max<uint32_t>(config.cluster[2], 1);
     }
+    if (config.cooperative) {
+      CUlaunchAttribute& cooperative = (*attributes)[launch.numAttrs++];
+      cooperative.id = CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
+      cooperative.value.cooperative = 1;
+    }
+    if (launch.numAttrs == 0) launch.attrs = nullptr;
     return launch;
   }
 
@@ -2384,6 +2541,13 @@ CudaEvent::~CudaEvent() {
   (void)backend.MakeCurrentQuietly(context, kWhat);
   // The driver defers the release itself if the event's work is pending.
   FERRY_CU_QUIET(backend.api(), kWhat, cuEventDestroy, handle);
+}
+
+CudaLink::~CudaLink() {
+  if (state == nullptr) return;
+  if (context.backend.MakeCurrentQuietly(context, "destroying a link")) {
+    FERRY_CU_QUIET(api, "destroying a link", cuLinkDestroy, state);
+  }
 }
 
 CudaModule::~CudaModule() {

@@ -81,6 +81,13 @@ struct DriverApi {
            cuGreenCtxDestroy != nullptr && cuCtxFromGreenCtx != nullptr;
   }
 
+  // Every JIT-linking entry point is there (all or nothing).
+  bool HasLinker() const {
+#define FERRY_CUDA_HAS_(name, version) &&name != nullptr
+    return true FERRY_CUDA_LINK_ENTRY_POINTS(FERRY_CUDA_HAS_);
+#undef FERRY_CUDA_HAS_
+  }
+
   // Every stream-capture and graph entry point is there (all or nothing).
   bool HasGraphs() const {
 #define FERRY_CUDA_HAS_(name, version) &&name != nullptr

@@ -100,6 +100,7 @@
   FERRY_CUDA_GRAPH_ENTRY_POINTS(X)          \
   FERRY_CUDA_VMM_ENTRY_POINTS(X)            \
   FERRY_CUDA_ARRAY_ENTRY_POINTS(X)          \
+  FERRY_CUDA_LINK_ENTRY_POINTS(X)           \
   FERRY_CUDA_GREEN_CONTEXT_ENTRY_POINTS(X)
 
 // virtual memory management (CUDA 10.2+): each answered
@@ -127,6 +128,14 @@
   X(cuTexObjectDestroy, 5000)            \
   X(cuSurfObjectCreate, 5000)            \
   X(cuSurfObjectDestroy, 5000)
+
+// JIT linking (all or nothing: see HasLinker); answered
+// CUDA_ERROR_NOT_SUPPORTED where the driver lacks it.
+#define FERRY_CUDA_LINK_ENTRY_POINTS(X) \
+  X(cuLinkCreate, 6050)                 \
+  X(cuLinkAddData, 6050)                \
+  X(cuLinkComplete, 5050)               \
+  X(cuLinkDestroy, 5050)
 
 // Stream-ordered allocation and memory pools (CUDA 11.2+), profiler control,
 // stream attributes, stream memory operations and context-wide events: each answered

@@ -59,12 +59,16 @@ DeviceDescription MakeDeviceDescription(int index, uint64_t memory) {
   set(CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Y, static_cast<int32_t>(kMaxGridDim[1]));
   set(CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Z, static_cast<int32_t>(kMaxGridDim[2]));
   set(CU_DEVICE_ATTRIBUTE_WARP_SIZE, 32);
-  set(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, 132);
+  set(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, kMultiprocessorCount);
   set(CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR, 2048);
   set(CU_DEVICE_ATTRIBUTE_MAX_BLOCKS_PER_MULTIPROCESSOR, 32);
   set(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, 9);
   set(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, 0);
   set(CU_DEVICE_ATTRIBUTE_CLUSTER_LAUNCH, 1);
+  // Cooperative launches: a twin emulates the whole grid in one call, so a
+  // grid-wide sync is honoured by construction (ferry_host_kernel.h); grids
+  // larger than the occupancy model can keep resident are refused as on a GPU.
+  set(CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH, 1);
 
   // Memories.
   set(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK, kSharedMemoryPerBlock);
@@ -128,7 +132,6 @@ DeviceDescription MakeDeviceDescription(int index, uint64_t memory) {
   set(CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_FABRIC_SUPPORTED, 0);
   set(CU_DEVICE_ATTRIBUTE_GENERIC_COMPRESSION_SUPPORTED, 0);
   set(CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED, 0);
-  set(CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH, 0);
 
   // Textures and surfaces: sm_90 limits for what the host backend
   // implements (arrays of every shape; point-sampled or linearly filtered 1D, 2D,

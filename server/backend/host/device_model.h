@@ -84,6 +84,7 @@ inline constexpr int kRegisterAllocationUnit = 256;  // per warp
 inline constexpr int kSharedMemoryPerMultiprocessor = 228 * 1024;
 inline constexpr int kReservedSharedMemoryPerBlock = 1024;
 inline constexpr int kSharedMemoryAllocationUnit = 128;
+inline constexpr int kMultiprocessorCount = 132;  // CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT
 inline constexpr int kMultiprocessorsPerGpc = 16;
 inline constexpr int kGpcCount = 8;
 

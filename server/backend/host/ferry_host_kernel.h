@@ -40,7 +40,17 @@
  *    tex2D<uchar4>; fails with FERRY_HOST_OUT_OF_RANGE when `bytes` is not
  *    the element's size.
  *  surf_read / surf_write: `bytes` bytes at byte x_bytes of row y of slice
- *    (or layer) z of a surface's array, as surf*Dread / surf*Dwrite. */
+ *    (or layer) z of a surface's array, as surf*Dread / surf*Dwrite.
+ *
+ * Cooperative launches (cuLaunchCooperativeKernel, cudaLaunchCooperativeKernel,
+ * CU_LAUNCH_ATTRIBUTE_COOPERATIVE) call the same function the same way: since
+ * it runs the whole grid in one call, a grid-wide sync (cooperative_groups'
+ * grid.sync()) is honoured by ordering its work in phases (all blocks' work
+ * before the sync, then all blocks' work after it). The backend refuses, as a
+ * GPU does, a cooperative grid larger than can be resident at once (blocks per
+ * SM from its occupancy model times 132 SMs) with
+ * CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE; such a launch never reaches the
+ * function. */
 #ifndef FERRY_HOST_KERNEL_H_
 #define FERRY_HOST_KERNEL_H_
 

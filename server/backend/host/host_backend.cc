@@ -42,6 +42,7 @@
 #include "common/image/module_image.h"
 #include "server/backend/host/device_model.h"
 #include "server/backend/host/ferry_host_kernel.h"
+#include "server/backend/host/host_link.h"
 #include "server/backend/host/stream_queue.h"
 #include "server/backend/host/virtual_memory.h"
 #include "server/backend/host/texture_sampler.h"
@@ -1424,6 +1425,24 @@ class HostBackend final : public GpuBackend {
     return Status::Ok();
   }
 
+  // --- JIT linking: host_link.h says what it means here ----------------------
+
+  Status CreateLink(Context& ctx, const std::vector<JitOption>& options,
+                    const std::vector<JitSymbol>& symbols, std::unique_ptr<Link>* out) override {
+    (void)ctx;  // every context's devices run the same host twins
+    *out = std::make_unique<host_internal::HostLink>(options, symbols);
+    return Status::Ok();
+  }
+
+  Status AddLinkInput(Link& link, int type, std::span<const uint8_t> data, const std::string& name,
+                      const std::vector<JitOption>& options, LinkReport* report) override {
+    return static_cast<host_internal::HostLink&>(link).AddInput(type, data, name, options, report);
+  }
+
+  Status CompleteLink(Link& link, std::span<const uint8_t>* image, LinkReport* report) override {
+    return static_cast<host_internal::HostLink&>(link).Complete(image, report);
+  }
+
   // --- occupancy: the model in device_model.h ---------------------------------
 
   Status OccupancyMaxActiveBlocks(Function& function, int block_size, uint64_t dynamic_smem_bytes,
@@ -1926,6 +1945,26 @@ class HostBackend final : public GpuBackend {
             CUDA_ERROR_INVALID_CLUSTER_SIZE,
             "cluster of " + std::to_string(cluster_blocks) + " blocks is too large");
       }
+    }
+    if (config.cooperative) return CheckCooperativeGrid(f, config, static_cast<int>(threads));
+    return Status::Ok();
+  }
+
+  // A cooperative grid must fit on the device at once: at most the occupancy
+  // model's blocks per SM times the SM count, as the driver computes it. (The
+  // twin emulates the whole grid, so any grid would run; the limit is kept so
+  // that a program sees the GPU's answer.)
+  Status CheckCooperativeGrid(HostFunction& f, const LaunchConfig& config, int threads) {
+    int per_sm = 0;
+    FERRY_RETURN_IF_ERROR(host_internal::MaxActiveBlocksPerMultiprocessor(
+        Resources(f), threads, config.shared_bytes, &per_sm));
+    const uint64_t resident = uint64_t(per_sm) * host_internal::kMultiprocessorCount;
+    const uint64_t blocks = uint64_t{config.grid[0]} * config.grid[1] * config.grid[2];
+    if (blocks > resident) {
+      return Status::Cuda(CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE,
+                          "cooperative grid of " + std::to_string(blocks) + " blocks exceeds the " +
+                              std::to_string(resident) + " that can be resident at once (" +
+                              std::to_string(per_sm) + " per SM)");
     }
     return Status::Ok();
   }

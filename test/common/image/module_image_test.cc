@@ -462,5 +462,87 @@ TEST(ModuleImageTest, PtxFileAndFatbinPtxAgree) {
   EXPECT_EQ(GlobalMap(from_file), GlobalMap(from_fatbin));
 }
 
+// --- linking -------------------------------------------------------------
+
+TEST(ModuleImageTest, LinkSymbolsOfPtx) {
+  const std::string_view text = R"ptx(
+.version 9.0
+.target sm_90
+.address_size 64
+// .extern .func commented(.param .b32 x);
+.extern .func (.param .b32 func_retval0) op
+(
+  .param .b32 op_param_0
+)
+;
+.extern .global .align 4 .u32 counter;
+.extern .shared .align 16 .b8 dynamic_smem[];
+.visible .global .align 4 .u32 total = 7;
+.weak .func helper(.param .b64 .ptr .global .align 8 p) { ret; }
+.func local_only() { ret; }
+.visible .func (.param .b32 r) exported(.param .b32 x)
+{
+  .reg .b32 %r<2>;
+  call.uni (r), op, (x);
+  ret;
+}
+.visible .entry kernel(.param .u64 out)
+{
+  ret;
+}
+)ptx";
+  LinkSymbols symbols;
+  ASSERT_TRUE(
+      ReadLinkSymbols({reinterpret_cast<const uint8_t*>(text.data()), text.size()}, &symbols).ok());
+  EXPECT_EQ(symbols.referenced, (std::vector<std::string>{"op", "counter"}));
+  EXPECT_EQ(symbols.defined, (std::vector<std::string>{"total", "exported", "kernel"}));
+  EXPECT_EQ(symbols.weak, (std::vector<std::string>{"helper"}));
+}
+
+TEST(ModuleImageTest, LinkSymbolsOfBinariesAreEmpty) {
+  for (const char* path : {FERRY_TEST_IMAGE_CUBIN_RDC, FERRY_TEST_IMAGE_FATBIN}) {
+    LinkSymbols symbols;
+    ASSERT_TRUE(ReadLinkSymbols(ReadFile(path), &symbols).ok()) << path;
+    EXPECT_TRUE(symbols.defined.empty() && symbols.referenced.empty()) << path;
+  }
+  LinkSymbols symbols;
+  const std::vector<uint8_t> junk = {'n', 'o', 'p', 'e'};
+  EXPECT_EQ(ReadLinkSymbols(junk, &symbols).cuda_result(), CUDA_ERROR_INVALID_IMAGE);
+}
+
+TEST(ModuleImageTest, FatbinBuilderHoldsTheUnionOfItsInputs) {
+  const std::string_view extra = R"ptx(
+.version 9.0
+.target sm_90
+.address_size 64
+.visible .global .align 4 .u32 extra_global = 3;
+.visible .entry extra_kernel(.param .u32 n)
+{
+  ret;
+}
+)ptx";  // no NUL: the builder adds it
+  FatbinBuilder builder;
+  ASSERT_TRUE(builder.Add(ReadFile(FERRY_TEST_IMAGE_FATBIN_ZSTD)).ok());
+  ASSERT_TRUE(builder.Add(ReadFile(FERRY_TEST_IMAGE_CUBIN)).ok());
+  ASSERT_TRUE(builder.Add({reinterpret_cast<const uint8_t*>(extra.data()), extra.size()}).ok());
+  const std::vector<uint8_t> junk = {'n', 'o', 'p', 'e'};
+  EXPECT_EQ(builder.Add(junk).cuda_result(), CUDA_ERROR_INVALID_IMAGE);
+  const std::vector<uint8_t> linked = builder.Finish();
+
+  ImageKind kind;
+  ASSERT_TRUE(ClassifyImage(linked, &kind).ok());
+  EXPECT_EQ(kind, ImageKind::kFatbin);
+  // Its length is found from its header alone, as the client finds it.
+  std::span<const uint8_t> resolved;
+  ASSERT_TRUE(ResolveImage(linked.data(), &resolved).ok());
+  EXPECT_EQ(resolved.size(), linked.size());
+  ImageLayout layout;
+  ASSERT_TRUE(ParseImage(linked, &layout).ok());
+  std::map<std::string, Params> expected = ExpectedKernels();
+  expected["extra_kernel"] = {{0, 4}};
+  EXPECT_EQ(KernelMap(layout), expected);
+  EXPECT_EQ(GlobalMap(layout).count("extra_global"), 1u);
+}
+
 }  // namespace
 }  // namespace ferry::image

@@ -592,7 +592,7 @@ TEST_F(FakeDriverTest, LoadsModulesAndLaunchesFromThePackedBuffer) {
   config.shared_bytes = 128;
   config.cluster = {2, 0, 0};
   ASSERT_TRUE(backend_->Launch(legacy(), *fill, config, Bytes(params)).ok());
-  unsigned launch[11];
+  unsigned launch[12];
   size_t params_size = 0;
   last_launch_(launch, &params_size);
   EXPECT_EQ(launch[0], 4u);
@@ -610,6 +610,14 @@ TEST_F(FakeDriverTest, LoadsModulesAndLaunchesFromThePackedBuffer) {
   last_launch_(launch, &params_size);
   EXPECT_EQ(launch[7], 0u);  // no cluster attribute
   EXPECT_EQ(params_size, 0u);
+  // A cooperative launch says so to the driver, beside its cluster.
+  LaunchConfig cooperative;
+  cooperative.cooperative = true;
+  cooperative.cluster = {1, 1, 1};
+  ASSERT_TRUE(backend_->Launch(legacy(), *noargs, cooperative, HostBytes{}).ok());
+  last_launch_(launch, &params_size);
+  EXPECT_EQ(launch[7], 2u);
+  EXPECT_EQ(launch[11], 1u);
 
   std::shared_ptr<std::vector<uint8_t>> out;
   ASSERT_TRUE(backend_->CopyDeviceToHost(legacy(), Buffer(64, &out), dptr).ok());
@@ -1254,6 +1262,19 @@ TEST_F(FakeDriverTest, BadPartitionArgumentsAreRefused) {
   int sms = 0;
   EXPECT_FALSE(backend_->SmPartitionSize(0, 1, &sms).ok());
   EXPECT_EQ(context, nullptr);
+}
+
+// The fake driver has no JIT linker: a link is refused, clearly, and the
+// backend works on.
+TEST_F(FakeDriverTest, ADriverWithoutTheLinkerRefusesLinks) {
+  std::unique_ptr<Link> link;
+  const Status status = backend_->CreateLink(*ctx_, {{CU_JIT_LOG_VERBOSE, 1}}, {}, &link);
+  EXPECT_EQ(status.cuda_result(), CUDA_ERROR_NOT_SUPPORTED);
+  EXPECT_THAT(status.message(), HasSubstr("no JIT linker"));
+  EXPECT_EQ(link, nullptr);
+  uint64_t dptr = 0;
+  ASSERT_TRUE(backend_->MemAlloc(*ctx_, 64, &dptr).ok());
+  ASSERT_TRUE(backend_->MemFree(*ctx_, dptr).ok());
 }
 
 TEST(CudaBackendGreenTest, DriverWithoutGreenContextsLoadsAndReportsNoPartition) {

@@ -228,7 +228,7 @@ struct FakeModule {
                                {"fake_noargs", {}, {}, 0}};
 };
 struct LaunchRecord {
-  unsigned grid[3], block[3], shared, num_attrs, cluster[3];
+  unsigned grid[3], block[3], shared, num_attrs, cluster[3], cooperative;
   size_t params_size;
 };
 std::mutex g_launch_mu;
@@ -281,12 +281,12 @@ FAKE_HOOK void* fake_current_context() { return Current(); }
 FAKE_HOOK int fake_last_priority() { return g_last_priority.load(); }
 FAKE_HOOK size_t fake_last_image_length() { return g_last_image_length.load(); }
 // out: grid[3], block[3], shared, num_attrs, cluster[3]
-FAKE_HOOK void fake_last_launch(unsigned out[11], size_t* params_size) {
+FAKE_HOOK void fake_last_launch(unsigned out[12], size_t* params_size) {
   std::lock_guard<std::mutex> lock(g_launch_mu);
   const LaunchRecord& l = g_last_launch;
-  const unsigned values[11] = {l.grid[0],    l.grid[1],    l.grid[2],   l.block[0],
-                               l.block[1],   l.block[2],   l.shared,    l.num_attrs,
-                               l.cluster[0], l.cluster[1], l.cluster[2]};
+  const unsigned values[12] = {l.grid[0],    l.grid[1],    l.grid[2],    l.block[0],
+                               l.block[1],   l.block[2],   l.shared,     l.num_attrs,
+                               l.cluster[0], l.cluster[1], l.cluster[2], l.cooperative};
   std::memcpy(out, values, sizeof(values));
   *params_size = l.params_size;
 }
@@ -572,12 +572,16 @@ CUresult cuLaunchKernelEx(const CUlaunchConfig* config, CUfunction function, voi
                      config->sharedMemBytes,
                      config->numAttrs,
                      {0, 0, 0},
+                     0,
                      params.size()};
     for (unsigned i = 0; i < config->numAttrs; ++i) {
       if (config->attrs[i].id == CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION) {
         l.cluster[0] = config->attrs[i].value.clusterDim.x;
         l.cluster[1] = config->attrs[i].value.clusterDim.y;
         l.cluster[2] = config->attrs[i].value.clusterDim.z;
+      }
+      if (config->attrs[i].id == CU_LAUNCH_ATTRIBUTE_COOPERATIVE) {
+        l.cooperative = config->attrs[i].value.cooperative;
       }
     }
   }
