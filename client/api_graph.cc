@@ -18,6 +18,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "client/entry_point.h"
@@ -58,10 +59,14 @@ Status BeginCapture(CUstream stream, bool per_thread, int mode) {
     args.setMode(static_cast<uint32_t>(mode));
     args.setGraph(capture.graph);
   });
-  if (!status.ok()) (void)rt.graphs().EndCapture(target.stream, &capture);
+  if (!status.ok()) rt.graphs().ForgetCapture(capture.id);
   return status;
 }
 
+// Only the capture's origin stream ends it (the server answers UNMATCHED
+// otherwise and the capture goes on, invalidated); a capture not begun in
+// relaxed mode is ended by the thread that began it. Whatever else the server
+// answers (a graph, INVALIDATED, UNJOINED), the capture is over.
 Status EndCapture(CUstream stream, bool per_thread, CUgraph* graph) {
   Runtime& rt = Runtime::Get();
   if (graph == nullptr) return Status::InvalidArgument("phGraph is NULL");
@@ -69,11 +74,21 @@ Status EndCapture(CUstream stream, bool per_thread, CUgraph* graph) {
   StreamTarget target;
   FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
   CaptureState capture;
-  FERRY_RETURN_IF_ERROR(rt.graphs().EndCapture(target.stream, &capture));
-  FERRY_RETURN_IF_ERROR(rt.connection().Call([&](wire::Call::Builder call) {
+  if (!rt.graphs().FindCapture(target.stream, &capture)) {
+    return Status::Cuda(CUDA_ERROR_ILLEGAL_STATE, "the stream is not capturing");
+  }
+  if (capture.origin == target.stream && capture.mode != CU_STREAM_CAPTURE_MODE_RELAXED &&
+      capture.thread != std::this_thread::get_id()) {
+    return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD,
+                        "a capture not begun in relaxed mode must be ended by its own thread");
+  }
+  Status status = rt.connection().Call([&](wire::Call::Builder call) {
     auto args = call.initStreamEndCapture();
     SetStreamTarget(args, target);
-  }));
+  });
+  if (status.cuda_result() == CUDA_ERROR_STREAM_CAPTURE_UNMATCHED) return status;
+  rt.graphs().ForgetCapture(capture.id);
+  FERRY_RETURN_IF_ERROR(status);
   rt.graphs().AddGraph(capture.graph);
   *graph = Runtime::ToHandle<CUgraph>(capture.graph);
   return Status::Ok();
@@ -114,8 +129,9 @@ Status CaptureInfo(CUstream stream, bool per_thread, CUstreamCaptureStatus* stat
 }
 
 // cuStreamGetCaptureInfo, every version: the capture's id and graph while it
-// is active or invalidated. Dependencies (node handles) are not forwarded:
-// the set is reported empty.
+// is active or invalidated. Captured nodes have no client handles (the
+// server records them), so the dependency set is reported empty, and
+// cuStreamUpdateCaptureDependencies is not forwarded.
 Status GetCaptureInfo(CUstream stream, bool per_thread, CUstreamCaptureStatus* status,
                       cuuint64_t* id, CUgraph* graph, const CUgraphNode** dependencies,
                       const CUgraphEdgeData** edge_data, size_t* count) {
@@ -136,7 +152,7 @@ Status Instantiate(CUgraphExec* exec, CUgraph graph, unsigned long long flags) {
   FERRY_RETURN_IF_ERROR(rt.Ready());
   const uint64_t graph_id = Runtime::HandleId(graph);
   if (!rt.graphs().HasGraph(graph_id)) return Status::InvalidHandle("not a graph of this client");
-  const uint64_t id = rt.graphs().NewExec();
+  const uint64_t id = rt.graphs().NewExec(graph_id);
   FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
     auto args = call.initGraphInstantiate();
     args.setGraph(graph_id);
@@ -166,6 +182,27 @@ Status LaunchOrUpload(CUgraphExec exec, CUstream stream, bool per_thread, bool u
 }
 
 }  // namespace
+
+Status ForbidUnsafeCallDuringCapture(const char* what) {
+  Runtime& rt = Runtime::Get();
+  if (!rt.graphs().AnyCapture()) return Status::Ok();
+  const std::vector<CaptureState> forbidding =
+      rt.graphs().CapturesForbiddingUnsafeCalls(thread_capture_mode);
+  if (forbidding.empty()) return Status::Ok();
+  // As the driver does: the call fails and invalidates the captures that
+  // forbade it (their cuStreamEndCapture answers INVALIDATED).
+  for (const CaptureState& capture : forbidding) {
+    FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
+      auto args = call.initStreamCaptureInvalidate();
+      args.setCtx(capture.ctx);
+      args.setStream(capture.origin);
+    }));
+  }
+  return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+                      std::string(what) +
+                          " is not permitted while a stream captures in global or thread-local "
+                          "mode (see cuThreadExchangeStreamCaptureMode)");
+}
 
 extern "C" {
 
@@ -385,6 +422,7 @@ namespace {
 // Sends a graphAddNode call for a new node of `graph` after `deps`; `fill`
 // sets the node's kind. *node gets its handle.
 Status AddNode(CUgraphNode* node, CUgraph graph, const CUgraphNode* deps, size_t count,
+               CUgraphNodeType type,
                const std::function<void(wire::GraphAddNode::Builder)>& fill,
                ferry::client::OutBytes bulk = {}) {
   Runtime& rt = Runtime::Get();
@@ -399,7 +437,7 @@ Status AddNode(CUgraphNode* node, CUgraph graph, const CUgraphNode* deps, size_t
                                      " is not a node of the graph");
     }
   }
-  const uint64_t id = rt.graphs().NewNode(graph_id);
+  const uint64_t id = rt.graphs().NewNode(graph_id, type);
   FERRY_RETURN_IF_ERROR(rt.connection().Post(
       [&](wire::Call::Builder call) {
         auto args = call.initGraphAddNode();
@@ -424,21 +462,31 @@ Status NodeContext(CUcontext ctx, uint64_t* out) {
   return rt.EnsureLive(*out);
 }
 
-// A kernel node: `func` (or `kern` where func is NULL) in `ctx`, with its
-// parameters packed as a launch packs them.
-Status AddKernelNode(CUgraphNode* node, CUgraph graph, const CUgraphNode* deps, size_t count,
-                     const CUDA_KERNEL_NODE_PARAMS_v2* p) {
+// A kernel node's work: `func` (or `kern` where func is NULL) in `ctx`, its
+// parameters packed as a launch packs them. Shared by cuGraphAddKernelNode
+// and cuGraphExecKernelNodeSetParams, so an update is checked as a new node is.
+struct KernelNodeWork {
+  uint64_t ctx = 0;
+  uint64_t function = 0;
+  std::vector<uint8_t> params;
+  Status Pack(const CUDA_KERNEL_NODE_PARAMS_v2* p);
+  void Fill(wire::Launch::Builder k, const CUDA_KERNEL_NODE_PARAMS_v2& p) const {
+    k.setCtx(ctx);
+    k.setFunction(function);
+    SetLaunchShape(k, p);
+  }
+  ferry::client::OutBytes bulk() const { return {params.data(), params.size()}; }
+};
+
+Status KernelNodeWork::Pack(const CUDA_KERNEL_NODE_PARAMS_v2* p) {
   Runtime& rt = Runtime::Get();
   if (p == nullptr) return Status::InvalidArgument("nodeParams is NULL");
-  uint64_t ctx = 0;
   FERRY_RETURN_IF_ERROR(NodeContext(p->func != nullptr ? nullptr : p->ctx, &ctx));
   const uint64_t handle =
       Runtime::HandleId(p->func != nullptr ? static_cast<const void*>(p->func) : p->kern);
-  uint64_t function_id = 0;
-  std::shared_ptr<const ferry::client::FunctionState> function;
-  FERRY_RETURN_IF_ERROR(rt.ResolveFunction(handle, ctx, &function_id, &function));
-  const auto& kernel = function->kernel;
-  std::vector<uint8_t> params;
+  std::shared_ptr<const ferry::client::FunctionState> state;
+  FERRY_RETURN_IF_ERROR(rt.ResolveFunction(handle, ctx, &function, &state));
+  const auto& kernel = state->kernel;
   if (p->kernelParams != nullptr) {
     params.assign(kernel.param_bytes, 0);
     for (size_t i = 0; i < kernel.params.size(); ++i) {
@@ -468,17 +516,56 @@ Status AddKernelNode(CUgraphNode* node, CUgraph graph, const CUgraphNode* deps, 
     const auto* bytes = static_cast<const uint8_t*>(pointer);
     params.assign(bytes, bytes + *size);
   } else if (kernel.param_bytes != 0) {
-    return Status::InvalidArgument(function->name + " takes parameters; kernelParams is NULL");
+    return Status::InvalidArgument(state->name + " takes parameters; kernelParams is NULL");
   }
+  return Status::Ok();
+}
+
+Status AddKernelNode(CUgraphNode* node, CUgraph graph, const CUgraphNode* deps, size_t count,
+                     const CUDA_KERNEL_NODE_PARAMS_v2* p) {
+  KernelNodeWork work;
+  FERRY_RETURN_IF_ERROR(work.Pack(p));
   return AddNode(
-      node, graph, deps, count,
-      [&](wire::GraphAddNode::Builder args) {
-        auto k = args.initKernel();
-        k.setCtx(ctx);
-        k.setFunction(function_id);
-        SetLaunchShape(k, *p);
+      node, graph, deps, count, CU_GRAPH_NODE_TYPE_KERNEL,
+      [&](wire::GraphAddNode::Builder args) { work.Fill(args.initKernel(), *p); }, work.bulk());
+}
+
+// cuGraphExecKernelNodeSetParams: whether `node` is a kernel node of the
+// graph `exec` came from is answered here (the client records both); the
+// kernel and its parameters are checked as a new kernel node's are, here and
+// on the server.
+Status SetExecKernelNode(CUgraphExec exec, CUgraphNode node, const CUDA_KERNEL_NODE_PARAMS_v2* p) {
+  Runtime& rt = Runtime::Get();
+  FERRY_RETURN_IF_ERROR(rt.Ready());
+  const uint64_t exec_id = Runtime::HandleId(exec);
+  const uint64_t node_id = Runtime::HandleId(node);
+  FERRY_RETURN_IF_ERROR(rt.graphs().CheckExecNode(exec_id, node_id, CU_GRAPH_NODE_TYPE_KERNEL));
+  KernelNodeWork work;
+  FERRY_RETURN_IF_ERROR(work.Pack(p));
+  return rt.connection().Post(
+      [&](wire::Call::Builder call) {
+        auto args = call.initGraphExecKernelNodeSetParams();
+        args.setExec(exec_id);
+        args.setNode(node_id);
+        work.Fill(args.initKernel(), *p);
       },
-      ferry::client::OutBytes{params.data(), params.size()});
+      work.bulk());
+}
+
+// The v1 parameters as v2's (no kern, no ctx).
+CUDA_KERNEL_NODE_PARAMS_v2 KernelNodeParamsV2(const CUDA_KERNEL_NODE_PARAMS_v1& v1) {
+  CUDA_KERNEL_NODE_PARAMS_v2 p{};
+  p.func = v1.func;
+  p.gridDimX = v1.gridDimX;
+  p.gridDimY = v1.gridDimY;
+  p.gridDimZ = v1.gridDimZ;
+  p.blockDimX = v1.blockDimX;
+  p.blockDimY = v1.blockDimY;
+  p.blockDimZ = v1.blockDimZ;
+  p.sharedMemBytes = v1.sharedMemBytes;
+  p.kernelParams = v1.kernelParams;
+  p.extra = v1.extra;
+  return p;
 }
 
 }  // namespace
@@ -488,7 +575,7 @@ extern "C" {
 CUresult CUDAAPI cuGraphAddEmptyNode(CUgraphNode* phGraphNode, CUgraph hGraph,
                                      const CUgraphNode* dependencies, size_t numDependencies) {
   return Api([&] {
-    return AddNode(phGraphNode, hGraph, dependencies, numDependencies,
+    return AddNode(phGraphNode, hGraph, dependencies, numDependencies, CU_GRAPH_NODE_TYPE_EMPTY,
                    [](wire::GraphAddNode::Builder args) { args.setEmpty(); });
   });
 }
@@ -498,17 +585,7 @@ CUresult CUDAAPI cuGraphAddKernelNode(CUgraphNode* phGraphNode, CUgraph hGraph,
                                       const CUDA_KERNEL_NODE_PARAMS_v1* nodeParams) {
   return Api([&]() -> Status {
     if (nodeParams == nullptr) return Status::InvalidArgument("nodeParams is NULL");
-    CUDA_KERNEL_NODE_PARAMS_v2 p{};
-    p.func = nodeParams->func;
-    p.gridDimX = nodeParams->gridDimX;
-    p.gridDimY = nodeParams->gridDimY;
-    p.gridDimZ = nodeParams->gridDimZ;
-    p.blockDimX = nodeParams->blockDimX;
-    p.blockDimY = nodeParams->blockDimY;
-    p.blockDimZ = nodeParams->blockDimZ;
-    p.sharedMemBytes = nodeParams->sharedMemBytes;
-    p.kernelParams = nodeParams->kernelParams;
-    p.extra = nodeParams->extra;
+    const CUDA_KERNEL_NODE_PARAMS_v2 p = KernelNodeParamsV2(*nodeParams);
     return AddKernelNode(phGraphNode, hGraph, dependencies, numDependencies, &p);
   });
 }
@@ -520,6 +597,19 @@ CUresult CUDAAPI cuGraphAddKernelNode_v2(CUgraphNode* phGraphNode, CUgraph hGrap
   });
 }
 
+CUresult CUDAAPI cuGraphExecKernelNodeSetParams(CUgraphExec hGraphExec, CUgraphNode hNode,
+                                                const CUDA_KERNEL_NODE_PARAMS_v1* nodeParams) {
+  return Api([&]() -> Status {
+    if (nodeParams == nullptr) return Status::InvalidArgument("nodeParams is NULL");
+    const CUDA_KERNEL_NODE_PARAMS_v2 p = KernelNodeParamsV2(*nodeParams);
+    return SetExecKernelNode(hGraphExec, hNode, &p);
+  });
+}
+CUresult CUDAAPI cuGraphExecKernelNodeSetParams_v2(CUgraphExec hGraphExec, CUgraphNode hNode,
+                                                   const CUDA_KERNEL_NODE_PARAMS_v2* nodeParams) {
+  return Api([&] { return SetExecKernelNode(hGraphExec, hNode, nodeParams); });
+}
+
 CUresult CUDAAPI cuGraphAddMemsetNode(CUgraphNode* phGraphNode, CUgraph hGraph,
                                       const CUgraphNode* dependencies, size_t numDependencies,
                                       const CUDA_MEMSET_NODE_PARAMS* memsetParams, CUcontext ctx) {
@@ -528,7 +618,7 @@ CUresult CUDAAPI cuGraphAddMemsetNode(CUgraphNode* phGraphNode, CUgraph hGraph,
     uint64_t context = 0;
     FERRY_RETURN_IF_ERROR(NodeContext(ctx, &context));
     const CUDA_MEMSET_NODE_PARAMS& m = *memsetParams;
-    return AddNode(phGraphNode, hGraph, dependencies, numDependencies,
+    return AddNode(phGraphNode, hGraph, dependencies, numDependencies, CU_GRAPH_NODE_TYPE_MEMSET,
                    [&](wire::GraphAddNode::Builder args) {
                      auto set = args.initMemset();
                      set.setCtx(context);
@@ -560,7 +650,7 @@ CUresult CUDAAPI cuGraphAddMemcpyNode(CUgraphNode* phGraphNode, CUgraph hGraph,
     }
     uint64_t context = 0;
     FERRY_RETURN_IF_ERROR(NodeContext(ctx, &context));
-    return AddNode(phGraphNode, hGraph, dependencies, numDependencies,
+    return AddNode(phGraphNode, hGraph, dependencies, numDependencies, CU_GRAPH_NODE_TYPE_MEMCPY,
                    [&](wire::GraphAddNode::Builder args) {
                      auto copy = args.initMemcpy();
                      copy.setCtx(context);

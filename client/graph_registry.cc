@@ -14,21 +14,28 @@ Status GraphRegistry::BeginCapture(uint64_t stream, CaptureState* state) {
   }
   state->id = next_capture_id_.fetch_add(1);
   state->graph = ids_->New(HandleKind::kGraph);
+  state->origin = stream;
+  state->thread = std::this_thread::get_id();
   captures_.emplace(stream, *state);
   captures_active_.fetch_add(1, std::memory_order_release);
   return Status::Ok();
 }
 
-Status GraphRegistry::EndCapture(uint64_t stream, CaptureState* state) {
+void GraphRegistry::ForgetCapture(uint64_t id) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = captures_.find(stream);
-  if (it == captures_.end()) {
-    return Status::Cuda(CUDA_ERROR_ILLEGAL_STATE, "the stream is not capturing");
-  }
-  *state = it->second;
-  captures_.erase(it);
-  captures_active_.fetch_sub(1, std::memory_order_release);
-  return Status::Ok();
+  const size_t before = captures_.size();
+  std::erase_if(captures_, [id](const auto& entry) { return entry.second.id == id; });
+  captures_active_.fetch_sub(static_cast<int>(before - captures_.size()),
+                             std::memory_order_release);
+  std::erase_if(capture_events_, [id](const auto& entry) { return entry.second == id; });
+}
+
+void GraphRegistry::ForgetStream(uint64_t stream) {
+  CaptureState state;
+  if (!FindCapture(stream, &state)) return;
+  if (state.origin == stream) return ForgetCapture(state.id);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (captures_.erase(stream) != 0) captures_active_.fetch_sub(1, std::memory_order_release);
 }
 
 bool GraphRegistry::FindCapture(uint64_t stream, CaptureState* state) {
@@ -37,6 +44,54 @@ bool GraphRegistry::FindCapture(uint64_t stream, CaptureState* state) {
   if (it == captures_.end()) return false;
   *state = it->second;
   return true;
+}
+
+void GraphRegistry::NoteEventRecord(uint64_t event, uint64_t stream) {
+  if (!AnyCapture()) return;  // no capture: no marks either (ForgetCapture)
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = captures_.find(stream);
+  if (it != captures_.end()) {
+    capture_events_[event] = it->second.id;
+  } else {
+    capture_events_.erase(event);
+  }
+}
+
+void GraphRegistry::NoteStreamWait(uint64_t stream, uint64_t ctx, bool blocking, uint64_t event) {
+  if (!AnyCapture() || stream == 0) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  auto mark = capture_events_.find(event);
+  if (mark == capture_events_.end() || captures_.count(stream) != 0) return;
+  for (const auto& [origin_stream, state] : captures_) {
+    if (state.id != mark->second || state.origin != origin_stream) continue;
+    if (state.ctx != ctx) return;  // the server refuses the join
+    CaptureState joined = state;
+    joined.blocking = blocking;
+    captures_.emplace(stream, joined);
+    captures_active_.fetch_add(1, std::memory_order_release);
+    return;
+  }
+}
+
+void GraphRegistry::ForgetEvent(uint64_t event) {
+  if (!AnyCapture()) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  capture_events_.erase(event);
+}
+
+std::vector<CaptureState> GraphRegistry::CapturesForbiddingUnsafeCalls(int thread_mode) {
+  std::vector<CaptureState> forbidding;
+  if (!AnyCapture() || thread_mode == CU_STREAM_CAPTURE_MODE_RELAXED) return forbidding;
+  const std::thread::id self = std::this_thread::get_id();
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [stream, state] : captures_) {
+    if (state.origin != stream) continue;  // one entry per capture
+    const bool own = state.thread == self && state.mode != CU_STREAM_CAPTURE_MODE_RELAXED;
+    const bool global =
+        thread_mode == CU_STREAM_CAPTURE_MODE_GLOBAL && state.mode == CU_STREAM_CAPTURE_MODE_GLOBAL;
+    if (own || global) forbidding.push_back(state);
+  }
+  return forbidding;
 }
 
 bool GraphRegistry::BlockingCaptureIn(uint64_t ctx) {
@@ -61,23 +116,38 @@ void GraphRegistry::AddGraph(uint64_t id) {
 Status GraphRegistry::RemoveGraph(uint64_t id) {
   std::lock_guard<std::mutex> lock(mu_);
   if (graphs_.erase(id) == 0) return Status::InvalidHandle("no graph " + std::to_string(id));
-  for (auto it = nodes_.begin(); it != nodes_.end();) {
-    it = it->second == id ? nodes_.erase(it) : std::next(it);
-  }
+  std::erase_if(nodes_, [id](const auto& entry) { return entry.second.graph == id; });
   return Status::Ok();
 }
 
-uint64_t GraphRegistry::NewNode(uint64_t graph) {
+uint64_t GraphRegistry::NewNode(uint64_t graph, int type) {
   const uint64_t id = ids_->New(HandleKind::kGraphNode);
   std::lock_guard<std::mutex> lock(mu_);
-  nodes_[id] = graph;
+  nodes_[id] = NodeState{graph, type};
   return id;
 }
 
 bool GraphRegistry::IsNodeOf(uint64_t node, uint64_t graph) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = nodes_.find(node);
-  return it != nodes_.end() && it->second == graph;
+  return it != nodes_.end() && it->second.graph == graph;
+}
+
+Status GraphRegistry::CheckExecNode(uint64_t exec, uint64_t node, int type) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto e = execs_.find(exec);
+  if (e == execs_.end()) return Status::InvalidHandle("not an executable graph of this client");
+  auto n = nodes_.find(node);
+  if (n == nodes_.end()) return Status::InvalidHandle("not a graph node of this client");
+  if (n->second.graph != e->second) {
+    return Status::InvalidArgument(
+        "the node is not a node of the graph the executable graph was instantiated from");
+  }
+  if (n->second.type != type) {
+    return Status::InvalidArgument("the node is of type " + std::to_string(n->second.type) +
+                                   ", not " + std::to_string(type));
+  }
+  return Status::Ok();
 }
 
 bool GraphRegistry::HasGraph(uint64_t id) {
@@ -85,10 +155,10 @@ bool GraphRegistry::HasGraph(uint64_t id) {
   return graphs_.count(id) != 0;
 }
 
-uint64_t GraphRegistry::NewExec() {
+uint64_t GraphRegistry::NewExec(uint64_t graph) {
   const uint64_t id = ids_->New(HandleKind::kGraphExec);
   std::lock_guard<std::mutex> lock(mu_);
-  execs_[id] = true;
+  execs_[id] = graph;
   return id;
 }
 
@@ -107,14 +177,11 @@ bool GraphRegistry::HasExec(uint64_t id) {
 
 void GraphRegistry::ForgetContext(uint64_t ctx) {
   std::lock_guard<std::mutex> lock(mu_);
-  for (auto it = captures_.begin(); it != captures_.end();) {
-    if (it->second.ctx == ctx) {
-      it = captures_.erase(it);
-      captures_active_.fetch_sub(1, std::memory_order_release);
-    } else {
-      ++it;
-    }
-  }
+  const size_t before = captures_.size();
+  std::erase_if(captures_, [ctx](const auto& entry) { return entry.second.ctx == ctx; });
+  captures_active_.fetch_sub(static_cast<int>(before - captures_.size()),
+                             std::memory_order_release);
+  if (captures_.empty()) capture_events_.clear();
 }
 
 }  // namespace ferry::client

@@ -10,7 +10,9 @@
 #include <atomic>
 #include <cstdint>
 #include <mutex>
+#include <thread>
 #include <unordered_map>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "client/handles.h"
@@ -18,12 +20,18 @@
 
 namespace ferry::client {
 
+// A stream's part in a capture: the capture began on it (origin == the
+// stream) or it joined through cuStreamWaitEvent on an event recorded in the
+// capture (fork); every stream of one capture shares id, graph, origin, mode
+// and thread.
 struct CaptureState {
   uint64_t ctx = 0;
   uint64_t id = 0;        // unique in the process, as cuStreamGetCaptureInfo reports it
   uint64_t graph = 0;     // the graph the capture builds
-  int mode = 0;           // CUstreamCaptureMode
-  bool blocking = false;  // the stream synchronizes with the legacy stream
+  uint64_t origin = 0;    // the stream that began it (only it can end it)
+  int mode = 0;           // CUstreamCaptureMode given to cuStreamBeginCapture
+  std::thread::id thread;  // the thread that began it
+  bool blocking = false;  // this stream synchronizes with the legacy stream
 };
 
 class GraphRegistry {
@@ -34,11 +42,30 @@ class GraphRegistry {
   // True while some stream of this client captures.
   bool AnyCapture() const { return captures_active_.load(std::memory_order_acquire) > 0; }
   // Starts a capture of `stream` (not the legacy stream): CUDA_ERROR_ILLEGAL_STATE
-  // when it captures already. Fills in state->id and state->graph.
+  // when it captures already. Fills in state->id, graph, origin and thread.
   Status BeginCapture(uint64_t stream, CaptureState* state);
-  // Ends the capture of `stream`; CUDA_ERROR_ILLEGAL_STATE when there is none.
-  Status EndCapture(uint64_t stream, CaptureState* state);
   bool FindCapture(uint64_t stream, CaptureState* state);
+  // Capture `id` ended (or never began): its streams stop capturing and the
+  // events recorded in it become ordinary.
+  void ForgetCapture(uint64_t id);
+  // `stream` is destroyed: a capture it began ends; one it joined loses it.
+  void ForgetStream(uint64_t stream);
+  // Fork/join as the driver does it (the server does the same with the real
+  // rules): cuEventRecord on a capturing stream marks the event with the
+  // capture; a later record elsewhere unmarks it. cuStreamWaitEvent of a
+  // stream not capturing (blocking: not CU_STREAM_NON_BLOCKING) on a marked
+  // event of the stream's context joins the stream to that capture. Free
+  // while nothing captures.
+  void NoteEventRecord(uint64_t event, uint64_t stream);
+  void NoteStreamWait(uint64_t stream, uint64_t ctx, bool blocking, uint64_t event);
+  void ForgetEvent(uint64_t event);
+  // cuThreadExchangeStreamCaptureMode's rules for a potentially unsafe call
+  // (allocating or freeing memory, synchronizing) made by this thread in
+  // capture interaction mode `thread_mode`: the captures that forbid it (one
+  // entry per capture) — in GLOBAL mode those this thread began in a mode
+  // other than RELAXED and those any thread began in GLOBAL mode; in
+  // THREAD_LOCAL mode only the former; RELAXED: none.
+  std::vector<CaptureState> CapturesForbiddingUnsafeCalls(int thread_mode);
   // Whether a blocking stream of `ctx` captures (the legacy stream then may
   // not be used: CUDA_ERROR_STREAM_CAPTURE_IMPLICIT).
   bool BlockingCaptureIn(uint64_t ctx);
@@ -48,13 +75,19 @@ class GraphRegistry {
   // INVALID_HANDLE for an unknown id.
   Status RemoveGraph(uint64_t id);
   bool HasGraph(uint64_t id);
-  uint64_t NewExec();
+  // An executable graph id, instantiated from `graph`.
+  uint64_t NewExec(uint64_t graph);
   Status RemoveExec(uint64_t id);
   bool HasExec(uint64_t id);
-  // A node id of `graph` (explicitly added nodes).
-  uint64_t NewNode(uint64_t graph);
+  // A node id of `graph` (explicitly added nodes), of kind `type`
+  // (CUgraphNodeType).
+  uint64_t NewNode(uint64_t graph, int type);
   // Whether `node` is a node of `graph`.
   bool IsNodeOf(uint64_t node, uint64_t graph);
+  // cuGraphExec*NodeSetParams: `node` must be a node of kind `type` of the
+  // graph `exec` was instantiated from (answered here: the client records
+  // both), INVALID_HANDLE for unknown handles, INVALID_VALUE otherwise.
+  Status CheckExecNode(uint64_t exec, uint64_t node, int type);
   // Forgets the captures of `ctx` (its streams are gone).
   void ForgetContext(uint64_t ctx);
 
@@ -64,9 +97,15 @@ class GraphRegistry {
   inline static std::atomic<uint64_t> next_capture_id_{1};
   std::mutex mu_;
   std::unordered_map<uint64_t, CaptureState> captures_ ABSL_GUARDED_BY(mu_);  // by stream
+  // Events last recorded on a capturing stream: event -> capture id.
+  std::unordered_map<uint64_t, uint64_t> capture_events_ ABSL_GUARDED_BY(mu_);
   std::unordered_map<uint64_t, bool> graphs_ ABSL_GUARDED_BY(mu_);
-  std::unordered_map<uint64_t, bool> execs_ ABSL_GUARDED_BY(mu_);
-  std::unordered_map<uint64_t, uint64_t> nodes_ ABSL_GUARDED_BY(mu_);  // node -> graph
+  std::unordered_map<uint64_t, uint64_t> execs_ ABSL_GUARDED_BY(mu_);  // exec -> its graph
+  struct NodeState {
+    uint64_t graph = 0;
+    int type = 0;  // CUgraphNodeType
+  };
+  std::unordered_map<uint64_t, NodeState> nodes_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ferry::client

@@ -387,6 +387,11 @@ struct Call {
         $waits("always") $ranges(["address"]) $usesContext;
     memGetAllocationGranularity @85 :MemGranularity  # reply value: bytes
         $waits("always") $usesContext;
+    # stream capture and graphs, continued (multi-stream capture, node updates)
+    streamCaptureInvalidate @86 :StreamRef  # a call the capture mode forbade was made
+        $waits("never") $handles(["ctx", "stream"]);
+    graphExecKernelNodeSetParams @87 :GraphExecKernelNode  # bulk = packed params
+        $waits("never") $handles(["exec", "node"]) $usesContext;
   }
 }
 
@@ -671,6 +676,16 @@ struct GraphAddNode {
     memset @5 :Memset;
     memcpy @6 :Memcpy;  # device to device
   }
+}
+
+# cuGraphExecKernelNodeSetParams: kernel node `node` (of the graph `exec`
+# was instantiated from) runs `kernel` (its ctx and function must be the
+# node's; the stream field is unused) with the packed parameters in the
+# bulk bytes from the next launch of `exec` on, checked as a launch is.
+struct GraphExecKernelNode {
+  exec @0 :UInt64;
+  node @1 :UInt64;
+  kernel @2 :Launch;
 }
 
 # library and kernel API, occupancy

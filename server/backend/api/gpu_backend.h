@@ -574,6 +574,14 @@ class GpuBackend {
     (void)graph, (void)dependencies, (void)spec, (void)out;
     return NoGraphs();
   }
+  // cuGraphExecKernelNodeSetParams: kernel node `node` (added to the graph
+  // `exec` was instantiated from) runs `spec` (kind kKernel, in the node's
+  // context) from the next launch of `exec` on; launches queued already run
+  // what they were queued with.
+  virtual Status SetExecKernelNode(GraphExec& exec, GraphNode& node, const GraphNodeSpec& spec) {
+    (void)exec, (void)node, (void)spec;
+    return NoGraphs();
+  }
   // A graph with the same nodes and dependencies (cuGraphClone).
   virtual Status CloneGraph(Graph& graph, std::unique_ptr<Graph>* out) {
     (void)graph, (void)out;

@@ -146,7 +146,8 @@
   X(cuGraphAddKernelNode, 12000)         \
   X(cuGraphAddMemsetNode, 10000)         \
   X(cuGraphAddMemcpyNode, 10000)         \
-  X(cuGraphClone, 10000)
+  X(cuGraphClone, 10000)                 \
+  X(cuGraphExecKernelNodeSetParams, 12000)
 
 // The green-context ones among them (all or nothing: see HasGreenContexts).
 #define FERRY_CUDA_GREEN_CONTEXT_ENTRY_POINTS(X) \
