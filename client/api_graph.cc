@@ -14,6 +14,7 @@
 // cross-stream capture (a stream joining a capture through an event wait).
 #include <cuda.h>
 
+#include <algorithm>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -89,7 +90,7 @@ Status EndCapture(CUstream stream, bool per_thread, CUgraph* graph) {
   if (status.cuda_result() == CUDA_ERROR_STREAM_CAPTURE_UNMATCHED) return status;
   rt.graphs().ForgetCapture(capture.id);
   FERRY_RETURN_IF_ERROR(status);
-  rt.graphs().AddGraph(capture.graph);
+  rt.graphs().AddGraph(capture.graph, /*opaque=*/true);
   *graph = Runtime::ToHandle<CUgraph>(capture.graph);
   return Status::Ok();
 }
@@ -152,7 +153,7 @@ Status Instantiate(CUgraphExec* exec, CUgraph graph, unsigned long long flags) {
   FERRY_RETURN_IF_ERROR(rt.Ready());
   const uint64_t graph_id = Runtime::HandleId(graph);
   if (!rt.graphs().HasGraph(graph_id)) return Status::InvalidHandle("not a graph of this client");
-  const uint64_t id = rt.graphs().NewExec(graph_id);
+  const uint64_t id = rt.graphs().NewExec(graph_id, flags);
   FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
     auto args = call.initGraphInstantiate();
     args.setGraph(graph_id);
@@ -179,6 +180,45 @@ Status LaunchOrUpload(CUgraphExec exec, CUstream stream, bool per_thread, bool u
     SetStreamTarget(args, target);
     args.setExec(id);
   });
+}
+
+// The driver's way of answering a node list: with `out` NULL, *count gets
+// the number of nodes; otherwise *count is out's capacity, the first
+// min(capacity, n) entries are filled, the rest NULL, and *count gets how many
+// were filled. Edge data, where asked for, is the default (all zero): ferry's
+// graphs have plain dependencies only.
+void ListNodes(const std::vector<uint64_t>& ids, CUgraphNode* out, CUgraphEdgeData* edge_data,
+               size_t* count) {
+  if (out == nullptr) {
+    *count = ids.size();
+    return;
+  }
+  const size_t capacity = *count;
+  const size_t n = std::min(capacity, ids.size());
+  for (size_t i = 0; i < capacity; ++i) {
+    out[i] = i < n ? Runtime::ToHandle<CUgraphNode>(ids[i]) : nullptr;
+    if (edge_data != nullptr) edge_data[i] = CUgraphEdgeData{};
+  }
+  *count = n;
+}
+
+// Calls `visit(node, graph's nodes)` with `node`'s record: answered in the
+// client, which records the structure of the graphs it builds.
+template <typename Visit>
+Status NodeShapeOf(CUgraphNode node, Visit visit) {
+  Runtime& rt = Runtime::Get();
+  const uint64_t id = Runtime::HandleId(node);
+  uint64_t graph = 0;
+  FERRY_RETURN_IF_ERROR(rt.graphs().GraphOfNode(id, &graph));
+  std::vector<ferry::client::GraphRegistry::NodeShape> shape;
+  FERRY_RETURN_IF_ERROR(rt.graphs().GraphShape(graph, &shape));
+  for (const auto& n : shape) {
+    if (n.id == id) {
+      visit(n, shape);
+      return Status::Ok();
+    }
+  }
+  return Status::InvalidHandle("not a graph node of this client");
 }
 
 }  // namespace
@@ -299,7 +339,7 @@ CUresult CUDAAPI cuGraphCreate(CUgraph* phGraph, unsigned int flags) {
 }
 
 // The clone's nodes have no handles of their own here (cuGraphNodeFindInClone
-// is not forwarded).
+// is not forwarded), so a clone with nodes is opaque (GraphRegistry::AddGraph).
 CUresult CUDAAPI cuGraphClone(CUgraph* phGraphClone, CUgraph originalGraph) {
   return Api([&]() -> Status {
     Runtime& rt = Runtime::Get();
@@ -307,7 +347,9 @@ CUresult CUDAAPI cuGraphClone(CUgraph* phGraphClone, CUgraph originalGraph) {
     FERRY_RETURN_IF_ERROR(rt.Ready());
     const uint64_t original = Runtime::HandleId(originalGraph);
     if (!rt.graphs().HasGraph(original)) return Status::InvalidHandle("not a graph of this client");
-    const uint64_t id = rt.graphs().NewGraph();
+    std::vector<ferry::client::GraphRegistry::NodeShape> nodes;
+    const Status shape = rt.graphs().GraphShape(original, &nodes);
+    const uint64_t id = rt.graphs().NewGraph(/*opaque=*/!shape.ok() || !nodes.empty());
     FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
       auto args = call.initGraphClone();
       args.setGraph(original);
@@ -326,24 +368,128 @@ CUresult CUDAAPI cuGraphDestroy(CUgraph hGraph) {
   });
 }
 
-// cuGraphGetNodes: the count only. Node handles are not forwarded.
+// cuGraphGetNodes: answered from the client's record of the graph (see
+// GraphRegistry::GraphShape); an opaque graph's node count is asked of the
+// server, and its nodes, which have no handles here, are not listed.
 CUresult CUDAAPI cuGraphGetNodes(CUgraph hGraph, CUgraphNode* nodes, size_t* numNodes) {
   return Api([&]() -> Status {
     Runtime& rt = Runtime::Get();
     if (numNodes == nullptr) return Status::InvalidArgument("numNodes is NULL");
-    if (nodes != nullptr) {
-      return Status::Unimplemented(
-          "cuGraphGetNodes: graph node handles are not forwarded by ferry");
-    }
     FERRY_RETURN_IF_ERROR(rt.Ready());
     const uint64_t id = Runtime::HandleId(hGraph);
     if (!rt.graphs().HasGraph(id)) return Status::InvalidHandle("not a graph of this client");
-    return rt.connection().Call(
-        [&](wire::Call::Builder call) { call.initGraphNodeCount().setGraph(id); }, {}, {},
-        [&](wire::Reply::Reader reply) {
-          *numNodes = static_cast<size_t>(reply.getValue());
-          return Status::Ok();
-        });
+    if (nodes == nullptr && rt.graphs().IsOpaque(id)) {
+      return rt.connection().Call(
+          [&](wire::Call::Builder call) { call.initGraphNodeCount().setGraph(id); }, {}, {},
+          [&](wire::Reply::Reader reply) {
+            *numNodes = static_cast<size_t>(reply.getValue());
+            return Status::Ok();
+          });
+    }
+    std::vector<ferry::client::GraphRegistry::NodeShape> shape;
+    FERRY_RETURN_IF_ERROR(rt.graphs().GraphShape(id, &shape));
+    std::vector<uint64_t> all;
+    for (const auto& n : shape) all.push_back(n.id);
+    ListNodes(all, nodes, nullptr, numNodes);
+    return Status::Ok();
+  });
+}
+
+CUresult CUDAAPI cuGraphGetRootNodes(CUgraph hGraph, CUgraphNode* rootNodes,
+                                     size_t* numRootNodes) {
+  return Api([&]() -> Status {
+    if (numRootNodes == nullptr) return Status::InvalidArgument("numRootNodes is NULL");
+    std::vector<ferry::client::GraphRegistry::NodeShape> shape;
+    FERRY_RETURN_IF_ERROR(Runtime::Get().graphs().GraphShape(Runtime::HandleId(hGraph), &shape));
+    std::vector<uint64_t> roots;
+    for (const auto& n : shape) {
+      if (n.dependencies.empty()) roots.push_back(n.id);
+    }
+    ListNodes(roots, rootNodes, nullptr, numRootNodes);
+    return Status::Ok();
+  });
+}
+
+CUresult CUDAAPI cuGraphGetEdges_v2(CUgraph hGraph, CUgraphNode* from, CUgraphNode* to,
+                                    CUgraphEdgeData* edgeData, size_t* numEdges) {
+  return Api([&]() -> Status {
+    if (numEdges == nullptr) return Status::InvalidArgument("numEdges is NULL");
+    if ((from == nullptr) != (to == nullptr)) {
+      return Status::InvalidArgument("from and to must both be NULL or both be given");
+    }
+    std::vector<ferry::client::GraphRegistry::NodeShape> shape;
+    FERRY_RETURN_IF_ERROR(Runtime::Get().graphs().GraphShape(Runtime::HandleId(hGraph), &shape));
+    std::vector<uint64_t> sources, targets;
+    for (const auto& n : shape) {
+      for (uint64_t d : n.dependencies) {
+        sources.push_back(d);
+        targets.push_back(n.id);
+      }
+    }
+    size_t capacity = *numEdges;
+    ListNodes(sources, from, edgeData, numEdges);
+    ListNodes(targets, to, nullptr, &capacity);
+    return Status::Ok();
+  });
+}
+CUresult CUDAAPI cuGraphGetEdges(CUgraph hGraph, CUgraphNode* from, CUgraphNode* to,
+                                 size_t* numEdges) {
+  return cuGraphGetEdges_v2(hGraph, from, to, nullptr, numEdges);
+}
+
+CUresult CUDAAPI cuGraphNodeGetType(CUgraphNode hNode, CUgraphNodeType* type) {
+  return Api([&]() -> Status {
+    if (type == nullptr) return Status::InvalidArgument("type is NULL");
+    return NodeShapeOf(hNode, [&](const auto& n, const auto&) {
+      *type = static_cast<CUgraphNodeType>(n.type);
+    });
+  });
+}
+
+CUresult CUDAAPI cuGraphNodeGetDependencies_v2(CUgraphNode hNode, CUgraphNode* dependencies,
+                                               CUgraphEdgeData* edgeData,
+                                               size_t* numDependencies) {
+  return Api([&]() -> Status {
+    if (numDependencies == nullptr) return Status::InvalidArgument("numDependencies is NULL");
+    return NodeShapeOf(hNode, [&](const auto& n, const auto&) {
+      ListNodes(n.dependencies, dependencies, edgeData, numDependencies);
+    });
+  });
+}
+CUresult CUDAAPI cuGraphNodeGetDependencies(CUgraphNode hNode, CUgraphNode* dependencies,
+                                            size_t* numDependencies) {
+  return cuGraphNodeGetDependencies_v2(hNode, dependencies, nullptr, numDependencies);
+}
+
+CUresult CUDAAPI cuGraphNodeGetDependentNodes_v2(CUgraphNode hNode, CUgraphNode* dependentNodes,
+                                                 CUgraphEdgeData* edgeData,
+                                                 size_t* numDependentNodes) {
+  return Api([&]() -> Status {
+    if (numDependentNodes == nullptr) return Status::InvalidArgument("numDependentNodes is NULL");
+    return NodeShapeOf(hNode, [&](const auto& n, const auto& graph) {
+      std::vector<uint64_t> dependents;
+      for (const auto& other : graph) {
+        if (std::find(other.dependencies.begin(), other.dependencies.end(), n.id) !=
+            other.dependencies.end()) {
+          dependents.push_back(other.id);
+        }
+      }
+      ListNodes(dependents, dependentNodes, edgeData, numDependentNodes);
+    });
+  });
+}
+CUresult CUDAAPI cuGraphNodeGetDependentNodes(CUgraphNode hNode, CUgraphNode* dependentNodes,
+                                              size_t* numDependentNodes) {
+  return cuGraphNodeGetDependentNodes_v2(hNode, dependentNodes, nullptr, numDependentNodes);
+}
+
+CUresult CUDAAPI cuGraphExecGetFlags(CUgraphExec hGraphExec, cuuint64_t* flags) {
+  return Api([&]() -> Status {
+    if (flags == nullptr) return Status::InvalidArgument("flags is NULL");
+    uint64_t value = 0;
+    FERRY_RETURN_IF_ERROR(Runtime::Get().graphs().ExecFlags(Runtime::HandleId(hGraphExec), &value));
+    *flags = value;
+    return Status::Ok();
   });
 }
 
@@ -437,16 +583,16 @@ Status AddNode(CUgraphNode* node, CUgraph graph, const CUgraphNode* deps, size_t
                                      " is not a node of the graph");
     }
   }
-  const uint64_t id = rt.graphs().NewNode(graph_id, type);
+  std::vector<uint64_t> dependencies(count);
+  for (size_t i = 0; i < count; ++i) dependencies[i] = Runtime::HandleId(deps[i]);
+  const uint64_t id = rt.graphs().NewNode(graph_id, type, dependencies);
   FERRY_RETURN_IF_ERROR(rt.connection().Post(
       [&](wire::Call::Builder call) {
         auto args = call.initGraphAddNode();
         args.setGraph(graph_id);
         args.setNode(id);
         auto list = args.initDependencies(static_cast<unsigned>(count));
-        for (size_t i = 0; i < count; ++i) {
-          list.set(static_cast<unsigned>(i), Runtime::HandleId(deps[i]));
-        }
+        for (size_t i = 0; i < count; ++i) list.set(static_cast<unsigned>(i), dependencies[i]);
         fill(args);
       },
       bulk));

@@ -102,15 +102,47 @@ bool GraphRegistry::BlockingCaptureIn(uint64_t ctx) {
   return false;
 }
 
-uint64_t GraphRegistry::NewGraph() {
+uint64_t GraphRegistry::NewGraph(bool opaque) {
   const uint64_t id = ids_->New(HandleKind::kGraph);
-  AddGraph(id);
+  AddGraph(id, opaque);
   return id;
 }
 
-void GraphRegistry::AddGraph(uint64_t id) {
+void GraphRegistry::AddGraph(uint64_t id, bool opaque) {
   std::lock_guard<std::mutex> lock(mu_);
-  graphs_[id] = true;
+  graphs_[id] = GraphState{opaque, {}};
+}
+
+bool GraphRegistry::IsOpaque(uint64_t id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = graphs_.find(id);
+  return it != graphs_.end() && it->second.opaque;
+}
+
+Status GraphRegistry::GraphShape(uint64_t graph, std::vector<NodeShape>* nodes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = graphs_.find(graph);
+  if (it == graphs_.end()) return Status::InvalidHandle("not a graph of this client");
+  if (it->second.opaque) {
+    return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED,
+                        "the graph has captured (or cloned) nodes, which have no handles in "
+                        "ferry: only its node count is known");
+  }
+  nodes->clear();
+  nodes->reserve(it->second.nodes.size());
+  for (uint64_t id : it->second.nodes) {
+    const NodeState& n = nodes_.at(id);
+    nodes->push_back(NodeShape{id, n.type, n.dependencies});
+  }
+  return Status::Ok();
+}
+
+Status GraphRegistry::GraphOfNode(uint64_t node, uint64_t* graph) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = nodes_.find(node);
+  if (it == nodes_.end()) return Status::InvalidHandle("not a graph node of this client");
+  *graph = it->second.graph;
+  return Status::Ok();
 }
 
 Status GraphRegistry::RemoveGraph(uint64_t id) {
@@ -120,10 +152,11 @@ Status GraphRegistry::RemoveGraph(uint64_t id) {
   return Status::Ok();
 }
 
-uint64_t GraphRegistry::NewNode(uint64_t graph, int type) {
+uint64_t GraphRegistry::NewNode(uint64_t graph, int type, std::vector<uint64_t> dependencies) {
   const uint64_t id = ids_->New(HandleKind::kGraphNode);
   std::lock_guard<std::mutex> lock(mu_);
-  nodes_[id] = NodeState{graph, type};
+  nodes_[id] = NodeState{graph, type, std::move(dependencies)};
+  if (auto it = graphs_.find(graph); it != graphs_.end()) it->second.nodes.push_back(id);
   return id;
 }
 
@@ -139,7 +172,7 @@ Status GraphRegistry::CheckExecNode(uint64_t exec, uint64_t node, int type) {
   if (e == execs_.end()) return Status::InvalidHandle("not an executable graph of this client");
   auto n = nodes_.find(node);
   if (n == nodes_.end()) return Status::InvalidHandle("not a graph node of this client");
-  if (n->second.graph != e->second) {
+  if (n->second.graph != e->second.graph) {
     return Status::InvalidArgument(
         "the node is not a node of the graph the executable graph was instantiated from");
   }
@@ -155,10 +188,18 @@ bool GraphRegistry::HasGraph(uint64_t id) {
   return graphs_.count(id) != 0;
 }
 
-uint64_t GraphRegistry::NewExec(uint64_t graph) {
+Status GraphRegistry::ExecFlags(uint64_t exec, uint64_t* flags) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = execs_.find(exec);
+  if (it == execs_.end()) return Status::InvalidHandle("not an executable graph of this client");
+  *flags = it->second.flags;
+  return Status::Ok();
+}
+
+uint64_t GraphRegistry::NewExec(uint64_t graph, uint64_t flags) {
   const uint64_t id = ids_->New(HandleKind::kGraphExec);
   std::lock_guard<std::mutex> lock(mu_);
-  execs_[id] = graph;
+  execs_[id] = ExecState{graph, flags};
   return id;
 }
 

@@ -70,18 +70,37 @@ class GraphRegistry {
   // not be used: CUDA_ERROR_STREAM_CAPTURE_IMPLICIT).
   bool BlockingCaptureIn(uint64_t ctx);
 
-  uint64_t NewGraph();  // a graph id, recorded
-  void AddGraph(uint64_t id);
+  uint64_t NewGraph(bool opaque = false);  // a graph id, recorded (see AddGraph)
+  // Records graph `id`. `opaque`: it has nodes the client has no handles
+  // for (captured ones, or a clone's), so its structure is the server's only.
+  void AddGraph(uint64_t id, bool opaque = false);
+  // A graph's structure as the client recorded it (its explicitly added
+  // nodes, in the order they were added, with their types and dependencies):
+  // enough to answer cuGraphGetNodes, cuGraphGetEdges, cuGraphNodeGet* without
+  // a round trip. INVALID_HANDLE for an unknown graph; NOT_SUPPORTED for an
+  // opaque one.
+  struct NodeShape {
+    uint64_t id = 0;
+    int type = 0;  // CUgraphNodeType
+    std::vector<uint64_t> dependencies;
+  };
+  Status GraphShape(uint64_t graph, std::vector<NodeShape>* nodes);
+  // The graph of `node`; INVALID_HANDLE for an unknown node.
+  Status GraphOfNode(uint64_t node, uint64_t* graph);
+  // Whether graph `id` is opaque (see AddGraph); false for unknown ids.
+  bool IsOpaque(uint64_t id);
   // INVALID_HANDLE for an unknown id.
   Status RemoveGraph(uint64_t id);
   bool HasGraph(uint64_t id);
   // An executable graph id, instantiated from `graph`.
-  uint64_t NewExec(uint64_t graph);
+  uint64_t NewExec(uint64_t graph, uint64_t flags);
+  // cuGraphExecGetFlags: the flags it was instantiated with.
+  Status ExecFlags(uint64_t exec, uint64_t* flags);
   Status RemoveExec(uint64_t id);
   bool HasExec(uint64_t id);
   // A node id of `graph` (explicitly added nodes), of kind `type`
-  // (CUgraphNodeType).
-  uint64_t NewNode(uint64_t graph, int type);
+  // (CUgraphNodeType), after `dependencies` (nodes of the graph).
+  uint64_t NewNode(uint64_t graph, int type, std::vector<uint64_t> dependencies);
   // Whether `node` is a node of `graph`.
   bool IsNodeOf(uint64_t node, uint64_t graph);
   // cuGraphExec*NodeSetParams: `node` must be a node of kind `type` of the
@@ -99,11 +118,20 @@ class GraphRegistry {
   std::unordered_map<uint64_t, CaptureState> captures_ ABSL_GUARDED_BY(mu_);  // by stream
   // Events last recorded on a capturing stream: event -> capture id.
   std::unordered_map<uint64_t, uint64_t> capture_events_ ABSL_GUARDED_BY(mu_);
-  std::unordered_map<uint64_t, bool> graphs_ ABSL_GUARDED_BY(mu_);
-  std::unordered_map<uint64_t, uint64_t> execs_ ABSL_GUARDED_BY(mu_);  // exec -> its graph
+  struct GraphState {
+    bool opaque = false;          // see AddGraph
+    std::vector<uint64_t> nodes;  // explicitly added, in order
+  };
+  std::unordered_map<uint64_t, GraphState> graphs_ ABSL_GUARDED_BY(mu_);
+  struct ExecState {
+    uint64_t graph = 0;  // instantiated from
+    uint64_t flags = 0;
+  };
+  std::unordered_map<uint64_t, ExecState> execs_ ABSL_GUARDED_BY(mu_);
   struct NodeState {
     uint64_t graph = 0;
     int type = 0;  // CUgraphNodeType
+    std::vector<uint64_t> dependencies;
   };
   std::unordered_map<uint64_t, NodeState> nodes_ ABSL_GUARDED_BY(mu_);
 };

@@ -11,9 +11,12 @@
 //     capture fails with cudaErrorStreamCaptureUnsupported and invalidates it;
 //     a thread in relaxed mode may allocate; a thread-local capture forbids
 //     its own thread, not another;
+//   - a graph built node by node reports its nodes, roots, edges, node types,
+//     dependencies and dependents as built;
 //   - cudaGraphExecKernelNodeSetParams changes a kernel node's argument for
-//     later launches of the executable graph; a memset node or missing
-//     arguments are refused.
+//     later launches of the executable graph (cudaGraphExecGetFlags reports
+//     its instantiation flags); a node of another graph or missing arguments
+//     are refused.
 // Prints "all checks passed", or the first failure.
 #include <cuda_runtime.h>
 
@@ -188,13 +191,44 @@ void ExecKernelUpdate(float* c) {
   kernel.blockDim = dim3(256);
   kernel.kernelParams = args;
   RT_CHECK(cudaGraphAddKernelNode(&scale_node, graph, &set_node, 1, &kernel));
+  // The structure, as built: two nodes, one root, one edge.
+  size_t count = 0;
+  RT_CHECK(cudaGraphGetNodes(graph, nullptr, &count));
+  RT_EXPECT(count == 2);
+  cudaGraphNode_t listed[3] = {};
+  count = 3;
+  RT_CHECK(cudaGraphGetNodes(graph, listed, &count));
+  RT_EXPECT(count == 2 && listed[0] == set_node && listed[1] == scale_node && listed[2] == nullptr);
+  count = 2;
+  RT_CHECK(cudaGraphGetRootNodes(graph, listed, &count));
+  RT_EXPECT(count == 1 && listed[0] == set_node);
+  cudaGraphNode_t from = nullptr, to = nullptr;
+  count = 1;
+  RT_CHECK(cudaGraphGetEdges(graph, &from, &to, nullptr, &count));
+  RT_EXPECT(count == 1 && from == set_node && to == scale_node);
+  cudaGraphNodeType type = cudaGraphNodeTypeEmpty;
+  RT_CHECK(cudaGraphNodeGetType(scale_node, &type));
+  RT_EXPECT(type == cudaGraphNodeTypeKernel);
+  RT_CHECK(cudaGraphNodeGetType(set_node, &type));
+  RT_EXPECT(type == cudaGraphNodeTypeMemset);
+  count = 1;
+  RT_CHECK(cudaGraphNodeGetDependencies(scale_node, listed, nullptr, &count));
+  RT_EXPECT(count == 1 && listed[0] == set_node);
+  count = 1;
+  RT_CHECK(cudaGraphNodeGetDependentNodes(set_node, listed, nullptr, &count));
+  RT_EXPECT(count == 1 && listed[0] == scale_node);
+  RT_CHECK(cudaGraphNodeGetDependentNodes(scale_node, nullptr, nullptr, &count));
+  RT_EXPECT(count == 0);
   // The graph updated: one kernel node scaling c in place.
   cudaGraph_t scale_only = nullptr;
   RT_CHECK(cudaGraphCreate(&scale_only, 0));
   cudaGraphNode_t only_node;
   RT_CHECK(cudaGraphAddKernelNode(&only_node, scale_only, nullptr, 0, &kernel));
   cudaGraphExec_t exec = nullptr;
-  RT_CHECK(cudaGraphInstantiate(&exec, scale_only, 0));
+  RT_CHECK(cudaGraphInstantiateWithFlags(&exec, scale_only, cudaGraphInstantiateFlagUseNodePriority));
+  unsigned long long exec_flags = 0;
+  RT_CHECK(cudaGraphExecGetFlags(exec, &exec_flags));
+  RT_EXPECT(exec_flags == cudaGraphInstantiateFlagUseNodePriority);
 
   std::vector<float> start(kN);
   for (int i = 0; i < kN; ++i) start[i] = static_cast<float>(i);
