@@ -7,8 +7,8 @@
 // invalidated capture there. A graph launch is one call however many nodes
 // the graph has.
 //
-// Graphs can also be built node by node (empty, kernel, memset and one-row
-// device-to-device copy nodes, with dependencies). Not forwarded
+// Graphs can also be built node by node (empty, kernel, memset, one-row
+// device-to-device copy and child-graph nodes, with dependencies). Not forwarded
 // (unsupported_functions.txt): other node kinds, node queries and updates,
 // cloning, executable-graph updates, capture into an existing graph, and
 // cross-stream capture (a stream joining a capture through an event wait).
@@ -754,6 +754,23 @@ CUresult CUDAAPI cuGraphExecKernelNodeSetParams(CUgraphExec hGraphExec, CUgraphN
 CUresult CUDAAPI cuGraphExecKernelNodeSetParams_v2(CUgraphExec hGraphExec, CUgraphNode hNode,
                                                    const CUDA_KERNEL_NODE_PARAMS_v2* nodeParams) {
   return Api([&] { return SetExecKernelNode(hGraphExec, hNode, nodeParams); });
+}
+
+// The child is copied into the node as it is now (the server does the
+// copying); cuGraphChildGraphNodeGetGraph is not forwarded.
+CUresult CUDAAPI cuGraphAddChildGraphNode(CUgraphNode* phGraphNode, CUgraph hGraph,
+                                          const CUgraphNode* dependencies, size_t numDependencies,
+                                          CUgraph childGraph) {
+  return Api([&]() -> Status {
+    const uint64_t child = Runtime::HandleId(childGraph);
+    if (!Runtime::Get().graphs().HasGraph(child)) {
+      return Status::InvalidHandle("childGraph is not a graph of this client");
+    }
+    if (childGraph == hGraph) return Status::InvalidArgument("a graph cannot be its own child");
+    return AddNode(phGraphNode, hGraph, dependencies, numDependencies,
+                   CU_GRAPH_NODE_TYPE_GRAPH,
+                   [&](wire::GraphAddNode::Builder args) { args.setChildGraph(child); });
+  });
 }
 
 CUresult CUDAAPI cuGraphAddMemsetNode(CUgraphNode* phGraphNode, CUgraph hGraph,

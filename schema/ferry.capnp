@@ -675,6 +675,7 @@ struct GraphAddNode {
     kernel @4 :Launch;
     memset @5 :Memset;
     memcpy @6 :Memcpy;  # device to device
+    childGraph @7 :UInt64;  # a graph, copied as it is now (its later changes are not seen)
   }
 }
 

@@ -339,6 +339,16 @@ Status Session::GraphAddNode(wire::GraphAddNode::Reader args, CallContext& cx) {
       spec.bytes = m.getBytes();
       break;
     }
+    case wire::GraphAddNode::CHILD_GRAPH: {
+      GraphEntry* child = nullptr;
+      FERRY_RETURN_IF_ERROR(graphs_.Find(args.getChildGraph(), &child));
+      if (child == graph) return Status::InvalidArgument("a graph cannot be its own child");
+      ctx = child->ctx;
+      uses = *child->uses;
+      spec.kind = backend::GraphNodeSpec::Kind::kChild;
+      spec.child = child->graph.get();
+      break;
+    }
     default:
       return Status::InvalidArgument("unknown graph node kind");
   }

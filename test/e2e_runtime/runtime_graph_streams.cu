@@ -13,6 +13,7 @@
 //     its own thread, not another;
 //   - a graph built node by node reports its nodes, roots, edges, node types,
 //     dependencies and dependents as built;
+//   - child-graph nodes run the child (copied when added) in order;
 //   - cudaGraphExecKernelNodeSetParams changes a kernel node's argument for
 //     later launches of the executable graph (cudaGraphExecGetFlags reports
 //     its instantiation flags); a node of another graph or missing arguments
@@ -254,9 +255,32 @@ void ExecKernelUpdate(float* c) {
   got = Read(c);
   for (int i = 0; i < kN; ++i) RT_EXPECT(got[i] == 36.0f * i);
   RT_CHECK(cudaGraphExecDestroy(exec));
-  RT_CHECK(cudaGraphDestroy(scale_only));
-  RT_CHECK(cudaGraphDestroy(graph));
   std::printf("executable graph kernel update: ok\n");
+
+  // Child graphs: an empty node, then scale_only twice as child-graph nodes
+  // (its kernel node was updated in the executable graph only: the graph
+  // itself still scales by 2). The child is copied when added, so
+  // destroying it afterwards changes nothing. Per launch: c *= 4.
+  cudaGraph_t parent = nullptr;
+  RT_CHECK(cudaGraphCreate(&parent, 0));
+  cudaGraphNode_t start_node, first, second;
+  RT_CHECK(cudaGraphAddEmptyNode(&start_node, parent, nullptr, 0));
+  RT_CHECK(cudaGraphAddChildGraphNode(&first, parent, &start_node, 1, scale_only));
+  RT_CHECK(cudaGraphAddChildGraphNode(&second, parent, &first, 1, scale_only));
+  RT_CHECK(cudaGraphDestroy(scale_only));
+  cudaGraphNodeType type_of_child = cudaGraphNodeTypeEmpty;
+  RT_CHECK(cudaGraphNodeGetType(second, &type_of_child));
+  RT_EXPECT(type_of_child == cudaGraphNodeTypeGraph);
+  RT_CHECK(cudaGraphInstantiate(&exec, parent, 0));
+  RT_CHECK(cudaMemcpy(c, start.data(), kBytes, cudaMemcpyHostToDevice));
+  RT_CHECK(cudaGraphLaunch(exec, 0));
+  RT_CHECK(cudaGraphLaunch(exec, 0));
+  got = Read(c);
+  for (int i = 0; i < kN; ++i) RT_EXPECT(got[i] == 16.0f * i);
+  RT_CHECK(cudaGraphExecDestroy(exec));
+  RT_CHECK(cudaGraphDestroy(parent));
+  RT_CHECK(cudaGraphDestroy(graph));
+  std::printf("child graph nodes: ok\n");
 }
 
 }  // namespace

@@ -175,10 +175,12 @@ class GraphNode {
   virtual ~GraphNode() = default;
 };
 // What an explicitly added graph node does (cuGraphAdd*Node): nothing, a
-// kernel launch, a memset or a device-to-device copy, as the stream-ordered
+// kernel launch, a memset, a device-to-device copy or a child graph; the first four as the stream-ordered
 // operation of the same name would. The caller validated every range.
 struct GraphNodeSpec {
-  enum class Kind { kEmpty, kKernel, kMemset, kCopy };
+  // kChild: `child`'s nodes as one node (the child is copied: its later
+  // changes do not reach the node).
+  enum class Kind { kEmpty, kKernel, kMemset, kCopy, kChild };
   Kind kind = Kind::kEmpty;
   Context* ctx = nullptr;  // the work's context (all kinds but kEmpty)
   // kKernel
@@ -190,6 +192,8 @@ struct GraphNodeSpec {
   uint64_t pitch = 0, width = 0, height = 1;
   uint32_t value = 0;
   unsigned element_bytes = 1;
+  // kChild
+  Graph* child = nullptr;
 };
 // A loaded image that belongs to no context (cuLibraryLoadData); it gets a
 // Module in each context that uses it (LoadLibraryModule).

@@ -1839,6 +1839,12 @@ class CudaBackend final : public GpuBackend {
                                          deps.size(), &p, ctx->handle));
           break;
         }
+        case GraphNodeSpec::Kind::kChild: {
+          CudaGraph& child = static_cast<CudaGraph&>(*spec.child);
+          FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphAddChildGraphNode, &node, g.handle,
+                                         deps.data(), deps.size(), child.handle));
+          break;
+        }
       }
       if (ctx != nullptr) g.context = ctx;
       g.nodes.push_back(std::make_unique<CudaGraphNode>(node));

@@ -1360,6 +1360,12 @@ class HostBackend final : public GpuBackend {
           std::memmove(AsPointer(dst), AsPointer(src), bytes);
         };
         break;
+      case GraphNodeSpec::Kind::kChild:
+        op = [ops = std::make_shared<const HostGraphOps>(
+                  static_cast<HostGraph&>(*spec.child).ops)] {
+          for (const std::function<void()>& child_op : *ops) child_op();
+        };
+        break;
     }
     g.nodes.push_back(std::make_unique<HostGraphNode>(g.ops.size()));
     g.ops.push_back(std::move(op));
