@@ -1,17 +1,22 @@
 // Entry points: stream capture and graphs. A capture happens on the server,
 // where the work runs (schema/ferry.capnp, "stream capture and graphs"); the
-// client records which streams capture, so capture queries cost no round
-// trip while none does, and chooses the ids of graphs and executable graphs.
-// Beginning a capture, instantiating, launching and destroying are
-// fire-and-forget; ending a capture waits, since the driver reports an
-// invalidated capture there. A graph launch is one call however many nodes
-// the graph has.
+// client records which streams capture (the origin and the streams forked
+// into it through cuEventRecord + cuStreamWaitEvent), so capture queries cost
+// no round trip while none does, and it applies the capture interaction
+// modes (ForbidUnsafeCallDuringCapture). It chooses the ids of graphs, nodes
+// and executable graphs and records the structure of the graphs built node
+// by node, so structure queries are answered here. Beginning a capture,
+// instantiating, launching and destroying are fire-and-forget; ending a
+// capture waits, since the driver reports an invalidated or unjoined capture
+// there. A graph launch is one call however many nodes the graph has.
 //
-// Graphs can also be built node by node (empty, kernel, memset, one-row
-// device-to-device copy and child-graph nodes, with dependencies). Not forwarded
-// (unsupported_functions.txt): other node kinds, node queries and updates,
-// cloning, executable-graph updates, capture into an existing graph, and
-// cross-stream capture (a stream joining a capture through an event wait).
+// Host memory: a replay cannot reach the client's memory within its one
+// message, so host copies and host functions are refused in captures and
+// memcpy nodes are device-to-device only. Nodes: empty, kernel, memset,
+// one-row device-to-device copy and child-graph nodes. Not forwarded
+// (unsupported_functions.txt, with reasons): other node kinds, node
+// parameter queries, edge edits, whole-graph executable updates, capture
+// dependencies and capture into an existing graph.
 #include <cuda.h>
 
 #include <algorithm>

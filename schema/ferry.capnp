@@ -623,7 +623,14 @@ struct EventElapsedTime {
 # stream record the stream-ordered calls issued on it (launches, device-only
 # copies and memsets, graph launches) into a graph instead of running them;
 # streamEndCapture ends it, and the graph becomes `graph` (the id the client
-# chose at the beginning). A call that would synchronize with a capturing
+# chose at the beginning). eventRecord on a capturing stream makes no node:
+# a stream that then waits for the event (streamWaitEvent) joins the capture
+# (fork), and the origin stream waiting for an event recorded on a joined
+# stream joins that work back; streamEndCapture on the origin fails with
+# CUDA_ERROR_STREAM_CAPTURE_UNJOINED when some joined work was not joined
+# back, and on a joined stream with CUDA_ERROR_STREAM_CAPTURE_UNMATCHED.
+# streamCaptureInvalidate: the client refused a call the capture mode forbids.
+# A call that would synchronize with a capturing
 # stream (synchronize, query, a copy to or from host memory, a host gate)
 # fails with CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidates the
 # capture; later calls on the stream fail with
