@@ -20,6 +20,7 @@
 #include <cuda.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -486,6 +487,36 @@ CUresult CUDAAPI cuGraphNodeGetDependentNodes_v2(CUgraphNode hNode, CUgraphNode*
 CUresult CUDAAPI cuGraphNodeGetDependentNodes(CUgraphNode hNode, CUgraphNode* dependentNodes,
                                               size_t* numDependentNodes) {
   return cuGraphNodeGetDependentNodes_v2(hNode, dependentNodes, nullptr, numDependentNodes);
+}
+
+// The structure the client recorded, as a DOT digraph (node handles, types
+// and edges; `flags` asks for more detail, which ferry does not keep).
+// Opaque graphs (captured or cloned): NOT_SUPPORTED.
+CUresult CUDAAPI cuGraphDebugDotPrint(CUgraph hGraph, const char* path, unsigned int flags) {
+  return Api([&]() -> Status {
+    (void)flags;
+    if (path == nullptr) return Status::InvalidArgument("path is NULL");
+    std::vector<ferry::client::GraphRegistry::NodeShape> shape;
+    FERRY_RETURN_IF_ERROR(Runtime::Get().graphs().GraphShape(Runtime::HandleId(hGraph), &shape));
+    std::string dot = "digraph ferry_graph {\n";
+    for (const auto& n : shape) {
+      dot += "  n" + std::to_string(n.id) + " [label=\"node " + std::to_string(n.id) +
+             " type " + std::to_string(n.type) + "\"];\n";
+      for (uint64_t d : n.dependencies) {
+        dot += "  n" + std::to_string(d) + " -> n" + std::to_string(n.id) + ";\n";
+      }
+    }
+    dot += "}\n";
+    std::FILE* file = std::fopen(path, "w");
+    if (file == nullptr) {
+      return Status::Cuda(CUDA_ERROR_OPERATING_SYSTEM, std::string("cannot write ") + path);
+    }
+    const bool written = std::fwrite(dot.data(), 1, dot.size(), file) == dot.size();
+    if (std::fclose(file) != 0 || !written) {
+      return Status::Cuda(CUDA_ERROR_OPERATING_SYSTEM, std::string("cannot write ") + path);
+    }
+    return Status::Ok();
+  });
 }
 
 CUresult CUDAAPI cuGraphExecGetFlags(CUgraphExec hGraphExec, cuuint64_t* flags) {

@@ -21,7 +21,10 @@
 // Prints "all checks passed", or the first failure.
 #include <cuda_runtime.h>
 
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstdlib>
 #include <thread>
 #include <vector>
 
@@ -220,6 +223,21 @@ void ExecKernelUpdate(float* c) {
   RT_EXPECT(count == 1 && listed[0] == scale_node);
   RT_CHECK(cudaGraphNodeGetDependentNodes(scale_node, nullptr, nullptr, &count));
   RT_EXPECT(count == 0);
+  // The DOT file names one edge.
+  char dot_path[] = "/tmp/rt_graph_dot_XXXXXX";
+  const int dot_fd = mkstemp(dot_path);
+  RT_EXPECT(dot_fd >= 0);
+  close(dot_fd);
+  RT_CHECK(cudaGraphDebugDotPrint(graph, dot_path, 0));
+  std::FILE* dot = std::fopen(dot_path, "r");
+  RT_EXPECT(dot != nullptr);
+  char dot_text[4096] = {};
+  const size_t dot_bytes = std::fread(dot_text, 1, sizeof(dot_text) - 1, dot);
+  std::fclose(dot);
+  std::remove(dot_path);
+  int arrows = 0;
+  for (size_t i = 0; i + 1 < dot_bytes; ++i) arrows += dot_text[i] == '-' && dot_text[i + 1] == '>';
+  RT_EXPECT(arrows == 1);
   // The graph updated: one kernel node scaling c in place.
   cudaGraph_t scale_only = nullptr;
   RT_CHECK(cudaGraphCreate(&scale_only, 0));
