@@ -13,7 +13,8 @@
 // Host memory: a replay cannot reach the client's memory within its one
 // message, so host copies and host functions are refused in captures and
 // memcpy nodes are device-to-device only. Nodes: empty, kernel, memset,
-// one-row device-to-device copy and child-graph nodes. Not forwarded
+// one-row device-to-device copy and child-graph nodes; an executable graph's
+// kernel nodes can be updated and its kernel, memset and copy nodes disabled. Not forwarded
 // (unsupported_functions.txt, with reasons): other node kinds, node
 // parameter queries, edge edits, whole-graph executable updates, capture
 // dependencies and capture into an existing graph.
@@ -721,7 +722,8 @@ Status SetExecKernelNode(CUgraphExec exec, CUgraphNode node, const CUDA_KERNEL_N
   FERRY_RETURN_IF_ERROR(rt.Ready());
   const uint64_t exec_id = Runtime::HandleId(exec);
   const uint64_t node_id = Runtime::HandleId(node);
-  FERRY_RETURN_IF_ERROR(rt.graphs().CheckExecNode(exec_id, node_id, CU_GRAPH_NODE_TYPE_KERNEL));
+  FERRY_RETURN_IF_ERROR(
+      rt.graphs().CheckExecNode(exec_id, node_id, {CU_GRAPH_NODE_TYPE_KERNEL}));
   KernelNodeWork work;
   FERRY_RETURN_IF_ERROR(work.Pack(p));
   return rt.connection().Post(
@@ -733,6 +735,10 @@ Status SetExecKernelNode(CUgraphExec exec, CUgraphNode node, const CUDA_KERNEL_N
       },
       work.bulk());
 }
+
+// The node kinds cuGraphNodeSetEnabled applies to.
+constexpr std::initializer_list<int> kCanBeDisabled = {
+    CU_GRAPH_NODE_TYPE_KERNEL, CU_GRAPH_NODE_TYPE_MEMSET, CU_GRAPH_NODE_TYPE_MEMCPY};
 
 // The v1 parameters as v2's (no kern, no ctx).
 CUDA_KERNEL_NODE_PARAMS_v2 KernelNodeParamsV2(const CUDA_KERNEL_NODE_PARAMS_v1& v1) {
@@ -806,6 +812,39 @@ CUresult CUDAAPI cuGraphAddChildGraphNode(CUgraphNode* phGraphNode, CUgraph hGra
     return AddNode(phGraphNode, hGraph, dependencies, numDependencies,
                    CU_GRAPH_NODE_TYPE_GRAPH,
                    [&](wire::GraphAddNode::Builder args) { args.setChildGraph(child); });
+  });
+}
+
+// cuGraphNodeSetEnabled: kernel, memset and memcpy nodes; the client keeps
+// the state, so cuGraphNodeGetEnabled is answered here.
+CUresult CUDAAPI cuGraphNodeSetEnabled(CUgraphExec hGraphExec, CUgraphNode hNode,
+                                       unsigned int isEnabled) {
+  return Api([&]() -> Status {
+    Runtime& rt = Runtime::Get();
+    FERRY_RETURN_IF_ERROR(rt.Ready());
+    const uint64_t exec = Runtime::HandleId(hGraphExec);
+    const uint64_t node = Runtime::HandleId(hNode);
+    FERRY_RETURN_IF_ERROR(rt.graphs().CheckExecNode(exec, node, kCanBeDisabled));
+    FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
+      auto args = call.initGraphExecNodeSetEnabled();
+      args.setExec(exec);
+      args.setNode(node);
+      args.setEnabled(isEnabled != 0);
+    }));
+    rt.graphs().SetNodeEnabled(exec, node, isEnabled != 0);
+    return Status::Ok();
+  });
+}
+CUresult CUDAAPI cuGraphNodeGetEnabled(CUgraphExec hGraphExec, CUgraphNode hNode,
+                                       unsigned int* isEnabled) {
+  return Api([&]() -> Status {
+    if (isEnabled == nullptr) return Status::InvalidArgument("isEnabled is NULL");
+    Runtime& rt = Runtime::Get();
+    const uint64_t exec = Runtime::HandleId(hGraphExec);
+    const uint64_t node = Runtime::HandleId(hNode);
+    FERRY_RETURN_IF_ERROR(rt.graphs().CheckExecNode(exec, node, kCanBeDisabled));
+    *isEnabled = rt.graphs().NodeEnabled(exec, node) ? 1 : 0;
+    return Status::Ok();
   });
 }
 

@@ -2,6 +2,7 @@
 
 #include <cuda.h>
 
+#include <algorithm>
 #include <iterator>
 #include <string>
 
@@ -166,7 +167,8 @@ bool GraphRegistry::IsNodeOf(uint64_t node, uint64_t graph) {
   return it != nodes_.end() && it->second.graph == graph;
 }
 
-Status GraphRegistry::CheckExecNode(uint64_t exec, uint64_t node, int type) {
+Status GraphRegistry::CheckExecNode(uint64_t exec, uint64_t node,
+                                    std::initializer_list<int> types) {
   std::lock_guard<std::mutex> lock(mu_);
   auto e = execs_.find(exec);
   if (e == execs_.end()) return Status::InvalidHandle("not an executable graph of this client");
@@ -176,11 +178,28 @@ Status GraphRegistry::CheckExecNode(uint64_t exec, uint64_t node, int type) {
     return Status::InvalidArgument(
         "the node is not a node of the graph the executable graph was instantiated from");
   }
-  if (n->second.type != type) {
-    return Status::InvalidArgument("the node is of type " + std::to_string(n->second.type) +
-                                   ", not " + std::to_string(type));
+  if (std::find(types.begin(), types.end(), n->second.type) == types.end()) {
+    return Status::InvalidArgument("the call does not apply to a node of type " +
+                                   std::to_string(n->second.type));
   }
   return Status::Ok();
+}
+
+void GraphRegistry::SetNodeEnabled(uint64_t exec, uint64_t node, bool enabled) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = execs_.find(exec);
+  if (it == execs_.end()) return;
+  if (enabled) {
+    it->second.disabled.erase(node);
+  } else {
+    it->second.disabled.insert(node);
+  }
+}
+
+bool GraphRegistry::NodeEnabled(uint64_t exec, uint64_t node) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = execs_.find(exec);
+  return it != execs_.end() && it->second.disabled.count(node) == 0;
 }
 
 bool GraphRegistry::HasGraph(uint64_t id) {
@@ -199,7 +218,7 @@ Status GraphRegistry::ExecFlags(uint64_t exec, uint64_t* flags) {
 uint64_t GraphRegistry::NewExec(uint64_t graph, uint64_t flags) {
   const uint64_t id = ids_->New(HandleKind::kGraphExec);
   std::lock_guard<std::mutex> lock(mu_);
-  execs_[id] = ExecState{graph, flags};
+  execs_[id] = ExecState{graph, flags, {}};
   return id;
 }
 

@@ -8,6 +8,8 @@
 #pragma once
 
 #include <atomic>
+#include <initializer_list>
+#include <set>
 #include <cstdint>
 #include <mutex>
 #include <thread>
@@ -103,10 +105,15 @@ class GraphRegistry {
   uint64_t NewNode(uint64_t graph, int type, std::vector<uint64_t> dependencies);
   // Whether `node` is a node of `graph`.
   bool IsNodeOf(uint64_t node, uint64_t graph);
-  // cuGraphExec*NodeSetParams: `node` must be a node of kind `type` of the
-  // graph `exec` was instantiated from (answered here: the client records
-  // both), INVALID_HANDLE for unknown handles, INVALID_VALUE otherwise.
-  Status CheckExecNode(uint64_t exec, uint64_t node, int type);
+  // cuGraphExec*NodeSetParams, cuGraphNodeSet/GetEnabled: `node` must be a
+  // node of one of the kinds `types` of the graph `exec` was instantiated
+  // from (answered here: the client records both), INVALID_HANDLE for
+  // unknown handles, INVALID_VALUE otherwise.
+  Status CheckExecNode(uint64_t exec, uint64_t node, std::initializer_list<int> types);
+  // cuGraphNodeSetEnabled / GetEnabled: the client records which nodes of an
+  // executable graph are disabled (call CheckExecNode first).
+  void SetNodeEnabled(uint64_t exec, uint64_t node, bool enabled);
+  bool NodeEnabled(uint64_t exec, uint64_t node);
   // Forgets the captures of `ctx` (its streams are gone).
   void ForgetContext(uint64_t ctx);
 
@@ -126,6 +133,7 @@ class GraphRegistry {
   struct ExecState {
     uint64_t graph = 0;  // instantiated from
     uint64_t flags = 0;
+    std::set<uint64_t> disabled;  // nodes
   };
   std::unordered_map<uint64_t, ExecState> execs_ ABSL_GUARDED_BY(mu_);
   struct NodeState {

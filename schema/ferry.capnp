@@ -392,6 +392,8 @@ struct Call {
         $waits("never") $handles(["ctx", "stream"]);
     graphExecKernelNodeSetParams @87 :GraphExecKernelNode  # bulk = packed params
         $waits("never") $handles(["exec", "node"]) $usesContext;
+    graphExecNodeSetEnabled @78 :GraphExecNodeEnabled  # cuGraphNodeSetEnabled
+        $waits("never") $handles(["exec", "node"]);
   }
 }
 
@@ -694,6 +696,13 @@ struct GraphExecKernelNode {
   exec @0 :UInt64;
   node @1 :UInt64;
   kernel @2 :Launch;
+}
+# cuGraphNodeSetEnabled: a kernel, memset or memcpy node of the graph `exec`
+# came from runs (enabled) or does nothing in later launches of `exec`.
+struct GraphExecNodeEnabled {
+  exec @0 :UInt64;
+  node @1 :UInt64;
+  enabled @2 :Bool;
 }
 
 # library and kernel API, occupancy

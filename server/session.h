@@ -262,7 +262,7 @@ class Session {
   struct GraphNodeEntry {
     backend::GraphNode* node = nullptr;  // owned by the graph
     uint64_t graph = 0;
-    bool kernel = false;  // a kernel node (its parameters can be updated)
+    wire::GraphAddNode::Which kind = wire::GraphAddNode::EMPTY;
     uint64_t ctx = 0;     // of its work; 0 for an empty node
   };
   struct GraphExecEntry {
@@ -448,6 +448,9 @@ class Session {
   // checked as a launch of it is (the function is the session's and of
   // k.ctx, the parameters cover the kernel's, no grid or block dimension is
   // zero); *module gets the kernel's module.
+  // The node `node_id` of the graph `exec` was instantiated from, for an
+  // update of the executable graph.
+  Status FindExecNode(const GraphExecEntry& exec, uint64_t node_id, GraphNodeEntry** node);
   Status KernelNodeSpec(wire::Launch::Reader k, const backend::HostBytes& params,
                         backend::GraphNodeSpec* spec, uint64_t* module);
   // The capture `stream` records into, or nullptr (also for the legacy

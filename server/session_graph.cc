@@ -369,7 +369,7 @@ Status Session::GraphAddNode(wire::GraphAddNode::Reader args, CallContext& cx) {
     graph->uses->Add(uses);
   }
   return graph_nodes_.Insert(
-      args.getNode(), GraphNodeEntry{node, args.getGraph(), args.isKernel(), ctx});
+      args.getNode(), GraphNodeEntry{node, args.getGraph(), args.which(), ctx});
 }
 
 Status Session::KernelNodeSpec(wire::Launch::Reader k, const backend::HostBytes& params,
@@ -406,12 +406,10 @@ Status Session::GraphExecKernelNodeSetParams(wire::GraphExecKernelNode::Reader a
   GraphExecEntry* exec = nullptr;
   FERRY_RETURN_IF_ERROR(graph_execs_.Find(args.getExec(), &exec));
   GraphNodeEntry* node = nullptr;
-  FERRY_RETURN_IF_ERROR(graph_nodes_.Find(args.getNode(), &node));
-  if (node->graph != exec->graph) {
-    return Status::InvalidArgument("the node is not a node of the graph the executable graph "
-                                   "was instantiated from");
+  FERRY_RETURN_IF_ERROR(FindExecNode(*exec, args.getNode(), &node));
+  if (node->kind != wire::GraphAddNode::KERNEL) {
+    return Status::InvalidArgument("the node is not a kernel node");
   }
-  if (!node->kernel) return Status::InvalidArgument("the node is not a kernel node");
   if (args.getKernel().getCtx() != node->ctx) {
     return Status::InvalidArgument("a kernel node's kernel cannot move to another context");
   }
@@ -429,6 +427,33 @@ Status Session::GraphExecKernelNodeSetParams(wire::GraphExecKernelNode::Reader a
     exec->uses = std::move(uses);
   }
   return Status::Ok();
+}
+
+Status Session::FindExecNode(const GraphExecEntry& exec, uint64_t node_id,
+                             GraphNodeEntry** node) {
+  FERRY_RETURN_IF_ERROR(graph_nodes_.Find(node_id, node));
+  if ((*node)->graph != exec.graph) {
+    return Status::InvalidArgument("the node is not a node of the graph the executable graph "
+                                   "was instantiated from");
+  }
+  return Status::Ok();
+}
+
+// Kernel, memset and copy nodes can be disabled (they then do nothing).
+Status Session::GraphExecNodeSetEnabled(wire::GraphExecNodeEnabled::Reader args) {
+  GraphExecEntry* exec = nullptr;
+  FERRY_RETURN_IF_ERROR(graph_execs_.Find(args.getExec(), &exec));
+  GraphNodeEntry* node = nullptr;
+  FERRY_RETURN_IF_ERROR(FindExecNode(*exec, args.getNode(), &node));
+  if (node->kind != wire::GraphAddNode::KERNEL && node->kind != wire::GraphAddNode::MEMSET &&
+      node->kind != wire::GraphAddNode::MEMCPY) {
+    return Status::InvalidArgument("only kernel, memset and memcpy nodes can be disabled");
+  }
+  if (node->ctx != 0) {
+    ContextEntry* c = nullptr;
+    FERRY_RETURN_IF_ERROR(contexts_.Find(node->ctx, &c));
+  }
+  return backend_.SetExecNodeEnabled(*exec->exec, *node->node, args.getEnabled());
 }
 
 Status Session::StreamCaptureInvalidate(wire::StreamRef::Reader args) {

@@ -17,7 +17,7 @@
 //   - cudaGraphExecKernelNodeSetParams changes a kernel node's argument for
 //     later launches of the executable graph (cudaGraphExecGetFlags reports
 //     its instantiation flags); a node of another graph or missing arguments
-//     are refused.
+//     are refused; a disabled node does nothing until enabled again.
 // Prints "all checks passed", or the first failure.
 #include <cuda_runtime.h>
 
@@ -272,6 +272,20 @@ void ExecKernelUpdate(float* c) {
   RT_CHECK(cudaGraphLaunch(exec, 0));  // still the updated node
   got = Read(c);
   for (int i = 0; i < kN; ++i) RT_EXPECT(got[i] == 36.0f * i);
+  // Disabled, the node does nothing; enabled again, its updated work.
+  unsigned enabled = 0;
+  RT_CHECK(cudaGraphNodeGetEnabled(exec, only_node, &enabled));
+  RT_EXPECT(enabled == 1);
+  RT_CHECK(cudaGraphNodeSetEnabled(exec, only_node, 0));
+  RT_CHECK(cudaGraphNodeGetEnabled(exec, only_node, &enabled));
+  RT_EXPECT(enabled == 0);
+  RT_CHECK(cudaGraphLaunch(exec, 0));
+  got = Read(c);
+  for (int i = 0; i < kN; ++i) RT_EXPECT(got[i] == 36.0f * i);
+  RT_CHECK(cudaGraphNodeSetEnabled(exec, only_node, 1));
+  RT_CHECK(cudaGraphLaunch(exec, 0));
+  got = Read(c);
+  for (int i = 0; i < kN; ++i) RT_EXPECT(got[i] == 108.0f * i);
   RT_CHECK(cudaGraphExecDestroy(exec));
   std::printf("executable graph kernel update: ok\n");
 

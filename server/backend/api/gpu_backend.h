@@ -586,6 +586,13 @@ class GpuBackend {
     (void)exec, (void)node, (void)spec;
     return NoGraphs();
   }
+  // cuGraphNodeSetEnabled: a kernel, memset or copy node of the graph `exec`
+  // was instantiated from does nothing (disabled) or its work again, from the
+  // next launch of `exec` on.
+  virtual Status SetExecNodeEnabled(GraphExec& exec, GraphNode& node, bool enabled) {
+    (void)exec, (void)node, (void)enabled;
+    return NoGraphs();
+  }
   // A graph with the same nodes and dependencies (cuGraphClone).
   virtual Status CloneGraph(Graph& graph, std::unique_ptr<Graph>* out) {
     (void)graph, (void)out;

@@ -1865,6 +1865,14 @@ class CudaBackend final : public GpuBackend {
     });
   }
 
+  Status SetExecNodeEnabled(GraphExec& exec, GraphNode& node, bool enabled) override {
+    return Guarded("SetExecNodeEnabled", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedGraphs());
+      return FERRY_CU(*api_, cuGraphNodeSetEnabled, static_cast<CudaGraphExec&>(exec).handle,
+                      static_cast<CudaGraphNode&>(node).handle, enabled ? 1u : 0u);
+    });
+  }
+
   Status CloneGraph(Graph& graph, std::unique_ptr<Graph>* out) override {
     return Guarded("CloneGraph", [&]() -> Status {
       FERRY_RETURN_IF_ERROR(NeedGraphs());

@@ -238,24 +238,44 @@ class HostGraph final : public Graph {
   HostGraphOps ops;
   std::vector<std::unique_ptr<HostGraphNode>> nodes;  // explicitly added ones
 };
+// Updates (Replace, SetEnabled) change what later launches run; launches
+// queued already keep the list they were queued with (a new list is made).
 class HostGraphExec final : public GraphExec {
  public:
-  explicit HostGraphExec(std::shared_ptr<const HostGraphOps> ops) : ops_(std::move(ops)) {}
+  explicit HostGraphExec(const HostGraphOps& ops)
+      : node_ops_(ops), disabled_(ops.size(), false), ops_(std::make_shared<HostGraphOps>(ops)) {}
   const std::shared_ptr<const HostGraphOps>& ops() const { return ops_; }
-  // Later launches run `op` at `index`; queued launches keep the list they
-  // were queued with (it is copied, not changed).
+  // Node `index` runs `op` from now on (when enabled).
   Status Replace(size_t index, std::function<void()> op) {
-    if (index >= ops_->size()) {
-      return Status::Cuda(CUDA_ERROR_INVALID_VALUE, "the node is not in the executable graph");
-    }
-    auto ops = std::make_shared<HostGraphOps>(*ops_);
-    (*ops)[index] = std::move(op);
-    ops_ = std::move(ops);
+    FERRY_RETURN_IF_ERROR(CheckIndex(index));
+    node_ops_[index] = std::move(op);
+    Publish();
+    return Status::Ok();
+  }
+  Status SetEnabled(size_t index, bool enabled) {
+    FERRY_RETURN_IF_ERROR(CheckIndex(index));
+    disabled_[index] = !enabled;
+    Publish();
     return Status::Ok();
   }
 
  private:
-  std::shared_ptr<const HostGraphOps> ops_;
+  Status CheckIndex(size_t index) const {
+    if (index >= node_ops_.size()) {
+      return Status::Cuda(CUDA_ERROR_INVALID_VALUE, "the node is not in the executable graph");
+    }
+    return Status::Ok();
+  }
+  void Publish() {
+    auto ops = std::make_shared<HostGraphOps>(node_ops_);
+    for (size_t i = 0; i < ops->size(); ++i) {
+      if (disabled_[i]) (*ops)[i] = [] {};
+    }
+    ops_ = std::move(ops);
+  }
+  HostGraphOps node_ops_;        // each node's current work
+  std::vector<bool> disabled_;  // by node index
+  std::shared_ptr<const HostGraphOps> ops_;  // what launches run
 };
 
 // One cuEventRecord: where it sits in its stream, and when it was reached.
@@ -1380,6 +1400,11 @@ class HostBackend final : public GpuBackend {
                                                       std::move(op));
   }
 
+  Status SetExecNodeEnabled(GraphExec& exec, GraphNode& node, bool enabled) override {
+    return static_cast<HostGraphExec&>(exec).SetEnabled(static_cast<HostGraphNode&>(node).index,
+                                                         enabled);
+  }
+
   Status CloneGraph(Graph& graph, std::unique_ptr<Graph>* out) override {
     *out = std::make_unique<HostGraph>(static_cast<HostGraph&>(graph).ops);
     return Status::Ok();
@@ -1392,8 +1417,7 @@ class HostBackend final : public GpuBackend {
 
   Status InstantiateGraph(Graph& graph, uint64_t flags, std::unique_ptr<GraphExec>* out) override {
     (void)flags;  // upload, auto-free, device launch, priority: nothing to do on the host
-    *out = std::make_unique<HostGraphExec>(
-        std::make_shared<const HostGraphOps>(static_cast<HostGraph&>(graph).ops));
+    *out = std::make_unique<HostGraphExec>(static_cast<HostGraph&>(graph).ops);
     return Status::Ok();
   }
 
