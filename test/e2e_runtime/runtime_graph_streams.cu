@@ -58,6 +58,9 @@ void ForkJoin(cudaStream_t s, cudaStream_t s2, const float* a, const float* b) {
   RT_CHECK(cudaMalloc(&acc2, kBytes));
   RT_CHECK(cudaMemset(acc1, 0, kBytes));
   RT_CHECK(cudaMemset(acc2, 0, kBytes));
+  // The memsets ran on the legacy stream, which s and s2 (non-blocking) do not
+  // wait for.
+  RT_CHECK(cudaDeviceSynchronize());
   cudaEvent_t fork, join;
   RT_CHECK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
   RT_CHECK(cudaEventCreateWithFlags(&join, cudaEventDisableTiming));
