@@ -392,7 +392,7 @@ struct Call {
         $waits("never") $handles(["ctx", "stream"]);
     graphExecKernelNodeSetParams @87 :GraphExecKernelNode  # bulk = packed params
         $waits("never") $handles(["exec", "node"]) $usesContext;
-    graphExecNodeSetEnabled @78 :GraphExecNodeEnabled  # cuGraphNodeSetEnabled
+    graphExecNodeSetEnabled @88 :GraphExecNodeEnabled  # cuGraphNodeSetEnabled
         $waits("never") $handles(["exec", "node"]);
   }
 }
