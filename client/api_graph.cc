@@ -1,23 +1,32 @@
 // Entry points: stream capture and graphs. A capture happens on the server,
 // where the work runs (schema/ferry.capnp, "stream capture and graphs"); the
-// client records which streams capture, so capture queries cost no round
-// trip while none does, and chooses the ids of graphs and executable graphs.
-// Beginning a capture, instantiating, launching and destroying are
-// fire-and-forget; ending a capture waits, since the driver reports an
-// invalidated capture there. A graph launch is one call however many nodes
-// the graph has.
+// client records which streams capture (the origin and the streams forked
+// into it through cuEventRecord + cuStreamWaitEvent), so capture queries cost
+// no round trip while none does, and it applies the capture interaction
+// modes (ForbidUnsafeCallDuringCapture). It chooses the ids of graphs, nodes
+// and executable graphs and records the structure of the graphs built node
+// by node, so structure queries are answered here. Beginning a capture,
+// instantiating, launching and destroying are fire-and-forget; ending a
+// capture waits, since the driver reports an invalidated or unjoined capture
+// there. A graph launch is one call however many nodes the graph has.
 //
-// Graphs can also be built node by node (empty, kernel, memset and one-row
-// device-to-device copy nodes, with dependencies). Not forwarded
-// (unsupported_functions.txt): other node kinds, node queries and updates,
-// cloning, executable-graph updates, capture into an existing graph, and
-// cross-stream capture (a stream joining a capture through an event wait).
+// Host memory: a replay cannot reach the client's memory within its one
+// message, so host copies and host functions are refused in captures and
+// memcpy nodes are device-to-device only. Nodes: empty, kernel, memset,
+// one-row device-to-device copy and child-graph nodes; an executable graph's
+// kernel nodes can be updated and its kernel, memset and copy nodes disabled. Not forwarded
+// (unsupported_functions.txt, with reasons): other node kinds, node
+// parameter queries, edge edits, whole-graph executable updates, capture
+// dependencies and capture into an existing graph.
 #include <cuda.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "client/entry_point.h"
@@ -58,10 +67,14 @@ Status BeginCapture(CUstream stream, bool per_thread, int mode) {
     args.setMode(static_cast<uint32_t>(mode));
     args.setGraph(capture.graph);
   });
-  if (!status.ok()) (void)rt.graphs().EndCapture(target.stream, &capture);
+  if (!status.ok()) rt.graphs().ForgetCapture(capture.id);
   return status;
 }
 
+// Only the capture's origin stream ends it (the server answers UNMATCHED
+// otherwise and the capture goes on, invalidated); a capture not begun in
+// relaxed mode is ended by the thread that began it. Whatever else the server
+// answers (a graph, INVALIDATED, UNJOINED), the capture is over.
 Status EndCapture(CUstream stream, bool per_thread, CUgraph* graph) {
   Runtime& rt = Runtime::Get();
   if (graph == nullptr) return Status::InvalidArgument("phGraph is NULL");
@@ -69,12 +82,22 @@ Status EndCapture(CUstream stream, bool per_thread, CUgraph* graph) {
   StreamTarget target;
   FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
   CaptureState capture;
-  FERRY_RETURN_IF_ERROR(rt.graphs().EndCapture(target.stream, &capture));
-  FERRY_RETURN_IF_ERROR(rt.connection().Call([&](wire::Call::Builder call) {
+  if (!rt.graphs().FindCapture(target.stream, &capture)) {
+    return Status::Cuda(CUDA_ERROR_ILLEGAL_STATE, "the stream is not capturing");
+  }
+  if (capture.origin == target.stream && capture.mode != CU_STREAM_CAPTURE_MODE_RELAXED &&
+      capture.thread != std::this_thread::get_id()) {
+    return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD,
+                        "a capture not begun in relaxed mode must be ended by its own thread");
+  }
+  Status status = rt.connection().Call([&](wire::Call::Builder call) {
     auto args = call.initStreamEndCapture();
     SetStreamTarget(args, target);
-  }));
-  rt.graphs().AddGraph(capture.graph);
+  });
+  if (status.cuda_result() == CUDA_ERROR_STREAM_CAPTURE_UNMATCHED) return status;
+  rt.graphs().ForgetCapture(capture.id);
+  FERRY_RETURN_IF_ERROR(status);
+  rt.graphs().AddGraph(capture.graph, /*opaque=*/true);
   *graph = Runtime::ToHandle<CUgraph>(capture.graph);
   return Status::Ok();
 }
@@ -114,8 +137,9 @@ Status CaptureInfo(CUstream stream, bool per_thread, CUstreamCaptureStatus* stat
 }
 
 // cuStreamGetCaptureInfo, every version: the capture's id and graph while it
-// is active or invalidated. Dependencies (node handles) are not forwarded:
-// the set is reported empty.
+// is active or invalidated. Captured nodes have no client handles (the
+// server records them), so the dependency set is reported empty, and
+// cuStreamUpdateCaptureDependencies is not forwarded.
 Status GetCaptureInfo(CUstream stream, bool per_thread, CUstreamCaptureStatus* status,
                       cuuint64_t* id, CUgraph* graph, const CUgraphNode** dependencies,
                       const CUgraphEdgeData** edge_data, size_t* count) {
@@ -136,7 +160,7 @@ Status Instantiate(CUgraphExec* exec, CUgraph graph, unsigned long long flags) {
   FERRY_RETURN_IF_ERROR(rt.Ready());
   const uint64_t graph_id = Runtime::HandleId(graph);
   if (!rt.graphs().HasGraph(graph_id)) return Status::InvalidHandle("not a graph of this client");
-  const uint64_t id = rt.graphs().NewExec();
+  const uint64_t id = rt.graphs().NewExec(graph_id, flags);
   FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
     auto args = call.initGraphInstantiate();
     args.setGraph(graph_id);
@@ -165,7 +189,67 @@ Status LaunchOrUpload(CUgraphExec exec, CUstream stream, bool per_thread, bool u
   });
 }
 
+// The driver's way of answering a node list: with `out` NULL, *count gets
+// the number of nodes; otherwise *count is out's capacity, the first
+// min(capacity, n) entries are filled, the rest NULL, and *count gets how many
+// were filled. Edge data, where asked for, is the default (all zero): ferry's
+// graphs have plain dependencies only.
+void ListNodes(const std::vector<uint64_t>& ids, CUgraphNode* out, CUgraphEdgeData* edge_data,
+               size_t* count) {
+  if (out == nullptr) {
+    *count = ids.size();
+    return;
+  }
+  const size_t capacity = *count;
+  const size_t n = std::min(capacity, ids.size());
+  for (size_t i = 0; i < capacity; ++i) {
+    out[i] = i < n ? Runtime::ToHandle<CUgraphNode>(ids[i]) : nullptr;
+    if (edge_data != nullptr) edge_data[i] = CUgraphEdgeData{};
+  }
+  *count = n;
+}
+
+// Calls `visit(node, graph's nodes)` with `node`'s record: answered in the
+// client, which records the structure of the graphs it builds.
+template <typename Visit>
+Status NodeShapeOf(CUgraphNode node, Visit visit) {
+  Runtime& rt = Runtime::Get();
+  const uint64_t id = Runtime::HandleId(node);
+  uint64_t graph = 0;
+  FERRY_RETURN_IF_ERROR(rt.graphs().GraphOfNode(id, &graph));
+  std::vector<ferry::client::GraphRegistry::NodeShape> shape;
+  FERRY_RETURN_IF_ERROR(rt.graphs().GraphShape(graph, &shape));
+  for (const auto& n : shape) {
+    if (n.id == id) {
+      visit(n, shape);
+      return Status::Ok();
+    }
+  }
+  return Status::InvalidHandle("not a graph node of this client");
+}
+
 }  // namespace
+
+Status ForbidUnsafeCallDuringCapture(const char* what) {
+  Runtime& rt = Runtime::Get();
+  if (!rt.graphs().AnyCapture()) return Status::Ok();
+  const std::vector<CaptureState> forbidding =
+      rt.graphs().CapturesForbiddingUnsafeCalls(thread_capture_mode);
+  if (forbidding.empty()) return Status::Ok();
+  // As the driver does: the call fails and invalidates the captures that
+  // forbade it (their cuStreamEndCapture answers INVALIDATED).
+  for (const CaptureState& capture : forbidding) {
+    FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
+      auto args = call.initStreamCaptureInvalidate();
+      args.setCtx(capture.ctx);
+      args.setStream(capture.origin);
+    }));
+  }
+  return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+                      std::string(what) +
+                          " is not permitted while a stream captures in global or thread-local "
+                          "mode (see cuThreadExchangeStreamCaptureMode)");
+}
 
 extern "C" {
 
@@ -262,7 +346,7 @@ CUresult CUDAAPI cuGraphCreate(CUgraph* phGraph, unsigned int flags) {
 }
 
 // The clone's nodes have no handles of their own here (cuGraphNodeFindInClone
-// is not forwarded).
+// is not forwarded), so a clone with nodes is opaque (GraphRegistry::AddGraph).
 CUresult CUDAAPI cuGraphClone(CUgraph* phGraphClone, CUgraph originalGraph) {
   return Api([&]() -> Status {
     Runtime& rt = Runtime::Get();
@@ -270,7 +354,9 @@ CUresult CUDAAPI cuGraphClone(CUgraph* phGraphClone, CUgraph originalGraph) {
     FERRY_RETURN_IF_ERROR(rt.Ready());
     const uint64_t original = Runtime::HandleId(originalGraph);
     if (!rt.graphs().HasGraph(original)) return Status::InvalidHandle("not a graph of this client");
-    const uint64_t id = rt.graphs().NewGraph();
+    std::vector<ferry::client::GraphRegistry::NodeShape> nodes;
+    const Status shape = rt.graphs().GraphShape(original, &nodes);
+    const uint64_t id = rt.graphs().NewGraph(/*opaque=*/!shape.ok() || !nodes.empty());
     FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
       auto args = call.initGraphClone();
       args.setGraph(original);
@@ -289,24 +375,158 @@ CUresult CUDAAPI cuGraphDestroy(CUgraph hGraph) {
   });
 }
 
-// cuGraphGetNodes: the count only. Node handles are not forwarded.
+// cuGraphGetNodes: answered from the client's record of the graph (see
+// GraphRegistry::GraphShape); an opaque graph's node count is asked of the
+// server, and its nodes, which have no handles here, are not listed.
 CUresult CUDAAPI cuGraphGetNodes(CUgraph hGraph, CUgraphNode* nodes, size_t* numNodes) {
   return Api([&]() -> Status {
     Runtime& rt = Runtime::Get();
     if (numNodes == nullptr) return Status::InvalidArgument("numNodes is NULL");
-    if (nodes != nullptr) {
-      return Status::Unimplemented(
-          "cuGraphGetNodes: graph node handles are not forwarded by ferry");
-    }
     FERRY_RETURN_IF_ERROR(rt.Ready());
     const uint64_t id = Runtime::HandleId(hGraph);
     if (!rt.graphs().HasGraph(id)) return Status::InvalidHandle("not a graph of this client");
-    return rt.connection().Call(
-        [&](wire::Call::Builder call) { call.initGraphNodeCount().setGraph(id); }, {}, {},
-        [&](wire::Reply::Reader reply) {
-          *numNodes = static_cast<size_t>(reply.getValue());
-          return Status::Ok();
-        });
+    if (nodes == nullptr && rt.graphs().IsOpaque(id)) {
+      return rt.connection().Call(
+          [&](wire::Call::Builder call) { call.initGraphNodeCount().setGraph(id); }, {}, {},
+          [&](wire::Reply::Reader reply) {
+            *numNodes = static_cast<size_t>(reply.getValue());
+            return Status::Ok();
+          });
+    }
+    std::vector<ferry::client::GraphRegistry::NodeShape> shape;
+    FERRY_RETURN_IF_ERROR(rt.graphs().GraphShape(id, &shape));
+    std::vector<uint64_t> all;
+    for (const auto& n : shape) all.push_back(n.id);
+    ListNodes(all, nodes, nullptr, numNodes);
+    return Status::Ok();
+  });
+}
+
+CUresult CUDAAPI cuGraphGetRootNodes(CUgraph hGraph, CUgraphNode* rootNodes,
+                                     size_t* numRootNodes) {
+  return Api([&]() -> Status {
+    if (numRootNodes == nullptr) return Status::InvalidArgument("numRootNodes is NULL");
+    std::vector<ferry::client::GraphRegistry::NodeShape> shape;
+    FERRY_RETURN_IF_ERROR(Runtime::Get().graphs().GraphShape(Runtime::HandleId(hGraph), &shape));
+    std::vector<uint64_t> roots;
+    for (const auto& n : shape) {
+      if (n.dependencies.empty()) roots.push_back(n.id);
+    }
+    ListNodes(roots, rootNodes, nullptr, numRootNodes);
+    return Status::Ok();
+  });
+}
+
+CUresult CUDAAPI cuGraphGetEdges_v2(CUgraph hGraph, CUgraphNode* from, CUgraphNode* to,
+                                    CUgraphEdgeData* edgeData, size_t* numEdges) {
+  return Api([&]() -> Status {
+    if (numEdges == nullptr) return Status::InvalidArgument("numEdges is NULL");
+    if ((from == nullptr) != (to == nullptr)) {
+      return Status::InvalidArgument("from and to must both be NULL or both be given");
+    }
+    std::vector<ferry::client::GraphRegistry::NodeShape> shape;
+    FERRY_RETURN_IF_ERROR(Runtime::Get().graphs().GraphShape(Runtime::HandleId(hGraph), &shape));
+    std::vector<uint64_t> sources, targets;
+    for (const auto& n : shape) {
+      for (uint64_t d : n.dependencies) {
+        sources.push_back(d);
+        targets.push_back(n.id);
+      }
+    }
+    size_t capacity = *numEdges;
+    ListNodes(sources, from, edgeData, numEdges);
+    ListNodes(targets, to, nullptr, &capacity);
+    return Status::Ok();
+  });
+}
+CUresult CUDAAPI cuGraphGetEdges(CUgraph hGraph, CUgraphNode* from, CUgraphNode* to,
+                                 size_t* numEdges) {
+  return cuGraphGetEdges_v2(hGraph, from, to, nullptr, numEdges);
+}
+
+CUresult CUDAAPI cuGraphNodeGetType(CUgraphNode hNode, CUgraphNodeType* type) {
+  return Api([&]() -> Status {
+    if (type == nullptr) return Status::InvalidArgument("type is NULL");
+    return NodeShapeOf(hNode, [&](const auto& n, const auto&) {
+      *type = static_cast<CUgraphNodeType>(n.type);
+    });
+  });
+}
+
+CUresult CUDAAPI cuGraphNodeGetDependencies_v2(CUgraphNode hNode, CUgraphNode* dependencies,
+                                               CUgraphEdgeData* edgeData,
+                                               size_t* numDependencies) {
+  return Api([&]() -> Status {
+    if (numDependencies == nullptr) return Status::InvalidArgument("numDependencies is NULL");
+    return NodeShapeOf(hNode, [&](const auto& n, const auto&) {
+      ListNodes(n.dependencies, dependencies, edgeData, numDependencies);
+    });
+  });
+}
+CUresult CUDAAPI cuGraphNodeGetDependencies(CUgraphNode hNode, CUgraphNode* dependencies,
+                                            size_t* numDependencies) {
+  return cuGraphNodeGetDependencies_v2(hNode, dependencies, nullptr, numDependencies);
+}
+
+CUresult CUDAAPI cuGraphNodeGetDependentNodes_v2(CUgraphNode hNode, CUgraphNode* dependentNodes,
+                                                 CUgraphEdgeData* edgeData,
+                                                 size_t* numDependentNodes) {
+  return Api([&]() -> Status {
+    if (numDependentNodes == nullptr) return Status::InvalidArgument("numDependentNodes is NULL");
+    return NodeShapeOf(hNode, [&](const auto& n, const auto& graph) {
+      std::vector<uint64_t> dependents;
+      for (const auto& other : graph) {
+        if (std::find(other.dependencies.begin(), other.dependencies.end(), n.id) !=
+            other.dependencies.end()) {
+          dependents.push_back(other.id);
+        }
+      }
+      ListNodes(dependents, dependentNodes, edgeData, numDependentNodes);
+    });
+  });
+}
+CUresult CUDAAPI cuGraphNodeGetDependentNodes(CUgraphNode hNode, CUgraphNode* dependentNodes,
+                                              size_t* numDependentNodes) {
+  return cuGraphNodeGetDependentNodes_v2(hNode, dependentNodes, nullptr, numDependentNodes);
+}
+
+// The structure the client recorded, as a DOT digraph (node handles, types
+// and edges; `flags` asks for more detail, which ferry does not keep).
+// Opaque graphs (captured or cloned): NOT_SUPPORTED.
+CUresult CUDAAPI cuGraphDebugDotPrint(CUgraph hGraph, const char* path, unsigned int flags) {
+  return Api([&]() -> Status {
+    (void)flags;
+    if (path == nullptr) return Status::InvalidArgument("path is NULL");
+    std::vector<ferry::client::GraphRegistry::NodeShape> shape;
+    FERRY_RETURN_IF_ERROR(Runtime::Get().graphs().GraphShape(Runtime::HandleId(hGraph), &shape));
+    std::string dot = "digraph ferry_graph {\n";
+    for (const auto& n : shape) {
+      dot += "  n" + std::to_string(n.id) + " [label=\"node " + std::to_string(n.id) +
+             " type " + std::to_string(n.type) + "\"];\n";
+      for (uint64_t d : n.dependencies) {
+        dot += "  n" + std::to_string(d) + " -> n" + std::to_string(n.id) + ";\n";
+      }
+    }
+    dot += "}\n";
+    std::FILE* file = std::fopen(path, "w");
+    if (file == nullptr) {
+      return Status::Cuda(CUDA_ERROR_OPERATING_SYSTEM, std::string("cannot write ") + path);
+    }
+    const bool written = std::fwrite(dot.data(), 1, dot.size(), file) == dot.size();
+    if (std::fclose(file) != 0 || !written) {
+      return Status::Cuda(CUDA_ERROR_OPERATING_SYSTEM, std::string("cannot write ") + path);
+    }
+    return Status::Ok();
+  });
+}
+
+CUresult CUDAAPI cuGraphExecGetFlags(CUgraphExec hGraphExec, cuuint64_t* flags) {
+  return Api([&]() -> Status {
+    if (flags == nullptr) return Status::InvalidArgument("flags is NULL");
+    uint64_t value = 0;
+    FERRY_RETURN_IF_ERROR(Runtime::Get().graphs().ExecFlags(Runtime::HandleId(hGraphExec), &value));
+    *flags = value;
+    return Status::Ok();
   });
 }
 
@@ -385,6 +605,7 @@ namespace {
 // Sends a graphAddNode call for a new node of `graph` after `deps`; `fill`
 // sets the node's kind. *node gets its handle.
 Status AddNode(CUgraphNode* node, CUgraph graph, const CUgraphNode* deps, size_t count,
+               CUgraphNodeType type,
                const std::function<void(wire::GraphAddNode::Builder)>& fill,
                ferry::client::OutBytes bulk = {}) {
   Runtime& rt = Runtime::Get();
@@ -399,16 +620,16 @@ Status AddNode(CUgraphNode* node, CUgraph graph, const CUgraphNode* deps, size_t
                                      " is not a node of the graph");
     }
   }
-  const uint64_t id = rt.graphs().NewNode(graph_id);
+  std::vector<uint64_t> dependencies(count);
+  for (size_t i = 0; i < count; ++i) dependencies[i] = Runtime::HandleId(deps[i]);
+  const uint64_t id = rt.graphs().NewNode(graph_id, type, dependencies);
   FERRY_RETURN_IF_ERROR(rt.connection().Post(
       [&](wire::Call::Builder call) {
         auto args = call.initGraphAddNode();
         args.setGraph(graph_id);
         args.setNode(id);
         auto list = args.initDependencies(static_cast<unsigned>(count));
-        for (size_t i = 0; i < count; ++i) {
-          list.set(static_cast<unsigned>(i), Runtime::HandleId(deps[i]));
-        }
+        for (size_t i = 0; i < count; ++i) list.set(static_cast<unsigned>(i), dependencies[i]);
         fill(args);
       },
       bulk));
@@ -424,21 +645,31 @@ Status NodeContext(CUcontext ctx, uint64_t* out) {
   return rt.EnsureLive(*out);
 }
 
-// A kernel node: `func` (or `kern` where func is NULL) in `ctx`, with its
-// parameters packed as a launch packs them.
-Status AddKernelNode(CUgraphNode* node, CUgraph graph, const CUgraphNode* deps, size_t count,
-                     const CUDA_KERNEL_NODE_PARAMS_v2* p) {
+// A kernel node's work: `func` (or `kern` where func is NULL) in `ctx`, its
+// parameters packed as a launch packs them. Shared by cuGraphAddKernelNode
+// and cuGraphExecKernelNodeSetParams, so an update is checked as a new node is.
+struct KernelNodeWork {
+  uint64_t ctx = 0;
+  uint64_t function = 0;
+  std::vector<uint8_t> params;
+  Status Pack(const CUDA_KERNEL_NODE_PARAMS_v2* p);
+  void Fill(wire::Launch::Builder k, const CUDA_KERNEL_NODE_PARAMS_v2& p) const {
+    k.setCtx(ctx);
+    k.setFunction(function);
+    SetLaunchShape(k, p);
+  }
+  ferry::client::OutBytes bulk() const { return {params.data(), params.size()}; }
+};
+
+Status KernelNodeWork::Pack(const CUDA_KERNEL_NODE_PARAMS_v2* p) {
   Runtime& rt = Runtime::Get();
   if (p == nullptr) return Status::InvalidArgument("nodeParams is NULL");
-  uint64_t ctx = 0;
   FERRY_RETURN_IF_ERROR(NodeContext(p->func != nullptr ? nullptr : p->ctx, &ctx));
   const uint64_t handle =
       Runtime::HandleId(p->func != nullptr ? static_cast<const void*>(p->func) : p->kern);
-  uint64_t function_id = 0;
-  std::shared_ptr<const ferry::client::FunctionState> function;
-  FERRY_RETURN_IF_ERROR(rt.ResolveFunction(handle, ctx, &function_id, &function));
-  const auto& kernel = function->kernel;
-  std::vector<uint8_t> params;
+  std::shared_ptr<const ferry::client::FunctionState> state;
+  FERRY_RETURN_IF_ERROR(rt.ResolveFunction(handle, ctx, &function, &state));
+  const auto& kernel = state->kernel;
   if (p->kernelParams != nullptr) {
     params.assign(kernel.param_bytes, 0);
     for (size_t i = 0; i < kernel.params.size(); ++i) {
@@ -468,17 +699,61 @@ Status AddKernelNode(CUgraphNode* node, CUgraph graph, const CUgraphNode* deps, 
     const auto* bytes = static_cast<const uint8_t*>(pointer);
     params.assign(bytes, bytes + *size);
   } else if (kernel.param_bytes != 0) {
-    return Status::InvalidArgument(function->name + " takes parameters; kernelParams is NULL");
+    return Status::InvalidArgument(state->name + " takes parameters; kernelParams is NULL");
   }
+  return Status::Ok();
+}
+
+Status AddKernelNode(CUgraphNode* node, CUgraph graph, const CUgraphNode* deps, size_t count,
+                     const CUDA_KERNEL_NODE_PARAMS_v2* p) {
+  KernelNodeWork work;
+  FERRY_RETURN_IF_ERROR(work.Pack(p));
   return AddNode(
-      node, graph, deps, count,
-      [&](wire::GraphAddNode::Builder args) {
-        auto k = args.initKernel();
-        k.setCtx(ctx);
-        k.setFunction(function_id);
-        SetLaunchShape(k, *p);
+      node, graph, deps, count, CU_GRAPH_NODE_TYPE_KERNEL,
+      [&](wire::GraphAddNode::Builder args) { work.Fill(args.initKernel(), *p); }, work.bulk());
+}
+
+// cuGraphExecKernelNodeSetParams: whether `node` is a kernel node of the
+// graph `exec` came from is answered here (the client records both); the
+// kernel and its parameters are checked as a new kernel node's are, here and
+// on the server.
+Status SetExecKernelNode(CUgraphExec exec, CUgraphNode node, const CUDA_KERNEL_NODE_PARAMS_v2* p) {
+  Runtime& rt = Runtime::Get();
+  FERRY_RETURN_IF_ERROR(rt.Ready());
+  const uint64_t exec_id = Runtime::HandleId(exec);
+  const uint64_t node_id = Runtime::HandleId(node);
+  FERRY_RETURN_IF_ERROR(
+      rt.graphs().CheckExecNode(exec_id, node_id, {CU_GRAPH_NODE_TYPE_KERNEL}));
+  KernelNodeWork work;
+  FERRY_RETURN_IF_ERROR(work.Pack(p));
+  return rt.connection().Post(
+      [&](wire::Call::Builder call) {
+        auto args = call.initGraphExecKernelNodeSetParams();
+        args.setExec(exec_id);
+        args.setNode(node_id);
+        work.Fill(args.initKernel(), *p);
       },
-      ferry::client::OutBytes{params.data(), params.size()});
+      work.bulk());
+}
+
+// The node kinds cuGraphNodeSetEnabled applies to.
+constexpr std::initializer_list<int> kCanBeDisabled = {
+    CU_GRAPH_NODE_TYPE_KERNEL, CU_GRAPH_NODE_TYPE_MEMSET, CU_GRAPH_NODE_TYPE_MEMCPY};
+
+// The v1 parameters as v2's (no kern, no ctx).
+CUDA_KERNEL_NODE_PARAMS_v2 KernelNodeParamsV2(const CUDA_KERNEL_NODE_PARAMS_v1& v1) {
+  CUDA_KERNEL_NODE_PARAMS_v2 p{};
+  p.func = v1.func;
+  p.gridDimX = v1.gridDimX;
+  p.gridDimY = v1.gridDimY;
+  p.gridDimZ = v1.gridDimZ;
+  p.blockDimX = v1.blockDimX;
+  p.blockDimY = v1.blockDimY;
+  p.blockDimZ = v1.blockDimZ;
+  p.sharedMemBytes = v1.sharedMemBytes;
+  p.kernelParams = v1.kernelParams;
+  p.extra = v1.extra;
+  return p;
 }
 
 }  // namespace
@@ -488,7 +763,7 @@ extern "C" {
 CUresult CUDAAPI cuGraphAddEmptyNode(CUgraphNode* phGraphNode, CUgraph hGraph,
                                      const CUgraphNode* dependencies, size_t numDependencies) {
   return Api([&] {
-    return AddNode(phGraphNode, hGraph, dependencies, numDependencies,
+    return AddNode(phGraphNode, hGraph, dependencies, numDependencies, CU_GRAPH_NODE_TYPE_EMPTY,
                    [](wire::GraphAddNode::Builder args) { args.setEmpty(); });
   });
 }
@@ -498,17 +773,7 @@ CUresult CUDAAPI cuGraphAddKernelNode(CUgraphNode* phGraphNode, CUgraph hGraph,
                                       const CUDA_KERNEL_NODE_PARAMS_v1* nodeParams) {
   return Api([&]() -> Status {
     if (nodeParams == nullptr) return Status::InvalidArgument("nodeParams is NULL");
-    CUDA_KERNEL_NODE_PARAMS_v2 p{};
-    p.func = nodeParams->func;
-    p.gridDimX = nodeParams->gridDimX;
-    p.gridDimY = nodeParams->gridDimY;
-    p.gridDimZ = nodeParams->gridDimZ;
-    p.blockDimX = nodeParams->blockDimX;
-    p.blockDimY = nodeParams->blockDimY;
-    p.blockDimZ = nodeParams->blockDimZ;
-    p.sharedMemBytes = nodeParams->sharedMemBytes;
-    p.kernelParams = nodeParams->kernelParams;
-    p.extra = nodeParams->extra;
+    const CUDA_KERNEL_NODE_PARAMS_v2 p = KernelNodeParamsV2(*nodeParams);
     return AddKernelNode(phGraphNode, hGraph, dependencies, numDependencies, &p);
   });
 }
@@ -520,6 +785,69 @@ CUresult CUDAAPI cuGraphAddKernelNode_v2(CUgraphNode* phGraphNode, CUgraph hGrap
   });
 }
 
+CUresult CUDAAPI cuGraphExecKernelNodeSetParams(CUgraphExec hGraphExec, CUgraphNode hNode,
+                                                const CUDA_KERNEL_NODE_PARAMS_v1* nodeParams) {
+  return Api([&]() -> Status {
+    if (nodeParams == nullptr) return Status::InvalidArgument("nodeParams is NULL");
+    const CUDA_KERNEL_NODE_PARAMS_v2 p = KernelNodeParamsV2(*nodeParams);
+    return SetExecKernelNode(hGraphExec, hNode, &p);
+  });
+}
+CUresult CUDAAPI cuGraphExecKernelNodeSetParams_v2(CUgraphExec hGraphExec, CUgraphNode hNode,
+                                                   const CUDA_KERNEL_NODE_PARAMS_v2* nodeParams) {
+  return Api([&] { return SetExecKernelNode(hGraphExec, hNode, nodeParams); });
+}
+
+// The child is copied into the node as it is now (the server does the
+// copying); cuGraphChildGraphNodeGetGraph is not forwarded.
+CUresult CUDAAPI cuGraphAddChildGraphNode(CUgraphNode* phGraphNode, CUgraph hGraph,
+                                          const CUgraphNode* dependencies, size_t numDependencies,
+                                          CUgraph childGraph) {
+  return Api([&]() -> Status {
+    const uint64_t child = Runtime::HandleId(childGraph);
+    if (!Runtime::Get().graphs().HasGraph(child)) {
+      return Status::InvalidHandle("childGraph is not a graph of this client");
+    }
+    if (childGraph == hGraph) return Status::InvalidArgument("a graph cannot be its own child");
+    return AddNode(phGraphNode, hGraph, dependencies, numDependencies,
+                   CU_GRAPH_NODE_TYPE_GRAPH,
+                   [&](wire::GraphAddNode::Builder args) { args.setChildGraph(child); });
+  });
+}
+
+// cuGraphNodeSetEnabled: kernel, memset and memcpy nodes; the client keeps
+// the state, so cuGraphNodeGetEnabled is answered here.
+CUresult CUDAAPI cuGraphNodeSetEnabled(CUgraphExec hGraphExec, CUgraphNode hNode,
+                                       unsigned int isEnabled) {
+  return Api([&]() -> Status {
+    Runtime& rt = Runtime::Get();
+    FERRY_RETURN_IF_ERROR(rt.Ready());
+    const uint64_t exec = Runtime::HandleId(hGraphExec);
+    const uint64_t node = Runtime::HandleId(hNode);
+    FERRY_RETURN_IF_ERROR(rt.graphs().CheckExecNode(exec, node, kCanBeDisabled));
+    FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
+      auto args = call.initGraphExecNodeSetEnabled();
+      args.setExec(exec);
+      args.setNode(node);
+      args.setEnabled(isEnabled != 0);
+    }));
+    rt.graphs().SetNodeEnabled(exec, node, isEnabled != 0);
+    return Status::Ok();
+  });
+}
+CUresult CUDAAPI cuGraphNodeGetEnabled(CUgraphExec hGraphExec, CUgraphNode hNode,
+                                       unsigned int* isEnabled) {
+  return Api([&]() -> Status {
+    if (isEnabled == nullptr) return Status::InvalidArgument("isEnabled is NULL");
+    Runtime& rt = Runtime::Get();
+    const uint64_t exec = Runtime::HandleId(hGraphExec);
+    const uint64_t node = Runtime::HandleId(hNode);
+    FERRY_RETURN_IF_ERROR(rt.graphs().CheckExecNode(exec, node, kCanBeDisabled));
+    *isEnabled = rt.graphs().NodeEnabled(exec, node) ? 1 : 0;
+    return Status::Ok();
+  });
+}
+
 CUresult CUDAAPI cuGraphAddMemsetNode(CUgraphNode* phGraphNode, CUgraph hGraph,
                                       const CUgraphNode* dependencies, size_t numDependencies,
                                       const CUDA_MEMSET_NODE_PARAMS* memsetParams, CUcontext ctx) {
@@ -528,7 +856,7 @@ CUresult CUDAAPI cuGraphAddMemsetNode(CUgraphNode* phGraphNode, CUgraph hGraph,
     uint64_t context = 0;
     FERRY_RETURN_IF_ERROR(NodeContext(ctx, &context));
     const CUDA_MEMSET_NODE_PARAMS& m = *memsetParams;
-    return AddNode(phGraphNode, hGraph, dependencies, numDependencies,
+    return AddNode(phGraphNode, hGraph, dependencies, numDependencies, CU_GRAPH_NODE_TYPE_MEMSET,
                    [&](wire::GraphAddNode::Builder args) {
                      auto set = args.initMemset();
                      set.setCtx(context);
@@ -560,7 +888,7 @@ CUresult CUDAAPI cuGraphAddMemcpyNode(CUgraphNode* phGraphNode, CUgraph hGraph,
     }
     uint64_t context = 0;
     FERRY_RETURN_IF_ERROR(NodeContext(ctx, &context));
-    return AddNode(phGraphNode, hGraph, dependencies, numDependencies,
+    return AddNode(phGraphNode, hGraph, dependencies, numDependencies, CU_GRAPH_NODE_TYPE_MEMCPY,
                    [&](wire::GraphAddNode::Builder args) {
                      auto copy = args.initMemcpy();
                      copy.setCtx(context);

@@ -376,6 +376,7 @@ void* AllocatePageLocked(size_t bytes) {
 Status HostAlloc(void** pp, size_t bytes, unsigned flags) {
   Runtime& rt = Runtime::Get();
   if (pp == nullptr) return Status::InvalidArgument("pp is NULL");
+  FERRY_RETURN_IF_ERROR(ForbidUnsafeCallDuringCapture("cuMemHostAlloc"));
   uint64_t ctx = 0;
   FERRY_RETURN_IF_ERROR(rt.CurrentContext(&ctx));
   if (bytes == 0) return Status::InvalidArgument("size is 0");
@@ -396,6 +397,7 @@ extern "C" {
 
 CUresult CUDAAPI cuMemAlloc_v2(CUdeviceptr* dptr, size_t bytesize) {
   return Api([&]() -> Status {
+    FERRY_RETURN_IF_ERROR(ForbidUnsafeCallDuringCapture("cuMemAlloc"));
     if (dptr == nullptr) return Status::InvalidArgument("dptr is NULL");
     Runtime& rt = Runtime::Get();
     uint64_t ctx = 0;
@@ -411,6 +413,7 @@ CUresult CUDAAPI cuMemAlloc_v2(CUdeviceptr* dptr, size_t bytesize) {
 CUresult CUDAAPI cuMemAllocPitch_v2(CUdeviceptr* dptr, size_t* pPitch, size_t WidthInBytes,
                                     size_t Height, unsigned int ElementSizeBytes) {
   return Api([&]() -> Status {
+    FERRY_RETURN_IF_ERROR(ForbidUnsafeCallDuringCapture("cuMemAllocPitch"));
     if (dptr == nullptr || pPitch == nullptr) return Status::InvalidArgument("NULL output");
     Runtime& rt = Runtime::Get();
     uint64_t ctx = 0;
@@ -439,6 +442,7 @@ CUresult CUDAAPI cuMemAllocPitch_v2(CUdeviceptr* dptr, size_t* pPitch, size_t Wi
 
 CUresult CUDAAPI cuMemFree_v2(CUdeviceptr dptr) {
   return Api([&]() -> Status {
+    FERRY_RETURN_IF_ERROR(ForbidUnsafeCallDuringCapture("cuMemFree"));
     Runtime& rt = Runtime::Get();
     FERRY_RETURN_IF_ERROR(rt.Ready());
     if (dptr == 0) return Status::Ok();  // freeing NULL is a no-op, as in CUDA
@@ -489,6 +493,7 @@ CUresult CUDAAPI cuMemHostAlloc(void** pp, size_t bytesize, unsigned int Flags) 
 
 CUresult CUDAAPI cuMemFreeHost(void* p) {
   return Api([&]() -> Status {
+    FERRY_RETURN_IF_ERROR(ForbidUnsafeCallDuringCapture("cuMemFreeHost"));
     Runtime& rt = Runtime::Get();
     FERRY_RETURN_IF_ERROR(rt.Ready());
     ferry::client::HostAllocation removed;

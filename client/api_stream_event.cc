@@ -69,6 +69,14 @@ Status StreamWaitEvent(CUstream stream, CUevent event, unsigned flags, bool per_
         args.setEvent(Runtime::HandleId(event));
       },
       {}, &seq));
+  // stream capture: waiting on an event recorded in a capture joins it.
+  if (rt.graphs().AnyCapture()) {
+    ferry::client::StreamState stream_state;
+    const bool blocking = target.stream != 0 &&
+                          rt.streams().FindStream(target.stream, &stream_state).ok() &&
+                          (stream_state.flags & CU_STREAM_NON_BLOCKING) == 0;
+    rt.graphs().NoteStreamWait(target.stream, target.ctx, blocking, Runtime::HandleId(event));
+  }
   // The stream now depends on the copies the event's record depends on: a
   // query that finds it done waits for their bytes too.
   rt.connection().AddCopyDependencies(ferry::client::StreamKey{target.ctx, target.stream}, seq,
@@ -95,6 +103,7 @@ Status RecordEvent(CUevent event, CUstream stream, unsigned flags, bool per_thre
         args.setEvent(Runtime::HandleId(event));
       },
       {}, &seq));
+  rt.graphs().NoteEventRecord(Runtime::HandleId(event), target.stream);
   const ferry::client::StreamKey key{target.ctx, target.stream};
   rt.streams().NoteEventRecord(Runtime::HandleId(event), key, seq,
                                rt.connection().CopiesBefore(key, seq));
@@ -207,8 +216,7 @@ CUresult CUDAAPI cuStreamDestroy_v2(CUstream hStream) {
     const uint64_t id = Runtime::HandleId(hStream);
     ferry::client::StreamState removed;
     FERRY_RETURN_IF_ERROR(rt.streams().RemoveStream(id, &removed));
-    ferry::client::CaptureState capture;  // stream capture: ends with its stream
-    (void)rt.graphs().EndCapture(id, &capture);
+    rt.graphs().ForgetStream(id);  // a capture it began ends with it
     return rt.connection().Post([&](wire::Call::Builder call) {
       auto args = call.initStreamDestroy();
       args.setCtx(removed.ctx);
@@ -379,7 +387,11 @@ CUresult CUDAAPI cuEventElapsedTime(float* pMilliseconds, CUevent hStart, CUeven
 CUresult CUDAAPI cuEventDestroy_v2(CUevent hEvent) {
   return Api([&] {
     return DestroyHandle(
-        hEvent, [](Runtime& rt, uint64_t id) { return rt.streams().RemoveEvent(id); },
+        hEvent,
+        [](Runtime& rt, uint64_t id) {
+          rt.graphs().ForgetEvent(id);
+          return rt.streams().RemoveEvent(id);
+        },
         [](wire::Call::Builder call, uint64_t id) { call.initEventDestroy().setEvent(id); });
   });
 }

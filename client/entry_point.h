@@ -58,3 +58,10 @@ void SetStreamTarget(Builder args, const StreamTarget& target) {
   args.setCtx(target.ctx);
   args.setStream(target.stream);
 }
+
+// stream capture (client/api_graph.cc): OK unless the calling thread's
+// capture interaction mode (cuThreadExchangeStreamCaptureMode) forbids a
+// potentially unsafe call such as allocating, freeing or synchronizing while
+// a stream captures. Then the captures that forbid it are invalidated and
+// the call, named by `what`, fails with CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED.
+Status ForbidUnsafeCallDuringCapture(const char* what);

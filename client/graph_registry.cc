@@ -2,6 +2,7 @@
 
 #include <cuda.h>
 
+#include <algorithm>
 #include <iterator>
 #include <string>
 
@@ -14,21 +15,28 @@ Status GraphRegistry::BeginCapture(uint64_t stream, CaptureState* state) {
   }
   state->id = next_capture_id_.fetch_add(1);
   state->graph = ids_->New(HandleKind::kGraph);
+  state->origin = stream;
+  state->thread = std::this_thread::get_id();
   captures_.emplace(stream, *state);
   captures_active_.fetch_add(1, std::memory_order_release);
   return Status::Ok();
 }
 
-Status GraphRegistry::EndCapture(uint64_t stream, CaptureState* state) {
+void GraphRegistry::ForgetCapture(uint64_t id) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = captures_.find(stream);
-  if (it == captures_.end()) {
-    return Status::Cuda(CUDA_ERROR_ILLEGAL_STATE, "the stream is not capturing");
-  }
-  *state = it->second;
-  captures_.erase(it);
-  captures_active_.fetch_sub(1, std::memory_order_release);
-  return Status::Ok();
+  const size_t before = captures_.size();
+  std::erase_if(captures_, [id](const auto& entry) { return entry.second.id == id; });
+  captures_active_.fetch_sub(static_cast<int>(before - captures_.size()),
+                             std::memory_order_release);
+  std::erase_if(capture_events_, [id](const auto& entry) { return entry.second == id; });
+}
+
+void GraphRegistry::ForgetStream(uint64_t stream) {
+  CaptureState state;
+  if (!FindCapture(stream, &state)) return;
+  if (state.origin == stream) return ForgetCapture(state.id);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (captures_.erase(stream) != 0) captures_active_.fetch_sub(1, std::memory_order_release);
 }
 
 bool GraphRegistry::FindCapture(uint64_t stream, CaptureState* state) {
@@ -39,6 +47,54 @@ bool GraphRegistry::FindCapture(uint64_t stream, CaptureState* state) {
   return true;
 }
 
+void GraphRegistry::NoteEventRecord(uint64_t event, uint64_t stream) {
+  if (!AnyCapture()) return;  // no capture: no marks either (ForgetCapture)
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = captures_.find(stream);
+  if (it != captures_.end()) {
+    capture_events_[event] = it->second.id;
+  } else {
+    capture_events_.erase(event);
+  }
+}
+
+void GraphRegistry::NoteStreamWait(uint64_t stream, uint64_t ctx, bool blocking, uint64_t event) {
+  if (!AnyCapture() || stream == 0) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  auto mark = capture_events_.find(event);
+  if (mark == capture_events_.end() || captures_.count(stream) != 0) return;
+  for (const auto& [origin_stream, state] : captures_) {
+    if (state.id != mark->second || state.origin != origin_stream) continue;
+    if (state.ctx != ctx) return;  // the server refuses the join
+    CaptureState joined = state;
+    joined.blocking = blocking;
+    captures_.emplace(stream, joined);
+    captures_active_.fetch_add(1, std::memory_order_release);
+    return;
+  }
+}
+
+void GraphRegistry::ForgetEvent(uint64_t event) {
+  if (!AnyCapture()) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  capture_events_.erase(event);
+}
+
+std::vector<CaptureState> GraphRegistry::CapturesForbiddingUnsafeCalls(int thread_mode) {
+  std::vector<CaptureState> forbidding;
+  if (!AnyCapture() || thread_mode == CU_STREAM_CAPTURE_MODE_RELAXED) return forbidding;
+  const std::thread::id self = std::this_thread::get_id();
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [stream, state] : captures_) {
+    if (state.origin != stream) continue;  // one entry per capture
+    const bool own = state.thread == self && state.mode != CU_STREAM_CAPTURE_MODE_RELAXED;
+    const bool global =
+        thread_mode == CU_STREAM_CAPTURE_MODE_GLOBAL && state.mode == CU_STREAM_CAPTURE_MODE_GLOBAL;
+    if (own || global) forbidding.push_back(state);
+  }
+  return forbidding;
+}
+
 bool GraphRegistry::BlockingCaptureIn(uint64_t ctx) {
   std::lock_guard<std::mutex> lock(mu_);
   for (const auto& [stream, capture] : captures_) {
@@ -47,37 +103,103 @@ bool GraphRegistry::BlockingCaptureIn(uint64_t ctx) {
   return false;
 }
 
-uint64_t GraphRegistry::NewGraph() {
+uint64_t GraphRegistry::NewGraph(bool opaque) {
   const uint64_t id = ids_->New(HandleKind::kGraph);
-  AddGraph(id);
+  AddGraph(id, opaque);
   return id;
 }
 
-void GraphRegistry::AddGraph(uint64_t id) {
+void GraphRegistry::AddGraph(uint64_t id, bool opaque) {
   std::lock_guard<std::mutex> lock(mu_);
-  graphs_[id] = true;
+  graphs_[id] = GraphState{opaque, {}};
+}
+
+bool GraphRegistry::IsOpaque(uint64_t id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = graphs_.find(id);
+  return it != graphs_.end() && it->second.opaque;
+}
+
+Status GraphRegistry::GraphShape(uint64_t graph, std::vector<NodeShape>* nodes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = graphs_.find(graph);
+  if (it == graphs_.end()) return Status::InvalidHandle("not a graph of this client");
+  if (it->second.opaque) {
+    return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED,
+                        "the graph has captured (or cloned) nodes, which have no handles in "
+                        "ferry: only its node count is known");
+  }
+  nodes->clear();
+  nodes->reserve(it->second.nodes.size());
+  for (uint64_t id : it->second.nodes) {
+    const NodeState& n = nodes_.at(id);
+    nodes->push_back(NodeShape{id, n.type, n.dependencies});
+  }
+  return Status::Ok();
+}
+
+Status GraphRegistry::GraphOfNode(uint64_t node, uint64_t* graph) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = nodes_.find(node);
+  if (it == nodes_.end()) return Status::InvalidHandle("not a graph node of this client");
+  *graph = it->second.graph;
+  return Status::Ok();
 }
 
 Status GraphRegistry::RemoveGraph(uint64_t id) {
   std::lock_guard<std::mutex> lock(mu_);
   if (graphs_.erase(id) == 0) return Status::InvalidHandle("no graph " + std::to_string(id));
-  for (auto it = nodes_.begin(); it != nodes_.end();) {
-    it = it->second == id ? nodes_.erase(it) : std::next(it);
-  }
+  std::erase_if(nodes_, [id](const auto& entry) { return entry.second.graph == id; });
   return Status::Ok();
 }
 
-uint64_t GraphRegistry::NewNode(uint64_t graph) {
+uint64_t GraphRegistry::NewNode(uint64_t graph, int type, std::vector<uint64_t> dependencies) {
   const uint64_t id = ids_->New(HandleKind::kGraphNode);
   std::lock_guard<std::mutex> lock(mu_);
-  nodes_[id] = graph;
+  nodes_[id] = NodeState{graph, type, std::move(dependencies)};
+  if (auto it = graphs_.find(graph); it != graphs_.end()) it->second.nodes.push_back(id);
   return id;
 }
 
 bool GraphRegistry::IsNodeOf(uint64_t node, uint64_t graph) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = nodes_.find(node);
-  return it != nodes_.end() && it->second == graph;
+  return it != nodes_.end() && it->second.graph == graph;
+}
+
+Status GraphRegistry::CheckExecNode(uint64_t exec, uint64_t node,
+                                    std::initializer_list<int> types) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto e = execs_.find(exec);
+  if (e == execs_.end()) return Status::InvalidHandle("not an executable graph of this client");
+  auto n = nodes_.find(node);
+  if (n == nodes_.end()) return Status::InvalidHandle("not a graph node of this client");
+  if (n->second.graph != e->second.graph) {
+    return Status::InvalidArgument(
+        "the node is not a node of the graph the executable graph was instantiated from");
+  }
+  if (std::find(types.begin(), types.end(), n->second.type) == types.end()) {
+    return Status::InvalidArgument("the call does not apply to a node of type " +
+                                   std::to_string(n->second.type));
+  }
+  return Status::Ok();
+}
+
+void GraphRegistry::SetNodeEnabled(uint64_t exec, uint64_t node, bool enabled) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = execs_.find(exec);
+  if (it == execs_.end()) return;
+  if (enabled) {
+    it->second.disabled.erase(node);
+  } else {
+    it->second.disabled.insert(node);
+  }
+}
+
+bool GraphRegistry::NodeEnabled(uint64_t exec, uint64_t node) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = execs_.find(exec);
+  return it != execs_.end() && it->second.disabled.count(node) == 0;
 }
 
 bool GraphRegistry::HasGraph(uint64_t id) {
@@ -85,10 +207,18 @@ bool GraphRegistry::HasGraph(uint64_t id) {
   return graphs_.count(id) != 0;
 }
 
-uint64_t GraphRegistry::NewExec() {
+Status GraphRegistry::ExecFlags(uint64_t exec, uint64_t* flags) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = execs_.find(exec);
+  if (it == execs_.end()) return Status::InvalidHandle("not an executable graph of this client");
+  *flags = it->second.flags;
+  return Status::Ok();
+}
+
+uint64_t GraphRegistry::NewExec(uint64_t graph, uint64_t flags) {
   const uint64_t id = ids_->New(HandleKind::kGraphExec);
   std::lock_guard<std::mutex> lock(mu_);
-  execs_[id] = true;
+  execs_[id] = ExecState{graph, flags, {}};
   return id;
 }
 
@@ -107,14 +237,11 @@ bool GraphRegistry::HasExec(uint64_t id) {
 
 void GraphRegistry::ForgetContext(uint64_t ctx) {
   std::lock_guard<std::mutex> lock(mu_);
-  for (auto it = captures_.begin(); it != captures_.end();) {
-    if (it->second.ctx == ctx) {
-      it = captures_.erase(it);
-      captures_active_.fetch_sub(1, std::memory_order_release);
-    } else {
-      ++it;
-    }
-  }
+  const size_t before = captures_.size();
+  std::erase_if(captures_, [ctx](const auto& entry) { return entry.second.ctx == ctx; });
+  captures_active_.fetch_sub(static_cast<int>(before - captures_.size()),
+                             std::memory_order_release);
+  if (captures_.empty()) capture_events_.clear();
 }
 
 }  // namespace ferry::client

@@ -8,9 +8,13 @@
 #pragma once
 
 #include <atomic>
+#include <initializer_list>
+#include <set>
 #include <cstdint>
 #include <mutex>
+#include <thread>
 #include <unordered_map>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "client/handles.h"
@@ -18,12 +22,18 @@
 
 namespace ferry::client {
 
+// A stream's part in a capture: the capture began on it (origin == the
+// stream) or it joined through cuStreamWaitEvent on an event recorded in the
+// capture (fork); every stream of one capture shares id, graph, origin, mode
+// and thread.
 struct CaptureState {
   uint64_t ctx = 0;
   uint64_t id = 0;        // unique in the process, as cuStreamGetCaptureInfo reports it
   uint64_t graph = 0;     // the graph the capture builds
-  int mode = 0;           // CUstreamCaptureMode
-  bool blocking = false;  // the stream synchronizes with the legacy stream
+  uint64_t origin = 0;    // the stream that began it (only it can end it)
+  int mode = 0;           // CUstreamCaptureMode given to cuStreamBeginCapture
+  std::thread::id thread;  // the thread that began it
+  bool blocking = false;  // this stream synchronizes with the legacy stream
 };
 
 class GraphRegistry {
@@ -34,27 +44,76 @@ class GraphRegistry {
   // True while some stream of this client captures.
   bool AnyCapture() const { return captures_active_.load(std::memory_order_acquire) > 0; }
   // Starts a capture of `stream` (not the legacy stream): CUDA_ERROR_ILLEGAL_STATE
-  // when it captures already. Fills in state->id and state->graph.
+  // when it captures already. Fills in state->id, graph, origin and thread.
   Status BeginCapture(uint64_t stream, CaptureState* state);
-  // Ends the capture of `stream`; CUDA_ERROR_ILLEGAL_STATE when there is none.
-  Status EndCapture(uint64_t stream, CaptureState* state);
   bool FindCapture(uint64_t stream, CaptureState* state);
+  // Capture `id` ended (or never began): its streams stop capturing and the
+  // events recorded in it become ordinary.
+  void ForgetCapture(uint64_t id);
+  // `stream` is destroyed: a capture it began ends; one it joined loses it.
+  void ForgetStream(uint64_t stream);
+  // Fork/join as the driver does it (the server does the same with the real
+  // rules): cuEventRecord on a capturing stream marks the event with the
+  // capture; a later record elsewhere unmarks it. cuStreamWaitEvent of a
+  // stream not capturing (blocking: not CU_STREAM_NON_BLOCKING) on a marked
+  // event of the stream's context joins the stream to that capture. Free
+  // while nothing captures.
+  void NoteEventRecord(uint64_t event, uint64_t stream);
+  void NoteStreamWait(uint64_t stream, uint64_t ctx, bool blocking, uint64_t event);
+  void ForgetEvent(uint64_t event);
+  // cuThreadExchangeStreamCaptureMode's rules for a potentially unsafe call
+  // (allocating or freeing memory, synchronizing) made by this thread in
+  // capture interaction mode `thread_mode`: the captures that forbid it (one
+  // entry per capture) — in GLOBAL mode those this thread began in a mode
+  // other than RELAXED and those any thread began in GLOBAL mode; in
+  // THREAD_LOCAL mode only the former; RELAXED: none.
+  std::vector<CaptureState> CapturesForbiddingUnsafeCalls(int thread_mode);
   // Whether a blocking stream of `ctx` captures (the legacy stream then may
   // not be used: CUDA_ERROR_STREAM_CAPTURE_IMPLICIT).
   bool BlockingCaptureIn(uint64_t ctx);
 
-  uint64_t NewGraph();  // a graph id, recorded
-  void AddGraph(uint64_t id);
+  uint64_t NewGraph(bool opaque = false);  // a graph id, recorded (see AddGraph)
+  // Records graph `id`. `opaque`: it has nodes the client has no handles
+  // for (captured ones, or a clone's), so its structure is the server's only.
+  void AddGraph(uint64_t id, bool opaque = false);
+  // A graph's structure as the client recorded it (its explicitly added
+  // nodes, in the order they were added, with their types and dependencies):
+  // enough to answer cuGraphGetNodes, cuGraphGetEdges, cuGraphNodeGet* without
+  // a round trip. INVALID_HANDLE for an unknown graph; NOT_SUPPORTED for an
+  // opaque one.
+  struct NodeShape {
+    uint64_t id = 0;
+    int type = 0;  // CUgraphNodeType
+    std::vector<uint64_t> dependencies;
+  };
+  Status GraphShape(uint64_t graph, std::vector<NodeShape>* nodes);
+  // The graph of `node`; INVALID_HANDLE for an unknown node.
+  Status GraphOfNode(uint64_t node, uint64_t* graph);
+  // Whether graph `id` is opaque (see AddGraph); false for unknown ids.
+  bool IsOpaque(uint64_t id);
   // INVALID_HANDLE for an unknown id.
   Status RemoveGraph(uint64_t id);
   bool HasGraph(uint64_t id);
-  uint64_t NewExec();
+  // An executable graph id, instantiated from `graph`.
+  uint64_t NewExec(uint64_t graph, uint64_t flags);
+  // cuGraphExecGetFlags: the flags it was instantiated with.
+  Status ExecFlags(uint64_t exec, uint64_t* flags);
   Status RemoveExec(uint64_t id);
   bool HasExec(uint64_t id);
-  // A node id of `graph` (explicitly added nodes).
-  uint64_t NewNode(uint64_t graph);
+  // A node id of `graph` (explicitly added nodes), of kind `type`
+  // (CUgraphNodeType), after `dependencies` (nodes of the graph).
+  uint64_t NewNode(uint64_t graph, int type, std::vector<uint64_t> dependencies);
   // Whether `node` is a node of `graph`.
   bool IsNodeOf(uint64_t node, uint64_t graph);
+  // cuGraphExec*NodeSetParams, cuGraphNodeSet/GetEnabled: `node` must be a
+  // node of one of the kinds `types` of the graph `exec` was instantiated
+  // from (answered here: the client records both), INVALID_HANDLE for
+  // unknown handles, INVALID_VALUE otherwise.
+  Status CheckExecNode(uint64_t exec, uint64_t node, std::initializer_list<int> types);
+  // cuGraphNodeSetEnabled / GetEnabled: the client records which nodes of an
+  // executable graph are disabled (call CheckExecNode first).
+  void SetNodeEnabled(uint64_t exec, uint64_t node, bool enabled);
+  bool NodeEnabled(uint64_t exec, uint64_t node);
   // Forgets the captures of `ctx` (its streams are gone).
   void ForgetContext(uint64_t ctx);
 
@@ -64,9 +123,25 @@ class GraphRegistry {
   inline static std::atomic<uint64_t> next_capture_id_{1};
   std::mutex mu_;
   std::unordered_map<uint64_t, CaptureState> captures_ ABSL_GUARDED_BY(mu_);  // by stream
-  std::unordered_map<uint64_t, bool> graphs_ ABSL_GUARDED_BY(mu_);
-  std::unordered_map<uint64_t, bool> execs_ ABSL_GUARDED_BY(mu_);
-  std::unordered_map<uint64_t, uint64_t> nodes_ ABSL_GUARDED_BY(mu_);  // node -> graph
+  // Events last recorded on a capturing stream: event -> capture id.
+  std::unordered_map<uint64_t, uint64_t> capture_events_ ABSL_GUARDED_BY(mu_);
+  struct GraphState {
+    bool opaque = false;          // see AddGraph
+    std::vector<uint64_t> nodes;  // explicitly added, in order
+  };
+  std::unordered_map<uint64_t, GraphState> graphs_ ABSL_GUARDED_BY(mu_);
+  struct ExecState {
+    uint64_t graph = 0;  // instantiated from
+    uint64_t flags = 0;
+    std::set<uint64_t> disabled;  // nodes
+  };
+  std::unordered_map<uint64_t, ExecState> execs_ ABSL_GUARDED_BY(mu_);
+  struct NodeState {
+    uint64_t graph = 0;
+    int type = 0;  // CUgraphNodeType
+    std::vector<uint64_t> dependencies;
+  };
+  std::unordered_map<uint64_t, NodeState> nodes_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ferry::client

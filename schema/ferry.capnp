@@ -411,6 +411,13 @@ struct Call {
         $waits("always") $handles(["link"]) $usesContext;
     linkDestroy @95 :LinkRef
         $waits("never") $handles(["link"]);
+    # stream capture and graphs, continued (multi-stream capture, node updates)
+    streamCaptureInvalidate @96 :StreamRef  # a call the capture mode forbade was made
+        $waits("never") $handles(["ctx", "stream"]);
+    graphExecKernelNodeSetParams @97 :GraphExecKernelNode  # bulk = packed params
+        $waits("never") $handles(["exec", "node"]) $usesContext;
+    graphExecNodeSetEnabled @98 :GraphExecNodeEnabled  # cuGraphNodeSetEnabled
+        $waits("never") $handles(["exec", "node"]);
   }
 }
 
@@ -716,7 +723,14 @@ struct EventElapsedTime {
 # stream record the stream-ordered calls issued on it (launches, device-only
 # copies and memsets, graph launches) into a graph instead of running them;
 # streamEndCapture ends it, and the graph becomes `graph` (the id the client
-# chose at the beginning). A call that would synchronize with a capturing
+# chose at the beginning). eventRecord on a capturing stream makes no node:
+# a stream that then waits for the event (streamWaitEvent) joins the capture
+# (fork), and the origin stream waiting for an event recorded on a joined
+# stream joins that work back; streamEndCapture on the origin fails with
+# CUDA_ERROR_STREAM_CAPTURE_UNJOINED when some joined work was not joined
+# back, and on a joined stream with CUDA_ERROR_STREAM_CAPTURE_UNMATCHED.
+# streamCaptureInvalidate: the client refused a call the capture mode forbids.
+# A call that would synchronize with a capturing
 # stream (synchronize, query, a copy to or from host memory, a host gate)
 # fails with CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidates the
 # capture; later calls on the stream fail with
@@ -768,7 +782,25 @@ struct GraphAddNode {
     kernel @4 :Launch;
     memset @5 :Memset;
     memcpy @6 :Memcpy;  # device to device
+    childGraph @7 :UInt64;  # a graph, copied as it is now (its later changes are not seen)
   }
+}
+
+# cuGraphExecKernelNodeSetParams: kernel node `node` (of the graph `exec`
+# was instantiated from) runs `kernel` (its ctx and function must be the
+# node's; the stream field is unused) with the packed parameters in the
+# bulk bytes from the next launch of `exec` on, checked as a launch is.
+struct GraphExecKernelNode {
+  exec @0 :UInt64;
+  node @1 :UInt64;
+  kernel @2 :Launch;
+}
+# cuGraphNodeSetEnabled: a kernel, memset or memcpy node of the graph `exec`
+# came from runs (enabled) or does nothing in later launches of `exec`.
+struct GraphExecNodeEnabled {
+  exec @0 :UInt64;
+  node @1 :UInt64;
+  enabled @2 :Bool;
 }
 
 # library and kernel API, occupancy

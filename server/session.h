@@ -144,14 +144,28 @@ class Session {
     int device = 0;
     backend::StreamAttributes legacy_stream_attributes;  // as the client set them
   };
+  // A capture's nodes as the session counts them (session_graph.cc): ids in
+  // recording order, for the fork/join bookkeeping only.
+  using CaptureNodes = std::vector<uint64_t>;
   struct StreamEntry {
     std::unique_ptr<backend::Stream> stream;
     uint64_t ctx = 0;
     backend::StreamAttributes attributes;  // as the client set them
+    // stream capture: the capture (key in captures_) the stream records into,
+    // as its origin or joined through an event wait; 0: none. `capture_tips`:
+    // the capture's nodes its next recorded work depends on.
+    uint64_t capture = 0;
+    CaptureNodes capture_tips;
   };
   struct EventEntry {
     std::unique_ptr<backend::Event> event;
     uint64_t ctx = 0;
+    // Last recorded on a capturing stream: that capture and the stream's tips
+    // then (a stream waiting on the event joins the capture after them).
+    // `recorded_outside`: last recorded on a stream that did not capture.
+    uint64_t capture = 0;
+    CaptureNodes capture_tips;
+    bool recorded_outside = false;
   };
   struct ModuleEntry {
     std::unique_ptr<backend::Module> module;
@@ -224,23 +238,36 @@ class Session {
       modules.insert(modules.end(), other.modules.begin(), other.modules.end());
     }
   };
+  // A capture, keyed in captures_ by the id its graph gets at the end. Its
+  // streams (the origin and those joined through event waits) point at it
+  // through StreamEntry::capture; `streams` lists them. `leaves`: recorded
+  // nodes nothing recorded depends on yet; the capture can only end when the
+  // origin's tips hold them all (every fork joined back).
   struct CaptureEntry {
     uint64_t ctx = 0;
-    uint64_t graph = 0;  // the id the graph gets at the end
+    uint64_t origin = 0;  // the stream that began it; only it may end it
     bool invalidated = false;
     GraphUses uses;  // of the recorded work
+    std::set<uint64_t> streams;
+    std::set<uint64_t> leaves;
+    uint64_t nodes = 0;  // recorded so far; the next node's id is nodes + 1
   };
   struct GraphEntry {
     std::unique_ptr<backend::Graph> graph;
     uint64_t ctx = 0;  // of the captured work; 0: no context's (an empty graph)
-    std::shared_ptr<const GraphUses> uses;
+    // Shared with clones; copied before a change only while shared, so adding
+    // n nodes one by one costs O(n), not O(n^2).
+    std::shared_ptr<GraphUses> uses;
   };
   struct GraphNodeEntry {
     backend::GraphNode* node = nullptr;  // owned by the graph
     uint64_t graph = 0;
+    wire::GraphAddNode::Which kind = wire::GraphAddNode::EMPTY;
+    uint64_t ctx = 0;     // of its work; 0 for an empty node
   };
   struct GraphExecEntry {
     std::unique_ptr<backend::GraphExec> exec;
+    uint64_t graph = 0;  // the graph it was instantiated from (its nodes can be updated)
     uint64_t ctx = 0;
     std::shared_ptr<const GraphUses> uses;
   };
@@ -454,14 +481,37 @@ class Session {
   // cuCtxSynchronize while streams of `ctx` capture: invalidates them and
   // fails with CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED.
   Status CaptureGuardContext(uint64_t ctx);
+  // A kernel node's work from its wire description and packed `params`,
+  // checked as a launch of it is (the function is the session's and of
+  // k.ctx, the parameters cover the kernel's, no grid or block dimension is
+  // zero); *module gets the kernel's module.
+  // The node `node_id` of the graph `exec` was instantiated from, for an
+  // update of the executable graph.
+  Status FindExecNode(const GraphExecEntry& exec, uint64_t node_id, GraphNodeEntry** node);
+  Status KernelNodeSpec(wire::Launch::Reader k, const backend::HostBytes& params,
+                        backend::GraphNodeSpec* spec, uint64_t* module);
+  // The capture `stream` records into, or nullptr (also for the legacy
+  // stream and unknown streams); *entry gets the stream's entry when found.
+  CaptureEntry* CaptureOfStream(uint64_t stream, StreamEntry** entry = nullptr);
+  // Ends capture `capture` (a key of captures_) everywhere: its streams stop
+  // capturing and *graph gets what the backend recorded (nullptr when the
+  // backend could not end it). The one way a capture ends: cuStreamEndCapture,
+  // destroying its origin stream, destroying its context.
+  Status EndCaptureOf(uint64_t capture, std::unique_ptr<backend::Graph>* graph);
+  // cuEventRecord and cuStreamWaitEvent under capture (fork and join):
+  // the event remembers the capture and the stream's tips; a stream waiting
+  // on such an event joins the capture (or, capturing already, adds them to
+  // its tips). Errors as the driver's: waiting on an event of another capture
+  // (CUDA_ERROR_STREAM_CAPTURE_MERGE) or on one recorded outside any capture
+  // (CUDA_ERROR_STREAM_CAPTURE_ISOLATION) invalidates the capture.
+  void NoteCaptureEventRecord(uint64_t stream, EventEntry& event);
+  Status CaptureStreamWaitEvent(uint64_t ctx, uint64_t stream, EventEntry& event);
   // Forgets the captures, graphs and executable graphs of `ctx` (before its
   // streams and memory go).
   void DestroyContextGraphs(uint64_t ctx);
-  // Ends `capture` and discards what it recorded; returns the next capture.
-  std::map<uint64_t, CaptureEntry>::iterator AbandonCapture(
-      std::map<uint64_t, CaptureEntry>::iterator capture);
   // cuStreamEndCapture answered by a latched error: the capture of that
-  // stream (if any) ends without a graph, as the client has forgotten it.
+  // stream (if any, begun there or joined) ends without a graph, as the
+  // client has forgotten it.
   void AbandonCaptureOf(wire::StreamRef::Reader args);
   // Launches on a throttled device wait for its share and are measured.
   void MeasureLaunch(int device, backend::Stream& stream);
@@ -526,7 +576,7 @@ class Session {
   RangeMap<MappingEntry> mappings_;
   uint64_t reserved_bytes_ = 0;
   // stream capture and graphs
-  std::map<uint64_t, CaptureEntry> captures_;  // by stream id
+  std::map<uint64_t, CaptureEntry> captures_;  // by graph id (see CaptureEntry)
   HandleTable<GraphEntry> graphs_{"graph"};
   HandleTable<GraphExecEntry> graph_execs_{"executable graph"};
   HandleTable<GraphNodeEntry> graph_nodes_{"graph node"};

@@ -16,22 +16,36 @@
 
 namespace ferry::server {
 
+Session::CaptureEntry* Session::CaptureOfStream(uint64_t stream, StreamEntry** entry) {
+  if (captures_.empty() || stream == 0) return nullptr;
+  StreamEntry* s = nullptr;
+  if (!streams_.Find(stream, &s).ok() || s->capture == 0) return nullptr;
+  auto it = captures_.find(s->capture);
+  if (it == captures_.end()) return nullptr;
+  if (entry != nullptr) *entry = s;
+  return &it->second;
+}
+
 Status Session::CaptureGuard(uint64_t stream, CaptureUse use,
                              std::initializer_list<DeviceRange> ranges, uint64_t module) {
-  if (captures_.empty()) return Status::Ok();
-  auto it = captures_.find(stream);
-  if (it == captures_.end()) return Status::Ok();
-  CaptureEntry& capture = it->second;
-  if (capture.invalidated) {
+  StreamEntry* entry = nullptr;
+  CaptureEntry* capture = CaptureOfStream(stream, &entry);
+  if (capture == nullptr) return Status::Ok();
+  if (capture->invalidated) {
     return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED,
                         "the stream's capture was invalidated by an earlier call");
   }
   if (use == CaptureUse::kRecorded) {
-    capture.uses.ranges.insert(capture.uses.ranges.end(), ranges.begin(), ranges.end());
-    if (module != 0) capture.uses.modules.push_back(module);
+    capture->uses.ranges.insert(capture->uses.ranges.end(), ranges.begin(), ranges.end());
+    if (module != 0) capture->uses.modules.push_back(module);
+    // A new node after the stream's tips: they are no longer leaves.
+    const uint64_t node = ++capture->nodes;
+    for (uint64_t tip : entry->capture_tips) capture->leaves.erase(tip);
+    capture->leaves.insert(node);
+    entry->capture_tips.assign(1, node);
     return Status::Ok();
   }
-  capture.invalidated = true;
+  capture->invalidated = true;
   const char* why = "the stream is capturing: it cannot be synchronized or queried";
   if (use == CaptureUse::kHostMemory) {
     why =
@@ -47,7 +61,7 @@ Status Session::CaptureGuard(uint64_t stream, CaptureUse use,
 
 Status Session::CaptureGuardContext(uint64_t ctx) {
   bool any = false;
-  for (auto& [stream, capture] : captures_) {
+  for (auto& [id, capture] : captures_) {
     if (capture.ctx != ctx) continue;
     capture.invalidated = true;
     any = true;
@@ -57,24 +71,101 @@ Status Session::CaptureGuardContext(uint64_t ctx) {
                       "a stream of the context is capturing: the context cannot be synchronized");
 }
 
-std::map<uint64_t, Session::CaptureEntry>::iterator Session::AbandonCapture(
-    std::map<uint64_t, CaptureEntry>::iterator capture) {
-  backend::Stream* stream = nullptr;
-  std::unique_ptr<backend::Graph> discarded;
-  if (FindStream(capture->second.ctx, capture->first, &stream).ok()) {
-    (void)backend_.EndCapture(*stream, &discarded);
+Status Session::EndCaptureOf(uint64_t capture_id, std::unique_ptr<backend::Graph>* graph) {
+  graph->reset();
+  auto it = captures_.find(capture_id);
+  if (it == captures_.end()) return Status::Cuda(CUDA_ERROR_ILLEGAL_STATE, "no such capture");
+  CaptureEntry capture = std::move(it->second);
+  captures_.erase(it);
+  // The backend ends the capture on its origin, which releases the streams
+  // joined to it (as the driver does); the session's records follow.
+  StreamEntry* origin = nullptr;
+  Status status = Status::Cuda(CUDA_ERROR_ILLEGAL_STATE, "the capture's origin stream is gone");
+  for (uint64_t id : capture.streams) {
+    StreamEntry* s = nullptr;
+    if (!streams_.Find(id, &s).ok() || s->capture != capture_id) continue;
+    s->capture = 0;
+    s->capture_tips.clear();
+    if (id == capture.origin) origin = s;
   }
-  return captures_.erase(capture);
+  if (origin != nullptr) status = backend_.EndCapture(*origin->stream, graph);
+  return status;
 }
 
+// The client forgets the whole capture whatever the end answers (but
+// UNMATCHED, which a latched error never is), so the whole capture ends.
 void Session::AbandonCaptureOf(wire::StreamRef::Reader args) {
-  auto it = captures_.find(args.getStream());
-  if (it != captures_.end() && it->second.ctx == args.getCtx()) AbandonCapture(it);
+  StreamEntry* entry = nullptr;
+  if (CaptureOfStream(args.getStream(), &entry) == nullptr || entry->ctx != args.getCtx()) return;
+  std::unique_ptr<backend::Graph> discarded;
+  (void)EndCaptureOf(entry->capture, &discarded);
+}
+
+void Session::NoteCaptureEventRecord(uint64_t stream, EventEntry& event) {
+  StreamEntry* entry = nullptr;
+  CaptureEntry* capture = CaptureOfStream(stream, &entry);
+  event.capture = capture != nullptr ? entry->capture : 0;
+  event.capture_tips = capture != nullptr ? entry->capture_tips : CaptureNodes{};
+  event.recorded_outside = capture == nullptr;
+}
+
+Status Session::CaptureStreamWaitEvent(uint64_t ctx, uint64_t stream, EventEntry& event) {
+  StreamEntry* entry = nullptr;
+  CaptureEntry* capture = CaptureOfStream(stream, &entry);
+  const bool capture_event = event.capture != 0 && captures_.count(event.capture) != 0;
+  if (capture == nullptr) {
+    if (!capture_event) return Status::Ok();  // an ordinary wait
+    // Fork: the stream joins the event's capture after the event's tips.
+    CaptureEntry& joined = captures_.at(event.capture);
+    if (stream == 0 || joined.ctx != ctx) {
+      joined.invalidated = true;
+      return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_ISOLATION,
+                          "only a created stream of the capture's context can join a capture");
+    }
+    if (joined.invalidated) {
+      return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED,
+                          "the event's capture was invalidated by an earlier call");
+    }
+    FERRY_RETURN_IF_ERROR(streams_.Find(stream, &entry));
+    entry->capture = event.capture;
+    entry->capture_tips = event.capture_tips;
+    joined.streams.insert(stream);
+    return Status::Ok();
+  }
+  if (capture->invalidated) {
+    return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED,
+                        "the stream's capture was invalidated by an earlier call");
+  }
+  if (capture_event && event.capture != entry->capture) {
+    capture->invalidated = true;
+    captures_.at(event.capture).invalidated = true;
+    return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_MERGE,
+                        "the event was recorded in another capture: the two would merge");
+  }
+  if (!capture_event) {
+    if (!event.recorded_outside) return Status::Ok();  // never recorded: nothing to wait for
+    capture->invalidated = true;
+    return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_ISOLATION,
+                        "a capturing stream cannot wait for an event recorded outside the capture");
+  }
+  // Join: the stream's next work also depends on the event's tips.
+  for (uint64_t tip : event.capture_tips) {
+    if (std::find(entry->capture_tips.begin(), entry->capture_tips.end(), tip) ==
+        entry->capture_tips.end()) {
+      entry->capture_tips.push_back(tip);
+    }
+  }
+  return Status::Ok();
 }
 
 void Session::DestroyContextGraphs(uint64_t ctx) {
-  for (auto it = captures_.begin(); it != captures_.end();) {
-    it = it->second.ctx == ctx ? AbandonCapture(it) : std::next(it);
+  std::vector<uint64_t> ended;
+  for (const auto& [id, capture] : captures_) {
+    if (capture.ctx == ctx) ended.push_back(id);
+  }
+  for (uint64_t id : ended) {
+    std::unique_ptr<backend::Graph> discarded;
+    (void)EndCaptureOf(id, &discarded);
   }
   auto in_ctx = [ctx](uint64_t, const auto& entry) { return entry.ctx == ctx; };
   graph_execs_.EraseIf(in_ctx);
@@ -92,46 +183,77 @@ Status Session::StreamBeginCapture(wire::StreamBeginCapture::Reader args) {
     return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
                         "the legacy default stream cannot be captured");
   }
-  if (captures_.count(args.getStream()) != 0) {
+  StreamEntry* entry = nullptr;
+  FERRY_RETURN_IF_ERROR(streams_.Find(args.getStream(), &entry));
+  if (entry->capture != 0) {
     return Status::Cuda(CUDA_ERROR_ILLEGAL_STATE, "the stream is capturing already");
   }
   FERRY_RETURN_IF_ERROR(graphs_.CheckNewId(args.getGraph()));
+  if (captures_.count(args.getGraph()) != 0) {
+    return Status::InvalidArgument("graph id " + std::to_string(args.getGraph()) +
+                                   " is in use by another capture");
+  }
   FERRY_RETURN_IF_ERROR(backend_.BeginCapture(*stream, static_cast<int>(args.getMode())));
   CaptureEntry capture;
   capture.ctx = args.getCtx();
-  capture.graph = args.getGraph();
-  captures_.emplace(args.getStream(), std::move(capture));
+  capture.origin = args.getStream();
+  capture.streams.insert(args.getStream());
+  captures_.emplace(args.getGraph(), std::move(capture));
+  entry->capture = args.getGraph();
+  entry->capture_tips.clear();
   return Status::Ok();
 }
 
+// The driver's order of checks: the capture must be this stream's own
+// (UNMATCHED otherwise, the capture going on, invalidated); then, ending it
+// whatever happens, an invalidated capture and a fork not joined back into
+// the origin (UNJOINED) make no graph.
 Status Session::StreamEndCapture(wire::StreamRef::Reader args) {
   backend::Stream* stream = nullptr;
   FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
-  auto it = captures_.find(args.getStream());
-  if (it == captures_.end()) {
+  StreamEntry* entry = nullptr;
+  CaptureEntry* capture = CaptureOfStream(args.getStream(), &entry);
+  if (capture == nullptr) {
     return Status::Cuda(CUDA_ERROR_ILLEGAL_STATE, "the stream is not capturing");
   }
-  CaptureEntry capture = std::move(it->second);
-  captures_.erase(it);
-  GraphEntry entry;
-  FERRY_RETURN_IF_ERROR(backend_.EndCapture(*stream, &entry.graph));
-  if (capture.invalidated) {
+  if (capture->origin != args.getStream()) {
+    capture->invalidated = true;
+    return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_UNMATCHED,
+                        "the stream joined a capture begun on another stream; only that stream "
+                        "can end it");
+  }
+  const uint64_t graph_id = entry->capture;
+  const bool invalidated = capture->invalidated;
+  const CaptureNodes origin_tips = entry->capture_tips;
+  bool joined = true;
+  for (uint64_t leaf : capture->leaves) {
+    if (std::find(origin_tips.begin(), origin_tips.end(), leaf) == origin_tips.end()) joined = false;
+  }
+  GraphUses uses = std::move(capture->uses);
+  GraphEntry graph;
+  FERRY_RETURN_IF_ERROR(EndCaptureOf(graph_id, &graph.graph));
+  if (invalidated) {
     return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED,
                         "the capture was invalidated by an earlier call; no graph was made");
   }
-  entry.ctx = capture.ctx;
-  entry.uses = std::make_shared<const GraphUses>(std::move(capture.uses));
-  return graphs_.Insert(capture.graph, std::move(entry));
+  if (!joined) {
+    return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_UNJOINED,
+                        "work forked into another stream during the capture was not joined back "
+                        "into the capturing stream; no graph was made");
+  }
+  graph.ctx = args.getCtx();
+  graph.uses = std::make_shared<GraphUses>(std::move(uses));
+  return graphs_.Insert(graph_id, std::move(graph));
 }
 
 Status Session::StreamCaptureStatus(wire::StreamRef::Reader args, CallContext& cx) {
   backend::Stream* stream = nullptr;
   FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
-  auto it = captures_.find(args.getStream());
+  const CaptureEntry* capture = CaptureOfStream(args.getStream());
   int64_t status = CU_STREAM_CAPTURE_STATUS_NONE;
-  if (it != captures_.end()) {
-    status = it->second.invalidated ? CU_STREAM_CAPTURE_STATUS_INVALIDATED
-                                    : CU_STREAM_CAPTURE_STATUS_ACTIVE;
+  if (capture != nullptr) {
+    status = capture->invalidated ? CU_STREAM_CAPTURE_STATUS_INVALIDATED
+                                  : CU_STREAM_CAPTURE_STATUS_ACTIVE;
   }
   cx.reply.setValue(status);
   return Status::Ok();
@@ -141,7 +263,7 @@ Status Session::GraphCreate(wire::GraphCreate::Reader args) {
   FERRY_RETURN_IF_ERROR(graphs_.CheckNewId(args.getGraph()));
   GraphEntry entry;
   FERRY_RETURN_IF_ERROR(backend_.CreateGraph(args.getFlags(), &entry.graph));
-  entry.uses = std::make_shared<const GraphUses>();
+  entry.uses = std::make_shared<GraphUses>();
   return graphs_.Insert(args.getGraph(), std::move(entry));
 }
 
@@ -173,29 +295,10 @@ Status Session::GraphAddNode(wire::GraphAddNode::Reader args, CallContext& cx) {
     case wire::GraphAddNode::EMPTY:
       break;
     case wire::GraphAddNode::KERNEL: {
-      auto k = args.getKernel();
-      ctx = k.getCtx();
-      FunctionEntry* f = nullptr;
-      FERRY_RETURN_IF_ERROR(functions_.Find(k.getFunction(), &f));
-      if (f->ctx != ctx) return Status::InvalidArgument("the kernel belongs to another context");
-      if (cx.bulk_in.size < f->param_bytes) {
-        return Status::InvalidArgument("kernel node carried " + std::to_string(cx.bulk_in.size) +
-                                       " parameter bytes; the kernel takes " +
-                                       std::to_string(f->param_bytes));
-      }
-      spec.kind = backend::GraphNodeSpec::Kind::kKernel;
-      spec.function = f->function;
-      spec.config.grid = {k.getGridX(), k.getGridY(), k.getGridZ()};
-      spec.config.block = {k.getBlockX(), k.getBlockY(), k.getBlockZ()};
-      spec.config.shared_bytes = k.getSharedBytes();
-      spec.config.cluster = {k.getClusterX(), k.getClusterY(), k.getClusterZ()};
-      for (int i = 0; i < 3; ++i) {
-        if (spec.config.grid[i] == 0 || spec.config.block[i] == 0) {
-          return Status::InvalidArgument("kernel node with a zero grid or block dimension");
-        }
-      }
-      spec.params = cx.bulk_in;
-      uses.modules.push_back(f->module);
+      ctx = args.getKernel().getCtx();
+      uint64_t module = 0;
+      FERRY_RETURN_IF_ERROR(KernelNodeSpec(args.getKernel(), cx.bulk_in, &spec, &module));
+      uses.modules.push_back(module);
       break;
     }
     case wire::GraphAddNode::MEMSET: {
@@ -236,6 +339,16 @@ Status Session::GraphAddNode(wire::GraphAddNode::Reader args, CallContext& cx) {
       spec.bytes = m.getBytes();
       break;
     }
+    case wire::GraphAddNode::CHILD_GRAPH: {
+      GraphEntry* child = nullptr;
+      FERRY_RETURN_IF_ERROR(graphs_.Find(args.getChildGraph(), &child));
+      if (child == graph) return Status::InvalidArgument("a graph cannot be its own child");
+      ctx = child->ctx;
+      uses = *child->uses;
+      spec.kind = backend::GraphNodeSpec::Kind::kChild;
+      spec.child = child->graph.get();
+      break;
+    }
     default:
       return Status::InvalidArgument("unknown graph node kind");
   }
@@ -251,12 +364,105 @@ Status Session::GraphAddNode(wire::GraphAddNode::Reader args, CallContext& cx) {
   FERRY_RETURN_IF_ERROR(backend_.AddGraphNode(*graph->graph, dependencies, spec, &node));
   if (ctx != 0) graph->ctx = ctx;
   if (!uses.ranges.empty() || !uses.modules.empty()) {
-    // Clones and executable graphs share the uses they were made with.
-    auto all = std::make_shared<GraphUses>(*graph->uses);
-    all->Add(uses);
-    graph->uses = std::move(all);
+    // A clone shares the uses it was made with until either changes.
+    if (graph->uses.use_count() > 1) graph->uses = std::make_shared<GraphUses>(*graph->uses);
+    graph->uses->Add(uses);
   }
-  return graph_nodes_.Insert(args.getNode(), GraphNodeEntry{node, args.getGraph()});
+  return graph_nodes_.Insert(
+      args.getNode(), GraphNodeEntry{node, args.getGraph(), args.which(), ctx});
+}
+
+Status Session::KernelNodeSpec(wire::Launch::Reader k, const backend::HostBytes& params,
+                               backend::GraphNodeSpec* spec, uint64_t* module) {
+  FunctionEntry* f = nullptr;
+  FERRY_RETURN_IF_ERROR(functions_.Find(k.getFunction(), &f));
+  if (f->ctx != k.getCtx()) return Status::InvalidArgument("the kernel belongs to another context");
+  if (params.size < f->param_bytes) {
+    return Status::InvalidArgument("kernel node carried " + std::to_string(params.size) +
+                                   " parameter bytes; the kernel takes " +
+                                   std::to_string(f->param_bytes));
+  }
+  spec->kind = backend::GraphNodeSpec::Kind::kKernel;
+  spec->function = f->function;
+  spec->config.grid = {k.getGridX(), k.getGridY(), k.getGridZ()};
+  spec->config.block = {k.getBlockX(), k.getBlockY(), k.getBlockZ()};
+  spec->config.shared_bytes = k.getSharedBytes();
+  spec->config.cluster = {k.getClusterX(), k.getClusterY(), k.getClusterZ()};
+  for (int i = 0; i < 3; ++i) {
+    if (spec->config.grid[i] == 0 || spec->config.block[i] == 0) {
+      return Status::InvalidArgument("kernel node with a zero grid or block dimension");
+    }
+  }
+  spec->params = params;
+  *module = f->module;
+  return Status::Ok();
+}
+
+// The node must be a kernel node of the graph `exec` came from, and the new
+// kernel of the node's context. The executable graph's uses gain the new
+// kernel's module (the old one's stays: harmless, and other nodes may use it).
+Status Session::GraphExecKernelNodeSetParams(wire::GraphExecKernelNode::Reader args,
+                                             CallContext& cx) {
+  GraphExecEntry* exec = nullptr;
+  FERRY_RETURN_IF_ERROR(graph_execs_.Find(args.getExec(), &exec));
+  GraphNodeEntry* node = nullptr;
+  FERRY_RETURN_IF_ERROR(FindExecNode(*exec, args.getNode(), &node));
+  if (node->kind != wire::GraphAddNode::KERNEL) {
+    return Status::InvalidArgument("the node is not a kernel node");
+  }
+  if (args.getKernel().getCtx() != node->ctx) {
+    return Status::InvalidArgument("a kernel node's kernel cannot move to another context");
+  }
+  ContextEntry* c = nullptr;
+  FERRY_RETURN_IF_ERROR(contexts_.Find(node->ctx, &c));
+  backend::GraphNodeSpec spec;
+  spec.ctx = c->context.get();
+  uint64_t module = 0;
+  FERRY_RETURN_IF_ERROR(KernelNodeSpec(args.getKernel(), cx.bulk_in, &spec, &module));
+  FERRY_RETURN_IF_ERROR(backend_.SetExecKernelNode(*exec->exec, *node->node, spec));
+  if (std::find(exec->uses->modules.begin(), exec->uses->modules.end(), module) ==
+      exec->uses->modules.end()) {
+    auto uses = std::make_shared<GraphUses>(*exec->uses);
+    uses->modules.push_back(module);
+    exec->uses = std::move(uses);
+  }
+  return Status::Ok();
+}
+
+Status Session::FindExecNode(const GraphExecEntry& exec, uint64_t node_id,
+                             GraphNodeEntry** node) {
+  FERRY_RETURN_IF_ERROR(graph_nodes_.Find(node_id, node));
+  if ((*node)->graph != exec.graph) {
+    return Status::InvalidArgument("the node is not a node of the graph the executable graph "
+                                   "was instantiated from");
+  }
+  return Status::Ok();
+}
+
+// Kernel, memset and copy nodes can be disabled (they then do nothing).
+Status Session::GraphExecNodeSetEnabled(wire::GraphExecNodeEnabled::Reader args) {
+  GraphExecEntry* exec = nullptr;
+  FERRY_RETURN_IF_ERROR(graph_execs_.Find(args.getExec(), &exec));
+  GraphNodeEntry* node = nullptr;
+  FERRY_RETURN_IF_ERROR(FindExecNode(*exec, args.getNode(), &node));
+  if (node->kind != wire::GraphAddNode::KERNEL && node->kind != wire::GraphAddNode::MEMSET &&
+      node->kind != wire::GraphAddNode::MEMCPY) {
+    return Status::InvalidArgument("only kernel, memset and memcpy nodes can be disabled");
+  }
+  if (node->ctx != 0) {
+    ContextEntry* c = nullptr;
+    FERRY_RETURN_IF_ERROR(contexts_.Find(node->ctx, &c));
+  }
+  return backend_.SetExecNodeEnabled(*exec->exec, *node->node, args.getEnabled());
+}
+
+Status Session::StreamCaptureInvalidate(wire::StreamRef::Reader args) {
+  backend::Stream* stream = nullptr;
+  FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
+  if (CaptureEntry* capture = CaptureOfStream(args.getStream()); capture != nullptr) {
+    capture->invalidated = true;
+  }
+  return Status::Ok();
 }
 
 Status Session::GraphClone(wire::GraphClone::Reader args) {
@@ -276,6 +482,7 @@ Status Session::GraphInstantiate(wire::GraphInstantiate::Reader args) {
   FERRY_RETURN_IF_ERROR(graph_execs_.CheckNewId(args.getExec()));
   GraphExecEntry entry;
   FERRY_RETURN_IF_ERROR(backend_.InstantiateGraph(*graph->graph, args.getFlags(), &entry.exec));
+  entry.graph = args.getGraph();
   entry.ctx = graph->ctx;
   // Each launch checks every use: keep each range and module once.
   auto uses = std::make_shared<GraphUses>(*graph->uses);
@@ -316,8 +523,8 @@ Status Session::GraphLaunch(wire::GraphLaunch::Reader args) {
   FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
   FERRY_RETURN_IF_ERROR(CheckGraphExec(*exec, args.getCtx()));
   FERRY_RETURN_IF_ERROR(CaptureGuard(args.getStream(), CaptureUse::kRecorded));
-  if (auto it = captures_.find(args.getStream()); it != captures_.end()) {
-    it->second.uses.Add(*exec->uses);
+  if (CaptureEntry* capture = CaptureOfStream(args.getStream()); capture != nullptr) {
+    capture->uses.Add(*exec->uses);
   }
   // A graph launch is a launch: a throttled device's share applies to it.
   return LaunchUnderShare(args.getCtx(), *stream,

@@ -313,7 +313,9 @@ Status Session::CtxRecordEvent(wire::CtxEvent::Reader args) {
   if (e->ctx != args.getCtx()) {
     return Status::InvalidHandle("cuCtxRecordEvent: the event belongs to another context");
   }
-  return backend_.RecordContextEvent(*c->context, *e->event);
+  FERRY_RETURN_IF_ERROR(backend_.RecordContextEvent(*c->context, *e->event));
+  NoteCaptureEventRecord(/*stream=*/0, *e);  // recorded outside any capture
+  return Status::Ok();
 }
 
 Status Session::CtxWaitEvent(wire::CtxEvent::Reader args) {

@@ -1,5 +1,7 @@
 // Session handlers for streams, events and host callbacks (host gates).
 
+#include <cuda.h>
+
 #include "server/session.h"
 
 #include <memory>
@@ -49,14 +51,18 @@ Status Session::StreamDestroy(wire::StreamRef::Reader args) {
     backend::Stream* stream = nullptr;
     FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
   }
-  // stream capture: a capture still open ends with its stream, making nothing.
-  if (auto it = captures_.find(args.getStream()); it != captures_.end()) {
-    StreamEntry* entry = nullptr;
-    std::unique_ptr<backend::Graph> discarded;
-    if (streams_.Find(args.getStream(), &entry).ok()) {
-      (void)backend_.EndCapture(*entry->stream, &discarded);
+  // stream capture: a capture still open ends with its origin stream, making
+  // nothing; a stream that joined one leaves it, invalidating it (its forked
+  // work can no longer be joined back).
+  StreamEntry* entry = nullptr;
+  if (CaptureEntry* capture = CaptureOfStream(args.getStream(), &entry); capture != nullptr) {
+    if (capture->origin == args.getStream()) {
+      std::unique_ptr<backend::Graph> discarded;
+      (void)EndCaptureOf(entry->capture, &discarded);
+    } else {
+      capture->invalidated = true;
+      capture->streams.erase(args.getStream());
     }
-    captures_.erase(it);
   }
   return streams_.Erase(args.getStream());  // stream 0 (the legacy stream): no such stream
 }
@@ -83,7 +89,9 @@ Status Session::StreamWaitEvent(wire::StreamWaitEvent::Reader args) {
   FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
   EventEntry* e = nullptr;
   FERRY_RETURN_IF_ERROR(events_.Find(args.getEvent(), &e));
-  FERRY_RETURN_IF_ERROR(CaptureGuard(args.getStream(), CaptureUse::kRecorded));
+  // Under capture the wait forks or joins (no node of its own); the backend
+  // does the same (the driver's rules: the stream joins the event's capture).
+  FERRY_RETURN_IF_ERROR(CaptureStreamWaitEvent(args.getCtx(), args.getStream(), *e));
   return backend_.StreamWaitEvent(*stream, *e->event);
 }
 
@@ -99,8 +107,15 @@ Status Session::EventRecord(wire::EventRecord::Reader args) {
   FERRY_RETURN_IF_ERROR(events_.Find(args.getEvent(), &e));
   backend::Stream* stream = nullptr;
   FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
-  FERRY_RETURN_IF_ERROR(CaptureGuard(args.getStream(), CaptureUse::kRecorded));
-  return backend_.RecordEvent(*e->event, *stream);
+  // Under capture a record makes no node: it marks where a fork or join
+  // attaches (NoteCaptureEventRecord).
+  if (CaptureEntry* capture = CaptureOfStream(args.getStream()); capture && capture->invalidated) {
+    return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED,
+                        "the stream's capture was invalidated by an earlier call");
+  }
+  FERRY_RETURN_IF_ERROR(backend_.RecordEvent(*e->event, *stream));
+  NoteCaptureEventRecord(args.getStream(), *e);
+  return Status::Ok();
 }
 
 Status Session::EventQuery(wire::EventRef::Reader args) {

@@ -1,6 +1,6 @@
 // The client's registries (client/*_registry.h): ids, lookups, what a
-// destroyed context takes with it, range lookups at their edges, and
-// concurrent use from several threads.
+// destroyed context takes with it, range lookups at their edges, capture
+// bookkeeping and graph structure, and concurrent use from several threads.
 #include <cuda.h>
 #include <gtest/gtest.h>
 
@@ -13,6 +13,7 @@
 
 #include "client/allocation_registry.h"
 #include "client/context_registry.h"
+#include "client/graph_registry.h"
 #include "client/handles.h"
 #include "client/module_registry.h"
 #include "client/stream_registry.h"
@@ -431,6 +432,102 @@ TEST(RegistryConcurrencyTest, SeveralThreads) {
   EXPECT_EQ(contexts.LiveContexts().size(), static_cast<size_t>(kThreads));
   for (uint64_t ctx : contexts.LiveContexts()) allocations.ForgetContext(ctx);
   EXPECT_FALSE(allocations.FindDevice((uint64_t{1} << 40) + 0x1000, nullptr, nullptr));
+}
+
+// --- GraphRegistry ------------------------------------------------------------------
+
+TEST(GraphRegistryTest, AnEventRecordedInACaptureForksTheStreamThatWaitsForIt) {
+  HandleIds ids;
+  GraphRegistry graphs(&ids);
+  CaptureState origin;
+  origin.ctx = 1;
+  origin.mode = CU_STREAM_CAPTURE_MODE_GLOBAL;
+  ASSERT_TRUE(graphs.BeginCapture(10, &origin).ok());
+  EXPECT_EQ(origin.origin, 10u);
+  graphs.NoteEventRecord(/*event=*/7, /*stream=*/10);
+  graphs.NoteStreamWait(/*stream=*/11, /*ctx=*/1, /*blocking=*/false, /*event=*/7);
+  CaptureState joined;
+  ASSERT_TRUE(graphs.FindCapture(11, &joined));
+  EXPECT_EQ(joined.id, origin.id);
+  EXPECT_EQ(joined.origin, 10u);
+  // Another context's stream does not join; an unmarked event forks nothing.
+  graphs.NoteStreamWait(12, /*ctx=*/2, false, 7);
+  graphs.NoteStreamWait(13, 1, false, /*event=*/8);
+  EXPECT_FALSE(graphs.FindCapture(12, &joined));
+  EXPECT_FALSE(graphs.FindCapture(13, &joined));
+  // Re-recorded outside the capture, the event forks nothing either.
+  graphs.NoteEventRecord(7, /*stream=*/14);
+  graphs.NoteStreamWait(15, 1, false, 7);
+  EXPECT_FALSE(graphs.FindCapture(15, &joined));
+  // A joined stream destroyed leaves; the origin destroyed ends the capture.
+  graphs.ForgetStream(11);
+  EXPECT_FALSE(graphs.FindCapture(11, &joined));
+  EXPECT_TRUE(graphs.AnyCapture());
+  graphs.NoteEventRecord(7, 10);
+  graphs.NoteStreamWait(11, 1, false, 7);
+  graphs.ForgetStream(10);
+  EXPECT_FALSE(graphs.FindCapture(11, &joined));
+  EXPECT_FALSE(graphs.AnyCapture());
+}
+
+TEST(GraphRegistryTest, CaptureModesForbidUnsafeCallsAsTheDriverDoes) {
+  HandleIds ids;
+  GraphRegistry graphs(&ids);
+  EXPECT_TRUE(graphs.CapturesForbiddingUnsafeCalls(CU_STREAM_CAPTURE_MODE_GLOBAL).empty());
+  CaptureState local;
+  local.mode = CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
+  ASSERT_TRUE(graphs.BeginCapture(10, &local).ok());
+  // This thread's thread-local capture forbids it in global and thread-local
+  // mode, not in relaxed mode; another thread is not forbidden.
+  EXPECT_EQ(graphs.CapturesForbiddingUnsafeCalls(CU_STREAM_CAPTURE_MODE_GLOBAL).size(), 1u);
+  EXPECT_EQ(graphs.CapturesForbiddingUnsafeCalls(CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).size(), 1u);
+  EXPECT_TRUE(graphs.CapturesForbiddingUnsafeCalls(CU_STREAM_CAPTURE_MODE_RELAXED).empty());
+  size_t other_thread = 99;
+  std::thread([&] {
+    other_thread = graphs.CapturesForbiddingUnsafeCalls(CU_STREAM_CAPTURE_MODE_GLOBAL).size();
+  }).join();
+  EXPECT_EQ(other_thread, 0u);
+  // A global capture of another thread forbids this thread in global mode only.
+  std::thread([&] {
+    CaptureState global;
+    global.mode = CU_STREAM_CAPTURE_MODE_GLOBAL;
+    ASSERT_TRUE(graphs.BeginCapture(20, &global).ok());
+  }).join();
+  graphs.ForgetStream(10);
+  EXPECT_EQ(graphs.CapturesForbiddingUnsafeCalls(CU_STREAM_CAPTURE_MODE_GLOBAL).size(), 1u);
+  EXPECT_TRUE(graphs.CapturesForbiddingUnsafeCalls(CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).empty());
+}
+
+TEST(GraphRegistryTest, RecordsTheStructureOfGraphsBuiltNodeByNode) {
+  HandleIds ids;
+  GraphRegistry graphs(&ids);
+  const uint64_t graph = graphs.NewGraph();
+  const uint64_t a = graphs.NewNode(graph, CU_GRAPH_NODE_TYPE_MEMSET, {});
+  const uint64_t b = graphs.NewNode(graph, CU_GRAPH_NODE_TYPE_KERNEL, {a});
+  std::vector<GraphRegistry::NodeShape> shape;
+  ASSERT_TRUE(graphs.GraphShape(graph, &shape).ok());
+  ASSERT_EQ(shape.size(), 2u);
+  EXPECT_EQ(shape[0].id, a);
+  EXPECT_EQ(shape[1].dependencies, std::vector<uint64_t>{a});
+  // Executable graphs: a kernel node of their own graph only.
+  const uint64_t exec = graphs.NewExec(graph, 0);
+  EXPECT_TRUE(graphs.CheckExecNode(exec, b, {CU_GRAPH_NODE_TYPE_KERNEL}).ok());
+  EXPECT_EQ(Code(graphs.CheckExecNode(exec, a, {CU_GRAPH_NODE_TYPE_KERNEL})),
+            CUDA_ERROR_INVALID_VALUE);
+  const uint64_t other = graphs.NewGraph();
+  const uint64_t c = graphs.NewNode(other, CU_GRAPH_NODE_TYPE_KERNEL, {});
+  EXPECT_EQ(Code(graphs.CheckExecNode(exec, c, {CU_GRAPH_NODE_TYPE_KERNEL})),
+            CUDA_ERROR_INVALID_VALUE);
+  EXPECT_TRUE(graphs.NodeEnabled(exec, b));
+  graphs.SetNodeEnabled(exec, b, false);
+  EXPECT_FALSE(graphs.NodeEnabled(exec, b));
+  // Opaque graphs (captured, cloned) have no recorded structure; a destroyed
+  // graph takes its nodes with it.
+  const uint64_t captured = graphs.NewGraph(/*opaque=*/true);
+  EXPECT_EQ(Code(graphs.GraphShape(captured, &shape)), CUDA_ERROR_NOT_SUPPORTED);
+  ASSERT_TRUE(graphs.RemoveGraph(graph).ok());
+  EXPECT_EQ(Code(graphs.CheckExecNode(exec, b, {CU_GRAPH_NODE_TYPE_KERNEL})),
+            CUDA_ERROR_INVALID_HANDLE);
 }
 
 }  // namespace

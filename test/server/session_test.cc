@@ -687,6 +687,76 @@ TEST_F(SessionGraphTest, CaptureRecordsInsteadOfRunningAndOneLaunchReplaysIt) {
   EXPECT_TRUE(Ping().ok());
 }
 
+TEST_F(SessionGraphTest, CapturesSpanStreamsThroughEventsWithTheDriversRules) {
+  CreateContext();
+  CreateStream(5);
+  CreateStream(6);
+  CreateStream(7);
+  CreateEvent(8);
+  CreateEvent(9);
+  const uint64_t a = Alloc(64);
+  const uint64_t b = Alloc(64);
+  auto wait = [&](uint64_t stream, uint64_t event) {
+    client_->Send(
+        [&](wire::Call::Builder c) { OnStream(c.initStreamWaitEvent(), stream).setEvent(event); },
+        false);
+  };
+  // Fork 5 -> 6 and join back: one graph with both streams' work, in order.
+  BeginCapture(5, 50);
+  Fill(5, a, 0x11, 64);
+  RecordEvent(5, 8);
+  wait(6, 8);
+  EXPECT_EQ(CaptureStatus(6).value, CU_STREAM_CAPTURE_STATUS_ACTIVE);
+  CopyDtoD(6, b, a, 64);
+  RecordEvent(6, 9);
+  wait(5, 9);
+  // Only the origin ends it: a joined stream gets UNMATCHED (invalidating it).
+  EXPECT_EQ(EndCapture(6).status.cuda_result(), CUDA_ERROR_STREAM_CAPTURE_UNMATCHED);
+  EXPECT_EQ(EndCapture(5).status.cuda_result(), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+  EXPECT_EQ(CaptureStatus(6).value, CU_STREAM_CAPTURE_STATUS_NONE);
+  // Again, ended properly.
+  BeginCapture(5, 51);
+  Fill(5, a, 0x22, 64);
+  RecordEvent(5, 8);
+  wait(6, 8);
+  CopyDtoD(6, b, a, 64);
+  RecordEvent(6, 9);
+  wait(5, 9);
+  ReplyResult ended = EndCapture(5);
+  ASSERT_TRUE(ended.status.ok()) << ended.status.ToString();
+  Instantiate(51, 61);
+  Launch(61, 7);
+  EXPECT_EQ(CopyOut(7, b, 64).bulk, std::vector<uint8_t>(64, 0x22));
+
+  // Two captures cannot merge: waiting on the other capture's event.
+  BeginCapture(5, 52);
+  BeginCapture(6, 53);
+  RecordEvent(6, 9);
+  wait(5, 9);
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_STREAM_CAPTURE_MERGE);
+  EXPECT_EQ(EndCapture(5).status.cuda_result(), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+  EXPECT_EQ(EndCapture(6).status.cuda_result(), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+  // Nor wait on an event recorded outside any capture.
+  RecordEvent(7, 9);
+  BeginCapture(5, 54);
+  wait(5, 9);
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_STREAM_CAPTURE_ISOLATION);
+  EXPECT_EQ(EndCapture(5).status.cuda_result(), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+  // A joined stream destroyed invalidates the capture; its origin ends it.
+  BeginCapture(5, 55);
+  RecordEvent(5, 8);
+  wait(6, 8);
+  client_->Send([&](wire::Call::Builder c) { OnStream(c.initStreamDestroy(), 6); }, false);
+  EXPECT_EQ(EndCapture(5).status.cuda_result(), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+  // streamCaptureInvalidate (a call the capture mode forbade) invalidates.
+  BeginCapture(5, 56);
+  client_->Send([&](wire::Call::Builder c) { OnStream(c.initStreamCaptureInvalidate(), 5); },
+                false);
+  EXPECT_EQ(CaptureStatus(5).value, CU_STREAM_CAPTURE_STATUS_INVALIDATED);
+  EXPECT_EQ(EndCapture(5).status.cuda_result(), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+  EXPECT_TRUE(Ping().ok());
+}
+
 TEST_F(SessionGraphTest, SynchronizingACapturingStreamInvalidatesTheCapture) {
   CreateContext();
   CreateStream(5);

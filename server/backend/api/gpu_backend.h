@@ -245,10 +245,12 @@ class GraphNode {
   virtual ~GraphNode() = default;
 };
 // What an explicitly added graph node does (cuGraphAdd*Node): nothing, a
-// kernel launch, a memset or a device-to-device copy, as the stream-ordered
+// kernel launch, a memset, a device-to-device copy or a child graph; the first four as the stream-ordered
 // operation of the same name would. The caller validated every range.
 struct GraphNodeSpec {
-  enum class Kind { kEmpty, kKernel, kMemset, kCopy };
+  // kChild: `child`'s nodes as one node (the child is copied: its later
+  // changes do not reach the node).
+  enum class Kind { kEmpty, kKernel, kMemset, kCopy, kChild };
   Kind kind = Kind::kEmpty;
   Context* ctx = nullptr;  // the work's context (all kinds but kEmpty)
   // kKernel
@@ -260,6 +262,8 @@ struct GraphNodeSpec {
   uint64_t pitch = 0, width = 0, height = 1;
   uint32_t value = 0;
   unsigned element_bytes = 1;
+  // kChild
+  Graph* child = nullptr;
 };
 // A loaded image that belongs to no context (cuLibraryLoadData); it gets a
 // Module in each context that uses it (LoadLibraryModule).
@@ -721,6 +725,21 @@ class GpuBackend {
   virtual Status AddGraphNode(Graph& graph, std::span<GraphNode* const> dependencies,
                               const GraphNodeSpec& spec, GraphNode** out) {
     (void)graph, (void)dependencies, (void)spec, (void)out;
+    return NoGraphs();
+  }
+  // cuGraphExecKernelNodeSetParams: kernel node `node` (added to the graph
+  // `exec` was instantiated from) runs `spec` (kind kKernel, in the node's
+  // context) from the next launch of `exec` on; launches queued already run
+  // what they were queued with.
+  virtual Status SetExecKernelNode(GraphExec& exec, GraphNode& node, const GraphNodeSpec& spec) {
+    (void)exec, (void)node, (void)spec;
+    return NoGraphs();
+  }
+  // cuGraphNodeSetEnabled: a kernel, memset or copy node of the graph `exec`
+  // was instantiated from does nothing (disabled) or its work again, from the
+  // next launch of `exec` on.
+  virtual Status SetExecNodeEnabled(GraphExec& exec, GraphNode& node, bool enabled) {
+    (void)exec, (void)node, (void)enabled;
     return NoGraphs();
   }
   // A graph with the same nodes and dependencies (cuGraphClone).

@@ -335,6 +335,36 @@ class CudaGraphNode final : public GraphNode {
   explicit CudaGraphNode(CUgraphNode handle) : handle(handle) {}
   const CUgraphNode handle;  // owned by its graph
 };
+// A kernel node's driver parameters for a GraphNodeSpec of kind kKernel,
+// the packed parameters passed by pointer (the driver copies them before the
+// call that takes `params` returns; `spec` must outlive that call).
+struct KernelNodeParams {
+  CUDA_KERNEL_NODE_PARAMS params{};
+  size_t params_size = 0;
+  void* extra[5] = {};
+  Status Fill(const GraphNodeSpec& spec) {
+    const LaunchConfig& c = spec.config;
+    if (c.cluster[0] != 0 || c.cluster[1] != 0 || c.cluster[2] != 0) {
+      return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "kernel nodes with clusters");
+    }
+    params.func = static_cast<CudaFunction&>(*spec.function).handle;
+    params.gridDimX = c.grid[0];
+    params.gridDimY = c.grid[1];
+    params.gridDimZ = c.grid[2];
+    params.blockDimX = c.block[0];
+    params.blockDimY = c.block[1];
+    params.blockDimZ = c.block[2];
+    params.sharedMemBytes = c.shared_bytes;
+    params_size = static_cast<size_t>(spec.params.size);
+    extra[0] = CU_LAUNCH_PARAM_BUFFER_POINTER;
+    extra[1] = const_cast<uint8_t*>(spec.params.data);
+    extra[2] = CU_LAUNCH_PARAM_BUFFER_SIZE;
+    extra[3] = &params_size;
+    extra[4] = CU_LAUNCH_PARAM_END;
+    params.extra = params_size != 0 ? extra : nullptr;
+    return Status::Ok();
+  }
+};
 class CudaGraphExec final : public GraphExec {
  public:
   CudaGraphExec(const DriverApi& api, CUgraphExec handle) : api(api), handle(handle) {}
@@ -2048,27 +2078,10 @@ class CudaBackend final : public GpuBackend {
               FERRY_CU(*api_, cuGraphAddEmptyNode, &node, g.handle, deps.data(), deps.size()));
           break;
         case GraphNodeSpec::Kind::kKernel: {
-          const auto& c = spec.config;
-          if (c.cluster[0] != 0 || c.cluster[1] != 0 || c.cluster[2] != 0) {
-            return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "kernel nodes with clusters");
-          }
-          CUDA_KERNEL_NODE_PARAMS p;
-          std::memset(&p, 0, sizeof(p));
-          p.func = Fn(*spec.function).handle;
-          p.gridDimX = c.grid[0];
-          p.gridDimY = c.grid[1];
-          p.gridDimZ = c.grid[2];
-          p.blockDimX = c.block[0];
-          p.blockDimY = c.block[1];
-          p.blockDimZ = c.block[2];
-          p.sharedMemBytes = c.shared_bytes;
-          // The driver copies the parameters before it returns.
-          size_t params_size = static_cast<size_t>(spec.params.size);
-          void* extra[] = {CU_LAUNCH_PARAM_BUFFER_POINTER, const_cast<uint8_t*>(spec.params.data),
-                           CU_LAUNCH_PARAM_BUFFER_SIZE, &params_size, CU_LAUNCH_PARAM_END};
-          p.extra = params_size != 0 ? extra : nullptr;
-          FERRY_RETURN_IF_ERROR(
-              FERRY_CU(*api_, cuGraphAddKernelNode, &node, g.handle, deps.data(), deps.size(), &p));
+          KernelNodeParams k;
+          FERRY_RETURN_IF_ERROR(k.Fill(spec));
+          FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphAddKernelNode, &node, g.handle,
+                                         deps.data(), deps.size(), &k.params));
           break;
         }
         case GraphNodeSpec::Kind::kMemset: {
@@ -2100,11 +2113,37 @@ class CudaBackend final : public GpuBackend {
                                          deps.size(), &p, ctx->handle));
           break;
         }
+        case GraphNodeSpec::Kind::kChild: {
+          CudaGraph& child = static_cast<CudaGraph&>(*spec.child);
+          FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphAddChildGraphNode, &node, g.handle,
+                                         deps.data(), deps.size(), child.handle));
+          break;
+        }
       }
       if (ctx != nullptr) g.context = ctx;
       g.nodes.push_back(std::make_unique<CudaGraphNode>(node));
       *out = g.nodes.back().get();
       return Status::Ok();
+    });
+  }
+
+  Status SetExecKernelNode(GraphExec& exec, GraphNode& node, const GraphNodeSpec& spec) override {
+    return Guarded("SetExecKernelNode", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedGraphs());
+      if (spec.ctx != nullptr) FERRY_RETURN_IF_ERROR(MakeCurrent(Ctx(*spec.ctx)));
+      KernelNodeParams k;
+      FERRY_RETURN_IF_ERROR(k.Fill(spec));
+      return FERRY_CU(*api_, cuGraphExecKernelNodeSetParams,
+                      static_cast<CudaGraphExec&>(exec).handle,
+                      static_cast<CudaGraphNode&>(node).handle, &k.params);
+    });
+  }
+
+  Status SetExecNodeEnabled(GraphExec& exec, GraphNode& node, bool enabled) override {
+    return Guarded("SetExecNodeEnabled", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedGraphs());
+      return FERRY_CU(*api_, cuGraphNodeSetEnabled, static_cast<CudaGraphExec&>(exec).handle,
+                      static_cast<CudaGraphNode&>(node).handle, enabled ? 1u : 0u);
     });
   }
 

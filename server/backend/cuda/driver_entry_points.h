@@ -170,7 +170,10 @@
   X(cuGraphAddKernelNode, 12000)         \
   X(cuGraphAddMemsetNode, 10000)         \
   X(cuGraphAddMemcpyNode, 10000)         \
-  X(cuGraphClone, 10000)
+  X(cuGraphClone, 10000)                 \
+  X(cuGraphExecKernelNodeSetParams, 12000) \
+  X(cuGraphAddChildGraphNode, 10000)       \
+  X(cuGraphNodeSetEnabled, 11060)
 
 // The green-context ones among them (all or nothing: see HasGreenContexts).
 #define FERRY_CUDA_GREEN_CONTEXT_ENTRY_POINTS(X) \

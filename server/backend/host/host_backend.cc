@@ -175,6 +175,19 @@ struct ContextState {
   }
 };
 
+// A graph's operations in the order they run.
+using HostGraphOps = std::vector<std::function<void()>>;
+// A stream capture: what its streams queued, in the order the calls came.
+// One list serves the origin and every stream joined to it through an event
+// wait (fork/join): a node's dependencies are always queued before it, so
+// arrival order is a valid order of the graph. The origin's EndCapture sets
+// `ended`; a joined stream then stops capturing at its next use. Guarded by
+// the streams' ContextState::mu (a capture's streams share one context).
+struct HostCapture {
+  HostGraphOps ops;
+  bool ended = false;
+};
+
 class HostStream final : public Stream {
  public:
   HostStream(std::shared_ptr<ContextState> ctx, std::shared_ptr<StreamQueue> queue, bool legacy,
@@ -208,10 +221,16 @@ class HostStream final : public Stream {
   // it stops waiting, so destroying it cannot hang on a value never written.
   const std::shared_ptr<std::atomic<bool>>& cancel_waits() const { return cancel_waits_; }
 
-  // stream capture: while `capture` is set, what is appended to the stream is
-  // recorded there instead of queued. Guarded by ctx().mu (the lock every
-  // append holds).
-  std::shared_ptr<std::vector<std::function<void()>>> capture;
+  // stream capture: while `capture` is set and not ended, what is appended
+  // to the stream is recorded there instead of queued. Guarded by ctx().mu
+  // (the lock every append holds).
+  std::shared_ptr<HostCapture> capture;
+  // The capture the stream records into, or nullptr; forgets an ended one.
+  // Call with ctx().mu held.
+  HostCapture* ActiveCapture() {
+    if (capture != nullptr && capture->ended) capture = nullptr;
+    return capture.get();
+  }
 
  private:
   const std::shared_ptr<std::atomic<bool>> cancel_waits_ = std::make_shared<std::atomic<bool>>();
@@ -221,32 +240,65 @@ class HostStream final : public Stream {
   const bool non_blocking_;
 };
 
-// A graph: its operations in the order they run (a capture records one
-// stream, so stream order is a valid order of its nodes). Immutable once made;
-// executable graphs and queued launches share it.
-using HostGraphOps = std::vector<std::function<void()>>;
 // Nodes run in the order they were added: a node's dependencies exist
 // before it, so that order is a valid order of the graph. Executable graphs
 // take a copy of the operations. Used by one session's executor at a time.
-class HostGraphNode final : public GraphNode {};
+class HostGraphNode final : public GraphNode {
+ public:
+  explicit HostGraphNode(size_t index) : index(index) {}
+  const size_t index;  // of its operation in the graph's (and its executables') list
+};
 class HostGraph final : public Graph {
  public:
   explicit HostGraph(HostGraphOps ops) : ops(std::move(ops)) {}
   HostGraphOps ops;
   std::vector<std::unique_ptr<HostGraphNode>> nodes;  // explicitly added ones
 };
+// Updates (Replace, SetEnabled) change what later launches run; launches
+// queued already keep the list they were queued with (a new list is made).
 class HostGraphExec final : public GraphExec {
  public:
-  explicit HostGraphExec(std::shared_ptr<const HostGraphOps> ops) : ops_(std::move(ops)) {}
+  explicit HostGraphExec(const HostGraphOps& ops)
+      : node_ops_(ops), disabled_(ops.size(), false), ops_(std::make_shared<HostGraphOps>(ops)) {}
   const std::shared_ptr<const HostGraphOps>& ops() const { return ops_; }
+  // Node `index` runs `op` from now on (when enabled).
+  Status Replace(size_t index, std::function<void()> op) {
+    FERRY_RETURN_IF_ERROR(CheckIndex(index));
+    node_ops_[index] = std::move(op);
+    Publish();
+    return Status::Ok();
+  }
+  Status SetEnabled(size_t index, bool enabled) {
+    FERRY_RETURN_IF_ERROR(CheckIndex(index));
+    disabled_[index] = !enabled;
+    Publish();
+    return Status::Ok();
+  }
 
  private:
-  const std::shared_ptr<const HostGraphOps> ops_;
+  Status CheckIndex(size_t index) const {
+    if (index >= node_ops_.size()) {
+      return Status::Cuda(CUDA_ERROR_INVALID_VALUE, "the node is not in the executable graph");
+    }
+    return Status::Ok();
+  }
+  void Publish() {
+    auto ops = std::make_shared<HostGraphOps>(node_ops_);
+    for (size_t i = 0; i < ops->size(); ++i) {
+      if (disabled_[i]) (*ops)[i] = [] {};
+    }
+    ops_ = std::move(ops);
+  }
+  HostGraphOps node_ops_;        // each node's current work
+  std::vector<bool> disabled_;  // by node index
+  std::shared_ptr<const HostGraphOps> ops_;  // what launches run
 };
 
 // One cuEventRecord: where it sits in its stream, and when it was reached.
 struct EventRecord {
   StreamPoint point;
+  // Recorded on a capturing stream: a stream waiting on it joins the capture.
+  std::shared_ptr<HostCapture> capture;
   std::atomic<int64_t> reached_ns{0};  // written by the worker before `point` is reached
 };
 
@@ -1272,16 +1324,34 @@ class HostBackend final : public GpuBackend {
 
   Status RecordEvent(Event& event, Stream& stream) override {
     auto record = std::make_shared<EventRecord>();
-    // The op holds the record only until it runs; the event keeps it after.
-    record->point = Append(stream, {}, [record] {
-      record->reached_ns.store(SteadyNowNs(), std::memory_order_relaxed);
-    });
+    HostStream& s = AsStream(stream);
+    {
+      std::lock_guard<std::mutex> lock(s.ctx().mu);
+      if (s.ActiveCapture() != nullptr) {
+        // Under capture a record queues nothing: it marks a fork or join.
+        record->capture = s.capture;
+        record->point = StreamPoint{s.queue_ptr(), 0};
+      } else {
+        // The op holds the record only until it runs; the event keeps it after.
+        record->point = AppendLocked(stream, {}, [record] {
+          record->reached_ns.store(SteadyNowNs(), std::memory_order_relaxed);
+        });
+      }
+    }
     static_cast<HostEvent&>(event).set_latest(std::move(record));
     return Status::Ok();
   }
 
   Status StreamWaitEvent(Stream& stream, Event& event) override {
     std::shared_ptr<EventRecord> record = static_cast<HostEvent&>(event).latest();
+    if (record != nullptr && record->capture != nullptr) {
+      // Fork: a stream not capturing joins the event's capture (a capturing
+      // one is in it already; the list orders its work after the event's).
+      HostStream& s = AsStream(stream);
+      std::lock_guard<std::mutex> lock(s.ctx().mu);
+      if (!record->capture->ended && s.ActiveCapture() == nullptr) s.capture = record->capture;
+      return Status::Ok();
+    }
     // Never recorded, or already reached: nothing to wait for.
     if (record == nullptr || record->point.Reached()) return Status::Ok();
     Append(stream, {record->point}, nullptr);
@@ -1541,25 +1611,28 @@ class HostBackend final : public GpuBackend {
                           "the legacy default stream cannot be captured");
     }
     std::lock_guard<std::mutex> lock(s.ctx().mu);
-    if (s.capture != nullptr) {
+    if (s.ActiveCapture() != nullptr) {
       return Status::Cuda(CUDA_ERROR_ILLEGAL_STATE, "the stream is capturing already");
     }
-    s.capture = std::make_shared<HostGraphOps>();
+    s.capture = std::make_shared<HostCapture>();
     return Status::Ok();
   }
 
+  // Ends the capture on its origin; the streams joined to it stop capturing
+  // as they next use it (HostStream::ActiveCapture).
   Status EndCapture(Stream& stream, std::unique_ptr<Graph>* out) override {
     HostStream& s = AsStream(stream);
-    std::shared_ptr<HostGraphOps> ops;
+    HostGraphOps ops;
     {
       std::lock_guard<std::mutex> lock(s.ctx().mu);
-      ops = std::move(s.capture);
+      if (s.ActiveCapture() == nullptr) {
+        return Status::Cuda(CUDA_ERROR_ILLEGAL_STATE, "the stream is not capturing");
+      }
+      s.capture->ended = true;
+      ops = std::move(s.capture->ops);
       s.capture = nullptr;
     }
-    if (ops == nullptr) {
-      return Status::Cuda(CUDA_ERROR_ILLEGAL_STATE, "the stream is not capturing");
-    }
-    *out = std::make_unique<HostGraph>(std::move(*ops));
+    *out = std::make_unique<HostGraph>(std::move(ops));
     return Status::Ok();
   }
 
@@ -1578,8 +1651,7 @@ class HostBackend final : public GpuBackend {
       case GraphNodeSpec::Kind::kEmpty:
         break;
       case GraphNodeSpec::Kind::kKernel:
-        FERRY_RETURN_IF_ERROR(
-            LaunchOp(*AsContext(*spec.ctx).state(), *spec.function, spec.config, spec.params, &op));
+        FERRY_RETURN_IF_ERROR(KernelNodeOp(spec, &op));
         break;
       case GraphNodeSpec::Kind::kMemset:
         FERRY_RETURN_IF_ERROR(MemsetOp(spec.dst, spec.pitch, spec.value, spec.element_bytes,
@@ -1590,11 +1662,29 @@ class HostBackend final : public GpuBackend {
           std::memmove(AsPointer(dst), AsPointer(src), bytes);
         };
         break;
+      case GraphNodeSpec::Kind::kChild:
+        op = [ops = std::make_shared<const HostGraphOps>(
+                  static_cast<HostGraph&>(*spec.child).ops)] {
+          for (const std::function<void()>& child_op : *ops) child_op();
+        };
+        break;
     }
+    g.nodes.push_back(std::make_unique<HostGraphNode>(g.ops.size()));
     g.ops.push_back(std::move(op));
-    g.nodes.push_back(std::make_unique<HostGraphNode>());
     *out = g.nodes.back().get();
     return Status::Ok();
+  }
+
+  Status SetExecKernelNode(GraphExec& exec, GraphNode& node, const GraphNodeSpec& spec) override {
+    std::function<void()> op;
+    FERRY_RETURN_IF_ERROR(KernelNodeOp(spec, &op));
+    return static_cast<HostGraphExec&>(exec).Replace(static_cast<HostGraphNode&>(node).index,
+                                                      std::move(op));
+  }
+
+  Status SetExecNodeEnabled(GraphExec& exec, GraphNode& node, bool enabled) override {
+    return static_cast<HostGraphExec&>(exec).SetEnabled(static_cast<HostGraphNode&>(node).index,
+                                                         enabled);
   }
 
   Status CloneGraph(Graph& graph, std::unique_ptr<Graph>* out) override {
@@ -1609,8 +1699,7 @@ class HostBackend final : public GpuBackend {
 
   Status InstantiateGraph(Graph& graph, uint64_t flags, std::unique_ptr<GraphExec>* out) override {
     (void)flags;  // upload, auto-free, device launch, priority: nothing to do on the host
-    *out = std::make_unique<HostGraphExec>(
-        std::make_shared<const HostGraphOps>(static_cast<HostGraph&>(graph).ops));
+    *out = std::make_unique<HostGraphExec>(static_cast<HostGraph&>(graph).ops);
     return Status::Ok();
   }
 
@@ -1626,6 +1715,10 @@ class HostBackend final : public GpuBackend {
   Status UploadGraph(GraphExec& exec, Stream& stream) override { return Status::Ok(); }
 
  private:
+  // The operation of a kernel node (GraphNodeSpec kind kKernel).
+  Status KernelNodeOp(const GraphNodeSpec& spec, std::function<void()>* op) {
+    return LaunchOp(*AsContext(*spec.ctx).state(), *spec.function, spec.config, spec.params, op);
+  }
   Status CheckDevice(int device) const {
     if (device < 0 || device >= static_cast<int>(devices_.size())) {
       return Status::Cuda(CUDA_ERROR_INVALID_DEVICE, "no device " + std::to_string(device));
@@ -1882,9 +1975,9 @@ class HostBackend final : public GpuBackend {
                            std::function<void()> op) {
     HostStream& s = AsStream(stream);
     ContextState& c = s.ctx();
-    if (s.capture != nullptr) {
+    if (HostCapture* capture = s.ActiveCapture(); capture != nullptr) {
       // Recorded, not run: the point returned is reached from the start.
-      if (op) s.capture->push_back(std::move(op));
+      if (op) capture->ops.push_back(std::move(op));
       return StreamPoint{s.queue_ptr(), 0};
     }
     auto add_if_pending = [&after](StreamPoint p) {
