@@ -400,56 +400,54 @@ void Server::ServeConnection(uint64_t id, std::unique_ptr<Transport> transport, 
 
 void Server::ServeClient(uint64_t id, std::unique_ptr<Transport> transport,
                          wire::Hello::Reader hello) {
-  {  // the session's scope
-    SessionGrant grant;
-    if (pool_ == nullptr) {
-      for (const ServedGpu& gpu : gpus_) {
-        SessionDevice device;
-        device.backend_device = gpu.backend_device;
-        device.gpu = gpu.index;
-        grant.devices.push_back(device);
+  SessionGrant grant;
+  if (pool_ == nullptr) {
+    for (const ServedGpu& gpu : gpus_) {
+      SessionDevice device;
+      device.backend_device = gpu.backend_device;
+      device.gpu = gpu.index;
+      grant.devices.push_back(device);
+    }
+  } else {
+    Status borrowed = BorrowFor(id, *transport, hello, &grant);
+    if (!borrowed.ok()) {
+      FERRY_LOG(kInfo) << "client " << transport->PeerName() << " pid " << hello.getPid()
+                       << " gets no device: " << borrowed.message();
+      if (borrowed.code() != StatusCode::kDisconnected || !transport->PeerGoneOrTalking()) {
+        Refuse(*transport, borrowed);
       }
-    } else {
-      Status borrowed = BorrowFor(id, *transport, hello, &grant);
-      if (!borrowed.ok()) {
-        FERRY_LOG(kInfo) << "client " << transport->PeerName() << " pid " << hello.getPid()
-                         << " gets no device: " << borrowed.message();
-        if (borrowed.code() != StatusCode::kDisconnected || !transport->PeerGoneOrTalking()) {
-          Refuse(*transport, borrowed);
-        }
-        return;
-      }
+      return;
     }
-    auto session = std::make_shared<Session>(id, std::move(transport), backend_, hello,
-                                             std::move(grant), module_cache_.get());
-    session->SetBufferLimit(limits_.session_buffer_bytes);
-    std::string early_preemption;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      sessions_[id] = session;
-      if (stopping_) session->Stop();
-      if (auto it = early_preemptions_.find(id); it != early_preemptions_.end()) {
-        early_preemption = it->second;
-        early_preemptions_.erase(it);
-      }
-    }
-    // Preempted before it started: Run answers the handshake with the reason.
-    if (!early_preemption.empty()) session->Preempt(early_preemption);
-    session->Run();
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      sessions_.erase(id);
-      connections_.erase(id);  // the transport dies with the session
-    }
-    // Run freed everything the session had: its slices can go to others.
-    if (pool_ != nullptr) pool_->Return(id);
-    {
-      // A preemption that raced with the end has nobody to wait for it.
-      std::lock_guard<std::mutex> lock(mutex_);
-      early_preemptions_.erase(id);
-    }
-    session.reset();
   }
+  auto session = std::make_shared<Session>(id, std::move(transport), backend_, hello,
+                                           std::move(grant), module_cache_.get());
+  session->SetBufferLimit(limits_.session_buffer_bytes);
+  std::string early_preemption;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    sessions_[id] = session;
+    if (stopping_) session->Stop();
+    if (auto it = early_preemptions_.find(id); it != early_preemptions_.end()) {
+      early_preemption = it->second;
+      early_preemptions_.erase(it);
+    }
+  }
+  // Preempted before it started: Run answers the handshake with the reason.
+  if (!early_preemption.empty()) session->Preempt(early_preemption);
+  session->Run();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    sessions_.erase(id);
+    connections_.erase(id);  // the transport dies with the session
+  }
+  // Run freed everything the session had: its slices can go to others.
+  if (pool_ != nullptr) pool_->Return(id);
+  {
+    // A preemption that raced with the end has nobody to wait for it.
+    std::lock_guard<std::mutex> lock(mutex_);
+    early_preemptions_.erase(id);
+  }
+  session.reset();
 }
 
 Status Server::BorrowFor(uint64_t id, Transport& transport, wire::Hello::Reader hello,

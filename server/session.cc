@@ -280,20 +280,24 @@ void Session::ServeLoop(bool helper) {
         // limit is not buffered: it waits for the executor to catch up and
         // then streams — unless a gate is closed (then nothing may wait for
         // the executor) or it holds a gate itself, which ends the session.
-        const bool has_gate = BatchHasHostGate(words);
-        if (inbox_bytes_ + words.size() * sizeof(capnp::word) + bulk_bytes > buffer_limit_) {
+        const bool over_limit =
+            inbox_bytes_ + words.size() * sizeof(capnp::word) + bulk_bytes > buffer_limit_;
+        if (over_limit) {
           serve_cv_.wait(lock, [this] {
             return serving_ended_ || !gates_.empty() || (!executing_ && inbox_.empty());
           });
           if (serving_ended_) return;
-          if (!gates_.empty() || has_gate) {
-            status = Status::Overloaded(
-                "a call frame of " + std::to_string(bulk_bytes) +
-                " payload bytes would take the session's buffered calls past its limit of " +
-                std::to_string(buffer_limit_) + " bytes (ferryd --session-buffer)");
-          }
         }
-        streaming = status.ok() && !executing_ && inbox_.empty() && gates_.empty() && !has_gate;
+        const bool may_stream = !executing_ && inbox_.empty() && gates_.empty();
+        // Parsed only when it matters: the batch is walked once more.
+        const bool has_gate = (over_limit || may_stream) && BatchHasHostGate(words);
+        if (over_limit && (!gates_.empty() || has_gate)) {
+          status = Status::Overloaded(
+              "a call frame of " + std::to_string(bulk_bytes) +
+              " payload bytes would take the session's buffered calls past its limit of " +
+              std::to_string(buffer_limit_) + " bytes (ferryd --session-buffer)");
+        }
+        streaming = status.ok() && may_stream && !has_gate;
         if (streaming) executing_ = true;
       }
       if (streaming) {
@@ -336,6 +340,7 @@ void Session::DrainInbox() {
       std::lock_guard<std::mutex> lock(serve_mutex_);
       if (inbox_.empty() || serving_ended_) {
         executing_ = false;
+        serve_cv_.notify_all();  // a reader may wait for the executor to be idle
         return;
       }
       frame = std::move(inbox_.front());
