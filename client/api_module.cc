@@ -83,6 +83,11 @@ Status FunctionOf(CUfunction f, FunctionState* out, uint64_t* id = nullptr) {
 Status PackParams(const FunctionState& function, void** kernel_params, void** extra,
                   std::vector<uint8_t>* buffer) {
   const auto& kernel = function.kernel;
+  if (kernel_params != nullptr && extra != nullptr) {
+    // The driver refuses the pair too: which one would hold the parameters?
+    return Status::InvalidArgument("cuLaunchKernel of " + function.name +
+                                   " got both kernelParams and extra; pass one of them");
+  }
   if (kernel_params != nullptr) {
     buffer->assign(kernel.param_bytes, 0);
     for (size_t i = 0; i < kernel.params.size(); ++i) {

@@ -6,6 +6,7 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -14,6 +15,7 @@
 
 #include "common/frame.h"
 #include "common/log.h"
+#include "common/units.h"
 #include "schema/call_table.h"
 
 namespace ferry::client {
@@ -83,9 +85,24 @@ Status Connection::Open(std::unique_ptr<Transport> transport, std::string server
     FERRY_RETURN_IF_ERROR(WriteFrame(*transport, wire::FrameKind::HELLO, message));
   }
   // Interim replies (queued for a slice) come first; the last one answers.
+  // Each must come within the call deadline, plus the borrow's wait once
+  // the server queued it; a silent server is a lost one.
+  bool queued = false;
   for (;;) {
     Frame frame;
-    FERRY_RETURN_IF_ERROR(ReadFrame(*transport, &frame));
+    if (options.call_timeout.count() > 0) {
+      transport->SetReadDeadline(
+          std::chrono::steady_clock::now() + options.call_timeout +
+          (queued ? std::chrono::milliseconds(borrow.wait_ms) : std::chrono::milliseconds(0)));
+    }
+    Status read = ReadFrame(*transport, &frame);
+    if (!read.ok()) {
+      return options.call_timeout.count() > 0 && read.code() == StatusCode::kDisconnected
+                 ? Status::Disconnected(read.message() + " (FERRY_CALL_TIMEOUT " +
+                                        FormatDuration(options.call_timeout) +
+                                        " for each handshake reply)")
+                 : read;
+    }
     if (frame.kind != wire::FrameKind::HELLO_REPLY) {
       return Status::Malformed("server " + server_name +
                                " answered the handshake with frame kind " +
@@ -109,6 +126,7 @@ Status Connection::Open(std::unique_ptr<Transport> transport, std::string server
                                      : std::string("the default pool");
         FERRY_LOG(kInfo) << "waiting for a GPU slice of " << pool << " on " << server_name
                          << ": position " << reply.getQueuePosition() << " in the queue";
+        queued = true;
         continue;
       }
       *hello_reply = std::move(reader);
@@ -118,6 +136,7 @@ Status Connection::Open(std::unique_ptr<Transport> transport, std::string server
                                e.getDescription().cStr());
     }
   }
+  transport->SetReadDeadline(kNoDeadline);  // the watchdog bounds calls from now on
   out->reset(new Connection(std::move(transport), std::move(server_name), options));
   return Status::Ok();
 }
@@ -129,6 +148,7 @@ Connection::Connection(std::unique_ptr<Transport> transport, std::string server_
   batch_bulk_.reserve(64 << 10);
   background_reader_ = std::thread([this] { BackgroundReaderLoop(); });
   flusher_ = std::thread([this] { FlusherLoop(); });
+  if (options_.call_timeout.count() > 0) watchdog_ = std::thread([this] { WatchdogLoop(); });
 }
 
 Connection::~Connection() {
@@ -142,9 +162,11 @@ Connection::~Connection() {
     stopping_reader_ = true;
   }
   background_cv_.notify_all();
+  watchdog_cv_.notify_all();
   transport_->Shutdown();
   if (flusher_.joinable()) flusher_.join();
   if (background_reader_.joinable()) background_reader_.join();
+  if (watchdog_.joinable()) watchdog_.join();
 }
 
 Status Connection::health() {
@@ -201,7 +223,11 @@ Status Connection::WriteBatchLocked(OutBytes extra) {
                             {batch_words_.data(), message_bytes},
                             {batch_bulk_.data(), batch_bulk_.size()},
                             {extra.data, extra.size}};
+  // Timed for the watchdog: a server that stopped reading blocks the write.
+  write_started_ns_.store(std::chrono::steady_clock::now().time_since_epoch().count(),
+                          std::memory_order_relaxed);
   Status status = transport_->Write(std::span<const ConstBuffer>(buffers, extra.size > 0 ? 4 : 3));
+  write_started_ns_.store(0, std::memory_order_relaxed);
   batch_words_.clear();
   batch_bulk_.clear();
   batch_calls_ = 0;
@@ -235,7 +261,12 @@ Status Connection::Send(Fill fill, OutBytes bulk, bool wants_reply, Waiter* wait
       if (!broken_.ok()) return broken_;
       if (!revoked_.ok()) return revoked_;
       // Registered before the frame leaves, so the reply always finds it.
-      if (waiter != nullptr) waiters_[next_seq_] = waiter;
+      const auto now = std::chrono::steady_clock::now();
+      if (waiter != nullptr) {
+        waiter->sent = now;
+        waiters_[next_seq_] = waiter;
+      }
+      if (async_waiter != nullptr) async_waiter->sent = now;
       // Nobody waits for these replies: the background reader reads them
       // whenever no caller holds the reader role.
       const bool unclaimed = async_waiter != nullptr || gate != nullptr;
@@ -634,6 +665,35 @@ void Connection::Revoke(const Status& notice) {
   }
   // Calls in flight still get their answers from the server (the same error).
   reply_cv_.notify_all();
+}
+
+void Connection::WatchdogLoop() {
+  const auto timeout = options_.call_timeout;
+  std::unique_lock<std::mutex> lock(reply_mutex_);
+  while (!stopping_reader_ && broken_.ok()) {
+    // The oldest reply still awaited (seqs grow with time, so each map's
+    // first entry) and the write in progress, if any.
+    auto oldest = std::chrono::steady_clock::time_point::max();
+    if (!waiters_.empty()) oldest = std::min(oldest, waiters_.begin()->second->sent);
+    if (!async_copies_.empty()) oldest = std::min(oldest, async_copies_.begin()->second->sent);
+    if (const int64_t ns = write_started_ns_.load(std::memory_order_relaxed); ns != 0) {
+      oldest = std::min(
+          oldest, std::chrono::steady_clock::time_point(std::chrono::steady_clock::duration(ns)));
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (oldest != std::chrono::steady_clock::time_point::max() && now - oldest >= timeout) {
+      lock.unlock();
+      Fail(Status::Disconnected("no answer for " + FormatDuration(timeout) +
+                                " (FERRY_CALL_TIMEOUT): the server is stopped, overloaded or "
+                                "unreachable"));
+      return;
+    }
+    // Nothing awaited: whatever is sent from now on is due a full timeout
+    // later, so looking again then is soon enough.
+    watchdog_cv_.wait_until(lock, oldest == std::chrono::steady_clock::time_point::max()
+                                      ? now + timeout
+                                      : oldest + timeout);
+  }
 }
 
 void Connection::Fail(const Status& status) {

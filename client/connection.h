@@ -35,7 +35,9 @@
 // work behind the gate would never end).
 //
 // Once the connection breaks, every call fails with the same Disconnected
-// status, which names the server. When the server takes the session's
+// status, which names the server. A server that stays silent past the call
+// deadline (ConnectionOptions::call_timeout) breaks it too: the watchdog
+// thread fails the connection. When the server takes the session's
 // devices away (a notice: a Reply with seq 0, after a preemption), every call
 // fails from then on with the notice's status, logged once.
 //
@@ -90,6 +92,14 @@ struct InBytes {
 struct ConnectionOptions {
   // How long the flusher lets posts accumulate before it sends them.
   std::chrono::microseconds flush_delay{20};
+  // The call deadline (FERRY_CALL_TIMEOUT): a reply awaited longer than
+  // this (or a write blocked that long) means the server is stopped or
+  // unreachable; the connection then fails, as a lost one does, so every
+  // call reports CUDA_ERROR_DEVICE_UNAVAILABLE instead of hanging. It also
+  // bounds each wait for a handshake reply (plus the borrow's wait while
+  // queued). 0: no deadline.
+  std::chrono::milliseconds call_timeout = kDefaultCallTimeout;
+  static constexpr std::chrono::milliseconds kDefaultCallTimeout{600000};
 };
 
 // Whether a call may be sent the way it is: the schema's description of each
@@ -194,8 +204,9 @@ class Connection {
     Status status;
     kj::Array<capnp::word> words;  // the reply message
     InBytes bulk;
-    bool async = false;  // PostExpectingBytes: no thread waits on it
-    StreamKey stream;    // PostExpectingBytes: the stream it is queued on
+    bool async = false;                          // PostExpectingBytes: no thread waits on it
+    StreamKey stream;                            // PostExpectingBytes: the stream it is queued on
+    std::chrono::steady_clock::time_point sent;  // when its call was queued (the deadline)
   };
 
   Connection(std::unique_ptr<Transport> transport, std::string server_name,
@@ -239,6 +250,9 @@ class Connection {
   bool UnclaimedRepliesPendingLocked() const { return !async_copies_.empty() || !gates_.empty(); }
   void BackgroundReaderLoop();
   void FlusherLoop();
+  // Fails the connection once a reply has been awaited, or a write blocked,
+  // for longer than the call deadline. Runs only with a deadline.
+  void WatchdogLoop();
   void Fail(const Status& status);
   // The server's notice that the session lost its devices.
   void Revoke(const Status& notice);
@@ -285,8 +299,14 @@ class Connection {
   bool flush_requested_ ABSL_GUARDED_BY(flush_mutex_) = false;
   bool stopping_ ABSL_GUARDED_BY(flush_mutex_) = false;
 
+  // Steady-clock nanoseconds since a transport write began; 0 when none is
+  // in progress. Read by the watchdog.
+  std::atomic<int64_t> write_started_ns_{0};
+  std::condition_variable watchdog_cv_;  // the connection is closing
+
   std::thread background_reader_;
   std::thread flusher_;
+  std::thread watchdog_;
   // Last: destroyed first, while everything its jobs use still exists.
   HostCallbackThread host_callbacks_;
 };

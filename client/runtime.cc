@@ -49,6 +49,24 @@ Status BorrowFromEnvironment(Connection::Borrow* borrow) {
   return Status::Ok();
 }
 
+// FERRY_CALL_TIMEOUT: seconds ("600") or a duration ("10m", "2s",
+// "500ms"); "0" turns the call deadline off. Unset: the default.
+Status CallTimeoutFromEnvironment(std::chrono::milliseconds* timeout) {
+  const char* text = std::getenv("FERRY_CALL_TIMEOUT");
+  if (text == nullptr || *text == '\0') return Status::Ok();
+  char* end = nullptr;
+  const long long seconds = std::strtoll(text, &end, 10);
+  if (*end == '\0' && seconds >= 0 && seconds <= 366ll * 24 * 3600) {
+    *timeout = std::chrono::seconds(seconds);
+    return Status::Ok();
+  }
+  if (!ParseDuration(text, timeout)) {
+    return Status::InvalidArgument("FERRY_CALL_TIMEOUT='" + std::string(text) +
+                                   "' is not a number of seconds or a duration (e.g. 600, 10m)");
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 CUresult Unsupported(const char* name, const char* reason) {
@@ -154,14 +172,16 @@ Status Runtime::ConnectFromEnvironment() {
   }
   Connection::Borrow borrow;
   FERRY_RETURN_IF_ERROR(BorrowFromEnvironment(&borrow));
+  ConnectionOptions options;
+  FERRY_RETURN_IF_ERROR(CallTimeoutFromEnvironment(&options.call_timeout));
   std::unique_ptr<Transport> transport;
   Status status = ConnectTransport(server, std::chrono::milliseconds(timeout_ms), &transport);
   if (!status.ok()) {
     return Status::Disconnected("cannot reach ferryd at " + server +
                                 " (FERRY_SERVER): " + status.message());
   }
-  return OpenSession(std::move(transport), server, borrow, ConnectionOptions{}, &connection_,
-                     &devices_, &session_id_);
+  return OpenSession(std::move(transport), server, borrow, options, &connection_, &devices_,
+                     &session_id_);
 }
 
 Status Runtime::OpenSession(std::unique_ptr<Transport> transport, const std::string& server,

@@ -41,7 +41,7 @@ capnp::ReaderOptions PeerReaderOptions() {
 }
 
 Status ReadFrameHead(Transport& transport, wire::FrameKind* kind, kj::Array<capnp::word>* words,
-                     uint64_t* bulk_bytes) {
+                     uint64_t* bulk_bytes, const FrameLimits& limits) {
   uint8_t header[kFrameHeaderBytes];
   FERRY_RETURN_IF_ERROR(transport.ReadExact(header, sizeof(header)));
   const uint32_t magic = GetU32(header);
@@ -59,13 +59,17 @@ Status ReadFrameHead(Transport& transport, wire::FrameKind* kind, kj::Array<capn
     return Status::Malformed("unknown frame kind " + std::to_string(raw_kind) + " from " +
                              transport.PeerName());
   }
-  if (message_bytes == 0 || message_bytes > kMaxMessageBytes || message_bytes % 8 != 0) {
-    return Status::Malformed("bad message size " + std::to_string(message_bytes) + " from " +
+  const std::string where =
+      limits.context != nullptr ? std::string(" ") + limits.context : std::string();
+  if (message_bytes == 0 || message_bytes > limits.max_message_bytes || message_bytes % 8 != 0) {
+    return Status::Malformed("bad message size " + std::to_string(message_bytes) + " (at most " +
+                             std::to_string(limits.max_message_bytes) + ")" + where + " from " +
                              transport.PeerName());
   }
-  if (bulk > kMaxBulkBytes) {
-    return Status::Malformed("bulk payload of " + std::to_string(bulk) +
-                             " bytes exceeds the limit, from " + transport.PeerName());
+  if (bulk > limits.max_bulk_bytes) {
+    return Status::Malformed("a frame announced a bulk payload of " + std::to_string(bulk) +
+                             " bytes; at most " + std::to_string(limits.max_bulk_bytes) +
+                             " are accepted" + where + ", from " + transport.PeerName());
   }
   *kind = static_cast<wire::FrameKind>(raw_kind);
   *words = kj::heapArray<capnp::word>(message_bytes / sizeof(capnp::word));
@@ -74,9 +78,9 @@ Status ReadFrameHead(Transport& transport, wire::FrameKind* kind, kj::Array<capn
   return Status::Ok();
 }
 
-Status ReadFrame(Transport& transport, Frame* frame) {
+Status ReadFrame(Transport& transport, Frame* frame, const FrameLimits& limits) {
   uint64_t bulk_bytes = 0;
-  FERRY_RETURN_IF_ERROR(ReadFrameHead(transport, &frame->kind, &frame->words, &bulk_bytes));
+  FERRY_RETURN_IF_ERROR(ReadFrameHead(transport, &frame->kind, &frame->words, &bulk_bytes, limits));
   return ReadFrameBulk(transport, bulk_bytes, frame);
 }
 

@@ -267,7 +267,8 @@ Status ShmTransport::Corrupt(const char* what) {
 }
 
 Status ShmTransport::Wait(std::atomic<uint32_t>& event, std::atomic<uint32_t>& sleeping,
-                          SpinState* spin, const std::function<bool()>& ready) {
+                          SpinState* spin, const std::function<bool()>& ready,
+                          std::chrono::steady_clock::time_point deadline) {
   // Spinning first catches a peer that answers within microseconds without
   // a system call on either side — but only when the peer runs on another
   // CPU meanwhile. On a machine with no CPU to spare, the spin only delays
@@ -301,6 +302,10 @@ Status ShmTransport::Wait(std::atomic<uint32_t>& event, std::atomic<uint32_t>& s
       return Status::Ok();
     }
     FERRY_RETURN_IF_ERROR(Alive(/*check_socket=*/true));
+    if (deadline != kNoDeadline && std::chrono::steady_clock::now() >= deadline) {
+      sleeping.store(0, std::memory_order_relaxed);
+      return Status::Disconnected("no data from " + peer_name_ + " before the read deadline");
+    }
     FutexWait(event, seen, kWaitSlice);
     sleeping.store(0, std::memory_order_relaxed);
     if (ready()) return Status::Ok();
@@ -364,9 +369,9 @@ Status ShmTransport::ReadExact(void* data, size_t size) {
     const uint64_t available = head - in_tail_;  // wraps to huge if the peer lied
     if (available > ring_bytes_) return Corrupt("its write position is impossible");
     if (available == 0) {
-      FERRY_RETURN_IF_ERROR(Wait(in_.data_event, in_.reader_sleeping, &read_spin_, [this] {
-        return in_.head.load(std::memory_order_acquire) != in_tail_;
-      }));
+      FERRY_RETURN_IF_ERROR(Wait(
+          in_.data_event, in_.reader_sleeping, &read_spin_,
+          [this] { return in_.head.load(std::memory_order_acquire) != in_tail_; }, read_deadline_));
       continue;
     }
     const uint64_t n = std::min<uint64_t>(available, size);

@@ -104,6 +104,9 @@ class ShmTransport final : public Transport {
   Status ReadExact(void* data, size_t size) override;
   void Shutdown() override;
   const std::string& PeerName() const override { return peer_name_; }
+  void SetReadDeadline(std::chrono::steady_clock::time_point deadline) override {
+    read_deadline_ = deadline;
+  }
 
   // For tests that play a hostile client: the shared region's header.
   shm_layout::Header* TEST_header() { return header_; }
@@ -118,11 +121,13 @@ class ShmTransport final : public Transport {
     uint32_t waits = 0;
   };
 
-  // Waits until `ready()` or the connection ends; `event` is the futex word
-  // the other side bumps and `sleeping` the flag that asks it to; `spin`
-  // belongs to the calling thread.
+  // Waits until `ready()`, the connection ends or `deadline` passes (then
+  // Disconnected: a silent peer); `event` is the futex word the other side
+  // bumps and `sleeping` the flag that asks it to; `spin` belongs to the
+  // calling thread.
   Status Wait(std::atomic<uint32_t>& event, std::atomic<uint32_t>& sleeping, SpinState* spin,
-              const std::function<bool()>& ready);
+              const std::function<bool()>& ready,
+              std::chrono::steady_clock::time_point deadline = kNoDeadline);
   // Disconnected when this side shut down, the peer shut down, or its socket
   // closed.
   Status Alive(bool check_socket);
@@ -142,10 +147,11 @@ class ShmTransport final : public Transport {
   uint8_t* in_data_ = nullptr;
   uint8_t* out_data_ = nullptr;
   // This side's positions, private (the region's copies are published only).
-  uint64_t in_tail_ = 0;   // reader thread
-  uint64_t out_head_ = 0;  // writer thread
-  SpinState read_spin_;    // reader thread
-  SpinState write_spin_;   // writer thread
+  uint64_t in_tail_ = 0;                                               // reader thread
+  uint64_t out_head_ = 0;                                              // writer thread
+  SpinState read_spin_;                                                // reader thread
+  SpinState write_spin_;                                               // writer thread
+  std::chrono::steady_clock::time_point read_deadline_ = kNoDeadline;  // reader thread
   std::atomic<bool> shut_down_{false};
 };
 

@@ -86,6 +86,7 @@ Status SocketTransport::ReadExact(void* data, size_t size) {
     size -= buffered;
   }
   while (size > 0) {
+    FERRY_RETURN_IF_ERROR(WaitReadable());
     // A large read goes straight into its destination; a small one reads
     // whatever the socket has into the buffer, so that a frame's header,
     // message and small payload usually cost one system call together.
@@ -111,6 +112,23 @@ Status SocketTransport::ReadExact(void* data, size_t size) {
     read_end_ = static_cast<size_t>(n);
   }
   return Status::Ok();
+}
+
+Status SocketTransport::WaitReadable() {
+  if (read_deadline_ == kNoDeadline) return Status::Ok();  // recv blocks
+  for (;;) {
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(
+        read_deadline_ - std::chrono::steady_clock::now());
+    if (left.count() <= 0) {
+      return Status::Disconnected("no data from " + peer_name_ + " before the read deadline");
+    }
+    pollfd p{fd_, POLLIN, 0};
+    const int n = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), 1 << 30)));
+    if (n > 0) return Status::Ok();  // readable, closed or broken: recv says which
+    if (n < 0 && errno != EINTR) {
+      return Status::Disconnected("poll on " + peer_name_ + " failed: " + ErrnoText(errno));
+    }
+  }
 }
 
 void SocketTransport::Shutdown() { ::shutdown(fd_, SHUT_RDWR); }
@@ -169,6 +187,17 @@ void TuneTcpSocket(int fd) {
   int buffer = 4 << 20;
   ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buffer, sizeof(buffer));
   ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer, sizeof(buffer));
+  // Best effort: a socket that is not TCP (tests' socketpairs) refuses these.
+  ::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+  int idle = static_cast<int>(kTcpKeepaliveIdle.count());
+  int interval = static_cast<int>(kTcpKeepaliveInterval.count());
+  int probes = kTcpKeepaliveProbes;
+  unsigned user_timeout_ms =
+      static_cast<unsigned>(std::chrono::milliseconds(kTcpUserTimeout).count());
+  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval));
+  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof(probes));
+  ::setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout_ms, sizeof(user_timeout_ms));
 }
 
 Status ConnectTcp(std::string_view address, std::chrono::milliseconds timeout,

@@ -45,7 +45,17 @@ class Transport {
   // GPU), either means the peer is gone. A transport that cannot tell says
   // false.
   virtual bool PeerGoneOrTalking() { return false; }
+  // From now on a read that is still waiting for bytes when `deadline`
+  // passes fails with Disconnected (a peer that stays silent: a handshake
+  // that never comes, a server that stopped); time_point::max() (the
+  // initial setting) waits forever. Reader thread only. A transport that
+  // cannot bound its reads ignores it.
+  virtual void SetReadDeadline(std::chrono::steady_clock::time_point deadline) { (void)deadline; }
 };
+
+// The "no deadline" value of SetReadDeadline.
+inline constexpr std::chrono::steady_clock::time_point kNoDeadline =
+    std::chrono::steady_clock::time_point::max();
 
 // Owns a connected stream socket `fd`. Small reads are served from a
 // userspace buffer filled by one recv, large ones go straight to the caller.
@@ -61,9 +71,14 @@ class SocketTransport final : public Transport {
   void Shutdown() override;
   const std::string& PeerName() const override { return peer_name_; }
   bool PeerGoneOrTalking() override;
+  void SetReadDeadline(std::chrono::steady_clock::time_point deadline) override {
+    read_deadline_ = deadline;
+  }
 
  private:
   static constexpr size_t kReadBufferBytes = 64 << 10;
+  // Waits until the socket is readable or the read deadline passes.
+  Status WaitReadable();
 
   int fd_;
   std::string peer_name_;
@@ -72,6 +87,7 @@ class SocketTransport final : public Transport {
   std::unique_ptr<char[]> read_buffer_;
   size_t read_begin_ = 0;
   size_t read_end_ = 0;
+  std::chrono::steady_clock::time_point read_deadline_ = kNoDeadline;  // reader thread
 };
 
 // Splits "host:port" ("[::1]:7070" for IPv6). Port 0 is allowed.
@@ -87,8 +103,16 @@ Status ConnectTcp(std::string_view address, std::chrono::milliseconds timeout,
 Status ConnectTransport(std::string_view address, std::chrono::milliseconds timeout,
                         std::unique_ptr<Transport>* out);
 
-// Tunes an accepted or connected TCP socket the way ferry wants it.
+// Tunes an accepted or connected TCP socket the way ferry wants it: no
+// Nagle delay, large buffers, and liveness: TCP keepalive probes after
+// kTcpKeepaliveIdle of silence, and TCP_USER_TIMEOUT, so that a peer whose
+// host vanished (no FIN, no RST) breaks the connection within about
+// kTcpUserTimeout instead of leaving reads and writes blocked forever.
 void TuneTcpSocket(int fd);
+inline constexpr std::chrono::seconds kTcpKeepaliveIdle{30};
+inline constexpr std::chrono::seconds kTcpKeepaliveInterval{10};
+inline constexpr int kTcpKeepaliveProbes = 3;
+inline constexpr std::chrono::seconds kTcpUserTimeout{60};
 
 // Two connected in-process transports (AF_UNIX socketpair), for tests.
 Status MakeTransportPair(std::unique_ptr<Transport>* a, std::unique_ptr<Transport>* b);

@@ -1,5 +1,6 @@
 #include "server/server.h"
 
+#include <absl/cleanup/cleanup.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -40,6 +41,14 @@ std::string RestartOnlyChange(const pool::Config& before, const pool::Config& af
   if (before.server.backend != after.server.backend) return "server.backend";
   if (before.server.cuda_driver != after.server.cuda_driver) return "server.cuda_driver";
   if (before.server.host_kernels != after.server.host_kernels) return "server.host_kernels";
+  if (before.server.handshake_timeout != after.server.handshake_timeout) {
+    return "server.handshake_timeout";
+  }
+  if (before.server.max_connections != after.server.max_connections) {
+    return "server.max_connections";
+  }
+  if (before.server.max_sessions != after.server.max_sessions) return "server.max_sessions";
+  if (before.server.session_buffer != after.server.session_buffer) return "server.session_buffer";
   if (before.gpus.size() != after.gpus.size()) return "gpu";
   for (size_t i = 0; i < before.gpus.size(); ++i) {
     if (before.gpus[i].index != after.gpus[i].index ||
@@ -251,19 +260,33 @@ void Server::StartAcceptUnix(asio::local::stream_protocol::acceptor& acceptor) {
 void Server::ServeOnNewThread(std::function<Status(std::unique_ptr<Transport>*)> make_transport,
                               std::string peer) {
   uint64_t id = 0;
+  bool over_cap = false;
+  bool flooded = false;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (!stopping_) {
+    // Past the cap a connection still gets a thread, to read its Hello and
+    // answer it with the refusal; past twice the cap (refusals in flight
+    // pile up too) it is closed unanswered.
+    over_cap = open_connections_ >= limits_.max_connections;
+    flooded = open_connections_ >= 2 * std::max(limits_.max_connections, 1);
+    if (!stopping_ && !flooded) {
       ++live_connections_;
+      ++open_connections_;
       id = next_id_++;
     }
   }
-  if (id == 0) {  // stopping: take the socket only to close it
+  if (id == 0) {  // stopping or flooded: take the socket only to close it
+    if (flooded) {
+      FERRY_LOG(kWarning) << "connection from " << peer
+                          << " closed unanswered: " << limits_.max_connections
+                          << " connections (--max-connections) and as many refusals are open";
+    }
     std::unique_ptr<Transport> unused;
     (void)make_transport(&unused);
     return;
   }
-  std::thread([this, id, make_transport = std::move(make_transport), peer = std::move(peer)] {
+  std::thread([this, id, over_cap, make_transport = std::move(make_transport),
+               peer = std::move(peer)] {
     std::unique_ptr<Transport> transport;
     Status status = make_transport(&transport);
     if (!status.ok()) {
@@ -276,7 +299,7 @@ void Server::ServeOnNewThread(std::function<Status(std::unique_ptr<Transport>*)>
       connections_[id] = transport.get();
       if (stopping_) transport->Shutdown();
     }
-    ServeConnection(id, std::move(transport));
+    ServeConnection(id, std::move(transport), over_cap);
   }).detach();
 }
 
@@ -284,18 +307,37 @@ void Server::ConnectionFinished(uint64_t id) {
   std::lock_guard<std::mutex> lock(mutex_);
   connections_.erase(id);
   --live_connections_;
+  --open_connections_;
   connections_cv_.notify_all();
 }
 
-void Server::ServeConnection(uint64_t id, std::unique_ptr<Transport> transport) {
+void Server::Refuse(Transport& transport, const Status& refusal) {
+  capnp::MallocMessageBuilder message;
+  StatusToWire(refusal, message.initRoot<wire::HelloReply>().initStatus());
+  (void)WriteFrame(transport, wire::FrameKind::HELLO_REPLY, message);
+}
+
+void Server::ServeConnection(uint64_t id, std::unique_ptr<Transport> transport, bool over_cap) {
+  // The Hello must come whole, small and soon: a peer nobody knows yet
+  // holds a thread and a socket, never memory it merely announces.
   Frame frame;
-  Status status = ReadFrame(*transport, &frame);
+  const auto deadline = std::chrono::steady_clock::now() + limits_.handshake_timeout;
+  transport->SetReadDeadline(deadline);
+  Status status = ReadFrame(*transport, &frame, kHandshakeFrameLimits);
+  transport->SetReadDeadline(kNoDeadline);
   if (status.ok() && frame.kind != wire::FrameKind::HELLO) {
     status = Status::Malformed("expected a Hello frame first");
   }
   if (!status.ok()) {
-    FERRY_LOG(kWarning) << "connection from " << transport->PeerName()
-                        << " dropped before its handshake: " << status.ToString();
+    if (status.code() == StatusCode::kDisconnected &&
+        std::chrono::steady_clock::now() >= deadline) {
+      FERRY_LOG(kWarning) << "connection from " << transport->PeerName()
+                          << " closed: no complete Hello within "
+                          << limits_.handshake_timeout.count() << " ms (--handshake-timeout)";
+    } else {
+      FERRY_LOG(kWarning) << "connection from " << transport->PeerName()
+                          << " dropped before its handshake: " << status.ToString();
+    }
     ConnectionFinished(id);
     return;
   }
@@ -314,65 +356,98 @@ void Server::ServeConnection(uint64_t id, std::unique_ptr<Transport> transport) 
       ConnectionFinished(id);
       return;
     }
+    if (over_cap) {
+      FERRY_LOG(kWarning) << "connection from " << transport->PeerName() << " pid "
+                          << hello.getPid() << " refused: " << limits_.max_connections
+                          << " connections are open (--max-connections)";
+      Refuse(*transport,
+             Status::Overloaded("ferryd serves at most " + std::to_string(limits_.max_connections) +
+                                " connections at once (--max-connections); try again later"));
+      ConnectionFinished(id);
+      return;
+    }
     if (hello.getRole() == wire::Hello::Role::CONTROL) {
       ServeControl(*transport);
       ConnectionFinished(id);
       return;
     }
-    SessionGrant grant;
-    if (pool_ == nullptr) {
-      for (const ServedGpu& gpu : gpus_) {
-        SessionDevice device;
-        device.backend_device = gpu.backend_device;
-        device.gpu = gpu.index;
-        grant.devices.push_back(device);
-      }
-    } else {
-      Status borrowed = BorrowFor(id, *transport, hello, &grant);
-      if (!borrowed.ok()) {
-        FERRY_LOG(kInfo) << "client " << transport->PeerName() << " pid " << hello.getPid()
-                         << " gets no device: " << borrowed.message();
-        if (borrowed.code() != StatusCode::kDisconnected || !transport->PeerGoneOrTalking()) {
-          capnp::MallocMessageBuilder message;
-          StatusToWire(borrowed, message.initRoot<wire::HelloReply>().initStatus());
-          (void)WriteFrame(*transport, wire::FrameKind::HELLO_REPLY, message);
-        }
-        ConnectionFinished(id);
-        return;
-      }
-    }
-    auto session = std::make_shared<Session>(id, std::move(transport), backend_, hello,
-                                             std::move(grant), module_cache_.get());
-    std::string early_preemption;
+    bool sessions_full = false;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      sessions_[id] = session;
-      if (stopping_) session->Stop();
-      if (auto it = early_preemptions_.find(id); it != early_preemptions_.end()) {
-        early_preemption = it->second;
-        early_preemptions_.erase(it);
-      }
+      sessions_full = client_sessions_ >= limits_.max_sessions;
+      if (!sessions_full) ++client_sessions_;
     }
-    // Preempted before it started: Run answers the handshake with the reason.
-    if (!early_preemption.empty()) session->Preempt(early_preemption);
-    session->Run();
-    {
+    if (sessions_full) {
+      FERRY_LOG(kWarning) << "client " << transport->PeerName() << " pid " << hello.getPid()
+                          << " refused: " << limits_.max_sessions
+                          << " sessions are open (--max-sessions)";
+      Refuse(*transport,
+             Status::Overloaded("ferryd serves at most " + std::to_string(limits_.max_sessions) +
+                                " sessions at once (--max-sessions); try again later"));
+      ConnectionFinished(id);
+      return;
+    }
+    absl::Cleanup session_slot = [this] {
       std::lock_guard<std::mutex> lock(mutex_);
-      sessions_.erase(id);
-      connections_.erase(id);  // the transport dies with the session
-    }
-    // Run freed everything the session had: its slices can go to others.
-    if (pool_ != nullptr) pool_->Return(id);
-    {
-      // A preemption that raced with the end has nobody to wait for it.
-      std::lock_guard<std::mutex> lock(mutex_);
-      early_preemptions_.erase(id);
-    }
-    session.reset();
+      --client_sessions_;
+    };
+    ServeClient(id, std::move(transport), hello);
   } catch (const kj::Exception& e) {
     FERRY_LOG(kWarning) << "bad handshake from a client: " << e.getDescription().cStr();
   }
   ConnectionFinished(id);
+}
+
+void Server::ServeClient(uint64_t id, std::unique_ptr<Transport> transport,
+                         wire::Hello::Reader hello) {
+  SessionGrant grant;
+  if (pool_ == nullptr) {
+    for (const ServedGpu& gpu : gpus_) {
+      SessionDevice device;
+      device.backend_device = gpu.backend_device;
+      device.gpu = gpu.index;
+      grant.devices.push_back(device);
+    }
+  } else {
+    Status borrowed = BorrowFor(id, *transport, hello, &grant);
+    if (!borrowed.ok()) {
+      FERRY_LOG(kInfo) << "client " << transport->PeerName() << " pid " << hello.getPid()
+                       << " gets no device: " << borrowed.message();
+      if (borrowed.code() != StatusCode::kDisconnected || !transport->PeerGoneOrTalking()) {
+        Refuse(*transport, borrowed);
+      }
+      return;
+    }
+  }
+  auto session = std::make_shared<Session>(id, std::move(transport), backend_, hello,
+                                           std::move(grant), module_cache_.get());
+  session->SetBufferLimit(limits_.session_buffer_bytes);
+  std::string early_preemption;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    sessions_[id] = session;
+    if (stopping_) session->Stop();
+    if (auto it = early_preemptions_.find(id); it != early_preemptions_.end()) {
+      early_preemption = it->second;
+      early_preemptions_.erase(it);
+    }
+  }
+  // Preempted before it started: Run answers the handshake with the reason.
+  if (!early_preemption.empty()) session->Preempt(early_preemption);
+  session->Run();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    sessions_.erase(id);
+    connections_.erase(id);  // the transport dies with the session
+  }
+  // Run freed everything the session had: its slices can go to others.
+  if (pool_ != nullptr) pool_->Return(id);
+  {
+    // A preemption that raced with the end has nobody to wait for it.
+    std::lock_guard<std::mutex> lock(mutex_);
+    early_preemptions_.erase(id);
+  }
+  session.reset();
 }
 
 Status Server::BorrowFor(uint64_t id, Transport& transport, wire::Hello::Reader hello,
@@ -443,8 +518,9 @@ void Server::PreemptSession(const pool::Preemption& preemption) {
   // Freeing may wait for the session's queued GPU work: not on the caller's
   // thread (the pool's timer, a control connection).
   std::thread([this, session, preemption] {
-    session->Preempt(preemption.reason);
-    pool_->Return(preemption.session);
+    // The quota goes back only once the memory is free: when Preempt closes
+    // the session instead, its connection thread returns it after Run.
+    if (session->Preempt(preemption.reason)) pool_->Return(preemption.session);
     std::lock_guard<std::mutex> lock(mutex_);
     --live_connections_;
     connections_cv_.notify_all();
@@ -620,7 +696,8 @@ void Server::ServeControl(Transport& transport) {
   }
   for (;;) {
     Frame frame;
-    if (!ReadFrame(transport, &frame).ok()) return;
+    // ferryctl's requests are small and carry no bulk.
+    if (!ReadFrame(transport, &frame, kControlFrameLimits).ok()) return;
     if (frame.kind != wire::FrameKind::CONTROL_REQUEST) return;
     capnp::MallocMessageBuilder message;
     auto reply = message.initRoot<wire::ControlReply>();

@@ -16,6 +16,7 @@
 #include <absl/base/thread_annotations.h>
 #include <asio.hpp>
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -43,6 +44,20 @@ struct ServedGpu {
   uint64_t memory = 0;
 };
 
+// What ferryd lets peers hold (ferryd flags and [server] in the config).
+struct ServerLimits {
+  // A connection that has not sent its whole Hello by then is closed.
+  std::chrono::milliseconds handshake_timeout{5000};
+  // Connections at once (handshakes, sessions and ferryctl's); the next one
+  // is refused with a HelloReply that says so.
+  int max_connections = 512;
+  // Client sessions at once; the next client is refused the same way.
+  int max_sessions = 256;
+  // Per session: bytes of call frames read but not yet executed
+  // (Session::SetBufferLimit).
+  uint64_t session_buffer_bytes = Session::kDefaultBufferLimit;
+};
+
 class Server {
  public:
   // `backend` must outlive the server. Sessions share a module image cache of
@@ -55,6 +70,8 @@ class Server {
   // Before Start. Without a pool: sessions see these GPUs, whole, in this
   // order (default: every backend device).
   void ServeGpus(std::vector<ServedGpu> gpus);
+  // Before Start (default: ServerLimits{}).
+  void SetLimits(const ServerLimits& limits) { limits_ = limits; }
   // Before Start. Clients borrow slices of the served GPUs as `config` says
   // (`config.pooling()` must hold). `clock` (and `test_clock`, the same
   // object when ferryd runs --test-fake-clock) must outlive the server.
@@ -89,7 +106,13 @@ class Server {
   // `make_transport` runs on that thread.
   void ServeOnNewThread(std::function<Status(std::unique_ptr<Transport>*)> make_transport,
                         std::string peer);
-  void ServeConnection(uint64_t id, std::unique_ptr<Transport> transport);
+  void ServeConnection(uint64_t id, std::unique_ptr<Transport> transport, bool over_cap);
+  // Answers a handshake with `refusal` (a HelloReply), for a peer that is
+  // refused before it gets a session.
+  static void Refuse(Transport& transport, const Status& refusal);
+  // Borrows the client's devices and runs its session until it ends (the
+  // caller's thread); frees it and returns its slices.
+  void ServeClient(uint64_t id, std::unique_ptr<Transport> transport, wire::Hello::Reader hello);
   void ServeControl(Transport& transport);
   Status HandleControl(wire::ControlRequest::Reader request, wire::ControlReply::Builder reply);
   void FillPoolStatus(wire::PoolStatus::Builder out);
@@ -115,6 +138,7 @@ class Server {
   mutable std::mutex mutex_;
   std::condition_variable connections_cv_;
   std::vector<ServedGpu> gpus_;        // fixed after Start
+  ServerLimits limits_;                // fixed after Start
   std::unique_ptr<PoolService> pool_;  // null without pools; set before Start
   std::string config_path_ ABSL_GUARDED_BY(mutex_);
   pool::Config loaded_config_ ABSL_GUARDED_BY(mutex_);
@@ -129,6 +153,10 @@ class Server {
   // in progress included. Owned by the connection threads.
   std::map<uint64_t, Transport*> connections_ ABSL_GUARDED_BY(mutex_);
   int live_connections_ ABSL_GUARDED_BY(mutex_) = 0;  // preemption workers too
+  // Accepted connections whose thread has not finished (live_connections_
+  // less the preemption workers): what max_connections bounds.
+  int open_connections_ ABSL_GUARDED_BY(mutex_) = 0;
+  int client_sessions_ ABSL_GUARDED_BY(mutex_) = 0;  // past the max_sessions check
   uint64_t next_id_ ABSL_GUARDED_BY(mutex_) = 1;
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
 };

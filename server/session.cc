@@ -31,10 +31,8 @@ using session_internal::Alias;
 // Back-pressure on reading while the executor is behind: past this many
 // bytes of queued frames the reader waits, unless a host gate is closed (its
 // gateOpen may be what the executor waits for, so the reader must go on).
+// The session's buffer limit (SetBufferLimit) bounds what it holds in all.
 constexpr uint64_t kInboxSoftLimit = 64ull << 20;
-// Past this, with a gate closed, the client is flooding while its host
-// callback holds a stream, and the session ends rather than buffer more.
-constexpr uint64_t kInboxHardLimit = 4ull << 30;
 
 uint64_t FrameBytes(const Frame& frame) {
   return frame.words.size() * sizeof(capnp::word) + frame.bulk.size;
@@ -74,7 +72,7 @@ void Session::Stop() {
   transport_->Shutdown();
 }
 
-void Session::Preempt(const std::string& reason) {
+bool Session::Preempt(const std::string& reason) {
   shares_.Interrupt();  // a throttled launch stops waiting
   // A batch blocked behind a closed host gate holds exec_mutex_ until the
   // client opens the gate, which it may never do; the devices are going
@@ -96,15 +94,21 @@ void Session::Preempt(const std::string& reason) {
                         << absl::FormatDuration(absl::FromChrono(preempt_batch_wait_))
                         << ", so the session is closed";
     Stop();
-    return;
+    return false;
   }
-  if (!revoked_.ok()) return;
+  if (!revoked_.ok()) return true;
   revoked_ = Status::Cuda(CUDA_ERROR_DEVICE_UNAVAILABLE, reason);
   FERRY_LOG(kWarning) << "session " << id_ << " (pid " << pid_ << ", " << program_ << "@" << host_
                       << "): " << reason << "; freeing all its resources";
+  AbandonQueuedWork();
   FreeEverything();
   // The notice: seq 0 answers no call. Before the handshake, Run answers it.
   if (handshake_answered_) SendReply(0, revoked_);
+  return true;
+}
+
+void Session::AbandonQueuedWork() {
+  contexts_.ForEach([&](uint64_t, ContextEntry& c) { backend_.AbandonQueuedWork(*c.context); });
 }
 
 SessionInfo Session::Info() const {
@@ -202,6 +206,10 @@ void Session::Run() {
   transport_->Shutdown();
   {
     std::lock_guard<std::timed_mutex> exec(exec_mutex_);
+    // Nobody will see what the queued work computes: what has not started
+    // is dropped where the backend can, so the session's memory (and its
+    // quota) is free as soon as the work already running ends.
+    AbandonQueuedWork();
     FreeEverything();
   }
   FERRY_LOG(kInfo) << "session " << id_ << " closed; all its resources are freed (module images: "
@@ -240,9 +248,9 @@ void Session::ServeLoop(bool helper) {
           return serving_ended_ || inbox_bytes_ < kInboxSoftLimit || !gates_.empty();
         });
         if (serving_ended_) return;
-        if (inbox_bytes_ > kInboxHardLimit) {
+        if (inbox_bytes_ > buffer_limit_) {
           status = Status::Overloaded("the client queued more than " +
-                                      std::to_string(kInboxHardLimit >> 20) +
+                                      std::to_string(buffer_limit_ >> 20) +
                                       " MiB of calls while its host callback held a stream");
         }
       }
@@ -267,8 +275,29 @@ void Session::ServeLoop(bool helper) {
       // copy onto an idle stream lands straight in device memory).
       bool streaming = false;
       if (status.ok()) {
-        std::lock_guard<std::mutex> lock(serve_mutex_);
-        streaming = !executing_ && inbox_.empty() && gates_.empty() && !BatchHasHostGate(words);
+        std::unique_lock<std::mutex> lock(serve_mutex_);
+        // A frame whose payload would take the buffered bytes past the
+        // limit is not buffered: it waits for the executor to catch up and
+        // then streams — unless a gate is closed (then nothing may wait for
+        // the executor) or it holds a gate itself, which ends the session.
+        const bool over_limit =
+            inbox_bytes_ + words.size() * sizeof(capnp::word) + bulk_bytes > buffer_limit_;
+        if (over_limit) {
+          serve_cv_.wait(lock, [this] {
+            return serving_ended_ || !gates_.empty() || (!executing_ && inbox_.empty());
+          });
+          if (serving_ended_) return;
+        }
+        const bool may_stream = !executing_ && inbox_.empty() && gates_.empty();
+        // Parsed only when it matters: the batch is walked once more.
+        const bool has_gate = (over_limit || may_stream) && BatchHasHostGate(words);
+        if (over_limit && (!gates_.empty() || has_gate)) {
+          status = Status::Overloaded(
+              "a call frame of " + std::to_string(bulk_bytes) +
+              " payload bytes would take the session's buffered calls past its limit of " +
+              std::to_string(buffer_limit_) + " bytes (ferryd --session-buffer)");
+        }
+        streaming = status.ok() && may_stream && !has_gate;
         if (streaming) executing_ = true;
       }
       if (streaming) {
@@ -311,6 +340,7 @@ void Session::DrainInbox() {
       std::lock_guard<std::mutex> lock(serve_mutex_);
       if (inbox_.empty() || serving_ended_) {
         executing_ = false;
+        serve_cv_.notify_all();  // a reader may wait for the executor to be idle
         return;
       }
       frame = std::move(inbox_.front());
@@ -351,6 +381,7 @@ void Session::EndServing(const Status& why) {
     std::lock_guard<std::mutex> lock(serve_mutex_);
     if (serving_ended_) return;
     serving_ended_ = true;
+    serving_ended_flag_.store(true, std::memory_order_relaxed);
     gates.swap(gates_);
     serve_cv_.notify_all();
   }
@@ -451,6 +482,11 @@ Status Session::ExecuteBatch(kj::ArrayPtr<const capnp::word> words, uint64_t bul
       return Status::Malformed("frame carried " + std::to_string(bulk_bytes - claimed) +
                                " bulk bytes that no call claimed");
     }
+    if (shared_bytes > buffer_limit_) {
+      return Status::Overloaded("a call frame carries " + std::to_string(shared_bytes) +
+                                " payload bytes to buffer, past the session's limit of " +
+                                std::to_string(buffer_limit_) + " (ferryd --session-buffer)");
+    }
     std::shared_ptr<uint8_t[]> shared;
     if (shared_bytes > 0) {
       shared = AllocateBulk(shared_bytes);
@@ -463,6 +499,11 @@ Status Session::ExecuteBatch(kj::ArrayPtr<const capnp::word> words, uint64_t bul
     // Then execute them in order, reading each one's payload just before it
     // runs (the payload follows the message on the transport, in call order).
     for (const BatchCall& entry : batch_calls_) {
+      // The connection is gone: the rest of the batch would only queue work
+      // that nobody will see.
+      if (serving_ended_flag_.load(std::memory_order_relaxed)) {
+        return Status::Disconnected("the connection ended in the middle of a batch");
+      }
       capnp::FlatArrayMessageReader reader(entry.words, PeerReaderOptions());
       auto call = reader.getRoot<wire::Call>();
       backend::HostBytes bulk;

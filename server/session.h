@@ -128,7 +128,18 @@ class Session {
   // notice (a Reply with seq 0) with `reason`, and from then on answers every
   // call with CUDA_ERROR_DEVICE_UNAVAILABLE and `reason`. The connection stays
   // up until the client closes it. Idempotent.
-  void Preempt(const std::string& reason);
+  // Returns true when it freed the session's resources (or Run had), so the
+  // session's quota may be given back now; false when the session is being
+  // closed instead (Run frees everything, and the caller's connection thread
+  // gives the quota back after that).
+  bool Preempt(const std::string& reason);
+  // Before Run: the most bytes of call frames the session holds read but not
+  // yet executed (its inbox, bulk payloads included). A frame that would go
+  // past it waits until the executor has caught up and then streams; one
+  // that cannot (a host gate is closed) ends the session. Default
+  // kDefaultBufferLimit.
+  void SetBufferLimit(uint64_t bytes) { buffer_limit_ = bytes; }
+  static constexpr uint64_t kDefaultBufferLimit = 4ull << 30;
   // Tests only: how long Preempt waits for the batch in execution.
   void TEST_SetPreemptBatchWait(std::chrono::milliseconds wait) { preempt_batch_wait_ = wait; }
 
@@ -388,6 +399,9 @@ class Session {
   void Execute(wire::Call::Reader call, backend::HostBytes bulk);
   Status Dispatch(wire::Call::Reader call, CallContext& cx);
   void FreeEverything();
+  // The session is ending: the backend may drop its queued work that has
+  // not started (GpuBackend::AbandonQueuedWork on every context).
+  void AbandonQueuedWork();
   void DestroyContextResources(uint64_t ctx);
 
   // Replies; thread-safe.
@@ -617,6 +631,10 @@ class Session {
   uint64_t inbox_bytes_ ABSL_GUARDED_BY(serve_mutex_) = 0;
   bool executing_ ABSL_GUARDED_BY(serve_mutex_) = false;  // a thread holds the executor role
   bool serving_ended_ ABSL_GUARDED_BY(serve_mutex_) = false;
+  // serving_ended_, readable without the lock: the executor stops
+  // dispatching the rest of a batch once the connection is gone.
+  std::atomic<bool> serving_ended_flag_{false};
+  uint64_t buffer_limit_ = kDefaultBufferLimit;  // set before Run
   // Host gates not yet opened, by the seq of their hostGate call.
   std::map<uint64_t, std::shared_ptr<backend::HostGate>> gates_ ABSL_GUARDED_BY(serve_mutex_);
   // The second serving thread. Started by the executor while that is still

@@ -5,6 +5,8 @@
 //          [--cuda-driver PATH] [--host-kernels LIB.so ...]
 //          [--host-devices N] [--host-memory SIZE] [--module-cache SIZE]
 //          [--ready-file PATH]
+//          [--handshake-timeout DURATION] [--max-connections N] [--max-sessions N]
+//          [--session-buffer SIZE]
 //          [--log-level debug|info|warning|error]
 //   ferryd --help | --version
 //
@@ -27,6 +29,7 @@
 #include <absl/time/time.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -61,6 +64,10 @@ struct Flags {
   std::optional<std::string> log_level;
   uint64_t module_cache = server::Server::kDefaultModuleCacheBytes;
   std::string ready_file;
+  std::optional<std::chrono::milliseconds> handshake_timeout;
+  std::optional<int> max_connections;
+  std::optional<int> max_sessions;
+  std::optional<uint64_t> session_buffer;
   std::optional<absl::Time> test_fake_clock;
   bool allow_ferry_cuda_driver = false;  // tests only
 };
@@ -83,6 +90,14 @@ CLI::Validator ByteSize(bool allow_zero, const std::string& example) {
       },
       "");
 }
+
+const CLI::Validator kPositiveDuration(
+    [](const std::string& text) {
+      std::chrono::milliseconds ms;
+      if (ParseDuration(text, &ms) && ms.count() > 0) return std::string();
+      return "bad duration '" + text + "' (e.g. 5s, 500ms; more than 0)";
+    },
+    "");
 
 const CLI::Validator kRfc3339(
     [](const std::string& text) {
@@ -159,6 +174,28 @@ int ParseArgs(int argc, char** argv, Flags* flags) {
   app.add_option("--ready-file", flags->ready_file,
                  "once listening, write the first bound address to PATH")
       ->type_name("PATH");
+  std::string handshake_timeout, session_buffer;
+  int max_connections = 0, max_sessions = 0;
+  CLI::Option* handshake_timeout_option =
+      app.add_option("--handshake-timeout", handshake_timeout,
+                     "close a connection that has not sent its Hello by then (default 5s)")
+          ->check(kPositiveDuration)
+          ->type_name("DURATION");
+  CLI::Option* max_connections_option =
+      app.add_option("--max-connections", max_connections,
+                     "connections at once; the next is refused with a message (default 512)")
+          ->check(CLI::Range(1, 1 << 20))
+          ->type_name("N");
+  CLI::Option* max_sessions_option =
+      app.add_option("--max-sessions", max_sessions,
+                     "client sessions at once; the next is refused with a message (default 256)")
+          ->check(CLI::Range(1, 1 << 20))
+          ->type_name("N");
+  CLI::Option* session_buffer_option =
+      app.add_option("--session-buffer", session_buffer,
+                     "per session: call frames held read but not yet executed (default 4GiB)")
+          ->check(ByteSize(/*allow_zero=*/false, "4GiB, 256MiB"))
+          ->type_name("SIZE");
   CLI::Option* log_level_option =
       app.add_option("--log-level", log_level, "debug, info, warning or error")
           ->check(CLI::IsMember({"debug", "info", "warning", "error"}))
@@ -187,6 +224,15 @@ int ParseArgs(int argc, char** argv, Flags* flags) {
   }
   if (module_cache_option->count() > 0) ParseByteSize(module_cache, &flags->module_cache);
   if (log_level_option->count() > 0) flags->log_level = log_level;
+  std::chrono::milliseconds ms;
+  if (handshake_timeout_option->count() > 0 && ParseDuration(handshake_timeout, &ms)) {
+    flags->handshake_timeout = ms;
+  }
+  if (max_connections_option->count() > 0) flags->max_connections = max_connections;
+  if (max_sessions_option->count() > 0) flags->max_sessions = max_sessions;
+  if (session_buffer_option->count() > 0 && ParseByteSize(session_buffer, &bytes)) {
+    flags->session_buffer = bytes;
+  }
   absl::Time t;
   std::string why;
   if (fake_clock_option->count() > 0 &&
@@ -203,6 +249,7 @@ struct Settings {
   std::string cuda_driver;
   std::vector<std::string> host_kernels;
   std::string ready_file;
+  server::ServerLimits limits;
 };
 
 Status Merge(const Flags& flags, const pool::Config& config, Settings* settings) {
@@ -219,6 +266,18 @@ Status Merge(const Flags& flags, const pool::Config& config, Settings* settings)
                                ? flags.host_kernels
                                : config.server.host_kernels.value_or(std::vector<std::string>{});
   settings->ready_file = flags.ready_file;
+  server::ServerLimits& limits = settings->limits;
+  if (flags.handshake_timeout) {
+    limits.handshake_timeout = *flags.handshake_timeout;
+  } else if (config.server.handshake_timeout) {
+    limits.handshake_timeout = absl::ToChronoMilliseconds(*config.server.handshake_timeout);
+  }
+  limits.max_connections = flags.max_connections.value_or(
+      config.server.max_connections.value_or(limits.max_connections));
+  limits.max_sessions =
+      flags.max_sessions.value_or(config.server.max_sessions.value_or(limits.max_sessions));
+  limits.session_buffer_bytes = flags.session_buffer.value_or(
+      config.server.session_buffer.value_or(limits.session_buffer_bytes));
   const std::optional<std::string> level =
       flags.log_level ? flags.log_level : config.server.log_level;
   if (level.has_value()) SetLogLevel(*level);
@@ -356,6 +415,7 @@ int Main(int argc, char** argv) {
 
   server::Server server(*backend, flags.module_cache);
   server.ServeGpus(gpus);
+  server.SetLimits(settings.limits);
   if (config.pooling()) {
     status = server.EnablePool(config, *clock, fake_clock.get());
     if (!status.ok()) {

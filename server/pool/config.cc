@@ -110,6 +110,23 @@ class Reader {
     *out = absl::FromChrono(ms);
     return Status::Ok();
   }
+  // A byte count, more than 0: an integer or a string such as "8GiB".
+  Status Size(const toml::node& node, std::string_view key, uint64_t* out) {
+    uint64_t bytes = 0;
+    if (node.is_integer() && node.as_integer()->get() > 0) {
+      bytes = static_cast<uint64_t>(node.as_integer()->get());
+    } else if (node.is_string()) {
+      if (!ParseByteSize(node.as_string()->get(), &bytes) || bytes == 0) {
+        return Error(node.source(), key,
+                     "'" + node.as_string()->get() +
+                         "' is not a size (e.g. \"8GiB\", \"512MiB\"; more than 0)");
+      }
+    } else {
+      return WrongType(node, key, "a size such as \"8GiB\"");
+    }
+    *out = bytes;
+    return Status::Ok();
+  }
   Status Policy(const toml::node& node, std::string_view key, RebindPolicy* out) {
     std::string text;
     FERRY_RETURN_IF_ERROR(String(node, key, &text));
@@ -174,6 +191,21 @@ class Reader {
           return Error(value.source(), key, "'" + level + "' is not debug, info, warning or error");
         }
         server->log_level = level;
+      } else if (name == "handshake_timeout") {
+        absl::Duration timeout;
+        FERRY_RETURN_IF_ERROR(Duration(value, key, &timeout));
+        if (timeout <= absl::ZeroDuration())
+          return Error(value.source(), key, "must be more than 0");
+        server->handshake_timeout = timeout;
+      } else if (name == "max_connections" || name == "max_sessions") {
+        int64_t count = 0;
+        FERRY_RETURN_IF_ERROR(Integer(value, key, 1, 1 << 20, &count));
+        (name == "max_connections" ? server->max_connections : server->max_sessions) =
+            static_cast<int>(count);
+      } else if (name == "session_buffer") {
+        uint64_t bytes = 0;
+        FERRY_RETURN_IF_ERROR(Size(value, key, &bytes));
+        server->session_buffer = bytes;
       } else if (name == "on_rebind") {
         FERRY_RETURN_IF_ERROR(Policy(value, key, &server->on_rebind));
       } else if (name == "grace") {
@@ -181,7 +213,8 @@ class Reader {
       } else {
         return Error(key_node.source(), key,
                      "unknown key ([server] has listen, backend, default_pool, cuda_driver, "
-                     "host_kernels, log_level, on_rebind, grace)");
+                     "host_kernels, log_level, on_rebind, grace, handshake_timeout, "
+                     "max_connections, max_sessions, session_buffer)");
       }
     }
     return Status::Ok();
@@ -205,17 +238,7 @@ class Reader {
           has_index = true;
         } else if (key_node.str() == "memory") {
           uint64_t bytes = 0;
-          if (value.is_integer() && value.as_integer()->get() > 0) {
-            bytes = static_cast<uint64_t>(value.as_integer()->get());
-          } else if (value.is_string()) {
-            if (!ParseByteSize(value.as_string()->get(), &bytes) || bytes == 0) {
-              return Error(value.source(), key,
-                           "'" + value.as_string()->get() +
-                               "' is not a size (e.g. \"8GiB\", \"512MiB\"; more than 0)");
-            }
-          } else {
-            return WrongType(value, key, "a size such as \"8GiB\"");
-          }
+          FERRY_RETURN_IF_ERROR(Size(value, key, &bytes));
           gpu.memory = bytes;
         } else {
           return Error(key_node.source(), key, "unknown key ([[gpu]] has index, memory)");

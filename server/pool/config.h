@@ -65,6 +65,12 @@ struct ServerConfig {
   std::optional<std::string> cuda_driver;
   std::optional<std::vector<std::string>> host_kernels;
   std::optional<std::string> log_level;
+  // Bounded resources (ferryd's --handshake-timeout, --max-connections,
+  // --max-sessions, --session-buffer).
+  std::optional<absl::Duration> handshake_timeout;
+  std::optional<int> max_connections;
+  std::optional<int> max_sessions;
+  std::optional<uint64_t> session_buffer;
   std::string default_pool;  // "" = no pools
   RebindPolicy on_rebind = RebindPolicy::kDrain;
   absl::Duration grace = absl::Minutes(15);

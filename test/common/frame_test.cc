@@ -87,6 +87,19 @@ TEST_F(FrameTest, UnalignedMessage) {
 TEST_F(FrameTest, OversizedBulk) {
   ExpectMalformed(*a_, *b_, Header(wire::FRAME_MAGIC, 3, 8, kMaxBulkBytes + 1));
 }
+TEST_F(FrameTest, HandshakeLimitsRefuseBulkAndLargeMessagesAtTheHeader) {
+  // Only the header is written: the refusal comes before any payload.
+  for (const auto& header :
+       {Header(wire::FRAME_MAGIC, 1, 8, 1), Header(wire::FRAME_MAGIC, 1, 8, 16ull << 30),
+        Header(wire::FRAME_MAGIC, 1, (64u << 10) + 8, 0)}) {
+    ConstBuffer b{header.data(), header.size()};
+    ASSERT_TRUE(a_->Write(std::span<const ConstBuffer>(&b, 1)).ok());
+    Frame frame;
+    const Status status = ReadFrame(*b_, &frame, kHandshakeFrameLimits);
+    EXPECT_EQ(status.code(), StatusCode::kMalformed) << status.ToString();
+    EXPECT_NE(status.message().find("before the handshake"), std::string::npos) << status.message();
+  }
+}
 TEST_F(FrameTest, TruncatedFrame) {
   auto bytes = Header(wire::FRAME_MAGIC, 3, 64, 0);
   bytes.resize(bytes.size() + 10);  // 10 of the 64 promised bytes, then EOF

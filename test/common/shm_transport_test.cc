@@ -186,6 +186,27 @@ TEST(ShmTransportTest, ImpossiblePositionsFromTheClientAreMalformedNotFatal) {
   }
 }
 
+// A read deadline ends a wait for a peer that stays silent, on both
+// transports, and a read with bytes waiting still succeeds past it.
+TEST(ReadDeadlineTest, ASilentPeerFailsTheReadAtTheDeadline) {
+  for (bool shm : {false, true}) {
+    std::unique_ptr<Transport> server, client;
+    ASSERT_TRUE((shm ? MakeShmTransportPair(&server, &client, 64 << 10)
+                     : MakeTransportPair(&server, &client))
+                    .ok());
+    uint8_t byte = 7;
+    client->SetReadDeadline(std::chrono::steady_clock::now() + std::chrono::milliseconds(100));
+    const Status silent = client->ReadExact(&byte, 1);
+    EXPECT_EQ(silent.code(), StatusCode::kDisconnected)
+        << (shm ? "shm: " : "socket: ") << silent.ToString();
+    EXPECT_NE(silent.message().find("deadline"), std::string::npos) << silent.message();
+    ConstBuffer b{&byte, 1};
+    ASSERT_TRUE(server->Write(std::span<const ConstBuffer>(&b, 1)).ok());
+    client->SetReadDeadline(kNoDeadline);
+    EXPECT_TRUE(client->ReadExact(&byte, 1).ok());
+  }
+}
+
 TEST(ShmTransportTest, ConnectingToNothingFailsFast) {
   std::unique_ptr<Transport> transport;
   Status status =

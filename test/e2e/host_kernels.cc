@@ -9,9 +9,15 @@
 // them directly.
 //
 // Thread-safety: the backend may call these from several stream threads at
-// once; they keep no state.
+// once; they keep no state (tick appends to a file with O_APPEND writes).
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <thread>
 
 #include "kernel_types.h"
 #include "test/support/host_kernel.h"
@@ -72,4 +78,23 @@ FERRY_E2E_HOST_KERNEL(e2e_increment) {
   ForEachThreadX(launch, [&](long long i) {
     if (i < n) data[i] += 1;
   });
+}
+
+// tick(unsigned* counter, int sleep_us): counter[0] += 1 after sleep_us of
+// work (a sleep stands in for a slow kernel). When ferryd's environment
+// names FERRY_E2E_TICK_FILE, each run also appends one byte there, so a test
+// can count how many launches ran even after their session's memory is gone.
+FERRY_E2E_HOST_KERNEL(_Z4tickPji) {
+  (void)launch;
+  auto* counter = Param<unsigned*>(params, 0);
+  const int sleep_us = Param<int>(params, 1);
+  std::this_thread::sleep_for(std::chrono::microseconds(sleep_us));
+  *counter += 1;
+  if (const char* path = std::getenv("FERRY_E2E_TICK_FILE"); path != nullptr) {
+    const int fd = ::open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+      (void)!::write(fd, "t", 1);
+      ::close(fd);
+    }
+  }
 }

@@ -17,12 +17,13 @@ inline constexpr char kAddInt[] = "_Z7add_intPiii";
 inline constexpr char kProduce[] = "_Z7producePiiiii";
 inline constexpr char kConsume[] = "_Z7consumePKiPii";
 inline constexpr char kIncrement[] = "e2e_increment";  // extern "C"
+inline constexpr char kTick[] = "_Z4tickPji";
 // Has no host implementation, on purpose (see the errors program).
 inline constexpr char kMissingHostKernel[] = "_Z19missing_host_kernelPi";
 
 inline constexpr const char* kAllKernels[] = {
-    kVectorAdd, kPaddedByValue, kManyParams, kScaleFloat, kScaleDouble,       kLaunchGeometry,
-    kAddInt,    kProduce,       kConsume,    kIncrement,  kMissingHostKernel,
+    kVectorAdd, kPaddedByValue, kManyParams, kScaleFloat, kScaleDouble, kLaunchGeometry,
+    kAddInt,    kProduce,       kConsume,    kIncrement,  kTick,        kMissingHostKernel,
 };
 
 // The module global that the launch program reads and writes.

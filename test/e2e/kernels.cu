@@ -106,6 +106,13 @@ extern "C" __global__ void e2e_increment(unsigned* data, int n) {
   if (i < n) data[i] += 1;
 }
 
+// One tick: counter[0] += 1, after `sleep_us` of work. Its host twin is
+// slow on purpose and also reports each run (see host_kernels.cc), so a test
+// can count the launches that ran (launch_queue, bounded_test.cc).
+__global__ void tick(unsigned* counter, int sleep_us) {
+  if (blockIdx.x == 0 && threadIdx.x == 0) atomicAdd(counter, 1u);
+}
+
 // Deliberately has no host implementation: launching it through the host
 // backend must fail with an error that names it.
 __global__ void missing_host_kernel(int* out) { out[threadIdx.x] = 1; }

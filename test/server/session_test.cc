@@ -62,6 +62,7 @@ class SessionTest : public ::testing::Test {
     h.setPid(7);
     h.setProgram("session_test");
     session_ = std::make_unique<Session>(1, std::move(observed_server), *backend_, h.asReader());
+    if (buffer_limit_ != 0) session_->SetBufferLimit(buffer_limit_);
     runner_ = std::thread([this] { session_->Run(); });
     client_ = std::make_unique<RawClient>(std::move(observed_client));
     Frame frame;
@@ -184,6 +185,7 @@ class SessionTest : public ::testing::Test {
   }
 
   std::unique_ptr<backend::GpuBackend> backend_;
+  uint64_t buffer_limit_ = 0;  // Session::SetBufferLimit before Run; 0: the default
   std::unique_ptr<Session> session_;
   std::thread runner_;
   std::unique_ptr<RawClient> client_;
@@ -551,6 +553,37 @@ TEST_F(SessionTest, BulkClaimedPastTheFrameClosesTheSession) {
   call.initMemcpyHtoD().setBytes(1 << 20);
   ASSERT_TRUE(WriteFrame(client_->transport(), wire::FrameKind::CALL_BATCH, message).ok());
   EXPECT_FALSE(client_->Read().status.ok());  // the session closed the connection
+}
+
+// With a 256 KiB buffer limit, a 1 MiB host-to-device copy still lands (it
+// streams), and a frame whose payload would all be buffered past the limit
+// (a module image) closes the session instead of being buffered.
+TEST_F(SessionTest, FramesPastTheBufferLimitStreamOrCloseTheSession) {
+  EndSession();
+  buffer_limit_ = 256 << 10;
+  StartSession();
+  CreateContext();
+  const uint64_t dst = Alloc(1 << 20);
+  CreateStream(1);
+  std::vector<uint8_t> data(1 << 20);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i * 13 + 5);
+  CopyIn(1, dst, data);
+  ReplyResult out = CopyOut(1, dst, data.size());
+  ASSERT_TRUE(out.status.ok()) << out.status.ToString();
+  EXPECT_EQ(out.bulk, data);
+
+  const std::vector<uint8_t> image(512 << 10, 0x7f);
+  uint64_t seq = 0;
+  // The session may close the connection before the whole frame is written.
+  (void)client_->TrySend(
+      [&](wire::Call::Builder c) {
+        auto a = c.initModuleLoad();
+        a.setCtx(100);
+        a.setModule(7);
+      },
+      true, image, &seq);
+  const ReplyResult refused = client_->Read();
+  EXPECT_EQ(refused.status.code(), StatusCode::kDisconnected) << refused.status.ToString();
 }
 
 TEST_F(SessionTest, GarbageMessagesNeverCrashTheServer) {
@@ -1889,6 +1922,7 @@ class PooledSessionTest : public ::testing::Test {
   }
 
   std::unique_ptr<backend::GpuBackend> backend_;
+  uint64_t buffer_limit_ = 0;  // Session::SetBufferLimit before Run; 0: the default
   std::unique_ptr<Session> session_;
   std::thread runner_;
   std::unique_ptr<RawClient> client_;

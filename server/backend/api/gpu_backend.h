@@ -767,6 +767,16 @@ class GpuBackend {
     return NoGraphs();
   }
 
+  // --- bounded resources (a session that ends) ------------------------------
+  // The session that owns `ctx` is gone and nobody will see what its queued
+  // work computes: work queued on `ctx`'s streams that has not started yet
+  // may be dropped, so that destroying the context (which waits for the
+  // queued work) ends soon. Kernel launches are what may be dropped;
+  // copies, memsets, event records and frees still run, so that every
+  // completion still fires. The context must not be used for new work
+  // afterwards, only destroyed. Any thread; returns at once.
+  virtual void AbandonQueuedWork(Context& ctx) = 0;
+
  private:
   Status NoVirtualMemory() const {
     constexpr int kCudaErrorNotSupported = 801;  // CUDA_ERROR_NOT_SUPPORTED (no cuda.h here)

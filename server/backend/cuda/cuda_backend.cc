@@ -852,6 +852,10 @@ class CudaBackend final : public GpuBackend {
     });
   }
 
+  // The driver has no way to take back work it has queued: destroying the
+  // context waits for it (or the GPU drops it when the context goes).
+  void AbandonQueuedWork(Context& context) override { (void)context; }
+
   void WhenContextIdle(Context& context, Completion done) override {
     CudaContext& ctx = Ctx(context);
     ctx.waits.Add();

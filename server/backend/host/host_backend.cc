@@ -164,6 +164,10 @@ struct ContextState {
   std::mutex limits_mu;
   std::array<uint64_t, host_internal::kLimitCount> limits ABSL_GUARDED_BY(limits_mu);
 
+  // Set by AbandonQueuedWork: launches of this context that have not started
+  // return at once instead of running. Shared with the queued operations.
+  const std::shared_ptr<std::atomic<bool>> abandoned = std::make_shared<std::atomic<bool>>(false);
+
   // The tails of every stream of the context, legacy included.
   std::vector<StreamPoint> Tails() {
     std::lock_guard<std::mutex> lock(mu);
@@ -681,6 +685,10 @@ class HostBackend final : public GpuBackend {
 
   void WhenContextIdle(Context& ctx, Completion done) override {
     WhenAllReached(AsContext(ctx).state()->Tails(), std::move(done));
+  }
+
+  void AbandonQueuedWork(Context& ctx) override {
+    AsContext(ctx).state()->abandoned->store(true, std::memory_order_relaxed);
   }
 
   // --- memory ---------------------------------------------------------------
@@ -1210,7 +1218,9 @@ class HostBackend final : public GpuBackend {
     launch.shared_bytes = config.shared_bytes;
     launch.services = &kHostServices;
     launch.services_scope = &ctx;
-    *out = [fn = f.fn(), launch, storage = std::move(storage), offsets = f.offsets()] {
+    *out = [fn = f.fn(), launch, storage = std::move(storage), offsets = f.offsets(),
+            abandoned = ctx.abandoned] {
+      if (abandoned->load(std::memory_order_relaxed)) return;  // its session is gone
       auto* base = reinterpret_cast<uint8_t*>(storage->data());
       std::vector<void*> pointers(offsets->size() + 1, nullptr);  // +1: never a null array
       for (size_t i = 0; i < offsets->size(); ++i) pointers[i] = base + (*offsets)[i];

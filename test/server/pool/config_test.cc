@@ -124,6 +124,28 @@ void ExpectError(const std::string& text, const std::string& prefix, const std::
   EXPECT_NE(status.message().find(detail), std::string::npos) << status.message();
 }
 
+TEST(ConfigTest, ServerLimits) {
+  Config config;
+  Status status = ParseConfig(R"(
+[server]
+handshake_timeout = "2s"
+max_connections = 64
+max_sessions = 8
+session_buffer = "256MiB"
+)",
+                              "x.toml", &config);
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  EXPECT_EQ(*config.server.handshake_timeout, absl::Seconds(2));
+  EXPECT_EQ(*config.server.max_connections, 64);
+  EXPECT_EQ(*config.server.max_sessions, 8);
+  EXPECT_EQ(*config.server.session_buffer, 256ull << 20);
+  ExpectError("[server]\nmax_sessions = 0\n", "bad.toml:2: server.max_sessions", "out of range");
+  ExpectError("[server]\nhandshake_timeout = \"0\"\n", "bad.toml:2: server.handshake_timeout",
+              "more than 0");
+  ExpectError("[server]\nsession_buffer = \"lots\"\n", "bad.toml:2: server.session_buffer",
+              "not a size");
+}
+
 TEST(ConfigTest, UnknownKeysNameFileLineAndKey) {
   ExpectError("[server]\nlisten = \"a:1\"\nlisen = 3\n", "bad.toml:3: server.lisen", "unknown key");
   ExpectError("[servers]\n", "bad.toml:1: servers", "unknown key");
