@@ -5,9 +5,11 @@
 //
 // Checks: nothing crashes, reads outside the input (it lies in a heap block
 // of exactly its size, so ASan sees an over-read) or trips UBSan; the
-// functions keep their contracts: a fatbin or cubin that passes
-// CheckImageBounds is classified as such, and every parsed kernel and
-// global has a name and initial bytes that fit its size.
+// functions keep their contracts:
+// ParseImage accepts only what ClassifyImage recognises, and every parsed
+// global's initial bytes fit its size (the host backend copies them into an
+// allocation of that size). An ELF symbol's name may be empty (string
+// offset 0); that is not malformed, so names are not checked.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -51,11 +53,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   ImageLayout layout;
   if (ParseImage(bytes, &layout).ok()) {
     Require(classified, "ParseImage accepted bytes that ClassifyImage refused");
-    for (const KernelLayout& kernel : layout.kernels) {
-      Require(!kernel.name.empty(), "a kernel without a name");
-    }
     for (const GlobalLayout& global : layout.globals) {
-      Require(!global.name.empty(), "a global without a name");
       Require(global.initial.empty() || global.initial.size() <= global.size,
               "a global's initial bytes exceed its size");
     }

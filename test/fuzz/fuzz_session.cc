@@ -151,7 +151,7 @@ class FuzzClientTransport final : public Transport {
   // Appends the next frame of the input to pending_ (mutex_ held).
   void NextFrame() {
     std::vector<uint64_t> seen = seen_;
-    CallDecoder decoder(in_, seen);
+    CallDecoder decoder(in_, seen, used_);
     const uint8_t what = in_.Byte() % 8;
     capnp::MallocMessageBuilder message;
     if (what == 0) {
@@ -210,6 +210,7 @@ class FuzzClientTransport final : public Transport {
   std::vector<uint8_t> pending_;  // frames made, not read yet
   size_t read_at_ = 0;
   std::vector<uint64_t> seen_;  // addresses from replies, oldest first
+  std::vector<uint64_t> used_;  // 64-bit values of the calls made so far
   uint64_t next_seq_ = 1;
   bool shut_down_ = false;
   const std::string name_ = "fuzz-client";

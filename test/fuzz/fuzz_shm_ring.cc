@@ -122,7 +122,7 @@ class Harness {
       Require(status.ok(), "a read of published bytes failed");
     }
     const uint64_t consumed = std::min(n, available);
-    Require(std::memcmp(got.data(), expected.data(), consumed) == 0,
+    Require(consumed == 0 || std::memcmp(got.data(), expected.data(), consumed) == 0,
             "a read returned other bytes than the ring's");
     in_tail_ += consumed;
     Require(header_->to_server.tail.load() == in_tail_ || consumed == 0,

@@ -195,6 +195,56 @@ void SessionSeeds() {
                 },
                 false, std::vector<uint8_t>(12, 0)},
                {[](wire::Call::Builder c) { c.initCtxSynchronize().setCtx(100); }, true}});
+  // An event recorded on stream 1, waited for on stream 2, synchronized.
+  SessionSeed("events",
+              {{CtxCreate, true},
+               {StreamCreate(1)},
+               {StreamCreate(2)},
+               {[](wire::Call::Builder c) {
+                  auto a = c.initEventCreate();
+                  a.setCtx(100);
+                  a.setEvent(9);
+                }},
+               {[](wire::Call::Builder c) {
+                  auto a = c.initEventRecord();
+                  a.setCtx(100);
+                  a.setStream(1);
+                  a.setEvent(9);
+                }},
+               {[](wire::Call::Builder c) {
+                  auto a = c.initStreamWaitEvent();
+                  a.setCtx(100);
+                  a.setStream(2);
+                  a.setEvent(9);
+                }},
+               {[](wire::Call::Builder c) { c.initEventSynchronize().setEvent(9); }, true},
+               {[](wire::Call::Builder c) { c.initEventDestroy().setEvent(9); }},
+               {[](wire::Call::Builder c) {
+                  auto a = c.initStreamDestroy();
+                  a.setCtx(100);
+                  a.setStream(2);
+                }, true}});
+  // Stream 1 waits for a value that stream 2 writes (cuStreamWaitValue32,
+  // cuStreamWriteValue32: CU_STREAM_MEM_OP_WAIT_VALUE_32 = 1, WRITE = 2).
+  auto mem_op = [](uint64_t stream, int32_t operation) {
+    return [=](wire::Call::Builder c) {
+      auto a = c.initStreamMemOps();
+      a.setCtx(100);
+      a.setStream(stream);
+      auto op = a.initOps(1)[0];
+      op.setOperation(operation);
+      op.setAddress(SeenValue(0, 0));
+      op.setValue(5);
+    };
+  };
+  SessionSeed("wait_value",
+              {{CtxCreate, true},
+               {MemAlloc(64), true},
+               {StreamCreate(1)},
+               {StreamCreate(2)},
+               {mem_op(1, 1)},
+               {mem_op(2, 2)},
+               {[](wire::Call::Builder c) { c.initCtxSynchronize().setCtx(100); }, true}});
   // A host gate (seq 3) held, work queued behind it, then the gate opened.
   SessionSeed("host_gate",
               {{CtxCreate, true},

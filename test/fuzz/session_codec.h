@@ -12,9 +12,10 @@
 //              call's last 64-bit value if <= 4 MiB), then the bulk bytes
 //   struct  := each non-union field in schema order, then a union member
 //              (byte index) and its value
-//   u64     := byte&3: 0 a small constant (handles, sizes) | 1 a value seen
-//              in a reply (an address; byte: how far back) plus u16 | 2 u16
-//              | 3 eight raw bytes
+//   u64     := byte&7: 2 a value seen in a reply (an address; byte: how far
+//              back) plus u16 | 3, 4 a 64-bit value an earlier call used (a
+//              handle the client chose; byte: how far back) | 5 u16 | 6 eight
+//              raw bytes | else a small constant (handles, sizes)
 //   other   := raw little-endian bytes; text/data a length byte then bytes;
 //              a list a count byte (%5) then elements
 // Seq numbers are the harness's (1, 2, ...). Header only.
@@ -55,7 +56,10 @@ inline capnp::StructSchema CallSchema() { return capnp::Schema::from<wire::Call>
 // Decodes calls into builders.
 class CallDecoder {
  public:
-  CallDecoder(FuzzInput& in, const std::vector<uint64_t>& seen) : in_(in), seen_(seen) {}
+  // `seen`: addresses from replies, oldest first; `used`: the 64-bit values
+  // of earlier calls (handles the client chose), kept up to date here.
+  CallDecoder(FuzzInput& in, const std::vector<uint64_t>& seen, std::vector<uint64_t>& used)
+      : in_(in), seen_(seen), used_(used) {}
 
   // Fills `call` (all but seq); sets `*bulk` to the call's bulk bytes.
   void Call(wire::Call::Builder call, std::vector<uint8_t>* bulk) {
@@ -77,18 +81,26 @@ class CallDecoder {
 
   uint64_t U64() {
     uint64_t v = 0;
-    switch (in_.Byte() & 3) {
-      case 0: v = kSmallValues[in_.Below(std::size(kSmallValues))]; break;
-      case 1: {
+    switch (in_.Byte() & 7) {
+      case 2: {
         const uint8_t back = in_.Byte();
         const uint16_t offset = in_.Integral<uint16_t>();
         v = seen_.empty() ? offset : seen_[seen_.size() - 1 - back % seen_.size()] + offset;
         break;
       }
-      case 2: v = in_.Integral<uint16_t>(); break;
-      default: v = in_.Integral<uint64_t>(); break;
+      case 3:
+      case 4: {
+        const uint8_t back = in_.Byte();
+        v = used_.empty() ? back : used_[used_.size() - 1 - back % used_.size()];
+        break;
+      }
+      case 5: v = in_.Integral<uint16_t>(); break;
+      case 6: v = in_.Integral<uint64_t>(); break;
+      default: v = kSmallValues[in_.Below(std::size(kSmallValues))]; break;
     }
     last_u64_ = v;
+    if (used_.size() == kUsedLimit) used_.erase(used_.begin());
+    used_.push_back(v);
     return v;
   }
 
@@ -178,7 +190,9 @@ class CallDecoder {
   }
 
   FuzzInput& in_;
+  static constexpr size_t kUsedLimit = 64;
   const std::vector<uint64_t>& seen_;
+  std::vector<uint64_t>& used_;
   uint64_t last_u64_ = 0;
 };
 
@@ -205,11 +219,11 @@ class Encoder {
   }
   void U64(uint64_t v) {
     if ((v >> 48) == (kSeenMarker >> 48)) {
-      Byte(1);
+      Byte(2);
       Byte(static_cast<uint8_t>(v >> 16));
       Raw<uint16_t>(static_cast<uint16_t>(v));
     } else {
-      Byte(3);
+      Byte(6);
       Raw<uint64_t>(v);
     }
   }
