@@ -50,8 +50,9 @@ for target in "${targets[@]}"; do
   mkdir -p "$work" "$findings"
   echo "fuzz.sh: $target for ${seconds} s"
   # -timeout: one input running this long is a hang (a finding);
-  # -rss_limit_mb also bounds any single allocation (malloc_limit_mb).
-  if ! "$build/bin/fuzz_$target" -max_total_time="$seconds" -timeout=30 -rss_limit_mb=2048 \
+  # -malloc_limit_mb: one allocation this large is a finding (what a
+  # peer claims must not decide what ferryd allocates).
+  if ! "$build/bin/fuzz_$target" -max_total_time="$seconds" -timeout=30 -rss_limit_mb=2048 -malloc_limit_mb=512 \
       -max_len=65536 -print_final_stats=1 -artifact_prefix="$findings/" \
       "$work" "test/fuzz/corpus/$target" >"$build/fuzz/$target.log" 2>&1; then
     failed+=("$target")
