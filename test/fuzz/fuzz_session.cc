@@ -3,7 +3,9 @@
 // by a client whose frames are decoded from the input (session_codec.h): any
 // call of the schema with any arguments, batches, bulk bytes, gateOpen
 // frames and raw frames. Addresses the session hands out in replies feed
-// later calls, so copies, frees and launches reach real allocations.
+// later calls, so copies, frees and launches reach real allocations; the
+// backend has a (no-op) host twin for kernel `k` of the seeds' PTX, so
+// launches run.
 //
 // Checks, besides no crash, hang, leak or ASan/UBSan report:
 //  * every frame the session writes is a well-formed Reply (or the
@@ -221,6 +223,7 @@ backend::GpuBackend& SharedBackend() {
     backend::HostBackendOptions options;
     options.device_count = 2;
     options.device_memory = 64 << 20;
+    options.kernel_libraries = {FERRY_FUZZ_HOST_KERNELS};
     std::unique_ptr<backend::GpuBackend> made;
     Require(backend::CreateHostBackend(options, &made).ok(), "no host backend");
     return made;
