@@ -37,7 +37,9 @@ void Require(bool condition, const char* what) {
 
 // Reads every pointer of the message under the peer limits (a full
 // traversal, as any handler that reads all fields would).
-void Traverse(capnp::MessageReader& reader) { (void)reader.getRoot<capnp::AnyPointer>().targetSize(); }
+void Traverse(capnp::MessageReader& reader) {
+  (void)reader.getRoot<capnp::AnyPointer>().targetSize();
+}
 
 void ReadHello(kj::ArrayPtr<const capnp::word> words) {
   capnp::FlatArrayMessageReader reader(words, PeerReaderOptions());

@@ -21,10 +21,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <span>
-#include <string>
 #include <memory>
 #include <mutex>
+#include <span>
+#include <string>
 #include <vector>
 
 #include "common/frame.h"
@@ -147,7 +147,9 @@ class FuzzClientTransport final : public Transport {
       }
     };
     for (auto field : s.getSchema().getNonUnionFields()) collect_field(field);
-    KJ_IF_MAYBE(which, s.which()) { collect_field(*which); }
+    KJ_IF_MAYBE (which, s.which()) {
+      collect_field(*which);
+    }
   }
 
   // Appends the next frame of the input to pending_ (mutex_ held).

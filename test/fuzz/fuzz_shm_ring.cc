@@ -39,7 +39,6 @@ void Require(bool condition, const char* what) {
   }
 }
 
-
 class Harness {
  public:
   bool Start() {
@@ -90,13 +89,27 @@ class Harness {
   void Scribble(FuzzInput& in) {
     const uint32_t value = in.Integral<uint32_t>();
     switch (in.Below(7)) {
-      case 0: header_->magic = value; break;
-      case 1: header_->version = value; break;
-      case 2: header_->ring_bytes = in.Integral<uint64_t>(); break;
-      case 3: header_->to_server.reader_sleeping.store(value); break;
-      case 4: header_->to_client.writer_sleeping.store(value); break;
-      case 5: header_->to_server.data_event.store(value); break;
-      case 6: header_->to_client.space_event.store(value); break;
+      case 0:
+        header_->magic = value;
+        break;
+      case 1:
+        header_->version = value;
+        break;
+      case 2:
+        header_->ring_bytes = in.Integral<uint64_t>();
+        break;
+      case 3:
+        header_->to_server.reader_sleeping.store(value);
+        break;
+      case 4:
+        header_->to_client.writer_sleeping.store(value);
+        break;
+      case 5:
+        header_->to_server.data_event.store(value);
+        break;
+      case 6:
+        header_->to_client.space_event.store(value);
+        break;
     }
   }
 
@@ -140,7 +153,8 @@ class Harness {
     const uint64_t space = used <= kRing ? kRing - used : 2 * kRing;
     for (auto& piece : data) {
       piece.resize(std::min<uint64_t>(in.Below(kRing + 1), space - total));
-      for (size_t i = 0; i < piece.size(); ++i) piece[i] = static_cast<uint8_t>(out_head_ + total + i);
+      for (size_t i = 0; i < piece.size(); ++i)
+        piece[i] = static_cast<uint8_t>(out_head_ + total + i);
       total += piece.size();
       buffers.push_back({piece.data(), piece.size()});
     }

@@ -30,7 +30,8 @@ void WriteSeed(const std::string& target, const std::string& name,
                const std::vector<uint8_t>& bytes) {
   std::filesystem::create_directories(corpus / target);
   std::ofstream out(corpus / target / name, std::ios::binary | std::ios::trunc);
-  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  out.write(reinterpret_cast<const char*>(bytes.data()),
+            static_cast<std::streamsize>(bytes.size()));
 }
 
 // A Transport that keeps what is written.
@@ -84,8 +85,10 @@ Fill Copy(bool to_device, uint64_t bytes) {
     auto a = to_device ? c.initMemcpyHtoD() : c.initMemcpyDtoH();
     a.setCtx(100);
     a.setStream(1);
-    if (to_device) a.setDst(SeenValue(0, 0));
-    else a.setSrc(SeenValue(0, 0));
+    if (to_device)
+      a.setDst(SeenValue(0, 0));
+    else
+      a.setSrc(SeenValue(0, 0));
     a.setBytes(bytes);
   };
 }
@@ -106,7 +109,8 @@ void FrameSeeds() {
     capnp::MallocMessageBuilder m;
     auto c = m.initRoot<wire::Call>();
     c.setSeq(i + 1);
-    if (i == 0) CtxCreate(c);
+    if (i == 0)
+      CtxCreate(c);
     else {
       Copy(true, 16)(c);
       c.getMemcpyHtoD().setDst(0x10000);
@@ -201,29 +205,30 @@ void SessionSeeds() {
                {StreamCreate(1)},
                {StreamCreate(2)},
                {[](wire::Call::Builder c) {
-                  auto a = c.initEventCreate();
-                  a.setCtx(100);
-                  a.setEvent(9);
-                }},
+                 auto a = c.initEventCreate();
+                 a.setCtx(100);
+                 a.setEvent(9);
+               }},
                {[](wire::Call::Builder c) {
-                  auto a = c.initEventRecord();
-                  a.setCtx(100);
-                  a.setStream(1);
-                  a.setEvent(9);
-                }},
+                 auto a = c.initEventRecord();
+                 a.setCtx(100);
+                 a.setStream(1);
+                 a.setEvent(9);
+               }},
                {[](wire::Call::Builder c) {
-                  auto a = c.initStreamWaitEvent();
-                  a.setCtx(100);
-                  a.setStream(2);
-                  a.setEvent(9);
-                }},
+                 auto a = c.initStreamWaitEvent();
+                 a.setCtx(100);
+                 a.setStream(2);
+                 a.setEvent(9);
+               }},
                {[](wire::Call::Builder c) { c.initEventSynchronize().setEvent(9); }, true},
                {[](wire::Call::Builder c) { c.initEventDestroy().setEvent(9); }},
                {[](wire::Call::Builder c) {
                   auto a = c.initStreamDestroy();
                   a.setCtx(100);
                   a.setStream(2);
-                }, true}});
+                },
+                true}});
   // Stream 1 waits for a value that stream 2 writes (cuStreamWaitValue32,
   // cuStreamWriteValue32: CU_STREAM_MEM_OP_WAIT_VALUE_32 = 1, WRITE = 2).
   auto mem_op = [](uint64_t stream, int32_t operation) {
@@ -250,20 +255,20 @@ void SessionSeeds() {
               {{CtxCreate, true},
                {StreamCreate(1)},
                {[](wire::Call::Builder c) {
-                  auto a = c.initHostGate();
-                  a.setCtx(100);
-                  a.setStream(1);
-                }},
+                 auto a = c.initHostGate();
+                 a.setCtx(100);
+                 a.setStream(1);
+               }},
                {MemAlloc(256), true},
                {[](wire::Call::Builder c) {
-                  auto a = c.initMemset();
-                  a.setCtx(100);
-                  a.setStream(1);
-                  a.setDst(SeenValue(0, 0));
-                  a.setElementBytes(1);
-                  a.setWidth(256);
-                  a.setHeight(1);
-                }},
+                 auto a = c.initMemset();
+                 a.setCtx(100);
+                 a.setStream(1);
+                 a.setDst(SeenValue(0, 0));
+                 a.setElementBytes(1);
+                 a.setWidth(256);
+                 a.setHeight(1);
+               }},
                {[](wire::Call::Builder c) { c.initCtxSynchronize().setCtx(100); }, true}},
               {3});
 }

@@ -37,9 +37,8 @@
 
 namespace ferry::fuzz {
 
-inline constexpr uint64_t kSmallValues[] = {0,   1,    2,     3,       4,         8,
-                                            16,  64,   100,   101,     102,       256,
-                                            512, 4096, 65536, 1 << 20, ~0ull};
+inline constexpr uint64_t kSmallValues[] = {0,   1,   2,   3,   4,    8,     16,      64,   100,
+                                            101, 102, 256, 512, 4096, 65536, 1 << 20, ~0ull};
 inline constexpr int kMaxDepth = 6;
 inline constexpr unsigned kMaxListLength = 4;
 inline constexpr uint64_t kMaxDerivedBulk = 4 << 20;
@@ -69,9 +68,14 @@ class CallDecoder {
     call.setWantsReply(in_.Bool());
     uint64_t bytes = 0;
     switch (in_.Byte() % 3) {
-      case 1: bytes = in_.Integral<uint16_t>(); break;
-      case 2: bytes = last_u64_ <= kMaxDerivedBulk ? last_u64_ : 0; break;
-      default: break;
+      case 1:
+        bytes = in_.Integral<uint16_t>();
+        break;
+      case 2:
+        bytes = last_u64_ <= kMaxDerivedBulk ? last_u64_ : 0;
+        break;
+      default:
+        break;
     }
     auto taken = in_.Bytes(bytes);
     bulk->assign(taken.begin(), taken.end());
@@ -94,9 +98,15 @@ class CallDecoder {
         v = used_.empty() ? back : used_[used_.size() - 1 - back % used_.size()];
         break;
       }
-      case 5: v = in_.Integral<uint16_t>(); break;
-      case 6: v = in_.Integral<uint64_t>(); break;
-      default: v = kSmallValues[in_.Below(std::size(kSmallValues))]; break;
+      case 5:
+        v = in_.Integral<uint16_t>();
+        break;
+      case 6:
+        v = in_.Integral<uint64_t>();
+        break;
+      default:
+        v = kSmallValues[in_.Below(std::size(kSmallValues))];
+        break;
     }
     last_u64_ = v;
     if (used_.size() == kUsedLimit) used_.erase(used_.begin());
@@ -120,7 +130,9 @@ class CallDecoder {
     }
     const capnp::Type type = field.getType();
     switch (type.which()) {
-      case capnp::schema::Type::VOID: s.set(field, capnp::VOID); break;
+      case capnp::schema::Type::VOID:
+        s.set(field, capnp::VOID);
+        break;
       case capnp::schema::Type::STRUCT:
         Struct(s.init(field).as<capnp::DynamicStruct>(), depth + 1);
         break;
@@ -162,15 +174,24 @@ class CallDecoder {
 
   capnp::DynamicValue::Reader Scalar(const capnp::Type& type) {
     switch (type.which()) {
-      case capnp::schema::Type::BOOL: return in_.Bool();
-      case capnp::schema::Type::INT8: return in_.Integral<int8_t>();
-      case capnp::schema::Type::INT16: return in_.Integral<int16_t>();
-      case capnp::schema::Type::INT32: return in_.Integral<int32_t>();
-      case capnp::schema::Type::INT64: return static_cast<int64_t>(U64());
-      case capnp::schema::Type::UINT8: return in_.Integral<uint8_t>();
-      case capnp::schema::Type::UINT16: return in_.Integral<uint16_t>();
-      case capnp::schema::Type::UINT32: return in_.Integral<uint32_t>();
-      case capnp::schema::Type::UINT64: return U64();
+      case capnp::schema::Type::BOOL:
+        return in_.Bool();
+      case capnp::schema::Type::INT8:
+        return in_.Integral<int8_t>();
+      case capnp::schema::Type::INT16:
+        return in_.Integral<int16_t>();
+      case capnp::schema::Type::INT32:
+        return in_.Integral<int32_t>();
+      case capnp::schema::Type::INT64:
+        return static_cast<int64_t>(U64());
+      case capnp::schema::Type::UINT8:
+        return in_.Integral<uint8_t>();
+      case capnp::schema::Type::UINT16:
+        return in_.Integral<uint16_t>();
+      case capnp::schema::Type::UINT32:
+        return in_.Integral<uint32_t>();
+      case capnp::schema::Type::UINT64:
+        return U64();
       case capnp::schema::Type::FLOAT32: {
         const uint32_t bits = in_.Integral<uint32_t>();
         float f;
@@ -185,7 +206,8 @@ class CallDecoder {
       }
       case capnp::schema::Type::ENUM:
         return capnp::DynamicEnum(type.asEnum(), in_.Integral<uint16_t>());
-      default: return capnp::VOID;
+      default:
+        return capnp::VOID;
     }
   }
 
@@ -280,7 +302,8 @@ class Encoder {
     const capnp::Type type = field.getType();
     const auto value = s.get(field);
     switch (type.which()) {
-      case capnp::schema::Type::VOID: break;
+      case capnp::schema::Type::VOID:
+        break;
       case capnp::schema::Type::STRUCT:
         Struct(value.as<capnp::DynamicStruct>(), depth + 1);
         break;
@@ -321,15 +344,33 @@ class Encoder {
 
   void Scalar(const capnp::Type& type, capnp::DynamicValue::Reader value) {
     switch (type.which()) {
-      case capnp::schema::Type::BOOL: Byte(value.as<bool>() ? 1 : 0); break;
-      case capnp::schema::Type::INT8: Raw(value.as<int8_t>()); break;
-      case capnp::schema::Type::INT16: Raw(value.as<int16_t>()); break;
-      case capnp::schema::Type::INT32: Raw(value.as<int32_t>()); break;
-      case capnp::schema::Type::INT64: U64(static_cast<uint64_t>(value.as<int64_t>())); break;
-      case capnp::schema::Type::UINT8: Raw(value.as<uint8_t>()); break;
-      case capnp::schema::Type::UINT16: Raw(value.as<uint16_t>()); break;
-      case capnp::schema::Type::UINT32: Raw(value.as<uint32_t>()); break;
-      case capnp::schema::Type::UINT64: U64(value.as<uint64_t>()); break;
+      case capnp::schema::Type::BOOL:
+        Byte(value.as<bool>() ? 1 : 0);
+        break;
+      case capnp::schema::Type::INT8:
+        Raw(value.as<int8_t>());
+        break;
+      case capnp::schema::Type::INT16:
+        Raw(value.as<int16_t>());
+        break;
+      case capnp::schema::Type::INT32:
+        Raw(value.as<int32_t>());
+        break;
+      case capnp::schema::Type::INT64:
+        U64(static_cast<uint64_t>(value.as<int64_t>()));
+        break;
+      case capnp::schema::Type::UINT8:
+        Raw(value.as<uint8_t>());
+        break;
+      case capnp::schema::Type::UINT16:
+        Raw(value.as<uint16_t>());
+        break;
+      case capnp::schema::Type::UINT32:
+        Raw(value.as<uint32_t>());
+        break;
+      case capnp::schema::Type::UINT64:
+        U64(value.as<uint64_t>());
+        break;
       case capnp::schema::Type::FLOAT32: {
         const float f = value.as<float>();
         uint32_t bits;
@@ -344,8 +385,11 @@ class Encoder {
         Raw(bits);
         break;
       }
-      case capnp::schema::Type::ENUM: Raw(value.as<capnp::DynamicEnum>().getRaw()); break;
-      default: break;
+      case capnp::schema::Type::ENUM:
+        Raw(value.as<capnp::DynamicEnum>().getRaw());
+        break;
+      default:
+        break;
     }
   }
 };

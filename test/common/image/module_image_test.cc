@@ -404,8 +404,8 @@ TEST(ModuleImageTest, ZstdEntryClaimingMoreThanItHoldsAllocatesNoSuchAmount) {
   // No content size in the frame header, one empty raw block.
   const std::vector<uint8_t> unsized = {0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x00, 0x01, 0x00, 0x00};
   // A single-segment frame whose header agrees with the claim, same block.
-  const std::vector<uint8_t> sized = {0x28, 0xb5, 0x2f, 0xfd, 0xa0, 0xff, 0xff,
-                                      0xff, 0x7f, 0x01, 0x00, 0x00};
+  const std::vector<uint8_t> sized = {0x28, 0xb5, 0x2f, 0xfd, 0xa0, 0xff,
+                                      0xff, 0xff, 0x7f, 0x01, 0x00, 0x00};
   for (const auto& frame : {unsized, sized}) {
     rusage before{};
     ASSERT_EQ(getrusage(RUSAGE_SELF, &before), 0);
