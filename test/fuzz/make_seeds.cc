@@ -55,8 +55,10 @@ class Recorder final : public Transport {
 
 using Fill = std::function<void(wire::Call::Builder)>;
 struct SeedCall {
+  SeedCall(Fill fill, bool wants_reply = false, std::vector<uint8_t> bulk = {})
+      : fill(std::move(fill)), wants_reply(wants_reply), bulk(std::move(bulk)) {}
   Fill fill;
-  bool wants_reply = false;
+  bool wants_reply;
   std::vector<uint8_t> bulk;
 };
 
