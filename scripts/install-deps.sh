@@ -17,6 +17,7 @@ packages=(
   libzstd-dev liblz4-dev  # compressed fatbin entries
   libssl-dev            # SHA-256 naming module images in ferryd's image cache
   rdma-core libibverbs-dev librdmacm-dev  # RDMA transport (later)
+  clang libclang-rt-dev  # scripts/fuzz.sh: libFuzzer and the ASan/UBSan runtimes come with clang only
 )
 
 missing=()

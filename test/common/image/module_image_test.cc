@@ -5,6 +5,7 @@
 
 #include <cuda.h>
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -365,6 +366,56 @@ TEST(ModuleImageTest, ImplausibleUncompressedSizesAreRejected) {
     std::memcpy(fatbin.data() + 16 + 56, &huge, 8);  // first entry
     ImageLayout layout;
     EXPECT_EQ(ParseImage(fatbin, &layout).cuda_result(), CUDA_ERROR_INVALID_IMAGE) << path;
+  }
+}
+
+// A one-entry fatbin whose zstd entry claims `claimed` uncompressed bytes
+// but holds `frame`.
+std::vector<uint8_t> ZstdFatbin(const std::vector<uint8_t>& frame, uint64_t claimed) {
+  std::vector<uint8_t> entry(64, 0);
+  auto put = [](std::vector<uint8_t>& v, size_t at, uint64_t value, size_t bytes) {
+    std::memcpy(v.data() + at, &value, bytes);
+  };
+  std::vector<uint8_t> payload = frame;
+  payload.resize((frame.size() + 7) / 8 * 8, 0);
+  put(entry, 0, 2, 2);  // ELF
+  put(entry, 4, 64, 4);
+  put(entry, 8, payload.size(), 8);
+  put(entry, 16, frame.size(), 4);
+  put(entry, 28, 90, 4);
+  put(entry, 40, kZstd, 8);
+  put(entry, 56, claimed, 8);
+  std::vector<uint8_t> fatbin(16, 0);
+  put(fatbin, 0, 0xBA55ED50, 4);
+  put(fatbin, 4, 1, 2);
+  put(fatbin, 6, 16, 2);
+  put(fatbin, 8, entry.size() + payload.size(), 8);
+  fatbin.insert(fatbin.end(), entry.begin(), entry.end());
+  fatbin.insert(fatbin.end(), payload.begin(), payload.end());
+  return fatbin;
+}
+
+// Sizes in an entry's and a frame's headers are claims: a tiny entry that
+// claims 2 GiB (the fuzz target "image" found one of 89 bytes) is refused
+// without memory for the claim ever being committed; what is allocated
+// follows what the frame really produces.
+TEST(ModuleImageTest, ZstdEntryClaimingMoreThanItHoldsAllocatesNoSuchAmount) {
+  const uint64_t claim = 0x7FFFFFFF;  // the largest accepted
+  // No content size in the frame header, one empty raw block.
+  const std::vector<uint8_t> unsized = {0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x00, 0x01, 0x00, 0x00};
+  // A single-segment frame whose header agrees with the claim, same block.
+  const std::vector<uint8_t> sized = {0x28, 0xb5, 0x2f, 0xfd, 0xa0, 0xff,
+                                      0xff, 0xff, 0x7f, 0x01, 0x00, 0x00};
+  for (const auto& frame : {unsized, sized}) {
+    rusage before{};
+    ASSERT_EQ(getrusage(RUSAGE_SELF, &before), 0);
+    ImageLayout layout;
+    EXPECT_EQ(ParseImage(ZstdFatbin(frame, claim), &layout).cuda_result(),
+              CUDA_ERROR_INVALID_IMAGE);
+    rusage after{};
+    ASSERT_EQ(getrusage(RUSAGE_SELF, &after), 0);
+    // ru_maxrss is the peak, in KiB: committing the claim would raise it by 2 GiB.
+    EXPECT_LT(after.ru_maxrss - before.ru_maxrss, 256 << 10);
   }
 }
 
