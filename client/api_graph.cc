@@ -32,6 +32,7 @@
 #include "client/entry_point.h"
 
 using ferry::client::CaptureState;
+using ferry::client::RecordedNodeParams;
 
 namespace {
 
@@ -402,8 +403,7 @@ CUresult CUDAAPI cuGraphGetNodes(CUgraph hGraph, CUgraphNode* nodes, size_t* num
   });
 }
 
-CUresult CUDAAPI cuGraphGetRootNodes(CUgraph hGraph, CUgraphNode* rootNodes,
-                                     size_t* numRootNodes) {
+CUresult CUDAAPI cuGraphGetRootNodes(CUgraph hGraph, CUgraphNode* rootNodes, size_t* numRootNodes) {
   return Api([&]() -> Status {
     if (numRootNodes == nullptr) return Status::InvalidArgument("numRootNodes is NULL");
     std::vector<ferry::client::GraphRegistry::NodeShape> shape;
@@ -447,15 +447,13 @@ CUresult CUDAAPI cuGraphGetEdges(CUgraph hGraph, CUgraphNode* from, CUgraphNode*
 CUresult CUDAAPI cuGraphNodeGetType(CUgraphNode hNode, CUgraphNodeType* type) {
   return Api([&]() -> Status {
     if (type == nullptr) return Status::InvalidArgument("type is NULL");
-    return NodeShapeOf(hNode, [&](const auto& n, const auto&) {
-      *type = static_cast<CUgraphNodeType>(n.type);
-    });
+    return NodeShapeOf(
+        hNode, [&](const auto& n, const auto&) { *type = static_cast<CUgraphNodeType>(n.type); });
   });
 }
 
 CUresult CUDAAPI cuGraphNodeGetDependencies_v2(CUgraphNode hNode, CUgraphNode* dependencies,
-                                               CUgraphEdgeData* edgeData,
-                                               size_t* numDependencies) {
+                                               CUgraphEdgeData* edgeData, size_t* numDependencies) {
   return Api([&]() -> Status {
     if (numDependencies == nullptr) return Status::InvalidArgument("numDependencies is NULL");
     return NodeShapeOf(hNode, [&](const auto& n, const auto&) {
@@ -501,8 +499,8 @@ CUresult CUDAAPI cuGraphDebugDotPrint(CUgraph hGraph, const char* path, unsigned
     FERRY_RETURN_IF_ERROR(Runtime::Get().graphs().GraphShape(Runtime::HandleId(hGraph), &shape));
     std::string dot = "digraph ferry_graph {\n";
     for (const auto& n : shape) {
-      dot += "  n" + std::to_string(n.id) + " [label=\"node " + std::to_string(n.id) +
-             " type " + std::to_string(n.type) + "\"];\n";
+      dot += "  n" + std::to_string(n.id) + " [label=\"node " + std::to_string(n.id) + " type " +
+             std::to_string(n.type) + "\"];\n";
       for (uint64_t d : n.dependencies) {
         dot += "  n" + std::to_string(d) + " -> n" + std::to_string(n.id) + ";\n";
       }
@@ -605,8 +603,7 @@ namespace {
 // Sends a graphAddNode call for a new node of `graph` after `deps`; `fill`
 // sets the node's kind. *node gets its handle.
 Status AddNode(CUgraphNode* node, CUgraph graph, const CUgraphNode* deps, size_t count,
-               CUgraphNodeType type,
-               const std::function<void(wire::GraphAddNode::Builder)>& fill,
+               CUgraphNodeType type, const std::function<void(wire::GraphAddNode::Builder)>& fill,
                ferry::client::OutBytes bulk = {}) {
   Runtime& rt = Runtime::Get();
   if (node == nullptr) return Status::InvalidArgument("phGraphNode is NULL");
@@ -652,6 +649,7 @@ struct KernelNodeWork {
   uint64_t ctx = 0;
   uint64_t function = 0;
   std::vector<uint8_t> params;
+  std::vector<size_t> argument_offsets;  // of each kernel argument in `params`
   Status Pack(const CUDA_KERNEL_NODE_PARAMS_v2* p);
   void Fill(wire::Launch::Builder k, const CUDA_KERNEL_NODE_PARAMS_v2& p) const {
     k.setCtx(ctx);
@@ -670,6 +668,7 @@ Status KernelNodeWork::Pack(const CUDA_KERNEL_NODE_PARAMS_v2* p) {
   std::shared_ptr<const ferry::client::FunctionState> state;
   FERRY_RETURN_IF_ERROR(rt.ResolveFunction(handle, ctx, &function, &state));
   const auto& kernel = state->kernel;
+  for (const auto& param : kernel.params) argument_offsets.push_back(param.offset);
   if (p->kernelParams != nullptr) {
     params.assign(kernel.param_bytes, 0);
     for (size_t i = 0; i < kernel.params.size(); ++i) {
@@ -704,13 +703,39 @@ Status KernelNodeWork::Pack(const CUDA_KERNEL_NODE_PARAMS_v2* p) {
   return Status::Ok();
 }
 
+// What cuGraphKernelNodeGetParams answers for a node added with `p`: the
+// same kernel, shape and context, the arguments as kernelParams (pointers
+// into the record, valid while the node lives) and no extra.
+std::shared_ptr<const RecordedNodeParams> RecordKernelNode(const CUDA_KERNEL_NODE_PARAMS_v2& p,
+                                                           const KernelNodeWork& work) {
+  auto record = std::make_shared<RecordedNodeParams>();
+  record->kernel = p;
+  record->kernel_bytes = work.params;
+  for (size_t offset : work.argument_offsets) {
+    record->kernel_arguments.push_back(record->kernel_bytes.data() + offset);
+  }
+  record->kernel.kernelParams = record->kernel_arguments.data();
+  record->kernel.extra = nullptr;
+  return record;
+}
+
 Status AddKernelNode(CUgraphNode* node, CUgraph graph, const CUgraphNode* deps, size_t count,
                      const CUDA_KERNEL_NODE_PARAMS_v2* p) {
   KernelNodeWork work;
   FERRY_RETURN_IF_ERROR(work.Pack(p));
-  return AddNode(
+  FERRY_RETURN_IF_ERROR(AddNode(
       node, graph, deps, count, CU_GRAPH_NODE_TYPE_KERNEL,
-      [&](wire::GraphAddNode::Builder args) { work.Fill(args.initKernel(), *p); }, work.bulk());
+      [&](wire::GraphAddNode::Builder args) { work.Fill(args.initKernel(), *p); }, work.bulk()));
+  Runtime::Get().graphs().SetNodeParams(Runtime::HandleId(*node), RecordKernelNode(*p, work));
+  return Status::Ok();
+}
+
+// cuGraph*NodeGetParams: what `node` was added with, as the client recorded
+// it (a graph node's parameters change only through calls not forwarded).
+Status RecordedParams(CUgraphNode node, CUgraphNodeType type, const void* out,
+                      std::shared_ptr<const RecordedNodeParams>* params) {
+  if (out == nullptr) return Status::InvalidArgument("nodeParams is NULL");
+  return Runtime::Get().graphs().NodeParams(Runtime::HandleId(node), type, params);
 }
 
 // cuGraphExecKernelNodeSetParams: whether `node` is a kernel node of the
@@ -722,8 +747,7 @@ Status SetExecKernelNode(CUgraphExec exec, CUgraphNode node, const CUDA_KERNEL_N
   FERRY_RETURN_IF_ERROR(rt.Ready());
   const uint64_t exec_id = Runtime::HandleId(exec);
   const uint64_t node_id = Runtime::HandleId(node);
-  FERRY_RETURN_IF_ERROR(
-      rt.graphs().CheckExecNode(exec_id, node_id, {CU_GRAPH_NODE_TYPE_KERNEL}));
+  FERRY_RETURN_IF_ERROR(rt.graphs().CheckExecNode(exec_id, node_id, {CU_GRAPH_NODE_TYPE_KERNEL}));
   KernelNodeWork work;
   FERRY_RETURN_IF_ERROR(work.Pack(p));
   return rt.connection().Post(
@@ -809,8 +833,7 @@ CUresult CUDAAPI cuGraphAddChildGraphNode(CUgraphNode* phGraphNode, CUgraph hGra
       return Status::InvalidHandle("childGraph is not a graph of this client");
     }
     if (childGraph == hGraph) return Status::InvalidArgument("a graph cannot be its own child");
-    return AddNode(phGraphNode, hGraph, dependencies, numDependencies,
-                   CU_GRAPH_NODE_TYPE_GRAPH,
+    return AddNode(phGraphNode, hGraph, dependencies, numDependencies, CU_GRAPH_NODE_TYPE_GRAPH,
                    [&](wire::GraphAddNode::Builder args) { args.setChildGraph(child); });
   });
 }
@@ -856,17 +879,21 @@ CUresult CUDAAPI cuGraphAddMemsetNode(CUgraphNode* phGraphNode, CUgraph hGraph,
     uint64_t context = 0;
     FERRY_RETURN_IF_ERROR(NodeContext(ctx, &context));
     const CUDA_MEMSET_NODE_PARAMS& m = *memsetParams;
-    return AddNode(phGraphNode, hGraph, dependencies, numDependencies, CU_GRAPH_NODE_TYPE_MEMSET,
-                   [&](wire::GraphAddNode::Builder args) {
-                     auto set = args.initMemset();
-                     set.setCtx(context);
-                     set.setDst(m.dst);
-                     set.setPitch(m.pitch);
-                     set.setValue(m.value);
-                     set.setElementBytes(static_cast<uint8_t>(m.elementSize));
-                     set.setWidth(m.width);
-                     set.setHeight(m.height);
-                   });
+    FERRY_RETURN_IF_ERROR(AddNode(phGraphNode, hGraph, dependencies, numDependencies,
+                                  CU_GRAPH_NODE_TYPE_MEMSET, [&](wire::GraphAddNode::Builder args) {
+                                    auto set = args.initMemset();
+                                    set.setCtx(context);
+                                    set.setDst(m.dst);
+                                    set.setPitch(m.pitch);
+                                    set.setValue(m.value);
+                                    set.setElementBytes(static_cast<uint8_t>(m.elementSize));
+                                    set.setWidth(m.width);
+                                    set.setHeight(m.height);
+                                  }));
+    auto record = std::make_shared<RecordedNodeParams>();
+    record->memset = m;
+    Runtime::Get().graphs().SetNodeParams(Runtime::HandleId(*phGraphNode), std::move(record));
+    return Status::Ok();
   });
 }
 
@@ -888,14 +915,70 @@ CUresult CUDAAPI cuGraphAddMemcpyNode(CUgraphNode* phGraphNode, CUgraph hGraph,
     }
     uint64_t context = 0;
     FERRY_RETURN_IF_ERROR(NodeContext(ctx, &context));
-    return AddNode(phGraphNode, hGraph, dependencies, numDependencies, CU_GRAPH_NODE_TYPE_MEMCPY,
-                   [&](wire::GraphAddNode::Builder args) {
-                     auto copy = args.initMemcpy();
-                     copy.setCtx(context);
-                     copy.setDst(c.dstDevice + c.dstXInBytes);
-                     copy.setSrc(c.srcDevice + c.srcXInBytes);
-                     copy.setBytes(c.WidthInBytes);
-                   });
+    FERRY_RETURN_IF_ERROR(AddNode(phGraphNode, hGraph, dependencies, numDependencies,
+                                  CU_GRAPH_NODE_TYPE_MEMCPY, [&](wire::GraphAddNode::Builder args) {
+                                    auto copy = args.initMemcpy();
+                                    copy.setCtx(context);
+                                    copy.setDst(c.dstDevice + c.dstXInBytes);
+                                    copy.setSrc(c.srcDevice + c.srcXInBytes);
+                                    copy.setBytes(c.WidthInBytes);
+                                  }));
+    auto record = std::make_shared<RecordedNodeParams>();
+    record->memcpy = c;
+    Runtime::Get().graphs().SetNodeParams(Runtime::HandleId(*phGraphNode), std::move(record));
+    return Status::Ok();
+  });
+}
+
+CUresult CUDAAPI cuGraphKernelNodeGetParams_v2(CUgraphNode hNode,
+                                               CUDA_KERNEL_NODE_PARAMS_v2* nodeParams) {
+  return Api([&]() -> Status {
+    std::shared_ptr<const RecordedNodeParams> params;
+    FERRY_RETURN_IF_ERROR(RecordedParams(hNode, CU_GRAPH_NODE_TYPE_KERNEL, nodeParams, &params));
+    *nodeParams = params->kernel;
+    return Status::Ok();
+  });
+}
+// The v1 structure has no kern and no ctx: a node added with a CUkernel
+// answers it as its func, as the v1 entry point can only say.
+CUresult CUDAAPI cuGraphKernelNodeGetParams(CUgraphNode hNode,
+                                            CUDA_KERNEL_NODE_PARAMS_v1* nodeParams) {
+  return Api([&]() -> Status {
+    std::shared_ptr<const RecordedNodeParams> params;
+    FERRY_RETURN_IF_ERROR(RecordedParams(hNode, CU_GRAPH_NODE_TYPE_KERNEL, nodeParams, &params));
+    const CUDA_KERNEL_NODE_PARAMS_v2& k = params->kernel;
+    CUDA_KERNEL_NODE_PARAMS_v1 v1{};
+    v1.func = k.func != nullptr ? k.func : reinterpret_cast<CUfunction>(k.kern);
+    v1.gridDimX = k.gridDimX;
+    v1.gridDimY = k.gridDimY;
+    v1.gridDimZ = k.gridDimZ;
+    v1.blockDimX = k.blockDimX;
+    v1.blockDimY = k.blockDimY;
+    v1.blockDimZ = k.blockDimZ;
+    v1.sharedMemBytes = k.sharedMemBytes;
+    v1.kernelParams = k.kernelParams;
+    v1.extra = nullptr;
+    *nodeParams = v1;
+    return Status::Ok();
+  });
+}
+
+CUresult CUDAAPI cuGraphMemsetNodeGetParams(CUgraphNode hNode,
+                                            CUDA_MEMSET_NODE_PARAMS* nodeParams) {
+  return Api([&]() -> Status {
+    std::shared_ptr<const RecordedNodeParams> params;
+    FERRY_RETURN_IF_ERROR(RecordedParams(hNode, CU_GRAPH_NODE_TYPE_MEMSET, nodeParams, &params));
+    *nodeParams = params->memset;
+    return Status::Ok();
+  });
+}
+
+CUresult CUDAAPI cuGraphMemcpyNodeGetParams(CUgraphNode hNode, CUDA_MEMCPY3D* nodeParams) {
+  return Api([&]() -> Status {
+    std::shared_ptr<const RecordedNodeParams> params;
+    FERRY_RETURN_IF_ERROR(RecordedParams(hNode, CU_GRAPH_NODE_TYPE_MEMCPY, nodeParams, &params));
+    *nodeParams = params->memcpy;
+    return Status::Ok();
   });
 }
 

@@ -156,9 +156,27 @@ Status GraphRegistry::RemoveGraph(uint64_t id) {
 uint64_t GraphRegistry::NewNode(uint64_t graph, int type, std::vector<uint64_t> dependencies) {
   const uint64_t id = ids_->New(HandleKind::kGraphNode);
   std::lock_guard<std::mutex> lock(mu_);
-  nodes_[id] = NodeState{graph, type, std::move(dependencies)};
+  nodes_[id] = NodeState{graph, type, std::move(dependencies), nullptr};
   if (auto it = graphs_.find(graph); it != graphs_.end()) it->second.nodes.push_back(id);
   return id;
+}
+
+void GraphRegistry::SetNodeParams(uint64_t node, std::shared_ptr<const RecordedNodeParams> params) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (auto it = nodes_.find(node); it != nodes_.end()) it->second.params = std::move(params);
+}
+
+Status GraphRegistry::NodeParams(uint64_t node, int type,
+                                 std::shared_ptr<const RecordedNodeParams>* params) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = nodes_.find(node);
+  if (it == nodes_.end()) return Status::InvalidHandle("not a graph node of this client");
+  if (it->second.type != type || it->second.params == nullptr) {
+    return Status::InvalidArgument("the node is of type " + std::to_string(it->second.type) +
+                                   ", not " + std::to_string(type));
+  }
+  *params = it->second.params;
+  return Status::Ok();
 }
 
 bool GraphRegistry::IsNodeOf(uint64_t node, uint64_t graph) {

@@ -7,11 +7,14 @@
 // never held while calling out. AnyCapture is one atomic load.
 #pragma once
 
+#include <cuda.h>
+
 #include <atomic>
-#include <initializer_list>
-#include <set>
 #include <cstdint>
+#include <initializer_list>
+#include <memory>
 #include <mutex>
+#include <set>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -28,12 +31,24 @@ namespace ferry::client {
 // and thread.
 struct CaptureState {
   uint64_t ctx = 0;
-  uint64_t id = 0;        // unique in the process, as cuStreamGetCaptureInfo reports it
-  uint64_t graph = 0;     // the graph the capture builds
-  uint64_t origin = 0;    // the stream that began it (only it can end it)
-  int mode = 0;           // CUstreamCaptureMode given to cuStreamBeginCapture
+  uint64_t id = 0;         // unique in the process, as cuStreamGetCaptureInfo reports it
+  uint64_t graph = 0;      // the graph the capture builds
+  uint64_t origin = 0;     // the stream that began it (only it can end it)
+  int mode = 0;            // CUstreamCaptureMode given to cuStreamBeginCapture
   std::thread::id thread;  // the thread that began it
-  bool blocking = false;  // this stream synchronizes with the legacy stream
+  bool blocking = false;   // this stream synchronizes with the legacy stream
+};
+
+// What a node was added with, as cuGraph*NodeGetParams answers it (the
+// driver answers the graph node's parameters, which cuGraphExec*SetParams
+// does not change). Made once per node and never changed: `kernel` points
+// into kernel_arguments, so it is shared, never copied.
+struct RecordedNodeParams {
+  CUDA_MEMSET_NODE_PARAMS memset{};     // CU_GRAPH_NODE_TYPE_MEMSET
+  CUDA_MEMCPY3D memcpy{};               // CU_GRAPH_NODE_TYPE_MEMCPY
+  CUDA_KERNEL_NODE_PARAMS_v2 kernel{};  // CU_GRAPH_NODE_TYPE_KERNEL: kernelParams, extra NULL
+  std::vector<uint8_t> kernel_bytes;    // the packed arguments
+  std::vector<void*> kernel_arguments;  // kernel.kernelParams: one pointer into kernel_bytes each
 };
 
 class GraphRegistry {
@@ -103,6 +118,12 @@ class GraphRegistry {
   // A node id of `graph` (explicitly added nodes), of kind `type`
   // (CUgraphNodeType), after `dependencies` (nodes of the graph).
   uint64_t NewNode(uint64_t graph, int type, std::vector<uint64_t> dependencies);
+  // Records what `node` was added with (see RecordedNodeParams).
+  void SetNodeParams(uint64_t node, std::shared_ptr<const RecordedNodeParams> params);
+  // cuGraph*NodeGetParams: what `node` was added with when it is a node of
+  // type `type`; INVALID_HANDLE for an unknown node, INVALID_VALUE for a node
+  // of another type.
+  Status NodeParams(uint64_t node, int type, std::shared_ptr<const RecordedNodeParams>* params);
   // Whether `node` is a node of `graph`.
   bool IsNodeOf(uint64_t node, uint64_t graph);
   // cuGraphExec*NodeSetParams, cuGraphNodeSet/GetEnabled: `node` must be a
@@ -140,6 +161,7 @@ class GraphRegistry {
     uint64_t graph = 0;
     int type = 0;  // CUgraphNodeType
     std::vector<uint64_t> dependencies;
+    std::shared_ptr<const RecordedNodeParams> params;  // kernel, memset and memcpy nodes
   };
   std::unordered_map<uint64_t, NodeState> nodes_ ABSL_GUARDED_BY(mu_);
 };

@@ -530,5 +530,27 @@ TEST(GraphRegistryTest, RecordsTheStructureOfGraphsBuiltNodeByNode) {
             CUDA_ERROR_INVALID_HANDLE);
 }
 
+TEST(GraphRegistryTest, AnswersANodesParametersForItsOwnTypeOnly) {
+  HandleIds ids;
+  GraphRegistry graphs(&ids);
+  const uint64_t graph = graphs.NewGraph();
+  const uint64_t memset = graphs.NewNode(graph, CU_GRAPH_NODE_TYPE_MEMSET, {});
+  const uint64_t empty = graphs.NewNode(graph, CU_GRAPH_NODE_TYPE_EMPTY, {memset});
+  auto recorded = std::make_shared<RecordedNodeParams>();
+  recorded->memset.value = 7;
+  graphs.SetNodeParams(memset, recorded);
+  std::shared_ptr<const RecordedNodeParams> got;
+  ASSERT_TRUE(graphs.NodeParams(memset, CU_GRAPH_NODE_TYPE_MEMSET, &got).ok());
+  EXPECT_EQ(got->memset.value, 7u);
+  EXPECT_EQ(Code(graphs.NodeParams(memset, CU_GRAPH_NODE_TYPE_KERNEL, &got)),
+            CUDA_ERROR_INVALID_VALUE);
+  // A node with nothing recorded (an empty node) has no parameters to answer.
+  EXPECT_EQ(Code(graphs.NodeParams(empty, CU_GRAPH_NODE_TYPE_EMPTY, &got)),
+            CUDA_ERROR_INVALID_VALUE);
+  ASSERT_TRUE(graphs.RemoveGraph(graph).ok());
+  EXPECT_EQ(Code(graphs.NodeParams(memset, CU_GRAPH_NODE_TYPE_MEMSET, &got)),
+            CUDA_ERROR_INVALID_HANDLE);
+}
+
 }  // namespace
 }  // namespace ferry::client

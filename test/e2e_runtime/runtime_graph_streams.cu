@@ -17,7 +17,11 @@
 //   - cudaGraphExecKernelNodeSetParams changes a kernel node's argument for
 //     later launches of the executable graph (cudaGraphExecGetFlags reports
 //     its instantiation flags); a node of another graph or missing arguments
-//     are refused; a disabled node does nothing until enabled again.
+//     are refused; a disabled node does nothing until enabled again;
+//   - cudaGraphKernelNodeGetParams, cudaGraphMemsetNodeGetParams and
+//     cudaGraphMemcpyNodeGetParams answer what each node was added with (an
+//     update of the executable graph does not change the graph's node), and
+//     a node of another type is refused with cudaErrorInvalidValue.
 // Prints "all checks passed", or the first failure.
 #include <cuda_runtime.h>
 
@@ -318,6 +322,81 @@ void ExecKernelUpdate(float* c) {
   std::printf("child graph nodes: ok\n");
 }
 
+void NodeParamsAsAdded(float* a, float* c) {
+  cudaGraph_t graph;
+  RT_CHECK(cudaGraphCreate(&graph, 0));
+  cudaMemsetParams set = {};
+  set.dst = c;
+  set.value = 0x3f800000u;  // 1.0f
+  set.elementSize = 4;
+  set.width = kN;
+  set.height = 1;
+  cudaGraphNode_t set_node, copy_node, add_node;
+  RT_CHECK(cudaGraphAddMemsetNode(&set_node, graph, nullptr, 0, &set));
+  RT_CHECK(cudaGraphAddMemcpyNode1D(&copy_node, graph, &set_node, 1, c, a, kBytes / 2,
+                                    cudaMemcpyDeviceToDevice));
+  float* acc = c;
+  const float* x = a;
+  int n = kN;
+  void* args[] = {&acc, &x, &n};
+  cudaKernelNodeParams kernel = {};
+  kernel.func = reinterpret_cast<void*>(rt_accumulate);
+  kernel.gridDim = dim3(kBlocks);
+  kernel.blockDim = dim3(256);
+  kernel.kernelParams = args;
+  RT_CHECK(cudaGraphAddKernelNode(&add_node, graph, &copy_node, 1, &kernel));
+  // The caller's argument storage changes: the node keeps what it was given.
+  n = 7;
+  acc = nullptr;
+
+  cudaMemsetParams set_got = {};
+  RT_CHECK(cudaGraphMemsetNodeGetParams(set_node, &set_got));
+  RT_EXPECT(set_got.dst == c && set_got.value == 0x3f800000u && set_got.elementSize == 4 &&
+            set_got.width == kN && set_got.height == 1);
+  cudaMemcpy3DParms copy_got = {};
+  RT_CHECK(cudaGraphMemcpyNodeGetParams(copy_node, &copy_got));
+  RT_EXPECT(copy_got.dstPtr.ptr == c && copy_got.srcPtr.ptr == a);
+  RT_EXPECT(copy_got.extent.width == kBytes / 2 && copy_got.extent.height == 1 &&
+            copy_got.extent.depth == 1);
+  cudaKernelNodeParams kernel_got = {};
+  RT_CHECK(cudaGraphKernelNodeGetParams(add_node, &kernel_got));
+  RT_EXPECT(kernel_got.func == reinterpret_cast<void*>(rt_accumulate));
+  RT_EXPECT(kernel_got.gridDim.x == kBlocks && kernel_got.blockDim.x == 256 &&
+            kernel_got.sharedMemBytes == 0 && kernel_got.extra == nullptr);
+  RT_EXPECT(kernel_got.kernelParams != nullptr);
+  RT_EXPECT(*static_cast<float**>(kernel_got.kernelParams[0]) == c);
+  RT_EXPECT(*static_cast<const float**>(kernel_got.kernelParams[1]) == a);
+  RT_EXPECT(*static_cast<int*>(kernel_got.kernelParams[2]) == kN);
+
+  // An update of the executable graph leaves the graph's node as it was.
+  cudaGraphExec_t exec;
+  RT_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  int half = kN / 2;
+  acc = c;
+  void* half_args[] = {&acc, &x, &half};
+  cudaKernelNodeParams updated = kernel;
+  updated.kernelParams = half_args;
+  RT_CHECK(cudaGraphExecKernelNodeSetParams(exec, add_node, &updated));
+  RT_CHECK(cudaGraphKernelNodeGetParams(add_node, &kernel_got));
+  RT_EXPECT(*static_cast<int*>(kernel_got.kernelParams[2]) == kN);
+  // The replay: c = 1 everywhere, its first half copied from a, then the
+  // updated kernel adds a to the first half.
+  RT_CHECK(cudaGraphLaunch(exec, 0));
+  std::vector<float> got = Read(c);
+  for (int i = 0; i < kN; ++i) RT_EXPECT(got[i] == (i < kN / 2 ? 2.0f * i : 1.0f));
+
+  // Each query applies to its own node type only.
+  RT_EXPECT(cudaGraphMemsetNodeGetParams(add_node, &set_got) == cudaErrorInvalidValue);
+  (void)cudaGetLastError();
+  RT_EXPECT(cudaGraphKernelNodeGetParams(set_node, &kernel_got) == cudaErrorInvalidValue);
+  (void)cudaGetLastError();
+  RT_EXPECT(cudaGraphMemcpyNodeGetParams(add_node, &copy_got) == cudaErrorInvalidValue);
+  (void)cudaGetLastError();
+  RT_CHECK(cudaGraphExecDestroy(exec));
+  RT_CHECK(cudaGraphDestroy(graph));
+  std::printf("node parameters as added: ok\n");
+}
+
 }  // namespace
 
 int main() {
@@ -339,6 +418,7 @@ int main() {
   ForkJoin(s, s2, a, b);
   CaptureModes(s, c);
   ExecKernelUpdate(c);
+  NodeParamsAsAdded(a, c);
 
   for (float* p : {a, b, c}) RT_CHECK(cudaFree(p));
   RT_CHECK(cudaStreamDestroy(s));
