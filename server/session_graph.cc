@@ -271,6 +271,11 @@ Status Session::GraphDestroy(wire::GraphRef::Reader args) {
   FERRY_RETURN_IF_ERROR(graphs_.Erase(args.getGraph()));
   graph_nodes_.EraseIf(
       [graph = args.getGraph()](uint64_t, const GraphNodeEntry& n) { return n.graph == graph; });
+  // Executable graphs made from it live on, but no node of theirs can be
+  // named any more: a later graph that reuses the id must not reach them.
+  graph_execs_.ForEach([graph = args.getGraph()](uint64_t, GraphExecEntry& exec) {
+    if (exec.graph == graph) exec.graph = 0;
+  });
   return Status::Ok();
 }
 

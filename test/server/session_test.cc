@@ -997,6 +997,54 @@ TEST_F(SessionGraphTest, ExplicitNodesRunInDependencyOrderAndAreValidated) {
   EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_INVALID_HANDLE);
 }
 
+// An executable graph outlives the graph it was made from, but once that
+// graph is gone its nodes can no longer be named: a new graph that reuses the
+// id must not reach the executable graph through its own nodes.
+TEST_F(SessionGraphTest, ANewGraphWithADestroyedGraphsIdCannotUpdateItsExecutableGraph) {
+  CreateContext();
+  CreateStream(5);
+  const uint64_t a = Alloc(64);
+  auto memset_graph = [&](uint64_t node, uint8_t value) {
+    client_->Send([&](wire::Call::Builder c) { c.initGraphCreate().setGraph(40); }, false);
+    client_->Send(
+        [&](wire::Call::Builder c) {
+          auto n = c.initGraphAddNode();
+          n.setGraph(40);
+          n.setNode(node);
+          auto m = n.initMemset();
+          m.setCtx(100);
+          m.setDst(a);
+          m.setValue(value);
+          m.setElementBytes(1);
+          m.setWidth(64);
+          m.setHeight(1);
+        },
+        false);
+  };
+  auto set_enabled = [&](uint64_t node, bool enabled) {
+    client_->Send(
+        [&](wire::Call::Builder c) {
+          auto e = c.initGraphExecNodeSetEnabled();
+          e.setExec(60);
+          e.setNode(node);
+          e.setEnabled(enabled);
+        },
+        false);
+    return Ping();
+  };
+  memset_graph(41, 0x22);
+  Instantiate(40, 60);
+  ASSERT_TRUE(set_enabled(41, true).ok());  // its own node, while its graph lives
+  client_->Send([&](wire::Call::Builder c) { c.initGraphDestroy().setGraph(40); }, false);
+  memset_graph(44, 0x33);
+  EXPECT_EQ(set_enabled(44, false).cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  // The executable graph still runs its own memset.
+  Launch(60, 5);
+  const ReplyResult out = CopyOut(5, a, 64);
+  ASSERT_TRUE(out.status.ok()) << out.status.ToString();
+  EXPECT_EQ(out.bulk, std::vector<uint8_t>(64, 0x22));
+}
+
 // Peers: two host devices, a context on each.
 class SessionPeerTest : public SessionTest {
  protected:
