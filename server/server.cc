@@ -356,7 +356,10 @@ void Server::ServeConnection(uint64_t id, std::unique_ptr<Transport> transport, 
       ConnectionFinished(id);
       return;
     }
-    if (over_cap) {
+    // ferryctl's control connections pass the cap (not the flood limit of
+    // twice the cap, checked earlier): an operator must be able to look at
+    // and preempt sessions while idle connections fill the cap.
+    if (over_cap && hello.getRole() != wire::Hello::Role::CONTROL) {
       FERRY_LOG(kWarning) << "connection from " << transport->PeerName() << " pid "
                           << hello.getPid() << " refused: " << limits_.max_connections
                           << " connections are open (--max-connections)";

@@ -230,6 +230,12 @@ TEST_F(BoundedTest, ConnectionCapRefusesTheNextClientClearly) {
   EXPECT_NE((refused->Stdout() + refused->Stderr()).find("CUDA_ERROR_DEVICE_UNAVAILABLE"),
             std::string::npos)
       << refused->Describe();
+  // The operator is not locked out: ferryctl passes the cap.
+  std::string error;
+  std::optional<ChildProcess> ctl = ChildProcess::Start(
+      {FERRY_E2E_FERRYCTL, "status", "--server", address_}, {}, dir_ + "/ferryctl", &error);
+  ASSERT_TRUE(ctl.has_value()) << error;
+  EXPECT_TRUE(ctl->Wait(kProgramTimeout).success()) << ctl->Describe();
 
   held.clear();
   ASSERT_TRUE(WaitForLog("dropped before its handshake", 3)) << ferryd_->Stderr();

@@ -38,8 +38,14 @@ uint64_t HostLink::OptionValue(int option, uint64_t otherwise) const {
   return otherwise;
 }
 
+void HostLink::AppendToLog(std::string* log, std::string_view prefix, const std::string& line) {
+  if (log->size() >= kMaxLogBytes) return;
+  log->append(prefix).append(line).append("\n");
+  if (log->size() > kMaxLogBytes) log->resize(kMaxLogBytes);
+}
+
 void HostLink::Info(const std::string& line) {
-  if (OptionValue(CU_JIT_LOG_VERBOSE, 0) != 0) info_log_ += "info    : " + line + "\n";
+  if (OptionValue(CU_JIT_LOG_VERBOSE, 0) != 0) AppendToLog(&info_log_, "info    : ", line);
 }
 
 Status HostLink::AddInput(int type, std::span<const uint8_t> data, const std::string& name,

@@ -34,6 +34,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/image/module_image.h"
@@ -59,8 +60,13 @@ class HostLink final : public Link {
   // Fills `report` after a call that took `seconds`.
   void Report(double seconds, LinkReport* report);
   uint64_t OptionValue(int option, uint64_t otherwise) const;
-  // Adds a line to a log ("error   : ..." / "info    : ...").
-  void Error(const std::string& line) { error_log_ += "error   : " + line + "\n"; }
+  // Adds a line to a log ("error   : ..." / "info    : ..."); a log stops
+  // growing at kMaxLogBytes (no program gets more of it back: the session
+  // clamps log buffers to that size), so a client that adds refused inputs
+  // in a loop cannot grow ferryd through its logs.
+  static constexpr size_t kMaxLogBytes = 1 << 20;
+  static void AppendToLog(std::string* log, std::string_view prefix, const std::string& line);
+  void Error(const std::string& line) { AppendToLog(&error_log_, "error   : ", line); }
   void Info(const std::string& line);
 
   std::vector<JitOption> options_;  // as given; outputs are written into copies
