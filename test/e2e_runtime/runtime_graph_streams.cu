@@ -356,7 +356,8 @@ cudaGraph_t SetThenScale(float* c, float value, float factor, bool kernel_first 
     RT_CHECK(cudaGraphAddMemsetNode(&second, graph, edge ? &first : nullptr, edge ? 1 : 0, &set));
   } else {
     RT_CHECK(cudaGraphAddMemsetNode(&first, graph, nullptr, 0, &set));
-    RT_CHECK(cudaGraphAddKernelNode(&second, graph, edge ? &first : nullptr, edge ? 1 : 0, &kernel));
+    RT_CHECK(
+        cudaGraphAddKernelNode(&second, graph, edge ? &first : nullptr, edge ? 1 : 0, &kernel));
   }
   return graph;
 }
