@@ -14,10 +14,12 @@
 // message, so host copies and host functions are refused in captures and
 // memcpy nodes are device-to-device only. Nodes: empty, kernel, memset,
 // one-row device-to-device copy and child-graph nodes; an executable graph's
-// kernel nodes can be updated and its kernel, memset and copy nodes disabled. Not forwarded
+// kernel nodes can be updated, its kernel, memset and copy nodes disabled, and
+// the whole of it updated from a graph of the same topology (cuGraphExecUpdate,
+// for graphs built node by node). Not forwarded
 // (unsupported_functions.txt, with reasons): other node kinds, node
-// parameter queries, edge edits, whole-graph executable updates, capture
-// dependencies and capture into an existing graph.
+// parameter setters, edge edits, capture dependencies and capture into an
+// existing graph.
 #include <cuda.h>
 
 #include <algorithm>
@@ -760,6 +762,42 @@ Status SetExecKernelNode(CUgraphExec exec, CUgraphNode node, const CUDA_KERNEL_N
       work.bulk());
 }
 
+// cuGraphExecUpdate(_v2): the client compares the structure it recorded of
+// the graph `exec` was instantiated from (as it was then) with `graph`'s;
+// when they match, one message makes `exec` run `graph`'s nodes (kernels,
+// arguments, memset values and ranges, copy ranges, child graphs), each
+// checked when it was added to `graph`, as a new node. Executable graphs of
+// captured or cloned graphs, whose structure only the server knows, answer
+// NOT_SUPPORTED in the result: callers re-instantiate, as frameworks do when
+// an update fails. `info` is always filled (v2's contract).
+Status ExecUpdate(CUgraphExec exec, CUgraph graph, CUgraphExecUpdateResultInfo* info) {
+  Runtime& rt = Runtime::Get();
+  FERRY_RETURN_IF_ERROR(rt.Ready());
+  if (info == nullptr) return Status::InvalidArgument("resultInfo is NULL");
+  *info = CUgraphExecUpdateResultInfo{};
+  const uint64_t exec_id = Runtime::HandleId(exec);
+  const uint64_t graph_id = Runtime::HandleId(graph);
+  ferry::client::GraphRegistry::ExecUpdateCheck check;
+  FERRY_RETURN_IF_ERROR(rt.graphs().CheckExecUpdate(exec_id, graph_id, &check));
+  info->result = static_cast<CUgraphExecUpdateResult>(check.result);
+  info->errorNode = Runtime::ToHandle<CUgraphNode>(check.error_node);
+  info->errorFromNode = Runtime::ToHandle<CUgraphNode>(check.error_from_node);
+  if (check.result != CU_GRAPH_EXEC_UPDATE_SUCCESS) {
+    return Status::Cuda(CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE,
+                        check.result == CU_GRAPH_EXEC_UPDATE_ERROR_NOT_SUPPORTED
+                            ? "the graph or the executable graph's has captured or cloned nodes, "
+                              "whose structure only the server knows: instantiate the graph"
+                            : "the graph's topology differs from the executable graph's");
+  }
+  Status status = rt.connection().Call([&](wire::Call::Builder call) {
+    auto args = call.initGraphExecUpdate();
+    args.setExec(exec_id);
+    args.setGraph(graph_id);
+  });
+  if (!status.ok()) info->result = CU_GRAPH_EXEC_UPDATE_ERROR;
+  return status;
+}
+
 // The node kinds cuGraphNodeSetEnabled applies to.
 constexpr std::initializer_list<int> kCanBeDisabled = {
     CU_GRAPH_NODE_TYPE_KERNEL, CU_GRAPH_NODE_TYPE_MEMSET, CU_GRAPH_NODE_TYPE_MEMCPY};
@@ -820,6 +858,26 @@ CUresult CUDAAPI cuGraphExecKernelNodeSetParams(CUgraphExec hGraphExec, CUgraphN
 CUresult CUDAAPI cuGraphExecKernelNodeSetParams_v2(CUgraphExec hGraphExec, CUgraphNode hNode,
                                                    const CUDA_KERNEL_NODE_PARAMS_v2* nodeParams) {
   return Api([&] { return SetExecKernelNode(hGraphExec, hNode, nodeParams); });
+}
+
+CUresult CUDAAPI cuGraphExecUpdate_v2(CUgraphExec hGraphExec, CUgraph hGraph,
+                                      CUgraphExecUpdateResultInfo* resultInfo) {
+  return Api([&] { return ExecUpdate(hGraphExec, hGraph, resultInfo); });
+}
+// v1 reports the result and the error node through two pointers, both required.
+CUresult CUDAAPI cuGraphExecUpdate(CUgraphExec hGraphExec, CUgraph hGraph,
+                                   CUgraphNode* hErrorNode_out,
+                                   CUgraphExecUpdateResult* updateResult_out) {
+  return Api([&]() -> Status {
+    if (hErrorNode_out == nullptr || updateResult_out == nullptr) {
+      return Status::InvalidArgument("hErrorNode_out or updateResult_out is NULL");
+    }
+    CUgraphExecUpdateResultInfo info{};
+    Status status = ExecUpdate(hGraphExec, hGraph, &info);
+    *hErrorNode_out = info.errorNode;
+    *updateResult_out = info.result;
+    return status;
+  });
 }
 
 // The child is copied into the node as it is now (the server does the

@@ -129,12 +129,82 @@ Status GraphRegistry::GraphShape(uint64_t graph, std::vector<NodeShape>* nodes) 
                         "the graph has captured (or cloned) nodes, which have no handles in "
                         "ferry: only its node count is known");
   }
-  nodes->clear();
-  nodes->reserve(it->second.nodes.size());
-  for (uint64_t id : it->second.nodes) {
+  *nodes = ShapeLocked(it->second);
+  return Status::Ok();
+}
+
+std::vector<GraphRegistry::NodeShape> GraphRegistry::ShapeLocked(const GraphState& graph) {
+  std::vector<NodeShape> nodes;
+  nodes.reserve(graph.nodes.size());
+  for (uint64_t id : graph.nodes) {
     const NodeState& n = nodes_.at(id);
-    nodes->push_back(NodeShape{id, n.type, n.dependencies});
+    nodes.push_back(NodeShape{id, n.type, n.dependencies});
   }
+  return nodes;
+}
+
+namespace {
+
+// A node's dependencies as positions in its graph (the order nodes were added).
+std::vector<size_t> DependencyPositions(const GraphRegistry::NodeShape& node,
+                                        const std::unordered_map<uint64_t, size_t>& position) {
+  std::vector<size_t> positions;
+  positions.reserve(node.dependencies.size());
+  for (uint64_t dependency : node.dependencies) positions.push_back(position.at(dependency));
+  std::sort(positions.begin(), positions.end());
+  return positions;
+}
+
+std::unordered_map<uint64_t, size_t> Positions(const std::vector<GraphRegistry::NodeShape>& shape) {
+  std::unordered_map<uint64_t, size_t> position;
+  for (size_t i = 0; i < shape.size(); ++i) position[shape[i].id] = i;
+  return position;
+}
+
+}  // namespace
+
+GraphRegistry::ExecUpdateCheck GraphRegistry::CompareForExecUpdate(
+    const std::vector<NodeShape>& exec_shape, const std::vector<NodeShape>& graph_shape) {
+  ExecUpdateCheck check;
+  if (exec_shape.size() != graph_shape.size()) {
+    check.result = CU_GRAPH_EXEC_UPDATE_ERROR_TOPOLOGY_CHANGED;
+    return check;
+  }
+  const auto exec_position = Positions(exec_shape);
+  const auto graph_position = Positions(graph_shape);
+  for (size_t i = 0; i < graph_shape.size(); ++i) {
+    const NodeShape& node = graph_shape[i];
+    if (node.type != exec_shape[i].type) {
+      check.result = CU_GRAPH_EXEC_UPDATE_ERROR_NODE_TYPE_CHANGED;
+      check.error_node = node.id;
+      return check;
+    }
+    const std::vector<size_t> before = DependencyPositions(exec_shape[i], exec_position);
+    const std::vector<size_t> after = DependencyPositions(node, graph_position);
+    if (before == after) continue;
+    check.result = CU_GRAPH_EXEC_UPDATE_ERROR_TOPOLOGY_CHANGED;
+    check.error_node = node.id;
+    // An edge one side has and the other lacks.
+    std::vector<size_t> changed;
+    std::set_symmetric_difference(before.begin(), before.end(), after.begin(), after.end(),
+                                  std::back_inserter(changed));
+    check.error_from_node = graph_shape[changed.front()].id;
+    return check;
+  }
+  return check;
+}
+
+Status GraphRegistry::CheckExecUpdate(uint64_t exec, uint64_t graph, ExecUpdateCheck* check) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto e = execs_.find(exec);
+  if (e == execs_.end()) return Status::InvalidHandle("not an executable graph of this client");
+  auto g = graphs_.find(graph);
+  if (g == graphs_.end()) return Status::InvalidHandle("not a graph of this client");
+  if (e->second.opaque || g->second.opaque) {
+    *check = ExecUpdateCheck{CU_GRAPH_EXEC_UPDATE_ERROR_NOT_SUPPORTED, 0, 0};
+    return Status::Ok();
+  }
+  *check = CompareForExecUpdate(e->second.shape, ShapeLocked(g->second));
   return Status::Ok();
 }
 
@@ -236,7 +306,13 @@ Status GraphRegistry::ExecFlags(uint64_t exec, uint64_t* flags) {
 uint64_t GraphRegistry::NewExec(uint64_t graph, uint64_t flags) {
   const uint64_t id = ids_->New(HandleKind::kGraphExec);
   std::lock_guard<std::mutex> lock(mu_);
-  execs_[id] = ExecState{graph, flags, {}};
+  ExecState state{graph, flags, {}, false, {}};
+  if (auto g = graphs_.find(graph); g == graphs_.end() || g->second.opaque) {
+    state.opaque = true;
+  } else {
+    state.shape = ShapeLocked(g->second);
+  }
+  execs_[id] = std::move(state);
   return id;
 }
 

@@ -135,6 +135,25 @@ class GraphRegistry {
   // executable graph are disabled (call CheckExecNode first).
   void SetNodeEnabled(uint64_t exec, uint64_t node, bool enabled);
   bool NodeEnabled(uint64_t exec, uint64_t node);
+  // cuGraphExecUpdate: whether `graph` has the topology of the graph `exec`
+  // was instantiated from, as it was then (the same node count, node types in
+  // the order added and dependencies, by position). check->result is a
+  // CUgraphExecUpdateResult: SUCCESS, TOPOLOGY_CHANGED (error_node: the first
+  // node of `graph` whose dependencies differ, error_from_node: a dependency
+  // it gained or lost; both 0 when the node counts differ), NODE_TYPE_CHANGED
+  // (error_node: the first node of another type) or NOT_SUPPORTED (either
+  // graph is opaque: its structure is the server's only). INVALID_HANDLE for
+  // unknown ids.
+  struct ExecUpdateCheck {
+    int result = CU_GRAPH_EXEC_UPDATE_SUCCESS;
+    uint64_t error_node = 0;
+    uint64_t error_from_node = 0;
+  };
+  Status CheckExecUpdate(uint64_t exec, uint64_t graph, ExecUpdateCheck* check);
+  // The comparison itself, of the shapes (GraphShape) of the executable
+  // graph's source and of the new graph.
+  static ExecUpdateCheck CompareForExecUpdate(const std::vector<NodeShape>& exec_shape,
+                                              const std::vector<NodeShape>& graph_shape);
   // Forgets the captures of `ctx` (its streams are gone).
   void ForgetContext(uint64_t ctx);
 
@@ -155,6 +174,8 @@ class GraphRegistry {
     uint64_t graph = 0;  // instantiated from
     uint64_t flags = 0;
     std::set<uint64_t> disabled;  // nodes
+    bool opaque = false;          // its graph's structure is the server's only
+    std::vector<NodeShape> shape;  // its graph's when it was instantiated
   };
   std::unordered_map<uint64_t, ExecState> execs_ ABSL_GUARDED_BY(mu_);
   struct NodeState {
@@ -164,6 +185,8 @@ class GraphRegistry {
     std::shared_ptr<const RecordedNodeParams> params;  // kernel, memset and memcpy nodes
   };
   std::unordered_map<uint64_t, NodeState> nodes_ ABSL_GUARDED_BY(mu_);
+  // GraphShape's work, for a graph known not to be opaque.
+  std::vector<NodeShape> ShapeLocked(const GraphState& graph) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 };
 
 }  // namespace ferry::client

@@ -418,6 +418,9 @@ struct Call {
         $waits("never") $handles(["exec", "node"]) $usesContext;
     graphExecNodeSetEnabled @98 :GraphExecNodeEnabled  # cuGraphNodeSetEnabled
         $waits("never") $handles(["exec", "node"]);
+    # whole-graph executable updates
+    graphExecUpdate @99 :GraphExecUpdate  # cuGraphExecUpdate(_v2)
+        $waits("always") $handles(["exec", "graph"]);
   }
 }
 
@@ -794,6 +797,16 @@ struct GraphExecKernelNode {
   exec @0 :UInt64;
   node @1 :UInt64;
   kernel @2 :Launch;
+}
+# cuGraphExecUpdate: `exec` runs the nodes of `graph` from its next launch on.
+# The client checked that `graph` has the topology of the graph `exec` was
+# instantiated from (node kinds in order, dependencies); the server checks
+# that both have as many nodes and work in the same context
+# (GRAPH_EXEC_UPDATE_FAILURE otherwise). `graph`'s nodes were checked when
+# they were added; node ids (and disabled nodes) stay those of `exec`'s graph.
+struct GraphExecUpdate {
+  exec @0 :UInt64;
+  graph @1 :UInt64;
 }
 # cuGraphNodeSetEnabled: a kernel, memset or memcpy node of the graph `exec`
 # came from runs (enabled) or does nothing in later launches of `exec`.

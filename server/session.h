@@ -280,6 +280,7 @@ class Session {
     std::unique_ptr<backend::GraphExec> exec;
     uint64_t graph = 0;  // the graph it was instantiated from (its nodes can be updated)
     uint64_t ctx = 0;
+    uint64_t nodes = 0;  // how many (cuGraphExecUpdate keeps the count)
     std::shared_ptr<const GraphUses> uses;
   };
   // CUDA arrays, textures and surfaces (session_arrays.cc). An array id
@@ -490,6 +491,8 @@ class Session {
   // A launch or upload of `exec` on a stream of `stream_ctx`: same context,
   // and every range and kernel module the graph uses still the session's.
   Status CheckGraphExec(const GraphExecEntry& exec, uint64_t stream_ctx);
+  // An executable graph's uses of a graph's: each range and module once.
+  static std::shared_ptr<const GraphUses> ExecUses(const GraphUses& graph_uses);
   Status CaptureGuard(uint64_t stream, CaptureUse use,
                       std::initializer_list<DeviceRange> ranges = {}, uint64_t module = 0);
   // cuCtxSynchronize while streams of `ctx` capture: invalidates them and

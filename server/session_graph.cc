@@ -489,14 +489,47 @@ Status Session::GraphInstantiate(wire::GraphInstantiate::Reader args) {
   FERRY_RETURN_IF_ERROR(backend_.InstantiateGraph(*graph->graph, args.getFlags(), &entry.exec));
   entry.graph = args.getGraph();
   entry.ctx = graph->ctx;
-  // Each launch checks every use: keep each range and module once.
-  auto uses = std::make_shared<GraphUses>(*graph->uses);
+  entry.uses = ExecUses(*graph->uses);
+  FERRY_RETURN_IF_ERROR(backend_.GraphNodeCount(*graph->graph, &entry.nodes));
+  return graph_execs_.Insert(args.getExec(), std::move(entry));
+}
+
+// Each launch checks every use: keep each range and module once.
+std::shared_ptr<const Session::GraphUses> Session::ExecUses(const GraphUses& graph_uses) {
+  auto uses = std::make_shared<GraphUses>(graph_uses);
   std::sort(uses->modules.begin(), uses->modules.end());
   uses->modules.erase(std::unique(uses->modules.begin(), uses->modules.end()), uses->modules.end());
   std::sort(uses->ranges.begin(), uses->ranges.end());
   uses->ranges.erase(std::unique(uses->ranges.begin(), uses->ranges.end()), uses->ranges.end());
-  entry.uses = std::move(uses);
-  return graph_execs_.Insert(args.getExec(), std::move(entry));
+  return uses;
+}
+
+// The client compared the two graphs' structure (it records it); the server
+// checks what keeps the backends sound whatever a client sends: as many
+// nodes (the host backend replaces node by node) and no move to another
+// context. The new nodes were checked when they were added. The executable
+// graph keeps its node ids (those of the graph it was instantiated from) and
+// takes the new graph's uses: its old nodes' work no longer runs.
+Status Session::GraphExecUpdate(wire::GraphExecUpdate::Reader args) {
+  GraphExecEntry* exec = nullptr;
+  FERRY_RETURN_IF_ERROR(graph_execs_.Find(args.getExec(), &exec));
+  GraphEntry* graph = nullptr;
+  FERRY_RETURN_IF_ERROR(graphs_.Find(args.getGraph(), &graph));
+  uint64_t graph_nodes = 0;
+  FERRY_RETURN_IF_ERROR(backend_.GraphNodeCount(*graph->graph, &graph_nodes));
+  if (graph_nodes != exec->nodes) {
+    return Status::Cuda(CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE,
+                        "the graph has " + std::to_string(graph_nodes) +
+                            " nodes; the executable graph " + std::to_string(exec->nodes));
+  }
+  if (graph->ctx != 0 && exec->ctx != 0 && graph->ctx != exec->ctx) {
+    return Status::Cuda(CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE,
+                        "the graph's work belongs to another context than the executable graph's");
+  }
+  FERRY_RETURN_IF_ERROR(backend_.UpdateGraphExec(*exec->exec, *graph->graph));
+  if (exec->ctx == 0) exec->ctx = graph->ctx;
+  exec->uses = ExecUses(*graph->uses);
+  return Status::Ok();
 }
 
 Status Session::GraphExecDestroy(wire::GraphExecRef::Reader args) {

@@ -552,5 +552,69 @@ TEST(GraphRegistryTest, AnswersANodesParametersForItsOwnTypeOnly) {
             CUDA_ERROR_INVALID_HANDLE);
 }
 
+// cuGraphExecUpdate's comparison: node count, node types in the order added
+// and dependencies by position; an opaque graph on either side is not compared.
+TEST(GraphRegistryTest, ComparesTopologyForExecUpdate) {
+  HandleIds ids;
+  GraphRegistry graphs(&ids);
+  // A graph of nodes of `types`, node i after the nodes at dependencies[i].
+  auto build = [&](std::vector<int> types, std::vector<std::vector<size_t>> dependencies) {
+    const uint64_t graph = graphs.NewGraph();
+    std::vector<uint64_t> nodes;
+    for (size_t i = 0; i < types.size(); ++i) {
+      std::vector<uint64_t> after;
+      for (size_t d : dependencies[i]) after.push_back(nodes[d]);
+      nodes.push_back(graphs.NewNode(graph, types[i], after));
+    }
+    return std::make_pair(graph, nodes);
+  };
+  const std::vector<int> types = {CU_GRAPH_NODE_TYPE_MEMSET, CU_GRAPH_NODE_TYPE_KERNEL,
+                                  CU_GRAPH_NODE_TYPE_KERNEL};
+  const uint64_t source = build(types, {{}, {0}, {0, 1}}).first;
+  const uint64_t exec = graphs.NewExec(source, 0);
+  GraphRegistry::ExecUpdateCheck check;
+
+  // Same topology (dependencies listed in another order): success.
+  const uint64_t same = build(types, {{}, {0}, {1, 0}}).first;
+  ASSERT_TRUE(graphs.CheckExecUpdate(exec, same, &check).ok());
+  EXPECT_EQ(check.result, CU_GRAPH_EXEC_UPDATE_SUCCESS);
+  // One node fewer: topology changed, no node named.
+  const uint64_t fewer =
+      build({CU_GRAPH_NODE_TYPE_MEMSET, CU_GRAPH_NODE_TYPE_KERNEL}, {{}, {0}}).first;
+  ASSERT_TRUE(graphs.CheckExecUpdate(exec, fewer, &check).ok());
+  EXPECT_EQ(check.result, CU_GRAPH_EXEC_UPDATE_ERROR_TOPOLOGY_CHANGED);
+  EXPECT_EQ(check.error_node, 0u);
+  // The second node a memset: node type changed, that node named.
+  const auto [retyped, retyped_nodes] =
+      build({CU_GRAPH_NODE_TYPE_MEMSET, CU_GRAPH_NODE_TYPE_MEMSET, CU_GRAPH_NODE_TYPE_KERNEL},
+            {{}, {0}, {0, 1}});
+  ASSERT_TRUE(graphs.CheckExecUpdate(exec, retyped, &check).ok());
+  EXPECT_EQ(check.result, CU_GRAPH_EXEC_UPDATE_ERROR_NODE_TYPE_CHANGED);
+  EXPECT_EQ(check.error_node, retyped_nodes[1]);
+  // The last node loses its edge from the first: that node and the edge's source named.
+  const auto [unlinked, unlinked_nodes] = build(types, {{}, {0}, {1}});
+  ASSERT_TRUE(graphs.CheckExecUpdate(exec, unlinked, &check).ok());
+  EXPECT_EQ(check.result, CU_GRAPH_EXEC_UPDATE_ERROR_TOPOLOGY_CHANGED);
+  EXPECT_EQ(check.error_node, unlinked_nodes[2]);
+  EXPECT_EQ(check.error_from_node, unlinked_nodes[0]);
+
+  // The executable graph keeps its source's shape as instantiated: a node
+  // added to the source later, or the source destroyed, changes nothing.
+  graphs.NewNode(source, CU_GRAPH_NODE_TYPE_EMPTY, {});
+  ASSERT_TRUE(graphs.RemoveGraph(source).ok());
+  ASSERT_TRUE(graphs.CheckExecUpdate(exec, same, &check).ok());
+  EXPECT_EQ(check.result, CU_GRAPH_EXEC_UPDATE_SUCCESS);
+
+  // Opaque on either side: not supported; unknown handles: INVALID_HANDLE.
+  const uint64_t captured = graphs.NewGraph(/*opaque=*/true);
+  ASSERT_TRUE(graphs.CheckExecUpdate(exec, captured, &check).ok());
+  EXPECT_EQ(check.result, CU_GRAPH_EXEC_UPDATE_ERROR_NOT_SUPPORTED);
+  const uint64_t captured_exec = graphs.NewExec(captured, 0);
+  ASSERT_TRUE(graphs.CheckExecUpdate(captured_exec, same, &check).ok());
+  EXPECT_EQ(check.result, CU_GRAPH_EXEC_UPDATE_ERROR_NOT_SUPPORTED);
+  EXPECT_EQ(Code(graphs.CheckExecUpdate(exec, captured + 1000, &check)), CUDA_ERROR_INVALID_HANDLE);
+  EXPECT_EQ(Code(graphs.CheckExecUpdate(same, same, &check)), CUDA_ERROR_INVALID_HANDLE);
+}
+
 }  // namespace
 }  // namespace ferry::client

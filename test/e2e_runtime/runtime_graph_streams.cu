@@ -21,7 +21,13 @@
 //   - cudaGraphKernelNodeGetParams, cudaGraphMemsetNodeGetParams and
 //     cudaGraphMemcpyNodeGetParams answer what each node was added with (an
 //     update of the executable graph does not change the graph's node), and
-//     a node of another type is refused with cudaErrorInvalidValue.
+//     a node of another type is refused with cudaErrorInvalidValue;
+//   - cudaGraphExecUpdate from a graph of the same topology changes a kernel
+//     argument and a memset value for later launches; a graph with another
+//     node count, node type or edge is refused with
+//     cudaErrorGraphExecUpdateFailure and the result info naming what
+//     changed (the executable graph keeps running what it ran); a captured
+//     graph's update answers cudaGraphExecUpdateErrorNotSupported.
 // Prints "all checks passed", or the first failure.
 #include <cuda_runtime.h>
 
@@ -29,6 +35,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <thread>
 #include <vector>
 
@@ -322,6 +329,111 @@ void ExecKernelUpdate(float* c) {
   std::printf("child graph nodes: ok\n");
 }
 
+// memset(c, value) -> c *= factor: c[i] == value * factor after a launch.
+// `kernel_first`: the kernel node is added first (and the memset after it);
+// `edge`: the second node depends on the first. The kernel's arguments are
+// copied when its node is added.
+cudaGraph_t SetThenScale(float* c, float value, float factor, bool kernel_first = false,
+                         bool edge = true) {
+  int n = kN;
+  cudaGraph_t graph = nullptr;
+  RT_CHECK(cudaGraphCreate(&graph, 0));
+  cudaMemsetParams set = {};
+  set.dst = c;
+  std::memcpy(&set.value, &value, sizeof(float));
+  set.elementSize = 4;
+  set.width = kN;
+  set.height = 1;
+  void* args[] = {&c, &factor, &n};
+  cudaKernelNodeParams kernel = {};
+  kernel.func = reinterpret_cast<void*>(rt_scale<float>);
+  kernel.gridDim = dim3(kBlocks);
+  kernel.blockDim = dim3(256);
+  kernel.kernelParams = args;
+  cudaGraphNode_t first, second;
+  if (kernel_first) {
+    RT_CHECK(cudaGraphAddKernelNode(&first, graph, nullptr, 0, &kernel));
+    RT_CHECK(cudaGraphAddMemsetNode(&second, graph, edge ? &first : nullptr, edge ? 1 : 0, &set));
+  } else {
+    RT_CHECK(cudaGraphAddMemsetNode(&first, graph, nullptr, 0, &set));
+    RT_CHECK(
+        cudaGraphAddKernelNode(&second, graph, edge ? &first : nullptr, edge ? 1 : 0, &kernel));
+  }
+  return graph;
+}
+
+// The first node cudaGraphGetNodes lists at `index`.
+cudaGraphNode_t NodeAt(cudaGraph_t graph, size_t index) {
+  cudaGraphNode_t nodes[4] = {};
+  size_t count = 4;
+  RT_CHECK(cudaGraphGetNodes(graph, nodes, &count));
+  RT_EXPECT(index < count);
+  return nodes[index];
+}
+
+void ExpectAll(const float* c, float want) {
+  std::vector<float> got = Read(c);
+  for (int i = 0; i < kN; ++i) RT_EXPECT(got[i] == want);
+}
+
+void WholeGraphUpdate(cudaStream_t s, float* c) {
+  cudaGraph_t built = SetThenScale(c, 1.0f, 2.0f);
+  cudaGraphExec_t exec = nullptr;
+  RT_CHECK(cudaGraphInstantiate(&exec, built, 0));
+  RT_CHECK(cudaGraphLaunch(exec, 0));
+  ExpectAll(c, 2.0f);
+  // Same topology, another memset value and kernel argument.
+  cudaGraph_t same = SetThenScale(c, 3.0f, 5.0f);
+  cudaGraphExecUpdateResultInfo info = {};
+  RT_CHECK(cudaGraphExecUpdate(exec, same, &info));
+  RT_EXPECT(info.result == cudaGraphExecUpdateSuccess);
+  RT_CHECK(cudaGraphLaunch(exec, 0));
+  ExpectAll(c, 15.0f);
+
+  // Refused, with what changed; the executable graph runs what it ran.
+  cudaGraph_t fewer = nullptr;
+  RT_CHECK(cudaGraphCreate(&fewer, 0));
+  cudaGraphNode_t lone;
+  RT_CHECK(cudaGraphAddEmptyNode(&lone, fewer, nullptr, 0));
+  info = {};
+  RT_EXPECT(cudaGraphExecUpdate(exec, fewer, &info) == cudaErrorGraphExecUpdateFailure);
+  (void)cudaGetLastError();
+  RT_EXPECT(info.result == cudaGraphExecUpdateErrorTopologyChanged && info.errorNode == nullptr);
+  cudaGraph_t swapped = SetThenScale(c, 3.0f, 5.0f, /*kernel_first=*/true);
+  info = {};
+  RT_EXPECT(cudaGraphExecUpdate(exec, swapped, &info) == cudaErrorGraphExecUpdateFailure);
+  (void)cudaGetLastError();
+  RT_EXPECT(info.result == cudaGraphExecUpdateErrorNodeTypeChanged &&
+            info.errorNode == NodeAt(swapped, 0));
+  cudaGraph_t unordered = SetThenScale(c, 3.0f, 5.0f, false, /*edge=*/false);
+  info = {};
+  RT_EXPECT(cudaGraphExecUpdate(exec, unordered, &info) == cudaErrorGraphExecUpdateFailure);
+  (void)cudaGetLastError();
+  RT_EXPECT(info.result == cudaGraphExecUpdateErrorTopologyChanged &&
+            info.errorNode == NodeAt(unordered, 1) && info.errorFromNode == NodeAt(unordered, 0));
+  RT_CHECK(cudaMemset(c, 0, kBytes));
+  RT_CHECK(cudaGraphLaunch(exec, 0));
+  ExpectAll(c, 15.0f);
+
+  // A captured graph's structure is the server's: NotSupported (callers
+  // instantiate instead).
+  cudaGraph_t captured = nullptr;
+  RT_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+  RT_CHECK(cudaMemsetAsync(c, 0, kBytes, s));
+  rt_scale<float><<<kBlocks, 256, 0, s>>>(c, 2.0f, kN);
+  RT_CHECK(cudaGetLastError());
+  RT_CHECK(cudaStreamEndCapture(s, &captured));
+  info = {};
+  RT_EXPECT(cudaGraphExecUpdate(exec, captured, &info) == cudaErrorGraphExecUpdateFailure);
+  (void)cudaGetLastError();
+  RT_EXPECT(info.result == cudaGraphExecUpdateErrorNotSupported);
+  RT_CHECK(cudaGraphExecDestroy(exec));
+  for (cudaGraph_t g : {built, same, fewer, swapped, unordered, captured}) {
+    RT_CHECK(cudaGraphDestroy(g));
+  }
+  std::printf("whole-graph executable update: ok\n");
+}
+
 void NodeParamsAsAdded(float* a, float* c) {
   cudaGraph_t graph;
   RT_CHECK(cudaGraphCreate(&graph, 0));
@@ -419,6 +531,7 @@ int main() {
   CaptureModes(s, c);
   ExecKernelUpdate(c);
   NodeParamsAsAdded(a, c);
+  WholeGraphUpdate(s, c);
 
   for (float* p : {a, b, c}) RT_CHECK(cudaFree(p));
   RT_CHECK(cudaStreamDestroy(s));

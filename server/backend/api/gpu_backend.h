@@ -742,6 +742,14 @@ class GpuBackend {
     (void)exec, (void)node, (void)enabled;
     return NoGraphs();
   }
+  // cuGraphExecUpdate: `exec` runs `graph`'s nodes from its next launch on
+  // (launches queued already run what they were queued with). The caller
+  // checked that `graph` has as many nodes as `exec`, with the same kinds and
+  // dependencies; node enabled states stay as they are.
+  virtual Status UpdateGraphExec(GraphExec& exec, Graph& graph) {
+    (void)exec, (void)graph;
+    return NoGraphs();
+  }
   // A graph with the same nodes and dependencies (cuGraphClone).
   virtual Status CloneGraph(Graph& graph, std::unique_ptr<Graph>* out) {
     (void)graph, (void)out;

@@ -2151,6 +2151,19 @@ class CudaBackend final : public GpuBackend {
     });
   }
 
+  // The driver checks the update as cuGraphExecUpdate does; ferry's result
+  // info is not carried back (the session's checks come first).
+  Status UpdateGraphExec(GraphExec& exec, Graph& graph) override {
+    return Guarded("UpdateGraphExec", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedGraphs());
+      CudaGraph& g = static_cast<CudaGraph&>(graph);
+      if (g.context != nullptr) FERRY_RETURN_IF_ERROR(MakeCurrent(*g.context));
+      CUgraphExecUpdateResultInfo info{};
+      return FERRY_CU(*api_, cuGraphExecUpdate, static_cast<CudaGraphExec&>(exec).handle,
+                      g.handle, &info);
+    });
+  }
+
   Status CloneGraph(Graph& graph, std::unique_ptr<Graph>* out) override {
     return Guarded("CloneGraph", [&]() -> Status {
       FERRY_RETURN_IF_ERROR(NeedGraphs());

@@ -173,7 +173,8 @@
   X(cuGraphClone, 10000)                 \
   X(cuGraphExecKernelNodeSetParams, 12000) \
   X(cuGraphAddChildGraphNode, 10000)       \
-  X(cuGraphNodeSetEnabled, 11060)
+  X(cuGraphNodeSetEnabled, 11060)          \
+  X(cuGraphExecUpdate, 12000)
 
 // The green-context ones among them (all or nothing: see HasGreenContexts).
 #define FERRY_CUDA_GREEN_CONTEXT_ENTRY_POINTS(X) \

@@ -272,6 +272,16 @@ class HostGraphExec final : public GraphExec {
     Publish();
     return Status::Ok();
   }
+  // Every node runs its counterpart in `ops` from now on (cuGraphExecUpdate).
+  Status ReplaceAll(const HostGraphOps& ops) {
+    if (ops.size() != node_ops_.size()) {
+      return Status::Cuda(CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE,
+                          "the graph has another number of nodes than the executable graph");
+    }
+    node_ops_ = ops;
+    Publish();
+    return Status::Ok();
+  }
   Status SetEnabled(size_t index, bool enabled) {
     FERRY_RETURN_IF_ERROR(CheckIndex(index));
     disabled_[index] = !enabled;
@@ -1695,6 +1705,10 @@ class HostBackend final : public GpuBackend {
   Status SetExecNodeEnabled(GraphExec& exec, GraphNode& node, bool enabled) override {
     return static_cast<HostGraphExec&>(exec).SetEnabled(static_cast<HostGraphNode&>(node).index,
                                                          enabled);
+  }
+
+  Status UpdateGraphExec(GraphExec& exec, Graph& graph) override {
+    return static_cast<HostGraphExec&>(exec).ReplaceAll(static_cast<HostGraph&>(graph).ops);
   }
 
   Status CloneGraph(Graph& graph, std::unique_ptr<Graph>* out) override {
