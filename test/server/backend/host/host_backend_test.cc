@@ -1532,6 +1532,23 @@ TEST_F(HostBackendTest, ArraysAreAccountedDeviceMemoryCopiedIn3D) {
   EXPECT_EQ(FreeBytes(), before);
 }
 
+// A link's logs stop growing at 1 MiB (the most the session lets a program
+// read back), however many refused inputs a client adds: ferryd's memory
+// does not follow a loop of bad cuLinkAddData calls.
+TEST_F(HostBackendTest, LinkLogsStopGrowingAtTheirBound) {
+  constexpr uint64_t kLogBound = 1 << 20;
+  std::unique_ptr<Link> link;
+  ASSERT_OK(b().CreateLink(*ctx_, {{CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES, 8 * kLogBound}}, {}, &link));
+  const std::string name(1000, 'n');
+  const std::vector<uint8_t> garbage(64, 0xEE);
+  LinkReport report;
+  for (int i = 0; i < 1500; ++i) {  // ~1.5 MB of refusal lines
+    ASSERT_FALSE(b().AddLinkInput(*link, CU_JIT_INPUT_PTX, garbage, name, {}, &report).ok());
+  }
+  EXPECT_GT(report.error_log.size(), kLogBound / 2);
+  EXPECT_LE(report.error_log.size(), kLogBound);
+}
+
 TEST_F(HostBackendTest, TextureObjectsAreSampledOnlyInTheirContext) {
   REQUIRE_KERNELS();
   std::unique_ptr<Array> array;
