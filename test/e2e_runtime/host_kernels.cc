@@ -70,7 +70,7 @@ FERRY_RT_HOST_KERNEL(_Z17rt_lib_accumulatePfPKfi) {
   });
 }
 
-// runtime_graphs.cu: rt_accumulate(float* acc, const float* x, int n)
+// runtime_kernels.cuh: rt_accumulate(float* acc, const float* x, int n)
 FERRY_RT_HOST_KERNEL(_Z13rt_accumulatePfPKfi) {
   auto* acc = Param<float*>(params, 0);
   const auto* x = Param<const float*>(params, 1);

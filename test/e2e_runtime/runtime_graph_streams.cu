@@ -42,13 +42,6 @@
 #include "runtime_check.h"
 #include "runtime_kernels.cuh"
 
-// acc[i] += x[i] for i < n (also in runtime_graphs.cu). Host twin in
-// host_kernels.cc.
-__global__ void rt_accumulate(float* acc, const float* x, int n) {
-  int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < n) acc[i] += x[i];
-}
-
 namespace {
 
 constexpr int kN = 1000;

@@ -21,12 +21,6 @@
 #include "runtime_check.h"
 #include "runtime_kernels.cuh"
 
-// acc[i] += x[i] for i < n. Host twin in host_kernels.cc.
-__global__ void rt_accumulate(float* acc, const float* x, int n) {
-  int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < n) acc[i] += x[i];
-}
-
 namespace {
 
 constexpr int kN = 1000;

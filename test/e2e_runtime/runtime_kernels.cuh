@@ -1,7 +1,8 @@
 // Kernels shared by the runtime programs in this folder (runtime_launch.cu,
-// runtime_contexts.cu). Each has a host implementation of the same mangled
-// name in host_kernels.cc, which must compute the same thing; the types passed
-// by value are in runtime_types.h, shared with it.
+// runtime_contexts.cu, runtime_graphs.cu, runtime_graph_streams.cu). Each has
+// a host implementation of the same mangled name in host_kernels.cc, which
+// must compute the same thing; the types passed by value are in
+// runtime_types.h, shared with it.
 //
 // No kernel reads a __device__ or __constant__ variable by name: a host
 // implementation cannot find module variables, so programs pass their
@@ -9,6 +10,12 @@
 #pragma once
 
 #include "runtime_types.h"
+
+// acc[i] += x[i] for i < n.
+__global__ void rt_accumulate(float* acc, const float* x, int n) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) acc[i] += x[i];
+}
 
 // c[i] = a[i] + b[i] for i < n.
 __global__ void rt_vector_add(const float* a, const float* b, float* c, int n) {

@@ -1171,6 +1171,16 @@ TEST_F(SessionPeerTest, CopiesBetweenDevicesCheckBothRangesAgainstTheirContextsD
 
 class SessionLibraryTest : public SessionTest {
  protected:
+  // Ends the session and starts a new one on a backend that also runs the
+  // tiny library's kernel (a capture records it, a launch runs it).
+  void RestartWithTinyLibraryKernels() {
+    EndSession();
+    backend::HostBackendOptions options;
+    options.device_memory = 64 << 20;
+    options.kernel_libraries = {SESSION_TEST_HOST_KERNELS};
+    ASSERT_TRUE(backend::CreateHostBackend(options, &backend_).ok());
+    StartSession();
+  }
   ReplyResult LoadLibrary(uint64_t library) {
     return client_->Call([&](wire::Call::Builder c) { c.initLibraryLoad().setLibrary(library); },
                          test::TinyLibraryImage());
@@ -1209,13 +1219,7 @@ class SessionLibraryTest : public SessionTest {
 // captured kernel is unloaded, launching the graph is refused instead of
 // handing the backend a function of an unloaded module.
 TEST_F(SessionLibraryTest, AGraphWhoseKernelsModuleIsUnloadedIsRefused) {
-  // A backend that knows the tiny library's kernel, so the capture records it.
-  EndSession();
-  backend::HostBackendOptions options;
-  options.device_memory = 64 << 20;
-  options.kernel_libraries = {SESSION_TEST_HOST_KERNELS};
-  ASSERT_TRUE(backend::CreateHostBackend(options, &backend_).ok());
-  StartSession();
+  ASSERT_NO_FATAL_FAILURE(RestartWithTinyLibraryKernels());
   CreateContext();
   CreateStream(5);
   ASSERT_TRUE(LoadLibrary(600).status.ok());
@@ -3033,12 +3037,7 @@ TEST_F(SessionLinkTest, TheGlobalSymbolTableResolvesExternVariables) {
 // 16 to an SM on the host backend's model, 132 SMs: 2112 blocks are the most
 // that are resident at once, one more is refused (the error latches).
 TEST_F(SessionLibraryTest, ACooperativeGridLargerThanCanBeResidentIsRefused) {
-  EndSession();
-  backend::HostBackendOptions options;
-  options.device_memory = 64 << 20;
-  options.kernel_libraries = {SESSION_TEST_HOST_KERNELS};
-  ASSERT_TRUE(backend::CreateHostBackend(options, &backend_).ok());
-  StartSession();
+  ASSERT_NO_FATAL_FAILURE(RestartWithTinyLibraryKernels());
   CreateContext();
   ASSERT_TRUE(LoadLibrary(600).status.ok());
   ASSERT_TRUE(LoadIntoContext(600, 100, 400, 500).ok());
