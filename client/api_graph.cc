@@ -157,6 +157,15 @@ Status GetCaptureInfo(CUstream stream, bool per_thread, CUstreamCaptureStatus* s
   return Status::Ok();
 }
 
+// Whether `graph` has memory allocation nodes, or is opaque (its nodes are
+// the server's only, so it may).
+bool GraphMayAllocate(uint64_t graph) {
+  std::vector<ferry::client::GraphRegistry::NodeShape> shape;
+  if (!Runtime::Get().graphs().GraphShape(graph, &shape).ok()) return true;
+  return std::any_of(shape.begin(), shape.end(),
+                     [](const auto& n) { return n.type == CU_GRAPH_NODE_TYPE_MEM_ALLOC; });
+}
+
 Status Instantiate(CUgraphExec* exec, CUgraph graph, unsigned long long flags) {
   Runtime& rt = Runtime::Get();
   if (exec == nullptr) return Status::InvalidArgument("phGraphExec is NULL");
@@ -164,12 +173,22 @@ Status Instantiate(CUgraphExec* exec, CUgraph graph, unsigned long long flags) {
   const uint64_t graph_id = Runtime::HandleId(graph);
   if (!rt.graphs().HasGraph(graph_id)) return Status::InvalidHandle("not a graph of this client");
   const uint64_t id = rt.graphs().NewExec(graph_id, flags);
-  FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
+  auto fill = [&](wire::Call::Builder call) {
     auto args = call.initGraphInstantiate();
     args.setGraph(graph_id);
     args.setExec(id);
     args.setFlags(flags);
-  }));
+  };
+  // A graph that allocates memory (or may: an opaque one) is charged to the
+  // quota here, so the call waits for OUT_OF_MEMORY as the driver reports it.
+  const Status posted = GraphMayAllocate(graph_id) ? rt.connection().Call(fill)
+                                                   : rt.connection().Post(fill);
+  if (!posted.ok()) {
+    (void)rt.graphs().RemoveExec(id);
+    return posted;
+  }
+  uint64_t ctx = 0;
+  if (rt.CurrentContext(&ctx).ok()) NoteGraphMemory(graph_id, id, ctx);
   *exec = Runtime::ToHandle<CUgraphExec>(id);
   return Status::Ok();
 }
@@ -576,7 +595,11 @@ CUresult CUDAAPI cuGraphInstantiateWithParams_ptsz(
 CUresult CUDAAPI cuGraphExecDestroy(CUgraphExec hGraphExec) {
   return Api([&] {
     return DestroyHandle(
-        hGraphExec, [](Runtime& rt, uint64_t id) { return rt.graphs().RemoveExec(id); },
+        hGraphExec,
+        [](Runtime& rt, uint64_t id) {
+          ForgetGraphMemory(id);
+          return rt.graphs().RemoveExec(id);
+        },
         [](wire::Call::Builder call, uint64_t id) { call.initGraphExecDestroy().setExec(id); });
   });
 }

@@ -351,8 +351,8 @@ struct Call {
         $waits("never");
     graphDestroy @68 :GraphRef
         $waits("never") $handles(["graph"]);
-    graphInstantiate @69 :GraphInstantiate
-        $waits("never") $handles(["graph"]);
+    graphInstantiate @69 :GraphInstantiate  # waits when the graph allocates memory (quota)
+        $waits("by-flag") $handles(["graph"]);
     graphExecDestroy @70 :GraphExecRef
         $waits("never") $handles(["exec"]);
     graphLaunch @71 :GraphLaunch
@@ -421,6 +421,17 @@ struct Call {
     # whole-graph executable updates
     graphExecUpdate @99 :GraphExecUpdate  # cuGraphExecUpdate(_v2)
         $waits("always") $handles(["exec", "graph"]);
+    # graph node kinds: memory allocation and free nodes, graph memory (see GraphAddMemNode)
+    graphAddMemAllocNode @100 :GraphAddMemNode  # reply memAlloc (the node's address)
+        $waits("always") $handles(["graph"]) $usesContext;
+    graphAddMemFreeNode @101 :GraphAddMemNode
+        $waits("never") $handles(["graph"]) $ranges(["dptr"]);
+    deviceGetGraphMemAttribute @102 :DeviceGraphMem  # reply value
+        $waits("always") $usesContext;
+    deviceSetGraphMemAttribute @103 :DeviceGraphMem
+        $waits("always");
+    deviceGraphMemTrim @104 :DeviceGraphMem
+        $waits("never");
   }
 }
 
@@ -787,6 +798,37 @@ struct GraphAddNode {
     memcpy @6 :Memcpy;  # device to device
     childGraph @7 :UInt64;  # a graph, copied as it is now (its later changes are not seen)
   }
+}
+
+# Memory allocation and free nodes (cuGraphAddMemAllocNode, cuGraphAddMemFreeNode).
+# An allocation node gets its address when it is added (the reply's memAlloc):
+# other nodes of its graph may name the range from then on. The memory is the
+# executable graph's: charged to the slice quota of the context's device when
+# the graph is instantiated (OUT_OF_MEMORY there; instantiating such a graph
+# waits for the reply) and given back when the executable graph is destroyed
+# and its launches are done; only one executable graph of such a graph may
+# exist at a time. The range is valid in every call from instantiation until
+# the executable graph is destroyed. A free node names an allocation of a
+# memory node (`dptr`); launching an executable graph whose allocations a
+# previous launch made and nothing freed answers INVALID_VALUE (unless it was
+# instantiated with AUTO_FREE_ON_LAUNCH).
+struct GraphAddMemNode {
+  graph @0 :UInt64;
+  node @1 :UInt64;   # new node id
+  dependencies @2 :List(UInt64);
+  ctx @3 :UInt64;    # allocation: the context whose device the memory is on
+  bytes @4 :UInt64;  # allocation: its size
+  dptr @5 :UInt64;   # free: the allocation freed
+}
+# cuDeviceGet/SetGraphMemAttribute (CUgraphMem_attribute `attribute`; set:
+# only the high watermarks, to 0) and cuDeviceGraphMemTrim, for the session's
+# device `device`. The figures are the session's own: bytes its executable
+# graphs hold (reserved) and bytes of allocations made by launched graphs and
+# not freed yet (used).
+struct DeviceGraphMem {
+  device @0 :Int32;
+  attribute @1 :Int32;
+  value @2 :UInt64;
 }
 
 # cuGraphExecKernelNodeSetParams: kernel node `node` (of the graph `exec`

@@ -214,6 +214,10 @@ class Session {
     // and module 0; device: its physical memory's). Mappings side by side
     // form one span for range checks; cuMemFree never frees one.
     bool mapped = false;
+    // graph node kinds: an allocation node's memory, held by an executable
+    // graph (session_graph_nodes.cc); only a free node or destroying the
+    // executable graph frees it, never cuMemFree.
+    bool graph = false;
   };
   // virtual memory management (session_vmm.cc). Physical memory
   // (cuMemCreate) under the client's id: charged to `device` until the
@@ -263,12 +267,27 @@ class Session {
     std::set<uint64_t> leaves;
     uint64_t nodes = 0;  // recorded so far; the next node's id is nodes + 1
   };
+  // graph node kinds: an allocation node's memory (session device, address,
+  // size).
+  struct GraphAllocation {
+    uint64_t dptr = 0;
+    uint64_t bytes = 0;
+    int device = 0;
+  };
+  // The memory nodes of a graph, or of the graph an executable graph was
+  // instantiated from (copied with it).
+  struct GraphMemNodes {
+    std::vector<GraphAllocation> allocations;  // its allocation nodes
+    std::vector<uint64_t> frees;               // the addresses its free nodes free
+    bool empty() const { return allocations.empty() && frees.empty(); }
+  };
   struct GraphEntry {
     std::unique_ptr<backend::Graph> graph;
     uint64_t ctx = 0;  // of the captured work; 0: no context's (an empty graph)
     // Shared with clones; copied before a change only while shared, so adding
     // n nodes one by one costs O(n), not O(n^2).
     std::shared_ptr<GraphUses> uses;
+    GraphMemNodes mem;  // graph node kinds: memory allocation and free nodes
   };
   struct GraphNodeEntry {
     backend::GraphNode* node = nullptr;  // owned by the graph
@@ -282,6 +301,8 @@ class Session {
     uint64_t ctx = 0;
     uint64_t nodes = 0;  // how many (cuGraphExecUpdate keeps the count)
     std::shared_ptr<const GraphUses> uses;
+    GraphMemNodes mem;       // graph node kinds: its graph's memory nodes
+    bool auto_free = false;  // instantiated with AUTO_FREE_ON_LAUNCH
   };
   // CUDA arrays, textures and surfaces (session_arrays.cc). An array id
   // names an array, a mipmapped array, or a level of one (owned by the
@@ -505,6 +526,10 @@ class Session {
   // The node `node_id` of the graph `exec` was instantiated from, for an
   // update of the executable graph.
   Status FindExecNode(const GraphExecEntry& exec, uint64_t node_id, GraphNodeEntry** node);
+  // The backend nodes of `ids`, each a node of `graph` (INVALID_VALUE
+  // otherwise).
+  Status GraphNodeDependencies(uint64_t graph, capnp::List<uint64_t>::Reader ids,
+                               std::vector<backend::GraphNode*>* dependencies);
   Status KernelNodeSpec(wire::Launch::Reader k, const backend::HostBytes& params,
                         backend::GraphNodeSpec* spec, uint64_t* module);
   // The capture `stream` records into, or nullptr (also for the legacy
@@ -526,6 +551,28 @@ class Session {
   // Forgets the captures, graphs and executable graphs of `ctx` (before its
   // streams and memory go).
   void DestroyContextGraphs(uint64_t ctx);
+  // graph node kinds (session_graph_nodes.cc). A node's device range, as a
+  // memset or copy node of `graph` names it: the session's, or within one of
+  // the graph's own allocation nodes.
+  Status CheckGraphNodeRange(const GraphEntry& graph, uint64_t address, uint64_t bytes,
+                             const char* what);
+  Status CheckGraphNodeRange2D(const GraphEntry& graph, uint64_t address, uint64_t pitch,
+                               uint64_t width_bytes, uint64_t height, const char* what);
+  // Instantiation of a graph with allocation nodes: only one executable graph
+  // may hold their memory at a time; it is charged to the slice quota
+  // (OUT_OF_MEMORY) and its ranges become the session's until
+  // ForgetGraphExecMemory. Call Check before the backend instantiates, Hold
+  // after.
+  Status CheckGraphMemory(const GraphEntry& graph);
+  Status HoldGraphMemory(GraphEntry& graph, GraphExecEntry& exec);
+  // The executable graph goes: its ranges stop being the session's; the
+  // quota comes back once the backend has given the memory back.
+  void ForgetGraphExecMemory(GraphExecEntry& exec);
+  // A launch of `exec`: INVALID_VALUE while a previous launch's allocations
+  // are not freed (unless AUTO_FREE_ON_LAUNCH); GraphMemoryLaunched counts
+  // what the launch allocates and frees (the used figures).
+  Status CheckGraphMemoryLaunch(const GraphExecEntry& exec);
+  void GraphMemoryLaunched(const GraphExecEntry& exec);
   // cuStreamEndCapture answered by a latched error: the capture of that
   // stream (if any, begun there or joined) ends without a graph, as the
   // client has forgotten it.
@@ -597,6 +644,14 @@ class Session {
   HandleTable<GraphEntry> graphs_{"graph"};
   HandleTable<GraphExecEntry> graph_execs_{"executable graph"};
   HandleTable<GraphNodeEntry> graph_nodes_{"graph node"};
+  // graph node kinds: graph memory figures per session device
+  // (cuDeviceGetGraphMemAttribute), and the allocations launched graphs made
+  // that nothing freed yet (address -> its GraphAllocation).
+  struct GraphMemFigures {
+    uint64_t used = 0, used_high = 0, reserved = 0, reserved_high = 0;
+  };
+  std::map<int, GraphMemFigures> graph_mem_;
+  std::map<uint64_t, GraphAllocation> graph_mem_live_;
   // CUDA arrays, textures and surfaces
   HandleTable<ArrayEntry> arrays_{"array"};
   HandleTable<TextureEntry> textures_{"texture or surface object"};

@@ -168,6 +168,9 @@ void Session::DestroyContextGraphs(uint64_t ctx) {
     (void)EndCaptureOf(id, &discarded);
   }
   auto in_ctx = [ctx](uint64_t, const auto& entry) { return entry.ctx == ctx; };
+  graph_execs_.ForEach([&](uint64_t, GraphExecEntry& exec) {
+    if (exec.ctx == ctx) ForgetGraphExecMemory(exec);
+  });
   graph_execs_.EraseIf(in_ctx);
   graph_nodes_.EraseIf([this, ctx](uint64_t, const GraphNodeEntry& n) {
     GraphEntry* g = nullptr;
@@ -284,15 +287,7 @@ Status Session::GraphAddNode(wire::GraphAddNode::Reader args, CallContext& cx) {
   FERRY_RETURN_IF_ERROR(graphs_.Find(args.getGraph(), &graph));
   FERRY_RETURN_IF_ERROR(graph_nodes_.CheckNewId(args.getNode()));
   std::vector<backend::GraphNode*> dependencies;
-  for (uint64_t id : args.getDependencies()) {
-    GraphNodeEntry* dependency = nullptr;
-    FERRY_RETURN_IF_ERROR(graph_nodes_.Find(id, &dependency));
-    if (dependency->graph != args.getGraph()) {
-      return Status::InvalidArgument("dependency " + std::to_string(id) +
-                                     " is not a node of graph " + std::to_string(args.getGraph()));
-    }
-    dependencies.push_back(dependency->node);
-  }
+  FERRY_RETURN_IF_ERROR(GraphNodeDependencies(args.getGraph(), args.getDependencies(), &dependencies));
   backend::GraphNodeSpec spec;
   uint64_t ctx = 0;
   GraphUses uses;  // of the new node
@@ -319,7 +314,8 @@ Status Session::GraphAddNode(wire::GraphAddNode::Reader args, CallContext& cx) {
         return Status::InvalidArgument("memset node extent is empty or overflows");
       }
       const uint64_t pitch = height == 1 ? width * element : m.getPitch();
-      FERRY_RETURN_IF_ERROR(CheckRange2D(m.getDst(), pitch, width * element, height, "memset"));
+      FERRY_RETURN_IF_ERROR(
+          CheckGraphNodeRange2D(*graph, m.getDst(), pitch, width * element, height, "memset"));
       uses.ranges.push_back({m.getDst(), (height - 1) * pitch + width * element});
       spec.kind = backend::GraphNodeSpec::Kind::kMemset;
       spec.dst = m.getDst();
@@ -334,8 +330,8 @@ Status Session::GraphAddNode(wire::GraphAddNode::Reader args, CallContext& cx) {
       auto m = args.getMemcpy();
       ctx = m.getCtx();
       if (m.getBytes() == 0) return Status::InvalidArgument("empty memcpy node");
-      FERRY_RETURN_IF_ERROR(CheckRange(m.getSrc(), m.getBytes(), "source"));
-      FERRY_RETURN_IF_ERROR(CheckRange(m.getDst(), m.getBytes(), "destination"));
+      FERRY_RETURN_IF_ERROR(CheckGraphNodeRange(*graph, m.getSrc(), m.getBytes(), "source"));
+      FERRY_RETURN_IF_ERROR(CheckGraphNodeRange(*graph, m.getDst(), m.getBytes(), "destination"));
       uses.ranges.push_back({m.getSrc(), m.getBytes()});
       uses.ranges.push_back({m.getDst(), m.getBytes()});
       spec.kind = backend::GraphNodeSpec::Kind::kCopy;
@@ -348,6 +344,9 @@ Status Session::GraphAddNode(wire::GraphAddNode::Reader args, CallContext& cx) {
       GraphEntry* child = nullptr;
       FERRY_RETURN_IF_ERROR(graphs_.Find(args.getChildGraph(), &child));
       if (child == graph) return Status::InvalidArgument("a graph cannot be its own child");
+      if (!child->mem.empty()) {
+        return Status::InvalidArgument("a child graph cannot have memory allocation or free nodes");
+      }
       ctx = child->ctx;
       uses = *child->uses;
       spec.kind = backend::GraphNodeSpec::Kind::kChild;
@@ -375,6 +374,20 @@ Status Session::GraphAddNode(wire::GraphAddNode::Reader args, CallContext& cx) {
   }
   return graph_nodes_.Insert(
       args.getNode(), GraphNodeEntry{node, args.getGraph(), args.which(), ctx});
+}
+
+Status Session::GraphNodeDependencies(uint64_t graph, capnp::List<uint64_t>::Reader ids,
+                                      std::vector<backend::GraphNode*>* dependencies) {
+  for (uint64_t id : ids) {
+    GraphNodeEntry* dependency = nullptr;
+    FERRY_RETURN_IF_ERROR(graph_nodes_.Find(id, &dependency));
+    if (dependency->graph != graph) {
+      return Status::InvalidArgument("dependency " + std::to_string(id) +
+                                     " is not a node of graph " + std::to_string(graph));
+    }
+    dependencies->push_back(dependency->node);
+  }
+  return Status::Ok();
 }
 
 Status Session::KernelNodeSpec(wire::Launch::Reader k, const backend::HostBytes& params,
@@ -478,6 +491,7 @@ Status Session::GraphClone(wire::GraphClone::Reader args) {
   FERRY_RETURN_IF_ERROR(backend_.CloneGraph(*graph->graph, &clone.graph));
   clone.ctx = graph->ctx;
   clone.uses = graph->uses;
+  clone.mem = graph->mem;
   return graphs_.Insert(args.getClone(), std::move(clone));
 }
 
@@ -485,12 +499,15 @@ Status Session::GraphInstantiate(wire::GraphInstantiate::Reader args) {
   GraphEntry* graph = nullptr;
   FERRY_RETURN_IF_ERROR(graphs_.Find(args.getGraph(), &graph));
   FERRY_RETURN_IF_ERROR(graph_execs_.CheckNewId(args.getExec()));
+  FERRY_RETURN_IF_ERROR(CheckGraphMemory(*graph));
   GraphExecEntry entry;
   FERRY_RETURN_IF_ERROR(backend_.InstantiateGraph(*graph->graph, args.getFlags(), &entry.exec));
   entry.graph = args.getGraph();
   entry.ctx = graph->ctx;
   entry.uses = ExecUses(*graph->uses);
+  entry.auto_free = (args.getFlags() & CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH) != 0;
   FERRY_RETURN_IF_ERROR(backend_.GraphNodeCount(*graph->graph, &entry.nodes));
+  FERRY_RETURN_IF_ERROR(HoldGraphMemory(*graph, entry));
   return graph_execs_.Insert(args.getExec(), std::move(entry));
 }
 
@@ -522,6 +539,10 @@ Status Session::GraphExecUpdate(wire::GraphExecUpdate::Reader args) {
                         "the graph has " + std::to_string(graph_nodes) +
                             " nodes; the executable graph " + std::to_string(exec->nodes));
   }
+  if (!graph->mem.empty() || !exec->mem.empty()) {
+    return Status::Cuda(CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE,
+                        "graphs with memory allocation or free nodes cannot be updated");
+  }
   if (graph->ctx != 0 && exec->ctx != 0 && graph->ctx != exec->ctx) {
     return Status::Cuda(CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE,
                         "the graph's work belongs to another context than the executable graph's");
@@ -533,6 +554,9 @@ Status Session::GraphExecUpdate(wire::GraphExecUpdate::Reader args) {
 }
 
 Status Session::GraphExecDestroy(wire::GraphExecRef::Reader args) {
+  GraphExecEntry* exec = nullptr;
+  FERRY_RETURN_IF_ERROR(graph_execs_.Find(args.getExec(), &exec));
+  ForgetGraphExecMemory(*exec);
   return graph_execs_.Erase(args.getExec());
 }
 
@@ -564,9 +588,12 @@ Status Session::GraphLaunch(wire::GraphLaunch::Reader args) {
   if (CaptureEntry* capture = CaptureOfStream(args.getStream()); capture != nullptr) {
     capture->uses.Add(*exec->uses);
   }
+  FERRY_RETURN_IF_ERROR(CheckGraphMemoryLaunch(*exec));
   // A graph launch is a launch: a throttled device's share applies to it.
-  return LaunchUnderShare(args.getCtx(), *stream,
-                          [&] { return backend_.LaunchGraph(*exec->exec, *stream); });
+  FERRY_RETURN_IF_ERROR(LaunchUnderShare(args.getCtx(), *stream,
+                                         [&] { return backend_.LaunchGraph(*exec->exec, *stream); }));
+  GraphMemoryLaunched(*exec);
+  return Status::Ok();
 }
 
 Status Session::GraphUpload(wire::GraphLaunch::Reader args) {

@@ -775,6 +775,40 @@ class GpuBackend {
     return NoGraphs();
   }
 
+  // --- graph node kinds: memory allocation and free nodes ---------------------
+  // cuGraphAddMemAllocNode: a node of `graph` (after `dependencies`) that
+  // allocates `bytes` of `ctx`'s memory on backend device `device` (ctx's);
+  // *dptr is its address, fixed from now on. The memory exists while an
+  // executable graph of `graph` holds it (CommitGraphMemory).
+  virtual Status AddGraphMemAllocNode(Graph& graph, std::span<GraphNode* const> dependencies,
+                                      Context& ctx, int device, uint64_t bytes, GraphNode** out,
+                                      uint64_t* dptr) {
+    (void)graph, (void)dependencies, (void)ctx, (void)device, (void)bytes, (void)out, (void)dptr;
+    return NoGraphs();
+  }
+  // cuGraphAddMemFreeNode: a node that frees `dptr`, the address of an
+  // allocation node (the caller checked that).
+  virtual Status AddGraphMemFreeNode(Graph& graph, std::span<GraphNode* const> dependencies,
+                                     uint64_t dptr, GraphNode** out) {
+    (void)graph, (void)dependencies, (void)dptr, (void)out;
+    return NoGraphs();
+  }
+  // `exec`, just instantiated from `graph`, holds the memory of `graph`'s
+  // allocation nodes (the caller charged it and checked that no other
+  // executable graph holds it): OUT_OF_MEMORY when the device has too little.
+  // `released` is called once, on any thread, when that memory is given back:
+  // after `exec` is destroyed and the launches queued before are done.
+  virtual Status CommitGraphMemory(GraphExec& exec, Graph& graph, Completion released) {
+    (void)exec, (void)graph, (void)released;
+    return NoGraphs();
+  }
+  // cuDeviceGraphMemTrim: graph memory that no executable graph holds goes
+  // back to backend device `device`.
+  virtual Status TrimGraphMemory(int device) {
+    (void)device;
+    return NoGraphs();
+  }
+
   // --- bounded resources (a session that ends) ------------------------------
   // The session that owns `ctx` is gone and nobody will see what its queued
   // work computes: work queued on `ctx`'s streams that has not started yet

@@ -370,10 +370,14 @@ class CudaGraphExec final : public GraphExec {
   CudaGraphExec(const DriverApi& api, CUgraphExec handle) : api(api), handle(handle) {}
   ~CudaGraphExec() override {
     FERRY_CU_QUIET(api, "destroying an executable graph", cuGraphExecDestroy, handle);
+    if (memory_released) RunCompletion(memory_released, Status::Ok());
   }
 
   const DriverApi& api;
   const CUgraphExec handle;
+  // CommitGraphMemory's: the driver gives the graph's memory back as the
+  // executable graph is destroyed (after its launches).
+  Completion memory_released;
 };
 
 // CUDA arrays, textures and surfaces: driver objects destroyed with their
@@ -2216,6 +2220,72 @@ class CudaBackend final : public GpuBackend {
       s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
       return FERRY_CU(*api_, cuGraphUpload, static_cast<CudaGraphExec&>(exec).handle, s.handle);
+    });
+  }
+
+  // --- graph node kinds: memory allocation and free nodes ---------------------
+  // The driver's own nodes: pinned memory of the device, accessible to it.
+  Status AddGraphMemAllocNode(Graph& graph, std::span<GraphNode* const> dependencies,
+                              Context& ctx, int device, uint64_t bytes, GraphNode** out,
+                              uint64_t* dptr) override {
+    return Guarded("AddGraphMemAllocNode", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedGraphs());
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuGraphAddMemAllocNode, "cuGraphAddMemAllocNode"));
+      CudaGraph& g = static_cast<CudaGraph&>(graph);
+      CudaContext& c = Ctx(ctx);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(c));
+      CUdevice device_handle = 0;
+      FERRY_RETURN_IF_ERROR(DeviceHandle(device, &device_handle));
+      std::vector<CUgraphNode> deps;
+      for (GraphNode* d : dependencies) deps.push_back(static_cast<CudaGraphNode*>(d)->handle);
+      CUDA_MEM_ALLOC_NODE_PARAMS params;
+      std::memset(&params, 0, sizeof(params));
+      params.poolProps.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+      params.poolProps.handleTypes = CU_MEM_HANDLE_TYPE_NONE;
+      params.poolProps.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+      params.poolProps.location.id = device_handle;
+      params.bytesize = static_cast<size_t>(bytes);
+      CUgraphNode node = nullptr;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphAddMemAllocNode, &node, g.handle, deps.data(),
+                                     deps.size(), &params));
+      g.context = &c;
+      g.nodes.push_back(std::make_unique<CudaGraphNode>(node));
+      *out = g.nodes.back().get();
+      *dptr = static_cast<uint64_t>(params.dptr);
+      return Status::Ok();
+    });
+  }
+
+  Status AddGraphMemFreeNode(Graph& graph, std::span<GraphNode* const> dependencies,
+                             uint64_t dptr, GraphNode** out) override {
+    return Guarded("AddGraphMemFreeNode", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedGraphs());
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuGraphAddMemFreeNode, "cuGraphAddMemFreeNode"));
+      CudaGraph& g = static_cast<CudaGraph&>(graph);
+      if (g.context != nullptr) FERRY_RETURN_IF_ERROR(MakeCurrent(*g.context));
+      std::vector<CUgraphNode> deps;
+      for (GraphNode* d : dependencies) deps.push_back(static_cast<CudaGraphNode*>(d)->handle);
+      CUgraphNode node = nullptr;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphAddMemFreeNode, &node, g.handle, deps.data(),
+                                     deps.size(), static_cast<CUdeviceptr>(dptr)));
+      g.nodes.push_back(std::make_unique<CudaGraphNode>(node));
+      *out = g.nodes.back().get();
+      return Status::Ok();
+    });
+  }
+
+  Status CommitGraphMemory(GraphExec& exec, Graph& graph, Completion released) override {
+    (void)graph;  // the driver instantiated the allocation nodes with the graph
+    static_cast<CudaGraphExec&>(exec).memory_released = std::move(released);
+    return Status::Ok();
+  }
+
+  Status TrimGraphMemory(int device) override {
+    return Guarded("TrimGraphMemory", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuDeviceGraphMemTrim, "cuDeviceGraphMemTrim"));
+      CUdevice device_handle = 0;
+      FERRY_RETURN_IF_ERROR(DeviceHandle(device, &device_handle));
+      return FERRY_CU(*api_, cuDeviceGraphMemTrim, device_handle);
     });
   }
 

@@ -153,7 +153,10 @@
   X(cuStreamSetAttribute, 11000)           \
   X(cuStreamBatchMemOp, 11070)             \
   X(cuCtxRecordEvent, 12050)               \
-  X(cuCtxWaitEvent, 12050)
+  X(cuCtxWaitEvent, 12050)                 \
+  X(cuGraphAddMemAllocNode, 11040)         \
+  X(cuGraphAddMemFreeNode, 11040)          \
+  X(cuDeviceGraphMemTrim, 11040)
 
 // stream capture and graphs (all or nothing: see HasGraphs).
 #define FERRY_CUDA_GRAPH_ENTRY_POINTS(X) \

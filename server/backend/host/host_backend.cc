@@ -252,11 +252,41 @@ class HostGraphNode final : public GraphNode {
   explicit HostGraphNode(size_t index) : index(index) {}
   const size_t index;  // of its operation in the graph's (and its executables') list
 };
+// graph node kinds: an allocation node's memory. Its address range is
+// reserved (PROT_NONE, nothing behind it) from the node's creation until no
+// graph or executable graph names it; it is readable and writable only while
+// an executable graph holds it (HostGraphMemory). `held` is guarded by the
+// backend's mu_.
+struct HostGraphAllocation {
+  HostGraphAllocation(void* base, uint64_t bytes, int device)
+      : base(base), bytes(bytes), device(device) {}
+  ~HostGraphAllocation() { munmap(base, bytes); }
+  void* const base;
+  const uint64_t bytes;  // whole pages
+  const int device;
+  bool held = false;
+};
+// The memory an executable graph holds. When the executable graph and the
+// launches queued with it are gone, the pages are dropped, the ranges become
+// PROT_NONE again and `release` runs (on whichever thread let go last).
+struct HostGraphMemory {
+  std::vector<std::shared_ptr<HostGraphAllocation>> allocations;
+  std::function<void()> release;
+  ~HostGraphMemory() {
+    for (const auto& a : allocations) {
+      madvise(a->base, a->bytes, MADV_DONTNEED);
+      mprotect(a->base, a->bytes, PROT_NONE);
+    }
+    if (release) release();
+  }
+};
 class HostGraph final : public Graph {
  public:
   explicit HostGraph(HostGraphOps ops) : ops(std::move(ops)) {}
   HostGraphOps ops;
   std::vector<std::unique_ptr<HostGraphNode>> nodes;  // explicitly added ones
+  // Of its allocation nodes (shared with clones).
+  std::vector<std::shared_ptr<HostGraphAllocation>> allocations;
 };
 // Updates (Replace, SetEnabled) change what later launches run; launches
 // queued already keep the list they were queued with (a new list is made).
@@ -305,6 +335,13 @@ class HostGraphExec final : public GraphExec {
   }
   HostGraphOps node_ops_;        // each node's current work
   std::vector<bool> disabled_;  // by node index
+
+ public:
+  // The memory of its graph's allocation nodes (CommitGraphMemory); each
+  // launch holds it too.
+  std::shared_ptr<HostGraphMemory> memory;
+
+ private:
   std::shared_ptr<const HostGraphOps> ops_;  // what launches run
 };
 
@@ -1712,7 +1749,9 @@ class HostBackend final : public GpuBackend {
   }
 
   Status CloneGraph(Graph& graph, std::unique_ptr<Graph>* out) override {
-    *out = std::make_unique<HostGraph>(static_cast<HostGraph&>(graph).ops);
+    auto clone = std::make_unique<HostGraph>(static_cast<HostGraph&>(graph).ops);
+    clone->allocations = static_cast<HostGraph&>(graph).allocations;
+    *out = std::move(clone);
     return Status::Ok();
   }
 
@@ -1729,7 +1768,8 @@ class HostBackend final : public GpuBackend {
 
   // One stream operation runs every node, in order.
   Status LaunchGraph(GraphExec& exec, Stream& stream) override {
-    Append(stream, {}, [ops = static_cast<HostGraphExec&>(exec).ops()] {
+    auto& e = static_cast<HostGraphExec&>(exec);
+    Append(stream, {}, [ops = e.ops(), memory = e.memory] {
       for (const std::function<void()>& op : *ops) op();
     });
     return Status::Ok();
@@ -1737,6 +1777,84 @@ class HostBackend final : public GpuBackend {
 
   // Host memory needs no upload, so there is nothing to queue on the stream.
   Status UploadGraph(GraphExec& exec, Stream& stream) override { return Status::Ok(); }
+
+  // --- graph node kinds: memory allocation and free nodes ---------------------
+  // An allocation node reserves its address range now and runs nothing: its
+  // memory is the executable graph's (CommitGraphMemory), so the node has
+  // nothing to do at launch; a free node has nothing to do either (the memory
+  // goes with the executable graph).
+  Status AddGraphMemAllocNode(Graph& graph, std::span<GraphNode* const> dependencies,
+                              Context& ctx, int device, uint64_t bytes, GraphNode** out,
+                              uint64_t* dptr) override {
+    (void)ctx;
+    FERRY_RETURN_IF_ERROR(CheckDevice(device));
+    uint64_t rounded = 0;
+    if (bytes == 0 || !RoundUp(bytes, host_internal::HostVirtualMemory::Granularity(), &rounded)) {
+      return InvalidValue("a graph allocation of " + std::to_string(bytes) + " bytes");
+    }
+    if (rounded > device_memory_[device]) {
+      return Status::OutOfMemory("a graph allocation of " + std::to_string(bytes) +
+                                 " bytes exceeds device " + std::to_string(device) + "'s memory");
+    }
+    void* base = mmap(nullptr, rounded, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (base == MAP_FAILED) {
+      return Status::OutOfMemory("cannot reserve " + std::to_string(rounded) + " bytes of addresses");
+    }
+    auto allocation = std::make_shared<HostGraphAllocation>(base, rounded, device);
+    FERRY_RETURN_IF_ERROR(AddGraphNode(graph, dependencies, GraphNodeSpec{}, out));
+    static_cast<HostGraph&>(graph).allocations.push_back(std::move(allocation));
+    *dptr = reinterpret_cast<uint64_t>(base);
+    return Status::Ok();
+  }
+
+  Status AddGraphMemFreeNode(Graph& graph, std::span<GraphNode* const> dependencies,
+                             uint64_t dptr, GraphNode** out) override {
+    (void)dptr;
+    return AddGraphNode(graph, dependencies, GraphNodeSpec{}, out);
+  }
+
+  Status CommitGraphMemory(GraphExec& exec, Graph& graph, Completion released) override {
+    const auto& allocations = static_cast<HostGraph&>(graph).allocations;
+    std::vector<uint64_t> bytes(device_memory_.size(), 0);
+    for (const auto& a : allocations) bytes[a->device] += a->bytes;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (size_t d = 0; d < bytes.size(); ++d) {
+        if (bytes[d] > device_memory_[d] - used_[d]) {
+          return Status::OutOfMemory("the graph allocates " + std::to_string(bytes[d]) +
+                                     " bytes on device " + std::to_string(d) + "; " +
+                                     std::to_string(device_memory_[d] - used_[d]) + " are free");
+        }
+      }
+      for (const auto& a : allocations) {
+        if (a->held) return InvalidValue("another executable graph holds the graph's memory");
+      }
+      for (size_t d = 0; d < bytes.size(); ++d) used_[d] += bytes[d];
+      for (const auto& a : allocations) a->held = true;
+    }
+    auto memory = std::make_shared<HostGraphMemory>();
+    memory->allocations = allocations;
+    memory->release = [this, bytes, allocations] {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (size_t d = 0; d < bytes.size(); ++d) used_[d] -= bytes[d];
+      for (const auto& a : allocations) a->held = false;
+    };
+    for (const auto& a : allocations) {
+      if (mprotect(a->base, a->bytes, PROT_READ | PROT_WRITE) != 0) {
+        return Status::OutOfMemory("cannot make a graph allocation accessible");  // `memory` undoes
+      }
+    }
+    memory->release = [release = std::move(memory->release), released = std::move(released)] {
+      release();
+      released(Status::Ok());
+    };
+    static_cast<HostGraphExec&>(exec).memory = std::move(memory);
+    return Status::Ok();
+  }
+
+  // Graph memory is an executable graph's for as long as it lives, and goes
+  // back to the device with it: nothing is kept to trim.
+  Status TrimGraphMemory(int device) override { return CheckDevice(device); }
 
  private:
   // The operation of a kernel node (GraphNodeSpec kind kKernel).
