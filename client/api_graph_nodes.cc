@@ -1,6 +1,6 @@
 // Entry points: graph node kinds beyond api_graph.cc's — memory allocation
-// and free nodes, and graph memory (cuDeviceGet/SetGraphMemAttribute,
-// cuDeviceGraphMemTrim).
+// and free nodes, graph memory (cuDeviceGet/SetGraphMemAttribute,
+// cuDeviceGraphMemTrim), event record and wait nodes.
 //
 // An allocation node's address is the server's answer when the node is added
 // (one round trip); the memory is the executable graph's, charged to the
@@ -10,6 +10,11 @@
 // node (cuMemFree and cuMemFreeAsync refuse it) and goes with its executable
 // graph. The parameters a node was added with are answered here
 // (cuGraphMemAllocNodeGetParams, cuGraphMemFreeNodeGetParams).
+//
+// Event nodes record an event, or wait for one, at each launch, as
+// cuEventRecord / cuStreamWaitEvent on the launch's stream would; a launch
+// stays one message (schema/ferry.capnp, GraphAddEventNode). Their events are
+// answered here (the client records them); setting one is fire-and-forget.
 #include <cuda.h>
 
 #include <memory>
@@ -145,6 +150,85 @@ Status AddMemFreeNode(CUgraphNode* node, CUgraph graph, const CUgraphNode* deps,
   return Status::Ok();
 }
 
+// An event of this client, by handle.
+Status EventId(CUevent event, uint64_t* id) {
+  *id = Runtime::HandleId(event);
+  ferry::client::EventState state;
+  return Runtime::Get().streams().FindEvent(*id, &state);
+}
+
+Status AddEventNode(CUgraphNode* node, CUgraph graph, const CUgraphNode* deps, size_t count,
+                    CUevent event, bool wait) {
+  Runtime& rt = Runtime::Get();
+  uint64_t event_id = 0;
+  FERRY_RETURN_IF_ERROR(EventId(event, &event_id));
+  uint64_t graph_id = 0, id = 0;
+  std::vector<uint64_t> dependencies;
+  FERRY_RETURN_IF_ERROR(NewNode(
+      node, graph, deps, count,
+      wait ? CU_GRAPH_NODE_TYPE_WAIT_EVENT : CU_GRAPH_NODE_TYPE_EVENT_RECORD, &graph_id, &id,
+      &dependencies));
+  FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
+    auto args = call.initGraphAddEventNode();
+    args.setGraph(graph_id);
+    args.setNode(id);
+    auto list = args.initDependencies(static_cast<unsigned>(dependencies.size()));
+    for (size_t i = 0; i < dependencies.size(); ++i) {
+      list.set(static_cast<unsigned>(i), dependencies[i]);
+    }
+    args.setEvent(event_id);
+    args.setWait(wait);
+  }));
+  auto record = std::make_shared<RecordedNodeParams>();
+  record->event = event;
+  rt.graphs().SetNodeParams(id, std::move(record));
+  *node = Runtime::ToHandle<CUgraphNode>(id);
+  return Status::Ok();
+}
+
+CUgraphNodeType EventNodeType(bool wait) {
+  return wait ? CU_GRAPH_NODE_TYPE_WAIT_EVENT : CU_GRAPH_NODE_TYPE_EVENT_RECORD;
+}
+
+Status GetNodeEvent(CUgraphNode node, bool wait, CUevent* out) {
+  if (out == nullptr) return Status::InvalidArgument("event_out is NULL");
+  std::shared_ptr<const RecordedNodeParams> params;
+  FERRY_RETURN_IF_ERROR(
+      Runtime::Get().graphs().NodeParams(Runtime::HandleId(node), EventNodeType(wait), &params));
+  *out = params->event;
+  return Status::Ok();
+}
+
+// cuGraphEvent{Record,Wait}NodeSetEvent (`exec` NULL) and
+// cuGraphExecEvent{Record,Wait}NodeSetEvent.
+Status SetNodeEvent(CUgraphExec exec, CUgraphNode node, bool wait, CUevent event) {
+  Runtime& rt = Runtime::Get();
+  FERRY_RETURN_IF_ERROR(rt.Ready());
+  uint64_t event_id = 0;
+  FERRY_RETURN_IF_ERROR(EventId(event, &event_id));
+  const uint64_t node_id = Runtime::HandleId(node);
+  const uint64_t exec_id = Runtime::HandleId(exec);
+  std::shared_ptr<const RecordedNodeParams> params;
+  if (exec != nullptr) {
+    FERRY_RETURN_IF_ERROR(rt.graphs().CheckExecNode(exec_id, node_id, {EventNodeType(wait)}));
+  } else {
+    FERRY_RETURN_IF_ERROR(rt.graphs().NodeParams(node_id, EventNodeType(wait), &params));
+  }
+  FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
+    auto args = exec != nullptr ? call.initGraphExecEventNodeSetEvent()
+                                : call.initGraphEventNodeSetEvent();
+    args.setExec(exec_id);
+    args.setNode(node_id);
+    args.setEvent(event_id);
+  }));
+  if (exec == nullptr) {  // the graph's node names the event from now on
+    auto record = std::make_shared<RecordedNodeParams>();
+    record->event = event;
+    rt.graphs().SetNodeParams(node_id, std::move(record));
+  }
+  return Status::Ok();
+}
+
 // cuDeviceGet/SetGraphMemAttribute, cuDeviceGraphMemTrim: the session's own
 // figures for `device` (schema/ferry.capnp, DeviceGraphMem).
 Status GraphMemCall(CUdevice device, int attribute, uint64_t value, bool get, uint64_t* out) {
@@ -252,6 +336,48 @@ CUresult CUDAAPI cuDeviceSetGraphMemAttribute(CUdevice device, CUgraphMem_attrib
   return Api([&]() -> Status {
     if (value == nullptr) return Status::InvalidArgument("value is NULL");
     return GraphMemCall(device, attr, *static_cast<const cuuint64_t*>(value), false, nullptr);
+  });
+}
+
+CUresult CUDAAPI cuGraphAddEventRecordNode(CUgraphNode* phGraphNode, CUgraph hGraph,
+                                           const CUgraphNode* dependencies, size_t numDependencies,
+                                           CUevent event) {
+  return Api([&] {
+    return AddEventNode(phGraphNode, hGraph, dependencies, numDependencies, event, false);
+  });
+}
+CUresult CUDAAPI cuGraphAddEventWaitNode(CUgraphNode* phGraphNode, CUgraph hGraph,
+                                         const CUgraphNode* dependencies, size_t numDependencies,
+                                         CUevent event) {
+  return Api([&] {
+    return AddEventNode(phGraphNode, hGraph, dependencies, numDependencies, event, true);
+  });
+}
+
+CUresult CUDAAPI cuGraphEventRecordNodeGetEvent(CUgraphNode hNode, CUevent* event_out) {
+  return Api([&] { return GetNodeEvent(hNode, false, event_out); });
+}
+CUresult CUDAAPI cuGraphEventWaitNodeGetEvent(CUgraphNode hNode, CUevent* event_out) {
+  return Api([&] { return GetNodeEvent(hNode, true, event_out); });
+}
+CUresult CUDAAPI cuGraphEventRecordNodeSetEvent(CUgraphNode hNode, CUevent event) {
+  return Api([&] { return SetNodeEvent(nullptr, hNode, false, event); });
+}
+CUresult CUDAAPI cuGraphEventWaitNodeSetEvent(CUgraphNode hNode, CUevent event) {
+  return Api([&] { return SetNodeEvent(nullptr, hNode, true, event); });
+}
+CUresult CUDAAPI cuGraphExecEventRecordNodeSetEvent(CUgraphExec hGraphExec, CUgraphNode hNode,
+                                                    CUevent event) {
+  return Api([&]() -> Status {
+    if (hGraphExec == nullptr) return Status::InvalidHandle("hGraphExec is NULL");
+    return SetNodeEvent(hGraphExec, hNode, false, event);
+  });
+}
+CUresult CUDAAPI cuGraphExecEventWaitNodeSetEvent(CUgraphExec hGraphExec, CUgraphNode hNode,
+                                                  CUevent event) {
+  return Api([&]() -> Status {
+    if (hGraphExec == nullptr) return Status::InvalidHandle("hGraphExec is NULL");
+    return SetNodeEvent(hGraphExec, hNode, true, event);
   });
 }
 

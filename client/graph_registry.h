@@ -53,6 +53,7 @@ struct RecordedNodeParams {
   CUDA_MEM_ALLOC_NODE_PARAMS mem_alloc{};        // CU_GRAPH_NODE_TYPE_MEM_ALLOC: dptr filled in
   std::vector<CUmemAccessDesc> mem_alloc_access;  // mem_alloc.accessDescs
   CUdeviceptr mem_free = 0;                       // CU_GRAPH_NODE_TYPE_MEM_FREE
+  CUevent event = nullptr;  // CU_GRAPH_NODE_TYPE_EVENT_RECORD, _WAIT_EVENT (a set replaces the record)
 };
 
 class GraphRegistry {

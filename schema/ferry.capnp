@@ -432,6 +432,13 @@ struct Call {
         $waits("always");
     deviceGraphMemTrim @104 :DeviceGraphMem
         $waits("never");
+    # graph node kinds: event record and wait nodes (see GraphAddEventNode)
+    graphAddEventNode @105 :GraphAddEventNode
+        $waits("never") $handles(["graph", "event"]);
+    graphEventNodeSetEvent @106 :GraphEventNodeEvent  # cuGraphEvent{Record,Wait}NodeSetEvent
+        $waits("never") $handles(["node", "event"]);
+    graphExecEventNodeSetEvent @107 :GraphEventNodeEvent  # cuGraphExecEvent{Record,Wait}NodeSetEvent
+        $waits("never") $handles(["exec", "node", "event"]);
   }
 }
 
@@ -819,6 +826,29 @@ struct GraphAddMemNode {
   ctx @3 :UInt64;    # allocation: the context whose device the memory is on
   bytes @4 :UInt64;  # allocation: its size
   dptr @5 :UInt64;   # free: the allocation freed
+}
+# Event record and wait nodes (cuGraphAddEventRecordNode, cuGraphAddEventWaitNode):
+# at each launch, a record node records `event` on the launch's stream after
+# the nodes before it, and a wait node makes the nodes after it wait for the
+# event's latest record, as cuEventRecord and cuStreamWaitEvent on that stream
+# would (events recorded so are seen by every event call). The event must be
+# of the graph's context and still exist at each launch. Graphs with event
+# nodes cannot be child graphs or be updated (cuGraphExecUpdate), and are not
+# launched into a capture.
+struct GraphAddEventNode {
+  graph @0 :UInt64;
+  node @1 :UInt64;   # new node id
+  dependencies @2 :List(UInt64);
+  event @3 :UInt64;
+  wait @4 :Bool;     # a wait node (else a record node)
+}
+# The event of event node `node` becomes `event`: in its graph
+# (graphEventNodeSetEvent; `exec` unused), or in executable graph `exec` from
+# its next launch on (graphExecEventNodeSetEvent).
+struct GraphEventNodeEvent {
+  exec @0 :UInt64;
+  node @1 :UInt64;
+  event @2 :UInt64;
 }
 # cuDeviceGet/SetGraphMemAttribute (CUgraphMem_attribute `attribute`; set:
 # only the high watermarks, to 0) and cuDeviceGraphMemTrim, for the session's

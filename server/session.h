@@ -281,6 +281,15 @@ class Session {
     std::vector<uint64_t> frees;               // the addresses its free nodes free
     bool empty() const { return allocations.empty() && frees.empty(); }
   };
+  // graph node kinds: the event an event node names, as its id and the
+  // backend object (a launch checks that the id still names that object, so
+  // a destroyed event, even with its id reused, is never reached).
+  struct GraphNodeEvent {
+    uint64_t id = 0;
+    backend::Event* event = nullptr;
+    bool wait = false;  // a wait node (else a record node)
+  };
+  using GraphEventNodes = std::map<uint64_t, GraphNodeEvent>;  // by node id
   struct GraphEntry {
     std::unique_ptr<backend::Graph> graph;
     uint64_t ctx = 0;  // of the captured work; 0: no context's (an empty graph)
@@ -288,12 +297,14 @@ class Session {
     // n nodes one by one costs O(n), not O(n^2).
     std::shared_ptr<GraphUses> uses;
     GraphMemNodes mem;  // graph node kinds: memory allocation and free nodes
+    GraphEventNodes events;  // graph node kinds: event record and wait nodes
   };
   struct GraphNodeEntry {
     backend::GraphNode* node = nullptr;  // owned by the graph
     uint64_t graph = 0;
     wire::GraphAddNode::Which kind = wire::GraphAddNode::EMPTY;
     uint64_t ctx = 0;     // of its work; 0 for an empty node
+    int type = 0;  // CUgraphNodeType of the node kinds of session_graph_nodes.cc (else 0)
   };
   struct GraphExecEntry {
     std::unique_ptr<backend::GraphExec> exec;
@@ -303,6 +314,7 @@ class Session {
     std::shared_ptr<const GraphUses> uses;
     GraphMemNodes mem;       // graph node kinds: its graph's memory nodes
     bool auto_free = false;  // instantiated with AUTO_FREE_ON_LAUNCH
+    GraphEventNodes events;  // graph node kinds: its event nodes' events
   };
   // CUDA arrays, textures and surfaces (session_arrays.cc). An array id
   // names an array, a mipmapped array, or a level of one (owned by the
@@ -564,6 +576,7 @@ class Session {
   // ForgetGraphExecMemory. Call Check before the backend instantiates, Hold
   // after.
   Status CheckGraphMemory(const GraphEntry& graph);
+  // Also gives `exec` its graph's event nodes.
   Status HoldGraphMemory(GraphEntry& graph, GraphExecEntry& exec);
   // The executable graph goes: its ranges stop being the session's; the
   // quota comes back once the backend has given the memory back.
@@ -573,6 +586,15 @@ class Session {
   // what the launch allocates and frees (the used figures).
   Status CheckGraphMemoryLaunch(const GraphExecEntry& exec);
   void GraphMemoryLaunched(const GraphExecEntry& exec);
+  // A launch of `exec` on `stream`: its event nodes' events must still exist
+  // (INVALID_HANDLE), and a capturing stream is refused; afterwards its
+  // record nodes count as records made outside any capture.
+  Status CheckGraphEventsLaunch(const GraphExecEntry& exec, uint64_t stream);
+  void GraphEventsLaunched(const GraphExecEntry& exec);
+  // The event node `node_id` (of `graph`), its entry and the event `event_id`
+  // of the node's context, for a SetEvent call.
+  Status FindEventNode(uint64_t graph, uint64_t node_id, uint64_t event_id, GraphNodeEntry** node,
+                       EventEntry** event);
   // cuStreamEndCapture answered by a latched error: the capture of that
   // stream (if any, begun there or joined) ends without a graph, as the
   // client has forgotten it.

@@ -347,6 +347,9 @@ Status Session::GraphAddNode(wire::GraphAddNode::Reader args, CallContext& cx) {
       if (!child->mem.empty()) {
         return Status::InvalidArgument("a child graph cannot have memory allocation or free nodes");
       }
+      if (!child->events.empty()) {
+        return Status::Unimplemented("child graphs with event record or wait nodes");
+      }
       ctx = child->ctx;
       uses = *child->uses;
       spec.kind = backend::GraphNodeSpec::Kind::kChild;
@@ -492,6 +495,7 @@ Status Session::GraphClone(wire::GraphClone::Reader args) {
   clone.ctx = graph->ctx;
   clone.uses = graph->uses;
   clone.mem = graph->mem;
+  clone.events = graph->events;
   return graphs_.Insert(args.getClone(), std::move(clone));
 }
 
@@ -539,9 +543,10 @@ Status Session::GraphExecUpdate(wire::GraphExecUpdate::Reader args) {
                         "the graph has " + std::to_string(graph_nodes) +
                             " nodes; the executable graph " + std::to_string(exec->nodes));
   }
-  if (!graph->mem.empty() || !exec->mem.empty()) {
+  if (!graph->mem.empty() || !exec->mem.empty() || !graph->events.empty() ||
+      !exec->events.empty()) {
     return Status::Cuda(CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE,
-                        "graphs with memory allocation or free nodes cannot be updated");
+                        "graphs with memory allocation, free or event nodes cannot be updated");
   }
   if (graph->ctx != 0 && exec->ctx != 0 && graph->ctx != exec->ctx) {
     return Status::Cuda(CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE,
@@ -589,10 +594,12 @@ Status Session::GraphLaunch(wire::GraphLaunch::Reader args) {
     capture->uses.Add(*exec->uses);
   }
   FERRY_RETURN_IF_ERROR(CheckGraphMemoryLaunch(*exec));
+  FERRY_RETURN_IF_ERROR(CheckGraphEventsLaunch(*exec, args.getStream()));
   // A graph launch is a launch: a throttled device's share applies to it.
   FERRY_RETURN_IF_ERROR(LaunchUnderShare(args.getCtx(), *stream,
                                          [&] { return backend_.LaunchGraph(*exec->exec, *stream); }));
   GraphMemoryLaunched(*exec);
+  GraphEventsLaunched(*exec);
   return Status::Ok();
 }
 

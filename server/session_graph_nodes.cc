@@ -83,7 +83,8 @@ Status Session::GraphAddMemAllocNode(wire::GraphAddMemNode::Reader args, CallCon
   graph->ctx = args.getCtx();
   graph->mem.allocations.push_back(GraphAllocation{dptr, args.getBytes(), c->device});
   FERRY_RETURN_IF_ERROR(graph_nodes_.Insert(
-      args.getNode(), GraphNodeEntry{node, args.getGraph(), wire::GraphAddNode::EMPTY, 0}));
+      args.getNode(), GraphNodeEntry{node, args.getGraph(), wire::GraphAddNode::EMPTY, 0,
+                                     CU_GRAPH_NODE_TYPE_MEM_ALLOC}));
   cx.reply.initMemAlloc().setDptr(dptr);
   return Status::Ok();
 }
@@ -117,8 +118,9 @@ Status Session::GraphAddMemFreeNode(wire::GraphAddMemNode::Reader args) {
   backend::GraphNode* node = nullptr;
   FERRY_RETURN_IF_ERROR(backend_.AddGraphMemFreeNode(*graph->graph, dependencies, dptr, &node));
   graph->mem.frees.push_back(dptr);
-  return graph_nodes_.Insert(args.getNode(),
-                             GraphNodeEntry{node, args.getGraph(), wire::GraphAddNode::EMPTY, 0});
+  return graph_nodes_.Insert(args.getNode(), GraphNodeEntry{node, args.getGraph(),
+                                                            wire::GraphAddNode::EMPTY, 0,
+                                                            CU_GRAPH_NODE_TYPE_MEM_FREE});
 }
 
 Status Session::CheckGraphMemory(const GraphEntry& graph) {
@@ -139,6 +141,7 @@ Status Session::CheckGraphMemory(const GraphEntry& graph) {
 }
 
 Status Session::HoldGraphMemory(GraphEntry& graph, GraphExecEntry& exec) {
+  exec.events = graph.events;
   exec.mem = graph.mem;
   if (graph.mem.allocations.empty()) return Status::Ok();
   std::map<int, uint64_t> bytes;
@@ -258,6 +261,103 @@ Status Session::DeviceGraphMemTrim(wire::DeviceGraphMem::Reader args) {
   int backend_device = 0;
   FERRY_RETURN_IF_ERROR(BackendDevice(args.getDevice(), &backend_device));
   return backend_.TrimGraphMemory(backend_device);
+}
+
+// --- event record and wait nodes --------------------------------------------------
+// The node's event names the graph's context (an event of another context
+// is INVALID_VALUE, as for a kernel of another context).
+
+Status Session::GraphAddEventNode(wire::GraphAddEventNode::Reader args) {
+  GraphEntry* graph = nullptr;
+  FERRY_RETURN_IF_ERROR(graphs_.Find(args.getGraph(), &graph));
+  EventEntry* event = nullptr;
+  FERRY_RETURN_IF_ERROR(events_.Find(args.getEvent(), &event));
+  FERRY_RETURN_IF_ERROR(graph_nodes_.CheckNewId(args.getNode()));
+  std::vector<backend::GraphNode*> dependencies;
+  FERRY_RETURN_IF_ERROR(GraphNodeDependencies(args.getGraph(), args.getDependencies(), &dependencies));
+  if (graph->ctx != 0 && graph->ctx != event->ctx) {
+    return Status::InvalidArgument("a graph's nodes must belong to one context");
+  }
+  backend::GraphNode* node = nullptr;
+  FERRY_RETURN_IF_ERROR(backend_.AddGraphEventNode(*graph->graph, dependencies, *event->event,
+                                                   args.getWait(), &node));
+  graph->ctx = event->ctx;
+  graph->events[args.getNode()] =
+      GraphNodeEvent{args.getEvent(), event->event.get(), args.getWait()};
+  const int type = args.getWait() ? CU_GRAPH_NODE_TYPE_WAIT_EVENT : CU_GRAPH_NODE_TYPE_EVENT_RECORD;
+  return graph_nodes_.Insert(args.getNode(), GraphNodeEntry{node, args.getGraph(),
+                                                            wire::GraphAddNode::EMPTY,
+                                                            event->ctx, type});
+}
+
+Status Session::FindEventNode(uint64_t graph, uint64_t node_id, uint64_t event_id,
+                              GraphNodeEntry** node, EventEntry** event) {
+  FERRY_RETURN_IF_ERROR(graph_nodes_.Find(node_id, node));
+  FERRY_RETURN_IF_ERROR(events_.Find(event_id, event));
+  if ((*node)->graph != graph) {
+    return Status::InvalidArgument("the node is not a node of the graph the executable graph "
+                                   "was instantiated from");
+  }
+  if ((*node)->type != CU_GRAPH_NODE_TYPE_EVENT_RECORD &&
+      (*node)->type != CU_GRAPH_NODE_TYPE_WAIT_EVENT) {
+    return Status::InvalidArgument("the node is not an event record or wait node");
+  }
+  if ((*event)->ctx != (*node)->ctx) {
+    return Status::InvalidArgument("an event node's event cannot move to another context");
+  }
+  return Status::Ok();
+}
+
+Status Session::GraphEventNodeSetEvent(wire::GraphEventNodeEvent::Reader args) {
+  GraphNodeEntry* node = nullptr;
+  FERRY_RETURN_IF_ERROR(graph_nodes_.Find(args.getNode(), &node));
+  GraphEntry* graph = nullptr;
+  FERRY_RETURN_IF_ERROR(graphs_.Find(node->graph, &graph));
+  EventEntry* event = nullptr;
+  FERRY_RETURN_IF_ERROR(FindEventNode(node->graph, args.getNode(), args.getEvent(), &node, &event));
+  FERRY_RETURN_IF_ERROR(backend_.SetGraphEventNode(*graph->graph, *node->node, *event->event,
+                                                   node->type == CU_GRAPH_NODE_TYPE_WAIT_EVENT));
+  graph->events[args.getNode()] = GraphNodeEvent{args.getEvent(), event->event.get(), node->type == CU_GRAPH_NODE_TYPE_WAIT_EVENT};
+  return Status::Ok();
+}
+
+Status Session::GraphExecEventNodeSetEvent(wire::GraphEventNodeEvent::Reader args) {
+  GraphExecEntry* exec = nullptr;
+  FERRY_RETURN_IF_ERROR(graph_execs_.Find(args.getExec(), &exec));
+  GraphNodeEntry* node = nullptr;
+  EventEntry* event = nullptr;
+  FERRY_RETURN_IF_ERROR(FindEventNode(exec->graph, args.getNode(), args.getEvent(), &node, &event));
+  FERRY_RETURN_IF_ERROR(backend_.SetExecEventNode(*exec->exec, *node->node, *event->event,
+                                                  node->type == CU_GRAPH_NODE_TYPE_WAIT_EVENT));
+  exec->events[args.getNode()] = GraphNodeEvent{args.getEvent(), event->event.get(), node->type == CU_GRAPH_NODE_TYPE_WAIT_EVENT};
+  return Status::Ok();
+}
+
+Status Session::CheckGraphEventsLaunch(const GraphExecEntry& exec, uint64_t stream) {
+  if (exec.events.empty()) return Status::Ok();
+  for (const auto& [node, named] : exec.events) {
+    EventEntry* event = nullptr;
+    if (!events_.Find(named.id, &event).ok() || event->event.get() != named.event) {
+      return Status::InvalidHandle("the graph records or waits for event " +
+                                   std::to_string(named.id) + ", which was destroyed");
+    }
+  }
+  if (CaptureEntry* capture = CaptureOfStream(stream); capture != nullptr) {
+    capture->invalidated = true;
+    return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+                        "graphs with event record or wait nodes cannot be launched into a "
+                        "capture through ferry");
+  }
+  return Status::Ok();
+}
+
+void Session::GraphEventsLaunched(const GraphExecEntry& exec) {
+  for (const auto& [node, named] : exec.events) {
+    EventEntry* event = nullptr;
+    if (!named.wait && events_.Find(named.id, &event).ok()) {
+      NoteCaptureEventRecord(/*stream=*/0, *event);  // recorded outside any capture
+    }
+  }
 }
 
 }  // namespace ferry::server

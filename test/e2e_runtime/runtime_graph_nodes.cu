@@ -1,5 +1,5 @@
-// Graph node kinds through the CUDA runtime, on a slice of a pool (ferryd
-// runs with runtime_pools.toml: a quarter of the device):
+// Graph node kinds through the CUDA runtime. Without arguments, on a slice
+// of a pool (ferryd runs with runtime_pools.toml: a quarter of the device):
 //   - memory allocation and free nodes: a graph allocates a buffer, fills it
 //     (memset, kernel), copies it out and frees it, replayed several times;
 //     the nodes' parameters read back; the graph memory figures
@@ -7,12 +7,25 @@
 //     their high watermarks reset; an allocation freed by another graph, read
 //     between the two launches with an ordinary copy; cuMemFree refuses graph
 //     memory; a graph allocating more than the slice fails to instantiate
-//     with cudaErrorMemoryAllocation.
+//     with cudaErrorMemoryAllocation;
+// With the argument "events", on a whole device (a slice's compute share
+// would hold the program's launches behind the held stream):
+//   - event record and wait nodes: a graph on one stream computes and records
+//     events, a graph on another waits for one and copies the result; while
+//     the first stream is held (a host function waiting for the program), the
+//     second is not ready; the records are seen by cudaEventQuery,
+//     cudaEventSynchronize and cudaEventElapsedTime; an executable graph's
+//     event changed (cudaGraphExecEventWaitNodeSetEvent) leaves the graph's
+//     node as it was, a graph node's changed (cudaGraphEventRecordNodeSetEvent)
+//     is read back.
 // Prints one line per part, then "all checks passed", or the first failure.
 #include <cuda.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdio>
+#include <cstring>
+#include <thread>
 #include <vector>
 
 #include "runtime_check.h"
@@ -39,6 +52,11 @@ cudaMemAllocNodeParams AllocParams(size_t bytes) {
   return p;
 }
 
+// A host function that holds its stream until the program releases it.
+void HoldUntilReleased(void* released) {
+  while (!static_cast<std::atomic<bool>*>(released)->load()) std::this_thread::yield();
+}
+
 void ExpectDoubled(const float* out) {
   std::vector<float> host(kN);
   RT_CHECK(cudaMemcpy(host.data(), out, kBytes, cudaMemcpyDeviceToHost));
@@ -47,8 +65,12 @@ void ExpectDoubled(const float* out) {
 
 }  // namespace
 
-int main() {
+// The event record and wait nodes part (see the file comment).
+void EventNodes(float* a, float* out);
+
+int main(int argc, char** argv) {
   const int blocks = (kN + 255) / 256;
+  const bool events = argc > 1 && std::strcmp(argv[1], "events") == 0;
   cudaStream_t s;
   RT_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   float *a, *out;
@@ -59,6 +81,13 @@ int main() {
   RT_CHECK(cudaMemcpy(a, ha.data(), kBytes, cudaMemcpyHostToDevice));
   RT_EXPECT(GraphMem(cudaGraphMemAttrUsedMemCurrent) == 0);
   RT_EXPECT(GraphMem(cudaGraphMemAttrReservedMemCurrent) == 0);
+  if (events) {
+    EventNodes(a, out);
+    RT_CHECK(cudaFree(a));
+    RT_CHECK(cudaFree(out));
+    std::printf("all checks passed\n");
+    return 0;
+  }
 
   // alloc tmp -> tmp = 0 -> tmp = a + a -> out = tmp -> free tmp.
   {
@@ -190,4 +219,104 @@ int main() {
   RT_CHECK(cudaStreamDestroy(s));
   std::printf("all checks passed\n");
   return 0;
+}
+
+// s1 runs start -> out = a + a -> done -> end; s2 waits for done, then copies
+// out to copied.
+void EventNodes(float* a, float* out) {
+  const int blocks = (kN + 255) / 256;
+  {
+    cudaStream_t s1, s2;
+    RT_CHECK(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking));
+    RT_CHECK(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking));
+    cudaEvent_t start, done, end, other;
+    RT_CHECK(cudaEventCreate(&start));
+    RT_CHECK(cudaEventCreate(&done));
+    RT_CHECK(cudaEventCreate(&end));
+    RT_CHECK(cudaEventCreate(&other));
+    float* copied = nullptr;
+    RT_CHECK(cudaMalloc(&copied, kBytes));
+    RT_CHECK(cudaMemset(out, 0, kBytes));
+    RT_CHECK(cudaMemset(copied, 0, kBytes));
+    RT_CHECK(cudaDeviceSynchronize());  // before the non-blocking streams use them
+
+    cudaGraph_t compute, consume;
+    RT_CHECK(cudaGraphCreate(&compute, 0));
+    RT_CHECK(cudaGraphCreate(&consume, 0));
+    cudaGraphNode_t start_node, kernel_node, done_node, end_node, wait_node, copy_node;
+    RT_CHECK(cudaGraphAddEventRecordNode(&start_node, compute, nullptr, 0, start));
+    int n = kN;
+    void* args[] = {&a, &a, &out, &n};
+    cudaKernelNodeParams kernel = {};
+    kernel.func = reinterpret_cast<void*>(rt_vector_add);
+    kernel.gridDim = dim3(blocks);
+    kernel.blockDim = dim3(256);
+    kernel.kernelParams = args;
+    RT_CHECK(cudaGraphAddKernelNode(&kernel_node, compute, &start_node, 1, &kernel));
+    RT_CHECK(cudaGraphAddEventRecordNode(&done_node, compute, &kernel_node, 1, done));
+    RT_CHECK(cudaGraphAddEventRecordNode(&end_node, compute, &done_node, 1, end));
+    RT_CHECK(cudaGraphAddEventWaitNode(&wait_node, consume, nullptr, 0, done));
+    RT_CHECK(cudaGraphAddMemcpyNode1D(&copy_node, consume, &wait_node, 1, copied, out, kBytes,
+                                      cudaMemcpyDeviceToDevice));
+    cudaGraphNodeType type;
+    RT_CHECK(cudaGraphNodeGetType(done_node, &type));
+    RT_EXPECT(type == cudaGraphNodeTypeEventRecord);
+    RT_CHECK(cudaGraphNodeGetType(wait_node, &type));
+    RT_EXPECT(type == cudaGraphNodeTypeWaitEvent);
+    cudaEvent_t read = nullptr;
+    RT_CHECK(cudaGraphEventRecordNodeGetEvent(done_node, &read));
+    RT_EXPECT(read == done);
+    RT_CHECK(cudaGraphEventWaitNodeGetEvent(wait_node, &read));
+    RT_EXPECT(read == done);
+    RT_EXPECT(cudaGraphEventWaitNodeGetEvent(done_node, &read) == cudaErrorInvalidValue);
+
+    cudaGraphExec_t compute_exec, consume_exec;
+    RT_CHECK(cudaGraphInstantiate(&compute_exec, compute, 0));
+    RT_CHECK(cudaGraphInstantiate(&consume_exec, consume, 0));
+    // s1 is held before its graph: s2's graph waits for `done` behind it.
+    std::atomic<bool> released{false};
+    RT_CHECK(cudaLaunchHostFunc(s1, HoldUntilReleased, &released));
+    RT_CHECK(cudaGraphLaunch(compute_exec, s1));
+    RT_CHECK(cudaGraphLaunch(consume_exec, s2));
+    RT_EXPECT(cudaStreamQuery(s2) == cudaErrorNotReady);
+    RT_EXPECT(cudaEventQuery(done) == cudaErrorNotReady);
+    released.store(true);
+    RT_CHECK(cudaStreamSynchronize(s2));
+    ExpectDoubled(copied);
+    RT_CHECK(cudaEventSynchronize(end));
+    RT_CHECK(cudaEventQuery(done));
+    float ms = -1.0f;
+    RT_CHECK(cudaEventElapsedTime(&ms, start, end));
+    RT_EXPECT(ms >= 0.0f);
+
+    // The executable graph now waits for `other` (recorded nowhere yet: no
+    // wait), the graph's node still names `done`.
+    RT_CHECK(cudaGraphExecEventWaitNodeSetEvent(consume_exec, wait_node, other));
+    RT_CHECK(cudaGraphEventWaitNodeGetEvent(wait_node, &read));
+    RT_EXPECT(read == done);
+    RT_CHECK(cudaMemsetAsync(copied, 0, kBytes, s2));
+    RT_CHECK(cudaGraphLaunch(consume_exec, s2));
+    RT_CHECK(cudaStreamSynchronize(s2));
+    ExpectDoubled(copied);
+    RT_CHECK(cudaGraphEventRecordNodeSetEvent(end_node, other));
+    RT_CHECK(cudaGraphEventRecordNodeGetEvent(end_node, &read));
+    RT_EXPECT(read == other);
+    cudaGraphExec_t again;
+    RT_CHECK(cudaGraphInstantiate(&again, compute, 0));
+    RT_CHECK(cudaGraphLaunch(again, s1));
+    RT_CHECK(cudaEventSynchronize(other));
+    RT_CHECK(cudaEventElapsedTime(&ms, start, other));
+    RT_EXPECT(ms >= 0.0f);
+
+    RT_CHECK(cudaGraphExecDestroy(again));
+    RT_CHECK(cudaGraphExecDestroy(consume_exec));
+    RT_CHECK(cudaGraphExecDestroy(compute_exec));
+    RT_CHECK(cudaGraphDestroy(consume));
+    RT_CHECK(cudaGraphDestroy(compute));
+    for (cudaEvent_t e : {start, done, end, other}) RT_CHECK(cudaEventDestroy(e));
+    RT_CHECK(cudaFree(copied));
+    RT_CHECK(cudaStreamDestroy(s1));
+    RT_CHECK(cudaStreamDestroy(s2));
+    std::printf("event record and wait nodes: ok\n");
+  }
 }

@@ -809,6 +809,30 @@ class GpuBackend {
     return NoGraphs();
   }
 
+  // --- graph node kinds: event record and wait nodes ---------------------------
+  // cuGraphAddEventRecordNode (`wait` false) / cuGraphAddEventWaitNode: at
+  // each launch the node records `event` on the launch's stream (as
+  // RecordEvent there would) or makes the nodes after it wait for the event's
+  // latest record (as StreamWaitEvent). The caller keeps `event` alive while a
+  // graph or executable graph names it, and checks that it still exists
+  // before each launch.
+  virtual Status AddGraphEventNode(Graph& graph, std::span<GraphNode* const> dependencies,
+                                   Event& event, bool wait, GraphNode** out) {
+    (void)graph, (void)dependencies, (void)event, (void)wait, (void)out;
+    return NoGraphs();
+  }
+  // Event node `node` (of `graph`; `wait`: a wait node) names `event` from
+  // now on: in the graph (later instantiations), or in `exec` (its next
+  // launches; `node` of the graph `exec` was instantiated from).
+  virtual Status SetGraphEventNode(Graph& graph, GraphNode& node, Event& event, bool wait) {
+    (void)graph, (void)node, (void)event, (void)wait;
+    return NoGraphs();
+  }
+  virtual Status SetExecEventNode(GraphExec& exec, GraphNode& node, Event& event, bool wait) {
+    (void)exec, (void)node, (void)event, (void)wait;
+    return NoGraphs();
+  }
+
   // --- bounded resources (a session that ends) ------------------------------
   // The session that owns `ctx` is gone and nobody will see what its queued
   // work computes: work queued on `ctx`'s streams that has not started yet

@@ -2280,6 +2280,61 @@ class CudaBackend final : public GpuBackend {
     return Status::Ok();
   }
 
+  // --- graph node kinds: event record and wait nodes ---------------------------
+  Status AddGraphEventNode(Graph& graph, std::span<GraphNode* const> dependencies, Event& event,
+                           bool wait, GraphNode** out) override {
+    return Guarded("AddGraphEventNode", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedGraphs());
+      FERRY_RETURN_IF_ERROR(NeedEventNodes());
+      CudaGraph& g = static_cast<CudaGraph&>(graph);
+      CudaEvent& e = Ev(event);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(e.context));
+      std::vector<CUgraphNode> deps;
+      for (GraphNode* d : dependencies) deps.push_back(static_cast<CudaGraphNode*>(d)->handle);
+      CUgraphNode node = nullptr;
+      FERRY_RETURN_IF_ERROR(
+          wait ? FERRY_CU(*api_, cuGraphAddEventWaitNode, &node, g.handle, deps.data(), deps.size(),
+                          e.handle)
+               : FERRY_CU(*api_, cuGraphAddEventRecordNode, &node, g.handle, deps.data(),
+                          deps.size(), e.handle));
+      g.context = &e.context;
+      g.nodes.push_back(std::make_unique<CudaGraphNode>(node));
+      *out = g.nodes.back().get();
+      return Status::Ok();
+    });
+  }
+
+  Status SetGraphEventNode(Graph& graph, GraphNode& node, Event& event, bool wait) override {
+    return Guarded("SetGraphEventNode", [&]() -> Status {
+      (void)graph;
+      FERRY_RETURN_IF_ERROR(NeedEventNodes());
+      const CUgraphNode n = static_cast<CudaGraphNode&>(node).handle;
+      return wait ? FERRY_CU(*api_, cuGraphEventWaitNodeSetEvent, n, Ev(event).handle)
+                  : FERRY_CU(*api_, cuGraphEventRecordNodeSetEvent, n, Ev(event).handle);
+    });
+  }
+
+  Status SetExecEventNode(GraphExec& exec, GraphNode& node, Event& event, bool wait) override {
+    return Guarded("SetExecEventNode", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedEventNodes());
+      const CUgraphExec x = static_cast<CudaGraphExec&>(exec).handle;
+      const CUgraphNode n = static_cast<CudaGraphNode&>(node).handle;
+      return wait ? FERRY_CU(*api_, cuGraphExecEventWaitNodeSetEvent, x, n, Ev(event).handle)
+                  : FERRY_CU(*api_, cuGraphExecEventRecordNodeSetEvent, x, n, Ev(event).handle);
+    });
+  }
+
+  Status NeedEventNodes() const {
+    if (api_->cuGraphAddEventRecordNode == nullptr || api_->cuGraphAddEventWaitNode == nullptr ||
+        api_->cuGraphEventRecordNodeSetEvent == nullptr ||
+        api_->cuGraphEventWaitNodeSetEvent == nullptr ||
+        api_->cuGraphExecEventRecordNodeSetEvent == nullptr ||
+        api_->cuGraphExecEventWaitNodeSetEvent == nullptr) {
+      return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no graph event nodes");
+    }
+    return Status::Ok();
+  }
+
   Status TrimGraphMemory(int device) override {
     return Guarded("TrimGraphMemory", [&]() -> Status {
       FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuDeviceGraphMemTrim, "cuDeviceGraphMemTrim"));

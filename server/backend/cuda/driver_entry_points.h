@@ -156,7 +156,13 @@
   X(cuCtxWaitEvent, 12050)                 \
   X(cuGraphAddMemAllocNode, 11040)         \
   X(cuGraphAddMemFreeNode, 11040)          \
-  X(cuDeviceGraphMemTrim, 11040)
+  X(cuDeviceGraphMemTrim, 11040)           \
+  X(cuGraphAddEventRecordNode, 11010)      \
+  X(cuGraphAddEventWaitNode, 11010)        \
+  X(cuGraphEventRecordNodeSetEvent, 11010) \
+  X(cuGraphEventWaitNodeSetEvent, 11010)   \
+  X(cuGraphExecEventRecordNodeSetEvent, 11010) \
+  X(cuGraphExecEventWaitNodeSetEvent, 11010)
 
 // stream capture and graphs (all or nothing: see HasGraphs).
 #define FERRY_CUDA_GRAPH_ENTRY_POINTS(X) \

@@ -345,6 +345,17 @@ class HostGraphExec final : public GraphExec {
   std::shared_ptr<const HostGraphOps> ops_;  // what launches run
 };
 
+// graph node kinds: an event node's operation. Run, it does nothing:
+// LaunchGraph splits the replay at it and queues the record or the wait as
+// the ordinary stream operation (RecordEvent, StreamWaitEvent), so a wait
+// never blocks a stream worker on a record that only later work of the same
+// worker would make, and a record is seen by every event call.
+struct HostEventNodeOp {
+  Event* event;
+  bool wait;
+  void operator()() const {}
+};
+
 // One cuEventRecord: where it sits in its stream, and when it was reached.
 struct EventRecord {
   StreamPoint point;
@@ -1767,11 +1778,26 @@ class HostBackend final : public GpuBackend {
   }
 
   // One stream operation runs every node, in order.
+  // Event nodes split it into segments, each one stream operation, with
+  // the events' records and waits queued between them (HostEventNodeOp).
   Status LaunchGraph(GraphExec& exec, Stream& stream) override {
     auto& e = static_cast<HostGraphExec&>(exec);
-    Append(stream, {}, [ops = e.ops(), memory = e.memory] {
-      for (const std::function<void()>& op : *ops) op();
-    });
+    const std::shared_ptr<const HostGraphOps> ops = e.ops();
+    size_t begin = 0;
+    auto queue_segment = [&](size_t end) {
+      Append(stream, {}, [ops, memory = e.memory, begin, end] {
+        for (size_t i = begin; i < end; ++i) (*ops)[i]();
+      });
+    };
+    for (size_t i = 0; i < ops->size(); ++i) {
+      const auto* event_node = (*ops)[i].target<HostEventNodeOp>();
+      if (event_node == nullptr) continue;
+      if (i > begin) queue_segment(i);
+      begin = i + 1;
+      FERRY_RETURN_IF_ERROR(event_node->wait ? StreamWaitEvent(stream, *event_node->event)
+                                             : RecordEvent(*event_node->event, stream));
+    }
+    if (begin < ops->size() || begin == 0) queue_segment(ops->size());
     return Status::Ok();
   }
 
@@ -1852,11 +1878,33 @@ class HostBackend final : public GpuBackend {
     return Status::Ok();
   }
 
+  // --- graph node kinds: event record and wait nodes ---------------------------
+  Status AddGraphEventNode(Graph& graph, std::span<GraphNode* const> dependencies, Event& event,
+                           bool wait, GraphNode** out) override {
+    FERRY_RETURN_IF_ERROR(AddGraphNode(graph, dependencies, GraphNodeSpec{}, out));
+    SetGraphNodeOp(graph, **out, HostEventNodeOp{&event, wait});
+    return Status::Ok();
+  }
+
+  Status SetGraphEventNode(Graph& graph, GraphNode& node, Event& event, bool wait) override {
+    SetGraphNodeOp(graph, node, HostEventNodeOp{&event, wait});
+    return Status::Ok();
+  }
+
+  Status SetExecEventNode(GraphExec& exec, GraphNode& node, Event& event, bool wait) override {
+    return static_cast<HostGraphExec&>(exec).Replace(static_cast<HostGraphNode&>(node).index,
+                                                      HostEventNodeOp{&event, wait});
+  }
+
   // Graph memory is an executable graph's for as long as it lives, and goes
   // back to the device with it: nothing is kept to trim.
   Status TrimGraphMemory(int device) override { return CheckDevice(device); }
 
  private:
+  // Node `node` of `graph` does `op` from now on (later instantiations).
+  static void SetGraphNodeOp(Graph& graph, GraphNode& node, std::function<void()> op) {
+    static_cast<HostGraph&>(graph).ops[static_cast<HostGraphNode&>(node).index] = std::move(op);
+  }
   // The operation of a kernel node (GraphNodeSpec kind kKernel).
   Status KernelNodeOp(const GraphNodeSpec& spec, std::function<void()>* op) {
     return LaunchOp(*AsContext(*spec.ctx).state(), *spec.function, spec.config, spec.params, op);
