@@ -181,8 +181,8 @@ Status Instantiate(CUgraphExec* exec, CUgraph graph, unsigned long long flags) {
   };
   // A graph that allocates memory (or may: an opaque one) is charged to the
   // quota here, so the call waits for OUT_OF_MEMORY as the driver reports it.
-  const Status posted = GraphMayAllocate(graph_id) ? rt.connection().Call(fill)
-                                                   : rt.connection().Post(fill);
+  const Status posted =
+      GraphMayAllocate(graph_id) ? rt.connection().Call(fill) : rt.connection().Post(fill);
   if (!posted.ok()) {
     (void)rt.graphs().RemoveExec(id);
     return posted;

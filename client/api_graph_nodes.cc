@@ -83,7 +83,8 @@ Status CheckMemAllocParams(const CUDA_MEM_ALLOC_NODE_PARAMS& p, int ctx_device) 
   for (size_t i = 0; i < p.accessDescCount; ++i) {
     const CUmemAccessDesc& d = p.accessDescs[i];
     if (d.location.type != CU_MEM_LOCATION_TYPE_DEVICE || d.location.id != ctx_device ||
-        (d.flags != CU_MEM_ACCESS_FLAGS_PROT_READWRITE && d.flags != CU_MEM_ACCESS_FLAGS_PROT_READ)) {
+        (d.flags != CU_MEM_ACCESS_FLAGS_PROT_READWRITE &&
+         d.flags != CU_MEM_ACCESS_FLAGS_PROT_READ)) {
       return Status::Unimplemented(
           "cuGraphAddMemAllocNode: graph memory is accessible to its own device only");
     }
@@ -124,7 +125,8 @@ Status AddMemAllocNode(CUgraphNode* node, CUgraph graph, const CUgraphNode* deps
   params->dptr = static_cast<CUdeviceptr>(dptr);
   auto record = std::make_shared<RecordedNodeParams>();
   record->mem_alloc = *params;
-  record->mem_alloc_access.assign(params->accessDescs, params->accessDescs + params->accessDescCount);
+  record->mem_alloc_access.assign(params->accessDescs,
+                                  params->accessDescs + params->accessDescCount);
   record->mem_alloc.accessDescs = record->mem_alloc_access.data();
   rt.graphs().SetNodeParams(id, std::move(record));
   *node = Runtime::ToHandle<CUgraphNode>(id);
@@ -164,10 +166,10 @@ Status AddEventNode(CUgraphNode* node, CUgraph graph, const CUgraphNode* deps, s
   FERRY_RETURN_IF_ERROR(EventId(event, &event_id));
   uint64_t graph_id = 0, id = 0;
   std::vector<uint64_t> dependencies;
-  FERRY_RETURN_IF_ERROR(NewNode(
-      node, graph, deps, count,
-      wait ? CU_GRAPH_NODE_TYPE_WAIT_EVENT : CU_GRAPH_NODE_TYPE_EVENT_RECORD, &graph_id, &id,
-      &dependencies));
+  FERRY_RETURN_IF_ERROR(
+      NewNode(node, graph, deps, count,
+              wait ? CU_GRAPH_NODE_TYPE_WAIT_EVENT : CU_GRAPH_NODE_TYPE_EVENT_RECORD, &graph_id,
+              &id, &dependencies));
   FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
     auto args = call.initGraphAddEventNode();
     args.setGraph(graph_id);
@@ -215,8 +217,8 @@ Status SetNodeEvent(CUgraphExec exec, CUgraphNode node, bool wait, CUevent event
     FERRY_RETURN_IF_ERROR(rt.graphs().NodeParams(node_id, EventNodeType(wait), &params));
   }
   FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
-    auto args = exec != nullptr ? call.initGraphExecEventNodeSetEvent()
-                                : call.initGraphEventNodeSetEvent();
+    auto args =
+        exec != nullptr ? call.initGraphExecEventNodeSetEvent() : call.initGraphEventNodeSetEvent();
     args.setExec(exec_id);
     args.setNode(node_id);
     args.setEvent(event_id);
@@ -292,9 +294,8 @@ CUresult CUDAAPI cuGraphAddMemAllocNode(CUgraphNode* phGraphNode, CUgraph hGraph
 CUresult CUDAAPI cuGraphAddMemFreeNode(CUgraphNode* phGraphNode, CUgraph hGraph,
                                        const CUgraphNode* dependencies, size_t numDependencies,
                                        CUdeviceptr dptr) {
-  return Api([&] {
-    return AddMemFreeNode(phGraphNode, hGraph, dependencies, numDependencies, dptr);
-  });
+  return Api(
+      [&] { return AddMemFreeNode(phGraphNode, hGraph, dependencies, numDependencies, dptr); });
 }
 
 CUresult CUDAAPI cuGraphMemAllocNodeGetParams(CUgraphNode hNode,
@@ -313,8 +314,8 @@ CUresult CUDAAPI cuGraphMemFreeNodeGetParams(CUgraphNode hNode, CUdeviceptr* dpt
   return Api([&]() -> Status {
     if (dptr_out == nullptr) return Status::InvalidArgument("dptr_out is NULL");
     std::shared_ptr<const RecordedNodeParams> params;
-    FERRY_RETURN_IF_ERROR(Runtime::Get().graphs().NodeParams(
-        Runtime::HandleId(hNode), CU_GRAPH_NODE_TYPE_MEM_FREE, &params));
+    FERRY_RETURN_IF_ERROR(Runtime::Get().graphs().NodeParams(Runtime::HandleId(hNode),
+                                                             CU_GRAPH_NODE_TYPE_MEM_FREE, &params));
     *dptr_out = params->mem_free;
     return Status::Ok();
   });

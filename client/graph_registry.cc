@@ -235,7 +235,8 @@ void GraphRegistry::ForgetNode(uint64_t node) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = nodes_.find(node);
   if (it == nodes_.end()) return;
-  if (auto g = graphs_.find(it->second.graph); g != graphs_.end()) std::erase(g->second.nodes, node);
+  if (auto g = graphs_.find(it->second.graph); g != graphs_.end())
+    std::erase(g->second.nodes, node);
   nodes_.erase(it);
 }
 

@@ -50,10 +50,11 @@ struct RecordedNodeParams {
   std::vector<uint8_t> kernel_bytes;    // the packed arguments
   std::vector<void*> kernel_arguments;  // kernel.kernelParams: one pointer into kernel_bytes each
   // graph node kinds (client/api_graph_nodes.cc)
-  CUDA_MEM_ALLOC_NODE_PARAMS mem_alloc{};        // CU_GRAPH_NODE_TYPE_MEM_ALLOC: dptr filled in
+  CUDA_MEM_ALLOC_NODE_PARAMS mem_alloc{};         // CU_GRAPH_NODE_TYPE_MEM_ALLOC: dptr filled in
   std::vector<CUmemAccessDesc> mem_alloc_access;  // mem_alloc.accessDescs
   CUdeviceptr mem_free = 0;                       // CU_GRAPH_NODE_TYPE_MEM_FREE
-  CUevent event = nullptr;  // CU_GRAPH_NODE_TYPE_EVENT_RECORD, _WAIT_EVENT (a set replaces the record)
+  // CU_GRAPH_NODE_TYPE_EVENT_RECORD, _WAIT_EVENT (setting the event replaces the record)
+  CUevent event = nullptr;
 };
 
 class GraphRegistry {

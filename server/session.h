@@ -296,7 +296,7 @@ class Session {
     // Shared with clones; copied before a change only while shared, so adding
     // n nodes one by one costs O(n), not O(n^2).
     std::shared_ptr<GraphUses> uses;
-    GraphMemNodes mem;  // graph node kinds: memory allocation and free nodes
+    GraphMemNodes mem;       // graph node kinds: memory allocation and free nodes
     GraphEventNodes events;  // graph node kinds: event record and wait nodes
   };
   struct GraphNodeEntry {
@@ -304,7 +304,7 @@ class Session {
     uint64_t graph = 0;
     wire::GraphAddNode::Which kind = wire::GraphAddNode::EMPTY;
     uint64_t ctx = 0;     // of its work; 0 for an empty node
-    int type = 0;  // CUgraphNodeType of the node kinds of session_graph_nodes.cc (else 0)
+    int type = 0;         // CUgraphNodeType of the node kinds of session_graph_nodes.cc (else 0)
   };
   struct GraphExecEntry {
     std::unique_ptr<backend::GraphExec> exec;

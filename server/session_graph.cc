@@ -287,7 +287,8 @@ Status Session::GraphAddNode(wire::GraphAddNode::Reader args, CallContext& cx) {
   FERRY_RETURN_IF_ERROR(graphs_.Find(args.getGraph(), &graph));
   FERRY_RETURN_IF_ERROR(graph_nodes_.CheckNewId(args.getNode()));
   std::vector<backend::GraphNode*> dependencies;
-  FERRY_RETURN_IF_ERROR(GraphNodeDependencies(args.getGraph(), args.getDependencies(), &dependencies));
+  FERRY_RETURN_IF_ERROR(
+      GraphNodeDependencies(args.getGraph(), args.getDependencies(), &dependencies));
   backend::GraphNodeSpec spec;
   uint64_t ctx = 0;
   GraphUses uses;  // of the new node
@@ -596,8 +597,8 @@ Status Session::GraphLaunch(wire::GraphLaunch::Reader args) {
   FERRY_RETURN_IF_ERROR(CheckGraphMemoryLaunch(*exec));
   FERRY_RETURN_IF_ERROR(CheckGraphEventsLaunch(*exec, args.getStream()));
   // A graph launch is a launch: a throttled device's share applies to it.
-  FERRY_RETURN_IF_ERROR(LaunchUnderShare(args.getCtx(), *stream,
-                                         [&] { return backend_.LaunchGraph(*exec->exec, *stream); }));
+  FERRY_RETURN_IF_ERROR(LaunchUnderShare(
+      args.getCtx(), *stream, [&] { return backend_.LaunchGraph(*exec->exec, *stream); }));
   GraphMemoryLaunched(*exec);
   GraphEventsLaunched(*exec);
   return Status::Ok();

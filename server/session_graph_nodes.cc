@@ -33,8 +33,7 @@ namespace {
 
 // Whether [address, address + bytes) lies within one of `allocations`.
 template <typename Allocations>
-bool WithinAllocation(const Allocations& allocations, uint64_t address,
-                      uint64_t bytes) {
+bool WithinAllocation(const Allocations& allocations, uint64_t address, uint64_t bytes) {
   return std::any_of(allocations.begin(), allocations.end(), [&](const auto& a) {
     return address >= a.dptr && bytes <= a.bytes && address - a.dptr <= a.bytes - bytes;
   });
@@ -66,7 +65,8 @@ Status Session::GraphAddMemAllocNode(wire::GraphAddMemNode::Reader args, CallCon
   FERRY_RETURN_IF_ERROR(graphs_.Find(args.getGraph(), &graph));
   FERRY_RETURN_IF_ERROR(graph_nodes_.CheckNewId(args.getNode()));
   std::vector<backend::GraphNode*> dependencies;
-  FERRY_RETURN_IF_ERROR(GraphNodeDependencies(args.getGraph(), args.getDependencies(), &dependencies));
+  FERRY_RETURN_IF_ERROR(
+      GraphNodeDependencies(args.getGraph(), args.getDependencies(), &dependencies));
   ContextEntry* c = nullptr;
   FERRY_RETURN_IF_ERROR(contexts_.Find(args.getCtx(), &c));
   if (graph->ctx != 0 && graph->ctx != args.getCtx()) {
@@ -77,9 +77,8 @@ Status Session::GraphAddMemAllocNode(wire::GraphAddMemNode::Reader args, CallCon
   FERRY_RETURN_IF_ERROR(BackendDevice(c->device, &backend_device));
   backend::GraphNode* node = nullptr;
   uint64_t dptr = 0;
-  FERRY_RETURN_IF_ERROR(backend_.AddGraphMemAllocNode(*graph->graph, dependencies, *c->context,
-                                                      backend_device, args.getBytes(), &node,
-                                                      &dptr));
+  FERRY_RETURN_IF_ERROR(backend_.AddGraphMemAllocNode(
+      *graph->graph, dependencies, *c->context, backend_device, args.getBytes(), &node, &dptr));
   graph->ctx = args.getCtx();
   graph->mem.allocations.push_back(GraphAllocation{dptr, args.getBytes(), c->device});
   FERRY_RETURN_IF_ERROR(graph_nodes_.Insert(
@@ -100,9 +99,9 @@ Status Session::GraphAddMemFreeNode(wire::GraphAddMemNode::Reader args) {
   };
   graphs_.ForEach(look);
   graph_execs_.ForEach(look);
-  const Status not_graph_memory = Status::InvalidArgument(
-      "cuGraphAddMemFreeNode(" + Hex(dptr) +
-      "): not the address of a graph allocation of this session");
+  const Status not_graph_memory =
+      Status::InvalidArgument("cuGraphAddMemFreeNode(" + Hex(dptr) +
+                              "): not the address of a graph allocation of this session");
   // An address of no allocation at all is the range's error, before the
   // graph's; one of an ordinary allocation is refused after it.
   if (!allocated && ranges_.FindBase(dptr).value == nullptr) return not_graph_memory;
@@ -111,16 +110,17 @@ Status Session::GraphAddMemFreeNode(wire::GraphAddMemNode::Reader args) {
   if (!allocated) return not_graph_memory;
   FERRY_RETURN_IF_ERROR(graph_nodes_.CheckNewId(args.getNode()));
   std::vector<backend::GraphNode*> dependencies;
-  FERRY_RETURN_IF_ERROR(GraphNodeDependencies(args.getGraph(), args.getDependencies(), &dependencies));
+  FERRY_RETURN_IF_ERROR(
+      GraphNodeDependencies(args.getGraph(), args.getDependencies(), &dependencies));
   if (std::find(graph->mem.frees.begin(), graph->mem.frees.end(), dptr) != graph->mem.frees.end()) {
     return Status::InvalidArgument("the graph frees " + Hex(dptr) + " already");
   }
   backend::GraphNode* node = nullptr;
   FERRY_RETURN_IF_ERROR(backend_.AddGraphMemFreeNode(*graph->graph, dependencies, dptr, &node));
   graph->mem.frees.push_back(dptr);
-  return graph_nodes_.Insert(args.getNode(), GraphNodeEntry{node, args.getGraph(),
-                                                            wire::GraphAddNode::EMPTY, 0,
-                                                            CU_GRAPH_NODE_TYPE_MEM_FREE});
+  return graph_nodes_.Insert(args.getNode(),
+                             GraphNodeEntry{node, args.getGraph(), wire::GraphAddNode::EMPTY, 0,
+                                            CU_GRAPH_NODE_TYPE_MEM_FREE});
 }
 
 Status Session::CheckGraphMemory(const GraphEntry& graph) {
@@ -274,7 +274,8 @@ Status Session::GraphAddEventNode(wire::GraphAddEventNode::Reader args) {
   FERRY_RETURN_IF_ERROR(events_.Find(args.getEvent(), &event));
   FERRY_RETURN_IF_ERROR(graph_nodes_.CheckNewId(args.getNode()));
   std::vector<backend::GraphNode*> dependencies;
-  FERRY_RETURN_IF_ERROR(GraphNodeDependencies(args.getGraph(), args.getDependencies(), &dependencies));
+  FERRY_RETURN_IF_ERROR(
+      GraphNodeDependencies(args.getGraph(), args.getDependencies(), &dependencies));
   if (graph->ctx != 0 && graph->ctx != event->ctx) {
     return Status::InvalidArgument("a graph's nodes must belong to one context");
   }
@@ -285,9 +286,9 @@ Status Session::GraphAddEventNode(wire::GraphAddEventNode::Reader args) {
   graph->events[args.getNode()] =
       GraphNodeEvent{args.getEvent(), event->event.get(), args.getWait()};
   const int type = args.getWait() ? CU_GRAPH_NODE_TYPE_WAIT_EVENT : CU_GRAPH_NODE_TYPE_EVENT_RECORD;
-  return graph_nodes_.Insert(args.getNode(), GraphNodeEntry{node, args.getGraph(),
-                                                            wire::GraphAddNode::EMPTY,
-                                                            event->ctx, type});
+  return graph_nodes_.Insert(
+      args.getNode(),
+      GraphNodeEntry{node, args.getGraph(), wire::GraphAddNode::EMPTY, event->ctx, type});
 }
 
 Status Session::FindEventNode(uint64_t graph, uint64_t node_id, uint64_t event_id,
@@ -295,8 +296,9 @@ Status Session::FindEventNode(uint64_t graph, uint64_t node_id, uint64_t event_i
   FERRY_RETURN_IF_ERROR(graph_nodes_.Find(node_id, node));
   FERRY_RETURN_IF_ERROR(events_.Find(event_id, event));
   if ((*node)->graph != graph) {
-    return Status::InvalidArgument("the node is not a node of the graph the executable graph "
-                                   "was instantiated from");
+    return Status::InvalidArgument(
+        "the node is not a node of the graph the executable graph "
+        "was instantiated from");
   }
   if ((*node)->type != CU_GRAPH_NODE_TYPE_EVENT_RECORD &&
       (*node)->type != CU_GRAPH_NODE_TYPE_WAIT_EVENT) {
@@ -317,7 +319,8 @@ Status Session::GraphEventNodeSetEvent(wire::GraphEventNodeEvent::Reader args) {
   FERRY_RETURN_IF_ERROR(FindEventNode(node->graph, args.getNode(), args.getEvent(), &node, &event));
   FERRY_RETURN_IF_ERROR(backend_.SetGraphEventNode(*graph->graph, *node->node, *event->event,
                                                    node->type == CU_GRAPH_NODE_TYPE_WAIT_EVENT));
-  graph->events[args.getNode()] = GraphNodeEvent{args.getEvent(), event->event.get(), node->type == CU_GRAPH_NODE_TYPE_WAIT_EVENT};
+  graph->events[args.getNode()] = GraphNodeEvent{args.getEvent(), event->event.get(),
+                                                 node->type == CU_GRAPH_NODE_TYPE_WAIT_EVENT};
   return Status::Ok();
 }
 
@@ -329,7 +332,8 @@ Status Session::GraphExecEventNodeSetEvent(wire::GraphEventNodeEvent::Reader arg
   FERRY_RETURN_IF_ERROR(FindEventNode(exec->graph, args.getNode(), args.getEvent(), &node, &event));
   FERRY_RETURN_IF_ERROR(backend_.SetExecEventNode(*exec->exec, *node->node, *event->event,
                                                   node->type == CU_GRAPH_NODE_TYPE_WAIT_EVENT));
-  exec->events[args.getNode()] = GraphNodeEvent{args.getEvent(), event->event.get(), node->type == CU_GRAPH_NODE_TYPE_WAIT_EVENT};
+  exec->events[args.getNode()] = GraphNodeEvent{args.getEvent(), event->event.get(),
+                                                node->type == CU_GRAPH_NODE_TYPE_WAIT_EVENT};
   return Status::Ok();
 }
 

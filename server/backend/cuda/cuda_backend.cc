@@ -2225,8 +2225,8 @@ class CudaBackend final : public GpuBackend {
 
   // --- graph node kinds: memory allocation and free nodes ---------------------
   // The driver's own nodes: pinned memory of the device, accessible to it.
-  Status AddGraphMemAllocNode(Graph& graph, std::span<GraphNode* const> dependencies,
-                              Context& ctx, int device, uint64_t bytes, GraphNode** out,
+  Status AddGraphMemAllocNode(Graph& graph, std::span<GraphNode* const> dependencies, Context& ctx,
+                              int device, uint64_t bytes, GraphNode** out,
                               uint64_t* dptr) override {
     return Guarded("AddGraphMemAllocNode", [&]() -> Status {
       FERRY_RETURN_IF_ERROR(NeedGraphs());
@@ -2256,8 +2256,8 @@ class CudaBackend final : public GpuBackend {
     });
   }
 
-  Status AddGraphMemFreeNode(Graph& graph, std::span<GraphNode* const> dependencies,
-                             uint64_t dptr, GraphNode** out) override {
+  Status AddGraphMemFreeNode(Graph& graph, std::span<GraphNode* const> dependencies, uint64_t dptr,
+                             GraphNode** out) override {
     return Guarded("AddGraphMemFreeNode", [&]() -> Status {
       FERRY_RETURN_IF_ERROR(NeedGraphs());
       FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuGraphAddMemFreeNode, "cuGraphAddMemFreeNode"));
@@ -2292,11 +2292,10 @@ class CudaBackend final : public GpuBackend {
       std::vector<CUgraphNode> deps;
       for (GraphNode* d : dependencies) deps.push_back(static_cast<CudaGraphNode*>(d)->handle);
       CUgraphNode node = nullptr;
-      FERRY_RETURN_IF_ERROR(
-          wait ? FERRY_CU(*api_, cuGraphAddEventWaitNode, &node, g.handle, deps.data(), deps.size(),
-                          e.handle)
-               : FERRY_CU(*api_, cuGraphAddEventRecordNode, &node, g.handle, deps.data(),
-                          deps.size(), e.handle));
+      FERRY_RETURN_IF_ERROR(wait ? FERRY_CU(*api_, cuGraphAddEventWaitNode, &node, g.handle,
+                                            deps.data(), deps.size(), e.handle)
+                                 : FERRY_CU(*api_, cuGraphAddEventRecordNode, &node, g.handle,
+                                            deps.data(), deps.size(), e.handle));
       g.context = &e.context;
       g.nodes.push_back(std::make_unique<CudaGraphNode>(node));
       *out = g.nodes.back().get();

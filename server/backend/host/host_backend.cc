@@ -1809,8 +1809,8 @@ class HostBackend final : public GpuBackend {
   // memory is the executable graph's (CommitGraphMemory), so the node has
   // nothing to do at launch; a free node has nothing to do either (the memory
   // goes with the executable graph).
-  Status AddGraphMemAllocNode(Graph& graph, std::span<GraphNode* const> dependencies,
-                              Context& ctx, int device, uint64_t bytes, GraphNode** out,
+  Status AddGraphMemAllocNode(Graph& graph, std::span<GraphNode* const> dependencies, Context& ctx,
+                              int device, uint64_t bytes, GraphNode** out,
                               uint64_t* dptr) override {
     (void)ctx;
     FERRY_RETURN_IF_ERROR(CheckDevice(device));
@@ -1822,9 +1822,11 @@ class HostBackend final : public GpuBackend {
       return Status::OutOfMemory("a graph allocation of " + std::to_string(bytes) +
                                  " bytes exceeds device " + std::to_string(device) + "'s memory");
     }
-    void* base = mmap(nullptr, rounded, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    void* base =
+        mmap(nullptr, rounded, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (base == MAP_FAILED) {
-      return Status::OutOfMemory("cannot reserve " + std::to_string(rounded) + " bytes of addresses");
+      return Status::OutOfMemory("cannot reserve " + std::to_string(rounded) +
+                                 " bytes of addresses");
     }
     auto allocation = std::make_shared<HostGraphAllocation>(base, rounded, device);
     FERRY_RETURN_IF_ERROR(AddGraphNode(graph, dependencies, GraphNodeSpec{}, out));
@@ -1833,8 +1835,8 @@ class HostBackend final : public GpuBackend {
     return Status::Ok();
   }
 
-  Status AddGraphMemFreeNode(Graph& graph, std::span<GraphNode* const> dependencies,
-                             uint64_t dptr, GraphNode** out) override {
+  Status AddGraphMemFreeNode(Graph& graph, std::span<GraphNode* const> dependencies, uint64_t dptr,
+                             GraphNode** out) override {
     (void)dptr;
     return AddGraphNode(graph, dependencies, GraphNodeSpec{}, out);
   }
@@ -1893,7 +1895,7 @@ class HostBackend final : public GpuBackend {
 
   Status SetExecEventNode(GraphExec& exec, GraphNode& node, Event& event, bool wait) override {
     return static_cast<HostGraphExec&>(exec).Replace(static_cast<HostGraphNode&>(node).index,
-                                                      HostEventNodeOp{&event, wait});
+                                                     HostEventNodeOp{&event, wait});
   }
 
   // Graph memory is an executable graph's for as long as it lives, and goes
