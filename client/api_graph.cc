@@ -16,10 +16,10 @@
 // one-row device-to-device copy and child-graph nodes; an executable graph's
 // kernel nodes can be updated, its kernel, memset and copy nodes disabled, and
 // the whole of it updated from a graph of the same topology (cuGraphExecUpdate,
-// for graphs built node by node). Not forwarded
-// (unsupported_functions.txt, with reasons): other node kinds, node
-// parameter setters, edge edits, capture dependencies and capture into an
-// existing graph.
+// for graphs built node by node). Memory and event nodes: api_graph_nodes.cc.
+// Not forwarded (unsupported_functions.txt, with reasons): other node kinds,
+// node parameter setters, edge edits, capture dependencies and capture into
+// an existing graph.
 #include <cuda.h>
 
 #include <algorithm>
