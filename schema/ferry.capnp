@@ -421,6 +421,13 @@ struct Call {
     # whole-graph executable updates
     graphExecUpdate @99 :GraphExecUpdate  # cuGraphExecUpdate(_v2)
         $waits("always") $handles(["exec", "graph"]);
+    # explicit-graph editing and node parameters (graphedit): see GraphEdges
+    graphEditEdges @100 :GraphEdges  # cuGraphAddDependencies, cuGraphRemoveDependencies
+        $waits("never") $handles(["graph"]);
+    graphDestroyNode @101 :GraphNodeRef  # cuGraphDestroyNode
+        $waits("never") $handles(["node"]);
+    graphNodeSetParams @102 :GraphNodeSetParams  # kernel: bulk = packed params
+        $waits("never") $handles(["node"]) $usesContext;
   }
 }
 
@@ -814,6 +821,45 @@ struct GraphExecNodeEnabled {
   exec @0 :UInt64;
   node @1 :UInt64;
   enabled @2 :Bool;
+}
+
+# explicit-graph editing (graphedit). The client records each graph's
+# explicitly added nodes and edges, so it checks an edit as the driver does
+# (unknown nodes or edges, an edge added twice, nodes of another graph:
+# CUDA_ERROR_INVALID_VALUE) and sends it fire-and-forget; the server checks
+# again what keeps it sound. A graph's nodes run in a topological order of
+# their dependencies, computed when it is instantiated (a cycle is refused
+# there, as the driver refuses it).
+#
+# graphEditEdges adds (remove false) or removes the edges from[i] -> to[i]
+# (to[i] then depends on from[i]); both lists have the same length.
+struct GraphEdges {
+  graph @0 :UInt64;
+  from @1 :List(UInt64);
+  to @2 :List(UInt64);
+  remove @3 :Bool;
+}
+# graphDestroyNode: the node and its edges leave its graph.
+struct GraphNodeRef {
+  node @0 :UInt64;
+}
+# cuGraph{Kernel,Memset,Memcpy}NodeSetParams, cuGraphExec{Kernel,Memset,
+# Memcpy,ChildGraph}NodeSetParams, cuGraph(Exec)NodeSetParams: node `node`
+# does `work` from now on, either in its graph (exec 0: later instantiations,
+# clones and child-graph copies take it) or only in executable graph `exec`
+# (instantiated from the node's graph; launches queued already run what they
+# were queued with). The work is checked as a new node's; it must be of the
+# node's kind and in the node's context (the `stream` fields are unused).
+# childGraph (exec only): a graph of the topology of the node's child.
+struct GraphNodeSetParams {
+  exec @0 :UInt64;  # 0: the graph's node
+  node @1 :UInt64;
+  union {
+    kernel @2 :Launch;
+    memset @3 :Memset;
+    memcpy @4 :Memcpy;  # device to device
+    childGraph @5 :UInt64;
+  }
 }
 
 # library and kernel API, occupancy

@@ -263,25 +263,51 @@ class Session {
     std::set<uint64_t> leaves;
     uint64_t nodes = 0;  // recorded so far; the next node's id is nodes + 1
   };
+  // A graph's uses are those of its nodes without ids (captured or cloned:
+  // `uses`, fixed) and those of its explicitly added nodes (each node's own,
+  // so a node whose work changes or that is destroyed takes its uses along):
+  // UsesOfGraph.
   struct GraphEntry {
     std::unique_ptr<backend::Graph> graph;
     uint64_t ctx = 0;  // of the captured work; 0: no context's (an empty graph)
-    // Shared with clones; copied before a change only while shared, so adding
-    // n nodes one by one costs O(n), not O(n^2).
-    std::shared_ptr<GraphUses> uses;
+    // Shared with clones (never changed once made).
+    std::shared_ptr<const GraphUses> uses;
+    std::vector<uint64_t> nodes;  // explicitly added node ids, in the order added
   };
   struct GraphNodeEntry {
     backend::GraphNode* node = nullptr;  // owned by the graph
     uint64_t graph = 0;
     wire::GraphAddNode::Which kind = wire::GraphAddNode::EMPTY;
     uint64_t ctx = 0;     // of its work; 0 for an empty node
+    GraphUses uses;       // of its work
   };
+  // An executable graph's uses, like a graph's: `base` (its source's
+  // nodes without ids) and each explicitly added node's (node_uses, by the
+  // source's node ids, which cuGraphExec*NodeSetParams change); `uses` is
+  // their union, each range and module once (RefreshExecUses).
   struct GraphExecEntry {
     std::unique_ptr<backend::GraphExec> exec;
     uint64_t graph = 0;  // the graph it was instantiated from (its nodes can be updated)
     uint64_t ctx = 0;
     uint64_t nodes = 0;  // how many (cuGraphExecUpdate keeps the count)
+    std::vector<uint64_t> node_ids;  // its source's explicitly added nodes, in the order added
+    GraphUses base;
+    std::map<uint64_t, GraphUses> node_uses;
     std::shared_ptr<const GraphUses> uses;
+  };
+  // A node's work as a GraphNodeSpec (graphAddNode, graphNodeSetParams):
+  // the wire description of its kind (`kind` says which reader is set).
+  struct NodeWorkArgs {
+    wire::GraphAddNode::Which kind = wire::GraphAddNode::EMPTY;
+    wire::Launch::Reader kernel;
+    wire::Memset::Reader memset;
+    wire::Memcpy::Reader memcpy;
+    uint64_t child = 0;
+  };
+  struct NodeWork {
+    backend::GraphNodeSpec spec;
+    uint64_t ctx = 0;  // of the work (0: an empty node, or a child graph without work)
+    GraphUses uses;
   };
   // CUDA arrays, textures and surfaces (session_arrays.cc). An array id
   // names an array, a mipmapped array, or a level of one (owned by the
@@ -493,6 +519,18 @@ class Session {
   Status CheckGraphExec(const GraphExecEntry& exec, uint64_t stream_ctx);
   // An executable graph's uses of a graph's: each range and module once.
   static std::shared_ptr<const GraphUses> ExecUses(const GraphUses& graph_uses);
+  // Everything graph `graph`'s work uses (see GraphEntry).
+  GraphUses UsesOfGraph(const GraphEntry& graph);
+  // exec.uses from exec.base and exec.node_uses.
+  static void RefreshExecUses(GraphExecEntry& exec);
+  // Checks a node's work, as the stream-ordered call of its kind checks it,
+  // and describes it for the backend. `graph`: the node's graph (a graph
+  // cannot be its own child).
+  Status NodeWorkOf(const NodeWorkArgs& args, const GraphEntry& graph,
+                    const backend::HostBytes& bulk, NodeWork* work);
+  // cuGraph*NodeSetParams (exec_id 0) and cuGraphExec*NodeSetParams: node
+  // `node_id` does `work` (of its kind and context) from now on.
+  Status SetNodeWork(uint64_t exec_id, uint64_t node_id, NodeWork work);
   Status CaptureGuard(uint64_t stream, CaptureUse use,
                       std::initializer_list<DeviceRange> ranges = {}, uint64_t module = 0);
   // cuCtxSynchronize while streams of `ctx` capture: invalidates them and

@@ -1045,6 +1045,138 @@ TEST_F(SessionGraphTest, ANewGraphWithADestroyedGraphsIdCannotUpdateItsExecutabl
   EXPECT_EQ(out.bulk, std::vector<uint8_t>(64, 0x22));
 }
 
+// Explicit-graph editing: edges added after the nodes decide their order;
+// a node's uses are those of its current work, in the graph and in each
+// executable graph, so memory its old work touched may be freed.
+TEST_F(SessionGraphTest, EditedEdgesOrderNodesAndANodesUsesFollowItsWork) {
+  CreateContext();
+  CreateStream(5);
+  const uint64_t a = Alloc(64);
+  const uint64_t b = Alloc(64);
+  const uint64_t c = Alloc(64);
+  client_->Send([&](wire::Call::Builder call) { call.initGraphCreate().setGraph(40); }, false);
+  client_->Send([&](wire::Call::Builder call) { call.initGraphCreate().setGraph(90); }, false);
+  auto copy = [](auto m, uint64_t dst, uint64_t src) {
+    m.setCtx(100);
+    m.setDst(dst);
+    m.setSrc(src);
+    m.setBytes(64);
+  };
+  auto set = [](auto m, uint64_t dst, uint8_t value) {
+    m.setCtx(100);
+    m.setDst(dst);
+    m.setValue(value);
+    m.setElementBytes(1);
+    m.setWidth(64);
+    m.setHeight(1);
+  };
+  auto add = [&](uint64_t graph, uint64_t node, auto fill) {
+    client_->Send(
+        [&](wire::Call::Builder call) {
+          auto n = call.initGraphAddNode();
+          n.setGraph(graph);
+          n.setNode(node);
+          fill(n);
+        },
+        false);
+  };
+  auto edges = [&](uint64_t graph, uint64_t from, uint64_t to, bool remove) {
+    client_->Send(
+        [&](wire::Call::Builder call) {
+          auto e = call.initGraphEditEdges();
+          e.setGraph(graph);
+          e.initFrom(1).set(0, from);
+          e.initTo(1).set(0, to);
+          e.setRemove(remove);
+        },
+        false);
+    return Ping();
+  };
+  // Added as "b = a; a = 0x11", ordered by an edge as "a = 0x11; b = a".
+  add(40, 41, [&](wire::GraphAddNode::Builder n) { copy(n.initMemcpy(), b, a); });
+  add(40, 42, [&](wire::GraphAddNode::Builder n) { set(n.initMemset(), a, 0x11); });
+  add(90, 91, [&](wire::GraphAddNode::Builder n) { n.setEmpty(); });
+  ASSERT_TRUE(edges(40, 42, 41, false).ok());
+  EXPECT_EQ(edges(40, 42, 41, false).cuda_result(), CUDA_ERROR_INVALID_VALUE);  // twice
+  EXPECT_EQ(edges(40, 41, 42, true).cuda_result(), CUDA_ERROR_INVALID_VALUE);   // absent
+  EXPECT_EQ(edges(40, 91, 41, false).cuda_result(), CUDA_ERROR_INVALID_VALUE);  // other graph
+  EXPECT_EQ(edges(40, 41, 41, false).cuda_result(), CUDA_ERROR_INVALID_VALUE);  // self
+  EXPECT_EQ(edges(999, 42, 41, false).cuda_result(), CUDA_ERROR_INVALID_HANDLE);
+  // A cycle is refused at instantiation.
+  ASSERT_TRUE(edges(40, 41, 42, false).ok());
+  Instantiate(40, 59);
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  ASSERT_TRUE(edges(40, 41, 42, true).ok());
+  Instantiate(40, 60);
+  Launch(60, 5);
+  ReplyResult out = CopyOut(5, b, 64);
+  ASSERT_TRUE(out.status.ok()) << out.status.ToString();
+  EXPECT_EQ(out.bulk, std::vector<uint8_t>(64, 0x11));
+
+  // The graph's memset now fills c (later instantiations run that), and the
+  // executable graph's copy reads c: nothing uses a any more, which is freed.
+  auto set_params = [&](uint64_t exec, uint64_t node, auto fill) {
+    client_->Send(
+        [&](wire::Call::Builder call) {
+          auto p = call.initGraphNodeSetParams();
+          p.setExec(exec);
+          p.setNode(node);
+          fill(p);
+        },
+        false);
+    return Ping();
+  };
+  ASSERT_TRUE(set_params(0, 42, [&](auto p) { set(p.initMemset(), c, 0x22); }).ok());
+  ASSERT_TRUE(set_params(0, 41, [&](auto p) { copy(p.initMemcpy(), b, c); }).ok());
+  ASSERT_TRUE(set_params(60, 42, [&](auto p) { set(p.initMemset(), c, 0x33); }).ok());
+  ASSERT_TRUE(set_params(60, 41, [&](auto p) { copy(p.initMemcpy(), b, c); }).ok());
+  // Refused: another kind than the node's, another context, a node of
+  // another graph, a child graph set in a graph.
+  EXPECT_EQ(set_params(0, 41, [&](auto p) { set(p.initMemset(), c, 1); }).cuda_result(),
+            CUDA_ERROR_INVALID_VALUE);
+  CreateContext(200);
+  const uint64_t other_ctx = Alloc(64, 200);
+  EXPECT_EQ(set_params(60, 42,
+                       [&](auto p) {
+                         set(p.initMemset(), other_ctx, 1);
+                         p.getMemset().setCtx(200);
+                       })
+                .cuda_result(),
+            CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(set_params(60, 91, [&](auto p) { set(p.initMemset(), c, 1); }).cuda_result(),
+            CUDA_ERROR_INVALID_VALUE);
+  client_->Send([&](wire::Call::Builder call) { call.initMemFree().setDptr(a); }, false);
+  Launch(60, 5);
+  out = CopyOut(5, b, 64);
+  ASSERT_TRUE(out.status.ok()) << out.status.ToString();
+  EXPECT_EQ(out.bulk, std::vector<uint8_t>(64, 0x33));
+  Instantiate(40, 61);
+  Launch(61, 5);
+  out = CopyOut(5, b, 64);
+  ASSERT_TRUE(out.status.ok()) << out.status.ToString();
+  EXPECT_EQ(out.bulk, std::vector<uint8_t>(64, 0x22));
+
+  // A destroyed node takes its work and uses along: with the copy destroyed
+  // the memset still uses c, so once c is freed the graph is refused; with
+  // the memset destroyed too, it is empty and launches.
+  client_->Send([&](wire::Call::Builder call) { call.initGraphDestroyNode().setNode(41); }, false);
+  EXPECT_TRUE(Ping().ok());
+  EXPECT_EQ(
+      client_->Call([&](wire::Call::Builder call) { call.initGraphNodeCount().setGraph(40); })
+          .value,
+      1);
+  client_->Send([&](wire::Call::Builder call) { call.initGraphDestroyNode().setNode(41); }, false);
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_INVALID_HANDLE);
+  client_->Send([&](wire::Call::Builder call) { call.initMemFree().setDptr(c); }, false);
+  Instantiate(40, 62);
+  Launch(62, 5);
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  client_->Send([&](wire::Call::Builder call) { call.initGraphDestroyNode().setNode(42); }, false);
+  Instantiate(40, 63);
+  Launch(63, 5);
+  EXPECT_TRUE(Ping().ok());
+}
+
 // Peers: two host devices, a context on each.
 class SessionPeerTest : public SessionTest {
  protected:

@@ -727,11 +727,11 @@ class GpuBackend {
     (void)graph, (void)dependencies, (void)spec, (void)out;
     return NoGraphs();
   }
-  // cuGraphExecKernelNodeSetParams: kernel node `node` (added to the graph
-  // `exec` was instantiated from) runs `spec` (kind kKernel, in the node's
-  // context) from the next launch of `exec` on; launches queued already run
-  // what they were queued with.
-  virtual Status SetExecKernelNode(GraphExec& exec, GraphNode& node, const GraphNodeSpec& spec) {
+  // cuGraphExec*NodeSetParams: node `node` (added to the graph `exec` was
+  // instantiated from) runs `spec` (of the node's kind and context; kChild:
+  // a graph of the topology of the node's child) from the next launch of
+  // `exec` on; launches queued already run what they were queued with.
+  virtual Status SetExecNode(GraphExec& exec, GraphNode& node, const GraphNodeSpec& spec) {
     (void)exec, (void)node, (void)spec;
     return NoGraphs();
   }
@@ -772,6 +772,29 @@ class GpuBackend {
   }
   virtual Status UploadGraph(GraphExec& exec, Stream& stream) {
     (void)exec, (void)stream;
+    return NoGraphs();
+  }
+
+  // --- explicit-graph editing (graphedit) ------------------------------------
+  // The caller checked every edit as the driver does (nodes of `graph`, no
+  // edge added twice or removed when absent); a cycle the edits make is
+  // refused by InstantiateGraph (CUDA_ERROR_INVALID_VALUE), as the driver
+  // refuses it. Executable graphs made already keep what they were made with.
+  // Adds (remove false) or removes the edges from[i] -> to[i].
+  virtual Status EditGraphEdges(Graph& graph, std::span<GraphNode* const> from,
+                                std::span<GraphNode* const> to, bool remove) {
+    (void)graph, (void)from, (void)to, (void)remove;
+    return NoGraphs();
+  }
+  // `node` and its edges leave `graph`; the node is destroyed.
+  virtual Status DestroyGraphNode(Graph& graph, GraphNode& node) {
+    (void)graph, (void)node;
+    return NoGraphs();
+  }
+  // cuGraph*NodeSetParams: `node` of `graph` does `spec` (of the node's kind
+  // and context; not kChild) from now on.
+  virtual Status SetGraphNode(Graph& graph, GraphNode& node, const GraphNodeSpec& spec) {
+    (void)graph, (void)node, (void)spec;
     return NoGraphs();
   }
 

@@ -42,6 +42,7 @@
 #include "common/image/module_image.h"
 #include "server/backend/host/device_model.h"
 #include "server/backend/host/ferry_host_kernel.h"
+#include "server/backend/host/host_graph.h"
 #include "server/backend/host/host_link.h"
 #include "server/backend/host/stream_queue.h"
 #include "server/backend/host/virtual_memory.h"
@@ -51,6 +52,10 @@ namespace ferry::backend {
 namespace {
 
 using host_internal::CompletionThread;
+using host_internal::HostGraph;
+using host_internal::HostGraphExec;
+using host_internal::HostGraphNode;
+using host_internal::HostGraphOps;
 using host_internal::StreamPoint;
 using host_internal::StreamQueue;
 
@@ -179,8 +184,6 @@ struct ContextState {
   }
 };
 
-// A graph's operations in the order they run.
-using HostGraphOps = std::vector<std::function<void()>>;
 // A stream capture: what its streams queued, in the order the calls came.
 // One list serves the origin and every stream joined to it through an event
 // wait (fork/join): a node's dependencies are always queued before it, so
@@ -242,70 +245,6 @@ class HostStream final : public Stream {
   const std::shared_ptr<StreamQueue> queue_;
   const bool legacy_;
   const bool non_blocking_;
-};
-
-// Nodes run in the order they were added: a node's dependencies exist
-// before it, so that order is a valid order of the graph. Executable graphs
-// take a copy of the operations. Used by one session's executor at a time.
-class HostGraphNode final : public GraphNode {
- public:
-  explicit HostGraphNode(size_t index) : index(index) {}
-  const size_t index;  // of its operation in the graph's (and its executables') list
-};
-class HostGraph final : public Graph {
- public:
-  explicit HostGraph(HostGraphOps ops) : ops(std::move(ops)) {}
-  HostGraphOps ops;
-  std::vector<std::unique_ptr<HostGraphNode>> nodes;  // explicitly added ones
-};
-// Updates (Replace, SetEnabled) change what later launches run; launches
-// queued already keep the list they were queued with (a new list is made).
-class HostGraphExec final : public GraphExec {
- public:
-  explicit HostGraphExec(const HostGraphOps& ops)
-      : node_ops_(ops), disabled_(ops.size(), false), ops_(std::make_shared<HostGraphOps>(ops)) {}
-  const std::shared_ptr<const HostGraphOps>& ops() const { return ops_; }
-  // Node `index` runs `op` from now on (when enabled).
-  Status Replace(size_t index, std::function<void()> op) {
-    FERRY_RETURN_IF_ERROR(CheckIndex(index));
-    node_ops_[index] = std::move(op);
-    Publish();
-    return Status::Ok();
-  }
-  // Every node runs its counterpart in `ops` from now on (cuGraphExecUpdate).
-  Status ReplaceAll(const HostGraphOps& ops) {
-    if (ops.size() != node_ops_.size()) {
-      return Status::Cuda(CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE,
-                          "the graph has another number of nodes than the executable graph");
-    }
-    node_ops_ = ops;
-    Publish();
-    return Status::Ok();
-  }
-  Status SetEnabled(size_t index, bool enabled) {
-    FERRY_RETURN_IF_ERROR(CheckIndex(index));
-    disabled_[index] = !enabled;
-    Publish();
-    return Status::Ok();
-  }
-
- private:
-  Status CheckIndex(size_t index) const {
-    if (index >= node_ops_.size()) {
-      return Status::Cuda(CUDA_ERROR_INVALID_VALUE, "the node is not in the executable graph");
-    }
-    return Status::Ok();
-  }
-  void Publish() {
-    auto ops = std::make_shared<HostGraphOps>(node_ops_);
-    for (size_t i = 0; i < ops->size(); ++i) {
-      if (disabled_[i]) (*ops)[i] = [] {};
-    }
-    ops_ = std::move(ops);
-  }
-  HostGraphOps node_ops_;        // each node's current work
-  std::vector<bool> disabled_;  // by node index
-  std::shared_ptr<const HostGraphOps> ops_;  // what launches run
 };
 
 // One cuEventRecord: where it sits in its stream, and when it was reached.
@@ -1658,72 +1597,60 @@ class HostBackend final : public GpuBackend {
 
   Status CreateGraph(unsigned flags, std::unique_ptr<Graph>* out) override {
     if (flags != 0) return InvalidValue("cuGraphCreate flags must be 0");
-    *out = std::make_unique<HostGraph>(HostGraphOps{});
+    *out = std::make_unique<HostGraph>();
     return Status::Ok();
   }
 
   Status AddGraphNode(Graph& graph, std::span<GraphNode* const> dependencies,
                       const GraphNodeSpec& spec, GraphNode** out) override {
-    (void)dependencies;  // nodes run in the order they were added (see HostGraph)
-    auto& g = static_cast<HostGraph&>(graph);
-    std::function<void()> op = [] {};
-    switch (spec.kind) {
-      case GraphNodeSpec::Kind::kEmpty:
-        break;
-      case GraphNodeSpec::Kind::kKernel:
-        FERRY_RETURN_IF_ERROR(KernelNodeOp(spec, &op));
-        break;
-      case GraphNodeSpec::Kind::kMemset:
-        FERRY_RETURN_IF_ERROR(MemsetOp(spec.dst, spec.pitch, spec.value, spec.element_bytes,
-                                       spec.width, spec.height, &op));
-        break;
-      case GraphNodeSpec::Kind::kCopy:
-        op = [dst = spec.dst, src = spec.src, bytes = spec.bytes] {
-          std::memmove(AsPointer(dst), AsPointer(src), bytes);
-        };
-        break;
-      case GraphNodeSpec::Kind::kChild:
-        op = [ops = std::make_shared<const HostGraphOps>(
-                  static_cast<HostGraph&>(*spec.child).ops)] {
-          for (const std::function<void()>& child_op : *ops) child_op();
-        };
-        break;
-    }
-    g.nodes.push_back(std::make_unique<HostGraphNode>(g.ops.size()));
-    g.ops.push_back(std::move(op));
-    *out = g.nodes.back().get();
+    std::function<void()> op;
+    size_t child_nodes = 0;
+    FERRY_RETURN_IF_ERROR(NodeOp(spec, &op, &child_nodes));
+    *out = static_cast<HostGraph&>(graph).Add(spec.kind, std::move(op), dependencies, child_nodes);
     return Status::Ok();
   }
 
-  Status SetExecKernelNode(GraphExec& exec, GraphNode& node, const GraphNodeSpec& spec) override {
+  Status SetExecNode(GraphExec& exec, GraphNode& node, const GraphNodeSpec& spec) override {
+    auto& e = static_cast<HostGraphExec&>(exec);
+    auto& n = static_cast<HostGraphNode&>(node);
+    if (spec.kind != n.kind) return InvalidValue("the parameters are not of the node's kind");
     std::function<void()> op;
-    FERRY_RETURN_IF_ERROR(KernelNodeOp(spec, &op));
-    return static_cast<HostGraphExec&>(exec).Replace(static_cast<HostGraphNode&>(node).index,
-                                                      std::move(op));
+    size_t child_nodes = 0;
+    FERRY_RETURN_IF_ERROR(NodeOp(spec, &op, &child_nodes));
+    if (spec.kind == GraphNodeSpec::Kind::kChild) {
+      size_t before = 0;
+      FERRY_RETURN_IF_ERROR(e.ChildNodes(n, &before));
+      if (before != child_nodes) {
+        return InvalidValue("the new child graph's topology differs from the node's child's");
+      }
+    }
+    return e.Replace(n, std::move(op));
   }
 
   Status SetExecNodeEnabled(GraphExec& exec, GraphNode& node, bool enabled) override {
-    return static_cast<HostGraphExec&>(exec).SetEnabled(static_cast<HostGraphNode&>(node).index,
+    return static_cast<HostGraphExec&>(exec).SetEnabled(static_cast<HostGraphNode&>(node),
                                                          enabled);
   }
 
   Status UpdateGraphExec(GraphExec& exec, Graph& graph) override {
-    return static_cast<HostGraphExec&>(exec).ReplaceAll(static_cast<HostGraph&>(graph).ops);
+    return static_cast<HostGraphExec&>(exec).ReplaceAll(static_cast<HostGraph&>(graph));
   }
 
   Status CloneGraph(Graph& graph, std::unique_ptr<Graph>* out) override {
-    *out = std::make_unique<HostGraph>(static_cast<HostGraph&>(graph).ops);
+    *out = static_cast<HostGraph&>(graph).Clone();
     return Status::Ok();
   }
 
   Status GraphNodeCount(Graph& graph, uint64_t* count) override {
-    *count = static_cast<HostGraph&>(graph).ops.size();
+    *count = static_cast<HostGraph&>(graph).size();
     return Status::Ok();
   }
 
   Status InstantiateGraph(Graph& graph, uint64_t flags, std::unique_ptr<GraphExec>* out) override {
     (void)flags;  // upload, auto-free, device launch, priority: nothing to do on the host
-    *out = std::make_unique<HostGraphExec>(static_cast<HostGraph&>(graph).ops);
+    std::unique_ptr<HostGraphExec> exec;
+    FERRY_RETURN_IF_ERROR(HostGraphExec::Make(static_cast<HostGraph&>(graph), &exec));
+    *out = std::move(exec);
     return Status::Ok();
   }
 
@@ -1738,10 +1665,57 @@ class HostBackend final : public GpuBackend {
   // Host memory needs no upload, so there is nothing to queue on the stream.
   Status UploadGraph(GraphExec& exec, Stream& stream) override { return Status::Ok(); }
 
+  // --- explicit-graph editing --------------------------------------------------
+  Status EditGraphEdges(Graph& graph, std::span<GraphNode* const> from,
+                        std::span<GraphNode* const> to, bool remove) override {
+    return static_cast<HostGraph&>(graph).EditEdges(from, to, remove);
+  }
+
+  Status DestroyGraphNode(Graph& graph, GraphNode& node) override {
+    return static_cast<HostGraph&>(graph).Destroy(node);
+  }
+
+  Status SetGraphNode(Graph& graph, GraphNode& node, const GraphNodeSpec& spec) override {
+    (void)graph;
+    auto& n = static_cast<HostGraphNode&>(node);
+    if (spec.kind != n.kind || spec.kind == GraphNodeSpec::Kind::kChild) {
+      return InvalidValue("the parameters are not of the node's kind");
+    }
+    size_t child_nodes = 0;
+    return NodeOp(spec, &n.op, &child_nodes);
+  }
+
  private:
-  // The operation of a kernel node (GraphNodeSpec kind kKernel).
-  Status KernelNodeOp(const GraphNodeSpec& spec, std::function<void()>* op) {
-    return LaunchOp(*AsContext(*spec.ctx).state(), *spec.function, spec.config, spec.params, op);
+  // The work of a node described by `spec` (kChild: the child's nodes, in a
+  // topological order, copied now; *child_nodes gets how many).
+  Status NodeOp(const GraphNodeSpec& spec, std::function<void()>* op, size_t* child_nodes) {
+    *op = [] {};
+    switch (spec.kind) {
+      case GraphNodeSpec::Kind::kEmpty:
+        return Status::Ok();
+      case GraphNodeSpec::Kind::kKernel:
+        return LaunchOp(*AsContext(*spec.ctx).state(), *spec.function, spec.config, spec.params,
+                        op);
+      case GraphNodeSpec::Kind::kMemset:
+        return MemsetOp(spec.dst, spec.pitch, spec.value, spec.element_bytes, spec.width,
+                        spec.height, op);
+      case GraphNodeSpec::Kind::kCopy:
+        *op = [dst = spec.dst, src = spec.src, bytes = spec.bytes] {
+          std::memmove(AsPointer(dst), AsPointer(src), bytes);
+        };
+        return Status::Ok();
+      case GraphNodeSpec::Kind::kChild: {
+        const auto& child = static_cast<const HostGraph&>(*spec.child);
+        auto ops = std::make_shared<HostGraphOps>();
+        FERRY_RETURN_IF_ERROR(child.Order(ops.get()));
+        *child_nodes = child.size();
+        *op = [ops = std::shared_ptr<const HostGraphOps>(std::move(ops))] {
+          for (const std::function<void()>& child_op : *ops) child_op();
+        };
+        return Status::Ok();
+      }
+    }
+    return InvalidValue("unknown graph node kind");
   }
   Status CheckDevice(int device) const {
     if (device < 0 || device >= static_cast<int>(devices_.size())) {
