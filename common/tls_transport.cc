@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -192,6 +193,54 @@ std::string Handshake(SSL* ssl, int fd, bool accept,
 
 void SetNonBlocking(int fd) { ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK); }
 
+// OpenSSL's socket BIO writes with write(2), which raises SIGPIPE on a
+// connection the peer closed: that would kill the program using ferry's
+// libcuda.so.1. This BIO sends with MSG_NOSIGNAL instead; the socket is its
+// data, owned by the TlsTransport (or the handshake's caller), never closed here.
+int BioFd(BIO* bio) { return static_cast<int>(reinterpret_cast<intptr_t>(BIO_get_data(bio))); }
+
+int BioRetry(BIO* bio, ssize_t n, bool reading) {
+  BIO_clear_retry_flags(bio);
+  if (n >= 0) return static_cast<int>(n);
+  if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+    reading ? BIO_set_retry_read(bio) : BIO_set_retry_write(bio);
+  }
+  return -1;
+}
+
+int BioWrite(BIO* bio, const char* data, int size) {
+  return BioRetry(bio, ::send(BioFd(bio), data, static_cast<size_t>(size), MSG_NOSIGNAL), false);
+}
+
+int BioRead(BIO* bio, char* data, int size) {
+  return BioRetry(bio, ::recv(BioFd(bio), data, static_cast<size_t>(size), 0), true);
+}
+
+long BioControl(BIO*, int command, long, void*) { return command == BIO_CTRL_FLUSH ? 1 : 0; }
+
+BIO* NewSocketBio(int fd) {
+  static BIO_METHOD* const method = [] {
+    BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "ferry socket");
+    BIO_meth_set_write(m, BioWrite);
+    BIO_meth_set_read(m, BioRead);
+    BIO_meth_set_ctrl(m, BioControl);
+    return m;
+  }();
+  BIO* bio = BIO_new(method);
+  if (bio == nullptr) return nullptr;
+  BIO_set_data(bio, reinterpret_cast<void*>(static_cast<intptr_t>(fd)));
+  BIO_set_init(bio, 1);
+  return bio;
+}
+
+// Gives `ssl` a BIO on `fd`; false if OpenSSL has no memory.
+bool AttachSocket(SSL* ssl, int fd) {
+  BIO* bio = NewSocketBio(fd);
+  if (bio == nullptr) return false;
+  SSL_set_bio(ssl, bio, bio);
+  return true;
+}
+
 }  // namespace
 
 TlsContext::~TlsContext() { SSL_CTX_free(ctx_); }
@@ -269,8 +318,9 @@ Status AcceptTls(int fd, std::string peer_name, const TlsContext& context,
     return Status::Internal(OpenSslErrors("SSL_new failed"));
   }
   SetNonBlocking(fd);
-  SSL_set_fd(ssl, fd);
-  const std::string failed = Handshake(ssl, fd, /*accept=*/true, deadline);
+  const std::string failed = AttachSocket(ssl, fd)
+                                 ? Handshake(ssl, fd, /*accept=*/true, deadline)
+                                 : std::string("out of memory");
   if (!failed.empty()) {
     SSL_free(ssl);
     ::close(fd);
@@ -324,8 +374,9 @@ Status ConnectTransportWithTls(std::string_view address, std::chrono::millisecon
     SSL_set_tlsext_host_name(ssl, tls->server_name.c_str());
   }
   SetNonBlocking(fd);
-  SSL_set_fd(ssl, fd);
-  const std::string failed = Handshake(ssl, fd, /*accept=*/false, deadline);
+  const std::string failed = AttachSocket(ssl, fd)
+                                 ? Handshake(ssl, fd, /*accept=*/false, deadline)
+                                 : std::string("out of memory");
   if (!failed.empty()) {
     const bool untrusted = SSL_get_verify_result(ssl) != X509_V_OK;
     SSL_free(ssl);
