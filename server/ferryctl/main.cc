@@ -131,9 +131,8 @@ struct Access {
   std::string token;
   std::optional<TlsClientConfig> tls;
 };
-Access access;  // set once by Main before any request
-
-Status Connect(const std::string& server, std::unique_ptr<Transport>* transport) {
+Status Connect(const std::string& server, const Access& access,
+               std::unique_ptr<Transport>* transport) {
   FERRY_RETURN_IF_ERROR(
       ConnectTransportWithTls(server, std::chrono::seconds(5), access.tls, transport));
   capnp::MallocMessageBuilder message;
@@ -152,11 +151,11 @@ Status Connect(const std::string& server, std::unique_ptr<Transport>* transport)
 }
 
 // Sends one request built by `fill`, then hands the reply to `use`.
-int Request(const std::string& server,
+int Request(const std::string& server, const Access& access,
             const std::function<void(wire::ControlRequest::Builder)>& fill,
             const std::function<int(wire::ControlReply::Reader)>& use) {
   std::unique_ptr<Transport> transport;
-  Status status = Connect(server, &transport);
+  Status status = Connect(server, access, &transport);
   if (!status.ok()) {
     std::fprintf(stderr, "ferryctl: %s\n", status.message().c_str());
     return 1;
@@ -568,6 +567,7 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "ferryctl: no server: pass --server HOST:PORT or set FERRY_SERVER\n");
     return 2;
   }
+  Access access;
   access.token = access_flags.token;
   if (access.token.empty()) {
     if (Status status = TokenFromEnvironment(&access.token); !status.ok()) {
@@ -591,12 +591,12 @@ int Main(int argc, char** argv) {
 
   if (status->parsed()) {
     return Request(
-        server, [](wire::ControlRequest::Builder r) { r.setStatus(); },
+        server, access, [](wire::ControlRequest::Builder r) { r.setStatus(); },
         [&](wire::ControlReply::Reader reply) { return PrintStatus(server, format, reply); });
   }
   if (reload->parsed()) {
     return Request(
-        server, [](wire::ControlRequest::Builder r) { r.setReload(); }, PrintMessage);
+        server, access, [](wire::ControlRequest::Builder r) { r.setReload(); }, PrintMessage);
   }
   uint32_t gpu = 0;
   ParseGpu(gpu_text, &gpu);  // validated by kGpuIndex where a command takes a GPU
@@ -604,7 +604,7 @@ int Main(int argc, char** argv) {
     const std::string policy = preempt ? "preempt" : drain ? "drain" : "";
     const int64_t grace_ms = grace.empty() ? -1 : DurationMs(grace);
     return Request(
-        server,
+        server, access,
         [&](wire::ControlRequest::Builder r) {
           auto args = r.initRebind();
           args.setGpu(gpu);
@@ -617,7 +617,7 @@ int Main(int argc, char** argv) {
   if (drain_cmd->parsed() || undrain->parsed()) {
     const bool drained = drain_cmd->parsed();
     return Request(
-        server,
+        server, access,
         [&](wire::ControlRequest::Builder r) {
           auto args = r.initDrain();
           args.setGpu(gpu);
@@ -628,7 +628,8 @@ int Main(int argc, char** argv) {
   // test-advance-clock: require_subcommand(1) leaves no other choice.
   const int64_t ms = DurationMs(duration);
   return Request(
-      server, [&](wire::ControlRequest::Builder r) { r.setTestAdvanceClock(ms); }, PrintMessage);
+      server, access, [&](wire::ControlRequest::Builder r) { r.setTestAdvanceClock(ms); },
+      PrintMessage);
 }
 
 }  // namespace
