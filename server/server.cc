@@ -110,7 +110,8 @@ Status Server::SetTls(const std::string& cert_file, const std::string& key_file)
 }
 
 Status LookUpGroup(const std::string& group, uint32_t* gid) {
-  if (!group.empty() && std::all_of(group.begin(), group.end(), ::isdigit)) {
+  if (!group.empty() && std::all_of(group.begin(), group.end(),
+                                    [](unsigned char c) { return std::isdigit(c) != 0; })) {
     *gid = static_cast<uint32_t>(std::strtoul(group.c_str(), nullptr, 10));
     return Status::Ok();
   }
@@ -344,7 +345,7 @@ void Server::StartAcceptUnix(asio::local::stream_protocol::acceptor& acceptor) {
         const int fd = socket.release(ignored);
         ucred credentials{};
         socklen_t length = sizeof(credentials);
-        std::string refused = "";
+        std::string refused;  // why the peer is refused; "" when it is not
         if (fd >= 0 && ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) == 0) {
           peer += " pid " + std::to_string(credentials.pid);
           refused = UnixPeerRefusal(credentials.uid, credentials.gid);
