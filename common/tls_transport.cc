@@ -10,8 +10,8 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstdint>
 #include <cerrno>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -318,9 +318,8 @@ Status AcceptTls(int fd, std::string peer_name, const TlsContext& context,
     return Status::Internal(OpenSslErrors("SSL_new failed"));
   }
   SetNonBlocking(fd);
-  const std::string failed = AttachSocket(ssl, fd)
-                                 ? Handshake(ssl, fd, /*accept=*/true, deadline)
-                                 : std::string("out of memory");
+  const std::string failed = AttachSocket(ssl, fd) ? Handshake(ssl, fd, /*accept=*/true, deadline)
+                                                   : std::string("out of memory");
   if (!failed.empty()) {
     SSL_free(ssl);
     ::close(fd);
@@ -374,9 +373,8 @@ Status ConnectTransportWithTls(std::string_view address, std::chrono::millisecon
     SSL_set_tlsext_host_name(ssl, tls->server_name.c_str());
   }
   SetNonBlocking(fd);
-  const std::string failed = AttachSocket(ssl, fd)
-                                 ? Handshake(ssl, fd, /*accept=*/false, deadline)
-                                 : std::string("out of memory");
+  const std::string failed = AttachSocket(ssl, fd) ? Handshake(ssl, fd, /*accept=*/false, deadline)
+                                                   : std::string("out of memory");
   if (!failed.empty()) {
     const bool untrusted = SSL_get_verify_result(ssl) != X509_V_OK;
     SSL_free(ssl);

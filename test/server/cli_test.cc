@@ -240,8 +240,8 @@ TEST_F(CliTest, AccessFlagsAreCheckedAtStart) {
   d = Ferryd({"--listen", "127.0.0.1:0", "--backend", "host", "--no-auth", "--token-file", "t"});
   EXPECT_EQ(d.code, 2);
   EXPECT_TRUE(Contains(d.err, "--no-auth")) << d.err;
-  d = Ferryd({"--listen", "127.0.0.1:0", "--backend", "host", "--token-file",
-              dir_ + "/missing.toml"});
+  d = Ferryd(
+      {"--listen", "127.0.0.1:0", "--backend", "host", "--token-file", dir_ + "/missing.toml"});
   EXPECT_EQ(d.code, 1);
   EXPECT_TRUE(Contains(d.err, "missing.toml")) << d.err;
   d = Ferryd({"--listen", "127.0.0.1:0", "--backend", "host", "--unix-group", "no-such-group-x"});
