@@ -148,6 +148,31 @@ Status AppendTokenEntry(const std::string& path, const Token& token) {
   return Status::Ok();
 }
 
+Status RemoveTokenEntry(const std::string& path, const std::string& id) {
+  TokenSet set;
+  FERRY_RETURN_IF_ERROR(TokenSet::Load(path, &set));
+  std::string text;
+  bool found = false;
+  for (const Token& token : set.tokens()) {
+    if (token.id == id) {
+      found = true;
+    } else {
+      text += (text.empty() ? "" : "\n") + FormatTokenEntry(token);
+    }
+  }
+  if (!found) return Status::NotFound("no token with id " + id + " in " + path);
+  const std::string temp = path + ".new";
+  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return Status::Internal("cannot write " + temp + ": " + strerror(errno));
+  const bool written = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+  ::close(fd);
+  if (!written || ::rename(temp.c_str(), path.c_str()) != 0) {
+    ::unlink(temp.c_str());
+    return Status::Internal("cannot replace token file " + path + ": " + strerror(errno));
+  }
+  return Status::Ok();
+}
+
 Status TokenSet::Load(const std::string& path, TokenSet* out) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return Status::NotFound("cannot read token file " + path + ": " + strerror(errno));

@@ -67,6 +67,11 @@ std::string FormatTokenEntry(const Token& token);
 // mode 0600 (only its owner, ferryd's user, reads it).
 Status AppendTokenEntry(const std::string& path, const Token& token);
 
+// Rewrites the token file at `path` without the token whose id is `id`
+// (NotFound if none has it): every other entry is kept, comments are not.
+// The new file replaces the old one whole (written aside, then renamed).
+Status RemoveTokenEntry(const std::string& path, const std::string& id);
+
 class TokenSet {
  public:
   // Reads a token file; every error names the file, line and key.
@@ -77,6 +82,7 @@ class TokenSet {
   // unknown or wrong.
   const Token* Find(std::string_view presented) const;
   size_t size() const { return tokens_.size(); }
+  const std::vector<Token>& tokens() const { return tokens_; }
 
  private:
   std::vector<Token> tokens_;

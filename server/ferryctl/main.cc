@@ -8,6 +8,8 @@
 //   ferryctl token create --token-file PATH --pools A,B [--admin] [--name N]
 //                                          a new token: its secret on stdout (once),
 //                                          its salted hash appended to PATH (ferryd's)
+//   ferryctl token list --token-file PATH  id, name, admin, pools of each token
+//   ferryctl token revoke ID --token-file PATH   drops the token (then reload ferryd)
 //   every command: [--server HOST:PORT] (before or after the command), --help,
 //                  [--token SECRET] [--tls-ca PEM] [--tls-server-name NAME]
 //   ferryctl --version
@@ -439,6 +441,24 @@ void AddServerOption(CLI::App* app, std::string* server, AccessFlags* flags) {
                   "TLS: the name ferryd's certificate must carry (default: the server's host)");
 }
 
+// ferryctl token list: the entries of a token file, one line each.
+int ListTokens(const std::string& token_file) {
+  auth::TokenSet set;
+  if (Status status = auth::TokenSet::Load(token_file, &set); !status.ok()) {
+    std::fprintf(stderr, "ferryctl: %s\n", status.message().c_str());
+    return 1;
+  }
+  std::printf("%-16s  %-20s %-5s  %s\n", "ID", "NAME", "ADMIN", "POOLS");
+  for (const auth::Token& token : set.tokens()) {
+    std::string pools;
+    for (const std::string& pool : token.pools) pools += (pools.empty() ? "" : ",") + pool;
+    std::printf("%-16s  %-20s %-5s  %s\n", token.id.c_str(),
+                token.name.empty() ? "-" : token.name.c_str(), token.admin ? "yes" : "no",
+                pools.c_str());
+  }
+  return 0;
+}
+
 // ferryctl token create: runs here, on the file ferryd reads; needs no ferryd.
 int CreateToken(const std::string& token_file, const std::string& pools_text,
                 const std::string& name, bool admin) {
@@ -546,6 +566,18 @@ int Main(int argc, char** argv) {
   token_create->add_flag("--admin", token_admin, "may also run reload, rebind, drain and undrain");
   token_create->add_option("--name", token_name, "a name for ferryd's logs")->type_name("NAME");
 
+  CLI::App* token_list = token->add_subcommand("list", "The tokens of a token file (no secrets)");
+  token_list->add_option("--token-file", token_file, "the token file ferryd reads")
+      ->required()
+      ->type_name("PATH");
+  std::string token_id;
+  CLI::App* token_revoke =
+      token->add_subcommand("revoke", "Drop a token from the file (ferryd forgets it at reload)");
+  token_revoke->add_option("ID", token_id, "the token's id (ferryctl token list)")->required();
+  token_revoke->add_option("--token-file", token_file, "the token file ferryd reads")
+      ->required()
+      ->type_name("PATH");
+
   // `ferryctl help` is `ferryctl --help`.
   CLI::App* help = app.add_subcommand("help", "Print this help")->group("");
 
@@ -563,6 +595,18 @@ int Main(int argc, char** argv) {
     return 0;
   }
   if (token_create->parsed()) return CreateToken(token_file, token_pools, token_name, token_admin);
+  if (token_list->parsed()) return ListTokens(token_file);
+  if (token_revoke->parsed()) {
+    if (Status status = auth::RemoveTokenEntry(token_file, token_id); !status.ok()) {
+      std::fprintf(stderr, "ferryctl: %s\n", status.message().c_str());
+      return 1;
+    }
+    std::fprintf(stderr,
+                 "ferryctl: token %s removed from %s; ferryd forgets it at SIGHUP or `ferryctl "
+                 "reload`.\n",
+                 token_id.c_str(), token_file.c_str());
+    return 0;
+  }
   if (server.empty()) {
     std::fprintf(stderr, "ferryctl: no server: pass --server HOST:PORT or set FERRY_SERVER\n");
     return 2;

@@ -265,12 +265,23 @@ TEST_F(AccessTest, ATokenCreatedWhileFerrydRunsWorksAfterReload) {
                     kProgramTimeout, kPollInterval))
       << ferryd_->Stderr();
   ASSERT_NO_FATAL_FAILURE(ExpectServed({{"FERRY_TOKEN", later}}));
+  // Revoked: listed no more, and refused once ferryd reloads.
+  std::string out, err;
+  ASSERT_EQ(Ferryctl({"token", "list", "--token-file", token_file_}, {}, &out, &err), 0) << err;
+  EXPECT_NE(out.find("later"), std::string::npos) << out;
+  const std::string later_id = later.substr(6, 16);
+  ASSERT_EQ(Ferryctl({"token", "revoke", later_id, "--token-file", token_file_}, {}, &out, &err), 0)
+      << err;
+  ASSERT_EQ(Ferryctl({"token", "list", "--token-file", token_file_}, {}, &out, &err), 0) << err;
+  EXPECT_EQ(out.find(later_id), std::string::npos) << out;
+  EXPECT_NE(out.find("first"), std::string::npos) << out;
+  ASSERT_EQ(Ferryctl({"reload"}, {{"FERRY_TOKEN", first}}, &out, &err), 0) << err;
+  ExpectRefused({{"FERRY_TOKEN", later}});
   // A broken token file is refused by reload; the tokens loaded before stay.
   std::ofstream(token_file_, std::ios::app) << "[[token]]\nid = \"broken\"\n";
-  std::string out, err;
   EXPECT_EQ(Ferryctl({"reload"}, {{"FERRY_TOKEN", first}}, &out, &err), 1);
   EXPECT_NE(err.find("the old config and tokens stay"), std::string::npos) << err;
-  ASSERT_NO_FATAL_FAILURE(ExpectServed({{"FERRY_TOKEN", later}}));
+  ASSERT_NO_FATAL_FAILURE(ExpectServed({{"FERRY_TOKEN", first}}));
 }
 
 // --- TLS ----------------------------------------------------------------------

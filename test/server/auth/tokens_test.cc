@@ -99,6 +99,16 @@ TEST(TokensTest, AppendingCreatesAnOwnerOnlyFileAndKeepsEarlierEntries) {
   EXPECT_EQ(set.size(), 2u);
   EXPECT_NE(set.Find(a.secret), nullptr);
   EXPECT_NE(set.Find(b.secret), nullptr);
+
+  // Revoking rewrites the file without the entry, still owner-only.
+  ASSERT_TRUE(RemoveTokenEntry(path, a.entry.id).ok());
+  EXPECT_EQ(RemoveTokenEntry(path, a.entry.id).code(), StatusCode::kNotFound);
+  ASSERT_TRUE(TokenSet::Load(path, &set).ok());
+  EXPECT_EQ(set.size(), 1u);
+  EXPECT_EQ(set.Find(a.secret), nullptr);
+  EXPECT_NE(set.Find(b.secret), nullptr);
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
   std::filesystem::remove_all(dir);
 }
 
