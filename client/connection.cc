@@ -82,6 +82,7 @@ Status Connection::Open(std::unique_ptr<Transport> transport, std::string server
     hello.setPool(borrow.pool);
     hello.setGpus(borrow.gpus);
     hello.setWaitMs(borrow.wait_ms);
+    hello.setToken(borrow.token);
     FERRY_RETURN_IF_ERROR(WriteFrame(*transport, wire::FrameKind::HELLO, message));
   }
   // Interim replies (queued for a slice) come first; the last one answers.

@@ -123,11 +123,14 @@ class Connection {
   using HostFunction = std::function<void(const Status& status, bool stream_failed)>;
 
   // What the client asks of a server with pools (FERRY_POOL, FERRY_GPUS,
-  // FERRY_WAIT); a server without pools ignores it.
+  // FERRY_WAIT; a server without pools ignores them), and the token that
+  // allows it (FERRY_TOKEN or FERRY_TOKEN_FILE; a server without a token
+  // file ignores it).
   struct Borrow {
     std::string pool;  // "" = the server's default pool
     uint32_t gpus = 1;
     uint64_t wait_ms = 0;  // 0 = do not queue
+    std::string token;     // "" = none
   };
 
   // Connects, says Hello, and keeps the final HelloReply in `hello_reply`.

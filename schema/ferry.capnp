@@ -64,6 +64,16 @@
 # preempted it) and freed everything the session had; its status says why, and
 # every later call of the session fails with that status.
 #
+# Authentication (when ferryd has a token file): Hello.token must name a token
+# of the file, else the HelloReply refuses with permissionDenied
+# (CUDA_ERROR_NOT_PERMITTED) and the connection closes; nothing else of the
+# peer is read. A client may borrow only from the token's pools; a control
+# connection may send mutating requests (everything but status) only with an
+# admin token. Over TCP the frames may travel inside TLS (ferryd --tls-cert):
+# the TLS handshake comes first and the frames are its payload, unchanged;
+# shared-memory sessions are set up over a unix socket, whose peer
+# credentials ferryd may check.
+#
 # Module images are content-addressed: a moduleLoad may name its image by
 # imageHash (SHA-256) and imageBytes instead of carrying it. If the server's
 # image cache holds that image, it loads it; otherwise it answers OK with
@@ -116,6 +126,10 @@ struct Hello {
   pool @5 :Text;           # FERRY_POOL; "" = the server's default pool
   gpus @6 :UInt32;         # FERRY_GPUS: devices wanted; 0 means 1
   waitMs @7 :UInt64;       # FERRY_WAIT: how long to queue for them; 0 = not at all
+  # authentication
+  token @8 :Text;          # FERRY_TOKEN / ferryctl --token: "ferry_<id>_<secret>"; "" = none.
+                           # A ferryd with a token file refuses a Hello whose token is
+                           # missing or wrong (permissionDenied) and reads nothing more.
 }
 
 struct Device {
