@@ -59,7 +59,8 @@ Session::Session(uint64_t id, std::unique_ptr<Transport> transport, backend::Gpu
       program_(hello.getProgram().cStr()),
       since_unix_ms_(NowUnixMs()),
       grant_(WithComputeMechanisms(backend, std::move(grant))),
-      shares_(grant_) {}
+      shares_(grant_),
+      tenant_(backend.CreateTenant()) {}
 
 Session::~Session() {
   // Run() has freed everything; wait for any completion still writing.
@@ -657,6 +658,27 @@ void Session::SendGateReached(uint64_t seq, const Status& status, bool held, boo
   reached.setHeld(held);
   reached.setStreamFailed(stream_failed);
   SendReplyMessage(message, {});
+}
+
+void Session::UnchargeWhenReleased(int device, uint64_t bytes) {
+  CompletionStarted();
+  backend_.WhenReleased(*tenant_, [this, device, bytes](Status) {
+    shares_.Uncharge(device, bytes);
+    CompletionDone();
+  });
+}
+
+void Session::WaitForReleases() {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool released = false;
+  backend_.WhenReleased(*tenant_, [&](Status) {
+    std::lock_guard<std::mutex> lock(mu);
+    released = true;
+    cv.notify_all();
+  });
+  std::unique_lock<std::mutex> lock(mu);
+  cv.wait(lock, [&] { return released; });
 }
 
 void Session::CompletionStarted() {

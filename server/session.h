@@ -455,14 +455,19 @@ class Session {
   // virtual memory management: the client's live reference to physical
   // memory `id` (INVALID_HANDLE if it holds none); drops `id` once nothing
   // holds it; the bases of the whole mappings that make up exactly
-  // [address, address + bytes), one after another; waits until the work
-  // queued on every context of the session has finished (before a range
-  // stops being accessible, where a backend thread could still touch it).
+  // [address, address + bytes), one after another.
   Status FindPhysical(uint64_t id, PhysicalEntry** out);
   void DropPhysicalIfUnused(uint64_t id);
   Status WholeMappings(uint64_t address, uint64_t bytes, const char* call,
                        std::vector<uint64_t>* bases);
-  void WaitForContextsIdle();
+  // releasing memory: gives `bytes` of session device `device` back to the
+  // quota once every release the session started so far has happened (the
+  // memory is really free; GpuBackend::WhenReleased). Never waits.
+  void UnchargeWhenReleased(int device, uint64_t bytes);
+  // Blocks until every release the session started has happened. Only at the
+  // end of the session, after its contexts are gone (so no queued work can
+  // hold a release back), before its slices go back to the pool.
+  void WaitForReleases();
   void FreeVirtualMemory();  // at the end of the session, after the contexts
   // CUDA arrays, textures and surfaces: drops the texture and surface
   // objects and arrays of `ctx`, giving back their quota.
@@ -574,6 +579,10 @@ class Session {
 
   // Quotas and compute shares of the grant's devices (after grant_).
   SessionShares shares_;
+  // The session's contexts as the backend groups them for releasing memory:
+  // what the session frees is released after the work queued before on any
+  // of its streams (GpuBackend "releasing memory"). Outlives the contexts.
+  const std::unique_ptr<backend::Tenant> tenant_;
 
   // Executor-role state (the tables' sizes may be read by anyone).
   HandleTable<ContextEntry> contexts_{"context", &InvalidContextStatus};
