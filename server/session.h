@@ -140,6 +140,8 @@ class Session {
   // kDefaultBufferLimit.
   void SetBufferLimit(uint64_t bytes) { buffer_limit_ = bytes; }
   static constexpr uint64_t kDefaultBufferLimit = 4ull << 30;
+  // The shortest keepalive period a client may ask for (Hello.keepaliveMs).
+  static constexpr uint32_t kMinKeepaliveMs = 10;
   // Tests only: how long Preempt waits for the batch in execution.
   void TEST_SetPreemptBatchWait(std::chrono::milliseconds wait) { preempt_batch_wait_ = wait; }
 
@@ -652,6 +654,19 @@ class Session {
   // The second serving thread. Started by the executor while that is still
   // Run's thread (before helper_ exists nobody else serves), joined by Run.
   std::thread helper_;
+
+  // call deadline (keepalive): while replies are deferred (DeferReply), a
+  // keepalive frame every keepalive_period_ that saw no other frame, so that
+  // the client's deadline measures silence (schema: Keepalives). The thread
+  // starts with the first deferred reply and is joined by Run.
+  void KeepaliveLoop();
+  const std::chrono::milliseconds keepalive_period_;  // 0: the client asked for none
+  std::atomic<int> deferred_replies_{0};              // sent yet to come
+  std::atomic<int64_t> last_write_ns_{0};             // steady clock, last frame sent
+  std::mutex keepalive_mutex_;
+  std::condition_variable keepalive_cv_;
+  bool keepalive_stopping_ ABSL_GUARDED_BY(keepalive_mutex_) = false;
+  std::thread keepalive_;  // started and joined by the executor role's holder / Run
 };
 
 }  // namespace ferry::server

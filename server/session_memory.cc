@@ -100,9 +100,9 @@ Status Session::MemFree(wire::MemFree::Reader args) {
   const int device = range.value->device;
   const uint64_t bytes = range.size;
   ranges_.Erase(args.getDptr());
-  FERRY_RETURN_IF_ERROR(backend_.MemFree(*c->context, args.getDptr()));
+  Status status = backend_.MemFree(*c->context, args.getDptr());
   UnchargeWhenReleased(device, bytes);
-  return Status::Ok();
+  return status;
 }
 
 Status Session::MemGetInfo(wire::CtxRef::Reader args, CallContext& cx) {

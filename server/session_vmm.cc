@@ -4,7 +4,8 @@
 // memsets and kernels (ranges_) only once some device may access it, and stops
 // being it when the access is taken away or it is unmapped (README.md
 // invariant 6). The backend keeps the pages for the work queued before until
-// it has run (server/README.md, "Releasing memory"); nothing here waits. The schema's prose (MemCreate in ferry.capnp) gives the rules.
+// it has run (server/README.md, "Releasing memory"); nothing here waits. The
+// schema's prose (MemCreate in ferry.capnp) gives the rules.
 
 #include <cuda.h>
 

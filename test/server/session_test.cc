@@ -1744,16 +1744,16 @@ TEST_F(SessionReleaseTest, FreeWaitsForWorkQueuedOnAnotherContextsStream) {
   constexpr uint64_t kBytes = 1 << 20;  // mmap'ed by the host backend
   const uint64_t d = Alloc(kBytes);
   const uint64_t gate = HoldStream(101);
-  client_->Send(
-      [&](wire::Call::Builder c) { test::BuildMemsetD8(c, 101, kHeld, d, 0x5A, kBytes); }, false);
+  client_->Send([&](wire::Call::Builder c) { test::BuildMemsetD8(c, 101, kHeld, d, 0x5A, kBytes); },
+                false);
   const ReplyResult freed =
       client_->Call([&](wire::Call::Builder c) { c.initMemFree().setDptr(d); });
   ASSERT_TRUE(freed.status.ok()) << freed.status.ToString();
   EXPECT_EQ(FillOnProbe(d, 16).cuda_result(), CUDA_ERROR_INVALID_VALUE);
   EXPECT_EQ(session_->Info().bytes_allocated, kBytes) << "quota back before the memory";
   client_->OpenGate(gate);
-  const ReplyResult sync =
-      client_->Call([&](wire::Call::Builder c) { OnStream(c.initStreamSynchronize(), kHeld, 101); });
+  const ReplyResult sync = client_->Call(
+      [&](wire::Call::Builder c) { OnStream(c.initStreamSynchronize(), kHeld, 101); });
   ASSERT_TRUE(sync.status.ok()) << sync.status.ToString();
   EXPECT_TRUE(test::WaitFor([&] { return session_->Info().bytes_allocated == 0; },
                             std::chrono::seconds(10)));

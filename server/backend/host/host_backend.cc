@@ -176,7 +176,7 @@ struct ContextState;
 struct TenantState {
   std::mutex mu;
   std::vector<std::weak_ptr<ContextState>> contexts ABSL_GUARDED_BY(mu);
-  uint64_t started ABSL_GUARDED_BY(mu) = 0;     // tickets handed out
+  uint64_t started ABSL_GUARDED_BY(mu) = 0;        // tickets handed out
   std::set<uint64_t> pending ABSL_GUARDED_BY(mu);  // tickets not yet released
   // WhenReleased callers: each runs once no ticket below its number is pending.
   std::vector<std::pair<uint64_t, Completion>> waiters ABSL_GUARDED_BY(mu);
@@ -557,9 +557,8 @@ class HostModule final : public Module {
   ~HostModule() override {
     std::vector<std::shared_ptr<void>> storages;
     for (auto& [name, global] : globals) storages.push_back(std::move(global.storage));
-    ReleaseAfterQueuedWork(ctx_->tenant(), [storages = std::move(storages)]() mutable {
-      storages.clear();
-    });
+    ReleaseAfterQueuedWork(ctx_->tenant(),
+                           [storages = std::move(storages)]() mutable { storages.clear(); });
   }
 
   struct Global {

@@ -199,18 +199,26 @@ void HostVirtualMemory::Retire(uint64_t address, uint64_t id) {
   dropped = std::move(it->second.physical);
   retiring_.erase(it);
   // The reservation again, in place (MAP_FIXED replaces the pages atomically),
-  // wherever no mapping made since covers the range.
+  // wherever no other mapping covers the range: neither one mapped since nor
+  // one still retiring (whose pages may be the ones there now; the last of
+  // them to retire restores what is left).
+  std::vector<std::pair<uint64_t, uint64_t>> covered;  // [begin, end) overlapping the range
+  auto collect = [&](const auto& books) {
+    for (const auto& [base, mapping] : books) {
+      if (base < end && base + mapping.bytes > address)
+        covered.emplace_back(base, base + mapping.bytes);
+    }
+  };
+  collect(mappings_);
+  collect(retiring_);
+  std::sort(covered.begin(), covered.end());
   auto restore = [](uint64_t from, uint64_t to) {
     if (to > from) mmap(At(from), to - from, PROT_NONE, kReservationFlags | MAP_FIXED, -1, 0);
   };
   uint64_t at = address;
-  auto live = mappings_.upper_bound(address);
-  if (live != mappings_.begin()) --live;
-  for (; live != mappings_.end() && live->first < end; ++live) {
-    const uint64_t live_end = live->first + live->second.bytes;
-    if (live_end <= at) continue;
-    restore(at, live->first);
-    at = std::max(at, live_end);
+  for (const auto& [from, to] : covered) {
+    restore(at, std::min(from, end));
+    at = std::max(at, to);
   }
   restore(at, end);
   // A freed reservation goes once nothing retires in it any more.

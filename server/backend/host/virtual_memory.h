@@ -76,8 +76,8 @@ class HostVirtualMemory {
   struct Mapping {
     uint64_t bytes = 0;
     std::shared_ptr<Physical> physical;
-    uint64_t id = 0;        // unique, so a deferred change can tell it is still this mapping
-    int prot = 0;           // PROT_* the books give its pages
+    uint64_t id = 0;  // unique, so a deferred change can tell it is still this mapping
+    int prot = 0;     // PROT_* the books give its pages
   };
   // The retiring mapping `id` is gone: restore what nothing maps now in its
   // range, unmap its reservation if that was freed and nothing else retires

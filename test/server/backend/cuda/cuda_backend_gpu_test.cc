@@ -267,7 +267,8 @@ TEST_F(CudaGpuTest, VirtualMemoryMappingsJoinAndAlias) {
   const MemoryAccess read_write{0, CU_MEM_ACCESS_FLAGS_PROT_READWRITE};
   std::unique_ptr<Tenant> tenant = backend_->CreateTenant();
   for (int i = 0; i < 3; ++i) {
-    status = backend_->SetMemoryAccess(*tenant, base + i * granularity, granularity, {&read_write, 1});
+    status =
+        backend_->SetMemoryAccess(*tenant, base + i * granularity, granularity, {&read_write, 1});
     ASSERT_TRUE(status.ok()) << status.ToString();
   }
   ASSERT_TRUE(backend_->Memset(legacy(), base, 0, 0x11, 1, 2 * granularity, 1).ok());

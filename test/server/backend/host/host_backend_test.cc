@@ -436,7 +436,8 @@ TEST_F(HostBackendTest, VirtualMemoryAliasesHonoursHintsAndCountsAgainstTheDevic
   const MemoryAccess read_write{0, CU_MEM_ACCESS_FLAGS_PROT_READWRITE};
   ASSERT_OK(b().SetMemoryAccess(*tenant_, base, 2 * page, {&read_write, 1}));
   ASSERT_OK(b().SetMemoryAccess(*tenant_, base + 2 * page, page, {&read_write, 1}));
-  EXPECT_FALSE(b().SetMemoryAccess(*tenant_, base, page, {&read_write, 1}).ok());  // part of a mapping
+  EXPECT_FALSE(
+      b().SetMemoryAccess(*tenant_, base, page, {&read_write, 1}).ok());  // part of a mapping
   auto* bytes = reinterpret_cast<uint8_t*>(base);
   EXPECT_EQ(bytes[0], 0);  // zero-filled
   bytes[page + 5] = 0x7E;
