@@ -10,9 +10,11 @@
 //    return at once; the caller learns of completion through When*Idle /
 //    WhenEventComplete, which never block the caller either.
 //  * Objects (contexts, streams, events, modules) are owned by the caller
-//    through std::unique_ptr. Destroying one waits for the work queued on it
-//    and releases its resources. The caller destroys streams, events and
-//    modules of a context before the context itself.
+//    through std::unique_ptr. Destroying a stream or context waits for the
+//    work queued on it; memory (a module's globals, an array's storage) is
+//    released after the work queued before on the tenant's streams, without
+//    waiting ("releasing memory" below). The caller destroys streams, events
+//    and modules of a context before the context itself.
 //  * Device addresses are real: a host backend's are host addresses in the
 //    ferryd process, a CUDA backend's are the driver's CUdeviceptr values. The
 //    caller (the session) validates every address range against the session's
@@ -86,7 +88,8 @@ struct MutableHostBytes {
 
 // CUDA arrays, textures and surfaces. An array (cuArray3DCreate) and a
 // mipmapped array belong to the context they were made in; destroying one
-// frees its memory once the work queued on that context before has finished.
+// frees its memory once the work queued before on the streams of its
+// context's tenant has finished (GpuBackend, "releasing memory").
 // The caller validates extents, formats and flags that every backend shares
 // (CheckArrayShape, common/array_shape.h); a backend refuses, with a Status that says
 // why, what it cannot honour.

@@ -1012,6 +1012,34 @@ TEST_F(HostBackendTest, MemFreeWaitsForQueuedWorkOfAnotherContext) {
   EXPECT_EQ(FreeBytes(), before + kBytes);
 }
 
+// cuMemFreeAsync orders the free on its own stream; a copy still queued on
+// another stream of the tenant keeps the memory until it has run (freed
+// pages would fault), and `freed` (the quota's return) comes only then.
+TEST_F(HostBackendTest, MemFreeAsyncWaitsForQueuedWorkOnAnotherStream) {
+  std::unique_ptr<MemPool> pool;
+  ASSERT_OK(b().CreateMemPool(0, 0, &pool));
+  auto held_stream = NewStream(CU_STREAM_NON_BLOCKING);
+  auto free_stream = NewStream(CU_STREAM_NON_BLOCKING);
+  constexpr uint64_t kBytes = 1 << 20;
+  uint64_t buffer = 0;
+  ASSERT_OK(b().MemAllocFromPool(*free_stream, *pool, kBytes, &buffer));
+  OpenOnExit held;
+  Awaited reached;
+  ASSERT_OK(b().EnqueueHostGate(*held_stream, held.gate, reached.Callback()));
+  ASSERT_OK(
+      b().CopyHostToDevice(*held_stream, buffer, HostCopyOf(std::vector<uint8_t>(kBytes, 0x5A))));
+  ASSERT_OK(reached.Get());
+  Awaited freed;
+  ASSERT_OK(b().MemFreeAsync(*free_stream, buffer, freed.Callback()));
+  ASSERT_OK(Sync(*free_stream));
+  EXPECT_FALSE(freed.ReadyWithin(kSettle)) << "freed under a queued copy";
+  held.gate->Open();
+  ASSERT_OK(Sync(*held_stream));
+  ASSERT_OK(freed.Get());
+  ASSERT_OK(Released());
+  EXPECT_EQ(FreeBytes(), kDeviceMemory);
+}
+
 // Tenants do not wait for each other: a context of another tenant held by a
 // gate does not hold back this tenant's release.
 TEST_F(HostBackendTest, ReleasesDoNotWaitForAnotherTenantsWork) {
