@@ -84,6 +84,13 @@
 # (CUDA_ERROR_INVALID_VALUE). A moduleLoad with bulk and no hash is loaded
 # and not kept. A libraryLoad names its image the same way.
 #
+# Keepalives: a client that bounds its waits for replies (FERRY_CALL_TIMEOUT)
+# asks in Hello.keepaliveMs for a keepalive frame that often (the server makes
+# it at least 10 ms) while the server owes it a reply it is still working on
+# (a synchronize behind long work, a device-to-host copy queued behind it).
+# The frame answers nothing; the client's deadline then measures the server's
+# silence, not the length of the work. 0 (and an older client) asks for none.
+#
 # Evolution: ordinals never change meaning; a new call gets a new ordinal. A
 # call the server does not know gets an Unimplemented status (the client
 # reports CUDA_ERROR_NOT_SUPPORTED); the connection stays up. A frame that does
@@ -104,6 +111,8 @@ enum FrameKind {
   controlReply @6;
   # host callbacks
   gateOpen @7;     # client -> server: open a host gate (message: GateOpen)
+  # call deadline (keepalive)
+  keepalive @8;    # server -> client: still working on the client's calls (message: an empty Reply)
 }
 
 struct Status {
@@ -130,6 +139,8 @@ struct Hello {
   token @8 :Text;          # FERRY_TOKEN / ferryctl --token: "ferry_<id>_<secret>"; "" = none.
                            # A ferryd with a token file refuses a Hello whose token is
                            # missing or wrong (permissionDenied) and reads nothing more.
+  # call deadline (keepalive)
+  keepaliveMs @9 :UInt32;  # a keepalive frame this often while replies are due; 0 = never
 }
 
 struct Device {

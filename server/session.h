@@ -140,6 +140,8 @@ class Session {
   // kDefaultBufferLimit.
   void SetBufferLimit(uint64_t bytes) { buffer_limit_ = bytes; }
   static constexpr uint64_t kDefaultBufferLimit = 4ull << 30;
+  // The shortest keepalive period a client may ask for (Hello.keepaliveMs).
+  static constexpr uint32_t kMinKeepaliveMs = 10;
   // Tests only: how long Preempt waits for the batch in execution.
   void TEST_SetPreemptBatchWait(std::chrono::milliseconds wait) { preempt_batch_wait_ = wait; }
 
@@ -481,14 +483,19 @@ class Session {
   // virtual memory management: the client's live reference to physical
   // memory `id` (INVALID_HANDLE if it holds none); drops `id` once nothing
   // holds it; the bases of the whole mappings that make up exactly
-  // [address, address + bytes), one after another; waits until the work
-  // queued on every context of the session has finished (before a range
-  // stops being accessible, where a backend thread could still touch it).
+  // [address, address + bytes), one after another.
   Status FindPhysical(uint64_t id, PhysicalEntry** out);
   void DropPhysicalIfUnused(uint64_t id);
   Status WholeMappings(uint64_t address, uint64_t bytes, const char* call,
                        std::vector<uint64_t>* bases);
-  void WaitForContextsIdle();
+  // releasing memory: gives `bytes` of session device `device` back to the
+  // quota once every release the session started so far has happened (the
+  // memory is really free; GpuBackend::WhenReleased). Never waits.
+  void UnchargeWhenReleased(int device, uint64_t bytes);
+  // Blocks until every release the session started has happened. Only at the
+  // end of the session, after its contexts are gone (so no queued work can
+  // hold a release back), before its slices go back to the pool.
+  void WaitForReleases();
   void FreeVirtualMemory();  // at the end of the session, after the contexts
   // CUDA arrays, textures and surfaces: drops the texture and surface
   // objects and arrays of `ctx`, giving back their quota.
@@ -612,6 +619,10 @@ class Session {
 
   // Quotas and compute shares of the grant's devices (after grant_).
   SessionShares shares_;
+  // The session's contexts as the backend groups them for releasing memory:
+  // what the session frees is released after the work queued before on any
+  // of its streams (GpuBackend "releasing memory"). Outlives the contexts.
+  const std::unique_ptr<backend::Tenant> tenant_;
 
   // Executor-role state (the tables' sizes may be read by anyone).
   HandleTable<ContextEntry> contexts_{"context", &InvalidContextStatus};
@@ -681,6 +692,19 @@ class Session {
   // The second serving thread. Started by the executor while that is still
   // Run's thread (before helper_ exists nobody else serves), joined by Run.
   std::thread helper_;
+
+  // call deadline (keepalive): while replies are deferred (DeferReply), a
+  // keepalive frame every keepalive_period_ that saw no other frame, so that
+  // the client's deadline measures silence (schema: Keepalives). The thread
+  // starts with the first deferred reply and is joined by Run.
+  void KeepaliveLoop();
+  const std::chrono::milliseconds keepalive_period_;  // 0: the client asked for none
+  std::atomic<int> deferred_replies_{0};              // sent yet to come
+  std::atomic<int64_t> last_write_ns_{0};             // steady clock, last frame sent
+  std::mutex keepalive_mutex_;
+  std::condition_variable keepalive_cv_;
+  bool keepalive_stopping_ ABSL_GUARDED_BY(keepalive_mutex_) = false;
+  std::thread keepalive_;  // started and joined by the executor role's holder / Run
 };
 
 }  // namespace ferry::server

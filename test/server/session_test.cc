@@ -1767,60 +1767,128 @@ TEST_F(SessionTest, MappedMemoryNeedsAccessJoinsAndIsFreedWithTheSession) {
   EXPECT_TRUE(write(base, pattern).ok());
 }
 
-// Unmapping waits for the work already queued that may touch the mapping: a
-// memset held behind a host gate runs into the memory before the unmap (on
-// the host backend the pages would otherwise be gone under it), and mapping
-// the memory again shows its bytes.
-TEST_F(SessionTest, UnmapWaitsForQueuedWorkOnTheMapping) {
-  CreateContext();
-  CreateStream(kHeld);
-  const uint64_t page = PageSize();
-  const ReplyResult reserved = client_->Call([&](wire::Call::Builder c) {
-    auto a = c.initMemAddressReserve();
-    a.setBytes(page);
-  });
-  ASSERT_TRUE(reserved.status.ok()) << reserved.status.ToString();
-  const uint64_t base = reserved.dptr;
-  ASSERT_TRUE(CreatePhysicalMemory(900, page).status.ok());
-  auto map_with_access = [&] {
+// Releasing memory never waits on the executor for queued work: the call is
+// answered at once, the range is refused to new work at once, and the memory
+// itself (its pages, on the host backend) stays until the work queued before
+// on every stream of the session has run. A memset held behind a host gate
+// still lands in the physical memory, which shows its bytes when mapped
+// again.
+class SessionReleaseTest : public SessionTest {
+ protected:
+  // One page of physical memory (handle 900) mapped at a new reservation
+  // with read-write access; returns the address.
+  uint64_t MappedPage() {
+    const ReplyResult reserved = client_->Call([&](wire::Call::Builder c) {
+      auto a = c.initMemAddressReserve();
+      a.setBytes(PageSize());
+    });
+    EXPECT_TRUE(reserved.status.ok()) << reserved.status.ToString();
+    EXPECT_TRUE(CreatePhysicalMemory(900, PageSize()).status.ok());
+    Map(reserved.dptr);
+    EXPECT_TRUE(SetAccess(reserved.dptr, CU_MEM_ACCESS_FLAGS_PROT_READWRITE).ok());
+    return reserved.dptr;
+  }
+  void Map(uint64_t base) {
     const ReplyResult mapped = client_->Call([&](wire::Call::Builder c) {
       auto a = c.initMemMap();
       a.setAddress(base);
-      a.setBytes(page);
+      a.setBytes(PageSize());
       a.setHandle(900);
     });
-    ASSERT_TRUE(mapped.status.ok()) << mapped.status.ToString();
-    const ReplyResult access = client_->Call([&](wire::Call::Builder c) {
-      auto a = c.initMemSetAccess();
-      a.setAddress(base);
-      a.setBytes(page);
-      auto desc = a.initAccess(1);
-      desc[0].setDevice(0);
-      desc[0].setFlags(CU_MEM_ACCESS_FLAGS_PROT_READWRITE);
-    });
-    ASSERT_TRUE(access.status.ok()) << access.status.ToString();
-  };
-  map_with_access();
-  const uint64_t gate = client_->SendGate(100, kHeld);
-  const ReplyResult reached = client_->ReadWithin();
-  ASSERT_EQ(reached.seq, gate);
-  ASSERT_TRUE(reached.held);
-  Fill(kHeld, base, 0x5A, page);  // queued behind the closed gate
-  const uint64_t unmap = client_->Send(
-      [&](wire::Call::Builder c) {
-        auto a = c.initMemUnmap();
-        a.setAddress(base);
-        a.setBytes(page);
-      },
-      true);
-  client_->OpenGate(gate);
-  const ReplyResult unmapped = client_->ReadWithin();
-  EXPECT_EQ(unmapped.seq, unmap);
+    EXPECT_TRUE(mapped.status.ok()) << mapped.status.ToString();
+  }
+  Status SetAccess(uint64_t base, unsigned flags) {
+    return client_
+        ->Call([&](wire::Call::Builder c) {
+          auto a = c.initMemSetAccess();
+          a.setAddress(base);
+          a.setBytes(PageSize());
+          auto desc = a.initAccess(1);
+          desc[0].setDevice(0);
+          desc[0].setFlags(flags);
+        })
+        .status;
+  }
+  // Holds stream kHeld of `ctx` with a closed host gate; returns the gate.
+  uint64_t HoldStream(uint64_t ctx = 100) {
+    const uint64_t gate = client_->SendGate(ctx, kHeld);
+    const ReplyResult reached = client_->ReadWithin();
+    EXPECT_EQ(reached.seq, gate);
+    EXPECT_TRUE(reached.held);
+    return gate;
+  }
+  // A memset on kProbe (posted), then a ping: the memset's error, if any.
+  Status FillOnProbe(uint64_t dst, uint64_t bytes) {
+    Fill(kProbe, dst, 0x11, bytes);
+    return client_->Call([](wire::Call::Builder c) { c.setPing(); }).status;
+  }
+};
+
+TEST_F(SessionReleaseTest, UnmapIsAnsweredWhileAStreamIsHeldAndTheQueuedWorkStillLands) {
+  CreateContext();
+  CreateStream(kHeld);
+  CreateStream(kProbe, CU_STREAM_NON_BLOCKING);
+  const uint64_t base = MappedPage();
+  const uint64_t gate = HoldStream();
+  Fill(kHeld, base, 0x5A, PageSize());  // queued behind the closed gate
+  const ReplyResult unmapped = client_->Call([&](wire::Call::Builder c) {
+    auto a = c.initMemUnmap();
+    a.setAddress(base);
+    a.setBytes(PageSize());
+  });
   ASSERT_TRUE(unmapped.status.ok()) << unmapped.status.ToString();
-  map_with_access();
-  const ReplyResult read = CopyOut(kHeld, base, page);
+  EXPECT_EQ(FillOnProbe(base, PageSize()).cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  client_->OpenGate(gate);
+  ASSERT_TRUE(Sync(kHeld).status.ok());
+  Map(base);
+  ASSERT_TRUE(SetAccess(base, CU_MEM_ACCESS_FLAGS_PROT_READWRITE).ok());
+  const ReplyResult read = CopyOut(kHeld, base, PageSize());
   ASSERT_TRUE(read.status.ok()) << read.status.ToString();
-  EXPECT_EQ(read.bulk, std::vector<uint8_t>(page, 0x5A));
+  EXPECT_EQ(read.bulk, std::vector<uint8_t>(PageSize(), 0x5A));
+}
+
+TEST_F(SessionReleaseTest, TakingAccessAwayIsAnsweredWhileAStreamIsHeld) {
+  CreateContext();
+  CreateStream(kHeld);
+  CreateStream(kProbe, CU_STREAM_NON_BLOCKING);
+  const uint64_t base = MappedPage();
+  const uint64_t gate = HoldStream();
+  Fill(kHeld, base, 0x5A, PageSize());
+  ASSERT_TRUE(SetAccess(base, CU_MEM_ACCESS_FLAGS_PROT_NONE).ok());
+  EXPECT_EQ(FillOnProbe(base, PageSize()).cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  client_->OpenGate(gate);
+  ASSERT_TRUE(Sync(kHeld).status.ok());
+  ASSERT_TRUE(SetAccess(base, CU_MEM_ACCESS_FLAGS_PROT_READWRITE).ok());
+  const ReplyResult read = CopyOut(kHeld, base, PageSize());
+  ASSERT_TRUE(read.status.ok()) << read.status.ToString();
+  EXPECT_EQ(read.bulk, std::vector<uint8_t>(PageSize(), 0x5A));
+}
+
+// A memset queued on another context's stream targets memory of context 100
+// (one address space for the session's contexts). Freeing it is answered at
+// once; the memory, and the session's quota for it, come back only after the
+// memset ran (the host backend would otherwise write freed pages).
+TEST_F(SessionReleaseTest, FreeWaitsForWorkQueuedOnAnotherContextsStream) {
+  CreateContext(100);
+  CreateContext(101);
+  CreateStream(kHeld, 0, 101);
+  CreateStream(kProbe, CU_STREAM_NON_BLOCKING);
+  constexpr uint64_t kBytes = 1 << 20;  // mmap'ed by the host backend
+  const uint64_t d = Alloc(kBytes);
+  const uint64_t gate = HoldStream(101);
+  client_->Send([&](wire::Call::Builder c) { test::BuildMemsetD8(c, 101, kHeld, d, 0x5A, kBytes); },
+                false);
+  const ReplyResult freed =
+      client_->Call([&](wire::Call::Builder c) { c.initMemFree().setDptr(d); });
+  ASSERT_TRUE(freed.status.ok()) << freed.status.ToString();
+  EXPECT_EQ(FillOnProbe(d, 16).cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(session_->Info().bytes_allocated, kBytes) << "quota back before the memory";
+  client_->OpenGate(gate);
+  const ReplyResult sync = client_->Call(
+      [&](wire::Call::Builder c) { OnStream(c.initStreamSynchronize(), kHeld, 101); });
+  ASSERT_TRUE(sync.status.ok()) << sync.status.ToString();
+  EXPECT_TRUE(test::WaitFor([&] { return session_->Info().bytes_allocated == 0; },
+                            std::chrono::seconds(10)));
 }
 
 // --- CUDA arrays, textures and surfaces ----------------------------------------

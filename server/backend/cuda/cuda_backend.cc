@@ -993,7 +993,10 @@ class CudaBackend final : public GpuBackend {
     });
   }
 
-  Status UnmapMemory(uint64_t address, uint64_t bytes) override {
+  // The tenant is not needed here: the driver synchronizes these calls as it
+  // documents, and work that touches a range after it is gone faults on the
+  // GPU (the program's error), never in ferryd.
+  Status UnmapMemory(Tenant&, uint64_t address, uint64_t bytes) override {
     return Guarded("UnmapMemory", [&]() -> Status {
       FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuMemUnmap, "cuMemUnmap"));
       return FERRY_CU(*api_, cuMemUnmap, static_cast<CUdeviceptr>(address),
@@ -1001,7 +1004,7 @@ class CudaBackend final : public GpuBackend {
     });
   }
 
-  Status SetMemoryAccess(uint64_t address, uint64_t bytes,
+  Status SetMemoryAccess(Tenant&, uint64_t address, uint64_t bytes,
                          std::span<const MemoryAccess> access) override {
     return Guarded("SetMemoryAccess", [&]() -> Status {
       FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuMemSetAccess, "cuMemSetAccess"));

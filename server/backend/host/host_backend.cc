@@ -16,9 +16,15 @@
 // worker until the gate opens.
 // Completions run on one CompletionThread (see stream_queue.h).
 //
-// Memory is accounted per device at allocation and release time; the storage
-// itself is released only once the context's earlier work has finished, so an
-// in-flight kernel or copy never touches freed memory.
+// Releasing memory (GpuBackend "releasing memory"): one mechanism,
+// ReleaseAfterQueuedWork, serves every release — MemFree, arrays, context
+// teardown, MemFreeAsync, module globals, unmapped or narrowed virtual memory.
+// At the free it takes the tail of every stream of the tenant's contexts (a
+// ticket per stream) and runs the release once all of them are reached: at
+// once when they already are, else on the completion thread. Nothing blocks:
+// not the caller, not a stream. The tenant's books (TenantState) count the
+// releases still pending, so WhenReleased can tell when the memory, and the
+// device bytes accounted for it, are really back.
 #include "server/backend/host/host_backend.h"
 
 #include <cuda.h>
@@ -33,6 +39,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <optional>
+#include <set>
 #include <system_error>
 #include <thread>
 #include <utility>
@@ -138,6 +146,121 @@ int64_t SteadyNowNs() {
 
 // --- objects ---------------------------------------------------------------
 
+// Runs `done` on the completion thread once every point is reached, with the
+// first failure among the streams, if any. `points` must not be empty.
+void WhenAllReached(std::vector<StreamPoint> points, Completion done) {
+  struct Join {
+    std::atomic<size_t> remaining;
+    std::mutex mu;
+    Status first_error;
+    Completion done;
+  };
+  auto join = std::make_shared<Join>();
+  join->remaining = points.size();
+  join->done = std::move(done);
+  for (const StreamPoint& p : points) {
+    p.queue->WhenReached(p.seq, [join](Status s) {
+      if (!s.ok()) {
+        std::lock_guard<std::mutex> lock(join->mu);
+        if (join->first_error.ok()) join->first_error = s;
+      }
+      if (join->remaining.fetch_sub(1) == 1) {
+        Completion done = std::move(join->done);
+        done(join->first_error);
+      }
+    });
+  }
+}
+
+struct ContextState;
+
+// A tenant's contexts and the releases it has started but not finished
+// (GpuBackend::Tenant). Shared by the Tenant object, its contexts and its
+// pending releases; thread-safe. No ContextState::mu is taken while mu is held
+// (PendingTails copies the context list first).
+struct TenantState {
+  std::mutex mu;
+  std::vector<std::weak_ptr<ContextState>> contexts ABSL_GUARDED_BY(mu);
+  uint64_t started ABSL_GUARDED_BY(mu) = 0;        // tickets handed out
+  std::set<uint64_t> pending ABSL_GUARDED_BY(mu);  // tickets not yet released
+  // WhenReleased callers: each runs once no ticket below its number is pending.
+  std::vector<std::pair<uint64_t, Completion>> waiters ABSL_GUARDED_BY(mu);
+
+  void Join(const std::shared_ptr<ContextState>& ctx) {
+    std::lock_guard<std::mutex> lock(mu);
+    contexts.push_back(ctx);
+  }
+  void Leave(const ContextState* ctx) {
+    std::lock_guard<std::mutex> lock(mu);
+    std::erase_if(contexts, [ctx](const std::weak_ptr<ContextState>& c) {
+      auto live = c.lock();
+      return live == nullptr || live.get() == ctx;
+    });
+  }
+  // The tails not yet reached of every stream of every context (defined
+  // after ContextState).
+  std::vector<StreamPoint> PendingTails();
+
+  uint64_t StartRelease() {
+    std::lock_guard<std::mutex> lock(mu);
+    pending.insert(started);
+    return started++;
+  }
+  void FinishRelease(uint64_t ticket) {
+    std::vector<Completion> due;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      pending.erase(ticket);
+      const uint64_t oldest = pending.empty() ? started : *pending.begin();
+      for (auto it = waiters.begin(); it != waiters.end();) {
+        if (it->first > oldest) {
+          ++it;
+          continue;
+        }
+        due.push_back(std::move(it->second));
+        it = waiters.erase(it);
+      }
+    }
+    for (Completion& done : due) done(Status::Ok());
+  }
+  void WhenReleased(Completion done) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (!pending.empty() && *pending.begin() < started) {
+        waiters.emplace_back(started, std::move(done));
+        return;
+      }
+    }
+    done(Status::Ok());
+  }
+};
+
+// Release `ticket` of `tenant` (TenantState::StartRelease): runs `release`
+// once each of `before` is reached — at once on this thread when all are,
+// else on the completion thread — then counts the release as done.
+void ReleaseWhenReached(std::shared_ptr<TenantState> tenant, uint64_t ticket,
+                        std::vector<StreamPoint> before, std::function<void()> release) {
+  std::erase_if(before, [](const StreamPoint& p) { return p.Reached(); });
+  auto finish = [tenant = std::move(tenant), ticket, release = std::move(release)](Status) {
+    release();
+    tenant->FinishRelease(ticket);
+  };
+  if (before.empty()) {
+    finish(Status::Ok());
+  } else {
+    WhenAllReached(std::move(before), std::move(finish));
+  }
+}
+
+// The one way this backend releases memory: `release` runs once every
+// operation queued so far on any stream of `tenant` has finished (a ticket
+// per stream: its tail now). WhenReleased counts it from this call.
+void ReleaseAfterQueuedWork(const std::shared_ptr<TenantState>& tenant,
+                            std::function<void()> release) {
+  const uint64_t ticket = tenant->StartRelease();
+  ReleaseWhenReached(tenant, ticket, tenant->PendingTails(), std::move(release));
+}
+
 // What a context's streams, events and modules share. Outlives the Context
 // object if any of them outlive it (they hold a reference).
 struct ContextState {
@@ -182,6 +305,43 @@ struct ContextState {
     for (const StreamEntry& e : streams) points.push_back(e.queue->Tail());
     return points;
   }
+
+  // The tenant whose releases wait for this context's work (JoinTenant
+  // changes it before any work is queued).
+  std::shared_ptr<TenantState> tenant() {
+    std::lock_guard<std::mutex> lock(mu);
+    return tenant_;
+  }
+  void set_tenant(std::shared_ptr<TenantState> tenant) {
+    std::lock_guard<std::mutex> lock(mu);
+    tenant_ = std::move(tenant);
+  }
+
+ private:
+  std::shared_ptr<TenantState> tenant_ ABSL_GUARDED_BY(mu);
+};
+
+std::vector<StreamPoint> TenantState::PendingTails() {
+  std::vector<std::shared_ptr<ContextState>> live;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    std::erase_if(contexts, [](const std::weak_ptr<ContextState>& c) { return c.expired(); });
+    for (const auto& c : contexts) {
+      if (auto ctx = c.lock()) live.push_back(std::move(ctx));
+    }
+  }
+  std::vector<StreamPoint> points;
+  for (const auto& ctx : live) {
+    for (StreamPoint& p : ctx->Tails()) {
+      if (!p.Reached()) points.push_back(std::move(p));
+    }
+  }
+  return points;
+}
+
+class HostTenant final : public Tenant {
+ public:
+  const std::shared_ptr<TenantState> state = std::make_shared<TenantState>();
 };
 
 // A stream capture: what its streams queued, in the order the calls came.
@@ -330,10 +490,14 @@ class HostModule final : public Module {
  public:
   explicit HostModule(std::shared_ptr<ContextState> ctx) : ctx_(std::move(ctx)) {}
 
-  // Kernels of this module may still be queued on any stream of the context,
-  // reading its globals: wait for all of the context's work first.
+  // Kernels queued on any stream of the tenant may still read or write its
+  // globals: they go once that work has finished. (Queued launches hold
+  // nothing else of the module: see HostFunction::offsets.)
   ~HostModule() override {
-    for (const StreamPoint& p : ctx_->Tails()) p.Wait();
+    std::vector<std::shared_ptr<void>> storages;
+    for (auto& [name, global] : globals) storages.push_back(std::move(global.storage));
+    ReleaseAfterQueuedWork(ctx_->tenant(),
+                           [storages = std::move(storages)]() mutable { storages.clear(); });
   }
 
   struct Global {
@@ -603,6 +767,8 @@ class HostBackend final : public GpuBackend {
     }
     auto state = std::make_shared<ContextState>(device, flags);
     FERRY_RETURN_IF_ERROR(StreamQueue::Create(completions_.get(), &state->legacy));
+    state->set_tenant(default_tenant_);
+    default_tenant_->Join(state);
     auto legacy = std::make_unique<HostStream>(state, state->legacy, /*legacy=*/true,
                                                /*non_blocking=*/false);
     *out = std::make_unique<HostContext>(this, std::move(state), std::move(legacy));
@@ -640,6 +806,22 @@ class HostBackend final : public GpuBackend {
     AsContext(ctx).state()->abandoned->store(true, std::memory_order_relaxed);
   }
 
+  // --- releasing memory (tenants) ---------------------------------------------
+
+  std::unique_ptr<Tenant> CreateTenant() override { return std::make_unique<HostTenant>(); }
+
+  void JoinTenant(Context& ctx, Tenant& tenant) override {
+    const std::shared_ptr<ContextState>& state = AsContext(ctx).state();
+    const std::shared_ptr<TenantState>& joined = static_cast<HostTenant&>(tenant).state;
+    state->tenant()->Leave(state.get());
+    joined->Join(state);
+    state->set_tenant(joined);
+  }
+
+  void WhenReleased(Tenant& tenant, Completion done) override {
+    static_cast<HostTenant&>(tenant).state->WhenReleased(std::move(done));
+  }
+
   // --- memory ---------------------------------------------------------------
 
   Status MemAlloc(Context& ctx, uint64_t bytes, uint64_t* dptr) override {
@@ -668,21 +850,20 @@ class HostBackend final : public GpuBackend {
     return Release(*AsContext(ctx).state(), dptr);
   }
 
-  // Frees the allocation at `dptr` once `ctx`'s earlier work is done.
+  // Frees the allocation at `dptr` once the tenant's earlier work is done.
+  // The address is no allocation of this backend from now on.
   Status Release(ContextState& ctx, uint64_t dptr) {
-    std::shared_ptr<void> storage;
+    std::vector<Allocation> released(1);
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = allocations_.find(dptr);
       if (it == allocations_.end()) {
         return InvalidValue("no allocation starts at " + std::to_string(dptr));
       }
-      storage = std::move(it->second.storage);
-      used_[it->second.device] -= it->second.bytes;
-      if (it->second.pool) it->second.pool->Release(it->second.bytes);
+      released[0] = std::move(it->second);
       allocations_.erase(it);
     }
-    ReleaseAfterWork(ctx, std::move(storage));
+    ReleaseAfterQueuedWork(ctx.tenant(), ReleaseAllocations(std::move(released)));
     return Status::Ok();
   }
 
@@ -696,7 +877,7 @@ class HostBackend final : public GpuBackend {
 
   // Frees what `owner` still holds; called as its context goes away.
   void ReleaseContextAllocations(ContextState& owner) {
-    std::vector<std::shared_ptr<void>> storages;
+    std::vector<Allocation> released;
     {
       std::lock_guard<std::mutex> lock(mu_);
       for (auto it = allocations_.begin(); it != allocations_.end();) {
@@ -704,13 +885,12 @@ class HostBackend final : public GpuBackend {
           ++it;
           continue;
         }
-        used_[it->second.device] -= it->second.bytes;
-        if (it->second.pool) it->second.pool->Release(it->second.bytes);
-        storages.push_back(std::move(it->second.storage));
+        released.push_back(std::move(it->second));
         allocations_.erase(it++);
       }
     }
-    for (auto& s : storages) ReleaseAfterWork(owner, std::move(s));
+    if (released.empty()) return;
+    ReleaseAfterQueuedWork(owner.tenant(), ReleaseAllocations(std::move(released)));
   }
 
   // --- virtual memory management (host_internal::HostVirtualMemory) -----------
@@ -737,12 +917,18 @@ class HostBackend final : public GpuBackend {
                    uint64_t offset) override {
     return virtual_memory_.Map(address, bytes, memory, offset);
   }
-  Status UnmapMemory(uint64_t address, uint64_t bytes) override {
-    return virtual_memory_.Unmap(address, bytes);
+  Status UnmapMemory(Tenant& tenant, uint64_t address, uint64_t bytes) override {
+    return virtual_memory_.Unmap(address, bytes, AfterQueuedWorkOf(tenant));
   }
-  Status SetMemoryAccess(uint64_t address, uint64_t bytes,
+  Status SetMemoryAccess(Tenant& tenant, uint64_t address, uint64_t bytes,
                          std::span<const MemoryAccess> access) override {
-    return virtual_memory_.SetAccess(address, bytes, access);
+    return virtual_memory_.SetAccess(address, bytes, access, AfterQueuedWorkOf(tenant));
+  }
+  // How the virtual memory's page changes wait for `tenant`'s queued work.
+  static host_internal::HostVirtualMemory::Defer AfterQueuedWorkOf(Tenant& tenant) {
+    return [state = static_cast<HostTenant&>(tenant).state](std::function<void()> release) {
+      ReleaseAfterQueuedWork(state, std::move(release));
+    };
   }
 
   // --- stream-ordered allocation and memory pools ------------------------------
@@ -791,17 +977,25 @@ class HostBackend final : public GpuBackend {
       allocations_.erase(it);
     }
     // The memory goes back to the device (and its pool) when the stream
-    // reaches the free.
-    auto released = std::make_shared<Allocation>(std::move(allocation));
-    Append(stream, {}, [this, released, freed = std::move(freed)] {
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        used_[released->device] -= released->bytes;
-      }
-      if (released->pool) released->pool->Release(released->bytes);
-      released->storage.reset();
-      freed(Status::Ok());
-    });
+    // reaches the free and the tenant's other streams have finished what was
+    // queued before it: from the stream itself when they have by then (so the
+    // stream is idle past the free only after `freed`), else from the
+    // completion thread once they have. The stream never waits for them.
+    HostStream& s = AsStream(stream);
+    std::shared_ptr<TenantState> tenant = s.ctx().tenant();
+    const uint64_t ticket = tenant->StartRelease();
+    std::vector<StreamPoint> before = tenant->PendingTails();
+    std::vector<Allocation> released;
+    released.push_back(std::move(allocation));
+    std::function<void()> release = ReleaseAllocations(std::move(released));
+    Append(stream, {},
+           [tenant, ticket, before = std::move(before), release = std::move(release),
+            freed = std::move(freed)] {
+             ReleaseWhenReached(tenant, ticket, before, [release, freed] {
+               release();
+               freed(Status::Ok());
+             });
+           });
     return Status::Ok();
   }
 
@@ -1813,6 +2007,21 @@ class HostBackend final : public GpuBackend {
     std::shared_ptr<HostMemPoolState> pool;  // the pool it came from, or null
   };
 
+  // What releases `allocations`: their storage goes, then their bytes are
+  // back on their devices (and pools).
+  std::function<void()> ReleaseAllocations(std::vector<Allocation> allocations) {
+    auto owned = std::make_shared<std::vector<Allocation>>(std::move(allocations));
+    return [this, owned] {
+      std::vector<Allocation> gone = std::move(*owned);
+      for (Allocation& a : gone) {
+        a.storage.reset();
+        if (a.pool) a.pool->Release(a.bytes);
+      }
+      std::lock_guard<std::mutex> lock(mu_);
+      for (const Allocation& a : gone) used_[a.device] -= a.bytes;
+    };
+  }
+
   // The GpuBackend contract hands back only objects this backend created.
   static HostArray& AsArray(Array& array) { return static_cast<HostArray&>(array); }
   static HostContext& AsContext(Context& ctx) { return static_cast<HostContext&>(ctx); }
@@ -1918,48 +2127,6 @@ class HostBackend final : public GpuBackend {
     allocations_.emplace(*dptr,
                          Allocation{std::move(storage), rounded, device, owner, std::move(pool)});
     return Status::Ok();
-  }
-
-  // Drops `storage` once every stream of `ctx` has finished the work queued
-  // so far (at once if there is none).
-  void ReleaseAfterWork(ContextState& ctx, std::shared_ptr<void> storage) {
-    std::vector<StreamPoint> pending;
-    for (StreamPoint& p : ctx.Tails()) {
-      if (!p.Reached()) pending.push_back(std::move(p));
-    }
-    if (pending.empty()) return;  // `storage` goes now
-    WhenAllReached(std::move(pending),
-                   [storage = std::move(storage)](Status) mutable { storage.reset(); });
-  }
-
-  // Calls `done` on the completion thread once every point is reached, with
-  // the first failure among the streams, if any.
-  void WhenAllReached(std::vector<StreamPoint> points, Completion done) {
-    if (points.empty()) {
-      completions_->Post([done = std::move(done)] { done(Status::Ok()); });
-      return;
-    }
-    struct Join {
-      std::atomic<size_t> remaining;
-      std::mutex mu;
-      Status first_error;
-      Completion done;
-    };
-    auto join = std::make_shared<Join>();
-    join->remaining = points.size();
-    join->done = std::move(done);
-    for (const StreamPoint& p : points) {
-      p.queue->WhenReached(p.seq, [join](Status s) {
-        if (!s.ok()) {
-          std::lock_guard<std::mutex> lock(join->mu);
-          if (join->first_error.ok()) join->first_error = s;
-        }
-        if (join->remaining.fetch_sub(1) == 1) {
-          Completion done = std::move(join->done);
-          done(join->first_error);
-        }
-      });
-    }
   }
 
   // Appends `op` to `stream` after `after` and after what legacy-stream
@@ -2079,6 +2246,9 @@ class HostBackend final : public GpuBackend {
   std::vector<uint64_t> used_ ABSL_GUARDED_BY(mu_);  // accounted bytes per device
 
   std::unique_ptr<CompletionThread> completions_;
+  // The tenant of contexts that join no other (tests that use the backend
+  // directly): their releases wait for each other's work.
+  const std::shared_ptr<TenantState> default_tenant_ = std::make_shared<TenantState>();
 
   // Physical memory is charged to used_ like any allocation (after mu_ and
   // used_, so it goes before them).
