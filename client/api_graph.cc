@@ -16,10 +16,11 @@
 // one-row device-to-device copy and child-graph nodes; an executable graph's
 // kernel nodes can be updated, its kernel, memset and copy nodes disabled, and
 // the whole of it updated from a graph of the same topology (cuGraphExecUpdate,
-// for graphs built node by node). Memory and event nodes: api_graph_nodes.cc.
-// Not forwarded (unsupported_functions.txt, with reasons): other node kinds,
-// node parameter setters, edge edits, capture dependencies and capture into
-// an existing graph.
+// for graphs built node by node). Edge edits, node destruction and node
+// parameter setters: client/api_graph_edit.cc; memory and event nodes:
+// client/api_graph_nodes.cc. Not forwarded (unsupported_functions.txt, with
+// reasons): other node kinds, capture dependencies and capture into an
+// existing graph.
 #include <cuda.h>
 
 #include <algorithm>
@@ -32,8 +33,12 @@
 #include <vector>
 
 #include "client/entry_point.h"
+#include "client/graph_node_work.h"
 
 using ferry::client::CaptureState;
+using ferry::client::AddWorkNode;
+using ferry::client::GraphNodeWork;
+using ferry::client::SetNodeWork;
 using ferry::client::RecordedNodeParams;
 
 namespace {
@@ -166,12 +171,20 @@ bool GraphMayAllocate(uint64_t graph) {
                      [](const auto& n) { return n.type == CU_GRAPH_NODE_TYPE_MEM_ALLOC; });
 }
 
-Status Instantiate(CUgraphExec* exec, CUgraph graph, unsigned long long flags) {
+// A graph whose dependencies form a cycle is refused (INVALID_VALUE, as the
+// driver refuses it) with *cycle_node (when given) set to a node on the
+// cycle; the client records every edge, so it answers without the server.
+Status Instantiate(CUgraphExec* exec, CUgraph graph, unsigned long long flags,
+                   CUgraphNode* cycle_node = nullptr) {
   Runtime& rt = Runtime::Get();
   if (exec == nullptr) return Status::InvalidArgument("phGraphExec is NULL");
   FERRY_RETURN_IF_ERROR(rt.Ready());
   const uint64_t graph_id = Runtime::HandleId(graph);
   if (!rt.graphs().HasGraph(graph_id)) return Status::InvalidHandle("not a graph of this client");
+  if (const uint64_t node = rt.graphs().NodeOnCycle(graph_id); node != 0) {
+    if (cycle_node != nullptr) *cycle_node = Runtime::ToHandle<CUgraphNode>(node);
+    return Status::InvalidArgument("the graph's dependencies form a cycle");
+  }
   const uint64_t id = rt.graphs().NewExec(graph_id, flags);
   auto fill = [&](wire::Call::Builder call) {
     auto args = call.initGraphInstantiate();
@@ -549,13 +562,13 @@ CUresult CUDAAPI cuGraphExecGetFlags(CUgraphExec hGraphExec, cuuint64_t* flags) 
   });
 }
 
-// The first two generations report an error node and a log; nothing fails
-// late here, so the node is NULL and the log empty.
+// The first two generations report an error node (a node on a cycle) and a
+// log (empty).
 CUresult CUDAAPI cuGraphInstantiate(CUgraphExec* phGraphExec, CUgraph hGraph,
                                     CUgraphNode* phErrorNode, char* logBuffer, size_t bufferSize) {
   if (phErrorNode != nullptr) *phErrorNode = nullptr;
   if (logBuffer != nullptr && bufferSize > 0) logBuffer[0] = '\0';
-  return Api([&] { return Instantiate(phGraphExec, hGraph, 0); });
+  return Api([&] { return Instantiate(phGraphExec, hGraph, 0, phErrorNode); });
 }
 CUresult CUDAAPI cuGraphInstantiate_v2(CUgraphExec* phGraphExec, CUgraph hGraph,
                                        CUgraphNode* phErrorNode, char* logBuffer,
@@ -575,7 +588,11 @@ static CUresult InstantiateWithParams(CUgraphExec* phGraphExec, CUgraph hGraph,
     if (params == nullptr) return Status::InvalidArgument("instantiateParams is NULL");
     params->hErrNode_out = nullptr;
     params->result_out = CUDA_GRAPH_INSTANTIATE_ERROR;
-    FERRY_RETURN_IF_ERROR(Instantiate(phGraphExec, hGraph, params->flags));
+    Status status = Instantiate(phGraphExec, hGraph, params->flags, &params->hErrNode_out);
+    if (params->hErrNode_out != nullptr) {
+      params->result_out = CUDA_GRAPH_INSTANTIATE_INVALID_STRUCTURE;
+    }
+    FERRY_RETURN_IF_ERROR(status);
     if (params->flags & CUDA_GRAPH_INSTANTIATE_FLAG_UPLOAD) {
       FERRY_RETURN_IF_ERROR(LaunchOrUpload(*phGraphExec, params->hUploadStream, per_thread, true));
     }
@@ -659,130 +676,46 @@ Status AddNode(CUgraphNode* node, CUgraph graph, const CUgraphNode* deps, size_t
   return Status::Ok();
 }
 
-// The context a node's work runs in: `ctx`, or the current one when NULL.
-Status NodeContext(CUcontext ctx, uint64_t* out) {
-  Runtime& rt = Runtime::Get();
-  if (ctx == nullptr) return rt.CurrentContext(out);
-  *out = Runtime::HandleId(ctx);
-  return rt.EnsureLive(*out);
-}
+}  // namespace
 
-// A kernel node's work: `func` (or `kern` where func is NULL) in `ctx`, its
-// parameters packed as a launch packs them. Shared by cuGraphAddKernelNode
-// and cuGraphExecKernelNodeSetParams, so an update is checked as a new node is.
-struct KernelNodeWork {
-  uint64_t ctx = 0;
-  uint64_t function = 0;
-  std::vector<uint8_t> params;
-  std::vector<size_t> argument_offsets;  // of each kernel argument in `params`
-  Status Pack(const CUDA_KERNEL_NODE_PARAMS_v2* p);
-  void Fill(wire::Launch::Builder k, const CUDA_KERNEL_NODE_PARAMS_v2& p) const {
-    k.setCtx(ctx);
-    k.setFunction(function);
-    SetLaunchShape(k, p);
+Status ferry::client::AddWorkNode(CUgraphNode* node, CUgraph graph, const CUgraphNode* deps,
+                                  size_t count, const GraphNodeWork& work) {
+  if (work.type() == CU_GRAPH_NODE_TYPE_GRAPH && Runtime::HandleId(graph) == work.child_graph()) {
+    return Status::InvalidArgument("a graph cannot be its own child");
   }
-  ferry::client::OutBytes bulk() const { return {params.data(), params.size()}; }
-};
-
-Status KernelNodeWork::Pack(const CUDA_KERNEL_NODE_PARAMS_v2* p) {
+  FERRY_RETURN_IF_ERROR(AddNode(
+      node, graph, deps, count, work.type(),
+      [&](wire::GraphAddNode::Builder args) { work.FillAdd(args); }, work.bulk()));
   Runtime& rt = Runtime::Get();
-  if (p == nullptr) return Status::InvalidArgument("nodeParams is NULL");
-  FERRY_RETURN_IF_ERROR(NodeContext(p->func != nullptr ? nullptr : p->ctx, &ctx));
-  const uint64_t handle =
-      Runtime::HandleId(p->func != nullptr ? static_cast<const void*>(p->func) : p->kern);
-  std::shared_ptr<const ferry::client::FunctionState> state;
-  FERRY_RETURN_IF_ERROR(rt.ResolveFunction(handle, ctx, &function, &state));
-  const auto& kernel = state->kernel;
-  for (const auto& param : kernel.params) argument_offsets.push_back(param.offset);
-  if (p->kernelParams != nullptr) {
-    params.assign(kernel.param_bytes, 0);
-    for (size_t i = 0; i < kernel.params.size(); ++i) {
-      if (p->kernelParams[i] == nullptr) {
-        return Status::InvalidArgument("kernelParams[" + std::to_string(i) + "] is NULL");
-      }
-      std::memcpy(params.data() + kernel.params[i].offset, p->kernelParams[i],
-                  kernel.params[i].size);
-    }
-  } else if (p->extra != nullptr) {
-    // CU_LAUNCH_PARAM_BUFFER_POINTER / _SIZE: the packed buffer as is.
-    const void* pointer = nullptr;
-    const size_t* size = nullptr;
-    for (size_t i = 0; p->extra[i] != CU_LAUNCH_PARAM_END; i += 2) {
-      if (p->extra[i] == CU_LAUNCH_PARAM_BUFFER_POINTER) {
-        pointer = p->extra[i + 1];
-      } else if (p->extra[i] == CU_LAUNCH_PARAM_BUFFER_SIZE) {
-        size = static_cast<const size_t*>(p->extra[i + 1]);
-      } else {
-        return Status::InvalidArgument("unknown entry in the kernel node's extra array");
-      }
-    }
-    if (pointer == nullptr || size == nullptr || *size < kernel.param_bytes) {
-      return Status::InvalidArgument(
-          "extra needs CU_LAUNCH_PARAM_BUFFER_POINTER and _SIZE covering the parameters");
-    }
-    const auto* bytes = static_cast<const uint8_t*>(pointer);
-    params.assign(bytes, bytes + *size);
-  } else if (kernel.param_bytes != 0) {
-    return Status::InvalidArgument(state->name + " takes parameters; kernelParams is NULL");
-  }
+  const uint64_t id = Runtime::HandleId(*node);
+  if (auto record = work.Record(); record != nullptr) rt.graphs().SetNodeParams(id, record);
+  if (work.type() == CU_GRAPH_NODE_TYPE_GRAPH) rt.graphs().NoteChildGraph(id, work.child_graph());
   return Status::Ok();
 }
 
-// What cuGraphKernelNodeGetParams answers for a node added with `p`: the
-// same kernel, shape and context, the arguments as kernelParams (pointers
-// into the record, valid while the node lives) and no extra.
-std::shared_ptr<const RecordedNodeParams> RecordKernelNode(const CUDA_KERNEL_NODE_PARAMS_v2& p,
-                                                           const KernelNodeWork& work) {
-  auto record = std::make_shared<RecordedNodeParams>();
-  record->kernel = p;
-  record->kernel_bytes = work.params;
-  for (size_t offset : work.argument_offsets) {
-    record->kernel_arguments.push_back(record->kernel_bytes.data() + offset);
-  }
-  record->kernel.kernelParams = record->kernel_arguments.data();
-  record->kernel.extra = nullptr;
-  return record;
-}
+namespace {
 
 Status AddKernelNode(CUgraphNode* node, CUgraph graph, const CUgraphNode* deps, size_t count,
                      const CUDA_KERNEL_NODE_PARAMS_v2* p) {
-  KernelNodeWork work;
-  FERRY_RETURN_IF_ERROR(work.Pack(p));
-  FERRY_RETURN_IF_ERROR(AddNode(
-      node, graph, deps, count, CU_GRAPH_NODE_TYPE_KERNEL,
-      [&](wire::GraphAddNode::Builder args) { work.Fill(args.initKernel(), *p); }, work.bulk()));
-  Runtime::Get().graphs().SetNodeParams(Runtime::HandleId(*node), RecordKernelNode(*p, work));
-  return Status::Ok();
+  GraphNodeWork work;
+  FERRY_RETURN_IF_ERROR(work.FromKernel(p));
+  return AddWorkNode(node, graph, deps, count, work);
 }
 
 // cuGraph*NodeGetParams: what `node` was added with, as the client recorded
-// it (a graph node's parameters change only through calls not forwarded).
+// it (or as cuGraph*NodeSetParams last set it).
 Status RecordedParams(CUgraphNode node, CUgraphNodeType type, const void* out,
                       std::shared_ptr<const RecordedNodeParams>* params) {
   if (out == nullptr) return Status::InvalidArgument("nodeParams is NULL");
   return Runtime::Get().graphs().NodeParams(Runtime::HandleId(node), type, params);
 }
 
-// cuGraphExecKernelNodeSetParams: whether `node` is a kernel node of the
-// graph `exec` came from is answered here (the client records both); the
-// kernel and its parameters are checked as a new kernel node's are, here and
-// on the server.
+// cuGraphExecKernelNodeSetParams: the kernel and its parameters are
+// checked as a new kernel node's are, here and on the server.
 Status SetExecKernelNode(CUgraphExec exec, CUgraphNode node, const CUDA_KERNEL_NODE_PARAMS_v2* p) {
-  Runtime& rt = Runtime::Get();
-  FERRY_RETURN_IF_ERROR(rt.Ready());
-  const uint64_t exec_id = Runtime::HandleId(exec);
-  const uint64_t node_id = Runtime::HandleId(node);
-  FERRY_RETURN_IF_ERROR(rt.graphs().CheckExecNode(exec_id, node_id, {CU_GRAPH_NODE_TYPE_KERNEL}));
-  KernelNodeWork work;
-  FERRY_RETURN_IF_ERROR(work.Pack(p));
-  return rt.connection().Post(
-      [&](wire::Call::Builder call) {
-        auto args = call.initGraphExecKernelNodeSetParams();
-        args.setExec(exec_id);
-        args.setNode(node_id);
-        work.Fill(args.initKernel(), *p);
-      },
-      work.bulk());
+  GraphNodeWork work;
+  FERRY_RETURN_IF_ERROR(work.FromKernel(p));
+  return SetNodeWork(exec, node, work);
 }
 
 // cuGraphExecUpdate(_v2): the client compares the structure it recorded of
@@ -909,13 +842,9 @@ CUresult CUDAAPI cuGraphAddChildGraphNode(CUgraphNode* phGraphNode, CUgraph hGra
                                           const CUgraphNode* dependencies, size_t numDependencies,
                                           CUgraph childGraph) {
   return Api([&]() -> Status {
-    const uint64_t child = Runtime::HandleId(childGraph);
-    if (!Runtime::Get().graphs().HasGraph(child)) {
-      return Status::InvalidHandle("childGraph is not a graph of this client");
-    }
-    if (childGraph == hGraph) return Status::InvalidArgument("a graph cannot be its own child");
-    return AddNode(phGraphNode, hGraph, dependencies, numDependencies, CU_GRAPH_NODE_TYPE_GRAPH,
-                   [&](wire::GraphAddNode::Builder args) { args.setChildGraph(child); });
+    GraphNodeWork work;
+    FERRY_RETURN_IF_ERROR(work.FromChildGraph(childGraph));
+    return AddWorkNode(phGraphNode, hGraph, dependencies, numDependencies, work);
   });
 }
 
@@ -956,25 +885,9 @@ CUresult CUDAAPI cuGraphAddMemsetNode(CUgraphNode* phGraphNode, CUgraph hGraph,
                                       const CUgraphNode* dependencies, size_t numDependencies,
                                       const CUDA_MEMSET_NODE_PARAMS* memsetParams, CUcontext ctx) {
   return Api([&]() -> Status {
-    if (memsetParams == nullptr) return Status::InvalidArgument("memsetParams is NULL");
-    uint64_t context = 0;
-    FERRY_RETURN_IF_ERROR(NodeContext(ctx, &context));
-    const CUDA_MEMSET_NODE_PARAMS& m = *memsetParams;
-    FERRY_RETURN_IF_ERROR(AddNode(phGraphNode, hGraph, dependencies, numDependencies,
-                                  CU_GRAPH_NODE_TYPE_MEMSET, [&](wire::GraphAddNode::Builder args) {
-                                    auto set = args.initMemset();
-                                    set.setCtx(context);
-                                    set.setDst(m.dst);
-                                    set.setPitch(m.pitch);
-                                    set.setValue(m.value);
-                                    set.setElementBytes(static_cast<uint8_t>(m.elementSize));
-                                    set.setWidth(m.width);
-                                    set.setHeight(m.height);
-                                  }));
-    auto record = std::make_shared<RecordedNodeParams>();
-    record->memset = m;
-    Runtime::Get().graphs().SetNodeParams(Runtime::HandleId(*phGraphNode), std::move(record));
-    return Status::Ok();
+    GraphNodeWork work;
+    FERRY_RETURN_IF_ERROR(work.FromMemset(memsetParams, ctx));
+    return AddWorkNode(phGraphNode, hGraph, dependencies, numDependencies, work);
   });
 }
 
@@ -984,30 +897,9 @@ CUresult CUDAAPI cuGraphAddMemcpyNode(CUgraphNode* phGraphNode, CUgraph hGraph,
                                       const CUgraphNode* dependencies, size_t numDependencies,
                                       const CUDA_MEMCPY3D* copyParams, CUcontext ctx) {
   return Api([&]() -> Status {
-    if (copyParams == nullptr) return Status::InvalidArgument("copyParams is NULL");
-    const CUDA_MEMCPY3D& c = *copyParams;
-    auto device = [](CUmemorytype type) {
-      return type == CU_MEMORYTYPE_DEVICE || type == CU_MEMORYTYPE_UNIFIED;
-    };
-    if (!device(c.srcMemoryType) || !device(c.dstMemoryType) || c.Height > 1 || c.Depth > 1 ||
-        c.srcY != 0 || c.srcZ != 0 || c.dstY != 0 || c.dstZ != 0) {
-      return Status::Unimplemented(
-          "cuGraphAddMemcpyNode: only one-row device-to-device copies are forwarded by ferry");
-    }
-    uint64_t context = 0;
-    FERRY_RETURN_IF_ERROR(NodeContext(ctx, &context));
-    FERRY_RETURN_IF_ERROR(AddNode(phGraphNode, hGraph, dependencies, numDependencies,
-                                  CU_GRAPH_NODE_TYPE_MEMCPY, [&](wire::GraphAddNode::Builder args) {
-                                    auto copy = args.initMemcpy();
-                                    copy.setCtx(context);
-                                    copy.setDst(c.dstDevice + c.dstXInBytes);
-                                    copy.setSrc(c.srcDevice + c.srcXInBytes);
-                                    copy.setBytes(c.WidthInBytes);
-                                  }));
-    auto record = std::make_shared<RecordedNodeParams>();
-    record->memcpy = c;
-    Runtime::Get().graphs().SetNodeParams(Runtime::HandleId(*phGraphNode), std::move(record));
-    return Status::Ok();
+    GraphNodeWork work;
+    FERRY_RETURN_IF_ERROR(work.FromMemcpy(copyParams, ctx));
+    return AddWorkNode(phGraphNode, hGraph, dependencies, numDependencies, work);
   });
 }
 

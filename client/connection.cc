@@ -29,6 +29,14 @@ constexpr size_t kBatchWordsLimit = 32 << 10;
 constexpr size_t kBatchBulkLimit = 1 << 20;
 constexpr size_t kBatchCallsLimit = 1024;
 
+// The keepalive period the client asks for (Hello.keepaliveMs): a quarter of
+// the call deadline, so a late keepalive or two never looks like silence;
+// between 10 ms and 10 s. 0 without a deadline.
+uint32_t KeepalivePeriodMs(std::chrono::milliseconds call_timeout) {
+  if (call_timeout.count() <= 0) return 0;
+  return static_cast<uint32_t>(std::clamp<int64_t>(call_timeout.count() / 4, 10, 10000));
+}
+
 }  // namespace
 
 Status CheckWaits(wire::Call::Which which, bool wants_reply, bool gate) {
@@ -82,6 +90,8 @@ Status Connection::Open(std::unique_ptr<Transport> transport, std::string server
     hello.setPool(borrow.pool);
     hello.setGpus(borrow.gpus);
     hello.setWaitMs(borrow.wait_ms);
+    hello.setToken(borrow.token);
+    hello.setKeepaliveMs(KeepalivePeriodMs(options.call_timeout));
     FERRY_RETURN_IF_ERROR(WriteFrame(*transport, wire::FrameKind::HELLO, message));
   }
   // Interim replies (queued for a slice) come first; the last one answers.
@@ -569,6 +579,9 @@ Status Connection::ReadOneReply() {
   kj::Array<capnp::word> words;
   uint64_t bulk_bytes = 0;
   FERRY_RETURN_IF_ERROR(ReadFrameHead(*transport_, &kind, &words, &bulk_bytes));
+  last_heard_ns_.store(std::chrono::steady_clock::now().time_since_epoch().count(),
+                       std::memory_order_relaxed);
+  if (kind == wire::FrameKind::KEEPALIVE && bulk_bytes == 0) return Status::Ok();
   if (kind != wire::FrameKind::REPLY) {
     return Status::Malformed("unexpected frame kind " + std::to_string(static_cast<int>(kind)));
   }
@@ -676,6 +689,13 @@ void Connection::WatchdogLoop() {
     auto oldest = std::chrono::steady_clock::time_point::max();
     if (!waiters_.empty()) oldest = std::min(oldest, waiters_.begin()->second->sent);
     if (!async_copies_.empty()) oldest = std::min(oldest, async_copies_.begin()->second->sent);
+    if (oldest != std::chrono::steady_clock::time_point::max()) {
+      // A reply is overdue only after that long without a word from the
+      // server (keepalives included) as well.
+      oldest = std::max(oldest,
+                        std::chrono::steady_clock::time_point(std::chrono::steady_clock::duration(
+                            last_heard_ns_.load(std::memory_order_relaxed))));
+    }
     if (const int64_t ns = write_started_ns_.load(std::memory_order_relaxed); ns != 0) {
       oldest = std::min(
           oldest, std::chrono::steady_clock::time_point(std::chrono::steady_clock::duration(ns)));

@@ -37,9 +37,13 @@
 // Once the connection breaks, every call fails with the same Disconnected
 // status, which names the server. A server that stays silent past the call
 // deadline (ConnectionOptions::call_timeout) breaks it too: the watchdog
-// thread fails the connection. When the server takes the session's
-// devices away (a notice: a Reply with seq 0, after a preemption), every call
-// fails from then on with the notice's status, logged once.
+// thread fails the connection. The deadline measures silence: the client asks
+// for keepalive frames (a quarter of the deadline apart) while the server
+// works on a reply it owes, and a reply is overdue only once the deadline has
+// passed both since its call was sent and since the last frame came. When
+// the server takes the session's devices away (a notice: a Reply with seq 0,
+// after a preemption), every call fails from then on with the notice's
+// status, logged once.
 //
 // Thread-safety: all methods are safe from any thread.
 #pragma once
@@ -92,9 +96,9 @@ struct InBytes {
 struct ConnectionOptions {
   // How long the flusher lets posts accumulate before it sends them.
   std::chrono::microseconds flush_delay{20};
-  // The call deadline (FERRY_CALL_TIMEOUT): a reply awaited longer than
-  // this (or a write blocked that long) means the server is stopped or
-  // unreachable; the connection then fails, as a lost one does, so every
+  // The call deadline (FERRY_CALL_TIMEOUT): a reply awaited this long
+  // without a frame from the server (or a write blocked that long) means the
+  // server is stopped or unreachable; the connection then fails, as a lost one does, so every
   // call reports CUDA_ERROR_DEVICE_UNAVAILABLE instead of hanging. It also
   // bounds each wait for a handshake reply (plus the borrow's wait while
   // queued). 0: no deadline.
@@ -123,11 +127,14 @@ class Connection {
   using HostFunction = std::function<void(const Status& status, bool stream_failed)>;
 
   // What the client asks of a server with pools (FERRY_POOL, FERRY_GPUS,
-  // FERRY_WAIT); a server without pools ignores it.
+  // FERRY_WAIT; a server without pools ignores them), and the token that
+  // allows it (FERRY_TOKEN or FERRY_TOKEN_FILE; a server without a token
+  // file ignores it).
   struct Borrow {
     std::string pool;  // "" = the server's default pool
     uint32_t gpus = 1;
     uint64_t wait_ms = 0;  // 0 = do not queue
+    std::string token;     // "" = none
   };
 
   // Connects, says Hello, and keeps the final HelloReply in `hello_reply`.
@@ -302,6 +309,9 @@ class Connection {
   // Steady-clock nanoseconds since a transport write began; 0 when none is
   // in progress. Read by the watchdog.
   std::atomic<int64_t> write_started_ns_{0};
+  // Steady-clock nanoseconds when the last frame from the server (a reply or
+  // a keepalive) was read. Read by the watchdog.
+  std::atomic<int64_t> last_heard_ns_{0};
   std::condition_variable watchdog_cv_;  // the connection is closing
 
   std::thread background_reader_;

@@ -226,7 +226,10 @@ Status GraphRegistry::RemoveGraph(uint64_t id) {
 uint64_t GraphRegistry::NewNode(uint64_t graph, int type, std::vector<uint64_t> dependencies) {
   const uint64_t id = ids_->New(HandleKind::kGraphNode);
   std::lock_guard<std::mutex> lock(mu_);
-  nodes_[id] = NodeState{graph, type, std::move(dependencies), nullptr};
+  NodeState& node = nodes_[id];
+  node.graph = graph;
+  node.type = type;
+  node.dependencies = std::move(dependencies);
   if (auto it = graphs_.find(graph); it != graphs_.end()) it->second.nodes.push_back(id);
   return id;
 }
@@ -278,6 +281,12 @@ Status GraphRegistry::CheckExecNode(uint64_t exec, uint64_t node,
   if (std::find(types.begin(), types.end(), n->second.type) == types.end()) {
     return Status::InvalidArgument("the call does not apply to a node of type " +
                                    std::to_string(n->second.type));
+  }
+  const auto& shape = e->second.shape;
+  if (!e->second.opaque && std::none_of(shape.begin(), shape.end(),
+                                        [node](const NodeShape& s) { return s.id == node; })) {
+    return Status::InvalidArgument(
+        "the node was added to the graph after the executable graph was instantiated");
   }
   return Status::Ok();
 }
@@ -356,6 +365,116 @@ void GraphRegistry::ForgetContext(uint64_t ctx) {
   captures_active_.fetch_sub(static_cast<int>(before - captures_.size()),
                              std::memory_order_release);
   if (captures_.empty()) capture_events_.clear();
+}
+
+Status GraphRegistry::EditEdges(uint64_t graph, const std::vector<uint64_t>& from,
+                                const std::vector<uint64_t>& to, bool remove) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (graphs_.count(graph) == 0) return Status::InvalidHandle("not a graph of this client");
+  if (from.size() != to.size()) return Status::InvalidArgument("from and to differ in length");
+  // Check every edge before changing any, so a refused edit changes nothing.
+  std::vector<std::pair<uint64_t, uint64_t>> edges;
+  for (size_t i = 0; i < from.size(); ++i) {
+    for (uint64_t id : {from[i], to[i]}) {
+      auto it = nodes_.find(id);
+      if (it == nodes_.end() || it->second.graph != graph) {
+        return Status::InvalidArgument("edge " + std::to_string(i) +
+                                       " names a node that is not of the graph");
+      }
+    }
+    if (from[i] == to[i]) return Status::InvalidArgument("a node cannot depend on itself");
+    const std::pair<uint64_t, uint64_t> edge{from[i], to[i]};
+    if (std::find(edges.begin(), edges.end(), edge) != edges.end()) {
+      return Status::InvalidArgument("edge " + std::to_string(i) + " is named twice");
+    }
+    const auto& deps = nodes_.at(to[i]).dependencies;
+    const bool present = std::find(deps.begin(), deps.end(), from[i]) != deps.end();
+    if (remove && !present) {
+      return Status::InvalidArgument("edge " + std::to_string(i) + " is not in the graph");
+    }
+    if (!remove && present) {
+      return Status::InvalidArgument("edge " + std::to_string(i) + " is in the graph already");
+    }
+    edges.push_back(edge);
+  }
+  for (const auto& [source, target] : edges) {
+    auto& deps = nodes_.at(target).dependencies;
+    if (remove) {
+      std::erase(deps, source);
+    } else {
+      deps.push_back(source);
+    }
+  }
+  return Status::Ok();
+}
+
+Status GraphRegistry::DestroyNode(uint64_t node, uint64_t* graph) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = nodes_.find(node);
+  if (it == nodes_.end()) return Status::InvalidHandle("not a graph node of this client");
+  *graph = it->second.graph;
+  if (auto g = graphs_.find(*graph); g != graphs_.end()) {
+    std::erase(g->second.nodes, node);
+    for (uint64_t other : g->second.nodes) std::erase(nodes_.at(other).dependencies, node);
+  }
+  nodes_.erase(it);
+  return Status::Ok();
+}
+
+// A depth-first search for a back edge over the graph's recorded nodes
+// (captured nodes cannot be on a cycle: edges reach only nodes with ids).
+uint64_t GraphRegistry::NodeOnCycle(uint64_t graph) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto g = graphs_.find(graph);
+  if (g == graphs_.end()) return 0;
+  enum class Mark { kNew, kOnPath, kDone };
+  std::unordered_map<uint64_t, Mark> mark;
+  for (uint64_t start : g->second.nodes) {
+    if (mark[start] != Mark::kNew) continue;
+    // (node, index of the next dependency to visit)
+    std::vector<std::pair<uint64_t, size_t>> path{{start, 0}};
+    mark[start] = Mark::kOnPath;
+    while (!path.empty()) {
+      auto& [id, next] = path.back();
+      const auto& deps = nodes_.at(id).dependencies;
+      if (next == deps.size()) {
+        mark[id] = Mark::kDone;
+        path.pop_back();
+        continue;
+      }
+      const uint64_t dependency = deps[next++];
+      if (mark[dependency] == Mark::kOnPath) return dependency;
+      if (mark[dependency] == Mark::kNew) {
+        mark[dependency] = Mark::kOnPath;
+        path.emplace_back(dependency, 0);
+      }
+    }
+  }
+  return 0;
+}
+
+void GraphRegistry::NoteChildGraph(uint64_t node, uint64_t child) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto n = nodes_.find(node);
+  auto c = graphs_.find(child);
+  if (n == nodes_.end() || c == graphs_.end()) return;
+  n->second.child_opaque = c->second.opaque;
+  if (!c->second.opaque) n->second.child_shape = ShapeLocked(c->second);
+}
+
+Status GraphRegistry::CheckChildGraphUpdate(uint64_t node, uint64_t child) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto n = nodes_.find(node);
+  if (n == nodes_.end()) return Status::InvalidHandle("not a graph node of this client");
+  auto c = graphs_.find(child);
+  if (c == graphs_.end()) return Status::InvalidHandle("childGraph is not a graph of this client");
+  if (n->second.child_opaque || c->second.opaque) return Status::Ok();
+  const ExecUpdateCheck check = CompareForExecUpdate(n->second.child_shape, ShapeLocked(c->second));
+  if (check.result != CU_GRAPH_EXEC_UPDATE_SUCCESS) {
+    return Status::InvalidArgument(
+        "the new child graph's topology differs from the one the node was added with");
+  }
+  return Status::Ok();
 }
 
 }  // namespace ferry::client

@@ -39,11 +39,12 @@ struct CaptureState {
   bool blocking = false;   // this stream synchronizes with the legacy stream
 };
 
-// What a node was added with, as cuGraph*NodeGetParams answers it (the
-// driver answers the graph node's parameters, which cuGraphExec*SetParams
-// does not change). Made once per node and never changed: `kernel` points
-// into kernel_arguments, so it is shared, never copied.
+// What a node does, as cuGraph*NodeGetParams answers it: its parameters when
+// added or last set by cuGraph*NodeSetParams (cuGraphExec*SetParams does not
+// change them). Never changed once made (a setter records a new one):
+// `kernel` points into kernel_arguments, so it is shared, never copied.
 struct RecordedNodeParams {
+  uint64_t ctx = 0;                     // the context the node's work runs in
   CUDA_MEMSET_NODE_PARAMS memset{};     // CU_GRAPH_NODE_TYPE_MEMSET
   CUDA_MEMCPY3D memcpy{};               // CU_GRAPH_NODE_TYPE_MEMCPY
   CUDA_KERNEL_NODE_PARAMS_v2 kernel{};  // CU_GRAPH_NODE_TYPE_KERNEL: kernelParams, extra NULL
@@ -141,8 +142,9 @@ class GraphRegistry {
   bool IsNodeOf(uint64_t node, uint64_t graph);
   // cuGraphExec*NodeSetParams, cuGraphNodeSet/GetEnabled: `node` must be a
   // node of one of the kinds `types` of the graph `exec` was instantiated
-  // from (answered here: the client records both), INVALID_HANDLE for
-  // unknown handles, INVALID_VALUE otherwise.
+  // from, and have been one when it was instantiated (answered here: the
+  // client records both), INVALID_HANDLE for unknown handles, INVALID_VALUE
+  // otherwise.
   Status CheckExecNode(uint64_t exec, uint64_t node, std::initializer_list<int> types);
   // cuGraphNodeSetEnabled / GetEnabled: the client records which nodes of an
   // executable graph are disabled (call CheckExecNode first).
@@ -169,6 +171,29 @@ class GraphRegistry {
                                               const std::vector<NodeShape>& graph_shape);
   // Forgets the captures of `ctx` (its streams are gone).
   void ForgetContext(uint64_t ctx);
+
+  // --- explicit-graph editing (client/api_graph_edit.cc) ---------------------
+  // cuGraphAddDependencies (remove false) / cuGraphRemoveDependencies: the
+  // edges from[i] -> to[i] of `graph`, all or none, with the driver's rules:
+  // INVALID_HANDLE for an unknown graph; INVALID_VALUE for a node unknown or
+  // of another graph, a node depending on itself, an edge named twice, added
+  // when present or removed when absent.
+  Status EditEdges(uint64_t graph, const std::vector<uint64_t>& from,
+                   const std::vector<uint64_t>& to, bool remove);
+  // cuGraphDestroyNode: the node and its edges leave its graph (*graph gets
+  // it); INVALID_HANDLE for an unknown node. Executable graphs keep their
+  // recorded shapes; the node can no longer be named in them.
+  Status DestroyNode(uint64_t node, uint64_t* graph);
+  // A node of `graph` on a cycle of its dependencies, or 0 when none (the
+  // driver refuses to instantiate a graph with a cycle).
+  uint64_t NodeOnCycle(uint64_t graph);
+  // Child-graph node `node` was added with `child` as it is now: its shape
+  // is kept, for cuGraphExecChildGraphNodeSetParams (CheckChildGraphUpdate).
+  void NoteChildGraph(uint64_t node, uint64_t child);
+  // Whether `child` has the topology the child of node `node` had when
+  // added (INVALID_VALUE otherwise; OK where either is opaque: the server
+  // checks what it can).
+  Status CheckChildGraphUpdate(uint64_t node, uint64_t child);
 
  private:
   HandleIds* const ids_;
@@ -197,6 +222,9 @@ class GraphRegistry {
     int type = 0;  // CUgraphNodeType
     std::vector<uint64_t> dependencies;
     std::shared_ptr<const RecordedNodeParams> params;  // kernel, memset and memcpy nodes
+    // child-graph nodes: the child's shape when added (opaque: unknown)
+    bool child_opaque = false;
+    std::vector<NodeShape> child_shape;
   };
   std::unordered_map<uint64_t, NodeState> nodes_ ABSL_GUARDED_BY(mu_);
   // GraphShape's work, for a graph known not to be opaque.

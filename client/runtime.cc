@@ -11,8 +11,10 @@
 #include "client/cuda_result.h"
 #include "client/image_upload.h"
 #include "client/unsupported.h"
+#include "common/credentials.h"
 #include "common/frame.h"
 #include "common/log.h"
+#include "common/tls_transport.h"
 #include "common/units.h"
 
 namespace ferry::client {
@@ -172,10 +174,15 @@ Status Runtime::ConnectFromEnvironment() {
   }
   Connection::Borrow borrow;
   FERRY_RETURN_IF_ERROR(BorrowFromEnvironment(&borrow));
+  FERRY_RETURN_IF_ERROR(TokenFromEnvironment(&borrow.token));
   ConnectionOptions options;
   FERRY_RETURN_IF_ERROR(CallTimeoutFromEnvironment(&options.call_timeout));
   std::unique_ptr<Transport> transport;
-  Status status = ConnectTransport(server, std::chrono::milliseconds(timeout_ms), &transport);
+  Status status = ConnectTransportWithTls(server, std::chrono::milliseconds(timeout_ms),
+                                          TlsClientConfigFromEnvironment(server), &transport);
+  if (status.code() == StatusCode::kPermissionDenied) {
+    return status;  // a server whose certificate does not verify: not a lost one
+  }
   if (!status.ok()) {
     return Status::Disconnected("cannot reach ferryd at " + server +
                                 " (FERRY_SERVER): " + status.message());

@@ -202,6 +202,13 @@ void TuneTcpSocket(int fd) {
 
 Status ConnectTcp(std::string_view address, std::chrono::milliseconds timeout,
                   std::unique_ptr<Transport>* out) {
+  int fd = -1;
+  FERRY_RETURN_IF_ERROR(ConnectTcpSocket(address, timeout, &fd));
+  *out = std::make_unique<SocketTransport>(fd, std::string(address));
+  return Status::Ok();
+}
+
+Status ConnectTcpSocket(std::string_view address, std::chrono::milliseconds timeout, int* out) {
   std::string host;
   uint16_t port = 0;
   FERRY_RETURN_IF_ERROR(ParseHostPort(address, &host, &port));
@@ -250,7 +257,7 @@ Status ConnectTcp(std::string_view address, std::chrono::milliseconds timeout,
     ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
     TuneTcpSocket(fd);
     ::freeaddrinfo(results);
-    *out = std::make_unique<SocketTransport>(fd, name);
+    *out = fd;
     return Status::Ok();
   }
   ::freeaddrinfo(results);

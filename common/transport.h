@@ -98,6 +98,10 @@ Status ParseHostPort(std::string_view address, std::string* host, uint16_t* port
 Status ConnectTcp(std::string_view address, std::chrono::milliseconds timeout,
                   std::unique_ptr<Transport>* out);
 
+// As ConnectTcp, returning the connected, tuned, blocking socket (the
+// caller owns it).
+Status ConnectTcpSocket(std::string_view address, std::chrono::milliseconds timeout, int* fd);
+
 // Connects to a ferryd address: "unix:/path" (shared memory, see
 // common/shm_transport.h) or "host:port" (TCP).
 Status ConnectTransport(std::string_view address, std::chrono::milliseconds timeout,

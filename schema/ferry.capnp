@@ -64,6 +64,16 @@
 # preempted it) and freed everything the session had; its status says why, and
 # every later call of the session fails with that status.
 #
+# Authentication (when ferryd has a token file): Hello.token must name a token
+# of the file, else the HelloReply refuses with permissionDenied
+# (CUDA_ERROR_NOT_PERMITTED) and the connection closes; nothing else of the
+# peer is read. A client may borrow only from the token's pools; a control
+# connection may send mutating requests (everything but status) only with an
+# admin token. Over TCP the frames may travel inside TLS (ferryd --tls-cert):
+# the TLS handshake comes first and the frames are its payload, unchanged;
+# shared-memory sessions are set up over a unix socket, whose peer
+# credentials ferryd may check.
+#
 # Module images are content-addressed: a moduleLoad may name its image by
 # imageHash (SHA-256) and imageBytes instead of carrying it. If the server's
 # image cache holds that image, it loads it; otherwise it answers OK with
@@ -73,6 +83,13 @@
 # hash sent with them; bytes that do not match are refused
 # (CUDA_ERROR_INVALID_VALUE). A moduleLoad with bulk and no hash is loaded
 # and not kept. A libraryLoad names its image the same way.
+#
+# Keepalives: a client that bounds its waits for replies (FERRY_CALL_TIMEOUT)
+# asks in Hello.keepaliveMs for a keepalive frame that often (the server makes
+# it at least 10 ms) while the server owes it a reply it is still working on
+# (a synchronize behind long work, a device-to-host copy queued behind it).
+# The frame answers nothing; the client's deadline then measures the server's
+# silence, not the length of the work. 0 (and an older client) asks for none.
 #
 # Evolution: ordinals never change meaning; a new call gets a new ordinal. A
 # call the server does not know gets an Unimplemented status (the client
@@ -94,6 +111,8 @@ enum FrameKind {
   controlReply @6;
   # host callbacks
   gateOpen @7;     # client -> server: open a host gate (message: GateOpen)
+  # call deadline (keepalive)
+  keepalive @8;    # server -> client: still working on the client's calls (message: an empty Reply)
 }
 
 struct Status {
@@ -116,6 +135,12 @@ struct Hello {
   pool @5 :Text;           # FERRY_POOL; "" = the server's default pool
   gpus @6 :UInt32;         # FERRY_GPUS: devices wanted; 0 means 1
   waitMs @7 :UInt64;       # FERRY_WAIT: how long to queue for them; 0 = not at all
+  # authentication
+  token @8 :Text;          # FERRY_TOKEN / ferryctl --token: "ferry_<id>_<secret>"; "" = none.
+                           # A ferryd with a token file refuses a Hello whose token is
+                           # missing or wrong (permissionDenied) and reads nothing more.
+  # call deadline (keepalive)
+  keepaliveMs @9 :UInt32;  # a keepalive frame this often while replies are due; 0 = never
 }
 
 struct Device {
@@ -421,23 +446,30 @@ struct Call {
     # whole-graph executable updates
     graphExecUpdate @99 :GraphExecUpdate  # cuGraphExecUpdate(_v2)
         $waits("always") $handles(["exec", "graph"]);
+    # explicit-graph editing and node parameters (graphedit): see GraphEdges
+    graphEditEdges @100 :GraphEdges  # cuGraphAddDependencies, cuGraphRemoveDependencies
+        $waits("never") $handles(["graph"]);
+    graphDestroyNode @101 :GraphNodeRef  # cuGraphDestroyNode
+        $waits("never") $handles(["node"]);
+    graphNodeSetParams @102 :GraphNodeSetParams  # kernel: bulk = packed params
+        $waits("never") $handles(["node"]) $usesContext;
     # graph node kinds: memory allocation and free nodes, graph memory (see GraphAddMemNode)
-    graphAddMemAllocNode @100 :GraphAddMemNode  # reply memAlloc (the node's address)
+    graphAddMemAllocNode @103 :GraphAddMemNode  # reply memAlloc (the node's address)
         $waits("always") $handles(["graph"]) $usesContext;
-    graphAddMemFreeNode @101 :GraphAddMemNode
+    graphAddMemFreeNode @104 :GraphAddMemNode
         $waits("never") $handles(["graph"]) $ranges(["dptr"]);
-    deviceGetGraphMemAttribute @102 :DeviceGraphMem  # reply value
+    deviceGetGraphMemAttribute @105 :DeviceGraphMem  # reply value
         $waits("always") $usesContext;
-    deviceSetGraphMemAttribute @103 :DeviceGraphMem
+    deviceSetGraphMemAttribute @106 :DeviceGraphMem
         $waits("always");
-    deviceGraphMemTrim @104 :DeviceGraphMem
+    deviceGraphMemTrim @107 :DeviceGraphMem
         $waits("never");
     # graph node kinds: event record and wait nodes (see GraphAddEventNode)
-    graphAddEventNode @105 :GraphAddEventNode
+    graphAddEventNode @108 :GraphAddEventNode
         $waits("never") $handles(["graph", "event"]);
-    graphEventNodeSetEvent @106 :GraphEventNodeEvent  # cuGraphEvent{Record,Wait}NodeSetEvent
+    graphEventNodeSetEvent @109 :GraphEventNodeEvent  # cuGraphEvent{Record,Wait}NodeSetEvent
         $waits("never") $handles(["node", "event"]);
-    graphExecEventNodeSetEvent @107 :GraphEventNodeEvent  # cuGraphExecEvent{Record,Wait}NodeSetEvent
+    graphExecEventNodeSetEvent @110 :GraphEventNodeEvent  # cuGraphExecEvent{Record,Wait}NodeSetEvent
         $waits("never") $handles(["exec", "node", "event"]);
   }
 }
@@ -886,6 +918,45 @@ struct GraphExecNodeEnabled {
   exec @0 :UInt64;
   node @1 :UInt64;
   enabled @2 :Bool;
+}
+
+# explicit-graph editing (graphedit). The client records each graph's
+# explicitly added nodes and edges, so it checks an edit as the driver does
+# (unknown nodes or edges, an edge added twice, nodes of another graph:
+# CUDA_ERROR_INVALID_VALUE) and sends it fire-and-forget; the server checks
+# again what keeps it sound. A graph's nodes run in a topological order of
+# their dependencies, computed when it is instantiated (a cycle is refused
+# there, as the driver refuses it).
+#
+# graphEditEdges adds (remove false) or removes the edges from[i] -> to[i]
+# (to[i] then depends on from[i]); both lists have the same length.
+struct GraphEdges {
+  graph @0 :UInt64;
+  from @1 :List(UInt64);
+  to @2 :List(UInt64);
+  remove @3 :Bool;
+}
+# graphDestroyNode: the node and its edges leave its graph.
+struct GraphNodeRef {
+  node @0 :UInt64;
+}
+# cuGraph{Kernel,Memset,Memcpy}NodeSetParams, cuGraphExec{Kernel,Memset,
+# Memcpy,ChildGraph}NodeSetParams, cuGraph(Exec)NodeSetParams: node `node`
+# does `work` from now on, either in its graph (exec 0: later instantiations,
+# clones and child-graph copies take it) or only in executable graph `exec`
+# (instantiated from the node's graph; launches queued already run what they
+# were queued with). The work is checked as a new node's; it must be of the
+# node's kind and in the node's context (the `stream` fields are unused).
+# childGraph (exec only): a graph of the topology of the node's child.
+struct GraphNodeSetParams {
+  exec @0 :UInt64;  # 0: the graph's node
+  node @1 :UInt64;
+  union {
+    kernel @2 :Launch;
+    memset @3 :Memset;
+    memcpy @4 :Memcpy;  # device to device
+    childGraph @5 :UInt64;
+  }
 }
 
 # library and kernel API, occupancy

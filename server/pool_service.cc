@@ -230,6 +230,11 @@ pool::PoolSnapshot PoolService::Snapshot(absl::Time* now) const {
   return state_->Snapshot(*now);
 }
 
+std::string PoolService::default_pool() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return state_->config().server.default_pool;
+}
+
 std::string PoolService::config_path() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return state_->config().path;

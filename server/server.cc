@@ -1,12 +1,16 @@
 #include "server/server.h"
 
 #include <absl/cleanup/cleanup.h>
+#include <grp.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <utility>
 
 #include "common/frame.h"
@@ -57,6 +61,9 @@ std::string RestartOnlyChange(const pool::Config& before, const pool::Config& af
     }
   }
   if (before.pooling() != after.pooling()) return "pool (turning pools on or off)";
+  // The token file's contents reload; where it is, TLS and the unix
+  // sockets' access are set up at start.
+  if (!(before.auth == after.auth)) return "auth";
   return "";
 }
 
@@ -98,6 +105,46 @@ void Server::SetConfigFile(const std::string& path, const pool::Config& loaded) 
   loaded_config_ = loaded;
 }
 
+Status Server::SetTls(const std::string& cert_file, const std::string& key_file) {
+  return TlsContext::ForServer(cert_file, key_file, &tls_);
+}
+
+Status LookUpGroup(const std::string& group, uint32_t* gid) {
+  if (!group.empty() && std::all_of(group.begin(), group.end(),
+                                    [](unsigned char c) { return std::isdigit(c) != 0; })) {
+    *gid = static_cast<uint32_t>(std::strtoul(group.c_str(), nullptr, 10));
+    return Status::Ok();
+  }
+  std::vector<char> buffer(16384);
+  struct group entry {};
+  struct group* found = nullptr;
+  if (::getgrnam_r(group.c_str(), &entry, buffer.data(), buffer.size(), &found) != 0 ||
+      found == nullptr) {
+    return Status::NotFound("no group '" + group + "' (--unix-group)");
+  }
+  *gid = found->gr_gid;
+  return Status::Ok();
+}
+
+bool IsLoopbackAddress(const std::string& address) {
+  std::string host;
+  uint16_t port = 0;
+  if (!ParseHostPort(address, &host, &port).ok()) return false;
+  if (host == "localhost") return true;
+  asio::error_code ec;
+  const asio::ip::address ip = asio::ip::make_address(host, ec);
+  return !ec && ip.is_loopback();
+}
+
+Status Server::SetTokenFile(const std::string& path) {
+  auto tokens = std::make_shared<auth::TokenSet>();
+  FERRY_RETURN_IF_ERROR(auth::TokenSet::Load(path, tokens.get()));
+  std::lock_guard<std::mutex> lock(mutex_);
+  token_file_ = path;
+  tokens_ = std::move(tokens);
+  return Status::Ok();
+}
+
 Status Server::Reload(std::string* summary) {
   std::lock_guard<std::mutex> one_at_a_time(reload_mutex_);
   std::string path;
@@ -107,8 +154,25 @@ Status Server::Reload(std::string* summary) {
     path = config_path_;
     before = loaded_config_;
   }
+  if (path.empty() && token_file_.empty()) {
+    return Status::InvalidArgument(
+        "ferryd runs without --config and --token-file: there is no file to reload");
+  }
+  // Tokens first: a token file that does not load rejects the whole reload.
+  std::shared_ptr<auth::TokenSet> tokens;
+  if (!token_file_.empty()) {
+    tokens = std::make_shared<auth::TokenSet>();
+    if (Status loaded = auth::TokenSet::Load(token_file_, tokens.get()); !loaded.ok()) {
+      return Status::InvalidArgument("reload rejected, the old config and tokens stay: " +
+                                     loaded.message());
+    }
+  }
   if (path.empty()) {
-    return Status::InvalidArgument("ferryd runs without --config: there is no file to reload");
+    std::lock_guard<std::mutex> lock(mutex_);
+    tokens_ = std::move(tokens);
+    FERRY_LOG(kInfo) << "reloaded " << token_file_ << ": " << tokens_->size() << " token(s)";
+    *summary = "reloaded " + token_file_ + ": " + std::to_string(tokens_->size()) + " token(s)\n";
+    return Status::Ok();
   }
   pool::Config after;
   Status status = pool::LoadConfigFile(path, &after);
@@ -125,12 +189,19 @@ Status Server::Reload(std::string* summary) {
     return Status::InvalidArgument("reload rejected, the old config stays: " + status.message());
   }
   ApplyLogLevel(after);
+  std::string token_summary;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     loaded_config_ = after;
+    if (tokens != nullptr) {
+      tokens_ = std::move(tokens);
+      token_summary = token_file_ + ": " + std::to_string(tokens_->size()) + " token(s)";
+    }
   }
-  FERRY_LOG(kInfo) << "reloaded " << path;
-  *summary = "reloaded " + path + "\n" + pool_summary;
+  FERRY_LOG(kInfo) << "reloaded " << path << (token_summary.empty() ? "" : " and ")
+                   << token_summary;
+  *summary = "reloaded " + path + "\n" +
+             (token_summary.empty() ? "" : "reloaded " + token_summary + "\n") + pool_summary;
   return Status::Ok();
 }
 
@@ -152,7 +223,19 @@ Status Server::Listen(const std::string& address) {
     asio::local::stream_protocol::endpoint endpoint(path);
     acceptor->open(endpoint.protocol(), ec);
     if (!ec) acceptor->bind(endpoint, ec);
-    if (!ec) acceptor->listen(asio::socket_base::max_listen_connections, ec);
+    if (ec) return Status::InvalidArgument("cannot listen on " + address + ": " + ec.message());
+    // Owner and group only, whatever the umask: set before listen(), so no
+    // peer can connect while the mode is still the umask's.
+    if (unix_access_.group.has_value() &&
+        ::chown(path.c_str(), static_cast<uid_t>(-1), *unix_access_.group) != 0) {
+      return Status::InvalidArgument("cannot give " + path + " to group " +
+                                     std::to_string(*unix_access_.group) + ": " +
+                                     std::strerror(errno));
+    }
+    if (::chmod(path.c_str(), 0660) != 0) {
+      return Status::InvalidArgument("cannot chmod 0660 " + path + ": " + std::strerror(errno));
+    }
+    acceptor->listen(asio::socket_base::max_listen_connections, ec);
     if (ec) return Status::InvalidArgument("cannot listen on " + address + ": " + ec.message());
     bound_.push_back(address);
     unix_paths_.push_back(path);
@@ -216,12 +299,33 @@ void Server::StartAccept(asio::ip::tcp::acceptor& acceptor) {
           return;
         }
         TuneTcpSocket(fd);
-        ServeOnNewThread(
-            [fd, peer](std::unique_ptr<Transport>* out) {
-              *out = std::make_unique<SocketTransport>(fd, peer);
-              return Status::Ok();
-            },
-            peer);
+        if (tls_ == nullptr) {
+          ServeOnNewThread(
+              [fd, peer](std::unique_ptr<Transport>* out, Status*) {
+                *out = std::make_unique<SocketTransport>(fd, peer);
+                return Status::Ok();
+              },
+              peer);
+        } else {
+          // The TLS handshake runs on the connection's own thread, within the
+          // handshake deadline.
+          ServeOnNewThread(
+              [this, fd, peer](std::unique_ptr<Transport>* out, Status* refusal) {
+                bool plain_peer = false;
+                FERRY_RETURN_IF_ERROR(AcceptTls(
+                    fd, peer, *tls_, std::chrono::steady_clock::now() + limits_.handshake_timeout,
+                    out, &plain_peer));
+                if (plain_peer) {
+                  FERRY_LOG(kWarning) << "connection from " << peer
+                                      << " refused: a plain (non-TLS) client on a TLS listener";
+                  *refusal = Status::PermissionDenied(
+                      "this ferryd speaks TLS only: set FERRY_TLS_CA (ferryctl: --tls-ca) to the "
+                      "CA file that signed its certificate");
+                }
+                return Status::Ok();
+              },
+              peer);
+        }
         StartAccept(acceptor);
       });
 }
@@ -241,14 +345,24 @@ void Server::StartAcceptUnix(asio::local::stream_protocol::acceptor& acceptor) {
         const int fd = socket.release(ignored);
         ucred credentials{};
         socklen_t length = sizeof(credentials);
+        std::string refused;  // why the peer is refused; "" when it is not
         if (fd >= 0 && ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) == 0) {
           peer += " pid " + std::to_string(credentials.pid);
+          refused = UnixPeerRefusal(credentials.uid, credentials.gid);
+        } else if (!unix_access_.allow_uids.empty() || !unix_access_.allow_gids.empty()) {
+          refused = "its credentials cannot be read";
         }
         if (fd >= 0) {
           // The shared region is set up on the connection's own thread, never
-          // on the accepting one.
+          // on the accepting one. A refused peer still gets it (its pages are
+          // untouched, so they cost nothing), so that it can read why.
           ServeOnNewThread(
-              [fd, peer](std::unique_ptr<Transport>* out) {
+              [fd, peer, refused](std::unique_ptr<Transport>* out, Status* refusal) {
+                if (!refused.empty()) {
+                  FERRY_LOG(kWarning) << "connection from " << peer << " refused: " << refused;
+                  *refusal =
+                      Status::PermissionDenied("ferryd refuses this unix-socket peer: " + refused);
+                }
                 return ShmTransport::Accept(fd, peer, ShmTransport::kDefaultRingBytes, out);
               },
               peer);
@@ -257,8 +371,20 @@ void Server::StartAcceptUnix(asio::local::stream_protocol::acceptor& acceptor) {
       });
 }
 
-void Server::ServeOnNewThread(std::function<Status(std::unique_ptr<Transport>*)> make_transport,
-                              std::string peer) {
+std::string Server::UnixPeerRefusal(uint32_t uid, uint32_t gid) const {
+  const UnixAccess& access = unix_access_;
+  if (access.allow_uids.empty() && access.allow_gids.empty()) return "";
+  if (std::find(access.allow_uids.begin(), access.allow_uids.end(), uid) !=
+          access.allow_uids.end() ||
+      std::find(access.allow_gids.begin(), access.allow_gids.end(), gid) !=
+          access.allow_gids.end()) {
+    return "";
+  }
+  return "uid " + std::to_string(uid) + " gid " + std::to_string(gid) +
+         " is not allowed (--unix-allow-uid, --unix-allow-gid)";
+}
+
+void Server::ServeOnNewThread(MakeTransport make_transport, std::string peer) {
   uint64_t id = 0;
   bool over_cap = false;
   bool flooded = false;
@@ -282,13 +408,15 @@ void Server::ServeOnNewThread(std::function<Status(std::unique_ptr<Transport>*)>
                           << " connections (--max-connections) and as many refusals are open";
     }
     std::unique_ptr<Transport> unused;
-    (void)make_transport(&unused);
+    Status ignored;
+    (void)make_transport(&unused, &ignored);
     return;
   }
   std::thread([this, id, over_cap, make_transport = std::move(make_transport),
                peer = std::move(peer)] {
     std::unique_ptr<Transport> transport;
-    Status status = make_transport(&transport);
+    Status refusal;
+    Status status = make_transport(&transport, &refusal);
     if (!status.ok()) {
       FERRY_LOG(kWarning) << "connection from " << peer << " failed: " << status.ToString();
       ConnectionFinished(id);
@@ -299,7 +427,7 @@ void Server::ServeOnNewThread(std::function<Status(std::unique_ptr<Transport>*)>
       connections_[id] = transport.get();
       if (stopping_) transport->Shutdown();
     }
-    ServeConnection(id, std::move(transport), over_cap);
+    ServeConnection(id, std::move(transport), over_cap, refusal);
   }).detach();
 }
 
@@ -317,7 +445,8 @@ void Server::Refuse(Transport& transport, const Status& refusal) {
   (void)WriteFrame(transport, wire::FrameKind::HELLO_REPLY, message);
 }
 
-void Server::ServeConnection(uint64_t id, std::unique_ptr<Transport> transport, bool over_cap) {
+void Server::ServeConnection(uint64_t id, std::unique_ptr<Transport> transport, bool over_cap,
+                             const Status& refusal) {
   // The Hello must come whole, small and soon: a peer nobody knows yet
   // holds a thread and a socket, never memory it merely announces.
   Frame frame;
@@ -356,6 +485,17 @@ void Server::ServeConnection(uint64_t id, std::unique_ptr<Transport> transport, 
       ConnectionFinished(id);
       return;
     }
+    std::optional<auth::Token> token;
+    if (!refusal.ok()) {
+      Refuse(*transport, refusal);
+      ConnectionFinished(id);
+      return;
+    }
+    if (Status authenticated = Authenticate(*transport, hello, &token); !authenticated.ok()) {
+      Refuse(*transport, authenticated);
+      ConnectionFinished(id);
+      return;
+    }
     // ferryctl's control connections pass the cap (not the flood limit of
     // twice the cap, checked earlier): an operator must be able to look at
     // and preempt sessions while idle connections fill the cap.
@@ -370,7 +510,7 @@ void Server::ServeConnection(uint64_t id, std::unique_ptr<Transport> transport, 
       return;
     }
     if (hello.getRole() == wire::Hello::Role::CONTROL) {
-      ServeControl(*transport);
+      ServeControl(*transport, token);
       ConnectionFinished(id);
       return;
     }
@@ -394,15 +534,43 @@ void Server::ServeConnection(uint64_t id, std::unique_ptr<Transport> transport, 
       std::lock_guard<std::mutex> lock(mutex_);
       --client_sessions_;
     };
-    ServeClient(id, std::move(transport), hello);
+    ServeClient(id, std::move(transport), hello, token);
   } catch (const kj::Exception& e) {
     FERRY_LOG(kWarning) << "bad handshake from a client: " << e.getDescription().cStr();
   }
   ConnectionFinished(id);
 }
 
+Status Server::Authenticate(const Transport& transport, wire::Hello::Reader hello,
+                            std::optional<auth::Token>* token) {
+  std::shared_ptr<const auth::TokenSet> tokens;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    tokens = tokens_;
+  }
+  if (tokens == nullptr) return Status::Ok();  // no token file: no authentication
+  const bool control = hello.getRole() == wire::Hello::Role::CONTROL;
+  const std::string who = std::string(control ? "ferryctl" : "client") + " " +
+                          transport.PeerName() + " pid " + std::to_string(hello.getPid());
+  const std::string presented = hello.getToken().cStr();
+  const std::string how = control ? "--token or FERRY_TOKEN" : "FERRY_TOKEN or FERRY_TOKEN_FILE";
+  if (presented.empty()) {
+    FERRY_LOG(kWarning) << who << " refused: no token (ferryd runs with --token-file)";
+    return Status::PermissionDenied("ferryd requires a token: set " + how);
+  }
+  const auth::Token* found = tokens->Find(presented);
+  if (found == nullptr) {
+    FERRY_LOG(kWarning) << who << " refused: its token is not in " << token_file_;
+    return Status::PermissionDenied("ferryd does not know this token (" + how +
+                                    "): wrong, revoked or not yet reloaded");
+  }
+  FERRY_LOG(kDebug) << who << " authenticated with " << found->Describe();
+  *token = *found;
+  return Status::Ok();
+}
+
 void Server::ServeClient(uint64_t id, std::unique_ptr<Transport> transport,
-                         wire::Hello::Reader hello) {
+                         wire::Hello::Reader hello, const std::optional<auth::Token>& token) {
   SessionGrant grant;
   if (pool_ == nullptr) {
     for (const ServedGpu& gpu : gpus_) {
@@ -412,7 +580,7 @@ void Server::ServeClient(uint64_t id, std::unique_ptr<Transport> transport,
       grant.devices.push_back(device);
     }
   } else {
-    Status borrowed = BorrowFor(id, *transport, hello, &grant);
+    Status borrowed = BorrowFor(id, *transport, hello, token, &grant);
     if (!borrowed.ok()) {
       FERRY_LOG(kInfo) << "client " << transport->PeerName() << " pid " << hello.getPid()
                        << " gets no device: " << borrowed.message();
@@ -454,7 +622,7 @@ void Server::ServeClient(uint64_t id, std::unique_ptr<Transport> transport,
 }
 
 Status Server::BorrowFor(uint64_t id, Transport& transport, wire::Hello::Reader hello,
-                         SessionGrant* grant) {
+                         const std::optional<auth::Token>& token, SessionGrant* grant) {
   pool::BorrowRequest request;
   request.session = id;
   request.pool = hello.getPool().cStr();
@@ -466,6 +634,17 @@ Status Server::BorrowFor(uint64_t id, Transport& transport, wire::Hello::Reader 
   request.pid = hello.getPid();
   request.program = hello.getProgram().cStr();
   const std::string wanted = request.pool.empty() ? "the default pool" : "pool " + request.pool;
+  if (token.has_value()) {
+    // Checked before the borrow: a token that may not have the pool takes
+    // no place in its queue.
+    const std::string pool = request.pool.empty() ? pool_->default_pool() : request.pool;
+    if (!token->MayBorrowFrom(pool)) {
+      std::string pools;
+      for (const std::string& p : token->pools) pools += (pools.empty() ? "" : ", ") + p;
+      return Status::PermissionDenied(token->Describe() + " may not borrow from pool " + pool +
+                                      " (its pools: " + pools + ")");
+    }
+  }
   pool::Lease lease;
   FERRY_RETURN_IF_ERROR(pool_->Borrow(
       request, [&transport] { return transport.PeerGoneOrTalking(); },
@@ -616,9 +795,17 @@ void Server::FillPoolStatus(wire::PoolStatus::Builder out) {
 }
 
 Status Server::HandleControl(wire::ControlRequest::Reader request,
-                             wire::ControlReply::Builder reply) {
+                             wire::ControlReply::Builder reply,
+                             const std::optional<auth::Token>& token) {
   using R = wire::ControlRequest;
   std::string summary;
+  // Everything but status changes what ferryd does: admin tokens only.
+  if (token.has_value() && !token->admin && request.which() != R::STATUS) {
+    FERRY_LOG(kWarning) << "ferryctl with " << token->Describe()
+                        << " refused a mutating request: not an admin token";
+    return Status::PermissionDenied(token->Describe() +
+                                    " is not an admin token: only status is allowed");
+  }
   switch (request.which()) {
     case R::STATUS: {
       auto sessions = Sessions();
@@ -688,7 +875,7 @@ Status Server::HandleControl(wire::ControlRequest::Reader request,
   return Status::Ok();
 }
 
-void Server::ServeControl(Transport& transport) {
+void Server::ServeControl(Transport& transport, const std::optional<auth::Token>& token) {
   {
     capnp::MallocMessageBuilder message;
     auto reply = message.initRoot<wire::HelloReply>();
@@ -707,7 +894,7 @@ void Server::ServeControl(Transport& transport) {
     reply.setBackend(std::string(backend_.Name()));
     try {
       capnp::FlatArrayMessageReader reader(frame.words, PeerReaderOptions());
-      Status status = HandleControl(reader.getRoot<wire::ControlRequest>(), reply);
+      Status status = HandleControl(reader.getRoot<wire::ControlRequest>(), reply, token);
       StatusToWire(status, reply.initStatus());
     } catch (const kj::Exception& e) {
       return;

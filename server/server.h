@@ -10,6 +10,11 @@
 // queue if it asked to — and gives them back when its session ends; a
 // preempted session loses its devices at once (Session::Preempt).
 //
+// With a token file (SetTokenFile) every Hello must carry one of its tokens:
+// a peer without one gets a single refusal (permissionDenied) and nothing
+// else; a client borrows only from its token's pools, and ferryctl's
+// mutating requests need an admin token.
+//
 // Thread-safety: every public method is safe from any thread.
 #pragma once
 
@@ -23,11 +28,14 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "common/status.h"
+#include "common/tls_transport.h"
+#include "server/auth/tokens.h"
 #include "server/backend/api/gpu_backend.h"
 #include "server/pool/clock.h"
 #include "server/pool/config.h"
@@ -58,6 +66,18 @@ struct ServerLimits {
   uint64_t session_buffer_bytes = Session::kDefaultBufferLimit;
 };
 
+// Who may connect to ferryd's unix: sockets.
+struct UnixAccess {
+  std::optional<uint32_t> group;     // the sockets' group (mode 0660); unset: ferryd's
+  std::vector<uint32_t> allow_uids;  // with either list non-empty, a peer whose uid is
+  std::vector<uint32_t> allow_gids;  // in neither (SO_PEERCRED) is refused
+};
+
+// A group name or number as a gid; NotFound naming it otherwise.
+Status LookUpGroup(const std::string& group, uint32_t* gid);
+// "127.0.0.1:7070", "[::1]:0", "localhost:7070": only this host can reach it.
+bool IsLoopbackAddress(const std::string& address);
+
 class Server {
  public:
   // `backend` must outlive the server. Sessions share a module image cache of
@@ -80,7 +100,15 @@ class Server {
   // Before Start. The config file Reload re-reads; `loaded` is what it held
   // at start (settings that need a restart are compared against it).
   void SetConfigFile(const std::string& path, const pool::Config& loaded);
-  // SIGHUP and ferryctl reload: re-reads the config file. A file that does
+  // Before Start: every peer must present a token of the file at `path`
+  // (server/auth/tokens.h); Reload re-reads it. Fails when it does not load.
+  Status SetTokenFile(const std::string& path);
+  // Before Start: every TCP listener speaks TLS with this certificate chain
+  // and key (PEM files). Fails when they do not load or do not match.
+  Status SetTls(const std::string& cert_file, const std::string& key_file);
+  // Before Listen: who may use the unix: sockets, and their group.
+  void SetUnixAccess(const UnixAccess& access) { unix_access_ = access; }
+  // SIGHUP and ferryctl reload: re-reads the token file and the config file. A file that does
   // not parse, or that changes what needs a restart, is rejected and the old
   // config stays (the caller logs why); `summary` says what happened.
   Status Reload(std::string* summary);
@@ -104,23 +132,36 @@ class Server {
   void StartAcceptUnix(asio::local::stream_protocol::acceptor& acceptor);
   // Registers a new connection and serves it on a thread of its own;
   // `make_transport` runs on that thread.
-  void ServeOnNewThread(std::function<Status(std::unique_ptr<Transport>*)> make_transport,
-                        std::string peer);
-  void ServeConnection(uint64_t id, std::unique_ptr<Transport> transport, bool over_cap);
+  // `make_transport` may set its Status argument: the peer is refused with it
+  // once its Hello has come (a plain client on a TLS listener).
+  using MakeTransport = std::function<Status(std::unique_ptr<Transport>*, Status* refusal)>;
+  void ServeOnNewThread(MakeTransport make_transport, std::string peer);
+  void ServeConnection(uint64_t id, std::unique_ptr<Transport> transport, bool over_cap,
+                       const Status& refusal);
+  // Whether a unix: peer with these credentials may connect; "" if so,
+  // else why not (for the log).
+  std::string UnixPeerRefusal(uint32_t uid, uint32_t gid) const;
   // Answers a handshake with `refusal` (a HelloReply), for a peer that is
   // refused before it gets a session.
   static void Refuse(Transport& transport, const Status& refusal);
   // Borrows the client's devices and runs its session until it ends (the
   // caller's thread); frees it and returns its slices.
-  void ServeClient(uint64_t id, std::unique_ptr<Transport> transport, wire::Hello::Reader hello);
-  void ServeControl(Transport& transport);
-  Status HandleControl(wire::ControlRequest::Reader request, wire::ControlReply::Builder reply);
+  void ServeClient(uint64_t id, std::unique_ptr<Transport> transport, wire::Hello::Reader hello,
+                   const std::optional<auth::Token>& token);
+  // Checks the Hello's token against the token file. Without one (no
+  // authentication) accepts every peer and leaves `token` empty.
+  Status Authenticate(const Transport& transport, wire::Hello::Reader hello,
+                      std::optional<auth::Token>* token);
+  // `token`: the peer's (empty without authentication).
+  void ServeControl(Transport& transport, const std::optional<auth::Token>& token);
+  Status HandleControl(wire::ControlRequest::Reader request, wire::ControlReply::Builder reply,
+                       const std::optional<auth::Token>& token);
   void FillPoolStatus(wire::PoolStatus::Builder out);
   void ConnectionFinished(uint64_t id);
   // Borrows for the client whose handshake is `hello`; sends interim
   // HelloReplys while it waits. Fills `grant` when it gets devices.
   Status BorrowFor(uint64_t id, Transport& transport, wire::Hello::Reader hello,
-                   SessionGrant* grant);
+                   const std::optional<auth::Token>& token, SessionGrant* grant);
   // The pool's preempt hook.
   void PreemptSession(const pool::Preemption& preemption);
   // The backend device behind served GPU `gpu_index` (0 if none serves it).
@@ -143,6 +184,11 @@ class Server {
   std::string config_path_ ABSL_GUARDED_BY(mutex_);
   pool::Config loaded_config_ ABSL_GUARDED_BY(mutex_);
   std::mutex reload_mutex_;  // one reload at a time
+  std::string token_file_;   // "" = no authentication; fixed after Start
+  std::shared_ptr<TlsContext> tls_;  // null: plain TCP; fixed after Start
+  UnixAccess unix_access_;           // fixed after Listen
+  // Replaced whole by Reload; a handshake keeps the set it looked at.
+  std::shared_ptr<const auth::TokenSet> tokens_ ABSL_GUARDED_BY(mutex_);
 
   // Shared with preemption workers, which may outlive the connection thread's
   // use of a session.

@@ -59,7 +59,12 @@ Session::Session(uint64_t id, std::unique_ptr<Transport> transport, backend::Gpu
       program_(hello.getProgram().cStr()),
       since_unix_ms_(NowUnixMs()),
       grant_(WithComputeMechanisms(backend, std::move(grant))),
-      shares_(grant_) {}
+      shares_(grant_),
+      tenant_(backend.CreateTenant()),
+      keepalive_period_(hello.getKeepaliveMs() == 0
+                            ? std::chrono::milliseconds(0)
+                            : std::chrono::milliseconds(
+                                  std::max<uint32_t>(hello.getKeepaliveMs(), kMinKeepaliveMs))) {}
 
 Session::~Session() {
   // Run() has freed everything; wait for any completion still writing.
@@ -203,6 +208,12 @@ void Session::Run() {
   // Serving has ended and every gate is open, so the helper finishes the
   // batch it may be executing and returns.
   if (helper_.joinable()) helper_.join();
+  {
+    std::lock_guard<std::mutex> lock(keepalive_mutex_);
+    keepalive_stopping_ = true;
+  }
+  keepalive_cv_.notify_all();
+  if (keepalive_.joinable()) keepalive_.join();
   transport_->Shutdown();
   {
     std::lock_guard<std::timed_mutex> exec(exec_mutex_);
@@ -625,6 +636,8 @@ void Session::SendReplyMessage(capnp::MallocMessageBuilder& message,
                                std::span<const ConstBuffer> bulk) {
   std::lock_guard<std::mutex> lock(write_mutex_);
   Status status = WriteFrame(*transport_, wire::FrameKind::REPLY, message, bulk);
+  last_write_ns_.store(std::chrono::steady_clock::now().time_since_epoch().count(),
+                       std::memory_order_relaxed);
   if (!status.ok()) {
     // The reader sees the same failure and ends the session.
     FERRY_LOG(kDebug) << "session " << id_ << ": reply not sent: " << status.ToString();
@@ -634,6 +647,11 @@ void Session::SendReplyMessage(capnp::MallocMessageBuilder& message,
 backend::Completion Session::DeferReply(CallContext& cx, backend::MutableHostBytes bulk) {
   cx.deferred = true;
   CompletionStarted();
+  deferred_replies_.fetch_add(1);
+  // Only the executor role starts it, and Run joins it after serving.
+  if (keepalive_period_.count() > 0 && !keepalive_.joinable()) {
+    keepalive_ = std::thread([this] { KeepaliveLoop(); });
+  }
   const uint64_t seq = cx.seq;
   return [this, seq, bulk = std::move(bulk)](Status status) {
     capnp::MallocMessageBuilder message(64);
@@ -644,8 +662,30 @@ backend::Completion Session::DeferReply(CallContext& cx, backend::MutableHostByt
     SendReplyMessage(message, status.ok() && bulk.size > 0
                                   ? std::span<const ConstBuffer>(&payload, 1)
                                   : std::span<const ConstBuffer>());
+    deferred_replies_.fetch_sub(1);
     CompletionDone();
   };
+}
+
+void Session::KeepaliveLoop() {
+  std::unique_lock<std::mutex> lock(keepalive_mutex_);
+  for (;;) {
+    keepalive_cv_.wait_for(lock, keepalive_period_, [this] { return keepalive_stopping_; });
+    if (keepalive_stopping_) return;
+    const auto since_write = std::chrono::steady_clock::now().time_since_epoch() -
+                             std::chrono::steady_clock::duration(last_write_ns_.load());
+    if (deferred_replies_.load() == 0 || since_write < keepalive_period_) continue;
+    lock.unlock();
+    capnp::MallocMessageBuilder message(16);
+    message.initRoot<wire::Reply>();
+    {
+      std::lock_guard<std::mutex> write(write_mutex_);
+      // A failed write: the reader sees the same failure and ends the session.
+      (void)WriteFrame(*transport_, wire::FrameKind::KEEPALIVE, message);
+      last_write_ns_.store(std::chrono::steady_clock::now().time_since_epoch().count());
+    }
+    lock.lock();
+  }
 }
 
 void Session::SendGateReached(uint64_t seq, const Status& status, bool held, bool stream_failed) {
@@ -657,6 +697,27 @@ void Session::SendGateReached(uint64_t seq, const Status& status, bool held, boo
   reached.setHeld(held);
   reached.setStreamFailed(stream_failed);
   SendReplyMessage(message, {});
+}
+
+void Session::UnchargeWhenReleased(int device, uint64_t bytes) {
+  CompletionStarted();
+  backend_.WhenReleased(*tenant_, [this, device, bytes](Status) {
+    shares_.Uncharge(device, bytes);
+    CompletionDone();
+  });
+}
+
+void Session::WaitForReleases() {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool released = false;
+  backend_.WhenReleased(*tenant_, [&](Status) {
+    std::lock_guard<std::mutex> lock(mu);
+    released = true;
+    cv.notify_all();
+  });
+  std::unique_lock<std::mutex> lock(mu);
+  cv.wait(lock, [&] { return released; });
 }
 
 void Session::CompletionStarted() {

@@ -140,6 +140,8 @@ class Session {
   // kDefaultBufferLimit.
   void SetBufferLimit(uint64_t bytes) { buffer_limit_ = bytes; }
   static constexpr uint64_t kDefaultBufferLimit = 4ull << 30;
+  // The shortest keepalive period a client may ask for (Hello.keepaliveMs).
+  static constexpr uint32_t kMinKeepaliveMs = 10;
   // Tests only: how long Preempt waits for the batch in execution.
   void TEST_SetPreemptBatchWait(std::chrono::milliseconds wait) { preempt_batch_wait_ = wait; }
 
@@ -290,12 +292,16 @@ class Session {
     bool wait = false;  // a wait node (else a record node)
   };
   using GraphEventNodes = std::map<uint64_t, GraphNodeEvent>;  // by node id
+  // A graph's uses are those of its nodes without ids (captured or cloned:
+  // `uses`, fixed) and those of its explicitly added nodes (each node's own,
+  // so a node whose work changes or that is destroyed takes its uses along):
+  // UsesOfGraph.
   struct GraphEntry {
     std::unique_ptr<backend::Graph> graph;
     uint64_t ctx = 0;  // of the captured work; 0: no context's (an empty graph)
-    // Shared with clones; copied before a change only while shared, so adding
-    // n nodes one by one costs O(n), not O(n^2).
-    std::shared_ptr<GraphUses> uses;
+    // Shared with clones (never changed once made).
+    std::shared_ptr<const GraphUses> uses;
+    std::vector<uint64_t> nodes;  // explicitly added node ids, in the order added
     GraphMemNodes mem;       // graph node kinds: memory allocation and free nodes
     GraphEventNodes events;  // graph node kinds: event record and wait nodes
   };
@@ -304,17 +310,39 @@ class Session {
     uint64_t graph = 0;
     wire::GraphAddNode::Which kind = wire::GraphAddNode::EMPTY;
     uint64_t ctx = 0;     // of its work; 0 for an empty node
+    GraphUses uses;       // of its work
     int type = 0;         // CUgraphNodeType of the node kinds of session_graph_nodes.cc (else 0)
   };
+  // An executable graph's uses, like a graph's: `base` (its source's
+  // nodes without ids) and each explicitly added node's (node_uses, by the
+  // source's node ids, which cuGraphExec*NodeSetParams change); `uses` is
+  // their union, each range and module once (RefreshExecUses).
   struct GraphExecEntry {
     std::unique_ptr<backend::GraphExec> exec;
     uint64_t graph = 0;  // the graph it was instantiated from (its nodes can be updated)
     uint64_t ctx = 0;
     uint64_t nodes = 0;  // how many (cuGraphExecUpdate keeps the count)
+    std::vector<uint64_t> node_ids;  // its source's explicitly added nodes, in the order added
+    GraphUses base;
+    std::map<uint64_t, GraphUses> node_uses;
     std::shared_ptr<const GraphUses> uses;
     GraphMemNodes mem;       // graph node kinds: its graph's memory nodes
     bool auto_free = false;  // instantiated with AUTO_FREE_ON_LAUNCH
     GraphEventNodes events;  // graph node kinds: its event nodes' events
+  };
+  // A node's work as a GraphNodeSpec (graphAddNode, graphNodeSetParams):
+  // the wire description of its kind (`kind` says which reader is set).
+  struct NodeWorkArgs {
+    wire::GraphAddNode::Which kind = wire::GraphAddNode::EMPTY;
+    wire::Launch::Reader kernel;
+    wire::Memset::Reader memset;
+    wire::Memcpy::Reader memcpy;
+    uint64_t child = 0;
+  };
+  struct NodeWork {
+    backend::GraphNodeSpec spec;
+    uint64_t ctx = 0;  // of the work (0: an empty node, or a child graph without work)
+    GraphUses uses;
   };
   // CUDA arrays, textures and surfaces (session_arrays.cc). An array id
   // names an array, a mipmapped array, or a level of one (owned by the
@@ -488,14 +516,19 @@ class Session {
   // virtual memory management: the client's live reference to physical
   // memory `id` (INVALID_HANDLE if it holds none); drops `id` once nothing
   // holds it; the bases of the whole mappings that make up exactly
-  // [address, address + bytes), one after another; waits until the work
-  // queued on every context of the session has finished (before a range
-  // stops being accessible, where a backend thread could still touch it).
+  // [address, address + bytes), one after another.
   Status FindPhysical(uint64_t id, PhysicalEntry** out);
   void DropPhysicalIfUnused(uint64_t id);
   Status WholeMappings(uint64_t address, uint64_t bytes, const char* call,
                        std::vector<uint64_t>* bases);
-  void WaitForContextsIdle();
+  // releasing memory: gives `bytes` of session device `device` back to the
+  // quota once every release the session started so far has happened (the
+  // memory is really free; GpuBackend::WhenReleased). Never waits.
+  void UnchargeWhenReleased(int device, uint64_t bytes);
+  // Blocks until every release the session started has happened. Only at the
+  // end of the session, after its contexts are gone (so no queued work can
+  // hold a release back), before its slices go back to the pool.
+  void WaitForReleases();
   void FreeVirtualMemory();  // at the end of the session, after the contexts
   // CUDA arrays, textures and surfaces: drops the texture and surface
   // objects and arrays of `ctx`, giving back their quota.
@@ -526,6 +559,18 @@ class Session {
   Status CheckGraphExec(const GraphExecEntry& exec, uint64_t stream_ctx);
   // An executable graph's uses of a graph's: each range and module once.
   static std::shared_ptr<const GraphUses> ExecUses(const GraphUses& graph_uses);
+  // Everything graph `graph`'s work uses (see GraphEntry).
+  GraphUses UsesOfGraph(const GraphEntry& graph);
+  // exec.uses from exec.base and exec.node_uses.
+  static void RefreshExecUses(GraphExecEntry& exec);
+  // Checks a node's work, as the stream-ordered call of its kind checks it,
+  // and describes it for the backend. `graph`: the node's graph (a graph
+  // cannot be its own child).
+  Status NodeWorkOf(const NodeWorkArgs& args, const GraphEntry& graph,
+                    const backend::HostBytes& bulk, NodeWork* work);
+  // cuGraph*NodeSetParams (exec_id 0) and cuGraphExec*NodeSetParams: node
+  // `node_id` does `work` (of its kind and context) from now on.
+  Status SetNodeWork(uint64_t exec_id, uint64_t node_id, NodeWork work);
   Status CaptureGuard(uint64_t stream, CaptureUse use,
                       std::initializer_list<DeviceRange> ranges = {}, uint64_t module = 0);
   // cuCtxSynchronize while streams of `ctx` capture: invalidates them and
@@ -575,6 +620,11 @@ class Session {
   // (OUT_OF_MEMORY) and its ranges become the session's until
   // ForgetGraphExecMemory. Call Check before the backend instantiates, Hold
   // after.
+  Status InsertNodeOfKind(GraphEntry& graph, uint64_t graph_id, uint64_t id,
+                          backend::GraphNode* node, uint64_t ctx, int type);
+  // cuGraphDestroyNode: memory allocation and free nodes stay (their
+  // memory is fixed with the graph: NOT_SUPPORTED).
+  Status CheckDestroyNodeOfKind(const GraphNodeEntry& node);
   Status CheckGraphMemory(const GraphEntry& graph);
   // Also gives `exec` its graph's event nodes.
   Status HoldGraphMemory(GraphEntry& graph, GraphExecEntry& exec);
@@ -643,6 +693,10 @@ class Session {
 
   // Quotas and compute shares of the grant's devices (after grant_).
   SessionShares shares_;
+  // The session's contexts as the backend groups them for releasing memory:
+  // what the session frees is released after the work queued before on any
+  // of its streams (GpuBackend "releasing memory"). Outlives the contexts.
+  const std::unique_ptr<backend::Tenant> tenant_;
 
   // Executor-role state (the tables' sizes may be read by anyone).
   HandleTable<ContextEntry> contexts_{"context", &InvalidContextStatus};
@@ -720,6 +774,19 @@ class Session {
   // The second serving thread. Started by the executor while that is still
   // Run's thread (before helper_ exists nobody else serves), joined by Run.
   std::thread helper_;
+
+  // call deadline (keepalive): while replies are deferred (DeferReply), a
+  // keepalive frame every keepalive_period_ that saw no other frame, so that
+  // the client's deadline measures silence (schema: Keepalives). The thread
+  // starts with the first deferred reply and is joined by Run.
+  void KeepaliveLoop();
+  const std::chrono::milliseconds keepalive_period_;  // 0: the client asked for none
+  std::atomic<int> deferred_replies_{0};              // sent yet to come
+  std::atomic<int64_t> last_write_ns_{0};             // steady clock, last frame sent
+  std::mutex keepalive_mutex_;
+  std::condition_variable keepalive_cv_;
+  bool keepalive_stopping_ ABSL_GUARDED_BY(keepalive_mutex_) = false;
+  std::thread keepalive_;  // started and joined by the executor role's holder / Run
 };
 
 }  // namespace ferry::server

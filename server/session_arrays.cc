@@ -56,8 +56,9 @@ Status Session::ArrayDestroy(wire::ArrayRef::Reader args) {
   const uint64_t charged = entry->charged;
   // Its levels first: they are owned by it.
   arrays_.EraseIf([id](uint64_t, const ArrayEntry& e) { return e.parent == id; });
-  shares_.Uncharge(device, charged);
-  return arrays_.Erase(id);
+  FERRY_RETURN_IF_ERROR(arrays_.Erase(id));
+  UnchargeWhenReleased(device, charged);
+  return Status::Ok();
 }
 
 Status Session::MipmappedArrayGetLevel(wire::MipmappedArrayGetLevel::Reader args) {
@@ -224,7 +225,7 @@ void Session::DestroyContextArrays(uint64_t ctx) {
   // Levels before the mipmapped arrays that own them.
   arrays_.EraseIf([ctx](uint64_t, const ArrayEntry& e) { return e.ctx == ctx && e.level; });
   arrays_.ForEach([&](uint64_t, ArrayEntry& e) {
-    if (e.ctx == ctx) shares_.Uncharge(e.device, e.charged);
+    if (e.ctx == ctx) UnchargeWhenReleased(e.device, e.charged);
   });
   arrays_.EraseIf(in_ctx);
 }

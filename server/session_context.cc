@@ -18,11 +18,14 @@ Status Session::CtxCreate(wire::CtxCreate::Reader args) {
   return CreateOnDevice(
       contexts_, args.getCtx(), args.getDevice(), [&](int backend_device, ContextEntry* entry) {
         const SessionDevice& where = grant_.devices[entry->device];
-        if (where.sm_partition_sms > 0) {
-          return backend_.CreatePartitionedContext(
-              backend_device, args.getFlags(), where.slices_per_gpu, where.slice, &entry->context);
-        }
-        return backend_.CreateContext(backend_device, args.getFlags(), &entry->context);
+        FERRY_RETURN_IF_ERROR(
+            where.sm_partition_sms > 0
+                ? backend_.CreatePartitionedContext(backend_device, args.getFlags(),
+                                                    where.slices_per_gpu, where.slice,
+                                                    &entry->context)
+                : backend_.CreateContext(backend_device, args.getFlags(), &entry->context));
+        backend_.JoinTenant(*entry->context, *tenant_);
+        return Status::Ok();
       });
 }
 
@@ -45,7 +48,7 @@ void Session::DestroyContextResources(uint64_t ctx) {
                             << " failed: " << status.ToString();
       }
     }
-    shares_.Uncharge(range.device, size);
+    UnchargeWhenReleased(range.device, size);
   });
   ranges_.EraseIf([ctx](const RangeEntry& range) { return range.ctx == ctx; });
   functions_.EraseIf(in_ctx);
@@ -88,6 +91,8 @@ void Session::FreeEverything() {
   ranges_.clear();
   // Libraries last: their modules went with the contexts.
   libraries_.Clear();
+  // The quota (and the slices, once Run returns) only after the memory.
+  WaitForReleases();
 }
 
 Status Session::CtxSynchronize(wire::CtxRef::Reader args, CallContext& cx) {

@@ -289,21 +289,56 @@ Status Session::GraphAddNode(wire::GraphAddNode::Reader args, CallContext& cx) {
   std::vector<backend::GraphNode*> dependencies;
   FERRY_RETURN_IF_ERROR(
       GraphNodeDependencies(args.getGraph(), args.getDependencies(), &dependencies));
-  backend::GraphNodeSpec spec;
-  uint64_t ctx = 0;
-  GraphUses uses;  // of the new node
+  NodeWorkArgs work_args;
+  work_args.kind = args.which();
   switch (args.which()) {
     case wire::GraphAddNode::EMPTY:
       break;
+    case wire::GraphAddNode::KERNEL:
+      work_args.kernel = args.getKernel();
+      break;
+    case wire::GraphAddNode::MEMSET:
+      work_args.memset = args.getMemset();
+      break;
+    case wire::GraphAddNode::MEMCPY:
+      work_args.memcpy = args.getMemcpy();
+      break;
+    case wire::GraphAddNode::CHILD_GRAPH:
+      work_args.child = args.getChildGraph();
+      break;
+    default:
+      return Status::InvalidArgument("unknown graph node kind");
+  }
+  NodeWork work;
+  FERRY_RETURN_IF_ERROR(NodeWorkOf(work_args, *graph, cx.bulk_in, &work));
+  if (work.ctx != 0 && graph->ctx != 0 && graph->ctx != work.ctx) {
+    return Status::InvalidArgument("a graph's nodes must belong to one context");
+  }
+  backend::GraphNode* node = nullptr;
+  FERRY_RETURN_IF_ERROR(backend_.AddGraphNode(*graph->graph, dependencies, work.spec, &node));
+  if (work.ctx != 0) graph->ctx = work.ctx;
+  graph->nodes.push_back(args.getNode());
+  return graph_nodes_.Insert(args.getNode(), GraphNodeEntry{node, args.getGraph(), args.which(),
+                                                            work.ctx, std::move(work.uses)});
+}
+
+Status Session::NodeWorkOf(const NodeWorkArgs& args, const GraphEntry& graph,
+                           const backend::HostBytes& bulk, NodeWork* work) {
+  backend::GraphNodeSpec& spec = work->spec;
+  GraphUses& uses = work->uses;
+  uint64_t ctx = 0;
+  switch (args.kind) {
+    case wire::GraphAddNode::EMPTY:
+      break;
     case wire::GraphAddNode::KERNEL: {
-      ctx = args.getKernel().getCtx();
+      ctx = args.kernel.getCtx();
       uint64_t module = 0;
-      FERRY_RETURN_IF_ERROR(KernelNodeSpec(args.getKernel(), cx.bulk_in, &spec, &module));
+      FERRY_RETURN_IF_ERROR(KernelNodeSpec(args.kernel, bulk, &spec, &module));
       uses.modules.push_back(module);
       break;
     }
     case wire::GraphAddNode::MEMSET: {
-      auto m = args.getMemset();
+      auto m = args.memset;
       ctx = m.getCtx();
       const unsigned element = m.getElementBytes();
       if (element != 1 && element != 2 && element != 4) {
@@ -316,7 +351,7 @@ Status Session::GraphAddNode(wire::GraphAddNode::Reader args, CallContext& cx) {
       }
       const uint64_t pitch = height == 1 ? width * element : m.getPitch();
       FERRY_RETURN_IF_ERROR(
-          CheckGraphNodeRange2D(*graph, m.getDst(), pitch, width * element, height, "memset"));
+          CheckGraphNodeRange2D(graph, m.getDst(), pitch, width * element, height, "memset"));
       uses.ranges.push_back({m.getDst(), (height - 1) * pitch + width * element});
       spec.kind = backend::GraphNodeSpec::Kind::kMemset;
       spec.dst = m.getDst();
@@ -328,11 +363,11 @@ Status Session::GraphAddNode(wire::GraphAddNode::Reader args, CallContext& cx) {
       break;
     }
     case wire::GraphAddNode::MEMCPY: {
-      auto m = args.getMemcpy();
+      auto m = args.memcpy;
       ctx = m.getCtx();
       if (m.getBytes() == 0) return Status::InvalidArgument("empty memcpy node");
-      FERRY_RETURN_IF_ERROR(CheckGraphNodeRange(*graph, m.getSrc(), m.getBytes(), "source"));
-      FERRY_RETURN_IF_ERROR(CheckGraphNodeRange(*graph, m.getDst(), m.getBytes(), "destination"));
+      FERRY_RETURN_IF_ERROR(CheckGraphNodeRange(graph, m.getSrc(), m.getBytes(), "source"));
+      FERRY_RETURN_IF_ERROR(CheckGraphNodeRange(graph, m.getDst(), m.getBytes(), "destination"));
       uses.ranges.push_back({m.getSrc(), m.getBytes()});
       uses.ranges.push_back({m.getDst(), m.getBytes()});
       spec.kind = backend::GraphNodeSpec::Kind::kCopy;
@@ -343,8 +378,8 @@ Status Session::GraphAddNode(wire::GraphAddNode::Reader args, CallContext& cx) {
     }
     case wire::GraphAddNode::CHILD_GRAPH: {
       GraphEntry* child = nullptr;
-      FERRY_RETURN_IF_ERROR(graphs_.Find(args.getChildGraph(), &child));
-      if (child == graph) return Status::InvalidArgument("a graph cannot be its own child");
+      FERRY_RETURN_IF_ERROR(graphs_.Find(args.child, &child));
+      if (child == &graph) return Status::InvalidArgument("a graph cannot be its own child");
       if (!child->mem.empty()) {
         return Status::InvalidArgument("a child graph cannot have memory allocation or free nodes");
       }
@@ -352,7 +387,7 @@ Status Session::GraphAddNode(wire::GraphAddNode::Reader args, CallContext& cx) {
         return Status::Unimplemented("child graphs with event record or wait nodes");
       }
       ctx = child->ctx;
-      uses = *child->uses;
+      uses = UsesOfGraph(*child);
       spec.kind = backend::GraphNodeSpec::Kind::kChild;
       spec.child = child->graph.get();
       break;
@@ -363,21 +398,25 @@ Status Session::GraphAddNode(wire::GraphAddNode::Reader args, CallContext& cx) {
   if (ctx != 0) {
     ContextEntry* c = nullptr;
     FERRY_RETURN_IF_ERROR(contexts_.Find(ctx, &c));
-    if (graph->ctx != 0 && graph->ctx != ctx) {
-      return Status::InvalidArgument("a graph's nodes must belong to one context");
-    }
     spec.ctx = c->context.get();
   }
-  backend::GraphNode* node = nullptr;
-  FERRY_RETURN_IF_ERROR(backend_.AddGraphNode(*graph->graph, dependencies, spec, &node));
-  if (ctx != 0) graph->ctx = ctx;
-  if (!uses.ranges.empty() || !uses.modules.empty()) {
-    // A clone shares the uses it was made with until either changes.
-    if (graph->uses.use_count() > 1) graph->uses = std::make_shared<GraphUses>(*graph->uses);
-    graph->uses->Add(uses);
+  work->ctx = ctx;
+  return Status::Ok();
+}
+
+Session::GraphUses Session::UsesOfGraph(const GraphEntry& graph) {
+  GraphUses all = graph.uses != nullptr ? *graph.uses : GraphUses{};
+  for (uint64_t id : graph.nodes) {
+    GraphNodeEntry* node = nullptr;
+    if (graph_nodes_.Find(id, &node).ok()) all.Add(node->uses);
   }
-  return graph_nodes_.Insert(
-      args.getNode(), GraphNodeEntry{node, args.getGraph(), args.which(), ctx});
+  return all;
+}
+
+void Session::RefreshExecUses(GraphExecEntry& exec) {
+  GraphUses all = exec.base;
+  for (const auto& [node, uses] : exec.node_uses) all.Add(uses);
+  exec.uses = ExecUses(all);
 }
 
 Status Session::GraphNodeDependencies(uint64_t graph, capnp::List<uint64_t>::Reader ids,
@@ -420,35 +459,21 @@ Status Session::KernelNodeSpec(wire::Launch::Reader k, const backend::HostBytes&
   return Status::Ok();
 }
 
-// The node must be a kernel node of the graph `exec` came from, and the new
-// kernel of the node's context. The executable graph's uses gain the new
-// kernel's module (the old one's stays: harmless, and other nodes may use it).
+// cuGraphExecKernelNodeSetParams as sent by earlier clients (later ones send
+// graphNodeSetParams): the same path.
 Status Session::GraphExecKernelNodeSetParams(wire::GraphExecKernelNode::Reader args,
                                              CallContext& cx) {
-  GraphExecEntry* exec = nullptr;
-  FERRY_RETURN_IF_ERROR(graph_execs_.Find(args.getExec(), &exec));
+  if (args.getExec() == 0) return Status::InvalidHandle("no executable graph 0");
   GraphNodeEntry* node = nullptr;
-  FERRY_RETURN_IF_ERROR(FindExecNode(*exec, args.getNode(), &node));
-  if (node->kind != wire::GraphAddNode::KERNEL) {
-    return Status::InvalidArgument("the node is not a kernel node");
-  }
-  if (args.getKernel().getCtx() != node->ctx) {
-    return Status::InvalidArgument("a kernel node's kernel cannot move to another context");
-  }
-  ContextEntry* c = nullptr;
-  FERRY_RETURN_IF_ERROR(contexts_.Find(node->ctx, &c));
-  backend::GraphNodeSpec spec;
-  spec.ctx = c->context.get();
-  uint64_t module = 0;
-  FERRY_RETURN_IF_ERROR(KernelNodeSpec(args.getKernel(), cx.bulk_in, &spec, &module));
-  FERRY_RETURN_IF_ERROR(backend_.SetExecKernelNode(*exec->exec, *node->node, spec));
-  if (std::find(exec->uses->modules.begin(), exec->uses->modules.end(), module) ==
-      exec->uses->modules.end()) {
-    auto uses = std::make_shared<GraphUses>(*exec->uses);
-    uses->modules.push_back(module);
-    exec->uses = std::move(uses);
-  }
-  return Status::Ok();
+  FERRY_RETURN_IF_ERROR(graph_nodes_.Find(args.getNode(), &node));
+  GraphEntry* graph = nullptr;
+  FERRY_RETURN_IF_ERROR(graphs_.Find(node->graph, &graph));
+  NodeWorkArgs work_args;
+  work_args.kind = wire::GraphAddNode::KERNEL;
+  work_args.kernel = args.getKernel();
+  NodeWork work;
+  FERRY_RETURN_IF_ERROR(NodeWorkOf(work_args, *graph, cx.bulk_in, &work));
+  return SetNodeWork(args.getExec(), args.getNode(), std::move(work));
 }
 
 Status Session::FindExecNode(const GraphExecEntry& exec, uint64_t node_id,
@@ -494,7 +519,9 @@ Status Session::GraphClone(wire::GraphClone::Reader args) {
   GraphEntry clone;
   FERRY_RETURN_IF_ERROR(backend_.CloneGraph(*graph->graph, &clone.graph));
   clone.ctx = graph->ctx;
-  clone.uses = graph->uses;
+  // The clone's nodes have no ids: all of the original's uses are its base.
+  clone.uses = graph->nodes.empty() ? graph->uses
+                                    : std::make_shared<const GraphUses>(UsesOfGraph(*graph));
   clone.mem = graph->mem;
   clone.events = graph->events;
   return graphs_.Insert(args.getClone(), std::move(clone));
@@ -509,7 +536,13 @@ Status Session::GraphInstantiate(wire::GraphInstantiate::Reader args) {
   FERRY_RETURN_IF_ERROR(backend_.InstantiateGraph(*graph->graph, args.getFlags(), &entry.exec));
   entry.graph = args.getGraph();
   entry.ctx = graph->ctx;
-  entry.uses = ExecUses(*graph->uses);
+  entry.base = *graph->uses;
+  entry.node_ids = graph->nodes;
+  for (uint64_t id : graph->nodes) {
+    GraphNodeEntry* node = nullptr;
+    if (graph_nodes_.Find(id, &node).ok()) entry.node_uses[id] = node->uses;
+  }
+  RefreshExecUses(entry);
   entry.auto_free = (args.getFlags() & CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH) != 0;
   FERRY_RETURN_IF_ERROR(backend_.GraphNodeCount(*graph->graph, &entry.nodes));
   FERRY_RETURN_IF_ERROR(HoldGraphMemory(*graph, entry));
@@ -555,7 +588,21 @@ Status Session::GraphExecUpdate(wire::GraphExecUpdate::Reader args) {
   }
   FERRY_RETURN_IF_ERROR(backend_.UpdateGraphExec(*exec->exec, *graph->graph));
   if (exec->ctx == 0) exec->ctx = graph->ctx;
-  exec->uses = ExecUses(*graph->uses);
+  // The executable graph keeps its node ids; the new graph's nodes take
+  // their places in the order added (as the update pairs them).
+  exec->node_uses.clear();
+  if (graph->nodes.size() == exec->node_ids.size()) {
+    exec->base = *graph->uses;
+    for (size_t i = 0; i < graph->nodes.size(); ++i) {
+      GraphNodeEntry* node = nullptr;
+      if (graph_nodes_.Find(graph->nodes[i], &node).ok()) {
+        exec->node_uses[exec->node_ids[i]] = node->uses;
+      }
+    }
+  } else {
+    exec->base = UsesOfGraph(*graph);
+  }
+  RefreshExecUses(*exec);
   return Status::Ok();
 }
 

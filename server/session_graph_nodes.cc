@@ -58,6 +58,25 @@ Status Session::CheckGraphNodeRange2D(const GraphEntry& graph, uint64_t address,
   return status;
 }
 
+// A node of a kind of this file, added to `graph` (id `graph_id`) as `id`.
+Status Session::InsertNodeOfKind(GraphEntry& graph, uint64_t graph_id, uint64_t id,
+                                 backend::GraphNode* node, uint64_t ctx, int type) {
+  GraphNodeEntry entry;
+  entry.node = node;
+  entry.graph = graph_id;
+  entry.ctx = ctx;
+  entry.type = type;
+  graph.nodes.push_back(id);
+  return graph_nodes_.Insert(id, std::move(entry));
+}
+
+Status Session::CheckDestroyNodeOfKind(const GraphNodeEntry& node) {
+  if (node.type == CU_GRAPH_NODE_TYPE_MEM_ALLOC || node.type == CU_GRAPH_NODE_TYPE_MEM_FREE) {
+    return Status::Unimplemented("destroying a memory allocation or free node");
+  }
+  return Status::Ok();
+}
+
 // The node's memory is on the device of its context; the backend reserves
 // its address now.
 Status Session::GraphAddMemAllocNode(wire::GraphAddMemNode::Reader args, CallContext& cx) {
@@ -81,9 +100,8 @@ Status Session::GraphAddMemAllocNode(wire::GraphAddMemNode::Reader args, CallCon
       *graph->graph, dependencies, *c->context, backend_device, args.getBytes(), &node, &dptr));
   graph->ctx = args.getCtx();
   graph->mem.allocations.push_back(GraphAllocation{dptr, args.getBytes(), c->device});
-  FERRY_RETURN_IF_ERROR(graph_nodes_.Insert(
-      args.getNode(), GraphNodeEntry{node, args.getGraph(), wire::GraphAddNode::EMPTY, 0,
-                                     CU_GRAPH_NODE_TYPE_MEM_ALLOC}));
+  FERRY_RETURN_IF_ERROR(InsertNodeOfKind(*graph, args.getGraph(), args.getNode(), node,
+                                         args.getCtx(), CU_GRAPH_NODE_TYPE_MEM_ALLOC));
   cx.reply.initMemAlloc().setDptr(dptr);
   return Status::Ok();
 }
@@ -118,9 +136,8 @@ Status Session::GraphAddMemFreeNode(wire::GraphAddMemNode::Reader args) {
   backend::GraphNode* node = nullptr;
   FERRY_RETURN_IF_ERROR(backend_.AddGraphMemFreeNode(*graph->graph, dependencies, dptr, &node));
   graph->mem.frees.push_back(dptr);
-  return graph_nodes_.Insert(args.getNode(),
-                             GraphNodeEntry{node, args.getGraph(), wire::GraphAddNode::EMPTY, 0,
-                                            CU_GRAPH_NODE_TYPE_MEM_FREE});
+  return InsertNodeOfKind(*graph, args.getGraph(), args.getNode(), node, graph->ctx,
+                          CU_GRAPH_NODE_TYPE_MEM_FREE);
 }
 
 Status Session::CheckGraphMemory(const GraphEntry& graph) {
@@ -286,9 +303,7 @@ Status Session::GraphAddEventNode(wire::GraphAddEventNode::Reader args) {
   graph->events[args.getNode()] =
       GraphNodeEvent{args.getEvent(), event->event.get(), args.getWait()};
   const int type = args.getWait() ? CU_GRAPH_NODE_TYPE_WAIT_EVENT : CU_GRAPH_NODE_TYPE_EVENT_RECORD;
-  return graph_nodes_.Insert(
-      args.getNode(),
-      GraphNodeEntry{node, args.getGraph(), wire::GraphAddNode::EMPTY, event->ctx, type});
+  return InsertNodeOfKind(*graph, args.getGraph(), args.getNode(), node, event->ctx, type);
 }
 
 Status Session::FindEventNode(uint64_t graph, uint64_t node_id, uint64_t event_id,

@@ -99,9 +99,11 @@ Status Session::MemFree(wire::MemFree::Reader args) {
   ContextEntry* c = nullptr;
   FERRY_RETURN_IF_ERROR(contexts_.Find(range.value->ctx, &c));
   const int device = range.value->device;
+  const uint64_t bytes = range.size;
   ranges_.Erase(args.getDptr());
-  shares_.Uncharge(device, range.size);
-  return backend_.MemFree(*c->context, args.getDptr());
+  Status status = backend_.MemFree(*c->context, args.getDptr());
+  UnchargeWhenReleased(device, bytes);
+  return status;
 }
 
 Status Session::MemGetInfo(wire::CtxRef::Reader args, CallContext& cx) {

@@ -3,12 +3,13 @@
 // and their access. A mapped range becomes the session's memory for copies,
 // memsets and kernels (ranges_) only once some device may access it, and stops
 // being it when the access is taken away or it is unmapped (README.md
-// invariant 6). The schema's prose (MemCreate in ferry.capnp) gives the rules.
+// invariant 6). The backend keeps the pages for the work queued before until
+// it has run (server/README.md, "Releasing memory"); nothing here waits. The
+// schema's prose (MemCreate in ferry.capnp) gives the rules.
 
 #include <cuda.h>
 
 #include <algorithm>
-#include <condition_variable>
 #include <memory>
 #include <mutex>
 
@@ -49,8 +50,10 @@ Status Session::FindPhysical(uint64_t id, PhysicalEntry** out) {
 void Session::DropPhysicalIfUnused(uint64_t id) {
   PhysicalEntry* p = nullptr;
   if (!physical_.Find(id, &p).ok() || p->references > 0 || p->mappings > 0) return;
-  shares_.Uncharge(p->device, p->bytes);
-  (void)physical_.Erase(id);  // releases the backend's memory
+  const int device = p->device;
+  const uint64_t bytes = p->bytes;
+  (void)physical_.Erase(id);  // releases the backend's memory (once no mapping holds it)
+  UnchargeWhenReleased(device, bytes);
 }
 
 Status Session::WholeMappings(uint64_t address, uint64_t bytes, const char* call,
@@ -67,26 +70,6 @@ Status Session::WholeMappings(uint64_t address, uint64_t bytes, const char* call
   }
   if (bases->empty()) return InvalidValue(std::string(call) + " of 0 bytes");
   return Status::Ok();
-}
-
-void Session::WaitForContextsIdle() {
-  struct Waiting {
-    std::mutex mu;
-    std::condition_variable done;
-    int left = 0;
-  };
-  auto waiting = std::make_shared<Waiting>();
-  std::vector<backend::Context*> contexts;
-  contexts_.ForEach([&](uint64_t, ContextEntry& c) { contexts.push_back(c.context.get()); });
-  waiting->left = static_cast<int>(contexts.size());
-  for (backend::Context* context : contexts) {
-    backend_.WhenContextIdle(*context, [waiting](Status) {
-      std::lock_guard<std::mutex> lock(waiting->mu);
-      if (--waiting->left == 0) waiting->done.notify_all();
-    });
-  }
-  std::unique_lock<std::mutex> lock(waiting->mu);
-  waiting->done.wait(lock, [&] { return waiting->left == 0; });
 }
 
 Status Session::MemAddressReserve(wire::MemAddressReserve::Reader args, CallContext& cx) {
@@ -193,13 +176,12 @@ Status Session::MemMap(wire::MemMap::Reader args) {
 Status Session::MemUnmap(wire::MemRange::Reader args) {
   std::vector<uint64_t> bases;
   FERRY_RETURN_IF_ERROR(WholeMappings(args.getAddress(), args.getBytes(), "cuMemUnmap", &bases));
-  bool accessible = false;
-  for (uint64_t base : bases) accessible |= Accessible(mappings_.FindBase(base).value->access);
-  if (accessible && backend_.DeviceMemoryIsHostMemory()) WaitForContextsIdle();
+  // The ranges are refused to new work at once; the backend keeps the pages
+  // for the work queued before (GpuBackend::UnmapMemory).
   for (uint64_t base : bases) {
     auto mapping = mappings_.FindBase(base);
     const uint64_t handle = mapping.value->handle;
-    FERRY_RETURN_IF_ERROR(backend_.UnmapMemory(base, mapping.size));
+    FERRY_RETURN_IF_ERROR(backend_.UnmapMemory(*tenant_, base, mapping.size));
     ranges_.Erase(base);  // if it was accessible
     mappings_.Erase(base);
     PhysicalEntry* p = nullptr;
@@ -225,15 +207,8 @@ Status Session::MemSetAccess(wire::MemSetAccess::Reader args) {
     }
     named.push_back(a.getDevice());
   }
-  // Taking access away from a range a backend thread may still be using.
-  bool narrows = false;
-  for (uint64_t base : bases) {
-    const std::vector<unsigned>& access = mappings_.FindBase(base).value->access;
-    for (wire::MemAccess::Reader a : args.getAccess()) {
-      narrows |= (access[a.getDevice()] & ~a.getFlags()) != 0;
-    }
-  }
-  if (narrows && backend_.DeviceMemoryIsHostMemory()) WaitForContextsIdle();
+  // Access taken away is refused to new work at once; the backend keeps the
+  // pages reachable for the work queued before (GpuBackend::SetMemoryAccess).
   for (uint64_t base : bases) {
     auto mapping = mappings_.FindBase(base);
     std::vector<unsigned> access = mapping.value->access;
@@ -246,7 +221,7 @@ Status Session::MemSetAccess(wire::MemSetAccess::Reader args) {
       if (access[device] == CU_MEM_ACCESS_FLAGS_PROT_NONE && !is_named) continue;
       descs.push_back({grant_.devices[device].backend_device, access[device]});
     }
-    FERRY_RETURN_IF_ERROR(backend_.SetMemoryAccess(base, mapping.size, descs));
+    FERRY_RETURN_IF_ERROR(backend_.SetMemoryAccess(*tenant_, base, mapping.size, descs));
     mapping.value->access = access;
     if (Accessible(access)) {
       (void)ranges_.Insert(base, mapping.size,
@@ -300,7 +275,7 @@ void Session::FreeVirtualMemory() {
                         << " failed: " << status.ToString();
   };
   mappings_.ForEach([&](uint64_t base, uint64_t size, MappingEntry&) {
-    warn("unmapping", base, backend_.UnmapMemory(base, size));
+    warn("unmapping", base, backend_.UnmapMemory(*tenant_, base, size));
     ranges_.Erase(base);
   });
   mappings_.clear();
@@ -309,7 +284,7 @@ void Session::FreeVirtualMemory() {
   });
   reservations_.clear();
   reserved_bytes_ = 0;
-  physical_.ForEach([&](uint64_t, PhysicalEntry& p) { shares_.Uncharge(p.device, p.bytes); });
+  physical_.ForEach([&](uint64_t, PhysicalEntry& p) { UnchargeWhenReleased(p.device, p.bytes); });
   physical_.Clear();
 }
 

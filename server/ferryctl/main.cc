@@ -5,10 +5,19 @@
 //   ferryctl rebind GPU POOL [--preempt | --drain] [--grace DURATION]
 //   ferryctl drain GPU                     no new borrows on GPU
 //   ferryctl undrain GPU                   take borrows again
-//   every command: [--server HOST:PORT] (before or after the command), --help
+//   ferryctl token create --token-file PATH --pools A,B [--admin] [--name N]
+//                                          a new token: its secret on stdout (once),
+//                                          its salted hash appended to PATH (ferryd's)
+//   ferryctl token list --token-file PATH  id, name, admin, pools of each token
+//   ferryctl token revoke ID --token-file PATH   drops the token (then reload ferryd)
+//   every command: [--server HOST:PORT] (before or after the command), --help,
+//                  [--token SECRET] [--tls-ca PEM] [--tls-server-name NAME]
 //   ferryctl --version
 //
-// The server address defaults to FERRY_SERVER, the address clients use.
+// The server address defaults to FERRY_SERVER, the address clients use; the
+// token to FERRY_TOKEN or FERRY_TOKEN_FILE, TLS to FERRY_TLS_CA and
+// FERRY_TLS_SERVER_NAME, as for clients. A ferryd with a token file answers
+// `status` to any of its tokens and the other commands to admin tokens only.
 // `ferryctl test-advance-clock DURATION` moves the fake clock of a ferryd
 // started with --test-fake-clock; it exists for tests only.
 // Exit status: 0 on success, 1 when the server cannot be reached or refuses,
@@ -20,15 +29,19 @@
 #include <cstdlib>
 #include <ctime>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include <CLI/CLI.hpp>
 
+#include "common/credentials.h"
 #include "common/frame.h"
 #include "common/log.h"
+#include "common/tls_transport.h"
 #include "common/transport.h"
 #include "common/units.h"
+#include "server/auth/tokens.h"
 
 namespace ferry {
 namespace {
@@ -115,14 +128,22 @@ std::string UtcTime(int64_t unix_ms) {
   return buf;
 }
 
-Status Connect(const std::string& server, std::unique_ptr<Transport>* transport) {
-  FERRY_RETURN_IF_ERROR(ConnectTransport(server, std::chrono::seconds(5), transport));
+// How ferryctl reaches and convinces ferryd (flags over the environment).
+struct Access {
+  std::string token;
+  std::optional<TlsClientConfig> tls;
+};
+Status Connect(const std::string& server, const Access& access,
+               std::unique_ptr<Transport>* transport) {
+  FERRY_RETURN_IF_ERROR(
+      ConnectTransportWithTls(server, std::chrono::seconds(5), access.tls, transport));
   capnp::MallocMessageBuilder message;
   auto hello = message.initRoot<wire::Hello>();
   hello.setProtocolVersion(wire::PROTOCOL_VERSION);
   hello.setRole(wire::Hello::Role::CONTROL);
   hello.setPid(static_cast<uint32_t>(getpid()));
   hello.setProgram("ferryctl");
+  hello.setToken(access.token);
   FERRY_RETURN_IF_ERROR(WriteFrame(**transport, wire::FrameKind::HELLO, message));
   Frame frame;
   FERRY_RETURN_IF_ERROR(ReadFrame(**transport, &frame));
@@ -132,11 +153,11 @@ Status Connect(const std::string& server, std::unique_ptr<Transport>* transport)
 }
 
 // Sends one request built by `fill`, then hands the reply to `use`.
-int Request(const std::string& server,
+int Request(const std::string& server, const Access& access,
             const std::function<void(wire::ControlRequest::Builder)>& fill,
             const std::function<int(wire::ControlReply::Reader)>& use) {
   std::unique_ptr<Transport> transport;
-  Status status = Connect(server, &transport);
+  Status status = Connect(server, access, &transport);
   if (!status.ok()) {
     std::fprintf(stderr, "ferryctl: %s\n", status.message().c_str());
     return 1;
@@ -402,10 +423,71 @@ std::string ParseErrorMessage(const CLI::App& app, const CLI::ParseError& error)
   return error.what();
 }
 
-// Every command takes --server, before or after the command's name.
-void AddServerOption(CLI::App* app, std::string* server) {
+// Every command takes --server (and how to reach it), before or after the
+// command's name.
+struct AccessFlags {
+  std::string token, tls_ca, tls_server_name;
+};
+void AddServerOption(CLI::App* app, std::string* server, AccessFlags* flags) {
   app->add_option("-s,--server", *server,
                   "ferryd's address, HOST:PORT or unix:PATH (default: $FERRY_SERVER)");
+  app->add_option("--token", flags->token,
+                  "the token ferryd asks for (default: $FERRY_TOKEN or the file\n"
+                  "$FERRY_TOKEN_FILE; prefer those: a flag shows in ps)");
+  app->add_option("--tls-ca", flags->tls_ca,
+                  "TLS: the CA file that signed ferryd's certificate (default: $FERRY_TLS_CA)")
+      ->type_name("PEM");
+  app->add_option("--tls-server-name", flags->tls_server_name,
+                  "TLS: the name ferryd's certificate must carry (default: the server's host)");
+}
+
+// ferryctl token list: the entries of a token file, one line each.
+int ListTokens(const std::string& token_file) {
+  auth::TokenSet set;
+  if (Status status = auth::TokenSet::Load(token_file, &set); !status.ok()) {
+    std::fprintf(stderr, "ferryctl: %s\n", status.message().c_str());
+    return 1;
+  }
+  std::printf("%-16s  %-20s %-5s  %s\n", "ID", "NAME", "ADMIN", "POOLS");
+  for (const auth::Token& token : set.tokens()) {
+    std::string pools;
+    for (const std::string& pool : token.pools) pools += (pools.empty() ? "" : ",") + pool;
+    std::printf("%-16s  %-20s %-5s  %s\n", token.id.c_str(),
+                token.name.empty() ? "-" : token.name.c_str(), token.admin ? "yes" : "no",
+                pools.c_str());
+  }
+  return 0;
+}
+
+// ferryctl token create: runs here, on the file ferryd reads; needs no ferryd.
+int CreateToken(const std::string& token_file, const std::string& pools_text,
+                const std::string& name, bool admin) {
+  std::vector<std::string> pools;
+  for (size_t begin = 0; begin <= pools_text.size();) {
+    const size_t comma = std::min(pools_text.find(',', begin), pools_text.size());
+    pools.push_back(pools_text.substr(begin, comma - begin));
+    begin = comma + 1;
+  }
+  auth::NewToken token;
+  Status status = auth::CreateToken(name, pools, admin, &token);
+  if (!status.ok()) {
+    std::fprintf(stderr, "ferryctl: %s\n", status.message().c_str());
+    return 2;
+  }
+  // The entry must load back: a file ferryd cannot read helps nobody.
+  auth::TokenSet check;
+  status = auth::TokenSet::Parse(auth::FormatTokenEntry(token.entry), token_file, &check);
+  if (status.ok()) status = auth::AppendTokenEntry(token_file, token.entry);
+  if (!status.ok()) {
+    std::fprintf(stderr, "ferryctl: %s\n", status.message().c_str());
+    return 1;
+  }
+  std::printf("%s\n", token.secret.c_str());
+  std::fprintf(stderr,
+               "ferryctl: %s%s added to %s; the secret above is shown only now. ferryd reads it "
+               "at SIGHUP or `ferryctl reload`.\n",
+               token.entry.Describe().c_str(), admin ? " (admin)" : "", token_file.c_str());
+  return 0;
 }
 
 int Main(int argc, char** argv) {
@@ -419,6 +501,9 @@ int Main(int argc, char** argv) {
   bool drain = false;
   std::string grace;
   std::string duration;
+  AccessFlags access_flags;
+  std::string token_file, token_pools, token_name;
+  bool token_admin = false;
 
   CLI::App app("ferryctl: the operator's tool for a ferryd", "ferryctl");
   app.set_version_flag("--version", std::string("ferryctl ") + FERRY_VERSION,
@@ -427,18 +512,18 @@ int Main(int argc, char** argv) {
   app.footer(
       "Exit status: 0 on success, 1 when the server cannot be reached or refuses, 2 on bad "
       "usage.");
-  AddServerOption(&app, &server);
+  AddServerOption(&app, &server, &access_flags);
 
   CLI::App* status = app.add_subcommand("status", "Sessions, GPUs, pools, slices and the queue");
-  AddServerOption(status, &server);
+  AddServerOption(status, &server, &access_flags);
   status->add_option("-o,--output", format, "Output format (default: table)")
       ->check(CLI::IsMember({"table", "json"}));
 
   CLI::App* reload = app.add_subcommand("reload", "Re-read ferryd's config file");
-  AddServerOption(reload, &server);
+  AddServerOption(reload, &server, &access_flags);
 
   CLI::App* rebind = app.add_subcommand("rebind", "Give GPU to POOL now");
-  AddServerOption(rebind, &server);
+  AddServerOption(rebind, &server, &access_flags);
   rebind->add_option("GPU", gpu_text, "GPU index")->required()->check(kGpuIndex);
   rebind->add_option("POOL", pool, "The pool that gets the GPU")->required();
   CLI::Option* preempt_flag =
@@ -450,20 +535,48 @@ int Main(int argc, char** argv) {
       ->check(kDuration);
 
   CLI::App* drain_cmd = app.add_subcommand("drain", "No new borrows on GPU");
-  AddServerOption(drain_cmd, &server);
+  AddServerOption(drain_cmd, &server, &access_flags);
   drain_cmd->add_option("GPU", gpu_text, "GPU index")->required()->check(kGpuIndex);
 
   CLI::App* undrain = app.add_subcommand("undrain", "Take borrows on GPU again");
-  AddServerOption(undrain, &server);
+  AddServerOption(undrain, &server, &access_flags);
   undrain->add_option("GPU", gpu_text, "GPU index")->required()->check(kGpuIndex);
 
   // Tests only (hidden): moves the fake clock of a ferryd started with
   // --test-fake-clock; ferryd refuses it otherwise.
   CLI::App* advance = app.add_subcommand("test-advance-clock", "Tests only")->group("");
-  AddServerOption(advance, &server);
+  AddServerOption(advance, &server, &access_flags);
   advance->add_option("DURATION", duration, "How far to move the clock")
       ->required()
       ->check(kDuration);
+
+  CLI::App* token = app.add_subcommand("token", "Access tokens (ferryd --token-file)");
+  token->require_subcommand(1);
+  CLI::App* token_create =
+      token->add_subcommand("create", "Make a token: print its secret once, store its hash");
+  token_create
+      ->add_option("--token-file", token_file,
+                   "the token file ferryd reads (created 0600 if absent; the entry is appended)")
+      ->required()
+      ->type_name("PATH");
+  token_create
+      ->add_option("--pools", token_pools, "pools it may borrow from, comma-separated ('*': any)")
+      ->required()
+      ->type_name("A,B");
+  token_create->add_flag("--admin", token_admin, "may also run reload, rebind, drain and undrain");
+  token_create->add_option("--name", token_name, "a name for ferryd's logs")->type_name("NAME");
+
+  CLI::App* token_list = token->add_subcommand("list", "The tokens of a token file (no secrets)");
+  token_list->add_option("--token-file", token_file, "the token file ferryd reads")
+      ->required()
+      ->type_name("PATH");
+  std::string token_id;
+  CLI::App* token_revoke =
+      token->add_subcommand("revoke", "Drop a token from the file (ferryd forgets it at reload)");
+  token_revoke->add_option("ID", token_id, "the token's id (ferryctl token list)")->required();
+  token_revoke->add_option("--token-file", token_file, "the token file ferryd reads")
+      ->required()
+      ->type_name("PATH");
 
   // `ferryctl help` is `ferryctl --help`.
   CLI::App* help = app.add_subcommand("help", "Print this help")->group("");
@@ -481,19 +594,53 @@ int Main(int argc, char** argv) {
                stdout);
     return 0;
   }
+  if (token_create->parsed()) return CreateToken(token_file, token_pools, token_name, token_admin);
+  if (token_list->parsed()) return ListTokens(token_file);
+  if (token_revoke->parsed()) {
+    if (Status status = auth::RemoveTokenEntry(token_file, token_id); !status.ok()) {
+      std::fprintf(stderr, "ferryctl: %s\n", status.message().c_str());
+      return 1;
+    }
+    std::fprintf(stderr,
+                 "ferryctl: token %s removed from %s; ferryd forgets it at SIGHUP or `ferryctl "
+                 "reload`.\n",
+                 token_id.c_str(), token_file.c_str());
+    return 0;
+  }
   if (server.empty()) {
     std::fprintf(stderr, "ferryctl: no server: pass --server HOST:PORT or set FERRY_SERVER\n");
     return 2;
   }
+  Access access;
+  access.token = access_flags.token;
+  if (access.token.empty()) {
+    if (Status status = TokenFromEnvironment(&access.token); !status.ok()) {
+      std::fprintf(stderr, "ferryctl: %s\n", status.message().c_str());
+      return 2;
+    }
+  }
+  access.tls = TlsClientConfigFromEnvironment(server);
+  if (!access_flags.tls_ca.empty() && server.rfind("unix:", 0) != 0) {
+    if (!access.tls.has_value()) access.tls = TlsClientConfig{};
+    access.tls->ca_file = access_flags.tls_ca;
+    std::string host;
+    uint16_t port = 0;
+    if (access.tls->server_name.empty() && ParseHostPort(server, &host, &port).ok()) {
+      access.tls->server_name = host;
+    }
+  }
+  if (access.tls.has_value() && !access_flags.tls_server_name.empty()) {
+    access.tls->server_name = access_flags.tls_server_name;
+  }
 
   if (status->parsed()) {
     return Request(
-        server, [](wire::ControlRequest::Builder r) { r.setStatus(); },
+        server, access, [](wire::ControlRequest::Builder r) { r.setStatus(); },
         [&](wire::ControlReply::Reader reply) { return PrintStatus(server, format, reply); });
   }
   if (reload->parsed()) {
     return Request(
-        server, [](wire::ControlRequest::Builder r) { r.setReload(); }, PrintMessage);
+        server, access, [](wire::ControlRequest::Builder r) { r.setReload(); }, PrintMessage);
   }
   uint32_t gpu = 0;
   ParseGpu(gpu_text, &gpu);  // validated by kGpuIndex where a command takes a GPU
@@ -501,7 +648,7 @@ int Main(int argc, char** argv) {
     const std::string policy = preempt ? "preempt" : drain ? "drain" : "";
     const int64_t grace_ms = grace.empty() ? -1 : DurationMs(grace);
     return Request(
-        server,
+        server, access,
         [&](wire::ControlRequest::Builder r) {
           auto args = r.initRebind();
           args.setGpu(gpu);
@@ -514,7 +661,7 @@ int Main(int argc, char** argv) {
   if (drain_cmd->parsed() || undrain->parsed()) {
     const bool drained = drain_cmd->parsed();
     return Request(
-        server,
+        server, access,
         [&](wire::ControlRequest::Builder r) {
           auto args = r.initDrain();
           args.setGpu(gpu);
@@ -525,7 +672,8 @@ int Main(int argc, char** argv) {
   // test-advance-clock: require_subcommand(1) leaves no other choice.
   const int64_t ms = DurationMs(duration);
   return Request(
-      server, [&](wire::ControlRequest::Builder r) { r.setTestAdvanceClock(ms); }, PrintMessage);
+      server, access, [&](wire::ControlRequest::Builder r) { r.setTestAdvanceClock(ms); },
+      PrintMessage);
 }
 
 }  // namespace

@@ -7,12 +7,22 @@
 //          [--ready-file PATH]
 //          [--handshake-timeout DURATION] [--max-connections N] [--max-sessions N]
 //          [--session-buffer SIZE]
+//          [--token-file PATH | --no-auth] [--tls-cert PEM --tls-key PEM | --no-tls]
+//          [--unix-group GROUP] [--unix-allow-uid UID ...] [--unix-allow-gid GID ...]
 //          [--log-level debug|info|warning|error]
 //   ferryd --help | --version
 //
 // --config reads a TOML file (server/pool/config.h): the same settings as the flags
 // (flags win), the GPUs to serve, and the pools and schedule that slice them.
 // Without pools every client gets every served device, whole.
+//
+// Access: with a token file (--token-file, [auth] token_file) every client
+// and ferryctl must present one of its tokens (server/auth/tokens.h); without
+// one ferryd serves anyone who reaches it and says so loudly on a non-loopback
+// address (--no-auth ignores the config's token file on purpose). With
+// --tls-cert/--tls-key every TCP listener speaks TLS; a TCP listener on a
+// non-loopback address without TLS needs --no-tls. unix: sockets are created
+// 0660 (group --unix-group) and may require the peer's uid or gid.
 //
 // SIGTERM and SIGINT stop it cleanly: listeners close, every session ends and
 // frees its resources, and ferryd exits 0. SIGHUP re-reads the config file
@@ -70,6 +80,14 @@ struct Flags {
   std::optional<uint64_t> session_buffer;
   std::optional<absl::Time> test_fake_clock;
   bool allow_ferry_cuda_driver = false;  // tests only
+  std::optional<std::string> token_file;
+  bool no_auth = false;
+  std::optional<std::string> tls_cert;
+  std::optional<std::string> tls_key;
+  bool no_tls = false;
+  std::optional<std::string> unix_group;
+  std::vector<uint32_t> unix_allow_uids;
+  std::vector<uint32_t> unix_allow_gids;
 };
 
 bool SetLogLevel(const std::string& v) {
@@ -196,6 +214,35 @@ int ParseArgs(int argc, char** argv, Flags* flags) {
                      "per session: call frames held read but not yet executed (default 4GiB)")
           ->check(ByteSize(/*allow_zero=*/false, "4GiB, 256MiB"))
           ->type_name("SIZE");
+  std::string token_file, tls_cert, tls_key, unix_group;
+  CLI::Option* token_file_option =
+      app.add_option("--token-file", token_file,
+                     "clients and ferryctl must present a token of this file (made by\n"
+                     "`ferryctl token create`); SIGHUP re-reads it")
+          ->type_name("PATH");
+  app.add_flag("--no-auth", flags->no_auth,
+               "serve without tokens even if the config names a token file")
+      ->excludes(token_file_option);
+  CLI::Option* tls_cert_option =
+      app.add_option("--tls-cert", tls_cert, "TLS on every TCP listener: the certificate chain")
+          ->type_name("PEM");
+  CLI::Option* tls_key_option =
+      app.add_option("--tls-key", tls_key, "the certificate's private key")->type_name("PEM");
+  app.add_flag("--no-tls", flags->no_tls,
+               "allow plain TCP on a non-loopback address (loopback needs no flag)")
+      ->excludes(tls_cert_option);
+  CLI::Option* unix_group_option =
+      app.add_option("--unix-group", unix_group,
+                     "unix: sockets are created 0660 owned by this group (name or gid)")
+          ->type_name("GROUP");
+  app.add_option("--unix-allow-uid", flags->unix_allow_uids,
+                 "unix: only peers with one of these uids (or an allowed gid); repeatable")
+      ->allow_extra_args(false)
+      ->type_name("UID");
+  app.add_option("--unix-allow-gid", flags->unix_allow_gids,
+                 "unix: only peers with one of these gids (or an allowed uid); repeatable")
+      ->allow_extra_args(false)
+      ->type_name("GID");
   CLI::Option* log_level_option =
       app.add_option("--log-level", log_level, "debug, info, warning or error")
           ->check(CLI::IsMember({"debug", "info", "warning", "error"}))
@@ -229,6 +276,10 @@ int ParseArgs(int argc, char** argv, Flags* flags) {
     flags->handshake_timeout = ms;
   }
   if (max_connections_option->count() > 0) flags->max_connections = max_connections;
+  if (token_file_option->count() > 0) flags->token_file = token_file;
+  if (tls_cert_option->count() > 0) flags->tls_cert = tls_cert;
+  if (tls_key_option->count() > 0) flags->tls_key = tls_key;
+  if (unix_group_option->count() > 0) flags->unix_group = unix_group;
   if (max_sessions_option->count() > 0) flags->max_sessions = max_sessions;
   if (session_buffer_option->count() > 0 && ParseByteSize(session_buffer, &bytes)) {
     flags->session_buffer = bytes;
@@ -250,6 +301,9 @@ struct Settings {
   std::vector<std::string> host_kernels;
   std::string ready_file;
   server::ServerLimits limits;
+  std::string token_file;         // "" = no authentication
+  std::string tls_cert, tls_key;  // "" = plain TCP
+  server::UnixAccess unix_access;
 };
 
 Status Merge(const Flags& flags, const pool::Config& config, Settings* settings) {
@@ -278,6 +332,40 @@ Status Merge(const Flags& flags, const pool::Config& config, Settings* settings)
       flags.max_sessions.value_or(config.server.max_sessions.value_or(limits.max_sessions));
   limits.session_buffer_bytes = flags.session_buffer.value_or(
       config.server.session_buffer.value_or(limits.session_buffer_bytes));
+  if (!flags.no_auth) {
+    settings->token_file = flags.token_file.value_or(config.auth.token_file.value_or(""));
+  }
+  if (!flags.no_tls) {
+    settings->tls_cert = flags.tls_cert.value_or(config.auth.tls_cert.value_or(""));
+    settings->tls_key = flags.tls_key.value_or(config.auth.tls_key.value_or(""));
+  }
+  if (settings->tls_cert.empty() != settings->tls_key.empty()) {
+    return Status::InvalidArgument("--tls-cert and --tls-key go together");
+  }
+  server::UnixAccess& unix_access = settings->unix_access;
+  const std::string group = flags.unix_group.value_or(config.auth.unix_group.value_or(""));
+  if (!group.empty()) {
+    uint32_t gid = 0;
+    FERRY_RETURN_IF_ERROR(server::LookUpGroup(group, &gid));
+    unix_access.group = gid;
+  }
+  unix_access.allow_uids = !flags.unix_allow_uids.empty()
+                               ? flags.unix_allow_uids
+                               : config.auth.unix_allow_uids.value_or(std::vector<uint32_t>{});
+  unix_access.allow_gids = !flags.unix_allow_gids.empty()
+                               ? flags.unix_allow_gids
+                               : config.auth.unix_allow_gids.value_or(std::vector<uint32_t>{});
+  // Plain TCP off loopback only on purpose: tokens and data would cross the
+  // network readable by anyone on the path.
+  if (settings->tls_cert.empty() && !flags.no_tls) {
+    for (const std::string& address : settings->listen) {
+      if (address.rfind("unix:", 0) != 0 && !server::IsLoopbackAddress(address)) {
+        return Status::InvalidArgument(
+            "listening on " + address +
+            " without TLS: pass --tls-cert and --tls-key, or --no-tls to serve plain TCP there");
+      }
+    }
+  }
   const std::optional<std::string> level =
       flags.log_level ? flags.log_level : config.server.log_level;
   if (level.has_value()) SetLogLevel(*level);
@@ -427,6 +515,21 @@ int Main(int argc, char** argv) {
     }
   }
   if (!flags.config_path.empty()) server.SetConfigFile(flags.config_path, config);
+  if (!settings.token_file.empty()) {
+    status = server.SetTokenFile(settings.token_file);
+    if (!status.ok()) {
+      FERRY_LOG(kError) << status.message();
+      return 1;
+    }
+  }
+  if (!settings.tls_cert.empty()) {
+    status = server.SetTls(settings.tls_cert, settings.tls_key);
+    if (!status.ok()) {
+      FERRY_LOG(kError) << status.message();
+      return 1;
+    }
+  }
+  server.SetUnixAccess(settings.unix_access);
   for (const std::string& address : settings.listen) {
     status = server.Listen(address);
     if (!status.ok()) {
@@ -436,7 +539,16 @@ int Main(int argc, char** argv) {
   }
   server.Start();
   for (const std::string& bound : server.BoundAddresses()) {
-    FERRY_LOG(kInfo) << "listening on " << bound;
+    const bool unix_socket = bound.rfind("unix:", 0) == 0;
+    FERRY_LOG(kInfo) << "listening on " << bound
+                     << (unix_socket || settings.tls_cert.empty() ? "" : " (TLS)")
+                     << (settings.token_file.empty() ? "" : ", tokens required");
+    if (settings.token_file.empty() && !unix_socket && !server::IsLoopbackAddress(bound)) {
+      FERRY_LOG(kWarning) << "*** NO AUTHENTICATION on " << bound
+                          << ": anyone who reaches it gets GPUs and every ferryctl command. "
+                             "Create a token (`ferryctl token create --token-file PATH --pools "
+                             "'*' --admin`) and run ferryd with --token-file PATH. ***";
+    }
   }
   if (!settings.ready_file.empty()) {
     // Written whole, then renamed, so a watcher never reads half a line.

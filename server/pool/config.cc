@@ -39,15 +39,17 @@ class Reader {
     // [server] first: its on_rebind and grace are the schedules' defaults.
     for (auto&& [key, node] : root) {
       const std::string name(key.str());
-      if (name != "server" && name != "gpu" && name != "pool" && name != "schedule") {
+      if (name != "server" && name != "auth" && name != "gpu" && name != "pool" &&
+          name != "schedule") {
         return Error(key.source(), name,
-                     "unknown key (the top level has [server], [[gpu]], [pool.NAME] and "
+                     "unknown key (the top level has [server], [auth], [[gpu]], [pool.NAME] and "
                      "[[schedule]])");
       }
     }
     if (const toml::node* server = root.get("server")) {
       FERRY_RETURN_IF_ERROR(ReadServer(*server, &config->server));
     }
+    if (const toml::node* auth = root.get("auth")) FERRY_RETURN_IF_ERROR(ReadAuth(*auth, config));
     if (const toml::node* gpus = root.get("gpu")) FERRY_RETURN_IF_ERROR(ReadGpus(*gpus, config));
     if (const toml::node* pools = root.get("pool"))
       FERRY_RETURN_IF_ERROR(ReadPools(*pools, config));
@@ -215,6 +217,40 @@ class Reader {
                      "unknown key ([server] has listen, backend, default_pool, cuda_driver, "
                      "host_kernels, log_level, on_rebind, grace, handshake_timeout, "
                      "max_connections, max_sessions, session_buffer)");
+      }
+    }
+    return Status::Ok();
+  }
+
+  Status ReadAuth(const toml::node& node, Config* config) {
+    if (!node.is_table()) return WrongType(node, "auth", "a table ([auth])");
+    AuthConfig& auth = config->auth;
+    for (auto&& [key_node, value] : *node.as_table()) {
+      const std::string key = "auth." + std::string(key_node.str());
+      const std::string_view name = key_node.str();
+      std::optional<std::string>* text = name == "token_file"   ? &auth.token_file
+                                         : name == "tls_cert"   ? &auth.tls_cert
+                                         : name == "tls_key"    ? &auth.tls_key
+                                         : name == "unix_group" ? &auth.unix_group
+                                                                : nullptr;
+      if (text != nullptr) {
+        std::string value_text;
+        FERRY_RETURN_IF_ERROR(String(value, key, &value_text));
+        if (value_text.empty()) return Error(value.source(), key, "is empty");
+        *text = value_text;
+      } else if (name == "unix_allow_uids" || name == "unix_allow_gids") {
+        if (!value.is_array()) return WrongType(value, key, "an array of ids");
+        std::vector<uint32_t> ids;
+        for (const toml::node& item : *value.as_array()) {
+          int64_t id = 0;
+          FERRY_RETURN_IF_ERROR(Integer(item, key, 0, 0xfffffffe, &id));
+          ids.push_back(static_cast<uint32_t>(id));
+        }
+        (name == "unix_allow_uids" ? auth.unix_allow_uids : auth.unix_allow_gids) = ids;
+      } else {
+        return Error(key_node.source(), key,
+                     "unknown key ([auth] has token_file, tls_cert, tls_key, unix_group, "
+                     "unix_allow_uids, unix_allow_gids)");
       }
     }
     return Status::Ok();

@@ -11,6 +11,14 @@
 //   on_rebind = "drain"             # default for windows and manual rebinds
 //   grace = "15m"                   # default drain grace
 //
+//   [auth]
+//   token_file = "/etc/ferry/tokens.toml"   # clients and ferryctl need a token
+//   tls_cert = "/etc/ferry/cert.pem"        # TCP listeners speak TLS
+//   tls_key = "/etc/ferry/key.pem"
+//   unix_group = "ferry"                    # unix: sockets are 0660, this group
+//   unix_allow_uids = [1000]                # unix: peers' uid (or gid) must be listed
+//   unix_allow_gids = [100]
+//
 //   [[gpu]]                         # cuda: which GPUs to serve; host: the
 //   index = 0                       # emulated devices, indices 0..N-1
 //   memory = "8GiB"                 # host backend only
@@ -96,9 +104,23 @@ struct ScheduleConfig {
   int line = 0;                                   // of the [[schedule]] table
 };
 
+// [auth]: who may talk to ferryd, and how (ferryd's --token-file,
+// --tls-cert, --tls-key, --unix-group, --unix-allow-uid, --unix-allow-gid).
+// Each is set only when the file sets it; flags win.
+struct AuthConfig {
+  std::optional<std::string> token_file;
+  std::optional<std::string> tls_cert;
+  std::optional<std::string> tls_key;
+  std::optional<std::string> unix_group;
+  std::optional<std::vector<uint32_t>> unix_allow_uids;
+  std::optional<std::vector<uint32_t>> unix_allow_gids;
+  bool operator==(const AuthConfig&) const = default;
+};
+
 struct Config {
   std::string path;  // for messages; "" when parsed from text
   ServerConfig server;
+  AuthConfig auth;
   std::vector<GpuConfig> gpus;              // file order
   std::map<std::string, PoolConfig> pools;  // by name
   std::vector<ScheduleConfig> schedules;    // file order = precedence

@@ -616,5 +616,101 @@ TEST(GraphRegistryTest, ComparesTopologyForExecUpdate) {
   EXPECT_EQ(Code(graphs.CheckExecUpdate(same, same, &check)), CUDA_ERROR_INVALID_HANDLE);
 }
 
+TEST(GraphRegistryTest, EditsEdgesWithTheDriversRulesAllOrNothing) {
+  HandleIds ids;
+  GraphRegistry graphs(&ids);
+  const uint64_t graph = graphs.NewGraph();
+  const uint64_t a = graphs.NewNode(graph, CU_GRAPH_NODE_TYPE_EMPTY, {});
+  const uint64_t b = graphs.NewNode(graph, CU_GRAPH_NODE_TYPE_EMPTY, {});
+  const uint64_t c = graphs.NewNode(graph, CU_GRAPH_NODE_TYPE_EMPTY, {a});
+  const uint64_t other = graphs.NewGraph();
+  const uint64_t stranger = graphs.NewNode(other, CU_GRAPH_NODE_TYPE_EMPTY, {});
+  auto dependencies_of = [&](uint64_t node) {
+    std::vector<GraphRegistry::NodeShape> shape;
+    EXPECT_TRUE(graphs.GraphShape(graph, &shape).ok());
+    for (const auto& n : shape) {
+      if (n.id == node) return n.dependencies;
+    }
+    ADD_FAILURE() << "no node " << node;
+    return std::vector<uint64_t>{};
+  };
+  ASSERT_TRUE(graphs.EditEdges(graph, {a, b}, {b, c}, false).ok());
+  EXPECT_EQ(dependencies_of(b), std::vector<uint64_t>{a});
+  EXPECT_EQ(dependencies_of(c), (std::vector<uint64_t>{a, b}));
+  // Refused, and nothing changes: an edge present already (the first one is
+  // new), a missing edge removed, a self edge, an edge named twice, a node
+  // of another graph or unknown; an unknown graph is INVALID_HANDLE.
+  EXPECT_EQ(Code(graphs.EditEdges(graph, {b, a}, {a, b}, false)), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(Code(graphs.EditEdges(graph, {a, b}, {b, a}, true)), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(Code(graphs.EditEdges(graph, {b}, {b}, false)), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(Code(graphs.EditEdges(graph, {c, c}, {b, b}, false)), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(Code(graphs.EditEdges(graph, {stranger}, {a}, false)), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(Code(graphs.EditEdges(graph, {a}, {stranger + 1000}, false)),
+            CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(Code(graphs.EditEdges(other + 1000, {a}, {b}, false)), CUDA_ERROR_INVALID_HANDLE);
+  EXPECT_EQ(dependencies_of(a), std::vector<uint64_t>{});
+  EXPECT_EQ(dependencies_of(b), std::vector<uint64_t>{a});
+  EXPECT_EQ(dependencies_of(c), (std::vector<uint64_t>{a, b}));
+  // Removing takes exactly the named edges.
+  ASSERT_TRUE(graphs.EditEdges(graph, {a}, {c}, true).ok());
+  EXPECT_EQ(dependencies_of(c), std::vector<uint64_t>{b});
+}
+
+TEST(GraphRegistryTest, FindsCyclesAndForgetsDestroyedNodesAndTheirEdges) {
+  HandleIds ids;
+  GraphRegistry graphs(&ids);
+  const uint64_t graph = graphs.NewGraph();
+  const uint64_t a = graphs.NewNode(graph, CU_GRAPH_NODE_TYPE_EMPTY, {});
+  const uint64_t b = graphs.NewNode(graph, CU_GRAPH_NODE_TYPE_KERNEL, {a});
+  const uint64_t c = graphs.NewNode(graph, CU_GRAPH_NODE_TYPE_EMPTY, {a, b});
+  EXPECT_EQ(graphs.NodeOnCycle(graph), 0u);  // a diamond is no cycle
+  ASSERT_TRUE(graphs.EditEdges(graph, {c}, {a}, false).ok());
+  const uint64_t on_cycle = graphs.NodeOnCycle(graph);
+  EXPECT_TRUE(on_cycle == a || on_cycle == b || on_cycle == c) << on_cycle;
+  // An executable graph made before b is destroyed keeps b; b's edges go.
+  const uint64_t exec = graphs.NewExec(graph, 0);
+  uint64_t of = 0;
+  ASSERT_TRUE(graphs.DestroyNode(b, &of).ok());
+  EXPECT_EQ(of, graph);
+  EXPECT_EQ(Code(graphs.DestroyNode(b, &of)), CUDA_ERROR_INVALID_HANDLE);
+  std::vector<GraphRegistry::NodeShape> shape;
+  ASSERT_TRUE(graphs.GraphShape(graph, &shape).ok());
+  ASSERT_EQ(shape.size(), 2u);
+  EXPECT_EQ(shape[1].dependencies, std::vector<uint64_t>{a});
+  EXPECT_NE(graphs.NodeOnCycle(graph), 0u);  // a -> c -> a remains
+  ASSERT_TRUE(graphs.EditEdges(graph, {c}, {a}, true).ok());
+  EXPECT_EQ(graphs.NodeOnCycle(graph), 0u);
+  // A node added after instantiation is not one of the executable graph's.
+  const uint64_t late = graphs.NewNode(graph, CU_GRAPH_NODE_TYPE_EMPTY, {});
+  EXPECT_TRUE(graphs.CheckExecNode(exec, c, {CU_GRAPH_NODE_TYPE_EMPTY}).ok());
+  EXPECT_EQ(Code(graphs.CheckExecNode(exec, late, {CU_GRAPH_NODE_TYPE_EMPTY})),
+            CUDA_ERROR_INVALID_VALUE);
+}
+
+TEST(GraphRegistryTest, AChildGraphUpdateNeedsTheTopologyTheNodeWasAddedWith) {
+  HandleIds ids;
+  GraphRegistry graphs(&ids);
+  auto chain = [&](size_t length) {
+    const uint64_t g = graphs.NewGraph();
+    uint64_t previous = 0;
+    for (size_t i = 0; i < length; ++i) {
+      std::vector<uint64_t> after;
+      if (previous != 0) after.push_back(previous);
+      previous = graphs.NewNode(g, CU_GRAPH_NODE_TYPE_MEMSET, after);
+    }
+    return g;
+  };
+  const uint64_t child = chain(2);
+  const uint64_t parent = graphs.NewGraph();
+  const uint64_t node = graphs.NewNode(parent, CU_GRAPH_NODE_TYPE_GRAPH, {});
+  graphs.NoteChildGraph(node, child);
+  // The child changing afterwards does not change what the node holds.
+  graphs.NewNode(child, CU_GRAPH_NODE_TYPE_MEMSET, {});
+  EXPECT_TRUE(graphs.CheckChildGraphUpdate(node, chain(2)).ok());
+  EXPECT_EQ(Code(graphs.CheckChildGraphUpdate(node, chain(3))), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(Code(graphs.CheckChildGraphUpdate(node, child)), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(Code(graphs.CheckChildGraphUpdate(node, child + 1000)), CUDA_ERROR_INVALID_HANDLE);
+}
+
 }  // namespace
 }  // namespace ferry::client

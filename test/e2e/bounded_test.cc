@@ -307,5 +307,28 @@ TEST_P(StoppedServerTest, CallFailsWithDeviceUnavailableAfterTheCallTimeout) {
 INSTANTIATE_TEST_SUITE_P(Transports, StoppedServerTest, ::testing::Values("tcp", "unix"),
                          [](const auto& info) { return info.param; });
 
+// A running ferryd that works on a synchronize for longer than
+// FERRY_CALL_TIMEOUT (a queue of 1000 ticks of 4 ms, twice the 2 s deadline)
+// keeps the call alive with keepalives: the synchronize succeeds. (Before
+// keepalives the deadline counted from the send, and this failed with 46.)
+class BusyServerTest : public BoundedTest, public ::testing::WithParamInterface<std::string> {};
+
+TEST_P(BusyServerTest, CallLongerThanTheCallTimeoutSucceedsWhileTheServerIsAlive) {
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  const std::string address = GetParam() == "tcp" ? address_ : unix_address_;
+  std::optional<ChildProcess> client = StartProgram("launch_queue", address,
+                                                    {{"FERRY_CALL_TIMEOUT", "2"},
+                                                     {"LAUNCH_QUEUE_COUNT", "1000"},
+                                                     {"LAUNCH_QUEUE_SLEEP_US", "4000"}});
+  ASSERT_TRUE(client.has_value());
+  const ExitStatus status = client->Wait(kProgramTimeout);
+  EXPECT_TRUE(status.success()) << client->Describe();
+  EXPECT_NE(client->Stdout().find("SYNC 0\n"), std::string::npos) << client->Describe();
+  EXPECT_EQ(client->Stderr().find("FERRY_CALL_TIMEOUT"), std::string::npos) << client->Describe();
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, BusyServerTest, ::testing::Values("tcp", "unix"),
+                         [](const auto& info) { return info.param; });
+
 }  // namespace
 }  // namespace ferry::e2e

@@ -227,6 +227,46 @@ TEST_F(CliTest, BadValuesAreUsageErrors) {
   }
 }
 
+// Access settings: plain TCP off loopback only on purpose, TLS flags in
+// pairs, no auth and a token file not both, a token file that must load.
+TEST_F(CliTest, AccessFlagsAreCheckedAtStart) {
+  Result d = Ferryd({"--listen", "0.0.0.0:0", "--backend", "host"});
+  EXPECT_EQ(d.code, 2);
+  EXPECT_TRUE(Contains(d.err, "without TLS")) << d.err;
+  EXPECT_TRUE(Contains(d.err, "--no-tls")) << d.err;
+  d = Ferryd({"--listen", "127.0.0.1:0", "--backend", "host", "--tls-cert", "c.pem"});
+  EXPECT_EQ(d.code, 2);
+  EXPECT_TRUE(Contains(d.err, "--tls-cert and --tls-key go together")) << d.err;
+  d = Ferryd({"--listen", "127.0.0.1:0", "--backend", "host", "--no-auth", "--token-file", "t"});
+  EXPECT_EQ(d.code, 2);
+  EXPECT_TRUE(Contains(d.err, "--no-auth")) << d.err;
+  d = Ferryd(
+      {"--listen", "127.0.0.1:0", "--backend", "host", "--token-file", dir_ + "/missing.toml"});
+  EXPECT_EQ(d.code, 1);
+  EXPECT_TRUE(Contains(d.err, "missing.toml")) << d.err;
+  d = Ferryd({"--listen", "127.0.0.1:0", "--backend", "host", "--unix-group", "no-such-group-x"});
+  EXPECT_EQ(d.code, 2);
+  EXPECT_TRUE(Contains(d.err, "no-such-group-x")) << d.err;
+  Result ctl = Ctl({"token", "create", "--token-file", dir_ + "/t.toml", "--pools", "a b"});
+  EXPECT_EQ(ctl.code, 2);
+  EXPECT_TRUE(Contains(ctl.err, "bad pool name")) << ctl.err;
+  ctl = Ctl({"token", "create", "--pools", "a"});
+  EXPECT_EQ(ctl.code, 2);
+  EXPECT_TRUE(Contains(ctl.err, "--token-file")) << ctl.err;
+}
+
+// Serving plain TCP with nobody authenticated, off loopback, is allowed on
+// purpose (--no-tls) and said loudly.
+TEST_F(CliTest, FerrydWithoutAuthenticationOffLoopbackSaysSoLoudly) {
+  std::string error;
+  ferryd_ = test::StartFerryd(FERRY_TEST_FERRYD,
+                              {"--listen", "0.0.0.0:0", "--no-tls", "--backend", "host"}, dir_,
+                              kReadyTimeout, &address_, &error);
+  ASSERT_TRUE(ferryd_.has_value()) << "cannot start ferryd: " << error;
+  EXPECT_TRUE(Contains(ferryd_->Stderr(), "*** NO AUTHENTICATION on 0.0.0.0:"))
+      << ferryd_->Stderr();
+}
+
 TEST_F(CliTest, StatusWithTheServerBeforeOrAfterTheCommand) {
   ASSERT_NO_FATAL_FAILURE(StartFerryd());
   const std::vector<std::vector<std::string>> forms = {

@@ -1131,6 +1131,138 @@ TEST_F(SessionGraphTest, ANewGraphWithADestroyedGraphsIdCannotUpdateItsExecutabl
   EXPECT_EQ(out.bulk, std::vector<uint8_t>(64, 0x22));
 }
 
+// Explicit-graph editing: edges added after the nodes decide their order;
+// a node's uses are those of its current work, in the graph and in each
+// executable graph, so memory its old work touched may be freed.
+TEST_F(SessionGraphTest, EditedEdgesOrderNodesAndANodesUsesFollowItsWork) {
+  CreateContext();
+  CreateStream(5);
+  const uint64_t a = Alloc(64);
+  const uint64_t b = Alloc(64);
+  const uint64_t c = Alloc(64);
+  client_->Send([&](wire::Call::Builder call) { call.initGraphCreate().setGraph(40); }, false);
+  client_->Send([&](wire::Call::Builder call) { call.initGraphCreate().setGraph(90); }, false);
+  auto copy = [](auto m, uint64_t dst, uint64_t src) {
+    m.setCtx(100);
+    m.setDst(dst);
+    m.setSrc(src);
+    m.setBytes(64);
+  };
+  auto set = [](auto m, uint64_t dst, uint8_t value) {
+    m.setCtx(100);
+    m.setDst(dst);
+    m.setValue(value);
+    m.setElementBytes(1);
+    m.setWidth(64);
+    m.setHeight(1);
+  };
+  auto add = [&](uint64_t graph, uint64_t node, auto fill) {
+    client_->Send(
+        [&](wire::Call::Builder call) {
+          auto n = call.initGraphAddNode();
+          n.setGraph(graph);
+          n.setNode(node);
+          fill(n);
+        },
+        false);
+  };
+  auto edges = [&](uint64_t graph, uint64_t from, uint64_t to, bool remove) {
+    client_->Send(
+        [&](wire::Call::Builder call) {
+          auto e = call.initGraphEditEdges();
+          e.setGraph(graph);
+          e.initFrom(1).set(0, from);
+          e.initTo(1).set(0, to);
+          e.setRemove(remove);
+        },
+        false);
+    return Ping();
+  };
+  // Added as "b = a; a = 0x11", ordered by an edge as "a = 0x11; b = a".
+  add(40, 41, [&](wire::GraphAddNode::Builder n) { copy(n.initMemcpy(), b, a); });
+  add(40, 42, [&](wire::GraphAddNode::Builder n) { set(n.initMemset(), a, 0x11); });
+  add(90, 91, [&](wire::GraphAddNode::Builder n) { n.setEmpty(); });
+  ASSERT_TRUE(edges(40, 42, 41, false).ok());
+  EXPECT_EQ(edges(40, 42, 41, false).cuda_result(), CUDA_ERROR_INVALID_VALUE);  // twice
+  EXPECT_EQ(edges(40, 41, 42, true).cuda_result(), CUDA_ERROR_INVALID_VALUE);   // absent
+  EXPECT_EQ(edges(40, 91, 41, false).cuda_result(), CUDA_ERROR_INVALID_VALUE);  // other graph
+  EXPECT_EQ(edges(40, 41, 41, false).cuda_result(), CUDA_ERROR_INVALID_VALUE);  // self
+  EXPECT_EQ(edges(999, 42, 41, false).cuda_result(), CUDA_ERROR_INVALID_HANDLE);
+  // A cycle is refused at instantiation.
+  ASSERT_TRUE(edges(40, 41, 42, false).ok());
+  Instantiate(40, 59);
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  ASSERT_TRUE(edges(40, 41, 42, true).ok());
+  Instantiate(40, 60);
+  Launch(60, 5);
+  ReplyResult out = CopyOut(5, b, 64);
+  ASSERT_TRUE(out.status.ok()) << out.status.ToString();
+  EXPECT_EQ(out.bulk, std::vector<uint8_t>(64, 0x11));
+
+  // The graph's memset now fills c (later instantiations run that), and the
+  // executable graph's copy reads c: nothing uses a any more, which is freed.
+  auto set_params = [&](uint64_t exec, uint64_t node, auto fill) {
+    client_->Send(
+        [&](wire::Call::Builder call) {
+          auto p = call.initGraphNodeSetParams();
+          p.setExec(exec);
+          p.setNode(node);
+          fill(p);
+        },
+        false);
+    return Ping();
+  };
+  ASSERT_TRUE(set_params(0, 42, [&](auto p) { set(p.initMemset(), c, 0x22); }).ok());
+  ASSERT_TRUE(set_params(0, 41, [&](auto p) { copy(p.initMemcpy(), b, c); }).ok());
+  ASSERT_TRUE(set_params(60, 42, [&](auto p) { set(p.initMemset(), c, 0x33); }).ok());
+  ASSERT_TRUE(set_params(60, 41, [&](auto p) { copy(p.initMemcpy(), b, c); }).ok());
+  // Refused: another kind than the node's, another context, a node of
+  // another graph, a child graph set in a graph.
+  EXPECT_EQ(set_params(0, 41, [&](auto p) { set(p.initMemset(), c, 1); }).cuda_result(),
+            CUDA_ERROR_INVALID_VALUE);
+  CreateContext(200);
+  const uint64_t other_ctx = Alloc(64, 200);
+  EXPECT_EQ(set_params(60, 42,
+                       [&](auto p) {
+                         set(p.initMemset(), other_ctx, 1);
+                         p.getMemset().setCtx(200);
+                       })
+                .cuda_result(),
+            CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(set_params(60, 91, [&](auto p) { set(p.initMemset(), c, 1); }).cuda_result(),
+            CUDA_ERROR_INVALID_VALUE);
+  client_->Send([&](wire::Call::Builder call) { call.initMemFree().setDptr(a); }, false);
+  Launch(60, 5);
+  out = CopyOut(5, b, 64);
+  ASSERT_TRUE(out.status.ok()) << out.status.ToString();
+  EXPECT_EQ(out.bulk, std::vector<uint8_t>(64, 0x33));
+  Instantiate(40, 61);
+  Launch(61, 5);
+  out = CopyOut(5, b, 64);
+  ASSERT_TRUE(out.status.ok()) << out.status.ToString();
+  EXPECT_EQ(out.bulk, std::vector<uint8_t>(64, 0x22));
+
+  // A destroyed node takes its work and uses along: with the copy destroyed
+  // the memset still uses c, so once c is freed the graph is refused; with
+  // the memset destroyed too, it is empty and launches.
+  client_->Send([&](wire::Call::Builder call) { call.initGraphDestroyNode().setNode(41); }, false);
+  EXPECT_TRUE(Ping().ok());
+  EXPECT_EQ(
+      client_->Call([&](wire::Call::Builder call) { call.initGraphNodeCount().setGraph(40); })
+          .value,
+      1);
+  client_->Send([&](wire::Call::Builder call) { call.initGraphDestroyNode().setNode(41); }, false);
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_INVALID_HANDLE);
+  client_->Send([&](wire::Call::Builder call) { call.initMemFree().setDptr(c); }, false);
+  Instantiate(40, 62);
+  Launch(62, 5);
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  client_->Send([&](wire::Call::Builder call) { call.initGraphDestroyNode().setNode(42); }, false);
+  Instantiate(40, 63);
+  Launch(63, 5);
+  EXPECT_TRUE(Ping().ok());
+}
+
 // Peers: two host devices, a context on each.
 class SessionPeerTest : public SessionTest {
  protected:
@@ -1721,60 +1853,128 @@ TEST_F(SessionTest, MappedMemoryNeedsAccessJoinsAndIsFreedWithTheSession) {
   EXPECT_TRUE(write(base, pattern).ok());
 }
 
-// Unmapping waits for the work already queued that may touch the mapping: a
-// memset held behind a host gate runs into the memory before the unmap (on
-// the host backend the pages would otherwise be gone under it), and mapping
-// the memory again shows its bytes.
-TEST_F(SessionTest, UnmapWaitsForQueuedWorkOnTheMapping) {
-  CreateContext();
-  CreateStream(kHeld);
-  const uint64_t page = PageSize();
-  const ReplyResult reserved = client_->Call([&](wire::Call::Builder c) {
-    auto a = c.initMemAddressReserve();
-    a.setBytes(page);
-  });
-  ASSERT_TRUE(reserved.status.ok()) << reserved.status.ToString();
-  const uint64_t base = reserved.dptr;
-  ASSERT_TRUE(CreatePhysicalMemory(900, page).status.ok());
-  auto map_with_access = [&] {
+// Releasing memory never waits on the executor for queued work: the call is
+// answered at once, the range is refused to new work at once, and the memory
+// itself (its pages, on the host backend) stays until the work queued before
+// on every stream of the session has run. A memset held behind a host gate
+// still lands in the physical memory, which shows its bytes when mapped
+// again.
+class SessionReleaseTest : public SessionTest {
+ protected:
+  // One page of physical memory (handle 900) mapped at a new reservation
+  // with read-write access; returns the address.
+  uint64_t MappedPage() {
+    const ReplyResult reserved = client_->Call([&](wire::Call::Builder c) {
+      auto a = c.initMemAddressReserve();
+      a.setBytes(PageSize());
+    });
+    EXPECT_TRUE(reserved.status.ok()) << reserved.status.ToString();
+    EXPECT_TRUE(CreatePhysicalMemory(900, PageSize()).status.ok());
+    Map(reserved.dptr);
+    EXPECT_TRUE(SetAccess(reserved.dptr, CU_MEM_ACCESS_FLAGS_PROT_READWRITE).ok());
+    return reserved.dptr;
+  }
+  void Map(uint64_t base) {
     const ReplyResult mapped = client_->Call([&](wire::Call::Builder c) {
       auto a = c.initMemMap();
       a.setAddress(base);
-      a.setBytes(page);
+      a.setBytes(PageSize());
       a.setHandle(900);
     });
-    ASSERT_TRUE(mapped.status.ok()) << mapped.status.ToString();
-    const ReplyResult access = client_->Call([&](wire::Call::Builder c) {
-      auto a = c.initMemSetAccess();
-      a.setAddress(base);
-      a.setBytes(page);
-      auto desc = a.initAccess(1);
-      desc[0].setDevice(0);
-      desc[0].setFlags(CU_MEM_ACCESS_FLAGS_PROT_READWRITE);
-    });
-    ASSERT_TRUE(access.status.ok()) << access.status.ToString();
-  };
-  map_with_access();
-  const uint64_t gate = client_->SendGate(100, kHeld);
-  const ReplyResult reached = client_->ReadWithin();
-  ASSERT_EQ(reached.seq, gate);
-  ASSERT_TRUE(reached.held);
-  Fill(kHeld, base, 0x5A, page);  // queued behind the closed gate
-  const uint64_t unmap = client_->Send(
-      [&](wire::Call::Builder c) {
-        auto a = c.initMemUnmap();
-        a.setAddress(base);
-        a.setBytes(page);
-      },
-      true);
-  client_->OpenGate(gate);
-  const ReplyResult unmapped = client_->ReadWithin();
-  EXPECT_EQ(unmapped.seq, unmap);
+    EXPECT_TRUE(mapped.status.ok()) << mapped.status.ToString();
+  }
+  Status SetAccess(uint64_t base, unsigned flags) {
+    return client_
+        ->Call([&](wire::Call::Builder c) {
+          auto a = c.initMemSetAccess();
+          a.setAddress(base);
+          a.setBytes(PageSize());
+          auto desc = a.initAccess(1);
+          desc[0].setDevice(0);
+          desc[0].setFlags(flags);
+        })
+        .status;
+  }
+  // Holds stream kHeld of `ctx` with a closed host gate; returns the gate.
+  uint64_t HoldStream(uint64_t ctx = 100) {
+    const uint64_t gate = client_->SendGate(ctx, kHeld);
+    const ReplyResult reached = client_->ReadWithin();
+    EXPECT_EQ(reached.seq, gate);
+    EXPECT_TRUE(reached.held);
+    return gate;
+  }
+  // A memset on kProbe (posted), then a ping: the memset's error, if any.
+  Status FillOnProbe(uint64_t dst, uint64_t bytes) {
+    Fill(kProbe, dst, 0x11, bytes);
+    return client_->Call([](wire::Call::Builder c) { c.setPing(); }).status;
+  }
+};
+
+TEST_F(SessionReleaseTest, UnmapIsAnsweredWhileAStreamIsHeldAndTheQueuedWorkStillLands) {
+  CreateContext();
+  CreateStream(kHeld);
+  CreateStream(kProbe, CU_STREAM_NON_BLOCKING);
+  const uint64_t base = MappedPage();
+  const uint64_t gate = HoldStream();
+  Fill(kHeld, base, 0x5A, PageSize());  // queued behind the closed gate
+  const ReplyResult unmapped = client_->Call([&](wire::Call::Builder c) {
+    auto a = c.initMemUnmap();
+    a.setAddress(base);
+    a.setBytes(PageSize());
+  });
   ASSERT_TRUE(unmapped.status.ok()) << unmapped.status.ToString();
-  map_with_access();
-  const ReplyResult read = CopyOut(kHeld, base, page);
+  EXPECT_EQ(FillOnProbe(base, PageSize()).cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  client_->OpenGate(gate);
+  ASSERT_TRUE(Sync(kHeld).status.ok());
+  Map(base);
+  ASSERT_TRUE(SetAccess(base, CU_MEM_ACCESS_FLAGS_PROT_READWRITE).ok());
+  const ReplyResult read = CopyOut(kHeld, base, PageSize());
   ASSERT_TRUE(read.status.ok()) << read.status.ToString();
-  EXPECT_EQ(read.bulk, std::vector<uint8_t>(page, 0x5A));
+  EXPECT_EQ(read.bulk, std::vector<uint8_t>(PageSize(), 0x5A));
+}
+
+TEST_F(SessionReleaseTest, TakingAccessAwayIsAnsweredWhileAStreamIsHeld) {
+  CreateContext();
+  CreateStream(kHeld);
+  CreateStream(kProbe, CU_STREAM_NON_BLOCKING);
+  const uint64_t base = MappedPage();
+  const uint64_t gate = HoldStream();
+  Fill(kHeld, base, 0x5A, PageSize());
+  ASSERT_TRUE(SetAccess(base, CU_MEM_ACCESS_FLAGS_PROT_NONE).ok());
+  EXPECT_EQ(FillOnProbe(base, PageSize()).cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  client_->OpenGate(gate);
+  ASSERT_TRUE(Sync(kHeld).status.ok());
+  ASSERT_TRUE(SetAccess(base, CU_MEM_ACCESS_FLAGS_PROT_READWRITE).ok());
+  const ReplyResult read = CopyOut(kHeld, base, PageSize());
+  ASSERT_TRUE(read.status.ok()) << read.status.ToString();
+  EXPECT_EQ(read.bulk, std::vector<uint8_t>(PageSize(), 0x5A));
+}
+
+// A memset queued on another context's stream targets memory of context 100
+// (one address space for the session's contexts). Freeing it is answered at
+// once; the memory, and the session's quota for it, come back only after the
+// memset ran (the host backend would otherwise write freed pages).
+TEST_F(SessionReleaseTest, FreeWaitsForWorkQueuedOnAnotherContextsStream) {
+  CreateContext(100);
+  CreateContext(101);
+  CreateStream(kHeld, 0, 101);
+  CreateStream(kProbe, CU_STREAM_NON_BLOCKING);
+  constexpr uint64_t kBytes = 1 << 20;  // mmap'ed by the host backend
+  const uint64_t d = Alloc(kBytes);
+  const uint64_t gate = HoldStream(101);
+  client_->Send([&](wire::Call::Builder c) { test::BuildMemsetD8(c, 101, kHeld, d, 0x5A, kBytes); },
+                false);
+  const ReplyResult freed =
+      client_->Call([&](wire::Call::Builder c) { c.initMemFree().setDptr(d); });
+  ASSERT_TRUE(freed.status.ok()) << freed.status.ToString();
+  EXPECT_EQ(FillOnProbe(d, 16).cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(session_->Info().bytes_allocated, kBytes) << "quota back before the memory";
+  client_->OpenGate(gate);
+  const ReplyResult sync = client_->Call(
+      [&](wire::Call::Builder c) { OnStream(c.initStreamSynchronize(), kHeld, 101); });
+  ASSERT_TRUE(sync.status.ok()) << sync.status.ToString();
+  EXPECT_TRUE(test::WaitFor([&] { return session_->Info().bytes_allocated == 0; },
+                            std::chrono::seconds(10)));
 }
 
 // --- CUDA arrays, textures and surfaces ----------------------------------------

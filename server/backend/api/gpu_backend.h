@@ -10,9 +10,11 @@
 //    return at once; the caller learns of completion through When*Idle /
 //    WhenEventComplete, which never block the caller either.
 //  * Objects (contexts, streams, events, modules) are owned by the caller
-//    through std::unique_ptr. Destroying one waits for the work queued on it
-//    and releases its resources. The caller destroys streams, events and
-//    modules of a context before the context itself.
+//    through std::unique_ptr. Destroying a stream or context waits for the
+//    work queued on it; memory (a module's globals, an array's storage) is
+//    released after the work queued before on the tenant's streams, without
+//    waiting ("releasing memory" below). The caller destroys streams, events
+//    and modules of a context before the context itself.
 //  * Device addresses are real: a host backend's are host addresses in the
 //    ferryd process, a CUDA backend's are the driver's CUdeviceptr values. The
 //    caller (the session) validates every address range against the session's
@@ -86,7 +88,8 @@ struct MutableHostBytes {
 
 // CUDA arrays, textures and surfaces. An array (cuArray3DCreate) and a
 // mipmapped array belong to the context they were made in; destroying one
-// frees its memory once the work queued on that context before has finished.
+// frees its memory once the work queued before on the streams of its
+// context's tenant has finished (GpuBackend, "releasing memory").
 // The caller validates extents, formats and flags that every backend shares
 // (CheckArrayShape, common/array_shape.h); a backend refuses, with a Status that says
 // why, what it cannot honour.
@@ -347,6 +350,18 @@ struct MemoryAccess {
   unsigned flags = 0;
 };
 
+// The contexts of one client (a session), for releasing memory. Work queued on
+// any stream of a tenant's contexts may touch memory of any of them (peer
+// access, unified addressing), never another tenant's; so memory a tenant
+// frees is released once the work queued before the free on every stream of
+// the tenant has finished, and one tenant's work never holds back another's
+// releases. Made by GpuBackend::CreateTenant; owned by the caller, it must
+// outlive the contexts that join it.
+class Tenant {
+ public:
+  virtual ~Tenant() = default;
+};
+
 class GpuBackend {
  public:
   virtual ~GpuBackend() = default;
@@ -393,8 +408,8 @@ class GpuBackend {
   virtual Status MemAlloc(Context& ctx, uint64_t bytes, uint64_t* dptr) = 0;
   virtual Status MemAllocPitch(Context& ctx, uint64_t width_bytes, uint64_t height,
                                unsigned element_bytes, uint64_t* dptr, uint64_t* pitch) = 0;
-  // Frees once the work queued on `ctx` before this call has finished (the
-  // backend may return before then).
+  // Frees once the work queued before this call on every stream of `ctx`'s
+  // tenant has finished; returns at once (see "releasing memory" below).
   virtual Status MemFree(Context& ctx, uint64_t dptr) = 0;
   virtual Status MemGetInfo(Context& ctx, uint64_t* free_bytes, uint64_t* total_bytes) = 0;
 
@@ -556,10 +571,12 @@ class GpuBackend {
     return Status::Unimplemented(std::string(Name()) + " backend has no memory pools");
   }
   // cuMemFreeAsync: frees `dptr` (from MemAllocFromPool, MemAlloc or
-  // MemAllocPitch) when `stream` reaches this point; returns at once. On
-  // success `freed` runs once the free has executed, before the stream counts
-  // as idle past it (so whoever sees the stream idle sees `freed` done); on
-  // failure it never runs.
+  // MemAllocPitch) when `stream` reaches this point and the work queued before
+  // this call on the other streams of its tenant has finished; returns at
+  // once. On success `freed` runs once the memory is released: before the
+  // stream counts as idle past the free when that other work had finished by
+  // then (so whoever sees the stream idle sees `freed` done), else once it
+  // has; on failure it never runs.
   virtual Status MemFreeAsync(Stream& stream, uint64_t dptr, Completion freed) {
     (void)stream, (void)dptr, (void)freed;
     return Status::Unimplemented(std::string(Name()) + " backend has no memory pools");
@@ -583,10 +600,11 @@ class GpuBackend {
   // The driver's virtual memory calls. The caller (the session) keeps which
   // reservations, mappings and physical memory are whose, and checks every
   // address, size and offset against them (sizes and offsets multiples of
-  // AllocationGranularity) before it calls in here. Unmapping, freeing a
-  // reservation and taking access away act at once: when device memory is host
-  // memory (DeviceMemoryIsHostMemory) the caller first waits for the work that
-  // may still touch the range. The defaults answer CUDA_ERROR_NOT_SUPPORTED.
+  // AllocationGranularity) before it calls in here. Unmapping and taking
+  // access away change the backend's books at once (the range can be mapped
+  // again at once); the memory itself stays reachable by the work queued
+  // before on `tenant`'s streams until that work has finished, and neither
+  // call waits for it. The defaults answer CUDA_ERROR_NOT_SUPPORTED.
   //
   // cuMemGetAllocationGranularity for pinned memory on backend device
   // `device` (recommended, else minimum): the unit sizes, offsets and
@@ -624,15 +642,15 @@ class GpuBackend {
     return NoVirtualMemory();
   }
   // cuMemUnmap of one whole mapping: its addresses are reserved again.
-  virtual Status UnmapMemory(uint64_t address, uint64_t bytes) {
-    (void)address, (void)bytes;
+  virtual Status UnmapMemory(Tenant& tenant, uint64_t address, uint64_t bytes) {
+    (void)tenant, (void)address, (void)bytes;
     return NoVirtualMemory();
   }
   // cuMemSetAccess of one whole mapping: `access` is every device's access
   // to it after the call (devices not named: none).
-  virtual Status SetMemoryAccess(uint64_t address, uint64_t bytes,
+  virtual Status SetMemoryAccess(Tenant& tenant, uint64_t address, uint64_t bytes,
                                  std::span<const MemoryAccess> access) {
-    (void)address, (void)bytes, (void)access;
+    (void)tenant, (void)address, (void)bytes, (void)access;
     return NoVirtualMemory();
   }
 
@@ -727,11 +745,11 @@ class GpuBackend {
     (void)graph, (void)dependencies, (void)spec, (void)out;
     return NoGraphs();
   }
-  // cuGraphExecKernelNodeSetParams: kernel node `node` (added to the graph
-  // `exec` was instantiated from) runs `spec` (kind kKernel, in the node's
-  // context) from the next launch of `exec` on; launches queued already run
-  // what they were queued with.
-  virtual Status SetExecKernelNode(GraphExec& exec, GraphNode& node, const GraphNodeSpec& spec) {
+  // cuGraphExec*NodeSetParams: node `node` (added to the graph `exec` was
+  // instantiated from) runs `spec` (of the node's kind and context; kChild:
+  // a graph of the topology of the node's child) from the next launch of
+  // `exec` on; launches queued already run what they were queued with.
+  virtual Status SetExecNode(GraphExec& exec, GraphNode& node, const GraphNodeSpec& spec) {
     (void)exec, (void)node, (void)spec;
     return NoGraphs();
   }
@@ -833,6 +851,29 @@ class GpuBackend {
     return NoGraphs();
   }
 
+  // --- explicit-graph editing (graphedit) ------------------------------------
+  // The caller checked every edit as the driver does (nodes of `graph`, no
+  // edge added twice or removed when absent); a cycle the edits make is
+  // refused by InstantiateGraph (CUDA_ERROR_INVALID_VALUE), as the driver
+  // refuses it. Executable graphs made already keep what they were made with.
+  // Adds (remove false) or removes the edges from[i] -> to[i].
+  virtual Status EditGraphEdges(Graph& graph, std::span<GraphNode* const> from,
+                                std::span<GraphNode* const> to, bool remove) {
+    (void)graph, (void)from, (void)to, (void)remove;
+    return NoGraphs();
+  }
+  // `node` and its edges leave `graph`; the node is destroyed.
+  virtual Status DestroyGraphNode(Graph& graph, GraphNode& node) {
+    (void)graph, (void)node;
+    return NoGraphs();
+  }
+  // cuGraph*NodeSetParams: `node` of `graph` does `spec` (of the node's kind
+  // and context; not kChild) from now on.
+  virtual Status SetGraphNode(Graph& graph, GraphNode& node, const GraphNodeSpec& spec) {
+    (void)graph, (void)node, (void)spec;
+    return NoGraphs();
+  }
+
   // --- bounded resources (a session that ends) ------------------------------
   // The session that owns `ctx` is gone and nobody will see what its queued
   // work computes: work queued on `ctx`'s streams that has not started yet
@@ -842,6 +883,29 @@ class GpuBackend {
   // completion still fires. The context must not be used for new work
   // afterwards, only destroyed. Any thread; returns at once.
   virtual void AbandonQueuedWork(Context& ctx) = 0;
+
+  // --- releasing memory (tenants) ---------------------------------------------
+  // Memory a tenant frees — MemFree, MemFreeAsync, destroyed arrays and
+  // modules (their globals), unmapped virtual memory and memory whose access
+  // is taken away — is released once every operation queued before the free
+  // on any stream of the tenant has finished. Nothing waits for that: the
+  // calls return at once, and the release happens on a backend thread. A
+  // context that joins no tenant shares one default tenant with every other
+  // such context.
+  //
+  // A new tenant. The default suits a backend whose driver orders releases
+  // itself (the CUDA driver).
+  virtual std::unique_ptr<Tenant> CreateTenant() { return std::make_unique<Tenant>(); }
+  // `ctx` belongs to `tenant` from now on; called before any work is queued
+  // on `ctx`.
+  virtual void JoinTenant(Context& ctx, Tenant& tenant) { (void)ctx, (void)tenant; }
+  // Calls `done` once every release `tenant` started before this call has
+  // happened (the memory is back on its device), perhaps at once on the
+  // caller's thread. The default: at once (the driver released it in the call).
+  virtual void WhenReleased(Tenant& tenant, Completion done) {
+    (void)tenant;
+    done(Status::Ok());
+  }
 
  private:
   Status NoVirtualMemory() const {

@@ -365,6 +365,32 @@ struct KernelNodeParams {
     return Status::Ok();
   }
 };
+// A memset node's driver parameters for a GraphNodeSpec of kind kMemset.
+CUDA_MEMSET_NODE_PARAMS MemsetNodeParams(const GraphNodeSpec& spec) {
+  CUDA_MEMSET_NODE_PARAMS p;
+  std::memset(&p, 0, sizeof(p));
+  p.dst = static_cast<CUdeviceptr>(spec.dst);
+  p.pitch = static_cast<size_t>(spec.pitch);
+  p.value = spec.value;
+  p.elementSize = spec.element_bytes;
+  p.width = static_cast<size_t>(spec.width);
+  p.height = static_cast<size_t>(spec.height);
+  return p;
+}
+// A copy node's driver parameters for a GraphNodeSpec of kind kCopy (one
+// row, device to device).
+CUDA_MEMCPY3D CopyNodeParams(const GraphNodeSpec& spec) {
+  CUDA_MEMCPY3D p;
+  std::memset(&p, 0, sizeof(p));
+  p.srcMemoryType = CU_MEMORYTYPE_DEVICE;
+  p.srcDevice = static_cast<CUdeviceptr>(spec.src);
+  p.dstMemoryType = CU_MEMORYTYPE_DEVICE;
+  p.dstDevice = static_cast<CUdeviceptr>(spec.dst);
+  p.WidthInBytes = static_cast<size_t>(spec.bytes);
+  p.Height = 1;
+  p.Depth = 1;
+  return p;
+}
 class CudaGraphExec final : public GraphExec {
  public:
   CudaGraphExec(const DriverApi& api, CUgraphExec handle) : api(api), handle(handle) {}
@@ -971,7 +997,10 @@ class CudaBackend final : public GpuBackend {
     });
   }
 
-  Status UnmapMemory(uint64_t address, uint64_t bytes) override {
+  // The tenant is not needed here: the driver synchronizes these calls as it
+  // documents, and work that touches a range after it is gone faults on the
+  // GPU (the program's error), never in ferryd.
+  Status UnmapMemory(Tenant&, uint64_t address, uint64_t bytes) override {
     return Guarded("UnmapMemory", [&]() -> Status {
       FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuMemUnmap, "cuMemUnmap"));
       return FERRY_CU(*api_, cuMemUnmap, static_cast<CUdeviceptr>(address),
@@ -979,7 +1008,7 @@ class CudaBackend final : public GpuBackend {
     });
   }
 
-  Status SetMemoryAccess(uint64_t address, uint64_t bytes,
+  Status SetMemoryAccess(Tenant&, uint64_t address, uint64_t bytes,
                          std::span<const MemoryAccess> access) override {
     return Guarded("SetMemoryAccess", [&]() -> Status {
       FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuMemSetAccess, "cuMemSetAccess"));
@@ -2094,29 +2123,14 @@ class CudaBackend final : public GpuBackend {
         }
         case GraphNodeSpec::Kind::kMemset: {
           if (ctx == nullptr) return Status::InvalidArgument("a memset node needs a context");
-          CUDA_MEMSET_NODE_PARAMS p;
-          std::memset(&p, 0, sizeof(p));
-          p.dst = static_cast<CUdeviceptr>(spec.dst);
-          p.pitch = static_cast<size_t>(spec.pitch);
-          p.value = spec.value;
-          p.elementSize = spec.element_bytes;
-          p.width = static_cast<size_t>(spec.width);
-          p.height = static_cast<size_t>(spec.height);
+          const CUDA_MEMSET_NODE_PARAMS p = MemsetNodeParams(spec);
           FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphAddMemsetNode, &node, g.handle, deps.data(),
                                          deps.size(), &p, ctx->handle));
           break;
         }
         case GraphNodeSpec::Kind::kCopy: {
           if (ctx == nullptr) return Status::InvalidArgument("a copy node needs a context");
-          CUDA_MEMCPY3D p;
-          std::memset(&p, 0, sizeof(p));
-          p.srcMemoryType = CU_MEMORYTYPE_DEVICE;
-          p.srcDevice = static_cast<CUdeviceptr>(spec.src);
-          p.dstMemoryType = CU_MEMORYTYPE_DEVICE;
-          p.dstDevice = static_cast<CUdeviceptr>(spec.dst);
-          p.WidthInBytes = static_cast<size_t>(spec.bytes);
-          p.Height = 1;
-          p.Depth = 1;
+          const CUDA_MEMCPY3D p = CopyNodeParams(spec);
           FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphAddMemcpyNode, &node, g.handle, deps.data(),
                                          deps.size(), &p, ctx->handle));
           break;
@@ -2135,15 +2149,42 @@ class CudaBackend final : public GpuBackend {
     });
   }
 
-  Status SetExecKernelNode(GraphExec& exec, GraphNode& node, const GraphNodeSpec& spec) override {
-    return Guarded("SetExecKernelNode", [&]() -> Status {
+  Status SetExecNode(GraphExec& exec, GraphNode& node, const GraphNodeSpec& spec) override {
+    return Guarded("SetExecNode", [&]() -> Status {
       FERRY_RETURN_IF_ERROR(NeedGraphs());
-      if (spec.ctx != nullptr) FERRY_RETURN_IF_ERROR(MakeCurrent(Ctx(*spec.ctx)));
-      KernelNodeParams k;
-      FERRY_RETURN_IF_ERROR(k.Fill(spec));
-      return FERRY_CU(*api_, cuGraphExecKernelNodeSetParams,
-                      static_cast<CudaGraphExec&>(exec).handle,
-                      static_cast<CudaGraphNode&>(node).handle, &k.params);
+      CudaContext* ctx = spec.ctx != nullptr ? &Ctx(*spec.ctx) : nullptr;
+      if (ctx != nullptr) FERRY_RETURN_IF_ERROR(MakeCurrent(*ctx));
+      const CUgraphExec e = static_cast<CudaGraphExec&>(exec).handle;
+      const CUgraphNode n = static_cast<CudaGraphNode&>(node).handle;
+      switch (spec.kind) {
+        case GraphNodeSpec::Kind::kKernel: {
+          KernelNodeParams k;
+          FERRY_RETURN_IF_ERROR(k.Fill(spec));
+          return FERRY_CU(*api_, cuGraphExecKernelNodeSetParams, e, n, &k.params);
+        }
+        case GraphNodeSpec::Kind::kMemset: {
+          if (ctx == nullptr) return Status::InvalidArgument("a memset node needs a context");
+          FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuGraphExecMemsetNodeSetParams,
+                                               "cuGraphExecMemsetNodeSetParams"));
+          const CUDA_MEMSET_NODE_PARAMS p = MemsetNodeParams(spec);
+          return FERRY_CU(*api_, cuGraphExecMemsetNodeSetParams, e, n, &p, ctx->handle);
+        }
+        case GraphNodeSpec::Kind::kCopy: {
+          if (ctx == nullptr) return Status::InvalidArgument("a copy node needs a context");
+          FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuGraphExecMemcpyNodeSetParams,
+                                               "cuGraphExecMemcpyNodeSetParams"));
+          const CUDA_MEMCPY3D p = CopyNodeParams(spec);
+          return FERRY_CU(*api_, cuGraphExecMemcpyNodeSetParams, e, n, &p, ctx->handle);
+        }
+        case GraphNodeSpec::Kind::kChild:
+          FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuGraphExecChildGraphNodeSetParams,
+                                               "cuGraphExecChildGraphNodeSetParams"));
+          return FERRY_CU(*api_, cuGraphExecChildGraphNodeSetParams, e, n,
+                          static_cast<CudaGraph&>(*spec.child).handle);
+        case GraphNodeSpec::Kind::kEmpty:
+          break;
+      }
+      return Status::InvalidArgument("an empty node has no parameters");
     });
   }
 
@@ -2220,6 +2261,79 @@ class CudaBackend final : public GpuBackend {
       s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
       return FERRY_CU(*api_, cuGraphUpload, static_cast<CudaGraphExec&>(exec).handle, s.handle);
+    });
+  }
+
+  // --- explicit-graph editing ------------------------------------------------
+  Status EditGraphEdges(Graph& graph, std::span<GraphNode* const> from,
+                        std::span<GraphNode* const> to, bool remove) override {
+    return Guarded("EditGraphEdges", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedGraphs());
+      if (from.size() != to.size()) {
+        return Status::InvalidArgument("as many `from` as `to` nodes are needed");
+      }
+      std::vector<CUgraphNode> sources, targets;
+      for (size_t i = 0; i < from.size(); ++i) {
+        sources.push_back(static_cast<CudaGraphNode*>(from[i])->handle);
+        targets.push_back(static_cast<CudaGraphNode*>(to[i])->handle);
+      }
+      const CUgraph g = static_cast<CudaGraph&>(graph).handle;
+      if (remove) {
+        FERRY_RETURN_IF_ERROR(
+            NeedEntryPoint(api_->cuGraphRemoveDependencies, "cuGraphRemoveDependencies"));
+        return FERRY_CU(*api_, cuGraphRemoveDependencies, g, sources.data(), targets.data(),
+                        nullptr, sources.size());
+      }
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuGraphAddDependencies, "cuGraphAddDependencies"));
+      return FERRY_CU(*api_, cuGraphAddDependencies, g, sources.data(), targets.data(), nullptr,
+                      sources.size());
+    });
+  }
+
+  Status DestroyGraphNode(Graph& graph, GraphNode& node) override {
+    return Guarded("DestroyGraphNode", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedGraphs());
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuGraphDestroyNode, "cuGraphDestroyNode"));
+      CudaGraph& g = static_cast<CudaGraph&>(graph);
+      FERRY_RETURN_IF_ERROR(
+          FERRY_CU(*api_, cuGraphDestroyNode, static_cast<CudaGraphNode&>(node).handle));
+      std::erase_if(g.nodes, [&node](const auto& n) { return n.get() == &node; });
+      return Status::Ok();
+    });
+  }
+
+  Status SetGraphNode(Graph& graph, GraphNode& node, const GraphNodeSpec& spec) override {
+    return Guarded("SetGraphNode", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedGraphs());
+      (void)graph;
+      CudaContext* ctx = spec.ctx != nullptr ? &Ctx(*spec.ctx) : nullptr;
+      if (ctx != nullptr) FERRY_RETURN_IF_ERROR(MakeCurrent(*ctx));
+      const CUgraphNode n = static_cast<CudaGraphNode&>(node).handle;
+      switch (spec.kind) {
+        case GraphNodeSpec::Kind::kKernel: {
+          FERRY_RETURN_IF_ERROR(
+              NeedEntryPoint(api_->cuGraphKernelNodeSetParams, "cuGraphKernelNodeSetParams"));
+          KernelNodeParams k;
+          FERRY_RETURN_IF_ERROR(k.Fill(spec));
+          return FERRY_CU(*api_, cuGraphKernelNodeSetParams, n, &k.params);
+        }
+        case GraphNodeSpec::Kind::kMemset: {
+          FERRY_RETURN_IF_ERROR(
+              NeedEntryPoint(api_->cuGraphMemsetNodeSetParams, "cuGraphMemsetNodeSetParams"));
+          const CUDA_MEMSET_NODE_PARAMS p = MemsetNodeParams(spec);
+          return FERRY_CU(*api_, cuGraphMemsetNodeSetParams, n, &p);
+        }
+        case GraphNodeSpec::Kind::kCopy: {
+          FERRY_RETURN_IF_ERROR(
+              NeedEntryPoint(api_->cuGraphMemcpyNodeSetParams, "cuGraphMemcpyNodeSetParams"));
+          const CUDA_MEMCPY3D p = CopyNodeParams(spec);
+          return FERRY_CU(*api_, cuGraphMemcpyNodeSetParams, n, &p);
+        }
+        case GraphNodeSpec::Kind::kEmpty:
+        case GraphNodeSpec::Kind::kChild:
+          break;
+      }
+      return Status::InvalidArgument("the node's parameters cannot be changed in its graph");
     });
   }
 

@@ -16,9 +16,15 @@
 // worker until the gate opens.
 // Completions run on one CompletionThread (see stream_queue.h).
 //
-// Memory is accounted per device at allocation and release time; the storage
-// itself is released only once the context's earlier work has finished, so an
-// in-flight kernel or copy never touches freed memory.
+// Releasing memory (GpuBackend "releasing memory"): one mechanism,
+// ReleaseAfterQueuedWork, serves every release — MemFree, arrays, context
+// teardown, MemFreeAsync, module globals, unmapped or narrowed virtual memory.
+// At the free it takes the tail of every stream of the tenant's contexts (a
+// ticket per stream) and runs the release once all of them are reached: at
+// once when they already are, else on the completion thread. Nothing blocks:
+// not the caller, not a stream. The tenant's books (TenantState) count the
+// releases still pending, so WhenReleased can tell when the memory, and the
+// device bytes accounted for it, are really back.
 #include "server/backend/host/host_backend.h"
 
 #include <cuda.h>
@@ -33,6 +39,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <optional>
+#include <set>
 #include <system_error>
 #include <thread>
 #include <utility>
@@ -42,6 +50,7 @@
 #include "common/image/module_image.h"
 #include "server/backend/host/device_model.h"
 #include "server/backend/host/ferry_host_kernel.h"
+#include "server/backend/host/host_graph.h"
 #include "server/backend/host/host_link.h"
 #include "server/backend/host/stream_queue.h"
 #include "server/backend/host/virtual_memory.h"
@@ -51,6 +60,12 @@ namespace ferry::backend {
 namespace {
 
 using host_internal::CompletionThread;
+using host_internal::HostGraph;
+using host_internal::HostGraphExec;
+using host_internal::HostGraphNode;
+using host_internal::HostGraphAllocation;
+using host_internal::HostGraphMemory;
+using host_internal::HostGraphOps;
 using host_internal::StreamPoint;
 using host_internal::StreamQueue;
 
@@ -133,6 +148,121 @@ int64_t SteadyNowNs() {
 
 // --- objects ---------------------------------------------------------------
 
+// Runs `done` on the completion thread once every point is reached, with the
+// first failure among the streams, if any. `points` must not be empty.
+void WhenAllReached(std::vector<StreamPoint> points, Completion done) {
+  struct Join {
+    std::atomic<size_t> remaining;
+    std::mutex mu;
+    Status first_error;
+    Completion done;
+  };
+  auto join = std::make_shared<Join>();
+  join->remaining = points.size();
+  join->done = std::move(done);
+  for (const StreamPoint& p : points) {
+    p.queue->WhenReached(p.seq, [join](Status s) {
+      if (!s.ok()) {
+        std::lock_guard<std::mutex> lock(join->mu);
+        if (join->first_error.ok()) join->first_error = s;
+      }
+      if (join->remaining.fetch_sub(1) == 1) {
+        Completion done = std::move(join->done);
+        done(join->first_error);
+      }
+    });
+  }
+}
+
+struct ContextState;
+
+// A tenant's contexts and the releases it has started but not finished
+// (GpuBackend::Tenant). Shared by the Tenant object, its contexts and its
+// pending releases; thread-safe. No ContextState::mu is taken while mu is held
+// (PendingTails copies the context list first).
+struct TenantState {
+  std::mutex mu;
+  std::vector<std::weak_ptr<ContextState>> contexts ABSL_GUARDED_BY(mu);
+  uint64_t started ABSL_GUARDED_BY(mu) = 0;        // tickets handed out
+  std::set<uint64_t> pending ABSL_GUARDED_BY(mu);  // tickets not yet released
+  // WhenReleased callers: each runs once no ticket below its number is pending.
+  std::vector<std::pair<uint64_t, Completion>> waiters ABSL_GUARDED_BY(mu);
+
+  void Join(const std::shared_ptr<ContextState>& ctx) {
+    std::lock_guard<std::mutex> lock(mu);
+    contexts.push_back(ctx);
+  }
+  void Leave(const ContextState* ctx) {
+    std::lock_guard<std::mutex> lock(mu);
+    std::erase_if(contexts, [ctx](const std::weak_ptr<ContextState>& c) {
+      auto live = c.lock();
+      return live == nullptr || live.get() == ctx;
+    });
+  }
+  // The tails not yet reached of every stream of every context (defined
+  // after ContextState).
+  std::vector<StreamPoint> PendingTails();
+
+  uint64_t StartRelease() {
+    std::lock_guard<std::mutex> lock(mu);
+    pending.insert(started);
+    return started++;
+  }
+  void FinishRelease(uint64_t ticket) {
+    std::vector<Completion> due;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      pending.erase(ticket);
+      const uint64_t oldest = pending.empty() ? started : *pending.begin();
+      for (auto it = waiters.begin(); it != waiters.end();) {
+        if (it->first > oldest) {
+          ++it;
+          continue;
+        }
+        due.push_back(std::move(it->second));
+        it = waiters.erase(it);
+      }
+    }
+    for (Completion& done : due) done(Status::Ok());
+  }
+  void WhenReleased(Completion done) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (!pending.empty() && *pending.begin() < started) {
+        waiters.emplace_back(started, std::move(done));
+        return;
+      }
+    }
+    done(Status::Ok());
+  }
+};
+
+// Release `ticket` of `tenant` (TenantState::StartRelease): runs `release`
+// once each of `before` is reached — at once on this thread when all are,
+// else on the completion thread — then counts the release as done.
+void ReleaseWhenReached(std::shared_ptr<TenantState> tenant, uint64_t ticket,
+                        std::vector<StreamPoint> before, std::function<void()> release) {
+  std::erase_if(before, [](const StreamPoint& p) { return p.Reached(); });
+  auto finish = [tenant = std::move(tenant), ticket, release = std::move(release)](Status) {
+    release();
+    tenant->FinishRelease(ticket);
+  };
+  if (before.empty()) {
+    finish(Status::Ok());
+  } else {
+    WhenAllReached(std::move(before), std::move(finish));
+  }
+}
+
+// The one way this backend releases memory: `release` runs once every
+// operation queued so far on any stream of `tenant` has finished (a ticket
+// per stream: its tail now). WhenReleased counts it from this call.
+void ReleaseAfterQueuedWork(const std::shared_ptr<TenantState>& tenant,
+                            std::function<void()> release) {
+  const uint64_t ticket = tenant->StartRelease();
+  ReleaseWhenReached(tenant, ticket, tenant->PendingTails(), std::move(release));
+}
+
 // What a context's streams, events and modules share. Outlives the Context
 // object if any of them outlive it (they hold a reference).
 struct ContextState {
@@ -177,10 +307,45 @@ struct ContextState {
     for (const StreamEntry& e : streams) points.push_back(e.queue->Tail());
     return points;
   }
+
+  // The tenant whose releases wait for this context's work (JoinTenant
+  // changes it before any work is queued).
+  std::shared_ptr<TenantState> tenant() {
+    std::lock_guard<std::mutex> lock(mu);
+    return tenant_;
+  }
+  void set_tenant(std::shared_ptr<TenantState> tenant) {
+    std::lock_guard<std::mutex> lock(mu);
+    tenant_ = std::move(tenant);
+  }
+
+ private:
+  std::shared_ptr<TenantState> tenant_ ABSL_GUARDED_BY(mu);
 };
 
-// A graph's operations in the order they run.
-using HostGraphOps = std::vector<std::function<void()>>;
+std::vector<StreamPoint> TenantState::PendingTails() {
+  std::vector<std::shared_ptr<ContextState>> live;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    std::erase_if(contexts, [](const std::weak_ptr<ContextState>& c) { return c.expired(); });
+    for (const auto& c : contexts) {
+      if (auto ctx = c.lock()) live.push_back(std::move(ctx));
+    }
+  }
+  std::vector<StreamPoint> points;
+  for (const auto& ctx : live) {
+    for (StreamPoint& p : ctx->Tails()) {
+      if (!p.Reached()) points.push_back(std::move(p));
+    }
+  }
+  return points;
+}
+
+class HostTenant final : public Tenant {
+ public:
+  const std::shared_ptr<TenantState> state = std::make_shared<TenantState>();
+};
+
 // A stream capture: what its streams queued, in the order the calls came.
 // One list serves the origin and every stream joined to it through an event
 // wait (fork/join): a node's dependencies are always queued before it, so
@@ -242,107 +407,6 @@ class HostStream final : public Stream {
   const std::shared_ptr<StreamQueue> queue_;
   const bool legacy_;
   const bool non_blocking_;
-};
-
-// Nodes run in the order they were added: a node's dependencies exist
-// before it, so that order is a valid order of the graph. Executable graphs
-// take a copy of the operations. Used by one session's executor at a time.
-class HostGraphNode final : public GraphNode {
- public:
-  explicit HostGraphNode(size_t index) : index(index) {}
-  const size_t index;  // of its operation in the graph's (and its executables') list
-};
-// graph node kinds: an allocation node's memory. Its address range is
-// reserved (PROT_NONE, nothing behind it) from the node's creation until no
-// graph or executable graph names it; it is readable and writable only while
-// an executable graph holds it (HostGraphMemory). `held` is guarded by the
-// backend's mu_.
-struct HostGraphAllocation {
-  HostGraphAllocation(void* base, uint64_t bytes, int device)
-      : base(base), bytes(bytes), device(device) {}
-  ~HostGraphAllocation() { munmap(base, bytes); }
-  void* const base;
-  const uint64_t bytes;  // whole pages
-  const int device;
-  bool held = false;
-};
-// The memory an executable graph holds. When the executable graph and the
-// launches queued with it are gone, the pages are dropped, the ranges become
-// PROT_NONE again and `release` runs (on whichever thread let go last).
-struct HostGraphMemory {
-  std::vector<std::shared_ptr<HostGraphAllocation>> allocations;
-  std::function<void()> release;
-  ~HostGraphMemory() {
-    for (const auto& a : allocations) {
-      madvise(a->base, a->bytes, MADV_DONTNEED);
-      mprotect(a->base, a->bytes, PROT_NONE);
-    }
-    if (release) release();
-  }
-};
-class HostGraph final : public Graph {
- public:
-  explicit HostGraph(HostGraphOps ops) : ops(std::move(ops)) {}
-  HostGraphOps ops;
-  std::vector<std::unique_ptr<HostGraphNode>> nodes;  // explicitly added ones
-  // Of its allocation nodes (shared with clones).
-  std::vector<std::shared_ptr<HostGraphAllocation>> allocations;
-};
-// Updates (Replace, SetEnabled) change what later launches run; launches
-// queued already keep the list they were queued with (a new list is made).
-class HostGraphExec final : public GraphExec {
- public:
-  explicit HostGraphExec(const HostGraphOps& ops)
-      : node_ops_(ops), disabled_(ops.size(), false), ops_(std::make_shared<HostGraphOps>(ops)) {}
-  const std::shared_ptr<const HostGraphOps>& ops() const { return ops_; }
-  // Node `index` runs `op` from now on (when enabled).
-  Status Replace(size_t index, std::function<void()> op) {
-    FERRY_RETURN_IF_ERROR(CheckIndex(index));
-    node_ops_[index] = std::move(op);
-    Publish();
-    return Status::Ok();
-  }
-  // Every node runs its counterpart in `ops` from now on (cuGraphExecUpdate).
-  Status ReplaceAll(const HostGraphOps& ops) {
-    if (ops.size() != node_ops_.size()) {
-      return Status::Cuda(CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE,
-                          "the graph has another number of nodes than the executable graph");
-    }
-    node_ops_ = ops;
-    Publish();
-    return Status::Ok();
-  }
-  Status SetEnabled(size_t index, bool enabled) {
-    FERRY_RETURN_IF_ERROR(CheckIndex(index));
-    disabled_[index] = !enabled;
-    Publish();
-    return Status::Ok();
-  }
-
- private:
-  Status CheckIndex(size_t index) const {
-    if (index >= node_ops_.size()) {
-      return Status::Cuda(CUDA_ERROR_INVALID_VALUE, "the node is not in the executable graph");
-    }
-    return Status::Ok();
-  }
-  void Publish() {
-    auto ops = std::make_shared<HostGraphOps>(node_ops_);
-    for (size_t i = 0; i < ops->size(); ++i) {
-      if (disabled_[i]) (*ops)[i] = [] {};
-    }
-    ops_ = std::move(ops);
-  }
-  HostGraphOps node_ops_;        // each node's current work
-  std::vector<bool> disabled_;  // by node index
-
- public:
-  // The memory of its graph's allocation nodes (CommitGraphMemory); each
-  // launch holds it too.
-  std::shared_ptr<HostGraphMemory> memory;
-
- private:
-  std::shared_ptr<const HostGraphOps> ops_;  // what launches run
 };
 
 // graph node kinds: an event node's operation. Run, it does nothing:
@@ -439,10 +503,14 @@ class HostModule final : public Module {
  public:
   explicit HostModule(std::shared_ptr<ContextState> ctx) : ctx_(std::move(ctx)) {}
 
-  // Kernels of this module may still be queued on any stream of the context,
-  // reading its globals: wait for all of the context's work first.
+  // Kernels queued on any stream of the tenant may still read or write its
+  // globals: they go once that work has finished. (Queued launches hold
+  // nothing else of the module: see HostFunction::offsets.)
   ~HostModule() override {
-    for (const StreamPoint& p : ctx_->Tails()) p.Wait();
+    std::vector<std::shared_ptr<void>> storages;
+    for (auto& [name, global] : globals) storages.push_back(std::move(global.storage));
+    ReleaseAfterQueuedWork(ctx_->tenant(),
+                           [storages = std::move(storages)]() mutable { storages.clear(); });
   }
 
   struct Global {
@@ -712,6 +780,8 @@ class HostBackend final : public GpuBackend {
     }
     auto state = std::make_shared<ContextState>(device, flags);
     FERRY_RETURN_IF_ERROR(StreamQueue::Create(completions_.get(), &state->legacy));
+    state->set_tenant(default_tenant_);
+    default_tenant_->Join(state);
     auto legacy = std::make_unique<HostStream>(state, state->legacy, /*legacy=*/true,
                                                /*non_blocking=*/false);
     *out = std::make_unique<HostContext>(this, std::move(state), std::move(legacy));
@@ -749,6 +819,22 @@ class HostBackend final : public GpuBackend {
     AsContext(ctx).state()->abandoned->store(true, std::memory_order_relaxed);
   }
 
+  // --- releasing memory (tenants) ---------------------------------------------
+
+  std::unique_ptr<Tenant> CreateTenant() override { return std::make_unique<HostTenant>(); }
+
+  void JoinTenant(Context& ctx, Tenant& tenant) override {
+    const std::shared_ptr<ContextState>& state = AsContext(ctx).state();
+    const std::shared_ptr<TenantState>& joined = static_cast<HostTenant&>(tenant).state;
+    state->tenant()->Leave(state.get());
+    joined->Join(state);
+    state->set_tenant(joined);
+  }
+
+  void WhenReleased(Tenant& tenant, Completion done) override {
+    static_cast<HostTenant&>(tenant).state->WhenReleased(std::move(done));
+  }
+
   // --- memory ---------------------------------------------------------------
 
   Status MemAlloc(Context& ctx, uint64_t bytes, uint64_t* dptr) override {
@@ -777,21 +863,20 @@ class HostBackend final : public GpuBackend {
     return Release(*AsContext(ctx).state(), dptr);
   }
 
-  // Frees the allocation at `dptr` once `ctx`'s earlier work is done.
+  // Frees the allocation at `dptr` once the tenant's earlier work is done.
+  // The address is no allocation of this backend from now on.
   Status Release(ContextState& ctx, uint64_t dptr) {
-    std::shared_ptr<void> storage;
+    std::vector<Allocation> released(1);
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = allocations_.find(dptr);
       if (it == allocations_.end()) {
         return InvalidValue("no allocation starts at " + std::to_string(dptr));
       }
-      storage = std::move(it->second.storage);
-      used_[it->second.device] -= it->second.bytes;
-      if (it->second.pool) it->second.pool->Release(it->second.bytes);
+      released[0] = std::move(it->second);
       allocations_.erase(it);
     }
-    ReleaseAfterWork(ctx, std::move(storage));
+    ReleaseAfterQueuedWork(ctx.tenant(), ReleaseAllocations(std::move(released)));
     return Status::Ok();
   }
 
@@ -805,7 +890,7 @@ class HostBackend final : public GpuBackend {
 
   // Frees what `owner` still holds; called as its context goes away.
   void ReleaseContextAllocations(ContextState& owner) {
-    std::vector<std::shared_ptr<void>> storages;
+    std::vector<Allocation> released;
     {
       std::lock_guard<std::mutex> lock(mu_);
       for (auto it = allocations_.begin(); it != allocations_.end();) {
@@ -813,13 +898,12 @@ class HostBackend final : public GpuBackend {
           ++it;
           continue;
         }
-        used_[it->second.device] -= it->second.bytes;
-        if (it->second.pool) it->second.pool->Release(it->second.bytes);
-        storages.push_back(std::move(it->second.storage));
+        released.push_back(std::move(it->second));
         allocations_.erase(it++);
       }
     }
-    for (auto& s : storages) ReleaseAfterWork(owner, std::move(s));
+    if (released.empty()) return;
+    ReleaseAfterQueuedWork(owner.tenant(), ReleaseAllocations(std::move(released)));
   }
 
   // --- virtual memory management (host_internal::HostVirtualMemory) -----------
@@ -846,12 +930,18 @@ class HostBackend final : public GpuBackend {
                    uint64_t offset) override {
     return virtual_memory_.Map(address, bytes, memory, offset);
   }
-  Status UnmapMemory(uint64_t address, uint64_t bytes) override {
-    return virtual_memory_.Unmap(address, bytes);
+  Status UnmapMemory(Tenant& tenant, uint64_t address, uint64_t bytes) override {
+    return virtual_memory_.Unmap(address, bytes, AfterQueuedWorkOf(tenant));
   }
-  Status SetMemoryAccess(uint64_t address, uint64_t bytes,
+  Status SetMemoryAccess(Tenant& tenant, uint64_t address, uint64_t bytes,
                          std::span<const MemoryAccess> access) override {
-    return virtual_memory_.SetAccess(address, bytes, access);
+    return virtual_memory_.SetAccess(address, bytes, access, AfterQueuedWorkOf(tenant));
+  }
+  // How the virtual memory's page changes wait for `tenant`'s queued work.
+  static host_internal::HostVirtualMemory::Defer AfterQueuedWorkOf(Tenant& tenant) {
+    return [state = static_cast<HostTenant&>(tenant).state](std::function<void()> release) {
+      ReleaseAfterQueuedWork(state, std::move(release));
+    };
   }
 
   // --- stream-ordered allocation and memory pools ------------------------------
@@ -900,17 +990,25 @@ class HostBackend final : public GpuBackend {
       allocations_.erase(it);
     }
     // The memory goes back to the device (and its pool) when the stream
-    // reaches the free.
-    auto released = std::make_shared<Allocation>(std::move(allocation));
-    Append(stream, {}, [this, released, freed = std::move(freed)] {
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        used_[released->device] -= released->bytes;
-      }
-      if (released->pool) released->pool->Release(released->bytes);
-      released->storage.reset();
-      freed(Status::Ok());
-    });
+    // reaches the free and the tenant's other streams have finished what was
+    // queued before it: from the stream itself when they have by then (so the
+    // stream is idle past the free only after `freed`), else from the
+    // completion thread once they have. The stream never waits for them.
+    HostStream& s = AsStream(stream);
+    std::shared_ptr<TenantState> tenant = s.ctx().tenant();
+    const uint64_t ticket = tenant->StartRelease();
+    std::vector<StreamPoint> before = tenant->PendingTails();
+    std::vector<Allocation> released;
+    released.push_back(std::move(allocation));
+    std::function<void()> release = ReleaseAllocations(std::move(released));
+    Append(stream, {},
+           [tenant, ticket, before = std::move(before), release = std::move(release),
+            freed = std::move(freed)] {
+             ReleaseWhenReached(tenant, ticket, before, [release, freed] {
+               release();
+               freed(Status::Ok());
+             });
+           });
     return Status::Ok();
   }
 
@@ -1706,80 +1804,68 @@ class HostBackend final : public GpuBackend {
 
   Status CreateGraph(unsigned flags, std::unique_ptr<Graph>* out) override {
     if (flags != 0) return InvalidValue("cuGraphCreate flags must be 0");
-    *out = std::make_unique<HostGraph>(HostGraphOps{});
+    *out = std::make_unique<HostGraph>();
     return Status::Ok();
   }
 
   Status AddGraphNode(Graph& graph, std::span<GraphNode* const> dependencies,
                       const GraphNodeSpec& spec, GraphNode** out) override {
-    (void)dependencies;  // nodes run in the order they were added (see HostGraph)
-    auto& g = static_cast<HostGraph&>(graph);
-    std::function<void()> op = [] {};
-    switch (spec.kind) {
-      case GraphNodeSpec::Kind::kEmpty:
-        break;
-      case GraphNodeSpec::Kind::kKernel:
-        FERRY_RETURN_IF_ERROR(KernelNodeOp(spec, &op));
-        break;
-      case GraphNodeSpec::Kind::kMemset:
-        FERRY_RETURN_IF_ERROR(MemsetOp(spec.dst, spec.pitch, spec.value, spec.element_bytes,
-                                       spec.width, spec.height, &op));
-        break;
-      case GraphNodeSpec::Kind::kCopy:
-        op = [dst = spec.dst, src = spec.src, bytes = spec.bytes] {
-          std::memmove(AsPointer(dst), AsPointer(src), bytes);
-        };
-        break;
-      case GraphNodeSpec::Kind::kChild:
-        op = [ops = std::make_shared<const HostGraphOps>(
-                  static_cast<HostGraph&>(*spec.child).ops)] {
-          for (const std::function<void()>& child_op : *ops) child_op();
-        };
-        break;
-    }
-    g.nodes.push_back(std::make_unique<HostGraphNode>(g.ops.size()));
-    g.ops.push_back(std::move(op));
-    *out = g.nodes.back().get();
+    std::function<void()> op;
+    size_t child_nodes = 0;
+    FERRY_RETURN_IF_ERROR(NodeOp(spec, &op, &child_nodes));
+    *out = static_cast<HostGraph&>(graph).Add(spec.kind, std::move(op), dependencies, child_nodes);
     return Status::Ok();
   }
 
-  Status SetExecKernelNode(GraphExec& exec, GraphNode& node, const GraphNodeSpec& spec) override {
+  Status SetExecNode(GraphExec& exec, GraphNode& node, const GraphNodeSpec& spec) override {
+    auto& e = static_cast<HostGraphExec&>(exec);
+    auto& n = static_cast<HostGraphNode&>(node);
+    if (spec.kind != n.kind) return InvalidValue("the parameters are not of the node's kind");
     std::function<void()> op;
-    FERRY_RETURN_IF_ERROR(KernelNodeOp(spec, &op));
-    return static_cast<HostGraphExec&>(exec).Replace(static_cast<HostGraphNode&>(node).index,
-                                                      std::move(op));
+    size_t child_nodes = 0;
+    FERRY_RETURN_IF_ERROR(NodeOp(spec, &op, &child_nodes));
+    if (spec.kind == GraphNodeSpec::Kind::kChild) {
+      size_t before = 0;
+      FERRY_RETURN_IF_ERROR(e.ChildNodes(n, &before));
+      if (before != child_nodes) {
+        return InvalidValue("the new child graph's topology differs from the node's child's");
+      }
+    }
+    return e.Replace(n, std::move(op));
   }
 
   Status SetExecNodeEnabled(GraphExec& exec, GraphNode& node, bool enabled) override {
-    return static_cast<HostGraphExec&>(exec).SetEnabled(static_cast<HostGraphNode&>(node).index,
+    return static_cast<HostGraphExec&>(exec).SetEnabled(static_cast<HostGraphNode&>(node),
                                                          enabled);
   }
 
   Status UpdateGraphExec(GraphExec& exec, Graph& graph) override {
-    return static_cast<HostGraphExec&>(exec).ReplaceAll(static_cast<HostGraph&>(graph).ops);
+    return static_cast<HostGraphExec&>(exec).ReplaceAll(static_cast<HostGraph&>(graph));
   }
 
   Status CloneGraph(Graph& graph, std::unique_ptr<Graph>* out) override {
-    auto clone = std::make_unique<HostGraph>(static_cast<HostGraph&>(graph).ops);
+    std::unique_ptr<HostGraph> clone = static_cast<HostGraph&>(graph).Clone();
     clone->allocations = static_cast<HostGraph&>(graph).allocations;
     *out = std::move(clone);
     return Status::Ok();
   }
 
   Status GraphNodeCount(Graph& graph, uint64_t* count) override {
-    *count = static_cast<HostGraph&>(graph).ops.size();
+    *count = static_cast<HostGraph&>(graph).size();
     return Status::Ok();
   }
 
   Status InstantiateGraph(Graph& graph, uint64_t flags, std::unique_ptr<GraphExec>* out) override {
     (void)flags;  // upload, auto-free, device launch, priority: nothing to do on the host
-    *out = std::make_unique<HostGraphExec>(static_cast<HostGraph&>(graph).ops);
+    std::unique_ptr<HostGraphExec> exec;
+    FERRY_RETURN_IF_ERROR(HostGraphExec::Make(static_cast<HostGraph&>(graph), &exec));
+    *out = std::move(exec);
     return Status::Ok();
   }
 
-  // One stream operation runs every node, in order.
-  // Event nodes split it into segments, each one stream operation, with
-  // the events' records and waits queued between them (HostEventNodeOp).
+  // One stream operation runs every node, in order; event nodes split it
+  // into segments, each one stream operation, with the events' records and
+  // waits queued between them (HostEventNodeOp).
   Status LaunchGraph(GraphExec& exec, Stream& stream) override {
     auto& e = static_cast<HostGraphExec&>(exec);
     const std::shared_ptr<const HostGraphOps> ops = e.ops();
@@ -1894,22 +1980,70 @@ class HostBackend final : public GpuBackend {
   }
 
   Status SetExecEventNode(GraphExec& exec, GraphNode& node, Event& event, bool wait) override {
-    return static_cast<HostGraphExec&>(exec).Replace(static_cast<HostGraphNode&>(node).index,
-                                                     HostEventNodeOp{&event, wait});
+    return static_cast<HostGraphExec&>(exec).Replace(static_cast<HostGraphNode&>(node),
+                                                      HostEventNodeOp{&event, wait});
   }
 
   // Graph memory is an executable graph's for as long as it lives, and goes
   // back to the device with it: nothing is kept to trim.
   Status TrimGraphMemory(int device) override { return CheckDevice(device); }
 
+  // --- explicit-graph editing --------------------------------------------------
+  Status EditGraphEdges(Graph& graph, std::span<GraphNode* const> from,
+                        std::span<GraphNode* const> to, bool remove) override {
+    return static_cast<HostGraph&>(graph).EditEdges(from, to, remove);
+  }
+
+  Status DestroyGraphNode(Graph& graph, GraphNode& node) override {
+    return static_cast<HostGraph&>(graph).Destroy(node);
+  }
+
+  Status SetGraphNode(Graph& graph, GraphNode& node, const GraphNodeSpec& spec) override {
+    (void)graph;
+    auto& n = static_cast<HostGraphNode&>(node);
+    if (spec.kind != n.kind || spec.kind == GraphNodeSpec::Kind::kChild) {
+      return InvalidValue("the parameters are not of the node's kind");
+    }
+    size_t child_nodes = 0;
+    return NodeOp(spec, &n.op, &child_nodes);
+  }
+
  private:
+  // The work of a node described by `spec` (kChild: the child's nodes, in a
+  // topological order, copied now; *child_nodes gets how many).
   // Node `node` of `graph` does `op` from now on (later instantiations).
   static void SetGraphNodeOp(Graph& graph, GraphNode& node, std::function<void()> op) {
-    static_cast<HostGraph&>(graph).ops[static_cast<HostGraphNode&>(node).index] = std::move(op);
+    (void)graph;
+    static_cast<HostGraphNode&>(node).op = std::move(op);
   }
-  // The operation of a kernel node (GraphNodeSpec kind kKernel).
-  Status KernelNodeOp(const GraphNodeSpec& spec, std::function<void()>* op) {
-    return LaunchOp(*AsContext(*spec.ctx).state(), *spec.function, spec.config, spec.params, op);
+  Status NodeOp(const GraphNodeSpec& spec, std::function<void()>* op, size_t* child_nodes) {
+    *op = [] {};
+    switch (spec.kind) {
+      case GraphNodeSpec::Kind::kEmpty:
+        return Status::Ok();
+      case GraphNodeSpec::Kind::kKernel:
+        return LaunchOp(*AsContext(*spec.ctx).state(), *spec.function, spec.config, spec.params,
+                        op);
+      case GraphNodeSpec::Kind::kMemset:
+        return MemsetOp(spec.dst, spec.pitch, spec.value, spec.element_bytes, spec.width,
+                        spec.height, op);
+      case GraphNodeSpec::Kind::kCopy:
+        *op = [dst = spec.dst, src = spec.src, bytes = spec.bytes] {
+          std::memmove(AsPointer(dst), AsPointer(src), bytes);
+        };
+        return Status::Ok();
+      case GraphNodeSpec::Kind::kChild: {
+        const auto& child = static_cast<const HostGraph&>(*spec.child);
+        auto ops = std::make_shared<HostGraphOps>();
+        FERRY_RETURN_IF_ERROR(child.Order(ops.get()));
+        *child_nodes = child.size();
+        *op = [ops = std::shared_ptr<const HostGraphOps>(std::move(ops))] {
+          for (const std::function<void()>& child_op : *ops) child_op();
+        };
+        return Status::Ok();
+      }
+    }
+    return InvalidValue("unknown graph node kind");
   }
   Status CheckDevice(int device) const {
     if (device < 0 || device >= static_cast<int>(devices_.size())) {
@@ -2006,6 +2140,21 @@ class HostBackend final : public GpuBackend {
     const ContextState* owner = nullptr;     // identity only
     std::shared_ptr<HostMemPoolState> pool;  // the pool it came from, or null
   };
+
+  // What releases `allocations`: their storage goes, then their bytes are
+  // back on their devices (and pools).
+  std::function<void()> ReleaseAllocations(std::vector<Allocation> allocations) {
+    auto owned = std::make_shared<std::vector<Allocation>>(std::move(allocations));
+    return [this, owned] {
+      std::vector<Allocation> gone = std::move(*owned);
+      for (Allocation& a : gone) {
+        a.storage.reset();
+        if (a.pool) a.pool->Release(a.bytes);
+      }
+      std::lock_guard<std::mutex> lock(mu_);
+      for (const Allocation& a : gone) used_[a.device] -= a.bytes;
+    };
+  }
 
   // The GpuBackend contract hands back only objects this backend created.
   static HostArray& AsArray(Array& array) { return static_cast<HostArray&>(array); }
@@ -2112,48 +2261,6 @@ class HostBackend final : public GpuBackend {
     allocations_.emplace(*dptr,
                          Allocation{std::move(storage), rounded, device, owner, std::move(pool)});
     return Status::Ok();
-  }
-
-  // Drops `storage` once every stream of `ctx` has finished the work queued
-  // so far (at once if there is none).
-  void ReleaseAfterWork(ContextState& ctx, std::shared_ptr<void> storage) {
-    std::vector<StreamPoint> pending;
-    for (StreamPoint& p : ctx.Tails()) {
-      if (!p.Reached()) pending.push_back(std::move(p));
-    }
-    if (pending.empty()) return;  // `storage` goes now
-    WhenAllReached(std::move(pending),
-                   [storage = std::move(storage)](Status) mutable { storage.reset(); });
-  }
-
-  // Calls `done` on the completion thread once every point is reached, with
-  // the first failure among the streams, if any.
-  void WhenAllReached(std::vector<StreamPoint> points, Completion done) {
-    if (points.empty()) {
-      completions_->Post([done = std::move(done)] { done(Status::Ok()); });
-      return;
-    }
-    struct Join {
-      std::atomic<size_t> remaining;
-      std::mutex mu;
-      Status first_error;
-      Completion done;
-    };
-    auto join = std::make_shared<Join>();
-    join->remaining = points.size();
-    join->done = std::move(done);
-    for (const StreamPoint& p : points) {
-      p.queue->WhenReached(p.seq, [join](Status s) {
-        if (!s.ok()) {
-          std::lock_guard<std::mutex> lock(join->mu);
-          if (join->first_error.ok()) join->first_error = s;
-        }
-        if (join->remaining.fetch_sub(1) == 1) {
-          Completion done = std::move(join->done);
-          done(join->first_error);
-        }
-      });
-    }
   }
 
   // Appends `op` to `stream` after `after` and after what legacy-stream
@@ -2273,6 +2380,9 @@ class HostBackend final : public GpuBackend {
   std::vector<uint64_t> used_ ABSL_GUARDED_BY(mu_);  // accounted bytes per device
 
   std::unique_ptr<CompletionThread> completions_;
+  // The tenant of contexts that join no other (tests that use the backend
+  // directly): their releases wait for each other's work.
+  const std::shared_ptr<TenantState> default_tenant_ = std::make_shared<TenantState>();
 
   // Physical memory is charged to used_ like any allocation (after mu_ and
   // used_, so it goes before them).

@@ -4,6 +4,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <string>
@@ -51,9 +52,11 @@ HostVirtualMemory::HostVirtualMemory(Take take, Give give)
 
 HostVirtualMemory::~HostVirtualMemory() {
   std::map<uint64_t, Mapping> mappings;
+  std::multimap<uint64_t, Mapping> retiring;
   {
     std::lock_guard<std::mutex> lock(mu_);
     mappings.swap(mappings_);
+    retiring.swap(retiring_);
   }
   // Dropping the mappings' references gives their memory back.
 }
@@ -130,8 +133,14 @@ Status HostVirtualMemory::Free(uint64_t address, uint64_t bytes) {
   if (mapped != mappings_.end() && mapped->first < address + bytes) {
     return InvalidValue("cuMemAddressFree: the reservation still has mappings");
   }
-  munmap(At(address), bytes);
   reservations_.erase(it);
+  auto retiring = retiring_.lower_bound(address);
+  if (retiring != retiring_.end() && retiring->first < address + bytes) {
+    // Work may still touch a retiring mapping: the last one's Retire unmaps.
+    freed_reservations_[address] = bytes;
+    return Status::Ok();
+  }
+  munmap(At(address), bytes);
   return Status::Ok();
 }
 
@@ -160,28 +169,79 @@ Status HostVirtualMemory::Map(uint64_t address, uint64_t bytes, PhysicalMemory& 
   void* p = mmap(At(address), bytes, PROT_NONE, MAP_SHARED | MAP_FIXED, physical->fd,
                  static_cast<off_t>(offset));
   if (p == MAP_FAILED) return Status::OutOfMemory("cuMemMap: " + Errno("mmap"));
-  mappings_.emplace(address, Mapping{bytes, physical});
+  mappings_.emplace(address, Mapping{bytes, physical, next_id_++, PROT_NONE});
   return Status::Ok();
 }
 
-Status HostVirtualMemory::Unmap(uint64_t address, uint64_t bytes) {
+Status HostVirtualMemory::Unmap(uint64_t address, uint64_t bytes, const Defer& defer) {
+  uint64_t id = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = mappings_.find(address);
+    if (it == mappings_.end() || it->second.bytes != bytes) {
+      return InvalidValue("cuMemUnmap: not a whole mapping");
+    }
+    id = it->second.id;
+    retiring_.emplace(address, std::move(it->second));
+    mappings_.erase(it);
+  }
+  defer([this, address, id] { Retire(address, id); });
+  return Status::Ok();
+}
+
+void HostVirtualMemory::Retire(uint64_t address, uint64_t id) {
   std::shared_ptr<Physical> dropped;  // released after mu_
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = mappings_.find(address);
-  if (it == mappings_.end() || it->second.bytes != bytes) {
-    return InvalidValue("cuMemUnmap: not a whole mapping");
-  }
-  // The reservation again, in place (MAP_FIXED replaces the mapping atomically).
-  if (mmap(At(address), bytes, PROT_NONE, kReservationFlags | MAP_FIXED, -1, 0) == MAP_FAILED) {
-    return Status::Internal("cuMemUnmap: " + Errno("mmap"));
-  }
+  auto [first, last] = retiring_.equal_range(address);
+  auto it = std::find_if(first, last, [id](const auto& entry) { return entry.second.id == id; });
+  if (it == last) return;
+  const uint64_t end = address + it->second.bytes;
   dropped = std::move(it->second.physical);
-  mappings_.erase(it);
-  return Status::Ok();
+  retiring_.erase(it);
+  // The reservation again, in place (MAP_FIXED replaces the pages atomically),
+  // wherever no other mapping covers the range: neither one mapped since nor
+  // one still retiring (whose pages may be the ones there now; the last of
+  // them to retire restores what is left).
+  std::vector<std::pair<uint64_t, uint64_t>> covered;  // [begin, end) overlapping the range
+  auto collect = [&](const auto& books) {
+    for (const auto& [base, mapping] : books) {
+      if (base < end && base + mapping.bytes > address)
+        covered.emplace_back(base, base + mapping.bytes);
+    }
+  };
+  collect(mappings_);
+  collect(retiring_);
+  std::sort(covered.begin(), covered.end());
+  auto restore = [](uint64_t from, uint64_t to) {
+    if (to > from) mmap(At(from), to - from, PROT_NONE, kReservationFlags | MAP_FIXED, -1, 0);
+  };
+  uint64_t at = address;
+  for (const auto& [from, to] : covered) {
+    restore(at, std::min(from, end));
+    at = std::max(at, to);
+  }
+  restore(at, end);
+  // A freed reservation goes once nothing retires in it any more.
+  auto freed = freed_reservations_.upper_bound(address);
+  if (freed == freed_reservations_.begin()) return;
+  --freed;
+  const uint64_t freed_end = freed->first + freed->second;
+  if (address >= freed_end) return;
+  auto still = retiring_.lower_bound(freed->first);
+  if (still != retiring_.end() && still->first < freed_end) return;
+  munmap(At(freed->first), freed->second);
+  freed_reservations_.erase(freed);
+}
+
+void HostVirtualMemory::Narrow(uint64_t address, uint64_t id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = mappings_.find(address);
+  if (it == mappings_.end() || it->second.id != id || it->second.prot != PROT_NONE) return;
+  mprotect(At(address), it->second.bytes, PROT_NONE);
 }
 
 Status HostVirtualMemory::SetAccess(uint64_t address, uint64_t bytes,
-                                    std::span<const MemoryAccess> access) {
+                                    std::span<const MemoryAccess> access, const Defer& defer) {
   // One address space serves every device: the pages get the widest access
   // any device has. Read-only access still leaves the pages writable: ferryd
   // itself writes device memory for copies and memsets, and a write the
@@ -197,14 +257,27 @@ Status HostVirtualMemory::SetAccess(uint64_t address, uint64_t bytes,
     flags |= a.flags;
   }
   const int prot = flags != CU_MEM_ACCESS_FLAGS_PROT_NONE ? PROT_READ | PROT_WRITE : PROT_NONE;
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = mappings_.find(address);
-  if (it == mappings_.end() || it->second.bytes != bytes) {
-    return InvalidValue("cuMemSetAccess: not a whole mapping");
+  uint64_t id = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = mappings_.find(address);
+    if (it == mappings_.end() || it->second.bytes != bytes) {
+      return InvalidValue("cuMemSetAccess: not a whole mapping");
+    }
+    const int before = it->second.prot;
+    if (prot != PROT_NONE) {
+      // Widening (or keeping) access acts at once.
+      if (mprotect(At(address), bytes, prot) != 0) {
+        return Status::Internal("cuMemSetAccess: " + Errno("mprotect"));
+      }
+      it->second.prot = prot;
+      return Status::Ok();
+    }
+    it->second.prot = prot;
+    if (before == PROT_NONE) return Status::Ok();
+    id = it->second.id;
   }
-  if (mprotect(At(address), bytes, prot) != 0) {
-    return Status::Internal("cuMemSetAccess: " + Errno("mprotect"));
-  }
+  defer([this, address, id] { Narrow(address, id); });
   return Status::Ok();
 }
 

@@ -146,6 +146,31 @@ session_buffer = "256MiB"
               "not a size");
 }
 
+TEST(ConfigTest, AuthTable) {
+  Config config;
+  Status status = ParseConfig(R"(
+[auth]
+token_file = "/etc/ferry/tokens.toml"
+tls_cert = "cert.pem"
+tls_key = "key.pem"
+unix_group = "ferry"
+unix_allow_uids = [1000, 1001]
+unix_allow_gids = [100]
+)",
+                              "x.toml", &config);
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  EXPECT_EQ(*config.auth.token_file, "/etc/ferry/tokens.toml");
+  EXPECT_EQ(*config.auth.tls_cert, "cert.pem");
+  EXPECT_EQ(*config.auth.tls_key, "key.pem");
+  EXPECT_EQ(*config.auth.unix_group, "ferry");
+  EXPECT_EQ(*config.auth.unix_allow_uids, (std::vector<uint32_t>{1000, 1001}));
+  EXPECT_EQ(*config.auth.unix_allow_gids, (std::vector<uint32_t>{100}));
+  ExpectError("[auth]\ntoken = \"x\"\n", "bad.toml:2: auth.token", "unknown key");
+  ExpectError("[auth]\ntoken_file = 3\n", "bad.toml:2: auth.token_file", "a string");
+  ExpectError("[auth]\nunix_allow_uids = [-1]\n", "bad.toml:2: auth.unix_allow_uids",
+              "out of range");
+}
+
 TEST(ConfigTest, UnknownKeysNameFileLineAndKey) {
   ExpectError("[server]\nlisten = \"a:1\"\nlisen = 3\n", "bad.toml:3: server.lisen", "unknown key");
   ExpectError("[servers]\n", "bad.toml:1: servers", "unknown key");

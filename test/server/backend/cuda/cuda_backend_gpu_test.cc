@@ -265,8 +265,10 @@ TEST_F(CudaGpuTest, VirtualMemoryMappingsJoinAndAlias) {
   ASSERT_TRUE(backend_->MapMemory(base + granularity, granularity, *second, 0).ok());
   ASSERT_TRUE(backend_->MapMemory(base + 2 * granularity, granularity, *second, 0).ok());
   const MemoryAccess read_write{0, CU_MEM_ACCESS_FLAGS_PROT_READWRITE};
+  std::unique_ptr<Tenant> tenant = backend_->CreateTenant();
   for (int i = 0; i < 3; ++i) {
-    status = backend_->SetMemoryAccess(base + i * granularity, granularity, {&read_write, 1});
+    status =
+        backend_->SetMemoryAccess(*tenant, base + i * granularity, granularity, {&read_write, 1});
     ASSERT_TRUE(status.ok()) << status.ToString();
   }
   ASSERT_TRUE(backend_->Memset(legacy(), base, 0, 0x11, 1, 2 * granularity, 1).ok());
@@ -279,7 +281,7 @@ TEST_F(CudaGpuTest, VirtualMemoryMappingsJoinAndAlias) {
     ASSERT_EQ((*out)[i], i >= 8 && i < 16 ? 0x22 : 0x11) << "at " << i;
   }
   for (int i = 0; i < 3; ++i) {
-    ASSERT_TRUE(backend_->UnmapMemory(base + i * granularity, granularity).ok());
+    ASSERT_TRUE(backend_->UnmapMemory(*tenant, base + i * granularity, granularity).ok());
   }
   first.reset();
   second.reset();

@@ -133,12 +133,23 @@ class HostBackendTest : public ::testing::Test {
     options.device_count = 2;
     options.device_memory = kDeviceMemory;
     ASSERT_OK(CreateHostBackend(options, &backend_));
-    ASSERT_OK(backend_->CreateContext(0, 0, &ctx_));
+    tenant_ = backend_->CreateTenant();
+    ASSERT_OK(NewContext(0, &ctx_));
   }
 
   static constexpr uint64_t kDeviceMemory = 64ull << 20;
 
   GpuBackend& b() { return *backend_; }
+  // A context of the test's tenant on `device`.
+  Status NewContext(int device, std::unique_ptr<Context>* out) {
+    FERRY_RETURN_IF_ERROR(backend_->CreateContext(device, 0, out));
+    backend_->JoinTenant(**out, *tenant_);
+    return Status::Ok();
+  }
+  // Waits (bounded) until every release the tenant started has happened.
+  Status Released() {
+    return Await([&](Completion done) { backend_->WhenReleased(*tenant_, std::move(done)); });
+  }
   Stream& legacy() { return backend_->LegacyStream(*ctx_); }
 
   std::unique_ptr<Stream> NewStream(unsigned flags = 0) {
@@ -263,8 +274,9 @@ class HostBackendTest : public ::testing::Test {
   };
   Status Block(Stream& s, const Gate& gate) { return Launch1(s, kGate, gate.flag()); }
 
-  // Destroyed in reverse: module, context, backend.
+  // Destroyed in reverse: module, context, tenant, backend.
   std::unique_ptr<GpuBackend> backend_;
+  std::unique_ptr<Tenant> tenant_;
   std::unique_ptr<Context> ctx_;
   std::unique_ptr<Module> module_;
   ModuleDescription description_;
@@ -422,9 +434,10 @@ TEST_F(HostBackendTest, VirtualMemoryAliasesHonoursHintsAndCountsAgainstTheDevic
   EXPECT_FALSE(b().MapMemory(base + page, page, *memory, 0).ok());      // already mapped
   EXPECT_FALSE(b().MapMemory(base + 4 * page, page, *memory, 0).ok());  // outside the reservation
   const MemoryAccess read_write{0, CU_MEM_ACCESS_FLAGS_PROT_READWRITE};
-  ASSERT_OK(b().SetMemoryAccess(base, 2 * page, {&read_write, 1}));
-  ASSERT_OK(b().SetMemoryAccess(base + 2 * page, page, {&read_write, 1}));
-  EXPECT_FALSE(b().SetMemoryAccess(base, page, {&read_write, 1}).ok());  // part of a mapping
+  ASSERT_OK(b().SetMemoryAccess(*tenant_, base, 2 * page, {&read_write, 1}));
+  ASSERT_OK(b().SetMemoryAccess(*tenant_, base + 2 * page, page, {&read_write, 1}));
+  EXPECT_FALSE(
+      b().SetMemoryAccess(*tenant_, base, page, {&read_write, 1}).ok());  // part of a mapping
   auto* bytes = reinterpret_cast<uint8_t*>(base);
   EXPECT_EQ(bytes[0], 0);  // zero-filled
   bytes[page + 5] = 0x7E;
@@ -434,9 +447,10 @@ TEST_F(HostBackendTest, VirtualMemoryAliasesHonoursHintsAndCountsAgainstTheDevic
   memory.reset();  // released; the mappings keep the memory
   EXPECT_EQ(FreeBytes(), kDeviceMemory - 2 * page);
   EXPECT_EQ(bytes[2 * page + 5], 0x7E);
-  ASSERT_OK(b().UnmapMemory(base, 2 * page));
+  ASSERT_OK(b().UnmapMemory(*tenant_, base, 2 * page));
   EXPECT_EQ(FreeBytes(), kDeviceMemory - 2 * page);
-  ASSERT_OK(b().UnmapMemory(base + 2 * page, page));
+  ASSERT_OK(b().UnmapMemory(*tenant_, base + 2 * page, page));
+  ASSERT_OK(Released());
   EXPECT_EQ(FreeBytes(), kDeviceMemory);  // the last mapping gave it back
   ASSERT_OK(b().FreeAddressRange(base, 4 * page));
   ASSERT_OK(b().FreeAddressRange(hinted, page));
@@ -849,13 +863,15 @@ TEST_F(HostBackendTest, MemFreeWaitsForQueuedWork) {
   ASSERT_OK(Block(*s, gate));
   ASSERT_OK(Append(*s, buffer, 5));  // writes into `buffer` after the gate
   const uint64_t before = FreeBytes();
-  // Returns at once, and the bytes count as free at once; the storage itself
-  // stays until the queued write is done (ASan builds check the latter).
+  // Returns at once; the storage, and the device bytes it takes, stay until
+  // the queued write is done (ASan builds check the storage).
   ASSERT_OK(b().MemFree(*ctx_, buffer));
-  EXPECT_GT(FreeBytes(), before);
+  EXPECT_EQ(FreeBytes(), before);
   EXPECT_CUDA_ERROR(b().QueryStream(*s), CUDA_ERROR_NOT_READY);
   gate.Open();
   ASSERT_OK(SyncContext());
+  ASSERT_OK(Released());
+  EXPECT_GT(FreeBytes(), before);
 }
 
 // --- host gates ----------------------------------------------------------------
@@ -964,6 +980,125 @@ TEST_F(HostBackendTest, DestroyingAStreamWaitsForItsClosedHostGate) {
   gate->Open();
   destroyer.join();
   EXPECT_TRUE(destroyed.load());
+}
+
+// --- releasing memory after queued work ------------------------------------------
+
+// A copy queued on ANOTHER context's stream (unified addressing: any context
+// of the client may name the memory) still targets the memory when it is
+// freed: the memory must stay until that copy has run. 1 MiB is mmap'ed, so
+// freed pages fault.
+TEST_F(HostBackendTest, MemFreeWaitsForQueuedWorkOfAnotherContext) {
+  std::unique_ptr<Context> other;
+  ASSERT_OK(NewContext(1, &other));
+  std::unique_ptr<Stream> s;
+  ASSERT_OK(b().CreateStream(*other, CU_STREAM_NON_BLOCKING, 0, &s));
+  constexpr uint64_t kBytes = 1 << 20;
+  const uint64_t buffer = Alloc(kBytes);
+  OpenOnExit held;
+  Awaited reached;
+  ASSERT_OK(b().EnqueueHostGate(*s, held.gate, reached.Callback()));
+  ASSERT_OK(b().CopyHostToDevice(*s, buffer, HostCopyOf(std::vector<uint8_t>(kBytes, 0x5A))));
+  ASSERT_OK(reached.Get());
+  const uint64_t before = FreeBytes();
+  ASSERT_OK(b().MemFree(*ctx_, buffer));
+  Awaited released;
+  b().WhenReleased(*tenant_, released.Callback());
+  EXPECT_FALSE(released.ReadyWithin(kSettle)) << "released under a queued copy";
+  EXPECT_EQ(FreeBytes(), before);
+  held.gate->Open();
+  ASSERT_OK(Sync(*s));
+  ASSERT_OK(released.Get());
+  EXPECT_EQ(FreeBytes(), before + kBytes);
+}
+
+// cuMemFreeAsync orders the free on its own stream; a copy still queued on
+// another stream of the tenant keeps the memory until it has run (freed
+// pages would fault), and `freed` (the quota's return) comes only then.
+TEST_F(HostBackendTest, MemFreeAsyncWaitsForQueuedWorkOnAnotherStream) {
+  std::unique_ptr<MemPool> pool;
+  ASSERT_OK(b().CreateMemPool(0, 0, &pool));
+  auto held_stream = NewStream(CU_STREAM_NON_BLOCKING);
+  auto free_stream = NewStream(CU_STREAM_NON_BLOCKING);
+  constexpr uint64_t kBytes = 1 << 20;
+  uint64_t buffer = 0;
+  ASSERT_OK(b().MemAllocFromPool(*free_stream, *pool, kBytes, &buffer));
+  OpenOnExit held;
+  Awaited reached;
+  ASSERT_OK(b().EnqueueHostGate(*held_stream, held.gate, reached.Callback()));
+  ASSERT_OK(
+      b().CopyHostToDevice(*held_stream, buffer, HostCopyOf(std::vector<uint8_t>(kBytes, 0x5A))));
+  ASSERT_OK(reached.Get());
+  Awaited freed;
+  ASSERT_OK(b().MemFreeAsync(*free_stream, buffer, freed.Callback()));
+  ASSERT_OK(Sync(*free_stream));
+  EXPECT_FALSE(freed.ReadyWithin(kSettle)) << "freed under a queued copy";
+  held.gate->Open();
+  ASSERT_OK(Sync(*held_stream));
+  ASSERT_OK(freed.Get());
+  ASSERT_OK(Released());
+  EXPECT_EQ(FreeBytes(), kDeviceMemory);
+}
+
+// Tenants do not wait for each other: a context of another tenant held by a
+// gate does not hold back this tenant's release.
+TEST_F(HostBackendTest, ReleasesDoNotWaitForAnotherTenantsWork) {
+  std::unique_ptr<Tenant> stranger_tenant = b().CreateTenant();
+  std::unique_ptr<Context> stranger;
+  ASSERT_OK(b().CreateContext(0, 0, &stranger));
+  b().JoinTenant(*stranger, *stranger_tenant);
+  std::unique_ptr<Stream> s;
+  ASSERT_OK(b().CreateStream(*stranger, CU_STREAM_NON_BLOCKING, 0, &s));
+  OpenOnExit held;
+  Awaited reached;
+  ASSERT_OK(b().EnqueueHostGate(*s, held.gate, reached.Callback()));
+  ASSERT_OK(reached.Get());
+  const uint64_t buffer = Alloc(4096);
+  ASSERT_OK(b().MemFree(*ctx_, buffer));
+  ASSERT_OK(Released());
+  EXPECT_EQ(FreeBytes(), kDeviceMemory);
+}
+
+// Unmapping and taking access away return at once; the pages stay for the
+// copy queued before (it lands in the physical memory, seen through a second
+// mapping), and the physical memory is charged until it has run.
+TEST_F(HostBackendTest, UnmapAndNarrowingKeepThePagesForQueuedWork) {
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  uint64_t base = 0, alias = 0;
+  ASSERT_OK(b().ReserveAddressRange(2 * page, 0, 0, &base));
+  ASSERT_OK(b().ReserveAddressRange(page, 0, 0, &alias));
+  std::unique_ptr<PhysicalMemory> memory;
+  ASSERT_OK(b().CreatePhysicalMemory(0, page, &memory));
+  ASSERT_OK(b().MapMemory(base, page, *memory, 0));
+  ASSERT_OK(b().MapMemory(base + page, page, *memory, 0));
+  ASSERT_OK(b().MapMemory(alias, page, *memory, 0));
+  const MemoryAccess read_write{0, CU_MEM_ACCESS_FLAGS_PROT_READWRITE};
+  const MemoryAccess none{0, CU_MEM_ACCESS_FLAGS_PROT_NONE};
+  for (uint64_t at : {base, base + page, alias}) {
+    ASSERT_OK(b().SetMemoryAccess(*tenant_, at, page, {&read_write, 1}));
+  }
+  auto s = NewStream(CU_STREAM_NON_BLOCKING);
+  OpenOnExit held;
+  Awaited reached;
+  ASSERT_OK(b().EnqueueHostGate(*s, held.gate, reached.Callback()));
+  ASSERT_OK(reached.Get());
+  ASSERT_OK(b().Memset(*s, base, 0, 0x5A, 1, 8, 1));
+  ASSERT_OK(b().Memset(*s, base + page + 8, 0, 0x6B, 1, 8, 1));
+  ASSERT_OK(b().UnmapMemory(*tenant_, base, page));
+  ASSERT_OK(b().SetMemoryAccess(*tenant_, base + page, page, {&none, 1}));
+  memory.reset();  // the mappings hold it
+  held.gate->Open();
+  ASSERT_OK(Sync(*s));
+  ASSERT_OK(Released());
+  const auto* bytes = reinterpret_cast<const uint8_t*>(alias);
+  EXPECT_EQ(bytes[0], 0x5A);
+  EXPECT_EQ(bytes[8], 0x6B);
+  ASSERT_OK(b().UnmapMemory(*tenant_, base + page, page));
+  ASSERT_OK(b().UnmapMemory(*tenant_, alias, page));
+  ASSERT_OK(Released());
+  EXPECT_EQ(FreeBytes(), kDeviceMemory);
+  ASSERT_OK(b().FreeAddressRange(base, 2 * page));
+  ASSERT_OK(b().FreeAddressRange(alias, page));
 }
 
 TEST_F(HostBackendTest, HostGateRejectsANullGate) {
@@ -1295,12 +1430,19 @@ TEST_F(HostBackendTest, FunctionAttributes) {
   EXPECT_CUDA_ERROR(b().SetFunctionCacheConfig(*f, 7), CUDA_ERROR_INVALID_VALUE);
 }
 
-TEST_F(HostBackendTest, DestroyingAModuleWaitsForItsKernels) {
+// Destroying a module never waits for its queued kernels (its globals stay
+// until they have run): here one is held behind a gate.
+TEST_F(HostBackendTest, DestroyingAModuleDoesNotWaitForItsKernels) {
   REQUIRE_KERNELS();
   uint64_t log = NewLog();
   auto s = NewStream(CU_STREAM_NON_BLOCKING);
-  ASSERT_OK(Append(*s, log, 1, 50));
+  Gate gate(this);
+  ASSERT_OK(Block(*s, gate));
+  ASSERT_OK(Append(*s, log, 1));
   module_.reset();
+  EXPECT_EQ(LogCount(log), 0);
+  gate.Open();
+  ASSERT_OK(Sync(*s));
   EXPECT_EQ(LogCount(log), 1);
 }
 

@@ -1,0 +1,369 @@
+// Entry points: explicit-graph editing and node parameters. The client
+// records each graph's explicitly added nodes and edges (GraphRegistry), so
+// every edit is checked here as the driver checks it and sent
+// fire-and-forget; structure queries (client/api_graph.cc) follow the edits
+// at no cost. The server runs a graph's nodes in a topological order of
+// their dependencies, fixed at instantiation; a graph with a cycle is
+// refused there, and here first (cuGraphInstantiate*, client/api_graph.cc).
+//
+// Node parameters: one path, SetNodeWork, for the kind-specific setters
+// (cuGraph{Kernel,Memset,Memcpy}NodeSetParams, cuGraphExec{Kernel,Memset,
+// Memcpy,ChildGraph}NodeSetParams) and the generic CUgraphNodeParams entry
+// points (cuGraphAddNode, cuGraphNodeSetParams, cuGraphExecNodeSetParams),
+// which turn their parameters into the same GraphNodeWork the kind-specific
+// calls make. Node kinds ferry does not forward answer NOT_SUPPORTED and log
+// once which kind it was.
+#include <cuda.h>
+
+#include <string>
+#include <vector>
+
+#include "client/entry_point.h"
+#include "client/graph_node_work.h"
+
+using ferry::client::AddWorkNode;
+using ferry::client::GraphNodeWork;
+using ferry::client::RecordedNodeParams;
+using ferry::client::SetNodeWork;
+
+Status ferry::client::SetNodeWork(CUgraphExec exec, CUgraphNode node, const GraphNodeWork& work) {
+  Runtime& rt = Runtime::Get();
+  FERRY_RETURN_IF_ERROR(rt.Ready());
+  const uint64_t node_id = Runtime::HandleId(node);
+  const uint64_t exec_id = exec != nullptr ? Runtime::HandleId(exec) : 0;
+  const int type = work.type();
+  if (exec_id != 0) {
+    FERRY_RETURN_IF_ERROR(rt.graphs().CheckExecNode(exec_id, node_id, {type}));
+  }
+  if (type == CU_GRAPH_NODE_TYPE_GRAPH) {
+    if (exec_id == 0) {
+      return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED,
+                          "a child-graph node's graph can only be changed in an executable graph "
+                          "(cuGraphExecChildGraphNodeSetParams)");
+    }
+    FERRY_RETURN_IF_ERROR(rt.graphs().CheckChildGraphUpdate(node_id, work.child_graph()));
+  } else {
+    // The node's kind and context stay (the driver refuses a memset or copy
+    // node's move to another context; a kernel's context is its own).
+    std::shared_ptr<const RecordedNodeParams> recorded;
+    FERRY_RETURN_IF_ERROR(rt.graphs().NodeParams(node_id, type, &recorded));
+    if (recorded->ctx != work.ctx()) {
+      return Status::InvalidArgument("a graph node's work cannot move to another context");
+    }
+  }
+  FERRY_RETURN_IF_ERROR(rt.connection().Post(
+      [&](wire::Call::Builder call) {
+        auto args = call.initGraphNodeSetParams();
+        args.setExec(exec_id);
+        args.setNode(node_id);
+        work.Fill(args);
+      },
+      work.bulk()));
+  if (exec_id == 0) rt.graphs().SetNodeParams(node_id, work.Record());
+  return Status::Ok();
+}
+
+namespace {
+
+// Edge data other than the default (plain, full dependencies) is not
+// forwarded: ferry's graphs have plain dependencies only.
+Status CheckEdgeData(const CUgraphEdgeData* edge_data, size_t count) {
+  if (edge_data == nullptr) return Status::Ok();
+  for (size_t i = 0; i < count; ++i) {
+    const CUgraphEdgeData& e = edge_data[i];
+    if (e.from_port != 0 || e.to_port != 0 || e.type != CU_GRAPH_DEPENDENCY_TYPE_DEFAULT) {
+      return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED,
+                          "edges with ports or programmatic dependencies are not forwarded");
+    }
+  }
+  return Status::Ok();
+}
+
+Status EditEdges(CUgraph graph, const CUgraphNode* from, const CUgraphNode* to,
+                 const CUgraphEdgeData* edge_data, size_t count, bool remove) {
+  Runtime& rt = Runtime::Get();
+  FERRY_RETURN_IF_ERROR(rt.Ready());
+  if (count > 0 && (from == nullptr || to == nullptr)) {
+    return Status::InvalidArgument("from or to is NULL");
+  }
+  FERRY_RETURN_IF_ERROR(CheckEdgeData(edge_data, count));
+  const uint64_t graph_id = Runtime::HandleId(graph);
+  std::vector<uint64_t> sources(count), targets(count);
+  for (size_t i = 0; i < count; ++i) {
+    sources[i] = Runtime::HandleId(from[i]);
+    targets[i] = Runtime::HandleId(to[i]);
+  }
+  FERRY_RETURN_IF_ERROR(rt.graphs().EditEdges(graph_id, sources, targets, remove));
+  return rt.connection().Post([&](wire::Call::Builder call) {
+    auto args = call.initGraphEditEdges();
+    args.setGraph(graph_id);
+    auto from_list = args.initFrom(static_cast<unsigned>(count));
+    auto to_list = args.initTo(static_cast<unsigned>(count));
+    for (size_t i = 0; i < count; ++i) {
+      from_list.set(static_cast<unsigned>(i), sources[i]);
+      to_list.set(static_cast<unsigned>(i), targets[i]);
+    }
+    args.setRemove(remove);
+  });
+}
+
+CUDA_KERNEL_NODE_PARAMS_v2 KernelParamsV2(const CUDA_KERNEL_NODE_PARAMS_v1& v1) {
+  CUDA_KERNEL_NODE_PARAMS_v2 p{};
+  p.func = v1.func;
+  p.gridDimX = v1.gridDimX;
+  p.gridDimY = v1.gridDimY;
+  p.gridDimZ = v1.gridDimZ;
+  p.blockDimX = v1.blockDimX;
+  p.blockDimY = v1.blockDimY;
+  p.blockDimZ = v1.blockDimZ;
+  p.sharedMemBytes = v1.sharedMemBytes;
+  p.kernelParams = v1.kernelParams;
+  p.extra = v1.extra;
+  return p;
+}
+
+// The name a node kind ferry does not forward is logged under (once each).
+const char* UnforwardedKindName(CUgraphNodeType type) {
+  switch (type) {
+    case CU_GRAPH_NODE_TYPE_HOST:
+      return "CUgraphNodeParams of a host node";
+    case CU_GRAPH_NODE_TYPE_WAIT_EVENT:
+      return "CUgraphNodeParams of an event wait node";
+    case CU_GRAPH_NODE_TYPE_EVENT_RECORD:
+      return "CUgraphNodeParams of an event record node";
+    case CU_GRAPH_NODE_TYPE_EXT_SEMAS_SIGNAL:
+      return "CUgraphNodeParams of an external semaphore signal node";
+    case CU_GRAPH_NODE_TYPE_EXT_SEMAS_WAIT:
+      return "CUgraphNodeParams of an external semaphore wait node";
+    case CU_GRAPH_NODE_TYPE_MEM_ALLOC:
+      return "CUgraphNodeParams of a memory allocation node";
+    case CU_GRAPH_NODE_TYPE_MEM_FREE:
+      return "CUgraphNodeParams of a memory free node";
+    case CU_GRAPH_NODE_TYPE_BATCH_MEM_OP:
+      return "CUgraphNodeParams of a batch memory operation node";
+    case CU_GRAPH_NODE_TYPE_CONDITIONAL:
+      return "CUgraphNodeParams of a conditional node";
+    default:
+      return "CUgraphNodeParams of an unknown node type";
+  }
+}
+
+// The generic parameters as the work of the kind-specific calls: empty,
+// kernel, memset, memcpy and child-graph nodes; other kinds NOT_SUPPORTED
+// (logged once per kind).
+Status WorkOf(const CUgraphNodeParams* params, GraphNodeWork* work) {
+  if (params == nullptr) return Status::InvalidArgument("nodeParams is NULL");
+  const CUgraphNodeParams& p = *params;
+  if (p.reserved0[0] != 0 || p.reserved0[1] != 0 || p.reserved0[2] != 0 || p.reserved2 != 0) {
+    return Status::InvalidArgument("the reserved fields of CUgraphNodeParams must be zero");
+  }
+  switch (p.type) {
+    case CU_GRAPH_NODE_TYPE_EMPTY:
+      work->FromEmpty();
+      return Status::Ok();
+    case CU_GRAPH_NODE_TYPE_KERNEL: {
+      // CUDA_KERNEL_NODE_PARAMS_v3 is v2's layout.
+      CUDA_KERNEL_NODE_PARAMS_v2 k{};
+      k.func = p.kernel.func;
+      k.gridDimX = p.kernel.gridDimX;
+      k.gridDimY = p.kernel.gridDimY;
+      k.gridDimZ = p.kernel.gridDimZ;
+      k.blockDimX = p.kernel.blockDimX;
+      k.blockDimY = p.kernel.blockDimY;
+      k.blockDimZ = p.kernel.blockDimZ;
+      k.sharedMemBytes = p.kernel.sharedMemBytes;
+      k.kernelParams = p.kernel.kernelParams;
+      k.extra = p.kernel.extra;
+      k.kern = p.kernel.kern;
+      k.ctx = p.kernel.ctx;
+      return work->FromKernel(&k);
+    }
+    case CU_GRAPH_NODE_TYPE_MEMSET: {
+      CUDA_MEMSET_NODE_PARAMS m{};
+      m.dst = p.memset.dst;
+      m.pitch = p.memset.pitch;
+      m.value = p.memset.value;
+      m.elementSize = p.memset.elementSize;
+      m.width = p.memset.width;
+      m.height = p.memset.height;
+      return work->FromMemset(&m, p.memset.ctx);
+    }
+    case CU_GRAPH_NODE_TYPE_MEMCPY:
+      if (p.memcpy.flags != 0 || p.memcpy.reserved != 0) {
+        return Status::InvalidArgument("memcpy node flags and reserved fields must be zero");
+      }
+      return work->FromMemcpy(&p.memcpy.copyParams, p.memcpy.copyCtx);
+    case CU_GRAPH_NODE_TYPE_GRAPH:
+      if (p.graph.ownership != CU_GRAPH_CHILD_GRAPH_OWNERSHIP_CLONE) {
+        ferry::client::Unsupported("CUgraphNodeParams of a child graph moved into its parent",
+                                   "child graphs are cloned into their nodes");
+        return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED,
+                            "only cloned child graphs (CU_GRAPH_CHILD_GRAPH_OWNERSHIP_CLONE) are "
+                            "forwarded");
+      }
+      return work->FromChildGraph(p.graph.graph);
+    default: {
+      const char* name = UnforwardedKindName(p.type);
+      ferry::client::Unsupported(name,
+                                 "ferry forwards empty, kernel, memset, memcpy and "
+                                 "child-graph nodes through the generic entry points");
+      return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, std::string(name) + " is not forwarded");
+    }
+  }
+}
+
+Status AddGenericNode(CUgraphNode* node, CUgraph graph, const CUgraphNode* deps,
+                      const CUgraphEdgeData* edge_data, size_t count, CUgraphNodeParams* params) {
+  FERRY_RETURN_IF_ERROR(CheckEdgeData(edge_data, count));
+  GraphNodeWork work;
+  FERRY_RETURN_IF_ERROR(WorkOf(params, &work));
+  return AddWorkNode(node, graph, deps, count, work);
+}
+
+// The generic setters: the node's own type decides (a node of another type
+// than `params` names is refused, as the driver refuses it).
+Status SetGenericNode(CUgraphExec exec, CUgraphNode node, CUgraphNodeParams* params) {
+  GraphNodeWork work;
+  FERRY_RETURN_IF_ERROR(WorkOf(params, &work));
+  if (work.type() == CU_GRAPH_NODE_TYPE_EMPTY) {
+    return Status::InvalidArgument("an empty node has no parameters to set");
+  }
+  return SetNodeWork(exec, node, work);
+}
+
+}  // namespace
+
+extern "C" {
+
+CUresult CUDAAPI cuGraphAddDependencies(CUgraph hGraph, const CUgraphNode* from,
+                                        const CUgraphNode* to, size_t numDependencies) {
+  return Api([&] { return EditEdges(hGraph, from, to, nullptr, numDependencies, false); });
+}
+CUresult CUDAAPI cuGraphAddDependencies_v2(CUgraph hGraph, const CUgraphNode* from,
+                                           const CUgraphNode* to, const CUgraphEdgeData* edgeData,
+                                           size_t numDependencies) {
+  return Api([&] { return EditEdges(hGraph, from, to, edgeData, numDependencies, false); });
+}
+CUresult CUDAAPI cuGraphRemoveDependencies(CUgraph hGraph, const CUgraphNode* from,
+                                           const CUgraphNode* to, size_t numDependencies) {
+  return Api([&] { return EditEdges(hGraph, from, to, nullptr, numDependencies, true); });
+}
+CUresult CUDAAPI cuGraphRemoveDependencies_v2(CUgraph hGraph, const CUgraphNode* from,
+                                              const CUgraphNode* to,
+                                              const CUgraphEdgeData* edgeData,
+                                              size_t numDependencies) {
+  return Api([&] { return EditEdges(hGraph, from, to, edgeData, numDependencies, true); });
+}
+
+CUresult CUDAAPI cuGraphDestroyNode(CUgraphNode hNode) {
+  return Api([&]() -> Status {
+    Runtime& rt = Runtime::Get();
+    FERRY_RETURN_IF_ERROR(rt.Ready());
+    const uint64_t id = Runtime::HandleId(hNode);
+    // graph node kinds: memory nodes stay (as the server answers).
+    std::shared_ptr<const ferry::client::RecordedNodeParams> memory_node;
+    if (rt.graphs().NodeParams(id, CU_GRAPH_NODE_TYPE_MEM_ALLOC, &memory_node).ok() ||
+        rt.graphs().NodeParams(id, CU_GRAPH_NODE_TYPE_MEM_FREE, &memory_node).ok()) {
+      return Status::Unimplemented("cuGraphDestroyNode of a memory allocation or free node");
+    }
+    uint64_t graph = 0;
+    FERRY_RETURN_IF_ERROR(rt.graphs().DestroyNode(id, &graph));
+    return rt.connection().Post(
+        [&](wire::Call::Builder call) { call.initGraphDestroyNode().setNode(id); });
+  });
+}
+
+CUresult CUDAAPI cuGraphKernelNodeSetParams_v2(CUgraphNode hNode,
+                                               const CUDA_KERNEL_NODE_PARAMS_v2* nodeParams) {
+  return Api([&]() -> Status {
+    GraphNodeWork work;
+    FERRY_RETURN_IF_ERROR(work.FromKernel(nodeParams));
+    return SetNodeWork(nullptr, hNode, work);
+  });
+}
+CUresult CUDAAPI cuGraphKernelNodeSetParams(CUgraphNode hNode,
+                                            const CUDA_KERNEL_NODE_PARAMS_v1* nodeParams) {
+  return Api([&]() -> Status {
+    if (nodeParams == nullptr) return Status::InvalidArgument("nodeParams is NULL");
+    const CUDA_KERNEL_NODE_PARAMS_v2 p = KernelParamsV2(*nodeParams);
+    GraphNodeWork work;
+    FERRY_RETURN_IF_ERROR(work.FromKernel(&p));
+    return SetNodeWork(nullptr, hNode, work);
+  });
+}
+
+// A memset or copy node keeps its context (the driver's rule): the one it
+// was added with is the one the new parameters run in.
+CUresult CUDAAPI cuGraphMemsetNodeSetParams(CUgraphNode hNode,
+                                            const CUDA_MEMSET_NODE_PARAMS* nodeParams) {
+  return Api([&]() -> Status {
+    std::shared_ptr<const RecordedNodeParams> recorded;
+    FERRY_RETURN_IF_ERROR(Runtime::Get().graphs().NodeParams(Runtime::HandleId(hNode),
+                                                             CU_GRAPH_NODE_TYPE_MEMSET, &recorded));
+    GraphNodeWork work;
+    FERRY_RETURN_IF_ERROR(work.FromMemset(nodeParams, Runtime::ToHandle<CUcontext>(recorded->ctx)));
+    return SetNodeWork(nullptr, hNode, work);
+  });
+}
+CUresult CUDAAPI cuGraphMemcpyNodeSetParams(CUgraphNode hNode, const CUDA_MEMCPY3D* nodeParams) {
+  return Api([&]() -> Status {
+    std::shared_ptr<const RecordedNodeParams> recorded;
+    FERRY_RETURN_IF_ERROR(Runtime::Get().graphs().NodeParams(Runtime::HandleId(hNode),
+                                                             CU_GRAPH_NODE_TYPE_MEMCPY, &recorded));
+    GraphNodeWork work;
+    FERRY_RETURN_IF_ERROR(work.FromMemcpy(nodeParams, Runtime::ToHandle<CUcontext>(recorded->ctx)));
+    return SetNodeWork(nullptr, hNode, work);
+  });
+}
+
+CUresult CUDAAPI cuGraphExecMemsetNodeSetParams(CUgraphExec hGraphExec, CUgraphNode hNode,
+                                                const CUDA_MEMSET_NODE_PARAMS* memsetParams,
+                                                CUcontext ctx) {
+  return Api([&]() -> Status {
+    GraphNodeWork work;
+    FERRY_RETURN_IF_ERROR(work.FromMemset(memsetParams, ctx));
+    return SetNodeWork(hGraphExec, hNode, work);
+  });
+}
+CUresult CUDAAPI cuGraphExecMemcpyNodeSetParams(CUgraphExec hGraphExec, CUgraphNode hNode,
+                                                const CUDA_MEMCPY3D* copyParams, CUcontext ctx) {
+  return Api([&]() -> Status {
+    GraphNodeWork work;
+    FERRY_RETURN_IF_ERROR(work.FromMemcpy(copyParams, ctx));
+    return SetNodeWork(hGraphExec, hNode, work);
+  });
+}
+CUresult CUDAAPI cuGraphExecChildGraphNodeSetParams(CUgraphExec hGraphExec, CUgraphNode hNode,
+                                                    CUgraph childGraph) {
+  return Api([&]() -> Status {
+    GraphNodeWork work;
+    FERRY_RETURN_IF_ERROR(work.FromChildGraph(childGraph));
+    return SetNodeWork(hGraphExec, hNode, work);
+  });
+}
+
+CUresult CUDAAPI cuGraphAddNode(CUgraphNode* phGraphNode, CUgraph hGraph,
+                                const CUgraphNode* dependencies, size_t numDependencies,
+                                CUgraphNodeParams* nodeParams) {
+  return Api([&] {
+    return AddGenericNode(phGraphNode, hGraph, dependencies, nullptr, numDependencies, nodeParams);
+  });
+}
+CUresult CUDAAPI cuGraphAddNode_v2(CUgraphNode* phGraphNode, CUgraph hGraph,
+                                   const CUgraphNode* dependencies,
+                                   const CUgraphEdgeData* dependencyData, size_t numDependencies,
+                                   CUgraphNodeParams* nodeParams) {
+  return Api([&] {
+    return AddGenericNode(phGraphNode, hGraph, dependencies, dependencyData, numDependencies,
+                          nodeParams);
+  });
+}
+CUresult CUDAAPI cuGraphNodeSetParams(CUgraphNode hNode, CUgraphNodeParams* nodeParams) {
+  return Api([&] { return SetGenericNode(nullptr, hNode, nodeParams); });
+}
+CUresult CUDAAPI cuGraphExecNodeSetParams(CUgraphExec hGraphExec, CUgraphNode hNode,
+                                          CUgraphNodeParams* nodeParams) {
+  return Api([&] { return SetGenericNode(hGraphExec, hNode, nodeParams); });
+}
+
+}  // extern "C"

@@ -1,0 +1,390 @@
+#include "common/tls_transport.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+
+#include "common/frame.h"
+
+namespace ferry {
+namespace {
+
+// OpenSSL's queued errors, oldest first, then cleared; `fallback` if none.
+std::string OpenSslErrors(const std::string& fallback) {
+  std::string text;
+  while (unsigned long e = ERR_get_error()) {
+    char buffer[256];
+    ERR_error_string_n(e, buffer, sizeof(buffer));
+    text += (text.empty() ? "" : "; ") + std::string(buffer);
+  }
+  return text.empty() ? fallback : text;
+}
+
+// Waits until `fd` is ready for `events`, or `deadline` passes (false).
+// A closed or broken socket counts as ready: the next SSL call says why.
+bool WaitFor(int fd, short events, std::chrono::steady_clock::time_point deadline) {
+  for (;;) {
+    int timeout_ms = -1;
+    if (deadline != kNoDeadline) {
+      const auto left =
+          std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return false;
+      timeout_ms = static_cast<int>(std::min<int64_t>(left.count(), 1 << 30));
+    }
+    pollfd p{fd, events, 0};
+    const int n = ::poll(&p, 1, timeout_ms);
+    if (n > 0) return true;
+    if (n < 0 && errno != EINTR) return true;  // let the SSL call report it
+  }
+}
+
+class TlsTransport final : public Transport {
+ public:
+  TlsTransport(int fd, SSL* ssl, std::string peer_name)
+      : fd_(fd), ssl_(ssl), peer_name_(std::move(peer_name)) {}
+  ~TlsTransport() override {
+    SSL_free(ssl_);
+    ::close(fd_);
+  }
+
+  Status Write(std::span<const ConstBuffer> buffers) override {
+    // Small buffers (a frame's header and message) are gathered into one
+    // record; large ones (bulk) go out as they are.
+    for (const ConstBuffer& buffer : buffers) {
+      if (buffer.size <= kGatherBytes - gathered_.size()) {
+        gathered_.append(static_cast<const char*>(buffer.data), buffer.size);
+        continue;
+      }
+      FERRY_RETURN_IF_ERROR(WriteAll(gathered_.data(), gathered_.size()));
+      gathered_.clear();
+      if (buffer.size <= kGatherBytes) {
+        gathered_.append(static_cast<const char*>(buffer.data), buffer.size);
+      } else {
+        FERRY_RETURN_IF_ERROR(WriteAll(buffer.data, buffer.size));
+      }
+    }
+    Status status = WriteAll(gathered_.data(), gathered_.size());
+    gathered_.clear();
+    return status;
+  }
+
+  Status ReadExact(void* data, size_t size) override {
+    auto* p = static_cast<char*>(data);
+    while (size > 0) {
+      int n = 0, error = 0;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        n = SSL_read(ssl_, p, static_cast<int>(std::min<size_t>(size, 1 << 30)));
+        error = n > 0 ? SSL_ERROR_NONE : SSL_get_error(ssl_, n);
+      }
+      if (n > 0) {
+        p += n;
+        size -= static_cast<size_t>(n);
+        continue;
+      }
+      if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) {
+        if (!WaitFor(fd_, error == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, read_deadline_)) {
+          return Status::Disconnected("no data from " + peer_name_ + " before the read deadline");
+        }
+        continue;
+      }
+      if (error == SSL_ERROR_ZERO_RETURN) {
+        return Status::Disconnected("connection closed by " + peer_name_);
+      }
+      return Status::Disconnected(
+          "TLS read from " + peer_name_ +
+          " failed: " + OpenSslErrors(errno != 0 ? std::strerror(errno) : "connection closed"));
+    }
+    return Status::Ok();
+  }
+
+  void Shutdown() override { ::shutdown(fd_, SHUT_RDWR); }
+  const std::string& PeerName() const override { return peer_name_; }
+
+  bool PeerGoneOrTalking() override {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (SSL_pending(ssl_) > 0) return true;
+    }
+    pollfd p{fd_, static_cast<short>(POLLIN | POLLRDHUP), 0};
+    int n;
+    do {
+      n = ::poll(&p, 1, 0);
+    } while (n < 0 && errno == EINTR);
+    return n > 0 && (p.revents & (POLLIN | POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
+  }
+
+  void SetReadDeadline(std::chrono::steady_clock::time_point deadline) override {
+    read_deadline_ = deadline;
+  }
+
+ private:
+  static constexpr size_t kGatherBytes = 16 << 10;  // one TLS record
+
+  Status WriteAll(const void* data, size_t size) {
+    const char* p = static_cast<const char*>(data);
+    while (size > 0) {
+      int n = 0, error = 0;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        n = SSL_write(ssl_, p, static_cast<int>(std::min<size_t>(size, 1 << 30)));
+        error = n > 0 ? SSL_ERROR_NONE : SSL_get_error(ssl_, n);
+      }
+      if (n > 0) {
+        p += n;
+        size -= static_cast<size_t>(n);
+        continue;
+      }
+      if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) {
+        WaitFor(fd_, error == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, kNoDeadline);
+        continue;
+      }
+      return Status::Disconnected("TLS write to " + peer_name_ +
+                                  " failed: " + OpenSslErrors(std::strerror(errno)));
+    }
+    return Status::Ok();
+  }
+
+  const int fd_;
+  SSL* const ssl_;  // every use holds mutex_
+  const std::string peer_name_;
+  std::mutex mutex_;
+  std::string gathered_;                                               // writer thread
+  std::chrono::steady_clock::time_point read_deadline_ = kNoDeadline;  // reader thread
+};
+
+// Runs SSL_accept or SSL_connect on non-blocking `fd` until done or
+// `deadline`; "" on success, else why not.
+std::string Handshake(SSL* ssl, int fd, bool accept,
+                      std::chrono::steady_clock::time_point deadline) {
+  ERR_clear_error();
+  for (;;) {
+    const int rc = accept ? SSL_accept(ssl) : SSL_connect(ssl);
+    if (rc == 1) return "";
+    const int error = SSL_get_error(ssl, rc);
+    if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) {
+      if (!WaitFor(fd, error == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline)) {
+        return "no TLS handshake before the deadline";
+      }
+      continue;
+    }
+    if (!accept && SSL_get_verify_result(ssl) != X509_V_OK) {
+      ERR_clear_error();
+      return std::string("the server's certificate does not verify: ") +
+             X509_verify_cert_error_string(SSL_get_verify_result(ssl));
+    }
+    return OpenSslErrors(error == SSL_ERROR_SYSCALL
+                             ? "the peer closed the connection during the TLS handshake"
+                             : "TLS handshake failed");
+  }
+}
+
+void SetNonBlocking(int fd) { ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK); }
+
+// OpenSSL's socket BIO writes with write(2), which raises SIGPIPE on a
+// connection the peer closed: that would kill the program using ferry's
+// libcuda.so.1. This BIO sends with MSG_NOSIGNAL instead; the socket is its
+// data, owned by the TlsTransport (or the handshake's caller), never closed here.
+int BioFd(BIO* bio) { return static_cast<int>(reinterpret_cast<intptr_t>(BIO_get_data(bio))); }
+
+int BioRetry(BIO* bio, ssize_t n, bool reading) {
+  BIO_clear_retry_flags(bio);
+  if (n >= 0) return static_cast<int>(n);
+  if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+    reading ? BIO_set_retry_read(bio) : BIO_set_retry_write(bio);
+  }
+  return -1;
+}
+
+int BioWrite(BIO* bio, const char* data, int size) {
+  return BioRetry(bio, ::send(BioFd(bio), data, static_cast<size_t>(size), MSG_NOSIGNAL), false);
+}
+
+int BioRead(BIO* bio, char* data, int size) {
+  return BioRetry(bio, ::recv(BioFd(bio), data, static_cast<size_t>(size), 0), true);
+}
+
+long BioControl(BIO*, int command, long, void*) { return command == BIO_CTRL_FLUSH ? 1 : 0; }
+
+BIO* NewSocketBio(int fd) {
+  static BIO_METHOD* const method = [] {
+    BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "ferry socket");
+    BIO_meth_set_write(m, BioWrite);
+    BIO_meth_set_read(m, BioRead);
+    BIO_meth_set_ctrl(m, BioControl);
+    return m;
+  }();
+  BIO* bio = BIO_new(method);
+  if (bio == nullptr) return nullptr;
+  BIO_set_data(bio, reinterpret_cast<void*>(static_cast<intptr_t>(fd)));
+  BIO_set_init(bio, 1);
+  return bio;
+}
+
+// Gives `ssl` a BIO on `fd`; false if OpenSSL has no memory.
+bool AttachSocket(SSL* ssl, int fd) {
+  BIO* bio = NewSocketBio(fd);
+  if (bio == nullptr) return false;
+  SSL_set_bio(ssl, bio, bio);
+  return true;
+}
+
+}  // namespace
+
+TlsContext::~TlsContext() { SSL_CTX_free(ctx_); }
+
+Status TlsContext::ForServer(const std::string& cert_file, const std::string& key_file,
+                             std::shared_ptr<TlsContext>* out) {
+  SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
+  if (ctx == nullptr) return Status::Internal(OpenSslErrors("SSL_CTX_new failed"));
+  std::shared_ptr<TlsContext> context(new TlsContext(ctx));
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  // Sessions are long; resumption tickets would only cost a write.
+  SSL_CTX_set_num_tickets(ctx, 0);
+  if (SSL_CTX_use_certificate_chain_file(ctx, cert_file.c_str()) != 1) {
+    return Status::InvalidArgument("--tls-cert " + cert_file + ": " +
+                                   OpenSslErrors("cannot load the certificate"));
+  }
+  if (SSL_CTX_use_PrivateKey_file(ctx, key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
+    return Status::InvalidArgument("--tls-key " + key_file + ": " +
+                                   OpenSslErrors("cannot load the key"));
+  }
+  if (SSL_CTX_check_private_key(ctx) != 1) {
+    return Status::InvalidArgument("--tls-key " + key_file + " does not match --tls-cert " +
+                                   cert_file);
+  }
+  *out = std::move(context);
+  return Status::Ok();
+}
+
+Status TlsContext::ForClient(const std::string& ca_file, std::shared_ptr<TlsContext>* out) {
+  SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+  if (ctx == nullptr) return Status::Internal(OpenSslErrors("SSL_CTX_new failed"));
+  std::shared_ptr<TlsContext> context(new TlsContext(ctx));
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+  if (SSL_CTX_load_verify_locations(ctx, ca_file.c_str(), nullptr) != 1) {
+    return Status::InvalidArgument("FERRY_TLS_CA " + ca_file + ": " +
+                                   OpenSslErrors("cannot load the CA file"));
+  }
+  *out = std::move(context);
+  return Status::Ok();
+}
+
+Status AcceptTls(int fd, std::string peer_name, const TlsContext& context,
+                 std::chrono::steady_clock::time_point deadline, std::unique_ptr<Transport>* out,
+                 bool* plain_peer) {
+  *plain_peer = false;
+  // A plain ferry client starts with a frame's magic; a TLS one with a
+  // handshake record. Looking first lets ferryd tell the plain one why.
+  uint32_t magic = 0;
+  ssize_t peeked = 0;
+  for (;;) {
+    if (!WaitFor(fd, POLLIN, deadline)) break;
+    peeked = ::recv(fd, &magic, sizeof(magic), MSG_PEEK | MSG_DONTWAIT);
+    if (peeked == sizeof(magic) || peeked == 0 ||
+        (peeked < 0 && errno != EAGAIN && errno != EINTR)) {
+      break;
+    }
+    // Fewer than 4 bytes so far: only a frame's first byte is worth waiting
+    // for (briefly: the rest of a header comes in the same segment).
+    if (peeked > 0 && reinterpret_cast<const uint8_t*>(&magic)[0] != (wire::FRAME_MAGIC & 0xff)) {
+      break;
+    }
+    if (peeked > 0) ::usleep(1000);
+  }
+  if (peeked == sizeof(magic) && magic == wire::FRAME_MAGIC) {
+    *plain_peer = true;
+    *out = std::make_unique<SocketTransport>(fd, std::move(peer_name));
+    return Status::Ok();
+  }
+  SSL* ssl = SSL_new(context.get());
+  if (ssl == nullptr) {
+    ::close(fd);
+    return Status::Internal(OpenSslErrors("SSL_new failed"));
+  }
+  SetNonBlocking(fd);
+  const std::string failed = AttachSocket(ssl, fd) ? Handshake(ssl, fd, /*accept=*/true, deadline)
+                                                   : std::string("out of memory");
+  if (!failed.empty()) {
+    SSL_free(ssl);
+    ::close(fd);
+    return Status::Disconnected("TLS handshake with " + peer_name + " failed: " + failed);
+  }
+  *out = std::make_unique<TlsTransport>(fd, ssl, std::move(peer_name));
+  return Status::Ok();
+}
+
+std::optional<TlsClientConfig> TlsClientConfigFromEnvironment(std::string_view address) {
+  const char* ca = std::getenv("FERRY_TLS_CA");
+  if (ca == nullptr || *ca == '\0' || address.substr(0, 5) == "unix:") return std::nullopt;
+  TlsClientConfig config;
+  config.ca_file = ca;
+  if (const char* name = std::getenv("FERRY_TLS_SERVER_NAME"); name != nullptr && *name != '\0') {
+    config.server_name = name;
+  } else {
+    std::string host;
+    uint16_t port = 0;
+    if (ParseHostPort(address, &host, &port).ok()) config.server_name = host;
+  }
+  return config;
+}
+
+Status ConnectTransportWithTls(std::string_view address, std::chrono::milliseconds timeout,
+                               const std::optional<TlsClientConfig>& tls,
+                               std::unique_ptr<Transport>* out) {
+  if (!tls.has_value() || address.substr(0, 5) == "unix:") {
+    return ConnectTransport(address, timeout, out);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::shared_ptr<TlsContext> context;
+  FERRY_RETURN_IF_ERROR(TlsContext::ForClient(tls->ca_file, &context));
+  int fd = -1;
+  FERRY_RETURN_IF_ERROR(ConnectTcpSocket(address, timeout, &fd));
+  SSL* ssl = SSL_new(context->get());
+  if (ssl == nullptr) {
+    ::close(fd);
+    return Status::Internal(OpenSslErrors("SSL_new failed"));
+  }
+  // The certificate must name the server: an IP address against its IP
+  // entries, else a DNS name (also sent as SNI).
+  in6_addr ip{};
+  const bool is_ip = ::inet_pton(AF_INET, tls->server_name.c_str(), &ip) == 1 ||
+                     ::inet_pton(AF_INET6, tls->server_name.c_str(), &ip) == 1;
+  X509_VERIFY_PARAM* param = SSL_get0_param(ssl);
+  if (is_ip) {
+    X509_VERIFY_PARAM_set1_ip_asc(param, tls->server_name.c_str());
+  } else {
+    X509_VERIFY_PARAM_set1_host(param, tls->server_name.c_str(), 0);
+    SSL_set_tlsext_host_name(ssl, tls->server_name.c_str());
+  }
+  SetNonBlocking(fd);
+  const std::string failed = AttachSocket(ssl, fd) ? Handshake(ssl, fd, /*accept=*/false, deadline)
+                                                   : std::string("out of memory");
+  if (!failed.empty()) {
+    const bool untrusted = SSL_get_verify_result(ssl) != X509_V_OK;
+    SSL_free(ssl);
+    ::close(fd);
+    const std::string message = "TLS with " + std::string(address) + " (FERRY_TLS_CA " +
+                                tls->ca_file + ", name " + tls->server_name + "): " + failed;
+    return untrusted ? Status::PermissionDenied(message) : Status::Disconnected(message);
+  }
+  *out = std::make_unique<TlsTransport>(fd, ssl, std::string(address));
+  return Status::Ok();
+}
+
+}  // namespace ferry
