@@ -34,11 +34,11 @@
 #include "client/entry_point.h"
 #include "client/graph_node_work.h"
 
-using ferry::client::CaptureState;
 using ferry::client::AddWorkNode;
+using ferry::client::CaptureState;
 using ferry::client::GraphNodeWork;
-using ferry::client::SetNodeWork;
 using ferry::client::RecordedNodeParams;
+using ferry::client::SetNodeWork;
 
 namespace {
 
@@ -360,24 +360,43 @@ CUresult CUDAAPI cuGraphCreate(CUgraph* phGraph, unsigned int flags) {
   });
 }
 
-// The clone's nodes have no handles of their own here (cuGraphNodeFindInClone
-// is not forwarded), so a clone with nodes is opaque (GraphRegistry::AddGraph).
+// A clone of a graph built node by node gets handles for its nodes (the
+// client records the original's structure; cuGraphNodeFindInClone answers
+// from that record), so it is not opaque; a clone of an opaque graph is.
 CUresult CUDAAPI cuGraphClone(CUgraph* phGraphClone, CUgraph originalGraph) {
   return Api([&]() -> Status {
     Runtime& rt = Runtime::Get();
     if (phGraphClone == nullptr) return Status::InvalidArgument("phGraphClone is NULL");
     FERRY_RETURN_IF_ERROR(rt.Ready());
     const uint64_t original = Runtime::HandleId(originalGraph);
-    if (!rt.graphs().HasGraph(original)) return Status::InvalidHandle("not a graph of this client");
-    std::vector<ferry::client::GraphRegistry::NodeShape> nodes;
-    const Status shape = rt.graphs().GraphShape(original, &nodes);
-    const uint64_t id = rt.graphs().NewGraph(/*opaque=*/!shape.ok() || !nodes.empty());
+    uint64_t id = 0;
+    std::vector<std::pair<uint64_t, uint64_t>> copies;
+    FERRY_RETURN_IF_ERROR(rt.graphs().CloneGraph(original, &id, &copies));
     FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
       auto args = call.initGraphClone();
       args.setGraph(original);
       args.setClone(id);
+      auto originals = args.initOriginals(static_cast<unsigned>(copies.size()));
+      auto copy_ids = args.initCopies(static_cast<unsigned>(copies.size()));
+      for (size_t i = 0; i < copies.size(); ++i) {
+        originals.set(static_cast<unsigned>(i), copies[i].first);
+        copy_ids.set(static_cast<unsigned>(i), copies[i].second);
+      }
     }));
     *phGraphClone = Runtime::ToHandle<CUgraph>(id);
+    return Status::Ok();
+  });
+}
+
+// Answered from the client's record of the clone (see cuGraphClone).
+CUresult CUDAAPI cuGraphNodeFindInClone(CUgraphNode* phNode, CUgraphNode hOriginalNode,
+                                        CUgraph hClonedGraph) {
+  return Api([&]() -> Status {
+    if (phNode == nullptr) return Status::InvalidArgument("phNode is NULL");
+    uint64_t copy = 0;
+    FERRY_RETURN_IF_ERROR(Runtime::Get().graphs().FindInClone(
+        Runtime::HandleId(hOriginalNode), Runtime::HandleId(hClonedGraph), &copy));
+    *phNode = Runtime::ToHandle<CUgraphNode>(copy);
     return Status::Ok();
   });
 }
@@ -504,7 +523,7 @@ CUresult CUDAAPI cuGraphNodeGetDependentNodes(CUgraphNode hNode, CUgraphNode* de
 
 // The structure the client recorded, as a DOT digraph (node handles, types
 // and edges; `flags` asks for more detail, which ferry does not keep).
-// Opaque graphs (captured or cloned): NOT_SUPPORTED.
+// Opaque graphs (captured, or cloned from captured ones): NOT_SUPPORTED.
 CUresult CUDAAPI cuGraphDebugDotPrint(CUgraph hGraph, const char* path, unsigned int flags) {
   return Api([&]() -> Status {
     (void)flags;
@@ -699,7 +718,7 @@ Status SetExecKernelNode(CUgraphExec exec, CUgraphNode node, const CUDA_KERNEL_N
 // when they match, one message makes `exec` run `graph`'s nodes (kernels,
 // arguments, memset values and ranges, copy ranges, child graphs), each
 // checked when it was added to `graph`, as a new node. Executable graphs of
-// captured or cloned graphs, whose structure only the server knows, answer
+// captured graphs (or their clones), whose structure only the server knows, answer
 // NOT_SUPPORTED in the result: callers re-instantiate, as frameworks do when
 // an update fails. `info` is always filled (v2's contract).
 Status ExecUpdate(CUgraphExec exec, CUgraph graph, CUgraphExecUpdateResultInfo* info) {
@@ -717,8 +736,8 @@ Status ExecUpdate(CUgraphExec exec, CUgraph graph, CUgraphExecUpdateResultInfo* 
   if (check.result != CU_GRAPH_EXEC_UPDATE_SUCCESS) {
     return Status::Cuda(CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE,
                         check.result == CU_GRAPH_EXEC_UPDATE_ERROR_NOT_SUPPORTED
-                            ? "the graph or the executable graph's has captured or cloned nodes, "
-                              "whose structure only the server knows: instantiate the graph"
+                            ? "the graph or the executable graph's has captured nodes, whose "
+                              "structure only the server knows: instantiate the graph"
                             : "the graph's topology differs from the executable graph's");
   }
   Status status = rt.connection().Call([&](wire::Call::Builder call) {

@@ -10,6 +10,9 @@
 //   - cudaGraphDestroyNode takes the node and its edges out; cudaGraphExecUpdate
 //     compares topologies after the edits (an edited graph updates from an
 //     equal one built directly, and refuses one with an edge missing);
+//   - a clone's nodes have handles (cudaGraphNodeFindInClone): its structure
+//     is the original's, it is edited apart from it, and it can update an
+//     executable graph of the original;
 //   - cudaGraph{Kernel,Memset,Memcpy}NodeSetParams change the graph's node
 //     (GetParams answers the new values; an executable graph made before
 //     keeps the old work, a new one runs the new work); cudaGraphExec{Memset,
@@ -200,8 +203,37 @@ void EdgeEdits(float* x, float* acc) {
   Launch(edited);
   ExpectAll(acc, 3.0f);
 
+  // A clone of the edited graph has handles for its nodes (found with
+  // cudaGraphNodeFindInClone) and the same edges; edits of the clone leave
+  // the original alone, and an executable graph of the original updates
+  // from the clone.
+  cudaGraph_t clone = nullptr;
+  RT_CHECK(cudaGraphClone(&clone, graph));
+  cudaGraphNode_t clone_add = nullptr, clone_set = nullptr;
+  RT_CHECK(cudaGraphNodeFindInClone(&clone_add, add, clone));
+  RT_CHECK(cudaGraphNodeFindInClone(&clone_set, set, clone));
+  RT_EXPECT(clone_add != add && clone_set != set && Count(clone) == 2 && Edges(clone) == 1);
+  count = 3;
+  RT_CHECK(cudaGraphNodeGetDependencies(clone_add, listed, nullptr, &count));
+  RT_EXPECT(count == 1 && listed[0] == clone_set);
+  cudaGraphNode_t none = nullptr;
+  RT_EXPECT(cudaGraphNodeFindInClone(&none, stranger, clone) == cudaErrorInvalidValue);
+  (void)cudaGetLastError();
+  const cudaMemsetParams four = SetAll(x, 4.0f);
+  RT_CHECK(cudaGraphMemsetNodeSetParams(clone_set, &four));
+  info = {};
+  RT_CHECK(cudaGraphExecUpdate(edited, clone, &info));
+  RT_CHECK(cudaMemset(acc, 0, kBytes));
+  Launch(edited);
+  ExpectAll(acc, 4.0f);
+  cudaMemsetParams original_set = {};
+  RT_CHECK(cudaGraphMemsetNodeGetParams(set, &original_set));
+  RT_EXPECT(original_set.value == Bits(1.0f));
+  RT_CHECK(cudaGraphRemoveDependencies(clone, &clone_set, &clone_add, nullptr, 1));
+  RT_EXPECT(Edges(clone) == 0 && Edges(graph) == 1);
+
   for (cudaGraphExec_t e : {exec, edited}) RT_CHECK(cudaGraphExecDestroy(e));
-  for (cudaGraph_t g : {graph, other, direct}) RT_CHECK(cudaGraphDestroy(g));
+  for (cudaGraph_t g : {graph, other, direct, clone}) RT_CHECK(cudaGraphDestroy(g));
   std::printf("edge edits: ok\n");
 }
 

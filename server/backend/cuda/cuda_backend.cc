@@ -2295,6 +2295,22 @@ class CudaBackend final : public GpuBackend {
     });
   }
 
+  Status FindGraphNodeInClone(Graph& original, GraphNode& node, Graph& clone,
+                              GraphNode** out) override {
+    return Guarded("FindGraphNodeInClone", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedGraphs());
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuGraphNodeFindInClone, "cuGraphNodeFindInClone"));
+      (void)original;
+      CudaGraph& c = static_cast<CudaGraph&>(clone);
+      CUgraphNode copy = nullptr;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphNodeFindInClone, &copy,
+                                     static_cast<CudaGraphNode&>(node).handle, c.handle));
+      c.nodes.push_back(std::make_unique<CudaGraphNode>(copy));
+      *out = c.nodes.back().get();
+      return Status::Ok();
+    });
+  }
+
   Status SetGraphNode(Graph& graph, GraphNode& node, const GraphNodeSpec& spec) override {
     return Guarded("SetGraphNode", [&]() -> Status {
       FERRY_RETURN_IF_ERROR(NeedGraphs());
