@@ -474,6 +474,28 @@ Status GraphRegistry::FindInClone(uint64_t original_node, uint64_t clone, uint64
   return Status::InvalidArgument("the clone has no copy of the node");
 }
 
+Status GraphRegistry::KernelAttributes(uint64_t node, KernelNodeAttributes* attributes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = nodes_.find(node);
+  if (it == nodes_.end()) return Status::InvalidHandle("not a graph node of this client");
+  if (it->second.type != CU_GRAPH_NODE_TYPE_KERNEL) {
+    return Status::InvalidArgument("kernel node attributes apply to kernel nodes only");
+  }
+  *attributes = it->second.attributes;
+  return Status::Ok();
+}
+
+Status GraphRegistry::SetKernelAttributes(uint64_t node, const KernelNodeAttributes& attributes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = nodes_.find(node);
+  if (it == nodes_.end()) return Status::InvalidHandle("not a graph node of this client");
+  if (it->second.type != CU_GRAPH_NODE_TYPE_KERNEL) {
+    return Status::InvalidArgument("kernel node attributes apply to kernel nodes only");
+  }
+  it->second.attributes = attributes;
+  return Status::Ok();
+}
+
 void GraphRegistry::NoteChildGraph(uint64_t node, uint64_t child) {
   std::lock_guard<std::mutex> lock(mu_);
   auto n = nodes_.find(node);

@@ -9,6 +9,7 @@
 
 #include <cuda.h>
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <initializer_list>
@@ -50,6 +51,17 @@ struct RecordedNodeParams {
   CUDA_KERNEL_NODE_PARAMS_v2 kernel{};  // CU_GRAPH_NODE_TYPE_KERNEL: kernelParams, extra NULL
   std::vector<uint8_t> kernel_bytes;    // the packed arguments
   std::vector<void*> kernel_arguments;  // kernel.kernelParams: one pointer into kernel_bytes each
+};
+
+// A kernel node's attributes (cuGraphKernelNodeSetAttribute), the launch
+// attributes ferry forwards for launches and streams: the cluster shape and
+// cooperation change the node's work (sent with it); the priority and the
+// access policy window are hints, answered as set.
+struct KernelNodeAttributes {
+  std::array<unsigned, 3> cluster{0, 0, 0};  // 0: no cluster attribute
+  bool cooperative = false;
+  int priority = 0;
+  CUaccessPolicyWindow window{};
 };
 
 class GraphRegistry {
@@ -186,6 +198,10 @@ class GraphRegistry {
   // INVALID_HANDLE for an unknown graph, INVALID_VALUE when the clone has
   // no such copy (not cloned from its graph, or the copy was destroyed).
   Status FindInClone(uint64_t original_node, uint64_t clone, uint64_t* copy);
+  // A kernel node's attributes (all zero until set): INVALID_HANDLE for an
+  // unknown node, INVALID_VALUE for a node that is not a kernel node.
+  Status KernelAttributes(uint64_t node, KernelNodeAttributes* attributes);
+  Status SetKernelAttributes(uint64_t node, const KernelNodeAttributes& attributes);
   // Child-graph node `node` was added with `child` as it is now: its shape
   // is kept, for cuGraphExecChildGraphNodeSetParams (CheckChildGraphUpdate).
   void NoteChildGraph(uint64_t node, uint64_t child);
@@ -221,6 +237,7 @@ class GraphRegistry {
     std::vector<uint64_t> dependencies;
     std::shared_ptr<const RecordedNodeParams> params;  // kernel, memset and memcpy nodes
     uint64_t original = 0;  // in a clone: the node this one is the copy of
+    KernelNodeAttributes attributes;  // kernel nodes
     // child-graph nodes: the child's shape when added (opaque: unknown)
     bool child_opaque = false;
     std::vector<NodeShape> child_shape;

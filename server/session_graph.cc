@@ -432,6 +432,7 @@ Status Session::KernelNodeSpec(wire::Launch::Reader k, const backend::HostBytes&
   spec->config.block = {k.getBlockX(), k.getBlockY(), k.getBlockZ()};
   spec->config.shared_bytes = k.getSharedBytes();
   spec->config.cluster = {k.getClusterX(), k.getClusterY(), k.getClusterZ()};
+  spec->config.cooperative = k.getCooperative();
   for (int i = 0; i < 3; ++i) {
     if (spec->config.grid[i] == 0 || spec->config.block[i] == 0) {
       return Status::InvalidArgument("kernel node with a zero grid or block dimension");

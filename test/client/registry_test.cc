@@ -748,5 +748,33 @@ TEST(GraphRegistryTest, AClonesNodesAreCopiesWithHandlesOfTheirOwn) {
   EXPECT_TRUE(graphs.IsOpaque(clone));
 }
 
+TEST(GraphRegistryTest, KeepsKernelNodeAttributesForKernelNodesOnly) {
+  HandleIds ids;
+  GraphRegistry graphs(&ids);
+  const uint64_t graph = graphs.NewGraph();
+  const uint64_t kernel = graphs.NewNode(graph, CU_GRAPH_NODE_TYPE_KERNEL, {});
+  const uint64_t memset = graphs.NewNode(graph, CU_GRAPH_NODE_TYPE_MEMSET, {});
+  KernelNodeAttributes attributes;
+  ASSERT_TRUE(graphs.KernelAttributes(kernel, &attributes).ok());
+  EXPECT_EQ(attributes.priority, 0);
+  EXPECT_FALSE(attributes.cooperative);
+  attributes.priority = 3;
+  attributes.cluster = {2, 1, 1};
+  ASSERT_TRUE(graphs.SetKernelAttributes(kernel, attributes).ok());
+  KernelNodeAttributes read;
+  ASSERT_TRUE(graphs.KernelAttributes(kernel, &read).ok());
+  EXPECT_EQ(read.priority, 3);
+  EXPECT_EQ(read.cluster, (std::array<unsigned, 3>{2, 1, 1}));
+  EXPECT_EQ(Code(graphs.KernelAttributes(memset, &read)), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(Code(graphs.SetKernelAttributes(memset, attributes)), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(Code(graphs.KernelAttributes(memset + 1000, &read)), CUDA_ERROR_INVALID_HANDLE);
+  // A clone's copy has its original's attributes.
+  uint64_t clone = 0;
+  std::vector<std::pair<uint64_t, uint64_t>> copies;
+  ASSERT_TRUE(graphs.CloneGraph(graph, &clone, &copies).ok());
+  ASSERT_TRUE(graphs.KernelAttributes(copies[0].second, &read).ok());
+  EXPECT_EQ(read.priority, 3);
+}
+
 }  // namespace
 }  // namespace ferry::client

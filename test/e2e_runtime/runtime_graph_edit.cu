@@ -22,7 +22,12 @@
 //   - the generic cudaGraphAddNode, cudaGraphNodeSetParams and
 //     cudaGraphExecNodeSetParams build and change empty, kernel, memset,
 //     memcpy and child-graph nodes; a kind ferry does not forward answers
-//     cudaErrorNotSupported.
+//     cudaErrorNotSupported;
+//   - kernel node attributes: the priority and the access policy window are
+//     answered as set, cooperation and the cluster shape change the node's
+//     work (it still computes the same), all of them copy to another kernel
+//     node and stay when its parameters change; a memset node has none, and
+//     an attribute ferry does not forward answers cudaErrorNotSupported.
 // Prints "all checks passed", or the first failure.
 #include <cuda_runtime.h>
 
@@ -434,6 +439,80 @@ void GenericNodes(float* x, float* y) {
   std::printf("generic node entry points: ok\n");
 }
 
+void KernelNodeAttributes(float* x) {
+  int n = kN;
+  float two = 2.0f;
+  void* by_two[] = {&x, &two, &n};
+  const cudaKernelNodeParams scale = Kernel(reinterpret_cast<void*>(rt_scale<float>), by_two);
+  cudaGraph_t graph = nullptr;
+  RT_CHECK(cudaGraphCreate(&graph, 0));
+  cudaGraphNode_t first, second, set;
+  RT_CHECK(cudaGraphAddKernelNode(&first, graph, nullptr, 0, &scale));
+  RT_CHECK(cudaGraphAddKernelNode(&second, graph, &first, 1, &scale));
+  const cudaMemsetParams one = SetAll(x, 1.0f);
+  RT_CHECK(cudaGraphAddMemsetNode(&set, graph, nullptr, 0, &one));
+  RT_CHECK(cudaGraphAddDependencies(graph, &set, &first, nullptr, 1));
+
+  // Hints, answered as set; none set: zero.
+  cudaKernelNodeAttrValue value = {};
+  RT_CHECK(cudaGraphKernelNodeGetAttribute(first, cudaLaunchAttributePriority, &value));
+  RT_EXPECT(value.priority == 0);
+  value.priority = 5;
+  RT_CHECK(cudaGraphKernelNodeSetAttribute(first, cudaLaunchAttributePriority, &value));
+  value = {};
+  value.accessPolicyWindow.base_ptr = x;
+  value.accessPolicyWindow.num_bytes = kBytes;
+  value.accessPolicyWindow.hitRatio = 0.5f;
+  value.accessPolicyWindow.hitProp = cudaAccessPropertyPersisting;
+  value.accessPolicyWindow.missProp = cudaAccessPropertyStreaming;
+  RT_CHECK(cudaGraphKernelNodeSetAttribute(first, cudaLaunchAttributeAccessPolicyWindow, &value));
+  value.accessPolicyWindow.hitRatio = 2.0f;
+  RT_EXPECT(cudaGraphKernelNodeSetAttribute(first, cudaLaunchAttributeAccessPolicyWindow,
+                                            &value) == cudaErrorInvalidValue);
+  value = {};
+  RT_CHECK(cudaGraphKernelNodeGetAttribute(first, cudaLaunchAttributeAccessPolicyWindow, &value));
+  RT_EXPECT(value.accessPolicyWindow.base_ptr == x && value.accessPolicyWindow.hitRatio == 0.5f &&
+            value.accessPolicyWindow.num_bytes == kBytes);
+  // Cooperation and the cluster shape change the node's work: it still
+  // computes the same, launched cooperatively in clusters of one block.
+  value = {};
+  value.cooperative = 1;
+  RT_CHECK(cudaGraphKernelNodeSetAttribute(first, cudaLaunchAttributeCooperative, &value));
+  value = {};
+  value.clusterDim.x = 1;
+  value.clusterDim.y = 1;
+  value.clusterDim.z = 1;
+  RT_CHECK(cudaGraphKernelNodeSetAttribute(first, cudaLaunchAttributeClusterDimension, &value));
+  value = {};
+  RT_CHECK(cudaGraphKernelNodeGetAttribute(first, cudaLaunchAttributeCooperative, &value));
+  RT_EXPECT(value.cooperative == 1);
+  // Copied to the second node: all of them.
+  RT_CHECK(cudaGraphKernelNodeCopyAttributes(second, first));
+  value = {};
+  RT_CHECK(cudaGraphKernelNodeGetAttribute(second, cudaLaunchAttributePriority, &value));
+  RT_EXPECT(value.priority == 5);
+  RT_CHECK(cudaGraphKernelNodeGetAttribute(second, cudaLaunchAttributeClusterDimension, &value));
+  RT_EXPECT(value.clusterDim.x == 1 && value.clusterDim.y == 1 && value.clusterDim.z == 1);
+  // A kernel's new parameters keep the node's attributes.
+  RT_CHECK(cudaGraphKernelNodeSetParams(second, &scale));
+  RT_CHECK(cudaGraphKernelNodeGetAttribute(second, cudaLaunchAttributeCooperative, &value));
+  RT_EXPECT(value.cooperative == 1);
+  cudaGraphExec_t exec = nullptr;
+  RT_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  Launch(exec);
+  ExpectAll(x, 4.0f);
+
+  // Not a kernel node; an attribute ferry does not forward.
+  RT_EXPECT(cudaGraphKernelNodeGetAttribute(set, cudaLaunchAttributePriority, &value) ==
+            cudaErrorInvalidValue);
+  RT_EXPECT(cudaGraphKernelNodeGetAttribute(first, cudaLaunchAttributeMemSyncDomain, &value) ==
+            cudaErrorNotSupported);
+  (void)cudaGetLastError();
+  RT_CHECK(cudaGraphExecDestroy(exec));
+  RT_CHECK(cudaGraphDestroy(graph));
+  std::printf("kernel node attributes: ok\n");
+}
+
 }  // namespace
 
 int main() {
@@ -442,6 +521,7 @@ int main() {
   EdgeEdits(x, acc);
   NodeParams(x, y, z);
   GenericNodes(x, y);
+  KernelNodeAttributes(x);
   for (float* p : {x, y, z, acc}) RT_CHECK(cudaFree(p));
   std::printf("all checks passed\n");
   return 0;

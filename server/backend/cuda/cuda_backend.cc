@@ -342,11 +342,10 @@ struct KernelNodeParams {
   CUDA_KERNEL_NODE_PARAMS params{};
   size_t params_size = 0;
   void* extra[5] = {};
+  // The cluster shape and cooperation are node attributes, set apart
+  // (CudaBackend::SetKernelNodeAttributes).
   Status Fill(const GraphNodeSpec& spec) {
     const LaunchConfig& c = spec.config;
-    if (c.cluster[0] != 0 || c.cluster[1] != 0 || c.cluster[2] != 0) {
-      return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "kernel nodes with clusters");
-    }
     params.func = static_cast<CudaFunction&>(*spec.function).handle;
     params.gridDimX = c.grid[0];
     params.gridDimY = c.grid[1];
@@ -2112,6 +2111,7 @@ class CudaBackend final : public GpuBackend {
           FERRY_RETURN_IF_ERROR(k.Fill(spec));
           FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphAddKernelNode, &node, g.handle,
                                          deps.data(), deps.size(), &k.params));
+          FERRY_RETURN_IF_ERROR(SetKernelNodeAttributes(node, spec.config, /*reset=*/false));
           break;
         }
         case GraphNodeSpec::Kind::kMemset: {
@@ -2324,7 +2324,8 @@ class CudaBackend final : public GpuBackend {
               NeedEntryPoint(api_->cuGraphKernelNodeSetParams, "cuGraphKernelNodeSetParams"));
           KernelNodeParams k;
           FERRY_RETURN_IF_ERROR(k.Fill(spec));
-          return FERRY_CU(*api_, cuGraphKernelNodeSetParams, n, &k.params);
+          FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphKernelNodeSetParams, n, &k.params));
+          return SetKernelNodeAttributes(n, spec.config, /*reset=*/true);
         }
         case GraphNodeSpec::Kind::kMemset: {
           FERRY_RETURN_IF_ERROR(
@@ -2491,6 +2492,32 @@ class CudaBackend final : public GpuBackend {
   }
 
   // stream capture and graphs: NOT_SUPPORTED where the driver lacks them.
+  // A kernel node's cluster shape and cooperation (node attributes); with
+  // `reset`, also back to none, so a node's new work drops old attributes.
+  Status SetKernelNodeAttributes(CUgraphNode node, const LaunchConfig& c, bool reset) {
+    const bool cluster = c.cluster[0] != 0 || c.cluster[1] != 0 || c.cluster[2] != 0;
+    if (!cluster && !c.cooperative && (!reset || api_->cuGraphKernelNodeSetAttribute == nullptr)) {
+      return Status::Ok();
+    }
+    FERRY_RETURN_IF_ERROR(
+        NeedEntryPoint(api_->cuGraphKernelNodeSetAttribute, "cuGraphKernelNodeSetAttribute"));
+    CUkernelNodeAttrValue value;
+    std::memset(&value, 0, sizeof(value));
+    value.clusterDim.x = c.cluster[0];
+    value.clusterDim.y = c.cluster[1];
+    value.clusterDim.z = c.cluster[2];
+    if (cluster || reset) {
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphKernelNodeSetAttribute, node,
+                                     CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION, &value));
+    }
+    std::memset(&value, 0, sizeof(value));
+    value.cooperative = c.cooperative ? 1 : 0;
+    if (c.cooperative || reset) {
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphKernelNodeSetAttribute, node,
+                                     CU_LAUNCH_ATTRIBUTE_COOPERATIVE, &value));
+    }
+    return Status::Ok();
+  }
   Status NeedGraphs() const {
     if (api_->HasGraphs()) return Status::Ok();
     return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no stream capture or graphs");

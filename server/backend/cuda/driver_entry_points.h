@@ -164,6 +164,7 @@
   X(cuGraphDestroyNode, 10000)                \
   X(cuGraphNodeFindInClone, 10000)            \
   X(cuGraphKernelNodeSetParams, 12000)        \
+  X(cuGraphKernelNodeSetAttribute, 11000)     \
   X(cuGraphMemsetNodeSetParams, 10000)        \
   X(cuGraphMemcpyNodeSetParams, 10000)        \
   X(cuGraphExecMemsetNodeSetParams, 10020)    \
