@@ -176,6 +176,7 @@ Status Instantiate(CUgraphExec* exec, CUgraph graph, unsigned long long flags,
     return Status::InvalidArgument("the graph's dependencies form a cycle");
   }
   const uint64_t id = rt.graphs().NewExec(graph_id, flags);
+  rt.user_objects().Instantiated(graph_id, id);
   FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
     auto args = call.initGraphInstantiate();
     args.setGraph(graph_id);
@@ -197,11 +198,15 @@ Status LaunchOrUpload(CUgraphExec exec, CUstream stream, bool per_thread, bool u
   }
   StreamTarget target;
   FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
-  return rt.connection().Post([&](wire::Call::Builder call) {
+  FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
     wire::GraphLaunch::Builder args = upload ? call.initGraphUpload() : call.initGraphLaunch();
     SetStreamTarget(args, target);
     args.setExec(id);
-  });
+  }));
+  // The executable graph's user-object references outlive it until this
+  // launch has finished.
+  if (!upload) rt.user_objects().ExecLaunched(id, stream, per_thread);
+  return Status::Ok();
 }
 
 // The driver's way of answering a node list: with `out` NULL, *count gets
@@ -372,6 +377,7 @@ CUresult CUDAAPI cuGraphClone(CUgraph* phGraphClone, CUgraph originalGraph) {
     uint64_t id = 0;
     std::vector<std::pair<uint64_t, uint64_t>> copies;
     FERRY_RETURN_IF_ERROR(rt.graphs().CloneGraph(original, &id, &copies));
+    rt.user_objects().GraphCloned(original, id);
     FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
       auto args = call.initGraphClone();
       args.setGraph(original);
@@ -404,7 +410,12 @@ CUresult CUDAAPI cuGraphNodeFindInClone(CUgraphNode* phNode, CUgraphNode hOrigin
 CUresult CUDAAPI cuGraphDestroy(CUgraph hGraph) {
   return Api([&] {
     return DestroyHandle(
-        hGraph, [](Runtime& rt, uint64_t id) { return rt.graphs().RemoveGraph(id); },
+        hGraph,
+        [](Runtime& rt, uint64_t id) {
+          FERRY_RETURN_IF_ERROR(rt.graphs().RemoveGraph(id));
+          rt.user_objects().GraphDestroyed(id);
+          return Status::Ok();
+        },
         [](wire::Call::Builder call, uint64_t id) { call.initGraphDestroy().setGraph(id); });
   });
 }
@@ -611,7 +622,15 @@ CUresult CUDAAPI cuGraphInstantiateWithParams_ptsz(
 CUresult CUDAAPI cuGraphExecDestroy(CUgraphExec hGraphExec) {
   return Api([&] {
     return DestroyHandle(
-        hGraphExec, [](Runtime& rt, uint64_t id) { return rt.graphs().RemoveExec(id); },
+        hGraphExec,
+        [](Runtime& rt, uint64_t id) {
+          FERRY_RETURN_IF_ERROR(rt.graphs().RemoveExec(id));
+          ferry::client::UserObjects::Refs refs;
+          ferry::client::UserObjects::LaunchStreams streams;
+          rt.user_objects().ExecDestroyed(id, &refs, &streams);
+          ferry::client::ReleaseBehindLaunches(std::move(refs), streams);
+          return Status::Ok();
+        },
         [](wire::Call::Builder call, uint64_t id) { call.initGraphExecDestroy().setExec(id); });
   });
 }
@@ -684,7 +703,10 @@ Status ferry::client::AddWorkNode(CUgraphNode* node, CUgraph graph, const CUgrap
   Runtime& rt = Runtime::Get();
   const uint64_t id = Runtime::HandleId(*node);
   if (auto record = work.Record(); record != nullptr) rt.graphs().SetNodeParams(id, record);
-  if (work.type() == CU_GRAPH_NODE_TYPE_GRAPH) rt.graphs().NoteChildGraph(id, work.child_graph());
+  if (work.type() == CU_GRAPH_NODE_TYPE_GRAPH) {
+    rt.graphs().NoteChildGraph(id, work.child_graph());
+    rt.user_objects().ChildAdded(Runtime::HandleId(graph), id, work.child_graph());
+  }
   return Status::Ok();
 }
 
@@ -745,8 +767,17 @@ Status ExecUpdate(CUgraphExec exec, CUgraph graph, CUgraphExecUpdateResultInfo* 
     args.setExec(exec_id);
     args.setGraph(graph_id);
   });
-  if (!status.ok()) info->result = CU_GRAPH_EXEC_UPDATE_ERROR;
-  return status;
+  if (!status.ok()) {
+    info->result = CU_GRAPH_EXEC_UPDATE_ERROR;
+    return status;
+  }
+  // The executable graph now holds the new graph's user-object references;
+  // its old ones go once its launches so far have finished.
+  ferry::client::UserObjects::Refs old;
+  ferry::client::UserObjects::LaunchStreams streams;
+  rt.user_objects().ExecUpdated(exec_id, graph_id, &old, &streams);
+  ferry::client::ReleaseBehindLaunches(std::move(old), streams);
+  return Status::Ok();
 }
 
 // The node kinds cuGraphNodeSetEnabled applies to.

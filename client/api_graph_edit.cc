@@ -387,6 +387,7 @@ CUresult CUDAAPI cuGraphDestroyNode(CUgraphNode hNode) {
     const uint64_t id = Runtime::HandleId(hNode);
     uint64_t graph = 0;
     FERRY_RETURN_IF_ERROR(rt.graphs().DestroyNode(id, &graph));
+    rt.user_objects().NodeDestroyed(graph, id);
     return rt.connection().Post(
         [&](wire::Call::Builder call) { call.initGraphDestroyNode().setNode(id); });
   });

@@ -27,12 +27,22 @@
 //     answered as set, cooperation and the cluster shape change the node's
 //     work (it still computes the same), all of them copy to another kernel
 //     node and stay when its parameters change; a memset node has none, and
-//     an attribute ferry does not forward answers cudaErrorNotSupported.
+//     an attribute ferry does not forward answers cudaErrorNotSupported;
+//   - user objects: the destructor runs (on its own thread) when the last
+//     reference goes: the program's, a graph's (moved or retained, released),
+//     a child-graph node's, and an executable graph's, which outlive it until
+//     its launches have finished (a launch held behind a host function keeps
+//     the object alive after the executable graph is destroyed).
 // Prints "all checks passed", or the first failure.
 #include <cuda_runtime.h>
 
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstring>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 #include "runtime_check.h"
@@ -513,6 +523,98 @@ void KernelNodeAttributes(float* x) {
   std::printf("kernel node attributes: ok\n");
 }
 
+// User objects: counts its destructor's runs.
+void CountDestroyed(void* counter) { static_cast<std::atomic<int>*>(counter)->fetch_add(1); }
+
+// Whether `counter` reaches `want` within ten seconds (destructors run on a
+// thread of their own, after the call that released the last reference).
+bool Reaches(const std::atomic<int>& counter, int want) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (counter.load() != want) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
+
+// A host function that holds its stream until Open.
+struct Gate {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool open = false;
+  static void Wait(void* data) {
+    auto* gate = static_cast<Gate*>(data);
+    std::unique_lock<std::mutex> lock(gate->mu);
+    gate->cv.wait(lock, [gate] { return gate->open; });
+  }
+  void Open() {
+    std::lock_guard<std::mutex> lock(mu);
+    open = true;
+    cv.notify_all();
+  }
+};
+
+void UserObjects(float* x) {
+  int n = kN;
+  float two = 2.0f;
+  void* by_two[] = {&x, &two, &n};
+  const cudaKernelNodeParams scale = Kernel(reinterpret_cast<void*>(rt_scale<float>), by_two);
+  std::atomic<int> destroyed{0};
+
+  // The program's references: two, then one released, then the other.
+  cudaUserObject_t object = nullptr;
+  RT_CHECK(cudaUserObjectCreate(&object, &destroyed, CountDestroyed, 2,
+                                cudaUserObjectNoDestructorSync));
+  RT_CHECK(cudaUserObjectRelease(object, 1));
+  RT_CHECK(cudaUserObjectRetain(object, 1));
+  RT_CHECK(cudaUserObjectRelease(object, 1));
+  RT_EXPECT(destroyed.load() == 0);
+
+  // A graph's, moved from the program; an executable graph's, which outlive
+  // the graph and the executable graph until its launches have finished.
+  cudaGraph_t graph = nullptr;
+  RT_CHECK(cudaGraphCreate(&graph, 0));
+  cudaGraphNode_t node;
+  RT_CHECK(cudaGraphAddKernelNode(&node, graph, nullptr, 0, &scale));
+  RT_CHECK(cudaGraphRetainUserObject(graph, object, 1, cudaGraphUserObjectMove));
+  RT_EXPECT(cudaGraphReleaseUserObject(graph, object, 2) == cudaErrorInvalidValue);
+  (void)cudaGetLastError();
+  cudaGraphExec_t exec = nullptr;
+  RT_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  RT_CHECK(cudaGraphDestroy(graph));
+  cudaStream_t s = nullptr;
+  RT_CHECK(cudaStreamCreate(&s));
+  Gate gate;
+  RT_CHECK(cudaLaunchHostFunc(s, Gate::Wait, &gate));
+  RT_CHECK(cudaGraphLaunch(exec, s));
+  RT_CHECK(cudaGraphExecDestroy(exec));
+  RT_EXPECT(destroyed.load() == 0);  // the launch is held behind the gate
+  gate.Open();
+  RT_CHECK(cudaStreamSynchronize(s));
+  RT_EXPECT(Reaches(destroyed, 1));
+
+  // A child-graph node holds its child's references; a released graph
+  // reference and the node's go with the parent.
+  std::atomic<int> second_destroyed{0};
+  cudaUserObject_t second = nullptr;
+  RT_CHECK(cudaUserObjectCreate(&second, &second_destroyed, CountDestroyed, 1,
+                                cudaUserObjectNoDestructorSync));
+  cudaGraph_t child = nullptr, parent = nullptr;
+  RT_CHECK(cudaGraphCreate(&child, 0));
+  RT_CHECK(cudaGraphCreate(&parent, 0));
+  RT_CHECK(cudaGraphAddKernelNode(&node, child, nullptr, 0, &scale));
+  RT_CHECK(cudaGraphRetainUserObject(child, second, 2, 0));
+  RT_CHECK(cudaGraphReleaseUserObject(child, second, 1));
+  RT_CHECK(cudaGraphAddChildGraphNode(&node, parent, nullptr, 0, child));
+  RT_CHECK(cudaUserObjectRelease(second, 1));
+  RT_CHECK(cudaGraphDestroy(child));
+  RT_EXPECT(second_destroyed.load() == 0);
+  RT_CHECK(cudaGraphDestroy(parent));
+  RT_EXPECT(Reaches(second_destroyed, 1));
+  RT_CHECK(cudaStreamDestroy(s));
+  std::printf("user objects: ok\n");
+}
+
 }  // namespace
 
 int main() {
@@ -522,6 +624,7 @@ int main() {
   NodeParams(x, y, z);
   GenericNodes(x, y);
   KernelNodeAttributes(x);
+  UserObjects(x);
   for (float* p : {x, y, z, acc}) RT_CHECK(cudaFree(p));
   std::printf("all checks passed\n");
   return 0;
