@@ -334,6 +334,11 @@ class CudaGraphNode final : public GraphNode {
  public:
   explicit CudaGraphNode(CUgraphNode handle) : handle(handle) {}
   const CUgraphNode handle;  // owned by its graph
+  // A kernel node's attributes as last set (SetKernelNodeAttributes): only
+  // changes are sent, so a driver never sees a request to clear what was
+  // never set.
+  std::array<uint32_t, 3> cluster{0, 0, 0};
+  bool cooperative = false;
 };
 // A kernel node's driver parameters for a GraphNodeSpec of kind kKernel,
 // the packed parameters passed by pointer (the driver copies them before the
@@ -2109,9 +2114,8 @@ class CudaBackend final : public GpuBackend {
         case GraphNodeSpec::Kind::kKernel: {
           KernelNodeParams k;
           FERRY_RETURN_IF_ERROR(k.Fill(spec));
-          FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphAddKernelNode, &node, g.handle,
-                                         deps.data(), deps.size(), &k.params));
-          FERRY_RETURN_IF_ERROR(SetKernelNodeAttributes(node, spec.config, /*reset=*/false));
+          FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphAddKernelNode, &node, g.handle, deps.data(),
+                                         deps.size(), &k.params));
           break;
         }
         case GraphNodeSpec::Kind::kMemset: {
@@ -2135,8 +2139,18 @@ class CudaBackend final : public GpuBackend {
           break;
         }
       }
+      auto added = std::make_unique<CudaGraphNode>(node);
+      if (spec.kind == GraphNodeSpec::Kind::kKernel) {
+        // Attributes refused: the node goes again, as if never added.
+        if (Status status = SetKernelNodeAttributes(*added, spec.config); !status.ok()) {
+          if (api_->cuGraphDestroyNode != nullptr) {
+            FERRY_CU_QUIET(*api_, "removing a kernel node", cuGraphDestroyNode, node);
+          }
+          return status;
+        }
+      }
       if (ctx != nullptr) g.context = ctx;
-      g.nodes.push_back(std::make_unique<CudaGraphNode>(node));
+      g.nodes.push_back(std::move(added));
       *out = g.nodes.back().get();
       return Status::Ok();
     });
@@ -2325,7 +2339,7 @@ class CudaBackend final : public GpuBackend {
           KernelNodeParams k;
           FERRY_RETURN_IF_ERROR(k.Fill(spec));
           FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphKernelNodeSetParams, n, &k.params));
-          return SetKernelNodeAttributes(n, spec.config, /*reset=*/true);
+          return SetKernelNodeAttributes(static_cast<CudaGraphNode&>(node), spec.config);
         }
         case GraphNodeSpec::Kind::kMemset: {
           FERRY_RETURN_IF_ERROR(
@@ -2492,29 +2506,28 @@ class CudaBackend final : public GpuBackend {
   }
 
   // stream capture and graphs: NOT_SUPPORTED where the driver lacks them.
-  // A kernel node's cluster shape and cooperation (node attributes); with
-  // `reset`, also back to none, so a node's new work drops old attributes.
-  Status SetKernelNodeAttributes(CUgraphNode node, const LaunchConfig& c, bool reset) {
-    const bool cluster = c.cluster[0] != 0 || c.cluster[1] != 0 || c.cluster[2] != 0;
-    if (!cluster && !c.cooperative && (!reset || api_->cuGraphKernelNodeSetAttribute == nullptr)) {
-      return Status::Ok();
-    }
+  // A kernel node's cluster shape and cooperation (node attributes), each
+  // sent only when it differs from what the node has.
+  Status SetKernelNodeAttributes(CudaGraphNode& node, const LaunchConfig& c) {
+    if (c.cluster == node.cluster && c.cooperative == node.cooperative) return Status::Ok();
     FERRY_RETURN_IF_ERROR(
         NeedEntryPoint(api_->cuGraphKernelNodeSetAttribute, "cuGraphKernelNodeSetAttribute"));
     CUkernelNodeAttrValue value;
-    std::memset(&value, 0, sizeof(value));
-    value.clusterDim.x = c.cluster[0];
-    value.clusterDim.y = c.cluster[1];
-    value.clusterDim.z = c.cluster[2];
-    if (cluster || reset) {
-      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphKernelNodeSetAttribute, node,
+    if (c.cluster != node.cluster) {
+      std::memset(&value, 0, sizeof(value));
+      value.clusterDim.x = c.cluster[0];
+      value.clusterDim.y = c.cluster[1];
+      value.clusterDim.z = c.cluster[2];
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphKernelNodeSetAttribute, node.handle,
                                      CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION, &value));
+      node.cluster = c.cluster;
     }
-    std::memset(&value, 0, sizeof(value));
-    value.cooperative = c.cooperative ? 1 : 0;
-    if (c.cooperative || reset) {
-      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphKernelNodeSetAttribute, node,
+    if (c.cooperative != node.cooperative) {
+      std::memset(&value, 0, sizeof(value));
+      value.cooperative = c.cooperative ? 1 : 0;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphKernelNodeSetAttribute, node.handle,
                                      CU_LAUNCH_ATTRIBUTE_COOPERATIVE, &value));
+      node.cooperative = c.cooperative;
     }
     return Status::Ok();
   }
