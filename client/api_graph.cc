@@ -35,11 +35,11 @@
 #include "client/entry_point.h"
 #include "client/graph_node_work.h"
 
-using ferry::client::CaptureState;
 using ferry::client::AddWorkNode;
+using ferry::client::CaptureState;
 using ferry::client::GraphNodeWork;
-using ferry::client::SetNodeWork;
 using ferry::client::RecordedNodeParams;
+using ferry::client::SetNodeWork;
 
 namespace {
 
@@ -200,6 +200,7 @@ Status Instantiate(CUgraphExec* exec, CUgraph graph, unsigned long long flags,
     (void)rt.graphs().RemoveExec(id);
     return posted;
   }
+  rt.user_objects().Instantiated(graph_id, id);
   uint64_t ctx = 0;
   if (rt.CurrentContext(&ctx).ok()) NoteGraphMemory(graph_id, id, ctx);
   *exec = Runtime::ToHandle<CUgraphExec>(id);
@@ -217,11 +218,15 @@ Status LaunchOrUpload(CUgraphExec exec, CUstream stream, bool per_thread, bool u
   }
   StreamTarget target;
   FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
-  return rt.connection().Post([&](wire::Call::Builder call) {
+  FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
     wire::GraphLaunch::Builder args = upload ? call.initGraphUpload() : call.initGraphLaunch();
     SetStreamTarget(args, target);
     args.setExec(id);
-  });
+  }));
+  // The executable graph's user-object references outlive it until this
+  // launch has finished.
+  if (!upload) rt.user_objects().ExecLaunched(id, stream, per_thread);
+  return Status::Ok();
 }
 
 // The driver's way of answering a node list: with `out` NULL, *count gets
@@ -380,24 +385,44 @@ CUresult CUDAAPI cuGraphCreate(CUgraph* phGraph, unsigned int flags) {
   });
 }
 
-// The clone's nodes have no handles of their own here (cuGraphNodeFindInClone
-// is not forwarded), so a clone with nodes is opaque (GraphRegistry::AddGraph).
+// A clone of a graph built node by node gets handles for its nodes (the
+// client records the original's structure; cuGraphNodeFindInClone answers
+// from that record), so it is not opaque; a clone of an opaque graph is.
 CUresult CUDAAPI cuGraphClone(CUgraph* phGraphClone, CUgraph originalGraph) {
   return Api([&]() -> Status {
     Runtime& rt = Runtime::Get();
     if (phGraphClone == nullptr) return Status::InvalidArgument("phGraphClone is NULL");
     FERRY_RETURN_IF_ERROR(rt.Ready());
     const uint64_t original = Runtime::HandleId(originalGraph);
-    if (!rt.graphs().HasGraph(original)) return Status::InvalidHandle("not a graph of this client");
-    std::vector<ferry::client::GraphRegistry::NodeShape> nodes;
-    const Status shape = rt.graphs().GraphShape(original, &nodes);
-    const uint64_t id = rt.graphs().NewGraph(/*opaque=*/!shape.ok() || !nodes.empty());
+    uint64_t id = 0;
+    std::vector<std::pair<uint64_t, uint64_t>> copies;
+    FERRY_RETURN_IF_ERROR(rt.graphs().CloneGraph(original, &id, &copies));
+    rt.user_objects().GraphCloned(original, id);
     FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
       auto args = call.initGraphClone();
       args.setGraph(original);
       args.setClone(id);
+      auto originals = args.initOriginals(static_cast<unsigned>(copies.size()));
+      auto copy_ids = args.initCopies(static_cast<unsigned>(copies.size()));
+      for (size_t i = 0; i < copies.size(); ++i) {
+        originals.set(static_cast<unsigned>(i), copies[i].first);
+        copy_ids.set(static_cast<unsigned>(i), copies[i].second);
+      }
     }));
     *phGraphClone = Runtime::ToHandle<CUgraph>(id);
+    return Status::Ok();
+  });
+}
+
+// Answered from the client's record of the clone (see cuGraphClone).
+CUresult CUDAAPI cuGraphNodeFindInClone(CUgraphNode* phNode, CUgraphNode hOriginalNode,
+                                        CUgraph hClonedGraph) {
+  return Api([&]() -> Status {
+    if (phNode == nullptr) return Status::InvalidArgument("phNode is NULL");
+    uint64_t copy = 0;
+    FERRY_RETURN_IF_ERROR(Runtime::Get().graphs().FindInClone(
+        Runtime::HandleId(hOriginalNode), Runtime::HandleId(hClonedGraph), &copy));
+    *phNode = Runtime::ToHandle<CUgraphNode>(copy);
     return Status::Ok();
   });
 }
@@ -405,7 +430,12 @@ CUresult CUDAAPI cuGraphClone(CUgraph* phGraphClone, CUgraph originalGraph) {
 CUresult CUDAAPI cuGraphDestroy(CUgraph hGraph) {
   return Api([&] {
     return DestroyHandle(
-        hGraph, [](Runtime& rt, uint64_t id) { return rt.graphs().RemoveGraph(id); },
+        hGraph,
+        [](Runtime& rt, uint64_t id) {
+          FERRY_RETURN_IF_ERROR(rt.graphs().RemoveGraph(id));
+          rt.user_objects().GraphDestroyed(id);
+          return Status::Ok();
+        },
         [](wire::Call::Builder call, uint64_t id) { call.initGraphDestroy().setGraph(id); });
   });
 }
@@ -524,7 +554,7 @@ CUresult CUDAAPI cuGraphNodeGetDependentNodes(CUgraphNode hNode, CUgraphNode* de
 
 // The structure the client recorded, as a DOT digraph (node handles, types
 // and edges; `flags` asks for more detail, which ferry does not keep).
-// Opaque graphs (captured or cloned): NOT_SUPPORTED.
+// Opaque graphs (captured, or cloned from captured ones): NOT_SUPPORTED.
 CUresult CUDAAPI cuGraphDebugDotPrint(CUgraph hGraph, const char* path, unsigned int flags) {
   return Api([&]() -> Status {
     (void)flags;
@@ -615,7 +645,12 @@ CUresult CUDAAPI cuGraphExecDestroy(CUgraphExec hGraphExec) {
         hGraphExec,
         [](Runtime& rt, uint64_t id) {
           ForgetGraphMemory(id);
-          return rt.graphs().RemoveExec(id);
+          FERRY_RETURN_IF_ERROR(rt.graphs().RemoveExec(id));
+          ferry::client::UserObjects::Refs refs;
+          ferry::client::UserObjects::LaunchStreams streams;
+          rt.user_objects().ExecDestroyed(id, &refs, &streams);
+          ferry::client::ReleaseBehindLaunches(std::move(refs), streams);
+          return Status::Ok();
         },
         [](wire::Call::Builder call, uint64_t id) { call.initGraphExecDestroy().setExec(id); });
   });
@@ -689,7 +724,10 @@ Status ferry::client::AddWorkNode(CUgraphNode* node, CUgraph graph, const CUgrap
   Runtime& rt = Runtime::Get();
   const uint64_t id = Runtime::HandleId(*node);
   if (auto record = work.Record(); record != nullptr) rt.graphs().SetNodeParams(id, record);
-  if (work.type() == CU_GRAPH_NODE_TYPE_GRAPH) rt.graphs().NoteChildGraph(id, work.child_graph());
+  if (work.type() == CU_GRAPH_NODE_TYPE_GRAPH) {
+    rt.graphs().NoteChildGraph(id, work.child_graph());
+    rt.user_objects().ChildAdded(Runtime::HandleId(graph), id, work.child_graph());
+  }
   return Status::Ok();
 }
 
@@ -723,7 +761,7 @@ Status SetExecKernelNode(CUgraphExec exec, CUgraphNode node, const CUDA_KERNEL_N
 // when they match, one message makes `exec` run `graph`'s nodes (kernels,
 // arguments, memset values and ranges, copy ranges, child graphs), each
 // checked when it was added to `graph`, as a new node. Executable graphs of
-// captured or cloned graphs, whose structure only the server knows, answer
+// captured graphs (or their clones), whose structure only the server knows, answer
 // NOT_SUPPORTED in the result: callers re-instantiate, as frameworks do when
 // an update fails. `info` is always filled (v2's contract).
 Status ExecUpdate(CUgraphExec exec, CUgraph graph, CUgraphExecUpdateResultInfo* info) {
@@ -741,8 +779,8 @@ Status ExecUpdate(CUgraphExec exec, CUgraph graph, CUgraphExecUpdateResultInfo* 
   if (check.result != CU_GRAPH_EXEC_UPDATE_SUCCESS) {
     return Status::Cuda(CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE,
                         check.result == CU_GRAPH_EXEC_UPDATE_ERROR_NOT_SUPPORTED
-                            ? "the graph or the executable graph's has captured or cloned nodes, "
-                              "whose structure only the server knows: instantiate the graph"
+                            ? "the graph or the executable graph's has captured nodes, whose "
+                              "structure only the server knows: instantiate the graph"
                             : "the graph's topology differs from the executable graph's");
   }
   Status status = rt.connection().Call([&](wire::Call::Builder call) {
@@ -750,8 +788,17 @@ Status ExecUpdate(CUgraphExec exec, CUgraph graph, CUgraphExecUpdateResultInfo* 
     args.setExec(exec_id);
     args.setGraph(graph_id);
   });
-  if (!status.ok()) info->result = CU_GRAPH_EXEC_UPDATE_ERROR;
-  return status;
+  if (!status.ok()) {
+    info->result = CU_GRAPH_EXEC_UPDATE_ERROR;
+    return status;
+  }
+  // The executable graph now holds the new graph's user-object references;
+  // its old ones go once its launches so far have finished.
+  ferry::client::UserObjects::Refs old;
+  ferry::client::UserObjects::LaunchStreams streams;
+  rt.user_objects().ExecUpdated(exec_id, graph_id, &old, &streams);
+  ferry::client::ReleaseBehindLaunches(std::move(old), streams);
+  return Status::Ok();
 }
 
 // The node kinds cuGraphNodeSetEnabled applies to.

@@ -12,7 +12,7 @@
 // points (cuGraphAddNode, cuGraphNodeSetParams, cuGraphExecNodeSetParams),
 // which turn their parameters into the same GraphNodeWork the kind-specific
 // calls make. Node kinds ferry does not forward answer NOT_SUPPORTED and log
-// once which kind it was.
+// once which kind it was. Kernel node attributes: see SetKernelAttribute.
 #include <cuda.h>
 
 #include <string>
@@ -51,14 +51,21 @@ Status ferry::client::SetNodeWork(CUgraphExec exec, CUgraphNode node, const Grap
       return Status::InvalidArgument("a graph node's work cannot move to another context");
     }
   }
+  // A kernel node's new work keeps the node's attributes.
+  GraphNodeWork with_attributes = work;
+  if (type == CU_GRAPH_NODE_TYPE_KERNEL) {
+    ferry::client::KernelNodeAttributes attributes;
+    FERRY_RETURN_IF_ERROR(rt.graphs().KernelAttributes(node_id, &attributes));
+    with_attributes.SetKernelAttributes(attributes);
+  }
   FERRY_RETURN_IF_ERROR(rt.connection().Post(
       [&](wire::Call::Builder call) {
         auto args = call.initGraphNodeSetParams();
         args.setExec(exec_id);
         args.setNode(node_id);
-        work.Fill(args);
+        with_attributes.Fill(args);
       },
-      work.bulk()));
+      with_attributes.bulk()));
   if (exec_id == 0) rt.graphs().SetNodeParams(node_id, work.Record());
   return Status::Ok();
 }
@@ -231,9 +238,127 @@ Status SetGenericNode(CUgraphExec exec, CUgraphNode node, CUgraphNodeParams* par
   return SetNodeWork(exec, node, work);
 }
 
+// Kernel node attributes: those ferry forwards for launches and streams.
+// The cluster shape and cooperation are part of the node's work, so setting
+// them sends the node's recorded kernel again with them (the server checks
+// it as a launch with those attributes); the priority and the access policy
+// window are hints, kept here and answered as set. Others: NOT_SUPPORTED,
+// logged once.
+bool ChangesWork(CUkernelNodeAttrID attr) {
+  return attr == CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION || attr == CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
+}
+
+Status UnforwardedAttribute(CUkernelNodeAttrID attr) {
+  ferry::client::Unsupported(
+      "a kernel node attribute other than the cluster dimension, "
+      "cooperation, priority or access policy window",
+      "ferry forwards those a launch or stream takes");
+  return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED,
+                      "kernel node attribute " + std::to_string(attr) + " is not forwarded");
+}
+
+// The node's recorded kernel sent again (with the attributes it has now).
+Status ResendKernelWork(CUgraphNode node) {
+  std::shared_ptr<const RecordedNodeParams> recorded;
+  FERRY_RETURN_IF_ERROR(Runtime::Get().graphs().NodeParams(Runtime::HandleId(node),
+                                                           CU_GRAPH_NODE_TYPE_KERNEL, &recorded));
+  GraphNodeWork work;
+  FERRY_RETURN_IF_ERROR(work.FromKernel(&recorded->kernel));
+  return SetNodeWork(nullptr, node, work);
+}
+
+// Stores `attributes` for `node` and, when `resend`, sends its work again;
+// a refusal leaves the attributes as they were.
+Status ApplyKernelAttributes(CUgraphNode node,
+                             const ferry::client::KernelNodeAttributes& attributes, bool resend) {
+  Runtime& rt = Runtime::Get();
+  const uint64_t id = Runtime::HandleId(node);
+  ferry::client::KernelNodeAttributes before;
+  FERRY_RETURN_IF_ERROR(rt.graphs().KernelAttributes(id, &before));
+  FERRY_RETURN_IF_ERROR(rt.graphs().SetKernelAttributes(id, attributes));
+  if (!resend) return Status::Ok();
+  Status status = ResendKernelWork(node);
+  if (!status.ok()) (void)rt.graphs().SetKernelAttributes(id, before);
+  return status;
+}
+
+Status SetKernelAttribute(CUgraphNode node, CUkernelNodeAttrID attr,
+                          const CUkernelNodeAttrValue* value) {
+  if (value == nullptr) return Status::InvalidArgument("value is NULL");
+  ferry::client::KernelNodeAttributes attributes;
+  FERRY_RETURN_IF_ERROR(
+      Runtime::Get().graphs().KernelAttributes(Runtime::HandleId(node), &attributes));
+  switch (attr) {
+    case CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION:
+      attributes.cluster = {value->clusterDim.x, value->clusterDim.y, value->clusterDim.z};
+      break;
+    case CU_LAUNCH_ATTRIBUTE_COOPERATIVE:
+      attributes.cooperative = value->cooperative != 0;
+      break;
+    case CU_LAUNCH_ATTRIBUTE_PRIORITY:
+      attributes.priority = value->priority;
+      break;
+    case CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW: {
+      const CUaccessPolicyWindow& w = value->accessPolicyWindow;
+      if (!(w.hitRatio >= 0.0f && w.hitRatio <= 1.0f)) {
+        return Status::InvalidArgument("the access policy window's hitRatio is not in [0, 1]");
+      }
+      attributes.window = w;
+      break;
+    }
+    default:
+      return UnforwardedAttribute(attr);
+  }
+  return ApplyKernelAttributes(node, attributes, ChangesWork(attr));
+}
+
+Status GetKernelAttribute(CUgraphNode node, CUkernelNodeAttrID attr, CUkernelNodeAttrValue* value) {
+  if (value == nullptr) return Status::InvalidArgument("value_out is NULL");
+  ferry::client::KernelNodeAttributes attributes;
+  FERRY_RETURN_IF_ERROR(
+      Runtime::Get().graphs().KernelAttributes(Runtime::HandleId(node), &attributes));
+  switch (attr) {
+    case CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION:
+      value->clusterDim.x = attributes.cluster[0];
+      value->clusterDim.y = attributes.cluster[1];
+      value->clusterDim.z = attributes.cluster[2];
+      return Status::Ok();
+    case CU_LAUNCH_ATTRIBUTE_COOPERATIVE:
+      value->cooperative = attributes.cooperative ? 1 : 0;
+      return Status::Ok();
+    case CU_LAUNCH_ATTRIBUTE_PRIORITY:
+      value->priority = attributes.priority;
+      return Status::Ok();
+    case CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW:
+      value->accessPolicyWindow = attributes.window;
+      return Status::Ok();
+    default:
+      return UnforwardedAttribute(attr);
+  }
+}
+
 }  // namespace
 
 extern "C" {
+
+CUresult CUDAAPI cuGraphKernelNodeSetAttribute(CUgraphNode hNode, CUkernelNodeAttrID attr,
+                                               const CUkernelNodeAttrValue* value) {
+  return Api([&] { return SetKernelAttribute(hNode, attr, value); });
+}
+CUresult CUDAAPI cuGraphKernelNodeGetAttribute(CUgraphNode hNode, CUkernelNodeAttrID attr,
+                                               CUkernelNodeAttrValue* value_out) {
+  return Api([&] { return GetKernelAttribute(hNode, attr, value_out); });
+}
+// Every forwarded attribute of `src` becomes `dst`'s (both kernel nodes).
+CUresult CUDAAPI cuGraphKernelNodeCopyAttributes(CUgraphNode dst, CUgraphNode src) {
+  return Api([&]() -> Status {
+    ferry::client::KernelNodeAttributes from, to;
+    FERRY_RETURN_IF_ERROR(Runtime::Get().graphs().KernelAttributes(Runtime::HandleId(src), &from));
+    FERRY_RETURN_IF_ERROR(Runtime::Get().graphs().KernelAttributes(Runtime::HandleId(dst), &to));
+    const bool resend = from.cluster != to.cluster || from.cooperative != to.cooperative;
+    return ApplyKernelAttributes(dst, from, resend);
+  });
+}
 
 CUresult CUDAAPI cuGraphAddDependencies(CUgraph hGraph, const CUgraphNode* from,
                                         const CUgraphNode* to, size_t numDependencies) {
@@ -268,6 +393,7 @@ CUresult CUDAAPI cuGraphDestroyNode(CUgraphNode hNode) {
     }
     uint64_t graph = 0;
     FERRY_RETURN_IF_ERROR(rt.graphs().DestroyNode(id, &graph));
+    rt.user_objects().NodeDestroyed(graph, id);
     return rt.connection().Post(
         [&](wire::Call::Builder call) { call.initGraphDestroyNode().setNode(id); });
   });

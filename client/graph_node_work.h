@@ -34,6 +34,12 @@ class GraphNodeWork {
   Status FromMemcpy(const CUDA_MEMCPY3D* p, CUcontext ctx);
   Status FromChildGraph(CUgraph child);
   void FromEmpty() { type_ = CU_GRAPH_NODE_TYPE_EMPTY; }
+  // A kernel node's attributes that change its work (cluster shape,
+  // cooperation); a new node has none.
+  void SetKernelAttributes(const KernelNodeAttributes& attributes) {
+    cluster_ = attributes.cluster;
+    cooperative_ = attributes.cooperative;
+  }
 
   CUgraphNodeType type() const { return type_; }
   uint64_t child_graph() const { return child_; }
@@ -49,6 +55,10 @@ class GraphNodeWork {
         k.setCtx(ctx_);
         k.setFunction(function_);
         ::SetLaunchShape(k, kernel_);
+        k.setClusterX(cluster_[0]);
+        k.setClusterY(cluster_[1]);
+        k.setClusterZ(cluster_[2]);
+        k.setCooperative(cooperative_);
         break;
       }
       case CU_GRAPH_NODE_TYPE_MEMSET: {
@@ -96,6 +106,8 @@ class GraphNodeWork {
   CUDA_KERNEL_NODE_PARAMS_v2 kernel_{};
   std::vector<uint8_t> kernel_bytes_;
   std::vector<size_t> argument_offsets_;  // of each kernel argument in kernel_bytes_
+  std::array<unsigned, 3> cluster_{0, 0, 0};
+  bool cooperative_ = false;
   CUDA_MEMSET_NODE_PARAMS memset_{};
   CUDA_MEMCPY3D memcpy_{};
   uint64_t child_ = 0;

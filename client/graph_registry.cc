@@ -453,6 +453,69 @@ uint64_t GraphRegistry::NodeOnCycle(uint64_t graph) {
   return 0;
 }
 
+Status GraphRegistry::CloneGraph(uint64_t original, uint64_t* clone,
+                                 std::vector<std::pair<uint64_t, uint64_t>>* copies) {
+  const uint64_t id = ids_->New(HandleKind::kGraph);
+  std::lock_guard<std::mutex> lock(mu_);
+  auto g = graphs_.find(original);
+  if (g == graphs_.end()) return Status::InvalidHandle("not a graph of this client");
+  GraphState state{g->second.opaque, {}};
+  copies->clear();
+  if (!g->second.opaque) {
+    std::unordered_map<uint64_t, uint64_t> copy_of;
+    for (uint64_t node : g->second.nodes) {
+      copy_of[node] = ids_->New(HandleKind::kGraphNode);
+      copies->emplace_back(node, copy_of[node]);
+    }
+    for (uint64_t node : g->second.nodes) {
+      NodeState copy = nodes_.at(node);
+      copy.graph = id;
+      copy.original = node;
+      for (uint64_t& dependency : copy.dependencies) dependency = copy_of.at(dependency);
+      nodes_[copy_of.at(node)] = std::move(copy);
+      state.nodes.push_back(copy_of.at(node));
+    }
+  }
+  graphs_[id] = std::move(state);
+  *clone = id;
+  return Status::Ok();
+}
+
+Status GraphRegistry::FindInClone(uint64_t original_node, uint64_t clone, uint64_t* copy) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto c = graphs_.find(clone);
+  if (c == graphs_.end()) return Status::InvalidHandle("not a graph of this client");
+  for (uint64_t node : c->second.nodes) {
+    if (nodes_.at(node).original == original_node) {
+      *copy = node;
+      return Status::Ok();
+    }
+  }
+  return Status::InvalidArgument("the clone has no copy of the node");
+}
+
+Status GraphRegistry::KernelAttributes(uint64_t node, KernelNodeAttributes* attributes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = nodes_.find(node);
+  if (it == nodes_.end()) return Status::InvalidHandle("not a graph node of this client");
+  if (it->second.type != CU_GRAPH_NODE_TYPE_KERNEL) {
+    return Status::InvalidArgument("kernel node attributes apply to kernel nodes only");
+  }
+  *attributes = it->second.attributes;
+  return Status::Ok();
+}
+
+Status GraphRegistry::SetKernelAttributes(uint64_t node, const KernelNodeAttributes& attributes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = nodes_.find(node);
+  if (it == nodes_.end()) return Status::InvalidHandle("not a graph node of this client");
+  if (it->second.type != CU_GRAPH_NODE_TYPE_KERNEL) {
+    return Status::InvalidArgument("kernel node attributes apply to kernel nodes only");
+  }
+  it->second.attributes = attributes;
+  return Status::Ok();
+}
+
 void GraphRegistry::NoteChildGraph(uint64_t node, uint64_t child) {
   std::lock_guard<std::mutex> lock(mu_);
   auto n = nodes_.find(node);

@@ -9,6 +9,7 @@
 
 #include <cuda.h>
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <initializer_list>
@@ -58,6 +59,17 @@ struct RecordedNodeParams {
   CUevent event = nullptr;
 };
 
+// A kernel node's attributes (cuGraphKernelNodeSetAttribute), the launch
+// attributes ferry forwards for launches and streams: the cluster shape and
+// cooperation change the node's work (sent with it); the priority and the
+// access policy window are hints, answered as set.
+struct KernelNodeAttributes {
+  std::array<unsigned, 3> cluster{0, 0, 0};  // 0: no cluster attribute
+  bool cooperative = false;
+  int priority = 0;
+  CUaccessPolicyWindow window{};
+};
+
 class GraphRegistry {
  public:
   // `ids` hands out graph ids; it must outlive the registry.
@@ -96,7 +108,8 @@ class GraphRegistry {
 
   uint64_t NewGraph(bool opaque = false);  // a graph id, recorded (see AddGraph)
   // Records graph `id`. `opaque`: it has nodes the client has no handles
-  // for (captured ones, or a clone's), so its structure is the server's only.
+  // for (captured ones, or a clone of such a graph), so its structure is the
+  // server's only.
   void AddGraph(uint64_t id, bool opaque = false);
   // A graph's structure as the client recorded it (its explicitly added
   // nodes, in the order they were added, with their types and dependencies):
@@ -187,6 +200,21 @@ class GraphRegistry {
   // A node of `graph` on a cycle of its dependencies, or 0 when none (the
   // driver refuses to instantiate a graph with a cycle).
   uint64_t NodeOnCycle(uint64_t graph);
+  // cuGraphClone: a new graph id for a clone of `original`. A clone of a
+  // graph that is not opaque has its nodes (ids chosen here; *copies gets
+  // (original node, copy) pairs in the original's order) and is not opaque
+  // either; a clone of an opaque one is opaque. INVALID_HANDLE for an
+  // unknown graph.
+  Status CloneGraph(uint64_t original, uint64_t* clone,
+                    std::vector<std::pair<uint64_t, uint64_t>>* copies);
+  // cuGraphNodeFindInClone: the copy in `clone` of `original_node`;
+  // INVALID_HANDLE for an unknown graph, INVALID_VALUE when the clone has
+  // no such copy (not cloned from its graph, or the copy was destroyed).
+  Status FindInClone(uint64_t original_node, uint64_t clone, uint64_t* copy);
+  // A kernel node's attributes (all zero until set): INVALID_HANDLE for an
+  // unknown node, INVALID_VALUE for a node that is not a kernel node.
+  Status KernelAttributes(uint64_t node, KernelNodeAttributes* attributes);
+  Status SetKernelAttributes(uint64_t node, const KernelNodeAttributes& attributes);
   // Child-graph node `node` was added with `child` as it is now: its shape
   // is kept, for cuGraphExecChildGraphNodeSetParams (CheckChildGraphUpdate).
   void NoteChildGraph(uint64_t node, uint64_t child);
@@ -222,6 +250,8 @@ class GraphRegistry {
     int type = 0;  // CUgraphNodeType
     std::vector<uint64_t> dependencies;
     std::shared_ptr<const RecordedNodeParams> params;  // kernel, memset and memcpy nodes
+    uint64_t original = 0;  // in a clone: the node this one is the copy of
+    KernelNodeAttributes attributes;  // kernel nodes
     // child-graph nodes: the child's shape when added (opaque: unknown)
     bool child_opaque = false;
     std::vector<NodeShape> child_shape;

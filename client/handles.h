@@ -34,6 +34,8 @@ enum class HandleKind : uint64_t {
   kMipmappedArray = 0xA9,  // CUmipmappedArray
   // JIT linking: a CUlinkState
   kLink = 0x11,
+  // user objects: a CUuserObject
+  kUserObject = 0x0B,
 };
 
 inline bool IsHandleKind(uint64_t id, HandleKind kind) {

@@ -59,6 +59,7 @@
 #include "client/mempool_registry.h"
 #include "client/module_registry.h"
 #include "client/stream_registry.h"
+#include "client/user_objects.h"
 #include "common/status.h"
 
 namespace ferry::client {
@@ -132,6 +133,7 @@ class Runtime {
   MemPoolRegistry& mem_pools() { return mem_pools_; }
   GraphRegistry& graphs() { return graphs_; }
   ArrayRegistry& arrays() { return arrays_; }  // CUDA arrays, textures and surfaces
+  UserObjects& user_objects() { return user_objects_; }
 
   static uint64_t HandleId(const void* handle) { return reinterpret_cast<uint64_t>(handle); }
   static bool IsKind(uint64_t id, HandleKind kind) { return IsHandleKind(id, kind); }
@@ -282,6 +284,7 @@ class Runtime {
   MemPoolRegistry mem_pools_{&ids_};
   GraphRegistry graphs_{&ids_};
   ArrayRegistry arrays_{&ids_};
+  UserObjects user_objects_{&ids_};
   // Serialises creating contexts on the server, so two threads never create
   // the same primary context. Held across the round trip; taken before any
   // registry's lock.

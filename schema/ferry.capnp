@@ -820,7 +820,12 @@ struct GraphLaunch {
 }
 struct GraphClone {
   graph @0 :UInt64;
-  clone @1 :UInt64;  # new graph id: a copy of `graph`'s nodes (node ids are not carried over)
+  clone @1 :UInt64;  # new graph id: a copy of `graph`'s nodes
+  # graphedit: ids for the copies of `graph`'s explicitly added nodes
+  # (copies[i] of originals[i]; all of them or none). Without them the
+  # clone's nodes have no ids (the client then treats the clone as opaque).
+  originals @2 :List(UInt64);
+  copies @3 :List(UInt64);
 }
 # cuGraphAdd*Node: a node of `graph` after `dependencies` (nodes of the same
 # graph). Its work is what the stream-ordered call would do (the `stream`

@@ -449,6 +449,7 @@ Status Session::KernelNodeSpec(wire::Launch::Reader k, const backend::HostBytes&
   spec->config.block = {k.getBlockX(), k.getBlockY(), k.getBlockZ()};
   spec->config.shared_bytes = k.getSharedBytes();
   spec->config.cluster = {k.getClusterX(), k.getClusterY(), k.getClusterZ()};
+  spec->config.cooperative = k.getCooperative();
   for (int i = 0; i < 3; ++i) {
     if (spec->config.grid[i] == 0 || spec->config.block[i] == 0) {
       return Status::InvalidArgument("kernel node with a zero grid or block dimension");
@@ -512,18 +513,60 @@ Status Session::StreamCaptureInvalidate(wire::StreamRef::Reader args) {
   return Status::Ok();
 }
 
+// With node ids for the copies (graphedit), the clone's explicitly added
+// nodes are named and carry their own uses, as the original's; without, all
+// of the original's uses are the clone's base.
 Status Session::GraphClone(wire::GraphClone::Reader args) {
   GraphEntry* graph = nullptr;
   FERRY_RETURN_IF_ERROR(graphs_.Find(args.getGraph(), &graph));
   FERRY_RETURN_IF_ERROR(graphs_.CheckNewId(args.getClone()));
+  auto originals = args.getOriginals();
+  auto copies = args.getCopies();
+  const bool named = copies.size() != 0;
+  if (originals.size() != copies.size() || (named && copies.size() != graph->nodes.size())) {
+    return Status::InvalidArgument("a clone names a copy for each of the graph's nodes, or none");
+  }
+  std::map<uint64_t, uint64_t> copy_of;  // original node id -> copy id
+  std::set<uint64_t> copy_ids;
+  for (unsigned i = 0; i < copies.size(); ++i) {
+    FERRY_RETURN_IF_ERROR(graph_nodes_.CheckNewId(copies[i]));
+    if (!copy_of.emplace(originals[i], copies[i]).second || !copy_ids.insert(copies[i]).second) {
+      return Status::InvalidArgument("a node or a copy id is named twice");
+    }
+  }
   GraphEntry clone;
   FERRY_RETURN_IF_ERROR(backend_.CloneGraph(*graph->graph, &clone.graph));
   clone.ctx = graph->ctx;
-  // The clone's nodes have no ids: all of the original's uses are its base.
-  clone.uses = graph->nodes.empty() ? graph->uses
-                                    : std::make_shared<const GraphUses>(UsesOfGraph(*graph));
+  std::vector<std::pair<uint64_t, GraphNodeEntry>> nodes;
+  for (uint64_t id : named ? graph->nodes : std::vector<uint64_t>{}) {
+    auto copy = copy_of.find(id);
+    GraphNodeEntry* original = nullptr;
+    if (copy == copy_of.end() || !graph_nodes_.Find(id, &original).ok()) {
+      return Status::InvalidArgument("node " + std::to_string(id) + " of the graph has no copy");
+    }
+    GraphNodeEntry entry = *original;
+    entry.graph = args.getClone();
+    FERRY_RETURN_IF_ERROR(
+        backend_.FindGraphNodeInClone(*graph->graph, *original->node, *clone.graph, &entry.node));
+    nodes.emplace_back(copy->second, std::move(entry));
+  }
+  if (named) {
+    clone.uses = graph->uses;
+    for (auto& [id, entry] : nodes) {
+      clone.nodes.push_back(id);
+      FERRY_RETURN_IF_ERROR(graph_nodes_.Insert(id, std::move(entry)));
+    }
+  } else {
+    // The clone's nodes have no ids: all of the original's uses are its base.
+    clone.uses =
+        graph->nodes.empty() ? graph->uses : std::make_shared<const GraphUses>(UsesOfGraph(*graph));
+  }
+  // graph node kinds: the same memory nodes; event nodes by their copies' ids.
   clone.mem = graph->mem;
-  clone.events = graph->events;
+  for (const auto& [id, event] : graph->events) {
+    auto copy = copy_of.find(id);
+    clone.events[copy != copy_of.end() ? copy->second : id] = event;
+  }
   return graphs_.Insert(args.getClone(), std::move(clone));
 }
 

@@ -645,8 +645,7 @@ TEST(GraphRegistryTest, EditsEdgesWithTheDriversRulesAllOrNothing) {
   EXPECT_EQ(Code(graphs.EditEdges(graph, {b}, {b}, false)), CUDA_ERROR_INVALID_VALUE);
   EXPECT_EQ(Code(graphs.EditEdges(graph, {c, c}, {b, b}, false)), CUDA_ERROR_INVALID_VALUE);
   EXPECT_EQ(Code(graphs.EditEdges(graph, {stranger}, {a}, false)), CUDA_ERROR_INVALID_VALUE);
-  EXPECT_EQ(Code(graphs.EditEdges(graph, {a}, {stranger + 1000}, false)),
-            CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(Code(graphs.EditEdges(graph, {a}, {stranger + 1000}, false)), CUDA_ERROR_INVALID_VALUE);
   EXPECT_EQ(Code(graphs.EditEdges(other + 1000, {a}, {b}, false)), CUDA_ERROR_INVALID_HANDLE);
   EXPECT_EQ(dependencies_of(a), std::vector<uint64_t>{});
   EXPECT_EQ(dependencies_of(b), std::vector<uint64_t>{a});
@@ -710,6 +709,71 @@ TEST(GraphRegistryTest, AChildGraphUpdateNeedsTheTopologyTheNodeWasAddedWith) {
   EXPECT_EQ(Code(graphs.CheckChildGraphUpdate(node, chain(3))), CUDA_ERROR_INVALID_VALUE);
   EXPECT_EQ(Code(graphs.CheckChildGraphUpdate(node, child)), CUDA_ERROR_INVALID_VALUE);
   EXPECT_EQ(Code(graphs.CheckChildGraphUpdate(node, child + 1000)), CUDA_ERROR_INVALID_HANDLE);
+}
+
+TEST(GraphRegistryTest, AClonesNodesAreCopiesWithHandlesOfTheirOwn) {
+  HandleIds ids;
+  GraphRegistry graphs(&ids);
+  const uint64_t graph = graphs.NewGraph();
+  const uint64_t a = graphs.NewNode(graph, CU_GRAPH_NODE_TYPE_MEMSET, {});
+  const uint64_t b = graphs.NewNode(graph, CU_GRAPH_NODE_TYPE_KERNEL, {a});
+  uint64_t clone = 0;
+  std::vector<std::pair<uint64_t, uint64_t>> copies;
+  ASSERT_TRUE(graphs.CloneGraph(graph, &clone, &copies).ok());
+  ASSERT_EQ(copies.size(), 2u);
+  EXPECT_EQ(copies[0].first, a);
+  EXPECT_EQ(copies[1].first, b);
+  EXPECT_FALSE(graphs.IsOpaque(clone));
+  uint64_t found = 0;
+  ASSERT_TRUE(graphs.FindInClone(b, clone, &found).ok());
+  EXPECT_EQ(found, copies[1].second);
+  std::vector<GraphRegistry::NodeShape> shape;
+  ASSERT_TRUE(graphs.GraphShape(clone, &shape).ok());
+  ASSERT_EQ(shape.size(), 2u);
+  EXPECT_EQ(shape[1].type, CU_GRAPH_NODE_TYPE_KERNEL);
+  EXPECT_EQ(shape[1].dependencies, std::vector<uint64_t>{copies[0].second});
+  // A node of the original is no node of the clone, and the clone's copy
+  // destroyed is found no more; the original keeps its edge.
+  EXPECT_FALSE(graphs.IsNodeOf(a, clone));
+  uint64_t of = 0;
+  ASSERT_TRUE(graphs.DestroyNode(copies[0].second, &of).ok());
+  EXPECT_EQ(Code(graphs.FindInClone(a, clone, &found)), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(Code(graphs.FindInClone(a, clone + 1000, &found)), CUDA_ERROR_INVALID_HANDLE);
+  ASSERT_TRUE(graphs.GraphShape(graph, &shape).ok());
+  EXPECT_EQ(shape[1].dependencies, std::vector<uint64_t>{a});
+  // A clone of an opaque (captured) graph is opaque, with no copies named.
+  const uint64_t captured = graphs.NewGraph(/*opaque=*/true);
+  ASSERT_TRUE(graphs.CloneGraph(captured, &clone, &copies).ok());
+  EXPECT_TRUE(copies.empty());
+  EXPECT_TRUE(graphs.IsOpaque(clone));
+}
+
+TEST(GraphRegistryTest, KeepsKernelNodeAttributesForKernelNodesOnly) {
+  HandleIds ids;
+  GraphRegistry graphs(&ids);
+  const uint64_t graph = graphs.NewGraph();
+  const uint64_t kernel = graphs.NewNode(graph, CU_GRAPH_NODE_TYPE_KERNEL, {});
+  const uint64_t memset = graphs.NewNode(graph, CU_GRAPH_NODE_TYPE_MEMSET, {});
+  KernelNodeAttributes attributes;
+  ASSERT_TRUE(graphs.KernelAttributes(kernel, &attributes).ok());
+  EXPECT_EQ(attributes.priority, 0);
+  EXPECT_FALSE(attributes.cooperative);
+  attributes.priority = 3;
+  attributes.cluster = {2, 1, 1};
+  ASSERT_TRUE(graphs.SetKernelAttributes(kernel, attributes).ok());
+  KernelNodeAttributes read;
+  ASSERT_TRUE(graphs.KernelAttributes(kernel, &read).ok());
+  EXPECT_EQ(read.priority, 3);
+  EXPECT_EQ(read.cluster, (std::array<unsigned, 3>{2, 1, 1}));
+  EXPECT_EQ(Code(graphs.KernelAttributes(memset, &read)), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(Code(graphs.SetKernelAttributes(memset, attributes)), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(Code(graphs.KernelAttributes(memset + 1000, &read)), CUDA_ERROR_INVALID_HANDLE);
+  // A clone's copy has its original's attributes.
+  uint64_t clone = 0;
+  std::vector<std::pair<uint64_t, uint64_t>> copies;
+  ASSERT_TRUE(graphs.CloneGraph(graph, &clone, &copies).ok());
+  ASSERT_TRUE(graphs.KernelAttributes(copies[0].second, &read).ok());
+  EXPECT_EQ(read.priority, 3);
 }
 
 }  // namespace

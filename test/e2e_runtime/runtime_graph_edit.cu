@@ -10,6 +10,9 @@
 //   - cudaGraphDestroyNode takes the node and its edges out; cudaGraphExecUpdate
 //     compares topologies after the edits (an edited graph updates from an
 //     equal one built directly, and refuses one with an edge missing);
+//   - a clone's nodes have handles (cudaGraphNodeFindInClone): its structure
+//     is the original's, it is edited apart from it, and it can update an
+//     executable graph of the original;
 //   - cudaGraph{Kernel,Memset,Memcpy}NodeSetParams change the graph's node
 //     (GetParams answers the new values; an executable graph made before
 //     keeps the old work, a new one runs the new work); cudaGraphExec{Memset,
@@ -19,12 +22,27 @@
 //   - the generic cudaGraphAddNode, cudaGraphNodeSetParams and
 //     cudaGraphExecNodeSetParams build and change empty, kernel, memset,
 //     memcpy and child-graph nodes; a kind ferry does not forward answers
-//     cudaErrorNotSupported.
+//     cudaErrorNotSupported;
+//   - kernel node attributes: the priority and the access policy window are
+//     answered as set, cooperation and the cluster shape change the node's
+//     work (it still computes the same), all of them copy to another kernel
+//     node and stay when its parameters change; a memset node has none, and
+//     an attribute ferry does not forward answers cudaErrorNotSupported;
+//   - user objects: the destructor runs (on its own thread) when the last
+//     reference goes: the program's, a graph's (moved or retained, released),
+//     a child-graph node's, and an executable graph's, which outlive it until
+//     its launches have finished (a launch held behind a host function keeps
+//     the object alive after the executable graph is destroyed).
 // Prints "all checks passed", or the first failure.
 #include <cuda_runtime.h>
 
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstring>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 #include "runtime_check.h"
@@ -200,8 +218,37 @@ void EdgeEdits(float* x, float* acc) {
   Launch(edited);
   ExpectAll(acc, 3.0f);
 
+  // A clone of the edited graph has handles for its nodes (found with
+  // cudaGraphNodeFindInClone) and the same edges; edits of the clone leave
+  // the original alone, and an executable graph of the original updates
+  // from the clone.
+  cudaGraph_t clone = nullptr;
+  RT_CHECK(cudaGraphClone(&clone, graph));
+  cudaGraphNode_t clone_add = nullptr, clone_set = nullptr;
+  RT_CHECK(cudaGraphNodeFindInClone(&clone_add, add, clone));
+  RT_CHECK(cudaGraphNodeFindInClone(&clone_set, set, clone));
+  RT_EXPECT(clone_add != add && clone_set != set && Count(clone) == 2 && Edges(clone) == 1);
+  count = 3;
+  RT_CHECK(cudaGraphNodeGetDependencies(clone_add, listed, nullptr, &count));
+  RT_EXPECT(count == 1 && listed[0] == clone_set);
+  cudaGraphNode_t none = nullptr;
+  RT_EXPECT(cudaGraphNodeFindInClone(&none, stranger, clone) == cudaErrorInvalidValue);
+  (void)cudaGetLastError();
+  const cudaMemsetParams four = SetAll(x, 4.0f);
+  RT_CHECK(cudaGraphMemsetNodeSetParams(clone_set, &four));
+  info = {};
+  RT_CHECK(cudaGraphExecUpdate(edited, clone, &info));
+  RT_CHECK(cudaMemset(acc, 0, kBytes));
+  Launch(edited);
+  ExpectAll(acc, 4.0f);
+  cudaMemsetParams original_set = {};
+  RT_CHECK(cudaGraphMemsetNodeGetParams(set, &original_set));
+  RT_EXPECT(original_set.value == Bits(1.0f));
+  RT_CHECK(cudaGraphRemoveDependencies(clone, &clone_set, &clone_add, nullptr, 1));
+  RT_EXPECT(Edges(clone) == 0 && Edges(graph) == 1);
+
   for (cudaGraphExec_t e : {exec, edited}) RT_CHECK(cudaGraphExecDestroy(e));
-  for (cudaGraph_t g : {graph, other, direct}) RT_CHECK(cudaGraphDestroy(g));
+  for (cudaGraph_t g : {graph, other, direct, clone}) RT_CHECK(cudaGraphDestroy(g));
   std::printf("edge edits: ok\n");
 }
 
@@ -402,6 +449,172 @@ void GenericNodes(float* x, float* y) {
   std::printf("generic node entry points: ok\n");
 }
 
+void KernelNodeAttributes(float* x) {
+  int n = kN;
+  float two = 2.0f;
+  void* by_two[] = {&x, &two, &n};
+  const cudaKernelNodeParams scale = Kernel(reinterpret_cast<void*>(rt_scale<float>), by_two);
+  cudaGraph_t graph = nullptr;
+  RT_CHECK(cudaGraphCreate(&graph, 0));
+  cudaGraphNode_t first, second, set;
+  RT_CHECK(cudaGraphAddKernelNode(&first, graph, nullptr, 0, &scale));
+  RT_CHECK(cudaGraphAddKernelNode(&second, graph, &first, 1, &scale));
+  const cudaMemsetParams one = SetAll(x, 1.0f);
+  RT_CHECK(cudaGraphAddMemsetNode(&set, graph, nullptr, 0, &one));
+  RT_CHECK(cudaGraphAddDependencies(graph, &set, &first, nullptr, 1));
+
+  // Hints, answered as set; none set: zero.
+  cudaKernelNodeAttrValue value = {};
+  RT_CHECK(cudaGraphKernelNodeGetAttribute(first, cudaLaunchAttributePriority, &value));
+  RT_EXPECT(value.priority == 0);
+  value.priority = 5;
+  RT_CHECK(cudaGraphKernelNodeSetAttribute(first, cudaLaunchAttributePriority, &value));
+  value = {};
+  value.accessPolicyWindow.base_ptr = x;
+  value.accessPolicyWindow.num_bytes = kBytes;
+  value.accessPolicyWindow.hitRatio = 0.5f;
+  value.accessPolicyWindow.hitProp = cudaAccessPropertyPersisting;
+  value.accessPolicyWindow.missProp = cudaAccessPropertyStreaming;
+  RT_CHECK(cudaGraphKernelNodeSetAttribute(first, cudaLaunchAttributeAccessPolicyWindow, &value));
+  value.accessPolicyWindow.hitRatio = 2.0f;
+  RT_EXPECT(cudaGraphKernelNodeSetAttribute(first, cudaLaunchAttributeAccessPolicyWindow,
+                                            &value) == cudaErrorInvalidValue);
+  value = {};
+  RT_CHECK(cudaGraphKernelNodeGetAttribute(first, cudaLaunchAttributeAccessPolicyWindow, &value));
+  RT_EXPECT(value.accessPolicyWindow.base_ptr == x && value.accessPolicyWindow.hitRatio == 0.5f &&
+            value.accessPolicyWindow.num_bytes == kBytes);
+  // Cooperation and the cluster shape change the node's work: it still
+  // computes the same, launched cooperatively in clusters of one block.
+  value = {};
+  value.cooperative = 1;
+  RT_CHECK(cudaGraphKernelNodeSetAttribute(first, cudaLaunchAttributeCooperative, &value));
+  value = {};
+  value.clusterDim.x = 1;
+  value.clusterDim.y = 1;
+  value.clusterDim.z = 1;
+  RT_CHECK(cudaGraphKernelNodeSetAttribute(first, cudaLaunchAttributeClusterDimension, &value));
+  value = {};
+  RT_CHECK(cudaGraphKernelNodeGetAttribute(first, cudaLaunchAttributeCooperative, &value));
+  RT_EXPECT(value.cooperative == 1);
+  // Copied to the second node: all of them.
+  RT_CHECK(cudaGraphKernelNodeCopyAttributes(second, first));
+  value = {};
+  RT_CHECK(cudaGraphKernelNodeGetAttribute(second, cudaLaunchAttributePriority, &value));
+  RT_EXPECT(value.priority == 5);
+  RT_CHECK(cudaGraphKernelNodeGetAttribute(second, cudaLaunchAttributeClusterDimension, &value));
+  RT_EXPECT(value.clusterDim.x == 1 && value.clusterDim.y == 1 && value.clusterDim.z == 1);
+  // A kernel's new parameters keep the node's attributes.
+  RT_CHECK(cudaGraphKernelNodeSetParams(second, &scale));
+  RT_CHECK(cudaGraphKernelNodeGetAttribute(second, cudaLaunchAttributeCooperative, &value));
+  RT_EXPECT(value.cooperative == 1);
+  cudaGraphExec_t exec = nullptr;
+  RT_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  Launch(exec);
+  ExpectAll(x, 4.0f);
+
+  // Not a kernel node; an attribute ferry does not forward.
+  RT_EXPECT(cudaGraphKernelNodeGetAttribute(set, cudaLaunchAttributePriority, &value) ==
+            cudaErrorInvalidValue);
+  RT_EXPECT(cudaGraphKernelNodeGetAttribute(first, cudaLaunchAttributeMemSyncDomain, &value) ==
+            cudaErrorNotSupported);
+  (void)cudaGetLastError();
+  RT_CHECK(cudaGraphExecDestroy(exec));
+  RT_CHECK(cudaGraphDestroy(graph));
+  std::printf("kernel node attributes: ok\n");
+}
+
+// User objects: counts its destructor's runs.
+void CountDestroyed(void* counter) { static_cast<std::atomic<int>*>(counter)->fetch_add(1); }
+
+// Whether `counter` reaches `want` within ten seconds (destructors run on a
+// thread of their own, after the call that released the last reference).
+bool Reaches(const std::atomic<int>& counter, int want) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (counter.load() != want) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
+
+// A host function that holds its stream until Open.
+struct Gate {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool open = false;
+  static void Wait(void* data) {
+    auto* gate = static_cast<Gate*>(data);
+    std::unique_lock<std::mutex> lock(gate->mu);
+    gate->cv.wait(lock, [gate] { return gate->open; });
+  }
+  void Open() {
+    std::lock_guard<std::mutex> lock(mu);
+    open = true;
+    cv.notify_all();
+  }
+};
+
+void UserObjects(float* x) {
+  int n = kN;
+  float two = 2.0f;
+  void* by_two[] = {&x, &two, &n};
+  const cudaKernelNodeParams scale = Kernel(reinterpret_cast<void*>(rt_scale<float>), by_two);
+  std::atomic<int> destroyed{0};
+
+  // The program's references: two, then one released, then the other.
+  cudaUserObject_t object = nullptr;
+  RT_CHECK(cudaUserObjectCreate(&object, &destroyed, CountDestroyed, 2,
+                                cudaUserObjectNoDestructorSync));
+  RT_CHECK(cudaUserObjectRelease(object, 1));
+  RT_CHECK(cudaUserObjectRetain(object, 1));
+  RT_CHECK(cudaUserObjectRelease(object, 1));
+  RT_EXPECT(destroyed.load() == 0);
+
+  // A graph's, moved from the program; an executable graph's, which outlive
+  // the graph and the executable graph until its launches have finished.
+  cudaGraph_t graph = nullptr;
+  RT_CHECK(cudaGraphCreate(&graph, 0));
+  cudaGraphNode_t node;
+  RT_CHECK(cudaGraphAddKernelNode(&node, graph, nullptr, 0, &scale));
+  RT_CHECK(cudaGraphRetainUserObject(graph, object, 1, cudaGraphUserObjectMove));
+  RT_EXPECT(cudaGraphReleaseUserObject(graph, object, 2) == cudaErrorInvalidValue);
+  (void)cudaGetLastError();
+  cudaGraphExec_t exec = nullptr;
+  RT_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  RT_CHECK(cudaGraphDestroy(graph));
+  cudaStream_t s = nullptr;
+  RT_CHECK(cudaStreamCreate(&s));
+  Gate gate;
+  RT_CHECK(cudaLaunchHostFunc(s, Gate::Wait, &gate));
+  RT_CHECK(cudaGraphLaunch(exec, s));
+  RT_CHECK(cudaGraphExecDestroy(exec));
+  RT_EXPECT(destroyed.load() == 0);  // the launch is held behind the gate
+  gate.Open();
+  RT_CHECK(cudaStreamSynchronize(s));
+  RT_EXPECT(Reaches(destroyed, 1));
+
+  // A child-graph node holds its child's references; a released graph
+  // reference and the node's go with the parent.
+  std::atomic<int> second_destroyed{0};
+  cudaUserObject_t second = nullptr;
+  RT_CHECK(cudaUserObjectCreate(&second, &second_destroyed, CountDestroyed, 1,
+                                cudaUserObjectNoDestructorSync));
+  cudaGraph_t child = nullptr, parent = nullptr;
+  RT_CHECK(cudaGraphCreate(&child, 0));
+  RT_CHECK(cudaGraphCreate(&parent, 0));
+  RT_CHECK(cudaGraphAddKernelNode(&node, child, nullptr, 0, &scale));
+  RT_CHECK(cudaGraphRetainUserObject(child, second, 2, 0));
+  RT_CHECK(cudaGraphReleaseUserObject(child, second, 1));
+  RT_CHECK(cudaGraphAddChildGraphNode(&node, parent, nullptr, 0, child));
+  RT_CHECK(cudaUserObjectRelease(second, 1));
+  RT_CHECK(cudaGraphDestroy(child));
+  RT_EXPECT(second_destroyed.load() == 0);
+  RT_CHECK(cudaGraphDestroy(parent));
+  RT_EXPECT(Reaches(second_destroyed, 1));
+  RT_CHECK(cudaStreamDestroy(s));
+  std::printf("user objects: ok\n");
+}
+
 }  // namespace
 
 int main() {
@@ -410,6 +623,8 @@ int main() {
   EdgeEdits(x, acc);
   NodeParams(x, y, z);
   GenericNodes(x, y);
+  KernelNodeAttributes(x);
+  UserObjects(x);
   for (float* p : {x, y, z, acc}) RT_CHECK(cudaFree(p));
   std::printf("all checks passed\n");
   return 0;

@@ -1247,10 +1247,9 @@ TEST_F(SessionGraphTest, EditedEdgesOrderNodesAndANodesUsesFollowItsWork) {
   // the memset destroyed too, it is empty and launches.
   client_->Send([&](wire::Call::Builder call) { call.initGraphDestroyNode().setNode(41); }, false);
   EXPECT_TRUE(Ping().ok());
-  EXPECT_EQ(
-      client_->Call([&](wire::Call::Builder call) { call.initGraphNodeCount().setGraph(40); })
-          .value,
-      1);
+  EXPECT_EQ(client_->Call([&](wire::Call::Builder call) { call.initGraphNodeCount().setGraph(40); })
+                .value,
+            1);
   client_->Send([&](wire::Call::Builder call) { call.initGraphDestroyNode().setNode(41); }, false);
   EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_INVALID_HANDLE);
   client_->Send([&](wire::Call::Builder call) { call.initMemFree().setDptr(c); }, false);
@@ -1260,6 +1259,70 @@ TEST_F(SessionGraphTest, EditedEdgesOrderNodesAndANodesUsesFollowItsWork) {
   client_->Send([&](wire::Call::Builder call) { call.initGraphDestroyNode().setNode(42); }, false);
   Instantiate(40, 63);
   Launch(63, 5);
+  EXPECT_TRUE(Ping().ok());
+}
+
+// A clone whose nodes the client named (cuGraphNodeFindInClone): each copy
+// is a node of the clone, changed apart from its original.
+TEST_F(SessionGraphTest, AClonesNamedNodesChangeApartFromTheirOriginals) {
+  CreateContext();
+  CreateStream(5);
+  const uint64_t a = Alloc(64);
+  const uint64_t b = Alloc(64);
+  client_->Send([&](wire::Call::Builder call) { call.initGraphCreate().setGraph(40); }, false);
+  auto set = [](auto m, uint64_t dst, uint8_t value) {
+    m.setCtx(100);
+    m.setDst(dst);
+    m.setValue(value);
+    m.setElementBytes(1);
+    m.setWidth(64);
+    m.setHeight(1);
+  };
+  client_->Send(
+      [&](wire::Call::Builder call) {
+        auto n = call.initGraphAddNode();
+        n.setGraph(40);
+        n.setNode(41);
+        set(n.initMemset(), a, 0x11);
+      },
+      false);
+  auto clone = [&](uint64_t id, std::vector<uint64_t> originals, std::vector<uint64_t> copies) {
+    client_->Send(
+        [&](wire::Call::Builder call) {
+          auto c = call.initGraphClone();
+          c.setGraph(40);
+          c.setClone(id);
+          auto o = c.initOriginals(static_cast<unsigned>(originals.size()));
+          auto k = c.initCopies(static_cast<unsigned>(copies.size()));
+          for (unsigned i = 0; i < originals.size(); ++i) o.set(i, originals[i]);
+          for (unsigned i = 0; i < copies.size(); ++i) k.set(i, copies[i]);
+        },
+        false);
+    return Ping();
+  };
+  // Refused: a copy for a node not of the graph, a copy id in use, two
+  // copies named for one node.
+  EXPECT_EQ(clone(50, {999}, {51}).cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(clone(50, {41}, {41}).cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(clone(50, {41, 41}, {51, 52}).cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  ASSERT_TRUE(clone(50, {41}, {51}).ok());
+  client_->Send(
+      [&](wire::Call::Builder call) {
+        auto p = call.initGraphNodeSetParams();
+        p.setNode(51);
+        set(p.initMemset(), b, 0x22);
+      },
+      false);
+  ASSERT_TRUE(Ping().ok());
+  Instantiate(40, 60);
+  Instantiate(50, 61);
+  Launch(60, 5);
+  Launch(61, 5);
+  EXPECT_EQ(CopyOut(5, a, 64).bulk, std::vector<uint8_t>(64, 0x11));
+  EXPECT_EQ(CopyOut(5, b, 64).bulk, std::vector<uint8_t>(64, 0x22));
+  // The clone's node uses b only: a freed, the clone still launches.
+  client_->Send([&](wire::Call::Builder call) { call.initMemFree().setDptr(a); }, false);
+  Launch(61, 5);
   EXPECT_TRUE(Ping().ok());
 }
 

@@ -867,6 +867,14 @@ class GpuBackend {
     (void)graph, (void)node;
     return NoGraphs();
   }
+  // cuGraphNodeFindInClone: *out gets the copy of `node` (a node of
+  // `original`) in `clone`, made from `original` by CloneGraph with no edit
+  // of either since; owned by `clone`.
+  virtual Status FindGraphNodeInClone(Graph& original, GraphNode& node, Graph& clone,
+                                      GraphNode** out) {
+    (void)original, (void)node, (void)clone, (void)out;
+    return NoGraphs();
+  }
   // cuGraph*NodeSetParams: `node` of `graph` does `spec` (of the node's kind
   // and context; not kChild) from now on.
   virtual Status SetGraphNode(Graph& graph, GraphNode& node, const GraphNodeSpec& spec) {

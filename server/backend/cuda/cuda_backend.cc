@@ -334,6 +334,11 @@ class CudaGraphNode final : public GraphNode {
  public:
   explicit CudaGraphNode(CUgraphNode handle) : handle(handle) {}
   const CUgraphNode handle;  // owned by its graph
+  // A kernel node's attributes as last set (SetKernelNodeAttributes): only
+  // changes are sent, so a driver never sees a request to clear what was
+  // never set.
+  std::array<uint32_t, 3> cluster{0, 0, 0};
+  bool cooperative = false;
 };
 // A kernel node's driver parameters for a GraphNodeSpec of kind kKernel,
 // the packed parameters passed by pointer (the driver copies them before the
@@ -342,11 +347,10 @@ struct KernelNodeParams {
   CUDA_KERNEL_NODE_PARAMS params{};
   size_t params_size = 0;
   void* extra[5] = {};
+  // The cluster shape and cooperation are node attributes, set apart
+  // (CudaBackend::SetKernelNodeAttributes).
   Status Fill(const GraphNodeSpec& spec) {
     const LaunchConfig& c = spec.config;
-    if (c.cluster[0] != 0 || c.cluster[1] != 0 || c.cluster[2] != 0) {
-      return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "kernel nodes with clusters");
-    }
     params.func = static_cast<CudaFunction&>(*spec.function).handle;
     params.gridDimX = c.grid[0];
     params.gridDimY = c.grid[1];
@@ -2117,8 +2121,8 @@ class CudaBackend final : public GpuBackend {
         case GraphNodeSpec::Kind::kKernel: {
           KernelNodeParams k;
           FERRY_RETURN_IF_ERROR(k.Fill(spec));
-          FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphAddKernelNode, &node, g.handle,
-                                         deps.data(), deps.size(), &k.params));
+          FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphAddKernelNode, &node, g.handle, deps.data(),
+                                         deps.size(), &k.params));
           break;
         }
         case GraphNodeSpec::Kind::kMemset: {
@@ -2142,8 +2146,18 @@ class CudaBackend final : public GpuBackend {
           break;
         }
       }
+      auto added = std::make_unique<CudaGraphNode>(node);
+      if (spec.kind == GraphNodeSpec::Kind::kKernel) {
+        // Attributes refused: the node goes again, as if never added.
+        if (Status status = SetKernelNodeAttributes(*added, spec.config); !status.ok()) {
+          if (api_->cuGraphDestroyNode != nullptr) {
+            FERRY_CU_QUIET(*api_, "removing a kernel node", cuGraphDestroyNode, node);
+          }
+          return status;
+        }
+      }
       if (ctx != nullptr) g.context = ctx;
-      g.nodes.push_back(std::make_unique<CudaGraphNode>(node));
+      g.nodes.push_back(std::move(added));
       *out = g.nodes.back().get();
       return Status::Ok();
     });
@@ -2302,6 +2316,22 @@ class CudaBackend final : public GpuBackend {
     });
   }
 
+  Status FindGraphNodeInClone(Graph& original, GraphNode& node, Graph& clone,
+                              GraphNode** out) override {
+    return Guarded("FindGraphNodeInClone", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedGraphs());
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuGraphNodeFindInClone, "cuGraphNodeFindInClone"));
+      (void)original;
+      CudaGraph& c = static_cast<CudaGraph&>(clone);
+      CUgraphNode copy = nullptr;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphNodeFindInClone, &copy,
+                                     static_cast<CudaGraphNode&>(node).handle, c.handle));
+      c.nodes.push_back(std::make_unique<CudaGraphNode>(copy));
+      *out = c.nodes.back().get();
+      return Status::Ok();
+    });
+  }
+
   Status SetGraphNode(Graph& graph, GraphNode& node, const GraphNodeSpec& spec) override {
     return Guarded("SetGraphNode", [&]() -> Status {
       FERRY_RETURN_IF_ERROR(NeedGraphs());
@@ -2315,7 +2345,8 @@ class CudaBackend final : public GpuBackend {
               NeedEntryPoint(api_->cuGraphKernelNodeSetParams, "cuGraphKernelNodeSetParams"));
           KernelNodeParams k;
           FERRY_RETURN_IF_ERROR(k.Fill(spec));
-          return FERRY_CU(*api_, cuGraphKernelNodeSetParams, n, &k.params);
+          FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphKernelNodeSetParams, n, &k.params));
+          return SetKernelNodeAttributes(static_cast<CudaGraphNode&>(node), spec.config);
         }
         case GraphNodeSpec::Kind::kMemset: {
           FERRY_RETURN_IF_ERROR(
@@ -2602,6 +2633,31 @@ class CudaBackend final : public GpuBackend {
   }
 
   // stream capture and graphs: NOT_SUPPORTED where the driver lacks them.
+  // A kernel node's cluster shape and cooperation (node attributes), each
+  // sent only when it differs from what the node has.
+  Status SetKernelNodeAttributes(CudaGraphNode& node, const LaunchConfig& c) {
+    if (c.cluster == node.cluster && c.cooperative == node.cooperative) return Status::Ok();
+    FERRY_RETURN_IF_ERROR(
+        NeedEntryPoint(api_->cuGraphKernelNodeSetAttribute, "cuGraphKernelNodeSetAttribute"));
+    CUkernelNodeAttrValue value;
+    if (c.cluster != node.cluster) {
+      std::memset(&value, 0, sizeof(value));
+      value.clusterDim.x = c.cluster[0];
+      value.clusterDim.y = c.cluster[1];
+      value.clusterDim.z = c.cluster[2];
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphKernelNodeSetAttribute, node.handle,
+                                     CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION, &value));
+      node.cluster = c.cluster;
+    }
+    if (c.cooperative != node.cooperative) {
+      std::memset(&value, 0, sizeof(value));
+      value.cooperative = c.cooperative ? 1 : 0;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphKernelNodeSetAttribute, node.handle,
+                                     CU_LAUNCH_ATTRIBUTE_COOPERATIVE, &value));
+      node.cooperative = c.cooperative;
+    }
+    return Status::Ok();
+  }
   Status NeedGraphs() const {
     if (api_->HasGraphs()) return Status::Ok();
     return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no stream capture or graphs");

@@ -172,15 +172,17 @@
   X(cuGraphExecEventWaitNodeSetEvent, 11010)
 // explicit-graph editing and node parameters: each answered
 // CUDA_ERROR_NOT_SUPPORTED where the driver lacks it.
-#define FERRY_CUDA_GRAPH_EDIT_ENTRY_POINTS(X)  \
-  X(cuGraphAddDependencies, 12030)             \
-  X(cuGraphRemoveDependencies, 12030)          \
-  X(cuGraphDestroyNode, 10000)                 \
-  X(cuGraphKernelNodeSetParams, 12000)         \
-  X(cuGraphMemsetNodeSetParams, 10000)         \
-  X(cuGraphMemcpyNodeSetParams, 10000)         \
-  X(cuGraphExecMemsetNodeSetParams, 10020)     \
-  X(cuGraphExecMemcpyNodeSetParams, 10020)     \
+#define FERRY_CUDA_GRAPH_EDIT_ENTRY_POINTS(X) \
+  X(cuGraphAddDependencies, 12030)            \
+  X(cuGraphRemoveDependencies, 12030)         \
+  X(cuGraphDestroyNode, 10000)                \
+  X(cuGraphNodeFindInClone, 10000)            \
+  X(cuGraphKernelNodeSetParams, 12000)        \
+  X(cuGraphKernelNodeSetAttribute, 11000)     \
+  X(cuGraphMemsetNodeSetParams, 10000)        \
+  X(cuGraphMemcpyNodeSetParams, 10000)        \
+  X(cuGraphExecMemsetNodeSetParams, 10020)    \
+  X(cuGraphExecMemcpyNodeSetParams, 10020)    \
   X(cuGraphExecChildGraphNodeSetParams, 11010)
 
 // stream capture and graphs (all or nothing: see HasGraphs).

@@ -53,8 +53,8 @@
 #include "server/backend/host/host_graph.h"
 #include "server/backend/host/host_link.h"
 #include "server/backend/host/stream_queue.h"
-#include "server/backend/host/virtual_memory.h"
 #include "server/backend/host/texture_sampler.h"
+#include "server/backend/host/virtual_memory.h"
 
 namespace ferry::backend {
 namespace {
@@ -1835,8 +1835,7 @@ class HostBackend final : public GpuBackend {
   }
 
   Status SetExecNodeEnabled(GraphExec& exec, GraphNode& node, bool enabled) override {
-    return static_cast<HostGraphExec&>(exec).SetEnabled(static_cast<HostGraphNode&>(node),
-                                                         enabled);
+    return static_cast<HostGraphExec&>(exec).SetEnabled(static_cast<HostGraphNode&>(node), enabled);
   }
 
   Status UpdateGraphExec(GraphExec& exec, Graph& graph) override {
@@ -1996,6 +1995,20 @@ class HostBackend final : public GpuBackend {
 
   Status DestroyGraphNode(Graph& graph, GraphNode& node) override {
     return static_cast<HostGraph&>(graph).Destroy(node);
+  }
+
+  // A clone's nodes are the original's, in the same order (HostGraph::Clone).
+  Status FindGraphNodeInClone(Graph& original, GraphNode& node, Graph& clone,
+                              GraphNode** out) override {
+    const auto& from = static_cast<HostGraph&>(original).nodes();
+    const auto& to = static_cast<HostGraph&>(clone).nodes();
+    auto it =
+        std::find_if(from.begin(), from.end(), [&node](const auto& n) { return n.get() == &node; });
+    if (it == from.end() || from.size() != to.size()) {
+      return InvalidValue("the node has no copy in the clone");
+    }
+    *out = to[static_cast<size_t>(it - from.begin())].get();
+    return Status::Ok();
   }
 
   Status SetGraphNode(Graph& graph, GraphNode& node, const GraphNodeSpec& spec) override {
