@@ -783,7 +783,9 @@ class GpuBackend {
     (void)graph, (void)flags, (void)out;
     return NoGraphs();
   }
-  // Queues all of `exec`'s work on `stream` as one stream operation.
+  // Queues all of `exec`'s work on `stream` as one stream operation (event
+  // nodes, where a graph has them, queue their records and waits as stream
+  // operations of their own between its parts).
   virtual Status LaunchGraph(GraphExec& exec, Stream& stream) {
     (void)exec, (void)stream;
     return NoGraphs();
