@@ -130,6 +130,7 @@ SessionInfo Session::Info() const {
   info.events = static_cast<uint32_t>(events_.size());
   info.modules = static_cast<uint32_t>(modules_.size());
   info.since_unix_ms = since_unix_ms_;
+  info.allocations_waited_for_releases = allocations_waited_for_releases_.load();
   for (size_t i = 0; i < grant_.devices.size(); ++i) {
     info.device_bytes.push_back(shares_.device_bytes(static_cast<int>(i)));
   }
@@ -701,23 +702,51 @@ void Session::SendGateReached(uint64_t seq, const Status& status, bool held, boo
 
 void Session::UnchargeWhenReleased(int device, uint64_t bytes) {
   CompletionStarted();
+  bytes_awaiting_release_ += bytes;
   backend_.WhenReleased(*tenant_, [this, device, bytes](Status) {
     shares_.Uncharge(device, bytes);
+    bytes_awaiting_release_ -= bytes;
     CompletionDone();
   });
 }
 
 void Session::WaitForReleases() {
-  std::mutex mu;
-  std::condition_variable cv;
-  bool released = false;
-  backend_.WhenReleased(*tenant_, [&](Status) {
-    std::lock_guard<std::mutex> lock(mu);
-    released = true;
-    cv.notify_all();
+  while (!WaitForReleasesFor(absl::InfiniteDuration())) {
+  }
+}
+
+bool Session::WaitForReleasesFor(absl::Duration limit) {
+  // Shared with the completion, which may run after a timed-out wait returned.
+  struct Released {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+  };
+  auto released = std::make_shared<Released>();
+  backend_.WhenReleased(*tenant_, [released](Status) {
+    std::lock_guard<std::mutex> lock(released->mu);
+    released->done = true;
+    released->cv.notify_all();
   });
-  std::unique_lock<std::mutex> lock(mu);
-  cv.wait(lock, [&] { return released; });
+  std::unique_lock<std::mutex> lock(released->mu);
+  if (limit == absl::InfiniteDuration()) {
+    released->cv.wait(lock, [&] { return released->done; });
+    return true;
+  }
+  return released->cv.wait_for(lock, absl::ToChronoNanoseconds(limit),
+                               [&] { return released->done; });
+}
+
+Status Session::CheckQuotaAfterReleases(int device, uint64_t bytes) {
+  Status quota = shares_.CheckQuota(device, bytes);
+  if (quota.ok() || bytes_awaiting_release_.load() == 0) return quota;
+  allocations_waited_for_releases_.fetch_add(1);
+  if (!WaitForReleasesFor(kReleaseWaitLimit)) {
+    FERRY_LOG(kWarning) << "session " << id_ << ": memory it freed is still waiting for its queued "
+                       << "work after " << absl::FormatDuration(kReleaseWaitLimit)
+                       << "; the allocation is refused";
+  }
+  return shares_.CheckQuota(device, bytes);
 }
 
 void Session::CompletionStarted() {

@@ -69,6 +69,7 @@
 #include <vector>
 
 #include <absl/base/thread_annotations.h>
+#include <absl/time/time.h>
 
 #include "common/frame.h"
 #include "common/range_map.h"
@@ -98,6 +99,9 @@ struct SessionInfo {
   int64_t since_unix_ms = 0;
   std::vector<uint64_t> device_bytes;        // allocated per session device
   uint64_t module_image_bytes_received = 0;  // image bytes the client sent
+  // Allocations that did not fit the quota at first and waited for memory the
+  // session had freed to be released (Session::CheckQuotaAfterReleases).
+  uint64_t allocations_waited_for_releases = 0;
 };
 
 class Session {
@@ -529,6 +533,20 @@ class Session {
   // end of the session, after its contexts are gone (so no queued work can
   // hold a release back), before its slices go back to the pool.
   void WaitForReleases();
+  // Waits up to `limit` for every release the session started so far; true
+  // when they all happened.
+  bool WaitForReleasesFor(absl::Duration limit);
+  // Every allocation path's quota check: shares_.CheckQuota, but when `bytes`
+  // do not fit while memory the session freed is still waiting for its
+  // queued work (UnchargeWhenReleased), first waits for those releases — at
+  // most kReleaseWaitLimit, on the executor — and checks again. A real
+  // driver's cuMemFree returns only once the memory is free, so a program
+  // that frees and then allocates within its quota must not see
+  // OUT_OF_MEMORY here just because ferry answers frees at once. The wait is
+  // bounded because queued work may itself wait for a later call (a stream
+  // memory operation) that the blocked executor would never run.
+  Status CheckQuotaAfterReleases(int device, uint64_t bytes);
+  static constexpr absl::Duration kReleaseWaitLimit = absl::Seconds(5);
   void FreeVirtualMemory();  // at the end of the session, after the contexts
   // CUDA arrays, textures and surfaces: drops the texture and surface
   // objects and arrays of `ctx`, giving back their quota.
@@ -755,6 +773,10 @@ class Session {
   std::mutex pending_mutex_;
   std::condition_variable pending_cv_;
   int pending_completions_ ABSL_GUARDED_BY(pending_mutex_) = 0;
+  // Bytes freed whose quota comes back only once they are released
+  // (UnchargeWhenReleased); any thread.
+  std::atomic<uint64_t> bytes_awaiting_release_{0};
+  std::atomic<uint64_t> allocations_waited_for_releases_{0};  // SessionInfo's
 
   // Serving. read_mutex_ is held by the thread that reads the transport;
   // serve_mutex_ guards what the two roles share.

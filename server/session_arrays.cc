@@ -33,7 +33,7 @@ Status Session::ArrayCreate(wire::ArrayCreate::Reader args) {
   entry.levels = args.getLevels();
   FERRY_RETURN_IF_ERROR(
       CheckArrayShape(entry.descriptor, entry.levels, &entry.element_bytes, &entry.charged));
-  FERRY_RETURN_IF_ERROR(shares_.CheckQuota(c->device, entry.charged));
+  FERRY_RETURN_IF_ERROR(CheckQuotaAfterReleases(c->device, entry.charged));
   if (entry.levels > 0) {
     FERRY_RETURN_IF_ERROR(backend_.CreateMipmappedArray(*c->context, entry.descriptor, entry.levels,
                                                         &entry.mipmapped));

@@ -40,7 +40,7 @@ Status Session::MemAlloc(wire::MemAlloc::Reader args, CallContext& cx) {
   ContextEntry* c = nullptr;
   FERRY_RETURN_IF_ERROR(contexts_.Find(args.getCtx(), &c));
   if (args.getBytes() == 0) return Status::InvalidArgument("cuMemAlloc of 0 bytes");
-  FERRY_RETURN_IF_ERROR(shares_.CheckQuota(c->device, args.getBytes()));
+  FERRY_RETURN_IF_ERROR(CheckQuotaAfterReleases(c->device, args.getBytes()));
   uint64_t dptr = 0;
   FERRY_RETURN_IF_ERROR(backend_.MemAlloc(*c->context, args.getBytes(), &dptr));
   if (!ranges_.Insert(dptr, args.getBytes(), RangeEntry{args.getCtx(), 0, c->device})) {
@@ -68,12 +68,12 @@ Status Session::MemAllocPitch(wire::MemAllocPitch::Reader args, CallContext& cx)
   if (args.getHeight() > std::numeric_limits<uint64_t>::max() / args.getWidthBytes()) {
     return Status::OutOfMemory("cuMemAllocPitch: extent overflows");
   }
-  FERRY_RETURN_IF_ERROR(shares_.CheckQuota(c->device, args.getWidthBytes() * args.getHeight()));
+  FERRY_RETURN_IF_ERROR(CheckQuotaAfterReleases(c->device, args.getWidthBytes() * args.getHeight()));
   uint64_t dptr = 0, pitch = 0;
   FERRY_RETURN_IF_ERROR(backend_.MemAllocPitch(*c->context, args.getWidthBytes(), args.getHeight(),
                                                element, &dptr, &pitch));
   const uint64_t bytes = pitch * args.getHeight();
-  if (Status quota = shares_.CheckQuota(c->device, bytes); !quota.ok()) {
+  if (Status quota = CheckQuotaAfterReleases(c->device, bytes); !quota.ok()) {
     (void)backend_.MemFree(*c->context, dptr);
     return quota;
   }

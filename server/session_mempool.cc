@@ -79,7 +79,7 @@ Status Session::MemAllocAsync(wire::MemAllocAsync::Reader args, CallContext& cx)
   }
   const uint64_t bytes = args.getBytes();
   if (bytes == 0) return Status::InvalidArgument("cuMemAllocAsync of 0 bytes");
-  FERRY_RETURN_IF_ERROR(shares_.CheckQuota(pool->device, bytes));
+  FERRY_RETURN_IF_ERROR(CheckQuotaAfterReleases(pool->device, bytes));
   uint64_t dptr = 0;
   FERRY_RETURN_IF_ERROR(backend_.MemAllocFromPool(*stream, *pool->pool, bytes, &dptr));
   if (!ranges_.Insert(dptr, bytes, RangeEntry{args.getCtx(), 0, pool->device})) {

@@ -125,7 +125,7 @@ Status Session::MemCreate(wire::MemCreate::Reader args) {
   if (args.getBytes() == 0 || args.getFlags() != 0) {
     return InvalidValue("cuMemCreate: size 0 or flags other than 0");
   }
-  FERRY_RETURN_IF_ERROR(shares_.CheckQuota(args.getDevice(), args.getBytes()));
+  FERRY_RETURN_IF_ERROR(CheckQuotaAfterReleases(args.getDevice(), args.getBytes()));
   PhysicalEntry entry;
   FERRY_RETURN_IF_ERROR(
       backend_.CreatePhysicalMemory(backend_device, args.getBytes(), &entry.memory));

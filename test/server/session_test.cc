@@ -2330,6 +2330,52 @@ class PooledSessionTest : public ::testing::Test {
   test::ObservedTransport* server_observed_ = nullptr;  // the session's end, owned by it
 };
 
+// A free is answered at once, but its memory (and quota) come back only after
+// the work queued before it on the session's streams. An allocation that
+// fits only once that memory is released waits for the release, as a
+// program that frees and then allocates within its quota expects (a real
+// cuMemFree returns once the memory is free), instead of failing with
+// OUT_OF_MEMORY.
+TEST_F(PooledSessionTest, AnAllocationWaitsForMemoryTheSessionFreedToBeReleased) {
+  Start();
+  ASSERT_TRUE(CreateContext(0).status.ok());
+  constexpr uint64_t kHeld = 300;
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        auto a = test::OnStream(c.initStreamCreate(), kHeld, 100);
+        a.setFlags(CU_STREAM_NON_BLOCKING);
+      },
+      false);
+  const ReplyResult whole = Alloc(kSliceQuota);
+  ASSERT_TRUE(whole.status.ok()) << whole.status.ToString();
+  const uint64_t gate = client_->SendGate(100, kHeld);
+  const ReplyResult reached = client_->ReadWithin();
+  ASSERT_EQ(reached.seq, gate);
+  ASSERT_TRUE(reached.held);
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        test::BuildMemsetD8(c, 100, kHeld, whole.dptr, 0x5A, kSliceQuota);
+      },
+      false);  // queued behind the closed gate
+  client_->Send([&](wire::Call::Builder c) { c.initMemFree().setDptr(whole.dptr); }, false);
+  const uint64_t again = client_->Send(
+      [&](wire::Call::Builder c) {
+        auto a = c.initMemAlloc();
+        a.setCtx(100);
+        a.setBytes(kSliceQuota);
+      },
+      true);
+  ASSERT_TRUE(test::WaitFor(
+      [&] { return session_->Info().allocations_waited_for_releases == 1; },
+      std::chrono::seconds(10)))
+      << "the allocation did not wait for the release";
+  client_->OpenGate(gate);
+  const ReplyResult allocated = client_->ReadWithin();
+  EXPECT_EQ(allocated.seq, again);
+  EXPECT_TRUE(allocated.status.ok()) << allocated.status.ToString();
+  EXPECT_EQ(session_->Info().bytes_allocated, kSliceQuota);
+}
+
 // virtual memory management: cuMemCreate is charged to the slice like any
 // allocation, and cuMemRelease gives it back.
 TEST_F(PooledSessionTest, PhysicalMemoryCountsAgainstTheSliceQuota) {
