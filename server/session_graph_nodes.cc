@@ -152,7 +152,7 @@ Status Session::CheckGraphMemory(const GraphEntry& graph) {
     bytes[a.device] += a.bytes;
   }
   for (const auto& [device, total] : bytes) {
-    FERRY_RETURN_IF_ERROR(shares_.CheckQuota(device, total));
+    FERRY_RETURN_IF_ERROR(CheckQuotaAfterReleases(device, total));
   }
   return Status::Ok();
 }
