@@ -35,6 +35,11 @@ Status AllocationRegistry::RemoveDevice(uint64_t dptr) {
   return Status::Ok();
 }
 
+void AllocationRegistry::ForgetDevice(uint64_t dptr) {
+  std::lock_guard<std::mutex> lock(mu_);
+  device_.Erase(dptr);
+}
+
 namespace {
 constexpr auto kBothMapped = [](const DeviceAllocation& left, const DeviceAllocation& right) {
   return left.mapped && right.mapped;

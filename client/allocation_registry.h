@@ -33,7 +33,8 @@ namespace ferry::client {
 struct DeviceAllocation {
   uint64_t size = 0;
   uint64_t ctx = 0;
-  bool global = false;  // a module global: copyable, never freed by cuMemFree
+  // A module global or graph memory: copyable, never freed by cuMemFree.
+  bool global = false;
   // virtual memory management: an accessible mapping (ctx 0) of physical
   // memory on `device`; never freed by cuMemFree. Mappings side by side are
   // one span for range checks, as they are one stretch of addresses on a GPU.
@@ -60,6 +61,9 @@ class AllocationRegistry {
   // cuMemFree: forgets the allocation starting at `dptr`; INVALID_VALUE when
   // none does or it is a module global.
   Status RemoveDevice(uint64_t dptr);
+  // Forgets the record starting at `dptr`, whatever it is (graph memory
+  // whose executable graph is destroyed).
+  void ForgetDevice(uint64_t dptr);
   // OK when [address, address + bytes) lies inside one device allocation
   // (always for bytes == 0); otherwise INVALID_VALUE naming `what`.
   Status CheckDevice(uint64_t address, uint64_t bytes, const char* what);

@@ -17,9 +17,10 @@
 // kernel nodes can be updated, its kernel, memset and copy nodes disabled, and
 // the whole of it updated from a graph of the same topology (cuGraphExecUpdate,
 // for graphs built node by node). Edge edits, node destruction and node
-// parameter setters: client/api_graph_edit.cc. Not forwarded
-// (unsupported_functions.txt, with reasons): other node kinds, capture
-// dependencies and capture into an existing graph.
+// parameter setters: client/api_graph_edit.cc; memory and event nodes:
+// client/api_graph_nodes.cc. Not forwarded (unsupported_functions.txt, with
+// reasons): other node kinds, capture dependencies and capture into an
+// existing graph.
 #include <cuda.h>
 
 #include <algorithm>
@@ -161,6 +162,15 @@ Status GetCaptureInfo(CUstream stream, bool per_thread, CUstreamCaptureStatus* s
   return Status::Ok();
 }
 
+// Whether `graph` has memory allocation nodes, or is opaque (its nodes are
+// the server's only, so it may).
+bool GraphMayAllocate(uint64_t graph) {
+  std::vector<ferry::client::GraphRegistry::NodeShape> shape;
+  if (!Runtime::Get().graphs().GraphShape(graph, &shape).ok()) return true;
+  return std::any_of(shape.begin(), shape.end(),
+                     [](const auto& n) { return n.type == CU_GRAPH_NODE_TYPE_MEM_ALLOC; });
+}
+
 // A graph whose dependencies form a cycle is refused (INVALID_VALUE, as the
 // driver refuses it) with *cycle_node (when given) set to a node on the
 // cycle; the client records every edge, so it answers without the server.
@@ -176,13 +186,23 @@ Status Instantiate(CUgraphExec* exec, CUgraph graph, unsigned long long flags,
     return Status::InvalidArgument("the graph's dependencies form a cycle");
   }
   const uint64_t id = rt.graphs().NewExec(graph_id, flags);
-  rt.user_objects().Instantiated(graph_id, id);
-  FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
+  auto fill = [&](wire::Call::Builder call) {
     auto args = call.initGraphInstantiate();
     args.setGraph(graph_id);
     args.setExec(id);
     args.setFlags(flags);
-  }));
+  };
+  // A graph that allocates memory (or may: an opaque one) is charged to the
+  // quota here, so the call waits for OUT_OF_MEMORY as the driver reports it.
+  const Status posted =
+      GraphMayAllocate(graph_id) ? rt.connection().Call(fill) : rt.connection().Post(fill);
+  if (!posted.ok()) {
+    (void)rt.graphs().RemoveExec(id);
+    return posted;
+  }
+  rt.user_objects().Instantiated(graph_id, id);
+  uint64_t ctx = 0;
+  if (rt.CurrentContext(&ctx).ok()) NoteGraphMemory(graph_id, id, ctx);
   *exec = Runtime::ToHandle<CUgraphExec>(id);
   return Status::Ok();
 }
@@ -624,6 +644,7 @@ CUresult CUDAAPI cuGraphExecDestroy(CUgraphExec hGraphExec) {
     return DestroyHandle(
         hGraphExec,
         [](Runtime& rt, uint64_t id) {
+          ForgetGraphMemory(id);
           FERRY_RETURN_IF_ERROR(rt.graphs().RemoveExec(id));
           ferry::client::UserObjects::Refs refs;
           ferry::client::UserObjects::LaunchStreams streams;

@@ -385,6 +385,12 @@ CUresult CUDAAPI cuGraphDestroyNode(CUgraphNode hNode) {
     Runtime& rt = Runtime::Get();
     FERRY_RETURN_IF_ERROR(rt.Ready());
     const uint64_t id = Runtime::HandleId(hNode);
+    // graph node kinds: memory nodes stay (as the server answers).
+    std::shared_ptr<const ferry::client::RecordedNodeParams> memory_node;
+    if (rt.graphs().NodeParams(id, CU_GRAPH_NODE_TYPE_MEM_ALLOC, &memory_node).ok() ||
+        rt.graphs().NodeParams(id, CU_GRAPH_NODE_TYPE_MEM_FREE, &memory_node).ok()) {
+      return Status::Unimplemented("cuGraphDestroyNode of a memory allocation or free node");
+    }
     uint64_t graph = 0;
     FERRY_RETURN_IF_ERROR(rt.graphs().DestroyNode(id, &graph));
     rt.user_objects().NodeDestroyed(graph, id);

@@ -65,3 +65,10 @@ void SetStreamTarget(Builder args, const StreamTarget& target) {
 // a stream captures. Then the captures that forbid it are invalidated and
 // the call, named by `what`, fails with CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED.
 Status ForbidUnsafeCallDuringCapture(const char* what);
+
+// graph node kinds (client/api_graph_nodes.cc): executable graph `exec` was
+// instantiated from `graph`, in context `ctx`: the memory of graph's
+// allocation nodes becomes the process's device allocations (copyable, never
+// freed by cuMemFree) until ForgetGraphMemory(exec), as `exec` is destroyed.
+void NoteGraphMemory(uint64_t graph, uint64_t exec, uint64_t ctx);
+void ForgetGraphMemory(uint64_t exec);

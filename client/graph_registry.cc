@@ -234,6 +234,15 @@ uint64_t GraphRegistry::NewNode(uint64_t graph, int type, std::vector<uint64_t> 
   return id;
 }
 
+void GraphRegistry::ForgetNode(uint64_t node) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = nodes_.find(node);
+  if (it == nodes_.end()) return;
+  if (auto g = graphs_.find(it->second.graph); g != graphs_.end())
+    std::erase(g->second.nodes, node);
+  nodes_.erase(it);
+}
+
 void GraphRegistry::SetNodeParams(uint64_t node, std::shared_ptr<const RecordedNodeParams> params) {
   std::lock_guard<std::mutex> lock(mu_);
   if (auto it = nodes_.find(node); it != nodes_.end()) it->second.params = std::move(params);
@@ -315,7 +324,7 @@ Status GraphRegistry::ExecFlags(uint64_t exec, uint64_t* flags) {
 uint64_t GraphRegistry::NewExec(uint64_t graph, uint64_t flags) {
   const uint64_t id = ids_->New(HandleKind::kGraphExec);
   std::lock_guard<std::mutex> lock(mu_);
-  ExecState state{graph, flags, {}, false, {}};
+  ExecState state{graph, flags, {}, false, {}, {}};
   if (auto g = graphs_.find(graph); g == graphs_.end() || g->second.opaque) {
     state.opaque = true;
   } else {
@@ -331,6 +340,17 @@ Status GraphRegistry::RemoveExec(uint64_t id) {
     return Status::InvalidHandle("no executable graph " + std::to_string(id));
   }
   return Status::Ok();
+}
+
+void GraphRegistry::SetExecMemory(uint64_t exec, GraphMemory memory) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (auto it = execs_.find(exec); it != execs_.end()) it->second.memory = std::move(memory);
+}
+
+GraphRegistry::GraphMemory GraphRegistry::TakeExecMemory(uint64_t exec) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = execs_.find(exec);
+  return it == execs_.end() ? GraphMemory{} : std::move(it->second.memory);
 }
 
 bool GraphRegistry::HasExec(uint64_t id) {

@@ -51,6 +51,12 @@ struct RecordedNodeParams {
   CUDA_KERNEL_NODE_PARAMS_v2 kernel{};  // CU_GRAPH_NODE_TYPE_KERNEL: kernelParams, extra NULL
   std::vector<uint8_t> kernel_bytes;    // the packed arguments
   std::vector<void*> kernel_arguments;  // kernel.kernelParams: one pointer into kernel_bytes each
+  // graph node kinds (client/api_graph_nodes.cc)
+  CUDA_MEM_ALLOC_NODE_PARAMS mem_alloc{};         // CU_GRAPH_NODE_TYPE_MEM_ALLOC: dptr filled in
+  std::vector<CUmemAccessDesc> mem_alloc_access;  // mem_alloc.accessDescs
+  CUdeviceptr mem_free = 0;                       // CU_GRAPH_NODE_TYPE_MEM_FREE
+  // CU_GRAPH_NODE_TYPE_EVENT_RECORD, _WAIT_EVENT (setting the event replaces the record)
+  CUevent event = nullptr;
 };
 
 // A kernel node's attributes (cuGraphKernelNodeSetAttribute), the launch
@@ -128,10 +134,17 @@ class GraphRegistry {
   // cuGraphExecGetFlags: the flags it was instantiated with.
   Status ExecFlags(uint64_t exec, uint64_t* flags);
   Status RemoveExec(uint64_t id);
+  // graph node kinds: the graph memory (address, bytes) executable graph
+  // `exec` holds, recorded at instantiation and taken when it is destroyed.
+  using GraphMemory = std::vector<std::pair<uint64_t, uint64_t>>;
+  void SetExecMemory(uint64_t exec, GraphMemory memory);
+  GraphMemory TakeExecMemory(uint64_t exec);
   bool HasExec(uint64_t id);
   // A node id of `graph` (explicitly added nodes), of kind `type`
   // (CUgraphNodeType), after `dependencies` (nodes of the graph).
   uint64_t NewNode(uint64_t graph, int type, std::vector<uint64_t> dependencies);
+  // A node the server refused (answered at once): it leaves its graph.
+  void ForgetNode(uint64_t node);
   // Records what `node` was added with (see RecordedNodeParams).
   void SetNodeParams(uint64_t node, std::shared_ptr<const RecordedNodeParams> params);
   // cuGraph*NodeGetParams: what `node` was added with when it is a node of
@@ -229,6 +242,7 @@ class GraphRegistry {
     std::set<uint64_t> disabled;  // nodes
     bool opaque = false;          // its graph's structure is the server's only
     std::vector<NodeShape> shape;  // its graph's when it was instantiated
+    GraphMemory memory;            // see SetExecMemory
   };
   std::unordered_map<uint64_t, ExecState> execs_ ABSL_GUARDED_BY(mu_);
   struct NodeState {

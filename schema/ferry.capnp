@@ -376,8 +376,8 @@ struct Call {
         $waits("never");
     graphDestroy @68 :GraphRef
         $waits("never") $handles(["graph"]);
-    graphInstantiate @69 :GraphInstantiate
-        $waits("never") $handles(["graph"]);
+    graphInstantiate @69 :GraphInstantiate  # waits when the graph allocates memory (quota)
+        $waits("by-flag") $handles(["graph"]);
     graphExecDestroy @70 :GraphExecRef
         $waits("never") $handles(["exec"]);
     graphLaunch @71 :GraphLaunch
@@ -453,6 +453,24 @@ struct Call {
         $waits("never") $handles(["node"]);
     graphNodeSetParams @102 :GraphNodeSetParams  # kernel: bulk = packed params
         $waits("never") $handles(["node"]) $usesContext;
+    # graph node kinds: memory allocation and free nodes, graph memory (see GraphAddMemNode)
+    graphAddMemAllocNode @103 :GraphAddMemNode  # reply memAlloc (the node's address)
+        $waits("always") $handles(["graph"]) $usesContext;
+    graphAddMemFreeNode @104 :GraphAddMemNode
+        $waits("never") $handles(["graph"]) $ranges(["dptr"]);
+    deviceGetGraphMemAttribute @105 :DeviceGraphMem  # reply value
+        $waits("always") $usesContext;
+    deviceSetGraphMemAttribute @106 :DeviceGraphMem
+        $waits("always");
+    deviceGraphMemTrim @107 :DeviceGraphMem
+        $waits("never");
+    # graph node kinds: event record and wait nodes (see GraphAddEventNode)
+    graphAddEventNode @108 :GraphAddEventNode
+        $waits("never") $handles(["graph", "event"]);
+    graphEventNodeSetEvent @109 :GraphEventNodeEvent  # cuGraphEvent{Record,Wait}NodeSetEvent
+        $waits("never") $handles(["node", "event"]);
+    graphExecEventNodeSetEvent @110 :GraphEventNodeEvent  # cuGraphExecEvent{Record,Wait}NodeSetEvent
+        $waits("never") $handles(["exec", "node", "event"]);
   }
 }
 
@@ -824,6 +842,60 @@ struct GraphAddNode {
     memcpy @6 :Memcpy;  # device to device
     childGraph @7 :UInt64;  # a graph, copied as it is now (its later changes are not seen)
   }
+}
+
+# Memory allocation and free nodes (cuGraphAddMemAllocNode, cuGraphAddMemFreeNode).
+# An allocation node gets its address when it is added (the reply's memAlloc):
+# other nodes of its graph may name the range from then on. The memory is the
+# executable graph's: charged to the slice quota of the context's device when
+# the graph is instantiated (OUT_OF_MEMORY there; instantiating such a graph
+# waits for the reply) and given back when the executable graph is destroyed
+# and its launches are done; only one executable graph of such a graph may
+# exist at a time. The range is valid in every call from instantiation until
+# the executable graph is destroyed. A free node names an allocation of a
+# memory node (`dptr`); launching an executable graph whose allocations a
+# previous launch made and nothing freed answers INVALID_VALUE (unless it was
+# instantiated with AUTO_FREE_ON_LAUNCH).
+struct GraphAddMemNode {
+  graph @0 :UInt64;
+  node @1 :UInt64;   # new node id
+  dependencies @2 :List(UInt64);
+  ctx @3 :UInt64;    # allocation: the context whose device the memory is on
+  bytes @4 :UInt64;  # allocation: its size
+  dptr @5 :UInt64;   # free: the allocation freed
+}
+# Event record and wait nodes (cuGraphAddEventRecordNode, cuGraphAddEventWaitNode):
+# at each launch, a record node records `event` on the launch's stream after
+# the nodes before it, and a wait node makes the nodes after it wait for the
+# event's latest record, as cuEventRecord and cuStreamWaitEvent on that stream
+# would (events recorded so are seen by every event call). The event must be
+# of the graph's context and still exist at each launch. Graphs with event
+# nodes cannot be child graphs or be updated (cuGraphExecUpdate), and are not
+# launched into a capture.
+struct GraphAddEventNode {
+  graph @0 :UInt64;
+  node @1 :UInt64;   # new node id
+  dependencies @2 :List(UInt64);
+  event @3 :UInt64;
+  wait @4 :Bool;     # a wait node (else a record node)
+}
+# The event of event node `node` becomes `event`: in its graph
+# (graphEventNodeSetEvent; `exec` unused), or in executable graph `exec` from
+# its next launch on (graphExecEventNodeSetEvent).
+struct GraphEventNodeEvent {
+  exec @0 :UInt64;
+  node @1 :UInt64;
+  event @2 :UInt64;
+}
+# cuDeviceGet/SetGraphMemAttribute (CUgraphMem_attribute `attribute`; set:
+# only the high watermarks, to 0) and cuDeviceGraphMemTrim, for the session's
+# device `device`. The figures are the session's own: bytes its executable
+# graphs hold (reserved) and bytes of allocations made by launched graphs and
+# not freed yet (used).
+struct DeviceGraphMem {
+  device @0 :Int32;
+  attribute @1 :Int32;
+  value @2 :UInt64;
 }
 
 # cuGraphExecKernelNodeSetParams: kernel node `node` (of the graph `exec`

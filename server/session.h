@@ -220,6 +220,10 @@ class Session {
     // and module 0; device: its physical memory's). Mappings side by side
     // form one span for range checks; cuMemFree never frees one.
     bool mapped = false;
+    // graph node kinds: an allocation node's memory, held by an executable
+    // graph (session_graph_nodes.cc); only a free node or destroying the
+    // executable graph frees it, never cuMemFree.
+    bool graph = false;
   };
   // virtual memory management (session_vmm.cc). Physical memory
   // (cuMemCreate) under the client's id: charged to `device` until the
@@ -269,6 +273,29 @@ class Session {
     std::set<uint64_t> leaves;
     uint64_t nodes = 0;  // recorded so far; the next node's id is nodes + 1
   };
+  // graph node kinds: an allocation node's memory (session device, address,
+  // size).
+  struct GraphAllocation {
+    uint64_t dptr = 0;
+    uint64_t bytes = 0;
+    int device = 0;
+  };
+  // The memory nodes of a graph, or of the graph an executable graph was
+  // instantiated from (copied with it).
+  struct GraphMemNodes {
+    std::vector<GraphAllocation> allocations;  // its allocation nodes
+    std::vector<uint64_t> frees;               // the addresses its free nodes free
+    bool empty() const { return allocations.empty() && frees.empty(); }
+  };
+  // graph node kinds: the event an event node names, as its id and the
+  // backend object (a launch checks that the id still names that object, so
+  // a destroyed event, even with its id reused, is never reached).
+  struct GraphNodeEvent {
+    uint64_t id = 0;
+    backend::Event* event = nullptr;
+    bool wait = false;  // a wait node (else a record node)
+  };
+  using GraphEventNodes = std::map<uint64_t, GraphNodeEvent>;  // by node id
   // A graph's uses are those of its nodes without ids (captured or cloned:
   // `uses`, fixed) and those of its explicitly added nodes (each node's own,
   // so a node whose work changes or that is destroyed takes its uses along):
@@ -279,6 +306,8 @@ class Session {
     // Shared with clones (never changed once made).
     std::shared_ptr<const GraphUses> uses;
     std::vector<uint64_t> nodes;  // explicitly added node ids, in the order added
+    GraphMemNodes mem;       // graph node kinds: memory allocation and free nodes
+    GraphEventNodes events;  // graph node kinds: event record and wait nodes
   };
   struct GraphNodeEntry {
     backend::GraphNode* node = nullptr;  // owned by the graph
@@ -286,6 +315,7 @@ class Session {
     wire::GraphAddNode::Which kind = wire::GraphAddNode::EMPTY;
     uint64_t ctx = 0;     // of its work; 0 for an empty node
     GraphUses uses;       // of its work
+    int type = 0;         // CUgraphNodeType of the node kinds of session_graph_nodes.cc (else 0)
   };
   // An executable graph's uses, like a graph's: `base` (its source's
   // nodes without ids) and each explicitly added node's (node_uses, by the
@@ -300,6 +330,9 @@ class Session {
     GraphUses base;
     std::map<uint64_t, GraphUses> node_uses;
     std::shared_ptr<const GraphUses> uses;
+    GraphMemNodes mem;       // graph node kinds: its graph's memory nodes
+    bool auto_free = false;  // instantiated with AUTO_FREE_ON_LAUNCH
+    GraphEventNodes events;  // graph node kinds: its event nodes' events
   };
   // A node's work as a GraphNodeSpec (graphAddNode, graphNodeSetParams):
   // the wire description of its kind (`kind` says which reader is set).
@@ -568,6 +601,10 @@ class Session {
   // The node `node_id` of the graph `exec` was instantiated from, for an
   // update of the executable graph.
   Status FindExecNode(const GraphExecEntry& exec, uint64_t node_id, GraphNodeEntry** node);
+  // The backend nodes of `ids`, each a node of `graph` (INVALID_VALUE
+  // otherwise).
+  Status GraphNodeDependencies(uint64_t graph, capnp::List<uint64_t>::Reader ids,
+                               std::vector<backend::GraphNode*>* dependencies);
   Status KernelNodeSpec(wire::Launch::Reader k, const backend::HostBytes& params,
                         backend::GraphNodeSpec* spec, uint64_t* module);
   // The capture `stream` records into, or nullptr (also for the legacy
@@ -589,6 +626,43 @@ class Session {
   // Forgets the captures, graphs and executable graphs of `ctx` (before its
   // streams and memory go).
   void DestroyContextGraphs(uint64_t ctx);
+  // graph node kinds (session_graph_nodes.cc). A node's device range, as a
+  // memset or copy node of `graph` names it: the session's, or within one of
+  // the graph's own allocation nodes.
+  Status CheckGraphNodeRange(const GraphEntry& graph, uint64_t address, uint64_t bytes,
+                             const char* what);
+  Status CheckGraphNodeRange2D(const GraphEntry& graph, uint64_t address, uint64_t pitch,
+                               uint64_t width_bytes, uint64_t height, const char* what);
+  // Instantiation of a graph with allocation nodes: only one executable graph
+  // may hold their memory at a time; it is charged to the slice quota
+  // (OUT_OF_MEMORY) and its ranges become the session's until
+  // ForgetGraphExecMemory. Call Check before the backend instantiates, Hold
+  // after.
+  Status InsertNodeOfKind(GraphEntry& graph, uint64_t graph_id, uint64_t id,
+                          backend::GraphNode* node, uint64_t ctx, int type);
+  // cuGraphDestroyNode: memory allocation and free nodes stay (their
+  // memory is fixed with the graph: NOT_SUPPORTED).
+  Status CheckDestroyNodeOfKind(const GraphNodeEntry& node);
+  Status CheckGraphMemory(const GraphEntry& graph);
+  // Also gives `exec` its graph's event nodes.
+  Status HoldGraphMemory(GraphEntry& graph, GraphExecEntry& exec);
+  // The executable graph goes: its ranges stop being the session's; the
+  // quota comes back once the backend has given the memory back.
+  void ForgetGraphExecMemory(GraphExecEntry& exec);
+  // A launch of `exec`: INVALID_VALUE while a previous launch's allocations
+  // are not freed (unless AUTO_FREE_ON_LAUNCH); GraphMemoryLaunched counts
+  // what the launch allocates and frees (the used figures).
+  Status CheckGraphMemoryLaunch(const GraphExecEntry& exec);
+  void GraphMemoryLaunched(const GraphExecEntry& exec);
+  // A launch of `exec` on `stream`: its event nodes' events must still exist
+  // (INVALID_HANDLE), and a capturing stream is refused; afterwards its
+  // record nodes count as records made outside any capture.
+  Status CheckGraphEventsLaunch(const GraphExecEntry& exec, uint64_t stream);
+  void GraphEventsLaunched(const GraphExecEntry& exec);
+  // The event node `node_id` (of `graph`), its entry and the event `event_id`
+  // of the node's context, for a SetEvent call.
+  Status FindEventNode(uint64_t graph, uint64_t node_id, uint64_t event_id, GraphNodeEntry** node,
+                       EventEntry** event);
   // cuStreamEndCapture answered by a latched error: the capture of that
   // stream (if any, begun there or joined) ends without a graph, as the
   // client has forgotten it.
@@ -664,6 +738,14 @@ class Session {
   HandleTable<GraphEntry> graphs_{"graph"};
   HandleTable<GraphExecEntry> graph_execs_{"executable graph"};
   HandleTable<GraphNodeEntry> graph_nodes_{"graph node"};
+  // graph node kinds: graph memory figures per session device
+  // (cuDeviceGetGraphMemAttribute), and the allocations launched graphs made
+  // that nothing freed yet (address -> its GraphAllocation).
+  struct GraphMemFigures {
+    uint64_t used = 0, used_high = 0, reserved = 0, reserved_high = 0;
+  };
+  std::map<int, GraphMemFigures> graph_mem_;
+  std::map<uint64_t, GraphAllocation> graph_mem_live_;
   // CUDA arrays, textures and surfaces
   HandleTable<ArrayEntry> arrays_{"array"};
   HandleTable<TextureEntry> textures_{"texture or surface object"};

@@ -40,7 +40,7 @@ void Session::DestroyContextResources(uint64_t ctx) {
   ContextEntry* context = nullptr;
   const bool context_found = contexts_.Find(ctx, &context).ok();
   ranges_.ForEach([&](uint64_t base, uint64_t size, RangeEntry& range) {
-    if (range.ctx != ctx || range.module != 0) return;
+    if (range.ctx != ctx || range.module != 0 || range.graph) return;
     if (context_found) {
       Status status = backend_.MemFree(*context->context, base);
       if (!status.ok()) {
@@ -66,6 +66,7 @@ Status Session::CtxDestroy(wire::CtxRef::Reader args) {
 
 void Session::FreeEverything() {
   // stream capture and graphs of no context (empty created graphs) first.
+  graph_execs_.ForEach([this](uint64_t, GraphExecEntry& exec) { ForgetGraphExecMemory(exec); });
   graph_execs_.Clear();
   graph_nodes_.Clear();
   graphs_.Clear();

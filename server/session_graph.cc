@@ -168,6 +168,9 @@ void Session::DestroyContextGraphs(uint64_t ctx) {
     (void)EndCaptureOf(id, &discarded);
   }
   auto in_ctx = [ctx](uint64_t, const auto& entry) { return entry.ctx == ctx; };
+  graph_execs_.ForEach([&](uint64_t, GraphExecEntry& exec) {
+    if (exec.ctx == ctx) ForgetGraphExecMemory(exec);
+  });
   graph_execs_.EraseIf(in_ctx);
   graph_nodes_.EraseIf([this, ctx](uint64_t, const GraphNodeEntry& n) {
     GraphEntry* g = nullptr;
@@ -284,15 +287,8 @@ Status Session::GraphAddNode(wire::GraphAddNode::Reader args, CallContext& cx) {
   FERRY_RETURN_IF_ERROR(graphs_.Find(args.getGraph(), &graph));
   FERRY_RETURN_IF_ERROR(graph_nodes_.CheckNewId(args.getNode()));
   std::vector<backend::GraphNode*> dependencies;
-  for (uint64_t id : args.getDependencies()) {
-    GraphNodeEntry* dependency = nullptr;
-    FERRY_RETURN_IF_ERROR(graph_nodes_.Find(id, &dependency));
-    if (dependency->graph != args.getGraph()) {
-      return Status::InvalidArgument("dependency " + std::to_string(id) +
-                                     " is not a node of graph " + std::to_string(args.getGraph()));
-    }
-    dependencies.push_back(dependency->node);
-  }
+  FERRY_RETURN_IF_ERROR(
+      GraphNodeDependencies(args.getGraph(), args.getDependencies(), &dependencies));
   NodeWorkArgs work_args;
   work_args.kind = args.which();
   switch (args.which()) {
@@ -354,7 +350,8 @@ Status Session::NodeWorkOf(const NodeWorkArgs& args, const GraphEntry& graph,
         return Status::InvalidArgument("memset node extent is empty or overflows");
       }
       const uint64_t pitch = height == 1 ? width * element : m.getPitch();
-      FERRY_RETURN_IF_ERROR(CheckRange2D(m.getDst(), pitch, width * element, height, "memset"));
+      FERRY_RETURN_IF_ERROR(
+          CheckGraphNodeRange2D(graph, m.getDst(), pitch, width * element, height, "memset"));
       uses.ranges.push_back({m.getDst(), (height - 1) * pitch + width * element});
       spec.kind = backend::GraphNodeSpec::Kind::kMemset;
       spec.dst = m.getDst();
@@ -369,8 +366,8 @@ Status Session::NodeWorkOf(const NodeWorkArgs& args, const GraphEntry& graph,
       auto m = args.memcpy;
       ctx = m.getCtx();
       if (m.getBytes() == 0) return Status::InvalidArgument("empty memcpy node");
-      FERRY_RETURN_IF_ERROR(CheckRange(m.getSrc(), m.getBytes(), "source"));
-      FERRY_RETURN_IF_ERROR(CheckRange(m.getDst(), m.getBytes(), "destination"));
+      FERRY_RETURN_IF_ERROR(CheckGraphNodeRange(graph, m.getSrc(), m.getBytes(), "source"));
+      FERRY_RETURN_IF_ERROR(CheckGraphNodeRange(graph, m.getDst(), m.getBytes(), "destination"));
       uses.ranges.push_back({m.getSrc(), m.getBytes()});
       uses.ranges.push_back({m.getDst(), m.getBytes()});
       spec.kind = backend::GraphNodeSpec::Kind::kCopy;
@@ -383,6 +380,12 @@ Status Session::NodeWorkOf(const NodeWorkArgs& args, const GraphEntry& graph,
       GraphEntry* child = nullptr;
       FERRY_RETURN_IF_ERROR(graphs_.Find(args.child, &child));
       if (child == &graph) return Status::InvalidArgument("a graph cannot be its own child");
+      if (!child->mem.empty()) {
+        return Status::InvalidArgument("a child graph cannot have memory allocation or free nodes");
+      }
+      if (!child->events.empty()) {
+        return Status::Unimplemented("child graphs with event record or wait nodes");
+      }
       ctx = child->ctx;
       uses = UsesOfGraph(*child);
       spec.kind = backend::GraphNodeSpec::Kind::kChild;
@@ -414,6 +417,20 @@ void Session::RefreshExecUses(GraphExecEntry& exec) {
   GraphUses all = exec.base;
   for (const auto& [node, uses] : exec.node_uses) all.Add(uses);
   exec.uses = ExecUses(all);
+}
+
+Status Session::GraphNodeDependencies(uint64_t graph, capnp::List<uint64_t>::Reader ids,
+                                      std::vector<backend::GraphNode*>* dependencies) {
+  for (uint64_t id : ids) {
+    GraphNodeEntry* dependency = nullptr;
+    FERRY_RETURN_IF_ERROR(graph_nodes_.Find(id, &dependency));
+    if (dependency->graph != graph) {
+      return Status::InvalidArgument("dependency " + std::to_string(id) +
+                                     " is not a node of graph " + std::to_string(graph));
+    }
+    dependencies->push_back(dependency->node);
+  }
+  return Status::Ok();
 }
 
 Status Session::KernelNodeSpec(wire::Launch::Reader k, const backend::HostBytes& params,
@@ -544,6 +561,12 @@ Status Session::GraphClone(wire::GraphClone::Reader args) {
     clone.uses =
         graph->nodes.empty() ? graph->uses : std::make_shared<const GraphUses>(UsesOfGraph(*graph));
   }
+  // graph node kinds: the same memory nodes; event nodes by their copies' ids.
+  clone.mem = graph->mem;
+  for (const auto& [id, event] : graph->events) {
+    auto copy = copy_of.find(id);
+    clone.events[copy != copy_of.end() ? copy->second : id] = event;
+  }
   return graphs_.Insert(args.getClone(), std::move(clone));
 }
 
@@ -551,6 +574,7 @@ Status Session::GraphInstantiate(wire::GraphInstantiate::Reader args) {
   GraphEntry* graph = nullptr;
   FERRY_RETURN_IF_ERROR(graphs_.Find(args.getGraph(), &graph));
   FERRY_RETURN_IF_ERROR(graph_execs_.CheckNewId(args.getExec()));
+  FERRY_RETURN_IF_ERROR(CheckGraphMemory(*graph));
   GraphExecEntry entry;
   FERRY_RETURN_IF_ERROR(backend_.InstantiateGraph(*graph->graph, args.getFlags(), &entry.exec));
   entry.graph = args.getGraph();
@@ -562,7 +586,9 @@ Status Session::GraphInstantiate(wire::GraphInstantiate::Reader args) {
     if (graph_nodes_.Find(id, &node).ok()) entry.node_uses[id] = node->uses;
   }
   RefreshExecUses(entry);
+  entry.auto_free = (args.getFlags() & CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH) != 0;
   FERRY_RETURN_IF_ERROR(backend_.GraphNodeCount(*graph->graph, &entry.nodes));
+  FERRY_RETURN_IF_ERROR(HoldGraphMemory(*graph, entry));
   return graph_execs_.Insert(args.getExec(), std::move(entry));
 }
 
@@ -594,6 +620,11 @@ Status Session::GraphExecUpdate(wire::GraphExecUpdate::Reader args) {
                         "the graph has " + std::to_string(graph_nodes) +
                             " nodes; the executable graph " + std::to_string(exec->nodes));
   }
+  if (!graph->mem.empty() || !exec->mem.empty() || !graph->events.empty() ||
+      !exec->events.empty()) {
+    return Status::Cuda(CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE,
+                        "graphs with memory allocation, free or event nodes cannot be updated");
+  }
   if (graph->ctx != 0 && exec->ctx != 0 && graph->ctx != exec->ctx) {
     return Status::Cuda(CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE,
                         "the graph's work belongs to another context than the executable graph's");
@@ -619,6 +650,9 @@ Status Session::GraphExecUpdate(wire::GraphExecUpdate::Reader args) {
 }
 
 Status Session::GraphExecDestroy(wire::GraphExecRef::Reader args) {
+  GraphExecEntry* exec = nullptr;
+  FERRY_RETURN_IF_ERROR(graph_execs_.Find(args.getExec(), &exec));
+  ForgetGraphExecMemory(*exec);
   return graph_execs_.Erase(args.getExec());
 }
 
@@ -650,9 +684,14 @@ Status Session::GraphLaunch(wire::GraphLaunch::Reader args) {
   if (CaptureEntry* capture = CaptureOfStream(args.getStream()); capture != nullptr) {
     capture->uses.Add(*exec->uses);
   }
+  FERRY_RETURN_IF_ERROR(CheckGraphMemoryLaunch(*exec));
+  FERRY_RETURN_IF_ERROR(CheckGraphEventsLaunch(*exec, args.getStream()));
   // A graph launch is a launch: a throttled device's share applies to it.
-  return LaunchUnderShare(args.getCtx(), *stream,
-                          [&] { return backend_.LaunchGraph(*exec->exec, *stream); });
+  FERRY_RETURN_IF_ERROR(LaunchUnderShare(
+      args.getCtx(), *stream, [&] { return backend_.LaunchGraph(*exec->exec, *stream); }));
+  GraphMemoryLaunched(*exec);
+  GraphEventsLaunched(*exec);
+  return Status::Ok();
 }
 
 Status Session::GraphUpload(wire::GraphLaunch::Reader args) {

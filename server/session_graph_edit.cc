@@ -53,7 +53,9 @@ Status Session::GraphDestroyNode(wire::GraphNodeRef::Reader args) {
   FERRY_RETURN_IF_ERROR(graph_nodes_.Find(args.getNode(), &node));
   GraphEntry* graph = nullptr;
   FERRY_RETURN_IF_ERROR(graphs_.Find(node->graph, &graph));
+  FERRY_RETURN_IF_ERROR(CheckDestroyNodeOfKind(*node));
   FERRY_RETURN_IF_ERROR(backend_.DestroyGraphNode(*graph->graph, *node->node));
+  graph->events.erase(args.getNode());  // graph node kinds: an event node's event
   std::erase(graph->nodes, args.getNode());
   return graph_nodes_.Erase(args.getNode());
 }

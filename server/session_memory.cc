@@ -91,7 +91,8 @@ Status Session::MemAllocPitch(wire::MemAllocPitch::Reader args, CallContext& cx)
 
 Status Session::MemFree(wire::MemFree::Reader args) {
   auto range = ranges_.FindBase(args.getDptr());
-  if (range.value == nullptr || range.value->module != 0 || range.value->mapped) {
+  if (range.value == nullptr || range.value->module != 0 || range.value->mapped ||
+      range.value->graph) {
     return Status::InvalidArgument("cuMemFree(" + Hex(args.getDptr()) +
                                    "): not the start of an allocation of this session");
   }

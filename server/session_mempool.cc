@@ -98,7 +98,8 @@ Status Session::MemFreeAsync(wire::MemFreeAsync::Reader args) {
   // stream capture: not recorded, so refused on a capturing stream.
   FERRY_RETURN_IF_ERROR(CaptureGuard(args.getStream(), CaptureUse::kNotRecorded));
   auto range = ranges_.FindBase(args.getDptr());
-  if (range.value == nullptr || range.value->module != 0 || range.value->mapped) {
+  if (range.value == nullptr || range.value->module != 0 || range.value->mapped ||
+      range.value->graph) {
     return Status::InvalidArgument("cuMemFreeAsync(" + Hex(args.getDptr()) +
                                    "): not the start of an allocation of this session");
   }

@@ -1000,6 +1000,92 @@ TEST_F(SessionGraphTest, ExplicitNodesRunInDependencyOrderAndAreValidated) {
 // An executable graph outlives the graph it was made from, but once that
 // graph is gone its nodes can no longer be named: a new graph that reuses the
 // id must not reach the executable graph through its own nodes.
+// graph node kinds: event record and wait nodes record and wait at each
+// launch like the stream calls; an executable graph's node can be pointed at
+// another event; a launch into a capture, a child graph with event nodes and
+// a launch whose event was destroyed are refused, and the session goes on.
+TEST_F(SessionGraphTest, EventNodesRecordAtEachLaunchAndTheirEventsAreCheckedEachTime) {
+  CreateContext();
+  CreateStream(5);
+  CreateStream(6);
+  CreateEvent(8);
+  CreateEvent(9);
+  auto add_event_node = [&](uint64_t graph, uint64_t node, uint64_t event, bool wait,
+                            std::vector<uint64_t> deps) {
+    client_->Send(
+        [&](wire::Call::Builder c) {
+          auto a = c.initGraphAddEventNode();
+          a.setGraph(graph);
+          a.setNode(node);
+          auto list = a.initDependencies(static_cast<unsigned>(deps.size()));
+          for (size_t i = 0; i < deps.size(); ++i) list.set(static_cast<unsigned>(i), deps[i]);
+          a.setEvent(event);
+          a.setWait(wait);
+        },
+        false);
+    return Ping();
+  };
+  // Elapsed time needs both events recorded (and reached).
+  auto elapsed = [&](uint64_t start, uint64_t end) {
+    return client_
+        ->Call([&](wire::Call::Builder c) {
+          auto a = c.initEventElapsedTime();
+          a.setStart(start);
+          a.setEnd(end);
+        })
+        .status;
+  };
+  auto sync = [&](uint64_t stream) {
+    return client_
+        ->Call([&](wire::Call::Builder c) { OnStream(c.initStreamSynchronize(), stream); })
+        .status;
+  };
+  client_->Send([&](wire::Call::Builder c) { c.initGraphCreate().setGraph(50); }, false);
+  ASSERT_TRUE(add_event_node(50, 51, 8, false, {}).ok());
+  ASSERT_TRUE(add_event_node(50, 52, 9, true, {51}).ok());
+  EXPECT_EQ(add_event_node(50, 53, 0x7777, false, {}).cuda_result(), CUDA_ERROR_INVALID_HANDLE);
+  Instantiate(50, 60);
+  EXPECT_FALSE(elapsed(8, 8).ok()) << "event 8 is not recorded yet";
+  Launch(60, 5);
+  ASSERT_TRUE(sync(5).ok());
+  EXPECT_TRUE(elapsed(8, 8).ok()) << "the record node recorded event 8";
+  EXPECT_FALSE(elapsed(8, 9).ok()) << "the wait node records nothing";
+  // Node 51 records event 9 in the executable graph from now on.
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        auto a = c.initGraphExecEventNodeSetEvent();
+        a.setExec(60);
+        a.setNode(51);
+        a.setEvent(9);
+      },
+      false);
+  ASSERT_TRUE(Ping().ok());
+  Launch(60, 5);
+  ASSERT_TRUE(sync(5).ok());
+  EXPECT_TRUE(elapsed(8, 9).ok());
+  // Not into a capture, not as a child.
+  BeginCapture(6, 70);
+  Launch(60, 6);
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+  EXPECT_EQ(EndCapture(6).status.cuda_result(), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+  client_->Send([&](wire::Call::Builder c) { c.initGraphCreate().setGraph(80); }, false);
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        auto a = c.initGraphAddNode();
+        a.setGraph(80);
+        a.setNode(81);
+        a.setChildGraph(50);
+      },
+      false);
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_NOT_SUPPORTED);
+  // Its event destroyed, the executable graph is refused.
+  client_->Send([&](wire::Call::Builder c) { c.initEventDestroy().setEvent(9); }, false);
+  Launch(60, 5);
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_INVALID_HANDLE);
+  client_->Send([&](wire::Call::Builder c) { c.initGraphExecDestroy().setExec(60); }, false);
+  EXPECT_TRUE(Ping().ok());
+}
+
 TEST_F(SessionGraphTest, ANewGraphWithADestroyedGraphsIdCannotUpdateItsExecutableGraph) {
   CreateContext();
   CreateStream(5);
@@ -2384,6 +2470,117 @@ TEST_F(PooledSessionTest, QuotaHoldsOnEveryAllocationPathAndMemGetInfoShowsTheSl
   EXPECT_EQ(mem_info(), std::make_pair(kSliceQuota / 2, kSliceQuota));
   EXPECT_EQ(session_->Info().device_bytes, std::vector<uint64_t>{kSliceQuota / 2});
   // Nothing the refused allocations took is left on the backend.
+  client_.reset();
+  runner_.join();
+  EXPECT_EQ(BackendMemory(1).first, BackendMemory(1).second);
+}
+
+// graph node kinds: an allocation node's memory is charged to the slice when
+// its graph is instantiated (out of memory past the quota), is the session's
+// range from then until the executable graph is destroyed (cuMemFree refuses
+// it), is held by one executable graph at a time, cannot be allocated again
+// by a launch before it was freed, and comes back to the quota once the
+// executable graph is gone.
+TEST_F(PooledSessionTest, GraphMemoryIsChargedAtInstantiationAndGivenBackWithTheExecutableGraph) {
+  Start();
+  ASSERT_TRUE(CreateContext(0).status.ok());
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  auto ping = [&] { return client_->Call([](wire::Call::Builder c) { c.setPing(); }).status; };
+  auto create_graph = [&](uint64_t graph) {
+    client_->Send([&](wire::Call::Builder c) { c.initGraphCreate().setGraph(graph); }, false);
+  };
+  auto add_alloc = [&](uint64_t graph, uint64_t node, uint64_t bytes) {
+    return client_->Call([&](wire::Call::Builder c) {
+      auto a = c.initGraphAddMemAllocNode();
+      a.setGraph(graph);
+      a.setNode(node);
+      a.setCtx(100);
+      a.setBytes(bytes);
+    });
+  };
+  auto instantiate = [&](uint64_t graph, uint64_t exec) {
+    return client_->Call([&](wire::Call::Builder c) {
+      auto a = c.initGraphInstantiate();
+      a.setGraph(graph);
+      a.setExec(exec);
+    });
+  };
+  auto memset = [&](uint64_t dptr) {
+    client_->Send(
+        [&](wire::Call::Builder c) {
+          auto a = c.initMemset();
+          a.setCtx(100);
+          a.setDst(dptr);
+          a.setValue(1);
+          a.setElementBytes(1);
+          a.setWidth(16);
+          a.setHeight(1);
+        },
+        false);
+    return ping();
+  };
+  auto launch = [&](uint64_t exec) {
+    client_->Send(
+        [&](wire::Call::Builder c) {
+          auto a = c.initGraphLaunch();
+          a.setCtx(100);
+          a.setExec(exec);
+        },
+        false);
+    return ping();
+  };
+  create_graph(50);
+  ReplyResult half = add_alloc(50, 51, kSliceQuota / 2);
+  ASSERT_TRUE(half.status.ok()) << half.status.ToString();
+  // A node of its own graph may name the allocation; other calls may not yet.
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        auto a = c.initGraphAddNode();
+        a.setGraph(50);
+        a.setNode(52);
+        a.initDependencies(1).set(0, 51);
+        auto m = a.initMemset();
+        m.setCtx(100);
+        m.setDst(half.dptr);
+        m.setValue(7);
+        m.setElementBytes(1);
+        m.setWidth(64);
+        m.setHeight(1);
+      },
+      false);
+  ASSERT_TRUE(ping().ok());
+  EXPECT_EQ(memset(half.dptr).cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(session_->Info().device_bytes, std::vector<uint64_t>{0});
+  ASSERT_TRUE(instantiate(50, 60).status.ok());
+  EXPECT_EQ(session_->Info().device_bytes, std::vector<uint64_t>{kSliceQuota / 2});
+  EXPECT_TRUE(memset(half.dptr).ok());
+  client_->Send([&](wire::Call::Builder c) { c.initMemFree().setDptr(half.dptr); }, false);
+  EXPECT_EQ(ping().cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  // One executable graph at a time; more than the slice's rest is out of memory.
+  EXPECT_EQ(instantiate(50, 61).status.cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  create_graph(70);
+  ASSERT_TRUE(add_alloc(70, 71, kSliceQuota / 2 + page).status.ok());
+  EXPECT_EQ(instantiate(70, 72).status.cuda_result(), CUDA_ERROR_OUT_OF_MEMORY);
+  // Nothing frees the allocation, so a second launch is refused.
+  EXPECT_TRUE(launch(60).ok());
+  EXPECT_EQ(launch(60).cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  ReplyResult used = client_->Call([](wire::Call::Builder c) {
+    auto a = c.initDeviceGetGraphMemAttribute();
+    a.setAttribute(CU_GRAPH_MEM_ATTR_USED_MEM_CURRENT);
+  });
+  ASSERT_TRUE(used.status.ok());
+  EXPECT_EQ(static_cast<uint64_t>(used.value), kSliceQuota / 2);
+  // The executable graph goes: the range is no longer the session's and the
+  // quota comes back once the backend has given the memory back.
+  ASSERT_TRUE(
+      client_->Call([](wire::Call::Builder c) { c.initCtxSynchronize().setCtx(100); }).status.ok());
+  client_->Send([&](wire::Call::Builder c) { c.initGraphExecDestroy().setExec(60); }, false);
+  ASSERT_TRUE(ping().ok());
+  EXPECT_EQ(memset(half.dptr).cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_TRUE(test::WaitFor([&] { return session_->Info().device_bytes[0] == 0; },
+                            std::chrono::seconds(10)));
+  // Now the larger graph fits.
+  EXPECT_TRUE(instantiate(70, 72).status.ok());
   client_.reset();
   runner_.join();
   EXPECT_EQ(BackendMemory(1).first, BackendMemory(1).second);

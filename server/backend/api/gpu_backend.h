@@ -783,13 +783,73 @@ class GpuBackend {
     (void)graph, (void)flags, (void)out;
     return NoGraphs();
   }
-  // Queues all of `exec`'s work on `stream` as one stream operation.
+  // Queues all of `exec`'s work on `stream` as one stream operation (event
+  // nodes, where a graph has them, queue their records and waits as stream
+  // operations of their own between its parts).
   virtual Status LaunchGraph(GraphExec& exec, Stream& stream) {
     (void)exec, (void)stream;
     return NoGraphs();
   }
   virtual Status UploadGraph(GraphExec& exec, Stream& stream) {
     (void)exec, (void)stream;
+    return NoGraphs();
+  }
+
+  // --- graph node kinds: memory allocation and free nodes ---------------------
+  // cuGraphAddMemAllocNode: a node of `graph` (after `dependencies`) that
+  // allocates `bytes` of `ctx`'s memory on backend device `device` (ctx's);
+  // *dptr is its address, fixed from now on. The memory exists while an
+  // executable graph of `graph` holds it (CommitGraphMemory).
+  virtual Status AddGraphMemAllocNode(Graph& graph, std::span<GraphNode* const> dependencies,
+                                      Context& ctx, int device, uint64_t bytes, GraphNode** out,
+                                      uint64_t* dptr) {
+    (void)graph, (void)dependencies, (void)ctx, (void)device, (void)bytes, (void)out, (void)dptr;
+    return NoGraphs();
+  }
+  // cuGraphAddMemFreeNode: a node that frees `dptr`, the address of an
+  // allocation node (the caller checked that).
+  virtual Status AddGraphMemFreeNode(Graph& graph, std::span<GraphNode* const> dependencies,
+                                     uint64_t dptr, GraphNode** out) {
+    (void)graph, (void)dependencies, (void)dptr, (void)out;
+    return NoGraphs();
+  }
+  // `exec`, just instantiated from `graph`, holds the memory of `graph`'s
+  // allocation nodes (the caller charged it and checked that no other
+  // executable graph holds it): OUT_OF_MEMORY when the device has too little.
+  // `released` is called once, on any thread, when that memory is given back:
+  // after `exec` is destroyed and the launches queued before are done.
+  virtual Status CommitGraphMemory(GraphExec& exec, Graph& graph, Completion released) {
+    (void)exec, (void)graph, (void)released;
+    return NoGraphs();
+  }
+  // cuDeviceGraphMemTrim: graph memory that no executable graph holds goes
+  // back to backend device `device`.
+  virtual Status TrimGraphMemory(int device) {
+    (void)device;
+    return NoGraphs();
+  }
+
+  // --- graph node kinds: event record and wait nodes ---------------------------
+  // cuGraphAddEventRecordNode (`wait` false) / cuGraphAddEventWaitNode: at
+  // each launch the node records `event` on the launch's stream (as
+  // RecordEvent there would) or makes the nodes after it wait for the event's
+  // latest record (as StreamWaitEvent). The caller keeps `event` alive while a
+  // graph or executable graph names it, and checks that it still exists
+  // before each launch.
+  virtual Status AddGraphEventNode(Graph& graph, std::span<GraphNode* const> dependencies,
+                                   Event& event, bool wait, GraphNode** out) {
+    (void)graph, (void)dependencies, (void)event, (void)wait, (void)out;
+    return NoGraphs();
+  }
+  // Event node `node` (of `graph`; `wait`: a wait node) names `event` from
+  // now on: in the graph (later instantiations), or in `exec` (its next
+  // launches; `node` of the graph `exec` was instantiated from).
+  virtual Status SetGraphEventNode(Graph& graph, GraphNode& node, Event& event, bool wait) {
+    (void)graph, (void)node, (void)event, (void)wait;
+    return NoGraphs();
+  }
+  virtual Status SetExecEventNode(GraphExec& exec, GraphNode& node, Event& event, bool wait) {
+    (void)exec, (void)node, (void)event, (void)wait;
     return NoGraphs();
   }
 

@@ -400,10 +400,14 @@ class CudaGraphExec final : public GraphExec {
   CudaGraphExec(const DriverApi& api, CUgraphExec handle) : api(api), handle(handle) {}
   ~CudaGraphExec() override {
     FERRY_CU_QUIET(api, "destroying an executable graph", cuGraphExecDestroy, handle);
+    if (memory_released) RunCompletion(memory_released, Status::Ok());
   }
 
   const DriverApi& api;
   const CUgraphExec handle;
+  // CommitGraphMemory's: the driver gives the graph's memory back as the
+  // executable graph is destroyed (after its launches).
+  Completion memory_released;
 };
 
 // CUDA arrays, textures and surfaces: driver objects destroyed with their
@@ -2361,6 +2365,126 @@ class CudaBackend final : public GpuBackend {
           break;
       }
       return Status::InvalidArgument("the node's parameters cannot be changed in its graph");
+    });
+  }
+
+  // --- graph node kinds: memory allocation and free nodes ---------------------
+  // The driver's own nodes: pinned memory of the device, accessible to it.
+  Status AddGraphMemAllocNode(Graph& graph, std::span<GraphNode* const> dependencies, Context& ctx,
+                              int device, uint64_t bytes, GraphNode** out,
+                              uint64_t* dptr) override {
+    return Guarded("AddGraphMemAllocNode", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedGraphs());
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuGraphAddMemAllocNode, "cuGraphAddMemAllocNode"));
+      CudaGraph& g = static_cast<CudaGraph&>(graph);
+      CudaContext& c = Ctx(ctx);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(c));
+      CUdevice device_handle = 0;
+      FERRY_RETURN_IF_ERROR(DeviceHandle(device, &device_handle));
+      std::vector<CUgraphNode> deps;
+      for (GraphNode* d : dependencies) deps.push_back(static_cast<CudaGraphNode*>(d)->handle);
+      CUDA_MEM_ALLOC_NODE_PARAMS params;
+      std::memset(&params, 0, sizeof(params));
+      params.poolProps.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+      params.poolProps.handleTypes = CU_MEM_HANDLE_TYPE_NONE;
+      params.poolProps.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+      params.poolProps.location.id = device_handle;
+      params.bytesize = static_cast<size_t>(bytes);
+      CUgraphNode node = nullptr;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphAddMemAllocNode, &node, g.handle, deps.data(),
+                                     deps.size(), &params));
+      g.context = &c;
+      g.nodes.push_back(std::make_unique<CudaGraphNode>(node));
+      *out = g.nodes.back().get();
+      *dptr = static_cast<uint64_t>(params.dptr);
+      return Status::Ok();
+    });
+  }
+
+  Status AddGraphMemFreeNode(Graph& graph, std::span<GraphNode* const> dependencies, uint64_t dptr,
+                             GraphNode** out) override {
+    return Guarded("AddGraphMemFreeNode", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedGraphs());
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuGraphAddMemFreeNode, "cuGraphAddMemFreeNode"));
+      CudaGraph& g = static_cast<CudaGraph&>(graph);
+      if (g.context != nullptr) FERRY_RETURN_IF_ERROR(MakeCurrent(*g.context));
+      std::vector<CUgraphNode> deps;
+      for (GraphNode* d : dependencies) deps.push_back(static_cast<CudaGraphNode*>(d)->handle);
+      CUgraphNode node = nullptr;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphAddMemFreeNode, &node, g.handle, deps.data(),
+                                     deps.size(), static_cast<CUdeviceptr>(dptr)));
+      g.nodes.push_back(std::make_unique<CudaGraphNode>(node));
+      *out = g.nodes.back().get();
+      return Status::Ok();
+    });
+  }
+
+  Status CommitGraphMemory(GraphExec& exec, Graph& graph, Completion released) override {
+    (void)graph;  // the driver instantiated the allocation nodes with the graph
+    static_cast<CudaGraphExec&>(exec).memory_released = std::move(released);
+    return Status::Ok();
+  }
+
+  // --- graph node kinds: event record and wait nodes ---------------------------
+  Status AddGraphEventNode(Graph& graph, std::span<GraphNode* const> dependencies, Event& event,
+                           bool wait, GraphNode** out) override {
+    return Guarded("AddGraphEventNode", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedGraphs());
+      FERRY_RETURN_IF_ERROR(NeedEventNodes());
+      CudaGraph& g = static_cast<CudaGraph&>(graph);
+      CudaEvent& e = Ev(event);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(e.context));
+      std::vector<CUgraphNode> deps;
+      for (GraphNode* d : dependencies) deps.push_back(static_cast<CudaGraphNode*>(d)->handle);
+      CUgraphNode node = nullptr;
+      FERRY_RETURN_IF_ERROR(wait ? FERRY_CU(*api_, cuGraphAddEventWaitNode, &node, g.handle,
+                                            deps.data(), deps.size(), e.handle)
+                                 : FERRY_CU(*api_, cuGraphAddEventRecordNode, &node, g.handle,
+                                            deps.data(), deps.size(), e.handle));
+      g.context = &e.context;
+      g.nodes.push_back(std::make_unique<CudaGraphNode>(node));
+      *out = g.nodes.back().get();
+      return Status::Ok();
+    });
+  }
+
+  Status SetGraphEventNode(Graph& graph, GraphNode& node, Event& event, bool wait) override {
+    return Guarded("SetGraphEventNode", [&]() -> Status {
+      (void)graph;
+      FERRY_RETURN_IF_ERROR(NeedEventNodes());
+      const CUgraphNode n = static_cast<CudaGraphNode&>(node).handle;
+      return wait ? FERRY_CU(*api_, cuGraphEventWaitNodeSetEvent, n, Ev(event).handle)
+                  : FERRY_CU(*api_, cuGraphEventRecordNodeSetEvent, n, Ev(event).handle);
+    });
+  }
+
+  Status SetExecEventNode(GraphExec& exec, GraphNode& node, Event& event, bool wait) override {
+    return Guarded("SetExecEventNode", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedEventNodes());
+      const CUgraphExec x = static_cast<CudaGraphExec&>(exec).handle;
+      const CUgraphNode n = static_cast<CudaGraphNode&>(node).handle;
+      return wait ? FERRY_CU(*api_, cuGraphExecEventWaitNodeSetEvent, x, n, Ev(event).handle)
+                  : FERRY_CU(*api_, cuGraphExecEventRecordNodeSetEvent, x, n, Ev(event).handle);
+    });
+  }
+
+  Status NeedEventNodes() const {
+    if (api_->cuGraphAddEventRecordNode == nullptr || api_->cuGraphAddEventWaitNode == nullptr ||
+        api_->cuGraphEventRecordNodeSetEvent == nullptr ||
+        api_->cuGraphEventWaitNodeSetEvent == nullptr ||
+        api_->cuGraphExecEventRecordNodeSetEvent == nullptr ||
+        api_->cuGraphExecEventWaitNodeSetEvent == nullptr) {
+      return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "the driver has no graph event nodes");
+    }
+    return Status::Ok();
+  }
+
+  Status TrimGraphMemory(int device) override {
+    return Guarded("TrimGraphMemory", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuDeviceGraphMemTrim, "cuDeviceGraphMemTrim"));
+      CUdevice device_handle = 0;
+      FERRY_RETURN_IF_ERROR(DeviceHandle(device, &device_handle));
+      return FERRY_CU(*api_, cuDeviceGraphMemTrim, device_handle);
     });
   }
 

@@ -97,6 +97,7 @@
   X(cuCtxResetPersistingL2Cache, 11000)     \
   FERRY_CUDA_PEER_ENTRY_POINTS(X)           \
   FERRY_CUDA_MEMPOOL_ENTRY_POINTS(X)        \
+  FERRY_CUDA_GRAPH_NODE_ENTRY_POINTS(X)     \
   FERRY_CUDA_GRAPH_ENTRY_POINTS(X)          \
   FERRY_CUDA_GRAPH_EDIT_ENTRY_POINTS(X)     \
   FERRY_CUDA_VMM_ENTRY_POINTS(X)            \
@@ -156,6 +157,19 @@
   X(cuCtxRecordEvent, 12050)               \
   X(cuCtxWaitEvent, 12050)
 
+// Graph node kinds beyond FERRY_CUDA_GRAPH_ENTRY_POINTS' (memory allocation,
+// free and event nodes, graph memory): each answered CUDA_ERROR_NOT_SUPPORTED
+// where the driver lacks it.
+#define FERRY_CUDA_GRAPH_NODE_ENTRY_POINTS(X)  \
+  X(cuGraphAddMemAllocNode, 11040)             \
+  X(cuGraphAddMemFreeNode, 11040)              \
+  X(cuDeviceGraphMemTrim, 11040)               \
+  X(cuGraphAddEventRecordNode, 11010)          \
+  X(cuGraphAddEventWaitNode, 11010)            \
+  X(cuGraphEventRecordNodeSetEvent, 11010)     \
+  X(cuGraphEventWaitNodeSetEvent, 11010)       \
+  X(cuGraphExecEventRecordNodeSetEvent, 11010) \
+  X(cuGraphExecEventWaitNodeSetEvent, 11010)
 // explicit-graph editing and node parameters: each answered
 // CUDA_ERROR_NOT_SUPPORTED where the driver lacks it.
 #define FERRY_CUDA_GRAPH_EDIT_ENTRY_POINTS(X) \

@@ -63,6 +63,8 @@ using host_internal::CompletionThread;
 using host_internal::HostGraph;
 using host_internal::HostGraphExec;
 using host_internal::HostGraphNode;
+using host_internal::HostGraphAllocation;
+using host_internal::HostGraphMemory;
 using host_internal::HostGraphOps;
 using host_internal::StreamPoint;
 using host_internal::StreamQueue;
@@ -405,6 +407,17 @@ class HostStream final : public Stream {
   const std::shared_ptr<StreamQueue> queue_;
   const bool legacy_;
   const bool non_blocking_;
+};
+
+// graph node kinds: an event node's operation. Run, it does nothing:
+// LaunchGraph splits the replay at it and queues the record or the wait as
+// the ordinary stream operation (RecordEvent, StreamWaitEvent), so a wait
+// never blocks a stream worker on a record that only later work of the same
+// worker would make, and a record is seen by every event call.
+struct HostEventNodeOp {
+  Event* event;
+  bool wait;
+  void operator()() const {}
 };
 
 // One cuEventRecord: where it sits in its stream, and when it was reached.
@@ -1830,7 +1843,9 @@ class HostBackend final : public GpuBackend {
   }
 
   Status CloneGraph(Graph& graph, std::unique_ptr<Graph>* out) override {
-    *out = static_cast<HostGraph&>(graph).Clone();
+    std::unique_ptr<HostGraph> clone = static_cast<HostGraph&>(graph).Clone();
+    clone->allocations = static_cast<HostGraph&>(graph).allocations;
+    *out = std::move(clone);
     return Status::Ok();
   }
 
@@ -1847,16 +1862,130 @@ class HostBackend final : public GpuBackend {
     return Status::Ok();
   }
 
-  // One stream operation runs every node, in order.
+  // One stream operation runs every node, in order; event nodes split it
+  // into segments, each one stream operation, with the events' records and
+  // waits queued between them (HostEventNodeOp).
   Status LaunchGraph(GraphExec& exec, Stream& stream) override {
-    Append(stream, {}, [ops = static_cast<HostGraphExec&>(exec).ops()] {
-      for (const std::function<void()>& op : *ops) op();
-    });
+    auto& e = static_cast<HostGraphExec&>(exec);
+    const std::shared_ptr<const HostGraphOps> ops = e.ops();
+    size_t begin = 0;
+    auto queue_segment = [&](size_t end) {
+      Append(stream, {}, [ops, memory = e.memory, begin, end] {
+        for (size_t i = begin; i < end; ++i) (*ops)[i]();
+      });
+    };
+    for (size_t i = 0; i < ops->size(); ++i) {
+      const auto* event_node = (*ops)[i].target<HostEventNodeOp>();
+      if (event_node == nullptr) continue;
+      if (i > begin) queue_segment(i);
+      begin = i + 1;
+      FERRY_RETURN_IF_ERROR(event_node->wait ? StreamWaitEvent(stream, *event_node->event)
+                                             : RecordEvent(*event_node->event, stream));
+    }
+    if (begin < ops->size() || begin == 0) queue_segment(ops->size());
     return Status::Ok();
   }
 
   // Host memory needs no upload, so there is nothing to queue on the stream.
   Status UploadGraph(GraphExec& exec, Stream& stream) override { return Status::Ok(); }
+
+  // --- graph node kinds: memory allocation and free nodes ---------------------
+  // An allocation node reserves its address range now and runs nothing: its
+  // memory is the executable graph's (CommitGraphMemory), so the node has
+  // nothing to do at launch; a free node has nothing to do either (the memory
+  // goes with the executable graph).
+  Status AddGraphMemAllocNode(Graph& graph, std::span<GraphNode* const> dependencies, Context& ctx,
+                              int device, uint64_t bytes, GraphNode** out,
+                              uint64_t* dptr) override {
+    (void)ctx;
+    FERRY_RETURN_IF_ERROR(CheckDevice(device));
+    uint64_t rounded = 0;
+    if (bytes == 0 || !RoundUp(bytes, host_internal::HostVirtualMemory::Granularity(), &rounded)) {
+      return InvalidValue("a graph allocation of " + std::to_string(bytes) + " bytes");
+    }
+    if (rounded > device_memory_[device]) {
+      return Status::OutOfMemory("a graph allocation of " + std::to_string(bytes) +
+                                 " bytes exceeds device " + std::to_string(device) + "'s memory");
+    }
+    void* base =
+        mmap(nullptr, rounded, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (base == MAP_FAILED) {
+      return Status::OutOfMemory("cannot reserve " + std::to_string(rounded) +
+                                 " bytes of addresses");
+    }
+    auto allocation = std::make_shared<HostGraphAllocation>(base, rounded, device);
+    FERRY_RETURN_IF_ERROR(AddGraphNode(graph, dependencies, GraphNodeSpec{}, out));
+    static_cast<HostGraph&>(graph).allocations.push_back(std::move(allocation));
+    *dptr = reinterpret_cast<uint64_t>(base);
+    return Status::Ok();
+  }
+
+  Status AddGraphMemFreeNode(Graph& graph, std::span<GraphNode* const> dependencies, uint64_t dptr,
+                             GraphNode** out) override {
+    (void)dptr;
+    return AddGraphNode(graph, dependencies, GraphNodeSpec{}, out);
+  }
+
+  Status CommitGraphMemory(GraphExec& exec, Graph& graph, Completion released) override {
+    const auto& allocations = static_cast<HostGraph&>(graph).allocations;
+    std::vector<uint64_t> bytes(device_memory_.size(), 0);
+    for (const auto& a : allocations) bytes[a->device] += a->bytes;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (size_t d = 0; d < bytes.size(); ++d) {
+        if (bytes[d] > device_memory_[d] - used_[d]) {
+          return Status::OutOfMemory("the graph allocates " + std::to_string(bytes[d]) +
+                                     " bytes on device " + std::to_string(d) + "; " +
+                                     std::to_string(device_memory_[d] - used_[d]) + " are free");
+        }
+      }
+      for (const auto& a : allocations) {
+        if (a->held) return InvalidValue("another executable graph holds the graph's memory");
+      }
+      for (size_t d = 0; d < bytes.size(); ++d) used_[d] += bytes[d];
+      for (const auto& a : allocations) a->held = true;
+    }
+    auto memory = std::make_shared<HostGraphMemory>();
+    memory->allocations = allocations;
+    memory->release = [this, bytes, allocations] {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (size_t d = 0; d < bytes.size(); ++d) used_[d] -= bytes[d];
+      for (const auto& a : allocations) a->held = false;
+    };
+    for (const auto& a : allocations) {
+      if (mprotect(a->base, a->bytes, PROT_READ | PROT_WRITE) != 0) {
+        return Status::OutOfMemory("cannot make a graph allocation accessible");  // `memory` undoes
+      }
+    }
+    memory->release = [release = std::move(memory->release), released = std::move(released)] {
+      release();
+      released(Status::Ok());
+    };
+    static_cast<HostGraphExec&>(exec).memory = std::move(memory);
+    return Status::Ok();
+  }
+
+  // --- graph node kinds: event record and wait nodes ---------------------------
+  Status AddGraphEventNode(Graph& graph, std::span<GraphNode* const> dependencies, Event& event,
+                           bool wait, GraphNode** out) override {
+    FERRY_RETURN_IF_ERROR(AddGraphNode(graph, dependencies, GraphNodeSpec{}, out));
+    SetGraphNodeOp(graph, **out, HostEventNodeOp{&event, wait});
+    return Status::Ok();
+  }
+
+  Status SetGraphEventNode(Graph& graph, GraphNode& node, Event& event, bool wait) override {
+    SetGraphNodeOp(graph, node, HostEventNodeOp{&event, wait});
+    return Status::Ok();
+  }
+
+  Status SetExecEventNode(GraphExec& exec, GraphNode& node, Event& event, bool wait) override {
+    return static_cast<HostGraphExec&>(exec).Replace(static_cast<HostGraphNode&>(node),
+                                                      HostEventNodeOp{&event, wait});
+  }
+
+  // Graph memory is an executable graph's for as long as it lives, and goes
+  // back to the device with it: nothing is kept to trim.
+  Status TrimGraphMemory(int device) override { return CheckDevice(device); }
 
   // --- explicit-graph editing --------------------------------------------------
   Status EditGraphEdges(Graph& graph, std::span<GraphNode* const> from,
@@ -1895,6 +2024,11 @@ class HostBackend final : public GpuBackend {
  private:
   // The work of a node described by `spec` (kChild: the child's nodes, in a
   // topological order, copied now; *child_nodes gets how many).
+  // Node `node` of `graph` does `op` from now on (later instantiations).
+  static void SetGraphNodeOp(Graph& graph, GraphNode& node, std::function<void()> op) {
+    (void)graph;
+    static_cast<HostGraphNode&>(node).op = std::move(op);
+  }
   Status NodeOp(const GraphNodeSpec& spec, std::function<void()>* op, size_t* child_nodes) {
     *op = [] {};
     switch (spec.kind) {

@@ -1,6 +1,7 @@
 #include "server/backend/host/host_graph.h"
 
 #include <cuda.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <atomic>
@@ -9,6 +10,17 @@
 #include <utility>
 
 namespace ferry::backend::host_internal {
+
+HostGraphAllocation::~HostGraphAllocation() { munmap(base, bytes); }
+
+HostGraphMemory::~HostGraphMemory() {
+  for (const auto& a : allocations) {
+    madvise(a->base, a->bytes, MADV_DONTNEED);
+    mprotect(a->base, a->bytes, PROT_NONE);
+  }
+  if (release) release();
+}
+
 
 namespace {
 

@@ -26,6 +26,29 @@ namespace ferry::backend::host_internal {
 using HostGraphOp = std::function<void()>;
 using HostGraphOps = std::vector<HostGraphOp>;
 
+// graph node kinds: an allocation node's memory. Its address range is
+// reserved (PROT_NONE, nothing behind it) from the node's creation until no
+// graph or executable graph names it; it is readable and writable only while
+// an executable graph holds it (HostGraphMemory). `held` is guarded by the
+// backend's lock.
+struct HostGraphAllocation {
+  HostGraphAllocation(void* base, uint64_t bytes, int device)
+      : base(base), bytes(bytes), device(device) {}
+  ~HostGraphAllocation();  // unmaps the range
+  void* const base;
+  const uint64_t bytes;  // whole pages
+  const int device;
+  bool held = false;
+};
+// The memory an executable graph holds. When the executable graph and the
+// launches queued with it are gone, the pages are dropped, the ranges become
+// PROT_NONE again and `release` runs (on whichever thread let go last).
+struct HostGraphMemory {
+  std::vector<std::shared_ptr<HostGraphAllocation>> allocations;
+  std::function<void()> release;
+  ~HostGraphMemory();
+};
+
 class HostGraphNode final : public GraphNode {
  public:
   HostGraphNode(GraphNodeSpec::Kind kind, HostGraphOp op, size_t child_nodes = 0);
@@ -61,6 +84,8 @@ class HostGraph final : public Graph {
   // A copy: the same kinds, work and edges, new nodes.
   std::unique_ptr<HostGraph> Clone() const;
   size_t size() const { return nodes_.size(); }
+  // graph node kinds: of its allocation nodes (shared with clones).
+  std::vector<std::shared_ptr<HostGraphAllocation>> allocations;
   const std::vector<std::unique_ptr<HostGraphNode>>& nodes() const { return nodes_; }
 
  private:
@@ -76,6 +101,9 @@ class HostGraphExec final : public GraphExec {
   // CUDA_ERROR_INVALID_VALUE when `graph` has a cycle.
   static Status Make(const HostGraph& graph, std::unique_ptr<HostGraphExec>* out);
   const std::shared_ptr<const HostGraphOps>& ops() const { return ops_; }
+  // graph node kinds: the memory of its graph's allocation nodes
+  // (CommitGraphMemory); each launch holds it too.
+  std::shared_ptr<HostGraphMemory> memory;
   // Node `node` (of the graph this was made from, when it was made) runs
   // `op` from now on (when enabled); INVALID_VALUE for another node.
   Status Replace(const HostGraphNode& node, HostGraphOp op);
