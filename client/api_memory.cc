@@ -14,6 +14,7 @@
 #include <cuda.h>
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -845,3 +846,252 @@ CUresult CUDAAPI cuPointerGetAttributes(unsigned int numAttributes, CUpointer_at
 }
 
 }  // extern "C"
+
+// --- batched copies (cuMemcpyBatchAsync, cuMemcpy3DBatchAsync) -----------------
+//
+// A batch is checked whole before any copy is queued, so a refused batch
+// queues nothing and `failIdx` (the legacy entry points) names the copy at
+// fault (SIZE_MAX when the fault is not one copy's). The copies are then
+// queued in the order given, on one stream, through the ordinary copy paths:
+// CUDA leaves their order within the batch open, so stream order is one valid
+// order. Every source access order is honoured as the strictest one (STREAM):
+// host sources are read while the call runs (host-to-device bytes are taken
+// at once), which also satisfies DURING_API_CALL and ANY.
+namespace {
+
+constexpr size_t kNoCopyAtFault = SIZE_MAX;
+
+Status CheckBatchStream(CUstream stream, bool per_thread) {
+  StreamTarget target;
+  FERRY_RETURN_IF_ERROR(Runtime::Get().ResolveStream(stream, per_thread, &target));
+  if (target.stream == 0) {
+    return Status::InvalidArgument("batched copies cannot use the legacy NULL stream");
+  }
+  return Status::Ok();
+}
+
+Status CheckBatchCopyFlags(CUmemcpySrcAccessOrder order, unsigned flags) {
+  if (order != CU_MEMCPY_SRC_ACCESS_ORDER_STREAM &&
+      order != CU_MEMCPY_SRC_ACCESS_ORDER_DURING_API_CALL &&
+      order != CU_MEMCPY_SRC_ACCESS_ORDER_ANY) {
+    return Status::InvalidArgument("invalid srcAccessOrder " + std::to_string(order));
+  }
+  if ((flags & ~static_cast<unsigned>(CU_MEMCPY_FLAG_PREFER_OVERLAP_WITH_COMPUTE)) != 0) {
+    return Status::InvalidArgument("unknown copy flags " + std::to_string(flags));
+  }
+  return Status::Ok();
+}
+
+// One pointer of a copy: device memory the program holds (checked for
+// `bytes`), else host memory, which must not be NULL.
+Status CheckBatchPointer(CUdeviceptr p, size_t bytes, const char* what) {
+  if (IsDevice(p)) return Runtime::Get().allocations().CheckDevice(p, bytes, what);
+  if (p == 0) return Status::InvalidArgument(std::string(what) + " is NULL");
+  return Status::Ok();
+}
+
+Status MemcpyBatch(CUdeviceptr* dsts, CUdeviceptr* srcs, size_t* sizes, size_t count,
+                   CUmemcpyAttributes* attrs, size_t* attrs_idxs, size_t num_attrs,
+                   size_t* fail_idx, CUstream stream, bool per_thread) {
+  if (fail_idx != nullptr) *fail_idx = kNoCopyAtFault;
+  FERRY_RETURN_IF_ERROR(Runtime::Get().Ready());
+  FERRY_RETURN_IF_ERROR(CheckBatchStream(stream, per_thread));
+  if (count == 0) return Status::InvalidArgument("a batch of no copies");
+  if (dsts == nullptr || srcs == nullptr || sizes == nullptr || attrs == nullptr ||
+      attrs_idxs == nullptr) {
+    return Status::InvalidArgument("NULL array");
+  }
+  if (num_attrs == 0 || num_attrs > count) {
+    return Status::InvalidArgument("numAttrs must be 1 to count");
+  }
+  if (attrs_idxs[0] != 0) return Status::InvalidArgument("attrsIdxs[0] must be 0");
+  for (size_t k = 0; k < num_attrs; ++k) {
+    if (k > 0 && attrs_idxs[k] <= attrs_idxs[k - 1]) {
+      return Status::InvalidArgument("attrsIdxs must increase");
+    }
+    if (attrs_idxs[k] >= count) return Status::InvalidArgument("attrsIdxs past the batch");
+    FERRY_RETURN_IF_ERROR(CheckBatchCopyFlags(attrs[k].srcAccessOrder, attrs[k].flags));
+  }
+  for (size_t i = 0; i < count; ++i) {
+    if (sizes[i] == 0) continue;
+    Status checked = CheckBatchPointer(srcs[i], sizes[i], "source");
+    if (checked.ok()) checked = CheckBatchPointer(dsts[i], sizes[i], "destination");
+    if (!checked.ok()) {
+      if (fail_idx != nullptr) *fail_idx = i;
+      return Status::Cuda(checked.cuda_result(),
+                          "copy " + std::to_string(i) + ": " + checked.message());
+    }
+  }
+  for (size_t i = 0; i < count; ++i) {
+    Status queued = CopyUnified(dsts[i], srcs[i], sizes[i], stream, per_thread, true);
+    if (!queued.ok()) {
+      if (fail_idx != nullptr) *fail_idx = i;
+      return queued;
+    }
+  }
+  return Status::Ok();
+}
+
+// One operand of a 3D batch copy as a side of a CUDA_MEMCPY3D; `element` is
+// the copy's element size in bytes.
+void SetBatchOperand(const CUmemcpy3DOperand& operand, const CUextent3D& extent, size_t element,
+                     bool source, CUDA_MEMCPY3D* m) {
+  CUmemorytype type = CU_MEMORYTYPE_UNIFIED;
+  CUdeviceptr device = 0;
+  CUarray array = nullptr;
+  size_t x = 0, y = 0, z = 0, pitch = 0, rows = 0;
+  if (operand.type == CU_MEMCPY_OPERAND_TYPE_ARRAY) {
+    type = CU_MEMORYTYPE_ARRAY;
+    array = operand.op.array.array;
+    x = operand.op.array.offset.x * element;
+    y = operand.op.array.offset.y;
+    z = operand.op.array.offset.z;
+  } else {
+    device = operand.op.ptr.ptr;
+    pitch = (operand.op.ptr.rowLength != 0 ? operand.op.ptr.rowLength : extent.width) * element;
+    rows = operand.op.ptr.layerHeight != 0 ? operand.op.ptr.layerHeight : extent.height;
+  }
+  if (source) {
+    m->srcMemoryType = type, m->srcDevice = device, m->srcArray = array;
+    m->srcXInBytes = x, m->srcY = y, m->srcZ = z, m->srcPitch = pitch, m->srcHeight = rows;
+  } else {
+    m->dstMemoryType = type, m->dstDevice = device, m->dstArray = array;
+    m->dstXInBytes = x, m->dstY = y, m->dstZ = z, m->dstPitch = pitch, m->dstHeight = rows;
+  }
+}
+
+// The element size of an array operand (0 for a pointer).
+Status OperandElementBytes(const CUmemcpy3DOperand& operand, size_t* element) {
+  *element = 0;
+  if (operand.type == CU_MEMCPY_OPERAND_TYPE_POINTER) return Status::Ok();
+  if (operand.type != CU_MEMCPY_OPERAND_TYPE_ARRAY) {
+    return Status::InvalidArgument("unknown operand type " + std::to_string(operand.type));
+  }
+  ferry::client::ArrayRecord record;
+  FERRY_RETURN_IF_ERROR(
+      Runtime::Get().arrays().Find(Runtime::HandleId(operand.op.array.array), &record));
+  *element = record.element_bytes;
+  return Status::Ok();
+}
+
+// `op` as a CUDA_MEMCPY3D, checked as cuMemcpy3DBatchAsync checks it.
+Status BatchOpAs3D(const CUDA_MEMCPY3D_BATCH_OP& op, CUDA_MEMCPY3D* m) {
+  FERRY_RETURN_IF_ERROR(CheckBatchCopyFlags(op.srcAccessOrder, op.flags));
+  const CUextent3D& e = op.extent;
+  if (e.width == 0 || e.height == 0 || e.depth == 0) {
+    return Status::InvalidArgument("an extent of 0");
+  }
+  size_t src_element = 0, dst_element = 0;
+  FERRY_RETURN_IF_ERROR(OperandElementBytes(op.src, &src_element));
+  FERRY_RETURN_IF_ERROR(OperandElementBytes(op.dst, &dst_element));
+  if (src_element != 0 && dst_element != 0 && src_element != dst_element) {
+    return Status::InvalidArgument("the two arrays' element sizes differ");
+  }
+  // Pointer to pointer: bytes; with an array: the array's elements.
+  const size_t element = std::max<size_t>({src_element, dst_element, 1});
+  for (const CUmemcpy3DOperand* operand : {&op.src, &op.dst}) {
+    if (operand->type != CU_MEMCPY_OPERAND_TYPE_POINTER) continue;
+    if (operand->op.ptr.rowLength != 0 && operand->op.ptr.rowLength < e.width) {
+      return Status::InvalidArgument("rowLength smaller than the copy's width");
+    }
+    if (operand->op.ptr.layerHeight != 0 && operand->op.ptr.layerHeight < e.height) {
+      return Status::InvalidArgument("layerHeight smaller than the copy's height");
+    }
+  }
+  size_t width_bytes = 0;
+  if (__builtin_mul_overflow(e.width, element, &width_bytes)) {
+    return Status::InvalidArgument("copy extent overflows");
+  }
+  std::memset(m, 0, sizeof(*m));
+  SetBatchOperand(op.src, e, element, true, m);
+  SetBatchOperand(op.dst, e, element, false, m);
+  m->WidthInBytes = width_bytes;
+  m->Height = e.height;
+  m->Depth = e.depth;
+  CopySide side;
+  FERRY_RETURN_IF_ERROR(ResolveCopySide(
+      m->srcMemoryType, nullptr, m->srcDevice, m->srcArray, m->srcXInBytes, m->srcY, m->srcZ, 0,
+      m->srcPitch, m->srcHeight, width_bytes, e.height, e.depth, "source", &side));
+  return ResolveCopySide(m->dstMemoryType, nullptr, m->dstDevice, m->dstArray, m->dstXInBytes,
+                         m->dstY, m->dstZ, 0, m->dstPitch, m->dstHeight, width_bytes, e.height,
+                         e.depth, "destination", &side);
+}
+
+Status Memcpy3DBatch(size_t num_ops, CUDA_MEMCPY3D_BATCH_OP* ops, size_t* fail_idx,
+                     unsigned long long flags, CUstream stream, bool per_thread) {
+  if (fail_idx != nullptr) *fail_idx = kNoCopyAtFault;
+  FERRY_RETURN_IF_ERROR(Runtime::Get().Ready());
+  FERRY_RETURN_IF_ERROR(CheckBatchStream(stream, per_thread));
+  if (flags != 0) return Status::InvalidArgument("cuMemcpy3DBatchAsync flags must be 0");
+  if (num_ops == 0) return Status::InvalidArgument("a batch of no copies");
+  if (ops == nullptr) return Status::InvalidArgument("opList is NULL");
+  std::vector<CUDA_MEMCPY3D> copies(num_ops);
+  for (size_t i = 0; i < num_ops; ++i) {
+    Status checked = BatchOpAs3D(ops[i], &copies[i]);
+    if (!checked.ok()) {
+      if (fail_idx != nullptr) *fail_idx = i;
+      return Status::Cuda(checked.cuda_result(),
+                          "copy " + std::to_string(i) + ": " + checked.message());
+    }
+  }
+  for (size_t i = 0; i < num_ops; ++i) {
+    Status queued = Copy3D(&copies[i], stream, per_thread, true);
+    if (!queued.ok()) {
+      if (fail_idx != nullptr) *fail_idx = i;
+      return queued;
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+CUresult CUDAAPI cuMemcpyBatchAsync_v2(CUdeviceptr* dsts, CUdeviceptr* srcs, size_t* sizes,
+                                       size_t count, CUmemcpyAttributes* attrs, size_t* attrsIdxs,
+                                       size_t numAttrs, CUstream hStream) {
+  return Api([&] {
+    return MemcpyBatch(dsts, srcs, sizes, count, attrs, attrsIdxs, numAttrs, nullptr, hStream,
+                       false);
+  });
+}
+CUresult CUDAAPI cuMemcpyBatchAsync_v2_ptsz(CUdeviceptr* dsts, CUdeviceptr* srcs, size_t* sizes,
+                                            size_t count, CUmemcpyAttributes* attrs,
+                                            size_t* attrsIdxs, size_t numAttrs, CUstream hStream) {
+  return Api([&] {
+    return MemcpyBatch(dsts, srcs, sizes, count, attrs, attrsIdxs, numAttrs, nullptr, hStream,
+                       true);
+  });
+}
+CUresult CUDAAPI cuMemcpyBatchAsync(CUdeviceptr* dsts, CUdeviceptr* srcs, size_t* sizes,
+                                    size_t count, CUmemcpyAttributes* attrs, size_t* attrsIdxs,
+                                    size_t numAttrs, size_t* failIdx, CUstream hStream) {
+  return Api([&] {
+    return MemcpyBatch(dsts, srcs, sizes, count, attrs, attrsIdxs, numAttrs, failIdx, hStream,
+                       false);
+  });
+}
+CUresult CUDAAPI cuMemcpyBatchAsync_ptsz(CUdeviceptr* dsts, CUdeviceptr* srcs, size_t* sizes,
+                                         size_t count, CUmemcpyAttributes* attrs, size_t* attrsIdxs,
+                                         size_t numAttrs, size_t* failIdx, CUstream hStream) {
+  return Api([&] {
+    return MemcpyBatch(dsts, srcs, sizes, count, attrs, attrsIdxs, numAttrs, failIdx, hStream,
+                       true);
+  });
+}
+CUresult CUDAAPI cuMemcpy3DBatchAsync_v2(size_t numOps, CUDA_MEMCPY3D_BATCH_OP* opList,
+                                         unsigned long long flags, CUstream hStream) {
+  return Api([&] { return Memcpy3DBatch(numOps, opList, nullptr, flags, hStream, false); });
+}
+CUresult CUDAAPI cuMemcpy3DBatchAsync_v2_ptsz(size_t numOps, CUDA_MEMCPY3D_BATCH_OP* opList,
+                                              unsigned long long flags, CUstream hStream) {
+  return Api([&] { return Memcpy3DBatch(numOps, opList, nullptr, flags, hStream, true); });
+}
+CUresult CUDAAPI cuMemcpy3DBatchAsync(size_t numOps, CUDA_MEMCPY3D_BATCH_OP* opList,
+                                      size_t* failIdx, unsigned long long flags, CUstream hStream) {
+  return Api([&] { return Memcpy3DBatch(numOps, opList, failIdx, flags, hStream, false); });
+}
+CUresult CUDAAPI cuMemcpy3DBatchAsync_ptsz(size_t numOps, CUDA_MEMCPY3D_BATCH_OP* opList,
+                                           size_t* failIdx, unsigned long long flags,
+                                           CUstream hStream) {
+  return Api([&] { return Memcpy3DBatch(numOps, opList, failIdx, flags, hStream, true); });
+}
