@@ -95,7 +95,12 @@ UserObjects::Refs UserObjects::AllOfLocked(uint64_t graph) {
 }
 
 void UserObjects::RetainLocked(const Refs& refs) {
-  for (const auto& [object, count] : refs) objects_.at(object).references += count;
+  // An object the program over-released is gone already (undefined in CUDA):
+  // a graph's reference to it is dropped rather than ending the program.
+  for (const auto& [object, count] : refs) {
+    auto it = objects_.find(object);
+    if (it != objects_.end()) it->second.references += count;
+  }
 }
 
 void UserObjects::ReleaseLocked(const Refs& refs, std::vector<Object>* dead) {

@@ -649,10 +649,7 @@ backend::Completion Session::DeferReply(CallContext& cx, backend::MutableHostByt
   cx.deferred = true;
   CompletionStarted();
   deferred_replies_.fetch_add(1);
-  // Only the executor role starts it, and Run joins it after serving.
-  if (keepalive_period_.count() > 0 && !keepalive_.joinable()) {
-    keepalive_ = std::thread([this] { KeepaliveLoop(); });
-  }
+  StartKeepaliveIfAsked();
   const uint64_t seq = cx.seq;
   return [this, seq, bulk = std::move(bulk)](Status status) {
     capnp::MallocMessageBuilder message(64);
@@ -666,6 +663,13 @@ backend::Completion Session::DeferReply(CallContext& cx, backend::MutableHostByt
     deferred_replies_.fetch_sub(1);
     CompletionDone();
   };
+}
+
+void Session::StartKeepaliveIfAsked() {
+  // Only the executor role starts it, and Run joins it after serving.
+  if (keepalive_period_.count() > 0 && !keepalive_.joinable()) {
+    keepalive_ = std::thread([this] { KeepaliveLoop(); });
+  }
 }
 
 void Session::KeepaliveLoop() {
@@ -741,7 +745,13 @@ Status Session::CheckQuotaAfterReleases(int device, uint64_t bytes) {
   Status quota = shares_.CheckQuota(device, bytes);
   if (quota.ok() || bytes_awaiting_release_.load() == 0) return quota;
   allocations_waited_for_releases_.fetch_add(1);
-  if (!WaitForReleasesFor(kReleaseWaitLimit)) {
+  // The client waits for this call's reply meanwhile: keepalives go out as
+  // for a deferred reply, so its call deadline measures silence only.
+  deferred_replies_.fetch_add(1);
+  StartKeepaliveIfAsked();
+  const bool released = WaitForReleasesFor(kReleaseWaitLimit);
+  deferred_replies_.fetch_sub(1);
+  if (!released) {
     FERRY_LOG(kWarning) << "session " << id_ << ": memory it freed is still waiting for its queued "
                        << "work after " << absl::FormatDuration(kReleaseWaitLimit)
                        << "; the allocation is refused";

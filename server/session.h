@@ -797,13 +797,16 @@ class Session {
   // Run's thread (before helper_ exists nobody else serves), joined by Run.
   std::thread helper_;
 
-  // call deadline (keepalive): while replies are deferred (DeferReply), a
-  // keepalive frame every keepalive_period_ that saw no other frame, so that
+  // call deadline (keepalive): while replies are deferred (DeferReply) or the
+  // executor blocks in a bounded wait before replying (CheckQuotaAfterReleases),
+  // a keepalive frame every keepalive_period_ that saw no other frame, so that
   // the client's deadline measures silence (schema: Keepalives). The thread
-  // starts with the first deferred reply and is joined by Run.
+  // starts with the first such reply (StartKeepaliveIfAsked, executor role
+  // only) and is joined by Run.
+  void StartKeepaliveIfAsked();
   void KeepaliveLoop();
   const std::chrono::milliseconds keepalive_period_;  // 0: the client asked for none
-  std::atomic<int> deferred_replies_{0};              // sent yet to come
+  std::atomic<int> deferred_replies_{0};              // owed, being worked on
   std::atomic<int64_t> last_write_ns_{0};             // steady clock, last frame sent
   std::mutex keepalive_mutex_;
   std::condition_variable keepalive_cv_;

@@ -224,10 +224,14 @@ void Session::DestroyContextArrays(uint64_t ctx) {
   textures_.EraseIf(in_ctx);
   // Levels before the mipmapped arrays that own them.
   arrays_.EraseIf([ctx](uint64_t, const ArrayEntry& e) { return e.ctx == ctx && e.level; });
+  // The quota comes back after the memory: erasing the entries starts the
+  // releases, which UnchargeWhenReleased then waits for.
+  std::vector<std::pair<int, uint64_t>> charges;
   arrays_.ForEach([&](uint64_t, ArrayEntry& e) {
-    if (e.ctx == ctx) UnchargeWhenReleased(e.device, e.charged);
+    if (e.ctx == ctx) charges.emplace_back(e.device, e.charged);
   });
   arrays_.EraseIf(in_ctx);
+  for (const auto& [device, bytes] : charges) UnchargeWhenReleased(device, bytes);
 }
 
 }  // namespace ferry::server

@@ -284,8 +284,12 @@ void Session::FreeVirtualMemory() {
   });
   reservations_.clear();
   reserved_bytes_ = 0;
-  physical_.ForEach([&](uint64_t, PhysicalEntry& p) { UnchargeWhenReleased(p.device, p.bytes); });
+  // The quota comes back after the memory: clearing the entries starts the
+  // releases, which UnchargeWhenReleased then waits for.
+  std::vector<std::pair<int, uint64_t>> charges;
+  physical_.ForEach([&](uint64_t, PhysicalEntry& p) { charges.emplace_back(p.device, p.bytes); });
   physical_.Clear();
+  for (const auto& [device, bytes] : charges) UnchargeWhenReleased(device, bytes);
 }
 
 }  // namespace ferry::server

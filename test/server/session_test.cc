@@ -186,6 +186,7 @@ class SessionTest : public ::testing::Test {
 
   std::unique_ptr<backend::GpuBackend> backend_;
   uint64_t buffer_limit_ = 0;  // Session::SetBufferLimit before Run; 0: the default
+  uint32_t keepalive_ms_ = 0;  // Hello.keepaliveMs
   std::unique_ptr<Session> session_;
   std::thread runner_;
   std::unique_ptr<RawClient> client_;
@@ -2289,6 +2290,7 @@ class PooledSessionTest : public ::testing::Test {
     auto h = hello.initRoot<wire::Hello>();
     h.setPid(8);
     h.setProgram("pooled_test");
+    h.setKeepaliveMs(keepalive_ms_);
     session_ = std::make_unique<Session>(2, std::move(observed), *backend_, h.asReader(), Grant());
     if (before_run) before_run(*session_);
     runner_ = std::thread([this] { session_->Run(); });
@@ -2313,6 +2315,11 @@ class PooledSessionTest : public ::testing::Test {
       a.setBytes(bytes);
     });
   }
+  // Fills the quota, queues a memset of it behind a closed host gate, frees
+  // it and asks for the whole quota again: the allocation waits for the
+  // release, which the gate's opening lets happen. `expect_keepalive`: a
+  // keepalive frame comes while it waits (keepalive_ms_ set).
+  void AllocationWaitingForARelease(bool expect_keepalive);
   // Free and total of backend device `device`, as the backend counts.
   std::pair<uint64_t, uint64_t> BackendMemory(int device) {
     std::unique_ptr<backend::Context> probe;
@@ -2324,6 +2331,7 @@ class PooledSessionTest : public ::testing::Test {
 
   std::unique_ptr<backend::GpuBackend> backend_;
   uint64_t buffer_limit_ = 0;  // Session::SetBufferLimit before Run; 0: the default
+  uint32_t keepalive_ms_ = 0;  // Hello.keepaliveMs
   std::unique_ptr<Session> session_;
   std::thread runner_;
   std::unique_ptr<RawClient> client_;
@@ -2337,6 +2345,17 @@ class PooledSessionTest : public ::testing::Test {
 // cuMemFree returns once the memory is free), instead of failing with
 // OUT_OF_MEMORY.
 TEST_F(PooledSessionTest, AnAllocationWaitsForMemoryTheSessionFreedToBeReleased) {
+  AllocationWaitingForARelease(/*expect_keepalive=*/false);
+}
+
+// The client's call deadline measures silence: while the executor waits for
+// the releases, keepalives go out as for a deferred reply.
+TEST_F(PooledSessionTest, KeepalivesGoOutWhileAnAllocationWaitsForReleases) {
+  keepalive_ms_ = Session::kMinKeepaliveMs;
+  AllocationWaitingForARelease(/*expect_keepalive=*/true);
+}
+
+void PooledSessionTest::AllocationWaitingForARelease(bool expect_keepalive) {
   Start();
   ASSERT_TRUE(CreateContext(0).status.ok());
   constexpr uint64_t kHeld = 300;
@@ -2369,8 +2388,15 @@ TEST_F(PooledSessionTest, AnAllocationWaitsForMemoryTheSessionFreedToBeReleased)
       [&] { return session_->Info().allocations_waited_for_releases == 1; },
       std::chrono::seconds(10)))
       << "the allocation did not wait for the release";
+  if (expect_keepalive) {
+    const ReplyResult keepalive = client_->ReadWithin();
+    EXPECT_EQ(keepalive.seq, 0u) << "a reply came before any keepalive";
+  }
   client_->OpenGate(gate);
-  const ReplyResult allocated = client_->ReadWithin();
+  ReplyResult allocated = client_->ReadWithin();
+  while (expect_keepalive && allocated.seq == 0 && allocated.status.ok()) {
+    allocated = client_->ReadWithin();  // later keepalives
+  }
   EXPECT_EQ(allocated.seq, again);
   EXPECT_TRUE(allocated.status.ok()) << allocated.status.ToString();
   EXPECT_EQ(session_->Info().bytes_allocated, kSliceQuota);
