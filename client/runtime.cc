@@ -177,9 +177,13 @@ Status Runtime::ConnectFromEnvironment() {
   FERRY_RETURN_IF_ERROR(TokenFromEnvironment(&borrow.token));
   ConnectionOptions options;
   FERRY_RETURN_IF_ERROR(CallTimeoutFromEnvironment(&options.call_timeout));
+  const std::optional<TlsClientConfig> tls = TlsClientConfigFromEnvironment(server);
+  FERRY_RETURN_IF_ERROR(CheckTokenIsProtected(
+      server, borrow.token, tls.has_value(), PlainTokenAllowedByEnvironment(),
+      "set FERRY_TLS_CA to use TLS, or FERRY_ALLOW_PLAIN_TOKEN=1 on a network you trust"));
   std::unique_ptr<Transport> transport;
-  Status status = ConnectTransportWithTls(server, std::chrono::milliseconds(timeout_ms),
-                                          TlsClientConfigFromEnvironment(server), &transport);
+  Status status = ConnectTransportWithTls(server, std::chrono::milliseconds(timeout_ms), tls,
+                                          &transport);
   if (status.code() == StatusCode::kPermissionDenied) {
     return status;  // a server whose certificate does not verify: not a lost one
   }

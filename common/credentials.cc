@@ -5,6 +5,8 @@
 #include <cstring>
 #include <fstream>
 
+#include "common/transport.h"
+
 namespace ferry {
 namespace {
 
@@ -34,6 +36,23 @@ Status TokenFromEnvironment(std::string* token) {
   std::getline(in, line);
   *token = Trimmed(line);
   return Status::Ok();
+}
+
+bool PlainTokenAllowedByEnvironment() {
+  const char* allow = std::getenv("FERRY_ALLOW_PLAIN_TOKEN");
+  return allow != nullptr && std::string_view(allow) == "1";
+}
+
+Status CheckTokenIsProtected(std::string_view address, std::string_view token, bool tls,
+                             bool allow_plain, std::string_view opt_in) {
+  if (token.empty() || tls || allow_plain || address.substr(0, 5) == "unix:" ||
+      IsLoopbackAddress(address)) {
+    return Status::Ok();
+  }
+  return Status::PermissionDenied("refusing to send the token in cleartext to " +
+                                  std::string(address) +
+                                  " (plain TCP to an address that is not loopback): " +
+                                  std::string(opt_in));
 }
 
 }  // namespace ferry

@@ -350,6 +350,11 @@ Status ConnectTransportWithTls(std::string_view address, std::chrono::millisecon
   if (!tls.has_value() || address.substr(0, 5) == "unix:") {
     return ConnectTransport(address, timeout, out);
   }
+  if (tls->server_name.empty()) {
+    return Status::PermissionDenied("TLS with " + std::string(address) +
+                                    ": no name to check ferryd's certificate against (set "
+                                    "FERRY_TLS_SERVER_NAME)");
+  }
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   std::shared_ptr<TlsContext> context;
   FERRY_RETURN_IF_ERROR(TlsContext::ForClient(tls->ca_file, &context));
@@ -361,16 +366,27 @@ Status ConnectTransportWithTls(std::string_view address, std::chrono::millisecon
     return Status::Internal(OpenSslErrors("SSL_new failed"));
   }
   // The certificate must name the server: an IP address against its IP
-  // entries, else a DNS name (also sent as SNI).
+  // entries, else a DNS name (also sent as SNI). OpenSSL checks no name at
+  // all when none is set, so a failed call refuses the connection.
   in6_addr ip{};
   const bool is_ip = ::inet_pton(AF_INET, tls->server_name.c_str(), &ip) == 1 ||
                      ::inet_pton(AF_INET6, tls->server_name.c_str(), &ip) == 1;
   X509_VERIFY_PARAM* param = SSL_get0_param(ssl);
+  bool name_set = false;
   if (is_ip) {
-    X509_VERIFY_PARAM_set1_ip_asc(param, tls->server_name.c_str());
+    name_set = X509_VERIFY_PARAM_set1_ip_asc(param, tls->server_name.c_str()) == 1;
   } else {
-    X509_VERIFY_PARAM_set1_host(param, tls->server_name.c_str(), 0);
-    SSL_set_tlsext_host_name(ssl, tls->server_name.c_str());
+    // "*.example.org" matches one whole label; "gpu*.example.org" nothing.
+    X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+    name_set = X509_VERIFY_PARAM_set1_host(param, tls->server_name.c_str(), 0) == 1 &&
+               SSL_set_tlsext_host_name(ssl, tls->server_name.c_str()) == 1;
+  }
+  if (!name_set) {
+    SSL_free(ssl);
+    ::close(fd);
+    return Status::PermissionDenied("TLS with " + std::string(address) +
+                                    ": cannot check ferryd's certificate for the name '" +
+                                    tls->server_name + "': " + OpenSslErrors("OpenSSL refused it"));
   }
   SetNonBlocking(fd);
   const std::string failed = AttachSocket(ssl, fd) ? Handshake(ssl, fd, /*accept=*/false, deadline)

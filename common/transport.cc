@@ -181,6 +181,19 @@ Status ParseHostPort(std::string_view address, std::string* host, uint16_t* port
   return Status::Ok();
 }
 
+bool IsLoopbackAddress(std::string_view address) {
+  std::string host;
+  uint16_t port = 0;
+  if (!ParseHostPort(address, &host, &port).ok()) return false;
+  if (host == "localhost") return true;
+  in_addr v4{};
+  if (::inet_pton(AF_INET, host.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
+  in6_addr v6{};
+  if (::inet_pton(AF_INET6, host.c_str(), &v6) != 1) return false;
+  if (IN6_IS_ADDR_LOOPBACK(&v6)) return true;
+  return IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 127;
+}
+
 void TuneTcpSocket(int fd) {
   int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));

@@ -93,6 +93,11 @@ class SocketTransport final : public Transport {
 // Splits "host:port" ("[::1]:7070" for IPv6). Port 0 is allowed.
 Status ParseHostPort(std::string_view address, std::string* host, uint16_t* port);
 
+// Whether TCP to `address` ("127.0.0.1:7070", "[::1]:0", "localhost:7070")
+// stays on this host: 127.0.0.0/8, ::1 (also as ::ffff:127.x.y.z) or the
+// name localhost. Any other name is not resolved and counts as remote.
+bool IsLoopbackAddress(std::string_view address);
+
 // Connects over TCP with TCP_NODELAY and large buffers; gives up after
 // `timeout` with Disconnected naming the address and the reason.
 Status ConnectTcp(std::string_view address, std::chrono::milliseconds timeout,

@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <limits>
 #include <utility>
 
 #include "common/frame.h"
@@ -112,7 +113,15 @@ Status Server::SetTls(const std::string& cert_file, const std::string& key_file)
 Status LookUpGroup(const std::string& group, uint32_t* gid) {
   if (!group.empty() && std::all_of(group.begin(), group.end(),
                                     [](unsigned char c) { return std::isdigit(c) != 0; })) {
-    *gid = static_cast<uint32_t>(std::strtoul(group.c_str(), nullptr, 10));
+    // All digits, so strtoull parses it whole; what is left to check is the
+    // range: a gid is 32 bits and (gid_t)-1 means "no group" to chown.
+    errno = 0;
+    const unsigned long long value = std::strtoull(group.c_str(), nullptr, 10);
+    if (errno == ERANGE || value >= std::numeric_limits<uint32_t>::max()) {
+      return Status::InvalidArgument("group id " + group +
+                                     " is out of range (--unix-group: 0 to 4294967294)");
+    }
+    *gid = static_cast<uint32_t>(value);
     return Status::Ok();
   }
   std::vector<char> buffer(16384);
@@ -124,16 +133,6 @@ Status LookUpGroup(const std::string& group, uint32_t* gid) {
   }
   *gid = found->gr_gid;
   return Status::Ok();
-}
-
-bool IsLoopbackAddress(const std::string& address) {
-  std::string host;
-  uint16_t port = 0;
-  if (!ParseHostPort(address, &host, &port).ok()) return false;
-  if (host == "localhost") return true;
-  asio::error_code ec;
-  const asio::ip::address ip = asio::ip::make_address(host, ec);
-  return !ec && ip.is_loopback();
 }
 
 Status Server::SetTokenFile(const std::string& path) {

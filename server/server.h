@@ -75,8 +75,6 @@ struct UnixAccess {
 
 // A group name or number as a gid; NotFound naming it otherwise.
 Status LookUpGroup(const std::string& group, uint32_t* gid);
-// "127.0.0.1:7070", "[::1]:0", "localhost:7070": only this host can reach it.
-bool IsLoopbackAddress(const std::string& address);
 
 class Server {
  public:

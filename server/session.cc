@@ -206,8 +206,15 @@ void Session::Run() {
   FERRY_LOG(kInfo) << "session " << id_ << " opened: " << transport_->PeerName() << " pid " << pid_
                    << " (" << program_ << "@" << host_ << ")";
   ServeLoop(/*helper=*/false);
-  // Serving has ended and every gate is open, so the helper finishes the
-  // batch it may be executing and returns.
+  // Serving ends only when reading failed (the peer left or broke the
+  // protocol), so nobody reads what is still written. The transport is shut
+  // down before the joins: a thread blocked writing to a peer that stopped
+  // reading (the keepalive, a reply of the helper's batch) fails at once
+  // instead of keeping Run here forever. Writes after Shutdown fail; the
+  // writers treat that as the end of the session.
+  transport_->Shutdown();
+  // Every gate is open, so the helper finishes the batch it may be
+  // executing and returns.
   if (helper_.joinable()) helper_.join();
   {
     std::lock_guard<std::mutex> lock(keepalive_mutex_);
@@ -215,7 +222,6 @@ void Session::Run() {
   }
   keepalive_cv_.notify_all();
   if (keepalive_.joinable()) keepalive_.join();
-  transport_->Shutdown();
   {
     std::lock_guard<std::timed_mutex> exec(exec_mutex_);
     // Nobody will see what the queued work computes: what has not started

@@ -1,6 +1,8 @@
 #include "server/auth/tokens.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -12,10 +14,9 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <span>
-#include <sstream>
 
 namespace ferry::auth {
 namespace {
@@ -135,22 +136,84 @@ std::string FormatTokenEntry(const Token& token) {
          Hex(token.digest.data(), token.digest.size()) + "\"\n";
 }
 
+namespace {
+
+// Whoever can write the token file can add an admin token: refuse a file
+// its group or others may write.
+Status CheckOwnerOnlyWritable(const struct stat& st, const std::string& path) {
+  if ((st.st_mode & (S_IWGRP | S_IWOTH)) == 0) return Status::Ok();
+  char mode[8];
+  std::snprintf(mode, sizeof(mode), "%04o", static_cast<unsigned>(st.st_mode & 07777));
+  return Status::PermissionDenied("token file " + path + " is writable by its group or others (mode " +
+                                  mode + "): whoever can write it can add admin tokens; run "
+                                  "`chmod go-w " + path + "`");
+}
+
+// The token file, open for reading and appending and exclusively locked
+// (flock) until the destructor closes it: `ferryctl token create` and
+// `revoke` running at once each see the other's entries. A revoke replaces
+// the file (rename), so a lock taken on the replaced file is dropped and
+// taken again on the current one.
+class LockedTokenFile {
+ public:
+  ~LockedTokenFile() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  Status Open(const std::string& path, bool create) {
+    for (;;) {
+      const int fd = ::open(path.c_str(),
+                            O_RDWR | O_APPEND | O_NOFOLLOW | O_CLOEXEC | (create ? O_CREAT : 0),
+                            0600);
+      if (fd < 0) return Status::NotFound("cannot open token file " + path + ": " + strerror(errno));
+      struct stat opened {}, current {};
+      if (::flock(fd, LOCK_EX) != 0 || ::fstat(fd, &opened) != 0) {
+        const int error = errno;
+        ::close(fd);
+        return Status::Internal("cannot lock token file " + path + ": " + strerror(error));
+      }
+      if (::stat(path.c_str(), &current) == 0 && current.st_dev == opened.st_dev &&
+          current.st_ino == opened.st_ino) {
+        fd_ = fd;
+        return CheckOwnerOnlyWritable(opened, path);
+      }
+      ::close(fd);  // replaced while we waited: lock the new one
+    }
+  }
+  int fd() const { return fd_; }
+
+ private:
+  int fd_ = -1;
+};
+
+Status WriteAll(int fd, std::string_view text) {
+  while (!text.empty()) {
+    const ssize_t written = ::write(fd, text.data(), text.size());
+    if (written < 0 && errno == EINTR) continue;
+    if (written <= 0) return Status::Internal(strerror(written < 0 ? errno : EIO));
+    text.remove_prefix(static_cast<size_t>(written));
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
 Status AppendTokenEntry(const std::string& path, const Token& token) {
-  const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-  if (fd < 0) return Status::NotFound("cannot open token file " + path + ": " + strerror(errno));
-  const std::string text = "\n" + FormatTokenEntry(token);
-  const ssize_t written = ::write(fd, text.data(), text.size());
-  const int write_errno = errno;
-  ::close(fd);
-  if (written != static_cast<ssize_t>(text.size())) {
-    return Status::Internal("cannot write token file " + path + ": " + strerror(write_errno));
+  LockedTokenFile file;
+  FERRY_RETURN_IF_ERROR(file.Open(path, /*create=*/true));
+  if (Status written = WriteAll(file.fd(), "\n" + FormatTokenEntry(token)); !written.ok()) {
+    return Status::Internal("cannot write token file " + path + ": " + written.message());
+  }
+  if (::fsync(file.fd()) != 0) {
+    return Status::Internal("cannot write token file " + path + ": " + strerror(errno));
   }
   return Status::Ok();
 }
 
 Status RemoveTokenEntry(const std::string& path, const std::string& id) {
+  LockedTokenFile file;
+  FERRY_RETURN_IF_ERROR(file.Open(path, /*create=*/false));
   TokenSet set;
-  FERRY_RETURN_IF_ERROR(TokenSet::Load(path, &set));
+  FERRY_RETURN_IF_ERROR(TokenSet::Load(path, &set));  // the locked file: it stays in place
   std::string text;
   bool found = false;
   for (const Token& token : set.tokens()) {
@@ -161,24 +224,48 @@ Status RemoveTokenEntry(const std::string& path, const std::string& id) {
     }
   }
   if (!found) return Status::NotFound("no token with id " + id + " in " + path);
+  // The new file is made afresh (a stale one, or a link planted in its
+  // place, is removed first and never followed), owner-only whatever the
+  // umask, and on disk before it replaces the old one.
   const std::string temp = path + ".new";
-  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (::unlink(temp.c_str()) != 0 && errno != ENOENT) {
+    return Status::Internal("cannot remove the stale " + temp + ": " + strerror(errno));
+  }
+  const int fd =
+      ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
   if (fd < 0) return Status::Internal("cannot write " + temp + ": " + strerror(errno));
-  const bool written = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+  Status status = ::fchmod(fd, 0600) == 0 ? WriteAll(fd, text) : Status::Internal(strerror(errno));
+  if (status.ok() && ::fsync(fd) != 0) status = Status::Internal(strerror(errno));
   ::close(fd);
-  if (!written || ::rename(temp.c_str(), path.c_str()) != 0) {
+  if (status.ok() && ::rename(temp.c_str(), path.c_str()) != 0) {
+    status = Status::Internal(strerror(errno));
+  }
+  if (!status.ok()) {
     ::unlink(temp.c_str());
-    return Status::Internal("cannot replace token file " + path + ": " + strerror(errno));
+    return Status::Internal("cannot replace token file " + path + ": " + status.message());
   }
   return Status::Ok();
 }
 
 Status TokenSet::Load(const std::string& path, TokenSet* out) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Status::NotFound("cannot read token file " + path + ": " + strerror(errno));
-  std::ostringstream text;
-  text << in.rdbuf();
-  return Parse(text.str(), path, out);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Status::NotFound("cannot read token file " + path + ": " + strerror(errno));
+  struct stat st {};
+  Status status = ::fstat(fd, &st) == 0
+                      ? CheckOwnerOnlyWritable(st, path)
+                      : Status::NotFound("cannot read token file " + path + ": " + strerror(errno));
+  std::string text;
+  char buffer[8192];
+  while (status.ok()) {
+    const ssize_t got = ::read(fd, buffer, sizeof(buffer));
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) status = Status::NotFound("cannot read token file " + path + ": " + strerror(errno));
+    if (got <= 0) break;
+    text.append(buffer, static_cast<size_t>(got));
+  }
+  ::close(fd);
+  FERRY_RETURN_IF_ERROR(status);
+  return Parse(text, path, out);
 }
 
 Status TokenSet::Parse(std::string_view text, const std::string& path, TokenSet* out) {

@@ -12,6 +12,7 @@
 //   ferryctl token revoke ID --token-file PATH   drops the token (then reload ferryd)
 //   every command: [--server HOST:PORT] (before or after the command), --help,
 //                  [--token SECRET] [--tls-ca PEM] [--tls-server-name NAME]
+//                  [--allow-plain-token]
 //   ferryctl --version
 //
 // The server address defaults to FERRY_SERVER, the address clients use; the
@@ -427,6 +428,7 @@ std::string ParseErrorMessage(const CLI::App& app, const CLI::ParseError& error)
 // command's name.
 struct AccessFlags {
   std::string token, tls_ca, tls_server_name;
+  bool allow_plain_token = false;
 };
 void AddServerOption(CLI::App* app, std::string* server, AccessFlags* flags) {
   app->add_option("-s,--server", *server,
@@ -439,6 +441,9 @@ void AddServerOption(CLI::App* app, std::string* server, AccessFlags* flags) {
       ->type_name("PEM");
   app->add_option("--tls-server-name", flags->tls_server_name,
                   "TLS: the name ferryd's certificate must carry (default: the server's host)");
+  app->add_flag("--allow-plain-token", flags->allow_plain_token,
+                "send the token over plain TCP to a host that is not this one (default:\n"
+                "refused unless $FERRY_ALLOW_PLAIN_TOKEN=1; prefer --tls-ca)");
 }
 
 // ferryctl token list: the entries of a token file, one line each.
@@ -631,6 +636,14 @@ int Main(int argc, char** argv) {
   }
   if (access.tls.has_value() && !access_flags.tls_server_name.empty()) {
     access.tls->server_name = access_flags.tls_server_name;
+  }
+  if (Status status = CheckTokenIsProtected(
+          server, access.token, access.tls.has_value(),
+          access_flags.allow_plain_token || PlainTokenAllowedByEnvironment(),
+          "pass --tls-ca (TLS), or --allow-plain-token on a network you trust");
+      !status.ok()) {
+    std::fprintf(stderr, "ferryctl: %s\n", status.message().c_str());
+    return 1;
   }
 
   if (status->parsed()) {

@@ -240,7 +240,8 @@ int ParseArgs(int argc, char** argv, Flags* flags) {
       ->allow_extra_args(false)
       ->type_name("UID");
   app.add_option("--unix-allow-gid", flags->unix_allow_gids,
-                 "unix: only peers with one of these gids (or an allowed uid); repeatable")
+                 "unix: only peers whose primary gid (SO_PEERCRED; supplementary groups\n"
+                 "do not count) is one of these (or with an allowed uid); repeatable")
       ->allow_extra_args(false)
       ->type_name("GID");
   CLI::Option* log_level_option =
@@ -359,7 +360,7 @@ Status Merge(const Flags& flags, const pool::Config& config, Settings* settings)
   // network readable by anyone on the path.
   if (settings->tls_cert.empty() && !flags.no_tls) {
     for (const std::string& address : settings->listen) {
-      if (address.rfind("unix:", 0) != 0 && !server::IsLoopbackAddress(address)) {
+      if (address.rfind("unix:", 0) != 0 && !IsLoopbackAddress(address)) {
         return Status::InvalidArgument(
             "listening on " + address +
             " without TLS: pass --tls-cert and --tls-key, or --no-tls to serve plain TCP there");
@@ -543,7 +544,7 @@ int Main(int argc, char** argv) {
     FERRY_LOG(kInfo) << "listening on " << bound
                      << (unix_socket || settings.tls_cert.empty() ? "" : " (TLS)")
                      << (settings.token_file.empty() ? "" : ", tokens required");
-    if (settings.token_file.empty() && !unix_socket && !server::IsLoopbackAddress(bound)) {
+    if (settings.token_file.empty() && !unix_socket && !IsLoopbackAddress(bound)) {
       FERRY_LOG(kWarning) << "*** NO AUTHENTICATION on " << bound
                           << ": anyone who reaches it gets GPUs and every ferryctl command. "
                              "Create a token (`ferryctl token create --token-file PATH --pools "

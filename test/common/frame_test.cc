@@ -122,6 +122,18 @@ TEST(TransportTest, ParseHostPort) {
   EXPECT_FALSE(ParseHostPort(":7070", &host, &port).ok());
 }
 
+TEST(TransportTest, OnlyLoopbackAddressesCountAsLoopback) {
+  for (const char* local : {"127.0.0.1:7070", "127.3.4.5:1", "[::1]:0", "localhost:7070",
+                            "[::ffff:127.0.0.1]:7070"}) {
+    EXPECT_TRUE(IsLoopbackAddress(local)) << local;
+  }
+  for (const char* remote : {"192.0.2.1:7070", "10.0.0.1:7070", "[::2]:7070", "0.0.0.0:7070",
+                             "gpu.example.org:7070", "localhost.example.org:7070",
+                             "[::ffff:10.0.0.1]:7070", "127.0.0.1", "unix:/tmp/ferryd.sock"}) {
+    EXPECT_FALSE(IsLoopbackAddress(remote)) << remote;
+  }
+}
+
 TEST(TransportTest, RefusedConnectionNamesTheServer) {
   // A port that was just free: bind, learn it, close.
   std::unique_ptr<Transport> transport;

@@ -1,8 +1,9 @@
 // TlsTransport (common/tls_transport.h) over real loopback sockets: bulk both
 // ways at once (one reader and one writer per side, sharing the SSL object),
 // Shutdown and the read deadline, a plain peer told apart, and a server
-// that the client's CA did not sign refused. Certificates are made here with
-// OpenSSL's API: a self-signed P-256 certificate for 127.0.0.1 per name.
+// that the client's CA did not sign refused, and the certificate's IP or DNS
+// name checked. Certificates are made here with
+// OpenSSL's API: a self-signed P-256 certificate per name.
 #include "common/tls_transport.h"
 
 #include <arpa/inet.h>
@@ -29,9 +30,10 @@ namespace {
 
 using namespace std::chrono_literals;
 
-// Writes DIR/NAME.pem and DIR/NAME.key: a self-signed certificate for
-// 127.0.0.1 (its own CA).
-void MakeSelfSigned(const std::string& dir, const std::string& name) {
+// Writes DIR/NAME.pem and DIR/NAME.key: a self-signed certificate (its own
+// CA) whose subject alternative names are `names` (OpenSSL's form).
+void MakeSelfSigned(const std::string& dir, const std::string& name,
+                    const std::string& names = "IP:127.0.0.1") {
   EVP_PKEY* key = EVP_EC_gen("P-256");
   ASSERT_NE(key, nullptr);
   X509* cert = X509_new();
@@ -48,7 +50,7 @@ void MakeSelfSigned(const std::string& dir, const std::string& name) {
   X509V3_set_ctx_nodb(&context);
   X509V3_set_ctx(&context, cert, cert, nullptr, nullptr, 0);
   X509_EXTENSION* san =
-      X509V3_EXT_conf_nid(nullptr, &context, NID_subject_alt_name, "IP:127.0.0.1");
+      X509V3_EXT_conf_nid(nullptr, &context, NID_subject_alt_name, names.c_str());
   ASSERT_NE(san, nullptr);
   X509_add_ext(cert, san, -1);
   X509_EXTENSION_free(san);
@@ -209,6 +211,38 @@ TEST_F(TlsTransportTest, AServerTheCaDidNotSignIsRefused) {
                                    TlsClientConfig{dir_ + "/server.pem", "gpu.example"}, &client);
   EXPECT_EQ(status.code(), StatusCode::kPermissionDenied) << status.ToString();
   EXPECT_FALSE(accepted.get().ok());
+}
+
+TEST_F(TlsTransportTest, TheCertificateMustCarryTheDnsNameAsked) {
+  ASSERT_NO_FATAL_FAILURE(
+      MakeSelfSigned(dir_, "named", "DNS:gpu.example.org,DNS:gpu*.example.net"));
+  ASSERT_TRUE(TlsContext::ForServer(dir_ + "/named.pem", dir_ + "/named.key", &server_).ok());
+  // Connects trusting the certificate, asking for `name`.
+  auto connect = [&](const std::string& name) {
+    std::unique_ptr<Transport> server, client;
+    bool plain = false;
+    std::future<Status> accepted = Accept(&server, &plain);
+    Status status =
+        ConnectTransportWithTls(address_, 5s, TlsClientConfig{dir_ + "/named.pem", name}, &client);
+    const Status server_side = accepted.get();
+    EXPECT_EQ(server_side.ok(), status.ok()) << server_side.ToString();
+    return status;
+  };
+  Status status = connect("gpu.example.org");
+  EXPECT_TRUE(status.ok()) << status.ToString();
+  for (const std::string wrong : {"other.example.org", "example.org", "127.0.0.1",
+                                  // a partial wildcard matches nothing
+                                  "gpu1.example.net"}) {
+    status = connect(wrong);
+    EXPECT_EQ(status.code(), StatusCode::kPermissionDenied) << wrong << ": " << status.ToString();
+    EXPECT_NE(status.message().find("does not verify"), std::string::npos) << status.message();
+  }
+  // No name at all would check none: refused before connecting (nothing
+  // is accepted).
+  std::unique_ptr<Transport> client;
+  status = ConnectTransportWithTls(address_, 5s, TlsClientConfig{dir_ + "/named.pem", ""}, &client);
+  EXPECT_EQ(status.code(), StatusCode::kPermissionDenied) << status.ToString();
+  EXPECT_NE(status.message().find("no name to check"), std::string::npos) << status.message();
 }
 
 }  // namespace

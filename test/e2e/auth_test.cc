@@ -7,7 +7,10 @@
 // test CA made here with the openssl command.
 //
 // Paths come from CMake as compile definitions (see CMakeLists.txt).
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <ifaddrs.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -282,6 +285,64 @@ TEST_F(AccessTest, ATokenCreatedWhileFerrydRunsWorksAfterReload) {
   EXPECT_EQ(Ferryctl({"reload"}, {{"FERRY_TOKEN", first}}, &out, &err), 1);
   EXPECT_NE(err.find("the old config and tokens stay"), std::string::npos) << err;
   ASSERT_NO_FATAL_FAILURE(ExpectServed({{"FERRY_TOKEN", first}}));
+}
+
+// An IPv4 address of this host that is not loopback (an interface that is
+// up), or "" when it has none.
+std::string NonLoopbackLocalAddress() {
+  ifaddrs* list = nullptr;
+  if (::getifaddrs(&list) != 0) return "";
+  std::string found;
+  for (ifaddrs* i = list; i != nullptr && found.empty(); i = i->ifa_next) {
+    if (i->ifa_addr == nullptr || i->ifa_addr->sa_family != AF_INET) continue;
+    const in_addr ip = reinterpret_cast<const sockaddr_in*>(i->ifa_addr)->sin_addr;
+    char text[INET_ADDRSTRLEN] = {};
+    if ((ntohl(ip.s_addr) >> 24) != 127 && ::inet_ntop(AF_INET, &ip, text, sizeof(text))) {
+      found = text;
+    }
+  }
+  ::freeifaddrs(list);
+  return found;
+}
+
+TEST_F(AccessTest, ATokenIsNeverSentInCleartextToAnotherHostUnlessAllowed) {
+  const std::string token = CreateToken("*", true, "alice");
+  // 192.0.2.1 (TEST-NET-1): the refusal comes before any connect, so it
+  // names the cause whether or not anything answers there.
+  const std::string remote = "192.0.2.1:7070";
+  const std::string refused =
+      ExpectRefused({{"FERRY_TOKEN", token}, {"FERRY_CONNECT_TIMEOUT_MS", "60000"}}, remote);
+  EXPECT_NE(refused.find("refusing to send the token in cleartext to " + remote),
+            std::string::npos)
+      << refused;
+  EXPECT_NE(refused.find("FERRY_ALLOW_PLAIN_TOKEN=1"), std::string::npos) << refused;
+  std::string out, err;
+  EXPECT_EQ(Ferryctl({"status"}, {{"FERRY_TOKEN", token}}, &out, &err, remote), 1);
+  EXPECT_NE(err.find("refusing to send the token in cleartext to " + remote), std::string::npos)
+      << err;
+  EXPECT_NE(err.find("--allow-plain-token"), std::string::npos) << err;
+
+  // A ferryd on a non-loopback address of this host: refused the same way,
+  // served once the user opts in.
+  const std::string local = NonLoopbackLocalAddress();
+  if (local.empty()) {
+    std::cerr << "this host has no non-loopback IPv4 address: the opt-in is not exercised\n";
+    return;
+  }
+  ASSERT_TRUE(test::WriteTextFile(dir_ + "/ferryd.toml", TwoPoolConfig()));
+  ASSERT_NO_FATAL_FAILURE(Start({"--config", dir_ + "/ferryd.toml", "--listen", local + ":0",
+                                 "--no-tls", "--token-file", token_file_}));
+  ASSERT_EQ(address_.rfind(local + ":", 0), 0u) << address_;
+  ExpectRefused({{"FERRY_TOKEN", token}});
+  EXPECT_EQ(Ferryctl({"status"}, {{"FERRY_TOKEN", token}}, &out, &err), 1);
+  ASSERT_NO_FATAL_FAILURE(
+      ExpectServed({{"FERRY_TOKEN", token}, {"FERRY_ALLOW_PLAIN_TOKEN", "1"}}));
+  EXPECT_EQ(Ferryctl({"status", "--allow-plain-token"}, {{"FERRY_TOKEN", token}}, &out, &err), 0)
+      << err;
+  EXPECT_EQ(Ferryctl({"status"}, {{"FERRY_TOKEN", token}, {"FERRY_ALLOW_PLAIN_TOKEN", "1"}}, &out,
+                     &err),
+            0)
+      << err;
 }
 
 // --- TLS ----------------------------------------------------------------------

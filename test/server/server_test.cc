@@ -165,5 +165,20 @@ TEST_F(ServerTest, StopEndsLiveConnections) {
   EXPECT_EQ(ReadFrame(*client, &frame).code(), StatusCode::kDisconnected);
 }
 
+TEST(UnixGroupTest, ANumericGroupMustBeAGid) {
+  uint32_t gid = 7;
+  ASSERT_TRUE(LookUpGroup("100", &gid).ok());
+  EXPECT_EQ(gid, 100u);
+  // Past 32 bits a cast would wrap (4294967296 to 0: root's group);
+  // 4294967295 is (gid_t)-1, "no group" to chown.
+  for (const char* bad : {"4294967295", "4294967296", "99999999999999999999999999"}) {
+    gid = 7;
+    const Status status = LookUpGroup(bad, &gid);
+    EXPECT_EQ(status.code(), StatusCode::kInvalidArgument) << bad << ": " << status.ToString();
+    EXPECT_NE(status.message().find("out of range"), std::string::npos) << status.message();
+    EXPECT_EQ(gid, 7u);
+  }
+}
+
 }  // namespace
 }  // namespace ferry::server

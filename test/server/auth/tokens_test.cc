@@ -1,16 +1,21 @@
 // Tokens (server/auth/tokens.h): made with fresh randomness, stored as
 // salted HMACs, found only by their exact secret, and token files that do
-// not parse are refused naming the line.
+// not parse are refused naming the line; token files are edited under a lock,
+// never through a planted link, and refused when others may write them.
 #include "server/auth/tokens.h"
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "test/support/ferryd.h"
+#include "test/support/pool_config.h"
 
 namespace ferry::auth {
 namespace {
@@ -109,6 +114,85 @@ TEST(TokensTest, AppendingCreatesAnOwnerOnlyFileAndKeepsEarlierEntries) {
   EXPECT_NE(set.Find(b.secret), nullptr);
   ASSERT_EQ(::stat(path.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(TokensTest, ATokenFileOthersMayWriteIsRefused) {
+  const std::string dir = test::MakeTempDir("ferry-tokens-");
+  ASSERT_FALSE(dir.empty());
+  const std::string path = dir + "/tokens.toml";
+  const NewToken a = Make("a", {"*"}, true);
+  ASSERT_TRUE(AppendTokenEntry(path, a.entry).ok());
+  TokenSet set;
+  ASSERT_EQ(::chmod(path.c_str(), 0644), 0);  // others may read: allowed
+  EXPECT_TRUE(TokenSet::Load(path, &set).ok());
+  for (const mode_t mode : {0620, 0602, 0666}) {
+    ASSERT_EQ(::chmod(path.c_str(), mode), 0);
+    const Status status = TokenSet::Load(path, &set);
+    EXPECT_EQ(status.code(), StatusCode::kPermissionDenied) << status.ToString();
+    EXPECT_NE(status.message().find("writable by its group or others"), std::string::npos)
+        << status.message();
+    // Nor is an entry added to it.
+    EXPECT_EQ(AppendTokenEntry(path, Make("b", {"*"}, false).entry).code(),
+              StatusCode::kPermissionDenied);
+  }
+  std::filesystem::remove_all(dir);
+}
+
+TEST(TokensTest, RevokingNeverWritesThroughAPlantedLink) {
+  const std::string dir = test::MakeTempDir("ferry-tokens-");
+  ASSERT_FALSE(dir.empty());
+  const std::string path = dir + "/tokens.toml";
+  const NewToken a = Make("a", {"*"}, false), b = Make("b", {"*"}, false);
+  ASSERT_TRUE(AppendTokenEntry(path, a.entry).ok());
+  ASSERT_TRUE(AppendTokenEntry(path, b.entry).ok());
+  // A link where the new file is written, pointing at a file of the victim.
+  const std::string victim = dir + "/victim";
+  ASSERT_TRUE(test::WriteTextFile(victim, "precious\n"));
+  ASSERT_EQ(::symlink(victim.c_str(), (path + ".new").c_str()), 0);
+  ASSERT_TRUE(RemoveTokenEntry(path, a.entry.id).ok());
+  std::ifstream in(victim);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(text, "precious\n");
+  struct stat st {};
+  ASSERT_EQ(::lstat(path.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISREG(st.st_mode));
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  TokenSet set;
+  ASSERT_TRUE(TokenSet::Load(path, &set).ok());
+  EXPECT_EQ(set.size(), 1u);
+  EXPECT_NE(set.Find(b.secret), nullptr);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(TokensTest, ConcurrentCreatesAndRevokesLoseNoEntry) {
+  const std::string dir = test::MakeTempDir("ferry-tokens-");
+  ASSERT_FALSE(dir.empty());
+  const std::string path = dir + "/tokens.toml";
+  constexpr int kEach = 40;
+  std::vector<NewToken> old_tokens, new_tokens;
+  for (int i = 0; i < kEach; ++i) {
+    old_tokens.push_back(Make("old" + std::to_string(i), {"*"}, false));
+    new_tokens.push_back(Make("new" + std::to_string(i), {"*"}, false));
+    ASSERT_TRUE(AppendTokenEntry(path, old_tokens.back().entry).ok());
+  }
+  // One thread revokes every old token while another appends the new ones:
+  // a revoke that read the file before an append and replaced it after
+  // would drop that append.
+  std::thread revoker([&] {
+    for (const NewToken& token : old_tokens) {
+      EXPECT_TRUE(RemoveTokenEntry(path, token.entry.id).ok());
+    }
+  });
+  for (const NewToken& token : new_tokens) {
+    EXPECT_TRUE(AppendTokenEntry(path, token.entry).ok());
+  }
+  revoker.join();
+  TokenSet set;
+  ASSERT_TRUE(TokenSet::Load(path, &set).ok());
+  EXPECT_EQ(set.size(), static_cast<size_t>(kEach));
+  for (const NewToken& token : new_tokens) EXPECT_NE(set.Find(token.secret), nullptr);
+  for (const NewToken& token : old_tokens) EXPECT_EQ(set.Find(token.secret), nullptr);
   std::filesystem::remove_all(dir);
 }
 
