@@ -17,12 +17,20 @@ void AllocationRegistry::EraseOverlapping(RangeMap<Value>* map, uint64_t base, u
   for (uint64_t b : stale) map->Erase(b);
 }
 
-void AllocationRegistry::AddDevice(uint64_t dptr, uint64_t size, uint64_t ctx, bool global) {
+void AllocationRegistry::AddDevice(uint64_t dptr, uint64_t size, uint64_t ctx, bool global,
+                                   bool graph) {
   std::lock_guard<std::mutex> lock(mu_);
-  const DeviceAllocation allocation{size, ctx, global};
+  DeviceAllocation allocation{size, ctx, global};
+  allocation.graph = graph;
   if (device_.Insert(dptr, size, allocation)) return;
   EraseOverlapping(&device_, dptr, size);
   device_.Insert(dptr, size, allocation);  // false only for size 0 or a wrapping range
+}
+
+bool AllocationRegistry::IsGraphMemory(uint64_t dptr) {
+  std::lock_guard<std::mutex> lock(mu_);
+  RangeMap<DeviceAllocation>::Found found = device_.FindBase(dptr);
+  return found.value != nullptr && found.value->graph;
 }
 
 Status AllocationRegistry::RemoveDevice(uint64_t dptr) {

@@ -33,13 +33,16 @@ namespace ferry::client {
 struct DeviceAllocation {
   uint64_t size = 0;
   uint64_t ctx = 0;
-  // A module global or graph memory: copyable, never freed by cuMemFree.
+  // A module global or graph memory: copyable, never forgotten by cuMemFree.
   bool global = false;
   // virtual memory management: an accessible mapping (ctx 0) of physical
   // memory on `device`; never freed by cuMemFree. Mappings side by side are
   // one span for range checks, as they are one stretch of addresses on a GPU.
   bool mapped = false;
   int device = 0;
+  // graph node kinds: an allocation node's memory (global too), which
+  // cuMemFree may free while its executable graph lives (the server checks).
+  bool graph = false;
 };
 // virtual memory management: physical memory the program created
 // (cuMemCreate), by its handle id.
@@ -57,10 +60,15 @@ class AllocationRegistry {
  public:
   // Records [dptr, dptr + size) of `ctx`, replacing overlapping records.
   // Nothing is recorded for size 0.
-  void AddDevice(uint64_t dptr, uint64_t size, uint64_t ctx, bool global = false);
+  void AddDevice(uint64_t dptr, uint64_t size, uint64_t ctx, bool global = false,
+                 bool graph = false);
   // cuMemFree: forgets the allocation starting at `dptr`; INVALID_VALUE when
   // none does or it is a module global.
   Status RemoveDevice(uint64_t dptr);
+  // Whether an allocation node's memory starts at `dptr` (cuMemFree sends
+  // it to the server, which decides, and keeps the record: the range is its
+  // executable graph's until that goes).
+  bool IsGraphMemory(uint64_t dptr);
   // Forgets the record starting at `dptr`, whatever it is (graph memory
   // whose executable graph is destroyed).
   void ForgetDevice(uint64_t dptr);

@@ -394,6 +394,7 @@ CUresult CUDAAPI cuGraphClone(CUgraph* phGraphClone, CUgraph originalGraph) {
     if (phGraphClone == nullptr) return Status::InvalidArgument("phGraphClone is NULL");
     FERRY_RETURN_IF_ERROR(rt.Ready());
     const uint64_t original = Runtime::HandleId(originalGraph);
+    FERRY_RETURN_IF_ERROR(CheckGraphWithoutMemoryNodes(original, "cuGraphClone"));
     uint64_t id = 0;
     std::vector<std::pair<uint64_t, uint64_t>> copies;
     FERRY_RETURN_IF_ERROR(rt.graphs().CloneGraph(original, &id, &copies));

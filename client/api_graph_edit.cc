@@ -95,6 +95,9 @@ Status EditEdges(CUgraph graph, const CUgraphNode* from, const CUgraphNode* to,
   }
   FERRY_RETURN_IF_ERROR(CheckEdgeData(edge_data, count));
   const uint64_t graph_id = Runtime::HandleId(graph);
+  if (remove) {
+    FERRY_RETURN_IF_ERROR(CheckGraphWithoutMemoryNodes(graph_id, "cuGraphRemoveDependencies"));
+  }
   std::vector<uint64_t> sources(count), targets(count);
   for (size_t i = 0; i < count; ++i) {
     sources[i] = Runtime::HandleId(from[i]);
@@ -385,11 +388,9 @@ CUresult CUDAAPI cuGraphDestroyNode(CUgraphNode hNode) {
     Runtime& rt = Runtime::Get();
     FERRY_RETURN_IF_ERROR(rt.Ready());
     const uint64_t id = Runtime::HandleId(hNode);
-    // graph node kinds: memory nodes stay (as the server answers).
-    std::shared_ptr<const ferry::client::RecordedNodeParams> memory_node;
-    if (rt.graphs().NodeParams(id, CU_GRAPH_NODE_TYPE_MEM_ALLOC, &memory_node).ok() ||
-        rt.graphs().NodeParams(id, CU_GRAPH_NODE_TYPE_MEM_FREE, &memory_node).ok()) {
-      return Status::Unimplemented("cuGraphDestroyNode of a memory allocation or free node");
+    uint64_t node_graph = 0;
+    if (rt.graphs().GraphOfNode(id, &node_graph).ok()) {
+      FERRY_RETURN_IF_ERROR(CheckGraphWithoutMemoryNodes(node_graph, "cuGraphDestroyNode"));
     }
     uint64_t graph = 0;
     FERRY_RETURN_IF_ERROR(rt.graphs().DestroyNode(id, &graph));

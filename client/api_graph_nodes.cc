@@ -269,9 +269,22 @@ void NoteGraphMemory(uint64_t graph, uint64_t exec, uint64_t ctx) {
     }
     memory.emplace_back(params->mem_alloc.dptr, params->mem_alloc.bytesize);
     rt.allocations().AddDevice(params->mem_alloc.dptr, params->mem_alloc.bytesize, ctx,
-                               /*global=*/true);
+                               /*global=*/true, /*graph=*/true);
   }
   if (!memory.empty()) rt.graphs().SetExecMemory(exec, std::move(memory));
+}
+
+ferry::Status CheckGraphWithoutMemoryNodes(uint64_t graph, const char* what) {
+  std::vector<ferry::client::GraphRegistry::NodeShape> shape;
+  if (!Runtime::Get().graphs().GraphShape(graph, &shape).ok()) return ferry::Status::Ok();
+  for (const auto& node : shape) {
+    if (node.type == CU_GRAPH_NODE_TYPE_MEM_ALLOC || node.type == CU_GRAPH_NODE_TYPE_MEM_FREE) {
+      return ferry::Status::Cuda(CUDA_ERROR_NOT_SUPPORTED,
+                                 std::string(what) + ": the graph has memory allocation or free "
+                                                     "nodes");
+    }
+  }
+  return ferry::Status::Ok();
 }
 
 void ForgetGraphMemory(uint64_t exec) {

@@ -447,7 +447,11 @@ CUresult CUDAAPI cuMemFree_v2(CUdeviceptr dptr) {
     Runtime& rt = Runtime::Get();
     FERRY_RETURN_IF_ERROR(rt.Ready());
     if (dptr == 0) return Status::Ok();  // freeing NULL is a no-op, as in CUDA
-    FERRY_RETURN_IF_ERROR(rt.allocations().RemoveDevice(dptr));
+    // Graph memory: the server frees it if a launch allocated it and nothing
+    // freed it (an error otherwise comes with the next call that waits).
+    if (!rt.allocations().IsGraphMemory(dptr)) {
+      FERRY_RETURN_IF_ERROR(rt.allocations().RemoveDevice(dptr));
+    }
     return rt.connection().Post(
         [&](wire::Call::Builder call) { call.initMemFree().setDptr(dptr); });
   });

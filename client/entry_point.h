@@ -68,7 +68,12 @@ Status ForbidUnsafeCallDuringCapture(const char* what);
 
 // graph node kinds (client/api_graph_nodes.cc): executable graph `exec` was
 // instantiated from `graph`, in context `ctx`: the memory of graph's
-// allocation nodes becomes the process's device allocations (copyable, never
-// freed by cuMemFree) until ForgetGraphMemory(exec), as `exec` is destroyed.
+// allocation nodes becomes the process's device allocations (copyable;
+// cuMemFree leaves them to the server) until ForgetGraphMemory(exec), as
+// `exec` is destroyed.
 void NoteGraphMemory(uint64_t graph, uint64_t exec, uint64_t ctx);
 void ForgetGraphMemory(uint64_t exec);
+// NOT_SUPPORTED, naming `what`, when `graph` has memory allocation or free
+// nodes (cuda.h: such a graph cannot be cloned, nor its nodes or edges
+// removed; the server refuses them too, but these calls do not wait).
+ferry::Status CheckGraphWithoutMemoryNodes(uint64_t graph, const char* what);

@@ -640,19 +640,27 @@ class Session {
   // after.
   Status InsertNodeOfKind(GraphEntry& graph, uint64_t graph_id, uint64_t id,
                           backend::GraphNode* node, uint64_t ctx, int type);
-  // cuGraphDestroyNode: memory allocation and free nodes stay (their
-  // memory is fixed with the graph: NOT_SUPPORTED).
-  Status CheckDestroyNodeOfKind(const GraphNodeEntry& node);
+  // cuGraphClone, cuGraphDestroyNode and cuGraphRemoveDependencies:
+  // NOT_SUPPORTED for a graph with memory allocation or free nodes (their
+  // memory and its order are fixed with the graph).
+  Status CheckGraphWithoutMemoryNodes(const GraphEntry& graph, const char* what);
   Status CheckGraphMemory(const GraphEntry& graph);
   // Also gives `exec` its graph's event nodes.
   Status HoldGraphMemory(GraphEntry& graph, GraphExecEntry& exec);
-  // The executable graph goes: its ranges stop being the session's; the
-  // quota comes back once the backend has given the memory back.
+  // The executable graph goes: its ranges stop being the session's, its
+  // backend object is destroyed (the allocations a launch made and nothing
+  // freed go with it), and the quota comes back once the backend has given
+  // the memory back (UnchargeWhenReleased).
   void ForgetGraphExecMemory(GraphExecEntry& exec);
   // A launch of `exec`: INVALID_VALUE while a previous launch's allocations
   // are not freed (unless AUTO_FREE_ON_LAUNCH); GraphMemoryLaunched counts
   // what the launch allocates and frees (the used figures).
   Status CheckGraphMemoryLaunch(const GraphExecEntry& exec);
+  // cuMemFree of graph memory at `dptr` (an allocation's start): cuda.h
+  // lets it free an allocation a launch made and no free node freed, as a
+  // free node would (the memory stays with its executable graph); any other
+  // graph memory is INVALID_VALUE.
+  Status FreeGraphAllocation(uint64_t dptr);
   void GraphMemoryLaunched(const GraphExecEntry& exec);
   // A launch of `exec` on `stream`: its event nodes' events must still exist
   // (INVALID_HANDLE), and a capturing stream is refused; afterwards its

@@ -520,6 +520,7 @@ Status Session::GraphClone(wire::GraphClone::Reader args) {
   GraphEntry* graph = nullptr;
   FERRY_RETURN_IF_ERROR(graphs_.Find(args.getGraph(), &graph));
   FERRY_RETURN_IF_ERROR(graphs_.CheckNewId(args.getClone()));
+  FERRY_RETURN_IF_ERROR(CheckGraphWithoutMemoryNodes(*graph, "cloning a graph"));
   auto originals = args.getOriginals();
   auto copies = args.getCopies();
   const bool named = copies.size() != 0;

@@ -42,6 +42,9 @@ Status Session::GraphEditEdges(wire::GraphEdges::Reader args) {
     FERRY_RETURN_IF_ERROR(node_of_graph(to_ids[i], &to[i]));
     if (from[i] == to[i]) return Status::InvalidArgument("a node cannot depend on itself");
   }
+  if (args.getRemove()) {
+    FERRY_RETURN_IF_ERROR(CheckGraphWithoutMemoryNodes(*graph, "removing dependencies"));
+  }
   return backend_.EditGraphEdges(*graph->graph, from, to, args.getRemove());
 }
 
@@ -53,7 +56,7 @@ Status Session::GraphDestroyNode(wire::GraphNodeRef::Reader args) {
   FERRY_RETURN_IF_ERROR(graph_nodes_.Find(args.getNode(), &node));
   GraphEntry* graph = nullptr;
   FERRY_RETURN_IF_ERROR(graphs_.Find(node->graph, &graph));
-  FERRY_RETURN_IF_ERROR(CheckDestroyNodeOfKind(*node));
+  FERRY_RETURN_IF_ERROR(CheckGraphWithoutMemoryNodes(*graph, "destroying a node"));
   FERRY_RETURN_IF_ERROR(backend_.DestroyGraphNode(*graph->graph, *node->node));
   graph->events.erase(args.getNode());  // graph node kinds: an event node's event
   std::erase(graph->nodes, args.getNode());

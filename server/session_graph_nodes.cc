@@ -6,15 +6,21 @@
 // its address when it is added; its memory belongs to the one executable
 // graph of its graph, charged to the slice quota when the graph is
 // instantiated (that is where a graph too large for the quota fails, with
-// OUT_OF_MEMORY) and given back when the executable graph is destroyed and
-// its launches are done (README.md invariant 7: the quota comes back only
-// after the memory). From instantiation until then its range is the
-// session's (RangeEntry::graph), so every call may name it; before, only the
-// memset and copy nodes of its own graph may. A free node ends an
-// allocation's life as far as launches are concerned (a graph that allocates
-// cannot be launched again before its allocations were freed); the memory
-// itself stays with its executable graph, which is what a driver's graph
-// memory pool does with freed graph memory until it is trimmed.
+// OUT_OF_MEMORY). From instantiation until the executable graph is destroyed
+// its range is the session's (RangeEntry::graph), so every call may name it;
+// before, only the memset and copy nodes of its own graph may. Destroying
+// the executable graph releases the memory like cuMemFree does: once every
+// operation queued before on the session's streams is done (the backend's
+// tenant), and the quota comes back only after that (UnchargeWhenReleased;
+// README.md invariant 7). A free node ends an allocation's life as far as
+// launches are concerned (a graph that allocates cannot be launched again
+// before its allocations were freed); the memory itself stays with its
+// executable graph, which is what a driver's graph memory pool does with
+// freed graph memory until it is trimmed. Unlike the driver, whose
+// allocations that a launch made and nothing freed outlive the executable
+// graph (until cuMemFree or another graph frees them), ferry frees them
+// with it (FreeGraphAllocations): their range is no longer the session's
+// either way, so nothing could ever free them otherwise.
 
 #include <cuda.h>
 
@@ -22,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "common/log.h"
 #include "server/session.h"
 #include "server/session_internal.h"
 
@@ -70,11 +77,12 @@ Status Session::InsertNodeOfKind(GraphEntry& graph, uint64_t graph_id, uint64_t 
   return graph_nodes_.Insert(id, std::move(entry));
 }
 
-Status Session::CheckDestroyNodeOfKind(const GraphNodeEntry& node) {
-  if (node.type == CU_GRAPH_NODE_TYPE_MEM_ALLOC || node.type == CU_GRAPH_NODE_TYPE_MEM_FREE) {
-    return Status::Unimplemented("destroying a memory allocation or free node");
-  }
-  return Status::Ok();
+// cuda.h (cuGraphAddMemAllocNode): a graph with memory allocation or free
+// nodes cannot be cloned, nor its nodes or edges deleted.
+Status Session::CheckGraphWithoutMemoryNodes(const GraphEntry& graph, const char* what) {
+  if (graph.mem.empty()) return Status::Ok();
+  return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED,
+                      std::string(what) + ": the graph has memory allocation or free nodes");
 }
 
 // The node's memory is on the device of its context; the backend reserves
@@ -161,18 +169,13 @@ Status Session::HoldGraphMemory(GraphEntry& graph, GraphExecEntry& exec) {
   exec.events = graph.events;
   exec.mem = graph.mem;
   if (graph.mem.allocations.empty()) return Status::Ok();
-  std::map<int, uint64_t> bytes;
-  for (const GraphAllocation& a : graph.mem.allocations) bytes[a.device] += a.bytes;
-  CompletionStarted();
-  Status status = backend_.CommitGraphMemory(*exec.exec, *graph.graph, [this, bytes](Status) {
-    for (const auto& [device, total] : bytes) shares_.Uncharge(device, total);
-    CompletionDone();
-  });
+  Status status = backend_.CommitGraphMemory(*exec.exec, *graph.graph, *tenant_);
   if (!status.ok()) {
-    CompletionDone();
     exec.mem = GraphMemNodes{};
     return status;
   }
+  std::map<int, uint64_t> bytes;
+  for (const GraphAllocation& a : graph.mem.allocations) bytes[a.device] += a.bytes;
   for (const auto& [device, total] : bytes) {
     shares_.Charge(device, total);
     GraphMemFigures& figures = graph_mem_[device];
@@ -188,13 +191,31 @@ Status Session::HoldGraphMemory(GraphEntry& graph, GraphExecEntry& exec) {
 }
 
 void Session::ForgetGraphExecMemory(GraphExecEntry& exec) {
+  if (exec.mem.allocations.empty()) return;
+  std::map<int, uint64_t> bytes;
+  std::vector<uint64_t> unfreed;
   for (const GraphAllocation& a : exec.mem.allocations) {
     ranges_.Erase(a.dptr);
+    bytes[a.device] += a.bytes;
     GraphMemFigures& figures = graph_mem_[a.device];
     figures.reserved -= std::min(figures.reserved, a.bytes);
-    if (graph_mem_live_.erase(a.dptr) != 0) figures.used -= std::min(figures.used, a.bytes);
+    if (graph_mem_live_.erase(a.dptr) != 0) {
+      figures.used -= std::min(figures.used, a.bytes);
+      unfreed.push_back(a.dptr);
+    }
   }
   exec.mem = GraphMemNodes{};
+  if (!unfreed.empty()) {
+    Status status = backend_.FreeGraphAllocations(*exec.exec, unfreed);
+    if (!status.ok()) {
+      FERRY_LOG(kWarning) << "freeing the unfreed allocations of an executable graph: "
+                          << status.ToString();
+    }
+  }
+  // Destroying the backend's executable graph starts the release of its
+  // memory on the tenant; the quota waits for it like every release.
+  exec.exec.reset();
+  for (const auto& [device, total] : bytes) UnchargeWhenReleased(device, total);
 }
 
 Status Session::CheckGraphMemoryLaunch(const GraphExecEntry& exec) {
@@ -207,6 +228,26 @@ Status Session::CheckGraphMemoryLaunch(const GraphExecEntry& exec) {
           "CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH to free it at each launch)");
     }
   }
+  return Status::Ok();
+}
+
+Status Session::FreeGraphAllocation(uint64_t dptr) {
+  auto live = graph_mem_live_.find(dptr);
+  if (live == graph_mem_live_.end()) {
+    return Status::InvalidArgument("cuMemFree(" + Hex(dptr) +
+                                   "): graph memory that no launch allocated, or freed already "
+                                   "(or by a free node of its own graph)");
+  }
+  GraphExecEntry* holder = nullptr;
+  graph_execs_.ForEach([&](uint64_t, GraphExecEntry& exec) {
+    if (WithinAllocation(exec.mem.allocations, dptr, 1)) holder = &exec;
+  });
+  if (holder == nullptr) return Status::Internal("a live graph allocation without its graph");
+  const uint64_t unfreed[] = {dptr};
+  FERRY_RETURN_IF_ERROR(backend_.FreeGraphAllocations(*holder->exec, unfreed));
+  GraphMemFigures& figures = graph_mem_[live->second.device];
+  figures.used -= std::min(figures.used, live->second.bytes);
+  graph_mem_live_.erase(live);
   return Status::Ok();
 }
 

@@ -91,8 +91,8 @@ Status Session::MemAllocPitch(wire::MemAllocPitch::Reader args, CallContext& cx)
 
 Status Session::MemFree(wire::MemFree::Reader args) {
   auto range = ranges_.FindBase(args.getDptr());
-  if (range.value == nullptr || range.value->module != 0 || range.value->mapped ||
-      range.value->graph) {
+  if (range.value != nullptr && range.value->graph) return FreeGraphAllocation(args.getDptr());
+  if (range.value == nullptr || range.value->module != 0 || range.value->mapped) {
     return Status::InvalidArgument("cuMemFree(" + Hex(args.getDptr()) +
                                    "): not the start of an allocation of this session");
   }

@@ -5,9 +5,11 @@
 //     the nodes' parameters read back; the graph memory figures
 //     (cudaDeviceGetGraphMemAttribute) follow instantiation and launches, and
 //     their high watermarks reset; an allocation freed by another graph, read
-//     between the two launches with an ordinary copy; cuMemFree refuses graph
-//     memory; a graph allocating more than the slice fails to instantiate
-//     with cudaErrorMemoryAllocation;
+//     between the two launches with an ordinary copy, or freed by cuMemFree;
+//     a graph that never frees, launched and destroyed again and again
+//     within the slice (graphs with memory nodes cannot be cloned or have
+//     nodes or edges removed); a graph allocating more than the slice fails
+//     to instantiate with cudaErrorMemoryAllocation;
 // With the argument "events", on a whole device (a slice's compute share
 // would hold the program's launches behind the held stream):
 //   - event record and wait nodes: a graph on one stream computes and records
@@ -181,8 +183,10 @@ int main(int argc, char** argv) {
     std::vector<float> host(kN);
     RT_CHECK(cudaMemcpy(host.data(), kept, kBytes, cudaMemcpyDeviceToHost));
     for (int i = 0; i < kN; ++i) RT_EXPECT(host[i] == static_cast<float>(i));
-    // Graph memory is freed by a free node, never by cuMemFree.
-    RT_EXPECT(cuMemFree(reinterpret_cast<CUdeviceptr>(kept)) != CUDA_SUCCESS);
+    // Allocated by a launch and not freed: cuMemFree may free it.
+    RT_EXPECT(cuMemFree(reinterpret_cast<CUdeviceptr>(kept)) == CUDA_SUCCESS);
+    RT_EXPECT(GraphMem(cudaGraphMemAttrUsedMemCurrent) == 0);
+    RT_CHECK(cudaGraphLaunch(produce, s));
     RT_CHECK(cudaGraphLaunch(consume, s));
     RT_CHECK(cudaStreamSynchronize(s));
     RT_EXPECT(GraphMem(cudaGraphMemAttrUsedMemCurrent) == 0);
@@ -195,6 +199,48 @@ int main(int argc, char** argv) {
     RT_CHECK(cudaGraphDestroy(consumer));
     RT_CHECK(cudaGraphDestroy(producer));
     std::printf("allocation freed by another graph: ok\n");
+  }
+
+  // A graph that allocates and never frees, launched and destroyed again and
+  // again, each time half the slice: the executable graph takes the
+  // allocation along, the quota comes back each time. Such a graph cannot
+  // be cloned, nor its nodes or edges removed.
+  {
+    size_t free_bytes = 0, total = 0;
+    RT_CHECK(cudaMemGetInfo(&free_bytes, &total));
+    for (int i = 0; i < kReplays; ++i) {
+      cudaGraph_t graph;
+      RT_CHECK(cudaGraphCreate(&graph, 0));
+      cudaMemAllocNodeParams alloc = AllocParams(free_bytes / 2);
+      cudaGraphNode_t alloc_node, set_node;
+      RT_CHECK(cudaGraphAddMemAllocNode(&alloc_node, graph, nullptr, 0, &alloc));
+      cudaMemsetParams set = {};
+      set.dst = alloc.dptr;
+      set.elementSize = 1;
+      set.width = 4096;
+      set.height = 1;
+      RT_CHECK(cudaGraphAddMemsetNode(&set_node, graph, &alloc_node, 1, &set));
+      cudaGraph_t clone = nullptr;
+      RT_EXPECT(cudaGraphClone(&clone, graph) == cudaErrorNotSupported);
+      RT_EXPECT(cudaGraphRemoveDependencies(graph, &alloc_node, &set_node, nullptr, 1) ==
+                cudaErrorNotSupported);
+      RT_EXPECT(cudaGraphDestroyNode(set_node) == cudaErrorNotSupported);
+      (void)cudaGetLastError();
+      cudaGraphExec_t exec;
+      RT_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+      RT_CHECK(cudaGraphLaunch(exec, s));
+      RT_CHECK(cudaMemsetAsync(alloc.dptr, 1, 4096, s));  // after the launch, before the free
+      RT_CHECK(cudaGraphExecDestroy(exec));
+      RT_CHECK(cudaGraphDestroy(graph));
+      RT_CHECK(cudaStreamSynchronize(s));
+    }
+    RT_EXPECT(GraphMem(cudaGraphMemAttrUsedMemCurrent) == 0);
+    RT_CHECK(cudaDeviceGraphMemTrim(0));
+    // Everything came back: the whole rest of the slice can be allocated.
+    void* rest = nullptr;
+    RT_CHECK(cudaMalloc(&rest, free_bytes));
+    RT_CHECK(cudaFree(rest));
+    std::printf("unfreed allocations go with their executable graph: ok\n");
   }
 
   // More than the slice holds: the node is added, instantiation fails.

@@ -393,6 +393,145 @@ TEST_F(SessionTest, HostGateIsAnsweredWhenReachedAndHoldsItsStreamUntilOpened) {
   EXPECT_EQ(probe.bulk, std::vector<uint8_t>(4096, 0xCD));
 }
 
+// graph node kinds: an allocation node's range is the session's from
+// instantiation, so work queued on any stream may use it; destroying the
+// executable graph releases the memory (and its quota) only after that work,
+// like every release (cuMemFree's).
+TEST_F(SessionTest, GraphMemoryOutlivesWorkQueuedBeforeItsExecutableGraphIsDestroyed) {
+  CreateContext();
+  CreateStream(kHeld);
+  client_->Send([&](wire::Call::Builder c) { c.initGraphCreate().setGraph(50); }, false);
+  ReplyResult alloc = client_->Call([&](wire::Call::Builder c) {
+    auto a = c.initGraphAddMemAllocNode();
+    a.setGraph(50);
+    a.setNode(51);
+    a.setCtx(100);
+    a.setBytes(4096);
+  });
+  ASSERT_TRUE(alloc.status.ok()) << alloc.status.ToString();
+  ReplyResult instantiated = client_->Call([&](wire::Call::Builder c) {
+    auto a = c.initGraphInstantiate();
+    a.setGraph(50);
+    a.setExec(60);
+  });
+  ASSERT_TRUE(instantiated.status.ok()) << instantiated.status.ToString();
+  const uint64_t charged = session_->Info().device_bytes[0];
+  ASSERT_GE(charged, 4096u);
+  const uint64_t gate = client_->SendGate(100, kHeld);
+  ASSERT_EQ(client_->ReadWithin().seq, gate);
+  Fill(kHeld, alloc.dptr, 0xCD, 4096);  // queued behind the gate
+  client_->Send([&](wire::Call::Builder c) { c.initGraphExecDestroy().setExec(60); }, false);
+  ASSERT_TRUE(client_->Call([](wire::Call::Builder c) { c.setPing(); }).status.ok());
+  // The memset has not run: the memory and its quota are still held.
+  EXPECT_EQ(session_->Info().device_bytes[0], charged);
+  client_->OpenGate(gate);
+  ReplyResult sync = Sync(kHeld);
+  EXPECT_TRUE(sync.status.ok()) << sync.status.ToString();
+  EXPECT_TRUE(test::WaitFor([&] { return session_->Info().device_bytes[0] == 0; },
+                            std::chrono::seconds(10)));
+}
+
+// graph node kinds: an allocation a launch made and no free node freed can
+// be freed by cuMemFree (once), after which the executable graph may be
+// launched again; one still unfreed when the executable graph is destroyed
+// goes with it, and its quota comes back only then. A graph with memory
+// nodes cannot be cloned, nor its nodes or edges removed.
+TEST_F(SessionTest, UnfreedGraphAllocationsAreFreedByMemFreeOrWithTheirExecutableGraph) {
+  CreateContext();
+  CreateStream(kHeld);
+  auto ping = [&] { return client_->Call([](wire::Call::Builder c) { c.setPing(); }).status; };
+  client_->Send([&](wire::Call::Builder c) { c.initGraphCreate().setGraph(50); }, false);
+  ReplyResult alloc = client_->Call([&](wire::Call::Builder c) {
+    auto a = c.initGraphAddMemAllocNode();
+    a.setGraph(50);
+    a.setNode(51);
+    a.setCtx(100);
+    a.setBytes(4096);
+  });
+  ASSERT_TRUE(alloc.status.ok()) << alloc.status.ToString();
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        auto a = c.initGraphAddNode();
+        a.setGraph(50);
+        a.setNode(52);
+        a.initDependencies(1).set(0, 51);
+        a.setEmpty();
+      },
+      false);
+  ASSERT_TRUE(ping().ok());
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        auto e = c.initGraphEditEdges();
+        e.setGraph(50);
+        e.initFrom(1).set(0, 51);
+        e.initTo(1).set(0, 52);
+        e.setRemove(true);
+      },
+      false);
+  EXPECT_EQ(ping().cuda_result(), CUDA_ERROR_NOT_SUPPORTED);
+  client_->Send([&](wire::Call::Builder c) { c.initGraphDestroyNode().setNode(52); }, false);
+  EXPECT_EQ(ping().cuda_result(), CUDA_ERROR_NOT_SUPPORTED);
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        auto a = c.initGraphClone();
+        a.setGraph(50);
+        a.setClone(55);
+      },
+      false);
+  EXPECT_EQ(ping().cuda_result(), CUDA_ERROR_NOT_SUPPORTED);
+  ReplyResult instantiated = client_->Call([&](wire::Call::Builder c) {
+    auto a = c.initGraphInstantiate();
+    a.setGraph(50);
+    a.setExec(60);
+  });
+  ASSERT_TRUE(instantiated.status.ok()) << instantiated.status.ToString();
+  const uint64_t charged = session_->Info().device_bytes[0];
+  auto launch = [&] {
+    client_->Send(
+        [&](wire::Call::Builder c) {
+          auto a = c.initGraphLaunch();
+          a.setCtx(100);
+          a.setExec(60);
+          a.setStream(kHeld);
+        },
+        false);
+    return ping();
+  };
+  auto mem_free = [&] {
+    client_->Send([&](wire::Call::Builder c) { c.initMemFree().setDptr(alloc.dptr); }, false);
+    return ping();
+  };
+  // Not allocated by a launch yet: cuMemFree refuses it.
+  EXPECT_EQ(mem_free().cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  ASSERT_TRUE(launch().ok());
+  EXPECT_EQ(launch().cuda_result(), CUDA_ERROR_INVALID_VALUE);  // not freed
+  ASSERT_TRUE(mem_free().ok());
+  EXPECT_EQ(mem_free().cuda_result(), CUDA_ERROR_INVALID_VALUE);  // freed already
+  ASSERT_TRUE(launch().ok());
+  // Still charged: the memory is the executable graph's.
+  EXPECT_EQ(session_->Info().device_bytes[0], charged);
+  // The second launch's allocation is not freed when the executable graph
+  // goes: it goes with it, and the quota comes back.
+  const uint64_t gate = client_->SendGate(100, kHeld);
+  ASSERT_EQ(client_->ReadWithin().seq, gate);
+  Fill(kHeld, alloc.dptr, 0xCD, 4096);  // queued behind the gate
+  client_->Send([&](wire::Call::Builder c) { c.initGraphExecDestroy().setExec(60); }, false);
+  ASSERT_TRUE(ping().ok());
+  EXPECT_EQ(session_->Info().device_bytes[0], charged);
+  EXPECT_EQ(mem_free().cuda_result(), CUDA_ERROR_INVALID_VALUE);  // no longer the session's
+  client_->OpenGate(gate);
+  EXPECT_TRUE(Sync(kHeld).status.ok());
+  EXPECT_TRUE(test::WaitFor([&] { return session_->Info().device_bytes[0] == 0; },
+                            std::chrono::seconds(10)));
+  // The graph can be instantiated again.
+  instantiated = client_->Call([&](wire::Call::Builder c) {
+    auto a = c.initGraphInstantiate();
+    a.setGraph(50);
+    a.setExec(61);
+  });
+  EXPECT_TRUE(instantiated.status.ok()) << instantiated.status.ToString();
+}
+
 TEST_F(SessionTest, RepliesOfCopiesBeforeAGateComeBeforeItsAnswer) {
   CreateContext();
   const uint64_t d = Alloc(1 << 20);

@@ -816,10 +816,21 @@ class GpuBackend {
   // `exec`, just instantiated from `graph`, holds the memory of `graph`'s
   // allocation nodes (the caller charged it and checked that no other
   // executable graph holds it): OUT_OF_MEMORY when the device has too little.
-  // `released` is called once, on any thread, when that memory is given back:
-  // after `exec` is destroyed and the launches queued before are done.
-  virtual Status CommitGraphMemory(GraphExec& exec, Graph& graph, Completion released) {
-    (void)exec, (void)graph, (void)released;
+  // When `exec` is destroyed the memory is released like any freed memory of
+  // `tenant` ("releasing memory" below: after every operation queued before
+  // on the tenant's streams), so WhenReleased(tenant) tells when it is back.
+  virtual Status CommitGraphMemory(GraphExec& exec, Graph& graph, Tenant& tenant) {
+    (void)exec, (void)graph, (void)tenant;
+    return NoGraphs();
+  }
+  // Frees `unfreed`, allocations of `exec`'s launches that no free node
+  // freed (the caller checked that): for cuMemFree on such an allocation,
+  // which cuda.h allows, and as `exec` is about to be destroyed (the driver
+  // would keep them past it, but their ranges stop being the session's, so
+  // nothing could free them later). The memory stays `exec`'s, like memory
+  // a free node frees, until `exec` goes.
+  virtual Status FreeGraphAllocations(GraphExec& exec, std::span<const uint64_t> unfreed) {
+    (void)exec, (void)unfreed;
     return NoGraphs();
   }
   // cuDeviceGraphMemTrim: graph memory that no executable graph holds goes

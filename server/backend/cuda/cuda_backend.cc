@@ -37,6 +37,7 @@
 #include <map>
 #include <mutex>
 #include <new>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -329,6 +330,7 @@ class CudaGraph final : public Graph {
   const CUgraph handle;
   const CudaContext* context;                     // null: no work of any context yet
   std::vector<std::unique_ptr<GraphNode>> nodes;  // explicitly added ones
+  int memory_device = -1;  // graph node kinds: backend device of its allocation nodes
 };
 class CudaGraphNode final : public GraphNode {
  public:
@@ -400,14 +402,22 @@ class CudaGraphExec final : public GraphExec {
   CudaGraphExec(const DriverApi& api, CUgraphExec handle) : api(api), handle(handle) {}
   ~CudaGraphExec() override {
     FERRY_CU_QUIET(api, "destroying an executable graph", cuGraphExecDestroy, handle);
-    if (memory_released) RunCompletion(memory_released, Status::Ok());
+    if (trim_device) {
+      FERRY_CU_QUIET(api, "trimming graph memory", cuDeviceGraphMemTrim, *trim_device);
+    }
   }
 
   const DriverApi& api;
   const CUgraphExec handle;
-  // CommitGraphMemory's: the driver gives the graph's memory back as the
-  // executable graph is destroyed (after its launches).
-  Completion memory_released;
+  // CommitGraphMemory's: the context of the graph's allocation nodes and the
+  // device of their memory. Freed graph memory (free nodes,
+  // FreeGraphAllocations) stays reserved in the device's graph memory pool
+  // until it is trimmed, and the driver trims only what no executable graph
+  // holds: the destructor trims after destroying, so the device gets back
+  // what the session's quota gives back (the quota comes back right after
+  // this destructor: the default tenant).
+  const CudaContext* context = nullptr;
+  std::optional<CUdevice> trim_device;
 };
 
 // CUDA arrays, textures and surfaces: driver objects destroyed with their
@@ -2394,6 +2404,7 @@ class CudaBackend final : public GpuBackend {
       FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphAddMemAllocNode, &node, g.handle, deps.data(),
                                      deps.size(), &params));
       g.context = &c;
+      g.memory_device = device;
       g.nodes.push_back(std::make_unique<CudaGraphNode>(node));
       *out = g.nodes.back().get();
       *dptr = static_cast<uint64_t>(params.dptr);
@@ -2419,10 +2430,36 @@ class CudaBackend final : public GpuBackend {
     });
   }
 
-  Status CommitGraphMemory(GraphExec& exec, Graph& graph, Completion released) override {
-    (void)graph;  // the driver instantiated the allocation nodes with the graph
-    static_cast<CudaGraphExec&>(exec).memory_released = std::move(released);
-    return Status::Ok();
+  // The driver instantiated the allocation nodes with the graph and orders
+  // their release itself (the default tenant).
+  Status CommitGraphMemory(GraphExec& exec, Graph& graph, Tenant& tenant) override {
+    (void)tenant;
+    return Guarded("CommitGraphMemory", [&]() -> Status {
+      CudaGraph& g = static_cast<CudaGraph&>(graph);
+      CudaGraphExec& x = static_cast<CudaGraphExec&>(exec);
+      if (g.memory_device < 0) return Status::Ok();
+      CUdevice device_handle = 0;
+      FERRY_RETURN_IF_ERROR(DeviceHandle(g.memory_device, &device_handle));
+      x.context = g.context;
+      x.trim_device = device_handle;
+      return Status::Ok();
+    });
+  }
+
+  // cuMemFree, which cuda.h allows for a graph allocation no graph frees,
+  // waits for the work that may still use it (MemFree).
+  Status FreeGraphAllocations(GraphExec& exec, std::span<const uint64_t> unfreed) override {
+    return Guarded("FreeGraphAllocations", [&]() -> Status {
+      CudaGraphExec& x = static_cast<CudaGraphExec&>(exec);
+      if (unfreed.empty() || x.context == nullptr) return Status::Ok();
+      FERRY_RETURN_IF_ERROR(MakeCurrent(*x.context));
+      Status first = Status::Ok();
+      for (uint64_t dptr : unfreed) {
+        Status status = FERRY_CU(*api_, cuMemFree, static_cast<CUdeviceptr>(dptr));
+        if (first.ok()) first = std::move(status);
+      }
+      return first;
+    });
   }
 
   // --- graph node kinds: event record and wait nodes ---------------------------

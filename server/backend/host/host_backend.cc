@@ -18,7 +18,8 @@
 //
 // Releasing memory (GpuBackend "releasing memory"): one mechanism,
 // ReleaseAfterQueuedWork, serves every release — MemFree, arrays, context
-// teardown, MemFreeAsync, module globals, unmapped or narrowed virtual memory.
+// teardown, MemFreeAsync, module globals, unmapped or narrowed virtual memory,
+// graph memory (when its executable graph is destroyed).
 // At the free it takes the tail of every stream of the tenant's contexts (a
 // ticket per stream) and runs the release once all of them are reached: at
 // once when they already are, else on the completion thread. Nothing blocks:
@@ -1870,7 +1871,7 @@ class HostBackend final : public GpuBackend {
     const std::shared_ptr<const HostGraphOps> ops = e.ops();
     size_t begin = 0;
     auto queue_segment = [&](size_t end) {
-      Append(stream, {}, [ops, memory = e.memory, begin, end] {
+      Append(stream, {}, [ops, begin, end] {
         for (size_t i = begin; i < end; ++i) (*ops)[i]();
       });
     };
@@ -1926,7 +1927,9 @@ class HostBackend final : public GpuBackend {
     return AddGraphNode(graph, dependencies, GraphNodeSpec{}, out);
   }
 
-  Status CommitGraphMemory(GraphExec& exec, Graph& graph, Completion released) override {
+  // The memory goes back like every release (ReleaseAfterQueuedWork over
+  // `tenant`) when the executable graph goes, unfreed allocations with it.
+  Status CommitGraphMemory(GraphExec& exec, Graph& graph, Tenant& tenant) override {
     const auto& allocations = static_cast<HostGraph&>(graph).allocations;
     std::vector<uint64_t> bytes(device_memory_.size(), 0);
     for (const auto& a : allocations) bytes[a->device] += a->bytes;
@@ -1945,23 +1948,33 @@ class HostBackend final : public GpuBackend {
       for (size_t d = 0; d < bytes.size(); ++d) used_[d] += bytes[d];
       for (const auto& a : allocations) a->held = true;
     }
-    auto memory = std::make_shared<HostGraphMemory>();
-    memory->allocations = allocations;
-    memory->release = [this, bytes, allocations] {
+    auto give_back = [this, bytes, allocations] {
+      for (const auto& a : allocations) {
+        madvise(a->base, a->bytes, MADV_DONTNEED);
+        mprotect(a->base, a->bytes, PROT_NONE);
+      }
       std::lock_guard<std::mutex> lock(mu_);
       for (size_t d = 0; d < bytes.size(); ++d) used_[d] -= bytes[d];
       for (const auto& a : allocations) a->held = false;
+    };
+    auto memory = std::make_shared<HostGraphMemory>();
+    memory->allocations = allocations;
+    memory->release = [state = static_cast<HostTenant&>(tenant).state,
+                       give_back = std::move(give_back)] {
+      ReleaseAfterQueuedWork(state, give_back);
     };
     for (const auto& a : allocations) {
       if (mprotect(a->base, a->bytes, PROT_READ | PROT_WRITE) != 0) {
         return Status::OutOfMemory("cannot make a graph allocation accessible");  // `memory` undoes
       }
     }
-    memory->release = [release = std::move(memory->release), released = std::move(released)] {
-      release();
-      released(Status::Ok());
-    };
     static_cast<HostGraphExec&>(exec).memory = std::move(memory);
+    return Status::Ok();
+  }
+
+  // Nothing to do: the memory is the executable graph's (above).
+  Status FreeGraphAllocations(GraphExec& exec, std::span<const uint64_t> unfreed) override {
+    (void)exec, (void)unfreed;
     return Status::Ok();
   }
 

@@ -14,10 +14,6 @@ namespace ferry::backend::host_internal {
 HostGraphAllocation::~HostGraphAllocation() { munmap(base, bytes); }
 
 HostGraphMemory::~HostGraphMemory() {
-  for (const auto& a : allocations) {
-    madvise(a->base, a->bytes, MADV_DONTNEED);
-    mprotect(a->base, a->bytes, PROT_NONE);
-  }
   if (release) release();
 }
 

@@ -40,9 +40,12 @@ struct HostGraphAllocation {
   const int device;
   bool held = false;
 };
-// The memory an executable graph holds. When the executable graph and the
-// launches queued with it are gone, the pages are dropped, the ranges become
-// PROT_NONE again and `release` runs (on whichever thread let go last).
+// The memory an executable graph holds. When the executable graph goes,
+// `release` runs: the backend's one release mechanism
+// (ReleaseAfterQueuedWork over the session's tenant) then drops the pages
+// and makes the ranges PROT_NONE again once every operation queued before
+// on the tenant's streams (the graph's launches and any other work that used
+// the range) has finished.
 struct HostGraphMemory {
   std::vector<std::shared_ptr<HostGraphAllocation>> allocations;
   std::function<void()> release;
@@ -102,7 +105,7 @@ class HostGraphExec final : public GraphExec {
   static Status Make(const HostGraph& graph, std::unique_ptr<HostGraphExec>* out);
   const std::shared_ptr<const HostGraphOps>& ops() const { return ops_; }
   // graph node kinds: the memory of its graph's allocation nodes
-  // (CommitGraphMemory); each launch holds it too.
+  // (CommitGraphMemory), released with this executable graph.
   std::shared_ptr<HostGraphMemory> memory;
   // Node `node` (of the graph this was made from, when it was made) runs
   // `op` from now on (when enabled); INVALID_VALUE for another node.
