@@ -64,7 +64,9 @@ Session::Session(uint64_t id, std::unique_ptr<Transport> transport, backend::Gpu
       keepalive_period_(hello.getKeepaliveMs() == 0
                             ? std::chrono::milliseconds(0)
                             : std::chrono::milliseconds(
-                                  std::max<uint32_t>(hello.getKeepaliveMs(), kMinKeepaliveMs))) {}
+                                  std::max<uint32_t>(hello.getKeepaliveMs(), kMinKeepaliveMs))) {
+  bytes_awaiting_release_ = std::make_unique<std::atomic<uint64_t>[]>(grant_.devices.size());
+}
 
 Session::~Session() {
   // Run() has freed everything; wait for any completion still writing.
@@ -712,10 +714,10 @@ void Session::SendGateReached(uint64_t seq, const Status& status, bool held, boo
 
 void Session::UnchargeWhenReleased(int device, uint64_t bytes) {
   CompletionStarted();
-  bytes_awaiting_release_ += bytes;
+  bytes_awaiting_release_[device] += bytes;
   backend_.WhenReleased(*tenant_, [this, device, bytes](Status) {
     shares_.Uncharge(device, bytes);
-    bytes_awaiting_release_ -= bytes;
+    bytes_awaiting_release_[device] -= bytes;
     CompletionDone();
   });
 }
@@ -749,7 +751,12 @@ bool Session::WaitForReleasesFor(absl::Duration limit) {
 
 Status Session::CheckQuotaAfterReleases(int device, uint64_t bytes) {
   Status quota = shares_.CheckQuota(device, bytes);
-  if (quota.ok() || bytes_awaiting_release_.load() == 0) return quota;
+  if (quota.ok()) return quota;
+  const uint64_t awaiting = bytes_awaiting_release_[device].load();
+  // Nothing to wait for, or not enough: the releases would not make room.
+  if (awaiting == 0 || !shares_.CheckQuota(device, bytes > awaiting ? bytes - awaiting : 0).ok()) {
+    return quota;
+  }
   allocations_waited_for_releases_.fetch_add(1);
   // The client waits for this call's reply meanwhile: keepalives go out as
   // for a deferred reply, so its call deadline measures silence only.

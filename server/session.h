@@ -537,9 +537,10 @@ class Session {
   // when they all happened.
   bool WaitForReleasesFor(absl::Duration limit);
   // Every allocation path's quota check: shares_.CheckQuota, but when `bytes`
-  // do not fit while memory the session freed is still waiting for its
-  // queued work (UnchargeWhenReleased), first waits for those releases — at
-  // most kReleaseWaitLimit, on the executor — and checks again. A real
+  // do not fit while memory the session freed on that device is still
+  // waiting for its queued work (UnchargeWhenReleased) and would make room
+  // enough once released, first waits for those releases — at most
+  // kReleaseWaitLimit, on the executor — and checks again. A real
   // driver's cuMemFree returns only once the memory is free, so a program
   // that frees and then allocates within its quota must not see
   // OUT_OF_MEMORY here just because ferry answers frees at once. The wait is
@@ -782,8 +783,9 @@ class Session {
   std::condition_variable pending_cv_;
   int pending_completions_ ABSL_GUARDED_BY(pending_mutex_) = 0;
   // Bytes freed whose quota comes back only once they are released
-  // (UnchargeWhenReleased); any thread.
-  std::atomic<uint64_t> bytes_awaiting_release_{0};
+  // (UnchargeWhenReleased), by session device; the array is fixed at
+  // construction, its counters are used from any thread.
+  std::unique_ptr<std::atomic<uint64_t>[]> bytes_awaiting_release_;
   std::atomic<uint64_t> allocations_waited_for_releases_{0};  // SessionInfo's
 
   // Serving. read_mutex_ is held by the thread that reads the transport;

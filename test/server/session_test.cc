@@ -2487,6 +2487,34 @@ TEST_F(PooledSessionTest, AnAllocationWaitsForMemoryTheSessionFreedToBeReleased)
   AllocationWaitingForARelease(/*expect_keepalive=*/false);
 }
 
+// An allocation that would not fit even once the session's pending releases
+// happened is refused at once: waiting could not help.
+TEST_F(PooledSessionTest, AnAllocationPendingReleasesCannotMakeRoomForIsRefusedAtOnce) {
+  Start();
+  ASSERT_TRUE(CreateContext(0).status.ok());
+  constexpr uint64_t kHeld = 300;
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        auto a = test::OnStream(c.initStreamCreate(), kHeld, 100);
+        a.setFlags(CU_STREAM_NON_BLOCKING);
+      },
+      false);
+  const ReplyResult half = Alloc(kSliceQuota / 2);
+  ASSERT_TRUE(half.status.ok()) << half.status.ToString();
+  const uint64_t gate = client_->SendGate(100, kHeld);
+  const ReplyResult reached = client_->ReadWithin();
+  ASSERT_EQ(reached.seq, gate);
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        test::BuildMemsetD8(c, 100, kHeld, half.dptr, 0x5A, kSliceQuota / 2);
+      },
+      false);  // queued behind the closed gate: the free's release waits
+  client_->Send([&](wire::Call::Builder c) { c.initMemFree().setDptr(half.dptr); }, false);
+  EXPECT_EQ(Alloc(kSliceQuota + 4096).status.cuda_result(), CUDA_ERROR_OUT_OF_MEMORY);
+  EXPECT_EQ(session_->Info().allocations_waited_for_releases, 0u);
+  client_->OpenGate(gate);
+}
+
 // The client's call deadline measures silence: while the executor waits for
 // the releases, keepalives go out as for a deferred reply.
 TEST_F(PooledSessionTest, KeepalivesGoOutWhileAnAllocationWaitsForReleases) {
