@@ -766,8 +766,8 @@ Status Session::CheckQuotaAfterReleases(int device, uint64_t bytes) {
   deferred_replies_.fetch_sub(1);
   if (!released) {
     FERRY_LOG(kWarning) << "session " << id_ << ": memory it freed is still waiting for its queued "
-                       << "work after " << absl::FormatDuration(kReleaseWaitLimit)
-                       << "; the allocation is refused";
+                        << "work after " << absl::FormatDuration(kReleaseWaitLimit)
+                        << "; the allocation is refused";
   }
   return shares_.CheckQuota(device, bytes);
 }
