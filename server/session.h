@@ -306,16 +306,16 @@ class Session {
     // Shared with clones (never changed once made).
     std::shared_ptr<const GraphUses> uses;
     std::vector<uint64_t> nodes;  // explicitly added node ids, in the order added
-    GraphMemNodes mem;       // graph node kinds: memory allocation and free nodes
-    GraphEventNodes events;  // graph node kinds: event record and wait nodes
+    GraphMemNodes mem;            // graph node kinds: memory allocation and free nodes
+    GraphEventNodes events;       // graph node kinds: event record and wait nodes
   };
   struct GraphNodeEntry {
     backend::GraphNode* node = nullptr;  // owned by the graph
     uint64_t graph = 0;
     wire::GraphAddNode::Which kind = wire::GraphAddNode::EMPTY;
-    uint64_t ctx = 0;     // of its work; 0 for an empty node
-    GraphUses uses;       // of its work
-    int type = 0;         // CUgraphNodeType of the node kinds of session_graph_nodes.cc (else 0)
+    uint64_t ctx = 0;  // of its work; 0 for an empty node
+    GraphUses uses;    // of its work
+    int type = 0;      // CUgraphNodeType of the node kinds of session_graph_nodes.cc (else 0)
   };
   // An executable graph's uses, like a graph's: `base` (its source's
   // nodes without ids) and each explicitly added node's (node_uses, by the
@@ -325,7 +325,7 @@ class Session {
     std::unique_ptr<backend::GraphExec> exec;
     uint64_t graph = 0;  // the graph it was instantiated from (its nodes can be updated)
     uint64_t ctx = 0;
-    uint64_t nodes = 0;  // how many (cuGraphExecUpdate keeps the count)
+    uint64_t nodes = 0;              // how many (cuGraphExecUpdate keeps the count)
     std::vector<uint64_t> node_ids;  // its source's explicitly added nodes, in the order added
     GraphUses base;
     std::map<uint64_t, GraphUses> node_uses;

@@ -293,8 +293,7 @@ TEST_F(AccessTest, ATokenIsNeverSentInCleartextToAnotherHostUnlessAllowed) {
   const std::string remote = "192.0.2.1:7070";
   const std::string refused =
       ExpectRefused({{"FERRY_TOKEN", token}, {"FERRY_CONNECT_TIMEOUT_MS", "60000"}}, remote);
-  EXPECT_NE(refused.find("refusing to send the token in cleartext to " + remote),
-            std::string::npos)
+  EXPECT_NE(refused.find("refusing to send the token in cleartext to " + remote), std::string::npos)
       << refused;
   EXPECT_NE(refused.find("FERRY_ALLOW_PLAIN_TOKEN=1"), std::string::npos) << refused;
   std::string out, err;

@@ -1714,10 +1714,10 @@ TEST_F(SessionLibraryTest, EveryDescribedHandleAndRangeIsValidated) {
     ASSERT_TRUE(CreateArray(array, 64, 64, 0, levels).status.ok());
   }
   const std::map<std::string, uint64_t> valid = {
-      {"ctx", 100},      {"dstCtx", 100},   {"srcCtx", 100},        {"peer", 100},
-      {"stream", 200},   {"event", 300},    {"start", 300},         {"end", 301},
-      {"module", 400},   {"function", 500}, {"library", 600},       {"handle", 700},
-      {"array", 800},    {"srcArray", 800}, {"dstArray", 800},      {"mipmappedArray", 801}};
+      {"ctx", 100},    {"dstCtx", 100},   {"srcCtx", 100},   {"peer", 100},
+      {"stream", 200}, {"event", 300},    {"start", 300},    {"end", 301},
+      {"module", 400}, {"function", 500}, {"library", 600},  {"handle", 700},
+      {"array", 800},  {"srcArray", 800}, {"dstArray", 800}, {"mipmappedArray", 801}};
   auto split = [](const char* list) {
     std::vector<std::string> names;
     for (std::string_view rest = list; !rest.empty();) {
@@ -2551,9 +2551,8 @@ void PooledSessionTest::AllocationWaitingForARelease(bool expect_keepalive) {
         a.setBytes(kSliceQuota);
       },
       true);
-  ASSERT_TRUE(test::WaitFor(
-      [&] { return session_->Info().allocations_waited_for_releases == 1; },
-      std::chrono::seconds(10)))
+  ASSERT_TRUE(test::WaitFor([&] { return session_->Info().allocations_waited_for_releases == 1; },
+                            std::chrono::seconds(10)))
       << "the allocation did not wait for the release";
   if (expect_keepalive) {
     const ReplyResult keepalive = client_->ReadWithin();
