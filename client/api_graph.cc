@@ -38,6 +38,7 @@
 using ferry::client::AddWorkNode;
 using ferry::client::CaptureState;
 using ferry::client::GraphNodeWork;
+using ferry::client::KernelParamsV2;
 using ferry::client::RecordedNodeParams;
 using ferry::client::SetNodeWork;
 
@@ -806,22 +807,6 @@ Status ExecUpdate(CUgraphExec exec, CUgraph graph, CUgraphExecUpdateResultInfo* 
 constexpr std::initializer_list<int> kCanBeDisabled = {
     CU_GRAPH_NODE_TYPE_KERNEL, CU_GRAPH_NODE_TYPE_MEMSET, CU_GRAPH_NODE_TYPE_MEMCPY};
 
-// The v1 parameters as v2's (no kern, no ctx).
-CUDA_KERNEL_NODE_PARAMS_v2 KernelNodeParamsV2(const CUDA_KERNEL_NODE_PARAMS_v1& v1) {
-  CUDA_KERNEL_NODE_PARAMS_v2 p{};
-  p.func = v1.func;
-  p.gridDimX = v1.gridDimX;
-  p.gridDimY = v1.gridDimY;
-  p.gridDimZ = v1.gridDimZ;
-  p.blockDimX = v1.blockDimX;
-  p.blockDimY = v1.blockDimY;
-  p.blockDimZ = v1.blockDimZ;
-  p.sharedMemBytes = v1.sharedMemBytes;
-  p.kernelParams = v1.kernelParams;
-  p.extra = v1.extra;
-  return p;
-}
-
 }  // namespace
 
 extern "C" {
@@ -839,7 +824,7 @@ CUresult CUDAAPI cuGraphAddKernelNode(CUgraphNode* phGraphNode, CUgraph hGraph,
                                       const CUDA_KERNEL_NODE_PARAMS_v1* nodeParams) {
   return Api([&]() -> Status {
     if (nodeParams == nullptr) return Status::InvalidArgument("nodeParams is NULL");
-    const CUDA_KERNEL_NODE_PARAMS_v2 p = KernelNodeParamsV2(*nodeParams);
+    const CUDA_KERNEL_NODE_PARAMS_v2 p = KernelParamsV2(*nodeParams);
     return AddKernelNode(phGraphNode, hGraph, dependencies, numDependencies, &p);
   });
 }
@@ -855,7 +840,7 @@ CUresult CUDAAPI cuGraphExecKernelNodeSetParams(CUgraphExec hGraphExec, CUgraphN
                                                 const CUDA_KERNEL_NODE_PARAMS_v1* nodeParams) {
   return Api([&]() -> Status {
     if (nodeParams == nullptr) return Status::InvalidArgument("nodeParams is NULL");
-    const CUDA_KERNEL_NODE_PARAMS_v2 p = KernelNodeParamsV2(*nodeParams);
+    const CUDA_KERNEL_NODE_PARAMS_v2 p = KernelParamsV2(*nodeParams);
     return SetExecKernelNode(hGraphExec, hNode, &p);
   });
 }

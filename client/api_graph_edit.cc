@@ -23,6 +23,7 @@
 
 using ferry::client::AddWorkNode;
 using ferry::client::GraphNodeWork;
+using ferry::client::KernelParamsV2;
 using ferry::client::RecordedNodeParams;
 using ferry::client::SetNodeWork;
 
@@ -117,21 +118,6 @@ Status EditEdges(CUgraph graph, const CUgraphNode* from, const CUgraphNode* to,
   });
 }
 
-CUDA_KERNEL_NODE_PARAMS_v2 KernelParamsV2(const CUDA_KERNEL_NODE_PARAMS_v1& v1) {
-  CUDA_KERNEL_NODE_PARAMS_v2 p{};
-  p.func = v1.func;
-  p.gridDimX = v1.gridDimX;
-  p.gridDimY = v1.gridDimY;
-  p.gridDimZ = v1.gridDimZ;
-  p.blockDimX = v1.blockDimX;
-  p.blockDimY = v1.blockDimY;
-  p.blockDimZ = v1.blockDimZ;
-  p.sharedMemBytes = v1.sharedMemBytes;
-  p.kernelParams = v1.kernelParams;
-  p.extra = v1.extra;
-  return p;
-}
-
 // The name a node kind ferry does not forward is logged under (once each).
 const char* UnforwardedKindName(CUgraphNodeType type) {
   switch (type) {
@@ -172,20 +158,7 @@ Status WorkOf(const CUgraphNodeParams* params, GraphNodeWork* work) {
       work->FromEmpty();
       return Status::Ok();
     case CU_GRAPH_NODE_TYPE_KERNEL: {
-      // CUDA_KERNEL_NODE_PARAMS_v3 is v2's layout.
-      CUDA_KERNEL_NODE_PARAMS_v2 k{};
-      k.func = p.kernel.func;
-      k.gridDimX = p.kernel.gridDimX;
-      k.gridDimY = p.kernel.gridDimY;
-      k.gridDimZ = p.kernel.gridDimZ;
-      k.blockDimX = p.kernel.blockDimX;
-      k.blockDimY = p.kernel.blockDimY;
-      k.blockDimZ = p.kernel.blockDimZ;
-      k.sharedMemBytes = p.kernel.sharedMemBytes;
-      k.kernelParams = p.kernel.kernelParams;
-      k.extra = p.kernel.extra;
-      k.kern = p.kernel.kern;
-      k.ctx = p.kernel.ctx;
+      const CUDA_KERNEL_NODE_PARAMS_v2 k = KernelParamsV2(p.kernel);
       return work->FromKernel(&k);
     }
     case CU_GRAPH_NODE_TYPE_MEMSET: {

@@ -5,6 +5,36 @@
 
 namespace ferry::client {
 
+namespace {
+// The fields every version of the kernel node parameters has.
+template <typename Params>
+CUDA_KERNEL_NODE_PARAMS_v2 CommonKernelParams(const Params& in) {
+  CUDA_KERNEL_NODE_PARAMS_v2 p{};
+  p.func = in.func;
+  p.gridDimX = in.gridDimX;
+  p.gridDimY = in.gridDimY;
+  p.gridDimZ = in.gridDimZ;
+  p.blockDimX = in.blockDimX;
+  p.blockDimY = in.blockDimY;
+  p.blockDimZ = in.blockDimZ;
+  p.sharedMemBytes = in.sharedMemBytes;
+  p.kernelParams = in.kernelParams;
+  p.extra = in.extra;
+  return p;
+}
+}  // namespace
+
+CUDA_KERNEL_NODE_PARAMS_v2 KernelParamsV2(const CUDA_KERNEL_NODE_PARAMS_v1& v1) {
+  return CommonKernelParams(v1);
+}
+
+CUDA_KERNEL_NODE_PARAMS_v2 KernelParamsV2(const CUDA_KERNEL_NODE_PARAMS_v3& v3) {
+  CUDA_KERNEL_NODE_PARAMS_v2 p = CommonKernelParams(v3);
+  p.kern = v3.kern;
+  p.ctx = v3.ctx;
+  return p;
+}
+
 Status NodeContext(CUcontext ctx, uint64_t* out) {
   Runtime& rt = Runtime::Get();
   if (ctx == nullptr) return rt.CurrentContext(out);

@@ -20,6 +20,11 @@ namespace ferry::client {
 // The context a node's work runs in: `ctx`, or the current one when NULL.
 Status NodeContext(CUcontext ctx, uint64_t* out);
 
+// Kernel node parameters as CUDA_KERNEL_NODE_PARAMS_v2, from v1 (no kern,
+// no ctx) or v3 (v2's layout, inside CUgraphNodeParams).
+CUDA_KERNEL_NODE_PARAMS_v2 KernelParamsV2(const CUDA_KERNEL_NODE_PARAMS_v1& v1);
+CUDA_KERNEL_NODE_PARAMS_v2 KernelParamsV2(const CUDA_KERNEL_NODE_PARAMS_v3& v3);
+
 // One node's work: its type and what the wire carries for it. Made by one
 // of the From* functions (each checks the driver's parameters as the
 // stream-ordered call of the kind would be checked); then Fill sets the
