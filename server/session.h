@@ -606,6 +606,10 @@ class Session {
   // otherwise).
   Status GraphNodeDependencies(uint64_t graph, capnp::List<uint64_t>::Reader ids,
                                std::vector<backend::GraphNode*>* dependencies);
+  // Every cuGraphAdd*Node: `node` is a new node id and `ids` its
+  // dependencies (GraphNodeDependencies).
+  Status NewGraphNodeDependencies(uint64_t graph, uint64_t node, capnp::List<uint64_t>::Reader ids,
+                                  std::vector<backend::GraphNode*>* dependencies);
   Status KernelNodeSpec(wire::Launch::Reader k, const backend::HostBytes& params,
                         backend::GraphNodeSpec* spec, uint64_t* module);
   // The capture `stream` records into, or nullptr (also for the legacy

@@ -230,7 +230,8 @@ Status Session::StreamEndCapture(wire::StreamRef::Reader args) {
   const CaptureNodes origin_tips = entry->capture_tips;
   bool joined = true;
   for (uint64_t leaf : capture->leaves) {
-    if (std::find(origin_tips.begin(), origin_tips.end(), leaf) == origin_tips.end()) joined = false;
+    if (std::find(origin_tips.begin(), origin_tips.end(), leaf) == origin_tips.end())
+      joined = false;
   }
   GraphUses uses = std::move(capture->uses);
   GraphEntry graph;
@@ -285,10 +286,9 @@ Status Session::GraphDestroy(wire::GraphRef::Reader args) {
 Status Session::GraphAddNode(wire::GraphAddNode::Reader args, CallContext& cx) {
   GraphEntry* graph = nullptr;
   FERRY_RETURN_IF_ERROR(graphs_.Find(args.getGraph(), &graph));
-  FERRY_RETURN_IF_ERROR(graph_nodes_.CheckNewId(args.getNode()));
   std::vector<backend::GraphNode*> dependencies;
-  FERRY_RETURN_IF_ERROR(
-      GraphNodeDependencies(args.getGraph(), args.getDependencies(), &dependencies));
+  FERRY_RETURN_IF_ERROR(NewGraphNodeDependencies(args.getGraph(), args.getNode(),
+                                                 args.getDependencies(), &dependencies));
   NodeWorkArgs work_args;
   work_args.kind = args.which();
   switch (args.which()) {
@@ -419,6 +419,13 @@ void Session::RefreshExecUses(GraphExecEntry& exec) {
   exec.uses = ExecUses(all);
 }
 
+Status Session::NewGraphNodeDependencies(uint64_t graph, uint64_t node,
+                                         capnp::List<uint64_t>::Reader ids,
+                                         std::vector<backend::GraphNode*>* dependencies) {
+  FERRY_RETURN_IF_ERROR(graph_nodes_.CheckNewId(node));
+  return GraphNodeDependencies(graph, ids, dependencies);
+}
+
 Status Session::GraphNodeDependencies(uint64_t graph, capnp::List<uint64_t>::Reader ids,
                                       std::vector<backend::GraphNode*>* dependencies) {
   for (uint64_t id : ids) {
@@ -477,12 +484,12 @@ Status Session::GraphExecKernelNodeSetParams(wire::GraphExecKernelNode::Reader a
   return SetNodeWork(args.getExec(), args.getNode(), std::move(work));
 }
 
-Status Session::FindExecNode(const GraphExecEntry& exec, uint64_t node_id,
-                             GraphNodeEntry** node) {
+Status Session::FindExecNode(const GraphExecEntry& exec, uint64_t node_id, GraphNodeEntry** node) {
   FERRY_RETURN_IF_ERROR(graph_nodes_.Find(node_id, node));
   if ((*node)->graph != exec.graph) {
-    return Status::InvalidArgument("the node is not a node of the graph the executable graph "
-                                   "was instantiated from");
+    return Status::InvalidArgument(
+        "the node is not a node of the graph the executable graph "
+        "was instantiated from");
   }
   return Status::Ok();
 }

@@ -90,10 +90,9 @@ Status Session::CheckGraphWithoutMemoryNodes(const GraphEntry& graph, const char
 Status Session::GraphAddMemAllocNode(wire::GraphAddMemNode::Reader args, CallContext& cx) {
   GraphEntry* graph = nullptr;
   FERRY_RETURN_IF_ERROR(graphs_.Find(args.getGraph(), &graph));
-  FERRY_RETURN_IF_ERROR(graph_nodes_.CheckNewId(args.getNode()));
   std::vector<backend::GraphNode*> dependencies;
-  FERRY_RETURN_IF_ERROR(
-      GraphNodeDependencies(args.getGraph(), args.getDependencies(), &dependencies));
+  FERRY_RETURN_IF_ERROR(NewGraphNodeDependencies(args.getGraph(), args.getNode(),
+                                                 args.getDependencies(), &dependencies));
   ContextEntry* c = nullptr;
   FERRY_RETURN_IF_ERROR(contexts_.Find(args.getCtx(), &c));
   if (graph->ctx != 0 && graph->ctx != args.getCtx()) {
@@ -134,10 +133,9 @@ Status Session::GraphAddMemFreeNode(wire::GraphAddMemNode::Reader args) {
   GraphEntry* graph = nullptr;
   FERRY_RETURN_IF_ERROR(graphs_.Find(args.getGraph(), &graph));
   if (!allocated) return not_graph_memory;
-  FERRY_RETURN_IF_ERROR(graph_nodes_.CheckNewId(args.getNode()));
   std::vector<backend::GraphNode*> dependencies;
-  FERRY_RETURN_IF_ERROR(
-      GraphNodeDependencies(args.getGraph(), args.getDependencies(), &dependencies));
+  FERRY_RETURN_IF_ERROR(NewGraphNodeDependencies(args.getGraph(), args.getNode(),
+                                                 args.getDependencies(), &dependencies));
   if (std::find(graph->mem.frees.begin(), graph->mem.frees.end(), dptr) != graph->mem.frees.end()) {
     return Status::InvalidArgument("the graph frees " + Hex(dptr) + " already");
   }
@@ -330,10 +328,9 @@ Status Session::GraphAddEventNode(wire::GraphAddEventNode::Reader args) {
   FERRY_RETURN_IF_ERROR(graphs_.Find(args.getGraph(), &graph));
   EventEntry* event = nullptr;
   FERRY_RETURN_IF_ERROR(events_.Find(args.getEvent(), &event));
-  FERRY_RETURN_IF_ERROR(graph_nodes_.CheckNewId(args.getNode()));
   std::vector<backend::GraphNode*> dependencies;
-  FERRY_RETURN_IF_ERROR(
-      GraphNodeDependencies(args.getGraph(), args.getDependencies(), &dependencies));
+  FERRY_RETURN_IF_ERROR(NewGraphNodeDependencies(args.getGraph(), args.getNode(),
+                                                 args.getDependencies(), &dependencies));
   if (graph->ctx != 0 && graph->ctx != event->ctx) {
     return Status::InvalidArgument("a graph's nodes must belong to one context");
   }
