@@ -144,11 +144,16 @@ Status MeasureDriverFigures(const DriverBenchOptions& options, std::map<std::str
   Driver d{};
   FERRY_RETURN_IF_ERROR(LoadDriver(options.libcuda, &d));
   Checker check(d);
+  // Session start: through ferry, cuInit connects, borrows and (with session
+  // workers) waits for the session's worker process; the first context is
+  // its first call.
+  const auto init_start = Clock::now();
   FERRY_RETURN_IF_ERROR(check(d.Init(0), "cuInit"));
   CUdevice device;
   FERRY_RETURN_IF_ERROR(check(d.DeviceGet(&device, 0), "cuDeviceGet"));
   CUcontext ctx;
   FERRY_RETURN_IF_ERROR(check(d.CtxCreate(&ctx, nullptr, 0, device), "cuCtxCreate"));
+  (*out)["session_start_ms"] = Seconds(init_start) * 1e3;
 
   const uint64_t max_copy =
       options.copy_sizes.empty()

@@ -4,7 +4,8 @@
 //
 //   ferry-bench [--reps N] [--quick] [--json PATH] [--transports tcp[,unix]]
 //               [--only rtt,launch,copy,module] [--copy-sizes 64MiB,256MiB]
-//               [--ferryd PATH] [--libcuda PATH] [--host-kernels PATH] [--fatbin PATH]
+//               [--ferryd PATH] [--ferryd-arg ARG]... [--libcuda PATH] [--host-kernels PATH]
+//               [--fatbin PATH]
 //   ferry-bench --client ADDRESS [--libcuda PATH] [--fatbin PATH] [--only ...]
 //               [--copy-sizes ...] [--quick]
 //
@@ -49,7 +50,8 @@ namespace {
 constexpr const char* kUsage =
     "usage: ferry-bench [--reps N] [--quick] [--json PATH] [--transports tcp[,unix]]\n"
     "                   [--only rtt,launch,copy,module] [--copy-sizes 64MiB,256MiB]\n"
-    "                   [--ferryd PATH] [--libcuda PATH] [--host-kernels PATH] [--fatbin PATH]\n"
+    "                   [--ferryd PATH] [--ferryd-arg ARG]... [--libcuda PATH]\n"
+    "                   [--host-kernels PATH] [--fatbin PATH]\n"
     "       ferry-bench --client ADDRESS [--libcuda PATH] [--fatbin PATH] [--only ...]\n"
     "                   [--copy-sizes ...] [--quick]\n";
 
@@ -59,6 +61,7 @@ struct Options {
   std::string json;
   std::vector<std::string> transports{"tcp"};
   std::string ferryd = FERRY_BENCH_FERRYD;
+  std::vector<std::string> ferryd_args;  // more flags for ferryd (--sessions-in-process)
   std::string libcuda = FERRY_BENCH_LIBCUDA;
   std::string host_kernels = FERRY_BENCH_HOST_KERNELS;
   std::string fatbin = FERRY_BENCH_FATBIN;
@@ -101,6 +104,8 @@ bool ParseArgs(int argc, char** argv, Options* o) {
       o->only = v;
     } else if (arg == "--ferryd" && (v = value())) {
       o->ferryd = v;
+    } else if (arg == "--ferryd-arg" && (v = value())) {
+      o->ferryd_args.push_back(v);
     } else if (arg == "--libcuda" && (v = value())) {
       o->libcuda = v;
     } else if (arg == "--host-kernels" && (v = value())) {
@@ -203,6 +208,7 @@ class Ferryd {
     std::vector<std::string> argv = {o.ferryd, "--listen",       "127.0.0.1:0",  "--backend",
                                      "host",   "--host-kernels", o.host_kernels, "--ready-file",
                                      ready,    "--log-level",    "warning"};
+    argv.insert(argv.end(), o.ferryd_args.begin(), o.ferryd_args.end());
     for (const std::string& t : o.transports) {
       if (t == "unix") {
         argv.push_back("--listen");
@@ -383,6 +389,7 @@ int RunParent(const Options& o) {
   std::vector<Row> rows;
   for (const std::string& t : o.transports) {
     const bool shm = t == "unix";
+    rows.push_back({"session start, cuInit to a context (ms)", t, "session_start_ms", "", true, 0});
     rows.push_back({"sync RTT, 4 B cuMemcpyDtoH (us)", t, "sync_rtt_us", shm ? "" : "tcp_rtt_us",
                     true, shm ? 5.0 : 1.3});
     rows.push_back({"pipelined launches (k/s)", t, "launch_rate_kps", "", false, 150});

@@ -116,8 +116,9 @@ Status WaitReadable(int fd, std::chrono::milliseconds timeout, const std::string
 }  // namespace
 
 ShmTransport::ShmTransport(int socket, std::string peer_name, void* region, uint64_t region_bytes,
-                           bool server_side)
+                           bool server_side, int memfd)
     : socket_(socket),
+      memfd_(memfd),
       peer_name_(std::move(peer_name)),
       region_(region),
       region_bytes_(region_bytes),
@@ -132,9 +133,58 @@ ShmTransport::ShmTransport(int socket, std::string peer_name, void* region, uint
 }
 
 ShmTransport::~ShmTransport() {
-  Shutdown();
+  // Released: the connection lives on in another process; close nothing
+  // of it.
+  if (socket_ >= 0) Shutdown();
   ::munmap(region_, region_bytes_);
-  ::close(socket_);
+  if (socket_ >= 0) ::close(socket_);
+  if (memfd_ >= 0) ::close(memfd_);
+}
+
+Status ShmTransport::Release(TransportHandover* out) {
+  if (!server_side_ || memfd_ < 0 || socket_ < 0) {
+    return Status::Internal("only ferryd's side of a shared-memory connection can be handed over");
+  }
+  if (shut_down_.load(std::memory_order_acquire)) {
+    return Status::Disconnected("connection to " + peer_name_ + " shut down");
+  }
+  out->kind = TransportHandover::Kind::kShm;
+  out->peer_name = peer_name_;
+  out->fds = {socket_, memfd_};
+  out->read_position = in_tail_;
+  out->write_position = out_head_;
+  socket_ = -1;
+  memfd_ = -1;
+  // Nothing may touch the rings from here on: the adopter owns them.
+  shut_down_.store(true, std::memory_order_release);
+  return Status::Ok();
+}
+
+Status ShmTransport::Adopt(TransportHandover handover, std::unique_ptr<Transport>* out) {
+  if (handover.kind != TransportHandover::Kind::kShm || handover.fds.size() != 2) {
+    return Status::InvalidArgument("not a shared-memory connection handover");
+  }
+  const int memfd = handover.fds[1];
+  struct stat st {};
+  if (::fstat(memfd, &st) != 0 || st.st_size < static_cast<off_t>(shm_layout::kHeaderBytes)) {
+    return Status::InvalidArgument("the handed-over shared region cannot be sized");
+  }
+  const uint64_t region_bytes = static_cast<uint64_t>(st.st_size);
+  const uint64_t ring_bytes = (region_bytes - shm_layout::kHeaderBytes) / 2;
+  if (!ValidRingBytes(ring_bytes) || RegionBytes(ring_bytes) != region_bytes) {
+    return Status::InvalidArgument("the handed-over shared region has a bad size");
+  }
+  void* region = ::mmap(nullptr, region_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+  if (region == MAP_FAILED) {
+    return Status::OutOfMemory("cannot map the handed-over shared region: " + ErrnoText(errno));
+  }
+  auto* transport = new ShmTransport(handover.fds[0], std::move(handover.peer_name), region,
+                                     region_bytes, /*server_side=*/true, memfd);
+  handover.fds.clear();
+  transport->in_tail_ = handover.read_position;
+  transport->out_head_ = handover.write_position;
+  out->reset(transport);
+  return Status::Ok();
 }
 
 Status ShmTransport::Accept(int socket, std::string peer_name, uint64_t ring_bytes,
@@ -185,15 +235,16 @@ Status ShmTransport::Accept(int socket, std::string peer_name, uint64_t ring_byt
     sent = ::sendmsg(socket, &msg, MSG_NOSIGNAL);
   } while (sent < 0 && errno == EINTR);
   const int err = errno;
-  ::close(memfd);  // the mapping and the client's copy keep the region
   if (sent != static_cast<ssize_t>(sizeof(setup))) {
+    ::close(memfd);
     ::munmap(region, region_bytes);
     ::close(socket);
     return Status::Disconnected("cannot pass shared memory to " + peer_name + ": " +
                                 (sent < 0 ? ErrnoText(err) : std::string("short write")));
   }
+  // ferryd keeps the memfd, so that it can hand the connection over.
   out->reset(new ShmTransport(socket, std::move(peer_name), region, region_bytes,
-                              /*server_side=*/true));
+                              /*server_side=*/true, memfd));
   return Status::Ok();
 }
 
@@ -238,7 +289,7 @@ Status ShmTransport::Join(int socket, std::string peer_name, std::chrono::millis
     return fail(Status::OutOfMemory("cannot map the shared region: " + ErrnoText(err)));
   }
   out->reset(new ShmTransport(socket, std::move(peer_name), region, setup.region_bytes,
-                              /*server_side=*/false));
+                              /*server_side=*/false, /*memfd=*/-1));
   return Status::Ok();
 }
 

@@ -95,6 +95,9 @@ class ShmTransport final : public Transport {
   // waiting at most `timeout` for it.
   static Status Join(int socket, std::string peer_name, std::chrono::milliseconds timeout,
                      std::unique_ptr<Transport>* out);
+  // ferryd's side again, in another process: continues the connection that
+  // ferryd's Release described (its kind is kShm).
+  static Status Adopt(TransportHandover handover, std::unique_ptr<Transport>* out);
 
   ~ShmTransport() override;
   ShmTransport(const ShmTransport&) = delete;
@@ -107,13 +110,18 @@ class ShmTransport final : public Transport {
   void SetReadDeadline(std::chrono::steady_clock::time_point deadline) override {
     read_deadline_ = deadline;
   }
+  // ferryd's side only (it alone keeps the region's memfd).
+  bool CanHandOver() const override { return server_side_; }
+  Status Release(TransportHandover* out) override;
 
   // For tests that play a hostile client: the shared region's header.
   shm_layout::Header* TEST_header() { return header_; }
 
  private:
+  // `memfd`: the region's descriptor, kept by ferryd's side (so that the
+  // connection can be handed over), -1 on the client's.
   ShmTransport(int socket, std::string peer_name, void* region, uint64_t region_bytes,
-               bool server_side);
+               bool server_side, int memfd);
 
   // How long one side spins before it sleeps, adapted as it goes (Wait).
   struct SpinState {
@@ -135,7 +143,8 @@ class ShmTransport final : public Transport {
   // in flight.
   Status Corrupt(const char* what);
 
-  const int socket_;
+  int socket_;  // -1 once released
+  int memfd_;   // -1 on the client's side and once released
   const std::string peer_name_;
   void* const region_;
   const uint64_t region_bytes_;

@@ -24,6 +24,52 @@ std::string ErrnoText(int err) { return std::strerror(err); }
 
 }  // namespace
 
+TransportHandover::TransportHandover(TransportHandover&& other) noexcept
+    : kind(other.kind),
+      peer_name(std::move(other.peer_name)),
+      fds(std::move(other.fds)),
+      read_position(other.read_position),
+      write_position(other.write_position) {
+  other.fds.clear();
+}
+
+TransportHandover& TransportHandover::operator=(TransportHandover&& other) noexcept {
+  if (this != &other) {
+    CloseFds();
+    kind = other.kind;
+    peer_name = std::move(other.peer_name);
+    fds = std::move(other.fds);
+    other.fds.clear();
+    read_position = other.read_position;
+    write_position = other.write_position;
+  }
+  return *this;
+}
+
+TransportHandover::~TransportHandover() { CloseFds(); }
+
+void TransportHandover::CloseFds() {
+  for (int fd : fds) {
+    if (fd >= 0) ::close(fd);
+  }
+  fds.clear();
+}
+
+Status AdoptTransport(TransportHandover handover, std::unique_ptr<Transport>* out) {
+  switch (handover.kind) {
+    case TransportHandover::Kind::kSocket:
+      if (handover.fds.size() != 1) break;
+      out->reset(new SocketTransport(handover.fds[0], std::move(handover.peer_name)));
+      handover.fds.clear();
+      return Status::Ok();
+    case TransportHandover::Kind::kShm:
+      return ShmTransport::Adopt(std::move(handover), out);
+  }
+  return Status::InvalidArgument("a transport handover with " +
+                                 std::to_string(handover.fds.size()) +
+                                 " descriptor(s) does not describe a connection");
+}
+
 SocketTransport::SocketTransport(int fd, std::string peer_name)
     : fd_(fd), peer_name_(std::move(peer_name)) {}
 
@@ -131,7 +177,22 @@ Status SocketTransport::WaitReadable() {
   }
 }
 
-void SocketTransport::Shutdown() { ::shutdown(fd_, SHUT_RDWR); }
+void SocketTransport::Shutdown() {
+  if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);
+}
+
+Status SocketTransport::Release(TransportHandover* out) {
+  if (read_begin_ != read_end_) {
+    return Status::Internal("the connection to " + peer_name_ + " has " +
+                            std::to_string(read_end_ - read_begin_) +
+                            " byte(s) read ahead; it cannot be handed over");
+  }
+  out->kind = TransportHandover::Kind::kSocket;
+  out->peer_name = peer_name_;
+  out->fds = {fd_};
+  fd_ = -1;
+  return Status::Ok();
+}
 
 bool SocketTransport::PeerGoneOrTalking() {
   pollfd p{};

@@ -19,6 +19,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "common/status.h"
 
@@ -27,6 +28,31 @@ namespace ferry {
 struct ConstBuffer {
   const void* data;
   size_t size;
+};
+
+// A server-side connection given up by one process for another to continue
+// (ferryd hands each client's connection to its session worker,
+// server/session_worker.h): the descriptors that carry it and where its
+// byte streams stand. Move-only; it closes the descriptors it still owns.
+struct TransportHandover {
+  enum class Kind : uint8_t { kSocket = 1, kShm = 2 };
+  Kind kind = Kind::kSocket;
+  std::string peer_name;
+  // kSocket: the connected socket. kShm: the unix socket, then the region's memfd.
+  std::vector<int> fds;
+  // kShm only: bytes this side has consumed from the client's ring and
+  // written into its own (the rings' positions are private to each side).
+  uint64_t read_position = 0;
+  uint64_t write_position = 0;
+
+  TransportHandover() = default;
+  TransportHandover(TransportHandover&& other) noexcept;
+  TransportHandover& operator=(TransportHandover&& other) noexcept;
+  TransportHandover(const TransportHandover&) = delete;
+  TransportHandover& operator=(const TransportHandover&) = delete;
+  ~TransportHandover();
+  // Closes every descriptor still held (after they were sent elsewhere).
+  void CloseFds();
 };
 
 class Transport {
@@ -51,7 +77,23 @@ class Transport {
   // initial setting) waits forever. Reader thread only. A transport that
   // cannot bound its reads ignores it.
   virtual void SetReadDeadline(std::chrono::steady_clock::time_point deadline) { (void)deadline; }
+  // Gives the connection up, unclosed, for another process to continue
+  // (AdoptTransport): fills `out`, and this transport no longer owns or
+  // touches its descriptors (destroying it then leaves the peer connected).
+  // Only between frames, with no reader or writer active, and only when
+  // nothing was read ahead (Internal otherwise). Transports whose
+  // state cannot travel (TLS) say Unimplemented.
+  // Whether Release can work for this kind of transport.
+  virtual bool CanHandOver() const { return false; }
+  virtual Status Release(TransportHandover* out) {
+    (void)out;
+    return Status::Unimplemented("this transport cannot be handed to another process");
+  }
 };
+
+// The transport `handover` describes, owning its descriptors from now on
+// (also on failure).
+Status AdoptTransport(TransportHandover handover, std::unique_ptr<Transport>* out);
 
 // The "no deadline" value of SetReadDeadline.
 inline constexpr std::chrono::steady_clock::time_point kNoDeadline =
@@ -74,6 +116,8 @@ class SocketTransport final : public Transport {
   void SetReadDeadline(std::chrono::steady_clock::time_point deadline) override {
     read_deadline_ = deadline;
   }
+  bool CanHandOver() const override { return true; }
+  Status Release(TransportHandover* out) override;
 
  private:
   static constexpr size_t kReadBufferBytes = 64 << 10;

@@ -12,13 +12,21 @@
 // session is loading stays alive while it does (shared ownership), so
 // eviction never pulls bytes from under a load.
 //
+// With session workers (server/session_worker.h) the cache lives in ferryd's
+// main process and workers reach it through their link: images travel as
+// SealedImages (a memfd that nobody can change any more), which the main
+// process hashes itself before it keeps one, and which workers map
+// read-only, so one copy of an image serves every worker.
+//
 // Thread-safety: every method is safe from any thread.
 #pragma once
 
 #include <cstdint>
 #include <list>
 #include <map>
+#include <memory>
 #include <mutex>
+#include <span>
 #include <utility>
 
 #include <absl/base/thread_annotations.h>
@@ -37,19 +45,64 @@ struct ModuleCacheStats {
   uint64_t bytes = 0;       // bytes held now
 };
 
-class ModuleCache {
+// Where a session finds and keeps module images by name: the ModuleCache in
+// its own process, or (in a session worker) the main process's cache over the
+// worker's link.
+class ModuleImages {
+ public:
+  virtual ~ModuleImages() = default;
+  // The image named (`hash`, `size`), sharing ownership of its bytes; false
+  // when it is not held.
+  virtual bool Find(const ContentHash& hash, uint64_t size, backend::HostBytes* image) = 0;
+  // Keeps `image` under `hash`, which the caller has verified is the SHA-256
+  // of exactly these bytes. A name already held keeps its bytes.
+  virtual void Insert(const ContentHash& hash, backend::HostBytes image) = 0;
+};
+
+// An image in a sealed memfd (no writes, no resizing, no more seals), mapped
+// read-only: bytes another process can map and trust to stay as they were
+// when they were checked. Immutable; safe from any thread.
+class SealedImage {
+ public:
+  // Copies `bytes` into a new sealed memfd.
+  static Status FromBytes(std::span<const uint8_t> bytes, std::shared_ptr<const SealedImage>* out);
+  // Takes `fd` (owned from now on, also on failure), which must be a memfd
+  // sealed as above and exactly `size` bytes long.
+  static Status FromFd(int fd, uint64_t size, std::shared_ptr<const SealedImage>* out);
+  ~SealedImage();
+  SealedImage(const SealedImage&) = delete;
+  SealedImage& operator=(const SealedImage&) = delete;
+
+  int fd() const { return fd_; }
+  const uint8_t* data() const { return data_; }
+  uint64_t size() const { return size_; }
+  // The bytes, kept alive by `self` (this image).
+  static backend::HostBytes Bytes(const std::shared_ptr<const SealedImage>& self);
+
+ private:
+  SealedImage(int fd, const uint8_t* data, uint64_t size) : fd_(fd), data_(data), size_(size) {}
+  const int fd_;
+  const uint8_t* const data_;
+  const uint64_t size_;
+};
+
+class ModuleCache final : public ModuleImages {
  public:
   explicit ModuleCache(uint64_t capacity_bytes);
   ModuleCache(const ModuleCache&) = delete;
   ModuleCache& operator=(const ModuleCache&) = delete;
 
-  // The image named (`hash`, `size`), sharing ownership of its bytes; false
-  // when it is not held.
-  bool Find(const ContentHash& hash, uint64_t size, backend::HostBytes* image);
+  bool Find(const ContentHash& hash, uint64_t size, backend::HostBytes* image) override;
+  void Insert(const ContentHash& hash, backend::HostBytes image) override;
 
-  // Keeps `image` under `hash`, which the caller has verified is the SHA-256
-  // of exactly these bytes. A name already held keeps its bytes.
-  void Insert(const ContentHash& hash, backend::HostBytes image);
+  // For session workers: the image as a SealedImage, made (once) from the
+  // bytes held if they are not one yet; false when it is not held.
+  bool FindSealed(const ContentHash& hash, uint64_t size,
+                  std::shared_ptr<const SealedImage>* image);
+  // Keeps `image` under `hash` after checking that `hash` is its SHA-256
+  // (the bytes come from a worker, which ferryd's main process does not
+  // trust); false, keeping nothing, when it is not.
+  bool InsertSealed(const ContentHash& hash, std::shared_ptr<const SealedImage> image);
 
   ModuleCacheStats stats() const;
   uint64_t capacity_bytes() const { return capacity_bytes_; }
@@ -58,8 +111,12 @@ class ModuleCache {
   using Key = std::pair<ContentHash, uint64_t>;  // hash, size
   struct Entry {
     backend::HostBytes image;
-    std::list<Key>::iterator recency;  // position in lru_
+    std::shared_ptr<const SealedImage> sealed;  // null until a worker needs it
+    std::list<Key>::iterator recency;           // position in lru_
   };
+
+  void InsertLocked(const ContentHash& hash, backend::HostBytes image,
+                    std::shared_ptr<const SealedImage> sealed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const uint64_t capacity_bytes_;
   mutable std::mutex mu_;

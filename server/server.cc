@@ -1,6 +1,7 @@
 #include "server/server.h"
 
 #include <absl/cleanup/cleanup.h>
+#include <absl/time/clock.h>
 #include <grp.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -533,7 +534,7 @@ void Server::ServeConnection(uint64_t id, std::unique_ptr<Transport> transport, 
       std::lock_guard<std::mutex> lock(mutex_);
       --client_sessions_;
     };
-    ServeClient(id, std::move(transport), hello, token);
+    ServeClient(id, std::move(transport), hello, frame.words.asPtr(), token);
   } catch (const kj::Exception& e) {
     FERRY_LOG(kWarning) << "bad handshake from a client: " << e.getDescription().cStr();
   }
@@ -569,7 +570,8 @@ Status Server::Authenticate(const Transport& transport, wire::Hello::Reader hell
 }
 
 void Server::ServeClient(uint64_t id, std::unique_ptr<Transport> transport,
-                         wire::Hello::Reader hello, const std::optional<auth::Token>& token) {
+                         wire::Hello::Reader hello, std::span<const capnp::word> hello_words,
+                         const std::optional<auth::Token>& token) {
   SessionGrant grant;
   if (pool_ == nullptr) {
     for (const ServedGpu& gpu : gpus_) {
@@ -589,6 +591,14 @@ void Server::ServeClient(uint64_t id, std::unique_ptr<Transport> transport,
       return;
     }
   }
+  if (!worker_command_.empty() && transport->CanHandOver()) {
+    ServeClientInWorker(id, std::move(transport), hello, hello_words, std::move(grant));
+    return;
+  }
+  if (!worker_command_.empty()) {
+    FERRY_LOG_ONCE(kWarning) << "sessions over TLS run inside ferryd's main process (their "
+                                "connection cannot be handed to a worker process yet)";
+  }
   auto session = std::make_shared<Session>(id, std::move(transport), backend_, hello,
                                            std::move(grant), module_cache_.get());
   session->SetBufferLimit(limits_.session_buffer_bytes);
@@ -597,10 +607,7 @@ void Server::ServeClient(uint64_t id, std::unique_ptr<Transport> transport,
     std::lock_guard<std::mutex> lock(mutex_);
     sessions_[id] = session;
     if (stopping_) session->Stop();
-    if (auto it = early_preemptions_.find(id); it != early_preemptions_.end()) {
-      early_preemption = it->second;
-      early_preemptions_.erase(it);
-    }
+    early_preemption = TakeEarlyPreemption(id);
   }
   // Preempted before it started: Run answers the handshake with the reason.
   if (!early_preemption.empty()) session->Preempt(early_preemption);
@@ -618,6 +625,90 @@ void Server::ServeClient(uint64_t id, std::unique_ptr<Transport> transport,
     early_preemptions_.erase(id);
   }
   session.reset();
+}
+
+std::string Server::TakeEarlyPreemption(uint64_t id) {
+  auto it = early_preemptions_.find(id);
+  if (it == early_preemptions_.end()) return "";
+  std::string reason = std::move(it->second);
+  early_preemptions_.erase(it);
+  return reason;
+}
+
+void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transport,
+                                 wire::Hello::Reader hello,
+                                 std::span<const capnp::word> hello_words, SessionGrant grant) {
+  const std::string who = "session " + std::to_string(id) + " (" + transport->PeerName() +
+                          ", pid " + std::to_string(hello.getPid()) + ", " +
+                          hello.getProgram().cStr() + "@" + hello.getHost().cStr() + ")";
+  std::shared_ptr<SessionWorker> worker;
+  Status status = SessionWorker::Spawn(worker_command_, id, &worker);
+  std::string early_preemption;
+  if (status.ok()) {
+    // From here on Stop must not touch the transport: its descriptors move
+    // to the worker (and their numbers may be reused here).
+    std::lock_guard<std::mutex> lock(mutex_);
+    connections_.erase(id);
+    early_preemption = TakeEarlyPreemption(id);
+  }
+  SessionInfo basics;
+  basics.id = id;
+  basics.client = transport->PeerName();
+  basics.pid = hello.getPid();
+  basics.host = hello.getHost().cStr();
+  basics.program = hello.getProgram().cStr();
+  basics.since_unix_ms = absl::ToUnixMillis(absl::Now());
+  basics.device_bytes.assign(grant.devices.size(), 0);
+  if (status.ok()) {
+    status = worker->Start(*transport, hello_words, WithComputeMechanisms(backend_, grant),
+                           limits_.session_buffer_bytes, early_preemption, basics);
+  }
+  if (!status.ok()) {
+    FERRY_LOG(kError) << who << " could not start: " << status.message();
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      connections_.erase(id);
+    }
+    // The connection stays here when it could not be handed over: tell the
+    // client why.
+    if (transport->CanHandOver()) {
+      Refuse(*transport,
+             Status::Internal("ferryd could not start this session: " + status.message()));
+    }
+    if (pool_ != nullptr) pool_->Return(id);
+    return;
+  }
+  transport.reset();  // released: its descriptors are the worker's
+  FERRY_LOG(kDebug) << who << " runs in worker process " << worker->pid();
+  std::string late_preemption;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    sessions_[id] = worker;
+    if (stopping_) worker->Stop();
+    late_preemption = TakeEarlyPreemption(id);
+  }
+  // A preemption between the hand-over and the line above found no session.
+  if (!late_preemption.empty()) {
+    pool::Preemption preemption;
+    preemption.session = id;
+    preemption.reason = late_preemption;
+    PreemptSession(preemption);
+  }
+  const std::string ended = worker->Supervise(module_cache_.get());
+  if (!ended.empty()) {
+    FERRY_LOG(kWarning) << who << " ended: its worker process " << worker->pid() << " " << ended
+                        << "; everything it held is gone with it";
+  }
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    sessions_.erase(id);
+  }
+  // The worker has exited: its memory is free, so its slices can go.
+  if (pool_ != nullptr) pool_->Return(id);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    early_preemptions_.erase(id);
+  }
 }
 
 Status Server::BorrowFor(uint64_t id, Transport& transport, wire::Hello::Reader hello,
@@ -683,7 +774,7 @@ int Server::BackendDeviceOf(int gpu_index) const {
 }
 
 void Server::PreemptSession(const pool::Preemption& preemption) {
-  std::shared_ptr<Session> session;
+  std::shared_ptr<ServedSession> session;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (stopping_) return;  // Stop ends every session anyway
@@ -917,6 +1008,8 @@ void Server::Stop() {
     if (stopping_ && !io_thread_.joinable()) return;
     stopping_ = true;
     for (auto& [id, transport] : connections_) transport->Shutdown();
+    // Sessions in worker processes: their connections are theirs.
+    for (auto& [id, session] : sessions_) session->Stop();
   }
   asio::post(io_, [this] {
     for (auto& acceptor : acceptors_) {

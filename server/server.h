@@ -15,6 +15,11 @@
 // else; a client borrows only from its token's pools, and ferryctl's
 // mutating requests need an admin token.
 //
+// With session workers (UseSessionWorkers; ferryd's default) each client
+// session runs in a process of its own (server/session_worker.h): this
+// process keeps the listeners, handshakes, tokens, the pool and ferryctl,
+// and hands each borrowed client to its worker.
+//
 // Thread-safety: every public method is safe from any thread.
 #pragma once
 
@@ -29,6 +34,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -41,6 +47,7 @@
 #include "server/pool/config.h"
 #include "server/pool_service.h"
 #include "server/session.h"
+#include "server/session_worker.h"
 
 namespace ferry::server {
 
@@ -104,6 +111,10 @@ class Server {
   // Before Start: every TCP listener speaks TLS with this certificate chain
   // and key (PEM files). Fails when they do not load or do not match.
   Status SetTls(const std::string& cert_file, const std::string& key_file);
+  // Before Start: every client session runs in a worker process started as
+  // `command` (argv; SessionWorker::Spawn appends the link). Without it
+  // (tests), sessions run in this process.
+  void UseSessionWorkers(std::vector<std::string> command) { worker_command_ = std::move(command); }
   // Before Listen: who may use the unix: sockets, and their group.
   void SetUnixAccess(const UnixAccess& access) { unix_access_ = access; }
   // SIGHUP and ferryctl reload: re-reads the token file and the config file. A file that does
@@ -144,8 +155,20 @@ class Server {
   static void Refuse(Transport& transport, const Status& refusal);
   // Borrows the client's devices and runs its session until it ends (the
   // caller's thread); frees it and returns its slices.
+  // `hello_words` is the Hello frame's message, for a worker.
   void ServeClient(uint64_t id, std::unique_ptr<Transport> transport, wire::Hello::Reader hello,
+                   std::span<const capnp::word> hello_words,
                    const std::optional<auth::Token>& token);
+  // ServeClient's end for a client whose session runs in a worker process:
+  // spawns it, hands the client over and supervises it until it exits.
+  // False, with the client refused and nothing of the session left, when the
+  // worker could not start.
+  void ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transport,
+                           wire::Hello::Reader hello, std::span<const capnp::word> hello_words,
+                           SessionGrant grant);
+  // The preemption that came for session `id` before it was in sessions_
+  // (removed; "" if none).
+  std::string TakeEarlyPreemption(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Checks the Hello's token against the token file. Without one (no
   // authentication) accepts every peer and leaves `token` empty.
   Status Authenticate(const Transport& transport, wire::Hello::Reader hello,
@@ -181,16 +204,17 @@ class Server {
   std::unique_ptr<PoolService> pool_;  // null without pools; set before Start
   std::string config_path_ ABSL_GUARDED_BY(mutex_);
   pool::Config loaded_config_ ABSL_GUARDED_BY(mutex_);
-  std::mutex reload_mutex_;  // one reload at a time
-  std::string token_file_;   // "" = no authentication; fixed after Start
-  std::shared_ptr<TlsContext> tls_;  // null: plain TCP; fixed after Start
-  UnixAccess unix_access_;           // fixed after Listen
+  std::mutex reload_mutex_;                  // one reload at a time
+  std::string token_file_;                   // "" = no authentication; fixed after Start
+  std::shared_ptr<TlsContext> tls_;          // null: plain TCP; fixed after Start
+  UnixAccess unix_access_;                   // fixed after Listen
+  std::vector<std::string> worker_command_;  // empty: sessions in this process; fixed after Start
   // Replaced whole by Reload; a handshake keeps the set it looked at.
   std::shared_ptr<const auth::TokenSet> tokens_ ABSL_GUARDED_BY(mutex_);
 
   // Shared with preemption workers, which may outlive the connection thread's
   // use of a session.
-  std::map<uint64_t, std::shared_ptr<Session>> sessions_ ABSL_GUARDED_BY(mutex_);
+  std::map<uint64_t, std::shared_ptr<ServedSession>> sessions_ ABSL_GUARDED_BY(mutex_);
   // Preemptions that arrived between a grant and the session's start.
   std::map<uint64_t, std::string> early_preemptions_ ABSL_GUARDED_BY(mutex_);
   // Every live connection's transport, so Stop can end them all, handshakes

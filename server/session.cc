@@ -45,11 +45,11 @@ Status Session::InvalidContextStatus(std::string message) {
 }
 
 Session::Session(uint64_t id, std::unique_ptr<Transport> transport, backend::GpuBackend& backend,
-                 wire::Hello::Reader hello, ModuleCache* module_cache)
+                 wire::Hello::Reader hello, ModuleImages* module_cache)
     : Session(id, std::move(transport), backend, hello, WholeDevices(backend), module_cache) {}
 
 Session::Session(uint64_t id, std::unique_ptr<Transport> transport, backend::GpuBackend& backend,
-                 wire::Hello::Reader hello, SessionGrant grant, ModuleCache* module_cache)
+                 wire::Hello::Reader hello, SessionGrant grant, ModuleImages* module_cache)
     : id_(id),
       transport_(std::move(transport)),
       backend_(backend),

@@ -104,16 +104,31 @@ struct SessionInfo {
   uint64_t allocations_waited_for_releases = 0;
 };
 
-class Session {
+// A live client session as ferryd's Server holds it: a Session in this
+// process, or a SessionWorker (server/session_worker.h) standing for one
+// that runs in a worker process. Every method is safe from any thread.
+class ServedSession {
+ public:
+  virtual ~ServedSession() = default;
+  virtual SessionInfo Info() const = 0;
+  // The devices the session holds, as granted (compute mechanisms chosen).
+  virtual const SessionGrant& grant() const = 0;
+  // See Session::Preempt.
+  virtual bool Preempt(const std::string& reason) = 0;
+  // Ends the session's connection; it frees everything and ends soon after.
+  virtual void Stop() = 0;
+};
+
+class Session final : public ServedSession {
  public:
   // `backend` and `module_cache` (may be null: no image cache) must outlive
   // the session. `hello` is the client's handshake; `grant` the devices it
   // may use.
   Session(uint64_t id, std::unique_ptr<Transport> transport, backend::GpuBackend& backend,
-          wire::Hello::Reader hello, SessionGrant grant, ModuleCache* module_cache = nullptr);
+          wire::Hello::Reader hello, SessionGrant grant, ModuleImages* module_cache = nullptr);
   // Every device of `backend`, whole.
   Session(uint64_t id, std::unique_ptr<Transport> transport, backend::GpuBackend& backend,
-          wire::Hello::Reader hello, ModuleCache* module_cache = nullptr);
+          wire::Hello::Reader hello, ModuleImages* module_cache = nullptr);
   ~Session();
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -125,7 +140,7 @@ class Session {
   void Run();
 
   // Ends the connection; Run returns soon after. Any thread.
-  void Stop();
+  void Stop() override;
 
   // Takes the session's devices away, from any thread: waits for the batch
   // in progress, frees every resource of the session, sends the client a
@@ -136,7 +151,7 @@ class Session {
   // session's quota may be given back now; false when the session is being
   // closed instead (Run frees everything, and the caller's connection thread
   // gives the quota back after that).
-  bool Preempt(const std::string& reason);
+  bool Preempt(const std::string& reason) override;
   // Before Run: the most bytes of call frames the session holds read but not
   // yet executed (its inbox, bulk payloads included). A frame that would go
   // past it waits until the executor has caught up and then streams; one
@@ -149,9 +164,9 @@ class Session {
   // Tests only: how long Preempt waits for the batch in execution.
   void TEST_SetPreemptBatchWait(std::chrono::milliseconds wait) { preempt_batch_wait_ = wait; }
 
-  SessionInfo Info() const;
+  SessionInfo Info() const override;
   uint64_t id() const { return id_; }
-  const SessionGrant& grant() const { return grant_; }
+  const SessionGrant& grant() const override { return grant_; }
   // Whether launches on session device `device` are throttled (tests).
   bool TEST_throttled(int device) const { return shares_.Throttled(device); }
 
@@ -715,7 +730,7 @@ class Session {
   const uint64_t id_;
   std::unique_ptr<Transport> transport_;
   backend::GpuBackend& backend_;
-  ModuleCache* const module_cache_;
+  ModuleImages* const module_cache_;
   const uint32_t pid_;
   const std::string host_;
   const std::string program_;

@@ -9,7 +9,7 @@
 //          [--session-buffer SIZE]
 //          [--token-file PATH | --no-auth] [--tls-cert PEM --tls-key PEM | --no-tls]
 //          [--unix-group GROUP] [--unix-allow-uid UID ...] [--unix-allow-gid GID ...]
-//          [--log-level debug|info|warning|error]
+//          [--log-level debug|info|warning|error] [--sessions-in-process]
 //   ferryd --help | --version
 //
 // --config reads a TOML file (server/pool/config.h): the same settings as the flags
@@ -23,6 +23,10 @@
 // --tls-cert/--tls-key every TCP listener speaks TLS; a TCP listener on a
 // non-loopback address without TLS needs --no-tls. unix: sockets are created
 // 0660 (group --unix-group) and may require the peer's uid or gid.
+//
+// Each client session runs in a worker process of its own (server/
+// session_worker.h), started as `ferryd <the same flags> --session-worker FD`;
+// --sessions-in-process (tests and measurements) keeps them in this process.
 //
 // SIGTERM and SIGINT stop it cleanly: listeners close, every session ends and
 // frees its resources, and ferryd exits 0. SIGHUP re-reads the config file
@@ -88,6 +92,8 @@ struct Flags {
   std::optional<std::string> unix_group;
   std::vector<uint32_t> unix_allow_uids;
   std::vector<uint32_t> unix_allow_gids;
+  bool sessions_in_process = false;
+  std::optional<int> session_worker_link;  // set: this process is a session worker
 };
 
 bool SetLogLevel(const std::string& v) {
@@ -254,6 +260,14 @@ int ParseArgs(int argc, char** argv, Flags* flags) {
                      "`ferryctl test-advance-clock`")
           ->check(kRfc3339)
           ->type_name("TIME");
+  app.add_flag("--sessions-in-process", flags->sessions_in_process,
+               "run client sessions inside ferryd's process instead of one worker process\n"
+               "each (tests and measurements only: tenants then share one address space)");
+  int session_worker_link = -1;
+  CLI::Option* session_worker_option =
+      app.add_option("--session-worker", session_worker_link)
+          ->group("")  // internal: how ferryd starts its session workers
+          ->check(CLI::Range(0, 1 << 20));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {
@@ -263,6 +277,7 @@ int ParseArgs(int argc, char** argv, Flags* flags) {
     return 2;
   }
   // The validators above accepted every value, so these conversions succeed.
+  if (session_worker_option->count() > 0) flags->session_worker_link = session_worker_link;
   if (backend_option->count() > 0) flags->backend = backend;
   if (cuda_driver_option->count() > 0) flags->cuda_driver = cuda_driver;
   if (host_devices_option->count() > 0) flags->host_devices = host_devices;
@@ -461,6 +476,15 @@ int Main(int argc, char** argv) {
     return 2;
   }
 
+  if (flags.session_worker_link.has_value()) {
+    // A session worker (server/session_worker.h): its own backend, one
+    // session, then exit. Signals stay default: SIGTERM ends it at once.
+    signal(SIGPIPE, SIG_IGN);
+    std::unique_ptr<backend::GpuBackend> backend;
+    const Status status = MakeBackend(flags, settings, config, &backend);
+    return server::RunSessionWorker(*flags.session_worker_link, backend.get(), status);
+  }
+
   // Block the stop and reload signals in every thread; the main thread
   // waits for them.
   sigset_t signals;
@@ -504,6 +528,12 @@ int Main(int argc, char** argv) {
 
   server::Server server(*backend, flags.module_cache);
   server.ServeGpus(gpus);
+  if (!flags.sessions_in_process) {
+    // Each session in a worker process: ferryd again, with the same flags.
+    std::vector<std::string> command{"/proc/self/exe"};
+    for (int i = 1; i < argc; ++i) command.emplace_back(argv[i]);
+    server.UseSessionWorkers(std::move(command));
+  }
   server.SetLimits(settings.limits);
   if (config.pooling()) {
     status = server.EnablePool(config, *clock, fake_clock.get());

@@ -296,9 +296,13 @@ TEST_P(StoppedServerTest, CallFailsWithDeviceUnavailableAfterTheCallTimeout) {
       "launch_queue", address, {{"FERRY_CALL_TIMEOUT", "2"}, {"LAUNCH_QUEUE_COUNT", "500"}});
   ASSERT_TRUE(client.has_value());
   ASSERT_TRUE(WaitForReady(*client));
-  ::kill(ferryd_->pid(), SIGSTOP);
+  // The whole server: ferryd and the worker process that serves the session.
+  std::vector<int> stopped = test::SessionWorkerPids(ferryd_->pid());
+  ASSERT_EQ(stopped.size(), 1u) << "expected one session worker";
+  stopped.push_back(ferryd_->pid());
+  for (int pid : stopped) ::kill(pid, SIGSTOP);
   const ExitStatus status = client->Wait(kProgramTimeout);
-  ::kill(ferryd_->pid(), SIGCONT);
+  for (int pid : stopped) ::kill(pid, SIGCONT);
   EXPECT_TRUE(status.success()) << client->Describe();
   EXPECT_NE(client->Stdout().find("SYNC 46\n"), std::string::npos) << client->Describe();
   EXPECT_NE(client->Stderr().find("FERRY_CALL_TIMEOUT"), std::string::npos) << client->Describe();

@@ -391,6 +391,40 @@ TEST_P(FerrydTransportTest, HostCallbacks) { RunAndExpectPass("host_callbacks");
 // A client killed while its host function holds a stream (and a destroy of
 // that stream waits behind it on the server): ferryd opens the gate itself,
 // frees the session and goes on serving.
+// Issue 11: each session runs in its own worker process. Another tenant's
+// kernel given the owner's device pointer finds nothing of the owner's there:
+// the owner's bytes stay as they were, the intruder alone gets an error (its
+// worker faults and ends; on the host backend the wild write is a SIGSEGV in
+// that worker), and ferryd and the owner's session go on.
+TEST_P(FerrydTransportTest, AnotherTenantsPointerInAKernelReachesNothing) {
+  std::optional<ChildProcess> owner = StartProgram("tenant_reach", {{"TENANT_REACH", "owner"}});
+  ASSERT_TRUE(owner.has_value());
+  ASSERT_TRUE(WaitForReady(*owner));
+  const std::string out = owner->Stdout();
+  const size_t at = out.find("POINTER ");
+  ASSERT_NE(at, std::string::npos) << owner->Describe();
+  const std::string pointer = out.substr(at + 8, out.find('\n', at) - at - 8);
+
+  std::optional<ChildProcess> intruder = StartProgram(
+      "tenant_reach", {{"TENANT_REACH", "intruder"}, {"TENANT_REACH_POINTER", pointer}});
+  ASSERT_TRUE(intruder.has_value());
+  const ExitStatus intruded = intruder->Wait(kProgramTimeout);
+  EXPECT_TRUE(intruded.success()) << intruder->Describe();
+  EXPECT_NE(intruder->Stdout().find("INTRUDER RESULT "), std::string::npos) << intruder->Describe();
+  EXPECT_EQ(intruder->Stdout().find("INTRUDER RESULT 0\n"), std::string::npos)
+      << "the intruder's kernel on another tenant's pointer succeeded\n"
+      << intruder->Describe();
+  ASSERT_FALSE(ferryd_->Poll()) << ferryd_->Describe();
+
+  owner->Kill(SIGUSR1);
+  ExpectPasses(*owner);
+  EXPECT_NE(owner->Stdout().find("OWNER INTACT"), std::string::npos) << owner->Describe();
+  // The worker that ran the wild kernel ended alone, and ferryd said so.
+  EXPECT_NE(FerrydLogs().find("killed by signal"), std::string::npos) << FerrydLogs();
+  RunAndExpectPass("device_query");
+  ExpectNoSessionsSoon("both tenants ended");
+}
+
 TEST_F(FerrydTest, ClientKilledWhileAHostCallbackHoldsAStream) {
   std::optional<ChildProcess> started;
   std::optional<Status> status;

@@ -329,6 +329,36 @@ TEST_F(PoolTest, AWaiterIsServedWhenAKilledHolderReturnsItsSlice) {
   for (const char* name : {"holder0", "holder2", "holder3", "waiter"}) Release(name);
 }
 
+// Each session runs in a worker process (server/session_worker.h): a worker
+// that dies (here SIGKILL; a fault would do the same) is reaped by ferryd,
+// whose pool gives its slice to the next in the queue. Only that worker's
+// client loses its session.
+TEST_F(PoolTest, AKilledSessionWorkerReturnsItsSliceToTheWaiter) {
+  StartFerryd(DayNightConfig(""), kBeforeNight);
+  std::vector<ChildProcess*> holders;
+  ASSERT_NO_FATAL_FAILURE(HoldEveryDaySlice(&holders));
+  ChildProcess* waiter = StartHolder("waiter", {{"FERRY_WAIT", "5m"}});
+  ASSERT_NE(waiter, nullptr);
+  WaitForPool("one waiter queued", [&](const JsonValue& p) { return Queue(p).size() == 1; });
+  const std::vector<int> workers = test::SessionWorkerPids(ferryd_->pid());
+  ASSERT_EQ(workers.size(), 4u) << "one worker per holder";
+  ::kill(workers[0], SIGKILL);
+  ASSERT_TRUE(WaitForOutput(*waiter, "READY\n"));
+  WaitForPool("the waiter holds the dead worker's slice", [&](const JsonValue& p) {
+    const std::vector<JsonValue> held = Holders(p, 0);
+    return held.size() == 4 && HolderWithPid(held, waiter->pid()) != nullptr && Queue(p).empty();
+  });
+  EXPECT_NE(ferryd_->Stderr().find("killed by signal 9"), std::string::npos) << ferryd_->Stderr();
+  // Released, the three holders whose workers live end well; the one whose
+  // worker was killed finds its session gone.
+  for (const char* name : {"holder0", "holder1", "holder2", "holder3", "waiter"}) Release(name);
+  int failed = 0;
+  for (ChildProcess* h : holders) failed += h->Wait(kProgramTimeout).success() ? 0 : 1;
+  EXPECT_EQ(failed, 1);
+  EXPECT_TRUE(waiter->Wait(kProgramTimeout).success()) << waiter->Describe();
+  WaitForPool("every slice free", [](const JsonValue& p) { return Holders(p, 0).empty(); });
+}
+
 TEST_F(PoolTest, AKilledWaiterLeavesTheQueue) {
   StartFerryd(DayNightConfig(""), kBeforeNight);
   ASSERT_NO_FATAL_FAILURE(HoldEveryDaySlice());

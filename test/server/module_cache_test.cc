@@ -9,6 +9,9 @@
 #include <cuda.h>
 #include <gtest/gtest.h>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cstring>
 #include <string>
 #include <thread>
@@ -33,6 +36,47 @@ backend::HostBytes Bytes(const std::string& text) {
 
 ContentHash HashOf(const backend::HostBytes& bytes) {
   return HashContent(std::span<const uint8_t>(bytes.data, bytes.size));
+}
+
+// Session workers reach the cache as sealed memfds (session_worker.h): an
+// image held as plain bytes is sealed once and found again as the same
+// memfd; a worker's offer is kept only when its bytes are what it names.
+TEST(ModuleCacheTest, SealedImagesAreSharedByDescriptorAndCheckedOnTheWayIn) {
+  ModuleCache cache(1 << 20);
+  const backend::HostBytes image = Bytes("an image held as plain bytes");
+  cache.Insert(HashOf(image), image);
+  std::shared_ptr<const SealedImage> first, second;
+  ASSERT_TRUE(cache.FindSealed(HashOf(image), image.size, &first));
+  ASSERT_TRUE(cache.FindSealed(HashOf(image), image.size, &second));
+  EXPECT_EQ(first.get(), second.get()) << "sealed once, then remembered";
+  ASSERT_EQ(first->size(), image.size);
+  EXPECT_EQ(std::memcmp(first->data(), image.data, image.size), 0);
+  // Nobody can change a sealed image's bytes any more.
+  EXPECT_LT(::write(first->fd(), "x", 1), 0);
+
+  std::shared_ptr<const SealedImage> offered;
+  const std::string text = "bytes a worker offers";
+  ASSERT_TRUE(
+      SealedImage::FromBytes(
+          std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()), text.size()),
+          &offered)
+          .ok());
+  const ContentHash wrong = HashOf(image);
+  EXPECT_FALSE(cache.InsertSealed(wrong, offered));
+  std::shared_ptr<const SealedImage> found;
+  EXPECT_FALSE(cache.FindSealed(wrong, offered->size(), &found));
+  const ContentHash right = HashContent(std::span<const uint8_t>(offered->data(), offered->size()));
+  EXPECT_TRUE(cache.InsertSealed(right, offered));
+  backend::HostBytes bytes;
+  ASSERT_TRUE(cache.Find(right, offered->size(), &bytes));
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(bytes.data), bytes.size), text);
+
+  // A descriptor that is not sealed is refused.
+  const int unsealed = ::memfd_create("unsealed", MFD_CLOEXEC);
+  ASSERT_GE(unsealed, 0);
+  ASSERT_EQ(::write(unsealed, "abc", 3), 3);
+  std::shared_ptr<const SealedImage> refused;
+  EXPECT_FALSE(SealedImage::FromFd(unsealed, 3, &refused).ok());
 }
 
 TEST(ModuleCacheTest, FindsWhatWasInsertedByHashAndSize) {

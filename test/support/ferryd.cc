@@ -1,5 +1,8 @@
 #include "test/support/ferryd.h"
 
+#include <filesystem>
+#include <fstream>
+
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -66,8 +69,19 @@ std::string StopFerryd(const std::string& name, std::optional<ChildProcess>& fer
   if (ferryd->Poll()) return name + " died earlier\n" + ferryd->Describe() + "\n";
   ferryd->Kill(SIGTERM);
   if (ferryd->Wait(timeout).success()) return "";
-  return name + " did not exit 0 within " + std::to_string(timeout.count()) +
-         " ms of SIGTERM\n" + ferryd->Describe() + "\n";
+  return name + " did not exit 0 within " + std::to_string(timeout.count()) + " ms of SIGTERM\n" +
+         ferryd->Describe() + "\n";
+}
+
+std::vector<int> SessionWorkerPids(int ferryd) {
+  std::vector<int> pids;
+  std::error_code ignored;
+  const std::string tasks = "/proc/" + std::to_string(ferryd) + "/task";
+  for (const auto& task : std::filesystem::directory_iterator(tasks, ignored)) {
+    std::ifstream children(task.path() / "children");
+    for (int pid = 0; children >> pid;) pids.push_back(pid);
+  }
+  return pids;
 }
 
 std::string MakeTempDir(const std::string& prefix) {

@@ -1,0 +1,99 @@
+@0xa443e9aa45e02d7f;
+# Between ferryd's main process and the worker process that serves one
+# client session (server/session_worker.h). Never seen by clients: both ends
+# are the same ferryd binary, so there is no version to negotiate.
+#
+# Transport: a SOCK_SEQPACKET socketpair made when the worker is spawned; each
+# message is one packet, a flat Cap'n Proto message; descriptors travel beside
+# it (SCM_RIGHTS, common/descriptor_passing.h) where a member says so.
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("ferry::wire");
+
+# A borrowed device (server/session_shares.h SessionDevice).
+struct WorkerDevice {
+  backendDevice @0 :Int32;
+  memoryQuota @1 :UInt64;
+  computeShare @2 :Float64;
+  gpu @3 :Int32;
+  slice @4 :Int32;
+  slicesPerGpu @5 :Int32;
+}
+
+# Where the client's connection stands (common/transport.h TransportHandover);
+# its descriptors come with the WorkerStart message.
+struct HandedTransport {
+  kind @0 :UInt8;
+  peerName @1 :Text;
+  readPosition @2 :UInt64;
+  writePosition @3 :UInt64;
+}
+
+struct WorkerStart {
+  sessionId @0 :UInt64;
+  hello @1 :Data;                # the client's Hello frame (its words) as ferryd read it
+  pooled @2 :Bool;
+  pool @3 :Text;
+  devices @4 :List(WorkerDevice);
+  bufferLimit @5 :UInt64;        # Session::SetBufferLimit
+  preemption @6 :Text;           # not empty: preempted before it started, for this reason
+  transport @7 :HandedTransport;
+}
+
+# A snapshot of the session (server/session.h SessionInfo).
+struct WorkerSessionInfo {
+  client @0 :Text;
+  pid @1 :UInt32;
+  host @2 :Text;
+  program @3 :Text;
+  bytesAllocated @4 :UInt64;
+  allocations @5 :UInt64;
+  contexts @6 :UInt32;
+  streams @7 :UInt32;
+  events @8 :UInt32;
+  modules @9 :UInt32;
+  sinceUnixMs @10 :Int64;
+  deviceBytes @11 :List(UInt64);
+  moduleImageBytesReceived @12 :UInt64;
+  allocationsWaitedForReleases @13 :UInt64;
+}
+
+# A module image by name (server/module_cache.h): SHA-256 and length.
+struct ImageName {
+  hash @0 :Data;
+  size @1 :UInt64;
+}
+
+struct ToWorker {
+  union {
+    start @0 :WorkerStart;        # first, once; the connection's descriptors beside it
+    preempt @1 :Text;             # Session::Preempt with this reason
+    infoRequest @2 :UInt64;       # answered by FromWorker.info with this id
+    image @3 :ImageAnswer;        # answers FromWorker.findImage
+  }
+}
+
+struct ImageAnswer {
+  requestId @0 :UInt64;
+  found @1 :Bool;                 # then a sealed memfd holding the image comes beside
+}
+
+struct FromWorker {
+  union {
+    info @0 :InfoAnswer;
+    preempted @1 :Bool;           # Preempt's result: true when the session's memory is free
+    findImage @2 :FindImage;
+    keepImage @3 :ImageName;      # a sealed memfd with the image beside; the main process checks its hash
+    ready @4 :Text;               # first, once: "" when its backend is up (then it waits for start), else why not
+  }
+}
+
+struct InfoAnswer {
+  requestId @0 :UInt64;
+  info @1 :WorkerSessionInfo;
+}
+
+struct FindImage {
+  requestId @0 :UInt64;
+  name @1 :ImageName;
+}

@@ -1,0 +1,688 @@
+#include "server/session_worker.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <thread>
+#include <utility>
+
+#include "common/descriptor_passing.h"
+#include "common/frame.h"
+#include "common/log.h"
+#include "schema/worker.capnp.h"
+
+extern char** environ;
+
+namespace ferry::server {
+namespace {
+
+// The link's messages are small: the largest is the start (the Hello, at
+// most kHandshakeFrameLimits' 64 KiB, and the grant).
+constexpr size_t kMaxLinkMessageBytes = 256 << 10;
+// The descriptor the worker finds its link on.
+constexpr int kWorkerLinkFd = 3;
+// How long a worker's session waits for the main process to answer a module
+// image lookup before it treats the image as not held.
+constexpr std::chrono::seconds kImageAnswerTimeout{30};
+
+// One message of the link as bytes, built by `fill` on the root of type T.
+template <typename T, typename Fill>
+std::vector<uint8_t> Encode(Fill&& fill) {
+  capnp::MallocMessageBuilder message;
+  fill(message.initRoot<T>());
+  kj::Array<capnp::word> words = capnp::messageToFlatArray(message);
+  auto bytes = words.asBytes();
+  return std::vector<uint8_t>(bytes.begin(), bytes.end());
+}
+
+// The bytes of a received message, copied into words (the reader needs them
+// aligned).
+kj::Array<capnp::word> Words(const std::vector<uint8_t>& bytes) {
+  auto words =
+      kj::heapArray<capnp::word>((bytes.size() + sizeof(capnp::word) - 1) / sizeof(capnp::word));
+  std::memset(words.begin(), 0, words.size() * sizeof(capnp::word));
+  std::memcpy(words.begin(), bytes.data(), bytes.size());
+  return words;
+}
+
+void InfoToWire(const SessionInfo& in, wire::WorkerSessionInfo::Builder out) {
+  out.setClient(in.client);
+  out.setPid(in.pid);
+  out.setHost(in.host);
+  out.setProgram(in.program);
+  out.setBytesAllocated(in.bytes_allocated);
+  out.setAllocations(in.allocations);
+  out.setContexts(in.contexts);
+  out.setStreams(in.streams);
+  out.setEvents(in.events);
+  out.setModules(in.modules);
+  out.setSinceUnixMs(in.since_unix_ms);
+  auto bytes = out.initDeviceBytes(static_cast<unsigned>(in.device_bytes.size()));
+  for (size_t i = 0; i < in.device_bytes.size(); ++i) {
+    bytes.set(static_cast<unsigned>(i), in.device_bytes[i]);
+  }
+  out.setModuleImageBytesReceived(in.module_image_bytes_received);
+  out.setAllocationsWaitedForReleases(in.allocations_waited_for_releases);
+}
+
+SessionInfo InfoFromWire(uint64_t id, wire::WorkerSessionInfo::Reader in) {
+  SessionInfo out;
+  out.id = id;
+  out.client = in.getClient().cStr();
+  out.pid = in.getPid();
+  out.host = in.getHost().cStr();
+  out.program = in.getProgram().cStr();
+  out.bytes_allocated = in.getBytesAllocated();
+  out.allocations = in.getAllocations();
+  out.contexts = in.getContexts();
+  out.streams = in.getStreams();
+  out.events = in.getEvents();
+  out.modules = in.getModules();
+  out.since_unix_ms = in.getSinceUnixMs();
+  for (uint64_t bytes : in.getDeviceBytes()) out.device_bytes.push_back(bytes);
+  out.module_image_bytes_received = in.getModuleImageBytesReceived();
+  out.allocations_waited_for_releases = in.getAllocationsWaitedForReleases();
+  return out;
+}
+
+void NameToWire(const ContentHash& hash, uint64_t size, wire::ImageName::Builder out) {
+  out.setHash(capnp::Data::Reader(hash.data(), hash.size()));
+  out.setSize(size);
+}
+
+bool NameFromWire(wire::ImageName::Reader in, ContentHash* hash, uint64_t* size) {
+  auto bytes = in.getHash();
+  if (bytes.size() != hash->size()) return false;
+  std::memcpy(hash->data(), bytes.begin(), hash->size());
+  *size = in.getSize();
+  return true;
+}
+
+void CloseAll(const std::vector<int>& fds) {
+  for (int fd : fds) ::close(fd);
+}
+
+// "exited with status 3", "killed by signal 11 (Segmentation fault)"; "" for
+// a clean exit.
+std::string DescribeWaitStatus(int status) {
+  if (WIFEXITED(status)) {
+    return WEXITSTATUS(status) == 0 ? ""
+                                    : "exited with status " + std::to_string(WEXITSTATUS(status));
+  }
+  if (WIFSIGNALED(status)) {
+    return "killed by signal " + std::to_string(WTERMSIG(status)) + " (" +
+           strsignal(WTERMSIG(status)) + ")";
+  }
+  return "ended with wait status " + std::to_string(status);
+}
+
+// Waits until `fd` is readable or `timeout` passes; false on timeout.
+bool WaitReadable(int fd, std::chrono::milliseconds timeout) {
+  pollfd pfd{fd, POLLIN, 0};
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    const int ready = ::poll(&pfd, 1, static_cast<int>(std::max<int64_t>(left.count(), 0)));
+    if (ready > 0) return true;
+    if (ready == 0) return false;
+    if (errno != EINTR) return true;  // let the read report the error
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// The main process's side.
+
+Status SessionWorker::Spawn(const std::vector<std::string>& command, uint64_t session_id,
+                            std::shared_ptr<SessionWorker>* out) {
+  if (command.empty()) return Status::Internal("no session worker command");
+  int pair[2];
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) {
+    return Status::Internal(std::string("socketpair: ") + std::strerror(errno));
+  }
+  // Above kWorkerLinkFd, so that the dup2 below always makes a new
+  // descriptor (dup2 onto itself would keep close-on-exec).
+  const int child_end = ::fcntl(pair[1], F_DUPFD_CLOEXEC, kWorkerLinkFd + 1);
+  ::close(pair[1]);
+  if (child_end < 0) {
+    ::close(pair[0]);
+    return Status::Internal(std::string("fcntl(F_DUPFD): ") + std::strerror(errno));
+  }
+  std::vector<std::string> args = command;
+  args.push_back("--session-worker");
+  args.push_back(std::to_string(kWorkerLinkFd));
+  std::vector<char*> argv;
+  for (std::string& arg : args) argv.push_back(arg.data());
+  argv.push_back(nullptr);
+
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, child_end, kWorkerLinkFd);
+  // Nothing of other sessions (their sockets, their regions) reaches the
+  // worker, whatever close-on-exec flags they carry.
+  posix_spawn_file_actions_addclosefrom_np(&actions, kWorkerLinkFd + 1);
+  posix_spawnattr_t attributes;
+  posix_spawnattr_init(&attributes);
+  // Its own process group: a terminal's Ctrl-C reaches ferryd's main process,
+  // which ends the sessions in order. Signals start unblocked and default.
+  sigset_t none, defaults;
+  sigemptyset(&none);
+  sigemptyset(&defaults);
+  for (int s : {SIGTERM, SIGINT, SIGHUP, SIGPIPE}) sigaddset(&defaults, s);
+  posix_spawnattr_setflags(&attributes,
+                           POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  posix_spawnattr_setpgroup(&attributes, 0);
+  posix_spawnattr_setsigmask(&attributes, &none);
+  posix_spawnattr_setsigdefault(&attributes, &defaults);
+  pid_t pid = 0;
+  const int spawned =
+      ::posix_spawn(&pid, command[0].c_str(), &actions, &attributes, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attributes);
+  ::close(child_end);
+  if (spawned != 0) {
+    ::close(pair[0]);
+    return Status::Internal("cannot start a session worker (" + command[0] +
+                            "): " + std::strerror(spawned));
+  }
+  const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  std::shared_ptr<SessionWorker> worker(new SessionWorker(pid, pidfd, pair[0], session_id));
+
+  // Ready, or why not.
+  std::vector<uint8_t> bytes;
+  std::vector<int> fds;
+  Status status = WaitReadable(worker->link_, kReadyTimeout)
+                      ? ReceiveWithDescriptors(worker->link_, kMaxLinkMessageBytes, &bytes, &fds)
+                      : Status::Disconnected("it did not open its backend within " +
+                                             std::to_string(kReadyTimeout.count()) + " s");
+  CloseAll(fds);
+  if (status.ok()) {
+    try {
+      auto words = Words(bytes);
+      capnp::FlatArrayMessageReader reader(words, PeerReaderOptions());
+      auto message = reader.getRoot<wire::FromWorker>();
+      if (message.which() != wire::FromWorker::READY) {
+        status = Status::Internal("its first message was not 'ready'");
+      } else if (message.getReady().size() > 0) {
+        status = Status::Unimplemented(message.getReady().cStr());
+      }
+    } catch (const kj::Exception& e) {
+      status = Status::Internal(std::string("bad message: ") + e.getDescription().cStr());
+    }
+  }
+  if (!status.ok()) {
+    ::shutdown(worker->link_, SHUT_RDWR);
+    const std::string ended = worker->Reap(std::chrono::seconds(1));
+    return status.WithContext("the session worker could not start" +
+                              (ended.empty() ? std::string() : " (it " + ended + ")"));
+  }
+  *out = std::move(worker);
+  return Status::Ok();
+}
+
+SessionWorker::~SessionWorker() {
+  bool reaped = false;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    reaped = reaped_;
+  }
+  if (!reaped) {
+    ::kill(pid_, SIGKILL);
+    int status = 0;
+    while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+    }
+  }
+  ::close(link_);
+  if (pidfd_ >= 0) ::close(pidfd_);
+}
+
+Status SessionWorker::Send(std::span<const uint8_t> bytes, std::span<const int> fds) {
+  std::lock_guard<std::mutex> lock(send_mutex_);
+  return SendWithDescriptors(link_, bytes, fds);
+}
+
+Status SessionWorker::Start(Transport& transport, std::span<const capnp::word> hello,
+                            SessionGrant grant, uint64_t buffer_limit,
+                            const std::string& preemption, SessionInfo basics) {
+  TransportHandover handover;
+  FERRY_RETURN_IF_ERROR(transport.Release(&handover));
+  grant_ = grant;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    last_info_ = std::move(basics);
+    last_info_.id = session_id_;
+  }
+  std::vector<uint8_t> bytes = Encode<wire::ToWorker>([&](wire::ToWorker::Builder root) {
+    auto start = root.initStart();
+    start.setSessionId(session_id_);
+    start.setHello(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(hello.data()),
+                                       hello.size() * sizeof(capnp::word)));
+    start.setPooled(grant.pooled);
+    start.setPool(grant.pool);
+    auto devices = start.initDevices(static_cast<unsigned>(grant.devices.size()));
+    for (size_t i = 0; i < grant.devices.size(); ++i) {
+      const SessionDevice& d = grant.devices[i];
+      auto o = devices[static_cast<unsigned>(i)];
+      o.setBackendDevice(d.backend_device);
+      o.setMemoryQuota(d.memory_quota);
+      o.setComputeShare(d.compute_share);
+      o.setGpu(d.gpu);
+      o.setSlice(d.slice);
+      o.setSlicesPerGpu(d.slices_per_gpu);
+    }
+    start.setBufferLimit(buffer_limit);
+    start.setPreemption(preemption);
+    auto t = start.initTransport();
+    t.setKind(static_cast<uint8_t>(handover.kind));
+    t.setPeerName(handover.peer_name);
+    t.setReadPosition(handover.read_position);
+    t.setWritePosition(handover.write_position);
+  });
+  Status sent = Send(bytes, handover.fds);
+  // The worker has its own copies now (or, on failure, nobody serves the
+  // client: closing ours ends its connection).
+  handover.CloseFds();
+  return sent;
+}
+
+std::string SessionWorker::Supervise(ModuleCache* images) {
+  for (;;) {
+    std::vector<uint8_t> bytes;
+    std::vector<int> fds;
+    if (!ReceiveWithDescriptors(link_, kMaxLinkMessageBytes, &bytes, &fds).ok()) break;
+    bool understood = true;
+    try {
+      auto words = Words(bytes);
+      capnp::FlatArrayMessageReader reader(words, PeerReaderOptions());
+      auto message = reader.getRoot<wire::FromWorker>();
+      switch (message.which()) {
+        case wire::FromWorker::INFO: {
+          auto answer = message.getInfo();
+          std::lock_guard<std::mutex> lock(mutex_);
+          last_info_ = InfoFromWire(session_id_, answer.getInfo());
+          info_answers_[answer.getRequestId()] = last_info_;
+          answered_.notify_all();
+          break;
+        }
+        case wire::FromWorker::PREEMPTED: {
+          std::lock_guard<std::mutex> lock(mutex_);
+          preempt_answer_ = message.getPreempted();
+          answered_.notify_all();
+          break;
+        }
+        case wire::FromWorker::FIND_IMAGE: {
+          ContentHash hash{};
+          uint64_t size = 0;
+          std::shared_ptr<const SealedImage> image;
+          const bool named = NameFromWire(message.getFindImage().getName(), &hash, &size);
+          const bool found = named && images != nullptr && images->FindSealed(hash, size, &image);
+          const uint64_t request = message.getFindImage().getRequestId();
+          std::vector<uint8_t> answer = Encode<wire::ToWorker>([&](wire::ToWorker::Builder root) {
+            auto out = root.initImage();
+            out.setRequestId(request);
+            out.setFound(found);
+          });
+          const int fd = found ? image->fd() : -1;
+          (void)Send(answer, found ? std::span<const int>(&fd, 1) : std::span<const int>());
+          break;
+        }
+        case wire::FromWorker::KEEP_IMAGE: {
+          ContentHash hash{};
+          uint64_t size = 0;
+          if (fds.size() != 1 || !NameFromWire(message.getKeepImage(), &hash, &size)) {
+            understood = false;
+            break;
+          }
+          std::shared_ptr<const SealedImage> image;
+          const int fd = fds[0];
+          fds.clear();
+          if (images == nullptr || !SealedImage::FromFd(fd, size, &image).ok() ||
+              !images->InsertSealed(hash, std::move(image))) {
+            FERRY_LOG(kWarning) << "session " << session_id_ << ": its worker offered module image "
+                                << ContentHashHex(hash).substr(0, 16)
+                                << "… that is not what it names; not kept";
+          }
+          break;
+        }
+        default:
+          understood = false;
+      }
+    } catch (const kj::Exception& e) {
+      understood = false;
+    }
+    CloseAll(fds);
+    if (!understood) {
+      // Workers are ferryd itself: a message that makes no sense means the
+      // worker's memory is not what it should be. Its session ends.
+      FERRY_LOG(kWarning) << "session " << session_id_ << ": its worker (pid " << pid_
+                          << ") sent a malformed message; ending it";
+      ::kill(pid_, SIGKILL);
+      break;
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    link_closed_ = true;
+    answered_.notify_all();
+  }
+  const std::string ended = Reap(kExitGrace);
+  std::lock_guard<std::mutex> lock(mutex_);
+  reaped_ = true;
+  return ended;
+}
+
+std::string SessionWorker::Reap(std::chrono::milliseconds grace) {
+  bool exited = false;
+  if (pidfd_ >= 0) {
+    pollfd pfd{pidfd_, POLLIN, 0};
+    const auto deadline = std::chrono::steady_clock::now() + grace;
+    for (;;) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      const int ready = ::poll(&pfd, 1, static_cast<int>(std::max<int64_t>(left.count(), 0)));
+      if (ready > 0) {
+        exited = true;
+        break;
+      }
+      if (ready == 0 || errno != EINTR) break;
+    }
+  }
+  if (!exited) {
+    FERRY_LOG(kWarning) << "session " << session_id_ << ": its worker (pid " << pid_
+                        << ") did not exit within " << grace.count() << " ms; killing it";
+    ::kill(pid_, SIGKILL);
+  }
+  int status = 0;
+  while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+  }
+  return DescribeWaitStatus(status);
+}
+
+SessionInfo SessionWorker::Info() const {
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (link_closed_) return last_info_;
+  const uint64_t request = next_request_++;
+  lock.unlock();
+  std::vector<uint8_t> bytes =
+      Encode<wire::ToWorker>([&](wire::ToWorker::Builder root) { root.setInfoRequest(request); });
+  const bool sent = const_cast<SessionWorker*>(this)->Send(bytes).ok();
+  lock.lock();
+  if (sent) {
+    answered_.wait_for(lock, kInfoTimeout,
+                       [&] { return link_closed_ || info_answers_.count(request) != 0; });
+  }
+  auto it = info_answers_.find(request);
+  if (it == info_answers_.end()) return last_info_;
+  SessionInfo info = std::move(it->second);
+  info_answers_.erase(it);
+  return info;
+}
+
+bool SessionWorker::Preempt(const std::string& reason) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (link_closed_) return false;
+    preempt_answer_.reset();
+  }
+  std::vector<uint8_t> bytes =
+      Encode<wire::ToWorker>([&](wire::ToWorker::Builder root) { root.setPreempt(reason); });
+  if (!Send(bytes).ok()) return false;
+  std::unique_lock<std::mutex> lock(mutex_);
+  // The worker waits a bounded time for its batch in progress (Session::
+  // Preempt) before it answers; the link closing answers too.
+  answered_.wait(lock, [&] { return link_closed_ || preempt_answer_.has_value(); });
+  return preempt_answer_.value_or(false);
+}
+
+void SessionWorker::Stop() { ::shutdown(link_, SHUT_RDWR); }
+
+// ---------------------------------------------------------------------------
+// The worker's side.
+
+namespace {
+
+// The worker's end of the link: sends from any thread, and module image
+// lookups that wait for the main process's answer (delivered by the thread
+// that reads the link).
+class WorkerLink final : public ModuleImages {
+ public:
+  explicit WorkerLink(int fd) : fd_(fd) {}
+
+  Status Send(std::span<const uint8_t> bytes, std::span<const int> fds = {}) {
+    std::lock_guard<std::mutex> lock(send_mutex_);
+    return SendWithDescriptors(fd_, bytes, fds);
+  }
+
+  bool Find(const ContentHash& hash, uint64_t size, backend::HostBytes* image) override {
+    uint64_t request = 0;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (closed_) return false;
+      request = next_request_++;
+    }
+    std::vector<uint8_t> bytes = Encode<wire::FromWorker>([&](wire::FromWorker::Builder root) {
+      auto find = root.initFindImage();
+      find.setRequestId(request);
+      NameToWire(hash, size, find.initName());
+    });
+    if (!Send(bytes).ok()) return false;
+    std::unique_lock<std::mutex> lock(mutex_);
+    answered_.wait_for(lock, kImageAnswerTimeout,
+                       [&] { return closed_ || answers_.count(request) != 0; });
+    auto it = answers_.find(request);
+    if (it == answers_.end()) return false;
+    const int fd = it->second;
+    answers_.erase(it);
+    lock.unlock();
+    if (fd < 0) return false;
+    std::shared_ptr<const SealedImage> sealed;
+    if (!SealedImage::FromFd(fd, size, &sealed).ok()) return false;
+    *image = SealedImage::Bytes(sealed);
+    return true;
+  }
+
+  void Insert(const ContentHash& hash, backend::HostBytes image) override {
+    std::shared_ptr<const SealedImage> sealed;
+    if (!SealedImage::FromBytes(std::span<const uint8_t>(image.data, image.size), &sealed).ok()) {
+      return;
+    }
+    std::vector<uint8_t> bytes = Encode<wire::FromWorker>([&](wire::FromWorker::Builder root) {
+      NameToWire(hash, image.size, root.initKeepImage());
+    });
+    const int fd = sealed->fd();
+    (void)Send(bytes, std::span<const int>(&fd, 1));
+  }
+
+  // The reader thread: an answer to lookup `request`; `fd` (-1: not held)
+  // is owned from now on.
+  void Answer(uint64_t request, int fd) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    answers_[request] = fd;
+    answered_.notify_all();
+  }
+
+  void Closed() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    closed_ = true;
+    answered_.notify_all();
+  }
+
+  ~WorkerLink() override {
+    for (auto& [request, fd] : answers_) {
+      if (fd >= 0) ::close(fd);
+    }
+  }
+
+ private:
+  const int fd_;
+  std::mutex send_mutex_;
+  std::mutex mutex_;
+  std::condition_variable answered_;
+  uint64_t next_request_ = 1;
+  std::map<uint64_t, int> answers_;  // request -> descriptor (-1: not held)
+  bool closed_ = false;
+};
+
+}  // namespace
+
+int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backend_status) {
+  WorkerLink worker_link(link);
+  {
+    std::vector<uint8_t> ready = Encode<wire::FromWorker>([&](wire::FromWorker::Builder root) {
+      root.setReady(backend != nullptr ? "" : backend_status.message());
+    });
+    if (!worker_link.Send(ready).ok() || backend == nullptr) return 1;
+  }
+  std::vector<uint8_t> bytes;
+  std::vector<int> fds;
+  if (!ReceiveWithDescriptors(link, kMaxLinkMessageBytes, &bytes, &fds).ok()) {
+    return 0;  // ferryd gave up on this session before handing it over
+  }
+  auto start_words = Words(bytes);
+  std::shared_ptr<Session> session;
+  kj::Array<capnp::word> hello_words;
+  std::unique_ptr<capnp::FlatArrayMessageReader> hello_reader;
+  std::string preemption;
+  try {
+    capnp::FlatArrayMessageReader reader(start_words, PeerReaderOptions());
+    auto message = reader.getRoot<wire::ToWorker>();
+    if (message.which() != wire::ToWorker::START) {
+      CloseAll(fds);
+      FERRY_LOG(kError) << "session worker: the first message was not the start";
+      return 1;
+    }
+    auto start = message.getStart();
+    SetLogProgram("ferryd-session-" + std::to_string(start.getSessionId()));
+    TransportHandover handover;
+    handover.kind = static_cast<TransportHandover::Kind>(start.getTransport().getKind());
+    handover.peer_name = start.getTransport().getPeerName().cStr();
+    handover.read_position = start.getTransport().getReadPosition();
+    handover.write_position = start.getTransport().getWritePosition();
+    handover.fds = std::move(fds);
+    std::unique_ptr<Transport> transport;
+    if (Status adopted = AdoptTransport(std::move(handover), &transport); !adopted.ok()) {
+      FERRY_LOG(kError) << "session worker: cannot take over the connection: " << adopted.message();
+      return 1;
+    }
+    auto hello = start.getHello();
+    hello_words = kj::heapArray<capnp::word>(hello.size() / sizeof(capnp::word));
+    std::memcpy(hello_words.begin(), hello.begin(), hello_words.size() * sizeof(capnp::word));
+    hello_reader =
+        std::make_unique<capnp::FlatArrayMessageReader>(hello_words, PeerReaderOptions());
+    SessionGrant grant;
+    grant.pooled = start.getPooled();
+    grant.pool = start.getPool().cStr();
+    for (auto d : start.getDevices()) {
+      SessionDevice device;
+      device.backend_device = d.getBackendDevice();
+      device.memory_quota = d.getMemoryQuota();
+      device.compute_share = d.getComputeShare();
+      device.gpu = d.getGpu();
+      device.slice = d.getSlice();
+      device.slices_per_gpu = d.getSlicesPerGpu();
+      grant.devices.push_back(device);
+    }
+    session = std::make_shared<Session>(start.getSessionId(), std::move(transport), *backend,
+                                        hello_reader->getRoot<wire::Hello>(), std::move(grant),
+                                        &worker_link);
+    session->SetBufferLimit(start.getBufferLimit());
+    preemption = start.getPreemption().cStr();
+  } catch (const kj::Exception& e) {
+    FERRY_LOG(kError) << "session worker: bad start message: " << e.getDescription().cStr();
+    return 1;
+  }
+  if (!preemption.empty()) session->Preempt(preemption);
+
+  // The link's reader: the main process's requests, until it closes the link.
+  std::mutex preempts_mutex;
+  std::vector<std::thread> preempts;
+  std::thread reader([&] {
+    for (;;) {
+      std::vector<uint8_t> in;
+      std::vector<int> in_fds;
+      if (!ReceiveWithDescriptors(link, kMaxLinkMessageBytes, &in, &in_fds).ok()) break;
+      try {
+        auto words = Words(in);
+        capnp::FlatArrayMessageReader reader(words, PeerReaderOptions());
+        auto message = reader.getRoot<wire::ToWorker>();
+        switch (message.which()) {
+          case wire::ToWorker::PREEMPT: {
+            // Preempt waits for the batch in progress, which may itself wait
+            // for an image answer this thread delivers: not here.
+            std::string reason = message.getPreempt().cStr();
+            std::lock_guard<std::mutex> lock(preempts_mutex);
+            preempts.emplace_back([&, reason] {
+              const bool freed = session->Preempt(reason);
+              (void)worker_link.Send(Encode<wire::FromWorker>(
+                  [&](wire::FromWorker::Builder root) { root.setPreempted(freed); }));
+            });
+            break;
+          }
+          case wire::ToWorker::INFO_REQUEST: {
+            const uint64_t request = message.getInfoRequest();
+            const SessionInfo info = session->Info();
+            (void)worker_link.Send(Encode<wire::FromWorker>([&](wire::FromWorker::Builder root) {
+              auto answer = root.initInfo();
+              answer.setRequestId(request);
+              InfoToWire(info, answer.initInfo());
+            }));
+            break;
+          }
+          case wire::ToWorker::IMAGE: {
+            auto answer = message.getImage();
+            int fd = -1;
+            if (answer.getFound() && in_fds.size() == 1) {
+              fd = in_fds[0];
+              in_fds.clear();
+            }
+            worker_link.Answer(answer.getRequestId(), fd);
+            break;
+          }
+          default:
+            break;
+        }
+      } catch (const kj::Exception& e) {
+        FERRY_LOG(kWarning) << "session worker: bad message from ferryd: "
+                            << e.getDescription().cStr();
+      }
+      CloseAll(in_fds);
+    }
+    // ferryd closed the link (it stops, or died): end as a closed
+    // connection would.
+    worker_link.Closed();
+    session->Stop();
+  });
+
+  session->Run();
+  {
+    std::lock_guard<std::mutex> lock(preempts_mutex);
+    for (std::thread& t : preempts) t.join();
+    preempts.clear();
+  }
+  // Done: closing the link tells the main process, which reaps this process
+  // and returns the session's slices once it has exited.
+  ::shutdown(link, SHUT_RDWR);
+  reader.join();
+  {
+    std::lock_guard<std::mutex> lock(preempts_mutex);
+    for (std::thread& t : preempts) t.join();
+  }
+  session.reset();
+  return 0;
+}
+
+}  // namespace ferry::server

@@ -1,0 +1,140 @@
+// Session workers: each client session runs in a process of its own.
+//
+// ferryd's main process accepts, authenticates and borrows (server.h); then
+// it spawns a worker — ferryd again, run as `ferryd <its own flags>
+// --session-worker 3` — which opens its own backend (the driver, or the host
+// backend with its kernel plugins) and tells the main process it is ready.
+// The main process then hands it the client: the connection's descriptors
+// (a TCP socket, or the unix socket and shared region of a shm client,
+// common/transport.h TransportHandover), the client's Hello and the grant.
+// The worker runs the Session directly with the client (no extra hop on the
+// data path) until the connection ends, then frees everything and exits.
+//
+// So device memory, contexts, host-kernel plugins and faults belong to one
+// session's process: a kernel that dereferences another tenant's pointer
+// finds nothing of that tenant there, and a worker that crashes (a wild
+// pointer in a host kernel, a driver fault) ends its own session alone; its
+// client's connection closes, and the main process reaps it and gives its
+// slices back. The main process returns a session's slices only once its
+// worker has exited, so the quota never comes back before the memory.
+//
+// The link: a SOCK_SEQPACKET socketpair, fd 3 in the worker, carrying
+// schema/worker.capnp messages (descriptors beside them): the start, preempt
+// notices and their answers, status requests, and module images (the
+// ModuleCache stays in the main process; images travel as sealed memfds,
+// server/module_cache.h). When the main process closes the link (ferryd
+// stops, or dies), the worker ends its session the way a closed connection
+// would.
+//
+// Thread-safety: SessionWorker's methods are safe from any thread; Supervise
+// runs on one (the connection's) thread.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <absl/base/thread_annotations.h>
+#include <capnp/common.h>
+
+#include "common/status.h"
+#include "common/transport.h"
+#include "server/backend/api/gpu_backend.h"
+#include "server/module_cache.h"
+#include "server/session.h"
+
+namespace ferry::server {
+
+// The main process's side of one worker: spawns it, hands it its client, and
+// stands for its session in the Server's table.
+class SessionWorker final : public ServedSession {
+ public:
+  // How long a new worker may take to open its backend.
+  static constexpr std::chrono::seconds kReadyTimeout{60};
+  // After the link closes (the session ended, or ferryd stops), how long the
+  // worker may take to exit before it is killed.
+  static constexpr std::chrono::seconds kExitGrace{15};
+  // How long Info waits for the worker's answer before it shows what it
+  // last knew.
+  static constexpr std::chrono::seconds kInfoTimeout{2};
+
+  // Spawns `command` (argv; "--session-worker 3" is appended) for session
+  // `session_id` and waits until it has opened its backend. A worker that
+  // cannot (no driver, a plugin that does not load) is reaped and its reason
+  // returned.
+  static Status Spawn(const std::vector<std::string>& command, uint64_t session_id,
+                      std::shared_ptr<SessionWorker>* out);
+  ~SessionWorker() override;
+  SessionWorker(const SessionWorker&) = delete;
+  SessionWorker& operator=(const SessionWorker&) = delete;
+
+  // Hands the client over: releases `transport`'s connection (the caller
+  // must have made sure nothing else touches it any more) and sends it with
+  // the client's Hello (`hello`, the frame's words), `grant` (compute
+  // mechanisms chosen), the session's buffer limit and, when not empty, the
+  // reason it was preempted before it started. `basics` is what Info shows
+  // when the worker cannot be asked. On failure the connection stays with
+  // `transport` if it could not be released.
+  Status Start(Transport& transport, std::span<const capnp::word> hello, SessionGrant grant,
+               uint64_t buffer_limit, const std::string& preemption, SessionInfo basics);
+
+  // Serves the worker's requests (module images from `images`, may be null)
+  // and delivers its answers until the link closes; then waits for the
+  // worker to exit (killing it after kExitGrace) and returns how it ended:
+  // "" for a clean exit, else e.g. "killed by signal 11 (Segmentation
+  // fault)". The calling thread is the worker's supervisor.
+  std::string Supervise(ModuleCache* images);
+
+  SessionInfo Info() const override;
+  const SessionGrant& grant() const override { return grant_; }
+  // Sends the preemption and waits for the worker's answer (it frees the
+  // session's resources first); false when the worker ended instead.
+  bool Preempt(const std::string& reason) override;
+  // Closes the link: the worker ends its session.
+  void Stop() override;
+
+  pid_t pid() const { return pid_; }
+
+ private:
+  SessionWorker(pid_t pid, int pidfd, int link, uint64_t session_id)
+      : pid_(pid), pidfd_(pidfd), link_(link), session_id_(session_id) {}
+  Status Send(std::span<const uint8_t> bytes, std::span<const int> fds = {});
+  // Waits for the worker process to end (at most `grace`, then SIGKILL) and
+  // says how it ended ("" for exit status 0).
+  std::string Reap(std::chrono::milliseconds grace);
+
+  const pid_t pid_;
+  const int pidfd_;
+  const int link_;
+  const uint64_t session_id_;
+  SessionGrant grant_;  // set by Start, fixed after
+
+  std::mutex send_mutex_;  // one message at a time on the link
+
+  mutable std::mutex mutex_;
+  mutable std::condition_variable answered_;
+  SessionInfo last_info_ ABSL_GUARDED_BY(mutex_);
+  mutable uint64_t next_request_ ABSL_GUARDED_BY(mutex_) = 1;
+  mutable std::map<uint64_t, SessionInfo> info_answers_ ABSL_GUARDED_BY(mutex_);
+  std::optional<bool> preempt_answer_ ABSL_GUARDED_BY(mutex_);
+  bool link_closed_ ABSL_GUARDED_BY(mutex_) = false;
+  bool reaped_ ABSL_GUARDED_BY(mutex_) = false;
+};
+
+// A worker process's whole life (`ferryd --session-worker FD`): tells the
+// main process on `link` that `backend` is ready (or, with `backend` null,
+// why it could not open: `backend_status`), receives its session, serves it,
+// and returns the process's exit status once the session has ended and freed
+// everything.
+int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backend_status);
+
+}  // namespace ferry::server
