@@ -21,6 +21,9 @@
 namespace ferry::client {
 namespace {
 
+// How long a TLS hand-over's new handshake may take without a call deadline.
+constexpr std::chrono::seconds kHandoverTimeout{30};
+
 // Calls whose bulk is at most this many bytes are copied into the batch;
 // larger ones are written straight from the caller's memory.
 constexpr uint64_t kCopyIntoBatchLimit = 64 << 10;
@@ -77,9 +80,10 @@ Status Connection::Open(std::unique_ptr<Transport> transport, std::string server
                         const Borrow& borrow, std::unique_ptr<Connection>* out,
                         std::unique_ptr<capnp::MessageReader>* hello_reply,
                         kj::Array<capnp::word>* hello_words, ConnectionOptions options) {
+  // Kept: a TLS hand-over (below) sends it again.
+  capnp::MallocMessageBuilder hello_message;
   {
-    capnp::MallocMessageBuilder message;
-    auto hello = message.initRoot<wire::Hello>();
+    auto hello = hello_message.initRoot<wire::Hello>();
     hello.setProtocolVersion(wire::PROTOCOL_VERSION);
     hello.setRole(wire::Hello::Role::CLIENT);
     hello.setPid(static_cast<uint32_t>(getpid()));
@@ -92,7 +96,7 @@ Status Connection::Open(std::unique_ptr<Transport> transport, std::string server
     hello.setWaitMs(borrow.wait_ms);
     hello.setToken(borrow.token);
     hello.setKeepaliveMs(KeepalivePeriodMs(options.call_timeout));
-    FERRY_RETURN_IF_ERROR(WriteFrame(*transport, wire::FrameKind::HELLO, message));
+    FERRY_RETURN_IF_ERROR(WriteFrame(*transport, wire::FrameKind::HELLO, hello_message));
   }
   // Interim replies (queued for a slice) come first; the last one answers.
   // Each must come within the call deadline, plus the borrow's wait once
@@ -129,6 +133,18 @@ Status Connection::Open(std::unique_ptr<Transport> transport, std::string server
         return Status::FromWire(
             static_cast<uint8_t>(status.code()), status.cuda_result(),
             "ferryd at " + server_name + " gives no device: " + status.message());
+      }
+      if (reply.getHandoverSecret().size() > 0) {
+        // ferryd hands the connection to the process that serves the
+        // session (server/session_worker.h): a new TLS session on the same
+        // socket, then the Hello again with the secret that proves it is us.
+        const auto deadline =
+            std::chrono::steady_clock::now() +
+            (options.call_timeout.count() > 0 ? options.call_timeout : kHandoverTimeout);
+        FERRY_RETURN_IF_ERROR(transport->FollowHandover(deadline));
+        hello_message.getRoot<wire::Hello>().setHandoverSecret(reply.getHandoverSecret());
+        FERRY_RETURN_IF_ERROR(WriteFrame(*transport, wire::FrameKind::HELLO, hello_message));
+        continue;
       }
       if (reply.getQueuePosition() != 0) {
         const std::string pool = reply.getPool().size() > 0

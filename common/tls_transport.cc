@@ -50,13 +50,96 @@ bool WaitFor(int fd, short events, std::chrono::steady_clock::time_point deadlin
   }
 }
 
+std::string Handshake(SSL* ssl, int fd, bool accept,
+                      std::chrono::steady_clock::time_point deadline);
+bool AttachSocket(SSL* ssl, int fd);
+Status NewClientSsl(const TlsContext& context, const std::string& server_name,
+                    std::string_view address, SSL** out);
+
 class TlsTransport final : public Transport {
  public:
+  // ferryd's side.
   TlsTransport(int fd, SSL* ssl, std::string peer_name)
       : fd_(fd), ssl_(ssl), peer_name_(std::move(peer_name)) {}
+  // A client's: `context` and `server_name` make the SSL of a hand-over's
+  // new session.
+  TlsTransport(int fd, SSL* ssl, std::string peer_name, std::shared_ptr<TlsContext> context,
+               std::string server_name)
+      : fd_(fd),
+        ssl_(ssl),
+        peer_name_(std::move(peer_name)),
+        client_context_(std::move(context)),
+        server_name_(std::move(server_name)) {}
   ~TlsTransport() override {
     SSL_free(ssl_);
-    ::close(fd_);
+    if (fd_ >= 0) ::close(fd_);
+  }
+
+  bool Encrypted() const override { return true; }
+  bool CanHandOver() const override { return client_context_ == nullptr; }
+
+  // ferryd's side: ends this TLS session (close_notify) and gives up the
+  // socket, for a worker to start a new session with the client.
+  Status Release(TransportHandover* out) override {
+    if (client_context_ != nullptr || fd_ < 0) {
+      return Status::Internal("only ferryd's side of a TLS connection can be handed over");
+    }
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (SSL_pending(ssl_) > 0) {
+        return Status::Internal("the TLS connection to " + peer_name_ +
+                                " has bytes read ahead; it cannot be handed over");
+      }
+      // One call sends close_notify; the client's answer is never read here
+      // (the client does not send one: its next bytes are the new handshake).
+      (void)SSL_shutdown(ssl_);
+    }
+    out->kind = TransportHandover::Kind::kTlsRestart;
+    out->peer_name = peer_name_;
+    out->fds = {fd_};
+    fd_ = -1;
+    return Status::Ok();
+  }
+
+  Status FollowHandover(std::chrono::steady_clock::time_point deadline) override {
+    if (client_context_ == nullptr) return Transport::FollowHandover(deadline);
+    std::lock_guard<std::mutex> lock(mutex_);
+    // To the end of this session: the server's close_notify. Nothing else
+    // may come before it.
+    for (;;) {
+      char byte;
+      const int n = SSL_read(ssl_, &byte, 1);
+      const int error = n > 0 ? SSL_ERROR_NONE : SSL_get_error(ssl_, n);
+      if (error == SSL_ERROR_ZERO_RETURN) break;
+      if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) {
+        if (!WaitFor(fd_, error == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline)) {
+          return Status::Disconnected(peer_name_ +
+                                      " did not end its TLS session for the hand-over");
+        }
+        continue;
+      }
+      return Status::Disconnected(
+          n > 0 ? "bytes from " + peer_name_ + " after it announced a hand-over"
+                : "TLS read from " + peer_name_ +
+                      " failed during the hand-over: " + OpenSslErrors("connection closed"));
+    }
+    // No close_notify of ours: the next bytes on the socket must be the new
+    // handshake.
+    SSL_set_quiet_shutdown(ssl_, 1);
+    SSL_free(ssl_);
+    ssl_ = nullptr;
+    SSL* ssl = nullptr;
+    FERRY_RETURN_IF_ERROR(NewClientSsl(*client_context_, server_name_, peer_name_, &ssl));
+    const std::string failed = AttachSocket(ssl, fd_)
+                                   ? Handshake(ssl, fd_, /*accept=*/false, deadline)
+                                   : std::string("out of memory");
+    if (!failed.empty()) {
+      SSL_free(ssl);
+      ssl_ = SSL_new(client_context_->get());  // keeps the destructor simple
+      return Status::Disconnected("TLS with " + peer_name_ + " after the hand-over: " + failed);
+    }
+    ssl_ = ssl;
+    return Status::Ok();
   }
 
   Status Write(std::span<const ConstBuffer> buffers) override {
@@ -157,9 +240,11 @@ class TlsTransport final : public Transport {
     return Status::Ok();
   }
 
-  const int fd_;
-  SSL* const ssl_;  // every use holds mutex_
+  int fd_;    // -1 once released
+  SSL* ssl_;  // every use holds mutex_; replaced by a hand-over (client)
   const std::string peer_name_;
+  const std::shared_ptr<TlsContext> client_context_;  // null on ferryd's side
+  const std::string server_name_;                     // client: the name the certificate must carry
   std::mutex mutex_;
   std::string gathered_;                                               // writer thread
   std::chrono::steady_clock::time_point read_deadline_ = kNoDeadline;  // reader thread
@@ -239,6 +324,36 @@ bool AttachSocket(SSL* ssl, int fd) {
   if (bio == nullptr) return false;
   SSL_set_bio(ssl, bio, bio);
   return true;
+}
+
+Status NewClientSsl(const TlsContext& context, const std::string& server_name,
+                    std::string_view address, SSL** out) {
+  SSL* ssl = SSL_new(context.get());
+  if (ssl == nullptr) return Status::Internal(OpenSslErrors("SSL_new failed"));
+  // The certificate must name the server: an IP address against its IP
+  // entries, else a DNS name (also sent as SNI). OpenSSL checks no name at
+  // all when none is set, so a failed call refuses the connection.
+  in6_addr ip{};
+  const bool is_ip = ::inet_pton(AF_INET, server_name.c_str(), &ip) == 1 ||
+                     ::inet_pton(AF_INET6, server_name.c_str(), &ip) == 1;
+  X509_VERIFY_PARAM* param = SSL_get0_param(ssl);
+  bool name_set = false;
+  if (is_ip) {
+    name_set = X509_VERIFY_PARAM_set1_ip_asc(param, server_name.c_str()) == 1;
+  } else {
+    // "*.example.org" matches one whole label; "gpu*.example.org" nothing.
+    X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+    name_set = X509_VERIFY_PARAM_set1_host(param, server_name.c_str(), 0) == 1 &&
+               SSL_set_tlsext_host_name(ssl, server_name.c_str()) == 1;
+  }
+  if (!name_set) {
+    SSL_free(ssl);
+    return Status::PermissionDenied("TLS with " + std::string(address) +
+                                    ": cannot check ferryd's certificate for the name '" +
+                                    server_name + "': " + OpenSslErrors("OpenSSL refused it"));
+  }
+  *out = ssl;
+  return Status::Ok();
 }
 
 }  // namespace
@@ -360,33 +475,10 @@ Status ConnectTransportWithTls(std::string_view address, std::chrono::millisecon
   FERRY_RETURN_IF_ERROR(TlsContext::ForClient(tls->ca_file, &context));
   int fd = -1;
   FERRY_RETURN_IF_ERROR(ConnectTcpSocket(address, timeout, &fd));
-  SSL* ssl = SSL_new(context->get());
-  if (ssl == nullptr) {
+  SSL* ssl = nullptr;
+  if (Status made = NewClientSsl(*context, tls->server_name, address, &ssl); !made.ok()) {
     ::close(fd);
-    return Status::Internal(OpenSslErrors("SSL_new failed"));
-  }
-  // The certificate must name the server: an IP address against its IP
-  // entries, else a DNS name (also sent as SNI). OpenSSL checks no name at
-  // all when none is set, so a failed call refuses the connection.
-  in6_addr ip{};
-  const bool is_ip = ::inet_pton(AF_INET, tls->server_name.c_str(), &ip) == 1 ||
-                     ::inet_pton(AF_INET6, tls->server_name.c_str(), &ip) == 1;
-  X509_VERIFY_PARAM* param = SSL_get0_param(ssl);
-  bool name_set = false;
-  if (is_ip) {
-    name_set = X509_VERIFY_PARAM_set1_ip_asc(param, tls->server_name.c_str()) == 1;
-  } else {
-    // "*.example.org" matches one whole label; "gpu*.example.org" nothing.
-    X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-    name_set = X509_VERIFY_PARAM_set1_host(param, tls->server_name.c_str(), 0) == 1 &&
-               SSL_set_tlsext_host_name(ssl, tls->server_name.c_str()) == 1;
-  }
-  if (!name_set) {
-    SSL_free(ssl);
-    ::close(fd);
-    return Status::PermissionDenied("TLS with " + std::string(address) +
-                                    ": cannot check ferryd's certificate for the name '" +
-                                    tls->server_name + "': " + OpenSslErrors("OpenSSL refused it"));
+    return made;
   }
   SetNonBlocking(fd);
   const std::string failed = AttachSocket(ssl, fd) ? Handshake(ssl, fd, /*accept=*/false, deadline)
@@ -399,7 +491,8 @@ Status ConnectTransportWithTls(std::string_view address, std::chrono::millisecon
                                 tls->ca_file + ", name " + tls->server_name + "): " + failed;
     return untrusted ? Status::PermissionDenied(message) : Status::Disconnected(message);
   }
-  *out = std::make_unique<TlsTransport>(fd, ssl, std::string(address));
+  *out = std::make_unique<TlsTransport>(fd, ssl, std::string(address), std::move(context),
+                                        tls->server_name);
   return Status::Ok();
 }
 

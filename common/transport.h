@@ -35,10 +35,15 @@ struct ConstBuffer {
 // server/session_worker.h): the descriptors that carry it and where its
 // byte streams stand. Move-only; it closes the descriptors it still owns.
 struct TransportHandover {
-  enum class Kind : uint8_t { kSocket = 1, kShm = 2 };
+  // kTlsRestart: a TCP socket whose TLS session the sender ended (its
+  // close_notify sent); the adopter runs a new TLS handshake with the client
+  // (HelloReply.handoverSecret) — AdoptTransport cannot, it has no
+  // certificate.
+  enum class Kind : uint8_t { kSocket = 1, kShm = 2, kTlsRestart = 3 };
   Kind kind = Kind::kSocket;
   std::string peer_name;
-  // kSocket: the connected socket. kShm: the unix socket, then the region's memfd.
+  // kSocket, kTlsRestart: the connected socket. kShm: the unix socket, then
+  // the region's memfd.
   std::vector<int> fds;
   // kShm only: bytes this side has consumed from the client's ring and
   // written into its own (the rings' positions are private to each side).
@@ -85,6 +90,17 @@ class Transport {
   // state cannot travel (TLS) say Unimplemented.
   // Whether Release can work for this kind of transport.
   virtual bool CanHandOver() const { return false; }
+  // Whether the bytes travel inside TLS (a hand-over then needs a new TLS
+  // session: TransportHandover::Kind::kTlsRestart).
+  virtual bool Encrypted() const { return false; }
+  // The client's side of a TLS hand-over (HelloReply.handoverSecret): reads
+  // to the end of the current TLS session, then runs a new handshake on the
+  // same socket by `deadline`, checking the certificate again. Transports
+  // without TLS say Unimplemented.
+  virtual Status FollowHandover(std::chrono::steady_clock::time_point deadline) {
+    (void)deadline;
+    return Status::Unimplemented("only a TLS connection is handed over this way");
+  }
   virtual Status Release(TransportHandover* out) {
     (void)out;
     return Status::Unimplemented("this transport cannot be handed to another process");

@@ -141,6 +141,8 @@ struct Hello {
                            # missing or wrong (permissionDenied) and reads nothing more.
   # call deadline (keepalive)
   keepaliveMs @9 :UInt32;  # a keepalive frame this often while replies are due; 0 = never
+  # TLS hand-over (HelloReply.handoverSecret): the Hello sent again, in the new TLS session
+  handoverSecret @10 :Data;
 }
 
 struct Device {
@@ -164,6 +166,11 @@ struct HelloReply {
   queuePosition @6 :UInt32;    # nonzero: still waiting at this position; more replies follow
   pool @7 :Text;               # the pool the devices come from; "" without pools
   slices @8 :List(SliceInfo);  # per device, when the server has pools
+  # Not empty (TLS only): ferryd hands this connection to the process that will serve the
+  # session. The client reads on to the end of this TLS session (the server's close_notify),
+  # runs a new TLS handshake on the same socket (the certificate checked again), sends its
+  # Hello again with this secret, and reads the final HelloReply from there.
+  handoverSecret @9 :Data;
 }
 
 # A borrowed slice of a GPU (pool).

@@ -38,6 +38,7 @@ struct WorkerStart {
   bufferLimit @5 :UInt64;        # Session::SetBufferLimit
   preemption @6 :Text;           # not empty: preempted before it started, for this reason
   transport @7 :HandedTransport;
+  tlsSecret @8 :Data;            # TLS: what the client's second Hello must carry (HelloReply.handoverSecret)
 }
 
 # A snapshot of the session (server/session.h SessionInfo).

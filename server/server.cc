@@ -3,6 +3,7 @@
 #include <absl/cleanup/cleanup.h>
 #include <absl/time/clock.h>
 #include <grp.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -595,10 +596,6 @@ void Server::ServeClient(uint64_t id, std::unique_ptr<Transport> transport,
     ServeClientInWorker(id, std::move(transport), hello, hello_words, std::move(grant));
     return;
   }
-  if (!worker_command_.empty()) {
-    FERRY_LOG_ONCE(kWarning) << "sessions over TLS run inside ferryd's main process (their "
-                                "connection cannot be handed to a worker process yet)";
-  }
   auto session = std::make_shared<Session>(id, std::move(transport), backend_, hello,
                                            std::move(grant), module_cache_.get());
   session->SetBufferLimit(limits_.session_buffer_bytes);
@@ -659,9 +656,25 @@ void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transpo
   basics.program = hello.getProgram().cStr();
   basics.since_unix_ms = absl::ToUnixMillis(absl::Now());
   basics.device_bytes.assign(grant.devices.size(), 0);
+  // TLS: the client will run a new TLS session with the worker and prove
+  // itself with this secret (server/session_worker.h).
+  std::vector<uint8_t> tls_secret;
+  if (status.ok() && transport->Encrypted()) {
+    tls_secret.resize(32);
+    if (::getrandom(tls_secret.data(), tls_secret.size(), 0) !=
+        static_cast<ssize_t>(tls_secret.size())) {
+      status = Status::Internal("getrandom failed: no hand-over secret");
+    } else {
+      capnp::MallocMessageBuilder message;
+      auto reply = message.initRoot<wire::HelloReply>();
+      StatusToWire(Status::Ok(), reply.initStatus());
+      reply.setHandoverSecret(capnp::Data::Reader(tls_secret.data(), tls_secret.size()));
+      status = WriteFrame(*transport, wire::FrameKind::HELLO_REPLY, message);
+    }
+  }
   if (status.ok()) {
     status = worker->Start(*transport, hello_words, WithComputeMechanisms(backend_, grant),
-                           limits_.session_buffer_bytes, early_preemption, basics);
+                           limits_.session_buffer_bytes, early_preemption, basics, tls_secret);
   }
   if (!status.ok()) {
     FERRY_LOG(kError) << who << " could not start: " << status.message();

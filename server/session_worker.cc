@@ -33,6 +33,9 @@ namespace {
 constexpr size_t kMaxLinkMessageBytes = 256 << 10;
 // The descriptor the worker finds its link on.
 constexpr int kWorkerLinkFd = 3;
+// How long a TLS hand-over may take: the client's new handshake and its
+// Hello again.
+constexpr std::chrono::seconds kTlsHandoverTimeout{30};
 // How long a worker's session waits for the main process to answer a module
 // image lookup before it treats the image as not held.
 constexpr std::chrono::seconds kImageAnswerTimeout{30};
@@ -257,7 +260,8 @@ Status SessionWorker::Send(std::span<const uint8_t> bytes, std::span<const int> 
 
 Status SessionWorker::Start(Transport& transport, std::span<const capnp::word> hello,
                             SessionGrant grant, uint64_t buffer_limit,
-                            const std::string& preemption, SessionInfo basics) {
+                            const std::string& preemption, SessionInfo basics,
+                            std::span<const uint8_t> tls_secret) {
   TransportHandover handover;
   FERRY_RETURN_IF_ERROR(transport.Release(&handover));
   grant_ = grant;
@@ -291,6 +295,7 @@ Status SessionWorker::Start(Transport& transport, std::span<const capnp::word> h
     t.setPeerName(handover.peer_name);
     t.setReadPosition(handover.read_position);
     t.setWritePosition(handover.write_position);
+    start.setTlsSecret(capnp::Data::Reader(tls_secret.data(), tls_secret.size()));
   });
   Status sent = Send(bytes, handover.fds);
   // The worker has its own copies now (or, on failure, nobody serves the
@@ -539,7 +544,54 @@ class WorkerLink final : public ModuleImages {
 
 }  // namespace
 
-int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backend_status) {
+namespace {
+
+// Whether `a` and `b` are equal, in time that does not depend on where they
+// differ.
+bool SameSecret(capnp::Data::Reader a, capnp::Data::Reader b) {
+  if (a.size() != b.size() || a.size() == 0) return false;
+  uint8_t difference = 0;
+  for (size_t i = 0; i < a.size(); ++i) difference |= a[i] ^ b[i];
+  return difference == 0;
+}
+
+// The worker's side of a TLS hand-over: a new TLS session with the client on
+// `handover`'s socket, and the client's Hello again, carrying `secret`.
+Status AcceptHandedOverTls(TransportHandover handover, const TlsContext& tls,
+                           capnp::Data::Reader secret, std::unique_ptr<Transport>* out) {
+  if (handover.fds.size() != 1) return Status::InvalidArgument("no socket came with the start");
+  const auto deadline = std::chrono::steady_clock::now() + kTlsHandoverTimeout;
+  const int fd = handover.fds[0];
+  handover.fds.clear();
+  bool plain = false;
+  std::unique_ptr<Transport> transport;
+  FERRY_RETURN_IF_ERROR(AcceptTls(fd, handover.peer_name, tls, deadline, &transport, &plain));
+  if (plain) return Status::PermissionDenied("the client did not start a new TLS session");
+  transport->SetReadDeadline(deadline);
+  Frame frame;
+  FERRY_RETURN_IF_ERROR(ReadFrame(*transport, &frame, kHandshakeFrameLimits));
+  transport->SetReadDeadline(kNoDeadline);
+  if (frame.kind != wire::FrameKind::HELLO) {
+    return Status::PermissionDenied("the new TLS session did not start with a Hello");
+  }
+  try {
+    capnp::FlatArrayMessageReader reader(frame.words, PeerReaderOptions());
+    if (!SameSecret(reader.getRoot<wire::Hello>().getHandoverSecret(), secret)) {
+      return Status::PermissionDenied(
+          "the Hello in the new TLS session lacks the hand-over secret");
+    }
+  } catch (const kj::Exception& e) {
+    return Status::Malformed(std::string("bad Hello after the hand-over: ") +
+                             e.getDescription().cStr());
+  }
+  *out = std::move(transport);
+  return Status::Ok();
+}
+
+}  // namespace
+
+int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backend_status,
+                     std::shared_ptr<TlsContext> tls) {
   WorkerLink worker_link(link);
   {
     std::vector<uint8_t> ready = Encode<wire::FromWorker>([&](wire::FromWorker::Builder root) {
@@ -574,7 +626,16 @@ int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backe
     handover.write_position = start.getTransport().getWritePosition();
     handover.fds = std::move(fds);
     std::unique_ptr<Transport> transport;
-    if (Status adopted = AdoptTransport(std::move(handover), &transport); !adopted.ok()) {
+    Status adopted;
+    if (handover.kind == TransportHandover::Kind::kTlsRestart) {
+      adopted =
+          tls != nullptr
+              ? AcceptHandedOverTls(std::move(handover), *tls, start.getTlsSecret(), &transport)
+              : Status::Internal("a TLS connection came, but this worker has no certificate");
+    } else {
+      adopted = AdoptTransport(std::move(handover), &transport);
+    }
+    if (!adopted.ok()) {
       FERRY_LOG(kError) << "session worker: cannot take over the connection: " << adopted.message();
       return 1;
     }

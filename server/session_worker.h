@@ -18,6 +18,13 @@
 // slices back. The main process returns a session's slices only once its
 // worker has exited, so the quota never comes back before the memory.
 //
+// A TLS connection's session cannot travel: after the borrow, ferryd sends
+// the client a secret (HelloReply.handoverSecret), ends the TLS session and
+// hands the bare socket over; the client runs a new TLS handshake on it —
+// now with the worker, checking the certificate again — and sends its Hello
+// again with the secret, which the worker requires. Someone who could inject
+// bytes into the TCP connection still cannot take the session over.
+//
 // The link: a SOCK_SEQPACKET socketpair, fd 3 in the worker, carrying
 // schema/worker.capnp messages (descriptors beside them): the start, preempt
 // notices and their answers, status requests, and module images (the
@@ -47,6 +54,7 @@
 #include <capnp/common.h>
 
 #include "common/status.h"
+#include "common/tls_transport.h"
 #include "common/transport.h"
 #include "server/backend/api/gpu_backend.h"
 #include "server/module_cache.h"
@@ -84,8 +92,12 @@ class SessionWorker final : public ServedSession {
   // reason it was preempted before it started. `basics` is what Info shows
   // when the worker cannot be asked. On failure the connection stays with
   // `transport` if it could not be released.
+  // Over TLS the caller has sent the client `tls_secret`
+  // (HelloReply.handoverSecret); the worker runs the new TLS session and
+  // accepts only a Hello that carries it.
   Status Start(Transport& transport, std::span<const capnp::word> hello, SessionGrant grant,
-               uint64_t buffer_limit, const std::string& preemption, SessionInfo basics);
+               uint64_t buffer_limit, const std::string& preemption, SessionInfo basics,
+               std::span<const uint8_t> tls_secret = {});
 
   // Serves the worker's requests (module images from `images`, may be null)
   // and delivers its answers until the link closes; then waits for the
@@ -135,6 +147,9 @@ class SessionWorker final : public ServedSession {
 // why it could not open: `backend_status`), receives its session, serves it,
 // and returns the process's exit status once the session has ended and freed
 // everything.
-int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backend_status);
+// `tls` (null without TLS): the certificate for sessions handed over from a
+// TLS connection.
+int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backend_status,
+                     std::shared_ptr<TlsContext> tls);
 
 }  // namespace ferry::server

@@ -481,8 +481,16 @@ int Main(int argc, char** argv) {
     // session, then exit. Signals stay default: SIGTERM ends it at once.
     signal(SIGPIPE, SIG_IGN);
     std::unique_ptr<backend::GpuBackend> backend;
-    const Status status = MakeBackend(flags, settings, config, &backend);
-    return server::RunSessionWorker(*flags.session_worker_link, backend.get(), status);
+    Status status = MakeBackend(flags, settings, config, &backend);
+    // Sessions handed over from TLS connections: the worker runs their new
+    // TLS session with the same certificate.
+    std::shared_ptr<TlsContext> tls;
+    if (status.ok() && !settings.tls_cert.empty()) {
+      status = TlsContext::ForServer(settings.tls_cert, settings.tls_key, &tls);
+      if (!status.ok()) backend.reset();
+    }
+    return server::RunSessionWorker(*flags.session_worker_link, backend.get(), status,
+                                    std::move(tls));
   }
 
   // Block the stop and reload signals in every thread; the main thread

@@ -21,9 +21,15 @@
 #include <string>
 #include <vector>
 
+#include <capnp/serialize.h>
+
+#include "common/frame.h"
+#include "common/tls_transport.h"
+#include "common/transport.h"
 #include "test/support/child_process.h"
 #include "test/support/ferryd.h"
 #include "test/support/pool_config.h"
+#include "test/support/raw_client.h"
 #include "test/support/wait.h"
 
 namespace ferry::e2e {
@@ -377,9 +383,45 @@ TEST_F(TlsTest, AProgramRunsItsCopiesAndLaunchesOverTls) {
   const ExitStatus status = launch->Wait(kProgramTimeout);
   EXPECT_TRUE(status.success()) << launch->Describe();
   EXPECT_NE(launch->Stdout().find("launch: all checks passed"), std::string::npos);
+  // The session ran in a worker process (its log lines say ferryd-session-N):
+  // the TLS connection was handed over (server/session_worker.h).
+  EXPECT_NE(ferryd_->Stderr().find("ferryd-session-"), std::string::npos) << ferryd_->Stderr();
   // By name too: the certificate carries localhost.
   const std::string by_name = "localhost:" + address_.substr(address_.rfind(':') + 1);
   ASSERT_NO_FATAL_FAILURE(ExpectServed({{"FERRY_TLS_CA", dir_ + "/ca.pem"}}, by_name));
+}
+
+// A TLS session is handed to its worker through a new TLS session on the same
+// socket, which the worker accepts only with the secret ferryd gave the
+// client inside the first one. A peer whose second Hello lacks it gets the
+// connection closed; ferryd goes on and the borrowed devices come back.
+TEST_F(TlsTest, AHandOverWithoutTheSecretIsRefused) {
+  ASSERT_NO_FATAL_FAILURE(StartTls());
+  TlsClientConfig tls;
+  tls.ca_file = dir_ + "/ca.pem";
+  tls.server_name = "127.0.0.1";
+  std::unique_ptr<Transport> transport;
+  ASSERT_TRUE(ConnectTransportWithTls(address_, std::chrono::seconds(5), tls, &transport).ok());
+  ASSERT_TRUE(test::WriteBytes(*transport, test::HelloFrame(wire::PROTOCOL_VERSION, 0)).ok());
+  Frame frame;
+  ASSERT_TRUE(ReadFrame(*transport, &frame).ok());
+  ASSERT_EQ(frame.kind, wire::FrameKind::HELLO_REPLY);
+  {
+    capnp::FlatArrayMessageReader reader(frame.words, PeerReaderOptions());
+    ASSERT_EQ(reader.getRoot<wire::HelloReply>().getHandoverSecret().size(), 32u);
+  }
+  ASSERT_TRUE(
+      transport->FollowHandover(std::chrono::steady_clock::now() + std::chrono::seconds(10)).ok());
+  // The Hello again, without the secret.
+  ASSERT_TRUE(test::WriteBytes(*transport, test::HelloFrame(wire::PROTOCOL_VERSION, 0)).ok());
+  transport->SetReadDeadline(std::chrono::steady_clock::now() + kProgramTimeout);
+  Frame none;
+  EXPECT_EQ(ReadFrame(*transport, &none).code(), StatusCode::kDisconnected);
+  EXPECT_TRUE(test::WaitFor(
+      [&] { return ferryd_->Stderr().find("lacks the hand-over secret") != std::string::npos; },
+      kProgramTimeout, std::chrono::milliseconds(50)))
+      << ferryd_->Stderr();
+  ASSERT_NO_FATAL_FAILURE(ExpectServed({{"FERRY_TLS_CA", dir_ + "/ca.pem"}}));
 }
 
 TEST_F(TlsTest, UntrustedServersAndPlainClientsAreRefusedAndOthersServed) {
