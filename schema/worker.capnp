@@ -18,6 +18,8 @@ struct WorkerDevice {
   gpu @3 :Int32;
   slice @4 :Int32;
   slicesPerGpu @5 :Int32;
+  smPartitionSms @6 :Int32;        # the mechanism ferryd's main process chose (SessionDevice)
+  mpsThreadPercentage @7 :Int32;
 }
 
 # Where the client's connection stands (common/transport.h TransportHandover);

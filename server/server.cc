@@ -56,6 +56,9 @@ std::string RestartOnlyChange(const pool::Config& before, const pool::Config& af
   }
   if (before.server.max_sessions != after.server.max_sessions) return "server.max_sessions";
   if (before.server.session_buffer != after.server.session_buffer) return "server.session_buffer";
+  if (before.server.compute_sharing != after.server.compute_sharing) {
+    return "server.compute_sharing";
+  }
   if (before.gpus.size() != after.gpus.size()) return "gpu";
   for (size_t i = 0; i < before.gpus.size(); ++i) {
     if (before.gpus[i].index != after.gpus[i].index ||
@@ -638,8 +641,11 @@ void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transpo
   const std::string who = "session " + std::to_string(id) + " (" + transport->PeerName() +
                           ", pid " + std::to_string(hello.getPid()) + ", " +
                           hello.getProgram().cStr() + "@" + hello.getHost().cStr() + ")";
+  // Chosen here, where --compute-sharing is known; MPS's settings are the
+  // worker's environment, so they go with the spawn.
+  grant = WithComputeMechanisms(backend_, std::move(grant), sharing_);
   std::shared_ptr<SessionWorker> worker;
-  Status status = SessionWorker::Spawn(worker_command_, id, &worker);
+  Status status = SessionWorker::Spawn(worker_command_, id, MpsEnvironment(grant), &worker);
   std::string early_preemption;
   if (status.ok()) {
     // From here on Stop must not touch the transport: its descriptors move
@@ -673,8 +679,8 @@ void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transpo
     }
   }
   if (status.ok()) {
-    status = worker->Start(*transport, hello_words, WithComputeMechanisms(backend_, grant),
-                           limits_.session_buffer_bytes, early_preemption, basics, tls_secret);
+    status = worker->Start(*transport, hello_words, grant, limits_.session_buffer_bytes,
+                           early_preemption, basics, tls_secret);
   }
   if (!status.ok()) {
     FERRY_LOG(kError) << who << " could not start: " << status.message();
@@ -868,7 +874,7 @@ void Server::FillPoolStatus(wire::PoolStatus::Builder out) {
       device.compute_share = in.slice.compute_share;
       device.slice = in.slice.slice;
       device.slices_per_gpu = in.slice.slices_per_gpu;
-      ChooseComputeMechanism(backend_, &device);
+      ChooseComputeMechanism(backend_, &device, sharing_);
       ho.setMechanism(ComputeMechanism(device));
       ho.setHost(in.host);
       ho.setPid(in.pid);

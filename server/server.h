@@ -115,6 +115,9 @@ class Server {
   // `command` (argv; SessionWorker::Spawn appends the link). Without it
   // (tests), sessions run in this process.
   void UseSessionWorkers(std::vector<std::string> command) { worker_command_ = std::move(command); }
+  // Before Start: how sessions share a GPU's compute (kMps needs session
+  // workers: MPS settings are a process's environment).
+  void SetComputeSharing(ComputeSharing sharing) { sharing_ = sharing; }
   // Before Listen: who may use the unix: sockets, and their group.
   void SetUnixAccess(const UnixAccess& access) { unix_access_ = access; }
   // SIGHUP and ferryctl reload: re-reads the token file and the config file. A file that does
@@ -209,6 +212,7 @@ class Server {
   std::shared_ptr<TlsContext> tls_;          // null: plain TCP; fixed after Start
   UnixAccess unix_access_;                   // fixed after Listen
   std::vector<std::string> worker_command_;  // empty: sessions in this process; fixed after Start
+  ComputeSharing sharing_ = ComputeSharing::kAuto;  // fixed after Start
   // Replaced whole by Reload; a handshake keeps the set it looked at.
   std::shared_ptr<const auth::TokenSet> tokens_ ABSL_GUARDED_BY(mutex_);
 

@@ -19,10 +19,17 @@ SessionGrant WholeDevices(const backend::GpuBackend& backend) {
   return grant;
 }
 
-void ChooseComputeMechanism(backend::GpuBackend& backend, SessionDevice* device) {
+void ChooseComputeMechanism(backend::GpuBackend& backend, SessionDevice* device,
+                            ComputeSharing sharing) {
   device->sm_partition_sms = 0;
-  if (device->compute_share >= 1.0 || device->slices_per_gpu < 2 || device->slice < 0 ||
-      device->slice >= device->slices_per_gpu) {
+  device->mps_thread_percentage = 0;
+  if (device->compute_share >= 1.0) return;
+  if (sharing == ComputeSharing::kMps) {
+    device->mps_thread_percentage =
+        std::clamp(static_cast<int>(std::lround(device->compute_share * 100)), 1, 100);
+    return;
+  }
+  if (device->slices_per_gpu < 2 || device->slice < 0 || device->slice >= device->slices_per_gpu) {
     return;
   }
   // An SM group is 1/slices_per_gpu of the GPU; a share that is not exactly
@@ -37,15 +44,43 @@ void ChooseComputeMechanism(backend::GpuBackend& backend, SessionDevice* device)
   }
 }
 
-SessionGrant WithComputeMechanisms(backend::GpuBackend& backend, SessionGrant grant) {
-  for (SessionDevice& device : grant.devices) ChooseComputeMechanism(backend, &device);
+SessionGrant WithComputeMechanisms(backend::GpuBackend& backend, SessionGrant grant,
+                                   ComputeSharing sharing) {
+  if (grant.mechanisms_chosen) return grant;
+  for (SessionDevice& device : grant.devices) ChooseComputeMechanism(backend, &device, sharing);
+  grant.mechanisms_chosen = true;
   return grant;
+}
+
+std::vector<std::string> MpsEnvironment(const SessionGrant& grant) {
+  int percentage = 0;
+  std::string limits;
+  for (const SessionDevice& device : grant.devices) {
+    if (device.mps_thread_percentage == 0) continue;
+    // One percentage per process: the smallest share asked for (a pool
+    // gives all of a session's slices the same one).
+    percentage = percentage == 0 ? device.mps_thread_percentage
+                                 : std::min(percentage, device.mps_thread_percentage);
+    if (device.memory_quota > 0) {
+      const uint64_t mib = (device.memory_quota + (1 << 20) - 1) >> 20;
+      limits += (limits.empty() ? "" : ",") + std::to_string(device.backend_device) + "=" +
+                std::to_string(mib) + "M";
+    }
+  }
+  if (percentage == 0) return {};
+  std::vector<std::string> environment{"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=" +
+                                       std::to_string(percentage)};
+  if (!limits.empty()) environment.push_back("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=" + limits);
+  return environment;
 }
 
 std::string ComputeMechanism(const SessionDevice& device) {
   if (device.compute_share >= 1.0) return "whole-gpu";
   if (device.sm_partition_sms > 0) {
     return "sm-partition (" + std::to_string(device.sm_partition_sms) + " SMs)";
+  }
+  if (device.mps_thread_percentage > 0) {
+    return "mps (" + std::to_string(device.mps_thread_percentage) + "% of SMs)";
   }
   return "launch-throttle";
 }
@@ -55,9 +90,10 @@ SessionShares::SessionShares(const SessionGrant& grant)
   for (size_t i = 0; i < grant_.devices.size(); ++i) {
     device_bytes_[i].store(0);
     const SessionDevice& device = grant_.devices[i];
-    // An SM partition enforces the share by itself: throttling on top would
+    // An SM partition (or MPS) enforces the share by itself: throttling on top would
     // only take away what the partition gives.
-    const bool throttled = device.compute_share < 1.0 && device.sm_partition_sms == 0;
+    const bool throttled = device.compute_share < 1.0 && device.sm_partition_sms == 0 &&
+                           device.mps_thread_percentage == 0;
     throttles_.push_back(throttled ? std::make_unique<DeviceThrottle>(device.compute_share)
                                    : nullptr);
   }

@@ -46,11 +46,31 @@ struct SessionDevice {
   // which has this many SMs, and launches are not throttled. 0 with a share
   // < 1: launch throttling.
   int sm_partition_sms = 0;
+  // > 0: the share is enforced by NVIDIA's MPS (ComputeSharing::kMps): the
+  // session's worker process runs as an MPS client with this
+  // CUDA_MPS_ACTIVE_THREAD_PERCENTAGE and its memory quota as
+  // CUDA_MPS_PINNED_DEVICE_MEM_LIMIT (MpsEnvironment); not throttled.
+  int mps_thread_percentage = 0;
+};
+
+// How ferryd shares a GPU's compute between sessions (ferryd
+// --compute-sharing, [server] compute_sharing).
+enum class ComputeSharing {
+  // SM partitions (green contexts, in each session's process) where the
+  // backend offers them, else launch throttling.
+  kAuto,
+  // The GPU host runs NVIDIA's MPS control daemon: sessions' worker
+  // processes are MPS clients whose active-thread percentage is their share.
+  kMps,
 };
 
 // What a session may use: its devices in client ordinal order.
 struct SessionGrant {
   bool pooled = false;  // the devices come from a pool (the handshake says so)
+  // Set by WithComputeMechanisms: each device's mechanism is chosen (a
+  // session in a worker process gets its grant so, from ferryd's main
+  // process, which alone knows the server's ComputeSharing).
+  bool mechanisms_chosen = false;
   std::string pool;
   std::vector<SessionDevice> devices;
 };
@@ -64,13 +84,25 @@ SessionGrant WholeDevices(const backend::GpuBackend& backend);
 // green contexts), else launch throttling. Sets device->sm_partition_sms.
 // The backend's answer for a device and slice count never changes, so the
 // session and ferryctl status always agree.
-void ChooseComputeMechanism(backend::GpuBackend& backend, SessionDevice* device);
+// With `sharing` kMps a share below 1 goes to MPS instead
+// (device->mps_thread_percentage).
+void ChooseComputeMechanism(backend::GpuBackend& backend, SessionDevice* device,
+                            ComputeSharing sharing = ComputeSharing::kAuto);
 
-// `grant` with each device's compute mechanism chosen.
-SessionGrant WithComputeMechanisms(backend::GpuBackend& backend, SessionGrant grant);
+// `grant` with each device's compute mechanism chosen (as it is when they
+// already are).
+SessionGrant WithComputeMechanisms(backend::GpuBackend& backend, SessionGrant grant,
+                                   ComputeSharing sharing = ComputeSharing::kAuto);
+
+// The environment that makes a session's worker process the MPS client its
+// grant asks for: CUDA_MPS_ACTIVE_THREAD_PERCENTAGE and
+// CUDA_MPS_PINNED_DEVICE_MEM_LIMIT ("0=4096M,1=4096M", backend device
+// ordinals, quotas rounded up to MiB); empty when no device uses MPS.
+std::vector<std::string> MpsEnvironment(const SessionGrant& grant);
 
 // How `device`'s share is enforced, as the handshake and ferryctl show it:
-// "whole-gpu" (share 1), "sm-partition (N SMs)", or "launch-throttle".
+// "whole-gpu" (share 1), "sm-partition (N SMs)", "mps (N% of SMs)", or
+// "launch-throttle".
 std::string ComputeMechanism(const SessionDevice& device);
 
 // The quota and throttle state of one session's devices, by session device

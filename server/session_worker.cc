@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <string_view>
 #include <thread>
 #include <utility>
 
@@ -151,6 +152,7 @@ bool WaitReadable(int fd, std::chrono::milliseconds timeout) {
 // The main process's side.
 
 Status SessionWorker::Spawn(const std::vector<std::string>& command, uint64_t session_id,
+                            const std::vector<std::string>& environment,
                             std::shared_ptr<SessionWorker>* out) {
   if (command.empty()) return Status::Internal("no session worker command");
   int pair[2];
@@ -171,6 +173,19 @@ Status SessionWorker::Spawn(const std::vector<std::string>& command, uint64_t se
   std::vector<char*> argv;
   for (std::string& arg : args) argv.push_back(arg.data());
   argv.push_back(nullptr);
+  // ferryd's environment, with `environment`'s entries added or replacing.
+  std::vector<std::string> added = environment;
+  std::vector<char*> envp;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string_view entry(*e);
+    const std::string_view name = entry.substr(0, entry.find('='));
+    const bool replaced = std::any_of(added.begin(), added.end(), [&](const std::string& a) {
+      return std::string_view(a).substr(0, a.find('=')) == name;
+    });
+    if (!replaced) envp.push_back(*e);
+  }
+  for (std::string& entry : added) envp.push_back(entry.data());
+  envp.push_back(nullptr);
 
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
@@ -287,6 +302,8 @@ Status SessionWorker::Start(Transport& transport, std::span<const capnp::word> h
       o.setGpu(d.gpu);
       o.setSlice(d.slice);
       o.setSlicesPerGpu(d.slices_per_gpu);
+      o.setSmPartitionSms(d.sm_partition_sms);
+      o.setMpsThreadPercentage(d.mps_thread_percentage);
     }
     start.setBufferLimit(buffer_limit);
     start.setPreemption(preemption);
@@ -655,8 +672,12 @@ int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backe
       device.gpu = d.getGpu();
       device.slice = d.getSlice();
       device.slices_per_gpu = d.getSlicesPerGpu();
+      device.sm_partition_sms = d.getSmPartitionSms();
+      device.mps_thread_percentage = d.getMpsThreadPercentage();
       grant.devices.push_back(device);
     }
+    // As ferryd's main process chose them (it alone knows --compute-sharing).
+    grant.mechanisms_chosen = true;
     session = std::make_shared<Session>(start.getSessionId(), std::move(transport), *backend,
                                         hello_reader->getRoot<wire::Hello>(), std::move(grant),
                                         &worker_link);

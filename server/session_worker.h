@@ -76,10 +76,12 @@ class SessionWorker final : public ServedSession {
   static constexpr std::chrono::seconds kInfoTimeout{2};
 
   // Spawns `command` (argv; "--session-worker 3" is appended) for session
-  // `session_id` and waits until it has opened its backend. A worker that
+  // `session_id`, with ferryd's environment plus `environment` ("NAME=value":
+  // MpsEnvironment), and waits until it has opened its backend. A worker that
   // cannot (no driver, a plugin that does not load) is reaped and its reason
   // returned.
   static Status Spawn(const std::vector<std::string>& command, uint64_t session_id,
+                      const std::vector<std::string>& environment,
                       std::shared_ptr<SessionWorker>* out);
   ~SessionWorker() override;
   SessionWorker(const SessionWorker&) = delete;

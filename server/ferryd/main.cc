@@ -9,7 +9,8 @@
 //          [--session-buffer SIZE]
 //          [--token-file PATH | --no-auth] [--tls-cert PEM --tls-key PEM | --no-tls]
 //          [--unix-group GROUP] [--unix-allow-uid UID ...] [--unix-allow-gid GID ...]
-//          [--log-level debug|info|warning|error] [--sessions-in-process]
+//          [--log-level debug|info|warning|error] [--compute-sharing auto|mps]
+//          [--sessions-in-process]
 //   ferryd --help | --version
 //
 // --config reads a TOML file (server/pool/config.h): the same settings as the flags
@@ -39,6 +40,7 @@
 // can be chained to another.
 #include <pthread.h>
 #include <signal.h>
+#include <sys/stat.h>
 
 #include <absl/time/time.h>
 
@@ -93,6 +95,7 @@ struct Flags {
   std::vector<uint32_t> unix_allow_uids;
   std::vector<uint32_t> unix_allow_gids;
   bool sessions_in_process = false;
+  std::optional<std::string> compute_sharing;
   std::optional<int> session_worker_link;  // set: this process is a session worker
 };
 
@@ -260,6 +263,14 @@ int ParseArgs(int argc, char** argv, Flags* flags) {
                      "`ferryctl test-advance-clock`")
           ->check(kRfc3339)
           ->type_name("TIME");
+  std::string compute_sharing;
+  CLI::Option* compute_sharing_option =
+      app.add_option("--compute-sharing", compute_sharing,
+                     "how slices share a GPU's compute: auto (SM partitions where the driver\n"
+                     "offers them, else launch throttling) or mps (the host runs NVIDIA's MPS\n"
+                     "daemon; each session's process gets its share as its thread percentage)")
+          ->check(CLI::IsMember({"auto", "mps"}))
+          ->type_name("MODE");
   app.add_flag("--sessions-in-process", flags->sessions_in_process,
                "run client sessions inside ferryd's process instead of one worker process\n"
                "each (tests and measurements only: tenants then share one address space)");
@@ -278,6 +289,7 @@ int ParseArgs(int argc, char** argv, Flags* flags) {
   }
   // The validators above accepted every value, so these conversions succeed.
   if (session_worker_option->count() > 0) flags->session_worker_link = session_worker_link;
+  if (compute_sharing_option->count() > 0) flags->compute_sharing = compute_sharing;
   if (backend_option->count() > 0) flags->backend = backend;
   if (cuda_driver_option->count() > 0) flags->cuda_driver = cuda_driver;
   if (host_devices_option->count() > 0) flags->host_devices = host_devices;
@@ -320,6 +332,7 @@ struct Settings {
   std::string token_file;         // "" = no authentication
   std::string tls_cert, tls_key;  // "" = plain TCP
   server::UnixAccess unix_access;
+  server::ComputeSharing compute_sharing = server::ComputeSharing::kAuto;
 };
 
 Status Merge(const Flags& flags, const pool::Config& config, Settings* settings) {
@@ -381,6 +394,16 @@ Status Merge(const Flags& flags, const pool::Config& config, Settings* settings)
             " without TLS: pass --tls-cert and --tls-key, or --no-tls to serve plain TCP there");
       }
     }
+  }
+  const std::string sharing =
+      flags.compute_sharing.value_or(config.server.compute_sharing.value_or("auto"));
+  if (sharing == "mps") {
+    if (flags.sessions_in_process) {
+      return Status::InvalidArgument(
+          "--compute-sharing mps needs a process per session (not --sessions-in-process): MPS "
+          "takes a client's share from its environment");
+    }
+    settings->compute_sharing = server::ComputeSharing::kMps;
   }
   const std::optional<std::string> level =
       flags.log_level ? flags.log_level : config.server.log_level;
@@ -458,6 +481,30 @@ Status ServedGpus(const pool::Config& config, const backend::GpuBackend& backend
   return Status::Ok();
 }
 
+// --compute-sharing mps: the shares are MPS's to enforce, so MPS must be
+// there — the CUDA backend, and the control daemon's pipe (the directory
+// CUDA_MPS_PIPE_DIRECTORY names, as clients find it, else /tmp/nvidia-mps).
+Status CheckMps(const backend::GpuBackend& backend) {
+  if (backend.Name() != "cuda") {
+    return Status::InvalidArgument(
+        "--compute-sharing mps needs the cuda backend (this ferryd runs "
+        "the " +
+        std::string(backend.Name()) + " backend)");
+  }
+  const char* directory = std::getenv("CUDA_MPS_PIPE_DIRECTORY");
+  const std::string control =
+      std::string(directory != nullptr && *directory != '\0' ? directory : "/tmp/nvidia-mps") +
+      "/control";
+  struct stat st {};
+  if (::stat(control.c_str(), &st) != 0 || !S_ISFIFO(st.st_mode)) {
+    return Status::InvalidArgument(
+        "--compute-sharing mps: no MPS control daemon (" + control +
+        " is not its pipe); start nvidia-cuda-mps-control -d first, or set "
+        "CUDA_MPS_PIPE_DIRECTORY to where it runs");
+  }
+  return Status::Ok();
+}
+
 int Main(int argc, char** argv) {
   SetLogProgram("ferryd");
   Flags flags;
@@ -512,6 +559,13 @@ int Main(int argc, char** argv) {
   }
   FERRY_LOG(kInfo) << "backend " << backend->Name() << ": " << backend->Devices().size()
                    << " device(s), driver version " << backend->DriverVersion();
+  if (settings.compute_sharing == server::ComputeSharing::kMps) {
+    status = CheckMps(*backend);
+    if (!status.ok()) {
+      FERRY_LOG(kError) << status.message();
+      return 1;
+    }
+  }
   std::vector<server::ServedGpu> gpus;
   status = ServedGpus(config, *backend, &gpus);
   if (!status.ok()) {
@@ -536,6 +590,7 @@ int Main(int argc, char** argv) {
 
   server::Server server(*backend, flags.module_cache);
   server.ServeGpus(gpus);
+  server.SetComputeSharing(settings.compute_sharing);
   if (!flags.sessions_in_process) {
     // Each session in a worker process: ferryd again, with the same flags.
     std::vector<std::string> command{"/proc/self/exe"};

@@ -208,6 +208,13 @@ class Reader {
         uint64_t bytes = 0;
         FERRY_RETURN_IF_ERROR(Size(value, key, &bytes));
         server->session_buffer = bytes;
+      } else if (name == "compute_sharing") {
+        std::string sharing;
+        FERRY_RETURN_IF_ERROR(String(value, key, &sharing));
+        if (sharing != "auto" && sharing != "mps") {
+          return Error(value.source(), key, "'" + sharing + "' is not \"auto\" or \"mps\"");
+        }
+        server->compute_sharing = sharing;
       } else if (name == "on_rebind") {
         FERRY_RETURN_IF_ERROR(Policy(value, key, &server->on_rebind));
       } else if (name == "grace") {
@@ -216,7 +223,7 @@ class Reader {
         return Error(key_node.source(), key,
                      "unknown key ([server] has listen, backend, default_pool, cuda_driver, "
                      "host_kernels, log_level, on_rebind, grace, handshake_timeout, "
-                     "max_connections, max_sessions, session_buffer)");
+                     "max_connections, max_sessions, session_buffer, compute_sharing)");
       }
     }
     return Status::Ok();

@@ -79,6 +79,8 @@ struct ServerConfig {
   std::optional<int> max_connections;
   std::optional<int> max_sessions;
   std::optional<uint64_t> session_buffer;
+  // How sessions share a GPU's compute: "auto" or "mps" (ferryd --compute-sharing).
+  std::optional<std::string> compute_sharing;
   std::string default_pool;  // "" = no pools
   RebindPolicy on_rebind = RebindPolicy::kDrain;
   absl::Duration grace = absl::Minutes(15);

@@ -244,6 +244,15 @@ TEST_F(CliTest, AccessFlagsAreCheckedAtStart) {
       {"--listen", "127.0.0.1:0", "--backend", "host", "--token-file", dir_ + "/missing.toml"});
   EXPECT_EQ(d.code, 1);
   EXPECT_TRUE(Contains(d.err, "missing.toml")) << d.err;
+  // MPS enforces shares only where it runs: a process per session, the
+  // cuda backend, the control daemon's pipe.
+  d = Ferryd({"--listen", "127.0.0.1:0", "--backend", "host", "--compute-sharing", "mps",
+              "--sessions-in-process"});
+  EXPECT_EQ(d.code, 2);
+  EXPECT_TRUE(Contains(d.err, "needs a process per session")) << d.err;
+  d = Ferryd({"--listen", "127.0.0.1:0", "--backend", "host", "--compute-sharing", "mps"});
+  EXPECT_EQ(d.code, 1);
+  EXPECT_TRUE(Contains(d.err, "needs the cuda backend")) << d.err;
   d = Ferryd({"--listen", "127.0.0.1:0", "--backend", "host", "--unix-group", "no-such-group-x"});
   EXPECT_EQ(d.code, 2);
   EXPECT_TRUE(Contains(d.err, "no-such-group-x")) << d.err;

@@ -13,6 +13,9 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <vector>
+
+#include "test/support/host_backend.h"
 
 namespace ferry::server {
 namespace {
@@ -98,6 +101,45 @@ TEST(SessionSharesTest, OnlySharesWithoutAnSmPartitionAreThrottled) {
   EXPECT_EQ(ComputeMechanism(grant.devices[0]), "launch-throttle");
   EXPECT_EQ(ComputeMechanism(grant.devices[1]), "whole-gpu");
   EXPECT_EQ(ComputeMechanism(grant.devices[2]), "sm-partition (66 SMs)");
+}
+
+// --compute-sharing mps: a share below 1 is MPS's to enforce (the worker
+// process's environment), so nothing is throttled and no SM partition is
+// made; the status says so, and the environment carries the share and the
+// quota (rounded up to MiB, per backend device).
+TEST(SessionSharesTest, WithMpsSharesGoToTheWorkersEnvironment) {
+  std::unique_ptr<backend::GpuBackend> backend;
+  ASSERT_TRUE(test::CreateTestHostBackend(1 << 20, &backend, 2).ok());
+  SessionGrant grant;
+  grant.pooled = true;
+  SessionDevice quarter;
+  quarter.backend_device = 0;
+  quarter.memory_quota = (3ull << 30) + 1;
+  quarter.compute_share = 0.25;
+  quarter.slice = 1;
+  quarter.slices_per_gpu = 4;
+  SessionDevice whole;
+  whole.backend_device = 1;
+  grant.devices = {quarter, whole};
+  const SessionGrant chosen = WithComputeMechanisms(*backend, grant, ComputeSharing::kMps);
+  EXPECT_TRUE(chosen.mechanisms_chosen);
+  EXPECT_EQ(chosen.devices[0].mps_thread_percentage, 25);
+  EXPECT_EQ(chosen.devices[0].sm_partition_sms, 0);
+  EXPECT_EQ(chosen.devices[1].mps_thread_percentage, 0);
+  EXPECT_EQ(ComputeMechanism(chosen.devices[0]), "mps (25% of SMs)");
+  EXPECT_EQ(ComputeMechanism(chosen.devices[1]), "whole-gpu");
+  SessionShares shares(chosen);
+  EXPECT_FALSE(shares.Throttled(0));
+  EXPECT_EQ(MpsEnvironment(chosen),
+            (std::vector<std::string>{"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=25",
+                                      "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=3073M"}));
+  // Chosen once: a grant that comes chosen (a worker's) stays as it is.
+  EXPECT_EQ(WithComputeMechanisms(*backend, chosen).devices[0].mps_thread_percentage, 25);
+  // Without MPS: the host backend has no SM partitions, so the quarter is
+  // throttled and the environment is untouched.
+  const SessionGrant automatic = WithComputeMechanisms(*backend, grant);
+  EXPECT_EQ(ComputeMechanism(automatic.devices[0]), "launch-throttle");
+  EXPECT_TRUE(MpsEnvironment(automatic).empty());
 }
 
 TEST(SessionSharesTest, ALaunchWaitsForTheDevicesPreviousKernel) {

@@ -132,6 +132,7 @@ handshake_timeout = "2s"
 max_connections = 64
 max_sessions = 8
 session_buffer = "256MiB"
+compute_sharing = "mps"
 )",
                               "x.toml", &config);
   ASSERT_TRUE(status.ok()) << status.ToString();
@@ -139,6 +140,9 @@ session_buffer = "256MiB"
   EXPECT_EQ(*config.server.max_connections, 64);
   EXPECT_EQ(*config.server.max_sessions, 8);
   EXPECT_EQ(*config.server.session_buffer, 256ull << 20);
+  EXPECT_EQ(*config.server.compute_sharing, "mps");
+  ExpectError("[server]\ncompute_sharing = \"mig\"\n", "bad.toml:2: server.compute_sharing",
+              "not \"auto\" or \"mps\"");
   ExpectError("[server]\nmax_sessions = 0\n", "bad.toml:2: server.max_sessions", "out of range");
   ExpectError("[server]\nhandshake_timeout = \"0\"\n", "bad.toml:2: server.handshake_timeout",
               "more than 0");
