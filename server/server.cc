@@ -282,6 +282,7 @@ void Server::Start() {
   for (auto& acceptor : acceptors_) StartAccept(*acceptor);
   for (auto& acceptor : unix_acceptors_) StartAcceptUnix(*acceptor);
   io_thread_ = std::thread([this] { io_.run(); });
+  RefillSpareWorker();
 }
 
 void Server::StartAccept(asio::ip::tcp::acceptor& acceptor) {
@@ -627,6 +628,44 @@ void Server::ServeClient(uint64_t id, std::unique_ptr<Transport> transport,
   session.reset();
 }
 
+Status Server::TakeWorker(const std::vector<std::string>& environment,
+                          std::shared_ptr<SessionWorker>* out) {
+  std::shared_ptr<SessionWorker> spare;
+  if (environment.empty()) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    spare = std::move(spare_worker_);
+  }
+  RefillSpareWorker();
+  // A spare that died while it waited (it is reaped as it goes) is no use.
+  if (spare != nullptr && !spare->Exited()) {
+    *out = std::move(spare);
+    return Status::Ok();
+  }
+  return SessionWorker::Spawn(worker_command_, environment, out);
+}
+
+void Server::RefillSpareWorker() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (worker_command_.empty() || stopping_ || spare_worker_ != nullptr || spare_spawning_) {
+      return;
+    }
+    spare_spawning_ = true;
+    ++live_connections_;  // Stop waits for this thread too
+  }
+  std::thread([this] {
+    std::shared_ptr<SessionWorker> worker;
+    Status status = SessionWorker::Spawn(worker_command_, {}, &worker);
+    if (!status.ok()) FERRY_LOG(kWarning) << "no spare session worker: " << status.message();
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (status.ok() && !stopping_) spare_worker_ = std::move(worker);
+    spare_spawning_ = false;
+    --live_connections_;
+    connections_cv_.notify_all();
+    // A worker left here (ferryd stops) is killed and reaped as it goes.
+  }).detach();
+}
+
 std::string Server::TakeEarlyPreemption(uint64_t id) {
   auto it = early_preemptions_.find(id);
   if (it == early_preemptions_.end()) return "";
@@ -645,7 +684,7 @@ void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transpo
   // worker's environment, so they go with the spawn.
   grant = WithComputeMechanisms(backend_, std::move(grant), sharing_);
   std::shared_ptr<SessionWorker> worker;
-  Status status = SessionWorker::Spawn(worker_command_, id, MpsEnvironment(grant), &worker);
+  Status status = TakeWorker(MpsEnvironment(grant), &worker);
   std::string early_preemption;
   if (status.ok()) {
     // From here on Stop must not touch the transport: its descriptors move
@@ -679,7 +718,7 @@ void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transpo
     }
   }
   if (status.ok()) {
-    status = worker->Start(*transport, hello_words, grant, limits_.session_buffer_bytes,
+    status = worker->Start(id, *transport, hello_words, grant, limits_.session_buffer_bytes,
                            early_preemption, basics, tls_secret);
   }
   if (!status.ok()) {
@@ -1043,6 +1082,13 @@ void Server::Stop() {
   if (io_thread_.joinable()) io_thread_.join();
   std::unique_lock<std::mutex> lock(mutex_);
   connections_cv_.wait(lock, [this] { return live_connections_ == 0; });
+  // The spare had no session: closing its link ends it, and its destructor
+  // reaps it.
+  std::shared_ptr<SessionWorker> spare = std::move(spare_worker_);
+  lock.unlock();
+  if (spare != nullptr) spare->Stop();
+  spare.reset();
+  lock.lock();
   for (const std::string& path : unix_paths_) ::unlink(path.c_str());
   unix_paths_.clear();
 }

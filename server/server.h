@@ -169,6 +169,14 @@ class Server {
   void ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transport,
                            wire::Hello::Reader hello, std::span<const capnp::word> hello_words,
                            SessionGrant grant);
+  // A worker for a session with `environment`: the spare when it fits (no
+  // environment of its own) and lives, else a new one; a spare is then made
+  // again in the background.
+  Status TakeWorker(const std::vector<std::string>& environment,
+                    std::shared_ptr<SessionWorker>* out);
+  // Spawns the next spare worker on a thread of its own, unless one exists,
+  // is on its way, or the server stops.
+  void RefillSpareWorker();
   // The preemption that came for session `id` before it was in sessions_
   // (removed; "" if none).
   std::string TakeEarlyPreemption(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
@@ -213,6 +221,9 @@ class Server {
   UnixAccess unix_access_;                   // fixed after Listen
   std::vector<std::string> worker_command_;  // empty: sessions in this process; fixed after Start
   ComputeSharing sharing_ = ComputeSharing::kAuto;  // fixed after Start
+  // A worker that has opened its backend and waits for a session.
+  std::shared_ptr<SessionWorker> spare_worker_ ABSL_GUARDED_BY(mutex_);
+  bool spare_spawning_ ABSL_GUARDED_BY(mutex_) = false;
   // Replaced whole by Reload; a handshake keeps the set it looked at.
   std::shared_ptr<const auth::TokenSet> tokens_ ABSL_GUARDED_BY(mutex_);
 

@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -151,7 +152,7 @@ bool WaitReadable(int fd, std::chrono::milliseconds timeout) {
 // ---------------------------------------------------------------------------
 // The main process's side.
 
-Status SessionWorker::Spawn(const std::vector<std::string>& command, uint64_t session_id,
+Status SessionWorker::Spawn(const std::vector<std::string>& command,
                             const std::vector<std::string>& environment,
                             std::shared_ptr<SessionWorker>* out) {
   if (command.empty()) return Status::Internal("no session worker command");
@@ -218,7 +219,7 @@ Status SessionWorker::Spawn(const std::vector<std::string>& command, uint64_t se
                             "): " + std::strerror(spawned));
   }
   const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-  std::shared_ptr<SessionWorker> worker(new SessionWorker(pid, pidfd, pair[0], session_id));
+  std::shared_ptr<SessionWorker> worker(new SessionWorker(pid, pidfd, pair[0]));
 
   // Ready, or why not.
   std::vector<uint8_t> bytes;
@@ -259,10 +260,10 @@ SessionWorker::~SessionWorker() {
     reaped = reaped_;
   }
   if (!reaped) {
-    ::kill(pid_, SIGKILL);
-    int status = 0;
-    while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
-    }
+    // Never supervised (a spare, or a start that failed): it ends when its
+    // link closes; a worker that does not is killed.
+    ::shutdown(link_, SHUT_RDWR);
+    (void)Reap(std::chrono::seconds(2));
   }
   ::close(link_);
   if (pidfd_ >= 0) ::close(pidfd_);
@@ -273,12 +274,13 @@ Status SessionWorker::Send(std::span<const uint8_t> bytes, std::span<const int> 
   return SendWithDescriptors(link_, bytes, fds);
 }
 
-Status SessionWorker::Start(Transport& transport, std::span<const capnp::word> hello,
-                            SessionGrant grant, uint64_t buffer_limit,
-                            const std::string& preemption, SessionInfo basics,
-                            std::span<const uint8_t> tls_secret) {
+Status SessionWorker::Start(uint64_t session_id, Transport& transport,
+                            std::span<const capnp::word> hello, SessionGrant grant,
+                            uint64_t buffer_limit, const std::string& preemption,
+                            SessionInfo basics, std::span<const uint8_t> tls_secret) {
   TransportHandover handover;
   FERRY_RETURN_IF_ERROR(transport.Release(&handover));
+  session_id_ = session_id;
   grant_ = grant;
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -401,10 +403,7 @@ std::string SessionWorker::Supervise(ModuleCache* images) {
     link_closed_ = true;
     answered_.notify_all();
   }
-  const std::string ended = Reap(kExitGrace);
-  std::lock_guard<std::mutex> lock(mutex_);
-  reaped_ = true;
-  return ended;
+  return Reap(kExitGrace);
 }
 
 std::string SessionWorker::Reap(std::chrono::milliseconds grace) {
@@ -430,6 +429,11 @@ std::string SessionWorker::Reap(std::chrono::milliseconds grace) {
   }
   int status = 0;
   while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+  }
+  {
+    // Reaped: the pid may be another process's from now on.
+    std::lock_guard<std::mutex> lock(mutex_);
+    reaped_ = true;
   }
   return DescribeWaitStatus(status);
 }
@@ -471,6 +475,12 @@ bool SessionWorker::Preempt(const std::string& reason) {
 }
 
 void SessionWorker::Stop() { ::shutdown(link_, SHUT_RDWR); }
+
+bool SessionWorker::Exited() const {
+  if (pidfd_ < 0) return ::kill(pid_, 0) != 0;
+  pollfd pfd{pidfd_, POLLIN, 0};
+  return ::poll(&pfd, 1, 0) > 0;
+}
 
 // ---------------------------------------------------------------------------
 // The worker's side.
@@ -609,6 +619,7 @@ Status AcceptHandedOverTls(TransportHandover handover, const TlsContext& tls,
 
 int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backend_status,
                      std::shared_ptr<TlsContext> tls) {
+  ::prctl(PR_SET_NAME, "ferryd-idle");
   WorkerLink worker_link(link);
   {
     std::vector<uint8_t> ready = Encode<wire::FromWorker>([&](wire::FromWorker::Builder root) {
@@ -636,6 +647,9 @@ int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backe
     }
     auto start = message.getStart();
     SetLogProgram("ferryd-session-" + std::to_string(start.getSessionId()));
+    // ps and /proc/PID/comm tell a session's worker ("ferryd-s12") from a
+    // spare ("ferryd-idle").
+    ::prctl(PR_SET_NAME, ("ferryd-s" + std::to_string(start.getSessionId())).c_str());
     TransportHandover handover;
     handover.kind = static_cast<TransportHandover::Kind>(start.getTransport().getKind());
     handover.peer_name = start.getTransport().getPeerName().cStr();

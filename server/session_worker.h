@@ -75,12 +75,14 @@ class SessionWorker final : public ServedSession {
   // last knew.
   static constexpr std::chrono::seconds kInfoTimeout{2};
 
-  // Spawns `command` (argv; "--session-worker 3" is appended) for session
-  // `session_id`, with ferryd's environment plus `environment` ("NAME=value":
-  // MpsEnvironment), and waits until it has opened its backend. A worker that
+  // Spawns `command` (argv; "--session-worker 3" is appended) with ferryd's
+  // environment plus `environment` ("NAME=value": MpsEnvironment), and waits
+  // until it has opened its backend. It serves whichever session Start gives
+  // it (ferryd keeps one such worker spare, so that a session's start does
+  // not wait for a backend to open). A worker that
   // cannot (no driver, a plugin that does not load) is reaped and its reason
   // returned.
-  static Status Spawn(const std::vector<std::string>& command, uint64_t session_id,
+  static Status Spawn(const std::vector<std::string>& command,
                       const std::vector<std::string>& environment,
                       std::shared_ptr<SessionWorker>* out);
   ~SessionWorker() override;
@@ -97,9 +99,9 @@ class SessionWorker final : public ServedSession {
   // Over TLS the caller has sent the client `tls_secret`
   // (HelloReply.handoverSecret); the worker runs the new TLS session and
   // accepts only a Hello that carries it.
-  Status Start(Transport& transport, std::span<const capnp::word> hello, SessionGrant grant,
-               uint64_t buffer_limit, const std::string& preemption, SessionInfo basics,
-               std::span<const uint8_t> tls_secret = {});
+  Status Start(uint64_t session_id, Transport& transport, std::span<const capnp::word> hello,
+               SessionGrant grant, uint64_t buffer_limit, const std::string& preemption,
+               SessionInfo basics, std::span<const uint8_t> tls_secret = {});
 
   // Serves the worker's requests (module images from `images`, may be null)
   // and delivers its answers until the link closes; then waits for the
@@ -117,10 +119,12 @@ class SessionWorker final : public ServedSession {
   void Stop() override;
 
   pid_t pid() const { return pid_; }
+  // Whether the process has ended (a spare that died waiting), without
+  // waiting.
+  bool Exited() const;
 
  private:
-  SessionWorker(pid_t pid, int pidfd, int link, uint64_t session_id)
-      : pid_(pid), pidfd_(pidfd), link_(link), session_id_(session_id) {}
+  SessionWorker(pid_t pid, int pidfd, int link) : pid_(pid), pidfd_(pidfd), link_(link) {}
   Status Send(std::span<const uint8_t> bytes, std::span<const int> fds = {});
   // Waits for the worker process to end (at most `grace`, then SIGKILL) and
   // says how it ended ("" for exit status 0).
@@ -129,8 +133,8 @@ class SessionWorker final : public ServedSession {
   const pid_t pid_;
   const int pidfd_;
   const int link_;
-  const uint64_t session_id_;
-  SessionGrant grant_;  // set by Start, fixed after
+  uint64_t session_id_ = 0;  // set by Start, fixed after
+  SessionGrant grant_;       // set by Start, fixed after
 
   std::mutex send_mutex_;  // one message at a time on the link
 

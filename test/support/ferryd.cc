@@ -79,7 +79,13 @@ std::vector<int> SessionWorkerPids(int ferryd) {
   const std::string tasks = "/proc/" + std::to_string(ferryd) + "/task";
   for (const auto& task : std::filesystem::directory_iterator(tasks, ignored)) {
     std::ifstream children(task.path() / "children");
-    for (int pid = 0; children >> pid;) pids.push_back(pid);
+    for (int pid = 0; children >> pid;) {
+      // Workers that serve a session name themselves "ferryd-s<ID>"; the
+      // spare waiting for the next one is "ferryd-idle".
+      std::ifstream comm("/proc/" + std::to_string(pid) + "/comm");
+      std::string name;
+      if (std::getline(comm, name) && name.rfind("ferryd-s", 0) == 0) pids.push_back(pid);
+    }
   }
   return pids;
 }

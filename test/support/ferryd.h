@@ -42,8 +42,9 @@ std::map<std::string, std::string> ClientEnv(const std::string& client_library_p
                                              const std::string& server_address,
                                              const std::map<std::string, std::string>& extra = {});
 
-// The session worker processes of the ferryd with process id `ferryd`
-// (its children, server/session_worker.h), as they are now.
+// The session worker processes of the ferryd with process id `ferryd` (its
+// children that serve a session, server/session_worker.h; not the spare), as
+// they are now.
 std::vector<int> SessionWorkerPids(int ferryd);
 
 // A fresh folder under the test temporary directory named `prefix` + a
