@@ -21,9 +21,8 @@
 #include <stdint.h>
 
 // The export-table id, 16 bytes: "ferry/nvml/v1" padded with zeros.
-inline constexpr unsigned char kFerryNvmlBridgeId[16] = {'f', 'e', 'r', 'r', 'y', '/', 'n',
-                                                         'v', 'm', 'l', '/', 'v', '1', 0,
-                                                         0,   0};
+inline constexpr unsigned char kFerryNvmlBridgeId[16] = {'f', 'e', 'r', 'r', 'y', '/', 'n', 'v',
+                                                         'm', 'l', '/', 'v', '1', 0,   0,   0};
 
 // One device of the session as the handshake described it (never changes).
 struct FerryNvmlDevice {

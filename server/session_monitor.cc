@@ -20,9 +20,8 @@ Status Session::DeviceTelemetry(wire::DeviceQuery::Reader args, CallContext& cx)
   const SessionDevice& device = grant_.devices[args.getDevice()];
   backend::DeviceTelemetry figures;
   FERRY_RETURN_IF_ERROR(backend_.ReadDeviceTelemetry(backend_device, &figures));
-  const uint64_t total = device.memory_quota != 0
-                             ? device.memory_quota
-                             : backend_.Devices()[backend_device].total_memory;
+  const uint64_t total = device.memory_quota != 0 ? device.memory_quota
+                                                  : backend_.Devices()[backend_device].total_memory;
   auto reply = cx.reply.initDeviceTelemetry();
   reply.setMemoryTotal(total);
   reply.setMemoryUsed(shares_.device_bytes(args.getDevice()));

@@ -14,7 +14,7 @@
 //
 // What is answered locally (from the handshake, never changes): the device
 // count, handles by index, UUID and PCI bus id, name, UUID, PCI info,
-// compute capability, the CUDA driver version. What asks the server (one
+// compute capability, the CUDA driver version, the fabric (none). What asks the server (one
 // round trip, the wire call deviceTelemetry): memory (the slice's quota as
 // total and the session's use), utilization, temperature, power and the
 // running processes (this process, with the session's use). Every other
@@ -58,10 +58,10 @@ struct DeviceRecord {
 };
 
 struct State {
-  std::mutex mu;                      // nvmlInit / nvmlShutdown
-  std::atomic<int> init_count{0};     // NVML's reference count
+  std::mutex mu;                            // nvmlInit / nvmlShutdown
+  std::atomic<int> init_count{0};           // NVML's reference count
   const FerryNvmlBridge* bridge = nullptr;  // set once, with the records
-  std::deque<DeviceRecord> devices;   // filled once, then read-only
+  std::deque<DeviceRecord> devices;         // filled once, then read-only
 };
 
 State& GetState() {
@@ -303,18 +303,30 @@ nvmlReturn_t nvmlShutdown() {
 
 const char* nvmlErrorString(nvmlReturn_t result) {
   switch (result) {
-    case NVML_SUCCESS: return "Success";
-    case NVML_ERROR_UNINITIALIZED: return "NVML was not initialized (nvmlInit)";
-    case NVML_ERROR_INVALID_ARGUMENT: return "Invalid argument";
-    case NVML_ERROR_NOT_SUPPORTED: return "Not supported";
-    case NVML_ERROR_NO_PERMISSION: return "No permission";
-    case NVML_ERROR_NOT_FOUND: return "Not found";
-    case NVML_ERROR_INSUFFICIENT_SIZE: return "Insufficient size";
-    case NVML_ERROR_DRIVER_NOT_LOADED: return "No ferry session in this process";
-    case NVML_ERROR_GPU_IS_LOST: return "The GPU is lost (the ferry server is gone or took it back)";
-    case NVML_ERROR_ARGUMENT_VERSION_MISMATCH: return "Structure version mismatch";
-    case NVML_ERROR_UNKNOWN: return "Unknown error";
-    default: return "Unknown error code";
+    case NVML_SUCCESS:
+      return "Success";
+    case NVML_ERROR_UNINITIALIZED:
+      return "NVML was not initialized (nvmlInit)";
+    case NVML_ERROR_INVALID_ARGUMENT:
+      return "Invalid argument";
+    case NVML_ERROR_NOT_SUPPORTED:
+      return "Not supported";
+    case NVML_ERROR_NO_PERMISSION:
+      return "No permission";
+    case NVML_ERROR_NOT_FOUND:
+      return "Not found";
+    case NVML_ERROR_INSUFFICIENT_SIZE:
+      return "Insufficient size";
+    case NVML_ERROR_DRIVER_NOT_LOADED:
+      return "No ferry session in this process";
+    case NVML_ERROR_GPU_IS_LOST:
+      return "The GPU is lost (the ferry server is gone or took it back)";
+    case NVML_ERROR_ARGUMENT_VERSION_MISMATCH:
+      return "Structure version mismatch";
+    case NVML_ERROR_UNKNOWN:
+      return "Unknown error";
+    default:
+      return "Unknown error code";
   }
 }
 
@@ -402,9 +414,8 @@ nvmlReturn_t nvmlDeviceGetIndex(nvmlDevice_t device, unsigned int* index) {
 }
 
 nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t device, char* name, unsigned int length) {
-  return OnDevice(device, [&](const DeviceRecord& record) {
-    return CopyText(record.info.name, name, length);
-  });
+  return OnDevice(
+      device, [&](const DeviceRecord& record) { return CopyText(record.info.name, name, length); });
 }
 
 nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t device, char* uuid, unsigned int length) {
@@ -424,8 +435,31 @@ nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t device, nvmlPciInfo_t* pci) {
     pci->device = static_cast<unsigned>(record.info.pci_device);
     std::snprintf(pci->busIdLegacy, sizeof(pci->busIdLegacy), NVML_DEVICE_PCI_BUS_ID_LEGACY_FMT,
                   pci->domain & 0xFFFFu, pci->bus, pci->device);
-    std::snprintf(pci->busId, sizeof(pci->busId), NVML_DEVICE_PCI_BUS_ID_FMT, pci->domain,
-                  pci->bus, pci->device);
+    std::snprintf(pci->busId, sizeof(pci->busId), NVML_DEVICE_PCI_BUS_ID_FMT, pci->domain, pci->bus,
+                  pci->device);
+    return NVML_SUCCESS;
+  });
+}
+
+// No fabric (NVLink/NVSwitch) reaches a borrowed device: the probe state is
+// "not supported", as NVML reports for a GPU outside any fabric. PyTorch asks
+// this before it uses expandable segments.
+nvmlReturn_t nvmlDeviceGetGpuFabricInfoV(nvmlDevice_t device, nvmlGpuFabricInfoV_t* info) {
+  return OnDevice(device, [&](const DeviceRecord&) {
+    if (info == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
+    const unsigned version = info->version;
+    size_t bytes = 0;
+    if (version == nvmlGpuFabricInfo_v3) {
+      bytes = sizeof(nvmlGpuFabricInfo_v3_t);
+    } else if (version == nvmlGpuFabricInfo_v2) {
+      bytes = sizeof(nvmlGpuFabricInfo_v2_t);
+    } else {
+      return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    }
+    std::memset(static_cast<void*>(info), 0, bytes);
+    info->version = version;
+    info->status = NVML_SUCCESS;
+    info->state = NVML_GPU_FABRIC_STATE_NOT_SUPPORTED;
     return NVML_SUCCESS;
   });
 }

@@ -6,7 +6,7 @@
  * shares the program's session and borrows nothing itself); after cuInit the
  * device count, name, UUID, PCI bus id and compute capability agree with the
  * driver's answers, and the device is found again by index, UUID and PCI bus
- * id; memory (both versions) shows the slice (total = cuDeviceTotalMem) and
+ * id; no fabric is reported; memory (both versions) shows the slice (total = cuDeviceTotalMem) and
  * this session's use, which grows by an allocation and shrinks by its free;
  * the running compute processes are this process with that use; utilization
  * is answered (within 0..100), temperature and power are answered or
@@ -31,8 +31,8 @@ static void Fail(const char* what, int line) {
   exit(1);
 }
 
-#define CHECK(cond)                    \
-  do {                                 \
+#define CHECK(cond)                     \
+  do {                                  \
     if (!(cond)) Fail(#cond, __LINE__); \
   } while (0)
 #define CHECK_CU(call) CHECK((call) == CUDA_SUCCESS)
@@ -115,9 +115,17 @@ int main(void) {
 
   int major = 0, minor = 0, cu_major = 0, cu_minor = 0;
   CHECK_NVML(nvmlDeviceGetCudaComputeCapability(device, &major, &minor));
-  CHECK_CU(cuDeviceGetAttribute(&cu_major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, cu_device));
-  CHECK_CU(cuDeviceGetAttribute(&cu_minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, cu_device));
+  CHECK_CU(
+      cuDeviceGetAttribute(&cu_major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, cu_device));
+  CHECK_CU(
+      cuDeviceGetAttribute(&cu_minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, cu_device));
   CHECK(major == cu_major && minor == cu_minor);
+
+  nvmlGpuFabricInfoV_t fabric;
+  memset(&fabric, 0xff, sizeof(fabric));
+  fabric.version = nvmlGpuFabricInfo_v3;
+  CHECK_NVML(nvmlDeviceGetGpuFabricInfoV(device, &fabric));
+  CHECK(fabric.state == NVML_GPU_FABRIC_STATE_NOT_SUPPORTED && fabric.cliqueId == 0);
 
   /* Memory: the slice and this session's use. */
   size_t cu_total = 0;

@@ -342,6 +342,34 @@ def nvml():
         pynvml.nvmlShutdown()
 
 
+def expandable_segments():
+    """PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True, in a process of its own
+    (the setting is read once): the allocator maps memory with the VMM calls
+    after asking NVML whether the GPU has a fabric, which ferry's NVML
+    stand-in answers (without one torch crashes there)."""
+    import subprocess
+    code = (
+        "import torch\n"
+        "x = torch.empty(64 << 20, dtype=torch.uint8, device='cuda')\n"
+        "y = torch.arange(1 << 20, dtype=torch.int32).cuda()\n"
+        "assert torch.equal(y.cpu(), torch.arange(1 << 20, dtype=torch.int32))\n"
+        "reserved = torch.cuda.memory_reserved()\n"
+        "del x, y\n"
+        "torch.cuda.empty_cache()\n"
+        "print('reserved', reserved, torch.cuda.memory_reserved())\n")
+    env = dict(os.environ, PYTORCH_CUDA_ALLOC_CONF="expandable_segments:True")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=240)
+    lines = (run.stderr.strip().splitlines() or [""])
+    check(run.returncode == 0, "rc %d: %s" % (run.returncode, lines[-1][:200]))
+    check("nvmlDeviceGetGpuFabricInfoV failed" not in run.stderr, "torch's fabric query failed")
+    reserved = run.stdout.split()
+    check(len(reserved) == 3 and int(reserved[1]) >= 64 << 20,
+          "output %r" % run.stdout.strip())
+    return "64 MiB + 4 MiB mapped as expandable segments, %s bytes reserved, %s after empty_cache" % (
+        reserved[1], reserved[2])
+
+
 def kernel_fails_cleanly():
     a = torch.arange(1024, dtype=torch.float32).to(cuda)  # a copy, not arange's kernel
     try:
@@ -373,6 +401,7 @@ probes.run("cuda_graph", cuda_graph)
 probes.run("graph_host_copies", graph_host_copies)
 probes.run("cupy_interop", cupy_interop)
 probes.run("nvml", nvml)
+probes.run("expandable_segments", expandable_segments)
 # Last: whatever a kernel error leaves behind must not change the others.
 probes.run("kernel_fails_cleanly", kernel_fails_cleanly)
 sys.exit(probes.finish())

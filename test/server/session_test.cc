@@ -2687,9 +2687,12 @@ TEST_F(PooledSessionTest, DeviceTelemetryShowsTheSliceAndTheSessionsUse) {
     std::array<int64_t, 6> figures{};
     if (status->ok() && reply.isDeviceTelemetry()) {
       auto t = reply.getDeviceTelemetry();
-      figures = {static_cast<int64_t>(t.getMemoryTotal()), static_cast<int64_t>(t.getMemoryUsed()),
-                 t.getGpuUtilization(),  t.getMemoryUtilization(),
-                 t.getTemperatureC(),    t.getPowerMilliwatts()};
+      figures = {static_cast<int64_t>(t.getMemoryTotal()),
+                 static_cast<int64_t>(t.getMemoryUsed()),
+                 t.getGpuUtilization(),
+                 t.getMemoryUtilization(),
+                 t.getTemperatureC(),
+                 t.getPowerMilliwatts()};
     }
     return figures;
   };

@@ -64,10 +64,10 @@ namespace {
 using host_internal::CompletionThread;
 using host_internal::DeviceActivity;
 using host_internal::HostGraph;
-using host_internal::HostGraphExec;
-using host_internal::HostGraphNode;
 using host_internal::HostGraphAllocation;
+using host_internal::HostGraphExec;
 using host_internal::HostGraphMemory;
+using host_internal::HostGraphNode;
 using host_internal::HostGraphOps;
 using host_internal::StreamPoint;
 using host_internal::StreamQueue;
@@ -1147,16 +1147,16 @@ class HostBackend final : public GpuBackend {
   Status CopyHostToDevice(Stream& stream, uint64_t dst, HostBytes src) override {
     if (src.size == 0) return Status::Ok();
     if (src.data == nullptr) return InvalidValue("null host source");
-    AppendMemoryOp(stream,
-                   [dst, src = std::move(src)] { std::memcpy(AsPointer(dst), src.data, src.size); });
+    AppendMemoryOp(
+        stream, [dst, src = std::move(src)] { std::memcpy(AsPointer(dst), src.data, src.size); });
     return Status::Ok();
   }
 
   Status CopyDeviceToHost(Stream& stream, MutableHostBytes dst, uint64_t src) override {
     if (dst.size == 0) return Status::Ok();
     if (dst.data == nullptr) return InvalidValue("null host destination");
-    AppendMemoryOp(stream,
-                   [dst = std::move(dst), src] { std::memcpy(dst.data, AsPointer(src), dst.size); });
+    AppendMemoryOp(
+        stream, [dst = std::move(dst), src] { std::memcpy(dst.data, AsPointer(src), dst.size); });
     return Status::Ok();
   }
 
