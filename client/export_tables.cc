@@ -17,6 +17,8 @@
 //   context checks      slot 2 and 3 report "nothing special"
 //   integrity check     slot 1 answers the runtime's HMAC-MD2 challenge
 //   context identity    slot 4 gives a context's id, as cuCtxGetId
+//   NVML bridge         ferry's own: its NVML stand-in shares the program's
+//                       session (client/nvml_bridge.cc)
 //
 // Slots whose role is unknown return CUDA_SUCCESS, as the observed driver
 // does for the calls seen, and log a warning once when called, so a new
@@ -39,8 +41,10 @@
 #include "client/context_local_storage.h"
 #include "client/cuda_result.h"
 #include "client/md2.h"
+#include "client/nvml_bridge.h"
 #include "client/runtime.h"
 #include "common/log.h"
+#include "common/nvml_bridge.h"
 
 namespace ferry::client {
 namespace {
@@ -365,6 +369,11 @@ Status GetExportTable(const void** table, const CUuuid* table_id) {
       *table = GetTables().slots[index].data();
       return Status::Ok();
     }
+  }
+  // ferry's own table for its NVML stand-in (common/nvml_bridge.h).
+  if (std::memcmp(id, kFerryNvmlBridgeId, sizeof(kFerryNvmlBridgeId)) == 0) {
+    *table = NvmlBridgeTable();
+    return Status::Ok();
   }
   // Tables ferry does not serve; the runtime tolerates the refusal of those
   // it asks for that are not above (the f8cf... table, before cuInit).

@@ -478,7 +478,16 @@ struct Call {
         $waits("never") $handles(["node", "event"]);
     graphExecEventNodeSetEvent @110 :GraphEventNodeEvent  # cuGraphExecEvent{Record,Wait}NodeSetEvent
         $waits("never") $handles(["exec", "node", "event"]);
+    # NVML stand-in (client/nvml): what monitoring asks of a device (see DeviceTelemetry)
+    deviceTelemetry @111 :DeviceQuery  # reply deviceTelemetry
+        $waits("always") $usesContext;
   }
+}
+
+# NVML stand-in: the session's device `device` (its ordinal) as a monitor
+# sees it, answered by the session (DeviceTelemetry).
+struct DeviceQuery {
+  device @0 :Int32;
 }
 
 # virtual memory management
@@ -1229,6 +1238,8 @@ struct Reply {
     streamAttribute @13 :StreamAttribute;  # streamGetAttribute
     # JIT linking
     linkResult @14 :LinkResult;  # linkCreate, linkAddData, linkComplete
+    # NVML stand-in
+    deviceTelemetry @15 :DeviceTelemetry;  # deviceTelemetry
   }
   # memcpyDtoH / memcpy2D to host: the bytes are the reply's bulk payload.
   latchedFromSeq @9 :UInt64;  # nonzero: status is the latched error of that earlier call
@@ -1258,6 +1269,21 @@ struct GateOpen {
 struct MemAllocResult {
   dptr @0 :UInt64;
   pitch @1 :UInt64;
+}
+# NVML stand-in: one device of the session as nvmlDeviceGetMemoryInfo,
+# GetUtilizationRates, GetTemperature and GetPowerUsage report it. Memory is
+# the session's: its slice's quota (the whole device without pools) and the
+# bytes the session holds charged there. Utilization, temperature and power
+# are the whole GPU's, as the backend reads them (the CUDA backend from
+# NVIDIA's NVML, the host backend from its own accounting); -1 = the server
+# cannot read that figure (the stand-in answers NVML_ERROR_NOT_SUPPORTED).
+struct DeviceTelemetry {
+  memoryTotal @0 :UInt64;
+  memoryUsed @1 :UInt64;
+  gpuUtilization @2 :Int32;     # percent of the recent past the GPU ran work
+  memoryUtilization @3 :Int32;  # percent of the recent past device memory was read or written
+  temperatureC @4 :Int32;       # the GPU's core temperature, degrees Celsius
+  powerMilliwatts @5 :Int32;    # the GPU's power draw
 }
 struct MemInfoResult {
   free @0 :UInt64;

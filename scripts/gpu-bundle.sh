@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds ferry on this machine and packs what a machine with a GPU needs into
 # device-bundle/ (ignored by git; carried to the device, so it must stay
-# under 64 MiB): ferryd and ferryctl, ferry's libcuda.so.1, the shared
+# under 64 MiB): ferryd and ferryctl, ferry's libcuda.so.1 and NVML stand-in, the shared
 # libraries they need that a stock CUDA image lacks (Cap'n Proto, Abseil, ...),
 # the end-to-end programs and their module images, the GPU checks (test/gpu:
 # cuBLAS, fault isolation, compute shares, graph bench, PyTorch and CuPy
@@ -31,6 +31,9 @@ pack() {  # pack FILE DEST_DIR
 pack "$build/bin/ferryd" "$bundle/bin"
 pack "$build/bin/ferryctl" "$bundle/bin"
 pack "$build/lib/libcuda.so.1" "$bundle/client"
+# ferry's NVML beside it, as on a client host: programs through ferry
+# (e2e_nvml_query) must not find the GPU host's own NVML first.
+pack "$build/lib/libnvidia-ml.so.1" "$bundle/client"
 for program in "$build"/test/e2e/e2e_*; do
   [ -x "$program" ] && [ -f "$program" ] || continue
   case "$(basename "$program")" in e2e_test|e2e_plugin_test) continue ;; esac

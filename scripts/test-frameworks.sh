@@ -5,6 +5,8 @@
 # pinned non_blocking copies on a side stream, events, the caching
 # allocator's stats and empty_cache, a CUDA graph of copies and a memset,
 # streams from several threads, torch and CuPy sharing memory by DLPack,
+# nvidia-ml-py and torch.cuda.utilization()/memory_usage() through ferry's NVML
+# stand-in (SKIP where nvidia-ml-py cannot be installed),
 # and a kernel op that must fail cleanly, the host backend having no twins
 # for the frameworks' kernels). One line per probe:
 #
@@ -80,6 +82,13 @@ if wants torch || wants cupy13; then
   make_venv "$venv" "torch cupy" torch cupy-cuda13x ||
     { echo "test-frameworks: installing torch and cupy-cuda13x failed" >&2; exit 2; }
 fi
+# nvidia-ml-py (the torch probe "nvml" reads ferry's NVML stand-in through
+# it): optional, so a machine that cannot reach PyPI still runs the rest and
+# that probe says SKIP.
+if wants torch && [ -x "$venv/bin/python" ] && ! "$venv/bin/python" -c "import pynvml" 2> /dev/null; then
+  "$venv/bin/pip" install "${pip_args[@]}" nvidia-ml-py ||
+    echo "test-frameworks: installing nvidia-ml-py failed; the nvml probe will SKIP" >&2
+fi
 if wants cupy12; then
   make_venv "$venv12" "cupy" cupy-cuda12x nvidia-cuda-runtime-cu12 ||
     { echo "test-frameworks: installing cupy-cuda12x failed" >&2; exit 2; }
@@ -87,11 +96,12 @@ fi
 install_seconds=$(elapsed "$install_started")
 
 # --- ferry ------------------------------------------------------------------------
-if [ ! -x "$build/bin/ferryd" ] || [ ! -e "$build/lib/libcuda.so.1" ] || [ ! -x "$build/bin/ferryctl" ]; then
+if [ ! -x "$build/bin/ferryd" ] || [ ! -e "$build/lib/libcuda.so.1" ] || [ ! -x "$build/bin/ferryctl" ] ||
+  [ ! -e "$build/lib/libnvidia-ml.so.1" ]; then
   [ -f "$build/build.ninja" ] || cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo > /dev/null ||
     { echo "test-frameworks: cmake failed" >&2; exit 2; }
 fi
-cmake --build "$build" --target ferryd ferryctl ferry_client > /dev/null ||
+cmake --build "$build" --target ferryd ferryctl ferry_client ferry_nvml > /dev/null ||
   { echo "test-frameworks: building ferry failed" >&2; exit 2; }
 libdir=$(realpath "$build/lib")
 

@@ -221,6 +221,33 @@ TEST_F(AccessTest, MissingOrWrongTokensGetOneRefusalAndOthersAreServed) {
   ASSERT_NO_FATAL_FAILURE(ExpectServed({{"FERRY_TOKEN_FILE", dir_ + "/my-token"}}));
 }
 
+// ferry's NVML answers through the program's own session, which its token
+// authenticated: with a token file, a program reads its device through NVML,
+// and NVML opened no session of its own.
+TEST_F(AccessTest, NvmlUsesTheProgramsAuthenticatedSession) {
+  const std::string token = CreateToken("*", false, "nvml");
+  ASSERT_NO_FATAL_FAILURE(StartWithTokens());
+  std::string error;
+  std::optional<ChildProcess> program = ChildProcess::Start(
+      {std::string(FERRY_E2E_PROGRAM_DIR) + "/e2e_nvml_query"},
+      test::ClientEnv(FERRY_E2E_CLIENT_LIB_DIR, address_,
+                      {{"FERRY_TOKEN", token}, {"FERRY_E2E_NVML_SENSORS", "absent"}}),
+      dir_ + "/nvml", &error);
+  ASSERT_TRUE(program.has_value()) << error;
+  const ExitStatus status = program->Wait(kProgramTimeout);
+  EXPECT_TRUE(status.success() && program->Stdout().find("all checks passed") != std::string::npos)
+      << program->Describe();
+  // The next client's session is the second ferryd made: NVML made none.
+  ChildProcess* holder = StartHolder({{"FERRY_TOKEN", token}});
+  ASSERT_NE(holder, nullptr);
+  ASSERT_TRUE(WaitForOutput(*holder, "READY\n")) << holder->Describe();
+  std::string out;
+  ASSERT_EQ(Ferryctl({"status", "-o", "json"}, {{"FERRY_TOKEN", token}}, &out), 0) << out;
+  EXPECT_NE(out.find("\"id\":2,"), std::string::npos) << out;
+  std::ofstream(dir_ + "/release") << "go\n";
+  EXPECT_TRUE(holder->Wait(kProgramTimeout).success()) << holder->Describe();
+}
+
 TEST_F(AccessTest, ATokenBorrowsOnlyFromItsPools) {
   const std::string train_only = CreateToken("train", false, "trainer");
   const std::string dev = CreateToken("dev,train", false, "developer");

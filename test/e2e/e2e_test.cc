@@ -320,6 +320,13 @@ TEST_P(FerrydTransportTest, Launch) { RunAndExpectPass("launch"); }
 
 TEST_P(FerrydTransportTest, Library) { RunAndExpectPass("library"); }
 
+// ferry's NVML stand-in in a CUDA program answers for the program's session
+// (chained too: the CUDA backend's NVML is then the stand-in beside ferry's
+// driver, and the host backend at the end reads no sensors).
+TEST_P(FerrydTransportTest, NvmlQuery) {
+  RunAndExpectPass("nvml_query", {{"FERRY_E2E_NVML_SENSORS", "absent"}});
+}
+
 // Eager loading puts every library into every context at once; the program
 // must not be able to tell, except by the loading mode it is told.
 TEST_F(FerrydTest, LibraryWithEagerLoading) {

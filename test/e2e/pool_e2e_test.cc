@@ -391,6 +391,23 @@ TEST_F(PoolTest, QuotaIsEnforcedAndMemGetInfoShowsTheSlice) {
   Release("night");
 }
 
+// ferry's NVML stand-in shows the borrowed slice (a quarter of the GPU) as the
+// device's memory, and the session's own use in it.
+TEST_F(PoolTest, NvmlShowsTheSliceAndTheSessionsUse) {
+  StartFerryd(DayNightConfig(""), kBeforeNight);
+  std::string error;
+  std::optional<ChildProcess> program = ChildProcess::Start(
+      {std::string(FERRY_E2E_PROGRAM_DIR) + "/e2e_nvml_query"},
+      ClientEnv({{"FERRY_E2E_NVML_SENSORS", "absent"}}), dir_ + "/nvml", &error);
+  ASSERT_TRUE(program.has_value()) << error;
+  const ExitStatus status = program->Wait(kProgramTimeout);
+  EXPECT_TRUE(status.success() && program->Stdout().find("all checks passed") != std::string::npos)
+      << program->Describe();
+  EXPECT_NE(program->Stdout().find("memory: total " + std::to_string(kGpuMemory / 4) + " "),
+            std::string::npos)
+      << program->Describe();
+}
+
 TEST_F(PoolTest, DrainRebindLetsTheHolderRunUntilTheGraceThenPreemptsIt) {
   StartFerryd(DayNightConfig("on_rebind = \"drain\"\ngrace = \"15m\"\n"), kBeforeNight);
   ChildProcess* day = StartReadyHolder("day");

@@ -266,6 +266,110 @@ def graph_host_copies():
     return "pinned H2D copy captured and replayed"
 
 
+def loaded_libraries(prefix):
+    """Every library this process mapped whose file name starts with `prefix`."""
+    paths = set()
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            parts = line.split()
+            if len(parts) >= 6 and os.path.basename(parts[5]).startswith(prefix):
+                paths.add(parts[5])
+    return sorted(paths)
+
+
+def nvml():
+    """nvidia-ml-py (pynvml) and torch.cuda.utilization()/memory_usage() through
+    ferry's NVML stand-in: it shares the program's session, so it reports the
+    borrowed device, its memory as ferry accounts it, and this process."""
+    try:
+        import pynvml
+    except ImportError:
+        raise Skip("nvidia-ml-py not installed (scripts/test-frameworks.sh installs it)")
+    pynvml.nvmlInit()
+    try:
+        expected = os.environ.get("FERRY_LIBCUDA_DIR")
+        paths = loaded_libraries("libnvidia-ml.so")
+        check(paths, "no libnvidia-ml.so mapped")
+        if expected:
+            foreign = [p for p in paths
+                       if os.path.dirname(os.path.realpath(p)) != os.path.realpath(expected)]
+            check(not foreign, "libnvidia-ml from elsewhere: %s" % foreign)
+        count = pynvml.nvmlDeviceGetCount()
+        check(count == torch.cuda.device_count(), "%d NVML devices vs %d CUDA devices"
+              % (count, torch.cuda.device_count()))
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        props = torch.cuda.get_device_properties(0)
+        name = pynvml.nvmlDeviceGetName(handle)
+        name = name.decode() if isinstance(name, bytes) else name
+        check(name == props.name, "name %r vs %r" % (name, props.name))
+        uuid = pynvml.nvmlDeviceGetUUID(handle)
+        uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
+        check(uuid == "GPU-%s" % props.uuid, "uuid %s vs torch's %s" % (uuid, props.uuid))
+        check(pynvml.nvmlDeviceGetCudaComputeCapability(handle) == (props.major, props.minor),
+              "compute capability")
+        # Memory: the device's total as torch sees it, and this session's use,
+        # which grows by exactly what the caching allocator reserves.
+        torch.cuda.synchronize()
+        before = pynvml.nvmlDeviceGetMemoryInfo(handle)
+        reserved_before = torch.cuda.memory_reserved(0)
+        block = torch.empty(64 * MIB, dtype=torch.uint8, device=cuda)
+        after = pynvml.nvmlDeviceGetMemoryInfo(handle)
+        reserved_after = torch.cuda.memory_reserved(0)
+        check(before.total == after.total == props.total_memory,
+              "total %d vs total_memory %d" % (after.total, props.total_memory))
+        check(after.used - before.used == reserved_after - reserved_before >= 64 * MIB,
+              "used %d -> %d while torch reserved %d -> %d"
+              % (before.used, after.used, reserved_before, reserved_after))
+        processes = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+        check([p.pid for p in processes] == [os.getpid()], "processes %s" % processes)
+        check(processes[0].usedGpuMemory == after.used, "the process's memory")
+        del block
+        # torch's own NVML readers.
+        utilization = torch.cuda.utilization(0)
+        memory_usage = torch.cuda.memory_usage(0)
+        check(0 <= utilization <= 100 and 0 <= memory_usage <= 100,
+              "utilization %s, memory_usage %s" % (utilization, memory_usage))
+        try:
+            pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU)
+            temperature = "read"
+        except pynvml.NVMLError_NotSupported:
+            temperature = "not supported"
+        return ("%s %s: %d MiB of %d MiB used, +%d MiB with a 64 MiB tensor; "
+                "utilization %d%%, memory_usage %d%%; temperature %s"
+                % (name, uuid, after.used // MIB, after.total // MIB,
+                   (after.used - before.used) // MIB, utilization, memory_usage, temperature))
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def expandable_segments():
+    """PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True, in a process of its own
+    (the setting is read once): the allocator maps memory with the VMM calls
+    after asking NVML whether the GPU has a fabric, which ferry's NVML
+    stand-in answers (without one torch crashes there)."""
+    import subprocess
+    code = (
+        "import torch\n"
+        "x = torch.empty(64 << 20, dtype=torch.uint8, device='cuda')\n"
+        "y = torch.arange(1 << 20, dtype=torch.int32).cuda()\n"
+        "assert torch.equal(y.cpu(), torch.arange(1 << 20, dtype=torch.int32))\n"
+        "reserved = torch.cuda.memory_reserved()\n"
+        "del x, y\n"
+        "torch.cuda.empty_cache()\n"
+        "print('reserved', reserved, torch.cuda.memory_reserved())\n")
+    env = dict(os.environ, PYTORCH_CUDA_ALLOC_CONF="expandable_segments:True")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=240)
+    lines = (run.stderr.strip().splitlines() or [""])
+    check(run.returncode == 0, "rc %d: %s" % (run.returncode, lines[-1][:200]))
+    check("nvmlDeviceGetGpuFabricInfoV failed" not in run.stderr, "torch's fabric query failed")
+    reserved = run.stdout.split()
+    check(len(reserved) == 3 and int(reserved[1]) >= 64 << 20,
+          "output %r" % run.stdout.strip())
+    return "64 MiB + 4 MiB mapped as expandable segments, %s bytes reserved, %s after empty_cache" % (
+        reserved[1], reserved[2])
+
+
 def kernel_fails_cleanly():
     a = torch.arange(1024, dtype=torch.float32).to(cuda)  # a copy, not arange's kernel
     try:
@@ -296,6 +400,8 @@ probes.run("memory_stats", memory_stats)
 probes.run("cuda_graph", cuda_graph)
 probes.run("graph_host_copies", graph_host_copies)
 probes.run("cupy_interop", cupy_interop)
+probes.run("nvml", nvml)
+probes.run("expandable_segments", expandable_segments)
 # Last: whatever a kernel error leaves behind must not change the others.
 probes.run("kernel_fails_cleanly", kernel_fails_cleanly)
 sys.exit(probes.finish())

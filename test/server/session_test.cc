@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <chrono>
 #include <cstring>
@@ -2665,6 +2666,55 @@ TEST_F(PooledSessionTest, QuotaHoldsOnEveryAllocationPathAndMemGetInfoShowsTheSl
   client_.reset();
   runner_.join();
   EXPECT_EQ(BackendMemory(1).first, BackendMemory(1).second);
+}
+
+// NVML stand-in: deviceTelemetry shows the slice's quota as the total and the
+// session's charged bytes as used, with the backend's figures for the whole
+// GPU (the host backend: utilization, no temperature or power); a device the
+// session lacks is refused.
+TEST_F(PooledSessionTest, DeviceTelemetryShowsTheSliceAndTheSessionsUse) {
+  Start();
+  ASSERT_TRUE(CreateContext(0).status.ok());
+  auto telemetry = [&](int device, Status* status) {
+    const uint64_t seq = client_->Send(
+        [&](wire::Call::Builder c) { c.initDeviceTelemetry().setDevice(device); }, true);
+    Frame frame;
+    EXPECT_TRUE(ReadFrame(client_->transport(), &frame).ok());
+    capnp::FlatArrayMessageReader reader(frame.words, PeerReaderOptions());
+    auto reply = reader.getRoot<wire::Reply>();
+    EXPECT_EQ(reply.getSeq(), seq);
+    *status = StatusFromWire(reply.getStatus());
+    std::array<int64_t, 6> figures{};
+    if (status->ok() && reply.isDeviceTelemetry()) {
+      auto t = reply.getDeviceTelemetry();
+      figures = {static_cast<int64_t>(t.getMemoryTotal()),
+                 static_cast<int64_t>(t.getMemoryUsed()),
+                 t.getGpuUtilization(),
+                 t.getMemoryUtilization(),
+                 t.getTemperatureC(),
+                 t.getPowerMilliwatts()};
+    }
+    return figures;
+  };
+  Status status;
+  std::array<int64_t, 6> figures = telemetry(0, &status);
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  EXPECT_EQ(figures[0], static_cast<int64_t>(kSliceQuota));
+  EXPECT_EQ(figures[1], 0);
+  EXPECT_GE(figures[2], 0);
+  EXPECT_LE(figures[2], 100);
+  EXPECT_GE(figures[3], 0);
+  EXPECT_EQ(figures[4], -1);
+  EXPECT_EQ(figures[5], -1);
+  ReplyResult a = Alloc(kSliceQuota / 4);
+  ASSERT_TRUE(a.status.ok());
+  figures = telemetry(0, &status);
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  EXPECT_EQ(figures[1], static_cast<int64_t>(kSliceQuota / 4));
+  telemetry(1, &status);  // the session has one device
+  EXPECT_EQ(status.cuda_result(), CUDA_ERROR_INVALID_DEVICE) << status.ToString();
+  telemetry(-1, &status);
+  EXPECT_EQ(status.cuda_result(), CUDA_ERROR_INVALID_DEVICE) << status.ToString();
 }
 
 // graph node kinds: an allocation node's memory is charged to the slice when

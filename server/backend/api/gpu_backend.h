@@ -362,6 +362,15 @@ class Tenant {
   virtual ~Tenant() = default;
 };
 
+// NVML stand-in: what a monitor reads of a whole GPU (DeviceTelemetry). A
+// figure the backend cannot read is -1.
+struct DeviceTelemetry {
+  int gpu_utilization = -1;     // percent of the recent past the GPU ran work
+  int memory_utilization = -1;  // percent of the recent past memory was read or written
+  int temperature_c = -1;       // core temperature, degrees Celsius
+  int power_milliwatts = -1;    // power draw
+};
+
 class GpuBackend {
  public:
   virtual ~GpuBackend() = default;
@@ -894,6 +903,13 @@ class GpuBackend {
     (void)graph, (void)node, (void)spec;
     return NoGraphs();
   }
+
+  // --- NVML stand-in (monitoring) --------------------------------------------
+  // The figures NVML would report for backend device `device` (a valid
+  // index) now: the CUDA backend asks NVIDIA's NVML (loaded beside the
+  // driver; every figure -1 without it), the host backend its own accounting
+  // (utilization only). Any thread.
+  virtual Status ReadDeviceTelemetry(int device, DeviceTelemetry* out) = 0;
 
   // --- bounded resources (a session that ends) ------------------------------
   // The session that owns `ctx` is gone and nobody will see what its queued

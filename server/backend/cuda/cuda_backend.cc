@@ -49,6 +49,7 @@
 #include "common/image/module_image.h"
 #include "common/log.h"
 #include "server/backend/cuda/driver_api.h"
+#include "server/backend/cuda/nvml_telemetry.h"
 #include "server/backend/cuda/waiter_pool.h"
 
 namespace ferry::backend {
@@ -571,7 +572,8 @@ class CudaBackend final : public GpuBackend {
       : api_(std::move(api)),
         devices_(std::move(devices)),
         device_handles_(std::move(device_handles)),
-        waiters_(max_waiter_threads) {}
+        waiters_(max_waiter_threads),
+        nvml_(api_->path) {}
 
   const DriverApi& api() const { return *api_; }
 
@@ -793,6 +795,14 @@ class CudaBackend final : public GpuBackend {
   std::string_view Name() const override { return "cuda"; }
   int DriverVersion() const override { return api_->driver_version; }
   const std::vector<DeviceDescription>& Devices() const override { return devices_; }
+
+  // NVML stand-in: NVIDIA's NVML beside the driver, for the GPU of this UUID.
+  Status ReadDeviceTelemetry(int device, DeviceTelemetry* out) override {
+    if (device < 0 || device >= static_cast<int>(devices_.size())) {
+      return Status::Cuda(CUDA_ERROR_INVALID_DEVICE, "no device " + std::to_string(device));
+    }
+    return nvml_.Read(devices_[device].uuid, out);
+  }
 
   Status CreateContext(int device, unsigned flags, std::unique_ptr<Context>* out) override {
     return Guarded("CreateContext", [&]() -> Status {
@@ -2900,6 +2910,7 @@ class CudaBackend final : public GpuBackend {
   const std::vector<DeviceDescription> devices_;
   const std::vector<CUdevice> device_handles_;  // by ordinal, as devices_
   WaiterPool waiters_;
+  cuda_internal::NvmlTelemetry nvml_;  // after api_: loaded beside its driver
   std::mutex splits_mu_;
   // By (device, groups); entries are never removed, so pointers stay valid.
   std::map<std::pair<int, int>, SmSplit> splits_ ABSL_GUARDED_BY(splits_mu_);

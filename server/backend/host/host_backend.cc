@@ -49,6 +49,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "common/image/module_image.h"
+#include "server/backend/host/device_activity.h"
 #include "server/backend/host/device_model.h"
 #include "server/backend/host/ferry_host_kernel.h"
 #include "server/backend/host/host_graph.h"
@@ -61,11 +62,12 @@ namespace ferry::backend {
 namespace {
 
 using host_internal::CompletionThread;
+using host_internal::DeviceActivity;
 using host_internal::HostGraph;
-using host_internal::HostGraphExec;
-using host_internal::HostGraphNode;
 using host_internal::HostGraphAllocation;
+using host_internal::HostGraphExec;
 using host_internal::HostGraphMemory;
+using host_internal::HostGraphNode;
 using host_internal::HostGraphOps;
 using host_internal::StreamPoint;
 using host_internal::StreamQueue;
@@ -747,6 +749,8 @@ class HostBackend final : public GpuBackend {
     for (size_t i = 0; i < device_memory_.size(); ++i) {
       devices_.push_back(
           host_internal::MakeDeviceDescription(static_cast<int>(i), device_memory_[i]));
+      kernel_activity_.push_back(std::make_shared<DeviceActivity>());
+      memory_activity_.push_back(std::make_shared<DeviceActivity>());
     }
   }
 
@@ -1143,16 +1147,16 @@ class HostBackend final : public GpuBackend {
   Status CopyHostToDevice(Stream& stream, uint64_t dst, HostBytes src) override {
     if (src.size == 0) return Status::Ok();
     if (src.data == nullptr) return InvalidValue("null host source");
-    Append(stream, {},
-           [dst, src = std::move(src)] { std::memcpy(AsPointer(dst), src.data, src.size); });
+    AppendMemoryOp(
+        stream, [dst, src = std::move(src)] { std::memcpy(AsPointer(dst), src.data, src.size); });
     return Status::Ok();
   }
 
   Status CopyDeviceToHost(Stream& stream, MutableHostBytes dst, uint64_t src) override {
     if (dst.size == 0) return Status::Ok();
     if (dst.data == nullptr) return InvalidValue("null host destination");
-    Append(stream, {},
-           [dst = std::move(dst), src] { std::memcpy(dst.data, AsPointer(src), dst.size); });
+    AppendMemoryOp(
+        stream, [dst = std::move(dst), src] { std::memcpy(dst.data, AsPointer(src), dst.size); });
     return Status::Ok();
   }
 
@@ -1160,7 +1164,8 @@ class HostBackend final : public GpuBackend {
     if (bytes == 0) return Status::Ok();
     // memmove: overlapping ranges are undefined in CUDA; here they are at
     // least not a crash.
-    Append(stream, {}, [dst, src, bytes] { std::memmove(AsPointer(dst), AsPointer(src), bytes); });
+    AppendMemoryOp(stream,
+                   [dst, src, bytes] { std::memmove(AsPointer(dst), AsPointer(src), bytes); });
     return Status::Ok();
   }
 
@@ -1207,7 +1212,7 @@ class HostBackend final : public GpuBackend {
       return InvalidValue("2D copy host destination holds " + std::to_string(copy.dst_host.size) +
                           " bytes, needs " + std::to_string(dst_span));
     }
-    Append(stream, {}, [copy = std::move(copy)] {
+    AppendMemoryOp(stream, [copy = std::move(copy)] {
       const uint8_t* src = copy.src_is_host ? copy.src_host.data : AsPointer(copy.src_device);
       uint8_t* dst = copy.dst_is_host ? copy.dst_host.data : AsPointer(copy.dst_device);
       for (uint64_t z = 0; z < copy.depth; ++z) {
@@ -1291,7 +1296,7 @@ class HostBackend final : public GpuBackend {
                 unsigned element_bytes, uint64_t width, uint64_t height) override {
     std::function<void()> op;
     FERRY_RETURN_IF_ERROR(MemsetOp(dst, pitch, value, element_bytes, width, height, &op));
-    if (op) Append(stream, {}, std::move(op));
+    if (op) AppendMemoryOp(stream, std::move(op));
     return Status::Ok();
   }
 
@@ -1376,8 +1381,9 @@ class HostBackend final : public GpuBackend {
     launch.services = &kHostServices;
     launch.services_scope = &ctx;
     *out = [fn = f.fn(), launch, storage = std::move(storage), offsets = f.offsets(),
-            abandoned = ctx.abandoned] {
+            abandoned = ctx.abandoned, activity = kernel_activity_[ctx.device]] {
       if (abandoned->load(std::memory_order_relaxed)) return;  // its session is gone
+      DeviceActivity::Scope busy(*activity);
       auto* base = reinterpret_cast<uint8_t*>(storage->data());
       std::vector<void*> pointers(offsets->size() + 1, nullptr);  // +1: never a null array
       for (size_t i = 0; i < offsets->size(); ++i) pointers[i] = base + (*offsets)[i];
@@ -2295,6 +2301,33 @@ class HostBackend final : public GpuBackend {
     std::lock_guard<std::mutex> lock(AsStream(stream).ctx().mu);
     return AppendLocked(stream, std::move(after), std::move(op));
   }
+  // Append of a copy or memset: its run counts as the device's memory
+  // activity (NVML's memory utilization).
+  void AppendMemoryOp(Stream& stream, std::function<void()> op) {
+    Append(stream, {},
+           [op = std::move(op), activity = memory_activity_[AsStream(stream).ctx().device]] {
+             DeviceActivity::Scope busy(*activity);
+             op();
+           });
+  }
+
+ public:
+  // NVML stand-in: utilization from this backend's own accounting (the share
+  // of the last second during which a kernel, or a copy or memset queued on a
+  // stream, ran on the device). Copies the session makes at once on an idle
+  // stream, without queueing, are not counted. No temperature or power.
+  Status ReadDeviceTelemetry(int device, DeviceTelemetry* out) override {
+    if (device < 0 || device >= static_cast<int>(devices_.size())) {
+      return Status::Cuda(CUDA_ERROR_INVALID_DEVICE, "no device " + std::to_string(device));
+    }
+    const DeviceActivity::Clock::time_point now = DeviceActivity::Clock::now();
+    *out = DeviceTelemetry{};
+    out->gpu_utilization = kernel_activity_[device]->PercentBusy(now);
+    out->memory_utilization = memory_activity_[device]->PercentBusy(now);
+    return Status::Ok();
+  }
+
+ private:
   // Append with the stream's ContextState::mu held by the caller.
   StreamPoint AppendLocked(Stream& stream, std::vector<StreamPoint> after,
                            std::function<void()> op) {
@@ -2400,6 +2433,11 @@ class HostBackend final : public GpuBackend {
   const std::vector<uint64_t> device_memory_;  // per device
   const std::vector<KernelLibrary> libraries_;
   std::vector<DeviceDescription> devices_;  // fixed after construction
+  // NVML stand-in: per device, when kernels (kernel_activity_) and copies and
+  // memsets queued on streams (memory_activity_) ran. Fixed after
+  // construction; shared with the queued operations that record into them.
+  std::vector<std::shared_ptr<DeviceActivity>> kernel_activity_;
+  std::vector<std::shared_ptr<DeviceActivity>> memory_activity_;
 
   std::mutex mu_;
   absl::flat_hash_map<uint64_t, Allocation> allocations_ ABSL_GUARDED_BY(mu_);

@@ -732,6 +732,32 @@ TEST_F(HostBackendTest, LegacyOrderIsTransitive) {
   EXPECT_EQ(LogEntries(log), (std::vector<int>{1, 2, 3}));
 }
 
+// NVML stand-in: a running kernel makes the device busy (utilization > 0)
+// while it runs; the host backend reads no sensors.
+TEST_F(HostBackendTest, TelemetryShowsTheDeviceBusyWhileAKernelRuns) {
+  REQUIRE_KERNELS();
+  DeviceTelemetry idle;
+  ASSERT_OK(b().ReadDeviceTelemetry(0, &idle));
+  EXPECT_EQ(idle.temperature_c, -1);
+  EXPECT_EQ(idle.power_milliwatts, -1);
+  EXPECT_GE(idle.memory_utilization, 0);
+  auto s = NewStream();
+  Gate gate(this);
+  ASSERT_OK(Block(*s, gate));
+  // The kernel runs until the gate opens: its share of the last second grows
+  // from the moment it starts.
+  DeviceTelemetry busy;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  do {
+    ASSERT_OK(b().ReadDeviceTelemetry(0, &busy));
+  } while (busy.gpu_utilization == 0 && std::chrono::steady_clock::now() < deadline);
+  EXPECT_GT(busy.gpu_utilization, 0);
+  EXPECT_LE(busy.gpu_utilization, 100);
+  gate.Open();
+  ASSERT_OK(Sync(*s));
+  EXPECT_CUDA_ERROR(b().ReadDeviceTelemetry(99, &busy), CUDA_ERROR_INVALID_DEVICE);
+}
+
 TEST_F(HostBackendTest, BlockingStreamsDoNotWaitForEachOther) {
   REQUIRE_KERNELS();
   uint64_t log = NewLog();
