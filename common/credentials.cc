@@ -49,10 +49,9 @@ Status CheckTokenIsProtected(std::string_view address, std::string_view token, b
       IsLoopbackAddress(address)) {
     return Status::Ok();
   }
-  return Status::PermissionDenied("refusing to send the token in cleartext to " +
-                                  std::string(address) +
-                                  " (plain TCP to an address that is not loopback): " +
-                                  std::string(opt_in));
+  return Status::PermissionDenied(
+      "refusing to send the token in cleartext to " + std::string(address) +
+      " (plain TCP to an address that is not loopback): " + std::string(opt_in));
 }
 
 }  // namespace ferry

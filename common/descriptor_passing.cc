@@ -1,16 +1,19 @@
 #include "common/descriptor_passing.h"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <string>
 
 namespace ferry {
 
-Status SendWithDescriptors(int socket, std::span<const uint8_t> bytes, std::span<const int> fds) {
+Status SendWithDescriptors(int socket, std::span<const uint8_t> bytes, std::span<const int> fds,
+                           std::chrono::steady_clock::time_point deadline) {
   if (fds.size() > kMaxPassedDescriptors) {
     return Status::InvalidArgument("at most " + std::to_string(kMaxPassedDescriptors) +
                                    " descriptors go with one message");
@@ -29,10 +32,22 @@ Status SendWithDescriptors(int socket, std::span<const uint8_t> bytes, std::span
     cmsg->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
     std::memcpy(CMSG_DATA(cmsg), fds.data(), sizeof(int) * fds.size());
   }
+  const bool bounded = deadline != std::chrono::steady_clock::time_point::max();
   ssize_t sent;
-  do {
-    sent = ::sendmsg(socket, &msg, MSG_NOSIGNAL);
-  } while (sent < 0 && errno == EINTR);
+  for (;;) {
+    sent = ::sendmsg(socket, &msg, MSG_NOSIGNAL | (bounded ? MSG_DONTWAIT : 0));
+    if (sent >= 0 || errno == EINTR) {
+      if (sent >= 0) break;
+      continue;
+    }
+    if (!bounded || (errno != EAGAIN && errno != EWOULDBLOCK)) break;
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0)
+      return Status::Disconnected("the peer takes no messages (its buffer is full)");
+    pollfd pfd{socket, POLLOUT, 0};
+    (void)::poll(&pfd, 1, static_cast<int>(std::min<int64_t>(left.count(), 1000)));
+  }
   if (sent < 0) return Status::Disconnected(std::string("sendmsg failed: ") + std::strerror(errno));
   if (static_cast<size_t>(sent) != bytes.size()) return Status::Disconnected("short sendmsg");
   return Status::Ok();

@@ -10,6 +10,7 @@
 // socket.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -23,8 +24,12 @@ namespace ferry {
 inline constexpr size_t kMaxPassedDescriptors = 4;
 
 // Sends `bytes` as one message with `fds` (at most kMaxPassedDescriptors)
-// beside it; the caller keeps its copies of `fds`.
-Status SendWithDescriptors(int socket, std::span<const uint8_t> bytes, std::span<const int> fds);
+// beside it; the caller keeps its copies of `fds`. With a `deadline`, a peer
+// that does not take the message by then (its socket buffer stays full) is
+// Disconnected instead of blocking the sender.
+Status SendWithDescriptors(
+    int socket, std::span<const uint8_t> bytes, std::span<const int> fds,
+    std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max());
 
 // Receives one message of at most `max_bytes` into `bytes` and the
 // descriptors that came with it into `fds` (close-on-exec, owned by the

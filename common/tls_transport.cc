@@ -86,13 +86,25 @@ class TlsTransport final : public Transport {
     }
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (SSL_pending(ssl_) > 0) {
+      // Records received but not yet read (decrypted or not) would be lost.
+      if (SSL_has_pending(ssl_) != 0) {
         return Status::Internal("the TLS connection to " + peer_name_ +
                                 " has bytes read ahead; it cannot be handed over");
       }
-      // One call sends close_notify; the client's answer is never read here
-      // (the client does not send one: its next bytes are the new handshake).
-      (void)SSL_shutdown(ssl_);
+      // Our close_notify, whole (the socket is non-blocking); the client's
+      // answer is never read here — the client sends none: its next bytes
+      // are the new handshake.
+      const auto deadline = std::chrono::steady_clock::now() + kHandoverCloseTimeout;
+      for (;;) {
+        const int rc = SSL_shutdown(ssl_);
+        if (rc >= 0) break;
+        const int error = SSL_get_error(ssl_, rc);
+        if ((error != SSL_ERROR_WANT_WRITE && error != SSL_ERROR_WANT_READ) ||
+            !WaitFor(fd_, error == SSL_ERROR_WANT_WRITE ? POLLOUT : POLLIN, deadline)) {
+          return Status::Disconnected("cannot end the TLS session with " + peer_name_ +
+                                      " for the hand-over: " + OpenSslErrors("close_notify"));
+        }
+      }
     }
     out->kind = TransportHandover::Kind::kTlsRestart;
     out->peer_name = peer_name_;
@@ -215,6 +227,8 @@ class TlsTransport final : public Transport {
 
  private:
   static constexpr size_t kGatherBytes = 16 << 10;  // one TLS record
+  // How long ending the TLS session for a hand-over may wait for the socket.
+  static constexpr std::chrono::seconds kHandoverCloseTimeout{5};
 
   Status WriteAll(const void* data, size_t size) {
     const char* p = static_cast<const char*>(data);

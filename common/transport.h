@@ -82,13 +82,8 @@ class Transport {
   // initial setting) waits forever. Reader thread only. A transport that
   // cannot bound its reads ignores it.
   virtual void SetReadDeadline(std::chrono::steady_clock::time_point deadline) { (void)deadline; }
-  // Gives the connection up, unclosed, for another process to continue
-  // (AdoptTransport): fills `out`, and this transport no longer owns or
-  // touches its descriptors (destroying it then leaves the peer connected).
-  // Only between frames, with no reader or writer active, and only when
-  // nothing was read ahead (Internal otherwise). Transports whose
-  // state cannot travel (TLS) say Unimplemented.
-  // Whether Release can work for this kind of transport.
+  // Whether Release can work for this kind of transport (ferryd's side of
+  // TCP, TLS and shared memory).
   virtual bool CanHandOver() const { return false; }
   // Whether the bytes travel inside TLS (a hand-over then needs a new TLS
   // session: TransportHandover::Kind::kTlsRestart).
@@ -101,6 +96,13 @@ class Transport {
     (void)deadline;
     return Status::Unimplemented("only a TLS connection is handed over this way");
   }
+  // Gives the connection up, unclosed, for another process to continue
+  // (AdoptTransport; a TLS connection's session is ended and the adopter
+  // starts a new one: kTlsRestart): fills `out`, and this transport no longer
+  // owns or touches its descriptors (destroying it then leaves the peer
+  // connected). Only between frames, with no reader or writer active, and
+  // only when nothing was read ahead (Internal otherwise). Transports that
+  // cannot (CanHandOver false) say Unimplemented.
   virtual Status Release(TransportHandover* out) {
     (void)out;
     return Status::Unimplemented("this transport cannot be handed to another process");

@@ -70,10 +70,20 @@ struct ImageName {
 struct ToWorker {
   union {
     start @0 :WorkerStart;        # first, once; the connection's descriptors beside it
-    preempt @1 :Text;             # Session::Preempt with this reason
+    preempt @1 :PreemptRequest;   # Session::Preempt; answered by FromWorker.preempted
     infoRequest @2 :UInt64;       # answered by FromWorker.info with this id
     image @3 :ImageAnswer;        # answers FromWorker.findImage
   }
+}
+
+struct PreemptRequest {
+  requestId @0 :UInt64;
+  reason @1 :Text;
+}
+
+struct PreemptAnswer {
+  requestId @0 :UInt64;
+  freed @1 :Bool;                 # the session's resources are free (Session::Preempt's result)
 }
 
 struct ImageAnswer {
@@ -84,7 +94,7 @@ struct ImageAnswer {
 struct FromWorker {
   union {
     info @0 :InfoAnswer;
-    preempted @1 :Bool;           # Preempt's result: true when the session's memory is free
+    preempted @1 :PreemptAnswer;  # Preempt's result
     findImage @2 :FindImage;
     keepImage @3 :ImageName;      # a sealed memfd with the image beside; the main process checks its hash
     ready @4 :Text;               # first, once: "" when its backend is up (then it waits for start), else why not

@@ -657,12 +657,14 @@ void Server::RefillSpareWorker() {
     std::shared_ptr<SessionWorker> worker;
     Status status = SessionWorker::Spawn(worker_command_, {}, &worker);
     if (!status.ok()) FERRY_LOG(kWarning) << "no spare session worker: " << status.message();
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::unique_lock<std::mutex> lock(mutex_);
     if (status.ok() && !stopping_) spare_worker_ = std::move(worker);
+    lock.unlock();
+    worker.reset();  // not wanted (ferryd stops): ended and reaped before Stop returns
+    lock.lock();
     spare_spawning_ = false;
     --live_connections_;
     connections_cv_.notify_all();
-    // A worker left here (ferryd stops) is killed and reaped as it goes.
   }).detach();
 }
 
@@ -683,16 +685,9 @@ void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transpo
   // Chosen here, where --compute-sharing is known; MPS's settings are the
   // worker's environment, so they go with the spawn.
   grant = WithComputeMechanisms(backend_, std::move(grant), sharing_);
+  const std::vector<std::string> environment = MpsEnvironment(grant);
   std::shared_ptr<SessionWorker> worker;
-  Status status = TakeWorker(MpsEnvironment(grant), &worker);
-  std::string early_preemption;
-  if (status.ok()) {
-    // From here on Stop must not touch the transport: its descriptors move
-    // to the worker (and their numbers may be reused here).
-    std::lock_guard<std::mutex> lock(mutex_);
-    connections_.erase(id);
-    early_preemption = TakeEarlyPreemption(id);
-  }
+  Status status = TakeWorker(environment, &worker);
   SessionInfo basics;
   basics.id = id;
   basics.client = transport->PeerName();
@@ -717,19 +712,52 @@ void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transpo
       status = WriteFrame(*transport, wire::FrameKind::HELLO_REPLY, message);
     }
   }
+  std::string early_preemption;
+  TransportHandover handover;
   if (status.ok()) {
-    status = worker->Start(id, *transport, hello_words, grant, limits_.session_buffer_bytes,
+    // From here on Stop must not touch the transport: its descriptors move
+    // to the worker (and their numbers may be reused here).
+    std::lock_guard<std::mutex> lock(mutex_);
+    connections_.erase(id);
+    early_preemption = TakeEarlyPreemption(id);
+  }
+  bool released = false;
+  if (status.ok()) {
+    status = transport->Release(&handover);
+    released = status.ok();
+  }
+  if (status.ok()) {
+    status = worker->Start(id, handover, hello_words, grant, limits_.session_buffer_bytes,
                            early_preemption, basics, tls_secret);
+    if (!status.ok()) {
+      // The worker died before it took the client (a spare that died
+      // waiting): one more, new.
+      FERRY_LOG(kWarning) << who << ": its worker did not take it (" << status.message()
+                          << "); starting another";
+      status = SessionWorker::Spawn(worker_command_, environment, &worker);
+      if (status.ok()) {
+        status = worker->Start(id, handover, hello_words, grant, limits_.session_buffer_bytes,
+                               early_preemption, basics, tls_secret);
+      }
+    }
   }
   if (!status.ok()) {
     FERRY_LOG(kError) << who << " could not start: " << status.message();
     {
       std::lock_guard<std::mutex> lock(mutex_);
       connections_.erase(id);
+      early_preemptions_.erase(id);
     }
-    // The connection stays here when it could not be handed over: tell the
-    // client why.
-    if (transport->CanHandOver()) {
+    // Tell the client why, on the connection as it stands (a TLS one whose
+    // session ended for the hand-over cannot be told: it closes).
+    if (released) {
+      std::unique_ptr<Transport> back;
+      const bool adopted = !handover.fds.empty() &&
+                           handover.kind != TransportHandover::Kind::kTlsRestart &&
+                           AdoptTransport(std::move(handover), &back).ok();
+      transport = adopted ? std::move(back) : nullptr;
+    }
+    if (transport != nullptr) {
       Refuse(*transport,
              Status::Internal("ferryd could not start this session: " + status.message()));
     }
@@ -866,14 +894,11 @@ void Server::FillPoolStatus(wire::PoolStatus::Builder out) {
   const pool::PoolSnapshot snapshot = pool_->Snapshot(&now);
   // Memory in use per (session, GPU), from the sessions themselves.
   std::map<std::pair<uint64_t, int>, uint64_t> used;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    for (const auto& [id, session] : sessions_) {
-      const SessionInfo info = session->Info();
-      const SessionGrant& grant = session->grant();
-      for (size_t i = 0; i < grant.devices.size() && i < info.device_bytes.size(); ++i) {
-        used[{id, grant.devices[i].gpu}] += info.device_bytes[i];
-      }
+  for (const auto& session : LiveSessions()) {  // asked outside the lock (Sessions)
+    const SessionInfo info = session->Info();
+    const SessionGrant& grant = session->grant();
+    for (size_t i = 0; i < grant.devices.size() && i < info.device_bytes.size(); ++i) {
+      used[{info.id, grant.devices[i].gpu}] += info.device_bytes[i];
     }
   }
   out.setEnabled(true);
@@ -1051,10 +1076,18 @@ void Server::ServeControl(Transport& transport, const std::optional<auth::Token>
   }
 }
 
-std::vector<SessionInfo> Server::Sessions() const {
+std::vector<std::shared_ptr<ServedSession>> Server::LiveSessions() const {
   std::lock_guard<std::mutex> lock(mutex_);
+  std::vector<std::shared_ptr<ServedSession>> live;
+  for (const auto& [id, session] : sessions_) live.push_back(session);
+  return live;
+}
+
+std::vector<SessionInfo> Server::Sessions() const {
+  // Asked outside the lock: a worker takes up to SessionWorker::kInfoTimeout
+  // to answer, and handshakes must not wait for it.
   std::vector<SessionInfo> out;
-  for (const auto& [id, session] : sessions_) out.push_back(session->Info());
+  for (const auto& session : LiveSessions()) out.push_back(session->Info());
   return out;
 }
 

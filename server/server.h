@@ -163,12 +163,16 @@ class Server {
                    std::span<const capnp::word> hello_words,
                    const std::optional<auth::Token>& token);
   // ServeClient's end for a client whose session runs in a worker process:
-  // spawns it, hands the client over and supervises it until it exits.
-  // False, with the client refused and nothing of the session left, when the
-  // worker could not start.
+  // hands the client to a worker (the spare, else a new one; a second new
+  // one if that fails) and supervises it until it exits, then returns the
+  // slices. When no worker takes it, the client is refused with the reason
+  // (a TLS client whose session already ended for the hand-over sees its
+  // connection close) and its slices are returned.
   void ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transport,
                            wire::Hello::Reader hello, std::span<const capnp::word> hello_words,
                            SessionGrant grant);
+  // The sessions now, for asking each outside the lock.
+  std::vector<std::shared_ptr<ServedSession>> LiveSessions() const;
   // A worker for a session with `environment`: the spare when it fits (no
   // environment of its own) and lives, else a new one; a spare is then made
   // again in the background.

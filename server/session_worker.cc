@@ -209,7 +209,7 @@ Status SessionWorker::Spawn(const std::vector<std::string>& command,
   posix_spawnattr_setsigdefault(&attributes, &defaults);
   pid_t pid = 0;
   const int spawned =
-      ::posix_spawn(&pid, command[0].c_str(), &actions, &attributes, argv.data(), environ);
+      ::posix_spawn(&pid, command[0].c_str(), &actions, &attributes, argv.data(), envp.data());
   posix_spawn_file_actions_destroy(&actions);
   posix_spawnattr_destroy(&attributes);
   ::close(child_end);
@@ -271,15 +271,22 @@ SessionWorker::~SessionWorker() {
 
 Status SessionWorker::Send(std::span<const uint8_t> bytes, std::span<const int> fds) {
   std::lock_guard<std::mutex> lock(send_mutex_);
-  return SendWithDescriptors(link_, bytes, fds);
+  Status sent =
+      SendWithDescriptors(link_, bytes, fds, std::chrono::steady_clock::now() + kLinkSendTimeout);
+  if (!sent.ok()) {
+    // A worker that stops reading its link must not hold up this process:
+    // its session ends (Supervise reaps it).
+    FERRY_LOG(kWarning) << "session " << session_id_ << ": its worker (pid " << pid_
+                        << ") takes no messages: " << sent.message() << "; ending it";
+    ::shutdown(link_, SHUT_RDWR);
+  }
+  return sent;
 }
 
-Status SessionWorker::Start(uint64_t session_id, Transport& transport,
+Status SessionWorker::Start(uint64_t session_id, TransportHandover& handover,
                             std::span<const capnp::word> hello, SessionGrant grant,
                             uint64_t buffer_limit, const std::string& preemption,
                             SessionInfo basics, std::span<const uint8_t> tls_secret) {
-  TransportHandover handover;
-  FERRY_RETURN_IF_ERROR(transport.Release(&handover));
   session_id_ = session_id;
   grant_ = grant;
   {
@@ -316,11 +323,9 @@ Status SessionWorker::Start(uint64_t session_id, Transport& transport,
     t.setWritePosition(handover.write_position);
     start.setTlsSecret(capnp::Data::Reader(tls_secret.data(), tls_secret.size()));
   });
-  Status sent = Send(bytes, handover.fds);
-  // The worker has its own copies now (or, on failure, nobody serves the
-  // client: closing ours ends its connection).
-  handover.CloseFds();
-  return sent;
+  FERRY_RETURN_IF_ERROR(Send(bytes, handover.fds));
+  handover.CloseFds();  // the worker has its own copies now
+  return Status::Ok();
 }
 
 std::string SessionWorker::Supervise(ModuleCache* images) {
@@ -335,17 +340,24 @@ std::string SessionWorker::Supervise(ModuleCache* images) {
       auto message = reader.getRoot<wire::FromWorker>();
       switch (message.which()) {
         case wire::FromWorker::INFO: {
+          // Only answers to questions still asked are kept.
           auto answer = message.getInfo();
           std::lock_guard<std::mutex> lock(mutex_);
-          last_info_ = InfoFromWire(session_id_, answer.getInfo());
-          info_answers_[answer.getRequestId()] = last_info_;
-          answered_.notify_all();
+          auto asked = info_answers_.find(answer.getRequestId());
+          if (asked != info_answers_.end() && !asked->second.has_value()) {
+            last_info_ = InfoFromWire(session_id_, answer.getInfo());
+            asked->second = last_info_;
+            answered_.notify_all();
+          }
           break;
         }
         case wire::FromWorker::PREEMPTED: {
+          auto answer = message.getPreempted();
           std::lock_guard<std::mutex> lock(mutex_);
-          preempt_answer_ = message.getPreempted();
-          answered_.notify_all();
+          if (answer.getRequestId() == preempt_request_ && !preempt_answer_.has_value()) {
+            preempt_answer_ = answer.getFreed();
+            answered_.notify_all();
+          }
           break;
         }
         case wire::FromWorker::FIND_IMAGE: {
@@ -407,26 +419,29 @@ std::string SessionWorker::Supervise(ModuleCache* images) {
 }
 
 std::string SessionWorker::Reap(std::chrono::milliseconds grace) {
+  const auto deadline = std::chrono::steady_clock::now() + grace;
   bool exited = false;
-  if (pidfd_ >= 0) {
-    pollfd pfd{pidfd_, POLLIN, 0};
-    const auto deadline = std::chrono::steady_clock::now() + grace;
-    for (;;) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-          deadline - std::chrono::steady_clock::now());
-      const int ready = ::poll(&pfd, 1, static_cast<int>(std::max<int64_t>(left.count(), 0)));
-      if (ready > 0) {
-        exited = true;
-        break;
-      }
-      if (ready == 0 || errno != EINTR) break;
+  while (!exited) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (pidfd_ >= 0) {
+      exited = WaitReadable(pidfd_, std::max(left, std::chrono::milliseconds(0))) && Exited();
+      if (!exited) break;
+    } else {
+      // No pidfd (an old kernel, a seccomp profile): ask without reaping.
+      exited = Exited();
+      if (exited || left.count() <= 0) break;
+      std::this_thread::sleep_for(std::min(left, std::chrono::milliseconds(10)));
     }
   }
   if (!exited) {
     FERRY_LOG(kWarning) << "session " << session_id_ << ": its worker (pid " << pid_
                         << ") did not exit within " << grace.count() << " ms; killing it";
-    ::kill(pid_, SIGKILL);
   }
+  // The whole process group (the worker leads its own): whatever the worker
+  // may have started goes with it. The leader is not reaped yet, so the
+  // group cannot be someone else's.
+  ::kill(-pid_, SIGKILL);
   int status = 0;
   while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
   }
@@ -435,13 +450,14 @@ std::string SessionWorker::Reap(std::chrono::milliseconds grace) {
     std::lock_guard<std::mutex> lock(mutex_);
     reaped_ = true;
   }
-  return DescribeWaitStatus(status);
+  return exited ? DescribeWaitStatus(status) : "did not exit and was killed";
 }
 
 SessionInfo SessionWorker::Info() const {
   std::unique_lock<std::mutex> lock(mutex_);
   if (link_closed_) return last_info_;
   const uint64_t request = next_request_++;
+  info_answers_[request];  // asked
   lock.unlock();
   std::vector<uint8_t> bytes =
       Encode<wire::ToWorker>([&](wire::ToWorker::Builder root) { root.setInfoRequest(request); });
@@ -449,37 +465,50 @@ SessionInfo SessionWorker::Info() const {
   lock.lock();
   if (sent) {
     answered_.wait_for(lock, kInfoTimeout,
-                       [&] { return link_closed_ || info_answers_.count(request) != 0; });
+                       [&] { return link_closed_ || info_answers_[request].has_value(); });
   }
-  auto it = info_answers_.find(request);
-  if (it == info_answers_.end()) return last_info_;
-  SessionInfo info = std::move(it->second);
-  info_answers_.erase(it);
-  return info;
+  std::optional<SessionInfo> answer = std::move(info_answers_[request]);
+  info_answers_.erase(request);  // answered or not: no longer asked
+  return answer.has_value() ? std::move(*answer) : last_info_;
 }
 
 bool SessionWorker::Preempt(const std::string& reason) {
+  std::lock_guard<std::mutex> one_at_a_time(preempt_mutex_);
+  uint64_t request = 0;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (link_closed_) return false;
+    request = preempt_request_ = next_request_++;
     preempt_answer_.reset();
   }
-  std::vector<uint8_t> bytes =
-      Encode<wire::ToWorker>([&](wire::ToWorker::Builder root) { root.setPreempt(reason); });
+  std::vector<uint8_t> bytes = Encode<wire::ToWorker>([&](wire::ToWorker::Builder root) {
+    auto preempt = root.initPreempt();
+    preempt.setRequestId(request);
+    preempt.setReason(reason);
+  });
   if (!Send(bytes).ok()) return false;
   std::unique_lock<std::mutex> lock(mutex_);
   // The worker waits a bounded time for its batch in progress (Session::
-  // Preempt) before it answers; the link closing answers too.
-  answered_.wait(lock, [&] { return link_closed_ || preempt_answer_.has_value(); });
+  // Preempt) before it answers; one that does not answer by then ends, and
+  // its slices come back when it has exited.
+  if (!answered_.wait_for(lock, kPreemptAnswerTimeout,
+                          [&] { return link_closed_ || preempt_answer_.has_value(); })) {
+    lock.unlock();
+    FERRY_LOG(kWarning) << "session " << session_id_ << ": its worker did not answer the "
+                        << "preemption within " << kPreemptAnswerTimeout.count() << " s; ending it";
+    Stop();
+    return false;
+  }
   return preempt_answer_.value_or(false);
 }
 
 void SessionWorker::Stop() { ::shutdown(link_, SHUT_RDWR); }
 
 bool SessionWorker::Exited() const {
-  if (pidfd_ < 0) return ::kill(pid_, 0) != 0;
-  pollfd pfd{pidfd_, POLLIN, 0};
-  return ::poll(&pfd, 1, 0) > 0;
+  siginfo_t info{};
+  // WNOWAIT: only look; Reap reaps.
+  return ::waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+         info.si_pid == pid_;
 }
 
 // ---------------------------------------------------------------------------
@@ -505,6 +534,7 @@ class WorkerLink final : public ModuleImages {
       std::lock_guard<std::mutex> lock(mutex_);
       if (closed_) return false;
       request = next_request_++;
+      answers_[request] = kNotAnswered;
     }
     std::vector<uint8_t> bytes = Encode<wire::FromWorker>([&](wire::FromWorker::Builder root) {
       auto find = root.initFindImage();
@@ -514,11 +544,10 @@ class WorkerLink final : public ModuleImages {
     if (!Send(bytes).ok()) return false;
     std::unique_lock<std::mutex> lock(mutex_);
     answered_.wait_for(lock, kImageAnswerTimeout,
-                       [&] { return closed_ || answers_.count(request) != 0; });
+                       [&] { return closed_ || answers_[request] != kNotAnswered; });
     auto it = answers_.find(request);
-    if (it == answers_.end()) return false;
     const int fd = it->second;
-    answers_.erase(it);
+    answers_.erase(it);  // answered or not, no longer asked
     lock.unlock();
     if (fd < 0) return false;
     std::shared_ptr<const SealedImage> sealed;
@@ -543,7 +572,12 @@ class WorkerLink final : public ModuleImages {
   // is owned from now on.
   void Answer(uint64_t request, int fd) {
     std::lock_guard<std::mutex> lock(mutex_);
-    answers_[request] = fd;
+    auto asked = answers_.find(request);
+    if (asked == answers_.end() || asked->second != kNotAnswered) {
+      if (fd >= 0) ::close(fd);  // a lookup that gave up waiting
+      return;
+    }
+    asked->second = fd;
     answered_.notify_all();
   }
 
@@ -559,13 +593,17 @@ class WorkerLink final : public ModuleImages {
     }
   }
 
+  // answers_' value while a lookup waits; -1 answers "not held".
+  static constexpr int kNotAnswered = -2;
+
  private:
   const int fd_;
   std::mutex send_mutex_;
   std::mutex mutex_;
   std::condition_variable answered_;
   uint64_t next_request_ = 1;
-  std::map<uint64_t, int> answers_;  // request -> descriptor (-1: not held)
+  // Lookups still asked: request -> descriptor (-1: not held; kNotAnswered).
+  std::map<uint64_t, int> answers_;
   bool closed_ = false;
 };
 
@@ -620,6 +658,8 @@ Status AcceptHandedOverTls(TransportHandover handover, const TlsContext& tls,
 int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backend_status,
                      std::shared_ptr<TlsContext> tls) {
   ::prctl(PR_SET_NAME, "ferryd-idle");
+  // No ptrace, no /proc/PID/mem, no core file of a tenant's memory.
+  ::prctl(PR_SET_DUMPABLE, 0);
   WorkerLink worker_link(link);
   {
     std::vector<uint8_t> ready = Encode<wire::FromWorker>([&](wire::FromWorker::Builder root) {
@@ -719,12 +759,16 @@ int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backe
           case wire::ToWorker::PREEMPT: {
             // Preempt waits for the batch in progress, which may itself wait
             // for an image answer this thread delivers: not here.
-            std::string reason = message.getPreempt().cStr();
+            std::string reason = message.getPreempt().getReason().cStr();
+            const uint64_t request = message.getPreempt().getRequestId();
             std::lock_guard<std::mutex> lock(preempts_mutex);
-            preempts.emplace_back([&, reason] {
+            preempts.emplace_back([&, reason, request] {
               const bool freed = session->Preempt(reason);
-              (void)worker_link.Send(Encode<wire::FromWorker>(
-                  [&](wire::FromWorker::Builder root) { root.setPreempted(freed); }));
+              (void)worker_link.Send(Encode<wire::FromWorker>([&](wire::FromWorker::Builder root) {
+                auto answer = root.initPreempted();
+                answer.setRequestId(request);
+                answer.setFreed(freed);
+              }));
             });
             break;
           }

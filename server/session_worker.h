@@ -33,8 +33,15 @@
 // stops, or dies), the worker ends its session the way a closed connection
 // would.
 //
-// Thread-safety: SessionWorker's methods are safe from any thread; Supervise
-// runs on one (the connection's) thread.
+// What this isolates: faults, wild pointers and sticky errors of one session,
+// which end its worker alone. Workers run as ferryd's user, not dumpable
+// (no ptrace or /proc/PID/mem between ferryd's processes); a worker taken
+// over by its tenant's code could still signal ferryd's processes or read
+// its files — separate users per worker would be the next step.
+//
+// Thread-safety: SessionWorker's methods are safe from any thread, except
+// Start (before the worker is shared); Supervise runs on one (the
+// connection's) thread.
 #pragma once
 
 #include <sys/types.h>
@@ -74,6 +81,12 @@ class SessionWorker final : public ServedSession {
   // How long Info waits for the worker's answer before it shows what it
   // last knew.
   static constexpr std::chrono::seconds kInfoTimeout{2};
+  // How long a message to the worker may wait for room on the link; a
+  // worker that reads nothing for that long is ended.
+  static constexpr std::chrono::seconds kLinkSendTimeout{5};
+  // How long Preempt waits for the worker's answer (its batch in progress
+  // may take Session::kPreemptBatchWait) before it ends the worker.
+  static constexpr std::chrono::seconds kPreemptAnswerTimeout{20};
 
   // Spawns `command` (argv; "--session-worker 3" is appended) with ferryd's
   // environment plus `environment` ("NAME=value": MpsEnvironment), and waits
@@ -89,17 +102,18 @@ class SessionWorker final : public ServedSession {
   SessionWorker(const SessionWorker&) = delete;
   SessionWorker& operator=(const SessionWorker&) = delete;
 
-  // Hands the client over: releases `transport`'s connection (the caller
-  // must have made sure nothing else touches it any more) and sends it with
-  // the client's Hello (`hello`, the frame's words), `grant` (compute
-  // mechanisms chosen), the session's buffer limit and, when not empty, the
-  // reason it was preempted before it started. `basics` is what Info shows
-  // when the worker cannot be asked. On failure the connection stays with
-  // `transport` if it could not be released.
+  // Hands the client over, before the worker is published to other threads:
+  // sends `handover` (the connection Transport::Release gave up) with the
+  // client's Hello (`hello`, the frame's words), `grant` (compute mechanisms
+  // chosen), the session's buffer limit and, when not empty, the reason it
+  // was preempted before it started. `basics` is what Info shows when the
+  // worker cannot be asked. On success `handover`'s descriptors are closed
+  // here (the worker has its own); on failure they stay in `handover`, for
+  // another worker.
   // Over TLS the caller has sent the client `tls_secret`
   // (HelloReply.handoverSecret); the worker runs the new TLS session and
   // accepts only a Hello that carries it.
-  Status Start(uint64_t session_id, Transport& transport, std::span<const capnp::word> hello,
+  Status Start(uint64_t session_id, TransportHandover& handover, std::span<const capnp::word> hello,
                SessionGrant grant, uint64_t buffer_limit, const std::string& preemption,
                SessionInfo basics, std::span<const uint8_t> tls_secret = {});
 
@@ -112,8 +126,11 @@ class SessionWorker final : public ServedSession {
 
   SessionInfo Info() const override;
   const SessionGrant& grant() const override { return grant_; }
-  // Sends the preemption and waits for the worker's answer (it frees the
-  // session's resources first); false when the worker ended instead.
+  // Sends the preemption and waits (at most kPreemptAnswerTimeout) for the
+  // worker's answer: true when it says it freed the session's resources
+  // (the slices may go back then; a worker is ferryd itself, trusted that
+  // far); false when it ended or was ended instead (the slices come back
+  // once it has exited).
   bool Preempt(const std::string& reason) override;
   // Closes the link: the worker ends its session.
   void Stop() override;
@@ -138,11 +155,16 @@ class SessionWorker final : public ServedSession {
 
   std::mutex send_mutex_;  // one message at a time on the link
 
+  std::mutex preempt_mutex_;  // one preemption at a time
+
   mutable std::mutex mutex_;
   mutable std::condition_variable answered_;
   SessionInfo last_info_ ABSL_GUARDED_BY(mutex_);
   mutable uint64_t next_request_ ABSL_GUARDED_BY(mutex_) = 1;
-  mutable std::map<uint64_t, SessionInfo> info_answers_ ABSL_GUARDED_BY(mutex_);
+  // Info requests still asked (empty until answered); answers to anything
+  // else are dropped.
+  mutable std::map<uint64_t, std::optional<SessionInfo>> info_answers_ ABSL_GUARDED_BY(mutex_);
+  uint64_t preempt_request_ ABSL_GUARDED_BY(mutex_) = 0;  // the one asked now
   std::optional<bool> preempt_answer_ ABSL_GUARDED_BY(mutex_);
   bool link_closed_ ABSL_GUARDED_BY(mutex_) = false;
   bool reaped_ ABSL_GUARDED_BY(mutex_) = false;

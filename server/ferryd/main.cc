@@ -40,6 +40,7 @@
 // can be chained to another.
 #include <pthread.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 
 #include <absl/time/time.h>
@@ -539,6 +540,10 @@ int Main(int argc, char** argv) {
     return server::RunSessionWorker(*flags.session_worker_link, backend.get(), status,
                                     std::move(tls));
   }
+
+  // Not dumpable: session workers (same user) cannot ptrace this process or
+  // read its memory (the token set, other sessions' state).
+  ::prctl(PR_SET_DUMPABLE, 0);
 
   // Block the stop and reload signals in every thread; the main thread
   // waits for them.
