@@ -20,6 +20,7 @@
 #include "common/log.h"
 #include "common/shm_transport.h"
 #include "common/units.h"
+#include "server/session_log.h"
 
 namespace ferry::server {
 namespace {
@@ -603,6 +604,7 @@ void Server::ServeClient(uint64_t id, std::unique_ptr<Transport> transport,
   auto session = std::make_shared<Session>(id, std::move(transport), backend_, hello,
                                            std::move(grant), module_cache_.get());
   session->SetBufferLimit(limits_.session_buffer_bytes);
+  if (token.has_value()) session->SetToken(token->name, token->id);
   std::string early_preemption;
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -625,6 +627,7 @@ void Server::ServeClient(uint64_t id, std::unique_ptr<Transport> transport,
     std::lock_guard<std::mutex> lock(mutex_);
     early_preemptions_.erase(id);
   }
+  LogSessionEnded(session->Info(), session->grant());
   session.reset();
 }
 
