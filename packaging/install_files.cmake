@@ -3,24 +3,24 @@
 # --prefix P`, or /usr for the .deb packages), not when configuring. Runs in
 # cmake's script mode inside the install step; file(INSTALL) adds $DESTDIR.
 #
-#   prefix /usr:     config in /etc/ferry, state in /var/lib/ferry (a system
-#                    package's places, as the units and the README name them)
-#   other prefix P:  P/etc/ferry, P/var/lib/ferry
+#   prefix /usr:     config in /etc/ferry (a system package's place, as the
+#                    unit and the README name it)
+#   other prefix P:  P/etc/ferry
 #   always:          P/bin, P/lib/systemd/system, P/lib/sysusers.d
+# ferryd's state (/var/lib/ferry) and sockets (/run/ferry) are the unit's
+# StateDirectory= and RuntimeDirectory=, the same for every prefix.
 
-# Sets FERRY_BINDIR, FERRY_SYSCONFDIR, FERRY_STATEDIR for the install prefix.
+# Sets FERRY_BINDIR and FERRY_SYSCONFDIR for the install prefix.
 macro(ferry_install_dirs)
   set(FERRY_BINDIR "${CMAKE_INSTALL_PREFIX}/bin")
   if(CMAKE_INSTALL_PREFIX STREQUAL "/usr")
     set(FERRY_SYSCONFDIR /etc)
-    set(FERRY_STATEDIR /var/lib)
   else()
     set(FERRY_SYSCONFDIR "${CMAKE_INSTALL_PREFIX}/etc")
-    set(FERRY_STATEDIR "${CMAKE_INSTALL_PREFIX}/var/lib")
   endif()
 endmacro()
 
-# Installs `template` (@BINDIR@, @SYSCONFDIR@, @STATEDIR@ filled in) as
+# Installs `template` (@BINDIR@ and @SYSCONFDIR@ filled in) as
 # DESTINATION/NAME. A config file an operator may have edited (`config`
 # true) is kept when installing straight onto a system ($DESTDIR empty);
 # packages get it always (dpkg handles conffiles).
@@ -28,7 +28,6 @@ function(ferry_install_configured template destination name work_dir config)
   ferry_install_dirs()
   set(BINDIR "${FERRY_BINDIR}")
   set(SYSCONFDIR "${FERRY_SYSCONFDIR}")
-  set(STATEDIR "${FERRY_STATEDIR}")
   if(config AND "$ENV{DESTDIR}" STREQUAL "" AND EXISTS "${destination}/${name}")
     message(STATUS "Keeping: ${destination}/${name}")
     return()

@@ -201,5 +201,44 @@ TEST_F(PackagingTest, TheInstalledFerryRunRunsAProgramThroughTheInstalledStub) {
   EXPECT_EQ(StopFerryd("ferryd", ferryd, 30s), "");
 }
 
+// Without packages: `cmake --install --prefix P` keeps everything under P,
+// the unit and ferry-run name P's paths, and a config edited since the last
+// install is kept.
+TEST(InstallTest, AnotherPrefixHoldsEverythingAndAnEditedConfigIsKept) {
+  const std::string dir = MakeTempDir("install");
+  const std::string prefix = dir + "/p";
+  const std::vector<std::string> install = {FERRY_TEST_CMAKE, "--install", FERRY_TEST_BUILD_DIR,
+                                            "--prefix", prefix};
+  RunResult run = RunToEnd(install, {}, dir + "/install1", 300s);
+  ASSERT_TRUE(run.status.success()) << run.Describe();
+  for (const char* path :
+       {"/bin/ferryd", "/bin/ferryctl", "/bin/ferry-run", "/lib/ferry/libcuda.so.1",
+        "/etc/ferry/ferryd.toml", "/etc/ferry/client.toml", "/lib/sysusers.d/ferry.conf",
+        "/include/ferry/ferry_host_kernel.h"}) {
+    EXPECT_TRUE(fs::exists(prefix + path)) << path;
+  }
+  const std::string unit = ReadWholeFile(prefix + "/lib/systemd/system/ferryd.service");
+  EXPECT_NE(unit.find("\nExecStart=" + prefix + "/bin/ferryd --config " + prefix +
+                      "/etc/ferry/ferryd.toml "),
+            std::string::npos)
+      << unit;
+
+  // ferry-run's system config is P/etc/ferry/client.toml for this prefix.
+  std::ofstream(prefix + "/etc/ferry/client.toml") << "server = \"from-prefix:7070\"\n";
+  run = RunToEnd({prefix + "/bin/ferry-run", "--print-env"},
+                 {{"HOME", dir + "/empty-home"}, {"XDG_CONFIG_HOME", ""}, {"LD_LIBRARY_PATH", ""}},
+                 dir + "/print-env");
+  ASSERT_TRUE(run.status.success()) << run.Describe();
+  EXPECT_NE(run.out.find("export LD_LIBRARY_PATH='" + prefix + "/lib/ferry'\n"), std::string::npos)
+      << run.out;
+  EXPECT_NE(run.out.find("export FERRY_SERVER='from-prefix:7070'\n"), std::string::npos) << run.out;
+
+  std::ofstream(prefix + "/etc/ferry/ferryd.toml") << "# edited\n";
+  run = RunToEnd(install, {}, dir + "/install2", 300s);
+  ASSERT_TRUE(run.status.success()) << run.Describe();
+  EXPECT_EQ(ReadWholeFile(prefix + "/etc/ferry/ferryd.toml"), "# edited\n");
+  fs::remove_all(dir);  // the binaries are large
+}
+
 }  // namespace
 }  // namespace ferry::test
