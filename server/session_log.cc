@@ -60,6 +60,7 @@ void LogSessionEnded(const SessionInfo& info, const SessionGrant& grant) {
   fields.emplace_back("bytes_from_client", info.bytes_from_client);
   fields.emplace_back("bytes_to_client", info.bytes_to_client);
   fields.emplace_back("peak_bytes_allocated", info.peak_bytes_allocated);
+  fields.emplace_back("module_image_bytes_received", info.module_image_bytes_received);
   fields.emplace_back("reason", info.end_reason);
   WriteLogLine(LogLevel::kInfo,
                "session " + std::to_string(info.id) + " closed; all its resources are freed",

@@ -3,7 +3,8 @@
 // who (peer address, client pid, host and program, the token's name and id
 // when ferryd checks tokens), what (the devices: whole GPUs, or slices of a
 // pool), and at the end how long it lasted, the bytes each way on its
-// connection, its peak device memory and why it ended. Text lines carry
+// connection, its peak device memory, the module image bytes it uploaded and
+// why it ended. Text lines carry
 // these as key=value after the sentence; with --log-format json they are
 // members of the line's object (common/log.h), e.g.
 //   {"time":...,"msg":"session 7 closed; all its resources are freed",
@@ -12,7 +13,8 @@
 //    "token_name":"alice","token_id":"...",
 //    "pool":"dev","devices":"gpu0:slice1/4","duration_ms":12500,
 //    "bytes_from_client":1048576,"bytes_to_client":2048,
-//    "peak_bytes_allocated":268435456,"reason":"the client closed the connection"}
+//    "peak_bytes_allocated":268435456,"module_image_bytes_received":0,
+//    "reason":"the client closed the connection"}
 //
 // Thread-safety: free functions; any thread.
 #pragma once
