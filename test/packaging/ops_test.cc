@@ -20,6 +20,7 @@
 
 #include "ops_support.h"
 #include "test/support/ferryd.h"
+#include "test/support/wait.h"
 
 namespace ferry::test {
 namespace {
@@ -231,6 +232,44 @@ TEST(LogFormatTest, TextLinesCarryTheSameFieldsAsKeyValuePairs) {
   }
   // A value with spaces is quoted, so the line splits back into its fields.
   EXPECT_NE(end_line.find(" reason=\""), std::string::npos) << end_line;
+}
+
+TEST(LogFormatTest, APreemptedSessionsEndLineNamesItsSliceAndThePreemption) {
+  const std::string dir = MakeTempDir("preemptlog");
+  ASSERT_FALSE(dir.empty());
+  const std::string config = dir + "/ferryd.toml";
+  WriteFile(config,
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nbackend = \"host\"\ndefault_pool = \"dev\"\n"
+            "[[gpu]]\nindex = 0\nmemory = \"1GiB\"\n"
+            "[pool.dev]\nslices_per_gpu = 2\n[pool.train]\nslices_per_gpu = 1\n");
+  std::string address, error;
+  std::optional<ChildProcess> ferryd = StartFerryd(
+      FERRY_TEST_FERRYD, {"--config", config, "--log-format", "json"}, dir, 30s, &address, &error);
+  ASSERT_TRUE(ferryd.has_value()) << error;
+  // pool_client holds a slice (and 1 MiB on it) until its calls fail.
+  std::optional<ChildProcess> holder =
+      ChildProcess::Start({FERRY_TEST_POOL_CLIENT, "hold", dir + "/release"},
+                          ClientEnv(FERRY_TEST_CLIENT_LIB_DIR, address), dir + "/holder", &error);
+  ASSERT_TRUE(holder.has_value()) << error;
+  ASSERT_TRUE(
+      WaitFor([&] { return holder->Stdout().find("READY") != std::string::npos; }, 60s, 10ms))
+      << holder->Describe();
+  RunResult rebind =
+      RunToEnd({FERRY_TEST_FERRYCTL, "rebind", "0", "train", "--preempt", "--server", address}, {},
+               dir + "/rebind");
+  ASSERT_TRUE(rebind.status.success()) << rebind.Describe();
+  EXPECT_EQ(holder->Wait(60s).code, 4) << holder->Describe();  // its calls failed
+  ASSERT_EQ(StopFerryd("ferryd", ferryd, 30s), "");
+
+  const std::optional<std::vector<JsonValue>> lines = ParseJsonLines(ferryd->Stderr(), &error);
+  ASSERT_TRUE(lines.has_value()) << error;
+  const JsonValue* end = FindEvent(*lines, "session_end");
+  ASSERT_NE(end, nullptr) << ferryd->Stderr();
+  EXPECT_EQ(String(*end, "pool"), "dev");
+  EXPECT_EQ(String(*end, "devices"), "gpu0:slice1/2");
+  EXPECT_EQ(Number(*end, "peak_bytes_allocated"), 1 << 20);
+  EXPECT_EQ(String(*end, "reason").rfind("preempted: ", 0), 0u) << String(*end, "reason");
+  EXPECT_EQ(Number(*end, "client_pid"), holder->pid());
 }
 
 class FerryRunTest : public ::testing::Test {
