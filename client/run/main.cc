@@ -227,7 +227,11 @@ int main(int argc, char** argv) {
     }
     if (arg == "--print-env") {
       print_env = true;
-    } else if (arg == "--config" && first + 1 < argc) {
+    } else if (arg == "--config") {
+      if (first + 1 >= argc) {
+        std::fprintf(stderr, "ferry-run: --config needs a FILE\n%s", kUsage);
+        return 2;
+      }
       config = argv[++first];
     } else if (arg.rfind("--config=", 0) == 0) {
       config = std::string(arg.substr(9));
