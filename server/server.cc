@@ -598,7 +598,7 @@ void Server::ServeClient(uint64_t id, std::unique_ptr<Transport> transport,
     }
   }
   if (!worker_command_.empty() && transport->CanHandOver()) {
-    ServeClientInWorker(id, std::move(transport), hello, hello_words, std::move(grant));
+    ServeClientInWorker(id, std::move(transport), hello, hello_words, std::move(grant), token);
     return;
   }
   auto session = std::make_shared<Session>(id, std::move(transport), backend_, hello,
@@ -679,7 +679,8 @@ std::string Server::TakeEarlyPreemption(uint64_t id) {
 
 void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transport,
                                  wire::Hello::Reader hello,
-                                 std::span<const capnp::word> hello_words, SessionGrant grant) {
+                                 std::span<const capnp::word> hello_words, SessionGrant grant,
+                                 const std::optional<auth::Token>& token) {
   const std::string who = "session " + std::to_string(id) + " (" + transport->PeerName() +
                           ", pid " + std::to_string(hello.getPid()) + ", " +
                           hello.getProgram().cStr() + "@" + hello.getHost().cStr() + ")";
@@ -704,6 +705,10 @@ void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transpo
   basics.program = hello.getProgram().cStr();
   basics.since_unix_ms = absl::ToUnixMillis(absl::Now());
   basics.device_bytes.assign(grant.devices.size(), 0);
+  if (token.has_value()) {
+    basics.token_name = token->name;
+    basics.token_id = token->id;
+  }
   // TLS: the client will run a new TLS session with the worker and prove
   // itself with this secret (server/session_worker.h).
   std::vector<uint8_t> tls_secret;
@@ -770,6 +775,7 @@ void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transpo
     std::lock_guard<std::mutex> lock(mutex_);
     early_preemptions_.erase(id);
   }
+  LogWorkerSessionEnded(worker->Info(), worker->grant(), ended);
 }
 
 Status Server::BorrowFor(uint64_t id, Transport& transport, wire::Hello::Reader hello,

@@ -168,7 +168,7 @@ class Server {
   // worker could not start.
   void ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transport,
                            wire::Hello::Reader hello, std::span<const capnp::word> hello_words,
-                           SessionGrant grant);
+                           SessionGrant grant, const std::optional<auth::Token>& token);
   // A worker for a session with `environment`: the spare when it fits (no
   // environment of its own) and lives, else a new one; a spare is then made
   // again in the background.

@@ -67,4 +67,14 @@ void LogSessionEnded(const SessionInfo& info, const SessionGrant& grant) {
                fields);
 }
 
+void LogWorkerSessionEnded(SessionInfo info, const SessionGrant& grant,
+                           const std::string& how_it_died) {
+  if (!how_it_died.empty()) {
+    // It was handed its client, so it served (or was about to).
+    info.started = true;
+    info.end_reason = "its worker process " + how_it_died;
+  }
+  LogSessionEnded(info, grant);
+}
+
 }  // namespace ferry::server

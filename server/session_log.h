@@ -33,6 +33,13 @@ void LogSessionStarted(const SessionInfo& info, const SessionGrant& grant);
 // started (refused at its handshake).
 void LogSessionEnded(const SessionInfo& info, const SessionGrant& grant);
 
+// The same for a session that ran in a worker process (session_worker.h):
+// `info` is the worker's final report. A worker that died (`how_it_died`
+// not empty, e.g. "killed by signal 11 (Segmentation fault)") sent none: its
+// line has the figures last known and says how it died.
+void LogWorkerSessionEnded(SessionInfo info, const SessionGrant& grant,
+                           const std::string& how_it_died);
+
 // "gpu0,gpu1" for whole GPUs, "gpu0:slice2/4" for slices (1-based, as
 // ferryctl status shows them).
 std::string DescribeDevices(const SessionGrant& grant);

@@ -80,6 +80,13 @@ void InfoToWire(const SessionInfo& in, wire::WorkerSessionInfo::Builder out) {
   }
   out.setModuleImageBytesReceived(in.module_image_bytes_received);
   out.setAllocationsWaitedForReleases(in.allocations_waited_for_releases);
+  out.setTokenName(in.token_name);
+  out.setTokenId(in.token_id);
+  out.setBytesFromClient(in.bytes_from_client);
+  out.setBytesToClient(in.bytes_to_client);
+  out.setPeakBytesAllocated(in.peak_bytes_allocated);
+  out.setEndReason(in.end_reason);
+  out.setStarted(in.started);
 }
 
 SessionInfo InfoFromWire(uint64_t id, wire::WorkerSessionInfo::Reader in) {
@@ -99,6 +106,13 @@ SessionInfo InfoFromWire(uint64_t id, wire::WorkerSessionInfo::Reader in) {
   for (uint64_t bytes : in.getDeviceBytes()) out.device_bytes.push_back(bytes);
   out.module_image_bytes_received = in.getModuleImageBytesReceived();
   out.allocations_waited_for_releases = in.getAllocationsWaitedForReleases();
+  out.token_name = in.getTokenName().cStr();
+  out.token_id = in.getTokenId().cStr();
+  out.bytes_from_client = in.getBytesFromClient();
+  out.bytes_to_client = in.getBytesToClient();
+  out.peak_bytes_allocated = in.getPeakBytesAllocated();
+  out.end_reason = in.getEndReason().cStr();
+  out.started = in.getStarted();
   return out;
 }
 
@@ -282,6 +296,7 @@ Status SessionWorker::Start(uint64_t session_id, Transport& transport,
   FERRY_RETURN_IF_ERROR(transport.Release(&handover));
   session_id_ = session_id;
   grant_ = grant;
+  const std::string token_name = basics.token_name, token_id = basics.token_id;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     last_info_ = std::move(basics);
@@ -309,6 +324,8 @@ Status SessionWorker::Start(uint64_t session_id, Transport& transport,
     }
     start.setBufferLimit(buffer_limit);
     start.setPreemption(preemption);
+    start.setTokenName(token_name);
+    start.setTokenId(token_id);
     auto t = start.initTransport();
     t.setKind(static_cast<uint8_t>(handover.kind));
     t.setPeerName(handover.peer_name);
@@ -340,6 +357,11 @@ std::string SessionWorker::Supervise(ModuleCache* images) {
           last_info_ = InfoFromWire(session_id_, answer.getInfo());
           info_answers_[answer.getRequestId()] = last_info_;
           answered_.notify_all();
+          break;
+        }
+        case wire::FromWorker::FINAL: {
+          std::lock_guard<std::mutex> lock(mutex_);
+          last_info_ = InfoFromWire(session_id_, message.getFinal());
           break;
         }
         case wire::FromWorker::PREEMPTED: {
@@ -696,6 +718,7 @@ int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backe
                                         hello_reader->getRoot<wire::Hello>(), std::move(grant),
                                         &worker_link);
     session->SetBufferLimit(start.getBufferLimit());
+    session->SetToken(start.getTokenName().cStr(), start.getTokenId().cStr());
     preemption = start.getPreemption().cStr();
   } catch (const kj::Exception& e) {
     FERRY_LOG(kError) << "session worker: bad start message: " << e.getDescription().cStr();
@@ -769,6 +792,9 @@ int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backe
     for (std::thread& t : preempts) t.join();
     preempts.clear();
   }
+  // The session's last figures, for its end log line in the main process.
+  (void)worker_link.Send(Encode<wire::FromWorker>(
+      [&](wire::FromWorker::Builder root) { InfoToWire(session->Info(), root.initFinal()); }));
   // Done: closing the link tells the main process, which reaps this process
   // and returns the session's slices once it has exited.
   ::shutdown(link, SHUT_RDWR);

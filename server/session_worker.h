@@ -94,7 +94,8 @@ class SessionWorker final : public ServedSession {
   // the client's Hello (`hello`, the frame's words), `grant` (compute
   // mechanisms chosen), the session's buffer limit and, when not empty, the
   // reason it was preempted before it started. `basics` is what Info shows
-  // when the worker cannot be asked. On failure the connection stays with
+  // when the worker cannot be asked; its token name and id go to the
+  // worker's session (its log lines). On failure the connection stays with
   // `transport` if it could not be released.
   // Over TLS the caller has sent the client `tls_secret`
   // (HelloReply.handoverSecret); the worker runs the new TLS session and
@@ -104,7 +105,8 @@ class SessionWorker final : public ServedSession {
                SessionInfo basics, std::span<const uint8_t> tls_secret = {});
 
   // Serves the worker's requests (module images from `images`, may be null)
-  // and delivers its answers until the link closes; then waits for the
+  // and delivers its answers (its session's final figures, FromWorker.final,
+  // become what Info shows) until the link closes; then waits for the
   // worker to exit (killing it after kExitGrace) and returns how it ended:
   // "" for a clean exit, else e.g. "killed by signal 11 (Segmentation
   // fault)". The calling thread is the worker's supervisor.

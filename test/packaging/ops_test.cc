@@ -180,7 +180,8 @@ TEST(LogFormatTest, EveryJsonLineParsesAndTheSessionLinesSayWhoWhatHowLongAndHow
     for (const char* key : {"time", "level", "program", "msg"}) {
       EXPECT_TRUE(line.Find(key) != nullptr && line.Find(key)->is_string()) << key;
     }
-    EXPECT_EQ(Number(line, "pid"), ferryd->pid());
+    // ferryd's own, or its session worker's (session_worker.h).
+    EXPECT_GT(Number(line, "pid"), 0);
   }
   const JsonValue* start = FindEvent(*lines, "session_start");
   const JsonValue* end = FindEvent(*lines, "session_end");
@@ -270,6 +271,53 @@ TEST(LogFormatTest, APreemptedSessionsEndLineNamesItsSliceAndThePreemption) {
   EXPECT_EQ(Number(*end, "peak_bytes_allocated"), 1 << 20);
   EXPECT_EQ(String(*end, "reason").rfind("preempted: ", 0), 0u) << String(*end, "reason");
   EXPECT_EQ(Number(*end, "client_pid"), holder->pid());
+}
+
+// A session's worker process that dies sends no final figures: its end line
+// comes anyway, saying how it died.
+TEST(LogFormatTest, ASessionWhoseWorkerDiedStillGetsAnEndLine) {
+  const std::string dir = MakeTempDir("workerlog");
+  ASSERT_FALSE(dir.empty());
+  std::string address, error;
+  std::optional<ChildProcess> ferryd = StartFerryd(
+      FERRY_TEST_FERRYD, {"--listen", "127.0.0.1:0", "--backend", "host", "--log-format", "json"},
+      dir, 30s, &address, &error);
+  ASSERT_TRUE(ferryd.has_value()) << error;
+  std::optional<ChildProcess> holder =
+      ChildProcess::Start({FERRY_TEST_POOL_CLIENT, "hold", dir + "/release"},
+                          ClientEnv(FERRY_TEST_CLIENT_LIB_DIR, address), dir + "/holder", &error);
+  ASSERT_TRUE(holder.has_value()) << error;
+  ASSERT_TRUE(
+      WaitFor([&] { return holder->Stdout().find("READY") != std::string::npos; }, 60s, 10ms))
+      << holder->Describe();
+  // The start line comes from the session's worker process: its pid. It may
+  // follow the client's READY (it is written after the handshake's reply).
+  std::optional<std::vector<JsonValue>> lines;
+  const JsonValue* start = nullptr;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        std::string text = ferryd->Stderr();
+        text.resize(text.rfind('\n') + 1);  // whole lines only
+        lines = ParseJsonLines(text, &error);
+        start = lines.has_value() ? FindEvent(*lines, "session_start") : nullptr;
+        return start != nullptr;
+      },
+      30s, 10ms))
+      << ferryd->Stderr();
+  const auto worker = static_cast<pid_t>(Number(*start, "pid"));
+  ASSERT_NE(worker, ferryd->pid()) << "the session did not run in a worker process";
+  ASSERT_EQ(kill(worker, SIGKILL), 0);
+  EXPECT_NE(holder->Wait(60s).code, 0) << holder->Describe();
+  ASSERT_EQ(StopFerryd("ferryd", ferryd, 30s), "");
+
+  lines = ParseJsonLines(ferryd->Stderr(), &error);
+  ASSERT_TRUE(lines.has_value()) << error;
+  const JsonValue* end = FindEvent(*lines, "session_end");
+  ASSERT_NE(end, nullptr) << ferryd->Stderr();
+  EXPECT_EQ(Number(*end, "pid"), ferryd->pid());
+  EXPECT_EQ(Number(*end, "client_pid"), holder->pid());
+  EXPECT_NE(String(*end, "reason").find("worker process killed by signal 9"), std::string::npos)
+      << String(*end, "reason");
 }
 
 class FerryRunTest : public ::testing::Test {
