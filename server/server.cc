@@ -765,9 +765,11 @@ void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transpo
     FERRY_LOG(kWarning) << who << " ended: its worker process " << worker->pid() << " " << ended
                         << "; everything it held is gone with it";
   }
+  bool stopping = false;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     sessions_.erase(id);
+    stopping = stopping_;
   }
   // The worker has exited: its memory is free, so its slices can go.
   if (pool_ != nullptr) pool_->Return(id);
@@ -775,7 +777,7 @@ void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transpo
     std::lock_guard<std::mutex> lock(mutex_);
     early_preemptions_.erase(id);
   }
-  LogWorkerSessionEnded(worker->Info(), worker->grant(), ended);
+  LogWorkerSessionEnded(*worker, ended, stopping);
 }
 
 Status Server::BorrowFor(uint64_t id, Transport& transport, wire::Hello::Reader hello,

@@ -67,14 +67,19 @@ void LogSessionEnded(const SessionInfo& info, const SessionGrant& grant) {
                fields);
 }
 
-void LogWorkerSessionEnded(SessionInfo info, const SessionGrant& grant,
-                           const std::string& how_it_died) {
-  if (!how_it_died.empty()) {
+void LogWorkerSessionEnded(const SessionWorker& worker, const std::string& how_it_died,
+                           bool ferryd_stopping) {
+  SessionInfo info = worker.Info();
+  if (!worker.SentFinalFigures()) {
     // It was handed its client, so it served (or was about to).
     info.started = true;
-    info.end_reason = "its worker process " + how_it_died;
+    if (!how_it_died.empty()) {
+      info.end_reason = "its worker process " + how_it_died;
+    } else if (info.end_reason.empty()) {
+      info.end_reason = ferryd_stopping ? "ferryd stopped" : "its worker process ended";
+    }
   }
-  LogSessionEnded(info, grant);
+  LogSessionEnded(info, worker.grant());
 }
 
 }  // namespace ferry::server

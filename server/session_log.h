@@ -23,6 +23,7 @@
 
 #include "server/session.h"
 #include "server/session_shares.h"
+#include "server/session_worker.h"
 
 namespace ferry::server {
 
@@ -33,12 +34,14 @@ void LogSessionStarted(const SessionInfo& info, const SessionGrant& grant);
 // started (refused at its handshake).
 void LogSessionEnded(const SessionInfo& info, const SessionGrant& grant);
 
-// The same for a session that ran in a worker process (session_worker.h):
-// `info` is the worker's final report. A worker that died (`how_it_died`
-// not empty, e.g. "killed by signal 11 (Segmentation fault)") sent none: its
-// line has the figures last known and says how it died.
-void LogWorkerSessionEnded(SessionInfo info, const SessionGrant& grant,
-                           const std::string& how_it_died);
+// The same for a session that ran in a worker process, once the worker has
+// exited (`how_it_died`: "" for a clean exit, else e.g. "killed by signal 11
+// (Segmentation fault)"). Its figures are the worker's final report; a
+// worker that sent none (it died, or ferryd stopped — `ferryd_stopping` —
+// and closed the link first) gets a line with the figures last known and
+// that reason.
+void LogWorkerSessionEnded(const SessionWorker& worker, const std::string& how_it_died,
+                           bool ferryd_stopping);
 
 // "gpu0,gpu1" for whole GPUs, "gpu0:slice2/4" for slices (1-based, as
 // ferryctl status shows them).

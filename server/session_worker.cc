@@ -362,6 +362,7 @@ std::string SessionWorker::Supervise(ModuleCache* images) {
         case wire::FromWorker::FINAL: {
           std::lock_guard<std::mutex> lock(mutex_);
           last_info_ = InfoFromWire(session_id_, message.getFinal());
+          final_received_ = true;
           break;
         }
         case wire::FromWorker::PREEMPTED: {
@@ -494,6 +495,11 @@ bool SessionWorker::Preempt(const std::string& reason) {
   // Preempt) before it answers; the link closing answers too.
   answered_.wait(lock, [&] { return link_closed_ || preempt_answer_.has_value(); });
   return preempt_answer_.value_or(false);
+}
+
+bool SessionWorker::SentFinalFigures() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return final_received_;
 }
 
 void SessionWorker::Stop() { ::shutdown(link_, SHUT_RDWR); }

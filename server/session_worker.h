@@ -121,6 +121,10 @@ class SessionWorker final : public ServedSession {
   void Stop() override;
 
   pid_t pid() const { return pid_; }
+  // Whether the worker sent its session's final figures (FromWorker.final)
+  // before the link closed; not when ferryd closed the link first (Stop) or
+  // the worker died.
+  bool SentFinalFigures() const;
   // Whether the process has ended (a spare that died waiting), without
   // waiting.
   bool Exited() const;
@@ -147,6 +151,7 @@ class SessionWorker final : public ServedSession {
   mutable std::map<uint64_t, SessionInfo> info_answers_ ABSL_GUARDED_BY(mutex_);
   std::optional<bool> preempt_answer_ ABSL_GUARDED_BY(mutex_);
   bool link_closed_ ABSL_GUARDED_BY(mutex_) = false;
+  bool final_received_ ABSL_GUARDED_BY(mutex_) = false;
   bool reaped_ ABSL_GUARDED_BY(mutex_) = false;
 };
 

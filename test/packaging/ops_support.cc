@@ -1,5 +1,7 @@
 #include "ops_support.h"
 
+#include "test/support/wait.h"
+
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -87,6 +89,26 @@ std::optional<std::vector<e2e::JsonValue>> ParseJsonLines(const std::string& tex
     out.push_back(std::move(*value));
   }
   return out;
+}
+
+std::optional<std::vector<e2e::JsonValue>> WaitForEvent(const ChildProcess& ferryd,
+                                                        const std::string& event,
+                                                        std::chrono::milliseconds timeout,
+                                                        std::string* error) {
+  std::optional<std::vector<e2e::JsonValue>> lines;
+  const bool found = WaitFor(
+      [&] {
+        std::string text = ferryd.Stderr();
+        text.resize(text.rfind('\n') + 1);  // whole lines only: one may be on its way
+        lines = ParseJsonLines(text, error);
+        return lines.has_value() && FindEvent(*lines, event) != nullptr;
+      },
+      timeout, std::chrono::milliseconds(10));
+  if (!found) {
+    if (lines.has_value()) *error = "no " + event + " line in time:\n" + ferryd.Stderr();
+    return std::nullopt;
+  }
+  return lines;
 }
 
 const e2e::JsonValue* FindEvent(const std::vector<e2e::JsonValue>& lines,

@@ -56,6 +56,14 @@ std::optional<std::string> NotifyValue(const std::string& message, const std::st
 std::optional<std::vector<e2e::JsonValue>> ParseJsonLines(const std::string& text,
                                                           std::string* error);
 
+// Waits up to `timeout` until `ferryd`'s stderr (JSON lines) holds a whole
+// line with "event" `event`; returns every whole line then (nullopt on
+// timeout or a line that does not parse, with why in `*error`).
+std::optional<std::vector<e2e::JsonValue>> WaitForEvent(const ChildProcess& ferryd,
+                                                        const std::string& event,
+                                                        std::chrono::milliseconds timeout,
+                                                        std::string* error);
+
 // The first object among `lines` whose "event" member is `event`.
 const e2e::JsonValue* FindEvent(const std::vector<e2e::JsonValue>& lines, const std::string& event);
 

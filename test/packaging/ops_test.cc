@@ -171,6 +171,8 @@ TEST(LogFormatTest, EveryJsonLineParsesAndTheSessionLinesSayWhoWhatHowLongAndHow
   ASSERT_TRUE(ferryd.has_value()) << error;
   const RunResult demo = RunVectorAdd(dir, address, {{"FERRY_TOKEN", secret}});
   EXPECT_TRUE(demo.status.success()) << demo.Describe();
+  // The end line comes once ferryd has seen the client go.
+  ASSERT_TRUE(WaitForEvent(*ferryd, "session_end", 30s, &error).has_value()) << error;
   ASSERT_EQ(StopFerryd("ferryd", ferryd, 30s), "");
 
   const std::optional<std::vector<JsonValue>> lines = ParseJsonLines(ferryd->Stderr(), &error);
@@ -217,6 +219,9 @@ TEST(LogFormatTest, TextLinesCarryTheSameFieldsAsKeyValuePairs) {
   ASSERT_TRUE(ferryd.has_value()) << error;
   const RunResult demo = RunVectorAdd(dir, address);
   EXPECT_TRUE(demo.status.success()) << demo.Describe();
+  ASSERT_TRUE(WaitFor(
+      [&] { return ferryd->Stderr().find(" event=session_end ") != std::string::npos; }, 30s, 10ms))
+      << ferryd->Stderr();
   ASSERT_EQ(StopFerryd("ferryd", ferryd, 30s), "");
   std::string end_line;
   std::istringstream lines(ferryd->Stderr());
@@ -260,10 +265,10 @@ TEST(LogFormatTest, APreemptedSessionsEndLineNamesItsSliceAndThePreemption) {
                dir + "/rebind");
   ASSERT_TRUE(rebind.status.success()) << rebind.Describe();
   EXPECT_EQ(holder->Wait(60s).code, 4) << holder->Describe();  // its calls failed
-  ASSERT_EQ(StopFerryd("ferryd", ferryd, 30s), "");
-
-  const std::optional<std::vector<JsonValue>> lines = ParseJsonLines(ferryd->Stderr(), &error);
+  const std::optional<std::vector<JsonValue>> lines =
+      WaitForEvent(*ferryd, "session_end", 30s, &error);
   ASSERT_TRUE(lines.has_value()) << error;
+  ASSERT_EQ(StopFerryd("ferryd", ferryd, 30s), "");
   const JsonValue* end = FindEvent(*lines, "session_end");
   ASSERT_NE(end, nullptr) << ferryd->Stderr();
   EXPECT_EQ(String(*end, "pool"), "dev");
@@ -292,32 +297,47 @@ TEST(LogFormatTest, ASessionWhoseWorkerDiedStillGetsAnEndLine) {
       << holder->Describe();
   // The start line comes from the session's worker process: its pid. It may
   // follow the client's READY (it is written after the handshake's reply).
-  std::optional<std::vector<JsonValue>> lines;
-  const JsonValue* start = nullptr;
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        std::string text = ferryd->Stderr();
-        text.resize(text.rfind('\n') + 1);  // whole lines only
-        lines = ParseJsonLines(text, &error);
-        start = lines.has_value() ? FindEvent(*lines, "session_start") : nullptr;
-        return start != nullptr;
-      },
-      30s, 10ms))
-      << ferryd->Stderr();
+  std::optional<std::vector<JsonValue>> lines = WaitForEvent(*ferryd, "session_start", 30s, &error);
+  ASSERT_TRUE(lines.has_value()) << error;
+  const JsonValue* start = FindEvent(*lines, "session_start");
   const auto worker = static_cast<pid_t>(Number(*start, "pid"));
   ASSERT_NE(worker, ferryd->pid()) << "the session did not run in a worker process";
   ASSERT_EQ(kill(worker, SIGKILL), 0);
   EXPECT_NE(holder->Wait(60s).code, 0) << holder->Describe();
-  ASSERT_EQ(StopFerryd("ferryd", ferryd, 30s), "");
-
-  lines = ParseJsonLines(ferryd->Stderr(), &error);
+  lines = WaitForEvent(*ferryd, "session_end", 30s, &error);
   ASSERT_TRUE(lines.has_value()) << error;
+  ASSERT_EQ(StopFerryd("ferryd", ferryd, 30s), "");
   const JsonValue* end = FindEvent(*lines, "session_end");
   ASSERT_NE(end, nullptr) << ferryd->Stderr();
   EXPECT_EQ(Number(*end, "pid"), ferryd->pid());
   EXPECT_EQ(Number(*end, "client_pid"), holder->pid());
   EXPECT_NE(String(*end, "reason").find("worker process killed by signal 9"), std::string::npos)
       << String(*end, "reason");
+}
+
+// ferryd stopping ends every session: each still gets its end line.
+TEST(LogFormatTest, SessionsEndedByFerrydStoppingGetEndLines) {
+  const std::string dir = MakeTempDir("stoplog");
+  ASSERT_FALSE(dir.empty());
+  std::string address, error;
+  std::optional<ChildProcess> ferryd = StartFerryd(
+      FERRY_TEST_FERRYD, {"--listen", "127.0.0.1:0", "--backend", "host", "--log-format", "json"},
+      dir, 30s, &address, &error);
+  ASSERT_TRUE(ferryd.has_value()) << error;
+  std::optional<ChildProcess> holder =
+      ChildProcess::Start({FERRY_TEST_POOL_CLIENT, "hold", dir + "/release"},
+                          ClientEnv(FERRY_TEST_CLIENT_LIB_DIR, address), dir + "/holder", &error);
+  ASSERT_TRUE(holder.has_value()) << error;
+  ASSERT_TRUE(WaitForEvent(*ferryd, "session_start", 30s, &error).has_value()) << error;
+  ASSERT_EQ(StopFerryd("ferryd", ferryd, 30s), "");
+  EXPECT_NE(holder->Wait(60s).code, 0) << holder->Describe();
+
+  const std::optional<std::vector<JsonValue>> lines = ParseJsonLines(ferryd->Stderr(), &error);
+  ASSERT_TRUE(lines.has_value()) << error;
+  const JsonValue* end = FindEvent(*lines, "session_end");
+  ASSERT_NE(end, nullptr) << ferryd->Stderr();
+  EXPECT_EQ(Number(*end, "client_pid"), holder->pid());
+  EXPECT_FALSE(String(*end, "reason").empty());
 }
 
 class FerryRunTest : public ::testing::Test {
