@@ -41,6 +41,10 @@ struct WorkerStart {
   preemption @6 :Text;           # not empty: preempted before it started, for this reason
   transport @7 :HandedTransport;
   tlsSecret @8 :Data;            # TLS: what the client's second Hello must carry (HelloReply.handoverSecret)
+  # operator logs (server/session_log.h): the token the client authenticated
+  # with ("" = none), for the session's log lines.
+  tokenName @9 :Text;
+  tokenId @10 :Text;
 }
 
 # A snapshot of the session (server/session.h SessionInfo).
@@ -59,6 +63,14 @@ struct WorkerSessionInfo {
   deviceBytes @11 :List(UInt64);
   moduleImageBytesReceived @12 :UInt64;
   allocationsWaitedForReleases @13 :UInt64;
+  # operator logs (server/session_log.h)
+  tokenName @14 :Text;
+  tokenId @15 :Text;
+  bytesFromClient @16 :UInt64;
+  bytesToClient @17 :UInt64;
+  peakBytesAllocated @18 :UInt64;
+  endReason @19 :Text;
+  started @20 :Bool;
 }
 
 # A module image by name (server/module_cache.h): SHA-256 and length.
@@ -98,6 +110,8 @@ struct FromWorker {
     findImage @2 :FindImage;
     keepImage @3 :ImageName;      # a sealed memfd with the image beside; the main process checks its hash
     ready @4 :Text;               # first, once: "" when its backend is up (then it waits for start), else why not
+    final @5 :WorkerSessionInfo;  # last, once: the session's figures after it ended and freed
+                                  # everything (its end log line, server/session_log.h)
   }
 }
 

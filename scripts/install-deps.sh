@@ -18,6 +18,8 @@ packages=(
   libssl-dev            # SHA-256 naming module images in ferryd's image cache
   rdma-core libibverbs-dev librdmacm-dev  # RDMA transport (later)
   clang libclang-rt-dev  # scripts/fuzz.sh: libFuzzer and the ASan/UBSan runtimes come with clang only
+  dpkg-dev file         # cpack's .deb packages: dpkg-shlibdeps finds their dependencies (test/packaging)
+  systemd               # systemd-analyze verify checks the ferryd.service unit (test/packaging)
 )
 
 missing=()

@@ -168,12 +168,13 @@ run_probes() {
 uploaded_bytes() {  # uploaded_bytes: bytes of module images the last session sent
   local opened closed
   for _ in $(seq 50); do
-    opened=$(grep -c ' opened: ' "$work/ferryd.log")
-    closed=$(grep -c ' closed; ' "$work/ferryd.log")
+    opened=$(grep -c ' event=session_start ' "$work/ferryd.log")
+    closed=$(grep -c ' event=session_end ' "$work/ferryd.log")
     ((closed >= opened)) && break
     sleep 0.1
   done
-  sed -n 's/.*closed; .*module images: \([0-9]*\) bytes received.*/\1/p' "$work/ferryd.log" | tail -n 1
+  sed -n 's/.* event=session_end .* module_image_bytes_received=\([0-9]*\) .*/\1/p' "$work/ferryd.log" |
+    tail -n 1
 }
 
 run_started=$(date +%s.%N)

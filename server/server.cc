@@ -20,6 +20,7 @@
 #include "common/log.h"
 #include "common/shm_transport.h"
 #include "common/units.h"
+#include "server/session_log.h"
 
 namespace ferry::server {
 namespace {
@@ -597,12 +598,13 @@ void Server::ServeClient(uint64_t id, std::unique_ptr<Transport> transport,
     }
   }
   if (!worker_command_.empty() && transport->CanHandOver()) {
-    ServeClientInWorker(id, std::move(transport), hello, hello_words, std::move(grant));
+    ServeClientInWorker(id, std::move(transport), hello, hello_words, std::move(grant), token);
     return;
   }
   auto session = std::make_shared<Session>(id, std::move(transport), backend_, hello,
                                            std::move(grant), module_cache_.get());
   session->SetBufferLimit(limits_.session_buffer_bytes);
+  if (token.has_value()) session->SetToken(token->name, token->id);
   std::string early_preemption;
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -625,6 +627,7 @@ void Server::ServeClient(uint64_t id, std::unique_ptr<Transport> transport,
     std::lock_guard<std::mutex> lock(mutex_);
     early_preemptions_.erase(id);
   }
+  LogSessionEnded(session->Info(), session->grant());
   session.reset();
 }
 
@@ -678,7 +681,8 @@ std::string Server::TakeEarlyPreemption(uint64_t id) {
 
 void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transport,
                                  wire::Hello::Reader hello,
-                                 std::span<const capnp::word> hello_words, SessionGrant grant) {
+                                 std::span<const capnp::word> hello_words, SessionGrant grant,
+                                 const std::optional<auth::Token>& token) {
   const std::string who = "session " + std::to_string(id) + " (" + transport->PeerName() +
                           ", pid " + std::to_string(hello.getPid()) + ", " +
                           hello.getProgram().cStr() + "@" + hello.getHost().cStr() + ")";
@@ -696,6 +700,10 @@ void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transpo
   basics.program = hello.getProgram().cStr();
   basics.since_unix_ms = absl::ToUnixMillis(absl::Now());
   basics.device_bytes.assign(grant.devices.size(), 0);
+  if (token.has_value()) {
+    basics.token_name = token->name;
+    basics.token_id = token->id;
+  }
   // TLS: the client will run a new TLS session with the worker and prove
   // itself with this secret (server/session_worker.h).
   std::vector<uint8_t> tls_secret;
@@ -785,9 +793,11 @@ void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transpo
     FERRY_LOG(kWarning) << who << " ended: its worker process " << worker->pid() << " " << ended
                         << "; everything it held is gone with it";
   }
+  bool stopping = false;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     sessions_.erase(id);
+    stopping = stopping_;
   }
   // The worker has exited: its memory is free, so its slices can go.
   if (pool_ != nullptr) pool_->Return(id);
@@ -795,6 +805,7 @@ void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transpo
     std::lock_guard<std::mutex> lock(mutex_);
     early_preemptions_.erase(id);
   }
+  LogWorkerSessionEnded(*worker, ended, stopping);
 }
 
 Status Server::BorrowFor(uint64_t id, Transport& transport, wire::Hello::Reader hello,

@@ -170,7 +170,7 @@ class Server {
   // connection close) and its slices are returned.
   void ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transport,
                            wire::Hello::Reader hello, std::span<const capnp::word> hello_words,
-                           SessionGrant grant);
+                           SessionGrant grant, const std::optional<auth::Token>& token);
   // The sessions now, for asking each outside the lock.
   std::vector<std::shared_ptr<ServedSession>> LiveSessions() const;
   // A worker for a session with `environment`: the spare when it fits (no

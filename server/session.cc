@@ -16,6 +16,7 @@
 
 #include "common/log.h"
 #include "server/session_internal.h"
+#include "server/session_log.h"
 
 namespace ferry::server {
 namespace {
@@ -51,7 +52,7 @@ Session::Session(uint64_t id, std::unique_ptr<Transport> transport, backend::Gpu
 Session::Session(uint64_t id, std::unique_ptr<Transport> transport, backend::GpuBackend& backend,
                  wire::Hello::Reader hello, SessionGrant grant, ModuleImages* module_cache)
     : id_(id),
-      transport_(std::move(transport)),
+      transport_(std::make_unique<CountingTransport>(std::move(transport))),
       backend_(backend),
       module_cache_(module_cache),
       pid_(hello.getPid()),
@@ -100,10 +101,12 @@ bool Session::Preempt(const std::string& reason) {
                         << "): " << reason << "; its current batch did not end within "
                         << absl::FormatDuration(absl::FromChrono(preempt_batch_wait_))
                         << ", so the session is closed";
+    SetEndReasonIfUnset("preempted: " + reason);
     Stop();
     return false;
   }
   if (!revoked_.ok()) return true;
+  SetEndReasonIfUnset("preempted: " + reason);
   revoked_ = Status::Cuda(CUDA_ERROR_DEVICE_UNAVAILABLE, reason);
   FERRY_LOG(kWarning) << "session " << id_ << " (pid " << pid_ << ", " << program_ << "@" << host_
                       << "): " << reason << "; freeing all its resources";
@@ -112,6 +115,11 @@ bool Session::Preempt(const std::string& reason) {
   // The notice: seq 0 answers no call. Before the handshake, Run answers it.
   if (handshake_answered_) SendReply(0, revoked_);
   return true;
+}
+
+void Session::SetEndReasonIfUnset(const std::string& reason) {
+  std::lock_guard<std::mutex> lock(end_reason_mutex_);
+  if (end_reason_.empty()) end_reason_ = reason;
 }
 
 void Session::AbandonQueuedWork() {
@@ -137,6 +145,16 @@ SessionInfo Session::Info() const {
     info.device_bytes.push_back(shares_.device_bytes(static_cast<int>(i)));
   }
   info.module_image_bytes_received = module_image_bytes_received_.load();
+  info.token_name = token_name_;
+  info.token_id = token_id_;
+  info.bytes_from_client = transport_->bytes_read();
+  info.bytes_to_client = transport_->bytes_written();
+  info.peak_bytes_allocated = shares_.peak_bytes_allocated();
+  {
+    std::lock_guard<std::mutex> lock(end_reason_mutex_);
+    info.end_reason = end_reason_;
+  }
+  info.started = started_.load();
   return info;
 }
 
@@ -205,8 +223,8 @@ void Session::Run() {
       return;
     }
   }
-  FERRY_LOG(kInfo) << "session " << id_ << " opened: " << transport_->PeerName() << " pid " << pid_
-                   << " (" << program_ << "@" << host_ << ")";
+  started_.store(true);
+  LogSessionStarted(Info(), grant_);
   ServeLoop(/*helper=*/false);
   // Serving ends only when reading failed (the peer left or broke the
   // protocol), so nobody reads what is still written. The transport is shut
@@ -232,8 +250,9 @@ void Session::Run() {
     AbandonQueuedWork();
     FreeEverything();
   }
-  FERRY_LOG(kInfo) << "session " << id_ << " closed; all its resources are freed (module images: "
-                   << module_image_bytes_received_.load() << " bytes received)";
+  // The session's end line (LogSessionEnded) comes from its owner, which
+  // returns its slices after this.
+  FERRY_LOG(kDebug) << "session " << id_ << ": all its resources are freed";
 }
 
 // Two roles serve a session: the reader reads frames from the transport,
@@ -405,6 +424,7 @@ void Session::EndServing(const Status& why) {
     gates.swap(gates_);
     serve_cv_.notify_all();
   }
+  SetEndReasonIfUnset(why.message());
   if (why.code() == StatusCode::kDisconnected) {
     FERRY_LOG(kInfo) << "session " << id_ << ": " << why.message();
   } else {

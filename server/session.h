@@ -77,6 +77,7 @@
 #include "common/transport.h"
 #include "schema/ferry.capnp.h"
 #include "server/backend/api/gpu_backend.h"
+#include "server/counting_transport.h"
 #include "server/handle_table.h"
 #include "server/module_cache.h"
 #include "server/session_shares.h"
@@ -102,6 +103,14 @@ struct SessionInfo {
   // Allocations that did not fit the quota at first and waited for memory the
   // session had freed to be released (Session::CheckQuotaAfterReleases).
   uint64_t allocations_waited_for_releases = 0;
+  // operator logs (server/session_log.h): who and what a session was, over
+  // its life.
+  std::string token_name, token_id;   // the token it authenticated with; "" = none
+  uint64_t bytes_from_client = 0;     // frames and payloads read from the client
+  uint64_t bytes_to_client = 0;       // frames and payloads written to it
+  uint64_t peak_bytes_allocated = 0;  // the most device memory it held at once
+  std::string end_reason;             // why serving ended; "" while it serves
+  bool started = false;               // its handshake was answered: it served
 };
 
 // A live client session as ferryd's Server holds it: a Session in this
@@ -158,6 +167,11 @@ class Session final : public ServedSession {
   // that cannot (a host gate is closed) ends the session. Default
   // kDefaultBufferLimit.
   void SetBufferLimit(uint64_t bytes) { buffer_limit_ = bytes; }
+  // Before Run: the token the client authenticated with, for logs and Info.
+  void SetToken(std::string name, std::string id) {
+    token_name_ = std::move(name);
+    token_id_ = std::move(id);
+  }
   static constexpr uint64_t kDefaultBufferLimit = 4ull << 30;
   // The shortest keepalive period a client may ask for (Hello.keepaliveMs).
   static constexpr uint32_t kMinKeepaliveMs = 10;
@@ -728,7 +742,8 @@ class Session final : public ServedSession {
 #include "server/generated/session_handlers.inc"
 
   const uint64_t id_;
-  std::unique_ptr<Transport> transport_;
+  // Counts the bytes each way for Info (operator logs).
+  const std::unique_ptr<CountingTransport> transport_;
   backend::GpuBackend& backend_;
   ModuleImages* const module_cache_;
   const uint32_t pid_;
@@ -736,6 +751,7 @@ class Session final : public ServedSession {
   const std::string program_;
   const int64_t since_unix_ms_;
   const SessionGrant grant_;
+  std::string token_name_, token_id_;  // SetToken, before Run
 
   // Quotas and compute shares of the grant's devices (after grant_).
   SessionShares shares_;
@@ -816,6 +832,12 @@ class Session final : public ServedSession {
   uint64_t inbox_bytes_ ABSL_GUARDED_BY(serve_mutex_) = 0;
   bool executing_ ABSL_GUARDED_BY(serve_mutex_) = false;  // a thread holds the executor role
   bool serving_ended_ ABSL_GUARDED_BY(serve_mutex_) = false;
+  // Why the session ends: its devices taken (Preempt) or, first, why serving
+  // ended (EndServing). For Info; any thread.
+  mutable std::mutex end_reason_mutex_;
+  std::string end_reason_ ABSL_GUARDED_BY(end_reason_mutex_);
+  std::atomic<bool> started_{false};  // Run answered the handshake
+  void SetEndReasonIfUnset(const std::string& reason);
   // serving_ended_, readable without the lock: the executor stops
   // dispatching the rest of a batch once the connection is gone.
   std::atomic<bool> serving_ended_flag_{false};

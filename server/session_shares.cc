@@ -113,8 +113,12 @@ Status SessionShares::CheckQuota(int device, uint64_t bytes) const {
 
 void SessionShares::Charge(int device, uint64_t bytes) {
   device_bytes_[device].fetch_add(bytes);
-  bytes_allocated_.fetch_add(bytes);
+  const uint64_t now = bytes_allocated_.fetch_add(bytes) + bytes;
   allocation_count_.fetch_add(1);
+  // Raise the peak to `now` unless a concurrent Charge raised it further.
+  uint64_t peak = peak_bytes_allocated_.load();
+  while (now > peak && !peak_bytes_allocated_.compare_exchange_weak(peak, now)) {
+  }
 }
 
 void SessionShares::Uncharge(int device, uint64_t bytes) {

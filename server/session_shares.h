@@ -134,6 +134,8 @@ class SessionShares {
   // Counters for status; any thread.
   uint64_t bytes_allocated() const { return bytes_allocated_.load(); }
   uint64_t allocations() const { return allocation_count_.load(); }
+  // The most bytes_allocated() has been.
+  uint64_t peak_bytes_allocated() const { return peak_bytes_allocated_.load(); }
   uint64_t device_bytes(int device) const { return device_bytes_[device].load(); }
 
   // Whether launches on `device` are throttled (a share < 1 without an SM
@@ -169,6 +171,7 @@ class SessionShares {
   std::unique_ptr<std::atomic<uint64_t>[]> device_bytes_;  // per session device
   std::atomic<uint64_t> bytes_allocated_{0};
   std::atomic<uint64_t> allocation_count_{0};
+  std::atomic<uint64_t> peak_bytes_allocated_{0};
   // Per device; null = not throttled. The vector is fixed at construction;
   // the objects' state is guarded by mutex_.
   std::vector<std::unique_ptr<DeviceThrottle>> throttles_;

@@ -80,6 +80,13 @@ void InfoToWire(const SessionInfo& in, wire::WorkerSessionInfo::Builder out) {
   }
   out.setModuleImageBytesReceived(in.module_image_bytes_received);
   out.setAllocationsWaitedForReleases(in.allocations_waited_for_releases);
+  out.setTokenName(in.token_name);
+  out.setTokenId(in.token_id);
+  out.setBytesFromClient(in.bytes_from_client);
+  out.setBytesToClient(in.bytes_to_client);
+  out.setPeakBytesAllocated(in.peak_bytes_allocated);
+  out.setEndReason(in.end_reason);
+  out.setStarted(in.started);
 }
 
 SessionInfo InfoFromWire(uint64_t id, wire::WorkerSessionInfo::Reader in) {
@@ -99,6 +106,13 @@ SessionInfo InfoFromWire(uint64_t id, wire::WorkerSessionInfo::Reader in) {
   for (uint64_t bytes : in.getDeviceBytes()) out.device_bytes.push_back(bytes);
   out.module_image_bytes_received = in.getModuleImageBytesReceived();
   out.allocations_waited_for_releases = in.getAllocationsWaitedForReleases();
+  out.token_name = in.getTokenName().cStr();
+  out.token_id = in.getTokenId().cStr();
+  out.bytes_from_client = in.getBytesFromClient();
+  out.bytes_to_client = in.getBytesToClient();
+  out.peak_bytes_allocated = in.getPeakBytesAllocated();
+  out.end_reason = in.getEndReason().cStr();
+  out.started = in.getStarted();
   return out;
 }
 
@@ -289,6 +303,7 @@ Status SessionWorker::Start(uint64_t session_id, TransportHandover& handover,
                             SessionInfo basics, std::span<const uint8_t> tls_secret) {
   session_id_ = session_id;
   grant_ = grant;
+  const std::string token_name = basics.token_name, token_id = basics.token_id;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     last_info_ = std::move(basics);
@@ -316,6 +331,8 @@ Status SessionWorker::Start(uint64_t session_id, TransportHandover& handover,
     }
     start.setBufferLimit(buffer_limit);
     start.setPreemption(preemption);
+    start.setTokenName(token_name);
+    start.setTokenId(token_id);
     auto t = start.initTransport();
     t.setKind(static_cast<uint8_t>(handover.kind));
     t.setPeerName(handover.peer_name);
@@ -349,6 +366,12 @@ std::string SessionWorker::Supervise(ModuleCache* images) {
             asked->second = last_info_;
             answered_.notify_all();
           }
+          break;
+        }
+        case wire::FromWorker::FINAL: {
+          std::lock_guard<std::mutex> lock(mutex_);
+          last_info_ = InfoFromWire(session_id_, message.getFinal());
+          final_received_ = true;
           break;
         }
         case wire::FromWorker::PREEMPTED: {
@@ -500,6 +523,11 @@ bool SessionWorker::Preempt(const std::string& reason) {
     return false;
   }
   return preempt_answer_.value_or(false);
+}
+
+bool SessionWorker::SentFinalFigures() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return final_received_;
 }
 
 void SessionWorker::Stop() { ::shutdown(link_, SHUT_RDWR); }
@@ -736,6 +764,7 @@ int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backe
                                         hello_reader->getRoot<wire::Hello>(), std::move(grant),
                                         &worker_link);
     session->SetBufferLimit(start.getBufferLimit());
+    session->SetToken(start.getTokenName().cStr(), start.getTokenId().cStr());
     preemption = start.getPreemption().cStr();
   } catch (const kj::Exception& e) {
     FERRY_LOG(kError) << "session worker: bad start message: " << e.getDescription().cStr();
@@ -813,6 +842,9 @@ int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backe
     for (std::thread& t : preempts) t.join();
     preempts.clear();
   }
+  // The session's last figures, for its end log line in the main process.
+  (void)worker_link.Send(Encode<wire::FromWorker>(
+      [&](wire::FromWorker::Builder root) { InfoToWire(session->Info(), root.initFinal()); }));
   // Done: closing the link tells the main process, which reaps this process
   // and returns the session's slices once it has exited.
   ::shutdown(link, SHUT_RDWR);

@@ -107,7 +107,8 @@ class SessionWorker final : public ServedSession {
   // client's Hello (`hello`, the frame's words), `grant` (compute mechanisms
   // chosen), the session's buffer limit and, when not empty, the reason it
   // was preempted before it started. `basics` is what Info shows when the
-  // worker cannot be asked. On success `handover`'s descriptors are closed
+  // worker cannot be asked; its token name and id go to the worker's session
+  // (its log lines). On success `handover`'s descriptors are closed
   // here (the worker has its own); on failure they stay in `handover`, for
   // another worker.
   // Over TLS the caller has sent the client `tls_secret`
@@ -118,7 +119,8 @@ class SessionWorker final : public ServedSession {
                SessionInfo basics, std::span<const uint8_t> tls_secret = {});
 
   // Serves the worker's requests (module images from `images`, may be null)
-  // and delivers its answers until the link closes; then waits for the
+  // and delivers its answers (its session's final figures, FromWorker.final,
+  // become what Info shows) until the link closes; then waits for the
   // worker to exit (killing it after kExitGrace) and returns how it ended:
   // "" for a clean exit, else e.g. "killed by signal 11 (Segmentation
   // fault)". The calling thread is the worker's supervisor.
@@ -136,6 +138,10 @@ class SessionWorker final : public ServedSession {
   void Stop() override;
 
   pid_t pid() const { return pid_; }
+  // Whether the worker sent its session's final figures (FromWorker.final)
+  // before the link closed; not when ferryd closed the link first (Stop) or
+  // the worker died.
+  bool SentFinalFigures() const;
   // Whether the process has ended (a spare that died waiting), without
   // waiting.
   bool Exited() const;
@@ -167,6 +173,7 @@ class SessionWorker final : public ServedSession {
   uint64_t preempt_request_ ABSL_GUARDED_BY(mutex_) = 0;  // the one asked now
   std::optional<bool> preempt_answer_ ABSL_GUARDED_BY(mutex_);
   bool link_closed_ ABSL_GUARDED_BY(mutex_) = false;
+  bool final_received_ ABSL_GUARDED_BY(mutex_) = false;
   bool reaped_ ABSL_GUARDED_BY(mutex_) = false;
 };
 

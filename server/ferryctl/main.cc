@@ -38,6 +38,7 @@
 
 #include "common/credentials.h"
 #include "common/frame.h"
+#include "common/json.h"
 #include "common/log.h"
 #include "common/tls_transport.h"
 #include "common/transport.h"
@@ -46,35 +47,6 @@
 
 namespace ferry {
 namespace {
-
-std::string JsonString(std::string_view s) {
-  std::string out = "\"";
-  for (char c : s) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          char buf[8];
-          snprintf(buf, sizeof(buf), "\\u%04x", c);
-          out += buf;
-        } else {
-          out += c;
-        }
-    }
-  }
-  return out + "\"";
-}
 
 // Builds one JSON object: Add("key", raw JSON value).
 class JsonObject {

@@ -9,7 +9,8 @@
 //          [--session-buffer SIZE]
 //          [--token-file PATH | --no-auth] [--tls-cert PEM --tls-key PEM | --no-tls]
 //          [--unix-group GROUP] [--unix-allow-uid UID ...] [--unix-allow-gid GID ...]
-//          [--log-level debug|info|warning|error] [--compute-sharing auto|mps]
+//          [--log-level debug|info|warning|error] [--log-format text|json]
+//          [--compute-sharing auto|mps]
 //          [--sessions-in-process]
 //   ferryd --help | --version
 //
@@ -32,6 +33,8 @@
 // SIGTERM and SIGINT stop it cleanly: listeners close, every session ends and
 // frees its resources, and ferryd exits 0. SIGHUP re-reads the config file
 // (as `ferryctl reload` does); a bad file is rejected and the old config stays.
+// Under systemd (Type=notify) it reports ready once it listens, and reloads
+// and stops as they begin (service_notify.h).
 //
 // --test-fake-clock TIME (tests only) runs the pool on a clock that stands at
 // TIME (RFC 3339, e.g. 2026-03-10T19:59:00+08:00) and moves only when
@@ -65,6 +68,7 @@
 #include "server/pool/clock.h"
 #include "server/pool/config.h"
 #include "server/server.h"
+#include "service_notify.h"
 
 namespace ferry {
 namespace {
@@ -258,6 +262,18 @@ int ParseArgs(int argc, char** argv, Flags* flags) {
       app.add_option("--log-level", log_level, "debug, info, warning or error")
           ->check(CLI::IsMember({"debug", "info", "warning", "error"}))
           ->type_name("LEVEL");
+  // Operators (README.md "Logs"): every log line as one JSON object instead
+  // of text. Applied while parsing, so the lines about the rest of the
+  // command line and the config are in that format too.
+  app.add_option_function<std::string>(
+         "--log-format",
+         [](const std::string& text) {
+           LogFormat format = LogFormat::kText;
+           if (ParseLogFormat(text, &format)) SetLogFormat(format);
+         },
+         "text (default) or json: one JSON object per line, every line")
+      ->check(CLI::IsMember({"text", "json"}))
+      ->type_name("FORMAT");
   CLI::Option* fake_clock_option =
       app.add_option("--test-fake-clock", test_fake_clock,
                      "tests only: the pool's clock stands at TIME (RFC 3339) and moves only by\n"
@@ -508,6 +524,8 @@ Status CheckMps(const backend::GpuBackend& backend) {
 
 int Main(int argc, char** argv) {
   SetLogProgram("ferryd");
+  // Before any thread starts: it edits the environment.
+  ServiceNotifier service_manager = ServiceNotifier::FromEnvironment();
   Flags flags;
   if (const int exit_status = ParseArgs(argc, argv, &flags); exit_status >= 0) return exit_status;
   pool::Config config;
@@ -661,21 +679,28 @@ int Main(int argc, char** argv) {
       return 1;
     }
   }
+  std::string listening = "listening on";
+  for (const std::string& bound : server.BoundAddresses()) listening += " " + bound;
+  service_manager.Ready(listening);
 
   for (;;) {
     int signal_number = 0;
     sigwait(&signals, &signal_number);
     if (signal_number == SIGHUP) {
+      service_manager.Reloading();
       std::string summary;
       Status reloaded = server.Reload(&summary);
       if (!reloaded.ok()) {
         FERRY_LOG(kWarning) << "SIGHUP: " << reloaded.message();
       }
+      service_manager.Ready(reloaded.ok() ? listening + "; reloaded"
+                                          : listening + "; reload rejected: " + reloaded.message());
       continue;
     }
     FERRY_LOG(kInfo) << "received " << strsignal(signal_number) << "; stopping";
     break;
   }
+  service_manager.Stopping();
   server.Stop();
   backend.reset();
   FERRY_LOG(kInfo) << "stopped";

@@ -70,6 +70,21 @@ TEST(SessionSharesTest, QuotaRefusesWhatDoesNotFitAndFollowsChargesAndFrees) {
   EXPECT_TRUE(shares.CheckQuota(0, 1 << 20).ok());
 }
 
+TEST(SessionSharesTest, ThePeakIsTheMostHeldAtOnceAcrossDevices) {
+  const SessionGrant grant = TestGrant();
+  SessionShares shares(grant);
+  EXPECT_EQ(shares.peak_bytes_allocated(), 0u);
+  shares.Charge(0, 300);
+  shares.Charge(1, 200);
+  shares.Uncharge(0, 300);
+  shares.Charge(1, 250);  // 450 held: below the 500 of before
+  EXPECT_EQ(shares.peak_bytes_allocated(), 500u);
+  shares.Charge(0, 100);  // 550
+  shares.Uncharge(1, 450);
+  EXPECT_EQ(shares.peak_bytes_allocated(), 550u);
+  EXPECT_EQ(shares.bytes_allocated(), 100u);
+}
+
 TEST(SessionSharesTest, MemInfoOfASliceIsItsQuota) {
   const SessionGrant grant = TestGrant();
   SessionShares shares(grant);
