@@ -105,8 +105,9 @@ Status EndCapture(CUstream stream, bool per_thread, CUgraph* graph) {
   });
   if (status.cuda_result() == CUDA_ERROR_STREAM_CAPTURE_UNMATCHED) return status;
   rt.graphs().ForgetCapture(capture.id);
+  const uint32_t host_nodes = rt.graphs().TakeCapturedHostNodes(capture.graph);
   FERRY_RETURN_IF_ERROR(status);
-  rt.graphs().AddGraph(capture.graph, /*opaque=*/true);
+  rt.graphs().AddGraph(capture.graph, /*opaque=*/true, host_nodes);
   *graph = Runtime::ToHandle<CUgraph>(capture.graph);
   return Status::Ok();
 }
@@ -209,7 +210,8 @@ Status Instantiate(CUgraphExec* exec, CUgraph graph, unsigned long long flags,
 }
 
 // cuGraphLaunch (`upload` false) and cuGraphUpload: one call, ordered on the
-// stream.
+// stream. A launch of a graph with host nodes carries one host gate per host
+// node (client/api_graph_host.cc).
 Status LaunchOrUpload(CUgraphExec exec, CUstream stream, bool per_thread, bool upload) {
   Runtime& rt = Runtime::Get();
   FERRY_RETURN_IF_ERROR(rt.Ready());
@@ -219,11 +221,36 @@ Status LaunchOrUpload(CUgraphExec exec, CUstream stream, bool per_thread, bool u
   }
   StreamTarget target;
   FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
-  FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
-    wire::GraphLaunch::Builder args = upload ? call.initGraphUpload() : call.initGraphLaunch();
-    SetStreamTarget(args, target);
-    args.setExec(id);
-  }));
+  const uint32_t host_nodes = upload ? 0 : rt.graphs().ExecHostNodes(id);
+  CaptureState capture;
+  if (host_nodes != 0 && rt.graphs().AnyCapture() && target.stream != 0 &&
+      rt.graphs().FindCapture(target.stream, &capture)) {
+    // A host node holds its launch's stream for this process, which a
+    // capture cannot record (the server refuses it too): the capture is
+    // invalidated, as for any call it cannot take.
+    FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
+      auto args = call.initStreamCaptureInvalidate();
+      SetStreamTarget(args, target);
+    }));
+    return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+                        "a graph with host nodes cannot be launched into a capture");
+  }
+  if (host_nodes != 0) {
+    FERRY_RETURN_IF_ERROR(rt.connection().PostHostGates(
+        [&](wire::Call::Builder call) {
+          wire::GraphLaunch::Builder args = call.initGraphLaunchHostNodes();
+          SetStreamTarget(args, target);
+          args.setExec(id);
+          args.setHostNodes(host_nodes);
+        },
+        host_nodes));
+  } else {
+    FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
+      wire::GraphLaunch::Builder args = upload ? call.initGraphUpload() : call.initGraphLaunch();
+      SetStreamTarget(args, target);
+      args.setExec(id);
+    }));
+  }
   // The executable graph's user-object references outlive it until this
   // launch has finished.
   if (!upload) rt.user_objects().ExecLaunched(id, stream, per_thread);

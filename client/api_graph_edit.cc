@@ -121,8 +121,6 @@ Status EditEdges(CUgraph graph, const CUgraphNode* from, const CUgraphNode* to,
 // The name a node kind ferry does not forward is logged under (once each).
 const char* UnforwardedKindName(CUgraphNodeType type) {
   switch (type) {
-    case CU_GRAPH_NODE_TYPE_HOST:
-      return "CUgraphNodeParams of a host node";
     case CU_GRAPH_NODE_TYPE_WAIT_EVENT:
       return "CUgraphNodeParams of an event wait node";
     case CU_GRAPH_NODE_TYPE_EVENT_RECORD:
@@ -145,7 +143,7 @@ const char* UnforwardedKindName(CUgraphNodeType type) {
 }
 
 // The generic parameters as the work of the kind-specific calls: empty,
-// kernel, memset, memcpy and child-graph nodes; other kinds NOT_SUPPORTED
+// kernel, memset, memcpy, child-graph and host nodes; other kinds NOT_SUPPORTED
 // (logged once per kind).
 Status WorkOf(const CUgraphNodeParams* params, GraphNodeWork* work) {
   if (params == nullptr) return Status::InvalidArgument("nodeParams is NULL");
@@ -185,11 +183,15 @@ Status WorkOf(const CUgraphNodeParams* params, GraphNodeWork* work) {
                             "forwarded");
       }
       return work->FromChildGraph(p.graph.graph);
+    case CU_GRAPH_NODE_TYPE_HOST: {
+      const CUDA_HOST_NODE_PARAMS host{p.host.fn, p.host.userData};
+      return work->FromHost(&host);
+    }
     default: {
       const char* name = UnforwardedKindName(p.type);
       ferry::client::Unsupported(name,
-                                 "ferry forwards empty, kernel, memset, memcpy and "
-                                 "child-graph nodes through the generic entry points");
+                                 "ferry forwards empty, kernel, memset, memcpy, "
+                                 "child-graph and host nodes through the generic entry points");
       return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, std::string(name) + " is not forwarded");
     }
   }

@@ -129,8 +129,15 @@ Status AddHostGate(CUstream stream, bool per_thread, ferry::client::Connection::
 // failed (nor when the connection is lost). An error ferry latched from an
 // earlier call does not stop it: CUDA would have returned that error from the
 // call itself, and the context would still work.
+// On a capturing stream the function becomes a host node of the capture
+// (CaptureHostFunc).
 Status LaunchHostFunc(CUstream stream, CUhostFn fn, void* user_data, bool per_thread) {
   if (fn == nullptr) return Status::InvalidArgument("cuLaunchHostFunc: fn is NULL");
+  StreamTarget target;
+  FERRY_RETURN_IF_ERROR(Runtime::Get().ResolveStream(stream, per_thread, &target));
+  bool captured = false;
+  FERRY_RETURN_IF_ERROR(CaptureHostFunc(target, fn, user_data, &captured));
+  if (captured) return Status::Ok();
   return AddHostGate(stream, per_thread, [fn, user_data](const Status&, bool stream_failed) {
     if (!stream_failed) fn(user_data);
   });

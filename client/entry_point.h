@@ -77,3 +77,9 @@ void ForgetGraphMemory(uint64_t exec);
 // nodes (cuda.h: such a graph cannot be cloned, nor its nodes or edges
 // removed; the server refuses them too, but these calls do not wait).
 ferry::Status CheckGraphWithoutMemoryNodes(uint64_t graph, const char* what);
+
+// graph host nodes (client/api_graph_host.cc): cuLaunchHostFunc on `target`.
+// When the stream captures, `fn` becomes a host node of the capture
+// (*captured true); otherwise nothing is sent and the caller queues a host
+// gate as usual.
+Status CaptureHostFunc(const StreamTarget& target, CUhostFn fn, void* user_data, bool* captured);

@@ -118,7 +118,20 @@ Status GraphNodeWork::FromChildGraph(CUgraph child) {
   if (!Runtime::Get().graphs().HasGraph(child_)) {
     return Status::InvalidHandle("childGraph is not a graph of this client");
   }
+  // graph host nodes: a host node's gate belongs to a launch of its own graph.
+  if (Runtime::Get().graphs().GraphHostNodes(child_) != 0) {
+    return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "child graphs with host nodes");
+  }
   type_ = CU_GRAPH_NODE_TYPE_GRAPH;
+  return Status::Ok();
+}
+
+Status GraphNodeWork::FromHost(const CUDA_HOST_NODE_PARAMS* p) {
+  if (p == nullptr) return Status::InvalidArgument("nodeParams is NULL");
+  if (p->fn == nullptr) return Status::InvalidArgument("a host node's fn is NULL");
+  FERRY_RETURN_IF_ERROR(HostFunctionId(p->fn, p->userData, &host_function_));
+  host_ = *p;
+  type_ = CU_GRAPH_NODE_TYPE_HOST;
   return Status::Ok();
 }
 
@@ -143,6 +156,9 @@ std::shared_ptr<const RecordedNodeParams> GraphNodeWork::Record() const {
       return record;
     case CU_GRAPH_NODE_TYPE_MEMCPY:
       record->memcpy = memcpy_;
+      return record;
+    case CU_GRAPH_NODE_TYPE_HOST:
+      record->host = host_;
       return record;
     default:
       return nullptr;

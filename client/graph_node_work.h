@@ -38,6 +38,8 @@ class GraphNodeWork {
   // offsets); anything else: NOT_SUPPORTED.
   Status FromMemcpy(const CUDA_MEMCPY3D* p, CUcontext ctx);
   Status FromChildGraph(CUgraph child);
+  // graph host nodes: `p->fn` called with `p->userData` (HostFunctionId).
+  Status FromHost(const CUDA_HOST_NODE_PARAMS* p);
   void FromEmpty() { type_ = CU_GRAPH_NODE_TYPE_EMPTY; }
   // A kernel node's attributes that change its work (cluster shape,
   // cooperation); a new node has none.
@@ -88,6 +90,9 @@ class GraphNodeWork {
       case CU_GRAPH_NODE_TYPE_GRAPH:
         args.setChildGraph(child_);
         break;
+      case CU_GRAPH_NODE_TYPE_HOST:
+        args.setHost(host_function_);
+        break;
       default:
         break;
     }
@@ -116,7 +121,15 @@ class GraphNodeWork {
   CUDA_MEMSET_NODE_PARAMS memset_{};
   CUDA_MEMCPY3D memcpy_{};
   uint64_t child_ = 0;
+  CUDA_HOST_NODE_PARAMS host_{};
+  uint64_t host_function_ = 0;
 };
+
+// graph host nodes (client/api_graph_host.cc): *id gets the id the server
+// knows `fn` called with `user_data` by (schema/ferry.capnp, "Graph host
+// nodes"). The connection gets the function the first time a pair is seen;
+// one id per distinct pair, kept for the process's life.
+Status HostFunctionId(CUhostFn fn, void* user_data, uint64_t* id);
 
 // Adds a node doing `work` to `graph` after `deps` (cuGraphAdd*Node,
 // cuGraphAddNode) and records its parameters (client/api_graph.cc).

@@ -109,9 +109,9 @@ uint64_t GraphRegistry::NewGraph(bool opaque) {
   return id;
 }
 
-void GraphRegistry::AddGraph(uint64_t id, bool opaque) {
+void GraphRegistry::AddGraph(uint64_t id, bool opaque, uint32_t captured_host_nodes) {
   std::lock_guard<std::mutex> lock(mu_);
-  graphs_[id] = GraphState{opaque, {}};
+  graphs_[id] = GraphState{opaque, {}, captured_host_nodes};
 }
 
 bool GraphRegistry::IsOpaque(uint64_t id) {
@@ -325,11 +325,13 @@ uint64_t GraphRegistry::NewExec(uint64_t graph, uint64_t flags) {
   const uint64_t id = ids_->New(HandleKind::kGraphExec);
   std::lock_guard<std::mutex> lock(mu_);
   ExecState state{graph, flags, {}, false, {}, {}};
-  if (auto g = graphs_.find(graph); g == graphs_.end() || g->second.opaque) {
+  auto g = graphs_.find(graph);
+  if (g == graphs_.end() || g->second.opaque) {
     state.opaque = true;
   } else {
     state.shape = ShapeLocked(g->second);
   }
+  if (g != graphs_.end()) state.host_nodes = HostNodesLocked(g->second);
   execs_[id] = std::move(state);
   return id;
 }
@@ -459,7 +461,10 @@ Status GraphRegistry::CloneGraph(uint64_t original, uint64_t* clone,
   std::lock_guard<std::mutex> lock(mu_);
   auto g = graphs_.find(original);
   if (g == graphs_.end()) return Status::InvalidHandle("not a graph of this client");
-  GraphState state{g->second.opaque, {}};
+  GraphState state{g->second.opaque, {}, g->second.captured_host_nodes};
+  // An opaque clone has no node handles: its explicit host nodes are among
+  // those without.
+  if (g->second.opaque) state.captured_host_nodes = HostNodesLocked(g->second);
   copies->clear();
   if (!g->second.opaque) {
     std::unordered_map<uint64_t, uint64_t> copy_of;
@@ -538,6 +543,42 @@ Status GraphRegistry::CheckChildGraphUpdate(uint64_t node, uint64_t child) {
         "the new child graph's topology differs from the one the node was added with");
   }
   return Status::Ok();
+}
+
+void GraphRegistry::NoteCapturedHostNode(uint64_t capture_graph) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++capture_host_nodes_[capture_graph];
+}
+
+uint32_t GraphRegistry::TakeCapturedHostNodes(uint64_t capture_graph) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = capture_host_nodes_.find(capture_graph);
+  if (it == capture_host_nodes_.end()) return 0;
+  const uint32_t count = it->second;
+  capture_host_nodes_.erase(it);
+  return count;
+}
+
+uint32_t GraphRegistry::HostNodesLocked(const GraphState& graph) {
+  uint32_t count = graph.captured_host_nodes;
+  for (uint64_t id : graph.nodes) {
+    if (auto n = nodes_.find(id); n != nodes_.end() && n->second.type == CU_GRAPH_NODE_TYPE_HOST) {
+      ++count;
+    }
+  }
+  return count;
+}
+
+uint32_t GraphRegistry::GraphHostNodes(uint64_t graph) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = graphs_.find(graph);
+  return it == graphs_.end() ? 0 : HostNodesLocked(it->second);
+}
+
+uint32_t GraphRegistry::ExecHostNodes(uint64_t exec) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = execs_.find(exec);
+  return it == execs_.end() ? 0 : it->second.host_nodes;
 }
 
 }  // namespace ferry::client

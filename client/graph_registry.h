@@ -57,6 +57,7 @@ struct RecordedNodeParams {
   CUdeviceptr mem_free = 0;                       // CU_GRAPH_NODE_TYPE_MEM_FREE
   // CU_GRAPH_NODE_TYPE_EVENT_RECORD, _WAIT_EVENT (setting the event replaces the record)
   CUevent event = nullptr;
+  CUDA_HOST_NODE_PARAMS host{};  // CU_GRAPH_NODE_TYPE_HOST (client/api_graph_host.cc)
 };
 
 // A kernel node's attributes (cuGraphKernelNodeSetAttribute), the launch
@@ -109,8 +110,8 @@ class GraphRegistry {
   uint64_t NewGraph(bool opaque = false);  // a graph id, recorded (see AddGraph)
   // Records graph `id`. `opaque`: it has nodes the client has no handles
   // for (captured ones, or a clone of such a graph), so its structure is the
-  // server's only.
-  void AddGraph(uint64_t id, bool opaque = false);
+  // server's only. `captured_host_nodes`: how many of those are host nodes.
+  void AddGraph(uint64_t id, bool opaque = false, uint32_t captured_host_nodes = 0);
   // A graph's structure as the client recorded it (its explicitly added
   // nodes, in the order they were added, with their types and dependencies):
   // enough to answer cuGraphGetNodes, cuGraphGetEdges, cuGraphNodeGet* without
@@ -185,6 +186,19 @@ class GraphRegistry {
   // Forgets the captures of `ctx` (its streams are gone).
   void ForgetContext(uint64_t ctx);
 
+  // --- graph host nodes (client/api_graph_host.cc) ----------------------------
+  // A launch of an executable graph with host nodes carries one host gate per
+  // host node, so the client counts them: explicitly added ones are nodes of
+  // type HOST; captured ones are counted per capture (by the graph it builds)
+  // and given to the graph when the capture ends.
+  void NoteCapturedHostNode(uint64_t capture_graph);
+  uint32_t TakeCapturedHostNodes(uint64_t capture_graph);
+  // How many host nodes `graph` has (0 for an unknown graph).
+  uint32_t GraphHostNodes(uint64_t graph);
+  // How many host nodes each launch of `exec` runs: its graph's when it was
+  // instantiated (an update keeps the node kinds).
+  uint32_t ExecHostNodes(uint64_t exec);
+
   // --- explicit-graph editing (client/api_graph_edit.cc) ---------------------
   // cuGraphAddDependencies (remove false) / cuGraphRemoveDependencies: the
   // edges from[i] -> to[i] of `graph`, all or none, with the driver's rules:
@@ -234,7 +248,11 @@ class GraphRegistry {
   struct GraphState {
     bool opaque = false;          // see AddGraph
     std::vector<uint64_t> nodes;  // explicitly added, in order
+    uint32_t captured_host_nodes = 0;  // host nodes among those without handles
   };
+  uint32_t HostNodesLocked(const GraphState& graph) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Host nodes captured so far, by the graph their capture builds.
+  std::unordered_map<uint64_t, uint32_t> capture_host_nodes_ ABSL_GUARDED_BY(mu_);
   std::unordered_map<uint64_t, GraphState> graphs_ ABSL_GUARDED_BY(mu_);
   struct ExecState {
     uint64_t graph = 0;  // instantiated from
@@ -243,6 +261,7 @@ class GraphRegistry {
     bool opaque = false;          // its graph's structure is the server's only
     std::vector<NodeShape> shape;  // its graph's when it was instantiated
     GraphMemory memory;            // see SetExecMemory
+    uint32_t host_nodes = 0;       // see ExecHostNodes
   };
   std::unordered_map<uint64_t, ExecState> execs_ ABSL_GUARDED_BY(mu_);
   struct NodeState {

@@ -43,7 +43,9 @@
 # any callBatch: it is read even while the session's calls wait behind the
 # gate, which they may, e.g. a stream destroy). A gate still closed when the
 # connection ends is opened by the server. Replies to device-to-host copies
-# that the gate's stream waited for are sent before its gateReached.
+# that the gate's stream waited for are sent before its gateReached. A graph
+# launch whose graph has host nodes (graphLaunchHostNodes) carries one gate
+# per host node, told apart by GateReached.index (see StreamCaptureHostFunc).
 #
 # Handles: contexts, streams, events, modules and functions are named by ids
 # that the client chooses (unique per session, never 0), so creating them needs
@@ -471,6 +473,11 @@ struct Call {
         $waits("never") $handles(["node", "event"]);
     graphExecEventNodeSetEvent @110 :GraphEventNodeEvent  # cuGraphExecEvent{Record,Wait}NodeSetEvent
         $waits("never") $handles(["exec", "node", "event"]);
+    # graph host nodes (graphhost): see StreamCaptureHostFunc
+    streamCaptureHostFunc @111 :StreamCaptureHostFunc  # cuLaunchHostFunc on a capturing stream
+        $waits("never") $orderedOn("stream") $handles(["ctx", "stream"]);
+    graphLaunchHostNodes @112 :GraphLaunch  # graphLaunch of an executable graph with host nodes
+        $waits("gate") $orderedOn("stream") $handles(["ctx", "stream", "exec"]) $usesContext;
   }
 }
 
@@ -817,6 +824,10 @@ struct GraphLaunch {
   ctx @0 :UInt64;
   stream @1 :UInt64;
   exec @2 :UInt64;
+  # graphLaunchHostNodes: how many host nodes the executable graph has, as
+  # the client counts them (each is one host gate of the call); a launch
+  # whose count differs from the server's is refused.
+  hostNodes @3 :UInt32;
 }
 struct GraphClone {
   graph @0 :UInt64;
@@ -841,6 +852,7 @@ struct GraphAddNode {
     memset @5 :Memset;
     memcpy @6 :Memcpy;  # device to device
     childGraph @7 :UInt64;  # a graph, copied as it is now (its later changes are not seen)
+    host @8 :UInt64;        # graph host nodes: the host function's id (see StreamCaptureHostFunc)
   }
 }
 
@@ -896,6 +908,27 @@ struct DeviceGraphMem {
   device @0 :Int32;
   attribute @1 :Int32;
   value @2 :UInt64;
+}
+
+# Graph host nodes (graphhost): cuGraphAddHostNode, cuGraphHostNodeSetParams,
+# cuGraphExecHostNodeSetParams and cuLaunchHostFunc on a capturing stream
+# (streamCaptureHostFunc) give the server a host function by an id the client
+# chose (unique per session, never 0; the client keeps the function and its
+# user data under it). A host node runs in the client, mid-replay: an
+# executable graph with host nodes is launched with graphLaunchHostNodes,
+# whose host gates are its host nodes. When the replay reaches host node i
+# (its dependencies done; the order is the replay's), the server sends a
+# gateReached reply to the launch's seq with `index` i and the node's
+# `hostFunction`, and the replay waits there until the client ran the
+# function and opened that gate (a gateOpen with the seq and index). Each of
+# the launch's `hostNodes` gates is answered exactly once; a refused launch
+# answers each with held false. A launch of such a graph with graphLaunch,
+# into a capture, or as a child graph is refused; the gates of a client
+# that went away are opened by the server (no replay waits on them).
+struct StreamCaptureHostFunc {
+  ctx @0 :UInt64;
+  stream @1 :UInt64;
+  hostFunction @2 :UInt64;
 }
 
 # cuGraphExecKernelNodeSetParams: kernel node `node` (of the graph `exec`
@@ -961,6 +994,7 @@ struct GraphNodeSetParams {
     memset @3 :Memset;
     memcpy @4 :Memcpy;  # device to device
     childGraph @5 :UInt64;
+    host @6 :UInt64;  # graph host nodes: the host function's id
   }
 }
 
@@ -1242,10 +1276,18 @@ struct Reply {
 struct GateReached {
   held @0 :Bool;
   streamFailed @1 :Bool;
+  # graph host nodes: which gate of the call (0 for a hostGate call) and the
+  # host function to run (0 for a hostGate call: the call's own function).
+  index @2 :UInt32;
+  hostFunction @3 :UInt64;
 }
+# GateReached.index of the one answer to a refused graphLaunchHostNodes:
+# it answers every gate of the call.
+const allGatesOfTheCall :UInt32 = 0xffffffff;
 # The message of a gateOpen frame.
 struct GateOpen {
-  gate @0 :UInt64;  # the seq of the hostGate call
+  gate @0 :UInt64;   # the seq of the hostGate (or graphLaunchHostNodes) call
+  index @1 :UInt32;  # which of its gates (GateReached.index)
 }
 
 struct MemAllocResult {

@@ -342,6 +342,7 @@ class Session {
     wire::Memset::Reader memset;
     wire::Memcpy::Reader memcpy;
     uint64_t child = 0;
+    uint64_t host = 0;  // graph host nodes: the host function's id
   };
   struct NodeWork {
     backend::GraphNodeSpec spec;
@@ -444,7 +445,8 @@ class Session {
   void ServeLoop(bool helper);
   // Executes the inbox until it is empty; the caller holds the executor role.
   void DrainInbox();
-  // True when the batch holds a hostGate call (then it is not streamed).
+  // True when the batch holds a call carrying host gates (hostGate,
+  // graphLaunchHostNodes): then it is not streamed.
   static bool BatchHasHostGate(kj::ArrayPtr<const capnp::word> words);
   // Ends serving for `why`: later reads and executions stop, every host gate
   // opens, the transport shuts down. Idempotent; any thread.
@@ -453,7 +455,19 @@ class Session {
   Status StartHelper();
   // A gateOpen frame (reader role).
   Status OpenGate(kj::ArrayPtr<const capnp::word> words, uint64_t bulk_bytes);
-  void SendGateReached(uint64_t seq, const Status& status, bool held, bool stream_failed);
+  // A gateReached reply for gate `index` of call `seq` (graph host nodes:
+  // the node's `host_function`; 0 for a hostGate call's own gate).
+  void SendGateReached(uint64_t seq, const Status& status, bool held, bool stream_failed,
+                       uint32_t index = 0, uint64_t host_function = 0);
+  // A host gate: the seq of the call that carries it and which of the call's
+  // gates it is (graph host nodes; 0 for a hostGate call).
+  using GateKey = std::pair<uint64_t, uint32_t>;
+  // Registers `gate` as closed under `key` before the backend can reach it,
+  // so the client's gateOpen always finds it; a session whose client is gone
+  // opens it at once instead. INVALID_VALUE for a key still registered.
+  Status RegisterGate(GateKey key, const std::shared_ptr<backend::HostGate>& gate);
+  // Takes `key` out (a gate the backend will never reach).
+  void UnregisterGate(GateKey key);
   // Executes one callBatch frame whose message part is `words`; its
   // `bulk_bytes` of payload come from `payload`, call by call.
   Status ExecuteBatch(kj::ArrayPtr<const capnp::word> words, uint64_t bulk_bytes,
@@ -590,6 +604,12 @@ class Session {
   // cuGraph*NodeSetParams (exec_id 0) and cuGraphExec*NodeSetParams: node
   // `node_id` does `work` (of its kind and context) from now on.
   Status SetNodeWork(uint64_t exec_id, uint64_t node_id, NodeWork work);
+  // graphLaunch and graphLaunchHostNodes: executable graph `args.exec` runs
+  // on `args.stream` after the launch checks (its uses, memory and event
+  // nodes), with `host_calls` one per host node of it (graph host nodes,
+  // session_graph_host.cc; a count that differs is refused).
+  Status LaunchGraphExec(wire::GraphLaunch::Reader args,
+                         std::span<const backend::GraphHostCall> host_calls);
   Status CaptureGuard(uint64_t stream, CaptureUse use,
                       std::initializer_list<DeviceRange> ranges = {}, uint64_t module = 0);
   // cuCtxSynchronize while streams of `ctx` capture: invalidates them and
@@ -805,8 +825,8 @@ class Session {
   // dispatching the rest of a batch once the connection is gone.
   std::atomic<bool> serving_ended_flag_{false};
   uint64_t buffer_limit_ = kDefaultBufferLimit;  // set before Run
-  // Host gates not yet opened, by the seq of their hostGate call.
-  std::map<uint64_t, std::shared_ptr<backend::HostGate>> gates_ ABSL_GUARDED_BY(serve_mutex_);
+  // Host gates not yet opened.
+  std::map<GateKey, std::shared_ptr<backend::HostGate>> gates_ ABSL_GUARDED_BY(serve_mutex_);
   // The second serving thread. Started by the executor while that is still
   // Run's thread (before helper_ exists nobody else serves), joined by Run.
   std::thread helper_;

@@ -49,8 +49,9 @@ Status Session::CaptureGuard(uint64_t stream, CaptureUse use,
   const char* why = "the stream is capturing: it cannot be synchronized or queried";
   if (use == CaptureUse::kHostMemory) {
     why =
-        "the stream is capturing: copies to or from host memory and host callbacks cannot be "
-        "captured through ferry";
+        "the stream is capturing: copies to or from host memory, stream callbacks "
+        "(cuStreamAddCallback) and launches of graphs with host nodes cannot be captured "
+        "through ferry";
   } else if (use == CaptureUse::kNotRecorded) {
     why =
         "the stream is capturing: stream-ordered allocation, stream memory operations, copies "
@@ -306,6 +307,9 @@ Status Session::GraphAddNode(wire::GraphAddNode::Reader args, CallContext& cx) {
     case wire::GraphAddNode::CHILD_GRAPH:
       work_args.child = args.getChildGraph();
       break;
+    case wire::GraphAddNode::HOST:
+      work_args.host = args.getHost();
+      break;
     default:
       return Status::InvalidArgument("unknown graph node kind");
   }
@@ -392,6 +396,12 @@ Status Session::NodeWorkOf(const NodeWorkArgs& args, const GraphEntry& graph,
       spec.child = child->graph.get();
       break;
     }
+    case wire::GraphAddNode::HOST:
+      // graph host nodes: the function is the client's; it touches no range.
+      if (args.host == 0) return Status::InvalidArgument("a host node needs a host function id");
+      spec.kind = backend::GraphNodeSpec::Kind::kHost;
+      spec.host_function = args.host;
+      break;
     default:
       return Status::InvalidArgument("unknown graph node kind");
   }
@@ -681,22 +691,37 @@ Status Session::CheckGraphExec(const GraphExecEntry& exec, uint64_t stream_ctx) 
   return Status::Ok();
 }
 
-Status Session::GraphLaunch(wire::GraphLaunch::Reader args) {
+Status Session::GraphLaunch(wire::GraphLaunch::Reader args) { return LaunchGraphExec(args, {}); }
+
+Status Session::LaunchGraphExec(wire::GraphLaunch::Reader args,
+                                std::span<const backend::GraphHostCall> host_calls) {
   GraphExecEntry* exec = nullptr;
   FERRY_RETURN_IF_ERROR(graph_execs_.Find(args.getExec(), &exec));
   backend::Stream* stream = nullptr;
   // FindStream checked that the stream is one of args.ctx's.
   FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
   FERRY_RETURN_IF_ERROR(CheckGraphExec(*exec, args.getCtx()));
-  FERRY_RETURN_IF_ERROR(CaptureGuard(args.getStream(), CaptureUse::kRecorded));
+  uint32_t host_nodes = 0;
+  FERRY_RETURN_IF_ERROR(backend_.GraphExecHostNodes(*exec->exec, &host_nodes));
+  if (host_nodes != host_calls.size()) {
+    return Status::InvalidArgument(
+        "the executable graph has " + std::to_string(host_nodes) +
+        " host nodes; its launch must carry as many host gates (graphLaunchHostNodes), not " +
+        std::to_string(host_calls.size()));
+  }
+  // graph host nodes: a host node holds its launch's stream for a client
+  // round trip, which a capture cannot record.
+  FERRY_RETURN_IF_ERROR(CaptureGuard(
+      args.getStream(), host_nodes != 0 ? CaptureUse::kHostMemory : CaptureUse::kRecorded));
   if (CaptureEntry* capture = CaptureOfStream(args.getStream()); capture != nullptr) {
     capture->uses.Add(*exec->uses);
   }
   FERRY_RETURN_IF_ERROR(CheckGraphMemoryLaunch(*exec));
   FERRY_RETURN_IF_ERROR(CheckGraphEventsLaunch(*exec, args.getStream()));
   // A graph launch is a launch: a throttled device's share applies to it.
-  FERRY_RETURN_IF_ERROR(LaunchUnderShare(
-      args.getCtx(), *stream, [&] { return backend_.LaunchGraph(*exec->exec, *stream); }));
+  FERRY_RETURN_IF_ERROR(LaunchUnderShare(args.getCtx(), *stream, [&] {
+    return backend_.LaunchGraph(*exec->exec, *stream, host_calls);
+  }));
   GraphMemoryLaunched(*exec);
   GraphEventsLaunched(*exec);
   return Status::Ok();

@@ -86,6 +86,10 @@ Status Session::GraphNodeSetParams(wire::GraphNodeSetParams::Reader args, CallCo
       work_args.kind = wire::GraphAddNode::CHILD_GRAPH;
       work_args.child = args.getChildGraph();
       break;
+    case wire::GraphNodeSetParams::HOST:
+      work_args.kind = wire::GraphAddNode::HOST;
+      work_args.host = args.getHost();
+      break;
     default:
       return Status::InvalidArgument("unknown graph node kind");
   }
@@ -107,6 +111,7 @@ Status Session::SetNodeWork(uint64_t exec_id, uint64_t node_id, NodeWork work) {
       : work.spec.kind == backend::GraphNodeSpec::Kind::kMemset ? wire::GraphAddNode::MEMSET
       : work.spec.kind == backend::GraphNodeSpec::Kind::kCopy   ? wire::GraphAddNode::MEMCPY
       : work.spec.kind == backend::GraphNodeSpec::Kind::kChild  ? wire::GraphAddNode::CHILD_GRAPH
+      : work.spec.kind == backend::GraphNodeSpec::Kind::kHost   ? wire::GraphAddNode::HOST
                                                                 : wire::GraphAddNode::EMPTY;
   if (kind != node->kind || kind == wire::GraphAddNode::EMPTY) {
     return Status::InvalidArgument("the parameters are not of the node's kind");

@@ -253,7 +253,9 @@ class GraphNode {
 struct GraphNodeSpec {
   // kChild: `child`'s nodes as one node (the child is copied: its later
   // changes do not reach the node).
-  enum class Kind { kEmpty, kKernel, kMemset, kCopy, kChild };
+  // kHost (graph host nodes): the client's host function `host_function`
+  // runs when a launch reaches the node (GraphHostCall); it has no context.
+  enum class Kind { kEmpty, kKernel, kMemset, kCopy, kChild, kHost };
   Kind kind = Kind::kEmpty;
   Context* ctx = nullptr;  // the work's context (all kinds but kEmpty)
   // kKernel
@@ -267,6 +269,19 @@ struct GraphNodeSpec {
   unsigned element_bytes = 1;
   // kChild
   Graph* child = nullptr;
+  // kHost: the session's id of the host function (never 0)
+  uint64_t host_function = 0;
+};
+// graph host nodes: one host node's part in one launch (LaunchGraph). When
+// the replay reaches the node (its dependencies done), `reached` runs on a
+// backend thread with the node's host function and the launch's status so
+// far; with `held` true the replay then waits until `gate` is opened (the
+// caller must open it, as for EnqueueHostGate). `held` false: the node will
+// never run (its launch failed before it, or is gone), and nothing waits on
+// the gate. `reached` runs exactly once for each call LaunchGraph accepted.
+struct GraphHostCall {
+  std::shared_ptr<HostGate> gate;
+  std::function<void(uint64_t host_function, Status status, bool held)> reached;
 };
 // A loaded image that belongs to no context (cuLibraryLoadData); it gets a
 // Module in each context that uses it (LoadLibraryModule).
@@ -785,9 +800,12 @@ class GpuBackend {
   }
   // Queues all of `exec`'s work on `stream` as one stream operation (event
   // nodes, where a graph has them, queue their records and waits as stream
-  // operations of their own between its parts).
-  virtual Status LaunchGraph(GraphExec& exec, Stream& stream) {
-    (void)exec, (void)stream;
+  // operations of their own between its parts). `host_calls`: one per host
+  // node of `exec` (GraphExecHostNodes), used in the order the replay
+  // reaches the nodes; on failure none of them is used.
+  virtual Status LaunchGraph(GraphExec& exec, Stream& stream,
+                             std::span<const GraphHostCall> host_calls = {}) {
+    (void)exec, (void)stream, (void)host_calls;
     return NoGraphs();
   }
   virtual Status UploadGraph(GraphExec& exec, Stream& stream) {
@@ -862,6 +880,25 @@ class GpuBackend {
   virtual Status SetExecEventNode(GraphExec& exec, GraphNode& node, Event& event, bool wait) {
     (void)exec, (void)node, (void)event, (void)wait;
     return NoGraphs();
+  }
+
+  // --- graph node kinds: host nodes (graphhost) --------------------------------
+  // Host nodes are GraphNodeSpec::Kind::kHost (AddGraphNode, SetGraphNode,
+  // SetExecNode); a graph with host nodes cannot be a child graph
+  // (AddGraphNode refuses it: CUDA_ERROR_NOT_SUPPORTED).
+  // cuLaunchHostFunc on capturing `stream`: the capture records a host node
+  // calling `host_function` (CUDA_ERROR_ILLEGAL_STATE when not capturing).
+  // `origin`: the stream the capture began on (EndCapture's), which is
+  // `stream` or one `stream` joined.
+  virtual Status CaptureHostNode(Stream& stream, Stream& origin, uint64_t host_function) {
+    (void)stream, (void)origin, (void)host_function;
+    return NoGraphs();
+  }
+  // How many host nodes `exec` runs per launch.
+  virtual Status GraphExecHostNodes(GraphExec& exec, uint32_t* count) {
+    (void)exec;
+    *count = 0;
+    return Status::Ok();
   }
 
   // --- explicit-graph editing (graphedit) ------------------------------------

@@ -61,12 +61,14 @@ namespace ferry::backend {
 namespace {
 
 using host_internal::CompletionThread;
+using host_internal::CountHostNodes;
 using host_internal::HostGraph;
-using host_internal::HostGraphExec;
-using host_internal::HostGraphNode;
 using host_internal::HostGraphAllocation;
+using host_internal::HostGraphExec;
 using host_internal::HostGraphMemory;
+using host_internal::HostGraphNode;
 using host_internal::HostGraphOps;
+using host_internal::HostNodeOp;
 using host_internal::StreamPoint;
 using host_internal::StreamQueue;
 
@@ -1865,10 +1867,22 @@ class HostBackend final : public GpuBackend {
 
   // One stream operation runs every node, in order; event nodes split it
   // into segments, each one stream operation, with the events' records and
-  // waits queued between them (HostEventNodeOp).
-  Status LaunchGraph(GraphExec& exec, Stream& stream) override {
+  // waits queued between them (HostEventNodeOp), and so do host nodes, each
+  // a host gate between two segments (HostNodeOp; the replay's order is the
+  // order of `host_calls`).
+  Status LaunchGraph(GraphExec& exec, Stream& stream,
+                     std::span<const GraphHostCall> host_calls) override {
     auto& e = static_cast<HostGraphExec&>(exec);
     const std::shared_ptr<const HostGraphOps> ops = e.ops();
+    if (CountHostNodes(*ops) != host_calls.size()) {
+      return InvalidValue("the executable graph has " + std::to_string(CountHostNodes(*ops)) +
+                          " host nodes; the launch brought " + std::to_string(host_calls.size()) +
+                          " host gates");
+    }
+    for (const GraphHostCall& call : host_calls) {
+      if (call.gate == nullptr || !call.reached) return InvalidValue("a host node without a gate");
+    }
+    size_t next_host_call = 0;
     size_t begin = 0;
     auto queue_segment = [&](size_t end) {
       Append(stream, {}, [ops, begin, end] {
@@ -1877,9 +1891,19 @@ class HostBackend final : public GpuBackend {
     };
     for (size_t i = 0; i < ops->size(); ++i) {
       const auto* event_node = (*ops)[i].target<HostEventNodeOp>();
-      if (event_node == nullptr) continue;
+      const auto* host_node = (*ops)[i].target<HostNodeOp>();
+      if (event_node == nullptr && host_node == nullptr) continue;
       if (i > begin) queue_segment(i);
       begin = i + 1;
+      if (host_node != nullptr) {
+        const GraphHostCall& call = host_calls[next_host_call++];
+        FERRY_RETURN_IF_ERROR(EnqueueHostGate(
+            stream, call.gate,
+            [reached = call.reached, host_function = host_node->host_function](Status status) {
+              reached(host_function, std::move(status), /*held=*/true);
+            }));
+        continue;
+      }
       FERRY_RETURN_IF_ERROR(event_node->wait ? StreamWaitEvent(stream, *event_node->event)
                                              : RecordEvent(*event_node->event, stream));
     }
@@ -1996,6 +2020,24 @@ class HostBackend final : public GpuBackend {
                                                       HostEventNodeOp{&event, wait});
   }
 
+  // --- graph node kinds: host nodes ----------------------------------------------
+  // Recorded as a HostNodeOp in the capture's list (AppendLocked).
+  Status CaptureHostNode(Stream& stream, Stream& origin, uint64_t host_function) override {
+    (void)origin;  // the capture's one list serves all of its streams
+    HostStream& s = AsStream(stream);
+    std::lock_guard<std::mutex> lock(s.ctx().mu);
+    if (s.ActiveCapture() == nullptr) {
+      return Status::Cuda(CUDA_ERROR_ILLEGAL_STATE, "the stream is not capturing");
+    }
+    AppendLocked(stream, {}, HostNodeOp{host_function});
+    return Status::Ok();
+  }
+
+  Status GraphExecHostNodes(GraphExec& exec, uint32_t* count) override {
+    *count = static_cast<uint32_t>(CountHostNodes(*static_cast<HostGraphExec&>(exec).ops()));
+    return Status::Ok();
+  }
+
   // Graph memory is an executable graph's for as long as it lives, and goes
   // back to the device with it: nothing is kept to trim.
   Status TrimGraphMemory(int device) override { return CheckDevice(device); }
@@ -2058,8 +2100,17 @@ class HostBackend final : public GpuBackend {
           std::memmove(AsPointer(dst), AsPointer(src), bytes);
         };
         return Status::Ok();
+      case GraphNodeSpec::Kind::kHost:
+        if (spec.host_function == 0) return InvalidValue("host node without a host function");
+        *op = HostNodeOp{spec.host_function};
+        return Status::Ok();
       case GraphNodeSpec::Kind::kChild: {
         const auto& child = static_cast<const HostGraph&>(*spec.child);
+        // A host node's gate belongs to the launch of the graph that holds
+        // it; inside a child's one operation it could not hold the stream.
+        if (child.HostNodes() != 0) {
+          return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "child graphs with host nodes");
+        }
         auto ops = std::make_shared<HostGraphOps>();
         FERRY_RETURN_IF_ERROR(child.Order(ops.get()));
         *child_nodes = child.size();

@@ -17,7 +17,6 @@ HostGraphMemory::~HostGraphMemory() {
   if (release) release();
 }
 
-
 namespace {
 
 std::atomic<uint64_t> next_node_serial{1};
@@ -41,6 +40,18 @@ HostGraph::HostGraph(HostGraphOps ops) {
     if (previous != nullptr) nodes_.back()->dependencies.push_back(previous);
     previous = nodes_.back().get();
   }
+}
+
+size_t CountHostNodes(const HostGraphOps& ops) {
+  return static_cast<size_t>(std::count_if(ops.begin(), ops.end(), [](const HostGraphOp& op) {
+    return op.target<HostNodeOp>() != nullptr;
+  }));
+}
+
+size_t HostGraph::HostNodes() const {
+  return static_cast<size_t>(std::count_if(nodes_.begin(), nodes_.end(), [](const auto& node) {
+    return node->op.template target<HostNodeOp>() != nullptr;
+  }));
 }
 
 bool HostGraph::Holds(const GraphNode* node) const {

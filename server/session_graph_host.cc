@@ -1,0 +1,94 @@
+// Session handlers for graph host nodes (schema/ferry.capnp, "Graph host
+// nodes"): a host node runs the client's function mid-replay, so each host
+// node of a launch is a host gate of the launch's call. The gates are
+// registered (RegisterGate) before the backend can reach them, keyed by the
+// launch's seq and the gate's index; the backend reports each node as the
+// replay reaches it (backend::GraphHostCall), and the client's gateOpen lets
+// the replay go on. A session that ends opens its gates (EndServing), so a
+// replay never waits on a client that went away.
+
+#include <cuda.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "server/session.h"
+
+namespace ferry::server {
+
+Status Session::StreamCaptureHostFunc(wire::StreamCaptureHostFunc::Reader args) {
+  backend::Stream* stream = nullptr;
+  FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
+  if (args.getHostFunction() == 0) {
+    return Status::InvalidArgument("a host node needs a host function id");
+  }
+  const CaptureEntry* capture = CaptureOfStream(args.getStream());
+  if (capture == nullptr) {
+    return Status::Cuda(CUDA_ERROR_ILLEGAL_STATE, "the stream is not capturing");
+  }
+  backend::Stream* origin = nullptr;
+  FERRY_RETURN_IF_ERROR(FindStream(capture->ctx, capture->origin, &origin));
+  FERRY_RETURN_IF_ERROR(CaptureGuard(args.getStream(), CaptureUse::kRecorded));
+  return backend_.CaptureHostNode(*stream, *origin, args.getHostFunction());
+}
+
+// Each gate's gateReached reports, as a hostGate's does, the launch's own
+// failure if any, else the error latched in the session when it was queued.
+Status Session::GraphLaunchHostNodes(wire::GraphLaunch::Reader args, CallContext& cx) {
+  const uint64_t seq = cx.seq;
+  auto refuse = [&](Status status) {
+    SendGateReached(seq, status, /*held=*/false, /*stream_failed=*/false,
+                    wire::ALL_GATES_OF_THE_CALL);
+    return status;
+  };
+  if (cx.wants_reply) {
+    return refuse(Status::InvalidArgument(
+        "a graphLaunchHostNodes call must not want a reply: its host gates are answered"));
+  }
+  // Checked before any gate is made: the count comes from the client.
+  GraphExecEntry* exec = nullptr;
+  Status status = graph_execs_.Find(args.getExec(), &exec);
+  uint32_t host_nodes = 0;
+  if (status.ok()) status = backend_.GraphExecHostNodes(*exec->exec, &host_nodes);
+  if (status.ok() && (host_nodes == 0 || host_nodes != args.getHostNodes())) {
+    status = Status::InvalidArgument("the executable graph has " + std::to_string(host_nodes) +
+                                     " host nodes; the launch names " +
+                                     std::to_string(args.getHostNodes()));
+  }
+  if (status.ok()) status = StartHelper();
+  if (!status.ok()) return refuse(status);
+
+  std::vector<backend::GraphHostCall> calls(host_nodes);
+  const Status latched = latched_error_;
+  for (uint32_t i = 0; i < host_nodes && status.ok(); ++i) {
+    calls[i].gate = std::make_shared<backend::HostGate>();
+    status = RegisterGate({seq, i}, calls[i].gate);
+    if (!status.ok()) {
+      calls.resize(i);  // the gates registered so far
+      break;
+    }
+    calls[i].reached = [this, seq, i, latched](uint64_t host_function, Status launch_status,
+                                               bool held) {
+      if (!held) UnregisterGate({seq, i});
+      const bool failed = !launch_status.ok() || !held;
+      SendGateReached(seq, launch_status.ok() ? latched : launch_status, held, failed, i,
+                      host_function);
+      CompletionDone();
+    };
+    CompletionStarted();
+  }
+  if (status.ok()) status = LaunchGraphExec(args, calls);
+  if (!status.ok()) {
+    // The backend took none of the calls: their gates go, open.
+    for (uint32_t i = 0; i < calls.size(); ++i) {
+      UnregisterGate({seq, i});
+      calls[i].gate->Open();
+      if (calls[i].reached) CompletionDone();
+    }
+    return refuse(status);
+  }
+  return Status::Ok();
+}
+
+}  // namespace ferry::server
