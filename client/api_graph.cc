@@ -747,6 +747,10 @@ Status ferry::client::AddWorkNode(CUgraphNode* node, CUgraph graph, const CUgrap
   if (work.type() == CU_GRAPH_NODE_TYPE_GRAPH && Runtime::HandleId(graph) == work.child_graph()) {
     return Status::InvalidArgument("a graph cannot be its own child");
   }
+  if (work.type() == CU_GRAPH_NODE_TYPE_HOST &&
+      Runtime::Get().graphs().IsEmbedded(Runtime::HandleId(graph))) {
+    return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "child graphs with host nodes");
+  }
   FERRY_RETURN_IF_ERROR(AddNode(
       node, graph, deps, count, work.type(),
       [&](wire::GraphAddNode::Builder args) { work.FillAdd(args); }, work.bulk()));
@@ -897,7 +901,8 @@ CUresult CUDAAPI cuGraphExecUpdate(CUgraphExec hGraphExec, CUgraph hGraph,
 }
 
 // The child is copied into the node as it is now (the server does the
-// copying); cuGraphChildGraphNodeGetGraph is not forwarded.
+// copying); cuGraphChildGraphNodeGetGraph names that copy
+// (client/api_graph_host.cc).
 CUresult CUDAAPI cuGraphAddChildGraphNode(CUgraphNode* phGraphNode, CUgraph hGraph,
                                           const CUgraphNode* dependencies, size_t numDependencies,
                                           CUgraph childGraph) {

@@ -11,6 +11,11 @@
 // gate names and opens the gate; the replay goes on. As with cuLaunchHostFunc,
 // the function is skipped when the launch failed before the node, and it must
 // not call CUDA functions that wait.
+//
+// Also here: cuGraphChildGraphNodeGetGraph. A child-graph node runs its own
+// copy of the child (made when the node was added); the handle names that
+// copy, so its edits reach the node's later instantiations (cuda.h). It
+// belongs to the node: cuGraphDestroy refuses it, and it goes with the node.
 #include <cuda.h>
 
 #include <map>
@@ -125,6 +130,31 @@ CUresult CUDAAPI cuGraphHostNodeGetParams(CUgraphNode hNode, CUDA_HOST_NODE_PARA
 CUresult CUDAAPI cuGraphHostNodeSetParams(CUgraphNode hNode,
                                           const CUDA_HOST_NODE_PARAMS* nodeParams) {
   return Api([&] { return SetHostNode(nullptr, hNode, nodeParams); });
+}
+
+CUresult CUDAAPI cuGraphChildGraphNodeGetGraph(CUgraphNode hNode, CUgraph* phGraph) {
+  return Api([&]() -> Status {
+    Runtime& rt = Runtime::Get();
+    if (phGraph == nullptr) return Status::InvalidArgument("phGraph is NULL");
+    FERRY_RETURN_IF_ERROR(rt.Ready());
+    const uint64_t node = Runtime::HandleId(hNode);
+    uint64_t graph = 0;
+    bool is_new = false;
+    std::vector<uint64_t> node_ids;
+    FERRY_RETURN_IF_ERROR(rt.graphs().EmbeddedGraph(node, &graph, &is_new, &node_ids));
+    if (is_new) {
+      FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
+        auto args = call.initGraphChildGraphNodeGetGraph();
+        args.setNode(node);
+        args.setGraph(graph);
+        auto list = args.initNodes(static_cast<unsigned>(node_ids.size()));
+        for (size_t i = 0; i < node_ids.size(); ++i)
+          list.set(static_cast<unsigned>(i), node_ids[i]);
+      }));
+    }
+    *phGraph = Runtime::ToHandle<CUgraph>(graph);
+    return Status::Ok();
+  });
 }
 
 CUresult CUDAAPI cuGraphExecHostNodeSetParams(CUgraphExec hGraphExec, CUgraphNode hNode,

@@ -127,7 +127,8 @@ class GraphRegistry {
   Status GraphOfNode(uint64_t node, uint64_t* graph);
   // Whether graph `id` is opaque (see AddGraph); false for unknown ids.
   bool IsOpaque(uint64_t id);
-  // INVALID_HANDLE for an unknown id.
+  // INVALID_HANDLE for an unknown id; INVALID_VALUE for a child-graph node's
+  // graph (the node owns it). The graphs of its child-graph nodes go with it.
   Status RemoveGraph(uint64_t id);
   bool HasGraph(uint64_t id);
   // An executable graph id, instantiated from `graph`.
@@ -199,6 +200,18 @@ class GraphRegistry {
   // instantiated (an update keeps the node kinds).
   uint32_t ExecHostNodes(uint64_t exec);
 
+  // --- a child-graph node's graph (client/api_graph_host.cc) -----------------
+  // cuGraphChildGraphNodeGetGraph: the id of child-graph node `node`'s own
+  // graph (the copy of the child it runs; the same id every time). The first
+  // time (*is_new) it is recorded with nodes like the child's when the node
+  // was added (*node_ids, in the order added, parameters as recorded then;
+  // none, and an opaque graph, when the child was opaque). INVALID_HANDLE for
+  // an unknown node, INVALID_VALUE for another kind.
+  Status EmbeddedGraph(uint64_t node, uint64_t* graph, bool* is_new,
+                       std::vector<uint64_t>* node_ids);
+  // Whether `graph` is a child-graph node's graph.
+  bool IsEmbedded(uint64_t graph);
+
   // --- explicit-graph editing (client/api_graph_edit.cc) ---------------------
   // cuGraphAddDependencies (remove false) / cuGraphRemoveDependencies: the
   // edges from[i] -> to[i] of `graph`, all or none, with the driver's rules:
@@ -249,6 +262,7 @@ class GraphRegistry {
     bool opaque = false;          // see AddGraph
     std::vector<uint64_t> nodes;  // explicitly added, in order
     uint32_t captured_host_nodes = 0;  // host nodes among those without handles
+    uint64_t embedded_in = 0;          // a child-graph node's graph: the node
   };
   uint32_t HostNodesLocked(const GraphState& graph) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Host nodes captured so far, by the graph their capture builds.
@@ -274,8 +288,11 @@ class GraphRegistry {
     // child-graph nodes: the child's shape when added (opaque: unknown)
     bool child_opaque = false;
     std::vector<NodeShape> child_shape;
+    uint64_t embedded_graph = 0;  // child-graph nodes: their own graph's id, once asked
   };
   std::unordered_map<uint64_t, NodeState> nodes_ ABSL_GUARDED_BY(mu_);
+  // Forgets child-graph node `node`'s graph, if it has one, with its nodes.
+  void ForgetEmbeddedLocked(const NodeState& node) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // GraphShape's work, for a graph known not to be opaque.
   std::vector<NodeShape> ShapeLocked(const GraphState& graph) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 };

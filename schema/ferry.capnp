@@ -478,6 +478,8 @@ struct Call {
         $waits("never") $orderedOn("stream") $handles(["ctx", "stream"]);
     graphLaunchHostNodes @112 :GraphLaunch  # graphLaunch of an executable graph with host nodes
         $waits("gate") $orderedOn("stream") $handles(["ctx", "stream", "exec"]) $usesContext;
+    graphChildGraphNodeGetGraph @113 :GraphChildGraph  # cuGraphChildGraphNodeGetGraph
+        $waits("never") $handles(["node"]);
   }
 }
 
@@ -929,6 +931,21 @@ struct StreamCaptureHostFunc {
   ctx @0 :UInt64;
   stream @1 :UInt64;
   hostFunction @2 :UInt64;
+}
+
+# cuGraphChildGraphNodeGetGraph: child-graph node `node`'s own graph (the
+# copy of the child it runs) becomes graph `graph`, a new id, and its nodes
+# `nodes` (new ids, one for each node of the child as it was added, in the
+# order they were added; none when the child had captured or cloned nodes).
+# Edits of `graph` reach the node: instantiations of the node's graph made
+# after them run them. It belongs to the node: it cannot be destroyed, and
+# goes with the node or its graph; memory allocation and free nodes cannot
+# be added to it (INVALID_VALUE, as the driver documents), nor event or host
+# nodes (NOT_SUPPORTED, as in any child graph). A node has one such id.
+struct GraphChildGraph {
+  node @0 :UInt64;
+  graph @1 :UInt64;
+  nodes @2 :List(UInt64);
 }
 
 # cuGraphExecKernelNodeSetParams: kernel node `node` (of the graph `exec`

@@ -301,13 +301,17 @@ class Session {
   // so a node whose work changes or that is destroyed takes its uses along):
   // UsesOfGraph.
   struct GraphEntry {
-    std::unique_ptr<backend::Graph> graph;
+    // Shared: a child-graph node's graph (session_graph_host.cc) is also
+    // the node's.
+    std::shared_ptr<backend::Graph> graph;
     uint64_t ctx = 0;  // of the captured work; 0: no context's (an empty graph)
     // Shared with clones (never changed once made).
     std::shared_ptr<const GraphUses> uses;
     std::vector<uint64_t> nodes;  // explicitly added node ids, in the order added
     GraphMemNodes mem;            // graph node kinds: memory allocation and free nodes
     GraphEventNodes events;       // graph node kinds: event record and wait nodes
+    // A child-graph node's graph (graphChildGraphNodeGetGraph): the node.
+    uint64_t embedded_in = 0;
   };
   struct GraphNodeEntry {
     backend::GraphNode* node = nullptr;  // owned by the graph
@@ -316,6 +320,11 @@ class Session {
     uint64_t ctx = 0;  // of its work; 0 for an empty node
     GraphUses uses;    // of its work
     int type = 0;      // CUgraphNodeType of the node kinds of session_graph_nodes.cc (else 0)
+    // Child-graph nodes: the child's explicitly added nodes when it was
+    // added, in order (what the nodes of the node's own graph are), and the
+    // id of that graph once the client named it (0 until then).
+    std::shared_ptr<const std::vector<GraphNodeEntry>> child_nodes;
+    uint64_t embedded_graph = 0;
   };
   // An executable graph's uses, like a graph's: `base` (its source's
   // nodes without ids) and each explicitly added node's (node_uses, by the
@@ -592,8 +601,16 @@ class Session {
   Status CheckGraphExec(const GraphExecEntry& exec, uint64_t stream_ctx);
   // An executable graph's uses of a graph's: each range and module once.
   static std::shared_ptr<const GraphUses> ExecUses(const GraphUses& graph_uses);
-  // Everything graph `graph`'s work uses (see GraphEntry).
+  // Everything graph `graph`'s work uses (see GraphEntry; a child-graph
+  // node with a graph of its own named uses that graph's).
   GraphUses UsesOfGraph(const GraphEntry& graph);
+  // A child-graph node's graph goes (with its node, or its node's graph),
+  // with its nodes and their own graphs (session_graph_host.cc).
+  void ForgetEmbeddedGraph(uint64_t graph);
+  // Refuses node kinds a child-graph node's graph cannot take: memory
+  // allocation and free nodes (INVALID_VALUE, as cuda.h documents), event and
+  // host nodes (NOT_SUPPORTED, as in any child graph).
+  static Status CheckEmbeddedGraphTakes(const GraphEntry& graph, const char* kind, bool memory);
   // exec.uses from exec.base and exec.node_uses.
   static void RefreshExecUses(GraphExecEntry& exec);
   // Checks a node's work, as the stream-ordered call of its kind checks it,

@@ -236,7 +236,9 @@ Status Session::StreamEndCapture(wire::StreamRef::Reader args) {
   }
   GraphUses uses = std::move(capture->uses);
   GraphEntry graph;
-  FERRY_RETURN_IF_ERROR(EndCaptureOf(graph_id, &graph.graph));
+  std::unique_ptr<backend::Graph> captured;
+  FERRY_RETURN_IF_ERROR(EndCaptureOf(graph_id, &captured));
+  graph.graph = std::move(captured);
   if (invalidated) {
     return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED,
                         "the capture was invalidated by an earlier call; no graph was made");
@@ -267,12 +269,25 @@ Status Session::StreamCaptureStatus(wire::StreamRef::Reader args, CallContext& c
 Status Session::GraphCreate(wire::GraphCreate::Reader args) {
   FERRY_RETURN_IF_ERROR(graphs_.CheckNewId(args.getGraph()));
   GraphEntry entry;
-  FERRY_RETURN_IF_ERROR(backend_.CreateGraph(args.getFlags(), &entry.graph));
+  std::unique_ptr<backend::Graph> created;
+  FERRY_RETURN_IF_ERROR(backend_.CreateGraph(args.getFlags(), &created));
+  entry.graph = std::move(created);
   entry.uses = std::make_shared<GraphUses>();
   return graphs_.Insert(args.getGraph(), std::move(entry));
 }
 
 Status Session::GraphDestroy(wire::GraphRef::Reader args) {
+  GraphEntry* graph = nullptr;
+  FERRY_RETURN_IF_ERROR(graphs_.Find(args.getGraph(), &graph));
+  if (graph->embedded_in != 0) {
+    return Status::InvalidArgument("a child-graph node's graph belongs to its node");
+  }
+  for (uint64_t id : graph->nodes) {
+    GraphNodeEntry* node = nullptr;
+    if (graph_nodes_.Find(id, &node).ok() && node->embedded_graph != 0) {
+      ForgetEmbeddedGraph(node->embedded_graph);
+    }
+  }
   FERRY_RETURN_IF_ERROR(graphs_.Erase(args.getGraph()));
   graph_nodes_.EraseIf(
       [graph = args.getGraph()](uint64_t, const GraphNodeEntry& n) { return n.graph == graph; });
@@ -318,12 +333,32 @@ Status Session::GraphAddNode(wire::GraphAddNode::Reader args, CallContext& cx) {
   if (work.ctx != 0 && graph->ctx != 0 && graph->ctx != work.ctx) {
     return Status::InvalidArgument("a graph's nodes must belong to one context");
   }
+  if (args.which() == wire::GraphAddNode::HOST) {
+    FERRY_RETURN_IF_ERROR(CheckEmbeddedGraphTakes(*graph, "host nodes", /*memory=*/false));
+  }
   backend::GraphNode* node = nullptr;
   FERRY_RETURN_IF_ERROR(backend_.AddGraphNode(*graph->graph, dependencies, work.spec, &node));
   if (work.ctx != 0) graph->ctx = work.ctx;
   graph->nodes.push_back(args.getNode());
-  return graph_nodes_.Insert(args.getNode(), GraphNodeEntry{node, args.getGraph(), args.which(),
-                                                            work.ctx, std::move(work.uses)});
+  GraphNodeEntry entry;
+  entry.node = node;
+  entry.graph = args.getGraph();
+  entry.kind = args.which();
+  entry.ctx = work.ctx;
+  entry.uses = std::move(work.uses);
+  if (args.which() == wire::GraphAddNode::CHILD_GRAPH) {
+    // The node's own graph is a copy of the child as it is now.
+    GraphEntry* child = nullptr;
+    auto nodes = std::make_shared<std::vector<GraphNodeEntry>>();
+    if (graphs_.Find(args.getChildGraph(), &child).ok()) {
+      for (uint64_t id : child->nodes) {
+        GraphNodeEntry* n = nullptr;
+        if (graph_nodes_.Find(id, &n).ok()) nodes->push_back(*n);
+      }
+    }
+    entry.child_nodes = std::move(nodes);
+  }
+  return graph_nodes_.Insert(args.getNode(), std::move(entry));
 }
 
 Status Session::NodeWorkOf(const NodeWorkArgs& args, const GraphEntry& graph,
@@ -418,7 +453,13 @@ Session::GraphUses Session::UsesOfGraph(const GraphEntry& graph) {
   GraphUses all = graph.uses != nullptr ? *graph.uses : GraphUses{};
   for (uint64_t id : graph.nodes) {
     GraphNodeEntry* node = nullptr;
-    if (graph_nodes_.Find(id, &node).ok()) all.Add(node->uses);
+    if (!graph_nodes_.Find(id, &node).ok()) continue;
+    GraphEntry* embedded = nullptr;
+    if (node->embedded_graph != 0 && graphs_.Find(node->embedded_graph, &embedded).ok()) {
+      all.Add(UsesOfGraph(*embedded));
+    } else {
+      all.Add(node->uses);
+    }
   }
   return all;
 }
@@ -553,7 +594,9 @@ Status Session::GraphClone(wire::GraphClone::Reader args) {
     }
   }
   GraphEntry clone;
-  FERRY_RETURN_IF_ERROR(backend_.CloneGraph(*graph->graph, &clone.graph));
+  std::unique_ptr<backend::Graph> cloned;
+  FERRY_RETURN_IF_ERROR(backend_.CloneGraph(*graph->graph, &cloned));
+  clone.graph = std::move(cloned);
   clone.ctx = graph->ctx;
   std::vector<std::pair<uint64_t, GraphNodeEntry>> nodes;
   for (uint64_t id : named ? graph->nodes : std::vector<uint64_t>{}) {
@@ -564,6 +607,7 @@ Status Session::GraphClone(wire::GraphClone::Reader args) {
     }
     GraphNodeEntry entry = *original;
     entry.graph = args.getClone();
+    entry.embedded_graph = 0;  // the copy's own graph has no id yet
     FERRY_RETURN_IF_ERROR(
         backend_.FindGraphNodeInClone(*graph->graph, *original->node, *clone.graph, &entry.node));
     nodes.emplace_back(copy->second, std::move(entry));

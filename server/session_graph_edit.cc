@@ -57,7 +57,9 @@ Status Session::GraphDestroyNode(wire::GraphNodeRef::Reader args) {
   GraphEntry* graph = nullptr;
   FERRY_RETURN_IF_ERROR(graphs_.Find(node->graph, &graph));
   FERRY_RETURN_IF_ERROR(CheckGraphWithoutMemoryNodes(*graph, "destroying a node"));
+  const uint64_t embedded = node->embedded_graph;
   FERRY_RETURN_IF_ERROR(backend_.DestroyGraphNode(*graph->graph, *node->node));
+  if (embedded != 0) ForgetEmbeddedGraph(embedded);
   graph->events.erase(args.getNode());  // graph node kinds: an event node's event
   std::erase(graph->nodes, args.getNode());
   return graph_nodes_.Erase(args.getNode());

@@ -6,10 +6,14 @@
 // replay reaches it (backend::GraphHostCall), and the client's gateOpen lets
 // the replay go on. A session that ends opens its gates (EndServing), so a
 // replay never waits on a client that went away.
+//
+// Also here: a child-graph node's own graph (graphChildGraphNodeGetGraph),
+// whose edits reach the node.
 
 #include <cuda.h>
 
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -89,6 +93,80 @@ Status Session::GraphLaunchHostNodes(wire::GraphLaunch::Reader args, CallContext
     return refuse(status);
   }
   return Status::Ok();
+}
+
+// --- a child-graph node's graph -----------------------------------------------
+
+// The graph the node runs is the backend's copy of the child (the node owns
+// it); its named nodes are the child's as they were when the node was added.
+// Its uses start as the node's (the child's then); a named node's new work
+// adds its own, so a launch checks everything the node may still use.
+Status Session::GraphChildGraphNodeGetGraph(wire::GraphChildGraph::Reader args) {
+  GraphNodeEntry* node = nullptr;
+  FERRY_RETURN_IF_ERROR(graph_nodes_.Find(args.getNode(), &node));
+  if (node->kind != wire::GraphAddNode::CHILD_GRAPH) {
+    return Status::InvalidArgument("not a child-graph node");
+  }
+  if (node->embedded_graph != 0) {
+    return Status::InvalidArgument("the node's graph has an id already");
+  }
+  FERRY_RETURN_IF_ERROR(graphs_.CheckNewId(args.getGraph()));
+  auto ids = args.getNodes();
+  std::set<uint64_t> unique;
+  for (uint64_t id : ids) {
+    FERRY_RETURN_IF_ERROR(graph_nodes_.CheckNewId(id));
+    if (!unique.insert(id).second) return Status::InvalidArgument("a node id is named twice");
+  }
+  GraphEntry* parent = nullptr;
+  FERRY_RETURN_IF_ERROR(graphs_.Find(node->graph, &parent));
+  GraphEntry embedded;
+  std::vector<backend::GraphNode*> nodes;
+  FERRY_RETURN_IF_ERROR(
+      backend_.EmbeddedGraph(*parent->graph, *node->node, &embedded.graph, &nodes));
+  const std::vector<GraphNodeEntry> no_nodes;
+  const std::vector<GraphNodeEntry>& child_nodes =
+      node->child_nodes != nullptr ? *node->child_nodes : no_nodes;
+  if (ids.size() != 0 && (ids.size() != nodes.size() || ids.size() != child_nodes.size())) {
+    return Status::InvalidArgument("the node's graph has " + std::to_string(nodes.size()) +
+                                   " nodes; the call names " + std::to_string(ids.size()));
+  }
+  embedded.ctx = node->ctx != 0 ? node->ctx : parent->ctx;
+  embedded.uses = std::make_shared<const GraphUses>(node->uses);
+  embedded.embedded_in = args.getNode();
+  for (unsigned i = 0; i < ids.size(); ++i) {
+    GraphNodeEntry entry = child_nodes[i];
+    entry.node = nodes[i];
+    entry.graph = args.getGraph();
+    entry.uses = {};  // the graph's uses hold them
+    entry.embedded_graph = 0;
+    embedded.nodes.push_back(ids[i]);
+    FERRY_RETURN_IF_ERROR(graph_nodes_.Insert(ids[i], std::move(entry)));
+  }
+  node->embedded_graph = args.getGraph();
+  return graphs_.Insert(args.getGraph(), std::move(embedded));
+}
+
+void Session::ForgetEmbeddedGraph(uint64_t graph_id) {
+  GraphEntry* graph = nullptr;
+  if (!graphs_.Find(graph_id, &graph).ok()) return;
+  for (uint64_t id : graph->nodes) {
+    GraphNodeEntry* node = nullptr;
+    if (graph_nodes_.Find(id, &node).ok() && node->embedded_graph != 0) {
+      ForgetEmbeddedGraph(node->embedded_graph);
+    }
+    (void)graph_nodes_.Erase(id);
+  }
+  // Executable graphs made from it live on; its node ids name nothing now.
+  graph_execs_.ForEach([graph_id](uint64_t, GraphExecEntry& exec) {
+    if (exec.graph == graph_id) exec.graph = 0;
+  });
+  (void)graphs_.Erase(graph_id);
+}
+
+Status Session::CheckEmbeddedGraphTakes(const GraphEntry& graph, const char* kind, bool memory) {
+  if (graph.embedded_in == 0) return Status::Ok();
+  const std::string why = std::string("a child-graph node's graph cannot take ") + kind;
+  return memory ? Status::InvalidArgument(why) : Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, why);
 }
 
 }  // namespace ferry::server

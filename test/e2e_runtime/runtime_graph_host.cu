@@ -12,7 +12,12 @@
 //     becomes a host node (it does not run while capturing) between two
 //     captured kernels, on a forked stream as well; the graph replays it;
 //   - refusals: a graph with host nodes cannot be a child graph; launched
-//     into a capture, it invalidates the capture.
+//     into a capture, it invalidates the capture;
+//   - a child-graph node's graph (cudaGraphChildGraphNodeGetGraph): the node's
+//     own copy of the child, the same handle each time, with the child's
+//     nodes; a node added to it runs in later instantiations of the parent,
+//     the child itself is unchanged; it takes no memory or host nodes and
+//     cannot be destroyed.
 // Prints one line per part, then "all checks passed", or the first failure.
 #include <cuda_runtime.h>
 
@@ -185,7 +190,7 @@ void CapturedHostFunctions(cudaStream_t s, float* acc, float* x) {
   RT_CHECK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
   RT_CHECK(cudaEventCreateWithFlags(&join, cudaEventDisableTiming));
   std::atomic<int> on_side{0};
-  RT_CHECK(cudaMemset(acc, 0, kBytes));
+  RT_CHECK(cudaMemsetAsync(acc, 0, kBytes, s));  // on s: it is non-blocking
   RT_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
   rt_accumulate<<<kBlocks, 256, 0, s>>>(acc, x, kN);
   RT_CHECK(cudaLaunchHostFunc(s, Log, Tag(3)));
@@ -249,6 +254,71 @@ void Refusals(cudaStream_t s) {
   std::printf("host node refusals: ok\n");
 }
 
+void ChildGraphNodeGraph(cudaStream_t s, float* acc, float* x) {
+  int n = kN;
+  void* args[] = {&acc, &x, &n};
+  const cudaKernelNodeParams k = AccumulateParams(args);
+  cudaGraph_t child, parent;
+  RT_CHECK(cudaGraphCreate(&child, 0));
+  cudaGraphNode_t first;
+  RT_CHECK(cudaGraphAddKernelNode(&first, child, nullptr, 0, &k));
+  RT_CHECK(cudaGraphCreate(&parent, 0));
+  cudaMemsetParams m = {};
+  m.dst = acc;
+  m.elementSize = 4;
+  m.width = kN;
+  m.height = 1;
+  cudaGraphNode_t memset, child_node;
+  RT_CHECK(cudaGraphAddMemsetNode(&memset, parent, nullptr, 0, &m));
+  RT_CHECK(cudaGraphAddChildGraphNode(&child_node, parent, &memset, 1, child));
+  cudaGraph_t embedded, again;
+  RT_CHECK(cudaGraphChildGraphNodeGetGraph(child_node, &embedded));
+  RT_CHECK(cudaGraphChildGraphNodeGetGraph(child_node, &again));
+  RT_EXPECT(embedded == again && embedded != child);
+  size_t count = 0;
+  RT_CHECK(cudaGraphGetNodes(embedded, nullptr, &count));
+  RT_EXPECT(count == 1);
+  cudaGraphNode_t copy;
+  RT_CHECK(cudaGraphGetNodes(embedded, &copy, &count));
+  RT_EXPECT(copy != first);
+  cudaKernelNodeParams read = {};
+  RT_CHECK(cudaGraphKernelNodeGetParams(copy, &read));
+  RT_EXPECT(read.func == reinterpret_cast<void*>(rt_accumulate));
+  // An edit of the node's graph: a second accumulation after the first.
+  cudaGraphNode_t second;
+  RT_CHECK(cudaGraphAddKernelNode(&second, embedded, &copy, 1, &k));
+  cudaGraphExec_t exec;
+  RT_CHECK(cudaGraphInstantiate(&exec, parent, 0));
+  RT_CHECK(cudaGraphLaunch(exec, s));
+  RT_CHECK(cudaStreamSynchronize(s));
+  ExpectValues(acc, 2.0f);
+  // The child itself is as it was: one accumulation.
+  RT_CHECK(cudaMemsetAsync(acc, 0, kBytes, s));  // on s: it is non-blocking
+  cudaGraphExec_t child_exec;
+  RT_CHECK(cudaGraphInstantiate(&child_exec, child, 0));
+  RT_CHECK(cudaGraphLaunch(child_exec, s));
+  RT_CHECK(cudaStreamSynchronize(s));
+  ExpectValues(acc, 1.0f);
+  // What the node's graph cannot take.
+  cudaMemAllocNodeParams alloc = {};
+  alloc.poolProps.allocType = cudaMemAllocationTypePinned;
+  alloc.poolProps.location.type = cudaMemLocationTypeDevice;
+  alloc.bytesize = kBytes;
+  cudaGraphNode_t refused;
+  RT_EXPECT(cudaGraphAddMemAllocNode(&refused, embedded, nullptr, 0, &alloc) ==
+            cudaErrorInvalidValue);
+  std::atomic<int> count_calls{0};
+  const cudaHostNodeParams host = {Count, &count_calls};
+  RT_EXPECT(cudaGraphAddHostNode(&refused, embedded, nullptr, 0, &host) == cudaErrorNotSupported);
+  RT_EXPECT(cudaGraphDestroy(embedded) == cudaErrorInvalidValue);
+  (void)cudaGetLastError();
+  RT_CHECK(cudaGraphExecDestroy(exec));
+  RT_CHECK(cudaGraphExecDestroy(child_exec));
+  RT_CHECK(cudaGraphDestroy(parent));  // the node's graph goes with it
+  RT_CHECK(cudaGraphDestroy(child));
+  std::printf("child graph node's graph: ok\n");
+}
+
 }  // namespace
 
 int main() {
@@ -265,6 +335,7 @@ int main() {
   NodeParameters(s);
   CapturedHostFunctions(s, acc, x);
   Refusals(s);
+  ChildGraphNodeGraph(s, acc, x);
 
   RT_CHECK(cudaFree(acc));
   RT_CHECK(cudaFree(x));

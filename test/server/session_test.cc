@@ -1044,6 +1044,78 @@ TEST_F(SessionGraphHostTest, DisconnectWhileAHostNodeHoldsAReplayFreesEverything
   ASSERT_TRUE(SessionReadEverything());
 }
 
+// cuGraphChildGraphNodeGetGraph: the node's own copy of the child, named by
+// the client, takes edits that reach the node; the child stays as it was.
+TEST_F(SessionGraphHostTest, AChildGraphNodesGraphTakesEditsThatReachTheNode) {
+  CreateContext();
+  CreateStream(kHeld);
+  const uint64_t a = Alloc(64);
+  const uint64_t b = Alloc(64);
+  client_->Send([&](wire::Call::Builder c) { c.initGraphCreate().setGraph(30); }, false);
+  AddNode(30, 31, {}, [&](wire::GraphAddNode::Builder n) {
+    auto m = n.initMemset();
+    m.setCtx(100);
+    m.setDst(a);
+    m.setValue(0x33);
+    m.setElementBytes(1);
+    m.setWidth(64);
+    m.setHeight(1);
+  });
+  client_->Send([&](wire::Call::Builder c) { c.initGraphCreate().setGraph(40); }, false);
+  AddNode(40, 41, {}, [](wire::GraphAddNode::Builder n) { n.setChildGraph(30); });
+  auto get_graph = [&](uint64_t graph, std::initializer_list<uint64_t> nodes) {
+    client_->Send(
+        [&](wire::Call::Builder c) {
+          auto args = c.initGraphChildGraphNodeGetGraph();
+          args.setNode(41);
+          args.setGraph(graph);
+          auto list = args.initNodes(static_cast<unsigned>(nodes.size()));
+          unsigned i = 0;
+          for (uint64_t id : nodes) list.set(i++, id);
+        },
+        false);
+    return Ping();
+  };
+  EXPECT_EQ(get_graph(45, {46, 47}).cuda_result(), CUDA_ERROR_INVALID_VALUE);  // one node only
+  ASSERT_TRUE(get_graph(45, {46}).ok());
+  EXPECT_EQ(get_graph(48, {}).cuda_result(), CUDA_ERROR_INVALID_VALUE);  // named already
+  // An edit of the node's graph: a copy after the memset.
+  AddNode(45, 47, {46}, [&](wire::GraphAddNode::Builder n) {
+    auto m = n.initMemcpy();
+    m.setCtx(100);
+    m.setDst(b);
+    m.setSrc(a);
+    m.setBytes(64);
+  });
+  ASSERT_TRUE(Ping().ok());
+  Instantiate(40, 60);
+  Launch(60, kHeld);
+  EXPECT_EQ(CopyOut(kHeld, b, 64).bulk, std::vector<uint8_t>(64, 0x33));
+  ReplyResult count =
+      client_->Call([&](wire::Call::Builder c) { c.initGraphNodeCount().setGraph(30); });
+  EXPECT_EQ(count.value, 1);  // the child is as it was
+  // What it cannot take, and cannot be.
+  ReplyResult alloc = client_->Call([&](wire::Call::Builder c) {
+    auto args = c.initGraphAddMemAllocNode();
+    args.setGraph(45);
+    args.setNode(49);
+    args.setCtx(100);
+    args.setBytes(4096);
+  });
+  EXPECT_EQ(alloc.status.cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  AddNode(45, 49, {}, [](wire::GraphAddNode::Builder n) { n.setHost(5); });
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_NOT_SUPPORTED);
+  client_->Send([&](wire::Call::Builder c) { c.initGraphDestroy().setGraph(45); }, false);
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  // It goes with its node's graph; the executable graph lives on.
+  client_->Send([&](wire::Call::Builder c) { c.initGraphDestroy().setGraph(40); }, false);
+  count = client_->Call([&](wire::Call::Builder c) { c.initGraphNodeCount().setGraph(45); });
+  EXPECT_EQ(count.status.cuda_result(), CUDA_ERROR_INVALID_HANDLE);
+  Fill(kHeld, b, 0, 64);
+  Launch(60, kHeld);
+  EXPECT_EQ(CopyOut(kHeld, b, 64).bulk, std::vector<uint8_t>(64, 0x33));
+}
+
 TEST_F(SessionGraphTest, CapturesSpanStreamsThroughEventsWithTheDriversRules) {
   CreateContext();
   CreateStream(5);

@@ -901,6 +901,18 @@ class GpuBackend {
     return Status::Ok();
   }
 
+  // --- a child-graph node's graph (graphhost) -----------------------------------
+  // cuGraphChildGraphNodeGetGraph: the graph child-graph node `node` (added
+  // to `graph` by AddGraphNode) runs, owned by the node and valid while it
+  // is: edits of *out reach the node (instantiations of `graph` made after
+  // them run them). *nodes gets its nodes in the order the child's were
+  // added (owned by *out).
+  virtual Status EmbeddedGraph(Graph& graph, GraphNode& node, std::shared_ptr<Graph>* out,
+                               std::vector<GraphNode*>* nodes) {
+    (void)graph, (void)node, (void)out, (void)nodes;
+    return NoGraphs();
+  }
+
   // --- explicit-graph editing (graphedit) ------------------------------------
   // The caller checked every edit as the driver does (nodes of `graph`, no
   // edge added twice or removed when absent); a cycle the edits make is

@@ -344,13 +344,18 @@ CudaHostNode* FindHostNode(std::vector<CudaHostNode>& host_nodes, CUgraphNode no
 }
 class CudaGraph final : public Graph {
  public:
-  CudaGraph(const DriverApi& api, CUgraph handle, const CudaContext* context)
-      : api(api), handle(handle), context(context) {}
-  ~CudaGraph() override { FERRY_CU_QUIET(api, "destroying a graph", cuGraphDestroy, handle); }
+  // `owned` false: a child-graph node's graph (EmbeddedGraph), which its
+  // node destroys.
+  CudaGraph(const DriverApi& api, CUgraph handle, const CudaContext* context, bool owned = true)
+      : api(api), handle(handle), context(context), owned(owned) {}
+  ~CudaGraph() override {
+    if (owned) FERRY_CU_QUIET(api, "destroying a graph", cuGraphDestroy, handle);
+  }
 
   const DriverApi& api;
   const CUgraph handle;
   const CudaContext* context;                     // null: no work of any context yet
+  const bool owned;
   std::vector<std::unique_ptr<GraphNode>> nodes;  // explicitly added ones
   int memory_device = -1;  // graph node kinds: backend device of its allocation nodes
   std::vector<CudaHostNode> host_nodes;  // graph host nodes
@@ -2427,6 +2432,34 @@ class CudaBackend final : public GpuBackend {
                                      &cuda_internal::GraphHostTokens::RunGraphHostNode,
                                      host.token->user_data()));
       Str(origin).captured_host_nodes.push_back(std::move(host));
+      return Status::Ok();
+    });
+  }
+
+  // The driver's own embedded graph, with its nodes in the driver's order.
+  Status EmbeddedGraph(Graph& graph, GraphNode& node, std::shared_ptr<Graph>* out,
+                       std::vector<GraphNode*>* nodes) override {
+    return Guarded("EmbeddedGraph", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedGraphs());
+      FERRY_RETURN_IF_ERROR(
+          NeedEntryPoint(api_->cuGraphChildGraphNodeGetGraph, "cuGraphChildGraphNodeGetGraph"));
+      CUgraph embedded = nullptr;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphChildGraphNodeGetGraph,
+                                     static_cast<CudaGraphNode&>(node).handle, &embedded));
+      auto wrapper =
+          std::make_shared<CudaGraph>(*api_, embedded, static_cast<CudaGraph&>(graph).context,
+                                      /*owned=*/false);
+      size_t count = 0;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphGetNodes, embedded, nullptr, &count));
+      std::vector<CUgraphNode> handles(count);
+      if (count != 0) {
+        FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphGetNodes, embedded, handles.data(), &count));
+      }
+      for (size_t i = 0; i < count; ++i) {
+        wrapper->nodes.push_back(std::make_unique<CudaGraphNode>(handles[i]));
+        nodes->push_back(wrapper->nodes.back().get());
+      }
+      *out = std::move(wrapper);
       return Status::Ok();
     });
   }

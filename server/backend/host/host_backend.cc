@@ -1816,7 +1816,13 @@ class HostBackend final : public GpuBackend {
     std::function<void()> op;
     size_t child_nodes = 0;
     FERRY_RETURN_IF_ERROR(NodeOp(spec, &op, &child_nodes));
-    *out = static_cast<HostGraph&>(graph).Add(spec.kind, std::move(op), dependencies, child_nodes);
+    HostGraphNode* node =
+        static_cast<HostGraph&>(graph).Add(spec.kind, std::move(op), dependencies, child_nodes);
+    // The node runs its own copy of the child (EmbeddedGraph).
+    if (spec.kind == GraphNodeSpec::Kind::kChild) {
+      node->embedded = static_cast<const HostGraph&>(*spec.child).Clone();
+    }
+    *out = node;
     return Status::Ok();
   }
 
@@ -2035,6 +2041,16 @@ class HostBackend final : public GpuBackend {
 
   Status GraphExecHostNodes(GraphExec& exec, uint32_t* count) override {
     *count = static_cast<uint32_t>(CountHostNodes(*static_cast<HostGraphExec&>(exec).ops()));
+    return Status::Ok();
+  }
+
+  Status EmbeddedGraph(Graph& graph, GraphNode& node, std::shared_ptr<Graph>* out,
+                       std::vector<GraphNode*>* nodes) override {
+    (void)graph;
+    auto& n = static_cast<HostGraphNode&>(node);
+    if (n.embedded == nullptr) return InvalidValue("not a child-graph node");
+    for (const auto& embedded_node : n.embedded->nodes()) nodes->push_back(embedded_node.get());
+    *out = n.embedded;
     return Status::Ok();
   }
 

@@ -62,6 +62,8 @@ struct HostGraphMemory {
   ~HostGraphMemory();
 };
 
+class HostGraph;
+
 class HostGraphNode final : public GraphNode {
  public:
   HostGraphNode(GraphNodeSpec::Kind kind, HostGraphOp op, size_t child_nodes = 0);
@@ -73,6 +75,15 @@ class HostGraphNode final : public GraphNode {
   HostGraphOp op;
   std::vector<HostGraphNode*> dependencies;  // nodes of the same graph
   size_t child_nodes;                        // kChild: how many nodes the child had
+  // kChild nodes added to a graph: the graph the node runs, a copy of the
+  // child owned by the node (cuGraphChildGraphNodeGetGraph hands it out, so
+  // its edits reach the node's later instantiations). Null otherwise.
+  std::shared_ptr<HostGraph> embedded;
+  // The node's work as it is now: `op`, or the embedded graph's nodes in a
+  // topological order (INVALID_VALUE when they form a cycle).
+  Status Work(HostGraphOp* out) const;
+  // kChild: how many nodes its child has now.
+  size_t ChildNodes() const;
 };
 
 class HostGraph final : public Graph {
