@@ -45,10 +45,7 @@ class HostFunctionIds {
     auto [it, added] = ids_.try_emplace({fn, user_data}, 0);
     if (added) {
       it->second = next_++;
-      rt.connection().RegisterHostFunction(it->second,
-                                           [fn, user_data](const Status&, bool stream_failed) {
-                                             if (!stream_failed) fn(user_data);
-                                           });
+      rt.connection().RegisterHostFunction(it->second, LaunchedHostFunction(fn, user_data));
     }
     *id = it->second;
     return Status::Ok();
@@ -88,6 +85,12 @@ Status SetHostNode(CUgraphExec exec, CUgraphNode node, const CUDA_HOST_NODE_PARA
 Status ferry::client::HostFunctionId(CUhostFn fn, void* user_data, uint64_t* id) {
   FERRY_RETURN_IF_ERROR(Runtime::Get().Ready());
   return Ids().Id(fn, user_data, id);
+}
+
+ferry::client::Connection::HostFunction LaunchedHostFunction(CUhostFn fn, void* user_data) {
+  return [fn, user_data](const Status&, bool stream_failed) {
+    if (!stream_failed) fn(user_data);
+  };
 }
 
 Status CaptureHostFunc(const StreamTarget& target, CUhostFn fn, void* user_data, bool* captured) {
