@@ -52,10 +52,29 @@ bool KnownCaptureMode(int mode) {
          mode == CU_STREAM_CAPTURE_MODE_RELAXED;
 }
 
-Status BeginCapture(CUstream stream, bool per_thread, int mode) {
+// cuStreamBeginCapture*; with `graph` (cuStreamBeginCaptureToGraph), into
+// that graph after `deps` (nodes of it).
+Status BeginCapture(CUstream stream, bool per_thread, int mode, CUgraph graph = nullptr,
+                    const CUgraphNode* deps = nullptr, const CUgraphEdgeData* edge_data = nullptr,
+                    size_t count = 0) {
   Runtime& rt = Runtime::Get();
   if (!KnownCaptureMode(mode)) {
     return Status::InvalidArgument("unknown stream capture mode " + std::to_string(mode));
+  }
+  std::vector<uint64_t> dependencies;
+  const uint64_t graph_id = Runtime::HandleId(graph);
+  if (graph != nullptr) {
+    if (count > 0 && deps == nullptr) return Status::InvalidArgument("dependencies is NULL");
+    FERRY_RETURN_IF_ERROR(ferry::client::CheckEdgeData(edge_data, count));
+    FERRY_RETURN_IF_ERROR(rt.Ready());
+    if (!rt.graphs().HasGraph(graph_id)) return Status::InvalidHandle("not a graph of this client");
+    for (size_t i = 0; i < count; ++i) {
+      dependencies.push_back(Runtime::HandleId(deps[i]));
+      if (!rt.graphs().IsNodeOf(dependencies.back(), graph_id)) {
+        return Status::InvalidArgument("dependency " + std::to_string(i) +
+                                       " is not a node of the graph");
+      }
+    }
   }
   StreamTarget target;
   FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
@@ -69,12 +88,19 @@ Status BeginCapture(CUstream stream, bool per_thread, int mode) {
   capture.ctx = target.ctx;
   capture.mode = mode;
   capture.blocking = (stream_state.flags & CU_STREAM_NON_BLOCKING) == 0;
+  capture.to_graph = graph != nullptr;
+  capture.graph = graph_id;
   FERRY_RETURN_IF_ERROR(rt.graphs().BeginCapture(target.stream, &capture));
   Status status = rt.connection().Post([&](wire::Call::Builder call) {
     auto args = call.initStreamBeginCapture();
     SetStreamTarget(args, target);
     args.setMode(static_cast<uint32_t>(mode));
     args.setGraph(capture.graph);
+    args.setToGraph(capture.to_graph);
+    auto list = args.initDependencies(static_cast<unsigned>(dependencies.size()));
+    for (size_t i = 0; i < dependencies.size(); ++i) {
+      list.set(static_cast<unsigned>(i), dependencies[i]);
+    }
   });
   if (!status.ok()) rt.graphs().ForgetCapture(capture.id);
   return status;
@@ -106,6 +132,14 @@ Status EndCapture(CUstream stream, bool per_thread, CUgraph* graph) {
   if (status.cuda_result() == CUDA_ERROR_STREAM_CAPTURE_UNMATCHED) return status;
   rt.graphs().ForgetCapture(capture.id);
   const uint32_t host_nodes = rt.graphs().TakeCapturedHostNodes(capture.graph);
+  if (capture.to_graph) {
+    // The graph has the captured nodes whatever the answer (the server
+    // keeps their uses); it was the program's before.
+    rt.graphs().NoteCapturedIntoGraph(capture.graph, host_nodes);
+    FERRY_RETURN_IF_ERROR(status);
+    *graph = Runtime::ToHandle<CUgraph>(capture.graph);
+    return Status::Ok();
+  }
   FERRY_RETURN_IF_ERROR(status);
   rt.graphs().AddGraph(capture.graph, /*opaque=*/true, host_nodes);
   *graph = Runtime::ToHandle<CUgraph>(capture.graph);
@@ -342,6 +376,30 @@ CUresult CUDAAPI cuStreamBeginCapture_v2(CUstream hStream, CUstreamCaptureMode m
 }
 CUresult CUDAAPI cuStreamBeginCapture_v2_ptsz(CUstream hStream, CUstreamCaptureMode mode) {
   return Api([&] { return BeginCapture(hStream, true, mode); });
+}
+
+// graphhost: the captured nodes join an existing graph (schema/ferry.capnp,
+// StreamBeginCapture); they have no handles, so the graph's structure is the
+// server's from then on (its node count stays known).
+CUresult CUDAAPI cuStreamBeginCaptureToGraph(CUstream hStream, CUgraph hGraph,
+                                             const CUgraphNode* dependencies,
+                                             const CUgraphEdgeData* dependencyData,
+                                             size_t numDependencies, CUstreamCaptureMode mode) {
+  return Api([&] {
+    if (hGraph == nullptr) return Status::InvalidHandle("hGraph is NULL");
+    return BeginCapture(hStream, false, mode, hGraph, dependencies, dependencyData,
+                        numDependencies);
+  });
+}
+CUresult CUDAAPI cuStreamBeginCaptureToGraph_ptsz(CUstream hStream, CUgraph hGraph,
+                                                  const CUgraphNode* dependencies,
+                                                  const CUgraphEdgeData* dependencyData,
+                                                  size_t numDependencies,
+                                                  CUstreamCaptureMode mode) {
+  return Api([&] {
+    if (hGraph == nullptr) return Status::InvalidHandle("hGraph is NULL");
+    return BeginCapture(hStream, true, mode, hGraph, dependencies, dependencyData, numDependencies);
+  });
 }
 
 CUresult CUDAAPI cuStreamEndCapture(CUstream hStream, CUgraph* phGraph) {

@@ -22,6 +22,7 @@
 #include "client/graph_node_work.h"
 
 using ferry::client::AddWorkNode;
+using ferry::client::CheckEdgeData;
 using ferry::client::GraphNodeWork;
 using ferry::client::KernelParamsV2;
 using ferry::client::RecordedNodeParams;
@@ -72,20 +73,6 @@ Status ferry::client::SetNodeWork(CUgraphExec exec, CUgraphNode node, const Grap
 }
 
 namespace {
-
-// Edge data other than the default (plain, full dependencies) is not
-// forwarded: ferry's graphs have plain dependencies only.
-Status CheckEdgeData(const CUgraphEdgeData* edge_data, size_t count) {
-  if (edge_data == nullptr) return Status::Ok();
-  for (size_t i = 0; i < count; ++i) {
-    const CUgraphEdgeData& e = edge_data[i];
-    if (e.from_port != 0 || e.to_port != 0 || e.type != CU_GRAPH_DEPENDENCY_TYPE_DEFAULT) {
-      return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED,
-                          "edges with ports or programmatic dependencies are not forwarded");
-    }
-  }
-  return Status::Ok();
-}
 
 Status EditEdges(CUgraph graph, const CUgraphNode* from, const CUgraphNode* to,
                  const CUgraphEdgeData* edge_data, size_t count, bool remove) {

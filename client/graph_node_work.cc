@@ -126,6 +126,18 @@ Status GraphNodeWork::FromChildGraph(CUgraph child) {
   return Status::Ok();
 }
 
+Status CheckEdgeData(const CUgraphEdgeData* edge_data, size_t count) {
+  if (edge_data == nullptr) return Status::Ok();
+  for (size_t i = 0; i < count; ++i) {
+    const CUgraphEdgeData& e = edge_data[i];
+    if (e.from_port != 0 || e.to_port != 0 || e.type != CU_GRAPH_DEPENDENCY_TYPE_DEFAULT) {
+      return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED,
+                          "edges with ports or programmatic dependencies are not forwarded");
+    }
+  }
+  return Status::Ok();
+}
+
 Status GraphNodeWork::FromHost(const CUDA_HOST_NODE_PARAMS* p) {
   if (p == nullptr) return Status::InvalidArgument("nodeParams is NULL");
   if (p->fn == nullptr) return Status::InvalidArgument("a host node's fn is NULL");

@@ -20,6 +20,10 @@ namespace ferry::client {
 // The context a node's work runs in: `ctx`, or the current one when NULL.
 Status NodeContext(CUcontext ctx, uint64_t* out);
 
+// Edge data other than the default (plain, full dependencies) is not
+// forwarded: ferry's graphs have plain dependencies only (NOT_SUPPORTED).
+Status CheckEdgeData(const CUgraphEdgeData* edge_data, size_t count);
+
 // Kernel node parameters as CUDA_KERNEL_NODE_PARAMS_v2, from v1 (no kern,
 // no ctx) or v3 (v2's layout, inside CUgraphNodeParams).
 CUDA_KERNEL_NODE_PARAMS_v2 KernelParamsV2(const CUDA_KERNEL_NODE_PARAMS_v1& v1);

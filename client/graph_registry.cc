@@ -13,8 +13,15 @@ Status GraphRegistry::BeginCapture(uint64_t stream, CaptureState* state) {
   if (captures_.count(stream) != 0) {
     return Status::Cuda(CUDA_ERROR_ILLEGAL_STATE, "the stream is capturing already");
   }
+  if (state->to_graph) {
+    for (const auto& [other, capture] : captures_) {
+      if (capture.graph == state->graph) {
+        return Status::InvalidArgument("another capture builds the graph already");
+      }
+    }
+  }
   state->id = next_capture_id_.fetch_add(1);
-  state->graph = ids_->New(HandleKind::kGraph);
+  if (!state->to_graph) state->graph = ids_->New(HandleKind::kGraph);
   state->origin = stream;
   state->thread = std::this_thread::get_id();
   captures_.emplace(stream, *state);
@@ -638,6 +645,14 @@ Status GraphRegistry::EmbeddedGraph(uint64_t node, uint64_t* graph, bool* is_new
   nodes_.at(node).embedded_graph = new_graph;
   *graph = new_graph;
   return Status::Ok();
+}
+
+void GraphRegistry::NoteCapturedIntoGraph(uint64_t graph, uint32_t host_nodes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = graphs_.find(graph);
+  if (it == graphs_.end()) return;
+  it->second.opaque = true;
+  it->second.captured_host_nodes += host_nodes;
 }
 
 bool GraphRegistry::IsEmbedded(uint64_t graph) {

@@ -38,6 +38,7 @@ struct CaptureState {
   int mode = 0;            // CUstreamCaptureMode given to cuStreamBeginCapture
   std::thread::id thread;  // the thread that began it
   bool blocking = false;   // this stream synchronizes with the legacy stream
+  bool to_graph = false;   // cuStreamBeginCaptureToGraph: `graph` existed before
 };
 
 // What a node does, as cuGraph*NodeGetParams answers it: its parameters when
@@ -79,8 +80,13 @@ class GraphRegistry {
   // True while some stream of this client captures.
   bool AnyCapture() const { return captures_active_.load(std::memory_order_acquire) > 0; }
   // Starts a capture of `stream` (not the legacy stream): CUDA_ERROR_ILLEGAL_STATE
-  // when it captures already. Fills in state->id, graph, origin and thread.
+  // when it captures already. Fills in state->id, graph (a new id, unless
+  // state->to_graph: then the caller's, which no other capture may build),
+  // origin and thread.
   Status BeginCapture(uint64_t stream, CaptureState* state);
+  // cuStreamBeginCaptureToGraph's capture into `graph` ended: the graph has
+  // nodes without handles now (opaque), `host_nodes` of them host nodes.
+  void NoteCapturedIntoGraph(uint64_t graph, uint32_t host_nodes);
   bool FindCapture(uint64_t stream, CaptureState* state);
   // Capture `id` ended (or never began): its streams stop capturing and the
   // events recorded in it become ordinary.

@@ -806,6 +806,14 @@ struct StreamBeginCapture {
   stream @1 :UInt64;
   mode @2 :UInt32;    # CUstreamCaptureMode
   graph @3 :UInt64;   # new graph id: the graph the capture builds
+  # graphhost: cuStreamBeginCaptureToGraph. `graph` is an existing graph of
+  # the session (no other capture builds it, and it cannot be destroyed
+  # while one does); the captured nodes are added to it, the first after
+  # `dependencies` (nodes of it). Its explicitly added nodes keep their ids;
+  # the captured ones have none. Whatever streamEndCapture answers, the
+  # graph keeps the ranges and kernels the capture used among its uses.
+  toGraph @4 :Bool;
+  dependencies @5 :List(UInt64);
 }
 struct GraphCreate {
   graph @0 :UInt64;   # new graph id

@@ -272,6 +272,7 @@ class Session {
     std::set<uint64_t> streams;
     std::set<uint64_t> leaves;
     uint64_t nodes = 0;  // recorded so far; the next node's id is nodes + 1
+    bool to_graph = false;  // cuStreamBeginCaptureToGraph: into an existing graph
   };
   // graph node kinds: an allocation node's memory (session device, address,
   // size).

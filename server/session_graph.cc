@@ -90,6 +90,15 @@ Status Session::EndCaptureOf(uint64_t capture_id, std::unique_ptr<backend::Graph
     if (id == capture.origin) origin = s;
   }
   if (origin != nullptr) status = backend_.EndCapture(*origin->stream, graph);
+  GraphEntry* target = nullptr;
+  if (capture.to_graph && graphs_.Find(capture_id, &target).ok()) {
+    // graphhost: the backend added what it recorded to the graph, whatever
+    // the answer (and however the capture ended): its uses are the graph's.
+    GraphUses all = *target->uses;
+    all.Add(capture.uses);
+    target->uses = std::make_shared<const GraphUses>(std::move(all));
+    target->ctx = capture.ctx;
+  }
   return status;
 }
 
@@ -192,13 +201,29 @@ Status Session::StreamBeginCapture(wire::StreamBeginCapture::Reader args) {
   if (entry->capture != 0) {
     return Status::Cuda(CUDA_ERROR_ILLEGAL_STATE, "the stream is capturing already");
   }
-  FERRY_RETURN_IF_ERROR(graphs_.CheckNewId(args.getGraph()));
   if (captures_.count(args.getGraph()) != 0) {
     return Status::InvalidArgument("graph id " + std::to_string(args.getGraph()) +
                                    " is in use by another capture");
   }
-  FERRY_RETURN_IF_ERROR(backend_.BeginCapture(*stream, static_cast<int>(args.getMode())));
+  if (args.getToGraph()) {
+    // graphhost: into an existing graph, after some of its nodes.
+    GraphEntry* graph = nullptr;
+    FERRY_RETURN_IF_ERROR(graphs_.Find(args.getGraph(), &graph));
+    if (graph->ctx != 0 && graph->ctx != args.getCtx()) {
+      return Status::InvalidArgument("a graph's nodes must belong to one context");
+    }
+    FERRY_RETURN_IF_ERROR(CheckGraphWithoutMemoryNodes(*graph, "capturing into a graph"));
+    std::vector<backend::GraphNode*> dependencies;
+    FERRY_RETURN_IF_ERROR(
+        GraphNodeDependencies(args.getGraph(), args.getDependencies(), &dependencies));
+    FERRY_RETURN_IF_ERROR(backend_.BeginCaptureToGraph(*stream, static_cast<int>(args.getMode()),
+                                                       *graph->graph, dependencies));
+  } else {
+    FERRY_RETURN_IF_ERROR(graphs_.CheckNewId(args.getGraph()));
+    FERRY_RETURN_IF_ERROR(backend_.BeginCapture(*stream, static_cast<int>(args.getMode())));
+  }
   CaptureEntry capture;
+  capture.to_graph = args.getToGraph();
   capture.ctx = args.getCtx();
   capture.origin = args.getStream();
   capture.streams.insert(args.getStream());
@@ -234,7 +259,9 @@ Status Session::StreamEndCapture(wire::StreamRef::Reader args) {
     if (std::find(origin_tips.begin(), origin_tips.end(), leaf) == origin_tips.end())
       joined = false;
   }
-  GraphUses uses = std::move(capture->uses);
+  const bool to_graph = capture->to_graph;
+  // Into an existing graph, EndCaptureOf gives it the capture's uses.
+  GraphUses uses = to_graph ? GraphUses{} : std::move(capture->uses);
   GraphEntry graph;
   std::unique_ptr<backend::Graph> captured;
   FERRY_RETURN_IF_ERROR(EndCaptureOf(graph_id, &captured));
@@ -248,6 +275,7 @@ Status Session::StreamEndCapture(wire::StreamRef::Reader args) {
                         "work forked into another stream during the capture was not joined back "
                         "into the capturing stream; no graph was made");
   }
+  if (to_graph) return Status::Ok();
   graph.ctx = args.getCtx();
   graph.uses = std::make_shared<GraphUses>(std::move(uses));
   return graphs_.Insert(graph_id, std::move(graph));
@@ -281,6 +309,9 @@ Status Session::GraphDestroy(wire::GraphRef::Reader args) {
   FERRY_RETURN_IF_ERROR(graphs_.Find(args.getGraph(), &graph));
   if (graph->embedded_in != 0) {
     return Status::InvalidArgument("a child-graph node's graph belongs to its node");
+  }
+  if (captures_.count(args.getGraph()) != 0) {
+    return Status::InvalidArgument("a capture builds the graph (cuStreamBeginCaptureToGraph)");
   }
   for (uint64_t id : graph->nodes) {
     GraphNodeEntry* node = nullptr;

@@ -17,7 +17,9 @@
 //     own copy of the child, the same handle each time, with the child's
 //     nodes; a node added to it runs in later instantiations of the parent,
 //     the child itself is unchanged; it takes no memory or host nodes and
-//     cannot be destroyed.
+//     cannot be destroyed;
+//   - capture into a graph (cudaStreamBeginCaptureToGraph): captured kernels
+//     and a host function join an existing graph after its memset node.
 // Prints one line per part, then "all checks passed", or the first failure.
 #include <cuda_runtime.h>
 
@@ -319,6 +321,42 @@ void ChildGraphNodeGraph(cudaStream_t s, float* acc, float* x) {
   std::printf("child graph node's graph: ok\n");
 }
 
+void CaptureIntoGraph(cudaStream_t s, float* acc, float* x) {
+  cudaGraph_t graph, other;
+  RT_CHECK(cudaGraphCreate(&graph, 0));
+  RT_CHECK(cudaGraphCreate(&other, 0));
+  cudaMemsetParams m = {};
+  m.dst = acc;
+  m.elementSize = 4;
+  m.width = kN;
+  m.height = 1;
+  cudaGraphNode_t memset, foreign;
+  RT_CHECK(cudaGraphAddMemsetNode(&memset, graph, nullptr, 0, &m));
+  RT_CHECK(cudaGraphAddEmptyNode(&foreign, other, nullptr, 0));
+  RT_EXPECT(cudaStreamBeginCaptureToGraph(s, graph, &foreign, nullptr, 1,
+                                          cudaStreamCaptureModeGlobal) == cudaErrorInvalidValue);
+  std::atomic<int> count{0};
+  RT_CHECK(
+      cudaStreamBeginCaptureToGraph(s, graph, &memset, nullptr, 1, cudaStreamCaptureModeGlobal));
+  rt_accumulate<<<kBlocks, 256, 0, s>>>(acc, x, kN);
+  RT_CHECK(cudaLaunchHostFunc(s, Count, &count));
+  rt_accumulate<<<kBlocks, 256, 0, s>>>(acc, x, kN);
+  cudaGraph_t ended = nullptr;
+  RT_CHECK(cudaStreamEndCapture(s, &ended));
+  RT_EXPECT(ended == graph && count.load() == 0);
+  cudaGraphExec_t exec;
+  RT_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  RT_CHECK(cudaGraphLaunch(exec, s));
+  RT_CHECK(cudaGraphLaunch(exec, s));
+  RT_CHECK(cudaStreamSynchronize(s));
+  ExpectValues(acc, 2.0f);  // the memset runs first in each launch
+  RT_EXPECT(count.load() == 2);
+  RT_CHECK(cudaGraphExecDestroy(exec));
+  RT_CHECK(cudaGraphDestroy(graph));
+  RT_CHECK(cudaGraphDestroy(other));
+  std::printf("capture into a graph: ok\n");
+}
+
 }  // namespace
 
 int main() {
@@ -336,6 +374,7 @@ int main() {
   CapturedHostFunctions(s, acc, x);
   Refusals(s);
   ChildGraphNodeGraph(s, acc, x);
+  CaptureIntoGraph(s, acc, x);
 
   RT_CHECK(cudaFree(acc));
   RT_CHECK(cudaFree(x));

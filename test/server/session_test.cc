@@ -1044,6 +1044,51 @@ TEST_F(SessionGraphHostTest, DisconnectWhileAHostNodeHoldsAReplayFreesEverything
   ASSERT_TRUE(SessionReadEverything());
 }
 
+// cuStreamBeginCaptureToGraph: the captured work joins an existing graph,
+// after the nodes named; the graph cannot be destroyed meanwhile.
+TEST_F(SessionGraphHostTest, ACaptureIntoAGraphAddsItsWorkAfterTheNodesNamed) {
+  CreateContext();
+  CreateStream(kHeld);
+  const uint64_t a = Alloc(64);
+  const uint64_t b = Alloc(64);
+  client_->Send([&](wire::Call::Builder c) { c.initGraphCreate().setGraph(50); }, false);
+  AddNode(50, 51, {}, [&](wire::GraphAddNode::Builder n) {
+    auto m = n.initMemset();
+    m.setCtx(100);
+    m.setDst(a);
+    m.setValue(0x11);
+    m.setElementBytes(1);
+    m.setWidth(64);
+    m.setHeight(1);
+  });
+  auto begin_into = [&](uint64_t graph, uint64_t after) {
+    client_->Send(
+        [&](wire::Call::Builder c) {
+          auto args = OnStream(c.initStreamBeginCapture(), kHeld);
+          args.setMode(CU_STREAM_CAPTURE_MODE_GLOBAL);
+          args.setGraph(graph);
+          args.setToGraph(true);
+          args.initDependencies(1).set(0, after);
+        },
+        false);
+    return Ping();
+  };
+  EXPECT_EQ(begin_into(70, 51).cuda_result(), CUDA_ERROR_INVALID_HANDLE);  // no graph 70
+  EXPECT_EQ(begin_into(50, 99).cuda_result(), CUDA_ERROR_INVALID_HANDLE);  // no node 99
+  ASSERT_TRUE(begin_into(50, 51).ok());
+  CopyDtoD(kHeld, b, a, 64);
+  client_->Send([&](wire::Call::Builder c) { c.initGraphDestroy().setGraph(50); }, false);
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_INVALID_VALUE);  // being captured into
+  ReplyResult ended = EndCapture(kHeld);
+  ASSERT_TRUE(ended.status.ok()) << ended.status.ToString();
+  ReplyResult count =
+      client_->Call([&](wire::Call::Builder c) { c.initGraphNodeCount().setGraph(50); });
+  EXPECT_EQ(count.value, 2);
+  Instantiate(50, 60);
+  Launch(60, kHeld);
+  EXPECT_EQ(CopyOut(kHeld, b, 64).bulk, std::vector<uint8_t>(64, 0x11));
+}
+
 // cuGraphChildGraphNodeGetGraph: the node's own copy of the child, named by
 // the client, takes edits that reach the node; the child stays as it was.
 TEST_F(SessionGraphHostTest, AChildGraphNodesGraphTakesEditsThatReachTheNode) {

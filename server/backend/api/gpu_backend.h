@@ -742,8 +742,10 @@ class GpuBackend {
     (void)stream, (void)mode;
     return NoGraphs();
   }
-  // Ends the capture of `stream`; *out is what it recorded, in stream order.
-  // CUDA_ERROR_ILLEGAL_STATE when the stream is not capturing.
+  // Ends the capture of `stream`; *out is what it recorded, in stream order
+  // (a capture begun with BeginCaptureToGraph adds it to its graph instead,
+  // and *out stays null). CUDA_ERROR_ILLEGAL_STATE when the stream is not
+  // capturing.
   virtual Status EndCapture(Stream& stream, std::unique_ptr<Graph>* out) {
     (void)stream, (void)out;
     return NoGraphs();
@@ -886,6 +888,14 @@ class GpuBackend {
   // Host nodes are GraphNodeSpec::Kind::kHost (AddGraphNode, SetGraphNode,
   // SetExecNode); a graph with host nodes cannot be a child graph
   // (AddGraphNode refuses it: CUDA_ERROR_NOT_SUPPORTED).
+  // cuStreamBeginCaptureToGraph: as BeginCapture, but what is captured is
+  // added to `graph` (the caller keeps it alive until EndCapture), the first
+  // node after `dependencies` (nodes of it).
+  virtual Status BeginCaptureToGraph(Stream& stream, int mode, Graph& graph,
+                                     std::span<GraphNode* const> dependencies) {
+    (void)stream, (void)mode, (void)graph, (void)dependencies;
+    return NoGraphs();
+  }
   // cuLaunchHostFunc on capturing `stream`: the capture records a host node
   // calling `host_function` (CUDA_ERROR_ILLEGAL_STATE when not capturing).
   // `origin`: the stream the capture began on (EndCapture's), which is

@@ -211,6 +211,9 @@ class CudaStream final : public Stream {
   // began (CaptureHostNode), the graph's once EndCapture makes it. Touched
   // by the owning session's executor only.
   std::vector<CudaHostNode> captured_host_nodes;
+  // The graph a capture begun with BeginCaptureToGraph builds (the
+  // session's; it outlives the capture). Executor only, as above.
+  class CudaGraph* capture_target = nullptr;
 };
 
 // Page-locked buffers of one context for device-to-host copies: into pageable
@@ -2136,10 +2139,41 @@ class CudaBackend final : public GpuBackend {
       CUgraph graph = nullptr;
       std::vector<CudaHostNode> host_nodes = std::move(s.captured_host_nodes);
       s.captured_host_nodes.clear();
+      CudaGraph* target = std::exchange(s.capture_target, nullptr);
+      if (target != nullptr) {
+        // The driver added the nodes to the target, whatever it answers.
+        for (CudaHostNode& host : host_nodes) target->host_nodes.push_back(std::move(host));
+        return FERRY_CU(*api_, cuStreamEndCapture, s.handle, &graph);
+      }
       FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuStreamEndCapture, s.handle, &graph));
       auto made = std::make_unique<CudaGraph>(*api_, graph, &s.context);
       made->host_nodes = std::move(host_nodes);
       *out = std::move(made);
+      return Status::Ok();
+    });
+  }
+
+  Status BeginCaptureToGraph(Stream& stream, int mode, Graph& graph,
+                             std::span<GraphNode* const> dependencies) override {
+    return Guarded("BeginCaptureToGraph", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedGraphs());
+      FERRY_RETURN_IF_ERROR(
+          NeedEntryPoint(api_->cuStreamBeginCaptureToGraph, "cuStreamBeginCaptureToGraph"));
+      (void)mode;  // relaxed, as BeginCapture says
+      CudaStream& s = Str(stream);
+      if (!s.owned) {
+        return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+                            "the legacy default stream cannot be captured");
+      }
+      CudaGraph& g = static_cast<CudaGraph&>(graph);
+      std::vector<CUgraphNode> deps;
+      for (GraphNode* d : dependencies) deps.push_back(static_cast<CudaGraphNode*>(d)->handle);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuStreamBeginCaptureToGraph, s.handle, g.handle,
+                                     deps.data(), nullptr, deps.size(),
+                                     CU_STREAM_CAPTURE_MODE_RELAXED));
+      s.capture_target = &g;
+      if (g.context == nullptr) g.context = &s.context;
       return Status::Ok();
     });
   }

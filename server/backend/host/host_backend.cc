@@ -358,6 +358,10 @@ class HostTenant final : public Tenant {
 struct HostCapture {
   HostGraphOps ops;
   bool ended = false;
+  // BeginCaptureToGraph: the graph the ops join at the end, the first after
+  // `after` (nodes of it).
+  HostGraph* target = nullptr;
+  std::vector<GraphNode*> after;
 };
 
 class HostStream final : public Stream {
@@ -1770,6 +1774,18 @@ class HostBackend final : public GpuBackend {
 
   // --- stream capture and graphs ---------------------------------------------
   Status BeginCapture(Stream& stream, int mode) override {
+    return StartCapture(stream, mode, std::make_shared<HostCapture>());
+  }
+
+  Status BeginCaptureToGraph(Stream& stream, int mode, Graph& graph,
+                             std::span<GraphNode* const> dependencies) override {
+    auto capture = std::make_shared<HostCapture>();
+    capture->target = &static_cast<HostGraph&>(graph);
+    capture->after.assign(dependencies.begin(), dependencies.end());
+    return StartCapture(stream, mode, std::move(capture));
+  }
+
+  Status StartCapture(Stream& stream, int mode, std::shared_ptr<HostCapture> capture) {
     HostStream& s = AsStream(stream);
     if (mode != CU_STREAM_CAPTURE_MODE_GLOBAL && mode != CU_STREAM_CAPTURE_MODE_THREAD_LOCAL &&
         mode != CU_STREAM_CAPTURE_MODE_RELAXED) {
@@ -1783,7 +1799,7 @@ class HostBackend final : public GpuBackend {
     if (s.ActiveCapture() != nullptr) {
       return Status::Cuda(CUDA_ERROR_ILLEGAL_STATE, "the stream is capturing already");
     }
-    s.capture = std::make_shared<HostCapture>();
+    s.capture = std::move(capture);
     return Status::Ok();
   }
 
@@ -1792,6 +1808,7 @@ class HostBackend final : public GpuBackend {
   Status EndCapture(Stream& stream, std::unique_ptr<Graph>* out) override {
     HostStream& s = AsStream(stream);
     HostGraphOps ops;
+    std::shared_ptr<HostCapture> capture;
     {
       std::lock_guard<std::mutex> lock(s.ctx().mu);
       if (s.ActiveCapture() == nullptr) {
@@ -1799,9 +1816,18 @@ class HostBackend final : public GpuBackend {
       }
       s.capture->ended = true;
       ops = std::move(s.capture->ops);
-      s.capture = nullptr;
+      capture = std::move(s.capture);
     }
-    *out = std::make_unique<HostGraph>(std::move(ops));
+    if (capture->target == nullptr) {
+      *out = std::make_unique<HostGraph>(std::move(ops));
+      return Status::Ok();
+    }
+    // Into the existing graph: a chain after the given nodes.
+    std::vector<GraphNode*> after = capture->after;
+    for (host_internal::HostGraphOp& op : ops) {
+      GraphNode* node = capture->target->Add(GraphNodeSpec::Kind::kEmpty, std::move(op), after);
+      after.assign(1, node);
+    }
     return Status::Ok();
   }
 
