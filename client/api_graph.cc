@@ -146,6 +146,42 @@ Status EndCapture(CUstream stream, bool per_thread, CUgraph* graph) {
   return Status::Ok();
 }
 
+// cuStreamUpdateCaptureDependencies: the nodes named must be nodes of the
+// capture's graph with handles, i.e. explicitly added nodes of a graph
+// captured into (cuStreamBeginCaptureToGraph); captured nodes have none.
+Status UpdateCaptureDependencies(CUstream stream, bool per_thread, CUgraphNode* deps,
+                                 const CUgraphEdgeData* edge_data, size_t count, unsigned flags) {
+  Runtime& rt = Runtime::Get();
+  if (flags != CU_STREAM_ADD_CAPTURE_DEPENDENCIES && flags != CU_STREAM_SET_CAPTURE_DEPENDENCIES) {
+    return Status::InvalidArgument(
+        "flags must be CU_STREAM_ADD_ or CU_STREAM_SET_CAPTURE_DEPENDENCIES");
+  }
+  if (count > 0 && deps == nullptr) return Status::InvalidArgument("dependencies is NULL");
+  FERRY_RETURN_IF_ERROR(ferry::client::CheckEdgeData(edge_data, count));
+  StreamTarget target;
+  FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
+  CaptureState capture;
+  if (!rt.graphs().AnyCapture() || target.stream == 0 ||
+      !rt.graphs().FindCapture(target.stream, &capture)) {
+    return Status::Cuda(CUDA_ERROR_ILLEGAL_STATE, "the stream is not capturing");
+  }
+  std::vector<uint64_t> ids;
+  for (size_t i = 0; i < count; ++i) {
+    ids.push_back(Runtime::HandleId(deps[i]));
+    if (!rt.graphs().IsNodeOf(ids.back(), capture.graph)) {
+      return Status::InvalidArgument("dependency " + std::to_string(i) +
+                                     " is not a node of the capture's graph with a handle");
+    }
+  }
+  return rt.connection().Post([&](wire::Call::Builder call) {
+    auto args = call.initStreamUpdateCaptureDependencies();
+    SetStreamTarget(args, target);
+    auto list = args.initDependencies(static_cast<unsigned>(ids.size()));
+    for (size_t i = 0; i < ids.size(); ++i) list.set(static_cast<unsigned>(i), ids[i]);
+    args.setSet(flags == CU_STREAM_SET_CAPTURE_DEPENDENCIES);
+  });
+}
+
 // The capture status of `stream` and, when it captures, its capture; asks
 // the server (which knows whether the capture was invalidated) only when the
 // stream captures.
@@ -182,8 +218,8 @@ Status CaptureInfo(CUstream stream, bool per_thread, CUstreamCaptureStatus* stat
 
 // cuStreamGetCaptureInfo, every version: the capture's id and graph while it
 // is active or invalidated. Captured nodes have no client handles (the
-// server records them), so the dependency set is reported empty, and
-// cuStreamUpdateCaptureDependencies is not forwarded.
+// server records them), so the dependency set is reported empty
+// (cuStreamUpdateCaptureDependencies takes only nodes with handles).
 Status GetCaptureInfo(CUstream stream, bool per_thread, CUstreamCaptureStatus* status,
                       cuuint64_t* id, CUgraph* graph, const CUgraphNode** dependencies,
                       const CUgraphEdgeData** edge_data, size_t* count) {
@@ -453,6 +489,38 @@ FERRY_CAPTURE_INFO_V2(cuStreamGetCaptureInfo_v2, false)
 FERRY_CAPTURE_INFO_V2(cuStreamGetCaptureInfo_v2_ptsz, true)
 FERRY_CAPTURE_INFO_V3(cuStreamGetCaptureInfo_v3, false)
 FERRY_CAPTURE_INFO_V3(cuStreamGetCaptureInfo_v3_ptsz, true)
+
+CUresult CUDAAPI cuStreamUpdateCaptureDependencies(CUstream hStream, CUgraphNode* dependencies,
+                                                   size_t numDependencies, unsigned int flags) {
+  return Api([&] {
+    return UpdateCaptureDependencies(hStream, false, dependencies, nullptr, numDependencies, flags);
+  });
+}
+CUresult CUDAAPI cuStreamUpdateCaptureDependencies_ptsz(CUstream hStream, CUgraphNode* dependencies,
+                                                        size_t numDependencies,
+                                                        unsigned int flags) {
+  return Api([&] {
+    return UpdateCaptureDependencies(hStream, true, dependencies, nullptr, numDependencies, flags);
+  });
+}
+CUresult CUDAAPI cuStreamUpdateCaptureDependencies_v2(CUstream hStream, CUgraphNode* dependencies,
+                                                      const CUgraphEdgeData* dependencyData,
+                                                      size_t numDependencies, unsigned int flags) {
+  return Api([&] {
+    return UpdateCaptureDependencies(hStream, false, dependencies, dependencyData, numDependencies,
+                                     flags);
+  });
+}
+CUresult CUDAAPI cuStreamUpdateCaptureDependencies_v2_ptsz(CUstream hStream,
+                                                           CUgraphNode* dependencies,
+                                                           const CUgraphEdgeData* dependencyData,
+                                                           size_t numDependencies,
+                                                           unsigned int flags) {
+  return Api([&] {
+    return UpdateCaptureDependencies(hStream, true, dependencies, dependencyData, numDependencies,
+                                     flags);
+  });
+}
 
 CUresult CUDAAPI cuGraphCreate(CUgraph* phGraph, unsigned int flags) {
   return Api([&]() -> Status {

@@ -480,6 +480,8 @@ struct Call {
         $waits("gate") $orderedOn("stream") $handles(["ctx", "stream", "exec"]) $usesContext;
     graphChildGraphNodeGetGraph @113 :GraphChildGraph  # cuGraphChildGraphNodeGetGraph
         $waits("never") $handles(["node"]);
+    streamUpdateCaptureDependencies @114 :StreamCaptureDependencies
+        $waits("never") $orderedOn("stream") $handles(["ctx", "stream"]);
   }
 }
 
@@ -814,6 +816,18 @@ struct StreamBeginCapture {
   # graph keeps the ranges and kernels the capture used among its uses.
   toGraph @4 :Bool;
   dependencies @5 :List(UInt64);
+}
+# cuStreamUpdateCaptureDependencies (graphhost): the next node the capturing
+# stream records also depends on `dependencies` (set: only on them; the
+# stream's earlier tips are then no longer required to be joined back).
+# Captured nodes have no ids, so the nodes named are explicitly added nodes
+# of the capture's graph (a capture into a graph, cuStreamBeginCaptureToGraph);
+# the host backend keeps the order of the capture's own work as well.
+struct StreamCaptureDependencies {
+  ctx @0 :UInt64;
+  stream @1 :UInt64;
+  dependencies @2 :List(UInt64);
+  set @3 :Bool;
 }
 struct GraphCreate {
   graph @0 :UInt64;   # new graph id

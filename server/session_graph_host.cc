@@ -37,6 +37,31 @@ Status Session::StreamCaptureHostFunc(wire::StreamCaptureHostFunc::Reader args) 
   return backend_.CaptureHostNode(*stream, *origin, args.getHostFunction());
 }
 
+// Set: the stream's tips leave the dependency set, so they no longer have
+// to be joined back (cuda.h).
+Status Session::StreamUpdateCaptureDependencies(wire::StreamCaptureDependencies::Reader args) {
+  backend::Stream* stream = nullptr;
+  FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
+  StreamEntry* entry = nullptr;
+  CaptureEntry* capture = CaptureOfStream(args.getStream(), &entry);
+  if (capture == nullptr) {
+    return Status::Cuda(CUDA_ERROR_ILLEGAL_STATE, "the stream is not capturing");
+  }
+  if (capture->invalidated) {
+    return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED,
+                        "the stream's capture was invalidated by an earlier call");
+  }
+  std::vector<backend::GraphNode*> dependencies;
+  FERRY_RETURN_IF_ERROR(
+      GraphNodeDependencies(entry->capture, args.getDependencies(), &dependencies));
+  FERRY_RETURN_IF_ERROR(backend_.UpdateCaptureDependencies(*stream, dependencies, args.getSet()));
+  if (args.getSet()) {
+    for (uint64_t tip : entry->capture_tips) capture->leaves.erase(tip);
+    entry->capture_tips.clear();
+  }
+  return Status::Ok();
+}
+
 // Each gate's gateReached reports, as a hostGate's does, the launch's own
 // failure if any, else the error latched in the session when it was queued.
 Status Session::GraphLaunchHostNodes(wire::GraphLaunch::Reader args, CallContext& cx) {

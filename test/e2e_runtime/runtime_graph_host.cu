@@ -19,7 +19,10 @@
 //     the child itself is unchanged; it takes no memory or host nodes and
 //     cannot be destroyed;
 //   - capture into a graph (cudaStreamBeginCaptureToGraph): captured kernels
-//     and a host function join an existing graph after its memset node.
+//     and a host function join an existing graph after its memset node; the
+//     capture's dependencies take a node of that graph
+//     (cudaStreamUpdateCaptureDependencies), not one of another graph, and
+//     only while capturing.
 // Prints one line per part, then "all checks passed", or the first failure.
 #include <cuda_runtime.h>
 
@@ -340,10 +343,17 @@ void CaptureIntoGraph(cudaStream_t s, float* acc, float* x) {
       cudaStreamBeginCaptureToGraph(s, graph, &memset, nullptr, 1, cudaStreamCaptureModeGlobal));
   rt_accumulate<<<kBlocks, 256, 0, s>>>(acc, x, kN);
   RT_CHECK(cudaLaunchHostFunc(s, Count, &count));
+  RT_CHECK(cudaStreamUpdateCaptureDependencies(s, &memset, nullptr, 1,
+                                               cudaStreamAddCaptureDependencies));
+  RT_EXPECT(cudaStreamUpdateCaptureDependencies(s, &foreign, nullptr, 1,
+                                                cudaStreamAddCaptureDependencies) ==
+            cudaErrorInvalidValue);
   rt_accumulate<<<kBlocks, 256, 0, s>>>(acc, x, kN);
   cudaGraph_t ended = nullptr;
   RT_CHECK(cudaStreamEndCapture(s, &ended));
   RT_EXPECT(ended == graph && count.load() == 0);
+  RT_EXPECT(cudaStreamUpdateCaptureDependencies(
+                s, &memset, nullptr, 1, cudaStreamAddCaptureDependencies) == cudaErrorIllegalState);
   cudaGraphExec_t exec;
   RT_CHECK(cudaGraphInstantiate(&exec, graph, 0));
   RT_CHECK(cudaGraphLaunch(exec, s));

@@ -1075,7 +1075,20 @@ TEST_F(SessionGraphHostTest, ACaptureIntoAGraphAddsItsWorkAfterTheNodesNamed) {
   };
   EXPECT_EQ(begin_into(70, 51).cuda_result(), CUDA_ERROR_INVALID_HANDLE);  // no graph 70
   EXPECT_EQ(begin_into(50, 99).cuda_result(), CUDA_ERROR_INVALID_HANDLE);  // no node 99
+  auto update = [&](uint64_t stream, uint64_t node, bool set) {
+    client_->Send(
+        [&](wire::Call::Builder c) {
+          auto args = OnStream(c.initStreamUpdateCaptureDependencies(), stream);
+          args.initDependencies(1).set(0, node);
+          args.setSet(set);
+        },
+        false);
+    return Ping();
+  };
+  EXPECT_EQ(update(kHeld, 51, false).cuda_result(), CUDA_ERROR_ILLEGAL_STATE);  // not capturing
   ASSERT_TRUE(begin_into(50, 51).ok());
+  EXPECT_TRUE(update(kHeld, 51, false).ok());
+  EXPECT_TRUE(update(kHeld, 51, true).ok());
   CopyDtoD(kHeld, b, a, 64);
   client_->Send([&](wire::Call::Builder c) { c.initGraphDestroy().setGraph(50); }, false);
   EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_INVALID_VALUE);  // being captured into

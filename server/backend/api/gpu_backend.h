@@ -896,6 +896,15 @@ class GpuBackend {
     (void)stream, (void)mode, (void)graph, (void)dependencies;
     return NoGraphs();
   }
+  // cuStreamUpdateCaptureDependencies: the next node capturing `stream`
+  // records also depends on `dependencies` (nodes of the graph a capture
+  // begun with BeginCaptureToGraph builds); `set`: instead of the stream's
+  // current tips (the host backend keeps its capture's order regardless).
+  virtual Status UpdateCaptureDependencies(Stream& stream, std::span<GraphNode* const> dependencies,
+                                           bool set) {
+    (void)stream, (void)dependencies, (void)set;
+    return NoGraphs();
+  }
   // cuLaunchHostFunc on capturing `stream`: the capture records a host node
   // calling `host_function` (CUDA_ERROR_ILLEGAL_STATE when not capturing).
   // `origin`: the stream the capture began on (EndCapture's), which is

@@ -2178,6 +2178,22 @@ class CudaBackend final : public GpuBackend {
     });
   }
 
+  Status UpdateCaptureDependencies(Stream& stream, std::span<GraphNode* const> dependencies,
+                                   bool set) override {
+    return Guarded("UpdateCaptureDependencies", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedGraphs());
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuStreamUpdateCaptureDependencies,
+                                           "cuStreamUpdateCaptureDependencies"));
+      CudaStream& s = Str(stream);
+      std::vector<CUgraphNode> deps;
+      for (GraphNode* d : dependencies) deps.push_back(static_cast<CudaGraphNode*>(d)->handle);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
+      return FERRY_CU(
+          *api_, cuStreamUpdateCaptureDependencies, s.handle, deps.data(), nullptr, deps.size(),
+          set ? CU_STREAM_SET_CAPTURE_DEPENDENCIES : CU_STREAM_ADD_CAPTURE_DEPENDENCIES);
+    });
+  }
+
   Status CreateGraph(unsigned flags, std::unique_ptr<Graph>* out) override {
     return Guarded("CreateGraph", [&]() -> Status {
       FERRY_RETURN_IF_ERROR(NeedGraphs());

@@ -195,7 +195,8 @@
   X(cuGraphExecHostNodeSetParams, 10020)      \
   X(cuLaunchHostFunc, 10000)                  \
   X(cuGraphChildGraphNodeGetGraph, 10000)     \
-  X(cuStreamBeginCaptureToGraph, 12030)
+  X(cuStreamBeginCaptureToGraph, 12030)       \
+  X(cuStreamUpdateCaptureDependencies, 12030)
 
 // stream capture and graphs (all or nothing: see HasGraphs).
 #define FERRY_CUDA_GRAPH_ENTRY_POINTS(X) \

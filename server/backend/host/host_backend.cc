@@ -39,6 +39,7 @@
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -362,6 +363,10 @@ struct HostCapture {
   // `after` (nodes of it).
   HostGraph* target = nullptr;
   std::vector<GraphNode*> after;
+  // UpdateCaptureDependencies: more nodes the op at an index (of `ops`)
+  // depends on; an index in `set_at` does not depend on `after`.
+  std::map<size_t, std::vector<GraphNode*>> extra_after;
+  std::set<size_t> set_at;
 };
 
 class HostStream final : public Stream {
@@ -1822,10 +1827,15 @@ class HostBackend final : public GpuBackend {
       *out = std::make_unique<HostGraph>(std::move(ops));
       return Status::Ok();
     }
-    // Into the existing graph: a chain after the given nodes.
-    std::vector<GraphNode*> after = capture->after;
-    for (host_internal::HostGraphOp& op : ops) {
-      GraphNode* node = capture->target->Add(GraphNodeSpec::Kind::kEmpty, std::move(op), after);
+    // Into the existing graph: a chain after the given nodes, with the
+    // dependencies UpdateCaptureDependencies added.
+    std::vector<GraphNode*> after =
+        capture->set_at.count(0) != 0 ? std::vector<GraphNode*>{} : capture->after;
+    for (size_t i = 0; i < ops.size(); ++i) {
+      if (auto extra = capture->extra_after.find(i); extra != capture->extra_after.end()) {
+        after.insert(after.end(), extra->second.begin(), extra->second.end());
+      }
+      GraphNode* node = capture->target->Add(GraphNodeSpec::Kind::kEmpty, std::move(ops[i]), after);
       after.assign(1, node);
     }
     return Status::Ok();
@@ -2050,6 +2060,24 @@ class HostBackend final : public GpuBackend {
   Status SetExecEventNode(GraphExec& exec, GraphNode& node, Event& event, bool wait) override {
     return static_cast<HostGraphExec&>(exec).Replace(static_cast<HostGraphNode&>(node),
                                                       HostEventNodeOp{&event, wait});
+  }
+
+  Status UpdateCaptureDependencies(Stream& stream, std::span<GraphNode* const> dependencies,
+                                   bool set) override {
+    HostStream& s = AsStream(stream);
+    std::lock_guard<std::mutex> lock(s.ctx().mu);
+    HostCapture* capture = s.ActiveCapture();
+    if (capture == nullptr) {
+      return Status::Cuda(CUDA_ERROR_ILLEGAL_STATE, "the stream is not capturing");
+    }
+    const size_t next = capture->ops.size();
+    auto& extra = capture->extra_after[next];
+    if (set) {
+      extra.clear();
+      capture->set_at.insert(next);
+    }
+    extra.insert(extra.end(), dependencies.begin(), dependencies.end());
+    return Status::Ok();
   }
 
   // --- graph node kinds: host nodes ----------------------------------------------
