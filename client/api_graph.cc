@@ -52,10 +52,29 @@ bool KnownCaptureMode(int mode) {
          mode == CU_STREAM_CAPTURE_MODE_RELAXED;
 }
 
-Status BeginCapture(CUstream stream, bool per_thread, int mode) {
+// cuStreamBeginCapture*; with `graph` (cuStreamBeginCaptureToGraph), into
+// that graph after `deps` (nodes of it).
+Status BeginCapture(CUstream stream, bool per_thread, int mode, CUgraph graph = nullptr,
+                    const CUgraphNode* deps = nullptr, const CUgraphEdgeData* edge_data = nullptr,
+                    size_t count = 0) {
   Runtime& rt = Runtime::Get();
   if (!KnownCaptureMode(mode)) {
     return Status::InvalidArgument("unknown stream capture mode " + std::to_string(mode));
+  }
+  std::vector<uint64_t> dependencies;
+  const uint64_t graph_id = Runtime::HandleId(graph);
+  if (graph != nullptr) {
+    if (count > 0 && deps == nullptr) return Status::InvalidArgument("dependencies is NULL");
+    FERRY_RETURN_IF_ERROR(ferry::client::CheckEdgeData(edge_data, count));
+    FERRY_RETURN_IF_ERROR(rt.Ready());
+    if (!rt.graphs().HasGraph(graph_id)) return Status::InvalidHandle("not a graph of this client");
+    for (size_t i = 0; i < count; ++i) {
+      dependencies.push_back(Runtime::HandleId(deps[i]));
+      if (!rt.graphs().IsNodeOf(dependencies.back(), graph_id)) {
+        return Status::InvalidArgument("dependency " + std::to_string(i) +
+                                       " is not a node of the graph");
+      }
+    }
   }
   StreamTarget target;
   FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
@@ -69,12 +88,19 @@ Status BeginCapture(CUstream stream, bool per_thread, int mode) {
   capture.ctx = target.ctx;
   capture.mode = mode;
   capture.blocking = (stream_state.flags & CU_STREAM_NON_BLOCKING) == 0;
+  capture.to_graph = graph != nullptr;
+  capture.graph = graph_id;
   FERRY_RETURN_IF_ERROR(rt.graphs().BeginCapture(target.stream, &capture));
   Status status = rt.connection().Post([&](wire::Call::Builder call) {
     auto args = call.initStreamBeginCapture();
     SetStreamTarget(args, target);
     args.setMode(static_cast<uint32_t>(mode));
     args.setGraph(capture.graph);
+    args.setToGraph(capture.to_graph);
+    auto list = args.initDependencies(static_cast<unsigned>(dependencies.size()));
+    for (size_t i = 0; i < dependencies.size(); ++i) {
+      list.set(static_cast<unsigned>(i), dependencies[i]);
+    }
   });
   if (!status.ok()) rt.graphs().ForgetCapture(capture.id);
   return status;
@@ -105,10 +131,55 @@ Status EndCapture(CUstream stream, bool per_thread, CUgraph* graph) {
   });
   if (status.cuda_result() == CUDA_ERROR_STREAM_CAPTURE_UNMATCHED) return status;
   rt.graphs().ForgetCapture(capture.id);
+  const uint32_t host_nodes = rt.graphs().TakeCapturedHostNodes(capture.graph);
+  if (capture.to_graph) {
+    // The graph has the captured nodes whatever the answer (the server
+    // keeps their uses); it was the program's before.
+    rt.graphs().NoteCapturedIntoGraph(capture.graph, host_nodes);
+    FERRY_RETURN_IF_ERROR(status);
+    *graph = Runtime::ToHandle<CUgraph>(capture.graph);
+    return Status::Ok();
+  }
   FERRY_RETURN_IF_ERROR(status);
-  rt.graphs().AddGraph(capture.graph, /*opaque=*/true);
+  rt.graphs().AddGraph(capture.graph, /*opaque=*/true, host_nodes);
   *graph = Runtime::ToHandle<CUgraph>(capture.graph);
   return Status::Ok();
+}
+
+// cuStreamUpdateCaptureDependencies: the nodes named must be nodes of the
+// capture's graph with handles, i.e. explicitly added nodes of a graph
+// captured into (cuStreamBeginCaptureToGraph); captured nodes have none.
+Status UpdateCaptureDependencies(CUstream stream, bool per_thread, CUgraphNode* deps,
+                                 const CUgraphEdgeData* edge_data, size_t count, unsigned flags) {
+  Runtime& rt = Runtime::Get();
+  if (flags != CU_STREAM_ADD_CAPTURE_DEPENDENCIES && flags != CU_STREAM_SET_CAPTURE_DEPENDENCIES) {
+    return Status::InvalidArgument(
+        "flags must be CU_STREAM_ADD_ or CU_STREAM_SET_CAPTURE_DEPENDENCIES");
+  }
+  if (count > 0 && deps == nullptr) return Status::InvalidArgument("dependencies is NULL");
+  FERRY_RETURN_IF_ERROR(ferry::client::CheckEdgeData(edge_data, count));
+  StreamTarget target;
+  FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
+  CaptureState capture;
+  if (!rt.graphs().AnyCapture() || target.stream == 0 ||
+      !rt.graphs().FindCapture(target.stream, &capture)) {
+    return Status::Cuda(CUDA_ERROR_ILLEGAL_STATE, "the stream is not capturing");
+  }
+  std::vector<uint64_t> ids;
+  for (size_t i = 0; i < count; ++i) {
+    ids.push_back(Runtime::HandleId(deps[i]));
+    if (!rt.graphs().IsNodeOf(ids.back(), capture.graph)) {
+      return Status::InvalidArgument("dependency " + std::to_string(i) +
+                                     " is not a node of the capture's graph with a handle");
+    }
+  }
+  return rt.connection().Post([&](wire::Call::Builder call) {
+    auto args = call.initStreamUpdateCaptureDependencies();
+    SetStreamTarget(args, target);
+    auto list = args.initDependencies(static_cast<unsigned>(ids.size()));
+    for (size_t i = 0; i < ids.size(); ++i) list.set(static_cast<unsigned>(i), ids[i]);
+    args.setSet(flags == CU_STREAM_SET_CAPTURE_DEPENDENCIES);
+  });
 }
 
 // The capture status of `stream` and, when it captures, its capture; asks
@@ -147,8 +218,8 @@ Status CaptureInfo(CUstream stream, bool per_thread, CUstreamCaptureStatus* stat
 
 // cuStreamGetCaptureInfo, every version: the capture's id and graph while it
 // is active or invalidated. Captured nodes have no client handles (the
-// server records them), so the dependency set is reported empty, and
-// cuStreamUpdateCaptureDependencies is not forwarded.
+// server records them), so the dependency set is reported empty
+// (cuStreamUpdateCaptureDependencies takes only nodes with handles).
 Status GetCaptureInfo(CUstream stream, bool per_thread, CUstreamCaptureStatus* status,
                       cuuint64_t* id, CUgraph* graph, const CUgraphNode** dependencies,
                       const CUgraphEdgeData** edge_data, size_t* count) {
@@ -209,7 +280,8 @@ Status Instantiate(CUgraphExec* exec, CUgraph graph, unsigned long long flags,
 }
 
 // cuGraphLaunch (`upload` false) and cuGraphUpload: one call, ordered on the
-// stream.
+// stream. A launch of a graph with host nodes carries one host gate per host
+// node (client/api_graph_host.cc).
 Status LaunchOrUpload(CUgraphExec exec, CUstream stream, bool per_thread, bool upload) {
   Runtime& rt = Runtime::Get();
   FERRY_RETURN_IF_ERROR(rt.Ready());
@@ -219,11 +291,36 @@ Status LaunchOrUpload(CUgraphExec exec, CUstream stream, bool per_thread, bool u
   }
   StreamTarget target;
   FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
-  FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
-    wire::GraphLaunch::Builder args = upload ? call.initGraphUpload() : call.initGraphLaunch();
-    SetStreamTarget(args, target);
-    args.setExec(id);
-  }));
+  const uint32_t host_nodes = upload ? 0 : rt.graphs().ExecHostNodes(id);
+  CaptureState capture;
+  if (host_nodes != 0 && rt.graphs().AnyCapture() && target.stream != 0 &&
+      rt.graphs().FindCapture(target.stream, &capture)) {
+    // A host node holds its launch's stream for this process, which a
+    // capture cannot record (the server refuses it too): the capture is
+    // invalidated, as for any call it cannot take.
+    FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
+      auto args = call.initStreamCaptureInvalidate();
+      SetStreamTarget(args, target);
+    }));
+    return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+                        "a graph with host nodes cannot be launched into a capture");
+  }
+  if (host_nodes != 0) {
+    FERRY_RETURN_IF_ERROR(rt.connection().PostHostGates(
+        [&](wire::Call::Builder call) {
+          wire::GraphLaunch::Builder args = call.initGraphLaunchHostNodes();
+          SetStreamTarget(args, target);
+          args.setExec(id);
+          args.setHostNodes(host_nodes);
+        },
+        host_nodes));
+  } else {
+    FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
+      wire::GraphLaunch::Builder args = upload ? call.initGraphUpload() : call.initGraphLaunch();
+      SetStreamTarget(args, target);
+      args.setExec(id);
+    }));
+  }
   // The executable graph's user-object references outlive it until this
   // launch has finished.
   if (!upload) rt.user_objects().ExecLaunched(id, stream, per_thread);
@@ -317,6 +414,30 @@ CUresult CUDAAPI cuStreamBeginCapture_v2_ptsz(CUstream hStream, CUstreamCaptureM
   return Api([&] { return BeginCapture(hStream, true, mode); });
 }
 
+// graphhost: the captured nodes join an existing graph (schema/ferry.capnp,
+// StreamBeginCapture); they have no handles, so the graph's structure is the
+// server's from then on (its node count stays known).
+CUresult CUDAAPI cuStreamBeginCaptureToGraph(CUstream hStream, CUgraph hGraph,
+                                             const CUgraphNode* dependencies,
+                                             const CUgraphEdgeData* dependencyData,
+                                             size_t numDependencies, CUstreamCaptureMode mode) {
+  return Api([&] {
+    if (hGraph == nullptr) return Status::InvalidHandle("hGraph is NULL");
+    return BeginCapture(hStream, false, mode, hGraph, dependencies, dependencyData,
+                        numDependencies);
+  });
+}
+CUresult CUDAAPI cuStreamBeginCaptureToGraph_ptsz(CUstream hStream, CUgraph hGraph,
+                                                  const CUgraphNode* dependencies,
+                                                  const CUgraphEdgeData* dependencyData,
+                                                  size_t numDependencies,
+                                                  CUstreamCaptureMode mode) {
+  return Api([&] {
+    if (hGraph == nullptr) return Status::InvalidHandle("hGraph is NULL");
+    return BeginCapture(hStream, true, mode, hGraph, dependencies, dependencyData, numDependencies);
+  });
+}
+
 CUresult CUDAAPI cuStreamEndCapture(CUstream hStream, CUgraph* phGraph) {
   return Api([&] { return EndCapture(hStream, false, phGraph); });
 }
@@ -368,6 +489,38 @@ FERRY_CAPTURE_INFO_V2(cuStreamGetCaptureInfo_v2, false)
 FERRY_CAPTURE_INFO_V2(cuStreamGetCaptureInfo_v2_ptsz, true)
 FERRY_CAPTURE_INFO_V3(cuStreamGetCaptureInfo_v3, false)
 FERRY_CAPTURE_INFO_V3(cuStreamGetCaptureInfo_v3_ptsz, true)
+
+CUresult CUDAAPI cuStreamUpdateCaptureDependencies(CUstream hStream, CUgraphNode* dependencies,
+                                                   size_t numDependencies, unsigned int flags) {
+  return Api([&] {
+    return UpdateCaptureDependencies(hStream, false, dependencies, nullptr, numDependencies, flags);
+  });
+}
+CUresult CUDAAPI cuStreamUpdateCaptureDependencies_ptsz(CUstream hStream, CUgraphNode* dependencies,
+                                                        size_t numDependencies,
+                                                        unsigned int flags) {
+  return Api([&] {
+    return UpdateCaptureDependencies(hStream, true, dependencies, nullptr, numDependencies, flags);
+  });
+}
+CUresult CUDAAPI cuStreamUpdateCaptureDependencies_v2(CUstream hStream, CUgraphNode* dependencies,
+                                                      const CUgraphEdgeData* dependencyData,
+                                                      size_t numDependencies, unsigned int flags) {
+  return Api([&] {
+    return UpdateCaptureDependencies(hStream, false, dependencies, dependencyData, numDependencies,
+                                     flags);
+  });
+}
+CUresult CUDAAPI cuStreamUpdateCaptureDependencies_v2_ptsz(CUstream hStream,
+                                                           CUgraphNode* dependencies,
+                                                           const CUgraphEdgeData* dependencyData,
+                                                           size_t numDependencies,
+                                                           unsigned int flags) {
+  return Api([&] {
+    return UpdateCaptureDependencies(hStream, true, dependencies, dependencyData, numDependencies,
+                                     flags);
+  });
+}
 
 CUresult CUDAAPI cuGraphCreate(CUgraph* phGraph, unsigned int flags) {
   return Api([&]() -> Status {
@@ -720,6 +873,10 @@ Status ferry::client::AddWorkNode(CUgraphNode* node, CUgraph graph, const CUgrap
   if (work.type() == CU_GRAPH_NODE_TYPE_GRAPH && Runtime::HandleId(graph) == work.child_graph()) {
     return Status::InvalidArgument("a graph cannot be its own child");
   }
+  if (work.type() == CU_GRAPH_NODE_TYPE_HOST &&
+      Runtime::Get().graphs().IsEmbedded(Runtime::HandleId(graph))) {
+    return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "child graphs with host nodes");
+  }
   FERRY_RETURN_IF_ERROR(AddNode(
       node, graph, deps, count, work.type(),
       [&](wire::GraphAddNode::Builder args) { work.FillAdd(args); }, work.bulk()));
@@ -870,7 +1027,8 @@ CUresult CUDAAPI cuGraphExecUpdate(CUgraphExec hGraphExec, CUgraph hGraph,
 }
 
 // The child is copied into the node as it is now (the server does the
-// copying); cuGraphChildGraphNodeGetGraph is not forwarded.
+// copying); cuGraphChildGraphNodeGetGraph names that copy
+// (client/api_graph_host.cc).
 CUresult CUDAAPI cuGraphAddChildGraphNode(CUgraphNode* phGraphNode, CUgraph hGraph,
                                           const CUgraphNode* dependencies, size_t numDependencies,
                                           CUgraph childGraph) {

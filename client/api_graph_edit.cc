@@ -22,6 +22,7 @@
 #include "client/graph_node_work.h"
 
 using ferry::client::AddWorkNode;
+using ferry::client::CheckEdgeData;
 using ferry::client::GraphNodeWork;
 using ferry::client::KernelParamsV2;
 using ferry::client::RecordedNodeParams;
@@ -73,20 +74,6 @@ Status ferry::client::SetNodeWork(CUgraphExec exec, CUgraphNode node, const Grap
 
 namespace {
 
-// Edge data other than the default (plain, full dependencies) is not
-// forwarded: ferry's graphs have plain dependencies only.
-Status CheckEdgeData(const CUgraphEdgeData* edge_data, size_t count) {
-  if (edge_data == nullptr) return Status::Ok();
-  for (size_t i = 0; i < count; ++i) {
-    const CUgraphEdgeData& e = edge_data[i];
-    if (e.from_port != 0 || e.to_port != 0 || e.type != CU_GRAPH_DEPENDENCY_TYPE_DEFAULT) {
-      return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED,
-                          "edges with ports or programmatic dependencies are not forwarded");
-    }
-  }
-  return Status::Ok();
-}
-
 Status EditEdges(CUgraph graph, const CUgraphNode* from, const CUgraphNode* to,
                  const CUgraphEdgeData* edge_data, size_t count, bool remove) {
   Runtime& rt = Runtime::Get();
@@ -121,8 +108,6 @@ Status EditEdges(CUgraph graph, const CUgraphNode* from, const CUgraphNode* to,
 // The name a node kind ferry does not forward is logged under (once each).
 const char* UnforwardedKindName(CUgraphNodeType type) {
   switch (type) {
-    case CU_GRAPH_NODE_TYPE_HOST:
-      return "CUgraphNodeParams of a host node";
     case CU_GRAPH_NODE_TYPE_WAIT_EVENT:
       return "CUgraphNodeParams of an event wait node";
     case CU_GRAPH_NODE_TYPE_EVENT_RECORD:
@@ -145,7 +130,7 @@ const char* UnforwardedKindName(CUgraphNodeType type) {
 }
 
 // The generic parameters as the work of the kind-specific calls: empty,
-// kernel, memset, memcpy and child-graph nodes; other kinds NOT_SUPPORTED
+// kernel, memset, memcpy, child-graph and host nodes; other kinds NOT_SUPPORTED
 // (logged once per kind).
 Status WorkOf(const CUgraphNodeParams* params, GraphNodeWork* work) {
   if (params == nullptr) return Status::InvalidArgument("nodeParams is NULL");
@@ -185,11 +170,15 @@ Status WorkOf(const CUgraphNodeParams* params, GraphNodeWork* work) {
                             "forwarded");
       }
       return work->FromChildGraph(p.graph.graph);
+    case CU_GRAPH_NODE_TYPE_HOST: {
+      const CUDA_HOST_NODE_PARAMS host{p.host.fn, p.host.userData};
+      return work->FromHost(&host);
+    }
     default: {
       const char* name = UnforwardedKindName(p.type);
       ferry::client::Unsupported(name,
-                                 "ferry forwards empty, kernel, memset, memcpy and "
-                                 "child-graph nodes through the generic entry points");
+                                 "ferry forwards empty, kernel, memset, memcpy, "
+                                 "child-graph and host nodes through the generic entry points");
       return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, std::string(name) + " is not forwarded");
     }
   }

@@ -38,6 +38,14 @@ Status NewNode(CUgraphNode* node, CUgraph graph, const CUgraphNode* deps, size_t
   FERRY_RETURN_IF_ERROR(rt.Ready());
   *graph_id = Runtime::HandleId(graph);
   if (!rt.graphs().HasGraph(*graph_id)) return Status::InvalidHandle("not a graph of this client");
+  if (rt.graphs().IsEmbedded(*graph_id)) {
+    // cuda.h: a child-graph node's graph takes no allocation or free nodes;
+    // event nodes are not forwarded in child graphs.
+    if (type == CU_GRAPH_NODE_TYPE_MEM_ALLOC || type == CU_GRAPH_NODE_TYPE_MEM_FREE) {
+      return Status::InvalidArgument("a child-graph node's graph takes no memory nodes");
+    }
+    return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "child graphs with event nodes");
+  }
   dependencies->resize(count);
   for (size_t i = 0; i < count; ++i) {
     (*dependencies)[i] = Runtime::HandleId(deps[i]);

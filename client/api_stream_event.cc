@@ -113,11 +113,8 @@ Status RecordEvent(CUevent event, CUstream stream, unsigned flags, bool per_thre
 // Host callbacks: a gate on the server holds the stream while `fn` runs on
 // the client's host-callback thread (see Connection::PostHostGate). The call
 // itself returns at once.
-Status AddHostGate(CUstream stream, bool per_thread, ferry::client::Connection::HostFunction fn) {
-  Runtime& rt = Runtime::Get();
-  StreamTarget target;
-  FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
-  return rt.connection().PostHostGate(
+Status AddHostGate(const StreamTarget& target, ferry::client::Connection::HostFunction fn) {
+  return Runtime::Get().connection().PostHostGate(
       [&](wire::Call::Builder call) {
         auto args = call.initHostGate();
         SetStreamTarget(args, target);
@@ -125,15 +122,16 @@ Status AddHostGate(CUstream stream, bool per_thread, ferry::client::Connection::
       std::move(fn));
 }
 
-// As CUDA documents: the function is not called once the stream's work has
-// failed (nor when the connection is lost). An error ferry latched from an
-// earlier call does not stop it: CUDA would have returned that error from the
-// call itself, and the context would still work.
+// On a capturing stream the function becomes a host node of the capture
+// (CaptureHostFunc).
 Status LaunchHostFunc(CUstream stream, CUhostFn fn, void* user_data, bool per_thread) {
   if (fn == nullptr) return Status::InvalidArgument("cuLaunchHostFunc: fn is NULL");
-  return AddHostGate(stream, per_thread, [fn, user_data](const Status&, bool stream_failed) {
-    if (!stream_failed) fn(user_data);
-  });
+  StreamTarget target;
+  FERRY_RETURN_IF_ERROR(Runtime::Get().ResolveStream(stream, per_thread, &target));
+  bool captured = false;
+  FERRY_RETURN_IF_ERROR(CaptureHostFunc(target, fn, user_data, &captured));
+  if (captured) return Status::Ok();
+  return AddHostGate(target, LaunchedHostFunction(fn, user_data));
 }
 
 // The callback always runs, with the stream's status: CUDA_SUCCESS, the
@@ -142,7 +140,9 @@ Status StreamAddCallback(CUstream stream, CUstreamCallback callback, void* user_
                          unsigned flags, bool per_thread) {
   if (callback == nullptr) return Status::InvalidArgument("cuStreamAddCallback: callback is NULL");
   if (flags != 0) return Status::InvalidArgument("cuStreamAddCallback: flags must be 0");
-  return AddHostGate(stream, per_thread, [stream, callback, user_data](const Status& status, bool) {
+  StreamTarget target;
+  FERRY_RETURN_IF_ERROR(Runtime::Get().ResolveStream(stream, per_thread, &target));
+  return AddHostGate(target, [stream, callback, user_data](const Status& status, bool) {
     callback(stream, ferry::client::ToCuResult(status), user_data);
   });
 }

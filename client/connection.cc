@@ -269,7 +269,8 @@ Status Connection::FlushLocked() {
 
 Status Connection::Send(Fill fill, OutBytes bulk, bool wants_reply, Waiter* waiter,
                         std::unique_ptr<Waiter> async_waiter, uint64_t* seq_out,
-                        HostFunction gate) {
+                        PendingGates gates) {
+  const bool gate = gates.left > 0;
   // Small calls are built in a scratch segment on the stack: no allocation.
   // Built before the lock, so a refused call changes nothing.
   capnp::word scratch[64];
@@ -277,12 +278,12 @@ Status Connection::Send(Fill fill, OutBytes bulk, bool wants_reply, Waiter* wait
   capnp::MallocMessageBuilder message(kj::arrayPtr(scratch, 64));
   auto call = message.initRoot<wire::Call>();
   fill(call);
-  FERRY_RETURN_IF_ERROR(CheckWaits(call.which(), wants_reply, gate != nullptr));
+  FERRY_RETURN_IF_ERROR(CheckWaits(call.which(), wants_reply, gate));
   bool wake_flusher = false;
   {
     std::lock_guard<std::mutex> lock(send_mutex_);
     if (broken_flag_.load(std::memory_order_acquire)) return health();
-    if (waiter != nullptr || async_waiter != nullptr || gate != nullptr) {
+    if (waiter != nullptr || async_waiter != nullptr || gate) {
       std::lock_guard<std::mutex> reply_lock(reply_mutex_);
       if (!broken_.ok()) return broken_;
       if (!revoked_.ok()) return revoked_;
@@ -295,9 +296,9 @@ Status Connection::Send(Fill fill, OutBytes bulk, bool wants_reply, Waiter* wait
       if (async_waiter != nullptr) async_waiter->sent = now;
       // Nobody waits for these replies: the background reader reads them
       // whenever no caller holds the reader role.
-      const bool unclaimed = async_waiter != nullptr || gate != nullptr;
+      const bool unclaimed = async_waiter != nullptr || gate;
       if (async_waiter != nullptr) async_copies_[next_seq_] = std::move(async_waiter);
-      if (gate) gates_[next_seq_] = std::move(gate);
+      if (gate) gates_[next_seq_] = std::move(gates);
       if (unclaimed && !reader_busy_) background_cv_.notify_one();
     }
     const bool was_empty = batch_calls_ == 0;
@@ -325,7 +326,7 @@ Status Connection::Send(Fill fill, OutBytes bulk, bool wants_reply, Waiter* wait
 }
 
 Status Connection::Post(const Fill& fill, OutBytes bulk, uint64_t* seq_out) {
-  return Send(fill, bulk, /*wants_reply=*/false, nullptr, nullptr, seq_out);
+  return Send(fill, bulk, /*wants_reply=*/false, nullptr, nullptr, seq_out, {});
 }
 
 namespace {
@@ -351,7 +352,7 @@ Status Connection::Call(const Fill& fill, OutBytes bulk, InBytes reply_bulk,
   Waiter waiter;
   waiter.bulk = reply_bulk;
   uint64_t seq = 0;
-  Status status = Send(fill, bulk, /*wants_reply=*/true, &waiter, nullptr, &seq);
+  Status status = Send(fill, bulk, /*wants_reply=*/true, &waiter, nullptr, &seq, {});
   if (seq_out != nullptr) *seq_out = seq;
   if (!status.ok()) {
     std::lock_guard<std::mutex> lock(reply_mutex_);
@@ -380,16 +381,28 @@ Status Connection::PostExpectingBytes(const Fill& fill, InBytes reply_bulk, Stre
   waiter->bulk = reply_bulk;
   waiter->async = true;
   waiter->stream = stream;
-  return Send(fill, {}, /*wants_reply=*/true, nullptr, std::move(waiter), nullptr);
+  return Send(fill, {}, /*wants_reply=*/true, nullptr, std::move(waiter), nullptr, {});
 }
 
 Status Connection::PostHostGate(const Fill& fill, HostFunction fn) {
   if (!fn) return Status::InvalidArgument("null host function");
-  return Send(fill, {}, /*wants_reply=*/false, nullptr, nullptr, nullptr, std::move(fn));
+  return Send(fill, {}, /*wants_reply=*/false, nullptr, nullptr, nullptr,
+              PendingGates{std::move(fn), 1});
 }
 
-void Connection::RunHostFunction(uint64_t seq, HostFunction fn, Status status, bool held,
-                                 bool stream_failed) {
+void Connection::RegisterHostFunction(uint64_t id, HostFunction fn) {
+  std::lock_guard<std::mutex> lock(reply_mutex_);
+  host_functions_[id] = std::move(fn);
+}
+
+Status Connection::PostHostGates(const Fill& fill, uint32_t gates) {
+  if (gates == 0) return Status::InvalidArgument("a call with host gates carries at least one");
+  return Send(fill, {}, /*wants_reply=*/false, nullptr, nullptr, nullptr,
+              PendingGates{nullptr, gates});
+}
+
+void Connection::RunHostFunction(uint64_t seq, uint32_t index, HostFunction fn, Status status,
+                                 bool held, bool stream_failed) {
   if (!held && !stream_failed) {
     // The server refused the gate call; the session latched the error, and
     // the next call that waits reports it. The function never runs, as it
@@ -397,26 +410,35 @@ void Connection::RunHostFunction(uint64_t seq, HostFunction fn, Status status, b
     FERRY_LOG(kWarning) << "a host callback will not run: " << status.message();
     return;
   }
+  if (!fn) {
+    // A gate naming a host function never registered: a server bug. The
+    // stream must not stay held.
+    FERRY_LOG(kError) << "a graph host node names an unknown host function; it is skipped";
+    if (held) (void)OpenGate(seq, index);
+    return;
+  }
   Status posted = host_callbacks_.Post(
-      [this, seq, fn = std::move(fn), status = std::move(status), held, stream_failed] {
+      [this, seq, index, fn = std::move(fn), status = std::move(status), held, stream_failed] {
         try {
           fn(status, stream_failed);
         } catch (...) {
           FERRY_LOG(kError) << "a host callback threw; its stream goes on";
         }
-        if (held) (void)OpenGate(seq);
+        if (held) (void)OpenGate(seq, index);
       });
   if (!posted.ok()) {
     // Without the thread the function cannot run; the stream must not stay
     // held, or everything behind it would wait forever.
     FERRY_LOG(kError) << posted.message() << "; a host callback is skipped";
-    if (held) (void)OpenGate(seq);
+    if (held) (void)OpenGate(seq, index);
   }
 }
 
-Status Connection::OpenGate(uint64_t seq) {
+Status Connection::OpenGate(uint64_t seq, uint32_t index) {
   capnp::MallocMessageBuilder message(16);
-  message.initRoot<wire::GateOpen>().setGate(seq);
+  auto open = message.initRoot<wire::GateOpen>();
+  open.setGate(seq);
+  open.setIndex(index);
   std::lock_guard<std::mutex> lock(send_mutex_);
   {
     // Taking reply_mutex_ here, after the host function ran, also orders the
@@ -604,6 +626,8 @@ Status Connection::ReadOneReply() {
   uint64_t seq = 0;
   Status reply_status;
   bool gate_held = false, gate_stream_failed = false;
+  uint32_t gate_index = 0;
+  uint64_t gate_function = 0;
   try {
     capnp::FlatArrayMessageReader reader(words, PeerReaderOptions());
     auto reply = reader.getRoot<wire::Reply>();
@@ -612,6 +636,8 @@ Status Connection::ReadOneReply() {
     if (reply.isGateReached()) {
       gate_held = reply.getGateReached().getHeld();
       gate_stream_failed = reply.getGateReached().getStreamFailed();
+      gate_index = reply.getGateReached().getIndex();
+      gate_function = reply.getGateReached().getHostFunction();
     }
     if (reply.getLatchedFromSeq() != 0) {
       // Nobody else would ever see why an asynchronous call failed.
@@ -656,6 +682,7 @@ Status Connection::ReadOneReply() {
     reply_status = Status::Internal("reply " + std::to_string(seq) + " carried no bytes");
   }
   HostFunction gate;
+  bool gate_reached = false;
   {
     std::lock_guard<std::mutex> lock(reply_mutex_);
     auto it = waiters_.find(seq);
@@ -668,15 +695,23 @@ Status Connection::ReadOneReply() {
       if (!reply_status.ok() && async_error_.ok()) async_error_ = reply_status;
       async_copies_.erase(async);
     } else if (auto g = gates_.find(seq); g != gates_.end()) {
-      gate = std::move(g->second);
-      gates_.erase(g);
+      gate_reached = true;
+      PendingGates& pending = g->second;
+      if (pending.fn) {
+        gate = std::move(pending.fn);  // a hostGate call's one gate
+      } else if (auto f = host_functions_.find(gate_function); f != host_functions_.end()) {
+        gate = f->second;
+      }
+      // A refused graph launch answers once for all of its gates.
+      if (gate_index == wire::ALL_GATES_OF_THE_CALL || --pending.left == 0) gates_.erase(g);
     }
   }
   // Replies are read in the order the server sent them, so the bytes of
   // every copy the gate's stream waited for have landed by now. The host
   // function runs on the host-callback thread, never on this one.
-  if (gate) {
-    RunHostFunction(seq, std::move(gate), std::move(reply_status), gate_held, gate_stream_failed);
+  if (gate_reached) {
+    RunHostFunction(seq, gate_index, std::move(gate), std::move(reply_status), gate_held,
+                    gate_stream_failed);
   }
   return Status::Ok();
 }
@@ -733,7 +768,7 @@ void Connection::WatchdogLoop() {
 }
 
 void Connection::Fail(const Status& status) {
-  std::map<uint64_t, HostFunction> gates;
+  std::map<uint64_t, PendingGates> gates;
   Status broken;
   {
     std::lock_guard<std::mutex> lock(reply_mutex_);
@@ -756,8 +791,11 @@ void Connection::Fail(const Status& status) {
   transport_->Shutdown();
   // Their streams will never reach them: a lost device, as far as the
   // program can tell (cuStreamAddCallback reports it, cuLaunchHostFunc skips).
-  for (auto& [seq, fn] : gates) {
-    RunHostFunction(seq, std::move(fn), broken, /*held=*/false, /*stream_failed=*/true);
+  // Graph host nodes not reached are skipped (their launch is lost with it).
+  for (auto& [seq, pending] : gates) {
+    if (!pending.fn) continue;
+    RunHostFunction(seq, 0, std::move(pending.fn), broken, /*held=*/false,
+                    /*stream_failed=*/true);
   }
 }
 

@@ -32,7 +32,10 @@
 // program's function to the host-callback thread, which runs it and then
 // opens the gate with a gateOpen frame. Calls that would wait are refused on
 // that thread (CUDA forbids CUDA calls in host callbacks; waiting there for
-// work behind the gate would never end).
+// work behind the gate would never end). Graph host nodes use the same
+// path: a graph launch carries one gate per host node (PostHostGates), and
+// each gateReached names the registered function to run
+// (RegisterHostFunction).
 //
 // Once the connection breaks, every call fails with the same Disconnected
 // status, which names the server. A server that stays silent past the call
@@ -196,6 +199,15 @@ class Connection {
   // gate (a bad stream), `fn` never runs and the error is reported by the
   // next call that waits, like any asynchronous error.
   Status PostHostGate(const Fill& fill, HostFunction fn);
+  // graph host nodes: `fn` may be run any number of times from now on, once
+  // for each gate that names `id` (a client-chosen id, never 0). Kept for the
+  // connection's life: executable graphs may name it as long as they live.
+  void RegisterHostFunction(uint64_t id, HostFunction fn);
+  // Sends a call that carries `gates` host gates (graphLaunchHostNodes)
+  // without waiting. Each gate, once reached, runs the registered function
+  // its gateReached names and then opens; a refused call runs none, and its
+  // error is reported by the next call that waits.
+  Status PostHostGates(const Fill& fill, uint32_t gates);
   // The seq the next call will get.
   uint64_t NextSeq();
   // Sends whatever is queued.
@@ -229,14 +241,22 @@ class Connection {
   // Queues (and, when it must wait or is large, sends) one call. A waiter is
   // registered before the call leaves: `waiter` (owned by the caller, who
   // waits on it) or `async_waiter` (owned by the connection from then on).
-  // `gate`, when set, is registered as the host function of this (hostGate)
-  // call, owned by the connection from then on.
+  // The host gates of a call not reached yet: a hostGate call's one, whose
+  // function is `fn`, or the `left` gates of a graph launch, each running
+  // the registered function its gateReached names (`fn` empty).
+  struct PendingGates {
+    HostFunction fn;
+    uint32_t left = 0;
+  };
+  // `gates`, when it has any, is registered as this call's gates (hostGate,
+  // graphLaunchHostNodes), owned by the connection from then on.
   Status Send(Fill fill, OutBytes bulk, bool wants_reply, Waiter* waiter,
-              std::unique_ptr<Waiter> async_waiter, uint64_t* seq_out, HostFunction gate = nullptr);
+              std::unique_ptr<Waiter> async_waiter, uint64_t* seq_out, PendingGates gates);
   // Hands a reached gate's function to the host-callback thread.
-  void RunHostFunction(uint64_t seq, HostFunction fn, Status status, bool held, bool stream_failed);
-  // Sends a gateOpen frame for the hostGate call `seq`.
-  Status OpenGate(uint64_t seq);
+  void RunHostFunction(uint64_t seq, uint32_t index, HostFunction fn, Status status, bool held,
+                       bool stream_failed);
+  // Sends a gateOpen frame for gate `index` of call `seq`.
+  Status OpenGate(uint64_t seq, uint32_t index);
   // Returns once `done()` holds or the connection broke, reading replies on
   // the calling thread whenever no other thread reads. `lock` holds
   // reply_mutex_ on entry and on return.
@@ -289,8 +309,10 @@ class Connection {
   // The first failed PostExpectingBytes, until reported.
   Status async_error_ ABSL_GUARDED_BY(reply_mutex_);
   Status broken_ ABSL_GUARDED_BY(reply_mutex_);  // set once the connection fails
-  // hostGate calls not yet reached.
-  std::map<uint64_t, HostFunction> gates_ ABSL_GUARDED_BY(reply_mutex_);
+  // Calls whose host gates are not all reached yet, by seq.
+  std::map<uint64_t, PendingGates> gates_ ABSL_GUARDED_BY(reply_mutex_);
+  // graph host nodes: RegisterHostFunction's, by id.
+  std::map<uint64_t, HostFunction> host_functions_ ABSL_GUARDED_BY(reply_mutex_);
   // Set once the server took the session's devices away.
   Status revoked_ ABSL_GUARDED_BY(reply_mutex_);
   bool reader_busy_ ABSL_GUARDED_BY(reply_mutex_) = false;  // a thread holds the reader role

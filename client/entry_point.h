@@ -77,3 +77,15 @@ void ForgetGraphMemory(uint64_t exec);
 // nodes (cuda.h: such a graph cannot be cloned, nor its nodes or edges
 // removed; the server refuses them too, but these calls do not wait).
 ferry::Status CheckGraphWithoutMemoryNodes(uint64_t graph, const char* what);
+
+// graph host nodes (client/api_graph_host.cc): cuLaunchHostFunc on `target`.
+// When the stream captures, `fn` becomes a host node of the capture
+// (*captured true); otherwise nothing is sent and the caller queues a host
+// gate as usual.
+Status CaptureHostFunc(const StreamTarget& target, CUhostFn fn, void* user_data, bool* captured);
+// cuLaunchHostFunc's function (a stream callback or a graph host node) as
+// the connection runs it: as CUDA documents, not called once the work before
+// it failed (nor when the connection is lost). An error ferry latched from an
+// earlier call does not stop it: CUDA would have returned that error from
+// the call itself, and the context would still work.
+ferry::client::Connection::HostFunction LaunchedHostFunction(CUhostFn fn, void* user_data);

@@ -118,7 +118,32 @@ Status GraphNodeWork::FromChildGraph(CUgraph child) {
   if (!Runtime::Get().graphs().HasGraph(child_)) {
     return Status::InvalidHandle("childGraph is not a graph of this client");
   }
+  // graph host nodes: a host node's gate belongs to a launch of its own graph.
+  if (Runtime::Get().graphs().GraphHostNodes(child_) != 0) {
+    return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "child graphs with host nodes");
+  }
   type_ = CU_GRAPH_NODE_TYPE_GRAPH;
+  return Status::Ok();
+}
+
+Status CheckEdgeData(const CUgraphEdgeData* edge_data, size_t count) {
+  if (edge_data == nullptr) return Status::Ok();
+  for (size_t i = 0; i < count; ++i) {
+    const CUgraphEdgeData& e = edge_data[i];
+    if (e.from_port != 0 || e.to_port != 0 || e.type != CU_GRAPH_DEPENDENCY_TYPE_DEFAULT) {
+      return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED,
+                          "edges with ports or programmatic dependencies are not forwarded");
+    }
+  }
+  return Status::Ok();
+}
+
+Status GraphNodeWork::FromHost(const CUDA_HOST_NODE_PARAMS* p) {
+  if (p == nullptr) return Status::InvalidArgument("nodeParams is NULL");
+  if (p->fn == nullptr) return Status::InvalidArgument("a host node's fn is NULL");
+  FERRY_RETURN_IF_ERROR(HostFunctionId(p->fn, p->userData, &host_function_));
+  host_ = *p;
+  type_ = CU_GRAPH_NODE_TYPE_HOST;
   return Status::Ok();
 }
 
@@ -143,6 +168,9 @@ std::shared_ptr<const RecordedNodeParams> GraphNodeWork::Record() const {
       return record;
     case CU_GRAPH_NODE_TYPE_MEMCPY:
       record->memcpy = memcpy_;
+      return record;
+    case CU_GRAPH_NODE_TYPE_HOST:
+      record->host = host_;
       return record;
     default:
       return nullptr;

@@ -20,6 +20,10 @@ namespace ferry::client {
 // The context a node's work runs in: `ctx`, or the current one when NULL.
 Status NodeContext(CUcontext ctx, uint64_t* out);
 
+// Edge data other than the default (plain, full dependencies) is not
+// forwarded: ferry's graphs have plain dependencies only (NOT_SUPPORTED).
+Status CheckEdgeData(const CUgraphEdgeData* edge_data, size_t count);
+
 // Kernel node parameters as CUDA_KERNEL_NODE_PARAMS_v2, from v1 (no kern,
 // no ctx) or v3 (v2's layout, inside CUgraphNodeParams).
 CUDA_KERNEL_NODE_PARAMS_v2 KernelParamsV2(const CUDA_KERNEL_NODE_PARAMS_v1& v1);
@@ -38,6 +42,8 @@ class GraphNodeWork {
   // offsets); anything else: NOT_SUPPORTED.
   Status FromMemcpy(const CUDA_MEMCPY3D* p, CUcontext ctx);
   Status FromChildGraph(CUgraph child);
+  // graph host nodes: `p->fn` called with `p->userData` (HostFunctionId).
+  Status FromHost(const CUDA_HOST_NODE_PARAMS* p);
   void FromEmpty() { type_ = CU_GRAPH_NODE_TYPE_EMPTY; }
   // A kernel node's attributes that change its work (cluster shape,
   // cooperation); a new node has none.
@@ -88,6 +94,9 @@ class GraphNodeWork {
       case CU_GRAPH_NODE_TYPE_GRAPH:
         args.setChildGraph(child_);
         break;
+      case CU_GRAPH_NODE_TYPE_HOST:
+        args.setHost(host_function_);
+        break;
       default:
         break;
     }
@@ -116,7 +125,15 @@ class GraphNodeWork {
   CUDA_MEMSET_NODE_PARAMS memset_{};
   CUDA_MEMCPY3D memcpy_{};
   uint64_t child_ = 0;
+  CUDA_HOST_NODE_PARAMS host_{};
+  uint64_t host_function_ = 0;
 };
+
+// graph host nodes (client/api_graph_host.cc): *id gets the id the server
+// knows `fn` called with `user_data` by (schema/ferry.capnp, "Graph host
+// nodes"). The connection gets the function the first time a pair is seen;
+// one id per distinct pair, kept for the process's life.
+Status HostFunctionId(CUhostFn fn, void* user_data, uint64_t* id);
 
 // Adds a node doing `work` to `graph` after `deps` (cuGraphAdd*Node,
 // cuGraphAddNode) and records its parameters (client/api_graph.cc).

@@ -13,8 +13,15 @@ Status GraphRegistry::BeginCapture(uint64_t stream, CaptureState* state) {
   if (captures_.count(stream) != 0) {
     return Status::Cuda(CUDA_ERROR_ILLEGAL_STATE, "the stream is capturing already");
   }
+  if (state->to_graph) {
+    for (const auto& [other, capture] : captures_) {
+      if (capture.graph == state->graph) {
+        return Status::InvalidArgument("another capture builds the graph already");
+      }
+    }
+  }
   state->id = next_capture_id_.fetch_add(1);
-  state->graph = ids_->New(HandleKind::kGraph);
+  if (!state->to_graph) state->graph = ids_->New(HandleKind::kGraph);
   state->origin = stream;
   state->thread = std::this_thread::get_id();
   captures_.emplace(stream, *state);
@@ -109,9 +116,9 @@ uint64_t GraphRegistry::NewGraph(bool opaque) {
   return id;
 }
 
-void GraphRegistry::AddGraph(uint64_t id, bool opaque) {
+void GraphRegistry::AddGraph(uint64_t id, bool opaque, uint32_t captured_host_nodes) {
   std::lock_guard<std::mutex> lock(mu_);
-  graphs_[id] = GraphState{opaque, {}};
+  graphs_[id] = GraphState{opaque, {}, captured_host_nodes};
 }
 
 bool GraphRegistry::IsOpaque(uint64_t id) {
@@ -218,9 +225,28 @@ Status GraphRegistry::GraphOfNode(uint64_t node, uint64_t* graph) {
 
 Status GraphRegistry::RemoveGraph(uint64_t id) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (graphs_.erase(id) == 0) return Status::InvalidHandle("no graph " + std::to_string(id));
+  auto it = graphs_.find(id);
+  if (it == graphs_.end()) return Status::InvalidHandle("no graph " + std::to_string(id));
+  if (it->second.embedded_in != 0) {
+    return Status::InvalidArgument("a child-graph node's graph belongs to its node");
+  }
+  for (uint64_t node : it->second.nodes) {
+    if (auto n = nodes_.find(node); n != nodes_.end()) ForgetEmbeddedLocked(n->second);
+  }
+  graphs_.erase(id);
   std::erase_if(nodes_, [id](const auto& entry) { return entry.second.graph == id; });
   return Status::Ok();
+}
+
+void GraphRegistry::ForgetEmbeddedLocked(const NodeState& node) {
+  auto g = graphs_.find(node.embedded_graph);
+  if (node.embedded_graph == 0 || g == graphs_.end()) return;
+  const uint64_t id = node.embedded_graph;
+  for (uint64_t inner : g->second.nodes) {
+    if (auto n = nodes_.find(inner); n != nodes_.end()) ForgetEmbeddedLocked(n->second);
+  }
+  graphs_.erase(id);
+  std::erase_if(nodes_, [id](const auto& entry) { return entry.second.graph == id; });
 }
 
 uint64_t GraphRegistry::NewNode(uint64_t graph, int type, std::vector<uint64_t> dependencies) {
@@ -325,11 +351,13 @@ uint64_t GraphRegistry::NewExec(uint64_t graph, uint64_t flags) {
   const uint64_t id = ids_->New(HandleKind::kGraphExec);
   std::lock_guard<std::mutex> lock(mu_);
   ExecState state{graph, flags, {}, false, {}, {}};
-  if (auto g = graphs_.find(graph); g == graphs_.end() || g->second.opaque) {
+  auto g = graphs_.find(graph);
+  if (g == graphs_.end() || g->second.opaque) {
     state.opaque = true;
   } else {
     state.shape = ShapeLocked(g->second);
   }
+  if (g != graphs_.end()) state.host_nodes = HostNodesLocked(g->second);
   execs_[id] = std::move(state);
   return id;
 }
@@ -417,7 +445,8 @@ Status GraphRegistry::DestroyNode(uint64_t node, uint64_t* graph) {
     std::erase(g->second.nodes, node);
     for (uint64_t other : g->second.nodes) std::erase(nodes_.at(other).dependencies, node);
   }
-  nodes_.erase(it);
+  ForgetEmbeddedLocked(it->second);
+  nodes_.erase(node);
   return Status::Ok();
 }
 
@@ -459,7 +488,10 @@ Status GraphRegistry::CloneGraph(uint64_t original, uint64_t* clone,
   std::lock_guard<std::mutex> lock(mu_);
   auto g = graphs_.find(original);
   if (g == graphs_.end()) return Status::InvalidHandle("not a graph of this client");
-  GraphState state{g->second.opaque, {}};
+  GraphState state{g->second.opaque, {}, g->second.captured_host_nodes};
+  // An opaque clone has no node handles: its explicit host nodes are among
+  // those without.
+  if (g->second.opaque) state.captured_host_nodes = HostNodesLocked(g->second);
   copies->clear();
   if (!g->second.opaque) {
     std::unordered_map<uint64_t, uint64_t> copy_of;
@@ -471,6 +503,7 @@ Status GraphRegistry::CloneGraph(uint64_t original, uint64_t* clone,
       NodeState copy = nodes_.at(node);
       copy.graph = id;
       copy.original = node;
+      copy.embedded_graph = 0;  // the copy's own graph has no id yet
       for (uint64_t& dependency : copy.dependencies) dependency = copy_of.at(dependency);
       nodes_[copy_of.at(node)] = std::move(copy);
       state.nodes.push_back(copy_of.at(node));
@@ -538,6 +571,100 @@ Status GraphRegistry::CheckChildGraphUpdate(uint64_t node, uint64_t child) {
         "the new child graph's topology differs from the one the node was added with");
   }
   return Status::Ok();
+}
+
+void GraphRegistry::NoteCapturedHostNode(uint64_t capture_graph) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++capture_host_nodes_[capture_graph];
+}
+
+uint32_t GraphRegistry::TakeCapturedHostNodes(uint64_t capture_graph) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = capture_host_nodes_.find(capture_graph);
+  if (it == capture_host_nodes_.end()) return 0;
+  const uint32_t count = it->second;
+  capture_host_nodes_.erase(it);
+  return count;
+}
+
+uint32_t GraphRegistry::HostNodesLocked(const GraphState& graph) {
+  uint32_t count = graph.captured_host_nodes;
+  for (uint64_t id : graph.nodes) {
+    if (auto n = nodes_.find(id); n != nodes_.end() && n->second.type == CU_GRAPH_NODE_TYPE_HOST) {
+      ++count;
+    }
+  }
+  return count;
+}
+
+uint32_t GraphRegistry::GraphHostNodes(uint64_t graph) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = graphs_.find(graph);
+  return it == graphs_.end() ? 0 : HostNodesLocked(it->second);
+}
+
+Status GraphRegistry::EmbeddedGraph(uint64_t node, uint64_t* graph, bool* is_new,
+                                    std::vector<uint64_t>* node_ids) {
+  const uint64_t new_graph = ids_->New(HandleKind::kGraph);
+  std::lock_guard<std::mutex> lock(mu_);
+  auto n = nodes_.find(node);
+  if (n == nodes_.end()) return Status::InvalidHandle("not a graph node of this client");
+  if (n->second.type != CU_GRAPH_NODE_TYPE_GRAPH) {
+    return Status::InvalidArgument("not a child-graph node");
+  }
+  *is_new = n->second.embedded_graph == 0;
+  node_ids->clear();
+  if (!*is_new) {
+    *graph = n->second.embedded_graph;
+    return Status::Ok();
+  }
+  GraphState state;
+  state.opaque = n->second.child_opaque;
+  state.embedded_in = node;
+  const std::vector<NodeShape> shape = n->second.child_shape;  // copied: nodes_ grows
+  std::unordered_map<uint64_t, uint64_t> copy_of;
+  for (const NodeShape& child : shape) copy_of[child.id] = ids_->New(HandleKind::kGraphNode);
+  for (const NodeShape& child : state.opaque ? std::vector<NodeShape>{} : shape) {
+    NodeState copy;
+    if (auto original = nodes_.find(child.id); original != nodes_.end()) {
+      copy = original->second;  // its parameters and attributes as recorded
+      copy.embedded_graph = 0;
+    } else if (child.type == CU_GRAPH_NODE_TYPE_GRAPH) {
+      copy.child_opaque = true;  // its child's shape is gone with it
+    }
+    copy.graph = new_graph;
+    copy.type = child.type;
+    copy.original = 0;
+    copy.dependencies.clear();
+    for (uint64_t d : child.dependencies) copy.dependencies.push_back(copy_of.at(d));
+    nodes_[copy_of.at(child.id)] = std::move(copy);
+    state.nodes.push_back(copy_of.at(child.id));
+  }
+  *node_ids = state.nodes;
+  graphs_[new_graph] = std::move(state);
+  nodes_.at(node).embedded_graph = new_graph;
+  *graph = new_graph;
+  return Status::Ok();
+}
+
+void GraphRegistry::NoteCapturedIntoGraph(uint64_t graph, uint32_t host_nodes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = graphs_.find(graph);
+  if (it == graphs_.end()) return;
+  it->second.opaque = true;
+  it->second.captured_host_nodes += host_nodes;
+}
+
+bool GraphRegistry::IsEmbedded(uint64_t graph) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = graphs_.find(graph);
+  return it != graphs_.end() && it->second.embedded_in != 0;
+}
+
+uint32_t GraphRegistry::ExecHostNodes(uint64_t exec) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = execs_.find(exec);
+  return it == execs_.end() ? 0 : it->second.host_nodes;
 }
 
 }  // namespace ferry::client

@@ -38,6 +38,7 @@ struct CaptureState {
   int mode = 0;            // CUstreamCaptureMode given to cuStreamBeginCapture
   std::thread::id thread;  // the thread that began it
   bool blocking = false;   // this stream synchronizes with the legacy stream
+  bool to_graph = false;   // cuStreamBeginCaptureToGraph: `graph` existed before
 };
 
 // What a node does, as cuGraph*NodeGetParams answers it: its parameters when
@@ -57,6 +58,7 @@ struct RecordedNodeParams {
   CUdeviceptr mem_free = 0;                       // CU_GRAPH_NODE_TYPE_MEM_FREE
   // CU_GRAPH_NODE_TYPE_EVENT_RECORD, _WAIT_EVENT (setting the event replaces the record)
   CUevent event = nullptr;
+  CUDA_HOST_NODE_PARAMS host{};  // CU_GRAPH_NODE_TYPE_HOST (client/api_graph_host.cc)
 };
 
 // A kernel node's attributes (cuGraphKernelNodeSetAttribute), the launch
@@ -78,8 +80,13 @@ class GraphRegistry {
   // True while some stream of this client captures.
   bool AnyCapture() const { return captures_active_.load(std::memory_order_acquire) > 0; }
   // Starts a capture of `stream` (not the legacy stream): CUDA_ERROR_ILLEGAL_STATE
-  // when it captures already. Fills in state->id, graph, origin and thread.
+  // when it captures already. Fills in state->id, graph (a new id, unless
+  // state->to_graph: then the caller's, which no other capture may build),
+  // origin and thread.
   Status BeginCapture(uint64_t stream, CaptureState* state);
+  // cuStreamBeginCaptureToGraph's capture into `graph` ended: the graph has
+  // nodes without handles now (opaque), `host_nodes` of them host nodes.
+  void NoteCapturedIntoGraph(uint64_t graph, uint32_t host_nodes);
   bool FindCapture(uint64_t stream, CaptureState* state);
   // Capture `id` ended (or never began): its streams stop capturing and the
   // events recorded in it become ordinary.
@@ -109,8 +116,8 @@ class GraphRegistry {
   uint64_t NewGraph(bool opaque = false);  // a graph id, recorded (see AddGraph)
   // Records graph `id`. `opaque`: it has nodes the client has no handles
   // for (captured ones, or a clone of such a graph), so its structure is the
-  // server's only.
-  void AddGraph(uint64_t id, bool opaque = false);
+  // server's only. `captured_host_nodes`: how many of those are host nodes.
+  void AddGraph(uint64_t id, bool opaque = false, uint32_t captured_host_nodes = 0);
   // A graph's structure as the client recorded it (its explicitly added
   // nodes, in the order they were added, with their types and dependencies):
   // enough to answer cuGraphGetNodes, cuGraphGetEdges, cuGraphNodeGet* without
@@ -126,7 +133,8 @@ class GraphRegistry {
   Status GraphOfNode(uint64_t node, uint64_t* graph);
   // Whether graph `id` is opaque (see AddGraph); false for unknown ids.
   bool IsOpaque(uint64_t id);
-  // INVALID_HANDLE for an unknown id.
+  // INVALID_HANDLE for an unknown id; INVALID_VALUE for a child-graph node's
+  // graph (the node owns it). The graphs of its child-graph nodes go with it.
   Status RemoveGraph(uint64_t id);
   bool HasGraph(uint64_t id);
   // An executable graph id, instantiated from `graph`.
@@ -185,6 +193,31 @@ class GraphRegistry {
   // Forgets the captures of `ctx` (its streams are gone).
   void ForgetContext(uint64_t ctx);
 
+  // --- graph host nodes (client/api_graph_host.cc) ----------------------------
+  // A launch of an executable graph with host nodes carries one host gate per
+  // host node, so the client counts them: explicitly added ones are nodes of
+  // type HOST; captured ones are counted per capture (by the graph it builds)
+  // and given to the graph when the capture ends.
+  void NoteCapturedHostNode(uint64_t capture_graph);
+  uint32_t TakeCapturedHostNodes(uint64_t capture_graph);
+  // How many host nodes `graph` has (0 for an unknown graph).
+  uint32_t GraphHostNodes(uint64_t graph);
+  // How many host nodes each launch of `exec` runs: its graph's when it was
+  // instantiated (an update keeps the node kinds).
+  uint32_t ExecHostNodes(uint64_t exec);
+
+  // --- a child-graph node's graph (client/api_graph_host.cc) -----------------
+  // cuGraphChildGraphNodeGetGraph: the id of child-graph node `node`'s own
+  // graph (the copy of the child it runs; the same id every time). The first
+  // time (*is_new) it is recorded with nodes like the child's when the node
+  // was added (*node_ids, in the order added, parameters as recorded then;
+  // none, and an opaque graph, when the child was opaque). INVALID_HANDLE for
+  // an unknown node, INVALID_VALUE for another kind.
+  Status EmbeddedGraph(uint64_t node, uint64_t* graph, bool* is_new,
+                       std::vector<uint64_t>* node_ids);
+  // Whether `graph` is a child-graph node's graph.
+  bool IsEmbedded(uint64_t graph);
+
   // --- explicit-graph editing (client/api_graph_edit.cc) ---------------------
   // cuGraphAddDependencies (remove false) / cuGraphRemoveDependencies: the
   // edges from[i] -> to[i] of `graph`, all or none, with the driver's rules:
@@ -234,7 +267,12 @@ class GraphRegistry {
   struct GraphState {
     bool opaque = false;          // see AddGraph
     std::vector<uint64_t> nodes;  // explicitly added, in order
+    uint32_t captured_host_nodes = 0;  // host nodes among those without handles
+    uint64_t embedded_in = 0;          // a child-graph node's graph: the node
   };
+  uint32_t HostNodesLocked(const GraphState& graph) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Host nodes captured so far, by the graph their capture builds.
+  std::unordered_map<uint64_t, uint32_t> capture_host_nodes_ ABSL_GUARDED_BY(mu_);
   std::unordered_map<uint64_t, GraphState> graphs_ ABSL_GUARDED_BY(mu_);
   struct ExecState {
     uint64_t graph = 0;  // instantiated from
@@ -243,6 +281,7 @@ class GraphRegistry {
     bool opaque = false;          // its graph's structure is the server's only
     std::vector<NodeShape> shape;  // its graph's when it was instantiated
     GraphMemory memory;            // see SetExecMemory
+    uint32_t host_nodes = 0;       // see ExecHostNodes
   };
   std::unordered_map<uint64_t, ExecState> execs_ ABSL_GUARDED_BY(mu_);
   struct NodeState {
@@ -255,8 +294,11 @@ class GraphRegistry {
     // child-graph nodes: the child's shape when added (opaque: unknown)
     bool child_opaque = false;
     std::vector<NodeShape> child_shape;
+    uint64_t embedded_graph = 0;  // child-graph nodes: their own graph's id, once asked
   };
   std::unordered_map<uint64_t, NodeState> nodes_ ABSL_GUARDED_BY(mu_);
+  // Forgets child-graph node `node`'s graph, if it has one, with its nodes.
+  void ForgetEmbeddedLocked(const NodeState& node) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // GraphShape's work, for a graph known not to be opaque.
   std::vector<NodeShape> ShapeLocked(const GraphState& graph) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 };

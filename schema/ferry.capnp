@@ -43,7 +43,9 @@
 # any callBatch: it is read even while the session's calls wait behind the
 # gate, which they may, e.g. a stream destroy). A gate still closed when the
 # connection ends is opened by the server. Replies to device-to-host copies
-# that the gate's stream waited for are sent before its gateReached.
+# that the gate's stream waited for are sent before its gateReached. A graph
+# launch whose graph has host nodes (graphLaunchHostNodes) carries one gate
+# per host node, told apart by GateReached.index (see StreamCaptureHostFunc).
 #
 # Handles: contexts, streams, events, modules and functions are named by ids
 # that the client chooses (unique per session, never 0), so creating them needs
@@ -481,6 +483,15 @@ struct Call {
     # NVML stand-in (client/nvml): what monitoring asks of a device (see DeviceTelemetry)
     deviceTelemetry @111 :DeviceQuery  # reply deviceTelemetry
         $waits("always") $usesContext;
+    # graph host nodes (graphhost): see StreamCaptureHostFunc
+    streamCaptureHostFunc @112 :StreamCaptureHostFunc  # cuLaunchHostFunc on a capturing stream
+        $waits("never") $orderedOn("stream") $handles(["ctx", "stream"]);
+    graphLaunchHostNodes @113 :GraphLaunch  # graphLaunch of an executable graph with host nodes
+        $waits("gate") $orderedOn("stream") $handles(["ctx", "stream", "exec"]) $usesContext;
+    graphChildGraphNodeGetGraph @114 :GraphChildGraph  # cuGraphChildGraphNodeGetGraph
+        $waits("never") $handles(["node"]);
+    streamUpdateCaptureDependencies @115 :StreamCaptureDependencies
+        $waits("never") $orderedOn("stream") $handles(["ctx", "stream"]);
   }
 }
 
@@ -813,6 +824,26 @@ struct StreamBeginCapture {
   stream @1 :UInt64;
   mode @2 :UInt32;    # CUstreamCaptureMode
   graph @3 :UInt64;   # new graph id: the graph the capture builds
+  # graphhost: cuStreamBeginCaptureToGraph. `graph` is an existing graph of
+  # the session (no other capture builds it, and it cannot be destroyed
+  # while one does); the captured nodes are added to it, the first after
+  # `dependencies` (nodes of it). Its explicitly added nodes keep their ids;
+  # the captured ones have none. Whatever streamEndCapture answers, the
+  # graph keeps the ranges and kernels the capture used among its uses.
+  toGraph @4 :Bool;
+  dependencies @5 :List(UInt64);
+}
+# cuStreamUpdateCaptureDependencies (graphhost): the next node the capturing
+# stream records also depends on `dependencies` (set: only on them; the
+# stream's earlier tips are then no longer required to be joined back).
+# Captured nodes have no ids, so the nodes named are explicitly added nodes
+# of the capture's graph (a capture into a graph, cuStreamBeginCaptureToGraph);
+# the host backend keeps the order of the capture's own work as well.
+struct StreamCaptureDependencies {
+  ctx @0 :UInt64;
+  stream @1 :UInt64;
+  dependencies @2 :List(UInt64);
+  set @3 :Bool;
 }
 struct GraphCreate {
   graph @0 :UInt64;   # new graph id
@@ -833,6 +864,10 @@ struct GraphLaunch {
   ctx @0 :UInt64;
   stream @1 :UInt64;
   exec @2 :UInt64;
+  # graphLaunchHostNodes: how many host nodes the executable graph has, as
+  # the client counts them (each is one host gate of the call); a launch
+  # whose count differs from the server's is refused.
+  hostNodes @3 :UInt32;
 }
 struct GraphClone {
   graph @0 :UInt64;
@@ -857,6 +892,7 @@ struct GraphAddNode {
     memset @5 :Memset;
     memcpy @6 :Memcpy;  # device to device
     childGraph @7 :UInt64;  # a graph, copied as it is now (its later changes are not seen)
+    host @8 :UInt64;        # graph host nodes: the host function's id (see StreamCaptureHostFunc)
   }
 }
 
@@ -912,6 +948,42 @@ struct DeviceGraphMem {
   device @0 :Int32;
   attribute @1 :Int32;
   value @2 :UInt64;
+}
+
+# Graph host nodes (graphhost): cuGraphAddHostNode, cuGraphHostNodeSetParams,
+# cuGraphExecHostNodeSetParams and cuLaunchHostFunc on a capturing stream
+# (streamCaptureHostFunc) give the server a host function by an id the client
+# chose (unique per session, never 0; the client keeps the function and its
+# user data under it). A host node runs in the client, mid-replay: an
+# executable graph with host nodes is launched with graphLaunchHostNodes,
+# whose host gates are its host nodes. When the replay reaches host node i
+# (its dependencies done; the order is the replay's), the server sends a
+# gateReached reply to the launch's seq with `index` i and the node's
+# `hostFunction`, and the replay waits there until the client ran the
+# function and opened that gate (a gateOpen with the seq and index). Each of
+# the launch's `hostNodes` gates is answered exactly once; a refused launch
+# answers each with held false. A launch of such a graph with graphLaunch,
+# into a capture, or as a child graph is refused; the gates of a client
+# that went away are opened by the server (no replay waits on them).
+struct StreamCaptureHostFunc {
+  ctx @0 :UInt64;
+  stream @1 :UInt64;
+  hostFunction @2 :UInt64;
+}
+
+# cuGraphChildGraphNodeGetGraph: child-graph node `node`'s own graph (the
+# copy of the child it runs) becomes graph `graph`, a new id, and its nodes
+# `nodes` (new ids, one for each node of the child as it was added, in the
+# order they were added; none when the child had captured or cloned nodes).
+# Edits of `graph` reach the node: instantiations of the node's graph made
+# after them run them. It belongs to the node: it cannot be destroyed, and
+# goes with the node or its graph; memory allocation and free nodes cannot
+# be added to it (INVALID_VALUE, as the driver documents), nor event or host
+# nodes (NOT_SUPPORTED, as in any child graph). A node has one such id.
+struct GraphChildGraph {
+  node @0 :UInt64;
+  graph @1 :UInt64;
+  nodes @2 :List(UInt64);
 }
 
 # cuGraphExecKernelNodeSetParams: kernel node `node` (of the graph `exec`
@@ -977,6 +1049,7 @@ struct GraphNodeSetParams {
     memset @3 :Memset;
     memcpy @4 :Memcpy;  # device to device
     childGraph @5 :UInt64;
+    host @6 :UInt64;  # graph host nodes: the host function's id
   }
 }
 
@@ -1260,10 +1333,18 @@ struct Reply {
 struct GateReached {
   held @0 :Bool;
   streamFailed @1 :Bool;
+  # graph host nodes: which gate of the call (0 for a hostGate call) and the
+  # host function to run (0 for a hostGate call: the call's own function).
+  index @2 :UInt32;
+  hostFunction @3 :UInt64;
 }
+# GateReached.index of the one answer to a refused graphLaunchHostNodes:
+# it answers every gate of the call.
+const allGatesOfTheCall :UInt32 = 0xffffffff;
 # The message of a gateOpen frame.
 struct GateOpen {
-  gate @0 :UInt64;  # the seq of the hostGate call
+  gate @0 :UInt64;   # the seq of the hostGate (or graphLaunchHostNodes) call
+  index @1 :UInt32;  # which of its gates (GateReached.index)
 }
 
 struct MemAllocResult {

@@ -85,12 +85,12 @@ bool Session::Preempt(const std::string& reason) {
   // A batch blocked behind a closed host gate holds exec_mutex_ until the
   // client opens the gate, which it may never do; the devices are going
   // away, so the gates open now (a later gateOpen for them is harmless).
-  std::map<uint64_t, std::shared_ptr<backend::HostGate>> gates;
+  std::map<GateKey, std::shared_ptr<backend::HostGate>> gates;
   {
     std::lock_guard<std::mutex> lock(serve_mutex_);
     gates.swap(gates_);
   }
-  for (auto& [seq, gate] : gates) gate->Open();
+  for (auto& [key, gate] : gates) gate->Open();
   // A batch still executing may be waiting for its client (payload bytes
   // that never come); the devices must not stay with it. Past the wait, the
   // session ends instead: Run frees everything once its thread sees the
@@ -405,7 +405,10 @@ bool Session::BatchHasHostGate(kj::ArrayPtr<const capnp::word> words) {
   try {
     for (kj::ArrayPtr<const capnp::word> rest = words; rest.size() > 0;) {
       capnp::FlatArrayMessageReader reader(rest, PeerReaderOptions());
-      if (reader.getRoot<wire::Call>().which() == wire::Call::HOST_GATE) return true;
+      const auto which = reader.getRoot<wire::Call>().which();
+      if (which == wire::Call::HOST_GATE || which == wire::Call::GRAPH_LAUNCH_HOST_NODES) {
+        return true;
+      }
       rest = kj::arrayPtr(reader.getEnd(), rest.end());
     }
   } catch (const kj::Exception&) {
@@ -415,7 +418,7 @@ bool Session::BatchHasHostGate(kj::ArrayPtr<const capnp::word> words) {
 }
 
 void Session::EndServing(const Status& why) {
-  std::map<uint64_t, std::shared_ptr<backend::HostGate>> gates;
+  std::map<GateKey, std::shared_ptr<backend::HostGate>> gates;
   {
     std::lock_guard<std::mutex> lock(serve_mutex_);
     if (serving_ended_) return;
@@ -432,7 +435,7 @@ void Session::EndServing(const Status& why) {
                         << ": closing: " << why.ToString();
   }
   // Nobody will open these now; the streams they hold must drain.
-  for (auto& [seq, gate] : gates) gate->Open();
+  for (auto& [key, gate] : gates) gate->Open();
   // Ends a read the other thread may be blocked in.
   transport_->Shutdown();
 }
@@ -449,17 +452,17 @@ Status Session::StartHelper() {
 
 Status Session::OpenGate(kj::ArrayPtr<const capnp::word> words, uint64_t bulk_bytes) {
   if (bulk_bytes != 0) return Status::Malformed("a gateOpen frame carried bulk bytes");
-  uint64_t seq = 0;
+  GateKey key;
   try {
     capnp::FlatArrayMessageReader reader(words, PeerReaderOptions());
-    seq = reader.getRoot<wire::GateOpen>().getGate();
+    key = {reader.getRoot<wire::GateOpen>().getGate(), reader.getRoot<wire::GateOpen>().getIndex()};
   } catch (const kj::Exception& e) {
     return Status::Malformed(std::string("bad gateOpen message: ") + e.getDescription().cStr());
   }
   std::shared_ptr<backend::HostGate> gate;
   {
     std::lock_guard<std::mutex> lock(serve_mutex_);
-    auto it = gates_.find(seq);
+    auto it = gates_.find(key);
     if (it != gates_.end()) {
       gate = std::move(it->second);
       gates_.erase(it);
@@ -467,7 +470,7 @@ Status Session::OpenGate(kj::ArrayPtr<const capnp::word> words, uint64_t bulk_by
   }
   if (gate == nullptr) {
     // Nothing to open: harmless to everyone else, but a client bug.
-    FERRY_LOG(kWarning) << "session " << id_ << ": gateOpen for " << seq
+    FERRY_LOG(kWarning) << "session " << id_ << ": gateOpen for " << key.first << "/" << key.second
                         << ", which is no closed gate of this session";
     return Status::Ok();
   }
@@ -721,7 +724,8 @@ void Session::KeepaliveLoop() {
   }
 }
 
-void Session::SendGateReached(uint64_t seq, const Status& status, bool held, bool stream_failed) {
+void Session::SendGateReached(uint64_t seq, const Status& status, bool held, bool stream_failed,
+                              uint32_t index, uint64_t host_function) {
   capnp::MallocMessageBuilder message(64);
   auto reply = message.initRoot<wire::Reply>();
   reply.setSeq(seq);
@@ -729,7 +733,30 @@ void Session::SendGateReached(uint64_t seq, const Status& status, bool held, boo
   auto reached = reply.initGateReached();
   reached.setHeld(held);
   reached.setStreamFailed(stream_failed);
+  reached.setIndex(index);
+  reached.setHostFunction(host_function);
   SendReplyMessage(message, {});
+}
+
+Status Session::RegisterGate(GateKey key, const std::shared_ptr<backend::HostGate>& gate) {
+  std::lock_guard<std::mutex> lock(serve_mutex_);
+  if (serving_ended_) {
+    gate->Open();  // the client is gone; the gate must not hold anything
+    return Status::Ok();
+  }
+  if (!gates_.emplace(key, gate).second) {
+    // A seq used twice: the earlier gate must stay findable, or nothing
+    // could open it when the session ends.
+    return Status::InvalidArgument("call " + std::to_string(key.first) + " names host gate " +
+                                   std::to_string(key.second) + ", which is still closed");
+  }
+  serve_cv_.notify_all();  // a reader held back by the inbox limit reads again
+  return Status::Ok();
+}
+
+void Session::UnregisterGate(GateKey key) {
+  std::lock_guard<std::mutex> lock(serve_mutex_);
+  gates_.erase(key);
 }
 
 void Session::UnchargeWhenReleased(int device, uint64_t bytes) {

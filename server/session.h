@@ -301,6 +301,7 @@ class Session final : public ServedSession {
     std::set<uint64_t> streams;
     std::set<uint64_t> leaves;
     uint64_t nodes = 0;  // recorded so far; the next node's id is nodes + 1
+    bool to_graph = false;  // cuStreamBeginCaptureToGraph: into an existing graph
   };
   // graph node kinds: an allocation node's memory (session device, address,
   // size).
@@ -330,13 +331,17 @@ class Session final : public ServedSession {
   // so a node whose work changes or that is destroyed takes its uses along):
   // UsesOfGraph.
   struct GraphEntry {
-    std::unique_ptr<backend::Graph> graph;
+    // Shared: a child-graph node's graph (session_graph_host.cc) is also
+    // the node's.
+    std::shared_ptr<backend::Graph> graph;
     uint64_t ctx = 0;  // of the captured work; 0: no context's (an empty graph)
     // Shared with clones (never changed once made).
     std::shared_ptr<const GraphUses> uses;
     std::vector<uint64_t> nodes;  // explicitly added node ids, in the order added
     GraphMemNodes mem;            // graph node kinds: memory allocation and free nodes
     GraphEventNodes events;       // graph node kinds: event record and wait nodes
+    // A child-graph node's graph (graphChildGraphNodeGetGraph): the node.
+    uint64_t embedded_in = 0;
   };
   struct GraphNodeEntry {
     backend::GraphNode* node = nullptr;  // owned by the graph
@@ -345,6 +350,11 @@ class Session final : public ServedSession {
     uint64_t ctx = 0;  // of its work; 0 for an empty node
     GraphUses uses;    // of its work
     int type = 0;      // CUgraphNodeType of the node kinds of session_graph_nodes.cc (else 0)
+    // Child-graph nodes: the child's explicitly added nodes when it was
+    // added, in order (what the nodes of the node's own graph are), and the
+    // id of that graph once the client named it (0 until then).
+    std::shared_ptr<const std::vector<GraphNodeEntry>> child_nodes;
+    uint64_t embedded_graph = 0;
   };
   // An executable graph's uses, like a graph's: `base` (its source's
   // nodes without ids) and each explicitly added node's (node_uses, by the
@@ -371,6 +381,7 @@ class Session final : public ServedSession {
     wire::Memset::Reader memset;
     wire::Memcpy::Reader memcpy;
     uint64_t child = 0;
+    uint64_t host = 0;  // graph host nodes: the host function's id
   };
   struct NodeWork {
     backend::GraphNodeSpec spec;
@@ -473,7 +484,8 @@ class Session final : public ServedSession {
   void ServeLoop(bool helper);
   // Executes the inbox until it is empty; the caller holds the executor role.
   void DrainInbox();
-  // True when the batch holds a hostGate call (then it is not streamed).
+  // True when the batch holds a call carrying host gates (hostGate,
+  // graphLaunchHostNodes): then it is not streamed.
   static bool BatchHasHostGate(kj::ArrayPtr<const capnp::word> words);
   // Ends serving for `why`: later reads and executions stop, every host gate
   // opens, the transport shuts down. Idempotent; any thread.
@@ -482,7 +494,19 @@ class Session final : public ServedSession {
   Status StartHelper();
   // A gateOpen frame (reader role).
   Status OpenGate(kj::ArrayPtr<const capnp::word> words, uint64_t bulk_bytes);
-  void SendGateReached(uint64_t seq, const Status& status, bool held, bool stream_failed);
+  // A gateReached reply for gate `index` of call `seq` (graph host nodes:
+  // the node's `host_function`; 0 for a hostGate call's own gate).
+  void SendGateReached(uint64_t seq, const Status& status, bool held, bool stream_failed,
+                       uint32_t index = 0, uint64_t host_function = 0);
+  // A host gate: the seq of the call that carries it and which of the call's
+  // gates it is (graph host nodes; 0 for a hostGate call).
+  using GateKey = std::pair<uint64_t, uint32_t>;
+  // Registers `gate` as closed under `key` before the backend can reach it,
+  // so the client's gateOpen always finds it; a session whose client is gone
+  // opens it at once instead. INVALID_VALUE for a key still registered.
+  Status RegisterGate(GateKey key, const std::shared_ptr<backend::HostGate>& gate);
+  // Takes `key` out (a gate the backend will never reach).
+  void UnregisterGate(GateKey key);
   // Executes one callBatch frame whose message part is `words`; its
   // `bulk_bytes` of payload come from `payload`, call by call.
   Status ExecuteBatch(kj::ArrayPtr<const capnp::word> words, uint64_t bulk_bytes,
@@ -607,8 +631,16 @@ class Session final : public ServedSession {
   Status CheckGraphExec(const GraphExecEntry& exec, uint64_t stream_ctx);
   // An executable graph's uses of a graph's: each range and module once.
   static std::shared_ptr<const GraphUses> ExecUses(const GraphUses& graph_uses);
-  // Everything graph `graph`'s work uses (see GraphEntry).
+  // Everything graph `graph`'s work uses (see GraphEntry; a child-graph
+  // node with a graph of its own named uses that graph's).
   GraphUses UsesOfGraph(const GraphEntry& graph);
+  // A child-graph node's graph goes (with its node, or its node's graph),
+  // with its nodes and their own graphs (session_graph_host.cc).
+  void ForgetEmbeddedGraph(uint64_t graph);
+  // Refuses node kinds a child-graph node's graph cannot take: memory
+  // allocation and free nodes (INVALID_VALUE, as cuda.h documents), event and
+  // host nodes (NOT_SUPPORTED, as in any child graph).
+  static Status CheckEmbeddedGraphTakes(const GraphEntry& graph, const char* kind, bool memory);
   // exec.uses from exec.base and exec.node_uses.
   static void RefreshExecUses(GraphExecEntry& exec);
   // Checks a node's work, as the stream-ordered call of its kind checks it,
@@ -619,6 +651,12 @@ class Session final : public ServedSession {
   // cuGraph*NodeSetParams (exec_id 0) and cuGraphExec*NodeSetParams: node
   // `node_id` does `work` (of its kind and context) from now on.
   Status SetNodeWork(uint64_t exec_id, uint64_t node_id, NodeWork work);
+  // graphLaunch and graphLaunchHostNodes: executable graph `args.exec` runs
+  // on `args.stream` after the launch checks (its uses, memory and event
+  // nodes), with `host_calls` one per host node of it (graph host nodes,
+  // session_graph_host.cc; a count that differs is refused).
+  Status LaunchGraphExec(wire::GraphLaunch::Reader args,
+                         std::span<const backend::GraphHostCall> host_calls);
   Status CaptureGuard(uint64_t stream, CaptureUse use,
                       std::initializer_list<DeviceRange> ranges = {}, uint64_t module = 0);
   // cuCtxSynchronize while streams of `ctx` capture: invalidates them and
@@ -842,8 +880,8 @@ class Session final : public ServedSession {
   // dispatching the rest of a batch once the connection is gone.
   std::atomic<bool> serving_ended_flag_{false};
   uint64_t buffer_limit_ = kDefaultBufferLimit;  // set before Run
-  // Host gates not yet opened, by the seq of their hostGate call.
-  std::map<uint64_t, std::shared_ptr<backend::HostGate>> gates_ ABSL_GUARDED_BY(serve_mutex_);
+  // Host gates not yet opened.
+  std::map<GateKey, std::shared_ptr<backend::HostGate>> gates_ ABSL_GUARDED_BY(serve_mutex_);
   // The second serving thread. Started by the executor while that is still
   // Run's thread (before helper_ exists nobody else serves), joined by Run.
   std::thread helper_;

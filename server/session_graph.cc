@@ -49,8 +49,9 @@ Status Session::CaptureGuard(uint64_t stream, CaptureUse use,
   const char* why = "the stream is capturing: it cannot be synchronized or queried";
   if (use == CaptureUse::kHostMemory) {
     why =
-        "the stream is capturing: copies to or from host memory and host callbacks cannot be "
-        "captured through ferry";
+        "the stream is capturing: copies to or from host memory, stream callbacks "
+        "(cuStreamAddCallback) and launches of graphs with host nodes cannot be captured "
+        "through ferry";
   } else if (use == CaptureUse::kNotRecorded) {
     why =
         "the stream is capturing: stream-ordered allocation, stream memory operations, copies "
@@ -89,6 +90,15 @@ Status Session::EndCaptureOf(uint64_t capture_id, std::unique_ptr<backend::Graph
     if (id == capture.origin) origin = s;
   }
   if (origin != nullptr) status = backend_.EndCapture(*origin->stream, graph);
+  GraphEntry* target = nullptr;
+  if (capture.to_graph && graphs_.Find(capture_id, &target).ok()) {
+    // graphhost: the backend added what it recorded to the graph, whatever
+    // the answer (and however the capture ended): its uses are the graph's.
+    GraphUses all = *target->uses;
+    all.Add(capture.uses);
+    target->uses = std::make_shared<const GraphUses>(std::move(all));
+    target->ctx = capture.ctx;
+  }
   return status;
 }
 
@@ -191,13 +201,29 @@ Status Session::StreamBeginCapture(wire::StreamBeginCapture::Reader args) {
   if (entry->capture != 0) {
     return Status::Cuda(CUDA_ERROR_ILLEGAL_STATE, "the stream is capturing already");
   }
-  FERRY_RETURN_IF_ERROR(graphs_.CheckNewId(args.getGraph()));
   if (captures_.count(args.getGraph()) != 0) {
     return Status::InvalidArgument("graph id " + std::to_string(args.getGraph()) +
                                    " is in use by another capture");
   }
-  FERRY_RETURN_IF_ERROR(backend_.BeginCapture(*stream, static_cast<int>(args.getMode())));
+  if (args.getToGraph()) {
+    // graphhost: into an existing graph, after some of its nodes.
+    GraphEntry* graph = nullptr;
+    FERRY_RETURN_IF_ERROR(graphs_.Find(args.getGraph(), &graph));
+    if (graph->ctx != 0 && graph->ctx != args.getCtx()) {
+      return Status::InvalidArgument("a graph's nodes must belong to one context");
+    }
+    FERRY_RETURN_IF_ERROR(CheckGraphWithoutMemoryNodes(*graph, "capturing into a graph"));
+    std::vector<backend::GraphNode*> dependencies;
+    FERRY_RETURN_IF_ERROR(
+        GraphNodeDependencies(args.getGraph(), args.getDependencies(), &dependencies));
+    FERRY_RETURN_IF_ERROR(backend_.BeginCaptureToGraph(*stream, static_cast<int>(args.getMode()),
+                                                       *graph->graph, dependencies));
+  } else {
+    FERRY_RETURN_IF_ERROR(graphs_.CheckNewId(args.getGraph()));
+    FERRY_RETURN_IF_ERROR(backend_.BeginCapture(*stream, static_cast<int>(args.getMode())));
+  }
   CaptureEntry capture;
+  capture.to_graph = args.getToGraph();
   capture.ctx = args.getCtx();
   capture.origin = args.getStream();
   capture.streams.insert(args.getStream());
@@ -233,9 +259,13 @@ Status Session::StreamEndCapture(wire::StreamRef::Reader args) {
     if (std::find(origin_tips.begin(), origin_tips.end(), leaf) == origin_tips.end())
       joined = false;
   }
-  GraphUses uses = std::move(capture->uses);
+  const bool to_graph = capture->to_graph;
+  // Into an existing graph, EndCaptureOf gives it the capture's uses.
+  GraphUses uses = to_graph ? GraphUses{} : std::move(capture->uses);
   GraphEntry graph;
-  FERRY_RETURN_IF_ERROR(EndCaptureOf(graph_id, &graph.graph));
+  std::unique_ptr<backend::Graph> captured;
+  FERRY_RETURN_IF_ERROR(EndCaptureOf(graph_id, &captured));
+  graph.graph = std::move(captured);
   if (invalidated) {
     return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED,
                         "the capture was invalidated by an earlier call; no graph was made");
@@ -245,6 +275,7 @@ Status Session::StreamEndCapture(wire::StreamRef::Reader args) {
                         "work forked into another stream during the capture was not joined back "
                         "into the capturing stream; no graph was made");
   }
+  if (to_graph) return Status::Ok();
   graph.ctx = args.getCtx();
   graph.uses = std::make_shared<GraphUses>(std::move(uses));
   return graphs_.Insert(graph_id, std::move(graph));
@@ -266,12 +297,28 @@ Status Session::StreamCaptureStatus(wire::StreamRef::Reader args, CallContext& c
 Status Session::GraphCreate(wire::GraphCreate::Reader args) {
   FERRY_RETURN_IF_ERROR(graphs_.CheckNewId(args.getGraph()));
   GraphEntry entry;
-  FERRY_RETURN_IF_ERROR(backend_.CreateGraph(args.getFlags(), &entry.graph));
+  std::unique_ptr<backend::Graph> created;
+  FERRY_RETURN_IF_ERROR(backend_.CreateGraph(args.getFlags(), &created));
+  entry.graph = std::move(created);
   entry.uses = std::make_shared<GraphUses>();
   return graphs_.Insert(args.getGraph(), std::move(entry));
 }
 
 Status Session::GraphDestroy(wire::GraphRef::Reader args) {
+  GraphEntry* graph = nullptr;
+  FERRY_RETURN_IF_ERROR(graphs_.Find(args.getGraph(), &graph));
+  if (graph->embedded_in != 0) {
+    return Status::InvalidArgument("a child-graph node's graph belongs to its node");
+  }
+  if (captures_.count(args.getGraph()) != 0) {
+    return Status::InvalidArgument("a capture builds the graph (cuStreamBeginCaptureToGraph)");
+  }
+  for (uint64_t id : graph->nodes) {
+    GraphNodeEntry* node = nullptr;
+    if (graph_nodes_.Find(id, &node).ok() && node->embedded_graph != 0) {
+      ForgetEmbeddedGraph(node->embedded_graph);
+    }
+  }
   FERRY_RETURN_IF_ERROR(graphs_.Erase(args.getGraph()));
   graph_nodes_.EraseIf(
       [graph = args.getGraph()](uint64_t, const GraphNodeEntry& n) { return n.graph == graph; });
@@ -306,6 +353,9 @@ Status Session::GraphAddNode(wire::GraphAddNode::Reader args, CallContext& cx) {
     case wire::GraphAddNode::CHILD_GRAPH:
       work_args.child = args.getChildGraph();
       break;
+    case wire::GraphAddNode::HOST:
+      work_args.host = args.getHost();
+      break;
     default:
       return Status::InvalidArgument("unknown graph node kind");
   }
@@ -314,12 +364,32 @@ Status Session::GraphAddNode(wire::GraphAddNode::Reader args, CallContext& cx) {
   if (work.ctx != 0 && graph->ctx != 0 && graph->ctx != work.ctx) {
     return Status::InvalidArgument("a graph's nodes must belong to one context");
   }
+  if (args.which() == wire::GraphAddNode::HOST) {
+    FERRY_RETURN_IF_ERROR(CheckEmbeddedGraphTakes(*graph, "host nodes", /*memory=*/false));
+  }
   backend::GraphNode* node = nullptr;
   FERRY_RETURN_IF_ERROR(backend_.AddGraphNode(*graph->graph, dependencies, work.spec, &node));
   if (work.ctx != 0) graph->ctx = work.ctx;
   graph->nodes.push_back(args.getNode());
-  return graph_nodes_.Insert(args.getNode(), GraphNodeEntry{node, args.getGraph(), args.which(),
-                                                            work.ctx, std::move(work.uses)});
+  GraphNodeEntry entry;
+  entry.node = node;
+  entry.graph = args.getGraph();
+  entry.kind = args.which();
+  entry.ctx = work.ctx;
+  entry.uses = std::move(work.uses);
+  if (args.which() == wire::GraphAddNode::CHILD_GRAPH) {
+    // The node's own graph is a copy of the child as it is now.
+    GraphEntry* child = nullptr;
+    auto nodes = std::make_shared<std::vector<GraphNodeEntry>>();
+    if (graphs_.Find(args.getChildGraph(), &child).ok()) {
+      for (uint64_t id : child->nodes) {
+        GraphNodeEntry* n = nullptr;
+        if (graph_nodes_.Find(id, &n).ok()) nodes->push_back(*n);
+      }
+    }
+    entry.child_nodes = std::move(nodes);
+  }
+  return graph_nodes_.Insert(args.getNode(), std::move(entry));
 }
 
 Status Session::NodeWorkOf(const NodeWorkArgs& args, const GraphEntry& graph,
@@ -392,6 +462,12 @@ Status Session::NodeWorkOf(const NodeWorkArgs& args, const GraphEntry& graph,
       spec.child = child->graph.get();
       break;
     }
+    case wire::GraphAddNode::HOST:
+      // graph host nodes: the function is the client's; it touches no range.
+      if (args.host == 0) return Status::InvalidArgument("a host node needs a host function id");
+      spec.kind = backend::GraphNodeSpec::Kind::kHost;
+      spec.host_function = args.host;
+      break;
     default:
       return Status::InvalidArgument("unknown graph node kind");
   }
@@ -408,7 +484,13 @@ Session::GraphUses Session::UsesOfGraph(const GraphEntry& graph) {
   GraphUses all = graph.uses != nullptr ? *graph.uses : GraphUses{};
   for (uint64_t id : graph.nodes) {
     GraphNodeEntry* node = nullptr;
-    if (graph_nodes_.Find(id, &node).ok()) all.Add(node->uses);
+    if (!graph_nodes_.Find(id, &node).ok()) continue;
+    GraphEntry* embedded = nullptr;
+    if (node->embedded_graph != 0 && graphs_.Find(node->embedded_graph, &embedded).ok()) {
+      all.Add(UsesOfGraph(*embedded));
+    } else {
+      all.Add(node->uses);
+    }
   }
   return all;
 }
@@ -543,7 +625,9 @@ Status Session::GraphClone(wire::GraphClone::Reader args) {
     }
   }
   GraphEntry clone;
-  FERRY_RETURN_IF_ERROR(backend_.CloneGraph(*graph->graph, &clone.graph));
+  std::unique_ptr<backend::Graph> cloned;
+  FERRY_RETURN_IF_ERROR(backend_.CloneGraph(*graph->graph, &cloned));
+  clone.graph = std::move(cloned);
   clone.ctx = graph->ctx;
   std::vector<std::pair<uint64_t, GraphNodeEntry>> nodes;
   for (uint64_t id : named ? graph->nodes : std::vector<uint64_t>{}) {
@@ -554,6 +638,7 @@ Status Session::GraphClone(wire::GraphClone::Reader args) {
     }
     GraphNodeEntry entry = *original;
     entry.graph = args.getClone();
+    entry.embedded_graph = 0;  // the copy's own graph has no id yet
     FERRY_RETURN_IF_ERROR(
         backend_.FindGraphNodeInClone(*graph->graph, *original->node, *clone.graph, &entry.node));
     nodes.emplace_back(copy->second, std::move(entry));
@@ -681,22 +766,37 @@ Status Session::CheckGraphExec(const GraphExecEntry& exec, uint64_t stream_ctx) 
   return Status::Ok();
 }
 
-Status Session::GraphLaunch(wire::GraphLaunch::Reader args) {
+Status Session::GraphLaunch(wire::GraphLaunch::Reader args) { return LaunchGraphExec(args, {}); }
+
+Status Session::LaunchGraphExec(wire::GraphLaunch::Reader args,
+                                std::span<const backend::GraphHostCall> host_calls) {
   GraphExecEntry* exec = nullptr;
   FERRY_RETURN_IF_ERROR(graph_execs_.Find(args.getExec(), &exec));
   backend::Stream* stream = nullptr;
   // FindStream checked that the stream is one of args.ctx's.
   FERRY_RETURN_IF_ERROR(FindStream(args.getCtx(), args.getStream(), &stream));
   FERRY_RETURN_IF_ERROR(CheckGraphExec(*exec, args.getCtx()));
-  FERRY_RETURN_IF_ERROR(CaptureGuard(args.getStream(), CaptureUse::kRecorded));
+  uint32_t host_nodes = 0;
+  FERRY_RETURN_IF_ERROR(backend_.GraphExecHostNodes(*exec->exec, &host_nodes));
+  if (host_nodes != host_calls.size()) {
+    return Status::InvalidArgument(
+        "the executable graph has " + std::to_string(host_nodes) +
+        " host nodes; its launch must carry as many host gates (graphLaunchHostNodes), not " +
+        std::to_string(host_calls.size()));
+  }
+  // graph host nodes: a host node holds its launch's stream for a client
+  // round trip, which a capture cannot record.
+  FERRY_RETURN_IF_ERROR(CaptureGuard(
+      args.getStream(), host_nodes != 0 ? CaptureUse::kHostMemory : CaptureUse::kRecorded));
   if (CaptureEntry* capture = CaptureOfStream(args.getStream()); capture != nullptr) {
     capture->uses.Add(*exec->uses);
   }
   FERRY_RETURN_IF_ERROR(CheckGraphMemoryLaunch(*exec));
   FERRY_RETURN_IF_ERROR(CheckGraphEventsLaunch(*exec, args.getStream()));
   // A graph launch is a launch: a throttled device's share applies to it.
-  FERRY_RETURN_IF_ERROR(LaunchUnderShare(
-      args.getCtx(), *stream, [&] { return backend_.LaunchGraph(*exec->exec, *stream); }));
+  FERRY_RETURN_IF_ERROR(LaunchUnderShare(args.getCtx(), *stream, [&] {
+    return backend_.LaunchGraph(*exec->exec, *stream, host_calls);
+  }));
   GraphMemoryLaunched(*exec);
   GraphEventsLaunched(*exec);
   return Status::Ok();

@@ -57,7 +57,9 @@ Status Session::GraphDestroyNode(wire::GraphNodeRef::Reader args) {
   GraphEntry* graph = nullptr;
   FERRY_RETURN_IF_ERROR(graphs_.Find(node->graph, &graph));
   FERRY_RETURN_IF_ERROR(CheckGraphWithoutMemoryNodes(*graph, "destroying a node"));
+  const uint64_t embedded = node->embedded_graph;
   FERRY_RETURN_IF_ERROR(backend_.DestroyGraphNode(*graph->graph, *node->node));
+  if (embedded != 0) ForgetEmbeddedGraph(embedded);
   graph->events.erase(args.getNode());  // graph node kinds: an event node's event
   std::erase(graph->nodes, args.getNode());
   return graph_nodes_.Erase(args.getNode());
@@ -86,6 +88,10 @@ Status Session::GraphNodeSetParams(wire::GraphNodeSetParams::Reader args, CallCo
       work_args.kind = wire::GraphAddNode::CHILD_GRAPH;
       work_args.child = args.getChildGraph();
       break;
+    case wire::GraphNodeSetParams::HOST:
+      work_args.kind = wire::GraphAddNode::HOST;
+      work_args.host = args.getHost();
+      break;
     default:
       return Status::InvalidArgument("unknown graph node kind");
   }
@@ -107,6 +113,7 @@ Status Session::SetNodeWork(uint64_t exec_id, uint64_t node_id, NodeWork work) {
       : work.spec.kind == backend::GraphNodeSpec::Kind::kMemset ? wire::GraphAddNode::MEMSET
       : work.spec.kind == backend::GraphNodeSpec::Kind::kCopy   ? wire::GraphAddNode::MEMCPY
       : work.spec.kind == backend::GraphNodeSpec::Kind::kChild  ? wire::GraphAddNode::CHILD_GRAPH
+      : work.spec.kind == backend::GraphNodeSpec::Kind::kHost   ? wire::GraphAddNode::HOST
                                                                 : wire::GraphAddNode::EMPTY;
   if (kind != node->kind || kind == wire::GraphAddNode::EMPTY) {
     return Status::InvalidArgument("the parameters are not of the node's kind");

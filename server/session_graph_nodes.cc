@@ -90,6 +90,7 @@ Status Session::CheckGraphWithoutMemoryNodes(const GraphEntry& graph, const char
 Status Session::GraphAddMemAllocNode(wire::GraphAddMemNode::Reader args, CallContext& cx) {
   GraphEntry* graph = nullptr;
   FERRY_RETURN_IF_ERROR(graphs_.Find(args.getGraph(), &graph));
+  FERRY_RETURN_IF_ERROR(CheckEmbeddedGraphTakes(*graph, "memory allocation nodes", true));
   std::vector<backend::GraphNode*> dependencies;
   FERRY_RETURN_IF_ERROR(NewGraphNodeDependencies(args.getGraph(), args.getNode(),
                                                  args.getDependencies(), &dependencies));
@@ -132,6 +133,7 @@ Status Session::GraphAddMemFreeNode(wire::GraphAddMemNode::Reader args) {
   if (!allocated && ranges_.FindBase(dptr).value == nullptr) return not_graph_memory;
   GraphEntry* graph = nullptr;
   FERRY_RETURN_IF_ERROR(graphs_.Find(args.getGraph(), &graph));
+  FERRY_RETURN_IF_ERROR(CheckEmbeddedGraphTakes(*graph, "memory free nodes", true));
   if (!allocated) return not_graph_memory;
   std::vector<backend::GraphNode*> dependencies;
   FERRY_RETURN_IF_ERROR(NewGraphNodeDependencies(args.getGraph(), args.getNode(),
@@ -326,6 +328,7 @@ Status Session::DeviceGraphMemTrim(wire::DeviceGraphMem::Reader args) {
 Status Session::GraphAddEventNode(wire::GraphAddEventNode::Reader args) {
   GraphEntry* graph = nullptr;
   FERRY_RETURN_IF_ERROR(graphs_.Find(args.getGraph(), &graph));
+  FERRY_RETURN_IF_ERROR(CheckEmbeddedGraphTakes(*graph, "event nodes", false));
   EventEntry* event = nullptr;
   FERRY_RETURN_IF_ERROR(events_.Find(args.getEvent(), &event));
   std::vector<backend::GraphNode*> dependencies;

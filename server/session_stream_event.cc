@@ -167,19 +167,7 @@ Status Session::HostGate(wire::StreamRef::Reader args, CallContext& cx) {
     return status;
   }
   auto gate = std::make_shared<backend::HostGate>();
-  {
-    std::lock_guard<std::mutex> lock(serve_mutex_);
-    if (serving_ended_) {
-      gate->Open();  // the client is gone; the gate must not hold anything
-    } else if (!gates_.emplace(seq, gate).second) {
-      // A seq used twice: the earlier gate must stay findable, or nothing
-      // could open it when the session ends.
-      status = Status::InvalidArgument("hostGate seq " + std::to_string(seq) +
-                                       " names a gate that is still closed");
-    } else {
-      serve_cv_.notify_all();  // a reader held back by the inbox limit reads again
-    }
-  }
+  status = RegisterGate({seq, 0}, gate);
   if (!status.ok()) {
     SendGateReached(seq, status, /*held=*/false, /*stream_failed=*/false);
     return status;
@@ -192,10 +180,7 @@ Status Session::HostGate(wire::StreamRef::Reader args, CallContext& cx) {
     CompletionDone();
   });
   if (!status.ok()) {
-    {
-      std::lock_guard<std::mutex> lock(serve_mutex_);
-      gates_.erase(seq);
-    }
+    UnregisterGate({seq, 0});
     gate->Open();
     CompletionDone();
     SendGateReached(seq, status, /*held=*/false, /*stream_failed=*/false);

@@ -3,7 +3,8 @@
 // the function runs on the host-callback thread once its stream reaches it,
 // in order, and its gate opens after it returns; calls that wait are refused
 // inside it; a refused gate never runs its function; a lost connection runs
-// the functions still pending with the loss. Also: waiting for one stream's
+// the functions still pending with the loss; a graph launch runs the
+// registered function of each host node. Also: waiting for one stream's
 // asynchronous copies does not wait for another's, but does wait for the
 // copies it depends on through event waits. Every wait is bounded.
 #include "client/connection.h"
@@ -13,6 +14,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <future>
 #include <mutex>
 #include <thread>
@@ -152,6 +154,58 @@ TEST_F(HostCallbackConnectionTest, RefusedGateNeverRunsItsFunctionAndItsErrorIsR
   ASSERT_TRUE(Sync(kStream).ok());
   std::lock_guard<std::mutex> lock(seen.mu);
   EXPECT_EQ(seen.order, std::vector<int>{1});
+}
+
+// graph host nodes: one launch carries a gate per host node; each runs the
+// registered function its gateReached names, in the replay's order. A
+// refused launch answers all of its gates at once and runs none.
+TEST_F(HostCallbackConnectionTest, AGraphLaunchRunsTheRegisteredFunctionOfEachHostNode) {
+  Seen seen;
+  connection_->RegisterHostFunction(7, seen.Record(1));
+  connection_->RegisterHostFunction(8, seen.Record(2));
+  auto post = [&](const std::function<void(wire::Call::Builder)>& fill) {
+    return connection_->Post([&](wire::Call::Builder c) { fill(c); });
+  };
+  ASSERT_TRUE(post([](wire::Call::Builder c) { c.initGraphCreate().setGraph(50); }).ok());
+  for (auto [node, function] : {std::pair<uint64_t, uint64_t>{51, 8}, {52, 7}}) {
+    ASSERT_TRUE(post([&](wire::Call::Builder c) {
+                  auto a = c.initGraphAddNode();
+                  a.setGraph(50);
+                  a.setNode(node);
+                  if (node == 52) a.initDependencies(1).set(0, 51);
+                  a.setHost(function);
+                }).ok());
+  }
+  ASSERT_TRUE(post([](wire::Call::Builder c) {
+                auto a = c.initGraphInstantiate();
+                a.setGraph(50);
+                a.setExec(60);
+              }).ok());
+  auto launch = [&](uint32_t host_nodes) {
+    return connection_->PostHostGates(
+        [&](wire::Call::Builder c) {
+          auto a = c.initGraphLaunchHostNodes();
+          a.setCtx(kCtx);
+          a.setStream(kStream);
+          a.setExec(60);
+          a.setHostNodes(host_nodes);
+        },
+        host_nodes);
+  };
+  ASSERT_TRUE(launch(2).ok());
+  ASSERT_TRUE(launch(2).ok());
+  ASSERT_TRUE(Sync(kStream).ok());  // returns only once every gate opened
+  {
+    std::lock_guard<std::mutex> lock(seen.mu);
+    EXPECT_EQ(seen.order, (std::vector<int>{2, 1, 2, 1}));
+    EXPECT_TRUE(seen.on_callback_thread);
+  }
+  ASSERT_TRUE(launch(3).ok());  // the executable graph has 2
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  ASSERT_TRUE(launch(2).ok());
+  ASSERT_TRUE(Sync(kStream).ok());
+  std::lock_guard<std::mutex> lock(seen.mu);
+  EXPECT_EQ(seen.order, (std::vector<int>{2, 1, 2, 1, 2, 1}));
 }
 
 TEST_F(HostCallbackConnectionTest, LostConnectionRunsPendingFunctionsWithTheLoss) {

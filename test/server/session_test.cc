@@ -861,6 +861,320 @@ TEST_F(SessionGraphTest, CaptureRecordsInsteadOfRunningAndOneLaunchReplaysIt) {
   EXPECT_TRUE(Ping().ok());
 }
 
+// graph host nodes: a graph memset -> host node (function 7) -> copy ->
+// host node (function 8); one launch, two host gates of its call.
+class SessionGraphHostTest : public SessionGraphTest {
+ protected:
+  void AddNode(uint64_t graph, uint64_t node, std::initializer_list<uint64_t> deps,
+               const std::function<void(wire::GraphAddNode::Builder)>& work) {
+    client_->Send(
+        [&](wire::Call::Builder c) {
+          auto a = c.initGraphAddNode();
+          a.setGraph(graph);
+          a.setNode(node);
+          auto list = a.initDependencies(static_cast<unsigned>(deps.size()));
+          unsigned i = 0;
+          for (uint64_t d : deps) list.set(i++, d);
+          work(a);
+        },
+        false);
+  }
+  // Graph 50: memset a (0x11) -> host 7 -> copy a to b -> host 8.
+  void BuildGraph(uint64_t a, uint64_t b) {
+    client_->Send([&](wire::Call::Builder c) { c.initGraphCreate().setGraph(50); }, false);
+    AddNode(50, 51, {}, [&](wire::GraphAddNode::Builder n) {
+      auto m = n.initMemset();
+      m.setCtx(100);
+      m.setDst(a);
+      m.setValue(0x11);
+      m.setElementBytes(1);
+      m.setWidth(64);
+      m.setHeight(1);
+    });
+    AddNode(50, 52, {51}, [](wire::GraphAddNode::Builder n) { n.setHost(7); });
+    AddNode(50, 53, {52}, [&](wire::GraphAddNode::Builder n) {
+      auto m = n.initMemcpy();
+      m.setCtx(100);
+      m.setDst(b);
+      m.setSrc(a);
+      m.setBytes(64);
+    });
+    AddNode(50, 54, {53}, [](wire::GraphAddNode::Builder n) { n.setHost(8); });
+  }
+  uint64_t LaunchWithHostNodes(uint64_t exec, uint64_t stream, uint32_t host_nodes) {
+    return client_->Send(
+        [&](wire::Call::Builder c) {
+          auto a = OnStream(c.initGraphLaunchHostNodes(), stream);
+          a.setExec(exec);
+          a.setHostNodes(host_nodes);
+        },
+        false);
+  }
+};
+
+TEST_F(SessionGraphHostTest, HostNodesHoldTheReplayAtTheirGatesInOrder) {
+  CreateContext();
+  CreateStream(kHeld);
+  CreateStream(kProbe, CU_STREAM_NON_BLOCKING);
+  const uint64_t a = Alloc(64);
+  const uint64_t b = Alloc(64);
+  BuildGraph(a, b);
+  Instantiate(50, 60);
+  for (int replay = 0; replay < 2; ++replay) {
+    Fill(kHeld, b, 0, 64);
+    const uint64_t launch = LaunchWithHostNodes(60, kHeld, 2);
+    ReplyResult first = client_->ReadWithin();
+    ASSERT_TRUE(first.status.ok()) << first.status.ToString();
+    EXPECT_EQ(first.seq, launch);
+    EXPECT_TRUE(first.gate_reached && first.held && !first.stream_failed);
+    EXPECT_EQ(first.gate_index, 0u);
+    EXPECT_EQ(first.host_function, 7u);
+    // Held at the first host node: the copy after it has not run.
+    EXPECT_EQ(Query(kHeld).status.cuda_result(), CUDA_ERROR_NOT_READY);
+    EXPECT_EQ(CopyOut(kProbe, b, 64).bulk, std::vector<uint8_t>(64, 0));
+    client_->OpenGate(launch, 0);
+    ReplyResult second = client_->ReadWithin();
+    EXPECT_EQ(second.seq, launch);
+    EXPECT_TRUE(second.held);
+    EXPECT_EQ(second.gate_index, 1u);
+    EXPECT_EQ(second.host_function, 8u);
+    EXPECT_EQ(CopyOut(kProbe, b, 64).bulk, std::vector<uint8_t>(64, 0x11));
+    EXPECT_EQ(Query(kHeld).status.cuda_result(), CUDA_ERROR_NOT_READY);
+    client_->OpenGate(launch, 1);
+    EXPECT_TRUE(Sync(kHeld).status.ok());
+  }
+  // An executable graph's host node set to another function.
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        auto a = c.initGraphNodeSetParams();
+        a.setExec(60);
+        a.setNode(54);
+        a.setHost(9);
+      },
+      false);
+  const uint64_t launch = LaunchWithHostNodes(60, kHeld, 2);
+  ReplyResult first = client_->ReadWithin();
+  EXPECT_EQ(first.host_function, 7u);
+  client_->OpenGate(launch, 0);
+  ReplyResult second = client_->ReadWithin();
+  EXPECT_EQ(second.host_function, 9u);
+  client_->OpenGate(launch, 1);
+  EXPECT_TRUE(Sync(kHeld).status.ok());
+}
+
+TEST_F(SessionGraphHostTest, AGraphWithHostNodesLaunchesOnlyWithAllItsGates) {
+  CreateContext();
+  CreateStream(kHeld);
+  BuildGraph(Alloc(64), Alloc(64));
+  Instantiate(50, 60);
+  Launch(60, kHeld);  // without gates
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  const uint64_t launch = LaunchWithHostNodes(60, kHeld, 1);  // one gate short
+  ReplyResult refused = client_->ReadWithin();
+  EXPECT_EQ(refused.seq, launch);
+  EXPECT_FALSE(refused.held);
+  EXPECT_EQ(refused.gate_index, wire::ALL_GATES_OF_THE_CALL);
+  EXPECT_EQ(refused.status.cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  // Nor as a child graph.
+  client_->Send([&](wire::Call::Builder c) { c.initGraphCreate().setGraph(70); }, false);
+  AddNode(70, 71, {}, [](wire::GraphAddNode::Builder n) { n.setChildGraph(50); });
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_NOT_SUPPORTED);
+  EXPECT_TRUE(Sync(kHeld).status.ok());
+}
+
+TEST_F(SessionGraphHostTest, ACapturedHostFunctionBecomesAHostNode) {
+  CreateContext();
+  CreateStream(kHeld);
+  CreateStream(kProbe, CU_STREAM_NON_BLOCKING);
+  const uint64_t a = Alloc(64);
+  const uint64_t b = Alloc(64);
+  auto capture_host_func = [&](uint64_t stream, uint64_t function) {
+    client_->Send(
+        [&](wire::Call::Builder c) {
+          auto args = OnStream(c.initStreamCaptureHostFunc(), stream);
+          args.setHostFunction(function);
+        },
+        false);
+  };
+  capture_host_func(kHeld, 3);  // not capturing
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_ILLEGAL_STATE);
+  BeginCapture(kHeld, 80);
+  Fill(kHeld, a, 0x22, 64);
+  capture_host_func(kHeld, 3);
+  CopyDtoD(kHeld, b, a, 64);
+  ReplyResult ended = EndCapture(kHeld);
+  ASSERT_TRUE(ended.status.ok()) << ended.status.ToString();
+  EXPECT_EQ(CopyOut(kProbe, a, 64).bulk, std::vector<uint8_t>(64, 0));  // recorded, not run
+  Instantiate(80, 81);
+  const uint64_t launch = LaunchWithHostNodes(81, kHeld, 1);
+  ReplyResult reached = client_->ReadWithin();
+  EXPECT_EQ(reached.seq, launch);
+  EXPECT_TRUE(reached.held);
+  EXPECT_EQ(reached.host_function, 3u);
+  EXPECT_EQ(CopyOut(kProbe, a, 64).bulk, std::vector<uint8_t>(64, 0x22));
+  EXPECT_EQ(CopyOut(kProbe, b, 64).bulk, std::vector<uint8_t>(64, 0));
+  client_->OpenGate(launch, 0);
+  EXPECT_TRUE(Sync(kHeld).status.ok());
+  EXPECT_EQ(CopyOut(kProbe, b, 64).bulk, std::vector<uint8_t>(64, 0x22));
+  // Launched into a capture, it invalidates the capture.
+  CreateStream(9);
+  BeginCapture(9, 90);
+  const uint64_t into_capture = LaunchWithHostNodes(81, 9, 1);
+  ReplyResult refused = client_->ReadWithin();
+  EXPECT_EQ(refused.seq, into_capture);
+  EXPECT_FALSE(refused.held);
+  EXPECT_EQ(refused.status.cuda_result(), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+  // The error is latched (answered to the next call that waits); then the
+  // capture ends, invalidated.
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+  EXPECT_EQ(EndCapture(9).status.cuda_result(), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+}
+
+// The client goes away while a replay waits at a host node: the session
+// opens the gate itself and frees everything (EndSession checks).
+TEST_F(SessionGraphHostTest, DisconnectWhileAHostNodeHoldsAReplayFreesEverything) {
+  CreateContext();
+  CreateStream(kHeld);
+  BuildGraph(Alloc(64), Alloc(64));
+  Instantiate(50, 60);
+  const uint64_t launch = LaunchWithHostNodes(60, kHeld, 2);
+  ASSERT_EQ(client_->ReadWithin().seq, launch);
+  client_->Send([&](wire::Call::Builder c) { OnStream(c.initStreamDestroy(), kHeld); }, false);
+  client_->Send([&](wire::Call::Builder c) { c.setPing(); }, true);
+  ASSERT_TRUE(SessionReadEverything());
+}
+
+// cuStreamBeginCaptureToGraph: the captured work joins an existing graph,
+// after the nodes named; the graph cannot be destroyed meanwhile.
+TEST_F(SessionGraphHostTest, ACaptureIntoAGraphAddsItsWorkAfterTheNodesNamed) {
+  CreateContext();
+  CreateStream(kHeld);
+  const uint64_t a = Alloc(64);
+  const uint64_t b = Alloc(64);
+  client_->Send([&](wire::Call::Builder c) { c.initGraphCreate().setGraph(50); }, false);
+  AddNode(50, 51, {}, [&](wire::GraphAddNode::Builder n) {
+    auto m = n.initMemset();
+    m.setCtx(100);
+    m.setDst(a);
+    m.setValue(0x11);
+    m.setElementBytes(1);
+    m.setWidth(64);
+    m.setHeight(1);
+  });
+  auto begin_into = [&](uint64_t graph, uint64_t after) {
+    client_->Send(
+        [&](wire::Call::Builder c) {
+          auto args = OnStream(c.initStreamBeginCapture(), kHeld);
+          args.setMode(CU_STREAM_CAPTURE_MODE_GLOBAL);
+          args.setGraph(graph);
+          args.setToGraph(true);
+          args.initDependencies(1).set(0, after);
+        },
+        false);
+    return Ping();
+  };
+  EXPECT_EQ(begin_into(70, 51).cuda_result(), CUDA_ERROR_INVALID_HANDLE);  // no graph 70
+  EXPECT_EQ(begin_into(50, 99).cuda_result(), CUDA_ERROR_INVALID_HANDLE);  // no node 99
+  auto update = [&](uint64_t stream, uint64_t node, bool set) {
+    client_->Send(
+        [&](wire::Call::Builder c) {
+          auto args = OnStream(c.initStreamUpdateCaptureDependencies(), stream);
+          args.initDependencies(1).set(0, node);
+          args.setSet(set);
+        },
+        false);
+    return Ping();
+  };
+  EXPECT_EQ(update(kHeld, 51, false).cuda_result(), CUDA_ERROR_ILLEGAL_STATE);  // not capturing
+  ASSERT_TRUE(begin_into(50, 51).ok());
+  EXPECT_TRUE(update(kHeld, 51, false).ok());
+  EXPECT_TRUE(update(kHeld, 51, true).ok());
+  CopyDtoD(kHeld, b, a, 64);
+  client_->Send([&](wire::Call::Builder c) { c.initGraphDestroy().setGraph(50); }, false);
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_INVALID_VALUE);  // being captured into
+  ReplyResult ended = EndCapture(kHeld);
+  ASSERT_TRUE(ended.status.ok()) << ended.status.ToString();
+  ReplyResult count =
+      client_->Call([&](wire::Call::Builder c) { c.initGraphNodeCount().setGraph(50); });
+  EXPECT_EQ(count.value, 2);
+  Instantiate(50, 60);
+  Launch(60, kHeld);
+  EXPECT_EQ(CopyOut(kHeld, b, 64).bulk, std::vector<uint8_t>(64, 0x11));
+}
+
+// cuGraphChildGraphNodeGetGraph: the node's own copy of the child, named by
+// the client, takes edits that reach the node; the child stays as it was.
+TEST_F(SessionGraphHostTest, AChildGraphNodesGraphTakesEditsThatReachTheNode) {
+  CreateContext();
+  CreateStream(kHeld);
+  const uint64_t a = Alloc(64);
+  const uint64_t b = Alloc(64);
+  client_->Send([&](wire::Call::Builder c) { c.initGraphCreate().setGraph(30); }, false);
+  AddNode(30, 31, {}, [&](wire::GraphAddNode::Builder n) {
+    auto m = n.initMemset();
+    m.setCtx(100);
+    m.setDst(a);
+    m.setValue(0x33);
+    m.setElementBytes(1);
+    m.setWidth(64);
+    m.setHeight(1);
+  });
+  client_->Send([&](wire::Call::Builder c) { c.initGraphCreate().setGraph(40); }, false);
+  AddNode(40, 41, {}, [](wire::GraphAddNode::Builder n) { n.setChildGraph(30); });
+  auto get_graph = [&](uint64_t graph, std::initializer_list<uint64_t> nodes) {
+    client_->Send(
+        [&](wire::Call::Builder c) {
+          auto args = c.initGraphChildGraphNodeGetGraph();
+          args.setNode(41);
+          args.setGraph(graph);
+          auto list = args.initNodes(static_cast<unsigned>(nodes.size()));
+          unsigned i = 0;
+          for (uint64_t id : nodes) list.set(i++, id);
+        },
+        false);
+    return Ping();
+  };
+  EXPECT_EQ(get_graph(45, {46, 47}).cuda_result(), CUDA_ERROR_INVALID_VALUE);  // one node only
+  ASSERT_TRUE(get_graph(45, {46}).ok());
+  EXPECT_EQ(get_graph(48, {}).cuda_result(), CUDA_ERROR_INVALID_VALUE);  // named already
+  // An edit of the node's graph: a copy after the memset.
+  AddNode(45, 47, {46}, [&](wire::GraphAddNode::Builder n) {
+    auto m = n.initMemcpy();
+    m.setCtx(100);
+    m.setDst(b);
+    m.setSrc(a);
+    m.setBytes(64);
+  });
+  ASSERT_TRUE(Ping().ok());
+  Instantiate(40, 60);
+  Launch(60, kHeld);
+  EXPECT_EQ(CopyOut(kHeld, b, 64).bulk, std::vector<uint8_t>(64, 0x33));
+  ReplyResult count =
+      client_->Call([&](wire::Call::Builder c) { c.initGraphNodeCount().setGraph(30); });
+  EXPECT_EQ(count.value, 1);  // the child is as it was
+  // What it cannot take, and cannot be.
+  ReplyResult alloc = client_->Call([&](wire::Call::Builder c) {
+    auto args = c.initGraphAddMemAllocNode();
+    args.setGraph(45);
+    args.setNode(49);
+    args.setCtx(100);
+    args.setBytes(4096);
+  });
+  EXPECT_EQ(alloc.status.cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  AddNode(45, 49, {}, [](wire::GraphAddNode::Builder n) { n.setHost(5); });
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_NOT_SUPPORTED);
+  client_->Send([&](wire::Call::Builder c) { c.initGraphDestroy().setGraph(45); }, false);
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  // It goes with its node's graph; the executable graph lives on.
+  client_->Send([&](wire::Call::Builder c) { c.initGraphDestroy().setGraph(40); }, false);
+  count = client_->Call([&](wire::Call::Builder c) { c.initGraphNodeCount().setGraph(45); });
+  EXPECT_EQ(count.status.cuda_result(), CUDA_ERROR_INVALID_HANDLE);
+  Fill(kHeld, b, 0, 64);
+  Launch(60, kHeld);
+  EXPECT_EQ(CopyOut(kHeld, b, 64).bulk, std::vector<uint8_t>(64, 0x33));
+}
+
 TEST_F(SessionGraphTest, CapturesSpanStreamsThroughEventsWithTheDriversRules) {
   CreateContext();
   CreateStream(5);

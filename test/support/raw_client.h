@@ -80,6 +80,8 @@ struct ReplyResult {
   bool gate_reached = false;  // a hostGate's answer
   bool held = false;
   bool stream_failed = false;
+  uint32_t gate_index = 0;        // graph host nodes: which gate of the call
+  uint64_t host_function = 0;     // graph host nodes: the function the gate runs
   bool image_not_cached = false;  // a load that named an image the server lacks
   // JIT linking: a linkResult
   bool link_result = false;
@@ -161,6 +163,8 @@ class RawClient {
       result.gate_reached = true;
       result.held = reply.getGateReached().getHeld();
       result.stream_failed = reply.getGateReached().getStreamFailed();
+      result.gate_index = reply.getGateReached().getIndex();
+      result.host_function = reply.getGateReached().getHostFunction();
     }
     if (reply.isLinkResult()) {
       auto link = reply.getLinkResult();
@@ -206,10 +210,13 @@ class RawClient {
         },
         wants_reply);
   }
-  // A gateOpen frame for the gate of hostGate call `seq`.
-  void OpenGate(uint64_t seq) {
+  // A gateOpen frame for gate `index` of call `seq` (a hostGate call's one
+  // gate, or a graph launch's host node `index`).
+  void OpenGate(uint64_t seq, uint32_t index = 0) {
     capnp::MallocMessageBuilder message;
-    message.initRoot<wire::GateOpen>().setGate(seq);
+    auto open = message.initRoot<wire::GateOpen>();
+    open.setGate(seq);
+    open.setIndex(index);
     EXPECT_TRUE(WriteFrame(*transport_, wire::FrameKind::GATE_OPEN, message).ok());
   }
 

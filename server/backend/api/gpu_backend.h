@@ -253,7 +253,9 @@ class GraphNode {
 struct GraphNodeSpec {
   // kChild: `child`'s nodes as one node (the child is copied: its later
   // changes do not reach the node).
-  enum class Kind { kEmpty, kKernel, kMemset, kCopy, kChild };
+  // kHost (graph host nodes): the client's host function `host_function`
+  // runs when a launch reaches the node (GraphHostCall); it has no context.
+  enum class Kind { kEmpty, kKernel, kMemset, kCopy, kChild, kHost };
   Kind kind = Kind::kEmpty;
   Context* ctx = nullptr;  // the work's context (all kinds but kEmpty)
   // kKernel
@@ -267,6 +269,19 @@ struct GraphNodeSpec {
   unsigned element_bytes = 1;
   // kChild
   Graph* child = nullptr;
+  // kHost: the session's id of the host function (never 0)
+  uint64_t host_function = 0;
+};
+// graph host nodes: one host node's part in one launch (LaunchGraph). When
+// the replay reaches the node (its dependencies done), `reached` runs on a
+// backend thread with the node's host function and the launch's status so
+// far; with `held` true the replay then waits until `gate` is opened (the
+// caller must open it, as for EnqueueHostGate). `held` false: the node will
+// never run (its launch failed before it, or is gone), and nothing waits on
+// the gate. `reached` runs exactly once for each call LaunchGraph accepted.
+struct GraphHostCall {
+  std::shared_ptr<HostGate> gate;
+  std::function<void(uint64_t host_function, Status status, bool held)> reached;
 };
 // A loaded image that belongs to no context (cuLibraryLoadData); it gets a
 // Module in each context that uses it (LoadLibraryModule).
@@ -736,8 +751,10 @@ class GpuBackend {
     (void)stream, (void)mode;
     return NoGraphs();
   }
-  // Ends the capture of `stream`; *out is what it recorded, in stream order.
-  // CUDA_ERROR_ILLEGAL_STATE when the stream is not capturing.
+  // Ends the capture of `stream`; *out is what it recorded, in stream order
+  // (a capture begun with BeginCaptureToGraph adds it to its graph instead,
+  // and *out stays null). CUDA_ERROR_ILLEGAL_STATE when the stream is not
+  // capturing.
   virtual Status EndCapture(Stream& stream, std::unique_ptr<Graph>* out) {
     (void)stream, (void)out;
     return NoGraphs();
@@ -794,9 +811,12 @@ class GpuBackend {
   }
   // Queues all of `exec`'s work on `stream` as one stream operation (event
   // nodes, where a graph has them, queue their records and waits as stream
-  // operations of their own between its parts).
-  virtual Status LaunchGraph(GraphExec& exec, Stream& stream) {
-    (void)exec, (void)stream;
+  // operations of their own between its parts). `host_calls`: one per host
+  // node of `exec` (GraphExecHostNodes), used in the order the replay
+  // reaches the nodes; on failure none of them is used.
+  virtual Status LaunchGraph(GraphExec& exec, Stream& stream,
+                             std::span<const GraphHostCall> host_calls = {}) {
+    (void)exec, (void)stream, (void)host_calls;
     return NoGraphs();
   }
   virtual Status UploadGraph(GraphExec& exec, Stream& stream) {
@@ -870,6 +890,54 @@ class GpuBackend {
   }
   virtual Status SetExecEventNode(GraphExec& exec, GraphNode& node, Event& event, bool wait) {
     (void)exec, (void)node, (void)event, (void)wait;
+    return NoGraphs();
+  }
+
+  // --- graph node kinds: host nodes (graphhost) --------------------------------
+  // Host nodes are GraphNodeSpec::Kind::kHost (AddGraphNode, SetGraphNode,
+  // SetExecNode); a graph with host nodes cannot be a child graph
+  // (AddGraphNode refuses it: CUDA_ERROR_NOT_SUPPORTED).
+  // cuStreamBeginCaptureToGraph: as BeginCapture, but what is captured is
+  // added to `graph` (the caller keeps it alive until EndCapture), the first
+  // node after `dependencies` (nodes of it).
+  virtual Status BeginCaptureToGraph(Stream& stream, int mode, Graph& graph,
+                                     std::span<GraphNode* const> dependencies) {
+    (void)stream, (void)mode, (void)graph, (void)dependencies;
+    return NoGraphs();
+  }
+  // cuStreamUpdateCaptureDependencies: the next node capturing `stream`
+  // records also depends on `dependencies` (nodes of the graph a capture
+  // begun with BeginCaptureToGraph builds); `set`: instead of the stream's
+  // current tips (the host backend keeps its capture's order regardless).
+  virtual Status UpdateCaptureDependencies(Stream& stream, std::span<GraphNode* const> dependencies,
+                                           bool set) {
+    (void)stream, (void)dependencies, (void)set;
+    return NoGraphs();
+  }
+  // cuLaunchHostFunc on capturing `stream`: the capture records a host node
+  // calling `host_function` (CUDA_ERROR_ILLEGAL_STATE when not capturing).
+  // `origin`: the stream the capture began on (EndCapture's), which is
+  // `stream` or one `stream` joined.
+  virtual Status CaptureHostNode(Stream& stream, Stream& origin, uint64_t host_function) {
+    (void)stream, (void)origin, (void)host_function;
+    return NoGraphs();
+  }
+  // How many host nodes `exec` runs per launch.
+  virtual Status GraphExecHostNodes(GraphExec& exec, uint32_t* count) {
+    (void)exec;
+    *count = 0;
+    return Status::Ok();
+  }
+
+  // --- a child-graph node's graph (graphhost) -----------------------------------
+  // cuGraphChildGraphNodeGetGraph: the graph child-graph node `node` (added
+  // to `graph` by AddGraphNode) runs, owned by the node and valid while it
+  // is: edits of *out reach the node (instantiations of `graph` made after
+  // them run them). *nodes gets its nodes in the order the child's were
+  // added (owned by *out).
+  virtual Status EmbeddedGraph(Graph& graph, GraphNode& node, std::shared_ptr<Graph>* out,
+                               std::vector<GraphNode*>* nodes) {
+    (void)graph, (void)node, (void)out, (void)nodes;
     return NoGraphs();
   }
 

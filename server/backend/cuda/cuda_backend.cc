@@ -49,6 +49,7 @@
 #include "common/image/module_image.h"
 #include "common/log.h"
 #include "server/backend/cuda/driver_api.h"
+#include "server/backend/cuda/graph_host_tokens.h"
 #include "server/backend/cuda/nvml_telemetry.h"
 #include "server/backend/cuda/waiter_pool.h"
 
@@ -188,6 +189,15 @@ struct StreamProgress {
   std::atomic<uint64_t> idle_through{kNone};
 };
 
+// graph host nodes: a graph's and an executable graph's host nodes, in the
+// order added or captured (an update pairs them in that order), each with
+// its driver node (null where the node has no handle here: captured) and the
+// token its driver node carries (GraphHostTokens).
+struct CudaHostNode {
+  CUgraphNode node = nullptr;
+  std::shared_ptr<const cuda_internal::GraphHostToken> token;
+};
+
 class CudaStream final : public Stream {
  public:
   CudaStream(CudaContext& context, CUstream handle, bool owned)
@@ -198,6 +208,13 @@ class CudaStream final : public Stream {
   const CUstream handle;
   const bool owned;  // false for the legacy stream, which the context owns
   const std::shared_ptr<StreamProgress> progress = std::make_shared<StreamProgress>();
+  // graph host nodes: those captured so far by the capture this stream
+  // began (CaptureHostNode), the graph's once EndCapture makes it. Touched
+  // by the owning session's executor only.
+  std::vector<CudaHostNode> captured_host_nodes;
+  // The graph a capture begun with BeginCaptureToGraph builds (the
+  // session's; it outlives the capture). Executor only, as above.
+  class CudaGraph* capture_target = nullptr;
 };
 
 // Page-locked buffers of one context for device-to-host copies: into pageable
@@ -321,17 +338,31 @@ class CudaLibrary final : public Library {
 // stream capture and graphs: a driver graph and its executable form, each
 // destroyed with its owner. A captured graph remembers its stream's context,
 // where it is instantiated.
+//
+// graph host nodes: CudaHostNode (above).
+// The entry of `node` in `host_nodes`, or nullptr.
+CudaHostNode* FindHostNode(std::vector<CudaHostNode>& host_nodes, CUgraphNode node) {
+  auto it = std::find_if(host_nodes.begin(), host_nodes.end(),
+                         [node](const CudaHostNode& h) { return h.node == node; });
+  return it == host_nodes.end() ? nullptr : &*it;
+}
 class CudaGraph final : public Graph {
  public:
-  CudaGraph(const DriverApi& api, CUgraph handle, const CudaContext* context)
-      : api(api), handle(handle), context(context) {}
-  ~CudaGraph() override { FERRY_CU_QUIET(api, "destroying a graph", cuGraphDestroy, handle); }
+  // `owned` false: a child-graph node's graph (EmbeddedGraph), which its
+  // node destroys.
+  CudaGraph(const DriverApi& api, CUgraph handle, const CudaContext* context, bool owned = true)
+      : api(api), handle(handle), context(context), owned(owned) {}
+  ~CudaGraph() override {
+    if (owned) FERRY_CU_QUIET(api, "destroying a graph", cuGraphDestroy, handle);
+  }
 
   const DriverApi& api;
   const CUgraph handle;
-  const CudaContext* context;                     // null: no work of any context yet
+  const CudaContext* context;  // null: no work of any context yet
+  const bool owned;
   std::vector<std::unique_ptr<GraphNode>> nodes;  // explicitly added ones
-  int memory_device = -1;  // graph node kinds: backend device of its allocation nodes
+  int memory_device = -1;                // graph node kinds: backend device of its allocation nodes
+  std::vector<CudaHostNode> host_nodes;  // graph host nodes
 };
 class CudaGraphNode final : public GraphNode {
  public:
@@ -398,6 +429,14 @@ CUDA_MEMCPY3D CopyNodeParams(const GraphNodeSpec& spec) {
   p.Depth = 1;
   return p;
 }
+// A host node's driver parameters: RunGraphHostNode with `token`.
+CUDA_HOST_NODE_PARAMS HostNodeParams(const cuda_internal::GraphHostToken& token) {
+  CUDA_HOST_NODE_PARAMS p;
+  std::memset(&p, 0, sizeof(p));
+  p.fn = &cuda_internal::GraphHostTokens::RunGraphHostNode;
+  p.userData = token.user_data();
+  return p;
+}
 class CudaGraphExec final : public GraphExec {
  public:
   CudaGraphExec(const DriverApi& api, CUgraphExec handle) : api(api), handle(handle) {}
@@ -410,6 +449,7 @@ class CudaGraphExec final : public GraphExec {
 
   const DriverApi& api;
   const CUgraphExec handle;
+  std::vector<CudaHostNode> host_nodes;  // graph host nodes: what its launches run
   // CommitGraphMemory's: the context of the graph's allocation nodes and the
   // device of their memory. Freed graph memory (free nodes,
   // FreeGraphAllocations) stays reserved in the device's graph memory pool
@@ -2107,9 +2147,60 @@ class CudaBackend final : public GpuBackend {
       CudaStream& s = Str(stream);
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
       CUgraph graph = nullptr;
+      std::vector<CudaHostNode> host_nodes = std::move(s.captured_host_nodes);
+      s.captured_host_nodes.clear();
+      CudaGraph* target = std::exchange(s.capture_target, nullptr);
+      if (target != nullptr) {
+        // The driver added the nodes to the target, whatever it answers.
+        for (CudaHostNode& host : host_nodes) target->host_nodes.push_back(std::move(host));
+        return FERRY_CU(*api_, cuStreamEndCapture, s.handle, &graph);
+      }
       FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuStreamEndCapture, s.handle, &graph));
-      *out = std::make_unique<CudaGraph>(*api_, graph, &s.context);
+      auto made = std::make_unique<CudaGraph>(*api_, graph, &s.context);
+      made->host_nodes = std::move(host_nodes);
+      *out = std::move(made);
       return Status::Ok();
+    });
+  }
+
+  Status BeginCaptureToGraph(Stream& stream, int mode, Graph& graph,
+                             std::span<GraphNode* const> dependencies) override {
+    return Guarded("BeginCaptureToGraph", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedGraphs());
+      FERRY_RETURN_IF_ERROR(
+          NeedEntryPoint(api_->cuStreamBeginCaptureToGraph, "cuStreamBeginCaptureToGraph"));
+      (void)mode;  // relaxed, as BeginCapture says
+      CudaStream& s = Str(stream);
+      if (!s.owned) {
+        return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+                            "the legacy default stream cannot be captured");
+      }
+      CudaGraph& g = static_cast<CudaGraph&>(graph);
+      std::vector<CUgraphNode> deps;
+      for (GraphNode* d : dependencies) deps.push_back(static_cast<CudaGraphNode*>(d)->handle);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuStreamBeginCaptureToGraph, s.handle, g.handle,
+                                     deps.data(), nullptr, deps.size(),
+                                     CU_STREAM_CAPTURE_MODE_RELAXED));
+      s.capture_target = &g;
+      if (g.context == nullptr) g.context = &s.context;
+      return Status::Ok();
+    });
+  }
+
+  Status UpdateCaptureDependencies(Stream& stream, std::span<GraphNode* const> dependencies,
+                                   bool set) override {
+    return Guarded("UpdateCaptureDependencies", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedGraphs());
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuStreamUpdateCaptureDependencies,
+                                           "cuStreamUpdateCaptureDependencies"));
+      CudaStream& s = Str(stream);
+      std::vector<CUgraphNode> deps;
+      for (GraphNode* d : dependencies) deps.push_back(static_cast<CudaGraphNode*>(d)->handle);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
+      return FERRY_CU(
+          *api_, cuStreamUpdateCaptureDependencies, s.handle, deps.data(), nullptr, deps.size(),
+          set ? CU_STREAM_SET_CAPTURE_DEPENDENCIES : CU_STREAM_ADD_CAPTURE_DEPENDENCIES);
     });
   }
 
@@ -2161,8 +2252,23 @@ class CudaBackend final : public GpuBackend {
         }
         case GraphNodeSpec::Kind::kChild: {
           CudaGraph& child = static_cast<CudaGraph&>(*spec.child);
+          // Its host nodes' calls would have to come from the child's own
+          // launches, which there are none of.
+          if (!child.host_nodes.empty()) {
+            return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "child graphs with host nodes");
+          }
           FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphAddChildGraphNode, &node, g.handle,
                                          deps.data(), deps.size(), child.handle));
+          break;
+        }
+        case GraphNodeSpec::Kind::kHost: {
+          FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuGraphAddHostNode, "cuGraphAddHostNode"));
+          CudaHostNode host{nullptr, cuda_internal::GraphHostTokens::Get().New(spec.host_function)};
+          const CUDA_HOST_NODE_PARAMS p = HostNodeParams(*host.token);
+          FERRY_RETURN_IF_ERROR(
+              FERRY_CU(*api_, cuGraphAddHostNode, &node, g.handle, deps.data(), deps.size(), &p));
+          host.node = node;
+          g.host_nodes.push_back(std::move(host));
           break;
         }
       }
@@ -2215,6 +2321,17 @@ class CudaBackend final : public GpuBackend {
                                                "cuGraphExecChildGraphNodeSetParams"));
           return FERRY_CU(*api_, cuGraphExecChildGraphNodeSetParams, e, n,
                           static_cast<CudaGraph&>(*spec.child).handle);
+        case GraphNodeSpec::Kind::kHost: {
+          FERRY_RETURN_IF_ERROR(
+              NeedEntryPoint(api_->cuGraphExecHostNodeSetParams, "cuGraphExecHostNodeSetParams"));
+          CudaHostNode* host = FindHostNode(static_cast<CudaGraphExec&>(exec).host_nodes, n);
+          if (host == nullptr) return Status::InvalidArgument("not a host node of the graph");
+          auto token = cuda_internal::GraphHostTokens::Get().New(spec.host_function);
+          const CUDA_HOST_NODE_PARAMS p = HostNodeParams(*token);
+          FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphExecHostNodeSetParams, e, n, &p));
+          host->token = std::move(token);
+          return Status::Ok();
+        }
         case GraphNodeSpec::Kind::kEmpty:
           break;
       }
@@ -2238,8 +2355,18 @@ class CudaBackend final : public GpuBackend {
       CudaGraph& g = static_cast<CudaGraph&>(graph);
       if (g.context != nullptr) FERRY_RETURN_IF_ERROR(MakeCurrent(*g.context));
       CUgraphExecUpdateResultInfo info{};
-      return FERRY_CU(*api_, cuGraphExecUpdate, static_cast<CudaGraphExec&>(exec).handle,
-                      g.handle, &info);
+      CudaGraphExec& e = static_cast<CudaGraphExec&>(exec);
+      if (g.host_nodes.size() != e.host_nodes.size()) {
+        return Status::Cuda(CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE,
+                            "the graph has another number of host nodes");
+      }
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphExecUpdate, e.handle, g.handle, &info));
+      // The driver nodes now carry the graph's tokens; the executable
+      // graph's node handles stay its own graph's.
+      for (size_t i = 0; i < g.host_nodes.size(); ++i) {
+        e.host_nodes[i].token = g.host_nodes[i].token;
+      }
+      return Status::Ok();
     });
   }
 
@@ -2249,7 +2376,13 @@ class CudaBackend final : public GpuBackend {
       CudaGraph& g = static_cast<CudaGraph&>(graph);
       CUgraph clone = nullptr;
       FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphClone, &clone, g.handle));
-      *out = std::make_unique<CudaGraph>(*api_, clone, g.context);
+      auto copy = std::make_unique<CudaGraph>(*api_, clone, g.context);
+      // The copies carry the same tokens; their handles come with
+      // FindGraphNodeInClone.
+      for (const CudaHostNode& host : g.host_nodes) {
+        copy->host_nodes.push_back({nullptr, host.token});
+      }
+      *out = std::move(copy);
       return Status::Ok();
     });
   }
@@ -2273,19 +2406,66 @@ class CudaBackend final : public GpuBackend {
       CUgraphExec exec = nullptr;
       FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphInstantiateWithFlags, &exec, g.handle,
                                      static_cast<unsigned long long>(flags)));
-      *out = std::make_unique<CudaGraphExec>(*api_, exec);
+      auto made = std::make_unique<CudaGraphExec>(*api_, exec);
+      made->host_nodes = g.host_nodes;
+      *out = std::move(made);
       return Status::Ok();
     });
   }
 
-  Status LaunchGraph(GraphExec& exec, Stream& stream) override {
+  // graph host nodes: each host node's call waits in its token's slot
+  // (GraphHostTokens) for the driver node; a stream callback after the
+  // launch reports the calls whose nodes never ran (the launch failed).
+  Status LaunchGraph(GraphExec& exec, Stream& stream,
+                     std::span<const GraphHostCall> host_calls) override {
     return Guarded("LaunchGraph", [&]() -> Status {
       FERRY_RETURN_IF_ERROR(NeedGraphs());
+      CudaGraphExec& e = static_cast<CudaGraphExec&>(exec);
+      if (host_calls.size() != e.host_nodes.size()) {
+        return Status::InvalidArgument(
+            "the executable graph has " + std::to_string(e.host_nodes.size()) +
+            " host nodes; the launch brought " + std::to_string(host_calls.size()) + " host gates");
+      }
       CudaStream& s = Str(stream);
-      s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
-      return FERRY_CU(*api_, cuGraphLaunch, static_cast<CudaGraphExec&>(exec).handle, s.handle);
+      if (host_calls.empty()) {
+        s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
+        return FERRY_CU(*api_, cuGraphLaunch, e.handle, s.handle);
+      }
+      auto& tokens = cuda_internal::GraphHostTokens::Get();
+      const uint64_t launch = tokens.NewLaunch();
+      std::vector<uint64_t> queued;
+      for (size_t i = 0; i < host_calls.size(); ++i) {
+        tokens.Queue(*e.host_nodes[i].token, launch, host_calls[i]);
+        queued.push_back(e.host_nodes[i].token->value());
+      }
+      s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
+      if (Status launched = FERRY_CU(*api_, cuGraphLaunch, e.handle, s.handle); !launched.ok()) {
+        tokens.Finish(launch, queued, launched, /*report=*/false);
+        return launched;
+      }
+      Status finished = EnqueueCallback(s, [launch, queued](CUresult result) {
+        // The driver's callback thread: no driver calls (CuResultName).
+        ReportHostNodesNotRun(launch, queued, result);
+      });
+      if (!finished.ok()) {
+        FERRY_LOG(kWarning) << "a graph launch's host nodes that never run will not be reported: "
+                            << finished.message();
+      }
+      return Status::Ok();
     });
+  }
+
+  // graph host nodes: a launch's calls still waiting once its stream got
+  // past it belong to nodes that never ran.
+  static void ReportHostNodesNotRun(uint64_t launch, const std::vector<uint64_t>& queued,
+                                    CUresult result) {
+    const Status status =
+        result == CUDA_SUCCESS
+            ? Status::Cuda(CUDA_ERROR_ILLEGAL_STATE,
+                           "the graph launch ended before its host node ran")
+            : Status::Cuda(result, absl::StrCat("graph launch failed: ", CuResultName(result)));
+    cuda_internal::GraphHostTokens::Get().Finish(launch, queued, status, /*report=*/true);
   }
 
   Status UploadGraph(GraphExec& exec, Stream& stream) override {
@@ -2296,6 +2476,57 @@ class CudaBackend final : public GpuBackend {
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
       return FERRY_CU(*api_, cuGraphUpload, static_cast<CudaGraphExec&>(exec).handle, s.handle);
     });
+  }
+
+  // --- graph node kinds: host nodes ------------------------------------------
+  // The driver records a host node of the token's (cuLaunchHostFunc); the
+  // origin keeps the token until EndCapture gives it to the graph.
+  Status CaptureHostNode(Stream& stream, Stream& origin, uint64_t host_function) override {
+    return Guarded("CaptureHostNode", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedGraphs());
+      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuLaunchHostFunc, "cuLaunchHostFunc"));
+      CudaStream& s = Str(stream);
+      FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
+      CudaHostNode host{nullptr, cuda_internal::GraphHostTokens::Get().New(host_function)};
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuLaunchHostFunc, s.handle,
+                                     &cuda_internal::GraphHostTokens::RunGraphHostNode,
+                                     host.token->user_data()));
+      Str(origin).captured_host_nodes.push_back(std::move(host));
+      return Status::Ok();
+    });
+  }
+
+  // The driver's own embedded graph, with its nodes in the driver's order.
+  Status EmbeddedGraph(Graph& graph, GraphNode& node, std::shared_ptr<Graph>* out,
+                       std::vector<GraphNode*>* nodes) override {
+    return Guarded("EmbeddedGraph", [&]() -> Status {
+      FERRY_RETURN_IF_ERROR(NeedGraphs());
+      FERRY_RETURN_IF_ERROR(
+          NeedEntryPoint(api_->cuGraphChildGraphNodeGetGraph, "cuGraphChildGraphNodeGetGraph"));
+      CUgraph embedded = nullptr;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphChildGraphNodeGetGraph,
+                                     static_cast<CudaGraphNode&>(node).handle, &embedded));
+      auto wrapper =
+          std::make_shared<CudaGraph>(*api_, embedded, static_cast<CudaGraph&>(graph).context,
+                                      /*owned=*/false);
+      size_t count = 0;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphGetNodes, embedded, nullptr, &count));
+      std::vector<CUgraphNode> handles(count);
+      if (count != 0) {
+        FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphGetNodes, embedded, handles.data(), &count));
+      }
+      for (size_t i = 0; i < count; ++i) {
+        wrapper->nodes.push_back(std::make_unique<CudaGraphNode>(handles[i]));
+        nodes->push_back(wrapper->nodes.back().get());
+      }
+      *out = std::move(wrapper);
+      return Status::Ok();
+    });
+  }
+
+  Status GraphExecHostNodes(GraphExec& exec, uint32_t* count) override {
+    *count = static_cast<uint32_t>(static_cast<CudaGraphExec&>(exec).host_nodes.size());
+    return Status::Ok();
   }
 
   // --- explicit-graph editing ------------------------------------------------
@@ -2329,8 +2560,9 @@ class CudaBackend final : public GpuBackend {
       FERRY_RETURN_IF_ERROR(NeedGraphs());
       FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuGraphDestroyNode, "cuGraphDestroyNode"));
       CudaGraph& g = static_cast<CudaGraph&>(graph);
-      FERRY_RETURN_IF_ERROR(
-          FERRY_CU(*api_, cuGraphDestroyNode, static_cast<CudaGraphNode&>(node).handle));
+      const CUgraphNode n = static_cast<CudaGraphNode&>(node).handle;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphDestroyNode, n));
+      std::erase_if(g.host_nodes, [n](const CudaHostNode& host) { return host.node == n; });
       std::erase_if(g.nodes, [&node](const auto& n) { return n.get() == &node; });
       return Status::Ok();
     });
@@ -2341,11 +2573,15 @@ class CudaBackend final : public GpuBackend {
     return Guarded("FindGraphNodeInClone", [&]() -> Status {
       FERRY_RETURN_IF_ERROR(NeedGraphs());
       FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuGraphNodeFindInClone, "cuGraphNodeFindInClone"));
-      (void)original;
       CudaGraph& c = static_cast<CudaGraph&>(clone);
       CUgraphNode copy = nullptr;
-      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphNodeFindInClone, &copy,
-                                     static_cast<CudaGraphNode&>(node).handle, c.handle));
+      const CUgraphNode n = static_cast<CudaGraphNode&>(node).handle;
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphNodeFindInClone, &copy, n, c.handle));
+      // graph host nodes: the clone's entries are the original's, in order.
+      const auto& originals = static_cast<CudaGraph&>(original).host_nodes;
+      for (size_t i = 0; i < originals.size() && i < c.host_nodes.size(); ++i) {
+        if (originals[i].node == n) c.host_nodes[i].node = copy;
+      }
       c.nodes.push_back(std::make_unique<CudaGraphNode>(copy));
       *out = c.nodes.back().get();
       return Status::Ok();
@@ -2355,7 +2591,6 @@ class CudaBackend final : public GpuBackend {
   Status SetGraphNode(Graph& graph, GraphNode& node, const GraphNodeSpec& spec) override {
     return Guarded("SetGraphNode", [&]() -> Status {
       FERRY_RETURN_IF_ERROR(NeedGraphs());
-      (void)graph;
       CudaContext* ctx = spec.ctx != nullptr ? &Ctx(*spec.ctx) : nullptr;
       if (ctx != nullptr) FERRY_RETURN_IF_ERROR(MakeCurrent(*ctx));
       const CUgraphNode n = static_cast<CudaGraphNode&>(node).handle;
@@ -2379,6 +2614,17 @@ class CudaBackend final : public GpuBackend {
               NeedEntryPoint(api_->cuGraphMemcpyNodeSetParams, "cuGraphMemcpyNodeSetParams"));
           const CUDA_MEMCPY3D p = CopyNodeParams(spec);
           return FERRY_CU(*api_, cuGraphMemcpyNodeSetParams, n, &p);
+        }
+        case GraphNodeSpec::Kind::kHost: {
+          FERRY_RETURN_IF_ERROR(
+              NeedEntryPoint(api_->cuGraphHostNodeSetParams, "cuGraphHostNodeSetParams"));
+          CudaHostNode* host = FindHostNode(static_cast<CudaGraph&>(graph).host_nodes, n);
+          if (host == nullptr) return Status::InvalidArgument("not a host node of the graph");
+          auto token = cuda_internal::GraphHostTokens::Get().New(spec.host_function);
+          const CUDA_HOST_NODE_PARAMS p = HostNodeParams(*token);
+          FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuGraphHostNodeSetParams, n, &p));
+          host->token = std::move(token);
+          return Status::Ok();
         }
         case GraphNodeSpec::Kind::kEmpty:
         case GraphNodeSpec::Kind::kChild:

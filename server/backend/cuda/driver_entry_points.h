@@ -100,6 +100,7 @@
   FERRY_CUDA_GRAPH_NODE_ENTRY_POINTS(X)     \
   FERRY_CUDA_GRAPH_ENTRY_POINTS(X)          \
   FERRY_CUDA_GRAPH_EDIT_ENTRY_POINTS(X)     \
+  FERRY_CUDA_GRAPH_HOST_ENTRY_POINTS(X)     \
   FERRY_CUDA_VMM_ENTRY_POINTS(X)            \
   FERRY_CUDA_ARRAY_ENTRY_POINTS(X)          \
   FERRY_CUDA_LINK_ENTRY_POINTS(X)           \
@@ -184,6 +185,18 @@
   X(cuGraphExecMemsetNodeSetParams, 10020)    \
   X(cuGraphExecMemcpyNodeSetParams, 10020)    \
   X(cuGraphExecChildGraphNodeSetParams, 11010)
+
+// graph host nodes (and cuLaunchHostFunc, which captures one), a child-graph
+// node's graph, capture into a graph: each answered CUDA_ERROR_NOT_SUPPORTED
+// where the driver lacks it.
+#define FERRY_CUDA_GRAPH_HOST_ENTRY_POINTS(X) \
+  X(cuGraphAddHostNode, 10000)                \
+  X(cuGraphHostNodeSetParams, 10000)          \
+  X(cuGraphExecHostNodeSetParams, 10020)      \
+  X(cuLaunchHostFunc, 10000)                  \
+  X(cuGraphChildGraphNodeGetGraph, 10000)     \
+  X(cuStreamBeginCaptureToGraph, 12030)       \
+  X(cuStreamUpdateCaptureDependencies, 12030)
 
 // stream capture and graphs (all or nothing: see HasGraphs).
 #define FERRY_CUDA_GRAPH_ENTRY_POINTS(X) \

@@ -39,6 +39,7 @@
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -62,6 +63,7 @@ namespace ferry::backend {
 namespace {
 
 using host_internal::CompletionThread;
+using host_internal::CountHostNodes;
 using host_internal::DeviceActivity;
 using host_internal::HostGraph;
 using host_internal::HostGraphAllocation;
@@ -69,6 +71,7 @@ using host_internal::HostGraphExec;
 using host_internal::HostGraphMemory;
 using host_internal::HostGraphNode;
 using host_internal::HostGraphOps;
+using host_internal::HostNodeOp;
 using host_internal::StreamPoint;
 using host_internal::StreamQueue;
 
@@ -358,6 +361,14 @@ class HostTenant final : public Tenant {
 struct HostCapture {
   HostGraphOps ops;
   bool ended = false;
+  // BeginCaptureToGraph: the graph the ops join at the end, the first after
+  // `after` (nodes of it).
+  HostGraph* target = nullptr;
+  std::vector<GraphNode*> after;
+  // UpdateCaptureDependencies: more nodes the op at an index (of `ops`)
+  // depends on; an index in `set_at` does not depend on `after`.
+  std::map<size_t, std::vector<GraphNode*>> extra_after;
+  std::set<size_t> set_at;
 };
 
 class HostStream final : public Stream {
@@ -1774,6 +1785,18 @@ class HostBackend final : public GpuBackend {
 
   // --- stream capture and graphs ---------------------------------------------
   Status BeginCapture(Stream& stream, int mode) override {
+    return StartCapture(stream, mode, std::make_shared<HostCapture>());
+  }
+
+  Status BeginCaptureToGraph(Stream& stream, int mode, Graph& graph,
+                             std::span<GraphNode* const> dependencies) override {
+    auto capture = std::make_shared<HostCapture>();
+    capture->target = &static_cast<HostGraph&>(graph);
+    capture->after.assign(dependencies.begin(), dependencies.end());
+    return StartCapture(stream, mode, std::move(capture));
+  }
+
+  Status StartCapture(Stream& stream, int mode, std::shared_ptr<HostCapture> capture) {
     HostStream& s = AsStream(stream);
     if (mode != CU_STREAM_CAPTURE_MODE_GLOBAL && mode != CU_STREAM_CAPTURE_MODE_THREAD_LOCAL &&
         mode != CU_STREAM_CAPTURE_MODE_RELAXED) {
@@ -1787,7 +1810,7 @@ class HostBackend final : public GpuBackend {
     if (s.ActiveCapture() != nullptr) {
       return Status::Cuda(CUDA_ERROR_ILLEGAL_STATE, "the stream is capturing already");
     }
-    s.capture = std::make_shared<HostCapture>();
+    s.capture = std::move(capture);
     return Status::Ok();
   }
 
@@ -1796,6 +1819,7 @@ class HostBackend final : public GpuBackend {
   Status EndCapture(Stream& stream, std::unique_ptr<Graph>* out) override {
     HostStream& s = AsStream(stream);
     HostGraphOps ops;
+    std::shared_ptr<HostCapture> capture;
     {
       std::lock_guard<std::mutex> lock(s.ctx().mu);
       if (s.ActiveCapture() == nullptr) {
@@ -1803,9 +1827,23 @@ class HostBackend final : public GpuBackend {
       }
       s.capture->ended = true;
       ops = std::move(s.capture->ops);
-      s.capture = nullptr;
+      capture = std::move(s.capture);
     }
-    *out = std::make_unique<HostGraph>(std::move(ops));
+    if (capture->target == nullptr) {
+      *out = std::make_unique<HostGraph>(std::move(ops));
+      return Status::Ok();
+    }
+    // Into the existing graph: a chain after the given nodes, with the
+    // dependencies UpdateCaptureDependencies added.
+    std::vector<GraphNode*> after =
+        capture->set_at.count(0) != 0 ? std::vector<GraphNode*>{} : capture->after;
+    for (size_t i = 0; i < ops.size(); ++i) {
+      if (auto extra = capture->extra_after.find(i); extra != capture->extra_after.end()) {
+        after.insert(after.end(), extra->second.begin(), extra->second.end());
+      }
+      GraphNode* node = capture->target->Add(GraphNodeSpec::Kind::kEmpty, std::move(ops[i]), after);
+      after.assign(1, node);
+    }
     return Status::Ok();
   }
 
@@ -1820,7 +1858,13 @@ class HostBackend final : public GpuBackend {
     std::function<void()> op;
     size_t child_nodes = 0;
     FERRY_RETURN_IF_ERROR(NodeOp(spec, &op, &child_nodes));
-    *out = static_cast<HostGraph&>(graph).Add(spec.kind, std::move(op), dependencies, child_nodes);
+    HostGraphNode* node =
+        static_cast<HostGraph&>(graph).Add(spec.kind, std::move(op), dependencies, child_nodes);
+    // The node runs its own copy of the child (EmbeddedGraph).
+    if (spec.kind == GraphNodeSpec::Kind::kChild) {
+      node->embedded = static_cast<const HostGraph&>(*spec.child).Clone();
+    }
+    *out = node;
     return Status::Ok();
   }
 
@@ -1871,10 +1915,22 @@ class HostBackend final : public GpuBackend {
 
   // One stream operation runs every node, in order; event nodes split it
   // into segments, each one stream operation, with the events' records and
-  // waits queued between them (HostEventNodeOp).
-  Status LaunchGraph(GraphExec& exec, Stream& stream) override {
+  // waits queued between them (HostEventNodeOp), and so do host nodes, each
+  // a host gate between two segments (HostNodeOp; the replay's order is the
+  // order of `host_calls`).
+  Status LaunchGraph(GraphExec& exec, Stream& stream,
+                     std::span<const GraphHostCall> host_calls) override {
     auto& e = static_cast<HostGraphExec&>(exec);
     const std::shared_ptr<const HostGraphOps> ops = e.ops();
+    if (CountHostNodes(*ops) != host_calls.size()) {
+      return InvalidValue("the executable graph has " + std::to_string(CountHostNodes(*ops)) +
+                          " host nodes; the launch brought " + std::to_string(host_calls.size()) +
+                          " host gates");
+    }
+    for (const GraphHostCall& call : host_calls) {
+      if (call.gate == nullptr || !call.reached) return InvalidValue("a host node without a gate");
+    }
+    size_t next_host_call = 0;
     size_t begin = 0;
     auto queue_segment = [&](size_t end) {
       Append(stream, {}, [ops, begin, end] {
@@ -1883,9 +1939,19 @@ class HostBackend final : public GpuBackend {
     };
     for (size_t i = 0; i < ops->size(); ++i) {
       const auto* event_node = (*ops)[i].target<HostEventNodeOp>();
-      if (event_node == nullptr) continue;
+      const auto* host_node = (*ops)[i].target<HostNodeOp>();
+      if (event_node == nullptr && host_node == nullptr) continue;
       if (i > begin) queue_segment(i);
       begin = i + 1;
+      if (host_node != nullptr) {
+        const GraphHostCall& call = host_calls[next_host_call++];
+        FERRY_RETURN_IF_ERROR(EnqueueHostGate(
+            stream, call.gate,
+            [reached = call.reached, host_function = host_node->host_function](Status status) {
+              reached(host_function, std::move(status), /*held=*/true);
+            }));
+        continue;
+      }
       FERRY_RETURN_IF_ERROR(event_node->wait ? StreamWaitEvent(stream, *event_node->event)
                                              : RecordEvent(*event_node->event, stream));
     }
@@ -1999,7 +2065,53 @@ class HostBackend final : public GpuBackend {
 
   Status SetExecEventNode(GraphExec& exec, GraphNode& node, Event& event, bool wait) override {
     return static_cast<HostGraphExec&>(exec).Replace(static_cast<HostGraphNode&>(node),
-                                                      HostEventNodeOp{&event, wait});
+                                                     HostEventNodeOp{&event, wait});
+  }
+
+  Status UpdateCaptureDependencies(Stream& stream, std::span<GraphNode* const> dependencies,
+                                   bool set) override {
+    HostStream& s = AsStream(stream);
+    std::lock_guard<std::mutex> lock(s.ctx().mu);
+    HostCapture* capture = s.ActiveCapture();
+    if (capture == nullptr) {
+      return Status::Cuda(CUDA_ERROR_ILLEGAL_STATE, "the stream is not capturing");
+    }
+    const size_t next = capture->ops.size();
+    auto& extra = capture->extra_after[next];
+    if (set) {
+      extra.clear();
+      capture->set_at.insert(next);
+    }
+    extra.insert(extra.end(), dependencies.begin(), dependencies.end());
+    return Status::Ok();
+  }
+
+  // --- graph node kinds: host nodes ----------------------------------------------
+  // Recorded as a HostNodeOp in the capture's list (AppendLocked).
+  Status CaptureHostNode(Stream& stream, Stream& origin, uint64_t host_function) override {
+    (void)origin;  // the capture's one list serves all of its streams
+    HostStream& s = AsStream(stream);
+    std::lock_guard<std::mutex> lock(s.ctx().mu);
+    if (s.ActiveCapture() == nullptr) {
+      return Status::Cuda(CUDA_ERROR_ILLEGAL_STATE, "the stream is not capturing");
+    }
+    AppendLocked(stream, {}, HostNodeOp{host_function});
+    return Status::Ok();
+  }
+
+  Status GraphExecHostNodes(GraphExec& exec, uint32_t* count) override {
+    *count = static_cast<uint32_t>(CountHostNodes(*static_cast<HostGraphExec&>(exec).ops()));
+    return Status::Ok();
+  }
+
+  Status EmbeddedGraph(Graph& graph, GraphNode& node, std::shared_ptr<Graph>* out,
+                       std::vector<GraphNode*>* nodes) override {
+    (void)graph;
+    auto& n = static_cast<HostGraphNode&>(node);
+    if (n.embedded == nullptr) return InvalidValue("not a child-graph node");
+    for (const auto& embedded_node : n.embedded->nodes()) nodes->push_back(embedded_node.get());
+    *out = n.embedded;
+    return Status::Ok();
   }
 
   // Graph memory is an executable graph's for as long as it lives, and goes
@@ -2064,8 +2176,17 @@ class HostBackend final : public GpuBackend {
           std::memmove(AsPointer(dst), AsPointer(src), bytes);
         };
         return Status::Ok();
+      case GraphNodeSpec::Kind::kHost:
+        if (spec.host_function == 0) return InvalidValue("host node without a host function");
+        *op = HostNodeOp{spec.host_function};
+        return Status::Ok();
       case GraphNodeSpec::Kind::kChild: {
         const auto& child = static_cast<const HostGraph&>(*spec.child);
+        // A host node's gate belongs to the launch of the graph that holds
+        // it; inside a child's one operation it could not hold the stream.
+        if (child.HostNodes() != 0) {
+          return Status::Cuda(CUDA_ERROR_NOT_SUPPORTED, "child graphs with host nodes");
+        }
         auto ops = std::make_shared<HostGraphOps>();
         FERRY_RETURN_IF_ERROR(child.Order(ops.get()));
         *child_nodes = child.size();

@@ -17,7 +17,6 @@ HostGraphMemory::~HostGraphMemory() {
   if (release) release();
 }
 
-
 namespace {
 
 std::atomic<uint64_t> next_node_serial{1};
@@ -34,6 +33,23 @@ HostGraphNode::HostGraphNode(GraphNodeSpec::Kind kind, HostGraphOp op, size_t ch
       op(std::move(op)),
       child_nodes(child_nodes) {}
 
+Status HostGraphNode::Work(HostGraphOp* out) const {
+  if (embedded == nullptr) {
+    *out = op;
+    return Status::Ok();
+  }
+  auto ops = std::make_shared<HostGraphOps>();
+  FERRY_RETURN_IF_ERROR(embedded->Order(ops.get()));
+  *out = [ops = std::shared_ptr<const HostGraphOps>(std::move(ops))] {
+    for (const HostGraphOp& child_op : *ops) child_op();
+  };
+  return Status::Ok();
+}
+
+size_t HostGraphNode::ChildNodes() const {
+  return embedded != nullptr ? embedded->size() : child_nodes;
+}
+
 HostGraph::HostGraph(HostGraphOps ops) {
   HostGraphNode* previous = nullptr;
   for (HostGraphOp& op : ops) {
@@ -41,6 +57,18 @@ HostGraph::HostGraph(HostGraphOps ops) {
     if (previous != nullptr) nodes_.back()->dependencies.push_back(previous);
     previous = nodes_.back().get();
   }
+}
+
+size_t CountHostNodes(const HostGraphOps& ops) {
+  return static_cast<size_t>(std::count_if(ops.begin(), ops.end(), [](const HostGraphOp& op) {
+    return op.target<HostNodeOp>() != nullptr;
+  }));
+}
+
+size_t HostGraph::HostNodes() const {
+  return static_cast<size_t>(std::count_if(nodes_.begin(), nodes_.end(), [](const auto& node) {
+    return node->op.template target<HostNodeOp>() != nullptr;
+  }));
 }
 
 bool HostGraph::Holds(const GraphNode* node) const {
@@ -114,7 +142,10 @@ Status HostGraph::Order(HostGraphOps* ops, std::vector<size_t>* positions) const
   while (!ready.empty()) {
     const size_t i = ready.top();
     ready.pop();
-    ordered.push_back(nodes_[i]->op);
+    if (ops != nullptr) {
+      ordered.emplace_back();
+      FERRY_RETURN_IF_ERROR(nodes_[i]->Work(&ordered.back()));
+    }
     order.push_back(i);
     for (size_t dependent : dependents[i]) {
       if (--waiting[dependent] == 0) ready.push(dependent);
@@ -134,6 +165,7 @@ std::unique_ptr<HostGraph> HostGraph::Clone() const {
   for (const auto& node : nodes_) {
     clone->nodes_.push_back(
         std::make_unique<HostGraphNode>(node->kind, node->op, node->child_nodes));
+    if (node->embedded != nullptr) clone->nodes_.back()->embedded = node->embedded->Clone();
     copy_of[node.get()] = clone->nodes_.back().get();
   }
   for (size_t i = 0; i < nodes_.size(); ++i) {
@@ -150,8 +182,9 @@ Status HostGraphExec::Make(const HostGraph& graph, std::unique_ptr<HostGraphExec
   for (size_t i = 0; i < graph.size(); ++i) {
     const HostGraphNode& node = *graph.nodes()[i];
     exec->position_[node.serial] = i;
-    exec->node_ops_.push_back(node.op);
-    exec->child_nodes_.push_back(node.child_nodes);
+    exec->node_ops_.emplace_back();
+    FERRY_RETURN_IF_ERROR(node.Work(&exec->node_ops_.back()));
+    exec->child_nodes_.push_back(node.ChildNodes());
   }
   exec->disabled_.assign(graph.size(), false);
   exec->Publish();
@@ -179,9 +212,11 @@ Status HostGraphExec::ReplaceAll(const HostGraph& graph) {
     return Status::Cuda(CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE,
                         "the graph has another number of nodes than the executable graph");
   }
+  HostGraphOps ops(graph.size());
+  for (size_t i = 0; i < graph.size(); ++i) FERRY_RETURN_IF_ERROR(graph.nodes()[i]->Work(&ops[i]));
   for (size_t i = 0; i < graph.size(); ++i) {
-    node_ops_[i] = graph.nodes()[i]->op;
-    child_nodes_[i] = graph.nodes()[i]->child_nodes;
+    node_ops_[i] = std::move(ops[i]);
+    child_nodes_[i] = graph.nodes()[i]->ChildNodes();
   }
   Publish();
   return Status::Ok();

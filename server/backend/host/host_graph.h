@@ -26,6 +26,16 @@ namespace ferry::backend::host_internal {
 using HostGraphOp = std::function<void()>;
 using HostGraphOps = std::vector<HostGraphOp>;
 
+// graph host nodes: a host node's operation. Run, it does nothing: the
+// backend's LaunchGraph splits the replay at it and holds the stream at a
+// host gate there (GraphHostCall), as EnqueueHostGate does.
+struct HostNodeOp {
+  uint64_t host_function;
+  void operator()() const {}
+};
+// How many of `ops` are host nodes (HostNodeOp).
+size_t CountHostNodes(const HostGraphOps& ops);
+
 // graph node kinds: an allocation node's memory. Its address range is
 // reserved (PROT_NONE, nothing behind it) from the node's creation until no
 // graph or executable graph names it; it is readable and writable only while
@@ -52,6 +62,8 @@ struct HostGraphMemory {
   ~HostGraphMemory();
 };
 
+class HostGraph;
+
 class HostGraphNode final : public GraphNode {
  public:
   HostGraphNode(GraphNodeSpec::Kind kind, HostGraphOp op, size_t child_nodes = 0);
@@ -63,6 +75,15 @@ class HostGraphNode final : public GraphNode {
   HostGraphOp op;
   std::vector<HostGraphNode*> dependencies;  // nodes of the same graph
   size_t child_nodes;                        // kChild: how many nodes the child had
+  // kChild nodes added to a graph: the graph the node runs, a copy of the
+  // child owned by the node (cuGraphChildGraphNodeGetGraph hands it out, so
+  // its edits reach the node's later instantiations). Null otherwise.
+  std::shared_ptr<HostGraph> embedded;
+  // The node's work as it is now: `op`, or the embedded graph's nodes in a
+  // topological order (INVALID_VALUE when they form a cycle).
+  Status Work(HostGraphOp* out) const;
+  // kChild: how many nodes its child has now.
+  size_t ChildNodes() const;
 };
 
 class HostGraph final : public Graph {
@@ -87,6 +108,8 @@ class HostGraph final : public Graph {
   // A copy: the same kinds, work and edges, new nodes.
   std::unique_ptr<HostGraph> Clone() const;
   size_t size() const { return nodes_.size(); }
+  // graph host nodes: how many nodes run a HostNodeOp.
+  size_t HostNodes() const;
   // graph node kinds: of its allocation nodes (shared with clones).
   std::vector<std::shared_ptr<HostGraphAllocation>> allocations;
   const std::vector<std::unique_ptr<HostGraphNode>>& nodes() const { return nodes_; }

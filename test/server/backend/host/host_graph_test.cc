@@ -1,7 +1,8 @@
 // HostGraph and HostGraphExec (server/backend/host/host_graph.h): the order
 // nodes run in follows their dependencies as edited, cycles are refused,
-// destroyed nodes take their edges, and executable graphs keep what they
-// were made with.
+// destroyed nodes take their edges, executable graphs keep what they were
+// made with, child nodes run their embedded graphs as edited, host nodes are
+// counted.
 #include "server/backend/host/host_graph.h"
 
 #include <cuda.h>
@@ -108,6 +109,47 @@ TEST_F(HostGraphTest, ClonesAndCapturedChainsKeepTheirOrder) {
   ASSERT_TRUE(graph.Destroy(*b).ok());  // the clone keeps its own copy
   ASSERT_TRUE(HostGraphExec::Make(*clone, &exec).ok());
   EXPECT_EQ(Run(*exec), (std::vector<int>{2, 1}));
+}
+
+// A child-graph node runs its embedded graph as it is when an executable
+// graph is made: edits after the node was added reach later instantiations,
+// not earlier ones; a clone of the parent gets its own copy.
+TEST_F(HostGraphTest, AChildNodeRunsItsEmbeddedGraphAsEditedAtInstantiation) {
+  HostGraph parent;
+  HostGraphNode* child = parent.Add(Kind::kChild, [] {}, {});
+  child->embedded = std::make_shared<HostGraph>();
+  HostGraphNode* one = Node(*child->embedded, 1);
+  Node(parent, 9, {child});
+  std::unique_ptr<HostGraphExec> before;
+  ASSERT_TRUE(HostGraphExec::Make(parent, &before).ok());
+  Node(*child->embedded, 2, {one});
+  std::unique_ptr<HostGraph> clone = parent.Clone();
+  std::unique_ptr<HostGraphExec> after;
+  ASSERT_TRUE(HostGraphExec::Make(parent, &after).ok());
+  EXPECT_EQ(Run(*before), (std::vector<int>{1, 9}));
+  EXPECT_EQ(Run(*after), (std::vector<int>{1, 2, 9}));
+  Node(*child->embedded, 3);  // the clone's embedded graph is its own
+  std::unique_ptr<HostGraphExec> of_clone;
+  ASSERT_TRUE(HostGraphExec::Make(*clone, &of_clone).ok());
+  EXPECT_EQ(Run(*of_clone), (std::vector<int>{1, 2, 9}));
+  // A cycle in the embedded graph is refused where the parent is made.
+  std::vector<GraphNode*> from = {child->embedded->nodes()[1].get()}, to = {one};
+  ASSERT_TRUE(child->embedded->EditEdges(from, to, false).ok());
+  EXPECT_EQ(HostGraphExec::Make(parent, &after).cuda_result(), CUDA_ERROR_INVALID_VALUE);
+}
+
+// Host nodes are counted wherever they are: added, or captured in a chain.
+TEST_F(HostGraphTest, CountsHostNodes) {
+  HostGraph graph;
+  graph.Add(Kind::kHost, HostNodeOp{7}, {});
+  Node(graph, 1);
+  graph.Add(Kind::kHost, HostNodeOp{8}, {});
+  EXPECT_EQ(graph.HostNodes(), 2u);
+  HostGraph captured(HostGraphOps{[] {}, HostNodeOp{3}});
+  EXPECT_EQ(captured.HostNodes(), 1u);
+  std::unique_ptr<HostGraphExec> exec;
+  ASSERT_TRUE(HostGraphExec::Make(graph, &exec).ok());
+  EXPECT_EQ(CountHostNodes(*exec->ops()), 2u);
 }
 
 }  // namespace
