@@ -67,16 +67,22 @@ backend::HostBytes SealedImage::Bytes(const std::shared_ptr<const SealedImage>& 
 
 ModuleCache::ModuleCache(uint64_t capacity_bytes) : capacity_bytes_(capacity_bytes) {}
 
-bool ModuleCache::Find(const ContentHash& hash, uint64_t size, backend::HostBytes* image) {
-  std::lock_guard<std::mutex> lock(mu_);
+ModuleCache::Entry* ModuleCache::LookUpLocked(const ContentHash& hash, uint64_t size) {
   auto it = entries_.find(Key{hash, size});
   if (it == entries_.end()) {
     ++stats_.misses;
-    return false;
+    return nullptr;
   }
   ++stats_.hits;
   lru_.splice(lru_.begin(), lru_, it->second.recency);
-  *image = it->second.image;
+  return &it->second;
+}
+
+bool ModuleCache::Find(const ContentHash& hash, uint64_t size, backend::HostBytes* image) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const Entry* entry = LookUpLocked(hash, size);
+  if (entry == nullptr) return false;
+  *image = entry->image;
   return true;
 }
 
@@ -110,18 +116,13 @@ bool ModuleCache::FindSealed(const ContentHash& hash, uint64_t size,
   backend::HostBytes bytes;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = entries_.find(Key{hash, size});
-    if (it == entries_.end()) {
-      ++stats_.misses;
-      return false;
-    }
-    ++stats_.hits;
-    lru_.splice(lru_.begin(), lru_, it->second.recency);
-    if (it->second.sealed != nullptr) {
-      *image = it->second.sealed;
+    const Entry* entry = LookUpLocked(hash, size);
+    if (entry == nullptr) return false;
+    if (entry->sealed != nullptr) {
+      *image = entry->sealed;
       return true;
     }
-    bytes = it->second.image;
+    bytes = entry->image;
   }
   // Held as plain bytes (inserted in this process): sealed once, outside the
   // lock, and remembered.

@@ -115,6 +115,9 @@ class ModuleCache final : public ModuleImages {
     std::list<Key>::iterator recency;           // position in lru_
   };
 
+  // The entry named (`hash`, `size`), counted as a hit (and made the most
+  // recent) or a miss; null when not held.
+  Entry* LookUpLocked(const ContentHash& hash, uint64_t size) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void InsertLocked(const ContentHash& hash, backend::HostBytes image,
                     std::shared_ptr<const SealedImage> sealed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
