@@ -64,6 +64,11 @@ Status AdoptTransport(TransportHandover handover, std::unique_ptr<Transport>* ou
       return Status::Ok();
     case TransportHandover::Kind::kShm:
       return ShmTransport::Adopt(std::move(handover), out);
+    case TransportHandover::Kind::kTlsRestart:
+      // A new TLS session needs ferryd's certificate: the session worker
+      // runs it (AcceptTls), not this function.
+      return Status::InvalidArgument(
+          "a TLS hand-over is adopted by a new TLS handshake, not by AdoptTransport");
   }
   return Status::InvalidArgument("a transport handover with " +
                                  std::to_string(handover.fds.size()) +

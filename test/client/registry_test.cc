@@ -408,7 +408,9 @@ TEST(RegistryConcurrencyTest, SeveralThreads) {
         ASSERT_TRUE(streams.HasStream(stream));
         made[t].push_back(stream);
         ASSERT_TRUE(streams.RemoveStream(stream, nullptr).ok());
-        if (i % 2 == 0) ASSERT_TRUE(allocations.RemoveDevice(dptr).ok());
+        if (i % 2 == 0) {
+          ASSERT_TRUE(allocations.RemoveDevice(dptr).ok());
+        }
       }
       // A short-lived context of this thread: made, used, destroyed.
       const uint64_t scratch = contexts.Add(t, 0);
