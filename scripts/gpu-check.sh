@@ -181,7 +181,7 @@ for program in "$bundle"/programs/*; do
   name=$(basename "$program")
   case "$name" in
     # Helpers of the ctest harness (they need its setup), not checks.
-    e2e_hold_and_wait|e2e_unreachable|e2e_host_callback_hold|e2e_pool_client) continue ;;
+    e2e_hold_and_wait|e2e_unreachable|e2e_host_callback_hold|e2e_pool_client|e2e_tenant_reach) continue ;;
     lib*.so) continue ;;
   esac
   case "$name" in
