@@ -96,6 +96,7 @@ class TlsTransport final : public Transport {
       // are the new handshake.
       const auto deadline = std::chrono::steady_clock::now() + kHandoverCloseTimeout;
       for (;;) {
+        ERR_clear_error();  // SSL_get_error reads the queue: only this call's errors
         const int rc = SSL_shutdown(ssl_);
         if (rc >= 0) break;
         const int error = SSL_get_error(ssl_, rc);

@@ -754,7 +754,6 @@ void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transpo
     {
       std::lock_guard<std::mutex> lock(mutex_);
       connections_.erase(id);
-      early_preemptions_.erase(id);
     }
     // Tell the client why, on the connection as it stands (a TLS one whose
     // session ended for the hand-over cannot be told: it closes).
@@ -770,6 +769,9 @@ void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transpo
              Status::Internal("ferryd could not start this session: " + status.message()));
     }
     if (pool_ != nullptr) pool_->Return(id);
+    // After the return: a preemption until then may have stored one.
+    std::lock_guard<std::mutex> lock(mutex_);
+    early_preemptions_.erase(id);
     return;
   }
   transport.reset();  // released: its descriptors are the worker's
