@@ -177,33 +177,7 @@ class TlsTransport final : public Transport {
   }
 
   Status ReadExact(void* data, size_t size) override {
-    auto* p = static_cast<char*>(data);
-    while (size > 0) {
-      int n = 0, error = 0;
-      {
-        std::lock_guard<std::mutex> lock(mutex_);
-        n = SSL_read(ssl_, p, static_cast<int>(std::min<size_t>(size, 1 << 30)));
-        error = n > 0 ? SSL_ERROR_NONE : SSL_get_error(ssl_, n);
-      }
-      if (n > 0) {
-        p += n;
-        size -= static_cast<size_t>(n);
-        continue;
-      }
-      if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) {
-        if (!WaitFor(fd_, error == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, read_deadline_)) {
-          return Status::Disconnected("no data from " + peer_name_ + " before the read deadline");
-        }
-        continue;
-      }
-      if (error == SSL_ERROR_ZERO_RETURN) {
-        return Status::Disconnected("connection closed by " + peer_name_);
-      }
-      return Status::Disconnected(
-          "TLS read from " + peer_name_ +
-          " failed: " + OpenSslErrors(errno != 0 ? std::strerror(errno) : "connection closed"));
-    }
-    return Status::Ok();
+    return Transfer(/*reading=*/true, static_cast<char*>(data), size, read_deadline_);
   }
 
   void Shutdown() override { ::shutdown(fd_, SHUT_RDWR); }
@@ -232,12 +206,21 @@ class TlsTransport final : public Transport {
   static constexpr std::chrono::seconds kHandoverCloseTimeout{5};
 
   Status WriteAll(const void* data, size_t size) {
-    const char* p = static_cast<const char*>(data);
+    return Transfer(/*reading=*/false, static_cast<char*>(const_cast<void*>(data)), size,
+                    kNoDeadline);
+  }
+
+  // Moves `size` bytes with SSL_read into `p` (reading) or SSL_write from
+  // it, waiting on the socket for what OpenSSL asks (until `deadline`).
+  // Each SSL call holds mutex_; the waits do not.
+  Status Transfer(bool reading, char* p, size_t size,
+                  std::chrono::steady_clock::time_point deadline) {
     while (size > 0) {
+      const int chunk = static_cast<int>(std::min<size_t>(size, 1 << 30));
       int n = 0, error = 0;
       {
         std::lock_guard<std::mutex> lock(mutex_);
-        n = SSL_write(ssl_, p, static_cast<int>(std::min<size_t>(size, 1 << 30)));
+        n = reading ? SSL_read(ssl_, p, chunk) : SSL_write(ssl_, p, chunk);
         error = n > 0 ? SSL_ERROR_NONE : SSL_get_error(ssl_, n);
       }
       if (n > 0) {
@@ -246,11 +229,19 @@ class TlsTransport final : public Transport {
         continue;
       }
       if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) {
-        WaitFor(fd_, error == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, kNoDeadline);
+        if (!WaitFor(fd_, error == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline)) {
+          return Status::Disconnected(reading ? "no data from " + peer_name_ +
+                                                    " before the read deadline"
+                                              : "cannot write to " + peer_name_);
+        }
         continue;
       }
-      return Status::Disconnected("TLS write to " + peer_name_ +
-                                  " failed: " + OpenSslErrors(std::strerror(errno)));
+      if (reading && error == SSL_ERROR_ZERO_RETURN) {
+        return Status::Disconnected("connection closed by " + peer_name_);
+      }
+      return Status::Disconnected(
+          std::string(reading ? "TLS read from " : "TLS write to ") + peer_name_ +
+          " failed: " + OpenSslErrors(errno != 0 ? std::strerror(errno) : "connection closed"));
     }
     return Status::Ok();
   }

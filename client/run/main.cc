@@ -96,7 +96,7 @@ std::filesystem::path Self() {
 
 // The system's client config, where the ferry-client package installs it:
 // PREFIX/etc/ferry/client.toml for ferry-run in PREFIX/bin, except /etc for
-// the prefix /usr (as packaging/install_files.cmake places it).
+// the prefix /usr (as scripts/packaging/install_files.cmake places it).
 std::string SystemConfigPath() {
   const std::filesystem::path prefix = (Self().parent_path() / "..").lexically_normal();
   const std::filesystem::path etc = prefix == "/usr" ? "/etc" : prefix / "etc";

@@ -1,4 +1,4 @@
-# The install-time half of packaging/CMakeLists.txt: files whose place or
+# The install-time half of scripts/packaging/CMakeLists.txt: files whose place or
 # content depends on the prefix chosen when installing (`cmake --install
 # --prefix P`, or /usr for the .deb packages), not when configuring. Runs in
 # cmake's script mode inside the install step; file(INSTALL) adds $DESTDIR.
