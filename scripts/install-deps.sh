@@ -16,6 +16,9 @@ packages=(
   libbenchmark-dev      # bench/
   libzstd-dev liblz4-dev  # compressed fatbin entries
   libssl-dev            # SHA-256 naming module images in ferryd's image cache
+  nlohmann-json3-dev    # JSON of etcd's gateway (server/etcd/)
+  libcpp-httplib-dev    # HTTP/1.1 to etcd's gateway (server/etcd/)
+  etcd-server           # a real etcd in the cluster tests (test/support/etcd_server.h; tests start their own)
   rdma-core libibverbs-dev librdmacm-dev  # RDMA transport (later)
   clang libclang-rt-dev  # scripts/fuzz.sh: libFuzzer and the ASan/UBSan runtimes come with clang only
   dpkg-dev file         # cpack's .deb packages: dpkg-shlibdeps finds their dependencies (test/packaging)
