@@ -79,7 +79,8 @@ Status CheckWaits(wire::Call::Which which, bool wants_reply, bool gate) {
 Status Connection::Open(std::unique_ptr<Transport> transport, std::string server_name,
                         const Borrow& borrow, std::unique_ptr<Connection>* out,
                         std::unique_ptr<capnp::MessageReader>* hello_reply,
-                        kj::Array<capnp::word>* hello_words, ConnectionOptions options) {
+                        kj::Array<capnp::word>* hello_words, ConnectionOptions options,
+                        std::string* redirect) {
   // Kept: a TLS hand-over (below) sends it again.
   capnp::MallocMessageBuilder hello_message;
   {
@@ -96,6 +97,7 @@ Status Connection::Open(std::unique_ptr<Transport> transport, std::string server
     hello.setWaitMs(borrow.wait_ms);
     hello.setToken(borrow.token);
     hello.setKeepaliveMs(KeepalivePeriodMs(options.call_timeout));
+    hello.setRedirects(borrow.redirects);
     FERRY_RETURN_IF_ERROR(WriteFrame(*transport, wire::FrameKind::HELLO, hello_message));
   }
   // Interim replies (queued for a slice) come first; the last one answers.
@@ -133,6 +135,15 @@ Status Connection::Open(std::unique_ptr<Transport> transport, std::string server
         return Status::FromWire(
             static_cast<uint8_t>(status.code()), status.cuda_result(),
             "ferryd at " + server_name + " gives no device: " + status.message());
+      }
+      if (reply.getRedirect().size() > 0) {
+        if (redirect == nullptr) {
+          return Status::Unimplemented("ferryd at " + server_name + " sends this client to " +
+                                       reply.getRedirect().cStr() +
+                                       " (a cluster pool), and this connection cannot follow");
+        }
+        *redirect = reply.getRedirect().cStr();
+        return Status::Ok();
       }
       if (reply.getHandoverSecret().size() > 0) {
         // ferryd hands the connection to the process that serves the

@@ -138,15 +138,19 @@ class Connection {
     uint32_t gpus = 1;
     uint64_t wait_ms = 0;  // 0 = do not queue
     std::string token;     // "" = none
+    uint32_t redirects = 0;  // times this borrow was sent on (HelloReply.redirect)
   };
 
   // Connects, says Hello, and keeps the final HelloReply in `hello_reply`.
   // While the server queues the borrow, each interim reply is logged with
-  // the queue position.
+  // the queue position. A server of a cluster pool may send the client on
+  // instead (HelloReply.redirect): then `*redirect` is where, `*out` stays
+  // empty and the result is OK; without `redirect` that is an error.
   static Status Open(std::unique_ptr<Transport> transport, std::string server_name,
                      const Borrow& borrow, std::unique_ptr<Connection>* out,
                      std::unique_ptr<capnp::MessageReader>* hello_reply,
-                     kj::Array<capnp::word>* hello_words, ConnectionOptions options = {});
+                     kj::Array<capnp::word>* hello_words, ConnectionOptions options = {},
+                     std::string* redirect = nullptr);
   ~Connection();
 
   // Queues a call without waiting. `bulk` is taken before return (copied into

@@ -167,7 +167,7 @@ Status Runtime::Init(unsigned flags) {
 
 Status Runtime::ConnectFromEnvironment() {
   const char* env = std::getenv("FERRY_SERVER");
-  const std::string server = env != nullptr && *env != '\0' ? env : kDefaultServer;
+  const std::string server_list = env != nullptr && *env != '\0' ? env : kDefaultServer;
   int timeout_ms = kDefaultConnectTimeoutMs;
   if (const char* t = std::getenv("FERRY_CONNECT_TIMEOUT_MS"); t != nullptr && std::atoi(t) > 0) {
     timeout_ms = std::atoi(t);
@@ -177,32 +177,64 @@ Status Runtime::ConnectFromEnvironment() {
   FERRY_RETURN_IF_ERROR(TokenFromEnvironment(&borrow.token));
   ConnectionOptions options;
   FERRY_RETURN_IF_ERROR(CallTimeoutFromEnvironment(&options.call_timeout));
-  const std::optional<TlsClientConfig> tls = TlsClientConfigFromEnvironment(server);
-  FERRY_RETURN_IF_ERROR(CheckTokenIsProtected(
-      server, borrow.token, tls.has_value(), PlainTokenAllowedByEnvironment(),
-      "set FERRY_TLS_CA to use TLS, or FERRY_ALLOW_PLAIN_TOKEN=1 on a network you trust"));
-  std::unique_ptr<Transport> transport;
-  Status status = ConnectTransportWithTls(server, std::chrono::milliseconds(timeout_ms), tls,
-                                          &transport);
-  if (status.code() == StatusCode::kPermissionDenied) {
-    return status;  // a server whose certificate does not verify: not a lost one
+  std::vector<std::string> servers;
+  for (size_t start = 0; start <= server_list.size();) {
+    size_t end = server_list.find(',', start);
+    if (end == std::string::npos) end = server_list.size();
+    std::string part = server_list.substr(start, end - start);
+    part.erase(0, part.find_first_not_of(" \t"));
+    part.erase(part.find_last_not_of(" \t") + 1);
+    if (!part.empty()) servers.push_back(std::move(part));
+    start = end + 1;
   }
-  if (!status.ok()) {
-    return Status::Disconnected("cannot reach ferryd at " + server +
-                                " (FERRY_SERVER): " + status.message());
+  if (servers.empty()) return Status::InvalidArgument("FERRY_SERVER names no server");
+  // Servers that cannot be reached are passed over, in order; a server that
+  // answers — with devices, a refusal, or where to go instead — decides.
+  std::string unreachable;
+  for (const std::string& first : servers) {
+    std::string server = first;
+    for (uint32_t redirects = 0;; ++redirects) {
+      const std::optional<TlsClientConfig> tls = TlsClientConfigFromEnvironment(server);
+      FERRY_RETURN_IF_ERROR(CheckTokenIsProtected(
+          server, borrow.token, tls.has_value(), PlainTokenAllowedByEnvironment(),
+          "set FERRY_TLS_CA to use TLS, or FERRY_ALLOW_PLAIN_TOKEN=1 on a network you trust"));
+      std::unique_ptr<Transport> transport;
+      Status status = ConnectTransportWithTls(server, std::chrono::milliseconds(timeout_ms), tls,
+                                              &transport);
+      if (status.code() == StatusCode::kPermissionDenied) {
+        return status;  // a server whose certificate does not verify: not a lost one
+      }
+      std::string redirect;
+      if (status.ok()) {
+        borrow.redirects = redirects;
+        status = OpenSession(std::move(transport), server, borrow, options, &connection_,
+                             &devices_, &session_id_, &redirect);
+        if (!status.ok() && status.code() != StatusCode::kDisconnected) return status;
+      }
+      if (!status.ok()) {
+        unreachable += (unreachable.empty() ? "" : "; ") + server + ": " + status.message();
+        break;  // the next server of the list
+      }
+      if (redirect.empty()) return Status::Ok();
+      FERRY_LOG(kInfo) << "ferryd at " << server << " has no room and sends this program to "
+                       << redirect << " (a server of the same cluster pool)";
+      server = redirect;
+    }
   }
-  return OpenSession(std::move(transport), server, borrow, options, &connection_, &devices_,
-                     &session_id_);
+  return Status::Disconnected("cannot reach ferryd (FERRY_SERVER=" + server_list +
+                              "): " + unreachable);
 }
 
 Status Runtime::OpenSession(std::unique_ptr<Transport> transport, const std::string& server,
                             const Connection::Borrow& borrow, ConnectionOptions options,
                             std::unique_ptr<Connection>* connection,
-                            std::vector<DeviceInfo>* devices, uint64_t* session_id) {
+                            std::vector<DeviceInfo>* devices, uint64_t* session_id,
+                            std::string* redirect) {
   std::unique_ptr<capnp::MessageReader> hello;
   kj::Array<capnp::word> hello_words;
   Status status = Connection::Open(std::move(transport), server, borrow, connection, &hello,
-                                   &hello_words, options);
+                                   &hello_words, options, redirect);
+  if (status.ok() && redirect != nullptr && !redirect->empty()) return status;
   if (!status.ok()) {
     if (status.code() != StatusCode::kDisconnected && status.code() != StatusCode::kMalformed) {
       return status;  // the server answered: a full pool, an unknown pool

@@ -233,12 +233,16 @@ class Runtime {
 
   Runtime();  // the global, not connected
   // Opens a session over `transport`: the connection, the devices and the
-  // session's id from the HelloReply.
+  // session's id from the HelloReply. With `redirect`, a server that sends
+  // the client on leaves where in it (and everything else unset).
   static Status OpenSession(std::unique_ptr<Transport> transport, const std::string& server_name,
                             const Connection::Borrow& borrow, ConnectionOptions options,
                             std::unique_ptr<Connection>* connection,
-                            std::vector<DeviceInfo>* devices, uint64_t* session_id);
-  // The global's cuInit: connects to the server the environment names.
+                            std::vector<DeviceInfo>* devices, uint64_t* session_id,
+                            std::string* redirect = nullptr);
+  // The global's cuInit: connects to the server the environment names
+  // (FERRY_SERVER: one or more, comma-separated, tried in order while they
+  // cannot be reached), following a cluster's redirects.
   Status ConnectFromEnvironment();
   // The calling thread's state of this instance, made on first use. A thread
   // keeps the state of an instance that was destroyed until it exits;

@@ -145,6 +145,8 @@ struct Hello {
   keepaliveMs @9 :UInt32;  # a keepalive frame this often while replies are due; 0 = never
   # TLS hand-over (HelloReply.handoverSecret): the Hello sent again, in the new TLS session
   handoverSecret @10 :Data;
+  # cluster pool: how many times this client was sent on (HelloReply.redirect) for this borrow
+  redirects @11 :UInt32;
 }
 
 struct Device {
@@ -173,6 +175,10 @@ struct HelloReply {
   # runs a new TLS handshake on the same socket (the certificate checked again), sends its
   # Hello again with this secret, and reads the final HelloReply from there.
   handoverSecret @9 :Data;
+  # Not empty (a ferryd of a cluster pool): this server has no room for the borrow, the
+  # server at this HOST:PORT has. The client closes this connection and sends its Hello
+  # there, with Hello.redirects one higher (ferryd sends a client on at most twice).
+  redirect @10 :Text;
 }
 
 # A borrowed slice of a GPU (pool).
