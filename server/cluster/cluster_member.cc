@@ -1,0 +1,347 @@
+#include "server/cluster/cluster_member.h"
+
+#include <algorithm>
+
+#include "common/log.h"
+
+namespace ferry::cluster {
+
+ClusterMember::ClusterMember(std::unique_ptr<etcd::EtcdClient> store, Options options)
+    : store_(std::move(store)), options_(std::move(options)) {}
+
+Status ClusterMember::Create(std::unique_ptr<etcd::EtcdClient> store, Options options,
+                             std::unique_ptr<ClusterMember>* out) {
+  if (store == nullptr) return Status::InvalidArgument("a cluster member needs a store");
+  FERRY_RETURN_IF_ERROR(CheckServerName(options.name));
+  if (options.advertise.empty()) {
+    return Status::InvalidArgument(
+        "--advertise HOST:PORT is required in a cluster: where clients that other servers send "
+        "here connect");
+  }
+  std::string prefix;
+  FERRY_RETURN_IF_ERROR(NormalizePrefix(options.prefix, &prefix));
+  options.prefix = prefix;
+  if (options.ttl < absl::Seconds(2)) {
+    return Status::InvalidArgument("the cluster lease TTL must be at least 2s");
+  }
+  out->reset(new ClusterMember(std::move(store), std::move(options)));
+  return Status::Ok();
+}
+
+ClusterMember::~ClusterMember() { Leave(); }
+
+Status ClusterMember::Join(ServerRecord self, std::function<std::vector<GpuState>()> gpu_states) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (joined_) return Status::InvalidArgument("already joined");
+    self.name = options_.name;
+    self.advertise = options_.advertise;
+    self_ = std::move(self);
+    gpu_states_ = std::move(gpu_states);
+    joined_ = true;
+  }
+  Status first = Register();
+  NoteStoreStatus(first);
+  keeper_ = std::thread([this] { KeeperLoop(); });
+  return first;
+}
+
+void ClusterMember::GpuStatesChanged() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    states_dirty_ = true;
+  }
+  wake_.notify_all();
+}
+
+bool ClusterMember::registered() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return server_lease_ != 0;
+}
+
+void ClusterMember::NoteStoreStatus(const Status& status) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const std::string problem = status.ok() ? "" : status.message();
+  if (problem == store_problem_) return;
+  if (problem.empty()) {
+    FERRY_LOG(kInfo) << "cluster: server " << options_.name << " is registered in etcd at "
+                     << store_->Describe() << " (prefix " << options_.prefix << ")";
+  } else {
+    FERRY_LOG(kWarning) << "cluster: " << problem
+                        << "; running sessions go on, new borrows fail until this is mended";
+  }
+  store_problem_ = problem;
+}
+
+Status ClusterMember::Register() {
+  ServerRecord self;
+  std::function<std::vector<GpuState>()> gpu_states;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    self = self_;
+    gpu_states = gpu_states_;
+    states_dirty_ = false;  // what is read below goes in with the registration
+  }
+  int64_t lease = 0;
+  Status status = store_->GrantLease(options_.ttl, &lease);
+  if (!status.ok()) return Status::Overloaded("cannot register in the cluster: " + status.message());
+  const std::string key = ServerKey(options_.prefix, options_.name);
+  std::vector<etcd::TxnOp> puts{etcd::TxnOp::Put(key, ToJson(self), lease)};
+  for (GpuState& state : gpu_states()) {
+    state.server = options_.name;
+    puts.push_back(etcd::TxnOp::Put(GpuStateKey(options_.prefix, options_.name, state.index),
+                                    ToJson(state), lease));
+  }
+  etcd::TxnResult result;
+  status = store_->Txn({etcd::Compare::Absent(key)}, puts, {etcd::TxnOp::Range(key, false)},
+                       &result);
+  if (status.ok() && !result.succeeded) {
+    std::string holder = "another ferryd";
+    ServerRecord other;
+    if (!result.ranges.empty() && !result.ranges[0].empty() &&
+        FromJson(result.ranges[0][0].value, &other).ok()) {
+      holder = "ferryd pid " + std::to_string(other.pid) + " at " + other.advertise;
+    }
+    status = Status::Overloaded("the cluster already has a server named " + options_.name + " (" +
+                                holder +
+                                "); this one joins once that one's lease is gone (at most " +
+                                absl::FormatDuration(options_.ttl) + " after it stopped)");
+  }
+  if (!status.ok()) {
+    (void)store_->RevokeLease(lease);
+    std::lock_guard<std::mutex> lock(mutex_);
+    states_dirty_ = true;
+    return status.code() == StatusCode::kOverloaded
+               ? status
+               : Status::Overloaded("cannot register in the cluster: " + status.message());
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  server_lease_ = lease;
+  return Status::Ok();
+}
+
+Status ClusterMember::PublishGpuStates(int64_t lease) {
+  std::function<std::vector<GpuState>()> gpu_states;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    gpu_states = gpu_states_;
+    states_dirty_ = false;
+  }
+  std::vector<etcd::TxnOp> puts;
+  for (GpuState& state : gpu_states()) {
+    state.server = options_.name;
+    puts.push_back(etcd::TxnOp::Put(GpuStateKey(options_.prefix, options_.name, state.index),
+                                    ToJson(state), lease));
+  }
+  etcd::TxnResult result;
+  Status status = store_->Txn({}, puts, {}, &result);
+  if (!status.ok()) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    states_dirty_ = true;
+  }
+  return status;
+}
+
+Status ClusterMember::PutClaims(int64_t lease, const std::vector<ClaimRecord>& claims) {
+  std::vector<etcd::Compare> compares;
+  std::vector<etcd::TxnOp> puts, ranges;
+  for (const ClaimRecord& claim : claims) {
+    const std::string key =
+        ClaimKey(options_.prefix, claim.server, claim.gpu, claim.slices_per_gpu, claim.slice);
+    compares.push_back(etcd::Compare::Absent(key));
+    puts.push_back(etcd::TxnOp::Put(key, ToJson(claim), lease));
+    ranges.push_back(etcd::TxnOp::Range(key, false));
+  }
+  etcd::TxnResult result;
+  Status status = store_->Txn(compares, puts, ranges, &result);
+  if (!status.ok()) {
+    return Status::Overloaded("cannot claim slices in the cluster: " + status.message());
+  }
+  if (result.succeeded) return Status::Ok();
+  for (size_t i = 0; i < result.ranges.size() && i < claims.size(); ++i) {
+    if (result.ranges[i].empty()) continue;
+    ClaimRecord holder;
+    std::string who = "another session";
+    if (FromJson(result.ranges[i][0].value, &holder).ok()) {
+      who = "session " + std::to_string(holder.session) + " (" + holder.program + " pid " +
+            std::to_string(holder.pid) + " on " + holder.host + ")";
+    }
+    const ClaimRecord& claim = claims[i];
+    return Status::Overloaded("slice " + std::to_string(claim.slice) + "/" +
+                              std::to_string(claim.slices_per_gpu) + " of GPU " + claim.server +
+                              ":" + std::to_string(claim.gpu) +
+                              " is claimed in the cluster already, by " + who);
+  }
+  return Status::Overloaded("a slice is claimed in the cluster already");
+}
+
+Status ClusterMember::Claim(uint64_t session, std::vector<ClaimRecord> claims) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (server_lease_ == 0) {
+      return Status::Overloaded(
+          "ferryd is not registered in the cluster" +
+          (store_problem_.empty() ? std::string(" yet") : " (" + store_problem_ + ")") +
+          "; new borrows fail until it is");
+    }
+  }
+  for (ClaimRecord& claim : claims) {
+    claim.server = options_.name;
+    claim.session = session;
+  }
+  int64_t lease = 0;
+  Status status = store_->GrantLease(options_.ttl, &lease);
+  if (!status.ok()) {
+    NoteStoreStatus(status);
+    return Status::Overloaded("cannot claim slices in the cluster: " + status.message());
+  }
+  status = PutClaims(lease, claims);
+  if (!status.ok()) {
+    (void)store_->RevokeLease(lease);
+    return status;
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  sessions_[session] = SessionClaims{lease, std::move(claims)};
+  return Status::Ok();
+}
+
+void ClusterMember::Release(uint64_t session) {
+  int64_t lease = 0;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = sessions_.find(session);
+    if (it == sessions_.end()) return;
+    lease = it->second.lease;
+    sessions_.erase(it);
+  }
+  Status status = store_->RevokeLease(lease);
+  if (!status.ok()) {
+    // Nobody renews it any more: its claims go when it expires.
+    FERRY_LOG(kWarning) << "cluster: session " << session << "'s claims stay until their lease ("
+                        << absl::FormatDuration(options_.ttl) << ") expires: " << status.message();
+  }
+}
+
+Status ClusterMember::Read(ClusterSnapshot* out) {
+  return ReadCluster(*store_, options_.prefix, out);
+}
+
+std::string ClusterMember::FindRoom(const ClusterSnapshot& snapshot, const std::string& pool,
+                                    int gpus, std::string* advertise) const {
+  std::string best;
+  int best_free = 0;
+  for (const ServerRecord& server : snapshot.servers) {
+    if (server.name == options_.name || server.advertise.empty()) continue;
+    int fitting = 0, free = 0;
+    for (const GpuState& gpu : snapshot.gpus) {
+      if (gpu.server != server.name || gpu.pool != pool || gpu.drained || gpu.free_slices <= 0) {
+        continue;
+      }
+      ++fitting;
+      free += gpu.free_slices;
+    }
+    if (fitting >= gpus && free > best_free) {
+      best = server.name;
+      best_free = free;
+      *advertise = server.advertise;
+    }
+  }
+  return best;
+}
+
+void ClusterMember::Leave() {
+  std::vector<int64_t> leases;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  if (keeper_.joinable()) keeper_.join();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    leases = std::move(revoke_);
+    for (const auto& [session, held] : sessions_) leases.push_back(held.lease);
+    sessions_.clear();
+    if (server_lease_ != 0) leases.push_back(server_lease_);
+    server_lease_ = 0;
+  }
+  for (int64_t lease : leases) (void)store_->RevokeLease(lease);
+}
+
+void ClusterMember::KeeperLoop() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  while (!stopping_) {
+    lock.unlock();
+    Tick();
+    lock.lock();
+    const absl::Duration period = store_problem_.empty() ? options_.ttl / 3 : options_.retry;
+    wake_.wait_for(lock, absl::ToChronoNanoseconds(period),
+                   [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+                     return stopping_ || (states_dirty_ && server_lease_ != 0) || !revoke_.empty();
+                   });
+  }
+}
+
+void ClusterMember::Tick() {
+  std::vector<int64_t> revoke;
+  int64_t server_lease = 0;
+  bool dirty = false;
+  std::map<uint64_t, SessionClaims> sessions;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    revoke = std::move(revoke_);
+    revoke_.clear();
+    server_lease = server_lease_;
+    dirty = states_dirty_;
+    sessions = sessions_;
+  }
+  // An ended session's lease: revoked now, or (etcd away) left to expire —
+  // nobody renews it any more.
+  for (int64_t lease : revoke) (void)store_->RevokeLease(lease);
+
+  Status status = Status::Ok();
+  if (server_lease == 0) {
+    status = Register();
+  } else {
+    status = store_->KeepAliveOnce(server_lease);
+    if (status.code() == StatusCode::kNotFound) {
+      // Expired while etcd was away: everything of ours is gone; again.
+      FERRY_LOG(kWarning) << "cluster: the server's lease expired; registering again";
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        server_lease_ = 0;
+      }
+      status = Register();
+    } else if (status.ok() && dirty) {
+      status = PublishGpuStates(server_lease);
+    }
+  }
+  NoteStoreStatus(status);
+  if (!status.ok()) return;
+
+  for (auto& [session, held] : sessions) {
+    Status renewed = store_->KeepAliveOnce(held.lease);
+    if (renewed.code() != StatusCode::kNotFound) continue;
+    // The claims expired while etcd was away; the session still runs here,
+    // so they are claimed again.
+    int64_t lease = 0;
+    Status again = store_->GrantLease(options_.ttl, &lease);
+    if (again.ok()) again = PutClaims(lease, held.claims);
+    if (!again.ok()) {
+      if (lease != 0) (void)store_->RevokeLease(lease);
+      FERRY_LOG(kWarning) << "cluster: session " << session
+                          << " lost its claims and cannot claim them again: " << again.message();
+      continue;
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = sessions_.find(session);
+    if (it != sessions_.end() && it->second.lease == held.lease) {
+      it->second.lease = lease;
+    } else {
+      revoke_.push_back(lease);  // it ended meanwhile
+    }
+  }
+}
+
+}  // namespace ferry::cluster

@@ -1,0 +1,129 @@
+// ClusterMember: one ferryd's part in a cluster pool kept in etcd (the key
+// layout is in cluster_records.h).
+//
+// Membership: Join registers the server record and its GPUs' states under a
+// lease of Options::ttl that a keeper thread renews every ttl/3. A ferryd
+// that dies stops renewing: its keys vanish within the TTL. While etcd
+// cannot be reached the keeper tries again every Options::retry; a lease
+// that expired meanwhile is replaced and everything written again, so
+// ferryd recovers by itself. Another live ferryd registered under the same
+// name keeps this one out (logged) until its lease is gone.
+//
+// Claims: every borrow granted here is claimed in etcd before its session
+// starts — one transaction that creates each slice's claim key only if it
+// does not exist, all bound to a lease of the session's own — so no two
+// servers ever hand out the same slice, and a session whose server dies
+// loses its claims with the lease. Release (the session ended) revokes the
+// lease. Session leases are renewed by the keeper too; one that expired
+// while etcd was away is claimed again when it is back.
+//
+// Thread-safety: every method is safe from any thread. The GPU-state source
+// given to Join runs on the keeper thread.
+#pragma once
+
+#include <absl/base/thread_annotations.h>
+#include <absl/time/time.h>
+
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/status.h"
+#include "server/cluster/cluster_records.h"
+#include "server/etcd/etcd_client.h"
+
+namespace ferry::cluster {
+
+class ClusterMember {
+ public:
+  struct Options {
+    std::string name;       // CheckServerName
+    std::string advertise;  // HOST:PORT for clients sent here by other servers
+    std::map<std::string, std::string> labels;
+    std::string prefix = "/ferry/";  // ends with '/'
+    absl::Duration ttl = absl::Seconds(10);
+    absl::Duration retry = absl::Seconds(1);
+  };
+
+  // `store` is owned. Checks the options (InvalidArgument naming what is wrong).
+  static Status Create(std::unique_ptr<etcd::EtcdClient> store, Options options,
+                       std::unique_ptr<ClusterMember>* out);
+  ~ClusterMember();  // Leave()s
+  ClusterMember(const ClusterMember&) = delete;
+  ClusterMember& operator=(const ClusterMember&) = delete;
+
+  // Starts membership with `self` (name and advertise are the options') and
+  // `gpu_states`, which reports this server's GPUs as the pool binds them
+  // now. Returns the first registration's outcome, for the log: when it
+  // fails the keeper goes on trying.
+  Status Join(ServerRecord self, std::function<std::vector<GpuState>()> gpu_states);
+  // The pool changed: the keeper publishes gpu_states() again, promptly.
+  void GpuStatesChanged();
+
+  // Claims `claims` (server = this one) for `session` (see above).
+  // Overloaded when this server is not registered (etcd unreachable, or
+  // not yet back) or a slice is claimed already; the message says which.
+  Status Claim(uint64_t session, std::vector<ClaimRecord> claims);
+  // The session ended: its claims go — revoked before this returns when
+  // etcd answers (within the store's request timeout), else when their
+  // lease expires. A session without claims is ignored.
+  void Release(uint64_t session);
+
+  // The cluster as etcd holds it now.
+  Status Read(ClusterSnapshot* out);
+  // Another server of `snapshot` whose published GPUs of `pool` have a free
+  // slice on at least `gpus` of them, the one with the most free slices
+  // first; "" when none. Its advertised address goes in `*advertise`.
+  std::string FindRoom(const ClusterSnapshot& snapshot, const std::string& pool, int gpus,
+                       std::string* advertise) const;
+
+  // Stops the keeper and revokes the server's and every session's lease
+  // (their keys vanish now). Idempotent.
+  void Leave();
+
+  bool registered() const;
+  const Options& options() const { return options_; }
+  etcd::EtcdClient& store() { return *store_; }
+
+ private:
+  struct SessionClaims {
+    int64_t lease = 0;
+    std::vector<ClaimRecord> claims;
+  };
+
+  ClusterMember(std::unique_ptr<etcd::EtcdClient> store, Options options);
+  void KeeperLoop();
+  // One round of the keeper: registration or renewal, session leases,
+  // GPU states, revocations. Runs without mutex_.
+  void Tick();
+  Status Register();
+  Status PublishGpuStates(int64_t lease);
+  // Creates the claim keys under `lease`; Overloaded naming a slice that is taken.
+  Status PutClaims(int64_t lease, const std::vector<ClaimRecord>& claims);
+  // Logs `status` as the store's state when it changes (not on every retry).
+  void NoteStoreStatus(const Status& status);
+
+  const std::unique_ptr<etcd::EtcdClient> store_;
+  const Options options_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  ServerRecord self_ ABSL_GUARDED_BY(mutex_);
+  std::function<std::vector<GpuState>()> gpu_states_ ABSL_GUARDED_BY(mutex_);
+  int64_t server_lease_ ABSL_GUARDED_BY(mutex_) = 0;  // 0: not registered
+  bool states_dirty_ ABSL_GUARDED_BY(mutex_) = true;
+  std::map<uint64_t, SessionClaims> sessions_ ABSL_GUARDED_BY(mutex_);
+  // Leases claimed again for sessions that ended meanwhile.
+  std::vector<int64_t> revoke_ ABSL_GUARDED_BY(mutex_);
+  std::string store_problem_ ABSL_GUARDED_BY(mutex_);    // "" while etcd answers
+  bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
+  bool joined_ ABSL_GUARDED_BY(mutex_) = false;
+  std::thread keeper_;
+};
+
+}  // namespace ferry::cluster
