@@ -59,6 +59,7 @@ void PoolService::Publish(const pool::PoolChanges& changes) {
   }
   changed_cv_.notify_all();
   timer_cv_.notify_all();
+  if (options_.changed && !changes.empty()) options_.changed();
 }
 
 std::string PoolService::Summarize(const pool::PoolChanges& changes) {
@@ -97,6 +98,21 @@ void PoolService::TimerLoop() {
 
 Status PoolService::Borrow(const pool::BorrowRequest& request, const std::function<bool()>& gone,
                            const std::function<void(int)>& on_position, pool::Lease* lease) {
+  FERRY_RETURN_IF_ERROR(BorrowHere(request, gone, on_position, lease));
+  if (options_.claim) {
+    Status claimed = options_.claim(*lease);
+    if (!claimed.ok()) {
+      Return(request.session);
+      return claimed;
+    }
+  }
+  if (options_.changed) options_.changed();
+  return Status::Ok();
+}
+
+Status PoolService::BorrowHere(const pool::BorrowRequest& request,
+                               const std::function<bool()>& gone,
+                               const std::function<void(int)>& on_position, pool::Lease* lease) {
   std::unique_lock<std::mutex> lock(mutex_);
   if (stopping_) return Status::Disconnected("ferryd is stopping");
   pool::BorrowResult result = state_->Borrow(request, options_.clock->Now());
@@ -147,6 +163,9 @@ Status PoolService::Borrow(const pool::BorrowRequest& request, const std::functi
 }
 
 void PoolService::Return(uint64_t session) {
+  // The claims go first: once the slices are free here, a new borrow may
+  // claim the same ones.
+  if (options_.release) options_.release(session);
   pool::PoolChanges changes;
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -154,6 +173,7 @@ void PoolService::Return(uint64_t session) {
     RecordLocked(changes);
   }
   Publish(changes);
+  if (options_.changed) options_.changed();
 }
 
 Status PoolService::Reload(const pool::Config& config, std::string* summary) {

@@ -68,6 +68,7 @@ std::string RestartOnlyChange(const pool::Config& before, const pool::Config& af
     }
   }
   if (before.pooling() != after.pooling()) return "pool (turning pools on or off)";
+  if (!(before.cluster == after.cluster)) return "cluster";
   // The token file's contents reload; where it is, TLS and the unix
   // sockets' access are set up at start.
   if (!(before.auth == after.auth)) return "auth";
@@ -103,7 +104,83 @@ Status Server::EnablePool(const pool::Config& config, pool::Clock& clock,
   options.clock = &clock;
   options.test_clock = test_clock;
   options.preempt = [this](const pool::Preemption& p) { PreemptSession(p); };
+  if (cluster_ != nullptr) {
+    cluster::ClusterMember* member = cluster_.get();
+    options.claim = [member](const pool::Lease& lease) {
+      std::vector<cluster::ClaimRecord> claims;
+      for (const pool::SliceGrant& slice : lease.slices) {
+        cluster::ClaimRecord claim;
+        claim.gpu = slice.gpu;
+        claim.slices_per_gpu = slice.slices_per_gpu;
+        claim.slice = slice.slice;
+        claim.pool = lease.pool;
+        claim.host = lease.host;
+        claim.pid = lease.pid;
+        claim.program = lease.program;
+        claim.since_unix_ms = absl::ToUnixMillis(absl::Now());
+        claims.push_back(std::move(claim));
+      }
+      return member->Claim(lease.session, std::move(claims));
+    };
+    options.release = [member](uint64_t session) { member->Release(session); };
+    options.changed = [member] { member->GpuStatesChanged(); };
+  }
   return PoolService::Create(config, std::move(gpus), std::move(options), &pool_);
+}
+
+Status Server::JoinCluster(cluster::ServerRecord self) {
+  if (cluster_ == nullptr || pool_ == nullptr) {
+    return Status::InvalidArgument("a cluster needs SetCluster and EnablePool first");
+  }
+  return cluster_->Join(std::move(self), [this] { return ClusterGpuStates(); });
+}
+
+std::vector<cluster::GpuState> Server::ClusterGpuStates() const {
+  absl::Time now;
+  const pool::PoolSnapshot snapshot = pool_->Snapshot(&now);
+  std::vector<cluster::GpuState> states;
+  for (const pool::GpuSnapshot& gpu : snapshot.gpus) {
+    cluster::GpuState state;
+    state.index = gpu.index;
+    state.pool = gpu.pool;
+    state.slices_per_gpu = gpu.slices_per_gpu;
+    state.free_slices = gpu.free_slices;
+    state.drained = gpu.drained;
+    switch (gpu.source) {
+      case pool::BindingSource::kDefault:
+        state.binding = "default";
+        break;
+      case pool::BindingSource::kSchedule:
+        state.binding = "schedule " + gpu.window;
+        break;
+      case pool::BindingSource::kManual:
+        state.binding = "manual " + gpu.window;
+        break;
+    }
+    if (gpu.next_change != absl::InfiniteFuture()) {
+      state.next_change_unix_ms = absl::ToUnixMillis(gpu.next_change);
+      state.next_pool = gpu.next_pool;
+    }
+    states.push_back(std::move(state));
+  }
+  return states;
+}
+
+std::string Server::ClusterRoomFor(const pool::BorrowRequest& request) {
+  cluster::ClusterSnapshot snapshot;
+  Status status = cluster_->Read(&snapshot);
+  if (!status.ok()) {
+    FERRY_LOG(kWarning) << "cluster: cannot look for room elsewhere: " << status.message();
+    return "";
+  }
+  const std::string pool = request.pool.empty() ? pool_->default_pool() : request.pool;
+  std::string advertise;
+  const std::string server = cluster_->FindRoom(snapshot, pool, request.gpus, &advertise);
+  if (server.empty()) return "";
+  FERRY_LOG(kInfo) << "client pid " << request.pid << " on " << request.host
+                   << ": no room here in pool " << pool << "; sent to server " << server << " at "
+                   << advertise;
+  return advertise;
 }
 
 void Server::SetConfigFile(const std::string& path, const pool::Config& loaded) {
@@ -587,7 +664,16 @@ void Server::ServeClient(uint64_t id, std::unique_ptr<Transport> transport,
       grant.devices.push_back(device);
     }
   } else {
-    Status borrowed = BorrowFor(id, *transport, hello, token, &grant);
+    std::string redirect;
+    Status borrowed = BorrowFor(id, *transport, hello, token, &grant, &redirect);
+    if (borrowed.ok() && !redirect.empty()) {
+      capnp::MallocMessageBuilder message;
+      auto reply = message.initRoot<wire::HelloReply>();
+      StatusToWire(Status::Ok(), reply.initStatus());
+      reply.setRedirect(redirect);
+      (void)WriteFrame(*transport, wire::FrameKind::HELLO_REPLY, message);
+      return;
+    }
     if (!borrowed.ok()) {
       FERRY_LOG(kInfo) << "client " << transport->PeerName() << " pid " << hello.getPid()
                        << " gets no device: " << borrowed.message();
@@ -659,7 +745,9 @@ void Server::RefillSpareWorker() {
   std::thread([this] {
     std::shared_ptr<SessionWorker> worker;
     Status status = SessionWorker::Spawn(worker_command_, {}, &worker);
-    if (!status.ok()) FERRY_LOG(kWarning) << "no spare session worker: " << status.message();
+    if (!status.ok()) {
+      FERRY_LOG(kWarning) << "no spare session worker: " << status.message();
+    }
     std::unique_lock<std::mutex> lock(mutex_);
     if (status.ok() && !stopping_) spare_worker_ = std::move(worker);
     lock.unlock();
@@ -811,7 +899,8 @@ void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transpo
 }
 
 Status Server::BorrowFor(uint64_t id, Transport& transport, wire::Hello::Reader hello,
-                         const std::optional<auth::Token>& token, SessionGrant* grant) {
+                         const std::optional<auth::Token>& token, SessionGrant* grant,
+                         std::string* redirect) {
   pool::BorrowRequest request;
   request.session = id;
   request.pool = hello.getPool().cStr();
@@ -835,8 +924,30 @@ Status Server::BorrowFor(uint64_t id, Transport& transport, wire::Hello::Reader 
     }
   }
   pool::Lease lease;
+  const auto gone = [&transport] { return transport.PeerGoneOrTalking(); };
+  // In a cluster a borrow that does not fit here at once goes where it fits
+  // (a client is sent on at most kMaxRedirects times, so it never circles);
+  // where none has room it waits here or is refused as usual.
+  constexpr uint32_t kMaxRedirects = 2;
+  if (cluster_ != nullptr && hello.getRedirects() < kMaxRedirects) {
+    pool::BorrowRequest at_once = request;
+    at_once.wait = absl::ZeroDuration();
+    Status here = pool_->Borrow(at_once, gone, [](int) {}, &lease);
+    if (!here.ok() && here.code() == StatusCode::kOverloaded) {
+      *redirect = ClusterRoomFor(request);
+      if (!redirect->empty()) return Status::Ok();
+    }
+    if (!here.ok() && (here.code() != StatusCode::kOverloaded || request.wait <= absl::ZeroDuration() ||
+                       !cluster_->registered())) {
+      return here;
+    }
+    if (here.ok()) {
+      GrantFromLease(lease, transport, request, grant);
+      return Status::Ok();
+    }
+  }
   FERRY_RETURN_IF_ERROR(pool_->Borrow(
-      request, [&transport] { return transport.PeerGoneOrTalking(); },
+      request, gone,
       [&](int position) {
         FERRY_LOG(kInfo) << "client " << transport.PeerName() << " pid " << request.pid
                          << " waits for " << wanted << ": position " << position << " in the queue";
@@ -848,6 +959,12 @@ Status Server::BorrowFor(uint64_t id, Transport& transport, wire::Hello::Reader 
         (void)WriteFrame(transport, wire::FrameKind::HELLO_REPLY, message);
       },
       &lease));
+  GrantFromLease(lease, transport, request, grant);
+  return Status::Ok();
+}
+
+void Server::GrantFromLease(const pool::Lease& lease, const Transport& transport,
+                              const pool::BorrowRequest& request, SessionGrant* grant) const {
   grant->pooled = true;
   grant->pool = lease.pool;
   for (const pool::SliceGrant& slice : lease.slices) {
@@ -862,7 +979,6 @@ Status Server::BorrowFor(uint64_t id, Transport& transport, wire::Hello::Reader 
   }
   FERRY_LOG(kInfo) << "client " << transport.PeerName() << " pid " << request.pid << " borrowed "
                    << lease.slices.size() << " slice(s) of pool " << lease.pool;
-  return Status::Ok();
 }
 
 int Server::BackendDeviceOf(int gpu_index) const {
@@ -1137,6 +1253,10 @@ void Server::Stop() {
   lock.lock();
   for (const std::string& path : unix_paths_) ::unlink(path.c_str());
   unix_paths_.clear();
+  lock.unlock();
+  // Every session has ended: the server leaves the cluster at once rather
+  // than when its lease runs out.
+  if (cluster_ != nullptr) cluster_->Leave();
 }
 
 }  // namespace ferry::server

@@ -43,6 +43,7 @@
 #include "common/tls_transport.h"
 #include "server/auth/tokens.h"
 #include "server/backend/api/gpu_backend.h"
+#include "server/cluster/cluster_member.h"
 #include "server/pool/clock.h"
 #include "server/pool/config.h"
 #include "server/pool_service.h"
@@ -102,6 +103,15 @@ class Server {
   // object when ferryd runs --test-fake-clock) must outlive the server.
   Status EnablePool(const pool::Config& config, pool::Clock& clock,
                     pool::FakeClock* test_clock = nullptr);
+  // Before EnablePool: this ferryd is a member of a cluster pool
+  // (server/cluster/). Every borrow is claimed in etcd before its session
+  // starts and released when it ends, the GPUs' bindings are published, and
+  // a client this server has no room for is sent to a server that has.
+  void SetCluster(std::unique_ptr<cluster::ClusterMember> member) { cluster_ = std::move(member); }
+  // After EnablePool (with SetCluster): registers `self` in the cluster and
+  // keeps it registered; returns the first attempt's outcome (for the log —
+  // the member keeps trying when it fails).
+  Status JoinCluster(cluster::ServerRecord self);
   // Before Start. The config file Reload re-reads; `loaded` is what it held
   // at start (settings that need a restart are compared against it).
   void SetConfigFile(const std::string& path, const pool::Config& loaded);
@@ -196,8 +206,19 @@ class Server {
   void ConnectionFinished(uint64_t id);
   // Borrows for the client whose handshake is `hello`; sends interim
   // HelloReplys while it waits. Fills `grant` when it gets devices.
+  // In a cluster, a borrow this server has no room for may be sent to the
+  // server at `*redirect` instead (OK, grant empty).
   Status BorrowFor(uint64_t id, Transport& transport, wire::Hello::Reader hello,
-                   const std::optional<auth::Token>& token, SessionGrant* grant);
+                   const std::optional<auth::Token>& token, SessionGrant* grant,
+                   std::string* redirect);
+  // The session's devices for a granted lease.
+  void GrantFromLease(const pool::Lease& lease, const Transport& transport,
+                      const pool::BorrowRequest& request, SessionGrant* grant) const;
+  // In a cluster: where a borrow of `request` that found no room here
+  // should go ("" when no other server has room, or etcd cannot say).
+  std::string ClusterRoomFor(const pool::BorrowRequest& request);
+  // The GPUs' bindings as the cluster sees them (ClusterMember's source).
+  std::vector<cluster::GpuState> ClusterGpuStates() const;
   // The pool's preempt hook.
   void PreemptSession(const pool::Preemption& preemption);
   // The backend device behind served GPU `gpu_index` (0 if none serves it).
@@ -217,6 +238,9 @@ class Server {
   std::vector<ServedGpu> gpus_;        // fixed after Start
   ServerLimits limits_;                // fixed after Start
   std::unique_ptr<PoolService> pool_;  // null without pools; set before Start
+  // Null outside a cluster; set before Start. Declared after pool_ so it
+  // goes first: its keeper calls ClusterGpuStates.
+  std::unique_ptr<cluster::ClusterMember> cluster_;
   std::string config_path_ ABSL_GUARDED_BY(mutex_);
   pool::Config loaded_config_ ABSL_GUARDED_BY(mutex_);
   std::mutex reload_mutex_;                  // one reload at a time

@@ -44,6 +44,7 @@
 #include "common/transport.h"
 #include "common/units.h"
 #include "server/auth/tokens.h"
+#include "cluster_status.h"
 
 namespace ferry {
 namespace {
@@ -495,6 +496,14 @@ int Main(int argc, char** argv) {
   AddServerOption(status, &server, &access_flags);
   status->add_option("-o,--output", format, "Output format (default: table)")
       ->check(CLI::IsMember({"table", "json"}));
+  std::string etcd_endpoints, cluster_prefix = "/ferry/";
+  status
+      ->add_option("--etcd", etcd_endpoints,
+                   "read the cluster pool straight from etcd (comma-separated URLs) instead of\n"
+                   "asking a ferryd: servers, GPUs with their pools, holders")
+      ->type_name("URLS");
+  status->add_option("--cluster-prefix", cluster_prefix, "the cluster's keys in etcd")
+      ->type_name("PREFIX");
 
   CLI::App* reload = app.add_subcommand("reload", "Re-read ferryd's config file");
   AddServerOption(reload, &server, &access_flags);
@@ -583,6 +592,9 @@ int Main(int argc, char** argv) {
                  "reload`.\n",
                  token_id.c_str(), token_file.c_str());
     return 0;
+  }
+  if (status->parsed() && !etcd_endpoints.empty()) {
+    return ferryctl::PrintClusterStatus(etcd_endpoints, cluster_prefix, format);
   }
   if (server.empty()) {
     std::fprintf(stderr, "ferryctl: no server: pass --server HOST:PORT or set FERRY_SERVER\n");

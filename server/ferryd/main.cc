@@ -12,6 +12,8 @@
 //          [--log-level debug|info|warning|error] [--log-format text|json]
 //          [--compute-sharing auto|mps]
 //          [--sessions-in-process]
+//          [--etcd URLS --name NAME --advertise HOST:PORT [--label KEY=VALUE ...]
+//           [--cluster-ttl DURATION] [--cluster-prefix PREFIX]]
 //   ferryd --help | --version
 //
 // --config reads a TOML file (server/pool/config.h): the same settings as the flags
@@ -25,6 +27,12 @@
 // --tls-cert/--tls-key every TCP listener speaks TLS; a TCP listener on a
 // non-loopback address without TLS needs --no-tls. unix: sockets are created
 // 0660 (group --unix-group) and may require the peer's uid or gid.
+//
+// With --etcd (or [cluster]) ferryd is one server of a cluster pool kept in
+// etcd (server/cluster/): it registers itself and its GPUs under a lease,
+// claims every borrow's slices in etcd before the session starts, and sends
+// a client it has no room for to a server that has. Without it ferryd is a
+// pool of its own and needs no etcd.
 //
 // Each client session runs in a worker process of its own (server/
 // session_worker.h), started as `ferryd <the same flags> --session-worker FD`;
@@ -46,7 +54,10 @@
 #include <sys/prctl.h>
 #include <sys/stat.h>
 
+#include <absl/strings/str_join.h>
+#include <absl/time/clock.h>
 #include <absl/time/time.h>
+#include <cuda.h>
 
 #include <algorithm>
 #include <chrono>
@@ -65,6 +76,8 @@
 #include "common/units.h"
 #include "server/backend/cuda/cuda_backend.h"
 #include "server/backend/host/host_backend.h"
+#include "server/cluster/cluster_member.h"
+#include "server/etcd/etcd_client.h"
 #include "server/pool/clock.h"
 #include "server/pool/config.h"
 #include "server/server.h"
@@ -102,6 +115,13 @@ struct Flags {
   bool sessions_in_process = false;
   std::optional<std::string> compute_sharing;
   std::optional<int> session_worker_link;  // set: this process is a session worker
+  // A cluster pool (server/cluster/).
+  std::optional<std::string> etcd;  // comma-separated URLs
+  std::optional<std::string> name;
+  std::optional<std::string> advertise;
+  std::vector<std::string> labels;  // KEY=VALUE
+  std::optional<absl::Duration> cluster_ttl;
+  std::optional<std::string> cluster_prefix;
 };
 
 bool SetLogLevel(const std::string& v) {
@@ -291,6 +311,35 @@ int ParseArgs(int argc, char** argv, Flags* flags) {
   app.add_flag("--sessions-in-process", flags->sessions_in_process,
                "run client sessions inside ferryd's process instead of one worker process\n"
                "each (tests and measurements only: tenants then share one address space)");
+  std::string etcd, name, advertise, cluster_ttl, cluster_prefix;
+  CLI::Option* etcd_option =
+      app.add_option("--etcd", etcd,
+                     "join a cluster pool kept in etcd (comma-separated http:// URLs, tried in\n"
+                     "order); needs --name, --advertise and pools ([pool.NAME] in --config)")
+          ->type_name("URLS");
+  CLI::Option* name_option =
+      app.add_option("--name", name, "this server's name in the cluster: its GPUs are NAME:INDEX")
+          ->type_name("NAME");
+  CLI::Option* advertise_option =
+      app.add_option("--advertise", advertise,
+                     "where clients that other servers of the cluster send here connect")
+          ->type_name("HOST:PORT");
+  app.add_option("--label", flags->labels, "a label of this server in the cluster (repeatable)")
+      ->check([](const std::string& text) {
+        const size_t eq = text.find('=');
+        return eq == std::string::npos || eq == 0 ? "a label is KEY=VALUE" : "";
+      })
+      ->type_name("KEY=VALUE");
+  CLI::Option* cluster_ttl_option =
+      app.add_option("--cluster-ttl", cluster_ttl,
+                     "the lease that keeps this server in the cluster (default 10s): a dead\n"
+                     "server leaves within it")
+          ->check(kPositiveDuration)
+          ->type_name("DURATION");
+  CLI::Option* cluster_prefix_option =
+      app.add_option("--cluster-prefix", cluster_prefix,
+                     "the cluster's keys in etcd (default /ferry/)")
+          ->type_name("PREFIX");
   int session_worker_link = -1;
   CLI::Option* session_worker_option =
       app.add_option("--session-worker", session_worker_link)
@@ -306,6 +355,14 @@ int ParseArgs(int argc, char** argv, Flags* flags) {
   }
   // The validators above accepted every value, so these conversions succeed.
   if (session_worker_option->count() > 0) flags->session_worker_link = session_worker_link;
+  if (etcd_option->count() > 0) flags->etcd = etcd;
+  if (name_option->count() > 0) flags->name = name;
+  if (advertise_option->count() > 0) flags->advertise = advertise;
+  if (cluster_prefix_option->count() > 0) flags->cluster_prefix = cluster_prefix;
+  if (std::chrono::milliseconds ttl; cluster_ttl_option->count() > 0 &&
+                                      ParseDuration(cluster_ttl, &ttl)) {
+    flags->cluster_ttl = absl::FromChrono(ttl);
+  }
   if (compute_sharing_option->count() > 0) flags->compute_sharing = compute_sharing;
   if (backend_option->count() > 0) flags->backend = backend;
   if (cuda_driver_option->count() > 0) flags->cuda_driver = cuda_driver;
@@ -350,7 +407,52 @@ struct Settings {
   std::string tls_cert, tls_key;  // "" = plain TCP
   server::UnixAccess unix_access;
   server::ComputeSharing compute_sharing = server::ComputeSharing::kAuto;
+  // A cluster pool: empty endpoints = a server of its own.
+  std::vector<std::string> etcd;
+  cluster::ClusterMember::Options cluster;
 };
+
+// --etcd and the rest over [cluster]. Without either, no cluster.
+Status MergeCluster(const Flags& flags, const pool::Config& config, Settings* settings) {
+  const pool::ClusterConfig& file = config.cluster;
+  if (flags.etcd.has_value()) {
+    FERRY_RETURN_IF_ERROR(etcd::EtcdClient::ParseEndpoints(*flags.etcd, &settings->etcd));
+  } else if (file.etcd.has_value()) {
+    std::string joined;
+    for (const std::string& url : *file.etcd) joined += (joined.empty() ? "" : ",") + url;
+    FERRY_RETURN_IF_ERROR(etcd::EtcdClient::ParseEndpoints(joined, &settings->etcd));
+  }
+  cluster::ClusterMember::Options& options = settings->cluster;
+  options.name = flags.name.value_or(file.name.value_or(""));
+  options.advertise = flags.advertise.value_or(file.advertise.value_or(""));
+  options.labels = file.labels.value_or(std::map<std::string, std::string>{});
+  for (const std::string& label : flags.labels) {
+    const size_t eq = label.find('=');
+    options.labels[label.substr(0, eq)] = label.substr(eq + 1);
+  }
+  options.ttl = flags.cluster_ttl.value_or(file.ttl.value_or(options.ttl));
+  options.prefix = flags.cluster_prefix.value_or(file.prefix.value_or(options.prefix));
+  if (settings->etcd.empty()) {
+    if (flags.name || flags.advertise || !flags.labels.empty() || flags.cluster_ttl ||
+        flags.cluster_prefix) {
+      return Status::InvalidArgument(
+          "--name, --advertise, --label, --cluster-ttl and --cluster-prefix are for a cluster: "
+          "pass --etcd (or [cluster] etcd) too");
+    }
+    return Status::Ok();
+  }
+  if (options.name.empty()) {
+    return Status::InvalidArgument("a cluster needs this server's --name (or [cluster] name)");
+  }
+  FERRY_RETURN_IF_ERROR(cluster::CheckServerName(options.name));
+  if (!config.pooling()) {
+    return Status::InvalidArgument(
+        "a cluster needs pools: --config with at least one [pool.NAME] (every GPU serves a "
+        "pool; borrows claim its slices)");
+  }
+  if (flags.session_worker_link.has_value()) settings->etcd.clear();  // workers stay out
+  return Status::Ok();
+}
 
 Status Merge(const Flags& flags, const pool::Config& config, Settings* settings) {
   settings->listen = !flags.listen.empty()
@@ -422,6 +524,7 @@ Status Merge(const Flags& flags, const pool::Config& config, Settings* settings)
     }
     settings->compute_sharing = server::ComputeSharing::kMps;
   }
+  FERRY_RETURN_IF_ERROR(MergeCluster(flags, config, settings));
   const std::optional<std::string> level =
       flags.log_level ? flags.log_level : config.server.log_level;
   if (level.has_value()) SetLogLevel(*level);
@@ -621,16 +724,6 @@ int Main(int argc, char** argv) {
     server.UseSessionWorkers(std::move(command));
   }
   server.SetLimits(settings.limits);
-  if (config.pooling()) {
-    status = server.EnablePool(config, *clock, fake_clock.get());
-    if (!status.ok()) {
-      FERRY_LOG(kError) << "cannot set up the pool: " << status.message();
-      return 1;
-    }
-    for (const auto& [name, pool] : config.pools) {
-      FERRY_LOG(kInfo) << "pool " << name << ": " << pool.slices_per_gpu << " slice(s) per GPU";
-    }
-  }
   if (!flags.config_path.empty()) server.SetConfigFile(flags.config_path, config);
   if (!settings.token_file.empty()) {
     status = server.SetTokenFile(settings.token_file);
@@ -654,7 +747,79 @@ int Main(int argc, char** argv) {
       return 1;
     }
   }
+  std::string advertised;
+  if (!settings.etcd.empty()) {
+    etcd::EtcdClient::Options store_options;
+    store_options.endpoints = settings.etcd;
+    std::unique_ptr<etcd::EtcdClient> store;
+    std::unique_ptr<cluster::ClusterMember> member;
+    cluster::ClusterMember::Options member_options = settings.cluster;
+    if (member_options.advertise.empty()) {
+      // The first TCP address ferryd listens on (its bound port), unless it
+      // is a wildcard, which says nothing about where to connect.
+      for (const std::string& bound : server.BoundAddresses()) {
+        if (bound.rfind("unix:", 0) != 0) {
+          member_options.advertise = bound;
+          break;
+        }
+      }
+      if (member_options.advertise.empty() || member_options.advertise.rfind("0.0.0.0:", 0) == 0 ||
+          member_options.advertise.rfind("[::]:", 0) == 0) {
+        FERRY_LOG(kError) << "cannot join the cluster: pass --advertise HOST:PORT (where clients "
+                             "that other servers send here connect; ferryd listens on "
+                          << (member_options.advertise.empty() ? "no TCP address"
+                                                               : member_options.advertise)
+                          << ")";
+        return 1;
+      }
+    }
+    advertised = member_options.advertise;
+    status = etcd::EtcdClient::Create(store_options, &store);
+    if (status.ok()) status = cluster::ClusterMember::Create(std::move(store), member_options,
+                                              &member);
+    if (!status.ok()) {
+      FERRY_LOG(kError) << "cannot join the cluster: " << status.message();
+      return 1;
+    }
+    server.SetCluster(std::move(member));
+  }
+  if (config.pooling()) {
+    status = server.EnablePool(config, *clock, fake_clock.get());
+    if (!status.ok()) {
+      FERRY_LOG(kError) << "cannot set up the pool: " << status.message();
+      return 1;
+    }
+    for (const auto& [name, pool] : config.pools) {
+      FERRY_LOG(kInfo) << "pool " << name << ": " << pool.slices_per_gpu << " slice(s) per GPU";
+    }
+  }
   server.Start();
+  if (!settings.etcd.empty()) {
+    // Registered after Start: a client sent here by another server finds
+    // this one listening. Failing now is not fatal: the member keeps trying.
+    cluster::ServerRecord self;
+    self.labels = settings.cluster.labels;
+    self.backend = std::string(backend->Name());
+    self.pid = static_cast<uint32_t>(::getpid());
+    self.started_unix_ms = absl::ToUnixMillis(absl::Now());
+    for (const server::ServedGpu& gpu : gpus) {
+      const backend::DeviceDescription& device = backend->Devices()[gpu.backend_device];
+      cluster::GpuRecord record;
+      record.index = gpu.index;
+      record.uuid = cluster::FormatGpuUuid(device.uuid);
+      record.name = device.name;
+      record.memory = gpu.memory;
+      if (device.attributes.size() > CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT) {
+        record.sms = device.attributes[CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT];
+      }
+      self.gpus.push_back(std::move(record));
+    }
+    status = server.JoinCluster(std::move(self));
+    FERRY_LOG(kInfo) << "cluster: server " << settings.cluster.name << " (advertised at "
+                     << advertised << ") in etcd "
+                     << absl::StrJoin(settings.etcd, ",")
+                     << (status.ok() ? ": registered" : ": not yet registered: " + status.message());
+  }
   for (const std::string& bound : server.BoundAddresses()) {
     const bool unix_socket = bound.rfind("unix:", 0) == 0;
     FERRY_LOG(kInfo) << "listening on " << bound

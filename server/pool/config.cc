@@ -39,17 +39,20 @@ class Reader {
     // [server] first: its on_rebind and grace are the schedules' defaults.
     for (auto&& [key, node] : root) {
       const std::string name(key.str());
-      if (name != "server" && name != "auth" && name != "gpu" && name != "pool" &&
-          name != "schedule") {
+      if (name != "server" && name != "auth" && name != "cluster" && name != "gpu" &&
+          name != "pool" && name != "schedule") {
         return Error(key.source(), name,
-                     "unknown key (the top level has [server], [auth], [[gpu]], [pool.NAME] and "
-                     "[[schedule]])");
+                     "unknown key (the top level has [server], [auth], [cluster], [[gpu]], "
+                     "[pool.NAME] and [[schedule]])");
       }
     }
     if (const toml::node* server = root.get("server")) {
       FERRY_RETURN_IF_ERROR(ReadServer(*server, &config->server));
     }
     if (const toml::node* auth = root.get("auth")) FERRY_RETURN_IF_ERROR(ReadAuth(*auth, config));
+    if (const toml::node* cluster = root.get("cluster")) {
+      FERRY_RETURN_IF_ERROR(ReadCluster(*cluster, &config->cluster));
+    }
     if (const toml::node* gpus = root.get("gpu")) FERRY_RETURN_IF_ERROR(ReadGpus(*gpus, config));
     if (const toml::node* pools = root.get("pool"))
       FERRY_RETURN_IF_ERROR(ReadPools(*pools, config));
@@ -258,6 +261,44 @@ class Reader {
         return Error(key_node.source(), key,
                      "unknown key ([auth] has token_file, tls_cert, tls_key, unix_group, "
                      "unix_allow_uids, unix_allow_gids)");
+      }
+    }
+    return Status::Ok();
+  }
+
+  Status ReadCluster(const toml::node& node, ClusterConfig* cluster) {
+    if (!node.is_table()) return WrongType(node, "cluster", "a table ([cluster])");
+    for (auto&& [key_node, value] : *node.as_table()) {
+      const std::string key = "cluster." + std::string(key_node.str());
+      const std::string_view name = key_node.str();
+      if (name == "etcd") {
+        std::vector<std::string> endpoints;
+        FERRY_RETURN_IF_ERROR(Strings(value, key, true, &endpoints));
+        if (endpoints.empty()) return Error(value.source(), key, "needs at least one URL");
+        cluster->etcd = endpoints;
+      } else if (name == "name" || name == "advertise" || name == "prefix") {
+        std::string text;
+        FERRY_RETURN_IF_ERROR(String(value, key, &text));
+        if (text.empty()) return Error(value.source(), key, "is empty");
+        (name == "name" ? cluster->name : name == "advertise" ? cluster->advertise : cluster->prefix) =
+            text;
+      } else if (name == "ttl") {
+        absl::Duration ttl;
+        FERRY_RETURN_IF_ERROR(Duration(value, key, &ttl));
+        if (ttl < absl::Seconds(2)) return Error(value.source(), key, "must be at least 2s");
+        cluster->ttl = ttl;
+      } else if (name == "labels") {
+        if (!value.is_table()) return WrongType(value, key, "a table of strings");
+        std::map<std::string, std::string> labels;
+        for (auto&& [label, label_value] : *value.as_table()) {
+          std::string text;
+          FERRY_RETURN_IF_ERROR(String(label_value, key + "." + std::string(label.str()), &text));
+          labels[std::string(label.str())] = text;
+        }
+        cluster->labels = labels;
+      } else {
+        return Error(key_node.source(), key,
+                     "unknown key ([cluster] has etcd, name, advertise, labels, ttl, prefix)");
       }
     }
     return Status::Ok();

@@ -19,6 +19,14 @@
 //   unix_allow_uids = [1000]                # unix: peers' uid (or gid) must be listed
 //   unix_allow_gids = [100]
 //
+//   [cluster]                       # a cluster pool on etcd (server/cluster/)
+//   etcd = ["http://10.0.0.5:2379"]  # or one string
+//   name = "gpu-a"                  # this server: its GPUs are gpu-a:INDEX
+//   advertise = "10.0.0.11:7070"    # where clients sent here connect
+//   labels = { rack = "r1" }
+//   ttl = "10s"                     # the server's lease
+//   prefix = "/ferry/"              # the cluster's keys in etcd
+//
 //   [[gpu]]                         # cuda: which GPUs to serve; host: the
 //   index = 0                       # emulated devices, indices 0..N-1
 //   memory = "8GiB"                 # host backend only
@@ -119,10 +127,24 @@ struct AuthConfig {
   bool operator==(const AuthConfig&) const = default;
 };
 
+// [cluster]: this ferryd in a cluster pool on etcd (ferryd's --etcd,
+// --name, --advertise, --label, --cluster-ttl, --cluster-prefix; flags win).
+// Each is set only when the file sets it.
+struct ClusterConfig {
+  std::optional<std::vector<std::string>> etcd;  // "http://host:port" each
+  std::optional<std::string> name;
+  std::optional<std::string> advertise;
+  std::optional<std::map<std::string, std::string>> labels;
+  std::optional<absl::Duration> ttl;
+  std::optional<std::string> prefix;
+  bool operator==(const ClusterConfig&) const = default;
+};
+
 struct Config {
   std::string path;  // for messages; "" when parsed from text
   ServerConfig server;
   AuthConfig auth;
+  ClusterConfig cluster;
   std::vector<GpuConfig> gpus;              // file order
   std::map<std::string, PoolConfig> pools;  // by name
   std::vector<ScheduleConfig> schedules;    // file order = precedence

@@ -256,7 +256,29 @@ TEST_F(CliTest, AccessFlagsAreCheckedAtStart) {
   d = Ferryd({"--listen", "127.0.0.1:0", "--backend", "host", "--unix-group", "no-such-group-x"});
   EXPECT_EQ(d.code, 2);
   EXPECT_TRUE(Contains(d.err, "no-such-group-x")) << d.err;
-  Result ctl = Ctl({"token", "create", "--token-file", dir_ + "/t.toml", "--pools", "a b"});
+  // A cluster needs etcd, a name and pools; the cluster flags need --etcd.
+  d = Ferryd({"--listen", "127.0.0.1:0", "--backend", "host", "--name", "a"});
+  EXPECT_EQ(d.code, 2);
+  EXPECT_TRUE(Contains(d.err, "pass --etcd")) << d.err;
+  d = Ferryd({"--listen", "127.0.0.1:0", "--backend", "host", "--etcd", "http://127.0.0.1:1"});
+  EXPECT_EQ(d.code, 2);
+  EXPECT_TRUE(Contains(d.err, "--name")) << d.err;
+  d = Ferryd({"--listen", "127.0.0.1:0", "--backend", "host", "--etcd", "http://127.0.0.1:1",
+              "--name", "a/b"});
+  EXPECT_EQ(d.code, 2);
+  EXPECT_TRUE(Contains(d.err, "server name 'a/b'")) << d.err;
+  d = Ferryd({"--listen", "127.0.0.1:0", "--backend", "host", "--etcd", "http://127.0.0.1:1",
+              "--name", "a"});
+  EXPECT_EQ(d.code, 2);
+  EXPECT_TRUE(Contains(d.err, "needs pools")) << d.err;
+  d = Ferryd({"--listen", "127.0.0.1:0", "--backend", "host", "--etcd", "https://127.0.0.1:1",
+              "--name", "a"});
+  EXPECT_EQ(d.code, 2);
+  EXPECT_TRUE(Contains(d.err, "https")) << d.err;
+  Result ctl = Ctl({"status", "--etcd", "http://127.0.0.1:1"});
+  EXPECT_EQ(ctl.code, 1);
+  EXPECT_TRUE(Contains(ctl.err, "cannot read the cluster from etcd")) << ctl.err;
+  ctl = Ctl({"token", "create", "--token-file", dir_ + "/t.toml", "--pools", "a b"});
   EXPECT_EQ(ctl.code, 2);
   EXPECT_TRUE(Contains(ctl.err, "bad pool name")) << ctl.err;
   ctl = Ctl({"token", "create", "--pools", "a"});

@@ -175,6 +175,33 @@ unix_allow_gids = [100]
               "out of range");
 }
 
+TEST(ConfigTest, ClusterTable) {
+  Config config;
+  Status status = ParseConfig(R"(
+[cluster]
+etcd = ["http://10.0.0.5:2379", "http://10.0.0.6:2379"]
+name = "gpu-a"
+advertise = "10.0.0.11:7070"
+labels = { rack = "r1", zone = "z" }
+ttl = "5s"
+prefix = "/ferry-test"
+)",
+                              "x.toml", &config);
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  EXPECT_EQ(config.cluster.etcd->size(), 2u);
+  EXPECT_EQ(*config.cluster.name, "gpu-a");
+  EXPECT_EQ(*config.cluster.advertise, "10.0.0.11:7070");
+  EXPECT_EQ(config.cluster.labels->at("zone"), "z");
+  EXPECT_EQ(*config.cluster.ttl, absl::Seconds(5));
+  EXPECT_EQ(*config.cluster.prefix, "/ferry-test");
+  ASSERT_TRUE(ParseConfig("[cluster]\netcd = \"http://e:2379\"\n", "x.toml", &config).ok());
+  EXPECT_EQ(*config.cluster.etcd, std::vector<std::string>{"http://e:2379"});
+  ExpectError("[cluster]\nttl = \"1s\"\n", "bad.toml:2: cluster.ttl", "at least 2s");
+  ExpectError("[cluster]\nname = \"\"\n", "bad.toml:2: cluster.name", "is empty");
+  ExpectError("[cluster]\nlabels = { rack = 1 }\n", "bad.toml:2: cluster.labels.rack", "a string");
+  ExpectError("[cluster]\nleader = true\n", "bad.toml:2: cluster.leader", "unknown key");
+}
+
 TEST(ConfigTest, UnknownKeysNameFileLineAndKey) {
   ExpectError("[server]\nlisten = \"a:1\"\nlisen = 3\n", "bad.toml:3: server.lisen", "unknown key");
   ExpectError("[servers]\n", "bad.toml:1: servers", "unknown key");

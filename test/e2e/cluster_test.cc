@@ -1,0 +1,398 @@
+// End-to-end tests of a cluster pool: a real etcd (test/support/etcd_server.h,
+// started and killed by PID here), several `ferryd --etcd ... --backend host`
+// on loopback ports, pool_client processes through ferry's libcuda.so.1, and
+// `ferryctl status --etcd URL -o json` to see what the cluster holds. Every
+// wait is bounded; pass or fail never depends on how long something took.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "mini_json.h"
+#include "test/support/child_process.h"
+#include "test/support/etcd_server.h"
+#include "test/support/ferryd.h"
+#include "test/support/net.h"
+#include "test/support/pool_config.h"
+#include "test/support/wait.h"
+
+namespace ferry::e2e {
+namespace {
+
+using namespace std::chrono_literals;
+using test::ChildProcess;
+using test::ExitStatus;
+
+constexpr auto kReadyTimeout = 15s;
+constexpr auto kStopTimeout = 15s;
+constexpr auto kProgramTimeout = 60s;
+constexpr auto kConditionTimeout = 30s;
+constexpr auto kPollInterval = 50ms;
+
+// One slice of the cluster as `ferryctl status --etcd -o json` shows it.
+struct Holding {
+  std::string gpu;  // "SERVER:INDEX"
+  int slice = 0;
+  int pid = 0;
+  bool operator<(const Holding& o) const {
+    return std::tie(gpu, slice, pid) < std::tie(o.gpu, o.slice, o.pid);
+  }
+};
+
+class ClusterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = test::MakeTempDir("ferry-cluster-e2e-");
+    ASSERT_FALSE(dir_.empty());
+    std::string error;
+    etcd_ = test::EtcdServer::Start(&error);
+    ASSERT_NE(etcd_, nullptr) << error;
+  }
+
+  void TearDown() override {
+    for (auto& [name, program] : programs_) {
+      if (program.running()) program.Kill(SIGKILL);
+    }
+    for (auto& [name, ferryd] : servers_) {
+      const std::string stop_failed = test::StopFerryd(name, ferryd, kStopTimeout);
+      EXPECT_TRUE(stop_failed.empty()) << stop_failed;
+    }
+    if (HasFailure()) {
+      for (auto& [name, ferryd] : servers_) {
+        if (ferryd.has_value()) std::cerr << name << " log:\n" << test::Tail(ferryd->Stderr(), 8000) << "\n";
+      }
+      for (auto& [name, program] : programs_) std::cerr << program.Describe(3000) << "\n";
+      if (etcd_ != nullptr) std::cerr << etcd_->Describe() << "\n";
+      std::cerr << "test files kept in " << dir_ << "\n";
+    } else {
+      std::error_code ignored;
+      std::filesystem::remove_all(dir_, ignored);
+    }
+  }
+
+  // Starts ferryd `name` of the cluster with `gpus` host GPUs of 64 MiB,
+  // pool "dev" split 4 ways; returns its address ("" with a failure).
+  std::string StartServer(const std::string& name, int gpus = 1) {
+    const std::string server_dir = dir_ + "/" + name;
+    std::filesystem::create_directories(server_dir);
+    std::string config = std::string("[server]\nbackend = \"host\"\nhost_kernels = [\"") +
+                         FERRY_E2E_HOST_KERNELS + "\"]\ndefault_pool = \"dev\"\n\n[pool.dev]\n"
+                         "slices_per_gpu = 4\n";
+    for (int i = 0; i < gpus; ++i) {
+      config += "\n[[gpu]]\nindex = " + std::to_string(i) + "\nmemory = \"64MiB\"\n";
+    }
+    config += "\n[cluster]\nlabels = { rack = \"r-" + name + "\" }\n";
+    const std::string config_path = server_dir + "/ferryd.toml";
+    EXPECT_TRUE(test::WriteTextFile(config_path, config));
+    std::string address, error;
+    std::optional<ChildProcess> ferryd = test::StartFerryd(
+        FERRY_E2E_FERRYD,
+        {"--config", config_path, "--listen", "127.0.0.1:0", "--etcd", etcd_->endpoint(),
+         "--name", name, "--cluster-ttl", "2s"},
+        server_dir, kReadyTimeout, &address, &error);
+    if (!ferryd.has_value()) {
+      ADD_FAILURE() << error;
+      return "";
+    }
+    servers_[name] = std::move(ferryd);
+    addresses_[name] = address;
+    // Ready once etcd shows it: registration follows the listener.
+    EXPECT_TRUE(test::WaitFor([&] { return ServerNames().count(name) == 1; }, kConditionTimeout,
+                              kPollInterval))
+        << "server " << name << " never appeared in etcd";
+    return address;
+  }
+
+  ChildProcess* StartHolder(const std::string& name, const std::string& server_list) {
+    std::string error;
+    std::optional<ChildProcess> child = ChildProcess::Start(
+        {std::string(FERRY_E2E_PROGRAM_DIR) + "/e2e_pool_client", "hold", ReleaseFile(name)},
+        test::ClientEnv(FERRY_E2E_CLIENT_LIB_DIR, server_list), dir_ + "/" + name, &error);
+    if (!child.has_value()) {
+      ADD_FAILURE() << "cannot start " << name << ": " << error;
+      return nullptr;
+    }
+    return &programs_.insert_or_assign(name, std::move(*child)).first->second;
+  }
+
+  // Waits until `program` printed READY (true) or ended (false); bounded.
+  bool Ready(ChildProcess& program) {
+    bool ended = false;
+    const bool done = test::WaitFor(
+        [&] {
+          if (program.Stdout().find("READY\n") != std::string::npos) return true;
+          ended = program.Poll();
+          return ended;
+        },
+        kProgramTimeout, kPollInterval);
+    EXPECT_TRUE(done) << program.Describe();
+    return done && !ended;
+  }
+
+  ChildProcess* StartReadyHolder(const std::string& name, const std::string& server_list) {
+    ChildProcess* holder = StartHolder(name, server_list);
+    if (holder == nullptr) return nullptr;
+    if (!Ready(*holder)) {
+      ADD_FAILURE() << name << " did not get a slice:\n" << holder->Describe();
+      return nullptr;
+    }
+    return holder;
+  }
+
+  std::string ReleaseFile(const std::string& name) { return dir_ + "/" + name + ".release"; }
+  void Release(const std::string& name) { std::ofstream(ReleaseFile(name)) << "go\n"; }
+
+  // `ferryctl status --etcd URL -o json`, parsed.
+  std::optional<JsonValue> ClusterStatus(std::string* text = nullptr) {
+    std::string error, out;
+    std::optional<ChildProcess> ctl = ChildProcess::Start(
+        {FERRY_E2E_FERRYCTL, "status", "--etcd", etcd_->endpoint(), "-o", "json"}, {},
+        dir_ + "/ferryctl", &error);
+    if (!ctl.has_value()) return std::nullopt;
+    const ExitStatus status = ctl->Wait(15s);
+    out = ctl->Stdout();
+    if (text != nullptr) *text = out + ctl->Stderr();
+    if (!status.success()) return std::nullopt;
+    return ParseJson(out);
+  }
+
+  std::set<std::string> ServerNames() {
+    std::set<std::string> names;
+    std::optional<JsonValue> status = ClusterStatus();
+    const JsonValue* servers = status.has_value() ? status->Find("servers") : nullptr;
+    if (servers == nullptr || !servers->is_array()) return names;
+    for (const JsonValue& s : servers->array) {
+      if (const JsonValue* name = s.Find("name"); name != nullptr) names.insert(name->string);
+    }
+    return names;
+  }
+
+  // Every held slice in the cluster.
+  std::vector<Holding> Holdings() {
+    std::vector<Holding> out;
+    std::optional<JsonValue> status = ClusterStatus();
+    const JsonValue* servers = status.has_value() ? status->Find("servers") : nullptr;
+    if (servers == nullptr || !servers->is_array()) return out;
+    for (const JsonValue& server : servers->array) {
+      const JsonValue* gpus = server.Find("gpus");
+      if (gpus == nullptr) continue;
+      for (const JsonValue& gpu : gpus->array) {
+        const JsonValue* holders = gpu.Find("holders");
+        if (holders == nullptr) continue;
+        for (const JsonValue& h : holders->array) {
+          out.push_back(Holding{gpu.Find("gpu")->string,
+                                static_cast<int>(h.Find("slice")->number),
+                                static_cast<int>(h.Find("pid")->number)});
+        }
+      }
+    }
+    return out;
+  }
+
+  // The free slices `gpu` ("SERVER:INDEX") publishes; -1 if it is not there.
+  int FreeSlices(const std::string& gpu) {
+    std::optional<JsonValue> status = ClusterStatus();
+    const JsonValue* servers = status.has_value() ? status->Find("servers") : nullptr;
+    if (servers == nullptr || !servers->is_array()) return -1;
+    for (const JsonValue& server : servers->array) {
+      const JsonValue* gpus = server.Find("gpus");
+      if (gpus == nullptr) continue;
+      for (const JsonValue& g : gpus->array) {
+        const JsonValue* name = g.Find("gpu");
+        const JsonValue* free = g.Find("free_slices");
+        if (name != nullptr && name->string == gpu && free != nullptr) {
+          return static_cast<int>(free->number);
+        }
+      }
+    }
+    return -1;
+  }
+
+  int HoldersOn(const std::string& gpu) {
+    int n = 0;
+    for (const Holding& h : Holdings()) n += h.gpu == gpu ? 1 : 0;
+    return n;
+  }
+
+  std::string dir_;
+  std::unique_ptr<test::EtcdServer> etcd_;
+  std::map<std::string, std::optional<ChildProcess>> servers_;
+  std::map<std::string, std::string> addresses_;
+  std::map<std::string, ChildProcess> programs_;
+};
+
+TEST_F(ClusterTest, EightBorrowsThroughOneServerLandOnTwoAndTheNinthIsRefused) {
+  const std::string a = StartServer("a");
+  ASSERT_FALSE(StartServer("b").empty());
+  ASSERT_FALSE(a.empty());
+  std::map<int, std::string> names_by_pid;
+  for (int i = 0; i < 8; ++i) {
+    const std::string name = "holder" + std::to_string(i);
+    ChildProcess* holder = StartReadyHolder(name, a);
+    ASSERT_NE(holder, nullptr);
+    names_by_pid[holder->pid()] = name;
+  }
+  std::vector<Holding> holdings = Holdings();
+  ASSERT_EQ(holdings.size(), 8u);
+  // Both full, as each server publishes: the ninth cannot be sent anywhere.
+  ASSERT_TRUE(test::WaitFor([&] { return FreeSlices("a:0") == 0 && FreeSlices("b:0") == 0; },
+                            kConditionTimeout, kPollInterval));
+  EXPECT_EQ(HoldersOn("a:0"), 4);
+  EXPECT_EQ(HoldersOn("b:0"), 4);
+  std::set<std::pair<std::string, int>> slices;
+  for (const Holding& h : holdings) {
+    EXPECT_EQ(names_by_pid.count(h.pid), 1u) << "pid " << h.pid << " holds " << h.gpu;
+    EXPECT_TRUE(slices.insert({h.gpu, h.slice}).second) << h.gpu << " slice " << h.slice;
+  }
+  // The ninth finds no room anywhere.
+  ChildProcess* ninth = StartHolder("ninth", a);
+  ASSERT_NE(ninth, nullptr);
+  const ExitStatus refused = ninth->Wait(kProgramTimeout);
+  EXPECT_EQ(refused.code, 3) << ninth->Describe();
+  EXPECT_NE(ninth->Stdout().find("CUINIT CUDA_ERROR_DEVICE_UNAVAILABLE"), std::string::npos)
+      << ninth->Describe();
+  EXPECT_NE(ninth->Stderr().find("full"), std::string::npos) << ninth->Describe();
+  // A holder on b leaves: the next borrow through a is sent to b.
+  int leaving = 0;
+  for (const Holding& h : holdings) {
+    if (h.gpu == "b:0") leaving = h.pid;
+  }
+  Release(names_by_pid[leaving]);
+  ASSERT_EQ(programs_.at(names_by_pid[leaving]).Wait(kProgramTimeout).code, 0);
+  // Once b says so (its published state), a sends borrows there again.
+  ASSERT_TRUE(test::WaitFor([&] { return HoldersOn("b:0") == 3 && FreeSlices("b:0") == 1; },
+                            kConditionTimeout, kPollInterval));
+  ChildProcess* tenth = StartReadyHolder("tenth", a);
+  ASSERT_NE(tenth, nullptr);
+  EXPECT_NE(tenth->Stderr().find("sends this program to " + addresses_["b"]), std::string::npos)
+      << tenth->Describe();
+  EXPECT_EQ(HoldersOn("b:0"), 4);
+}
+
+TEST_F(ClusterTest, ServersThatCannotBeReachedArePassedOverInOrder) {
+  const std::string a = StartServer("a");
+  ASSERT_FALSE(a.empty());
+  const int closed = test::ClosedLoopbackPort();
+  ASSERT_GT(closed, 0);
+  ChildProcess* holder =
+      StartReadyHolder("holder", "127.0.0.1:" + std::to_string(closed) + ", " + a);
+  ASSERT_NE(holder, nullptr);
+  EXPECT_EQ(HoldersOn("a:0"), 1);
+}
+
+TEST_F(ClusterTest, AKilledServerLeavesTheClusterWithinItsLease) {
+  ASSERT_FALSE(StartServer("a").empty());
+  const std::string b = StartServer("b");
+  ASSERT_FALSE(b.empty());
+  ChildProcess* holder = StartReadyHolder("holder", b);
+  ASSERT_NE(holder, nullptr);
+  ASSERT_EQ(HoldersOn("b:0"), 1);
+  servers_["b"]->Kill(SIGKILL);
+  servers_["b"]->Wait(kStopTimeout);
+  servers_.erase("b");
+  // Its lease (2 s) runs out: the server, its GPU and its claims are gone.
+  std::string text;
+  EXPECT_TRUE(test::WaitFor(
+      [&] {
+        std::optional<JsonValue> status = ClusterStatus(&text);
+        return status.has_value() && ServerNames() == std::set<std::string>{"a"} &&
+               Holdings().empty();
+      },
+      kConditionTimeout, kPollInterval))
+      << text;
+  // Its client learns it is gone (the session worker ends with ferryd).
+  const ExitStatus ended = holder->Wait(kProgramTimeout);
+  EXPECT_EQ(ended.code, 4) << holder->Describe();
+}
+
+TEST_F(ClusterTest, AKilledHolderFreesItsClaim) {
+  const std::string a = StartServer("a");
+  ASSERT_FALSE(a.empty());
+  ChildProcess* holder = StartReadyHolder("holder", a);
+  ASSERT_NE(holder, nullptr);
+  ASSERT_EQ(Holdings().size(), 1u);
+  EXPECT_EQ(Holdings()[0].pid, holder->pid());
+  holder->Kill(SIGKILL);
+  holder->Wait(kStopTimeout);
+  EXPECT_TRUE(test::WaitFor([&] { return Holdings().empty(); }, kConditionTimeout, kPollInterval));
+}
+
+TEST_F(ClusterTest, WithoutEtcdSessionsGoOnAndBorrowsFailUntilItIsBack) {
+  const std::string a = StartServer("a");
+  ASSERT_FALSE(a.empty());
+  ChildProcess* running = StartReadyHolder("running", a);
+  ASSERT_NE(running, nullptr);
+  etcd_->Stop();
+  ChildProcess* refused = StartHolder("refused", a);
+  ASSERT_NE(refused, nullptr);
+  EXPECT_EQ(refused->Wait(kProgramTimeout).code, 3) << refused->Describe();
+  EXPECT_NE(refused->Stderr().find("cluster"), std::string::npos) << refused->Describe();
+  std::string error;
+  ASSERT_TRUE(etcd_->Restart(&error)) << error;
+  // Borrows work again once ferryd has found etcd (bounded tries).
+  bool borrowed = false;
+  for (int attempt = 0; attempt < 40 && !borrowed; ++attempt) {
+    const std::string name = "after" + std::to_string(attempt);
+    ChildProcess* holder = StartHolder(name, a);
+    ASSERT_NE(holder, nullptr);
+    borrowed = Ready(*holder);
+  }
+  EXPECT_TRUE(borrowed);
+  // The session that ran through it all still works and ends cleanly.
+  Release("running");
+  const ExitStatus ended = running->Wait(kProgramTimeout);
+  EXPECT_EQ(ended.code, 0) << running->Describe();
+  EXPECT_NE(running->Stdout().find("RELEASED"), std::string::npos);
+}
+
+TEST_F(ClusterTest, ConcurrentBorrowsThroughTwoEntriesNeverShareASlice) {
+  const std::string a = StartServer("a");
+  const std::string b = StartServer("b");
+  ASSERT_FALSE(a.empty());
+  ASSERT_FALSE(b.empty());
+  constexpr int kClients = 12;  // for 8 slices
+  std::vector<ChildProcess*> clients;
+  for (int i = 0; i < kClients; ++i) {
+    ChildProcess* c = StartHolder("client" + std::to_string(i), i % 2 == 0 ? a : b);
+    ASSERT_NE(c, nullptr);
+    clients.push_back(c);
+  }
+  int ready = 0, refused = 0;
+  std::set<int> ready_pids;
+  for (ChildProcess* c : clients) {
+    if (Ready(*c)) {
+      ++ready;
+      ready_pids.insert(c->pid());
+    } else {
+      EXPECT_EQ(c->Wait(kProgramTimeout).code, 3) << c->Describe();
+      ++refused;
+    }
+  }
+  EXPECT_EQ(ready + refused, kClients);
+  EXPECT_LE(ready, 8);
+  EXPECT_GE(ready, 1);
+  const std::vector<Holding> holdings = Holdings();
+  EXPECT_EQ(static_cast<int>(holdings.size()), ready);
+  std::set<std::pair<std::string, int>> slices;
+  std::set<int> pids;
+  for (const Holding& h : holdings) {
+    EXPECT_TRUE(slices.insert({h.gpu, h.slice}).second) << h.gpu << " slice " << h.slice << " twice";
+    EXPECT_TRUE(pids.insert(h.pid).second) << "pid " << h.pid << " twice";
+  }
+  EXPECT_EQ(pids, ready_pids);
+  EXPECT_LE(HoldersOn("a:0"), 4);
+  EXPECT_LE(HoldersOn("b:0"), 4);
+}
+
+}  // namespace
+}  // namespace ferry::e2e
