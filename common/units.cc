@@ -1,5 +1,6 @@
 #include "common/units.h"
 
+#include <ctime>
 #include <limits>
 
 namespace ferry {
@@ -118,6 +119,16 @@ std::string FormatDuration(std::chrono::milliseconds duration) {
     }
   }
   return out;
+}
+
+std::string FormatUnixMillisUtc(int64_t unix_ms) {
+  if (unix_ms == 0) return "-";
+  const time_t seconds = static_cast<time_t>(unix_ms / 1000);
+  std::tm tm{};
+  gmtime_r(&seconds, &tm);
+  char text[40];
+  std::strftime(text, sizeof(text), "%Y-%m-%d %H:%M:%S UTC", &tm);
+  return text;
 }
 
 }  // namespace ferry

@@ -33,4 +33,8 @@ std::string FormatByteSize(uint64_t bytes);
 // 5400000 ms -> "1h30m", 0 -> "0s", 250 -> "250ms" (parses back exactly).
 std::string FormatDuration(std::chrono::milliseconds duration);
 
+// Milliseconds since the Unix epoch as "2026-03-10 12:00:00 UTC"; "-" for 0
+// (meaning none, where ferry's records use 0 so).
+std::string FormatUnixMillisUtc(int64_t unix_ms);
+
 }  // namespace ferry

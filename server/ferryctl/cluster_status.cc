@@ -15,16 +15,6 @@ namespace {
 
 using Json = nlohmann::ordered_json;
 
-std::string UtcTime(int64_t unix_ms) {
-  if (unix_ms == 0) return "-";
-  const time_t seconds = static_cast<time_t>(unix_ms / 1000);
-  std::tm tm{};
-  gmtime_r(&seconds, &tm);
-  char buf[40];
-  std::strftime(buf, sizeof(buf), "%Y-%m-%d %H:%M:%S UTC", &tm);
-  return buf;
-}
-
 const cluster::GpuState* FindState(const cluster::ClusterSnapshot& snapshot,
                                    const std::string& server, int index) {
   for (const cluster::GpuState& state : snapshot.gpus) {
@@ -107,7 +97,7 @@ void PrintTable(const cluster::ClusterSnapshot& snapshot, const std::string& end
     std::string labels;
     for (const auto& [key, value] : s.labels) labels += (labels.empty() ? "" : ",") + key + "=" + value;
     std::printf("%-16s %-22s %-7s %-8u %-24s %s\n", s.name.c_str(), s.advertise.c_str(),
-                s.backend.c_str(), s.pid, UtcTime(s.started_unix_ms).c_str(),
+                s.backend.c_str(), s.pid, FormatUnixMillisUtc(s.started_unix_ms).c_str(),
                 labels.empty() ? "-" : labels.c_str());
   }
   std::printf("\n%-20s %-10s %-28s %6s %5s %10s  %s\n", "GPU", "POOL", "BINDING", "SLICES",
@@ -122,7 +112,7 @@ void PrintTable(const cluster::ClusterSnapshot& snapshot, const std::string& end
       }
       std::string next = "-";
       if (state->next_change_unix_ms != 0) {
-        next = UtcTime(state->next_change_unix_ms) + " -> " + state->next_pool;
+        next = FormatUnixMillisUtc(state->next_change_unix_ms) + " -> " + state->next_pool;
       }
       std::printf("%-20s %-10s %-28s %6d %5d %10s  %s%s\n", name.c_str(), state->pool.c_str(),
                   state->binding.c_str(), state->slices_per_gpu, state->free_slices,
@@ -135,7 +125,7 @@ void PrintTable(const cluster::ClusterSnapshot& snapshot, const std::string& end
         const std::string who = c.program + "@" + c.host;
         std::printf("     slice %-5s session %-5llu %-8s %-24s pid %-7u since %s\n", slice.c_str(),
                     static_cast<unsigned long long>(c.session), c.pool.c_str(), who.c_str(), c.pid,
-                    UtcTime(c.since_unix_ms).c_str());
+                    FormatUnixMillisUtc(c.since_unix_ms).c_str());
       }
     }
   }

@@ -91,17 +91,6 @@ std::string HumanBytes(uint64_t bytes) {
   return buf;
 }
 
-// "2026-03-10 12:00:00 UTC"; "-" for 0 (none).
-std::string UtcTime(int64_t unix_ms) {
-  if (unix_ms == 0) return "-";
-  const time_t seconds = static_cast<time_t>(unix_ms / 1000);
-  std::tm tm{};
-  gmtime_r(&seconds, &tm);
-  char buf[40];
-  std::strftime(buf, sizeof(buf), "%Y-%m-%d %H:%M:%S UTC", &tm);
-  return buf;
-}
-
 // How ferryctl reaches and convinces ferryd (flags over the environment).
 struct Access {
   std::string token;
@@ -242,14 +231,14 @@ void PrintPoolTable(wire::PoolStatus::Reader pool) {
     return;
   }
   std::printf("\npools (config %s), now %s%s\n", pool.getConfigFile().cStr(),
-              UtcTime(pool.getNowUnixMs()).c_str(),
+              FormatUnixMillisUtc(pool.getNowUnixMs()).c_str(),
               pool.getTestClock() ? " (TEST fake clock)" : "");
   std::printf("%-4s %-10s %-9s %-34s %6s %5s %10s  %s\n", "GPU", "POOL", "SOURCE", "WINDOW",
               "SLICES", "FREE", "MEMORY", "NEXT CHANGE");
   for (auto g : pool.getGpus()) {
     std::string next = "-";
     if (g.getNextChangeUnixMs() != 0) {
-      next = UtcTime(g.getNextChangeUnixMs()) + " -> " + g.getNextPool().cStr();
+      next = FormatUnixMillisUtc(g.getNextChangeUnixMs()) + " -> " + g.getNextPool().cStr();
     }
     std::string window = g.getWindow().size() > 0 ? g.getWindow().cStr() : "-";
     std::printf("%-4u %-10s %-9s %-34s %6u %5u %10s  %s%s\n", g.getIndex(), g.getPool().cStr(),
@@ -266,12 +255,12 @@ void PrintPoolTable(wire::PoolStatus::Reader pool) {
       if (h.getPreempting()) {
         state = "preempting";
       } else if (h.getDrainDeadlineUnixMs() != 0) {
-        state = "draining until " + UtcTime(h.getDrainDeadlineUnixMs());
+        state = "draining until " + FormatUnixMillisUtc(h.getDrainDeadlineUnixMs());
       }
       std::printf(
           "     slice %-5s session %-5llu %-8s %-24s pid %-7u since %s  %s  share %.3g by %s  %s\n",
           slice.c_str(), static_cast<unsigned long long>(h.getSessionId()), h.getPool().cStr(),
-          who.c_str(), h.getPid(), UtcTime(h.getSinceUnixMs()).c_str(), memory.c_str(),
+          who.c_str(), h.getPid(), FormatUnixMillisUtc(h.getSinceUnixMs()).c_str(), memory.c_str(),
           h.getComputeShare(), h.getMechanism().cStr(), state.c_str());
     }
   }
@@ -282,11 +271,11 @@ void PrintPoolTable(wire::PoolStatus::Reader pool) {
     std::printf("  #%-3u pool %-10s %u GPU(s)  session %-5llu %-24s pid %-7u since %s  until %s\n",
                 w.getPosition(), w.getPool().cStr(), w.getGpus(),
                 static_cast<unsigned long long>(w.getSessionId()), who.c_str(), w.getPid(),
-                UtcTime(w.getSinceUnixMs()).c_str(), UtcTime(w.getDeadlineUnixMs()).c_str());
+                FormatUnixMillisUtc(w.getSinceUnixMs()).c_str(), FormatUnixMillisUtc(w.getDeadlineUnixMs()).c_str());
   }
   if (pool.getNextChangeUnixMs() != 0) {
     std::printf("next scheduled change: %s, GPU %d -> pool %s\n",
-                UtcTime(pool.getNextChangeUnixMs()).c_str(), pool.getNextChangeGpu(),
+                FormatUnixMillisUtc(pool.getNextChangeUnixMs()).c_str(), pool.getNextChangeGpu(),
                 pool.getNextChangePool().cStr());
   } else {
     std::printf("next scheduled change: none\n");

@@ -72,5 +72,10 @@ TEST(DurationTest, FormatsBackExactly) {
   }
 }
 
+TEST(UnitsTest, UnixMillisPrintAsUtc) {
+  EXPECT_EQ(FormatUnixMillisUtc(0), "-");
+  EXPECT_EQ(FormatUnixMillisUtc(1773144000999), "2026-03-10 12:00:00 UTC");
+}
+
 }  // namespace
 }  // namespace ferry
