@@ -1448,6 +1448,11 @@ struct PoolStatus {
   nextChangeUnixMs @6 :Int64;  # the next scheduled change of any GPU's pool; 0 = none
   nextChangeGpu @7 :Int32;
   nextChangePool @8 :Text;
+  # cluster pool (ferryd --etcd): this server's place in it; ferryctl reads the rest from etcd
+  clusterName @9 :Text;        # "" = a pool of its own
+  clusterEtcd @10 :Text;       # the etcd endpoints, comma-separated
+  clusterPrefix @11 :Text;     # the cluster's keys there
+  clusterRegistered @12 :Bool; # false while it cannot register (etcd away, a name taken)
 }
 
 struct GpuStatus {

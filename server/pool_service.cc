@@ -184,6 +184,8 @@ Status PoolService::Reload(const pool::Config& config, std::string* summary) {
     RecordLocked(changes);
   }
   Publish(changes);
+  // A new config may move the next scheduled change without changing anything now.
+  if (options_.changed) options_.changed();
   *summary = Summarize(changes);
   return Status::Ok();
 }

@@ -96,8 +96,82 @@ Server::Server(backend::GpuBackend& backend, uint64_t module_cache_bytes) : back
 
 void Server::ServeGpus(std::vector<ServedGpu> gpus) { gpus_ = std::move(gpus); }
 
-Status Server::EnablePool(const pool::Config& config, pool::Clock& clock,
+void Server::SetClusterPools(std::optional<pool::Config> pools) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  cluster_pools_ = std::move(pools);
+}
+
+pool::Config Server::EffectivePoolConfig(const pool::Config& local) const {
+  if (cluster_ == nullptr) return local;
+  std::optional<pool::Config> cluster_pools;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    cluster_pools = cluster_pools_;
+  }
+  const pool::Config merged =
+      cluster_pools.has_value() ? pool::WithClusterPools(local, *cluster_pools) : local;
+  std::vector<int> indices;
+  for (const ServedGpu& gpu : gpus_) indices.push_back(gpu.index);
+  return pool::LocalizeSchedules(merged, cluster_->options().name, cluster_->options().labels,
+                                 indices);
+}
+
+void Server::FollowClusterPools(int64_t revision) {
+  if (cluster_ == nullptr) return;
+  cluster_->FollowPoolConfig(revision, [this](const std::optional<std::string>& text,
+                                              int64_t version) { ApplyClusterPools(text, version); });
+}
+
+void Server::ApplyClusterPools(const std::optional<std::string>& text, int64_t revision) {
+  std::lock_guard<std::mutex> reload_lock(reload_mutex_);
+  const std::string where = "the cluster's pool config (etcd revision " + std::to_string(revision) + ")";
+  std::optional<pool::Config> pools;
+  if (text.has_value()) {
+    pool::Config parsed;
+    Status status = pool::ParseClusterConfig(*text, "cluster-pool-config", &parsed);
+    if (!status.ok()) {
+      FERRY_LOG(kError) << where << " does not parse; the pools stay as they were: "
+                        << status.message();
+      return;
+    }
+    pools = std::move(parsed);
+  }
+  std::optional<pool::Config> before;
+  pool::Config local;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    before = cluster_pools_;
+    cluster_pools_ = pools;
+    local = local_config_;
+  }
+  const pool::Config effective = EffectivePoolConfig(local);
+  std::string summary;
+  Status status = pool_ != nullptr ? pool_->Reload(effective, &summary)
+                                   : Status::InvalidArgument("this ferryd has no pool");
+  if (!status.ok()) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    cluster_pools_ = std::move(before);
+    FERRY_LOG(kError) << where << " cannot apply here; the pools stay as they were: "
+                      << status.message();
+    return;
+  }
+  FERRY_LOG(kInfo) << "applied " << where
+                   << (pools.has_value() ? "" : ": deleted, so this server's own --config pools")
+                   << (summary.empty() ? "" : ": " + summary);
+}
+
+Status Server::EnablePool(const pool::Config& given, pool::Clock& clock,
                           pool::FakeClock* test_clock) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    local_config_ = given;
+  }
+  const pool::Config config = EffectivePoolConfig(given);
+  if (!config.pooling()) {
+    return Status::InvalidArgument(
+        "no pools: define [pool.NAME] in --config" +
+        std::string(cluster_ != nullptr ? ", or store the cluster's with `ferryctl apply`" : ""));
+  }
   std::vector<pool::PoolGpu> gpus;
   for (const ServedGpu& gpu : gpus_) gpus.push_back(pool::PoolGpu{gpu.index, gpu.memory});
   PoolService::Options options;
@@ -266,7 +340,7 @@ Status Server::Reload(std::string* summary) {
     }
   }
   std::string pool_summary;
-  if (status.ok() && pool_ != nullptr) status = pool_->Reload(after, &pool_summary);
+  if (status.ok() && pool_ != nullptr) status = pool_->Reload(EffectivePoolConfig(after), &pool_summary);
   if (!status.ok()) {
     return Status::InvalidArgument("reload rejected, the old config stays: " + status.message());
   }
@@ -275,6 +349,7 @@ Status Server::Reload(std::string* summary) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     loaded_config_ = after;
+    local_config_ = after;
     if (tokens != nullptr) {
       tokens_ = std::move(tokens);
       token_summary = token_file_ + ": " + std::to_string(tokens_->size()) + " token(s)";
@@ -1031,6 +1106,12 @@ void Server::FillPoolStatus(wire::PoolStatus::Builder out) {
     }
   }
   out.setEnabled(true);
+  if (cluster_ != nullptr) {
+    out.setClusterName(cluster_->options().name);
+    out.setClusterEtcd(cluster_->store().Describe());
+    out.setClusterPrefix(cluster_->options().prefix);
+    out.setClusterRegistered(cluster_->registered());
+  }
   out.setConfigFile(pool_->config_path());
   out.setNowUnixMs(UnixMs(now));
   out.setTestClock(pool_->uses_test_clock());

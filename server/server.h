@@ -108,6 +108,15 @@ class Server {
   // starts and released when it ends, the GPUs' bindings are published, and
   // a client this server has no room for is sent to a server that has.
   void SetCluster(std::unique_ptr<cluster::ClusterMember> member) { cluster_ = std::move(member); }
+  // In a cluster, before EnablePool: the cluster's pool config as read at
+  // start (`ferryctl apply`; nullopt when none is stored: the --config
+  // file's pools apply). Its pools, schedules and defaults replace the
+  // file's; schedules apply to this server's GPUs as they name them.
+  void SetClusterPools(std::optional<pool::Config> pools);
+  // After JoinCluster: every later version of the cluster's pool config
+  // (from `revision` on) is applied as a reload applies a file; one that
+  // this server cannot take is logged and the pools stay as they were.
+  void FollowClusterPools(int64_t revision);
   // After EnablePool (with SetCluster): registers `self` in the cluster and
   // keeps it registered; returns the first attempt's outcome (for the log —
   // the member keeps trying when it fails).
@@ -219,6 +228,11 @@ class Server {
   std::string ClusterRoomFor(const pool::BorrowRequest& request);
   // The GPUs' bindings as the cluster sees them (ClusterMember's source).
   std::vector<cluster::GpuState> ClusterGpuStates() const;
+  // The pool config in force for `local` (this server's file): in a
+  // cluster, with the cluster's pools and its schedules made this server's.
+  pool::Config EffectivePoolConfig(const pool::Config& local) const;
+  // A new version of the cluster's pool config (nullopt: deleted).
+  void ApplyClusterPools(const std::optional<std::string>& text, int64_t revision);
   // The pool's preempt hook.
   void PreemptSession(const pool::Preemption& preemption);
   // The backend device behind served GPU `gpu_index` (0 if none serves it).
@@ -243,6 +257,10 @@ class Server {
   std::unique_ptr<cluster::ClusterMember> cluster_;
   std::string config_path_ ABSL_GUARDED_BY(mutex_);
   pool::Config loaded_config_ ABSL_GUARDED_BY(mutex_);
+  // The config EnablePool got, as the last reload left it (this server's own).
+  pool::Config local_config_ ABSL_GUARDED_BY(mutex_);
+  // In a cluster: its pool config, when one is stored.
+  std::optional<pool::Config> cluster_pools_ ABSL_GUARDED_BY(mutex_);
   std::mutex reload_mutex_;                  // one reload at a time
   std::string token_file_;                   // "" = no authentication; fixed after Start
   std::shared_ptr<TlsContext> tls_;          // null: plain TCP; fixed after Start

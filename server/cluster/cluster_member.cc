@@ -226,6 +226,75 @@ Status ClusterMember::Read(ClusterSnapshot* out) {
   return ReadCluster(*store_, options_.prefix, out);
 }
 
+Status ClusterMember::ReadPoolConfig(std::optional<std::string>* text, int64_t* revision) {
+  std::optional<etcd::KeyValue> kv;
+  int64_t read_at = 0;
+  FERRY_RETURN_IF_ERROR(store_->Get(PoolConfigKey(options_.prefix), &kv, &read_at));
+  *text = kv.has_value() ? std::optional<std::string>(kv->value) : std::nullopt;
+  // The revision of the version read; for "none", the store's revision
+  // then, so a config stored later is newer.
+  *revision = kv.has_value() ? kv->mod_revision : read_at;
+  return Status::Ok();
+}
+
+void ClusterMember::FollowPoolConfig(
+    int64_t revision,
+    std::function<void(const std::optional<std::string>&, int64_t)> on_change) {
+  {
+    std::lock_guard<std::mutex> lock(config_mutex_);
+    config_revision_ = revision;
+    on_config_ = std::move(on_change);
+  }
+  config_watch_ended_ = true;  // the keeper starts the watch
+  following_config_ = true;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    config_attention_ = true;
+  }
+  wake_.notify_all();
+}
+
+void ClusterMember::DeliverPoolConfig(const std::optional<std::string>& text, int64_t revision) {
+  std::lock_guard<std::mutex> lock(config_mutex_);
+  if (revision <= config_revision_) return;
+  config_revision_ = revision;
+  on_config_(text, revision);
+}
+
+void ClusterMember::KeepFollowingPoolConfig() {
+  if (!following_config_ || !config_watch_ended_) return;
+  config_watch_.reset();  // ended: its thread is done with callbacks
+  // What changed while nobody watched (etcd away, a compacted history).
+  std::optional<std::string> text;
+  int64_t revision = 0;
+  if (!ReadPoolConfig(&text, &revision).ok()) return;  // the next round tries again
+  DeliverPoolConfig(text, revision);
+  config_watch_ended_ = false;
+  const std::string key = PoolConfigKey(options_.prefix);
+  config_watch_ = store_->WatchPrefix(
+      key, revision + 1,
+      [this, key](const std::vector<etcd::WatchEvent>& events) {
+        for (const etcd::WatchEvent& event : events) {
+          if (event.kv.key != key) continue;  // a longer key with the same start
+          if (event.type == etcd::WatchEvent::Type::kDelete) {
+            DeliverPoolConfig(std::nullopt, event.kv.mod_revision);
+          } else {
+            DeliverPoolConfig(event.kv.value, event.kv.mod_revision);
+          }
+        }
+      },
+      [this](const Status& why) {
+        FERRY_LOG(kInfo) << "cluster: the pool config's watch ended (" << why.message()
+                         << "); following it again once etcd answers";
+        config_watch_ended_ = true;
+        {
+          std::lock_guard<std::mutex> lock(mutex_);
+          config_attention_ = true;
+        }
+        wake_.notify_all();
+      });
+}
+
 std::string ClusterMember::FindRoom(const ClusterSnapshot& snapshot, const std::string& pool,
                                     int gpus, std::string* advertise) const {
   std::string best;
@@ -258,6 +327,7 @@ void ClusterMember::Leave() {
   }
   wake_.notify_all();
   if (keeper_.joinable()) keeper_.join();
+  config_watch_.reset();  // joins its thread: no delivery after Leave
   {
     std::lock_guard<std::mutex> lock(mutex_);
     leases = std::move(revoke_);
@@ -278,7 +348,8 @@ void ClusterMember::KeeperLoop() {
     const absl::Duration period = store_problem_.empty() ? options_.ttl / 3 : options_.retry;
     wake_.wait_for(lock, absl::ToChronoNanoseconds(period),
                    [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
-                     return stopping_ || (states_dirty_ && server_lease_ != 0) || !revoke_.empty();
+                     return stopping_ || (states_dirty_ && server_lease_ != 0) ||
+                            !revoke_.empty() || config_attention_;
                    });
   }
 }
@@ -292,6 +363,7 @@ void ClusterMember::Tick() {
     std::lock_guard<std::mutex> lock(mutex_);
     revoke = std::move(revoke_);
     revoke_.clear();
+    config_attention_ = false;  // this round looks at the pool config's watch
     server_lease = server_lease_;
     dirty = states_dirty_;
     sessions = sessions_;
@@ -319,6 +391,7 @@ void ClusterMember::Tick() {
   }
   NoteStoreStatus(status);
   if (!status.ok()) return;
+  KeepFollowingPoolConfig();
 
   for (auto& [session, held] : sessions) {
     Status renewed = store_->KeepAliveOnce(held.lease);

@@ -24,11 +24,13 @@
 #include <absl/base/thread_annotations.h>
 #include <absl/time/time.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -76,6 +78,17 @@ class ClusterMember {
 
   // The cluster as etcd holds it now.
   Status Read(ClusterSnapshot* out);
+
+  // The cluster's pool config (`ferryctl apply`): its text (nullopt when
+  // none is stored) and the revision it was stored at.
+  Status ReadPoolConfig(std::optional<std::string>* text, int64_t* revision);
+  // Calls `on_change` with every later version of the pool config (nullopt:
+  // it was deleted), starting after `revision`: from a watch, and — after
+  // etcd was away — from a fresh read once it is back, so no change is
+  // missed. Runs on the watch's or the keeper's thread, one call at a time.
+  void FollowPoolConfig(int64_t revision,
+                        std::function<void(const std::optional<std::string>& text,
+                                           int64_t revision)> on_change);
   // Another server of `snapshot` whose published GPUs of `pool` have a free
   // slice on at least `gpus` of them, the one with the most free slices
   // first; "" when none. Its advertised address goes in `*advertise`.
@@ -107,6 +120,11 @@ class ClusterMember {
   Status PutClaims(int64_t lease, const std::vector<ClaimRecord>& claims);
   // Logs `status` as the store's state when it changes (not on every retry).
   void NoteStoreStatus(const Status& status);
+  // Keeper: (re)starts the pool config's watch when it is wanted and not
+  // running, first delivering a version it may have missed.
+  void KeepFollowingPoolConfig();
+  // Delivers a version of the pool config newer than the last delivered.
+  void DeliverPoolConfig(const std::optional<std::string>& text, int64_t revision);
 
   const std::unique_ptr<etcd::EtcdClient> store_;
   const Options options_;
@@ -123,6 +141,17 @@ class ClusterMember {
   std::string store_problem_ ABSL_GUARDED_BY(mutex_);    // "" while etcd answers
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
   bool joined_ ABSL_GUARDED_BY(mutex_) = false;
+  // The pool config's followers: the callback, the last revision delivered,
+  // and its watch (replaced by the keeper when it ended).
+  std::mutex config_mutex_;  // one delivery at a time; taken before mutex_
+  std::function<void(const std::optional<std::string>&, int64_t)> on_config_;
+  int64_t config_revision_ ABSL_GUARDED_BY(config_mutex_) = 0;
+  std::unique_ptr<etcd::Watch> config_watch_;  // keeper thread (and Leave, after it)
+  std::atomic<bool> config_watch_ended_{false};
+  std::atomic<bool> following_config_{false};
+  // The watch ended or following began: the keeper looks at once (cleared
+  // by each round, so a watch that cannot restart never makes it spin).
+  bool config_attention_ ABSL_GUARDED_BY(mutex_) = false;
   std::thread keeper_;
 };
 

@@ -55,6 +55,8 @@ std::string ClaimKey(const std::string& prefix, const std::string& server, int g
          std::to_string(slices_per_gpu) + "/" + std::to_string(slice);
 }
 
+std::string PoolConfigKey(const std::string& prefix) { return prefix + "pool-config"; }
+
 std::string ServerClaimsPrefix(const std::string& prefix, const std::string& server) {
   return prefix + "claims/" + server + "/";
 }

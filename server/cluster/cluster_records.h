@@ -5,6 +5,10 @@
 //   P gpus/NAME/INDEX              GpuState: the pool the owner binds that GPU
 //                                  to and its free slices; bound to the
 //                                  server's lease (written by the owner only)
+//   P pool-config                  the cluster's pool config: TOML text as
+//                                  `ferryctl apply` stored it (pools,
+//                                  schedules; pool/config.h
+//                                  ParseClusterConfig), no lease
 //   P claims/NAME/INDEX/N/SLICE    ClaimRecord: slice SLICE of GPU NAME:INDEX
 //                                  split N ways is held; bound to the holding
 //                                  session's own lease
@@ -86,6 +90,7 @@ std::string ServerKey(const std::string& prefix, const std::string& server);
 std::string GpuStateKey(const std::string& prefix, const std::string& server, int gpu);
 std::string ClaimKey(const std::string& prefix, const std::string& server, int gpu,
                      int slices_per_gpu, int slice);
+std::string PoolConfigKey(const std::string& prefix);
 // Every claim on a GPU of `server` (a prefix).
 std::string ServerClaimsPrefix(const std::string& prefix, const std::string& server);
 

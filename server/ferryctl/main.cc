@@ -44,7 +44,7 @@
 #include "common/transport.h"
 #include "common/units.h"
 #include "server/auth/tokens.h"
-#include "cluster_status.h"
+#include "cluster_commands.h"
 
 namespace ferry {
 namespace {
@@ -303,12 +303,29 @@ int PrintStatus(const std::string& server, const std::string& format,
                          .Num("since_unix_ms", s.getSinceUnixMs())
                          .Done());
     }
-    std::string out = JsonObject()
-                          .Str("server", server)
-                          .Str("backend", reply.getBackend().cStr())
-                          .Add("sessions", JsonArray(list))
-                          .Add("pool", PoolJson(reply.getPool()))
-                          .Done();
+    JsonObject top;
+    top.Str("server", server)
+        .Str("backend", reply.getBackend().cStr())
+        .Add("sessions", JsonArray(list))
+        .Add("pool", PoolJson(reply.getPool()));
+    const auto pool = reply.getPool();
+    if (pool.getClusterName().size() > 0) {
+      // The rest of the cluster, from the etcd this ferryd uses.
+      std::string view, error;
+      JsonObject cluster;
+      cluster.Str("name", pool.getClusterName().cStr())
+          .Str("etcd", pool.getClusterEtcd().cStr())
+          .Str("prefix", pool.getClusterPrefix().cStr())
+          .Bool("registered", pool.getClusterRegistered());
+      if (ferryctl::ClusterJson(pool.getClusterEtcd().cStr(), pool.getClusterPrefix().cStr(),
+                                &view, &error)) {
+        cluster.Add("view", view);
+      } else {
+        cluster.Str("view_error", error);
+      }
+      top.Add("cluster", cluster.Done());
+    }
+    std::string out = top.Done();
     std::printf("%s\n", out.c_str());
     return 0;
   }
@@ -327,6 +344,16 @@ int PrintStatus(const std::string& server, const std::string& format,
                 s.getStreams(), s.getEvents(), s.getModules());
   }
   PrintPoolTable(reply.getPool());
+  const auto pool = reply.getPool();
+  if (pool.getClusterName().size() > 0) {
+    std::printf("\nthis server is %s of the cluster in etcd %s (prefix %s)%s\n",
+                pool.getClusterName().cStr(), pool.getClusterEtcd().cStr(),
+                pool.getClusterPrefix().cStr(),
+                pool.getClusterRegistered() ? "" : ", NOT registered now (see its log)");
+    std::fflush(stdout);
+    (void)ferryctl::PrintClusterStatus(pool.getClusterEtcd().cStr(),
+                                       pool.getClusterPrefix().cStr(), "table");
+  }
   return 0;
 }
 
@@ -340,10 +367,15 @@ bool ParseGpu(const std::string& text, uint32_t* gpu) {
 
 // CLI11 validators: an empty string accepts the value, anything else is the
 // reason it is refused.
+// A GPU index, or SERVER:INDEX in a cluster (resolved through --etcd).
 const CLI::Validator kGpuIndex(
     [](const std::string& text) {
       uint32_t gpu = 0;
-      return ParseGpu(text, &gpu) ? std::string() : "'" + text + "' is not a GPU index (0-1023)";
+      const size_t colon = text.rfind(':');
+      const std::string index = colon == std::string::npos ? text : text.substr(colon + 1);
+      return ParseGpu(index, &gpu) && colon != 0
+                 ? std::string()
+                 : "'" + text + "' is not a GPU index (0-1023) or SERVER:INDEX";
     },
     "GPU");
 const CLI::Validator kDuration(
@@ -486,20 +518,36 @@ int Main(int argc, char** argv) {
   status->add_option("-o,--output", format, "Output format (default: table)")
       ->check(CLI::IsMember({"table", "json"}));
   std::string etcd_endpoints, cluster_prefix = "/ferry/";
-  status
-      ->add_option("--etcd", etcd_endpoints,
+  const auto add_etcd_options = [&](CLI::App* command, const std::string& what) {
+    command->add_option("--etcd", etcd_endpoints, what)->type_name("URLS");
+    command->add_option("--cluster-prefix", cluster_prefix, "the cluster's keys in etcd")
+        ->type_name("PREFIX");
+  };
+  add_etcd_options(status,
                    "read the cluster pool straight from etcd (comma-separated URLs) instead of\n"
-                   "asking a ferryd: servers, GPUs with their pools, holders")
-      ->type_name("URLS");
-  status->add_option("--cluster-prefix", cluster_prefix, "the cluster's keys in etcd")
-      ->type_name("PREFIX");
+                   "asking a ferryd: servers, GPUs with their pools, holders");
+
+  CLI::App* apply = app.add_subcommand(
+      "apply", "Check FILE as a cluster's pool config and store it in etcd (every ferryd of\n"
+               "the cluster applies it)");
+  std::string apply_file;
+  apply->add_option("-f,--file", apply_file, "the pool config (TOML: [server] default_pool,\n"
+                                             "on_rebind, grace; [pool.NAME]; [[schedule]] naming\n"
+                                             "GPUs SERVER:INDEX, SERVER:* or by labels)")
+      ->required()
+      ->type_name("FILE");
+  add_etcd_options(apply, "the cluster's etcd (comma-separated URLs)");
+  apply->get_option("--etcd")->required();
 
   CLI::App* reload = app.add_subcommand("reload", "Re-read ferryd's config file");
   AddServerOption(reload, &server, &access_flags);
 
   CLI::App* rebind = app.add_subcommand("rebind", "Give GPU to POOL now");
   AddServerOption(rebind, &server, &access_flags);
-  rebind->add_option("GPU", gpu_text, "GPU index")->required()->check(kGpuIndex);
+  rebind->add_option("GPU", gpu_text, "GPU index, or SERVER:INDEX with --etcd")
+      ->required()
+      ->check(kGpuIndex);
+  add_etcd_options(rebind, "find the ferryd that owns a SERVER:INDEX GPU in this etcd");
   rebind->add_option("POOL", pool, "The pool that gets the GPU")->required();
   CLI::Option* preempt_flag =
       rebind->add_flag("--preempt", preempt, "Preempt the GPU's holders at once");
@@ -511,11 +559,17 @@ int Main(int argc, char** argv) {
 
   CLI::App* drain_cmd = app.add_subcommand("drain", "No new borrows on GPU");
   AddServerOption(drain_cmd, &server, &access_flags);
-  drain_cmd->add_option("GPU", gpu_text, "GPU index")->required()->check(kGpuIndex);
+  drain_cmd->add_option("GPU", gpu_text, "GPU index, or SERVER:INDEX with --etcd")
+      ->required()
+      ->check(kGpuIndex);
+  add_etcd_options(drain_cmd, "find the ferryd that owns a SERVER:INDEX GPU in this etcd");
 
   CLI::App* undrain = app.add_subcommand("undrain", "Take borrows on GPU again");
   AddServerOption(undrain, &server, &access_flags);
-  undrain->add_option("GPU", gpu_text, "GPU index")->required()->check(kGpuIndex);
+  undrain->add_option("GPU", gpu_text, "GPU index, or SERVER:INDEX with --etcd")
+      ->required()
+      ->check(kGpuIndex);
+  add_etcd_options(undrain, "find the ferryd that owns a SERVER:INDEX GPU in this etcd");
 
   // Tests only (hidden): moves the fake clock of a ferryd started with
   // --test-fake-clock; ferryd refuses it otherwise.
@@ -584,6 +638,22 @@ int Main(int argc, char** argv) {
   }
   if (status->parsed() && !etcd_endpoints.empty()) {
     return ferryctl::PrintClusterStatus(etcd_endpoints, cluster_prefix, format);
+  }
+  if (apply->parsed()) return ferryctl::ApplyClusterConfig(etcd_endpoints, cluster_prefix, apply_file);
+  if (gpu_text.find(':') != std::string::npos) {
+    // SERVER:INDEX: the request goes to the ferryd that owns the GPU.
+    if (etcd_endpoints.empty()) {
+      std::fprintf(stderr, "ferryctl: GPU %s names a server of a cluster: pass --etcd URLS\n",
+                   gpu_text.c_str());
+      return 2;
+    }
+    uint32_t index = 0;
+    if (const int failed = ferryctl::ResolveClusterGpu(etcd_endpoints, cluster_prefix, gpu_text,
+                                                       &server, &index);
+        failed != 0) {
+      return failed;
+    }
+    gpu_text = std::to_string(index);
   }
   if (server.empty()) {
     std::fprintf(stderr, "ferryctl: no server: pass --server HOST:PORT or set FERRY_SERVER\n");

@@ -445,11 +445,6 @@ Status MergeCluster(const Flags& flags, const pool::Config& config, Settings* se
     return Status::InvalidArgument("a cluster needs this server's --name (or [cluster] name)");
   }
   FERRY_RETURN_IF_ERROR(cluster::CheckServerName(options.name));
-  if (!config.pooling()) {
-    return Status::InvalidArgument(
-        "a cluster needs pools: --config with at least one [pool.NAME] (every GPU serves a "
-        "pool; borrows claim its slices)");
-  }
   if (flags.session_worker_link.has_value()) settings->etcd.clear();  // workers stay out
   return Status::Ok();
 }
@@ -748,6 +743,7 @@ int Main(int argc, char** argv) {
     }
   }
   std::string advertised;
+  int64_t cluster_pools_revision = 0;
   if (!settings.etcd.empty()) {
     etcd::EtcdClient::Options store_options;
     store_options.endpoints = settings.etcd;
@@ -781,9 +777,29 @@ int Main(int argc, char** argv) {
       FERRY_LOG(kError) << "cannot join the cluster: " << status.message();
       return 1;
     }
+    // The cluster's pool config, when one is stored, replaces the file's
+    // pools and schedules; unreadable now, it is applied once etcd answers.
+    std::optional<std::string> pool_text;
+    status = member->ReadPoolConfig(&pool_text, &cluster_pools_revision);
+    if (!status.ok()) {
+      cluster_pools_revision = 0;
+      FERRY_LOG(kWarning) << "cluster: cannot read the cluster's pool config now ("
+                          << status.message() << "); it applies once etcd answers";
+    } else if (pool_text.has_value()) {
+      pool::Config cluster_pools;
+      status = pool::ParseClusterConfig(*pool_text, "cluster-pool-config", &cluster_pools);
+      if (status.ok()) {
+        server.SetClusterPools(std::move(cluster_pools));
+        FERRY_LOG(kInfo) << "cluster: the cluster's pool config (etcd revision "
+                         << cluster_pools_revision << ") replaces --config's pools";
+      } else {
+        FERRY_LOG(kError) << "cluster: the cluster's pool config does not parse ("
+                          << status.message() << "); --config's pools apply";
+      }
+    }
     server.SetCluster(std::move(member));
   }
-  if (config.pooling()) {
+  if (config.pooling() || !settings.etcd.empty()) {
     status = server.EnablePool(config, *clock, fake_clock.get());
     if (!status.ok()) {
       FERRY_LOG(kError) << "cannot set up the pool: " << status.message();
@@ -815,6 +831,7 @@ int Main(int argc, char** argv) {
       self.gpus.push_back(std::move(record));
     }
     status = server.JoinCluster(std::move(self));
+    server.FollowClusterPools(cluster_pools_revision);
     FERRY_LOG(kInfo) << "cluster: server " << settings.cluster.name << " (advertised at "
                      << advertised << ") in etcd "
                      << absl::StrJoin(settings.etcd, ",")

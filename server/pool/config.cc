@@ -3,6 +3,7 @@
 #include <toml++/toml.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -33,12 +34,29 @@ bool ValidPoolName(std::string_view name) {
 // Reads one file's tables into a Config; every error names file, line, key.
 class Reader {
  public:
-  explicit Reader(const std::string& path) : path_(path.empty() ? "<config>" : path) {}
+  explicit Reader(const std::string& path, bool cluster = false)
+      : path_(path.empty() ? "<config>" : path), cluster_(cluster) {}
 
   Status Read(const toml::table& root, Config* config) {
     // [server] first: its on_rebind and grace are the schedules' defaults.
     for (auto&& [key, node] : root) {
       const std::string name(key.str());
+      if (cluster_ && (name == "auth" || name == "cluster" || name == "gpu")) {
+        return Error(key.source(), name,
+                     "belongs to one server's config (ferryd --config), not the cluster's: the "
+                     "cluster's config has [server] default_pool/on_rebind/grace, [pool.NAME] "
+                     "and [[schedule]]");
+      }
+      if (cluster_ && name == "server" && node.is_table()) {
+        for (auto&& [server_key, value] : *node.as_table()) {
+          const std::string_view k = server_key.str();
+          if (k != "default_pool" && k != "on_rebind" && k != "grace") {
+            return Error(server_key.source(), "server." + std::string(k),
+                         "belongs to one server's config (ferryd --config), not the cluster's "
+                         "([server] there has default_pool, on_rebind and grace)");
+          }
+        }
+      }
       if (name != "server" && name != "auth" && name != "cluster" && name != "gpu" &&
           name != "pool" && name != "schedule") {
         return Error(key.source(), name,
@@ -374,6 +392,9 @@ class Reader {
       const std::string prefix = "schedule[" + std::to_string(n++) + "]";
       std::string pool;
       std::vector<int> gpus;
+      std::vector<std::string> gpu_names;
+      std::map<std::string, std::string> server_labels;
+      const toml::node* labels_node = nullptr;
       std::optional<TimeOfDay> from, to;
       std::string zone_name = "UTC";
       const toml::node* zone_node = nullptr;
@@ -390,6 +411,22 @@ class Reader {
         } else if (name == "gpus") {
           if (!value.is_array()) return WrongType(value, key, "an array of GPU indices");
           for (const toml::node& g : *value.as_array()) {
+            if (g.is_string()) {
+              const std::string gpu_name = g.as_string()->get();
+              if (!IsGpuName(gpu_name)) {
+                return Error(g.source(), key,
+                             "'" + gpu_name + "' is not SERVER:INDEX or SERVER:*");
+              }
+              if (std::find(gpu_names.begin(), gpu_names.end(), gpu_name) != gpu_names.end()) {
+                return Error(g.source(), key, "GPU " + gpu_name + " is listed twice");
+              }
+              gpu_names.push_back(gpu_name);
+              continue;
+            }
+            if (cluster_) {
+              return Error(g.source(), key,
+                           "a cluster's config names GPUs as \"SERVER:INDEX\" or \"SERVER:*\"");
+            }
             int64_t index = 0;
             FERRY_RETURN_IF_ERROR(Integer(g, key, 0, 63, &index));
             if (std::find(gpus.begin(), gpus.end(), index) != gpus.end()) {
@@ -398,6 +435,15 @@ class Reader {
             gpus.push_back(static_cast<int>(index));
           }
           gpus_node = &value;
+        } else if (name == "labels") {
+          if (!value.is_table()) return WrongType(value, key, "a table of strings");
+          for (auto&& [label, label_value] : *value.as_table()) {
+            std::string text;
+            FERRY_RETURN_IF_ERROR(String(label_value, key + "." + std::string(label.str()), &text));
+            server_labels[std::string(label.str())] = text;
+          }
+          if (server_labels.empty()) return Error(value.source(), key, "selects nothing");
+          labels_node = &value;
         } else if (name == "from" || name == "to") {
           TimeOfDay t;
           FERRY_RETURN_IF_ERROR(Time(value, key, &t));
@@ -411,7 +457,7 @@ class Reader {
           FERRY_RETURN_IF_ERROR(Duration(value, key, &grace));
         } else {
           return Error(key_node.source(), key,
-                       "unknown key ([[schedule]] has pool, gpus, from, to, timezone, "
+                       "unknown key ([[schedule]] has pool, gpus, labels, from, to, timezone, "
                        "on_rebind, grace)");
         }
       }
@@ -419,8 +465,12 @@ class Reader {
       if (config->pools.count(pool) == 0) {
         return Error(pool_node->source(), prefix + ".pool", UnknownPool(pool, *config));
       }
-      if (gpus_node == nullptr) return Error(item.source(), prefix + ".gpus", "missing");
-      if (gpus.empty()) return Error(gpus_node->source(), prefix + ".gpus", "lists no GPU");
+      if (gpus_node == nullptr && labels_node == nullptr) {
+        return Error(item.source(), prefix + ".gpus", "missing (or select servers by labels)");
+      }
+      if (gpus_node != nullptr && gpus.empty() && gpu_names.empty()) {
+        return Error(gpus_node->source(), prefix + ".gpus", "lists no GPU");
+      }
       if (!config->gpus.empty()) {
         for (int g : gpus) {
           const bool listed = std::any_of(config->gpus.begin(), config->gpus.end(),
@@ -439,9 +489,9 @@ class Reader {
         return Error(zone_node != nullptr ? zone_node->source() : item.source(),
                      prefix + ".timezone", status.message());
       }
-      config->schedules.push_back(
-          ScheduleConfig{pool, gpus, DailyWindow(*from, *to, zone, zone_name), policy, grace,
-                         static_cast<int>(item.source().begin.line)});
+      config->schedules.push_back(ScheduleConfig{pool, gpus, gpu_names, server_labels,
+                                                 DailyWindow(*from, *to, zone, zone_name), policy,
+                                                 grace, static_cast<int>(item.source().begin.line)});
     }
     return Status::Ok();
   }
@@ -475,21 +525,31 @@ class Reader {
     return Status::Ok();
   }
 
+  // "SERVER:INDEX" or "SERVER:*" (a server name as the cluster's).
+  static bool IsGpuName(const std::string& text) {
+    const size_t colon = text.rfind(':');
+    if (colon == std::string::npos || colon == 0 || colon > 63) return false;
+    const std::string server = text.substr(0, colon);
+    const std::string index = text.substr(colon + 1);
+    if (server[0] == '.' || server[0] == '-') return false;
+    for (unsigned char c : server) {
+      if (std::isalnum(c) == 0 && c != '.' && c != '_' && c != '-') return false;
+    }
+    if (index == "*") return true;
+    return !index.empty() && index.size() <= 2 &&
+           std::all_of(index.begin(), index.end(), [](unsigned char c) { return std::isdigit(c); });
+  }
+
   std::string path_;
+  bool cluster_ = false;  // a cluster's pool config (ParseClusterConfig)
 };
 
-}  // namespace
-
-std::string_view RebindPolicyName(RebindPolicy policy) {
-  return policy == RebindPolicy::kPreempt ? "preempt" : "drain";
-}
-
-Status ParseConfig(std::string_view text, const std::string& path, Config* out) {
+Status Parse(std::string_view text, const std::string& path, bool cluster, Config* out) {
   Config config;
   config.path = path;
   try {
     toml::table root = toml::parse(text, path);
-    Reader reader(path);
+    Reader reader(path, cluster);
     FERRY_RETURN_IF_ERROR(reader.Read(root, &config));
   } catch (const toml::parse_error& e) {
     return Status::InvalidArgument((path.empty() ? std::string("<config>") : path) + ":" +
@@ -499,6 +559,74 @@ Status ParseConfig(std::string_view text, const std::string& path, Config* out) 
   }
   *out = std::move(config);
   return Status::Ok();
+}
+
+}  // namespace
+
+std::string_view RebindPolicyName(RebindPolicy policy) {
+  return policy == RebindPolicy::kPreempt ? "preempt" : "drain";
+}
+
+Status ParseConfig(std::string_view text, const std::string& path, Config* out) {
+  return Parse(text, path, /*cluster=*/false, out);
+}
+
+Status ParseClusterConfig(std::string_view text, const std::string& path, Config* out) {
+  return Parse(text, path, /*cluster=*/true, out);
+}
+
+Config LocalizeSchedules(const Config& config, const std::string& server,
+                         const std::map<std::string, std::string>& labels,
+                         const std::vector<int>& indices) {
+  Config local = config;
+  local.schedules.clear();
+  for (ScheduleConfig schedule : config.schedules) {
+    if (schedule.gpu_names.empty() && schedule.server_labels.empty()) {
+      local.schedules.push_back(std::move(schedule));
+      continue;
+    }
+    std::vector<int> gpus = schedule.gpus;
+    const auto add = [&gpus](int index) {
+      if (std::find(gpus.begin(), gpus.end(), index) == gpus.end()) gpus.push_back(index);
+    };
+    for (const std::string& name : schedule.gpu_names) {
+      const size_t colon = name.rfind(':');
+      if (name.substr(0, colon) != server) continue;
+      const std::string index = name.substr(colon + 1);
+      if (index == "*") {
+        for (int i : indices) add(i);
+      } else {
+        add(std::stoi(index));
+      }
+    }
+    const bool labelled =
+        !schedule.server_labels.empty() &&
+        std::all_of(schedule.server_labels.begin(), schedule.server_labels.end(),
+                    [&labels](const auto& wanted) {
+                      auto it = labels.find(wanted.first);
+                      return it != labels.end() && it->second == wanted.second;
+                    });
+    if (labelled) {
+      for (int i : indices) add(i);
+    }
+    if (gpus.empty()) continue;
+    std::sort(gpus.begin(), gpus.end());
+    schedule.gpus = std::move(gpus);
+    schedule.gpu_names.clear();
+    schedule.server_labels.clear();
+    local.schedules.push_back(std::move(schedule));
+  }
+  return local;
+}
+
+Config WithClusterPools(const Config& base, const Config& cluster) {
+  Config merged = base;
+  merged.pools = cluster.pools;
+  merged.schedules = cluster.schedules;
+  merged.server.default_pool = cluster.server.default_pool;
+  merged.server.on_rebind = cluster.server.on_rebind;
+  merged.server.grace = cluster.server.grace;
+  return merged;
 }
 
 Status LoadConfigFile(const std::string& path, Config* out) {

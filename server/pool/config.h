@@ -107,7 +107,12 @@ struct PoolConfig {
 
 struct ScheduleConfig {
   std::string pool;
-  std::vector<int> gpus;
+  std::vector<int> gpus;  // this server's GPU indices
+  // In a cluster's config: GPUs named "SERVER:INDEX" or "SERVER:*", and
+  // every GPU of the servers whose labels include all of `server_labels`.
+  // LocalizeSchedules turns them into `gpus` for one server.
+  std::vector<std::string> gpu_names;
+  std::map<std::string, std::string> server_labels;
   DailyWindow window;
   RebindPolicy on_rebind = RebindPolicy::kDrain;  // the [server] default when unset
   absl::Duration grace = absl::Minutes(15);       // likewise
@@ -160,5 +165,26 @@ Status ParseConfig(std::string_view text, const std::string& path, Config* out);
 
 // Reads and parses the file at `path`.
 Status LoadConfigFile(const std::string& path, Config* out);
+
+// A cluster's pool config (`ferryctl apply`, kept in etcd): [server] with
+// only default_pool, on_rebind and grace, [pool.NAME] tables and
+// [[schedule]]s that select GPUs by name ("SERVER:INDEX", "SERVER:*") or
+// by server labels (`labels = { rack = "r1" }`), never by bare index.
+// What belongs to one server ([server] listen, backend..., [auth],
+// [cluster], [[gpu]]) is an error naming the file and line.
+Status ParseClusterConfig(std::string_view text, const std::string& path, Config* out);
+
+// `config` as server `server` (with `labels`, serving GPUs `gpu_indices`)
+// applies it: each schedule's GPU names and label selection become this
+// server's indices; a schedule that selects none of them is dropped (the
+// rest keep their order, so their precedence holds). Schedules with
+// indices only are kept as they are.
+Config LocalizeSchedules(const Config& config, const std::string& server,
+                         const std::map<std::string, std::string>& labels,
+                         const std::vector<int>& gpu_indices);
+
+// `base` (one server's file) with the pools, schedules, default pool and
+// rebind defaults of `cluster` (a cluster's pool config).
+Config WithClusterPools(const Config& base, const Config& cluster);
 
 }  // namespace ferry::pool

@@ -42,6 +42,13 @@ Status PoolState::CheckScheduleGpus(const Config& config, const std::vector<Pool
     }
   }
   for (const ScheduleConfig& schedule : config.schedules) {
+    if (!schedule.gpu_names.empty() || !schedule.server_labels.empty()) {
+      return Status::InvalidArgument(
+          (config.path.empty() ? std::string("<config>") : config.path) + ":" +
+          std::to_string(schedule.line) +
+          ": schedule: selects GPUs by server (SERVER:INDEX or labels); only a ferryd in a "
+          "cluster (--etcd, --name) applies such a schedule");
+    }
     for (int g : schedule.gpus) {
       if (seen.count(g) == 0) {
         return Status::InvalidArgument(

@@ -82,7 +82,8 @@ class ClusterTest : public ::testing::Test {
 
   // Starts ferryd `name` of the cluster with `gpus` host GPUs of 64 MiB,
   // pool "dev" split 4 ways; returns its address ("" with a failure).
-  std::string StartServer(const std::string& name, int gpus = 1) {
+  std::string StartServer(const std::string& name, int gpus = 1,
+                          const std::vector<std::string>& extra_args = {}) {
     const std::string server_dir = dir_ + "/" + name;
     std::filesystem::create_directories(server_dir);
     std::string config = std::string("[server]\nbackend = \"host\"\nhost_kernels = [\"") +
@@ -95,11 +96,12 @@ class ClusterTest : public ::testing::Test {
     const std::string config_path = server_dir + "/ferryd.toml";
     EXPECT_TRUE(test::WriteTextFile(config_path, config));
     std::string address, error;
-    std::optional<ChildProcess> ferryd = test::StartFerryd(
-        FERRY_E2E_FERRYD,
-        {"--config", config_path, "--listen", "127.0.0.1:0", "--etcd", etcd_->endpoint(),
-         "--name", name, "--cluster-ttl", "2s"},
-        server_dir, kReadyTimeout, &address, &error);
+    std::vector<std::string> args = {"--config", config_path, "--listen", "127.0.0.1:0",
+                                     "--etcd", etcd_->endpoint(), "--name", name,
+                                     "--cluster-ttl", "2s"};
+    args.insert(args.end(), extra_args.begin(), extra_args.end());
+    std::optional<ChildProcess> ferryd =
+        test::StartFerryd(FERRY_E2E_FERRYD, args, server_dir, kReadyTimeout, &address, &error);
     if (!ferryd.has_value()) {
       ADD_FAILURE() << error;
       return "";
@@ -113,11 +115,12 @@ class ClusterTest : public ::testing::Test {
     return address;
   }
 
-  ChildProcess* StartHolder(const std::string& name, const std::string& server_list) {
+  ChildProcess* StartHolder(const std::string& name, const std::string& server_list,
+                            const std::map<std::string, std::string>& env = {}) {
     std::string error;
     std::optional<ChildProcess> child = ChildProcess::Start(
         {std::string(FERRY_E2E_PROGRAM_DIR) + "/e2e_pool_client", "hold", ReleaseFile(name)},
-        test::ClientEnv(FERRY_E2E_CLIENT_LIB_DIR, server_list), dir_ + "/" + name, &error);
+        test::ClientEnv(FERRY_E2E_CLIENT_LIB_DIR, server_list, env), dir_ + "/" + name, &error);
     if (!child.has_value()) {
       ADD_FAILURE() << "cannot start " << name << ": " << error;
       return nullptr;
@@ -139,8 +142,9 @@ class ClusterTest : public ::testing::Test {
     return done && !ended;
   }
 
-  ChildProcess* StartReadyHolder(const std::string& name, const std::string& server_list) {
-    ChildProcess* holder = StartHolder(name, server_list);
+  ChildProcess* StartReadyHolder(const std::string& name, const std::string& server_list,
+                                 const std::map<std::string, std::string>& env = {}) {
+    ChildProcess* holder = StartHolder(name, server_list, env);
     if (holder == nullptr) return nullptr;
     if (!Ready(*holder)) {
       ADD_FAILURE() << name << " did not get a slice:\n" << holder->Describe();
@@ -151,6 +155,50 @@ class ClusterTest : public ::testing::Test {
 
   std::string ReleaseFile(const std::string& name) { return dir_ + "/" + name + ".release"; }
   void Release(const std::string& name) { std::ofstream(ReleaseFile(name)) << "go\n"; }
+
+  // Runs ferryctl with `args`; its exit code, stdout and stderr.
+  int Ferryctl(const std::vector<std::string>& args, std::string* out, std::string* err) {
+    std::vector<std::string> argv = {FERRY_E2E_FERRYCTL};
+    argv.insert(argv.end(), args.begin(), args.end());
+    std::string error;
+    std::optional<ChildProcess> ctl = ChildProcess::Start(argv, {}, dir_ + "/ferryctl", &error);
+    if (!ctl.has_value()) {
+      ADD_FAILURE() << error;
+      return -1;
+    }
+    const ExitStatus status = ctl->Wait(15s);
+    *out = ctl->Stdout();
+    *err = ctl->Stderr();
+    return status.exited ? status.code : -1;
+  }
+
+  // `ferryctl apply -f FILE` of `toml` (written to dir_/NAME); its exit code.
+  int Apply(const std::string& name, const std::string& toml, std::string* err) {
+    const std::string path = dir_ + "/" + name;
+    EXPECT_TRUE(test::WriteTextFile(path, toml));
+    std::string out;
+    return Ferryctl({"apply", "-f", path, "--etcd", etcd_->endpoint()}, &out, err);
+  }
+
+  // A field of GPU `gpu` ("SERVER:INDEX") in the cluster status ("" if absent).
+  std::string GpuField(const std::string& gpu, const char* field) {
+    std::optional<JsonValue> status = ClusterStatus();
+    const JsonValue* servers = status.has_value() ? status->Find("servers") : nullptr;
+    if (servers == nullptr || !servers->is_array()) return "";
+    for (const JsonValue& server : servers->array) {
+      const JsonValue* gpus = server.Find("gpus");
+      if (gpus == nullptr) continue;
+      for (const JsonValue& g : gpus->array) {
+        const JsonValue* name = g.Find("gpu");
+        const JsonValue* value = g.Find(field);
+        if (name == nullptr || name->string != gpu || value == nullptr) continue;
+        if (value->is_string()) return value->string;
+        if (value->type == JsonValue::Type::kBool) return value->boolean ? "true" : "false";
+        if (value->is_number()) return std::to_string(static_cast<long long>(value->number));
+      }
+    }
+    return "";
+  }
 
   // `ferryctl status --etcd URL -o json`, parsed.
   std::optional<JsonValue> ClusterStatus(std::string* text = nullptr) {
@@ -392,6 +440,155 @@ TEST_F(ClusterTest, ConcurrentBorrowsThroughTwoEntriesNeverShareASlice) {
   EXPECT_EQ(pids, ready_pids);
   EXPECT_LE(HoldersOn("a:0"), 4);
   EXPECT_LE(HoldersOn("b:0"), 4);
+}
+
+// Day pool "dev" (4 slices), night pool "train" (1 slice) from 20:00 to
+// 08:00 in Shanghai: on every GPU of server a by name, on server b's by its
+// label. Drained holders keep their slice for 10 minutes.
+constexpr char kClusterDayNight[] = R"([server]
+default_pool = "dev"
+on_rebind = "drain"
+grace = "10m"
+[pool.dev]
+slices_per_gpu = 4
+[pool.train]
+slices_per_gpu = 1
+[[schedule]]
+pool = "train"
+gpus = ["a:*"]
+from = 20:00:00
+to = 08:00:00
+timezone = "Asia/Shanghai"
+[[schedule]]
+pool = "train"
+labels = { rack = "r-b" }
+from = 20:00:00
+to = 08:00:00
+timezone = "Asia/Shanghai"
+)";
+
+// 19:59:00 in Shanghai, one minute before the night window.
+constexpr char kBeforeNight[] = "2026-03-10T19:59:00+08:00";
+
+TEST_F(ClusterTest, OneAppliedConfigDrainsThenHandsGpusOfTwoServersToTheNightPool) {
+  const std::string a = StartServer("a", 1, {"--test-fake-clock", kBeforeNight});
+  const std::string b = StartServer("b", 1, {"--test-fake-clock", kBeforeNight});
+  ASSERT_FALSE(a.empty());
+  ASSERT_FALSE(b.empty());
+  std::string err;
+  ASSERT_EQ(Apply("cluster.toml", kClusterDayNight, &err), 0) << err;
+  // Both servers follow it: each publishes the night change ahead.
+  ASSERT_TRUE(test::WaitFor(
+      [&] { return GpuField("a:0", "next_pool") == "train" && GpuField("b:0", "next_pool") == "train"; },
+      kConditionTimeout, kPollInterval));
+  ChildProcess* on_a = StartReadyHolder("day-a", a);
+  ChildProcess* on_b = StartReadyHolder("day-b", b);
+  ASSERT_NE(on_a, nullptr);
+  ASSERT_NE(on_b, nullptr);
+  std::string out;
+  for (const std::string& server : {a, b}) {
+    ASSERT_EQ(Ferryctl({"test-advance-clock", "2m", "--server", server}, &out, &err), 0) << err;
+  }
+  // 20:01: the GPUs serve "train"; the day holders drain (still held).
+  ASSERT_TRUE(test::WaitFor(
+      [&] { return GpuField("a:0", "pool") == "train" && GpuField("b:0", "pool") == "train"; },
+      kConditionTimeout, kPollInterval));
+  EXPECT_EQ(HoldersOn("a:0"), 1);
+  EXPECT_EQ(HoldersOn("b:0"), 1);
+  EXPECT_TRUE(on_a->running());
+  // The grace passes: the holders are preempted and the GPUs free up.
+  for (const std::string& server : {a, b}) {
+    ASSERT_EQ(Ferryctl({"test-advance-clock", "11m", "--server", server}, &out, &err), 0) << err;
+  }
+  EXPECT_EQ(on_a->Wait(kProgramTimeout).code, 4) << on_a->Describe();
+  EXPECT_EQ(on_b->Wait(kProgramTimeout).code, 4) << on_b->Describe();
+  ASSERT_TRUE(test::WaitFor(
+      [&] { return Holdings().empty() && GpuField("b:0", "free_slices") == "1"; },
+      kConditionTimeout, kPollInterval));
+  // Two night borrows through a: one whole GPU on each server.
+  ChildProcess* night1 = StartReadyHolder("night1", a, {{"FERRY_POOL", "train"}});
+  ASSERT_NE(night1, nullptr);
+  ASSERT_TRUE(test::WaitFor([&] { return GpuField("a:0", "free_slices") == "0"; },
+                            kConditionTimeout, kPollInterval));
+  ChildProcess* night2 = StartReadyHolder("night2", a, {{"FERRY_POOL", "train"}});
+  ASSERT_NE(night2, nullptr);
+  EXPECT_EQ(HoldersOn("a:0"), 1);
+  EXPECT_EQ(HoldersOn("b:0"), 1);
+  EXPECT_NE(night1->Stdout().find("total=67108864"), std::string::npos) << night1->Describe();
+}
+
+TEST_F(ClusterTest, ApplyRefusesABadConfigAndStoresNothing) {
+  ASSERT_FALSE(StartServer("a").empty());
+  std::string err;
+  // A bare index means nothing in a cluster.
+  EXPECT_EQ(Apply("bad.toml",
+                  "[server]\ndefault_pool = \"dev\"\n[pool.dev]\n[[schedule]]\npool = \"dev\"\n"
+                  "gpus = [0]\nfrom = 08:00:00\nto = 09:00:00\n",
+                  &err),
+            1);
+  EXPECT_NE(err.find("bad.toml:6: schedule[0].gpus"), std::string::npos) << err;
+  EXPECT_NE(err.find("nothing stored"), std::string::npos) << err;
+  // A GPU that server a does not have.
+  EXPECT_EQ(Apply("missing.toml",
+                  "[server]\ndefault_pool = \"dev\"\n[pool.dev]\n[[schedule]]\npool = \"dev\"\n"
+                  "gpus = [\"a:5\"]\nfrom = 08:00:00\nto = 09:00:00\n",
+                  &err),
+            1);
+  EXPECT_NE(err.find("server a has no GPU 5"), std::string::npos) << err;
+  // One server's settings do not belong there.
+  EXPECT_EQ(Apply("server.toml", "[server]\ndefault_pool = \"dev\"\nbackend = \"host\"\n[pool.dev]\n",
+                  &err),
+            1);
+  EXPECT_NE(err.find("server.toml:3: server.backend"), std::string::npos) << err;
+  // Nothing was stored: a's own pool (dev, 4 slices) is still the one.
+  EXPECT_EQ(GpuField("a:0", "slices_per_gpu"), "4");
+  EXPECT_EQ(GpuField("a:0", "pool"), "dev");
+}
+
+TEST_F(ClusterTest, RebindAndDrainFindTheServerThatOwnsTheGpu) {
+  const std::string a = StartServer("a");
+  ASSERT_FALSE(a.empty());
+  ASSERT_FALSE(StartServer("b").empty());
+  std::string err, out;
+  ASSERT_EQ(Apply("pools.toml",
+                  "[server]\ndefault_pool = \"dev\"\n[pool.dev]\nslices_per_gpu = 4\n"
+                  "[pool.train]\nslices_per_gpu = 1\n",
+                  &err),
+            0)
+      << err;
+  ASSERT_EQ(Ferryctl({"rebind", "b:0", "train", "--etcd", etcd_->endpoint()}, &out, &err), 0)
+      << err;
+  ASSERT_TRUE(test::WaitFor([&] { return GpuField("b:0", "pool") == "train"; }, kConditionTimeout,
+                            kPollInterval));
+  EXPECT_EQ(GpuField("a:0", "pool"), "dev");
+  ASSERT_EQ(Ferryctl({"drain", "a:0", "--etcd", etcd_->endpoint()}, &out, &err), 0) << err;
+  ASSERT_TRUE(test::WaitFor([&] { return GpuField("a:0", "drained") == "true"; },
+                            kConditionTimeout, kPollInterval));
+  EXPECT_EQ(Ferryctl({"drain", "c:0", "--etcd", etcd_->endpoint()}, &out, &err), 1);
+  EXPECT_NE(err.find("no server c"), std::string::npos) << err;
+  EXPECT_EQ(Ferryctl({"drain", "a:0", "--server", a}, &out, &err), 2);
+  EXPECT_NE(err.find("pass --etcd"), std::string::npos) << err;
+}
+
+TEST_F(ClusterTest, StatusOfAnyServerShowsTheWholeCluster) {
+  const std::string a = StartServer("a");
+  ASSERT_FALSE(a.empty());
+  ASSERT_FALSE(StartServer("b").empty());
+  ASSERT_NE(StartReadyHolder("holder", a), nullptr);
+  std::string out, err;
+  ASSERT_EQ(Ferryctl({"status", "--server", a, "-o", "json"}, &out, &err), 0) << err;
+  std::optional<JsonValue> json = ParseJson(out);
+  ASSERT_TRUE(json.has_value()) << out;
+  const JsonValue* cluster = json->Find("cluster");
+  ASSERT_NE(cluster, nullptr) << out;
+  EXPECT_EQ(cluster->Find("name")->string, "a");
+  EXPECT_TRUE(cluster->Find("registered")->boolean);
+  const JsonValue* view = cluster->Find("view");
+  ASSERT_NE(view, nullptr) << out;
+  EXPECT_EQ(view->Find("servers")->array.size(), 2u) << out;
+  ASSERT_EQ(Ferryctl({"status", "--server", a}, &out, &err), 0) << err;
+  EXPECT_NE(out.find("this server is a of the cluster"), std::string::npos) << out;
+  EXPECT_NE(out.find("b:0"), std::string::npos) << out;
 }
 
 }  // namespace

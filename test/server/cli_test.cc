@@ -267,10 +267,12 @@ TEST_F(CliTest, AccessFlagsAreCheckedAtStart) {
               "--name", "a/b"});
   EXPECT_EQ(d.code, 2);
   EXPECT_TRUE(Contains(d.err, "server name 'a/b'")) << d.err;
+  // No pools here, and none from the cluster (its etcd does not answer).
   d = Ferryd({"--listen", "127.0.0.1:0", "--backend", "host", "--etcd", "http://127.0.0.1:1",
               "--name", "a"});
-  EXPECT_EQ(d.code, 2);
-  EXPECT_TRUE(Contains(d.err, "needs pools")) << d.err;
+  EXPECT_EQ(d.code, 1);
+  EXPECT_TRUE(Contains(d.err, "no pools")) << d.err;
+  EXPECT_TRUE(Contains(d.err, "ferryctl apply")) << d.err;
   d = Ferryd({"--listen", "127.0.0.1:0", "--backend", "host", "--etcd", "https://127.0.0.1:1",
               "--name", "a"});
   EXPECT_EQ(d.code, 2);

@@ -202,6 +202,93 @@ prefix = "/ferry-test"
   ExpectError("[cluster]\nleader = true\n", "bad.toml:2: cluster.leader", "unknown key");
 }
 
+TEST(ConfigTest, ClusterConfigNamesGpusByServer) {
+  Config config;
+  Status status = ParseClusterConfig(R"([server]
+default_pool = "dev"
+grace = "5m"
+[pool.dev]
+slices_per_gpu = 4
+[pool.train]
+slices_per_gpu = 1
+[[schedule]]
+pool = "train"
+gpus = ["a:*", "b:1"]
+from = 20:00:00
+to = 08:00:00
+[[schedule]]
+pool = "train"
+labels = { rack = "r2" }
+from = 22:00:00
+to = 06:00:00
+)",
+                                     "cluster.toml", &config);
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  ASSERT_EQ(config.schedules.size(), 2u);
+  EXPECT_EQ(config.schedules[0].gpu_names, (std::vector<std::string>{"a:*", "b:1"}));
+  EXPECT_TRUE(config.schedules[0].gpus.empty());
+  EXPECT_EQ(config.schedules[1].server_labels.at("rack"), "r2");
+  EXPECT_EQ(config.schedules[0].grace, absl::Minutes(5));
+
+  // As server a (GPUs 0 and 1): the first schedule, both GPUs.
+  Config a = LocalizeSchedules(config, "a", {{"rack", "r1"}}, {0, 1});
+  ASSERT_EQ(a.schedules.size(), 1u);
+  EXPECT_EQ(a.schedules[0].gpus, (std::vector<int>{0, 1}));
+  EXPECT_TRUE(a.schedules[0].gpu_names.empty());
+  // As server b in rack r2: GPU 1 from the first, every GPU from the second,
+  // in file order.
+  Config b = LocalizeSchedules(config, "b", {{"rack", "r2"}}, {0, 1, 2});
+  ASSERT_EQ(b.schedules.size(), 2u);
+  EXPECT_EQ(b.schedules[0].gpus, (std::vector<int>{1}));
+  EXPECT_EQ(b.schedules[1].gpus, (std::vector<int>{0, 1, 2}));
+  // Server c, named nowhere and in no such rack: no schedule.
+  EXPECT_TRUE(LocalizeSchedules(config, "c", {}, {0}).schedules.empty());
+
+  // The cluster's pools replace a server's own.
+  Config local;
+  ASSERT_TRUE(ParseConfig("[server]\nlisten = \"127.0.0.1:1\"\ndefault_pool = \"x\"\n[pool.x]\n",
+                          "local.toml", &local)
+                  .ok());
+  Config merged = WithClusterPools(local, config);
+  EXPECT_EQ(merged.server.default_pool, "dev");
+  EXPECT_EQ(merged.pools.count("x"), 0u);
+  EXPECT_EQ(merged.pools.count("train"), 1u);
+  EXPECT_EQ(merged.server.listen->at(0), "127.0.0.1:1");
+}
+
+TEST(ConfigTest, ClusterConfigHoldsNoOneServersSettings) {
+  const auto expect = [](const std::string& text, const std::string& where,
+                         const std::string& what) {
+    Config config;
+    Status status = ParseClusterConfig(text, "c.toml", &config);
+    EXPECT_EQ(status.code(), StatusCode::kInvalidArgument) << text;
+    EXPECT_NE(status.message().find(where), std::string::npos) << status.message();
+    EXPECT_NE(status.message().find(what), std::string::npos) << status.message();
+  };
+  const std::string pools = "[pool.dev]\n";
+  expect("[server]\ndefault_pool = \"dev\"\nlisten = \"a:1\"\n" + pools, "c.toml:3: server.listen",
+         "one server's config");
+  expect("[[gpu]]\nindex = 0\n", "c.toml:1: gpu", "one server's config");
+  expect("[cluster]\nname = \"a\"\n", "c.toml:1: cluster", "one server's config");
+  expect("[server]\ndefault_pool = \"dev\"\n" + pools +
+             "[[schedule]]\npool = \"dev\"\ngpus = [0]\nfrom = 08:00:00\nto = 09:00:00\n",
+         "c.toml:6: schedule[0].gpus", "SERVER:INDEX");
+  expect("[server]\ndefault_pool = \"dev\"\n" + pools +
+             "[[schedule]]\npool = \"dev\"\ngpus = [\"a\"]\nfrom = 08:00:00\nto = 09:00:00\n",
+         "c.toml:6: schedule[0].gpus", "'a' is not SERVER:INDEX");
+  expect("[server]\ndefault_pool = \"dev\"\n" + pools +
+             "[[schedule]]\npool = \"dev\"\nfrom = 08:00:00\nto = 09:00:00\n",
+         "schedule[0].gpus", "missing");
+  // A server's own config may not name GPUs by server unless it is in a
+  // cluster: the pool refuses it (PoolState), not the parser.
+  Config local;
+  EXPECT_TRUE(ParseConfig("[server]\ndefault_pool = \"dev\"\n" + pools +
+                              "[[schedule]]\npool = \"dev\"\ngpus = [\"a:0\"]\nfrom = 08:00:00\n"
+                              "to = 09:00:00\n",
+                          "l.toml", &local)
+                  .ok());
+}
+
 TEST(ConfigTest, UnknownKeysNameFileLineAndKey) {
   ExpectError("[server]\nlisten = \"a:1\"\nlisen = 3\n", "bad.toml:3: server.lisen", "unknown key");
   ExpectError("[servers]\n", "bad.toml:1: servers", "unknown key");

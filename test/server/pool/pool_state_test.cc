@@ -87,6 +87,22 @@ class PoolStateTest : public ::testing::Test {
   PoolSnapshot snapshot_;
 };
 
+// A schedule that names GPUs by server is a cluster's; a pool that was not
+// given it for one server (LocalizeSchedules) refuses it.
+TEST(PoolStateCreateTest, SchedulesNamingServersNeedACluster) {
+  const Config config = MustParse(
+      "[server]\ndefault_pool = \"dev\"\n[pool.dev]\n[[schedule]]\npool = \"dev\"\n"
+      "gpus = [\"a:0\"]\nfrom = 08:00:00\nto = 09:00:00\n");
+  std::unique_ptr<PoolState> pool;
+  Status status = PoolState::Create(config, {PoolGpu{0, 8 * kGiB}}, absl::Now(), &pool);
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("test.toml:4"), std::string::npos) << status.message();
+  EXPECT_NE(status.message().find("only a ferryd in a cluster"), std::string::npos)
+      << status.message();
+  const Config local = LocalizeSchedules(config, "a", {}, {0});
+  EXPECT_TRUE(PoolState::Create(local, {PoolGpu{0, 8 * kGiB}}, absl::Now(), &pool).ok());
+}
+
 TEST_F(PoolStateTest, FourSlicesHeldAndTheFifthRefused) {
   Make(DayNight());
   for (uint64_t s = 1; s <= 4; ++s) {

@@ -1,14 +1,20 @@
-#include "cluster_status.h"
+#include "cluster_commands.h"
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdio>
+#include <fstream>
+#include <optional>
+#include <set>
+#include <sstream>
 #include <ctime>
 #include <memory>
 
 #include "common/units.h"
 #include "server/cluster/cluster_records.h"
 #include "server/etcd/etcd_client.h"
+#include "server/pool/config.h"
 
 namespace ferry::ferryctl {
 namespace {
@@ -133,16 +139,27 @@ void PrintTable(const cluster::ClusterSnapshot& snapshot, const std::string& end
 
 }  // namespace
 
+// The store at `endpoints` and the prefix, or a message on stderr (false).
+bool OpenStore(const std::string& endpoints, const std::string& prefix_text,
+               std::unique_ptr<etcd::EtcdClient>* store, std::string* prefix) {
+  etcd::EtcdClient::Options options;
+  Status status = etcd::EtcdClient::ParseEndpoints(endpoints, &options.endpoints);
+  if (status.ok()) status = cluster::NormalizePrefix(prefix_text, prefix);
+  if (status.ok()) status = etcd::EtcdClient::Create(options, store);
+  if (!status.ok()) {
+    std::fprintf(stderr, "ferryctl: --etcd %s: %s\n", endpoints.c_str(), status.message().c_str());
+    return false;
+  }
+  return true;
+}
+
 int PrintClusterStatus(const std::string& endpoints, const std::string& prefix_text,
                        const std::string& format) {
-  etcd::EtcdClient::Options options;
   std::unique_ptr<etcd::EtcdClient> store;
   std::string prefix;
-  Status status = etcd::EtcdClient::ParseEndpoints(endpoints, &options.endpoints);
-  if (status.ok()) status = cluster::NormalizePrefix(prefix_text, &prefix);
-  if (status.ok()) status = etcd::EtcdClient::Create(options, &store);
+  if (!OpenStore(endpoints, prefix_text, &store, &prefix)) return 2;
   cluster::ClusterSnapshot snapshot;
-  if (status.ok()) status = cluster::ReadCluster(*store, prefix, &snapshot);
+  Status status = cluster::ReadCluster(*store, prefix, &snapshot);
   if (!status.ok()) {
     std::fprintf(stderr, "ferryctl: cannot read the cluster from etcd %s: %s\n", endpoints.c_str(),
                  status.message().c_str());
@@ -153,6 +170,134 @@ int PrintClusterStatus(const std::string& endpoints, const std::string& prefix_t
   } else {
     PrintTable(snapshot, store->Describe());
   }
+  return 0;
+}
+
+bool ClusterJson(const std::string& endpoints, const std::string& prefix_text, std::string* json,
+                 std::string* error) {
+  etcd::EtcdClient::Options options;
+  std::unique_ptr<etcd::EtcdClient> store;
+  std::string prefix;
+  Status status = etcd::EtcdClient::ParseEndpoints(endpoints, &options.endpoints);
+  if (status.ok()) status = cluster::NormalizePrefix(prefix_text, &prefix);
+  if (status.ok()) status = etcd::EtcdClient::Create(options, &store);
+  cluster::ClusterSnapshot snapshot;
+  if (status.ok()) status = cluster::ReadCluster(*store, prefix, &snapshot);
+  if (!status.ok()) {
+    *error = status.message();
+    return false;
+  }
+  *json = ToJson(snapshot, store->Describe()).dump();
+  return true;
+}
+
+int ApplyClusterConfig(const std::string& endpoints, const std::string& prefix_text,
+                       const std::string& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) {
+    std::fprintf(stderr, "ferryctl: cannot read %s\n", file.c_str());
+    return 1;
+  }
+  std::ostringstream buffer;
+  buffer << in.rdbuf();
+  const std::string text = buffer.str();
+  pool::Config config;
+  Status status = pool::ParseClusterConfig(text, file, &config);
+  if (!status.ok()) {
+    std::fprintf(stderr, "ferryctl: %s\nnothing stored\n", status.message().c_str());
+    return 1;
+  }
+  std::unique_ptr<etcd::EtcdClient> store;
+  std::string prefix;
+  if (!OpenStore(endpoints, prefix_text, &store, &prefix)) return 2;
+  cluster::ClusterSnapshot snapshot;
+  status = cluster::ReadCluster(*store, prefix, &snapshot);
+  if (!status.ok()) {
+    std::fprintf(stderr, "ferryctl: cannot read the cluster from etcd %s: %s\nnothing stored\n",
+                 endpoints.c_str(), status.message().c_str());
+    return 1;
+  }
+  // A GPU named on a server that is in the cluster now must be one of its
+  // GPUs; a server not in it now is taken on trust (it may join later).
+  std::set<std::string> absent;
+  for (const pool::ScheduleConfig& schedule : config.schedules) {
+    for (const std::string& name : schedule.gpu_names) {
+      const size_t colon = name.rfind(':');
+      const std::string server = name.substr(0, colon);
+      const std::string index = name.substr(colon + 1);
+      auto it = std::find_if(snapshot.servers.begin(), snapshot.servers.end(),
+                             [&](const cluster::ServerRecord& s) { return s.name == server; });
+      if (it == snapshot.servers.end()) {
+        absent.insert(server);
+        continue;
+      }
+      if (index == "*") continue;
+      const bool has = std::any_of(it->gpus.begin(), it->gpus.end(), [&](const cluster::GpuRecord& g) {
+        return std::to_string(g.index) == index;
+      });
+      if (!has) {
+        std::string indices;
+        for (const cluster::GpuRecord& g : it->gpus) {
+          indices += (indices.empty() ? "" : ", ") + std::to_string(g.index);
+        }
+        std::fprintf(stderr,
+                     "ferryctl: %s:%d: schedule.gpus: server %s has no GPU %s (its GPUs: %s)\n"
+                     "nothing stored\n",
+                     file.c_str(), schedule.line, server.c_str(), index.c_str(), indices.c_str());
+        return 1;
+      }
+    }
+  }
+  for (const std::string& server : absent) {
+    std::fprintf(stderr,
+                 "ferryctl: warning: server %s is not in the cluster now; its schedules apply "
+                 "when it joins\n",
+                 server.c_str());
+  }
+  status = store->Put(cluster::PoolConfigKey(prefix), text);
+  std::optional<etcd::KeyValue> stored;
+  if (status.ok()) status = store->Get(cluster::PoolConfigKey(prefix), &stored);
+  if (!status.ok() || !stored.has_value()) {
+    std::fprintf(stderr, "ferryctl: cannot store the config in etcd %s: %s\n", endpoints.c_str(),
+                 status.ok() ? "it is not there after the write" : status.message().c_str());
+    return 1;
+  }
+  std::printf("stored %s as the cluster's pool config (etcd revision %lld): %zu pool(s), %zu "
+              "schedule(s); every ferryd of the cluster applies it now\n",
+              file.c_str(), static_cast<long long>(stored->mod_revision), config.pools.size(),
+              config.schedules.size());
+  return 0;
+}
+
+int ResolveClusterGpu(const std::string& endpoints, const std::string& prefix_text,
+                      const std::string& gpu, std::string* address, uint32_t* index) {
+  const size_t colon = gpu.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == gpu.size() ||
+      gpu.size() - colon - 1 > 4 ||
+      gpu.find_first_not_of("0123456789", colon + 1) != std::string::npos) {
+    std::fprintf(stderr, "ferryctl: GPU '%s' is not SERVER:INDEX\n", gpu.c_str());
+    return 2;
+  }
+  const std::string server = gpu.substr(0, colon);
+  std::unique_ptr<etcd::EtcdClient> store;
+  std::string prefix;
+  if (!OpenStore(endpoints, prefix_text, &store, &prefix)) return 2;
+  std::optional<etcd::KeyValue> kv;
+  Status status = store->Get(cluster::ServerKey(prefix, server), &kv);
+  cluster::ServerRecord record;
+  if (status.ok() && kv.has_value()) status = cluster::FromJson(kv->value, &record);
+  if (!status.ok()) {
+    std::fprintf(stderr, "ferryctl: cannot read server %s from etcd %s: %s\n", server.c_str(),
+                 endpoints.c_str(), status.message().c_str());
+    return 1;
+  }
+  if (!kv.has_value()) {
+    std::fprintf(stderr, "ferryctl: no server %s in the cluster (ferryctl status --etcd %s)\n",
+                 server.c_str(), endpoints.c_str());
+    return 1;
+  }
+  *address = record.advertise;
+  *index = static_cast<uint32_t>(std::stoul(gpu.substr(colon + 1)));
   return 0;
 }
 
