@@ -80,7 +80,7 @@ Status Connection::Open(std::unique_ptr<Transport> transport, std::string server
                         const Borrow& borrow, std::unique_ptr<Connection>* out,
                         std::unique_ptr<capnp::MessageReader>* hello_reply,
                         kj::Array<capnp::word>* hello_words, ConnectionOptions options,
-                        std::string* redirect) {
+                        Redirect* redirect) {
   // Kept: a TLS hand-over (below) sends it again.
   capnp::MallocMessageBuilder hello_message;
   {
@@ -98,6 +98,8 @@ Status Connection::Open(std::unique_ptr<Transport> transport, std::string server
     hello.setToken(borrow.token);
     hello.setKeepaliveMs(KeepalivePeriodMs(options.call_timeout));
     hello.setRedirects(borrow.redirects);
+    hello.setFollowsRedirects(redirect != nullptr);
+    hello.setQueueTicket(borrow.queue_ticket);
     FERRY_RETURN_IF_ERROR(WriteFrame(*transport, wire::FrameKind::HELLO, hello_message));
   }
   // Interim replies (queued for a slice) come first; the last one answers.
@@ -138,11 +140,12 @@ Status Connection::Open(std::unique_ptr<Transport> transport, std::string server
       }
       if (reply.getRedirect().size() > 0) {
         if (redirect == nullptr) {
-          return Status::Unimplemented("ferryd at " + server_name + " sends this client to " +
-                                       reply.getRedirect().cStr() +
-                                       " (a cluster pool), and this connection cannot follow");
+          return Status::Malformed("ferryd at " + server_name +
+                                   " sends this client on, which it did not offer to follow");
         }
-        *redirect = reply.getRedirect().cStr();
+        redirect->address = reply.getRedirect().cStr();
+        redirect->pool = reply.getPool().cStr();
+        redirect->queue_ticket = reply.getQueueTicket().cStr();
         return Status::Ok();
       }
       if (reply.getHandoverSecret().size() > 0) {

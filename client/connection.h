@@ -139,18 +139,26 @@ class Connection {
     uint64_t wait_ms = 0;  // 0 = do not queue
     std::string token;     // "" = none
     uint32_t redirects = 0;  // times this borrow was sent on (HelloReply.redirect)
+    std::string queue_ticket;  // its place in a cluster's queue, from a redirect
+  };
+  // Where a cluster's ferryd sends a client (HelloReply.redirect).
+  struct Redirect {
+    std::string address;  // "" = not sent on
+    std::string pool;     // the pool to borrow from there
+    std::string queue_ticket;
   };
 
   // Connects, says Hello, and keeps the final HelloReply in `hello_reply`.
   // While the server queues the borrow, each interim reply is logged with
   // the queue position. A server of a cluster pool may send the client on
-  // instead (HelloReply.redirect): then `*redirect` is where, `*out` stays
-  // empty and the result is OK; without `redirect` that is an error.
+  // instead (HelloReply.redirect): then `*redirect` says where, `*out`
+  // stays empty and the result is OK. Without `redirect` the Hello does not
+  // offer to follow, so no server sends the client on.
   static Status Open(std::unique_ptr<Transport> transport, std::string server_name,
                      const Borrow& borrow, std::unique_ptr<Connection>* out,
                      std::unique_ptr<capnp::MessageReader>* hello_reply,
                      kj::Array<capnp::word>* hello_words, ConnectionOptions options = {},
-                     std::string* redirect = nullptr);
+                     Redirect* redirect = nullptr);
   ~Connection();
 
   // Queues a call without waiting. `bulk` is taken before return (copied into

@@ -189,14 +189,20 @@ Status Runtime::ConnectFromEnvironment() {
   }
   if (servers.empty()) return Status::InvalidArgument("FERRY_SERVER names no server");
   // Servers that cannot be reached are passed over, in order; a server that
-  // answers — with devices, a refusal, or where to go instead — decides.
+  // answers — with devices, a refusal, or where to go instead — decides. A
+  // server it is sent to that cannot be reached sends it back to the one
+  // that sent it, saying it may not be sent on again (it waits or is
+  // refused there).
+  constexpr uint32_t kMaxRedirects = 4;  // ferryd sends a client on at most twice
   std::string unreachable;
   for (const std::string& first : servers) {
     std::string server = first;
-    for (uint32_t redirects = 0;; ++redirects) {
+    std::string sender;  // the server that sent us to `server`
+    Connection::Borrow attempt = borrow;
+    for (;;) {
       const std::optional<TlsClientConfig> tls = TlsClientConfigFromEnvironment(server);
       FERRY_RETURN_IF_ERROR(CheckTokenIsProtected(
-          server, borrow.token, tls.has_value(), PlainTokenAllowedByEnvironment(),
+          server, attempt.token, tls.has_value(), PlainTokenAllowedByEnvironment(),
           "set FERRY_TLS_CA to use TLS, or FERRY_ALLOW_PLAIN_TOKEN=1 on a network you trust"));
       std::unique_ptr<Transport> transport;
       Status status = ConnectTransportWithTls(server, std::chrono::milliseconds(timeout_ms), tls,
@@ -204,21 +210,34 @@ Status Runtime::ConnectFromEnvironment() {
       if (status.code() == StatusCode::kPermissionDenied) {
         return status;  // a server whose certificate does not verify: not a lost one
       }
-      std::string redirect;
+      Connection::Redirect redirect;
       if (status.ok()) {
-        borrow.redirects = redirects;
-        status = OpenSession(std::move(transport), server, borrow, options, &connection_,
-                             &devices_, &session_id_, &redirect);
+        status = OpenSession(std::move(transport), server, attempt, options, &connection_,
+                             &devices_, &session_id_,
+                             attempt.redirects < kMaxRedirects ? &redirect : nullptr);
         if (!status.ok() && status.code() != StatusCode::kDisconnected) return status;
+      }
+      if (!status.ok() && !sender.empty()) {
+        FERRY_LOG(kWarning) << "cannot reach ferryd at " << server << ", where " << sender
+                            << " sent this program (" << status.message() << "); back to "
+                            << sender;
+        server = sender;
+        sender.clear();
+        attempt.redirects = kMaxRedirects;
+        continue;
       }
       if (!status.ok()) {
         unreachable += (unreachable.empty() ? "" : "; ") + server + ": " + status.message();
         break;  // the next server of the list
       }
-      if (redirect.empty()) return Status::Ok();
+      if (redirect.address.empty()) return Status::Ok();
       FERRY_LOG(kInfo) << "ferryd at " << server << " has no room and sends this program to "
-                       << redirect << " (a server of the same cluster pool)";
-      server = redirect;
+                       << redirect.address << " (a server of the same cluster pool)";
+      sender = server;
+      server = redirect.address;
+      ++attempt.redirects;
+      if (!redirect.pool.empty()) attempt.pool = redirect.pool;
+      attempt.queue_ticket = redirect.queue_ticket;
     }
   }
   return Status::Disconnected("cannot reach ferryd (FERRY_SERVER=" + server_list +
@@ -229,12 +248,12 @@ Status Runtime::OpenSession(std::unique_ptr<Transport> transport, const std::str
                             const Connection::Borrow& borrow, ConnectionOptions options,
                             std::unique_ptr<Connection>* connection,
                             std::vector<DeviceInfo>* devices, uint64_t* session_id,
-                            std::string* redirect) {
+                            Connection::Redirect* redirect) {
   std::unique_ptr<capnp::MessageReader> hello;
   kj::Array<capnp::word> hello_words;
   Status status = Connection::Open(std::move(transport), server, borrow, connection, &hello,
                                    &hello_words, options, redirect);
-  if (status.ok() && redirect != nullptr && !redirect->empty()) return status;
+  if (status.ok() && redirect != nullptr && !redirect->address.empty()) return status;
   if (!status.ok()) {
     if (status.code() != StatusCode::kDisconnected && status.code() != StatusCode::kMalformed) {
       return status;  // the server answered: a full pool, an unknown pool

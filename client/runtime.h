@@ -239,7 +239,7 @@ class Runtime {
                             const Connection::Borrow& borrow, ConnectionOptions options,
                             std::unique_ptr<Connection>* connection,
                             std::vector<DeviceInfo>* devices, uint64_t* session_id,
-                            std::string* redirect = nullptr);
+                            Connection::Redirect* redirect = nullptr);
   // The global's cuInit: connects to the server the environment names
   // (FERRY_SERVER: one or more, comma-separated, tried in order while they
   // cannot be reached), following a cluster's redirects.

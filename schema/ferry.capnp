@@ -147,6 +147,12 @@ struct Hello {
   handoverSecret @10 :Data;
   # cluster pool: how many times this client was sent on (HelloReply.redirect) for this borrow
   redirects @11 :UInt32;
+  # cluster pool: this client follows HelloReply.redirect (a client that does not is refused
+  # with the other server's address instead of being sent there)
+  followsRedirects @12 :Bool;
+  # cluster pool: the borrow's place in the cluster's queue (HelloReply.queueTicket), kept
+  # when it is sent on
+  queueTicket @13 :Text;
 }
 
 struct Device {
@@ -179,6 +185,9 @@ struct HelloReply {
   # server at this HOST:PORT has. The client closes this connection and sends its Hello
   # there, with Hello.redirects one higher (ferryd sends a client on at most twice).
   redirect @10 :Text;
+  # With redirect: the borrow's place in the cluster's queue, for the Hello sent there; and
+  # `pool` is the pool it borrows from (the entry server's default, when it named none).
+  queueTicket @11 :Text;
 }
 
 # A borrowed slice of a GPU (pool).

@@ -257,6 +257,11 @@ std::string PoolService::default_pool() const {
   return state_->config().server.default_pool;
 }
 
+bool PoolService::HasPool(const std::string& name) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return state_->config().pools.count(name) > 0;
+}
+
 std::string PoolService::config_path() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return state_->config().path;

@@ -85,6 +85,7 @@ class PoolService {
   std::string config_path() const;
   // The pool a borrow that names none gets ([server] default_pool).
   std::string default_pool() const;
+  bool HasPool(const std::string& name) const;
   bool uses_test_clock() const { return options_.test_clock != nullptr; }
 
   // Ends every wait (with Disconnected) and the timer thread.

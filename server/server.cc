@@ -180,7 +180,14 @@ Status Server::EnablePool(const pool::Config& given, pool::Clock& clock,
   options.preempt = [this](const pool::Preemption& p) { PreemptSession(p); };
   if (cluster_ != nullptr) {
     cluster::ClusterMember* member = cluster_.get();
-    options.claim = [member](const pool::Lease& lease) {
+    options.claim = [this, member](const pool::Lease& lease) {
+      std::string ticket;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (auto it = cluster_tickets_.find(lease.session); it != cluster_tickets_.end()) {
+          ticket = it->second;
+        }
+      }
       std::vector<cluster::ClaimRecord> claims;
       for (const pool::SliceGrant& slice : lease.slices) {
         cluster::ClaimRecord claim;
@@ -194,7 +201,7 @@ Status Server::EnablePool(const pool::Config& given, pool::Clock& clock,
         claim.since_unix_ms = absl::ToUnixMillis(absl::Now());
         claims.push_back(std::move(claim));
       }
-      return member->Claim(lease.session, std::move(claims));
+      return member->Claim(lease.session, std::move(claims), ticket);
     };
     options.release = [member](uint64_t session) { member->Release(session); };
     options.changed = [member] { member->GpuStatesChanged(); };
@@ -242,7 +249,7 @@ std::vector<cluster::GpuState> Server::ClusterGpuStates() const {
 
 std::string Server::ClusterRoomFor(const pool::BorrowRequest& request) {
   cluster::ClusterSnapshot snapshot;
-  Status status = cluster_->Read(&snapshot);
+  Status status = cluster_->Read(&snapshot, /*with_claims=*/false);
   if (!status.ok()) {
     FERRY_LOG(kWarning) << "cluster: cannot look for room elsewhere: " << status.message();
     return "";
@@ -695,6 +702,9 @@ void Server::ServeConnection(uint64_t id, std::unique_ptr<Transport> transport, 
     ServeClient(id, std::move(transport), hello, frame.words.asPtr(), token);
   } catch (const kj::Exception& e) {
     FERRY_LOG(kWarning) << "bad handshake from a client: " << e.getDescription().cStr();
+  } catch (const std::exception& e) {
+    // Nothing a client sends may end ferryd: this connection ends instead.
+    FERRY_LOG(kError) << "a client's connection ended on an error: " << e.what();
   }
   ConnectionFinished(id);
 }
@@ -739,13 +749,15 @@ void Server::ServeClient(uint64_t id, std::unique_ptr<Transport> transport,
       grant.devices.push_back(device);
     }
   } else {
-    std::string redirect;
+    ClusterRedirect redirect;
     Status borrowed = BorrowFor(id, *transport, hello, token, &grant, &redirect);
-    if (borrowed.ok() && !redirect.empty()) {
+    if (borrowed.ok() && !redirect.address.empty()) {
       capnp::MallocMessageBuilder message;
       auto reply = message.initRoot<wire::HelloReply>();
       StatusToWire(Status::Ok(), reply.initStatus());
-      reply.setRedirect(redirect);
+      reply.setRedirect(redirect.address);
+      reply.setPool(redirect.pool);
+      reply.setQueueTicket(redirect.ticket);
       (void)WriteFrame(*transport, wire::FrameKind::HELLO_REPLY, message);
       return;
     }
@@ -755,6 +767,9 @@ void Server::ServeClient(uint64_t id, std::unique_ptr<Transport> transport,
       if (borrowed.code() != StatusCode::kDisconnected || !transport->PeerGoneOrTalking()) {
         Refuse(*transport, borrowed);
       }
+      // A preemption that came for a grant given back on the way.
+      std::lock_guard<std::mutex> lock(mutex_);
+      early_preemptions_.erase(id);
       return;
     }
   }
@@ -975,7 +990,7 @@ void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transpo
 
 Status Server::BorrowFor(uint64_t id, Transport& transport, wire::Hello::Reader hello,
                          const std::optional<auth::Token>& token, SessionGrant* grant,
-                         std::string* redirect) {
+                         ClusterRedirect* redirect) {
   pool::BorrowRequest request;
   request.session = id;
   request.pool = hello.getPool().cStr();
@@ -1000,42 +1015,145 @@ Status Server::BorrowFor(uint64_t id, Transport& transport, wire::Hello::Reader 
   }
   pool::Lease lease;
   const auto gone = [&transport] { return transport.PeerGoneOrTalking(); };
-  // In a cluster a borrow that does not fit here at once goes where it fits
-  // (a client is sent on at most kMaxRedirects times, so it never circles);
-  // where none has room it waits here or is refused as usual.
-  constexpr uint32_t kMaxRedirects = 2;
-  if (cluster_ != nullptr && hello.getRedirects() < kMaxRedirects) {
-    pool::BorrowRequest at_once = request;
-    at_once.wait = absl::ZeroDuration();
-    Status here = pool_->Borrow(at_once, gone, [](int) {}, &lease);
-    if (!here.ok() && here.code() == StatusCode::kOverloaded) {
-      *redirect = ClusterRoomFor(request);
-      if (!redirect->empty()) return Status::Ok();
-    }
-    if (!here.ok() && (here.code() != StatusCode::kOverloaded || request.wait <= absl::ZeroDuration() ||
-                       !cluster_->registered())) {
-      return here;
-    }
-    if (here.ok()) {
-      GrantFromLease(lease, transport, request, grant);
-      return Status::Ok();
-    }
+  const auto report_position = [&](int position) {
+    FERRY_LOG(kInfo) << "client " << transport.PeerName() << " pid " << request.pid
+                     << " waits for " << wanted << ": position " << position << " in the queue"
+                     << (cluster_ != nullptr ? " of the cluster" : "");
+    capnp::MallocMessageBuilder message;
+    auto reply = message.initRoot<wire::HelloReply>();
+    StatusToWire(Status::Ok(), reply.initStatus());
+    reply.setQueuePosition(static_cast<uint32_t>(position));
+    reply.setPool(request.pool);
+    (void)WriteFrame(transport, wire::FrameKind::HELLO_REPLY, message);
+  };
+  if (cluster_ != nullptr) {
+    return ClusterBorrow(request, hello, gone, report_position, grant, redirect, transport);
   }
-  FERRY_RETURN_IF_ERROR(pool_->Borrow(
-      request, gone,
-      [&](int position) {
-        FERRY_LOG(kInfo) << "client " << transport.PeerName() << " pid " << request.pid
-                         << " waits for " << wanted << ": position " << position << " in the queue";
-        capnp::MallocMessageBuilder message;
-        auto reply = message.initRoot<wire::HelloReply>();
-        StatusToWire(Status::Ok(), reply.initStatus());
-        reply.setQueuePosition(static_cast<uint32_t>(position));
-        reply.setPool(request.pool);
-        (void)WriteFrame(transport, wire::FrameKind::HELLO_REPLY, message);
-      },
-      &lease));
+  FERRY_RETURN_IF_ERROR(pool_->Borrow(request, gone, report_position, &lease));
   GrantFromLease(lease, transport, request, grant);
   return Status::Ok();
+}
+
+Status Server::ClusterBorrow(pool::BorrowRequest request, wire::Hello::Reader hello,
+                             const std::function<bool()>& gone,
+                             const std::function<void(int)>& report_position, SessionGrant* grant,
+                             ClusterRedirect* redirect, Transport& transport) {
+  // How often a waiting borrow looks at the cluster's queue and free slices.
+  // Only how soon a freed slice elsewhere reaches the oldest waiter depends
+  // on it.
+  constexpr auto kQueuePoll = std::chrono::milliseconds(200);
+  // A client is sent on at most this often for one borrow, so it never circles.
+  constexpr uint32_t kMaxRedirects = 2;
+  if (request.pool.empty()) request.pool = pool_->default_pool();
+  if (!pool_->HasPool(request.pool)) {
+    pool::Lease ignored;  // the pool's own refusal names the pools there are
+    pool::BorrowRequest probe = request;
+    probe.wait = absl::ZeroDuration();
+    return pool_->Borrow(probe, gone, [](int) {}, &ignored);
+  }
+  const bool may_redirect = hello.getFollowsRedirects() && hello.getRedirects() < kMaxRedirects;
+  const absl::Time deadline = absl::Now() + request.wait;
+  std::string ticket = hello.getQueueTicket().cStr();
+  if (!ticket.empty() && !cluster_->AdoptTicket(request.session, request.pool, ticket).ok()) {
+    FERRY_LOG(kInfo) << "client pid " << request.pid << ": its place in the cluster's queue is "
+                     << "gone; it queues again";
+    ticket.clear();
+  }
+  // Whatever ends the wait below without a grant gives its place up.
+  absl::Cleanup leave_queue = [&] {
+    if (!ticket.empty()) cluster_->Dequeue(request.session);
+  };
+  int reported = 0;
+  for (;;) {
+    std::vector<cluster::QueueEntry> queue;
+    if (Status read = cluster_->ReadQueue(request.pool, &queue); !read.ok()) {
+      return Status::Disconnected("cannot read the cluster's queue of pool " + request.pool +
+                                  ": " + read.message() + "; new borrows fail until it answers");
+    }
+    auto mine = std::find_if(queue.begin(), queue.end(),
+                             [&](const cluster::QueueEntry& e) { return e.ticket == ticket; });
+    if (!ticket.empty() && mine == queue.end()) {
+      FERRY_LOG(kInfo) << "client pid " << request.pid << " lost its place in the cluster's "
+                       << "queue (it expired while etcd was away); it queues again";
+      cluster_->Dequeue(request.session);
+      ticket.clear();
+    }
+    const bool my_turn = ticket.empty() ? queue.empty() : mine == queue.begin();
+    Status here = Status::Overloaded(
+        std::to_string(queue.size()) + " borrower(s) wait ahead in the cluster's queue of pool " +
+        request.pool);
+    if (my_turn) {
+      pool::BorrowRequest at_once = request;
+      at_once.wait = absl::ZeroDuration();
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        cluster_tickets_[request.session] = ticket;
+      }
+      pool::Lease lease;
+      here = pool_->Borrow(at_once, gone, [](int) {}, &lease);
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        cluster_tickets_.erase(request.session);
+      }
+      if (here.ok()) {
+        ticket.clear();  // spent by the claim
+        GrantFromLease(lease, transport, request, grant);
+        return Status::Ok();
+      }
+      if (here.code() != StatusCode::kOverloaded) return here;
+      std::string advertise;
+      if (may_redirect || request.wait <= absl::ZeroDuration()) {
+        advertise = ClusterRoomFor(request);
+      }
+      if (!advertise.empty() && !may_redirect && request.wait <= absl::ZeroDuration()) {
+        // A client that cannot follow (an older ferry), or sent on enough.
+        return Status::Overloaded(here.message() + "; the server at " + advertise +
+                                  " has room (FERRY_SERVER=" + advertise + ")");
+      }
+      if (!advertise.empty() && may_redirect) {
+        redirect->address = advertise;
+        redirect->pool = request.pool;
+        if (!ticket.empty()) cluster_->HandOffTicket(request.session);
+        redirect->ticket = ticket;
+        ticket.clear();  // travels with the client
+        return Status::Ok();
+      }
+    }
+    if (request.wait <= absl::ZeroDuration()) {
+      // The pool's own refusal says how to queue; so does this one.
+      return my_turn ? here
+                     : Status::Overloaded(here.message() +
+                                          " (set FERRY_WAIT, e.g. FERRY_WAIT=5m, to queue)");
+    }
+    if (ticket.empty()) {
+      cluster::WaiterRecord waiter;
+      waiter.pool = request.pool;
+      waiter.gpus = request.gpus;
+      waiter.host = request.host;
+      waiter.pid = request.pid;
+      waiter.program = request.program;
+      waiter.since_unix_ms = absl::ToUnixMillis(absl::Now());
+      waiter.deadline_unix_ms = absl::ToUnixMillis(deadline);
+      FERRY_RETURN_IF_ERROR(cluster_->Enqueue(request.session, waiter, &ticket));
+      continue;  // its position
+    }
+    const int position = static_cast<int>(mine - queue.begin()) + 1;
+    if (position != reported) {
+      reported = position;
+      report_position(position);
+    }
+    if (absl::Now() >= deadline) {
+      return Status::Overloaded("waited " + absl::FormatDuration(request.wait) +
+                                " in the cluster's queue of pool " + request.pool +
+                                " without a slice (position " + std::to_string(position) + ")");
+    }
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      connections_cv_.wait_for(lock, kQueuePoll, [this] { return stopping_; });
+      if (stopping_) return Status::Disconnected("ferryd is stopping");
+    }
+    if (gone()) return Status::Disconnected("the client went away while it waited");
+  }
 }
 
 void Server::GrantFromLease(const pool::Lease& lease, const Transport& transport,

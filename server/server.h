@@ -215,11 +215,25 @@ class Server {
   void ConnectionFinished(uint64_t id);
   // Borrows for the client whose handshake is `hello`; sends interim
   // HelloReplys while it waits. Fills `grant` when it gets devices.
-  // In a cluster, a borrow this server has no room for may be sent to the
-  // server at `*redirect` instead (OK, grant empty).
+  // Where a cluster's borrow is sent instead (HelloReply.redirect).
+  struct ClusterRedirect {
+    std::string address;  // "" = not sent on
+    std::string pool;
+    std::string ticket;  // its place in the cluster's queue, if it has one
+  };
+  // In a cluster, a borrow this server has no room for may be sent to
+  // another server instead (OK, grant empty, `redirect->address` set).
   Status BorrowFor(uint64_t id, Transport& transport, wire::Hello::Reader hello,
                    const std::optional<auth::Token>& token, SessionGrant* grant,
-                   std::string* redirect);
+                   ClusterRedirect* redirect);
+  // BorrowFor in a cluster. One FIFO queue per pool across the cluster (in
+  // etcd): a borrow takes a slice only when no one waits ahead of it there;
+  // the oldest waiter takes one here, or is sent with its ticket to a server
+  // with room; others wait (polling the queue) or are refused.
+  Status ClusterBorrow(pool::BorrowRequest request, wire::Hello::Reader hello,
+                       const std::function<bool()>& gone,
+                       const std::function<void(int)>& report_position, SessionGrant* grant,
+                       ClusterRedirect* redirect, Transport& transport);
   // The session's devices for a granted lease.
   void GrantFromLease(const pool::Lease& lease, const Transport& transport,
                       const pool::BorrowRequest& request, SessionGrant* grant) const;
@@ -261,6 +275,8 @@ class Server {
   pool::Config local_config_ ABSL_GUARDED_BY(mutex_);
   // In a cluster: its pool config, when one is stored.
   std::optional<pool::Config> cluster_pools_ ABSL_GUARDED_BY(mutex_);
+  // In a cluster: the queue ticket a session's claim spends, while it borrows.
+  std::map<uint64_t, std::string> cluster_tickets_ ABSL_GUARDED_BY(mutex_);
   std::mutex reload_mutex_;                  // one reload at a time
   std::string token_file_;                   // "" = no authentication; fixed after Start
   std::shared_ptr<TlsContext> tls_;          // null: plain TCP; fixed after Start

@@ -1,6 +1,10 @@
 #include "server/cluster/cluster_member.h"
 
+#include <absl/time/clock.h>
+
 #include <algorithm>
+#include <cstdio>
+#include <random>
 
 #include "common/log.h"
 
@@ -33,7 +37,7 @@ ClusterMember::~ClusterMember() { Leave(); }
 Status ClusterMember::Join(ServerRecord self, std::function<std::vector<GpuState>()> gpu_states) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (joined_) return Status::InvalidArgument("already joined");
+    if (joined_ || stopping_) return Status::InvalidArgument("already joined, or left");
     self.name = options_.name;
     self.advertise = options_.advertise;
     self_ = std::move(self);
@@ -42,6 +46,8 @@ Status ClusterMember::Join(ServerRecord self, std::function<std::vector<GpuState
   }
   Status first = Register();
   NoteStoreStatus(first);
+  std::lock_guard<std::mutex> lock(mutex_);
+  last_renewal_ = absl::Now();
   keeper_ = std::thread([this] { KeeperLoop(); });
   return first;
 }
@@ -142,7 +148,8 @@ Status ClusterMember::PublishGpuStates(int64_t lease) {
   return status;
 }
 
-Status ClusterMember::PutClaims(int64_t lease, const std::vector<ClaimRecord>& claims) {
+Status ClusterMember::PutClaims(int64_t lease, const std::vector<ClaimRecord>& claims,
+                                const std::string& ticket) {
   std::vector<etcd::Compare> compares;
   std::vector<etcd::TxnOp> puts, ranges;
   for (const ClaimRecord& claim : claims) {
@@ -152,12 +159,25 @@ Status ClusterMember::PutClaims(int64_t lease, const std::vector<ClaimRecord>& c
     puts.push_back(etcd::TxnOp::Put(key, ToJson(claim), lease));
     ranges.push_back(etcd::TxnOp::Range(key, false));
   }
+  if (!ticket.empty()) {
+    // The borrow's place in the queue is spent by the same transaction.
+    compares.push_back(etcd::Compare{etcd::Compare::Target::kVersion,
+                                     etcd::Compare::Op::kGreater, ticket, 0, {}});
+    puts.push_back(etcd::TxnOp::Delete(ticket));
+    ranges.push_back(etcd::TxnOp::Range(ticket, false));
+  }
   etcd::TxnResult result;
   Status status = store_->Txn(compares, puts, ranges, &result);
   if (!status.ok()) {
-    return Status::Overloaded("cannot claim slices in the cluster: " + status.message());
+    NoteStoreStatus(status);
+    return Status::Disconnected("cannot claim slices in the cluster: " + status.message());
   }
   if (result.succeeded) return Status::Ok();
+  if (!ticket.empty() && result.ranges.size() == claims.size() + 1 &&
+      result.ranges.back().empty()) {
+    return Status::Overloaded(
+        "this borrow's place in the cluster's queue expired before it got here; try again");
+  }
   for (size_t i = 0; i < result.ranges.size() && i < claims.size(); ++i) {
     if (result.ranges[i].empty()) continue;
     ClaimRecord holder;
@@ -167,7 +187,7 @@ Status ClusterMember::PutClaims(int64_t lease, const std::vector<ClaimRecord>& c
             std::to_string(holder.pid) + " on " + holder.host + ")";
     }
     const ClaimRecord& claim = claims[i];
-    return Status::Overloaded("slice " + std::to_string(claim.slice) + "/" +
+    return Status::Overloaded("slice " + std::to_string(claim.slice + 1) + "/" +
                               std::to_string(claim.slices_per_gpu) + " of GPU " + claim.server +
                               ":" + std::to_string(claim.gpu) +
                               " is claimed in the cluster already, by " + who);
@@ -175,16 +195,20 @@ Status ClusterMember::PutClaims(int64_t lease, const std::vector<ClaimRecord>& c
   return Status::Overloaded("a slice is claimed in the cluster already");
 }
 
-Status ClusterMember::Claim(uint64_t session, std::vector<ClaimRecord> claims) {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (server_lease_ == 0) {
-      return Status::Overloaded(
-          "ferryd is not registered in the cluster" +
-          (store_problem_.empty() ? std::string(" yet") : " (" + store_problem_ + ")") +
-          "; new borrows fail until it is");
-    }
-  }
+Status ClusterMember::StoreProblem() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (server_lease_ != 0 && store_problem_.empty()) return Status::Ok();
+  return Status::Disconnected(
+      "ferryd is not registered in the cluster" +
+      (store_problem_.empty() ? std::string(" yet") : " (" + store_problem_ + ")") +
+      "; new borrows fail until it is");
+}
+
+Status ClusterMember::Claim(uint64_t session, std::vector<ClaimRecord> claims,
+                            const std::string& ticket) {
+  // While etcd is away every claim would wait out the request timeout:
+  // fail at once instead (the keeper notices when it is back).
+  FERRY_RETURN_IF_ERROR(StoreProblem());
   for (ClaimRecord& claim : claims) {
     claim.server = options_.name;
     claim.session = session;
@@ -193,19 +217,37 @@ Status ClusterMember::Claim(uint64_t session, std::vector<ClaimRecord> claims) {
   Status status = store_->GrantLease(options_.ttl, &lease);
   if (!status.ok()) {
     NoteStoreStatus(status);
-    return Status::Overloaded("cannot claim slices in the cluster: " + status.message());
+    return Status::Disconnected("cannot claim slices in the cluster: " + status.message());
   }
-  status = PutClaims(lease, claims);
+  status = PutClaims(lease, claims, ticket);
   if (!status.ok()) {
     (void)store_->RevokeLease(lease);
     return status;
   }
-  std::lock_guard<std::mutex> lock(mutex_);
-  sessions_[session] = SessionClaims{lease, std::move(claims)};
+  int64_t spent_waiter_lease = 0;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!stopping_) {
+      sessions_[session] = SessionClaims{lease, std::move(claims)};
+      lease = 0;
+    }
+    if (auto it = waiters_.find(session); it != waiters_.end()) {
+      spent_waiter_lease = it->second.lease;
+      waiters_.erase(it);
+    }
+  }
+  if (spent_waiter_lease != 0) (void)store_->RevokeLease(spent_waiter_lease);
+  if (lease != 0) {
+    // Leave ran meanwhile: nobody would renew or revoke it.
+    (void)store_->RevokeLease(lease);
+    return Status::Disconnected("ferryd is leaving the cluster");
+  }
   return Status::Ok();
 }
 
 void ClusterMember::Release(uint64_t session) {
+  // Not while the keeper claims this session's slices again (Tick).
+  std::lock_guard<std::mutex> io_lock(session_io_mutex_);
   int64_t lease = 0;
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -222,8 +264,99 @@ void ClusterMember::Release(uint64_t session) {
   }
 }
 
-Status ClusterMember::Read(ClusterSnapshot* out) {
-  return ReadCluster(*store_, options_.prefix, out);
+Status ClusterMember::Read(ClusterSnapshot* out, bool with_claims) {
+  return ReadCluster(*store_, options_.prefix, out, with_claims);
+}
+
+Status ClusterMember::ReadQueue(const std::string& pool, std::vector<QueueEntry>* oldest_first) {
+  std::vector<etcd::KeyValue> kvs;
+  FERRY_RETURN_IF_ERROR(store_->GetPrefix(QueuePrefix(options_.prefix, pool), &kvs));
+  std::vector<QueueEntry> entries;
+  for (const etcd::KeyValue& kv : kvs) {
+    QueueEntry entry;
+    entry.ticket = kv.key;
+    entry.create_revision = kv.create_revision;
+    if (!FromJson(kv.value, &entry.waiter).ok()) {
+      FERRY_LOG(kWarning) << "cluster: skipping queue entry " << kv.key << ": not a waiter";
+      continue;
+    }
+    entries.push_back(std::move(entry));
+  }
+  std::sort(entries.begin(), entries.end(), [](const QueueEntry& a, const QueueEntry& b) {
+    return a.create_revision < b.create_revision;
+  });
+  *oldest_first = std::move(entries);
+  return Status::Ok();
+}
+
+Status ClusterMember::Enqueue(uint64_t session, WaiterRecord waiter, std::string* ticket) {
+  FERRY_RETURN_IF_ERROR(StoreProblem());
+  waiter.server = options_.name;
+  waiter.session = session;
+  // Unguessable: the ticket is what lets a client take this place, here or
+  // on the server it is sent to.
+  std::random_device random;
+  char nonce[17];
+  std::snprintf(nonce, sizeof nonce, "%08x%08x", random(), random());
+  const std::string key = QueuePrefix(options_.prefix, waiter.pool) + options_.name + "-" +
+                          std::to_string(session) + "-" + nonce;
+  int64_t lease = 0;
+  Status status = store_->GrantLease(options_.ttl, &lease);
+  etcd::TxnResult result;
+  if (status.ok()) {
+    status = store_->Txn({etcd::Compare::Absent(key)},
+                         {etcd::TxnOp::Put(key, ToJson(waiter), lease)}, {}, &result);
+  }
+  if (status.ok() && !result.succeeded) status = Status::Internal("queue entry " + key + " exists");
+  if (!status.ok()) {
+    if (lease != 0) (void)store_->RevokeLease(lease);
+    NoteStoreStatus(status);
+    return Status::Disconnected("cannot queue in the cluster: " + status.message());
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  waiters_[session] = Waiting{key, lease};
+  *ticket = key;
+  return Status::Ok();
+}
+
+Status ClusterMember::AdoptTicket(uint64_t session, const std::string& pool,
+                                  const std::string& ticket) {
+  const std::string queue = QueuePrefix(options_.prefix, pool);
+  if (ticket.size() <= queue.size() || ticket.rfind(queue, 0) != 0 ||
+      ticket.find('/', queue.size()) != std::string::npos) {
+    return Status::InvalidArgument("not a ticket of pool " + pool + "'s queue");
+  }
+  std::optional<etcd::KeyValue> kv;
+  Status status = store_->Get(ticket, &kv);
+  if (!status.ok()) return Status::Disconnected("cannot read the queue: " + status.message());
+  if (!kv.has_value() || kv->lease == 0) {
+    return Status::NotFound("the borrow's place in the cluster's queue is gone");
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  waiters_[session] = Waiting{ticket, kv->lease};
+  return Status::Ok();
+}
+
+void ClusterMember::HandOffTicket(uint64_t session) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  waiters_.erase(session);  // not renewed here: the next server adopts it, or it expires
+}
+
+void ClusterMember::Dequeue(uint64_t session) {
+  int64_t lease = 0;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = waiters_.find(session);
+    if (it == waiters_.end()) return;
+    lease = it->second.lease;
+    waiters_.erase(it);
+  }
+  // Its only key is the queue entry (the lease may be another server's,
+  // adopted: then it is that entry's alone too).
+  if (!store_->RevokeLease(lease).ok()) {
+    FERRY_LOG(kWarning) << "cluster: session " << session
+                        << "'s queue entry stays until its lease expires";
+  }
 }
 
 Status ClusterMember::ReadPoolConfig(std::optional<std::string>* text, int64_t* revision) {
@@ -333,6 +466,8 @@ void ClusterMember::Leave() {
     leases = std::move(revoke_);
     for (const auto& [session, held] : sessions_) leases.push_back(held.lease);
     sessions_.clear();
+    for (const auto& [session, waiting] : waiters_) leases.push_back(waiting.lease);
+    waiters_.clear();
     if (server_lease_ != 0) leases.push_back(server_lease_);
     server_lease_ = 0;
   }
@@ -346,10 +481,12 @@ void ClusterMember::KeeperLoop() {
     Tick();
     lock.lock();
     const absl::Duration period = store_problem_.empty() ? options_.ttl / 3 : options_.retry;
+    // Woken early only for work that can be done now: with etcd away a
+    // change of the pool waits for the next round (no spinning).
     wake_.wait_for(lock, absl::ToChronoNanoseconds(period),
                    [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
-                     return stopping_ || (states_dirty_ && server_lease_ != 0) ||
-                            !revoke_.empty() || config_attention_;
+                     return stopping_ || !revoke_.empty() || config_attention_ ||
+                            (states_dirty_ && server_lease_ != 0 && store_problem_.empty());
                    });
   }
 }
@@ -358,7 +495,9 @@ void ClusterMember::Tick() {
   std::vector<int64_t> revoke;
   int64_t server_lease = 0;
   bool dirty = false;
+  bool renew = false;
   std::map<uint64_t, SessionClaims> sessions;
+  std::map<uint64_t, Waiting> waiters;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     revoke = std::move(revoke_);
@@ -366,7 +505,15 @@ void ClusterMember::Tick() {
     config_attention_ = false;  // this round looks at the pool config's watch
     server_lease = server_lease_;
     dirty = states_dirty_;
-    sessions = sessions_;
+    // Leases are renewed every third of their TTL, however often the keeper
+    // wakes to publish (each renewal is a request per lease).
+    const absl::Time now = absl::Now();
+    renew = server_lease == 0 || !store_problem_.empty() || now - last_renewal_ >= options_.ttl / 3;
+    if (renew) {
+      last_renewal_ = now;
+      sessions = sessions_;
+      waiters = waiters_;
+    }
   }
   // An ended session's lease: revoked now, or (etcd away) left to expire —
   // nobody renews it any more.
@@ -375,6 +522,8 @@ void ClusterMember::Tick() {
   Status status = Status::Ok();
   if (server_lease == 0) {
     status = Register();
+  } else if (!renew) {
+    if (dirty) status = PublishGpuStates(server_lease);
   } else {
     status = store_->KeepAliveOnce(server_lease);
     if (status.code() == StatusCode::kNotFound) {
@@ -393,14 +542,27 @@ void ClusterMember::Tick() {
   if (!status.ok()) return;
   KeepFollowingPoolConfig();
 
+  for (const auto& [session, waiting] : waiters) {
+    if (store_->KeepAliveOnce(waiting.lease).code() != StatusCode::kNotFound) continue;
+    // Its place expired (etcd was away): the wait notices and queues again.
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = waiters_.find(session);
+    if (it != waiters_.end() && it->second.lease == waiting.lease) waiters_.erase(it);
+  }
   for (auto& [session, held] : sessions) {
     Status renewed = store_->KeepAliveOnce(held.lease);
     if (renewed.code() != StatusCode::kNotFound) continue;
     // The claims expired while etcd was away; the session still runs here,
-    // so they are claimed again.
+    // so they are claimed again — unless it ends meanwhile (Release waits).
+    std::lock_guard<std::mutex> io_lock(session_io_mutex_);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = sessions_.find(session);
+      if (it == sessions_.end() || it->second.lease != held.lease) continue;
+    }
     int64_t lease = 0;
     Status again = store_->GrantLease(options_.ttl, &lease);
-    if (again.ok()) again = PutClaims(lease, held.claims);
+    if (again.ok()) again = PutClaims(lease, held.claims, "");
     if (!again.ok()) {
       if (lease != 0) (void)store_->RevokeLease(lease);
       FERRY_LOG(kWarning) << "cluster: session " << session

@@ -18,7 +18,7 @@
 // while etcd was away is claimed again when it is back.
 //
 // Thread-safety: every method is safe from any thread. The GPU-state source
-// given to Join runs on the keeper thread.
+// given to Join runs on the keeper thread (and once in Join, on its caller's).
 #pragma once
 
 #include <absl/base/thread_annotations.h>
@@ -67,17 +67,38 @@ class ClusterMember {
   // The pool changed: the keeper publishes gpu_states() again, promptly.
   void GpuStatesChanged();
 
-  // Claims `claims` (server = this one) for `session` (see above).
-  // Overloaded when this server is not registered (etcd unreachable, or
-  // not yet back) or a slice is claimed already; the message says which.
-  Status Claim(uint64_t session, std::vector<ClaimRecord> claims);
+  // Claims `claims` (server = this one) for `session` (see above); with a
+  // queue `ticket`, only while that entry exists, spending it in the same
+  // transaction. Disconnected when etcd cannot be reached (at once while
+  // the keeper knows it is away) or this server is not registered;
+  // Overloaded when a slice is claimed already or the ticket is gone.
+  Status Claim(uint64_t session, std::vector<ClaimRecord> claims, const std::string& ticket = "");
   // The session ended: its claims go — revoked before this returns when
   // etcd answers (within the store's request timeout), else when their
   // lease expires. A session without claims is ignored.
   void Release(uint64_t session);
 
-  // The cluster as etcd holds it now.
-  Status Read(ClusterSnapshot* out);
+  // The cluster as etcd holds it now (without the claims: servers and GPU
+  // states only, as placement needs).
+  Status Read(ClusterSnapshot* out, bool with_claims = true);
+
+  // The cluster's FIFO borrow queue for `pool`, oldest first (P queue/POOL/).
+  // A borrow whose pool has waiters may take a slice only when it holds the
+  // oldest entry's ticket: nobody overtakes an earlier waiter, whichever
+  // server each came through.
+  Status ReadQueue(const std::string& pool, std::vector<QueueEntry>* oldest_first);
+  // Queues `session`'s borrow: a new entry under a lease renewed here;
+  // `*ticket` is its key.
+  Status Enqueue(uint64_t session, WaiterRecord waiter, std::string* ticket);
+  // A client sent here with its `ticket` (of `pool`'s queue): its entry is
+  // renewed here from now on. NotFound when it is gone, InvalidArgument when
+  // it is not such a ticket.
+  Status AdoptTicket(uint64_t session, const std::string& pool, const std::string& ticket);
+  // The client is sent on with its ticket: no longer renewed here (the next
+  // server adopts it, or it expires within the TTL).
+  void HandOffTicket(uint64_t session);
+  // The wait ended here (deadline, client gone): the entry goes now.
+  void Dequeue(uint64_t session);
 
   // The cluster's pool config (`ferryctl apply`): its text (nullopt when
   // none is stored) and the revision it was stored at.
@@ -108,6 +129,10 @@ class ClusterMember {
     int64_t lease = 0;
     std::vector<ClaimRecord> claims;
   };
+  struct Waiting {
+    std::string ticket;
+    int64_t lease = 0;
+  };
 
   ClusterMember(std::unique_ptr<etcd::EtcdClient> store, Options options);
   void KeeperLoop();
@@ -116,8 +141,12 @@ class ClusterMember {
   void Tick();
   Status Register();
   Status PublishGpuStates(int64_t lease);
-  // Creates the claim keys under `lease`; Overloaded naming a slice that is taken.
-  Status PutClaims(int64_t lease, const std::vector<ClaimRecord>& claims);
+  // Creates the claim keys under `lease` (spending `ticket` when given);
+  // Overloaded naming a slice that is taken.
+  Status PutClaims(int64_t lease, const std::vector<ClaimRecord>& claims,
+                   const std::string& ticket);
+  // OK while registered and etcd answers; else Disconnected saying why.
+  Status StoreProblem() const;
   // Logs `status` as the store's state when it changes (not on every retry).
   void NoteStoreStatus(const Status& status);
   // Keeper: (re)starts the pool config's watch when it is wanted and not
@@ -136,6 +165,11 @@ class ClusterMember {
   int64_t server_lease_ ABSL_GUARDED_BY(mutex_) = 0;  // 0: not registered
   bool states_dirty_ ABSL_GUARDED_BY(mutex_) = true;
   std::map<uint64_t, SessionClaims> sessions_ ABSL_GUARDED_BY(mutex_);
+  std::map<uint64_t, Waiting> waiters_ ABSL_GUARDED_BY(mutex_);  // queue entries renewed here
+  absl::Time last_renewal_ ABSL_GUARDED_BY(mutex_);
+  // Held by Release and by the keeper while it claims a session's slices
+  // again, so an ending session is never claimed anew. Taken before mutex_.
+  std::mutex session_io_mutex_;
   // Leases claimed again for sessions that ended meanwhile.
   std::vector<int64_t> revoke_ ABSL_GUARDED_BY(mutex_);
   std::string store_problem_ ABSL_GUARDED_BY(mutex_);    // "" while etcd answers

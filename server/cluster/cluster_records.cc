@@ -57,6 +57,10 @@ std::string ClaimKey(const std::string& prefix, const std::string& server, int g
 
 std::string PoolConfigKey(const std::string& prefix) { return prefix + "pool-config"; }
 
+std::string QueuePrefix(const std::string& prefix, const std::string& pool) {
+  return prefix + "queue/" + pool + "/";
+}
+
 std::string ServerClaimsPrefix(const std::string& prefix, const std::string& server) {
   return prefix + "claims/" + server + "/";
 }
@@ -94,7 +98,7 @@ std::string ToJson(const ServerRecord& record) {
               {"pid", record.pid},
               {"started_unix_ms", record.started_unix_ms},
               {"gpus", gpus}}
-      .dump();
+      .dump(-1, ' ', false, Json::error_handler_t::replace);
 }
 
 std::string ToJson(const GpuState& state) {
@@ -107,7 +111,7 @@ std::string ToJson(const GpuState& state) {
               {"binding", state.binding},
               {"next_change_unix_ms", state.next_change_unix_ms},
               {"next_pool", state.next_pool}}
-      .dump();
+      .dump(-1, ' ', false, Json::error_handler_t::replace);
 }
 
 std::string ToJson(const ClaimRecord& claim) {
@@ -121,7 +125,34 @@ std::string ToJson(const ClaimRecord& claim) {
               {"pid", claim.pid},
               {"program", claim.program},
               {"since_unix_ms", claim.since_unix_ms}}
-      .dump();
+      .dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
+std::string ToJson(const WaiterRecord& waiter) {
+  return Json{{"server", waiter.server},
+              {"session", waiter.session},
+              {"pool", waiter.pool},
+              {"gpus", waiter.gpus},
+              {"host", waiter.host},
+              {"pid", waiter.pid},
+              {"program", waiter.program},
+              {"since_unix_ms", waiter.since_unix_ms},
+              {"deadline_unix_ms", waiter.deadline_unix_ms}}
+      .dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
+Status FromJson(const std::string& json, WaiterRecord* out) {
+  return Parse(json, "queue entry", out, [](const Json& o, WaiterRecord* w) {
+    Field(o, "server", &w->server);
+    Field(o, "session", &w->session);
+    Field(o, "pool", &w->pool);
+    Field(o, "gpus", &w->gpus);
+    Field(o, "host", &w->host);
+    Field(o, "pid", &w->pid);
+    Field(o, "program", &w->program);
+    Field(o, "since_unix_ms", &w->since_unix_ms);
+    Field(o, "deadline_unix_ms", &w->deadline_unix_ms);
+  });
 }
 
 Status FromJson(const std::string& json, ServerRecord* out) {
@@ -175,13 +206,28 @@ Status FromJson(const std::string& json, ClaimRecord* out) {
   });
 }
 
-Status ReadCluster(etcd::EtcdClient& store, const std::string& prefix, ClusterSnapshot* out) {
+Status ReadCluster(etcd::EtcdClient& store, const std::string& prefix, ClusterSnapshot* out,
+                   bool with_claims) {
   std::vector<etcd::KeyValue> kvs;
   ClusterSnapshot snapshot;
-  FERRY_RETURN_IF_ERROR(store.GetPrefix(prefix, &kvs, &snapshot.revision));
+  if (with_claims) {
+    FERRY_RETURN_IF_ERROR(store.GetPrefix(prefix, &kvs, &snapshot.revision));
+  } else {
+    // Two ranges in one transaction: one consistent read without the claims.
+    etcd::TxnResult result;
+    FERRY_RETURN_IF_ERROR(store.Txn({},
+                                    {etcd::TxnOp::Range(prefix + "servers/", true),
+                                     etcd::TxnOp::Range(prefix + "gpus/", true)},
+                                    {}, &result));
+    snapshot.revision = result.revision;
+    for (auto& range : result.ranges) {
+      for (etcd::KeyValue& kv : range) kvs.push_back(std::move(kv));
+    }
+  }
   const std::string servers = prefix + "servers/";
   const std::string gpus = prefix + "gpus/";
   const std::string claims = prefix + "claims/";
+  const std::string queue = prefix + "queue/";
   for (const etcd::KeyValue& kv : kvs) {
     Status status = Status::Ok();
     if (StartsWith(kv.key, servers)) {
@@ -197,6 +243,12 @@ Status ReadCluster(etcd::EtcdClient& store, const std::string& prefix, ClusterSn
       status = FromJson(kv.value, &claim);
       claim.lease = kv.lease;
       if (status.ok()) snapshot.claims.push_back(std::move(claim));
+    } else if (StartsWith(kv.key, queue)) {
+      QueueEntry entry;
+      entry.ticket = kv.key;
+      entry.create_revision = kv.create_revision;
+      status = FromJson(kv.value, &entry.waiter);
+      if (status.ok()) snapshot.queue.push_back(std::move(entry));
     }
     if (!status.ok()) {
       FERRY_LOG(kWarning) << "cluster: skipping " << kv.key << ": " << status.message();
@@ -210,6 +262,10 @@ Status ReadCluster(etcd::EtcdClient& store, const std::string& prefix, ClusterSn
             [](const ClaimRecord& a, const ClaimRecord& b) {
               return std::tie(a.server, a.gpu, a.slices_per_gpu, a.slice) <
                      std::tie(b.server, b.gpu, b.slices_per_gpu, b.slice);
+            });
+  std::sort(snapshot.queue.begin(), snapshot.queue.end(),
+            [](const QueueEntry& a, const QueueEntry& b) {
+              return a.create_revision < b.create_revision;
             });
   *out = std::move(snapshot);
   return Status::Ok();

@@ -9,6 +9,9 @@
 //                                  `ferryctl apply` stored it (pools,
 //                                  schedules; pool/config.h
 //                                  ParseClusterConfig), no lease
+//   P queue/POOL/SERVER-SESSION    WaiterRecord: a borrow waiting for POOL,
+//                                  bound to its waiter's lease; oldest
+//                                  (create revision) first
 //   P claims/NAME/INDEX/N/SLICE    ClaimRecord: slice SLICE of GPU NAME:INDEX
 //                                  split N ways is held; bound to the holding
 //                                  session's own lease
@@ -78,11 +81,32 @@ struct ClaimRecord {
   int64_t lease = 0;  // etcd lease (filled in when read)
 };
 
+// A borrow waiting in the cluster's queue (P queue/POOL/SERVER-SESSION,
+// bound to the waiter's lease; its create revision is its place).
+struct WaiterRecord {
+  std::string server;  // the entry server that queued it
+  uint64_t session = 0;
+  std::string pool;
+  int gpus = 1;
+  std::string host;
+  uint32_t pid = 0;
+  std::string program;
+  int64_t since_unix_ms = 0;
+  int64_t deadline_unix_ms = 0;
+};
+
+struct QueueEntry {
+  std::string ticket;  // its key
+  int64_t create_revision = 0;
+  WaiterRecord waiter;
+};
+
 struct ClusterSnapshot {
   int64_t revision = 0;
   std::vector<ServerRecord> servers;  // by name
   std::vector<GpuState> gpus;         // by server, index
   std::vector<ClaimRecord> claims;    // by key
+  std::vector<QueueEntry> queue;      // every pool's, oldest first
 };
 
 // Key names. `prefix` ends with '/'.
@@ -91,6 +115,7 @@ std::string GpuStateKey(const std::string& prefix, const std::string& server, in
 std::string ClaimKey(const std::string& prefix, const std::string& server, int gpu,
                      int slices_per_gpu, int slice);
 std::string PoolConfigKey(const std::string& prefix);
+std::string QueuePrefix(const std::string& prefix, const std::string& pool);
 // Every claim on a GPU of `server` (a prefix).
 std::string ServerClaimsPrefix(const std::string& prefix, const std::string& server);
 
@@ -104,14 +129,18 @@ Status NormalizePrefix(const std::string& given, std::string* prefix);
 std::string ToJson(const ServerRecord& record);
 std::string ToJson(const GpuState& state);
 std::string ToJson(const ClaimRecord& claim);
+std::string ToJson(const WaiterRecord& waiter);
+Status FromJson(const std::string& json, WaiterRecord* out);
 // Malformed when `json` is not such a record.
 Status FromJson(const std::string& json, ServerRecord* out);
 Status FromJson(const std::string& json, GpuState* out);
 Status FromJson(const std::string& json, ClaimRecord* out);
 
-// Reads the whole cluster in one consistent read. Records that do not parse
-// are skipped with a warning in the log (a newer ferryd may write more).
-Status ReadCluster(etcd::EtcdClient& store, const std::string& prefix, ClusterSnapshot* out);
+// Reads the whole cluster in one consistent read (without `with_claims`:
+// servers and GPU states only). Records that do not parse are skipped with
+// a warning in the log (a newer ferryd may write more).
+Status ReadCluster(etcd::EtcdClient& store, const std::string& prefix, ClusterSnapshot* out,
+                   bool with_claims = true);
 
 // A device UUID as NVIDIA prints it.
 std::string FormatGpuUuid(const std::array<uint8_t, 16>& bytes);

@@ -9,6 +9,7 @@
 #include <set>
 #include <sstream>
 #include <ctime>
+#include <map>
 #include <memory>
 
 #include "common/units.h"
@@ -20,6 +21,12 @@ namespace ferry::ferryctl {
 namespace {
 
 using Json = nlohmann::ordered_json;
+
+// Bytes that are not UTF-8 (a program's name) print as U+FFFD instead of
+// throwing.
+std::string Dump(const Json& json) {
+  return json.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
 
 const cluster::GpuState* FindState(const cluster::ClusterSnapshot& snapshot,
                                    const std::string& server, int index) {
@@ -88,10 +95,41 @@ Json ToJson(const cluster::ClusterSnapshot& snapshot, const std::string& endpoin
                          {"host", c.host}});
     }
   }
+  Json queue = Json::array();
+  std::map<std::string, int> positions;  // per pool
+  for (const cluster::QueueEntry& e : snapshot.queue) {
+    const cluster::WaiterRecord& w = e.waiter;
+    queue.push_back({{"pool", w.pool},
+                     {"position", ++positions[w.pool]},
+                     {"server", w.server},
+                     {"session", w.session},
+                     {"gpus", w.gpus},
+                     {"host", w.host},
+                     {"pid", w.pid},
+                     {"program", w.program},
+                     {"since_unix_ms", w.since_unix_ms},
+                     {"deadline_unix_ms", w.deadline_unix_ms}});
+  }
   return {{"etcd", endpoints},
           {"revision", snapshot.revision},
           {"servers", std::move(servers)},
+          {"queue", std::move(queue)},
           {"claims_of_servers_gone", std::move(orphans)}};
+}
+
+void PrintQueue(const cluster::ClusterSnapshot& snapshot) {
+  std::printf("queue: %zu waiting\n", snapshot.queue.size());
+  std::map<std::string, int> positions;
+  for (const cluster::QueueEntry& e : snapshot.queue) {
+    const cluster::WaiterRecord& w = e.waiter;
+    const std::string who = w.program + "@" + w.host;
+    std::printf("  #%-3d pool %-10s %d GPU(s)  via %-12s session %-5llu %-24s pid %-7u since %s  "
+                "until %s\n",
+                ++positions[w.pool], w.pool.c_str(), w.gpus, w.server.c_str(),
+                static_cast<unsigned long long>(w.session), who.c_str(), w.pid,
+                FormatUnixMillisUtc(w.since_unix_ms).c_str(),
+                FormatUnixMillisUtc(w.deadline_unix_ms).c_str());
+  }
 }
 
 void PrintTable(const cluster::ClusterSnapshot& snapshot, const std::string& endpoints) {
@@ -135,6 +173,7 @@ void PrintTable(const cluster::ClusterSnapshot& snapshot, const std::string& end
       }
     }
   }
+  PrintQueue(snapshot);
 }
 
 }  // namespace
@@ -166,7 +205,7 @@ int PrintClusterStatus(const std::string& endpoints, const std::string& prefix_t
     return 1;
   }
   if (format == "json") {
-    std::printf("%s\n", ToJson(snapshot, store->Describe()).dump().c_str());
+    std::printf("%s\n", Dump(ToJson(snapshot, store->Describe())).c_str());
   } else {
     PrintTable(snapshot, store->Describe());
   }
@@ -187,7 +226,7 @@ bool ClusterJson(const std::string& endpoints, const std::string& prefix_text, s
     *error = status.message();
     return false;
   }
-  *json = ToJson(snapshot, store->Describe()).dump();
+  *json = Dump(ToJson(snapshot, store->Describe()));
   return true;
 }
 

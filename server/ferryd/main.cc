@@ -747,6 +747,9 @@ int Main(int argc, char** argv) {
   if (!settings.etcd.empty()) {
     etcd::EtcdClient::Options store_options;
     store_options.endpoints = settings.etcd;
+    // A renewal (every third of the TTL) that waits out the timeout still
+    // lands well within the lease.
+    store_options.request_timeout = std::min(absl::Seconds(2), settings.cluster.ttl / 3);
     std::unique_ptr<etcd::EtcdClient> store;
     std::unique_ptr<cluster::ClusterMember> member;
     cluster::ClusterMember::Options member_options = settings.cluster;
@@ -767,6 +770,28 @@ int Main(int argc, char** argv) {
                                                                : member_options.advertise)
                           << ")";
         return 1;
+      }
+    }
+    std::string advertise_host;
+    uint16_t advertise_port = 0;
+    if (!ParseHostPort(member_options.advertise, &advertise_host, &advertise_port).ok() ||
+        advertise_port == 0) {
+      FERRY_LOG(kError) << "cannot join the cluster: --advertise " << member_options.advertise
+                        << " is not HOST:PORT";
+      return 1;
+    }
+    if (IsLoopbackAddress(member_options.advertise)) {
+      bool etcd_local = true;
+      for (const std::string& url : settings.etcd) {
+        etcd_local = etcd_local && (url.find("//127.") != std::string::npos ||
+                                    url.find("//localhost") != std::string::npos ||
+                                    url.find("//[::1]") != std::string::npos);
+      }
+      if (!etcd_local) {
+        FERRY_LOG(kWarning) << "cluster: advertising the loopback address "
+                            << member_options.advertise
+                            << ": clients on other hosts sent here reach themselves; pass "
+                               "--advertise with an address they can reach";
       }
     }
     advertised = member_options.advertise;

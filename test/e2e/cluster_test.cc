@@ -82,8 +82,11 @@ class ClusterTest : public ::testing::Test {
 
   // Starts ferryd `name` of the cluster with `gpus` host GPUs of 64 MiB,
   // pool "dev" split 4 ways; returns its address ("" with a failure).
+  // A lease of 5 s: long against a loaded machine's delays, short enough
+  // for a test that waits for one to expire (which sets `ttl` lower).
   std::string StartServer(const std::string& name, int gpus = 1,
-                          const std::vector<std::string>& extra_args = {}) {
+                          const std::vector<std::string>& extra_args = {},
+                          const std::string& ttl = "5s") {
     const std::string server_dir = dir_ + "/" + name;
     std::filesystem::create_directories(server_dir);
     std::string config = std::string("[server]\nbackend = \"host\"\nhost_kernels = [\"") +
@@ -98,7 +101,7 @@ class ClusterTest : public ::testing::Test {
     std::string address, error;
     std::vector<std::string> args = {"--config", config_path, "--listen", "127.0.0.1:0",
                                      "--etcd", etcd_->endpoint(), "--name", name,
-                                     "--cluster-ttl", "2s"};
+                                     "--cluster-ttl", ttl};
     args.insert(args.end(), extra_args.begin(), extra_args.end());
     std::optional<ChildProcess> ferryd =
         test::StartFerryd(FERRY_E2E_FERRYD, args, server_dir, kReadyTimeout, &address, &error);
@@ -327,6 +330,27 @@ TEST_F(ClusterTest, EightBorrowsThroughOneServerLandOnTwoAndTheNinthIsRefused) {
   EXPECT_EQ(HoldersOn("b:0"), 4);
 }
 
+// A program's name is the client's to choose, bytes that are not UTF-8
+// included; it goes into etcd's JSON and must not end ferryd.
+TEST_F(ClusterTest, AProgramNameThatIsNotUtf8IsHeldLikeAnyOther) {
+  const std::string a = StartServer("a");
+  ASSERT_FALSE(a.empty());
+  const std::string odd = dir_ + "/odd\xff\xfe";
+  std::filesystem::copy_file(std::string(FERRY_E2E_PROGRAM_DIR) + "/e2e_pool_client", odd);
+  std::filesystem::permissions(odd, std::filesystem::perms::owner_all);
+  std::string error;
+  std::optional<ChildProcess> child = ChildProcess::Start(
+      {odd, "hold", ReleaseFile("odd")}, test::ClientEnv(FERRY_E2E_CLIENT_LIB_DIR, a),
+      dir_ + "/odd", &error);
+  ASSERT_TRUE(child.has_value()) << error;
+  ChildProcess& holder = programs_.insert_or_assign("odd", std::move(*child)).first->second;
+  ASSERT_TRUE(Ready(holder)) << holder.Describe();
+  ASSERT_EQ(Holdings().size(), 1u);
+  EXPECT_TRUE(servers_["a"]->running());
+  // And a second client is served after it.
+  EXPECT_NE(StartReadyHolder("after", a), nullptr);
+}
+
 TEST_F(ClusterTest, ServersThatCannotBeReachedArePassedOverInOrder) {
   const std::string a = StartServer("a");
   ASSERT_FALSE(a.empty());
@@ -340,7 +364,7 @@ TEST_F(ClusterTest, ServersThatCannotBeReachedArePassedOverInOrder) {
 
 TEST_F(ClusterTest, AKilledServerLeavesTheClusterWithinItsLease) {
   ASSERT_FALSE(StartServer("a").empty());
-  const std::string b = StartServer("b");
+  const std::string b = StartServer("b", 1, {}, "2s");
   ASSERT_FALSE(b.empty());
   ChildProcess* holder = StartReadyHolder("holder", b);
   ASSERT_NE(holder, nullptr);
@@ -396,7 +420,11 @@ TEST_F(ClusterTest, WithoutEtcdSessionsGoOnAndBorrowsFailUntilItIsBack) {
     borrowed = Ready(*holder);
   }
   EXPECT_TRUE(borrowed);
-  // The session that ran through it all still works and ends cleanly.
+  // The claim of the session that ran through it all still stands.
+  bool still_claimed = false;
+  for (const Holding& h : Holdings()) still_claimed = still_claimed || h.pid == running->pid();
+  EXPECT_TRUE(still_claimed);
+  // And the session still works and ends cleanly.
   Release("running");
   const ExitStatus ended = running->Wait(kProgramTimeout);
   EXPECT_EQ(ended.code, 0) << running->Describe();
@@ -427,8 +455,8 @@ TEST_F(ClusterTest, ConcurrentBorrowsThroughTwoEntriesNeverShareASlice) {
     }
   }
   EXPECT_EQ(ready + refused, kClients);
-  EXPECT_LE(ready, 8);
-  EXPECT_GE(ready, 1);
+  // Nobody waits, every refusal saw both servers full: all 8 slices held.
+  EXPECT_EQ(ready, 8);
   const std::vector<Holding> holdings = Holdings();
   EXPECT_EQ(static_cast<int>(holdings.size()), ready);
   std::set<std::pair<std::string, int>> slices;
@@ -440,6 +468,123 @@ TEST_F(ClusterTest, ConcurrentBorrowsThroughTwoEntriesNeverShareASlice) {
   EXPECT_EQ(pids, ready_pids);
   EXPECT_LE(HoldersOn("a:0"), 4);
   EXPECT_LE(HoldersOn("b:0"), 4);
+  // What each server serves (its own status) is what etcd says it holds.
+  for (const auto& [name, address] : addresses_) {
+    std::string out, err;
+    ASSERT_EQ(Ferryctl({"status", "--server", address, "-o", "json"}, &out, &err), 0) << err;
+    std::optional<JsonValue> json = ParseJson(out);
+    ASSERT_TRUE(json.has_value()) << out;
+    std::set<std::pair<int, int>> served;  // (slice, pid)
+    for (const JsonValue& gpu : json->Find("pool")->Find("gpus")->array) {
+      for (const JsonValue& h : gpu.Find("holders")->array) {
+        EXPECT_TRUE(served.insert({static_cast<int>(h.Find("slice")->number),
+                                   static_cast<int>(h.Find("pid")->number)})
+                        .second);
+      }
+    }
+    std::set<std::pair<int, int>> claimed;
+    for (const Holding& h : holdings) {
+      if (h.gpu == name + ":0") claimed.insert({h.slice, h.pid});
+    }
+    EXPECT_EQ(served, claimed) << name;
+  }
+}
+
+TEST_F(ClusterTest, WaitersAreServedInOrderAcrossEntryServers) {
+  const std::string a = StartServer("a");
+  const std::string b = StartServer("b");
+  ASSERT_FALSE(a.empty());
+  ASSERT_FALSE(b.empty());
+  std::map<std::string, int> pid_of;
+  for (int i = 0; i < 8; ++i) {
+    const std::string name = "holder" + std::to_string(i);
+    ChildProcess* holder = StartReadyHolder(name, i < 4 ? a : b);
+    ASSERT_NE(holder, nullptr);
+    pid_of[name] = holder->pid();
+  }
+  ASSERT_EQ(HoldersOn("a:0"), 4);
+  ASSERT_EQ(HoldersOn("b:0"), 4);
+  // First through a, then through b: both wait in the one queue.
+  ChildProcess* first = StartHolder("first", a, {{"FERRY_WAIT", "60s"}});
+  ASSERT_NE(first, nullptr);
+  std::string text;
+  ASSERT_TRUE(test::WaitFor(
+      [&] {
+        std::optional<JsonValue> status = ClusterStatus(&text);
+        return status.has_value() && status->Find("queue")->array.size() == 1;
+      },
+      kConditionTimeout, kPollInterval))
+      << text;
+  ChildProcess* second = StartHolder("second", b, {{"FERRY_WAIT", "60s"}});
+  ASSERT_NE(second, nullptr);
+  ASSERT_TRUE(test::WaitFor(
+      [&] {
+        std::optional<JsonValue> status = ClusterStatus(&text);
+        return status.has_value() && status->Find("queue")->array.size() == 2;
+      },
+      kConditionTimeout, kPollInterval))
+      << text;
+  {
+    std::optional<JsonValue> status = ClusterStatus(&text);
+    ASSERT_TRUE(status.has_value());
+    const std::vector<JsonValue>& queue = status->Find("queue")->array;
+    EXPECT_EQ(queue[0].Find("pid")->number, first->pid()) << text;
+    EXPECT_EQ(queue[0].Find("server")->string, "a") << text;
+    EXPECT_EQ(queue[1].Find("position")->number, 2) << text;
+  }
+  // A slice frees on b: the older waiter (queued through a) gets it, not
+  // the one waiting on b itself.
+  Release("holder4");
+  ASSERT_TRUE(Ready(*first)) << first->Describe();
+  EXPECT_NE(first->Stderr().find("sends this program to " + addresses_["b"]), std::string::npos)
+      << first->Describe();
+  EXPECT_TRUE(second->running());
+  EXPECT_EQ(second->Stdout().find("READY"), std::string::npos);
+  // Then one frees on a: the second waiter goes there.
+  Release("holder0");
+  ASSERT_TRUE(Ready(*second)) << second->Describe();
+  EXPECT_TRUE(test::WaitFor(
+      [&] {
+        std::optional<JsonValue> status = ClusterStatus(&text);
+        return status.has_value() && status->Find("queue")->array.empty();
+      },
+      kConditionTimeout, kPollInterval))
+      << text;
+  EXPECT_EQ(HoldersOn("a:0"), 4);
+  EXPECT_EQ(HoldersOn("b:0"), 4);
+}
+
+TEST_F(ClusterTest, AWaiterWhoseDeadlinePassesLeavesTheQueue) {
+  const std::string a = StartServer("a");
+  ASSERT_FALSE(a.empty());
+  for (int i = 0; i < 4; ++i) ASSERT_NE(StartReadyHolder("holder" + std::to_string(i), a), nullptr);
+  ChildProcess* waiter = StartHolder("waiter", a, {{"FERRY_WAIT", "1s"}});
+  ASSERT_NE(waiter, nullptr);
+  EXPECT_EQ(waiter->Wait(kProgramTimeout).code, 3) << waiter->Describe();
+  EXPECT_NE(waiter->Stderr().find("waited 1s in the cluster's queue"), std::string::npos)
+      << waiter->Describe();
+  std::string text;
+  std::optional<JsonValue> status = ClusterStatus(&text);
+  ASSERT_TRUE(status.has_value());
+  EXPECT_TRUE(status->Find("queue")->array.empty()) << text;
+  // A killed waiter's place goes too.
+  ChildProcess* killed = StartHolder("killed", a, {{"FERRY_WAIT", "60s"}});
+  ASSERT_NE(killed, nullptr);
+  ASSERT_TRUE(test::WaitFor(
+      [&] {
+        std::optional<JsonValue> s = ClusterStatus(&text);
+        return s.has_value() && s->Find("queue")->array.size() == 1;
+      },
+      kConditionTimeout, kPollInterval));
+  killed->Kill(SIGKILL);
+  killed->Wait(kStopTimeout);
+  EXPECT_TRUE(test::WaitFor(
+      [&] {
+        std::optional<JsonValue> s = ClusterStatus(&text);
+        return s.has_value() && s->Find("queue")->array.empty();
+      },
+      kConditionTimeout, kPollInterval))
+      << text;
 }
 
 // Day pool "dev" (4 slices), night pool "train" (1 slice) from 20:00 to
