@@ -269,6 +269,21 @@ class ClusterTest : public ::testing::Test {
     return -1;
   }
 
+  // How many borrows wait in the cluster's queue; -1 when it cannot be read.
+  int QueueLength() {
+    std::optional<JsonValue> status = ClusterStatus();
+    const JsonValue* queue = status.has_value() ? status->Find("queue") : nullptr;
+    return queue != nullptr && queue->is_array() ? static_cast<int>(queue->array.size()) : -1;
+  }
+
+  // Waits (bounded) until the queue holds `length` borrows.
+  bool WaitForQueueLength(int length) {
+    const bool reached =
+        test::WaitFor([&] { return QueueLength() == length; }, kConditionTimeout, kPollInterval);
+    EXPECT_TRUE(reached) << "the queue never held " << length << "; it holds " << QueueLength();
+    return reached;
+  }
+
   int HoldersOn(const std::string& gpu) {
     int n = 0;
     for (const Holding& h : Holdings()) n += h.gpu == gpu ? 1 : 0;
@@ -508,22 +523,10 @@ TEST_F(ClusterTest, WaitersAreServedInOrderAcrossEntryServers) {
   ChildProcess* first = StartHolder("first", a, {{"FERRY_WAIT", "60s"}});
   ASSERT_NE(first, nullptr);
   std::string text;
-  ASSERT_TRUE(test::WaitFor(
-      [&] {
-        std::optional<JsonValue> status = ClusterStatus(&text);
-        return status.has_value() && status->Find("queue")->array.size() == 1;
-      },
-      kConditionTimeout, kPollInterval))
-      << text;
+  ASSERT_TRUE(WaitForQueueLength(1));
   ChildProcess* second = StartHolder("second", b, {{"FERRY_WAIT", "60s"}});
   ASSERT_NE(second, nullptr);
-  ASSERT_TRUE(test::WaitFor(
-      [&] {
-        std::optional<JsonValue> status = ClusterStatus(&text);
-        return status.has_value() && status->Find("queue")->array.size() == 2;
-      },
-      kConditionTimeout, kPollInterval))
-      << text;
+  ASSERT_TRUE(WaitForQueueLength(2));
   {
     std::optional<JsonValue> status = ClusterStatus(&text);
     ASSERT_TRUE(status.has_value());
@@ -543,13 +546,7 @@ TEST_F(ClusterTest, WaitersAreServedInOrderAcrossEntryServers) {
   // Then one frees on a: the second waiter goes there.
   Release("holder0");
   ASSERT_TRUE(Ready(*second)) << second->Describe();
-  EXPECT_TRUE(test::WaitFor(
-      [&] {
-        std::optional<JsonValue> status = ClusterStatus(&text);
-        return status.has_value() && status->Find("queue")->array.empty();
-      },
-      kConditionTimeout, kPollInterval))
-      << text;
+  EXPECT_TRUE(WaitForQueueLength(0));
   EXPECT_EQ(HoldersOn("a:0"), 4);
   EXPECT_EQ(HoldersOn("b:0"), 4);
 }
@@ -570,21 +567,10 @@ TEST_F(ClusterTest, AWaiterWhoseDeadlinePassesLeavesTheQueue) {
   // A killed waiter's place goes too.
   ChildProcess* killed = StartHolder("killed", a, {{"FERRY_WAIT", "60s"}});
   ASSERT_NE(killed, nullptr);
-  ASSERT_TRUE(test::WaitFor(
-      [&] {
-        std::optional<JsonValue> s = ClusterStatus(&text);
-        return s.has_value() && s->Find("queue")->array.size() == 1;
-      },
-      kConditionTimeout, kPollInterval));
+  ASSERT_TRUE(WaitForQueueLength(1));
   killed->Kill(SIGKILL);
   killed->Wait(kStopTimeout);
-  EXPECT_TRUE(test::WaitFor(
-      [&] {
-        std::optional<JsonValue> s = ClusterStatus(&text);
-        return s.has_value() && s->Find("queue")->array.empty();
-      },
-      kConditionTimeout, kPollInterval))
-      << text;
+  EXPECT_TRUE(WaitForQueueLength(0));
 }
 
 // Day pool "dev" (4 slices), night pool "train" (1 slice) from 20:00 to
