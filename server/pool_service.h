@@ -98,7 +98,7 @@ class PoolService {
     uint64_t preemptions = 0;  // holders preempted (schedule, rebind, drain grace, reload)
     uint64_t drains = 0;       // holders a rebind began to drain
   };
-  static constexpr double kWaitBucketSeconds[] = {0.1, 0.5, 1,   5,    10,  30,
+  static constexpr double kWaitBucketSeconds[] = {0.1, 0.5, 1,   5,    10,   30,
                                                   60,  300, 900, 1800, 3600, 14400};
   // Every pool configured now, and any counted before a reload removed it.
   std::map<std::string, PoolCounters> Counters() const;

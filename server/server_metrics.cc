@@ -228,7 +228,9 @@ std::string Server::MetricsText() const {
       for (const pool::HoldingSnapshot& h : g.holdings) holders[h.pool].insert(h.session);
     }
     for (const pool::WaiterSnapshot& w : snapshot.queue) ++queued[w.pool];
-    const auto pool_labels = [&](const std::string& pool) { return With(server_label, "pool", pool); };
+    const auto pool_labels = [&](const std::string& pool) {
+      return With(server_label, "pool", pool);
+    };
     out.Family("ferry_pool_gpus", MetricType::kGauge, "GPUs serving the pool now.");
     for (const auto& [pool, counters] : pool_counters) out.Count(pool_labels(pool), serving[pool]);
     out.Family("ferry_pool_holders", MetricType::kGauge, "Sessions holding slices of the pool.");
@@ -296,8 +298,7 @@ std::string Server::MetricsText() const {
   out.Count(server_label, totals.sessions);
   out.Family("ferry_calls_total", MetricType::kCounter, "Calls of clients that ferryd executed.");
   out.Count(server_label, totals.calls);
-  out.Family("ferry_launches_total", MetricType::kCounter,
-             "Kernel and graph launches among them.");
+  out.Family("ferry_launches_total", MetricType::kCounter, "Kernel and graph launches among them.");
   out.Count(server_label, totals.launches);
   out.Family("ferry_frames_received_total", MetricType::kCounter,
              "Frames read from clients (call batches, gate openings).");

@@ -43,9 +43,9 @@ struct SessionTotals {
 
 // What Server::ServeMetrics sets up; fixed after it.
 struct MetricsState {
-  MetricsOptions options;  // server_name filled in
-  std::string host_name;   // the GPUs' `Hostname` label
-  double start_seconds = 0;  // the process's start, Unix seconds
+  MetricsOptions options;                              // server_name filled in
+  std::string host_name;                               // the GPUs' `Hostname` label
+  double start_seconds = 0;                            // the process's start, Unix seconds
   std::unique_ptr<metrics::MetricsEndpoint> endpoint;  // null: no /metrics
 };
 

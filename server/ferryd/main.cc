@@ -795,8 +795,8 @@ int Main(int argc, char** argv) {
       FERRY_LOG(kError) << "--metrics-listen: " << status.message();
       return 1;
     }
-    const std::string url = (settings.tls_cert.empty() ? "http://" : "https://") +
-                            server.MetricsAddress() + "/metrics";
+    const std::string url =
+        (settings.tls_cert.empty() ? "http://" : "https://") + server.MetricsAddress() + "/metrics";
     FERRY_LOG(kInfo) << "metrics at " << url
                      << (settings.token_file.empty() ? "" : ", tokens required");
     if (settings.token_file.empty() && !IsLoopbackAddress(server.MetricsAddress())) {

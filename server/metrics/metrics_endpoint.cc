@@ -213,8 +213,8 @@ void MetricsEndpoint::AcceptLoop() {
     }
     pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
     if (::poll(fds, 2, timeout_ms) < 0 && errno != EINTR) {
-      FERRY_LOG(kError) << "metrics listener " << bound_ << ": poll failed: "
-                        << std::strerror(errno);
+      FERRY_LOG(kError) << "metrics listener " << bound_
+                        << ": poll failed: " << std::strerror(errno);
       return;
     }
     if (fds[1].revents != 0) return;
@@ -228,8 +228,8 @@ void MetricsEndpoint::AcceptLoop() {
       }
       // Out of descriptors, most likely: the listener stays readable, so
       // wait a moment (or for Stop) rather than spin on it.
-      FERRY_LOG(kWarning) << "metrics listener " << bound_ << ": accept failed: "
-                          << std::strerror(errno);
+      FERRY_LOG(kWarning) << "metrics listener " << bound_
+                          << ": accept failed: " << std::strerror(errno);
       pollfd stop{stop_fd_, POLLIN, 0};
       ::poll(&stop, 1, 100);
       continue;
@@ -254,8 +254,8 @@ void MetricsEndpoint::Admit(int fd, std::string peer) {
   if (id == 0) {
     // Answered here without reading: the answer fits the socket's buffer,
     // and a peer that does not read it loses nothing it could use.
-    FERRY_LOG(kDebug) << "metrics request from " << peer << " refused: "
-                      << options_.max_connections << " connections are open";
+    FERRY_LOG(kDebug) << "metrics request from " << peer << " refused: " << options_.max_connections
+                      << " connections are open";
     const std::string answer =
         ErrorAnswer(503, "ferryd serves at most " + std::to_string(options_.max_connections) +
                              " metrics connections at once; try again later");
@@ -398,9 +398,8 @@ std::string MetricsEndpoint::Answer(std::string_view head, const std::string& pe
     } else if (EqualsIgnoringCase(name, "transfer-encoding")) {
       return ErrorAnswer(413, "a metrics request has no body");
     } else if (EqualsIgnoringCase(name, "content-length")) {
-      if (value.empty() || !std::all_of(value.begin(), value.end(), [](char c) {
-            return c >= '0' && c <= '9';
-          })) {
+      if (value.empty() ||
+          !std::all_of(value.begin(), value.end(), [](char c) { return c >= '0' && c <= '9'; })) {
         return ErrorAnswer(400, "Content-Length is not a number");
       }
       if (value.find_first_not_of('0') != std::string_view::npos) {

@@ -49,8 +49,8 @@ namespace ferry::metrics {
 class MetricsEndpoint {
  public:
   struct Options {
-    std::string address;               // "HOST:PORT" ("[::1]:PORT"); port 0 picks one
-    std::shared_ptr<TlsContext> tls;   // null: plain HTTP
+    std::string address;              // "HOST:PORT" ("[::1]:PORT"); port 0 picks one
+    std::shared_ptr<TlsContext> tls;  // null: plain HTTP
     // Whether a request with `Authorization: Bearer TOKEN` may read; null:
     // every request may (no authentication). `token` is what followed
     // "Bearer ", or "" when the request had no such header.

@@ -504,30 +504,29 @@ TEST_F(TlsTest, MetricsAreServedOverTlsToTokenHolders) {
   tls.ca_file = dir_ + "/ca.pem";
   tls.server_name = "127.0.0.1";
   std::string error;
-  std::optional<test::HttpResponse> scrape =
-      test::HttpExchange(metrics, test::HttpGetRequest("/metrics", "Authorization: Bearer " +
-                                                                       token + "\r\n"),
-                         kProgramTimeout, &error, tls);
+  std::optional<test::HttpResponse> scrape = test::HttpExchange(
+      metrics, test::HttpGetRequest("/metrics", "Authorization: Bearer " + token + "\r\n"),
+      kProgramTimeout, &error, tls);
   ASSERT_TRUE(scrape.has_value()) << error;
   EXPECT_EQ(scrape->status, 200);
   test::PromExposition parsed;
   EXPECT_EQ(test::ParsePrometheusText(scrape->body, &parsed), "") << scrape->body;
   EXPECT_EQ(parsed.Value("ferry_sessions"), 0.0);
   // Without the token: 401, inside TLS.
-  std::optional<test::HttpResponse> refused = test::HttpExchange(
-      metrics, test::HttpGetRequest("/metrics"), kProgramTimeout, &error, tls);
+  std::optional<test::HttpResponse> refused =
+      test::HttpExchange(metrics, test::HttpGetRequest("/metrics"), kProgramTimeout, &error, tls);
   ASSERT_TRUE(refused.has_value()) << error;
   EXPECT_EQ(refused->status, 401);
   // Plain HTTP gets no answer (the TLS handshake fails), nor does a client
   // that does not trust the certificate.
-  EXPECT_FALSE(test::HttpExchange(metrics, test::HttpGetRequest("/metrics"), kProgramTimeout,
-                                  &error)
-                   .has_value());
+  EXPECT_FALSE(
+      test::HttpExchange(metrics, test::HttpGetRequest("/metrics"), kProgramTimeout, &error)
+          .has_value());
   TlsClientConfig other = tls;
   other.ca_file = dir_ + "/other-ca.pem";
-  EXPECT_FALSE(test::HttpExchange(metrics, test::HttpGetRequest("/metrics"), kProgramTimeout,
-                                  &error, other)
-                   .has_value());
+  EXPECT_FALSE(
+      test::HttpExchange(metrics, test::HttpGetRequest("/metrics"), kProgramTimeout, &error, other)
+          .has_value());
   EXPECT_NE(error.find("certificate does not verify"), std::string::npos) << error;
   // ferryd and its clients are none the worse.
   ASSERT_NO_FATAL_FAILURE(

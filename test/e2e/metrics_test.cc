@@ -241,8 +241,8 @@ void ExpectScrapeMatchesStatus(const PromExposition& scrape, const JsonValue& st
     EXPECT_EQ(scrape.Value("ferry_gpu_drained", labels), 0.0);
     if (holders.empty()) continue;
     const std::string mechanism = String(&holders[0], "mechanism");
-    EXPECT_EQ(scrape.Value("ferry_gpu_compute_mechanism", {{"gpu", labels.at("gpu")},
-                                                           {"mechanism", mechanism}}),
+    EXPECT_EQ(scrape.Value("ferry_gpu_compute_mechanism",
+                           {{"gpu", labels.at("gpu")}, {"mechanism", mechanism}}),
               1.0)
         << mechanism;
   }
@@ -321,8 +321,7 @@ TEST_F(MetricsTest, ScrapesAgreeWithFerryctlStatusWhileSessionsRun) {
   EXPECT_EQ(busy.Value("ferry_launches_total"), Sum(busy, "ferry_session_launches_total"));
   EXPECT_EQ(busy.Value("ferry_bytes_received_total"),
             Sum(busy, "ferry_session_bytes_from_client_total"));
-  EXPECT_EQ(busy.Value("ferry_bytes_sent_total"),
-            Sum(busy, "ferry_session_bytes_to_client_total"));
+  EXPECT_EQ(busy.Value("ferry_bytes_sent_total"), Sum(busy, "ferry_session_bytes_to_client_total"));
   EXPECT_GT(busy.Value("ferry_frames_received_total").value_or(0), 0);
   EXPECT_GT(busy.Value("ferry_frames_sent_total").value_or(0), 0);
   EXPECT_GE(busy.Value("ferry_sync_call_duration_seconds_count").value_or(0), 4);
@@ -349,9 +348,9 @@ TEST_F(MetricsTest, ScrapesAgreeWithFerryctlStatusWhileSessionsRun) {
   ExpectScrapeMatchesStatus(later, *status);
   EXPECT_EQ(later.Value("ferry_pool_waits_total", {{"pool", "dev"}}), 1.0);
   EXPECT_EQ(later.Value("ferry_pool_wait_duration_seconds_count", {{"pool", "dev"}}), 1.0);
-  EXPECT_EQ(later.Value("ferry_pool_wait_duration_seconds_bucket", {{"pool", "dev"},
-                                                                    {"le", "+Inf"}}),
-            1.0);
+  EXPECT_EQ(
+      later.Value("ferry_pool_wait_duration_seconds_bucket", {{"pool", "dev"}, {"le", "+Inf"}}),
+      1.0);
   EXPECT_EQ(later.Value("ferry_sessions_started_total"), 5.0);
   for (const char* counter :
        {"ferry_calls_total", "ferry_launches_total", "ferry_frames_received_total",
@@ -373,6 +372,19 @@ TEST_F(MetricsTest, ScrapesAgreeWithFerryctlStatusWhileSessionsRun) {
   EXPECT_EQ(rebound.Value("ferry_pool_gpus", {{"pool", "other"}}), 2.0);
   EXPECT_EQ(rebound.Find("ferry_gpu_slices", {{"gpu", "1"}, {"pool", "other"}}).size(), 1u);
   for (const char* name : {"holder1", "holder2", "holder3", "waiter"}) Release(name);
+}
+
+TEST_F(MetricsTest, AChangeOfTheMetricsSettingsNeedsARestart) {
+  ASSERT_NO_FATAL_FAILURE(StartPooled());
+  std::string config = TwoGpuConfig();
+  config.insert(config.find("default_pool"), "metrics_listen = \"127.0.0.1:0\"\n");
+  ASSERT_TRUE(test::WriteTextFile(dir_ + "/ferryd.toml", config));
+  std::string out;
+  EXPECT_EQ(Ferryctl({"reload"}, &out), 1) << out;
+  EXPECT_NE(out.find("server.metrics_listen changed; that needs a restart"), std::string::npos)
+      << out;
+  // The old settings stay, and so does the listener.
+  EXPECT_EQ(Scrape().Value("ferry_sessions"), 0.0);
 }
 
 TEST_F(MetricsTest, WithATokenFileAScrapeNeedsAToken) {

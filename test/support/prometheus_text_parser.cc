@@ -130,8 +130,8 @@ std::string CheckHistogram(const PromFamily& family) {
       series[SeriesKey("", labels)].buckets.emplace_back(bound, sample.value);
     } else {
       if (labels.count("le") != 0) return family.name + suffix + " has an le label";
-      (suffix == "_sum" ? series[SeriesKey("", labels)].sum
-                        : series[SeriesKey("", labels)].count) = sample.value;
+      (suffix == "_sum" ? series[SeriesKey("", labels)].sum : series[SeriesKey("", labels)].count) =
+          sample.value;
     }
   }
   for (const auto& [key, s] : series) {
@@ -176,8 +176,8 @@ std::vector<const PromSample*> PromExposition::Find(
   return found;
 }
 
-std::optional<double> PromExposition::Value(
-    std::string_view name, const std::map<std::string, std::string>& match) const {
+std::optional<double> PromExposition::Value(std::string_view name,
+                                            const std::map<std::string, std::string>& match) const {
   const std::vector<const PromSample*> found = Find(name, match);
   if (found.size() != 1) return std::nullopt;
   return found[0]->value;
@@ -299,8 +299,8 @@ std::string ParsePrometheusText(std::string_view text, PromExposition* out) {
       belongs = sample.name == family->name + "_bucket" || sample.name == family->name + "_sum" ||
                 sample.name == family->name + "_count";
     } else if (family->type == "summary") {
-      belongs = belongs || sample.name == family->name + "_sum" ||
-                sample.name == family->name + "_count";
+      belongs =
+          belongs || sample.name == family->name + "_sum" || sample.name == family->name + "_count";
     }
     if (!belongs) return at + sample.name + " outside its family (" + family->name + ")";
     if (family->type == "counter" && !(sample.value >= 0)) {

@@ -125,8 +125,9 @@ TEST_F(MetricsEndpointTest, TokensAreCheckedWhenAuthorizeIsSet) {
   EXPECT_EQ(none.body.find("ferry_test_up"), std::string::npos);
   EXPECT_EQ(Exchange(HttpGetRequest("/metrics", "Authorization: Bearer wrong\r\n")).status, 401);
   EXPECT_EQ(Exchange(HttpGetRequest("/metrics", "Authorization: Basic ZmVycnk=\r\n")).status, 401);
-  EXPECT_EQ(Exchange(HttpGetRequest("/metrics", "Authorization: Bearer ferry_secret\r\n"
-                                                "Authorization: Bearer ferry_secret\r\n"))
+  EXPECT_EQ(Exchange(HttpGetRequest("/metrics",
+                                    "Authorization: Bearer ferry_secret\r\n"
+                                    "Authorization: Bearer ferry_secret\r\n"))
                 .status,
             400);
   // Nothing past the token check without a token: not even whether a path exists.

@@ -194,7 +194,8 @@ TEST(PrometheusTextParserTest, RefusesWhatPrometheusWouldNot) {
     PromExposition parsed;
     const std::string error = ParsePrometheusText(text, &parsed);
     EXPECT_NE(error.find(expected), std::string::npos)
-        << "text:\n" << text << "\nerror: " << error << "\nexpected: " << expected;
+        << "text:\n"
+        << text << "\nerror: " << error << "\nexpected: " << expected;
   }
 }
 

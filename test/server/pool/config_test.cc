@@ -152,9 +152,10 @@ compute_sharing = "mps"
 
 TEST(ConfigTest, MetricsKeys) {
   Config config;
-  Status status = ParseConfig("[server]\nmetrics_listen = \"127.0.0.1:9400\"\n"
-                              "metrics_sessions = true\n",
-                              "x.toml", &config);
+  Status status = ParseConfig(
+      "[server]\nmetrics_listen = \"127.0.0.1:9400\"\n"
+      "metrics_sessions = true\n",
+      "x.toml", &config);
   ASSERT_TRUE(status.ok()) << status.ToString();
   EXPECT_EQ(*config.server.metrics_listen, "127.0.0.1:9400");
   EXPECT_TRUE(*config.server.metrics_sessions);
@@ -164,8 +165,7 @@ TEST(ConfigTest, MetricsKeys) {
   EXPECT_FALSE(unset.server.metrics_sessions.has_value());
   ExpectError("[server]\nmetrics_listen = \"9400\"\n", "bad.toml:2: server.metrics_listen",
               "host:port");
-  ExpectError("[server]\nmetrics_listen = 9400\n", "bad.toml:2: server.metrics_listen",
-              "a string");
+  ExpectError("[server]\nmetrics_listen = 9400\n", "bad.toml:2: server.metrics_listen", "a string");
   ExpectError("[server]\n\nmetrics_sessions = \"yes\"\n", "bad.toml:3: server.metrics_sessions",
               "true or false");
 }
