@@ -151,8 +151,9 @@ class Server {
   std::vector<SessionInfo> Sessions() const;
   ModuleCacheStats module_cache_stats() const;
 
-  // /metrics (server_metrics.cc). After SetTokenFile and SetTls, before
-  // Stop: serves the figures of MetricsText over HTTP at `options.listen`,
+  // /metrics (server_metrics.cc). After SetTokenFile, SetTls, SetCluster
+  // and EnablePool (scrapes may come at once), before Start or after it, and
+  // not after Stop: serves the figures of MetricsText over HTTP at `options.listen`,
   // with TLS when SetTls was called, and only to requests with a token of
   // the token file (any token; reloads count) when SetTokenFile was.
   Status ServeMetrics(const MetricsOptions& options);

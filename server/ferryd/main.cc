@@ -784,26 +784,6 @@ int Main(int argc, char** argv) {
       return 1;
     }
   }
-  if (!settings.metrics_listen.empty()) {
-    server::MetricsOptions metrics;
-    metrics.listen = settings.metrics_listen;
-    metrics.per_session = settings.metrics_sessions;
-    metrics.server_name = settings.cluster.name;  // "" outside a cluster: the host's name
-    metrics.version = FERRY_VERSION;
-    status = server.ServeMetrics(metrics);
-    if (!status.ok()) {
-      FERRY_LOG(kError) << "--metrics-listen: " << status.message();
-      return 1;
-    }
-    const std::string url =
-        (settings.tls_cert.empty() ? "http://" : "https://") + server.MetricsAddress() + "/metrics";
-    FERRY_LOG(kInfo) << "metrics at " << url
-                     << (settings.token_file.empty() ? "" : ", tokens required");
-    if (settings.token_file.empty() && !IsLoopbackAddress(server.MetricsAddress())) {
-      FERRY_LOG(kWarning) << "*** NO AUTHENTICATION on " << url
-                          << ": anyone who reaches it reads every session's program and host. ***";
-    }
-  }
   std::string advertised;
   if (!settings.etcd.empty()) {
     etcd::EtcdClient::Options store_options;
@@ -848,6 +828,27 @@ int Main(int argc, char** argv) {
     }
     for (const auto& [name, pool] : config.pools) {
       FERRY_LOG(kInfo) << "pool " << name << ": " << pool.slices_per_gpu << " slice(s) per GPU";
+    }
+  }
+  // Before Start, after everything it reads (the pool, tokens, TLS) is set.
+  if (!settings.metrics_listen.empty()) {
+    server::MetricsOptions metrics;
+    metrics.listen = settings.metrics_listen;
+    metrics.per_session = settings.metrics_sessions;
+    metrics.server_name = settings.cluster.name;  // "" outside a cluster: the host's name
+    metrics.version = FERRY_VERSION;
+    status = server.ServeMetrics(metrics);
+    if (!status.ok()) {
+      FERRY_LOG(kError) << "--metrics-listen: " << status.message();
+      return 1;
+    }
+    const std::string url =
+        (settings.tls_cert.empty() ? "http://" : "https://") + server.MetricsAddress() + "/metrics";
+    FERRY_LOG(kInfo) << "metrics at " << url
+                     << (settings.token_file.empty() ? "" : ", tokens required");
+    if (settings.token_file.empty() && !IsLoopbackAddress(server.MetricsAddress())) {
+      FERRY_LOG(kWarning) << "*** NO AUTHENTICATION on " << url
+                          << ": anyone who reaches it reads every session's program and host. ***";
     }
   }
   server.Start();
