@@ -71,6 +71,13 @@ struct WorkerSessionInfo {
   peakBytesAllocated @18 :UInt64;
   endReason @19 :Text;
   started @20 :Bool;
+  # /metrics (server/server_metrics.cc)
+  calls @21 :UInt64;
+  launches @22 :UInt64;
+  framesFromClient @23 :UInt64;
+  framesToClient @24 :UInt64;
+  syncCallCounts @25 :List(UInt64);  # per bucket of kSyncCallBucketSeconds (server/session.h), not cumulative
+  syncCallSeconds @26 :Float64;      # their sum
 }
 
 # A module image by name (server/module_cache.h): SHA-256 and length.

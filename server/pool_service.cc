@@ -1,5 +1,8 @@
 #include "server/pool_service.h"
 
+#include <absl/cleanup/cleanup.h>
+
+#include <algorithm>
 #include <chrono>
 
 #include "common/log.h"
@@ -46,6 +49,29 @@ void PoolService::Stop() {
 
 void PoolService::RecordLocked(const pool::PoolChanges& changes) {
   for (const auto& [session, status] : changes.ended_waits) ended_waits_[session] = status;
+  if (changes.preempted.empty() && changes.drained.empty()) return;
+  std::lock_guard<std::mutex> lock(counters_mutex_);
+  // Counted under the pool the holder borrowed from (its lease stays until
+  // the session is returned).
+  for (const pool::Preemption& preemption : changes.preempted) {
+    if (const pool::Lease* lease = state_->FindLease(preemption.session)) {
+      ++counters_[lease->pool].preemptions;
+    }
+  }
+  for (uint64_t session : changes.drained) {
+    if (const pool::Lease* lease = state_->FindLease(session)) ++counters_[lease->pool].drains;
+  }
+}
+
+std::map<std::string, PoolService::PoolCounters> PoolService::Counters() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard<std::mutex> counters_lock(counters_mutex_);
+  std::map<std::string, PoolCounters> out = counters_;
+  for (const auto& [name, pool] : state_->config().pools) out[name];
+  for (auto& [name, counters] : out) {
+    counters.wait_seconds.counts.resize(std::size(kWaitBucketSeconds) + 1, 0);
+  }
+  return out;
 }
 
 void PoolService::Publish(const pool::PoolChanges& changes) {
@@ -117,7 +143,29 @@ Status PoolService::BorrowHere(const pool::BorrowRequest& request,
   if (stopping_) return Status::Disconnected("ferryd is stopping");
   pool::BorrowResult result = state_->Borrow(request, options_.clock->Now());
   if (result.outcome == pool::BorrowOutcome::kRefused) return result.error;
+  // A wait is counted when it begins and timed (in real time, whatever the
+  // pool's clock) when it ends, however it ends.
+  const std::string pool_name =
+      request.pool.empty() ? state_->config().server.default_pool : request.pool;
+  const auto wait_began = std::chrono::steady_clock::now();
+  absl::Cleanup count_wait = [&] {
+    if (result.outcome != pool::BorrowOutcome::kQueued) return;
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - wait_began).count();
+    std::lock_guard<std::mutex> counters_lock(counters_mutex_);
+    PoolCounters& counters = counters_[pool_name];
+    auto& counts = counters.wait_seconds.counts;
+    counts.resize(std::size(kWaitBucketSeconds) + 1, 0);
+    ++counts[std::lower_bound(std::begin(kWaitBucketSeconds), std::end(kWaitBucketSeconds),
+                              seconds) -
+             std::begin(kWaitBucketSeconds)];
+    counters.wait_seconds.sum += seconds;
+  };
   if (result.outcome == pool::BorrowOutcome::kQueued) {
+    {
+      std::lock_guard<std::mutex> counters_lock(counters_mutex_);
+      ++counters_[pool_name].waits;
+    }
     lock.unlock();
     timer_cv_.notify_all();  // a new deadline
     lock.lock();

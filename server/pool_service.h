@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "server/metrics/histogram.h"
 #include "server/pool/clock.h"
 #include "server/pool/config.h"
 #include "server/pool/pool_state.h"
@@ -88,6 +89,21 @@ class PoolService {
   bool HasPool(const std::string& name) const;
   bool uses_test_clock() const { return options_.test_clock != nullptr; }
 
+  // /metrics (server/server_metrics.cc): what happened in each pool since
+  // the service started.
+  struct PoolCounters {
+    uint64_t waits = 0;  // borrows that waited in the queue
+    // How long each ended wait lasted (granted, timed out, or the client
+    // gone), by kWaitBucketSeconds.
+    metrics::HistogramCounts wait_seconds;
+    uint64_t preemptions = 0;  // holders preempted (schedule, rebind, drain grace, reload)
+    uint64_t drains = 0;       // holders a rebind began to drain
+  };
+  static constexpr double kWaitBucketSeconds[] = {0.1, 0.5, 1,   5,    10,   30,
+                                                  60,  300, 900, 1800, 3600, 14400};
+  // Every pool configured now, and any counted before a reload removed it.
+  std::map<std::string, PoolCounters> Counters() const;
+
   // Ends every wait (with Disconnected) and the timer thread.
   void Stop();
 
@@ -109,6 +125,9 @@ class PoolService {
   std::condition_variable timer_cv_;    // the timer must recompute its deadline
   std::unique_ptr<pool::PoolState> state_ ABSL_GUARDED_BY(mutex_);
   std::map<uint64_t, Status> ended_waits_ ABSL_GUARDED_BY(mutex_);
+  // Taken after mutex_ where both are held.
+  mutable std::mutex counters_mutex_;
+  std::map<std::string, PoolCounters> counters_ ABSL_GUARDED_BY(counters_mutex_);
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
   std::thread timer_;
 };

@@ -60,6 +60,10 @@ std::string RestartOnlyChange(const pool::Config& before, const pool::Config& af
   if (before.server.compute_sharing != after.server.compute_sharing) {
     return "server.compute_sharing";
   }
+  if (before.server.metrics_listen != after.server.metrics_listen) return "server.metrics_listen";
+  if (before.server.metrics_sessions != after.server.metrics_sessions) {
+    return "server.metrics_sessions";
+  }
   if (before.gpus.size() != after.gpus.size()) return "gpu";
   for (size_t i = 0; i < before.gpus.size(); ++i) {
     if (before.gpus[i].index != after.gpus[i].index ||
@@ -791,9 +795,11 @@ void Server::ServeClient(uint64_t id, std::unique_ptr<Transport> transport,
   // Preempted before it started: Run answers the handshake with the reason.
   if (!early_preemption.empty()) session->Preempt(early_preemption);
   session->Run();
+  const SessionInfo final_figures = session->Info();
   {
     std::lock_guard<std::mutex> lock(mutex_);
     sessions_.erase(id);
+    ended_sessions_.Add(final_figures);
     connections_.erase(id);  // the transport dies with the session
   }
   // Run freed everything the session had: its slices can go to others.
@@ -974,9 +980,11 @@ void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transpo
                         << "; everything it held is gone with it";
   }
   bool stopping = false;
+  const SessionInfo final_figures = worker->Info();  // the link is closed: what it last said
   {
     std::lock_guard<std::mutex> lock(mutex_);
     sessions_.erase(id);
+    ended_sessions_.Add(final_figures);
     stopping = stopping_;
   }
   // The worker has exited: its memory is free, so its slices can go.
@@ -1420,6 +1428,8 @@ std::vector<SessionInfo> Server::Sessions() const {
 }
 
 void Server::Stop() {
+  // No scrape runs while the rest stops (one may be asking the sessions).
+  if (metrics_.endpoint != nullptr) metrics_.endpoint->Stop();
   // Waiting borrowers give up first; their connection threads then finish.
   if (pool_ != nullptr) pool_->Stop();
   {

@@ -36,6 +36,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -47,6 +48,7 @@
 #include "server/pool/clock.h"
 #include "server/pool/config.h"
 #include "server/pool_service.h"
+#include "server/server_metrics.h"
 #include "server/session.h"
 #include "server/session_worker.h"
 
@@ -158,6 +160,17 @@ class Server {
   std::vector<SessionInfo> Sessions() const;
   ModuleCacheStats module_cache_stats() const;
 
+  // /metrics (server_metrics.cc). After SetTokenFile, SetTls, SetCluster
+  // and EnablePool (scrapes may come at once), before Start or after it, and
+  // not after Stop: serves the figures of MetricsText over HTTP at `options.listen`,
+  // with TLS when SetTls was called, and only to requests with a token of
+  // the token file (any token; reloads count) when SetTokenFile was.
+  Status ServeMetrics(const MetricsOptions& options);
+  // The metrics listener's bound "host:port" ("" without ServeMetrics).
+  std::string MetricsAddress() const;
+  // Every series, now, in Prometheus's text format.
+  std::string MetricsText() const;
+
  private:
   void StartAccept(asio::ip::tcp::acceptor& acceptor);
   void StartAcceptUnix(asio::local::stream_protocol::acceptor& acceptor);
@@ -251,6 +264,8 @@ class Server {
   void PreemptSession(const pool::Preemption& preemption);
   // The backend device behind served GPU `gpu_index` (0 if none serves it).
   int BackendDeviceOf(int gpu_index) const;
+  // Whether a metrics request with bearer `token` may read (server_metrics.cc).
+  bool AcceptsMetricsToken(std::string_view token) const;
 
   backend::GpuBackend& backend_;
   std::unique_ptr<ModuleCache> module_cache_;  // null: no cache
@@ -304,6 +319,11 @@ class Server {
   int client_sessions_ ABSL_GUARDED_BY(mutex_) = 0;  // past the max_sessions check
   uint64_t next_id_ ABSL_GUARDED_BY(mutex_) = 1;
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
+  // /metrics: the counters of sessions that ended (a session leaves
+  // sessions_ and adds its final figures here under one lock), and the
+  // listener (set by ServeMetrics, stopped first by Stop).
+  SessionTotals ended_sessions_ ABSL_GUARDED_BY(mutex_);
+  MetricsState metrics_;
 };
 
 }  // namespace ferry::server

@@ -155,6 +155,11 @@ SessionInfo Session::Info() const {
     info.end_reason = end_reason_;
   }
   info.started = started_.load();
+  info.calls = calls_.load(std::memory_order_relaxed);
+  info.launches = launches_.load(std::memory_order_relaxed);
+  info.frames_from_client = frames_from_client_.load(std::memory_order_relaxed);
+  info.frames_to_client = frames_to_client_.load(std::memory_order_relaxed);
+  info.sync_calls = sync_calls_.Snapshot();
   return info;
 }
 
@@ -166,7 +171,9 @@ void Session::Run() {
     if (!revoked_.ok()) {
       StatusToWire(revoked_, reply.initStatus());
       std::lock_guard<std::mutex> lock(write_mutex_);
-      (void)WriteFrame(*transport_, wire::FrameKind::HELLO_REPLY, message);
+      if (WriteFrame(*transport_, wire::FrameKind::HELLO_REPLY, message).ok()) {
+        frames_to_client_.fetch_add(1, std::memory_order_relaxed);
+      }
       return;
     }
     handshake_answered_ = true;
@@ -218,6 +225,7 @@ void Session::Run() {
       std::lock_guard<std::mutex> lock(write_mutex_);
       status = WriteFrame(*transport_, wire::FrameKind::HELLO_REPLY, message);
     }
+    if (status.ok()) frames_to_client_.fetch_add(1, std::memory_order_relaxed);
     if (!status.ok()) {
       FERRY_LOG(kWarning) << "session " << id_ << ": handshake reply failed: " << status.ToString();
       return;
@@ -298,6 +306,7 @@ void Session::ServeLoop(bool helper) {
       uint64_t bulk_bytes = 0;
       if (status.ok()) status = ReadFrameHead(*transport_, &kind, &words, &bulk_bytes);
       if (status.ok()) {
+        frames_from_client_.fetch_add(1, std::memory_order_relaxed);
         if (kind == wire::FrameKind::GATE_OPEN) {
           status = OpenGate(words, bulk_bytes);
           if (status.ok()) continue;
@@ -604,10 +613,20 @@ void Session::Execute(wire::Call::Reader call, backend::HostBytes bulk) {
   cx.wants_reply = call.getWantsReply();
   cx.bulk_in = std::move(bulk);
   cx.reply.setSeq(cx.seq);
+  calls_.fetch_add(1, std::memory_order_relaxed);
+  const wire::Call::Which which = call.which();
+  if (which == wire::Call::LAUNCH || which == wire::Call::GRAPH_LAUNCH ||
+      which == wire::Call::GRAPH_LAUNCH_HOST_NODES) {
+    launches_.fetch_add(1, std::memory_order_relaxed);
+  }
+  if (cx.wants_reply) cx.started = std::chrono::steady_clock::now();
 
   if (!revoked_.ok()) {
     // Preempted: the session has no devices any more.
-    if (cx.wants_reply) SendReply(cx.seq, revoked_);
+    if (cx.wants_reply) {
+      SendReply(cx.seq, revoked_);
+      CountSyncCall(cx.started);
+    }
     return;
   }
   if (cx.wants_reply && !latched_error_.ok()) {
@@ -622,6 +641,7 @@ void Session::Execute(wire::Call::Reader call, backend::HostBytes bulk) {
     cx.reply.setLatchedFromSeq(latched_seq_);
     latched_error_ = Status::Ok();
     SendReplyMessage(cx.message, {});
+    CountSyncCall(cx.started);
     return;
   }
   Status status = Dispatch(call, cx);
@@ -637,6 +657,7 @@ void Session::Execute(wire::Call::Reader call, backend::HostBytes bulk) {
     } else {
       SendReply(cx.seq, status);
     }
+    CountSyncCall(cx.started);
   } else if (!status.ok()) {
     if (latched_error_.ok()) {
       latched_error_ = status.WithContext("asynchronous error from call " + std::to_string(cx.seq));
@@ -670,6 +691,7 @@ void Session::SendReplyMessage(capnp::MallocMessageBuilder& message,
   Status status = WriteFrame(*transport_, wire::FrameKind::REPLY, message, bulk);
   last_write_ns_.store(std::chrono::steady_clock::now().time_since_epoch().count(),
                        std::memory_order_relaxed);
+  if (status.ok()) frames_to_client_.fetch_add(1, std::memory_order_relaxed);
   if (!status.ok()) {
     // The reader sees the same failure and ends the session.
     FERRY_LOG(kDebug) << "session " << id_ << ": reply not sent: " << status.ToString();
@@ -682,7 +704,9 @@ backend::Completion Session::DeferReply(CallContext& cx, backend::MutableHostByt
   deferred_replies_.fetch_add(1);
   StartKeepaliveIfAsked();
   const uint64_t seq = cx.seq;
-  return [this, seq, bulk = std::move(bulk)](Status status) {
+  const bool wants_reply = cx.wants_reply;
+  const auto started = cx.started;
+  return [this, seq, wants_reply, started, bulk = std::move(bulk)](Status status) {
     capnp::MallocMessageBuilder message(64);
     auto reply = message.initRoot<wire::Reply>();
     reply.setSeq(seq);
@@ -691,9 +715,15 @@ backend::Completion Session::DeferReply(CallContext& cx, backend::MutableHostByt
     SendReplyMessage(message, status.ok() && bulk.size > 0
                                   ? std::span<const ConstBuffer>(&payload, 1)
                                   : std::span<const ConstBuffer>());
+    if (wants_reply) CountSyncCall(started);
     deferred_replies_.fetch_sub(1);
     CompletionDone();
   };
+}
+
+void Session::CountSyncCall(std::chrono::steady_clock::time_point started) {
+  sync_calls_.Observe(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
 }
 
 void Session::StartKeepaliveIfAsked() {
@@ -717,7 +747,9 @@ void Session::KeepaliveLoop() {
     {
       std::lock_guard<std::mutex> write(write_mutex_);
       // A failed write: the reader sees the same failure and ends the session.
-      (void)WriteFrame(*transport_, wire::FrameKind::KEEPALIVE, message);
+      if (WriteFrame(*transport_, wire::FrameKind::KEEPALIVE, message).ok()) {
+        frames_to_client_.fetch_add(1, std::memory_order_relaxed);
+      }
       last_write_ns_.store(std::chrono::steady_clock::now().time_since_epoch().count());
     }
     lock.lock();

@@ -79,10 +79,19 @@
 #include "server/backend/api/gpu_backend.h"
 #include "server/counting_transport.h"
 #include "server/handle_table.h"
+#include "server/metrics/histogram.h"
 #include "server/module_cache.h"
 #include "server/session_shares.h"
 
 namespace ferry::server {
+
+// /metrics (server/server_metrics.cc): the buckets, in seconds, of how long
+// ferryd took to answer a call whose client waits for the reply, from the
+// start of the call's execution to its reply written (a synchronize or a
+// device-to-host copy includes the GPU work it waited for).
+inline constexpr double kSyncCallBucketSeconds[] = {
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1,     0.25,   0.5,     1,      2.5,   5,      10,    30,   60};
 
 // A snapshot of a session for ferryctl.
 struct SessionInfo {
@@ -111,6 +120,13 @@ struct SessionInfo {
   uint64_t peak_bytes_allocated = 0;  // the most device memory it held at once
   std::string end_reason;             // why serving ended; "" while it serves
   bool started = false;               // its handshake was answered: it served
+  // /metrics (server/server_metrics.cc): counters over the session's life.
+  uint64_t calls = 0;               // calls executed
+  uint64_t launches = 0;            // kernel and graph launches among them
+  uint64_t frames_from_client = 0;  // call batches and gate openings read
+  uint64_t frames_to_client = 0;    // replies, keepalives and the handshake reply written
+  // Calls the client waited for, by kSyncCallBucketSeconds.
+  metrics::HistogramCounts sync_calls;
 };
 
 // A live client session as ferryd's Server holds it: a Session in this
@@ -440,6 +456,8 @@ class Session final : public ServedSession {
     capnp::MallocMessageBuilder message{kj::arrayPtr(scratch, 128)};
     wire::Reply::Builder reply;
     bool deferred = false;  // the handler arranged a later reply
+    // When the call started to execute (/metrics: sync-call durations).
+    std::chrono::steady_clock::time_point started;
     // Bytes the reply carries when it is sent at once (status OK only); they
     // must stay valid until the handler's caller has written the reply.
     ConstBuffer reply_bulk{nullptr, 0};
@@ -860,6 +878,14 @@ class Session final : public ServedSession {
   // construction, its counters are used from any thread.
   std::unique_ptr<std::atomic<uint64_t>[]> bytes_awaiting_release_;
   std::atomic<uint64_t> allocations_waited_for_releases_{0};  // SessionInfo's
+  // SessionInfo's /metrics counters; any thread.
+  std::atomic<uint64_t> calls_{0};
+  std::atomic<uint64_t> launches_{0};
+  std::atomic<uint64_t> frames_from_client_{0};
+  std::atomic<uint64_t> frames_to_client_{0};
+  metrics::AtomicHistogram sync_calls_{kSyncCallBucketSeconds};
+  // A call whose client waits was answered (at once or by a completion).
+  void CountSyncCall(std::chrono::steady_clock::time_point started);
 
   // Serving. read_mutex_ is held by the thread that reads the transport;
   // serve_mutex_ guards what the two roles share.

@@ -87,6 +87,15 @@ void InfoToWire(const SessionInfo& in, wire::WorkerSessionInfo::Builder out) {
   out.setPeakBytesAllocated(in.peak_bytes_allocated);
   out.setEndReason(in.end_reason);
   out.setStarted(in.started);
+  out.setCalls(in.calls);
+  out.setLaunches(in.launches);
+  out.setFramesFromClient(in.frames_from_client);
+  out.setFramesToClient(in.frames_to_client);
+  auto counts = out.initSyncCallCounts(static_cast<unsigned>(in.sync_calls.counts.size()));
+  for (size_t i = 0; i < in.sync_calls.counts.size(); ++i) {
+    counts.set(static_cast<unsigned>(i), in.sync_calls.counts[i]);
+  }
+  out.setSyncCallSeconds(in.sync_calls.sum);
 }
 
 SessionInfo InfoFromWire(uint64_t id, wire::WorkerSessionInfo::Reader in) {
@@ -113,6 +122,16 @@ SessionInfo InfoFromWire(uint64_t id, wire::WorkerSessionInfo::Reader in) {
   out.peak_bytes_allocated = in.getPeakBytesAllocated();
   out.end_reason = in.getEndReason().cStr();
   out.started = in.getStarted();
+  out.calls = in.getCalls();
+  out.launches = in.getLaunches();
+  out.frames_from_client = in.getFramesFromClient();
+  out.frames_to_client = in.getFramesToClient();
+  // Both ends are this binary: the same buckets, or none from a worker
+  // that has not counted yet. Anything else is dropped, not misread.
+  if (in.getSyncCallCounts().size() == std::size(kSyncCallBucketSeconds) + 1) {
+    for (uint64_t count : in.getSyncCallCounts()) out.sync_calls.counts.push_back(count);
+    out.sync_calls.sum = in.getSyncCallSeconds();
+  }
   return out;
 }
 

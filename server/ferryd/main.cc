@@ -11,6 +11,7 @@
 //          [--unix-group GROUP] [--unix-allow-uid UID ...] [--unix-allow-gid GID ...]
 //          [--log-level debug|info|warning|error] [--log-format text|json]
 //          [--compute-sharing auto|mps]
+//          [--metrics-listen HOST:PORT [--metrics-sessions]]
 //          [--sessions-in-process]
 //          [--etcd URLS --name NAME --advertise HOST:PORT [--label KEY=VALUE ...]
 //           [--cluster-ttl DURATION] [--cluster-prefix PREFIX]]
@@ -37,6 +38,10 @@
 // Each client session runs in a worker process of its own (server/
 // session_worker.h), started as `ferryd <the same flags> --session-worker FD`;
 // --sessions-in-process (tests and measurements) keeps them in this process.
+//
+// --metrics-listen serves Prometheus's /metrics over HTTP (server/
+// server_metrics.h): TLS and tokens as the other listeners, and a
+// non-loopback address without TLS needs --no-tls.
 //
 // SIGTERM and SIGINT stop it cleanly: listeners close, every session ends and
 // frees its resources, and ferryd exits 0. SIGHUP re-reads the config file
@@ -114,6 +119,8 @@ struct Flags {
   std::vector<uint32_t> unix_allow_gids;
   bool sessions_in_process = false;
   std::optional<std::string> compute_sharing;
+  std::optional<std::string> metrics_listen;
+  bool metrics_sessions = false;
   std::optional<int> session_worker_link;  // set: this process is a session worker
   // A cluster pool (server/cluster/).
   std::optional<std::string> etcd;  // comma-separated URLs
@@ -224,7 +231,8 @@ int ParseArgs(int argc, char** argv, Flags* flags) {
           ->check(ByteSize(/*allow_zero=*/true, "1GiB, 0 to turn it off"))
           ->type_name("SIZE");
   app.add_option("--ready-file", flags->ready_file,
-                 "once listening, write the first bound address to PATH")
+                 "once listening, write the first bound address to PATH (and, with\n"
+                 "--metrics-listen, a second line: metrics HOST:PORT)")
       ->type_name("PATH");
   std::string handshake_timeout, session_buffer;
   int max_connections = 0, max_sessions = 0;
@@ -308,6 +316,14 @@ int ParseArgs(int argc, char** argv, Flags* flags) {
                      "daemon; each session's process gets its share as its thread percentage)")
           ->check(CLI::IsMember({"auto", "mps"}))
           ->type_name("MODE");
+  std::string metrics_listen;
+  CLI::Option* metrics_listen_option =
+      app.add_option("--metrics-listen", metrics_listen,
+                     "serve Prometheus metrics at http(s)://HOST:PORT/metrics (port 0 picks one);\n"
+                     "TLS and tokens as the other listeners")
+          ->type_name("HOST:PORT");
+  app.add_flag("--metrics-sessions", flags->metrics_sessions,
+               "/metrics: series per live client session too (calls, bytes, launches)");
   app.add_flag("--sessions-in-process", flags->sessions_in_process,
                "run client sessions inside ferryd's process instead of one worker process\n"
                "each (tests and measurements only: tenants then share one address space)");
@@ -364,6 +380,7 @@ int ParseArgs(int argc, char** argv, Flags* flags) {
     flags->cluster_ttl = absl::FromChrono(ttl);
   }
   if (compute_sharing_option->count() > 0) flags->compute_sharing = compute_sharing;
+  if (metrics_listen_option->count() > 0) flags->metrics_listen = metrics_listen;
   if (backend_option->count() > 0) flags->backend = backend;
   if (cuda_driver_option->count() > 0) flags->cuda_driver = cuda_driver;
   if (host_devices_option->count() > 0) flags->host_devices = host_devices;
@@ -407,6 +424,8 @@ struct Settings {
   std::string tls_cert, tls_key;  // "" = plain TCP
   server::UnixAccess unix_access;
   server::ComputeSharing compute_sharing = server::ComputeSharing::kAuto;
+  std::string metrics_listen;  // "" = no /metrics
+  bool metrics_sessions = false;
   // A cluster pool: empty endpoints = a server of its own.
   std::vector<std::string> etcd;
   cluster::ClusterMember::Options cluster;
@@ -508,6 +527,24 @@ Status Merge(const Flags& flags, const pool::Config& config, Settings* settings)
             " without TLS: pass --tls-cert and --tls-key, or --no-tls to serve plain TCP there");
       }
     }
+  }
+  settings->metrics_listen =
+      flags.metrics_listen.value_or(config.server.metrics_listen.value_or(""));
+  settings->metrics_sessions =
+      flags.metrics_sessions || config.server.metrics_sessions.value_or(false);
+  if (!settings->metrics_listen.empty()) {
+    std::string host;
+    uint16_t port = 0;
+    FERRY_RETURN_IF_ERROR(ParseHostPort(settings->metrics_listen, &host, &port));
+    // Scrapes carry tokens too: the same rule as the listeners.
+    if (settings->tls_cert.empty() && !flags.no_tls &&
+        !IsLoopbackAddress(settings->metrics_listen)) {
+      return Status::InvalidArgument(
+          "--metrics-listen " + settings->metrics_listen +
+          " without TLS: pass --tls-cert and --tls-key, or --no-tls to serve plain HTTP there");
+    }
+  } else if (settings->metrics_sessions) {
+    return Status::InvalidArgument("--metrics-sessions needs --metrics-listen");
   }
   const std::string sharing =
       flags.compute_sharing.value_or(config.server.compute_sharing.value_or("auto"));
@@ -834,6 +871,27 @@ int Main(int argc, char** argv) {
       FERRY_LOG(kInfo) << "pool " << name << ": " << pool.slices_per_gpu << " slice(s) per GPU";
     }
   }
+  // Before Start, after everything it reads (the pool, tokens, TLS) is set.
+  if (!settings.metrics_listen.empty()) {
+    server::MetricsOptions metrics;
+    metrics.listen = settings.metrics_listen;
+    metrics.per_session = settings.metrics_sessions;
+    metrics.server_name = settings.cluster.name;  // "" outside a cluster: the host's name
+    metrics.version = FERRY_VERSION;
+    status = server.ServeMetrics(metrics);
+    if (!status.ok()) {
+      FERRY_LOG(kError) << "--metrics-listen: " << status.message();
+      return 1;
+    }
+    const std::string url =
+        (settings.tls_cert.empty() ? "http://" : "https://") + server.MetricsAddress() + "/metrics";
+    FERRY_LOG(kInfo) << "metrics at " << url
+                     << (settings.token_file.empty() ? "" : ", tokens required");
+    if (settings.token_file.empty() && !IsLoopbackAddress(server.MetricsAddress())) {
+      FERRY_LOG(kWarning) << "*** NO AUTHENTICATION on " << url
+                          << ": anyone who reaches it reads every session's program and host. ***";
+    }
+  }
   server.Start();
   if (!settings.etcd.empty()) {
     // Registered after Start: a client sent here by another server finds
@@ -880,6 +938,8 @@ int Main(int argc, char** argv) {
     {
       std::ofstream out(temp);
       out << server.BoundAddresses().front() << "\n";
+      // With --metrics-listen, a second line: "metrics HOST:PORT".
+      if (!server.MetricsAddress().empty()) out << "metrics " << server.MetricsAddress() << "\n";
     }
     if (std::rename(temp.c_str(), settings.ready_file.c_str()) != 0) {
       FERRY_LOG(kError) << "cannot write --ready-file " << settings.ready_file;

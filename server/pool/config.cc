@@ -11,6 +11,7 @@
 #include <set>
 #include <sstream>
 
+#include "common/transport.h"
 #include "common/units.h"
 
 namespace ferry::pool {
@@ -236,6 +237,18 @@ class Reader {
           return Error(value.source(), key, "'" + sharing + "' is not \"auto\" or \"mps\"");
         }
         server->compute_sharing = sharing;
+      } else if (name == "metrics_listen") {
+        std::string address;
+        FERRY_RETURN_IF_ERROR(String(value, key, &address));
+        std::string host;
+        uint16_t port = 0;
+        if (Status parsed = ParseHostPort(address, &host, &port); !parsed.ok()) {
+          return Error(value.source(), key, parsed.message());
+        }
+        server->metrics_listen = address;
+      } else if (name == "metrics_sessions") {
+        if (!value.is_boolean()) return WrongType(value, key, "true or false");
+        server->metrics_sessions = value.as_boolean()->get();
       } else if (name == "on_rebind") {
         FERRY_RETURN_IF_ERROR(Policy(value, key, &server->on_rebind));
       } else if (name == "grace") {
@@ -244,7 +257,8 @@ class Reader {
         return Error(key_node.source(), key,
                      "unknown key ([server] has listen, backend, default_pool, cuda_driver, "
                      "host_kernels, log_level, on_rebind, grace, handshake_timeout, "
-                     "max_connections, max_sessions, session_buffer, compute_sharing)");
+                     "max_connections, max_sessions, session_buffer, compute_sharing, "
+                     "metrics_listen, metrics_sessions)");
       }
     }
     return Status::Ok();

@@ -10,6 +10,8 @@
 //   log_level = "info"              # debug, info, warning, error
 //   on_rebind = "drain"             # default for windows and manual rebinds
 //   grace = "15m"                   # default drain grace
+//   metrics_listen = "127.0.0.1:9400"  # /metrics (Prometheus); off when unset
+//   metrics_sessions = false        # /metrics: series per live session too
 //
 //   [auth]
 //   token_file = "/etc/ferry/tokens.toml"   # clients and ferryctl need a token
@@ -89,6 +91,9 @@ struct ServerConfig {
   std::optional<uint64_t> session_buffer;
   // How sessions share a GPU's compute: "auto" or "mps" (ferryd --compute-sharing).
   std::optional<std::string> compute_sharing;
+  // /metrics (ferryd --metrics-listen, --metrics-sessions).
+  std::optional<std::string> metrics_listen;
+  std::optional<bool> metrics_sessions;
   std::string default_pool;  // "" = no pools
   RebindPolicy on_rebind = RebindPolicy::kDrain;
   absl::Duration grace = absl::Minutes(15);

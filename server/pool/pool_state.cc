@@ -187,6 +187,7 @@ void PoolState::MoveGpu(Gpu& gpu, const std::string& pool, RebindPolicy policy,
     if (policy == RebindPolicy::kPreempt) {
       to_preempt.push_back(holding.session);
     } else if (now + grace < holding.deadline) {
+      if (holding.deadline == absl::InfiniteFuture()) changes->drained.push_back(holding.session);
       holding.deadline = now + grace;
       holding.drain_reason = "preempted by " + by + ": " + what + "; the drain grace of " +
                              FormatGrace(grace) + " ran out";

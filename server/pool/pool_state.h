@@ -97,11 +97,15 @@ struct PoolChanges {
   std::vector<uint64_t> granted;
   // Waiters dropped from the queue, with the error their borrow ends with.
   std::vector<std::pair<uint64_t, Status>> ended_waits;
+  // Holders a rebind began to drain (they keep their slices until they end
+  // or the grace passes); for ferryd's counters.
+  std::vector<uint64_t> drained;
   // Rebinds and other events worth a log line.
   std::vector<std::string> log;
 
   bool empty() const {
-    return preempted.empty() && granted.empty() && ended_waits.empty() && log.empty();
+    return preempted.empty() && granted.empty() && ended_waits.empty() && drained.empty() &&
+           log.empty();
   }
 };
 

@@ -28,7 +28,9 @@
 #include "common/transport.h"
 #include "test/support/child_process.h"
 #include "test/support/ferryd.h"
+#include "test/support/http_client.h"
 #include "test/support/pool_config.h"
+#include "test/support/prometheus_text_parser.h"
 #include "test/support/raw_client.h"
 #include "test/support/wait.h"
 
@@ -482,6 +484,53 @@ TEST_F(TlsTest, FerryctlSpeaksTlsWithTokens) {
   ASSERT_NO_FATAL_FAILURE(
       ExpectServed({{"FERRY_TLS_CA", dir_ + "/ca.pem"}, {"FERRY_TOKEN", admin}}));
   ExpectRefused({{"FERRY_TLS_CA", dir_ + "/ca.pem"}});
+}
+
+// /metrics (--metrics-listen) is served like the other listeners: over TLS
+// with ferryd's certificate, and to requests with a token of the file.
+TEST_F(TlsTest, MetricsAreServedOverTlsToTokenHolders) {
+  const std::string token = CreateToken("dev", false, "scraper");
+  ASSERT_NO_FATAL_FAILURE(
+      StartTls({"--token-file", token_file_, "--metrics-listen", "127.0.0.1:0"}));
+  std::ifstream ready(dir_ + "/ready");
+  std::string first, second;
+  ASSERT_TRUE(std::getline(ready, first) && std::getline(ready, second));
+  ASSERT_EQ(second.rfind("metrics ", 0), 0u) << second;
+  const std::string metrics = second.substr(8);
+  EXPECT_NE(ferryd_->Stderr().find("metrics at https://" + metrics + "/metrics, tokens required"),
+            std::string::npos)
+      << ferryd_->Stderr();
+  TlsClientConfig tls;
+  tls.ca_file = dir_ + "/ca.pem";
+  tls.server_name = "127.0.0.1";
+  std::string error;
+  std::optional<test::HttpResponse> scrape = test::HttpExchange(
+      metrics, test::HttpGetRequest("/metrics", "Authorization: Bearer " + token + "\r\n"),
+      kProgramTimeout, &error, tls);
+  ASSERT_TRUE(scrape.has_value()) << error;
+  EXPECT_EQ(scrape->status, 200);
+  test::PromExposition parsed;
+  EXPECT_EQ(test::ParsePrometheusText(scrape->body, &parsed), "") << scrape->body;
+  EXPECT_EQ(parsed.Value("ferry_sessions"), 0.0);
+  // Without the token: 401, inside TLS.
+  std::optional<test::HttpResponse> refused =
+      test::HttpExchange(metrics, test::HttpGetRequest("/metrics"), kProgramTimeout, &error, tls);
+  ASSERT_TRUE(refused.has_value()) << error;
+  EXPECT_EQ(refused->status, 401);
+  // Plain HTTP gets no answer (the TLS handshake fails), nor does a client
+  // that does not trust the certificate.
+  EXPECT_FALSE(
+      test::HttpExchange(metrics, test::HttpGetRequest("/metrics"), kProgramTimeout, &error)
+          .has_value());
+  TlsClientConfig other = tls;
+  other.ca_file = dir_ + "/other-ca.pem";
+  EXPECT_FALSE(
+      test::HttpExchange(metrics, test::HttpGetRequest("/metrics"), kProgramTimeout, &error, other)
+          .has_value());
+  EXPECT_NE(error.find("certificate does not verify"), std::string::npos) << error;
+  // ferryd and its clients are none the worse.
+  ASSERT_NO_FATAL_FAILURE(
+      ExpectServed({{"FERRY_TLS_CA", dir_ + "/ca.pem"}, {"FERRY_TOKEN", token}}));
 }
 
 // --- the unix socket ---------------------------------------------------------

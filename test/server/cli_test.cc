@@ -134,7 +134,8 @@ TEST_F(CliTest, HelpOnEveryCommandNamesItsFlags) {
   for (const char* flag :
        {"--config", "--listen", "--backend", "--cuda-driver", "--allow-ferry-cuda-driver",
         "--host-kernels", "--host-devices", "--host-memory", "--module-cache", "--ready-file",
-        "--log-level", "--test-fake-clock", "--version"}) {
+        "--log-level", "--test-fake-clock", "--metrics-listen", "--metrics-sessions",
+        "--version"}) {
     EXPECT_TRUE(Contains(d.out, flag)) << "ferryd --help lacks " << flag << ":\n" << d.out;
   }
   EXPECT_EQ(Ferryd({"-h"}).code, 0);
@@ -234,6 +235,17 @@ TEST_F(CliTest, AccessFlagsAreCheckedAtStart) {
   EXPECT_EQ(d.code, 2);
   EXPECT_TRUE(Contains(d.err, "without TLS")) << d.err;
   EXPECT_TRUE(Contains(d.err, "--no-tls")) << d.err;
+  // /metrics carries tokens and tenants' names: the same rule.
+  d = Ferryd({"--listen", "127.0.0.1:0", "--backend", "host", "--metrics-listen", "0.0.0.0:0"});
+  EXPECT_EQ(d.code, 2);
+  EXPECT_TRUE(Contains(d.err, "--metrics-listen 0.0.0.0:0 without TLS")) << d.err;
+  EXPECT_TRUE(Contains(d.err, "--no-tls")) << d.err;
+  d = Ferryd({"--listen", "127.0.0.1:0", "--backend", "host", "--metrics-listen", "nowhere"});
+  EXPECT_EQ(d.code, 2);
+  EXPECT_TRUE(Contains(d.err, "nowhere")) << d.err;
+  d = Ferryd({"--listen", "127.0.0.1:0", "--backend", "host", "--metrics-sessions"});
+  EXPECT_EQ(d.code, 2);
+  EXPECT_TRUE(Contains(d.err, "--metrics-sessions needs --metrics-listen")) << d.err;
   d = Ferryd({"--listen", "127.0.0.1:0", "--backend", "host", "--tls-cert", "c.pem"});
   EXPECT_EQ(d.code, 2);
   EXPECT_TRUE(Contains(d.err, "--tls-cert and --tls-key go together")) << d.err;

@@ -10,6 +10,8 @@
 #include <atomic>
 #include <chrono>
 #include <future>
+#include <iterator>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -119,10 +121,22 @@ TEST_F(PoolServiceTest, AQueuedBorrowerIsServedWhenASliceComesBack) {
   std::future<Status> waiter = StartQueuedBorrow(5);
   ASSERT_TRUE(test::WaitFor([&] { return position_.load() == 1; }, 10s));
   EXPECT_EQ(waiter.wait_for(0s), std::future_status::timeout);
+  // The wait is counted when it begins and timed when it ends.
+  EXPECT_EQ(service_->Counters().at("dev").waits, 1u);
+  EXPECT_EQ(service_->Counters().at("dev").wait_seconds.total(), 0u);
   service_->Return(3);
   ASSERT_EQ(waiter.wait_for(10s), std::future_status::ready);
   const Status status = waiter.get();
   EXPECT_TRUE(status.ok()) << status.ToString();
+  const std::map<std::string, PoolService::PoolCounters> counters = service_->Counters();
+  EXPECT_EQ(counters.at("dev").waits, 1u);
+  EXPECT_EQ(counters.at("dev").wait_seconds.total(), 1u);
+  EXPECT_EQ(counters.at("dev").wait_seconds.counts.size(),
+            std::size(PoolService::kWaitBucketSeconds) + 1);
+  EXPECT_GE(counters.at("dev").wait_seconds.sum, 0.0);
+  // Every configured pool is there, counted or not.
+  EXPECT_EQ(counters.at("train").waits, 0u);
+  EXPECT_EQ(counters.at("train").wait_seconds.total(), 0u);
 }
 
 TEST_F(PoolServiceTest, StopEndsAWaitWithDisconnected) {
@@ -142,9 +156,26 @@ TEST_F(PoolServiceTest, TheNightBoundaryPreemptsThroughTheHook) {
   const Status advanced = service_->AdvanceTestClock(absl::Minutes(1), &summary);
   ASSERT_TRUE(advanced.ok()) << advanced.ToString();
   EXPECT_TRUE(test::WaitFor([&] { return Preempted() == std::vector<uint64_t>{1}; }, 10s));
+  EXPECT_EQ(service_->Counters().at("dev").preemptions, 1u);
+  EXPECT_EQ(service_->Counters().at("dev").drains, 0u);
   // The GPU now serves train, whole: one borrower, then full.
   EXPECT_TRUE(Borrow(2, absl::ZeroDuration(), "train").ok());
   EXPECT_FALSE(Borrow(3, absl::ZeroDuration(), "train").ok());
+}
+
+TEST_F(PoolServiceTest, TheNightBoundaryDrainsAreCounted) {
+  Make("on_rebind = \"drain\"\ngrace = \"15m\"\n");
+  ASSERT_TRUE(Borrow(1).ok());
+  ASSERT_TRUE(Borrow(2).ok());
+  std::string summary;
+  ASSERT_TRUE(service_->AdvanceTestClock(absl::Minutes(1), &summary).ok());
+  EXPECT_EQ(service_->Counters().at("dev").drains, 2u);
+  EXPECT_EQ(service_->Counters().at("dev").preemptions, 0u);
+  // The grace runs out: both are preempted, not drained again.
+  ASSERT_TRUE(service_->AdvanceTestClock(absl::Minutes(15), &summary).ok());
+  EXPECT_TRUE(test::WaitFor([&] { return Preempted().size() == 2; }, 10s));
+  EXPECT_EQ(service_->Counters().at("dev").drains, 2u);
+  EXPECT_EQ(service_->Counters().at("dev").preemptions, 2u);
 }
 
 TEST_F(PoolServiceTest, TheTestClockIsRefusedWithoutOne) {

@@ -150,6 +150,26 @@ compute_sharing = "mps"
               "not a size");
 }
 
+TEST(ConfigTest, MetricsKeys) {
+  Config config;
+  Status status = ParseConfig(
+      "[server]\nmetrics_listen = \"127.0.0.1:9400\"\n"
+      "metrics_sessions = true\n",
+      "x.toml", &config);
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  EXPECT_EQ(*config.server.metrics_listen, "127.0.0.1:9400");
+  EXPECT_TRUE(*config.server.metrics_sessions);
+  Config unset;
+  ASSERT_TRUE(ParseConfig("[server]\n", "x.toml", &unset).ok());
+  EXPECT_FALSE(unset.server.metrics_listen.has_value());
+  EXPECT_FALSE(unset.server.metrics_sessions.has_value());
+  ExpectError("[server]\nmetrics_listen = \"9400\"\n", "bad.toml:2: server.metrics_listen",
+              "host:port");
+  ExpectError("[server]\nmetrics_listen = 9400\n", "bad.toml:2: server.metrics_listen", "a string");
+  ExpectError("[server]\n\nmetrics_sessions = \"yes\"\n", "bad.toml:3: server.metrics_sessions",
+              "true or false");
+}
+
 TEST(ConfigTest, AuthTable) {
   Config config;
   Status status = ParseConfig(R"(

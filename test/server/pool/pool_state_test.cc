@@ -235,6 +235,8 @@ TEST_F(PoolStateTest, NightDrainLetsHoldersFinishThenPreemptsAfterTheGrace) {
   EXPECT_NE(at_eight.log[0].find("from pool dev to pool train"), std::string::npos)
       << at_eight.log[0];
   EXPECT_NE(at_eight.log[0].find("draining 2 holders (grace 15m)"), std::string::npos);
+  // Both holders begin to drain (counted once each, for ferryd's metrics).
+  EXPECT_EQ(at_eight.drained, (std::vector<uint64_t>{1, 2}));
   EXPECT_EQ(Gpu(0).pool, "train");
   EXPECT_EQ(Gpu(0).window, "20:00:00-08:00:00 Asia/Shanghai");
   EXPECT_EQ(Gpu(0).holdings[0].deadline, Shanghai(2026, 3, 10, 20, 15));
@@ -248,6 +250,7 @@ TEST_F(PoolStateTest, NightDrainLetsHoldersFinishThenPreemptsAfterTheGrace) {
   EXPECT_EQ(pool_->NextEventTime(clock_->Now()), Shanghai(2026, 3, 10, 20, 15));
   EXPECT_TRUE(AdvanceTo(Shanghai(2026, 3, 10, 20, 14, 59)).preempted.empty());
   PoolChanges at_grace = AdvanceTo(Shanghai(2026, 3, 10, 20, 15));
+  EXPECT_TRUE(at_grace.drained.empty());  // already draining: not counted again
   ASSERT_EQ(at_grace.preempted.size(), 1u);
   EXPECT_EQ(at_grace.preempted[0].session, 2u);
   const std::string& reason = at_grace.preempted[0].reason;
