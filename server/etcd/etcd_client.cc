@@ -176,6 +176,11 @@ class ConnectionPool {
     }
     auto client = std::make_unique<httplib::Client>(endpoint_.host, endpoint_.port);
     client->set_keep_alive(true);
+    // httplib writes a POST's head and body separately; with Nagle on, the
+    // body waits for the ACK of the head, which the server delays: 40 ms per
+    // request (bench/results/cluster-2026-12-07.md: a cluster session start went from 135 ms
+    // to 6-8 ms).
+    client->set_tcp_nodelay(true);
     return client;
   }
 
@@ -322,6 +327,7 @@ class GatewayWatch final : public Watch {
   Attempt Stream(const Endpoint& endpoint) {
     Attempt attempt;
     httplib::Client client(endpoint.host, endpoint.port);
+    client.set_tcp_nodelay(true);  // as for requests (ConnectionPool::Take)
     SetTimeout(connect_timeout_, &httplib::Client::set_connection_timeout, &client);
     SetTimeout(connect_timeout_, &httplib::Client::set_write_timeout, &client);
     client.set_read_timeout(kWatchIdleLimit);
