@@ -85,7 +85,9 @@ void PoolService::Publish(const pool::PoolChanges& changes) {
   }
   changed_cv_.notify_all();
   timer_cv_.notify_all();
-  if (options_.changed && !changes.empty()) options_.changed();
+  // Unconditional: a return or a new config changes what the cluster sees
+  // (free slices, the next change) without PoolChanges saying so.
+  if (options_.changed) options_.changed();
 }
 
 std::string PoolService::Summarize(const pool::PoolChanges& changes) {
@@ -124,21 +126,14 @@ void PoolService::TimerLoop() {
 
 Status PoolService::Borrow(const pool::BorrowRequest& request, const std::function<bool()>& gone,
                            const std::function<void(int)>& on_position, pool::Lease* lease) {
-  FERRY_RETURN_IF_ERROR(BorrowHere(request, gone, on_position, lease));
-  if (options_.claim) {
-    Status claimed = options_.claim(*lease);
-    if (!claimed.ok()) {
-      Return(request.session);
-      return claimed;
-    }
-  }
-  if (options_.changed) options_.changed();
+  FERRY_RETURN_IF_ERROR(PlaceOrWait(request, gone, on_position, lease));
+  if (options_.changed) options_.changed();  // a grant changes no PoolChanges
   return Status::Ok();
 }
 
-Status PoolService::BorrowHere(const pool::BorrowRequest& request,
-                               const std::function<bool()>& gone,
-                               const std::function<void(int)>& on_position, pool::Lease* lease) {
+Status PoolService::PlaceOrWait(const pool::BorrowRequest& request,
+                                const std::function<bool()>& gone,
+                                const std::function<void(int)>& on_position, pool::Lease* lease) {
   std::unique_lock<std::mutex> lock(mutex_);
   if (stopping_) return Status::Disconnected("ferryd is stopping");
   pool::BorrowResult result = state_->Borrow(request, options_.clock->Now());
@@ -221,7 +216,6 @@ void PoolService::Return(uint64_t session) {
     RecordLocked(changes);
   }
   Publish(changes);
-  if (options_.changed) options_.changed();
 }
 
 Status PoolService::Reload(const pool::Config& config, std::string* summary) {
@@ -232,8 +226,6 @@ Status PoolService::Reload(const pool::Config& config, std::string* summary) {
     RecordLocked(changes);
   }
   Publish(changes);
-  // A new config may move the next scheduled change without changing anything now.
-  if (options_.changed) options_.changed();
   *summary = Summarize(changes);
   return Status::Ok();
 }
@@ -303,11 +295,6 @@ pool::PoolSnapshot PoolService::Snapshot(absl::Time* now) const {
 std::string PoolService::default_pool() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return state_->config().server.default_pool;
-}
-
-bool PoolService::HasPool(const std::string& name) const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return state_->config().pools.count(name) > 0;
 }
 
 std::string PoolService::config_path() const {

@@ -41,18 +41,14 @@ class PoolService {
     // Must free the session's resources and then call Return(session). Runs
     // without the service's lock; must not block for long.
     std::function<void(const pool::Preemption&)> preempt;
-    // In a cluster (server/cluster/): called once a borrow is granted,
-    // before the borrower hears of it; a failure returns the lease and the
-    // borrow fails with that status.
-    std::function<Status(const pool::Lease&)> claim;
-    // Return(session) calls it before it frees the session's slices here
+    // In a cluster (server/cluster/): Return(session) calls it before it frees the session's slices here
     // (so a new borrow never finds their claims still standing). May block
     // for as long as the cluster store takes to answer.
     std::function<void(uint64_t session)> release;
     // After any change of the pool's state (borrows, returns, rebinds, the
     // schedule, reloads). Must not block.
     std::function<void()> changed;
-    // The hooks above and `preempt` run without the service's lock.
+    // These hooks and `preempt` run without the service's lock.
   };
 
   static Status Create(const pool::Config& config, std::vector<pool::PoolGpu> gpus, Options options,
@@ -65,7 +61,6 @@ class PoolService {
   // while queued, calls `on_position` with each new queue position and polls
   // `gone` (the client went away: the wait ends). On success `*lease` is the
   // grant; the caller must Return(request.session) when the session ends.
-  // In a cluster the grant is claimed (Options::claim) before this returns.
   Status Borrow(const pool::BorrowRequest& request, const std::function<bool()>& gone,
                 const std::function<void(int position)>& on_position, pool::Lease* lease);
   // The session ended and its resources are freed: its slices go back.
@@ -86,7 +81,6 @@ class PoolService {
   std::string config_path() const;
   // The pool a borrow that names none gets ([server] default_pool).
   std::string default_pool() const;
-  bool HasPool(const std::string& name) const;
   bool uses_test_clock() const { return options_.test_clock != nullptr; }
 
   // /metrics (server/server_metrics.cc): what happened in each pool since
@@ -109,9 +103,9 @@ class PoolService {
 
  private:
   PoolService(std::unique_ptr<pool::PoolState> state, Options options);
-  // Borrow without the claim: the local pool's grant.
-  Status BorrowHere(const pool::BorrowRequest& request, const std::function<bool()>& gone,
-                    const std::function<void(int position)>& on_position, pool::Lease* lease);
+  // Borrow's grant or wait, under the lock (Borrow tells the changed hook).
+  Status PlaceOrWait(const pool::BorrowRequest& request, const std::function<bool()>& gone,
+                     const std::function<void(int position)>& on_position, pool::Lease* lease);
   void TimerLoop();
   // Under the lock: remembers ended waits for their borrowers.
   void RecordLocked(const pool::PoolChanges& changes);

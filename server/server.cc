@@ -184,29 +184,6 @@ Status Server::EnablePool(const pool::Config& given, pool::Clock& clock,
   options.preempt = [this](const pool::Preemption& p) { PreemptSession(p); };
   if (cluster_ != nullptr) {
     cluster::ClusterMember* member = cluster_.get();
-    options.claim = [this, member](const pool::Lease& lease) {
-      std::string ticket;
-      {
-        std::lock_guard<std::mutex> lock(mutex_);
-        if (auto it = cluster_tickets_.find(lease.session); it != cluster_tickets_.end()) {
-          ticket = it->second;
-        }
-      }
-      std::vector<cluster::ClaimRecord> claims;
-      for (const pool::SliceGrant& slice : lease.slices) {
-        cluster::ClaimRecord claim;
-        claim.gpu = slice.gpu;
-        claim.slices_per_gpu = slice.slices_per_gpu;
-        claim.slice = slice.slice;
-        claim.pool = lease.pool;
-        claim.host = lease.host;
-        claim.pid = lease.pid;
-        claim.program = lease.program;
-        claim.since_unix_ms = absl::ToUnixMillis(absl::Now());
-        claims.push_back(std::move(claim));
-      }
-      return member->Claim(lease.session, std::move(claims), ticket);
-    };
     options.release = [member](uint64_t session) { member->Release(session); };
     options.changed = [member] { member->GpuStatesChanged(); };
   }
@@ -231,17 +208,8 @@ std::vector<cluster::GpuState> Server::ClusterGpuStates() const {
     state.slices_per_gpu = gpu.slices_per_gpu;
     state.free_slices = gpu.free_slices;
     state.drained = gpu.drained;
-    switch (gpu.source) {
-      case pool::BindingSource::kDefault:
-        state.binding = "default";
-        break;
-      case pool::BindingSource::kSchedule:
-        state.binding = "schedule " + gpu.window;
-        break;
-      case pool::BindingSource::kManual:
-        state.binding = "manual " + gpu.window;
-        break;
-    }
+    state.binding = gpu.window.empty() ? SourceName(gpu.source)
+                                       : std::string(SourceName(gpu.source)) + " " + gpu.window;
     if (gpu.next_change != absl::InfiniteFuture()) {
       state.next_change_unix_ms = absl::ToUnixMillis(gpu.next_change);
       state.next_pool = gpu.next_pool;
@@ -251,6 +219,23 @@ std::vector<cluster::GpuState> Server::ClusterGpuStates() const {
   return states;
 }
 
+Status Server::ClaimInCluster(const pool::Lease& lease, const std::string& ticket) {
+  std::vector<cluster::ClaimRecord> claims;
+  for (const pool::SliceGrant& slice : lease.slices) {
+    cluster::ClaimRecord claim;
+    claim.gpu = slice.gpu;
+    claim.slices_per_gpu = slice.slices_per_gpu;
+    claim.slice = slice.slice;
+    claim.pool = lease.pool;
+    claim.host = lease.host;
+    claim.pid = lease.pid;
+    claim.program = lease.program;
+    claim.since_unix_ms = absl::ToUnixMillis(absl::Now());
+    claims.push_back(std::move(claim));
+  }
+  return cluster_->Claim(lease.session, std::move(claims), ticket);
+}
+
 std::string Server::ClusterRoomFor(const pool::BorrowRequest& request) {
   cluster::ClusterSnapshot snapshot;
   Status status = cluster_->Read(&snapshot, /*with_claims=*/false);
@@ -258,13 +243,12 @@ std::string Server::ClusterRoomFor(const pool::BorrowRequest& request) {
     FERRY_LOG(kWarning) << "cluster: cannot look for room elsewhere: " << status.message();
     return "";
   }
-  const std::string pool = request.pool.empty() ? pool_->default_pool() : request.pool;
   std::string advertise;
-  const std::string server = cluster_->FindRoom(snapshot, pool, request.gpus, &advertise);
+  const std::string server = cluster_->FindRoom(snapshot, request.pool, request.gpus, &advertise);
   if (server.empty()) return "";
   FERRY_LOG(kInfo) << "client pid " << request.pid << " on " << request.host
-                   << ": no room here in pool " << pool << "; sent to server " << server << " at "
-                   << advertise;
+                   << ": no room here in pool " << request.pool << "; sent to server " << server
+                   << " at " << advertise;
   return advertise;
 }
 
@@ -1052,13 +1036,9 @@ Status Server::ClusterBorrow(pool::BorrowRequest request, wire::Hello::Reader he
   constexpr auto kQueuePoll = std::chrono::milliseconds(200);
   // A client is sent on at most this often for one borrow, so it never circles.
   constexpr uint32_t kMaxRedirects = 2;
+  // An unknown pool has an empty queue: the first Borrow below refuses it,
+  // naming the pools there are.
   if (request.pool.empty()) request.pool = pool_->default_pool();
-  if (!pool_->HasPool(request.pool)) {
-    pool::Lease ignored;  // the pool's own refusal names the pools there are
-    pool::BorrowRequest probe = request;
-    probe.wait = absl::ZeroDuration();
-    return pool_->Borrow(probe, gone, [](int) {}, &ignored);
-  }
   const bool may_redirect = hello.getFollowsRedirects() && hello.getRedirects() < kMaxRedirects;
   const absl::Time deadline = absl::Now() + request.wait;
   std::string ticket = hello.getQueueTicket().cStr();
@@ -1093,15 +1073,13 @@ Status Server::ClusterBorrow(pool::BorrowRequest request, wire::Hello::Reader he
     if (my_turn) {
       pool::BorrowRequest at_once = request;
       at_once.wait = absl::ZeroDuration();
-      {
-        std::lock_guard<std::mutex> lock(mutex_);
-        cluster_tickets_[request.session] = ticket;
-      }
       pool::Lease lease;
       here = pool_->Borrow(at_once, gone, [](int) {}, &lease);
-      {
-        std::lock_guard<std::mutex> lock(mutex_);
-        cluster_tickets_.erase(request.session);
+      if (here.ok()) {
+        // The fence: the slices are claimed in etcd (spending the ticket)
+        // before the session starts, or given back here.
+        here = ClaimInCluster(lease, ticket);
+        if (!here.ok()) pool_->Return(request.session);
       }
       if (here.ok()) {
         ticket.clear();  // spent by the claim

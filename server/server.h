@@ -107,7 +107,8 @@ class Server {
                     pool::FakeClock* test_clock = nullptr);
   // Before EnablePool: this ferryd is a member of a cluster pool
   // (server/cluster/). Every borrow is claimed in etcd before its session
-  // starts and released when it ends, the GPUs' bindings are published, and
+  // starts (ClusterBorrow) and released when it ends (the pool's release
+  // hook), the GPUs' bindings are published, and
   // a client this server has no room for is sent to a server that has.
   void SetCluster(std::unique_ptr<cluster::ClusterMember> member) { cluster_ = std::move(member); }
   // In a cluster, before EnablePool: the cluster's pool config as read at
@@ -250,7 +251,10 @@ class Server {
   // The session's devices for a granted lease.
   void GrantFromLease(const pool::Lease& lease, const Transport& transport,
                       const pool::BorrowRequest& request, SessionGrant* grant) const;
-  // In a cluster: where a borrow of `request` that found no room here
+  // In a cluster: claims `lease`'s slices in etcd for its session, spending
+  // the queue `ticket` when there is one (ClusterMember::Claim).
+  Status ClaimInCluster(const pool::Lease& lease, const std::string& ticket);
+  // In a cluster: where a borrow of `request` (its pool resolved) that found no room here
   // should go ("" when no other server has room, or etcd cannot say).
   std::string ClusterRoomFor(const pool::BorrowRequest& request);
   // The GPUs' bindings as the cluster sees them (ClusterMember's source).
@@ -290,8 +294,6 @@ class Server {
   pool::Config local_config_ ABSL_GUARDED_BY(mutex_);
   // In a cluster: its pool config, when one is stored.
   std::optional<pool::Config> cluster_pools_ ABSL_GUARDED_BY(mutex_);
-  // In a cluster: the queue ticket a session's claim spends, while it borrows.
-  std::map<uint64_t, std::string> cluster_tickets_ ABSL_GUARDED_BY(mutex_);
   std::mutex reload_mutex_;                  // one reload at a time
   std::string token_file_;                   // "" = no authentication; fixed after Start
   std::shared_ptr<TlsContext> tls_;          // null: plain TCP; fixed after Start

@@ -274,17 +274,13 @@ Status ClusterMember::ReadQueue(const std::string& pool, std::vector<QueueEntry>
   std::vector<QueueEntry> entries;
   for (const etcd::KeyValue& kv : kvs) {
     QueueEntry entry;
-    entry.ticket = kv.key;
-    entry.create_revision = kv.create_revision;
-    if (!FromJson(kv.value, &entry.waiter).ok()) {
+    if (!QueueEntryFrom(kv, &entry).ok()) {
       FERRY_LOG(kWarning) << "cluster: skipping queue entry " << kv.key << ": not a waiter";
       continue;
     }
     entries.push_back(std::move(entry));
   }
-  std::sort(entries.begin(), entries.end(), [](const QueueEntry& a, const QueueEntry& b) {
-    return a.create_revision < b.create_revision;
-  });
+  SortOldestFirst(&entries);
   *oldest_first = std::move(entries);
   return Status::Ok();
 }
@@ -463,7 +459,6 @@ void ClusterMember::Leave() {
   config_watch_.reset();  // joins its thread: no delivery after Leave
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    leases = std::move(revoke_);
     for (const auto& [session, held] : sessions_) leases.push_back(held.lease);
     sessions_.clear();
     for (const auto& [session, waiting] : waiters_) leases.push_back(waiting.lease);
@@ -485,14 +480,13 @@ void ClusterMember::KeeperLoop() {
     // change of the pool waits for the next round (no spinning).
     wake_.wait_for(lock, absl::ToChronoNanoseconds(period),
                    [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
-                     return stopping_ || !revoke_.empty() || config_attention_ ||
+                     return stopping_ || config_attention_ ||
                             (states_dirty_ && server_lease_ != 0 && store_problem_.empty());
                    });
   }
 }
 
 void ClusterMember::Tick() {
-  std::vector<int64_t> revoke;
   int64_t server_lease = 0;
   bool dirty = false;
   bool renew = false;
@@ -500,8 +494,6 @@ void ClusterMember::Tick() {
   std::map<uint64_t, Waiting> waiters;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    revoke = std::move(revoke_);
-    revoke_.clear();
     config_attention_ = false;  // this round looks at the pool config's watch
     server_lease = server_lease_;
     dirty = states_dirty_;
@@ -515,9 +507,6 @@ void ClusterMember::Tick() {
       waiters = waiters_;
     }
   }
-  // An ended session's lease: revoked now, or (etcd away) left to expire —
-  // nobody renews it any more.
-  for (int64_t lease : revoke) (void)store_->RevokeLease(lease);
 
   Status status = Status::Ok();
   if (server_lease == 0) {
@@ -569,13 +558,9 @@ void ClusterMember::Tick() {
                           << " lost its claims and cannot claim them again: " << again.message();
       continue;
     }
+    // Still there: Release waits for session_io_mutex_, Leave for this thread.
     std::lock_guard<std::mutex> lock(mutex_);
-    auto it = sessions_.find(session);
-    if (it != sessions_.end() && it->second.lease == held.lease) {
-      it->second.lease = lease;
-    } else {
-      revoke_.push_back(lease);  // it ended meanwhile
-    }
+    sessions_[session].lease = lease;
   }
 }
 

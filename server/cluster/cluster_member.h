@@ -170,8 +170,6 @@ class ClusterMember {
   // Held by Release and by the keeper while it claims a session's slices
   // again, so an ending session is never claimed anew. Taken before mutex_.
   std::mutex session_io_mutex_;
-  // Leases claimed again for sessions that ended meanwhile.
-  std::vector<int64_t> revoke_ ABSL_GUARDED_BY(mutex_);
   std::string store_problem_ ABSL_GUARDED_BY(mutex_);    // "" while etcd answers
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
   bool joined_ ABSL_GUARDED_BY(mutex_) = false;

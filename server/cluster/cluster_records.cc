@@ -206,6 +206,21 @@ Status FromJson(const std::string& json, ClaimRecord* out) {
   });
 }
 
+Status QueueEntryFrom(const etcd::KeyValue& kv, QueueEntry* out) {
+  QueueEntry entry;
+  entry.ticket = kv.key;
+  entry.create_revision = kv.create_revision;
+  FERRY_RETURN_IF_ERROR(FromJson(kv.value, &entry.waiter));
+  *out = std::move(entry);
+  return Status::Ok();
+}
+
+void SortOldestFirst(std::vector<QueueEntry>* entries) {
+  std::sort(entries->begin(), entries->end(), [](const QueueEntry& a, const QueueEntry& b) {
+    return a.create_revision < b.create_revision;
+  });
+}
+
 Status ReadCluster(etcd::EtcdClient& store, const std::string& prefix, ClusterSnapshot* out,
                    bool with_claims) {
   std::vector<etcd::KeyValue> kvs;
@@ -245,9 +260,7 @@ Status ReadCluster(etcd::EtcdClient& store, const std::string& prefix, ClusterSn
       if (status.ok()) snapshot.claims.push_back(std::move(claim));
     } else if (StartsWith(kv.key, queue)) {
       QueueEntry entry;
-      entry.ticket = kv.key;
-      entry.create_revision = kv.create_revision;
-      status = FromJson(kv.value, &entry.waiter);
+      status = QueueEntryFrom(kv, &entry);
       if (status.ok()) snapshot.queue.push_back(std::move(entry));
     }
     if (!status.ok()) {
@@ -263,10 +276,7 @@ Status ReadCluster(etcd::EtcdClient& store, const std::string& prefix, ClusterSn
               return std::tie(a.server, a.gpu, a.slices_per_gpu, a.slice) <
                      std::tie(b.server, b.gpu, b.slices_per_gpu, b.slice);
             });
-  std::sort(snapshot.queue.begin(), snapshot.queue.end(),
-            [](const QueueEntry& a, const QueueEntry& b) {
-              return a.create_revision < b.create_revision;
-            });
+  SortOldestFirst(&snapshot.queue);
   *out = std::move(snapshot);
   return Status::Ok();
 }

@@ -136,6 +136,11 @@ Status FromJson(const std::string& json, ServerRecord* out);
 Status FromJson(const std::string& json, GpuState* out);
 Status FromJson(const std::string& json, ClaimRecord* out);
 
+// A queue entry as etcd holds it (its key is the ticket, its create
+// revision its place); Malformed when the value is not a waiter.
+Status QueueEntryFrom(const etcd::KeyValue& kv, QueueEntry* out);
+void SortOldestFirst(std::vector<QueueEntry>* entries);
+
 // Reads the whole cluster in one consistent read (without `with_claims`:
 // servers and GPU states only). Records that do not parse are skipped with
 // a warning in the log (a newer ferryd may write more).

@@ -178,25 +178,30 @@ void PrintTable(const cluster::ClusterSnapshot& snapshot, const std::string& end
 
 }  // namespace
 
-// The store at `endpoints` and the prefix, or a message on stderr (false).
-bool OpenStore(const std::string& endpoints, const std::string& prefix_text,
-               std::unique_ptr<etcd::EtcdClient>* store, std::string* prefix) {
+// The store at `endpoints` and the prefix (a prefix made to end in '/').
+Status OpenStore(const std::string& endpoints, const std::string& prefix_text,
+                 std::unique_ptr<etcd::EtcdClient>* store, std::string* prefix) {
   etcd::EtcdClient::Options options;
-  Status status = etcd::EtcdClient::ParseEndpoints(endpoints, &options.endpoints);
-  if (status.ok()) status = cluster::NormalizePrefix(prefix_text, prefix);
-  if (status.ok()) status = etcd::EtcdClient::Create(options, store);
+  FERRY_RETURN_IF_ERROR(etcd::EtcdClient::ParseEndpoints(endpoints, &options.endpoints));
+  FERRY_RETURN_IF_ERROR(cluster::NormalizePrefix(prefix_text, prefix));
+  return etcd::EtcdClient::Create(options, store);
+}
+
+// OpenStore, with a message on stderr when it fails.
+bool OpenStoreOrSay(const std::string& endpoints, const std::string& prefix_text,
+                    std::unique_ptr<etcd::EtcdClient>* store, std::string* prefix) {
+  Status status = OpenStore(endpoints, prefix_text, store, prefix);
   if (!status.ok()) {
     std::fprintf(stderr, "ferryctl: --etcd %s: %s\n", endpoints.c_str(), status.message().c_str());
-    return false;
   }
-  return true;
+  return status.ok();
 }
 
 int PrintClusterStatus(const std::string& endpoints, const std::string& prefix_text,
                        const std::string& format) {
   std::unique_ptr<etcd::EtcdClient> store;
   std::string prefix;
-  if (!OpenStore(endpoints, prefix_text, &store, &prefix)) return 2;
+  if (!OpenStoreOrSay(endpoints, prefix_text, &store, &prefix)) return 2;
   cluster::ClusterSnapshot snapshot;
   Status status = cluster::ReadCluster(*store, prefix, &snapshot);
   if (!status.ok()) {
@@ -214,12 +219,9 @@ int PrintClusterStatus(const std::string& endpoints, const std::string& prefix_t
 
 bool ClusterJson(const std::string& endpoints, const std::string& prefix_text, std::string* json,
                  std::string* error) {
-  etcd::EtcdClient::Options options;
   std::unique_ptr<etcd::EtcdClient> store;
   std::string prefix;
-  Status status = etcd::EtcdClient::ParseEndpoints(endpoints, &options.endpoints);
-  if (status.ok()) status = cluster::NormalizePrefix(prefix_text, &prefix);
-  if (status.ok()) status = etcd::EtcdClient::Create(options, &store);
+  Status status = OpenStore(endpoints, prefix_text, &store, &prefix);
   cluster::ClusterSnapshot snapshot;
   if (status.ok()) status = cluster::ReadCluster(*store, prefix, &snapshot);
   if (!status.ok()) {
@@ -248,7 +250,7 @@ int ApplyClusterConfig(const std::string& endpoints, const std::string& prefix_t
   }
   std::unique_ptr<etcd::EtcdClient> store;
   std::string prefix;
-  if (!OpenStore(endpoints, prefix_text, &store, &prefix)) return 2;
+  if (!OpenStoreOrSay(endpoints, prefix_text, &store, &prefix)) return 2;
   cluster::ClusterSnapshot snapshot;
   status = cluster::ReadCluster(*store, prefix, &snapshot);
   if (!status.ok()) {
@@ -320,7 +322,7 @@ int ResolveClusterGpu(const std::string& endpoints, const std::string& prefix_te
   const std::string server = gpu.substr(0, colon);
   std::unique_ptr<etcd::EtcdClient> store;
   std::string prefix;
-  if (!OpenStore(endpoints, prefix_text, &store, &prefix)) return 2;
+  if (!OpenStoreOrSay(endpoints, prefix_text, &store, &prefix)) return 2;
   std::optional<etcd::KeyValue> kv;
   Status status = store->Get(cluster::ServerKey(prefix, server), &kv);
   cluster::ServerRecord record;
