@@ -153,6 +153,10 @@ struct Hello {
   # cluster pool: the borrow's place in the cluster's queue (HelloReply.queueTicket), kept
   # when it is sent on
   queueTicket @13 :Text;
+  # cluster pool: this Hello borrows one part of a borrow split across servers
+  # (HelloReply.parts) and more parts follow: the claim checks the queue ticket but leaves it
+  # (and its lease) for the next part's server; the last part's claim spends it
+  ticketStays @14 :Bool;
 }
 
 struct Device {
@@ -188,6 +192,19 @@ struct HelloReply {
   # With redirect: the borrow's place in the cluster's queue, for the Hello sent there; and
   # `pool` is the pool it borrows from (the entry server's default, when it named none).
   queueTicket @11 :Text;
+  # Not empty (a ferryd of a cluster pool): no one server has room for the whole borrow
+  # (Hello.gpus devices), these servers together have. The client closes this connection and
+  # borrows each part from its server, in this order (the program's device ordinals follow
+  # it), with `pool`, `queueTicket`, Hello.gpus = the part's gpus, Hello.ticketStays on every
+  # part but the last, and Hello.redirects at its maximum (a part is not sent on again). A
+  # part that fails fails the whole borrow; the parts already borrowed end with it.
+  parts @12 :List(BorrowPart);
+}
+
+# One server's share of a borrow split across the servers of a cluster pool.
+struct BorrowPart {
+  address @0 :Text;            # HOST:PORT the server advertises
+  gpus @1 :UInt32;             # devices to borrow there
 }
 
 # A borrowed slice of a GPU (pool).
