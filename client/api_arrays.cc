@@ -33,7 +33,7 @@ Status CreateArray(const ArrayShape& shape, unsigned levels, uint64_t* out) {
   record.shape = shape;
   record.levels = levels;
   const uint64_t id = rt.arrays().NewId(levels > 0);
-  FERRY_RETURN_IF_ERROR(rt.connection().Call([&](wire::Call::Builder call) {
+  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(record.ctx).Call([&](wire::Call::Builder call) {
     auto args = call.initArrayCreate();
     args.setCtx(record.ctx);
     args.setArray(id);
@@ -53,8 +53,9 @@ Status CreateArray(const ArrayShape& shape, unsigned levels, uint64_t* out) {
 Status DestroyArray(uint64_t id, bool mipmapped) {
   Runtime& rt = Runtime::Get();
   FERRY_RETURN_IF_ERROR(rt.Ready());
+  ferry::client::Connection& server = rt.ObjectConnection(id);
   FERRY_RETURN_IF_ERROR(rt.arrays().Remove(id, mipmapped));
-  return rt.connection().Post(
+  return server.Post(
       [&](wire::Call::Builder call) { call.initArrayDestroy().setArray(id); });
 }
 
@@ -123,7 +124,7 @@ Status CreateTextureObject(uint64_t* out, const CUDA_RESOURCE_DESC* resource,
   record.has_view = view != nullptr;
   if (view != nullptr) record.view = *view;
   uint64_t value = 0;
-  FERRY_RETURN_IF_ERROR(rt.connection().Call(
+  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(record.ctx).Call(
       [&](wire::Call::Builder call) {
         auto args = call.initTexObjectCreate();
         args.setCtx(record.ctx);
@@ -183,8 +184,10 @@ Status CreateTextureObject(uint64_t* out, const CUDA_RESOURCE_DESC* resource,
 Status DestroyTextureObject(uint64_t value, bool surface) {
   Runtime& rt = Runtime::Get();
   FERRY_RETURN_IF_ERROR(rt.Ready());
+  ferry::client::TextureRecord record;
+  FERRY_RETURN_IF_ERROR(rt.arrays().FindTexture(value, surface, &record));
   FERRY_RETURN_IF_ERROR(rt.arrays().RemoveTexture(value, surface));
-  return rt.connection().Post([&](wire::Call::Builder call) {
+  return rt.ConnectionOf(record.ctx).Post([&](wire::Call::Builder call) {
     auto args = call.initTexObjectDestroy();
     args.setObject(value);
     args.setSurface(surface);
@@ -291,8 +294,8 @@ CUresult CUDAAPI cuMipmappedArrayGetLevel(CUarray* pLevelArray, CUmipmappedArray
     uint64_t id = 0;
     FERRY_RETURN_IF_ERROR(rt.arrays().Level(
         mipmapped, level,
-        [&](uint64_t level_id, const ArrayRecord&) {
-          return rt.connection().Post([&](wire::Call::Builder call) {
+        [&](uint64_t level_id, const ArrayRecord& record) {
+          return rt.ConnectionOf(record.ctx).Post([&](wire::Call::Builder call) {
             auto args = call.initMipmappedArrayGetLevel();
             args.setMipmappedArray(mipmapped);
             args.setLevel(level);

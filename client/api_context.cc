@@ -24,10 +24,10 @@ Status ContextOrCurrent(CUcontext ctx, uint64_t* id) {
 Status SynchronizeContext(uint64_t ctx) {
   Runtime& rt = Runtime::Get();
   uint64_t seq = 0;
-  FERRY_RETURN_IF_ERROR(rt.connection().Call(
+  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(ctx).Call(
       [&](ferry::wire::Call::Builder call) { call.initCtxSynchronize().setCtx(ctx); }, {}, {},
       nullptr, &seq));
-  return rt.AfterSynchronize(seq);
+  return rt.AfterSynchronize(ctx, seq);
 }
 
 }  // namespace
@@ -194,7 +194,7 @@ CUresult CUDAAPI cuCtxSetLimit(CUlimit limit, size_t value) {
   return Api([&]() -> Status {
     uint64_t ctx = 0;
     FERRY_RETURN_IF_ERROR(Runtime::Get().CurrentContext(&ctx));
-    return Runtime::Get().connection().Call([&](ferry::wire::Call::Builder call) {
+    return Runtime::Get().ConnectionOf(ctx).Call([&](ferry::wire::Call::Builder call) {
       auto args = call.initCtxSetLimit();
       args.setCtx(ctx);
       args.setLimit(static_cast<uint32_t>(limit));
@@ -209,7 +209,7 @@ CUresult CUDAAPI cuCtxResetPersistingL2Cache() {
   return Api([&]() -> Status {
     uint64_t ctx = 0;
     FERRY_RETURN_IF_ERROR(Runtime::Get().CurrentContext(&ctx));
-    return Runtime::Get().connection().Post(
+    return Runtime::Get().ConnectionOf(ctx).Post(
         [&](ferry::wire::Call::Builder call) { call.initCtxResetPersistingL2Cache().setCtx(ctx); });
   });
 }
@@ -219,7 +219,7 @@ CUresult CUDAAPI cuCtxGetLimit(size_t* pvalue, CUlimit limit) {
     if (pvalue == nullptr) return Status::InvalidArgument("pvalue is NULL");
     uint64_t ctx = 0;
     FERRY_RETURN_IF_ERROR(Runtime::Get().CurrentContext(&ctx));
-    return Runtime::Get().connection().Call(
+    return Runtime::Get().ConnectionOf(ctx).Call(
         [&](ferry::wire::Call::Builder call) {
           auto args = call.initCtxGetLimit();
           args.setCtx(ctx);

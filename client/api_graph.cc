@@ -91,7 +91,7 @@ Status BeginCapture(CUstream stream, bool per_thread, int mode, CUgraph graph = 
   capture.to_graph = graph != nullptr;
   capture.graph = graph_id;
   FERRY_RETURN_IF_ERROR(rt.graphs().BeginCapture(target.stream, &capture));
-  Status status = rt.connection().Post([&](wire::Call::Builder call) {
+  Status status = rt.ConnectionOf(target.ctx).Post([&](wire::Call::Builder call) {
     auto args = call.initStreamBeginCapture();
     SetStreamTarget(args, target);
     args.setMode(static_cast<uint32_t>(mode));
@@ -125,7 +125,7 @@ Status EndCapture(CUstream stream, bool per_thread, CUgraph* graph) {
     return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD,
                         "a capture not begun in relaxed mode must be ended by its own thread");
   }
-  Status status = rt.connection().Call([&](wire::Call::Builder call) {
+  Status status = rt.ConnectionOf(target.ctx).Call([&](wire::Call::Builder call) {
     auto args = call.initStreamEndCapture();
     SetStreamTarget(args, target);
   });
@@ -173,7 +173,7 @@ Status UpdateCaptureDependencies(CUstream stream, bool per_thread, CUgraphNode* 
                                      " is not a node of the capture's graph with a handle");
     }
   }
-  return rt.connection().Post([&](wire::Call::Builder call) {
+  return rt.ConnectionOf(target.ctx).Post([&](wire::Call::Builder call) {
     auto args = call.initStreamUpdateCaptureDependencies();
     SetStreamTarget(args, target);
     auto list = args.initDependencies(static_cast<unsigned>(ids.size()));
@@ -202,7 +202,7 @@ Status CaptureInfo(CUstream stream, bool per_thread, CUstreamCaptureStatus* stat
   }
   if (!rt.graphs().FindCapture(target.stream, capture)) return Status::Ok();
   int64_t value = 0;
-  FERRY_RETURN_IF_ERROR(rt.connection().Call(
+  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(target.ctx).Call(
       [&](wire::Call::Builder call) {
         auto args = call.initStreamCaptureStatus();
         SetStreamTarget(args, target);
@@ -267,7 +267,7 @@ Status Instantiate(CUgraphExec* exec, CUgraph graph, unsigned long long flags,
   // A graph that allocates memory (or may: an opaque one) is charged to the
   // quota here, so the call waits for OUT_OF_MEMORY as the driver reports it.
   const Status posted =
-      GraphMayAllocate(graph_id) ? rt.connection().Call(fill) : rt.connection().Post(fill);
+      GraphMayAllocate(graph_id) ? rt.CurrentConnection().Call(fill) : rt.CurrentConnection().Post(fill);
   if (!posted.ok()) {
     (void)rt.graphs().RemoveExec(id);
     return posted;
@@ -298,7 +298,7 @@ Status LaunchOrUpload(CUgraphExec exec, CUstream stream, bool per_thread, bool u
     // A host node holds its launch's stream for this process, which a
     // capture cannot record (the server refuses it too): the capture is
     // invalidated, as for any call it cannot take.
-    FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
+    FERRY_RETURN_IF_ERROR(rt.ConnectionOf(target.ctx).Post([&](wire::Call::Builder call) {
       auto args = call.initStreamCaptureInvalidate();
       SetStreamTarget(args, target);
     }));
@@ -306,7 +306,7 @@ Status LaunchOrUpload(CUgraphExec exec, CUstream stream, bool per_thread, bool u
                         "a graph with host nodes cannot be launched into a capture");
   }
   if (host_nodes != 0) {
-    FERRY_RETURN_IF_ERROR(rt.connection().PostHostGates(
+    FERRY_RETURN_IF_ERROR(rt.ConnectionOf(target.ctx).PostHostGates(
         [&](wire::Call::Builder call) {
           wire::GraphLaunch::Builder args = call.initGraphLaunchHostNodes();
           SetStreamTarget(args, target);
@@ -315,7 +315,7 @@ Status LaunchOrUpload(CUgraphExec exec, CUstream stream, bool per_thread, bool u
         },
         host_nodes));
   } else {
-    FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
+    FERRY_RETURN_IF_ERROR(rt.ConnectionOf(target.ctx).Post([&](wire::Call::Builder call) {
       wire::GraphLaunch::Builder args = upload ? call.initGraphUpload() : call.initGraphLaunch();
       SetStreamTarget(args, target);
       args.setExec(id);
@@ -377,7 +377,7 @@ Status ForbidUnsafeCallDuringCapture(const char* what) {
   // As the driver does: the call fails and invalidates the captures that
   // forbade it (their cuStreamEndCapture answers INVALIDATED).
   for (const CaptureState& capture : forbidding) {
-    FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
+    FERRY_RETURN_IF_ERROR(rt.CurrentConnection().Post([&](wire::Call::Builder call) {
       auto args = call.initStreamCaptureInvalidate();
       args.setCtx(capture.ctx);
       args.setStream(capture.origin);
@@ -529,7 +529,7 @@ CUresult CUDAAPI cuGraphCreate(CUgraph* phGraph, unsigned int flags) {
     if (flags != 0) return Status::InvalidArgument("cuGraphCreate flags must be 0");
     FERRY_RETURN_IF_ERROR(rt.Ready());
     const uint64_t id = rt.graphs().NewGraph();
-    FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
+    FERRY_RETURN_IF_ERROR(rt.CurrentConnection().Post([&](wire::Call::Builder call) {
       auto args = call.initGraphCreate();
       args.setGraph(id);
       args.setFlags(flags);
@@ -553,7 +553,7 @@ CUresult CUDAAPI cuGraphClone(CUgraph* phGraphClone, CUgraph originalGraph) {
     std::vector<std::pair<uint64_t, uint64_t>> copies;
     FERRY_RETURN_IF_ERROR(rt.graphs().CloneGraph(original, &id, &copies));
     rt.user_objects().GraphCloned(original, id);
-    FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
+    FERRY_RETURN_IF_ERROR(rt.CurrentConnection().Post([&](wire::Call::Builder call) {
       auto args = call.initGraphClone();
       args.setGraph(original);
       args.setClone(id);
@@ -606,7 +606,7 @@ CUresult CUDAAPI cuGraphGetNodes(CUgraph hGraph, CUgraphNode* nodes, size_t* num
     const uint64_t id = Runtime::HandleId(hGraph);
     if (!rt.graphs().HasGraph(id)) return Status::InvalidHandle("not a graph of this client");
     if (nodes == nullptr && rt.graphs().IsOpaque(id)) {
-      return rt.connection().Call(
+      return rt.CurrentConnection().Call(
           [&](wire::Call::Builder call) { call.initGraphNodeCount().setGraph(id); }, {}, {},
           [&](wire::Reply::Reader reply) {
             *numNodes = static_cast<size_t>(reply.getValue());
@@ -852,7 +852,7 @@ Status AddNode(CUgraphNode* node, CUgraph graph, const CUgraphNode* deps, size_t
   std::vector<uint64_t> dependencies(count);
   for (size_t i = 0; i < count; ++i) dependencies[i] = Runtime::HandleId(deps[i]);
   const uint64_t id = rt.graphs().NewNode(graph_id, type, dependencies);
-  FERRY_RETURN_IF_ERROR(rt.connection().Post(
+  FERRY_RETURN_IF_ERROR(rt.CurrentConnection().Post(
       [&](wire::Call::Builder call) {
         auto args = call.initGraphAddNode();
         args.setGraph(graph_id);
@@ -942,7 +942,7 @@ Status ExecUpdate(CUgraphExec exec, CUgraph graph, CUgraphExecUpdateResultInfo* 
                               "structure only the server knows: instantiate the graph"
                             : "the graph's topology differs from the executable graph's");
   }
-  Status status = rt.connection().Call([&](wire::Call::Builder call) {
+  Status status = rt.CurrentConnection().Call([&](wire::Call::Builder call) {
     auto args = call.initGraphExecUpdate();
     args.setExec(exec_id);
     args.setGraph(graph_id);
@@ -1049,7 +1049,7 @@ CUresult CUDAAPI cuGraphNodeSetEnabled(CUgraphExec hGraphExec, CUgraphNode hNode
     const uint64_t exec = Runtime::HandleId(hGraphExec);
     const uint64_t node = Runtime::HandleId(hNode);
     FERRY_RETURN_IF_ERROR(rt.graphs().CheckExecNode(exec, node, kCanBeDisabled));
-    FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
+    FERRY_RETURN_IF_ERROR(rt.CurrentConnection().Post([&](wire::Call::Builder call) {
       auto args = call.initGraphExecNodeSetEnabled();
       args.setExec(exec);
       args.setNode(node);

@@ -60,7 +60,7 @@ Status ferry::client::SetNodeWork(CUgraphExec exec, CUgraphNode node, const Grap
     FERRY_RETURN_IF_ERROR(rt.graphs().KernelAttributes(node_id, &attributes));
     with_attributes.SetKernelAttributes(attributes);
   }
-  FERRY_RETURN_IF_ERROR(rt.connection().Post(
+  FERRY_RETURN_IF_ERROR(rt.CurrentConnection().Post(
       [&](wire::Call::Builder call) {
         auto args = call.initGraphNodeSetParams();
         args.setExec(exec_id);
@@ -92,7 +92,7 @@ Status EditEdges(CUgraph graph, const CUgraphNode* from, const CUgraphNode* to,
     targets[i] = Runtime::HandleId(to[i]);
   }
   FERRY_RETURN_IF_ERROR(rt.graphs().EditEdges(graph_id, sources, targets, remove));
-  return rt.connection().Post([&](wire::Call::Builder call) {
+  return rt.CurrentConnection().Post([&](wire::Call::Builder call) {
     auto args = call.initGraphEditEdges();
     args.setGraph(graph_id);
     auto from_list = args.initFrom(static_cast<unsigned>(count));
@@ -357,7 +357,7 @@ CUresult CUDAAPI cuGraphDestroyNode(CUgraphNode hNode) {
     uint64_t graph = 0;
     FERRY_RETURN_IF_ERROR(rt.graphs().DestroyNode(id, &graph));
     rt.user_objects().NodeDestroyed(graph, id);
-    return rt.connection().Post(
+    return rt.CurrentConnection().Post(
         [&](wire::Call::Builder call) { call.initGraphDestroyNode().setNode(id); });
   });
 }

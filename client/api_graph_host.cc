@@ -45,7 +45,7 @@ class HostFunctionIds {
     auto [it, added] = ids_.try_emplace({fn, user_data}, 0);
     if (added) {
       it->second = next_++;
-      rt.connection().RegisterHostFunction(it->second, LaunchedHostFunction(fn, user_data));
+      rt.CurrentConnection().RegisterHostFunction(it->second, LaunchedHostFunction(fn, user_data));
     }
     *id = it->second;
     return Status::Ok();
@@ -104,7 +104,7 @@ Status CaptureHostFunc(const StreamTarget& target, CUhostFn fn, void* user_data,
   *captured = true;
   uint64_t id = 0;
   FERRY_RETURN_IF_ERROR(ferry::client::HostFunctionId(fn, user_data, &id));
-  FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
+  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(target.ctx).Post([&](wire::Call::Builder call) {
     auto args = call.initStreamCaptureHostFunc();
     SetStreamTarget(args, target);
     args.setHostFunction(id);
@@ -146,7 +146,7 @@ CUresult CUDAAPI cuGraphChildGraphNodeGetGraph(CUgraphNode hNode, CUgraph* phGra
     std::vector<uint64_t> node_ids;
     FERRY_RETURN_IF_ERROR(rt.graphs().EmbeddedGraph(node, &graph, &is_new, &node_ids));
     if (is_new) {
-      FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
+      FERRY_RETURN_IF_ERROR(rt.CurrentConnection().Post([&](wire::Call::Builder call) {
         auto args = call.initGraphChildGraphNodeGetGraph();
         args.setNode(node);
         args.setGraph(graph);

@@ -114,7 +114,7 @@ Status AddMemAllocNode(CUgraphNode* node, CUgraph graph, const CUgraphNode* deps
   FERRY_RETURN_IF_ERROR(NewNode(node, graph, deps, count, CU_GRAPH_NODE_TYPE_MEM_ALLOC, &graph_id,
                                 &id, &dependencies));
   uint64_t dptr = 0;
-  Status status = rt.connection().Call(
+  Status status = rt.ConnectionOf(ctx).Call(
       [&](wire::Call::Builder call) {
         auto args = call.initGraphAddMemAllocNode();
         FillMemNode(args, graph_id, id, dependencies);
@@ -148,7 +148,7 @@ Status AddMemFreeNode(CUgraphNode* node, CUgraph graph, const CUgraphNode* deps,
   std::vector<uint64_t> dependencies;
   FERRY_RETURN_IF_ERROR(NewNode(node, graph, deps, count, CU_GRAPH_NODE_TYPE_MEM_FREE, &graph_id,
                                 &id, &dependencies));
-  FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
+  FERRY_RETURN_IF_ERROR(rt.CurrentConnection().Post([&](wire::Call::Builder call) {
     auto args = call.initGraphAddMemFreeNode();
     FillMemNode(args, graph_id, id, dependencies);
     args.setDptr(dptr);
@@ -178,7 +178,7 @@ Status AddEventNode(CUgraphNode* node, CUgraph graph, const CUgraphNode* deps, s
       NewNode(node, graph, deps, count,
               wait ? CU_GRAPH_NODE_TYPE_WAIT_EVENT : CU_GRAPH_NODE_TYPE_EVENT_RECORD, &graph_id,
               &id, &dependencies));
-  FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
+  FERRY_RETURN_IF_ERROR(rt.CurrentConnection().Post([&](wire::Call::Builder call) {
     auto args = call.initGraphAddEventNode();
     args.setGraph(graph_id);
     args.setNode(id);
@@ -224,7 +224,7 @@ Status SetNodeEvent(CUgraphExec exec, CUgraphNode node, bool wait, CUevent event
   } else {
     FERRY_RETURN_IF_ERROR(rt.graphs().NodeParams(node_id, EventNodeType(wait), &params));
   }
-  FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
+  FERRY_RETURN_IF_ERROR(rt.CurrentConnection().Post([&](wire::Call::Builder call) {
     auto args =
         exec != nullptr ? call.initGraphExecEventNodeSetEvent() : call.initGraphEventNodeSetEvent();
     args.setExec(exec_id);
@@ -246,15 +246,15 @@ Status GraphMemCall(CUdevice device, int attribute, uint64_t value, bool get, ui
   FERRY_RETURN_IF_ERROR(rt.Ready());
   FERRY_RETURN_IF_ERROR(rt.CheckDevice(device));
   auto fill = [&](wire::DeviceGraphMem::Builder args) {
-    args.setDevice(device);
+    args.setDevice(rt.ServerOrdinal(device));
     args.setAttribute(attribute);
     args.setValue(value);
   };
   if (!get) {
-    return rt.connection().Call(
+    return rt.DeviceConnection(device).Call(
         [&](wire::Call::Builder call) { fill(call.initDeviceSetGraphMemAttribute()); });
   }
-  return rt.connection().Call(
+  return rt.DeviceConnection(device).Call(
       [&](wire::Call::Builder call) { fill(call.initDeviceGetGraphMemAttribute()); }, {}, {},
       [&](wire::Reply::Reader reply) {
         *out = static_cast<uint64_t>(reply.getValue());
@@ -408,8 +408,9 @@ CUresult CUDAAPI cuDeviceGraphMemTrim(CUdevice device) {
     Runtime& rt = Runtime::Get();
     FERRY_RETURN_IF_ERROR(rt.Ready());
     FERRY_RETURN_IF_ERROR(rt.CheckDevice(device));
-    return rt.connection().Post(
-        [&](wire::Call::Builder call) { call.initDeviceGraphMemTrim().setDevice(device); });
+    return rt.DeviceConnection(device).Post([&](wire::Call::Builder call) {
+      call.initDeviceGraphMemTrim().setDevice(rt.ServerOrdinal(device));
+    });
   });
 }
 

@@ -208,7 +208,7 @@ Status LinkCreate(unsigned count, CUjit_option* options, void** values, CUlinkSt
   link->options.assign(options, options + count);
   link->values = values;
   const uint64_t id = rt.NewId(HandleKind::kLink);
-  FERRY_RETURN_IF_ERROR(rt.connection().Call([&](wire::Call::Builder call) {
+  FERRY_RETURN_IF_ERROR(rt.CurrentConnection().Call([&](wire::Call::Builder call) {
     auto args = call.initLinkCreate();
     args.setCtx(link->ctx);
     args.setLink(id);
@@ -239,7 +239,7 @@ Status LinkAdd(CUlinkState state, CUjitInputType type, std::span<const uint8_t> 
   std::lock_guard<std::mutex> lock(link->mu);
   Status outcome;
   FERRY_RETURN_IF_ERROR(ferry::client::CallWithImage(
-      rt.connection(), data,
+      rt.CurrentConnection(), data,
       [&](wire::Call::Builder call, const ferry::ContentHash* hash) {
         auto args = call.initLinkAddData();
         args.setLink(Runtime::HandleId(state));
@@ -289,7 +289,7 @@ Status LinkComplete(CUlinkState state, void** cubin_out, size_t* size_out) {
   std::lock_guard<std::mutex> lock(link->mu);
   Status outcome;
   uint64_t image_bytes = 0;
-  FERRY_RETURN_IF_ERROR(rt.connection().Call(
+  FERRY_RETURN_IF_ERROR(rt.CurrentConnection().Call(
       [&](wire::Call::Builder call) { call.initLinkComplete().setLink(id); }, {}, {},
       [&](wire::Reply::Reader reply) {
         outcome = ApplyLinkResult(reply, *link, 0, nullptr, nullptr, &image_bytes);
@@ -299,7 +299,7 @@ Status LinkComplete(CUlinkState state, void** cubin_out, size_t* size_out) {
   // The image, into storage the link owns until cuLinkDestroy.
   link->image.resize(image_bytes);
   FERRY_RETURN_IF_ERROR(
-      rt.connection().Call([&](wire::Call::Builder call) { call.initLinkImage().setLink(id); }, {},
+      rt.CurrentConnection().Call([&](wire::Call::Builder call) { call.initLinkImage().setLink(id); }, {},
                            InBytes{link->image.data(), link->image.size()}));
   *cubin_out = link->image.data();
   if (size_out != nullptr) *size_out = link->image.size();

@@ -19,10 +19,14 @@
 #include <cstring>
 #include <vector>
 
+#include "client/across_servers.h"
 #include "client/entry_point.h"
 
 using ferry::client::InBytes;
 using ferry::client::OutBytes;
+using ferry::client::CopyBetweenServers;
+using ferry::client::OnOwnersServer;
+using ferry::client::OwnerContext;
 
 namespace {
 
@@ -34,14 +38,16 @@ Status CopyHostToDevice(CUdeviceptr dst, const void* src, size_t bytes, CUstream
   if (bytes == 0) return Status::Ok();
   if (src == nullptr) return Status::InvalidArgument("source is NULL");
   FERRY_RETURN_IF_ERROR(rt.allocations().CheckDevice(dst, bytes, "destination"));
-  return rt.connection().Post(
-      [&](wire::Call::Builder call) {
-        auto args = call.initMemcpyHtoD();
-        SetStreamTarget(args, target);
-        args.setDst(dst);
-        args.setBytes(bytes);
-      },
-      OutBytes{src, bytes});
+  return OnOwnersServer(target, OwnerContext(dst, target.ctx), [&](const StreamTarget& on) {
+    return rt.ConnectionOf(on.ctx).Post(
+        [&](wire::Call::Builder call) {
+          auto args = call.initMemcpyHtoD();
+          SetStreamTarget(args, on);
+          args.setDst(dst);
+          args.setBytes(bytes);
+        },
+        OutBytes{src, bytes});
+  });
 }
 
 // `wait`: return after the bytes landed (synchronous copies, and async copies
@@ -54,22 +60,26 @@ Status CopyDeviceToHost(void* dst, CUdeviceptr src, size_t bytes, CUstream strea
   if (bytes == 0) return Status::Ok();
   if (dst == nullptr) return Status::InvalidArgument("destination is NULL");
   FERRY_RETURN_IF_ERROR(rt.allocations().CheckDevice(src, bytes, "source"));
-  auto fill = [&](wire::Call::Builder call) {
-    auto args = call.initMemcpyDtoH();
-    SetStreamTarget(args, target);
-    args.setSrc(src);
-    args.setBytes(bytes);
-  };
-  const void* base = nullptr;
-  ferry::client::HostAllocation pinned;
-  const bool page_locked =
-      rt.allocations().FindHost(dst, &base, &pinned) &&
-      bytes <= pinned.size - (static_cast<const char*>(dst) - static_cast<const char*>(base));
-  if (async && page_locked) {
-    return rt.connection().PostExpectingBytes(fill, InBytes{dst, bytes},
-                                              ferry::client::StreamKey{target.ctx, target.stream});
-  }
-  return rt.connection().Call(fill, {}, InBytes{dst, bytes});
+  const uint64_t owner = OwnerContext(src, target.ctx);
+  const bool here = rt.SameSession(target.ctx, owner);
+  return OnOwnersServer(target, owner, [&](const StreamTarget& on) {
+    auto fill = [&](wire::Call::Builder call) {
+      auto args = call.initMemcpyDtoH();
+      SetStreamTarget(args, on);
+      args.setSrc(src);
+      args.setBytes(bytes);
+    };
+    const void* base = nullptr;
+    ferry::client::HostAllocation pinned;
+    const bool page_locked =
+        rt.allocations().FindHost(dst, &base, &pinned) &&
+        bytes <= pinned.size - (static_cast<const char*>(dst) - static_cast<const char*>(base));
+    if (async && page_locked && here) {
+      return rt.ConnectionOf(on.ctx).PostExpectingBytes(
+          fill, InBytes{dst, bytes}, ferry::client::StreamKey{on.ctx, on.stream});
+    }
+    return rt.ConnectionOf(on.ctx).Call(fill, {}, InBytes{dst, bytes});
+  });
 }
 
 Status CopyDeviceToDevice(CUdeviceptr dst, CUdeviceptr src, size_t bytes, CUstream stream,
@@ -80,12 +90,19 @@ Status CopyDeviceToDevice(CUdeviceptr dst, CUdeviceptr src, size_t bytes, CUstre
   if (bytes == 0) return Status::Ok();
   FERRY_RETURN_IF_ERROR(rt.allocations().CheckDevice(src, bytes, "source"));
   FERRY_RETURN_IF_ERROR(rt.allocations().CheckDevice(dst, bytes, "destination"));
-  return rt.connection().Post([&](wire::Call::Builder call) {
-    auto args = call.initMemcpyDtoD();
-    SetStreamTarget(args, target);
-    args.setDst(dst);
-    args.setSrc(src);
-    args.setBytes(bytes);
+  const uint64_t src_owner = OwnerContext(src, target.ctx);
+  const uint64_t dst_owner = OwnerContext(dst, target.ctx);
+  if (!rt.SameSession(src_owner, dst_owner)) {
+    return CopyBetweenServers(dst_owner, dst, src_owner, src, bytes, target);
+  }
+  return OnOwnersServer(target, dst_owner, [&](const StreamTarget& on) {
+    return rt.ConnectionOf(on.ctx).Post([&](wire::Call::Builder call) {
+      auto args = call.initMemcpyDtoD();
+      SetStreamTarget(args, on);
+      args.setDst(dst);
+      args.setSrc(src);
+      args.setBytes(bytes);
+    });
   });
 }
 
@@ -196,9 +213,25 @@ char* HostRow(const CopySide& side, uint64_t slice, uint64_t row) {
   return side.host + (slice * side.slice_rows + row) * side.pitch;
 }
 
+// The context a device or array side of a copy lives in (`fallback` for a
+// host side, or memory not tied to a context).
+uint64_t SideOwner(const CopySide& side, uint64_t fallback) {
+  if (side.kind == wire::MemoryKind::DEVICE) return OwnerContext(side.device, fallback);
+  ferry::client::ArrayRecord record;
+  if (side.kind == wire::MemoryKind::ARRAY &&
+      Runtime::Get().arrays().Find(side.array, &record).ok() && record.ctx != 0) {
+    return record.ctx;
+  }
+  return fallback;
+}
+
+Status CopyPacked(const StreamTarget& on, const CopySide& src, const CopySide& dst, uint64_t width,
+                  uint64_t height, uint64_t depth, uint64_t packed);
+
 // Every 2D and 3D copy, array sides included (cuMemcpy2D*, cuMemcpy3D*,
 // cuMemcpy*A*): one memcpy2D call. Host sides travel packed.
 Status Copy3D(const CUDA_MEMCPY3D* p, CUstream stream, bool per_thread, bool async) {
+  (void)async;  // copies into host memory are performed synchronously: rows are unpacked here
   Runtime& rt = Runtime::Get();
   if (p == nullptr) return Status::InvalidArgument("pCopy is NULL");
   StreamTarget target;
@@ -230,9 +263,27 @@ Status Copy3D(const CUDA_MEMCPY3D* p, CUstream stream, bool per_thread, bool asy
     }
     return Status::Ok();
   }
+  // Devices on several servers: the copy runs where its device sides are.
+  const uint64_t src_owner = SideOwner(src, target.ctx), dst_owner = SideOwner(dst, target.ctx);
+  if (!src_host && !dst_host && !rt.SameSession(src_owner, dst_owner)) {
+    return Status::Unimplemented(
+        "2D and 3D copies between devices of different servers are not supported by ferry; "
+        "copy through host memory, or with cuMemcpyPeer");
+  }
+  return OnOwnersServer(target, dst_host ? src_owner : dst_owner, [&](const StreamTarget& on) {
+    return CopyPacked(on, src, dst, width, height, depth, packed);
+  });
+}
+
+// Copy3D's work on the stream `on`: one memcpy2D call, host rows packed.
+Status CopyPacked(const StreamTarget& on, const CopySide& src, const CopySide& dst, uint64_t width,
+                  uint64_t height, uint64_t depth, uint64_t packed) {
+  Runtime& rt = Runtime::Get();
+  const bool src_host = src.kind == wire::MemoryKind::HOST;
+  const bool dst_host = dst.kind == wire::MemoryKind::HOST;
   auto fill = [&](wire::Call::Builder call) {
     auto args = call.initMemcpy2D();
-    SetStreamTarget(args, target);
+    SetStreamTarget(args, on);
     args.setWidthBytes(width);
     args.setHeight(height);
     args.setDepth(depth);
@@ -257,21 +308,21 @@ Status Copy3D(const CUDA_MEMCPY3D* p, CUstream stream, bool per_thread, bool asy
   const bool src_packed = src.pitch == width && (depth == 1 || src.slice_rows == height);
   const bool dst_packed = dst.pitch == width && (depth == 1 || dst.slice_rows == height);
   if (src_host) {
-    if (src_packed) return rt.connection().Post(fill, OutBytes{src.host, packed});
+    if (src_packed) return rt.ConnectionOf(on.ctx).Post(fill, OutBytes{src.host, packed});
     std::vector<char> bytes(packed);
     for (uint64_t slice = 0; slice < depth; ++slice) {
       for (uint64_t row = 0; row < height; ++row) {
         std::memcpy(bytes.data() + (slice * height + row) * width, HostRow(src, slice, row), width);
       }
     }
-    return rt.connection().Post(fill, OutBytes{bytes.data(), bytes.size()});
+    return rt.ConnectionOf(on.ctx).Post(fill, OutBytes{bytes.data(), bytes.size()});
   }
   if (dst_host) {
     // Performed synchronously, async or not: the rows must be unpacked here.
-    (void)async;
-    if (dst_packed) return rt.connection().Call(fill, {}, InBytes{dst.host, packed});
+    if (dst_packed) return rt.ConnectionOf(on.ctx).Call(fill, {}, InBytes{dst.host, packed});
     std::vector<char> bytes(packed);
-    FERRY_RETURN_IF_ERROR(rt.connection().Call(fill, {}, InBytes{bytes.data(), bytes.size()}));
+    FERRY_RETURN_IF_ERROR(
+        rt.ConnectionOf(on.ctx).Call(fill, {}, InBytes{bytes.data(), bytes.size()}));
     for (uint64_t slice = 0; slice < depth; ++slice) {
       for (uint64_t row = 0; row < height; ++row) {
         std::memcpy(HostRow(dst, slice, row), bytes.data() + (slice * height + row) * width, width);
@@ -279,7 +330,7 @@ Status Copy3D(const CUDA_MEMCPY3D* p, CUstream stream, bool per_thread, bool asy
     }
     return Status::Ok();
   }
-  return rt.connection().Post(fill);
+  return rt.ConnectionOf(on.ctx).Post(fill);
 }
 
 // A 2D copy is a 3D copy of one slice.
@@ -356,15 +407,17 @@ Status Memset(CUdeviceptr dst, size_t pitch, uint32_t value, unsigned element, s
   const size_t row_bytes = width * element;
   if (height > 1 && pitch < row_bytes) return Status::InvalidArgument("pitch smaller than the row");
   FERRY_RETURN_IF_ERROR(rt.allocations().CheckDevice2D(dst, pitch, row_bytes, height, "memset"));
-  return rt.connection().Post([&](wire::Call::Builder call) {
-    auto args = call.initMemset();
-    SetStreamTarget(args, target);
-    args.setDst(dst);
-    args.setPitch(pitch);
-    args.setValue(value);
-    args.setElementBytes(static_cast<uint8_t>(element));
-    args.setWidth(width);
-    args.setHeight(height);
+  return OnOwnersServer(target, OwnerContext(dst, target.ctx), [&](const StreamTarget& on) {
+    return rt.ConnectionOf(on.ctx).Post([&](wire::Call::Builder call) {
+      auto args = call.initMemset();
+      SetStreamTarget(args, on);
+      args.setDst(dst);
+      args.setPitch(pitch);
+      args.setValue(value);
+      args.setElementBytes(static_cast<uint8_t>(element));
+      args.setWidth(width);
+      args.setHeight(height);
+    });
   });
 }
 
@@ -420,7 +473,7 @@ CUresult CUDAAPI cuMemAllocPitch_v2(CUdeviceptr* dptr, size_t* pPitch, size_t Wi
     uint64_t ctx = 0;
     FERRY_RETURN_IF_ERROR(rt.CurrentContext(&ctx));
     uint64_t result = 0, pitch = 0;
-    FERRY_RETURN_IF_ERROR(rt.connection().Call(
+    FERRY_RETURN_IF_ERROR(rt.ConnectionOf(ctx).Call(
         [&](wire::Call::Builder call) {
           auto args = call.initMemAllocPitch();
           args.setCtx(ctx);
@@ -447,12 +500,13 @@ CUresult CUDAAPI cuMemFree_v2(CUdeviceptr dptr) {
     Runtime& rt = Runtime::Get();
     FERRY_RETURN_IF_ERROR(rt.Ready());
     if (dptr == 0) return Status::Ok();  // freeing NULL is a no-op, as in CUDA
+    const uint64_t owner = OwnerContext(dptr, rt.CurrentContextId());
     // Graph memory: the server frees it if a launch allocated it and nothing
     // freed it (an error otherwise comes with the next call that waits).
     if (!rt.allocations().IsGraphMemory(dptr)) {
       FERRY_RETURN_IF_ERROR(rt.allocations().RemoveDevice(dptr));
     }
-    return rt.connection().Post(
+    return rt.ConnectionOf(owner).Post(
         [&](wire::Call::Builder call) { call.initMemFree().setDptr(dptr); });
   });
 }
@@ -463,7 +517,7 @@ CUresult CUDAAPI cuMemGetInfo_v2(size_t* free, size_t* total) {
     Runtime& rt = Runtime::Get();
     uint64_t ctx = 0;
     FERRY_RETURN_IF_ERROR(rt.CurrentContext(&ctx));
-    return rt.connection().Call(
+    return rt.ConnectionOf(ctx).Call(
         [&](wire::Call::Builder call) { call.initMemGetInfo().setCtx(ctx); }, {}, {},
         [&](wire::Reply::Reader reply) {
           *free = reply.getMemGetInfo().getFree();

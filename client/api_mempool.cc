@@ -18,10 +18,10 @@ namespace {
 
 // Tells the server that `pool` is the session's default pool of `device`.
 Status AnnounceDefault(Runtime& rt, int device, uint64_t pool) {
-  return rt.connection().Post([&](wire::Call::Builder call) {
+  return rt.DeviceConnection(device).Post([&](wire::Call::Builder call) {
     auto args = call.initMemPoolCreate();
     args.setPool(pool);
-    args.setDevice(device);
+    args.setDevice(rt.ServerOrdinal(device));
     args.setIsDefault(true);
   });
 }
@@ -48,9 +48,13 @@ Status AllocAsync(CUdeviceptr* dptr, size_t bytes, uint64_t pool, CUstream strea
   } else {
     int device = 0;
     FERRY_RETURN_IF_ERROR(rt.mem_pools().Device(pool, &device));
+    if (&rt.DeviceConnection(device) != &rt.ConnectionOf(target.ctx)) {
+      return Status::Unimplemented(
+          "cuMemAllocFromPoolAsync: the pool and the stream are on devices of different servers");
+    }
   }
   uint64_t result = 0;
-  FERRY_RETURN_IF_ERROR(rt.connection().Call(
+  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(target.ctx).Call(
       [&](wire::Call::Builder call) {
         auto args = call.initMemAllocAsync();
         SetStreamTarget(args, target);
@@ -73,8 +77,14 @@ Status FreeAsync(CUdeviceptr dptr, CUstream stream, bool per_thread) {
   StreamTarget target;
   FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
   if (dptr == 0) return Status::Ok();  // freeing NULL is a no-op, as cuMemFree's
+  ferry::client::DeviceAllocation allocation;
+  if (rt.allocations().FindDevice(dptr, nullptr, &allocation) && allocation.ctx != 0 &&
+      !rt.SameSession(allocation.ctx, target.ctx)) {
+    return Status::Unimplemented(
+        "cuMemFreeAsync: the memory and the stream are on devices of different servers");
+  }
   FERRY_RETURN_IF_ERROR(rt.allocations().RemoveDevice(dptr));
-  return rt.connection().Post([&](wire::Call::Builder call) {
+  return rt.ConnectionOf(target.ctx).Post([&](wire::Call::Builder call) {
     auto args = call.initMemFreeAsync();
     SetStreamTarget(args, target);
     args.setDptr(dptr);
@@ -91,7 +101,7 @@ Status ProfilerControl(bool start) {
   Runtime& rt = Runtime::Get();
   uint64_t ctx = 0;
   FERRY_RETURN_IF_ERROR(rt.CurrentContext(&ctx));
-  return rt.connection().Post([&](wire::Call::Builder call) {
+  return rt.ConnectionOf(ctx).Post([&](wire::Call::Builder call) {
     auto args = call.initProfilerControl();
     args.setCtx(ctx);
     args.setStart(start);
@@ -157,10 +167,10 @@ CUresult CUDAAPI cuMemPoolCreate(CUmemoryPool* pool, const CUmemPoolProps* props
     const int device = props->location.id;
     FERRY_RETURN_IF_ERROR(rt.CheckDevice(device));
     const uint64_t id = rt.mem_pools().Add(device);
-    FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
+    FERRY_RETURN_IF_ERROR(rt.DeviceConnection(device).Post([&](wire::Call::Builder call) {
       auto args = call.initMemPoolCreate();
       args.setPool(id);
-      args.setDevice(device);
+      args.setDevice(rt.ServerOrdinal(device));
       args.setMaxSize(props->maxSize);
     }));
     *pool = Runtime::ToHandle<CUmemoryPool>(id);
@@ -201,7 +211,7 @@ CUresult CUDAAPI cuMemPoolSetAttribute(CUmemoryPool pool, CUmemPool_attribute at
                                        " cannot be set");
     }
     Runtime& rt = Runtime::Get();
-    return rt.connection().Post([&](wire::Call::Builder call) {
+    return rt.DeviceConnection(device).Post([&](wire::Call::Builder call) {
       auto args = call.initMemPoolSetAttribute();
       args.setPool(Runtime::HandleId(pool));
       args.setAttribute(attr);
@@ -220,7 +230,7 @@ CUresult CUDAAPI cuMemPoolGetAttribute(CUmemoryPool pool, CUmemPool_attribute at
       return Status::InvalidArgument("unknown memory pool attribute " + std::to_string(attr));
     }
     uint64_t v = 0;
-    FERRY_RETURN_IF_ERROR(Runtime::Get().connection().Call(
+    FERRY_RETURN_IF_ERROR(Runtime::Get().DeviceConnection(device).Call(
         [&](wire::Call::Builder call) {
           auto args = call.initMemPoolGetAttribute();
           args.setPool(Runtime::HandleId(pool));
@@ -244,7 +254,7 @@ CUresult CUDAAPI cuMemPoolTrimTo(CUmemoryPool pool, size_t minBytesToKeep) {
   return Api([&]() -> Status {
     int device = 0;
     FERRY_RETURN_IF_ERROR(PoolId(pool, &device));
-    return Runtime::Get().connection().Post([&](wire::Call::Builder call) {
+    return Runtime::Get().DeviceConnection(device).Post([&](wire::Call::Builder call) {
       auto args = call.initMemPoolTrimTo();
       args.setPool(Runtime::HandleId(pool));
       args.setMinBytesToKeep(minBytesToKeep);

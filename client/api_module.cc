@@ -39,7 +39,7 @@ Status LoadModule(CUmodule* module, std::span<const uint8_t> image) {
   state.ctx = ctx;
   ferry::client::ImageDescription description;
   FERRY_RETURN_IF_ERROR(ferry::client::LoadImage(
-      rt.connection(), image,
+      rt.ConnectionOf(ctx), image,
       [&](wire::Call::Builder call) {
         auto args = call.initModuleLoad();
         args.setCtx(ctx);
@@ -241,7 +241,7 @@ Status Launch(CUfunction f, const std::array<unsigned, 3>& grid,
   }
   thread_local std::vector<uint8_t> params;
   FERRY_RETURN_IF_ERROR(PackParams(function, kernel_params, extra, &params));
-  return rt.connection().Post(
+  return rt.ConnectionOf(target.ctx).Post(
       [&](wire::Call::Builder call) {
         auto args = call.initLaunch();
         SetStreamTarget(args, target);
@@ -357,7 +357,7 @@ CUresult CUDAAPI cuFuncSetAttribute(CUfunction hfunc, CUfunction_attribute attri
     FunctionState function;
     uint64_t id = 0;
     FERRY_RETURN_IF_ERROR(FunctionOf(hfunc, &function, &id));
-    return Runtime::Get().connection().Call([&](wire::Call::Builder call) {
+    return Runtime::Get().FunctionConnection(id).Call([&](wire::Call::Builder call) {
       auto args = call.initFuncSetAttribute();
       args.setFunction(id);
       args.setAttribute(attrib);
@@ -374,7 +374,7 @@ CUresult CUDAAPI cuFuncSetCacheConfig(CUfunction hfunc, CUfunc_cache config) {
     if (config < CU_FUNC_CACHE_PREFER_NONE || config > CU_FUNC_CACHE_PREFER_EQUAL) {
       return Status::InvalidArgument("bad cache config");
     }
-    return Runtime::Get().connection().Post([&](wire::Call::Builder call) {
+    return Runtime::Get().FunctionConnection(id).Post([&](wire::Call::Builder call) {
       auto args = call.initFuncSetCacheConfig();
       args.setFunction(id);
       args.setConfig(config);

@@ -59,7 +59,7 @@ Status ClusterQuery(int* out, CUfunction func, const CUlaunchConfig* config,
       cluster[2] = a.value.clusterDim.z;
     }
   }
-  return rt.connection().Call(
+  return rt.FunctionConnection(id).Call(
       [&](wire::Call::Builder call) {
         auto args = call.initOccupancyCluster();
         args.setFunction(id);
@@ -132,7 +132,7 @@ CUresult CUDAAPI cuOccupancyAvailableDynamicSMemPerBlock(size_t* dynamicSmemSize
     uint64_t function = 0;
     int device = 0;
     FERRY_RETURN_IF_ERROR(Resolve(func, &function, &device));
-    return Runtime::Get().connection().Call(
+    return Runtime::Get().FunctionConnection(function).Call(
         [&](wire::Call::Builder call) {
           auto args = call.initOccupancyAvailableDynamicSmem();
           args.setFunction(function);

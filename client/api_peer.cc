@@ -14,6 +14,7 @@
 
 #include <string>
 
+#include "client/across_servers.h"
 #include "client/entry_point.h"
 
 namespace {
@@ -27,14 +28,20 @@ Status CanAccessPeer(Runtime& rt, int device, int peer, int* can_access) {
     *can_access = 0;
     return Status::Ok();
   }
+  if (rt.PartOfDevice(device) != rt.PartOfDevice(peer)) {
+    // Devices of different servers: no kernel reaches the other's memory
+    // (copies between them pass through this host).
+    *can_access = 0;
+    return Status::Ok();
+  }
   constexpr int kWhat = ferry::client::ContextRegistry::kCanAccessPeer;
   if (rt.contexts().PeerFact(device, peer, kWhat, can_access)) return Status::Ok();
   int value = 0;
-  FERRY_RETURN_IF_ERROR(rt.connection().Call(
+  FERRY_RETURN_IF_ERROR(rt.DeviceConnection(device).Call(
       [&](wire::Call::Builder call) {
         auto args = call.initDeviceCanAccessPeer();
-        args.setDevice(device);
-        args.setPeer(peer);
+        args.setDevice(rt.ServerOrdinal(device));
+        args.setPeer(rt.ServerOrdinal(peer));
       },
       {}, {},
       [&](wire::Reply::Reader reply) {
@@ -77,7 +84,7 @@ Status SetPeerAccess(CUcontext peer_handle, unsigned flags, bool enable) {
   } else {
     FERRY_RETURN_IF_ERROR(rt.contexts().DisablePeer(ctx, peer));
   }
-  return rt.connection().Post([&](wire::Call::Builder call) {
+  return rt.ConnectionOf(ctx).Post([&](wire::Call::Builder call) {
     auto args = enable ? call.initCtxEnablePeerAccess() : call.initCtxDisablePeerAccess();
     args.setCtx(ctx);
     args.setPeer(peer);
@@ -99,15 +106,20 @@ Status CopyPeer(CUdeviceptr dst, CUcontext dst_handle, CUdeviceptr src, CUcontex
   if (bytes == 0) return Status::Ok();
   FERRY_RETURN_IF_ERROR(rt.allocations().CheckDevice(src, bytes, "source"));
   FERRY_RETURN_IF_ERROR(rt.allocations().CheckDevice(dst, bytes, "destination"));
-  return rt.connection().Post([&](wire::Call::Builder call) {
-    auto args = call.initMemcpyPeer();
-    SetStreamTarget(args, target);
-    args.setDst(dst);
-    args.setDstCtx(dst_ctx);
-    args.setSrc(src);
-    args.setSrcCtx(src_ctx);
-    args.setBytes(bytes);
-    args.setSynchronous(!async);
+  if (!rt.SameSession(dst_ctx, src_ctx)) {
+    return ferry::client::CopyBetweenServers(dst_ctx, dst, src_ctx, src, bytes, target);
+  }
+  return ferry::client::OnOwnersServer(target, dst_ctx, [&](const StreamTarget& on) {
+    return rt.ConnectionOf(on.ctx).Post([&](wire::Call::Builder call) {
+      auto args = call.initMemcpyPeer();
+      SetStreamTarget(args, on);
+      args.setDst(dst);
+      args.setDstCtx(dst_ctx);
+      args.setSrc(src);
+      args.setSrcCtx(src_ctx);
+      args.setBytes(bytes);
+      args.setSynchronous(!async);
+    });
   });
 }
 
@@ -135,12 +147,16 @@ CUresult CUDAAPI cuDeviceGetP2PAttribute(int* value, CUdevice_P2PAttribute attri
     }
     // A fact of the device pair: asked of the server once.
     const int what = static_cast<int>(attrib);
+    if (rt.PartOfDevice(srcDevice) != rt.PartOfDevice(dstDevice)) {
+      *value = 0;  // devices of different servers: no peer access, no atomics
+      return Status::Ok();
+    }
     if (rt.contexts().PeerFact(srcDevice, dstDevice, what, value)) return Status::Ok();
-    FERRY_RETURN_IF_ERROR(rt.connection().Call(
+    FERRY_RETURN_IF_ERROR(rt.DeviceConnection(srcDevice).Call(
         [&](wire::Call::Builder call) {
           auto args = call.initDeviceGetP2PAttribute();
-          args.setDevice(srcDevice);
-          args.setPeer(dstDevice);
+          args.setDevice(rt.ServerOrdinal(srcDevice));
+          args.setPeer(rt.ServerOrdinal(dstDevice));
           args.setAttribute(what);
         },
         {}, {},

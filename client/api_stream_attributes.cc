@@ -41,7 +41,7 @@ Status SetAttribute(CUstream stream, CUstreamAttrID attr, const CUstreamAttrValu
   if (attr == CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW && window.num_bytes > 0) {
     FERRY_RETURN_IF_ERROR(rt.allocations().CheckDevice(base, window.num_bytes, "window"));
   }
-  return rt.connection().Post([&](wire::Call::Builder call) {
+  return rt.ConnectionOf(target.ctx).Post([&](wire::Call::Builder call) {
     auto args = call.initStreamSetAttribute();
     SetStreamTarget(args, target);
     args.setAttribute(attr);
@@ -62,7 +62,7 @@ Status GetAttribute(CUstream stream, CUstreamAttrID attr, CUstreamAttrValue* val
   Runtime& rt = Runtime::Get();
   StreamTarget target;
   FERRY_RETURN_IF_ERROR(ResolveAttributeCall(stream, attr, value, per_thread, &target));
-  return rt.connection().Call(
+  return rt.ConnectionOf(target.ctx).Call(
       [&](wire::Call::Builder call) {
         auto args = call.initStreamGetAttribute();
         SetStreamTarget(args, target);
@@ -92,7 +92,10 @@ Status CopyAttributes(CUstream dst, CUstream src, bool per_thread) {
   StreamTarget to, from;
   FERRY_RETURN_IF_ERROR(rt.ResolveStream(dst, per_thread, &to));
   FERRY_RETURN_IF_ERROR(rt.ResolveStream(src, per_thread, &from));
-  return rt.connection().Post([&](wire::Call::Builder call) {
+  if (!rt.SameSession(to.ctx, from.ctx)) {
+    return Status::InvalidHandle("the streams are on devices of different servers");
+  }
+  return rt.ConnectionOf(to.ctx).Post([&](wire::Call::Builder call) {
     auto args = call.initStreamCopyAttributes();
     args.setDstCtx(to.ctx);
     args.setDst(to.stream);
@@ -151,7 +154,7 @@ Status ContextEvent(CUcontext hCtx, CUevent hEvent, bool record) {
   FERRY_RETURN_IF_ERROR(rt.streams().FindEvent(event, &state));
   if (state.ctx != ctx) return Status::InvalidHandle("the event belongs to another context");
   uint64_t seq = 0;
-  FERRY_RETURN_IF_ERROR(rt.connection().Post(
+  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(ctx).Post(
       [&](wire::Call::Builder call) {
         auto args = record ? call.initCtxRecordEvent() : call.initCtxWaitEvent();
         args.setCtx(ctx);

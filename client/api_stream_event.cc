@@ -8,6 +8,7 @@
 #include <string>
 
 #include "client/entry_point.h"
+#include "common/log.h"
 
 namespace {
 
@@ -23,7 +24,7 @@ Status CreateStream(CUstream* out, unsigned flags, int priority) {
   priority = std::min(0, std::max(-5, priority));
   uint64_t id = 0;
   FERRY_RETURN_IF_ERROR(rt.streams().AddStream(ctx, flags, priority, &id));
-  FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
+  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(ctx).Post([&](wire::Call::Builder call) {
     auto args = call.initStreamCreate();
     args.setCtx(ctx);
     args.setStream(id);
@@ -43,15 +44,44 @@ Status SynchronizeOrQueryStream(CUstream stream, bool per_thread, bool query) {
   StreamTarget target;
   FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
   uint64_t seq = 0;
-  FERRY_RETURN_IF_ERROR(rt.connection().Call(
+  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(target.ctx).Call(
       [&](wire::Call::Builder call) {
         wire::StreamRef::Builder args =
             query ? call.initStreamQuery() : call.initStreamSynchronize();
         SetStreamTarget(args, target);
       },
       {}, {}, nullptr, &seq));
-  if (!query) return rt.AfterSynchronize(seq);
+  if (!query) return rt.AfterSynchronize(target.ctx, seq);
   return rt.AfterQuery(ferry::client::StreamKey{target.ctx, target.stream}, seq);
+}
+
+Status AddHostGate(const StreamTarget& target, ferry::client::Connection::HostFunction fn);
+
+// cuStreamWaitEvent with the event on another server's device (a program
+// whose devices span servers): a host gate holds `target`'s stream on its
+// server while the client's host-callback thread waits, on the event's own
+// server, for the event — so work queued on the stream later starts after
+// it, and the calling thread does not wait. The gate waits for the event's
+// latest record when the stream reaches it (a record issued after this call
+// is waited for too: a stricter order, never a looser one); an event never
+// recorded is complete, as in CUDA.
+Status WaitForEventOfAnotherServer(const StreamTarget& target, CUevent event) {
+  const uint64_t id = Runtime::HandleId(event);
+  return AddHostGate(target, [id](const Status&, bool) {
+    Runtime& rt = Runtime::Get();
+    ferry::client::EventState state;
+    if (!rt.streams().FindEvent(id, &state).ok() || state.recorded_seq == 0) return;
+    uint64_t seq = 0;
+    Status waited = rt.ConnectionOf(state.ctx).Call(
+        [&](wire::Call::Builder call) { call.initEventSynchronize().setEvent(id); }, {}, {},
+        nullptr, &seq);
+    if (waited.ok()) waited = rt.AfterSynchronize(state.ctx, seq);
+    if (!waited.ok()) {
+      // The event's server failed or is gone: the program's next call that
+      // waits reports it (Ready), so the stream is only let go here.
+      FERRY_LOG(kWarning) << "waiting for an event of another server: " << waited.message();
+    }
+  });
 }
 
 Status StreamWaitEvent(CUstream stream, CUevent event, unsigned flags, bool per_thread) {
@@ -61,8 +91,9 @@ Status StreamWaitEvent(CUstream stream, CUevent event, unsigned flags, bool per_
   ferry::client::EventState state;
   FERRY_RETURN_IF_ERROR(rt.streams().FindEvent(Runtime::HandleId(event), &state));
   if (flags != CU_EVENT_WAIT_DEFAULT) return Status::InvalidArgument("unknown wait flags");
+  if (!rt.SameSession(target.ctx, state.ctx)) return WaitForEventOfAnotherServer(target, event);
   uint64_t seq = 0;
-  FERRY_RETURN_IF_ERROR(rt.connection().Post(
+  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(target.ctx).Post(
       [&](wire::Call::Builder call) {
         auto args = call.initStreamWaitEvent();
         SetStreamTarget(args, target);
@@ -79,8 +110,8 @@ Status StreamWaitEvent(CUstream stream, CUevent event, unsigned flags, bool per_
   }
   // The stream now depends on the copies the event's record depends on: a
   // query that finds it done waits for their bytes too.
-  rt.connection().AddCopyDependencies(ferry::client::StreamKey{target.ctx, target.stream}, seq,
-                                      state.copies);
+  rt.ConnectionOf(target.ctx).AddCopyDependencies(
+      ferry::client::StreamKey{target.ctx, target.stream}, seq, state.copies);
   return Status::Ok();
 }
 
@@ -95,8 +126,12 @@ Status RecordEvent(CUevent event, CUstream stream, unsigned flags, bool per_thre
   }
   StreamTarget target;
   FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
+  if (!rt.SameSession(target.ctx, state.ctx)) {
+    return Status::InvalidHandle(
+        "cuEventRecord: the event and the stream are on devices of different servers");
+  }
   uint64_t seq = 0;
-  FERRY_RETURN_IF_ERROR(rt.connection().Post(
+  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(target.ctx).Post(
       [&](wire::Call::Builder call) {
         auto args = call.initEventRecord();
         SetStreamTarget(args, target);
@@ -106,7 +141,7 @@ Status RecordEvent(CUevent event, CUstream stream, unsigned flags, bool per_thre
   rt.graphs().NoteEventRecord(Runtime::HandleId(event), target.stream);
   const ferry::client::StreamKey key{target.ctx, target.stream};
   rt.streams().NoteEventRecord(Runtime::HandleId(event), key, seq,
-                               rt.connection().CopiesBefore(key, seq));
+                               rt.ConnectionOf(target.ctx).CopiesBefore(key, seq));
   return Status::Ok();
 }
 
@@ -114,7 +149,7 @@ Status RecordEvent(CUevent event, CUstream stream, unsigned flags, bool per_thre
 // the client's host-callback thread (see Connection::PostHostGate). The call
 // itself returns at once.
 Status AddHostGate(const StreamTarget& target, ferry::client::Connection::HostFunction fn) {
-  return Runtime::Get().connection().PostHostGate(
+  return Runtime::Get().ConnectionOf(target.ctx).PostHostGate(
       [&](wire::Call::Builder call) {
         auto args = call.initHostGate();
         SetStreamTarget(args, target);
@@ -185,16 +220,16 @@ Status SynchronizeOrQueryEvent(CUevent event, bool query) {
   ferry::client::EventState state;
   FERRY_RETURN_IF_ERROR(rt.streams().FindEvent(id, &state));
   uint64_t seq = 0;
-  FERRY_RETURN_IF_ERROR(rt.connection().Call(
+  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(state.ctx).Call(
       [&](wire::Call::Builder call) {
         wire::EventRef::Builder args = query ? call.initEventQuery() : call.initEventSynchronize();
         args.setEvent(id);
       },
       {}, {}, nullptr, &seq));
-  if (!query) return rt.AfterSynchronize(seq);
+  if (!query) return rt.AfterSynchronize(state.ctx, seq);
   FERRY_RETURN_IF_ERROR(rt.streams().FindEvent(id, &state));
   if (state.recorded_seq == 0 || state.recorded_seq > seq) return Status::Ok();
-  return rt.connection().WaitForCopies(state.copies);
+  return rt.ConnectionOf(state.ctx).WaitForCopies(state.copies);
 }
 
 }  // namespace
@@ -217,7 +252,7 @@ CUresult CUDAAPI cuStreamDestroy_v2(CUstream hStream) {
     ferry::client::StreamState removed;
     FERRY_RETURN_IF_ERROR(rt.streams().RemoveStream(id, &removed));
     rt.graphs().ForgetStream(id);  // a capture it began ends with it
-    return rt.connection().Post([&](wire::Call::Builder call) {
+    return rt.ConnectionOf(removed.ctx).Post([&](wire::Call::Builder call) {
       auto args = call.initStreamDestroy();
       args.setCtx(removed.ctx);
       args.setStream(id);
@@ -326,7 +361,7 @@ CUresult CUDAAPI cuEventCreate(CUevent* phEvent, unsigned int Flags) {
     FERRY_RETURN_IF_ERROR(rt.CurrentContext(&ctx));
     uint64_t id = 0;
     FERRY_RETURN_IF_ERROR(rt.streams().AddEvent(ctx, Flags, &id));
-    FERRY_RETURN_IF_ERROR(rt.connection().Post([&](wire::Call::Builder call) {
+    FERRY_RETURN_IF_ERROR(rt.ConnectionOf(ctx).Post([&](wire::Call::Builder call) {
       auto args = call.initEventCreate();
       args.setCtx(ctx);
       args.setEvent(id);
@@ -366,7 +401,11 @@ CUresult CUDAAPI cuEventElapsedTime_v2(float* pMilliseconds, CUevent hStart, CUe
     ferry::client::EventState start, end;
     FERRY_RETURN_IF_ERROR(rt.streams().FindEvent(Runtime::HandleId(hStart), &start));
     FERRY_RETURN_IF_ERROR(rt.streams().FindEvent(Runtime::HandleId(hEnd), &end));
-    return rt.connection().Call(
+    if (!rt.SameSession(start.ctx, end.ctx)) {
+      return Status::InvalidHandle(
+          "cuEventElapsedTime: the events are on devices of different servers (no common clock)");
+    }
+    return rt.ConnectionOf(start.ctx).Call(
         [&](wire::Call::Builder call) {
           auto args = call.initEventElapsedTime();
           args.setStart(Runtime::HandleId(hStart));

@@ -37,7 +37,7 @@ Status Post(CUstream stream, const std::vector<MemOp>& ops, unsigned flags, bool
                                : 0;
     if (width > 0) FERRY_RETURN_IF_ERROR(rt.allocations().CheckDevice(op.address, width, "addr"));
   }
-  return rt.connection().Post([&](wire::Call::Builder call) {
+  return rt.ConnectionOf(target.ctx).Post([&](wire::Call::Builder call) {
     auto args = call.initStreamMemOps();
     SetStreamTarget(args, target);
     args.setFlags(flags);

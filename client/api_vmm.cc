@@ -41,10 +41,26 @@ Status CheckProperties(const CUmemAllocationProp* prop) {
   return Runtime::Get().CheckDevice(prop->location.id);
 }
 
+// A program whose devices span servers has its virtual memory served by the
+// current context's server: a reservation, its mappings and their memory
+// live there. A device of another server is refused (not silently mapped
+// elsewhere). `*ordinal` is the device's ordinal on that server.
+Status DeviceOfThisServer(int device, int* ordinal) {
+  Runtime& rt = Runtime::Get();
+  FERRY_RETURN_IF_ERROR(rt.CheckDevice(device));
+  if (&rt.DeviceConnection(device) != &rt.CurrentConnection()) {
+    return Status::Unimplemented("virtual memory of device " + std::to_string(device) +
+                                 " is on another server than the current context's: make a "
+                                 "context of that device current first");
+  }
+  *ordinal = rt.ServerOrdinal(device);
+  return Status::Ok();
+}
+
 // The value a call's reply carries.
 template <typename Fill>
 Status CallForValue(const Fill& fill, int64_t* value) {
-  return Runtime::Get().connection().Call(fill, {}, {}, [&](wire::Reply::Reader reply) {
+  return Runtime::Get().CurrentConnection().Call(fill, {}, {}, [&](wire::Reply::Reader reply) {
     *value = reply.getValue();
     return Status::Ok();
   });
@@ -64,11 +80,13 @@ CUresult CUDAAPI cuMemGetAllocationGranularity(size_t* granularity, const CUmemA
         option != CU_MEM_ALLOC_GRANULARITY_RECOMMENDED) {
       return Status::InvalidArgument("bad granularity option");
     }
+    int ordinal = 0;
+    FERRY_RETURN_IF_ERROR(DeviceOfThisServer(prop->location.id, &ordinal));
     int64_t value = 0;
     FERRY_RETURN_IF_ERROR(CallForValue(
         [&](wire::Call::Builder call) {
           auto args = call.initMemGetAllocationGranularity();
-          args.setDevice(prop->location.id);
+          args.setDevice(ordinal);
           args.setRecommended(option == CU_MEM_ALLOC_GRANULARITY_RECOMMENDED);
         },
         &value));
@@ -85,11 +103,13 @@ CUresult CUDAAPI cuMemCreate(CUmemGenericAllocationHandle* handle, size_t size,
     FERRY_RETURN_IF_ERROR(rt.Ready());
     FERRY_RETURN_IF_ERROR(CheckProperties(prop));
     if (size == 0 || flags != 0) return Status::InvalidArgument("size 0 or flags other than 0");
+    int ordinal = 0;
+    FERRY_RETURN_IF_ERROR(DeviceOfThisServer(prop->location.id, &ordinal));
     const uint64_t id = rt.NewId(HandleKind::kPhysicalMemory);
-    FERRY_RETURN_IF_ERROR(rt.connection().Call([&](wire::Call::Builder call) {
+    FERRY_RETURN_IF_ERROR(rt.CurrentConnection().Call([&](wire::Call::Builder call) {
       auto args = call.initMemCreate();
       args.setHandle(id);
-      args.setDevice(prop->location.id);
+      args.setDevice(ordinal);
       args.setBytes(size);
     }));
     rt.allocations().AddPhysical(id, *prop);
@@ -103,7 +123,7 @@ CUresult CUDAAPI cuMemRelease(CUmemGenericAllocationHandle handle) {
     Runtime& rt = Runtime::Get();
     FERRY_RETURN_IF_ERROR(rt.Ready());
     FERRY_RETURN_IF_ERROR(rt.allocations().CheckPhysical(handle, nullptr));
-    FERRY_RETURN_IF_ERROR(rt.connection().Call(
+    FERRY_RETURN_IF_ERROR(rt.CurrentConnection().Call(
         [&](wire::Call::Builder call) { call.initMemRelease().setHandle(handle); }));
     rt.allocations().ReleasePhysical(handle);
     return Status::Ok();
@@ -129,7 +149,7 @@ CUresult CUDAAPI cuMemAddressReserve(CUdeviceptr* ptr, size_t size, size_t align
     Runtime& rt = Runtime::Get();
     FERRY_RETURN_IF_ERROR(rt.Ready());
     uint64_t address = 0;
-    FERRY_RETURN_IF_ERROR(rt.connection().Call(
+    FERRY_RETURN_IF_ERROR(rt.CurrentConnection().Call(
         [&](wire::Call::Builder call) {
           auto args = call.initMemAddressReserve();
           args.setBytes(size);
@@ -150,7 +170,7 @@ CUresult CUDAAPI cuMemAddressReserve(CUdeviceptr* ptr, size_t size, size_t align
 CUresult CUDAAPI cuMemAddressFree(CUdeviceptr ptr, size_t size) {
   return Api([&]() -> Status {
     FERRY_RETURN_IF_ERROR(Runtime::Get().Ready());
-    return Runtime::Get().connection().Call([&](wire::Call::Builder call) {
+    return Runtime::Get().CurrentConnection().Call([&](wire::Call::Builder call) {
       auto args = call.initMemAddressFree();
       args.setAddress(ptr);
       args.setBytes(size);
@@ -164,7 +184,7 @@ CUresult CUDAAPI cuMemMap(CUdeviceptr ptr, size_t size, size_t offset,
     Runtime& rt = Runtime::Get();
     FERRY_RETURN_IF_ERROR(rt.Ready());
     FERRY_RETURN_IF_ERROR(rt.allocations().CheckPhysical(handle, nullptr));
-    FERRY_RETURN_IF_ERROR(rt.connection().Call([&](wire::Call::Builder call) {
+    FERRY_RETURN_IF_ERROR(rt.CurrentConnection().Call([&](wire::Call::Builder call) {
       auto args = call.initMemMap();
       args.setAddress(ptr);
       args.setBytes(size);
@@ -181,7 +201,7 @@ CUresult CUDAAPI cuMemUnmap(CUdeviceptr ptr, size_t size) {
   return Api([&]() -> Status {
     Runtime& rt = Runtime::Get();
     FERRY_RETURN_IF_ERROR(rt.Ready());
-    FERRY_RETURN_IF_ERROR(rt.connection().Call([&](wire::Call::Builder call) {
+    FERRY_RETURN_IF_ERROR(rt.CurrentConnection().Call([&](wire::Call::Builder call) {
       auto args = call.initMemUnmap();
       args.setAddress(ptr);
       args.setBytes(size);
@@ -202,16 +222,17 @@ CUresult CUDAAPI cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessD
       if (desc[i].location.type != CU_MEM_LOCATION_TYPE_DEVICE) {
         return Status::Unimplemented("access from host memory locations is not forwarded");
       }
-      FERRY_RETURN_IF_ERROR(rt.CheckDevice(desc[i].location.id));
+      int ordinal = 0;
+      FERRY_RETURN_IF_ERROR(DeviceOfThisServer(desc[i].location.id, &ordinal));
       access.emplace_back(desc[i].location.id, static_cast<unsigned>(desc[i].flags));
     }
-    FERRY_RETURN_IF_ERROR(rt.connection().Call([&](wire::Call::Builder call) {
+    FERRY_RETURN_IF_ERROR(rt.CurrentConnection().Call([&](wire::Call::Builder call) {
       auto args = call.initMemSetAccess();
       args.setAddress(ptr);
       args.setBytes(size);
       auto list = args.initAccess(static_cast<unsigned>(access.size()));
       for (size_t i = 0; i < access.size(); ++i) {
-        list[i].setDevice(access[i].first);
+        list[i].setDevice(rt.ServerOrdinal(access[i].first));
         list[i].setFlags(access[i].second);
       }
     }));
@@ -229,13 +250,14 @@ CUresult CUDAAPI cuMemGetAccess(unsigned long long* flags, const CUmemLocation* 
     if (location->type != CU_MEM_LOCATION_TYPE_DEVICE) {
       return Status::Unimplemented("access from host memory locations is not forwarded");
     }
-    FERRY_RETURN_IF_ERROR(rt.CheckDevice(location->id));
+    int ordinal = 0;
+    FERRY_RETURN_IF_ERROR(DeviceOfThisServer(location->id, &ordinal));
     int64_t value = 0;
     FERRY_RETURN_IF_ERROR(CallForValue(
         [&](wire::Call::Builder call) {
           auto args = call.initMemGetAccess();
           args.setAddress(ptr);
-          args.setDevice(location->id);
+          args.setDevice(ordinal);
         },
         &value));
     *flags = static_cast<unsigned long long>(value);

@@ -100,6 +100,7 @@ Status Connection::Open(std::unique_ptr<Transport> transport, std::string server
     hello.setRedirects(borrow.redirects);
     hello.setFollowsRedirects(redirect != nullptr);
     hello.setQueueTicket(borrow.queue_ticket);
+    hello.setTicketStays(borrow.ticket_stays);
     FERRY_RETURN_IF_ERROR(WriteFrame(*transport, wire::FrameKind::HELLO, hello_message));
   }
   // Interim replies (queued for a slice) come first; the last one answers.
@@ -138,7 +139,7 @@ Status Connection::Open(std::unique_ptr<Transport> transport, std::string server
             static_cast<uint8_t>(status.code()), status.cuda_result(),
             "ferryd at " + server_name + " gives no device: " + status.message());
       }
-      if (reply.getRedirect().size() > 0) {
+      if (reply.getRedirect().size() > 0 || reply.getParts().size() > 0) {
         if (redirect == nullptr) {
           return Status::Malformed("ferryd at " + server_name +
                                    " sends this client on, which it did not offer to follow");
@@ -146,6 +147,13 @@ Status Connection::Open(std::unique_ptr<Transport> transport, std::string server
         redirect->address = reply.getRedirect().cStr();
         redirect->pool = reply.getPool().cStr();
         redirect->queue_ticket = reply.getQueueTicket().cStr();
+        for (auto part : reply.getParts()) {
+          if (part.getAddress().size() == 0 || part.getGpus() == 0) {
+            return Status::Malformed("ferryd at " + server_name +
+                                     " splits the borrow with an empty part");
+          }
+          redirect->parts.push_back({part.getAddress().cStr(), part.getGpus()});
+        }
         return Status::Ok();
       }
       if (reply.getHandoverSecret().size() > 0) {

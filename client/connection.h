@@ -140,12 +140,23 @@ class Connection {
     std::string token;     // "" = none
     uint32_t redirects = 0;  // times this borrow was sent on (HelloReply.redirect)
     std::string queue_ticket;  // its place in a cluster's queue, from a redirect
+    // One part of a borrow split across servers, more parts to follow: the
+    // server leaves the queue ticket for the next part (Hello.ticketStays).
+    bool ticket_stays = false;
+  };
+  // One server's share of a borrow split across a cluster's servers.
+  struct BorrowPart {
+    std::string address;  // HOST:PORT
+    uint32_t gpus = 0;
   };
   // Where a cluster's ferryd sends a client (HelloReply.redirect).
   struct Redirect {
     std::string address;  // "" = not sent on
     std::string pool;     // the pool to borrow from there
     std::string queue_ticket;
+    // Not empty: no one server has room for the whole borrow; borrow these
+    // parts, in order (HelloReply.parts). `address` is empty then.
+    std::vector<BorrowPart> parts;
   };
 
   // Connects, says Hello, and keeps the final HelloReply in `hello_reply`.

@@ -18,14 +18,15 @@ namespace wire = ferry::wire;
 // A cu*Destroy's (or cuModuleUnload's) work: after rt.Ready(), `forget(rt,
 // id)` drops the handle's id from the runtime's registry (its error, such as
 // INVALID_HANDLE, is the call's), then `fill(call, id)` builds the server's
-// call, which is posted.
+// call, which is posted to the object's server (found before forgetting).
 template <typename Handle, typename Forget, typename Fill>
 Status DestroyHandle(Handle handle, Forget forget, Fill fill) {
   Runtime& rt = Runtime::Get();
   FERRY_RETURN_IF_ERROR(rt.Ready());
   const uint64_t id = Runtime::HandleId(handle);
+  ferry::client::Connection& server = rt.ObjectConnection(id);
   FERRY_RETURN_IF_ERROR(forget(rt, id));
-  return rt.connection().Post([&](wire::Call::Builder call) { fill(call, id); });
+  return server.Post([&](wire::Call::Builder call) { fill(call, id); });
 }
 
 // Sets a kernel's launch shape on `args`, any wire builder with a launch's

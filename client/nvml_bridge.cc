@@ -57,8 +57,11 @@ int Telemetry(int ordinal, FerryNvmlTelemetry* out) {
     Runtime& rt = Runtime::Get();
     FERRY_RETURN_IF_ERROR(rt.Ready());
     FERRY_RETURN_IF_ERROR(rt.CheckDevice(ordinal));
-    return rt.connection().Call(
-        [&](wire::Call::Builder call) { call.initDeviceTelemetry().setDevice(ordinal); }, {}, {},
+    return rt.DeviceConnection(ordinal).Call(
+        [&](wire::Call::Builder call) {
+          call.initDeviceTelemetry().setDevice(rt.ServerOrdinal(ordinal));
+        },
+        {}, {},
         [&](wire::Reply::Reader reply) {
           if (!reply.isDeviceTelemetry()) return Status::Internal("deviceTelemetry reply missing");
           auto t = reply.getDeviceTelemetry();

@@ -9,7 +9,7 @@ namespace ferry::client {
 Status MaxActiveBlocks(Runtime& rt, uint64_t function, const std::vector<uint32_t>& block_sizes,
                        const std::vector<uint64_t>& smem, unsigned flags,
                        std::vector<int>* blocks) {
-  return rt.connection().Call(
+  return rt.FunctionConnection(function).Call(
       [&](wire::Call::Builder call) {
         auto args = call.initOccupancyMaxActiveBlocks();
         args.setFunction(function);
@@ -33,7 +33,7 @@ Status MaxActiveBlocks(Runtime& rt, uint64_t function, const std::vector<uint32_
 }
 
 Status FunctionAttribute(Runtime& rt, uint64_t function, int attribute, int* value) {
-  return rt.connection().Call(
+  return rt.FunctionConnection(function).Call(
       [&](wire::Call::Builder call) {
         auto args = call.initFuncGetAttribute();
         args.setFunction(function);

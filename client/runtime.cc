@@ -23,6 +23,9 @@ namespace {
 
 constexpr const char* kDefaultServer = "127.0.0.1:7070";
 constexpr int kDefaultConnectTimeoutMs = 3000;
+// How often one borrow may be sent on (ferryd sends a client on at most
+// twice); a part of a split borrow starts at the maximum.
+constexpr uint32_t kMaxRedirects = 4;
 
 // Serials of Runtime instances, never reused (Runtime::ThisThread).
 std::atomic<uint64_t> next_instance{1};
@@ -98,14 +101,80 @@ Runtime::Runtime(std::unique_ptr<Connection> connection, std::vector<DeviceInfo>
                  uint64_t session_id)
     : init_status_(Status::Ok()),
       initialized_(true),
-      instance_(next_instance.fetch_add(1)),
-      connection_(std::move(connection)),
-      devices_(std::move(devices)),
-      session_id_(session_id) {}
+      instance_(next_instance.fetch_add(1)) {
+  SessionPart part;
+  part.connection = std::move(connection);
+  part.session_id = session_id;
+  AddPart(std::move(part), std::move(devices));
+}
 
 Runtime::~Runtime() {
-  // First: the connection's threads stop before the tables they might reach.
-  connection_.reset();
+  // First: the connections' threads stop before the tables they might reach.
+  for (SessionPart& part : parts_) part.connection.reset();
+}
+
+void Runtime::AddPart(SessionPart part, std::vector<DeviceInfo> devices) {
+  part.first_device = static_cast<int>(devices_.size());
+  part.device_count = static_cast<int>(devices.size());
+  for (DeviceInfo& device : devices) devices_.push_back(std::move(device));
+  parts_.push_back(std::move(part));
+}
+
+size_t Runtime::PartOfDevice(int device) const {
+  for (size_t i = parts_.size(); i-- > 1;) {
+    if (device >= parts_[i].first_device) return i;
+  }
+  return 0;
+}
+
+int Runtime::ServerOrdinal(int device) const {
+  return parts_.empty() ? device : device - parts_[PartOfDevice(device)].first_device;
+}
+
+Connection& Runtime::ConnectionOf(uint64_t ctx) {
+  if (parts_.size() == 1) return *parts_.front().connection;
+  int device = 0;
+  if (!contexts_.Device(ctx, &device).ok()) device = 0;
+  return DeviceConnection(device);
+}
+
+Connection& Runtime::FunctionConnection(uint64_t function) {
+  if (parts_.size() == 1) return *parts_.front().connection;
+  std::shared_ptr<const FunctionState> state;
+  return ConnectionOf(modules_.FindFunction(function, &state).ok() ? state->ctx : 0);
+}
+
+Connection& Runtime::ObjectConnection(uint64_t id) {
+  if (parts_.size() == 1) return *parts_.front().connection;
+  if (IsKind(id, HandleKind::kContext)) return ConnectionOf(id);
+  if (IsKind(id, HandleKind::kFunction)) return FunctionConnection(id);
+  uint64_t ctx = 0;
+  if (StreamState stream; IsKind(id, HandleKind::kStream) && streams_.FindStream(id, &stream).ok()) {
+    ctx = stream.ctx;
+  } else if (EventState event;
+             IsKind(id, HandleKind::kEvent) && streams_.FindEvent(id, &event).ok()) {
+    ctx = event.ctx;
+  } else if (ModuleState module;
+             IsKind(id, HandleKind::kModule) && modules_.FindModule(id, &module).ok()) {
+    ctx = module.ctx;
+  } else if (ArrayRecord array; (IsKind(id, HandleKind::kArray) ||
+                                 IsKind(id, HandleKind::kMipmappedArray)) &&
+                                arrays_.Find(id, &array).ok()) {
+    ctx = array.ctx;
+  } else if (int device = 0;
+             IsKind(id, HandleKind::kMemPool) && mem_pools_.Device(id, &device).ok()) {
+    return DeviceConnection(device);
+  } else {
+    ctx = CurrentContextId();
+  }
+  return ConnectionOf(ctx);
+}
+
+bool Runtime::SameSession(uint64_t a, uint64_t b) {
+  if (parts_.size() <= 1) return true;
+  int device_a = 0, device_b = 0;
+  if (!contexts_.Device(a, &device_a).ok() || !contexts_.Device(b, &device_b).ok()) return true;
+  return PartOfDevice(device_a) == PartOfDevice(device_b);
 }
 
 Status Runtime::Connect(std::unique_ptr<Transport> transport, const std::string& server_name,
@@ -143,7 +212,7 @@ void Runtime::RunContextLocalStorageDestructors(uint64_t ctx) {
 Status Runtime::Init(unsigned flags) {
   if (flags != 0) return Status::InvalidArgument("cuInit flags must be 0");
   std::call_once(init_once_, [this] {
-    if (connection_ != nullptr) return;  // built on an open session
+    if (!parts_.empty()) return;  // built on an open session
     SetLogProgram(std::string(program_invocation_short_name) + " (ferry)");
     // FERRY_LOG_LEVEL=debug|info|warning|error (default info); anything
     // else is reported once and ignored.
@@ -193,30 +262,18 @@ Status Runtime::ConnectFromEnvironment() {
   // server it is sent to that cannot be reached sends it back to the one
   // that sent it, saying it may not be sent on again (it waits or is
   // refused there).
-  constexpr uint32_t kMaxRedirects = 4;  // ferryd sends a client on at most twice
   std::string unreachable;
   for (const std::string& first : servers) {
     std::string server = first;
     std::string sender;  // the server that sent us to `server`
     Connection::Borrow attempt = borrow;
     for (;;) {
-      const std::optional<TlsClientConfig> tls = TlsClientConfigFromEnvironment(server);
-      FERRY_RETURN_IF_ERROR(CheckTokenIsProtected(
-          server, attempt.token, tls.has_value(), PlainTokenAllowedByEnvironment(),
-          "set FERRY_TLS_CA to use TLS, or FERRY_ALLOW_PLAIN_TOKEN=1 on a network you trust"));
-      std::unique_ptr<Transport> transport;
-      Status status = ConnectTransportWithTls(server, std::chrono::milliseconds(timeout_ms), tls,
-                                              &transport);
-      if (status.code() == StatusCode::kPermissionDenied) {
-        return status;  // a server whose certificate does not verify: not a lost one
-      }
+      SessionPart part;
+      std::vector<DeviceInfo> devices;
       Connection::Redirect redirect;
-      if (status.ok()) {
-        status = OpenSession(std::move(transport), server, attempt, options, &connection_,
-                             &devices_, &session_id_,
-                             attempt.redirects < kMaxRedirects ? &redirect : nullptr);
-        if (!status.ok() && status.code() != StatusCode::kDisconnected) return status;
-      }
+      Status status = OpenSessionAt(server, attempt, options, timeout_ms, &part, &devices,
+                                    attempt.redirects < kMaxRedirects ? &redirect : nullptr);
+      if (!status.ok() && status.code() != StatusCode::kDisconnected) return status;
       if (!status.ok() && !sender.empty()) {
         FERRY_LOG(kWarning) << "cannot reach ferryd at " << server << ", where " << sender
                             << " sent this program (" << status.message() << "); back to "
@@ -230,7 +287,22 @@ Status Runtime::ConnectFromEnvironment() {
         unreachable += (unreachable.empty() ? "" : "; ") + server + ": " + status.message();
         break;  // the next server of the list
       }
-      if (redirect.address.empty()) return Status::Ok();
+      if (!redirect.parts.empty()) {
+        std::string split;
+        for (const Connection::BorrowPart& p : redirect.parts) {
+          split += (split.empty() ? "" : ", ") + p.address + " (" + std::to_string(p.gpus) + ")";
+        }
+        FERRY_LOG(kInfo) << "ferryd at " << server << ": no one server has room for "
+                         << attempt.gpus << " devices; the borrow spans " << split;
+        return OpenParts(redirect.parts, attempt,
+                         redirect.pool.empty() ? attempt.pool : redirect.pool,
+                         redirect.queue_ticket, options, timeout_ms);
+      }
+      if (redirect.address.empty()) {
+        part.server = server;
+        AddPart(std::move(part), std::move(devices));
+        return Status::Ok();
+      }
       FERRY_LOG(kInfo) << "ferryd at " << server << " has no room and sends this program to "
                        << redirect.address << " (a server of the same cluster pool)";
       sender = server;
@@ -242,6 +314,62 @@ Status Runtime::ConnectFromEnvironment() {
   }
   return Status::Disconnected("cannot reach ferryd (FERRY_SERVER=" + server_list +
                               "): " + unreachable);
+}
+
+Status Runtime::OpenSessionAt(const std::string& server, const Connection::Borrow& borrow,
+                              ConnectionOptions options, int timeout_ms, SessionPart* part,
+                              std::vector<DeviceInfo>* devices, Connection::Redirect* redirect) {
+  const std::optional<TlsClientConfig> tls = TlsClientConfigFromEnvironment(server);
+  FERRY_RETURN_IF_ERROR(CheckTokenIsProtected(
+      server, borrow.token, tls.has_value(), PlainTokenAllowedByEnvironment(),
+      "set FERRY_TLS_CA to use TLS, or FERRY_ALLOW_PLAIN_TOKEN=1 on a network you trust"));
+  std::unique_ptr<Transport> transport;
+  FERRY_RETURN_IF_ERROR(
+      ConnectTransportWithTls(server, std::chrono::milliseconds(timeout_ms), tls, &transport));
+  part->server = server;
+  return OpenSession(std::move(transport), server, borrow, options, &part->connection, devices,
+                     &part->session_id, redirect);
+}
+
+Status Runtime::OpenParts(const std::vector<Connection::BorrowPart>& parts,
+                          Connection::Borrow borrow, const std::string& pool,
+                          const std::string& ticket, ConnectionOptions options, int timeout_ms) {
+  borrow.pool = pool;
+  borrow.queue_ticket = ticket;
+  borrow.redirects = kMaxRedirects;  // a part is not sent on again
+  for (size_t i = 0; i < parts.size(); ++i) {
+    borrow.gpus = parts[i].gpus;
+    borrow.ticket_stays = i + 1 < parts.size();
+    SessionPart part;
+    std::vector<DeviceInfo> devices;
+    Status status = OpenSessionAt(parts[i].address, borrow, options, timeout_ms, &part, &devices,
+                                  /*redirect=*/nullptr);
+    if (status.ok() && devices.size() != parts[i].gpus) {
+      status = Status::Malformed("ferryd at " + parts[i].address + " gave " +
+                                 std::to_string(devices.size()) + " device(s) for a part of " +
+                                 std::to_string(parts[i].gpus));
+    }
+    if (!status.ok()) {
+      // The sessions opened so far end here: their slices go back at once.
+      for (SessionPart& opened : parts_) opened.connection.reset();
+      parts_.clear();
+      devices_.clear();
+      return status.WithContext("borrowing part " + std::to_string(i + 1) + " of " +
+                                std::to_string(parts.size()) + " (" +
+                                std::to_string(parts[i].gpus) + " device(s) at " +
+                                parts[i].address + ")");
+    }
+    AddPart(std::move(part), std::move(devices));
+  }
+  std::string summary;
+  for (const SessionPart& part : parts_) {
+    summary += (summary.empty() ? "" : ", ") + std::string("devices ") +
+               std::to_string(part.first_device) + "-" +
+               std::to_string(part.first_device + part.device_count - 1) + " at " + part.server;
+  }
+  FERRY_LOG(kInfo) << "this program's devices span " << parts_.size() << " servers: " << summary
+                   << "; copies between them pass through this host";
+  return Status::Ok();
 }
 
 Status Runtime::OpenSession(std::unique_ptr<Transport> transport, const std::string& server,
@@ -286,7 +414,10 @@ Status Runtime::Ready() {
     return Status::Cuda(CUDA_ERROR_NOT_INITIALIZED, "cuInit has not been called");
   }
   if (!init_status_.ok()) return init_status_;
-  return connection_->health();
+  // One lost server fails every call, as a lost single server does: the
+  // program cannot go on with a device gone.
+  for (SessionPart& part : parts_) FERRY_RETURN_IF_ERROR(part.connection->health());
+  return Status::Ok();
 }
 
 Status Runtime::CheckDevice(int device) const {
@@ -318,10 +449,10 @@ Status Runtime::EnsureLive(uint64_t ctx) {
   FERRY_RETURN_IF_ERROR(contexts_.Find(ctx, &state));
   if (state.live) return Status::Ok();
   FERRY_RETURN_IF_ERROR(Ready());
-  FERRY_RETURN_IF_ERROR(connection_->Call([&](wire::Call::Builder call) {
+  FERRY_RETURN_IF_ERROR(DeviceConnection(state.device).Call([&](wire::Call::Builder call) {
     auto args = call.initCtxCreate();
     args.setCtx(ctx);
-    args.setDevice(state.device);
+    args.setDevice(ServerOrdinal(state.device));
     args.setFlags(state.flags);
   }));
   // A context is destroyed by this process's own calls only, and cuCtxDestroy
@@ -384,7 +515,8 @@ Status Runtime::ResetPrimary(int device) {
   if (!contexts_.MarkNotLive(id)) return Status::Ok();  // reset meanwhile by another thread
   ForgetContextResources(id);
   ThisThread().per_thread_streams.erase(id);
-  return connection_->Post([&](wire::Call::Builder call) { call.initCtxDestroy().setCtx(id); });
+  return DeviceConnection(device).Post(
+      [&](wire::Call::Builder call) { call.initCtxDestroy().setCtx(id); });
 }
 
 Status Runtime::SetPrimaryFlags(int device, unsigned flags) {
@@ -416,6 +548,8 @@ Status Runtime::DestroyContext(uint64_t ctx) {
   FERRY_RETURN_IF_ERROR(Ready());
   // Checked before the destructors run, so a refused call changes nothing.
   FERRY_RETURN_IF_ERROR(contexts_.CheckDestroyable(ctx));
+  int device = 0;
+  FERRY_RETURN_IF_ERROR(contexts_.Device(ctx, &device));
   // Before the context goes, and under no registry's lock: the runtime's
   // destructors free what it holds in it through the driver.
   RunContextLocalStorageDestructors(ctx);
@@ -427,7 +561,8 @@ Status Runtime::DestroyContext(uint64_t ctx) {
   // The calling thread stops using it; other threads find it gone.
   std::erase(thread.context_stack, ctx);
   if (!live) return Status::Ok();
-  return connection_->Post([&](wire::Call::Builder call) { call.initCtxDestroy().setCtx(ctx); });
+  return DeviceConnection(device).Post(
+      [&](wire::Call::Builder call) { call.initCtxDestroy().setCtx(ctx); });
 }
 
 void Runtime::ForgetContextResources(uint64_t ctx) {
@@ -457,7 +592,7 @@ Status Runtime::ResolveStream(CUstream stream, bool per_thread_default, StreamTa
     }
     uint64_t created = 0;
     FERRY_RETURN_IF_ERROR(streams_.AddStream(target->ctx, CU_STREAM_DEFAULT, 0, &created));
-    FERRY_RETURN_IF_ERROR(connection_->Post([&](wire::Call::Builder call) {
+    FERRY_RETURN_IF_ERROR(ConnectionOf(target->ctx).Post([&](wire::Call::Builder call) {
       auto args = call.initStreamCreate();
       args.setCtx(target->ctx);
       args.setStream(created);
@@ -486,7 +621,9 @@ Status Runtime::ModuleFunctionLocked(uint64_t module, const std::string& name, u
   bool created = false;
   FERRY_RETURN_IF_ERROR(modules_.AddFunction(module, name, id, &created));
   if (!created) return Status::Ok();
-  Status posted = connection_->Post([&](wire::Call::Builder call) {
+  ModuleState state;
+  FERRY_RETURN_IF_ERROR(modules_.FindModule(module, &state));
+  Status posted = ConnectionOf(state.ctx).Post([&](wire::Call::Builder call) {
     auto args = call.initModuleGetFunction();
     args.setModule(module);
     args.setFunction(*id);
@@ -516,7 +653,7 @@ Status Runtime::ResolveFunction(uint64_t handle, uint64_t ctx, uint64_t* id,
 }
 
 Status Runtime::AllocDevice(uint64_t ctx, uint64_t bytes, uint64_t* dptr) {
-  FERRY_RETURN_IF_ERROR(connection_->Call(
+  FERRY_RETURN_IF_ERROR(ConnectionOf(ctx).Call(
       [&](wire::Call::Builder call) {
         auto args = call.initMemAlloc();
         args.setCtx(ctx);
@@ -536,7 +673,7 @@ Status Runtime::ModuleGlobal(uint64_t module, const char* name, uint64_t* dptr, 
   ModuleState state;
   FERRY_RETURN_IF_ERROR(modules_.FindModule(module, &state));
   uint64_t address = 0, size = 0;
-  FERRY_RETURN_IF_ERROR(connection_->Call(
+  FERRY_RETURN_IF_ERROR(ConnectionOf(state.ctx).Call(
       [&](wire::Call::Builder call) {
         auto args = call.initModuleGetGlobal();
         args.setModule(module);
@@ -572,14 +709,19 @@ Status Runtime::LoadLibrary(std::span<const uint8_t> image, uint64_t* id) {
   FERRY_RETURN_IF_ERROR(Ready());
   const uint64_t library = NewId(HandleKind::kLibrary);
   ImageDescription description;
-  FERRY_RETURN_IF_ERROR(LoadImage(
-      *connection_, image,
-      [&](wire::Call::Builder call) {
-        auto args = call.initLibraryLoad();
-        args.setLibrary(library);
-        return args;
-      },
-      &description));
+  // A library belongs to no context: every server of the program's devices
+  // loads it (the image travels once to each, by its hash).
+  for (SessionPart& part : parts_) {
+    description = {};
+    FERRY_RETURN_IF_ERROR(LoadImage(
+        *part.connection, image,
+        [&](wire::Call::Builder call) {
+          auto args = call.initLibraryLoad();
+          args.setLibrary(library);
+          return args;
+        },
+        &description));
+  }
   LibraryState state;
   state.kernel_names = std::move(description.kernel_names);
   state.kernels = std::move(description.kernels);
@@ -612,8 +754,11 @@ void Runtime::LoadLibrariesEagerly(uint64_t ctx) {
 Status Runtime::UnloadLibrary(uint64_t id) {
   std::lock_guard<std::mutex> registration(registration_mu_);
   FERRY_RETURN_IF_ERROR(modules_.RemoveLibrary(id));
-  return connection_->Post(
-      [&](wire::Call::Builder call) { call.initLibraryUnload().setLibrary(id); });
+  for (SessionPart& part : parts_) {
+    FERRY_RETURN_IF_ERROR(part.connection->Post(
+        [&](wire::Call::Builder call) { call.initLibraryUnload().setLibrary(id); }));
+  }
+  return Status::Ok();
 }
 
 Status Runtime::LibraryModule(uint64_t library, uint64_t ctx, uint64_t* module) {
@@ -629,7 +774,7 @@ Status Runtime::LibraryModuleLocked(uint64_t library, uint64_t ctx, uint64_t* mo
     return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "not a live context of this process");
   }
   const uint64_t id = NewId(HandleKind::kModule);
-  FERRY_RETURN_IF_ERROR(connection_->Post([&](wire::Call::Builder call) {
+  FERRY_RETURN_IF_ERROR(ConnectionOf(ctx).Post([&](wire::Call::Builder call) {
     auto args = call.initLibraryLoadModule();
     args.setLibrary(library);
     args.setCtx(ctx);
@@ -666,7 +811,7 @@ Status Runtime::KernelFunctionLocked(uint64_t kernel, uint64_t ctx, uint64_t* fu
   uint64_t id = 0;
   FERRY_RETURN_IF_ERROR(ModuleFunctionLocked(module, state.name, &id));
   for (const auto& [attribute, value] : attributes) {
-    FERRY_RETURN_IF_ERROR(connection_->Post([&](wire::Call::Builder call) {
+    FERRY_RETURN_IF_ERROR(ConnectionOf(ctx).Post([&](wire::Call::Builder call) {
       auto args = call.initFuncSetAttribute();
       args.setFunction(id);
       args.setAttribute(attribute);
@@ -674,7 +819,7 @@ Status Runtime::KernelFunctionLocked(uint64_t kernel, uint64_t ctx, uint64_t* fu
     }));
   }
   if (cache_config.has_value()) {
-    FERRY_RETURN_IF_ERROR(connection_->Post([&](wire::Call::Builder call) {
+    FERRY_RETURN_IF_ERROR(ConnectionOf(ctx).Post([&](wire::Call::Builder call) {
       auto args = call.initFuncSetCacheConfig();
       args.setFunction(id);
       args.setConfig(*cache_config);
@@ -721,7 +866,7 @@ Status Runtime::SetKernelAttribute(uint64_t kernel, int device, int attribute, i
   std::lock_guard<std::mutex> registration(registration_mu_);
   uint64_t function = 0;
   FERRY_RETURN_IF_ERROR(KernelFunctionLocked(kernel, reference, &function));
-  FERRY_RETURN_IF_ERROR(connection_->Call([&](wire::Call::Builder call) {
+  FERRY_RETURN_IF_ERROR(ConnectionOf(reference).Call([&](wire::Call::Builder call) {
     auto args = call.initFuncSetAttribute();
     args.setFunction(function);
     args.setAttribute(attribute);
@@ -730,7 +875,7 @@ Status Runtime::SetKernelAttribute(uint64_t kernel, int device, int attribute, i
   std::vector<std::pair<uint64_t, uint64_t>> functions;
   FERRY_RETURN_IF_ERROR(modules_.SetKernelAttribute(kernel, device, attribute, value, &functions));
   for (uint64_t f : FunctionsOnDevice(functions, device, /*skip=*/function)) {
-    FERRY_RETURN_IF_ERROR(connection_->Post([&](wire::Call::Builder call) {
+    FERRY_RETURN_IF_ERROR(ConnectionOf(reference).Post([&](wire::Call::Builder call) {
       auto args = call.initFuncSetAttribute();
       args.setFunction(f);
       args.setAttribute(attribute);
@@ -752,7 +897,7 @@ Status Runtime::SetKernelCacheConfig(uint64_t kernel, int device, int config) {
   std::vector<std::pair<uint64_t, uint64_t>> functions;
   FERRY_RETURN_IF_ERROR(modules_.SetKernelCacheConfig(kernel, device, config, &functions));
   for (uint64_t f : FunctionsOnDevice(functions, device, /*skip=*/0)) {
-    FERRY_RETURN_IF_ERROR(connection_->Post([&](wire::Call::Builder call) {
+    FERRY_RETURN_IF_ERROR(ConnectionOf(reference).Post([&](wire::Call::Builder call) {
       auto args = call.initFuncSetCacheConfig();
       args.setFunction(f);
       args.setConfig(config);
@@ -763,10 +908,12 @@ Status Runtime::SetKernelCacheConfig(uint64_t kernel, int device, int config) {
 
 // --- memory -------------------------------------------------------------------------
 
-Status Runtime::AfterSynchronize(uint64_t seq) { return connection_->WaitForEarlierCopies(seq); }
+Status Runtime::AfterSynchronize(uint64_t ctx, uint64_t seq) {
+  return ConnectionOf(ctx).WaitForEarlierCopies(seq);
+}
 
 Status Runtime::AfterQuery(StreamKey stream, uint64_t seq) {
-  return connection_->WaitForEarlierCopiesOn(stream, seq);
+  return ConnectionOf(stream.ctx).WaitForEarlierCopiesOn(stream, seq);
 }
 
 }  // namespace ferry::client

@@ -114,11 +114,42 @@ class Runtime {
   // OK after a successful cuInit; NOT_INITIALIZED before; the connection's
   // failure once it broke.
   Status Ready();
-  Connection& connection() { return *connection_; }
   const std::vector<DeviceInfo>& devices() const { return devices_; }
-  // The server's id of this client's session (0 before a successful Init).
-  uint64_t session_id() const { return session_id_; }
+  // The server's id of this client's session (0 before a successful Init);
+  // of its first part when the program's devices span servers.
+  uint64_t session_id() const { return parts_.empty() ? 0 : parts_.front().session_id; }
   Status CheckDevice(int device) const;
+
+  // --- the sessions behind the devices ----------------------------------------------
+  // A program's devices come from one session, or — a borrow split across the
+  // servers of a cluster pool (FERRY_GPUS spanning servers) — from one session
+  // per server, its *parts*, in device order. Every object belongs to one
+  // context, so to one device and one part: its calls go to that part's
+  // connection, with device ordinals as that server numbers them. Only after
+  // Init (or on an instance built on an open session).
+  size_t part_count() const { return parts_.size(); }
+  Connection& PartConnection(size_t part) { return *parts_[part].connection; }
+  // The part serving `device` (a valid ordinal) and the device's ordinal there.
+  size_t PartOfDevice(int device) const;
+  int ServerOrdinal(int device) const;
+  Connection& DeviceConnection(int device) { return PartConnection(PartOfDevice(device)); }
+  // The connection of context `ctx`'s device. A context the registry does not
+  // know goes to the first part, where the call fails as the driver's would.
+  Connection& ConnectionOf(uint64_t ctx);
+  // The connection of function `function`'s context (the first part's for an
+  // unknown function, which fails there).
+  Connection& FunctionConnection(uint64_t function);
+  // The connection of the calling thread's current context (the first
+  // part's without one).
+  Connection& CurrentConnection() { return ConnectionOf(CurrentContextId()); }
+  // The connection serving the object a handle id names: a context, stream,
+  // event, module, function, memory pool or array by the context (or device)
+  // it belongs to; any other kind (graphs and their executables, links,
+  // physical allocations) by the current context. An unknown id goes to the
+  // current context's part, whose server refuses it as unknown.
+  Connection& ObjectConnection(uint64_t id);
+  // Whether contexts `a` and `b` are served by the same session.
+  bool SameSession(uint64_t a, uint64_t b);
   // The CUDA runtime's context-local storage (export_tables.cc). Its
   // destructors for a context run when the context goes away.
   ContextLocalStorage& context_local_storage() { return context_local_storage_; }
@@ -215,8 +246,9 @@ class Runtime {
   Status SetKernelCacheConfig(uint64_t kernel, int device, int config);
 
   // --- memory ------------------------------------------------------------------
-  // Waits until `seq` and every asynchronous copy issued before it landed.
-  Status AfterSynchronize(uint64_t seq);
+  // Waits until `seq` (of context `ctx`'s connection) and every asynchronous
+  // copy issued before it there landed.
+  Status AfterSynchronize(uint64_t ctx, uint64_t seq);
   // After a query found `stream`'s work up to `seq` done: waits until the
   // asynchronous copies queued on it before `seq`, and those it depends on
   // through event waits issued before `seq`, landed (done already, so only
@@ -224,6 +256,15 @@ class Runtime {
   Status AfterQuery(StreamKey stream, uint64_t seq);
 
  private:
+  // One server's share of the program's devices (above, "the sessions behind
+  // the devices").
+  struct SessionPart {
+    std::unique_ptr<Connection> connection;
+    std::string server;       // as FERRY_SERVER or the cluster named it
+    uint64_t session_id = 0;  // the server's id of the session
+    int first_device = 0;     // the program's ordinal of the part's device 0
+    int device_count = 0;
+  };
   // What one thread keeps of one instance.
   struct ThreadState {
     std::vector<uint64_t> context_stack;  // the back is the current context
@@ -240,6 +281,20 @@ class Runtime {
                             std::unique_ptr<Connection>* connection,
                             std::vector<DeviceInfo>* devices, uint64_t* session_id,
                             Connection::Redirect* redirect = nullptr);
+  // Connects to `server` (TLS as the environment says) and opens a session:
+  // OpenSession over a fresh transport. PERMISSION_DENIED for a certificate
+  // that does not verify or a token that may not travel; DISCONNECTED when
+  // the server cannot be reached.
+  static Status OpenSessionAt(const std::string& server, const Connection::Borrow& borrow,
+                              ConnectionOptions options, int timeout_ms, SessionPart* part,
+                              std::vector<DeviceInfo>* devices, Connection::Redirect* redirect);
+  // Appends a part opened as OpenSessionAt's `part` and `devices` say.
+  void AddPart(SessionPart part, std::vector<DeviceInfo> devices);
+  // Borrows every part of a borrow split across servers, in order; the
+  // parts already opened end when one fails.
+  Status OpenParts(const std::vector<Connection::BorrowPart>& parts, Connection::Borrow borrow,
+                   const std::string& pool, const std::string& ticket, ConnectionOptions options,
+                   int timeout_ms);
   // The global's cuInit: connects to the server the environment names
   // (FERRY_SERVER: one or more, comma-separated, tried in order while they
   // cannot be reached), following a cluster's redirects.
@@ -275,9 +330,8 @@ class Runtime {
   std::atomic<bool> initialized_{false};
   // Tells this instance's per-thread state apart from other instances'.
   const uint64_t instance_;
-  std::unique_ptr<Connection> connection_;
-  std::vector<DeviceInfo> devices_;  // fixed after Init
-  uint64_t session_id_ = 0;          // fixed after Init
+  std::vector<SessionPart> parts_;   // fixed after Init
+  std::vector<DeviceInfo> devices_;  // every part's, in order; fixed after Init
   ContextLocalStorage context_local_storage_;
 
   HandleIds ids_;

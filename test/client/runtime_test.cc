@@ -62,7 +62,7 @@ class RuntimeTest : public ::testing::Test {
   // A call that waits: once it returns, the server has run every call `rt`
   // issued before it.
   static Status Barrier(Runtime& rt) {
-    return rt.connection().Call([](wire::Call::Builder call) { call.setPing(); });
+    return rt.PartConnection(0).Call([](wire::Call::Builder call) { call.setPing(); });
   }
 
   // The server's view of `rt`'s session, after a Barrier. Fails the test
@@ -273,10 +273,10 @@ TEST_F(RuntimeTest, MaxPotentialBlockSizeTakesOneRoundTrip) {
     return static_cast<size_t>(size) * 16;
   };
   int min_grid = 0, block = 0;
-  uint64_t before = rt->connection().NextSeq();
+  uint64_t before = rt->PartConnection(0).NextSeq();
   Status status = MaxPotentialBlockSize(*rt, function, smem_of, 0, 0, &min_grid, &block);
   ASSERT_TRUE(status.ok()) << status.ToString();
-  EXPECT_EQ(rt->connection().NextSeq() - before, 2u);  // the function's maximum, then the search
+  EXPECT_EQ(rt->PartConnection(0).NextSeq() - before, 2u);  // the function's maximum, then the search
   ASSERT_FALSE(asked.empty());
   const int warp = rt->devices()[0].Attribute(CU_DEVICE_ATTRIBUTE_WARP_SIZE);
   for (size_t i = 1; i < asked.size(); ++i) {
@@ -308,18 +308,18 @@ TEST_F(RuntimeTest, MaxPotentialBlockSizeTakesOneRoundTrip) {
   // Again, and with a limit: one call each.
   const std::vector<int> first_asked = asked;
   asked.clear();
-  before = rt->connection().NextSeq();
+  before = rt->PartConnection(0).NextSeq();
   int again_grid = 0, again_block = 0;
   ASSERT_TRUE(MaxPotentialBlockSize(*rt, function, smem_of, 0, 0, &again_grid, &again_block).ok());
-  EXPECT_EQ(rt->connection().NextSeq() - before, 1u);
+  EXPECT_EQ(rt->PartConnection(0).NextSeq() - before, 1u);
   EXPECT_EQ(asked, first_asked);
   EXPECT_EQ(again_block, block);
   EXPECT_EQ(again_grid, min_grid);
   asked.clear();
-  before = rt->connection().NextSeq();
+  before = rt->PartConnection(0).NextSeq();
   ASSERT_TRUE(
       MaxPotentialBlockSize(*rt, function, smem_of, 100, 0, &again_grid, &again_block).ok());
-  EXPECT_EQ(rt->connection().NextSeq() - before, 1u);
+  EXPECT_EQ(rt->PartConnection(0).NextSeq() - before, 1u);
   ASSERT_FALSE(asked.empty());
   EXPECT_EQ(asked.front(), 100);
   EXPECT_LE(again_block, 100);
@@ -335,8 +335,8 @@ TEST_F(RuntimeTest, BadHandlesAreRefusedWithoutARoundTrip) {
   const uint64_t bogus_library = (uint64_t{0x1B} << 48) | 0xFFFFFF;
   const uint64_t bogus_stream = (uint64_t{0x57} << 48) | 0xFFFFFF;
 
-  ASSERT_TRUE(rt->connection().Flush().ok());
-  const uint64_t seq = rt->connection().NextSeq();
+  ASSERT_TRUE(rt->PartConnection(0).Flush().ok());
+  const uint64_t seq = rt->PartConnection(0).NextSeq();
   EXPECT_EQ(rt->EnsureLive(bogus_ctx).cuda_result(), CUDA_ERROR_INVALID_CONTEXT);
   EXPECT_EQ(rt->DestroyContext(bogus_ctx).cuda_result(), CUDA_ERROR_INVALID_CONTEXT);
   EXPECT_EQ(rt->DestroyContext(rt->contexts().PrimaryId(0)).cuda_result(),
@@ -352,7 +352,7 @@ TEST_F(RuntimeTest, BadHandlesAreRefusedWithoutARoundTrip) {
   EXPECT_EQ(
       rt->ResolveStream(reinterpret_cast<CUstream>(bogus_stream), false, &target).cuda_result(),
       CUDA_ERROR_INVALID_HANDLE);
-  EXPECT_EQ(rt->connection().NextSeq(), seq) << "a refused handle reached the wire";
+  EXPECT_EQ(rt->PartConnection(0).NextSeq(), seq) << "a refused handle reached the wire";
   EXPECT_EQ(Info(*rt).contexts, 1u);
 }
 
@@ -380,17 +380,17 @@ TEST_F(RuntimeTest, TwoRuntimesShareNeitherHandlesNorThreadState) {
   EXPECT_EQ(other_thread_current, 0u);
 
   // B's registry does not know A's context: refused locally.
-  const uint64_t seq = b->connection().NextSeq();
+  const uint64_t seq = b->PartConnection(0).NextSeq();
   EXPECT_EQ(b->EnsureLive(ctx_a).cuda_result(), CUDA_ERROR_INVALID_CONTEXT);
   EXPECT_EQ(b->DestroyContext(ctx_a).cuda_result(), CUDA_ERROR_INVALID_CONTEXT);
-  EXPECT_EQ(b->connection().NextSeq(), seq);
+  EXPECT_EQ(b->PartConnection(0).NextSeq(), seq);
 
   // B's session on the server does not know A's context or memory either.
   uint64_t dptr_a = 0;
   ASSERT_TRUE(a->AllocDevice(ctx_a, 4096, &dptr_a).ok());
   uint64_t stray = 0;
   EXPECT_FALSE(b->AllocDevice(ctx_a, 4096, &stray).ok());
-  ASSERT_TRUE(b->connection()
+  ASSERT_TRUE(b->PartConnection(0)
                   .Post([&](wire::Call::Builder call) { call.initMemFree().setDptr(dptr_a); })
                   .ok());
   EXPECT_FALSE(Barrier(*b).ok()) << "B freed A's memory";

@@ -1,0 +1,71 @@
+#include "client/across_servers.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "client/allocation_registry.h"
+
+namespace ferry::client {
+
+namespace {
+
+// Orders a call on `target`'s stream (as entry_point.h's SetStreamTarget).
+template <typename Builder>
+void SetTarget(Builder args, const StreamTarget& target) {
+  args.setCtx(target.ctx);
+  args.setStream(target.stream);
+}
+
+}  // namespace
+
+uint64_t OwnerContext(uint64_t p, uint64_t fallback) {
+  Runtime& rt = Runtime::Get();
+  if (rt.part_count() <= 1) return fallback;  // one session: nothing to find
+  DeviceAllocation allocation;
+  if (rt.allocations().FindDevice(p, nullptr, &allocation) && allocation.ctx != 0) {
+    return allocation.ctx;
+  }
+  return fallback;
+}
+
+Status SynchronizeTarget(const StreamTarget& target) {
+  Runtime& rt = Runtime::Get();
+  uint64_t seq = 0;
+  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(target.ctx).Call(
+      [&](wire::Call::Builder call) { SetTarget(call.initStreamSynchronize(), target); }, {}, {},
+      nullptr, &seq));
+  return rt.AfterSynchronize(target.ctx, seq);
+}
+
+Status CopyBetweenServers(uint64_t dst_ctx, uint64_t dst, uint64_t src_ctx, uint64_t src,
+                          size_t bytes, const StreamTarget& target) {
+  Runtime& rt = Runtime::Get();
+  constexpr size_t kPiece = size_t{64} << 20;
+  FERRY_RETURN_IF_ERROR(SynchronizeTarget(target));
+  const StreamTarget from{src_ctx, 0}, to{dst_ctx, 0};
+  std::vector<char> staging(std::min(bytes, kPiece));
+  for (size_t done = 0; done < bytes;) {
+    const size_t piece = std::min(kPiece, bytes - done);
+    FERRY_RETURN_IF_ERROR(rt.ConnectionOf(src_ctx).Call(
+        [&](wire::Call::Builder call) {
+          auto args = call.initMemcpyDtoH();
+          SetTarget(args, from);
+          args.setSrc(src + done);
+          args.setBytes(piece);
+        },
+        {}, InBytes{staging.data(), piece}));
+    FERRY_RETURN_IF_ERROR(rt.ConnectionOf(dst_ctx).Post(
+        [&](wire::Call::Builder call) {
+          auto args = call.initMemcpyHtoD();
+          SetTarget(args, to);
+          args.setDst(dst + done);
+          args.setBytes(piece);
+        },
+        OutBytes{staging.data(), piece}));
+    done += piece;
+  }
+  // The last piece's bytes are still this host's until the server took them.
+  return SynchronizeTarget(to);
+}
+
+}  // namespace ferry::client
