@@ -1082,6 +1082,11 @@ Status Server::ClusterBorrow(pool::BorrowRequest request, wire::Hello::Reader he
   const auto ticket_use = hello.getTicketStays()
                               ? cluster::ClusterMember::TicketUse::kLeaveForNextPart
                               : cluster::ClusterMember::TicketUse::kSpend;
+  // A borrow of more devices than this server has GPUs never fits here, but
+  // may fit on a bigger server or across several: for a client that can be
+  // sent on, it is "no room here", not a refusal (the pool's).
+  const bool more_than_here =
+      may_redirect && request.gpus > static_cast<int>(gpus_.size()) && pool_->HasPool(request.pool);
   const absl::Time deadline = absl::Now() + request.wait;
   std::string ticket = hello.getQueueTicket().cStr();
   if (!ticket.empty() && !cluster_->AdoptTicket(request.session, request.pool, ticket).ok()) {
@@ -1128,7 +1133,13 @@ Status Server::ClusterBorrow(pool::BorrowRequest request, wire::Hello::Reader he
       pool::BorrowRequest at_once = request;
       at_once.wait = absl::ZeroDuration();
       pool::Lease lease;
-      here = pool_->Borrow(at_once, gone, [](int) {}, &lease);
+      if (more_than_here) {
+        here = Status::Overloaded("this server has " + std::to_string(gpus_.size()) +
+                                  " GPU(s), fewer than the " + std::to_string(request.gpus) +
+                                  " devices wanted");
+      } else {
+        here = pool_->Borrow(at_once, gone, [](int) {}, &lease);
+      }
       if (here.ok()) {
         // The fence: the slices are claimed in etcd (spending the ticket)
         // before the session starts, or given back here.

@@ -158,8 +158,8 @@ class ClusterMember {
   // Creates the claim keys under `lease` while `ticket` (when given)
   // exists, deleting it with kSpend; Overloaded naming a slice that is
   // taken or saying the ticket is gone.
-  Status PutClaims(int64_t lease, const std::vector<ClaimRecord>& claims,
-                   const std::string& ticket, TicketUse use = TicketUse::kSpend);
+  Status PutClaims(int64_t lease, const std::vector<ClaimRecord>& claims, const std::string& ticket,
+                   TicketUse use = TicketUse::kSpend);
   // OK while registered and etcd answers; else Disconnected saying why.
   Status StoreProblem() const;
   // Logs `status` as the store's state when it changes (not on every retry).

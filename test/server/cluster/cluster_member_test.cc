@@ -286,8 +286,7 @@ TEST_F(ClusterMemberTest, APartOfASplitBorrowLeavesTheTicketForTheNextPart) {
   // to the client; the client borrows a's part first.
   a->HandOffTicket(11);
   ASSERT_TRUE(a->AdoptTicket(21, "dev", ticket).ok());
-  ASSERT_TRUE(
-      a->Claim(21, Slice(0, 0), ticket, ClusterMember::TicketUse::kLeaveForNextPart).ok());
+  ASSERT_TRUE(a->Claim(21, Slice(0, 0), ticket, ClusterMember::TicketUse::kLeaveForNextPart).ok());
   std::vector<QueueEntry> queue;
   ASSERT_TRUE(a->ReadQueue("dev", &queue).ok());
   ASSERT_EQ(queue.size(), 1u);  // its lease was not revoked either: that would delete it

@@ -20,8 +20,7 @@ class ClusterPlacementTest : public ::testing::Test {
     snapshot_.servers.push_back(server);
   }
   // One GPU of `server` bound to `pool` with `free` of its 4 slices free.
-  void AddGpu(const std::string& server, const std::string& pool, int free,
-              bool drained = false) {
+  void AddGpu(const std::string& server, const std::string& pool, int free, bool drained = false) {
     GpuState gpu;
     gpu.server = server;
     gpu.index = next_index_++;
