@@ -297,6 +297,11 @@ std::string PoolService::default_pool() const {
   return state_->config().server.default_pool;
 }
 
+bool PoolService::HasPool(const std::string& pool) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return state_->config().pools.count(pool) != 0;
+}
+
 std::string PoolService::config_path() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return state_->config().path;

@@ -81,6 +81,8 @@ class PoolService {
   std::string config_path() const;
   // The pool a borrow that names none gets ([server] default_pool).
   std::string default_pool() const;
+  // Whether the config in force now has a pool of that name.
+  bool HasPool(const std::string& pool) const;
   bool uses_test_clock() const { return options_.test_clock != nullptr; }
 
   // /metrics (server/server_metrics.cc): what happened in each pool since

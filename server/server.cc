@@ -219,7 +219,8 @@ std::vector<cluster::GpuState> Server::ClusterGpuStates() const {
   return states;
 }
 
-Status Server::ClaimInCluster(const pool::Lease& lease, const std::string& ticket) {
+Status Server::ClaimInCluster(const pool::Lease& lease, const std::string& ticket,
+                              cluster::ClusterMember::TicketUse use) {
   std::vector<cluster::ClaimRecord> claims;
   for (const pool::SliceGrant& slice : lease.slices) {
     cluster::ClaimRecord claim;
@@ -233,7 +234,7 @@ Status Server::ClaimInCluster(const pool::Lease& lease, const std::string& ticke
     claim.since_unix_ms = absl::ToUnixMillis(absl::Now());
     claims.push_back(std::move(claim));
   }
-  return cluster_->Claim(lease.session, std::move(claims), ticket);
+  return cluster_->Claim(lease.session, std::move(claims), ticket, use);
 }
 
 std::string Server::ClusterRoomFor(const pool::BorrowRequest& request) {
@@ -250,6 +251,35 @@ std::string Server::ClusterRoomFor(const pool::BorrowRequest& request) {
                    << ": no room here in pool " << request.pool << "; sent to server " << server
                    << " at " << advertise;
   return advertise;
+}
+
+std::vector<cluster::BorrowPart> Server::ClusterSplitFor(const pool::BorrowRequest& request) {
+  cluster::ClusterSnapshot snapshot;
+  Status status = cluster_->Read(&snapshot, /*with_claims=*/false);
+  if (!status.ok()) {
+    FERRY_LOG(kWarning) << "cluster: cannot look for a split of the borrow: " << status.message();
+    return {};
+  }
+  // This server's part counts what its pool has free now, not what it last
+  // published (the borrow that just failed here may have changed it).
+  const std::string& self = cluster_->options().name;
+  std::erase_if(snapshot.gpus, [&](const cluster::GpuState& gpu) { return gpu.server == self; });
+  for (cluster::GpuState& gpu : ClusterGpuStates()) {
+    gpu.server = self;
+    snapshot.gpus.push_back(std::move(gpu));
+  }
+  std::vector<cluster::BorrowPart> parts =
+      cluster::SplitBorrow(snapshot, request.pool, request.gpus);
+  if (parts.size() < 2) return {};  // one server with room is a redirect's business
+  std::string across;
+  for (const cluster::BorrowPart& part : parts) {
+    across += (across.empty() ? "" : ", ") + part.server + " at " + part.advertise + " (" +
+              std::to_string(part.gpus) + ")";
+  }
+  FERRY_LOG(kInfo) << "client pid " << request.pid << " on " << request.host
+                   << ": no one server has room for " << request.gpus << " devices in pool "
+                   << request.pool << "; split across " << across;
+  return parts;
 }
 
 void Server::SetConfigFile(const std::string& path, const pool::Config& loaded) {
@@ -739,13 +769,20 @@ void Server::ServeClient(uint64_t id, std::unique_ptr<Transport> transport,
   } else {
     ClusterRedirect redirect;
     Status borrowed = BorrowFor(id, *transport, hello, token, &grant, &redirect);
-    if (borrowed.ok() && !redirect.address.empty()) {
+    if (borrowed.ok() && redirect.sent_on()) {
       capnp::MallocMessageBuilder message;
       auto reply = message.initRoot<wire::HelloReply>();
       StatusToWire(Status::Ok(), reply.initStatus());
       reply.setRedirect(redirect.address);
       reply.setPool(redirect.pool);
       reply.setQueueTicket(redirect.ticket);
+      if (!redirect.parts.empty()) {
+        auto parts = reply.initParts(static_cast<unsigned>(redirect.parts.size()));
+        for (size_t i = 0; i < redirect.parts.size(); ++i) {
+          parts[i].setAddress(redirect.parts[i].advertise);
+          parts[i].setGpus(static_cast<uint32_t>(redirect.parts[i].gpus));
+        }
+      }
       (void)WriteFrame(*transport, wire::FrameKind::HELLO_REPLY, message);
       return;
     }
@@ -1040,6 +1077,16 @@ Status Server::ClusterBorrow(pool::BorrowRequest request, wire::Hello::Reader he
   // naming the pools there are.
   if (request.pool.empty()) request.pool = pool_->default_pool();
   const bool may_redirect = hello.getFollowsRedirects() && hello.getRedirects() < kMaxRedirects;
+  // One part of a borrow split across servers, more parts to come: the
+  // claim leaves the ticket for the next part's server.
+  const auto ticket_use = hello.getTicketStays()
+                              ? cluster::ClusterMember::TicketUse::kLeaveForNextPart
+                              : cluster::ClusterMember::TicketUse::kSpend;
+  // A borrow of more devices than this server has GPUs never fits here, but
+  // may fit on a bigger server or across several: for a client that can be
+  // sent on, it is "no room here", not a refusal (the pool's).
+  const bool more_than_here =
+      may_redirect && request.gpus > static_cast<int>(gpus_.size()) && pool_->HasPool(request.pool);
   const absl::Time deadline = absl::Now() + request.wait;
   std::string ticket = hello.getQueueTicket().cStr();
   if (!ticket.empty() && !cluster_->AdoptTicket(request.session, request.pool, ticket).ok()) {
@@ -1050,6 +1097,18 @@ Status Server::ClusterBorrow(pool::BorrowRequest request, wire::Hello::Reader he
   // Whatever ends the wait below without a grant gives its place up.
   absl::Cleanup leave_queue = [&] {
     if (!ticket.empty()) cluster_->Dequeue(request.session);
+  };
+  // Takes a place at the end of the cluster's queue (`ticket`).
+  const auto enqueue = [&] {
+    cluster::WaiterRecord waiter;
+    waiter.pool = request.pool;
+    waiter.gpus = request.gpus;
+    waiter.host = request.host;
+    waiter.pid = request.pid;
+    waiter.program = request.program;
+    waiter.since_unix_ms = absl::ToUnixMillis(absl::Now());
+    waiter.deadline_unix_ms = absl::ToUnixMillis(deadline);
+    return cluster_->Enqueue(request.session, waiter, &ticket);
   };
   int reported = 0;
   for (;;) {
@@ -1074,15 +1133,26 @@ Status Server::ClusterBorrow(pool::BorrowRequest request, wire::Hello::Reader he
       pool::BorrowRequest at_once = request;
       at_once.wait = absl::ZeroDuration();
       pool::Lease lease;
-      here = pool_->Borrow(at_once, gone, [](int) {}, &lease);
+      if (more_than_here) {
+        here = Status::Overloaded("this server has " + std::to_string(gpus_.size()) +
+                                  " GPU(s), fewer than the " + std::to_string(request.gpus) +
+                                  " devices wanted");
+      } else {
+        here = pool_->Borrow(at_once, gone, [](int) {}, &lease);
+      }
       if (here.ok()) {
         // The fence: the slices are claimed in etcd (spending the ticket)
         // before the session starts, or given back here.
-        here = ClaimInCluster(lease, ticket);
+        here = ClaimInCluster(lease, ticket, ticket_use);
         if (!here.ok()) pool_->Return(request.session);
       }
       if (here.ok()) {
-        ticket.clear();  // spent by the claim
+        if (!ticket.empty() && ticket_use != cluster::ClusterMember::TicketUse::kSpend) {
+          FERRY_LOG(kInfo) << "client pid " << request.pid << " borrowed a part of a borrow "
+                           << "split across servers; its place in the cluster's queue stays "
+                           << "for the next part";
+        }
+        ticket.clear();  // spent by the claim, or left for the next part's server
         GrantFromLease(lease, transport, request, grant);
         return Status::Ok();
       }
@@ -1104,6 +1174,24 @@ Status Server::ClusterBorrow(pool::BorrowRequest request, wire::Hello::Reader he
         ticket.clear();  // travels with the client
         return Status::Ok();
       }
+      if (advertise.empty() && may_redirect && request.gpus > 1) {
+        std::vector<cluster::BorrowPart> parts = ClusterSplitFor(request);
+        if (!parts.empty()) {
+          // The parts are borrowed one after another: the ticket keeps the
+          // borrow's place at the head of the queue until the last is
+          // claimed, so nobody takes the room meanwhile (even without
+          // FERRY_WAIT). Unused, it expires with its lease.
+          if (ticket.empty()) {
+            FERRY_RETURN_IF_ERROR(enqueue());
+          }
+          redirect->parts = std::move(parts);
+          redirect->pool = request.pool;
+          cluster_->HandOffTicket(request.session);
+          redirect->ticket = ticket;
+          ticket.clear();  // travels with the client
+          return Status::Ok();
+        }
+      }
     }
     if (request.wait <= absl::ZeroDuration()) {
       // The pool's own refusal says how to queue; so does this one.
@@ -1112,15 +1200,7 @@ Status Server::ClusterBorrow(pool::BorrowRequest request, wire::Hello::Reader he
                                           " (set FERRY_WAIT, e.g. FERRY_WAIT=5m, to queue)");
     }
     if (ticket.empty()) {
-      cluster::WaiterRecord waiter;
-      waiter.pool = request.pool;
-      waiter.gpus = request.gpus;
-      waiter.host = request.host;
-      waiter.pid = request.pid;
-      waiter.program = request.program;
-      waiter.since_unix_ms = absl::ToUnixMillis(absl::Now());
-      waiter.deadline_unix_ms = absl::ToUnixMillis(deadline);
-      FERRY_RETURN_IF_ERROR(cluster_->Enqueue(request.session, waiter, &ticket));
+      FERRY_RETURN_IF_ERROR(enqueue());
       continue;  // its position
     }
     const int position = static_cast<int>(mine - queue.begin()) + 1;

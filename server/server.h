@@ -230,13 +230,18 @@ class Server {
   // Borrows for the client whose handshake is `hello`; sends interim
   // HelloReplys while it waits. Fills `grant` when it gets devices.
   // Where a cluster's borrow is sent instead (HelloReply.redirect).
+  // Or split across several servers (HelloReply.parts).
   struct ClusterRedirect {
     std::string address;  // "" = not sent on
+    // Not empty (address then is ""): the client borrows these parts, in
+    // this order, each from its server.
+    std::vector<cluster::BorrowPart> parts;
     std::string pool;
-    std::string ticket;  // its place in the cluster's queue, if it has one
+    std::string ticket;  // its place in the cluster's queue, if it has one (always with parts)
+    bool sent_on() const { return !address.empty() || !parts.empty(); }
   };
   // In a cluster, a borrow this server has no room for may be sent to
-  // another server instead (OK, grant empty, `redirect->address` set).
+  // another server instead, or split (OK, grant empty, `redirect->sent_on()`).
   Status BorrowFor(uint64_t id, Transport& transport, wire::Hello::Reader hello,
                    const std::optional<auth::Token>& token, SessionGrant* grant,
                    ClusterRedirect* redirect);
@@ -252,11 +257,19 @@ class Server {
   void GrantFromLease(const pool::Lease& lease, const Transport& transport,
                       const pool::BorrowRequest& request, SessionGrant* grant) const;
   // In a cluster: claims `lease`'s slices in etcd for its session, spending
-  // the queue `ticket` when there is one (ClusterMember::Claim).
-  Status ClaimInCluster(const pool::Lease& lease, const std::string& ticket);
+  // the queue `ticket` when there is one, or leaving it for the next part
+  // of a split borrow (ClusterMember::Claim).
+  Status ClaimInCluster(
+      const pool::Lease& lease, const std::string& ticket,
+      cluster::ClusterMember::TicketUse use = cluster::ClusterMember::TicketUse::kSpend);
   // In a cluster: where a borrow of `request` (its pool resolved) that found no room here
   // should go ("" when no other server has room, or etcd cannot say).
   std::string ClusterRoomFor(const pool::BorrowRequest& request);
+  // In a cluster, when no one server has room for `request`: how servers of
+  // the pool, this one included, can share it (more than one part), this
+  // server's GPUs as its pool has them now; empty when the cluster has not
+  // enough, or etcd cannot say.
+  std::vector<cluster::BorrowPart> ClusterSplitFor(const pool::BorrowRequest& request);
   // The GPUs' bindings as the cluster sees them (ClusterMember's source).
   std::vector<cluster::GpuState> ClusterGpuStates() const;
   // The pool config in force for `local` (this server's file): in a

@@ -149,7 +149,7 @@ Status ClusterMember::PublishGpuStates(int64_t lease) {
 }
 
 Status ClusterMember::PutClaims(int64_t lease, const std::vector<ClaimRecord>& claims,
-                                const std::string& ticket) {
+                                const std::string& ticket, TicketUse use) {
   std::vector<etcd::Compare> compares;
   std::vector<etcd::TxnOp> puts, ranges;
   for (const ClaimRecord& claim : claims) {
@@ -160,10 +160,11 @@ Status ClusterMember::PutClaims(int64_t lease, const std::vector<ClaimRecord>& c
     ranges.push_back(etcd::TxnOp::Range(key, false));
   }
   if (!ticket.empty()) {
-    // The borrow's place in the queue is spent by the same transaction.
+    // The borrow's place in the queue is spent by the same transaction —
+    // or, for a part of a split borrow, only required to be there still.
     compares.push_back(etcd::Compare{etcd::Compare::Target::kVersion,
                                      etcd::Compare::Op::kGreater, ticket, 0, {}});
-    puts.push_back(etcd::TxnOp::Delete(ticket));
+    if (use == TicketUse::kSpend) puts.push_back(etcd::TxnOp::Delete(ticket));
     ranges.push_back(etcd::TxnOp::Range(ticket, false));
   }
   etcd::TxnResult result;
@@ -205,7 +206,7 @@ Status ClusterMember::StoreProblem() const {
 }
 
 Status ClusterMember::Claim(uint64_t session, std::vector<ClaimRecord> claims,
-                            const std::string& ticket) {
+                            const std::string& ticket, TicketUse use) {
   // While etcd is away every claim would wait out the request timeout:
   // fail at once instead (the keeper notices when it is back).
   FERRY_RETURN_IF_ERROR(StoreProblem());
@@ -219,7 +220,7 @@ Status ClusterMember::Claim(uint64_t session, std::vector<ClaimRecord> claims,
     NoteStoreStatus(status);
     return Status::Disconnected("cannot claim slices in the cluster: " + status.message());
   }
-  status = PutClaims(lease, claims, ticket);
+  status = PutClaims(lease, claims, ticket, use);
   if (!status.ok()) {
     (void)store_->RevokeLease(lease);
     return status;
@@ -232,7 +233,9 @@ Status ClusterMember::Claim(uint64_t session, std::vector<ClaimRecord> claims,
       lease = 0;
     }
     if (auto it = waiters_.find(session); it != waiters_.end()) {
-      spent_waiter_lease = it->second.lease;
+      // Left for the next part: not renewed here any more, not revoked
+      // (the next part's server adopts it, or it expires within the TTL).
+      if (use == TicketUse::kSpend) spent_waiter_lease = it->second.lease;
       waiters_.erase(it);
     }
   }
@@ -426,25 +429,15 @@ void ClusterMember::KeepFollowingPoolConfig() {
 
 std::string ClusterMember::FindRoom(const ClusterSnapshot& snapshot, const std::string& pool,
                                     int gpus, std::string* advertise) const {
-  std::string best;
-  int best_free = 0;
-  for (const ServerRecord& server : snapshot.servers) {
-    if (server.name == options_.name || server.advertise.empty()) continue;
-    int fitting = 0, free = 0;
-    for (const GpuState& gpu : snapshot.gpus) {
-      if (gpu.server != server.name || gpu.pool != pool || gpu.drained || gpu.free_slices <= 0) {
-        continue;
-      }
-      ++fitting;
-      free += gpu.free_slices;
-    }
-    if (fitting >= gpus && free > best_free) {
-      best = server.name;
-      best_free = free;
-      *advertise = server.advertise;
-    }
+  const std::vector<ServerRoom> rooms = RoomInPool(snapshot, pool);
+  const ServerRoom* best = nullptr;
+  for (const ServerRoom& room : rooms) {
+    if (room.server == options_.name || room.fitting < gpus) continue;
+    if (best == nullptr || room.free_slices > best->free_slices) best = &room;
   }
-  return best;
+  if (best == nullptr) return "";
+  *advertise = best->advertise;
+  return best->server;
 }
 
 void ClusterMember::Leave() {

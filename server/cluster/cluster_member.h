@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "server/cluster/cluster_placement.h"
 #include "server/cluster/cluster_records.h"
 #include "server/etcd/etcd_client.h"
 
@@ -67,12 +68,22 @@ class ClusterMember {
   // The pool changed: the keeper publishes gpu_states() again, promptly.
   void GpuStatesChanged();
 
+  // What a claim does with the queue ticket it presents.
+  enum class TicketUse {
+    kSpend,  // the borrow is whole: the entry is deleted and its lease revoked
+    // One part of a borrow split across servers, more parts follow: the
+    // entry and its lease stay, no longer renewed here (as HandOffTicket),
+    // for the next part's server to adopt.
+    kLeaveForNextPart,
+  };
   // Claims `claims` (server = this one) for `session` (see above); with a
   // queue `ticket`, only while that entry exists, spending it in the same
-  // transaction. Disconnected when etcd cannot be reached (at once while
-  // the keeper knows it is away) or this server is not registered;
-  // Overloaded when a slice is claimed already or the ticket is gone.
-  Status Claim(uint64_t session, std::vector<ClaimRecord> claims, const std::string& ticket = "");
+  // transaction (or leaving it, `use`). Disconnected when etcd cannot be
+  // reached (at once while the keeper knows it is away) or this server is
+  // not registered; Overloaded when a slice is claimed already or the
+  // ticket is gone.
+  Status Claim(uint64_t session, std::vector<ClaimRecord> claims, const std::string& ticket = "",
+               TicketUse use = TicketUse::kSpend);
   // The session ended: its claims go — revoked before this returns when
   // etcd answers (within the store's request timeout), else when their
   // lease expires. A session without claims is ignored.
@@ -111,8 +122,11 @@ class ClusterMember {
                         std::function<void(const std::optional<std::string>& text,
                                            int64_t revision)> on_change);
   // Another server of `snapshot` whose published GPUs of `pool` have a free
-  // slice on at least `gpus` of them, the one with the most free slices
-  // first; "" when none. Its advertised address goes in `*advertise`.
+  // slice on at least `gpus` of them (RoomInPool), the one with the most
+  // free slices first; "" when none. Its advertised address goes in
+  // `*advertise`. When none has room for all, SplitBorrow
+  // (cluster_placement.h) says how several servers, this one included, can
+  // share the borrow.
   std::string FindRoom(const ClusterSnapshot& snapshot, const std::string& pool, int gpus,
                        std::string* advertise) const;
 
@@ -141,10 +155,11 @@ class ClusterMember {
   void Tick();
   Status Register();
   Status PublishGpuStates(int64_t lease);
-  // Creates the claim keys under `lease` (spending `ticket` when given);
-  // Overloaded naming a slice that is taken.
-  Status PutClaims(int64_t lease, const std::vector<ClaimRecord>& claims,
-                   const std::string& ticket);
+  // Creates the claim keys under `lease` while `ticket` (when given)
+  // exists, deleting it with kSpend; Overloaded naming a slice that is
+  // taken or saying the ticket is gone.
+  Status PutClaims(int64_t lease, const std::vector<ClaimRecord>& claims, const std::string& ticket,
+                   TicketUse use = TicketUse::kSpend);
   // OK while registered and etcd answers; else Disconnected saying why.
   Status StoreProblem() const;
   // Logs `status` as the store's state when it changes (not on every retry).

@@ -3,8 +3,11 @@
 // on loopback ports, pool_client processes through ferry's libcuda.so.1, and
 // `ferryctl status --etcd URL -o json` to see what the cluster holds. Every
 // wait is bounded; pass or fail never depends on how long something took.
+#include <capnp/message.h>
+#include <capnp/serialize.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
@@ -18,6 +21,8 @@
 #include <tuple>
 #include <vector>
 
+#include "common/frame.h"
+#include "common/transport.h"
 #include "mini_json.h"
 #include "test/support/child_process.h"
 #include "test/support/etcd_server.h"
@@ -720,6 +725,122 @@ TEST_F(ClusterTest, StatusOfAnyServerShowsTheWholeCluster) {
   ASSERT_EQ(Ferryctl({"status", "--server", a}, &out, &err), 0) << err;
   EXPECT_NE(out.find("this server is a of the cluster"), std::string::npos) << out;
   EXPECT_NE(out.find("b:0"), std::string::npos) << out;
+}
+
+// A client's Hello as a test sends it by hand (pool "dev", no wait).
+struct RawHello {
+  uint32_t gpus = 1;
+  std::string ticket;
+  bool ticket_stays = false;
+  uint32_t redirects = 0;
+};
+
+// The final HelloReply to a raw Hello (queue positions skipped).
+struct RawReply {
+  Status status;
+  std::string redirect, pool, ticket;
+  std::vector<std::pair<std::string, uint32_t>> parts;  // (address, gpus)
+  size_t devices = 0;
+};
+
+// Sends `hello` on a new connection to `address` (left open in `*transport`:
+// a granted session lives as long as it) and reads the answer.
+void SendRawHello(const std::string& address, const RawHello& hello,
+                  std::unique_ptr<Transport>* transport, RawReply* reply) {
+  ASSERT_TRUE(ConnectTcp(address, 5000ms, transport).ok()) << address;
+  capnp::MallocMessageBuilder message;
+  auto out = message.initRoot<wire::Hello>();
+  out.setProtocolVersion(wire::PROTOCOL_VERSION);
+  out.setRole(wire::Hello::Role::CLIENT);
+  out.setPid(static_cast<uint32_t>(getpid()));
+  out.setHost("raw-client");
+  out.setProgram("raw-hello");
+  out.setGpus(hello.gpus);
+  out.setFollowsRedirects(true);
+  out.setRedirects(hello.redirects);
+  out.setQueueTicket(hello.ticket);
+  out.setTicketStays(hello.ticket_stays);
+  ASSERT_TRUE(WriteFrame(**transport, wire::FrameKind::HELLO, message).ok());
+  (*transport)->SetReadDeadline(std::chrono::steady_clock::now() + kProgramTimeout);
+  for (;;) {
+    Frame frame;
+    Status read = ReadFrame(**transport, &frame);
+    ASSERT_TRUE(read.ok()) << read.message();
+    ASSERT_EQ(frame.kind, wire::FrameKind::HELLO_REPLY);
+    capnp::FlatArrayMessageReader reader(frame.words, PeerReaderOptions());
+    auto in = reader.getRoot<wire::HelloReply>();
+    if (in.getQueuePosition() != 0) continue;
+    reply->status = StatusFromWire(in.getStatus());
+    reply->redirect = in.getRedirect().cStr();
+    reply->pool = in.getPool().cStr();
+    reply->ticket = in.getQueueTicket().cStr();
+    for (auto part : in.getParts()) {
+      reply->parts.emplace_back(part.getAddress().cStr(), part.getGpus());
+    }
+    reply->devices = in.getDevices().size();
+    return;
+  }
+}
+
+// Two servers of one GPU each, a borrow of two devices: no one server has
+// room, so the entry answers with two parts and a queue ticket; each part,
+// borrowed on its server, claims there, the first leaving the ticket for
+// the second, which spends it.
+TEST_F(ClusterTest, ABorrowNoOneServerHasRoomForIsSplitAcrossServers) {
+  const std::string a = StartServer("a");
+  const std::string b = StartServer("b");
+  ASSERT_FALSE(a.empty());
+  ASSERT_FALSE(b.empty());
+  std::unique_ptr<Transport> entry;
+  // Three devices: the cluster has not enough; refused (no wait), and no
+  // place in the queue is left behind.
+  RawHello too_many;
+  too_many.gpus = 3;
+  RawReply refused;
+  ASSERT_NO_FATAL_FAILURE(SendRawHello(b, too_many, &entry, &refused));
+  EXPECT_EQ(refused.status.code(), StatusCode::kOverloaded) << refused.status.message();
+  EXPECT_TRUE(refused.parts.empty());
+  EXPECT_EQ(QueueLength(), 0);
+  RawReply split;
+  RawHello whole;
+  whole.gpus = 2;
+  ASSERT_NO_FATAL_FAILURE(SendRawHello(b, whole, &entry, &split));
+  ASSERT_TRUE(split.status.ok()) << split.status.message();
+  EXPECT_EQ(split.redirect, "");
+  EXPECT_EQ(split.devices, 0u);
+  EXPECT_EQ(split.pool, "dev");
+  // Equal room (one GPU, four free slices each): by name.
+  ASSERT_EQ(split.parts, (std::vector<std::pair<std::string, uint32_t>>{{a, 1}, {b, 1}}));
+  ASSERT_FALSE(split.ticket.empty());
+  const std::string logged = "no one server has room for 2 devices in pool dev; split across a at " +
+                             a + " (1), b at " + b + " (1)";
+  EXPECT_NE(servers_["b"]->Stderr().find(logged), std::string::npos)
+      << test::Tail(servers_["b"]->Stderr(), 4000);
+  entry.reset();
+  EXPECT_EQ(QueueLength(), 1);  // the borrow's place, taken for the parts
+  // Each part as the wire says: one device, the ticket, sent on as often
+  // as ferryd allows; all but the last leave the ticket.
+  RawHello part;
+  part.ticket = split.ticket;
+  part.redirects = 2;
+  part.ticket_stays = true;
+  std::unique_ptr<Transport> first, second;
+  RawReply on_a, on_b;
+  ASSERT_NO_FATAL_FAILURE(SendRawHello(a, part, &first, &on_a));
+  ASSERT_TRUE(on_a.status.ok()) << on_a.status.message();
+  EXPECT_EQ(on_a.devices, 1u);
+  EXPECT_EQ(QueueLength(), 1);  // left for the next part
+  part.ticket_stays = false;
+  ASSERT_NO_FATAL_FAILURE(SendRawHello(b, part, &second, &on_b));
+  ASSERT_TRUE(on_b.status.ok()) << on_b.status.message();
+  EXPECT_EQ(on_b.devices, 1u);
+  EXPECT_EQ(QueueLength(), 0);  // spent by the last part's claim
+  EXPECT_EQ(HoldersOn("a:0"), 1);
+  EXPECT_EQ(HoldersOn("b:0"), 1);
+  // The parts end with their connections.
+  first.reset();
+  second.reset();
+  EXPECT_TRUE(test::WaitFor([&] { return Holdings().empty(); }, kConditionTimeout, kPollInterval));
 }
 
 }  // namespace

@@ -272,6 +272,46 @@ TEST_F(ClusterMemberTest, TheQueueIsOldestFirstAndATicketIsSpentByItsClaim) {
   EXPECT_EQ(queue.size(), 1u);
 }
 
+TEST_F(ClusterMemberTest, APartOfASplitBorrowLeavesTheTicketForTheNextPart) {
+  std::unique_ptr<ClusterMember> a = Join("a", 1, 4);
+  std::unique_ptr<ClusterMember> b = Join("b", 1, 4);
+  ASSERT_TRUE(a->registered());
+  ASSERT_TRUE(b->registered());
+  WaiterRecord waiter;
+  waiter.pool = "dev";
+  waiter.gpus = 2;
+  std::string ticket;
+  ASSERT_TRUE(a->Enqueue(11, waiter, &ticket).ok());
+  // a split the borrow into a part on a and one on b, and handed the ticket
+  // to the client; the client borrows a's part first.
+  a->HandOffTicket(11);
+  ASSERT_TRUE(a->AdoptTicket(21, "dev", ticket).ok());
+  ASSERT_TRUE(a->Claim(21, Slice(0, 0), ticket, ClusterMember::TicketUse::kLeaveForNextPart).ok());
+  std::vector<QueueEntry> queue;
+  ASSERT_TRUE(a->ReadQueue("dev", &queue).ok());
+  ASSERT_EQ(queue.size(), 1u);  // its lease was not revoked either: that would delete it
+  EXPECT_EQ(queue[0].ticket, ticket);
+  // a no longer holds it: its session's wait ending does not take it away.
+  a->Dequeue(21);
+  ASSERT_TRUE(a->ReadQueue("dev", &queue).ok());
+  EXPECT_EQ(queue.size(), 1u);
+  // The last part, on b, spends it with its claim.
+  ASSERT_TRUE(b->AdoptTicket(31, "dev", ticket).ok());
+  ASSERT_TRUE(b->Claim(31, Slice(0, 0), ticket).ok());
+  ASSERT_TRUE(b->ReadQueue("dev", &queue).ok());
+  EXPECT_TRUE(queue.empty());
+  ClusterSnapshot snapshot = Read();
+  ASSERT_EQ(snapshot.claims.size(), 2u);
+  EXPECT_EQ(snapshot.claims[0].server, "a");
+  EXPECT_EQ(snapshot.claims[1].server, "b");
+  // A part whose ticket is gone claims nothing.
+  Status late = a->Claim(22, Slice(0, 1), ticket, ClusterMember::TicketUse::kLeaveForNextPart);
+  EXPECT_EQ(late.code(), StatusCode::kOverloaded);
+  EXPECT_NE(late.message().find("place in the cluster's queue"), std::string::npos)
+      << late.message();
+  EXPECT_EQ(Read().claims.size(), 2u);
+}
+
 TEST_F(ClusterMemberTest, RoomIsLookedForOnOtherServersOnly) {
   std::unique_ptr<ClusterMember> a = Join("a", 2, 4);
   std::unique_ptr<ClusterMember> b = Join("b", 2, 1);
