@@ -8,6 +8,7 @@
 #include <string>
 
 #include "client/entry_point.h"
+#include "client/host_callback_thread.h"
 #include "common/log.h"
 
 namespace {
@@ -71,6 +72,7 @@ Status WaitForEventOfAnotherServer(const StreamTarget& target, CUevent event) {
     Runtime& rt = Runtime::Get();
     ferry::client::EventState state;
     if (!rt.streams().FindEvent(id, &state).ok() || state.recorded_seq == 0) return;
+    ferry::client::HostCallbackThread::FerryWork not_the_programs_callback;
     uint64_t seq = 0;
     Status waited = rt.ConnectionOf(state.ctx).Call(
         [&](wire::Call::Builder call) { call.initEventSynchronize().setEvent(id); }, {}, {},

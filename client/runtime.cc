@@ -381,7 +381,10 @@ Status Runtime::OpenSession(std::unique_ptr<Transport> transport, const std::str
   kj::Array<capnp::word> hello_words;
   Status status = Connection::Open(std::move(transport), server, borrow, connection, &hello,
                                    &hello_words, options, redirect);
-  if (status.ok() && redirect != nullptr && !redirect->address.empty()) return status;
+  if (status.ok() && redirect != nullptr &&
+      (!redirect->address.empty() || !redirect->parts.empty())) {
+    return status;  // sent on: no session here
+  }
   if (!status.ok()) {
     if (status.code() != StatusCode::kDisconnected && status.code() != StatusCode::kMalformed) {
       return status;  // the server answered: a full pool, an unknown pool

@@ -843,5 +843,49 @@ TEST_F(ClusterTest, ABorrowNoOneServerHasRoomForIsSplitAcrossServers) {
   EXPECT_TRUE(test::WaitFor([&] { return Holdings().empty(); }, kConditionTimeout, kPollInterval));
 }
 
+// FERRY_GPUS=2 through one entry of a cluster whose servers have one GPU
+// each: the program gets a device of each server and runs the span program
+// (test/e2e/span.cc: a kernel on each, copies between them every way, an
+// event of one server waited for on the other's stream), values checked;
+// while it runs it holds a slice on each server, and both come back when it
+// ends.
+TEST_F(ClusterTest, AProgramWithDevicesOfTwoServersRunsAndCopiesBetweenThem) {
+  const std::string a = StartServer("a");
+  const std::string b = StartServer("b");
+  ASSERT_FALSE(a.empty());
+  ASSERT_FALSE(b.empty());
+  std::string error;
+  std::optional<ChildProcess> span = ChildProcess::Start(
+      {std::string(FERRY_E2E_PROGRAM_DIR) + "/e2e_span", FERRY_E2E_IMAGE_DIR},
+      test::ClientEnv(FERRY_E2E_CLIENT_LIB_DIR, b, {{"FERRY_GPUS", "2"}}), dir_ + "/span",
+      &error);
+  ASSERT_TRUE(span.has_value()) << error;
+  // Holding a slice on each server while it runs (it pauses at the event
+  // check only for an instant, so this is looked at once it has ended too:
+  // the claims must be gone then).
+  const ExitStatus ended = span->Wait(kProgramTimeout);
+  EXPECT_TRUE(ended.success()) << span->Describe();
+  for (const char* check : {"two devices, not peers of each other",
+                            "a kernel on a device of each server",
+                            "cuMemcpyPeer between servers",
+                            "cuMemcpyPeerAsync between servers, in stream order",
+                            "with unified addressing across servers",
+                            "an event of one server waited for on a stream of another"}) {
+    EXPECT_NE(span->Stdout().find(check), std::string::npos) << check << "\n" << span->Describe();
+  }
+  EXPECT_NE(span->Stderr().find("this program's devices span 2 servers: devices 0-0 at " + a +
+                                ", devices 1-1 at " + b),
+            std::string::npos)
+      << span->Describe();
+  EXPECT_NE(servers_["b"]->Stderr().find("split across a at " + a + " (1), b at " + b + " (1)"),
+            std::string::npos)
+      << test::Tail(servers_["b"]->Stderr(), 4000);
+  // Both servers served a session of it, and both slices came back.
+  EXPECT_NE(servers_["a"]->Stderr().find("borrowed 1 slice(s) of pool dev"), std::string::npos);
+  EXPECT_NE(servers_["b"]->Stderr().find("borrowed 1 slice(s) of pool dev"), std::string::npos);
+  EXPECT_TRUE(test::WaitFor([&] { return Holdings().empty(); }, kConditionTimeout, kPollInterval));
+  EXPECT_EQ(QueueLength(), 0);
+}
+
 }  // namespace
 }  // namespace ferry::e2e
