@@ -43,6 +43,9 @@ struct Driver {
   decltype(&cuStreamDestroy_v2) StreamDestroy;
   decltype(&cuStreamSynchronize) StreamSynchronize;
   decltype(&cuGetErrorName) GetErrorName;
+  decltype(&cuDeviceGetCount) DeviceGetCount;
+  decltype(&cuMemcpyPeer) MemcpyPeer;
+  decltype(&cuCtxSetCurrent) CtxSetCurrent;
 };
 
 template <typename Fn>
@@ -75,7 +78,10 @@ Status LoadDriver(const std::string& path, Driver* d) {
             Resolve(library, "cuStreamCreate", &d->StreamCreate) &&
             Resolve(library, "cuStreamDestroy_v2", &d->StreamDestroy) &&
             Resolve(library, "cuStreamSynchronize", &d->StreamSynchronize) &&
-            Resolve(library, "cuGetErrorName", &d->GetErrorName);
+            Resolve(library, "cuGetErrorName", &d->GetErrorName) &&
+            Resolve(library, "cuDeviceGetCount", &d->DeviceGetCount) &&
+            Resolve(library, "cuMemcpyPeer", &d->MemcpyPeer) &&
+            Resolve(library, "cuCtxSetCurrent", &d->CtxSetCurrent);
   if (!ok) return Status::NotFound(path + " lacks a driver entry point the bench needs");
   return Status::Ok();
 }
@@ -139,6 +145,8 @@ std::string SizeName(uint64_t bytes) {
 std::string CopyFigureName(const char* direction, const char* memory, uint64_t bytes) {
   return std::string(direction) + "_" + memory + "_" + SizeName(bytes) + "_gbs";
 }
+
+std::string PeerFigureName(uint64_t bytes) { return "peer_" + SizeName(bytes) + "_gbs"; }
 
 Status MeasureDriverFigures(const DriverBenchOptions& options, std::map<std::string, double>* out) {
   Driver d{};
@@ -245,6 +253,35 @@ Status MeasureDriverFigures(const DriverBenchOptions& options, std::map<std::str
       }
     }
     FERRY_RETURN_IF_ERROR(check(d.MemFreeHost(pinned), "cuMemFreeHost"));
+  }
+
+  // --- peer copies: device 0 to device 1 (two GPUs of one server, or of two
+  // servers when a cluster split the borrow); only with two devices ---------
+  int device_count = 0;
+  FERRY_RETURN_IF_ERROR(check(d.DeviceGetCount(&device_count), "cuDeviceGetCount"));
+  if (wanted("peer") && device_count >= 2) {
+    CUdevice second;
+    FERRY_RETURN_IF_ERROR(check(d.DeviceGet(&second, 1), "cuDeviceGet"));
+    CUcontext second_ctx;
+    FERRY_RETURN_IF_ERROR(check(d.CtxCreate(&second_ctx, nullptr, 0, second), "cuCtxCreate"));
+    CUdeviceptr second_buffer;
+    FERRY_RETURN_IF_ERROR(check(d.MemAlloc(&second_buffer, max_copy), "cuMemAlloc"));
+    FERRY_RETURN_IF_ERROR(check(d.CtxSetCurrent(ctx), "cuCtxSetCurrent"));
+    for (uint64_t size : options.copy_sizes) {
+      const uint64_t rounds = std::clamp<uint64_t>(options.copy_budget_bytes / size, 3, 20000);
+      FERRY_RETURN_IF_ERROR(
+          check(d.MemcpyPeer(second_buffer, second_ctx, device_buffer, ctx, size), "cuMemcpyPeer"));
+      FERRY_RETURN_IF_ERROR(check(d.CtxSynchronize(), "cuCtxSynchronize"));
+      const auto start = Clock::now();
+      for (uint64_t i = 0; i < rounds; ++i) {
+        FERRY_RETURN_IF_ERROR(check(
+            d.MemcpyPeer(second_buffer, second_ctx, device_buffer, ctx, size), "cuMemcpyPeer"));
+      }
+      FERRY_RETURN_IF_ERROR(check(d.CtxSynchronize(), "cuCtxSynchronize"));
+      (*out)[PeerFigureName(size)] = rounds * size / Seconds(start) / 1e9;
+    }
+    FERRY_RETURN_IF_ERROR(check(d.CtxDestroy(second_ctx), "cuCtxDestroy"));
+    FERRY_RETURN_IF_ERROR(check(d.CtxSetCurrent(ctx), "cuCtxSetCurrent"));
   }
 
   // --- module load: a large image, first time and again ------------------------

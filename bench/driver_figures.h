@@ -26,7 +26,8 @@ struct DriverBenchOptions {
   uint64_t copy_budget_bytes = 256ull << 20;  // bytes moved per copy figure
   uint64_t large_image_bytes = 64ull << 20;
   uint32_t image_seed = 1;  // makes the large image unique to this run
-  // The groups to measure ("rtt", "launch", "copy", "module"); empty: all.
+  // The groups to measure ("rtt", "launch", "copy", "peer", "module"); empty:
+  // all ("peer" only where the session has two devices).
   std::set<std::string> only;
 };
 
@@ -37,6 +38,9 @@ Status MeasureDriverFigures(const DriverBenchOptions& options, std::map<std::str
 // The figure name for a copy of `bytes` in `direction` ("h2d", "d2h") from
 // `memory` ("pageable", "pinned").
 std::string CopyFigureName(const char* direction, const char* memory, uint64_t bytes);
+
+// The figure name for cuMemcpyPeer of `bytes` from device 0 to device 1.
+std::string PeerFigureName(uint64_t bytes);
 
 // "4KiB", "256MiB".
 std::string SizeName(uint64_t bytes);

@@ -3,7 +3,7 @@
 // loopback). Run by scripts/bench.sh; never by the tests.
 //
 //   ferry-bench [--reps N] [--quick] [--json PATH] [--transports tcp[,unix]]
-//               [--only rtt,launch,copy,module] [--copy-sizes 64MiB,256MiB]
+//               [--only rtt,launch,copy,peer,module] [--copy-sizes 64MiB,256MiB]
 //               [--ferryd PATH] [--ferryd-arg ARG]... [--libcuda PATH] [--host-kernels PATH]
 //               [--fatbin PATH]
 //   ferry-bench --client ADDRESS [--libcuda PATH] [--fatbin PATH] [--only ...]
@@ -49,7 +49,7 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: ferry-bench [--reps N] [--quick] [--json PATH] [--transports tcp[,unix]]\n"
-    "                   [--only rtt,launch,copy,module] [--copy-sizes 64MiB,256MiB]\n"
+    "                   [--only rtt,launch,copy,peer,module] [--copy-sizes 64MiB,256MiB]\n"
     "                   [--ferryd PATH] [--ferryd-arg ARG]... [--libcuda PATH]\n"
     "                   [--host-kernels PATH] [--fatbin PATH]\n"
     "       ferry-bench --client ADDRESS [--libcuda PATH] [--fatbin PATH] [--only ...]\n"
@@ -403,6 +403,10 @@ int RunParent(const Options& o) {
                           size == (256ull << 20) ? bw_target : 0});
         }
       }
+    }
+    for (uint64_t size : CopySizes(o)) {
+      rows.push_back({"peer 0->1 " + SizeName(size) + " (GB/s)", t, PeerFigureName(size), bw_base,
+                      false, 0});
     }
     rows.push_back({"module load, first (ms)", t, "module_load_first_ms", "", true, 0});
     rows.push_back({"module load, again (ms)", t, "module_load_again_ms", "", true, 0});

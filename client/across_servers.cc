@@ -1,6 +1,7 @@
 #include "client/across_servers.h"
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "client/allocation_registry.h"
@@ -40,10 +41,12 @@ Status SynchronizeTarget(const StreamTarget& target) {
 Status CopyBetweenServers(uint64_t dst_ctx, uint64_t dst, uint64_t src_ctx, uint64_t src,
                           size_t bytes, const StreamTarget& target) {
   Runtime& rt = Runtime::Get();
-  constexpr size_t kPiece = size_t{64} << 20;
+  constexpr size_t kPiece = size_t{8} << 20;
   FERRY_RETURN_IF_ERROR(SynchronizeTarget(target));
   const StreamTarget from{src_ctx, 0}, to{dst_ctx, 0};
-  std::vector<char> staging(std::min(bytes, kPiece));
+  // Not zero-filled: every byte is written by the copy before it is read.
+  std::unique_ptr<char[]> staging_memory(new char[std::min(bytes, kPiece)]);
+  char* staging = staging_memory.get();
   for (size_t done = 0; done < bytes;) {
     const size_t piece = std::min(kPiece, bytes - done);
     FERRY_RETURN_IF_ERROR(rt.ConnectionOf(src_ctx).Call(
@@ -53,7 +56,7 @@ Status CopyBetweenServers(uint64_t dst_ctx, uint64_t dst, uint64_t src_ctx, uint
           args.setSrc(src + done);
           args.setBytes(piece);
         },
-        {}, InBytes{staging.data(), piece}));
+        {}, InBytes{staging, piece}));
     FERRY_RETURN_IF_ERROR(rt.ConnectionOf(dst_ctx).Post(
         [&](wire::Call::Builder call) {
           auto args = call.initMemcpyHtoD();
@@ -61,7 +64,7 @@ Status CopyBetweenServers(uint64_t dst_ctx, uint64_t dst, uint64_t src_ctx, uint
           args.setDst(dst + done);
           args.setBytes(piece);
         },
-        OutBytes{staging.data(), piece}));
+        OutBytes{staging, piece}));
     done += piece;
   }
   // The last piece's bytes are still this host's until the server took them.
