@@ -27,6 +27,15 @@ void AllocationRegistry::AddDevice(uint64_t dptr, uint64_t size, uint64_t ctx, b
   device_.Insert(dptr, size, allocation);  // false only for size 0 or a wrapping range
 }
 
+std::vector<uint64_t> AllocationRegistry::OverlappingContexts(uint64_t dptr, uint64_t size) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<uint64_t> contexts;
+  device_.ForEach([&](uint64_t base, uint64_t s, const DeviceAllocation& allocation) {
+    if (base < dptr + size && dptr < base + s) contexts.push_back(allocation.ctx);
+  });
+  return contexts;
+}
+
 bool AllocationRegistry::IsGraphMemory(uint64_t dptr) {
   std::lock_guard<std::mutex> lock(mu_);
   RangeMap<DeviceAllocation>::Found found = device_.FindBase(dptr);

@@ -62,6 +62,8 @@ class AllocationRegistry {
   // Nothing is recorded for size 0.
   void AddDevice(uint64_t dptr, uint64_t size, uint64_t ctx, bool global = false,
                  bool graph = false);
+  // The contexts of the records that overlap [dptr, dptr + size).
+  std::vector<uint64_t> OverlappingContexts(uint64_t dptr, uint64_t size);
   // cuMemFree: forgets the allocation starting at `dptr`; INVALID_VALUE when
   // none does or it is a module global.
   Status RemoveDevice(uint64_t dptr);

@@ -487,7 +487,7 @@ CUresult CUDAAPI cuMemAllocPitch_v2(CUdeviceptr* dptr, size_t* pPitch, size_t Wi
           pitch = reply.getMemAlloc().getPitch();
           return Status::Ok();
         }));
-    rt.allocations().AddDevice(result, pitch * Height, ctx);
+    FERRY_RETURN_IF_ERROR(rt.RecordAllocation(ctx, result, pitch * Height));
     *dptr = result;
     *pPitch = pitch;
     return Status::Ok();

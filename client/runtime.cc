@@ -667,7 +667,21 @@ Status Runtime::AllocDevice(uint64_t ctx, uint64_t bytes, uint64_t* dptr) {
         *dptr = reply.getMemAlloc().getDptr();
         return Status::Ok();
       }));
-  allocations_.AddDevice(*dptr, bytes, ctx);
+  return RecordAllocation(ctx, *dptr, bytes);
+}
+
+Status Runtime::RecordAllocation(uint64_t ctx, uint64_t dptr, uint64_t bytes) {
+  if (parts_.size() > 1) {
+    for (uint64_t other : allocations_.OverlappingContexts(dptr, bytes)) {
+      if (SameSession(other, ctx)) continue;
+      (void)ConnectionOf(ctx).Post(
+          [&](wire::Call::Builder call) { call.initMemFree().setDptr(dptr); });
+      return Status::Cuda(CUDA_ERROR_OUT_OF_MEMORY,
+                          "the server of this context handed out device addresses that overlap "
+                          "memory of another server's device; the allocation is given back");
+    }
+  }
+  allocations_.AddDevice(dptr, bytes, ctx);
   return Status::Ok();
 }
 

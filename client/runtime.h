@@ -195,8 +195,14 @@ class Runtime {
 
   // --- memory -----------------------------------------------------------------
   // cuMemAlloc's work: `bytes` of device memory in `ctx` at *dptr, recorded
-  // in allocations().
+  // in allocations() (RecordAllocation).
   Status AllocDevice(uint64_t ctx, uint64_t bytes, uint64_t* dptr);
+  // Records a new allocation of `ctx` at [dptr, dptr + bytes). With devices
+  // on several servers an address names memory only while no two servers
+  // hand out overlapping ranges (each picks its own): a range overlapping
+  // live memory of another server's device is freed on its server and
+  // refused with CUDA_ERROR_OUT_OF_MEMORY, never recorded twice.
+  Status RecordAllocation(uint64_t ctx, uint64_t dptr, uint64_t bytes);
 
   // --- streams ------------------------------------------------------------------
   // Maps a CUstream from the program to its wire target. `per_thread_default`

@@ -313,6 +313,20 @@ TEST(AllocationRegistryTest, DeviceRangesAtTheirEdges) {
 // virtual memory management: a mapping is device memory only while some
 // device may access it; mappings side by side are one span; a released
 // handle's record stays while it is mapped.
+// What a program whose devices span servers checks before it records a new
+// allocation (Runtime::RecordAllocation): which contexts' memory a range
+// overlaps, edges included.
+TEST(AllocationRegistryTest, TellsWhoseMemoryARangeOverlaps) {
+  AllocationRegistry allocations;
+  allocations.AddDevice(0x10000, 0x1000, /*ctx=*/1);
+  allocations.AddDevice(0x20000, 0x1000, /*ctx=*/2);
+  EXPECT_TRUE(allocations.OverlappingContexts(0x11000, 0xF000).empty());  // the gap, exactly
+  EXPECT_EQ(allocations.OverlappingContexts(0x10FFF, 1), (std::vector<uint64_t>{1}));
+  EXPECT_EQ(allocations.OverlappingContexts(0x1FFFF, 2), (std::vector<uint64_t>{2}));
+  EXPECT_EQ(allocations.OverlappingContexts(0x8000, 0x20000), (std::vector<uint64_t>{1, 2}));
+  EXPECT_TRUE(allocations.OverlappingContexts(0x21000, 0x1000).empty());
+}
+
 TEST(AllocationRegistryTest, MappingsWithAccessAreDeviceMemoryAndJoin) {
   AllocationRegistry allocations;
   CUmemAllocationProp prop{};
