@@ -5,10 +5,14 @@
 // callbacks are fire-and-forget too; they run later on the client.
 #include <cuda.h>
 
+#include <functional>
+#include <memory>
+#include <mutex>
 #include <string>
 
 #include "client/entry_point.h"
 #include "client/host_callback_thread.h"
+#include "client/across_servers.h"
 #include "common/log.h"
 
 namespace {
@@ -56,34 +60,88 @@ Status SynchronizeOrQueryStream(CUstream stream, bool per_thread, bool query) {
   return rt.AfterQuery(ferry::client::StreamKey{target.ctx, target.stream}, seq);
 }
 
-Status AddHostGate(const StreamTarget& target, ferry::client::Connection::HostFunction fn);
-
 // cuStreamWaitEvent with the event on another server's device (a program
-// whose devices span servers): a host gate holds `target`'s stream on its
-// server while the client's host-callback thread waits, on the event's own
-// server, for the event — so work queued on the stream later starts after
-// it, and the calling thread does not wait. The gate waits for the event's
-// latest record when the stream reaches it (a record issued after this call
-// is waited for too: a stricter order, never a looser one); an event never
-// recorded is complete, as in CUDA.
-Status WaitForEventOfAnotherServer(const StreamTarget& target, CUevent event) {
-  const uint64_t id = Runtime::HandleId(event);
-  return AddHostGate(target, [id](const Status&, bool) {
-    Runtime& rt = Runtime::Get();
-    ferry::client::EventState state;
-    if (!rt.streams().FindEvent(id, &state).ok() || state.recorded_seq == 0) return;
-    ferry::client::HostCallbackThread::FerryWork not_the_programs_callback;
-    uint64_t seq = 0;
-    Status waited = rt.ConnectionOf(state.ctx).Call(
-        [&](wire::Call::Builder call) { call.initEventSynchronize().setEvent(id); }, {}, {},
-        nullptr, &seq);
-    if (waited.ok()) waited = rt.AfterSynchronize(state.ctx, seq);
-    if (!waited.ok()) {
-      // The event's server failed or is gone: the program's next call that
-      // waits reports it (Ready), so the stream is only let go here.
-      FERRY_LOG(kWarning) << "waiting for an event of another server: " << waited.message();
-    }
-  });
+// whose devices span servers), made of two host gates that ferry opens
+// itself (Connection::PostOpenableGate):
+//  - a *probe* on the event's server, on the stream of the event's latest
+//    record, posted now: reached once that record is (and what that stream
+//    took on since: a stricter order, which cannot wait for anything issued
+//    later); it is opened as soon as it is reached;
+//  - a *hold* on `target`'s stream, opened once both it and the probe were
+//    reached.
+// So the wait is for the record made before the call (a later record or
+// destroying the event changes nothing), neither the caller nor any client
+// thread waits, and nothing waits on either server's executor: reaching and
+// opening gates bypass it, so two servers whose executors are each blocked
+// (say, by launch throttling behind their own hold) still let each other's
+// streams go. An event never recorded is complete, as in CUDA; a capturing
+// stream cannot wait across servers (the graph would live on one server). If
+// the probe fails (its server lost, its stream gone), the hold opens anyway
+// with a log line; the lost server fails the program's next call.
+// Runs a gate's `open` on a thread of ferry's own: the handlers that decide
+// to open run on a connection's reader thread, which must not write (a
+// write can wait for the server, which may wait for this reader).
+void OpenLater(std::function<void()> open) {
+  static auto* opener = new ferry::client::HostCallbackThread;  // never destroyed
+  if (!opener->Post(std::move(open)).ok()) {
+    FERRY_LOG(kError) << "cannot start the thread that lets streams go after waits between "
+                         "servers; a stream stays held";
+  }
+}
+
+Status WaitForEventOfAnotherServer(const StreamTarget& target,
+                                   const ferry::client::EventState& event) {
+  Runtime& rt = Runtime::Get();
+  if (event.recorded_seq == 0) return Status::Ok();
+  if (ferry::client::CaptureState capture; target.stream != 0 &&
+                                           rt.graphs().FindCapture(target.stream, &capture)) {
+    return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+                        "a capturing stream cannot wait for an event of another server");
+  }
+  const StreamTarget recorded{event.recorded_on.ctx, event.recorded_on.stream};
+  if (recorded.stream != 0 && !rt.streams().HasStream(recorded.stream)) {
+    // The stream of its record is gone: nothing to probe behind; the caller
+    // waits for its context's work instead (rare, and never looser).
+    return ferry::client::SynchronizeTarget(StreamTarget{event.ctx, 0});
+  }
+  // Both gates' handlers meet here, on the two connections' reader threads.
+  struct Meeting {
+    std::mutex mu;
+    bool probed = false;
+    bool held = false;
+    std::function<void()> open_hold;
+  };
+  auto meeting = std::make_shared<Meeting>();
+  // Opens the hold once both were reached (or the probe failed).
+  auto maybe_open = [](Meeting& m, std::unique_lock<std::mutex>&) {
+    if (!m.probed || !m.held || !m.open_hold) return;
+    OpenLater(std::move(m.open_hold));
+    m.open_hold = nullptr;
+  };
+  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(target.ctx).PostOpenableGate(
+      [&](wire::Call::Builder call) { SetStreamTarget(call.initHostGate(), target); },
+      [meeting, maybe_open](Status status, std::function<void()> open) {
+        if (!status.ok()) {
+          FERRY_LOG(kWarning) << "a stream's wait for another server's event: " << status.message();
+          return;  // no stream held
+        }
+        std::unique_lock<std::mutex> lock(meeting->mu);
+        meeting->held = true;
+        meeting->open_hold = std::move(open);
+        maybe_open(*meeting, lock);
+      }));
+  return rt.ConnectionOf(event.ctx).PostOpenableGate(
+      [&](wire::Call::Builder call) { SetStreamTarget(call.initHostGate(), recorded); },
+      [meeting, maybe_open](Status status, std::function<void()> open) {
+        if (open) OpenLater(std::move(open));  // the probe only marks the spot
+        if (!status.ok()) {
+          FERRY_LOG(kWarning) << "waiting for an event of another server: " << status.message()
+                              << "; the waiting stream goes on";
+        }
+        std::unique_lock<std::mutex> lock(meeting->mu);
+        meeting->probed = true;
+        maybe_open(*meeting, lock);
+      });
 }
 
 Status StreamWaitEvent(CUstream stream, CUevent event, unsigned flags, bool per_thread) {
@@ -93,7 +151,7 @@ Status StreamWaitEvent(CUstream stream, CUevent event, unsigned flags, bool per_
   ferry::client::EventState state;
   FERRY_RETURN_IF_ERROR(rt.streams().FindEvent(Runtime::HandleId(event), &state));
   if (flags != CU_EVENT_WAIT_DEFAULT) return Status::InvalidArgument("unknown wait flags");
-  if (!rt.SameSession(target.ctx, state.ctx)) return WaitForEventOfAnotherServer(target, event);
+  if (!rt.SameSession(target.ctx, state.ctx)) return WaitForEventOfAnotherServer(target, state);
   uint64_t seq = 0;
   FERRY_RETURN_IF_ERROR(rt.ConnectionOf(target.ctx).Post(
       [&](wire::Call::Builder call) {

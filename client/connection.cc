@@ -412,6 +412,12 @@ Status Connection::PostHostGate(const Fill& fill, HostFunction fn) {
               PendingGates{std::move(fn), 1});
 }
 
+Status Connection::PostOpenableGate(const Fill& fill, GateReached reached) {
+  if (!reached) return Status::InvalidArgument("null gate handler");
+  return Send(fill, {}, /*wants_reply=*/false, nullptr, nullptr, nullptr,
+              PendingGates{nullptr, 1, std::move(reached)});
+}
+
 void Connection::RegisterHostFunction(uint64_t id, HostFunction fn) {
   std::lock_guard<std::mutex> lock(reply_mutex_);
   host_functions_[id] = std::move(fn);
@@ -704,6 +710,7 @@ Status Connection::ReadOneReply() {
     reply_status = Status::Internal("reply " + std::to_string(seq) + " carried no bytes");
   }
   HostFunction gate;
+  GateReached openable;
   bool gate_reached = false;
   {
     std::lock_guard<std::mutex> lock(reply_mutex_);
@@ -719,7 +726,9 @@ Status Connection::ReadOneReply() {
     } else if (auto g = gates_.find(seq); g != gates_.end()) {
       gate_reached = true;
       PendingGates& pending = g->second;
-      if (pending.fn) {
+      if (pending.reached) {
+        openable = std::move(pending.reached);
+      } else if (pending.fn) {
         gate = std::move(pending.fn);  // a hostGate call's one gate
       } else if (auto f = host_functions_.find(gate_function); f != host_functions_.end()) {
         gate = f->second;
@@ -731,7 +740,13 @@ Status Connection::ReadOneReply() {
   // Replies are read in the order the server sent them, so the bytes of
   // every copy the gate's stream waited for have landed by now. The host
   // function runs on the host-callback thread, never on this one.
-  if (gate_reached) {
+  if (gate_reached && openable) {
+    if (gate_held) {
+      openable(Status::Ok(), [this, seq, index = gate_index] { (void)OpenGate(seq, index); });
+    } else {
+      openable(reply_status.ok() ? Status::Internal("gate not held") : reply_status, {});
+    }
+  } else if (gate_reached) {
     RunHostFunction(seq, gate_index, std::move(gate), std::move(reply_status), gate_held,
                     gate_stream_failed);
   }
@@ -815,6 +830,7 @@ void Connection::Fail(const Status& status) {
   // program can tell (cuStreamAddCallback reports it, cuLaunchHostFunc skips).
   // Graph host nodes not reached are skipped (their launch is lost with it).
   for (auto& [seq, pending] : gates) {
+    if (pending.reached) pending.reached(broken, {});
     if (!pending.fn) continue;
     RunHostFunction(seq, 0, std::move(pending.fn), broken, /*held=*/false,
                     /*stream_failed=*/true);

@@ -222,6 +222,16 @@ class Connection {
   // gate (a bad stream), `fn` never runs and the error is reported by the
   // next call that waits, like any asynchronous error.
   Status PostHostGate(const Fill& fill, HostFunction fn);
+  // A hostGate that ferry opens itself, with no program function. When the
+  // server holds the stream there, `reached(OK, open)` is called on the
+  // connection's reader thread — it must not block — and `open()` lets the
+  // stream go (call it once, from any thread, at any later time). A gate the
+  // server refused, or one the connection lost, calls `reached(error, {})`
+  // once instead (no stream is held then). Neither the reader nor the server
+  // executes anything for it: reaching and opening a gate bypass the
+  // session's executor, so a wait built on gates cannot queue behind calls.
+  using GateReached = std::function<void(Status status, std::function<void()> open)>;
+  Status PostOpenableGate(const Fill& fill, GateReached reached);
   // graph host nodes: `fn` may be run any number of times from now on, once
   // for each gate that names `id` (a client-chosen id, never 0). Kept for the
   // connection's life: executable graphs may name it as long as they live.
@@ -270,6 +280,7 @@ class Connection {
   struct PendingGates {
     HostFunction fn;
     uint32_t left = 0;
+    GateReached reached;  // set instead of `fn` (PostOpenableGate)
   };
   // `gates`, when it has any, is registered as this call's gates (hostGate,
   // graphLaunchHostNodes), owned by the connection from then on.

@@ -40,14 +40,6 @@ Status HostCallbackThread::Post(std::function<void()> job) {
 
 bool HostCallbackThread::OnThisThread() { return tls_on_host_callback_thread; }
 
-HostCallbackThread::FerryWork::FerryWork() : was_on_callback_thread_(tls_on_host_callback_thread) {
-  tls_on_host_callback_thread = false;
-}
-
-HostCallbackThread::FerryWork::~FerryWork() {
-  tls_on_host_callback_thread = was_on_callback_thread_;
-}
-
 void HostCallbackThread::Run() {
   tls_on_host_callback_thread = true;
   for (;;) {

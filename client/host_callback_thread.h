@@ -40,22 +40,6 @@ class HostCallbackThread {
   // forbids CUDA calls.
   static bool OnThisThread();
 
-  // For its scope, the calling thread runs ferry's own work rather than a
-  // program's callback, and OnThisThread is false: its calls may wait. The
-  // wait for another server's event (api_stream_event.cc) is such work: it
-  // waits on another connection than the one whose gate holds its stream,
-  // so it cannot wait for itself.
-  class FerryWork {
-   public:
-    FerryWork();
-    ~FerryWork();
-    FerryWork(const FerryWork&) = delete;
-    FerryWork& operator=(const FerryWork&) = delete;
-
-   private:
-    bool was_on_callback_thread_;
-  };
-
  private:
   void Run();
 

@@ -45,22 +45,27 @@ void ExpectInts(CUdeviceptr data, const std::vector<int>& base, int delta, const
   }
 }
 
-// Host functions of the event check: the first holds device 0's stream
-// until the program lets it go (bounded: it gives up after a minute and the
-// check then fails); the second marks that device 0's kernel ran; the third,
-// on device 1's stream behind the wait, notes whether it did.
-std::atomic<bool> let_go{false};
-std::atomic<bool> device0_done{false};
-std::atomic<int> seen_by_device1{-1};
+// Host functions of the event checks (user data: the flag they use). A
+// hold keeps its stream until the program sets its flag (bounded: it gives
+// up after a minute and the check then fails); a mark sets its flag; a note
+// copies one flag into an int (-1: not run yet).
+struct Note {
+  const std::atomic<bool>* from;
+  std::atomic<int>* to;
+};
 
-void CUDA_CB HoldUntilLetGo(void*) {
+void CUDA_CB Hold(void* flag) {
   const auto give_up = std::chrono::steady_clock::now() + std::chrono::minutes(1);
-  while (!let_go.load() && std::chrono::steady_clock::now() < give_up) {
+  while (!static_cast<std::atomic<bool>*>(flag)->load() &&
+         std::chrono::steady_clock::now() < give_up) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
 }
-void CUDA_CB MarkDevice0Done(void*) { device0_done.store(true); }
-void CUDA_CB NoteOnDevice1(void*) { seen_by_device1.store(device0_done.load() ? 1 : 0); }
+void CUDA_CB Mark(void* flag) { static_cast<std::atomic<bool>*>(flag)->store(true); }
+void CUDA_CB Copy(void* note) {
+  auto* n = static_cast<Note*>(note);
+  n->to->store(n->from->load() ? 1 : 0);
+}
 
 }  // namespace
 
@@ -136,30 +141,78 @@ int main(int argc, char** argv) {
   ExpectInts(a0, base, 0, "device 0 written while device 1's context was current");
   Ok("cuMemcpy / cuMemcpyDtoD / cuMemcpyHtoD with unified addressing across servers");
 
-  // An event of device 0 waited for on device 1's stream.
+  // An event of device 0 waited for on device 1's stream, while device 0's
+  // stream is held: device 1's stream cannot pass the wait until it is let
+  // go, and then sees device 0's work done.
   CUstream s0 = nullptr;
   CUevent e0 = nullptr;
   E2E_CHECK_CU(cuStreamCreate(&s0, CU_STREAM_NON_BLOCKING));
   E2E_CHECK_CU(cuEventCreate(&e0, CU_EVENT_DISABLE_TIMING));
-  E2E_CHECK_CU(cuLaunchHostFunc(s0, HoldUntilLetGo, nullptr));
+  std::atomic<bool> let_go{false}, device0_done{false};
+  std::atomic<int> seen{-1};
+  Note note{&device0_done, &seen};
+  E2E_CHECK_CU(cuLaunchHostFunc(s0, Hold, &let_go));
   AddInt(add0, a0, 5, s0);
-  E2E_CHECK_CU(cuLaunchHostFunc(s0, MarkDevice0Done, nullptr));
+  E2E_CHECK_CU(cuLaunchHostFunc(s0, Mark, &device0_done));
   E2E_CHECK_CU(cuEventRecord(e0, s0));
   E2E_CHECK_CU(cuCtxSetCurrent(c1));
   E2E_CHECK_CU(cuStreamWaitEvent(s1, e0, 0));
-  E2E_CHECK_CU(cuLaunchHostFunc(s1, NoteOnDevice1, nullptr));
-  // Device 0's stream is held, so device 1's cannot be done.
+  E2E_CHECK_CU(cuLaunchHostFunc(s1, Copy, &note));
   E2E_EXPECT_CU(CUDA_ERROR_NOT_READY, cuStreamQuery(s1));
-  E2E_CHECK(seen_by_device1.load() == -1, "device 1's stream ran past the wait");
+  E2E_CHECK(seen.load() == -1, "device 1's stream ran past the wait");
   let_go.store(true);
   E2E_CHECK_CU(cuStreamSynchronize(s1));
-  E2E_CHECK(seen_by_device1.load() == 1,
-            "device 1's stream went on before device 0's event (saw %d)", seen_by_device1.load());
+  E2E_CHECK(seen.load() == 1, "device 1's stream went on before device 0's event (saw %d)",
+            seen.load());
   E2E_CHECK_CU(cuCtxSetCurrent(c0));
   ExpectInts(a0, base, 5, "device 0 after the held kernel");
   // Recording device 0's event on device 1's stream is refused.
   E2E_EXPECT_CU(CUDA_ERROR_INVALID_HANDLE, cuEventRecord(e0, s1));
   Ok("an event of one server waited for on a stream of another");
+
+  // The wait is for the record made before it: destroying the event at once
+  // (legal in CUDA) changes nothing.
+  CUevent gone = nullptr;
+  std::atomic<bool> let_go_again{false}, done_again{false};
+  std::atomic<int> seen_again{-1};
+  Note note_again{&done_again, &seen_again};
+  E2E_CHECK_CU(cuEventCreate(&gone, CU_EVENT_DISABLE_TIMING));
+  E2E_CHECK_CU(cuLaunchHostFunc(s0, Hold, &let_go_again));
+  E2E_CHECK_CU(cuLaunchHostFunc(s0, Mark, &done_again));
+  E2E_CHECK_CU(cuEventRecord(gone, s0));
+  E2E_CHECK_CU(cuStreamWaitEvent(s1, gone, 0));
+  E2E_CHECK_CU(cuEventDestroy(gone));
+  E2E_CHECK_CU(cuLaunchHostFunc(s1, Copy, &note_again));
+  E2E_EXPECT_CU(CUDA_ERROR_NOT_READY, cuStreamQuery(s1));
+  let_go_again.store(true);
+  E2E_CHECK_CU(cuStreamSynchronize(s1));
+  E2E_CHECK(seen_again.load() == 1, "the wait was lost with its destroyed event (saw %d)",
+            seen_again.load());
+  Ok("a wait outlives the event it waits for");
+
+  // Ping-pong: each stream waits for the other's event, and the first event
+  // is recorded again behind the second wait. Each wait is for the record
+  // before it, so both streams finish (waiting for the latest record would
+  // close a cycle).
+  CUevent f1 = nullptr;
+  E2E_CHECK_CU(cuCtxSetCurrent(c1));
+  E2E_CHECK_CU(cuEventCreate(&f1, CU_EVENT_DISABLE_TIMING));
+  for (int round = 0; round < 5; ++round) {
+    E2E_CHECK_CU(cuEventRecord(e0, s0));
+    E2E_CHECK_CU(cuStreamWaitEvent(s1, e0, 0));
+    AddInt(add1, a1, 1, s1);
+    E2E_CHECK_CU(cuEventRecord(f1, s1));
+    E2E_CHECK_CU(cuStreamWaitEvent(s0, f1, 0));
+    AddInt(add0, a0, 1, s0);
+  }
+  E2E_CHECK_CU(cuEventRecord(e0, s0));
+  E2E_CHECK_CU(cuStreamSynchronize(s0));
+  E2E_CHECK_CU(cuStreamSynchronize(s1));
+  E2E_CHECK_CU(cuEventDestroy(f1));
+  ExpectInts(a1, base, 11 + 5, "device 1 after the ping-pong");
+  E2E_CHECK_CU(cuCtxSetCurrent(c0));
+  ExpectInts(a0, base, 5 + 5, "device 0 after the ping-pong");
+  Ok("waits back and forth between two servers' streams finish");
 
   E2E_CHECK_CU(cuEventDestroy(e0));
   E2E_CHECK_CU(cuStreamDestroy(s0));
