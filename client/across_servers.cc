@@ -32,18 +32,29 @@ uint64_t OwnerContext(uint64_t p, uint64_t fallback) {
 Status SynchronizeTarget(const StreamTarget& target) {
   Runtime& rt = Runtime::Get();
   uint64_t seq = 0;
-  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(target.ctx).Call(
-      [&](wire::Call::Builder call) { SetTarget(call.initStreamSynchronize(), target); }, {}, {},
-      nullptr, &seq));
+  FERRY_RETURN_IF_ERROR(
+      rt.ConnectionOf(target.ctx)
+          .Call([&](wire::Call::Builder call) { SetTarget(call.initStreamSynchronize(), target); },
+                {}, {}, nullptr, &seq));
   return rt.AfterSynchronize(target.ctx, seq);
+}
+
+Status StreamThere(const StreamTarget& target, uint64_t ctx, StreamTarget* there) {
+  if (target.stream == 0) {
+    *there = StreamTarget{ctx, 0};
+    return Status::Ok();
+  }
+  return Runtime::Get().TransferStream(ctx, there);
 }
 
 Status CopyBetweenServers(uint64_t dst_ctx, uint64_t dst, uint64_t src_ctx, uint64_t src,
                           size_t bytes, const StreamTarget& target) {
   Runtime& rt = Runtime::Get();
   constexpr size_t kPiece = size_t{8} << 20;
+  StreamTarget from, to;
+  FERRY_RETURN_IF_ERROR(StreamThere(target, src_ctx, &from));
+  FERRY_RETURN_IF_ERROR(StreamThere(target, dst_ctx, &to));
   FERRY_RETURN_IF_ERROR(SynchronizeTarget(target));
-  const StreamTarget from{src_ctx, 0}, to{dst_ctx, 0};
   // Not zero-filled: every byte is written by the copy before it is read.
   std::unique_ptr<char[]> staging_memory(new char[std::min(bytes, kPiece)]);
   char* staging = staging_memory.get();
@@ -67,7 +78,7 @@ Status CopyBetweenServers(uint64_t dst_ctx, uint64_t dst, uint64_t src_ctx, uint
         OutBytes{staging, piece}));
     done += piece;
   }
-  // The last piece's bytes are still this host's until the server took them.
+  // Done when this returns, as the callers promise.
   return SynchronizeTarget(to);
 }
 

@@ -3,9 +3,13 @@
 // stream of another server's device runs where the memory is, ordered by the
 // client — after the stream's earlier work, and finished before the call
 // returns (async or not: what the program queues on the stream later may
-// depend on it). Copies between two servers' devices pass through this host,
-// in bounded pieces; ferryds never talk to each other. With one session
-// (every other program) each of these is the plain path, at no extra cost.
+// depend on it). There it runs on the memory's context's legacy stream when
+// the copy was synchronous (ordered after that context's work, as CUDA
+// orders cuMemcpyPeer with both contexts), else on a transfer stream of
+// ferry's own (StreamThere). Copies between two servers' devices pass through
+// this host, in bounded pieces; ferryds never talk to each other. With one
+// session (every other program) each of these is the plain path, at no extra
+// cost.
 //
 // Thread-safety: as the entry points that call them (any thread).
 #pragma once
@@ -33,14 +37,22 @@ Status SynchronizeTarget(const StreamTarget& target);
 Status CopyBetweenServers(uint64_t dst_ctx, uint64_t dst, uint64_t src_ctx, uint64_t src,
                           size_t bytes, const StreamTarget& target);
 
+// Where a copy asked on `target` runs in context `ctx` of another server: a
+// synchronous copy (the legacy stream) on `ctx`'s legacy stream, ordered
+// after that context's work as CUDA orders cuMemcpyPeer with both contexts;
+// one asked on a stream of the program on `ctx`'s transfer stream
+// (Runtime::TransferStream), which waits for nothing of the program's there.
+Status StreamThere(const StreamTarget& target, uint64_t ctx, StreamTarget* there);
+
 // Runs `run(stream)` for a copy asked on `target` that touches memory of
 // context `owner`: on `target` itself when one session serves both, else on
-// `owner`'s legacy stream, ordered as above.
+// StreamThere(owner), ordered as above.
 template <typename Run>
 Status OnOwnersServer(const StreamTarget& target, uint64_t owner, Run run) {
   if (Runtime::Get().SameSession(target.ctx, owner)) return run(target);
+  StreamTarget there;
+  FERRY_RETURN_IF_ERROR(StreamThere(target, owner, &there));
   FERRY_RETURN_IF_ERROR(SynchronizeTarget(target));
-  const StreamTarget there{owner, 0};
   FERRY_RETURN_IF_ERROR(run(there));
   return SynchronizeTarget(there);
 }

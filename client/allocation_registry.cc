@@ -27,13 +27,21 @@ void AllocationRegistry::AddDevice(uint64_t dptr, uint64_t size, uint64_t ctx, b
   device_.Insert(dptr, size, allocation);  // false only for size 0 or a wrapping range
 }
 
-std::vector<uint64_t> AllocationRegistry::OverlappingContexts(uint64_t dptr, uint64_t size) {
+bool AllocationRegistry::AddDeviceUnlessOverlapping(
+    uint64_t dptr, uint64_t size, uint64_t ctx,
+    const std::function<bool(uint64_t other_ctx)>& elsewhere, bool global) {
   std::lock_guard<std::mutex> lock(mu_);
-  std::vector<uint64_t> contexts;
+  bool clash = false;
   device_.ForEach([&](uint64_t base, uint64_t s, const DeviceAllocation& allocation) {
-    if (base < dptr + size && dptr < base + s) contexts.push_back(allocation.ctx);
+    if (base < dptr + size && dptr < base + s && elsewhere(allocation.ctx)) clash = true;
   });
-  return contexts;
+  if (clash) return false;
+  DeviceAllocation allocation{size, ctx, global};
+  if (!device_.Insert(dptr, size, allocation)) {
+    EraseOverlapping(&device_, dptr, size);
+    device_.Insert(dptr, size, allocation);
+  }
+  return true;
 }
 
 bool AllocationRegistry::IsGraphMemory(uint64_t dptr) {

@@ -18,6 +18,7 @@
 #include <cuda.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <span>
@@ -62,8 +63,14 @@ class AllocationRegistry {
   // Nothing is recorded for size 0.
   void AddDevice(uint64_t dptr, uint64_t size, uint64_t ctx, bool global = false,
                  bool graph = false);
-  // The contexts of the records that overlap [dptr, dptr + size).
-  std::vector<uint64_t> OverlappingContexts(uint64_t dptr, uint64_t size);
+  // AddDevice, unless a record it would replace belongs to a context for
+  // which `elsewhere(ctx)` is true (a program whose devices span servers:
+  // another server's memory at the same addresses); then false, and nothing
+  // changes. Checked and recorded under one lock, so two threads cannot both
+  // pass. `elsewhere` must not call into this registry.
+  bool AddDeviceUnlessOverlapping(uint64_t dptr, uint64_t size, uint64_t ctx,
+                                  const std::function<bool(uint64_t other_ctx)>& elsewhere,
+                                  bool global = false);
   // cuMemFree: forgets the allocation starting at `dptr`; INVALID_VALUE when
   // none does or it is a module global.
   Status RemoveDevice(uint64_t dptr);

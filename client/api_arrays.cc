@@ -55,8 +55,7 @@ Status DestroyArray(uint64_t id, bool mipmapped) {
   FERRY_RETURN_IF_ERROR(rt.Ready());
   ferry::client::Connection& server = rt.ObjectConnection(id);
   FERRY_RETURN_IF_ERROR(rt.arrays().Remove(id, mipmapped));
-  return server.Post(
-      [&](wire::Call::Builder call) { call.initArrayDestroy().setArray(id); });
+  return server.Post([&](wire::Call::Builder call) { call.initArrayDestroy().setArray(id); });
 }
 
 ArrayShape ShapeOf(const CUDA_ARRAY3D_DESCRIPTOR& d) {
@@ -124,58 +123,61 @@ Status CreateTextureObject(uint64_t* out, const CUDA_RESOURCE_DESC* resource,
   record.has_view = view != nullptr;
   if (view != nullptr) record.view = *view;
   uint64_t value = 0;
-  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(record.ctx).Call(
-      [&](wire::Call::Builder call) {
-        auto args = call.initTexObjectCreate();
-        args.setCtx(record.ctx);
-        args.setSurface(surface);
-        args.setResourceType(static_cast<uint32_t>(resource->resType));
-        args.setArray(array);
-        if (resource->resType == CU_RESOURCE_TYPE_LINEAR) {
-          const auto& l = resource->res.linear;
-          args.setDevPtr(l.devPtr);
-          args.setFormat(static_cast<uint32_t>(l.format));
-          args.setNumChannels(l.numChannels);
-          args.setSizeBytes(l.sizeInBytes);
-        } else if (resource->resType == CU_RESOURCE_TYPE_PITCH2D) {
-          const auto& p = resource->res.pitch2D;
-          args.setDevPtr(p.devPtr);
-          args.setFormat(static_cast<uint32_t>(p.format));
-          args.setNumChannels(p.numChannels);
-          args.setWidth(p.width);
-          args.setHeight(p.height);
-          args.setPitchBytes(p.pitchInBytes);
-        }
-        if (texture != nullptr) {
-          auto modes = args.initAddressMode(3);
-          for (unsigned i = 0; i < 3; ++i) modes.set(i, texture->addressMode[i]);
-          args.setFilterMode(texture->filterMode);
-          args.setFlags(texture->flags);
-          args.setMaxAnisotropy(texture->maxAnisotropy);
-          args.setMipmapFilterMode(texture->mipmapFilterMode);
-          args.setMipmapLevelBias(texture->mipmapLevelBias);
-          args.setMinMipmapLevelClamp(texture->minMipmapLevelClamp);
-          args.setMaxMipmapLevelClamp(texture->maxMipmapLevelClamp);
-          auto border = args.initBorderColor(4);
-          for (unsigned i = 0; i < 4; ++i) border.set(i, texture->borderColor[i]);
-        }
-        if (view != nullptr) {
-          args.setHasView(true);
-          args.setViewFormat(static_cast<uint32_t>(view->format));
-          args.setViewWidth(view->width);
-          args.setViewHeight(view->height);
-          args.setViewDepth(view->depth);
-          args.setViewFirstLevel(view->firstMipmapLevel);
-          args.setViewLastLevel(view->lastMipmapLevel);
-          args.setViewFirstLayer(view->firstLayer);
-          args.setViewLastLayer(view->lastLayer);
-        }
-      },
-      {}, {},
-      [&](wire::Reply::Reader reply) {
-        value = static_cast<uint64_t>(reply.getValue());
-        return Status::Ok();
-      }));
+  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(record.ctx)
+                            .Call(
+                                [&](wire::Call::Builder call) {
+                                  auto args = call.initTexObjectCreate();
+                                  args.setCtx(record.ctx);
+                                  args.setSurface(surface);
+                                  args.setResourceType(static_cast<uint32_t>(resource->resType));
+                                  args.setArray(array);
+                                  if (resource->resType == CU_RESOURCE_TYPE_LINEAR) {
+                                    const auto& l = resource->res.linear;
+                                    args.setDevPtr(l.devPtr);
+                                    args.setFormat(static_cast<uint32_t>(l.format));
+                                    args.setNumChannels(l.numChannels);
+                                    args.setSizeBytes(l.sizeInBytes);
+                                  } else if (resource->resType == CU_RESOURCE_TYPE_PITCH2D) {
+                                    const auto& p = resource->res.pitch2D;
+                                    args.setDevPtr(p.devPtr);
+                                    args.setFormat(static_cast<uint32_t>(p.format));
+                                    args.setNumChannels(p.numChannels);
+                                    args.setWidth(p.width);
+                                    args.setHeight(p.height);
+                                    args.setPitchBytes(p.pitchInBytes);
+                                  }
+                                  if (texture != nullptr) {
+                                    auto modes = args.initAddressMode(3);
+                                    for (unsigned i = 0; i < 3; ++i)
+                                      modes.set(i, texture->addressMode[i]);
+                                    args.setFilterMode(texture->filterMode);
+                                    args.setFlags(texture->flags);
+                                    args.setMaxAnisotropy(texture->maxAnisotropy);
+                                    args.setMipmapFilterMode(texture->mipmapFilterMode);
+                                    args.setMipmapLevelBias(texture->mipmapLevelBias);
+                                    args.setMinMipmapLevelClamp(texture->minMipmapLevelClamp);
+                                    args.setMaxMipmapLevelClamp(texture->maxMipmapLevelClamp);
+                                    auto border = args.initBorderColor(4);
+                                    for (unsigned i = 0; i < 4; ++i)
+                                      border.set(i, texture->borderColor[i]);
+                                  }
+                                  if (view != nullptr) {
+                                    args.setHasView(true);
+                                    args.setViewFormat(static_cast<uint32_t>(view->format));
+                                    args.setViewWidth(view->width);
+                                    args.setViewHeight(view->height);
+                                    args.setViewDepth(view->depth);
+                                    args.setViewFirstLevel(view->firstMipmapLevel);
+                                    args.setViewLastLevel(view->lastMipmapLevel);
+                                    args.setViewFirstLayer(view->firstLayer);
+                                    args.setViewLastLayer(view->lastLayer);
+                                  }
+                                },
+                                {}, {},
+                                [&](wire::Reply::Reader reply) {
+                                  value = static_cast<uint64_t>(reply.getValue());
+                                  return Status::Ok();
+                                }));
   rt.arrays().AddTexture(value, record);
   *out = value;
   return Status::Ok();

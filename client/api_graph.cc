@@ -202,16 +202,17 @@ Status CaptureInfo(CUstream stream, bool per_thread, CUstreamCaptureStatus* stat
   }
   if (!rt.graphs().FindCapture(target.stream, capture)) return Status::Ok();
   int64_t value = 0;
-  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(target.ctx).Call(
-      [&](wire::Call::Builder call) {
-        auto args = call.initStreamCaptureStatus();
-        SetStreamTarget(args, target);
-      },
-      {}, {},
-      [&](wire::Reply::Reader reply) {
-        value = reply.getValue();
-        return Status::Ok();
-      }));
+  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(target.ctx)
+                            .Call(
+                                [&](wire::Call::Builder call) {
+                                  auto args = call.initStreamCaptureStatus();
+                                  SetStreamTarget(args, target);
+                                },
+                                {}, {},
+                                [&](wire::Reply::Reader reply) {
+                                  value = reply.getValue();
+                                  return Status::Ok();
+                                }));
   *status = static_cast<CUstreamCaptureStatus>(value);
   return Status::Ok();
 }
@@ -266,8 +267,8 @@ Status Instantiate(CUgraphExec* exec, CUgraph graph, unsigned long long flags,
   };
   // A graph that allocates memory (or may: an opaque one) is charged to the
   // quota here, so the call waits for OUT_OF_MEMORY as the driver reports it.
-  const Status posted =
-      GraphMayAllocate(graph_id) ? rt.CurrentConnection().Call(fill) : rt.CurrentConnection().Post(fill);
+  const Status posted = GraphMayAllocate(graph_id) ? rt.CurrentConnection().Call(fill)
+                                                   : rt.CurrentConnection().Post(fill);
   if (!posted.ok()) {
     (void)rt.graphs().RemoveExec(id);
     return posted;
@@ -306,14 +307,16 @@ Status LaunchOrUpload(CUgraphExec exec, CUstream stream, bool per_thread, bool u
                         "a graph with host nodes cannot be launched into a capture");
   }
   if (host_nodes != 0) {
-    FERRY_RETURN_IF_ERROR(rt.ConnectionOf(target.ctx).PostHostGates(
-        [&](wire::Call::Builder call) {
-          wire::GraphLaunch::Builder args = call.initGraphLaunchHostNodes();
-          SetStreamTarget(args, target);
-          args.setExec(id);
-          args.setHostNodes(host_nodes);
-        },
-        host_nodes));
+    FERRY_RETURN_IF_ERROR(rt.ConnectionOf(target.ctx)
+                              .PostHostGates(
+                                  [&](wire::Call::Builder call) {
+                                    wire::GraphLaunch::Builder args =
+                                        call.initGraphLaunchHostNodes();
+                                    SetStreamTarget(args, target);
+                                    args.setExec(id);
+                                    args.setHostNodes(host_nodes);
+                                  },
+                                  host_nodes));
   } else {
     FERRY_RETURN_IF_ERROR(rt.ConnectionOf(target.ctx).Post([&](wire::Call::Builder call) {
       wire::GraphLaunch::Builder args = upload ? call.initGraphUpload() : call.initGraphLaunch();
@@ -377,7 +380,7 @@ Status ForbidUnsafeCallDuringCapture(const char* what) {
   // As the driver does: the call fails and invalidates the captures that
   // forbade it (their cuStreamEndCapture answers INVALIDATED).
   for (const CaptureState& capture : forbidding) {
-    FERRY_RETURN_IF_ERROR(rt.CurrentConnection().Post([&](wire::Call::Builder call) {
+    FERRY_RETURN_IF_ERROR(rt.ConnectionOf(capture.ctx).Post([&](wire::Call::Builder call) {
       auto args = call.initStreamCaptureInvalidate();
       args.setCtx(capture.ctx);
       args.setStream(capture.origin);

@@ -45,7 +45,11 @@ class HostFunctionIds {
     auto [it, added] = ids_.try_emplace({fn, user_data}, 0);
     if (added) {
       it->second = next_++;
-      rt.CurrentConnection().RegisterHostFunction(it->second, LaunchedHostFunction(fn, user_data));
+      // Known to every server's connection: the graph may be launched on any.
+      for (size_t part = 0; part < rt.part_count(); ++part) {
+        rt.PartConnection(part).RegisterHostFunction(it->second,
+                                                     LaunchedHostFunction(fn, user_data));
+      }
     }
     *id = it->second;
     return Status::Ok();

@@ -208,7 +208,7 @@ Status LinkCreate(unsigned count, CUjit_option* options, void** values, CUlinkSt
   link->options.assign(options, options + count);
   link->values = values;
   const uint64_t id = rt.NewId(HandleKind::kLink);
-  FERRY_RETURN_IF_ERROR(rt.CurrentConnection().Call([&](wire::Call::Builder call) {
+  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(link->ctx).Call([&](wire::Call::Builder call) {
     auto args = call.initLinkCreate();
     args.setCtx(link->ctx);
     args.setLink(id);
@@ -239,7 +239,7 @@ Status LinkAdd(CUlinkState state, CUjitInputType type, std::span<const uint8_t> 
   std::lock_guard<std::mutex> lock(link->mu);
   Status outcome;
   FERRY_RETURN_IF_ERROR(ferry::client::CallWithImage(
-      rt.CurrentConnection(), data,
+      rt.ConnectionOf(link->ctx), data,
       [&](wire::Call::Builder call, const ferry::ContentHash* hash) {
         auto args = call.initLinkAddData();
         args.setLink(Runtime::HandleId(state));
@@ -289,7 +289,7 @@ Status LinkComplete(CUlinkState state, void** cubin_out, size_t* size_out) {
   std::lock_guard<std::mutex> lock(link->mu);
   Status outcome;
   uint64_t image_bytes = 0;
-  FERRY_RETURN_IF_ERROR(rt.CurrentConnection().Call(
+  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(link->ctx).Call(
       [&](wire::Call::Builder call) { call.initLinkComplete().setLink(id); }, {}, {},
       [&](wire::Reply::Reader reply) {
         outcome = ApplyLinkResult(reply, *link, 0, nullptr, nullptr, &image_bytes);
@@ -298,9 +298,9 @@ Status LinkComplete(CUlinkState state, void** cubin_out, size_t* size_out) {
   FERRY_RETURN_IF_ERROR(outcome);
   // The image, into storage the link owns until cuLinkDestroy.
   link->image.resize(image_bytes);
-  FERRY_RETURN_IF_ERROR(
-      rt.CurrentConnection().Call([&](wire::Call::Builder call) { call.initLinkImage().setLink(id); }, {},
-                           InBytes{link->image.data(), link->image.size()}));
+  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(link->ctx).Call(
+      [&](wire::Call::Builder call) { call.initLinkImage().setLink(id); }, {},
+      InBytes{link->image.data(), link->image.size()}));
   *cubin_out = link->image.data();
   if (size_out != nullptr) *size_out = link->image.size();
   return Status::Ok();
@@ -335,14 +335,18 @@ CUresult CUDAAPI cuLinkComplete(CUlinkState state, void** cubinOut, size_t* size
 
 CUresult CUDAAPI cuLinkDestroy(CUlinkState state) {
   return Api([&]() -> Status {
-    return DestroyHandle(
-        state,
-        [](Runtime&, uint64_t id) -> Status {
-          std::lock_guard<std::mutex> lock(g_links_mu);
-          if (Links().erase(id) == 0) return Status::InvalidHandle("unknown CUlinkState");
-          return Status::Ok();
-        },
-        [](wire::Call::Builder call, uint64_t id) { call.initLinkDestroy().setLink(id); });
+    Runtime& rt = Runtime::Get();
+    FERRY_RETURN_IF_ERROR(rt.Ready());
+    const uint64_t id = Runtime::HandleId(state);
+    std::shared_ptr<LinkState> link;
+    {
+      std::lock_guard<std::mutex> lock(g_links_mu);
+      FERRY_RETURN_IF_ERROR(ferry::client::CopyEntry(Links(), id, &link, "unknown CUlinkState"));
+      Links().erase(id);
+    }
+    // To the server of the context it was made in.
+    return rt.ConnectionOf(link->ctx).Post(
+        [&](wire::Call::Builder call) { call.initLinkDestroy().setLink(id); });
   });
 }
 

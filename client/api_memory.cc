@@ -22,10 +22,10 @@
 #include "client/across_servers.h"
 #include "client/entry_point.h"
 
-using ferry::client::InBytes;
-using ferry::client::OutBytes;
 using ferry::client::CopyBetweenServers;
+using ferry::client::InBytes;
 using ferry::client::OnOwnersServer;
+using ferry::client::OutBytes;
 using ferry::client::OwnerContext;
 
 namespace {
@@ -487,7 +487,11 @@ CUresult CUDAAPI cuMemAllocPitch_v2(CUdeviceptr* dptr, size_t* pPitch, size_t Wi
           pitch = reply.getMemAlloc().getPitch();
           return Status::Ok();
         }));
-    FERRY_RETURN_IF_ERROR(rt.RecordAllocation(ctx, result, pitch * Height));
+    if (Status recorded = rt.RecordAllocation(ctx, result, pitch * Height); !recorded.ok()) {
+      (void)rt.ConnectionOf(ctx).Post(
+          [&](wire::Call::Builder call) { call.initMemFree().setDptr(result); });
+      return recorded;
+    }
     *dptr = result;
     *pPitch = pitch;
     return Status::Ok();

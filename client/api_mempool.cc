@@ -54,19 +54,27 @@ Status AllocAsync(CUdeviceptr* dptr, size_t bytes, uint64_t pool, CUstream strea
     }
   }
   uint64_t result = 0;
-  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(target.ctx).Call(
-      [&](wire::Call::Builder call) {
-        auto args = call.initMemAllocAsync();
-        SetStreamTarget(args, target);
-        args.setPool(pool);
-        args.setBytes(bytes);
-      },
-      {}, {},
-      [&](wire::Reply::Reader reply) {
-        result = reply.getMemAlloc().getDptr();
-        return Status::Ok();
-      }));
-  rt.allocations().AddDevice(result, bytes, target.ctx);
+  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(target.ctx)
+                            .Call(
+                                [&](wire::Call::Builder call) {
+                                  auto args = call.initMemAllocAsync();
+                                  SetStreamTarget(args, target);
+                                  args.setPool(pool);
+                                  args.setBytes(bytes);
+                                },
+                                {}, {},
+                                [&](wire::Reply::Reader reply) {
+                                  result = reply.getMemAlloc().getDptr();
+                                  return Status::Ok();
+                                }));
+  if (Status recorded = rt.RecordAllocation(target.ctx, result, bytes); !recorded.ok()) {
+    (void)rt.ConnectionOf(target.ctx).Post([&](wire::Call::Builder call) {
+      auto args = call.initMemFreeAsync();
+      SetStreamTarget(args, target);
+      args.setDptr(result);
+    });
+    return recorded;
+  }
   *dptr = result;
   return Status::Ok();
 }

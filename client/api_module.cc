@@ -241,18 +241,19 @@ Status Launch(CUfunction f, const std::array<unsigned, 3>& grid,
   }
   thread_local std::vector<uint8_t> params;
   FERRY_RETURN_IF_ERROR(PackParams(function, kernel_params, extra, &params));
-  return rt.ConnectionOf(target.ctx).Post(
-      [&](wire::Call::Builder call) {
-        auto args = call.initLaunch();
-        SetStreamTarget(args, target);
-        args.setFunction(function_id);
-        SetLaunchShape(args, grid, block, shared_bytes);
-        args.setClusterX(mode.cluster[0]);
-        args.setClusterY(mode.cluster[1]);
-        args.setClusterZ(mode.cluster[2]);
-        args.setCooperative(mode.cooperative);
-      },
-      OutBytes{params.data(), params.size()});
+  return rt.ConnectionOf(target.ctx)
+      .Post(
+          [&](wire::Call::Builder call) {
+            auto args = call.initLaunch();
+            SetStreamTarget(args, target);
+            args.setFunction(function_id);
+            SetLaunchShape(args, grid, block, shared_bytes);
+            args.setClusterX(mode.cluster[0]);
+            args.setClusterY(mode.cluster[1]);
+            args.setClusterZ(mode.cluster[2]);
+            args.setCooperative(mode.cooperative);
+          },
+          OutBytes{params.data(), params.size()});
 }
 
 Status LaunchEx(const CUlaunchConfig* config, CUfunction f, void** kernel_params, void** extra,

@@ -62,28 +62,29 @@ Status GetAttribute(CUstream stream, CUstreamAttrID attr, CUstreamAttrValue* val
   Runtime& rt = Runtime::Get();
   StreamTarget target;
   FERRY_RETURN_IF_ERROR(ResolveAttributeCall(stream, attr, value, per_thread, &target));
-  return rt.ConnectionOf(target.ctx).Call(
-      [&](wire::Call::Builder call) {
-        auto args = call.initStreamGetAttribute();
-        SetStreamTarget(args, target);
-        args.setAttribute(attr);
-      },
-      {}, {},
-      [&](wire::Reply::Reader reply) {
-        if (!reply.isStreamAttribute()) return Status::Internal("no stream attribute in reply");
-        auto got = reply.getStreamAttribute();
-        if (attr == CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW) {
-          CUaccessPolicyWindow& window = value->accessPolicyWindow;
-          window.base_ptr = reinterpret_cast<void*>(got.getWindowBase());
-          window.num_bytes = got.getWindowBytes();
-          window.hitRatio = got.getHitRatio();
-          window.hitProp = static_cast<CUaccessProperty>(got.getHitProp());
-          window.missProp = static_cast<CUaccessProperty>(got.getMissProp());
-        } else {
-          value->syncPolicy = static_cast<CUsynchronizationPolicy>(got.getValue());
-        }
-        return Status::Ok();
-      });
+  return rt.ConnectionOf(target.ctx)
+      .Call(
+          [&](wire::Call::Builder call) {
+            auto args = call.initStreamGetAttribute();
+            SetStreamTarget(args, target);
+            args.setAttribute(attr);
+          },
+          {}, {},
+          [&](wire::Reply::Reader reply) {
+            if (!reply.isStreamAttribute()) return Status::Internal("no stream attribute in reply");
+            auto got = reply.getStreamAttribute();
+            if (attr == CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW) {
+              CUaccessPolicyWindow& window = value->accessPolicyWindow;
+              window.base_ptr = reinterpret_cast<void*>(got.getWindowBase());
+              window.num_bytes = got.getWindowBytes();
+              window.hitRatio = got.getHitRatio();
+              window.hitProp = static_cast<CUaccessProperty>(got.getHitProp());
+              window.missProp = static_cast<CUaccessProperty>(got.getMissProp());
+            } else {
+              value->syncPolicy = static_cast<CUsynchronizationPolicy>(got.getValue());
+            }
+            return Status::Ok();
+          });
 }
 
 Status CopyAttributes(CUstream dst, CUstream src, bool per_thread) {

@@ -10,9 +10,9 @@
 #include <mutex>
 #include <string>
 
+#include "client/across_servers.h"
 #include "client/entry_point.h"
 #include "client/host_callback_thread.h"
-#include "client/across_servers.h"
 #include "common/log.h"
 
 namespace {
@@ -49,13 +49,14 @@ Status SynchronizeOrQueryStream(CUstream stream, bool per_thread, bool query) {
   StreamTarget target;
   FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
   uint64_t seq = 0;
-  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(target.ctx).Call(
-      [&](wire::Call::Builder call) {
-        wire::StreamRef::Builder args =
-            query ? call.initStreamQuery() : call.initStreamSynchronize();
-        SetStreamTarget(args, target);
-      },
-      {}, {}, nullptr, &seq));
+  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(target.ctx)
+                            .Call(
+                                [&](wire::Call::Builder call) {
+                                  wire::StreamRef::Builder args =
+                                      query ? call.initStreamQuery() : call.initStreamSynchronize();
+                                  SetStreamTarget(args, target);
+                                },
+                                {}, {}, nullptr, &seq));
   if (!query) return rt.AfterSynchronize(target.ctx, seq);
   return rt.AfterQuery(ferry::client::StreamKey{target.ctx, target.stream}, seq);
 }
@@ -93,8 +94,8 @@ Status WaitForEventOfAnotherServer(const StreamTarget& target,
                                    const ferry::client::EventState& event) {
   Runtime& rt = Runtime::Get();
   if (event.recorded_seq == 0) return Status::Ok();
-  if (ferry::client::CaptureState capture; target.stream != 0 &&
-                                           rt.graphs().FindCapture(target.stream, &capture)) {
+  if (ferry::client::CaptureState capture;
+      target.stream != 0 && rt.graphs().FindCapture(target.stream, &capture)) {
     return Status::Cuda(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
                         "a capturing stream cannot wait for an event of another server");
   }
@@ -118,18 +119,21 @@ Status WaitForEventOfAnotherServer(const StreamTarget& target,
     OpenLater(std::move(m.open_hold));
     m.open_hold = nullptr;
   };
-  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(target.ctx).PostOpenableGate(
-      [&](wire::Call::Builder call) { SetStreamTarget(call.initHostGate(), target); },
-      [meeting, maybe_open](Status status, std::function<void()> open) {
-        if (!status.ok()) {
-          FERRY_LOG(kWarning) << "a stream's wait for another server's event: " << status.message();
-          return;  // no stream held
-        }
-        std::unique_lock<std::mutex> lock(meeting->mu);
-        meeting->held = true;
-        meeting->open_hold = std::move(open);
-        maybe_open(*meeting, lock);
-      }));
+  FERRY_RETURN_IF_ERROR(
+      rt.ConnectionOf(target.ctx)
+          .PostOpenableGate(
+              [&](wire::Call::Builder call) { SetStreamTarget(call.initHostGate(), target); },
+              [meeting, maybe_open](Status status, std::function<void()> open) {
+                if (!status.ok()) {
+                  FERRY_LOG(kWarning)
+                      << "a stream's wait for another server's event: " << status.message();
+                  return;  // no stream held
+                }
+                std::unique_lock<std::mutex> lock(meeting->mu);
+                meeting->held = true;
+                meeting->open_hold = std::move(open);
+                maybe_open(*meeting, lock);
+              }));
   return rt.ConnectionOf(event.ctx).PostOpenableGate(
       [&](wire::Call::Builder call) { SetStreamTarget(call.initHostGate(), recorded); },
       [meeting, maybe_open](Status status, std::function<void()> open) {
@@ -153,13 +157,14 @@ Status StreamWaitEvent(CUstream stream, CUevent event, unsigned flags, bool per_
   if (flags != CU_EVENT_WAIT_DEFAULT) return Status::InvalidArgument("unknown wait flags");
   if (!rt.SameSession(target.ctx, state.ctx)) return WaitForEventOfAnotherServer(target, state);
   uint64_t seq = 0;
-  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(target.ctx).Post(
-      [&](wire::Call::Builder call) {
-        auto args = call.initStreamWaitEvent();
-        SetStreamTarget(args, target);
-        args.setEvent(Runtime::HandleId(event));
-      },
-      {}, &seq));
+  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(target.ctx)
+                            .Post(
+                                [&](wire::Call::Builder call) {
+                                  auto args = call.initStreamWaitEvent();
+                                  SetStreamTarget(args, target);
+                                  args.setEvent(Runtime::HandleId(event));
+                                },
+                                {}, &seq));
   // stream capture: waiting on an event recorded in a capture joins it.
   if (rt.graphs().AnyCapture()) {
     ferry::client::StreamState stream_state;
@@ -170,8 +175,8 @@ Status StreamWaitEvent(CUstream stream, CUevent event, unsigned flags, bool per_
   }
   // The stream now depends on the copies the event's record depends on: a
   // query that finds it done waits for their bytes too.
-  rt.ConnectionOf(target.ctx).AddCopyDependencies(
-      ferry::client::StreamKey{target.ctx, target.stream}, seq, state.copies);
+  rt.ConnectionOf(target.ctx)
+      .AddCopyDependencies(ferry::client::StreamKey{target.ctx, target.stream}, seq, state.copies);
   return Status::Ok();
 }
 
@@ -191,13 +196,14 @@ Status RecordEvent(CUevent event, CUstream stream, unsigned flags, bool per_thre
         "cuEventRecord: the event and the stream are on devices of different servers");
   }
   uint64_t seq = 0;
-  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(target.ctx).Post(
-      [&](wire::Call::Builder call) {
-        auto args = call.initEventRecord();
-        SetStreamTarget(args, target);
-        args.setEvent(Runtime::HandleId(event));
-      },
-      {}, &seq));
+  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(target.ctx)
+                            .Post(
+                                [&](wire::Call::Builder call) {
+                                  auto args = call.initEventRecord();
+                                  SetStreamTarget(args, target);
+                                  args.setEvent(Runtime::HandleId(event));
+                                },
+                                {}, &seq));
   rt.graphs().NoteEventRecord(Runtime::HandleId(event), target.stream);
   const ferry::client::StreamKey key{target.ctx, target.stream};
   rt.streams().NoteEventRecord(Runtime::HandleId(event), key, seq,
@@ -209,12 +215,14 @@ Status RecordEvent(CUevent event, CUstream stream, unsigned flags, bool per_thre
 // the client's host-callback thread (see Connection::PostHostGate). The call
 // itself returns at once.
 Status AddHostGate(const StreamTarget& target, ferry::client::Connection::HostFunction fn) {
-  return Runtime::Get().ConnectionOf(target.ctx).PostHostGate(
-      [&](wire::Call::Builder call) {
-        auto args = call.initHostGate();
-        SetStreamTarget(args, target);
-      },
-      std::move(fn));
+  return Runtime::Get()
+      .ConnectionOf(target.ctx)
+      .PostHostGate(
+          [&](wire::Call::Builder call) {
+            auto args = call.initHostGate();
+            SetStreamTarget(args, target);
+          },
+          std::move(fn));
 }
 
 // On a capturing stream the function becomes a host node of the capture

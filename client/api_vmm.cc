@@ -26,6 +26,13 @@ namespace {
 
 using ferry::client::HandleKind;
 
+Status OneServer() {
+  if (Runtime::Get().part_count() <= 1) return Status::Ok();
+  return Status::Unimplemented(
+      "virtual memory management is not supported by ferry for a program whose devices are on "
+      "several servers");
+}
+
 // Pinned memory on one of the session's devices: what ferry can create.
 Status CheckProperties(const CUmemAllocationProp* prop) {
   if (prop == nullptr) return Status::InvalidArgument("prop is NULL");
@@ -41,18 +48,15 @@ Status CheckProperties(const CUmemAllocationProp* prop) {
   return Runtime::Get().CheckDevice(prop->location.id);
 }
 
-// A program whose devices span servers has its virtual memory served by the
-// current context's server: a reservation, its mappings and their memory
-// live there. A device of another server is refused (not silently mapped
-// elsewhere). `*ordinal` is the device's ordinal on that server.
+// Virtual memory is one address space per server, and the reservations of
+// two servers could overlap: a program whose devices span servers gets none
+// (refused here, where reservations and physical memory are made), so an
+// address never names memory of two servers. `*ordinal` is `device`'s
+// ordinal on its server.
 Status DeviceOfThisServer(int device, int* ordinal) {
   Runtime& rt = Runtime::Get();
   FERRY_RETURN_IF_ERROR(rt.CheckDevice(device));
-  if (&rt.DeviceConnection(device) != &rt.CurrentConnection()) {
-    return Status::Unimplemented("virtual memory of device " + std::to_string(device) +
-                                 " is on another server than the current context's: make a "
-                                 "context of that device current first");
-  }
+  FERRY_RETURN_IF_ERROR(OneServer());
   *ordinal = rt.ServerOrdinal(device);
   return Status::Ok();
 }
@@ -148,6 +152,7 @@ CUresult CUDAAPI cuMemAddressReserve(CUdeviceptr* ptr, size_t size, size_t align
     if (ptr == nullptr) return Status::InvalidArgument("ptr is NULL");
     Runtime& rt = Runtime::Get();
     FERRY_RETURN_IF_ERROR(rt.Ready());
+    FERRY_RETURN_IF_ERROR(OneServer());
     uint64_t address = 0;
     FERRY_RETURN_IF_ERROR(rt.CurrentConnection().Call(
         [&](wire::Call::Builder call) {

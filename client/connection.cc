@@ -101,6 +101,7 @@ Status Connection::Open(std::unique_ptr<Transport> transport, std::string server
     hello.setFollowsRedirects(redirect != nullptr);
     hello.setQueueTicket(borrow.queue_ticket);
     hello.setTicketStays(borrow.ticket_stays);
+    hello.setFollowsParts(redirect != nullptr);
     FERRY_RETURN_IF_ERROR(WriteFrame(*transport, wire::FrameKind::HELLO, hello_message));
   }
   // Interim replies (queued for a slice) come first; the last one answers.

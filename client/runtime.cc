@@ -99,9 +99,7 @@ Runtime::Runtime() : instance_(next_instance.fetch_add(1)) {}
 
 Runtime::Runtime(std::unique_ptr<Connection> connection, std::vector<DeviceInfo> devices,
                  uint64_t session_id)
-    : init_status_(Status::Ok()),
-      initialized_(true),
-      instance_(next_instance.fetch_add(1)) {
+    : init_status_(Status::Ok()), initialized_(true), instance_(next_instance.fetch_add(1)) {
   SessionPart part;
   part.connection = std::move(connection);
   part.session_id = session_id;
@@ -149,7 +147,8 @@ Connection& Runtime::ObjectConnection(uint64_t id) {
   if (IsKind(id, HandleKind::kContext)) return ConnectionOf(id);
   if (IsKind(id, HandleKind::kFunction)) return FunctionConnection(id);
   uint64_t ctx = 0;
-  if (StreamState stream; IsKind(id, HandleKind::kStream) && streams_.FindStream(id, &stream).ok()) {
+  if (StreamState stream;
+      IsKind(id, HandleKind::kStream) && streams_.FindStream(id, &stream).ok()) {
     ctx = stream.ctx;
   } else if (EventState event;
              IsKind(id, HandleKind::kEvent) && streams_.FindEvent(id, &event).ok()) {
@@ -157,9 +156,9 @@ Connection& Runtime::ObjectConnection(uint64_t id) {
   } else if (ModuleState module;
              IsKind(id, HandleKind::kModule) && modules_.FindModule(id, &module).ok()) {
     ctx = module.ctx;
-  } else if (ArrayRecord array; (IsKind(id, HandleKind::kArray) ||
-                                 IsKind(id, HandleKind::kMipmappedArray)) &&
-                                arrays_.Find(id, &array).ok()) {
+  } else if (ArrayRecord array;
+             (IsKind(id, HandleKind::kArray) || IsKind(id, HandleKind::kMipmappedArray)) &&
+             arrays_.Find(id, &array).ok()) {
     ctx = array.ctx;
   } else if (int device = 0;
              IsKind(id, HandleKind::kMemPool) && mem_pools_.Device(id, &device).ok()) {
@@ -168,6 +167,27 @@ Connection& Runtime::ObjectConnection(uint64_t id) {
     ctx = CurrentContextId();
   }
   return ConnectionOf(ctx);
+}
+
+Status Runtime::TransferStream(uint64_t ctx, StreamTarget* out) {
+  std::lock_guard<std::mutex> lock(transfer_mu_);
+  auto [it, added] = transfer_streams_.try_emplace(ctx, 0);
+  if (added) {
+    const uint64_t id = NewId(HandleKind::kStream);
+    Status created = ConnectionOf(ctx).Post([&](wire::Call::Builder call) {
+      auto args = call.initStreamCreate();
+      args.setCtx(ctx);
+      args.setStream(id);
+      args.setFlags(CU_STREAM_NON_BLOCKING);
+    });
+    if (!created.ok()) {
+      transfer_streams_.erase(it);
+      return created;
+    }
+    it->second = id;
+  }
+  *out = StreamTarget{ctx, it->second};
+  return Status::Ok();
 }
 
 bool Runtime::SameSession(uint64_t a, uint64_t b) {
@@ -289,8 +309,15 @@ Status Runtime::ConnectFromEnvironment() {
       }
       if (!redirect.parts.empty()) {
         std::string split;
+        uint64_t total = 0;
         for (const Connection::BorrowPart& p : redirect.parts) {
           split += (split.empty() ? "" : ", ") + p.address + " (" + std::to_string(p.gpus) + ")";
+          total += p.gpus;
+        }
+        if (total != attempt.gpus) {
+          return Status::Malformed("ferryd at " + server + " splits a borrow of " +
+                                   std::to_string(attempt.gpus) + " devices into parts of " +
+                                   std::to_string(total) + ": " + split);
         }
         FERRY_LOG(kInfo) << "ferryd at " << server << ": no one server has room for "
                          << attempt.gpus << " devices; the borrow spans " << split;
@@ -354,10 +381,9 @@ Status Runtime::OpenParts(const std::vector<Connection::BorrowPart>& parts,
       for (SessionPart& opened : parts_) opened.connection.reset();
       parts_.clear();
       devices_.clear();
-      return status.WithContext("borrowing part " + std::to_string(i + 1) + " of " +
-                                std::to_string(parts.size()) + " (" +
-                                std::to_string(parts[i].gpus) + " device(s) at " +
-                                parts[i].address + ")");
+      return status.WithContext(
+          "borrowing part " + std::to_string(i + 1) + " of " + std::to_string(parts.size()) + " (" +
+          std::to_string(parts[i].gpus) + " device(s) at " + parts[i].address + ")");
     }
     AddPart(std::move(part), std::move(devices));
   }
@@ -569,6 +595,10 @@ Status Runtime::DestroyContext(uint64_t ctx) {
 }
 
 void Runtime::ForgetContextResources(uint64_t ctx) {
+  {
+    std::lock_guard<std::mutex> lock(transfer_mu_);
+    transfer_streams_.erase(ctx);  // the server's goes with the context
+  }
   streams_.ForgetContext(ctx);
   modules_.ForgetContext(ctx);
   allocations_.ForgetContext(ctx);
@@ -621,12 +651,16 @@ Status Runtime::ModuleFunction(uint64_t module, const std::string& name, uint64_
 }
 
 Status Runtime::ModuleFunctionLocked(uint64_t module, const std::string& name, uint64_t* id) {
+  uint64_t ctx = 0;  // the module's context says which server makes the function
+  if (parts_.size() > 1) {
+    ModuleState state;
+    FERRY_RETURN_IF_ERROR(modules_.FindModule(module, &state));
+    ctx = state.ctx;
+  }
   bool created = false;
   FERRY_RETURN_IF_ERROR(modules_.AddFunction(module, name, id, &created));
   if (!created) return Status::Ok();
-  ModuleState state;
-  FERRY_RETURN_IF_ERROR(modules_.FindModule(module, &state));
-  Status posted = ConnectionOf(state.ctx).Post([&](wire::Call::Builder call) {
+  Status posted = ConnectionOf(ctx).Post([&](wire::Call::Builder call) {
     auto args = call.initModuleGetFunction();
     args.setModule(module);
     args.setFunction(*id);
@@ -656,33 +690,53 @@ Status Runtime::ResolveFunction(uint64_t handle, uint64_t ctx, uint64_t* id,
 }
 
 Status Runtime::AllocDevice(uint64_t ctx, uint64_t bytes, uint64_t* dptr) {
-  FERRY_RETURN_IF_ERROR(ConnectionOf(ctx).Call(
-      [&](wire::Call::Builder call) {
-        auto args = call.initMemAlloc();
-        args.setCtx(ctx);
-        args.setBytes(bytes);
-      },
-      {}, {},
-      [&](wire::Reply::Reader reply) {
-        *dptr = reply.getMemAlloc().getDptr();
-        return Status::Ok();
-      }));
-  return RecordAllocation(ctx, *dptr, bytes);
+  // An allocation that clashes with another server's memory (RecordAllocation)
+  // is kept while the server is asked again, so it hands out another range,
+  // and given back after.
+  constexpr int kAttempts = 4;
+  std::vector<uint64_t> clashing;
+  Status status;
+  for (int attempt = 0; attempt < kAttempts; ++attempt) {
+    uint64_t got = 0;
+    status = ConnectionOf(ctx).Call(
+        [&](wire::Call::Builder call) {
+          auto args = call.initMemAlloc();
+          args.setCtx(ctx);
+          args.setBytes(bytes);
+        },
+        {}, {},
+        [&](wire::Reply::Reader reply) {
+          got = reply.getMemAlloc().getDptr();
+          return Status::Ok();
+        });
+    if (!status.ok()) break;
+    status = RecordAllocation(ctx, got, bytes);
+    if (status.ok()) {
+      *dptr = got;
+      break;
+    }
+    clashing.push_back(got);
+  }
+  for (uint64_t given_back : clashing) {
+    (void)ConnectionOf(ctx).Post(
+        [&](wire::Call::Builder call) { call.initMemFree().setDptr(given_back); });
+  }
+  return status;
 }
 
-Status Runtime::RecordAllocation(uint64_t ctx, uint64_t dptr, uint64_t bytes) {
-  if (parts_.size() > 1) {
-    for (uint64_t other : allocations_.OverlappingContexts(dptr, bytes)) {
-      if (SameSession(other, ctx)) continue;
-      (void)ConnectionOf(ctx).Post(
-          [&](wire::Call::Builder call) { call.initMemFree().setDptr(dptr); });
-      return Status::Cuda(CUDA_ERROR_OUT_OF_MEMORY,
-                          "the server of this context handed out device addresses that overlap "
-                          "memory of another server's device; the allocation is given back");
-    }
+Status Runtime::RecordAllocation(uint64_t ctx, uint64_t dptr, uint64_t bytes, bool global) {
+  if (parts_.size() <= 1) {
+    allocations_.AddDevice(dptr, bytes, ctx, global);
+    return Status::Ok();
   }
-  allocations_.AddDevice(dptr, bytes, ctx);
-  return Status::Ok();
+  if (allocations_.AddDeviceUnlessOverlapping(
+          dptr, bytes, ctx, [&](uint64_t other) { return !SameSession(other, ctx); }, global)) {
+    return Status::Ok();
+  }
+  return Status::Cuda(CUDA_ERROR_OUT_OF_MEMORY,
+                      "device addresses from the server of this context overlap memory of "
+                      "another server's device (a program whose devices span servers has one "
+                      "address space)");
 }
 
 Status Runtime::ModuleGlobal(uint64_t module, const char* name, uint64_t* dptr, uint64_t* bytes) {
@@ -703,7 +757,7 @@ Status Runtime::ModuleGlobal(uint64_t module, const char* name, uint64_t* dptr, 
         return Status::Ok();
       }));
   if (size > 0 && !allocations_.FindDevice(address, nullptr, nullptr)) {
-    allocations_.AddDevice(address, size, state.ctx, /*global=*/true);
+    FERRY_RETURN_IF_ERROR(RecordAllocation(state.ctx, address, size, /*global=*/true));
   }
   *dptr = address;
   *bytes = size;

@@ -30,7 +30,8 @@
 //
 // Thread-safety: all methods are thread-safe; each registry has its own
 // lock, and Runtime never holds one while calling another, except
-// ModuleRegistry's call into ContextRegistry (see module_registry.h). The
+// ModuleRegistry's call into ContextRegistry (see module_registry.h) and
+// AllocationRegistry's (RecordAllocation, with devices on several servers). The
 // current-context stack is per thread (and per instance), as in CUDA.
 #pragma once
 
@@ -148,6 +149,11 @@ class Runtime {
   // physical allocations) by the current context. An unknown id goes to the
   // current context's part, whose server refuses it as unknown.
   Connection& ObjectConnection(uint64_t id);
+  // A non-blocking stream of ferry's own in live context `ctx`, made on its
+  // server on first use and gone with the context: where copies between
+  // servers run (client/across_servers.h), so they neither wait for nor hold
+  // up the program's streams there.
+  Status TransferStream(uint64_t ctx, StreamTarget* out);
   // Whether contexts `a` and `b` are served by the same session.
   bool SameSession(uint64_t a, uint64_t b);
   // The CUDA runtime's context-local storage (export_tables.cc). Its
@@ -197,12 +203,12 @@ class Runtime {
   // cuMemAlloc's work: `bytes` of device memory in `ctx` at *dptr, recorded
   // in allocations() (RecordAllocation).
   Status AllocDevice(uint64_t ctx, uint64_t bytes, uint64_t* dptr);
-  // Records a new allocation of `ctx` at [dptr, dptr + bytes). With devices
-  // on several servers an address names memory only while no two servers
-  // hand out overlapping ranges (each picks its own): a range overlapping
-  // live memory of another server's device is freed on its server and
-  // refused with CUDA_ERROR_OUT_OF_MEMORY, never recorded twice.
-  Status RecordAllocation(uint64_t ctx, uint64_t dptr, uint64_t bytes);
+  // Records a new allocation (or module global) of `ctx` at [dptr, dptr +
+  // bytes). With devices on several servers an address names memory only
+  // while no two servers hand out overlapping ranges (each picks its own): a
+  // range overlapping live memory of another server's device is refused with
+  // CUDA_ERROR_OUT_OF_MEMORY and not recorded (the caller gives it back).
+  Status RecordAllocation(uint64_t ctx, uint64_t dptr, uint64_t bytes, bool global = false);
 
   // --- streams ------------------------------------------------------------------
   // Maps a CUstream from the program to its wire target. `per_thread_default`
@@ -338,6 +344,8 @@ class Runtime {
   const uint64_t instance_;
   std::vector<SessionPart> parts_;   // fixed after Init
   std::vector<DeviceInfo> devices_;  // every part's, in order; fixed after Init
+  std::mutex transfer_mu_;
+  std::map<uint64_t, uint64_t> transfer_streams_ ABSL_GUARDED_BY(transfer_mu_);  // ctx -> stream
   ContextLocalStorage context_local_storage_;
 
   HandleIds ids_;

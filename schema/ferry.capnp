@@ -157,6 +157,9 @@ struct Hello {
   # (HelloReply.parts) and more parts follow: the claim checks the queue ticket but leaves it
   # (and its lease) for the next part's server; the last part's claim spends it
   ticketStays @14 :Bool;
+  # cluster pool: this client borrows the parts of a split borrow (HelloReply.parts); only
+  # then does ferryd split one (a client without it is refused, or waits, as before)
+  followsParts @15 :Bool;
 }
 
 struct Device {

@@ -1174,7 +1174,7 @@ Status Server::ClusterBorrow(pool::BorrowRequest request, wire::Hello::Reader he
         ticket.clear();  // travels with the client
         return Status::Ok();
       }
-      if (advertise.empty() && may_redirect && request.gpus > 1) {
+      if (advertise.empty() && may_redirect && hello.getFollowsParts() && request.gpus > 1) {
         std::vector<cluster::BorrowPart> parts = ClusterSplitFor(request);
         if (!parts.empty()) {
           // The parts are borrowed one after another: the ticket keeps the

@@ -310,23 +310,30 @@ TEST(AllocationRegistryTest, DeviceRangesAtTheirEdges) {
   EXPECT_TRUE(allocations.FindDevice(0x1080, nullptr, nullptr));
 }
 
-// virtual memory management: a mapping is device memory only while some
-// device may access it; mappings side by side are one span; a released
-// handle's record stays while it is mapped.
-// What a program whose devices span servers checks before it records a new
-// allocation (Runtime::RecordAllocation): which contexts' memory a range
-// overlaps, edges included.
-TEST(AllocationRegistryTest, TellsWhoseMemoryARangeOverlaps) {
+// What a program whose devices span servers records (Runtime::RecordAllocation):
+// a range overlapping memory of a context "elsewhere" is refused and changes
+// nothing; one overlapping only its own server's stale records replaces them.
+TEST(AllocationRegistryTest, RefusesARangeOverlappingAnotherServersMemory) {
   AllocationRegistry allocations;
   allocations.AddDevice(0x10000, 0x1000, /*ctx=*/1);
   allocations.AddDevice(0x20000, 0x1000, /*ctx=*/2);
-  EXPECT_TRUE(allocations.OverlappingContexts(0x11000, 0xF000).empty());  // the gap, exactly
-  EXPECT_EQ(allocations.OverlappingContexts(0x10FFF, 1), (std::vector<uint64_t>{1}));
-  EXPECT_EQ(allocations.OverlappingContexts(0x1FFFF, 2), (std::vector<uint64_t>{2}));
-  EXPECT_EQ(allocations.OverlappingContexts(0x8000, 0x20000), (std::vector<uint64_t>{1, 2}));
-  EXPECT_TRUE(allocations.OverlappingContexts(0x21000, 0x1000).empty());
+  const auto context_2_elsewhere = [](uint64_t ctx) { return ctx == 2; };
+  // Edges: touching is not overlapping.
+  EXPECT_TRUE(allocations.AddDeviceUnlessOverlapping(0x11000, 0xF000, 3, context_2_elsewhere));
+  EXPECT_FALSE(allocations.AddDeviceUnlessOverlapping(0x1FFFF, 2, 3, context_2_elsewhere));
+  DeviceAllocation found;
+  ASSERT_TRUE(allocations.FindDevice(0x20000, nullptr, &found));
+  EXPECT_EQ(found.ctx, 2u);  // unchanged
+  EXPECT_TRUE(allocations.FindDevice(0x11000, nullptr, &found));
+  EXPECT_EQ(found.ctx, 3u);
+  // Over context 1's (not elsewhere) record: replaces it.
+  EXPECT_TRUE(allocations.AddDeviceUnlessOverlapping(0x10800, 0x100, 3, context_2_elsewhere));
+  EXPECT_FALSE(allocations.FindDevice(0x10000, nullptr, nullptr));
 }
 
+// virtual memory management: a mapping is device memory only while some
+// device may access it; mappings side by side are one span; a released
+// handle's record stays while it is mapped.
 TEST(AllocationRegistryTest, MappingsWithAccessAreDeviceMemoryAndJoin) {
   AllocationRegistry allocations;
   CUmemAllocationProp prop{};

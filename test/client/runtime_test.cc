@@ -276,7 +276,8 @@ TEST_F(RuntimeTest, MaxPotentialBlockSizeTakesOneRoundTrip) {
   uint64_t before = rt->PartConnection(0).NextSeq();
   Status status = MaxPotentialBlockSize(*rt, function, smem_of, 0, 0, &min_grid, &block);
   ASSERT_TRUE(status.ok()) << status.ToString();
-  EXPECT_EQ(rt->PartConnection(0).NextSeq() - before, 2u);  // the function's maximum, then the search
+  EXPECT_EQ(rt->PartConnection(0).NextSeq() - before,
+            2u);  // the function's maximum, then the search
   ASSERT_FALSE(asked.empty());
   const int warp = rt->devices()[0].Attribute(CU_DEVICE_ATTRIBUTE_WARP_SIZE);
   for (size_t i = 1; i < asked.size(); ++i) {

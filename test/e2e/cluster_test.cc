@@ -732,6 +732,7 @@ struct RawHello {
   uint32_t gpus = 1;
   std::string ticket;
   bool ticket_stays = false;
+  bool follows_parts = true;
   uint32_t redirects = 0;
 };
 
@@ -760,6 +761,7 @@ void SendRawHello(const std::string& address, const RawHello& hello,
   out.setRedirects(hello.redirects);
   out.setQueueTicket(hello.ticket);
   out.setTicketStays(hello.ticket_stays);
+  out.setFollowsParts(hello.follows_parts);
   ASSERT_TRUE(WriteFrame(**transport, wire::FrameKind::HELLO, message).ok());
   (*transport)->SetReadDeadline(std::chrono::steady_clock::now() + kProgramTimeout);
   for (;;) {
@@ -801,6 +803,16 @@ TEST_F(ClusterTest, ABorrowNoOneServerHasRoomForIsSplitAcrossServers) {
   EXPECT_EQ(refused.status.code(), StatusCode::kOverloaded) << refused.status.message();
   EXPECT_TRUE(refused.parts.empty());
   EXPECT_EQ(QueueLength(), 0);
+  // A client that follows redirects but not parts (an older stub) is not
+  // given a split it could not read: refused as before, no queue place left.
+  RawHello older;
+  older.gpus = 2;
+  older.follows_parts = false;
+  RawReply not_split;
+  ASSERT_NO_FATAL_FAILURE(SendRawHello(b, older, &entry, &not_split));
+  EXPECT_EQ(not_split.status.code(), StatusCode::kOverloaded) << not_split.status.message();
+  EXPECT_TRUE(not_split.parts.empty());
+  EXPECT_EQ(QueueLength(), 0);
   RawReply split;
   RawHello whole;
   whole.gpus = 2;
@@ -812,8 +824,9 @@ TEST_F(ClusterTest, ABorrowNoOneServerHasRoomForIsSplitAcrossServers) {
   // Equal room (one GPU, four free slices each): by name.
   ASSERT_EQ(split.parts, (std::vector<std::pair<std::string, uint32_t>>{{a, 1}, {b, 1}}));
   ASSERT_FALSE(split.ticket.empty());
-  const std::string logged = "no one server has room for 2 devices in pool dev; split across a at " +
-                             a + " (1), b at " + b + " (1)";
+  const std::string logged =
+      "no one server has room for 2 devices in pool dev; split across a at " + a + " (1), b at " +
+      b + " (1)";
   EXPECT_NE(servers_["b"]->Stderr().find(logged), std::string::npos)
       << test::Tail(servers_["b"]->Stderr(), 4000);
   entry.reset();
@@ -857,20 +870,18 @@ TEST_F(ClusterTest, AProgramWithDevicesOfTwoServersRunsAndCopiesBetweenThem) {
   std::string error;
   std::optional<ChildProcess> span = ChildProcess::Start(
       {std::string(FERRY_E2E_PROGRAM_DIR) + "/e2e_span", FERRY_E2E_IMAGE_DIR},
-      test::ClientEnv(FERRY_E2E_CLIENT_LIB_DIR, b, {{"FERRY_GPUS", "2"}}), dir_ + "/span",
-      &error);
+      test::ClientEnv(FERRY_E2E_CLIENT_LIB_DIR, b, {{"FERRY_GPUS", "2"}}), dir_ + "/span", &error);
   ASSERT_TRUE(span.has_value()) << error;
   // Holding a slice on each server while it runs (it pauses at the event
   // check only for an instant, so this is looked at once it has ended too:
   // the claims must be gone then).
   const ExitStatus ended = span->Wait(kProgramTimeout);
   EXPECT_TRUE(ended.success()) << span->Describe();
-  for (const char* check : {"two devices, not peers of each other",
-                            "a kernel on a device of each server",
-                            "cuMemcpyPeer between servers",
-                            "cuMemcpyPeerAsync between servers, in stream order",
-                            "with unified addressing across servers",
-                            "an event of one server waited for on a stream of another"}) {
+  for (const char* check :
+       {"two devices, not peers of each other", "a kernel on a device of each server",
+        "cuMemcpyPeer between servers", "cuMemcpyPeerAsync between servers, in stream order",
+        "with unified addressing across servers",
+        "an event of one server waited for on a stream of another"}) {
     EXPECT_NE(span->Stdout().find(check), std::string::npos) << check << "\n" << span->Describe();
   }
   EXPECT_NE(span->Stderr().find("this program's devices span 2 servers: devices 0-0 at " + a +

@@ -31,8 +31,8 @@ constexpr size_t kBytes = sizeof(int) * kCount;
 void AddInt(CUfunction add_int, CUdeviceptr data, int delta, CUstream stream) {
   int n = kCount;
   void* params[] = {&data, &delta, &n};
-  E2E_CHECK_CU(cuLaunchKernel(add_int, (kCount + 255) / 256, 1, 1, 256, 1, 1, 0, stream, params,
-                              nullptr));
+  E2E_CHECK_CU(
+      cuLaunchKernel(add_int, (kCount + 255) / 256, 1, 1, 256, 1, 1, 0, stream, params, nullptr));
 }
 
 // Reads `data` (in the current context) and checks every int is `base[i] + delta`.
@@ -128,15 +128,15 @@ int main(int argc, char** argv) {
   // Unified addressing: cuMemcpy and cuMemcpyDtoD find each side's server.
   E2E_CHECK_CU(cuMemcpy(a0, b0, kBytes));  // both on device 0
   E2E_CHECK_CU(cuCtxSetCurrent(c1));
-  AddInt(add1, a1, 100, nullptr);                        // a1 = base + 111
-  E2E_CHECK_CU(cuCtxSetCurrent(c0));                     // current: device 0
-  E2E_CHECK_CU(cuMemcpy(b0, a1, kBytes));                // device 1 -> device 0
+  AddInt(add1, a1, 100, nullptr);          // a1 = base + 111
+  E2E_CHECK_CU(cuCtxSetCurrent(c0));       // current: device 0
+  E2E_CHECK_CU(cuMemcpy(b0, a1, kBytes));  // device 1 -> device 0
   ExpectInts(b0, base, 111, "device 0 after cuMemcpy from device 1");
-  E2E_CHECK_CU(cuMemcpyDtoD(a1, a0, kBytes));            // device 0 -> device 1
+  E2E_CHECK_CU(cuMemcpyDtoD(a1, a0, kBytes));  // device 0 -> device 1
   E2E_CHECK_CU(cuCtxSetCurrent(c1));
   ExpectInts(a1, base, 11, "device 1 after cuMemcpyDtoD from device 0");
   // Host to device and back with the other server's context current.
-  E2E_CHECK_CU(cuMemcpyHtoD(a0, base.data(), kBytes));   // a0 lives on device 0
+  E2E_CHECK_CU(cuMemcpyHtoD(a0, base.data(), kBytes));  // a0 lives on device 0
   E2E_CHECK_CU(cuCtxSetCurrent(c0));
   ExpectInts(a0, base, 0, "device 0 written while device 1's context was current");
   Ok("cuMemcpy / cuMemcpyDtoD / cuMemcpyHtoD with unified addressing across servers");
