@@ -209,6 +209,27 @@ Status Runtime::Connect(std::unique_ptr<Transport> transport, const std::string&
   return Status::Ok();
 }
 
+Status Runtime::ConnectParts(std::vector<std::unique_ptr<Transport>> transports,
+                             const std::vector<std::string>& servers,
+                             const Connection::Borrow& borrow, std::unique_ptr<Runtime>* out) {
+  if (transports.empty() || transports.size() != servers.size()) {
+    return Status::InvalidArgument("one server name per transport, at least one");
+  }
+  std::unique_ptr<Runtime> runtime(new Runtime);
+  for (size_t i = 0; i < transports.size(); ++i) {
+    SessionPart part;
+    std::vector<DeviceInfo> devices;
+    part.server = servers[i];
+    FERRY_RETURN_IF_ERROR(OpenSession(std::move(transports[i]), servers[i], borrow, {},
+                                      &part.connection, &devices, &part.session_id));
+    runtime->AddPart(std::move(part), std::move(devices));
+  }
+  runtime->init_status_ = Status::Ok();
+  runtime->initialized_.store(true, std::memory_order_release);
+  *out = std::move(runtime);
+  return Status::Ok();
+}
+
 Runtime::ThreadState& Runtime::ThisThread() {
   // One lookup per call: the last instance used on this thread is kept at
   // hand (a process has one, unless it is a test). Map nodes do not move.

@@ -99,6 +99,13 @@ class Runtime {
   Runtime(const Runtime&) = delete;
   Runtime& operator=(const Runtime&) = delete;
 
+  // A Runtime on several sessions that are open already, one per server, in
+  // device order: what a borrow split across servers gives (below, "the
+  // sessions behind the devices"). Each `server` names its transport.
+  static Status ConnectParts(std::vector<std::unique_ptr<Transport>> transports,
+                             const std::vector<std::string>& servers,
+                             const Connection::Borrow& borrow, std::unique_ptr<Runtime>* out);
+
   // Says Hello over `transport` (to a server called `server_name` in
   // messages), borrowing as `borrow` says, and builds a Runtime on the
   // session: what the global's cuInit does after reading the environment.

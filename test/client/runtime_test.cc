@@ -4,7 +4,9 @@
 // handshake, contexts are created on the server on first use, destroying a
 // context frees what it owned on both sides, a library gets one module per
 // context on first use, bad handles are refused without a round trip, and
-// two instances share neither handles nor per-thread state. What the server
+// two instances share neither handles nor per-thread state; and one Runtime
+// on two servers (a split borrow) sends each device's objects to its own
+// server with that server's device ordinal. What the server
 // holds is read from its session listing after a call that waits (the
 // server runs a session's calls in order). Every wait is bounded.
 #include "client/runtime.h"
@@ -81,6 +83,102 @@ class RuntimeTest : public ::testing::Test {
   std::unique_ptr<server::Server> server_;
   std::string address_;
 };
+
+// One Runtime on two in-process servers of one device each, as a borrow split
+// across a cluster's servers gives it: device 1 is the second server's device
+// 0, and everything of its contexts goes there, with that ordinal.
+class SplitRuntimeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    for (int i = 0; i < 2; ++i) {
+      backend::HostBackendOptions options;
+      options.device_count = 1;
+      options.device_memory = 64 << 20;
+      ASSERT_TRUE(backend::CreateHostBackend(options, &backends_[i]).ok());
+      servers_[i] = std::make_unique<server::Server>(*backends_[i]);
+      ASSERT_TRUE(servers_[i]->Listen("127.0.0.1:0").ok());
+      servers_[i]->Start();
+      addresses_[i] = servers_[i]->BoundAddresses().at(0);
+    }
+    std::vector<std::unique_ptr<Transport>> transports(2);
+    for (int i = 0; i < 2; ++i) {
+      ASSERT_TRUE(ConnectTcp(addresses_[i], 5000ms, &transports[i]).ok());
+    }
+    Status status = Runtime::ConnectParts(std::move(transports), {addresses_[0], addresses_[1]},
+                                          Connection::Borrow{}, &rt_);
+    ASSERT_TRUE(status.ok()) << status.ToString();
+  }
+  void TearDown() override {
+    rt_.reset();
+    for (auto& server : servers_) server->Stop();
+  }
+
+  // Server `i`'s view of its session of the Runtime, after a call that waits
+  // there.
+  server::SessionInfo Info(int i) {
+    Status barrier = rt_->PartConnection(i).Call([](wire::Call::Builder call) { call.setPing(); });
+    EXPECT_TRUE(barrier.ok()) << barrier.ToString();
+    std::vector<server::SessionInfo> sessions = servers_[i]->Sessions();
+    EXPECT_EQ(sessions.size(), 1u);
+    return sessions.empty() ? server::SessionInfo{} : sessions[0];
+  }
+
+  std::unique_ptr<backend::GpuBackend> backends_[2];
+  std::unique_ptr<server::Server> servers_[2];
+  std::string addresses_[2];
+  std::unique_ptr<Runtime> rt_;
+};
+
+TEST_F(SplitRuntimeTest, EachDevicesObjectsGoToItsOwnServer) {
+  ASSERT_EQ(rt_->devices().size(), 2u);
+  ASSERT_EQ(rt_->part_count(), 2u);
+  EXPECT_EQ(rt_->PartOfDevice(0), 0u);
+  EXPECT_EQ(rt_->PartOfDevice(1), 1u);
+  EXPECT_EQ(rt_->ServerOrdinal(1), 0);
+  EXPECT_EQ(&rt_->DeviceConnection(1), &rt_->PartConnection(1));
+
+  // A context of device 1: created on the second server as its device 0
+  // (the first server never hears of it), its memory there too.
+  uint64_t ctx1 = 0;
+  ASSERT_TRUE(rt_->CreateContext(1, 0, &ctx1).ok());
+  EXPECT_EQ(&rt_->ConnectionOf(ctx1), &rt_->PartConnection(1));
+  uint64_t dptr = 0;
+  ASSERT_TRUE(rt_->AllocDevice(ctx1, 4096, &dptr).ok());
+  EXPECT_EQ(Info(1).contexts, 1u);
+  EXPECT_EQ(Info(1).bytes_allocated, 4096u);
+  EXPECT_EQ(Info(0).contexts, 0u);
+  EXPECT_EQ(Info(0).bytes_allocated, 0u);
+  uint64_t ctx0 = 0;
+  ASSERT_TRUE(rt_->CreateContext(0, 0, &ctx0).ok());
+  EXPECT_EQ(&rt_->ConnectionOf(ctx0), &rt_->PartConnection(0));
+  EXPECT_FALSE(rt_->SameSession(ctx0, ctx1));
+  EXPECT_TRUE(rt_->SameSession(ctx1, ctx1));
+
+  // A library belongs to no context: both servers load it, and its kernel
+  // gets a function in each context, on that context's server.
+  uint64_t library = 0;
+  const std::vector<uint8_t> image = test::TinyLibraryImage();
+  ASSERT_TRUE(rt_->LoadLibrary(image, &library).ok());
+  uint64_t module0 = 0, module1 = 0;
+  ASSERT_TRUE(rt_->LibraryModule(library, ctx0, &module0).ok());
+  ASSERT_TRUE(rt_->LibraryModule(library, ctx1, &module1).ok());
+  uint64_t function1 = 0;
+  ASSERT_TRUE(rt_->ModuleFunction(module1, "k", &function1).ok());
+  EXPECT_EQ(&rt_->FunctionConnection(function1), &rt_->PartConnection(1));
+  EXPECT_EQ(&rt_->ObjectConnection(module0), &rt_->PartConnection(0));
+  // Each server ran what was sent to it without an error (a call that waits
+  // reports a latched one).
+  EXPECT_TRUE(rt_->PartConnection(0).Call([](wire::Call::Builder c) { c.setPing(); }).ok());
+  EXPECT_TRUE(rt_->PartConnection(1).Call([](wire::Call::Builder c) { c.setPing(); }).ok());
+  EXPECT_GT(Info(0).module_image_bytes_received, 0u);
+  EXPECT_GT(Info(1).module_image_bytes_received, 0u);
+  EXPECT_EQ(Info(0).modules, 1u);
+  EXPECT_EQ(Info(1).modules, 1u);
+
+  // Destroying device 1's context frees its memory on its server.
+  ASSERT_TRUE(rt_->DestroyContext(ctx1).ok());
+  EXPECT_TRUE(test::WaitFor([&] { return Info(1).bytes_allocated == 0; }, 10s, 10ms));
+}
 
 TEST_F(RuntimeTest, DevicesComeFromTheHandshake) {
   std::unique_ptr<Runtime> rt = Connect();
