@@ -445,6 +445,9 @@ void Session::EndServing(const Status& why) {
   }
   // Nobody will open these now; the streams they hold must drain.
   for (auto& [key, gate] : gates) gate->Open();
+  // A launch throttled behind one of them stops waiting: nothing more is
+  // dispatched for a client that is gone.
+  shares_.Interrupt();
   // Ends a read the other thread may be blocked in.
   transport_->Shutdown();
 }
