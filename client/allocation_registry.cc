@@ -31,16 +31,16 @@ bool AllocationRegistry::AddDeviceUnlessOverlapping(
     uint64_t dptr, uint64_t size, uint64_t ctx,
     const std::function<bool(uint64_t other_ctx)>& elsewhere, bool global) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (size == 0) return true;  // nothing is recorded, as AddDevice
+  DeviceAllocation allocation{size, ctx, global};
+  if (device_.Insert(dptr, size, allocation)) return true;  // overlaps nothing
   bool clash = false;
-  device_.ForEach([&](uint64_t base, uint64_t s, const DeviceAllocation& allocation) {
-    if (base < dptr + size && dptr < base + s && elsewhere(allocation.ctx)) clash = true;
+  device_.ForEach([&](uint64_t base, uint64_t s, const DeviceAllocation& other) {
+    if (base < dptr + size && dptr < base + s && elsewhere(other.ctx)) clash = true;
   });
   if (clash) return false;
-  DeviceAllocation allocation{size, ctx, global};
-  if (!device_.Insert(dptr, size, allocation)) {
-    EraseOverlapping(&device_, dptr, size);
-    device_.Insert(dptr, size, allocation);
-  }
+  EraseOverlapping(&device_, dptr, size);
+  device_.Insert(dptr, size, allocation);
   return true;
 }
 

@@ -77,8 +77,10 @@ Status SynchronizeOrQueryStream(CUstream stream, bool per_thread, bool query) {
 // (say, by launch throttling behind their own hold) still let each other's
 // streams go. An event never recorded is complete, as in CUDA; a capturing
 // stream cannot wait across servers (the graph would live on one server). If
-// the probe fails (its server lost, its stream gone), the hold opens anyway
-// with a log line; the lost server fails the program's next call.
+// the probe ends otherwise (refused, never sent, its server lost or its
+// session revoked), the hold opens anyway with a log line; a lost server
+// fails the program's next call. OpenLater's thread outlives every Runtime:
+// only the process's global one (never destroyed) makes these waits.
 // Runs a gate's `open` on a thread of ferry's own: the handlers that decide
 // to open run on a connection's reader thread, which must not write (a
 // write can wait for the server, which may wait for this reader).
@@ -101,9 +103,15 @@ Status WaitForEventOfAnotherServer(const StreamTarget& target,
   }
   const StreamTarget recorded{event.recorded_on.ctx, event.recorded_on.stream};
   if (recorded.stream != 0 && !rt.streams().HasStream(recorded.stream)) {
-    // The stream of its record is gone: nothing to probe behind; the caller
-    // waits for its context's work instead (rare, and never looser).
-    return ferry::client::SynchronizeTarget(StreamTarget{event.ctx, 0});
+    // The stream of its record is gone: nothing to probe behind. The caller
+    // waits for all of the record's context's work instead (rare; this one
+    // case blocks, and is never looser).
+    uint64_t seq = 0;
+    FERRY_RETURN_IF_ERROR(
+        rt.ConnectionOf(recorded.ctx)
+            .Call([&](wire::Call::Builder call) { call.initCtxSynchronize().setCtx(recorded.ctx); },
+                  {}, {}, nullptr, &seq));
+    return rt.AfterSynchronize(recorded.ctx, seq);
   }
   // Both gates' handlers meet here, on the two connections' reader threads.
   struct Meeting {
@@ -113,28 +121,14 @@ Status WaitForEventOfAnotherServer(const StreamTarget& target,
     std::function<void()> open_hold;
   };
   auto meeting = std::make_shared<Meeting>();
-  // Opens the hold once both were reached (or the probe failed).
+  // Opens the hold once both were reached (or the probe ended otherwise).
   auto maybe_open = [](Meeting& m, std::unique_lock<std::mutex>&) {
     if (!m.probed || !m.held || !m.open_hold) return;
     OpenLater(std::move(m.open_hold));
     m.open_hold = nullptr;
   };
-  FERRY_RETURN_IF_ERROR(
-      rt.ConnectionOf(target.ctx)
-          .PostOpenableGate(
-              [&](wire::Call::Builder call) { SetStreamTarget(call.initHostGate(), target); },
-              [meeting, maybe_open](Status status, std::function<void()> open) {
-                if (!status.ok()) {
-                  FERRY_LOG(kWarning)
-                      << "a stream's wait for another server's event: " << status.message();
-                  return;  // no stream held
-                }
-                std::unique_lock<std::mutex> lock(meeting->mu);
-                meeting->held = true;
-                meeting->open_hold = std::move(open);
-                maybe_open(*meeting, lock);
-              }));
-  return rt.ConnectionOf(event.ctx).PostOpenableGate(
+  // The probe first: if it cannot be sent, no hold is left behind.
+  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(event.ctx).PostOpenableGate(
       [&](wire::Call::Builder call) { SetStreamTarget(call.initHostGate(), recorded); },
       [meeting, maybe_open](Status status, std::function<void()> open) {
         if (open) OpenLater(std::move(open));  // the probe only marks the spot
@@ -145,7 +139,21 @@ Status WaitForEventOfAnotherServer(const StreamTarget& target,
         std::unique_lock<std::mutex> lock(meeting->mu);
         meeting->probed = true;
         maybe_open(*meeting, lock);
-      });
+      }));
+  return rt.ConnectionOf(target.ctx)
+      .PostOpenableGate(
+          [&](wire::Call::Builder call) { SetStreamTarget(call.initHostGate(), target); },
+          [meeting, maybe_open](Status status, std::function<void()> open) {
+            if (!status.ok()) {
+              FERRY_LOG(kWarning) << "a stream's wait for another server's event: "
+                                  << status.message();
+              return;  // no stream held
+            }
+            std::unique_lock<std::mutex> lock(meeting->mu);
+            meeting->held = true;
+            meeting->open_hold = std::move(open);
+            maybe_open(*meeting, lock);
+          });
 }
 
 Status StreamWaitEvent(CUstream stream, CUevent event, unsigned flags, bool per_thread) {

@@ -415,8 +415,17 @@ Status Connection::PostHostGate(const Fill& fill, HostFunction fn) {
 
 Status Connection::PostOpenableGate(const Fill& fill, GateReached reached) {
   if (!reached) return Status::InvalidArgument("null gate handler");
-  return Send(fill, {}, /*wants_reply=*/false, nullptr, nullptr, nullptr,
-              PendingGates{nullptr, 1, std::move(reached)});
+  // Called once whichever way the gate ends: reached, refused by the
+  // server, lost with the connection (Fail, Revoke) or never sent (below).
+  auto called = std::make_shared<std::atomic<bool>>(false);
+  GateReached once = [called, reached = std::move(reached)](Status status,
+                                                            std::function<void()> open) {
+    if (!called->exchange(true)) reached(std::move(status), std::move(open));
+  };
+  Status sent = Send(fill, {}, /*wants_reply=*/false, nullptr, nullptr, nullptr,
+                     PendingGates{nullptr, 1, once});
+  if (!sent.ok()) once(sent, {});
+  return sent;
 }
 
 void Connection::RegisterHostFunction(uint64_t id, HostFunction fn) {
@@ -755,6 +764,8 @@ Status Connection::ReadOneReply() {
 }
 
 void Connection::Revoke(const Status& notice) {
+  std::vector<GateReached> revoked_gates;
+  Status revoked;
   {
     std::lock_guard<std::mutex> lock(reply_mutex_);
     if (!broken_.ok() || !revoked_.ok()) return;
@@ -764,7 +775,19 @@ void Connection::Revoke(const Status& notice) {
     broken_flag_.store(true, std::memory_order_release);
     FERRY_LOG(kError) << "ferryd at " << server_name_ << ": " << revoked_.message()
                       << "; from now on every CUDA call fails with CUDA_ERROR_DEVICE_UNAVAILABLE";
+    // The server answers no call that wants no reply from now on: gates
+    // ferry opens itself are told here (the server opened its side).
+    for (auto it = gates_.begin(); it != gates_.end();) {
+      if (it->second.reached) {
+        revoked_gates.push_back(std::move(it->second.reached));
+        it = gates_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    revoked = revoked_;
   }
+  for (GateReached& reached : revoked_gates) reached(revoked, {});
   // Calls in flight still get their answers from the server (the same error).
   reply_cv_.notify_all();
 }

@@ -222,14 +222,17 @@ class Connection {
   // gate (a bad stream), `fn` never runs and the error is reported by the
   // next call that waits, like any asynchronous error.
   Status PostHostGate(const Fill& fill, HostFunction fn);
-  // A hostGate that ferry opens itself, with no program function. When the
-  // server holds the stream there, `reached(OK, open)` is called on the
-  // connection's reader thread — it must not block — and `open()` lets the
-  // stream go (call it once, from any thread, at any later time). A gate the
-  // server refused, or one the connection lost, calls `reached(error, {})`
-  // once instead (no stream is held then). Neither the reader nor the server
-  // executes anything for it: reaching and opening a gate bypass the
-  // session's executor, so a wait built on gates cannot queue behind calls.
+  // A hostGate that ferry opens itself, with no program function. `reached`
+  // is called exactly once: `reached(OK, open)` when the server holds the
+  // stream there — `open()` lets it go (call it once, from any thread, at
+  // any later time) — or `reached(error, {})` when the gate was refused by
+  // the server, never sent, or lost with the connection (broken or revoked:
+  // no stream is held then). It runs on whichever thread learns it: the
+  // reader, a thread inside Fail or Revoke (possibly holding this
+  // connection's send lock), or the caller of PostOpenableGate; so it must
+  // neither block nor call into this connection. Reaching and opening a gate
+  // bypass the session's executor, so a wait built on gates cannot queue
+  // behind the session's calls.
   using GateReached = std::function<void(Status status, std::function<void()> open)>;
   Status PostOpenableGate(const Fill& fill, GateReached reached);
   // graph host nodes: `fn` may be run any number of times from now on, once

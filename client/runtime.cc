@@ -171,6 +171,11 @@ Connection& Runtime::ObjectConnection(uint64_t id) {
 
 Status Runtime::TransferStream(uint64_t ctx, StreamTarget* out) {
   std::lock_guard<std::mutex> lock(transfer_mu_);
+  // Checked under the lock: a context is marked not live (or removed) before
+  // ForgetContextResources drops its stream here, so none is left behind.
+  if (!contexts_.IsLive(ctx)) {
+    return Status::Cuda(CUDA_ERROR_INVALID_CONTEXT, "not a live context of this process");
+  }
   auto [it, added] = transfer_streams_.try_emplace(ctx, 0);
   if (added) {
     const uint64_t id = NewId(HandleKind::kStream);

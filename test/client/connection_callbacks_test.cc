@@ -4,7 +4,9 @@
 // in order, and its gate opens after it returns; calls that wait are refused
 // inside it; a refused gate never runs its function; a lost connection runs
 // the functions still pending with the loss; a graph launch runs the
-// registered function of each host node. Also: waiting for one stream's
+// registered function of each host node; a gate ferry opens itself
+// (PostOpenableGate) holds its stream until opened and is told, once, when
+// it is refused or its session preempted. Also: waiting for one stream's
 // asynchronous copies does not wait for another's, but does wait for the
 // copies it depends on through event waits. Every wait is bounded.
 #include "client/connection.h"
@@ -227,6 +229,117 @@ TEST_F(HostCallbackConnectionTest, LostConnectionRunsPendingFunctionsWithTheLoss
   EXPECT_EQ(second.status.code(), StatusCode::kDisconnected) << second.status.ToString();
   EXPECT_TRUE(second.stream_failed);
   EXPECT_EQ(Ping().code(), StatusCode::kDisconnected);
+}
+
+// What an openable gate's handler saw (PostOpenableGate): how often it ran,
+// with what, and how to open the gate.
+struct Reached {
+  std::mutex mu;
+  std::condition_variable cv;
+  int calls = 0;
+  Status status;
+  std::function<void()> open;
+
+  Connection::GateReached Handler() {
+    return [this](Status s, std::function<void()> o) {
+      std::lock_guard<std::mutex> lock(mu);
+      ++calls;
+      status = std::move(s);
+      open = std::move(o);
+      cv.notify_all();
+    };
+  }
+  bool Wait() {
+    std::unique_lock<std::mutex> lock(mu);
+    return cv.wait_for(lock, kTimeout, [&] { return calls > 0; });
+  }
+};
+
+// A gate ferry opens itself: reached once, with a way to open it; the stream
+// stays held until it is opened, and goes on after.
+TEST_F(HostCallbackConnectionTest, AnOpenableGateHoldsItsStreamUntilOpened) {
+  Reached gate;
+  ASSERT_TRUE(connection_
+                  ->PostOpenableGate(
+                      [](wire::Call::Builder c) {
+                        auto a = c.initHostGate();
+                        a.setCtx(kCtx);
+                        a.setStream(kStream);
+                      },
+                      gate.Handler())
+                  .ok());
+  ASSERT_TRUE(gate.Wait());
+  std::function<void()> open;
+  {
+    std::lock_guard<std::mutex> lock(gate.mu);
+    EXPECT_TRUE(gate.status.ok()) << gate.status.ToString();
+    ASSERT_TRUE(gate.open);
+    open = gate.open;
+  }
+  const Status held = connection_->Call([](wire::Call::Builder c) {
+    auto a = c.initStreamQuery();
+    a.setCtx(kCtx);
+    a.setStream(kStream);
+  });
+  EXPECT_EQ(held.cuda_result(), CUDA_ERROR_NOT_READY) << held.ToString();
+  open();
+  EXPECT_TRUE(Sync(kStream).ok());
+  std::lock_guard<std::mutex> lock(gate.mu);
+  EXPECT_EQ(gate.calls, 1);
+}
+
+// Refused by the server (no such stream): told once, with the error and no
+// way to open (nothing is held).
+TEST_F(HostCallbackConnectionTest, ARefusedOpenableGateIsToldSo) {
+  Reached gate;
+  ASSERT_TRUE(connection_
+                  ->PostOpenableGate(
+                      [](wire::Call::Builder c) {
+                        auto a = c.initHostGate();
+                        a.setCtx(kCtx);
+                        a.setStream(999);
+                      },
+                      gate.Handler())
+                  .ok());
+  ASSERT_TRUE(gate.Wait());
+  std::lock_guard<std::mutex> lock(gate.mu);
+  EXPECT_EQ(gate.calls, 1);
+  EXPECT_FALSE(gate.status.ok());
+  EXPECT_FALSE(gate.open);
+}
+
+// A session whose devices are taken away (preempted) opens its gates and
+// answers no more calls that want no reply: an openable gate pending then is
+// told exactly once — reached (its stream already let go by the server; an
+// open is harmless) or, when the notice comes first, with the revocation —
+// so nothing waits for it forever.
+TEST_F(HostCallbackConnectionTest, AnOpenableGatePendingWhenTheSessionIsPreemptedIsToldOnce) {
+  std::promise<void> release;
+  HoldStream(kStream, release.get_future().share());
+  Reached gate;
+  ASSERT_TRUE(connection_
+                  ->PostOpenableGate(
+                      [](wire::Call::Builder c) {
+                        auto a = c.initHostGate();
+                        a.setCtx(kCtx);
+                        a.setStream(kStream);
+                      },
+                      gate.Handler())
+                  .ok());
+  ASSERT_TRUE(Ping().ok());  // the gate is registered on the server, behind the hold
+  loop_.session().Preempt("a test takes the devices");
+  ASSERT_TRUE(gate.Wait());
+  release.set_value();
+  EXPECT_EQ(Ping().cuda_result(), CUDA_ERROR_DEVICE_UNAVAILABLE);  // the notice has come
+  std::lock_guard<std::mutex> lock(gate.mu);
+  EXPECT_EQ(gate.calls, 1);
+  if (gate.status.ok()) {
+    ASSERT_TRUE(gate.open);
+    gate.open();
+  } else {
+    EXPECT_EQ(gate.status.cuda_result(), CUDA_ERROR_DEVICE_UNAVAILABLE) << gate.status.ToString();
+    EXPECT_FALSE(gate.open);
+  }
 }
 
 // An asynchronous copy on one stream lands without waiting for a copy on
