@@ -63,6 +63,15 @@ class HostCallbackConnectionTest : public ::testing::Test {
         },
         std::move(fn));
   }
+  Status PostOpenableGate(uint64_t stream, Connection::GateReached reached) {
+    return connection_->PostOpenableGate(
+        [stream](wire::Call::Builder c) {
+          auto a = c.initHostGate();
+          a.setCtx(kCtx);
+          a.setStream(stream);
+        },
+        std::move(reached));
+  }
   Status Sync(uint64_t stream) {
     return connection_->Call([stream](wire::Call::Builder c) {
       auto a = c.initStreamSynchronize();
@@ -259,15 +268,7 @@ struct Reached {
 // stays held until it is opened, and goes on after.
 TEST_F(HostCallbackConnectionTest, AnOpenableGateHoldsItsStreamUntilOpened) {
   Reached gate;
-  ASSERT_TRUE(connection_
-                  ->PostOpenableGate(
-                      [](wire::Call::Builder c) {
-                        auto a = c.initHostGate();
-                        a.setCtx(kCtx);
-                        a.setStream(kStream);
-                      },
-                      gate.Handler())
-                  .ok());
+  ASSERT_TRUE(PostOpenableGate(kStream, gate.Handler()).ok());
   ASSERT_TRUE(gate.Wait());
   std::function<void()> open;
   {
@@ -292,15 +293,7 @@ TEST_F(HostCallbackConnectionTest, AnOpenableGateHoldsItsStreamUntilOpened) {
 // way to open (nothing is held).
 TEST_F(HostCallbackConnectionTest, ARefusedOpenableGateIsToldSo) {
   Reached gate;
-  ASSERT_TRUE(connection_
-                  ->PostOpenableGate(
-                      [](wire::Call::Builder c) {
-                        auto a = c.initHostGate();
-                        a.setCtx(kCtx);
-                        a.setStream(999);
-                      },
-                      gate.Handler())
-                  .ok());
+  ASSERT_TRUE(PostOpenableGate(999, gate.Handler()).ok());
   ASSERT_TRUE(gate.Wait());
   std::lock_guard<std::mutex> lock(gate.mu);
   EXPECT_EQ(gate.calls, 1);
@@ -317,15 +310,7 @@ TEST_F(HostCallbackConnectionTest, AnOpenableGatePendingWhenTheSessionIsPreempte
   std::promise<void> release;
   HoldStream(kStream, release.get_future().share());
   Reached gate;
-  ASSERT_TRUE(connection_
-                  ->PostOpenableGate(
-                      [](wire::Call::Builder c) {
-                        auto a = c.initHostGate();
-                        a.setCtx(kCtx);
-                        a.setStream(kStream);
-                      },
-                      gate.Handler())
-                  .ok());
+  ASSERT_TRUE(PostOpenableGate(kStream, gate.Handler()).ok());
   ASSERT_TRUE(Ping().ok());  // the gate is registered on the server, behind the hold
   loop_.session().Preempt("a test takes the devices");
   ASSERT_TRUE(gate.Wait());
