@@ -114,6 +114,28 @@ int main(int argc, char** argv) {
   ExpectInts(a1, base, 1, "device 1 after cuMemcpyPeer");
   Ok("cuMemcpyPeer between servers");
 
+  // Larger than one piece of the client's staging (8 MiB), with a tail that
+  // is not a whole piece: every byte arrives, in place.
+  {
+    constexpr size_t kLarge = (12u << 20) + 4096 + 3;
+    const std::vector<uint8_t> pattern = e2e::Pattern(kLarge, 11);
+    CUdeviceptr large0 = 0, large1 = 0;
+    E2E_CHECK_CU(cuCtxSetCurrent(c0));
+    E2E_CHECK_CU(cuMemAlloc(&large0, kLarge));
+    E2E_CHECK_CU(cuMemcpyHtoD(large0, pattern.data(), kLarge));
+    E2E_CHECK_CU(cuCtxSetCurrent(c1));
+    E2E_CHECK_CU(cuMemAlloc(&large1, kLarge));
+    E2E_CHECK_CU(cuMemcpyPeer(large1, c1, large0, c0, kLarge));
+    std::vector<uint8_t> back(kLarge, 0);
+    E2E_CHECK_CU(cuMemcpyDtoH(back.data(), large1, kLarge));
+    E2E_CHECK_BYTES(back.data(), pattern.data(), kLarge, "12 MiB copied between servers");
+    E2E_CHECK_CU(cuMemFree(large1));
+    E2E_CHECK_CU(cuCtxSetCurrent(c0));
+    E2E_CHECK_CU(cuMemFree(large0));
+    E2E_CHECK_CU(cuCtxSetCurrent(c1));  // as before this check
+  }
+  Ok("a copy of several pieces between servers");
+
   // cuMemcpyPeerAsync on a stream of device 1, after a kernel queued there:
   // the copy must see the kernel's result.
   CUstream s1 = nullptr;
