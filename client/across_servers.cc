@@ -1,7 +1,6 @@
 #include "client/across_servers.h"
 
 #include <algorithm>
-#include <future>
 #include <memory>
 #include <vector>
 
@@ -56,26 +55,11 @@ Status CopyBetweenServers(uint64_t dst_ctx, uint64_t dst, uint64_t src_ctx, uint
   FERRY_RETURN_IF_ERROR(StreamThere(target, src_ctx, &from));
   FERRY_RETURN_IF_ERROR(StreamThere(target, dst_ctx, &to));
   FERRY_RETURN_IF_ERROR(SynchronizeTarget(target));
-  // Two pieces in flight: while one is written to the destination's server
-  // (a thread of its own), the next is read from the source's. Not
-  // zero-filled: every byte is written by the copy before it is read.
-  const size_t staging_bytes = std::min(bytes, kPiece);
-  std::unique_ptr<char[]> staging[2] = {std::unique_ptr<char[]>(new char[staging_bytes]),
-                                        std::unique_ptr<char[]>(new char[staging_bytes])};
-  std::future<Status> writing;  // the previous piece's write; declared after the buffers it reads
-  auto write = [&rt, dst_ctx, dst, to](const char* from_buffer, size_t at, size_t piece) {
-    return rt.ConnectionOf(dst_ctx).Post(
-        [&](wire::Call::Builder call) {
-          auto args = call.initMemcpyHtoD();
-          SetTarget(args, to);
-          args.setDst(dst + at);
-          args.setBytes(piece);
-        },
-        OutBytes{from_buffer, piece});
-  };
-  for (size_t done = 0, index = 0; done < bytes; ++index) {
+  // Not zero-filled: every byte is written by the copy before it is read.
+  std::unique_ptr<char[]> staging_memory(new char[std::min(bytes, kPiece)]);
+  char* staging = staging_memory.get();
+  for (size_t done = 0; done < bytes;) {
     const size_t piece = std::min(kPiece, bytes - done);
-    char* buffer = staging[index % 2].get();
     FERRY_RETURN_IF_ERROR(rt.ConnectionOf(src_ctx).Call(
         [&](wire::Call::Builder call) {
           auto args = call.initMemcpyDtoH();
@@ -83,13 +67,17 @@ Status CopyBetweenServers(uint64_t dst_ctx, uint64_t dst, uint64_t src_ctx, uint
           args.setSrc(src + done);
           args.setBytes(piece);
         },
-        {}, InBytes{buffer, piece}));
-    // The buffer read next is the one this write waits on: one write at a time.
-    if (writing.valid()) FERRY_RETURN_IF_ERROR(writing.get());
-    writing = std::async(std::launch::async, write, buffer, done, piece);
+        {}, InBytes{staging, piece}));
+    FERRY_RETURN_IF_ERROR(rt.ConnectionOf(dst_ctx).Post(
+        [&](wire::Call::Builder call) {
+          auto args = call.initMemcpyHtoD();
+          SetTarget(args, to);
+          args.setDst(dst + done);
+          args.setBytes(piece);
+        },
+        OutBytes{staging, piece}));
     done += piece;
   }
-  if (writing.valid()) FERRY_RETURN_IF_ERROR(writing.get());
   // Done when this returns, as the callers promise.
   return SynchronizeTarget(to);
 }

@@ -32,9 +32,8 @@ uint64_t OwnerContext(uint64_t p, uint64_t fallback);
 Status SynchronizeTarget(const StreamTarget& target);
 
 // Device to device between two servers' devices (contexts `dst_ctx`,
-// `src_ctx`), asked on `target`: through this host, 8 MiB at a time (the
-// next piece read while the previous one is written, on a thread of its
-// own), after `target`'s earlier work; done when it returns.
+// `src_ctx`), asked on `target`: through this host, 8 MiB at a time, after
+// `target`'s earlier work; done when it returns.
 Status CopyBetweenServers(uint64_t dst_ctx, uint64_t dst, uint64_t src_ctx, uint64_t src,
                           size_t bytes, const StreamTarget& target);
 
