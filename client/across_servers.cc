@@ -2,22 +2,10 @@
 
 #include <algorithm>
 #include <memory>
-#include <vector>
 
 #include "client/allocation_registry.h"
 
 namespace ferry::client {
-
-namespace {
-
-// Orders a call on `target`'s stream (as entry_point.h's SetStreamTarget).
-template <typename Builder>
-void SetTarget(Builder args, const StreamTarget& target) {
-  args.setCtx(target.ctx);
-  args.setStream(target.stream);
-}
-
-}  // namespace
 
 uint64_t OwnerContext(uint64_t p, uint64_t fallback) {
   Runtime& rt = Runtime::Get();
@@ -27,16 +15,6 @@ uint64_t OwnerContext(uint64_t p, uint64_t fallback) {
     return allocation.ctx;
   }
   return fallback;
-}
-
-Status SynchronizeTarget(const StreamTarget& target) {
-  Runtime& rt = Runtime::Get();
-  uint64_t seq = 0;
-  FERRY_RETURN_IF_ERROR(
-      rt.ConnectionOf(target.ctx)
-          .Call([&](wire::Call::Builder call) { SetTarget(call.initStreamSynchronize(), target); },
-                {}, {}, nullptr, &seq));
-  return rt.AfterSynchronize(target.ctx, seq);
 }
 
 Status StreamThere(const StreamTarget& target, uint64_t ctx, StreamTarget* there) {
@@ -54,7 +32,7 @@ Status CopyBetweenServers(uint64_t dst_ctx, uint64_t dst, uint64_t src_ctx, uint
   StreamTarget from, to;
   FERRY_RETURN_IF_ERROR(StreamThere(target, src_ctx, &from));
   FERRY_RETURN_IF_ERROR(StreamThere(target, dst_ctx, &to));
-  FERRY_RETURN_IF_ERROR(SynchronizeTarget(target));
+  FERRY_RETURN_IF_ERROR(rt.SynchronizeStream(target));
   // Not zero-filled: every byte is written by the copy before it is read.
   std::unique_ptr<char[]> staging_memory(new char[std::min(bytes, kPiece)]);
   char* staging = staging_memory.get();
@@ -63,7 +41,7 @@ Status CopyBetweenServers(uint64_t dst_ctx, uint64_t dst, uint64_t src_ctx, uint
     FERRY_RETURN_IF_ERROR(rt.ConnectionOf(src_ctx).Call(
         [&](wire::Call::Builder call) {
           auto args = call.initMemcpyDtoH();
-          SetTarget(args, from);
+          SetStreamTarget(args, from);
           args.setSrc(src + done);
           args.setBytes(piece);
         },
@@ -71,7 +49,7 @@ Status CopyBetweenServers(uint64_t dst_ctx, uint64_t dst, uint64_t src_ctx, uint
     FERRY_RETURN_IF_ERROR(rt.ConnectionOf(dst_ctx).Post(
         [&](wire::Call::Builder call) {
           auto args = call.initMemcpyHtoD();
-          SetTarget(args, to);
+          SetStreamTarget(args, to);
           args.setDst(dst + done);
           args.setBytes(piece);
         },
@@ -79,7 +57,7 @@ Status CopyBetweenServers(uint64_t dst_ctx, uint64_t dst, uint64_t src_ctx, uint
     done += piece;
   }
   // Done when this returns, as the callers promise.
-  return SynchronizeTarget(to);
+  return rt.SynchronizeStream(to);
 }
 
 }  // namespace ferry::client

@@ -27,10 +27,6 @@ namespace ferry::client {
 // the program has one session.
 uint64_t OwnerContext(uint64_t p, uint64_t fallback);
 
-// Waits until `target`'s stream has done its work so far (and its copies into
-// page-locked memory landed).
-Status SynchronizeTarget(const StreamTarget& target);
-
 // Device to device between two servers' devices (contexts `dst_ctx`,
 // `src_ctx`), asked on `target`: through this host, 8 MiB at a time, after
 // `target`'s earlier work; done when it returns.
@@ -49,12 +45,13 @@ Status StreamThere(const StreamTarget& target, uint64_t ctx, StreamTarget* there
 // StreamThere(owner), ordered as above.
 template <typename Run>
 Status OnOwnersServer(const StreamTarget& target, uint64_t owner, Run run) {
-  if (Runtime::Get().SameSession(target.ctx, owner)) return run(target);
+  Runtime& rt = Runtime::Get();
+  if (rt.SameSession(target.ctx, owner)) return run(target);
   StreamTarget there;
   FERRY_RETURN_IF_ERROR(StreamThere(target, owner, &there));
-  FERRY_RETURN_IF_ERROR(SynchronizeTarget(target));
+  FERRY_RETURN_IF_ERROR(rt.SynchronizeStream(target));
   FERRY_RETURN_IF_ERROR(run(there));
-  return SynchronizeTarget(there);
+  return rt.SynchronizeStream(there);
 }
 
 }  // namespace ferry::client

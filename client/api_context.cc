@@ -21,15 +21,6 @@ Status ContextOrCurrent(CUcontext ctx, uint64_t* id) {
   return Status::Ok();
 }
 
-Status SynchronizeContext(uint64_t ctx) {
-  Runtime& rt = Runtime::Get();
-  uint64_t seq = 0;
-  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(ctx).Call(
-      [&](ferry::wire::Call::Builder call) { call.initCtxSynchronize().setCtx(ctx); }, {}, {},
-      nullptr, &seq));
-  return rt.AfterSynchronize(ctx, seq);
-}
-
 }  // namespace
 
 extern "C" {
@@ -178,7 +169,7 @@ CUresult CUDAAPI cuCtxSynchronize(void) {
   return Api([&]() -> Status {
     uint64_t ctx = 0;
     FERRY_RETURN_IF_ERROR(Runtime::Get().CurrentContext(&ctx));
-    return SynchronizeContext(ctx);
+    return Runtime::Get().SynchronizeContext(ctx);
   });
 }
 
@@ -186,7 +177,7 @@ CUresult CUDAAPI cuCtxSynchronize_v2(CUcontext ctx) {
   return Api([&]() -> Status {
     uint64_t id = 0;
     FERRY_RETURN_IF_ERROR(ContextOrCurrent(ctx, &id));
-    return SynchronizeContext(id);
+    return Runtime::Get().SynchronizeContext(id);
   });
 }
 

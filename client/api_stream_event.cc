@@ -48,16 +48,12 @@ Status SynchronizeOrQueryStream(CUstream stream, bool per_thread, bool query) {
   Runtime& rt = Runtime::Get();
   StreamTarget target;
   FERRY_RETURN_IF_ERROR(rt.ResolveStream(stream, per_thread, &target));
+  if (!query) return rt.SynchronizeStream(target);
   uint64_t seq = 0;
-  FERRY_RETURN_IF_ERROR(rt.ConnectionOf(target.ctx)
-                            .Call(
-                                [&](wire::Call::Builder call) {
-                                  wire::StreamRef::Builder args =
-                                      query ? call.initStreamQuery() : call.initStreamSynchronize();
-                                  SetStreamTarget(args, target);
-                                },
-                                {}, {}, nullptr, &seq));
-  if (!query) return rt.AfterSynchronize(target.ctx, seq);
+  FERRY_RETURN_IF_ERROR(
+      rt.ConnectionOf(target.ctx)
+          .Call([&](wire::Call::Builder call) { SetStreamTarget(call.initStreamQuery(), target); },
+                {}, {}, nullptr, &seq));
   return rt.AfterQuery(ferry::client::StreamKey{target.ctx, target.stream}, seq);
 }
 
@@ -106,12 +102,7 @@ Status WaitForEventOfAnotherServer(const StreamTarget& target,
     // The stream of its record is gone: nothing to probe behind. The caller
     // waits for all of the record's context's work instead (rare; this one
     // case blocks, and is never looser).
-    uint64_t seq = 0;
-    FERRY_RETURN_IF_ERROR(
-        rt.ConnectionOf(recorded.ctx)
-            .Call([&](wire::Call::Builder call) { call.initCtxSynchronize().setCtx(recorded.ctx); },
-                  {}, {}, nullptr, &seq));
-    return rt.AfterSynchronize(recorded.ctx, seq);
+    return rt.SynchronizeContext(recorded.ctx);
   }
   // Both gates' handlers meet here, on the two connections' reader threads.
   struct Meeting {

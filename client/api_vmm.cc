@@ -26,6 +26,11 @@ namespace {
 
 using ferry::client::HandleKind;
 
+// Virtual memory is one address space per server, and the reservations of
+// two servers could overlap: a program whose devices span servers gets none
+// (refused where reservations and physical memory are made), so an address
+// never names memory of two servers. With one server, every call here goes
+// to it and device ordinals are its own.
 Status OneServer() {
   if (Runtime::Get().part_count() <= 1) return Status::Ok();
   return Status::Unimplemented(
@@ -46,19 +51,6 @@ Status CheckProperties(const CUmemAllocationProp* prop) {
     return Status::Unimplemented("compressible memory is not forwarded");
   }
   return Runtime::Get().CheckDevice(prop->location.id);
-}
-
-// Virtual memory is one address space per server, and the reservations of
-// two servers could overlap: a program whose devices span servers gets none
-// (refused here, where reservations and physical memory are made), so an
-// address never names memory of two servers. `*ordinal` is `device`'s
-// ordinal on its server.
-Status DeviceOfThisServer(int device, int* ordinal) {
-  Runtime& rt = Runtime::Get();
-  FERRY_RETURN_IF_ERROR(rt.CheckDevice(device));
-  FERRY_RETURN_IF_ERROR(OneServer());
-  *ordinal = rt.ServerOrdinal(device);
-  return Status::Ok();
 }
 
 // The value a call's reply carries.
@@ -84,13 +76,11 @@ CUresult CUDAAPI cuMemGetAllocationGranularity(size_t* granularity, const CUmemA
         option != CU_MEM_ALLOC_GRANULARITY_RECOMMENDED) {
       return Status::InvalidArgument("bad granularity option");
     }
-    int ordinal = 0;
-    FERRY_RETURN_IF_ERROR(DeviceOfThisServer(prop->location.id, &ordinal));
     int64_t value = 0;
     FERRY_RETURN_IF_ERROR(CallForValue(
         [&](wire::Call::Builder call) {
           auto args = call.initMemGetAllocationGranularity();
-          args.setDevice(ordinal);
+          args.setDevice(prop->location.id);
           args.setRecommended(option == CU_MEM_ALLOC_GRANULARITY_RECOMMENDED);
         },
         &value));
@@ -107,13 +97,12 @@ CUresult CUDAAPI cuMemCreate(CUmemGenericAllocationHandle* handle, size_t size,
     FERRY_RETURN_IF_ERROR(rt.Ready());
     FERRY_RETURN_IF_ERROR(CheckProperties(prop));
     if (size == 0 || flags != 0) return Status::InvalidArgument("size 0 or flags other than 0");
-    int ordinal = 0;
-    FERRY_RETURN_IF_ERROR(DeviceOfThisServer(prop->location.id, &ordinal));
+    FERRY_RETURN_IF_ERROR(OneServer());
     const uint64_t id = rt.NewId(HandleKind::kPhysicalMemory);
     FERRY_RETURN_IF_ERROR(rt.CurrentConnection().Call([&](wire::Call::Builder call) {
       auto args = call.initMemCreate();
       args.setHandle(id);
-      args.setDevice(ordinal);
+      args.setDevice(prop->location.id);
       args.setBytes(size);
     }));
     rt.allocations().AddPhysical(id, *prop);
@@ -227,8 +216,7 @@ CUresult CUDAAPI cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessD
       if (desc[i].location.type != CU_MEM_LOCATION_TYPE_DEVICE) {
         return Status::Unimplemented("access from host memory locations is not forwarded");
       }
-      int ordinal = 0;
-      FERRY_RETURN_IF_ERROR(DeviceOfThisServer(desc[i].location.id, &ordinal));
+      FERRY_RETURN_IF_ERROR(rt.CheckDevice(desc[i].location.id));
       access.emplace_back(desc[i].location.id, static_cast<unsigned>(desc[i].flags));
     }
     FERRY_RETURN_IF_ERROR(rt.CurrentConnection().Call([&](wire::Call::Builder call) {
@@ -237,7 +225,7 @@ CUresult CUDAAPI cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessD
       args.setBytes(size);
       auto list = args.initAccess(static_cast<unsigned>(access.size()));
       for (size_t i = 0; i < access.size(); ++i) {
-        list[i].setDevice(rt.ServerOrdinal(access[i].first));
+        list[i].setDevice(access[i].first);
         list[i].setFlags(access[i].second);
       }
     }));
@@ -255,14 +243,13 @@ CUresult CUDAAPI cuMemGetAccess(unsigned long long* flags, const CUmemLocation* 
     if (location->type != CU_MEM_LOCATION_TYPE_DEVICE) {
       return Status::Unimplemented("access from host memory locations is not forwarded");
     }
-    int ordinal = 0;
-    FERRY_RETURN_IF_ERROR(DeviceOfThisServer(location->id, &ordinal));
+    FERRY_RETURN_IF_ERROR(rt.CheckDevice(location->id));
     int64_t value = 0;
     FERRY_RETURN_IF_ERROR(CallForValue(
         [&](wire::Call::Builder call) {
           auto args = call.initMemGetAccess();
           args.setAddress(ptr);
-          args.setDevice(ordinal);
+          args.setDevice(location->id);
         },
         &value));
     *flags = static_cast<unsigned long long>(value);

@@ -12,6 +12,7 @@
 using ferry::Status;
 using ferry::client::Api;
 using ferry::client::Runtime;
+using ferry::client::SetStreamTarget;
 using ferry::client::StreamTarget;
 namespace wire = ferry::wire;
 
@@ -50,14 +51,6 @@ template <typename Builder, typename Params>
 void SetLaunchShape(Builder args, const Params& p) {
   SetLaunchShape(args, {p.gridDimX, p.gridDimY, p.gridDimZ},
                  {p.blockDimX, p.blockDimY, p.blockDimZ}, p.sharedMemBytes);
-}
-
-// Orders a call on `target`'s stream: `args` is any wire builder with the
-// ctx and stream fields.
-template <typename Builder>
-void SetStreamTarget(Builder args, const StreamTarget& target) {
-  args.setCtx(target.ctx);
-  args.setStream(target.stream);
 }
 
 // stream capture (client/api_graph.cc): OK unless the calling thread's

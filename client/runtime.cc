@@ -1009,6 +1009,25 @@ Status Runtime::AfterSynchronize(uint64_t ctx, uint64_t seq) {
   return ConnectionOf(ctx).WaitForEarlierCopies(seq);
 }
 
+Status Runtime::SynchronizeStream(const StreamTarget& target) {
+  uint64_t seq = 0;
+  FERRY_RETURN_IF_ERROR(ConnectionOf(target.ctx)
+                            .Call(
+                                [&](wire::Call::Builder call) {
+                                  SetStreamTarget(call.initStreamSynchronize(), target);
+                                },
+                                {}, {}, nullptr, &seq));
+  return AfterSynchronize(target.ctx, seq);
+}
+
+Status Runtime::SynchronizeContext(uint64_t ctx) {
+  uint64_t seq = 0;
+  FERRY_RETURN_IF_ERROR(ConnectionOf(ctx).Call(
+      [&](wire::Call::Builder call) { call.initCtxSynchronize().setCtx(ctx); }, {}, {}, nullptr,
+      &seq));
+  return AfterSynchronize(ctx, seq);
+}
+
 Status Runtime::AfterQuery(StreamKey stream, uint64_t seq) {
   return ConnectionOf(stream.ctx).WaitForEarlierCopiesOn(stream, seq);
 }

@@ -83,6 +83,14 @@ struct StreamTarget {
   uint64_t stream = 0;  // 0 = the context's legacy stream
 };
 
+// Orders a call on `target`'s stream: `args` is any wire builder with the
+// ctx and stream fields.
+template <typename Builder>
+void SetStreamTarget(Builder args, const StreamTarget& target) {
+  args.setCtx(target.ctx);
+  args.setStream(target.stream);
+}
+
 class Runtime {
  public:
   // The process's global instance, not connected until Init.
@@ -268,6 +276,11 @@ class Runtime {
   // Waits until `seq` (of context `ctx`'s connection) and every asynchronous
   // copy issued before it there landed.
   Status AfterSynchronize(uint64_t ctx, uint64_t seq);
+  // cuStreamSynchronize and cuCtxSynchronize: the server's wait, then
+  // AfterSynchronize, so the bytes of earlier copies into page-locked memory
+  // are there too.
+  Status SynchronizeStream(const StreamTarget& target);
+  Status SynchronizeContext(uint64_t ctx);
   // After a query found `stream`'s work up to `seq` done: waits until the
   // asynchronous copies queued on it before `seq`, and those it depends on
   // through event waits issued before `seq`, landed (done already, so only

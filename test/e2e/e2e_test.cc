@@ -82,12 +82,6 @@ std::vector<std::string> NonEmptyLines(const std::string& text) {
   return lines;
 }
 
-// A number member of a JSON object, or -1 when missing.
-double NumberField(const JsonValue& object, const char* key) {
-  const JsonValue* value = object.Find(key);
-  return value != nullptr && value->is_number() ? value->number : -1;
-}
-
 // Runs a started program to its end and expects it to pass: exit 0 and
 // its final "all checks passed" line.
 void ExpectPasses(ChildProcess& program) {
@@ -376,16 +370,16 @@ TEST_P(FerrydTransportTest, KilledClientSessionIsFreed) {
   ASSERT_NO_FATAL_FAILURE(StartHolder("hold_and_wait", &started, &status));
   ChildProcess& holder = *started;
   const JsonValue& session = status->sessions()[0];
-  EXPECT_EQ(NumberField(session, "pid"), holder.pid()) << status->text;
+  EXPECT_EQ(NumberMember(&session, "pid"), holder.pid()) << status->text;
   const JsonValue* program = session.Find("program");
   EXPECT_TRUE(program != nullptr && program->is_string() &&
               program->string.find("hold_and_wait") != std::string::npos)
       << status->text;
-  EXPECT_GE(NumberField(session, "bytes_allocated"), 3 * 8 * 1024 * 1024) << status->text;
-  EXPECT_GE(NumberField(session, "allocations"), 3) << status->text;
-  EXPECT_GE(NumberField(session, "contexts"), 1) << status->text;
-  EXPECT_GE(NumberField(session, "streams"), 2) << status->text;
-  EXPECT_GE(NumberField(session, "modules"), 1) << status->text;
+  EXPECT_GE(NumberMember(&session, "bytes_allocated"), 3 * 8 * 1024 * 1024) << status->text;
+  EXPECT_GE(NumberMember(&session, "allocations"), 3) << status->text;
+  EXPECT_GE(NumberMember(&session, "contexts"), 1) << status->text;
+  EXPECT_GE(NumberMember(&session, "streams"), 2) << status->text;
+  EXPECT_GE(NumberMember(&session, "modules"), 1) << status->text;
 
   KillAndExpectSessionFreed(holder, "SIGKILL of the client");
 
@@ -436,7 +430,7 @@ TEST_F(FerrydTest, ClientKilledWhileAHostCallbackHoldsAStream) {
   std::optional<ChildProcess> started;
   std::optional<Status> status;
   ASSERT_NO_FATAL_FAILURE(StartHolder("host_callback_hold", &started, &status));
-  EXPECT_GE(NumberField(status->sessions()[0], "streams"), 1) << status->text;
+  EXPECT_GE(NumberMember(&status->sessions()[0], "streams"), 1) << status->text;
 
   KillAndExpectSessionFreed(*started, "SIGKILL of a client whose host function held a stream");
   RunAndExpectPass("host_callbacks");

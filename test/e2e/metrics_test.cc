@@ -56,23 +56,6 @@ std::string TwoGpuConfig() {
          "[pool.dev]\nslices_per_gpu = 2\n[pool.other]\nslices_per_gpu = 1\n";
 }
 
-double Number(const JsonValue* object, const char* key) {
-  if (object == nullptr) return -1;
-  const JsonValue* value = object->Find(key);
-  return value != nullptr && value->is_number() ? value->number : -1;
-}
-
-std::string String(const JsonValue* object, const char* key) {
-  if (object == nullptr) return "";
-  const JsonValue* value = object->Find(key);
-  return value != nullptr && value->is_string() ? value->string : "";
-}
-
-std::vector<JsonValue> Array(const JsonValue* object, const char* key) {
-  const JsonValue* value = object != nullptr ? object->Find(key) : nullptr;
-  return value != nullptr && value->is_array() ? value->array : std::vector<JsonValue>{};
-}
-
 class MetricsTest : public ::testing::Test {
  protected:
   void TearDown() override {
@@ -222,34 +205,34 @@ class MetricsTest : public ::testing::Test {
 // The figures that `ferryctl status` also shows must agree with it, scraped
 // while the pool holds still: four holders on two GPUs and one waiter.
 void ExpectScrapeMatchesStatus(const PromExposition& scrape, const JsonValue& status) {
-  const std::vector<JsonValue> sessions = Array(&status, "sessions");
+  const std::vector<JsonValue> sessions = ArrayMember(&status, "sessions");
   const JsonValue* pool = status.Find("pool");
   EXPECT_EQ(scrape.Value("ferry_sessions"), static_cast<double>(sessions.size()));
-  for (const JsonValue& gpu : Array(pool, "gpus")) {
+  for (const JsonValue& gpu : ArrayMember(pool, "gpus")) {
     const std::map<std::string, std::string> labels = {
-        {"gpu", std::to_string(static_cast<int>(Number(&gpu, "index")))},
-        {"pool", String(&gpu, "pool")}};
-    const std::vector<JsonValue> holders = Array(&gpu, "holders");
+        {"gpu", std::to_string(static_cast<int>(NumberMember(&gpu, "index")))},
+        {"pool", StringMember(&gpu, "pool")}};
+    const std::vector<JsonValue> holders = ArrayMember(&gpu, "holders");
     double used = 0;
-    for (const JsonValue& h : holders) used += Number(&h, "memory_used");
+    for (const JsonValue& h : holders) used += NumberMember(&h, "memory_used");
     EXPECT_EQ(scrape.Value("ferry_gpu_slices_held", labels), static_cast<double>(holders.size()))
         << labels.at("gpu");
     EXPECT_EQ(scrape.Value("ferry_gpu_sessions", labels), static_cast<double>(holders.size()));
     EXPECT_EQ(scrape.Value("ferry_gpu_memory_used_bytes", labels), used) << labels.at("gpu");
-    EXPECT_EQ(scrape.Value("ferry_gpu_memory_total_bytes", labels), Number(&gpu, "memory"));
-    EXPECT_EQ(scrape.Value("ferry_gpu_slices", labels), Number(&gpu, "slices_per_gpu"));
+    EXPECT_EQ(scrape.Value("ferry_gpu_memory_total_bytes", labels), NumberMember(&gpu, "memory"));
+    EXPECT_EQ(scrape.Value("ferry_gpu_slices", labels), NumberMember(&gpu, "slices_per_gpu"));
     EXPECT_EQ(scrape.Value("ferry_gpu_drained", labels), 0.0);
     if (holders.empty()) continue;
-    const std::string mechanism = String(&holders[0], "mechanism");
+    const std::string mechanism = StringMember(&holders[0], "mechanism");
     EXPECT_EQ(scrape.Value("ferry_gpu_compute_mechanism",
                            {{"gpu", labels.at("gpu")}, {"mechanism", mechanism}}),
               1.0)
         << mechanism;
   }
   std::map<std::string, double> queued, held;
-  for (const JsonValue& w : Array(pool, "queue")) ++queued[String(&w, "pool")];
-  for (const JsonValue& gpu : Array(pool, "gpus")) {
-    for (const JsonValue& h : Array(&gpu, "holders")) ++held[String(&h, "pool")];
+  for (const JsonValue& w : ArrayMember(pool, "queue")) ++queued[StringMember(&w, "pool")];
+  for (const JsonValue& gpu : ArrayMember(pool, "gpus")) {
+    for (const JsonValue& h : ArrayMember(&gpu, "holders")) ++held[StringMember(&h, "pool")];
   }
   for (const char* name : {"dev", "other"}) {
     EXPECT_EQ(scrape.Value("ferry_pool_queue_length", {{"pool", name}}), queued[name]) << name;
@@ -258,10 +241,12 @@ void ExpectScrapeMatchesStatus(const PromExposition& scrape, const JsonValue& st
   // Per session (--metrics-sessions): one series each, with its memory.
   EXPECT_EQ(scrape.Find("ferry_session_memory_bytes").size(), sessions.size());
   for (const JsonValue& s : sessions) {
-    const std::string id = std::to_string(static_cast<long long>(Number(&s, "id")));
-    const std::map<std::string, std::string> labels = {
-        {"session", id}, {"program", String(&s, "program")}, {"client_host", String(&s, "host")}};
-    EXPECT_EQ(scrape.Value("ferry_session_memory_bytes", labels), Number(&s, "bytes_allocated"))
+    const std::string id = std::to_string(static_cast<long long>(NumberMember(&s, "id")));
+    const std::map<std::string, std::string> labels = {{"session", id},
+                                                       {"program", StringMember(&s, "program")},
+                                                       {"client_host", StringMember(&s, "host")}};
+    EXPECT_EQ(scrape.Value("ferry_session_memory_bytes", labels),
+              NumberMember(&s, "bytes_allocated"))
         << "session " << id;
     EXPECT_GT(scrape.Value("ferry_session_calls_total", labels).value_or(0), 0) << id;
     EXPECT_GT(scrape.Value("ferry_session_bytes_from_client_total", labels).value_or(0), 0) << id;
@@ -303,7 +288,8 @@ TEST_F(MetricsTest, ScrapesAgreeWithFerryctlStatusWhileSessionsRun) {
   for (int i = 0; i < 4; ++i) ASSERT_NE(StartReadyHolder("holder" + std::to_string(i)), nullptr);
   ASSERT_NE(StartHolder("waiter", {{"FERRY_WAIT", "5m"}}), nullptr);
   std::optional<JsonValue> status = WaitForStatus("four sessions and one waiter", [](auto& s) {
-    return Array(&s, "sessions").size() == 4 && Array(s.Find("pool"), "queue").size() == 1;
+    return ArrayMember(&s, "sessions").size() == 4 &&
+           ArrayMember(s.Find("pool"), "queue").size() == 1;
   });
   ASSERT_TRUE(status.has_value());
   PromExposition busy = Scrape();
@@ -333,10 +319,12 @@ TEST_F(MetricsTest, ScrapesAgreeWithFerryctlStatusWhileSessionsRun) {
   status = WaitForStatus("the waiter holds a slice", [&](auto& s) {
     const pid_t waiter = programs_.at("waiter").pid();
     bool holds = false;
-    for (const JsonValue& gpu : Array(s.Find("pool"), "gpus")) {
-      for (const JsonValue& h : Array(&gpu, "holders")) holds |= Number(&h, "pid") == waiter;
+    for (const JsonValue& gpu : ArrayMember(s.Find("pool"), "gpus")) {
+      for (const JsonValue& h : ArrayMember(&gpu, "holders"))
+        holds |= NumberMember(&h, "pid") == waiter;
     }
-    return holds && Array(&s, "sessions").size() == 4 && Array(s.Find("pool"), "queue").empty();
+    return holds && ArrayMember(&s, "sessions").size() == 4 &&
+           ArrayMember(s.Find("pool"), "queue").empty();
   });
   ASSERT_TRUE(status.has_value());
   ASSERT_TRUE(test::WaitFor(

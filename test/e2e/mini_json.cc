@@ -224,4 +224,19 @@ std::optional<JsonValue> ParseJson(std::string_view text, std::string* error) {
   return Parser(text).ParseDocument(error);
 }
 
+double NumberMember(const JsonValue* object, std::string_view key) {
+  const JsonValue* value = object != nullptr ? object->Find(key) : nullptr;
+  return value != nullptr && value->is_number() ? value->number : -1;
+}
+
+std::string StringMember(const JsonValue* object, std::string_view key) {
+  const JsonValue* value = object != nullptr ? object->Find(key) : nullptr;
+  return value != nullptr && value->is_string() ? value->string : "";
+}
+
+std::vector<JsonValue> ArrayMember(const JsonValue* object, std::string_view key) {
+  const JsonValue* value = object != nullptr ? object->Find(key) : nullptr;
+  return value != nullptr && value->is_array() ? value->array : std::vector<JsonValue>{};
+}
+
 }  // namespace ferry::e2e

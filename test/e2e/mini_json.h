@@ -38,4 +38,10 @@ struct JsonValue {
 // returns nullopt and, when `error` is not null, says where and why.
 std::optional<JsonValue> ParseJson(std::string_view text, std::string* error = nullptr);
 
+// Members of an object (null: none) read with a default for what is missing
+// or of another type: a number (-1), a string (""), an array (empty).
+double NumberMember(const JsonValue* object, std::string_view key);
+std::string StringMember(const JsonValue* object, std::string_view key);
+std::vector<JsonValue> ArrayMember(const JsonValue* object, std::string_view key);
+
 }  // namespace ferry::e2e

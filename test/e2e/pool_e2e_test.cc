@@ -62,18 +62,6 @@ constexpr char kBeforeNight[] = "2026-03-10T19:59:00+08:00";
 
 std::string MakeTestDir() { return test::MakeTempDir("ferry-pool-e2e-"); }
 
-double Number(const JsonValue* object, const char* key) {
-  if (object == nullptr) return -1;
-  const JsonValue* value = object->Find(key);
-  return value != nullptr && value->is_number() ? value->number : -1;
-}
-
-std::string String(const JsonValue* object, const char* key) {
-  if (object == nullptr) return "";
-  const JsonValue* value = object->Find(key);
-  return value != nullptr && value->is_string() ? value->string : "";
-}
-
 class PoolTest : public ::testing::Test {
  protected:
   void TearDown() override {
@@ -230,7 +218,7 @@ class PoolTest : public ::testing::Test {
   }
   static const JsonValue* HolderWithPid(const std::vector<JsonValue>& holders, pid_t pid) {
     for (const JsonValue& h : holders) {
-      if (Number(&h, "pid") == pid) return &h;
+      if (NumberMember(&h, "pid") == pid) return &h;
     }
     return nullptr;
   }
@@ -265,17 +253,18 @@ TEST_F(PoolTest, FourSlicesHeldAtOnceAndAFifthRefused) {
   for (ChildProcess* h : holders) {
     const JsonValue* holder = HolderWithPid(held, h->pid());
     ASSERT_NE(holder, nullptr) << "pid " << h->pid() << " not among the holders:\n" << text;
-    EXPECT_EQ(String(holder, "pool"), "dev");
-    EXPECT_EQ(Number(holder, "memory_quota"), kGpuMemory / 4);
-    EXPECT_EQ(Number(holder, "memory_used"), 1 << 20) << text;  // its 1 MiB
-    EXPECT_EQ(String(holder, "mechanism"), "launch-throttle");
-    EXPECT_GT(Number(holder, "since_unix_ms"), 0);
-    EXPECT_FALSE(String(holder, "host").empty());
+    EXPECT_EQ(StringMember(holder, "pool"), "dev");
+    EXPECT_EQ(NumberMember(holder, "memory_quota"), kGpuMemory / 4);
+    EXPECT_EQ(NumberMember(holder, "memory_used"), 1 << 20) << text;  // its 1 MiB
+    EXPECT_EQ(StringMember(holder, "mechanism"), "launch-throttle");
+    EXPECT_GT(NumberMember(holder, "since_unix_ms"), 0);
+    EXPECT_FALSE(StringMember(holder, "host").empty());
   }
-  EXPECT_EQ(Number(Gpu(*pool, 0), "free_slices"), 0) << text;
-  EXPECT_EQ(String(Gpu(*pool, 0), "window"), "08:00:00-20:00:00 Asia/Shanghai");
-  EXPECT_EQ(Number(pool->Find("next_change"), "unix_ms"), 1773144000000.0) << text;  // 20:00 +08
-  EXPECT_EQ(String(pool->Find("next_change"), "pool"), "train");
+  EXPECT_EQ(NumberMember(Gpu(*pool, 0), "free_slices"), 0) << text;
+  EXPECT_EQ(StringMember(Gpu(*pool, 0), "window"), "08:00:00-20:00:00 Asia/Shanghai");
+  EXPECT_EQ(NumberMember(pool->Find("next_change"), "unix_ms"), 1773144000000.0)
+      << text;  // 20:00 +08
+  EXPECT_EQ(StringMember(pool->Find("next_change"), "pool"), "train");
 
   // The fifth, without FERRY_WAIT, is refused at cuInit.
   ChildProcess* fifth = StartHolder("fifth");
@@ -305,8 +294,8 @@ TEST_F(PoolTest, AWaiterIsServedWhenAKilledHolderReturnsItsSlice) {
   ASSERT_NE(waiter, nullptr);
   WaitForPool("one waiter queued", [&](const JsonValue& p) {
     const std::vector<JsonValue> queue = Queue(p);
-    return queue.size() == 1 && Number(&queue[0], "pid") == waiter->pid() &&
-           Number(&queue[0], "position") == 1 && String(&queue[0], "pool") == "dev";
+    return queue.size() == 1 && NumberMember(&queue[0], "pid") == waiter->pid() &&
+           NumberMember(&queue[0], "position") == 1 && StringMember(&queue[0], "pool") == "dev";
   });
   EXPECT_TRUE(waiter->running());
   // The waiting client logs its place in the queue.
@@ -415,8 +404,8 @@ TEST_F(PoolTest, DrainRebindLetsTheHolderRunUntilTheGraceThenPreemptsIt) {
   AdvanceClock("1m");  // 20:00: the GPU moves to train; the day holder drains
   WaitForPool("GPU 0 serves train with the day holder draining", [&](const JsonValue& p) {
     const std::vector<JsonValue> held = Holders(p, 0);
-    return String(Gpu(p, 0), "pool") == "train" && held.size() == 1 &&
-           Number(&held[0], "drain_deadline_unix_ms") == 1773144900000.0;  // 20:15 +08
+    return StringMember(Gpu(p, 0), "pool") == "train" && held.size() == 1 &&
+           NumberMember(&held[0], "drain_deadline_unix_ms") == 1773144900000.0;  // 20:15 +08
   });
   // A training job queues for the whole GPU.
   ChildProcess* night = StartHolder("night", {{"FERRY_POOL", "train"}, {"FERRY_WAIT", "1h"}});
@@ -440,7 +429,7 @@ TEST_F(PoolTest, DrainRebindLetsTheHolderRunUntilTheGraceThenPreemptsIt) {
   EXPECT_NE(night->Stdout().find("total=" + std::to_string(kGpuMemory)), std::string::npos);
   WaitForPool("the training job holds GPU 0", [&](const JsonValue& p) {
     const std::vector<JsonValue> held = Holders(p, 0);
-    return held.size() == 1 && Number(&held[0], "pid") == night->pid() && Queue(p).empty();
+    return held.size() == 1 && NumberMember(&held[0], "pid") == night->pid() && Queue(p).empty();
   });
   Release("night");
 }
@@ -454,8 +443,8 @@ TEST_F(PoolTest, PreemptRebindPreemptsAtTheBoundary) {
   EXPECT_NE(day->Stderr().find("preempted by the schedule"), std::string::npos) << day->Describe();
   EXPECT_NE(day->Stderr().find("on_rebind = preempt"), std::string::npos) << day->Describe();
   WaitForPool("GPU 0 free for train", [](const JsonValue& p) {
-    return String(Gpu(p, 0), "pool") == "train" && Holders(p, 0).empty() &&
-           Number(Gpu(p, 0), "free_slices") == 1;
+    return StringMember(Gpu(p, 0), "pool") == "train" && Holders(p, 0).empty() &&
+           NumberMember(Gpu(p, 0), "free_slices") == 1;
   });
 }
 
@@ -483,7 +472,7 @@ TEST_F(PoolTest, ReloadWithABadFileKeepsTheOldConfig) {
   EXPECT_NE(ferryd_->Stderr().find("SIGHUP: reload rejected"), std::string::npos);
   std::optional<JsonValue> pool = PoolStatus(&out);
   ASSERT_TRUE(pool.has_value()) << out;
-  EXPECT_EQ(Number(Gpu(*pool, 0), "slices_per_gpu"), 4) << out;
+  EXPECT_EQ(NumberMember(Gpu(*pool, 0), "slices_per_gpu"), 4) << out;
   EXPECT_EQ(Holders(*pool, 0).size(), 1u) << out;
 
   // A good file with two slices per GPU is taken; the holder keeps its slice.
@@ -494,10 +483,10 @@ TEST_F(PoolTest, ReloadWithABadFileKeepsTheOldConfig) {
   EXPECT_NE(out.find("reloaded"), std::string::npos) << out;
   pool = PoolStatus(&out);
   ASSERT_TRUE(pool.has_value());
-  EXPECT_EQ(Number(Gpu(*pool, 0), "slices_per_gpu"), 2) << out;
+  EXPECT_EQ(NumberMember(Gpu(*pool, 0), "slices_per_gpu"), 2) << out;
   const std::vector<JsonValue> held = Holders(*pool, 0);
   ASSERT_EQ(held.size(), 1u) << out;
-  EXPECT_EQ(Number(&held[0], "memory_quota"), kGpuMemory / 4);
+  EXPECT_EQ(NumberMember(&held[0], "memory_quota"), kGpuMemory / 4);
   EXPECT_TRUE(holder->running());
   Release("holder");
   EXPECT_TRUE(holder->Wait(kProgramTimeout).success()) << holder->Describe();
@@ -521,8 +510,8 @@ TEST_F(PoolTest, ManualDrainAndRebind) {
   EXPECT_NE(holder->Stderr().find("preempted by ferryctl rebind"), std::string::npos)
       << holder->Describe();
   WaitForPool("GPU 0 rebound by hand", [](const JsonValue& p) {
-    return String(Gpu(p, 0), "pool") == "train" && String(Gpu(p, 0), "source") == "manual" &&
-           Holders(p, 0).empty();
+    return StringMember(Gpu(p, 0), "pool") == "train" &&
+           StringMember(Gpu(p, 0), "source") == "manual" && Holders(p, 0).empty();
   });
   EXPECT_EQ(Ferryctl({"rebind", "0", "nosuchpool"}, &out, &err), 1);
   EXPECT_NE(err.find("no pool 'nosuchpool'"), std::string::npos) << err;
