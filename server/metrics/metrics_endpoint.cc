@@ -242,7 +242,14 @@ void MetricsEndpoint::Admit(int fd, std::string peer) {
   uint64_t id = 0;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (!stopping_ && connections_.size() < static_cast<size_t>(options_.max_connections)) {
+    if (stopping_) {
+      // Accepted as Stop began: the endpoint is going away, so the peer is
+      // disconnected unanswered, as an open connection is (not told it is
+      // one too many).
+      ::close(fd);
+      return;
+    }
+    if (connections_.size() < static_cast<size_t>(options_.max_connections)) {
       const int watch_fd = ::dup(fd);
       if (watch_fd >= 0) {
         id = next_id_++;
