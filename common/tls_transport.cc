@@ -182,6 +182,7 @@ class TlsTransport final : public Transport {
 
   void Shutdown() override { ::shutdown(fd_, SHUT_RDWR); }
   const std::string& PeerName() const override { return peer_name_; }
+  std::string Description() const override { return "tls"; }
 
   bool PeerGoneOrTalking() override {
     {

@@ -82,6 +82,19 @@ class Transport {
   // initial setting) waits forever. Reader thread only. A transport that
   // cannot bound its reads ignores it.
   virtual void SetReadDeadline(std::chrono::steady_clock::time_point deadline) { (void)deadline; }
+  // What carries the bytes, for logs and ferryctl status: "tcp", "tls",
+  // "shm, ring 8 MiB", "rdma mlx5_0 port 1 gid 3, ring 8 MiB".
+  // A transport that does not say (tests' own) is "other".
+  virtual std::string Description() const { return "other"; }
+  // Host memory the program page-locked (cuMemHostAlloc, cuMemHostRegister)
+  // and will likely pass again: a transport that can send straight from
+  // registered memory (RDMA) registers it on first use; the others ignore
+  // it. Unregister before the memory goes. Any thread.
+  virtual void RegisterHostMemory(const void* address, size_t size) {
+    (void)address;
+    (void)size;
+  }
+  virtual void UnregisterHostMemory(const void* address) { (void)address; }
   // Whether Release can work for this kind of transport (ferryd's side of
   // TCP, TLS and shared memory).
   virtual bool CanHandOver() const { return false; }
@@ -130,6 +143,7 @@ class SocketTransport final : public Transport {
   Status ReadExact(void* data, size_t size) override;
   void Shutdown() override;
   const std::string& PeerName() const override { return peer_name_; }
+  std::string Description() const override { return "tcp"; }
   bool PeerGoneOrTalking() override;
   void SetReadDeadline(std::chrono::steady_clock::time_point deadline) override {
     read_deadline_ = deadline;

@@ -22,6 +22,11 @@ class CountingTransport final : public Transport {
  public:
   explicit CountingTransport(std::unique_ptr<Transport> inner) : inner_(std::move(inner)) {}
 
+  // The transport counted, for a session that replaces it before serving
+  // starts (an RDMA upgrade, common/rdma/rdma_connector.h). Only while no
+  // reader or writer is active.
+  std::unique_ptr<Transport>& inner() { return inner_; }
+
   // Bytes read from / written to the peer so far (successful calls only).
   uint64_t bytes_read() const { return bytes_read_.load(std::memory_order_relaxed); }
   uint64_t bytes_written() const { return bytes_written_.load(std::memory_order_relaxed); }
@@ -42,6 +47,13 @@ class CountingTransport final : public Transport {
   }
   void Shutdown() override { inner_->Shutdown(); }
   const std::string& PeerName() const override { return inner_->PeerName(); }
+  std::string Description() const override { return inner_->Description(); }
+  void RegisterHostMemory(const void* address, size_t size) override {
+    inner_->RegisterHostMemory(address, size);
+  }
+  void UnregisterHostMemory(const void* address) override {
+    inner_->UnregisterHostMemory(address);
+  }
   bool PeerGoneOrTalking() override { return inner_->PeerGoneOrTalking(); }
   void SetReadDeadline(std::chrono::steady_clock::time_point deadline) override {
     inner_->SetReadDeadline(deadline);
