@@ -11,6 +11,8 @@
 // later reads and writes fail with Disconnected.
 #pragma once
 
+#include <sys/socket.h>
+
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -95,6 +97,12 @@ class Transport {
     (void)size;
   }
   virtual void UnregisterHostMemory(const void* address) { (void)address; }
+  // This side's address of a TCP connection (to choose the RDMA GID that
+  // carries it); false for other transports.
+  virtual bool LocalSocketAddress(sockaddr_storage* out) const {
+    (void)out;
+    return false;
+  }
   // Whether Release can work for this kind of transport (ferryd's side of
   // TCP, TLS and shared memory).
   virtual bool CanHandOver() const { return false; }
@@ -144,6 +152,7 @@ class SocketTransport final : public Transport {
   void Shutdown() override;
   const std::string& PeerName() const override { return peer_name_; }
   std::string Description() const override { return "tcp"; }
+  bool LocalSocketAddress(sockaddr_storage* out) const override;
   bool PeerGoneOrTalking() override;
   void SetReadDeadline(std::chrono::steady_clock::time_point deadline) override {
     read_deadline_ = deadline;
@@ -183,8 +192,13 @@ Status ConnectTcp(std::string_view address, std::chrono::milliseconds timeout,
 // caller owns it).
 Status ConnectTcpSocket(std::string_view address, std::chrono::milliseconds timeout, int* fd);
 
+// "rdma://HOST:PORT": ferryd at HOST:PORT over TCP, the stream moved to
+// RDMA in the handshake (common/rdma/rdma_connector.h), or no connection.
+inline constexpr std::string_view kRdmaScheme = "rdma://";
+
 // Connects to a ferryd address: "unix:/path" (shared memory, see
-// common/shm_transport.h) or "host:port" (TCP).
+// common/shm_transport.h), "host:port" (TCP) or "rdma://host:port" (TCP, for
+// the handshake to move to RDMA).
 Status ConnectTransport(std::string_view address, std::chrono::milliseconds timeout,
                         std::unique_ptr<Transport>* out);
 
