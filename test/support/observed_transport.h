@@ -45,6 +45,9 @@ class ObservedTransport final : public Transport {
   void UnregisterHostMemory(const void* address) override {
     inner_->UnregisterHostMemory(address);
   }
+  bool LocalSocketAddress(sockaddr_storage* out) const override {
+    return inner_->LocalSocketAddress(out);
+  }
   bool PeerGoneOrTalking() override { return inner_->PeerGoneOrTalking(); }
 
   // Bytes that completed ReadExact calls returned.
