@@ -273,6 +273,13 @@ class Connection {
   Status Flush();
 
   const std::string& server_name() const { return server_name_; }
+  // Page-locked host memory of the program: a transport that can send from
+  // it without a copy (RDMA) registers it on first use. Forget it before it
+  // goes. Any thread.
+  void NoteHostMemory(const void* address, size_t size) {
+    transport_->RegisterHostMemory(address, size);
+  }
+  void ForgetHostMemory(const void* address) { transport_->UnregisterHostMemory(address); }
   // OK while the connection is up and the session has its devices.
   Status health();
 
