@@ -41,6 +41,18 @@ Status WriteAll(Transport& transport, const void* data, size_t size) {
   return transport.Write(std::span<const ConstBuffer>(&buffer, 1));
 }
 
+// Writes `size` bytes from `data` on `from` while reading them on `to`
+// (a large write waits for the reader's credit); what arrived.
+std::vector<uint8_t> Carry(Transport& from, Transport& to, const uint8_t* data, size_t size) {
+  auto writer = std::async(std::launch::async, [&] { return WriteAll(from, data, size); });
+  std::vector<uint8_t> got(size);
+  Status read = to.ReadExact(got.data(), got.size());
+  Status written = writer.get();
+  EXPECT_TRUE(read.ok()) << read.ToString();
+  EXPECT_TRUE(written.ok()) << written.ToString();
+  return got;
+}
+
 // Small rings and depths, so that credits and the ring's end come into play
 // within a few hundred kilobytes.
 RdmaOptions SmallOptions() {
@@ -198,12 +210,7 @@ TEST_F(RdmaTransportTest, RegisteredHostMemoryIsSentWithoutACopyAndRegisteredOnc
   auto pinned = RandomBytes(100000, 3);  // as if from cuMemHostAlloc
   client_->RegisterHostMemory(pinned.data(), pinned.size());
   for (int round = 0; round < 3; ++round) {
-    auto writer = std::async(std::launch::async, [&] {
-      return WriteAll(*client_, pinned.data() + 1000, pinned.size() - 1000);
-    });
-    std::vector<uint8_t> got(pinned.size() - 1000);
-    ASSERT_TRUE(server_->ReadExact(got.data(), got.size()).ok());
-    ASSERT_TRUE(writer.get().ok());
+    const auto got = Carry(*client_, *server_, pinned.data() + 1000, pinned.size() - 1000);
     ASSERT_EQ(0, std::memcmp(got.data(), pinned.data() + 1000, got.size()));
   }
   auto counters = Rdma(client_).counters();
@@ -212,12 +219,7 @@ TEST_F(RdmaTransportTest, RegisteredHostMemoryIsSentWithoutACopyAndRegisteredOnc
   EXPECT_EQ(counters.staged_bytes, 0u);
   // Unregistered: staged again.
   client_->UnregisterHostMemory(pinned.data());
-  auto writer = std::async(std::launch::async,
-                           [&] { return WriteAll(*client_, pinned.data(), pinned.size()); });
-  std::vector<uint8_t> got(pinned.size());
-  ASSERT_TRUE(server_->ReadExact(got.data(), got.size()).ok());
-  ASSERT_TRUE(writer.get().ok());
-  EXPECT_EQ(got, pinned);
+  EXPECT_EQ(Carry(*client_, *server_, pinned.data(), pinned.size()), pinned);
   EXPECT_EQ(Rdma(client_).counters().staged_bytes, pinned.size());
 }
 
@@ -226,12 +228,7 @@ TEST_F(RdmaTransportTest, MemoryThatCannotBeRegisteredIsStagedInstead) {
   auto pinned = RandomBytes(50000, 4);
   client_->RegisterHostMemory(pinned.data(), pinned.size());
   FakeFabric::Get().FailNextRegistration(ENOMEM);
-  auto writer = std::async(std::launch::async,
-                           [&] { return WriteAll(*client_, pinned.data(), pinned.size()); });
-  std::vector<uint8_t> got(pinned.size());
-  ASSERT_TRUE(server_->ReadExact(got.data(), got.size()).ok());
-  ASSERT_TRUE(writer.get().ok());
-  EXPECT_EQ(got, pinned);
+  EXPECT_EQ(Carry(*client_, *server_, pinned.data(), pinned.size()), pinned);
   EXPECT_EQ(Rdma(client_).counters().staged_bytes, pinned.size());
 }
 
@@ -322,11 +319,7 @@ TEST_F(RdmaTransportTest, SidesWithDifferentSizesEachWriteWhatTheOtherTakes) {
   ASSERT_TRUE(server_->ReadExact(got.data(), got.size()).ok());
   EXPECT_EQ(got, sent);
   EXPECT_EQ(Rdma(client_).counters().small_sends, 1u);
-  auto writer = std::async(std::launch::async,
-                           [&] { return WriteAll(*server_, sent.data(), sent.size()); });
-  ASSERT_TRUE(client_->ReadExact(got.data(), got.size()).ok());
-  ASSERT_TRUE(writer.get().ok());
-  EXPECT_EQ(got, sent);
+  EXPECT_EQ(Carry(*server_, *client_, sent.data(), sent.size()), sent);
   EXPECT_EQ(Rdma(server_).counters().small_sends, 0u);
   EXPECT_GT(Rdma(server_).counters().ring_writes, 0u);
 }
