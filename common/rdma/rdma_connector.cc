@@ -70,11 +70,6 @@ Status ReadByte(int fd, char expected, std::chrono::steady_clock::time_point dea
 
 }  // namespace
 
-bool LocalAddressOf(int fd, sockaddr_storage* out) {
-  socklen_t length = sizeof(*out);
-  return getsockname(fd, reinterpret_cast<sockaddr*>(out), &length) == 0;
-}
-
 Status RdmaConnector::Open(const Verbs* verbs, const DeviceChoice& choice,
                            const RdmaOptions& options, const sockaddr_storage* local_address,
                            std::unique_ptr<RdmaConnector>* out) {

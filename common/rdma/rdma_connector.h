@@ -69,7 +69,4 @@ class RdmaConnector {
   bool ethernet_ = false;
 };
 
-// The local address of a connected socket (for DeviceChoice's GID choice).
-bool LocalAddressOf(int fd, sockaddr_storage* out);
-
 }  // namespace ferry::rdma

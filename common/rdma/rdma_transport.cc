@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <utility>
 
 
 namespace ferry::rdma {
@@ -54,7 +55,6 @@ QueuePair& QueuePair::operator=(QueuePair&& other) noexcept {
     cq = std::exchange(other.cq, nullptr);
     qp = std::exchange(other.qp, nullptr);
     max_inline = other.max_inline;
-    owns_context = other.owns_context;
   }
   return *this;
 }
@@ -67,8 +67,7 @@ void QueuePair::Destroy() {
   if (cq != nullptr) verbs->destroy_cq(std::exchange(cq, nullptr));
   if (channel != nullptr) verbs->destroy_comp_channel(std::exchange(channel, nullptr));
   if (pd != nullptr) verbs->dealloc_pd(std::exchange(pd, nullptr));
-  if (context != nullptr && owns_context) verbs->close_device(context);
-  context = nullptr;
+  if (context != nullptr) verbs->close_device(std::exchange(context, nullptr));
 }
 
 RdmaTransport::RdmaTransport(QueuePair queues, const RdmaOptions& options)

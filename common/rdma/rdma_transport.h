@@ -29,7 +29,7 @@
 // Waiting: completions (both directions, one completion queue) are polled
 // by whichever thread waits (reader or writer; one at a time, the other
 // waits on a condition variable). A waiter spins on the queue for the
-// busy-poll window (common/busy_poll.h), then arms the queue's completion
+// busy-poll window (RdmaOptions::busy_poll), then arms the queue's completion
 // channel and sleeps in poll(2) on it, on the liveness socket and on a
 // wake-up descriptor, each sleep at most kWaitSlice.
 //
@@ -82,9 +82,10 @@ struct RdmaOptions {
   uint32_t chunk_bytes = 256 << 10;
   // Inline data asked of the queue pair (the device may grant less).
   uint32_t max_inline = 220;
-  // How long a waiter spins on the completion queue before it sleeps;
-  // negative: the process-wide busy-poll window (common/busy_poll.h).
-  std::chrono::microseconds busy_poll{-1};
+  // How long a waiter spins on the completion queue before it sleeps.
+  // 0 (no spin) until the process-wide busy-poll window of issue 13 item 7
+  // (branch busypoll, common/busy_poll.h) is merged and takes its place.
+  std::chrono::microseconds busy_poll{0};
 };
 
 // What a side tells its peer during set-up: how to reach its queue pair and
@@ -120,7 +121,6 @@ struct QueuePair {
   ibv_cq* cq = nullptr;  // both directions' completions
   ibv_qp* qp = nullptr;
   uint32_t max_inline = 0;  // what the device granted
-  bool owns_context = true;
 
   QueuePair() = default;
   QueuePair(QueuePair&& other) noexcept;
