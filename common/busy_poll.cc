@@ -16,16 +16,14 @@ namespace {
 // The window in microseconds; -1 until set or first read (then the default).
 std::atomic<int64_t> window_us{-1};
 
-// CPUs this process may run on (a container or taskset may allow fewer than
-// the machine has).
+}  // namespace
+
 int UsableCpus() {
   cpu_set_t set;
   CPU_ZERO(&set);
   if (::sched_getaffinity(0, sizeof(set), &set) == 0) return CPU_COUNT(&set);
   return 1;
 }
-
-}  // namespace
 
 std::chrono::microseconds DefaultBusyPollWindowFor(int cpus) {
   return cpus >= kBusyPollMinCpus ? kDefaultBusyPollWindow : std::chrono::microseconds(0);

@@ -55,6 +55,9 @@ void SetBusyPollWindow(std::chrono::microseconds window);
 std::chrono::microseconds DefaultBusyPollWindow();
 // The default rule itself, for a given number of usable CPUs.
 std::chrono::microseconds DefaultBusyPollWindowFor(int cpus);
+// The CPUs this process may run on (sched_getaffinity: a container or
+// taskset may allow fewer than the machine has).
+int UsableCpus();
 
 // Parses a window as flags and environment variables write it: a whole
 // number of microseconds, optionally followed by "us" ("0", "50", "100us"),
