@@ -1,6 +1,7 @@
 #include "common/busy_poll.h"
 
 #include <sched.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <atomic>
@@ -83,35 +84,83 @@ void CpuRelax() {
 #endif
 }
 
-bool SpinUntil(std::chrono::nanoseconds budget, absl::FunctionRef<bool()> ready,
-               std::chrono::steady_clock::time_point limit) {
+namespace {
+
+// SpinUntil, also saying when it stopped.
+bool Spin(std::chrono::nanoseconds budget, absl::FunctionRef<bool()> ready,
+          std::chrono::steady_clock::time_point limit, std::chrono::steady_clock::time_point start,
+          std::chrono::steady_clock::time_point* stopped) {
+  *stopped = start;
   if (budget.count() <= 0) return false;
-  const auto start = std::chrono::steady_clock::now();
   const auto end = budget < limit - start ? start + budget : limit;
   if (end <= start) return false;
   for (;;) {
-    if (ready()) return true;
+    if (ready()) {
+      *stopped = std::chrono::steady_clock::now();
+      return true;
+    }
     CpuRelax();
-    if (std::chrono::steady_clock::now() >= end) return false;
+    *stopped = std::chrono::steady_clock::now();
+    if (*stopped >= end) return false;
   }
+}
+
+}  // namespace
+
+bool SpinUntil(std::chrono::nanoseconds budget, absl::FunctionRef<bool()> ready,
+               std::chrono::steady_clock::time_point limit) {
+  if (budget.count() <= 0) return false;
+  std::chrono::steady_clock::time_point stopped;
+  return Spin(budget, ready, limit, std::chrono::steady_clock::now(), &stopped);
+}
+
+uint64_t BusyPoller::ThreadPreemptions() {
+  rusage usage{};
+  if (::getrusage(RUSAGE_THREAD, &usage) != 0) return 0;
+  return static_cast<uint64_t>(usage.ru_nivcsw);
+}
+
+bool BusyPoller::Preempted() {
+  const uint64_t now = preemptions_();
+  const bool preempted = looked_ && now != seen_preemptions_;
+  looked_ = true;
+  seen_preemptions_ = now;
+  return preempted;
 }
 
 bool BusyPoller::Spin(absl::FunctionRef<bool()> ready,
                       std::chrono::steady_clock::time_point limit) {
   const std::chrono::nanoseconds window = BusyPollWindow();
   if (window.count() <= 0) return false;
-  if (limit != std::chrono::steady_clock::time_point::max() &&
-      std::chrono::steady_clock::now() >= limit) {
-    return false;  // nothing to spin for: the caller's deadline has passed
+  const auto start = std::chrono::steady_clock::now();
+  if (start >= limit) return false;  // nothing to spin for: the caller's deadline has passed
+  std::chrono::nanoseconds budget = window;
+  if (busy_cpus_) {
+    if (++waits_ % kBusyProbeEvery != 0) return false;  // paused
+    budget = window / (1 << kMaxHalvings);  // a probe: the bottom budget is enough to look
+  } else if (halvings_ > 0 && ++waits_ % kProbeEvery != 0) {
+    budget = window / (1 << halvings_);
   }
   ++spins_;
-  std::chrono::nanoseconds budget = window;
-  if (halvings_ > 0 && ++waits_ % kProbeEvery != 0) budget = window / (1 << halvings_);
   last_budget_ = budget;
-  if (SpinUntil(budget, ready, limit)) {
+  std::chrono::steady_clock::time_point stopped;
+  const bool caught = ferry::Spin(budget, ready, limit, start, &stopped);
+  if (caught) ++caught_;
+  // Preempted while it spun (or since it last looked): other work wants this
+  // CPU. A short catch skips the look (a system call) and leaves it to the
+  // next longer spin; a probe always looks.
+  if (busy_cpus_ || !caught || stopped - start >= kPreemptionCheckAfter) {
+    if (Preempted()) {
+      busy_cpus_ = true;
+      halvings_ = kMaxHalvings;  // spinning resumes at the bottom
+      waits_ = 0;
+      return caught;
+    }
+    busy_cpus_ = false;
+  }
+  if (caught) {
     halvings_ = 0;
     waits_ = 0;
-    ++caught_;
     return true;
   }
   if (halvings_ < kMaxHalvings) ++halvings_;

@@ -17,7 +17,13 @@
 //     CPU the spinner only keeps the peer it waits for off the CPU.
 //   * SpinUntil: spin on a predicate for a given time (the building block).
 //   * BusyPoller: one waiting thread's adaptive use of the window (below);
-//     what the transports call before they sleep.
+//     what the transports call before they sleep:
+//
+//       BusyPoller poller_;  // the reader's, a member beside its other state
+//       ...
+//       if (!poller_.Spin([&] { return TryReceive(); }, read_deadline_)) {
+//         Block();  // poll(2), a futex, a completion channel
+//       }
 //
 // Thread-safety: the window's getter and setter are safe from any thread
 // (a relaxed atomic: a change applies to waits that start after it).
@@ -92,13 +98,31 @@ bool SpinUntil(std::chrono::nanoseconds budget, absl::FunctionRef<bool()> ready,
 //     every kProbeEvery-th wait spins the whole window again (a probe), so a
 //     pair of peers that both backed off — each sleeping, each making the
 //     other wait a wake-up longer — finds its way back to spinning.
+//   * busy CPUs: when the thread was preempted (an involuntary context
+//     switch, looked at after each spin that missed or took at least
+//     kPreemptionCheckAfter), other work wants its CPU, and every microsecond
+//     spun is taken from the peer or from that work: it stops spinning, but
+//     for a probe (an eighth of the window) every kBusyProbeEvery-th wait; a
+//     probe that runs unpreempted ends the pause, and spinning resumes at an
+//     eighth of the window.
 //
 // So a run of long waits (an idle client; a long synchronize) costs about an
-// eighth of the window per wait, and short waits cost no wake-up at all.
+// eighth of the window per wait, short waits cost no wake-up at all, and on
+// CPUs that other work keeps busy it costs next to nothing.
 class BusyPoller {
  public:
   static constexpr int kMaxHalvings = 3;
   static constexpr uint32_t kProbeEvery = 8;
+  static constexpr uint32_t kBusyProbeEvery = 32;
+  static constexpr std::chrono::microseconds kPreemptionCheckAfter{10};
+
+  // How many times the calling thread has been preempted so far (the
+  // default: getrusage(RUSAGE_THREAD) ru_nivcsw); tests pass their own.
+  using PreemptionCounter = uint64_t (*)();
+  static uint64_t ThreadPreemptions();
+
+  explicit BusyPoller(PreemptionCounter preemptions = &ThreadPreemptions)
+      : preemptions_(preemptions) {}
 
   // Spins until `ready()` (true) or this wait's budget passes (false: the
   // caller sleeps now), never past `limit` (a read deadline). `ready` as in
@@ -112,10 +136,19 @@ class BusyPoller {
   uint64_t caught() const { return caught_; }
   // How many times the next spin's budget is halved (0 = the whole window).
   int halvings() const { return halvings_; }
+  // Whether it has stopped spinning because the CPUs are busy.
+  bool paused_for_busy_cpus() const { return busy_cpus_; }
   // The budget of the last wait that spun.
   std::chrono::nanoseconds last_budget() const { return last_budget_; }
 
  private:
+  // Whether the thread was preempted since the last look.
+  bool Preempted();
+
+  PreemptionCounter preemptions_;
+  uint64_t seen_preemptions_ = 0;
+  bool looked_ = false;
+  bool busy_cpus_ = false;
   std::chrono::nanoseconds last_budget_{0};
   int halvings_ = 0;
   uint32_t waits_ = 0;

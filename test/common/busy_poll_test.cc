@@ -97,9 +97,13 @@ TEST(SpinUntilTest, GivesUpWhenTheBudgetOrTheLimitPasses) {
   EXPECT_GE(calls, 1);
 }
 
+// A preemption counter the test moves (BusyPoller's pause for busy CPUs).
+std::atomic<uint64_t> fake_preemptions{0};
+uint64_t FakePreemptions() { return fake_preemptions.load(); }
+
 TEST(BusyPollerTest, WindowZeroNeverSpins) {
   WindowScope scope(0us);
-  BusyPoller poller;
+  BusyPoller poller(&FakePreemptions);
   int calls = 0;
   for (int i = 0; i < 20; ++i) EXPECT_FALSE(poller.Spin([&] { return ++calls > 0; }));
   EXPECT_EQ(calls, 0);
@@ -109,7 +113,7 @@ TEST(BusyPollerTest, WindowZeroNeverSpins) {
 
 TEST(BusyPollerTest, BacksOffAfterMissesProbesAndComesBackOnACatch) {
   WindowScope scope(40us);
-  BusyPoller poller;
+  BusyPoller poller(&FakePreemptions);
   EXPECT_TRUE(poller.Spin([] { return true; }));
   EXPECT_EQ(poller.last_budget(), 40us);
   EXPECT_EQ(poller.halvings(), 0);
@@ -132,9 +136,45 @@ TEST(BusyPollerTest, BacksOffAfterMissesProbesAndComesBackOnACatch) {
   EXPECT_EQ(poller.caught(), 3u);
 }
 
+TEST(BusyPollerTest, PausesWhileItsThreadIsPreemptedAndProbesBack) {
+  WindowScope scope(40us);
+  BusyPoller poller(&FakePreemptions);
+  EXPECT_FALSE(poller.Spin([] { return false; }));  // the first look: nothing to compare
+  EXPECT_FALSE(poller.paused_for_busy_cpus());
+  // Preempted since: other work wants the CPU; it stops spinning.
+  fake_preemptions += 1;
+  EXPECT_FALSE(poller.Spin([] { return false; }));
+  EXPECT_TRUE(poller.paused_for_busy_cpus());
+  const uint64_t spun = poller.spins();
+  int calls = 0;
+  for (uint32_t i = 1; i < BusyPoller::kBusyProbeEvery; ++i) {
+    EXPECT_FALSE(poller.Spin([&] { return ++calls > 0; }));
+  }
+  EXPECT_EQ(calls, 0);
+  EXPECT_EQ(poller.spins(), spun);
+  // Every kBusyProbeEvery-th wait probes with an eighth of the window;
+  // preempted again, the pause goes on (a catch is still a catch).
+  fake_preemptions += 1;
+  EXPECT_TRUE(poller.Spin([&] { return ++calls > 0; }));
+  EXPECT_EQ(poller.last_budget(), 5us);
+  EXPECT_TRUE(poller.paused_for_busy_cpus());
+  for (uint32_t i = 1; i < BusyPoller::kBusyProbeEvery; ++i) {
+    EXPECT_FALSE(poller.Spin([&] { return ++calls > 0; }));
+  }
+  EXPECT_EQ(calls, 1);
+  // A probe that runs unpreempted and catches ends the pause: the whole
+  // window again.
+  EXPECT_TRUE(poller.Spin([] { return true; }));
+  EXPECT_EQ(poller.last_budget(), 5us);
+  EXPECT_FALSE(poller.paused_for_busy_cpus());
+  EXPECT_EQ(poller.halvings(), 0);
+  EXPECT_TRUE(poller.Spin([] { return true; }));
+  EXPECT_EQ(poller.last_budget(), 40us);
+}
+
 TEST(BusyPollerTest, APassedDeadlineSkipsTheSpin) {
   WindowScope scope(1000us);
-  BusyPoller poller;
+  BusyPoller poller(&FakePreemptions);
   int calls = 0;
   EXPECT_FALSE(
       poller.Spin([&] { return ++calls > 0; }, std::chrono::steady_clock::now() - 1ms));
