@@ -50,6 +50,7 @@
 #include <vector>
 
 #include "common/busy_poll.h"
+#include "common/transport.h"
 #include "common/units.h"
 #include "driver_figures.h"
 #include "raw_baseline.h"
@@ -58,7 +59,8 @@ namespace ferry::bench {
 namespace {
 
 constexpr const char* kUsage =
-    "usage: ferry-bench [--reps N] [--quick] [--json PATH] [--transports tcp[,unix]]\n"
+    "usage: ferry-bench [--reps N] [--quick] [--json PATH] [--transports tcp[,unix][,rdma]]\n"
+    "                   [--listen-host HOST]\n"
     "                   [--only rtt,launch,copy,peer,module] [--copy-sizes 64MiB,256MiB]\n"
     "                   [--ferryd PATH] [--ferryd-arg ARG]... [--libcuda PATH]\n"
     "                   [--host-kernels PATH] [--fatbin PATH]\n"
@@ -72,6 +74,9 @@ struct Options {
   bool quick = false;
   std::string json;
   std::vector<std::string> transports{"tcp"};
+  // Where ferryd listens: RDMA needs an address its device carries (the rxe
+  // VM's 10.0.0.1); off loopback, ferryd runs with --no-tls --no-auth.
+  std::string listen_host = "127.0.0.1";
   std::string ferryd = FERRY_BENCH_FERRYD;
   std::vector<std::string> ferryd_args;  // more flags for ferryd (--sessions-in-process)
   std::string libcuda = FERRY_BENCH_LIBCUDA;
@@ -116,6 +121,8 @@ bool ParseArgs(int argc, char** argv, Options* o) {
       o->json = v;
     } else if (arg == "--transports" && (v = value())) {
       o->transports = Split(v, ',');
+    } else if (arg == "--listen-host" && (v = value())) {
+      o->listen_host = v;
     } else if (arg == "--only" && (v = value())) {
       o->only = v;
     } else if (arg == "--ferryd" && (v = value())) {
@@ -151,7 +158,7 @@ bool ParseArgs(int argc, char** argv, Options* o) {
     }
   }
   for (const std::string& t : o->transports) {
-    if (t != "tcp" && t != "unix") return false;
+    if (t != "tcp" && t != "unix" && t != "rdma") return false;
   }
   return true;
 }
@@ -231,9 +238,13 @@ class Ferryd {
   Status Start(const Options& o, const std::string& dir) {
     const std::string ready = dir + "/ready";
     unix_path_ = dir + "/ferryd.sock";
-    std::vector<std::string> argv = {o.ferryd, "--listen",       "127.0.0.1:0",  "--backend",
-                                     "host",   "--host-kernels", o.host_kernels, "--ready-file",
-                                     ready,    "--log-level",    "warning"};
+    std::vector<std::string> argv = {o.ferryd,       "--listen",     o.listen_host + ":0",
+                                     "--backend",    "host",         "--host-kernels",
+                                     o.host_kernels, "--ready-file", ready,
+                                     "--log-level",  "warning"};
+    if (!IsLoopbackAddress(o.listen_host + ":0")) {
+      argv.insert(argv.end(), {"--no-tls", "--no-auth"});
+    }
     argv.insert(argv.end(), o.ferryd_args.begin(), o.ferryd_args.end());
     for (const std::string& t : o.transports) {
       if (t == "unix") {
@@ -284,7 +295,11 @@ class Ferryd {
   pid_t pid() const { return pid_; }
 
   std::string Address(const std::string& transport) const {
-    return transport == "unix" ? "unix:" + unix_path_ : tcp_address_;
+    if (transport == "unix") return "unix:" + unix_path_;
+    // TCP for the handshake, then the stream on RDMA (or the client fails,
+    // saying why).
+    if (transport == "rdma") return std::string(kRdmaScheme) + tcp_address_;
+    return tcp_address_;
   }
 
  private:

@@ -441,6 +441,7 @@ Status HostAlloc(void** pp, size_t bytes, unsigned flags) {
   // Fresh memory: a stale record over it is replaced, so this cannot fail.
   FERRY_RETURN_IF_ERROR(
       rt.allocations().AddHost(p, ferry::client::HostAllocation{bytes, flags, false}));
+  rt.NoteHostMemory(p, bytes);
   *pp = p;
   return Status::Ok();
 }
@@ -561,6 +562,7 @@ CUresult CUDAAPI cuMemFreeHost(void* p) {
     FERRY_RETURN_IF_ERROR(rt.Ready());
     ferry::client::HostAllocation removed;
     FERRY_RETURN_IF_ERROR(rt.allocations().RemoveHost(p, /*registered=*/false, &removed));
+    rt.ForgetHostMemory(p);
     munmap(p, removed.size);
     return Status::Ok();
   });
@@ -609,10 +611,14 @@ CUresult CUDAAPI cuMemHostRegister_v2(void* p, size_t bytesize, unsigned int Fla
     if (rt.allocations().FindHost(p, nullptr, nullptr)) {
       return Status::Cuda(CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED, "already page-locked");
     }
-    // Nothing to pin locally: the bytes cross the network either way. The
-    // record makes async copies into this range asynchronous. A range that
-    // overlaps page-locked memory is refused (ALREADY_REGISTERED).
-    return rt.allocations().AddHost(p, ferry::client::HostAllocation{bytesize, Flags, true});
+    // The record makes async copies into this range asynchronous; over RDMA
+    // the transport registers the range on first use and sends from it
+    // without a copy (Runtime::NoteHostMemory). A range that overlaps
+    // page-locked memory is refused (ALREADY_REGISTERED).
+    FERRY_RETURN_IF_ERROR(
+        rt.allocations().AddHost(p, ferry::client::HostAllocation{bytesize, Flags, true}));
+    rt.NoteHostMemory(p, bytesize);
+    return Status::Ok();
   });
 }
 
@@ -623,7 +629,9 @@ CUresult CUDAAPI cuMemHostRegister(void* p, size_t bytesize, unsigned int Flags)
 CUresult CUDAAPI cuMemHostUnregister(void* p) {
   return Api([&]() -> Status {
     FERRY_RETURN_IF_ERROR(Runtime::Get().Ready());
-    return Runtime::Get().allocations().RemoveHost(p, /*registered=*/true, nullptr);
+    FERRY_RETURN_IF_ERROR(Runtime::Get().allocations().RemoveHost(p, /*registered=*/true, nullptr));
+    Runtime::Get().ForgetHostMemory(p);
+    return Status::Ok();
   });
 }
 

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "common/frame.h"
+#include "common/rdma/rdma_wire.h"
 #include "common/log.h"
 #include "common/units.h"
 #include "schema/call_table.h"
@@ -76,11 +77,77 @@ Status CheckWaits(wire::Call::Which which, bool wants_reply, bool gate) {
   return Status::Internal(message);
 }
 
+Status Connection::PrepareRdma(Transport& transport, const ConnectionOptions& options,
+                               std::unique_ptr<rdma::RdmaConnector>* out) {
+  sockaddr_storage local{};
+  if (!transport.LocalSocketAddress(&local)) {
+    return Status::Unimplemented("RDMA is set up beside a plain TCP connection only, not " +
+                                 transport.Description());
+  }
+  std::string why;
+  const rdma::Verbs* verbs =
+      options.rdma_verbs != nullptr ? options.rdma_verbs : rdma::SystemVerbs(&why);
+  if (verbs == nullptr) return Status::Unimplemented(why);
+  return rdma::RdmaConnector::Open(verbs, options.rdma_device, options.rdma_options, &local, out);
+}
+
+Status Connection::FinishRdma(std::unique_ptr<rdma::RdmaConnector> connector,
+                              wire::HelloReply::Reader reply,
+                              const std::string& server_name, bool required,
+                              const ConnectionOptions& options,
+                              std::unique_ptr<Transport>* transport) {
+  if (!reply.hasRdma()) {
+    const std::string refusal =
+        reply.getRdmaRefusal().size() > 0 ? reply.getRdmaRefusal().cStr() : "it did not say why";
+    if (required) {
+      return Status::Unimplemented("ferryd at " + server_name +
+                                   " does not take RDMA, which is required: " + refusal);
+    }
+    FERRY_LOG(kInfo) << "the connection to ferryd at " << server_name
+                     << " stays on TCP: ferryd does not take RDMA: " << refusal;
+    return Status::Ok();
+  }
+  rdma::RdmaEndpoint server_endpoint;
+  Status moved = rdma::EndpointFromWire(reply.getRdma(), &server_endpoint);
+  if (moved.ok()) moved = connector->ConnectQueuePair(server_endpoint);
+  if (moved.ok()) {
+    const auto deadline =
+        std::chrono::steady_clock::now() +
+        (options.call_timeout.count() > 0 ? options.call_timeout : kHandoverTimeout);
+    moved = std::move(*connector).SwitchToRdma(transport, /*speak_first=*/true, deadline);
+  }
+  if (!moved.ok()) {
+    // ferryd waits for this side's mark: the session there ends with the
+    // connection.
+    return Status::Disconnected("moving the connection to ferryd at " + server_name +
+                                " to RDMA failed: " + moved.message());
+  }
+  FERRY_LOG(kInfo) << "connected to ferryd at " << server_name << " over "
+                   << (*transport)->Description() << " (ferryd's side: " << server_endpoint.device
+                   << ")";
+  return Status::Ok();
+}
+
 Status Connection::Open(std::unique_ptr<Transport> transport, std::string server_name,
                         const Borrow& borrow, std::unique_ptr<Connection>* out,
                         std::unique_ptr<capnp::MessageReader>* hello_reply,
                         kj::Array<capnp::word>* hello_words, ConnectionOptions options,
                         Redirect* redirect) {
+  // RDMA is offered in the Hello when it may carry the stream: a plain TCP
+  // connection (not TLS, not shared memory) and a device here.
+  std::unique_ptr<rdma::RdmaConnector> rdma_connector;
+  const bool rdma_required = options.carrier == ConnectionOptions::Carrier::kRdma;
+  if (options.carrier != ConnectionOptions::Carrier::kTcp) {
+    Status prepared = PrepareRdma(*transport, options, &rdma_connector);
+    if (!prepared.ok()) {
+      if (rdma_required) {
+        return Status::Unimplemented("RDMA to ferryd at " + server_name +
+                                     " is required, but this host cannot: " + prepared.message());
+      }
+      FERRY_LOG(kDebug) << "the connection to " << server_name
+                        << " stays on TCP: " << prepared.message();
+    }
+  }
   // Kept: a TLS hand-over (below) sends it again.
   capnp::MallocMessageBuilder hello_message;
   {
@@ -102,6 +169,10 @@ Status Connection::Open(std::unique_ptr<Transport> transport, std::string server
     hello.setQueueTicket(borrow.queue_ticket);
     hello.setTicketStays(borrow.ticket_stays);
     hello.setFollowsParts(redirect != nullptr);
+    if (rdma_connector != nullptr) {
+      rdma::EndpointToWire(rdma_connector->Local(), hello.initRdma());
+      hello.setRdmaRequired(rdma_required);
+    }
     FERRY_RETURN_IF_ERROR(WriteFrame(*transport, wire::FrameKind::HELLO, hello_message));
   }
   // Interim replies (queued for a slice) come first; the last one answers.
@@ -184,6 +255,11 @@ Status Connection::Open(std::unique_ptr<Transport> transport, std::string server
       return Status::Malformed("bad handshake reply from " + server_name + ": " +
                                e.getDescription().cStr());
     }
+  }
+  if (rdma_connector != nullptr) {
+    FERRY_RETURN_IF_ERROR(FinishRdma(std::move(rdma_connector),
+                                     (*hello_reply)->getRoot<wire::HelloReply>(), server_name,
+                                     rdma_required, options, &transport));
   }
   transport->SetReadDeadline(kNoDeadline);  // the watchdog bounds calls from now on
   out->reset(new Connection(std::move(transport), std::move(server_name), options));

@@ -71,6 +71,7 @@
 #include <vector>
 
 #include "client/host_callback_thread.h"
+#include "common/rdma/rdma_connector.h"
 #include "common/status.h"
 #include "common/transport.h"
 #include "schema/ferry.capnp.h"
@@ -107,6 +108,17 @@ struct ConnectionOptions {
   // queued). 0: no deadline.
   std::chrono::milliseconds call_timeout = kDefaultCallTimeout;
   static constexpr std::chrono::milliseconds kDefaultCallTimeout{600000};
+  // What carries the stream after the handshake, over a plain TCP
+  // connection (FERRY_TRANSPORT; an rdma:// address means kRdma):
+  //   kAuto: RDMA when this host and ferryd both have a usable device, else
+  //          TCP (said once in the log);
+  //   kTcp:  TCP;
+  //   kRdma: RDMA or no connection (the reason in the error).
+  enum class Carrier { kAuto, kTcp, kRdma };
+  Carrier carrier = Carrier::kAuto;
+  rdma::DeviceChoice rdma_device;         // FERRY_RDMA_DEVICE, FERRY_RDMA_GID_INDEX
+  rdma::RdmaOptions rdma_options;
+  const rdma::Verbs* rdma_verbs = nullptr;  // null: the system's libibverbs (tests give a fake)
 };
 
 // Whether a call may be sent the way it is: the schema's description of each
@@ -171,6 +183,17 @@ class Connection {
                      kj::Array<capnp::word>* hello_words, ConnectionOptions options = {},
                      Redirect* redirect = nullptr);
   ~Connection();
+
+  // RDMA set-up around the handshake (common/rdma/rdma_connector.h): the
+  // connector whose endpoint the Hello offers, or why there is none; then,
+  // with ferryd's answer, the stream moved to RDMA (or left on TCP when
+  // ferryd refuses and RDMA is not `required`).
+  static Status PrepareRdma(Transport& transport, const ConnectionOptions& options,
+                            std::unique_ptr<rdma::RdmaConnector>* out);
+  static Status FinishRdma(std::unique_ptr<rdma::RdmaConnector> connector,
+                           wire::HelloReply::Reader reply, const std::string& server_name,
+                           bool required, const ConnectionOptions& options,
+                           std::unique_ptr<Transport>* transport);
 
   // Queues a call without waiting. `bulk` is taken before return (copied into
   // the batch, or written to the socket when large). `seq_out`, when given,
@@ -250,6 +273,13 @@ class Connection {
   Status Flush();
 
   const std::string& server_name() const { return server_name_; }
+  // Page-locked host memory of the program: a transport that can send from
+  // it without a copy (RDMA) registers it on first use. Forget it before it
+  // goes. Any thread.
+  void NoteHostMemory(const void* address, size_t size) {
+    transport_->RegisterHostMemory(address, size);
+  }
+  void ForgetHostMemory(const void* address) { transport_->UnregisterHostMemory(address); }
   // OK while the connection is up and the session has its devices.
   Status health();
 

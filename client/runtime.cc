@@ -86,6 +86,38 @@ Status BusyPollFromEnvironment() {
   return Status::Ok();
 }
 
+// FERRY_TRANSPORT=auto|tcp|rdma (default auto), FERRY_RDMA_DEVICE=NAME,
+// FERRY_RDMA_GID_INDEX=N: what carries the stream over TCP connections
+// (ConnectionOptions::Carrier).
+Status CarrierFromEnvironment(ConnectionOptions* options) {
+  if (const char* text = std::getenv("FERRY_TRANSPORT"); text != nullptr && *text != '\0') {
+    const std::string carrier = text;
+    if (carrier == "auto") {
+      options->carrier = ConnectionOptions::Carrier::kAuto;
+    } else if (carrier == "tcp") {
+      options->carrier = ConnectionOptions::Carrier::kTcp;
+    } else if (carrier == "rdma") {
+      options->carrier = ConnectionOptions::Carrier::kRdma;
+    } else {
+      return Status::InvalidArgument("FERRY_TRANSPORT='" + carrier +
+                                     "' is not auto, tcp or rdma");
+    }
+  }
+  if (const char* device = std::getenv("FERRY_RDMA_DEVICE"); device != nullptr) {
+    options->rdma_device.device = device;
+  }
+  if (const char* text = std::getenv("FERRY_RDMA_GID_INDEX"); text != nullptr && *text != '\0') {
+    char* end = nullptr;
+    const long index = std::strtol(text, &end, 10);
+    if (*end != '\0' || index < 0 || index > 255) {
+      return Status::InvalidArgument("FERRY_RDMA_GID_INDEX='" + std::string(text) +
+                                     "' is not a GID index (0-255)");
+    }
+    options->rdma_device.gid_index = static_cast<int>(index);
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 CUresult Unsupported(const char* name, const char* reason) {
@@ -306,6 +338,7 @@ Status Runtime::ConnectFromEnvironment() {
   FERRY_RETURN_IF_ERROR(TokenFromEnvironment(&borrow.token));
   ConnectionOptions options;
   FERRY_RETURN_IF_ERROR(CallTimeoutFromEnvironment(&options.call_timeout));
+  FERRY_RETURN_IF_ERROR(CarrierFromEnvironment(&options));
   FERRY_RETURN_IF_ERROR(BusyPollFromEnvironment());
   std::vector<std::string> servers;
   for (size_t start = 0; start <= server_list.size();) {
@@ -394,6 +427,7 @@ Status Runtime::OpenSessionAt(const std::string& server, const Connection::Borro
   std::unique_ptr<Transport> transport;
   FERRY_RETURN_IF_ERROR(
       ConnectTransportWithTls(server, std::chrono::milliseconds(timeout_ms), tls, &transport));
+  if (server.starts_with(kRdmaScheme)) options.carrier = ConnectionOptions::Carrier::kRdma;
   part->server = server;
   return OpenSession(std::move(transport), server, borrow, options, &part->connection, devices,
                      &part->session_id, redirect);

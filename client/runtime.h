@@ -152,6 +152,15 @@ class Runtime {
   // The connection of context `ctx`'s device. A context the registry does not
   // know goes to the first part, where the call fails as the driver's would.
   Connection& ConnectionOf(uint64_t ctx);
+  // Page-locked host memory (cuMemHostAlloc, cuMemHostRegister), told to
+  // every server's connection (Connection::NoteHostMemory); forgotten before
+  // it is freed or unregistered.
+  void NoteHostMemory(const void* address, size_t size) {
+    for (SessionPart& part : parts_) part.connection->NoteHostMemory(address, size);
+  }
+  void ForgetHostMemory(const void* address) {
+    for (SessionPart& part : parts_) part.connection->ForgetHostMemory(address);
+  }
   // The connection of function `function`'s context (the first part's for an
   // unknown function, which fails there).
   Connection& FunctionConnection(uint64_t function);

@@ -109,6 +109,9 @@ class ShmTransport final : public Transport {
   Status ReadExact(void* data, size_t size) override;
   void Shutdown() override;
   const std::string& PeerName() const override { return peer_name_; }
+  std::string Description() const override {
+    return "shm, ring " + std::to_string(ring_bytes_ >> 20) + " MiB";
+  }
   void SetReadDeadline(std::chrono::steady_clock::time_point deadline) override {
     read_deadline_ = deadline;
   }

@@ -190,6 +190,7 @@ class TlsTransport final : public Transport {
 
   void Shutdown() override { ::shutdown(fd_, SHUT_RDWR); }
   const std::string& PeerName() const override { return peer_name_; }
+  std::string Description() const override { return "tls"; }
 
   bool PeerGoneOrTalking() override {
     {
@@ -467,7 +468,11 @@ Status AcceptTls(int fd, std::string peer_name, const TlsContext& context,
 
 std::optional<TlsClientConfig> TlsClientConfigFromEnvironment(std::string_view address) {
   const char* ca = std::getenv("FERRY_TLS_CA");
-  if (ca == nullptr || *ca == '\0' || address.substr(0, 5) == "unix:") return std::nullopt;
+  // Shared memory stays on the host; RDMA carries the stream unencrypted.
+  if (ca == nullptr || *ca == '\0' || address.substr(0, 5) == "unix:" ||
+      address.starts_with(kRdmaScheme)) {
+    return std::nullopt;
+  }
   TlsClientConfig config;
   config.ca_file = ca;
   if (const char* name = std::getenv("FERRY_TLS_SERVER_NAME"); name != nullptr && *name != '\0') {

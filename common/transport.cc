@@ -215,6 +215,11 @@ Status SocketTransport::Release(TransportHandover* out) {
   return Status::Ok();
 }
 
+bool SocketTransport::LocalSocketAddress(sockaddr_storage* out) const {
+  socklen_t length = sizeof(*out);
+  return fd_ >= 0 && getsockname(fd_, reinterpret_cast<sockaddr*>(out), &length) == 0;
+}
+
 bool SocketTransport::PeerGoneOrTalking() {
   pollfd p{};
   p.fd = fd_;
@@ -364,6 +369,10 @@ Status ConnectTransport(std::string_view address, std::chrono::milliseconds time
   constexpr std::string_view kUnix = "unix:";
   if (address.substr(0, kUnix.size()) == kUnix) {
     return ConnectShm(address.substr(kUnix.size()), timeout, out);
+  }
+  // RDMA is set up beside a TCP connection, in the handshake.
+  if (address.substr(0, kRdmaScheme.size()) == kRdmaScheme) {
+    return ConnectTcp(address.substr(kRdmaScheme.size()), timeout, out);
   }
   return ConnectTcp(address, timeout, out);
 }

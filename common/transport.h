@@ -16,6 +16,8 @@
 // later reads and writes fail with Disconnected.
 #pragma once
 
+#include <sys/socket.h>
+
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -88,6 +90,25 @@ class Transport {
   // initial setting) waits forever. Reader thread only. A transport that
   // cannot bound its reads ignores it.
   virtual void SetReadDeadline(std::chrono::steady_clock::time_point deadline) { (void)deadline; }
+  // What carries the bytes, for logs and ferryctl status: "tcp", "tls",
+  // "shm, ring 8 MiB", "rdma mlx5_0 port 1 gid 3, ring 8 MiB".
+  // A transport that does not say (tests' own) is "other".
+  virtual std::string Description() const { return "other"; }
+  // Host memory the program page-locked (cuMemHostAlloc, cuMemHostRegister)
+  // and will likely pass again: a transport that can send straight from
+  // registered memory (RDMA) registers it on first use; the others ignore
+  // it. Unregister before the memory goes. Any thread.
+  virtual void RegisterHostMemory(const void* address, size_t size) {
+    (void)address;
+    (void)size;
+  }
+  virtual void UnregisterHostMemory(const void* address) { (void)address; }
+  // This side's address of a TCP connection (to choose the RDMA GID that
+  // carries it); false for other transports.
+  virtual bool LocalSocketAddress(sockaddr_storage* out) const {
+    (void)out;
+    return false;
+  }
   // Whether Release can work for this kind of transport (ferryd's side of
   // TCP, TLS and shared memory).
   virtual bool CanHandOver() const { return false; }
@@ -138,6 +159,8 @@ class SocketTransport final : public Transport {
   Status ReadExact(void* data, size_t size) override;
   void Shutdown() override;
   const std::string& PeerName() const override { return peer_name_; }
+  std::string Description() const override { return "tcp"; }
+  bool LocalSocketAddress(sockaddr_storage* out) const override;
   bool PeerGoneOrTalking() override;
   void SetReadDeadline(std::chrono::steady_clock::time_point deadline) override {
     read_deadline_ = deadline;
@@ -181,8 +204,13 @@ Status ConnectTcp(std::string_view address, std::chrono::milliseconds timeout,
 // caller owns it).
 Status ConnectTcpSocket(std::string_view address, std::chrono::milliseconds timeout, int* fd);
 
+// "rdma://HOST:PORT": ferryd at HOST:PORT over TCP, the stream moved to
+// RDMA in the handshake (common/rdma/rdma_connector.h), or no connection.
+inline constexpr std::string_view kRdmaScheme = "rdma://";
+
 // Connects to a ferryd address: "unix:/path" (shared memory, see
-// common/shm_transport.h) or "host:port" (TCP).
+// common/shm_transport.h), "host:port" (TCP) or "rdma://host:port" (TCP, for
+// the handshake to move to RDMA).
 Status ConnectTransport(std::string_view address, std::chrono::milliseconds timeout,
                         std::unique_ptr<Transport>* out);
 

@@ -160,6 +160,30 @@ struct Hello {
   # cluster pool: this client borrows the parts of a split borrow (HelloReply.parts); only
   # then does ferryd split one (a client without it is refused, or waits, as before)
   followsParts @15 :Bool;
+  # RDMA (common/rdma/rdma_connector.h): the client's queue pair and receive ring, offered for
+  # the stream after the handshake; absent = TCP only. ferryd that can (a TCP connection
+  # without TLS, an RDMA device of its own) answers with HelloReply.rdma, else with
+  # HelloReply.rdmaRefusal, and the stream stays on TCP.
+  rdma @16 :RdmaEndpoint;
+  # With rdma: the client requires it (FERRY_SERVER=rdma://..., FERRY_TRANSPORT=rdma) —
+  # informational; a refusal is answered the same, and the client gives up.
+  rdmaRequired @17 :Bool;
+}
+
+# One side of an RDMA connection: how to reach its RC queue pair, and where and how much the
+# other side may write (common/rdma/rdma_transport.h).
+struct RdmaEndpoint {
+  gid @0 :Data;                # 16 bytes
+  lid @1 :UInt32;
+  qpNumber @2 :UInt32;
+  packetSequence @3 :UInt32;
+  mtu @4 :UInt32;              # an ibv_mtu value
+  ringAddress @5 :UInt64;
+  ringKey @6 :UInt32;
+  ringBytes @7 :UInt64;        # a power of two
+  receiveDepth @8 :UInt32;     # receives posted: the most unread messages
+  smallMessageBytes @9 :UInt32;  # the largest SEND one receive takes
+  device @10 :Text;            # "mlx5_0 port 1 gid 3", for logs
 }
 
 struct Device {
@@ -202,6 +226,13 @@ struct HelloReply {
   # part but the last, and Hello.redirects at its maximum (a part is not sent on again). A
   # part that fails fails the whole borrow; the parts already borrowed end with it.
   parts @12 :List(BorrowPart);
+  # With the final reply, to a Hello with rdma: ferryd's queue pair, already connected to the
+  # client's. The client connects its own, writes one byte on the TCP connection, and reads
+  # ferryd's one byte back; from then on every frame travels over RDMA, and the TCP
+  # connection stays open, silent, to tell each side when the other is gone.
+  rdma @13 :RdmaEndpoint;
+  # Why ferryd does not take the client's RDMA offer ("" = it takes it, or none was made).
+  rdmaRefusal @14 :Text;
 }
 
 # One server's share of a borrow split across the servers of a cluster pool.
@@ -1453,6 +1484,7 @@ struct SessionInfo {
   events @9 :UInt32;
   modules @10 :UInt32;
   sinceUnixMs @11 :Int64;
+  transport @12 :Text;    # what carries its stream: "tcp", "tls", "shm, ring 8 MiB", "rdma ..."
 }
 
 struct ControlReply {

@@ -45,6 +45,11 @@ struct WorkerStart {
   # with ("" = none), for the session's log lines.
   tokenName @9 :Text;
   tokenId @10 :Text;
+  # Session::SetRdma (ferryd --rdma, --rdma-device, --rdma-gid-index)
+  rdmaEnabled @11 :Bool;
+  rdmaDevice @12 :Text;
+  rdmaGidIndex @13 :Int32;
+  rdmaUnavailable @14 :Text;
 }
 
 # A snapshot of the session (server/session.h SessionInfo).
@@ -78,6 +83,7 @@ struct WorkerSessionInfo {
   framesToClient @24 :UInt64;
   syncCallCounts @25 :List(UInt64);  # per bucket of kSyncCallBucketSeconds (server/session.h), not cumulative
   syncCallSeconds @26 :Float64;      # their sum
+  transport @27 :Text;               # SessionInfo.transport (server/session.h)
 }
 
 # A module image by name (server/module_cache.h): SHA-256 and length.

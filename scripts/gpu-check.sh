@@ -9,7 +9,8 @@
 #                       the SM-partition test among them (no ferry client)
 #   cublas_gemm         SGEMM/DGEMM vs a CPU reference (ferry, native)
 #   bench               ferry-bench driver figures: sync RTT, launches/s, H2D/D2H
-#                       pinned and pageable at 64 and 256 MiB (native, TCP, shm)
+#                       pinned and pageable at 64 and 256 MiB (native, TCP, shm;
+#                       RDMA where the machine has a device, else SKIP saying so)
 #   graph_bench         a captured CUDA graph vs the same stream launches
 #   torch               test/gpu/torch_check.py (TCP, shm, native): each
 #                       sub-check its own row; transformer loss vs native
@@ -288,6 +289,19 @@ else
       record "bench.$mode" FAIL "$seconds" "rc $rc: $(last_line "bench_$mode")"
     fi
   done
+  # RDMA (common/rdma/): recorded whether this machine has a device at all;
+  # with one, the same figures through rdma:// to the loopback ferryd (a
+  # loopback address may have no RDMA GID: the client then says why).
+  if ! ls /sys/class/infiniband/* > /dev/null 2>&1; then
+    record bench.rdma SKIP 0 "no RDMA device on this machine (/sys/class/infiniband is empty)"
+  elif have_time bench.rdma; then
+    run_logged bench_rdma 90 "${client_env[@]}" "$bench" --client "rdma://$server" --libcuda "$bundle/client/libcuda.so.1" "${bench_args[@]}"
+    if [ "$rc" = 0 ]; then
+      record bench.rdma PASS "$seconds" "devices: $(ls /sys/class/infiniband | tr '\n' ' ')RTT $(value "$work/bench_rdma.out" sync_rtt_us) us"
+    else
+      record bench.rdma FAIL "$seconds" "devices: $(ls /sys/class/infiniband | tr '\n' ' ')rc $rc: $(last_line bench_rdma)"
+    fi
+  fi
   bench_figure() {  # bench_figure LABEL KEY NOTE
     figure "$1" "$(value "$work/bench_native.out" "$2")" "$(value "$work/bench_tcp.out" "$2")" \
       "$(value "$work/bench_unix.out" "$2")" "$3"

@@ -20,6 +20,9 @@ packages=(
   libcpp-httplib-dev    # HTTP/1.1 to etcd's gateway (server/etcd/)
   etcd-server           # a real etcd in the cluster tests (test/support/etcd_server.h; tests start their own)
   rdma-core libibverbs-dev librdmacm-dev  # RDMA transport (later)
+  # test/rxe: real verbs in a VM booting Debian's kernel with Soft-RoCE
+  # (scripts/rxe-kernel.sh fetches the kernel; depmod from kmod reads its modules)
+  qemu-system-x86 busybox-static cpio kmod ibverbs-utils rdmacm-utils ibverbs-providers
   clang libclang-rt-dev  # scripts/fuzz.sh: libFuzzer and the ASan/UBSan runtimes come with clang only
   dpkg-dev file         # cpack's .deb packages: dpkg-shlibdeps finds their dependencies (test/packaging)
   systemd               # systemd-analyze verify checks the ferryd.service unit (test/packaging)

@@ -393,7 +393,18 @@ ModuleCacheStats Server::module_cache_stats() const {
 
 Server::~Server() { Stop(); }
 
-Status Server::Listen(const std::string& address) {
+Status Server::Listen(const std::string& listen_address) {
+  // rdma://HOST:PORT: a TCP listener whose clients move to RDMA in the
+  // handshake (Session::AcceptRdma); it needs RDMA served.
+  std::string address = listen_address;
+  if (address.starts_with(kRdmaScheme)) {
+    if (!rdma_.enabled) {
+      return Status::InvalidArgument("cannot listen on " + listen_address + ": " +
+                                     (rdma_.unavailable.empty() ? "RDMA is not served"
+                                                                : rdma_.unavailable));
+    }
+    address = address.substr(kRdmaScheme.size());
+  }
   if (address.rfind("unix:", 0) == 0) {
     const std::string path = address.substr(5);
     if (path.empty()) return Status::InvalidArgument("bad listen address '" + address + "'");
@@ -805,6 +816,7 @@ void Server::ServeClient(uint64_t id, std::unique_ptr<Transport> transport,
   auto session = std::make_shared<Session>(id, std::move(transport), backend_, hello,
                                            std::move(grant), module_cache_.get());
   session->SetBufferLimit(limits_.session_buffer_bytes);
+  session->SetRdma(rdma_);
   if (token.has_value()) session->SetToken(token->name, token->id);
   std::string early_preemption;
   {
@@ -941,7 +953,7 @@ void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transpo
   }
   if (status.ok()) {
     status = worker->Start(id, handover, hello_words, grant, limits_.session_buffer_bytes,
-                           early_preemption, basics, tls_secret);
+                           early_preemption, basics, rdma_, tls_secret);
     if (!status.ok()) {
       // The worker died before it took the client (a spare that died
       // waiting): one more, new.
@@ -950,7 +962,7 @@ void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transpo
       status = SessionWorker::Spawn(worker_command_, environment, &worker);
       if (status.ok()) {
         status = worker->Start(id, handover, hello_words, grant, limits_.session_buffer_bytes,
-                               early_preemption, basics, tls_secret);
+                               early_preemption, basics, rdma_, tls_secret);
       }
     }
   }
@@ -1392,6 +1404,7 @@ Status Server::HandleControl(wire::ControlRequest::Reader request,
         out.setEvents(s.events);
         out.setModules(s.modules);
         out.setSinceUnixMs(s.since_unix_ms);
+        out.setTransport(s.transport);
       }
       FillPoolStatus(reply.initPool());
       return Status::Ok();

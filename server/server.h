@@ -100,6 +100,9 @@ class Server {
   void ServeGpus(std::vector<ServedGpu> gpus);
   // Before Start (default: ServerLimits{}).
   void SetLimits(const ServerLimits& limits) { limits_ = limits; }
+  // Before Start: whether sessions take their clients' RDMA offers
+  // (Session::SetRdma; default: they refuse them).
+  void SetRdma(RdmaServing rdma) { rdma_ = std::move(rdma); }
   // Before Start. Clients borrow slices of the served GPUs as `config` says
   // (`config.pooling()` must hold). `clock` (and `test_clock`, the same
   // object when ferryd runs --test-fake-clock) must outlive the server.
@@ -297,6 +300,7 @@ class Server {
   std::condition_variable connections_cv_;
   std::vector<ServedGpu> gpus_;        // fixed after Start
   ServerLimits limits_;                // fixed after Start
+  RdmaServing rdma_;                   // fixed after Start
   std::unique_ptr<PoolService> pool_;  // null without pools; set before Start
   // Null outside a cluster; set before Start. Declared after pool_ so it
   // goes first: its keeper calls ClusterGpuStates.

@@ -67,6 +67,11 @@ Session::Session(uint64_t id, std::unique_ptr<Transport> transport, backend::Gpu
                             : std::chrono::milliseconds(
                                   std::max<uint32_t>(hello.getKeepaliveMs(), kMinKeepaliveMs))) {
   bytes_awaiting_release_ = std::make_unique<std::atomic<uint64_t>[]>(grant_.devices.size());
+  if (hello.hasRdma()) {
+    rdma::RdmaEndpoint offer;
+    rdma_offer_status_ = rdma::EndpointFromWire(hello.getRdma(), &offer);
+    rdma_offer_ = std::move(offer);
+  }
 }
 
 Session::~Session() {
@@ -130,6 +135,7 @@ SessionInfo Session::Info() const {
   SessionInfo info;
   info.id = id_;
   info.client = transport_->PeerName();
+  info.transport = transport_->Description();
   info.pid = pid_;
   info.host = host_;
   info.program = program_;
@@ -178,6 +184,18 @@ void Session::Run() {
     }
     handshake_answered_ = true;
     StatusToWire(Status::Ok(), reply.initStatus());
+    std::unique_ptr<rdma::RdmaConnector> rdma;
+    if (rdma_offer_.has_value()) {
+      Status accepted = AcceptRdma(&rdma);
+      if (accepted.ok()) {
+        rdma::EndpointToWire(rdma->Local(), reply.initRdma());
+      } else {
+        reply.setRdmaRefusal(accepted.message());
+        FERRY_LOG(kInfo) << "session " << id_ << " (" << program_ << "@" << host_
+                         << "): stays on " << transport_->Description()
+                         << "; its RDMA offer is refused: " << accepted.message();
+      }
+    }
     reply.setSessionId(id_);
     reply.setDriverVersion(backend_.DriverVersion());
     reply.setBackend(std::string(backend_.Name()));
@@ -230,6 +248,20 @@ void Session::Run() {
       FERRY_LOG(kWarning) << "session " << id_ << ": handshake reply failed: " << status.ToString();
       return;
     }
+    if (rdma != nullptr) {
+      // The client connects its queue pair and says so on the TCP
+      // connection; the stream moves to RDMA (rdma_connector.h).
+      status = transport_->ReplaceInner([&](std::unique_ptr<Transport>* inner) {
+        return std::move(*rdma).SwitchToRdma(inner, /*speak_first=*/false,
+                                             std::chrono::steady_clock::now() + kRdmaSetupTimeout);
+      });
+      if (!status.ok()) {
+        FERRY_LOG(kWarning) << "session " << id_ << " (" << program_ << "@" << host_
+                            << "): moving to RDMA failed: " << status.message();
+        SetEndReasonIfUnset("RDMA set-up failed: " + status.message());
+        return;
+      }
+    }
   }
   started_.store(true);
   LogSessionStarted(Info(), grant_);
@@ -261,6 +293,27 @@ void Session::Run() {
   // The session's end line (LogSessionEnded) comes from its owner, which
   // returns its slices after this.
   FERRY_LOG(kDebug) << "session " << id_ << ": all its resources are freed";
+}
+
+Status Session::AcceptRdma(std::unique_ptr<rdma::RdmaConnector>* out) {
+  FERRY_RETURN_IF_ERROR(rdma_offer_status_);
+  if (!rdma_serving_.enabled) {
+    return Status::Unimplemented(rdma_serving_.unavailable.empty() ? "this ferryd serves no RDMA"
+                                                                   : rdma_serving_.unavailable);
+  }
+  sockaddr_storage local{};
+  if (!transport_->LocalSocketAddress(&local)) {
+    return Status::Unimplemented("RDMA is set up beside a plain TCP connection only, not " +
+                                 transport_->Description() +
+                                 " (RDMA would carry the stream unencrypted)");
+  }
+  std::string why;
+  const rdma::Verbs* verbs =
+      rdma_serving_.verbs != nullptr ? rdma_serving_.verbs : rdma::SystemVerbs(&why);
+  if (verbs == nullptr) return Status::Unimplemented(why);
+  FERRY_RETURN_IF_ERROR(
+      rdma::RdmaConnector::Open(verbs, rdma_serving_.device, rdma_serving_.options, &local, out));
+  return (*out)->ConnectQueuePair(*rdma_offer_);
 }
 
 // Two roles serve a session: the reader reads frames from the transport,

@@ -62,6 +62,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -73,6 +74,8 @@
 
 #include "common/frame.h"
 #include "common/range_map.h"
+#include "common/rdma/rdma_connector.h"
+#include "common/rdma/rdma_wire.h"
 #include "common/status.h"
 #include "common/transport.h"
 #include "schema/ferry.capnp.h"
@@ -93,6 +96,16 @@ inline constexpr double kSyncCallBucketSeconds[] = {
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
     0.1,     0.25,   0.5,     1,      2.5,   5,      10,    30,   60};
 
+// Whether and how sessions take a client's RDMA offer (Hello.rdma; ferryd
+// --rdma, --rdma-device, --rdma-gid-index).
+struct RdmaServing {
+  bool enabled = false;
+  std::string unavailable;  // !enabled: why, for the client's refusal
+  const rdma::Verbs* verbs = nullptr;  // null: the system's libibverbs (tests give a fake)
+  rdma::DeviceChoice device;
+  rdma::RdmaOptions options;
+};
+
 // A snapshot of a session for ferryctl.
 struct SessionInfo {
   uint64_t id = 0;
@@ -107,6 +120,8 @@ struct SessionInfo {
   uint32_t events = 0;
   uint32_t modules = 0;
   int64_t since_unix_ms = 0;
+  // What carries its stream: Transport::Description ("tcp", "rdma ...").
+  std::string transport;
   std::vector<uint64_t> device_bytes;        // allocated per session device
   uint64_t module_image_bytes_received = 0;  // image bytes the client sent
   // Allocations that did not fit the quota at first and waited for memory the
@@ -183,6 +198,9 @@ class Session final : public ServedSession {
   // that cannot (a host gate is closed) ends the session. Default
   // kDefaultBufferLimit.
   void SetBufferLimit(uint64_t bytes) { buffer_limit_ = bytes; }
+  // Before Run: whether the session takes the client's RDMA offer. Without
+  // it (the default), an offer is answered with a refusal that says so.
+  void SetRdma(RdmaServing rdma) { rdma_serving_ = std::move(rdma); }
   // Before Run: the token the client authenticated with, for logs and Info.
   void SetToken(std::string name, std::string id) {
     token_name_ = std::move(name);
@@ -191,6 +209,8 @@ class Session final : public ServedSession {
   static constexpr uint64_t kDefaultBufferLimit = 4ull << 30;
   // The shortest keepalive period a client may ask for (Hello.keepaliveMs).
   static constexpr uint32_t kMinKeepaliveMs = 10;
+  // How long the client has to finish moving to RDMA after the handshake.
+  static constexpr std::chrono::seconds kRdmaSetupTimeout{10};
   // Tests only: how long Preempt waits for the batch in execution.
   void TEST_SetPreemptBatchWait(std::chrono::milliseconds wait) { preempt_batch_wait_ = wait; }
 
@@ -808,6 +828,13 @@ class Session final : public ServedSession {
   const int64_t since_unix_ms_;
   const SessionGrant grant_;
   std::string token_name_, token_id_;  // SetToken, before Run
+  RdmaServing rdma_serving_;           // SetRdma, before Run
+  // The client's RDMA offer (Hello.rdma), or why it cannot be taken.
+  std::optional<rdma::RdmaEndpoint> rdma_offer_;
+  Status rdma_offer_status_ = Status::Ok();
+  // Run's thread: takes the offer (opens a device, connects a queue pair)
+  // or says why not.
+  Status AcceptRdma(std::unique_ptr<rdma::RdmaConnector>* out);
 
   // Quotas and compute shares of the grant's devices (after grant_).
   SessionShares shares_;

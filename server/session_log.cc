@@ -15,6 +15,7 @@ std::vector<LogField> SessionFields(const char* event, const SessionInfo& info,
   fields.emplace_back("event", event);
   fields.emplace_back("session", info.id);
   fields.emplace_back("peer", info.client);
+  fields.emplace_back("transport", info.transport);
   fields.emplace_back("client_pid", info.pid);
   fields.emplace_back("client_host", info.host);
   fields.emplace_back("client_program", info.program);

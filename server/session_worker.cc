@@ -74,6 +74,7 @@ void InfoToWire(const SessionInfo& in, wire::WorkerSessionInfo::Builder out) {
   out.setEvents(in.events);
   out.setModules(in.modules);
   out.setSinceUnixMs(in.since_unix_ms);
+  out.setTransport(in.transport);
   auto bytes = out.initDeviceBytes(static_cast<unsigned>(in.device_bytes.size()));
   for (size_t i = 0; i < in.device_bytes.size(); ++i) {
     bytes.set(static_cast<unsigned>(i), in.device_bytes[i]);
@@ -112,6 +113,7 @@ SessionInfo InfoFromWire(uint64_t id, wire::WorkerSessionInfo::Reader in) {
   out.events = in.getEvents();
   out.modules = in.getModules();
   out.since_unix_ms = in.getSinceUnixMs();
+  out.transport = in.getTransport().cStr();
   for (uint64_t bytes : in.getDeviceBytes()) out.device_bytes.push_back(bytes);
   out.module_image_bytes_received = in.getModuleImageBytesReceived();
   out.allocations_waited_for_releases = in.getAllocationsWaitedForReleases();
@@ -319,7 +321,8 @@ Status SessionWorker::Send(std::span<const uint8_t> bytes, std::span<const int> 
 Status SessionWorker::Start(uint64_t session_id, TransportHandover& handover,
                             std::span<const capnp::word> hello, SessionGrant grant,
                             uint64_t buffer_limit, const std::string& preemption,
-                            SessionInfo basics, std::span<const uint8_t> tls_secret) {
+                            SessionInfo basics, const RdmaServing& rdma,
+                            std::span<const uint8_t> tls_secret) {
   session_id_ = session_id;
   grant_ = grant;
   const std::string token_name = basics.token_name, token_id = basics.token_id;
@@ -352,6 +355,10 @@ Status SessionWorker::Start(uint64_t session_id, TransportHandover& handover,
     start.setPreemption(preemption);
     start.setTokenName(token_name);
     start.setTokenId(token_id);
+    start.setRdmaEnabled(rdma.enabled);
+    start.setRdmaUnavailable(rdma.unavailable);
+    start.setRdmaDevice(rdma.device.device);
+    start.setRdmaGidIndex(rdma.device.gid_index);
     auto t = start.initTransport();
     t.setKind(static_cast<uint8_t>(handover.kind));
     t.setPeerName(handover.peer_name);
@@ -784,6 +791,12 @@ int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backe
                                         &worker_link);
     session->SetBufferLimit(start.getBufferLimit());
     session->SetToken(start.getTokenName().cStr(), start.getTokenId().cStr());
+    RdmaServing rdma;
+    rdma.enabled = start.getRdmaEnabled();
+    rdma.unavailable = start.getRdmaUnavailable().cStr();
+    rdma.device.device = start.getRdmaDevice().cStr();
+    rdma.device.gid_index = start.getRdmaGidIndex();
+    session->SetRdma(std::move(rdma));
     preemption = start.getPreemption().cStr();
   } catch (const kj::Exception& e) {
     FERRY_LOG(kError) << "session worker: bad start message: " << e.getDescription().cStr();

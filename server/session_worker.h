@@ -116,7 +116,8 @@ class SessionWorker final : public ServedSession {
   // accepts only a Hello that carries it.
   Status Start(uint64_t session_id, TransportHandover& handover, std::span<const capnp::word> hello,
                SessionGrant grant, uint64_t buffer_limit, const std::string& preemption,
-               SessionInfo basics, std::span<const uint8_t> tls_secret = {});
+               SessionInfo basics, const RdmaServing& rdma,
+               std::span<const uint8_t> tls_secret = {});
 
   // Serves the worker's requests (module images from `images`, may be null)
   // and delivers its answers (its session's final figures, FromWorker.final,

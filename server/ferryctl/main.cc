@@ -301,6 +301,7 @@ int PrintStatus(const std::string& server, const std::string& format,
                          .Num("events", s.getEvents())
                          .Num("modules", s.getModules())
                          .Num("since_unix_ms", s.getSinceUnixMs())
+                         .Str("transport", s.getTransport().cStr())
                          .Done());
     }
     JsonObject top;
@@ -332,16 +333,17 @@ int PrintStatus(const std::string& server, const std::string& format,
   std::printf("server %s (%s backend): %u session(s)\n", server.c_str(), reply.getBackend().cStr(),
               sessions.size());
   if (sessions.size() > 0) {
-    std::printf("%-6s %-22s %-8s %-24s %12s %6s %4s %7s %6s %7s\n", "ID", "CLIENT", "PID",
-                "PROGRAM@HOST", "ALLOCATED", "ALLOCS", "CTX", "STREAMS", "EVENTS", "MODULES");
+    std::printf("%-6s %-22s %-8s %-24s %12s %6s %4s %7s %6s %7s  %s\n", "ID", "CLIENT", "PID",
+                "PROGRAM@HOST", "ALLOCATED", "ALLOCS", "CTX", "STREAMS", "EVENTS", "MODULES",
+                "TRANSPORT");
   }
   for (auto s : sessions) {
     std::string who = std::string(s.getProgram().cStr()) + "@" + s.getHost().cStr();
-    std::printf("%-6llu %-22s %-8u %-24s %12s %6llu %4u %7u %6u %7u\n",
+    std::printf("%-6llu %-22s %-8u %-24s %12s %6llu %4u %7u %6u %7u  %s\n",
                 static_cast<unsigned long long>(s.getId()), s.getClient().cStr(), s.getPid(),
                 who.c_str(), HumanBytes(s.getBytesAllocated()).c_str(),
                 static_cast<unsigned long long>(s.getAllocations()), s.getContexts(),
-                s.getStreams(), s.getEvents(), s.getModules());
+                s.getStreams(), s.getEvents(), s.getModules(), s.getTransport().cStr());
   }
   PrintPoolTable(reply.getPool());
   const auto pool = reply.getPool();

@@ -84,6 +84,7 @@
 
 #include "common/busy_poll.h"
 #include "common/log.h"
+#include "common/rdma/rdma_connector.h"
 #include "common/units.h"
 #include "server/backend/cuda/cuda_backend.h"
 #include "server/backend/host/host_backend.h"
@@ -126,6 +127,9 @@ struct Flags {
   std::vector<uint32_t> unix_allow_gids;
   bool sessions_in_process = false;
   std::optional<std::string> compute_sharing;
+  std::string rdma = "auto";  // --rdma
+  std::string rdma_device;    // --rdma-device
+  int rdma_gid_index = -1;    // --rdma-gid-index
   std::optional<std::string> metrics_listen;
   bool metrics_sessions = false;
   std::optional<int> session_worker_link;  // set: this process is a session worker
@@ -214,7 +218,9 @@ int ParseArgs(int argc, char** argv, Flags* flags) {
       ->type_name("FILE");
   // Repeatable: one address per --listen.
   app.add_option("--listen", flags->listen,
-                 "HOST:PORT (TCP) or unix:PATH (clients on this host, shared memory);\n"
+                 "HOST:PORT (TCP), rdma://HOST:PORT (TCP for the handshake, the stream then\n"
+                 "on RDMA: needs --rdma auto and an RDMA device), or unix:PATH (clients on\n"
+                 "this host, shared memory);\n"
                  "repeat for more addresses (at least one here or in [server] listen)")
       ->allow_extra_args(false)
       ->type_name("ADDRESS");
@@ -338,6 +344,20 @@ int ParseArgs(int argc, char** argv, Flags* flags) {
                      "daemon; each session's process gets its share as its thread percentage)")
           ->check(CLI::IsMember({"auto", "mps"}))
           ->type_name("MODE");
+  app.add_option("--rdma", flags->rdma,
+                 "auto (default): a client on a plain TCP connection that offers RDMA in its\n"
+                 "handshake gets its stream moved to RDMA when this host has an active RDMA\n"
+                 "port; off: such offers are refused and streams stay on TCP")
+      ->check(CLI::IsMember({"auto", "off"}))
+      ->type_name("MODE");
+  app.add_option("--rdma-device", flags->rdma_device,
+                 "the RDMA device to use (ibv_devices); default: the first with an active port")
+      ->type_name("NAME");
+  app.add_option("--rdma-gid-index", flags->rdma_gid_index,
+                 "the GID index to use; default: the GID that carries the connection's\n"
+                 "own IP address (RoCE v2), else 0")
+      ->check(CLI::Range(0, 255))
+      ->type_name("N");
   std::string metrics_listen;
   CLI::Option* metrics_listen_option =
       app.add_option("--metrics-listen", metrics_listen,
@@ -436,6 +456,41 @@ int ParseArgs(int argc, char** argv, Flags* flags) {
     flags->test_fake_clock = t;
   }
   return -1;
+}
+
+// --rdma and its device, checked once here: whether this host can serve
+// RDMA at all, said in the log (sessions then open their own queue pairs).
+server::RdmaServing RdmaFromFlags(const Flags& flags, bool serves_tls) {
+  server::RdmaServing rdma;
+  rdma.device.device = flags.rdma_device;
+  rdma.device.gid_index = flags.rdma_gid_index;
+  if (flags.rdma == "off") {
+    rdma.unavailable = "RDMA is off on this ferryd (--rdma off)";
+    FERRY_LOG(kInfo) << "RDMA: off (--rdma off); every stream stays on TCP or shared memory";
+    return rdma;
+  }
+  if (serves_tls) {
+    rdma.unavailable = "this ferryd serves TLS, and RDMA would carry the stream unencrypted";
+    FERRY_LOG(kInfo) << "RDMA: not offered: " << rdma.unavailable;
+    return rdma;
+  }
+  std::string why;
+  const rdma::Verbs* verbs = rdma::SystemVerbs(&why);
+  std::unique_ptr<rdma::RdmaConnector> probe;
+  Status status = verbs != nullptr
+                      ? rdma::RdmaConnector::Open(verbs, rdma.device, rdma.options, nullptr, &probe)
+                      : Status::Unimplemented(why);
+  if (!status.ok()) {
+    rdma.unavailable = "this ferryd's host cannot serve RDMA: " + status.message();
+    FERRY_LOG(kInfo) << "RDMA: not offered: " << status.message();
+    return rdma;
+  }
+  rdma.enabled = true;
+  FERRY_LOG(kInfo) << "RDMA: offered to clients on plain TCP connections (device "
+                   << probe->Local().device << "; the GID follows each connection's address"
+                   << (flags.rdma_gid_index >= 0 ? " unless --rdma-gid-index is given" : "")
+                   << ")";
+  return rdma;
 }
 
 // The settings in force: flags over the config file over defaults.
@@ -550,7 +605,9 @@ Status Merge(const Flags& flags, const pool::Config& config, Settings* settings)
   // network readable by anyone on the path.
   if (settings->tls_cert.empty() && !flags.no_tls) {
     for (const std::string& address : settings->listen) {
-      if (address.rfind("unix:", 0) != 0 && !IsLoopbackAddress(address)) {
+      const std::string tcp =
+          address.starts_with(kRdmaScheme) ? address.substr(kRdmaScheme.size()) : address;
+      if (address.rfind("unix:", 0) != 0 && !IsLoopbackAddress(tcp)) {
         return Status::InvalidArgument(
             "listening on " + address +
             " without TLS: pass --tls-cert and --tls-key, or --no-tls to serve plain TCP there");
@@ -793,6 +850,7 @@ int Main(int argc, char** argv) {
     server.UseSessionWorkers(std::move(command));
   }
   server.SetLimits(settings.limits);
+  server.SetRdma(RdmaFromFlags(flags, !settings.tls_cert.empty()));
   if (!flags.config_path.empty()) server.SetConfigFile(flags.config_path, config);
   if (!settings.token_file.empty()) {
     status = server.SetTokenFile(settings.token_file);

@@ -285,15 +285,17 @@ TEST_F(BoundedTest, KilledClientsQueuedLaunchesDoNotRun) {
 
 // A stopped (SIGSTOP) ferryd: the client's synchronize fails with
 // CUDA_ERROR_DEVICE_UNAVAILABLE (46) after FERRY_CALL_TIMEOUT, with a log
-// line naming it, over TCP and over shared memory alike. The queue (500
-// ticks of 2 ms) takes half the 2 s timeout on a running server.
+// line naming it, over TCP and over shared memory alike. The queue (5000
+// ticks of 2 ms) outlasts the 2 s timeout five times on a running server, so
+// however late the stop lands on a loaded machine, the synchronize still
+// waits for the stopped server (500 ticks, 1 s, sometimes finished first).
 class StoppedServerTest : public BoundedTest, public ::testing::WithParamInterface<std::string> {};
 
 TEST_P(StoppedServerTest, CallFailsWithDeviceUnavailableAfterTheCallTimeout) {
   ASSERT_NO_FATAL_FAILURE(StartServer());
   const std::string address = GetParam() == "tcp" ? address_ : unix_address_;
   std::optional<ChildProcess> client = StartProgram(
-      "launch_queue", address, {{"FERRY_CALL_TIMEOUT", "2"}, {"LAUNCH_QUEUE_COUNT", "500"}});
+      "launch_queue", address, {{"FERRY_CALL_TIMEOUT", "2"}, {"LAUNCH_QUEUE_COUNT", "5000"}});
   ASSERT_TRUE(client.has_value());
   ASSERT_TRUE(WaitForReady(*client));
   // The whole server: ferryd and the worker process that serves the session.

@@ -38,7 +38,8 @@ class LoopbackConnection {
   // return within `timeout`.
   Status Open(backend::GpuBackend& backend, std::unique_ptr<Transport> server_side,
               std::unique_ptr<Transport> client_side, client::ConnectionOptions options = {},
-              std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+              std::chrono::milliseconds timeout = std::chrono::seconds(10),
+              server::RdmaServing rdma = {}) {
     std::unique_ptr<capnp::MessageReader> reply;
     kj::Array<capnp::word> words;
     // Open says Hello and waits for the answer, so it runs beside the
@@ -55,12 +56,15 @@ class LoopbackConnection {
     }
     if (!status.ok()) {
       server_side->Shutdown();  // Open fails too, and the future can be waited for
-      opened.wait();
-      return status;
+      // A client that gave up before its Hello says why better than the
+      // closed connection does.
+      Status client = opened.get();
+      return client.ok() ? status : client;
     }
     capnp::FlatArrayMessageReader hello_reader(hello.words, PeerReaderOptions());
     session_ = std::make_unique<server::Session>(1, std::move(server_side), backend,
                                                  hello_reader.getRoot<wire::Hello>());
+    session_->SetRdma(std::move(rdma));
     runner_ = std::thread([this] { session_->Run(); });
     if (opened.wait_for(timeout) != std::future_status::ready) {
       // Ending the session makes Open fail, so the future (whose destructor

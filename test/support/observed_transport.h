@@ -38,6 +38,16 @@ class ObservedTransport final : public Transport {
   }
   void Shutdown() override { inner_->Shutdown(); }
   const std::string& PeerName() const override { return inner_->PeerName(); }
+  std::string Description() const override { return inner_->Description(); }
+  void RegisterHostMemory(const void* address, size_t size) override {
+    inner_->RegisterHostMemory(address, size);
+  }
+  void UnregisterHostMemory(const void* address) override {
+    inner_->UnregisterHostMemory(address);
+  }
+  bool LocalSocketAddress(sockaddr_storage* out) const override {
+    return inner_->LocalSocketAddress(out);
+  }
   bool PeerGoneOrTalking() override { return inner_->PeerGoneOrTalking(); }
 
   // Bytes that completed ReadExact calls returned.
