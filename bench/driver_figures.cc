@@ -35,7 +35,6 @@ uint64_t ProcessCpuNs(pid_t pid) {
   return static_cast<uint64_t>(t.tv_sec) * 1000000000ull + static_cast<uint64_t>(t.tv_nsec);
 }
 
-
 // The driver entry points the bench calls, resolved from the loaded library.
 // cuda.h maps several names to their _v2 symbols; those are looked up by the
 // real symbol name.

@@ -582,12 +582,9 @@ int RunBusyPollSweep(const Options& o) {
     setenv("FERRY_BUSY_POLL", window.c_str(), 1);  // the clients' side
     for (int rep = 0; rep < o.reps; ++rep) {
       for (const std::string& transport : o.transports) {
-        std::vector<std::string> argv = {self,         "--client",
-                                         ferryd.Address(transport), "--libcuda",
-                                         o.libcuda,    "--only",
-                                         "rtt",        "--server-pid",
-                                         std::to_string(ferryd.pid()), "--fatbin",
-                                         o.fatbin};
+        std::vector<std::string> argv = {
+            self,  "--client",     ferryd.Address(transport),    "--libcuda", o.libcuda, "--only",
+            "rtt", "--server-pid", std::to_string(ferryd.pid()), "--fatbin",  o.fatbin};
         if (o.quick) argv.push_back("--quick");
         std::string output;
         const int code = RunCaptured(argv, &output);
@@ -600,8 +597,8 @@ int RunBusyPollSweep(const Options& o) {
         std::string name;
         double value;
         while (in >> name >> value) figures[window][transport][name].push_back(value);
-        std::fprintf(stderr, "ferry-bench: busy-poll %s, rep %d/%d over %s done\n",
-                     window.c_str(), rep + 1, o.reps, transport.c_str());
+        std::fprintf(stderr, "ferry-bench: busy-poll %s, rep %d/%d over %s done\n", window.c_str(),
+                     rep + 1, o.reps, transport.c_str());
       }
     }
     unsetenv("FERRY_BUSY_POLL");
@@ -611,8 +608,7 @@ int RunBusyPollSweep(const Options& o) {
   }
 
   std::printf("ferry-bench  %s  host backend, loopback, %u CPUs, %d rep(s)%s, busy-poll sweep\n",
-              Now().c_str(), std::thread::hardware_concurrency(), o.reps,
-              o.quick ? ", quick" : "");
+              Now().c_str(), std::thread::hardware_concurrency(), o.reps, o.quick ? ", quick" : "");
   std::printf(
       "sync call RTT (4 B cuMemcpyDtoH) with ferryd --busy-poll W and FERRY_BUSY_POLL=W; CPU:\n"
       "user+system time per call of the client process and of ferryd (sessions in its own\n"
@@ -638,8 +634,9 @@ int RunBusyPollSweep(const Options& o) {
 
   if (!o.json.empty()) {
     std::ofstream out(o.json);
-    out << "{\n  \"date\": \"" << Now() << "\",\n  \"backend\": \"host\",\n  \"cpus\": "
-        << std::thread::hardware_concurrency() << ",\n  \"busy_poll\": {";
+    out << "{\n  \"date\": \"" << Now()
+        << "\",\n  \"backend\": \"host\",\n  \"cpus\": " << std::thread::hardware_concurrency()
+        << ",\n  \"busy_poll\": {";
     bool first_window = true;
     for (const auto& [window, by_transport] : figures) {
       out << (first_window ? "\n" : ",\n") << "    \"" << window << "\": {";

@@ -30,9 +30,7 @@ std::chrono::microseconds DefaultBusyPollWindowFor(int cpus) {
   return cpus >= kBusyPollMinCpus ? kDefaultBusyPollWindow : std::chrono::microseconds(0);
 }
 
-std::chrono::microseconds DefaultBusyPollWindow() {
-  return DefaultBusyPollWindowFor(UsableCpus());
-}
+std::chrono::microseconds DefaultBusyPollWindow() { return DefaultBusyPollWindowFor(UsableCpus()); }
 
 std::chrono::microseconds BusyPollWindow() {
   int64_t us = window_us.load(std::memory_order_relaxed);

@@ -82,9 +82,9 @@ void CpuRelax();
 // between two calls. `ready` may have side effects (a non-blocking receive):
 // it is never called again after returning true. A budget of zero or less,
 // or a limit already passed, returns false without calling `ready`.
-bool SpinUntil(std::chrono::nanoseconds budget, absl::FunctionRef<bool()> ready,
-               std::chrono::steady_clock::time_point limit =
-                   std::chrono::steady_clock::time_point::max());
+bool SpinUntil(
+    std::chrono::nanoseconds budget, absl::FunctionRef<bool()> ready,
+    std::chrono::steady_clock::time_point limit = std::chrono::steady_clock::time_point::max());
 
 // One waiting thread's busy polling (a transport keeps one for its reader
 // and one for its writer). Spin() is called once per wait, before the thread

@@ -279,9 +279,10 @@ int ParseArgs(int argc, char** argv, Flags* flags) {
           ->type_name("SIZE");
   std::string busy_poll;
   CLI::Option* busy_poll_option =
-      app.add_option("--busy-poll", busy_poll,
-                     "how long a thread waiting on a connection spins before it sleeps, in\n"
-                     "microseconds (0-1000; 0: never spin; default: 50 with 2 or more CPUs, else 0)")
+      app.add_option(
+             "--busy-poll", busy_poll,
+             "how long a thread waiting on a connection spins before it sleeps, in\n"
+             "microseconds (0-1000; 0: never spin; default: 50 with 2 or more CPUs, else 0)")
           ->check(kBusyPollWindow)
           ->type_name("MICROSECONDS");
   std::string token_file, tls_cert, tls_key, unix_group;
@@ -445,8 +446,8 @@ int ParseArgs(int argc, char** argv, Flags* flags) {
   if (session_buffer_option->count() > 0 && ParseByteSize(session_buffer, &bytes)) {
     flags->session_buffer = bytes;
   }
-  if (std::chrono::microseconds window; busy_poll_option->count() > 0 &&
-                                        ParseBusyPollWindow(busy_poll, &window).ok()) {
+  if (std::chrono::microseconds window;
+      busy_poll_option->count() > 0 && ParseBusyPollWindow(busy_poll, &window).ok()) {
     flags->busy_poll = window;
   }
   absl::Time t;

@@ -83,7 +83,8 @@ TEST(SpinUntilTest, ANothingBudgetOrAPassedLimitCallsNothing) {
   int calls = 0;
   EXPECT_FALSE(SpinUntil(0ns, [&] { return ++calls > 0; }));
   EXPECT_FALSE(SpinUntil(-1ns, [&] { return ++calls > 0; }));
-  EXPECT_FALSE(SpinUntil(1s, [&] { return ++calls > 0; }, std::chrono::steady_clock::now() - 1ms));
+  EXPECT_FALSE(SpinUntil(
+      1s, [&] { return ++calls > 0; }, std::chrono::steady_clock::now() - 1ms));
   EXPECT_EQ(calls, 0);
 }
 
@@ -92,8 +93,8 @@ TEST(SpinUntilTest, GivesUpWhenTheBudgetOrTheLimitPasses) {
   EXPECT_FALSE(SpinUntil(200us, [&] { return ++calls < 0; }));
   EXPECT_GE(calls, 1);
   calls = 0;
-  EXPECT_FALSE(
-      SpinUntil(1h, [&] { return ++calls < 0; }, std::chrono::steady_clock::now() + 200us));
+  EXPECT_FALSE(SpinUntil(
+      1h, [&] { return ++calls < 0; }, std::chrono::steady_clock::now() + 200us));
   EXPECT_GE(calls, 1);
 }
 
@@ -176,8 +177,7 @@ TEST(BusyPollerTest, APassedDeadlineSkipsTheSpin) {
   WindowScope scope(1000us);
   BusyPoller poller(&FakePreemptions);
   int calls = 0;
-  EXPECT_FALSE(
-      poller.Spin([&] { return ++calls > 0; }, std::chrono::steady_clock::now() - 1ms));
+  EXPECT_FALSE(poller.Spin([&] { return ++calls > 0; }, std::chrono::steady_clock::now() - 1ms));
   EXPECT_EQ(calls, 0);
   EXPECT_EQ(poller.spins(), 0u);
   EXPECT_EQ(poller.halvings(), 0) << "a skipped spin is no miss";

@@ -134,8 +134,8 @@ TEST_F(CliTest, HelpOnEveryCommandNamesItsFlags) {
   for (const char* flag :
        {"--config", "--listen", "--backend", "--cuda-driver", "--allow-ferry-cuda-driver",
         "--host-kernels", "--host-devices", "--host-memory", "--module-cache", "--ready-file",
-        "--log-level", "--test-fake-clock", "--metrics-listen", "--metrics-sessions",
-        "--busy-poll", "--version"}) {
+        "--log-level", "--test-fake-clock", "--metrics-listen", "--metrics-sessions", "--busy-poll",
+        "--version"}) {
     EXPECT_TRUE(Contains(d.out, flag)) << "ferryd --help lacks " << flag << ":\n" << d.out;
   }
   EXPECT_EQ(Ferryd({"-h"}).code, 0);
