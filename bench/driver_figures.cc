@@ -2,14 +2,20 @@
 
 #include <cuda.h>
 #include <dlfcn.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iterator>
 #include <memory>
 #include <random>
+#include <string>
+#include <vector>
 
 namespace ferry::bench {
 namespace {
@@ -18,6 +24,15 @@ using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::time_point since) {
   return std::chrono::duration<double>(Clock::now() - since).count();
+}
+
+// CPU time (user and system, every thread) of process `pid` so far, in
+// nanoseconds; 0 when it cannot be read.
+uint64_t ProcessCpuNs(pid_t pid) {
+  clockid_t clock;
+  timespec t{};
+  if (clock_getcpuclockid(pid, &clock) != 0 || clock_gettime(clock, &t) != 0) return 0;
+  return static_cast<uint64_t>(t.tv_sec) * 1000000000ull + static_cast<uint64_t>(t.tv_nsec);
 }
 
 // The driver entry points the bench calls, resolved from the loaded library.
@@ -182,11 +197,22 @@ Status MeasureDriverFigures(const DriverBenchOptions& options, std::map<std::str
     }
     std::vector<double> samples;
     samples.reserve(options.rtt_iterations);
+    // What the calls cost in CPU time, on both sides (busy polling spends
+    // it): this process, and the server's.
+    const uint64_t client_cpu = ProcessCpuNs(getpid());
+    const uint64_t server_cpu = options.server_pid > 0 ? ProcessCpuNs(options.server_pid) : 0;
+    const auto loop_start = Clock::now();
     for (int i = 0; i < options.rtt_iterations; ++i) {
       const auto start = Clock::now();
       const CUresult r = d.MemcpyDtoH(&word, device_buffer, 4);
       samples.push_back(std::chrono::duration<double, std::micro>(Clock::now() - start).count());
       FERRY_RETURN_IF_ERROR(check(r, "cuMemcpyDtoH"));
+    }
+    const double calls = options.rtt_iterations;
+    (*out)["sync_rtt_mean_us"] = Seconds(loop_start) * 1e6 / calls;
+    (*out)["rtt_client_cpu_us"] = (ProcessCpuNs(getpid()) - client_cpu) / 1e3 / calls;
+    if (options.server_pid > 0) {
+      (*out)["rtt_server_cpu_us"] = (ProcessCpuNs(options.server_pid) - server_cpu) / 1e3 / calls;
     }
     std::nth_element(samples.begin(), samples.begin() + samples.size() / 2, samples.end());
     (*out)["sync_rtt_us"] = samples[samples.size() / 2];

@@ -29,10 +29,17 @@ struct DriverBenchOptions {
   // The groups to measure ("rtt", "launch", "copy", "peer", "module"); empty:
   // all ("peer" only where the session has two devices).
   std::set<std::string> only;
+  // The pid of the process that serves the session (ferryd with
+  // --sessions-in-process), when known: the rtt group then also reports the
+  // CPU time it spent per call.
+  int server_pid = 0;
 };
 
 // Figures by name (see ferry_bench.cc for the names and units). Fails with
-// the driver's error and the call that returned it.
+// the driver's error and the call that returned it. The rtt group gives
+// sync_rtt_us (median), sync_rtt_mean_us, and the CPU time per call of this
+// process (rtt_client_cpu_us) and, with server_pid, of the server
+// (rtt_server_cpu_us): what busy polling costs.
 Status MeasureDriverFigures(const DriverBenchOptions& options, std::map<std::string, double>* out);
 
 // The figure name for a copy of `bytes` in `direction` ("h2d", "d2h") from

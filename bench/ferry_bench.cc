@@ -6,8 +6,10 @@
 //               [--only rtt,launch,copy,peer,module] [--copy-sizes 64MiB,256MiB]
 //               [--ferryd PATH] [--ferryd-arg ARG]... [--libcuda PATH] [--host-kernels PATH]
 //               [--fatbin PATH]
+//   ferry-bench --busy-poll 0,20,50,100 [--reps N] [--quick] [--json PATH]
+//               [--transports tcp[,unix]] [--ferryd-arg ARG]...
 //   ferry-bench --client ADDRESS [--libcuda PATH] [--fatbin PATH] [--only ...]
-//               [--copy-sizes ...] [--quick]
+//               [--copy-sizes ...] [--quick] [--server-pid PID]
 //
 // The parent measures the baselines in-process (raw TCP loopback RTT and
 // bandwidth with ferry's socket options, memcpy), starts ferryd, and for each
@@ -15,6 +17,13 @@
 // loads the driver library (ferry's libcuda.so.1 by default) and takes the
 // driver figures; each child is a fresh process with a fresh session. Every
 // figure is the median over the repetitions, shown with its spread.
+//
+// `--busy-poll LIST` measures busy polling (common/busy_poll.h) instead: for
+// each window (microseconds) a ferryd started with `--busy-poll WINDOW` and
+// clients with FERRY_BUSY_POLL=WINDOW, the sync call RTT and the CPU time
+// each call costs the client and the server (ferryd runs the sessions in its
+// own process here, so that its CPU time is theirs), so that a window's
+// latency is shown beside what it burns.
 //
 // `--client ADDRESS` alone takes one set of driver figures against a server
 // that is already running and prints them as "name value" lines: the GPU
@@ -40,6 +49,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/busy_poll.h"
 #include "common/transport.h"
 #include "common/units.h"
 #include "driver_figures.h"
@@ -54,8 +64,10 @@ constexpr const char* kUsage =
     "                   [--only rtt,launch,copy,peer,module] [--copy-sizes 64MiB,256MiB]\n"
     "                   [--ferryd PATH] [--ferryd-arg ARG]... [--libcuda PATH]\n"
     "                   [--host-kernels PATH] [--fatbin PATH]\n"
+    "       ferry-bench --busy-poll 0,20,50,100 [--reps N] [--quick] [--json PATH]\n"
+    "                   [--transports tcp[,unix]] [--ferryd-arg ARG]...\n"
     "       ferry-bench --client ADDRESS [--libcuda PATH] [--fatbin PATH] [--only ...]\n"
-    "                   [--copy-sizes ...] [--quick]\n";
+    "                   [--copy-sizes ...] [--quick] [--server-pid PID]\n";
 
 struct Options {
   int reps = 3;
@@ -75,6 +87,10 @@ struct Options {
   uint32_t image_seed = 1;
   std::string only;        // comma-separated figure groups; empty: all
   std::string copy_sizes;  // comma-separated sizes ("64MiB,256MiB"); empty: the default range
+  // Busy-poll windows to compare (microseconds, as ferryd --busy-poll takes
+  // them); empty: the usual figures.
+  std::vector<std::string> busy_poll;
+  int server_pid = 0;  // child mode: ferryd's pid, for its CPU time
 };
 
 std::vector<std::string> Split(const std::string& text, char separator) {
@@ -126,6 +142,15 @@ bool ParseArgs(int argc, char** argv, Options* o) {
       }
     } else if (arg == "--client" && (v = value())) {
       o->client_server = v;
+    } else if (arg == "--busy-poll" && (v = value())) {
+      o->busy_poll = Split(v, ',');
+      if (o->busy_poll.empty()) return false;
+      for (const std::string& window : o->busy_poll) {
+        std::chrono::microseconds us;
+        if (!ferry::ParseBusyPollWindow(window, &us).ok()) return false;
+      }
+    } else if (arg == "--server-pid" && (v = value())) {
+      o->server_pid = std::atoi(v);
     } else if (arg == "--image-seed" && (v = value())) {
       o->image_seed = static_cast<uint32_t>(std::strtoul(v, nullptr, 10));
     } else {
@@ -156,6 +181,7 @@ DriverBenchOptions DriverOptions(const Options& o) {
   d.kernels_fatbin = o.fatbin;
   d.copy_sizes = CopySizes(o);
   d.image_seed = o.image_seed;
+  d.server_pid = o.server_pid;
   for (const std::string& group : Split(o.only, ',')) d.only.insert(group);
   if (o.quick) {
     d.rtt_iterations = 5000;
@@ -265,6 +291,8 @@ class Ferryd {
     waitpid(pid_, &status, 0);
     pid_ = -1;
   }
+
+  pid_t pid() const { return pid_; }
 
   std::string Address(const std::string& transport) const {
     if (transport == "unix") return "unix:" + unix_path_;
@@ -523,6 +551,121 @@ int RunParent(const Options& o) {
   return 0;
 }
 
+// --busy-poll: per window, a ferryd and clients set to it; the sync RTT and
+// what each call costs in CPU time on both sides.
+int RunBusyPollSweep(const Options& o) {
+  char self[4096];
+  const ssize_t self_length = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (self_length <= 0) return 1;
+  self[self_length] = '\0';
+  // figures[window][transport][name] = values over the reps.
+  std::map<std::string, std::map<std::string, std::map<std::string, std::vector<double>>>> figures;
+  for (const std::string& window : o.busy_poll) {
+    std::string dir = std::filesystem::temp_directory_path().string() + "/ferry-bench-XXXXXX";
+    if (mkdtemp(dir.data()) == nullptr) {
+      std::fprintf(stderr, "ferry-bench: mkdtemp failed\n");
+      return 1;
+    }
+    // Sessions in ferryd's own process: its CPU time is then the session's
+    // (a worker process's could not be told apart from the next session's
+    // worker, which ferryd starts ahead). The data path is the same.
+    Options server_options = o;
+    server_options.ferryd_args.push_back("--sessions-in-process");
+    server_options.ferryd_args.push_back("--busy-poll");
+    server_options.ferryd_args.push_back(window);
+    Ferryd ferryd;
+    Status status = ferryd.Start(server_options, dir);
+    if (!status.ok()) {
+      std::fprintf(stderr, "ferry-bench: %s\n", status.ToString().c_str());
+      return 1;
+    }
+    setenv("FERRY_BUSY_POLL", window.c_str(), 1);  // the clients' side
+    for (int rep = 0; rep < o.reps; ++rep) {
+      for (const std::string& transport : o.transports) {
+        std::vector<std::string> argv = {
+            self,  "--client",     ferryd.Address(transport),    "--libcuda", o.libcuda, "--only",
+            "rtt", "--server-pid", std::to_string(ferryd.pid()), "--fatbin",  o.fatbin};
+        if (o.quick) argv.push_back("--quick");
+        std::string output;
+        const int code = RunCaptured(argv, &output);
+        if (code != 0) {
+          std::fprintf(stderr, "ferry-bench: the %s client (busy-poll %s) failed (exit %d)\n",
+                       transport.c_str(), window.c_str(), code);
+          return 1;
+        }
+        std::istringstream in(output);
+        std::string name;
+        double value;
+        while (in >> name >> value) figures[window][transport][name].push_back(value);
+        std::fprintf(stderr, "ferry-bench: busy-poll %s, rep %d/%d over %s done\n", window.c_str(),
+                     rep + 1, o.reps, transport.c_str());
+      }
+    }
+    unsetenv("FERRY_BUSY_POLL");
+    ferryd.Stop();
+    std::error_code ignored;
+    std::filesystem::remove_all(dir, ignored);
+  }
+
+  std::printf("ferry-bench  %s  host backend, loopback, %u CPUs, %d rep(s)%s, busy-poll sweep\n",
+              Now().c_str(), std::thread::hardware_concurrency(), o.reps, o.quick ? ", quick" : "");
+  std::printf(
+      "sync call RTT (4 B cuMemcpyDtoH) with ferryd --busy-poll W and FERRY_BUSY_POLL=W; CPU:\n"
+      "user+system time per call of the client process and of ferryd (sessions in its own\n"
+      "process); cores: that time over the loop's wall time. Values: median [min-max] over\n"
+      "the reps.\n\n");
+  std::printf("%-7s %-5s %-22s %-22s %-20s %-20s %-7s %s\n", "window", "via", "RTT median (us)",
+              "RTT mean (us)", "client CPU/call (us)", "server CPU/call (us)", "client",
+              "server cores");
+  auto median = [](const std::vector<double>& v) { return Summarise(v).median; };
+  for (const std::string& window : o.busy_poll) {
+    for (const std::string& transport : o.transports) {
+      auto& f = figures[window][transport];
+      const double mean = median(f["sync_rtt_mean_us"]);
+      const double client_cores = mean > 0 ? median(f["rtt_client_cpu_us"]) / mean : 0;
+      const double server_cores = mean > 0 ? median(f["rtt_server_cpu_us"]) / mean : 0;
+      std::printf("%-7s %-5s %-22s %-22s %-20s %-20s %-7.2f %.2f\n", (window + " us").c_str(),
+                  transport.c_str(), Format(Summarise(f["sync_rtt_us"])).c_str(),
+                  Format(Summarise(f["sync_rtt_mean_us"])).c_str(),
+                  Format(Summarise(f["rtt_client_cpu_us"])).c_str(),
+                  Format(Summarise(f["rtt_server_cpu_us"])).c_str(), client_cores, server_cores);
+    }
+  }
+
+  if (!o.json.empty()) {
+    std::ofstream out(o.json);
+    out << "{\n  \"date\": \"" << Now()
+        << "\",\n  \"backend\": \"host\",\n  \"cpus\": " << std::thread::hardware_concurrency()
+        << ",\n  \"busy_poll\": {";
+    bool first_window = true;
+    for (const auto& [window, by_transport] : figures) {
+      out << (first_window ? "\n" : ",\n") << "    \"" << window << "\": {";
+      first_window = false;
+      bool first_transport = true;
+      for (const auto& [transport, values] : by_transport) {
+        out << (first_transport ? "\n" : ",\n") << "      \"" << transport << "\": {";
+        first_transport = false;
+        bool first = true;
+        for (const auto& [name, v] : values) {
+          const Spread spread = Summarise(v);
+          out << (first ? "\n" : ",\n") << "        \"" << name
+              << "\": {\"median\": " << spread.median << ", \"min\": " << spread.min
+              << ", \"max\": " << spread.max << ", \"reps\": " << spread.count << "}";
+          first = false;
+        }
+        out << "\n      }";
+      }
+      out << "\n    }";
+    }
+    out << "\n  }\n}\n";
+    if (!out) {
+      std::fprintf(stderr, "ferry-bench: cannot write %s\n", o.json.c_str());
+      return 1;
+    }
+  }
+  return 0;
+}
+
 }  // namespace
 }  // namespace ferry::bench
 
@@ -533,5 +676,6 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (!options.client_server.empty()) return ferry::bench::RunClient(options);
+  if (!options.busy_poll.empty()) return ferry::bench::RunBusyPollSweep(options);
   return ferry::bench::RunParent(options);
 }

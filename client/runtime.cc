@@ -11,6 +11,7 @@
 #include "client/cuda_result.h"
 #include "client/image_upload.h"
 #include "client/unsupported.h"
+#include "common/busy_poll.h"
 #include "common/credentials.h"
 #include "common/frame.h"
 #include "common/log.h"
@@ -69,6 +70,19 @@ Status CallTimeoutFromEnvironment(std::chrono::milliseconds* timeout) {
     return Status::InvalidArgument("FERRY_CALL_TIMEOUT='" + std::string(text) +
                                    "' is not a number of seconds or a duration (e.g. 600, 10m)");
   }
+  return Status::Ok();
+}
+
+// FERRY_BUSY_POLL: how long a thread waiting for the server spins before it
+// sleeps, in microseconds (common/busy_poll.h); unset: the default for the
+// CPUs this process may use. A value that does not parse fails cuInit.
+Status BusyPollFromEnvironment() {
+  const char* text = std::getenv("FERRY_BUSY_POLL");
+  if (text == nullptr || *text == '\0') return Status::Ok();
+  std::chrono::microseconds window{};
+  Status status = ParseBusyPollWindow(text, &window);
+  if (!status.ok()) return Status::InvalidArgument("FERRY_BUSY_POLL: " + status.message());
+  SetBusyPollWindow(window);
   return Status::Ok();
 }
 
@@ -325,6 +339,7 @@ Status Runtime::ConnectFromEnvironment() {
   ConnectionOptions options;
   FERRY_RETURN_IF_ERROR(CallTimeoutFromEnvironment(&options.call_timeout));
   FERRY_RETURN_IF_ERROR(CarrierFromEnvironment(&options));
+  FERRY_RETURN_IF_ERROR(BusyPollFromEnvironment());
   std::vector<std::string> servers;
   for (size_t start = 0; start <= server_list.size();) {
     size_t end = server_list.find(',', start);
@@ -494,7 +509,7 @@ Status Runtime::OpenSession(std::unique_ptr<Transport> transport, const std::str
   *session_id = reply.getSessionId();
   FERRY_LOG(kDebug) << "session " << reply.getSessionId() << " with ferryd at " << server << " ("
                     << reply.getBackend().cStr() << " backend, " << devices->size()
-                    << " device(s))";
+                    << " device(s), busy-poll " << BusyPollWindow().count() << " us)";
   return Status::Ok();
 }
 

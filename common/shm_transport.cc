@@ -17,9 +17,7 @@
 #include <functional>
 #include <new>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#endif
+#include "common/busy_poll.h"
 
 namespace ferry {
 namespace {
@@ -53,20 +51,11 @@ struct SetupEnvelope {
   msghdr msg{};
 };
 
-// Bounds of a waiting side's spin before it sleeps (see Wait).
-constexpr int64_t kMaxSpinNs = 20000;
-constexpr int64_t kSpinProbeNs = 2000;
 // Bytes copied between publications of a position, so the other side can
 // start on the first part of a large write while the rest is copied.
 constexpr uint64_t kPublishEvery = 256 << 10;
 
 std::string ErrnoText(int err) { return std::strerror(err); }
-
-void CpuRelax() {
-#if defined(__x86_64__) || defined(__i386__)
-  _mm_pause();
-#endif
-}
 
 // futex(2) on a word of the shared region: not FUTEX_PRIVATE, since the
 // other side is another process.
@@ -318,30 +307,21 @@ Status ShmTransport::Corrupt(const char* what) {
 }
 
 Status ShmTransport::Wait(std::atomic<uint32_t>& event, std::atomic<uint32_t>& sleeping,
-                          SpinState* spin, const std::function<bool()>& ready,
+                          BusyPoller* poller, const std::function<bool()>& ready,
                           std::chrono::steady_clock::time_point deadline) {
-  // Spinning first catches a peer that answers within microseconds without
-  // a system call on either side — but only when the peer runs on another
-  // CPU meanwhile. On a machine with no CPU to spare, the spin only delays
-  // the peer, so the budget adapts: it grows when a spin catches the data
-  // and halves when the wait ended in a sleep; at zero, every 64th wait
-  // probes with a short spin to notice when CPUs free up.
-  int64_t budget = spin->budget_ns;
-  if (budget == 0 && (++spin->waits & 63) == 0) budget = kSpinProbeNs;
-  if (budget > 0) {
-    const auto spin_until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(budget);
-    for (int i = 0;; ++i) {
-      if (ready()) {
-        spin->budget_ns =
-            std::min<int64_t>(std::max<int64_t>(2 * budget, kSpinProbeNs), kMaxSpinNs);
-        return Status::Ok();
-      }
-      FERRY_RETURN_IF_ERROR(Alive(/*check_socket=*/false));
-      CpuRelax();
-      if ((i & 63) == 63 && std::chrono::steady_clock::now() >= spin_until) break;
-    }
-  }
-  spin->budget_ns = budget / 2 < kSpinProbeNs ? 0 : budget / 2;
+  // Busy polling first (common/busy_poll.h): a peer that answers within the
+  // window costs neither side a system call. The poller adapts: it spins the
+  // whole window while spins catch the data, less after waits that ended in
+  // a sleep; window 0 goes straight to the futex.
+  Status gone;
+  const bool spun = poller->Spin(
+      [&] {
+        if (ready()) return true;
+        gone = Alive(/*check_socket=*/false);
+        return !gone.ok();
+      },
+      deadline);
+  if (spun) return gone;
   for (;;) {
     const uint32_t seen = event.load(std::memory_order_acquire);
     sleeping.store(1, std::memory_order_relaxed);
@@ -381,7 +361,7 @@ Status ShmTransport::Write(std::span<const ConstBuffer> buffers) {
           Signal(out_.data_event, out_.reader_sleeping);
           unpublished = 0;
         }
-        FERRY_RETURN_IF_ERROR(Wait(out_.space_event, out_.writer_sleeping, &write_spin_, [this] {
+        FERRY_RETURN_IF_ERROR(Wait(out_.space_event, out_.writer_sleeping, &write_poller_, [this] {
           return out_head_ - out_.tail.load(std::memory_order_acquire) != ring_bytes_;
         }));
         continue;
@@ -421,7 +401,7 @@ Status ShmTransport::ReadExact(void* data, size_t size) {
     if (available > ring_bytes_) return Corrupt("its write position is impossible");
     if (available == 0) {
       FERRY_RETURN_IF_ERROR(Wait(
-          in_.data_event, in_.reader_sleeping, &read_spin_,
+          in_.data_event, in_.reader_sleeping, &read_poller_,
           [this] { return in_.head.load(std::memory_order_acquire) != in_tail_; }, read_deadline_));
       continue;
     }

@@ -11,10 +11,11 @@
 // its closing tells each side that the other is gone, even when the other
 // died without a word.
 //
-// Waiting: a side that finds its ring empty (or full) spins briefly (a budget
-// that adapts to whether spinning pays on this machine), then sleeps on a
-// futex in the region that the other side wakes when it moves the ring's
-// position. Every sleep is bounded (kWaitSlice); after each slice
+// Waiting: a side that finds its ring empty (or full) busy-polls the ring
+// for the process-wide busy-poll window (common/busy_poll.h: BusyPoller,
+// which spins less after waits that its spin did not catch, and not at all
+// with window 0), then sleeps on a futex in the region that the other side
+// wakes when it moves the ring's position. Every sleep is bounded (kWaitSlice); after each slice
 // the sleeper checks the socket, so a dead peer never hangs the other side.
 //
 // Trust (ferryd's side): nothing the client writes into the region is
@@ -37,6 +38,7 @@
 #include <string>
 #include <string_view>
 
+#include "common/busy_poll.h"
 #include "common/status.h"
 #include "common/transport.h"
 
@@ -119,6 +121,8 @@ class ShmTransport final : public Transport {
 
   // For tests that play a hostile client: the shared region's header.
   shm_layout::Header* TEST_header() { return header_; }
+  // For tests: the reader's busy polling (its counters).
+  const BusyPoller& TEST_read_poller() const { return read_poller_; }
 
  private:
   // `memfd`: the region's descriptor, kept by ferryd's side (so that the
@@ -126,17 +130,11 @@ class ShmTransport final : public Transport {
   ShmTransport(int socket, std::string peer_name, void* region, uint64_t region_bytes,
                bool server_side, int memfd);
 
-  // How long one side spins before it sleeps, adapted as it goes (Wait).
-  struct SpinState {
-    int64_t budget_ns = 20000;
-    uint32_t waits = 0;
-  };
-
   // Waits until `ready()`, the connection ends or `deadline` passes (then
   // Disconnected: a silent peer); `event` is the futex word the other side
-  // bumps and `sleeping` the flag that asks it to; `spin` belongs to the
+  // bumps and `sleeping` the flag that asks it to; `poller` belongs to the
   // calling thread.
-  Status Wait(std::atomic<uint32_t>& event, std::atomic<uint32_t>& sleeping, SpinState* spin,
+  Status Wait(std::atomic<uint32_t>& event, std::atomic<uint32_t>& sleeping, BusyPoller* poller,
               const std::function<bool()>& ready,
               std::chrono::steady_clock::time_point deadline = kNoDeadline);
   // Disconnected when this side shut down, the peer shut down, or its socket
@@ -161,8 +159,8 @@ class ShmTransport final : public Transport {
   // This side's positions, private (the region's copies are published only).
   uint64_t in_tail_ = 0;                                               // reader thread
   uint64_t out_head_ = 0;                                              // writer thread
-  SpinState read_spin_;                                                // reader thread
-  SpinState write_spin_;                                               // writer thread
+  BusyPoller read_poller_;                                             // reader thread
+  BusyPoller write_poller_;                                            // writer thread
   std::chrono::steady_clock::time_point read_deadline_ = kNoDeadline;  // reader thread
   std::atomic<bool> shut_down_{false};
 };

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <mutex>
 
+#include "common/busy_poll.h"
 #include "common/frame.h"
 
 namespace ferry {
@@ -48,6 +49,13 @@ bool WaitFor(int fd, short events, std::chrono::steady_clock::time_point deadlin
     if (n > 0) return true;
     if (n < 0 && errno != EINTR) return true;  // let the SSL call report it
   }
+}
+
+// Without waiting: whether `fd` has bytes to read, or is closed or broken.
+bool Readable(int fd) {
+  pollfd p{fd, POLLIN, 0};
+  const int n = ::poll(&p, 1, 0);
+  return n > 0 || (n < 0 && errno != EINTR);  // an error too: let the SSL call report it
 }
 
 std::string Handshake(SSL* ssl, int fd, bool accept,
@@ -230,6 +238,12 @@ class TlsTransport final : public Transport {
         continue;
       }
       if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) {
+        // A reader busy-polls the socket (common/busy_poll.h) before it
+        // sleeps in poll(); readable or closed, SSL_read says which.
+        if (reading && error == SSL_ERROR_WANT_READ &&
+            read_poller_.Spin([this] { return Readable(fd_); }, deadline)) {
+          continue;
+        }
         if (!WaitFor(fd_, error == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline)) {
           return Status::Disconnected(reading ? "no data from " + peer_name_ +
                                                     " before the read deadline"
@@ -255,6 +269,7 @@ class TlsTransport final : public Transport {
   std::mutex mutex_;
   std::string gathered_;                                               // writer thread
   std::chrono::steady_clock::time_point read_deadline_ = kNoDeadline;  // reader thread
+  BusyPoller read_poller_;                                             // reader thread
 };
 
 // Runs SSL_accept or SSL_connect on non-blocking `fd` until done or

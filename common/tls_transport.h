@@ -12,7 +12,8 @@
 // from any thread). OpenSSL's SSL object is not safe for concurrent use, so
 // every SSL call holds one mutex; the socket is non-blocking and each side
 // waits for it in poll() without the mutex, so a reader waiting for bytes
-// never blocks a writer.
+// never blocks a writer. A reader busy-polls the socket for the busy-poll
+// window (common/busy_poll.h), also without the mutex, before it sleeps.
 #pragma once
 
 #include <chrono>

@@ -137,18 +137,34 @@ Status SocketTransport::ReadExact(void* data, size_t size) {
     size -= buffered;
   }
   while (size > 0) {
-    FERRY_RETURN_IF_ERROR(WaitReadable());
     // A large read goes straight into its destination; a small one reads
     // whatever the socket has into the buffer, so that a frame's header,
     // message and small payload usually cost one system call together.
     const bool direct = size >= kReadBufferBytes / 2;
     if (!direct && read_buffer_ == nullptr) read_buffer_.reset(new char[kReadBufferBytes]);
-    ssize_t n =
-        direct ? ::recv(fd_, p, size, 0) : ::recv(fd_, read_buffer_.get(), kReadBufferBytes, 0);
+    char* const into = direct ? p : read_buffer_.get();
+    const size_t room = direct ? size : kReadBufferBytes;
+    // Busy polling (common/busy_poll.h): non-blocking receives until bytes
+    // come, the connection ends or the window passes; only then block. A
+    // shut-down socket ends the spin at once (recv returns 0).
+    ssize_t n = -1;
+    int err = 0;
+    const bool spun = read_poller_.Spin(
+        [&] {
+          n = ::recv(fd_, into, room, MSG_DONTWAIT);
+          err = n < 0 ? errno : 0;
+          return n >= 0 || (err != EAGAIN && err != EWOULDBLOCK && err != EINTR);
+        },
+        read_deadline_);
+    if (!spun) {
+      FERRY_RETURN_IF_ERROR(WaitReadable());
+      n = ::recv(fd_, into, room, 0);
+      err = n < 0 ? errno : 0;
+    }
     if (n == 0) return Status::Disconnected("connection closed by " + peer_name_);
     if (n < 0) {
-      if (errno == EINTR) continue;
-      return Status::Disconnected("read from " + peer_name_ + " failed: " + ErrnoText(errno));
+      if (err == EINTR) continue;
+      return Status::Disconnected("read from " + peer_name_ + " failed: " + ErrnoText(err));
     }
     if (direct) {
       p += n;

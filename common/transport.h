@@ -5,6 +5,11 @@
 // clients on the server's host (ShmTransport, common/shm_transport.h). RDMA
 // comes later behind the same interface.
 //
+// Waiting: a read that finds nothing to read spins for the process-wide
+// busy-poll window before its thread sleeps (common/busy_poll.h: ferryd
+// --busy-poll, FERRY_BUSY_POLL), in every implementation, so that a reply or
+// call that comes within the window costs no wake-up.
+//
 // Thread-safety: one reader and one writer may use a Transport at once (the
 // caller serialises writers among themselves and readers among themselves).
 // Shutdown may be called from any thread at any time; it makes blocked and
@@ -23,6 +28,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/busy_poll.h"
 #include "common/status.h"
 
 namespace ferry {
@@ -140,6 +146,8 @@ inline constexpr std::chrono::steady_clock::time_point kNoDeadline =
 
 // Owns a connected stream socket `fd`. Small reads are served from a
 // userspace buffer filled by one recv, large ones go straight to the caller.
+// A read that finds no bytes busy-polls the socket with non-blocking
+// receives for the busy-poll window (common/busy_poll.h) before it blocks.
 class SocketTransport final : public Transport {
  public:
   SocketTransport(int fd, std::string peer_name);
@@ -160,6 +168,9 @@ class SocketTransport final : public Transport {
   bool CanHandOver() const override { return true; }
   Status Release(TransportHandover* out) override;
 
+  // For tests: the reader's busy polling (its counters).
+  const BusyPoller& TEST_read_poller() const { return read_poller_; }
+
  private:
   static constexpr size_t kReadBufferBytes = 64 << 10;
   // Waits until the socket is readable or the read deadline passes.
@@ -173,6 +184,7 @@ class SocketTransport final : public Transport {
   size_t read_begin_ = 0;
   size_t read_end_ = 0;
   std::chrono::steady_clock::time_point read_deadline_ = kNoDeadline;  // reader thread
+  BusyPoller read_poller_;                                             // reader thread
 };
 
 // Splits "host:port" ("[::1]:7070" for IPv6). Port 0 is allowed.

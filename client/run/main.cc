@@ -27,6 +27,7 @@
 //   connect_timeout_ms = 3000         FERRY_CONNECT_TIMEOUT_MS
 //   call_timeout = "10m"              FERRY_CALL_TIMEOUT
 //   log_level = "info"                FERRY_LOG_LEVEL
+//   busy_poll = 50                    FERRY_BUSY_POLL
 //
 // An unknown key, a value of the wrong type or a file that does not parse is
 // an error naming the file and line (exit 2), not a silent default. The
@@ -73,6 +74,7 @@ constexpr Key kKeys[] = {
     {"connect_timeout_ms", "FERRY_CONNECT_TIMEOUT_MS", ValueKind::kInteger},
     {"call_timeout", "FERRY_CALL_TIMEOUT", ValueKind::kStringOrInteger},
     {"log_level", "FERRY_LOG_LEVEL", ValueKind::kString},
+    {"busy_poll", "FERRY_BUSY_POLL", ValueKind::kInteger},
 };
 
 constexpr const char kUsage[] =

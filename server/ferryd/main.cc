@@ -6,7 +6,7 @@
 //          [--host-devices N] [--host-memory SIZE] [--module-cache SIZE]
 //          [--ready-file PATH]
 //          [--handshake-timeout DURATION] [--max-connections N] [--max-sessions N]
-//          [--session-buffer SIZE]
+//          [--session-buffer SIZE] [--busy-poll MICROSECONDS]
 //          [--token-file PATH | --no-auth] [--tls-cert PEM --tls-key PEM | --no-tls]
 //          [--unix-group GROUP] [--unix-allow-uid UID ...] [--unix-allow-gid GID ...]
 //          [--log-level debug|info|warning|error] [--log-format text|json]
@@ -34,6 +34,11 @@
 // claims every borrow's slices in etcd before the session starts, and sends
 // a client it has no room for to a server that has. Without it ferryd is a
 // pool of its own and needs no etcd.
+//
+// --busy-poll sets how long a thread waiting for a client's next message
+// (and any other wait on a connection) spins before it sleeps, in
+// microseconds (common/busy_poll.h); 0 turns spinning off. The default
+// depends on the CPUs ferryd may use; the window in force is logged at start.
 //
 // Each client session runs in a worker process of its own (server/
 // session_worker.h), started as `ferryd <the same flags> --session-worker FD`;
@@ -77,6 +82,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "common/busy_poll.h"
 #include "common/log.h"
 #include "common/rdma/rdma_connector.h"
 #include "common/units.h"
@@ -108,6 +114,7 @@ struct Flags {
   std::optional<int> max_connections;
   std::optional<int> max_sessions;
   std::optional<uint64_t> session_buffer;
+  std::optional<std::chrono::microseconds> busy_poll;
   std::optional<absl::Time> test_fake_clock;
   bool allow_ferry_cuda_driver = false;  // tests only
   std::optional<std::string> token_file;
@@ -159,6 +166,14 @@ const CLI::Validator kPositiveDuration(
       std::chrono::milliseconds ms;
       if (ParseDuration(text, &ms) && ms.count() > 0) return std::string();
       return "bad duration '" + text + "' (e.g. 5s, 500ms; more than 0)";
+    },
+    "");
+
+const CLI::Validator kBusyPollWindow(
+    [](const std::string& text) {
+      std::chrono::microseconds window;
+      const Status status = ParseBusyPollWindow(text, &window);
+      return status.ok() ? std::string() : status.message();
     },
     "");
 
@@ -262,6 +277,14 @@ int ParseArgs(int argc, char** argv, Flags* flags) {
                      "per session: call frames held read but not yet executed (default 4GiB)")
           ->check(ByteSize(/*allow_zero=*/false, "4GiB, 256MiB"))
           ->type_name("SIZE");
+  std::string busy_poll;
+  CLI::Option* busy_poll_option =
+      app.add_option(
+             "--busy-poll", busy_poll,
+             "how long a thread waiting on a connection spins before it sleeps, in\n"
+             "microseconds (0-1000; 0: never spin; default: 50 with 2 or more CPUs, else 0)")
+          ->check(kBusyPollWindow)
+          ->type_name("MICROSECONDS");
   std::string token_file, tls_cert, tls_key, unix_group;
   CLI::Option* token_file_option =
       app.add_option("--token-file", token_file,
@@ -423,6 +446,10 @@ int ParseArgs(int argc, char** argv, Flags* flags) {
   if (session_buffer_option->count() > 0 && ParseByteSize(session_buffer, &bytes)) {
     flags->session_buffer = bytes;
   }
+  if (std::chrono::microseconds window;
+      busy_poll_option->count() > 0 && ParseBusyPollWindow(busy_poll, &window).ok()) {
+    flags->busy_poll = window;
+  }
   absl::Time t;
   std::string why;
   if (fake_clock_option->count() > 0 &&
@@ -481,6 +508,8 @@ struct Settings {
   server::ComputeSharing compute_sharing = server::ComputeSharing::kAuto;
   std::string metrics_listen;  // "" = no /metrics
   bool metrics_sessions = false;
+  // Unset: DefaultBusyPollWindow() (common/busy_poll.h).
+  std::optional<std::chrono::microseconds> busy_poll;
   // A cluster pool: empty endpoints = a server of its own.
   std::vector<std::string> etcd;
   cluster::ClusterMember::Options cluster;
@@ -549,6 +578,7 @@ Status Merge(const Flags& flags, const pool::Config& config, Settings* settings)
       flags.max_sessions.value_or(config.server.max_sessions.value_or(limits.max_sessions));
   limits.session_buffer_bytes = flags.session_buffer.value_or(
       config.server.session_buffer.value_or(limits.session_buffer_bytes));
+  settings->busy_poll = flags.busy_poll ? flags.busy_poll : config.server.busy_poll;
   if (!flags.no_auth) {
     settings->token_file = flags.token_file.value_or(config.auth.token_file.value_or(""));
   }
@@ -733,6 +763,8 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "ferryd: %s\nRun 'ferryd --help' for usage.\n", status.message().c_str());
     return 2;
   }
+  // Session workers get the same flags and config, so the same window.
+  if (settings.busy_poll.has_value()) SetBusyPollWindow(*settings.busy_poll);
 
   if (flags.session_worker_link.has_value()) {
     // A session worker (server/session_worker.h): its own backend, one
@@ -774,6 +806,12 @@ int Main(int argc, char** argv) {
   }
   FERRY_LOG(kInfo) << "backend " << backend->Name() << ": " << backend->Devices().size()
                    << " device(s), driver version " << backend->DriverVersion();
+  if (settings.busy_poll.has_value()) {
+    FERRY_LOG(kInfo) << "busy-poll window " << BusyPollWindow().count() << " us";
+  } else {
+    FERRY_LOG(kInfo) << "busy-poll window " << BusyPollWindow().count() << " us (the default with "
+                     << UsableCpus() << " usable CPU(s); --busy-poll sets it)";
+  }
   if (settings.compute_sharing == server::ComputeSharing::kMps) {
     status = CheckMps(*backend);
     if (!status.ok()) {

@@ -11,6 +11,7 @@
 #include <set>
 #include <sstream>
 
+#include "common/busy_poll.h"
 #include "common/transport.h"
 #include "common/units.h"
 
@@ -249,6 +250,10 @@ class Reader {
       } else if (name == "metrics_sessions") {
         if (!value.is_boolean()) return WrongType(value, key, "true or false");
         server->metrics_sessions = value.as_boolean()->get();
+      } else if (name == "busy_poll") {
+        int64_t us = 0;
+        FERRY_RETURN_IF_ERROR(Integer(value, key, 0, kMaxBusyPollWindow.count(), &us));
+        server->busy_poll = std::chrono::microseconds(us);
       } else if (name == "on_rebind") {
         FERRY_RETURN_IF_ERROR(Policy(value, key, &server->on_rebind));
       } else if (name == "grace") {
@@ -258,7 +263,7 @@ class Reader {
                      "unknown key ([server] has listen, backend, default_pool, cuda_driver, "
                      "host_kernels, log_level, on_rebind, grace, handshake_timeout, "
                      "max_connections, max_sessions, session_buffer, compute_sharing, "
-                     "metrics_listen, metrics_sessions)");
+                     "metrics_listen, metrics_sessions, busy_poll)");
       }
     }
     return Status::Ok();

@@ -12,6 +12,7 @@
 //   grace = "15m"                   # default drain grace
 //   metrics_listen = "127.0.0.1:9400"  # /metrics (Prometheus); off when unset
 //   metrics_sessions = false        # /metrics: series per live session too
+//   busy_poll = 50                  # microseconds a waiting thread spins (0: never)
 //
 //   [auth]
 //   token_file = "/etc/ferry/tokens.toml"   # clients and ferryctl need a token
@@ -55,6 +56,7 @@
 
 #include <absl/time/time.h>
 
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -94,6 +96,9 @@ struct ServerConfig {
   // /metrics (ferryd --metrics-listen, --metrics-sessions).
   std::optional<std::string> metrics_listen;
   std::optional<bool> metrics_sessions;
+  // How long a thread waiting on a connection spins before it sleeps
+  // (ferryd --busy-poll; common/busy_poll.h).
+  std::optional<std::chrono::microseconds> busy_poll;
   std::string default_pool;  // "" = no pools
   RebindPolicy on_rebind = RebindPolicy::kDrain;
   absl::Duration grace = absl::Minutes(15);

@@ -22,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/busy_poll.h"
 #include "common/frame.h"
 #include "test/support/ferryd.h"
 
@@ -180,6 +181,48 @@ TEST_F(TlsTransportTest, TheReadDeadlineAndShutdownEndWaits) {
   }
   EXPECT_EQ(written.code(), StatusCode::kDisconnected);
   EXPECT_NE(written.message().find("TLS write"), std::string::npos) << written.message();
+}
+
+// With a long busy-poll window (common/busy_poll.h) the reader spins on the
+// socket before it sleeps: bytes still arrive whole, and the deadline and
+// Shutdown still end its wait.
+TEST_F(TlsTransportTest, BusyPollingReadsSeeBytesDeadlinesAndShutdown) {
+  struct WindowScope {
+    std::chrono::microseconds previous = BusyPollWindow();
+    ~WindowScope() { SetBusyPollWindow(previous); }
+  } scope;
+  SetBusyPollWindow(std::chrono::microseconds(1000));
+  std::unique_ptr<Transport> server, client;
+  bool plain = true;
+  std::future<Status> accepted = Accept(&server, &plain);
+  ASSERT_TRUE(ConnectTransportWithTls(address_, 5s, Trusting("server"), &client).ok());
+  ASSERT_TRUE(accepted.get().ok());
+  for (int round = 0; round < 50; ++round) {
+    const std::string call = "call " + std::to_string(round);
+    auto answer = std::async(std::launch::async, [&] {
+      std::string got(call.size(), '\0');
+      Status status = server->ReadExact(got.data(), got.size());
+      if (!status.ok()) return status;
+      const ConstBuffer reply{got.data(), got.size()};
+      return server->Write(std::span<const ConstBuffer>(&reply, 1));
+    });
+    const ConstBuffer buffer{call.data(), call.size()};
+    ASSERT_TRUE(client->Write(std::span<const ConstBuffer>(&buffer, 1)).ok());
+    std::string echoed(call.size(), '\0');
+    ASSERT_TRUE(client->ReadExact(echoed.data(), echoed.size()).ok());
+    EXPECT_EQ(echoed, call);
+    ASSERT_TRUE(answer.get().ok());
+  }
+  uint8_t byte = 0;
+  server->SetReadDeadline(std::chrono::steady_clock::now() + 30ms);
+  Status status = server->ReadExact(&byte, 1);
+  EXPECT_EQ(status.code(), StatusCode::kDisconnected);
+  EXPECT_NE(status.message().find("deadline"), std::string::npos) << status.message();
+  server->SetReadDeadline(kNoDeadline);
+  auto blocked = std::async(std::launch::async, [&] { return server->ReadExact(&byte, 1); });
+  server->Shutdown();
+  ASSERT_EQ(blocked.wait_for(10s), std::future_status::ready);
+  EXPECT_EQ(blocked.get().code(), StatusCode::kDisconnected);
 }
 
 TEST_F(TlsTransportTest, APlainFerryPeerIsToldApart) {

@@ -331,6 +331,26 @@ TEST_F(FerrydTest, LibraryWithEagerLoading) {
       << program->Describe();
 }
 
+// Busy polling (FERRY_BUSY_POLL; ferryd at its default): off and at the
+// longest window the same program passes and the session's line names the
+// window; a value that does not parse fails cuInit with a line naming it.
+TEST_P(FerrydTransportTest, BusyPollSettings) {
+  for (const std::string window : {"0", "1000"}) {
+    std::optional<ChildProcess> program =
+        StartProgram("memory", {{"FERRY_BUSY_POLL", window}, {"FERRY_LOG_LEVEL", "debug"}});
+    ASSERT_TRUE(program.has_value());
+    ExpectPasses(*program);
+    EXPECT_NE(program->Stderr().find("busy-poll " + window + " us)"), std::string::npos)
+        << program->Describe();
+  }
+  std::optional<ChildProcess> bad = StartProgram("device_query", {{"FERRY_BUSY_POLL", "fast"}});
+  ASSERT_TRUE(bad.has_value());
+  EXPECT_FALSE(bad->Wait(kProgramTimeout).success()) << bad->Describe();
+  EXPECT_NE(bad->Stderr().find("FERRY_BUSY_POLL: 'fast' is not a busy-poll window"),
+            std::string::npos)
+      << bad->Describe();
+}
+
 TEST_P(FerrydTransportTest, StreamsEvents) { RunAndExpectPass("streams_events"); }
 
 TEST_P(FerrydTransportTest, Contexts) { RunAndExpectPass("contexts"); }

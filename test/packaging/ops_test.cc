@@ -379,7 +379,8 @@ TEST_F(FerryRunTest, TheUsersConfigSetsVariablesTheEnvironmentWinsAndTheStubCome
             "pool = \"dev\"\n"
             "gpus = 2\n"
             "allow_plain_token = true\n"
-            "call_timeout = 600\n");
+            "call_timeout = 600\n"
+            "busy_poll = 20\n");
   RunResult run = FerryRun({"/usr/bin/env"}, {{"FERRY_POOL", "train"}, {"LD_LIBRARY_PATH", "/x"}});
   ASSERT_TRUE(run.status.success()) << run.Describe();
   std::map<std::string, std::string> vars = EnvOutput(run.out);
@@ -389,6 +390,7 @@ TEST_F(FerryRunTest, TheUsersConfigSetsVariablesTheEnvironmentWinsAndTheStubCome
   EXPECT_EQ(vars["FERRY_GPUS"], "2");
   EXPECT_EQ(vars["FERRY_ALLOW_PLAIN_TOKEN"], "1");
   EXPECT_EQ(vars["FERRY_CALL_TIMEOUT"], "600");
+  EXPECT_EQ(vars["FERRY_BUSY_POLL"], "20");
   const std::string stub_dir =
       std::filesystem::canonical(FERRY_TEST_CLIENT_LIB_DIR).lexically_normal().string();
   EXPECT_EQ(vars["LD_LIBRARY_PATH"], stub_dir + ":/x");

@@ -134,7 +134,7 @@ TEST_F(CliTest, HelpOnEveryCommandNamesItsFlags) {
   for (const char* flag :
        {"--config", "--listen", "--backend", "--cuda-driver", "--allow-ferry-cuda-driver",
         "--host-kernels", "--host-devices", "--host-memory", "--module-cache", "--ready-file",
-        "--log-level", "--test-fake-clock", "--metrics-listen", "--metrics-sessions",
+        "--log-level", "--test-fake-clock", "--metrics-listen", "--metrics-sessions", "--busy-poll",
         "--version"}) {
     EXPECT_TRUE(Contains(d.out, flag)) << "ferryd --help lacks " << flag << ":\n" << d.out;
   }
@@ -216,6 +216,9 @@ TEST_F(CliTest, BadValuesAreUsageErrors) {
       {{"--module-cache=lots"}, "--module-cache"},
       {{"--log-level", "loud"}, "--log-level"},
       {{"--test-fake-clock", "yesterday"}, "--test-fake-clock"},
+      {{"--busy-poll", "1001"}, "microseconds from 0 (off) to 1000"},
+      {{"--busy-poll=-1"}, "--busy-poll"},
+      {{"--busy-poll", "50ms"}, "--busy-poll"},
       {{"--listen"}, "--listen"},
       {{"--backend", "host"}, "--listen"},  // no address anywhere
   };

@@ -133,6 +133,7 @@ max_connections = 64
 max_sessions = 8
 session_buffer = "256MiB"
 compute_sharing = "mps"
+busy_poll = 100
 )",
                               "x.toml", &config);
   ASSERT_TRUE(status.ok()) << status.ToString();
@@ -141,6 +142,7 @@ compute_sharing = "mps"
   EXPECT_EQ(*config.server.max_sessions, 8);
   EXPECT_EQ(*config.server.session_buffer, 256ull << 20);
   EXPECT_EQ(*config.server.compute_sharing, "mps");
+  EXPECT_EQ(*config.server.busy_poll, std::chrono::microseconds(100));
   ExpectError("[server]\ncompute_sharing = \"mig\"\n", "bad.toml:2: server.compute_sharing",
               "not \"auto\" or \"mps\"");
   ExpectError("[server]\nmax_sessions = 0\n", "bad.toml:2: server.max_sessions", "out of range");
@@ -148,6 +150,8 @@ compute_sharing = "mps"
               "more than 0");
   ExpectError("[server]\nsession_buffer = \"lots\"\n", "bad.toml:2: server.session_buffer",
               "not a size");
+  ExpectError("[server]\nbusy_poll = 1001\n", "bad.toml:2: server.busy_poll", "out of range");
+  ExpectError("[server]\nbusy_poll = \"50us\"\n", "bad.toml:2: server.busy_poll", "an integer");
 }
 
 TEST(ConfigTest, MetricsKeys) {
