@@ -6,9 +6,9 @@
 // bare metal), and each synchronous call pays it twice: ferryd's session
 // thread waiting for the call, the client's caller waiting for the reply. A
 // thread that spins a little longer than the peer takes to answer pays
-// neither. The transports wait through this file (TCP, TLS and shared memory
-// do; RDMA's completion-queue polling is meant to), so one setting governs
-// them all:
+// neither. Every transport waits through this file (TCP, TLS and shared
+// memory spin on their descriptor or ring, RDMA on its completion queue), so
+// one setting governs them all:
 //
 //   * the window (BusyPollWindow): the longest one wait spins, process-wide;
 //     ferryd's --busy-poll, the client's FERRY_BUSY_POLL. 0 turns spinning

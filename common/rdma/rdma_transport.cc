@@ -31,14 +31,6 @@ constexpr uint64_t kSendId = 1ull << 63;
 
 std::string ErrnoText(int err) { return std::strerror(err); }
 
-// Calls `ready` until it says true or `window` passes.
-template <typename Ready>
-void SpinFor(std::chrono::microseconds window, Ready ready) {
-  const auto until = std::chrono::steady_clock::now() + window;
-  while (!ready() && std::chrono::steady_clock::now() < until) {
-  }
-}
-
 bool IsPowerOfTwo(uint64_t value) { return value != 0 && (value & (value - 1)) == 0; }
 
 }  // namespace
@@ -71,9 +63,7 @@ void QueuePair::Destroy() {
 }
 
 RdmaTransport::RdmaTransport(QueuePair queues, const RdmaOptions& options)
-    : queues_(std::move(queues)),
-      options_(options),
-      busy_poll_(std::max(options.busy_poll, std::chrono::microseconds(0))) {}
+    : queues_(std::move(queues)), options_(options) {}
 
 Status RdmaTransport::Prepare(QueuePair queues, const RdmaOptions& options,
                               std::unique_ptr<RdmaTransport>* out) {
@@ -354,7 +344,7 @@ void RdmaTransport::ProcessCompletion(const ibv_wc& wc) {
   segments_.push_back({buffer, wc.byte_len, 0, index, false});
 }
 
-Status RdmaTransport::PollRound(std::vector<ibv_wc>* out,
+Status RdmaTransport::PollRound(BusyPoller* poller, std::vector<ibv_wc>* out,
                                 std::chrono::steady_clock::time_point deadline) {
   const Verbs& verbs = *queues_.verbs;
   ibv_wc batch[32];
@@ -368,14 +358,14 @@ Status RdmaTransport::PollRound(std::vector<ibv_wc>* out,
   };
   FERRY_RETURN_IF_ERROR(drain());
   if (!out->empty()) return Status::Ok();
-  if (busy_poll_.count() > 0) {
-    Status status = Status::Ok();
-    SpinFor(busy_poll_, [&] {
-      status = drain();
-      return !status.ok() || !out->empty();
-    });
-    FERRY_RETURN_IF_ERROR(status);
-    if (!out->empty()) return Status::Ok();
+  Status spun = Status::Ok();
+  if (poller->Spin(
+          [&] {
+            spun = drain();
+            return !spun.ok() || !out->empty();
+          },
+          deadline)) {
+    return spun;
   }
   // Arm, then look once more: a completion that came before the arming
   // raises no event.
@@ -409,8 +399,8 @@ Status RdmaTransport::PollRound(std::vector<ibv_wc>* out,
 }
 
 template <typename Ready>
-Status RdmaTransport::WaitLocked(std::unique_lock<std::mutex>& lock, Ready ready,
-                                 std::chrono::steady_clock::time_point deadline) {
+Status RdmaTransport::WaitLocked(std::unique_lock<std::mutex>& lock, BusyPoller* poller,
+                                 Ready ready, std::chrono::steady_clock::time_point deadline) {
   std::vector<ibv_wc> completions;
   for (;;) {
     if (ready()) return Status::Ok();
@@ -425,7 +415,7 @@ Status RdmaTransport::WaitLocked(std::unique_lock<std::mutex>& lock, Ready ready
     poller_active_ = true;
     lock.unlock();
     completions.clear();
-    Status polled = PollRound(&completions, deadline);
+    Status polled = PollRound(poller, &completions, deadline);
     lock.lock();
     poller_active_ = false;
     for (const ibv_wc& wc : completions) ProcessCompletion(wc);
@@ -457,7 +447,7 @@ Status RdmaTransport::Write(std::span<const ConstBuffer> buffers) {
     };
     if (!room()) {
       ++counters_.credit_waits;
-      FERRY_RETURN_IF_ERROR(WaitLocked(lock, room, kNoDeadline));
+      FERRY_RETURN_IF_ERROR(WaitLocked(lock, &write_poller_, room, kNoDeadline));
     }
     uint8_t* gather = small;
     uint64_t staging_end = staging_head_;
@@ -504,7 +494,8 @@ Status RdmaTransport::Write(std::span<const ConstBuffer> buffers) {
       if (status.ok()) {
         // The caller may reuse its buffer once Write returns: wait until
         // the device has read it.
-        status = WaitLocked(lock, [&] { return sends_completed_ >= last_direct_send; }, kNoDeadline);
+        status = WaitLocked(lock, &write_poller_, [&] { return sends_completed_ >= last_direct_send; },
+                            kNoDeadline);
       }
       lock.unlock();
       ReleaseRegion(region);
@@ -535,7 +526,7 @@ Status RdmaTransport::WriteToRing(std::unique_lock<std::mutex>& lock, const uint
     };
     if (!room()) {
       ++counters_.credit_waits;
-      FERRY_RETURN_IF_ERROR(WaitLocked(lock, room, kNoDeadline));
+      FERRY_RETURN_IF_ERROR(WaitLocked(lock, &write_poller_, room, kNoDeadline));
     }
     ibv_sge sge{};
     sge.length = static_cast<uint32_t>(chunk);
@@ -584,7 +575,7 @@ Status RdmaTransport::ReadExact(void* data, size_t size) {
   if (!started_) return Status::Internal("RDMA transport read before it started");
   while (size > 0) {
     if (segments_.empty()) {
-      FERRY_RETURN_IF_ERROR(WaitLocked(lock, [&] { return !segments_.empty(); }, read_deadline_));
+      FERRY_RETURN_IF_ERROR(WaitLocked(lock, &read_poller_, [&] { return !segments_.empty(); }, read_deadline_));
     }
     Segment& segment = segments_.front();
     const size_t n = std::min<size_t>(size, segment.size - segment.consumed);

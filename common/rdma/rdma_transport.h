@@ -29,7 +29,8 @@
 // Waiting: completions (both directions, one completion queue) are polled
 // by whichever thread waits (reader or writer; one at a time, the other
 // waits on a condition variable). A waiter spins on the queue for the
-// busy-poll window (RdmaOptions::busy_poll), then arms the queue's completion
+// process's busy-poll window (common/busy_poll.h; the reader and the writer
+// each have a BusyPoller), then arms the queue's completion
 // channel and sleeps in poll(2) on it, on the liveness socket and on a
 // wake-up descriptor, each sleep at most kWaitSlice.
 //
@@ -62,6 +63,7 @@
 #include <string>
 #include <vector>
 
+#include "common/busy_poll.h"
 #include "common/rdma/verbs.h"
 #include "common/status.h"
 #include "common/transport.h"
@@ -82,10 +84,6 @@ struct RdmaOptions {
   uint32_t chunk_bytes = 256 << 10;
   // Inline data asked of the queue pair (the device may grant less).
   uint32_t max_inline = 220;
-  // How long a waiter spins on the completion queue before it sleeps.
-  // 0 (no spin) until the process-wide busy-poll window of issue 13 item 7
-  // (branch busypoll, common/busy_poll.h) is merged and takes its place.
-  std::chrono::microseconds busy_poll{0};
 };
 
 // What a side tells its peer during set-up: how to reach its queue pair and
@@ -202,12 +200,14 @@ class RdmaTransport final : public Transport {
 
   // Waits (polling or sleeping, see the file comment) until `ready` holds
   // (evaluated under mutex_), the transport fails or `deadline` passes.
+  // `poller`: the waiting thread's (read_poller_ or write_poller_).
   template <typename Ready>
-  Status WaitLocked(std::unique_lock<std::mutex>& lock, Ready ready,
+  Status WaitLocked(std::unique_lock<std::mutex>& lock, BusyPoller* poller, Ready ready,
                     std::chrono::steady_clock::time_point deadline);
   // One round of polling by the thread that holds the poller role:
   // completions into `out`; sleeps when there are none.
-  Status PollRound(std::vector<ibv_wc>* out, std::chrono::steady_clock::time_point deadline);
+  Status PollRound(BusyPoller* poller, std::vector<ibv_wc>* out,
+                   std::chrono::steady_clock::time_point deadline);
   void ProcessCompletion(const ibv_wc& wc);
   Status PostReceive(uint32_t index);
   Status PostCredit();
@@ -227,7 +227,8 @@ class RdmaTransport final : public Transport {
 
   QueuePair queues_;
   const RdmaOptions options_;
-  const std::chrono::microseconds busy_poll_;
+  BusyPoller read_poller_;   // the reader thread's
+  BusyPoller write_poller_;  // the writer thread's
   std::string peer_name_;
   std::string description_;
   int liveness_ = -1;

@@ -62,7 +62,6 @@ RdmaOptions SmallOptions() {
   options.small_message_bytes = 256;
   options.send_depth = 16;
   options.chunk_bytes = 8 << 10;
-  options.busy_poll = 0us;
   return options;
 }
 
