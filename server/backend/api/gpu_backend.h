@@ -377,6 +377,24 @@ class Tenant {
   virtual ~Tenant() = default;
 };
 
+// Device memory of one tenant by backend device (parking, below): bytes and
+// how many allocations they are.
+struct ParkedMemory {
+  std::vector<uint64_t> bytes;  // indexed by backend device; may be shorter
+  uint64_t allocations = 0;
+
+  uint64_t Total() const {
+    uint64_t total = 0;
+    for (uint64_t b : bytes) total += b;
+    return total;
+  }
+  void Add(int device, uint64_t count) {
+    if (bytes.size() <= static_cast<size_t>(device)) bytes.resize(device + 1, 0);
+    bytes[device] += count;
+    ++allocations;
+  }
+};
+
 // NVML stand-in: what a monitor reads of a whole GPU (DeviceTelemetry). A
 // figure the backend cannot read is -1.
 struct DeviceTelemetry {
@@ -988,6 +1006,42 @@ class GpuBackend {
   // completion still fires. The context must not be used for new work
   // afterwards, only destroyed. Any thread; returns at once.
   virtual void AbandonQueuedWork(Context& ctx) = 0;
+
+  // --- parking (memory overcommit, idle reclaim) ------------------------------
+  // Parking moves an idle tenant's device memory into host memory and gives
+  // the device memory back, keeping every address reserved, so that the
+  // tenant's pointers — those its client holds and those stored inside its
+  // device memory — are valid again, with the same bytes, once it is
+  // unparked. What is parked: the tenant's device allocations (MemAlloc,
+  // pitched, pool allocations, array storage). What stays resident (small,
+  // or owned by objects the tenant made itself): module globals, physical
+  // memory of its own virtual memory management, graph memory; the figures
+  // say how much.
+  //
+  // Contract: the caller guarantees that no work of the tenant is queued or
+  // running (every stream of its contexts idle) from ParkTenantMemory until
+  // UnparkTenantMemory returns, and that no call of the tenant runs in
+  // between. Whole or nothing: a failure leaves everything as it was.
+  //
+  // Whether this backend can park at all (the default: no).
+  virtual bool CanParkMemory() const { return false; }
+  // Parks the tenant's device allocations. Parking a tenant that is parked,
+  // or that has nothing to park, is OK and moves nothing.
+  virtual Status ParkTenantMemory(Tenant& tenant, ParkedMemory* moved) {
+    (void)tenant, (void)moved;
+    return Status::Unimplemented(std::string(Name()) + " backend cannot park memory");
+  }
+  // Brings the tenant's parked memory back at the same addresses. Needs room
+  // on each device for all of it: OutOfMemory otherwise (naming the device
+  // and the bytes short), with everything still parked.
+  virtual Status UnparkTenantMemory(Tenant& tenant, ParkedMemory* moved) {
+    (void)tenant, (void)moved;
+    return Status::Unimplemented(std::string(Name()) + " backend cannot park memory");
+  }
+  // The tenant's device memory now: parked and resident bytes per device.
+  virtual void TenantMemory(Tenant& tenant, ParkedMemory* parked, ParkedMemory* resident) {
+    (void)tenant, (void)parked, (void)resident;
+  }
 
   // --- releasing memory (tenants) ---------------------------------------------
   // Memory a tenant frees — MemFree, MemFreeAsync, destroyed arrays and

@@ -851,6 +851,113 @@ class HostBackend final : public GpuBackend {
     static_cast<HostTenant&>(tenant).state->WhenReleased(std::move(done));
   }
 
+  // --- parking ----------------------------------------------------------------
+  // A parked allocation's bytes live in `parked` (host memory that is not the
+  // device's); its addresses stay this allocation's. Storage from mmap (at
+  // least kMmapThreshold bytes) is replaced by an inaccessible reservation of
+  // the same range, so its pages go back to the system and a stray touch
+  // faults instead of reading stale bytes; smaller storage is heap memory
+  // that cannot be unmapped on its own, so it is cleared and keeps its pages
+  // (under 64 KiB each). Either way the bytes leave the device's books.
+
+  bool CanParkMemory() const override { return true; }
+
+  Status ParkTenantMemory(Tenant& tenant, ParkedMemory* moved) override {
+    const std::set<const ContextState*> owners = TenantContexts(tenant);
+    std::lock_guard<std::mutex> lock(mu_);
+    // Copy everything first, so that a failure changes nothing.
+    std::vector<std::pair<Allocation*, std::unique_ptr<uint8_t[]>>> copies;
+    for (auto& [base, allocation] : allocations_) {
+      if (allocation.parked != nullptr || !owners.contains(allocation.owner)) continue;
+      std::unique_ptr<uint8_t[]> copy(new (std::nothrow) uint8_t[allocation.bytes]);
+      if (copy == nullptr) {
+        return Status::OutOfMemory("host memory exhausted parking " +
+                                   std::to_string(allocation.bytes) + " bytes");
+      }
+      std::memcpy(copy.get(), allocation.storage.get(), allocation.bytes);
+      copies.emplace_back(&allocation, std::move(copy));
+    }
+    for (auto& [allocation, copy] : copies) {
+      void* base = allocation->storage.get();
+      if (allocation->bytes >= kMmapThreshold) {
+        // Same range, no access, no memory behind it (and, inaccessible,
+        // none charged to the system's commit limit until unparked).
+        void* p = mmap(base, allocation->bytes, PROT_NONE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS,
+                       -1, 0);
+        if (p == MAP_FAILED) std::memset(base, 0, allocation->bytes);  // keeps the range
+      } else {
+        std::memset(base, 0, allocation->bytes);
+      }
+      allocation->parked = std::move(copy);
+      used_[allocation->device] -= allocation->bytes;
+      if (moved != nullptr) moved->Add(allocation->device, allocation->bytes);
+    }
+    return Status::Ok();
+  }
+
+  Status UnparkTenantMemory(Tenant& tenant, ParkedMemory* moved) override {
+    const std::set<const ContextState*> owners = TenantContexts(tenant);
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<Allocation*> parked;
+    std::vector<uint64_t> needed(device_memory_.size(), 0);
+    for (auto& [base, allocation] : allocations_) {
+      if (allocation.parked == nullptr || !owners.contains(allocation.owner)) continue;
+      parked.push_back(&allocation);
+      needed[allocation.device] += allocation.bytes;
+    }
+    for (size_t d = 0; d < needed.size(); ++d) {
+      if (needed[d] > device_memory_[d] - used_[d]) {
+        return Status::OutOfMemory(
+            "cannot bring back " + std::to_string(needed[d]) + " parked bytes on device " +
+            std::to_string(d) + ": " + std::to_string(device_memory_[d] - used_[d]) + " of " +
+            std::to_string(device_memory_[d]) + " bytes free");
+      }
+    }
+    // Map everything back before copying, so that a failure changes nothing.
+    std::vector<Allocation*> remapped;
+    for (Allocation* allocation : parked) {
+      if (allocation->bytes < kMmapThreshold) continue;
+      void* base = allocation->storage.get();
+      if (mprotect(base, allocation->bytes, PROT_READ | PROT_WRITE) != 0) {
+        const int err = errno;
+        for (Allocation* undo : remapped) {
+          mprotect(undo->storage.get(), undo->bytes, PROT_NONE);
+        }
+        return Status::OutOfMemory("cannot map " + std::to_string(allocation->bytes) +
+                                   " parked bytes back: " + std::strerror(err));
+      }
+      remapped.push_back(allocation);
+    }
+    for (Allocation* allocation : parked) {
+      std::memcpy(allocation->storage.get(), allocation->parked.get(), allocation->bytes);
+      allocation->parked.reset();
+      used_[allocation->device] += allocation->bytes;
+      if (moved != nullptr) moved->Add(allocation->device, allocation->bytes);
+    }
+    return Status::Ok();
+  }
+
+  void TenantMemory(Tenant& tenant, ParkedMemory* parked, ParkedMemory* resident) override {
+    const std::set<const ContextState*> owners = TenantContexts(tenant);
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [base, allocation] : allocations_) {
+      if (!owners.contains(allocation.owner)) continue;
+      ParkedMemory* into = allocation.parked != nullptr ? parked : resident;
+      if (into != nullptr) into->Add(allocation.device, allocation.bytes);
+    }
+  }
+
+  // The contexts of `tenant` (identity only).
+  static std::set<const ContextState*> TenantContexts(Tenant& tenant) {
+    TenantState& state = *static_cast<HostTenant&>(tenant).state;
+    std::lock_guard<std::mutex> lock(state.mu);
+    std::set<const ContextState*> owners;
+    for (const auto& weak : state.contexts) {
+      if (auto ctx = weak.lock()) owners.insert(ctx.get());
+    }
+    return owners;
+  }
+
   // --- memory ---------------------------------------------------------------
 
   Status MemAlloc(Context& ctx, uint64_t bytes, uint64_t* dptr) override {
@@ -2292,6 +2399,8 @@ class HostBackend final : public GpuBackend {
     int device = 0;
     const ContextState* owner = nullptr;     // identity only
     std::shared_ptr<HostMemPoolState> pool;  // the pool it came from, or null
+    // Parked (ParkTenantMemory): the bytes, while the storage holds none.
+    std::unique_ptr<uint8_t[]> parked;
   };
 
   // What releases `allocations`: their storage goes, then their bytes are
@@ -2305,7 +2414,9 @@ class HostBackend final : public GpuBackend {
         if (a.pool) a.pool->Release(a.bytes);
       }
       std::lock_guard<std::mutex> lock(mu_);
-      for (const Allocation& a : gone) used_[a.device] -= a.bytes;
+      for (const Allocation& a : gone) {
+        if (a.parked == nullptr) used_[a.device] -= a.bytes;  // parked: off the books already
+      }
     };
   }
 

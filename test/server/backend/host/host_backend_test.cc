@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <future>
@@ -518,6 +519,111 @@ TEST_F(HostBackendTest, DestroyingAContextReleasesItsAllocations) {
   ASSERT_OK(b().MemAlloc(*other, 1 << 20, &d));
   EXPECT_EQ(FreeBytes(), kDeviceMemory - (1 << 20));
   other.reset();
+  EXPECT_EQ(FreeBytes(), kDeviceMemory);
+}
+
+// --- parking ------------------------------------------------------------------
+
+// Whether [address, address + bytes) is mapped inaccessible in this process
+// (/proc/self/maps: a range with "---p" protections covering it).
+bool MappedInaccessible(uint64_t address, uint64_t bytes) {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  while (std::getline(maps, line)) {
+    uint64_t start = 0, end = 0;
+    char perms[5] = {};
+    if (std::sscanf(line.c_str(), "%lx-%lx %4s", &start, &end, perms) != 3) continue;
+    if (start <= address && address + bytes <= end) return std::string(perms) == "---p";
+  }
+  return false;
+}
+
+TEST_F(HostBackendTest, ParkedMemoryComesBackAtTheSameAddressesWithItsBytes) {
+  ASSERT_TRUE(b().CanParkMemory());
+  const uint64_t small = Alloc(1000);       // heap storage
+  const uint64_t big = Alloc(1 << 20);      // mmap storage
+  Write<uint64_t>(small, {0x1111, 0x2222});
+  // A linked structure: the big allocation points at the small one.
+  Write<uint64_t>(big, {small, 42, big + 8});
+  ASSERT_OK(Sync(legacy()));
+  // Another tenant's memory is not parked.
+  std::unique_ptr<Tenant> neighbour_tenant = b().CreateTenant();
+  std::unique_ptr<Context> neighbour;
+  ASSERT_OK(b().CreateContext(0, 0, &neighbour));
+  b().JoinTenant(*neighbour, *neighbour_tenant);
+  uint64_t theirs = 0;
+  ASSERT_OK(b().MemAlloc(*neighbour, 4096, &theirs));
+  const uint64_t free_before = FreeBytes();
+
+  ParkedMemory parked;
+  ASSERT_OK(b().ParkTenantMemory(*tenant_, &parked));
+  EXPECT_EQ(parked.allocations, 2u);
+  EXPECT_EQ(parked.Total(), 1024u + (1 << 20));
+  EXPECT_EQ(FreeBytes(), free_before + parked.Total());  // the device has that room back
+  EXPECT_TRUE(MappedInaccessible(big, 1 << 20));       // its pages are gone
+  ParkedMemory tenant_parked, tenant_resident;
+  b().TenantMemory(*tenant_, &tenant_parked, &tenant_resident);
+  EXPECT_EQ(tenant_parked.Total(), parked.Total());
+  EXPECT_EQ(tenant_resident.Total(), 0u);
+  ParkedMemory neighbour_parked, neighbour_resident;
+  b().TenantMemory(*neighbour_tenant, &neighbour_parked, &neighbour_resident);
+  EXPECT_EQ(neighbour_parked.Total(), 0u);
+  EXPECT_EQ(neighbour_resident.Total(), 4096u);
+  // Parking again moves nothing.
+  ParkedMemory again;
+  ASSERT_OK(b().ParkTenantMemory(*tenant_, &again));
+  EXPECT_EQ(again.Total(), 0u);
+
+  ParkedMemory unparked;
+  ASSERT_OK(b().UnparkTenantMemory(*tenant_, &unparked));
+  EXPECT_EQ(unparked.Total(), parked.Total());
+  EXPECT_EQ(FreeBytes(), free_before);
+  EXPECT_FALSE(MappedInaccessible(big, 1 << 20));
+  EXPECT_EQ(Read<uint64_t>(small, 2), (std::vector<uint64_t>{0x1111, 0x2222}));
+  const std::vector<uint64_t> links = Read<uint64_t>(big, 3);
+  EXPECT_EQ(links, (std::vector<uint64_t>{small, 42, big + 8}));
+  EXPECT_EQ(Read<uint64_t>(links[0], 1)[0], 0x1111u);  // the stored pointer still leads there
+  ASSERT_OK(b().MemFree(*neighbour, theirs));
+}
+
+TEST_F(HostBackendTest, UnparkingWithoutRoomIsOutOfMemoryAndLeavesItParked) {
+  const uint64_t mine = Alloc(40ull << 20);
+  Write<uint32_t>(mine, {7, 8, 9});
+  ASSERT_OK(Sync(legacy()));
+  ASSERT_OK(b().ParkTenantMemory(*tenant_, nullptr));
+  // Someone else takes the room meanwhile.
+  std::unique_ptr<Tenant> other_tenant = b().CreateTenant();
+  std::unique_ptr<Context> other;
+  ASSERT_OK(b().CreateContext(0, 0, &other));
+  b().JoinTenant(*other, *other_tenant);
+  uint64_t theirs = 0;
+  ASSERT_OK(b().MemAlloc(*other, 40ull << 20, &theirs));
+  Status refused = b().UnparkTenantMemory(*tenant_, nullptr);
+  EXPECT_EQ(refused.code(), StatusCode::kOutOfMemory) << refused.ToString();
+  EXPECT_NE(refused.message().find("parked bytes on device 0"), std::string::npos)
+      << refused.message();
+  ParkedMemory parked;
+  b().TenantMemory(*tenant_, &parked, nullptr);
+  EXPECT_EQ(parked.Total(), 40ull << 20);
+  EXPECT_TRUE(MappedInaccessible(mine, 40ull << 20));
+
+  ASSERT_OK(b().MemFree(*other, theirs));
+  ASSERT_OK(Await([&](Completion done) { b().WhenReleased(*other_tenant, std::move(done)); }));
+  ASSERT_OK(b().UnparkTenantMemory(*tenant_, nullptr));
+  EXPECT_EQ(Read<uint32_t>(mine, 3), (std::vector<uint32_t>{7, 8, 9}));
+}
+
+TEST_F(HostBackendTest, FreeingParkedMemoryKeepsTheBooksRight) {
+  const uint64_t a = Alloc(1 << 20);
+  Alloc(512);
+  ASSERT_OK(b().ParkTenantMemory(*tenant_, nullptr));
+  EXPECT_EQ(FreeBytes(), kDeviceMemory);
+  ASSERT_OK(b().MemFree(*ctx_, a));  // a session that ends while parked frees it so
+  ASSERT_OK(Released());
+  EXPECT_EQ(FreeBytes(), kDeviceMemory);
+  ctx_.reset();  // the rest goes with the context
+  ASSERT_OK(Released());
+  ASSERT_OK(NewContext(0, &ctx_));
   EXPECT_EQ(FreeBytes(), kDeviceMemory);
 }
 
