@@ -1485,6 +1485,13 @@ struct SessionInfo {
   modules @10 :UInt32;
   sinceUnixMs @11 :Int64;
   transport @12 :Text;    # what carries its stream: "tcp", "tls", "shm, ring 8 MiB", "rdma ..."
+  # memory overcommit (server/README.md, "Parking"): of bytesAllocated, how much is parked in
+  # host memory now (the rest is resident), how often it was parked and brought back, and how
+  # long ago its last call came
+  parkedBytes @13 :UInt64;
+  parks @14 :UInt64;
+  unparks @15 :UInt64;
+  idleMs @16 :Int64;
 }
 
 struct ControlReply {

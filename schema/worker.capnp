@@ -8,6 +8,7 @@
 # it (SCM_RIGHTS, common/descriptor_passing.h) where a member says so.
 
 using Cxx = import "/capnp/c++.capnp";
+using Ferry = import "ferry.capnp";
 $Cxx.namespace("ferry::wire");
 
 # A borrowed device (server/session_shares.h SessionDevice).
@@ -50,6 +51,7 @@ struct WorkerStart {
   rdmaDevice @12 :Text;
   rdmaGidIndex @13 :Int32;
   rdmaUnavailable @14 :Text;
+  parkAfterMs @15 :Int64;        # SessionGrant.park_after in ms; -1: never parked
 }
 
 # A snapshot of the session (server/session.h SessionInfo).
@@ -84,6 +86,16 @@ struct WorkerSessionInfo {
   syncCallCounts @25 :List(UInt64);  # per bucket of kSyncCallBucketSeconds (server/session.h), not cumulative
   syncCallSeconds @26 :Float64;      # their sum
   transport @27 :Text;               # SessionInfo.transport (server/session.h)
+  # parking (SessionInfo, server/session.h)
+  parked @28 :Bool;
+  parkedBytes @29 :UInt64;
+  parks @30 :UInt64;
+  unparks @31 :UInt64;
+  bytesParkedTotal @32 :UInt64;
+  bytesUnparkedTotal @33 :UInt64;
+  parkSeconds @34 :Float64;
+  unparkSeconds @35 :Float64;
+  idleMs @36 :Int64;
 }
 
 # A module image by name (server/module_cache.h): SHA-256 and length.
@@ -98,7 +110,34 @@ struct ToWorker {
     preempt @1 :PreemptRequest;   # Session::Preempt; answered by FromWorker.preempted
     infoRequest @2 :UInt64;       # answered by FromWorker.info with this id
     image @3 :ImageAnswer;        # answers FromWorker.findImage
+    park @4 :ParkRequest;         # Session::Park; answered by FromWorker.parked
+    relieved @5 :RelieveAnswer;   # answers FromWorker.relieve
   }
+}
+
+struct ParkRequest {
+  requestId @0 :UInt64;
+  minIdleMs @1 :Int64;
+  reason @2 :Text;
+}
+
+struct ParkAnswer {
+  requestId @0 :UInt64;
+  status @1 :Ferry.Status;               # Session::Park's result
+  bytes @2 :UInt64;                       # parked by this request
+}
+
+# The worker's session found a device full (memory overcommit): the main process parks other
+# idle sessions' memory on that device (Server::RelieveMemoryPressure) and answers.
+struct RelieveRequest {
+  requestId @0 :UInt64;
+  device @1 :Int32;       # backend device
+  bytes @2 :UInt64;
+}
+
+struct RelieveAnswer {
+  requestId @0 :UInt64;
+  bytes @1 :UInt64;       # parked elsewhere
 }
 
 struct PreemptRequest {
@@ -125,6 +164,8 @@ struct FromWorker {
     ready @4 :Text;               # first, once: "" when its backend is up (then it waits for start), else why not
     final @5 :WorkerSessionInfo;  # last, once: the session's figures after it ended and freed
                                   # everything (its end log line, server/session_log.h)
+    parked @6 :ParkAnswer;        # answers ToWorker.park
+    relieve @7 :RelieveRequest;   # answered by ToWorker.relieved
   }
 }
 

@@ -302,6 +302,15 @@ bool PoolService::HasPool(const std::string& pool) const {
   return state_->config().pools.count(pool) != 0;
 }
 
+std::optional<absl::Duration> PoolService::ParkAfter(const std::string& pool) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto found = state_->config().pools.find(pool);
+  if (found == state_->config().pools.end() || found->second.memory_overcommit <= 1.0) {
+    return std::nullopt;
+  }
+  return found->second.park_after;
+}
+
 std::string PoolService::config_path() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return state_->config().path;

@@ -83,6 +83,9 @@ class PoolService {
   std::string default_pool() const;
   // Whether the config in force now has a pool of that name.
   bool HasPool(const std::string& pool) const;
+  // How long a session of `pool` must be idle before its memory may be
+  // parked; nullopt when the pool does not overcommit memory (or is gone).
+  std::optional<absl::Duration> ParkAfter(const std::string& pool) const;
   bool uses_test_clock() const { return options_.test_clock != nullptr; }
 
   // /metrics (server/server_metrics.cc): what happened in each pool since

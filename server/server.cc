@@ -817,6 +817,9 @@ void Server::ServeClient(uint64_t id, std::unique_ptr<Transport> transport,
                                            std::move(grant), module_cache_.get());
   session->SetBufferLimit(limits_.session_buffer_bytes);
   session->SetRdma(rdma_);
+  session->SetMemoryPressure([this](int device, uint64_t bytes, uint64_t requester) {
+    return RelieveMemoryPressure(device, bytes, requester);
+  });
   if (token.has_value()) session->SetToken(token->name, token->id);
   std::string early_preemption;
   {
@@ -1007,6 +1010,9 @@ void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transpo
     preemption.reason = late_preemption;
     PreemptSession(preemption);
   }
+  worker->SetMemoryPressure([this](int device, uint64_t bytes, uint64_t requester) {
+    return RelieveMemoryPressure(device, bytes, requester);
+  });
   const std::string ended = worker->Supervise(module_cache_.get());
   if (!ended.empty()) {
     FERRY_LOG(kWarning) << who << " ended: its worker process " << worker->pid() << " " << ended
@@ -1238,6 +1244,7 @@ void Server::GrantFromLease(const pool::Lease& lease, const Transport& transport
                               const pool::BorrowRequest& request, SessionGrant* grant) const {
   grant->pooled = true;
   grant->pool = lease.pool;
+  if (pool_ != nullptr) grant->park_after = pool_->ParkAfter(lease.pool);
   for (const pool::SliceGrant& slice : lease.slices) {
     SessionDevice device;
     device.backend_device = BackendDeviceOf(slice.gpu);
@@ -1405,6 +1412,10 @@ Status Server::HandleControl(wire::ControlRequest::Reader request,
         out.setModules(s.modules);
         out.setSinceUnixMs(s.since_unix_ms);
         out.setTransport(s.transport);
+        out.setParkedBytes(s.parked_bytes);
+        out.setParks(s.parks);
+        out.setUnparks(s.unparks);
+        out.setIdleMs(s.idle_ms);
       }
       FillPoolStatus(reply.initPool());
       return Status::Ok();
@@ -1488,6 +1499,53 @@ std::vector<std::shared_ptr<ServedSession>> Server::LiveSessions() const {
   std::vector<std::shared_ptr<ServedSession>> live;
   for (const auto& [id, session] : sessions_) live.push_back(session);
   return live;
+}
+
+uint64_t Server::RelieveMemoryPressure(int backend_device, uint64_t bytes, uint64_t requester) {
+  // Candidates: sessions on that device whose pool lets their memory be
+  // parked, idle long enough, not parked yet; the longest idle first.
+  struct Candidate {
+    std::shared_ptr<ServedSession> session;
+    SessionInfo info;
+    absl::Duration park_after;
+  };
+  std::vector<Candidate> candidates;
+  for (const auto& session : LiveSessions()) {
+    const SessionGrant& grant = session->grant();
+    if (!grant.park_after.has_value()) continue;
+    const bool on_device =
+        std::any_of(grant.devices.begin(), grant.devices.end(),
+                    [&](const SessionDevice& d) { return d.backend_device == backend_device; });
+    if (!on_device) continue;
+    SessionInfo info = session->Info();
+    if (info.id == requester || info.parked || !info.started || info.bytes_allocated == 0 ||
+        absl::Milliseconds(info.idle_ms) < *grant.park_after) {
+      continue;
+    }
+    candidates.push_back({session, std::move(info), *grant.park_after});
+  }
+  std::sort(candidates.begin(), candidates.end(), [](const Candidate& a, const Candidate& b) {
+    return a.info.idle_ms > b.info.idle_ms;
+  });
+  const std::string reason = "device " + std::to_string(backend_device) + " is short of " +
+                             std::to_string(bytes) + " bytes for session " +
+                             std::to_string(requester);
+  uint64_t parked = 0;
+  for (const Candidate& candidate : candidates) {
+    if (parked >= bytes) break;
+    uint64_t moved = 0;
+    Status status = candidate.session->Park(candidate.park_after, reason, &moved);
+    if (!status.ok()) {
+      FERRY_LOG(kDebug) << "session " << candidate.info.id << " not parked: " << status.message();
+      continue;
+    }
+    parked += moved;
+  }
+  if (parked == 0) {
+    FERRY_LOG(kInfo) << reason << ", and no idle session's memory could be parked ("
+                     << candidates.size() << " idle candidate(s))";
+  }
+  return parked;
 }
 
 std::vector<SessionInfo> Server::Sessions() const {

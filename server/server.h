@@ -209,6 +209,12 @@ class Server {
                            SessionGrant grant, const std::optional<auth::Token>& token);
   // The sessions now, for asking each outside the lock.
   std::vector<std::shared_ptr<ServedSession>> LiveSessions() const;
+  // Session::MemoryPressure for every session: parks the memory of idle
+  // sessions on backend device `backend_device` whose pool overcommits
+  // memory (idle at least its park_after; never `requester`), the longest
+  // idle first, until `bytes` are parked or none is left. Returns the bytes
+  // parked. Any thread; asks each session outside the lock.
+  uint64_t RelieveMemoryPressure(int backend_device, uint64_t bytes, uint64_t requester);
   // A worker for a session with `environment`: the spare when it fits (no
   // environment of its own) and lives, else a new one; a spare is then made
   // again in the background.

@@ -82,6 +82,12 @@ void SessionTotals::Add(const SessionInfo& info) {
   bytes_from_client += info.bytes_from_client;
   bytes_to_client += info.bytes_to_client;
   sync_calls.Add(info.sync_calls);
+  parks += info.parks;
+  unparks += info.unparks;
+  bytes_parked += info.bytes_parked_total;
+  bytes_unparked += info.bytes_unparked_total;
+  park_seconds += info.park_seconds;
+  unpark_seconds += info.unpark_seconds;
 }
 
 Status Server::ServeMetrics(const MetricsOptions& options) {
@@ -316,6 +322,30 @@ std::string Server::MetricsText() const {
              "How long ferryd took to answer each call its client waited for, from the start of "
              "its execution to its reply written.");
   out.Histogram(server_label, kSyncCallBucketSeconds, totals.sync_calls);
+
+  // --- parking (memory overcommit): every client session, ended ones included
+  uint64_t parked_now = 0;
+  for (const SessionInfo& info : infos) parked_now += info.parked_bytes;
+  out.Family("ferry_parked_memory_bytes", MetricType::kGauge,
+             "Device memory of idle sessions parked in host memory now (memory overcommit).");
+  out.Count(server_label, parked_now);
+  out.Family("ferry_parks_total", MetricType::kCounter,
+             "Times an idle session's device memory was parked in host memory.");
+  out.Count(server_label, totals.parks);
+  out.Family("ferry_unparks_total", MetricType::kCounter,
+             "Times parked memory was brought back for a session's next call.");
+  out.Count(server_label, totals.unparks);
+  out.Family("ferry_parked_bytes_total", MetricType::kCounter, "Bytes parked in host memory.");
+  out.Count(server_label, totals.bytes_parked);
+  out.Family("ferry_unparked_bytes_total", MetricType::kCounter,
+             "Bytes brought back from host memory.");
+  out.Count(server_label, totals.bytes_unparked);
+  out.Family("ferry_park_seconds_total", MetricType::kCounter,
+             "Time spent parking memory (copying it out).");
+  out.Value(server_label, totals.park_seconds);
+  out.Family("ferry_unpark_seconds_total", MetricType::kCounter,
+             "Time sessions' calls waited for their parked memory to come back.");
+  out.Value(server_label, totals.unpark_seconds);
 
   // --- process -------------------------------------------------------------
   out.Family("process_start_time_seconds", MetricType::kGauge,

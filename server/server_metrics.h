@@ -37,6 +37,10 @@ struct SessionTotals {
   uint64_t bytes_from_client = 0;
   uint64_t bytes_to_client = 0;
   metrics::HistogramCounts sync_calls;  // by kSyncCallBucketSeconds
+  // parking (memory overcommit)
+  uint64_t parks = 0, unparks = 0;
+  uint64_t bytes_parked = 0, bytes_unparked = 0;
+  double park_seconds = 0, unpark_seconds = 0;
 
   void Add(const SessionInfo& info);
 };

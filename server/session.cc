@@ -156,6 +156,21 @@ SessionInfo Session::Info() const {
   info.bytes_from_client = transport_->bytes_read();
   info.bytes_to_client = transport_->bytes_written();
   info.peak_bytes_allocated = shares_.peak_bytes_allocated();
+  info.parked = parked_.load();
+  info.parked_bytes = parked_bytes_.load();
+  info.parks = parks_.load();
+  info.unparks = unparks_.load();
+  info.bytes_parked_total = bytes_parked_total_.load();
+  info.bytes_unparked_total = bytes_unparked_total_.load();
+  info.park_seconds = static_cast<double>(park_ns_.load()) / 1e9;
+  info.unpark_seconds = static_cast<double>(unpark_ns_.load()) / 1e9;
+  if (const int64_t last = last_call_ns_.load(); last != 0) {
+    info.idle_ms = (std::chrono::duration_cast<std::chrono::nanoseconds>(
+                        std::chrono::steady_clock::now().time_since_epoch())
+                        .count() -
+                    last) /
+                   1000000;
+  }
   {
     std::lock_guard<std::mutex> lock(end_reason_mutex_);
     info.end_reason = end_reason_;
@@ -559,6 +574,12 @@ std::shared_ptr<uint8_t[]> AllocateBulk(uint64_t bytes) {
 Status Session::ExecuteBatch(kj::ArrayPtr<const capnp::word> words, uint64_t bulk_bytes,
                              PayloadSource& payload) {
   std::lock_guard<std::timed_mutex> exec(exec_mutex_);
+  last_call_ns_.store(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                          std::chrono::steady_clock::now().time_since_epoch())
+                          .count());
+  // Parked memory comes back before any call of the batch runs; if it
+  // cannot, every call of the batch fails with the reason.
+  batch_refusal_ = UnparkForBatch();
   // kj reports a message that breaks its own rules (bad pointers, traversal
   // limit) as an exception; none may escape into the server.
   try {
@@ -649,6 +670,7 @@ Status Session::ExecuteBatch(kj::ArrayPtr<const capnp::word> words, uint64_t bul
 
 bool Session::TryDirectHostToDevice(wire::Call::Reader call, PayloadSource& payload,
                                     Status* read_status) {
+  if (!batch_refusal_.ok()) return false;  // parked: the memory is not there
   auto args = call.getMemcpyHtoD();
   if (call.getWantsReply() || args.getBytes() != call.getBulkBytes()) return false;
   backend::Stream* stream = nullptr;
@@ -682,6 +704,18 @@ void Session::Execute(wire::Call::Reader call, backend::HostBytes bulk) {
     if (cx.wants_reply) {
       SendReply(cx.seq, revoked_);
       CountSyncCall(cx.started);
+    }
+    return;
+  }
+  if (!batch_refusal_.ok()) {
+    // Its memory is parked and could not come back: nothing may run.
+    if (cx.wants_reply) {
+      SendReply(cx.seq, batch_refusal_);
+      CountSyncCall(cx.started);
+    } else if (latched_error_.ok()) {
+      latched_error_ = batch_refusal_.WithContext("asynchronous error from call " +
+                                                  std::to_string(cx.seq));
+      latched_seq_ = cx.seq;
     }
     return;
   }

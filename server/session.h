@@ -58,6 +58,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <initializer_list>
 #include <map>
 #include <memory>
@@ -142,6 +143,19 @@ struct SessionInfo {
   uint64_t frames_to_client = 0;    // replies, keepalives and the handshake reply written
   // Calls the client waited for, by kSyncCallBucketSeconds.
   metrics::HistogramCounts sync_calls;
+  // Parking (Session::Park): whether its device memory is parked now, how
+  // much is (bytes_allocated - parked_bytes is resident), and over its life
+  // how often and how much was parked and brought back, and how long its
+  // calls waited for memory to come back.
+  bool parked = false;
+  uint64_t parked_bytes = 0;
+  uint64_t parks = 0;
+  uint64_t unparks = 0;
+  uint64_t bytes_parked_total = 0;
+  uint64_t bytes_unparked_total = 0;
+  double park_seconds = 0;    // time spent copying memory out
+  double unpark_seconds = 0;  // time its first calls waited for it to come back
+  int64_t idle_ms = 0;        // since its last call (0 before the first)
 };
 
 // A live client session as ferryd's Server holds it: a Session in this
@@ -155,6 +169,9 @@ class ServedSession {
   virtual const SessionGrant& grant() const = 0;
   // See Session::Preempt.
   virtual bool Preempt(const std::string& reason) = 0;
+  // See Session::Park.
+  virtual Status Park(absl::Duration min_idle, const std::string& reason,
+                      uint64_t* parked_bytes) = 0;
   // Ends the session's connection; it frees everything and ends soon after.
   virtual void Stop() = 0;
 };
@@ -213,6 +230,32 @@ class Session final : public ServedSession {
   static constexpr std::chrono::seconds kRdmaSetupTimeout{10};
   // Tests only: how long Preempt waits for the batch in execution.
   void TEST_SetPreemptBatchWait(std::chrono::milliseconds wait) { preempt_batch_wait_ = wait; }
+
+  // Parking (memory overcommit; server/README.md "Parking"). Any thread.
+  // Parks the session's device memory in host memory (GpuBackend::
+  // ParkTenantMemory: same addresses, the device memory given back) when the
+  // session is idle: its handshake answered, not preempted, no batch
+  // executing or buffered (waits at most kParkLockWait for the executor),
+  // no call for at least `min_idle`, and no work on any of its streams.
+  // Otherwise Overloaded (busy, not idle) saying why, and nothing changes. A parked
+  // session parks nothing more (OK, 0 bytes). The session's next batch
+  // brings the memory back before any of its calls runs (its first call
+  // waits), asking the memory-pressure hook for room if the device is full.
+  Status Park(absl::Duration min_idle, const std::string& reason,
+              uint64_t* parked_bytes) override;
+  // Before Run: who makes room on a full device. `relieve(device, bytes,
+  // requester)` parks other idle sessions' memory on backend device `device`
+  // until about `bytes` are free (never this session's) and returns the
+  // bytes it parked. Called on the executor with exec_mutex_ held, so it
+  // must not wait for this session. Unset: nobody (an allocation that does
+  // not fit fails as before).
+  using MemoryPressure = std::function<uint64_t(int device, uint64_t bytes, uint64_t requester)>;
+  void SetMemoryPressure(MemoryPressure relieve) { relieve_ = std::move(relieve); }
+  static constexpr std::chrono::milliseconds kParkLockWait{100};
+  // How long a parked session's batch waits for room to bring its memory back
+  // before its calls fail with CUDA_ERROR_OUT_OF_MEMORY (the next batch tries
+  // again).
+  static constexpr std::chrono::seconds kUnparkWaitLimit{10};
 
   SessionInfo Info() const override;
   uint64_t id() const { return id_; }
@@ -883,6 +926,29 @@ class Session final : public ServedSession {
 
   // Image bytes received, for Info (written by the executor, read by anyone).
   std::atomic<uint64_t> module_image_bytes_received_{0};
+
+  // Parking (session_parking.cc).
+  // Brings parked memory back (on the executor, exec_mutex_ held, before a
+  // batch runs); OK when nothing is parked.
+  Status UnparkForBatch();
+  // Backend OutOfMemory from an allocation of `bytes` on session device
+  // `device`: asks the pressure hook for room; true when it parked anything
+  // (then the allocation is worth trying again).
+  bool RelieveMemoryPressure(int device, uint64_t bytes);
+  // Whether every stream of every context is idle (no queued or running work).
+  bool AllStreamsIdle();
+  MemoryPressure relieve_;
+  // Set under exec_mutex_, read by Info from any thread.
+  std::atomic<bool> parked_{false};
+  std::atomic<uint64_t> parked_bytes_{0};
+  // The batch executing may not run: its memory is parked and could not
+  // come back (UnparkForBatch's error). Executor.
+  Status batch_refusal_;
+  std::atomic<uint64_t> parks_{0}, unparks_{0};
+  std::atomic<uint64_t> bytes_parked_total_{0}, bytes_unparked_total_{0};
+  std::atomic<int64_t> park_ns_{0}, unpark_ns_{0};
+  // steady_clock nanoseconds of the last batch's start; 0 before the first.
+  std::atomic<int64_t> last_call_ns_{0};
 
   // Held while a batch executes and while Preempt frees everything.
   std::timed_mutex exec_mutex_;

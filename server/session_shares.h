@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -73,6 +74,10 @@ struct SessionGrant {
   bool mechanisms_chosen = false;
   std::string pool;
   std::vector<SessionDevice> devices;
+  // Its pool overcommits memory: once the session has made no call for this
+  // long, ferryd may park its device memory when a device runs short
+  // (Session::Park). nullopt: never parked.
+  std::optional<absl::Duration> park_after;
 };
 
 // Every device of `backend`, whole, in order: the grant without pools.

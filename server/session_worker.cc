@@ -97,6 +97,15 @@ void InfoToWire(const SessionInfo& in, wire::WorkerSessionInfo::Builder out) {
     counts.set(static_cast<unsigned>(i), in.sync_calls.counts[i]);
   }
   out.setSyncCallSeconds(in.sync_calls.sum);
+  out.setParked(in.parked);
+  out.setParkedBytes(in.parked_bytes);
+  out.setParks(in.parks);
+  out.setUnparks(in.unparks);
+  out.setBytesParkedTotal(in.bytes_parked_total);
+  out.setBytesUnparkedTotal(in.bytes_unparked_total);
+  out.setParkSeconds(in.park_seconds);
+  out.setUnparkSeconds(in.unpark_seconds);
+  out.setIdleMs(in.idle_ms);
 }
 
 SessionInfo InfoFromWire(uint64_t id, wire::WorkerSessionInfo::Reader in) {
@@ -134,6 +143,15 @@ SessionInfo InfoFromWire(uint64_t id, wire::WorkerSessionInfo::Reader in) {
     for (uint64_t count : in.getSyncCallCounts()) out.sync_calls.counts.push_back(count);
     out.sync_calls.sum = in.getSyncCallSeconds();
   }
+  out.parked = in.getParked();
+  out.parked_bytes = in.getParkedBytes();
+  out.parks = in.getParks();
+  out.unparks = in.getUnparks();
+  out.bytes_parked_total = in.getBytesParkedTotal();
+  out.bytes_unparked_total = in.getBytesUnparkedTotal();
+  out.park_seconds = in.getParkSeconds();
+  out.unpark_seconds = in.getUnparkSeconds();
+  out.idle_ms = in.getIdleMs();
   return out;
 }
 
@@ -359,6 +377,9 @@ Status SessionWorker::Start(uint64_t session_id, TransportHandover& handover,
     start.setRdmaUnavailable(rdma.unavailable);
     start.setRdmaDevice(rdma.device.device);
     start.setRdmaGidIndex(rdma.device.gid_index);
+    start.setParkAfterMs(grant.park_after.has_value()
+                             ? absl::ToInt64Milliseconds(*grant.park_after)
+                             : -1);
     auto t = start.initTransport();
     t.setKind(static_cast<uint8_t>(handover.kind));
     t.setPeerName(handover.peer_name);
@@ -372,6 +393,10 @@ Status SessionWorker::Start(uint64_t session_id, TransportHandover& handover,
 }
 
 std::string SessionWorker::Supervise(ModuleCache* images) {
+  // Requests for room run on threads of their own: making room asks other
+  // workers to park, and one of them may be asking this one at the same
+  // time; this thread keeps delivering answers meanwhile.
+  std::vector<std::thread> relieving;
   for (;;) {
     std::vector<uint8_t> bytes;
     std::vector<int> fds;
@@ -398,6 +423,30 @@ std::string SessionWorker::Supervise(ModuleCache* images) {
           std::lock_guard<std::mutex> lock(mutex_);
           last_info_ = InfoFromWire(session_id_, message.getFinal());
           final_received_ = true;
+          break;
+        }
+        case wire::FromWorker::PARKED: {
+          auto answer = message.getParked();
+          std::lock_guard<std::mutex> lock(mutex_);
+          auto asked = park_answers_.find(answer.getRequestId());
+          if (asked != park_answers_.end() && !asked->second.has_value()) {
+            asked->second.emplace(StatusFromWire(answer.getStatus()), answer.getBytes());
+            answered_.notify_all();
+          }
+          break;
+        }
+        case wire::FromWorker::RELIEVE: {
+          const uint64_t request = message.getRelieve().getRequestId();
+          const int device = message.getRelieve().getDevice();
+          const uint64_t wanted = message.getRelieve().getBytes();
+          relieving.emplace_back([this, request, device, wanted] {
+            const uint64_t freed = relieve_ ? relieve_(device, wanted, session_id_) : 0;
+            (void)Send(Encode<wire::ToWorker>([&](wire::ToWorker::Builder root) {
+              auto answer = root.initRelieved();
+              answer.setRequestId(request);
+              answer.setBytes(freed);
+            }));
+          });
           break;
         }
         case wire::FromWorker::PREEMPTED: {
@@ -464,6 +513,7 @@ std::string SessionWorker::Supervise(ModuleCache* images) {
     link_closed_ = true;
     answered_.notify_all();
   }
+  for (std::thread& t : relieving) t.join();
   return Reap(kExitGrace);
 }
 
@@ -551,6 +601,38 @@ bool SessionWorker::Preempt(const std::string& reason) {
   return preempt_answer_.value_or(false);
 }
 
+Status SessionWorker::Park(absl::Duration min_idle, const std::string& reason,
+                           uint64_t* parked_bytes) {
+  *parked_bytes = 0;
+  uint64_t request = 0;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (link_closed_) return Status::Overloaded("the session has ended");
+    request = next_request_++;
+    park_answers_[request];  // asked
+  }
+  std::vector<uint8_t> bytes = Encode<wire::ToWorker>([&](wire::ToWorker::Builder root) {
+    auto park = root.initPark();
+    park.setRequestId(request);
+    park.setMinIdleMs(absl::ToInt64Milliseconds(min_idle));
+    park.setReason(reason);
+  });
+  const bool sent = Send(bytes).ok();
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (sent) {
+    answered_.wait_for(lock, kParkAnswerTimeout,
+                       [&] { return link_closed_ || park_answers_[request].has_value(); });
+  }
+  std::optional<std::pair<Status, uint64_t>> answer = std::move(park_answers_[request]);
+  park_answers_.erase(request);
+  if (!answer.has_value()) {
+    return Status::Overloaded("session " + std::to_string(session_id_) +
+                                      "'s worker did not answer the park request");
+  }
+  *parked_bytes = answer->second;
+  return answer->first;
+}
+
 bool SessionWorker::SentFinalFigures() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return final_received_;
@@ -635,6 +717,42 @@ class WorkerLink final : public ModuleImages {
     answered_.notify_all();
   }
 
+  // Session::MemoryPressure over the link: asks the main process to make
+  // room (FromWorker.relieve) and waits at most kRelieveAnswerTimeout.
+  uint64_t Relieve(int device, uint64_t bytes) {
+    uint64_t request = 0;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (closed_) return 0;
+      request = next_request_++;
+      relieved_[request];  // asked
+    }
+    std::vector<uint8_t> message = Encode<wire::FromWorker>([&](wire::FromWorker::Builder root) {
+      auto relieve = root.initRelieve();
+      relieve.setRequestId(request);
+      relieve.setDevice(device);
+      relieve.setBytes(bytes);
+    });
+    if (!Send(message).ok()) return 0;
+    std::unique_lock<std::mutex> lock(mutex_);
+    answered_.wait_for(lock, kRelieveAnswerTimeout,
+                       [&] { return closed_ || relieved_[request].has_value(); });
+    const uint64_t freed = relieved_[request].value_or(0);
+    relieved_.erase(request);
+    return freed;
+  }
+  // The reader thread: the answer to Relieve's `request`.
+  void AnswerRelieve(uint64_t request, uint64_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto asked = relieved_.find(request);
+    if (asked == relieved_.end() || asked->second.has_value()) return;
+    asked->second = bytes;
+    answered_.notify_all();
+  }
+  // Parking other sessions waits for each of them (SessionWorker::
+  // kParkAnswerTimeout) and then some.
+  static constexpr std::chrono::seconds kRelieveAnswerTimeout{40};
+
   void Closed() {
     std::lock_guard<std::mutex> lock(mutex_);
     closed_ = true;
@@ -658,6 +776,8 @@ class WorkerLink final : public ModuleImages {
   uint64_t next_request_ = 1;
   // Lookups still asked: request -> descriptor (-1: not held; kNotAnswered).
   std::map<uint64_t, int> answers_;
+  // Relieve requests still asked (empty until answered).
+  std::map<uint64_t, std::optional<uint64_t>> relieved_;
   bool closed_ = false;
 };
 
@@ -786,6 +906,7 @@ int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backe
     }
     // As ferryd's main process chose them (it alone knows --compute-sharing).
     grant.mechanisms_chosen = true;
+    if (start.getParkAfterMs() >= 0) grant.park_after = absl::Milliseconds(start.getParkAfterMs());
     session = std::make_shared<Session>(start.getSessionId(), std::move(transport), *backend,
                                         hello_reader->getRoot<wire::Hello>(), std::move(grant),
                                         &worker_link);
@@ -797,6 +918,9 @@ int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backe
     rdma.device.device = start.getRdmaDevice().cStr();
     rdma.device.gid_index = start.getRdmaGidIndex();
     session->SetRdma(std::move(rdma));
+    session->SetMemoryPressure([&worker_link](int device, uint64_t bytes, uint64_t) {
+      return worker_link.Relieve(device, bytes);
+    });
     preemption = start.getPreemption().cStr();
   } catch (const kj::Exception& e) {
     FERRY_LOG(kError) << "session worker: bad start message: " << e.getDescription().cStr();
@@ -831,6 +955,30 @@ int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backe
                 answer.setFreed(freed);
               }));
             });
+            break;
+          }
+          case wire::ToWorker::PARK: {
+            // Park waits (briefly) for the executor: not on this thread,
+            // which delivers the answers the executor may be waiting for.
+            const absl::Duration min_idle = absl::Milliseconds(message.getPark().getMinIdleMs());
+            std::string reason = message.getPark().getReason().cStr();
+            const uint64_t request = message.getPark().getRequestId();
+            std::lock_guard<std::mutex> lock(preempts_mutex);
+            preempts.emplace_back([&, min_idle, reason, request] {
+              uint64_t parked = 0;
+              const Status status = session->Park(min_idle, reason, &parked);
+              (void)worker_link.Send(Encode<wire::FromWorker>([&](wire::FromWorker::Builder root) {
+                auto answer = root.initParked();
+                answer.setRequestId(request);
+                StatusToWire(status, answer.initStatus());
+                answer.setBytes(parked);
+              }));
+            });
+            break;
+          }
+          case wire::ToWorker::RELIEVED: {
+            worker_link.AnswerRelieve(message.getRelieved().getRequestId(),
+                                      message.getRelieved().getBytes());
             break;
           }
           case wire::ToWorker::INFO_REQUEST: {

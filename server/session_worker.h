@@ -135,6 +135,13 @@ class SessionWorker final : public ServedSession {
   // far); false when it ended or was ended instead (the slices come back
   // once it has exited).
   bool Preempt(const std::string& reason) override;
+  // Asks the worker's session to park its memory (Session::Park) and waits
+  // at most kParkAnswerTimeout for the answer (else Overloaded).
+  Status Park(absl::Duration min_idle, const std::string& reason, uint64_t* parked_bytes) override;
+  // Before Supervise: who answers the worker's requests for room on a full
+  // device (FromWorker.relieve; Session::SetMemoryPressure). Unset: 0 bytes.
+  void SetMemoryPressure(Session::MemoryPressure relieve) { relieve_ = std::move(relieve); }
+  static constexpr std::chrono::seconds kParkAnswerTimeout{15};
   // Closes the link: the worker ends its session.
   void Stop() override;
 
@@ -173,6 +180,10 @@ class SessionWorker final : public ServedSession {
   mutable std::map<uint64_t, std::optional<SessionInfo>> info_answers_ ABSL_GUARDED_BY(mutex_);
   uint64_t preempt_request_ ABSL_GUARDED_BY(mutex_) = 0;  // the one asked now
   std::optional<bool> preempt_answer_ ABSL_GUARDED_BY(mutex_);
+  // Park requests still asked (empty until answered): status and bytes.
+  std::map<uint64_t, std::optional<std::pair<Status, uint64_t>>> park_answers_
+      ABSL_GUARDED_BY(mutex_);
+  Session::MemoryPressure relieve_;  // set before Supervise
   bool link_closed_ ABSL_GUARDED_BY(mutex_) = false;
   bool final_received_ ABSL_GUARDED_BY(mutex_) = false;
   bool reaped_ ABSL_GUARDED_BY(mutex_) = false;

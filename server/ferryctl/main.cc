@@ -302,6 +302,14 @@ int PrintStatus(const std::string& server, const std::string& format,
                          .Num("modules", s.getModules())
                          .Num("since_unix_ms", s.getSinceUnixMs())
                          .Str("transport", s.getTransport().cStr())
+                         .Num("parked_bytes", static_cast<long long>(s.getParkedBytes()))
+                         .Num("resident_bytes",
+                              static_cast<long long>(s.getBytesAllocated() -
+                                                     std::min(s.getParkedBytes(),
+                                                              s.getBytesAllocated())))
+                         .Num("parks", static_cast<long long>(s.getParks()))
+                         .Num("unparks", static_cast<long long>(s.getUnparks()))
+                         .Num("idle_ms", static_cast<long long>(s.getIdleMs()))
                          .Done());
     }
     JsonObject top;
@@ -333,15 +341,17 @@ int PrintStatus(const std::string& server, const std::string& format,
   std::printf("server %s (%s backend): %u session(s)\n", server.c_str(), reply.getBackend().cStr(),
               sessions.size());
   if (sessions.size() > 0) {
-    std::printf("%-6s %-22s %-8s %-24s %12s %6s %4s %7s %6s %7s  %s\n", "ID", "CLIENT", "PID",
-                "PROGRAM@HOST", "ALLOCATED", "ALLOCS", "CTX", "STREAMS", "EVENTS", "MODULES",
-                "TRANSPORT");
+    std::printf("%-6s %-22s %-8s %-24s %12s %12s %6s %4s %7s %6s %7s  %s\n", "ID", "CLIENT",
+                "PID", "PROGRAM@HOST", "ALLOCATED", "PARKED", "ALLOCS", "CTX", "STREAMS", "EVENTS",
+                "MODULES", "TRANSPORT");
   }
   for (auto s : sessions) {
     std::string who = std::string(s.getProgram().cStr()) + "@" + s.getHost().cStr();
-    std::printf("%-6llu %-22s %-8u %-24s %12s %6llu %4u %7u %6u %7u  %s\n",
+    // PARKED: "-" while all of it is resident (nothing parked now).
+    const std::string parked = s.getParkedBytes() > 0 ? HumanBytes(s.getParkedBytes()) : "-";
+    std::printf("%-6llu %-22s %-8u %-24s %12s %12s %6llu %4u %7u %6u %7u  %s\n",
                 static_cast<unsigned long long>(s.getId()), s.getClient().cStr(), s.getPid(),
-                who.c_str(), HumanBytes(s.getBytesAllocated()).c_str(),
+                who.c_str(), HumanBytes(s.getBytesAllocated()).c_str(), parked.c_str(),
                 static_cast<unsigned long long>(s.getAllocations()), s.getContexts(),
                 s.getStreams(), s.getEvents(), s.getModules(), s.getTransport().cStr());
   }

@@ -393,8 +393,24 @@ class Reader {
           int64_t slices = 0;
           FERRY_RETURN_IF_ERROR(Integer(item, key, 1, kMaxSlicesPerGpu, &slices));
           pool.slices_per_gpu = static_cast<int>(slices);
+        } else if (key_node.str() == "memory_overcommit") {
+          if (!item.is_number()) return WrongType(item, key, "a number");
+          const double factor = item.value<double>().value_or(0);
+          if (!(factor >= 1.0 && factor <= kMaxMemoryOvercommit)) {
+            return Error(item.source(), key,
+                         std::to_string(factor) + " is out of range (1 to " +
+                             std::to_string(static_cast<int>(kMaxMemoryOvercommit)) + ")");
+          }
+          pool.memory_overcommit = factor;
+        } else if (key_node.str() == "park_after") {
+          FERRY_RETURN_IF_ERROR(Duration(item, key, &pool.park_after));
+          if (pool.park_after < absl::ZeroDuration()) {
+            return Error(item.source(), key, "must not be negative");
+          }
         } else {
-          return Error(key_node.source(), key, "unknown key ([pool.NAME] has slices_per_gpu)");
+          return Error(key_node.source(), key,
+                       "unknown key ([pool.NAME] has slices_per_gpu, memory_overcommit, "
+                       "park_after)");
         }
       }
       config->pools[name] = pool;

@@ -36,6 +36,8 @@
 //
 //   [pool.dev]
 //   slices_per_gpu = 4              # 1..32; each slice 1/N of memory and compute
+//   memory_overcommit = 1.5         # 1..8: slice quotas x1.5 (idle sessions parked)
+//   park_after = "30s"              # idle this long: a session's memory may be parked
 //
 //   [[schedule]]                    # the first window (file order) that
 //   pool = "train"                  # covers a GPU at a moment wins
@@ -113,7 +115,18 @@ struct GpuConfig {
 struct PoolConfig {
   std::string name;
   int slices_per_gpu = 1;
+  // Memory overcommit (server/README.md, "Parking"): each slice's memory
+  // quota is the GPU's memory x memory_overcommit / slices_per_gpu, so the
+  // quotas may add up to more than the GPU has; when an allocation finds the
+  // device full, ferryd parks the device memory of sessions idle for at
+  // least park_after in host RAM (same addresses) and brings it back on their
+  // next call. 1 = no overcommit (nothing is parked for this pool's sessions
+  // then unless memory is short anyway).
+  double memory_overcommit = 1.0;
+  absl::Duration park_after = absl::Seconds(30);
 };
+// The largest memory_overcommit a pool may set.
+inline constexpr double kMaxMemoryOvercommit = 8.0;
 
 struct ScheduleConfig {
   std::string pool;

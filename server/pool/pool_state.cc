@@ -305,7 +305,10 @@ bool PoolState::TryPlace(const BorrowRequest& request, absl::Time now) {
       if (!taken) break;
     }
     gpu->holdings.push_back(Holding{request.session, slice, n, absl::InfiniteFuture(), ""});
-    lease.slices.push_back(SliceGrant{gpu->spec.index, slice, n, gpu->spec.memory / n, 1.0 / n});
+    const double overcommit = config_.pools.at(request.pool).memory_overcommit;
+    const uint64_t quota =
+        static_cast<uint64_t>(static_cast<double>(gpu->spec.memory) * overcommit / n);
+    lease.slices.push_back(SliceGrant{gpu->spec.index, slice, n, quota, 1.0 / n});
   }
   leases_[request.session] = std::move(lease);
   return true;

@@ -68,7 +68,8 @@ struct SliceGrant {
   int gpu = 0;
   int slice = 0;  // 0..slices_per_gpu-1 among the GPU's slices of this layout
   int slices_per_gpu = 1;
-  uint64_t memory_quota = 0;  // bytes: the GPU's memory / slices_per_gpu
+  // bytes: the GPU's memory x the pool's memory_overcommit / slices_per_gpu
+  uint64_t memory_quota = 0;
   double compute_share = 1.0;
 };
 

@@ -13,6 +13,18 @@
 //     cuMemGetInfo report the slice; cuMemAlloc and cuMemAllocPitch fail
 //     with CUDA_ERROR_OUT_OF_MEMORY past the quota and succeed up to it; a
 //     kernel runs (through the launch throttle). Prints "all checks passed".
+//
+//   pool_client turns BYTES TURN_PREFIX ROUNDS
+//     Memory overcommit: takes turns with another borrower on one device.
+//     Turn r (1..ROUNDS) starts when the file TURN_PREFIXr exists. Turn 1
+//     allocates BYTES and fills them with a linked ring: node i (every
+//     kNodeBytes) holds the device address of node i+1 and a value. Every
+//     later turn follows the ring from its first node through the stored
+//     addresses (each read a copy from the address the previous node
+//     stored), checks every value, then adds 1 to each and writes them back.
+//     Prints "TURN r OK" after each. Between turns it makes no call, so its
+//     memory may be parked. After the last turn it waits for
+//     TURN_PREFIX(ROUNDS+1), frees, prints "all checks passed".
 #include <cuda.h>
 #include <unistd.h>
 
@@ -128,6 +140,64 @@ int Quota(uint64_t quota, const std::string& image_dir) {
 
 }  // namespace
 
+// Waits (bounded: about 60 s) until `path` exists.
+bool WaitForFile(const std::string& path) {
+  for (int round = 0; round < 3000; ++round) {
+    if (access(path.c_str(), F_OK) == 0) return true;
+    // Pacing a bounded poll of a file the test writes.
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
+struct RingNode {
+  uint64_t next;   // device address of the next node
+  uint64_t value;  // turn-dependent
+};
+constexpr size_t kNodeBytes = 64 << 10;
+
+int Turns(uint64_t bytes, const std::string& turn_prefix, int rounds) {
+  e2e::PrimaryContext primary = e2e::SetUpPrimaryContext();
+  const size_t nodes = bytes / kNodeBytes;
+  E2E_CHECK(nodes >= 2, "%llu bytes hold fewer than 2 nodes", static_cast<unsigned long long>(bytes));
+  CUdeviceptr base = 0;
+  for (int turn = 1; turn <= rounds; ++turn) {
+    E2E_CHECK(WaitForFile(turn_prefix + std::to_string(turn)), "turn %d never came", turn);
+    if (turn == 1) {
+      E2E_CHECK_CU(cuMemAlloc(&base, bytes));
+      for (size_t i = 0; i < nodes; ++i) {
+        const RingNode node{base + ((i + 1) % nodes) * kNodeBytes, 1000 * i};
+        E2E_CHECK_CU(cuMemcpyHtoD(base + i * kNodeBytes, &node, sizeof(node)));
+      }
+    } else {
+      // Follow the ring through the addresses stored in device memory.
+      CUdeviceptr at = base;
+      for (size_t i = 0; i < nodes; ++i) {
+        RingNode node{};
+        E2E_CHECK_CU(cuMemcpyDtoH(&node, at, sizeof(node)));
+        const uint64_t expected = 1000 * i + static_cast<uint64_t>(turn - 2);
+        E2E_CHECK(node.value == expected, "turn %d: node %zu holds %llu, not %llu", turn, i,
+                  static_cast<unsigned long long>(node.value),
+                  static_cast<unsigned long long>(expected));
+        E2E_CHECK(node.next == base + ((i + 1) % nodes) * kNodeBytes,
+                  "turn %d: node %zu points at 0x%llx", turn, i,
+                  static_cast<unsigned long long>(node.next));
+        node.value += 1;
+        E2E_CHECK_CU(cuMemcpyHtoD(at, &node, sizeof(node)));
+        at = node.next;
+      }
+      E2E_CHECK(at == base, "turn %d: the ring does not close", turn);
+    }
+    std::printf("TURN %d OK\n", turn);
+    std::fflush(stdout);
+  }
+  E2E_CHECK(WaitForFile(turn_prefix + std::to_string(rounds + 1)), "never told to end");
+  E2E_CHECK_CU(cuMemFree(base));
+  e2e::Ok("%d turns over a ring of %zu nodes", rounds, nodes);
+  std::printf("all checks passed\n");
+  return 0;
+}
+
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "";
   if (mode == "hold" && argc == 3) return Hold(argv[2]);
@@ -135,6 +205,11 @@ int main(int argc, char** argv) {
     char* argv_rest[] = {argv[0], argc > 3 ? argv[3] : nullptr};
     return Quota(std::strtoull(argv[2], nullptr, 10), e2e::ImageDir(argc > 3 ? 2 : 1, argv_rest));
   }
-  std::fprintf(stderr, "usage: pool_client hold RELEASE_FILE | quota QUOTA_BYTES [IMAGE_DIR]\n");
+  if (mode == "turns" && argc == 5) {
+    return Turns(std::strtoull(argv[2], nullptr, 10), argv[3], std::atoi(argv[4]));
+  }
+  std::fprintf(stderr,
+               "usage: pool_client hold RELEASE_FILE | quota QUOTA_BYTES [IMAGE_DIR] | turns BYTES "
+               "TURN_PREFIX ROUNDS\n");
   return 2;
 }

@@ -87,7 +87,8 @@ class PoolTest : public ::testing::Test {
 
   // Starts ferryd on `config` (optionally on the fake clock) and waits for
   // its ready file.
-  void StartFerryd(const std::string& config, const char* fake_clock = nullptr) {
+  void StartFerryd(const std::string& config, const char* fake_clock = nullptr,
+                   const std::vector<std::string>& extra_args = {}) {
     dir_ = MakeTestDir();
     ASSERT_FALSE(dir_.empty());
     config_path_ = dir_ + "/ferryd.toml";
@@ -97,6 +98,7 @@ class PoolTest : public ::testing::Test {
       args.push_back("--test-fake-clock");
       args.push_back(fake_clock);
     }
+    args.insert(args.end(), extra_args.begin(), extra_args.end());
     std::string error;
     ferryd_ = test::StartFerryd(FERRY_E2E_FERRYD, args, dir_, kReadyTimeout, &address_, &error);
     ASSERT_TRUE(ferryd_.has_value()) << error;
@@ -379,6 +381,80 @@ TEST_F(PoolTest, QuotaIsEnforcedAndMemGetInfoShowsTheSlice) {
       << night->Describe();
   Release("night");
 }
+
+// Memory overcommit (issue 16): two borrowers of one 64 MiB GPU whose slices'
+// quotas (48 MiB each: memory_overcommit 1.5) add up to 1.5x the GPU take
+// turns with 40 MiB each. Every turn needs the other's memory parked: the
+// first allocation of the second borrower, and every later turn's first
+// call, which brings the session's own memory back. Each turn follows a
+// ring of device pointers stored in device memory, so memory that came back
+// anywhere but at its addresses, or without its bytes, fails the program.
+class OvercommitTest : public PoolTest, public ::testing::WithParamInterface<bool> {};
+
+TEST_P(OvercommitTest, TwoSessionsTakeTurnsAndTheIdleOnesMemoryIsParked) {
+  const bool in_process = GetParam();
+  const std::string config = std::string("[server]\nbackend = \"host\"\nhost_kernels = [\"") +
+                             FERRY_E2E_HOST_KERNELS +
+                             "\"]\ndefault_pool = \"shared\"\n\n[[gpu]]\nindex = 0\nmemory = "
+                             "\"64MiB\"\n\n[pool.shared]\nslices_per_gpu = 2\nmemory_overcommit = "
+                             "1.5\npark_after = \"0s\"\n";
+  StartFerryd(config, nullptr,
+              in_process ? std::vector<std::string>{"--sessions-in-process"}
+                         : std::vector<std::string>{});
+  constexpr uint64_t kTurnBytes = 40ull << 20;
+  constexpr int kTurns = 3;
+  std::map<std::string, ChildProcess*> borrowers;
+  for (const std::string name : {"a", "b"}) {
+    std::string error;
+    std::optional<ChildProcess> child = ChildProcess::Start(
+        {std::string(FERRY_E2E_PROGRAM_DIR) + "/e2e_pool_client", "turns",
+         std::to_string(kTurnBytes), dir_ + "/" + name + ".turn", std::to_string(kTurns)},
+        ClientEnv({}), dir_ + "/" + name, &error);
+    ASSERT_TRUE(child.has_value()) << error;
+    borrowers[name] = &programs_.emplace(name, std::move(*child)).first->second;
+  }
+  for (int turn = 1; turn <= kTurns; ++turn) {
+    for (const std::string name : {"a", "b"}) {
+      std::ofstream(dir_ + "/" + name + ".turn" + std::to_string(turn)) << "go\n";
+      ASSERT_TRUE(WaitForOutput(*borrowers[name], "TURN " + std::to_string(turn) + " OK"));
+    }
+  }
+  // a: parked for b's turns 1, 2 and 3, back for its turns 2 and 3; b:
+  // parked for a's turns 2 and 3, back for its turns 2 and 3. a is parked
+  // now, its 40 MiB in host memory.
+  std::string text;
+  ASSERT_EQ(Ferryctl({"status", "-o", "json"}, &text), 0) << text;
+  std::optional<JsonValue> json = ParseJson(text);
+  ASSERT_TRUE(json.has_value()) << text;
+  const JsonValue* sessions = json->Find("sessions");
+  ASSERT_TRUE(sessions != nullptr && sessions->is_array() && sessions->array.size() == 2) << text;
+  std::map<pid_t, const JsonValue*> by_pid;
+  for (const JsonValue& s : sessions->array) by_pid[static_cast<pid_t>(NumberMember(&s, "pid"))] = &s;
+  const JsonValue* a = by_pid[borrowers["a"]->pid()];
+  const JsonValue* b = by_pid[borrowers["b"]->pid()];
+  ASSERT_TRUE(a != nullptr && b != nullptr) << text;
+  EXPECT_EQ(NumberMember(a, "parks"), 3) << text;
+  EXPECT_EQ(NumberMember(a, "unparks"), 2) << text;
+  EXPECT_EQ(NumberMember(a, "parked_bytes"), static_cast<double>(kTurnBytes)) << text;
+  EXPECT_EQ(NumberMember(a, "resident_bytes"), 0) << text;
+  EXPECT_EQ(NumberMember(b, "parks"), 2) << text;
+  EXPECT_EQ(NumberMember(b, "unparks"), 2) << text;
+  EXPECT_EQ(NumberMember(b, "parked_bytes"), 0) << text;
+  EXPECT_EQ(NumberMember(b, "resident_bytes"), static_cast<double>(kTurnBytes)) << text;
+  for (const std::string name : {"a", "b"}) {
+    std::ofstream(dir_ + "/" + name + ".turn" + std::to_string(kTurns + 1)) << "go\n";
+    const ExitStatus status = borrowers[name]->Wait(kProgramTimeout);
+    EXPECT_TRUE(status.success() &&
+                borrowers[name]->Stdout().find("all checks passed") != std::string::npos)
+        << borrowers[name]->Describe();
+  }
+  EXPECT_NE(ferryd_->Stderr().find("parked 40 MiB of device memory"), std::string::npos);
+}
+
+INSTANTIATE_TEST_SUITE_P(Sessions, OvercommitTest, ::testing::Values(true),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? "InProcess" : "InWorkers";
+                         });
 
 // ferry's NVML stand-in shows the borrowed slice (a quarter of the GPU) as the
 // device's memory, and the session's own use in it.

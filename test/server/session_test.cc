@@ -394,6 +394,52 @@ TEST_F(SessionTest, HostGateIsAnsweredWhenReachedAndHoldsItsStreamUntilOpened) {
   EXPECT_EQ(probe.bulk, std::vector<uint8_t>(4096, 0xCD));
 }
 
+// Parking (memory overcommit): only an idle session is parked — not one
+// that made a call within the idle time asked for, nor one whose stream is
+// held — and its next call brings the memory back with its bytes.
+TEST_F(SessionTest, OnlyAnIdleSessionIsParkedAndItsNextCallBringsTheMemoryBack) {
+  CreateContext();
+  const uint64_t d = Alloc(1 << 20);
+  std::vector<uint8_t> data(1 << 20);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i * 7);
+  CopyIn(0, d, data);
+  ASSERT_TRUE(Sync(0).status.ok());
+  uint64_t parked = 0;
+  Status refused = session_->Park(absl::Hours(1), "test", &parked);
+  EXPECT_EQ(refused.code(), StatusCode::kOverloaded) << refused.ToString();
+  EXPECT_NE(refused.message().find("made a call"), std::string::npos) << refused.message();
+
+  CreateStream(kHeld);
+  const uint64_t gate = client_->SendGate(100, kHeld);
+  ReplyResult reached = client_->ReadWithin();
+  ASSERT_TRUE(reached.gate_reached);
+  refused = session_->Park(absl::ZeroDuration(), "test", &parked);
+  EXPECT_EQ(refused.code(), StatusCode::kOverloaded) << refused.ToString();
+  EXPECT_NE(refused.message().find("work running"), std::string::npos) << refused.message();
+  EXPECT_FALSE(session_->Info().parked);
+  client_->OpenGate(gate);
+  ASSERT_TRUE(Sync(kHeld).status.ok());
+
+  ASSERT_TRUE(session_->Park(absl::ZeroDuration(), "test", &parked).ok());
+  EXPECT_EQ(parked, 1u << 20);
+  SessionInfo info = session_->Info();
+  EXPECT_TRUE(info.parked);
+  EXPECT_EQ(info.parked_bytes, 1u << 20);
+  EXPECT_EQ(info.parks, 1u);
+  // Parking a parked session moves nothing.
+  ASSERT_TRUE(session_->Park(absl::ZeroDuration(), "test", &parked).ok());
+  EXPECT_EQ(parked, 0u);
+
+  ReplyResult back = CopyOut(0, d, data.size());
+  ASSERT_TRUE(back.status.ok()) << back.status.ToString();
+  EXPECT_EQ(back.bulk, data);
+  info = session_->Info();
+  EXPECT_FALSE(info.parked);
+  EXPECT_EQ(info.parked_bytes, 0u);
+  EXPECT_EQ(info.unparks, 1u);
+  EXPECT_EQ(info.bytes_unparked_total, 1u << 20);
+}
+
 // graph node kinds: an allocation node's range is the session's from
 // instantiation, so work queued on any stream may use it; destroying the
 // executable graph releases the memory (and its quota) only after that work,

@@ -154,6 +154,28 @@ busy_poll = 100
   ExpectError("[server]\nbusy_poll = \"50us\"\n", "bad.toml:2: server.busy_poll", "an integer");
 }
 
+TEST(ConfigTest, MemoryOvercommitAndParkAfter) {
+  Config config;
+  Status status = ParseConfig(
+      "[server]\ndefault_pool = \"shared\"\n"
+      "[pool.shared]\nslices_per_gpu = 2\nmemory_overcommit = 1.5\npark_after = \"45s\"\n"
+      "[pool.plain]\nslices_per_gpu = 2\n",
+      "x.toml", &config);
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  EXPECT_EQ(config.pools["shared"].memory_overcommit, 1.5);
+  EXPECT_EQ(config.pools["shared"].park_after, absl::Seconds(45));
+  EXPECT_EQ(config.pools["plain"].memory_overcommit, 1.0);  // the defaults
+  EXPECT_EQ(config.pools["plain"].park_after, absl::Seconds(30));
+  ExpectError("[pool.p]\nmemory_overcommit = 0.5\n", "bad.toml:2: pool.p.memory_overcommit",
+              "out of range");
+  ExpectError("[pool.p]\nmemory_overcommit = 9\n", "bad.toml:2: pool.p.memory_overcommit",
+              "out of range");
+  ExpectError("[pool.p]\nmemory_overcommit = \"2x\"\n", "bad.toml:2: pool.p.memory_overcommit",
+              "a number");
+  ExpectError("[pool.p]\npark_after = \"soon\"\n", "bad.toml:2: pool.p.park_after",
+              "not a duration");
+}
+
 TEST(ConfigTest, MetricsKeys) {
   Config config;
   Status status = ParseConfig(

@@ -103,6 +103,19 @@ TEST(PoolStateCreateTest, SchedulesNamingServersNeedACluster) {
   EXPECT_TRUE(PoolState::Create(local, {PoolGpu{0, 8 * kGiB}}, absl::Now(), &pool).ok());
 }
 
+// memory_overcommit scales each slice's quota: two slices of 1.5x add up to
+// 1.5x the GPU; the slices themselves stay two.
+TEST_F(PoolStateTest, MemoryOvercommitScalesTheQuotasNotTheSlices) {
+  Make("[server]\ndefault_pool = \"shared\"\n[pool.shared]\nslices_per_gpu = 2\n"
+       "memory_overcommit = 1.5\n");
+  for (uint64_t s = 1; s <= 2; ++s) {
+    ASSERT_EQ(Borrow(s).outcome, BorrowOutcome::kGranted);
+    EXPECT_EQ(pool_->FindLease(s)->slices[0].memory_quota, 6 * kGiB);
+    EXPECT_DOUBLE_EQ(pool_->FindLease(s)->slices[0].compute_share, 0.5);
+  }
+  EXPECT_EQ(Borrow(3).outcome, BorrowOutcome::kRefused);
+}
+
 TEST_F(PoolStateTest, FourSlicesHeldAndTheFifthRefused) {
   Make(DayNight());
   for (uint64_t s = 1; s <= 4; ++s) {

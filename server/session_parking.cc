@@ -1,0 +1,174 @@
+// Session: parking its device memory (memory overcommit; server/README.md,
+// "Parking"). Park runs on whichever thread asks (the memory-pressure
+// handler of another session); the unpark runs on the executor before a
+// batch. Both hold exec_mutex_, so no call of the session runs meanwhile.
+#include <chrono>
+#include <mutex>
+#include <string>
+
+#include "common/log.h"
+#include "server/session.h"
+
+namespace ferry::server {
+
+namespace {
+
+int64_t SteadyNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string Mib(uint64_t bytes) {
+  return std::to_string((bytes + (1 << 19)) >> 20) + " MiB";
+}
+
+}  // namespace
+
+bool Session::AllStreamsIdle() {
+  bool idle = true;
+  contexts_.ForEach([&](uint64_t, ContextEntry& entry) {
+    if (!idle) return;
+    Status status;
+    if (backend_.ContextIdleNow(*entry.context, &status)) return;
+    // A backend that cannot tell at once: ask, and take only a prompt answer
+    // (an idle session's contexts answer at once; one still working is not
+    // idle).
+    struct Answer {
+      std::mutex mu;
+      std::condition_variable cv;
+      bool done = false;
+    };
+    auto answer = std::make_shared<Answer>();
+    backend_.WhenContextIdle(*entry.context, [answer](Status) {
+      std::lock_guard<std::mutex> lock(answer->mu);
+      answer->done = true;
+      answer->cv.notify_all();
+    });
+    std::unique_lock<std::mutex> lock(answer->mu);
+    idle = answer->cv.wait_for(lock, std::chrono::milliseconds(50), [&] { return answer->done; });
+  });
+  return idle;
+}
+
+Status Session::Park(absl::Duration min_idle, const std::string& reason, uint64_t* parked_bytes) {
+  *parked_bytes = 0;
+  std::unique_lock<std::timed_mutex> exec(exec_mutex_, std::defer_lock);
+  if (!exec.try_lock_for(kParkLockWait)) {
+    return Status::Overloaded("session " + std::to_string(id_) + " is executing calls");
+  }
+  if (!handshake_answered_ || !revoked_.ok()) {
+    return Status::Overloaded("session " + std::to_string(id_) + " is not serving");
+  }
+  if (parked_.load()) return Status::Ok();
+  {
+    // exec_mutex_ alone keeps every call out until Park returns (a batch
+    // about to run waits for it, then brings the memory back); calls already
+    // read and waiting mean the session is not idle, though.
+    std::lock_guard<std::mutex> lock(serve_mutex_);
+    if (serving_ended_ || !inbox_.empty()) {
+      return Status::Overloaded("session " + std::to_string(id_) + " has calls waiting");
+    }
+  }
+  {
+    // A completion may still be writing a reply from device memory (its
+    // client may have the reply already): give it a moment.
+    std::unique_lock<std::mutex> lock(pending_mutex_);
+    if (!pending_cv_.wait_for(lock, kParkLockWait, [this] { return pending_completions_ == 0; })) {
+      return Status::Overloaded("session " + std::to_string(id_) + " has replies being written");
+    }
+  }
+  const int64_t last = last_call_ns_.load();
+  const absl::Duration idle =
+      last == 0 ? absl::InfiniteDuration() : absl::Nanoseconds(SteadyNs() - last);
+  if (idle < min_idle) {
+    return Status::Overloaded("session " + std::to_string(id_) + " made a call " +
+                                      absl::FormatDuration(absl::Trunc(idle, absl::Milliseconds(1))) +
+                                      " ago");
+  }
+  if (!AllStreamsIdle()) {
+    return Status::Overloaded("session " + std::to_string(id_) +
+                                      " has work running on its streams");
+  }
+  const int64_t started = SteadyNs();
+  backend::ParkedMemory moved;
+  FERRY_RETURN_IF_ERROR(backend_.ParkTenantMemory(*tenant_, &moved));
+  const int64_t took = SteadyNs() - started;
+  backend::ParkedMemory parked;
+  backend_.TenantMemory(*tenant_, &parked, nullptr);
+  parked_bytes_.store(parked.Total());
+  parked_.store(true);
+  parks_.fetch_add(1);
+  bytes_parked_total_.fetch_add(moved.Total());
+  park_ns_.fetch_add(took);
+  *parked_bytes = moved.Total();
+  FERRY_LOG(kInfo) << "session " << id_ << " (" << program_ << "@" << host_ << "): parked "
+                   << Mib(moved.Total()) << " of device memory in host memory in "
+                   << absl::FormatDuration(absl::Trunc(absl::Nanoseconds(took),
+                                                       absl::Microseconds(100)))
+                   << " (idle " << absl::FormatDuration(absl::Trunc(idle, absl::Seconds(1)))
+                   << "; " << reason << ")";
+  return Status::Ok();
+}
+
+Status Session::UnparkForBatch() {
+  if (!parked_.load()) return Status::Ok();
+  const int64_t started = SteadyNs();
+  const auto deadline = std::chrono::steady_clock::now() + kUnparkWaitLimit;
+  // The client waits for a call of this batch meanwhile: keepalives go out
+  // as for a deferred reply, so its call deadline measures silence only.
+  deferred_replies_.fetch_add(1);
+  StartKeepaliveIfAsked();
+  Status status;
+  backend::ParkedMemory moved;
+  for (int attempt = 0;; ++attempt) {
+    status = backend_.UnparkTenantMemory(*tenant_, &moved);
+    if (status.ok() || status.code() != StatusCode::kOutOfMemory) break;
+    // The device is full: ask for room as large as what is parked there.
+    backend::ParkedMemory parked;
+    backend_.TenantMemory(*tenant_, &parked, nullptr);
+    uint64_t freed = 0;
+    if (relieve_) {
+      for (size_t d = 0; d < parked.bytes.size(); ++d) {
+        if (parked.bytes[d] > 0) freed += relieve_(static_cast<int>(d), parked.bytes[d], id_);
+      }
+    }
+    if (freed > 0) continue;
+    if (std::chrono::steady_clock::now() >= deadline) break;
+    // Nobody could be parked now: memory comes back as other sessions free
+    // or end; look again shortly (bounded by kUnparkWaitLimit).
+    std::unique_lock<std::mutex> lock(serve_mutex_);
+    serve_cv_.wait_for(lock, std::chrono::milliseconds(std::min(200, 10 << std::min(attempt, 4))),
+                       [this] { return serving_ended_; });
+    if (serving_ended_) {
+      status = Status::Disconnected("the connection ended while its memory was parked");
+      break;
+    }
+  }
+  deferred_replies_.fetch_sub(1);
+  const int64_t took = SteadyNs() - started;
+  unpark_ns_.fetch_add(took);
+  if (!status.ok()) {
+    FERRY_LOG(kWarning) << "session " << id_ << " (" << program_ << "@" << host_
+                        << "): its parked memory cannot come back yet: " << status.message();
+    return Status::OutOfMemory(
+        "the session's device memory is parked and the device has no room for it now: " +
+        status.message());
+  }
+  parked_.store(false);
+  parked_bytes_.store(0);
+  unparks_.fetch_add(1);
+  bytes_unparked_total_.fetch_add(moved.Total());
+  FERRY_LOG(kInfo) << "session " << id_ << " (" << program_ << "@" << host_ << "): brought back "
+                   << Mib(moved.Total()) << " of parked memory; its call waited "
+                   << absl::FormatDuration(absl::Trunc(absl::Nanoseconds(took),
+                                                       absl::Microseconds(100)));
+  return Status::Ok();
+}
+
+bool Session::RelieveMemoryPressure(int device, uint64_t bytes) {
+  if (!relieve_ || device < 0 || static_cast<size_t>(device) >= grant_.devices.size()) return false;
+  return relieve_(grant_.devices[device].backend_device, bytes, id_) > 0;
+}
+
+}  // namespace ferry::server
