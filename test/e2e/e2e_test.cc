@@ -190,6 +190,7 @@ class FerrydTest : public ::testing::Test {
                                            const std::map<std::string, std::string>& env = {}) {
     std::string error;
     std::map<std::string, std::string> full_env = ClientEnv(ClientAddress());
+    for (const auto& [key, value] : ClientTransportEnv()) full_env[key] = value;
     // Tells the programs what is behind ferry (see host_callbacks.cc).
     if (!ChainDriver().empty()) full_env["FERRY_E2E_BACKEND"] = "chain";
     for (const auto& [key, value] : env) full_env[key] = value;
@@ -285,6 +286,10 @@ class FerrydTest : public ::testing::Test {
 
   // Where the programs connect: TCP here; FerrydTransportTest picks.
   virtual std::string ClientAddress() const { return address_; }
+  // What the programs' environment adds to choose the transport: nothing
+  // here (a loopback client moves to shared memory); FerrydTransportTest
+  // picks.
+  virtual std::map<std::string, std::string> ClientTransportEnv() const { return {}; }
 
   std::string dir_;
   std::string address_;       // "127.0.0.1:PORT"; ferryctl always uses it
@@ -296,10 +301,16 @@ class FerrydTest : public ::testing::Test {
 };
 
 // The tests that run programs, once over TCP and once over shared memory.
+// "tcp" says FERRY_TRANSPORT=tcp: a loopback client would otherwise move to
+// shared memory in the handshake.
 class FerrydTransportTest : public FerrydTest, public ::testing::WithParamInterface<std::string> {
  protected:
   std::string ClientAddress() const override {
     return GetParam() == "unix" ? unix_address_ : address_;
+  }
+  std::map<std::string, std::string> ClientTransportEnv() const override {
+    if (GetParam() == "tcp") return {{"FERRY_TRANSPORT", "tcp"}};
+    return {};
   }
 };
 
@@ -444,6 +455,48 @@ TEST_P(FerrydTransportTest, AnotherTenantsPointerInAKernelReachesNothing) {
   EXPECT_NE(FerrydLogs().find("killed by signal"), std::string::npos) << FerrydLogs();
   RunAndExpectPass("device_query");
   ExpectNoSessionsSoon("both tenants ended");
+}
+
+// A program whose FERRY_SERVER is ferryd's loopback TCP address runs over
+// shared memory: the handshake moves it (HelloReply.shm), the program says
+// so once, ferryd's session line and ferryctl status say shm. With
+// FERRY_TRANSPORT=tcp it stays on TCP, and with FERRY_TRANSPORT=shm it is
+// had. (Chained, the programs' ferryd is itself such a client of its
+// upstream.)
+TEST_F(FerrydTest, ALoopbackTcpClientMovesToSharedMemory) {
+  ASSERT_EQ(ClientAddress().rfind("127.0.0.1:", 0), 0u);
+  const std::string moved = "over shm, ring 8 MiB (moved from TCP: same host)";
+  std::optional<ChildProcess> program = StartProgram("memory");
+  ASSERT_TRUE(program.has_value());
+  ExpectPasses(*program);
+  EXPECT_NE(program->Stderr().find("connected to ferryd at " + ClientAddress() + " " + moved),
+            std::string::npos)
+      << program->Describe();
+  EXPECT_NE(ferryd_->Stderr().find("transport=\"shm, ring 8 MiB\" client_pid=" +
+                                   std::to_string(program->pid())),
+            std::string::npos)
+      << ferryd_->Stderr();
+
+  std::optional<ChildProcess> tcp = StartProgram("memory", {{"FERRY_TRANSPORT", "tcp"}});
+  ASSERT_TRUE(tcp.has_value());
+  ExpectPasses(*tcp);
+  EXPECT_EQ(tcp->Stderr().find("over shm"), std::string::npos) << tcp->Describe();
+  EXPECT_NE(ferryd_->Stderr().find("transport=tcp client_pid=" + std::to_string(tcp->pid())),
+            std::string::npos)
+      << ferryd_->Stderr();
+
+  std::optional<ChildProcess> required = StartProgram("device_query", {{"FERRY_TRANSPORT", "shm"}});
+  ASSERT_TRUE(required.has_value());
+  ExpectPasses(*required);
+
+  // ferryctl status names the transport of a live session.
+  std::optional<ChildProcess> holder;
+  std::optional<Status> status;
+  ASSERT_NO_FATAL_FAILURE(StartHolder("hold_and_wait", &holder, &status));
+  const JsonValue* transport = status->sessions()[0].Find("transport");
+  ASSERT_TRUE(transport != nullptr && transport->is_string()) << status->text;
+  EXPECT_EQ(transport->string, "shm, ring 8 MiB") << status->text;
+  KillAndExpectSessionFreed(*holder, "SIGKILL of a client moved to shared memory");
 }
 
 TEST_F(FerrydTest, ClientKilledWhileAHostCallbackHoldsAStream) {
