@@ -128,7 +128,8 @@ Status ShmRendezvous::Open(std::string owner, std::unique_ptr<ShmRendezvous>* ou
   return Status::Internal(last_error);
 }
 
-Status ShmRendezvous::AcceptClient(std::chrono::steady_clock::time_point deadline, int* socket) {
+Status ShmRendezvous::AcceptClient(std::chrono::steady_clock::time_point deadline, int* socket,
+                                   const std::function<bool()>& client_gone) {
   using Clock = std::chrono::steady_clock;
   struct Candidate {
     int fd = -1;  // -1 once closed
@@ -201,11 +202,19 @@ Status ShmRendezvous::AcceptClient(std::chrono::steady_clock::time_point deadlin
       close_all("the client never came");
       return Status::Disconnected("the client did not connect to the shared-memory socket in time");
     }
+    if (client_gone != nullptr && client_gone()) {
+      close_all("the client left");
+      return Status::Disconnected(
+          "the client left (or spoke on its old connection) instead of connecting to the "
+          "shared-memory socket");
+    }
     fds.assign(1, pollfd{listener_, POLLIN, 0});
     for (const Candidate& c : candidates) fds.push_back(pollfd{c.fd, POLLIN, 0});
     const auto wait = std::chrono::ceil<std::chrono::milliseconds>(wake - now);
-    const int ready = ::poll(fds.data(), fds.size(),
-                             static_cast<int>(std::clamp<int64_t>(wait.count(), 1, 1000)));
+    const int ready =
+        ::poll(fds.data(), fds.size(),
+               static_cast<int>(std::clamp<int64_t>(
+                   wait.count(), 1, client_gone != nullptr ? kGoneCheckPeriod.count() : 1000)));
     if (ready < 0 && errno != EINTR) {
       const int err = errno;
       close_all("ferryd gave up waiting");

@@ -29,6 +29,7 @@
 #include <array>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -81,8 +82,11 @@ class ShmRendezvous {
   // Every other connection is closed (a wrong nonce, end of stream, silence
   // past kNonceTimeout, the oldest past kMaxCandidates) and logged with its
   // peer's pid and uid, once each up to a few. Disconnected when none came
-  // by the deadline.
-  Status AcceptClient(std::chrono::steady_clock::time_point deadline, int* socket);
+  // by the deadline, or as soon as `client_gone` (asked every
+  // kGoneCheckPeriod at most, when given) says the client left meanwhile.
+  Status AcceptClient(std::chrono::steady_clock::time_point deadline, int* socket,
+                      const std::function<bool()>& client_gone = nullptr);
+  static constexpr std::chrono::milliseconds kGoneCheckPeriod{100};
 
  private:
   ShmRendezvous(int listener, std::string name, const ShmNonce& nonce, std::string owner);

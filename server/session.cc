@@ -388,7 +388,10 @@ Status Session::MoveToShm(ShmRendezvous& rendezvous) {
                              std::to_string(answer) + ", not 'S' or 'T'");
   }
   int socket = -1;
-  FERRY_RETURN_IF_ERROR(rendezvous.AcceptClient(deadline, &socket));
+  // A client that dies after its 'S' ends the session at once, not at the
+  // deadline: after 'S' it sends nothing more on the old connection.
+  FERRY_RETURN_IF_ERROR(rendezvous.AcceptClient(
+      deadline, &socket, [this] { return transport_->PeerGoneOrTalking(); }));
   std::unique_ptr<Transport> shm;
   FERRY_RETURN_IF_ERROR(
       ShmTransport::Accept(socket, transport_->PeerName(), ShmTransport::kDefaultRingBytes, &shm));

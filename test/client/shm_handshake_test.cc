@@ -24,6 +24,7 @@
 #include "client/connection.h"
 #include "common/frame.h"
 #include "common/shm_rendezvous.h"
+#include "common/shm_transport.h"
 #include "common/transport.h"
 #include "server/session.h"
 #include "test/support/connection_fixture.h"
@@ -95,6 +96,17 @@ TEST_F(ShmHandshakeTest, ALoopbackTcpClientMovesToSharedMemory) {
 
 TEST_F(ShmHandshakeTest, RequiredSharedMemoryIsHadOverLoopback) {
   ASSERT_TRUE(Open(Options(Carrier::kShm)).ok());
+  ExpectCallsWork();
+  ExpectTransports("shm");
+}
+
+TEST_F(ShmHandshakeTest, RequiredSharedMemoryOverAUnixConnectionIsHadAlready) {
+  std::unique_ptr<Transport> server_side, client_side;
+  ASSERT_TRUE(MakeShmTransportPair(&server_side, &client_side).ok());
+  ASSERT_TRUE(
+      connection_
+          .Open(*backend_, std::move(server_side), std::move(client_side), Options(Carrier::kShm))
+          .ok());
   ExpectCallsWork();
   ExpectTransports("shm");
 }
@@ -227,7 +239,7 @@ class MisbehavingClientTest : public ::testing::Test {
     hello.initShm().setBootId(boot_id);
     session_ = std::make_unique<server::Session>(7, std::move(server_side), *backend_,
                                                  hello_message.getRoot<wire::Hello>().asReader());
-    session_->TEST_SetShmSetupTimeout(500ms);
+    session_->TEST_SetShmSetupTimeout(SetupTimeout());
     runner_ = std::thread([this] { session_->Run(); });
     Frame frame;
     ASSERT_TRUE(ReadFrame(*client_, &frame).ok());
@@ -239,6 +251,9 @@ class MisbehavingClientTest : public ::testing::Test {
     auto nonce = reply.getShm().getNonce();
     nonce_.assign(nonce.begin(), nonce.end());
   }
+  // The session's shared-memory set-up timeout: short, since most of these
+  // tests wait for it.
+  virtual std::chrono::milliseconds SetupTimeout() const { return 500ms; }
   void TearDown() override {
     if (client_ != nullptr) client_->Shutdown();
     if (runner_.joinable()) runner_.join();
@@ -288,6 +303,21 @@ TEST_F(MisbehavingClientTest, SayingItMovesButNeverComingEndsTheSession) {
   ASSERT_TRUE(WriteByte(kShmMoving).ok());
   const std::string reason = Ended();
   EXPECT_NE(reason.find("did not connect to the shared-memory socket in time"), std::string::npos)
+      << reason;
+}
+
+// A deadline the test would time out waiting for: the session must notice the
+// client's end by itself.
+class ClientThatDiesAfterSayingItMovesTest : public MisbehavingClientTest {
+ protected:
+  std::chrono::milliseconds SetupTimeout() const override { return 600s; }
+};
+
+TEST_F(ClientThatDiesAfterSayingItMovesTest, EndsTheSessionAtOnce) {
+  ASSERT_TRUE(WriteByte(kShmMoving).ok());
+  client_.reset();
+  const std::string reason = Ended();
+  EXPECT_NE(reason.find("the client left (or spoke on its old connection)"), std::string::npos)
       << reason;
 }
 

@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -33,6 +34,7 @@
 #include <vector>
 
 #include "common/frame.h"
+#include "common/shm_rendezvous.h"
 #include "common/shm_transport.h"
 #include "common/transport.h"
 #include "kernel_names.h"
@@ -497,6 +499,84 @@ TEST_F(FerrydTest, ALoopbackTcpClientMovesToSharedMemory) {
   ASSERT_TRUE(transport != nullptr && transport->is_string()) << status->text;
   EXPECT_EQ(transport->string, "shm, ring 8 MiB") << status->text;
   KillAndExpectSessionFreed(*holder, "SIGKILL of a client moved to shared memory");
+}
+
+// Clients that misbehave in the move to shared memory — a wrong answer, one
+// that says 'S' and leaves, one that leaves without a word, one whose
+// stranger-like connection has the wrong nonce — each end their own session
+// only: ferryd stays up, and a session moved before them keeps serving.
+TEST_F(FerrydTest, ClientsThatMisbehaveInTheMoveCostOnlyTheirOwnSession) {
+  std::optional<ChildProcess> holder;
+  std::optional<Status> status;
+  ASSERT_NO_FATAL_FAILURE(StartHolder("hold_and_wait", &holder, &status));
+  std::string boot_id;
+  ASSERT_TRUE(ferry::BootId(&boot_id).ok());
+  for (int how = 0; how < 4; ++how) {
+    std::unique_ptr<ferry::Transport> t;
+    ASSERT_TRUE(ferry::ConnectTransport(address_, 2000ms, &t).ok());
+    capnp::MallocMessageBuilder message;
+    auto hello = message.initRoot<wire::Hello>();
+    hello.setProtocolVersion(wire::PROTOCOL_VERSION);
+    hello.setRole(wire::Hello::Role::CLIENT);
+    hello.setProgram("misbehaving");
+    hello.initShm().setBootId(boot_id);
+    ASSERT_TRUE(WriteFrame(*t, wire::FrameKind::HELLO, message).ok());
+    t->SetReadDeadline(std::chrono::steady_clock::now() + kProgramTimeout);
+    Frame frame;
+    ASSERT_TRUE(ReadFrame(*t, &frame).ok()) << FerrydLogs();
+    capnp::FlatArrayMessageReader reader(frame.words, PeerReaderOptions());
+    auto reply = reader.getRoot<wire::HelloReply>();
+    ASSERT_TRUE(reply.hasShm()) << reply.getShmRefusal().cStr();
+    auto say = [&](uint8_t byte) {
+      const ferry::ConstBuffer b{&byte, 1};
+      EXPECT_TRUE(t->Write(std::span<const ferry::ConstBuffer>(&b, 1)).ok());
+    };
+    int stranger = -1;
+    switch (how) {
+      case 0:  // a wrong answer
+        say('X');
+        break;
+      case 1:  // says it moves, then leaves
+        say(ferry::kShmMoving);
+        break;
+      case 2:  // leaves without a word
+        break;
+      case 3: {  // connects with a wrong nonce, says it moves, then leaves
+        std::vector<uint8_t> wrong(reply.getShm().getNonce().begin(),
+                                   reply.getShm().getNonce().end());
+        wrong[0] ^= 1;
+        ASSERT_TRUE(
+            ferry::ConnectShmRendezvous(reply.getShm().getSocket().cStr(), wrong, 2000ms, &stranger)
+                .ok());
+        say(ferry::kShmMoving);
+        // ferryd closes it (the wrong nonce) while the client is still there.
+        pollfd pfd{stranger, POLLIN, 0};
+        char byte;
+        EXPECT_TRUE(::poll(&pfd, 1, 5000) == 1 && ::recv(stranger, &byte, 1, 0) == 0);
+        break;
+      }
+    }
+    t.reset();
+    if (stranger >= 0) ::close(stranger);
+    ASSERT_FALSE(ferryd_->Poll()) << ferryd_->Describe();
+  }
+  // The misbehaving sessions end by themselves; the holder's stays.
+  std::string last;
+  EXPECT_TRUE(test::WaitFor(
+      [&] {
+        std::optional<Status> now = SessionStatus(&last);
+        if (!now.has_value()) return false;
+        last = now->text;
+        return now->sessions().size() == 1;
+      },
+      kSessionGoneTimeout, kPollInterval))
+      << last;
+  EXPECT_NE(ferryd_->Stderr().find("not 'S' or 'T'"), std::string::npos) << ferryd_->Stderr();
+  EXPECT_NE(ferryd_->Stderr().find("is turned away: wrong nonce"), std::string::npos)
+      << ferryd_->Stderr();
+  ASSERT_FALSE(holder->Poll()) << "the moved session's program ended\n" << holder->Describe();
+  KillAndExpectSessionFreed(*holder, "SIGKILL of the holder after the misbehaving clients");
+  RunAndExpectPass("device_query");
 }
 
 TEST_F(FerrydTest, ClientKilledWhileAHostCallbackHoldsAStream) {
