@@ -2,12 +2,12 @@
 // measured in one run against one ferryd that it starts (host backend,
 // loopback). Run by scripts/bench.sh; never by the tests.
 //
-//   ferry-bench [--reps N] [--quick] [--json PATH] [--transports tcp[,unix]]
+//   ferry-bench [--reps N] [--quick] [--json PATH] [--transports tcp[,auto][,unix][,rdma]]
 //               [--only rtt,launch,copy,peer,module] [--copy-sizes 64MiB,256MiB]
 //               [--ferryd PATH] [--ferryd-arg ARG]... [--libcuda PATH] [--host-kernels PATH]
 //               [--fatbin PATH]
 //   ferry-bench --busy-poll 0,20,50,100 [--reps N] [--quick] [--json PATH]
-//               [--transports tcp[,unix]] [--ferryd-arg ARG]...
+//               [--transports tcp[,auto][,unix]] [--ferryd-arg ARG]...
 //   ferry-bench --client ADDRESS [--libcuda PATH] [--fatbin PATH] [--only ...]
 //               [--copy-sizes ...] [--quick] [--server-pid PID]
 //
@@ -17,6 +17,12 @@
 // loads the driver library (ferry's libcuda.so.1 by default) and takes the
 // driver figures; each child is a fresh process with a fresh session. Every
 // figure is the median over the repetitions, shown with its spread.
+//
+// Transports: `tcp` is ferryd's loopback TCP address with FERRY_TRANSPORT=tcp
+// (TCP throughout); `auto` the same address with FERRY_TRANSPORT=auto, which
+// the handshake moves to shared memory (a client on ferryd's host); `unix`
+// ferryd's unix socket (shared memory from the start); `rdma` rdma://, TCP's
+// address moved to RDMA.
 //
 // `--busy-poll LIST` measures busy polling (common/busy_poll.h) instead: for
 // each window (microseconds) a ferryd started with `--busy-poll WINDOW` and
@@ -59,13 +65,14 @@ namespace ferry::bench {
 namespace {
 
 constexpr const char* kUsage =
-    "usage: ferry-bench [--reps N] [--quick] [--json PATH] [--transports tcp[,unix][,rdma]]\n"
+    "usage: ferry-bench [--reps N] [--quick] [--json PATH]\n"
+    "                   [--transports tcp[,auto][,unix][,rdma]]\n"
     "                   [--listen-host HOST]\n"
     "                   [--only rtt,launch,copy,peer,module] [--copy-sizes 64MiB,256MiB]\n"
     "                   [--ferryd PATH] [--ferryd-arg ARG]... [--libcuda PATH]\n"
     "                   [--host-kernels PATH] [--fatbin PATH]\n"
     "       ferry-bench --busy-poll 0,20,50,100 [--reps N] [--quick] [--json PATH]\n"
-    "                   [--transports tcp[,unix]] [--ferryd-arg ARG]...\n"
+    "                   [--transports tcp[,auto][,unix]] [--ferryd-arg ARG]...\n"
     "       ferry-bench --client ADDRESS [--libcuda PATH] [--fatbin PATH] [--only ...]\n"
     "                   [--copy-sizes ...] [--quick] [--server-pid PID]\n";
 
@@ -158,7 +165,7 @@ bool ParseArgs(int argc, char** argv, Options* o) {
     }
   }
   for (const std::string& t : o->transports) {
-    if (t != "tcp" && t != "unix" && t != "rdma") return false;
+    if (t != "tcp" && t != "auto" && t != "unix" && t != "rdma") return false;
   }
   return true;
 }
@@ -190,6 +197,11 @@ DriverBenchOptions DriverOptions(const Options& o) {
     d.large_image_bytes = 16ull << 20;
   }
   return d;
+}
+
+// FERRY_TRANSPORT for a child measuring `transport` (see the top).
+const char* CarrierSetting(const std::string& transport) {
+  return transport == "tcp" ? "tcp" : "auto";
 }
 
 // Child mode: prints "name value" lines.
@@ -412,6 +424,7 @@ int RunParent(const Options& o) {
       argv.push_back("--fatbin");
       argv.push_back(o.fatbin);
       std::string output;
+      setenv("FERRY_TRANSPORT", CarrierSetting(transport), 1);
       const int code = RunCaptured(argv, &output);
       if (code != 0) {
         std::fprintf(stderr, "ferry-bench: the %s client failed (exit %d)\n", transport.c_str(),
@@ -431,7 +444,7 @@ int RunParent(const Options& o) {
   // --- the table ----------------------------------------------------------------
   std::vector<Row> rows;
   for (const std::string& t : o.transports) {
-    const bool shm = t == "unix";
+    const bool shm = t == "unix" || t == "auto";
     rows.push_back({"session start, cuInit to a context (ms)", t, "session_start_ms", "", true, 0});
     rows.push_back({"sync RTT, 4 B cuMemcpyDtoH (us)", t, "sync_rtt_us", shm ? "" : "tcp_rtt_us",
                     true, shm ? 5.0 : 1.3});
@@ -587,6 +600,7 @@ int RunBusyPollSweep(const Options& o) {
             "rtt", "--server-pid", std::to_string(ferryd.pid()), "--fatbin",  o.fatbin};
         if (o.quick) argv.push_back("--quick");
         std::string output;
+        setenv("FERRY_TRANSPORT", CarrierSetting(transport), 1);
         const int code = RunCaptured(argv, &output);
         if (code != 0) {
           std::fprintf(stderr, "ferry-bench: the %s client (busy-poll %s) failed (exit %d)\n",

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -14,8 +15,10 @@
 #include <string>
 
 #include "common/frame.h"
-#include "common/rdma/rdma_wire.h"
 #include "common/log.h"
+#include "common/rdma/rdma_wire.h"
+#include "common/shm_rendezvous.h"
+#include "common/shm_transport.h"
 #include "common/units.h"
 #include "schema/call_table.h"
 
@@ -128,16 +131,122 @@ Status Connection::FinishRdma(std::unique_ptr<rdma::RdmaConnector> connector,
   return Status::Ok();
 }
 
+Status Connection::PrepareShm(const Transport& transport, const ConnectionOptions& options,
+                              std::string* boot_id) {
+  if (!transport.OverTcp()) {
+    return Status::Unimplemented("shared memory is set up beside a TCP connection only, not " +
+                                 transport.Description());
+  }
+  if (!options.boot_id.empty()) {
+    *boot_id = options.boot_id;
+    return Status::Ok();
+  }
+  return BootId(boot_id);
+}
+
+Status Connection::FinishShm(wire::HelloReply::Reader reply, const std::string& server_name,
+                             bool required, const ConnectionOptions& options,
+                             std::unique_ptr<Transport>* transport, bool* moved) {
+  *moved = false;
+  const std::string from = (*transport)->Description();
+  if (!reply.hasShm()) {
+    const std::string refusal =
+        reply.getShmRefusal().size() > 0
+            ? reply.getShmRefusal().cStr()
+            : "it does not say why (a ferryd from before shared-memory moves?)";
+    if (required) {
+      return Status::Unimplemented("ferryd at " + server_name +
+                                   " does not move this connection to shared memory, which is "
+                                   "required (FERRY_TRANSPORT=shm): " +
+                                   refusal);
+    }
+    // The usual answer of a ferryd on another host: not worth a line.
+    FERRY_LOG(kDebug) << "the connection to ferryd at " << server_name << " stays on " << from
+                      << ": no shared memory: " << refusal;
+    return Status::Ok();
+  }
+  std::string socket_name;
+  std::vector<uint8_t> nonce;
+  try {
+    socket_name = reply.getShm().getSocket().cStr();
+    auto data = reply.getShm().getNonce();
+    nonce.assign(data.begin(), data.end());
+  } catch (const kj::Exception& e) {
+    return Status::Malformed("bad shared-memory invitation from ferryd at " + server_name + ": " +
+                             e.getDescription().cStr());
+  }
+  if (options.TEST_shm_rendezvous) socket_name = options.TEST_shm_rendezvous(socket_name);
+  const std::chrono::milliseconds timeout =
+      options.call_timeout.count() > 0
+          ? options.call_timeout
+          : std::chrono::duration_cast<std::chrono::milliseconds>(kHandoverTimeout);
+  int socket = -1;
+  const Status reached = ConnectShmRendezvous(socket_name, nonce, timeout, &socket);
+  // ferryd waits for this one byte on the old connection.
+  const uint8_t answer = reached.ok() ? kShmMoving : kShmStaying;
+  const ConstBuffer buffer{&answer, 1};
+  Status said = (*transport)->Write({&buffer, 1});
+  if (!said.ok()) {
+    if (socket >= 0) ::close(socket);
+    return said;
+  }
+  if (!reached.ok()) {
+    const std::string why =
+        "ferryd runs on this host, but its shared-memory socket cannot be "
+        "reached from here (another network namespace?): " +
+        reached.message();
+    if (required) {
+      return Status::Unimplemented("shared memory with ferryd at " + server_name +
+                                   " is required (FERRY_TRANSPORT=shm): " + why);
+    }
+    FERRY_LOG(kInfo) << "the connection to ferryd at " << server_name << " stays on " << from
+                     << ": " << why;
+    return Status::Ok();
+  }
+  std::unique_ptr<Transport> shm;
+  Status joined = ShmTransport::Join(socket, server_name, timeout, &shm);
+  if (!joined.ok()) {
+    // ferryd's session ends with the old connection, closed below.
+    return Status::Disconnected("moving the connection to ferryd at " + server_name +
+                                " to shared memory failed: " + joined.message());
+  }
+  *transport = std::move(shm);  // the TCP connection closes
+  *moved = true;
+  std::string old = from;
+  for (char& c : old) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  FERRY_LOG(kInfo) << "connected to ferryd at " << server_name << " over "
+                   << (*transport)->Description() << " (moved from " << old << ": same host)";
+  return Status::Ok();
+}
+
 Status Connection::Open(std::unique_ptr<Transport> transport, std::string server_name,
                         const Borrow& borrow, std::unique_ptr<Connection>* out,
                         std::unique_ptr<capnp::MessageReader>* hello_reply,
                         kj::Array<capnp::word>* hello_words, ConnectionOptions options,
                         Redirect* redirect) {
+  using Carrier = ConnectionOptions::Carrier;
+  // Shared memory is offered in the Hello over TCP or TLS; ferryd takes it
+  // when it runs on this host. A unix: connection is shared memory already.
+  std::string shm_boot_id;  // not empty: offered
+  const bool shm_required = options.carrier == Carrier::kShm;
+  const bool already_shm = dynamic_cast<const ShmTransport*>(transport.get()) != nullptr;
+  if ((options.carrier == Carrier::kAuto || shm_required) && !already_shm) {
+    Status prepared = PrepareShm(*transport, options, &shm_boot_id);
+    if (!prepared.ok()) {
+      if (shm_required) {
+        return Status::Unimplemented("shared memory with ferryd at " + server_name +
+                                     " is required (FERRY_TRANSPORT=shm), but " +
+                                     prepared.message());
+      }
+      FERRY_LOG(kDebug) << "the connection to " << server_name
+                        << " stays where it is: " << prepared.message();
+    }
+  }
   // RDMA is offered in the Hello when it may carry the stream: a plain TCP
   // connection (not TLS, not shared memory) and a device here.
   std::unique_ptr<rdma::RdmaConnector> rdma_connector;
-  const bool rdma_required = options.carrier == ConnectionOptions::Carrier::kRdma;
-  if (options.carrier != ConnectionOptions::Carrier::kTcp) {
+  const bool rdma_required = options.carrier == Carrier::kRdma;
+  if (options.carrier == Carrier::kAuto || rdma_required) {
     Status prepared = PrepareRdma(*transport, options, &rdma_connector);
     if (!prepared.ok()) {
       if (rdma_required) {
@@ -172,6 +281,11 @@ Status Connection::Open(std::unique_ptr<Transport> transport, std::string server
     if (rdma_connector != nullptr) {
       rdma::EndpointToWire(rdma_connector->Local(), hello.initRdma());
       hello.setRdmaRequired(rdma_required);
+    }
+    if (!shm_boot_id.empty()) {
+      auto offer = hello.initShm();
+      offer.setBootId(shm_boot_id);
+      offer.setRequired(shm_required);
     }
     FERRY_RETURN_IF_ERROR(WriteFrame(*transport, wire::FrameKind::HELLO, hello_message));
   }
@@ -255,6 +369,14 @@ Status Connection::Open(std::unique_ptr<Transport> transport, std::string server
       return Status::Malformed("bad handshake reply from " + server_name + ": " +
                                e.getDescription().cStr());
     }
+  }
+  if (!shm_boot_id.empty()) {
+    const auto reply = (*hello_reply)->getRoot<wire::HelloReply>();
+    bool moved = false;
+    FERRY_RETURN_IF_ERROR(FinishShm(reply, server_name, shm_required, options, &transport, &moved));
+    // A ferryd that invites the client to shared memory has refused its
+    // RDMA offer: whether or not the client came, nothing else moves.
+    if (reply.hasShm()) rdma_connector.reset();
   }
   if (rdma_connector != nullptr) {
     FERRY_RETURN_IF_ERROR(FinishRdma(std::move(rdma_connector),

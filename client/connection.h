@@ -108,17 +108,30 @@ struct ConnectionOptions {
   // queued). 0: no deadline.
   std::chrono::milliseconds call_timeout = kDefaultCallTimeout;
   static constexpr std::chrono::milliseconds kDefaultCallTimeout{600000};
-  // What carries the stream after the handshake, over a plain TCP
-  // connection (FERRY_TRANSPORT; an rdma:// address means kRdma):
-  //   kAuto: RDMA when this host and ferryd both have a usable device, else
-  //          TCP (said once in the log);
-  //   kTcp:  TCP;
-  //   kRdma: RDMA or no connection (the reason in the error).
-  enum class Carrier { kAuto, kTcp, kRdma };
+  // What carries the stream after the handshake, over a TCP connection
+  // (FERRY_TRANSPORT; an rdma:// address means kRdma):
+  //   kAuto: shared memory when ferryd runs on this host (same kernel, and
+  //          its socket reachable from this network namespace; plain TCP
+  //          or TLS); else RDMA when this host and ferryd both have a usable
+  //          device (plain TCP only); else TCP. Said once in the log;
+  //   kTcp:  TCP (or TLS);
+  //   kRdma: RDMA or no connection (the reason in the error);
+  //   kShm:  shared memory or no connection (the reason in the error); a
+  //          unix: address is shared memory already.
+  enum class Carrier { kAuto, kTcp, kRdma, kShm };
   Carrier carrier = Carrier::kAuto;
   rdma::DeviceChoice rdma_device;         // FERRY_RDMA_DEVICE, FERRY_RDMA_GID_INDEX
   rdma::RdmaOptions rdma_options;
   const rdma::Verbs* rdma_verbs = nullptr;  // null: the system's libibverbs (tests give a fake)
+  // The kernel boot id the shared-memory offer carries (Hello.shm); "" =
+  // this kernel's (common/shm_rendezvous.h BootId). Tests give another to
+  // play a client on another host.
+  std::string boot_id;
+  // Tests only: called with the rendezvous socket ferryd names
+  // (HelloReply.shm) before the client connects to it; returns the name to
+  // connect to instead (a test connects strangers first, or names a socket
+  // nobody listens on). Unset: ferryd's.
+  std::function<std::string(const std::string&)> TEST_shm_rendezvous;
 };
 
 // Whether a call may be sent the way it is: the schema's description of each
@@ -194,6 +207,17 @@ class Connection {
                            wire::HelloReply::Reader reply, const std::string& server_name,
                            bool required, const ConnectionOptions& options,
                            std::unique_ptr<Transport>* transport);
+  // Shared memory for a client on ferryd's host (common/shm_rendezvous.h):
+  // the boot id the Hello offers, or why there is no offer (a transport
+  // other than TCP or TLS, an unreadable boot id); then, with ferryd's
+  // answer, the stream moved to shared memory (`*moved` true) or left where
+  // it is (ferryd refuses, or its socket cannot be reached) — unless it is
+  // `required`.
+  static Status PrepareShm(const Transport& transport, const ConnectionOptions& options,
+                           std::string* boot_id);
+  static Status FinishShm(wire::HelloReply::Reader reply, const std::string& server_name,
+                          bool required, const ConnectionOptions& options,
+                          std::unique_ptr<Transport>* transport, bool* moved);
 
   // Queues a call without waiting. `bulk` is taken before return (copied into
   // the batch, or written to the socket when large). `seq_out`, when given,
@@ -273,6 +297,9 @@ class Connection {
   Status Flush();
 
   const std::string& server_name() const { return server_name_; }
+  // What carries the stream (Transport::Description: "tcp", "tls",
+  // "shm, ring 8 MiB", "rdma ..."), fixed once Open returns.
+  std::string transport_description() const { return transport_->Description(); }
   // Page-locked host memory of the program: a transport that can send from
   // it without a copy (RDMA) registers it on first use. Forget it before it
   // goes. Any thread.

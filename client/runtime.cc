@@ -86,7 +86,7 @@ Status BusyPollFromEnvironment() {
   return Status::Ok();
 }
 
-// FERRY_TRANSPORT=auto|tcp|rdma (default auto), FERRY_RDMA_DEVICE=NAME,
+// FERRY_TRANSPORT=auto|tcp|rdma|shm (default auto), FERRY_RDMA_DEVICE=NAME,
 // FERRY_RDMA_GID_INDEX=N: what carries the stream over TCP connections
 // (ConnectionOptions::Carrier).
 Status CarrierFromEnvironment(ConnectionOptions* options) {
@@ -98,9 +98,11 @@ Status CarrierFromEnvironment(ConnectionOptions* options) {
       options->carrier = ConnectionOptions::Carrier::kTcp;
     } else if (carrier == "rdma") {
       options->carrier = ConnectionOptions::Carrier::kRdma;
+    } else if (carrier == "shm") {
+      options->carrier = ConnectionOptions::Carrier::kShm;
     } else {
       return Status::InvalidArgument("FERRY_TRANSPORT='" + carrier +
-                                     "' is not auto, tcp or rdma");
+                                     "' is not auto, tcp, rdma or shm");
     }
   }
   if (const char* device = std::getenv("FERRY_RDMA_DEVICE"); device != nullptr) {

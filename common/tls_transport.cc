@@ -84,6 +84,7 @@ class TlsTransport final : public Transport {
   }
 
   bool Encrypted() const override { return true; }
+  bool OverTcp() const override { return true; }
   bool CanHandOver() const override { return client_context_ == nullptr; }
 
   // ferryd's side: ends this TLS session (close_notify) and gives up the

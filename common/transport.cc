@@ -220,6 +220,11 @@ bool SocketTransport::LocalSocketAddress(sockaddr_storage* out) const {
   return fd_ >= 0 && getsockname(fd_, reinterpret_cast<sockaddr*>(out), &length) == 0;
 }
 
+bool SocketTransport::OverTcp() const {
+  sockaddr_storage local{};
+  return LocalSocketAddress(&local) && (local.ss_family == AF_INET || local.ss_family == AF_INET6);
+}
+
 bool SocketTransport::PeerGoneOrTalking() {
   pollfd p{};
   p.fd = fd_;

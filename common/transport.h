@@ -109,6 +109,11 @@ class Transport {
     (void)out;
     return false;
   }
+  // Whether the bytes travel over a TCP connection, plain or inside TLS
+  // (not a unix socket, shared memory or RDMA): what a client on ferryd's
+  // own host may move to shared memory in the handshake
+  // (common/shm_rendezvous.h).
+  virtual bool OverTcp() const { return false; }
   // Whether Release can work for this kind of transport (ferryd's side of
   // TCP, TLS and shared memory).
   virtual bool CanHandOver() const { return false; }
@@ -161,6 +166,8 @@ class SocketTransport final : public Transport {
   const std::string& PeerName() const override { return peer_name_; }
   std::string Description() const override { return "tcp"; }
   bool LocalSocketAddress(sockaddr_storage* out) const override;
+  // True for an AF_INET or AF_INET6 socket; false for a socketpair's.
+  bool OverTcp() const override;
   bool PeerGoneOrTalking() override;
   void SetReadDeadline(std::chrono::steady_clock::time_point deadline) override {
     read_deadline_ = deadline;

@@ -11,7 +11,11 @@
 #
 # Handshake: the client sends Hello; the server answers HelloReply. A client
 # session receives every device's description once (HelloReply.devices):
-# values that cannot change are never asked again.
+# values that cannot change are never asked again. Right after the final
+# HelloReply the stream may leave a TCP connection: a client on ferryd's own
+# host moves to shared memory (Hello.shm, HelloReply.shm), one on an RDMA
+# fabric to RDMA (Hello.rdma, HelloReply.rdma); shared memory wins where both
+# are offered.
 #
 # Calls: the client sends callBatch frames. The message part of such a frame is
 # one or more Call messages back to back, each in the standard stream framing
@@ -168,6 +172,32 @@ struct Hello {
   # With rdma: the client requires it (FERRY_SERVER=rdma://..., FERRY_TRANSPORT=rdma) —
   # informational; a refusal is answered the same, and the client gives up.
   rdmaRequired @17 :Bool;
+  # Shared memory for a client on ferryd's own host (common/shm_rendezvous.h), offered over a
+  # TCP or TLS connection (FERRY_TRANSPORT auto or shm); absent = stay. ferryd's session takes
+  # it when the boot ids match (one kernel): HelloReply.shm, and the RDMA offer, if any, is
+  # refused; else HelloReply.shmRefusal says why, and RDMA or TCP carries the stream.
+  shm @18 :ShmOffer;
+}
+
+# A client's offer to move its stream to shared memory.
+struct ShmOffer {
+  bootId @0 :Text;             # /proc/sys/kernel/random/boot_id of the client's kernel
+  required @1 :Bool;           # FERRY_TRANSPORT=shm: the client gives up without it
+                               # (informational, as Hello.rdmaRequired)
+}
+
+# ferryd's answer to a ShmOffer it takes: where the client meets the session's shared region.
+# The client connects to the abstract unix socket `socket` (the name without its leading NUL,
+# in ferryd's network namespace), writes `nonce` there, and then writes one byte on the
+# handshake's connection: 'S' (connected; ferryd accepts the connection whose nonce matches,
+# passes the region's memfd over it as to a unix-socket client, and from then on every frame
+# travels through shared memory; the TCP connection closes and the unix socket tells each side
+# when the other is gone) or 'T' (it cannot reach the socket, e.g. from another network
+# namespace: the stream stays where it is). Connections to the socket without the nonce are
+# closed unheard.
+struct ShmInvite {
+  socket @0 :Text;             # "ferry-shm-<32 hex digits>"
+  nonce @1 :Data;              # 16 random bytes
 }
 
 # One side of an RDMA connection: how to reach its RC queue pair, and where and how much the
@@ -233,6 +263,12 @@ struct HelloReply {
   rdma @13 :RdmaEndpoint;
   # Why ferryd does not take the client's RDMA offer ("" = it takes it, or none was made).
   rdmaRefusal @14 :Text;
+  # With the final reply, to a Hello with shm that ferryd takes: where to meet the session's
+  # shared region (ShmInvite). ferryd then reads the client's one byte ('S' or 'T').
+  shm @15 :ShmInvite;
+  # Why ferryd does not take the client's shm offer ("" = it takes it, or none was made):
+  # "ferryd is on another host", or why it cannot listen.
+  shmRefusal @16 :Text;
 }
 
 # One server's share of a borrow split across the servers of a cluster pool.

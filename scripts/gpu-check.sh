@@ -167,7 +167,10 @@ if ! start_ferryd ferryd "$work/ready" "${ferryd_args[@]}"; then
 fi
 ferryd_pid=$started_pid
 server=$(cat "$work/ready")
-client_env=(env "LD_LIBRARY_PATH=$client_libs" "FERRY_SERVER=$server" "FERRY_E2E_BACKEND=$backend")
+# FERRY_TRANSPORT=tcp: the TCP runs stay on TCP (a client on ferryd's host
+# would otherwise move to shared memory in the handshake; shm_env covers that).
+client_env=(env "LD_LIBRARY_PATH=$client_libs" "FERRY_SERVER=$server" "FERRY_TRANSPORT=tcp"
+  "FERRY_E2E_BACKEND=$backend")
 shm_env=(env "LD_LIBRARY_PATH=$client_libs" "FERRY_SERVER=unix:$sock" "FERRY_E2E_BACKEND=$backend")
 native_env=(env -u FERRY_SERVER "LD_LIBRARY_PATH=$native_libs")
 ferryd_alive() {  # ferryd_alive ADDRESS PID

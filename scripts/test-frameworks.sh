@@ -137,10 +137,12 @@ failures=()
 run_probes() {
   local label=$1 server=$2 py=$3
   shift 3
-  local out="$work/$label.out" started rc
+  local out="$work/$label.out" started rc carrier=tcp
+  # A TCP address means TCP (a loopback client would move to shared memory).
+  [[ $server == unix:* ]] && carrier=auto
   started=$(date +%s.%N)
   env "LD_LIBRARY_PATH=$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "FERRY_SERVER=$server" \
-    "FERRY_LIBCUDA_DIR=$libdir" timeout --kill-after=10 "$probe_timeout" "$py" "$@" \
+    "FERRY_TRANSPORT=$carrier" "FERRY_LIBCUDA_DIR=$libdir" timeout --kill-after=10 "$probe_timeout" "$py" "$@" \
     > "$out" 2> "$work/$label.err"
   rc=$?
   local verdict name rest

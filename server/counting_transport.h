@@ -25,7 +25,8 @@ class CountingTransport final : public Transport {
       : inner_(std::move(inner)), peer_name_(inner_->PeerName()) {}
 
   // Lets `upgrade` replace the transport counted (a session moving to RDMA
-  // before it serves, common/rdma/rdma_connector.h); only while no reader or
+  // or shared memory before it serves, common/rdma/rdma_connector.h,
+  // common/shm_rendezvous.h); only while no reader or
   // writer is active. Shutdown waits for it (the upgrade is bounded by its
   // deadline). Disconnected, without calling it, after a Shutdown.
   template <typename Upgrade>
@@ -76,6 +77,10 @@ class CountingTransport final : public Transport {
   }
   bool LocalSocketAddress(sockaddr_storage* out) const override {
     return inner_->LocalSocketAddress(out);
+  }
+  bool OverTcp() const override {
+    std::lock_guard<std::mutex> lock(replace_mutex_);
+    return inner_ != nullptr && inner_->OverTcp();
   }
   bool PeerGoneOrTalking() override { return inner_ == nullptr || inner_->PeerGoneOrTalking(); }
   void SetReadDeadline(std::chrono::steady_clock::time_point deadline) override {

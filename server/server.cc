@@ -825,6 +825,10 @@ void Server::ServeClient(uint64_t id, std::unique_ptr<Transport> transport,
   {
     std::lock_guard<std::mutex> lock(mutex_);
     sessions_[id] = session;
+    // Stop reaches the connection through the session from now on: the
+    // transport registered at accept may be replaced (a move to shared
+    // memory or RDMA destroys it) once Run starts.
+    connections_.erase(id);
     if (stopping_) session->Stop();
     early_preemption = TakeEarlyPreemption(id);
   }

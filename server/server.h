@@ -334,8 +334,10 @@ class Server {
   std::map<uint64_t, std::shared_ptr<ServedSession>> sessions_ ABSL_GUARDED_BY(mutex_);
   // Preemptions that arrived between a grant and the session's start.
   std::map<uint64_t, std::string> early_preemptions_ ABSL_GUARDED_BY(mutex_);
-  // Every live connection's transport, so Stop can end them all, handshakes
-  // in progress included. Owned by the connection threads.
+  // Every live connection's transport until it has a session (whose
+  // transport may be replaced; Stop reaches it through sessions_), so Stop
+  // can end them all, handshakes in progress included. Owned by the
+  // connection threads.
   std::map<uint64_t, Transport*> connections_ ABSL_GUARDED_BY(mutex_);
   int live_connections_ ABSL_GUARDED_BY(mutex_) = 0;  // preemption workers too
   // Accepted connections whose thread has not finished (live_connections_

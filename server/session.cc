@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "common/log.h"
+#include "common/shm_transport.h"
 #include "server/session_internal.h"
 #include "server/session_log.h"
 
@@ -72,6 +73,7 @@ Session::Session(uint64_t id, std::unique_ptr<Transport> transport, backend::Gpu
     rdma_offer_status_ = rdma::EndpointFromWire(hello.getRdma(), &offer);
     rdma_offer_ = std::move(offer);
   }
+  if (hello.hasShm()) shm_offer_boot_id_ = hello.getShm().getBootId().cStr();
 }
 
 Session::~Session() {
@@ -199,8 +201,34 @@ void Session::Run() {
     }
     handshake_answered_ = true;
     StatusToWire(Status::Ok(), reply.initStatus());
+    // Shared memory first: a client on this host that offers it never needs
+    // RDMA.
+    std::unique_ptr<ShmRendezvous> shm;
+    if (shm_offer_boot_id_.has_value()) {
+      Status opened = OpenShmRendezvous(&shm);
+      if (opened.ok()) {
+        auto invite = reply.initShm();
+        invite.setSocket(shm->name());
+        invite.setNonce(kj::arrayPtr(shm->nonce().data(), shm->nonce().size()));
+      } else {
+        reply.setShmRefusal(opened.message());
+        // A client on another host is the usual case; a socket that cannot
+        // be made is ferryd's trouble.
+        if (opened.code() == StatusCode::kInternal) {
+          FERRY_LOG(kWarning) << "session " << id_ << " (" << program_ << "@" << host_
+                              << "): stays on " << transport_->Description()
+                              << "; shared memory cannot be set up: " << opened.message();
+        } else {
+          FERRY_LOG(kDebug) << "session " << id_ << " (" << program_ << "@" << host_
+                            << "): stays on " << transport_->Description()
+                            << "; its shared-memory offer is refused: " << opened.message();
+        }
+      }
+    }
     std::unique_ptr<rdma::RdmaConnector> rdma;
-    if (rdma_offer_.has_value()) {
+    if (rdma_offer_.has_value() && shm != nullptr) {
+      reply.setRdmaRefusal("the client is on ferryd's host: shared memory instead");
+    } else if (rdma_offer_.has_value()) {
       Status accepted = AcceptRdma(&rdma);
       if (accepted.ok()) {
         rdma::EndpointToWire(rdma->Local(), reply.initRdma());
@@ -262,6 +290,15 @@ void Session::Run() {
     if (!status.ok()) {
       FERRY_LOG(kWarning) << "session " << id_ << ": handshake reply failed: " << status.ToString();
       return;
+    }
+    if (shm != nullptr) {
+      status = MoveToShm(*shm);
+      if (!status.ok()) {
+        FERRY_LOG(kWarning) << "session " << id_ << " (" << program_ << "@" << host_
+                            << "): moving to shared memory failed: " << status.message();
+        SetEndReasonIfUnset("shared-memory set-up failed: " + status.message());
+        return;
+      }
     }
     if (rdma != nullptr) {
       // The client connects its queue pair and says so on the TCP
@@ -329,6 +366,56 @@ Status Session::AcceptRdma(std::unique_ptr<rdma::RdmaConnector>* out) {
   FERRY_RETURN_IF_ERROR(
       rdma::RdmaConnector::Open(verbs, rdma_serving_.device, rdma_serving_.options, &local, out));
   return (*out)->ConnectQueuePair(*rdma_offer_);
+}
+
+Status Session::OpenShmRendezvous(std::unique_ptr<ShmRendezvous>* out) {
+  if (!transport_->OverTcp()) {
+    return Status::Unimplemented("shared memory is set up beside a TCP connection only, not " +
+                                 transport_->Description());
+  }
+  std::string boot_id;
+  FERRY_RETURN_IF_ERROR(BootId(&boot_id));
+  if (*shm_offer_boot_id_ != boot_id) {
+    return Status::Unimplemented("ferryd is on another host (the kernel boot ids differ)");
+  }
+  return ShmRendezvous::Open("session " + std::to_string(id_) + " (" + program_ + "@" + host_ + ")",
+                             out);
+}
+
+Status Session::MoveToShm(ShmRendezvous& rendezvous) {
+  const auto deadline = std::chrono::steady_clock::now() + shm_setup_timeout_;
+  uint8_t answer = 0;
+  transport_->SetReadDeadline(deadline);
+  Status read = transport_->ReadExact(&answer, 1);
+  transport_->SetReadDeadline(kNoDeadline);
+  if (!read.ok()) {
+    return read.WithContext("reading the client's answer to the shared-memory invitation");
+  }
+  if (answer == kShmStaying) {
+    FERRY_LOG(kInfo) << "session " << id_ << " (" << program_ << "@" << host_ << "): stays on "
+                     << transport_->Description()
+                     << ": the client is on this host but cannot reach the shared-memory "
+                        "socket (another network namespace?)";
+    return Status::Ok();
+  }
+  if (answer != kShmMoving) {
+    return Status::Malformed("the client answered the shared-memory invitation with byte " +
+                             std::to_string(answer) + ", not 'S' or 'T'");
+  }
+  int socket = -1;
+  // A client that dies after its 'S' ends the session at once, not at the
+  // deadline: after 'S' it sends nothing more on the old connection.
+  FERRY_RETURN_IF_ERROR(rendezvous.AcceptClient(
+      deadline, &socket, [this] { return transport_->PeerGoneOrTalking(); }));
+  std::unique_ptr<Transport> shm;
+  FERRY_RETURN_IF_ERROR(
+      ShmTransport::Accept(socket, transport_->PeerName(), ShmTransport::kDefaultRingBytes, &shm));
+  // The old connection closes with its transport; the unix socket tells
+  // each side from now on when the other is gone.
+  return transport_->ReplaceInner([&](std::unique_ptr<Transport>* inner) {
+    *inner = std::move(shm);
+    return Status::Ok();
+  });
 }
 
 // Two roles serve a session: the reader reads frames from the transport,

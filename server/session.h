@@ -77,6 +77,7 @@
 #include "common/range_map.h"
 #include "common/rdma/rdma_connector.h"
 #include "common/rdma/rdma_wire.h"
+#include "common/shm_rendezvous.h"
 #include "common/status.h"
 #include "common/transport.h"
 #include "schema/ferry.capnp.h"
@@ -228,6 +229,12 @@ class Session final : public ServedSession {
   static constexpr uint32_t kMinKeepaliveMs = 10;
   // How long the client has to finish moving to RDMA after the handshake.
   static constexpr std::chrono::seconds kRdmaSetupTimeout{10};
+  // How long the client has to answer a shared-memory invitation (its one
+  // byte), and then to connect to the rendezvous.
+  static constexpr std::chrono::seconds kShmSetupTimeout{10};
+  // Tests only: how long the client may take to move to shared memory
+  // (default kShmSetupTimeout).
+  void TEST_SetShmSetupTimeout(std::chrono::milliseconds timeout) { shm_setup_timeout_ = timeout; }
   // Tests only: how long Preempt waits for the batch in execution.
   void TEST_SetPreemptBatchWait(std::chrono::milliseconds wait) { preempt_batch_wait_ = wait; }
 
@@ -878,6 +885,16 @@ class Session final : public ServedSession {
   // Run's thread: takes the offer (opens a device, connects a queue pair)
   // or says why not.
   Status AcceptRdma(std::unique_ptr<rdma::RdmaConnector>* out);
+  // The client's shared-memory offer (Hello.shm): its kernel's boot id.
+  std::optional<std::string> shm_offer_boot_id_;
+  std::chrono::milliseconds shm_setup_timeout_ = kShmSetupTimeout;  // before Run
+  // Run's thread: takes the offer (the client shares ferryd's kernel) and
+  // listens for it (common/shm_rendezvous.h), or says why not.
+  Status OpenShmRendezvous(std::unique_ptr<ShmRendezvous>* out);
+  // Run's thread, after the HelloReply invited the client: reads its one
+  // byte and, on 'S', moves the stream to shared memory. OK also when the
+  // client stays ('T'); an error ends the session.
+  Status MoveToShm(ShmRendezvous& rendezvous);
 
   // Quotas and compute shares of the grant's devices (after grant_).
   SessionShares shares_;

@@ -401,7 +401,36 @@ class TlsTest : public AccessTest {
   }
 };
 
+// FERRY_TRANSPORT=tcp: the calls and copies travel inside TLS (a client on
+// ferryd's host would otherwise move to shared memory, below).
 TEST_F(TlsTest, AProgramRunsItsCopiesAndLaunchesOverTls) {
+  ASSERT_NO_FATAL_FAILURE(StartTls());
+  std::string error;
+  std::optional<ChildProcess> launch = ChildProcess::Start(
+      {std::string(FERRY_E2E_PROGRAM_DIR) + "/e2e_launch", FERRY_E2E_IMAGE_DIR},
+      test::ClientEnv(FERRY_E2E_CLIENT_LIB_DIR, address_,
+                      {{"FERRY_TLS_CA", dir_ + "/ca.pem"}, {"FERRY_TRANSPORT", "tcp"}}),
+      dir_ + "/launch", &error);
+  ASSERT_TRUE(launch.has_value()) << error;
+  const ExitStatus status = launch->Wait(kProgramTimeout);
+  EXPECT_TRUE(status.success()) << launch->Describe();
+  EXPECT_NE(launch->Stdout().find("launch: all checks passed"), std::string::npos);
+  EXPECT_NE(ferryd_->Stderr().find("transport=tls client_pid=" + std::to_string(launch->pid())),
+            std::string::npos)
+      << ferryd_->Stderr();
+  // The session ran in a worker process (its log lines say ferryd-session-N):
+  // the TLS connection was handed over (server/session_worker.h).
+  EXPECT_NE(ferryd_->Stderr().find("ferryd-session-"), std::string::npos) << ferryd_->Stderr();
+  // By name too: the certificate carries localhost.
+  const std::string by_name = "localhost:" + address_.substr(address_.rfind(':') + 1);
+  ASSERT_NO_FATAL_FAILURE(ExpectServed({{"FERRY_TLS_CA", dir_ + "/ca.pem"}}, by_name));
+}
+
+// A TLS client on ferryd's host moves to shared memory like a plain one: the
+// invitation (socket name and nonce) comes inside TLS from the ferryd whose
+// certificate the client checked, after the hand-over to the session's
+// worker, and the shared region never leaves the host.
+TEST_F(TlsTest, AProgramOverTlsOnFerrydsHostMovesToSharedMemory) {
   ASSERT_NO_FATAL_FAILURE(StartTls());
   std::string error;
   std::optional<ChildProcess> launch = ChildProcess::Start(
@@ -412,12 +441,13 @@ TEST_F(TlsTest, AProgramRunsItsCopiesAndLaunchesOverTls) {
   const ExitStatus status = launch->Wait(kProgramTimeout);
   EXPECT_TRUE(status.success()) << launch->Describe();
   EXPECT_NE(launch->Stdout().find("launch: all checks passed"), std::string::npos);
-  // The session ran in a worker process (its log lines say ferryd-session-N):
-  // the TLS connection was handed over (server/session_worker.h).
-  EXPECT_NE(ferryd_->Stderr().find("ferryd-session-"), std::string::npos) << ferryd_->Stderr();
-  // By name too: the certificate carries localhost.
-  const std::string by_name = "localhost:" + address_.substr(address_.rfind(':') + 1);
-  ASSERT_NO_FATAL_FAILURE(ExpectServed({{"FERRY_TLS_CA", dir_ + "/ca.pem"}}, by_name));
+  EXPECT_NE(launch->Stderr().find("over shm, ring 8 MiB (moved from TLS: same host)"),
+            std::string::npos)
+      << launch->Describe();
+  EXPECT_NE(ferryd_->Stderr().find("transport=\"shm, ring 8 MiB\" client_pid=" +
+                                   std::to_string(launch->pid())),
+            std::string::npos)
+      << ferryd_->Stderr();
 }
 
 // A TLS session is handed to its worker through a new TLS session on the same

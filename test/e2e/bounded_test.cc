@@ -289,13 +289,22 @@ TEST_F(BoundedTest, KilledClientsQueuedLaunchesDoNotRun) {
 // ticks of 2 ms) outlasts the 2 s timeout five times on a running server, so
 // however late the stop lands on a loaded machine, the synchronize still
 // waits for the stopped server (500 ticks, 1 s, sometimes finished first).
-class StoppedServerTest : public BoundedTest, public ::testing::WithParamInterface<std::string> {};
+class TransportParamTest : public BoundedTest, public ::testing::WithParamInterface<std::string> {
+ protected:
+  // FERRY_TRANSPORT for the parameter: "tcp" means TCP (a loopback client
+  // would otherwise move to shared memory); "unix" is shared memory anyway.
+  std::string TransportSetting() const { return GetParam() == "tcp" ? "tcp" : "auto"; }
+};
+
+class StoppedServerTest : public TransportParamTest {};
 
 TEST_P(StoppedServerTest, CallFailsWithDeviceUnavailableAfterTheCallTimeout) {
   ASSERT_NO_FATAL_FAILURE(StartServer());
   const std::string address = GetParam() == "tcp" ? address_ : unix_address_;
-  std::optional<ChildProcess> client = StartProgram(
-      "launch_queue", address, {{"FERRY_CALL_TIMEOUT", "2"}, {"LAUNCH_QUEUE_COUNT", "5000"}});
+  std::optional<ChildProcess> client = StartProgram("launch_queue", address,
+                                                    {{"FERRY_CALL_TIMEOUT", "2"},
+                                                     {"LAUNCH_QUEUE_COUNT", "5000"},
+                                                     {"FERRY_TRANSPORT", TransportSetting()}});
   ASSERT_TRUE(client.has_value());
   ASSERT_TRUE(WaitForReady(*client));
   // The whole server: ferryd and the worker process that serves the session.
@@ -317,7 +326,7 @@ INSTANTIATE_TEST_SUITE_P(Transports, StoppedServerTest, ::testing::Values("tcp",
 // FERRY_CALL_TIMEOUT (a queue of 1000 ticks of 4 ms, twice the 2 s deadline)
 // keeps the call alive with keepalives: the synchronize succeeds. (Before
 // keepalives the deadline counted from the send, and this failed with 46.)
-class BusyServerTest : public BoundedTest, public ::testing::WithParamInterface<std::string> {};
+class BusyServerTest : public TransportParamTest {};
 
 TEST_P(BusyServerTest, CallLongerThanTheCallTimeoutSucceedsWhileTheServerIsAlive) {
   ASSERT_NO_FATAL_FAILURE(StartServer());
@@ -325,7 +334,8 @@ TEST_P(BusyServerTest, CallLongerThanTheCallTimeoutSucceedsWhileTheServerIsAlive
   std::optional<ChildProcess> client = StartProgram("launch_queue", address,
                                                     {{"FERRY_CALL_TIMEOUT", "2"},
                                                      {"LAUNCH_QUEUE_COUNT", "1000"},
-                                                     {"LAUNCH_QUEUE_SLEEP_US", "4000"}});
+                                                     {"LAUNCH_QUEUE_SLEEP_US", "4000"},
+                                                     {"FERRY_TRANSPORT", TransportSetting()}});
   ASSERT_TRUE(client.has_value());
   const ExitStatus status = client->Wait(kProgramTimeout);
   EXPECT_TRUE(status.success()) << client->Describe();

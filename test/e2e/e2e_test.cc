@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -33,6 +34,7 @@
 #include <vector>
 
 #include "common/frame.h"
+#include "common/shm_rendezvous.h"
 #include "common/shm_transport.h"
 #include "common/transport.h"
 #include "kernel_names.h"
@@ -190,6 +192,7 @@ class FerrydTest : public ::testing::Test {
                                            const std::map<std::string, std::string>& env = {}) {
     std::string error;
     std::map<std::string, std::string> full_env = ClientEnv(ClientAddress());
+    for (const auto& [key, value] : ClientTransportEnv()) full_env[key] = value;
     // Tells the programs what is behind ferry (see host_callbacks.cc).
     if (!ChainDriver().empty()) full_env["FERRY_E2E_BACKEND"] = "chain";
     for (const auto& [key, value] : env) full_env[key] = value;
@@ -285,6 +288,10 @@ class FerrydTest : public ::testing::Test {
 
   // Where the programs connect: TCP here; FerrydTransportTest picks.
   virtual std::string ClientAddress() const { return address_; }
+  // What the programs' environment adds to choose the transport: nothing
+  // here (a loopback client moves to shared memory); FerrydTransportTest
+  // picks.
+  virtual std::map<std::string, std::string> ClientTransportEnv() const { return {}; }
 
   std::string dir_;
   std::string address_;       // "127.0.0.1:PORT"; ferryctl always uses it
@@ -296,10 +303,16 @@ class FerrydTest : public ::testing::Test {
 };
 
 // The tests that run programs, once over TCP and once over shared memory.
+// "tcp" says FERRY_TRANSPORT=tcp: a loopback client would otherwise move to
+// shared memory in the handshake.
 class FerrydTransportTest : public FerrydTest, public ::testing::WithParamInterface<std::string> {
  protected:
   std::string ClientAddress() const override {
     return GetParam() == "unix" ? unix_address_ : address_;
+  }
+  std::map<std::string, std::string> ClientTransportEnv() const override {
+    if (GetParam() == "tcp") return {{"FERRY_TRANSPORT", "tcp"}};
+    return {};
   }
 };
 
@@ -444,6 +457,126 @@ TEST_P(FerrydTransportTest, AnotherTenantsPointerInAKernelReachesNothing) {
   EXPECT_NE(FerrydLogs().find("killed by signal"), std::string::npos) << FerrydLogs();
   RunAndExpectPass("device_query");
   ExpectNoSessionsSoon("both tenants ended");
+}
+
+// A program whose FERRY_SERVER is ferryd's loopback TCP address runs over
+// shared memory: the handshake moves it (HelloReply.shm), the program says
+// so once, ferryd's session line and ferryctl status say shm. With
+// FERRY_TRANSPORT=tcp it stays on TCP, and with FERRY_TRANSPORT=shm it is
+// had. (Chained, the programs' ferryd is itself such a client of its
+// upstream.)
+TEST_F(FerrydTest, ALoopbackTcpClientMovesToSharedMemory) {
+  ASSERT_EQ(ClientAddress().rfind("127.0.0.1:", 0), 0u);
+  const std::string moved = "over shm, ring 8 MiB (moved from TCP: same host)";
+  std::optional<ChildProcess> program = StartProgram("memory");
+  ASSERT_TRUE(program.has_value());
+  ExpectPasses(*program);
+  EXPECT_NE(program->Stderr().find("connected to ferryd at " + ClientAddress() + " " + moved),
+            std::string::npos)
+      << program->Describe();
+  EXPECT_NE(ferryd_->Stderr().find("transport=\"shm, ring 8 MiB\" client_pid=" +
+                                   std::to_string(program->pid())),
+            std::string::npos)
+      << ferryd_->Stderr();
+
+  std::optional<ChildProcess> tcp = StartProgram("memory", {{"FERRY_TRANSPORT", "tcp"}});
+  ASSERT_TRUE(tcp.has_value());
+  ExpectPasses(*tcp);
+  EXPECT_EQ(tcp->Stderr().find("over shm"), std::string::npos) << tcp->Describe();
+  EXPECT_NE(ferryd_->Stderr().find("transport=tcp client_pid=" + std::to_string(tcp->pid())),
+            std::string::npos)
+      << ferryd_->Stderr();
+
+  std::optional<ChildProcess> required = StartProgram("device_query", {{"FERRY_TRANSPORT", "shm"}});
+  ASSERT_TRUE(required.has_value());
+  ExpectPasses(*required);
+
+  // ferryctl status names the transport of a live session.
+  std::optional<ChildProcess> holder;
+  std::optional<Status> status;
+  ASSERT_NO_FATAL_FAILURE(StartHolder("hold_and_wait", &holder, &status));
+  const JsonValue* transport = status->sessions()[0].Find("transport");
+  ASSERT_TRUE(transport != nullptr && transport->is_string()) << status->text;
+  EXPECT_EQ(transport->string, "shm, ring 8 MiB") << status->text;
+  KillAndExpectSessionFreed(*holder, "SIGKILL of a client moved to shared memory");
+}
+
+// Clients that misbehave in the move to shared memory — a wrong answer, one
+// that says 'S' and leaves, one that leaves without a word, one whose
+// stranger-like connection has the wrong nonce — each end their own session
+// only: ferryd stays up, and a session moved before them keeps serving.
+TEST_F(FerrydTest, ClientsThatMisbehaveInTheMoveCostOnlyTheirOwnSession) {
+  std::optional<ChildProcess> holder;
+  std::optional<Status> status;
+  ASSERT_NO_FATAL_FAILURE(StartHolder("hold_and_wait", &holder, &status));
+  std::string boot_id;
+  ASSERT_TRUE(ferry::BootId(&boot_id).ok());
+  for (int how = 0; how < 4; ++how) {
+    std::unique_ptr<ferry::Transport> t;
+    ASSERT_TRUE(ferry::ConnectTransport(address_, 2000ms, &t).ok());
+    capnp::MallocMessageBuilder message;
+    auto hello = message.initRoot<wire::Hello>();
+    hello.setProtocolVersion(wire::PROTOCOL_VERSION);
+    hello.setRole(wire::Hello::Role::CLIENT);
+    hello.setProgram("misbehaving");
+    hello.initShm().setBootId(boot_id);
+    ASSERT_TRUE(WriteFrame(*t, wire::FrameKind::HELLO, message).ok());
+    t->SetReadDeadline(std::chrono::steady_clock::now() + kProgramTimeout);
+    Frame frame;
+    ASSERT_TRUE(ReadFrame(*t, &frame).ok()) << FerrydLogs();
+    capnp::FlatArrayMessageReader reader(frame.words, PeerReaderOptions());
+    auto reply = reader.getRoot<wire::HelloReply>();
+    ASSERT_TRUE(reply.hasShm()) << reply.getShmRefusal().cStr();
+    auto say = [&](uint8_t byte) {
+      const ferry::ConstBuffer b{&byte, 1};
+      EXPECT_TRUE(t->Write(std::span<const ferry::ConstBuffer>(&b, 1)).ok());
+    };
+    int stranger = -1;
+    switch (how) {
+      case 0:  // a wrong answer
+        say('X');
+        break;
+      case 1:  // says it moves, then leaves
+        say(ferry::kShmMoving);
+        break;
+      case 2:  // leaves without a word
+        break;
+      case 3: {  // connects with a wrong nonce, says it moves, then leaves
+        std::vector<uint8_t> wrong(reply.getShm().getNonce().begin(),
+                                   reply.getShm().getNonce().end());
+        wrong[0] ^= 1;
+        ASSERT_TRUE(
+            ferry::ConnectShmRendezvous(reply.getShm().getSocket().cStr(), wrong, 2000ms, &stranger)
+                .ok());
+        say(ferry::kShmMoving);
+        // ferryd closes it (the wrong nonce) while the client is still there.
+        pollfd pfd{stranger, POLLIN, 0};
+        char byte;
+        EXPECT_TRUE(::poll(&pfd, 1, 5000) == 1 && ::recv(stranger, &byte, 1, 0) == 0);
+        break;
+      }
+    }
+    t.reset();
+    if (stranger >= 0) ::close(stranger);
+    ASSERT_FALSE(ferryd_->Poll()) << ferryd_->Describe();
+  }
+  // The misbehaving sessions end by themselves; the holder's stays.
+  std::string last;
+  EXPECT_TRUE(test::WaitFor(
+      [&] {
+        std::optional<Status> now = SessionStatus(&last);
+        if (!now.has_value()) return false;
+        last = now->text;
+        return now->sessions().size() == 1;
+      },
+      kSessionGoneTimeout, kPollInterval))
+      << last;
+  EXPECT_NE(ferryd_->Stderr().find("not 'S' or 'T'"), std::string::npos) << ferryd_->Stderr();
+  EXPECT_NE(ferryd_->Stderr().find("is turned away: wrong nonce"), std::string::npos)
+      << ferryd_->Stderr();
+  ASSERT_FALSE(holder->Poll()) << "the moved session's program ended\n" << holder->Describe();
+  KillAndExpectSessionFreed(*holder, "SIGKILL of the holder after the misbehaving clients");
+  RunAndExpectPass("device_query");
 }
 
 TEST_F(FerrydTest, ClientKilledWhileAHostCallbackHoldsAStream) {

@@ -372,6 +372,10 @@ TEST_F(PoolTest, QuotaIsEnforcedAndMemGetInfoShowsTheSlice) {
   const ExitStatus status = program->Wait(kProgramTimeout);
   EXPECT_TRUE(status.success() && program->Stdout().find("all checks passed") != std::string::npos)
       << program->Describe();
+  // The program's slice comes back once ferryd has seen it go (over shared
+  // memory, the liveness check's next slice): only then may the GPU move.
+  WaitForPool("the quota program's slice back",
+              [](const JsonValue& p) { return Holders(p, 0).empty(); });
   // A whole-GPU slice of the night pool sees the whole memory.
   ChildProcess* night = nullptr;
   AdvanceClock("1m");

@@ -5,6 +5,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <string>
+
 namespace ferry::test {
 namespace {
 
@@ -36,6 +39,20 @@ int ListenOnLoopback(int* port) {
     return -1;
   }
   return fd;
+}
+
+Status MakeLoopbackTcpPair(std::unique_ptr<Transport>* server, std::unique_ptr<Transport>* client) {
+  int port = 0;
+  const int listener = ListenOnLoopback(&port);
+  if (listener < 0) return Status::Internal("cannot listen on 127.0.0.1");
+  const std::string address = "127.0.0.1:" + std::to_string(port);
+  Status connected = ConnectTcp(address, std::chrono::seconds(5), client);
+  const int fd = connected.ok() ? accept4(listener, nullptr, nullptr, SOCK_CLOEXEC) : -1;
+  close(listener);
+  if (!connected.ok()) return connected;
+  if (fd < 0) return Status::Internal("accept on 127.0.0.1 failed");
+  *server = std::make_unique<SocketTransport>(fd, "127.0.0.1 (test client)");
+  return Status::Ok();
 }
 
 int ClosedLoopbackPort() {
