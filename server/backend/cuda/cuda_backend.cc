@@ -37,9 +37,9 @@
 #include <limits>
 #include <map>
 #include <mutex>
-#include <set>
 #include <new>
 #include <optional>
+#include <set>
 #include <utility>
 #include <vector>
 
@@ -291,8 +291,8 @@ struct TenantState {
   // (accessing device, memory's device) for each EnablePeerAccess not yet
   // disabled: blocks on the second device give the first access.
   std::multiset<std::pair<int, int>> peer_grants ABSL_GUARDED_BY(mu);
-  std::map<uint64_t, VmmBlock> blocks ABSL_GUARDED_BY(mu);             // by address
-  std::map<uint64_t, VmmAllocation> allocations ABSL_GUARDED_BY(mu);   // by client address
+  std::map<uint64_t, VmmBlock> blocks ABSL_GUARDED_BY(mu);            // by address
+  std::map<uint64_t, VmmAllocation> allocations ABSL_GUARDED_BY(mu);  // by client address
   std::map<uint64_t, PoolAllocation> pool_allocations ABSL_GUARDED_BY(mu);
 };
 
@@ -1414,7 +1414,8 @@ class CudaBackend final : public GpuBackend {
       }
       if (moved != nullptr) {
         for (const auto& [dptr, allocation] : memory.allocations) {
-          if (parked_now.contains(allocation.block)) moved->Add(allocation.device, allocation.bytes);
+          if (parked_now.contains(allocation.block))
+            moved->Add(allocation.device, allocation.bytes);
         }
       }
       return Status::Ok();
@@ -1445,9 +1446,9 @@ class CudaBackend final : public GpuBackend {
             undo->mapped = false;
           }
           if (status.cuda_result() == CUDA_ERROR_OUT_OF_MEMORY) {
-            return Status::OutOfMemory(absl::StrCat(
-                "cannot bring back ", needed[block->device], " parked bytes on device ",
-                block->device, FreeBytesText(*block), ": ", status.message()));
+            return Status::OutOfMemory(absl::StrCat("cannot bring back ", needed[block->device],
+                                                    " parked bytes on device ", block->device,
+                                                    FreeBytesText(*block), ": ", status.message()));
           }
           return status;
         }
@@ -1481,7 +1482,8 @@ class CudaBackend final : public GpuBackend {
       if (into != nullptr) into->Add(allocation.device, allocation.bytes);
     }
     if (resident != nullptr) {
-      for (const auto& [dptr, pool] : memory.pool_allocations) resident->Add(pool.device, pool.bytes);
+      for (const auto& [dptr, pool] : memory.pool_allocations)
+        resident->Add(pool.device, pool.bytes);
     }
   }
 
@@ -3128,7 +3130,8 @@ class CudaBackend final : public GpuBackend {
       if (rounded == 0) return Status::Cuda(CUDA_ERROR_OUT_OF_MEMORY, "MemAlloc: size overflows");
       VmmBlock* block = nullptr;
       FERRY_RETURN_IF_ERROR(NewBlock(memory, ctx, rounded, &block));
-      memory.allocations[block->address] = VmmAllocation{bytes, rounded, block->address, ctx.device};
+      memory.allocations[block->address] =
+          VmmAllocation{bytes, rounded, block->address, ctx.device};
       *dptr = block->address;
       return Status::Ok();
     }
@@ -3207,8 +3210,8 @@ class CudaBackend final : public GpuBackend {
   // mapped, with the access the tenant's peer grants give (memory.mu held).
   Status NewBlock(TenantState& memory, CudaContext& ctx, uint64_t bytes, VmmBlock** out) {
     CUdeviceptr address = 0;
-    FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemAddressReserve, &address,
-                                   static_cast<size_t>(bytes), 0, 0, 0));
+    FERRY_RETURN_IF_ERROR(
+        FERRY_CU(*api_, cuMemAddressReserve, &address, static_cast<size_t>(bytes), 0, 0, 0));
     VmmBlock block;
     block.address = address;
     block.bytes = bytes;
@@ -3216,8 +3219,8 @@ class CudaBackend final : public GpuBackend {
     block.owner = &ctx;
     block.access.push_back(ctx.device);
     for (const auto& [accessor, owner_device] : memory.peer_grants) {
-      if (owner_device == ctx.device && std::find(block.access.begin(), block.access.end(),
-                                                  accessor) == block.access.end()) {
+      if (owner_device == ctx.device &&
+          std::find(block.access.begin(), block.access.end(), accessor) == block.access.end()) {
         block.access.push_back(accessor);
       }
     }
@@ -3280,8 +3283,9 @@ class CudaBackend final : public GpuBackend {
   Status CopyOut(VmmBlock& block) {
     FERRY_RETURN_IF_ERROR(MakeCurrent(*block.owner));
     void* copy = nullptr;
-    bool pinned = api_->cuMemHostAlloc(&copy, static_cast<size_t>(block.bytes), 0) == CUDA_SUCCESS &&
-                  copy != nullptr;
+    bool pinned =
+        api_->cuMemHostAlloc(&copy, static_cast<size_t>(block.bytes), 0) == CUDA_SUCCESS &&
+        copy != nullptr;
     if (!pinned) {
       copy = std::malloc(static_cast<size_t>(block.bytes));
       if (copy == nullptr) {
@@ -3291,8 +3295,9 @@ class CudaBackend final : public GpuBackend {
     }
     block.parked = copy;
     block.parked_pinned = pinned;
-    Status status = FERRY_CU(*api_, cuMemcpyDtoHAsync, copy, static_cast<CUdeviceptr>(block.address),
-                             static_cast<size_t>(block.bytes), CU_STREAM_LEGACY);
+    Status status =
+        FERRY_CU(*api_, cuMemcpyDtoHAsync, copy, static_cast<CUdeviceptr>(block.address),
+                 static_cast<size_t>(block.bytes), CU_STREAM_LEGACY);
     if (status.ok()) status = FERRY_CU(*api_, cuStreamSynchronize, CU_STREAM_LEGACY);
     if (!status.ok()) FreeParkedCopy(block);
     return status;
@@ -3321,8 +3326,7 @@ class CudaBackend final : public GpuBackend {
   // " (N of M bytes free)" on `block`'s device, or nothing if unknown.
   std::string FreeBytesText(const VmmBlock& block) {
     size_t free_now = 0, total = 0;
-    if (!MakeCurrent(*block.owner).ok() ||
-        api_->cuMemGetInfo(&free_now, &total) != CUDA_SUCCESS) {
+    if (!MakeCurrent(*block.owner).ok() || api_->cuMemGetInfo(&free_now, &total) != CUDA_SUCCESS) {
       return "";
     }
     return absl::StrCat(" (", free_now, " of ", total, " bytes free)");

@@ -60,6 +60,12 @@
 //    anyway. Pool allocations (cuMemAllocFromPoolAsync) stay the driver's
 //    and are never parked. Without parkable allocations, MemAlloc is
 //    cuMemAlloc and nothing can be parked.
+//    UNPROVEN ON A GPU: this path has run against the fake driver and, in
+//    the chain tests, over ferry's stub to the host backend. Open questions
+//    for the first GPU run: copies between such memory of two devices
+//    (cuMemcpyDtoDAsync, cuMemcpyPeerAsync) without peer access enabled,
+//    and what cuMemCreate + cuMemMap + cuMemSetAccess cost per allocation
+//    next to cuMemAlloc.
 //  * MemFree synchronizes like cudaFree: cuMemFree, or, for a parkable
 //    allocation, cuCtxSynchronize of every context of the tenant before the
 //    memory goes (cuMemUnmap does not wait for work that may still use it).

@@ -1300,7 +1300,8 @@ class FakeParkingTest : public FakeDriverTest {
     a_ = TenantContext{};
     b_ = TenantContext{};
     FakeDriverTest::TearDown();
-    EXPECT_EQ(vmm_objects_(), 0) << "reservations, physical memory or mappings outlived the backend";
+    EXPECT_EQ(vmm_objects_(), 0)
+        << "reservations, physical memory or mappings outlived the backend";
     set_vmm_limit_(kGiB);
   }
 
@@ -1489,9 +1490,9 @@ TEST_F(FakeParkingTest, FreeingWhileParkedKeepsTheBooks) {
 
 TEST(CudaBackendParkingTest, WithoutParkableAllocationsMemAllocIsTheDrivers) {
   std::unique_ptr<GpuBackend> backend;
-  ASSERT_TRUE(CreateCudaBackend({.driver_path = FAKE_FULL_PATH, .parkable_allocations = false},
-                                &backend)
-                  .ok());
+  ASSERT_TRUE(
+      CreateCudaBackend({.driver_path = FAKE_FULL_PATH, .parkable_allocations = false}, &backend)
+          .ok());
   EXPECT_FALSE(backend->CanParkMemory());
   auto creates = Hook<int (*)()>(FAKE_FULL_PATH, "fake_vmm_creates");
   const int creates_before = creates();

@@ -516,8 +516,8 @@ FAKE_HOOK int fake_vmm_creates() { return g_vmm_creates.load(); }
 CUresult cuMemGetAllocationGranularity(size_t* granularity, const CUmemAllocationProp* prop,
                                        CUmemAllocationGranularity_flags option) {
   if (granularity == nullptr || !PinnedDeviceProps(prop)) return CUDA_ERROR_INVALID_VALUE;
-  *granularity = option == CU_MEM_ALLOC_GRANULARITY_RECOMMENDED ? 2 * kFakeGranularity
-                                                                 : kFakeGranularity;
+  *granularity =
+      option == CU_MEM_ALLOC_GRANULARITY_RECOMMENDED ? 2 * kFakeGranularity : kFakeGranularity;
   return CUDA_SUCCESS;
 }
 CUresult cuMemCreate(CUmemGenericAllocationHandle* handle, size_t size,
@@ -558,8 +558,8 @@ CUresult cuMemAddressReserve(CUdeviceptr* ptr, size_t size, size_t alignment, CU
   (void)addr;  // a hint only; the fake never honours it
   if (alignment < kFakeGranularity) alignment = kFakeGranularity;
   // Over-reserve, then trim to an aligned range.
-  void* raw = mmap(nullptr, size + alignment, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                   -1, 0);
+  void* raw = mmap(nullptr, size + alignment, PROT_NONE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (raw == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
   const uintptr_t start = reinterpret_cast<uintptr_t>(raw);
   const uintptr_t aligned = (start + alignment - 1) & ~(uintptr_t{alignment} - 1);
