@@ -217,6 +217,8 @@ class CudaStream final : public Stream {
   // The graph a capture begun with BeginCaptureToGraph builds (the
   // session's; it outlives the capture). Executor only, as above.
   class CudaGraph* capture_target = nullptr;
+  // Capturing (BeginCapture* until EndCapture). Executor only, as above.
+  bool capturing = false;
 };
 
 // Page-locked buffers of one context for device-to-host copies: into pageable
@@ -294,6 +296,11 @@ struct TenantState {
   std::map<uint64_t, VmmBlock> blocks ABSL_GUARDED_BY(mu);            // by address
   std::map<uint64_t, VmmAllocation> allocations ABSL_GUARDED_BY(mu);  // by client address
   std::map<uint64_t, PoolAllocation> pool_allocations ABSL_GUARDED_BY(mu);
+  // Freed while a stream of the tenant was capturing, when the backend may
+  // not synchronize (the driver would refuse, and end the capture): their
+  // memory is released at the next free that can wait, at parking, or with
+  // its context. (client address, allocation)
+  std::vector<std::pair<uint64_t, VmmAllocation>> deferred_frees ABSL_GUARDED_BY(mu);
 };
 
 class CudaTenant final : public Tenant {
@@ -337,6 +344,8 @@ class CudaContext final : public Context {
   // which is called before any work (GpuBackend contract) and so before any
   // other thread reads it.
   std::shared_ptr<TenantState> tenant;
+  // Streams of this context that are capturing (CudaStream::capturing).
+  std::atomic<int> capturing_streams{0};
   // WhenEventComplete / WhenContextIdle waits on the pool for this context.
   PendingWaits waits;
   const std::shared_ptr<StagingCache> staging = std::make_shared<StagingCache>();
@@ -603,6 +612,13 @@ CudaStream& Str(Stream& stream) { return static_cast<CudaStream&>(stream); }
 CudaEvent& Ev(Event& event) { return static_cast<CudaEvent&>(event); }
 CudaModule& Mod(Module& module) { return static_cast<CudaModule&>(module); }
 CudaFunction& Fn(Function& function) { return static_cast<CudaFunction&>(function); }
+
+// Keeps CudaContext::capturing_streams in step with `stream`'s capture.
+void SetCapturing(CudaStream& stream, bool capturing) {
+  if (stream.capturing == capturing) return;
+  stream.capturing = capturing;
+  stream.context.capturing_streams.fetch_add(capturing ? 1 : -1, std::memory_order_acq_rel);
+}
 
 // The driver's entry for every stream callback.
 // It may run after its context was destroyed (and swept): it touches only
@@ -1358,6 +1374,8 @@ class CudaBackend final : public GpuBackend {
       const uint64_t address = it->first;
       std::erase_if(memory.allocations,
                     [address](const auto& entry) { return entry.second.block == address; });
+      std::erase_if(memory.deferred_frees,
+                    [address](const auto& entry) { return entry.second.block == address; });
       ReleaseBlock(it->second, "releasing a destroyed context's memory");
       it = memory.blocks.erase(it);
     }
@@ -1385,6 +1403,8 @@ class CudaBackend final : public GpuBackend {
       if (!Parkable()) return GpuBackend::ParkTenantMemory(tenant, moved);
       TenantState& memory = *static_cast<CudaTenant&>(tenant).memory;
       std::lock_guard<std::mutex> lock(memory.mu);
+      // The tenant is idle (the contract): frees put off can happen now.
+      ReleaseDeferredFrees(memory);
       // Copy everything out first, so that a failure changes nothing.
       std::vector<VmmBlock*> parking;
       Status status = Status::Ok();
@@ -2420,7 +2440,10 @@ class CudaBackend final : public GpuBackend {
                             "the legacy default stream cannot be captured");
       }
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
-      return FERRY_CU(*api_, cuStreamBeginCapture, s.handle, CU_STREAM_CAPTURE_MODE_RELAXED);
+      FERRY_RETURN_IF_ERROR(
+          FERRY_CU(*api_, cuStreamBeginCapture, s.handle, CU_STREAM_CAPTURE_MODE_RELAXED));
+      SetCapturing(s, true);
+      return Status::Ok();
     });
   }
 
@@ -2433,6 +2456,7 @@ class CudaBackend final : public GpuBackend {
       std::vector<CudaHostNode> host_nodes = std::move(s.captured_host_nodes);
       s.captured_host_nodes.clear();
       CudaGraph* target = std::exchange(s.capture_target, nullptr);
+      SetCapturing(s, false);  // cuStreamEndCapture ends it, whatever it answers
       if (target != nullptr) {
         // The driver added the nodes to the target, whatever it answers.
         for (CudaHostNode& host : host_nodes) target->host_nodes.push_back(std::move(host));
@@ -2466,6 +2490,7 @@ class CudaBackend final : public GpuBackend {
                                      deps.data(), nullptr, deps.size(),
                                      CU_STREAM_CAPTURE_MODE_RELAXED));
       s.capture_target = &g;
+      SetCapturing(s, true);
       if (g.context == nullptr) g.context = &s.context;
       return Status::Ok();
     });
@@ -3066,9 +3091,11 @@ class CudaBackend final : public GpuBackend {
 
  private:
   // --- parkable allocations: mechanics ------------------------------------------
-  // Where cuMemAlloc puts an allocation: 256-byte aligned, as the CUDA
-  // programming guide promises; and the pitch MemAllocPitch's rows get.
-  static constexpr uint64_t kAllocationAlignment = 256;
+  // Where a small allocation starts in its chunk: 512-byte aligned, as
+  // cuMemAlloc's addresses are in practice (the guide promises 256), since
+  // a texture over linear memory needs the device's texture alignment (512
+  // on current GPUs); and the pitch MemAllocPitch's rows get.
+  static constexpr uint64_t kAllocationAlignment = 512;
   static constexpr uint64_t kPitchAlignment = 512;
 
   bool Parkable() const { return !granularity_.empty(); }
@@ -3173,37 +3200,50 @@ class CudaBackend final : public GpuBackend {
     auto it = memory.allocations.find(dptr);
     *found = it != memory.allocations.end();
     if (!*found) return Status::Ok();
+    memory.deferred_frees.emplace_back(dptr, it->second);
+    memory.allocations.erase(it);
+    for (CudaContext* member : memory.contexts) {
+      // cuCtxSynchronize would fail and end the capture: later (above).
+      if (member->capturing_streams.load(std::memory_order_acquire) > 0) return Status::Ok();
+    }
     Status synced = Status::Ok();
     for (CudaContext* member : memory.contexts) {
       Status status = MakeCurrent(*member);
       if (status.ok()) status = FERRY_CU(*api_, cuCtxSynchronize);
       if (!status.ok() && synced.ok()) synced = status;
     }
-    const VmmAllocation allocation = it->second;
-    memory.allocations.erase(it);
-    VmmBlock& block = memory.blocks.at(allocation.block);
-    if (block.chunk && --block.users > 0) {
-      // Back into the chunk's free ranges, joined with its neighbours.
-      uint64_t start = dptr - block.address, size = allocation.footprint;
-      auto next = block.free_ranges.lower_bound(start);
-      if (next != block.free_ranges.end() && next->first == start + size) {
-        size += next->second;
-        next = block.free_ranges.erase(next);
-      }
-      if (next != block.free_ranges.begin()) {
-        auto before = std::prev(next);
-        if (before->first + before->second == start) {
-          start = before->first;
-          size += before->second;
-          block.free_ranges.erase(before);
-        }
-      }
-      block.free_ranges[start] = size;
-      return synced;
-    }
-    ReleaseBlock(block, "freeing memory");
-    memory.blocks.erase(allocation.block);
+    ReleaseDeferredFrees(memory);
     return synced;
+  }
+
+  // Releases the memory of memory.deferred_frees (memory.mu held; the work
+  // that may use it has finished): a chunk's range becomes free, joined with
+  // its neighbours; a block with nothing left in it goes.
+  void ReleaseDeferredFrees(TenantState& memory) {
+    for (const auto& [dptr, allocation] : memory.deferred_frees) {
+      VmmBlock& block = memory.blocks.at(allocation.block);
+      if (block.chunk && --block.users > 0) {
+        uint64_t start = dptr - block.address, size = allocation.footprint;
+        auto next = block.free_ranges.lower_bound(start);
+        if (next != block.free_ranges.end() && next->first == start + size) {
+          size += next->second;
+          next = block.free_ranges.erase(next);
+        }
+        if (next != block.free_ranges.begin()) {
+          auto before = std::prev(next);
+          if (before->first + before->second == start) {
+            start = before->first;
+            size += before->second;
+            block.free_ranges.erase(before);
+          }
+        }
+        block.free_ranges[start] = size;
+        continue;
+      }
+      ReleaseBlock(block, "freeing memory");
+      memory.blocks.erase(allocation.block);
+    }
+    memory.deferred_frees.clear();
   }
 
   // A new block of `bytes` (a granularity multiple) on `ctx`'s device,
@@ -3751,6 +3791,7 @@ class CudaBackend final : public GpuBackend {
 
 CudaStream::~CudaStream() {
   if (!owned) return;
+  SetCapturing(*this, false);
   CudaBackend& backend = context.backend;
   const DriverApi& api = backend.api();
   constexpr char kWhat[] = "destroying a stream";

@@ -49,7 +49,7 @@
 //    context's device and for devices the tenant enabled peer access from
 //    (cuMemSetAccess: peer access alone does not reach such memory). One of
 //    at least the granularity (2 MiB on current GPUs) gets a block of its
-//    own, rounded up to the granularity; a smaller one is placed, 256-byte
+//    own, rounded up to the granularity; a smaller one is placed, 512-byte
 //    aligned, in a granularity-sized chunk of its context shared with other
 //    small ones. MemAllocPitch chooses rows 512 bytes apart. So parking
 //    (ParkTenantMemory) can copy a tenant's blocks into host memory and give
@@ -69,6 +69,10 @@
 //  * MemFree synchronizes like cudaFree: cuMemFree, or, for a parkable
 //    allocation, cuCtxSynchronize of every context of the tenant before the
 //    memory goes (cuMemUnmap does not wait for work that may still use it).
+//    While a stream of the tenant is capturing, the driver refuses
+//    cuCtxSynchronize (and ends the capture), so such a free takes the
+//    allocation off the books at once and releases its memory at the next
+//    free that can wait, at parking, or with its context.
 //  * LoadModule describes kernels (name, parameter offsets and sizes from
 //    the driver); `globals` is left empty: the driver cannot enumerate them.
 //    GetGlobal finds a global by name.

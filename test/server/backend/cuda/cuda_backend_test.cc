@@ -1351,16 +1351,16 @@ TEST_F(FakeParkingTest, AllocationsAreVirtualMemoryAndSmallOnesShareAChunk) {
   ASSERT_TRUE(backend_->MemAllocPitch(*a_.ctx, 100, 3, 4, &pitched, &pitch).ok());
   EXPECT_EQ(pitch, 512u);
   EXPECT_EQ(vmm_used_(0), 6 * kMiB) << "the small ones share one 2 MiB chunk";
-  EXPECT_EQ(small1 % 256, 0u);
-  EXPECT_EQ(small2, small1 + 256);
-  EXPECT_EQ(pitched, small1 + 512);
+  EXPECT_EQ(small1 % 512, 0u);
+  EXPECT_EQ(small2, small1 + 512);
+  EXPECT_EQ(pitched, small1 + 1024);
   Write(*a_.ctx, small2, {42});
   EXPECT_EQ(Read(*a_.ctx, small2, 1), std::vector<uint8_t>{42});
   // The chunk goes with its last allocation; its free ranges join again.
   ASSERT_TRUE(backend_->MemFree(*a_.ctx, small1).ok());
   ASSERT_TRUE(backend_->MemFree(*a_.ctx, small2).ok());
   uint64_t again = 0;
-  ASSERT_TRUE(backend_->MemAlloc(*a_.ctx, 512, &again).ok());
+  ASSERT_TRUE(backend_->MemAlloc(*a_.ctx, 1024, &again).ok());
   EXPECT_EQ(again, small1) << "first fit in the joined free range";
   ASSERT_TRUE(backend_->MemFree(*a_.ctx, pitched).ok());
   ASSERT_TRUE(backend_->MemFree(*a_.ctx, again).ok());
