@@ -34,10 +34,12 @@
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <new>
 #include <optional>
+#include <set>
 #include <utility>
 #include <vector>
 
@@ -215,6 +217,8 @@ class CudaStream final : public Stream {
   // The graph a capture begun with BeginCaptureToGraph builds (the
   // session's; it outlives the capture). Executor only, as above.
   class CudaGraph* capture_target = nullptr;
+  // Capturing (BeginCapture* until EndCapture). Executor only, as above.
+  bool capturing = false;
 };
 
 // Page-locked buffers of one context for device-to-host copies: into pageable
@@ -235,14 +239,84 @@ struct StagingCache {
   size_t idle_bytes ABSL_GUARDED_BY(mu) = 0;
 };
 
+// --- parkable allocations (the backend's own virtual memory management) -----
+// With parkable allocations on (CudaBackendOptions::parkable_allocations and
+// a driver and devices with virtual memory management), a tenant's MemAlloc
+// and MemAllocPitch memory is made with cuMemAddressReserve + cuMemCreate +
+// cuMemMap + cuMemSetAccess instead of cuMemAlloc, so that parking can give
+// the physical memory back and keep the addresses (see "parking" in
+// CudaBackend). A block is one such reservation with physical memory mapped
+// over all of it (none while parked); an allocation under the granularity
+// lives in a shared block (a chunk) of its context, so small allocations do
+// not each take 2 MiB.
+struct VmmBlock {
+  uint64_t address = 0;
+  uint64_t bytes = 0;  // a multiple of the device's granularity
+  int device = 0;
+  const CudaContext* owner = nullptr;  // identity; its destruction frees the block
+  std::vector<int> access;             // backend devices that may read and write it
+  bool mapped = false;                 // physical memory behind it (else parked)
+  // Parked: the block's bytes, page-locked (cuMemHostAlloc) where the driver
+  // gave such memory, else from malloc.
+  void* parked = nullptr;
+  bool parked_pinned = false;
+  // A chunk of small allocations: its free ranges (offset -> bytes) and how
+  // many allocations it holds.
+  bool chunk = false;
+  std::map<uint64_t, uint64_t> free_ranges;
+  int users = 0;
+};
+
+// One allocation a client holds: `bytes` as asked (what the session charges),
+// inside the block at `block`; in a chunk it takes `footprint` bytes.
+struct VmmAllocation {
+  uint64_t bytes = 0;
+  uint64_t footprint = 0;
+  uint64_t block = 0;
+  int device = 0;
+};
+
+// A pool allocation (MemAllocFromPool): the driver's memory, never parked,
+// counted as resident.
+struct PoolAllocation {
+  uint64_t bytes = 0;
+  int device = 0;
+  const CudaContext* owner = nullptr;
+};
+
+// The memory of one tenant (CudaTenant, or the backend's default tenant for
+// contexts that join none). Every member is guarded by `mu`, which is held
+// across the driver calls that change them.
+struct TenantState {
+  std::mutex mu;
+  std::vector<CudaContext*> contexts ABSL_GUARDED_BY(mu);  // joined and alive
+  // (accessing device, memory's device) for each EnablePeerAccess not yet
+  // disabled: blocks on the second device give the first access.
+  std::multiset<std::pair<int, int>> peer_grants ABSL_GUARDED_BY(mu);
+  std::map<uint64_t, VmmBlock> blocks ABSL_GUARDED_BY(mu);            // by address
+  std::map<uint64_t, VmmAllocation> allocations ABSL_GUARDED_BY(mu);  // by client address
+  std::map<uint64_t, PoolAllocation> pool_allocations ABSL_GUARDED_BY(mu);
+  // Freed while a stream of the tenant was capturing, when the backend may
+  // not synchronize (the driver would refuse, and end the capture): their
+  // memory is released at the next free that can wait, at parking, or with
+  // its context. (client address, allocation)
+  std::vector<std::pair<uint64_t, VmmAllocation>> deferred_frees ABSL_GUARDED_BY(mu);
+};
+
+class CudaTenant final : public Tenant {
+ public:
+  const std::shared_ptr<TenantState> memory = std::make_shared<TenantState>();
+};
+
 class CudaContext final : public Context {
  public:
   // `green`: the green context `handle` was converted from (owned; then
   // destroying this destroys it instead of `handle`), or null.
-  CudaContext(CudaBackend& backend, CUcontext handle, CUgreenCtx green = nullptr)
+  CudaContext(CudaBackend& backend, int device, CUcontext handle, CUgreenCtx green = nullptr)
       : backend(backend),
         handle(handle),
         green(green),
+        device(device),
         serial(g_next_context_serial.fetch_add(1, std::memory_order_relaxed)),
         // CU_STREAM_LEGACY names the legacy default stream of the current
         // context whichever entry point variant it reaches.
@@ -263,8 +337,15 @@ class CudaContext final : public Context {
   CudaBackend& backend;
   const CUcontext handle;
   const CUgreenCtx green;
+  const int device;  // backend device
   const uint64_t serial;
   CudaStream legacy_stream;
+  // The tenant's memory: the backend's default tenant until JoinTenant,
+  // which is called before any work (GpuBackend contract) and so before any
+  // other thread reads it.
+  std::shared_ptr<TenantState> tenant;
+  // Streams of this context that are capturing (CudaStream::capturing).
+  std::atomic<int> capturing_streams{0};
   // WhenEventComplete / WhenContextIdle waits on the pool for this context.
   PendingWaits waits;
   const std::shared_ptr<StagingCache> staging = std::make_shared<StagingCache>();
@@ -532,6 +613,13 @@ CudaEvent& Ev(Event& event) { return static_cast<CudaEvent&>(event); }
 CudaModule& Mod(Module& module) { return static_cast<CudaModule&>(module); }
 CudaFunction& Fn(Function& function) { return static_cast<CudaFunction&>(function); }
 
+// Keeps CudaContext::capturing_streams in step with `stream`'s capture.
+void SetCapturing(CudaStream& stream, bool capturing) {
+  if (stream.capturing == capturing) return;
+  stream.capturing = capturing;
+  stream.context.capturing_streams.fetch_add(capturing ? 1 : -1, std::memory_order_acq_rel);
+}
+
 // The driver's entry for every stream callback.
 // It may run after its context was destroyed (and swept): it touches only
 // the shared record and tracker, never the context.
@@ -608,12 +696,15 @@ bool MemPoolAttributeIsInt(int attribute) {
 class CudaBackend final : public GpuBackend {
  public:
   CudaBackend(std::unique_ptr<DriverApi> api, std::vector<DeviceDescription> devices,
-              std::vector<CUdevice> device_handles, size_t max_waiter_threads)
+              std::vector<CUdevice> device_handles, size_t max_waiter_threads,
+              bool parkable_allocations)
       : api_(std::move(api)),
         devices_(std::move(devices)),
         device_handles_(std::move(device_handles)),
         waiters_(max_waiter_threads),
-        nvml_(api_->path) {}
+        nvml_(api_->path) {
+    if (parkable_allocations) granularity_ = ParkableGranularities();
+  }
 
   const DriverApi& api() const { return *api_; }
 
@@ -866,7 +957,8 @@ class CudaBackend final : public GpuBackend {
         return pop.ok() ? Status::Internal("CreateContext: cuCtxPopCurrent popped another context")
                         : pop;
       }
-      *out = std::make_unique<CudaContext>(*this, handle);
+      *out = std::make_unique<CudaContext>(*this, device, handle);
+      AdoptContext(Ctx(**out), default_tenant_);
       return Status::Ok();
     });
   }
@@ -910,7 +1002,8 @@ class CudaBackend final : public GpuBackend {
         return converted;
       }
       // cuGreenCtxCreate makes nothing current, so there is nothing to pop.
-      *out = std::make_unique<CudaContext>(*this, handle, green);
+      *out = std::make_unique<CudaContext>(*this, device, handle, green);
+      AdoptContext(Ctx(**out), default_tenant_);
       return Status::Ok();
     });
   }
@@ -1100,6 +1193,12 @@ class CudaBackend final : public GpuBackend {
       FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemAllocFromPoolAsync, &p, static_cast<size_t>(bytes),
                                      static_cast<CudaMemPool&>(pool).handle, s.handle));
       *dptr = p;
+      {
+        // Counted as resident (TenantMemory): the driver's addresses.
+        TenantState& memory = *s.context.tenant;
+        std::lock_guard<std::mutex> lock(memory.mu);
+        memory.pool_allocations[p] = PoolAllocation{bytes, s.context.device, &s.context};
+      }
       return Status::Ok();
     });
   }
@@ -1112,6 +1211,11 @@ class CudaBackend final : public GpuBackend {
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
       FERRY_RETURN_IF_ERROR(
           FERRY_CU(*api_, cuMemFreeAsync, static_cast<CUdeviceptr>(dptr), s.handle));
+      {
+        TenantState& memory = *s.context.tenant;
+        std::lock_guard<std::mutex> lock(memory.mu);
+        memory.pool_allocations.erase(dptr);
+      }
       // A stream callback holds the stream until it has run, so the stream
       // is idle past the free only after `freed`.
       Status queued = EnqueueCallback(s, [freed](CUresult result) mutable {
@@ -1238,9 +1342,175 @@ class CudaBackend final : public GpuBackend {
     });
   }
 
+  // --- tenants ---------------------------------------------------------------
+  // The CUDA driver orders releases itself (WhenReleased's default holds), but
+  // parking needs to know a tenant's contexts and memory.
+  std::unique_ptr<Tenant> CreateTenant() override { return std::make_unique<CudaTenant>(); }
+
+  void JoinTenant(Context& context, Tenant& tenant) override {
+    CudaContext& ctx = Ctx(context);
+    const std::shared_ptr<TenantState>& to = static_cast<CudaTenant&>(tenant).memory;
+    if (ctx.tenant == to) return;
+    LeaveTenant(ctx);
+    AdoptContext(ctx, to);
+  }
+
+  // `ctx` joins `memory` (new, or between LeaveTenant and the first work).
+  static void AdoptContext(CudaContext& ctx, const std::shared_ptr<TenantState>& memory) {
+    std::lock_guard<std::mutex> lock(memory->mu);
+    memory->contexts.push_back(&ctx);
+    ctx.tenant = memory;
+  }
+  // `ctx` leaves its tenant; memory it still holds there is released.
+  void LeaveTenant(CudaContext& ctx) noexcept {
+    if (ctx.tenant == nullptr) return;
+    TenantState& memory = *ctx.tenant;
+    std::lock_guard<std::mutex> lock(memory.mu);
+    for (auto it = memory.blocks.begin(); it != memory.blocks.end();) {
+      if (it->second.owner != &ctx) {
+        ++it;
+        continue;
+      }
+      const uint64_t address = it->first;
+      std::erase_if(memory.allocations,
+                    [address](const auto& entry) { return entry.second.block == address; });
+      std::erase_if(memory.deferred_frees,
+                    [address](const auto& entry) { return entry.second.block == address; });
+      ReleaseBlock(it->second, "releasing a destroyed context's memory");
+      it = memory.blocks.erase(it);
+    }
+    std::erase_if(memory.pool_allocations,
+                  [&ctx](const auto& entry) { return entry.second.owner == &ctx; });
+    std::erase(memory.contexts, &ctx);
+  }
+
+  // --- parking ---------------------------------------------------------------
+  // Only parkable allocations (above) can be parked: parking copies each of
+  // the tenant's blocks into host memory, unmaps it (its physical memory goes
+  // back to the device, since the handle was released once mapped) and keeps
+  // the reservation; unparking makes new physical memory, maps it at the same
+  // addresses, gives it the same access and copies the bytes back. Pool
+  // allocations are the driver's (their addresses cannot be kept) and stay
+  // resident; so do CUDA arrays, module globals, graph memory and the
+  // tenant's own virtual memory (not counted in TenantMemory). The figures
+  // count each allocation with the bytes it asked for (what the session
+  // charges); the device memory moved is its blocks, whole granules.
+
+  bool CanParkMemory() const override { return Parkable(); }
+
+  Status ParkTenantMemory(Tenant& tenant, ParkedMemory* moved) override {
+    return Guarded("ParkTenantMemory", [&]() -> Status {
+      if (!Parkable()) return GpuBackend::ParkTenantMemory(tenant, moved);
+      TenantState& memory = *static_cast<CudaTenant&>(tenant).memory;
+      std::lock_guard<std::mutex> lock(memory.mu);
+      // The tenant is idle (the contract): frees put off can happen now.
+      ReleaseDeferredFrees(memory);
+      // Copy everything out first, so that a failure changes nothing.
+      std::vector<VmmBlock*> parking;
+      Status status = Status::Ok();
+      for (auto& [address, block] : memory.blocks) {
+        if (!block.mapped) continue;
+        status = CopyOut(block);
+        if (!status.ok()) break;
+        parking.push_back(&block);
+      }
+      if (!status.ok()) {
+        for (VmmBlock* block : parking) FreeParkedCopy(*block);
+        return status;
+      }
+      std::set<uint64_t> parked_now;
+      for (VmmBlock* block : parking) {
+        // Unmapping memory whose handle is released frees it. A failure here
+        // leaves that block mapped: then it is resident again (its copy goes).
+        CUresult result = api_->cuMemUnmap(static_cast<CUdeviceptr>(block->address),
+                                           static_cast<size_t>(block->bytes));
+        if (result != CUDA_SUCCESS) {
+          LogFailure(*api_, result, FERRY_CUDA_EXPORT_NAME(cuMemUnmap), "parking a block");
+          FreeParkedCopy(*block);
+          continue;
+        }
+        block->mapped = false;
+        parked_now.insert(block->address);
+      }
+      if (moved != nullptr) {
+        for (const auto& [dptr, allocation] : memory.allocations) {
+          if (parked_now.contains(allocation.block))
+            moved->Add(allocation.device, allocation.bytes);
+        }
+      }
+      return Status::Ok();
+    });
+  }
+
+  Status UnparkTenantMemory(Tenant& tenant, ParkedMemory* moved) override {
+    return Guarded("UnparkTenantMemory", [&]() -> Status {
+      if (!Parkable()) return GpuBackend::UnparkTenantMemory(tenant, moved);
+      TenantState& memory = *static_cast<CudaTenant&>(tenant).memory;
+      std::lock_guard<std::mutex> lock(memory.mu);
+      std::vector<VmmBlock*> parked;
+      std::map<int, uint64_t> needed;  // device -> bytes
+      for (auto& [address, block] : memory.blocks) {
+        if (block.mapped) continue;
+        parked.push_back(&block);
+        needed[block.device] += block.bytes;
+      }
+      // Map everything back before copying, so that a failure changes nothing.
+      std::vector<VmmBlock*> remapped;
+      for (VmmBlock* block : parked) {
+        Status status = MapBlock(*block);
+        if (!status.ok()) {
+          for (VmmBlock* undo : remapped) {
+            FERRY_CU_QUIET(*api_, "undoing an unpark", cuMemUnmap,
+                           static_cast<CUdeviceptr>(undo->address),
+                           static_cast<size_t>(undo->bytes));
+            undo->mapped = false;
+          }
+          if (status.cuda_result() == CUDA_ERROR_OUT_OF_MEMORY) {
+            return Status::OutOfMemory(absl::StrCat("cannot bring back ", needed[block->device],
+                                                    " parked bytes on device ", block->device,
+                                                    FreeBytesText(*block), ": ", status.message()));
+          }
+          return status;
+        }
+        remapped.push_back(block);
+      }
+      Status copied = Status::Ok();
+      for (VmmBlock* block : parked) {
+        Status status = CopyIn(*block);
+        // The bytes are lost only if a copy into mapped device memory fails
+        // (the context failed): report it, but the block is mapped either way.
+        if (!status.ok() && copied.ok()) copied = status;
+        FreeParkedCopy(*block);
+      }
+      if (moved != nullptr) {
+        std::set<uint64_t> back;
+        for (VmmBlock* block : parked) back.insert(block->address);
+        for (const auto& [dptr, allocation] : memory.allocations) {
+          if (back.contains(allocation.block)) moved->Add(allocation.device, allocation.bytes);
+        }
+      }
+      return copied;
+    });
+  }
+
+  void TenantMemory(Tenant& tenant, ParkedMemory* parked, ParkedMemory* resident) override {
+    TenantState& memory = *static_cast<CudaTenant&>(tenant).memory;
+    std::lock_guard<std::mutex> lock(memory.mu);
+    for (const auto& [dptr, allocation] : memory.allocations) {
+      const bool is_parked = !memory.blocks.at(allocation.block).mapped;
+      ParkedMemory* into = is_parked ? parked : resident;
+      if (into != nullptr) into->Add(allocation.device, allocation.bytes);
+    }
+    if (resident != nullptr) {
+      for (const auto& [dptr, pool] : memory.pool_allocations)
+        resident->Add(pool.device, pool.bytes);
+    }
+  }
+
   // --- memory -------------------------------------------------------------
   Status MemAlloc(Context& context, uint64_t bytes, uint64_t* dptr) override {
     return Guarded("MemAlloc", [&]() -> Status {
+      if (Parkable()) return AllocateParkable(Ctx(context), bytes, dptr);
       FERRY_RETURN_IF_ERROR(MakeCurrent(Ctx(context)));
       CUdeviceptr p = 0;
       FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemAlloc, &p, static_cast<size_t>(bytes)));
@@ -1252,6 +1522,21 @@ class CudaBackend final : public GpuBackend {
   Status MemAllocPitch(Context& context, uint64_t width_bytes, uint64_t height,
                        unsigned element_bytes, uint64_t* dptr, uint64_t* pitch) override {
     return Guarded("MemAllocPitch", [&]() -> Status {
+      if (Parkable()) {
+        // The driver's cuMemAllocPitch cannot place memory in a reservation,
+        // so the pitch is chosen here: rows kPitchAlignment bytes apart, as
+        // the driver aligns them (a multiple of every GPU's texture pitch
+        // alignment, so the rows can back a pitched texture).
+        const uint64_t row = RoundUpTo(width_bytes, kPitchAlignment);
+        if (width_bytes == 0 || height == 0 || row < width_bytes ||
+            height > std::numeric_limits<uint64_t>::max() / row) {
+          return Status::Cuda(CUDA_ERROR_INVALID_VALUE, "MemAllocPitch: bad extent");
+        }
+        (void)element_bytes;  // the session checked it; rows are aligned beyond it
+        FERRY_RETURN_IF_ERROR(AllocateParkable(Ctx(context), row * height, dptr));
+        *pitch = row;
+        return Status::Ok();
+      }
       FERRY_RETURN_IF_ERROR(MakeCurrent(Ctx(context)));
       CUdeviceptr p = 0;
       size_t row = 0;
@@ -1266,6 +1551,12 @@ class CudaBackend final : public GpuBackend {
 
   Status MemFree(Context& context, uint64_t dptr) override {
     return Guarded("MemFree", [&]() -> Status {
+      if (Parkable()) {
+        bool found = false;
+        FERRY_RETURN_IF_ERROR(FreeParkable(Ctx(context), dptr, &found));
+        if (found) return Status::Ok();
+        // Not one of ours: the driver's (a graph allocation).
+      }
       FERRY_RETURN_IF_ERROR(MakeCurrent(Ctx(context)));
       // cuMemFree waits for the work that may still use the memory, like
       // cudaFree, which is what the contract asks (it allows returning later).
@@ -2098,7 +2389,10 @@ class CudaBackend final : public GpuBackend {
     return Guarded("EnablePeerAccess", [&]() -> Status {
       FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuCtxEnablePeerAccess, "cuCtxEnablePeerAccess"));
       FERRY_RETURN_IF_ERROR(MakeCurrent(Ctx(ctx)));
-      return FERRY_CU(*api_, cuCtxEnablePeerAccess, Ctx(peer).handle, 0u);
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuCtxEnablePeerAccess, Ctx(peer).handle, 0u));
+      // Peer access reaches cuMemAlloc'ed memory only: parkable blocks need
+      // cuMemSetAccess for the accessing device too.
+      return GrantPeerAccess(Ctx(ctx), Ctx(peer));
     });
   }
 
@@ -2106,7 +2400,16 @@ class CudaBackend final : public GpuBackend {
     return Guarded("DisablePeerAccess", [&]() -> Status {
       FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuCtxDisablePeerAccess, "cuCtxDisablePeerAccess"));
       FERRY_RETURN_IF_ERROR(MakeCurrent(Ctx(ctx)));
-      return FERRY_CU(*api_, cuCtxDisablePeerAccess, Ctx(peer).handle);
+      FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuCtxDisablePeerAccess, Ctx(peer).handle));
+      // Blocks made from now on no longer give `ctx`'s device access; those
+      // that already do keep it (within the tenant's own memory).
+      if (Parkable() && Ctx(ctx).device != Ctx(peer).device) {
+        TenantState& memory = *Ctx(ctx).tenant;
+        std::lock_guard<std::mutex> lock(memory.mu);
+        auto grant = memory.peer_grants.find({Ctx(ctx).device, Ctx(peer).device});
+        if (grant != memory.peer_grants.end()) memory.peer_grants.erase(grant);
+      }
+      return Status::Ok();
     });
   }
 
@@ -2137,7 +2440,10 @@ class CudaBackend final : public GpuBackend {
                             "the legacy default stream cannot be captured");
       }
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
-      return FERRY_CU(*api_, cuStreamBeginCapture, s.handle, CU_STREAM_CAPTURE_MODE_RELAXED);
+      FERRY_RETURN_IF_ERROR(
+          FERRY_CU(*api_, cuStreamBeginCapture, s.handle, CU_STREAM_CAPTURE_MODE_RELAXED));
+      SetCapturing(s, true);
+      return Status::Ok();
     });
   }
 
@@ -2150,6 +2456,7 @@ class CudaBackend final : public GpuBackend {
       std::vector<CudaHostNode> host_nodes = std::move(s.captured_host_nodes);
       s.captured_host_nodes.clear();
       CudaGraph* target = std::exchange(s.capture_target, nullptr);
+      SetCapturing(s, false);  // cuStreamEndCapture ends it, whatever it answers
       if (target != nullptr) {
         // The driver added the nodes to the target, whatever it answers.
         for (CudaHostNode& host : host_nodes) target->host_nodes.push_back(std::move(host));
@@ -2183,6 +2490,7 @@ class CudaBackend final : public GpuBackend {
                                      deps.data(), nullptr, deps.size(),
                                      CU_STREAM_CAPTURE_MODE_RELAXED));
       s.capture_target = &g;
+      SetCapturing(s, true);
       if (g.context == nullptr) g.context = &s.context;
       return Status::Ok();
     });
@@ -2782,6 +3090,315 @@ class CudaBackend final : public GpuBackend {
   }
 
  private:
+  // --- parkable allocations: mechanics ------------------------------------------
+  // Where a small allocation starts in its chunk: 512-byte aligned, as
+  // cuMemAlloc's addresses are in practice (the guide promises 256), since
+  // a texture over linear memory needs the device's texture alignment (512
+  // on current GPUs); and the pitch MemAllocPitch's rows get.
+  static constexpr uint64_t kAllocationAlignment = 512;
+  static constexpr uint64_t kPitchAlignment = 512;
+
+  bool Parkable() const { return !granularity_.empty(); }
+
+  static uint64_t RoundUpTo(uint64_t value, uint64_t unit) {
+    const uint64_t rest = value % unit;
+    if (rest == 0) return value;
+    if (value > std::numeric_limits<uint64_t>::max() - (unit - rest)) return 0;  // overflow
+    return value + (unit - rest);
+  }
+
+  // Each device's minimum granularity, or none (MemAlloc then uses
+  // cuMemAlloc) when the driver lacks a virtual memory call, a device lacks
+  // virtual memory management, or the driver will not say the granularity.
+  std::vector<uint64_t> ParkableGranularities() const {
+    const bool has_calls = api_->cuMemGetAllocationGranularity != nullptr &&
+                           api_->cuMemCreate != nullptr && api_->cuMemRelease != nullptr &&
+                           api_->cuMemAddressReserve != nullptr &&
+                           api_->cuMemAddressFree != nullptr && api_->cuMemMap != nullptr &&
+                           api_->cuMemUnmap != nullptr && api_->cuMemSetAccess != nullptr;
+    if (!has_calls) {
+      FERRY_LOG(kInfo) << "cuda backend: the driver has no virtual memory management; "
+                          "allocations are cuMemAlloc's and cannot be parked";
+      return {};
+    }
+    std::vector<uint64_t> granularity;
+    for (size_t device = 0; device < devices_.size(); ++device) {
+      const std::vector<int>& attributes = devices_[device].attributes;
+      if (attributes.size() <= CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED ||
+          attributes[CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED] == 0) {
+        FERRY_LOG(kInfo) << "cuda backend: device " << device
+                         << " has no virtual memory management; allocations are cuMemAlloc's "
+                            "and cannot be parked";
+        return {};
+      }
+      CUmemAllocationProp props;
+      size_t unit = 0;
+      if (!PinnedDeviceProperties(static_cast<int>(device), &props).ok() ||
+          api_->cuMemGetAllocationGranularity(&unit, &props, CU_MEM_ALLOC_GRANULARITY_MINIMUM) !=
+              CUDA_SUCCESS ||
+          unit == 0 || (unit & (unit - 1)) != 0) {
+        FERRY_LOG(kInfo) << "cuda backend: no allocation granularity for device " << device
+                         << "; allocations are cuMemAlloc's and cannot be parked";
+        return {};
+      }
+      granularity.push_back(unit);
+    }
+    return granularity;
+  }
+
+  // MemAlloc with virtual memory management: a block of its own for `bytes`
+  // of at least the granularity, else room in a chunk of `ctx`.
+  Status AllocateParkable(CudaContext& ctx, uint64_t bytes, uint64_t* dptr) {
+    const uint64_t granularity = granularity_[static_cast<size_t>(ctx.device)];
+    TenantState& memory = *ctx.tenant;
+    std::lock_guard<std::mutex> lock(memory.mu);
+    if (bytes >= granularity) {
+      const uint64_t rounded = RoundUpTo(bytes, granularity);
+      if (rounded == 0) return Status::Cuda(CUDA_ERROR_OUT_OF_MEMORY, "MemAlloc: size overflows");
+      VmmBlock* block = nullptr;
+      FERRY_RETURN_IF_ERROR(NewBlock(memory, ctx, rounded, &block));
+      memory.allocations[block->address] =
+          VmmAllocation{bytes, rounded, block->address, ctx.device};
+      *dptr = block->address;
+      return Status::Ok();
+    }
+    const uint64_t footprint = RoundUpTo(std::max<uint64_t>(bytes, 1), kAllocationAlignment);
+    VmmBlock* chunk = nullptr;
+    uint64_t offset = 0;
+    for (auto& [address, block] : memory.blocks) {
+      if (!block.chunk || block.owner != &ctx) continue;
+      for (const auto& [start, size] : block.free_ranges) {
+        if (size >= footprint) {
+          chunk = &block;
+          offset = start;
+          break;
+        }
+      }
+      if (chunk != nullptr) break;
+    }
+    if (chunk == nullptr) {
+      FERRY_RETURN_IF_ERROR(NewBlock(memory, ctx, granularity, &chunk));
+      chunk->chunk = true;
+      chunk->free_ranges[0] = granularity;
+      offset = 0;
+    }
+    const uint64_t left = chunk->free_ranges[offset] - footprint;
+    chunk->free_ranges.erase(offset);
+    if (left > 0) chunk->free_ranges[offset + footprint] = left;
+    ++chunk->users;
+    *dptr = chunk->address + offset;
+    memory.allocations[*dptr] = VmmAllocation{bytes, footprint, chunk->address, ctx.device};
+    return Status::Ok();
+  }
+
+  // MemFree of a parkable allocation (`*found`: it was one). Like cuMemFree,
+  // waits for the work queued on the tenant's contexts first: physical memory
+  // must not go, or a chunk's bytes be handed out again, under running work.
+  Status FreeParkable(CudaContext& ctx, uint64_t dptr, bool* found) {
+    TenantState& memory = *ctx.tenant;
+    std::lock_guard<std::mutex> lock(memory.mu);
+    auto it = memory.allocations.find(dptr);
+    *found = it != memory.allocations.end();
+    if (!*found) return Status::Ok();
+    memory.deferred_frees.emplace_back(dptr, it->second);
+    memory.allocations.erase(it);
+    for (CudaContext* member : memory.contexts) {
+      // cuCtxSynchronize would fail and end the capture: later (above).
+      if (member->capturing_streams.load(std::memory_order_acquire) > 0) return Status::Ok();
+    }
+    Status synced = Status::Ok();
+    for (CudaContext* member : memory.contexts) {
+      Status status = MakeCurrent(*member);
+      if (status.ok()) status = FERRY_CU(*api_, cuCtxSynchronize);
+      if (!status.ok() && synced.ok()) synced = status;
+    }
+    ReleaseDeferredFrees(memory);
+    return synced;
+  }
+
+  // Releases the memory of memory.deferred_frees (memory.mu held; the work
+  // that may use it has finished): a chunk's range becomes free, joined with
+  // its neighbours; a block with nothing left in it goes.
+  void ReleaseDeferredFrees(TenantState& memory) {
+    for (const auto& [dptr, allocation] : memory.deferred_frees) {
+      VmmBlock& block = memory.blocks.at(allocation.block);
+      if (block.chunk && --block.users > 0) {
+        uint64_t start = dptr - block.address, size = allocation.footprint;
+        auto next = block.free_ranges.lower_bound(start);
+        if (next != block.free_ranges.end() && next->first == start + size) {
+          size += next->second;
+          next = block.free_ranges.erase(next);
+        }
+        if (next != block.free_ranges.begin()) {
+          auto before = std::prev(next);
+          if (before->first + before->second == start) {
+            start = before->first;
+            size += before->second;
+            block.free_ranges.erase(before);
+          }
+        }
+        block.free_ranges[start] = size;
+        continue;
+      }
+      ReleaseBlock(block, "freeing memory");
+      memory.blocks.erase(allocation.block);
+    }
+    memory.deferred_frees.clear();
+  }
+
+  // A new block of `bytes` (a granularity multiple) on `ctx`'s device,
+  // mapped, with the access the tenant's peer grants give (memory.mu held).
+  Status NewBlock(TenantState& memory, CudaContext& ctx, uint64_t bytes, VmmBlock** out) {
+    CUdeviceptr address = 0;
+    FERRY_RETURN_IF_ERROR(
+        FERRY_CU(*api_, cuMemAddressReserve, &address, static_cast<size_t>(bytes), 0, 0, 0));
+    VmmBlock block;
+    block.address = address;
+    block.bytes = bytes;
+    block.device = ctx.device;
+    block.owner = &ctx;
+    block.access.push_back(ctx.device);
+    for (const auto& [accessor, owner_device] : memory.peer_grants) {
+      if (owner_device == ctx.device &&
+          std::find(block.access.begin(), block.access.end(), accessor) == block.access.end()) {
+        block.access.push_back(accessor);
+      }
+    }
+    Status mapped = MapBlock(block);
+    if (!mapped.ok()) {
+      FERRY_CU_QUIET(*api_, "undoing an allocation", cuMemAddressFree, address,
+                     static_cast<size_t>(bytes));
+      return mapped;
+    }
+    auto [it, inserted] = memory.blocks.emplace(block.address, std::move(block));
+    *out = &it->second;
+    return Status::Ok();
+  }
+
+  // New physical memory mapped over all of `block`, with its access. The
+  // handle is released at once: the mapping holds the memory, and unmapping
+  // frees it. On failure nothing is mapped.
+  Status MapBlock(VmmBlock& block) {
+    CUmemAllocationProp props;
+    FERRY_RETURN_IF_ERROR(PinnedDeviceProperties(block.device, &props));
+    CUmemGenericAllocationHandle handle = 0;
+    FERRY_RETURN_IF_ERROR(
+        FERRY_CU(*api_, cuMemCreate, &handle, static_cast<size_t>(block.bytes), &props, 0));
+    const auto address = static_cast<CUdeviceptr>(block.address);
+    const auto bytes = static_cast<size_t>(block.bytes);
+    Status status = FERRY_CU(*api_, cuMemMap, address, bytes, 0, handle, 0);
+    FERRY_CU_QUIET(*api_, "releasing mapped physical memory", cuMemRelease, handle);
+    if (!status.ok()) return status;
+    std::vector<CUmemAccessDesc> descs;
+    for (int device : block.access) {
+      CUmemAccessDesc desc;
+      std::memset(&desc, 0, sizeof(desc));
+      desc.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+      desc.location.id = device_handles_[static_cast<size_t>(device)];
+      desc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+      descs.push_back(desc);
+    }
+    status = FERRY_CU(*api_, cuMemSetAccess, address, bytes, descs.data(), descs.size());
+    if (!status.ok()) {
+      FERRY_CU_QUIET(*api_, "undoing a mapping", cuMemUnmap, address, bytes);
+      return status;
+    }
+    block.mapped = true;
+    return Status::Ok();
+  }
+
+  // Gives back everything `block` holds: its physical memory or its parked
+  // copy, then its addresses. Never throws.
+  void ReleaseBlock(VmmBlock& block, const char* what) noexcept {
+    const auto address = static_cast<CUdeviceptr>(block.address);
+    const auto bytes = static_cast<size_t>(block.bytes);
+    if (block.mapped) FERRY_CU_QUIET(*api_, what, cuMemUnmap, address, bytes);
+    block.mapped = false;
+    FreeParkedCopy(block);
+    FERRY_CU_QUIET(*api_, what, cuMemAddressFree, address, bytes);
+  }
+
+  // Copies mapped `block` into new host memory (block.parked), synchronously:
+  // the tenant is idle (ParkTenantMemory's contract).
+  Status CopyOut(VmmBlock& block) {
+    FERRY_RETURN_IF_ERROR(MakeCurrent(*block.owner));
+    void* copy = nullptr;
+    bool pinned =
+        api_->cuMemHostAlloc(&copy, static_cast<size_t>(block.bytes), 0) == CUDA_SUCCESS &&
+        copy != nullptr;
+    if (!pinned) {
+      copy = std::malloc(static_cast<size_t>(block.bytes));
+      if (copy == nullptr) {
+        return Status::OutOfMemory(absl::StrCat("host memory exhausted parking ", block.bytes,
+                                                " bytes of device ", block.device));
+      }
+    }
+    block.parked = copy;
+    block.parked_pinned = pinned;
+    Status status =
+        FERRY_CU(*api_, cuMemcpyDtoHAsync, copy, static_cast<CUdeviceptr>(block.address),
+                 static_cast<size_t>(block.bytes), CU_STREAM_LEGACY);
+    if (status.ok()) status = FERRY_CU(*api_, cuStreamSynchronize, CU_STREAM_LEGACY);
+    if (!status.ok()) FreeParkedCopy(block);
+    return status;
+  }
+
+  // Copies block.parked back into mapped `block`, synchronously.
+  Status CopyIn(VmmBlock& block) {
+    FERRY_RETURN_IF_ERROR(MakeCurrent(*block.owner));
+    FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemcpyHtoDAsync,
+                                   static_cast<CUdeviceptr>(block.address), block.parked,
+                                   static_cast<size_t>(block.bytes), CU_STREAM_LEGACY));
+    return FERRY_CU(*api_, cuStreamSynchronize, CU_STREAM_LEGACY);
+  }
+
+  void FreeParkedCopy(VmmBlock& block) noexcept {
+    if (block.parked == nullptr) return;
+    if (block.parked_pinned) {
+      FERRY_CU_QUIET(*api_, "freeing a parked copy", cuMemFreeHost, block.parked);
+    } else {
+      std::free(block.parked);
+    }
+    block.parked = nullptr;
+    block.parked_pinned = false;
+  }
+
+  // " (N of M bytes free)" on `block`'s device, or nothing if unknown.
+  std::string FreeBytesText(const VmmBlock& block) {
+    size_t free_now = 0, total = 0;
+    if (!MakeCurrent(*block.owner).ok() || api_->cuMemGetInfo(&free_now, &total) != CUDA_SUCCESS) {
+      return "";
+    }
+    return absl::StrCat(" (", free_now, " of ", total, " bytes free)");
+  }
+
+  // After EnablePeerAccess(ctx, peer): `ctx`'s device may touch the tenant's
+  // blocks on `peer`'s device, those there now (mapped ones at once, parked
+  // ones when unparked) and those made later.
+  Status GrantPeerAccess(CudaContext& ctx, CudaContext& peer) {
+    if (!Parkable() || ctx.device == peer.device) return Status::Ok();
+    TenantState& memory = *ctx.tenant;
+    std::lock_guard<std::mutex> lock(memory.mu);
+    memory.peer_grants.emplace(ctx.device, peer.device);
+    CUmemAccessDesc desc;
+    std::memset(&desc, 0, sizeof(desc));
+    desc.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    desc.location.id = device_handles_[static_cast<size_t>(ctx.device)];
+    desc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    for (auto& [address, block] : memory.blocks) {
+      if (block.device != peer.device ||
+          std::find(block.access.begin(), block.access.end(), ctx.device) != block.access.end()) {
+        continue;
+      }
+      if (block.mapped) {
+        FERRY_RETURN_IF_ERROR(FERRY_CU(*api_, cuMemSetAccess, static_cast<CUdeviceptr>(address),
+                                       static_cast<size_t>(block.bytes), &desc, 1));
+      }
+      block.access.push_back(ctx.device);
+    }
+    return Status::Ok();
+  }
+
   // NOT_SUPPORTED, naming `name`, when the driver lacks an optional entry
   // point.
   // One side of a CUDA_MEMCPY3D (CUDA arrays, textures and surfaces).
@@ -3157,6 +3774,11 @@ class CudaBackend final : public GpuBackend {
   const std::vector<CUdevice> device_handles_;  // by ordinal, as devices_
   WaiterPool waiters_;
   cuda_internal::NvmlTelemetry nvml_;  // after api_: loaded beside its driver
+  // Parkable allocations: each device's minimum granularity for pinned
+  // memory; empty when MemAlloc uses cuMemAlloc. Set in the constructor.
+  std::vector<uint64_t> granularity_;
+  // The tenant of contexts that join none.
+  const std::shared_ptr<TenantState> default_tenant_ = std::make_shared<TenantState>();
   std::mutex splits_mu_;
   // By (device, groups); entries are never removed, so pointers stay valid.
   std::map<std::pair<int, int>, SmSplit> splits_ ABSL_GUARDED_BY(splits_mu_);
@@ -3169,6 +3791,7 @@ class CudaBackend final : public GpuBackend {
 
 CudaStream::~CudaStream() {
   if (!owned) return;
+  SetCapturing(*this, false);
   CudaBackend& backend = context.backend;
   const DriverApi& api = backend.api();
   constexpr char kWhat[] = "destroying a stream";
@@ -3221,6 +3844,9 @@ CudaContext::~CudaContext() {
     FERRY_CU_QUIET(api, kWhat, cuCtxSynchronize);
   }
   waits.WaitIdle();  // pool threads done with this context
+  // Its parkable memory (cuCtxDestroy frees only the driver's allocations),
+  // while the context exists: parked copies may be its page-locked memory.
+  backend.LeaveTenant(*this);
   // Idle staging buffers go back to the driver; any still in a copy go with
   // the context, and a callback that runs after this finds the cache closed.
   std::vector<std::pair<size_t, void*>> idle_staging;
@@ -3320,7 +3946,7 @@ Status CreateCudaBackend(const CudaBackendOptions& options, std::unique_ptr<GpuB
                                ? static_cast<size_t>(options.max_waiter_threads)
                                : size_t{1};
     *out = std::make_unique<CudaBackend>(std::move(api), std::move(devices), std::move(handles),
-                                         waiters);
+                                         waiters, options.parkable_allocations);
     return Status::Ok();
   });
 }

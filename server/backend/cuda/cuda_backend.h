@@ -42,7 +42,37 @@
 //    held streams; the bytes land in the destination in a stream callback.
 //    Copy2DAsync from device to host does the same. Only where no
 //    page-locked memory can be had does a copy block.
-//  * MemFree is cuMemFree, which synchronizes like cudaFree.
+//  * Allocations (parkable allocations, the default where the driver and
+//    every device have virtual memory management): MemAlloc and
+//    MemAllocPitch reserve addresses (cuMemAddressReserve), create pinned
+//    device memory (cuMemCreate) and map it with read-write access for the
+//    context's device and for devices the tenant enabled peer access from
+//    (cuMemSetAccess: peer access alone does not reach such memory). One of
+//    at least the granularity (2 MiB on current GPUs) gets a block of its
+//    own, rounded up to the granularity; a smaller one is placed, 512-byte
+//    aligned, in a granularity-sized chunk of its context shared with other
+//    small ones. MemAllocPitch chooses rows 512 bytes apart. So parking
+//    (ParkTenantMemory) can copy a tenant's blocks into host memory and give
+//    their physical memory back, keeping every address. Nothing a program
+//    sees through ferry changes: pointer attributes and address ranges are
+//    answered by ferry's client from its own records, and IPC handles
+//    (which virtual memory management would not give) are unsupported
+//    anyway. Pool allocations (cuMemAllocFromPoolAsync) stay the driver's
+//    and are never parked. Without parkable allocations, MemAlloc is
+//    cuMemAlloc and nothing can be parked.
+//    UNPROVEN ON A GPU: this path has run against the fake driver and, in
+//    the chain tests, over ferry's stub to the host backend. Open questions
+//    for the first GPU run: copies between such memory of two devices
+//    (cuMemcpyDtoDAsync, cuMemcpyPeerAsync) without peer access enabled,
+//    and what cuMemCreate + cuMemMap + cuMemSetAccess cost per allocation
+//    next to cuMemAlloc.
+//  * MemFree synchronizes like cudaFree: cuMemFree, or, for a parkable
+//    allocation, cuCtxSynchronize of every context of the tenant before the
+//    memory goes (cuMemUnmap does not wait for work that may still use it).
+//    While a stream of the tenant is capturing, the driver refuses
+//    cuCtxSynchronize (and ends the capture), so such a free takes the
+//    allocation off the books at once and releases its memory at the next
+//    free that can wait, at parking, or with its context.
 //  * LoadModule describes kernels (name, parameter offsets and sizes from
 //    the driver); `globals` is left empty: the driver cannot enumerate them.
 //    GetGlobal finds a global by name.
@@ -71,6 +101,13 @@ struct CudaBackendOptions {
   // that this backend forwards to a second ferryd (a chain). Off by default:
   // pointed at a ferryd that forwards back to itself, it would deadlock.
   bool allow_ferry_driver = false;
+  // Parkable allocations: MemAlloc and MemAllocPitch make their memory with
+  // the driver's virtual memory management, so that a tenant's memory can be
+  // parked in host memory and brought back at the same addresses
+  // (GpuBackend::ParkTenantMemory). Where the driver or a device lacks
+  // virtual memory management this is off whatever it says, and
+  // CanParkMemory() is false. Off: cuMemAlloc, as before parking existed.
+  bool parkable_allocations = true;
 };
 
 // Loads and initializes the driver and describes its devices. Fails with a

@@ -288,6 +288,69 @@ TEST_F(CudaGpuTest, VirtualMemoryMappingsJoinAndAlias) {
   ASSERT_TRUE(backend_->FreeAddressRange(base, 3 * granularity).ok());
 }
 
+// Parking on the real driver: a tenant's allocations leave the device and
+// come back at the same addresses with the same bytes, and a kernel reads
+// them there afterwards.
+TEST_F(CudaGpuTest, ParkedMemoryComesBackAtTheSameAddresses) {
+  if (!backend_->CanParkMemory()) GTEST_SKIP() << "no virtual memory management on this GPU";
+  std::unique_ptr<Tenant> tenant = backend_->CreateTenant();
+  std::unique_ptr<Context> ctx;
+  ASSERT_TRUE(backend_->CreateContext(0, 0, &ctx).ok());
+  backend_->JoinTenant(*ctx, *tenant);
+  Stream& stream = backend_->LegacyStream(*ctx);
+  const int n = 3 << 18;  // 3 MiB of floats: a block of its own
+  std::vector<float> a(n), b(64);
+  for (int i = 0; i < n; ++i) a[i] = static_cast<float>(i);
+  for (int i = 0; i < 64; ++i) b[i] = 0.25f * static_cast<float>(i);
+  uint64_t da = 0, db = 0, dc = 0;
+  ASSERT_TRUE(backend_->MemAlloc(*ctx, n * sizeof(float), &da).ok());
+  ASSERT_TRUE(backend_->MemAlloc(*ctx, 64 * sizeof(float), &db).ok());  // in a chunk
+  ASSERT_TRUE(backend_->MemAlloc(*ctx, 64 * sizeof(float), &dc).ok());
+  ASSERT_TRUE(backend_->CopyHostToDevice(stream, da, HostOf(a)).ok());
+  ASSERT_TRUE(backend_->CopyHostToDevice(stream, db, HostOf(b)).ok());
+  ASSERT_TRUE(Await([&](Completion done) { backend_->WhenStreamIdle(stream, done); }).ok());
+
+  uint64_t free_before = 0, free_parked = 0, total = 0;
+  ASSERT_TRUE(backend_->MemGetInfo(*ctx, &free_before, &total).ok());
+  ParkedMemory moved;
+  Status parked = backend_->ParkTenantMemory(*tenant, &moved);
+  ASSERT_TRUE(parked.ok()) << parked.ToString();
+  EXPECT_EQ(moved.Total(), (n + 128) * sizeof(float));
+  ASSERT_TRUE(backend_->MemGetInfo(*ctx, &free_parked, &total).ok());
+  EXPECT_GE(free_parked, free_before + n * sizeof(float)) << "parked memory left the device";
+  Status unparked = backend_->UnparkTenantMemory(*tenant, &moved);
+  ASSERT_TRUE(unparked.ok()) << unparked.ToString();
+
+  // c[i] = a[i] + b[i] for the first 64, by the GPU at the old addresses.
+  ModuleDescription description;
+  std::vector<uint8_t> image = ReadFile(VADD_FATBIN);
+  std::unique_ptr<Module> module;
+  ASSERT_TRUE(backend_->LoadModule(*ctx, image, &module, &description).ok());
+  Function* function = nullptr;
+  ASSERT_TRUE(backend_->GetFunction(*module, kVaddName, &function).ok());
+  std::vector<uint8_t> params(28);
+  const int count = 64;
+  std::memcpy(&params[0], &da, 8);
+  std::memcpy(&params[8], &db, 8);
+  std::memcpy(&params[16], &dc, 8);
+  std::memcpy(&params[24], &count, 4);
+  LaunchConfig config;
+  config.block = {64, 1, 1};
+  config.grid = {1, 1, 1};
+  ASSERT_TRUE(backend_->Launch(stream, *function, config, HostOf(params)).ok());
+  std::shared_ptr<std::vector<float>> c, back;
+  ASSERT_TRUE(backend_->CopyDeviceToHost(stream, HostFor(&c, 64), dc).ok());
+  ASSERT_TRUE(backend_->CopyDeviceToHost(stream, HostFor(&back, n), da).ok());
+  Status idle = Await([&](Completion done) { backend_->WhenStreamIdle(stream, done); });
+  ASSERT_TRUE(idle.ok()) << idle.ToString();
+  for (int i = 0; i < 64; ++i) ASSERT_EQ((*c)[i], a[i] + b[i]) << "at " << i;
+  EXPECT_EQ(*back, a);
+  module.reset();
+  ASSERT_TRUE(backend_->MemFree(*ctx, da).ok());
+  ASSERT_TRUE(backend_->MemFree(*ctx, db).ok());
+  ASSERT_TRUE(backend_->MemFree(*ctx, dc).ok());
+}
+
 TEST_F(CudaGpuTest, GlobalsAttributesLimitsAndEvents) {
   ModuleDescription description;
   std::unique_ptr<Module> module = Load(VADD_FATBIN, &description);

@@ -482,7 +482,7 @@ TEST_F(FakeDriverTest, CopyAndMemsetRoundTrip) {
 TEST_F(FakeDriverTest, PitchedMemoryAnd2DCopies) {
   uint64_t dptr = 0, pitch = 0;
   ASSERT_TRUE(backend_->MemAllocPitch(*ctx_, 100, 3, 4, &dptr, &pitch).ok());
-  EXPECT_EQ(pitch, 256u);
+  EXPECT_EQ(pitch, 512u);  // chosen by the backend (parkable allocations)
   ASSERT_TRUE(backend_->Memset(legacy(), dptr, pitch, 7, 1, 100, 3).ok());
   // Host rows 100 bytes apart -> device, then back into rows 120 apart.
   Copy2D up;
@@ -1275,6 +1275,237 @@ TEST_F(FakeDriverTest, ADriverWithoutTheLinkerRefusesLinks) {
   uint64_t dptr = 0;
   ASSERT_TRUE(backend_->MemAlloc(*ctx_, 64, &dptr).ok());
   ASSERT_TRUE(backend_->MemFree(*ctx_, dptr).ok());
+}
+
+// --- parkable allocations and parking -----------------------------------------
+// A tenant of its own on `device`: its context joins it before any work.
+struct TenantContext {
+  std::unique_ptr<Tenant> tenant;
+  std::unique_ptr<Context> ctx;
+};
+
+class FakeParkingTest : public FakeDriverTest {
+ protected:
+  void SetUp() override {
+    FakeDriverTest::SetUp();
+    vmm_used_ = Hook<size_t (*)(int)>(FAKE_FULL_PATH, "fake_vmm_used");
+    vmm_objects_ = Hook<int (*)()>(FAKE_FULL_PATH, "fake_vmm_objects");
+    set_vmm_limit_ = Hook<void (*)(size_t)>(FAKE_FULL_PATH, "fake_set_vmm_limit");
+    pinned_ = Hook<int (*)()>(FAKE_FULL_PATH, "fake_pinned_buffers");
+    ASSERT_NE(vmm_used_, nullptr);
+    ASSERT_NE(set_vmm_limit_, nullptr);
+    ASSERT_TRUE(backend_->CanParkMemory());
+  }
+  void TearDown() override {
+    a_ = TenantContext{};
+    b_ = TenantContext{};
+    FakeDriverTest::TearDown();
+    EXPECT_EQ(vmm_objects_(), 0)
+        << "reservations, physical memory or mappings outlived the backend";
+    set_vmm_limit_(kGiB);
+  }
+
+  TenantContext NewTenant(int device = 0) {
+    TenantContext t;
+    t.tenant = backend_->CreateTenant();
+    Status status = backend_->CreateContext(device, 0, &t.ctx);
+    EXPECT_TRUE(status.ok()) << status.ToString();
+    backend_->JoinTenant(*t.ctx, *t.tenant);
+    return t;
+  }
+  void Write(Context& ctx, uint64_t dptr, std::vector<uint8_t> bytes) {
+    Stream& stream = backend_->LegacyStream(ctx);
+    ASSERT_TRUE(backend_->CopyHostToDevice(stream, dptr, Bytes(std::move(bytes))).ok());
+    ASSERT_TRUE(Drain(stream).ok());
+  }
+  std::vector<uint8_t> Read(Context& ctx, uint64_t dptr, size_t size) {
+    Stream& stream = backend_->LegacyStream(ctx);
+    std::shared_ptr<std::vector<uint8_t>> out;
+    EXPECT_TRUE(backend_->CopyDeviceToHost(stream, Buffer(size, &out), dptr).ok());
+    EXPECT_TRUE(Drain(stream).ok());
+    return *out;
+  }
+  static std::vector<uint8_t> Pointer(uint64_t value) {
+    std::vector<uint8_t> bytes(sizeof(value));
+    std::memcpy(bytes.data(), &value, sizeof(value));
+    return bytes;
+  }
+
+  static constexpr size_t kMiB = size_t{1} << 20;
+  static constexpr size_t kGiB = size_t{1} << 30;
+  TenantContext a_, b_;
+  size_t (*vmm_used_)(int) = nullptr;
+  int (*vmm_objects_)() = nullptr;
+  void (*set_vmm_limit_)(size_t) = nullptr;
+  int (*pinned_)() = nullptr;
+};
+
+TEST_F(FakeParkingTest, AllocationsAreVirtualMemoryAndSmallOnesShareAChunk) {
+  a_ = NewTenant();
+  uint64_t big = 0, small1 = 0, small2 = 0, pitched = 0, pitch = 0;
+  ASSERT_TRUE(backend_->MemAlloc(*a_.ctx, 3 * kMiB, &big).ok());
+  EXPECT_EQ(vmm_used_(0), 4 * kMiB) << "rounded up to the 2 MiB granularity";
+  EXPECT_EQ(big % (2 * kMiB), 0u);
+  ASSERT_TRUE(backend_->MemAlloc(*a_.ctx, 100, &small1).ok());
+  ASSERT_TRUE(backend_->MemAlloc(*a_.ctx, 1, &small2).ok());
+  ASSERT_TRUE(backend_->MemAllocPitch(*a_.ctx, 100, 3, 4, &pitched, &pitch).ok());
+  EXPECT_EQ(pitch, 512u);
+  EXPECT_EQ(vmm_used_(0), 6 * kMiB) << "the small ones share one 2 MiB chunk";
+  EXPECT_EQ(small1 % 512, 0u);
+  EXPECT_EQ(small2, small1 + 512);
+  EXPECT_EQ(pitched, small1 + 1024);
+  Write(*a_.ctx, small2, {42});
+  EXPECT_EQ(Read(*a_.ctx, small2, 1), std::vector<uint8_t>{42});
+  // The chunk goes with its last allocation; its free ranges join again.
+  ASSERT_TRUE(backend_->MemFree(*a_.ctx, small1).ok());
+  ASSERT_TRUE(backend_->MemFree(*a_.ctx, small2).ok());
+  uint64_t again = 0;
+  ASSERT_TRUE(backend_->MemAlloc(*a_.ctx, 1024, &again).ok());
+  EXPECT_EQ(again, small1) << "first fit in the joined free range";
+  ASSERT_TRUE(backend_->MemFree(*a_.ctx, pitched).ok());
+  ASSERT_TRUE(backend_->MemFree(*a_.ctx, again).ok());
+  EXPECT_EQ(vmm_used_(0), 4 * kMiB);
+  ASSERT_TRUE(backend_->MemFree(*a_.ctx, big).ok());
+  EXPECT_EQ(vmm_used_(0), 0u);
+  EXPECT_EQ(vmm_objects_(), 0);
+}
+
+TEST_F(FakeParkingTest, ParkingKeepsBytesAndAddressesAndLeavesOtherTenantsAlone) {
+  a_ = NewTenant();
+  b_ = NewTenant();
+  uint64_t big = 0, small = 0, other = 0;
+  ASSERT_TRUE(backend_->MemAlloc(*a_.ctx, 3 * kMiB, &big).ok());
+  ASSERT_TRUE(backend_->MemAlloc(*a_.ctx, 8, &small).ok());
+  ASSERT_TRUE(backend_->MemAlloc(*b_.ctx, 64, &other).ok());
+  std::vector<uint8_t> pattern = Iota(3 * kMiB, 7);
+  Write(*a_.ctx, big, pattern);
+  Write(*a_.ctx, small, Pointer(big));  // a pointer stored in device memory
+  Write(*b_.ctx, other, Iota(64, 100));
+  const size_t before = vmm_used_(0);
+  const int pinned_before = pinned_();
+
+  ParkedMemory moved;
+  ASSERT_TRUE(backend_->ParkTenantMemory(*a_.tenant, &moved).ok());
+  EXPECT_EQ(moved.Total(), 3 * kMiB + 8);
+  EXPECT_EQ(moved.allocations, 2u);
+  EXPECT_EQ(vmm_used_(0), before - 6 * kMiB) << "a's block and chunk went back to the device";
+  EXPECT_EQ(pinned_(), pinned_before + 2) << "parked in page-locked host memory";
+  ParkedMemory parked, resident;
+  backend_->TenantMemory(*a_.tenant, &parked, &resident);
+  EXPECT_EQ(parked.Total(), 3 * kMiB + 8);
+  EXPECT_EQ(resident.Total(), 0u);
+  ParkedMemory b_parked, b_resident;
+  backend_->TenantMemory(*b_.tenant, &b_parked, &b_resident);
+  EXPECT_EQ(b_parked.Total(), 0u);
+  EXPECT_EQ(b_resident.Total(), 64u);
+  EXPECT_EQ(Read(*b_.ctx, other, 64), Iota(64, 100));
+  // Parking again moves nothing.
+  ParkedMemory again;
+  ASSERT_TRUE(backend_->ParkTenantMemory(*a_.tenant, &again).ok());
+  EXPECT_EQ(again.Total(), 0u);
+
+  moved = ParkedMemory{};
+  const int pinned_parked = pinned_();
+  ASSERT_TRUE(backend_->UnparkTenantMemory(*a_.tenant, &moved).ok());
+  EXPECT_EQ(moved.Total(), 3 * kMiB + 8);
+  EXPECT_EQ(vmm_used_(0), before);
+  EXPECT_EQ(pinned_(), pinned_parked - 2) << "the parked copies went";
+  EXPECT_EQ(Read(*a_.ctx, big, 3 * kMiB), pattern);
+  EXPECT_EQ(Read(*a_.ctx, small, 8), Pointer(big));
+  EXPECT_EQ(Read(*b_.ctx, other, 64), Iota(64, 100));
+  parked = resident = ParkedMemory{};
+  backend_->TenantMemory(*a_.tenant, &parked, &resident);
+  EXPECT_EQ(parked.Total(), 0u);
+  EXPECT_EQ(resident.Total(), 3 * kMiB + 8);
+  ASSERT_TRUE(backend_->MemFree(*a_.ctx, big).ok());
+  ASSERT_TRUE(backend_->MemFree(*a_.ctx, small).ok());
+  ASSERT_TRUE(backend_->MemFree(*b_.ctx, other).ok());
+}
+
+TEST_F(FakeParkingTest, UnparkWithoutRoomIsOutOfMemoryAndStaysParked) {
+  set_vmm_limit_(8 * kMiB);
+  a_ = NewTenant();
+  b_ = NewTenant();
+  uint64_t first = 0, second = 0, crowd = 0;
+  ASSERT_TRUE(backend_->MemAlloc(*a_.ctx, 2 * kMiB, &first).ok());
+  ASSERT_TRUE(backend_->MemAlloc(*a_.ctx, 2 * kMiB, &second).ok());
+  Write(*a_.ctx, first, Iota(64, 1));
+  Write(*a_.ctx, second, Iota(64, 2));
+  ASSERT_TRUE(backend_->ParkTenantMemory(*a_.tenant, nullptr).ok());
+  ASSERT_TRUE(backend_->MemAlloc(*b_.ctx, 6 * kMiB, &crowd).ok());
+  // Room for one of a's blocks, not both: whole or nothing.
+  ParkedMemory moved;
+  Status status = backend_->UnparkTenantMemory(*a_.tenant, &moved);
+  EXPECT_EQ(status.code(), StatusCode::kOutOfMemory) << status.ToString();
+  EXPECT_THAT(status.message(), AllOf(HasSubstr("device 0"), HasSubstr("4194304")));
+  EXPECT_EQ(moved.Total(), 0u);
+  EXPECT_EQ(vmm_used_(0), 6 * kMiB) << "what the failed unpark made is gone again";
+  ParkedMemory parked, resident;
+  backend_->TenantMemory(*a_.tenant, &parked, &resident);
+  EXPECT_EQ(parked.Total(), 4 * kMiB);
+  EXPECT_EQ(resident.Total(), 0u);
+  ASSERT_TRUE(backend_->MemFree(*b_.ctx, crowd).ok());
+  ASSERT_TRUE(backend_->UnparkTenantMemory(*a_.tenant, &moved).ok());
+  EXPECT_EQ(moved.Total(), 4 * kMiB);
+  EXPECT_EQ(Read(*a_.ctx, first, 64), Iota(64, 1));
+  EXPECT_EQ(Read(*a_.ctx, second, 64), Iota(64, 2));
+  ASSERT_TRUE(backend_->MemFree(*a_.ctx, first).ok());
+  ASSERT_TRUE(backend_->MemFree(*a_.ctx, second).ok());
+}
+
+TEST_F(FakeParkingTest, FreeingWhileParkedKeepsTheBooks) {
+  a_ = NewTenant();
+  uint64_t kept = 0, freed = 0, small = 0;
+  ASSERT_TRUE(backend_->MemAlloc(*a_.ctx, 2 * kMiB, &kept).ok());
+  ASSERT_TRUE(backend_->MemAlloc(*a_.ctx, 4 * kMiB, &freed).ok());
+  ASSERT_TRUE(backend_->MemAlloc(*a_.ctx, 16, &small).ok());
+  Write(*a_.ctx, kept, Iota(64, 9));
+  const int pinned_before = pinned_();
+  ASSERT_TRUE(backend_->ParkTenantMemory(*a_.tenant, nullptr).ok());
+  EXPECT_EQ(vmm_used_(0), 0u);
+  uint64_t free_bytes = 0, total = 0;
+  ASSERT_TRUE(backend_->MemGetInfo(*a_.ctx, &free_bytes, &total).ok());
+  EXPECT_EQ(free_bytes, kGiB) << "parked memory is off the device";
+  // A session that ends while parked frees everything it holds.
+  ASSERT_TRUE(backend_->MemFree(*a_.ctx, freed).ok());
+  ASSERT_TRUE(backend_->MemFree(*a_.ctx, small).ok());
+  EXPECT_EQ(pinned_(), pinned_before + 1) << "the freed blocks' copies went";
+  ParkedMemory parked, resident;
+  backend_->TenantMemory(*a_.tenant, &parked, &resident);
+  EXPECT_EQ(parked.Total(), 2 * kMiB);
+  EXPECT_EQ(parked.allocations, 1u);
+  EXPECT_EQ(resident.Total(), 0u);
+  ParkedMemory moved;
+  ASSERT_TRUE(backend_->UnparkTenantMemory(*a_.tenant, &moved).ok());
+  EXPECT_EQ(moved.Total(), 2 * kMiB);
+  EXPECT_EQ(vmm_used_(0), 2 * kMiB);
+  EXPECT_EQ(Read(*a_.ctx, kept, 64), Iota(64, 9));
+  // Parked again and the context destroyed with it (no MemFree): its
+  // reservations and copies go with it.
+  ASSERT_TRUE(backend_->ParkTenantMemory(*a_.tenant, nullptr).ok());
+  a_.ctx.reset();
+  EXPECT_EQ(vmm_objects_(), 0);
+  EXPECT_EQ(pinned_(), pinned_before);
+}
+
+TEST(CudaBackendParkingTest, WithoutParkableAllocationsMemAllocIsTheDrivers) {
+  std::unique_ptr<GpuBackend> backend;
+  ASSERT_TRUE(
+      CreateCudaBackend({.driver_path = FAKE_FULL_PATH, .parkable_allocations = false}, &backend)
+          .ok());
+  EXPECT_FALSE(backend->CanParkMemory());
+  auto creates = Hook<int (*)()>(FAKE_FULL_PATH, "fake_vmm_creates");
+  const int creates_before = creates();
+  std::unique_ptr<Tenant> tenant = backend->CreateTenant();
+  std::unique_ptr<Context> ctx;
+  ASSERT_TRUE(backend->CreateContext(0, 0, &ctx).ok());
+  backend->JoinTenant(*ctx, *tenant);
+  uint64_t dptr = 0, pitch = 0;
+  ASSERT_TRUE(backend->MemAllocPitch(*ctx, 100, 3, 4, &dptr, &pitch).ok());
+  EXPECT_EQ(pitch, 256u) << "the driver's cuMemAllocPitch";
+  EXPECT_EQ(creates(), creates_before);
+  EXPECT_EQ(backend->ParkTenantMemory(*tenant, nullptr).code(), StatusCode::kUnimplemented);
+  ASSERT_TRUE(backend->MemFree(*ctx, dptr).ok());
 }
 
 TEST(CudaBackendGreenTest, DriverWithoutGreenContextsLoadsAndReportsNoPartition) {

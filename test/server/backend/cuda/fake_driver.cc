@@ -7,8 +7,10 @@
 //   FAKE_FERRY           also export cuFerryClientIdentity (ferry's marker)
 //   FAKE_FULL            implement every entry point CudaBackend uses, with
 //                        host memory as "device" memory and one in-order
-//                        worker thread as the GPU; otherwise only the
-//                        bootstrap entry points exist
+//                        worker thread as the GPU, and virtual memory
+//                        management (2 MiB granularity, 1 GiB a device
+//                        unless fake_set_vmm_limit says otherwise);
+//                        otherwise only the bootstrap entry points exist
 //   FAKE_GREEN           (with FAKE_FULL) also the green-context entry points:
 //                        each device has FAKE_SM_COUNT SMs (default 132), a
 //                        minimum partition of 8 and an alignment of 8, like
@@ -31,6 +33,8 @@
 //
 // Thread-safety: every entry point may be called from any thread.
 #include <cuda.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -311,8 +315,15 @@ CUresult cuDeviceTotalMem(size_t* bytes, CUdevice device) {
   return CUDA_SUCCESS;
 }
 // Attributes 1..99 are "known" (value 10 * attribute + device); the rest are
-// rejected like retired or future ones.
+// rejected like retired or future ones, except that a full fake supports
+// virtual memory management.
 CUresult cuDeviceGetAttribute(int* value, CUdevice_attribute attribute, CUdevice device) {
+#if FAKE_FULL
+  if (attribute == CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED) {
+    *value = 1;  // the fake's virtual memory management calls below
+    return CUDA_SUCCESS;
+  }
+#endif
   if (attribute <= 0 || attribute >= 100) return CUDA_ERROR_INVALID_VALUE;
   *value = 10 * static_cast<int>(attribute) + device;
   return CUDA_SUCCESS;
@@ -429,9 +440,215 @@ CUresult cuMemFree(CUdeviceptr pointer) {
   --g_live_objects;
   return CUDA_SUCCESS;
 }
+// --- virtual memory management -------------------------------------------------
+// Like the driver: a reservation is a range of addresses nothing can touch
+// (an inaccessible anonymous mapping), physical memory is a memfd of a
+// granularity multiple, cuMemMap puts it into a reservation (still
+// inaccessible), cuMemSetAccess makes it readable and writable, cuMemUnmap
+// turns the range back into a bare reservation, and the memory itself goes
+// when it is released and no mapping holds it. A stray touch of an unmapped
+// or parked range faults, as on the GPU. Each device has room for
+// g_vmm_limit bytes of physical memory (fake_set_vmm_limit); past it
+// cuMemCreate is CUDA_ERROR_OUT_OF_MEMORY, and cuMemGetInfo's free bytes
+// are what is left. cuMemAlloc'ed memory is not counted.
+namespace {
+constexpr size_t kFakeGranularity = size_t{2} << 20;  // like the driver's, for pinned device memory
+struct FakePhysical {
+  int fd = -1;
+  size_t bytes = 0;
+  int device = 0;
+  int mappings = 0;
+  bool released = false;
+};
+struct FakeMapping {
+  size_t bytes = 0;
+  CUmemGenericAllocationHandle handle = 0;
+};
+std::mutex g_vmm_mu;
+std::map<CUmemGenericAllocationHandle, FakePhysical> g_physical;  // guarded by g_vmm_mu
+std::map<CUdeviceptr, size_t> g_reservations;                     // guarded by g_vmm_mu
+std::map<CUdeviceptr, FakeMapping> g_mappings;                    // guarded by g_vmm_mu
+std::map<int, size_t> g_vmm_used;                                 // by device; g_vmm_mu
+size_t g_vmm_limit = size_t{1} << 30;                             // guarded by g_vmm_mu
+CUmemGenericAllocationHandle g_next_physical = 1;                 // guarded by g_vmm_mu
+std::atomic<int> g_vmm_creates{0};
+
+// The physical memory's bytes go once nothing holds them (g_vmm_mu held).
+void MaybeDropPhysical(CUmemGenericAllocationHandle handle) {
+  auto it = g_physical.find(handle);
+  if (it == g_physical.end() || !it->second.released || it->second.mappings > 0) return;
+  close(it->second.fd);
+  g_vmm_used[it->second.device] -= it->second.bytes;
+  g_physical.erase(it);
+}
+// The reservation that holds [address, address + bytes), or end().
+std::map<CUdeviceptr, size_t>::iterator ReservationOf(CUdeviceptr address, size_t bytes) {
+  auto it = g_reservations.upper_bound(address);
+  if (it == g_reservations.begin()) return g_reservations.end();
+  --it;
+  if (address + bytes > it->first + it->second) return g_reservations.end();
+  return it;
+}
+bool PinnedDeviceProps(const CUmemAllocationProp* prop) {
+  return prop != nullptr && prop->type == CU_MEM_ALLOCATION_TYPE_PINNED &&
+         prop->location.type == CU_MEM_LOCATION_TYPE_DEVICE && prop->location.id >= 0 &&
+         prop->location.id < FAKE_DEVICE_COUNT;
+}
+}  // namespace
+
+FAKE_HOOK void fake_set_vmm_limit(size_t bytes) {
+  std::lock_guard<std::mutex> lock(g_vmm_mu);
+  g_vmm_limit = bytes;
+}
+// Physical bytes of `device` now held (created and not gone).
+FAKE_HOOK size_t fake_vmm_used(int device) {
+  std::lock_guard<std::mutex> lock(g_vmm_mu);
+  return g_vmm_used[device];
+}
+// Reservations, physical memories and mappings alive (all 0 when the
+// backend has given everything back).
+FAKE_HOOK int fake_vmm_objects() {
+  std::lock_guard<std::mutex> lock(g_vmm_mu);
+  return static_cast<int>(g_reservations.size() + g_physical.size() + g_mappings.size());
+}
+FAKE_HOOK int fake_vmm_creates() { return g_vmm_creates.load(); }
+
+CUresult cuMemGetAllocationGranularity(size_t* granularity, const CUmemAllocationProp* prop,
+                                       CUmemAllocationGranularity_flags option) {
+  if (granularity == nullptr || !PinnedDeviceProps(prop)) return CUDA_ERROR_INVALID_VALUE;
+  *granularity =
+      option == CU_MEM_ALLOC_GRANULARITY_RECOMMENDED ? 2 * kFakeGranularity : kFakeGranularity;
+  return CUDA_SUCCESS;
+}
+CUresult cuMemCreate(CUmemGenericAllocationHandle* handle, size_t size,
+                     const CUmemAllocationProp* prop, unsigned long long flags) {
+  if (handle == nullptr || !PinnedDeviceProps(prop) || flags != 0 || size == 0 ||
+      size % kFakeGranularity != 0) {
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  std::lock_guard<std::mutex> lock(g_vmm_mu);
+  const int device = prop->location.id;
+  if (g_vmm_used[device] + size > g_vmm_limit) return CUDA_ERROR_OUT_OF_MEMORY;
+  const int fd = memfd_create("fake-cuda-physical", MFD_CLOEXEC);
+  if (fd < 0) return CUDA_ERROR_OUT_OF_MEMORY;
+  if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
+    close(fd);
+    return CUDA_ERROR_OUT_OF_MEMORY;
+  }
+  g_vmm_used[device] += size;
+  *handle = g_next_physical++;
+  g_physical[*handle] = FakePhysical{fd, size, device, 0, false};
+  ++g_vmm_creates;
+  return CUDA_SUCCESS;
+}
+CUresult cuMemRelease(CUmemGenericAllocationHandle handle) {
+  std::lock_guard<std::mutex> lock(g_vmm_mu);
+  auto it = g_physical.find(handle);
+  if (it == g_physical.end() || it->second.released) return CUDA_ERROR_INVALID_VALUE;
+  it->second.released = true;
+  MaybeDropPhysical(handle);
+  return CUDA_SUCCESS;
+}
+CUresult cuMemAddressReserve(CUdeviceptr* ptr, size_t size, size_t alignment, CUdeviceptr addr,
+                             unsigned long long flags) {
+  if (ptr == nullptr || size == 0 || size % kFakeGranularity != 0 || flags != 0 ||
+      (alignment & (alignment - 1)) != 0) {
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  (void)addr;  // a hint only; the fake never honours it
+  if (alignment < kFakeGranularity) alignment = kFakeGranularity;
+  // Over-reserve, then trim to an aligned range.
+  void* raw = mmap(nullptr, size + alignment, PROT_NONE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (raw == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
+  const uintptr_t start = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t aligned = (start + alignment - 1) & ~(uintptr_t{alignment} - 1);
+  if (aligned > start) munmap(raw, aligned - start);
+  if (aligned + size < start + size + alignment) {
+    munmap(reinterpret_cast<void*>(aligned + size), start + size + alignment - aligned - size);
+  }
+  std::lock_guard<std::mutex> lock(g_vmm_mu);
+  g_reservations[aligned] = size;
+  *ptr = aligned;
+  return CUDA_SUCCESS;
+}
+CUresult cuMemAddressFree(CUdeviceptr ptr, size_t size) {
+  std::lock_guard<std::mutex> lock(g_vmm_mu);
+  auto it = g_reservations.find(ptr);
+  if (it == g_reservations.end() || it->second != size) return CUDA_ERROR_INVALID_VALUE;
+  // Like the driver: everything mapped in it must be unmapped first.
+  auto mapped = g_mappings.lower_bound(ptr);
+  if (mapped != g_mappings.end() && mapped->first < ptr + size) return CUDA_ERROR_INVALID_VALUE;
+  munmap(reinterpret_cast<void*>(ptr), size);
+  g_reservations.erase(it);
+  return CUDA_SUCCESS;
+}
+CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAllocationHandle handle,
+                  unsigned long long flags) {
+  if (flags != 0 || size == 0 || size % kFakeGranularity != 0 || offset % kFakeGranularity != 0) {
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  std::lock_guard<std::mutex> lock(g_vmm_mu);
+  auto physical = g_physical.find(handle);
+  if (physical == g_physical.end() || physical->second.released) return CUDA_ERROR_INVALID_HANDLE;
+  if (offset + size > physical->second.bytes) return CUDA_ERROR_INVALID_VALUE;
+  if (ReservationOf(ptr, size) == g_reservations.end()) return CUDA_ERROR_INVALID_VALUE;
+  auto next = g_mappings.lower_bound(ptr);
+  if (next != g_mappings.end() && next->first < ptr + size) return CUDA_ERROR_INVALID_VALUE;
+  if (next != g_mappings.begin() && std::prev(next)->first + std::prev(next)->second.bytes > ptr) {
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  if (mmap(reinterpret_cast<void*>(ptr), size, PROT_NONE, MAP_SHARED | MAP_FIXED,
+           physical->second.fd, static_cast<off_t>(offset)) == MAP_FAILED) {
+    return CUDA_ERROR_OUT_OF_MEMORY;
+  }
+  ++physical->second.mappings;
+  g_mappings[ptr] = FakeMapping{size, handle};
+  return CUDA_SUCCESS;
+}
+CUresult cuMemUnmap(CUdeviceptr ptr, size_t size) {
+  std::lock_guard<std::mutex> lock(g_vmm_mu);
+  auto it = g_mappings.find(ptr);
+  if (it == g_mappings.end() || it->second.bytes != size) return CUDA_ERROR_INVALID_VALUE;
+  // Back to a bare reservation.
+  mmap(reinterpret_cast<void*>(ptr), size, PROT_NONE,
+       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+  const CUmemGenericAllocationHandle handle = it->second.handle;
+  g_mappings.erase(it);
+  --g_physical[handle].mappings;
+  MaybeDropPhysical(handle);
+  return CUDA_SUCCESS;
+}
+CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessDesc* desc, size_t count) {
+  if (desc == nullptr || count == 0) return CUDA_ERROR_INVALID_VALUE;
+  int prot = PROT_NONE;
+  for (size_t i = 0; i < count; ++i) {
+    if (desc[i].location.type != CU_MEM_LOCATION_TYPE_DEVICE || desc[i].location.id < 0 ||
+        desc[i].location.id >= FAKE_DEVICE_COUNT) {
+      return CUDA_ERROR_INVALID_DEVICE;
+    }
+    if (desc[i].flags == CU_MEM_ACCESS_FLAGS_PROT_READWRITE) prot = PROT_READ | PROT_WRITE;
+  }
+  std::lock_guard<std::mutex> lock(g_vmm_mu);
+  // Every byte must be mapped, as the driver requires.
+  for (CUdeviceptr at = ptr; at < ptr + size;) {
+    auto it = g_mappings.upper_bound(at);
+    if (it == g_mappings.begin()) return CUDA_ERROR_INVALID_VALUE;
+    --it;
+    if (it->first + it->second.bytes <= at) return CUDA_ERROR_INVALID_VALUE;
+    at = it->first + it->second.bytes;
+  }
+  if (prot != PROT_NONE && mprotect(reinterpret_cast<void*>(ptr), size, prot) != 0) {
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  return CUDA_SUCCESS;
+}
+
 CUresult cuMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
   FAKE_NEED_CONTEXT();
-  *free_bytes = size_t{1} << 30;
+  std::lock_guard<std::mutex> lock(g_vmm_mu);
+  const size_t used = g_vmm_used[Current()->device];
+  *free_bytes = used < g_vmm_limit ? g_vmm_limit - used : 0;
   *total_bytes = size_t{2} << 30;
   return CUDA_SUCCESS;
 }
@@ -1032,6 +1249,7 @@ CUresult cuGetProcAddress(const char* symbol, void** function, int cuda_version,
       FAKE_ENTRY(cuDriverGetVersion, 2020)
 #if FAKE_FULL
       FERRY_CUDA_DRIVER_ENTRY_POINTS(FAKE_ENTRY)
+      FERRY_CUDA_VMM_ENTRY_POINTS(FAKE_ENTRY)
       // Newer variants than the backend's, so that asking for them gets
       // what the real driver gives (another prototype), not the old one.
       Entry{"cuCtxSynchronize", 13000, reinterpret_cast<void*>(&cuCtxSynchronize_v2)},
