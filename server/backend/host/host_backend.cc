@@ -2485,12 +2485,30 @@ class HostBackend final : public GpuBackend {
     }
     // Keep the memory under the texels alive as long as the object.
     const uint64_t address = reinterpret_cast<uint64_t>(layout.base);
-    std::lock_guard<std::mutex> lock(mu_);
-    for (const auto& [base, allocation] : allocations_) {
-      if (address >= base && address - base < allocation.bytes) {
-        state->storage = allocation.storage;
-        return Status::Ok();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (const auto& [base, allocation] : allocations_) {
+        if (address >= base && address - base < allocation.bytes) {
+          state->storage = allocation.storage;
+          return Status::Ok();
+        }
       }
+    }
+    // Virtual memory (the memory of a CUDA backend over this one, and
+    // programs' own cuMemMap): the object reads a view of its own of the
+    // mapped pages, so unmapping them later can never leave it reading
+    // pages that are gone.
+    uint64_t span = 0;
+    if (resource.kind == TextureResource::Kind::kLinear) {
+      span = resource.size_bytes;
+    } else if (!RowSpan(layout.width * layout.element_bytes, layout.height, layout.row_pitch,
+                        &span)) {
+      return InvalidValue("the resource's extent overflows");
+    }
+    uint8_t* view = nullptr;
+    if (virtual_memory_.View(address, span, &state->storage, &view).ok()) {
+      layout.base = view;
+      return Status::Ok();
     }
     return InvalidValue("the resource is not memory of this backend");
   }

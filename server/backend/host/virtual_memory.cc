@@ -169,7 +169,37 @@ Status HostVirtualMemory::Map(uint64_t address, uint64_t bytes, PhysicalMemory& 
   void* p = mmap(At(address), bytes, PROT_NONE, MAP_SHARED | MAP_FIXED, physical->fd,
                  static_cast<off_t>(offset));
   if (p == MAP_FAILED) return Status::OutOfMemory("cuMemMap: " + Errno("mmap"));
-  mappings_.emplace(address, Mapping{bytes, physical, next_id_++, PROT_NONE});
+  mappings_.emplace(address, Mapping{bytes, physical, offset, next_id_++, PROT_NONE});
+  return Status::Ok();
+}
+
+Status HostVirtualMemory::View(uint64_t address, uint64_t bytes, std::shared_ptr<void>* owner,
+                               uint8_t** at) {
+  std::shared_ptr<Physical> physical;
+  uint64_t file_offset = 0, length = 0, inside = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = mappings_.upper_bound(address);
+    if (it == mappings_.begin()) return InvalidValue("no mapping holds the range");
+    --it;
+    const uint64_t start = it->first;
+    const Mapping& mapping = it->second;
+    if (address - start >= mapping.bytes || bytes > mapping.bytes - (address - start)) {
+      return InvalidValue("the range is not inside one mapping");
+    }
+    const uint64_t page = Granularity();
+    const uint64_t first_page = (address - start) / page * page;
+    inside = address - start - first_page;
+    length = (inside + bytes + page - 1) / page * page;
+    file_offset = mapping.offset + first_page;
+    physical = mapping.physical;
+  }
+  void* p = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_SHARED, physical->fd,
+                 static_cast<off_t>(file_offset));
+  if (p == MAP_FAILED) return Status::OutOfMemory(Errno("mmap of a view"));
+  // The view holds the memory (its memfd and charge) until it goes.
+  *owner = std::shared_ptr<void>(p, [length, physical](void* q) { munmap(q, length); });
+  *at = static_cast<uint8_t*>(p) + inside;
   return Status::Ok();
 }
 

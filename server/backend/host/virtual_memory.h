@@ -69,6 +69,13 @@ class HostVirtualMemory {
   Status Unmap(uint64_t address, uint64_t bytes, const Defer& defer);
   Status SetAccess(uint64_t address, uint64_t bytes, std::span<const MemoryAccess> access,
                    const Defer& defer);
+  // A view of the memory mapped at [address, address + bytes), which must lie
+  // inside one mapping: the same pages, readable and writable at `*at`, an
+  // address of the view's own that stays valid while `*owner` lives,
+  // whatever later happens to the mapping (unmapped, access taken away). For
+  // objects that read the memory later: texture and surface objects.
+  // InvalidValue when the range is not inside one mapping.
+  Status View(uint64_t address, uint64_t bytes, std::shared_ptr<void>* owner, uint8_t** at);
 
  private:
   struct Physical;  // the memfd and its charge; shared by the handle and its mappings
@@ -76,6 +83,7 @@ class HostVirtualMemory {
   struct Mapping {
     uint64_t bytes = 0;
     std::shared_ptr<Physical> physical;
+    uint64_t offset = 0;  // into physical
     uint64_t id = 0;  // unique, so a deferred change can tell it is still this mapping
     int prot = 0;     // PROT_* the books give its pages
   };

@@ -1880,6 +1880,61 @@ TEST_F(HostBackendTest, TextureObjectsAreSampledOnlyInTheirContext) {
                     CUDA_ERROR_NOT_SUPPORTED);
 }
 
+// A texture object over virtual memory (a CUDA backend chained over this
+// one allocates so) reads a view of its own: unmapping the memory later
+// leaves the object's texels readable.
+TEST_F(HostBackendTest, TextureObjectsOverMappedMemoryOutliveTheMapping) {
+  REQUIRE_KERNELS();
+  uint64_t page = 0;
+  ASSERT_OK(b().AllocationGranularity(0, /*recommended=*/true, &page));
+  uint64_t base = 0;
+  ASSERT_OK(b().ReserveAddressRange(page, 0, 0, &base));
+  std::unique_ptr<PhysicalMemory> memory;
+  ASSERT_OK(b().CreatePhysicalMemory(0, page, &memory));
+  ASSERT_OK(b().MapMemory(base, page, *memory, 0));
+  const MemoryAccess read_write{0, CU_MEM_ACCESS_FLAGS_PROT_READWRITE};
+  ASSERT_OK(b().SetMemoryAccess(*tenant_, base, page, {&read_write, 1}));
+  // 4x4 floats, rows 64 bytes apart, starting 128 bytes into the page.
+  std::vector<float> rows(4 * 16, 0.0f);
+  for (int y = 0; y < 4; ++y) {
+    for (int x = 0; x < 4; ++x) rows[y * 16 + x] = Texel(x, y);
+  }
+  Write(base + 128, rows);
+  ASSERT_OK(Sync(legacy()));
+  TextureResource resource;
+  resource.kind = TextureResource::Kind::kPitch2D;
+  resource.dev_ptr = base + 128;
+  resource.format = CU_AD_FORMAT_FLOAT;
+  resource.width = 4;
+  resource.height = 4;
+  resource.pitch_bytes = 64;
+  TextureDescription texture;
+  texture.address_mode = {CU_TR_ADDRESS_MODE_CLAMP, CU_TR_ADDRESS_MODE_CLAMP,
+                          CU_TR_ADDRESS_MODE_CLAMP};
+  std::unique_ptr<TextureObject> tex;
+  ASSERT_OK(b().CreateTextureObject(*ctx_, resource, texture, nullptr, &tex));
+  // Past the mapping's end: refused.
+  TextureResource too_long = resource;
+  too_long.dev_ptr = base + page - 64;
+  std::unique_ptr<TextureObject> refused;
+  EXPECT_CUDA_ERROR(b().CreateTextureObject(*ctx_, too_long, texture, nullptr, &refused),
+                    CUDA_ERROR_INVALID_VALUE);
+
+  ASSERT_OK(b().UnmapMemory(*tenant_, base, page));
+  memory.reset();
+  ASSERT_OK(Released());
+  const uint64_t out = Alloc(5 * sizeof(float));
+  Function* f = nullptr;
+  ASSERT_OK(b().GetFunction(*module_, kTexelAt, &f));
+  ASSERT_OK(b().Launch(legacy(), *f, LaunchConfig{},
+                       Pack(kTexelAt, tex->value(), 2.5f, 3.5f, HostView<float>(out))));
+  ASSERT_OK(Sync(legacy()));
+  EXPECT_EQ(HostView<float>(out)[0], Texel(2, 3));
+  EXPECT_EQ(static_cast<int>(HostView<float>(out)[4]), FERRY_HOST_OK);
+  tex.reset();
+  ASSERT_OK(b().FreeAddressRange(base, page));
+}
+
 TEST_F(HostBackendTest, LinearFilteringWeighsTheTexelsAroundTheSamplePoint) {
   std::vector<float> image;
   for (int y = 0; y < 4; ++y) {
