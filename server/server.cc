@@ -866,7 +866,7 @@ Status Server::TakeWorker(const std::vector<std::string>& environment,
     *out = std::move(spare);
     return Status::Ok();
   }
-  return SessionWorker::Spawn(worker_command_, environment, out);
+  return SessionWorker::Spawn(worker_command_, environment, out, &worker_books_);
 }
 
 void Server::RefillSpareWorker() {
@@ -880,7 +880,7 @@ void Server::RefillSpareWorker() {
   }
   std::thread([this] {
     std::shared_ptr<SessionWorker> worker;
-    Status status = SessionWorker::Spawn(worker_command_, {}, &worker);
+    Status status = SessionWorker::Spawn(worker_command_, {}, &worker, &worker_books_);
     if (!status.ok()) {
       FERRY_LOG(kWarning) << "no spare session worker: " << status.message();
     }
@@ -966,7 +966,7 @@ void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transpo
       // waiting): one more, new.
       FERRY_LOG(kWarning) << who << ": its worker did not take it (" << status.message()
                           << "); starting another";
-      status = SessionWorker::Spawn(worker_command_, environment, &worker);
+      status = SessionWorker::Spawn(worker_command_, environment, &worker, &worker_books_);
       if (status.ok()) {
         status = worker->Start(id, handover, hello_words, grant, limits_.session_buffer_bytes,
                                early_preemption, basics, rdma_, tls_secret);

@@ -139,7 +139,12 @@ class Server {
   // Before Start: every client session runs in a worker process started as
   // `command` (argv; SessionWorker::Spawn appends the link). Without it
   // (tests), sessions run in this process.
-  void UseSessionWorkers(std::vector<std::string> command) { worker_command_ = std::move(command); }
+  // `books`: device memory books every worker shares with this process (the
+  // host backend's shared ledger); empty: none.
+  void UseSessionWorkers(std::vector<std::string> command, WorkerBooks books = {}) {
+    worker_command_ = std::move(command);
+    worker_books_ = std::move(books);
+  }
   // Before Start: how sessions share a GPU's compute (kMps needs session
   // workers: MPS settings are a process's environment).
   void SetComputeSharing(ComputeSharing sharing) { sharing_ = sharing; }
@@ -322,6 +327,7 @@ class Server {
   std::shared_ptr<TlsContext> tls_;          // null: plain TCP; fixed after Start
   UnixAccess unix_access_;                   // fixed after Listen
   std::vector<std::string> worker_command_;  // empty: sessions in this process; fixed after Start
+  WorkerBooks worker_books_;                 // fixed after Start
   ComputeSharing sharing_ = ComputeSharing::kAuto;  // fixed after Start
   // A worker that has opened its backend and waits for a session.
   std::shared_ptr<SessionWorker> spare_worker_ ABSL_GUARDED_BY(mutex_);

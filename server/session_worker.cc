@@ -207,7 +207,7 @@ bool WaitReadable(int fd, std::chrono::milliseconds timeout) {
 
 Status SessionWorker::Spawn(const std::vector<std::string>& command,
                             const std::vector<std::string>& environment,
-                            std::shared_ptr<SessionWorker>* out) {
+                            std::shared_ptr<SessionWorker>* out, const WorkerBooks* books) {
   if (command.empty()) return Status::Internal("no session worker command");
   int pair[2];
   if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) {
@@ -224,6 +224,20 @@ Status SessionWorker::Spawn(const std::vector<std::string>& command,
   std::vector<std::string> args = command;
   args.push_back("--session-worker");
   args.push_back(std::to_string(kWorkerLinkFd));
+  // The shared books: above kWorkerBooksFd for the same reason.
+  int books_end = -1;
+  int books_slot = -1;
+  if (books != nullptr && books->fd >= 0) {
+    books_end = ::fcntl(books->fd, F_DUPFD_CLOEXEC, kWorkerBooksFd + 1);
+    if (books_end < 0) {
+      ::close(pair[0]);
+      ::close(child_end);
+      return Status::Internal(std::string("fcntl(F_DUPFD): ") + std::strerror(errno));
+    }
+    books_slot = books->new_slot ? books->new_slot() : -1;
+    args.push_back("--host-memory-ledger");
+    args.push_back(std::to_string(kWorkerBooksFd) + ":" + std::to_string(books_slot));
+  }
   std::vector<char*> argv;
   for (std::string& arg : args) argv.push_back(arg.data());
   argv.push_back(nullptr);
@@ -244,9 +258,11 @@ Status SessionWorker::Spawn(const std::vector<std::string>& command,
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_adddup2(&actions, child_end, kWorkerLinkFd);
+  if (books_end >= 0) posix_spawn_file_actions_adddup2(&actions, books_end, kWorkerBooksFd);
   // Nothing of other sessions (their sockets, their regions) reaches the
   // worker, whatever close-on-exec flags they carry.
-  posix_spawn_file_actions_addclosefrom_np(&actions, kWorkerLinkFd + 1);
+  posix_spawn_file_actions_addclosefrom_np(&actions,
+                                           (books_end >= 0 ? kWorkerBooksFd : kWorkerLinkFd) + 1);
   posix_spawnattr_t attributes;
   posix_spawnattr_init(&attributes);
   // Its own process group: a terminal's Ctrl-C reaches ferryd's main process,
@@ -266,13 +282,19 @@ Status SessionWorker::Spawn(const std::vector<std::string>& command,
   posix_spawn_file_actions_destroy(&actions);
   posix_spawnattr_destroy(&attributes);
   ::close(child_end);
+  if (books_end >= 0) ::close(books_end);
   if (spawned != 0) {
+    if (books_slot >= 0 && books->release_slot) books->release_slot(books_slot);
     ::close(pair[0]);
     return Status::Internal("cannot start a session worker (" + command[0] +
                             "): " + std::strerror(spawned));
   }
   const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
   std::shared_ptr<SessionWorker> worker(new SessionWorker(pid, pidfd, pair[0]));
+  if (books_slot >= 0) {
+    worker->books_slot_ = books_slot;
+    worker->release_books_slot_ = books->release_slot;
+  }
 
   // Ready, or why not.
   std::vector<uint8_t> bytes;
@@ -548,6 +570,11 @@ std::string SessionWorker::Reap(std::chrono::milliseconds grace) {
     // Reaped: the pid may be another process's from now on.
     std::lock_guard<std::mutex> lock(mutex_);
     reaped_ = true;
+  }
+  // Whatever the worker still held of the shared device memory (it died
+  // without freeing, or was killed) goes back to the devices.
+  if (books_slot_ >= 0 && release_books_slot_) {
+    release_books_slot_(std::exchange(books_slot_, -1));
   }
   return exited ? DescribeWaitStatus(status) : "did not exit and was killed";
 }

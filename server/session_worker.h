@@ -49,6 +49,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -71,6 +72,17 @@ namespace ferry::server {
 
 // The main process's side of one worker: spawns it, hands it its client, and
 // stands for its session in the Server's table.
+// Books of device memory that workers share with ferryd's main process (the
+// host backend's DeviceLedger, server/backend/host/device_ledger.h, seen
+// through this seam so that this target needs no backend): the descriptor
+// every worker inherits, and a slot per worker, given back once the worker
+// has been reaped (what it still held goes back to the devices then).
+struct WorkerBooks {
+  int fd = -1;
+  std::function<int()> new_slot;
+  std::function<void(int slot)> release_slot;
+};
+
 class SessionWorker final : public ServedSession {
  public:
   // How long a new worker may take to open its backend.
@@ -95,9 +107,13 @@ class SessionWorker final : public ServedSession {
   // not wait for a backend to open). A worker that
   // cannot (no driver, a plugin that does not load) is reaped and its reason
   // returned.
+  // With `books`, the worker inherits its descriptor as descriptor 4 and a
+  // slot of its own ("--host-memory-ledger 4:SLOT" is appended).
   static Status Spawn(const std::vector<std::string>& command,
                       const std::vector<std::string>& environment,
-                      std::shared_ptr<SessionWorker>* out);
+                      std::shared_ptr<SessionWorker>* out, const WorkerBooks* books = nullptr);
+  // The descriptor a worker finds its shared books on.
+  static constexpr int kWorkerBooksFd = 4;
   ~SessionWorker() override;
   SessionWorker(const SessionWorker&) = delete;
   SessionWorker& operator=(const SessionWorker&) = delete;
@@ -164,6 +180,9 @@ class SessionWorker final : public ServedSession {
   const pid_t pid_;
   const int pidfd_;
   const int link_;
+  // Its slot in the shared books (-1: none), given back by Reap.
+  int books_slot_ = -1;
+  std::function<void(int)> release_books_slot_;
   uint64_t session_id_ = 0;  // set by Start, fixed after
   SessionGrant grant_;       // set by Start, fixed after
 

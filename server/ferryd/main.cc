@@ -133,6 +133,9 @@ struct Flags {
   std::optional<std::string> metrics_listen;
   bool metrics_sessions = false;
   std::optional<int> session_worker_link;  // set: this process is a session worker
+  // A session worker of a host backend: "FD:SLOT", the device memory books
+  // it shares with the main process (server/backend/host/device_ledger.h).
+  std::optional<std::string> host_memory_ledger;
   // A cluster pool (server/cluster/).
   std::optional<std::string> etcd;  // comma-separated URLs
   std::optional<std::string> name;
@@ -404,6 +407,9 @@ int ParseArgs(int argc, char** argv, Flags* flags) {
       app.add_option("--session-worker", session_worker_link)
           ->group("")  // internal: how ferryd starts its session workers
           ->check(CLI::Range(0, 1 << 20));
+  std::string host_memory_ledger;
+  CLI::Option* host_memory_ledger_option =
+      app.add_option("--host-memory-ledger", host_memory_ledger)->group("");  // internal, too
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {
@@ -414,6 +420,7 @@ int ParseArgs(int argc, char** argv, Flags* flags) {
   }
   // The validators above accepted every value, so these conversions succeed.
   if (session_worker_option->count() > 0) flags->session_worker_link = session_worker_link;
+  if (host_memory_ledger_option->count() > 0) flags->host_memory_ledger = host_memory_ledger;
   if (etcd_option->count() > 0) flags->etcd = etcd;
   if (name_option->count() > 0) flags->name = name;
   if (advertise_option->count() > 0) flags->advertise = advertise;
@@ -658,8 +665,11 @@ std::vector<pool::GpuConfig> SortedGpus(const pool::Config& config) {
   return gpus;
 }
 
+// `ledger`: shared device memory books for a host backend (a session
+// worker's); null: its own.
 Status MakeBackend(const Flags& flags, const Settings& settings, const pool::Config& config,
-                   std::unique_ptr<backend::GpuBackend>* out) {
+                   std::unique_ptr<backend::GpuBackend>* out,
+                   std::shared_ptr<backend::DeviceLedger> ledger = nullptr) {
   if (settings.backend == "cuda" || settings.backend == "auto") {
     backend::CudaBackendOptions cuda;
     cuda.driver_path = settings.cuda_driver;
@@ -671,6 +681,7 @@ Status MakeBackend(const Flags& flags, const Settings& settings, const pool::Con
   }
   backend::HostBackendOptions host;
   host.kernel_libraries = settings.host_kernels;
+  host.ledger = std::move(ledger);
   if (flags.host_devices.has_value() || flags.host_memory.has_value() || config.gpus.empty()) {
     // The flags (or their defaults) describe identical devices.
     host.device_count =
@@ -771,7 +782,20 @@ int Main(int argc, char** argv) {
     // session, then exit. Signals stay default: SIGTERM ends it at once.
     signal(SIGPIPE, SIG_IGN);
     std::unique_ptr<backend::GpuBackend> backend;
-    Status status = MakeBackend(flags, settings, config, &backend);
+    std::shared_ptr<backend::DeviceLedger> ledger;
+    Status status = Status::Ok();
+    if (flags.host_memory_ledger.has_value()) {
+      // "FD:SLOT" from the main process (SessionWorker::Spawn).
+      int fd = -1, slot = -1;
+      std::unique_ptr<backend::DeviceLedger> joined;
+      if (std::sscanf(flags.host_memory_ledger->c_str(), "%d:%d", &fd, &slot) != 2) {
+        status = Status::InvalidArgument("--host-memory-ledger wants FD:SLOT");
+      } else {
+        status = backend::DeviceLedger::Join(fd, slot, &joined);
+      }
+      ledger = std::move(joined);
+    }
+    if (status.ok()) status = MakeBackend(flags, settings, config, &backend, ledger);
     // Sessions handed over from TLS connections: the worker runs their new
     // TLS session with the same certificate.
     std::shared_ptr<TlsContext> tls;
@@ -841,6 +865,8 @@ int Main(int argc, char** argv) {
                                             absl::UTCTimeZone());
   }
 
+  // Outlives the server (its workers' slots are given back as they end).
+  std::shared_ptr<backend::DeviceLedger> shared_books;
   server::Server server(*backend, flags.module_cache);
   server.ServeGpus(gpus);
   server.SetComputeSharing(settings.compute_sharing);
@@ -848,7 +874,24 @@ int Main(int argc, char** argv) {
     // Each session in a worker process: ferryd again, with the same flags.
     std::vector<std::string> command{"/proc/self/exe"};
     for (int i = 1; i < argc; ++i) command.emplace_back(argv[i]);
-    server.UseSessionWorkers(std::move(command));
+    server::WorkerBooks books;
+    if (backend->Name() == "host") {
+      // The workers' host backends share one set of device memory books,
+      // so that sessions fill one device as they would a GPU.
+      std::vector<uint64_t> capacity;
+      for (const auto& device : backend->Devices()) capacity.push_back(device.total_memory);
+      std::unique_ptr<backend::DeviceLedger> made;
+      status = backend::DeviceLedger::Create(capacity, /*shared=*/true, &made);
+      if (!status.ok()) {
+        FERRY_LOG(kError) << "cannot make the device memory books: " << status.message();
+        return 1;
+      }
+      shared_books = std::move(made);
+      books.fd = shared_books->fd();
+      books.new_slot = [ledger = shared_books.get()] { return ledger->NewSlot(); };
+      books.release_slot = [ledger = shared_books.get()](int slot) { ledger->ReleaseSlot(slot); };
+    }
+    server.UseSessionWorkers(std::move(command), std::move(books));
   }
   server.SetLimits(settings.limits);
   server.SetRdma(RdmaFromFlags(flags, !settings.tls_cert.empty()));

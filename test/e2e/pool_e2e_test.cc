@@ -455,7 +455,7 @@ TEST_P(OvercommitTest, TwoSessionsTakeTurnsAndTheIdleOnesMemoryIsParked) {
   EXPECT_NE(ferryd_->Stderr().find("parked 40 MiB of device memory"), std::string::npos);
 }
 
-INSTANTIATE_TEST_SUITE_P(Sessions, OvercommitTest, ::testing::Values(true),
+INSTANTIATE_TEST_SUITE_P(Sessions, OvercommitTest, ::testing::Values(false, true),
                          [](const ::testing::TestParamInfo<bool>& info) {
                            return info.param ? "InProcess" : "InWorkers";
                          });

@@ -51,6 +51,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "common/image/module_image.h"
 #include "server/backend/host/device_activity.h"
+#include "server/backend/host/device_ledger.h"
 #include "server/backend/host/device_model.h"
 #include "server/backend/host/ferry_host_kernel.h"
 #include "server/backend/host/host_graph.h"
@@ -752,10 +753,12 @@ struct KernelLibrary {
 
 class HostBackend final : public GpuBackend {
  public:
-  HostBackend(const HostBackendOptions& options, std::vector<KernelLibrary> libraries)
+  // `books`: options.ledger, or books of its own.
+  HostBackend(const HostBackendOptions& options, std::vector<KernelLibrary> libraries,
+              std::shared_ptr<DeviceLedger> books)
       : device_memory_(DeviceMemories(options)),
         libraries_(std::move(libraries)),
-        used_(device_memory_.size(), 0),
+        books_(std::move(books)),
         completions_(std::make_unique<CompletionThread>()) {
     for (size_t i = 0; i < device_memory_.size(); ++i) {
       devices_.push_back(
@@ -889,7 +892,7 @@ class HostBackend final : public GpuBackend {
         std::memset(base, 0, allocation->bytes);
       }
       allocation->parked = std::move(copy);
-      used_[allocation->device] -= allocation->bytes;
+      books_->Give(allocation->device, allocation->bytes);
       if (moved != nullptr) moved->Add(allocation->device, allocation->bytes);
     }
     return Status::Ok();
@@ -905,13 +908,13 @@ class HostBackend final : public GpuBackend {
       parked.push_back(&allocation);
       needed[allocation.device] += allocation.bytes;
     }
-    for (size_t d = 0; d < needed.size(); ++d) {
-      if (needed[d] > device_memory_[d] - used_[d]) {
-        return Status::OutOfMemory(
-            "cannot bring back " + std::to_string(needed[d]) + " parked bytes on device " +
-            std::to_string(d) + ": " + std::to_string(device_memory_[d] - used_[d]) + " of " +
-            std::to_string(device_memory_[d]) + " bytes free");
-      }
+    int short_device = 0;
+    if (!books_->TakeAll(needed, &short_device)) {
+      const int d = short_device;
+      return Status::OutOfMemory("cannot bring back " + std::to_string(needed[d]) +
+                                 " parked bytes on device " + std::to_string(d) + ": " +
+                                 std::to_string(books_->free_bytes(d)) + " of " +
+                                 std::to_string(device_memory_[d]) + " bytes free");
     }
     // Map everything back before copying, so that a failure changes nothing.
     std::vector<Allocation*> remapped;
@@ -923,6 +926,7 @@ class HostBackend final : public GpuBackend {
         for (Allocation* undo : remapped) {
           mprotect(undo->storage.get(), undo->bytes, PROT_NONE);
         }
+        for (size_t d = 0; d < needed.size(); ++d) books_->Give(static_cast<int>(d), needed[d]);
         return Status::OutOfMemory("cannot map " + std::to_string(allocation->bytes) +
                                    " parked bytes back: " + std::strerror(err));
       }
@@ -931,7 +935,6 @@ class HostBackend final : public GpuBackend {
     for (Allocation* allocation : parked) {
       std::memcpy(allocation->storage.get(), allocation->parked.get(), allocation->bytes);
       allocation->parked.reset();
-      used_[allocation->device] += allocation->bytes;
       if (moved != nullptr) moved->Add(allocation->device, allocation->bytes);
     }
     return Status::Ok();
@@ -1007,7 +1010,7 @@ class HostBackend final : public GpuBackend {
     const int device = AsContext(ctx).state()->device;
     std::lock_guard<std::mutex> lock(mu_);
     *total_bytes = device_memory_[device];
-    *free_bytes = device_memory_[device] - used_[device];
+    *free_bytes = books_->free_bytes(device);
     return Status::Ok();
   }
 
@@ -2114,17 +2117,15 @@ class HostBackend final : public GpuBackend {
     for (const auto& a : allocations) bytes[a->device] += a->bytes;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      for (size_t d = 0; d < bytes.size(); ++d) {
-        if (bytes[d] > device_memory_[d] - used_[d]) {
-          return Status::OutOfMemory("the graph allocates " + std::to_string(bytes[d]) +
-                                     " bytes on device " + std::to_string(d) + "; " +
-                                     std::to_string(device_memory_[d] - used_[d]) + " are free");
-        }
-      }
       for (const auto& a : allocations) {
         if (a->held) return InvalidValue("another executable graph holds the graph's memory");
       }
-      for (size_t d = 0; d < bytes.size(); ++d) used_[d] += bytes[d];
+      int d = 0;
+      if (!books_->TakeAll(bytes, &d)) {
+        return Status::OutOfMemory("the graph allocates " + std::to_string(bytes[d]) +
+                                   " bytes on device " + std::to_string(d) + "; " +
+                                   std::to_string(books_->free_bytes(d)) + " are free");
+      }
       for (const auto& a : allocations) a->held = true;
     }
     auto give_back = [this, bytes, allocations] {
@@ -2132,8 +2133,8 @@ class HostBackend final : public GpuBackend {
         madvise(a->base, a->bytes, MADV_DONTNEED);
         mprotect(a->base, a->bytes, PROT_NONE);
       }
+      for (size_t d = 0; d < bytes.size(); ++d) books_->Give(static_cast<int>(d), bytes[d]);
       std::lock_guard<std::mutex> lock(mu_);
-      for (size_t d = 0; d < bytes.size(); ++d) used_[d] -= bytes[d];
       for (const auto& a : allocations) a->held = false;
     };
     auto memory = std::make_shared<HostGraphMemory>();
@@ -2415,7 +2416,7 @@ class HostBackend final : public GpuBackend {
       }
       std::lock_guard<std::mutex> lock(mu_);
       for (const Allocation& a : gone) {
-        if (a.parked == nullptr) used_[a.device] -= a.bytes;  // parked: off the books already
+        if (a.parked == nullptr) books_->Give(a.device, a.bytes);  // parked: off the books already
       }
     };
   }
@@ -2521,21 +2522,18 @@ class HostBackend final : public GpuBackend {
     if (!RoundUp(bytes, host_internal::kAllocationAlignment, &rounded)) {
       return Status::OutOfMemory("allocation of " + std::to_string(bytes) + " bytes overflows");
     }
-    {
-      // Reserve first, so that concurrent allocations cannot both pass.
-      std::lock_guard<std::mutex> lock(mu_);
-      if (rounded > device_memory_[device] - used_[device]) {
-        return Status::OutOfMemory("cannot allocate " + std::to_string(bytes) +
-                                   " bytes on device " + std::to_string(device) + ": " +
-                                   std::to_string(device_memory_[device] - used_[device]) + " of " +
-                                   std::to_string(device_memory_[device]) + " bytes free");
-      }
-      used_[device] += rounded;
+    // Taken first (atomically), so that concurrent allocations cannot both
+    // pass.
+    if (!books_->Take(device, rounded)) {
+      return Status::OutOfMemory("cannot allocate " + std::to_string(bytes) + " bytes on device " +
+                                 std::to_string(device) + ": " +
+                                 std::to_string(books_->free_bytes(device)) + " of " +
+                                 std::to_string(device_memory_[device]) + " bytes free");
     }
     std::shared_ptr<void> storage = AllocateDeviceStorage(rounded);
     std::lock_guard<std::mutex> lock(mu_);
     if (storage == nullptr) {
-      used_[device] -= rounded;
+      books_->Give(device, rounded);
       return Status::OutOfMemory("host memory exhausted allocating " + std::to_string(bytes) +
                                  " bytes");
     }
@@ -2681,6 +2679,9 @@ class HostBackend final : public GpuBackend {
   }
 
   const std::vector<uint64_t> device_memory_;  // per device
+  // How much of each device is taken: shared with other processes'
+  // backends (HostBackendOptions::ledger), or this backend's own.
+  const std::shared_ptr<DeviceLedger> books_;
   const std::vector<KernelLibrary> libraries_;
   std::vector<DeviceDescription> devices_;  // fixed after construction
   // NVML stand-in: per device, when kernels (kernel_activity_) and copies and
@@ -2691,31 +2692,24 @@ class HostBackend final : public GpuBackend {
 
   std::mutex mu_;
   absl::flat_hash_map<uint64_t, Allocation> allocations_ ABSL_GUARDED_BY(mu_);
-  std::vector<uint64_t> used_ ABSL_GUARDED_BY(mu_);  // accounted bytes per device
 
   std::unique_ptr<CompletionThread> completions_;
   // The tenant of contexts that join no other (tests that use the backend
   // directly): their releases wait for each other's work.
   const std::shared_ptr<TenantState> default_tenant_ = std::make_shared<TenantState>();
 
-  // Physical memory is charged to used_ like any allocation (after mu_ and
-  // used_, so it goes before them).
+  // Physical memory is charged to the books like any allocation (after
+  // books_, so it goes before them).
   host_internal::HostVirtualMemory virtual_memory_{
       [this](int device, uint64_t bytes) -> Status {
-        std::lock_guard<std::mutex> lock(mu_);
-        if (bytes > device_memory_[device] - used_[device]) {
+        if (!books_->Take(device, bytes)) {
           return Status::OutOfMemory("cannot create " + std::to_string(bytes) +
                                      " bytes on device " + std::to_string(device) + ": " +
-                                     std::to_string(device_memory_[device] - used_[device]) +
-                                     " bytes free");
+                                     std::to_string(books_->free_bytes(device)) + " bytes free");
         }
-        used_[device] += bytes;
         return Status::Ok();
       },
-      [this](int device, uint64_t bytes) {
-        std::lock_guard<std::mutex> lock(mu_);
-        used_[device] -= bytes;
-      }};
+      [this](int device, uint64_t bytes) { books_->Give(device, bytes); }};
 };
 
 HostArray::~HostArray() {
@@ -2754,6 +2748,24 @@ Status CreateHostBackend(const HostBackendOptions& options, std::unique_ptr<GpuB
   } else if (options.device_memory == 0) {
     return Status::InvalidArgument("host backend: device_memory must be positive");
   }
+  std::shared_ptr<DeviceLedger> books = options.ledger;
+  if (books == nullptr) {
+    std::unique_ptr<DeviceLedger> own;
+    FERRY_RETURN_IF_ERROR(
+        DeviceLedger::Create(HostBackend::DeviceMemories(options), /*shared=*/false, &own));
+    books = std::move(own);
+  } else {
+    // Shared books must describe these very devices.
+    const std::vector<uint64_t> memories = HostBackend::DeviceMemories(options);
+    bool same = options.ledger->devices() == static_cast<int>(memories.size());
+    for (size_t d = 0; same && d < memories.size(); ++d) {
+      same = options.ledger->capacity(static_cast<int>(d)) == memories[d];
+    }
+    if (!same) {
+      return Status::InvalidArgument(
+          "host backend: the shared device ledger describes other devices than these");
+    }
+  }
   std::vector<KernelLibrary> libraries;
   auto close_all = [&libraries] {
     for (const KernelLibrary& lib : libraries) dlclose(lib.handle);
@@ -2771,7 +2783,7 @@ Status CreateHostBackend(const HostBackendOptions& options, std::unique_ptr<GpuB
     libraries.push_back(KernelLibrary{path, handle});
   }
   try {
-    *out = std::make_unique<HostBackend>(options, std::move(libraries));
+    *out = std::make_unique<HostBackend>(options, std::move(libraries), std::move(books));
   } catch (const std::system_error& e) {  // the completion thread could not start
     close_all();
     return Status::Internal(std::string("host backend: ") + e.what());

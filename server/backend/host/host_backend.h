@@ -23,6 +23,7 @@
 
 #include "common/status.h"
 #include "server/backend/api/gpu_backend.h"
+#include "server/backend/host/device_ledger.h"
 
 namespace ferry::backend {
 
@@ -35,6 +36,10 @@ struct HostBackendOptions {
   // When not empty: one entry (bytes, > 0) per device, at most 64; replaces
   // device_count and device_memory (ferryd's [[gpu]] memory).
   std::vector<uint64_t> device_memories;
+  // Books of the devices' memory shared with other processes' host backends
+  // (ferryd's session workers: device_ledger.h); it must describe the same
+  // devices. Null: books of this backend's own.
+  std::shared_ptr<DeviceLedger> ledger;
 };
 
 // Creates a host backend. Fails (InvalidArgument) on bad options, or when a
