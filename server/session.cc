@@ -167,11 +167,7 @@ SessionInfo Session::Info() const {
   info.park_seconds = static_cast<double>(park_ns_.load()) / 1e9;
   info.unpark_seconds = static_cast<double>(unpark_ns_.load()) / 1e9;
   if (const int64_t last = last_call_ns_.load(); last != 0) {
-    info.idle_ms = (std::chrono::duration_cast<std::chrono::nanoseconds>(
-                        std::chrono::steady_clock::now().time_since_epoch())
-                        .count() -
-                    last) /
-                   1000000;
+    info.idle_ms = (session_internal::SteadyNowNs() - last) / 1000000;
   }
   {
     std::lock_guard<std::mutex> lock(end_reason_mutex_);
@@ -661,9 +657,7 @@ std::shared_ptr<uint8_t[]> AllocateBulk(uint64_t bytes) {
 Status Session::ExecuteBatch(kj::ArrayPtr<const capnp::word> words, uint64_t bulk_bytes,
                              PayloadSource& payload) {
   std::lock_guard<std::timed_mutex> exec(exec_mutex_);
-  last_call_ns_.store(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                          std::chrono::steady_clock::now().time_since_epoch())
-                          .count());
+  last_call_ns_.store(session_internal::SteadyNowNs());
   // Parked memory comes back before any call of the batch runs; if it
   // cannot, every call of the batch fails with the reason.
   batch_refusal_ = UnparkForBatch();

@@ -1,6 +1,7 @@
 // Small helpers shared by the Session's source files (session*.cc) only.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <memory>
@@ -9,6 +10,14 @@
 namespace ferry::server::session_internal {
 
 // `v` as 0x-prefixed hex, for addresses in messages.
+// steady_clock now, in nanoseconds since its epoch: what the session keeps
+// in atomics (the last call's time) to tell how long it has been idle.
+inline int64_t SteadyNowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 inline std::string Hex(uint64_t v) {
   char buf[32];
   snprintf(buf, sizeof(buf), "0x%llx", static_cast<unsigned long long>(v));

@@ -8,16 +8,13 @@
 
 #include "common/log.h"
 #include "server/session.h"
+#include "server/session_internal.h"
 
 namespace ferry::server {
 
 namespace {
 
-int64_t SteadyNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
+using session_internal::SteadyNowNs;
 
 std::string Mib(uint64_t bytes) {
   return std::to_string((bytes + (1 << 19)) >> 20) + " MiB";
@@ -80,7 +77,7 @@ Status Session::Park(absl::Duration min_idle, const std::string& reason, uint64_
   }
   const int64_t last = last_call_ns_.load();
   const absl::Duration idle =
-      last == 0 ? absl::InfiniteDuration() : absl::Nanoseconds(SteadyNs() - last);
+      last == 0 ? absl::InfiniteDuration() : absl::Nanoseconds(SteadyNowNs() - last);
   if (idle < min_idle) {
     return Status::Overloaded("session " + std::to_string(id_) + " made a call " +
                                       absl::FormatDuration(absl::Trunc(idle, absl::Milliseconds(1))) +
@@ -90,10 +87,10 @@ Status Session::Park(absl::Duration min_idle, const std::string& reason, uint64_
     return Status::Overloaded("session " + std::to_string(id_) +
                                       " has work running on its streams");
   }
-  const int64_t started = SteadyNs();
+  const int64_t started = SteadyNowNs();
   backend::ParkedMemory moved;
   FERRY_RETURN_IF_ERROR(backend_.ParkTenantMemory(*tenant_, &moved));
-  const int64_t took = SteadyNs() - started;
+  const int64_t took = SteadyNowNs() - started;
   backend::ParkedMemory parked;
   backend_.TenantMemory(*tenant_, &parked, nullptr);
   parked_bytes_.store(parked.Total());
@@ -113,7 +110,7 @@ Status Session::Park(absl::Duration min_idle, const std::string& reason, uint64_
 
 Status Session::UnparkForBatch() {
   if (!parked_.load()) return Status::Ok();
-  const int64_t started = SteadyNs();
+  const int64_t started = SteadyNowNs();
   const auto deadline = std::chrono::steady_clock::now() + kUnparkWaitLimit;
   // The client waits for a call of this batch meanwhile: keepalives go out
   // as for a deferred reply, so its call deadline measures silence only.
@@ -146,7 +143,7 @@ Status Session::UnparkForBatch() {
     }
   }
   deferred_replies_.fetch_sub(1);
-  const int64_t took = SteadyNs() - started;
+  const int64_t took = SteadyNowNs() - started;
   unpark_ns_.fetch_add(took);
   if (!status.ok()) {
     FERRY_LOG(kWarning) << "session " << id_ << " (" << program_ << "@" << host_
