@@ -1546,7 +1546,7 @@ uint64_t Server::RelieveMemoryPressure(int backend_device, uint64_t bytes, uint6
     parked += moved;
   }
   if (parked == 0) {
-    FERRY_LOG(kInfo) << reason << ", and no idle session's memory could be parked ("
+    FERRY_LOG(kDebug) << reason << ", and no idle session's memory could be parked ("
                      << candidates.size() << " idle candidate(s))";
   }
   return parked;

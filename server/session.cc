@@ -166,7 +166,8 @@ SessionInfo Session::Info() const {
   info.bytes_unparked_total = bytes_unparked_total_.load();
   info.park_seconds = static_cast<double>(park_ns_.load()) / 1e9;
   info.unpark_seconds = static_cast<double>(unpark_ns_.load()) / 1e9;
-  if (const int64_t last = last_call_ns_.load(); last != 0) {
+  // A batch executing now (a long synchronous call) is not idleness.
+  if (const int64_t last = last_call_ns_.load(); last != 0 && !in_batch_.load()) {
     info.idle_ms = (session_internal::SteadyNowNs() - last) / 1000000;
   }
   {
@@ -657,7 +658,17 @@ std::shared_ptr<uint8_t[]> AllocateBulk(uint64_t bytes) {
 Status Session::ExecuteBatch(kj::ArrayPtr<const capnp::word> words, uint64_t bulk_bytes,
                              PayloadSource& payload) {
   std::lock_guard<std::timed_mutex> exec(exec_mutex_);
+  // Idle time counts from the end of the last batch (stamped at its start
+  // too, for a session whose first batch is still running).
   last_call_ns_.store(session_internal::SteadyNowNs());
+  in_batch_.store(true);
+  struct BatchEnd {
+    Session* session;
+    ~BatchEnd() {
+      session->last_call_ns_.store(session_internal::SteadyNowNs());
+      session->in_batch_.store(false);
+    }
+  } batch_end{this};
   // Parked memory comes back before any call of the batch runs; if it
   // cannot, every call of the batch fails with the reason.
   batch_refusal_ = UnparkForBatch();
@@ -788,8 +799,12 @@ void Session::Execute(wire::Call::Reader call, backend::HostBytes bulk) {
     }
     return;
   }
-  if (!batch_refusal_.ok()) {
-    // Its memory is parked and could not come back: nothing may run.
+  if (!batch_refusal_.ok() && which != wire::Call::MEM_FREE) {
+    // Its memory is parked and could not come back: nothing may run but a
+    // free (the backend frees parked memory as it is), which may be what
+    // lets the session fit again. An end of capture still ends the capture,
+    // as with a latched error.
+    if (call.isStreamEndCapture()) AbandonCaptureOf(call.getStreamEndCapture());
     if (cx.wants_reply) {
       SendReply(cx.seq, batch_refusal_);
       CountSyncCall(cx.started);

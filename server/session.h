@@ -263,6 +263,8 @@ class Session final : public ServedSession {
   // before its calls fail with CUDA_ERROR_OUT_OF_MEMORY (the next batch tries
   // again).
   static constexpr std::chrono::seconds kUnparkWaitLimit{10};
+  // Tests only: how long a batch waits for its parked memory to come back.
+  void TEST_SetUnparkWait(std::chrono::milliseconds wait) { unpark_wait_ = wait; }
 
   SessionInfo Info() const override;
   uint64_t id() const { return id_; }
@@ -955,6 +957,7 @@ class Session final : public ServedSession {
   // Whether every stream of every context is idle (no queued or running work).
   bool AllStreamsIdle();
   MemoryPressure relieve_;
+  std::chrono::milliseconds unpark_wait_{kUnparkWaitLimit};
   // Set under exec_mutex_, read by Info from any thread.
   std::atomic<bool> parked_{false};
   std::atomic<uint64_t> parked_bytes_{0};
@@ -964,8 +967,10 @@ class Session final : public ServedSession {
   std::atomic<uint64_t> parks_{0}, unparks_{0};
   std::atomic<uint64_t> bytes_parked_total_{0}, bytes_unparked_total_{0};
   std::atomic<int64_t> park_ns_{0}, unpark_ns_{0};
-  // steady_clock nanoseconds of the last batch's start; 0 before the first.
+  // steady_clock nanoseconds of the last batch's start and end; 0 before
+  // the first. in_batch_: a batch is executing now.
   std::atomic<int64_t> last_call_ns_{0};
+  std::atomic<bool> in_batch_{false};
 
   // Held while a batch executes and while Preempt frees everything.
   std::timed_mutex exec_mutex_;

@@ -50,6 +50,9 @@ bool Session::AllStreamsIdle() {
 
 Status Session::Park(absl::Duration min_idle, const std::string& reason, uint64_t* parked_bytes) {
   *parked_bytes = 0;
+  if (!backend_.CanParkMemory()) {
+    return Status::Unimplemented(std::string(backend_.Name()) + " backend cannot park memory");
+  }
   std::unique_lock<std::timed_mutex> exec(exec_mutex_, std::defer_lock);
   if (!exec.try_lock_for(kParkLockWait)) {
     return Status::Overloaded("session " + std::to_string(id_) + " is executing calls");
@@ -93,6 +96,7 @@ Status Session::Park(absl::Duration min_idle, const std::string& reason, uint64_
   const int64_t took = SteadyNowNs() - started;
   backend::ParkedMemory parked;
   backend_.TenantMemory(*tenant_, &parked, nullptr);
+  if (parked.Total() == 0) return Status::Ok();  // nothing was there to park
   parked_bytes_.store(parked.Total());
   parked_.store(true);
   parks_.fetch_add(1);
@@ -111,7 +115,7 @@ Status Session::Park(absl::Duration min_idle, const std::string& reason, uint64_
 Status Session::UnparkForBatch() {
   if (!parked_.load()) return Status::Ok();
   const int64_t started = SteadyNowNs();
-  const auto deadline = std::chrono::steady_clock::now() + kUnparkWaitLimit;
+  const auto deadline = std::chrono::steady_clock::now() + unpark_wait_;
   // The client waits for a call of this batch meanwhile: keepalives go out
   // as for a deferred reply, so its call deadline measures silence only.
   deferred_replies_.fetch_add(1);
@@ -130,10 +134,12 @@ Status Session::UnparkForBatch() {
         if (parked.bytes[d] > 0) freed += relieve_(static_cast<int>(d), parked.bytes[d], id_);
       }
     }
-    if (freed > 0) continue;
+    // Bounded whatever the others free: their room may be taken again
+    // before this side's next try.
     if (std::chrono::steady_clock::now() >= deadline) break;
+    if (freed > 0) continue;
     // Nobody could be parked now: memory comes back as other sessions free
-    // or end; look again shortly (bounded by kUnparkWaitLimit).
+    // or end; look again shortly (bounded by unpark_wait_).
     std::unique_lock<std::mutex> lock(serve_mutex_);
     serve_cv_.wait_for(lock, std::chrono::milliseconds(std::min(200, 10 << std::min(attempt, 4))),
                        [this] { return serving_ended_; });
@@ -164,8 +170,15 @@ Status Session::UnparkForBatch() {
 }
 
 bool Session::RelieveMemoryPressure(int device, uint64_t bytes) {
-  if (!relieve_ || device < 0 || static_cast<size_t>(device) >= grant_.devices.size()) return false;
-  return relieve_(grant_.devices[device].backend_device, bytes, id_) > 0;
+  // Only a session of a pool that overcommits memory makes others park.
+  if (!relieve_ || !grant_.park_after.has_value() || device < 0 ||
+      static_cast<size_t>(device) >= grant_.devices.size()) {
+    return false;
+  }
+  const int backend_device = grant_.devices[device].backend_device;
+  // More than the device holds can never fit: nobody is parked for it.
+  if (bytes > backend_.Devices()[backend_device].total_memory) return false;
+  return relieve_(backend_device, bytes, id_) > 0;
 }
 
 }  // namespace ferry::server

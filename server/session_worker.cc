@@ -16,7 +16,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <functional>
 #include <string_view>
+#include <system_error>
 #include <thread>
 #include <utility>
 
@@ -29,6 +31,45 @@ extern char** environ;
 
 namespace ferry::server {
 namespace {
+
+// Runs one job at a time on a thread of its own: a job offered while the
+// previous one still runs is refused (its caller answers the request at
+// once), so a peer that floods requests never makes threads pile up. The
+// owner calls Join before what the jobs use goes away.
+class OneJobThread {
+ public:
+  ~OneJobThread() { Join(); }
+  bool TryStart(std::function<void()> job) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (running_) return false;
+    if (thread_.joinable()) thread_.join();  // finished: it cleared running_
+    running_ = true;
+    try {
+      thread_ = std::thread([this, job = std::move(job)] {
+        job();
+        std::lock_guard<std::mutex> done(mutex_);
+        running_ = false;
+      });
+    } catch (const std::system_error&) {
+      running_ = false;  // no thread to be had: refused like a busy one
+      return false;
+    }
+    return true;
+  }
+  void Join() {
+    std::thread finishing;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      finishing = std::move(thread_);
+    }
+    if (finishing.joinable()) finishing.join();
+  }
+
+ private:
+  std::mutex mutex_;
+  bool running_ = false;
+  std::thread thread_;
+};
 
 // The link's messages are small: the largest is the start (the Hello, at
 // most kHandshakeFrameLimits' 64 KiB, and the grant).
@@ -418,7 +459,7 @@ std::string SessionWorker::Supervise(ModuleCache* images) {
   // Requests for room run on threads of their own: making room asks other
   // workers to park, and one of them may be asking this one at the same
   // time; this thread keeps delivering answers meanwhile.
-  std::vector<std::thread> relieving;
+  OneJobThread relieving;
   for (;;) {
     std::vector<uint8_t> bytes;
     std::vector<int> fds;
@@ -461,14 +502,20 @@ std::string SessionWorker::Supervise(ModuleCache* images) {
           const uint64_t request = message.getRelieve().getRequestId();
           const int device = message.getRelieve().getDevice();
           const uint64_t wanted = message.getRelieve().getBytes();
-          relieving.emplace_back([this, request, device, wanted] {
-            const uint64_t freed = relieve_ ? relieve_(device, wanted, session_id_) : 0;
+          auto answer = [this, request](uint64_t freed) {
             (void)Send(Encode<wire::ToWorker>([&](wire::ToWorker::Builder root) {
-              auto answer = root.initRelieved();
-              answer.setRequestId(request);
-              answer.setBytes(freed);
+              auto relieved = root.initRelieved();
+              relieved.setRequestId(request);
+              relieved.setBytes(freed);
             }));
-          });
+          };
+          // One at a time (the worker's executor asks one at a time; a
+          // request while one is still being served gets 0 at once).
+          if (!relieve_ || !relieving.TryStart([this, device, wanted, answer] {
+                answer(relieve_(device, wanted, session_id_));
+              })) {
+            answer(0);
+          }
           break;
         }
         case wire::FromWorker::PREEMPTED: {
@@ -535,7 +582,7 @@ std::string SessionWorker::Supervise(ModuleCache* images) {
     link_closed_ = true;
     answered_.notify_all();
   }
-  for (std::thread& t : relieving) t.join();
+  relieving.Join();
   return Reap(kExitGrace);
 }
 
@@ -958,6 +1005,7 @@ int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backe
   // The link's reader: the main process's requests, until it closes the link.
   std::mutex preempts_mutex;
   std::vector<std::thread> preempts;
+  OneJobThread parking;  // park requests, one at a time
   std::thread reader([&] {
     for (;;) {
       std::vector<uint8_t> in;
@@ -990,17 +1038,21 @@ int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backe
             const absl::Duration min_idle = absl::Milliseconds(message.getPark().getMinIdleMs());
             std::string reason = message.getPark().getReason().cStr();
             const uint64_t request = message.getPark().getRequestId();
-            std::lock_guard<std::mutex> lock(preempts_mutex);
-            preempts.emplace_back([&, min_idle, reason, request] {
-              uint64_t parked = 0;
-              const Status status = session->Park(min_idle, reason, &parked);
+            auto answer = [&worker_link, request](const Status& status, uint64_t parked) {
               (void)worker_link.Send(Encode<wire::FromWorker>([&](wire::FromWorker::Builder root) {
-                auto answer = root.initParked();
-                answer.setRequestId(request);
-                StatusToWire(status, answer.initStatus());
-                answer.setBytes(parked);
+                auto parked_answer = root.initParked();
+                parked_answer.setRequestId(request);
+                StatusToWire(status, parked_answer.initStatus());
+                parked_answer.setBytes(parked);
               }));
-            });
+            };
+            if (!parking.TryStart([&session, min_idle, reason, answer] {
+                  uint64_t parked = 0;
+                  const Status status = session->Park(min_idle, reason, &parked);
+                  answer(status, parked);
+                })) {
+              answer(Status::Overloaded("the session is being parked already"), 0);
+            }
             break;
           }
           case wire::ToWorker::RELIEVED: {
@@ -1056,6 +1108,7 @@ int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backe
   // and returns the session's slices once it has exited.
   ::shutdown(link, SHUT_RDWR);
   reader.join();
+  parking.Join();
   {
     std::lock_guard<std::mutex> lock(preempts_mutex);
     for (std::thread& t : preempts) t.join();

@@ -120,8 +120,7 @@ struct PoolConfig {
   // quotas may add up to more than the GPU has; when an allocation finds the
   // device full, ferryd parks the device memory of sessions idle for at
   // least park_after in host RAM (same addresses) and brings it back on their
-  // next call. 1 = no overcommit (nothing is parked for this pool's sessions
-  // then unless memory is short anyway).
+  // next call. 1 = no overcommit: this pool's sessions are never parked.
   double memory_overcommit = 1.0;
   absl::Duration park_after = absl::Seconds(30);
 };

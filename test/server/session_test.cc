@@ -440,6 +440,40 @@ TEST_F(SessionTest, OnlyAnIdleSessionIsParkedAndItsNextCallBringsTheMemoryBack) 
   EXPECT_EQ(info.bytes_unparked_total, 1u << 20);
 }
 
+// Parked memory that cannot come back (the device filled meanwhile): the
+// batch's calls fail with CUDA_ERROR_OUT_OF_MEMORY, all but a free — which
+// may be what makes the session fit — and the next batch tries again.
+TEST_F(SessionTest, ParkedMemoryWithoutRoomFailsTheCallsButAFreeAndComesBackLater) {
+  session_->TEST_SetUnparkWait(std::chrono::milliseconds(50));
+  CreateContext();
+  const uint64_t kept = Alloc(8 << 20);
+  const uint64_t spare = Alloc(8 << 20);
+  CopyIn(0, kept, std::vector<uint8_t>(4096, 0x33));
+  ASSERT_TRUE(Sync(0).status.ok());
+  uint64_t parked = 0;
+  ASSERT_TRUE(session_->Park(absl::ZeroDuration(), "test", &parked).ok());
+  ASSERT_EQ(parked, 16u << 20);
+  // Someone else takes all but 12 MiB of the 64 MiB device.
+  std::unique_ptr<backend::Context> other;
+  ASSERT_TRUE(backend_->CreateContext(0, 0, &other).ok());
+  std::unique_ptr<backend::Tenant> other_tenant = backend_->CreateTenant();
+  backend_->JoinTenant(*other, *other_tenant);
+  uint64_t filler = 0;
+  ASSERT_TRUE(backend_->MemAlloc(*other, 52 << 20, &filler).ok());
+
+  ReplyResult refused = CopyOut(0, kept, 4096);
+  EXPECT_EQ(refused.status.cuda_result(), CUDA_ERROR_OUT_OF_MEMORY) << refused.status.ToString();
+  EXPECT_TRUE(session_->Info().parked);
+  // The free goes through although the memory is parked; then 8 MiB fit.
+  auto freed = client_->Call([&](wire::Call::Builder c) { c.initMemFree().setDptr(spare); });
+  EXPECT_TRUE(freed.status.ok()) << freed.status.ToString();
+  ReplyResult back = CopyOut(0, kept, 4096);
+  ASSERT_TRUE(back.status.ok()) << back.status.ToString();
+  EXPECT_EQ(back.bulk, std::vector<uint8_t>(4096, 0x33));
+  EXPECT_FALSE(session_->Info().parked);
+  ASSERT_TRUE(backend_->MemFree(*other, filler).ok());
+}
+
 // graph node kinds: an allocation node's range is the session's from
 // instantiation, so work queued on any stream may use it; destroying the
 // executable graph releases the memory (and its quota) only after that work,

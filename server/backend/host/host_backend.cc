@@ -867,48 +867,74 @@ class HostBackend final : public GpuBackend {
 
   bool CanParkMemory() const override { return true; }
 
+  // Both copy outside mu_ (seconds for GiBs; other tenants' allocations,
+  // frees and releases must not wait for that): what they copy is found
+  // under mu_ by address, with its storage held, and the change is made
+  // under mu_ again. The tenant is idle (the contract), so none of its
+  // allocations comes or goes meanwhile.
+  struct ParkingEntry {
+    uint64_t base = 0;
+    std::shared_ptr<void> storage;
+    std::shared_ptr<uint8_t[]> copy;
+    uint64_t bytes = 0;
+    int device = 0;
+  };
+
   Status ParkTenantMemory(Tenant& tenant, ParkedMemory* moved) override {
     const std::set<const ContextState*> owners = TenantContexts(tenant);
-    std::lock_guard<std::mutex> lock(mu_);
-    // Copy everything first, so that a failure changes nothing.
-    std::vector<std::pair<Allocation*, std::shared_ptr<uint8_t[]>>> copies;
-    for (auto& [base, allocation] : allocations_) {
-      if (allocation.parked != nullptr || !owners.contains(allocation.owner)) continue;
-      std::shared_ptr<uint8_t[]> copy = ParkingSpace(allocation.bytes);
-      if (copy == nullptr) {
-        return Status::OutOfMemory("host memory exhausted parking " +
-                                   std::to_string(allocation.bytes) + " bytes");
+    std::vector<ParkingEntry> entries;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto& [base, allocation] : allocations_) {
+        if (allocation.parked != nullptr || !owners.contains(allocation.owner)) continue;
+        entries.push_back({base, allocation.storage, nullptr, allocation.bytes, allocation.device});
       }
-      std::memcpy(copy.get(), allocation.storage.get(), allocation.bytes);
-      copies.emplace_back(&allocation, std::move(copy));
     }
-    for (auto& [allocation, copy] : copies) {
-      void* base = allocation->storage.get();
-      if (allocation->bytes >= kMmapThreshold) {
-        // Same range, no access, no memory behind it (and, inaccessible,
-        // none charged to the system's commit limit until unparked).
-        void* p = mmap(base, allocation->bytes, PROT_NONE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS,
-                       -1, 0);
-        if (p == MAP_FAILED) std::memset(base, 0, allocation->bytes);  // keeps the range
-      } else {
-        std::memset(base, 0, allocation->bytes);
+    // Copy everything first, so that a failure changes nothing.
+    for (ParkingEntry& entry : entries) {
+      entry.copy = ParkingSpace(entry.bytes);
+      if (entry.copy == nullptr) {
+        return Status::OutOfMemory("host memory exhausted parking " + std::to_string(entry.bytes) +
+                                   " bytes");
       }
-      allocation->parked = std::move(copy);
-      books_->Give(allocation->device, allocation->bytes);
-      if (moved != nullptr) moved->Add(allocation->device, allocation->bytes);
+      std::memcpy(entry.copy.get(), entry.storage.get(), entry.bytes);
+    }
+    for (ParkingEntry& entry : entries) {
+      void* base = entry.storage.get();
+      if (entry.bytes >= kMmapThreshold) {
+        // Same mapping, its pages dropped and no access left (a stray
+        // touch faults instead of reading stale bytes).
+        madvise(base, entry.bytes, MADV_DONTNEED);
+        if (mprotect(base, entry.bytes, PROT_NONE) != 0) {
+          std::memset(base, 0, entry.bytes);  // cleared, at least
+        }
+      } else {
+        std::memset(base, 0, entry.bytes);
+      }
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    for (ParkingEntry& entry : entries) {
+      auto it = allocations_.find(entry.base);
+      if (it == allocations_.end()) continue;  // cannot happen while the tenant is idle
+      it->second.parked = std::move(entry.copy);
+      books_->Give(entry.device, entry.bytes);
+      if (moved != nullptr) moved->Add(entry.device, entry.bytes);
     }
     return Status::Ok();
   }
 
   Status UnparkTenantMemory(Tenant& tenant, ParkedMemory* moved) override {
     const std::set<const ContextState*> owners = TenantContexts(tenant);
-    std::lock_guard<std::mutex> lock(mu_);
-    std::vector<Allocation*> parked;
+    std::vector<ParkingEntry> entries;
     std::vector<uint64_t> needed(device_memory_.size(), 0);
-    for (auto& [base, allocation] : allocations_) {
-      if (allocation.parked == nullptr || !owners.contains(allocation.owner)) continue;
-      parked.push_back(&allocation);
-      needed[allocation.device] += allocation.bytes;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto& [base, allocation] : allocations_) {
+        if (allocation.parked == nullptr || !owners.contains(allocation.owner)) continue;
+        entries.push_back(
+            {base, allocation.storage, allocation.parked, allocation.bytes, allocation.device});
+        needed[allocation.device] += allocation.bytes;
+      }
     }
     int short_device = 0;
     if (!books_->TakeAll(needed, &short_device)) {
@@ -919,30 +945,33 @@ class HostBackend final : public GpuBackend {
                                  std::to_string(device_memory_[d]) + " bytes free");
     }
     // Map everything back before copying, so that a failure changes nothing.
-    std::vector<Allocation*> remapped;
-    for (Allocation* allocation : parked) {
-      if (allocation->bytes < kMmapThreshold) continue;
-      void* base = allocation->storage.get();
-      if (mprotect(base, allocation->bytes, PROT_READ | PROT_WRITE) != 0) {
+    std::vector<const ParkingEntry*> remapped;
+    for (const ParkingEntry& entry : entries) {
+      if (entry.bytes < kMmapThreshold) continue;
+      if (mprotect(entry.storage.get(), entry.bytes, PROT_READ | PROT_WRITE) != 0) {
         const int err = errno;
-        for (Allocation* undo : remapped) {
+        for (const ParkingEntry* undo : remapped) {
           mprotect(undo->storage.get(), undo->bytes, PROT_NONE);
         }
         for (size_t d = 0; d < needed.size(); ++d) books_->Give(static_cast<int>(d), needed[d]);
-        return Status::OutOfMemory("cannot map " + std::to_string(allocation->bytes) +
+        return Status::OutOfMemory("cannot map " + std::to_string(entry.bytes) +
                                    " parked bytes back: " + std::strerror(err));
       }
-      remapped.push_back(allocation);
+      remapped.push_back(&entry);
     }
-    for (Allocation* allocation : parked) {
+    for (const ParkingEntry& entry : entries) {
       // The pages in place first, in one call (as ParkingSpace does); a
       // kernel without MADV_POPULATE_WRITE faults them in during the copy.
-      if (allocation->bytes >= kMmapThreshold) {
-        madvise(allocation->storage.get(), allocation->bytes, kMadvPopulateWrite);
+      if (entry.bytes >= kMmapThreshold) {
+        madvise(entry.storage.get(), entry.bytes, kMadvPopulateWrite);
       }
-      std::memcpy(allocation->storage.get(), allocation->parked.get(), allocation->bytes);
-      allocation->parked.reset();
-      if (moved != nullptr) moved->Add(allocation->device, allocation->bytes);
+      std::memcpy(entry.storage.get(), entry.copy.get(), entry.bytes);
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const ParkingEntry& entry : entries) {
+      auto it = allocations_.find(entry.base);
+      if (it != allocations_.end()) it->second.parked.reset();
+      if (moved != nullptr) moved->Add(entry.device, entry.bytes);
     }
     return Status::Ok();
   }
@@ -2154,9 +2183,11 @@ class HostBackend final : public GpuBackend {
         madvise(a->base, a->bytes, MADV_DONTNEED);
         mprotect(a->base, a->bytes, PROT_NONE);
       }
-      for (size_t d = 0; d < bytes.size(); ++d) books_->Give(static_cast<int>(d), bytes[d]);
+      // Under mu_, as CommitGraphMemory takes them: a commit in between
+      // never sees the memory held with its bytes already given back.
       std::lock_guard<std::mutex> lock(mu_);
       for (const auto& a : allocations) a->held = false;
+      for (size_t d = 0; d < bytes.size(); ++d) books_->Give(static_cast<int>(d), bytes[d]);
     };
     auto memory = std::make_shared<HostGraphMemory>();
     memory->allocations = allocations;
