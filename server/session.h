@@ -954,6 +954,17 @@ class Session final : public ServedSession {
   // `device`: asks the pressure hook for room; true when it parked anything
   // (then the allocation is worth trying again).
   bool RelieveMemoryPressure(int device, uint64_t bytes);
+  // Every allocation path: runs `allocate`; when the backend refuses it for
+  // lack of device memory, asks for room on session device `device` and, if
+  // anything was parked, runs it once more.
+  template <typename Allocate>
+  Status WithRoom(int device, uint64_t bytes, Allocate allocate) {
+    Status allocated = allocate();
+    if (allocated.code() == StatusCode::kOutOfMemory && RelieveMemoryPressure(device, bytes)) {
+      allocated = allocate();
+    }
+    return allocated;
+  }
   // Whether every stream of every context is idle (no queued or running work).
   bool AllStreamsIdle();
   MemoryPressure relieve_;

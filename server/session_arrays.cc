@@ -34,12 +34,11 @@ Status Session::ArrayCreate(wire::ArrayCreate::Reader args) {
   FERRY_RETURN_IF_ERROR(
       CheckArrayShape(entry.descriptor, entry.levels, &entry.element_bytes, &entry.charged));
   FERRY_RETURN_IF_ERROR(CheckQuotaAfterReleases(c->device, entry.charged));
-  if (entry.levels > 0) {
-    FERRY_RETURN_IF_ERROR(backend_.CreateMipmappedArray(*c->context, entry.descriptor, entry.levels,
-                                                        &entry.mipmapped));
-  } else {
-    FERRY_RETURN_IF_ERROR(backend_.CreateArray(*c->context, entry.descriptor, &entry.array));
-  }
+  FERRY_RETURN_IF_ERROR(WithRoom(c->device, entry.charged, [&] {
+    return entry.levels > 0 ? backend_.CreateMipmappedArray(*c->context, entry.descriptor,
+                                                            entry.levels, &entry.mipmapped)
+                            : backend_.CreateArray(*c->context, entry.descriptor, &entry.array);
+  }));
   shares_.Charge(c->device, entry.charged);
   return arrays_.Insert(args.getArray(), std::move(entry));
 }

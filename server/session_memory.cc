@@ -42,14 +42,11 @@ Status Session::MemAlloc(wire::MemAlloc::Reader args, CallContext& cx) {
   if (args.getBytes() == 0) return Status::InvalidArgument("cuMemAlloc of 0 bytes");
   FERRY_RETURN_IF_ERROR(CheckQuotaAfterReleases(c->device, args.getBytes()));
   uint64_t dptr = 0;
-  Status allocated = backend_.MemAlloc(*c->context, args.getBytes(), &dptr);
-  // The device is full (quotas may add up to more than it has: memory
+  // The device may be full (quotas may add up to more than it has: memory
   // overcommit): idle sessions' memory may be parked to make room.
-  if (allocated.code() == StatusCode::kOutOfMemory &&
-      RelieveMemoryPressure(c->device, args.getBytes())) {
-    allocated = backend_.MemAlloc(*c->context, args.getBytes(), &dptr);
-  }
-  FERRY_RETURN_IF_ERROR(allocated);
+  FERRY_RETURN_IF_ERROR(WithRoom(c->device, args.getBytes(), [&] {
+    return backend_.MemAlloc(*c->context, args.getBytes(), &dptr);
+  }));
   if (!ranges_.Insert(dptr, args.getBytes(), RangeEntry{args.getCtx(), 0, c->device})) {
     // The backend gave out memory the session already holds: never keep
     // two entries for one address.
@@ -77,14 +74,10 @@ Status Session::MemAllocPitch(wire::MemAllocPitch::Reader args, CallContext& cx)
   }
   FERRY_RETURN_IF_ERROR(CheckQuotaAfterReleases(c->device, args.getWidthBytes() * args.getHeight()));
   uint64_t dptr = 0, pitch = 0;
-  Status allocated = backend_.MemAllocPitch(*c->context, args.getWidthBytes(), args.getHeight(),
-                                            element, &dptr, &pitch);
-  if (allocated.code() == StatusCode::kOutOfMemory &&
-      RelieveMemoryPressure(c->device, args.getWidthBytes() * args.getHeight())) {
-    allocated = backend_.MemAllocPitch(*c->context, args.getWidthBytes(), args.getHeight(), element,
-                                       &dptr, &pitch);
-  }
-  FERRY_RETURN_IF_ERROR(allocated);
+  FERRY_RETURN_IF_ERROR(WithRoom(c->device, args.getWidthBytes() * args.getHeight(), [&] {
+    return backend_.MemAllocPitch(*c->context, args.getWidthBytes(), args.getHeight(), element,
+                                  &dptr, &pitch);
+  }));
   const uint64_t bytes = pitch * args.getHeight();
   if (Status quota = CheckQuotaAfterReleases(c->device, bytes); !quota.ok()) {
     (void)backend_.MemFree(*c->context, dptr);

@@ -81,7 +81,9 @@ Status Session::MemAllocAsync(wire::MemAllocAsync::Reader args, CallContext& cx)
   if (bytes == 0) return Status::InvalidArgument("cuMemAllocAsync of 0 bytes");
   FERRY_RETURN_IF_ERROR(CheckQuotaAfterReleases(pool->device, bytes));
   uint64_t dptr = 0;
-  FERRY_RETURN_IF_ERROR(backend_.MemAllocFromPool(*stream, *pool->pool, bytes, &dptr));
+  FERRY_RETURN_IF_ERROR(WithRoom(pool->device, bytes, [&] {
+    return backend_.MemAllocFromPool(*stream, *pool->pool, bytes, &dptr);
+  }));
   if (!ranges_.Insert(dptr, bytes, RangeEntry{args.getCtx(), 0, pool->device})) {
     (void)backend_.MemFreeAsync(*stream, dptr, [](Status) {});
     return Status::Internal("cuMemAllocAsync returned " + Hex(dptr) +

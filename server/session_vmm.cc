@@ -127,8 +127,9 @@ Status Session::MemCreate(wire::MemCreate::Reader args) {
   }
   FERRY_RETURN_IF_ERROR(CheckQuotaAfterReleases(args.getDevice(), args.getBytes()));
   PhysicalEntry entry;
-  FERRY_RETURN_IF_ERROR(
-      backend_.CreatePhysicalMemory(backend_device, args.getBytes(), &entry.memory));
+  FERRY_RETURN_IF_ERROR(WithRoom(args.getDevice(), args.getBytes(), [&] {
+    return backend_.CreatePhysicalMemory(backend_device, args.getBytes(), &entry.memory);
+  }));
   entry.device = args.getDevice();
   entry.bytes = args.getBytes();
   entry.references = 1;

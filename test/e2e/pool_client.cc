@@ -14,7 +14,7 @@
 //     with CUDA_ERROR_OUT_OF_MEMORY past the quota and succeed up to it; a
 //     kernel runs (through the launch throttle). Prints "all checks passed".
 //
-//   pool_client turns BYTES TURN_PREFIX ROUNDS
+//   pool_client turns BYTES TURN_PREFIX ROUNDS [async]
 //     Memory overcommit: takes turns with another borrower on one device.
 //     Turn r (1..ROUNDS) starts when the file TURN_PREFIXr exists. Turn 1
 //     allocates BYTES and fills them with a linked ring: node i (every
@@ -24,7 +24,9 @@
 //     stored), checks every value, then adds 1 to each and writes them back.
 //     Prints "TURN r OK" after each. Between turns it makes no call, so its
 //     memory may be parked. After the last turn it waits for
-//     TURN_PREFIX(ROUNDS+1), frees, prints "all checks passed".
+//     TURN_PREFIX(ROUNDS+1), frees, prints "all checks passed". With
+//     "async" it allocates with cuMemAllocAsync (the device's memory pool)
+//     instead of cuMemAlloc.
 #include <cuda.h>
 #include <unistd.h>
 
@@ -156,7 +158,7 @@ struct RingNode {
 };
 constexpr size_t kNodeBytes = 64 << 10;
 
-int Turns(uint64_t bytes, const std::string& turn_prefix, int rounds) {
+int Turns(uint64_t bytes, const std::string& turn_prefix, int rounds, bool async) {
   e2e::PrimaryContext primary = e2e::SetUpPrimaryContext();
   const size_t nodes = bytes / kNodeBytes;
   E2E_CHECK(nodes >= 2, "%llu bytes hold fewer than 2 nodes", static_cast<unsigned long long>(bytes));
@@ -164,7 +166,12 @@ int Turns(uint64_t bytes, const std::string& turn_prefix, int rounds) {
   for (int turn = 1; turn <= rounds; ++turn) {
     E2E_CHECK(WaitForFile(turn_prefix + std::to_string(turn)), "turn %d never came", turn);
     if (turn == 1) {
-      E2E_CHECK_CU(cuMemAlloc(&base, bytes));
+      if (async) {
+        E2E_CHECK_CU(cuMemAllocAsync(&base, bytes, nullptr));
+        E2E_CHECK_CU(cuStreamSynchronize(nullptr));
+      } else {
+        E2E_CHECK_CU(cuMemAlloc(&base, bytes));
+      }
       for (size_t i = 0; i < nodes; ++i) {
         const RingNode node{base + ((i + 1) % nodes) * kNodeBytes, 1000 * i};
         E2E_CHECK_CU(cuMemcpyHtoD(base + i * kNodeBytes, &node, sizeof(node)));
@@ -192,8 +199,14 @@ int Turns(uint64_t bytes, const std::string& turn_prefix, int rounds) {
     std::fflush(stdout);
   }
   E2E_CHECK(WaitForFile(turn_prefix + std::to_string(rounds + 1)), "never told to end");
-  E2E_CHECK_CU(cuMemFree(base));
-  e2e::Ok("%d turns over a ring of %zu nodes", rounds, nodes);
+  if (async) {
+    E2E_CHECK_CU(cuMemFreeAsync(base, nullptr));
+    E2E_CHECK_CU(cuStreamSynchronize(nullptr));
+  } else {
+    E2E_CHECK_CU(cuMemFree(base));
+  }
+  e2e::Ok("%d turns over a ring of %zu nodes (%s)", rounds, nodes,
+          async ? "cuMemAllocAsync" : "cuMemAlloc");
   std::printf("all checks passed\n");
   return 0;
 }
@@ -205,11 +218,11 @@ int main(int argc, char** argv) {
     char* argv_rest[] = {argv[0], argc > 3 ? argv[3] : nullptr};
     return Quota(std::strtoull(argv[2], nullptr, 10), e2e::ImageDir(argc > 3 ? 2 : 1, argv_rest));
   }
-  if (mode == "turns" && argc == 5) {
-    return Turns(std::strtoull(argv[2], nullptr, 10), argv[3], std::atoi(argv[4]));
+  if (mode == "turns" && (argc == 5 || (argc == 6 && std::string(argv[5]) == "async"))) {
+    return Turns(std::strtoull(argv[2], nullptr, 10), argv[3], std::atoi(argv[4]), argc == 6);
   }
   std::fprintf(stderr,
                "usage: pool_client hold RELEASE_FILE | quota QUOTA_BYTES [IMAGE_DIR] | turns BYTES "
-               "TURN_PREFIX ROUNDS\n");
+               "TURN_PREFIX ROUNDS [async]\n");
   return 2;
 }

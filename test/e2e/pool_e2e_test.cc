@@ -410,10 +410,14 @@ TEST_P(OvercommitTest, TwoSessionsTakeTurnsAndTheIdleOnesMemoryIsParked) {
   std::map<std::string, ChildProcess*> borrowers;
   for (const std::string name : {"a", "b"}) {
     std::string error;
-    std::optional<ChildProcess> child = ChildProcess::Start(
-        {std::string(FERRY_E2E_PROGRAM_DIR) + "/e2e_pool_client", "turns",
-         std::to_string(kTurnBytes), dir_ + "/" + name + ".turn", std::to_string(kTurns)},
-        ClientEnv({}), dir_ + "/" + name, &error);
+    // b allocates from the device's memory pool (cuMemAllocAsync): its first
+    // allocation, the one that needs a parked, takes that path.
+    std::vector<std::string> argv = {std::string(FERRY_E2E_PROGRAM_DIR) + "/e2e_pool_client",
+                                     "turns", std::to_string(kTurnBytes),
+                                     dir_ + "/" + name + ".turn", std::to_string(kTurns)};
+    if (name == "b") argv.push_back("async");
+    std::optional<ChildProcess> child =
+        ChildProcess::Start(argv, ClientEnv({}), dir_ + "/" + name, &error);
     ASSERT_TRUE(child.has_value()) << error;
     borrowers[name] = &programs_.emplace(name, std::move(*child)).first->second;
   }
