@@ -146,8 +146,7 @@ Status Connection::PrepareShm(const Transport& transport, const ConnectionOption
 
 Status Connection::FinishShm(wire::HelloReply::Reader reply, const std::string& server_name,
                              bool required, const ConnectionOptions& options,
-                             std::unique_ptr<Transport>* transport, bool* moved) {
-  *moved = false;
+                             std::unique_ptr<Transport>* transport) {
   const std::string from = (*transport)->Description();
   if (!reply.hasShm()) {
     const std::string refusal =
@@ -211,7 +210,6 @@ Status Connection::FinishShm(wire::HelloReply::Reader reply, const std::string& 
                                 " to shared memory failed: " + joined.message());
   }
   *transport = std::move(shm);  // the TCP connection closes
-  *moved = true;
   std::string old = from;
   for (char& c : old) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
   FERRY_LOG(kInfo) << "connected to ferryd at " << server_name << " over "
@@ -372,8 +370,7 @@ Status Connection::Open(std::unique_ptr<Transport> transport, std::string server
   }
   if (!shm_boot_id.empty()) {
     const auto reply = (*hello_reply)->getRoot<wire::HelloReply>();
-    bool moved = false;
-    FERRY_RETURN_IF_ERROR(FinishShm(reply, server_name, shm_required, options, &transport, &moved));
+    FERRY_RETURN_IF_ERROR(FinishShm(reply, server_name, shm_required, options, &transport));
     // A ferryd that invites the client to shared memory has refused its
     // RDMA offer: whether or not the client came, nothing else moves.
     if (reply.hasShm()) rdma_connector.reset();

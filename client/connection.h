@@ -210,14 +210,14 @@ class Connection {
   // Shared memory for a client on ferryd's host (common/shm_rendezvous.h):
   // the boot id the Hello offers, or why there is no offer (a transport
   // other than TCP or TLS, an unreadable boot id); then, with ferryd's
-  // answer, the stream moved to shared memory (`*moved` true) or left where
-  // it is (ferryd refuses, or its socket cannot be reached) — unless it is
+  // answer, the stream moved to shared memory (`*transport` replaced) or
+  // left where it is (ferryd refuses, or its socket cannot be reached) — unless it is
   // `required`.
   static Status PrepareShm(const Transport& transport, const ConnectionOptions& options,
                            std::string* boot_id);
   static Status FinishShm(wire::HelloReply::Reader reply, const std::string& server_name,
                           bool required, const ConnectionOptions& options,
-                          std::unique_ptr<Transport>* transport, bool* moved);
+                          std::unique_ptr<Transport>* transport);
 
   // Queues a call without waiting. `bulk` is taken before return (copied into
   // the batch, or written to the socket when large). `seq_out`, when given,

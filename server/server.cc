@@ -817,9 +817,7 @@ void Server::ServeClient(uint64_t id, std::unique_ptr<Transport> transport,
                                            std::move(grant), module_cache_.get());
   session->SetBufferLimit(limits_.session_buffer_bytes);
   session->SetRdma(rdma_);
-  session->SetMemoryPressure([this](int device, uint64_t bytes, uint64_t requester) {
-    return RelieveMemoryPressure(device, bytes, requester);
-  });
+  session->SetMemoryPressure(MemoryPressureHook());
   if (token.has_value()) session->SetToken(token->name, token->id);
   std::string early_preemption;
   {
@@ -1014,9 +1012,7 @@ void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transpo
     preemption.reason = late_preemption;
     PreemptSession(preemption);
   }
-  worker->SetMemoryPressure([this](int device, uint64_t bytes, uint64_t requester) {
-    return RelieveMemoryPressure(device, bytes, requester);
-  });
+  worker->SetMemoryPressure(MemoryPressureHook());
   const std::string ended = worker->Supervise(module_cache_.get());
   if (!ended.empty()) {
     FERRY_LOG(kWarning) << who << " ended: its worker process " << worker->pid() << " " << ended
@@ -1503,6 +1499,12 @@ std::vector<std::shared_ptr<ServedSession>> Server::LiveSessions() const {
   std::vector<std::shared_ptr<ServedSession>> live;
   for (const auto& [id, session] : sessions_) live.push_back(session);
   return live;
+}
+
+Session::MemoryPressure Server::MemoryPressureHook() {
+  return [this](int device, uint64_t bytes, uint64_t requester) {
+    return RelieveMemoryPressure(device, bytes, requester);
+  };
 }
 
 uint64_t Server::RelieveMemoryPressure(int backend_device, uint64_t bytes, uint64_t requester) {

@@ -220,6 +220,8 @@ class Server {
   // idle first, until `bytes` are parked or none is left. Returns the bytes
   // parked. Any thread; asks each session outside the lock.
   uint64_t RelieveMemoryPressure(int backend_device, uint64_t bytes, uint64_t requester);
+  // RelieveMemoryPressure as every session's hook (in process or a worker's).
+  Session::MemoryPressure MemoryPressureHook();
   // A worker for a session with `environment`: the spare when it fits (no
   // environment of its own) and lives, else a new one; a spare is then made
   // again in the background.

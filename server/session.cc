@@ -658,9 +658,8 @@ std::shared_ptr<uint8_t[]> AllocateBulk(uint64_t bytes) {
 Status Session::ExecuteBatch(kj::ArrayPtr<const capnp::word> words, uint64_t bulk_bytes,
                              PayloadSource& payload) {
   std::lock_guard<std::timed_mutex> exec(exec_mutex_);
-  // Idle time counts from the end of the last batch (stamped at its start
-  // too, for a session whose first batch is still running).
-  last_call_ns_.store(session_internal::SteadyNowNs());
+  // Idle time counts from the end of the last batch; while one executes
+  // the session is not idle at all.
   in_batch_.store(true);
   struct BatchEnd {
     Session* session;
@@ -799,22 +798,6 @@ void Session::Execute(wire::Call::Reader call, backend::HostBytes bulk) {
     }
     return;
   }
-  if (!batch_refusal_.ok() && which != wire::Call::MEM_FREE) {
-    // Its memory is parked and could not come back: nothing may run but a
-    // free (the backend frees parked memory as it is), which may be what
-    // lets the session fit again. An end of capture still ends the capture,
-    // as with a latched error.
-    if (call.isStreamEndCapture()) AbandonCaptureOf(call.getStreamEndCapture());
-    if (cx.wants_reply) {
-      SendReply(cx.seq, batch_refusal_);
-      CountSyncCall(cx.started);
-    } else if (latched_error_.ok()) {
-      latched_error_ = batch_refusal_.WithContext("asynchronous error from call " +
-                                                  std::to_string(cx.seq));
-      latched_seq_ = cx.seq;
-    }
-    return;
-  }
   if (cx.wants_reply && !latched_error_.ok()) {
     // The error of an earlier fire-and-forget call is this call's answer,
     // and the call does not run. Except that an end of capture still ends
@@ -830,7 +813,17 @@ void Session::Execute(wire::Call::Reader call, backend::HostBytes bulk) {
     CountSyncCall(cx.started);
     return;
   }
-  Status status = Dispatch(call, cx);
+  Status status;
+  if (!batch_refusal_.ok() && which != wire::Call::MEM_FREE) {
+    // Its memory is parked and could not come back: nothing runs but a free
+    // (the backend frees parked memory as it is), which may be what lets the
+    // session fit again; every other call fails as a failed call does. An
+    // end of capture still ends the capture, as with a latched error.
+    if (call.isStreamEndCapture()) AbandonCaptureOf(call.getStreamEndCapture());
+    status = batch_refusal_;
+  } else {
+    status = Dispatch(call, cx);
+  }
   // A handler defers its reply only as its last, infallible step; the
   // completion it handed to the backend answers the call.
   if (cx.deferred) return;

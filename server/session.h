@@ -978,8 +978,8 @@ class Session final : public ServedSession {
   std::atomic<uint64_t> parks_{0}, unparks_{0};
   std::atomic<uint64_t> bytes_parked_total_{0}, bytes_unparked_total_{0};
   std::atomic<int64_t> park_ns_{0}, unpark_ns_{0};
-  // steady_clock nanoseconds of the last batch's start and end; 0 before
-  // the first. in_batch_: a batch is executing now.
+  // steady_clock nanoseconds of the last batch's end; 0 before the first.
+  // in_batch_: a batch is executing now.
   std::atomic<int64_t> last_call_ns_{0};
   std::atomic<bool> in_batch_{false};
 
