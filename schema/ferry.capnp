@@ -1528,6 +1528,9 @@ struct SessionInfo {
   parks @14 :UInt64;
   unparks @15 :UInt64;
   idleMs @16 :Int64;
+  # idle release (server/README.md, "Idle release"): its slices went back to the pool while it
+  # is idle (its memory is parked); its next call borrows them again
+  slicesReleased @17 :Bool;
 }
 
 struct ControlReply {

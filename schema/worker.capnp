@@ -52,6 +52,7 @@ struct WorkerStart {
   rdmaGidIndex @13 :Int32;
   rdmaUnavailable @14 :Text;
   parkAfterMs @15 :Int64;        # SessionGrant.park_after in ms; -1: never parked
+  idleRelease @16 :Bool;         # the main process may release the session (Session::SetSliceLease)
 }
 
 # A snapshot of the session (server/session.h SessionInfo).
@@ -96,6 +97,10 @@ struct WorkerSessionInfo {
   parkSeconds @34 :Float64;
   unparkSeconds @35 :Float64;
   idleMs @36 :Int64;
+  # idle release (SessionInfo, server/session.h)
+  slicesReleased @37 :Bool;
+  releases @38 :UInt64;
+  reborrows @39 :UInt64;
 }
 
 # A module image by name (server/module_cache.h): SHA-256 and length.
@@ -112,6 +117,7 @@ struct ToWorker {
     image @3 :ImageAnswer;        # answers FromWorker.findImage
     park @4 :ParkRequest;         # Session::Park; answered by FromWorker.parked
     relieved @5 :RelieveAnswer;   # answers FromWorker.relieve
+    borrowedAgain @6 :BorrowAgainAnswer;  # answers FromWorker.borrowAgain
   }
 }
 
@@ -119,6 +125,14 @@ struct ParkRequest {
   requestId @0 :UInt64;
   minIdleMs @1 :Int64;
   reason @2 :Text;
+  releaseSlices @3 :Bool;       # Session::ReleaseIdle instead of Park (reason unused)
+}
+
+# Idle release: the worker's session borrows its slices again (Session::SliceLease.borrow_again,
+# Server::BorrowSlicesAgain in the main process).
+struct BorrowAgainAnswer {
+  requestId @0 :UInt64;
+  status @1 :Ferry.Status;
 }
 
 struct ParkAnswer {
@@ -166,6 +180,10 @@ struct FromWorker {
                                   # everything (its end log line, server/session_log.h)
     parked @6 :ParkAnswer;        # answers ToWorker.park
     relieve @7 :RelieveRequest;   # answered by ToWorker.relieved
+    # Idle release: the session's memory is parked and its slices go back to the pool now (sent
+    # under the session's execution lock, so it precedes any borrowAgain); not answered.
+    slicesReleased @8 :Void;
+    borrowAgain @9 :UInt64;       # a request id; answered by ToWorker.borrowedAgain
   }
 }
 

@@ -311,6 +311,24 @@ std::optional<absl::Duration> PoolService::ParkAfter(const std::string& pool) co
   return found->second.park_after;
 }
 
+std::optional<absl::Duration> PoolService::IdleRelease(const std::string& pool) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto found = state_->config().pools.find(pool);
+  if (found == state_->config().pools.end()) return std::nullopt;
+  return found->second.idle_release;
+}
+
+std::optional<absl::Duration> PoolService::ShortestIdleRelease() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::optional<absl::Duration> shortest;
+  for (const auto& [name, pool] : state_->config().pools) {
+    if (pool.idle_release.has_value() && (!shortest || *pool.idle_release < *shortest)) {
+      shortest = pool.idle_release;
+    }
+  }
+  return shortest;
+}
+
 std::string PoolService::config_path() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return state_->config().path;

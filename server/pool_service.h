@@ -86,6 +86,13 @@ class PoolService {
   // How long a session of `pool` must be idle before its memory may be
   // parked; nullopt when the pool does not overcommit memory (or is gone).
   std::optional<absl::Duration> ParkAfter(const std::string& pool) const;
+  // How long a session of `pool` may be idle before its slices go back to
+  // the pool (idle release); nullopt when never. Read at each look, so a
+  // reload applies to sessions already holding.
+  std::optional<absl::Duration> IdleRelease(const std::string& pool) const;
+  // The shortest idle_release of any pool (how often ferryd looks), or
+  // nullopt when no pool releases idle sessions.
+  std::optional<absl::Duration> ShortestIdleRelease() const;
   bool uses_test_clock() const { return options_.test_clock != nullptr; }
 
   // /metrics (server/server_metrics.cc): what happened in each pool since

@@ -471,6 +471,16 @@ void Server::Start() {
   for (auto& acceptor : acceptors_) StartAccept(*acceptor);
   for (auto& acceptor : unix_acceptors_) StartAcceptUnix(*acceptor);
   io_thread_ = std::thread([this] { io_.run(); });
+  if (pool_ != nullptr && cluster_ == nullptr) {
+    if (pool_->ShortestIdleRelease().has_value() && !backend_.CanParkMemory()) {
+      FERRY_LOG(kWarning) << "the pool config sets idle_release, but the " << backend_.Name()
+                          << " backend cannot park memory: idle sessions keep their slices";
+    }
+    idle_release_thread_ = std::thread([this] { ReleaseIdleSessionsLoop(); });
+  } else if (pool_ != nullptr && pool_->ShortestIdleRelease().has_value()) {
+    FERRY_LOG(kWarning) << "idle_release is not applied in a cluster yet: idle sessions keep "
+                        << "their slices";
+  }
   RefillSpareWorker();
 }
 
@@ -818,6 +828,7 @@ void Server::ServeClient(uint64_t id, std::unique_ptr<Transport> transport,
   session->SetBufferLimit(limits_.session_buffer_bytes);
   session->SetRdma(rdma_);
   session->SetMemoryPressure(MemoryPressureHook());
+  if (session->grant().releasable) session->SetSliceLease(SliceLeaseFor(id, hello, session->grant()));
   if (token.has_value()) session->SetToken(token->name, token->id);
   std::string early_preemption;
   {
@@ -1013,6 +1024,7 @@ void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transpo
     PreemptSession(preemption);
   }
   worker->SetMemoryPressure(MemoryPressureHook());
+  if (grant.releasable) worker->SetSliceLease(SliceLeaseFor(id, hello, grant));
   const std::string ended = worker->Supervise(module_cache_.get());
   if (!ended.empty()) {
     FERRY_LOG(kWarning) << who << " ended: its worker process " << worker->pid() << " " << ended
@@ -1035,6 +1047,17 @@ void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transpo
   LogWorkerSessionEnded(*worker, ended, stopping);
 }
 
+namespace {
+
+// How long the client lets a borrow wait in the queue (FERRY_WAIT). A wait
+// longer than a year is a year (and never overflows absl::Time).
+absl::Duration WaitOf(wire::Hello::Reader hello) {
+  constexpr uint64_t kMaxWaitMs = 366ull * 24 * 3600 * 1000;
+  return absl::Milliseconds(static_cast<int64_t>(std::min(hello.getWaitMs(), kMaxWaitMs)));
+}
+
+}  // namespace
+
 Status Server::BorrowFor(uint64_t id, Transport& transport, wire::Hello::Reader hello,
                          const std::optional<auth::Token>& token, SessionGrant* grant,
                          ClusterRedirect* redirect) {
@@ -1042,9 +1065,7 @@ Status Server::BorrowFor(uint64_t id, Transport& transport, wire::Hello::Reader 
   request.session = id;
   request.pool = hello.getPool().cStr();
   request.gpus = static_cast<int>(std::clamp<uint32_t>(hello.getGpus(), 1, 1024));
-  // A wait longer than a year is a year (and never overflows absl::Time).
-  constexpr uint64_t kMaxWaitMs = 366ull * 24 * 3600 * 1000;
-  request.wait = absl::Milliseconds(static_cast<int64_t>(std::min(hello.getWaitMs(), kMaxWaitMs)));
+  request.wait = WaitOf(hello);
   request.host = hello.getHost().cStr();
   request.pid = hello.getPid();
   request.program = hello.getProgram().cStr();
@@ -1245,6 +1266,10 @@ void Server::GrantFromLease(const pool::Lease& lease, const Transport& transport
   grant->pooled = true;
   grant->pool = lease.pool;
   if (pool_ != nullptr) grant->park_after = pool_->ParkAfter(lease.pool);
+  // Idle release needs parking, and a pool of this server alone: in a
+  // cluster the slices are claimed in etcd, which a borrow again would have
+  // to claim anew (not built).
+  grant->releasable = pool_ != nullptr && cluster_ == nullptr && backend_.CanParkMemory();
   for (const pool::SliceGrant& slice : lease.slices) {
     SessionDevice device;
     device.backend_device = BackendDeviceOf(slice.gpu);
@@ -1416,6 +1441,7 @@ Status Server::HandleControl(wire::ControlRequest::Reader request,
         out.setParks(s.parks);
         out.setUnparks(s.unparks);
         out.setIdleMs(s.idle_ms);
+        out.setSlicesReleased(s.slices_released);
       }
       FillPoolStatus(reply.initPool());
       return Status::Ok();
@@ -1554,6 +1580,77 @@ uint64_t Server::RelieveMemoryPressure(int backend_device, uint64_t bytes, uint6
   return parked;
 }
 
+Session::SliceLease Server::SliceLeaseFor(uint64_t id, wire::Hello::Reader hello,
+                                          const SessionGrant& grant) {
+  pool::BorrowRequest request;
+  request.session = id;
+  request.pool = grant.pool;
+  request.gpus = static_cast<int>(grant.devices.size());
+  request.wait = WaitOf(hello);
+  request.host = hello.getHost().cStr();
+  request.pid = hello.getPid();
+  request.program = hello.getProgram().cStr();
+  // The same slices: the session's contexts and address ranges are there
+  // (and an SM partition, where one enforces the share, is the slice's).
+  for (const SessionDevice& device : grant.devices) {
+    request.pinned.push_back(pool::PinnedSlice{device.gpu, device.slice, device.slices_per_gpu});
+  }
+  Session::SliceLease lease;
+  lease.give_back = [this, id] { pool_->Return(id); };
+  lease.borrow_again = [this, request](const std::function<bool()>& gone) {
+    const std::string who = "session " + std::to_string(request.session) + " (pid " +
+                            std::to_string(request.pid) + ", " + request.program + "@" +
+                            request.host + ")";
+    const auto report_position = [&](int position) {
+      FERRY_LOG(kInfo) << who << " waits to borrow its slice(s) of pool " << request.pool
+                       << " again: position " << position << " in the queue";
+    };
+    pool::Lease granted;
+    return pool_->Borrow(request, gone, report_position, &granted);
+  };
+  return lease;
+}
+
+void Server::ReleaseIdleSessionsLoop() {
+  // How often sessions are looked at: a quarter of the shortest
+  // idle_release (a session goes at most that much late), within bounds.
+  constexpr absl::Duration kFastest = absl::Milliseconds(50);
+  constexpr absl::Duration kSlowest = absl::Seconds(5);
+  std::unique_lock<std::mutex> lock(mutex_);
+  while (!stopping_) {
+    lock.unlock();
+    const std::optional<absl::Duration> shortest = pool_->ShortestIdleRelease();
+    if (shortest.has_value()) ReleaseIdleSessions();
+    const absl::Duration period =
+        shortest.has_value() ? std::clamp(*shortest / 4, kFastest, kSlowest) : kSlowest;
+    lock.lock();
+    idle_release_cv_.wait_for(lock, absl::ToChronoMilliseconds(period),
+                              [this] { return stopping_; });
+  }
+}
+
+void Server::ReleaseIdleSessions() {
+  for (const auto& session : LiveSessions()) {
+    const SessionGrant& grant = session->grant();
+    if (!grant.releasable) continue;
+    // Read at each look: a reload applies to sessions already holding.
+    const std::optional<absl::Duration> after = pool_->IdleRelease(grant.pool);
+    if (!after.has_value()) continue;
+    const SessionInfo info = session->Info();
+    // idle_ms is 0 before the first call and during a batch.
+    if (info.slices_released || !info.started || !info.end_reason.empty() || info.idle_ms == 0 ||
+        absl::Milliseconds(info.idle_ms) < *after) {
+      continue;
+    }
+    uint64_t parked = 0;
+    const Status status = session->ReleaseIdle(*after, &parked);
+    if (!status.ok()) {
+      // Busy after all (a call came meanwhile): the next look tries again.
+      FERRY_LOG(kDebug) << "session " << info.id << " not released: " << status.message();
+    }
+  }
+}
+
 std::vector<SessionInfo> Server::Sessions() const {
   // Asked outside the lock: a worker takes up to SessionWorker::kInfoTimeout
   // to answer, and handshakes must not wait for it.
@@ -1575,6 +1672,8 @@ void Server::Stop() {
     // Sessions in worker processes: their connections are theirs.
     for (auto& [id, session] : sessions_) session->Stop();
   }
+  idle_release_cv_.notify_all();
+  if (idle_release_thread_.joinable()) idle_release_thread_.join();
   asio::post(io_, [this] {
     for (auto& acceptor : acceptors_) {
       asio::error_code ignored;

@@ -222,6 +222,17 @@ class Server {
   uint64_t RelieveMemoryPressure(int backend_device, uint64_t bytes, uint64_t requester);
   // RelieveMemoryPressure as every session's hook (in process or a worker's).
   Session::MemoryPressure MemoryPressureHook();
+  // Idle release (server/README.md "Idle release"). The session's
+  // SliceLease: its slices go back to the pool, and come again through a
+  // borrow pinned to the same slices that waits in the pool's queue for as
+  // long as the client's FERRY_WAIT (`hello`'s waitMs).
+  Session::SliceLease SliceLeaseFor(uint64_t id, wire::Hello::Reader hello,
+                                    const SessionGrant& grant);
+  // Every idle_release of the pool's config: releases each session of such a
+  // pool that has been idle that long (ServedSession::ReleaseIdle). On
+  // idle_release_thread_, until Stop.
+  void ReleaseIdleSessionsLoop();
+  void ReleaseIdleSessions();
   // A worker for a session with `environment`: the spare when it fits (no
   // environment of its own) and lives, else a new one; a spare is then made
   // again in the background.
@@ -308,6 +319,8 @@ class Server {
   std::vector<std::string> unix_paths_;  // removed at Stop
   std::vector<std::string> bound_;
   std::thread io_thread_;
+  std::thread idle_release_thread_;  // with a pool outside a cluster; joined by Stop
+  std::condition_variable idle_release_cv_;  // Stop wakes it (with mutex_)
 
   mutable std::mutex mutex_;
   std::condition_variable connections_cv_;

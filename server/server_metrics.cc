@@ -84,6 +84,8 @@ void SessionTotals::Add(const SessionInfo& info) {
   sync_calls.Add(info.sync_calls);
   parks += info.parks;
   unparks += info.unparks;
+  idle_releases += info.releases;
+  reborrows += info.reborrows;
   bytes_parked += info.bytes_parked_total;
   bytes_unparked += info.bytes_unparked_total;
   park_seconds += info.park_seconds;
@@ -346,6 +348,18 @@ std::string Server::MetricsText() const {
   out.Family("ferry_unpark_seconds_total", MetricType::kCounter,
              "Time sessions' calls waited for their parked memory to come back.");
   out.Value(server_label, totals.unpark_seconds);
+  // --- idle release
+  uint64_t released_now = 0;
+  for (const SessionInfo& info : infos) released_now += info.slices_released ? 1 : 0;
+  out.Family("ferry_released_sessions", MetricType::kGauge,
+             "Sessions whose slices went back to the pool while they are idle (idle release).");
+  out.Count(server_label, released_now);
+  out.Family("ferry_idle_releases_total", MetricType::kCounter,
+             "Times an idle session's slices went back to the pool (its memory parked).");
+  out.Count(server_label, totals.idle_releases);
+  out.Family("ferry_reborrows_total", MetricType::kCounter,
+             "Times a released session borrowed its slices again for its next call.");
+  out.Count(server_label, totals.reborrows);
 
   // --- process -------------------------------------------------------------
   out.Family("process_start_time_seconds", MetricType::kGauge,

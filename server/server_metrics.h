@@ -39,6 +39,7 @@ struct SessionTotals {
   metrics::HistogramCounts sync_calls;  // by kSyncCallBucketSeconds
   // parking (memory overcommit)
   uint64_t parks = 0, unparks = 0;
+  uint64_t idle_releases = 0, reborrows = 0;  // idle release
   uint64_t bytes_parked = 0, bytes_unparked = 0;
   double park_seconds = 0, unpark_seconds = 0;
 

@@ -166,6 +166,9 @@ SessionInfo Session::Info() const {
   info.bytes_unparked_total = bytes_unparked_total_.load();
   info.park_seconds = static_cast<double>(park_ns_.load()) / 1e9;
   info.unpark_seconds = static_cast<double>(unpark_ns_.load()) / 1e9;
+  info.slices_released = slices_released_.load();
+  info.releases = releases_.load();
+  info.reborrows = reborrows_.load();
   // A batch executing now (a long synchronous call) is not idleness.
   if (const int64_t last = last_call_ns_.load(); last != 0 && !in_batch_.load()) {
     info.idle_ms = (session_internal::SteadyNowNs() - last) / 1000000;

@@ -157,6 +157,12 @@ struct SessionInfo {
   double park_seconds = 0;    // time spent copying memory out
   double unpark_seconds = 0;  // time its first calls waited for it to come back
   int64_t idle_ms = 0;        // since its last call (0 before the first)
+  // Idle release (Session::ReleaseIdle): its slices are back in the pool
+  // now (its memory parked); over its life how often that happened and how
+  // often it borrowed them again.
+  bool slices_released = false;
+  uint64_t releases = 0;
+  uint64_t reborrows = 0;
 };
 
 // A live client session as ferryd's Server holds it: a Session in this
@@ -173,6 +179,8 @@ class ServedSession {
   // See Session::Park.
   virtual Status Park(absl::Duration min_idle, const std::string& reason,
                       uint64_t* parked_bytes) = 0;
+  // See Session::ReleaseIdle.
+  virtual Status ReleaseIdle(absl::Duration min_idle, uint64_t* parked_bytes) = 0;
   // Ends the session's connection; it frees everything and ends soon after.
   virtual void Stop() = 0;
 };
@@ -259,6 +267,25 @@ class Session final : public ServedSession {
   using MemoryPressure = std::function<uint64_t(int device, uint64_t bytes, uint64_t requester)>;
   void SetMemoryPressure(MemoryPressure relieve) { relieve_ = std::move(relieve); }
   static constexpr std::chrono::milliseconds kParkLockWait{100};
+
+  // Idle release (server/README.md "Idle release"). Before Run: how the
+  // session's slices go back to the pool and come again. `give_back` runs
+  // under exec_mutex_ once the memory is parked (no call of the session can
+  // run before it returns; it must not wait for this session);
+  // `borrow_again` runs on the executor before the next batch and blocks
+  // until the same slices are the session's again, the borrow is refused
+  // (its error fails the batch's calls), or `gone` says the session ended.
+  struct SliceLease {
+    std::function<void()> give_back;
+    std::function<Status(const std::function<bool()>& gone)> borrow_again;
+  };
+  void SetSliceLease(SliceLease lease) { slice_lease_ = std::move(lease); }
+  // Any thread. Parks the session's memory as Park does (on the same
+  // conditions, or Overloaded saying why not) and gives its slices back
+  // (SliceLease::give_back); its next batch borrows them again, then brings
+  // the memory back, before any of its calls runs. Unimplemented
+  // without a SliceLease; OK and 0 bytes when already released.
+  Status ReleaseIdle(absl::Duration min_idle, uint64_t* parked_bytes) override;
   // How long a parked session's batch waits for room to bring its memory back
   // before its calls fail with CUDA_ERROR_OUT_OF_MEMORY (the next batch tries
   // again).
@@ -967,7 +994,16 @@ class Session final : public ServedSession {
   }
   // Whether every stream of every context is idle (no queued or running work).
   bool AllStreamsIdle();
+  // Park and ReleaseIdle: parks if idle; `release` also gives the slices back.
+  Status ParkIdle(absl::Duration min_idle, const std::string& reason, bool release,
+                  uint64_t* parked_bytes);
+  // UnparkForBatch, for a session whose slices went back: borrows them again.
+  Status BorrowSlicesAgain();
   MemoryPressure relieve_;
+  SliceLease slice_lease_;  // before Run
+  // Set under exec_mutex_ (ReleaseIdle, BorrowSlicesAgain), read by Info.
+  std::atomic<bool> slices_released_{false};
+  std::atomic<uint64_t> releases_{0}, reborrows_{0};
   std::chrono::milliseconds unpark_wait_{kUnparkWaitLimit};
   // Set under exec_mutex_, read by Info from any thread.
   std::atomic<bool> parked_{false};

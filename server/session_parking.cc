@@ -49,6 +49,20 @@ bool Session::AllStreamsIdle() {
 }
 
 Status Session::Park(absl::Duration min_idle, const std::string& reason, uint64_t* parked_bytes) {
+  return ParkIdle(min_idle, reason, /*release=*/false, parked_bytes);
+}
+
+Status Session::ReleaseIdle(absl::Duration min_idle, uint64_t* parked_bytes) {
+  *parked_bytes = 0;
+  if (!slice_lease_.give_back || !slice_lease_.borrow_again) {
+    return Status::Unimplemented("session " + std::to_string(id_) +
+                                      " has no pool to give its slices back to");
+  }
+  return ParkIdle(min_idle, "idle release", /*release=*/true, parked_bytes);
+}
+
+Status Session::ParkIdle(absl::Duration min_idle, const std::string& reason, bool release,
+                         uint64_t* parked_bytes) {
   *parked_bytes = 0;
   if (!backend_.CanParkMemory()) {
     return Status::Unimplemented(std::string(backend_.Name()) + " backend cannot park memory");
@@ -60,7 +74,7 @@ Status Session::Park(absl::Duration min_idle, const std::string& reason, uint64_
   if (!handshake_answered_ || !revoked_.ok()) {
     return Status::Overloaded("session " + std::to_string(id_) + " is not serving");
   }
-  if (parked_.load()) return Status::Ok();
+  if (slices_released_.load() || (parked_.load() && !release)) return Status::Ok();
   {
     // exec_mutex_ alone keeps every call out until Park returns (a batch
     // about to run waits for it, then brings the memory back); calls already
@@ -92,27 +106,72 @@ Status Session::Park(absl::Duration min_idle, const std::string& reason, uint64_
   }
   const int64_t started = SteadyNowNs();
   backend::ParkedMemory moved;
-  FERRY_RETURN_IF_ERROR(backend_.ParkTenantMemory(*tenant_, &moved));
+  if (!parked_.load()) FERRY_RETURN_IF_ERROR(backend_.ParkTenantMemory(*tenant_, &moved));
   const int64_t took = SteadyNowNs() - started;
   backend::ParkedMemory parked;
   backend_.TenantMemory(*tenant_, &parked, nullptr);
-  if (parked.Total() == 0) return Status::Ok();  // nothing was there to park
-  parked_bytes_.store(parked.Total());
-  parked_.store(true);
-  parks_.fetch_add(1);
-  bytes_parked_total_.fetch_add(moved.Total());
-  park_ns_.fetch_add(took);
-  *parked_bytes = moved.Total();
-  FERRY_LOG(kInfo) << "session " << id_ << " (" << program_ << "@" << host_ << "): parked "
-                   << Mib(moved.Total()) << " of device memory in host memory in "
-                   << absl::FormatDuration(absl::Trunc(absl::Nanoseconds(took),
-                                                       absl::Microseconds(100)))
-                   << " (idle " << absl::FormatDuration(absl::Trunc(idle, absl::Seconds(1)))
-                   << "; " << reason << ")";
+  if (parked.Total() > 0 && moved.Total() > 0) {
+    parked_bytes_.store(parked.Total());
+    parked_.store(true);
+    parks_.fetch_add(1);
+    bytes_parked_total_.fetch_add(moved.Total());
+    park_ns_.fetch_add(took);
+    *parked_bytes = moved.Total();
+    FERRY_LOG(kInfo) << "session " << id_ << " (" << program_ << "@" << host_ << "): parked "
+                     << Mib(moved.Total()) << " of device memory in host memory in "
+                     << absl::FormatDuration(absl::Trunc(absl::Nanoseconds(took),
+                                                         absl::Microseconds(100)))
+                     << " (idle " << absl::FormatDuration(absl::Trunc(idle, absl::Seconds(1)))
+                     << "; " << reason << ")";
+  }
+  if (!release) return Status::Ok();
+  // Still under exec_mutex_: the next batch finds the slices gone and
+  // borrows them again before anything else.
+  slices_released_.store(true);
+  releases_.fetch_add(1);
+  slice_lease_.give_back();
+  FERRY_LOG(kInfo) << "session " << id_ << " (" << program_ << "@" << host_
+                   << "): idle for "
+                   << absl::FormatDuration(absl::Trunc(idle, absl::Seconds(1)))
+                   << ", its slice(s) of pool " << grant_.pool
+                   << " went back to the pool (" << Mib(parked.Total())
+                   << " parked); its next call borrows them again";
+  return Status::Ok();
+}
+
+Status Session::BorrowSlicesAgain() {
+  const int64_t started = SteadyNowNs();
+  // The client waits for a call of this batch meanwhile (in the pool's
+  // queue, perhaps for long): keepalives go out as for a deferred reply.
+  deferred_replies_.fetch_add(1);
+  StartKeepaliveIfAsked();
+  const Status status = slice_lease_.borrow_again([this] {
+    std::lock_guard<std::mutex> lock(serve_mutex_);
+    return serving_ended_;
+  });
+  deferred_replies_.fetch_sub(1);
+  const absl::Duration waited = absl::Nanoseconds(SteadyNowNs() - started);
+  if (!status.ok()) {
+    FERRY_LOG(kWarning) << "session " << id_ << " (" << program_ << "@" << host_
+                        << "): cannot borrow its slice(s) of pool " << grant_.pool
+                        << " again: " << status.message();
+    return Status::Overloaded("this session's slice(s) of pool " + grant_.pool +
+                              " went back to the pool while it was idle and cannot be borrowed "
+                              "again now: " +
+                              status.message());
+  }
+  slices_released_.store(false);
+  reborrows_.fetch_add(1);
+  FERRY_LOG(kInfo) << "session " << id_ << " (" << program_ << "@" << host_
+                   << "): borrowed its slice(s) of pool " << grant_.pool << " again; its call waited "
+                   << absl::FormatDuration(absl::Trunc(waited, absl::Milliseconds(1)));
   return Status::Ok();
 }
 
 Status Session::UnparkForBatch() {
+  // A preempted session's calls fail anyway: it borrows nothing again.
+  if (!revoked_.ok()) return Status::Ok();
+  if (slices_released_.load()) FERRY_RETURN_IF_ERROR(BorrowSlicesAgain());
   if (!parked_.load()) return Status::Ok();
   const int64_t started = SteadyNowNs();
   const auto deadline = std::chrono::steady_clock::now() + unpark_wait_;

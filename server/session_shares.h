@@ -78,6 +78,9 @@ struct SessionGrant {
   // long, ferryd may park its device memory when a device runs short
   // (Session::Park). nullopt: never parked.
   std::optional<absl::Duration> park_after;
+  // Idle release (Session::ReleaseIdle): its slices may go back to the pool
+  // while it is idle and be borrowed again on its next call.
+  bool releasable = false;
 };
 
 // Every device of `backend`, whole, in order: the grant without pools.

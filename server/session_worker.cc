@@ -146,6 +146,9 @@ void InfoToWire(const SessionInfo& in, wire::WorkerSessionInfo::Builder out) {
   out.setBytesUnparkedTotal(in.bytes_unparked_total);
   out.setParkSeconds(in.park_seconds);
   out.setUnparkSeconds(in.unpark_seconds);
+  out.setSlicesReleased(in.slices_released);
+  out.setReleases(in.releases);
+  out.setReborrows(in.reborrows);
   out.setIdleMs(in.idle_ms);
 }
 
@@ -192,6 +195,9 @@ SessionInfo InfoFromWire(uint64_t id, wire::WorkerSessionInfo::Reader in) {
   out.bytes_unparked_total = in.getBytesUnparkedTotal();
   out.park_seconds = in.getParkSeconds();
   out.unpark_seconds = in.getUnparkSeconds();
+  out.slices_released = in.getSlicesReleased();
+  out.releases = in.getReleases();
+  out.reborrows = in.getReborrows();
   out.idle_ms = in.getIdleMs();
   return out;
 }
@@ -440,6 +446,7 @@ Status SessionWorker::Start(uint64_t session_id, TransportHandover& handover,
     start.setRdmaUnavailable(rdma.unavailable);
     start.setRdmaDevice(rdma.device.device);
     start.setRdmaGidIndex(rdma.device.gid_index);
+    start.setIdleRelease(grant.releasable);
     start.setParkAfterMs(grant.park_after.has_value()
                              ? absl::ToInt64Milliseconds(*grant.park_after)
                              : -1);
@@ -460,6 +467,9 @@ std::string SessionWorker::Supervise(ModuleCache* images) {
   // workers to park, and one of them may be asking this one at the same
   // time; this thread keeps delivering answers meanwhile.
   OneJobThread relieving;
+  // Borrowing the slices again may wait in the pool's queue: not on this
+  // thread either. It ends when the link closes (link_closed_).
+  OneJobThread borrowing;
   for (;;) {
     std::vector<uint8_t> bytes;
     std::vector<int> fds;
@@ -515,6 +525,33 @@ std::string SessionWorker::Supervise(ModuleCache* images) {
                 answer(relieve_(device, wanted, session_id_));
               })) {
             answer(0);
+          }
+          break;
+        }
+        case wire::FromWorker::SLICES_RELEASED: {
+          // Before any later message of the worker (its borrowAgain above
+          // all): the pool has the slices back when that is read.
+          if (slice_lease_.give_back) slice_lease_.give_back();
+          break;
+        }
+        case wire::FromWorker::BORROW_AGAIN: {
+          const uint64_t request = message.getBorrowAgain();
+          auto answer = [this, request](const Status& status) {
+            (void)Send(Encode<wire::ToWorker>([&](wire::ToWorker::Builder root) {
+              auto borrowed = root.initBorrowedAgain();
+              borrowed.setRequestId(request);
+              StatusToWire(status, borrowed.initStatus());
+            }));
+          };
+          // The worker's executor asks once and waits for the answer.
+          if (!slice_lease_.borrow_again ||
+              !borrowing.TryStart([this, answer] {
+                answer(slice_lease_.borrow_again([this] {
+                  std::lock_guard<std::mutex> lock(mutex_);
+                  return link_closed_;
+                }));
+              })) {
+            answer(Status::Overloaded("the session is borrowing its slices again already"));
           }
           break;
         }
@@ -583,6 +620,7 @@ std::string SessionWorker::Supervise(ModuleCache* images) {
     answered_.notify_all();
   }
   relieving.Join();
+  borrowing.Join();
   return Reap(kExitGrace);
 }
 
@@ -677,6 +715,20 @@ bool SessionWorker::Preempt(const std::string& reason) {
 
 Status SessionWorker::Park(absl::Duration min_idle, const std::string& reason,
                            uint64_t* parked_bytes) {
+  return AskToPark(min_idle, reason, /*release=*/false, parked_bytes);
+}
+
+Status SessionWorker::ReleaseIdle(absl::Duration min_idle, uint64_t* parked_bytes) {
+  *parked_bytes = 0;
+  if (!slice_lease_.give_back || !slice_lease_.borrow_again) {
+    return Status::Unimplemented("session " + std::to_string(session_id_) +
+                                      " has no pool to give its slices back to");
+  }
+  return AskToPark(min_idle, "", /*release=*/true, parked_bytes);
+}
+
+Status SessionWorker::AskToPark(absl::Duration min_idle, const std::string& reason, bool release,
+                                uint64_t* parked_bytes) {
   *parked_bytes = 0;
   uint64_t request = 0;
   {
@@ -690,6 +742,7 @@ Status SessionWorker::Park(absl::Duration min_idle, const std::string& reason,
     park.setRequestId(request);
     park.setMinIdleMs(absl::ToInt64Milliseconds(min_idle));
     park.setReason(reason);
+    park.setReleaseSlices(release);
   });
   const bool sent = Send(bytes).ok();
   std::unique_lock<std::mutex> lock(mutex_);
@@ -827,6 +880,56 @@ class WorkerLink final : public ModuleImages {
   // kParkAnswerTimeout) and then some.
   static constexpr std::chrono::seconds kRelieveAnswerTimeout{40};
 
+  // Session::SliceLease over the link. give_back: tells the main process
+  // (under the session's execution lock, so the message goes before any
+  // borrowAgain).
+  void SlicesReleased() {
+    (void)Send(Encode<wire::FromWorker>(
+        [](wire::FromWorker::Builder root) { root.setSlicesReleased(); }));
+  }
+  // borrow_again: asks and waits for the answer, however long the pool's
+  // queue takes, until the link closes or `gone` (looked at every
+  // kGonePoll).
+  Status BorrowAgain(const std::function<bool()>& gone) {
+    uint64_t request = 0;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (closed_) return Status::Disconnected("ferryd's main process is gone");
+      request = next_request_++;
+      borrowed_[request];  // asked
+    }
+    std::vector<uint8_t> message = Encode<wire::FromWorker>(
+        [&](wire::FromWorker::Builder root) { root.setBorrowAgain(request); });
+    Status status = Send(message);
+    std::unique_lock<std::mutex> lock(mutex_);
+    while (status.ok() && !closed_ && !borrowed_[request].has_value()) {
+      lock.unlock();
+      const bool ended = gone();
+      lock.lock();
+      if (ended) {
+        status = Status::Disconnected("the session ended while it waited for its slices");
+        break;
+      }
+      answered_.wait_for(lock, kGonePoll);
+    }
+    if (status.ok()) {
+      status = borrowed_[request].has_value()
+                   ? *borrowed_[request]
+                   : Status::Disconnected("ferryd's main process is gone");
+    }
+    borrowed_.erase(request);
+    return status;
+  }
+  // The reader thread: the answer to BorrowAgain's `request`.
+  void AnswerBorrowAgain(uint64_t request, Status status) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto asked = borrowed_.find(request);
+    if (asked == borrowed_.end() || asked->second.has_value()) return;
+    asked->second = std::move(status);
+    answered_.notify_all();
+  }
+  static constexpr std::chrono::milliseconds kGonePoll{100};
+
   void Closed() {
     std::lock_guard<std::mutex> lock(mutex_);
     closed_ = true;
@@ -852,6 +955,8 @@ class WorkerLink final : public ModuleImages {
   std::map<uint64_t, int> answers_;
   // Relieve requests still asked (empty until answered).
   std::map<uint64_t, std::optional<uint64_t>> relieved_;
+  // BorrowAgain requests still asked (empty until answered).
+  std::map<uint64_t, std::optional<Status>> borrowed_;
   bool closed_ = false;
 };
 
@@ -981,6 +1086,7 @@ int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backe
     // As ferryd's main process chose them (it alone knows --compute-sharing).
     grant.mechanisms_chosen = true;
     if (start.getParkAfterMs() >= 0) grant.park_after = absl::Milliseconds(start.getParkAfterMs());
+    grant.releasable = start.getIdleRelease();
     session = std::make_shared<Session>(start.getSessionId(), std::move(transport), *backend,
                                         hello_reader->getRoot<wire::Hello>(), std::move(grant),
                                         &worker_link);
@@ -995,6 +1101,13 @@ int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backe
     session->SetMemoryPressure([&worker_link](int device, uint64_t bytes, uint64_t) {
       return worker_link.Relieve(device, bytes);
     });
+    if (start.getIdleRelease()) {
+      session->SetSliceLease(Session::SliceLease{
+          [&worker_link] { worker_link.SlicesReleased(); },
+          [&worker_link](const std::function<bool()>& gone) {
+            return worker_link.BorrowAgain(gone);
+          }});
+    }
     preemption = start.getPreemption().cStr();
   } catch (const kj::Exception& e) {
     FERRY_LOG(kError) << "session worker: bad start message: " << e.getDescription().cStr();
@@ -1046,13 +1159,20 @@ int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backe
                 parked_answer.setBytes(parked);
               }));
             };
-            if (!parking.TryStart([&session, min_idle, reason, answer] {
+            const bool release = message.getPark().getReleaseSlices();
+            if (!parking.TryStart([&session, min_idle, reason, release, answer] {
                   uint64_t parked = 0;
-                  const Status status = session->Park(min_idle, reason, &parked);
+                  const Status status = release ? session->ReleaseIdle(min_idle, &parked)
+                                                : session->Park(min_idle, reason, &parked);
                   answer(status, parked);
                 })) {
               answer(Status::Overloaded("the session is being parked already"), 0);
             }
+            break;
+          }
+          case wire::ToWorker::BORROWED_AGAIN: {
+            worker_link.AnswerBorrowAgain(message.getBorrowedAgain().getRequestId(),
+                                          StatusFromWire(message.getBorrowedAgain().getStatus()));
             break;
           }
           case wire::ToWorker::RELIEVED: {

@@ -154,9 +154,18 @@ class SessionWorker final : public ServedSession {
   // Asks the worker's session to park its memory (Session::Park) and waits
   // at most kParkAnswerTimeout for the answer (else Overloaded).
   Status Park(absl::Duration min_idle, const std::string& reason, uint64_t* parked_bytes) override;
+  // The same, giving the slices back (Session::ReleaseIdle): the worker's
+  // session tells (FromWorker.slicesReleased) and the link's reader calls
+  // the SliceLease's give_back before it reads anything more.
+  Status ReleaseIdle(absl::Duration min_idle, uint64_t* parked_bytes) override;
   // Before Supervise: who answers the worker's requests for room on a full
   // device (FromWorker.relieve; Session::SetMemoryPressure). Unset: 0 bytes.
   void SetMemoryPressure(Session::MemoryPressure relieve) { relieve_ = std::move(relieve); }
+  // Before Supervise: how the worker's session gives its slices back and
+  // borrows them again (FromWorker.slicesReleased, FromWorker.borrowAgain;
+  // the borrow runs on a thread of its own and ends when the link closes).
+  // Unset: the session is never released.
+  void SetSliceLease(Session::SliceLease lease) { slice_lease_ = std::move(lease); }
   static constexpr std::chrono::seconds kParkAnswerTimeout{15};
   // Closes the link: the worker ends its session.
   void Stop() override;
@@ -203,6 +212,10 @@ class SessionWorker final : public ServedSession {
   std::map<uint64_t, std::optional<std::pair<Status, uint64_t>>> park_answers_
       ABSL_GUARDED_BY(mutex_);
   Session::MemoryPressure relieve_;  // set before Supervise
+  Session::SliceLease slice_lease_;  // set before Supervise
+  // Park and ReleaseIdle: one request to the worker and its answer.
+  Status AskToPark(absl::Duration min_idle, const std::string& reason, bool release,
+                   uint64_t* parked_bytes);
   bool link_closed_ ABSL_GUARDED_BY(mutex_) = false;
   bool final_received_ ABSL_GUARDED_BY(mutex_) = false;
   bool reaped_ ABSL_GUARDED_BY(mutex_) = false;

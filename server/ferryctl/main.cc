@@ -310,6 +310,7 @@ int PrintStatus(const std::string& server, const std::string& format,
                          .Num("parks", static_cast<long long>(s.getParks()))
                          .Num("unparks", static_cast<long long>(s.getUnparks()))
                          .Num("idle_ms", static_cast<long long>(s.getIdleMs()))
+                         .Bool("slices_released", s.getSlicesReleased())
                          .Done());
     }
     JsonObject top;
@@ -341,15 +342,18 @@ int PrintStatus(const std::string& server, const std::string& format,
   std::printf("server %s (%s backend): %u session(s)\n", server.c_str(), reply.getBackend().cStr(),
               sessions.size());
   if (sessions.size() > 0) {
-    std::printf("%-6s %-22s %-8s %-24s %12s %12s %6s %4s %7s %6s %7s  %s\n", "ID", "CLIENT",
+    std::printf("%-6s %-22s %-8s %-24s %12s %18s %6s %4s %7s %6s %7s  %s\n", "ID", "CLIENT",
                 "PID", "PROGRAM@HOST", "ALLOCATED", "PARKED", "ALLOCS", "CTX", "STREAMS", "EVENTS",
                 "MODULES", "TRANSPORT");
   }
   for (auto s : sessions) {
     std::string who = std::string(s.getProgram().cStr()) + "@" + s.getHost().cStr();
-    // PARKED: "-" while all of it is resident (nothing parked now).
-    const std::string parked = s.getParkedBytes() > 0 ? HumanBytes(s.getParkedBytes()) : "-";
-    std::printf("%-6llu %-22s %-8u %-24s %12s %12s %6llu %4u %7u %6u %7u  %s\n",
+    // PARKED: "-" while all of it is resident (nothing parked now); a
+    // session whose slices went back to the pool (idle release) says so:
+    // it holds no slice until its next call.
+    std::string parked = s.getParkedBytes() > 0 ? HumanBytes(s.getParkedBytes()) : "-";
+    if (s.getSlicesReleased()) parked += ", released";
+    std::printf("%-6llu %-22s %-8u %-24s %12s %18s %6llu %4u %7u %6u %7u  %s\n",
                 static_cast<unsigned long long>(s.getId()), s.getClient().cStr(), s.getPid(),
                 who.c_str(), HumanBytes(s.getBytesAllocated()).c_str(), parked.c_str(),
                 static_cast<unsigned long long>(s.getAllocations()), s.getContexts(),

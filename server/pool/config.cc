@@ -407,10 +407,18 @@ class Reader {
           if (pool.park_after < absl::ZeroDuration()) {
             return Error(item.source(), key, "must not be negative");
           }
+        } else if (key_node.str() == "idle_release") {
+          absl::Duration after;
+          FERRY_RETURN_IF_ERROR(Duration(item, key, &after));
+          if (after < kMinIdleRelease) {
+            return Error(item.source(), key,
+                         "must be at least " + absl::FormatDuration(kMinIdleRelease));
+          }
+          pool.idle_release = after;
         } else {
           return Error(key_node.source(), key,
                        "unknown key ([pool.NAME] has slices_per_gpu, memory_overcommit, "
-                       "park_after)");
+                       "park_after, idle_release)");
         }
       }
       config->pools[name] = pool;

@@ -38,6 +38,7 @@
 //   slices_per_gpu = 4              # 1..32; each slice 1/N of memory and compute
 //   memory_overcommit = 1.5         # 1..8: slice quotas x1.5 (idle sessions parked)
 //   park_after = "30s"              # idle this long: a session's memory may be parked
+//   idle_release = "15m"            # idle this long: memory parked, slice given back
 //
 //   [[schedule]]                    # the first window (file order) that
 //   pool = "train"                  # covers a GPU at a moment wins
@@ -123,7 +124,15 @@ struct PoolConfig {
   // next call. 1 = no overcommit: this pool's sessions are never parked.
   double memory_overcommit = 1.0;
   absl::Duration park_after = absl::Seconds(30);
+  // Idle release (server/README.md, "Idle release"): a session that has made
+  // no call for this long has its device memory parked and its slices given
+  // back to the pool; its next call borrows the same slices again (through
+  // the queue, within its FERRY_WAIT) and brings the memory back.
+  // nullopt: sessions keep their slices while idle.
+  std::optional<absl::Duration> idle_release;
 };
+// The shortest idle_release a pool may set.
+inline constexpr absl::Duration kMinIdleRelease = absl::Milliseconds(100);
 // The largest memory_overcommit a pool may set.
 inline constexpr double kMaxMemoryOvercommit = 8.0;
 

@@ -278,15 +278,56 @@ int PoolState::FreeSlices(const Gpu& gpu, int slices_per_gpu) const {
   return static_cast<int>((kCapacityUnits - used) / (kCapacityUnits / slices_per_gpu));
 }
 
-bool PoolState::TryPlace(const BorrowRequest& request, absl::Time now) {
-  const int n = config_.pools.at(request.pool).slices_per_gpu;
-  std::vector<Gpu*> chosen;
-  for (Gpu& gpu : gpus_) {
-    if (static_cast<int>(chosen.size()) == request.gpus) break;
-    if (gpu.pool != request.pool || gpu.drained || FreeSlices(gpu, n) == 0) continue;
-    chosen.push_back(&gpu);
+bool PoolState::Blocked::Holds(const BorrowRequest& request) const {
+  if (pools.count(request.pool) != 0) return true;
+  for (const PinnedSlice& pinned : request.pinned) {
+    if (gpus.count(pinned.gpu) != 0) return true;
   }
-  if (static_cast<int>(chosen.size()) < request.gpus) return false;
+  return false;
+}
+
+void PoolState::Blocked::Add(const BorrowRequest& request) {
+  if (request.pinned.empty()) {
+    pools.insert(request.pool);
+    return;
+  }
+  for (const PinnedSlice& pinned : request.pinned) gpus.insert(pinned.gpu);
+}
+
+bool PoolState::TryPlace(const BorrowRequest& request, absl::Time now,
+                         const std::set<int>& blocked) {
+  const int n = config_.pools.at(request.pool).slices_per_gpu;
+  // The chosen GPUs and the slice number on each.
+  std::vector<std::pair<Gpu*, int>> chosen;
+  const auto slice_taken = [n](const Gpu& gpu, int slice) {
+    return std::any_of(gpu.holdings.begin(), gpu.holdings.end(), [&](const Holding& h) {
+      return h.slices_per_gpu == n && h.slice == slice;
+    });
+  };
+  if (!request.pinned.empty()) {
+    for (const PinnedSlice& pinned : request.pinned) {
+      Gpu* gpu = FindGpu(pinned.gpu);
+      if (gpu == nullptr || gpu->pool != request.pool || pinned.slices_per_gpu != n ||
+          FreeSlices(*gpu, n) == 0 || slice_taken(*gpu, pinned.slice)) {
+        return false;
+      }
+      chosen.emplace_back(gpu, pinned.slice);
+    }
+  } else {
+    for (Gpu& gpu : gpus_) {
+      if (static_cast<int>(chosen.size()) == request.gpus) break;
+      if (gpu.pool != request.pool || gpu.drained || blocked.count(gpu.spec.index) != 0 ||
+          FreeSlices(gpu, n) == 0) {
+        continue;
+      }
+      // The lowest slice number not taken by a holding of the same layout
+      // (FreeSlices > 0 guarantees one).
+      int slice = 0;
+      while (slice_taken(gpu, slice)) ++slice;
+      chosen.emplace_back(&gpu, slice);
+    }
+    if (static_cast<int>(chosen.size()) < request.gpus) return false;
+  }
   Lease lease;
   lease.session = request.session;
   lease.pool = request.pool;
@@ -294,16 +335,7 @@ bool PoolState::TryPlace(const BorrowRequest& request, absl::Time now) {
   lease.host = request.host;
   lease.pid = request.pid;
   lease.program = request.program;
-  for (Gpu* gpu : chosen) {
-    // The lowest slice number not taken by a holding of the same layout
-    // (FreeSlices > 0 guarantees one).
-    int slice = 0;
-    for (;; ++slice) {
-      const bool taken =
-          std::any_of(gpu->holdings.begin(), gpu->holdings.end(),
-                      [&](const Holding& h) { return h.slices_per_gpu == n && h.slice == slice; });
-      if (!taken) break;
-    }
+  for (auto [gpu, slice] : chosen) {
     gpu->holdings.push_back(Holding{request.session, slice, n, absl::InfiniteFuture(), ""});
     const double overcommit = config_.pools.at(request.pool).memory_overcommit;
     const uint64_t quota =
@@ -312,6 +344,28 @@ bool PoolState::TryPlace(const BorrowRequest& request, absl::Time now) {
   }
   leases_[request.session] = std::move(lease);
   return true;
+}
+
+std::string PoolState::DescribePinnedFull(const BorrowRequest& request) const {
+  const int n = config_.pools.at(request.pool).slices_per_gpu;
+  for (const PinnedSlice& pinned : request.pinned) {
+    const std::string where =
+        "slice " + std::to_string(pinned.slice) + " of GPU " + std::to_string(pinned.gpu);
+    const Gpu* gpu = FindGpu(pinned.gpu);
+    if (gpu == nullptr) return "GPU " + std::to_string(pinned.gpu) + " is not in the pool";
+    if (gpu->pool != request.pool) {
+      return where + ": the GPU serves pool " + gpu->pool + " now, not " + request.pool;
+    }
+    if (pinned.slices_per_gpu != n) {
+      return where + ": pool " + request.pool + " has " + Plural(n, "slice", "slices") +
+             " per GPU now, not " + std::to_string(pinned.slices_per_gpu);
+    }
+    const bool taken = std::any_of(gpu->holdings.begin(), gpu->holdings.end(), [&](const Holding& h) {
+      return h.slices_per_gpu == n && h.slice == pinned.slice;
+    });
+    if (taken || FreeSlices(*gpu, n) == 0) return where + " is held by another session";
+  }
+  return "pool " + request.pool + " has borrowers waiting for the same GPUs";
 }
 
 std::string PoolState::DescribeFull(const std::string& pool) const {
@@ -351,15 +405,26 @@ BorrowResult PoolState::Borrow(const BorrowRequest& original, absl::Time now) {
         Status::InvalidArgument("session " + std::to_string(request.session) + " already borrows");
     return result;
   }
+  if (!request.pinned.empty() && static_cast<int>(request.pinned.size()) != request.gpus) {
+    result.error = Status::InvalidArgument("a pinned borrow names one slice per device");
+    return result;
+  }
+  // First come, first served: nobody overtakes a waiter of the same pool
+  // (a pinned waiter holds up only its GPUs).
   int ahead = 0;
-  for (const Waiter& w : queue_) ahead += w.request.pool == request.pool ? 1 : 0;
-  // First come, first served: nobody overtakes a waiter of the same pool.
-  if (ahead == 0 && TryPlace(request, now)) {
+  Blocked blocked;
+  for (const Waiter& w : queue_) {
+    if (w.request.pool != request.pool) continue;
+    ++ahead;
+    blocked.Add(w.request);
+  }
+  if (!blocked.Holds(request) && TryPlace(request, now, blocked.gpus)) {
     result.outcome = BorrowOutcome::kGranted;
     return result;
   }
   if (request.wait <= absl::ZeroDuration()) {
-    std::string why = ahead > 0
+    std::string why = !request.pinned.empty() ? DescribePinnedFull(request)
+                      : ahead > 0
                           ? "pool " + request.pool +
                                 " is full: " + Plural(ahead, "borrower waits", "borrowers wait") +
                                 " ahead of you"
@@ -374,13 +439,13 @@ BorrowResult PoolState::Borrow(const BorrowRequest& original, absl::Time now) {
 }
 
 void PoolState::ServeQueue(absl::Time now, PoolChanges* changes) {
-  std::set<std::string> blocked;  // pools whose first waiter cannot be served
+  Blocked blocked;  // by waiters that cannot be served
   for (auto it = queue_.begin(); it != queue_.end();) {
-    if (blocked.count(it->request.pool) == 0 && TryPlace(it->request, now)) {
+    if (!blocked.Holds(it->request) && TryPlace(it->request, now, blocked.gpus)) {
       changes->granted.push_back(it->request.session);
       it = queue_.erase(it);
     } else {
-      blocked.insert(it->request.pool);
+      blocked.Add(it->request);
       ++it;
     }
   }

@@ -16,6 +16,11 @@
 //    borrow that cannot be served now either waits in a first-come,
 //    first-served queue until its deadline, or is refused at once. Nobody
 //    overtakes an earlier waiter of the same pool.
+//  * A borrow may be pinned to given slices (idle release: a session that
+//    gave its slices back takes the same ones again, because its contexts
+//    and address ranges live on those GPUs). It is placed only there, a
+//    drained GPU included (the session never left it); while it waits,
+//    later borrowers of its pool may still take other GPUs, never its.
 //  * When a GPU moves to another pool, holders of the old pool's slices are
 //    drained (they keep their slice until they end or the grace passes) or
 //    preempted at once. Capacity is accounted in exact fractions, so during a
@@ -36,6 +41,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -52,6 +58,13 @@ struct PoolGpu {
   uint64_t memory = 0;
 };
 
+// A slice a borrow is pinned to: this GPU, this slice number, this layout.
+struct PinnedSlice {
+  int gpu = 0;
+  int slice = 0;
+  int slices_per_gpu = 1;
+};
+
 struct BorrowRequest {
   uint64_t session = 0;                        // unique per borrower (ferryd's connection id)
   std::string pool;                            // "" = the default pool
@@ -61,6 +74,9 @@ struct BorrowRequest {
   std::string host;
   uint32_t pid = 0;
   std::string program;
+  // Not empty: exactly these slices (one per device, `gpus` of them), else
+  // nothing.
+  std::vector<PinnedSlice> pinned;
 };
 
 // One borrowed slice; the session's device i is slices[i].
@@ -267,8 +283,19 @@ class PoolState {
   void ExpireGraces(absl::Time now, PoolChanges* changes);
   void ExpireWaits(absl::Time now, PoolChanges* changes);
   void ServeQueue(absl::Time now, PoolChanges* changes);
-  // Places `request` if `gpus` slices fit now; creates the lease.
-  bool TryPlace(const BorrowRequest& request, absl::Time now);
+  // What earlier waiters of a pool hold up: the whole pool (an unpinned
+  // waiter that does not fit), or the GPUs of pinned waiters that do not.
+  struct Blocked {
+    std::set<std::string> pools;
+    std::set<int> gpus;
+    bool Holds(const BorrowRequest& request) const;
+    void Add(const BorrowRequest& request);
+  };
+  // Places `request` if its slices fit now (never on `blocked` GPUs unless
+  // pinned there); creates the lease.
+  bool TryPlace(const BorrowRequest& request, absl::Time now, const std::set<int>& blocked);
+  // Why a pinned request does not fit now (for its refusal).
+  std::string DescribePinnedFull(const BorrowRequest& request) const;
   uint64_t UsedUnits(const Gpu& gpu) const;
   int FreeSlices(const Gpu& gpu, int slices_per_gpu) const;
   std::string DescribeFull(const std::string& pool) const;

@@ -1,9 +1,10 @@
 // e2e program pool_client: a borrower for the pool tests. What it
 // borrows comes from FERRY_POOL, FERRY_GPUS and FERRY_WAIT.
 //
-//   pool_client hold RELEASE_FILE
+//   pool_client hold RELEASE_FILE [BYTES]
 //     cuInit (a refusal prints "CUINIT <error name> (<code>)" and exits 3),
-//     prints "BORROWED devices=N total=BYTES", allocates 1 MiB on device 0,
+//     prints "BORROWED devices=N total=BYTES", allocates BYTES (default
+//     1 MiB) on device 0,
 //     prints "READY", then calls cuMemGetInfo every 20 ms until RELEASE_FILE
 //     exists (exit 0) or a call fails: "CALL FAILED <error name> (<code>)",
 //     exit 4. Gives up after about 60 s (exit 5), so nothing is left behind.
@@ -43,7 +44,7 @@ namespace e2e = ::ferry::e2e;
 
 namespace {
 
-int Hold(const std::string& release_file) {
+int Hold(const std::string& release_file, uint64_t bytes) {
   const CUresult init = cuInit(0);
   if (init != CUDA_SUCCESS) {
     std::printf("CUINIT %s (%d)\n", e2e::ErrorName(init), init);
@@ -60,7 +61,7 @@ int Hold(const std::string& release_file) {
   E2E_CHECK_CU(cuDevicePrimaryCtxRetain(&context, device));
   E2E_CHECK_CU(cuCtxSetCurrent(context));
   CUdeviceptr buffer = 0;
-  E2E_CHECK_CU(cuMemAlloc(&buffer, 1 << 20));
+  E2E_CHECK_CU(cuMemAlloc(&buffer, bytes));
   std::printf("READY\n");
   std::fflush(stdout);
   for (int round = 0; round < 3000; ++round) {
@@ -213,7 +214,9 @@ int Turns(uint64_t bytes, const std::string& turn_prefix, int rounds, bool async
 
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "";
-  if (mode == "hold" && argc == 3) return Hold(argv[2]);
+  if (mode == "hold" && (argc == 3 || argc == 4)) {
+    return Hold(argv[2], argc == 4 ? std::strtoull(argv[3], nullptr, 10) : 1 << 20);
+  }
   if (mode == "quota" && argc >= 3) {
     char* argv_rest[] = {argv[0], argc > 3 ? argv[3] : nullptr};
     return Quota(std::strtoull(argv[2], nullptr, 10), e2e::ImageDir(argc > 3 ? 2 : 1, argv_rest));
@@ -222,7 +225,7 @@ int main(int argc, char** argv) {
     return Turns(std::strtoull(argv[2], nullptr, 10), argv[3], std::atoi(argv[4]), argc == 6);
   }
   std::fprintf(stderr,
-               "usage: pool_client hold RELEASE_FILE | quota QUOTA_BYTES [IMAGE_DIR] | turns BYTES "
+               "usage: pool_client hold RELEASE_FILE [BYTES] | quota QUOTA_BYTES [IMAGE_DIR] | turns BYTES "
                "TURN_PREFIX ROUNDS [async]\n");
   return 2;
 }

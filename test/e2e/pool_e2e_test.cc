@@ -464,6 +464,97 @@ INSTANTIATE_TEST_SUITE_P(Sessions, OvercommitTest, ::testing::Values(false, true
                            return info.param ? "InProcess" : "InWorkers";
                          });
 
+// Idle release (issue 16): a borrower of a whole 64 MiB GPU builds a 40 MiB
+// ring of device pointers and goes idle; ferryd parks its memory and gives
+// the GPU back to the pool. Another client borrows it meanwhile (without
+// waiting) and allocates 48 MiB, which fits only with the first one's
+// memory off the device. The first one's next call waits in the pool's
+// queue until the other ends, then gets its slice back and follows its ring
+// at the same addresses.
+class IdleReleaseTest : public PoolTest, public ::testing::WithParamInterface<bool> {};
+
+TEST_P(IdleReleaseTest, AnIdleSessionGivesItsSliceBackAndResumesAfterAnotherUsedIt) {
+  const bool in_process = GetParam();
+  const std::string config = std::string("[server]\nbackend = \"host\"\nhost_kernels = [\"") +
+                             FERRY_E2E_HOST_KERNELS +
+                             "\"]\ndefault_pool = \"dev\"\n\n[[gpu]]\nindex = 0\nmemory = "
+                             "\"64MiB\"\n\n[pool.dev]\nslices_per_gpu = 1\n"
+                             "idle_release = \"300ms\"\n";
+  StartFerryd(config, nullptr,
+              in_process ? std::vector<std::string>{"--sessions-in-process"}
+                         : std::vector<std::string>{});
+  constexpr uint64_t kRingBytes = 40ull << 20;
+  std::string error;
+  std::optional<ChildProcess> started = ChildProcess::Start(
+      {std::string(FERRY_E2E_PROGRAM_DIR) + "/e2e_pool_client", "turns",
+       std::to_string(kRingBytes), dir_ + "/a.turn", "2"},
+      ClientEnv({{"FERRY_WAIT", "2m"}}), dir_ + "/a", &error);
+  ASSERT_TRUE(started.has_value()) << error;
+  ChildProcess* a = &programs_.emplace("a", std::move(*started)).first->second;
+  std::ofstream(dir_ + "/a.turn1") << "go\n";
+  ASSERT_TRUE(WaitForOutput(*a, "TURN 1 OK"));
+
+  // Idle: released. ferryctl shows it parked and released, and the GPU free.
+  const auto a_session = [&](const JsonValue& status) -> const JsonValue* {
+    const JsonValue* sessions = status.Find("sessions");
+    if (sessions == nullptr || !sessions->is_array()) return nullptr;
+    for (const JsonValue& s : sessions->array) {
+      if (NumberMember(&s, "pid") == a->pid()) return &s;
+    }
+    return nullptr;
+  };
+  std::string text;
+  const bool released = test::WaitFor(
+      [&] {
+        if (Ferryctl({"status", "-o", "json"}, &text) != 0) return false;
+        std::optional<JsonValue> json = ParseJson(text);
+        const JsonValue* s = json.has_value() ? a_session(*json) : nullptr;
+        const JsonValue* pool = json.has_value() ? json->Find("pool") : nullptr;
+        return s != nullptr && pool != nullptr && s->Find("slices_released") != nullptr &&
+               s->Find("slices_released")->boolean &&
+               NumberMember(s, "parked_bytes") == static_cast<double>(kRingBytes) &&
+               Holders(*pool, 0).empty();
+      },
+      kConditionTimeout, kPollInterval);
+  ASSERT_TRUE(released) << "a was never released; last status:\n" << text;
+  std::string table;
+  ASSERT_EQ(Ferryctl({"status"}, &table), 0) << table;
+  EXPECT_NE(table.find("40.0 MiB, released"), std::string::npos) << table;
+
+  // Another client takes the GPU at once and uses 48 MiB of it.
+  std::optional<ChildProcess> other = ChildProcess::Start(
+      {std::string(FERRY_E2E_PROGRAM_DIR) + "/e2e_pool_client", "hold", ReleaseFile("b"),
+       std::to_string(48ull << 20)},
+      ClientEnv({}), dir_ + "/b", &error);
+  ASSERT_TRUE(other.has_value()) << error;
+  ChildProcess* b = &programs_.emplace("b", std::move(*other)).first->second;
+  ASSERT_TRUE(WaitForOutput(*b, "READY\n"));
+
+  // a's next call queues for its slice while b holds it.
+  std::ofstream(dir_ + "/a.turn2") << "go\n";
+  WaitForPool("a waits for its slice", [&](const JsonValue& p) {
+    const std::vector<JsonValue> queue = Queue(p);
+    return queue.size() == 1 && NumberMember(&queue[0], "pid") == a->pid();
+  });
+  EXPECT_EQ(a->Stdout().find("TURN 2 OK"), std::string::npos) << a->Describe();
+  Release("b");
+  EXPECT_TRUE(b->Wait(kProgramTimeout).success()) << b->Describe();
+  ASSERT_TRUE(WaitForOutput(*a, "TURN 2 OK"));
+  std::ofstream(dir_ + "/a.turn3") << "go\n";
+  const ExitStatus status = a->Wait(kProgramTimeout);
+  EXPECT_TRUE(status.success() && a->Stdout().find("all checks passed") != std::string::npos)
+      << a->Describe();
+  EXPECT_NE(ferryd_->Stderr().find("went back to the pool"), std::string::npos);
+  EXPECT_NE(ferryd_->Stderr().find("waits to borrow its slice(s) of pool dev again: position 1"),
+            std::string::npos);
+  EXPECT_NE(ferryd_->Stderr().find("borrowed its slice(s) of pool dev again"), std::string::npos);
+}
+
+INSTANTIATE_TEST_SUITE_P(Sessions, IdleReleaseTest, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? "InProcess" : "InWorkers";
+                         });
+
 // ferry's NVML stand-in shows the borrowed slice (a quarter of the GPU) as the
 // device's memory, and the session's own use in it.
 TEST_F(PoolTest, NvmlShowsTheSliceAndTheSessionsUse) {

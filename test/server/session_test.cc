@@ -64,6 +64,7 @@ class SessionTest : public ::testing::Test {
     h.setProgram("session_test");
     session_ = std::make_unique<Session>(1, std::move(observed_server), *backend_, h.asReader());
     if (buffer_limit_ != 0) session_->SetBufferLimit(buffer_limit_);
+    if (slice_lease_.has_value()) session_->SetSliceLease(*slice_lease_);
     runner_ = std::thread([this] { session_->Run(); });
     client_ = std::make_unique<RawClient>(std::move(observed_client));
     Frame frame;
@@ -189,6 +190,7 @@ class SessionTest : public ::testing::Test {
   uint64_t buffer_limit_ = 0;  // Session::SetBufferLimit before Run; 0: the default
   uint32_t keepalive_ms_ = 0;  // Hello.keepaliveMs
   std::unique_ptr<Session> session_;
+  std::optional<Session::SliceLease> slice_lease_;  // StartSession gives it to the session
   std::thread runner_;
   std::unique_ptr<RawClient> client_;
   // The session's and the client's ends, owned by the session and client_:
@@ -472,6 +474,79 @@ TEST_F(SessionTest, ParkedMemoryWithoutRoomFailsTheCallsButAFreeAndComesBackLate
   EXPECT_EQ(back.bulk, std::vector<uint8_t>(4096, 0x33));
   EXPECT_FALSE(session_->Info().parked);
   ASSERT_TRUE(backend_->MemFree(*other, filler).ok());
+}
+
+// Idle release: ReleaseIdle parks the memory and gives the slices back (the
+// lease's give_back, once); the next call borrows them again before the
+// memory comes back. A refused borrow fails the batch's calls with the
+// pool's reason, and a later batch tries again.
+TEST_F(SessionTest, AReleasedSessionBorrowsAgainBeforeItsMemoryComesBack) {
+  uint64_t parked = 0;
+  EXPECT_EQ(session_->ReleaseIdle(absl::ZeroDuration(), &parked).code(),
+            StatusCode::kUnimplemented);  // no pool to give slices back to
+  EndSession();
+  struct Pool {
+    std::mutex mu;
+    int given_back = 0;
+    int asked = 0;
+    bool parked_when_given_back = false;
+    Status answer;
+  } pool;
+  slice_lease_ = Session::SliceLease{
+      [&] {
+        std::lock_guard<std::mutex> lock(pool.mu);
+        ++pool.given_back;
+        pool.parked_when_given_back = session_->Info().parked;
+      },
+      [&](const std::function<bool()>& gone) {
+        std::lock_guard<std::mutex> lock(pool.mu);
+        ++pool.asked;
+        EXPECT_FALSE(gone());
+        return pool.answer;
+      }};
+  StartSession();
+  CreateContext();
+  const uint64_t d = Alloc(1 << 20);
+  std::vector<uint8_t> data(1 << 20);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i * 13 + 1);
+  CopyIn(0, d, data);
+  ASSERT_TRUE(Sync(0).status.ok());
+  Status busy = session_->ReleaseIdle(absl::Hours(1), &parked);
+  EXPECT_EQ(busy.code(), StatusCode::kOverloaded) << busy.ToString();
+  EXPECT_EQ(pool.given_back, 0);
+
+  ASSERT_TRUE(session_->ReleaseIdle(absl::ZeroDuration(), &parked).ok());
+  EXPECT_EQ(parked, 1u << 20);
+  EXPECT_EQ(pool.given_back, 1);
+  EXPECT_TRUE(pool.parked_when_given_back);
+  SessionInfo info = session_->Info();
+  EXPECT_TRUE(info.slices_released);
+  EXPECT_TRUE(info.parked);
+  EXPECT_EQ(info.releases, 1u);
+  ASSERT_TRUE(session_->ReleaseIdle(absl::ZeroDuration(), &parked).ok());
+  EXPECT_EQ(parked, 0u);
+  EXPECT_EQ(pool.given_back, 1);  // released once
+
+  pool.answer = Status::Overloaded("slice 0 of GPU 0 is held by another session");
+  ReplyResult refused = CopyOut(0, d, data.size());
+  EXPECT_EQ(refused.status.cuda_result(), CUDA_ERROR_DEVICE_UNAVAILABLE)
+      << refused.status.ToString();
+  EXPECT_NE(refused.status.message().find("held by another session"), std::string::npos)
+      << refused.status.message();
+  EXPECT_EQ(pool.asked, 1);
+  EXPECT_TRUE(session_->Info().slices_released);
+  EXPECT_TRUE(session_->Info().parked);
+
+  pool.answer = Status::Ok();
+  ReplyResult back = CopyOut(0, d, data.size());
+  ASSERT_TRUE(back.status.ok()) << back.status.ToString();
+  EXPECT_EQ(back.bulk, data);
+  EXPECT_EQ(pool.asked, 2);
+  info = session_->Info();
+  EXPECT_FALSE(info.slices_released);
+  EXPECT_FALSE(info.parked);
+  EXPECT_EQ(info.reborrows, 1u);
+  EXPECT_EQ(info.unparks, 1u);
 }
 
 // graph node kinds: an allocation node's range is the session's from

@@ -176,6 +176,25 @@ TEST(ConfigTest, MemoryOvercommitAndParkAfter) {
               "not a duration");
 }
 
+TEST(ConfigTest, IdleRelease) {
+  Config config;
+  Status status = ParseConfig(
+      "[server]\ndefault_pool = \"dev\"\n"
+      "[pool.dev]\nslices_per_gpu = 4\nidle_release = \"15m\"\n"
+      "[pool.train]\n",
+      "x.toml", &config);
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  ASSERT_TRUE(config.pools["dev"].idle_release.has_value());
+  EXPECT_EQ(*config.pools["dev"].idle_release, absl::Minutes(15));
+  EXPECT_FALSE(config.pools["train"].idle_release.has_value());  // the default: never
+  ExpectError("[pool.p]\nidle_release = \"50ms\"\n", "bad.toml:2: pool.p.idle_release",
+              "at least 100ms");
+  ExpectError("[pool.p]\nidle_release = 60\n", "bad.toml:2: pool.p.idle_release",
+              "expected a string");
+  ExpectError("[pool.p]\nidle_release = \"later\"\n", "bad.toml:2: pool.p.idle_release",
+              "not a duration");
+}
+
 TEST(ConfigTest, MetricsKeys) {
   Config config;
   Status status = ParseConfig(

@@ -53,8 +53,10 @@ class PoolStateTest : public ::testing::Test {
   }
 
   BorrowResult Borrow(uint64_t session, const std::string& pool = "", int gpus = 1,
-                      absl::Duration wait = absl::ZeroDuration()) {
+                      absl::Duration wait = absl::ZeroDuration(),
+                      std::vector<PinnedSlice> pinned = {}) {
     BorrowRequest request;
+    request.pinned = std::move(pinned);
     request.session = session;
     request.pool = pool;
     request.gpus = gpus;
@@ -426,6 +428,77 @@ TEST_F(PoolStateTest, DrainedGpuTakesNoNewBorrowsAndKeepsItsHolders) {
   PoolChanges undrain;
   ASSERT_TRUE(pool_->SetDrained(0, false, clock_->Now(), &undrain).ok());
   EXPECT_EQ(undrain.granted, std::vector<uint64_t>{2});
+}
+
+// Idle release: a session that gave its slice back borrows exactly that
+// slice again: it waits while another holds it, and is placed there (not on
+// another free slice) as soon as it frees.
+TEST_F(PoolStateTest, APinnedBorrowTakesOnlyItsOwnSlice) {
+  Make(DayNight());
+  for (uint64_t s = 1; s <= 3; ++s) ASSERT_EQ(Borrow(s).outcome, BorrowOutcome::kGranted);
+  // Session 2 held slice 1 and gave it back; session 9 took it meanwhile.
+  ASSERT_TRUE(pool_->Return(2, clock_->Now()).granted.empty());
+  ASSERT_EQ(Borrow(9).outcome, BorrowOutcome::kGranted);
+  ASSERT_EQ(pool_->FindLease(9)->slices[0].slice, 1);
+  // Slice 3 is free, but session 2 wants slice 1 of GPU 0.
+  const std::vector<PinnedSlice> mine = {PinnedSlice{0, 1, 4}};
+  BorrowResult refused = Borrow(2, "dev", 1, absl::ZeroDuration(), mine);
+  ASSERT_EQ(refused.outcome, BorrowOutcome::kRefused);
+  EXPECT_EQ(refused.error.code(), StatusCode::kOverloaded);
+  EXPECT_NE(refused.error.message().find("slice 1 of GPU 0 is held by another session"),
+            std::string::npos)
+      << refused.error.message();
+  ASSERT_EQ(Borrow(2, "dev", 1, absl::Hours(1), mine).outcome, BorrowOutcome::kQueued);
+  // A newcomer that may wait queues behind it: a pinned waiter holds up its
+  // GPU, here the pool's only one.
+  ASSERT_EQ(Borrow(10, "dev", 1, absl::Hours(1)).outcome, BorrowOutcome::kQueued);
+  PoolChanges changes = pool_->Return(9, clock_->Now());
+  EXPECT_EQ(changes.granted, (std::vector<uint64_t>{2, 10}));
+  EXPECT_EQ(pool_->FindLease(2)->slices[0].slice, 1);
+  EXPECT_EQ(pool_->FindLease(10)->slices[0].slice, 3);
+}
+
+TEST_F(PoolStateTest, APinnedWaiterDoesNotHoldUpOtherGpus) {
+  Make(DayNight("", "[0, 1]"), 2);
+  for (uint64_t s = 1; s <= 4; ++s) ASSERT_EQ(Borrow(s).outcome, BorrowOutcome::kGranted);
+  ASSERT_EQ(pool_->FindLease(4)->slices[0].gpu, 0);
+  // Session 7 wants slice 2 of GPU 0, which session 3 holds.
+  ASSERT_EQ(Borrow(7, "dev", 1, absl::Hours(1), {PinnedSlice{0, 2, 4}}).outcome,
+            BorrowOutcome::kQueued);
+  // A newcomer without a wait gets GPU 1 at once; one that waits is placed
+  // on GPU 1 as well, never on GPU 0 ahead of the pinned waiter.
+  ASSERT_EQ(Borrow(8).outcome, BorrowOutcome::kGranted);
+  EXPECT_EQ(pool_->FindLease(8)->slices[0].gpu, 1);
+  ASSERT_TRUE(pool_->Return(4, clock_->Now()).granted.empty());  // 7 wants slice 2, not 3
+  ASSERT_EQ(Borrow(11, "dev", 1, absl::Hours(1)).outcome, BorrowOutcome::kGranted);
+  EXPECT_EQ(pool_->FindLease(11)->slices[0].gpu, 1);
+  EXPECT_EQ(pool_->Return(3, clock_->Now()).granted, std::vector<uint64_t>{7});
+  EXPECT_EQ(pool_->FindLease(7)->slices[0].slice, 2);
+}
+
+// A pinned slice comes back on a drained GPU (its session never left it),
+// but not when the GPU serves another pool or layout now.
+TEST_F(PoolStateTest, APinnedBorrowNamesWhyItsSliceIsGone) {
+  Make(DayNight());
+  PoolChanges changes;
+  ASSERT_TRUE(pool_->SetDrained(0, true, clock_->Now(), &changes).ok());
+  EXPECT_EQ(Borrow(1).outcome, BorrowOutcome::kRefused);
+  ASSERT_EQ(Borrow(2, "dev", 1, absl::ZeroDuration(), {PinnedSlice{0, 2, 4}}).outcome,
+            BorrowOutcome::kGranted);
+  ASSERT_TRUE(pool_->SetDrained(0, false, clock_->Now(), &changes).ok());
+  pool_->Return(2, clock_->Now());
+  AdvanceTo(Shanghai(2026, 3, 10, 20, 0, 1));  // night: GPU 0 serves train
+  BorrowResult night = Borrow(2, "dev", 1, absl::ZeroDuration(), {PinnedSlice{0, 2, 4}});
+  ASSERT_EQ(night.outcome, BorrowOutcome::kRefused);
+  EXPECT_NE(night.error.message().find("the GPU serves pool train now, not dev"),
+            std::string::npos)
+      << night.error.message();
+  BorrowResult layout = Borrow(2, "train", 1, absl::ZeroDuration(), {PinnedSlice{0, 2, 4}});
+  ASSERT_EQ(layout.outcome, BorrowOutcome::kRefused);
+  EXPECT_NE(layout.error.message().find("has 1 slice per GPU now, not 4"), std::string::npos)
+      << layout.error.message();
+  BorrowResult mismatch = Borrow(2, "dev", 2, absl::ZeroDuration(), {PinnedSlice{0, 2, 4}});
+  EXPECT_EQ(mismatch.error.code(), StatusCode::kInvalidArgument);
 }
 
 TEST_F(PoolStateTest, ReloadAppliesNewPoolsAndABadOneKeepsTheOld) {
