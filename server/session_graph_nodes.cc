@@ -169,13 +169,21 @@ Status Session::HoldGraphMemory(GraphEntry& graph, GraphExecEntry& exec) {
   exec.events = graph.events;
   exec.mem = graph.mem;
   if (graph.mem.allocations.empty()) return Status::Ok();
+  std::map<int, uint64_t> bytes;  // by session device
+  for (const GraphAllocation& a : graph.mem.allocations) bytes[a.device] += a.bytes;
   Status status = backend_.CommitGraphMemory(*exec.exec, *graph.graph, *tenant_);
+  if (status.code() == StatusCode::kOutOfMemory) {
+    // A full device: as every allocation path, ask for room (on each device
+    // the graph allocates on) and commit once more if anything was parked.
+    // A refused commit takes nothing, so trying again is safe.
+    bool relieved = false;
+    for (const auto& [device, total] : bytes) relieved |= RelieveMemoryPressure(device, total);
+    if (relieved) status = backend_.CommitGraphMemory(*exec.exec, *graph.graph, *tenant_);
+  }
   if (!status.ok()) {
     exec.mem = GraphMemNodes{};
     return status;
   }
-  std::map<int, uint64_t> bytes;
-  for (const GraphAllocation& a : graph.mem.allocations) bytes[a.device] += a.bytes;
   for (const auto& [device, total] : bytes) {
     shares_.Charge(device, total);
     GraphMemFigures& figures = graph_mem_[device];

@@ -2885,6 +2885,7 @@ class PooledSessionTest : public ::testing::Test {
     device.slice = 1;
     device.slices_per_gpu = 4;
     grant.devices.push_back(device);
+    grant.park_after = park_after_;
     return grant;
   }
 
@@ -2941,6 +2942,7 @@ class PooledSessionTest : public ::testing::Test {
   std::unique_ptr<backend::GpuBackend> backend_;
   uint64_t buffer_limit_ = 0;  // Session::SetBufferLimit before Run; 0: the default
   uint32_t keepalive_ms_ = 0;  // Hello.keepaliveMs
+  std::optional<absl::Duration> park_after_;  // the grant's (memory overcommit)
   std::unique_ptr<Session> session_;
   std::thread runner_;
   std::unique_ptr<RawClient> client_;
@@ -2955,6 +2957,51 @@ class PooledSessionTest : public ::testing::Test {
 // OUT_OF_MEMORY.
 TEST_F(PooledSessionTest, AnAllocationWaitsForMemoryTheSessionFreedToBeReleased) {
   AllocationWaitingForARelease(/*expect_keepalive=*/false);
+}
+
+// Memory overcommit: a graph whose allocation nodes do not fit on a full
+// device asks the memory-pressure hook for room, as every allocation path
+// does, and is committed once room was made.
+TEST_F(PooledSessionTest, AGraphsMemoryAsksForRoomOnAFullDevice) {
+  park_after_ = absl::ZeroDuration();
+  // Another tenant fills backend device 1 but half a slice.
+  std::unique_ptr<backend::Context> other;
+  ASSERT_TRUE(backend_->CreateContext(1, 0, &other).ok());
+  std::unique_ptr<backend::Tenant> other_tenant = backend_->CreateTenant();
+  backend_->JoinTenant(*other, *other_tenant);
+  uint64_t filler = 0;
+  ASSERT_TRUE(backend_->MemAlloc(*other, (64 << 20) - kSliceQuota / 2, &filler).ok());
+  std::mutex asked_mutex;
+  std::vector<std::pair<int, uint64_t>> asked;
+  Start([&](Session& session) {
+    session.SetMemoryPressure([&](int device, uint64_t bytes, uint64_t) -> uint64_t {
+      std::lock_guard<std::mutex> lock(asked_mutex);
+      asked.emplace_back(device, bytes);
+      if (filler == 0) return 0;
+      EXPECT_TRUE(backend_->MemFree(*other, filler).ok());  // as if parked
+      filler = 0;
+      return bytes;
+    });
+  });
+  ASSERT_TRUE(CreateContext(0).status.ok());
+  client_->Send([&](wire::Call::Builder c) { c.initGraphCreate().setGraph(50); }, false);
+  ReplyResult alloc = client_->Call([&](wire::Call::Builder c) {
+    auto a = c.initGraphAddMemAllocNode();
+    a.setGraph(50);
+    a.setNode(51);
+    a.setCtx(100);
+    a.setBytes(kSliceQuota);
+  });
+  ASSERT_TRUE(alloc.status.ok()) << alloc.status.ToString();
+  ReplyResult instantiated = client_->Call([&](wire::Call::Builder c) {
+    auto a = c.initGraphInstantiate();
+    a.setGraph(50);
+    a.setExec(60);
+  });
+  EXPECT_TRUE(instantiated.status.ok()) << instantiated.status.ToString();
+  std::lock_guard<std::mutex> lock(asked_mutex);
+  EXPECT_EQ(asked, (std::vector<std::pair<int, uint64_t>>{{1, kSliceQuota}}));
+  EXPECT_EQ(filler, 0u);
 }
 
 // An allocation that would not fit even once the session's pending releases
