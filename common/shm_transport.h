@@ -112,6 +112,7 @@ class ShmTransport final : public Transport {
   std::string Description() const override {
     return "shm, ring " + std::to_string(ring_bytes_ >> 20) + " MiB";
   }
+  bool PeerClosed() override { return !Alive(/*check_socket=*/true).ok(); }
   void SetReadDeadline(std::chrono::steady_clock::time_point deadline) override {
     read_deadline_ = deadline;
   }

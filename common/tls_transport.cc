@@ -193,6 +193,8 @@ class TlsTransport final : public Transport {
   const std::string& PeerName() const override { return peer_name_; }
   std::string Description() const override { return "tls"; }
 
+  bool PeerClosed() override { return fd_ < 0 || SocketPeerClosed(fd_); }
+
   bool PeerGoneOrTalking() override {
     {
       std::lock_guard<std::mutex> lock(mutex_);

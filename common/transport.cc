@@ -236,6 +236,19 @@ bool SocketTransport::PeerGoneOrTalking() {
   return n > 0 && (p.revents & (POLLIN | POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
 }
 
+bool SocketPeerClosed(int fd) {
+  pollfd p{};
+  p.fd = fd;
+  p.events = POLLRDHUP;
+  int n;
+  do {
+    n = ::poll(&p, 1, 0);
+  } while (n < 0 && errno == EINTR);
+  return n > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
+}
+
+bool SocketTransport::PeerClosed() { return fd_ < 0 || SocketPeerClosed(fd_); }
+
 Status ParseHostPort(std::string_view address, std::string* host, uint16_t* port) {
   std::string_view h, p;
   if (!address.empty() && address.front() == '[') {

@@ -84,6 +84,12 @@ class Transport {
   // GPU), either means the peer is gone. A transport that cannot tell says
   // false.
   virtual bool PeerGoneOrTalking() { return false; }
+  // Without blocking: true when the peer has closed (or broken) the
+  // connection; bytes it sent that nobody read yet do not count. For a
+  // server that waits on behalf of a peer that may keep talking meanwhile
+  // (a session's call queued for its slice). A transport that cannot tell
+  // says false.
+  virtual bool PeerClosed() { return false; }
   // From now on a read that is still waiting for bytes when `deadline`
   // passes fails with Disconnected (a peer that stays silent: a handshake
   // that never comes, a server that stopped); time_point::max() (the
@@ -149,6 +155,11 @@ Status AdoptTransport(TransportHandover handover, std::unique_ptr<Transport>* ou
 inline constexpr std::chrono::steady_clock::time_point kNoDeadline =
     std::chrono::steady_clock::time_point::max();
 
+// Without blocking: whether the other end of socket `fd` closed or broke
+// the connection (not whether it has bytes to read). Transport::PeerClosed
+// of the transports over a socket.
+bool SocketPeerClosed(int fd);
+
 // Owns a connected stream socket `fd`. Small reads are served from a
 // userspace buffer filled by one recv, large ones go straight to the caller.
 // A read that finds no bytes busy-polls the socket with non-blocking
@@ -169,6 +180,7 @@ class SocketTransport final : public Transport {
   // True for an AF_INET or AF_INET6 socket; false for a socketpair's.
   bool OverTcp() const override;
   bool PeerGoneOrTalking() override;
+  bool PeerClosed() override;
   void SetReadDeadline(std::chrono::steady_clock::time_point deadline) override {
     read_deadline_ = deadline;
   }

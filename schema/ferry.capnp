@@ -1574,6 +1574,10 @@ struct GpuStatus {
   holders @8 :List(HolderStatus);
   nextChangeUnixMs @9 :Int64;  # 0 = none
   nextPool @10 :Text;
+  # idle release: sessions that gave their slice of this GPU back while idle and come back to
+  # it (memoryUsed, computeShare and mechanism unset; sinceUnixMs: when released;
+  # drainDeadlineUnixMs: when a rebind preempts them, 0 = never)
+  released @11 :List(HolderStatus);
 }
 
 struct HolderStatus {

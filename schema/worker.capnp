@@ -118,6 +118,7 @@ struct ToWorker {
     park @4 :ParkRequest;         # Session::Park; answered by FromWorker.parked
     relieved @5 :RelieveAnswer;   # answers FromWorker.relieve
     borrowedAgain @6 :BorrowAgainAnswer;  # answers FromWorker.borrowAgain
+    slicesReleased @7 :BorrowAgainAnswer; # answers FromWorker.releaseSlices (the pool's verdict)
   }
 }
 
@@ -128,8 +129,8 @@ struct ParkRequest {
   releaseSlices @3 :Bool;       # Session::ReleaseIdle instead of Park (reason unused)
 }
 
-# Idle release: the worker's session borrows its slices again (Session::SliceLease.borrow_again,
-# Server::BorrowSlicesAgain in the main process).
+# Idle release: the main process's answer to the worker's session giving its slices back or
+# borrowing them again (Session::SliceLease, Server::SliceLeaseFor).
 struct BorrowAgainAnswer {
   requestId @0 :UInt64;
   status @1 :Ferry.Status;
@@ -181,8 +182,9 @@ struct FromWorker {
     parked @6 :ParkAnswer;        # answers ToWorker.park
     relieve @7 :RelieveRequest;   # answered by ToWorker.relieved
     # Idle release: the session's memory is parked and its slices go back to the pool now (sent
-    # under the session's execution lock, so it precedes any borrowAgain); not answered.
-    slicesReleased @8 :Void;
+    # under the session's execution lock and answered, so it precedes any borrowAgain); a
+    # request id, answered by ToWorker.slicesReleased.
+    releaseSlices @8 :UInt64;
     borrowAgain @9 :UInt64;       # a request id; answered by ToWorker.borrowedAgain
   }
 }

@@ -83,6 +83,7 @@ class CountingTransport final : public Transport {
     return inner_ != nullptr && inner_->OverTcp();
   }
   bool PeerGoneOrTalking() override { return inner_ == nullptr || inner_->PeerGoneOrTalking(); }
+  bool PeerClosed() override { return inner_ == nullptr || inner_->PeerClosed(); }
   void SetReadDeadline(std::chrono::steady_clock::time_point deadline) override {
     inner_->SetReadDeadline(deadline);
   }

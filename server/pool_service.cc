@@ -218,6 +218,17 @@ void PoolService::Return(uint64_t session) {
   Publish(changes);
 }
 
+Status PoolService::ReleaseSlices(uint64_t session) {
+  pool::PoolChanges changes;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    FERRY_RETURN_IF_ERROR(state_->ReleaseSlices(session, options_.clock->Now(), &changes));
+    RecordLocked(changes);
+  }
+  Publish(changes);
+  return Status::Ok();
+}
+
 Status PoolService::Reload(const pool::Config& config, std::string* summary) {
   pool::PoolChanges changes;
   {

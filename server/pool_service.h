@@ -65,6 +65,10 @@ class PoolService {
                 const std::function<void(int position)>& on_position, pool::Lease* lease);
   // The session ended and its resources are freed: its slices go back.
   void Return(uint64_t session);
+  // Idle release (PoolState::ReleaseSlices): the session's memory is parked
+  // and its slices go back; it borrows them again with a pinned Borrow.
+  // Outside a cluster only (its claims would stay in etcd).
+  Status ReleaseSlices(uint64_t session);
 
   // A reloaded config (already parsed); a config the pool cannot take is
   // refused and the old one stays.

@@ -1385,6 +1385,21 @@ void Server::FillPoolStatus(wire::PoolStatus::Builder out) {
       ho.setDrainDeadlineUnixMs(UnixMs(in.deadline));
       ho.setPreempting(in.preempting);
     }
+    auto released = o.initReleased(static_cast<unsigned>(g.released.size()));
+    for (size_t r = 0; r < g.released.size(); ++r) {
+      const pool::HoldingSnapshot& in = g.released[r];
+      auto ro = released[static_cast<unsigned>(r)];
+      ro.setSessionId(in.session);
+      ro.setPool(in.pool);
+      ro.setSlice(static_cast<uint32_t>(in.slice.slice));
+      ro.setSlicesPerGpu(static_cast<uint32_t>(in.slice.slices_per_gpu));
+      ro.setMemoryQuota(in.slice.memory_quota);
+      ro.setHost(in.host);
+      ro.setPid(in.pid);
+      ro.setProgram(in.program);
+      ro.setSinceUnixMs(UnixMs(in.since));
+      ro.setDrainDeadlineUnixMs(UnixMs(in.deadline));
+    }
   }
   auto queue = out.initQueue(static_cast<unsigned>(snapshot.queue.size()));
   for (size_t i = 0; i < snapshot.queue.size(); ++i) {
@@ -1596,7 +1611,7 @@ Session::SliceLease Server::SliceLeaseFor(uint64_t id, wire::Hello::Reader hello
     request.pinned.push_back(pool::PinnedSlice{device.gpu, device.slice, device.slices_per_gpu});
   }
   Session::SliceLease lease;
-  lease.give_back = [this, id] { pool_->Return(id); };
+  lease.give_back = [this, id] { return pool_->ReleaseSlices(id); };
   lease.borrow_again = [this, request](const std::function<bool()>& gone) {
     const std::string who = "session " + std::to_string(request.session) + " (pid " +
                             std::to_string(request.pid) + ", " + request.program + "@" +

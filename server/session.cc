@@ -658,6 +658,36 @@ std::shared_ptr<uint8_t[]> AllocateBulk(uint64_t bytes) {
 
 }  // namespace
 
+bool Session::OnlyLetsGo(kj::ArrayPtr<const capnp::word> words) {
+  try {
+    for (kj::ArrayPtr<const capnp::word> rest = words; rest.size() > 0;) {
+      capnp::FlatArrayMessageReader reader(rest, PeerReaderOptions());
+      switch (reader.getRoot<wire::Call>().which()) {
+        case wire::Call::PING:
+        case wire::Call::MEM_FREE:
+        case wire::Call::CTX_DESTROY:
+        case wire::Call::MODULE_UNLOAD:
+        case wire::Call::LIBRARY_UNLOAD:
+        case wire::Call::STREAM_DESTROY:
+        case wire::Call::EVENT_DESTROY:
+        case wire::Call::MEM_POOL_DESTROY:
+        case wire::Call::GRAPH_DESTROY:
+        case wire::Call::GRAPH_EXEC_DESTROY:
+        case wire::Call::ARRAY_DESTROY:
+        case wire::Call::TEX_OBJECT_DESTROY:
+        case wire::Call::LINK_DESTROY:
+          break;
+        default:
+          return false;
+      }
+      rest = kj::arrayPtr(reader.getEnd(), rest.end());
+    }
+  } catch (const kj::Exception&) {
+    return false;  // ExecuteBatch reports it
+  }
+  return true;
+}
+
 Status Session::ExecuteBatch(kj::ArrayPtr<const capnp::word> words, uint64_t bulk_bytes,
                              PayloadSource& payload) {
   std::lock_guard<std::timed_mutex> exec(exec_mutex_);
@@ -672,8 +702,11 @@ Status Session::ExecuteBatch(kj::ArrayPtr<const capnp::word> words, uint64_t bul
     }
   } batch_end{this};
   // Parked memory comes back before any call of the batch runs; if it
-  // cannot, every call of the batch fails with the reason.
-  batch_refusal_ = UnparkForBatch();
+  // cannot, every call of the batch fails with the reason. A released
+  // session's batch that only lets go of things needs neither its slices
+  // nor its memory back.
+  batch_refusal_ =
+      slices_released_.load() && OnlyLetsGo(words) ? Status::Ok() : UnparkForBatch();
   // kj reports a message that breaks its own rules (bad pointers, traversal
   // limit) as an exception; none may escape into the server.
   try {

@@ -271,20 +271,25 @@ class Session final : public ServedSession {
   // Idle release (server/README.md "Idle release"). Before Run: how the
   // session's slices go back to the pool and come again. `give_back` runs
   // under exec_mutex_ once the memory is parked (no call of the session can
-  // run before it returns; it must not wait for this session);
-  // `borrow_again` runs on the executor before the next batch and blocks
-  // until the same slices are the session's again, the borrow is refused
-  // (its error fails the batch's calls), or `gone` says the session ended.
+  // run before it returns; it must not wait for this session); an error
+  // (the pool will not take them: the session is being preempted or
+  // drained) leaves the slices the session's. `borrow_again` runs on the
+  // executor before the next batch and blocks until the same slices are
+  // the session's again, the borrow is refused (its error fails the batch's
+  // calls), or `gone` says the session ended.
   struct SliceLease {
-    std::function<void()> give_back;
+    std::function<Status()> give_back;
     std::function<Status(const std::function<bool()>& gone)> borrow_again;
   };
   void SetSliceLease(SliceLease lease) { slice_lease_ = std::move(lease); }
   // Any thread. Parks the session's memory as Park does (on the same
   // conditions, or Overloaded saying why not) and gives its slices back
   // (SliceLease::give_back); its next batch borrows them again, then brings
-  // the memory back, before any of its calls runs. Unimplemented
-  // without a SliceLease; OK and 0 bytes when already released.
+  // the memory back, before any of its calls runs. Memory that cannot be
+  // parked (stream-ordered pool allocations) keeps the slices the
+  // session's: Overloaded saying how much (its parkable memory stays
+  // parked until the next call). Unimplemented without a SliceLease; OK and
+  // 0 bytes when already released.
   Status ReleaseIdle(absl::Duration min_idle, uint64_t* parked_bytes) override;
   // How long a parked session's batch waits for room to bring its memory back
   // before its calls fail with CUDA_ERROR_OUT_OF_MEMORY (the next batch tries
@@ -974,6 +979,11 @@ class Session final : public ServedSession {
   std::atomic<uint64_t> module_image_bytes_received_{0};
 
   // Parking (session_parking.cc).
+  // Whether every call of a batch only lets go of something (frees,
+  // destroys, unloads, pings): what a released session may run without
+  // borrowing its slices again (a program ending after hours idle does not
+  // queue for a slice just to free its memory).
+  static bool OnlyLetsGo(kj::ArrayPtr<const capnp::word> words);
   // Brings parked memory back (on the executor, exec_mutex_ held, before a
   // batch runs); OK when nothing is parked.
   Status UnparkForBatch();

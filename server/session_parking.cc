@@ -108,8 +108,8 @@ Status Session::ParkIdle(absl::Duration min_idle, const std::string& reason, boo
   backend::ParkedMemory moved;
   if (!parked_.load()) FERRY_RETURN_IF_ERROR(backend_.ParkTenantMemory(*tenant_, &moved));
   const int64_t took = SteadyNowNs() - started;
-  backend::ParkedMemory parked;
-  backend_.TenantMemory(*tenant_, &parked, nullptr);
+  backend::ParkedMemory parked, resident;
+  backend_.TenantMemory(*tenant_, &parked, &resident);
   if (parked.Total() > 0 && moved.Total() > 0) {
     parked_bytes_.store(parked.Total());
     parked_.store(true);
@@ -125,11 +125,18 @@ Status Session::ParkIdle(absl::Duration min_idle, const std::string& reason, boo
                      << "; " << reason << ")";
   }
   if (!release) return Status::Ok();
+  if (resident.Total() > 0) {
+    // Another borrower of the slice would find the device short of it.
+    return Status::Overloaded("session " + std::to_string(id_) + " keeps " +
+                              Mib(resident.Total()) +
+                              " of device memory that cannot be parked (stream-ordered pool "
+                              "allocations): its slices stay its own");
+  }
   // Still under exec_mutex_: the next batch finds the slices gone and
   // borrows them again before anything else.
+  FERRY_RETURN_IF_ERROR(slice_lease_.give_back());
   slices_released_.store(true);
   releases_.fetch_add(1);
-  slice_lease_.give_back();
   FERRY_LOG(kInfo) << "session " << id_ << " (" << program_ << "@" << host_
                    << "): idle for "
                    << absl::FormatDuration(absl::Trunc(idle, absl::Seconds(1)))
@@ -145,9 +152,15 @@ Status Session::BorrowSlicesAgain() {
   // queue, perhaps for long): keepalives go out as for a deferred reply.
   deferred_replies_.fetch_add(1);
   StartKeepaliveIfAsked();
+  // Nobody reads the connection while this executor waits (a session
+  // without a helper thread): a client that died is seen by its closed
+  // connection, so its wait ends and its place in the queue goes.
   const Status status = slice_lease_.borrow_again([this] {
-    std::lock_guard<std::mutex> lock(serve_mutex_);
-    return serving_ended_;
+    {
+      std::lock_guard<std::mutex> lock(serve_mutex_);
+      if (serving_ended_) return true;
+    }
+    return transport_->PeerClosed();
   });
   deferred_replies_.fetch_sub(1);
   const absl::Duration waited = absl::Nanoseconds(SteadyNowNs() - started);

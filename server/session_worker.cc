@@ -528,10 +528,19 @@ std::string SessionWorker::Supervise(ModuleCache* images) {
           }
           break;
         }
-        case wire::FromWorker::SLICES_RELEASED: {
-          // Before any later message of the worker (its borrowAgain above
-          // all): the pool has the slices back when that is read.
-          if (slice_lease_.give_back) slice_lease_.give_back();
+        case wire::FromWorker::RELEASE_SLICES: {
+          // At once, on this thread: the pool's verdict is quick, and the
+          // worker's session waits for it under its execution lock, so it
+          // comes before any borrowAgain of the session.
+          const uint64_t request = message.getReleaseSlices();
+          const Status status = slice_lease_.give_back
+                                    ? slice_lease_.give_back()
+                                    : Status::Unimplemented("the session has no pool to give back to");
+          (void)Send(Encode<wire::ToWorker>([&](wire::ToWorker::Builder root) {
+            auto answer = root.initSlicesReleased();
+            answer.setRequestId(request);
+            StatusToWire(status, answer.initStatus());
+          }));
           break;
         }
         case wire::FromWorker::BORROW_AGAIN: {
@@ -880,51 +889,52 @@ class WorkerLink final : public ModuleImages {
   // kParkAnswerTimeout) and then some.
   static constexpr std::chrono::seconds kRelieveAnswerTimeout{40};
 
-  // Session::SliceLease over the link. give_back: tells the main process
-  // (under the session's execution lock, so the message goes before any
-  // borrowAgain).
-  void SlicesReleased() {
-    (void)Send(Encode<wire::FromWorker>(
-        [](wire::FromWorker::Builder root) { root.setSlicesReleased(); }));
-  }
-  // borrow_again: asks and waits for the answer, however long the pool's
-  // queue takes, until the link closes or `gone` (looked at every
+  // Session::SliceLease over the link: asks the main process to give the
+  // session's slices back (FromWorker.releaseSlices) or to borrow them again
+  // (FromWorker.borrowAgain) and waits for its answer, however long the
+  // pool's queue takes, until the link closes or `gone` (looked at every
   // kGonePoll).
-  Status BorrowAgain(const std::function<bool()>& gone) {
+  enum class PoolAsk { kRelease, kBorrowAgain };
+  Status AskPool(PoolAsk ask, const std::function<bool()>& gone) {
     uint64_t request = 0;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       if (closed_) return Status::Disconnected("ferryd's main process is gone");
       request = next_request_++;
-      borrowed_[request];  // asked
+      pool_answers_[request];  // asked
     }
-    std::vector<uint8_t> message = Encode<wire::FromWorker>(
-        [&](wire::FromWorker::Builder root) { root.setBorrowAgain(request); });
+    std::vector<uint8_t> message = Encode<wire::FromWorker>([&](wire::FromWorker::Builder root) {
+      if (ask == PoolAsk::kRelease) {
+        root.setReleaseSlices(request);
+      } else {
+        root.setBorrowAgain(request);
+      }
+    });
     Status status = Send(message);
     std::unique_lock<std::mutex> lock(mutex_);
-    while (status.ok() && !closed_ && !borrowed_[request].has_value()) {
+    while (status.ok() && !closed_ && !pool_answers_[request].has_value()) {
       lock.unlock();
       const bool ended = gone();
       lock.lock();
       if (ended) {
-        status = Status::Disconnected("the session ended while it waited for its slices");
+        status = Status::Disconnected("the session ended while it waited for the pool");
         break;
       }
       answered_.wait_for(lock, kGonePoll);
     }
     if (status.ok()) {
-      status = borrowed_[request].has_value()
-                   ? *borrowed_[request]
+      status = pool_answers_[request].has_value()
+                   ? *pool_answers_[request]
                    : Status::Disconnected("ferryd's main process is gone");
     }
-    borrowed_.erase(request);
+    pool_answers_.erase(request);
     return status;
   }
-  // The reader thread: the answer to BorrowAgain's `request`.
-  void AnswerBorrowAgain(uint64_t request, Status status) {
+  // The reader thread: the answer to AskPool's `request`.
+  void AnswerPool(uint64_t request, Status status) {
     std::lock_guard<std::mutex> lock(mutex_);
-    auto asked = borrowed_.find(request);
-    if (asked == borrowed_.end() || asked->second.has_value()) return;
+    auto asked = pool_answers_.find(request);
+    if (asked == pool_answers_.end() || asked->second.has_value()) return;
     asked->second = std::move(status);
     answered_.notify_all();
   }
@@ -955,8 +965,8 @@ class WorkerLink final : public ModuleImages {
   std::map<uint64_t, int> answers_;
   // Relieve requests still asked (empty until answered).
   std::map<uint64_t, std::optional<uint64_t>> relieved_;
-  // BorrowAgain requests still asked (empty until answered).
-  std::map<uint64_t, std::optional<Status>> borrowed_;
+  // AskPool requests still asked (empty until answered).
+  std::map<uint64_t, std::optional<Status>> pool_answers_;
   bool closed_ = false;
 };
 
@@ -1103,9 +1113,11 @@ int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backe
     });
     if (start.getIdleRelease()) {
       session->SetSliceLease(Session::SliceLease{
-          [&worker_link] { worker_link.SlicesReleased(); },
+          [&worker_link] {
+            return worker_link.AskPool(WorkerLink::PoolAsk::kRelease, [] { return false; });
+          },
           [&worker_link](const std::function<bool()>& gone) {
-            return worker_link.BorrowAgain(gone);
+            return worker_link.AskPool(WorkerLink::PoolAsk::kBorrowAgain, gone);
           }});
     }
     preemption = start.getPreemption().cStr();
@@ -1171,8 +1183,13 @@ int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backe
             break;
           }
           case wire::ToWorker::BORROWED_AGAIN: {
-            worker_link.AnswerBorrowAgain(message.getBorrowedAgain().getRequestId(),
-                                          StatusFromWire(message.getBorrowedAgain().getStatus()));
+            worker_link.AnswerPool(message.getBorrowedAgain().getRequestId(),
+                                   StatusFromWire(message.getBorrowedAgain().getStatus()));
+            break;
+          }
+          case wire::ToWorker::SLICES_RELEASED: {
+            worker_link.AnswerPool(message.getSlicesReleased().getRequestId(),
+                                   StatusFromWire(message.getSlicesReleased().getStatus()));
             break;
           }
           case wire::ToWorker::RELIEVED: {

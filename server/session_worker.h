@@ -155,14 +155,14 @@ class SessionWorker final : public ServedSession {
   // at most kParkAnswerTimeout for the answer (else Overloaded).
   Status Park(absl::Duration min_idle, const std::string& reason, uint64_t* parked_bytes) override;
   // The same, giving the slices back (Session::ReleaseIdle): the worker's
-  // session tells (FromWorker.slicesReleased) and the link's reader calls
-  // the SliceLease's give_back before it reads anything more.
+  // session asks (FromWorker.releaseSlices) and the link's reader calls the
+  // SliceLease's give_back and answers before it reads anything more.
   Status ReleaseIdle(absl::Duration min_idle, uint64_t* parked_bytes) override;
   // Before Supervise: who answers the worker's requests for room on a full
   // device (FromWorker.relieve; Session::SetMemoryPressure). Unset: 0 bytes.
   void SetMemoryPressure(Session::MemoryPressure relieve) { relieve_ = std::move(relieve); }
   // Before Supervise: how the worker's session gives its slices back and
-  // borrows them again (FromWorker.slicesReleased, FromWorker.borrowAgain;
+  // borrows them again (FromWorker.releaseSlices, FromWorker.borrowAgain;
   // the borrow runs on a thread of its own and ends when the link closes).
   // Unset: the session is never released.
   void SetSliceLease(Session::SliceLease lease) { slice_lease_ = std::move(lease); }

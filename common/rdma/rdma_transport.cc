@@ -630,6 +630,14 @@ bool RdmaTransport::PeerGoneOrTalking() {
   return false;
 }
 
+bool RdmaTransport::PeerClosed() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!failed_.ok()) return true;
+  }
+  return liveness_ >= 0 && SocketPeerClosed(liveness_);
+}
+
 // --- Registered host memory --------------------------------------------------
 
 void RdmaTransport::RegisterHostMemory(const void* address, size_t size) {

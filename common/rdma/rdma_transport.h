@@ -154,6 +154,7 @@ class RdmaTransport final : public Transport {
   void Shutdown() override;
   const std::string& PeerName() const override { return peer_name_; }
   bool PeerGoneOrTalking() override;
+  bool PeerClosed() override;
   void SetReadDeadline(std::chrono::steady_clock::time_point deadline) override {
     read_deadline_ = deadline;
   }

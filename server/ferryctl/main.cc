@@ -187,6 +187,21 @@ std::string PoolJson(wire::PoolStatus::Reader pool) {
                             .Bool("preempting", h.getPreempting())
                             .Done());
     }
+    std::vector<std::string> released;
+    for (auto r : g.getReleased()) {
+      released.push_back(JsonObject()
+                             .Num("session", static_cast<long long>(r.getSessionId()))
+                             .Str("pool", r.getPool().cStr())
+                             .Num("slice", r.getSlice())
+                             .Num("slices_per_gpu", r.getSlicesPerGpu())
+                             .Num("memory_quota", static_cast<long long>(r.getMemoryQuota()))
+                             .Str("host", r.getHost().cStr())
+                             .Num("pid", r.getPid())
+                             .Str("program", r.getProgram().cStr())
+                             .Num("since_unix_ms", r.getSinceUnixMs())
+                             .Num("preempt_at_unix_ms", r.getDrainDeadlineUnixMs())
+                             .Done());
+    }
     gpus.push_back(JsonObject()
                        .Num("index", g.getIndex())
                        .Str("pool", g.getPool().cStr())
@@ -199,6 +214,7 @@ std::string PoolJson(wire::PoolStatus::Reader pool) {
                        .Num("next_change_unix_ms", g.getNextChangeUnixMs())
                        .Str("next_pool", g.getNextPool().cStr())
                        .Add("holders", JsonArray(holders))
+                       .Add("released", JsonArray(released))
                        .Done());
   }
   out.Add("gpus", JsonArray(gpus));
@@ -262,6 +278,20 @@ void PrintPoolTable(wire::PoolStatus::Reader pool) {
           slice.c_str(), static_cast<unsigned long long>(h.getSessionId()), h.getPool().cStr(),
           who.c_str(), h.getPid(), FormatUnixMillisUtc(h.getSinceUnixMs()).c_str(), memory.c_str(),
           h.getComputeShare(), h.getMechanism().cStr(), state.c_str());
+    }
+    for (auto r : g.getReleased()) {
+      // Idle release: not holding; its slice is others' until it comes back.
+      const std::string slice =
+          std::to_string(r.getSlice() + 1) + "/" + std::to_string(r.getSlicesPerGpu());
+      const std::string who = std::string(r.getProgram().cStr()) + "@" + r.getHost().cStr();
+      std::string state = "released (idle), comes back on its next call";
+      if (r.getDrainDeadlineUnixMs() != 0) {
+        state += "; preempted at " + FormatUnixMillisUtc(r.getDrainDeadlineUnixMs());
+      }
+      std::printf("     slice %-5s session %-5llu %-8s %-24s pid %-7u since %s  %s\n",
+                  slice.c_str(), static_cast<unsigned long long>(r.getSessionId()),
+                  r.getPool().cStr(), who.c_str(), r.getPid(),
+                  FormatUnixMillisUtc(r.getSinceUnixMs()).c_str(), state.c_str());
     }
   }
   auto queue = pool.getQueue();

@@ -193,6 +193,29 @@ void PoolState::MoveGpu(Gpu& gpu, const std::string& pool, RebindPolicy policy,
                              FormatGrace(grace) + " ran out";
     }
   }
+  // Released sessions of this GPU come back to it: those of another pool
+  // now go as its holders would (they have no slice to finish with, so a
+  // drain only gives them the grace to come back... to a GPU that serves
+  // another pool: they are preempted when it ends).
+  std::vector<uint64_t> released_to_preempt;
+  for (auto& [session, released] : released_) {
+    const bool here = std::any_of(released.lease.slices.begin(), released.lease.slices.end(),
+                                  [&](const SliceGrant& s) { return s.gpu == gpu.spec.index; });
+    if (!here) continue;
+    if (released.lease.pool == pool) {
+      released.deadline = absl::InfiniteFuture();
+      released.drain_reason.clear();
+      continue;
+    }
+    ++affected;
+    if (policy == RebindPolicy::kPreempt) {
+      released_to_preempt.push_back(session);
+    } else if (now + grace < released.deadline) {
+      released.deadline = now + grace;
+      released.drain_reason = "preempted by " + by + ": " + what + "; the drain grace of " +
+                              FormatGrace(grace) + " ran out while its slices were released";
+    }
+  }
   std::string line = "by " + by + ": " + what;
   if (affected > 0) {
     line += policy == RebindPolicy::kPreempt
@@ -203,6 +226,10 @@ void PoolState::MoveGpu(Gpu& gpu, const std::string& pool, RebindPolicy policy,
   changes->log.push_back(line);
   for (uint64_t session : to_preempt) {
     Preempt(session, "preempted by " + by + ": " + what + " (on_rebind = preempt)", changes);
+  }
+  for (uint64_t session : released_to_preempt) {
+    PreemptReleased(session, "preempted by " + by + ": " + what + " (on_rebind = preempt)",
+                    changes);
   }
 }
 
@@ -231,16 +258,23 @@ void PoolState::ExpireGraces(absl::Time now, PoolChanges* changes) {
       if (holding.deadline <= now) Preempt(holding.session, holding.drain_reason, changes);
     }
   }
+  std::vector<std::pair<uint64_t, std::string>> expired;
+  for (const auto& [session, released] : released_) {
+    if (released.deadline <= now) expired.emplace_back(session, released.drain_reason);
+  }
+  for (const auto& [session, reason] : expired) PreemptReleased(session, reason, changes);
 }
 
 void PoolState::ExpireWaits(absl::Time now, PoolChanges* changes) {
   for (auto it = queue_.begin(); it != queue_.end();) {
     if (it->deadline <= now) {
       const std::string waited = FormatGrace(it->deadline - it->since);
-      changes->ended_waits.emplace_back(
-          it->request.session,
-          Status::Overloaded("pool " + it->request.pool + " is full: no slice became free within " +
-                             waited + " (FERRY_WAIT)"));
+      const std::string why =
+          it->request.pinned.empty()
+              ? "pool " + it->request.pool + " is full: no slice became free within " + waited
+              : DescribePinnedFull(it->request) + " (waited " + waited + ")";
+      changes->ended_waits.emplace_back(it->request.session,
+                                        Status::Overloaded(why + " (FERRY_WAIT)"));
       it = queue_.erase(it);
     } else {
       ++it;
@@ -259,6 +293,7 @@ absl::Time PoolState::NextEventTime(absl::Time now) const {
     }
   }
   for (const Waiter& waiter : queue_) next = std::min(next, waiter.deadline);
+  for (const auto& [session, released] : released_) next = std::min(next, released.deadline);
   return next;
 }
 
@@ -278,52 +313,99 @@ int PoolState::FreeSlices(const Gpu& gpu, int slices_per_gpu) const {
   return static_cast<int>((kCapacityUnits - used) / (kCapacityUnits / slices_per_gpu));
 }
 
-bool PoolState::Blocked::Holds(const BorrowRequest& request) const {
-  if (pools.count(request.pool) != 0) return true;
+const PoolState::Blocked::InPool* PoolState::Blocked::Of(const std::string& pool) const {
+  auto found = pools.find(pool);
+  return found == pools.end() ? nullptr : &found->second;
+}
+
+bool PoolState::HeldUp(const BorrowRequest& request, const Blocked& blocked) const {
+  const Blocked::InPool* in_pool = blocked.Of(request.pool);
+  if (in_pool == nullptr) return false;
+  if (in_pool->whole) return true;
+  // Another released session waiting for the same slice (it had it before
+  // this one took it) goes first.
   for (const PinnedSlice& pinned : request.pinned) {
-    if (gpus.count(pinned.gpu) != 0) return true;
+    auto on_gpu = in_pool->gpus.find(pinned.gpu);
+    if (on_gpu != in_pool->gpus.end() && on_gpu->second.slices.contains(pinned.slice)) return true;
   }
   return false;
 }
 
-void PoolState::Blocked::Add(const BorrowRequest& request) {
+void PoolState::HoldUp(const BorrowRequest& request, Blocked* blocked) const {
+  Blocked::InPool& in_pool = blocked->pools[request.pool];
   if (request.pinned.empty()) {
-    pools.insert(request.pool);
+    in_pool.whole = true;
     return;
   }
-  for (const PinnedSlice& pinned : request.pinned) gpus.insert(pinned.gpu);
+  const int n = config_.pools.at(request.pool).slices_per_gpu;
+  for (const PinnedSlice& pinned : request.pinned) {
+    const Gpu* gpu = FindGpu(pinned.gpu);
+    // A slice that cannot come back now (its GPU serves another pool or
+    // layout) holds nobody up.
+    if (gpu == nullptr || gpu->pool != request.pool || pinned.slices_per_gpu != n) continue;
+    Blocked::OnGpu& on_gpu = in_pool.gpus[pinned.gpu];
+    on_gpu.slices.insert(pinned.slice);
+    const bool taken = std::any_of(gpu->holdings.begin(), gpu->holdings.end(), [&](const Holding& h) {
+      return h.slices_per_gpu == n && h.slice == pinned.slice;
+    });
+    if (!taken) ++on_gpu.capacity;
+  }
 }
 
 bool PoolState::TryPlace(const BorrowRequest& request, absl::Time now,
-                         const std::set<int>& blocked) {
+                         const Blocked::InPool* blocked) {
   const int n = config_.pools.at(request.pool).slices_per_gpu;
-  // The chosen GPUs and the slice number on each.
-  std::vector<std::pair<Gpu*, int>> chosen;
   const auto slice_taken = [n](const Gpu& gpu, int slice) {
     return std::any_of(gpu.holdings.begin(), gpu.holdings.end(), [&](const Holding& h) {
       return h.slices_per_gpu == n && h.slice == slice;
     });
   };
+  const auto held_back = [blocked](int gpu) -> const Blocked::OnGpu* {
+    if (blocked == nullptr) return nullptr;
+    auto found = blocked->gpus.find(gpu);
+    return found == blocked->gpus.end() ? nullptr : &found->second;
+  };
+  // Slices that fit on `gpu` for this request, beyond what earlier waiters
+  // hold back.
+  const auto room = [&](const Gpu& gpu) {
+    const Blocked::OnGpu* back = held_back(gpu.spec.index);
+    return FreeSlices(gpu, n) - (back != nullptr ? back->capacity : 0);
+  };
+  // The chosen GPUs and the slice number on each.
+  std::vector<std::pair<Gpu*, int>> chosen;
   if (!request.pinned.empty()) {
     for (const PinnedSlice& pinned : request.pinned) {
       Gpu* gpu = FindGpu(pinned.gpu);
       if (gpu == nullptr || gpu->pool != request.pool || pinned.slices_per_gpu != n ||
-          FreeSlices(*gpu, n) == 0 || slice_taken(*gpu, pinned.slice)) {
+          room(*gpu) <= 0 || slice_taken(*gpu, pinned.slice)) {
         return false;
       }
       chosen.emplace_back(gpu, pinned.slice);
     }
   } else {
+    // Slice numbers released sessions come back to: taken last.
+    std::map<int, std::set<int>> released_slices;  // by GPU
+    for (const auto& [session, released] : released_) {
+      for (const SliceGrant& slice : released.lease.slices) {
+        if (slice.slices_per_gpu == n) released_slices[slice.gpu].insert(slice.slice);
+      }
+    }
     for (Gpu& gpu : gpus_) {
       if (static_cast<int>(chosen.size()) == request.gpus) break;
-      if (gpu.pool != request.pool || gpu.drained || blocked.count(gpu.spec.index) != 0 ||
-          FreeSlices(gpu, n) == 0) {
-        continue;
+      if (gpu.pool != request.pool || gpu.drained || room(gpu) <= 0) continue;
+      const Blocked::OnGpu* back = held_back(gpu.spec.index);
+      const auto usable = [&](int slice) {
+        return !slice_taken(gpu, slice) && (back == nullptr || !back->slices.contains(slice));
+      };
+      const std::set<int>& owned = released_slices[gpu.spec.index];
+      int slice = -1;
+      for (int s = 0; s < n && slice < 0; ++s) {
+        if (usable(s) && !owned.contains(s)) slice = s;
       }
-      // The lowest slice number not taken by a holding of the same layout
-      // (FreeSlices > 0 guarantees one).
-      int slice = 0;
-      while (slice_taken(gpu, slice)) ++slice;
+      for (int s = 0; s < n && slice < 0; ++s) {
+        if (usable(s)) slice = s;
+      }
+      if (slice < 0) continue;  // every free number is held back
       chosen.emplace_back(&gpu, slice);
     }
     if (static_cast<int>(chosen.size()) < request.gpus) return false;
@@ -343,6 +425,7 @@ bool PoolState::TryPlace(const BorrowRequest& request, absl::Time now,
     lease.slices.push_back(SliceGrant{gpu->spec.index, slice, n, quota, 1.0 / n});
   }
   leases_[request.session] = std::move(lease);
+  released_.erase(request.session);  // back
   return true;
 }
 
@@ -365,7 +448,7 @@ std::string PoolState::DescribePinnedFull(const BorrowRequest& request) const {
     });
     if (taken || FreeSlices(*gpu, n) == 0) return where + " is held by another session";
   }
-  return "pool " + request.pool + " has borrowers waiting for the same GPUs";
+  return "pool " + request.pool + " has borrowers waiting ahead for the same slices";
 }
 
 std::string PoolState::DescribeFull(const std::string& pool) const {
@@ -416,9 +499,9 @@ BorrowResult PoolState::Borrow(const BorrowRequest& original, absl::Time now) {
   for (const Waiter& w : queue_) {
     if (w.request.pool != request.pool) continue;
     ++ahead;
-    blocked.Add(w.request);
+    HoldUp(w.request, &blocked);
   }
-  if (!blocked.Holds(request) && TryPlace(request, now, blocked.gpus)) {
+  if (!HeldUp(request, blocked) && TryPlace(request, now, blocked.Of(request.pool))) {
     result.outcome = BorrowOutcome::kGranted;
     return result;
   }
@@ -441,11 +524,12 @@ BorrowResult PoolState::Borrow(const BorrowRequest& original, absl::Time now) {
 void PoolState::ServeQueue(absl::Time now, PoolChanges* changes) {
   Blocked blocked;  // by waiters that cannot be served
   for (auto it = queue_.begin(); it != queue_.end();) {
-    if (!blocked.Holds(it->request) && TryPlace(it->request, now, blocked.gpus)) {
+    if (!HeldUp(it->request, blocked) &&
+        TryPlace(it->request, now, blocked.Of(it->request.pool))) {
       changes->granted.push_back(it->request.session);
       it = queue_.erase(it);
     } else {
-      blocked.Add(it->request);
+      HoldUp(it->request, &blocked);
       ++it;
     }
   }
@@ -453,6 +537,7 @@ void PoolState::ServeQueue(absl::Time now, PoolChanges* changes) {
 
 PoolChanges PoolState::Return(uint64_t session, absl::Time now) {
   PoolChanges changes;
+  released_.erase(session);  // a released session that ended
   for (auto it = queue_.begin(); it != queue_.end(); ++it) {
     if (it->request.session == session) {
       queue_.erase(it);
@@ -466,6 +551,47 @@ PoolChanges PoolState::Return(uint64_t session, absl::Time now) {
   }
   ServeQueue(now, &changes);
   return changes;
+}
+
+Status PoolState::ReleaseSlices(uint64_t session, absl::Time now, PoolChanges* changes) {
+  auto it = leases_.find(session);
+  if (it == leases_.end()) {
+    return Status::NotFound("session " + std::to_string(session) + " holds no slice");
+  }
+  if (it->second.preempting) {
+    return Status::Overloaded("session " + std::to_string(session) + " is being preempted");
+  }
+  for (const Gpu& gpu : gpus_) {
+    for (const Holding& holding : gpu.holdings) {
+      if (holding.session == session && holding.deadline != absl::InfiniteFuture()) {
+        return Status::Overloaded("session " + std::to_string(session) +
+                                  " is draining: its slice does not come back");
+      }
+    }
+  }
+  Released released;
+  released.lease = std::move(it->second);
+  released.since = now;
+  leases_.erase(it);
+  for (Gpu& gpu : gpus_) {
+    std::erase_if(gpu.holdings, [session](const Holding& h) { return h.session == session; });
+  }
+  released_[session] = std::move(released);
+  ServeQueue(now, changes);
+  return Status::Ok();
+}
+
+void PoolState::PreemptReleased(uint64_t session, const std::string& reason,
+                                PoolChanges* changes) {
+  if (released_.erase(session) == 0) return;
+  for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+    if (it->request.session == session) {
+      changes->ended_waits.emplace_back(session, Status::Overloaded(reason));
+      queue_.erase(it);
+      break;
+    }
+  }
+  changes->preempted.push_back(Preemption{session, reason});
 }
 
 // --- operator actions ------------------------------------------------------------------
@@ -526,7 +652,7 @@ Status PoolState::Reconfigure(const Config& config, absl::Time now, PoolChanges*
     if (gpu.source == BindingSource::kSchedule) gpu.source = BindingSource::kDefault;
   }
   for (auto it = queue_.begin(); it != queue_.end();) {
-    if (config_.pools.count(it->request.pool) == 0) {
+    if (config_.pools.count(it->request.pool) == 0 && released_.count(it->request.session) == 0) {
       changes->ended_waits.emplace_back(
           it->request.session,
           Status::InvalidArgument("pool " + it->request.pool + " was removed by a config reload"));
@@ -534,6 +660,16 @@ Status PoolState::Reconfigure(const Config& config, absl::Time now, PoolChanges*
     } else {
       ++it;
     }
+  }
+  std::vector<uint64_t> orphaned;  // released sessions of a removed pool
+  for (const auto& [session, released] : released_) {
+    if (config_.pools.count(released.lease.pool) == 0) orphaned.push_back(session);
+  }
+  for (uint64_t session : orphaned) {
+    PreemptReleased(session,
+                    "preempted by a config reload: its pool " +
+                        released_.at(session).lease.pool + " was removed",
+                    changes);
   }
   ApplyBindings(now, "a config reload", changes);
   ExpireGraces(now, changes);
@@ -592,6 +728,21 @@ PoolSnapshot PoolState::Snapshot(absl::Time now) const {
       h.deadline = holding.deadline;
       h.preempting = lease.preempting;
       g.holdings.push_back(std::move(h));
+    }
+    for (const auto& [session, released] : released_) {
+      for (const SliceGrant& s : released.lease.slices) {
+        if (s.gpu != gpu.spec.index) continue;
+        HoldingSnapshot h;
+        h.session = session;
+        h.pool = released.lease.pool;
+        h.slice = s;
+        h.since = released.since;
+        h.host = released.lease.host;
+        h.pid = released.lease.pid;
+        h.program = released.lease.program;
+        h.deadline = released.deadline;
+        g.released.push_back(std::move(h));
+      }
     }
     std::tie(g.next_change, g.next_pool) = NextScheduledChange(gpu, now);
     if (gpu.source == BindingSource::kManual && gpu.manual_until < g.next_change) {

@@ -16,11 +16,14 @@
 //    borrow that cannot be served now either waits in a first-come,
 //    first-served queue until its deadline, or is refused at once. Nobody
 //    overtakes an earlier waiter of the same pool.
-//  * A borrow may be pinned to given slices (idle release: a session that
-//    gave its slices back takes the same ones again, because its contexts
-//    and address ranges live on those GPUs). It is placed only there, a
-//    drained GPU included (the session never left it); while it waits,
-//    later borrowers of its pool may still take other GPUs, never its.
+//  * Idle release: a holder may give its slices back while it is idle
+//    (ReleaseSlices). The pool remembers it as released: its slices' capacity
+//    is free for others, new borrowers take other slice numbers first, and
+//    it comes back with a borrow pinned to the same slices (its contexts and
+//    address ranges live on those GPUs), placed only there, a drained GPU
+//    included (it never left). While it waits, later borrowers of its pool
+//    may take any other slice, never its. A rebind, a drain grace or a reload
+//    that removes its pool preempts it as it would a holder.
 //  * When a GPU moves to another pool, holders of the old pool's slices are
 //    drained (they keep their slice until they end or the grace passes) or
 //    preempted at once. Capacity is accounted in exact fractions, so during a
@@ -75,7 +78,7 @@ struct BorrowRequest {
   uint32_t pid = 0;
   std::string program;
   // Not empty: exactly these slices (one per device, `gpus` of them), else
-  // nothing.
+  // nothing. A released session's borrow again.
   std::vector<PinnedSlice> pinned;
 };
 
@@ -159,6 +162,10 @@ struct GpuSnapshot {
   int slices_per_gpu = 1;  // the current pool's layout
   int free_slices = 0;     // slices of the current layout that fit now
   std::vector<HoldingSnapshot> holdings;
+  // Sessions that gave their slice of this GPU back while idle (idle
+  // release); their contexts are still here and they come back to it.
+  // `deadline`: when a rebind preempts them.
+  std::vector<HoldingSnapshot> released;
   absl::Time next_change = absl::InfiniteFuture();  // the next scheduled change of pool
   std::string next_pool;
 };
@@ -191,9 +198,14 @@ class PoolState {
 
   // Borrows for `request.session` (which must hold nothing and not wait).
   BorrowResult Borrow(const BorrowRequest& request, absl::Time now);
-  // Ends a lease (its slices free up) or a wait; serves the queue. A session
-  // the pool does not know is ignored.
+  // Ends a lease (its slices free up), a wait, or a release; serves the
+  // queue. A session the pool does not know is ignored.
   PoolChanges Return(uint64_t session, absl::Time now);
+  // Idle release: `session`'s slices go back to the pool; it stays known as
+  // released until it borrows them again (a pinned Borrow) or Returns.
+  // NotFound without a lease; Overloaded for a lease being preempted or
+  // drained (it is going away anyway).
+  Status ReleaseSlices(uint64_t session, absl::Time now, PoolChanges* changes);
 
   // Moves the model to `now`: schedule rebinds, manual overrides that end,
   // drain graces that run out, wait deadlines that pass, then the queue.
@@ -280,20 +292,36 @@ class PoolState {
                absl::Time now, const std::string& by, const std::string& detail,
                PoolChanges* changes);
   void Preempt(uint64_t session, const std::string& reason, PoolChanges* changes);
+  // A released session is preempted: it is forgotten (nothing of the pool's
+  // is its), its wait to borrow again ends, and the server frees it.
+  void PreemptReleased(uint64_t session, const std::string& reason, PoolChanges* changes);
   void ExpireGraces(absl::Time now, PoolChanges* changes);
   void ExpireWaits(absl::Time now, PoolChanges* changes);
   void ServeQueue(absl::Time now, PoolChanges* changes);
-  // What earlier waiters of a pool hold up: the whole pool (an unpinned
-  // waiter that does not fit), or the GPUs of pinned waiters that do not.
+  // What earlier waiters hold up, per pool: the whole pool (an unpinned
+  // waiter that does not fit), or the slices pinned waiters wait for (their
+  // numbers, on GPUs that serve their pool in their layout; and the capacity
+  // of those whose slice is free, which can only be short under mixed
+  // layouts during a drain).
   struct Blocked {
-    std::set<std::string> pools;
-    std::set<int> gpus;
-    bool Holds(const BorrowRequest& request) const;
-    void Add(const BorrowRequest& request);
+    struct OnGpu {
+      std::set<int> slices;
+      int capacity = 0;  // slices' worth of capacity held back
+    };
+    struct InPool {
+      bool whole = false;
+      std::map<int, OnGpu> gpus;
+    };
+    std::map<std::string, InPool> pools;
+    const InPool* Of(const std::string& pool) const;
   };
-  // Places `request` if its slices fit now (never on `blocked` GPUs unless
-  // pinned there); creates the lease.
-  bool TryPlace(const BorrowRequest& request, absl::Time now, const std::set<int>& blocked);
+  // Whether `request` may not be placed before earlier waiters (`blocked`).
+  bool HeldUp(const BorrowRequest& request, const Blocked& blocked) const;
+  // `request`, a waiter that does not fit now, holds up later ones.
+  void HoldUp(const BorrowRequest& request, Blocked* blocked) const;
+  // Places `request` if its slices fit now, around what earlier waiters
+  // hold back (`blocked`, may be null); creates the lease.
+  bool TryPlace(const BorrowRequest& request, absl::Time now, const Blocked::InPool* blocked);
   // Why a pinned request does not fit now (for its refusal).
   std::string DescribePinnedFull(const BorrowRequest& request) const;
   uint64_t UsedUnits(const Gpu& gpu) const;
@@ -303,6 +331,15 @@ class PoolState {
   Config config_;
   std::vector<Gpu> gpus_;             // by index order
   std::map<uint64_t, Lease> leases_;  // by session
+  // Idle release: sessions that gave their slices back (their last lease,
+  // whose slices they come back to).
+  struct Released {
+    Lease lease;
+    absl::Time since;
+    absl::Time deadline = absl::InfiniteFuture();  // a rebind's drain: preempted then
+    std::string drain_reason;
+  };
+  std::map<uint64_t, Released> released_;
   std::vector<Waiter> queue_;         // first come first
 };
 

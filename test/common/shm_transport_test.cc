@@ -73,6 +73,18 @@ TEST(ShmTransportTest, StreamsBytesBothWaysThroughRingsThatWrapManyTimes) {
   EXPECT_EQ(got_down, down);
 }
 
+TEST(ShmTransportTest, PeerClosedIsNotTalking) {
+  std::unique_ptr<Transport> server, client;
+  ASSERT_TRUE(MakeShmTransportPair(&server, &client, 64 << 10).ok());
+  EXPECT_FALSE(server->PeerClosed());
+  const char byte = 7;
+  const ConstBuffer buffer{&byte, 1};
+  ASSERT_TRUE(client->Write(std::span<const ConstBuffer>(&buffer, 1)).ok());
+  EXPECT_FALSE(server->PeerClosed());  // talking, not gone
+  client.reset();
+  EXPECT_TRUE(server->PeerClosed());
+}
+
 TEST(ShmTransportTest, ShutdownWakesBlockedCallsOnBothSides) {
   std::unique_ptr<Transport> server, client;
   ASSERT_TRUE(MakeShmTransportPair(&server, &client, 64 << 10).ok());

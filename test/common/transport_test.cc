@@ -15,6 +15,7 @@
 
 #include "common/frame.h"
 #include "test/support/net.h"
+#include "test/support/wait.h"
 
 namespace ferry {
 namespace {
@@ -86,6 +87,18 @@ TEST_F(TcpTransportTest, PeerCloseMakesReadsFailWithDisconnected) {
   EXPECT_TRUE(server_->PeerGoneOrTalking());
   char byte;
   EXPECT_EQ(server_->ReadExact(&byte, 1).code(), StatusCode::kDisconnected);
+}
+
+// PeerClosed tells a peer that went away from one that is talking.
+TEST_F(TcpTransportTest, PeerClosedIsNotTalking) {
+  EXPECT_FALSE(server_->PeerClosed());
+  const char byte = 7;
+  const ConstBuffer buffer{&byte, 1};
+  ASSERT_TRUE(client_->Write(std::span<const ConstBuffer>(&buffer, 1)).ok());
+  ASSERT_TRUE(test::WaitFor([&] { return server_->PeerGoneOrTalking(); }, 10s));
+  EXPECT_FALSE(server_->PeerClosed());  // talking, not gone
+  client_.reset();
+  EXPECT_TRUE(test::WaitFor([&] { return server_->PeerClosed(); }, 10s));
 }
 
 TEST_F(TcpTransportTest, ShutdownWakesABlockedRead) {

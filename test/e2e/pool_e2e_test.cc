@@ -510,16 +510,20 @@ TEST_P(IdleReleaseTest, AnIdleSessionGivesItsSliceBackAndResumesAfterAnotherUsed
         std::optional<JsonValue> json = ParseJson(text);
         const JsonValue* s = json.has_value() ? a_session(*json) : nullptr;
         const JsonValue* pool = json.has_value() ? json->Find("pool") : nullptr;
-        return s != nullptr && pool != nullptr && s->Find("slices_released") != nullptr &&
+        const JsonValue* gpu = pool != nullptr ? Gpu(*pool, 0) : nullptr;
+        const JsonValue* listed = gpu != nullptr ? gpu->Find("released") : nullptr;
+        return s != nullptr && s->Find("slices_released") != nullptr &&
                s->Find("slices_released")->boolean &&
                NumberMember(s, "parked_bytes") == static_cast<double>(kRingBytes) &&
-               Holders(*pool, 0).empty();
+               Holders(*pool, 0).empty() && listed != nullptr && listed->is_array() &&
+               listed->array.size() == 1 && NumberMember(&listed->array[0], "pid") == a->pid();
       },
       kConditionTimeout, kPollInterval);
   ASSERT_TRUE(released) << "a was never released; last status:\n" << text;
   std::string table;
   ASSERT_EQ(Ferryctl({"status"}, &table), 0) << table;
   EXPECT_NE(table.find("40.0 MiB, released"), std::string::npos) << table;
+  EXPECT_NE(table.find("released (idle), comes back on its next call"), std::string::npos) << table;
 
   // Another client takes the GPU at once and uses 48 MiB of it.
   std::optional<ChildProcess> other = ChildProcess::Start(
@@ -548,6 +552,50 @@ TEST_P(IdleReleaseTest, AnIdleSessionGivesItsSliceBackAndResumesAfterAnotherUsed
   EXPECT_NE(ferryd_->Stderr().find("waits to borrow its slice(s) of pool dev again: position 1"),
             std::string::npos);
   EXPECT_NE(ferryd_->Stderr().find("borrowed its slice(s) of pool dev again"), std::string::npos);
+}
+
+// A released session whose program dies while its call waits for the slice
+// leaves the queue at once (not when its FERRY_WAIT ends), and the pool
+// forgets it.
+TEST_P(IdleReleaseTest, AReleasedSessionThatDiesWhileWaitingLeavesThePool) {
+  const bool in_process = GetParam();
+  const std::string config = std::string("[server]\nbackend = \"host\"\nhost_kernels = [\"") +
+                             FERRY_E2E_HOST_KERNELS +
+                             "\"]\ndefault_pool = \"dev\"\n\n[[gpu]]\nindex = 0\nmemory = "
+                             "\"64MiB\"\n\n[pool.dev]\nslices_per_gpu = 1\n"
+                             "idle_release = \"200ms\"\n";
+  StartFerryd(config, nullptr,
+              in_process ? std::vector<std::string>{"--sessions-in-process"}
+                         : std::vector<std::string>{});
+  std::string error;
+  std::optional<ChildProcess> started = ChildProcess::Start(
+      {std::string(FERRY_E2E_PROGRAM_DIR) + "/e2e_pool_client", "turns",
+       std::to_string(8ull << 20), dir_ + "/a.turn", "2"},
+      ClientEnv({{"FERRY_WAIT", "1h"}}), dir_ + "/a", &error);
+  ASSERT_TRUE(started.has_value()) << error;
+  ChildProcess* a = &programs_.emplace("a", std::move(*started)).first->second;
+  std::ofstream(dir_ + "/a.turn1") << "go\n";
+  ASSERT_TRUE(WaitForOutput(*a, "TURN 1 OK"));
+  WaitForPool("a released", [&](const JsonValue& p) {
+    const JsonValue* listed = Gpu(p, 0) != nullptr ? Gpu(p, 0)->Find("released") : nullptr;
+    return listed != nullptr && listed->is_array() && listed->array.size() == 1;
+  });
+  ChildProcess* b = StartReadyHolder("b");
+  ASSERT_NE(b, nullptr);
+  std::ofstream(dir_ + "/a.turn2") << "go\n";
+  WaitForPool("a waits for its slice", [&](const JsonValue& p) { return Queue(p).size() == 1; });
+  a->Kill(SIGKILL);
+  a->Wait(kProgramTimeout);
+  WaitForPool("a gone from the queue and the pool", [&](const JsonValue& p) {
+    const JsonValue* listed = Gpu(p, 0) != nullptr ? Gpu(p, 0)->Find("released") : nullptr;
+    return Queue(p).empty() && listed != nullptr && listed->is_array() && listed->array.empty() &&
+           Holders(p, 0).size() == 1;
+  });
+  Release("b");
+  EXPECT_TRUE(b->Wait(kProgramTimeout).success()) << b->Describe();
+  WaitForPool("GPU 0 free", [](const JsonValue& p) {
+    return Holders(p, 0).empty() && NumberMember(Gpu(p, 0), "free_slices") == 1;
+  });
 }
 
 INSTANTIATE_TEST_SUITE_P(Sessions, IdleReleaseTest, ::testing::Values(false, true),

@@ -490,6 +490,7 @@ TEST_F(SessionTest, AReleasedSessionBorrowsAgainBeforeItsMemoryComesBack) {
     int given_back = 0;
     int asked = 0;
     bool parked_when_given_back = false;
+    Status give_back_answer;
     Status answer;
   } pool;
   slice_lease_ = Session::SliceLease{
@@ -497,6 +498,7 @@ TEST_F(SessionTest, AReleasedSessionBorrowsAgainBeforeItsMemoryComesBack) {
         std::lock_guard<std::mutex> lock(pool.mu);
         ++pool.given_back;
         pool.parked_when_given_back = session_->Info().parked;
+        return pool.give_back_answer;
       },
       [&](const std::function<bool()>& gone) {
         std::lock_guard<std::mutex> lock(pool.mu);
@@ -507,6 +509,8 @@ TEST_F(SessionTest, AReleasedSessionBorrowsAgainBeforeItsMemoryComesBack) {
   StartSession();
   CreateContext();
   const uint64_t d = Alloc(1 << 20);
+  const uint64_t spare = Alloc(64 << 10);
+  constexpr uint64_t kParked = (1 << 20) + (64 << 10);
   std::vector<uint8_t> data(1 << 20);
   for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i * 13 + 1);
   CopyIn(0, d, data);
@@ -514,10 +518,18 @@ TEST_F(SessionTest, AReleasedSessionBorrowsAgainBeforeItsMemoryComesBack) {
   Status busy = session_->ReleaseIdle(absl::Hours(1), &parked);
   EXPECT_EQ(busy.code(), StatusCode::kOverloaded) << busy.ToString();
   EXPECT_EQ(pool.given_back, 0);
+  // The pool does not take them (the session is being drained): the slices
+  // stay the session's; the memory parked on the way stays parked.
+  pool.give_back_answer = Status::Overloaded("session 1 is draining");
+  EXPECT_EQ(session_->ReleaseIdle(absl::ZeroDuration(), &parked).code(), StatusCode::kOverloaded);
+  EXPECT_EQ(parked, kParked);
+  EXPECT_FALSE(session_->Info().slices_released);
+  EXPECT_TRUE(session_->Info().parked);
+  pool.give_back_answer = Status::Ok();
 
   ASSERT_TRUE(session_->ReleaseIdle(absl::ZeroDuration(), &parked).ok());
-  EXPECT_EQ(parked, 1u << 20);
-  EXPECT_EQ(pool.given_back, 1);
+  EXPECT_EQ(parked, 0u);  // parked already
+  EXPECT_EQ(pool.given_back, 2);
   EXPECT_TRUE(pool.parked_when_given_back);
   SessionInfo info = session_->Info();
   EXPECT_TRUE(info.slices_released);
@@ -525,7 +537,7 @@ TEST_F(SessionTest, AReleasedSessionBorrowsAgainBeforeItsMemoryComesBack) {
   EXPECT_EQ(info.releases, 1u);
   ASSERT_TRUE(session_->ReleaseIdle(absl::ZeroDuration(), &parked).ok());
   EXPECT_EQ(parked, 0u);
-  EXPECT_EQ(pool.given_back, 1);  // released once
+  EXPECT_EQ(pool.given_back, 2);  // released once
 
   pool.answer = Status::Overloaded("slice 0 of GPU 0 is held by another session");
   ReplyResult refused = CopyOut(0, d, data.size());
@@ -536,6 +548,11 @@ TEST_F(SessionTest, AReleasedSessionBorrowsAgainBeforeItsMemoryComesBack) {
   EXPECT_EQ(pool.asked, 1);
   EXPECT_TRUE(session_->Info().slices_released);
   EXPECT_TRUE(session_->Info().parked);
+  // A batch that only lets go of things runs without the slices.
+  auto freed = client_->Call([&](wire::Call::Builder c) { c.initMemFree().setDptr(spare); });
+  EXPECT_TRUE(freed.status.ok()) << freed.status.ToString();
+  EXPECT_EQ(pool.asked, 1);
+  EXPECT_TRUE(session_->Info().slices_released);
 
   pool.answer = Status::Ok();
   ReplyResult back = CopyOut(0, d, data.size());

@@ -49,6 +49,7 @@ class ObservedTransport final : public Transport {
     return inner_->LocalSocketAddress(out);
   }
   bool PeerGoneOrTalking() override { return inner_->PeerGoneOrTalking(); }
+  bool PeerClosed() override { return inner_->PeerClosed(); }
 
   // Bytes that completed ReadExact calls returned.
   uint64_t bytes_read() const { return bytes_read_.load(); }

@@ -430,17 +430,26 @@ TEST_F(PoolStateTest, DrainedGpuTakesNoNewBorrowsAndKeepsItsHolders) {
   EXPECT_EQ(undrain.granted, std::vector<uint64_t>{2});
 }
 
-// Idle release: a session that gave its slice back borrows exactly that
+// Idle release: a session that gave its slice back is remembered as
+// released (newcomers take other slices first) and borrows exactly that
 // slice again: it waits while another holds it, and is placed there (not on
 // another free slice) as soon as it frees.
-TEST_F(PoolStateTest, APinnedBorrowTakesOnlyItsOwnSlice) {
+TEST_F(PoolStateTest, AReleasedSessionComesBackToItsOwnSlice) {
   Make(DayNight());
   for (uint64_t s = 1; s <= 3; ++s) ASSERT_EQ(Borrow(s).outcome, BorrowOutcome::kGranted);
-  // Session 2 held slice 1 and gave it back; session 9 took it meanwhile.
-  ASSERT_TRUE(pool_->Return(2, clock_->Now()).granted.empty());
+  PoolChanges changes;
+  ASSERT_TRUE(pool_->ReleaseSlices(2, clock_->Now(), &changes).ok());
+  EXPECT_EQ(pool_->FindLease(2), nullptr);
+  ASSERT_EQ(Gpu(0).released.size(), 1u);
+  EXPECT_EQ(Gpu(0).released[0].session, 2u);
+  EXPECT_EQ(Gpu(0).released[0].slice.slice, 1);
+  EXPECT_EQ(Gpu(0).holdings.size(), 2u);
+  EXPECT_EQ(Gpu(0).free_slices, 2);
+  // Newcomers take slice 3 first, then session 2's slice 1.
   ASSERT_EQ(Borrow(9).outcome, BorrowOutcome::kGranted);
-  ASSERT_EQ(pool_->FindLease(9)->slices[0].slice, 1);
-  // Slice 3 is free, but session 2 wants slice 1 of GPU 0.
+  EXPECT_EQ(pool_->FindLease(9)->slices[0].slice, 3);
+  ASSERT_EQ(Borrow(10).outcome, BorrowOutcome::kGranted);
+  EXPECT_EQ(pool_->FindLease(10)->slices[0].slice, 1);
   const std::vector<PinnedSlice> mine = {PinnedSlice{0, 1, 4}};
   BorrowResult refused = Borrow(2, "dev", 1, absl::ZeroDuration(), mine);
   ASSERT_EQ(refused.outcome, BorrowOutcome::kRefused);
@@ -449,56 +458,97 @@ TEST_F(PoolStateTest, APinnedBorrowTakesOnlyItsOwnSlice) {
             std::string::npos)
       << refused.error.message();
   ASSERT_EQ(Borrow(2, "dev", 1, absl::Hours(1), mine).outcome, BorrowOutcome::kQueued);
-  // A newcomer that may wait queues behind it: a pinned waiter holds up its
-  // GPU, here the pool's only one.
-  ASSERT_EQ(Borrow(10, "dev", 1, absl::Hours(1)).outcome, BorrowOutcome::kQueued);
-  PoolChanges changes = pool_->Return(9, clock_->Now());
-  EXPECT_EQ(changes.granted, (std::vector<uint64_t>{2, 10}));
+  ASSERT_EQ(Borrow(11, "dev", 1, absl::Hours(1)).outcome, BorrowOutcome::kQueued);
+  EXPECT_EQ(pool_->Return(10, clock_->Now()).granted, std::vector<uint64_t>{2});
   EXPECT_EQ(pool_->FindLease(2)->slices[0].slice, 1);
-  EXPECT_EQ(pool_->FindLease(10)->slices[0].slice, 3);
+  EXPECT_TRUE(Gpu(0).released.empty());  // back: a holder again
+  EXPECT_EQ(pool_->Return(9, clock_->Now()).granted, std::vector<uint64_t>{11});
+  EXPECT_EQ(pool_->FindLease(11)->slices[0].slice, 3);
+  // Only a holder can release; a draining one does not.
+  EXPECT_EQ(pool_->ReleaseSlices(77, clock_->Now(), &changes).code(), StatusCode::kNotFound);
 }
 
-TEST_F(PoolStateTest, APinnedWaiterDoesNotHoldUpOtherGpus) {
-  Make(DayNight("", "[0, 1]"), 2);
+// A pinned waiter holds up its own slice only: another released session
+// whose slice is free comes back at once, and newcomers may take any slice
+// but those.
+TEST_F(PoolStateTest, APinnedWaiterHoldsUpOnlyItsOwnSlice) {
+  Make(DayNight());
   for (uint64_t s = 1; s <= 4; ++s) ASSERT_EQ(Borrow(s).outcome, BorrowOutcome::kGranted);
-  ASSERT_EQ(pool_->FindLease(4)->slices[0].gpu, 0);
-  // Session 7 wants slice 2 of GPU 0, which session 3 holds.
-  ASSERT_EQ(Borrow(7, "dev", 1, absl::Hours(1), {PinnedSlice{0, 2, 4}}).outcome,
+  PoolChanges changes;
+  ASSERT_TRUE(pool_->ReleaseSlices(1, clock_->Now(), &changes).ok());  // slice 0
+  ASSERT_TRUE(pool_->ReleaseSlices(3, clock_->Now(), &changes).ok());  // slice 2
+  // Only released sessions' slices are free: the lowest goes.
+  ASSERT_EQ(Borrow(9).outcome, BorrowOutcome::kGranted);
+  EXPECT_EQ(pool_->FindLease(9)->slices[0].slice, 0);
+  ASSERT_EQ(Borrow(1, "dev", 1, absl::Hours(1), {PinnedSlice{0, 0, 4}}).outcome,
             BorrowOutcome::kQueued);
-  // A newcomer without a wait gets GPU 1 at once; one that waits is placed
-  // on GPU 1 as well, never on GPU 0 ahead of the pinned waiter.
-  ASSERT_EQ(Borrow(8).outcome, BorrowOutcome::kGranted);
-  EXPECT_EQ(pool_->FindLease(8)->slices[0].gpu, 1);
-  ASSERT_TRUE(pool_->Return(4, clock_->Now()).granted.empty());  // 7 wants slice 2, not 3
-  ASSERT_EQ(Borrow(11, "dev", 1, absl::Hours(1)).outcome, BorrowOutcome::kGranted);
-  EXPECT_EQ(pool_->FindLease(11)->slices[0].gpu, 1);
-  EXPECT_EQ(pool_->Return(3, clock_->Now()).granted, std::vector<uint64_t>{7});
-  EXPECT_EQ(pool_->FindLease(7)->slices[0].slice, 2);
+  EXPECT_EQ(Borrow(3, "dev", 1, absl::ZeroDuration(), {PinnedSlice{0, 2, 4}}).outcome,
+            BorrowOutcome::kGranted);
+  EXPECT_EQ(pool_->FindLease(3)->slices[0].slice, 2);
+  EXPECT_EQ(Borrow(12).outcome, BorrowOutcome::kRefused);  // full
+  EXPECT_EQ(pool_->Return(9, clock_->Now()).granted, std::vector<uint64_t>{1});
+  EXPECT_EQ(pool_->FindLease(1)->slices[0].slice, 0);
 }
 
 // A pinned slice comes back on a drained GPU (its session never left it),
-// but not when the GPU serves another pool or layout now.
-TEST_F(PoolStateTest, APinnedBorrowNamesWhyItsSliceIsGone) {
+// but not when the GPU serves another pool or layout now, and a waiter for
+// such a slice holds nobody up. A rebind treats released sessions as
+// holders: a drain preempts them when its grace runs out.
+TEST_F(PoolStateTest, ReleasedSessionsAndRebinds) {
   Make(DayNight());
+  ASSERT_EQ(Borrow(1).outcome, BorrowOutcome::kGranted);
+  ASSERT_EQ(Borrow(2).outcome, BorrowOutcome::kGranted);
   PoolChanges changes;
+  ASSERT_TRUE(pool_->ReleaseSlices(2, clock_->Now(), &changes).ok());
   ASSERT_TRUE(pool_->SetDrained(0, true, clock_->Now(), &changes).ok());
-  EXPECT_EQ(Borrow(1).outcome, BorrowOutcome::kRefused);
-  ASSERT_EQ(Borrow(2, "dev", 1, absl::ZeroDuration(), {PinnedSlice{0, 2, 4}}).outcome,
+  EXPECT_EQ(Borrow(3).outcome, BorrowOutcome::kRefused);
+  ASSERT_EQ(Borrow(2, "dev", 1, absl::ZeroDuration(), {PinnedSlice{0, 1, 4}}).outcome,
             BorrowOutcome::kGranted);
   ASSERT_TRUE(pool_->SetDrained(0, false, clock_->Now(), &changes).ok());
-  pool_->Return(2, clock_->Now());
-  AdvanceTo(Shanghai(2026, 3, 10, 20, 0, 1));  // night: GPU 0 serves train
-  BorrowResult night = Borrow(2, "dev", 1, absl::ZeroDuration(), {PinnedSlice{0, 2, 4}});
-  ASSERT_EQ(night.outcome, BorrowOutcome::kRefused);
-  EXPECT_NE(night.error.message().find("the GPU serves pool train now, not dev"),
+  ASSERT_TRUE(pool_->ReleaseSlices(2, clock_->Now(), &changes).ok());
+  pool_->Return(1, clock_->Now());
+  // 20:00: GPU 0 moves to train with a 15-minute drain.
+  PoolChanges night = AdvanceTo(Shanghai(2026, 3, 10, 20, 0, 1));
+  EXPECT_TRUE(night.preempted.empty());
+  ASSERT_EQ(Gpu(0).released.size(), 1u);
+  EXPECT_EQ(Gpu(0).released[0].deadline, Shanghai(2026, 3, 10, 20, 15, 1));
+  BorrowResult wrong_pool = Borrow(2, "dev", 1, absl::ZeroDuration(), {PinnedSlice{0, 1, 4}});
+  ASSERT_EQ(wrong_pool.outcome, BorrowOutcome::kRefused);
+  EXPECT_NE(wrong_pool.error.message().find("the GPU serves pool train now, not dev"),
             std::string::npos)
-      << night.error.message();
-  BorrowResult layout = Borrow(2, "train", 1, absl::ZeroDuration(), {PinnedSlice{0, 2, 4}});
+      << wrong_pool.error.message();
+  BorrowResult layout = Borrow(2, "train", 1, absl::ZeroDuration(), {PinnedSlice{0, 1, 4}});
   ASSERT_EQ(layout.outcome, BorrowOutcome::kRefused);
   EXPECT_NE(layout.error.message().find("has 1 slice per GPU now, not 4"), std::string::npos)
       << layout.error.message();
-  BorrowResult mismatch = Borrow(2, "dev", 2, absl::ZeroDuration(), {PinnedSlice{0, 2, 4}});
-  EXPECT_EQ(mismatch.error.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(Borrow(2, "dev", 2, absl::ZeroDuration(), {PinnedSlice{0, 1, 4}}).error.code(),
+            StatusCode::kInvalidArgument);
+  // Waiting to come back holds no training job up.
+  ASSERT_EQ(Borrow(2, "dev", 1, absl::Hours(1), {PinnedSlice{0, 1, 4}}).outcome,
+            BorrowOutcome::kQueued);
+  ASSERT_EQ(Borrow(7, "train", 1, absl::Hours(1)).outcome, BorrowOutcome::kGranted);
+  // The grace ends: the released session is preempted, its wait ended.
+  PoolChanges grace = AdvanceTo(Shanghai(2026, 3, 10, 20, 15, 1));
+  ASSERT_EQ(grace.preempted.size(), 1u);
+  EXPECT_EQ(grace.preempted[0].session, 2u);
+  EXPECT_NE(grace.preempted[0].reason.find("while its slices were released"), std::string::npos)
+      << grace.preempted[0].reason;
+  ASSERT_EQ(grace.ended_waits.size(), 1u);
+  EXPECT_EQ(grace.ended_waits[0].first, 2u);
+  EXPECT_TRUE(Gpu(0).released.empty());
+  EXPECT_EQ(pool_->QueuePosition(2), 0);
+}
+
+TEST_F(PoolStateTest, APreemptRebindPreemptsReleasedSessionsAtOnce) {
+  Make(DayNight("on_rebind = \"preempt\"\n"));
+  ASSERT_EQ(Borrow(1).outcome, BorrowOutcome::kGranted);
+  PoolChanges changes;
+  ASSERT_TRUE(pool_->ReleaseSlices(1, clock_->Now(), &changes).ok());
+  PoolChanges night = AdvanceTo(Shanghai(2026, 3, 10, 20, 0, 1));
+  ASSERT_EQ(night.preempted.size(), 1u);
+  EXPECT_EQ(night.preempted[0].session, 1u);
+  EXPECT_NE(night.preempted[0].reason.find("on_rebind = preempt"), std::string::npos);
+  EXPECT_TRUE(Gpu(0).released.empty());
 }
 
 TEST_F(PoolStateTest, ReloadAppliesNewPoolsAndABadOneKeepsTheOld) {
