@@ -992,16 +992,19 @@ class Session final : public ServedSession {
   // (then the allocation is worth trying again).
   bool RelieveMemoryPressure(int device, uint64_t bytes);
   // Every allocation path: runs `allocate`; when the backend refuses it for
-  // lack of device memory, asks for room on session device `device` and, if
-  // anything was parked, runs it once more.
+  // lack of device memory on session device `device` and the session's
+  // pool overcommits memory, asks for room (other idle sessions parked) and
+  // runs it again, until it fits or unpark_wait_ has passed (no session may
+  // be idle at the first try; keepalives go out meanwhile). Then the
+  // backend's error stands.
   template <typename Allocate>
   Status WithRoom(int device, uint64_t bytes, Allocate allocate) {
     Status allocated = allocate();
-    if (allocated.code() == StatusCode::kOutOfMemory && RelieveMemoryPressure(device, bytes)) {
-      allocated = allocate();
-    }
-    return allocated;
+    if (allocated.code() != StatusCode::kOutOfMemory) return allocated;
+    return WaitForRoom(device, bytes, allocated, allocate);
   }
+  Status WaitForRoom(int device, uint64_t bytes, Status refused,
+                     const std::function<Status()>& allocate);
   // Whether every stream of every context is idle (no queued or running work).
   bool AllStreamsIdle();
   // Park and ReleaseIdle: parks if idle; `release` also gives the slices back.

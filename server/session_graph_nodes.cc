@@ -171,14 +171,14 @@ Status Session::HoldGraphMemory(GraphEntry& graph, GraphExecEntry& exec) {
   if (graph.mem.allocations.empty()) return Status::Ok();
   std::map<int, uint64_t> bytes;  // by session device
   for (const GraphAllocation& a : graph.mem.allocations) bytes[a.device] += a.bytes;
-  Status status = backend_.CommitGraphMemory(*exec.exec, *graph.graph, *tenant_);
-  if (status.code() == StatusCode::kOutOfMemory) {
-    // A full device: as every allocation path, ask for room (on each device
-    // the graph allocates on) and commit once more if anything was parked.
-    // A refused commit takes nothing, so trying again is safe.
-    bool relieved = false;
-    for (const auto& [device, total] : bytes) relieved |= RelieveMemoryPressure(device, total);
-    if (relieved) status = backend_.CommitGraphMemory(*exec.exec, *graph.graph, *tenant_);
+  const auto commit = [&] { return backend_.CommitGraphMemory(*exec.exec, *graph.graph, *tenant_); };
+  Status status = commit();
+  // A full device: as every allocation path, wait for room (on each device
+  // the graph allocates on). A refused commit takes nothing, so trying
+  // again is safe.
+  for (const auto& [device, total] : bytes) {
+    if (status.code() != StatusCode::kOutOfMemory) break;
+    status = WaitForRoom(device, total, std::move(status), commit);
   }
   if (!status.ok()) {
     exec.mem = GraphMemNodes{};

@@ -253,4 +253,36 @@ bool Session::RelieveMemoryPressure(int device, uint64_t bytes) {
   return relieve_(backend_device, bytes, id_) > 0;
 }
 
+Status Session::WaitForRoom(int device, uint64_t bytes, Status refused,
+                            const std::function<Status()>& allocate) {
+  if (!relieve_ || !grant_.park_after.has_value() || device < 0 ||
+      static_cast<size_t>(device) >= grant_.devices.size() ||
+      bytes > backend_.Devices()[grant_.devices[device].backend_device].total_memory) {
+    return refused;  // no overcommit, or more than the device holds
+  }
+  const auto deadline = std::chrono::steady_clock::now() + unpark_wait_;
+  // The client waits for this call meanwhile: keepalives go out as for a
+  // deferred reply.
+  deferred_replies_.fetch_add(1);
+  StartKeepaliveIfAsked();
+  Status allocated = std::move(refused);
+  for (int attempt = 0; allocated.code() == StatusCode::kOutOfMemory; ++attempt) {
+    if (RelieveMemoryPressure(device, bytes)) {
+      allocated = allocate();
+      continue;
+    }
+    if (std::chrono::steady_clock::now() >= deadline) break;
+    // Nobody idle to park now: the others' memory frees or goes idle as
+    // they work; look again shortly.
+    std::unique_lock<std::mutex> lock(serve_mutex_);
+    serve_cv_.wait_for(lock, std::chrono::milliseconds(std::min(200, 10 << std::min(attempt, 4))),
+                       [this] { return serving_ended_; });
+    if (serving_ended_) break;
+    lock.unlock();
+    allocated = allocate();
+  }
+  deferred_replies_.fetch_sub(1);
+  return allocated;
+}
+
 }  // namespace ferry::server

@@ -3021,6 +3021,54 @@ TEST_F(PooledSessionTest, AGraphsMemoryAsksForRoomOnAFullDevice) {
   EXPECT_EQ(filler, 0u);
 }
 
+// Memory overcommit: an allocation that finds the device full while no other
+// session is idle enough to be parked waits (bounded) for one to become
+// so, asking again, instead of failing at once; past the wait the
+// backend's OUT_OF_MEMORY stands.
+TEST_F(PooledSessionTest, AnAllocationWaitsForRoomUntilAnotherSessionIsParked) {
+  park_after_ = absl::ZeroDuration();
+  std::unique_ptr<backend::Context> other;
+  ASSERT_TRUE(backend_->CreateContext(1, 0, &other).ok());
+  std::unique_ptr<backend::Tenant> other_tenant = backend_->CreateTenant();
+  backend_->JoinTenant(*other, *other_tenant);
+  uint64_t filler = 0;
+  ASSERT_TRUE(backend_->MemAlloc(*other, (64 << 20) - kSliceQuota / 2, &filler).ok());
+  std::mutex mutex;
+  int asked = 0;
+  int idle_at = 3;  // the other session is idle from the third question on
+  Start([&](Session& session) {
+    session.TEST_SetUnparkWait(std::chrono::milliseconds(300));
+    session.SetMemoryPressure([&](int, uint64_t bytes, uint64_t) -> uint64_t {
+      std::lock_guard<std::mutex> lock(mutex);
+      if (++asked < idle_at || filler == 0) return 0;
+      EXPECT_TRUE(backend_->MemFree(*other, filler).ok());  // as if parked
+      filler = 0;
+      return bytes;
+    });
+  });
+  ASSERT_TRUE(CreateContext(0).status.ok());
+  const ReplyResult fits = Alloc(kSliceQuota);
+  ASSERT_TRUE(fits.status.ok()) << fits.status.ToString();
+  const ReplyResult freed = client_->Call([&](wire::Call::Builder c) {
+    c.initMemFree().setDptr(fits.dptr);
+  });
+  ASSERT_TRUE(freed.status.ok());
+  ASSERT_TRUE(test::WaitFor([&] { return BackendMemory(1).first == 64u << 20; },
+                            std::chrono::seconds(10)));
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    EXPECT_EQ(asked, 3);
+    // Nobody will be idle again: the next allocation that does not fit
+    // fails once the wait is over.
+    idle_at = 1 << 30;
+    ASSERT_TRUE(backend_->MemAlloc(*other, (64 << 20) - kSliceQuota / 2, &filler).ok());
+  }
+  EXPECT_EQ(Alloc(kSliceQuota).status.cuda_result(), CUDA_ERROR_OUT_OF_MEMORY);
+  std::lock_guard<std::mutex> lock(mutex);
+  EXPECT_GT(asked, 4);  // asked again while it waited
+  EXPECT_TRUE(backend_->MemFree(*other, filler).ok());
+}
+
 // An allocation that would not fit even once the session's pending releases
 // happened is refused at once: waiting could not help.
 TEST_F(PooledSessionTest, AnAllocationPendingReleasesCannotMakeRoomForIsRefusedAtOnce) {
