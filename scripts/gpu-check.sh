@@ -18,6 +18,9 @@
 #   compute_shares      two half slices (a second ferryd, --config with
 #                       slices_per_gpu = 2): a compute-bound kernel alone vs
 #                       together, and the mechanism ferryctl reports
+#   torch_idle_release  torch_check's transformer paused 4 s halfway on a pool
+#                       with idle_release = 1s: its memory parked, the GPU given
+#                       back and borrowed again; its loss must match native's
 #   fault_isolation     one session's illegal-address kernel beside a second
 #                       session's copy/kernel loop; ferryd must stay up
 #
@@ -493,6 +496,57 @@ EOF
     kill "$shares_pid" 2> /dev/null
     wait "$shares_pid" 2> /dev/null
     { echo "==== ferryd (slices) log"; cat "$work/ferryd_shares.log"; } >> "$logs"
+  fi
+fi
+
+# --- idle release: a PyTorch training loop parked, its GPU given back ---------
+# (issue 16) torch_check's transformer stops calling the GPU for 4 s halfway
+# through, on a ferryd whose pool gives an idle session's slice back after
+# 1 s: its memory is parked in host RAM and the GPU returned to the pool, then
+# borrowed again and the memory brought back at the same addresses for the
+# next step. The losses must end where the native run's do.
+if [ "$backend" = cuda ] && have_python && "$python" -c "import torch" > /dev/null 2>&1 &&
+  have_time torch_idle_release; then
+  cat > "$work/release.toml" << 'EOF'
+[server]
+backend = "cuda"
+default_pool = "dev"
+[[gpu]]
+index = 0
+[pool.dev]
+slices_per_gpu = 1
+idle_release = "1s"
+EOF
+  if ! start_ferryd ferryd_release "$work/ready_release" --config "$work/release.toml" --listen 127.0.0.1:0; then
+    record torch_idle_release FAIL 0 "ferryd --config (idle_release = 1s) did not start: $(tail -n 1 "$work/ferryd_release.log")"
+  else
+    release_pid=$started_pid
+    release_env=(env "LD_LIBRARY_PATH=$client_libs" "FERRY_SERVER=$(cat "$work/ready_release")" FERRY_WAIT=1m)
+    run_logged torch_release 150 "${release_env[@]}" "$python" "$bundle/checks/torch_check.py" \
+      --only transformer --transformer-steps "$steps" --pause-at-step $((steps / 2)) --pause-seconds 4
+    kill "$release_pid" 2> /dev/null
+    wait "$release_pid" 2> /dev/null
+    { echo "==== ferryd (idle release) log"; cat "$work/ferryd_release.log"; } >> "$logs"
+    release_log="$work/ferryd_release.log"
+    releases=$(grep -c "went back to the pool" "$release_log")
+    reborrows=$(grep -c "borrowed its slice(s) of pool dev again" "$release_log")
+    parked=$(grep -m 1 -oE "parked [0-9]+ MiB of device memory in host memory in [^ ]+" "$release_log")
+    unparked=$(grep -m 1 -oE "brought back [0-9]+ MiB of parked memory; its call waited [^ ]+" "$release_log")
+    release_loss=$(torch_value release transformer.loss_final)
+    native_loss=$(torch_value native transformer.loss_final)
+    loss_ok=$(awk -v f="${release_loss:-x}" -v n="${native_loss:-x}" 'BEGIN {
+      if (f == "x") {print "no"; exit}
+      if (n == "x") {print "unknown"; exit}
+      d = f - n; if (d < 0) d = -d; m = f > n ? f : n; print (d <= 1e-3 + 0.02 * m) ? "yes" : "no"}')
+    detail="releases $releases, borrowed again $reborrows; ${parked:-nothing parked}; ${unparked:-nothing brought back}; final loss ${release_loss:-none} (native ${native_loss:-not run})"
+    if [ "$rc" = 0 ] && ((releases >= 1 && reborrows >= 1)) && [ "$loss_ok" != no ]; then
+      record torch_idle_release PASS "$seconds" "$detail"
+    else
+      record torch_idle_release FAIL "$seconds" "rc $rc, loss matches: $loss_ok; $detail; $(last_line torch_release)"
+    fi
+    figure "PyTorch transformer: the step after a 4 s pause (memory parked, GPU given back), ms" "" \
+      "$(torch_value release transformer.step_after_pause_ms)" "" \
+      "median step $(torch_value release transformer.step_ms_median) ms"
   fi
 fi
 

@@ -23,6 +23,11 @@ a state later work should not inherit):
                    replayed --graph-replays times on new inputs, each result
                    checked against eager mode
 
+--only NAME[,NAME...] runs those sub-checks alone. --pause-at-step K
+--pause-seconds S makes the transformer's training stop calling the GPU for S
+seconds before step K (ferryd may park its memory or give its slice back
+meanwhile, issue 16): its losses must go on as an unpaused run's do.
+
 Prints one line per sub-check and "result {json}" as its last line; exits 0
 when every sub-check passed, 1 otherwise, 2 when torch or CUDA is missing.
 """
@@ -89,6 +94,10 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--expect-libcuda-dir", default="",
                         help="fail unless libcuda.so.1 was loaded from this folder")
+    parser.add_argument("--only", default="", help="comma-separated sub-checks to run alone")
+    parser.add_argument("--pause-at-step", type=int, default=-1,
+                        help="the transformer makes no GPU call for --pause-seconds before it")
+    parser.add_argument("--pause-seconds", type=float, default=0.0)
     args = parser.parse_args()
     checks = Checks()
     result = checks.result
@@ -225,7 +234,14 @@ def main():
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         losses, step_times = [], []
         model.train()
+        paused = 0.0
         for step in range(args.transformer_steps):
+            if step == args.pause_at_step and args.pause_seconds > 0:
+                # Idle: everything queued is done, then no call at all.
+                torch.cuda.synchronize()
+                pause_start = time.perf_counter()
+                time.sleep(args.pause_seconds)
+                paused = time.perf_counter() - pause_start
             start = time.perf_counter()
             batch = order[step]
             logits = model(tokens[batch])
@@ -244,6 +260,10 @@ def main():
                                  "loss_first10": first, "loss_last10": last,
                                  "loss_final": losses[-1], "step_ms_median": step_ms,
                                  "losses_every_50": losses[::50]}
+        if args.pause_at_step >= 0 and args.pause_at_step < len(step_times):
+            # The first step after the pause waits for what ferryd parked.
+            result["transformer"]["paused_s"] = paused
+            result["transformer"]["step_after_pause_ms"] = 1000 * step_times[args.pause_at_step]
         return last < 0.7 * first, "loss %.4f -> %.4f (final %.6f), %.3f ms/step (median)" % (
             first, last, losses[-1], step_ms)
 
@@ -317,6 +337,8 @@ def main():
                      ("mlp_training", mlp_training), ("transformer", transformer),
                      ("inference", inference), ("memory_stats", memory_stats),
                      ("cuda_graphs", cuda_graphs)]:
+        if args.only and name not in args.only.split(","):
+            continue
         checks.run(name, fn)
 
     result["failures"] = checks.failures
