@@ -3,7 +3,6 @@
 #include <fcntl.h>
 #include <openssl/crypto.h>
 #include <poll.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -16,6 +15,7 @@
 #include <vector>
 
 #include "common/log.h"
+#include "common/random_bytes.h"
 
 namespace ferry {
 namespace {
@@ -26,20 +26,6 @@ constexpr char kNamePrefix[] = "ferry-shm-";
 constexpr size_t kLoggedTurnedAway = 4;
 
 std::string ErrnoText(int err) { return std::strerror(err); }
-
-Status RandomBytes(void* data, size_t size) {
-  auto* out = static_cast<uint8_t*>(data);
-  while (size > 0) {
-    const ssize_t got = ::getrandom(out, size, 0);
-    if (got < 0) {
-      if (errno == EINTR) continue;
-      return Status::Internal("getrandom failed: " + ErrnoText(errno));
-    }
-    out += got;
-    size -= static_cast<size_t>(got);
-  }
-  return Status::Ok();
-}
 
 // The abstract address of `name` (sun_path starts with a NUL) and its length.
 bool AbstractAddress(std::string_view name, sockaddr_un* address, socklen_t* length) {

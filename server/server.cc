@@ -3,7 +3,6 @@
 #include <absl/cleanup/cleanup.h>
 #include <absl/time/clock.h>
 #include <grp.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -18,6 +17,7 @@
 
 #include "common/frame.h"
 #include "common/log.h"
+#include "common/random_bytes.h"
 #include "common/shm_transport.h"
 #include "common/units.h"
 #include "server/session_log.h"
@@ -942,9 +942,8 @@ void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transpo
   std::vector<uint8_t> tls_secret;
   if (status.ok() && transport->Encrypted()) {
     tls_secret.resize(32);
-    if (::getrandom(tls_secret.data(), tls_secret.size(), 0) !=
-        static_cast<ssize_t>(tls_secret.size())) {
-      status = Status::Internal("getrandom failed: no hand-over secret");
+    if (Status random = RandomBytes(tls_secret.data(), tls_secret.size()); !random.ok()) {
+      status = Status::Internal(random.message() + ": no hand-over secret");
     } else {
       capnp::MallocMessageBuilder message;
       auto reply = message.initRoot<wire::HelloReply>();
