@@ -17,6 +17,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "client/connection.h"
 #include "common/frame.h"
@@ -121,6 +122,20 @@ class LoopbackConnection {
 
   // Closes the client's end and waits for the session to end (it frees what
   // the client left). session() stays readable afterwards.
+  // Calls that cross both ways over whatever carries the stream, a large
+  // copy among them (the second allocation's reply comes after the copy's
+  // bytes went through). Fails the test (gtest) where one does not work.
+  void ExpectCallsWork() {
+    ASSERT_TRUE(CreateContext(1).ok());
+    uint64_t dptr = 0;
+    ASSERT_TRUE(Alloc(1, 4 << 20, &dptr).ok());
+    std::vector<uint8_t> bytes(3 << 20, 7);
+    ASSERT_TRUE(PostHtoD(1, 0, dptr, bytes.data(), bytes.size()).ok());
+    uint64_t second = 0;
+    ASSERT_TRUE(Alloc(1, 1 << 20, &second).ok());
+    EXPECT_NE(second, 0u);
+  }
+
   void Close() {
     connection_.reset();
     if (runner_.joinable()) runner_.join();
