@@ -127,6 +127,7 @@ struct ParkRequest {
   minIdleMs @1 :Int64;
   reason @2 :Text;
   releaseSlices @3 :Bool;       # Session::ReleaseIdle instead of Park (reason unused)
+  countDevice @4 :Int32;        # Park's count_device: ParkAnswer.bytes counts this backend device (-1: all)
 }
 
 # Idle release: the main process's answer to the worker's session giving its slices back or

@@ -54,7 +54,9 @@ void PoolService::RecordLocked(const pool::PoolChanges& changes) {
   // Counted under the pool the holder borrowed from (its lease stays until
   // the session is returned).
   for (const pool::Preemption& preemption : changes.preempted) {
-    if (const pool::Lease* lease = state_->FindLease(preemption.session)) {
+    if (!preemption.pool.empty()) {
+      ++counters_[preemption.pool].preemptions;  // a released session
+    } else if (const pool::Lease* lease = state_->FindLease(preemption.session)) {
       ++counters_[lease->pool].preemptions;
     }
   }

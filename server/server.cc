@@ -382,6 +382,7 @@ Status Server::Reload(std::string* summary) {
   }
   FERRY_LOG(kInfo) << "reloaded " << path << (token_summary.empty() ? "" : " and ")
                    << token_summary;
+  WarnIfIdleReleaseCannotApply();
   *summary = "reloaded " + path + "\n" +
              (token_summary.empty() ? "" : "reloaded " + token_summary + "\n") + pool_summary;
   return Status::Ok();
@@ -472,15 +473,9 @@ void Server::Start() {
   for (auto& acceptor : unix_acceptors_) StartAcceptUnix(*acceptor);
   io_thread_ = std::thread([this] { io_.run(); });
   if (pool_ != nullptr && cluster_ == nullptr) {
-    if (pool_->ShortestIdleRelease().has_value() && !backend_.CanParkMemory()) {
-      FERRY_LOG(kWarning) << "the pool config sets idle_release, but the " << backend_.Name()
-                          << " backend cannot park memory: idle sessions keep their slices";
-    }
     idle_release_thread_ = std::thread([this] { ReleaseIdleSessionsLoop(); });
-  } else if (pool_ != nullptr && pool_->ShortestIdleRelease().has_value()) {
-    FERRY_LOG(kWarning) << "idle_release is not applied in a cluster yet: idle sessions keep "
-                        << "their slices";
   }
+  WarnIfIdleReleaseCannotApply();
   RefillSpareWorker();
 }
 
@@ -1580,7 +1575,8 @@ uint64_t Server::RelieveMemoryPressure(int backend_device, uint64_t bytes, uint6
   for (const Candidate& candidate : candidates) {
     if (parked >= bytes) break;
     uint64_t moved = 0;
-    Status status = candidate.session->Park(candidate.park_after, reason, &moved);
+    // Only what leaves this device makes room on it.
+    Status status = candidate.session->Park(candidate.park_after, reason, backend_device, &moved);
     if (!status.ok()) {
       FERRY_LOG(kDebug) << "session " << candidate.info.id << " not parked: " << status.message();
       continue;
@@ -1623,6 +1619,17 @@ Session::SliceLease Server::SliceLeaseFor(uint64_t id, wire::Hello::Reader hello
     return pool_->Borrow(request, gone, report_position, &granted);
   };
   return lease;
+}
+
+void Server::WarnIfIdleReleaseCannotApply() const {
+  if (pool_ == nullptr || !pool_->ShortestIdleRelease().has_value()) return;
+  if (cluster_ != nullptr) {
+    FERRY_LOG(kWarning) << "idle_release is not applied in a cluster yet: idle sessions keep "
+                        << "their slices";
+  } else if (!backend_.CanParkMemory()) {
+    FERRY_LOG(kWarning) << "the pool config sets idle_release, but the " << backend_.Name()
+                        << " backend cannot park memory: idle sessions keep their slices";
+  }
 }
 
 void Server::ReleaseIdleSessionsLoop() {

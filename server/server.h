@@ -233,6 +233,9 @@ class Server {
   // idle_release_thread_, until Stop.
   void ReleaseIdleSessionsLoop();
   void ReleaseIdleSessions();
+  // Logs why idle_release does nothing here, if the config sets it (at
+  // Start and after each reload).
+  void WarnIfIdleReleaseCannotApply() const;
   // A worker for a session with `environment`: the spare when it fits (no
   // environment of its own) and lives, else a new one; a spare is then made
   // again in the background.

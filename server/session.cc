@@ -89,6 +89,12 @@ void Session::Stop() {
 
 bool Session::Preempt(const std::string& reason) {
   shares_.Interrupt();  // a throttled launch stops waiting
+  {
+    // A batch waiting for device memory or for its slices stops waiting.
+    std::lock_guard<std::mutex> lock(serve_mutex_);
+    preempt_requested_.store(true);
+  }
+  serve_cv_.notify_all();
   // A batch blocked behind a closed host gate holds exec_mutex_ until the
   // client opens the gate, which it may never do; the devices are going
   // away, so the gates open now (a later gateOpen for them is harmless).

@@ -177,7 +177,9 @@ class ServedSession {
   // See Session::Preempt.
   virtual bool Preempt(const std::string& reason) = 0;
   // See Session::Park.
-  virtual Status Park(absl::Duration min_idle, const std::string& reason,
+  // `count_device`: the backend device whose bytes *parked_bytes counts
+  // (-1: all of them).
+  virtual Status Park(absl::Duration min_idle, const std::string& reason, int count_device,
                       uint64_t* parked_bytes) = 0;
   // See Session::ReleaseIdle.
   virtual Status ReleaseIdle(absl::Duration min_idle, uint64_t* parked_bytes) = 0;
@@ -256,7 +258,7 @@ class Session final : public ServedSession {
   // session parks nothing more (OK, 0 bytes). The session's next batch
   // brings the memory back before any of its calls runs (its first call
   // waits), asking the memory-pressure hook for room if the device is full.
-  Status Park(absl::Duration min_idle, const std::string& reason,
+  Status Park(absl::Duration min_idle, const std::string& reason, int count_device,
               uint64_t* parked_bytes) override;
   // Before Run: who makes room on a full device. `relieve(device, bytes,
   // requester)` parks other idle sessions' memory on backend device `device`
@@ -987,10 +989,6 @@ class Session final : public ServedSession {
   // Brings parked memory back (on the executor, exec_mutex_ held, before a
   // batch runs); OK when nothing is parked.
   Status UnparkForBatch();
-  // Backend OutOfMemory from an allocation of `bytes` on session device
-  // `device`: asks the pressure hook for room; true when it parked anything
-  // (then the allocation is worth trying again).
-  bool RelieveMemoryPressure(int device, uint64_t bytes);
   // Every allocation path: runs `allocate`; when the backend refuses it for
   // lack of device memory on session device `device` and the session's
   // pool overcommits memory, asks for room (other idle sessions parked) and
@@ -1001,15 +999,27 @@ class Session final : public ServedSession {
   Status WithRoom(int device, uint64_t bytes, Allocate allocate) {
     Status allocated = allocate();
     if (allocated.code() != StatusCode::kOutOfMemory) return allocated;
-    return WaitForRoom(device, bytes, allocated, allocate);
+    return WaitForRoom({{device, bytes}}, allocated, allocate);
   }
-  Status WaitForRoom(int device, uint64_t bytes, Status refused,
+  // `needs`: session device and bytes (a graph's allocations may be on
+  // several).
+  Status WaitForRoom(const std::vector<std::pair<int, uint64_t>>& needs, Status refused,
                      const std::function<Status()>& allocate);
   // Whether every stream of every context is idle (no queued or running work).
   bool AllStreamsIdle();
   // Park and ReleaseIdle: parks if idle; `release` also gives the slices back.
   Status ParkIdle(absl::Duration min_idle, const std::string& reason, bool release,
-                  uint64_t* parked_bytes);
+                  int count_device, uint64_t* parked_bytes);
+  // Every wait for device memory (UnparkForBatch, WaitForRoom): runs
+  // `attempt` again while it fails with OUT_OF_MEMORY, asking the pressure
+  // hook for room on each of `needs` (backend device, bytes) before each
+  // try and, while nobody can be parked, waiting 10 ms doubling to 200 ms;
+  // stops at unpark_wait_, when serving ends or a preemption comes.
+  // Keepalives go out meanwhile. Returns the last attempt's status.
+  Status RetryWithRoom(const std::vector<std::pair<int, uint64_t>>& needs, Status status,
+                       const std::function<Status()>& attempt);
+  // Preempt is waiting for exec_mutex_: waits for memory end at once.
+  std::atomic<bool> preempt_requested_{false};
   // UnparkForBatch, for a session whose slices went back: borrows them again.
   Status BorrowSlicesAgain();
   MemoryPressure relieve_;

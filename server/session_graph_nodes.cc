@@ -173,12 +173,11 @@ Status Session::HoldGraphMemory(GraphEntry& graph, GraphExecEntry& exec) {
   for (const GraphAllocation& a : graph.mem.allocations) bytes[a.device] += a.bytes;
   const auto commit = [&] { return backend_.CommitGraphMemory(*exec.exec, *graph.graph, *tenant_); };
   Status status = commit();
-  // A full device: as every allocation path, wait for room (on each device
-  // the graph allocates on). A refused commit takes nothing, so trying
-  // again is safe.
-  for (const auto& [device, total] : bytes) {
-    if (status.code() != StatusCode::kOutOfMemory) break;
-    status = WaitForRoom(device, total, std::move(status), commit);
+  // A full device: as every allocation path, wait for room (on every
+  // device the graph allocates on, one wait). A refused commit takes
+  // nothing, so trying again is safe.
+  if (status.code() == StatusCode::kOutOfMemory) {
+    status = WaitForRoom({bytes.begin(), bytes.end()}, std::move(status), commit);
   }
   if (!status.ok()) {
     exec.mem = GraphMemNodes{};

@@ -48,8 +48,9 @@ bool Session::AllStreamsIdle() {
   return idle;
 }
 
-Status Session::Park(absl::Duration min_idle, const std::string& reason, uint64_t* parked_bytes) {
-  return ParkIdle(min_idle, reason, /*release=*/false, parked_bytes);
+Status Session::Park(absl::Duration min_idle, const std::string& reason, int count_device,
+                     uint64_t* parked_bytes) {
+  return ParkIdle(min_idle, reason, /*release=*/false, count_device, parked_bytes);
 }
 
 Status Session::ReleaseIdle(absl::Duration min_idle, uint64_t* parked_bytes) {
@@ -58,11 +59,11 @@ Status Session::ReleaseIdle(absl::Duration min_idle, uint64_t* parked_bytes) {
     return Status::Unimplemented("session " + std::to_string(id_) +
                                       " has no pool to give its slices back to");
   }
-  return ParkIdle(min_idle, "idle release", /*release=*/true, parked_bytes);
+  return ParkIdle(min_idle, "idle release", /*release=*/true, -1, parked_bytes);
 }
 
 Status Session::ParkIdle(absl::Duration min_idle, const std::string& reason, bool release,
-                         uint64_t* parked_bytes) {
+                         int count_device, uint64_t* parked_bytes) {
   *parked_bytes = 0;
   if (!backend_.CanParkMemory()) {
     return Status::Unimplemented(std::string(backend_.Name()) + " backend cannot park memory");
@@ -108,15 +109,18 @@ Status Session::ParkIdle(absl::Duration min_idle, const std::string& reason, boo
   backend::ParkedMemory moved;
   if (!parked_.load()) FERRY_RETURN_IF_ERROR(backend_.ParkTenantMemory(*tenant_, &moved));
   const int64_t took = SteadyNowNs() - started;
-  backend::ParkedMemory parked, resident;
-  backend_.TenantMemory(*tenant_, &parked, &resident);
+  backend::ParkedMemory parked;
+  backend_.TenantMemory(*tenant_, &parked, nullptr);
   if (parked.Total() > 0 && moved.Total() > 0) {
     parked_bytes_.store(parked.Total());
     parked_.store(true);
     parks_.fetch_add(1);
     bytes_parked_total_.fetch_add(moved.Total());
     park_ns_.fetch_add(took);
-    *parked_bytes = moved.Total();
+    *parked_bytes = count_device < 0 ? moved.Total()
+                    : static_cast<size_t>(count_device) < moved.bytes.size()
+                        ? moved.bytes[count_device]
+                        : 0;
     FERRY_LOG(kInfo) << "session " << id_ << " (" << program_ << "@" << host_ << "): parked "
                      << Mib(moved.Total()) << " of device memory in host memory in "
                      << absl::FormatDuration(absl::Trunc(absl::Nanoseconds(took),
@@ -125,12 +129,18 @@ Status Session::ParkIdle(absl::Duration min_idle, const std::string& reason, boo
                      << "; " << reason << ")";
   }
   if (!release) return Status::Ok();
-  if (resident.Total() > 0) {
-    // Another borrower of the slice would find the device short of it.
+  // What the session is charged for beyond what is parked stays on the
+  // device (pool allocations, arrays, graph memory, virtual memory): another
+  // borrower of the slice would find the device short of it.
+  uint64_t charged = 0;
+  for (size_t d = 0; d < grant_.devices.size(); ++d) {
+    charged += shares_.device_bytes(static_cast<int>(d));
+  }
+  if (charged > parked.Total()) {
     return Status::Overloaded("session " + std::to_string(id_) + " keeps " +
-                              Mib(resident.Total()) +
-                              " of device memory that cannot be parked (stream-ordered pool "
-                              "allocations): its slices stay its own");
+                              Mib(charged - parked.Total()) +
+                              " of device memory that cannot be parked (pool allocations, arrays, "
+                              "graph or virtual memory): its slices stay its own");
   }
   // Still under exec_mutex_: the next batch finds the slices gone and
   // borrows them again before anything else.
@@ -160,7 +170,7 @@ Status Session::BorrowSlicesAgain() {
       std::lock_guard<std::mutex> lock(serve_mutex_);
       if (serving_ended_) return true;
     }
-    return transport_->PeerClosed();
+    return preempt_requested_.load() || transport_->PeerClosed();
   });
   deferred_replies_.fetch_sub(1);
   const absl::Duration waited = absl::Nanoseconds(SteadyNowNs() - started);
@@ -187,40 +197,19 @@ Status Session::UnparkForBatch() {
   if (slices_released_.load()) FERRY_RETURN_IF_ERROR(BorrowSlicesAgain());
   if (!parked_.load()) return Status::Ok();
   const int64_t started = SteadyNowNs();
-  const auto deadline = std::chrono::steady_clock::now() + unpark_wait_;
-  // The client waits for a call of this batch meanwhile: keepalives go out
-  // as for a deferred reply, so its call deadline measures silence only.
-  deferred_replies_.fetch_add(1);
-  StartKeepaliveIfAsked();
-  Status status;
   backend::ParkedMemory moved;
-  for (int attempt = 0;; ++attempt) {
-    status = backend_.UnparkTenantMemory(*tenant_, &moved);
-    if (status.ok() || status.code() != StatusCode::kOutOfMemory) break;
+  const auto unpark = [&] { return backend_.UnparkTenantMemory(*tenant_, &moved); };
+  Status status = unpark();
+  if (status.code() == StatusCode::kOutOfMemory) {
     // The device is full: ask for room as large as what is parked there.
     backend::ParkedMemory parked;
     backend_.TenantMemory(*tenant_, &parked, nullptr);
-    uint64_t freed = 0;
-    if (relieve_) {
-      for (size_t d = 0; d < parked.bytes.size(); ++d) {
-        if (parked.bytes[d] > 0) freed += relieve_(static_cast<int>(d), parked.bytes[d], id_);
-      }
+    std::vector<std::pair<int, uint64_t>> needs;
+    for (size_t d = 0; d < parked.bytes.size(); ++d) {
+      if (parked.bytes[d] > 0) needs.emplace_back(static_cast<int>(d), parked.bytes[d]);
     }
-    // Bounded whatever the others free: their room may be taken again
-    // before this side's next try.
-    if (std::chrono::steady_clock::now() >= deadline) break;
-    if (freed > 0) continue;
-    // Nobody could be parked now: memory comes back as other sessions free
-    // or end; look again shortly (bounded by unpark_wait_).
-    std::unique_lock<std::mutex> lock(serve_mutex_);
-    serve_cv_.wait_for(lock, std::chrono::milliseconds(std::min(200, 10 << std::min(attempt, 4))),
-                       [this] { return serving_ended_; });
-    if (serving_ended_) {
-      status = Status::Disconnected("the connection ended while its memory was parked");
-      break;
-    }
+    status = RetryWithRoom(needs, std::move(status), unpark);
   }
-  deferred_replies_.fetch_sub(1);
   const int64_t took = SteadyNowNs() - started;
   unpark_ns_.fetch_add(took);
   if (!status.ok()) {
@@ -241,48 +230,54 @@ Status Session::UnparkForBatch() {
   return Status::Ok();
 }
 
-bool Session::RelieveMemoryPressure(int device, uint64_t bytes) {
-  // Only a session of a pool that overcommits memory makes others park.
-  if (!relieve_ || !grant_.park_after.has_value() || device < 0 ||
-      static_cast<size_t>(device) >= grant_.devices.size()) {
-    return false;
+Status Session::WaitForRoom(const std::vector<std::pair<int, uint64_t>>& needs, Status refused,
+                            const std::function<Status()>& allocate) {
+  // Only a session of a pool that overcommits memory makes others park; and
+  // more than the device holds can never fit, so nobody is parked for it.
+  if (!relieve_ || !grant_.park_after.has_value()) return refused;
+  std::vector<std::pair<int, uint64_t>> backend_needs;
+  for (const auto& [device, bytes] : needs) {
+    if (device < 0 || static_cast<size_t>(device) >= grant_.devices.size()) return refused;
+    const int backend_device = grant_.devices[device].backend_device;
+    if (bytes > backend_.Devices()[backend_device].total_memory) return refused;
+    backend_needs.emplace_back(backend_device, bytes);
   }
-  const int backend_device = grant_.devices[device].backend_device;
-  // More than the device holds can never fit: nobody is parked for it.
-  if (bytes > backend_.Devices()[backend_device].total_memory) return false;
-  return relieve_(backend_device, bytes, id_) > 0;
+  return RetryWithRoom(backend_needs, std::move(refused), allocate);
 }
 
-Status Session::WaitForRoom(int device, uint64_t bytes, Status refused,
-                            const std::function<Status()>& allocate) {
-  if (!relieve_ || !grant_.park_after.has_value() || device < 0 ||
-      static_cast<size_t>(device) >= grant_.devices.size() ||
-      bytes > backend_.Devices()[grant_.devices[device].backend_device].total_memory) {
-    return refused;  // no overcommit, or more than the device holds
-  }
+Status Session::RetryWithRoom(const std::vector<std::pair<int, uint64_t>>& needs, Status status,
+                              const std::function<Status()>& attempt) {
   const auto deadline = std::chrono::steady_clock::now() + unpark_wait_;
-  // The client waits for this call meanwhile: keepalives go out as for a
-  // deferred reply.
+  const auto stopping = [this] { return serving_ended_ || preempt_requested_.load(); };
+  // The client waits for a call of this batch meanwhile: keepalives go out
+  // as for a deferred reply, so its call deadline measures silence only.
   deferred_replies_.fetch_add(1);
   StartKeepaliveIfAsked();
-  Status allocated = std::move(refused);
-  for (int attempt = 0; allocated.code() == StatusCode::kOutOfMemory; ++attempt) {
-    if (RelieveMemoryPressure(device, bytes)) {
-      allocated = allocate();
-      continue;
+  for (int round = 0; status.code() == StatusCode::kOutOfMemory; ++round) {
+    {
+      std::lock_guard<std::mutex> lock(serve_mutex_);
+      if (stopping()) break;
     }
+    uint64_t freed = 0;
+    if (relieve_) {
+      for (const auto& [device, bytes] : needs) freed += relieve_(device, bytes, id_);
+    }
+    if (freed == 0) {
+      // Nobody could be parked now (every other session works): memory
+      // comes back as they free, end or go idle; look again shortly.
+      if (std::chrono::steady_clock::now() >= deadline) break;
+      std::unique_lock<std::mutex> lock(serve_mutex_);
+      serve_cv_.wait_for(lock, std::chrono::milliseconds(std::min(200, 10 << std::min(round, 4))),
+                         stopping);
+      if (stopping()) break;
+    }
+    status = attempt();
+    // Bounded whatever the others free: their room may be taken again
+    // before this side's next try.
     if (std::chrono::steady_clock::now() >= deadline) break;
-    // Nobody idle to park now: the others' memory frees or goes idle as
-    // they work; look again shortly.
-    std::unique_lock<std::mutex> lock(serve_mutex_);
-    serve_cv_.wait_for(lock, std::chrono::milliseconds(std::min(200, 10 << std::min(attempt, 4))),
-                       [this] { return serving_ended_; });
-    if (serving_ended_) break;
-    lock.unlock();
-    allocated = allocate();
   }
   deferred_replies_.fetch_sub(1);
-  return allocated;
+  return status;
 }
 
 }  // namespace ferry::server

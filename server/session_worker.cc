@@ -722,9 +722,9 @@ bool SessionWorker::Preempt(const std::string& reason) {
   return preempt_answer_.value_or(false);
 }
 
-Status SessionWorker::Park(absl::Duration min_idle, const std::string& reason,
+Status SessionWorker::Park(absl::Duration min_idle, const std::string& reason, int count_device,
                            uint64_t* parked_bytes) {
-  return AskToPark(min_idle, reason, /*release=*/false, parked_bytes);
+  return AskToPark(min_idle, reason, /*release=*/false, count_device, parked_bytes);
 }
 
 Status SessionWorker::ReleaseIdle(absl::Duration min_idle, uint64_t* parked_bytes) {
@@ -733,11 +733,11 @@ Status SessionWorker::ReleaseIdle(absl::Duration min_idle, uint64_t* parked_byte
     return Status::Unimplemented("session " + std::to_string(session_id_) +
                                       " has no pool to give its slices back to");
   }
-  return AskToPark(min_idle, "", /*release=*/true, parked_bytes);
+  return AskToPark(min_idle, "", /*release=*/true, -1, parked_bytes);
 }
 
 Status SessionWorker::AskToPark(absl::Duration min_idle, const std::string& reason, bool release,
-                                uint64_t* parked_bytes) {
+                                int count_device, uint64_t* parked_bytes) {
   *parked_bytes = 0;
   uint64_t request = 0;
   {
@@ -752,6 +752,7 @@ Status SessionWorker::AskToPark(absl::Duration min_idle, const std::string& reas
     park.setMinIdleMs(absl::ToInt64Milliseconds(min_idle));
     park.setReason(reason);
     park.setReleaseSlices(release);
+    park.setCountDevice(count_device);
   });
   const bool sent = Send(bytes).ok();
   std::unique_lock<std::mutex> lock(mutex_);
@@ -1172,10 +1173,12 @@ int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backe
               }));
             };
             const bool release = message.getPark().getReleaseSlices();
-            if (!parking.TryStart([&session, min_idle, reason, release, answer] {
+            const int count_device = message.getPark().getCountDevice();
+            if (!parking.TryStart([&session, min_idle, reason, release, count_device, answer] {
                   uint64_t parked = 0;
-                  const Status status = release ? session->ReleaseIdle(min_idle, &parked)
-                                                : session->Park(min_idle, reason, &parked);
+                  const Status status =
+                      release ? session->ReleaseIdle(min_idle, &parked)
+                              : session->Park(min_idle, reason, count_device, &parked);
                   answer(status, parked);
                 })) {
               answer(Status::Overloaded("the session is being parked already"), 0);

@@ -153,7 +153,8 @@ class SessionWorker final : public ServedSession {
   bool Preempt(const std::string& reason) override;
   // Asks the worker's session to park its memory (Session::Park) and waits
   // at most kParkAnswerTimeout for the answer (else Overloaded).
-  Status Park(absl::Duration min_idle, const std::string& reason, uint64_t* parked_bytes) override;
+  Status Park(absl::Duration min_idle, const std::string& reason, int count_device,
+              uint64_t* parked_bytes) override;
   // The same, giving the slices back (Session::ReleaseIdle): the worker's
   // session asks (FromWorker.releaseSlices) and the link's reader calls the
   // SliceLease's give_back and answers before it reads anything more.
@@ -215,7 +216,7 @@ class SessionWorker final : public ServedSession {
   Session::SliceLease slice_lease_;  // set before Supervise
   // Park and ReleaseIdle: one request to the worker and its answer.
   Status AskToPark(absl::Duration min_idle, const std::string& reason, bool release,
-                   uint64_t* parked_bytes);
+                   int count_device, uint64_t* parked_bytes);
   bool link_closed_ ABSL_GUARDED_BY(mutex_) = false;
   bool final_received_ ABSL_GUARDED_BY(mutex_) = false;
   bool reaped_ ABSL_GUARDED_BY(mutex_) = false;

@@ -203,8 +203,18 @@ void PoolState::MoveGpu(Gpu& gpu, const std::string& pool, RebindPolicy policy,
                                   [&](const SliceGrant& s) { return s.gpu == gpu.spec.index; });
     if (!here) continue;
     if (released.lease.pool == pool) {
-      released.deadline = absl::InfiniteFuture();
-      released.drain_reason.clear();
+      // Back home — no longer to be preempted once every GPU it comes back
+      // to serves its pool again.
+      const bool all_home =
+          std::all_of(released.lease.slices.begin(), released.lease.slices.end(),
+                      [&](const SliceGrant& s) {
+                        const Gpu* g = FindGpu(s.gpu);
+                        return g != nullptr && g->pool == released.lease.pool;
+                      });
+      if (all_home) {
+        released.deadline = absl::InfiniteFuture();
+        released.drain_reason.clear();
+      }
       continue;
     }
     ++affected;
@@ -344,7 +354,8 @@ void PoolState::HoldUp(const BorrowRequest& request, Blocked* blocked) const {
     // layout) holds nobody up.
     if (gpu == nullptr || gpu->pool != request.pool || pinned.slices_per_gpu != n) continue;
     Blocked::OnGpu& on_gpu = in_pool.gpus[pinned.gpu];
-    on_gpu.slices.insert(pinned.slice);
+    // A slice two waiters want is held back once.
+    if (!on_gpu.slices.insert(pinned.slice).second) continue;
     const bool taken = std::any_of(gpu->holdings.begin(), gpu->holdings.end(), [&](const Holding& h) {
       return h.slices_per_gpu == n && h.slice == pinned.slice;
     });
@@ -583,7 +594,10 @@ Status PoolState::ReleaseSlices(uint64_t session, absl::Time now, PoolChanges* c
 
 void PoolState::PreemptReleased(uint64_t session, const std::string& reason,
                                 PoolChanges* changes) {
-  if (released_.erase(session) == 0) return;
+  auto released = released_.find(session);
+  if (released == released_.end()) return;
+  const std::string pool = released->second.lease.pool;
+  released_.erase(released);
   for (auto it = queue_.begin(); it != queue_.end(); ++it) {
     if (it->request.session == session) {
       changes->ended_waits.emplace_back(session, Status::Overloaded(reason));
@@ -591,7 +605,7 @@ void PoolState::PreemptReleased(uint64_t session, const std::string& reason,
       break;
     }
   }
-  changes->preempted.push_back(Preemption{session, reason});
+  changes->preempted.push_back(Preemption{session, reason, pool});
 }
 
 // --- operator actions ------------------------------------------------------------------
@@ -661,14 +675,29 @@ Status PoolState::Reconfigure(const Config& config, absl::Time now, PoolChanges*
       ++it;
     }
   }
-  std::vector<uint64_t> orphaned;  // released sessions of a removed pool
+  // Released sessions whose slices cannot come back: their pool is gone, or
+  // it splits GPUs another way now.
+  std::vector<std::pair<uint64_t, std::string>> orphaned;
   for (const auto& [session, released] : released_) {
-    if (config_.pools.count(released.lease.pool) == 0) orphaned.push_back(session);
+    const std::string& name = released.lease.pool;
+    auto found = config_.pools.find(name);
+    if (found == config_.pools.end()) {
+      orphaned.emplace_back(session, "its pool " + name + " was removed");
+      continue;
+    }
+    const int n = found->second.slices_per_gpu;
+    for (const SliceGrant& slice : released.lease.slices) {
+      if (slice.slices_per_gpu != n) {
+        orphaned.emplace_back(session, "pool " + name + " has " + Plural(n, "slice", "slices") +
+                                           " per GPU now, not the " +
+                                           std::to_string(slice.slices_per_gpu) +
+                                           " its slices were");
+        break;
+      }
+    }
   }
-  for (uint64_t session : orphaned) {
-    PreemptReleased(session,
-                    "preempted by a config reload: its pool " +
-                        released_.at(session).lease.pool + " was removed",
+  for (const auto& [session, why] : orphaned) {
+    PreemptReleased(session, "preempted by a config reload while its slices were released: " + why,
                     changes);
   }
   ApplyBindings(now, "a config reload", changes);

@@ -107,6 +107,7 @@ struct Lease {
 struct Preemption {
   uint64_t session = 0;
   std::string reason;  // "preempted by the schedule: ..." — for the client and the log
+  std::string pool;    // a released session's (it has no lease to find it by); else ""
 };
 
 // What the server must do after a change of state.

@@ -407,7 +407,7 @@ TEST_F(SessionTest, OnlyAnIdleSessionIsParkedAndItsNextCallBringsTheMemoryBack) 
   CopyIn(0, d, data);
   ASSERT_TRUE(Sync(0).status.ok());
   uint64_t parked = 0;
-  Status refused = session_->Park(absl::Hours(1), "test", &parked);
+  Status refused = session_->Park(absl::Hours(1), "test", -1, &parked);
   EXPECT_EQ(refused.code(), StatusCode::kOverloaded) << refused.ToString();
   EXPECT_NE(refused.message().find("made a call"), std::string::npos) << refused.message();
 
@@ -415,21 +415,21 @@ TEST_F(SessionTest, OnlyAnIdleSessionIsParkedAndItsNextCallBringsTheMemoryBack) 
   const uint64_t gate = client_->SendGate(100, kHeld);
   ReplyResult reached = client_->ReadWithin();
   ASSERT_TRUE(reached.gate_reached);
-  refused = session_->Park(absl::ZeroDuration(), "test", &parked);
+  refused = session_->Park(absl::ZeroDuration(), "test", -1, &parked);
   EXPECT_EQ(refused.code(), StatusCode::kOverloaded) << refused.ToString();
   EXPECT_NE(refused.message().find("work running"), std::string::npos) << refused.message();
   EXPECT_FALSE(session_->Info().parked);
   client_->OpenGate(gate);
   ASSERT_TRUE(Sync(kHeld).status.ok());
 
-  ASSERT_TRUE(session_->Park(absl::ZeroDuration(), "test", &parked).ok());
+  ASSERT_TRUE(session_->Park(absl::ZeroDuration(), "test", -1, &parked).ok());
   EXPECT_EQ(parked, 1u << 20);
   SessionInfo info = session_->Info();
   EXPECT_TRUE(info.parked);
   EXPECT_EQ(info.parked_bytes, 1u << 20);
   EXPECT_EQ(info.parks, 1u);
   // Parking a parked session moves nothing.
-  ASSERT_TRUE(session_->Park(absl::ZeroDuration(), "test", &parked).ok());
+  ASSERT_TRUE(session_->Park(absl::ZeroDuration(), "test", -1, &parked).ok());
   EXPECT_EQ(parked, 0u);
 
   ReplyResult back = CopyOut(0, d, data.size());
@@ -453,7 +453,7 @@ TEST_F(SessionTest, ParkedMemoryWithoutRoomFailsTheCallsButAFreeAndComesBackLate
   CopyIn(0, kept, std::vector<uint8_t>(4096, 0x33));
   ASSERT_TRUE(Sync(0).status.ok());
   uint64_t parked = 0;
-  ASSERT_TRUE(session_->Park(absl::ZeroDuration(), "test", &parked).ok());
+  ASSERT_TRUE(session_->Park(absl::ZeroDuration(), "test", -1, &parked).ok());
   ASSERT_EQ(parked, 16u << 20);
   // Someone else takes all but 12 MiB of the 64 MiB device.
   std::unique_ptr<backend::Context> other;
@@ -3037,7 +3037,7 @@ TEST_F(PooledSessionTest, AnAllocationWaitsForRoomUntilAnotherSessionIsParked) {
   int asked = 0;
   int idle_at = 3;  // the other session is idle from the third question on
   Start([&](Session& session) {
-    session.TEST_SetUnparkWait(std::chrono::milliseconds(300));
+    session.TEST_SetUnparkWait(std::chrono::milliseconds(1000));
     session.SetMemoryPressure([&](int, uint64_t bytes, uint64_t) -> uint64_t {
       std::lock_guard<std::mutex> lock(mutex);
       if (++asked < idle_at || filler == 0) return 0;
@@ -3066,6 +3066,43 @@ TEST_F(PooledSessionTest, AnAllocationWaitsForRoomUntilAnotherSessionIsParked) {
   EXPECT_EQ(Alloc(kSliceQuota).status.cuda_result(), CUDA_ERROR_OUT_OF_MEMORY);
   std::lock_guard<std::mutex> lock(mutex);
   EXPECT_GT(asked, 4);  // asked again while it waited
+  EXPECT_TRUE(backend_->MemFree(*other, filler).ok());
+}
+
+// A preemption ends a wait for room at once: Preempt gets the session's
+// batch lock (and frees everything, with a notice) instead of waiting past
+// its bound and closing the session.
+TEST_F(PooledSessionTest, APreemptionEndsAWaitForRoom) {
+  park_after_ = absl::ZeroDuration();
+  std::unique_ptr<backend::Context> other;
+  ASSERT_TRUE(backend_->CreateContext(1, 0, &other).ok());
+  std::unique_ptr<backend::Tenant> other_tenant = backend_->CreateTenant();
+  backend_->JoinTenant(*other, *other_tenant);
+  uint64_t filler = 0;
+  ASSERT_TRUE(backend_->MemAlloc(*other, (64 << 20) - kSliceQuota / 2, &filler).ok());
+  std::atomic<int> asked{0};
+  Start([&](Session& session) {
+    session.TEST_SetUnparkWait(std::chrono::seconds(60));
+    session.TEST_SetPreemptBatchWait(std::chrono::seconds(5));
+    session.SetMemoryPressure([&](int, uint64_t, uint64_t) -> uint64_t {
+      ++asked;
+      return 0;  // nobody is ever idle
+    });
+  });
+  ASSERT_TRUE(CreateContext(0).status.ok());
+  client_->Send(
+      [&](wire::Call::Builder c) {
+        auto a = c.initMemAlloc();
+        a.setCtx(100);
+        a.setBytes(kSliceQuota);
+      },
+      true);
+  ASSERT_TRUE(test::WaitFor([&] { return asked.load() >= 2; }, std::chrono::seconds(10)));
+  const auto started = std::chrono::steady_clock::now();
+  EXPECT_TRUE(session_->Preempt("preempted by the test"));  // freed: it got the lock
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(5));
+  ReplyResult refused = client_->ReadWithin();
+  EXPECT_EQ(refused.status.cuda_result(), CUDA_ERROR_OUT_OF_MEMORY) << refused.status.ToString();
   EXPECT_TRUE(backend_->MemFree(*other, filler).ok());
 }
 

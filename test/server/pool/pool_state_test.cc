@@ -539,6 +539,29 @@ TEST_F(PoolStateTest, ReleasedSessionsAndRebinds) {
   EXPECT_EQ(pool_->QueuePosition(2), 0);
 }
 
+// A reload that splits the GPU another way, or removes the pool, preempts
+// released sessions: their slices can never come back.
+TEST_F(PoolStateTest, AReloadThatChangesTheLayoutPreemptsReleasedSessions) {
+  const std::string text = DayNight();
+  Make(text);
+  ASSERT_EQ(Borrow(1).outcome, BorrowOutcome::kGranted);
+  ASSERT_EQ(Borrow(2).outcome, BorrowOutcome::kGranted);
+  PoolChanges changes;
+  ASSERT_TRUE(pool_->ReleaseSlices(1, clock_->Now(), &changes).ok());
+  std::string two = text;
+  two.replace(two.find("slices_per_gpu = 4"), 18, "slices_per_gpu = 2");
+  PoolChanges reload;
+  ASSERT_TRUE(pool_->Reconfigure(MustParse(two), clock_->Now(), &reload).ok());
+  ASSERT_EQ(reload.preempted.size(), 1u);
+  EXPECT_EQ(reload.preempted[0].session, 1u);
+  EXPECT_EQ(reload.preempted[0].pool, "dev");
+  EXPECT_NE(reload.preempted[0].reason.find("has 2 slices per GPU now, not the 4"),
+            std::string::npos)
+      << reload.preempted[0].reason;
+  EXPECT_TRUE(Gpu(0).released.empty());
+  EXPECT_NE(pool_->FindLease(2), nullptr);  // a holder keeps its slice
+}
+
 TEST_F(PoolStateTest, APreemptRebindPreemptsReleasedSessionsAtOnce) {
   Make(DayNight("on_rebind = \"preempt\"\n"));
   ASSERT_EQ(Borrow(1).outcome, BorrowOutcome::kGranted);
