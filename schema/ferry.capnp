@@ -1492,7 +1492,15 @@ struct ControlRequest {
     drain @4 :DrainRequest;       # ferryctl drain GPU / undrain GPU
     testAdvanceClock @5 :Int64;   # TEST ONLY: move ferryd's fake clock by this many ms;
                                   # refused unless ferryd runs with --test-fake-clock
+    migrate @6 :MigrateRequest;   # ferryctl migrate SESSION --to GPU
   }
+}
+
+# Migration between GPUs of one server (issue 16; server/README.md "Migration").
+struct MigrateRequest {
+  session @0 :UInt64;
+  gpu @1 :UInt32;       # the GPU (index) the session's device moves to
+  device @2 :Int32;     # which of the session's devices; -1: its only one
 }
 
 struct RebindRequest {

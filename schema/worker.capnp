@@ -101,6 +101,7 @@ struct WorkerSessionInfo {
   slicesReleased @37 :Bool;
   releases @38 :UInt64;
   reborrows @39 :UInt64;
+  moves @40 :UInt64;
 }
 
 # A module image by name (server/module_cache.h): SHA-256 and length.
@@ -117,8 +118,9 @@ struct ToWorker {
     image @3 :ImageAnswer;        # answers FromWorker.findImage
     park @4 :ParkRequest;         # Session::Park; answered by FromWorker.parked
     relieved @5 :RelieveAnswer;   # answers FromWorker.relieve
-    borrowedAgain @6 :BorrowAgainAnswer;  # answers FromWorker.borrowAgain
-    slicesReleased @7 :BorrowAgainAnswer; # answers FromWorker.releaseSlices (the pool's verdict)
+    borrowedAgain @6 :StatusAnswer;  # answers FromWorker.borrowAgain
+    slicesReleased @7 :StatusAnswer; # answers FromWorker.releaseSlices (the pool's verdict)
+    move @8 :MoveRequest;         # Session::MoveDevice; answered by FromWorker.moved
   }
 }
 
@@ -130,11 +132,18 @@ struct ParkRequest {
   countDevice @4 :Int32;        # Park's count_device: ParkAnswer.bytes counts this backend device (-1: all)
 }
 
-# Idle release: the main process's answer to the worker's session giving its slices back or
-# borrowing them again (Session::SliceLease, Server::SliceLeaseFor).
-struct BorrowAgainAnswer {
+# An answer that is a status: the main process's to the worker's session giving its slices back
+# or borrowing them again (Session::SliceLease, Server::SliceLeaseFor); the worker's to a move.
+struct StatusAnswer {
   requestId @0 :UInt64;
   status @1 :Ferry.Status;
+}
+
+# Migration between GPUs of one server: session device `device` moves to `target`.
+struct MoveRequest {
+  requestId @0 :UInt64;
+  device @1 :Int32;
+  target @2 :WorkerDevice;
 }
 
 struct ParkAnswer {
@@ -187,6 +196,7 @@ struct FromWorker {
     # request id, answered by ToWorker.slicesReleased.
     releaseSlices @8 :UInt64;
     borrowAgain @9 :UInt64;       # a request id; answered by ToWorker.borrowedAgain
+    moved @10 :StatusAnswer;      # answers ToWorker.move
   }
 }
 

@@ -231,6 +231,19 @@ Status PoolService::ReleaseSlices(uint64_t session) {
   return Status::Ok();
 }
 
+Status PoolService::MoveSlice(uint64_t session, int from, int to, int prefer,
+                              pool::SliceGrant* moved) {
+  pool::PoolChanges changes;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    FERRY_RETURN_IF_ERROR(
+        state_->MoveSlice(session, from, to, prefer, options_.clock->Now(), &changes, moved));
+    RecordLocked(changes);
+  }
+  Publish(changes);
+  return Status::Ok();
+}
+
 Status PoolService::Reload(const pool::Config& config, std::string* summary) {
   pool::PoolChanges changes;
   {

@@ -69,6 +69,8 @@ class PoolService {
   // and its slices go back; it borrows them again with a pinned Borrow.
   // Outside a cluster only (its claims would stay in etcd).
   Status ReleaseSlices(uint64_t session);
+  // Migration (PoolState::MoveSlice).
+  Status MoveSlice(uint64_t session, int from, int to, int prefer, pool::SliceGrant* moved);
 
   // A reloaded config (already parsed); a config the pool cannot take is
   // refused and the old one stays.

@@ -1311,6 +1311,74 @@ void Server::PreemptSession(const pool::Preemption& preemption) {
   }).detach();
 }
 
+Status Server::Migrate(uint64_t id, int gpu, int device, std::string* summary) {
+  if (cluster_ != nullptr) {
+    return Status::Unimplemented("migration is not built for a cluster's pool yet");
+  }
+  std::shared_ptr<ServedSession> session;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = sessions_.find(id);
+    if (it == sessions_.end()) return Status::NotFound("no session " + std::to_string(id));
+    session = it->second;
+  }
+  const SessionGrant grant = session->grant();
+  if (device < 0) {
+    if (grant.devices.size() != 1) {
+      return Status::InvalidArgument("session " + std::to_string(id) + " has " +
+                                     std::to_string(grant.devices.size()) +
+                                     " devices: say which (--device)");
+    }
+    device = 0;
+  }
+  if (static_cast<size_t>(device) >= grant.devices.size()) {
+    return Status::InvalidArgument("session " + std::to_string(id) + " has no device " +
+                                   std::to_string(device));
+  }
+  auto served = std::find_if(gpus_.begin(), gpus_.end(),
+                             [gpu](const ServedGpu& g) { return g.index == gpu; });
+  if (served == gpus_.end()) {
+    return Status::NotFound("this ferryd serves no GPU " + std::to_string(gpu));
+  }
+  const SessionDevice from = grant.devices[device];
+  SessionDevice to = from;
+  to.backend_device = served->backend_device;
+  to.gpu = gpu;
+  if (pool_ != nullptr) {
+    pool::SliceGrant slice;
+    FERRY_RETURN_IF_ERROR(pool_->MoveSlice(id, from.gpu, gpu, from.slice, &slice));
+    to.slice = slice.slice;
+    to.slices_per_gpu = slice.slices_per_gpu;
+    to.memory_quota = slice.memory_quota;
+    to.compute_share = slice.compute_share;
+  }
+  to.sm_partition_sms = 0;
+  to.mps_thread_percentage = 0;
+  ChooseComputeMechanism(backend_, &to, sharing_);
+  const auto started = std::chrono::steady_clock::now();
+  Status moved = session->MoveDevice(device, to);
+  if (!moved.ok()) {
+    if (pool_ != nullptr) {
+      pool::SliceGrant back;
+      Status undone = pool_->MoveSlice(id, gpu, from.gpu, from.slice, &back);
+      if (!undone.ok()) {
+        FERRY_LOG(kError) << "session " << id << " could not move, and its slice could not go "
+                          << "back to GPU " << from.gpu << ": " << undone.message();
+      }
+    }
+    return moved.WithContext("session " + std::to_string(id) + " stays on GPU " +
+                             std::to_string(from.gpu));
+  }
+  const double ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
+  char pause[32];
+  std::snprintf(pause, sizeof(pause), "%.1f", ms);
+  *summary = "session " + std::to_string(id) + " moved from GPU " + std::to_string(from.gpu) +
+             " to GPU " + std::to_string(gpu) + " (its calls paused " + pause + " ms)\n";
+  FERRY_LOG(kInfo) << "ferryctl migrate: " << summary->substr(0, summary->size() - 1);
+  return Status::Ok();
+}
+
 void Server::FillPoolStatus(wire::PoolStatus::Builder out) {
   if (pool_ == nullptr) {
     out.setEnabled(false);
@@ -1486,6 +1554,13 @@ Status Server::HandleControl(wire::ControlRequest::Reader request,
       FERRY_RETURN_IF_ERROR(
           pool_->SetDrained(static_cast<int>(std::min<uint32_t>(args.getGpu(), 1 << 20)),
                             args.getDrained(), &summary));
+      break;
+    }
+    case R::MIGRATE: {
+      auto args = request.getMigrate();
+      FERRY_RETURN_IF_ERROR(Migrate(args.getSession(),
+                                    static_cast<int>(std::min<uint32_t>(args.getGpu(), 1 << 20)),
+                                    args.getDevice(), &summary));
       break;
     }
     case R::TEST_ADVANCE_CLOCK: {

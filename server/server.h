@@ -309,6 +309,11 @@ class Server {
   void ApplyClusterPools(const std::optional<std::string>& text, int64_t revision);
   // The pool's preempt hook.
   void PreemptSession(const pool::Preemption& preemption);
+  // ferryctl migrate: session `id`'s device `device` (-1: its only one)
+  // moves to served GPU `gpu` — its pool slice first (PoolService::
+  // MoveSlice), then the session (ServedSession::MoveDevice); a session that
+  // cannot move keeps its slice where it was.
+  Status Migrate(uint64_t id, int gpu, int device, std::string* summary);
   // The backend device behind served GPU `gpu_index` (0 if none serves it).
   int BackendDeviceOf(int gpu_index) const;
   // Whether a metrics request with bearer `token` may read (server_metrics.cc).

@@ -175,6 +175,7 @@ SessionInfo Session::Info() const {
   info.slices_released = slices_released_.load();
   info.releases = releases_.load();
   info.reborrows = reborrows_.load();
+  info.moves = moves_.load();
   // A batch executing now (a long synchronous call) is not idleness.
   if (const int64_t last = last_call_ns_.load(); last != 0 && !in_batch_.load()) {
     info.idle_ms = (session_internal::SteadyNowNs() - last) / 1000000;

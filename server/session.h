@@ -163,6 +163,7 @@ struct SessionInfo {
   bool slices_released = false;
   uint64_t releases = 0;
   uint64_t reborrows = 0;
+  uint64_t moves = 0;  // to another GPU (Session::MoveDevice)
 };
 
 // A live client session as ferryd's Server holds it: a Session in this
@@ -172,8 +173,9 @@ class ServedSession {
  public:
   virtual ~ServedSession() = default;
   virtual SessionInfo Info() const = 0;
-  // The devices the session holds, as granted (compute mechanisms chosen).
-  virtual const SessionGrant& grant() const = 0;
+  // The devices the session holds, as granted (compute mechanisms chosen);
+  // a copy, since a move to another GPU (MoveDevice) changes them.
+  virtual SessionGrant grant() const = 0;
   // See Session::Preempt.
   virtual bool Preempt(const std::string& reason) = 0;
   // See Session::Park.
@@ -183,6 +185,8 @@ class ServedSession {
                       uint64_t* parked_bytes) = 0;
   // See Session::ReleaseIdle.
   virtual Status ReleaseIdle(absl::Duration min_idle, uint64_t* parked_bytes) = 0;
+  // See Session::MoveDevice.
+  virtual Status MoveDevice(int device, const SessionDevice& to) = 0;
   // Ends the session's connection; it frees everything and ends soon after.
   virtual void Stop() = 0;
 };
@@ -302,7 +306,23 @@ class Session final : public ServedSession {
 
   SessionInfo Info() const override;
   uint64_t id() const { return id_; }
-  const SessionGrant& grant() const override { return grant_; }
+  SessionGrant grant() const override {
+    std::lock_guard<std::mutex> lock(grant_mutex_);
+    return grant_;
+  }
+  // Migration between GPUs of one server (issue 16; server/README.md
+  // "Migration"). Any thread. Moves everything of session device `device`
+  // (its contexts with their streams, events and modules, and its device
+  // memory, same addresses) to `to` (another backend device; quota, share
+  // and slice as the pool granted there), at a batch boundary: waits (at
+  // most kMoveQuiesceWait) for the batch in execution and for every stream
+  // to be idle. The client sees a pause, its ids and device ordinals
+  // unchanged. Refused (nothing changes) for a session that holds what
+  // cannot move yet — arrays, textures, graphs, memory pools, virtual
+  // memory, peer access, links — naming them; for one released or
+  // preempted; and where the backend cannot (GpuBackend::MoveTenantToDevice).
+  Status MoveDevice(int device, const SessionDevice& to) override;
+  static constexpr std::chrono::seconds kMoveQuiesceWait{10};
   // Whether launches on session device `device` are throttled (tests).
   bool TEST_throttled(int device) const { return shares_.Throttled(device); }
 
@@ -912,7 +932,10 @@ class Session final : public ServedSession {
   const std::string host_;
   const std::string program_;
   const int64_t since_unix_ms_;
-  const SessionGrant grant_;
+  // Devices change only under exec_mutex_ and grant_mutex_ (MoveDevice):
+  // the executor reads them freely, other threads through grant().
+  SessionGrant grant_;
+  mutable std::mutex grant_mutex_;
   std::string token_name_, token_id_;  // SetToken, before Run
   RdmaServing rdma_serving_;           // SetRdma, before Run
   // The client's RDMA offer (Hello.rdma), or why it cannot be taken.
@@ -1027,6 +1050,7 @@ class Session final : public ServedSession {
   // Set under exec_mutex_ (ReleaseIdle, BorrowSlicesAgain), read by Info.
   std::atomic<bool> slices_released_{false};
   std::atomic<uint64_t> releases_{0}, reborrows_{0};
+  std::atomic<uint64_t> moves_{0};  // MoveDevice
   std::chrono::milliseconds unpark_wait_{kUnparkWaitLimit};
   // Set under exec_mutex_, read by Info from any thread.
   std::atomic<bool> parked_{false};

@@ -36,6 +36,31 @@ namespace {
 // previous one still runs is refused (its caller answers the request at
 // once), so a peer that floods requests never makes threads pile up. The
 // owner calls Join before what the jobs use goes away.
+// A borrowed device on the link (WorkerStart, MoveRequest).
+void DeviceToWire(const SessionDevice& d, wire::WorkerDevice::Builder o) {
+  o.setBackendDevice(d.backend_device);
+  o.setMemoryQuota(d.memory_quota);
+  o.setComputeShare(d.compute_share);
+  o.setGpu(d.gpu);
+  o.setSlice(d.slice);
+  o.setSlicesPerGpu(d.slices_per_gpu);
+  o.setSmPartitionSms(d.sm_partition_sms);
+  o.setMpsThreadPercentage(d.mps_thread_percentage);
+}
+
+SessionDevice DeviceFromWire(wire::WorkerDevice::Reader d) {
+  SessionDevice device;
+  device.backend_device = d.getBackendDevice();
+  device.memory_quota = d.getMemoryQuota();
+  device.compute_share = d.getComputeShare();
+  device.gpu = d.getGpu();
+  device.slice = d.getSlice();
+  device.slices_per_gpu = d.getSlicesPerGpu();
+  device.sm_partition_sms = d.getSmPartitionSms();
+  device.mps_thread_percentage = d.getMpsThreadPercentage();
+  return device;
+}
+
 class OneJobThread {
  public:
   ~OneJobThread() { Join(); }
@@ -149,6 +174,7 @@ void InfoToWire(const SessionInfo& in, wire::WorkerSessionInfo::Builder out) {
   out.setSlicesReleased(in.slices_released);
   out.setReleases(in.releases);
   out.setReborrows(in.reborrows);
+  out.setMoves(in.moves);
   out.setIdleMs(in.idle_ms);
 }
 
@@ -198,6 +224,7 @@ SessionInfo InfoFromWire(uint64_t id, wire::WorkerSessionInfo::Reader in) {
   out.slices_released = in.getSlicesReleased();
   out.releases = in.getReleases();
   out.reborrows = in.getReborrows();
+  out.moves = in.getMoves();
   out.idle_ms = in.getIdleMs();
   return out;
 }
@@ -427,16 +454,7 @@ Status SessionWorker::Start(uint64_t session_id, TransportHandover& handover,
     start.setPool(grant.pool);
     auto devices = start.initDevices(static_cast<unsigned>(grant.devices.size()));
     for (size_t i = 0; i < grant.devices.size(); ++i) {
-      const SessionDevice& d = grant.devices[i];
-      auto o = devices[static_cast<unsigned>(i)];
-      o.setBackendDevice(d.backend_device);
-      o.setMemoryQuota(d.memory_quota);
-      o.setComputeShare(d.compute_share);
-      o.setGpu(d.gpu);
-      o.setSlice(d.slice);
-      o.setSlicesPerGpu(d.slices_per_gpu);
-      o.setSmPartitionSms(d.sm_partition_sms);
-      o.setMpsThreadPercentage(d.mps_thread_percentage);
+      DeviceToWire(grant.devices[i], devices[static_cast<unsigned>(i)]);
     }
     start.setBufferLimit(buffer_limit);
     start.setPreemption(preemption);
@@ -525,6 +543,16 @@ std::string SessionWorker::Supervise(ModuleCache* images) {
                 answer(relieve_(device, wanted, session_id_));
               })) {
             answer(0);
+          }
+          break;
+        }
+        case wire::FromWorker::MOVED: {
+          auto answer = message.getMoved();
+          std::lock_guard<std::mutex> lock(mutex_);
+          auto asked = move_answers_.find(answer.getRequestId());
+          if (asked != move_answers_.end() && !asked->second.has_value()) {
+            asked->second = StatusFromWire(answer.getStatus());
+            answered_.notify_all();
           }
           break;
         }
@@ -768,6 +796,38 @@ Status SessionWorker::AskToPark(absl::Duration min_idle, const std::string& reas
   }
   *parked_bytes = answer->second;
   return answer->first;
+}
+
+Status SessionWorker::MoveDevice(int device, const SessionDevice& to) {
+  uint64_t request = 0;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (link_closed_) return Status::Overloaded("the session has ended");
+    request = next_request_++;
+    move_answers_[request];  // asked
+  }
+  std::vector<uint8_t> bytes = Encode<wire::ToWorker>([&](wire::ToWorker::Builder root) {
+    auto move = root.initMove();
+    move.setRequestId(request);
+    move.setDevice(device);
+    DeviceToWire(to, move.initTarget());
+  });
+  const bool sent = Send(bytes).ok();
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (sent) {
+    answered_.wait_for(lock, kMoveAnswerTimeout,
+                       [&] { return link_closed_ || move_answers_[request].has_value(); });
+  }
+  std::optional<Status> answer = std::move(move_answers_[request]);
+  move_answers_.erase(request);
+  if (!answer.has_value()) {
+    return Status::Overloaded("session " + std::to_string(session_id_) +
+                              "'s worker did not answer the move");
+  }
+  if (answer->ok() && device >= 0 && static_cast<size_t>(device) < grant_.devices.size()) {
+    grant_.devices[device] = to;
+  }
+  return *answer;
 }
 
 bool SessionWorker::SentFinalFigures() const {
@@ -1082,18 +1142,7 @@ int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backe
     SessionGrant grant;
     grant.pooled = start.getPooled();
     grant.pool = start.getPool().cStr();
-    for (auto d : start.getDevices()) {
-      SessionDevice device;
-      device.backend_device = d.getBackendDevice();
-      device.memory_quota = d.getMemoryQuota();
-      device.compute_share = d.getComputeShare();
-      device.gpu = d.getGpu();
-      device.slice = d.getSlice();
-      device.slices_per_gpu = d.getSlicesPerGpu();
-      device.sm_partition_sms = d.getSmPartitionSms();
-      device.mps_thread_percentage = d.getMpsThreadPercentage();
-      grant.devices.push_back(device);
-    }
+    for (auto d : start.getDevices()) grant.devices.push_back(DeviceFromWire(d));
     // As ferryd's main process chose them (it alone knows --compute-sharing).
     grant.mechanisms_chosen = true;
     if (start.getParkAfterMs() >= 0) grant.park_after = absl::Milliseconds(start.getParkAfterMs());
@@ -1132,6 +1181,7 @@ int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backe
   std::mutex preempts_mutex;
   std::vector<std::thread> preempts;
   OneJobThread parking;  // park requests, one at a time
+  OneJobThread moving;   // move requests, one at a time
   std::thread reader([&] {
     for (;;) {
       std::vector<uint8_t> in;
@@ -1182,6 +1232,26 @@ int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backe
                   answer(status, parked);
                 })) {
               answer(Status::Overloaded("the session is being parked already"), 0);
+            }
+            break;
+          }
+          case wire::ToWorker::MOVE: {
+            // MoveDevice waits for the batch in execution, which may wait
+            // for an answer this thread delivers: not here.
+            const uint64_t request = message.getMove().getRequestId();
+            const int device = message.getMove().getDevice();
+            const SessionDevice target = DeviceFromWire(message.getMove().getTarget());
+            auto answer = [&worker_link, request](const Status& status) {
+              (void)worker_link.Send(Encode<wire::FromWorker>([&](wire::FromWorker::Builder root) {
+                auto moved = root.initMoved();
+                moved.setRequestId(request);
+                StatusToWire(status, moved.initStatus());
+              }));
+            };
+            if (!moving.TryStart([&session, device, target, answer] {
+                  answer(session->MoveDevice(device, target));
+                })) {
+              answer(Status::Overloaded("the session is moving already"));
             }
             break;
           }
@@ -1249,6 +1319,7 @@ int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backe
   ::shutdown(link, SHUT_RDWR);
   reader.join();
   parking.Join();
+  moving.Join();
   {
     std::lock_guard<std::mutex> lock(preempts_mutex);
     for (std::thread& t : preempts) t.join();

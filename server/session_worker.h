@@ -144,7 +144,14 @@ class SessionWorker final : public ServedSession {
   std::string Supervise(ModuleCache* images);
 
   SessionInfo Info() const override;
-  const SessionGrant& grant() const override { return grant_; }
+  SessionGrant grant() const override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return grant_;
+  }
+  // Asks the worker's session to move (Session::MoveDevice; ToWorker.move)
+  // and waits at most kMoveAnswerTimeout; on success the grant here follows.
+  Status MoveDevice(int device, const SessionDevice& to) override;
+  static constexpr std::chrono::seconds kMoveAnswerTimeout{30};
   // Sends the preemption and waits (at most kPreemptAnswerTimeout) for the
   // worker's answer: true when it says it freed the session's resources
   // (the slices may go back then; a worker is ferryd itself, trusted that
@@ -194,7 +201,7 @@ class SessionWorker final : public ServedSession {
   int books_slot_ = -1;
   std::function<void(int)> release_books_slot_;
   uint64_t session_id_ = 0;  // set by Start, fixed after
-  SessionGrant grant_;       // set by Start, fixed after
+  SessionGrant grant_;       // set by Start; devices change by MoveDevice (under mutex_)
 
   std::mutex send_mutex_;  // one message at a time on the link
 
@@ -209,6 +216,8 @@ class SessionWorker final : public ServedSession {
   mutable std::map<uint64_t, std::optional<SessionInfo>> info_answers_ ABSL_GUARDED_BY(mutex_);
   uint64_t preempt_request_ ABSL_GUARDED_BY(mutex_) = 0;  // the one asked now
   std::optional<bool> preempt_answer_ ABSL_GUARDED_BY(mutex_);
+  // Move requests still asked (empty until answered).
+  std::map<uint64_t, std::optional<Status>> move_answers_ ABSL_GUARDED_BY(mutex_);
   // Park requests still asked (empty until answered): status and bytes.
   std::map<uint64_t, std::optional<std::pair<Status, uint64_t>>> park_answers_
       ABSL_GUARDED_BY(mutex_);

@@ -3,6 +3,7 @@
 //   ferryctl status [-o table|json]        sessions, GPUs, pools, slices, queue
 //   ferryctl reload                        re-read ferryd's config file
 //   ferryctl rebind GPU POOL [--preempt | --drain] [--grace DURATION]
+//   ferryctl migrate SESSION --to GPU      move a session to another GPU of its server
 //   ferryctl drain GPU                     no new borrows on GPU
 //   ferryctl undrain GPU                   take borrows again
 //   ferryctl token create --token-file PATH --pools A,B [--admin] [--name N]
@@ -603,6 +604,20 @@ int Main(int argc, char** argv) {
   rebind->add_option("--grace", grace, "How long draining holders may keep the GPU (e.g. 10m)")
       ->check(kDuration);
 
+  CLI::App* migrate = app.add_subcommand(
+      "migrate", "Move a running session to another GPU of its server (same addresses; its\n"
+                 "calls pause meanwhile)");
+  AddServerOption(migrate, &server, &access_flags);
+  uint64_t migrate_session = 0;
+  int migrate_device = -1;
+  migrate->add_option("SESSION", migrate_session, "the session's id (ferryctl status)")
+      ->required();
+  migrate->add_option("--to", gpu_text, "the GPU index it moves to")
+      ->required()
+      ->check(kGpuIndex);
+  migrate->add_option("--device", migrate_device,
+                      "which of its devices (0-based; needed when it has several)");
+
   CLI::App* drain_cmd = app.add_subcommand("drain", "No new borrows on GPU");
   AddServerOption(drain_cmd, &server, &access_flags);
   drain_cmd->add_option("GPU", gpu_text, "GPU index, or SERVER:INDEX with --etcd")
@@ -757,6 +772,17 @@ int Main(int argc, char** argv) {
           args.setPool(pool);
           args.setPolicy(policy);
           args.setGraceMs(grace_ms);
+        },
+        PrintMessage);
+  }
+  if (migrate->parsed()) {
+    return Request(
+        server, access,
+        [&](wire::ControlRequest::Builder r) {
+          auto args = r.initMigrate();
+          args.setSession(migrate_session);
+          args.setGpu(gpu);
+          args.setDevice(migrate_device);
         },
         PrintMessage);
   }

@@ -205,12 +205,12 @@ void PoolState::MoveGpu(Gpu& gpu, const std::string& pool, RebindPolicy policy,
     if (released.lease.pool == pool) {
       // Back home — no longer to be preempted once every GPU it comes back
       // to serves its pool again.
+      const Lease& lease = released.lease;  // (a structured binding cannot be captured in C++20)
       const bool all_home =
-          std::all_of(released.lease.slices.begin(), released.lease.slices.end(),
-                      [&](const SliceGrant& s) {
-                        const Gpu* g = FindGpu(s.gpu);
-                        return g != nullptr && g->pool == released.lease.pool;
-                      });
+          std::all_of(lease.slices.begin(), lease.slices.end(), [&](const SliceGrant& s) {
+            const Gpu* g = FindGpu(s.gpu);
+            return g != nullptr && g->pool == lease.pool;
+          });
       if (all_home) {
         released.deadline = absl::InfiniteFuture();
         released.drain_reason.clear();
@@ -589,6 +589,73 @@ Status PoolState::ReleaseSlices(uint64_t session, absl::Time now, PoolChanges* c
   }
   released_[session] = std::move(released);
   ServeQueue(now, changes);
+  return Status::Ok();
+}
+
+Status PoolState::MoveSlice(uint64_t session, int from, int to, int prefer, absl::Time now,
+                            PoolChanges* changes, SliceGrant* moved) {
+  auto it = leases_.find(session);
+  if (it == leases_.end()) {
+    return Status::NotFound("session " + std::to_string(session) + " holds no slice");
+  }
+  Lease& lease = it->second;
+  if (lease.preempting) {
+    return Status::Overloaded("session " + std::to_string(session) + " is being preempted");
+  }
+  auto slice = std::find_if(lease.slices.begin(), lease.slices.end(),
+                            [from](const SliceGrant& s) { return s.gpu == from; });
+  if (slice == lease.slices.end()) {
+    return Status::NotFound("session " + std::to_string(session) + " holds no slice of GPU " +
+                            std::to_string(from));
+  }
+  if (std::any_of(lease.slices.begin(), lease.slices.end(),
+                  [to](const SliceGrant& s) { return s.gpu == to; })) {
+    return Status::InvalidArgument("session " + std::to_string(session) +
+                                   " holds a slice of GPU " + std::to_string(to) + " already");
+  }
+  Gpu* source = FindGpu(from);
+  Gpu* target = FindGpu(to);
+  if (target == nullptr) return Status::NotFound("no GPU " + std::to_string(to) + " in the pool");
+  const int n = config_.pools.at(lease.pool).slices_per_gpu;
+  const std::string where = "GPU " + std::to_string(to);
+  if (target->pool != lease.pool) {
+    return Status::Overloaded(where + " serves pool " + target->pool + ", not " + lease.pool);
+  }
+  if (slice->slices_per_gpu != n) {
+    return Status::Overloaded("pool " + lease.pool + " has " + Plural(n, "slice", "slices") +
+                              " per GPU now, not the " + std::to_string(slice->slices_per_gpu) +
+                              " of the session's slice");
+  }
+  if (target->drained) return Status::Overloaded(where + " is drained");
+  for (const Holding& holding : source->holdings) {
+    if (holding.session == session && holding.deadline != absl::InfiniteFuture()) {
+      return Status::Overloaded("session " + std::to_string(session) + " is draining");
+    }
+  }
+  if (FreeSlices(*target, n) == 0) {
+    return Status::Overloaded(where + " has no free slice of pool " + lease.pool);
+  }
+  const auto taken = [&](int s) {
+    return std::any_of(target->holdings.begin(), target->holdings.end(),
+                       [&](const Holding& h) { return h.slices_per_gpu == n && h.slice == s; });
+  };
+  int number = prefer >= 0 && prefer < n && !taken(prefer) ? prefer : -1;
+  for (int s = 0; s < n && number < 0; ++s) {
+    if (!taken(s)) number = s;
+  }
+  if (number < 0) return Status::Overloaded(where + " has no free slice of pool " + lease.pool);
+  std::erase_if(source->holdings, [session](const Holding& h) { return h.session == session; });
+  target->holdings.push_back(Holding{session, number, n, absl::InfiniteFuture(), ""});
+  slice->gpu = to;
+  slice->slice = number;
+  slice->memory_quota = static_cast<uint64_t>(static_cast<double>(target->spec.memory) *
+                                              config_.pools.at(lease.pool).memory_overcommit / n);
+  *moved = *slice;
+  changes->log.push_back("session " + std::to_string(session) + " moved from GPU " +
+                         std::to_string(from) + " to GPU " + std::to_string(to) + " (slice " +
+                         std::to_string(number + 1) + "/" + std::to_string(n) + " of pool " +
+                         lease.pool + ")");
+  ServeQueue(now, changes);  // the slice it left
   return Status::Ok();
 }
 

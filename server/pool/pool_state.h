@@ -207,6 +207,14 @@ class PoolState {
   // NotFound without a lease; Overloaded for a lease being preempted or
   // drained (it is going away anyway).
   Status ReleaseSlices(uint64_t session, absl::Time now, PoolChanges* changes);
+  // Migration: `session`'s slice on GPU `from` becomes a slice of the same
+  // pool and layout on GPU `to` (slice number `prefer` if free, else the
+  // lowest free one; *moved gets it). NotFound without such a lease;
+  // Overloaded when `to` serves another pool or layout, is drained, or has
+  // no free slice (saying which), or the lease is being preempted or
+  // drained. The slice left on `from` serves the queue.
+  Status MoveSlice(uint64_t session, int from, int to, int prefer, absl::Time now,
+                   PoolChanges* changes, SliceGrant* moved);
 
   // Moves the model to `now`: schedule rebinds, manual overrides that end,
   // drain graces that run out, wait deadlines that pass, then the queue.

@@ -598,6 +598,86 @@ TEST_P(IdleReleaseTest, AReleasedSessionThatDiesWhileWaitingLeavesThePool) {
   });
 }
 
+// Migration between GPUs of one server (issue 16): a program that follows a
+// ring of device pointers moves from GPU 0 to GPU 1 between two of its
+// turns (ferryctl migrate) and keeps following it at the same addresses;
+// GPU 0 is then whole for another client. A move to a GPU with no free
+// slice is refused and the program goes on where it is.
+class MigrationTest : public PoolTest, public ::testing::WithParamInterface<bool> {};
+
+TEST_P(MigrationTest, ASessionMovesToAnotherGpuOfItsServer) {
+  const bool in_process = GetParam();
+  const std::string config = std::string("[server]\nbackend = \"host\"\nhost_kernels = [\"") +
+                             FERRY_E2E_HOST_KERNELS +
+                             "\"]\ndefault_pool = \"dev\"\n\n[[gpu]]\nindex = 0\nmemory = "
+                             "\"64MiB\"\n\n[[gpu]]\nindex = 1\nmemory = \"64MiB\"\n\n"
+                             "[pool.dev]\nslices_per_gpu = 1\n";
+  StartFerryd(config, nullptr,
+              in_process ? std::vector<std::string>{"--sessions-in-process"}
+                         : std::vector<std::string>{});
+  constexpr uint64_t kRingBytes = 24ull << 20;
+  std::string error;
+  std::optional<ChildProcess> started = ChildProcess::Start(
+      {std::string(FERRY_E2E_PROGRAM_DIR) + "/e2e_pool_client", "turns",
+       std::to_string(kRingBytes), dir_ + "/a.turn", "3"},
+      ClientEnv({}), dir_ + "/a", &error);
+  ASSERT_TRUE(started.has_value()) << error;
+  ChildProcess* a = &programs_.emplace("a", std::move(*started)).first->second;
+  std::ofstream(dir_ + "/a.turn1") << "go\n";
+  ASSERT_TRUE(WaitForOutput(*a, "TURN 1 OK"));
+  std::string text;
+  ASSERT_EQ(Ferryctl({"status", "-o", "json"}, &text), 0) << text;
+  std::optional<JsonValue> json = ParseJson(text);
+  ASSERT_TRUE(json.has_value()) << text;
+  const JsonValue* sessions = json->Find("sessions");
+  ASSERT_TRUE(sessions != nullptr && sessions->is_array() && sessions->array.size() == 1) << text;
+  const std::string id = std::to_string(static_cast<uint64_t>(NumberMember(&sessions->array[0], "id")));
+  std::optional<JsonValue> pool = PoolStatus(&text);
+  ASSERT_TRUE(pool.has_value());
+  ASSERT_EQ(Holders(*pool, 0).size(), 1u) << text;
+
+  std::string out, err;
+  ASSERT_EQ(Ferryctl({"migrate", id, "--to", "1"}, &out, &err), 0) << out << err;
+  EXPECT_NE(out.find("moved from GPU 0 to GPU 1"), std::string::npos) << out;
+  pool = PoolStatus(&text);
+  ASSERT_TRUE(pool.has_value());
+  EXPECT_TRUE(Holders(*pool, 0).empty()) << text;
+  const std::vector<JsonValue> on_one = Holders(*pool, 1);
+  ASSERT_EQ(on_one.size(), 1u) << text;
+  EXPECT_EQ(NumberMember(&on_one[0], "pid"), a->pid());
+  EXPECT_EQ(NumberMember(&on_one[0], "memory_used"), static_cast<double>(kRingBytes)) << text;
+  // GPU 0 is whole again: another client takes 48 MiB of its 64 (which
+  // would not fit beside the ring's 24 MiB).
+  std::optional<ChildProcess> other = ChildProcess::Start(
+      {std::string(FERRY_E2E_PROGRAM_DIR) + "/e2e_pool_client", "hold", ReleaseFile("b"),
+       std::to_string(48ull << 20)},
+      ClientEnv({}), dir_ + "/b", &error);
+  ASSERT_TRUE(other.has_value()) << error;
+  ChildProcess* b = &programs_.emplace("b", std::move(*other)).first->second;
+  ASSERT_TRUE(WaitForOutput(*b, "READY\n"));
+  std::ofstream(dir_ + "/a.turn2") << "go\n";
+  ASSERT_TRUE(WaitForOutput(*a, "TURN 2 OK"));
+
+  // Back to GPU 0 while b holds it: refused, and a goes on on GPU 1.
+  EXPECT_EQ(Ferryctl({"migrate", id, "--to", "0"}, &out, &err), 1) << out << err;
+  EXPECT_NE(err.find("GPU 0 has no free slice of pool dev"), std::string::npos) << err;
+  std::ofstream(dir_ + "/a.turn3") << "go\n";
+  ASSERT_TRUE(WaitForOutput(*a, "TURN 3 OK"));
+  Release("b");
+  EXPECT_TRUE(b->Wait(kProgramTimeout).success()) << b->Describe();
+  std::ofstream(dir_ + "/a.turn4") << "go\n";
+  const ExitStatus status = a->Wait(kProgramTimeout);
+  EXPECT_TRUE(status.success() && a->Stdout().find("all checks passed") != std::string::npos)
+      << a->Describe();
+  EXPECT_NE(ferryd_->Stderr().find("device 0 moved from GPU 0 (slice 1/1) to GPU 1 (slice 1/1)"),
+            std::string::npos);
+}
+
+INSTANTIATE_TEST_SUITE_P(Sessions, MigrationTest, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? "InProcess" : "InWorkers";
+                         });
+
 INSTANTIATE_TEST_SUITE_P(Sessions, IdleReleaseTest, ::testing::Values(false, true),
                          [](const ::testing::TestParamInfo<bool>& info) {
                            return info.param ? "InProcess" : "InWorkers";

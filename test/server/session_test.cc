@@ -3106,6 +3106,55 @@ TEST_F(PooledSessionTest, APreemptionEndsAWaitForRoom) {
   EXPECT_TRUE(backend_->MemFree(*other, filler).ok());
 }
 
+// Migration between GPUs of one server: the session's device moves from
+// backend device 1 to 0 with its memory (same address, same bytes, now on
+// the other device's books) and its context; the grant follows. A session
+// holding what cannot move yet is refused, naming it, and stays.
+TEST_F(PooledSessionTest, MoveDeviceMovesMemoryAndContextToAnotherGpu) {
+  Start();
+  ASSERT_TRUE(CreateContext(0).status.ok());
+  const ReplyResult alloc = Alloc(kSliceQuota / 2);
+  ASSERT_TRUE(alloc.status.ok());
+  std::vector<uint8_t> data(kSliceQuota / 2);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i * 31 + 5);
+  client_->Send([&](wire::Call::Builder c) {
+    test::BuildMemcpyHtoD(c, 100, 0, alloc.dptr, data.size());
+  }, false, data);
+  EXPECT_EQ(BackendMemory(1).first, (64u << 20) - kSliceQuota / 2);
+  SessionDevice to = Grant().devices[0];
+  to.backend_device = 0;
+  to.gpu = 0;
+  to.slice = 3;
+  ASSERT_TRUE(session_->MoveDevice(0, to).ok());
+  EXPECT_EQ(BackendMemory(0).first, (64u << 20) - kSliceQuota / 2);
+  EXPECT_EQ(BackendMemory(1).first, 64u << 20);
+  EXPECT_EQ(session_->grant().devices[0].backend_device, 0);
+  EXPECT_EQ(session_->grant().devices[0].slice, 3);
+  EXPECT_EQ(session_->Info().moves, 1u);
+  const ReplyResult back = client_->Call([&](wire::Call::Builder c) {
+    test::BuildMemcpyDtoH(c, 100, 0, alloc.dptr, data.size());
+  });
+  ASSERT_TRUE(back.status.ok()) << back.status.ToString();
+  EXPECT_EQ(back.bulk, data);
+  // New allocations come from the new device too.
+  ASSERT_TRUE(Alloc(kSliceQuota / 4).status.ok());
+  EXPECT_EQ(BackendMemory(0).first, (64u << 20) - 3 * kSliceQuota / 4);
+  // An array cannot move yet: refused, nothing changes.
+  ASSERT_TRUE(client_->Call([&](wire::Call::Builder c) {
+                auto a = c.initArrayCreate();
+                a.setCtx(100);
+                a.setArray(700);
+                a.setWidth(16);
+                a.setHeight(16);
+                a.setFormat(CU_AD_FORMAT_FLOAT);
+                a.setNumChannels(1);
+              }).status.ok());
+  Status refused = session_->MoveDevice(0, Grant().devices[0]);
+  EXPECT_EQ(refused.code(), StatusCode::kUnimplemented) << refused.ToString();
+  EXPECT_NE(refused.message().find("holds 1 array"), std::string::npos) << refused.message();
+  EXPECT_EQ(session_->grant().devices[0].backend_device, 0);
+}
+
 // An allocation that would not fit even once the session's pending releases
 // happened is refused at once: waiting could not help.
 TEST_F(PooledSessionTest, AnAllocationPendingReleasesCannotMakeRoomForIsRefusedAtOnce) {

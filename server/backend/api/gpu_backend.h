@@ -1043,6 +1043,21 @@ class GpuBackend {
     (void)tenant, (void)parked, (void)resident;
   }
 
+  // --- moving a tenant to another device (migration, issue 16) ----------------
+  // Every context of `tenant` on backend device `from`, with its streams,
+  // events, modules and device allocations (resident or parked), is on
+  // device `to` from now on: the same objects, the same device addresses
+  // and bytes. Same contract as parking: nothing of the tenant runs or is
+  // queued meanwhile. OutOfMemory when `to` has no room for the resident
+  // bytes; Unimplemented for what cannot move (the caller refuses tenants
+  // with other objects: arrays, graph memory, pools, virtual memory). Whole
+  // or nothing. The default: nothing can move.
+  virtual Status MoveTenantToDevice(Tenant& tenant, int from, int to) {
+    (void)tenant, (void)from, (void)to;
+    return Status::Unimplemented(std::string(Name()) +
+                                 " backend cannot move a session to another GPU yet");
+  }
+
   // --- releasing memory (tenants) ---------------------------------------------
   // Memory a tenant frees — MemFree, MemFreeAsync, destroyed arrays and
   // modules (their globals), unmapped virtual memory and memory whose access

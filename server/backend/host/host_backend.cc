@@ -280,7 +280,8 @@ struct ContextState {
     for (int i = 0; i < host_internal::kLimitCount; ++i) limits[i] = host_internal::DefaultLimit(i);
   }
 
-  const int device;
+  // Changes only while the context's tenant is idle (MoveTenantToDevice).
+  mutable std::atomic<int> device;
   const unsigned flags;
   std::shared_ptr<StreamQueue> legacy;  // set once, before the context is shared
 
@@ -972,6 +973,40 @@ class HostBackend final : public GpuBackend {
       auto it = allocations_.find(entry.base);
       if (it != allocations_.end()) it->second.parked.reset();
       if (moved != nullptr) moved->Add(entry.device, entry.bytes);
+    }
+    return Status::Ok();
+  }
+
+  // Moving: the host backend's device memory is this process's memory, so
+  // nothing is copied; the books and the labels move.
+  Status MoveTenantToDevice(Tenant& tenant, int from, int to) override {
+    FERRY_RETURN_IF_ERROR(CheckDevice(from));
+    FERRY_RETURN_IF_ERROR(CheckDevice(to));
+    if (from == to) return Status::Ok();
+    const std::set<const ContextState*> owners = TenantContexts(tenant);
+    std::lock_guard<std::mutex> lock(mu_);
+    uint64_t resident = 0;
+    for (const auto& [base, allocation] : allocations_) {
+      if (!owners.contains(allocation.owner) || allocation.device != from) continue;
+      if (allocation.pool != nullptr) {
+        return Status::Unimplemented("allocations from a memory pool cannot move yet");
+      }
+      if (allocation.parked == nullptr) resident += allocation.bytes;
+    }
+    std::vector<uint64_t> needed(device_memory_.size(), 0);
+    needed[to] = resident;
+    int short_device = 0;
+    if (!books_->TakeAll(needed, &short_device)) {
+      return Status::OutOfMemory("device " + std::to_string(to) + " has " +
+                                 std::to_string(books_->free_bytes(to)) + " bytes free; " +
+                                 std::to_string(resident) + " are needed");
+    }
+    books_->Give(from, resident);
+    for (auto& [base, allocation] : allocations_) {
+      if (owners.contains(allocation.owner) && allocation.device == from) allocation.device = to;
+    }
+    for (const ContextState* context : owners) {
+      if (context->device == from) context->device = to;
     }
     return Status::Ok();
   }
