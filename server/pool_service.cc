@@ -244,6 +244,31 @@ Status PoolService::MoveSlice(uint64_t session, int from, int to, int prefer,
   return Status::Ok();
 }
 
+void PoolService::FinishMove(uint64_t session) {
+  pool::PoolChanges changes;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    state_->FinishMove(session, options_.clock->Now(), &changes);
+    RecordLocked(changes);
+  }
+  Publish(changes);
+}
+
+void PoolService::CancelMove(uint64_t session) {
+  pool::PoolChanges changes;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    state_->CancelMove(session, options_.clock->Now(), &changes);
+    RecordLocked(changes);
+  }
+  Publish(changes);
+}
+
+std::vector<pool::PinnedSlice> PoolService::ReleasedSlices(uint64_t session) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return state_->ReleasedSlices(session);
+}
+
 Status PoolService::Reload(const pool::Config& config, std::string* summary) {
   pool::PoolChanges changes;
   {

@@ -69,8 +69,12 @@ class PoolService {
   // and its slices go back; it borrows them again with a pinned Borrow.
   // Outside a cluster only (its claims would stay in etcd).
   Status ReleaseSlices(uint64_t session);
-  // Migration (PoolState::MoveSlice).
+  // Migration (PoolState::MoveSlice, FinishMove, CancelMove).
   Status MoveSlice(uint64_t session, int from, int to, int prefer, pool::SliceGrant* moved);
+  void FinishMove(uint64_t session);
+  void CancelMove(uint64_t session);
+  // Idle release (PoolState::ReleasedSlices).
+  std::vector<pool::PinnedSlice> ReleasedSlices(uint64_t session) const;
 
   // A reloaded config (already parsed); a config the pool cannot take is
   // refused and the old one stays.

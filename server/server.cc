@@ -1312,8 +1312,16 @@ void Server::PreemptSession(const pool::Preemption& preemption) {
 }
 
 Status Server::Migrate(uint64_t id, int gpu, int device, std::string* summary) {
+  if (pool_ == nullptr) {
+    return Status::Unimplemented(
+        "ferryd runs without pools: every session has every GPU already, nothing to move to");
+  }
   if (cluster_ != nullptr) {
     return Status::Unimplemented("migration is not built for a cluster's pool yet");
+  }
+  if (!backend_.CanMoveTenants()) {
+    return Status::Unimplemented(std::string("the ") + std::string(backend_.Name()) +
+                                 " backend cannot move a session to another GPU yet");
   }
   std::shared_ptr<ServedSession> session;
   {
@@ -1341,34 +1349,28 @@ Status Server::Migrate(uint64_t id, int gpu, int device, std::string* summary) {
     return Status::NotFound("this ferryd serves no GPU " + std::to_string(gpu));
   }
   const SessionDevice from = grant.devices[device];
+  // The target slice is the session's from here on, and its old one stays
+  // held until its memory has left it (FinishMove), or the move is undone.
+  pool::SliceGrant slice;
+  FERRY_RETURN_IF_ERROR(pool_->MoveSlice(id, from.gpu, gpu, from.slice, &slice));
   SessionDevice to = from;
   to.backend_device = served->backend_device;
   to.gpu = gpu;
-  if (pool_ != nullptr) {
-    pool::SliceGrant slice;
-    FERRY_RETURN_IF_ERROR(pool_->MoveSlice(id, from.gpu, gpu, from.slice, &slice));
-    to.slice = slice.slice;
-    to.slices_per_gpu = slice.slices_per_gpu;
-    to.memory_quota = slice.memory_quota;
-    to.compute_share = slice.compute_share;
-  }
+  to.slice = slice.slice;
+  to.slices_per_gpu = slice.slices_per_gpu;
+  to.memory_quota = slice.memory_quota;
+  to.compute_share = slice.compute_share;
   to.sm_partition_sms = 0;
   to.mps_thread_percentage = 0;
   ChooseComputeMechanism(backend_, &to, sharing_);
   const auto started = std::chrono::steady_clock::now();
   Status moved = session->MoveDevice(device, to);
   if (!moved.ok()) {
-    if (pool_ != nullptr) {
-      pool::SliceGrant back;
-      Status undone = pool_->MoveSlice(id, gpu, from.gpu, from.slice, &back);
-      if (!undone.ok()) {
-        FERRY_LOG(kError) << "session " << id << " could not move, and its slice could not go "
-                          << "back to GPU " << from.gpu << ": " << undone.message();
-      }
-    }
+    pool_->CancelMove(id);
     return moved.WithContext("session " + std::to_string(id) + " stays on GPU " +
                              std::to_string(from.gpu));
   }
+  pool_->FinishMove(id);
   const double ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
   char pause[32];
@@ -1675,14 +1677,19 @@ Session::SliceLease Server::SliceLeaseFor(uint64_t id, wire::Hello::Reader hello
   request.host = hello.getHost().cStr();
   request.pid = hello.getPid();
   request.program = hello.getProgram().cStr();
-  // The same slices: the session's contexts and address ranges are there
-  // (and an SM partition, where one enforces the share, is the slice's).
-  for (const SessionDevice& device : grant.devices) {
-    request.pinned.push_back(pool::PinnedSlice{device.gpu, device.slice, device.slices_per_gpu});
-  }
+  // request.pinned is filled at each borrow again: the same slices, where
+  // the session's contexts and address ranges are (and an SM partition,
+  // where one enforces the share, is the slice's).
   Session::SliceLease lease;
   lease.give_back = [this, id] { return pool_->ReleaseSlices(id); };
   lease.borrow_again = [this, request](const std::function<bool()>& gone) {
+    // The slices the pool took back (a migration may have moved them since
+    // the session started).
+    pool::BorrowRequest again = request;
+    again.pinned = pool_->ReleasedSlices(request.session);
+    if (again.pinned.empty()) {
+      return Status::Overloaded("the pool no longer keeps this session's slices");
+    }
     const std::string who = "session " + std::to_string(request.session) + " (pid " +
                             std::to_string(request.pid) + ", " + request.program + "@" +
                             request.host + ")";
@@ -1691,7 +1698,7 @@ Session::SliceLease Server::SliceLeaseFor(uint64_t id, wire::Hello::Reader hello
                        << " again: position " << position << " in the queue";
     };
     pool::Lease granted;
-    return pool_->Borrow(request, gone, report_position, &granted);
+    return pool_->Borrow(again, gone, report_position, &granted);
   };
   return lease;
 }

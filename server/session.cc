@@ -323,7 +323,7 @@ void Session::Run() {
     }
   }
   started_.store(true);
-  LogSessionStarted(Info(), grant_);
+  LogSessionStarted(Info(), grant());
   ServeLoop(/*helper=*/false);
   // Serving ends only when reading failed (the peer left or broke the
   // protocol), so nobody reads what is still written. The transport is shut

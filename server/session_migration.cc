@@ -30,8 +30,11 @@ Status Session::MoveDevice(int device, const SessionDevice& to) {
     return Status::Overloaded(who + " is executing a batch that did not end within " +
                               std::to_string(kMoveQuiesceWait.count()) + " s");
   }
-  if (!handshake_answered_ || !revoked_.ok()) {
-    return Status::Overloaded(who + " is not serving");
+  {
+    std::lock_guard<std::mutex> lock(serve_mutex_);
+    if (!handshake_answered_ || !revoked_.ok() || serving_ended_) {
+      return Status::Overloaded(who + " is not serving");
+    }
   }
   if (device < 0 || static_cast<size_t>(device) >= grant_.devices.size()) {
     return Status::InvalidArgument(who + " has no device " + std::to_string(device));
@@ -41,9 +44,11 @@ Status Session::MoveDevice(int device, const SessionDevice& to) {
       static_cast<size_t>(to.backend_device) >= backend_.Devices().size()) {
     return Status::InvalidArgument("no backend device " + std::to_string(to.backend_device));
   }
-  if (to.backend_device == from) {
-    return Status::InvalidArgument(who + "'s device " + std::to_string(device) +
-                                   " is on that GPU already");
+  for (const SessionDevice& held : grant_.devices) {
+    if (held.backend_device == to.backend_device) {
+      return Status::InvalidArgument(who + " has a device on GPU " + std::to_string(to.gpu) +
+                                     " already");
+    }
   }
   // The quota and what cudaGetDeviceProperties said stay: the same memory on
   // both sides (the session's shares are not re-made).
@@ -69,9 +74,12 @@ Status Session::MoveDevice(int device, const SessionDevice& to) {
   if (graphs_.size() > 0 || graph_execs_.size() > 0 || !captures_.empty()) {
     held.push_back("graphs");
   }
-  size_t pools = 0;
-  mem_pools_.ForEach([&](uint64_t, MemPoolEntry& entry) { pools += entry.is_default ? 0 : 1; });
-  if (pools > 0) held.push_back(Count(pools, "memory pool", "memory pools"));
+  // A device's default pool too (stream-ordered allocations made one): a
+  // pool belongs to its device in the backend.
+  if (mem_pools_.size() > 0) {
+    held.push_back(Count(mem_pools_.size(), "memory pool", "memory pools") +
+                   " (stream-ordered allocation)");
+  }
   if (physical_.size() > 0 || !reservations_.empty()) held.push_back("virtual memory");
   if (!peer_access_.empty()) held.push_back("peer access");
   if (links_.size() > 0) held.push_back(Count(links_.size(), "link", "links"));

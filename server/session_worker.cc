@@ -821,8 +821,14 @@ Status SessionWorker::MoveDevice(int device, const SessionDevice& to) {
   std::optional<Status> answer = std::move(move_answers_[request]);
   move_answers_.erase(request);
   if (!answer.has_value()) {
+    // Moved or not, nobody knows: the session cannot go on with a grant
+    // that may not say where its memory is.
+    lock.unlock();
+    FERRY_LOG(kWarning) << "session " << session_id_ << ": its worker did not answer the move "
+                        << "within " << kMoveAnswerTimeout.count() << " s; ending it";
+    Stop();
     return Status::Overloaded("session " + std::to_string(session_id_) +
-                              "'s worker did not answer the move");
+                              "'s worker did not answer the move; the session is ended");
   }
   if (answer->ok() && device >= 0 && static_cast<size_t>(device) < grant_.devices.size()) {
     grant_.devices[device] = to;

@@ -612,9 +612,10 @@ int Main(int argc, char** argv) {
   int migrate_device = -1;
   migrate->add_option("SESSION", migrate_session, "the session's id (ferryctl status)")
       ->required();
-  migrate->add_option("--to", gpu_text, "the GPU index it moves to")
+  int migrate_gpu = 0;
+  migrate->add_option("--to", migrate_gpu, "the GPU index (of the same ferryd) it moves to")
       ->required()
-      ->check(kGpuIndex);
+      ->check(CLI::Range(0, 1023));
   migrate->add_option("--device", migrate_device,
                       "which of its devices (0-based; needed when it has several)");
 
@@ -781,7 +782,7 @@ int Main(int argc, char** argv) {
         [&](wire::ControlRequest::Builder r) {
           auto args = r.initMigrate();
           args.setSession(migrate_session);
-          args.setGpu(gpu);
+          args.setGpu(static_cast<uint32_t>(migrate_gpu));
           args.setDevice(migrate_device);
         },
         PrintMessage);

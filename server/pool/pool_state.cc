@@ -549,6 +549,7 @@ void PoolState::ServeQueue(absl::Time now, PoolChanges* changes) {
 PoolChanges PoolState::Return(uint64_t session, absl::Time now) {
   PoolChanges changes;
   released_.erase(session);  // a released session that ended
+  moves_.erase(session);
   for (auto it = queue_.begin(); it != queue_.end(); ++it) {
     if (it->request.session == session) {
       queue_.erase(it);
@@ -594,13 +595,20 @@ Status PoolState::ReleaseSlices(uint64_t session, absl::Time now, PoolChanges* c
 
 Status PoolState::MoveSlice(uint64_t session, int from, int to, int prefer, absl::Time now,
                             PoolChanges* changes, SliceGrant* moved) {
+  (void)now;
   auto it = leases_.find(session);
   if (it == leases_.end()) {
-    return Status::NotFound("session " + std::to_string(session) + " holds no slice");
+    return Status::NotFound("session " + std::to_string(session) + " holds no slice" +
+                            (released_.contains(session)
+                                 ? " (it gave its slices back while idle)"
+                                 : ""));
   }
   Lease& lease = it->second;
   if (lease.preempting) {
     return Status::Overloaded("session " + std::to_string(session) + " is being preempted");
+  }
+  if (moves_.contains(session)) {
+    return Status::Overloaded("session " + std::to_string(session) + " is moving already");
   }
   auto slice = std::find_if(lease.slices.begin(), lease.slices.end(),
                             [from](const SliceGrant& s) { return s.gpu == from; });
@@ -639,24 +647,86 @@ Status PoolState::MoveSlice(uint64_t session, int from, int to, int prefer, absl
     return std::any_of(target->holdings.begin(), target->holdings.end(),
                        [&](const Holding& h) { return h.slices_per_gpu == n && h.slice == s; });
   };
-  int number = prefer >= 0 && prefer < n && !taken(prefer) ? prefer : -1;
+  std::set<int> comes_back;  // released sessions' slice numbers there
+  for (const auto& [other, released] : released_) {
+    for (const SliceGrant& s : released.lease.slices) {
+      if (s.gpu == to && s.slices_per_gpu == n) comes_back.insert(s.slice);
+    }
+  }
+  const auto free_for_us = [&](int s) { return !taken(s) && !comes_back.contains(s); };
+  int number = prefer >= 0 && prefer < n && free_for_us(prefer) ? prefer : -1;
+  for (int s = 0; s < n && number < 0; ++s) {
+    if (free_for_us(s)) number = s;
+  }
   for (int s = 0; s < n && number < 0; ++s) {
     if (!taken(s)) number = s;
   }
   if (number < 0) return Status::Overloaded(where + " has no free slice of pool " + lease.pool);
-  std::erase_if(source->holdings, [session](const Holding& h) { return h.session == session; });
-  target->holdings.push_back(Holding{session, number, n, absl::InfiniteFuture(), ""});
+  for (Holding& holding : source->holdings) {
+    if (holding.session == session) holding.leaving = true;  // held until FinishMove
+  }
+  target->holdings.push_back(Holding{session, number, n, absl::InfiniteFuture(), "", false});
+  moves_[session] = Move{static_cast<size_t>(slice - lease.slices.begin()), *slice};
   slice->gpu = to;
   slice->slice = number;
   slice->memory_quota = static_cast<uint64_t>(static_cast<double>(target->spec.memory) *
                                               config_.pools.at(lease.pool).memory_overcommit / n);
   *moved = *slice;
-  changes->log.push_back("session " + std::to_string(session) + " moved from GPU " +
-                         std::to_string(from) + " to GPU " + std::to_string(to) + " (slice " +
-                         std::to_string(number + 1) + "/" + std::to_string(n) + " of pool " +
-                         lease.pool + ")");
-  ServeQueue(now, changes);  // the slice it left
+  (void)changes;
   return Status::Ok();
+}
+
+void PoolState::FinishMove(uint64_t session, absl::Time now, PoolChanges* changes) {
+  auto move = moves_.find(session);
+  if (move == moves_.end()) return;
+  const Move done = move->second;
+  moves_.erase(move);
+  if (Gpu* source = FindGpu(done.from.gpu)) {
+    std::erase_if(source->holdings,
+                  [session](const Holding& h) { return h.session == session && h.leaving; });
+  }
+  auto lease = leases_.find(session);
+  if (lease != leases_.end() && done.index < lease->second.slices.size()) {
+    const SliceGrant& to = lease->second.slices[done.index];
+    changes->log.push_back("session " + std::to_string(session) + " moved from GPU " +
+                           std::to_string(done.from.gpu) + " to GPU " + std::to_string(to.gpu) +
+                           " (slice " + std::to_string(to.slice + 1) + "/" +
+                           std::to_string(to.slices_per_gpu) + " of pool " + lease->second.pool +
+                           ")");
+  }
+  ServeQueue(now, changes);  // the slice it left
+}
+
+void PoolState::CancelMove(uint64_t session, absl::Time now, PoolChanges* changes) {
+  auto move = moves_.find(session);
+  if (move == moves_.end()) return;
+  const Move undo = move->second;
+  moves_.erase(move);
+  auto lease = leases_.find(session);
+  if (lease == leases_.end() || undo.index >= lease->second.slices.size()) return;
+  SliceGrant& slice = lease->second.slices[undo.index];
+  if (Gpu* target = FindGpu(slice.gpu)) {
+    std::erase_if(target->holdings, [&](const Holding& h) {
+      return h.session == session && !h.leaving && h.slice == slice.slice;
+    });
+  }
+  if (Gpu* source = FindGpu(undo.from.gpu)) {
+    for (Holding& holding : source->holdings) {
+      if (holding.session == session) holding.leaving = false;
+    }
+  }
+  slice = undo.from;
+  ServeQueue(now, changes);  // the target slice it did not take
+}
+
+std::vector<PinnedSlice> PoolState::ReleasedSlices(uint64_t session) const {
+  std::vector<PinnedSlice> pinned;
+  auto released = released_.find(session);
+  if (released == released_.end()) return pinned;
+  for (const SliceGrant& s : released->second.lease.slices) {
+    pinned.push_back(PinnedSlice{s.gpu, s.slice, s.slices_per_gpu});
+  }
+  return pinned;
 }
 
 void PoolState::PreemptReleased(uint64_t session, const std::string& reason,

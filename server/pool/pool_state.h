@@ -207,14 +207,22 @@ class PoolState {
   // NotFound without a lease; Overloaded for a lease being preempted or
   // drained (it is going away anyway).
   Status ReleaseSlices(uint64_t session, absl::Time now, PoolChanges* changes);
-  // Migration: `session`'s slice on GPU `from` becomes a slice of the same
-  // pool and layout on GPU `to` (slice number `prefer` if free, else the
-  // lowest free one; *moved gets it). NotFound without such a lease;
-  // Overloaded when `to` serves another pool or layout, is drained, or has
-  // no free slice (saying which), or the lease is being preempted or
-  // drained. The slice left on `from` serves the queue.
+  // Migration, in two phases. MoveSlice: `session`'s slice on GPU `from`
+  // becomes a slice of the same pool and layout on GPU `to` (slice number
+  // `prefer` if free, else the lowest free one that no released session
+  // comes back to; *moved gets it), while the slice on `from` stays held
+  // until FinishMove (the session's memory is still there) or CancelMove
+  // (the move failed: everything as before). NotFound without such a
+  // lease; Overloaded when `to` serves another pool or layout, is drained,
+  // or has no free slice (saying which), or the lease is being preempted,
+  // drained or moved.
   Status MoveSlice(uint64_t session, int from, int to, int prefer, absl::Time now,
                    PoolChanges* changes, SliceGrant* moved);
+  void FinishMove(uint64_t session, absl::Time now, PoolChanges* changes);
+  void CancelMove(uint64_t session, absl::Time now, PoolChanges* changes);
+  // Idle release: the slices a released session comes back to (empty when
+  // it is not released: preempted meanwhile, or never).
+  std::vector<PinnedSlice> ReleasedSlices(uint64_t session) const;
 
   // Moves the model to `now`: schedule rebinds, manual overrides that end,
   // drain graces that run out, wait deadlines that pass, then the queue.
@@ -254,6 +262,7 @@ class PoolState {
     int slices_per_gpu = 1;
     absl::Time deadline = absl::InfiniteFuture();  // drain: must be gone by then
     std::string drain_reason;  // what the preemption message says when it is not
+    bool leaving = false;      // a migration's source slice, held until FinishMove
   };
   struct Gpu {
     PoolGpu spec;
@@ -349,6 +358,13 @@ class PoolState {
     std::string drain_reason;
   };
   std::map<uint64_t, Released> released_;
+  // Migrations between MoveSlice and FinishMove/CancelMove: which of the
+  // lease's slices moved, and what it was.
+  struct Move {
+    size_t index = 0;
+    SliceGrant from;
+  };
+  std::map<uint64_t, Move> moves_;
   std::vector<Waiter> queue_;         // first come first
 };
 

@@ -3120,6 +3120,7 @@ TEST_F(PooledSessionTest, MoveDeviceMovesMemoryAndContextToAnotherGpu) {
   client_->Send([&](wire::Call::Builder c) {
     test::BuildMemcpyHtoD(c, 100, 0, alloc.dptr, data.size());
   }, false, data);
+  ASSERT_TRUE(client_->Call([](wire::Call::Builder c) { c.setPing(); }).status.ok());
   EXPECT_EQ(BackendMemory(1).first, (64u << 20) - kSliceQuota / 2);
   SessionDevice to = Grant().devices[0];
   to.backend_device = 0;

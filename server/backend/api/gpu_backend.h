@@ -1052,6 +1052,7 @@ class GpuBackend {
   // bytes; Unimplemented for what cannot move (the caller refuses tenants
   // with other objects: arrays, graph memory, pools, virtual memory). Whole
   // or nothing. The default: nothing can move.
+  virtual bool CanMoveTenants() const { return false; }
   virtual Status MoveTenantToDevice(Tenant& tenant, int from, int to) {
     (void)tenant, (void)from, (void)to;
     return Status::Unimplemented(std::string(Name()) +

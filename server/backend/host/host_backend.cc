@@ -979,6 +979,7 @@ class HostBackend final : public GpuBackend {
 
   // Moving: the host backend's device memory is this process's memory, so
   // nothing is copied; the books and the labels move.
+  bool CanMoveTenants() const override { return true; }
   Status MoveTenantToDevice(Tenant& tenant, int from, int to) override {
     FERRY_RETURN_IF_ERROR(CheckDevice(from));
     FERRY_RETURN_IF_ERROR(CheckDevice(to));

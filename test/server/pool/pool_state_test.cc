@@ -562,6 +562,44 @@ TEST_F(PoolStateTest, AReloadThatChangesTheLayoutPreemptsReleasedSessions) {
   EXPECT_NE(pool_->FindLease(2), nullptr);  // a holder keeps its slice
 }
 
+// Migration: the target slice is the session's at once, its old one stays
+// held until the move finishes (its memory is still there), and a cancelled
+// move leaves everything as it was. A released session's slice number is
+// taken last.
+TEST_F(PoolStateTest, AMoveHoldsBothSlicesUntilItFinishesOrIsCancelled) {
+  Make(DayNight("", "[0, 1]"), 2);
+  ASSERT_EQ(Borrow(1).outcome, BorrowOutcome::kGranted);   // GPU 0 slice 0
+  for (uint64_t s = 2; s <= 8; ++s) ASSERT_EQ(Borrow(s).outcome, BorrowOutcome::kGranted);
+  PoolChanges changes;
+  ASSERT_TRUE(pool_->ReleaseSlices(5, clock_->Now(), &changes).ok());  // GPU 1 slice 0
+  ASSERT_TRUE(pool_->ReleaseSlices(6, clock_->Now(), &changes).ok());  // GPU 1 slice 1
+  ASSERT_EQ(Borrow(10, "dev", 1, absl::Hours(1)).outcome, BorrowOutcome::kGranted);  // slice 0
+  SliceGrant moved;
+  ASSERT_TRUE(pool_->MoveSlice(1, 0, 1, 0, clock_->Now(), &changes, &moved).ok());
+  EXPECT_EQ(moved.gpu, 1);
+  EXPECT_EQ(moved.slice, 1);  // the only free one, though session 6 comes back to it
+  EXPECT_EQ(pool_->FindLease(1)->slices[0].gpu, 1);
+  EXPECT_EQ(Gpu(0).free_slices, 0);  // still held
+  ASSERT_EQ(Borrow(11, "dev", 1, absl::Hours(1)).outcome, BorrowOutcome::kQueued);
+  PoolChanges cancelled;
+  pool_->CancelMove(1, clock_->Now(), &cancelled);
+  EXPECT_EQ(pool_->FindLease(1)->slices[0].gpu, 0);
+  EXPECT_EQ(pool_->FindLease(1)->slices[0].slice, 0);
+  EXPECT_EQ(cancelled.granted, std::vector<uint64_t>{11});  // the target slice it let go
+  EXPECT_EQ(pool_->FindLease(11)->slices[0].gpu, 1);
+  pool_->Return(11, clock_->Now());
+  ASSERT_TRUE(pool_->MoveSlice(1, 0, 1, 0, clock_->Now(), &changes, &moved).ok());
+  ASSERT_EQ(Borrow(12, "dev", 1, absl::Hours(1)).outcome, BorrowOutcome::kQueued);
+  PoolChanges finished;
+  pool_->FinishMove(1, clock_->Now(), &finished);
+  EXPECT_EQ(finished.granted, std::vector<uint64_t>{12});  // the slice it left
+  EXPECT_EQ(pool_->FindLease(12)->slices[0].gpu, 0);
+  EXPECT_EQ(pool_->MoveSlice(1, 1, 0, 0, clock_->Now(), &changes, &moved).code(),
+            StatusCode::kOverloaded);  // GPU 0 is full
+  EXPECT_EQ(pool_->MoveSlice(5, 1, 0, 0, clock_->Now(), &changes, &moved).code(),
+            StatusCode::kNotFound);  // released
+}
+
 TEST_F(PoolStateTest, APreemptRebindPreemptsReleasedSessionsAtOnce) {
   Make(DayNight("on_rebind = \"preempt\"\n"));
   ASSERT_EQ(Borrow(1).outcome, BorrowOutcome::kGranted);
