@@ -142,6 +142,39 @@ class PoolTest : public ::testing::Test {
     }
   }
 
+  // A host-backend ferryd with `gpus` GPUs of 64 MiB and pool "dev" (the
+  // default) of `pool_lines`, its sessions in worker processes or in
+  // process.
+  void StartHostPool(int gpus, const std::string& pool_lines, bool in_process) {
+    std::string config = std::string("[server]\nbackend = \"host\"\nhost_kernels = [\"") +
+                         FERRY_E2E_HOST_KERNELS + "\"]\ndefault_pool = \"dev\"\n";
+    for (int g = 0; g < gpus; ++g) {
+      config += "\n[[gpu]]\nindex = " + std::to_string(g) + "\nmemory = \"64MiB\"\n";
+    }
+    config += "\n[pool.dev]\n" + pool_lines;
+    StartFerryd(config, nullptr,
+                in_process ? std::vector<std::string>{"--sessions-in-process"}
+                           : std::vector<std::string>{});
+  }
+  // Starts `pool_client turns BYTES dir_/NAME.turn ROUNDS` as `name`: a ring
+  // of device pointers followed turn by turn (a turn starts when the test
+  // writes dir_/NAME.turnR). Null (with a failure) if it does not start.
+  ChildProcess* StartTurns(const std::string& name, uint64_t bytes, int rounds,
+                           const std::map<std::string, std::string>& env = {}) {
+    std::string error;
+    std::optional<ChildProcess> child = ChildProcess::Start(
+        {std::string(FERRY_E2E_PROGRAM_DIR) + "/e2e_pool_client", "turns", std::to_string(bytes),
+         dir_ + "/" + name + ".turn", std::to_string(rounds)},
+        ClientEnv(env), dir_ + "/" + name, &error);
+    if (!child.has_value()) {
+      ADD_FAILURE() << "cannot start " << name << ": " << error;
+      return nullptr;
+    }
+    return &programs_.emplace(name, std::move(*child)).first->second;
+  }
+  void Turn(const std::string& name, int round) {
+    std::ofstream(dir_ + "/" + name + ".turn" + std::to_string(round)) << "go\n";
+  }
   std::string ReleaseFile(const std::string& name) { return dir_ + "/" + name + ".release"; }
   void Release(const std::string& name) { std::ofstream(ReleaseFile(name)) << "go\n"; }
 
@@ -474,24 +507,12 @@ INSTANTIATE_TEST_SUITE_P(Sessions, OvercommitTest, ::testing::Values(false, true
 class IdleReleaseTest : public PoolTest, public ::testing::WithParamInterface<bool> {};
 
 TEST_P(IdleReleaseTest, AnIdleSessionGivesItsSliceBackAndResumesAfterAnotherUsedIt) {
-  const bool in_process = GetParam();
-  const std::string config = std::string("[server]\nbackend = \"host\"\nhost_kernels = [\"") +
-                             FERRY_E2E_HOST_KERNELS +
-                             "\"]\ndefault_pool = \"dev\"\n\n[[gpu]]\nindex = 0\nmemory = "
-                             "\"64MiB\"\n\n[pool.dev]\nslices_per_gpu = 1\n"
-                             "idle_release = \"300ms\"\n";
-  StartFerryd(config, nullptr,
-              in_process ? std::vector<std::string>{"--sessions-in-process"}
-                         : std::vector<std::string>{});
+  StartHostPool(1, "slices_per_gpu = 1\nidle_release = \"300ms\"\n", GetParam());
   constexpr uint64_t kRingBytes = 40ull << 20;
+  ChildProcess* a = StartTurns("a", kRingBytes, 2, {{"FERRY_WAIT", "2m"}});
+  ASSERT_NE(a, nullptr);
   std::string error;
-  std::optional<ChildProcess> started = ChildProcess::Start(
-      {std::string(FERRY_E2E_PROGRAM_DIR) + "/e2e_pool_client", "turns",
-       std::to_string(kRingBytes), dir_ + "/a.turn", "2"},
-      ClientEnv({{"FERRY_WAIT", "2m"}}), dir_ + "/a", &error);
-  ASSERT_TRUE(started.has_value()) << error;
-  ChildProcess* a = &programs_.emplace("a", std::move(*started)).first->second;
-  std::ofstream(dir_ + "/a.turn1") << "go\n";
+  Turn("a", 1);
   ASSERT_TRUE(WaitForOutput(*a, "TURN 1 OK"));
 
   // Idle: released. ferryctl shows it parked and released, and the GPU free.
@@ -535,7 +556,7 @@ TEST_P(IdleReleaseTest, AnIdleSessionGivesItsSliceBackAndResumesAfterAnotherUsed
   ASSERT_TRUE(WaitForOutput(*b, "READY\n"));
 
   // a's next call queues for its slice while b holds it.
-  std::ofstream(dir_ + "/a.turn2") << "go\n";
+  Turn("a", 2);
   WaitForPool("a waits for its slice", [&](const JsonValue& p) {
     const std::vector<JsonValue> queue = Queue(p);
     return queue.size() == 1 && NumberMember(&queue[0], "pid") == a->pid();
@@ -544,7 +565,7 @@ TEST_P(IdleReleaseTest, AnIdleSessionGivesItsSliceBackAndResumesAfterAnotherUsed
   Release("b");
   EXPECT_TRUE(b->Wait(kProgramTimeout).success()) << b->Describe();
   ASSERT_TRUE(WaitForOutput(*a, "TURN 2 OK"));
-  std::ofstream(dir_ + "/a.turn3") << "go\n";
+  Turn("a", 3);
   const ExitStatus status = a->Wait(kProgramTimeout);
   EXPECT_TRUE(status.success() && a->Stdout().find("all checks passed") != std::string::npos)
       << a->Describe();
@@ -558,23 +579,10 @@ TEST_P(IdleReleaseTest, AnIdleSessionGivesItsSliceBackAndResumesAfterAnotherUsed
 // leaves the queue at once (not when its FERRY_WAIT ends), and the pool
 // forgets it.
 TEST_P(IdleReleaseTest, AReleasedSessionThatDiesWhileWaitingLeavesThePool) {
-  const bool in_process = GetParam();
-  const std::string config = std::string("[server]\nbackend = \"host\"\nhost_kernels = [\"") +
-                             FERRY_E2E_HOST_KERNELS +
-                             "\"]\ndefault_pool = \"dev\"\n\n[[gpu]]\nindex = 0\nmemory = "
-                             "\"64MiB\"\n\n[pool.dev]\nslices_per_gpu = 1\n"
-                             "idle_release = \"200ms\"\n";
-  StartFerryd(config, nullptr,
-              in_process ? std::vector<std::string>{"--sessions-in-process"}
-                         : std::vector<std::string>{});
-  std::string error;
-  std::optional<ChildProcess> started = ChildProcess::Start(
-      {std::string(FERRY_E2E_PROGRAM_DIR) + "/e2e_pool_client", "turns",
-       std::to_string(8ull << 20), dir_ + "/a.turn", "2"},
-      ClientEnv({{"FERRY_WAIT", "1h"}}), dir_ + "/a", &error);
-  ASSERT_TRUE(started.has_value()) << error;
-  ChildProcess* a = &programs_.emplace("a", std::move(*started)).first->second;
-  std::ofstream(dir_ + "/a.turn1") << "go\n";
+  StartHostPool(1, "slices_per_gpu = 1\nidle_release = \"200ms\"\n", GetParam());
+  ChildProcess* a = StartTurns("a", 8ull << 20, 2, {{"FERRY_WAIT", "1h"}});
+  ASSERT_NE(a, nullptr);
+  Turn("a", 1);
   ASSERT_TRUE(WaitForOutput(*a, "TURN 1 OK"));
   WaitForPool("a released", [&](const JsonValue& p) {
     const JsonValue* listed = Gpu(p, 0) != nullptr ? Gpu(p, 0)->Find("released") : nullptr;
@@ -582,7 +590,7 @@ TEST_P(IdleReleaseTest, AReleasedSessionThatDiesWhileWaitingLeavesThePool) {
   });
   ChildProcess* b = StartReadyHolder("b");
   ASSERT_NE(b, nullptr);
-  std::ofstream(dir_ + "/a.turn2") << "go\n";
+  Turn("a", 2);
   WaitForPool("a waits for its slice", [&](const JsonValue& p) { return Queue(p).size() == 1; });
   a->Kill(SIGKILL);
   a->Wait(kProgramTimeout);
@@ -606,24 +614,12 @@ TEST_P(IdleReleaseTest, AReleasedSessionThatDiesWhileWaitingLeavesThePool) {
 class MigrationTest : public PoolTest, public ::testing::WithParamInterface<bool> {};
 
 TEST_P(MigrationTest, ASessionMovesToAnotherGpuOfItsServer) {
-  const bool in_process = GetParam();
-  const std::string config = std::string("[server]\nbackend = \"host\"\nhost_kernels = [\"") +
-                             FERRY_E2E_HOST_KERNELS +
-                             "\"]\ndefault_pool = \"dev\"\n\n[[gpu]]\nindex = 0\nmemory = "
-                             "\"64MiB\"\n\n[[gpu]]\nindex = 1\nmemory = \"64MiB\"\n\n"
-                             "[pool.dev]\nslices_per_gpu = 1\n";
-  StartFerryd(config, nullptr,
-              in_process ? std::vector<std::string>{"--sessions-in-process"}
-                         : std::vector<std::string>{});
+  StartHostPool(2, "slices_per_gpu = 1\n", GetParam());
   constexpr uint64_t kRingBytes = 24ull << 20;
+  ChildProcess* a = StartTurns("a", kRingBytes, 3);
+  ASSERT_NE(a, nullptr);
   std::string error;
-  std::optional<ChildProcess> started = ChildProcess::Start(
-      {std::string(FERRY_E2E_PROGRAM_DIR) + "/e2e_pool_client", "turns",
-       std::to_string(kRingBytes), dir_ + "/a.turn", "3"},
-      ClientEnv({}), dir_ + "/a", &error);
-  ASSERT_TRUE(started.has_value()) << error;
-  ChildProcess* a = &programs_.emplace("a", std::move(*started)).first->second;
-  std::ofstream(dir_ + "/a.turn1") << "go\n";
+  Turn("a", 1);
   ASSERT_TRUE(WaitForOutput(*a, "TURN 1 OK"));
   std::string text;
   ASSERT_EQ(Ferryctl({"status", "-o", "json"}, &text), 0) << text;
@@ -655,17 +651,17 @@ TEST_P(MigrationTest, ASessionMovesToAnotherGpuOfItsServer) {
   ASSERT_TRUE(other.has_value()) << error;
   ChildProcess* b = &programs_.emplace("b", std::move(*other)).first->second;
   ASSERT_TRUE(WaitForOutput(*b, "READY\n"));
-  std::ofstream(dir_ + "/a.turn2") << "go\n";
+  Turn("a", 2);
   ASSERT_TRUE(WaitForOutput(*a, "TURN 2 OK"));
 
   // Back to GPU 0 while b holds it: refused, and a goes on on GPU 1.
   EXPECT_EQ(Ferryctl({"migrate", id, "--to", "0"}, &out, &err), 1) << out << err;
   EXPECT_NE(err.find("GPU 0 has no free slice of pool dev"), std::string::npos) << err;
-  std::ofstream(dir_ + "/a.turn3") << "go\n";
+  Turn("a", 3);
   ASSERT_TRUE(WaitForOutput(*a, "TURN 3 OK"));
   Release("b");
   EXPECT_TRUE(b->Wait(kProgramTimeout).success()) << b->Describe();
-  std::ofstream(dir_ + "/a.turn4") << "go\n";
+  Turn("a", 4);
   const ExitStatus status = a->Wait(kProgramTimeout);
   EXPECT_TRUE(status.success() && a->Stdout().find("all checks passed") != std::string::npos)
       << a->Describe();

@@ -2947,6 +2947,21 @@ class PooledSessionTest : public ::testing::Test {
   // release, which the gate's opening lets happen. `expect_keepalive`: a
   // keepalive frame comes while it waits (keepalive_ms_ set).
   void AllocationWaitingForARelease(bool expect_keepalive);
+  // Another tenant (as another session would be) holding all of backend
+  // device `device` but `left` bytes.
+  struct OtherTenant {
+    std::unique_ptr<backend::Context> context;
+    std::unique_ptr<backend::Tenant> tenant;
+    uint64_t allocation = 0;
+  };
+  OtherTenant FillDevice(int device, uint64_t left) {
+    OtherTenant other;
+    EXPECT_TRUE(backend_->CreateContext(device, 0, &other.context).ok());
+    other.tenant = backend_->CreateTenant();
+    backend_->JoinTenant(*other.context, *other.tenant);
+    EXPECT_TRUE(backend_->MemAlloc(*other.context, (64 << 20) - left, &other.allocation).ok());
+    return other;
+  }
   // Free and total of backend device `device`, as the backend counts.
   std::pair<uint64_t, uint64_t> BackendMemory(int device) {
     std::unique_ptr<backend::Context> probe;
@@ -2981,13 +2996,8 @@ TEST_F(PooledSessionTest, AnAllocationWaitsForMemoryTheSessionFreedToBeReleased)
 // does, and is committed once room was made.
 TEST_F(PooledSessionTest, AGraphsMemoryAsksForRoomOnAFullDevice) {
   park_after_ = absl::ZeroDuration();
-  // Another tenant fills backend device 1 but half a slice.
-  std::unique_ptr<backend::Context> other;
-  ASSERT_TRUE(backend_->CreateContext(1, 0, &other).ok());
-  std::unique_ptr<backend::Tenant> other_tenant = backend_->CreateTenant();
-  backend_->JoinTenant(*other, *other_tenant);
-  uint64_t filler = 0;
-  ASSERT_TRUE(backend_->MemAlloc(*other, (64 << 20) - kSliceQuota / 2, &filler).ok());
+  OtherTenant other = FillDevice(1, kSliceQuota / 2);
+  uint64_t& filler = other.allocation;
   std::mutex asked_mutex;
   std::vector<std::pair<int, uint64_t>> asked;
   Start([&](Session& session) {
@@ -2995,7 +3005,7 @@ TEST_F(PooledSessionTest, AGraphsMemoryAsksForRoomOnAFullDevice) {
       std::lock_guard<std::mutex> lock(asked_mutex);
       asked.emplace_back(device, bytes);
       if (filler == 0) return 0;
-      EXPECT_TRUE(backend_->MemFree(*other, filler).ok());  // as if parked
+      EXPECT_TRUE(backend_->MemFree(*other.context, filler).ok());  // as if parked
       filler = 0;
       return bytes;
     });
@@ -3027,12 +3037,8 @@ TEST_F(PooledSessionTest, AGraphsMemoryAsksForRoomOnAFullDevice) {
 // backend's OUT_OF_MEMORY stands.
 TEST_F(PooledSessionTest, AnAllocationWaitsForRoomUntilAnotherSessionIsParked) {
   park_after_ = absl::ZeroDuration();
-  std::unique_ptr<backend::Context> other;
-  ASSERT_TRUE(backend_->CreateContext(1, 0, &other).ok());
-  std::unique_ptr<backend::Tenant> other_tenant = backend_->CreateTenant();
-  backend_->JoinTenant(*other, *other_tenant);
-  uint64_t filler = 0;
-  ASSERT_TRUE(backend_->MemAlloc(*other, (64 << 20) - kSliceQuota / 2, &filler).ok());
+  OtherTenant other = FillDevice(1, kSliceQuota / 2);
+  uint64_t& filler = other.allocation;
   std::mutex mutex;
   int asked = 0;
   int idle_at = 3;  // the other session is idle from the third question on
@@ -3041,7 +3047,7 @@ TEST_F(PooledSessionTest, AnAllocationWaitsForRoomUntilAnotherSessionIsParked) {
     session.SetMemoryPressure([&](int, uint64_t bytes, uint64_t) -> uint64_t {
       std::lock_guard<std::mutex> lock(mutex);
       if (++asked < idle_at || filler == 0) return 0;
-      EXPECT_TRUE(backend_->MemFree(*other, filler).ok());  // as if parked
+      EXPECT_TRUE(backend_->MemFree(*other.context, filler).ok());  // as if parked
       filler = 0;
       return bytes;
     });
@@ -3061,12 +3067,12 @@ TEST_F(PooledSessionTest, AnAllocationWaitsForRoomUntilAnotherSessionIsParked) {
     // Nobody will be idle again: the next allocation that does not fit
     // fails once the wait is over.
     idle_at = 1 << 30;
-    ASSERT_TRUE(backend_->MemAlloc(*other, (64 << 20) - kSliceQuota / 2, &filler).ok());
+    ASSERT_TRUE(backend_->MemAlloc(*other.context, (64 << 20) - kSliceQuota / 2, &filler).ok());
   }
   EXPECT_EQ(Alloc(kSliceQuota).status.cuda_result(), CUDA_ERROR_OUT_OF_MEMORY);
   std::lock_guard<std::mutex> lock(mutex);
   EXPECT_GT(asked, 4);  // asked again while it waited
-  EXPECT_TRUE(backend_->MemFree(*other, filler).ok());
+  EXPECT_TRUE(backend_->MemFree(*other.context, filler).ok());
 }
 
 // A preemption ends a wait for room at once: Preempt gets the session's
@@ -3074,12 +3080,8 @@ TEST_F(PooledSessionTest, AnAllocationWaitsForRoomUntilAnotherSessionIsParked) {
 // its bound and closing the session.
 TEST_F(PooledSessionTest, APreemptionEndsAWaitForRoom) {
   park_after_ = absl::ZeroDuration();
-  std::unique_ptr<backend::Context> other;
-  ASSERT_TRUE(backend_->CreateContext(1, 0, &other).ok());
-  std::unique_ptr<backend::Tenant> other_tenant = backend_->CreateTenant();
-  backend_->JoinTenant(*other, *other_tenant);
-  uint64_t filler = 0;
-  ASSERT_TRUE(backend_->MemAlloc(*other, (64 << 20) - kSliceQuota / 2, &filler).ok());
+  OtherTenant other = FillDevice(1, kSliceQuota / 2);
+  uint64_t& filler = other.allocation;
   std::atomic<int> asked{0};
   Start([&](Session& session) {
     session.TEST_SetUnparkWait(std::chrono::seconds(60));
@@ -3103,7 +3105,7 @@ TEST_F(PooledSessionTest, APreemptionEndsAWaitForRoom) {
   EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(5));
   ReplyResult refused = client_->ReadWithin();
   EXPECT_EQ(refused.status.cuda_result(), CUDA_ERROR_OUT_OF_MEMORY) << refused.status.ToString();
-  EXPECT_TRUE(backend_->MemFree(*other, filler).ok());
+  EXPECT_TRUE(backend_->MemFree(*other.context, filler).ok());
 }
 
 // Migration between GPUs of one server: the session's device moves from
