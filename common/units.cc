@@ -100,6 +100,10 @@ std::string FormatByteSize(uint64_t bytes) {
   return std::to_string(bytes) + "B";
 }
 
+std::string Plural(int64_t count, std::string_view one, std::string_view many) {
+  return std::to_string(count) + " " + std::string(count == 1 ? one : many);
+}
+
 std::string FormatDuration(std::chrono::milliseconds duration) {
   int64_t ms = duration.count();
   if (ms == 0) return "0s";

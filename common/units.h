@@ -30,6 +30,9 @@ bool ParseDuration(std::string_view text, std::chrono::milliseconds* out);
 // same value).
 std::string FormatByteSize(uint64_t bytes);
 
+// (3, "slice", "slices") -> "3 slices", (1, ...) -> "1 slice": counts in messages.
+std::string Plural(int64_t count, std::string_view one, std::string_view many);
+
 // 5400000 ms -> "1h30m", 0 -> "0s", 250 -> "250ms" (parses back exactly).
 std::string FormatDuration(std::chrono::milliseconds duration);
 

@@ -1059,12 +1059,11 @@ Status Session::CheckQuotaAfterReleases(int device, uint64_t bytes) {
     return quota;
   }
   allocations_waited_for_releases_.fetch_add(1);
-  // The client waits for this call's reply meanwhile: keepalives go out as
-  // for a deferred reply, so its call deadline measures silence only.
-  deferred_replies_.fetch_add(1);
-  StartKeepaliveIfAsked();
-  const bool released = WaitForReleasesFor(kReleaseWaitLimit);
-  deferred_replies_.fetch_sub(1);
+  bool released = false;
+  {
+    ClientWaits waits(*this);
+    released = WaitForReleasesFor(kReleaseWaitLimit);
+  }
   if (!released) {
     FERRY_LOG(kWarning) << "session " << id_ << ": memory it freed is still waiting for its queued "
                         << "work after " << absl::FormatDuration(kReleaseWaitLimit)

@@ -1131,6 +1131,23 @@ class Session final : public ServedSession {
   void KeepaliveLoop();
   const std::chrono::milliseconds keepalive_period_;  // 0: the client asked for none
   std::atomic<int> deferred_replies_{0};              // owed, being worked on
+  // While the executor waits on the client's behalf (memory freed, room,
+  // its slices) the client waits for a call of this batch: keepalives go
+  // out as for a deferred reply, so its call deadline measures silence
+  // only. Executor thread, for the scope of the wait.
+  class ClientWaits {
+   public:
+    explicit ClientWaits(Session& session) : session_(session) {
+      session_.deferred_replies_.fetch_add(1);
+      session_.StartKeepaliveIfAsked();
+    }
+    ~ClientWaits() { session_.deferred_replies_.fetch_sub(1); }
+    ClientWaits(const ClientWaits&) = delete;
+    ClientWaits& operator=(const ClientWaits&) = delete;
+
+   private:
+    Session& session_;
+  };
   std::atomic<int64_t> last_write_ns_{0};             // steady clock, last frame sent
   std::mutex keepalive_mutex_;
   std::condition_variable keepalive_cv_;

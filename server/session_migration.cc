@@ -8,20 +8,13 @@
 #include <vector>
 
 #include "common/log.h"
+#include "common/units.h"
 #include "server/session.h"
 #include "server/session_internal.h"
 
 namespace ferry::server {
 
-namespace {
-
 using session_internal::SteadyNowNs;
-
-std::string Count(size_t n, const char* one, const char* many) {
-  return std::to_string(n) + " " + (n == 1 ? one : many);
-}
-
-}  // namespace
 
 Status Session::MoveDevice(int device, const SessionDevice& to) {
   const std::string who = "session " + std::to_string(id_);
@@ -67,9 +60,9 @@ Status Session::MoveDevice(int device, const SessionDevice& to) {
   }
   // What cannot move yet, named.
   std::vector<std::string> held;
-  if (arrays_.size() > 0) held.push_back(Count(arrays_.size(), "array", "arrays"));
+  if (arrays_.size() > 0) held.push_back(Plural(arrays_.size(), "array", "arrays"));
   if (textures_.size() > 0) {
-    held.push_back(Count(textures_.size(), "texture or surface object", "texture or surface objects"));
+    held.push_back(Plural(textures_.size(), "texture or surface object", "texture or surface objects"));
   }
   if (graphs_.size() > 0 || graph_execs_.size() > 0 || !captures_.empty()) {
     held.push_back("graphs");
@@ -77,12 +70,12 @@ Status Session::MoveDevice(int device, const SessionDevice& to) {
   // A device's default pool too (stream-ordered allocations made one): a
   // pool belongs to its device in the backend.
   if (mem_pools_.size() > 0) {
-    held.push_back(Count(mem_pools_.size(), "memory pool", "memory pools") +
+    held.push_back(Plural(mem_pools_.size(), "memory pool", "memory pools") +
                    " (stream-ordered allocation)");
   }
   if (physical_.size() > 0 || !reservations_.empty()) held.push_back("virtual memory");
   if (!peer_access_.empty()) held.push_back("peer access");
-  if (links_.size() > 0) held.push_back(Count(links_.size(), "link", "links"));
+  if (links_.size() > 0) held.push_back(Plural(links_.size(), "link", "links"));
   if (!held.empty()) {
     std::string list;
     for (const std::string& h : held) list += (list.empty() ? "" : ", ") + h;

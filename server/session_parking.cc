@@ -158,21 +158,21 @@ Status Session::ParkIdle(absl::Duration min_idle, const std::string& reason, boo
 
 Status Session::BorrowSlicesAgain() {
   const int64_t started = SteadyNowNs();
-  // The client waits for a call of this batch meanwhile (in the pool's
-  // queue, perhaps for long): keepalives go out as for a deferred reply.
-  deferred_replies_.fetch_add(1);
-  StartKeepaliveIfAsked();
   // Nobody reads the connection while this executor waits (a session
   // without a helper thread): a client that died is seen by its closed
   // connection, so its wait ends and its place in the queue goes.
-  const Status status = slice_lease_.borrow_again([this] {
+  const auto gone = [this] {
     {
       std::lock_guard<std::mutex> lock(serve_mutex_);
       if (serving_ended_) return true;
     }
     return preempt_requested_.load() || transport_->PeerClosed();
-  });
-  deferred_replies_.fetch_sub(1);
+  };
+  Status status;
+  {
+    ClientWaits waits(*this);  // in the pool's queue, perhaps for long
+    status = slice_lease_.borrow_again(gone);
+  }
   const absl::Duration waited = absl::Nanoseconds(SteadyNowNs() - started);
   if (!status.ok()) {
     FERRY_LOG(kWarning) << "session " << id_ << " (" << program_ << "@" << host_
@@ -249,10 +249,7 @@ Status Session::RetryWithRoom(const std::vector<std::pair<int, uint64_t>>& needs
                               const std::function<Status()>& attempt) {
   const auto deadline = std::chrono::steady_clock::now() + unpark_wait_;
   const auto stopping = [this] { return serving_ended_ || preempt_requested_.load(); };
-  // The client waits for a call of this batch meanwhile: keepalives go out
-  // as for a deferred reply, so its call deadline measures silence only.
-  deferred_replies_.fetch_add(1);
-  StartKeepaliveIfAsked();
+  ClientWaits waits(*this);
   for (int round = 0; status.code() == StatusCode::kOutOfMemory; ++round) {
     {
       std::lock_guard<std::mutex> lock(serve_mutex_);
@@ -276,7 +273,6 @@ Status Session::RetryWithRoom(const std::vector<std::pair<int, uint64_t>>& needs
     // before this side's next try.
     if (std::chrono::steady_clock::now() >= deadline) break;
   }
-  deferred_replies_.fetch_sub(1);
   return status;
 }
 

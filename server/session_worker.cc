@@ -480,6 +480,38 @@ Status SessionWorker::Start(uint64_t session_id, TransportHandover& handover,
   return Status::Ok();
 }
 
+template <typename Answer>
+std::optional<Answer> SessionWorker::Ask(
+    std::map<uint64_t, std::optional<Answer>>& answers, std::chrono::seconds timeout,
+    const std::function<std::vector<uint8_t>(uint64_t)>& encode) {
+  uint64_t request = 0;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (link_closed_) return std::nullopt;
+    request = next_request_++;
+    answers[request];  // asked
+  }
+  const bool sent = Send(encode(request)).ok();
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (sent) {
+    answered_.wait_for(lock, timeout,
+                       [&] { return link_closed_ || answers[request].has_value(); });
+  }
+  std::optional<Answer> answer = std::move(answers[request]);
+  answers.erase(request);
+  return answer;
+}
+
+template <typename Answer>
+void SessionWorker::Deliver(std::map<uint64_t, std::optional<Answer>>& answers, uint64_t request,
+                            Answer answer) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto asked = answers.find(request);
+  if (asked == answers.end() || asked->second.has_value()) return;
+  asked->second = std::move(answer);
+  answered_.notify_all();
+}
+
 std::string SessionWorker::Supervise(ModuleCache* images) {
   // Requests for room run on threads of their own: making room asks other
   // workers to park, and one of them may be asking this one at the same
@@ -518,12 +550,8 @@ std::string SessionWorker::Supervise(ModuleCache* images) {
         }
         case wire::FromWorker::PARKED: {
           auto answer = message.getParked();
-          std::lock_guard<std::mutex> lock(mutex_);
-          auto asked = park_answers_.find(answer.getRequestId());
-          if (asked != park_answers_.end() && !asked->second.has_value()) {
-            asked->second.emplace(StatusFromWire(answer.getStatus()), answer.getBytes());
-            answered_.notify_all();
-          }
+          Deliver(park_answers_, answer.getRequestId(),
+                  std::make_pair(StatusFromWire(answer.getStatus()), answer.getBytes()));
           break;
         }
         case wire::FromWorker::RELIEVE: {
@@ -548,12 +576,7 @@ std::string SessionWorker::Supervise(ModuleCache* images) {
         }
         case wire::FromWorker::MOVED: {
           auto answer = message.getMoved();
-          std::lock_guard<std::mutex> lock(mutex_);
-          auto asked = move_answers_.find(answer.getRequestId());
-          if (asked != move_answers_.end() && !asked->second.has_value()) {
-            asked->second = StatusFromWire(answer.getStatus());
-            answered_.notify_all();
-          }
+          Deliver(move_answers_, answer.getRequestId(), StatusFromWire(answer.getStatus()));
           break;
         }
         case wire::FromWorker::RELEASE_SLICES: {
@@ -767,69 +790,48 @@ Status SessionWorker::ReleaseIdle(absl::Duration min_idle, uint64_t* parked_byte
 Status SessionWorker::AskToPark(absl::Duration min_idle, const std::string& reason, bool release,
                                 int count_device, uint64_t* parked_bytes) {
   *parked_bytes = 0;
-  uint64_t request = 0;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (link_closed_) return Status::Overloaded("the session has ended");
-    request = next_request_++;
-    park_answers_[request];  // asked
-  }
-  std::vector<uint8_t> bytes = Encode<wire::ToWorker>([&](wire::ToWorker::Builder root) {
-    auto park = root.initPark();
-    park.setRequestId(request);
-    park.setMinIdleMs(absl::ToInt64Milliseconds(min_idle));
-    park.setReason(reason);
-    park.setReleaseSlices(release);
-    park.setCountDevice(count_device);
-  });
-  const bool sent = Send(bytes).ok();
-  std::unique_lock<std::mutex> lock(mutex_);
-  if (sent) {
-    answered_.wait_for(lock, kParkAnswerTimeout,
-                       [&] { return link_closed_ || park_answers_[request].has_value(); });
-  }
-  std::optional<std::pair<Status, uint64_t>> answer = std::move(park_answers_[request]);
-  park_answers_.erase(request);
+  std::optional<std::pair<Status, uint64_t>> answer =
+      Ask(park_answers_, kParkAnswerTimeout, [&](uint64_t request) {
+        return Encode<wire::ToWorker>([&](wire::ToWorker::Builder root) {
+          auto park = root.initPark();
+          park.setRequestId(request);
+          park.setMinIdleMs(absl::ToInt64Milliseconds(min_idle));
+          park.setReason(reason);
+          park.setReleaseSlices(release);
+          park.setCountDevice(count_device);
+        });
+      });
   if (!answer.has_value()) {
     return Status::Overloaded("session " + std::to_string(session_id_) +
-                                      "'s worker did not answer the park request");
+                              "'s worker did not answer the park request (or has ended)");
   }
   *parked_bytes = answer->second;
   return answer->first;
 }
 
 Status SessionWorker::MoveDevice(int device, const SessionDevice& to) {
-  uint64_t request = 0;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (link_closed_) return Status::Overloaded("the session has ended");
-    request = next_request_++;
-    move_answers_[request];  // asked
   }
-  std::vector<uint8_t> bytes = Encode<wire::ToWorker>([&](wire::ToWorker::Builder root) {
-    auto move = root.initMove();
-    move.setRequestId(request);
-    move.setDevice(device);
-    DeviceToWire(to, move.initTarget());
+  std::optional<Status> answer = Ask(move_answers_, kMoveAnswerTimeout, [&](uint64_t request) {
+    return Encode<wire::ToWorker>([&](wire::ToWorker::Builder root) {
+      auto move = root.initMove();
+      move.setRequestId(request);
+      move.setDevice(device);
+      DeviceToWire(to, move.initTarget());
+    });
   });
-  const bool sent = Send(bytes).ok();
-  std::unique_lock<std::mutex> lock(mutex_);
-  if (sent) {
-    answered_.wait_for(lock, kMoveAnswerTimeout,
-                       [&] { return link_closed_ || move_answers_[request].has_value(); });
-  }
-  std::optional<Status> answer = std::move(move_answers_[request]);
-  move_answers_.erase(request);
   if (!answer.has_value()) {
     // Moved or not, nobody knows: the session cannot go on with a grant
     // that may not say where its memory is.
-    lock.unlock();
     FERRY_LOG(kWarning) << "session " << session_id_ << ": its worker did not answer the move "
                         << "within " << kMoveAnswerTimeout.count() << " s; ending it";
     Stop();
     return Status::Overloaded("session " + std::to_string(session_id_) +
                               "'s worker did not answer the move; the session is ended");
   }
+  std::lock_guard<std::mutex> lock(mutex_);
   if (answer->ok() && device >= 0 && static_cast<size_t>(device) < grant_.devices.size()) {
     grant_.devices[device] = to;
   }

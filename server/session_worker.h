@@ -223,6 +223,19 @@ class SessionWorker final : public ServedSession {
       ABSL_GUARDED_BY(mutex_);
   Session::MemoryPressure relieve_;  // set before Supervise
   Session::SliceLease slice_lease_;  // set before Supervise
+  // One request to the worker and its answer: `encode(request_id)` makes
+  // the message; the link's reader hands the answer to Deliver. Waits at
+  // most `timeout`, or until the link closes; nullopt when no answer came
+  // (the link closed or was closed before the question).
+  template <typename Answer>
+  std::optional<Answer> Ask(std::map<uint64_t, std::optional<Answer>>& answers,
+                            std::chrono::seconds timeout,
+                            const std::function<std::vector<uint8_t>(uint64_t)>& encode);
+  // The link's reader: the answer to request `request`, kept only while it
+  // is still asked.
+  template <typename Answer>
+  void Deliver(std::map<uint64_t, std::optional<Answer>>& answers, uint64_t request,
+               Answer answer);
   // Park and ReleaseIdle: one request to the worker and its answer.
   Status AskToPark(absl::Duration min_idle, const std::string& reason, bool release,
                    int count_device, uint64_t* parked_bytes);

@@ -16,10 +16,6 @@ std::string FormatInstant(absl::Time t) {
 
 std::string FormatGrace(absl::Duration d) { return FormatDuration(absl::ToChronoMilliseconds(d)); }
 
-std::string Plural(int n, const char* one, const char* many) {
-  return std::to_string(n) + " " + (n == 1 ? one : many);
-}
-
 }  // namespace
 
 PoolState::PoolState(Config config, std::vector<PoolGpu> gpus) : config_(std::move(config)) {
@@ -248,7 +244,7 @@ void PoolState::Preempt(uint64_t session, const std::string& reason, PoolChanges
   if (it == leases_.end() || it->second.preempting) return;
   it->second.preempting = true;
   it->second.preempt_reason = reason;
-  changes->preempted.push_back(Preemption{session, reason});
+  changes->preempted.push_back(Preemption{session, reason, ""});
 }
 
 // --- time -------------------------------------------------------------------------
