@@ -1205,13 +1205,18 @@ class CudaBackend final : public GpuBackend {
 
   Status MemFreeAsync(Stream& stream, uint64_t dptr, Completion freed) override {
     return Guarded("MemFreeAsync", [&]() -> Status {
-      FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuMemFreeAsync, "cuMemFreeAsync"));
       CudaStream& s = Str(stream);
+      // MemAlloc's memory is ours (virtual memory the driver's
+      // cuMemFreeAsync knows nothing of): freed as MemFree frees it, after
+      // the tenant's queued work; `freed` still runs behind the stream.
+      bool ours = false;
+      if (Parkable()) FERRY_RETURN_IF_ERROR(FreeParkable(s.context, dptr, &ours));
+      if (!ours) FERRY_RETURN_IF_ERROR(NeedEntryPoint(api_->cuMemFreeAsync, "cuMemFreeAsync"));
       s.progress->submitted.fetch_add(1, std::memory_order_acq_rel);
       FERRY_RETURN_IF_ERROR(MakeCurrent(s.context));
-      FERRY_RETURN_IF_ERROR(
-          FERRY_CU(*api_, cuMemFreeAsync, static_cast<CUdeviceptr>(dptr), s.handle));
-      {
+      if (!ours) {
+        FERRY_RETURN_IF_ERROR(
+            FERRY_CU(*api_, cuMemFreeAsync, static_cast<CUdeviceptr>(dptr), s.handle));
         TenantState& memory = *s.context.tenant;
         std::lock_guard<std::mutex> lock(memory.mu);
         memory.pool_allocations.erase(dptr);

@@ -1370,6 +1370,26 @@ TEST_F(FakeParkingTest, AllocationsAreVirtualMemoryAndSmallOnesShareAChunk) {
   EXPECT_EQ(vmm_objects_(), 0);
 }
 
+// cuMemFreeAsync of MemAlloc's memory (the session allows it, as cudaFreeAsync
+// allows freeing cudaMalloc's): the backend's own virtual memory is freed as
+// MemFree frees it, never handed to the driver's cuMemFreeAsync (which the
+// fake driver does not even have), and `freed` runs behind the stream.
+TEST_F(FakeParkingTest, MemFreeAsyncFreesTheBackendsOwnAllocations) {
+  a_ = NewTenant();
+  uint64_t big = 0;
+  ASSERT_TRUE(backend_->MemAlloc(*a_.ctx, 3 * kMiB, &big).ok());
+  EXPECT_EQ(vmm_used_(0), 4 * kMiB);
+  Stream& stream = backend_->LegacyStream(*a_.ctx);
+  auto done = std::make_shared<std::promise<Status>>();
+  ASSERT_TRUE(backend_->MemFreeAsync(stream, big, [done](Status s) { done->set_value(s); }).ok());
+  ASSERT_TRUE(Drain(stream).ok());
+  auto result = done->get_future();
+  ASSERT_EQ(result.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  EXPECT_TRUE(result.get().ok());
+  EXPECT_EQ(vmm_used_(0), 0u);
+  EXPECT_EQ(vmm_objects_(), 0);
+}
+
 TEST_F(FakeParkingTest, ParkingKeepsBytesAndAddressesAndLeavesOtherTenantsAlone) {
   a_ = NewTenant();
   b_ = NewTenant();
