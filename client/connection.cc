@@ -222,7 +222,22 @@ Status Connection::Open(std::unique_ptr<Transport> transport, std::string server
                         std::unique_ptr<capnp::MessageReader>* hello_reply,
                         kj::Array<capnp::word>* hello_words, ConnectionOptions options,
                         Redirect* redirect) {
+  FERRY_RETURN_IF_ERROR(
+      Handshake(&transport, server_name, borrow, options, redirect, hello_reply, hello_words));
+  if (redirect != nullptr && (!redirect->address.empty() || !redirect->parts.empty())) {
+    return Status::Ok();  // sent on: no connection here
+  }
+  out->reset(new Connection(std::move(transport), std::move(server_name), options, borrow));
+  return Status::Ok();
+}
+
+Status Connection::Handshake(std::unique_ptr<Transport>* transport_inout,
+                             const std::string& server_name, const Borrow& borrow,
+                             const ConnectionOptions& options, Redirect* redirect,
+                             std::unique_ptr<capnp::MessageReader>* hello_reply,
+                             kj::Array<capnp::word>* hello_words) {
   using Carrier = ConnectionOptions::Carrier;
+  std::unique_ptr<Transport>& transport = *transport_inout;
   // Shared memory is offered in the Hello over TCP or TLS; ferryd takes it
   // when it runs on this host. A unix: connection is shared memory already.
   std::string shm_boot_id;  // not empty: offered
@@ -276,6 +291,12 @@ Status Connection::Open(std::unique_ptr<Transport> transport, std::string server
     hello.setQueueTicket(borrow.queue_ticket);
     hello.setTicketStays(borrow.ticket_stays);
     hello.setFollowsParts(redirect != nullptr);
+    hello.setFollowsMoves(options.connect_to != nullptr);
+    if (!borrow.resume_ticket.empty()) {
+      hello.setResumeTicket(
+          capnp::Data::Reader(reinterpret_cast<const uint8_t*>(borrow.resume_ticket.data()),
+                              borrow.resume_ticket.size()));
+    }
     if (rdma_connector != nullptr) {
       rdma::EndpointToWire(rdma_connector->Local(), hello.initRdma());
       hello.setRdmaRequired(rdma_required);
@@ -381,13 +402,15 @@ Status Connection::Open(std::unique_ptr<Transport> transport, std::string server
                                      rdma_required, options, &transport));
   }
   transport->SetReadDeadline(kNoDeadline);  // the watchdog bounds calls from now on
-  out->reset(new Connection(std::move(transport), std::move(server_name), options));
   return Status::Ok();
 }
 
 Connection::Connection(std::unique_ptr<Transport> transport, std::string server_name,
-                       ConnectionOptions options)
-    : server_name_(std::move(server_name)), options_(options), transport_(std::move(transport)) {
+                       ConnectionOptions options, Borrow borrow)
+    : server_name_(std::move(server_name)),
+      options_(options),
+      borrow_(std::move(borrow)),
+      transport_(std::move(transport)) {
   batch_words_.reserve(4096);
   batch_bulk_.reserve(64 << 10);
   background_reader_ = std::thread([this] { BackgroundReaderLoop(); });
@@ -836,11 +859,16 @@ void Connection::ReadOneReplyAsReader(std::unique_lock<std::mutex>& lock) {
 void Connection::BackgroundReaderLoop() {
   std::unique_lock<std::mutex> lock(reply_mutex_);
   for (;;) {
-    background_cv_.wait(lock, [this] {
+    // While nobody reads, it also looks now and then whether the server
+    // said something unasked (a notice: a move to another server, which the
+    // client must answer even when the program is idle, or a preemption),
+    // or went away.
+    const bool woken = background_cv_.wait_for(lock, kIdleLookInterval, [this] {
       return stopping_reader_ || !broken_.ok() ||
              (UnclaimedRepliesPendingLocked() && !reader_busy_ && sleepers_ == 0);
     });
     if (stopping_reader_ || !broken_.ok()) return;
+    if (!woken && (reader_busy_ || sleepers_ > 0 || !transport_->PeerGoneOrTalking())) continue;
     ReadOneReplyAsReader(lock);
   }
 }
@@ -861,10 +889,12 @@ Status Connection::ReadOneReply() {
   bool gate_held = false, gate_stream_failed = false;
   uint32_t gate_index = 0;
   uint64_t gate_function = 0;
+  bool move_notice = false;
   try {
     capnp::FlatArrayMessageReader reader(words, PeerReaderOptions());
     auto reply = reader.getRoot<wire::Reply>();
     seq = reply.getSeq();
+    move_notice = reply.isMoveNotice();
     reply_status = StatusFromWire(reply.getStatus());
     if (reply.isGateReached()) {
       gate_held = reply.getGateReached().getHeld();
@@ -879,6 +909,11 @@ Status Connection::ReadOneReply() {
     }
   } catch (const kj::Exception& e) {
     return Status::Malformed(std::string("bad reply: ") + e.getDescription().cStr());
+  }
+  if (seq == 0 && bulk_bytes == 0 && move_notice) {
+    // A notice: the server moves the session to another server.
+    FollowMove();
+    return Status::Ok();
   }
   if (seq == 0 && bulk_bytes == 0) {
     // A notice, not an answer: the server took the session's devices away.
@@ -1023,6 +1058,95 @@ void Connection::WatchdogLoop() {
   }
 }
 
+void Connection::FollowMove() {
+  std::lock_guard<std::mutex> send(send_mutex_);
+  Waiter marker;
+  {
+    std::lock_guard<std::mutex> lock(reply_mutex_);
+    if (!broken_.ok() || !revoked_.ok()) return;
+    marker.sent = std::chrono::steady_clock::now();
+    waiters_[next_seq_] = &marker;
+  }
+  {
+    // After everything queued: every call before it is executed there.
+    capnp::MallocMessageBuilder message(16);
+    auto call = message.initRoot<wire::Call>();
+    call.initMoveMarker();
+    AppendLocked(call, message, /*wants_reply=*/true, 0);
+    if (Status flushed = FlushLocked(); !flushed.ok()) {
+      Fail(flushed);
+      return;
+    }
+  }
+  // This thread keeps the reader role: it hands the replies of the calls
+  // before the marker to their waiters, up to the marker's own.
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lock(reply_mutex_);
+      if (marker.done) break;
+    }
+    if (Status read = ReadOneReply(); !read.ok()) {
+      Fail(read);
+      return;
+    }
+    reply_cv_.notify_all();  // a waiter whose reply came
+  }
+  if (!marker.status.ok()) {
+    FERRY_LOG(kWarning) << "ferryd at " << server_name_
+                        << " did not move the session: " << marker.status.message();
+    return;
+  }
+  std::string address, ticket;
+  try {
+    capnp::FlatArrayMessageReader reader(marker.words, PeerReaderOptions());
+    auto reply = reader.getRoot<wire::Reply>();
+    if (!reply.isMoved()) {
+      Fail(Status::Malformed("ferryd answered the move's marker without saying where to"));
+      return;
+    }
+    address = reply.getMoved().getAddress().cStr();
+    auto bytes = reply.getMoved().getTicket();
+    ticket.assign(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+  } catch (const kj::Exception& e) {
+    Fail(Status::Malformed(std::string("bad answer to the move's marker: ") +
+                           e.getDescription().cStr()));
+    return;
+  }
+  std::unique_ptr<Transport> next;
+  std::unique_ptr<capnp::MessageReader> hello_reply;
+  kj::Array<capnp::word> hello_words;
+  Borrow borrow = borrow_;
+  borrow.resume_ticket = ticket;
+  Status joined = options_.connect_to(address, &next);
+  if (joined.ok()) {
+    joined = Handshake(&next, address, borrow, options_, nullptr, &hello_reply, &hello_words);
+  }
+  if (!joined.ok()) {
+    // The source still has everything: say why, and carry on there.
+    FERRY_LOG(kWarning) << "the session stays on ferryd at " << server_name_ << ": ferryd at "
+                        << address << " did not take it: " << joined.message();
+    capnp::MallocMessageBuilder message;
+    auto call = message.initRoot<wire::Call>();
+    call.initMoveRefused().setReason(joined.message());
+    AppendLocked(call, message, /*wants_reply=*/false, 0);
+    if (Status flushed = FlushLocked(); !flushed.ok()) Fail(flushed);
+    return;
+  }
+  const uint64_t session = hello_reply->getRoot<wire::HelloReply>().getSessionId();
+  {
+    std::unique_lock<std::shared_mutex> lock(transport_mutex_);
+    retired_.push_back(std::move(transport_));
+    transport_ = std::move(next);
+  }
+  // The source's session ends with this connection and frees everything.
+  retired_.back()->Shutdown();
+  last_heard_ns_.store(std::chrono::steady_clock::now().time_since_epoch().count(),
+                       std::memory_order_relaxed);
+  FERRY_LOG(kInfo) << "the session moved from ferryd at " << server_name_ << " to ferryd at "
+                   << address << " (session " << session << " there, over "
+                   << transport_->Description() << ")";
+}
+
 void Connection::Fail(const Status& status) {
   std::map<uint64_t, PendingGates> gates;
   Status broken;
@@ -1044,7 +1168,10 @@ void Connection::Fail(const Status& status) {
   }
   reply_cv_.notify_all();
   background_cv_.notify_all();
-  transport_->Shutdown();
+  {
+    std::shared_lock<std::shared_mutex> lock(transport_mutex_);
+    transport_->Shutdown();
+  }
   // Their streams will never reach them: a lost device, as far as the
   // program can tell (cuStreamAddCallback reports it, cuLaunchHostFunc skips).
   // Graph host nodes not reached are skipped (their launch is lost with it).

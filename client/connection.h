@@ -66,6 +66,7 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <shared_mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -132,6 +133,12 @@ struct ConnectionOptions {
   // connect to instead (a test connects strangers first, or names a socket
   // nobody listens on). Unset: ferryd's.
   std::function<std::string(const std::string&)> TEST_shm_rendezvous;
+  // Migration between servers (schema MigrationOffer): how to reach another
+  // ferryd ("HOST:PORT" or "unix:PATH") the way this client reaches its
+  // first (TLS as configured). Set: the Hello says the client follows its
+  // session when ferryd moves it to another server (Hello.followsMoves).
+  // Unset: ferryd does not move this client's session.
+  std::function<Status(const std::string& address, std::unique_ptr<Transport>* out)> connect_to;
 };
 
 // Whether a call may be sent the way it is: the schema's description of each
@@ -168,6 +175,9 @@ class Connection {
     // One part of a borrow split across servers, more parts to follow: the
     // server leaves the queue ticket for the next part (Hello.ticketStays).
     bool ticket_stays = false;
+    // Migration between servers: not empty, this Hello resumes the session
+    // that ferryd moved to the server it goes to (Hello.resumeTicket).
+    std::string resume_ticket;
   };
   // One server's share of a borrow split across a cluster's servers.
   struct BorrowPart {
@@ -196,6 +206,14 @@ class Connection {
                      kj::Array<capnp::word>* hello_words, ConnectionOptions options = {},
                      Redirect* redirect = nullptr);
   ~Connection();
+
+  // Open's handshake on `*transport`, which it may replace (a move to shared
+  // memory or RDMA): the Hello for `borrow`, its replies, and the carrier's
+  // set-up. With `redirect` filled, the server sent the client on.
+  static Status Handshake(std::unique_ptr<Transport>* transport, const std::string& server_name,
+                          const Borrow& borrow, const ConnectionOptions& options,
+                          Redirect* redirect, std::unique_ptr<capnp::MessageReader>* hello_reply,
+                          kj::Array<capnp::word>* hello_words);
 
   // RDMA set-up around the handshake (common/rdma/rdma_connector.h): the
   // connector whose endpoint the Hello offers, or why there is none; then,
@@ -299,14 +317,21 @@ class Connection {
   const std::string& server_name() const { return server_name_; }
   // What carries the stream (Transport::Description: "tcp", "tls",
   // "shm, ring 8 MiB", "rdma ..."), fixed once Open returns.
-  std::string transport_description() const { return transport_->Description(); }
+  std::string transport_description() const {
+    std::shared_lock<std::shared_mutex> lock(transport_mutex_);
+    return transport_->Description();
+  }
   // Page-locked host memory of the program: a transport that can send from
   // it without a copy (RDMA) registers it on first use. Forget it before it
   // goes. Any thread.
   void NoteHostMemory(const void* address, size_t size) {
+    std::shared_lock<std::shared_mutex> lock(transport_mutex_);
     transport_->RegisterHostMemory(address, size);
   }
-  void ForgetHostMemory(const void* address) { transport_->UnregisterHostMemory(address); }
+  void ForgetHostMemory(const void* address) {
+    std::shared_lock<std::shared_mutex> lock(transport_mutex_);
+    transport_->UnregisterHostMemory(address);
+  }
   // OK while the connection is up and the session has its devices.
   Status health();
 
@@ -322,7 +347,15 @@ class Connection {
   };
 
   Connection(std::unique_ptr<Transport> transport, std::string server_name,
-             ConnectionOptions options);
+             ConnectionOptions options, Borrow borrow);
+  // The server's notice that it moves the session to another server
+  // (Reply.moveNotice; schema MigrationOffer), on the reader: with the send
+  // lock held (every other caller pauses) and the reader role kept, sends
+  // moveMarker, reads on until its answer, and then either connects to the
+  // target with the ticket and carries on there (the old connection
+  // closes), or stays (the source refused, or the target did: moveRefused
+  // tells the source why). The calls in flight are answered either way.
+  void FollowMove();
   // Gives `call` (the root of `message`) the next seq and serialises it into
   // the batch; send_mutex_ held.
   uint64_t AppendLocked(wire::Call::Builder call, capnp::MessageBuilder& message, bool wants_reply,
@@ -370,6 +403,9 @@ class Connection {
   // then the background reader reads when no caller does. reply_mutex_ held.
   bool UnclaimedRepliesPendingLocked() const { return !async_copies_.empty() || !gates_.empty(); }
   void BackgroundReaderLoop();
+  // How often the background reader looks for frames nobody asked for while
+  // nobody reads (Transport::PeerGoneOrTalking).
+  static constexpr std::chrono::milliseconds kIdleLookInterval{100};
   void FlusherLoop();
   // Fails the connection once a reply has been awaited, or a write blocked,
   // for longer than the call deadline. Runs only with a deadline.
@@ -378,9 +414,18 @@ class Connection {
   // The server's notice that the session lost its devices.
   void Revoke(const Status& notice);
 
+  // The server first connected to; after a move to another server, log
+  // lines and errors still name it (the move itself is logged).
   const std::string server_name_;
   const ConnectionOptions options_;
+  const Borrow borrow_;  // the token, for a move's Hello
+  // Replaced only by FollowMove, which holds the send lock, the reader role
+  // and transport_mutex_ (exclusively) for that; every other user of the
+  // pointer holds one of those. The old one is kept (retired_) until the
+  // connection goes, for whoever still holds it.
+  mutable std::shared_mutex transport_mutex_;
   std::unique_ptr<Transport> transport_;
+  std::vector<std::unique_ptr<Transport>> retired_;
 
   // Sending.
   std::mutex send_mutex_;

@@ -430,6 +430,15 @@ Status Runtime::OpenSessionAt(const std::string& server, const Connection::Borro
   FERRY_RETURN_IF_ERROR(
       ConnectTransportWithTls(server, std::chrono::milliseconds(timeout_ms), tls, &transport));
   if (server.starts_with(kRdmaScheme)) options.carrier = ConnectionOptions::Carrier::kRdma;
+  // ferryd may move the session to another server: reached as this one is.
+  options.connect_to = [timeout_ms, token = borrow.token](const std::string& address,
+                                                          std::unique_ptr<Transport>* out) {
+    const std::optional<TlsClientConfig> tls = TlsClientConfigFromEnvironment(address);
+    FERRY_RETURN_IF_ERROR(CheckTokenIsProtected(
+        address, token, tls.has_value(), PlainTokenAllowedByEnvironment(),
+        "set FERRY_TLS_CA to use TLS, or FERRY_ALLOW_PLAIN_TOKEN=1 on a network you trust"));
+    return ConnectTransportWithTls(address, std::chrono::milliseconds(timeout_ms), tls, out);
+  };
   part->server = server;
   return OpenSession(std::move(transport), server, borrow, options, &part->connection, devices,
                      &part->session_id, redirect);

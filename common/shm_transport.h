@@ -113,6 +113,11 @@ class ShmTransport final : public Transport {
     return "shm, ring " + std::to_string(ring_bytes_ >> 20) + " MiB";
   }
   bool PeerClosed() override { return !Alive(/*check_socket=*/true).ok(); }
+  // Reader thread (or whoever holds its role): bytes wait in the ring, or
+  // the peer is gone.
+  bool PeerGoneOrTalking() override {
+    return in_.head.load(std::memory_order_acquire) != in_tail_ || PeerClosed();
+  }
   void SetReadDeadline(std::chrono::steady_clock::time_point deadline) override {
     read_deadline_ = deadline;
   }

@@ -119,6 +119,9 @@ enum FrameKind {
   gateOpen @7;     # client -> server: open a host gate (message: GateOpen)
   # call deadline (keepalive)
   keepalive @8;    # server -> client: still working on the client's calls (message: an empty Reply)
+  # migration between servers: ferryd -> ferryd, on a connection whose Hello.role is migration
+  migrationOffer @9;   # message: MigrationOffer; bulk: its calls' bulk bytes, in order
+  migrationAnswer @10; # message: MigrationAnswer
 }
 
 struct Status {
@@ -133,6 +136,7 @@ struct Hello {
   enum Role {
     client @0;   # a CUDA program through the stand-in driver
     control @1;  # ferryctl
+    migration @2;  # another ferryd handing over a session it served (MigrationOffer)
   }
   pid @2 :UInt32;
   host @3 :Text;
@@ -177,6 +181,15 @@ struct Hello {
   # it when the boot ids match (one kernel): HelloReply.shm, and the RDMA offer, if any, is
   # refused; else HelloReply.shmRefusal says why, and RDMA or TCP carries the stream.
   shm @18 :ShmOffer;
+  # Migration between servers (issue 16; server/README.md "Migration"): this client follows its
+  # session when ferryd moves it to another server (Reply.moveNotice, Reply.moved). ferryd moves
+  # only the sessions of clients that say so.
+  followsMoves @19 :Bool;
+  # Not empty: this client's session was moved here (Reply.moved's ticket). ferryd serves it the
+  # session it prepared for that ticket — its objects and memory at the same ids and addresses —
+  # instead of borrowing; pool, gpus and waitMs are not read. A ticket is good once, for a
+  # minute.
+  resumeTicket @20 :Data;
 }
 
 # A client's offer to move its stream to shared memory.
@@ -594,7 +607,67 @@ struct Call {
         $waits("never") $handles(["node"]);
     streamUpdateCaptureDependencies @115 :StreamCaptureDependencies
         $waits("never") $orderedOn("stream") $handles(["ctx", "stream"]);
+    # migration between servers (see MigrationOffer)
+    memAllocAt @116 :MemAllocAt  # reply memAlloc; only in a MigrationOffer's calls
+        $waits("always") $handles(["ctx"]) $usesContext;
+    moveMarker @117 :MoveMarker  # the client's answer to Reply.moveNotice; reply moved
+        $waits("always") $usesContext;
+    moveRefused @118 :MoveRefused  # the target refused the session (Reply.moved): it stays
+        $waits("never");
   }
+}
+
+# Migration between servers (issue 16; server/README.md "Migration").
+#
+# ferryctl asks the session's ferryd (the source) to move it to GPU `gpu` of another ferryd (the
+# target). The source sends the client a notice (a Reply with seq 0 and moveNotice). The client
+# stops sending calls, and sends moveMarker: every call before it is executed by the source,
+# which then waits for the session's streams to finish, connects to the target (Hello.role
+# migration, with the token ferryctl gave) and sends a MigrationOffer: the calls that make the
+# session's objects again under the same ids (contexts, streams, events, modules and libraries
+# with their images, functions), and memAllocAt for every allocation at its address followed by
+# memcpyHtoD of its bytes. The target borrows a slice, checks the offer, and answers a ticket
+# (MigrationAnswer). The source answers the marker with Reply.moved (the target's address and
+# the ticket). The client connects there with Hello.resumeTicket: the target's session makes
+# the objects (refusing if an address cannot be had) and answers the handshake; the client then
+# closes its connection to the source, whose session ends and frees everything, and sends its
+# calls to the target from then on, the same ids and addresses. If the target refuses, the
+# client sends moveRefused (its reason) to the source and carries on there: nothing was lost.
+struct MemAllocAt {
+  ctx @0 :UInt64;
+  dptr @1 :UInt64;   # the allocation's address, which it must get exactly
+  bytes @2 :UInt64;
+}
+struct MoveMarker {
+  # Nothing yet: the marker's place among the calls is what counts.
+}
+struct MoveRefused {
+  reason @0 :Text;
+}
+struct MovedTo {
+  address @0 :Text;  # the target ferryd, as the source reached it
+  ticket @1 :Data;   # Hello.resumeTicket
+}
+struct MigrationOffer {
+  sessionId @0 :UInt64;   # on the source, for logs
+  source @1 :Text;        # the source ferryd, for logs
+  gpu @2 :Int32;          # the target's GPU (its [[gpu]] index)
+  pool @3 :Text;          # the pool the session borrowed from ("" = the target's default)
+  memory @4 :UInt64;      # the device memory the client was told of: its slice's quota, or the GPU's
+  deviceName @5 :Text;    # the model: device code runs only on the same
+  pid @6 :UInt32;
+  host @7 :Text;
+  program @8 :Text;
+  tokenName @9 :Text;     # the token the client authenticated with on the source ("" = none)
+  calls @10 :List(Call);  # made again in this order
+  latched @11 :Status;    # the session's latched error of a call that did not wait (OK: none)
+  latchedSeq @12 :UInt64;
+  globalsAt @13 :List(UInt64);  # where each moduleGetGlobal among the calls must find its global
+}
+struct MigrationAnswer {
+  status @0 :Status;
+  ticket @1 :Data;        # for the client's Hello.resumeTicket
+  sessionId @2 :UInt64;   # the session's id on the target
 }
 
 # NVML stand-in: the session's device `device` (its ordinal) as a monitor
@@ -1415,6 +1488,9 @@ struct Reply {
     linkResult @14 :LinkResult;  # linkCreate, linkAddData, linkComplete
     # NVML stand-in
     deviceTelemetry @15 :DeviceTelemetry;  # deviceTelemetry
+    # migration between servers (MigrationOffer)
+    moveNotice @16 :Void;     # seq 0: stop sending calls and send moveMarker
+    moved @17 :MovedTo;       # moveMarker: where the session waits
   }
   # memcpyDtoH / memcpy2D to host: the bytes are the reply's bulk payload.
   latchedFromSeq @9 :UInt64;  # nonzero: status is the latched error of that earlier call
@@ -1501,6 +1577,8 @@ struct MigrateRequest {
   session @0 :UInt64;
   gpu @1 :UInt32;       # the GPU (index) the session's device moves to
   device @2 :Int32;     # which of the session's devices; -1: its only one
+  server @3 :Text;      # another ferryd (HOST:PORT or unix:PATH); "" = this one
+  token @4 :Text;       # with server: the token the other ferryd requires (an admin one)
 }
 
 struct RebindRequest {

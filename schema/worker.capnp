@@ -53,6 +53,11 @@ struct WorkerStart {
   rdmaUnavailable @14 :Text;
   parkAfterMs @15 :Int64;        # SessionGrant.park_after in ms; -1: never parked
   idleRelease @16 :Bool;         # the main process may release the session (Session::SetSliceLease)
+  # Migration between servers: the session arrives from another ferryd (Session::SetArrival).
+  # When arrivalBytes > 0, a sealed memfd of that many bytes is the last descriptor beside the
+  # message: the MigrationOffer's words (its first arrivalOfferBytes), then the offer's bulk.
+  arrivalOfferBytes @17 :UInt64;
+  arrivalBytes @18 :UInt64;
 }
 
 # A snapshot of the session (server/session.h SessionInfo).
@@ -121,6 +126,7 @@ struct ToWorker {
     borrowedAgain @6 :StatusAnswer;  # answers FromWorker.borrowAgain
     slicesReleased @7 :StatusAnswer; # answers FromWorker.releaseSlices (the pool's verdict)
     move @8 :MoveRequest;         # Session::MoveDevice; answered by FromWorker.moved
+    depart @9 :DepartRequest;     # Session::Depart; answered by FromWorker.departed
   }
 }
 
@@ -144,6 +150,20 @@ struct MoveRequest {
   requestId @0 :UInt64;
   device @1 :Int32;
   target @2 :WorkerDevice;
+}
+
+# Migration between servers: the session moves to GPU `gpu` of the ferryd at `address`.
+struct DepartRequest {
+  requestId @0 :UInt64;
+  address @1 :Text;
+  gpu @2 :Int32;
+  token @3 :Text;
+}
+
+struct DepartAnswer {
+  requestId @0 :UInt64;
+  status @1 :Ferry.Status;
+  summary @2 :Text;            # what happened, for ferryctl
 }
 
 struct ParkAnswer {
@@ -197,6 +217,7 @@ struct FromWorker {
     releaseSlices @8 :UInt64;
     borrowAgain @9 :UInt64;       # a request id; answered by ToWorker.borrowedAgain
     moved @10 :StatusAnswer;      # answers ToWorker.move
+    departed @11 :DepartAnswer;   # answers ToWorker.depart
   }
 }
 

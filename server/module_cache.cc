@@ -17,26 +17,35 @@ constexpr int kImageSeals = F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_
 
 Status SealedImage::FromBytes(std::span<const uint8_t> bytes,
                               std::shared_ptr<const SealedImage>* out) {
-  const int fd = ::memfd_create("ferry-module-image", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  const std::span<const uint8_t> parts[] = {bytes};
+  return FromParts(parts, out);
+}
+
+Status SealedImage::FromParts(std::span<const std::span<const uint8_t>> parts,
+                              std::shared_ptr<const SealedImage>* out) {
+  const int fd = ::memfd_create("ferry-sealed-bytes", MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd < 0) return Status::Internal(std::string("memfd_create: ") + std::strerror(errno));
-  size_t written = 0;
-  while (written < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + written, bytes.size() - written);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const int err = errno;
-      ::close(fd);
-      return Status::Internal(std::string("cannot write a module image to a memfd: ") +
-                              std::strerror(err));
+  uint64_t total = 0;
+  for (std::span<const uint8_t> bytes : parts) {
+    size_t written = 0;
+    while (written < bytes.size()) {
+      const ssize_t n = ::write(fd, bytes.data() + written, bytes.size() - written);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        const int err = errno;
+        ::close(fd);
+        return Status::Internal(std::string("cannot write to a memfd: ") + std::strerror(err));
+      }
+      written += static_cast<size_t>(n);
     }
-    written += static_cast<size_t>(n);
+    total += bytes.size();
   }
   if (::fcntl(fd, F_ADD_SEALS, kImageSeals) != 0) {
     const int err = errno;
     ::close(fd);
-    return Status::Internal(std::string("cannot seal a module image: ") + std::strerror(err));
+    return Status::Internal(std::string("cannot seal a memfd: ") + std::strerror(err));
   }
-  return FromFd(fd, bytes.size(), out);
+  return FromFd(fd, total, out);
 }
 
 Status SealedImage::FromFd(int fd, uint64_t size, std::shared_ptr<const SealedImage>* out) {

@@ -66,6 +66,10 @@ class SealedImage {
  public:
   // Copies `bytes` into a new sealed memfd.
   static Status FromBytes(std::span<const uint8_t> bytes, std::shared_ptr<const SealedImage>* out);
+  // The same for `parts`, one after another (a migrating session's offer
+  // and its bytes, for its worker).
+  static Status FromParts(std::span<const std::span<const uint8_t>> parts,
+                          std::shared_ptr<const SealedImage>* out);
   // Takes `fd` (owned from now on, also on failure), which must be a memfd
   // sealed as above and exactly `size` bytes long.
   static Status FromFd(int fd, uint64_t size, std::shared_ptr<const SealedImage>* out);

@@ -713,6 +713,11 @@ void Server::ServeConnection(uint64_t id, std::unique_ptr<Transport> transport, 
       ConnectionFinished(id);
       return;
     }
+    if (hello.getRole() == wire::Hello::Role::MIGRATION) {
+      ServeMigration(*transport, token);
+      ConnectionFinished(id);
+      return;
+    }
     bool sessions_full = false;
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -733,6 +738,35 @@ void Server::ServeConnection(uint64_t id, std::unique_ptr<Transport> transport, 
       std::lock_guard<std::mutex> lock(mutex_);
       --client_sessions_;
     };
+    if (hello.getResumeTicket().size() > 0) {
+      // A client following its session here from another ferryd.
+      auto ticket = hello.getResumeTicket();
+      std::shared_ptr<PendingArrival> arrival =
+          TakeArrival(std::string(reinterpret_cast<const char*>(ticket.begin()), ticket.size()));
+      if (arrival == nullptr) {
+        FERRY_LOG(kWarning) << "client " << transport->PeerName() << " pid " << hello.getPid()
+                            << " refused: its resume ticket names no session waiting here";
+        Refuse(*transport, Status::NotFound("no session waits here for this ticket (used already, "
+                                            "or not taken within " +
+                                            std::to_string(kArrivalWait.count()) + " s)"));
+        ConnectionFinished(id);
+        return;
+      }
+      {
+        // The connection goes by the session's id from here on (Stop finds
+        // it there until the session has it).
+        std::lock_guard<std::mutex> lock(mutex_);
+        auto it = connections_.find(id);
+        if (it != connections_.end()) {
+          connections_[arrival->session] = it->second;
+          connections_.erase(it);
+        }
+      }
+      ServeClient(arrival->session, std::move(transport), hello, frame.words.asPtr(), token,
+                  arrival);
+      ConnectionFinished(id);
+      return;
+    }
     ServeClient(id, std::move(transport), hello, frame.words.asPtr(), token);
   } catch (const kj::Exception& e) {
     FERRY_LOG(kWarning) << "bad handshake from a client: " << e.getDescription().cStr();
@@ -773,9 +807,21 @@ Status Server::Authenticate(const Transport& transport, wire::Hello::Reader hell
 
 void Server::ServeClient(uint64_t id, std::unique_ptr<Transport> transport,
                          wire::Hello::Reader hello, std::span<const capnp::word> hello_words,
-                         const std::optional<auth::Token>& token) {
+                         const std::optional<auth::Token>& token,
+                         std::shared_ptr<PendingArrival> arrival) {
   SessionGrant grant;
-  if (pool_ == nullptr) {
+  if (arrival != nullptr) {
+    grant = arrival->grant;
+    if (token.has_value() && grant.pooled && !token->MayBorrowFrom(grant.pool)) {
+      FERRY_LOG(kWarning) << "client " << transport->PeerName() << " pid " << hello.getPid()
+                          << " refused its session from " << arrival->source << ": "
+                          << token->Describe() << " may not use pool " << grant.pool;
+      Refuse(*transport, Status::PermissionDenied(token->Describe() + " may not use pool " +
+                                                  grant.pool + ", which its session came to"));
+      if (pool_ != nullptr) pool_->Return(id);
+      return;
+    }
+  } else if (pool_ == nullptr) {
     for (const ServedGpu& gpu : gpus_) {
       SessionDevice device;
       device.backend_device = gpu.backend_device;
@@ -815,11 +861,17 @@ void Server::ServeClient(uint64_t id, std::unique_ptr<Transport> transport,
     }
   }
   if (!worker_command_.empty() && transport->CanHandOver()) {
-    ServeClientInWorker(id, std::move(transport), hello, hello_words, std::move(grant), token);
+    ServeClientInWorker(id, std::move(transport), hello, hello_words, std::move(grant), token,
+                        arrival);
     return;
   }
   auto session = std::make_shared<Session>(id, std::move(transport), backend_, hello,
                                            std::move(grant), module_cache_.get());
+  if (arrival != nullptr) {
+    session->SetArrival(SessionArrival{
+        std::move(arrival->offer),
+        backend::HostBytes{arrival->bulk.data, arrival->bulk.data.get(), arrival->bulk.size}});
+  }
   session->SetBufferLimit(limits_.session_buffer_bytes);
   session->SetRdma(rdma_);
   session->SetMemoryPressure(MemoryPressureHook());
@@ -910,7 +962,8 @@ std::string Server::TakeEarlyPreemption(uint64_t id) {
 void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transport,
                                  wire::Hello::Reader hello,
                                  std::span<const capnp::word> hello_words, SessionGrant grant,
-                                 const std::optional<auth::Token>& token) {
+                                 const std::optional<auth::Token>& token,
+                                 const std::shared_ptr<PendingArrival>& arrival) {
   const std::string who = "session " + std::to_string(id) + " (" + transport->PeerName() +
                           ", pid " + std::to_string(hello.getPid()) + ", " +
                           hello.getProgram().cStr() + "@" + hello.getHost().cStr() + ")";
@@ -920,6 +973,17 @@ void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transpo
   const std::vector<std::string> environment = MpsEnvironment(grant);
   std::shared_ptr<SessionWorker> worker;
   Status status = TakeWorker(environment, &worker);
+  // A session from another server: its offer and bytes, sealed for the worker.
+  std::shared_ptr<const SealedImage> arrival_bytes;
+  uint64_t arrival_offer_bytes = 0;
+  if (status.ok() && arrival != nullptr) {
+    arrival_offer_bytes = arrival->offer.size() * sizeof(capnp::word);
+    const std::span<const uint8_t> parts[] = {
+        std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(arrival->offer.begin()),
+                                 arrival_offer_bytes),
+        std::span<const uint8_t>(arrival->bulk.data.get(), arrival->bulk.size)};
+    status = SealedImage::FromParts(parts, &arrival_bytes);
+  }
   SessionInfo basics;
   basics.id = id;
   basics.client = transport->PeerName();
@@ -963,7 +1027,8 @@ void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transpo
   }
   if (status.ok()) {
     status = worker->Start(id, handover, hello_words, grant, limits_.session_buffer_bytes,
-                           early_preemption, basics, rdma_, tls_secret);
+                           early_preemption, basics, rdma_, tls_secret, arrival_bytes,
+                           arrival_offer_bytes);
     if (!status.ok()) {
       // The worker died before it took the client (a spare that died
       // waiting): one more, new.
@@ -972,7 +1037,8 @@ void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transpo
       status = SessionWorker::Spawn(worker_command_, environment, &worker, &worker_books_);
       if (status.ok()) {
         status = worker->Start(id, handover, hello_words, grant, limits_.session_buffer_bytes,
-                               early_preemption, basics, rdma_, tls_secret);
+                               early_preemption, basics, rdma_, tls_secret, arrival_bytes,
+                               arrival_offer_bytes);
       }
     }
   }
@@ -1560,6 +1626,13 @@ Status Server::HandleControl(wire::ControlRequest::Reader request,
     }
     case R::MIGRATE: {
       auto args = request.getMigrate();
+      if (args.getServer().size() > 0) {
+        FERRY_RETURN_IF_ERROR(MigrateToServer(
+            args.getSession(), args.getServer().cStr(),
+            static_cast<int>(std::min<uint32_t>(args.getGpu(), 1 << 20)), args.getToken().cStr(),
+            &summary));
+        break;
+      }
       FERRY_RETURN_IF_ERROR(Migrate(args.getSession(),
                                     static_cast<int>(std::min<uint32_t>(args.getGpu(), 1 << 20)),
                                     args.getDevice(), &summary));
@@ -1776,6 +1849,7 @@ void Server::Stop() {
     for (auto& [id, session] : sessions_) session->Stop();
   }
   idle_release_cv_.notify_all();
+  connections_cv_.notify_all();  // arrivals waiting for their clients (ServeMigration)
   if (idle_release_thread_.joinable()) idle_release_thread_.join();
   asio::post(io_, [this] {
     for (auto& acceptor : acceptors_) {

@@ -200,9 +200,24 @@ class Server {
   // Borrows the client's devices and runs its session until it ends (the
   // caller's thread); frees it and returns its slices.
   // `hello_words` is the Hello frame's message, for a worker.
+  // A session waiting for its client after another ferryd handed it over
+  // (ServeMigration): its id here (the pool lease's), its grant, and the
+  // offer it is made from.
+  struct PendingArrival {
+    uint64_t session = 0;
+    SessionGrant grant;
+    kj::Array<capnp::word> offer;
+    BulkBuffer bulk;
+    std::string source;  // the source ferryd's session, for logs
+    bool taken = false;  // its client came (TakeArrival); under mutex_
+  };
+  // With `arrival`, the client resumes that session (Hello.resumeTicket):
+  // no borrow, the arrival's id and grant, and the session made from its
+  // offer (Session::SetArrival).
   void ServeClient(uint64_t id, std::unique_ptr<Transport> transport, wire::Hello::Reader hello,
                    std::span<const capnp::word> hello_words,
-                   const std::optional<auth::Token>& token);
+                   const std::optional<auth::Token>& token,
+                   std::shared_ptr<PendingArrival> arrival = nullptr);
   // ServeClient's end for a client whose session runs in a worker process:
   // hands the client to a worker (the spare, else a new one; a second new
   // one if that fails) and supervises it until it exits, then returns the
@@ -211,7 +226,26 @@ class Server {
   // connection close) and its slices are returned.
   void ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transport,
                            wire::Hello::Reader hello, std::span<const capnp::word> hello_words,
-                           SessionGrant grant, const std::optional<auth::Token>& token);
+                           SessionGrant grant, const std::optional<auth::Token>& token,
+                           const std::shared_ptr<PendingArrival>& arrival);
+  // Migration between servers (server_migration.cc; server/README.md
+  // "Migration"). ferryctl migrate SESSION --to SERVER:GPU: session `id`
+  // moves to GPU `gpu` of the ferryd at `address` (ServedSession::Depart),
+  // which requires `token`.
+  Status MigrateToServer(uint64_t id, const std::string& address, int gpu,
+                         const std::string& token, std::string* summary);
+  // A session another ferryd hands over (Hello.role migration; an admin
+  // token where ferryd has a token file): checks the offer, borrows a slice
+  // for it, answers a ticket, and keeps the arrival until its client comes
+  // with the ticket (TakeArrival) or kArrivalWait passes (then the slice
+  // goes back). On the connection's thread.
+  void ServeMigration(Transport& transport, const std::optional<auth::Token>& token);
+  // ServeMigration's checks and borrow: fills `arrival`'s id and grant.
+  Status AcceptArrival(wire::MigrationOffer::Reader offer, const Transport& transport,
+                       const std::shared_ptr<PendingArrival>& arrival);
+  static constexpr std::chrono::seconds kArrivalWait{60};
+  // The arrival `ticket` names, taken (once); null when none waits.
+  std::shared_ptr<PendingArrival> TakeArrival(const std::string& ticket);
   // The sessions now, for asking each outside the lock.
   std::vector<std::shared_ptr<ServedSession>> LiveSessions() const;
   // Session::MemoryPressure for every session: parks the memory of idle
@@ -363,6 +397,9 @@ class Server {
   std::map<uint64_t, std::shared_ptr<ServedSession>> sessions_ ABSL_GUARDED_BY(mutex_);
   // Preemptions that arrived between a grant and the session's start.
   std::map<uint64_t, std::string> early_preemptions_ ABSL_GUARDED_BY(mutex_);
+  // Sessions handed over by other ferryds, waiting for their clients, by
+  // ticket (ServeMigration).
+  std::map<std::string, std::shared_ptr<PendingArrival>> arrivals_ ABSL_GUARDED_BY(mutex_);
   // Every live connection's transport until it has a session (whose
   // transport may be replaced; Stop reaches it through sessions_), so Stop
   // can end them all, handshakes in progress included. Owned by the

@@ -66,7 +66,8 @@ Session::Session(uint64_t id, std::unique_ptr<Transport> transport, backend::Gpu
       keepalive_period_(hello.getKeepaliveMs() == 0
                             ? std::chrono::milliseconds(0)
                             : std::chrono::milliseconds(
-                                  std::max<uint32_t>(hello.getKeepaliveMs(), kMinKeepaliveMs))) {
+                                  std::max<uint32_t>(hello.getKeepaliveMs(), kMinKeepaliveMs))),
+      follows_moves_(hello.getFollowsMoves()) {
   bytes_awaiting_release_ = std::make_unique<std::atomic<uint64_t>[]>(grant_.devices.size());
   if (hello.hasRdma()) {
     rdma::RdmaEndpoint offer;
@@ -205,6 +206,25 @@ void Session::Run() {
         frames_to_client_.fetch_add(1, std::memory_order_relaxed);
       }
       return;
+    }
+    if (arrival_.has_value()) {
+      // From another server: its objects and memory first, at the same ids
+      // and addresses; the client goes back to the source when this fails.
+      Status arrived = Arrive();
+      arrival_.reset();
+      if (!arrived.ok()) {
+        FERRY_LOG(kWarning) << "session " << id_ << " (" << program_ << "@" << host_
+                            << ") cannot arrive: " << arrived.message();
+        FreeEverything();
+        SetEndReasonIfUnset("could not arrive: " + arrived.message());
+        StatusToWire(arrived.WithContext("this server cannot take the session"),
+                     reply.initStatus());
+        std::lock_guard<std::mutex> lock(write_mutex_);
+        if (WriteFrame(*transport_, wire::FrameKind::HELLO_REPLY, message).ok()) {
+          frames_to_client_.fetch_add(1, std::memory_order_relaxed);
+        }
+        return;
+      }
     }
     handshake_answered_ = true;
     StatusToWire(Status::Ok(), reply.initStatus());
@@ -594,6 +614,9 @@ void Session::EndServing(const Status& why) {
     std::lock_guard<std::mutex> lock(serve_mutex_);
     if (serving_ended_) return;
     serving_ended_ = true;
+    if (departure_state_ == DepartureState::kHandedOver) {
+      SetEndReasonIfUnset("moved to " + departure_.address);
+    }
     serving_ended_flag_.store(true, std::memory_order_relaxed);
     gates.swap(gates_);
     serve_cv_.notify_all();
@@ -841,7 +864,9 @@ void Session::Execute(wire::Call::Reader call, backend::HostBytes bulk) {
     }
     return;
   }
-  if (cx.wants_reply && !latched_error_.ok()) {
+  // A move's marker is not the call a latched error answers: the error
+  // travels with the session (MigrationOffer.latched) or stays here.
+  if (cx.wants_reply && !latched_error_.ok() && which != wire::Call::MOVE_MARKER) {
     // The error of an earlier fire-and-forget call is this call's answer,
     // and the call does not run. Except that an end of capture still ends
     // the capture: the client forgot it when it sent the call, and CUDA ends

@@ -166,6 +166,21 @@ struct SessionInfo {
   uint64_t moves = 0;  // to another GPU (Session::MoveDevice)
 };
 
+// Migration between servers (Session::Depart): where a session goes.
+struct SessionDeparture {
+  std::string address;  // the target ferryd: HOST:PORT or unix:PATH
+  int gpu = 0;          // its GPU index there
+  std::string token;    // what the target requires (an admin token); "" = none
+};
+
+// A session that arrives from another server (Session::SetArrival): the
+// source's MigrationOffer (its message's words) and the bulk bytes its calls
+// carry, in order.
+struct SessionArrival {
+  kj::Array<capnp::word> offer;
+  backend::HostBytes bulk;
+};
+
 // A live client session as ferryd's Server holds it: a Session in this
 // process, or a SessionWorker (server/session_worker.h) standing for one
 // that runs in a worker process. Every method is safe from any thread.
@@ -187,6 +202,8 @@ class ServedSession {
   virtual Status ReleaseIdle(absl::Duration min_idle, uint64_t* parked_bytes) = 0;
   // See Session::MoveDevice.
   virtual Status MoveDevice(int device, const SessionDevice& to) = 0;
+  // See Session::Depart.
+  virtual Status Depart(const SessionDeparture& to, std::string* summary) = 0;
   // Ends the session's connection; it frees everything and ends soon after.
   virtual void Stop() = 0;
 };
@@ -323,6 +340,25 @@ class Session final : public ServedSession {
   // preempted; and where the backend cannot (GpuBackend::MoveTenantToDevice).
   Status MoveDevice(int device, const SessionDevice& to) override;
   static constexpr std::chrono::seconds kMoveQuiesceWait{10};
+  // Migration between servers (server/README.md "Migration"; schema
+  // MigrationOffer). Any thread. Moves the session to GPU `to.gpu` of the
+  // ferryd at `to.address`: tells the client (Reply.moveNotice), which sends
+  // moveMarker after its last call; at the marker (on the executor, every
+  // earlier call executed, the streams idle) the session's objects and
+  // memory are offered to the target and the client is sent there with the
+  // target's ticket. Returns OK once the client has left for the target
+  // (*summary says so), or the error that kept the session here, serving
+  // as before: what cannot move (as MoveDevice names it, plus module
+  // globals the target cannot place), a client that cannot follow
+  // (Hello.followsMoves), the target's refusal, or the client's
+  // (moveRefused). Waits at most kDepartureWait.
+  Status Depart(const SessionDeparture& to, std::string* summary) override;
+  static constexpr std::chrono::seconds kDepartureWait{120};
+  // Before Run: the session arrives from another server. Run makes its
+  // objects and memory from `arrival` (the offer's calls, at the same ids
+  // and addresses) before it answers the handshake, and answers with the
+  // error instead, freeing what it made, when it cannot.
+  void SetArrival(SessionArrival arrival) { arrival_ = std::move(arrival); }
   // Whether launches on session device `device` are throttled (tests).
   bool TEST_throttled(int device) const { return shares_.Throttled(device); }
 
@@ -330,6 +366,7 @@ class Session final : public ServedSession {
   struct ContextEntry {
     std::unique_ptr<backend::Context> context;
     int device = 0;
+    unsigned flags = 0;  // as created (a move to another server makes it again)
     backend::StreamAttributes legacy_stream_attributes;  // as the client set them
   };
   // A capture's nodes as the session counts them (session_graph.cc): ids in
@@ -339,6 +376,8 @@ class Session final : public ServedSession {
     std::unique_ptr<backend::Stream> stream;
     uint64_t ctx = 0;
     backend::StreamAttributes attributes;  // as the client set them
+    unsigned flags = 0;  // as created
+    int priority = 0;
     // stream capture: the capture (key in captures_) the stream records into,
     // as its origin or joined through an event wait; 0: none. `capture_tips`:
     // the capture's nodes its next recorded work depends on.
@@ -354,6 +393,16 @@ class Session final : public ServedSession {
     uint64_t capture = 0;
     CaptureNodes capture_tips;
     bool recorded_outside = false;
+    unsigned flags = 0;  // as created
+  };
+  // A module or library image as it was loaded, for a move to another
+  // server: its name in the image cache, or (loaded unnamed, so not kept
+  // there) the bytes themselves.
+  struct LoadedImage {
+    bool named = false;
+    ContentHash hash{};
+    uint64_t size = 0;
+    backend::HostBytes unnamed;
   };
   struct ModuleEntry {
     std::unique_ptr<backend::Module> module;
@@ -361,18 +410,24 @@ class Session final : public ServedSession {
     // Shared by a library's modules in every context.
     std::shared_ptr<const backend::ModuleDescription> description;
     uint64_t library = 0;  // nonzero: this is that library's module in `ctx`
+    LoadedImage image;     // library == 0
   };
   // A context-independent image (cuLibraryLoadData); its modules in
   // contexts are ModuleEntries that name it.
   struct LibraryEntry {
     std::unique_ptr<backend::Library> library;
     std::shared_ptr<const backend::ModuleDescription> description;
+    LoadedImage image;
   };
   struct FunctionEntry {
     backend::Function* function = nullptr;
     uint64_t module = 0;
     uint64_t ctx = 0;
     uint64_t param_bytes = 0;  // the packed buffer a launch must supply
+    std::string name;          // as fetched
+    // Set by the client (funcSetAttribute, funcSetCacheConfig), in order.
+    std::vector<std::pair<int, int>> attributes;
+    std::optional<int> cache_config;
   };
   // A memory pool: one cuMemPoolCreate made, or the session's default pool
   // of a device (which cuMemPoolDestroy refuses).
@@ -395,6 +450,8 @@ class Session final : public ServedSession {
     // graph (session_graph_nodes.cc); only a free node or destroying the
     // executable graph frees it, never cuMemFree.
     bool graph = false;
+    // A module global: its name (module != 0).
+    std::string global;
   };
   // virtual memory management (session_vmm.cc). Physical memory
   // (cuMemCreate) under the client's id: charged to `device` until the
@@ -917,6 +974,7 @@ class Session final : public ServedSession {
   Status TakeImage(capnp::Data::Reader hash_data, uint64_t image_bytes, CallContext& cx,
                    ImageSource* source);
   void KeepImage(const ImageSource& source, const CallContext& cx);
+  LoadedImage LoadedImageOf(const ImageSource& source, uint64_t image_bytes) const;
   // Handlers (executor thread): one per member of wire::Call's union, generated
   // from the schema's call descriptions (schema/generate_calls.py), so the
   // signatures and the dispatch that calls them cannot drift apart. A handler
@@ -1051,6 +1109,35 @@ class Session final : public ServedSession {
   std::atomic<bool> slices_released_{false};
   std::atomic<uint64_t> releases_{0}, reborrows_{0};
   std::atomic<uint64_t> moves_{0};  // MoveDevice
+
+  // Moves (session_migration.cc): Unimplemented naming what the session
+  // holds that cannot move to `where` yet, else OK; then, waiting at most
+  // kMoveQuiesceWait, until every reply owed is written and every stream is
+  // idle. Executor role with exec_mutex_ held.
+  Status ImmovableObjects(const std::string& where);
+  Status QuiesceForMove();
+  // Migration between servers (session_departure.cc, session_arrival.cc).
+  // The offer that makes this session again elsewhere: the calls, into
+  // `offer`; their bulk bytes (images, device memory), into `bulk`, kept
+  // alive by `keep`. Executor role, streams idle.
+  Status DescribeForMove(wire::MigrationOffer::Builder offer, std::vector<ConstBuffer>* bulk,
+                         std::vector<std::shared_ptr<const void>>* keep);
+  // Sends the offer to `to` and reads its answer: the ticket.
+  Status OfferTo(const SessionDeparture& to, std::string* ticket, uint64_t* target_session);
+  // Makes the session's objects and memory from arrival_ (Run, before the
+  // handshake is answered; exec_mutex_ held).
+  Status Arrive();
+  // The move asked of the session (Depart), under serve_mutex_: kNoticed
+  // once the client was told, kHandedOver once the marker was answered with
+  // the target's ticket; departure_outcome_ is set when it is decided.
+  enum class DepartureState { kNone, kNoticed, kHandedOver };
+  DepartureState departure_state_ = DepartureState::kNone;
+  SessionDeparture departure_;
+  std::optional<Status> departure_outcome_;
+  std::string departure_summary_;
+  std::optional<SessionArrival> arrival_;
+  bool arriving_ = false;  // executor: Arrive runs (memAllocAt is allowed)
+  const bool follows_moves_;
   std::chrono::milliseconds unpark_wait_{kUnparkWaitLimit};
   // Set under exec_mutex_, read by Info from any thread.
   std::atomic<bool> parked_{false};

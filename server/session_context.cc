@@ -25,6 +25,7 @@ Status Session::CtxCreate(wire::CtxCreate::Reader args) {
                                                     &entry->context)
                 : backend_.CreateContext(backend_device, args.getFlags(), &entry->context));
         backend_.JoinTenant(*entry->context, *tenant_);
+        entry->flags = args.getFlags();
         return Status::Ok();
       });
 }

@@ -58,7 +58,27 @@ Status Session::MoveDevice(int device, const SessionDevice& to) {
     return Status::Overloaded(who + " gave its slices back while idle; it moves once it holds "
                                     "them again");
   }
-  // What cannot move yet, named.
+  FERRY_RETURN_IF_ERROR(ImmovableObjects("another GPU"));
+  FERRY_RETURN_IF_ERROR(QuiesceForMove());
+  const int64_t started = SteadyNowNs();
+  FERRY_RETURN_IF_ERROR(backend_.MoveTenantToDevice(*tenant_, from, to.backend_device));
+  const SessionDevice before = grant_.devices[device];
+  {
+    std::lock_guard<std::mutex> lock(grant_mutex_);
+    grant_.devices[device] = to;
+  }
+  moves_.fetch_add(1);
+  FERRY_LOG(kInfo) << who << " (" << program_ << "@" << host_ << "): device " << device
+                   << " moved from GPU " << before.gpu << " (slice " << before.slice + 1 << "/"
+                   << before.slices_per_gpu << ") to GPU " << to.gpu << " (slice " << to.slice + 1
+                   << "/" << to.slices_per_gpu << ") in "
+                   << absl::FormatDuration(absl::Trunc(
+                          absl::Nanoseconds(SteadyNowNs() - started), absl::Microseconds(100)))
+                   << " (" << (shares_.device_bytes(device) >> 20) << " MiB of device memory)";
+  return Status::Ok();
+}
+
+Status Session::ImmovableObjects(const std::string& where) {
   std::vector<std::string> held;
   if (arrays_.size() > 0) held.push_back(Plural(arrays_.size(), "array", "arrays"));
   if (textures_.size() > 0) {
@@ -76,12 +96,15 @@ Status Session::MoveDevice(int device, const SessionDevice& to) {
   if (physical_.size() > 0 || !reservations_.empty()) held.push_back("virtual memory");
   if (!peer_access_.empty()) held.push_back("peer access");
   if (links_.size() > 0) held.push_back(Plural(links_.size(), "link", "links"));
-  if (!held.empty()) {
-    std::string list;
-    for (const std::string& h : held) list += (list.empty() ? "" : ", ") + h;
-    return Status::Unimplemented(who + " holds " + list +
-                                 ", which cannot move to another GPU yet");
-  }
+  if (held.empty()) return Status::Ok();
+  std::string list;
+  for (const std::string& h : held) list += (list.empty() ? "" : ", ") + h;
+  return Status::Unimplemented("session " + std::to_string(id_) + " holds " + list +
+                               ", which cannot move to " + where + " yet");
+}
+
+Status Session::QuiesceForMove() {
+  const std::string who = "session " + std::to_string(id_);
   // In-flight work finishes first (a completion still writing a reply from
   // device memory included).
   const auto deadline = std::chrono::steady_clock::now() + kMoveQuiesceWait;
@@ -101,21 +124,6 @@ Status Session::MoveDevice(int device, const SessionDevice& to) {
                        [this] { return serving_ended_; });
     if (serving_ended_) return Status::Disconnected(who + " ended");
   }
-  const int64_t started = SteadyNowNs();
-  FERRY_RETURN_IF_ERROR(backend_.MoveTenantToDevice(*tenant_, from, to.backend_device));
-  const SessionDevice before = grant_.devices[device];
-  {
-    std::lock_guard<std::mutex> lock(grant_mutex_);
-    grant_.devices[device] = to;
-  }
-  moves_.fetch_add(1);
-  FERRY_LOG(kInfo) << who << " (" << program_ << "@" << host_ << "): device " << device
-                   << " moved from GPU " << before.gpu << " (slice " << before.slice + 1 << "/"
-                   << before.slices_per_gpu << ") to GPU " << to.gpu << " (slice " << to.slice + 1
-                   << "/" << to.slices_per_gpu << ") in "
-                   << absl::FormatDuration(absl::Trunc(
-                          absl::Nanoseconds(SteadyNowNs() - started), absl::Microseconds(100)))
-                   << " (" << (shares_.device_bytes(device) >> 20) << " MiB of device memory)";
   return Status::Ok();
 }
 

@@ -92,6 +92,24 @@ Status Session::TakeImage(capnp::Data::Reader hash_data, uint64_t image_bytes, C
 
 // After a successful load: named bytes that came with the call go into the
 // cache for the next process.
+Session::LoadedImage Session::LoadedImageOf(const ImageSource& source,
+                                            uint64_t image_bytes) const {
+  LoadedImage loaded;
+  if (source.named && module_cache_ != nullptr) {
+    loaded.named = true;
+    loaded.hash = source.hash;
+    loaded.size = image_bytes;
+    return loaded;
+  }
+  // Bytes no cache keeps: a copy (rare; the client names its images first,
+  // and ferryd runs with a cache).
+  auto copy = std::shared_ptr<uint8_t[]>(new uint8_t[source.image.size]);
+  std::memcpy(copy.get(), source.image.data, source.image.size);
+  loaded.unnamed = backend::HostBytes{copy, copy.get(), source.image.size};
+  loaded.size = source.image.size;
+  return loaded;
+}
+
 void Session::KeepImage(const ImageSource& source, const CallContext& cx) {
   if (source.named && cx.bulk_in.size > 0 && module_cache_ != nullptr) {
     module_cache_->Insert(source.hash, cx.bulk_in);
@@ -116,6 +134,7 @@ Status Session::ModuleLoad(wire::ModuleLoad::Reader args, CallContext& cx) {
   KeepImage(source, cx);
   DescribeInReply(*description, cx.reply);
   entry.description = std::move(description);
+  entry.image = LoadedImageOf(source, args.getImageBytes());
   return modules_.Insert(id, std::move(entry));
 }
 
@@ -146,6 +165,7 @@ Status Session::ModuleGetFunction(wire::ModuleGetFunction::Reader args) {
   FunctionEntry entry;
   entry.module = args.getModule();
   entry.ctx = m->ctx;
+  entry.name = name;
   FERRY_RETURN_IF_ERROR(backend_.GetFunction(*m->module, name, &entry.function));
   for (const auto& kernel : m->description->kernels) {
     if (kernel.name != name) continue;
@@ -163,7 +183,11 @@ Status Session::ModuleGetGlobal(wire::ModuleGetGlobal::Reader args, CallContext&
   FERRY_RETURN_IF_ERROR(backend_.GetGlobal(*m->module, args.getName().cStr(), &dptr, &bytes));
   // The global becomes a range the session may copy to and from.
   // Asked again, it is already there (Insert refuses it).
-  if (bytes > 0) (void)ranges_.Insert(dptr, bytes, RangeEntry{m->ctx, args.getModule(), 0});
+  if (bytes > 0) {
+    RangeEntry global{m->ctx, args.getModule(), 0};
+    global.global = args.getName().cStr();
+    (void)ranges_.Insert(dptr, bytes, std::move(global));
+  }
   auto result = cx.reply.initModuleGetGlobal();
   result.setDptr(dptr);
   result.setBytes(bytes);
@@ -182,13 +206,18 @@ Status Session::FuncGetAttribute(wire::FuncAttribute::Reader args, CallContext& 
 Status Session::FuncSetAttribute(wire::FuncAttribute::Reader args) {
   FunctionEntry* f = nullptr;
   FERRY_RETURN_IF_ERROR(functions_.Find(args.getFunction(), &f));
-  return backend_.SetFunctionAttribute(*f->function, args.getAttribute(), args.getValue());
+  FERRY_RETURN_IF_ERROR(
+      backend_.SetFunctionAttribute(*f->function, args.getAttribute(), args.getValue()));
+  f->attributes.emplace_back(args.getAttribute(), args.getValue());
+  return Status::Ok();
 }
 
 Status Session::FuncSetCacheConfig(wire::FuncCacheConfig::Reader args) {
   FunctionEntry* f = nullptr;
   FERRY_RETURN_IF_ERROR(functions_.Find(args.getFunction(), &f));
-  return backend_.SetFunctionCacheConfig(*f->function, args.getConfig());
+  FERRY_RETURN_IF_ERROR(backend_.SetFunctionCacheConfig(*f->function, args.getConfig()));
+  f->cache_config = args.getConfig();
+  return Status::Ok();
 }
 
 Status Session::Launch(wire::Launch::Reader args, CallContext& cx) {
@@ -236,6 +265,7 @@ Status Session::LibraryLoad(wire::LibraryLoad::Reader args, CallContext& cx) {
   KeepImage(source, cx);
   DescribeInReply(*description, cx.reply);
   entry.description = std::move(description);
+  entry.image = LoadedImageOf(source, args.getImageBytes());
   return libraries_.Insert(id, std::move(entry));
 }
 

@@ -41,6 +41,8 @@ Status Session::FindStream(uint64_t ctx, uint64_t stream, backend::Stream** out,
 Status Session::StreamCreate(wire::StreamCreate::Reader args) {
   return CreateInContext(streams_, args.getCtx(), args.getStream(),
                          [&](backend::Context& context, StreamEntry* entry) {
+                           entry->flags = args.getFlags();
+                           entry->priority = args.getPriority();
                            return backend_.CreateStream(context, args.getFlags(),
                                                         args.getPriority(), &entry->stream);
                          });
@@ -98,6 +100,7 @@ Status Session::StreamWaitEvent(wire::StreamWaitEvent::Reader args) {
 Status Session::EventCreate(wire::EventCreate::Reader args) {
   return CreateInContext(events_, args.getCtx(), args.getEvent(),
                          [&](backend::Context& context, EventEntry* entry) {
+                           entry->flags = args.getFlags();
                            return backend_.CreateEvent(context, args.getFlags(), &entry->event);
                          });
 }

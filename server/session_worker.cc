@@ -436,7 +436,9 @@ Status SessionWorker::Start(uint64_t session_id, TransportHandover& handover,
                             std::span<const capnp::word> hello, SessionGrant grant,
                             uint64_t buffer_limit, const std::string& preemption,
                             SessionInfo basics, const RdmaServing& rdma,
-                            std::span<const uint8_t> tls_secret) {
+                            std::span<const uint8_t> tls_secret,
+                            const std::shared_ptr<const SealedImage>& arrival,
+                            uint64_t arrival_offer_bytes) {
   session_id_ = session_id;
   grant_ = grant;
   const std::string token_name = basics.token_name, token_id = basics.token_id;
@@ -474,8 +476,14 @@ Status SessionWorker::Start(uint64_t session_id, TransportHandover& handover,
     t.setReadPosition(handover.read_position);
     t.setWritePosition(handover.write_position);
     start.setTlsSecret(capnp::Data::Reader(tls_secret.data(), tls_secret.size()));
+    if (arrival != nullptr) {
+      start.setArrivalOfferBytes(arrival_offer_bytes);
+      start.setArrivalBytes(arrival->size());
+    }
   });
-  FERRY_RETURN_IF_ERROR(Send(bytes, handover.fds));
+  std::vector<int> fds = handover.fds;
+  if (arrival != nullptr) fds.push_back(arrival->fd());  // last, after the connection's
+  FERRY_RETURN_IF_ERROR(Send(bytes, fds));
   handover.CloseFds();  // the worker has its own copies now
   return Status::Ok();
 }
@@ -577,6 +585,13 @@ std::string SessionWorker::Supervise(ModuleCache* images) {
         case wire::FromWorker::MOVED: {
           auto answer = message.getMoved();
           Deliver(move_answers_, answer.getRequestId(), StatusFromWire(answer.getStatus()));
+          break;
+        }
+        case wire::FromWorker::DEPARTED: {
+          auto answer = message.getDeparted();
+          Deliver(depart_answers_, answer.getRequestId(),
+                  std::make_pair(StatusFromWire(answer.getStatus()),
+                                 std::string(answer.getSummary().cStr())));
           break;
         }
         case wire::FromWorker::RELEASE_SLICES: {
@@ -836,6 +851,30 @@ Status SessionWorker::MoveDevice(int device, const SessionDevice& to) {
     grant_.devices[device] = to;
   }
   return *answer;
+}
+
+Status SessionWorker::Depart(const SessionDeparture& to, std::string* summary) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (link_closed_) return Status::Overloaded("the session has ended");
+  }
+  constexpr auto kWait = Session::kDepartureWait + std::chrono::seconds(10);
+  std::optional<std::pair<Status, std::string>> answer =
+      Ask(depart_answers_, kWait, [&](uint64_t request) {
+        return Encode<wire::ToWorker>([&](wire::ToWorker::Builder root) {
+          auto depart = root.initDepart();
+          depart.setRequestId(request);
+          depart.setAddress(to.address);
+          depart.setGpu(to.gpu);
+          depart.setToken(to.token);
+        });
+      });
+  if (!answer.has_value()) {
+    return Status::Overloaded("session " + std::to_string(session_id_) +
+                              "'s worker did not answer the move");
+  }
+  *summary = answer->second;
+  return answer->first;
 }
 
 bool SessionWorker::SentFinalFigures() const {
@@ -1122,6 +1161,33 @@ int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backe
     // ps and /proc/PID/comm tell a session's worker ("ferryd-s12") from a
     // spare ("ferryd-idle").
     ::prctl(PR_SET_NAME, ("ferryd-s" + std::to_string(start.getSessionId())).c_str());
+    // A session from another server: its offer and bytes, the last descriptor.
+    std::optional<SessionArrival> arrival;
+    if (start.getArrivalBytes() > 0) {
+      if (fds.empty()) {
+        FERRY_LOG(kError) << "session worker: the start names an arrival but brings no memfd";
+        return 1;
+      }
+      std::shared_ptr<const SealedImage> sealed;
+      const int fd = fds.back();
+      fds.pop_back();
+      Status mapped = SealedImage::FromFd(fd, start.getArrivalBytes(), &sealed);
+      const uint64_t offer_bytes = start.getArrivalOfferBytes();
+      if (mapped.ok() && (offer_bytes % sizeof(capnp::word) != 0 || offer_bytes > sealed->size())) {
+        mapped = Status::Malformed("the arrival's offer does not fit its memfd");
+      }
+      if (!mapped.ok()) {
+        CloseAll(fds);
+        FERRY_LOG(kError) << "session worker: " << mapped.message();
+        return 1;
+      }
+      SessionArrival a;
+      a.offer = kj::heapArray<capnp::word>(offer_bytes / sizeof(capnp::word));
+      std::memcpy(a.offer.begin(), sealed->data(), offer_bytes);
+      a.bulk = backend::HostBytes{sealed, sealed->data() + offer_bytes,
+                                  sealed->size() - offer_bytes};
+      arrival = std::move(a);
+    }
     TransportHandover handover;
     handover.kind = static_cast<TransportHandover::Kind>(start.getTransport().getKind());
     handover.peer_name = start.getTransport().getPeerName().cStr();
@@ -1160,6 +1226,7 @@ int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backe
                                         &worker_link);
     session->SetBufferLimit(start.getBufferLimit());
     session->SetToken(start.getTokenName().cStr(), start.getTokenId().cStr());
+    if (arrival.has_value()) session->SetArrival(std::move(*arrival));
     RdmaServing rdma;
     rdma.enabled = start.getRdmaEnabled();
     rdma.unavailable = start.getRdmaUnavailable().cStr();
@@ -1190,6 +1257,7 @@ int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backe
   std::vector<std::thread> preempts;
   OneJobThread parking;  // park requests, one at a time
   OneJobThread moving;   // move requests, one at a time
+  OneJobThread departing;  // moves to another server, one at a time
   std::thread reader([&] {
     for (;;) {
       std::vector<uint8_t> in;
@@ -1263,6 +1331,32 @@ int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backe
             }
             break;
           }
+          case wire::ToWorker::DEPART: {
+            // Depart waits for the client's marker, a call this process's
+            // executor runs: not on this thread.
+            auto depart = message.getDepart();
+            const uint64_t request = depart.getRequestId();
+            SessionDeparture to;
+            to.address = depart.getAddress().cStr();
+            to.gpu = depart.getGpu();
+            to.token = depart.getToken().cStr();
+            auto answer = [&worker_link, request](const Status& status, const std::string& summary) {
+              (void)worker_link.Send(Encode<wire::FromWorker>([&](wire::FromWorker::Builder root) {
+                auto departed = root.initDeparted();
+                departed.setRequestId(request);
+                StatusToWire(status, departed.initStatus());
+                departed.setSummary(summary);
+              }));
+            };
+            if (!departing.TryStart([&session, to, answer] {
+                  std::string summary;
+                  const Status status = session->Depart(to, &summary);
+                  answer(status, summary);
+                })) {
+              answer(Status::Overloaded("the session is moving already"), "");
+            }
+            break;
+          }
           case wire::ToWorker::BORROWED_AGAIN: {
             worker_link.AnswerPool(message.getBorrowedAgain().getRequestId(),
                                    StatusFromWire(message.getBorrowedAgain().getStatus()));
@@ -1314,6 +1408,7 @@ int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backe
   });
 
   session->Run();
+  departing.Join();  // its answer goes before the final figures and the link's end
   {
     std::lock_guard<std::mutex> lock(preempts_mutex);
     for (std::thread& t : preempts) t.join();

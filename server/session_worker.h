@@ -130,10 +130,15 @@ class SessionWorker final : public ServedSession {
   // Over TLS the caller has sent the client `tls_secret`
   // (HelloReply.handoverSecret); the worker runs the new TLS session and
   // accepts only a Hello that carries it.
+  // A session that arrives from another server comes with `arrival`: its
+  // MigrationOffer's words (the first `arrival_offer_bytes`) followed by the
+  // offer's bulk bytes (Session::SetArrival), sent beside as a memfd.
   Status Start(uint64_t session_id, TransportHandover& handover, std::span<const capnp::word> hello,
                SessionGrant grant, uint64_t buffer_limit, const std::string& preemption,
                SessionInfo basics, const RdmaServing& rdma,
-               std::span<const uint8_t> tls_secret = {});
+               std::span<const uint8_t> tls_secret = {},
+               const std::shared_ptr<const SealedImage>& arrival = nullptr,
+               uint64_t arrival_offer_bytes = 0);
 
   // Serves the worker's requests (module images from `images`, may be null)
   // and delivers its answers (its session's final figures, FromWorker.final,
@@ -152,6 +157,10 @@ class SessionWorker final : public ServedSession {
   // and waits at most kMoveAnswerTimeout; on success the grant here follows.
   Status MoveDevice(int device, const SessionDevice& to) override;
   static constexpr std::chrono::seconds kMoveAnswerTimeout{30};
+  // Asks the worker's session to move to another server (Session::Depart;
+  // ToWorker.depart) and waits for its answer, which comes within
+  // Session::kDepartureWait.
+  Status Depart(const SessionDeparture& to, std::string* summary) override;
   // Sends the preemption and waits (at most kPreemptAnswerTimeout) for the
   // worker's answer: true when it says it freed the session's resources
   // (the slices may go back then; a worker is ferryd itself, trusted that
@@ -218,6 +227,9 @@ class SessionWorker final : public ServedSession {
   std::optional<bool> preempt_answer_ ABSL_GUARDED_BY(mutex_);
   // Move requests still asked (empty until answered).
   std::map<uint64_t, std::optional<Status>> move_answers_ ABSL_GUARDED_BY(mutex_);
+  // Departures asked (empty until answered): status and summary.
+  std::map<uint64_t, std::optional<std::pair<Status, std::string>>> depart_answers_
+      ABSL_GUARDED_BY(mutex_);
   // Park requests still asked (empty until answered): status and bytes.
   std::map<uint64_t, std::optional<std::pair<Status, uint64_t>>> park_answers_
       ABSL_GUARDED_BY(mutex_);

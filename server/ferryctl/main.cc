@@ -605,17 +605,29 @@ int Main(int argc, char** argv) {
       ->check(kDuration);
 
   CLI::App* migrate = app.add_subcommand(
-      "migrate", "Move a running session to another GPU of its server (same addresses; its\n"
-                 "calls pause meanwhile)");
+      "migrate", "Move a running session to another GPU of its server, or to a GPU of another\n"
+                 "ferryd (same ids and addresses; its calls pause meanwhile)");
   AddServerOption(migrate, &server, &access_flags);
   uint64_t migrate_session = 0;
   int migrate_device = -1;
   migrate->add_option("SESSION", migrate_session, "the session's id (ferryctl status)")
       ->required();
-  int migrate_gpu = 0;
-  migrate->add_option("--to", migrate_gpu, "the GPU index (of the same ferryd) it moves to")
+  std::string migrate_to;
+  migrate->add_option("--to", migrate_to,
+                      "GPU (an index of the same ferryd) or SERVER:GPU (another ferryd,\n"
+                      "HOST:PORT or unix:PATH, which takes the same token as this one)")
       ->required()
-      ->check(CLI::Range(0, 1023));
+      ->check([](const std::string& text) {
+        const size_t colon = text.rfind(':');
+        const std::string gpu = colon == std::string::npos ? text : text.substr(colon + 1);
+        char* end = nullptr;
+        const long index = std::strtol(gpu.c_str(), &end, 10);
+        if (gpu.empty() || *end != '\0' || index < 0 || index > 1023) {
+          return std::string("--to wants GPU or SERVER:GPU, with GPU a number from 0 to 1023");
+        }
+        if (colon == 0) return std::string("--to: SERVER is empty");
+        return std::string();
+      });
   migrate->add_option("--device", migrate_device,
                       "which of its devices (0-based; needed when it has several)");
 
@@ -782,7 +794,14 @@ int Main(int argc, char** argv) {
         [&](wire::ControlRequest::Builder r) {
           auto args = r.initMigrate();
           args.setSession(migrate_session);
-          args.setGpu(static_cast<uint32_t>(migrate_gpu));
+          const size_t colon = migrate_to.rfind(':');
+          if (colon != std::string::npos) {
+            args.setServer(migrate_to.substr(0, colon));
+            args.setToken(access.token);  // the other ferryd takes the same one
+          }
+          args.setGpu(static_cast<uint32_t>(
+              std::strtol(migrate_to.c_str() + (colon == std::string::npos ? 0 : colon + 1),
+                          nullptr, 10)));
           args.setDevice(migrate_device);
         },
         PrintMessage);

@@ -13,6 +13,8 @@
 
 #include <cuda.h>
 
+#include <capnp/message.h>
+#include <capnp/serialize.h>
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -23,6 +25,7 @@
 #include <vector>
 
 #include "client/occupancy.h"
+#include "common/frame.h"
 #include "common/transport.h"
 #include "server/backend/host/host_backend.h"
 #include "server/server.h"
@@ -527,6 +530,81 @@ TEST_F(RuntimeTest, DestroyingARuntimeEndsItsSession) {
       10s));
   EXPECT_EQ(server_->Sessions().size(), 1u);
   EXPECT_TRUE(Barrier(*b).ok());  // the other session goes on
+}
+
+// Migration between servers (schema MigrationOffer) with the target in this
+// very process: the first server's memory lies at the session's addresses
+// here, so the second cannot place it there. The move is refused, and the
+// program goes on where it was with everything it had.
+TEST_F(SplitRuntimeTest, AMoveToAServerThatCannotPlaceTheMemoryLeavesTheProgramWhereItWas) {
+  rt_.reset();  // a Runtime of its own, on the first server only, that follows moves
+  std::unique_ptr<Transport> transport;
+  ASSERT_TRUE(ConnectTcp(addresses_[0], 5000ms, &transport).ok());
+  ConnectionOptions options;
+  options.connect_to = [](const std::string& address, std::unique_ptr<Transport>* out) {
+    return ConnectTransport(address, 5000ms, out);
+  };
+  std::unique_ptr<Runtime> rt;
+  Status status = Runtime::Connect(std::move(transport), addresses_[0], Connection::Borrow{}, &rt,
+                                   options);
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  uint64_t ctx = 0, dptr = 0;
+  ASSERT_TRUE(rt->CreateContext(0, 0, &ctx).ok());
+  ASSERT_TRUE(rt->AllocDevice(ctx, 1 << 20, &dptr).ok());
+  std::vector<uint8_t> bytes(1 << 20);
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<uint8_t>(i * 7 + 1);
+  Connection& connection = rt->PartConnection(0);
+  auto copy_in = [&](wire::Call::Builder call) {
+    auto args = call.initMemcpyHtoD();
+    args.setCtx(ctx);
+    args.setDst(dptr);
+    args.setBytes(bytes.size());
+  };
+  ASSERT_TRUE(connection.Post(copy_in, OutBytes{bytes.data(), bytes.size()}).ok());
+
+  // ferryctl's request: session 1 to the second server's GPU 0.
+  std::unique_ptr<Transport> control;
+  ASSERT_TRUE(ConnectTcp(addresses_[0], 5000ms, &control).ok());
+  {
+    capnp::MallocMessageBuilder message;
+    auto hello = message.initRoot<wire::Hello>();
+    hello.setProtocolVersion(wire::PROTOCOL_VERSION);
+    hello.setRole(wire::Hello::Role::CONTROL);
+    ASSERT_TRUE(WriteFrame(*control, wire::FrameKind::HELLO, message).ok());
+    Frame frame;
+    ASSERT_TRUE(ReadFrame(*control, &frame).ok());
+  }
+  {
+    capnp::MallocMessageBuilder message;
+    auto migrate = message.initRoot<wire::ControlRequest>().initMigrate();
+    migrate.setSession(rt->session_id());
+    migrate.setGpu(0);
+    migrate.setDevice(-1);
+    migrate.setServer(addresses_[1]);
+    ASSERT_TRUE(WriteFrame(*control, wire::FrameKind::CONTROL_REQUEST, message).ok());
+  }
+  Frame frame;
+  ASSERT_TRUE(ReadFrame(*control, &frame).ok());
+  capnp::FlatArrayMessageReader reader(frame.words, PeerReaderOptions());
+  const Status moved = StatusFromWire(reader.getRoot<wire::ControlReply>().getStatus());
+  EXPECT_FALSE(moved.ok());
+  EXPECT_NE(moved.message().find("stays here"), std::string::npos) << moved.ToString();
+  EXPECT_NE(moved.message().find("is taken"), std::string::npos) << moved.ToString();
+
+  // Still the first server's, with its memory, and nothing left on the second.
+  std::vector<uint8_t> back(bytes.size());
+  Status read = connection.Call(
+      [&](wire::Call::Builder call) {
+        auto args = call.initMemcpyDtoH();
+        args.setCtx(ctx);
+        args.setSrc(dptr);
+        args.setBytes(back.size());
+      },
+      {}, InBytes{back.data(), back.size()});
+  ASSERT_TRUE(read.ok()) << read.ToString();
+  EXPECT_EQ(back, bytes);
+  EXPECT_EQ(servers_[0]->Sessions().size(), 1u);
+  EXPECT_TRUE(test::WaitFor([&] { return servers_[1]->Sessions().empty(); }, 10s, 10ms));
 }
 
 }  // namespace

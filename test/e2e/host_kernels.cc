@@ -80,6 +80,19 @@ FERRY_E2E_HOST_KERNEL(e2e_increment) {
   });
 }
 
+// extern "C" e2e_ring_step(unsigned long long head, int nodes): one thread
+// walks the ring, adding 1 to each node's value.
+FERRY_E2E_HOST_KERNEL(e2e_ring_step) {
+  (void)launch;
+  uint64_t at = Param<unsigned long long>(params, 0);
+  const int nodes = Param<int>(params, 1);
+  for (int i = 0; i < nodes; ++i) {
+    auto* node = reinterpret_cast<uint64_t*>(at);
+    node[1] += 1;
+    at = node[0];
+  }
+}
+
 // tick(unsigned* counter, int sleep_us): counter[0] += 1 after sleep_us of
 // work (a sleep stands in for a slow kernel). When ferryd's environment
 // names FERRY_E2E_TICK_FILE, each run also appends one byte there, so a test

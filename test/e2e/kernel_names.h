@@ -18,12 +18,14 @@ inline constexpr char kProduce[] = "_Z7producePiiiii";
 inline constexpr char kConsume[] = "_Z7consumePKiPii";
 inline constexpr char kIncrement[] = "e2e_increment";  // extern "C"
 inline constexpr char kTick[] = "_Z4tickPji";
+inline constexpr char kRingStep[] = "e2e_ring_step";  // extern "C"
 // Has no host implementation, on purpose (see the errors program).
 inline constexpr char kMissingHostKernel[] = "_Z19missing_host_kernelPi";
 
 inline constexpr const char* kAllKernels[] = {
     kVectorAdd, kPaddedByValue, kManyParams, kScaleFloat, kScaleDouble, kLaunchGeometry,
     kAddInt,    kProduce,       kConsume,    kIncrement,  kTick,        kMissingHostKernel,
+    kRingStep,
 };
 
 // The module global that the launch program reads and writes.

@@ -106,6 +106,20 @@ extern "C" __global__ void e2e_increment(unsigned* data, int n) {
   if (i < n) data[i] += 1;
 }
 
+// A ring of nodes in device memory, each {next node's address, value}:
+// walks `nodes` of them from `head` (one thread), adding 1 to each value
+// (the pointers it follows are the device's own addresses, so the ring is
+// only right where those addresses are).
+extern "C" __global__ void e2e_ring_step(unsigned long long head, int nodes) {
+  if (blockIdx.x != 0 || threadIdx.x != 0) return;
+  unsigned long long at = head;
+  for (int i = 0; i < nodes; ++i) {
+    unsigned long long* node = reinterpret_cast<unsigned long long*>(at);
+    node[1] += 1;
+    at = node[0];
+  }
+}
+
 // One tick: counter[0] += 1, after `sleep_us` of work. Its host twin is
 // slow on purpose and also reports each run (see host_kernels.cc), so a test
 // can count the launches that ran (launch_queue, bounded_test.cc).

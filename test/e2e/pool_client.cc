@@ -15,7 +15,7 @@
 //     with CUDA_ERROR_OUT_OF_MEMORY past the quota and succeed up to it; a
 //     kernel runs (through the launch throttle). Prints "all checks passed".
 //
-//   pool_client turns BYTES TURN_PREFIX ROUNDS [async]
+//   pool_client turns BYTES TURN_PREFIX ROUNDS [async | kernel IMAGE_DIR]
 //     Memory overcommit: takes turns with another borrower on one device.
 //     Turn r (1..ROUNDS) starts when the file TURN_PREFIXr exists. Turn 1
 //     allocates BYTES and fills them with a linked ring: node i (every
@@ -27,7 +27,9 @@
 //     memory may be parked. After the last turn it waits for
 //     TURN_PREFIX(ROUNDS+1), frees, prints "all checks passed". With
 //     "async" it allocates with cuMemAllocAsync (the device's memory pool)
-//     instead of cuMemAlloc.
+//     instead of cuMemAlloc. With "kernel", a kernel (e2e_ring_step, from
+//     IMAGE_DIR's fatbin) follows the ring on the device and adds the 1; the
+//     host then follows and checks it. Migration moves it mid-run.
 #include <cuda.h>
 #include <unistd.h>
 
@@ -159,8 +161,17 @@ struct RingNode {
 };
 constexpr size_t kNodeBytes = 64 << 10;
 
-int Turns(uint64_t bytes, const std::string& turn_prefix, int rounds, bool async) {
+// `image_dir` not empty: each turn after the first, a kernel follows the
+// ring on the device (e2e_ring_step) and the host then checks it.
+int Turns(uint64_t bytes, const std::string& turn_prefix, int rounds, bool async,
+          const std::string& image_dir = "") {
   e2e::PrimaryContext primary = e2e::SetUpPrimaryContext();
+  CUmodule module = nullptr;
+  CUfunction ring_step = nullptr;
+  if (!image_dir.empty()) {
+    E2E_CHECK_CU(cuModuleLoad(&module, (image_dir + "/" + e2e::kFatbinFile).c_str()));
+    ring_step = e2e::GetFunction(module, e2e::kRingStep);
+  }
   const size_t nodes = bytes / kNodeBytes;
   E2E_CHECK(nodes >= 2, "%llu bytes hold fewer than 2 nodes", static_cast<unsigned long long>(bytes));
   CUdeviceptr base = 0;
@@ -178,20 +189,30 @@ int Turns(uint64_t bytes, const std::string& turn_prefix, int rounds, bool async
         E2E_CHECK_CU(cuMemcpyHtoD(base + i * kNodeBytes, &node, sizeof(node)));
       }
     } else {
-      // Follow the ring through the addresses stored in device memory.
+      if (ring_step != nullptr) {
+        unsigned long long head = base;
+        int count = static_cast<int>(nodes);
+        void* params[] = {&head, &count};
+        E2E_CHECK_CU(cuLaunchKernel(ring_step, 1, 1, 1, 1, 1, 1, 0, nullptr, params, nullptr));
+      }
+      // Follow the ring through the addresses stored in device memory (after
+      // the kernel's step: each value one higher already).
       CUdeviceptr at = base;
       for (size_t i = 0; i < nodes; ++i) {
         RingNode node{};
         E2E_CHECK_CU(cuMemcpyDtoH(&node, at, sizeof(node)));
-        const uint64_t expected = 1000 * i + static_cast<uint64_t>(turn - 2);
+        const uint64_t expected =
+            1000 * i + static_cast<uint64_t>(turn - 2) + (ring_step != nullptr ? 1 : 0);
         E2E_CHECK(node.value == expected, "turn %d: node %zu holds %llu, not %llu", turn, i,
                   static_cast<unsigned long long>(node.value),
                   static_cast<unsigned long long>(expected));
         E2E_CHECK(node.next == base + ((i + 1) % nodes) * kNodeBytes,
                   "turn %d: node %zu points at 0x%llx", turn, i,
                   static_cast<unsigned long long>(node.next));
-        node.value += 1;
-        E2E_CHECK_CU(cuMemcpyHtoD(at, &node, sizeof(node)));
+        if (ring_step == nullptr) {
+          node.value += 1;
+          E2E_CHECK_CU(cuMemcpyHtoD(at, &node, sizeof(node)));
+        }
         at = node.next;
       }
       E2E_CHECK(at == base, "turn %d: the ring does not close", turn);
@@ -206,8 +227,9 @@ int Turns(uint64_t bytes, const std::string& turn_prefix, int rounds, bool async
   } else {
     E2E_CHECK_CU(cuMemFree(base));
   }
-  e2e::Ok("%d turns over a ring of %zu nodes (%s)", rounds, nodes,
-          async ? "cuMemAllocAsync" : "cuMemAlloc");
+  if (module != nullptr) E2E_CHECK_CU(cuModuleUnload(module));
+  e2e::Ok("%d turns over a ring of %zu nodes (%s%s)", rounds, nodes,
+          async ? "cuMemAllocAsync" : "cuMemAlloc", module != nullptr ? ", a kernel steps it" : "");
   std::printf("all checks passed\n");
   return 0;
 }
@@ -224,8 +246,11 @@ int main(int argc, char** argv) {
   if (mode == "turns" && (argc == 5 || (argc == 6 && std::string(argv[5]) == "async"))) {
     return Turns(std::strtoull(argv[2], nullptr, 10), argv[3], std::atoi(argv[4]), argc == 6);
   }
+  if (mode == "turns" && argc == 7 && std::string(argv[5]) == "kernel") {
+    return Turns(std::strtoull(argv[2], nullptr, 10), argv[3], std::atoi(argv[4]), false, argv[6]);
+  }
   std::fprintf(stderr,
                "usage: pool_client hold RELEASE_FILE [BYTES] | quota QUOTA_BYTES [IMAGE_DIR] | turns BYTES "
-               "TURN_PREFIX ROUNDS [async]\n");
+               "TURN_PREFIX ROUNDS [async | kernel IMAGE_DIR]\n");
   return 2;
 }

@@ -276,6 +276,38 @@ TEST_F(SessionTest, AsyncErrorIsReportedByTheNextCallThatWaitsThenClears) {
   EXPECT_EQ(second.latched_from, 0u);
 }
 
+// Migration between servers (session_departure.cc, session_arrival.cc): the
+// calls only a move uses, sent by a client when no move is under way, are
+// refused, and a move's marker is not the call a latched error answers.
+TEST_F(SessionTest, MoveCallsWithoutAMoveAreRefused) {
+  CreateContext();
+  auto at = client_->Call([&](wire::Call::Builder c) {
+    auto a = c.initMemAllocAt();
+    a.setCtx(100);
+    a.setDptr(0x7f0000000000);
+    a.setBytes(4096);
+  });
+  EXPECT_EQ(at.status.cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_NE(at.status.message().find("a client may not send it"), std::string::npos)
+      << at.status.ToString();
+  const uint64_t bad_free =
+      client_->Send([&](wire::Call::Builder c) { c.initMemFree().setDptr(0x1234); }, false);
+  auto marker = client_->Call([&](wire::Call::Builder c) { c.initMoveMarker(); });
+  EXPECT_EQ(marker.status.cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_NE(marker.status.message().find("no move to another server is pending"),
+            std::string::npos)
+      << marker.status.ToString();
+  EXPECT_EQ(marker.latched_from, 0u);
+  auto ping = client_->Call([&](wire::Call::Builder c) { c.setPing(); });
+  EXPECT_EQ(ping.latched_from, bad_free);
+  const uint64_t refused = client_->Send(
+      [&](wire::Call::Builder c) { c.initMoveRefused().setReason("no room"); }, false);
+  auto after = client_->Call([&](wire::Call::Builder c) { c.setPing(); });
+  EXPECT_EQ(after.latched_from, refused);
+  EXPECT_NE(after.status.message().find("no move to another server was handed over"),
+            std::string::npos);
+}
+
 TEST_F(SessionTest, ResetPersistingL2CacheIsFireAndForgetAndItsErrorLatches) {
   CreateContext();
   auto reset = [&](uint64_t ctx) {

@@ -1053,6 +1053,17 @@ class GpuBackend {
   // with other objects: arrays, graph memory, pools, virtual memory). Whole
   // or nothing. The default: nothing can move.
   virtual bool CanMoveTenants() const { return false; }
+  // Migration between servers (server/README.md "Migration"): MemAlloc of
+  // exactly [address, address + bytes) in `ctx`, zero-filled, for a session
+  // that held that allocation on another server (so the pointers its memory
+  // holds stay right). Every other rule is MemAlloc's (the device's
+  // room, MemFree frees it); CUDA_ERROR_ALREADY_MAPPED naming the address
+  // when any of it is taken. The default: this backend cannot place memory.
+  virtual Status MemAllocAt(Context& ctx, uint64_t address, uint64_t bytes) {
+    (void)ctx, (void)address, (void)bytes;
+    return Status::Unimplemented(std::string(Name()) +
+                                 " backend cannot place memory at a given address yet");
+  }
   virtual Status MoveTenantToDevice(Tenant& tenant, int from, int to) {
     (void)tenant, (void)from, (void)to;
     return Status::Unimplemented(std::string(Name()) +

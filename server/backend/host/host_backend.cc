@@ -31,12 +31,15 @@
 #include <cuda.h>
 #include <dlfcn.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstddef>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -148,6 +151,12 @@ std::shared_ptr<void> AllocateDeviceStorage(uint64_t bytes) {
 }
 
 uint8_t* AsPointer(uint64_t address) { return reinterpret_cast<uint8_t*>(address); }
+
+std::string HexAddress(uint64_t address) {
+  char text[24];
+  std::snprintf(text, sizeof(text), "0x%llx", static_cast<unsigned long long>(address));
+  return text;
+}
 
 int64_t SteadyNowNs() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -1052,6 +1061,53 @@ class HostBackend final : public GpuBackend {
   Status MemAlloc(Context& ctx, uint64_t bytes, uint64_t* dptr) override {
     const ContextState* owner = AsContext(ctx).state().get();
     return Allocate(owner, owner->device, bytes, dptr);
+  }
+
+  // Pages at exactly `address` in this process: the interior of the range
+  // is this allocation's own mapping; its first and last page may be shared
+  // with a neighbour placed before (allocations below kMmapThreshold need
+  // not start or end on a page), so those are kept per page
+  // (placed_pages_) and unmapped when the last allocation on them goes.
+  Status MemAllocAt(Context& ctx, uint64_t address, uint64_t bytes) override {
+    const ContextState* owner = AsContext(ctx).state().get();
+    const int device = owner->device;
+    uint64_t rounded, end;
+    if (bytes == 0 || address == 0 || address % host_internal::kAllocationAlignment != 0 ||
+        !RoundUp(bytes, host_internal::kAllocationAlignment, &rounded) ||
+        !CheckedAdd(address, rounded, &end)) {
+      return InvalidValue("no allocation can be placed at " + std::to_string(address) + " (" +
+                          std::to_string(bytes) + " bytes)");
+    }
+    const std::string where = "[" + HexAddress(address) + ", " + HexAddress(end) + ")";
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      // A scan: placing is rare (a session arriving), allocations a hash map.
+      const bool overlaps = std::any_of(allocations_.begin(), allocations_.end(), [&](const auto& a) {
+        return a.first < end && a.first + a.second.bytes > address;
+      });
+      if (overlaps) {
+        return Status::Cuda(CUDA_ERROR_ALREADY_MAPPED, where + " overlaps device memory this server holds");
+      }
+    }
+    if (!books_->Take(device, rounded)) {
+      return Status::OutOfMemory("cannot allocate " + std::to_string(bytes) + " bytes on device " +
+                                 std::to_string(device) + ": " +
+                                 std::to_string(books_->free_bytes(device)) + " of " +
+                                 std::to_string(device_memory_[device]) + " bytes free");
+    }
+    std::shared_ptr<PlacedPages> pages;
+    Status placed = PlacePages(address, end, &pages);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!placed.ok()) {
+      books_->Give(device, rounded);
+      return Status::Cuda(CUDA_ERROR_ALREADY_MAPPED,
+                          where + " cannot be had in this process: " + placed.message());
+    }
+    std::memset(AsPointer(address), 0, rounded);  // a shared page may hold a freed neighbour's bytes
+    // The storage points at `address` and owns the pages under it.
+    allocations_.emplace(address, Allocation{std::shared_ptr<void>(pages, AsPointer(address)),
+                                             rounded, device, owner, nullptr});
+    return Status::Ok();
   }
 
   Status MemAllocPitch(Context& ctx, uint64_t width_bytes, uint64_t height, unsigned element_bytes,
@@ -2481,6 +2537,73 @@ class HostBackend final : public GpuBackend {
     *out = std::move(module);
     return Status::Ok();
   }
+
+  // MemAllocAt: a mapping at a fixed address, unmapped when it goes.
+  struct PlacedMapping {
+    void* address = nullptr;
+    size_t bytes = 0;
+    ~PlacedMapping() { munmap(address, bytes); }
+  };
+  // The mappings under one placed allocation: its own interior and its
+  // boundary pages (shared through placed_pages_).
+  struct PlacedPages {
+    std::vector<std::shared_ptr<PlacedMapping>> mappings;
+  };
+  // Maps [from, to) rounded out to pages at exactly those addresses,
+  // reusing boundary pages placed before; fails, mapping nothing, when any
+  // page is taken.
+  Status PlacePages(uint64_t from, uint64_t to, std::shared_ptr<PlacedPages>* out) {
+    const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+    const uint64_t first = from / page * page;
+    const uint64_t last = (to - 1) / page * page;  // the last page's start
+    auto result = std::make_shared<PlacedPages>();
+    auto map_at = [](uint64_t address, uint64_t bytes, std::shared_ptr<PlacedMapping>* mapping) {
+      void* p = mmap(AsPointer(address), bytes, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+      if (p == MAP_FAILED) {
+        return Status::Cuda(CUDA_ERROR_ALREADY_MAPPED, HexAddress(address) + " is taken (" +
+                                                           std::string(std::strerror(errno)) + ")");
+      }
+      if (p != AsPointer(address)) {  // a kernel without MAP_FIXED_NOREPLACE took it as a hint
+        munmap(p, bytes);
+        return Status::Cuda(CUDA_ERROR_ALREADY_MAPPED, HexAddress(address) + " is taken");
+      }
+      *mapping = std::make_shared<PlacedMapping>();
+      (*mapping)->address = p;
+      (*mapping)->bytes = bytes;
+      return Status::Ok();
+    };
+    std::lock_guard<std::mutex> lock(placed_mu_);
+    auto boundary = [&](uint64_t address) {
+      auto it = placed_pages_.find(address);
+      if (it != placed_pages_.end()) {
+        if (auto alive = it->second.lock()) {
+          result->mappings.push_back(std::move(alive));
+          return Status::Ok();
+        }
+      }
+      std::shared_ptr<PlacedMapping> mapping;
+      FERRY_RETURN_IF_ERROR(map_at(address, page, &mapping));
+      placed_pages_[address] = mapping;
+      result->mappings.push_back(std::move(mapping));
+      return Status::Ok();
+    };
+    FERRY_RETURN_IF_ERROR(boundary(first));
+    if (last != first) {
+      if (last > first + page) {
+        std::shared_ptr<PlacedMapping> interior;
+        FERRY_RETURN_IF_ERROR(map_at(first + page, last - first - page, &interior));
+        result->mappings.push_back(std::move(interior));
+      }
+      FERRY_RETURN_IF_ERROR(boundary(last));
+    }
+    // Pages whose allocations all went are forgotten here too.
+    std::erase_if(placed_pages_, [](const auto& entry) { return entry.second.expired(); });
+    *out = std::move(result);
+    return Status::Ok();
+  }
+  std::mutex placed_mu_;  // after mu_ when both are taken
+  std::map<uint64_t, std::weak_ptr<PlacedMapping>> placed_pages_ ABSL_GUARDED_BY(placed_mu_);
 
   struct Allocation {
     std::shared_ptr<void> storage;

@@ -11,6 +11,7 @@
 
 #include <cuda.h>
 #include <gtest/gtest.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -460,6 +461,46 @@ TEST_F(HostBackendTest, VirtualMemoryAliasesHonoursHintsAndCountsAgainstTheDevic
   std::unique_ptr<PhysicalMemory> too_big;
   EXPECT_EQ(b().CreatePhysicalMemory(0, kDeviceMemory + page, &too_big).code(),
             StatusCode::kOutOfMemory);
+}
+
+// Migration between servers: memory placed at given addresses (a session's
+// from another server). Two small allocations may share a page (they came
+// from malloc there); a range that overlaps memory of this process is
+// refused; freed, the addresses can be had again.
+TEST_F(HostBackendTest, MemAllocAtPlacesMemoryAtExactlyTheAddress) {
+  // Addresses nothing in this process uses: a range mapped, then given back.
+  constexpr uint64_t kSpan = 1 << 20;
+  void* probe = mmap(nullptr, kSpan, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(probe, MAP_FAILED);
+  ASSERT_EQ(munmap(probe, kSpan), 0);
+  const uint64_t base = reinterpret_cast<uint64_t>(probe);
+  const uint64_t before = FreeBytes();
+  ASSERT_OK(b().MemAllocAt(*ctx_, base + 256, 512));   // one page, shared with the next
+  ASSERT_OK(b().MemAllocAt(*ctx_, base + 1024, 8192));  // from that page into two more
+  EXPECT_EQ(FreeBytes(), before - 512 - 8192);
+  std::memset(reinterpret_cast<void*>(base + 256), 0xab, 512);
+  std::memset(reinterpret_cast<void*>(base + 1024), 0xcd, 8192);
+  EXPECT_EQ(*reinterpret_cast<uint8_t*>(base + 256 + 511), 0xab);
+  // Overlapping either, or memory this process holds otherwise: refused.
+  EXPECT_EQ(b().MemAllocAt(*ctx_, base + 512, 512).cuda_result(), CUDA_ERROR_ALREADY_MAPPED);
+  const uint64_t ordinary = Alloc(1 << 20);
+  EXPECT_EQ(b().MemAllocAt(*ctx_, ordinary, 4096).cuda_result(), CUDA_ERROR_ALREADY_MAPPED);
+  EXPECT_EQ(b().MemAllocAt(*ctx_, 0, 4096).cuda_result(), CUDA_ERROR_INVALID_VALUE);
+  ASSERT_OK(b().MemFree(*ctx_, ordinary));
+  // The first freed, its page still holds the second: placed there again,
+  // zeroed; both freed, the pages go (the whole span can be had at once).
+  ASSERT_OK(b().MemFree(*ctx_, base + 256));
+  ASSERT_OK(Released());
+  ASSERT_OK(b().MemAllocAt(*ctx_, base + 256, 512));
+  EXPECT_EQ(*reinterpret_cast<uint8_t*>(base + 256), 0);
+  EXPECT_EQ(*reinterpret_cast<uint8_t*>(base + 1024), 0xcd);
+  ASSERT_OK(b().MemFree(*ctx_, base + 256));
+  ASSERT_OK(b().MemFree(*ctx_, base + 1024));
+  ASSERT_OK(Released());
+  EXPECT_EQ(FreeBytes(), before);
+  ASSERT_OK(b().MemAllocAt(*ctx_, base, kSpan));
+  ASSERT_OK(b().MemFree(*ctx_, base));
+  ASSERT_OK(Released());
 }
 
 TEST_F(HostBackendTest, AllocationsAreZeroed) {

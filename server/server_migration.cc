@@ -1,0 +1,235 @@
+// Server: moving sessions between servers (issue 16; server/README.md
+// "Migration"; schema MigrationOffer). The source's side is
+// MigrateToServer (ferryctl's control connection); the target's is
+// ServeMigration (the source's connection) and TakeArrival (the client's,
+// coming back with its ticket).
+#include <algorithm>
+#include <chrono>
+#include <string>
+
+#include <capnp/serialize.h>
+
+#include "common/frame.h"
+#include "common/log.h"
+#include "common/random_bytes.h"
+#include "server/server.h"
+
+namespace ferry::server {
+
+namespace {
+
+// How long the source may take to send its offer once connected (its bytes
+// included: a session's device memory).
+constexpr std::chrono::minutes kOfferWait{5};
+
+std::string HexTicket(const uint8_t* bytes, size_t size) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string text;
+  for (size_t i = 0; i < size; ++i) {
+    text += kDigits[bytes[i] >> 4];
+    text += kDigits[bytes[i] & 15];
+  }
+  return text;
+}
+
+}  // namespace
+
+Status Server::MigrateToServer(uint64_t id, const std::string& address, int gpu,
+                               const std::string& token, std::string* summary) {
+  std::shared_ptr<ServedSession> session;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = sessions_.find(id);
+    if (it == sessions_.end()) return Status::NotFound("no session " + std::to_string(id));
+    session = it->second;
+  }
+  SessionDeparture to;
+  to.address = address;
+  to.gpu = gpu;
+  to.token = token;
+  const auto started = std::chrono::steady_clock::now();
+  Status departed = session->Depart(to, summary);
+  if (!departed.ok()) return departed;
+  const double ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
+  char took[32];
+  std::snprintf(took, sizeof(took), "%.1f", ms);
+  FERRY_LOG(kInfo) << "ferryctl migrate: " << summary->substr(0, summary->size() - 1)
+                   << "; the client was there " << took << " ms after the request";
+  return Status::Ok();
+}
+
+void Server::ServeMigration(Transport& transport, const std::optional<auth::Token>& token) {
+  const std::string peer = transport.PeerName();
+  auto refuse = [&](const Status& why) {
+    FERRY_LOG(kWarning) << "ferryd " << peer << " cannot hand a session over: " << why.message();
+    Refuse(transport, why);
+  };
+  if (token.has_value() && !token->admin) {
+    return refuse(Status::PermissionDenied(token->Describe() +
+                                           " is not an admin token: it may not hand sessions over"));
+  }
+  if (cluster_ != nullptr) {
+    return refuse(Status::Unimplemented(
+        "this ferryd is a member of a cluster pool; moves between servers are not built there"));
+  }
+  {
+    capnp::MallocMessageBuilder message;
+    auto reply = message.initRoot<wire::HelloReply>();
+    StatusToWire(Status::Ok(), reply.initStatus());
+    reply.setBackend(std::string(backend_.Name()));
+    if (!WriteFrame(transport, wire::FrameKind::HELLO_REPLY, message).ok()) return;
+  }
+  Frame frame;
+  transport.SetReadDeadline(std::chrono::steady_clock::now() + kOfferWait);
+  Status read = ReadFrame(transport, &frame);
+  transport.SetReadDeadline(kNoDeadline);
+  if (read.ok() && frame.kind != wire::FrameKind::MIGRATION_OFFER) {
+    read = Status::Malformed("expected a migration offer");
+  }
+  if (!read.ok()) {
+    FERRY_LOG(kWarning) << "ferryd " << peer << " handed no session over: " << read.message();
+    return;
+  }
+  auto arrival = std::make_shared<PendingArrival>();
+  std::string ticket;
+  Status accepted;
+  try {
+    capnp::FlatArrayMessageReader reader(frame.words, PeerReaderOptions());
+    auto offer = reader.getRoot<wire::MigrationOffer>();
+    arrival->source = "session " + std::to_string(offer.getSessionId()) + " of " +
+                      offer.getSource().cStr() + " (" + peer + ")";
+    accepted = AcceptArrival(offer, transport, arrival);
+  } catch (const kj::Exception& e) {
+    accepted = Status::Malformed(std::string("bad migration offer: ") + e.getDescription().cStr());
+  }
+  if (accepted.ok()) {
+    uint8_t random[32];
+    accepted = RandomBytes(random, sizeof(random));
+    ticket = HexTicket(random, sizeof(random));
+  }
+  {
+    capnp::MallocMessageBuilder message;
+    auto answer = message.initRoot<wire::MigrationAnswer>();
+    StatusToWire(accepted, answer.initStatus());
+    if (accepted.ok()) {
+      answer.setTicket(capnp::Data::Reader(reinterpret_cast<const uint8_t*>(ticket.data()),
+                                           ticket.size()));
+      answer.setSessionId(arrival->session);
+    }
+    if (accepted.ok()) {
+      arrival->offer = std::move(frame.words);
+      arrival->bulk = std::move(frame.bulk);
+      std::lock_guard<std::mutex> lock(mutex_);
+      arrivals_[ticket] = arrival;
+    }
+    if (!WriteFrame(transport, wire::FrameKind::MIGRATION_ANSWER, message).ok() && accepted.ok()) {
+      // The source will not send its client: nobody comes for it.
+      std::lock_guard<std::mutex> lock(mutex_);
+      arrivals_.erase(ticket);
+      arrival->taken = true;
+    }
+  }
+  if (!accepted.ok()) {
+    FERRY_LOG(kWarning) << "handed over: " << arrival->source << "; refused: " << accepted.message();
+    if (arrival->session != 0 && pool_ != nullptr) pool_->Return(arrival->session);
+    return;
+  }
+  FERRY_LOG(kInfo) << "handed over: " << arrival->source << ", as session "
+                   << arrival->session << " (" << (arrival->bulk.size >> 20)
+                   << " MiB); waiting for its client";
+  // Kept until its client comes, ferryd stops, or the wait is over.
+  std::unique_lock<std::mutex> lock(mutex_);
+  connections_cv_.wait_for(lock, kArrivalWait, [&] { return arrival->taken || stopping_; });
+  if (arrival->taken) return;
+  arrivals_.erase(ticket);
+  arrival->taken = true;
+  lock.unlock();
+  FERRY_LOG(kWarning) << "session " << arrival->session << " (" << arrival->source
+                      << ") was not taken by its client within " << kArrivalWait.count()
+                      << " s; its slice goes back";
+  if (pool_ != nullptr) pool_->Return(arrival->session);
+}
+
+Status Server::AcceptArrival(wire::MigrationOffer::Reader offer, const Transport& transport,
+                             const std::shared_ptr<PendingArrival>& arrival) {
+  const int gpu = offer.getGpu();
+  auto served = std::find_if(gpus_.begin(), gpus_.end(),
+                             [gpu](const ServedGpu& g) { return g.index == gpu; });
+  if (served == gpus_.end()) return Status::NotFound("this ferryd serves no GPU " + std::to_string(gpu));
+  const backend::DeviceDescription& device = backend_.Devices()[served->backend_device];
+  if (device.name != offer.getDeviceName().cStr()) {
+    return Status::Unimplemented("GPU " + std::to_string(gpu) + " is a " + device.name +
+                                 "; the session ran on a " + offer.getDeviceName().cStr() +
+                                 " (device code moves between GPUs of one model only)");
+  }
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    arrival->session = next_id_++;
+  }
+  SessionGrant& grant = arrival->grant;
+  if (pool_ == nullptr) {
+    SessionDevice whole;
+    whole.backend_device = served->backend_device;
+    whole.gpu = served->index;
+    grant.devices.push_back(whole);
+  } else {
+    // A free slice of the GPU, of the pool it is bound to now (which must
+    // be the session's, when it came from a pool).
+    absl::Time now;
+    const pool::PoolSnapshot snapshot = pool_->Snapshot(&now);
+    auto on = std::find_if(snapshot.gpus.begin(), snapshot.gpus.end(),
+                           [gpu](const pool::GpuSnapshot& g) { return g.index == gpu; });
+    if (on == snapshot.gpus.end()) {
+      return Status::NotFound("GPU " + std::to_string(gpu) + " is in no pool here");
+    }
+    const std::string pool = offer.getPool().cStr();
+    if (!pool.empty() && on->pool != pool) {
+      return Status::Overloaded("GPU " + std::to_string(gpu) + " is bound to pool " + on->pool +
+                                " now, not to the session's pool " + pool);
+    }
+    pool::BorrowRequest request;
+    request.session = arrival->session;
+    request.pool = on->pool;
+    request.pid = offer.getPid();
+    request.host = offer.getHost().cStr();
+    request.program = offer.getProgram().cStr();
+    pool::Lease lease;
+    Status borrowed = Status::Overloaded("GPU " + std::to_string(gpu) + " has no free slice of pool " +
+                                         on->pool);
+    for (int slice = 0; slice < on->slices_per_gpu && !borrowed.ok(); ++slice) {
+      request.pinned = {pool::PinnedSlice{gpu, slice, on->slices_per_gpu}};
+      if (pool_->Borrow(request, [] { return false; }, [](int) {}, &lease).ok()) {
+        borrowed = Status::Ok();
+      }
+    }
+    FERRY_RETURN_IF_ERROR(borrowed);
+    GrantFromLease(lease, transport, request, &grant);
+  }
+  // The client was told how much memory its device has: it must stay so.
+  const SessionDevice& here = grant.devices[0];
+  const uint64_t memory = here.memory_quota != 0 ? here.memory_quota : device.total_memory;
+  if (memory != offer.getMemory()) {
+    if (pool_ != nullptr) pool_->Return(arrival->session);
+    arrival->session = 0;
+    return Status::Unimplemented("the session's device has " + std::to_string(offer.getMemory() >> 20) +
+                                 " MiB; GPU " + std::to_string(gpu) + " gives " +
+                                 std::to_string(memory >> 20) +
+                                 " MiB here (moves between devices of different memory are not "
+                                 "built)");
+  }
+  return Status::Ok();
+}
+
+std::shared_ptr<Server::PendingArrival> Server::TakeArrival(const std::string& ticket) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = arrivals_.find(ticket);
+  if (it == arrivals_.end()) return nullptr;
+  std::shared_ptr<PendingArrival> arrival = std::move(it->second);
+  arrivals_.erase(it);
+  arrival->taken = true;
+  connections_cv_.notify_all();
+  return arrival;
+}
+
+}  // namespace ferry::server
