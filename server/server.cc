@@ -1540,8 +1540,11 @@ Status Server::HandleControl(wire::ControlRequest::Reader request,
         policy = pool::RebindPolicy::kDrain;
       } else if (name == "preempt") {
         policy = pool::RebindPolicy::kPreempt;
+      } else if (name == "migrate") {
+        policy = pool::RebindPolicy::kMigrate;
       } else if (!name.empty()) {
-        return Status::InvalidArgument("rebind policy '" + name + "' is not drain or preempt");
+        return Status::InvalidArgument("rebind policy '" + name +
+                                       "' is not drain, preempt or migrate");
       }
       std::optional<absl::Duration> grace;
       if (args.getGraceMs() >= 0) grace = absl::Milliseconds(args.getGraceMs());
