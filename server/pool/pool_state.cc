@@ -204,6 +204,7 @@ void PoolState::MoveGpu(Gpu& gpu, const std::string& pool, RebindPolicy policy,
   // lowest index first (as borrows fill GPUs), reserved at once so that the
   // next holder or a borrow does not find it free.
   int moving = 0;
+  std::vector<std::string> stays;  // log lines, after the rebind's own
   for (const auto& [session, was_draining] : to_move) {
     Lease& lease = leases_.at(session);
     auto slice = std::find_if(lease.slices.begin(), lease.slices.end(),
@@ -220,7 +221,9 @@ void PoolState::MoveGpu(Gpu& gpu, const std::string& pool, RebindPolicy policy,
       why = "its pool " + lease.pool + " splits GPUs another way now";
     } else {
       for (Gpu& candidate : gpus_) {
-        if (&candidate == &gpu) continue;
+        // Not a GPU that this very moment rebinds too (the same boundary,
+        // later in ApplyBindings' loop).
+        if (&candidate == &gpu || Desired(candidate, now).pool != candidate.pool) continue;
         number = MoveTarget(lease, candidate, n, slice->slice, nullptr);
         if (number >= 0) {
           target = &candidate;
@@ -232,9 +235,9 @@ void PoolState::MoveGpu(Gpu& gpu, const std::string& pool, RebindPolicy policy,
     if (target == nullptr) {
       if (!was_draining) changes->drained.push_back(session);
       changes->not_migrated.push_back(session);
-      changes->log.push_back("session " + std::to_string(session) + " stays on GPU " +
-                             std::to_string(gpu.spec.index) + " and drains (on_rebind = migrate: " +
-                             why + ")");
+      stays.push_back("session " + std::to_string(session) + " stays on GPU " +
+                      std::to_string(gpu.spec.index) + " and drains (on_rebind = migrate: " + why +
+                      ")");
       continue;
     }
     Migration migration;
@@ -295,6 +298,7 @@ void PoolState::MoveGpu(Gpu& gpu, const std::string& pool, RebindPolicy policy,
     }
   }
   changes->log.push_back(line);
+  changes->log.insert(changes->log.end(), stays.begin(), stays.end());
   for (uint64_t session : to_preempt) {
     Preempt(session, "preempted by " + by + ": " + what + " (on_rebind = preempt)", changes);
   }

@@ -602,11 +602,11 @@ TEST_F(PoolStateTest, AMoveHoldsBothSlicesUntilItFinishesOrIsCancelled) {
 
 // Pool dev (2 slices per GPU) on GPUs 0 and 1 by day; at night (20:00-08:00
 // Shanghai) GPU 1 serves train, rebinding with `night_policy`.
-std::string NightOnGpuOne(const std::string& night_policy) {
+std::string NightOnGpuOne(const std::string& night_policy, const std::string& gpus = "[1]") {
   return "[server]\ndefault_pool = \"dev\"\n[pool.dev]\nslices_per_gpu = 2\n"
          "[pool.train]\nslices_per_gpu = 1\n"
-         "[[schedule]]\npool = \"train\"\ngpus = [1]\nfrom = 20:00:00\nto = 08:00:00\n"
-         "timezone = \"Asia/Shanghai\"\n" +
+         "[[schedule]]\npool = \"train\"\ngpus = " +
+         gpus + "\nfrom = 20:00:00\nto = 08:00:00\ntimezone = \"Asia/Shanghai\"\n" +
          night_policy;
 }
 
@@ -738,6 +738,21 @@ TEST_F(PoolStateTest, AMigrationThatFailsDrainsFromTheRebind) {
   EXPECT_EQ(rebind.migrations[0].rebind.rfind("by ferryctl rebind: GPU 1 was rebound", 0), 0u);
   ASSERT_EQ(rebind.preempted.size(), 1u);
   EXPECT_EQ(rebind.preempted[0].session, 12u);
+}
+
+// A migrate rebind never moves a holder to a GPU that the same boundary
+// rebinds too (GPU 2 here, free but going to train with GPU 1).
+TEST_F(PoolStateTest, AMigrateRebindSkipsGpusRebindingAtTheSameMoment) {
+  Make(NightOnGpuOne("on_rebind = \"migrate\"\n", "[1, 2]"), 3, Shanghai(2026, 3, 10, 19, 59));
+  for (uint64_t s = 1; s <= 3; ++s) ASSERT_EQ(Borrow(s).outcome, BorrowOutcome::kGranted);
+  ASSERT_EQ(pool_->FindLease(3)->slices[0].gpu, 1);
+  PoolChanges night = AdvanceTo(Shanghai(2026, 3, 10, 20, 0));
+  EXPECT_TRUE(night.migrations.empty());
+  EXPECT_EQ(night.drained, std::vector<uint64_t>{3});
+  EXPECT_TRUE(Logged(night, "session 3 stays on GPU 1 and drains (on_rebind = migrate: no free "
+                            "slice of pool dev on another GPU)"));
+  EXPECT_EQ(Gpu(2).pool, "train");
+  EXPECT_TRUE(Gpu(2).holdings.empty());
 }
 
 TEST_F(PoolStateTest, APreemptRebindPreemptsReleasedSessionsAtOnce) {
