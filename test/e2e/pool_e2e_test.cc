@@ -158,14 +158,18 @@ class PoolTest : public ::testing::Test {
   }
   // Starts `pool_client turns BYTES dir_/NAME.turn ROUNDS` as `name`: a ring
   // of device pointers followed turn by turn (a turn starts when the test
-  // writes dir_/NAME.turnR). Null (with a failure) if it does not start.
+  // writes dir_/NAME.turnR); with `async`, allocated with cuMemAllocAsync.
+  // Null (with a failure) if it does not start.
   ChildProcess* StartTurns(const std::string& name, uint64_t bytes, int rounds,
-                           const std::map<std::string, std::string>& env = {}) {
+                           const std::map<std::string, std::string>& env = {},
+                           bool async = false) {
     std::string error;
-    std::optional<ChildProcess> child = ChildProcess::Start(
-        {std::string(FERRY_E2E_PROGRAM_DIR) + "/e2e_pool_client", "turns", std::to_string(bytes),
-         dir_ + "/" + name + ".turn", std::to_string(rounds)},
-        ClientEnv(env), dir_ + "/" + name, &error);
+    std::vector<std::string> argv = {std::string(FERRY_E2E_PROGRAM_DIR) + "/e2e_pool_client",
+                                     "turns", std::to_string(bytes), dir_ + "/" + name + ".turn",
+                                     std::to_string(rounds)};
+    if (async) argv.push_back("async");
+    std::optional<ChildProcess> child =
+        ChildProcess::Start(argv, ClientEnv(env), dir_ + "/" + name, &error);
     if (!child.has_value()) {
       ADD_FAILURE() << "cannot start " << name << ": " << error;
       return nullptr;
@@ -696,11 +700,12 @@ class RebindMigrationTest : public PoolTest, public ::testing::WithParamInterfac
                            : std::vector<std::string>{});
   }
 
-  // "b" holds GPU 0; "a" then borrows GPU 1 and runs its first turn there.
-  void StartOnGpuOne(ChildProcess** a, ChildProcess** b) {
+  // "b" holds GPU 0; "a" then borrows GPU 1 and runs its first turn there
+  // (with `async`, its ring comes from the device's memory pool).
+  void StartOnGpuOne(ChildProcess** a, ChildProcess** b, bool async = false) {
     *b = StartReadyHolder("b");
     ASSERT_NE(*b, nullptr);
-    *a = StartTurns("a", kRingBytes, 3);
+    *a = StartTurns("a", kRingBytes, 3, {}, async);
     ASSERT_NE(*a, nullptr);
     Turn("a", 1);
     ASSERT_TRUE(WaitForOutput(**a, "TURN 1 OK"));
@@ -792,6 +797,34 @@ TEST_P(RebindMigrationTest, WithNoFreeSliceElsewhereTheHolderDrains) {
             std::string::npos);
   EXPECT_EQ(log.find("preempted"), std::string::npos);
   EXPECT_EQ(log.find("device 0 moved"), std::string::npos);
+}
+
+// A holder whose move the session refuses (a memory pool cannot move yet)
+// stays on GPU 1 and drains; the slice reserved on GPU 0 is free again.
+TEST_P(RebindMigrationTest, AHolderThatCannotMoveDrainsInstead) {
+  StartDayNightOnGpuOne();
+  ChildProcess* a = nullptr;
+  ChildProcess* b = nullptr;
+  ASSERT_NO_FATAL_FAILURE(StartOnGpuOne(&a, &b, /*async=*/true));
+  Release("b");
+  ASSERT_TRUE(b->Wait(kProgramTimeout).success()) << b->Describe();
+  WaitForPool("GPU 0 free", [](const JsonValue& p) { return Holders(p, 0).empty(); });
+
+  AdvanceClock("1m");  // 20:00: a move is tried, refused, and a drains
+  WaitForPool("a draining on GPU 1; GPU 0 free again", [&](const JsonValue& p) {
+    const std::vector<JsonValue> on_one = Holders(p, 1);
+    const JsonValue* stays = HolderWithPid(on_one, a->pid());
+    return stays != nullptr && NumberMember(stays, "drain_deadline_unix_ms") == kGraceEndMs &&
+           Holders(p, 0).empty() && NumberMember(Gpu(p, 0), "free_slices") == 1;
+  });
+  ASSERT_NO_FATAL_FAILURE(FinishTurns(a));
+  const std::string log = ferryd_->Stderr();
+  EXPECT_NE(log.find("could not move to GPU 0, so it drains"), std::string::npos);
+  EXPECT_NE(log.find("which cannot move to another GPU yet"), std::string::npos);
+  EXPECT_NE(log.find("stays on GPU 1 and drains until 2026-03-10 12:15:00 UTC (on_rebind = "
+                     "migrate: it could not move)"),
+            std::string::npos);
+  EXPECT_EQ(log.find("preempted"), std::string::npos);
 }
 
 INSTANTIATE_TEST_SUITE_P(Sessions, RebindMigrationTest, ::testing::Values(false, true),
