@@ -1432,9 +1432,9 @@ void Server::MigrateForRebind(const pool::Migration& migration) {
     }
     std::string pause;
     const Status moved =
-        device < 0 ? Status::NotFound("it has no device on GPU " +
-                                      std::to_string(migration.from.gpu))
-                   : MoveToReservedSlice(migration.session, *session, device, migration.to, &pause);
+        device < 0
+            ? Status::NotFound("it has no device on GPU " + std::to_string(migration.from.gpu))
+            : MoveToReservedSlice(migration.session, *session, device, migration.to, &pause);
     if (device < 0) pool_->CancelMove(migration.session);
     if (moved.ok()) {
       FERRY_LOG(kInfo) << what << " moved from GPU " << migration.from.gpu << " to GPU "

@@ -274,8 +274,7 @@ std::string Server::MetricsText() const {
                "or the move failed).");
     for (const auto& [pool, counters] : pool_counters) {
       out.Count(With(pool_labels(pool), "outcome", "moved"), counters.rebind_migrations);
-      out.Count(With(pool_labels(pool), "outcome", "drained"),
-                counters.rebind_migration_fallbacks);
+      out.Count(With(pool_labels(pool), "outcome", "drained"), counters.rebind_migration_fallbacks);
     }
   }
 

@@ -210,9 +210,8 @@ void PoolState::MoveGpu(Gpu& gpu, const std::string& pool, RebindPolicy policy,
     auto slice = std::find_if(lease.slices.begin(), lease.slices.end(),
                               [&](const SliceGrant& s) { return s.gpu == gpu.spec.index; });
     std::string why;
-    const int n = config_.pools.count(lease.pool) != 0
-                      ? config_.pools.at(lease.pool).slices_per_gpu
-                      : 0;
+    const int n =
+        config_.pools.count(lease.pool) != 0 ? config_.pools.at(lease.pool).slices_per_gpu : 0;
     Gpu* target = nullptr;
     int number = -1;
     if (moves_.contains(session) || slice == lease.slices.end()) {
@@ -753,8 +752,7 @@ int PoolState::MoveTarget(const Lease& lease, const Gpu& target, int n, int pref
   return number < 0 ? refuse(full) : number;
 }
 
-SliceGrant PoolState::BeginMove(Lease& lease, size_t index, Gpu& target, int number,
-                                bool rebind) {
+SliceGrant PoolState::BeginMove(Lease& lease, size_t index, Gpu& target, int number, bool rebind) {
   SliceGrant& slice = lease.slices[index];
   if (Gpu* source = FindGpu(slice.gpu)) {
     for (Holding& holding : source->holdings) {

@@ -161,8 +161,7 @@ class PoolTest : public ::testing::Test {
   // writes dir_/NAME.turnR); with `async`, allocated with cuMemAllocAsync.
   // Null (with a failure) if it does not start.
   ChildProcess* StartTurns(const std::string& name, uint64_t bytes, int rounds,
-                           const std::map<std::string, std::string>& env = {},
-                           bool async = false) {
+                           const std::map<std::string, std::string>& env = {}, bool async = false) {
     std::string error;
     std::vector<std::string> argv = {std::string(FERRY_E2E_PROGRAM_DIR) + "/e2e_pool_client",
                                      "turns", std::to_string(bytes), dir_ + "/" + name + ".turn",
@@ -763,8 +762,7 @@ TEST_P(RebindMigrationTest, TheHolderMovesToAFreeGpuOfItsPool) {
   EXPECT_NE(log.find("on_rebind = migrate by the schedule: GPU 1 was rebound from pool day to "
                      "pool night"),
             std::string::npos);
-  EXPECT_NE(log.find("moved from GPU 1 to GPU 0 (slice 1/1; its calls paused"),
-            std::string::npos);
+  EXPECT_NE(log.find("moved from GPU 1 to GPU 0 (slice 1/1; its calls paused"), std::string::npos);
   EXPECT_NE(log.find("device 0 moved from GPU 1 (slice 1/1) to GPU 0 (slice 1/1)"),
             std::string::npos);
   EXPECT_EQ(log.find("preempted"), std::string::npos);

@@ -217,7 +217,10 @@ TEST(PoolServiceMigrateTest, AMigrateRebindGoesThroughTheHookAndIsCounted) {
     for (uint64_t session = 1; session <= 4; ++session) {
       pool::BorrowRequest request;
       request.session = session;
-      ASSERT_TRUE(service->Borrow(request, [] { return false; }, [](int) {}, &lease).ok());
+      ASSERT_TRUE(service
+                      ->Borrow(
+                          request, [] { return false; }, [](int) {}, &lease)
+                      .ok());
     }
     ASSERT_EQ(lease.slices[0].gpu, 1);
     service->Return(1);  // GPU 0 slice 0 free

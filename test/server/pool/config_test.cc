@@ -145,9 +145,10 @@ on_rebind = "drain"
   EXPECT_EQ(RebindPolicyName(RebindPolicy::kMigrate), "migrate");
   EXPECT_EQ(RebindPolicyName(RebindPolicy::kPreempt), "preempt");
   EXPECT_EQ(RebindPolicyName(RebindPolicy::kDrain), "drain");
-  status = ParseConfig("[server]\ndefault_pool = \"p\"\n[pool.p]\n[[schedule]]\npool = \"p\"\n"
-                       "gpus = [0]\nfrom = \"22:00\"\nto = \"06:00\"\non_rebind = \"move\"\n",
-                       "bad.toml", &config);
+  status = ParseConfig(
+      "[server]\ndefault_pool = \"p\"\n[pool.p]\n[[schedule]]\npool = \"p\"\n"
+      "gpus = [0]\nfrom = \"22:00\"\nto = \"06:00\"\non_rebind = \"move\"\n",
+      "bad.toml", &config);
   EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(status.message().find("bad.toml:9: schedule[0].on_rebind: 'move' is not \"drain\", "
                                   "\"preempt\" or \"migrate\""),

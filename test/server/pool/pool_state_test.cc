@@ -606,8 +606,7 @@ std::string NightOnGpuOne(const std::string& night_policy, const std::string& gp
   return "[server]\ndefault_pool = \"dev\"\n[pool.dev]\nslices_per_gpu = 2\n"
          "[pool.train]\nslices_per_gpu = 1\n"
          "[[schedule]]\npool = \"train\"\ngpus = " +
-         gpus + "\nfrom = 20:00:00\nto = 08:00:00\ntimezone = \"Asia/Shanghai\"\n" +
-         night_policy;
+         gpus + "\nfrom = 20:00:00\nto = 08:00:00\ntimezone = \"Asia/Shanghai\"\n" + night_policy;
 }
 
 bool Logged(const PoolChanges& changes, const std::string& text) {
@@ -640,14 +639,14 @@ TEST_F(PoolStateTest, AMigrateRebindMovesHoldersToFreeSlicesElsewhereElseDrains)
   EXPECT_EQ(m.to.slice, 0);
   EXPECT_EQ(m.to.slices_per_gpu, 2);
   EXPECT_EQ(m.to.memory_quota, 4 * kGiB);
-  EXPECT_EQ(m.rebind.rfind("by the schedule: GPU 1 was rebound from pool dev to pool train", 0),
-            0u)
+  EXPECT_EQ(m.rebind.rfind("by the schedule: GPU 1 was rebound from pool dev to pool train", 0), 0u)
       << m.rebind;
   EXPECT_EQ(night.drained, std::vector<uint64_t>{4});
   EXPECT_EQ(night.not_migrated, std::vector<uint64_t>{4});
   EXPECT_TRUE(Logged(night, "; moving 1 holder to other GPUs, draining 1 holder (grace 15m)"));
-  EXPECT_TRUE(Logged(night, "session 4 stays on GPU 1 and drains (on_rebind = migrate: no free "
-                            "slice of pool dev on another GPU)"));
+  EXPECT_TRUE(Logged(night,
+                     "session 4 stays on GPU 1 and drains (on_rebind = migrate: no free "
+                     "slice of pool dev on another GPU)"));
   // The target slice is the session's at once; its old one stays held
   // until the move ends.
   EXPECT_EQ(pool_->FindLease(3)->slices[0].gpu, 0);
@@ -660,8 +659,9 @@ TEST_F(PoolStateTest, AMigrateRebindMovesHoldersToFreeSlicesElsewhereElseDrains)
   PoolChanges finished;
   pool_->FinishMove(3, clock_->Now(), &finished);
   EXPECT_EQ(finished.migrated, std::vector<uint64_t>{3});
-  EXPECT_TRUE(Logged(finished, "session 3 moved from GPU 1 to GPU 0 (slice 1/2 of pool dev; "
-                               "on_rebind = migrate)"));
+  EXPECT_TRUE(Logged(finished,
+                     "session 3 moved from GPU 1 to GPU 0 (slice 1/2 of pool dev; "
+                     "on_rebind = migrate)"));
   ASSERT_EQ(Gpu(1).holdings.size(), 1u);
   EXPECT_EQ(Gpu(1).holdings[0].session, 4u);
   EXPECT_EQ(Gpu(0).holdings.size(), 2u);
@@ -695,8 +695,9 @@ TEST_F(PoolStateTest, AMigrationThatFailsDrainsFromTheRebind) {
   EXPECT_EQ(cancelled.drained, std::vector<uint64_t>{3});
   EXPECT_EQ(cancelled.not_migrated, std::vector<uint64_t>{3});
   EXPECT_TRUE(cancelled.preempted.empty());
-  EXPECT_TRUE(Logged(cancelled, "session 3 stays on GPU 1 and drains until 2026-03-10 12:15:00 UTC "
-                                "(on_rebind = migrate: it could not move)"));
+  EXPECT_TRUE(Logged(cancelled,
+                     "session 3 stays on GPU 1 and drains until 2026-03-10 12:15:00 UTC "
+                     "(on_rebind = migrate: it could not move)"));
   EXPECT_EQ(pool_->FindLease(3)->slices[0].gpu, 1);
   EXPECT_EQ(Gpu(0).free_slices, 1);
   EXPECT_EQ(Gpu(1).holdings[0].deadline, Shanghai(2026, 3, 10, 20, 15));
@@ -730,9 +731,10 @@ TEST_F(PoolStateTest, AMigrationThatFailsDrainsFromTheRebind) {
   // 1 holds GPU 0 slice 0; 10: GPU 0 slice 1; 11, 12: GPU 1.
   pool_->Return(10, clock_->Now());
   PoolChanges rebind;
-  ASSERT_TRUE(pool_->Rebind(1, "train", RebindPolicy::kMigrate, absl::ZeroDuration(),
-                            clock_->Now(), &rebind)
-                  .ok());
+  ASSERT_TRUE(
+      pool_
+          ->Rebind(1, "train", RebindPolicy::kMigrate, absl::ZeroDuration(), clock_->Now(), &rebind)
+          .ok());
   ASSERT_EQ(rebind.migrations.size(), 1u);
   EXPECT_EQ(rebind.migrations[0].session, 11u);
   EXPECT_EQ(rebind.migrations[0].rebind.rfind("by ferryctl rebind: GPU 1 was rebound", 0), 0u);
@@ -749,8 +751,9 @@ TEST_F(PoolStateTest, AMigrateRebindSkipsGpusRebindingAtTheSameMoment) {
   PoolChanges night = AdvanceTo(Shanghai(2026, 3, 10, 20, 0));
   EXPECT_TRUE(night.migrations.empty());
   EXPECT_EQ(night.drained, std::vector<uint64_t>{3});
-  EXPECT_TRUE(Logged(night, "session 3 stays on GPU 1 and drains (on_rebind = migrate: no free "
-                            "slice of pool dev on another GPU)"));
+  EXPECT_TRUE(Logged(night,
+                     "session 3 stays on GPU 1 and drains (on_rebind = migrate: no free "
+                     "slice of pool dev on another GPU)"));
   EXPECT_EQ(Gpu(2).pool, "train");
   EXPECT_TRUE(Gpu(2).holdings.empty());
 }
