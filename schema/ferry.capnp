@@ -1584,7 +1584,7 @@ struct MigrateRequest {
 struct RebindRequest {
   gpu @0 :UInt32;
   pool @1 :Text;
-  policy @2 :Text;    # "drain", "preempt", or "" for the config's on_rebind
+  policy @2 :Text;    # "drain", "preempt", "migrate", or "" for the config's on_rebind
   graceMs @3 :Int64;  # drain grace; negative for the config's grace
 }
 

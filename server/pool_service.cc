@@ -49,7 +49,10 @@ void PoolService::Stop() {
 
 void PoolService::RecordLocked(const pool::PoolChanges& changes) {
   for (const auto& [session, status] : changes.ended_waits) ended_waits_[session] = status;
-  if (changes.preempted.empty() && changes.drained.empty()) return;
+  if (changes.preempted.empty() && changes.drained.empty() && changes.migrated.empty() &&
+      changes.not_migrated.empty()) {
+    return;
+  }
   std::lock_guard<std::mutex> lock(counters_mutex_);
   // Counted under the pool the holder borrowed from (its lease stays until
   // the session is returned).
@@ -62,6 +65,16 @@ void PoolService::RecordLocked(const pool::PoolChanges& changes) {
   }
   for (uint64_t session : changes.drained) {
     if (const pool::Lease* lease = state_->FindLease(session)) ++counters_[lease->pool].drains;
+  }
+  for (uint64_t session : changes.migrated) {
+    if (const pool::Lease* lease = state_->FindLease(session)) {
+      ++counters_[lease->pool].rebind_migrations;
+    }
+  }
+  for (uint64_t session : changes.not_migrated) {
+    if (const pool::Lease* lease = state_->FindLease(session)) {
+      ++counters_[lease->pool].rebind_migration_fallbacks;
+    }
   }
 }
 
@@ -85,6 +98,17 @@ void PoolService::Publish(const pool::PoolChanges& changes) {
     FERRY_LOG(kWarning) << "pool: session " << preemption.session << " " << preemption.reason;
     if (options_.preempt) options_.preempt(preemption);
   }
+  for (const pool::Migration& migration : changes.migrations) {
+    FERRY_LOG(kInfo) << "pool: session " << migration.session << " moves from GPU "
+                     << migration.from.gpu << " to GPU " << migration.to.gpu << " (slice "
+                     << migration.to.slice + 1 << "/" << migration.to.slices_per_gpu
+                     << ", on_rebind = migrate)";
+    if (options_.migrate) {
+      options_.migrate(migration);
+    } else {
+      CancelMove(migration.session);
+    }
+  }
   changed_cv_.notify_all();
   timer_cv_.notify_all();
   // Unconditional: a return or a new config changes what the cluster sees
@@ -97,6 +121,10 @@ std::string PoolService::Summarize(const pool::PoolChanges& changes) {
   for (const std::string& line : changes.log) out += line + "\n";
   if (!changes.preempted.empty()) {
     out += "preempted " + std::to_string(changes.preempted.size()) + " session(s)\n";
+  }
+  if (!changes.migrations.empty()) {
+    out += "moving " + std::to_string(changes.migrations.size()) +
+           " session(s) to other GPUs (on_rebind = migrate)\n";
   }
   if (!changes.granted.empty()) {
     out += "granted " + std::to_string(changes.granted.size()) + " waiting borrow(s)\n";

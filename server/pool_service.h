@@ -2,7 +2,7 @@
 // behind one mutex, moves it along a pool::Clock on a timer thread (schedule
 // boundaries, drain graces, wait deadlines), lets client handshakes borrow
 // (blocking while they wait in the queue), and hands preemptions to the
-// server through a hook.
+// server through a hook, as it does the migrations of on_rebind = "migrate".
 //
 // Thread-safety: every public method is safe from any thread. The preempt
 // hook and log lines run on the thread that caused the change, without the
@@ -41,6 +41,12 @@ class PoolService {
     // Must free the session's resources and then call Return(session). Runs
     // without the service's lock; must not block for long.
     std::function<void(const pool::Preemption&)> preempt;
+    // on_rebind = "migrate": must move the session to `migration.to` (the
+    // pool has reserved it) and then call FinishMove(session), or
+    // CancelMove(session) when it cannot (the holder then drains). Runs
+    // without the service's lock; must not block for long. Unset: every
+    // such migration is cancelled at once.
+    std::function<void(const pool::Migration&)> migrate;
     // In a cluster (server/cluster/): Return(session) calls it before it frees the session's slices here
     // (so a new borrow never finds their claims still standing). May block
     // for as long as the cluster store takes to answer.
@@ -114,6 +120,10 @@ class PoolService {
     metrics::HistogramCounts wait_seconds;
     uint64_t preemptions = 0;  // holders preempted (schedule, rebind, drain grace, reload)
     uint64_t drains = 0;       // holders a rebind began to drain
+    // on_rebind = "migrate": holders moved to another GPU, and holders left
+    // draining (no free slice elsewhere, or the move failed).
+    uint64_t rebind_migrations = 0;
+    uint64_t rebind_migration_fallbacks = 0;
   };
   static constexpr double kWaitBucketSeconds[] = {0.1, 0.5, 1,   5,    10,   30,
                                                   60,  300, 900, 1800, 3600, 14400};

@@ -182,6 +182,7 @@ Status Server::EnablePool(const pool::Config& given, pool::Clock& clock,
   options.clock = &clock;
   options.test_clock = test_clock;
   options.preempt = [this](const pool::Preemption& p) { PreemptSession(p); };
+  options.migrate = [this](const pool::Migration& m) { MigrateForRebind(m); };
   if (cluster_ != nullptr) {
     cluster::ClusterMember* member = cluster_.get();
     options.release = [member](uint64_t session) { member->Release(session); };
@@ -1419,9 +1420,20 @@ Status Server::Migrate(uint64_t id, int gpu, int device, std::string* summary) {
   // held until its memory has left it (FinishMove), or the move is undone.
   pool::SliceGrant slice;
   FERRY_RETURN_IF_ERROR(pool_->MoveSlice(id, from.gpu, gpu, from.slice, &slice));
+  std::string pause;
+  FERRY_RETURN_IF_ERROR(MoveToReservedSlice(id, *session, device, slice, &pause));
+  *summary = "session " + std::to_string(id) + " moved from GPU " + std::to_string(from.gpu) +
+             " to GPU " + std::to_string(gpu) + " (its calls paused " + pause + ")\n";
+  FERRY_LOG(kInfo) << "ferryctl migrate: " << summary->substr(0, summary->size() - 1);
+  return Status::Ok();
+}
+
+Status Server::MoveToReservedSlice(uint64_t id, ServedSession& session, int device,
+                                   const pool::SliceGrant& slice, std::string* pause) {
+  const SessionDevice from = session.grant().devices[device];
   SessionDevice to = from;
-  to.backend_device = served->backend_device;
-  to.gpu = gpu;
+  to.backend_device = BackendDeviceOf(slice.gpu);
+  to.gpu = slice.gpu;
   to.slice = slice.slice;
   to.slices_per_gpu = slice.slices_per_gpu;
   to.memory_quota = slice.memory_quota;
@@ -1430,7 +1442,7 @@ Status Server::Migrate(uint64_t id, int gpu, int device, std::string* summary) {
   to.mps_thread_percentage = 0;
   ChooseComputeMechanism(backend_, &to, sharing_);
   const auto started = std::chrono::steady_clock::now();
-  Status moved = session->MoveDevice(device, to);
+  Status moved = session.MoveDevice(device, to);
   if (!moved.ok()) {
     pool_->CancelMove(id);
     return moved.WithContext("session " + std::to_string(id) + " stays on GPU " +
@@ -1439,12 +1451,69 @@ Status Server::Migrate(uint64_t id, int gpu, int device, std::string* summary) {
   pool_->FinishMove(id);
   const double ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
-  char pause[32];
-  std::snprintf(pause, sizeof(pause), "%.1f", ms);
-  *summary = "session " + std::to_string(id) + " moved from GPU " + std::to_string(from.gpu) +
-             " to GPU " + std::to_string(gpu) + " (its calls paused " + pause + " ms)\n";
-  FERRY_LOG(kInfo) << "ferryctl migrate: " << summary->substr(0, summary->size() - 1);
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.1f ms", ms);
+  *pause = text;
   return Status::Ok();
+}
+
+void Server::MigrateForRebind(const pool::Migration& migration) {
+  const std::string what =
+      "on_rebind = migrate " + migration.rebind + ": session " + std::to_string(migration.session);
+  // Why it cannot move at all; else the session, counted in live_connections_.
+  std::string refusal;
+  std::shared_ptr<ServedSession> session;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = sessions_.find(migration.session);
+    if (stopping_) {
+      refusal = "ferryd is stopping";
+    } else if (cluster_ != nullptr) {
+      refusal = "migration is not built for a cluster's pool yet";
+    } else if (!backend_.CanMoveTenants()) {
+      refusal = "the " + std::string(backend_.Name()) +
+                " backend cannot move a session to another GPU yet";
+    } else if (it == sessions_.end()) {
+      refusal = "its session has not started yet";
+    } else {
+      session = it->second;
+      ++live_connections_;  // Stop waits for this mover too
+    }
+  }
+  if (session == nullptr) {
+    FERRY_LOG(kWarning) << what << " stays on GPU " << migration.from.gpu << ": " << refusal;
+    pool_->CancelMove(migration.session);
+    return;
+  }
+  // A move waits for the session's batch in execution and its streams: not
+  // on the caller's thread (the pool's timer, a control connection).
+  std::thread([this, session, migration, what] {
+    const SessionGrant grant = session->grant();
+    int device = -1;
+    for (size_t i = 0; i < grant.devices.size(); ++i) {
+      if (grant.devices[i].gpu == migration.from.gpu &&
+          grant.devices[i].slice == migration.from.slice) {
+        device = static_cast<int>(i);
+      }
+    }
+    std::string pause;
+    const Status moved =
+        device < 0
+            ? Status::NotFound("it has no device on GPU " + std::to_string(migration.from.gpu))
+            : MoveToReservedSlice(migration.session, *session, device, migration.to, &pause);
+    if (device < 0) pool_->CancelMove(migration.session);
+    if (moved.ok()) {
+      FERRY_LOG(kInfo) << what << " moved from GPU " << migration.from.gpu << " to GPU "
+                       << migration.to.gpu << " (slice " << migration.to.slice + 1 << "/"
+                       << migration.to.slices_per_gpu << "; its calls paused " << pause << ")";
+    } else {
+      FERRY_LOG(kWarning) << what << " could not move to GPU " << migration.to.gpu
+                          << ", so it drains: " << moved.message();
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    --live_connections_;
+    connections_cv_.notify_all();
+  }).detach();
 }
 
 void Server::FillPoolStatus(wire::PoolStatus::Builder out) {
@@ -1606,8 +1675,11 @@ Status Server::HandleControl(wire::ControlRequest::Reader request,
         policy = pool::RebindPolicy::kDrain;
       } else if (name == "preempt") {
         policy = pool::RebindPolicy::kPreempt;
+      } else if (name == "migrate") {
+        policy = pool::RebindPolicy::kMigrate;
       } else if (!name.empty()) {
-        return Status::InvalidArgument("rebind policy '" + name + "' is not drain or preempt");
+        return Status::InvalidArgument("rebind policy '" + name +
+                                       "' is not drain, preempt or migrate");
       }
       std::optional<absl::Duration> grace;
       if (args.getGraceMs() >= 0) grace = absl::Milliseconds(args.getGraceMs());

@@ -348,6 +348,17 @@ class Server {
   // MoveSlice), then the session (ServedSession::MoveDevice); a session that
   // cannot move keeps its slice where it was.
   Status Migrate(uint64_t id, int gpu, int device, std::string* summary);
+  // Moves `session` (`id`)'s device `device` to `slice`, which the pool has
+  // reserved for it (MoveSlice, or a migrate rebind), then FinishMove; on
+  // failure CancelMove, and the error says why. `*pause`: how long its calls
+  // paused ("1.2 ms").
+  Status MoveToReservedSlice(uint64_t id, ServedSession& session, int device,
+                             const pool::SliceGrant& slice, std::string* pause);
+  // The pool's migrate hook (on_rebind = "migrate"): moves the session on a
+  // thread of its own (counted in live_connections_), or cancels the move
+  // at once (in a cluster, a backend that cannot move tenants, a session not
+  // started yet), and logs how it went; a holder that does not move drains.
+  void MigrateForRebind(const pool::Migration& migration);
   // The backend device behind served GPU `gpu_index` (0 if none serves it).
   int BackendDeviceOf(int gpu_index) const;
   // Whether a metrics request with bearer `token` may read (server_metrics.cc).

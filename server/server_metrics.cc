@@ -268,6 +268,14 @@ std::string Server::MetricsText() const {
     for (const auto& [pool, counters] : pool_counters) {
       out.Count(pool_labels(pool), counters.drains);
     }
+    out.Family("ferry_pool_rebind_migrations_total", MetricType::kCounter,
+               "Holders of the pool that a rebind with on_rebind = \"migrate\" moved to another "
+               "GPU (outcome \"moved\") or left draining (\"drained\": no free slice elsewhere, "
+               "or the move failed).");
+    for (const auto& [pool, counters] : pool_counters) {
+      out.Count(With(pool_labels(pool), "outcome", "moved"), counters.rebind_migrations);
+      out.Count(With(pool_labels(pool), "outcome", "drained"), counters.rebind_migration_fallbacks);
+    }
   }
 
   // --- per session (--metrics-sessions; live sessions only, so at most

@@ -2,7 +2,7 @@
 //
 //   ferryctl status [-o table|json]        sessions, GPUs, pools, slices, queue
 //   ferryctl reload                        re-read ferryd's config file
-//   ferryctl rebind GPU POOL [--preempt | --drain] [--grace DURATION]
+//   ferryctl rebind GPU POOL [--preempt | --drain | --migrate] [--grace DURATION]
 //   ferryctl migrate SESSION --to GPU      move a session to another GPU of its server
 //   ferryctl drain GPU                     no new borrows on GPU
 //   ferryctl undrain GPU                   take borrows again
@@ -545,6 +545,7 @@ int Main(int argc, char** argv) {
   std::string pool;
   bool preempt = false;
   bool drain = false;
+  bool migrate_holders = false;
   std::string grace;
   std::string duration;
   AccessFlags access_flags;
@@ -600,7 +601,12 @@ int Main(int argc, char** argv) {
       rebind->add_flag("--preempt", preempt, "Preempt the GPU's holders at once");
   CLI::Option* drain_flag =
       rebind->add_flag("--drain", drain, "Let the holders finish (up to --grace)");
+  CLI::Option* migrate_flag = rebind->add_flag(
+      "--migrate", migrate_holders,
+      "Move the holders to free slices of their pool on other GPUs of the server;\n"
+      "those that cannot move drain (up to --grace)");
   preempt_flag->excludes(drain_flag);
+  migrate_flag->excludes(preempt_flag)->excludes(drain_flag);
   rebind->add_option("--grace", grace, "How long draining holders may keep the GPU (e.g. 10m)")
       ->check(kDuration);
 
@@ -775,7 +781,10 @@ int Main(int argc, char** argv) {
   uint32_t gpu = 0;
   ParseGpu(gpu_text, &gpu);  // validated by kGpuIndex where a command takes a GPU
   if (rebind->parsed()) {
-    const std::string policy = preempt ? "preempt" : drain ? "drain" : "";
+    const std::string policy = preempt           ? "preempt"
+                               : drain           ? "drain"
+                               : migrate_holders ? "migrate"
+                                                 : "";
     const int64_t grace_ms = grace.empty() ? -1 : DurationMs(grace);
     return Request(
         server, access,

@@ -159,8 +159,11 @@ class Reader {
       *out = RebindPolicy::kDrain;
     } else if (text == "preempt") {
       *out = RebindPolicy::kPreempt;
+    } else if (text == "migrate") {
+      *out = RebindPolicy::kMigrate;
     } else {
-      return Error(node.source(), key, "'" + text + "' is not \"drain\" or \"preempt\"");
+      return Error(node.source(), key,
+                   "'" + text + "' is not \"drain\", \"preempt\" or \"migrate\"");
     }
     return Status::Ok();
   }
@@ -607,7 +610,15 @@ Status Parse(std::string_view text, const std::string& path, bool cluster, Confi
 }  // namespace
 
 std::string_view RebindPolicyName(RebindPolicy policy) {
-  return policy == RebindPolicy::kPreempt ? "preempt" : "drain";
+  switch (policy) {
+    case RebindPolicy::kPreempt:
+      return "preempt";
+    case RebindPolicy::kMigrate:
+      return "migrate";
+    case RebindPolicy::kDrain:
+      break;
+  }
+  return "drain";
 }
 
 Status ParseConfig(std::string_view text, const std::string& path, Config* out) {

@@ -46,7 +46,7 @@
 //   from = 20:00:00                 # TOML local time, or "20:00"
 //   to = 08:00:00                   # earlier than from: wraps midnight
 //   timezone = "Asia/Shanghai"      # IANA name; default "UTC"
-//   on_rebind = "drain"             # or "preempt"
+//   on_rebind = "drain"             # or "preempt", or "migrate"
 //   grace = "15m"
 //
 // Every error names the file, the line and the key: unknown keys, values of
@@ -77,6 +77,10 @@ inline constexpr int kMaxSlicesPerGpu = 32;
 enum class RebindPolicy {
   kDrain,    // holders keep their slices until they end or the grace passes
   kPreempt,  // holders lose their slices at once
+  // Holders move to a free slice of their pool on another GPU of the server
+  // (PoolState reports them in PoolChanges::migrations); one with no such
+  // slice, or whose move the server cannot make, is drained instead.
+  kMigrate,
 };
 std::string_view RebindPolicyName(RebindPolicy policy);
 

@@ -171,6 +171,9 @@ void PoolState::MoveGpu(Gpu& gpu, const std::string& pool, RebindPolicy policy,
                            from + " to pool " + pool + " (" + detail + ") at " + FormatInstant(now);
   int affected = 0;
   std::vector<uint64_t> to_preempt;
+  // on_rebind = "migrate": holders to move, and whether each was draining
+  // already (then it is not counted as a new drain when it cannot move).
+  std::vector<std::pair<uint64_t, bool>> to_move;
   for (Holding& holding : gpu.holdings) {
     const Lease& lease = leases_.at(holding.session);
     if (lease.pool == pool) {
@@ -182,12 +185,68 @@ void PoolState::MoveGpu(Gpu& gpu, const std::string& pool, RebindPolicy policy,
     ++affected;
     if (policy == RebindPolicy::kPreempt) {
       to_preempt.push_back(holding.session);
-    } else if (now + grace < holding.deadline) {
-      if (holding.deadline == absl::InfiniteFuture()) changes->drained.push_back(holding.session);
+      continue;
+    }
+    // Drain; a holder that moves leaves its drained slice behind, and one
+    // that cannot stays draining.
+    const bool was_draining = holding.deadline != absl::InfiniteFuture();
+    if (now + grace < holding.deadline) {
+      if (!was_draining && policy != RebindPolicy::kMigrate) {
+        changes->drained.push_back(holding.session);
+      }
       holding.deadline = now + grace;
       holding.drain_reason = "preempted by " + by + ": " + what + "; the drain grace of " +
                              FormatGrace(grace) + " ran out";
     }
+    if (policy == RebindPolicy::kMigrate) to_move.emplace_back(holding.session, was_draining);
+  }
+  // Each holder to move takes a free slice of its pool on another GPU, the
+  // lowest index first (as borrows fill GPUs), reserved at once so that the
+  // next holder or a borrow does not find it free.
+  int moving = 0;
+  std::vector<std::string> stays;  // log lines, after the rebind's own
+  for (const auto& [session, was_draining] : to_move) {
+    Lease& lease = leases_.at(session);
+    auto slice = std::find_if(lease.slices.begin(), lease.slices.end(),
+                              [&](const SliceGrant& s) { return s.gpu == gpu.spec.index; });
+    std::string why;
+    const int n =
+        config_.pools.count(lease.pool) != 0 ? config_.pools.at(lease.pool).slices_per_gpu : 0;
+    Gpu* target = nullptr;
+    int number = -1;
+    if (moves_.contains(session) || slice == lease.slices.end()) {
+      why = "it is moving already";  // (ferryctl migrate)
+    } else if (n == 0 || slice->slices_per_gpu != n) {
+      why = "its pool " + lease.pool + " splits GPUs another way now";
+    } else {
+      for (Gpu& candidate : gpus_) {
+        // Not a GPU that this very moment rebinds too (the same boundary,
+        // later in ApplyBindings' loop).
+        if (&candidate == &gpu || Desired(candidate, now).pool != candidate.pool) continue;
+        number = MoveTarget(lease, candidate, n, slice->slice, nullptr);
+        if (number >= 0) {
+          target = &candidate;
+          break;
+        }
+      }
+      if (target == nullptr) why = "no free slice of pool " + lease.pool + " on another GPU";
+    }
+    if (target == nullptr) {
+      if (!was_draining) changes->drained.push_back(session);
+      changes->not_migrated.push_back(session);
+      stays.push_back("session " + std::to_string(session) + " stays on GPU " +
+                      std::to_string(gpu.spec.index) + " and drains (on_rebind = migrate: " + why +
+                      ")");
+      continue;
+    }
+    Migration migration;
+    migration.session = session;
+    migration.device = static_cast<size_t>(slice - lease.slices.begin());
+    migration.from = *slice;
+    migration.to = BeginMove(lease, migration.device, *target, number, /*rebind=*/true);
+    migration.rebind = "by " + by + ": " + what;
+    changes->migrations.push_back(std::move(migration));
+    ++moving;
   }
   // Released sessions of this GPU come back to it: those of another pool
   // now go as its holders would (they have no slice to finish with, so a
@@ -224,12 +283,21 @@ void PoolState::MoveGpu(Gpu& gpu, const std::string& pool, RebindPolicy policy,
   }
   std::string line = "by " + by + ": " + what;
   if (affected > 0) {
-    line += policy == RebindPolicy::kPreempt
-                ? "; preempting " + Plural(affected, "holder", "holders")
-                : "; draining " + Plural(affected, "holder", "holders") + " (grace " +
-                      FormatGrace(grace) + ")";
+    if (policy == RebindPolicy::kPreempt) {
+      line += "; preempting " + Plural(affected, "holder", "holders");
+    } else {
+      if (moving > 0) {
+        line += "; moving " + Plural(moving, "holder", "holders") + " to other GPUs";
+      }
+      if (affected > moving) {
+        line += (moving > 0 ? ", draining " : "; draining ") +
+                Plural(affected - moving, "holder", "holders") + " (grace " + FormatGrace(grace) +
+                ")";
+      }
+    }
   }
   changes->log.push_back(line);
+  changes->log.insert(changes->log.end(), stays.begin(), stays.end());
   for (uint64_t session : to_preempt) {
     Preempt(session, "preempted by " + by + ": " + what + " (on_rebind = preempt)", changes);
   }
@@ -261,6 +329,9 @@ PoolChanges PoolState::Advance(absl::Time now) {
 void PoolState::ExpireGraces(absl::Time now, PoolChanges* changes) {
   for (Gpu& gpu : gpus_) {
     for (const Holding& holding : gpu.holdings) {
+      // A move's source slice: the session is leaving it (CancelMove looks
+      // again if it stays).
+      if (holding.leaving) continue;
       if (holding.deadline <= now) Preempt(holding.session, holding.drain_reason, changes);
     }
   }
@@ -295,7 +366,9 @@ absl::Time PoolState::NextEventTime(absl::Time now) const {
   for (const Gpu& gpu : gpus_) {
     if (gpu.source == BindingSource::kManual) next = std::min(next, gpu.manual_until);
     for (const Holding& holding : gpu.holdings) {
-      if (!leases_.at(holding.session).preempting) next = std::min(next, holding.deadline);
+      if (!holding.leaving && !leases_.at(holding.session).preempting) {
+        next = std::min(next, holding.deadline);
+      }
     }
   }
   for (const Waiter& waiter : queue_) next = std::min(next, waiter.deadline);
@@ -621,32 +694,51 @@ Status PoolState::MoveSlice(uint64_t session, int from, int to, int prefer, absl
   Gpu* target = FindGpu(to);
   if (target == nullptr) return Status::NotFound("no GPU " + std::to_string(to) + " in the pool");
   const int n = config_.pools.at(lease.pool).slices_per_gpu;
-  const std::string where = "GPU " + std::to_string(to);
-  if (target->pool != lease.pool) {
-    return Status::Overloaded(where + " serves pool " + target->pool + ", not " + lease.pool);
-  }
-  if (slice->slices_per_gpu != n) {
+  if (target->pool == lease.pool && slice->slices_per_gpu != n) {
     return Status::Overloaded("pool " + lease.pool + " has " + Plural(n, "slice", "slices") +
                               " per GPU now, not the " + std::to_string(slice->slices_per_gpu) +
                               " of the session's slice");
   }
-  if (target->drained) return Status::Overloaded(where + " is drained");
   for (const Holding& holding : source->holdings) {
     if (holding.session == session && holding.deadline != absl::InfiniteFuture()) {
       return Status::Overloaded("session " + std::to_string(session) + " is draining");
     }
   }
-  if (FreeSlices(*target, n) == 0) {
-    return Status::Overloaded(where + " has no free slice of pool " + lease.pool);
+  std::string why;
+  const int number = MoveTarget(lease, *target, n, prefer, &why);
+  if (number < 0) return Status::Overloaded(why);
+  *moved = BeginMove(lease, static_cast<size_t>(slice - lease.slices.begin()), *target, number,
+                     /*rebind=*/false);
+  (void)changes;
+  return Status::Ok();
+}
+
+int PoolState::MoveTarget(const Lease& lease, const Gpu& target, int n, int prefer,
+                          std::string* why) const {
+  const std::string where = "GPU " + std::to_string(target.spec.index);
+  const auto refuse = [why](std::string text) {
+    if (why != nullptr) *why = std::move(text);
+    return -1;
+  };
+  if (target.pool != lease.pool) {
+    return refuse(where + " serves pool " + target.pool + ", not " + lease.pool);
   }
+  if (target.drained) return refuse(where + " is drained");
+  if (std::any_of(lease.slices.begin(), lease.slices.end(),
+                  [&](const SliceGrant& s) { return s.gpu == target.spec.index; })) {
+    return refuse("session " + std::to_string(lease.session) + " holds a slice of " + where +
+                  " already");
+  }
+  const std::string full = where + " has no free slice of pool " + lease.pool;
+  if (FreeSlices(target, n) == 0) return refuse(full);
   const auto taken = [&](int s) {
-    return std::any_of(target->holdings.begin(), target->holdings.end(),
+    return std::any_of(target.holdings.begin(), target.holdings.end(),
                        [&](const Holding& h) { return h.slices_per_gpu == n && h.slice == s; });
   };
   std::set<int> comes_back;  // released sessions' slice numbers there
   for (const auto& [other, released] : released_) {
     for (const SliceGrant& s : released.lease.slices) {
-      if (s.gpu == to && s.slices_per_gpu == n) comes_back.insert(s.slice);
+      if (s.gpu == target.spec.index && s.slices_per_gpu == n) comes_back.insert(s.slice);
     }
   }
   const auto free_for_us = [&](int s) { return !taken(s) && !comes_back.contains(s); };
@@ -657,19 +749,24 @@ Status PoolState::MoveSlice(uint64_t session, int from, int to, int prefer, absl
   for (int s = 0; s < n && number < 0; ++s) {
     if (!taken(s)) number = s;
   }
-  if (number < 0) return Status::Overloaded(where + " has no free slice of pool " + lease.pool);
-  for (Holding& holding : source->holdings) {
-    if (holding.session == session) holding.leaving = true;  // held until FinishMove
+  return number < 0 ? refuse(full) : number;
+}
+
+SliceGrant PoolState::BeginMove(Lease& lease, size_t index, Gpu& target, int number, bool rebind) {
+  SliceGrant& slice = lease.slices[index];
+  if (Gpu* source = FindGpu(slice.gpu)) {
+    for (Holding& holding : source->holdings) {
+      if (holding.session == lease.session) holding.leaving = true;  // held until FinishMove
+    }
   }
-  target->holdings.push_back(Holding{session, number, n, absl::InfiniteFuture(), "", false});
-  moves_[session] = Move{static_cast<size_t>(slice - lease.slices.begin()), *slice};
-  slice->gpu = to;
-  slice->slice = number;
-  slice->memory_quota = static_cast<uint64_t>(static_cast<double>(target->spec.memory) *
-                                              config_.pools.at(lease.pool).memory_overcommit / n);
-  *moved = *slice;
-  (void)changes;
-  return Status::Ok();
+  const int n = slice.slices_per_gpu;
+  target.holdings.push_back(Holding{lease.session, number, n, absl::InfiniteFuture(), "", false});
+  moves_[lease.session] = Move{index, slice, rebind};
+  slice.gpu = target.spec.index;
+  slice.slice = number;
+  slice.memory_quota = static_cast<uint64_t>(static_cast<double>(target.spec.memory) *
+                                             config_.pools.at(lease.pool).memory_overcommit / n);
+  return slice;
 }
 
 void PoolState::FinishMove(uint64_t session, absl::Time now, PoolChanges* changes) {
@@ -688,7 +785,8 @@ void PoolState::FinishMove(uint64_t session, absl::Time now, PoolChanges* change
                            std::to_string(done.from.gpu) + " to GPU " + std::to_string(to.gpu) +
                            " (slice " + std::to_string(to.slice + 1) + "/" +
                            std::to_string(to.slices_per_gpu) + " of pool " + lease->second.pool +
-                           ")");
+                           (done.rebind ? "; on_rebind = migrate)" : ")"));
+    if (done.rebind) changes->migrated.push_back(session);
   }
   ServeQueue(now, changes);  // the slice it left
 }
@@ -712,7 +810,26 @@ void PoolState::CancelMove(uint64_t session, absl::Time now, PoolChanges* change
     }
   }
   slice = undo.from;
-  ServeQueue(now, changes);  // the target slice it did not take
+  if (undo.rebind) {
+    // It stays where a rebind took its pool away: draining, as on_rebind =
+    // "drain" would have it, unless the GPU serves its pool again.
+    const Holding* holding = nullptr;
+    if (const Gpu* source = FindGpu(undo.from.gpu)) {
+      for (const Holding& h : source->holdings) {
+        if (h.session == session) holding = &h;
+      }
+    }
+    if (holding != nullptr && holding->deadline != absl::InfiniteFuture()) {
+      changes->drained.push_back(session);
+      changes->not_migrated.push_back(session);
+      changes->log.push_back("session " + std::to_string(session) + " stays on GPU " +
+                             std::to_string(undo.from.gpu) + " and drains until " +
+                             FormatInstant(holding->deadline) +
+                             " (on_rebind = migrate: it could not move)");
+    }
+  }
+  ExpireGraces(now, changes);  // a grace that ran out while it was moving
+  ServeQueue(now, changes);    // the target slice it did not take
 }
 
 std::vector<PinnedSlice> PoolState::ReleasedSlices(uint64_t session) const {

@@ -25,8 +25,10 @@
 //    may take any other slice, never its. A rebind, a drain grace or a reload
 //    that removes its pool preempts it as it would a holder.
 //  * When a GPU moves to another pool, holders of the old pool's slices are
-//    drained (they keep their slice until they end or the grace passes) or
-//    preempted at once. Capacity is accounted in exact fractions, so during a
+//    drained (they keep their slice until they end or the grace passes),
+//    preempted at once, or (on_rebind = "migrate") moved to free slices of
+//    their pool on other GPUs — drained where there is none or the move
+//    fails. Capacity is accounted in exact fractions, so during a
 //    drain the new pool's slices are handed out as the old ones free up.
 //  * A preempted lease keeps its capacity until the server has freed the
 //    session's resources and calls Return, so a new holder never finds the
@@ -110,6 +112,20 @@ struct Preemption {
   std::string pool;    // a released session's (it has no lease to find it by); else ""
 };
 
+// A holder that a rebind with on_rebind = "migrate" moves to another GPU:
+// the lease's slice `device` (the session's device of that index) is `to`
+// already, reserved as MoveSlice reserves, while `from` stays held until the
+// server has moved the session and calls FinishMove — or CancelMove when it
+// cannot, and the holder stays on `from`, draining as on_rebind = "drain"
+// would have it (its grace counted from the rebind).
+struct Migration {
+  uint64_t session = 0;
+  size_t device = 0;
+  SliceGrant from;
+  SliceGrant to;
+  std::string rebind;  // "by the schedule: GPU 1 was rebound from ..." — for the log
+};
+
 // What the server must do after a change of state.
 struct PoolChanges {
   // Free these sessions' resources, tell their clients, then Return them.
@@ -119,14 +135,22 @@ struct PoolChanges {
   // Waiters dropped from the queue, with the error their borrow ends with.
   std::vector<std::pair<uint64_t, Status>> ended_waits;
   // Holders a rebind began to drain (they keep their slices until they end
-  // or the grace passes); for ferryd's counters.
+  // or the grace passes); for ferryd's counters. Under on_rebind = "migrate"
+  // those that cannot move, once that is known.
   std::vector<uint64_t> drained;
+  // on_rebind = "migrate": holders whose target slices are reserved; the
+  // server moves each session, then calls FinishMove or CancelMove.
+  std::vector<Migration> migrations;
+  // How rebind migrations ended, for ferryd's counters: moved (FinishMove),
+  // or left draining (no free slice of the pool elsewhere, or CancelMove).
+  std::vector<uint64_t> migrated;
+  std::vector<uint64_t> not_migrated;
   // Rebinds and other events worth a log line.
   std::vector<std::string> log;
 
   bool empty() const {
     return preempted.empty() && granted.empty() && ended_waits.empty() && drained.empty() &&
-           log.empty();
+           migrations.empty() && migrated.empty() && not_migrated.empty() && log.empty();
   }
 };
 
@@ -218,6 +242,9 @@ class PoolState {
   // drained or moved.
   Status MoveSlice(uint64_t session, int from, int to, int prefer, absl::Time now,
                    PoolChanges* changes, SliceGrant* moved);
+  // Also ends a rebind's migration (PoolChanges::migrations). While a move
+  // is in flight its source slice's drain grace does not run out; after a
+  // CancelMove one that has passed preempts the session at once.
   void FinishMove(uint64_t session, absl::Time now, PoolChanges* changes);
   void CancelMove(uint64_t session, absl::Time now, PoolChanges* changes);
   // Idle release: the slices a released session comes back to (empty when
@@ -304,12 +331,23 @@ class PoolState {
   // Binds every GPU as Desired says at `now`; `by` names who rebinds in the
   // messages ("the schedule", "a config reload").
   void ApplyBindings(absl::Time now, const std::string& by, PoolChanges* changes);
-  // Moves `gpu` to `pool`: holders of other pools are drained or preempted.
+  // Moves `gpu` to `pool`: holders of other pools are drained, preempted or
+  // (kMigrate) moved to other GPUs, else drained.
   // `detail` says which window or action ("window 20:00:00-08:00:00 UTC").
   void MoveGpu(Gpu& gpu, const std::string& pool, RebindPolicy policy, absl::Duration grace,
                absl::Time now, const std::string& by, const std::string& detail,
                PoolChanges* changes);
   void Preempt(uint64_t session, const std::string& reason, PoolChanges* changes);
+  // Migration: the slice number a slice of `lease` of layout `n` would take
+  // on `target` — `prefer` if free, else the lowest free one that no
+  // released session comes back to, else any free one; -1 when none fits or
+  // `target` cannot take it (serves another pool, drained, full, or holds a
+  // slice of the lease already). `*why` (may be null) says why not.
+  int MoveTarget(const Lease& lease, const Gpu& target, int n, int prefer, std::string* why) const;
+  // Reserves slice `number` of `target` for `lease.slices[index]` (which
+  // becomes it); the source holding stays, leaving, until FinishMove or
+  // CancelMove.
+  SliceGrant BeginMove(Lease& lease, size_t index, Gpu& target, int number, bool rebind);
   // A released session is preempted: it is forgotten (nothing of the pool's
   // is its), its wait to borrow again ends, and the server frees it.
   void PreemptReleased(uint64_t session, const std::string& reason, PoolChanges* changes);
@@ -363,6 +401,7 @@ class PoolState {
   struct Move {
     size_t index = 0;
     SliceGrant from;
+    bool rebind = false;  // on_rebind = "migrate" started it (counted, logged)
   };
   std::map<uint64_t, Move> moves_;
   std::vector<Waiter> queue_;         // first come first

@@ -158,14 +158,17 @@ class PoolTest : public ::testing::Test {
   }
   // Starts `pool_client turns BYTES dir_/NAME.turn ROUNDS` as `name`: a ring
   // of device pointers followed turn by turn (a turn starts when the test
-  // writes dir_/NAME.turnR). Null (with a failure) if it does not start.
+  // writes dir_/NAME.turnR); with `async`, allocated with cuMemAllocAsync.
+  // Null (with a failure) if it does not start.
   ChildProcess* StartTurns(const std::string& name, uint64_t bytes, int rounds,
-                           const std::map<std::string, std::string>& env = {}) {
+                           const std::map<std::string, std::string>& env = {}, bool async = false) {
     std::string error;
-    std::optional<ChildProcess> child = ChildProcess::Start(
-        {std::string(FERRY_E2E_PROGRAM_DIR) + "/e2e_pool_client", "turns", std::to_string(bytes),
-         dir_ + "/" + name + ".turn", std::to_string(rounds)},
-        ClientEnv(env), dir_ + "/" + name, &error);
+    std::vector<std::string> argv = {std::string(FERRY_E2E_PROGRAM_DIR) + "/e2e_pool_client",
+                                     "turns", std::to_string(bytes), dir_ + "/" + name + ".turn",
+                                     std::to_string(rounds)};
+    if (async) argv.push_back("async");
+    std::optional<ChildProcess> child =
+        ChildProcess::Start(argv, ClientEnv(env), dir_ + "/" + name, &error);
     if (!child.has_value()) {
       ADD_FAILURE() << "cannot start " << name << ": " << error;
       return nullptr;
@@ -668,6 +671,164 @@ TEST_P(MigrationTest, ASessionMovesToAnotherGpuOfItsServer) {
   EXPECT_NE(ferryd_->Stderr().find("device 0 moved from GPU 0 (slice 1/1) to GPU 1 (slice 1/1)"),
             std::string::npos);
 }
+
+// on_rebind = "migrate" (issue 16): pool day on GPUs 0 and 1 (64 MiB, one
+// slice each); at 20:00 Shanghai GPU 1 goes to pool night. A program that
+// follows its ring of device pointers on GPU 1 moves to GPU 0 when GPU 0 is
+// free — not preempted, same addresses, its checks pass — and GPU 1 is
+// whole for a night borrower; when GPU 0 is held it stays on GPU 1 and
+// drains instead, running to the end within the grace.
+class RebindMigrationTest : public PoolTest, public ::testing::WithParamInterface<bool> {
+ protected:
+  static constexpr uint64_t kRingBytes = 24ull << 20;
+  // 20:15 +08, the end of the 15-minute grace after 20:00.
+  static constexpr double kGraceEndMs = 1773144900000.0;
+
+  void StartDayNightOnGpuOne() {
+    std::string config = std::string("[server]\nbackend = \"host\"\nhost_kernels = [\"") +
+                         FERRY_E2E_HOST_KERNELS + "\"]\ndefault_pool = \"day\"\n";
+    for (int g = 0; g < 2; ++g) {
+      config += "\n[[gpu]]\nindex = " + std::to_string(g) + "\nmemory = \"64MiB\"\n";
+    }
+    config +=
+        "\n[pool.day]\nslices_per_gpu = 1\n[pool.night]\nslices_per_gpu = 1\n"
+        "\n[[schedule]]\npool = \"night\"\ngpus = [1]\nfrom = 20:00:00\nto = 08:00:00\n"
+        "timezone = \"Asia/Shanghai\"\non_rebind = \"migrate\"\ngrace = \"15m\"\n";
+    StartFerryd(config, kBeforeNight,
+                GetParam() ? std::vector<std::string>{"--sessions-in-process"}
+                           : std::vector<std::string>{});
+  }
+
+  // "b" holds GPU 0; "a" then borrows GPU 1 and runs its first turn there
+  // (with `async`, its ring comes from the device's memory pool).
+  void StartOnGpuOne(ChildProcess** a, ChildProcess** b, bool async = false) {
+    *b = StartReadyHolder("b");
+    ASSERT_NE(*b, nullptr);
+    *a = StartTurns("a", kRingBytes, 3, {}, async);
+    ASSERT_NE(*a, nullptr);
+    Turn("a", 1);
+    ASSERT_TRUE(WaitForOutput(**a, "TURN 1 OK"));
+    std::string text;
+    std::optional<JsonValue> pool = PoolStatus(&text);
+    ASSERT_TRUE(pool.has_value()) << text;
+    const std::vector<JsonValue> on_one = Holders(*pool, 1);
+    ASSERT_NE(HolderWithPid(on_one, (*a)->pid()), nullptr) << text;
+  }
+
+  // a's last turns and its end: every check passed, no call failed.
+  void FinishTurns(ChildProcess* a) {
+    Turn("a", 2);
+    ASSERT_TRUE(WaitForOutput(*a, "TURN 2 OK"));
+    Turn("a", 3);
+    ASSERT_TRUE(WaitForOutput(*a, "TURN 3 OK"));
+    Turn("a", 4);
+    const ExitStatus status = a->Wait(kProgramTimeout);
+    EXPECT_TRUE(status.success() && a->Stdout().find("all checks passed") != std::string::npos)
+        << a->Describe();
+    EXPECT_EQ(a->Stdout().find("CALL FAILED"), std::string::npos) << a->Describe();
+  }
+};
+
+TEST_P(RebindMigrationTest, TheHolderMovesToAFreeGpuOfItsPool) {
+  StartDayNightOnGpuOne();
+  ChildProcess* a = nullptr;
+  ChildProcess* b = nullptr;
+  ASSERT_NO_FATAL_FAILURE(StartOnGpuOne(&a, &b));
+  Release("b");
+  ASSERT_TRUE(b->Wait(kProgramTimeout).success()) << b->Describe();
+  WaitForPool("GPU 0 free", [](const JsonValue& p) {
+    return Holders(p, 0).empty() && NumberMember(Gpu(p, 0), "free_slices") == 1;
+  });
+
+  AdvanceClock("1m");  // 20:00: GPU 1 goes to night; a moves to GPU 0
+  WaitForPool("a on GPU 0, not draining; GPU 1 serves night, free", [&](const JsonValue& p) {
+    const std::vector<JsonValue> on_zero = Holders(p, 0);
+    const JsonValue* moved = HolderWithPid(on_zero, a->pid());
+    return StringMember(Gpu(p, 1), "pool") == "night" && Holders(p, 1).empty() &&
+           NumberMember(Gpu(p, 1), "free_slices") == 1 && moved != nullptr &&
+           NumberMember(moved, "drain_deadline_unix_ms") == 0 &&
+           NumberMember(moved, "memory_used") == static_cast<double>(kRingBytes) &&
+           StringMember(moved, "pool") == "day";
+  });
+  // GPU 1 is whole for the night: a borrower of night gets all 64 MiB.
+  ChildProcess* night = StartReadyHolder("night", {{"FERRY_POOL", "night"}});
+  ASSERT_NE(night, nullptr);
+  EXPECT_NE(night->Stdout().find("total=" + std::to_string(kGpuMemory)), std::string::npos)
+      << night->Describe();
+  ASSERT_NO_FATAL_FAILURE(FinishTurns(a));
+  Release("night");
+  EXPECT_TRUE(night->Wait(kProgramTimeout).success()) << night->Describe();
+  const std::string log = ferryd_->Stderr();
+  EXPECT_NE(log.find("on_rebind = migrate by the schedule: GPU 1 was rebound from pool day to "
+                     "pool night"),
+            std::string::npos);
+  EXPECT_NE(log.find("moved from GPU 1 to GPU 0 (slice 1/1; its calls paused"), std::string::npos);
+  EXPECT_NE(log.find("device 0 moved from GPU 1 (slice 1/1) to GPU 0 (slice 1/1)"),
+            std::string::npos);
+  EXPECT_EQ(log.find("preempted"), std::string::npos);
+}
+
+TEST_P(RebindMigrationTest, WithNoFreeSliceElsewhereTheHolderDrains) {
+  StartDayNightOnGpuOne();
+  ChildProcess* a = nullptr;
+  ChildProcess* b = nullptr;
+  ASSERT_NO_FATAL_FAILURE(StartOnGpuOne(&a, &b));
+
+  AdvanceClock("1m");  // 20:00: GPU 0 is held by b, so a stays and drains
+  WaitForPool("a draining on GPU 1, which serves night", [&](const JsonValue& p) {
+    const std::vector<JsonValue> on_one = Holders(p, 1);
+    const JsonValue* stays = HolderWithPid(on_one, a->pid());
+    return StringMember(Gpu(p, 1), "pool") == "night" && stays != nullptr &&
+           NumberMember(stays, "drain_deadline_unix_ms") == kGraceEndMs &&
+           HolderWithPid(Holders(p, 0), b->pid()) != nullptr;
+  });
+  // Within the grace it runs to its end where it is.
+  ASSERT_NO_FATAL_FAILURE(FinishTurns(a));
+  WaitForPool("GPU 1 free for night", [](const JsonValue& p) {
+    return Holders(p, 1).empty() && NumberMember(Gpu(p, 1), "free_slices") == 1;
+  });
+  Release("b");
+  EXPECT_TRUE(b->Wait(kProgramTimeout).success()) << b->Describe();
+  const std::string log = ferryd_->Stderr();
+  EXPECT_NE(log.find("stays on GPU 1 and drains (on_rebind = migrate: no free slice of pool day "
+                     "on another GPU)"),
+            std::string::npos);
+  EXPECT_EQ(log.find("preempted"), std::string::npos);
+  EXPECT_EQ(log.find("device 0 moved"), std::string::npos);
+}
+
+// A holder whose move the session refuses (a memory pool cannot move yet)
+// stays on GPU 1 and drains; the slice reserved on GPU 0 is free again.
+TEST_P(RebindMigrationTest, AHolderThatCannotMoveDrainsInstead) {
+  StartDayNightOnGpuOne();
+  ChildProcess* a = nullptr;
+  ChildProcess* b = nullptr;
+  ASSERT_NO_FATAL_FAILURE(StartOnGpuOne(&a, &b, /*async=*/true));
+  Release("b");
+  ASSERT_TRUE(b->Wait(kProgramTimeout).success()) << b->Describe();
+  WaitForPool("GPU 0 free", [](const JsonValue& p) { return Holders(p, 0).empty(); });
+
+  AdvanceClock("1m");  // 20:00: a move is tried, refused, and a drains
+  WaitForPool("a draining on GPU 1; GPU 0 free again", [&](const JsonValue& p) {
+    const std::vector<JsonValue> on_one = Holders(p, 1);
+    const JsonValue* stays = HolderWithPid(on_one, a->pid());
+    return stays != nullptr && NumberMember(stays, "drain_deadline_unix_ms") == kGraceEndMs &&
+           Holders(p, 0).empty() && NumberMember(Gpu(p, 0), "free_slices") == 1;
+  });
+  ASSERT_NO_FATAL_FAILURE(FinishTurns(a));
+  const std::string log = ferryd_->Stderr();
+  EXPECT_NE(log.find("could not move to GPU 0, so it drains"), std::string::npos);
+  EXPECT_NE(log.find("which cannot move to another GPU yet"), std::string::npos);
+  EXPECT_NE(log.find("stays on GPU 1 and drains until 2026-03-10 12:15:00 UTC (on_rebind = "
+                     "migrate: it could not move)"),
+            std::string::npos);
+  EXPECT_EQ(log.find("preempted"), std::string::npos);
+}
+
+INSTANTIATE_TEST_SUITE_P(Sessions, RebindMigrationTest, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? "InProcess" : "InWorkers";
+                         });
 
 INSTANTIATE_TEST_SUITE_P(Sessions, MigrationTest, ::testing::Values(false, true),
                          [](const ::testing::TestParamInfo<bool>& info) {

@@ -116,7 +116,8 @@ TEST_F(CliTest, HelpOnEveryCommandNamesItsFlags) {
       {{"help"}, {"status", "--server"}},
       {{"status", "--help"}, {"--output", "json", "--server"}},
       {{"reload", "-h"}, {"--server"}},
-      {{"rebind", "--help"}, {"GPU", "POOL", "--preempt", "--drain", "--grace", "--server"}},
+      {{"rebind", "--help"},
+       {"GPU", "POOL", "--preempt", "--drain", "--migrate", "--grace", "--server"}},
       {{"drain", "--help"}, {"GPU", "--server"}},
       {{"undrain", "-h"}, {"GPU", "--server"}},
   };
@@ -190,6 +191,7 @@ TEST_F(CliTest, BadValuesAreUsageErrors) {
       {{"status", "-o", "xml"}, "--output"},
       {{"rebind", "5000", "train"}, "GPU"},
       {{"rebind", "0", "train", "--preempt", "--drain"}, "--preempt"},
+      {{"rebind", "0", "train", "--migrate", "--drain"}, "--migrate"},
       {{"rebind", "0", "train", "--grace=soon"}, "--grace"},
       {{"rebind", "0"}, "POOL"},
       {{"drain"}, "GPU"},

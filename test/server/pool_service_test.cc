@@ -178,6 +178,85 @@ TEST_F(PoolServiceTest, TheNightBoundaryDrainsAreCounted) {
   EXPECT_EQ(service_->Counters().at("dev").preemptions, 2u);
 }
 
+// on_rebind = "migrate" on two GPUs (dev, 2 slices each, by day; GPU 1
+// serves train at night): at the boundary the holder with a free slice on
+// GPU 0 goes to the migrate hook, which moves it (FinishMove); the other
+// drains. Without a hook the service cancels the move and the holder
+// drains too. Both outcomes are counted.
+TEST(PoolServiceMigrateTest, AMigrateRebindGoesThroughTheHookAndIsCounted) {
+  const std::string text =
+      "[server]\ndefault_pool = \"dev\"\n[pool.dev]\nslices_per_gpu = 2\n"
+      "[pool.train]\nslices_per_gpu = 1\n[[schedule]]\npool = \"train\"\ngpus = [1]\n"
+      "from = 20:00:00\nto = 08:00:00\ntimezone = \"Asia/Shanghai\"\n"
+      "on_rebind = \"migrate\"\ngrace = \"15m\"\n";
+  pool::Config config;
+  ASSERT_TRUE(pool::ParseConfig(text, "test.toml", &config).ok());
+  for (const bool with_hook : {true, false}) {
+    SCOPED_TRACE(with_hook ? "with a migrate hook" : "without one");
+    pool::FakeClock clock(ShanghaiAt(19, 59));
+    std::unique_ptr<PoolService> service;
+    std::mutex mu;
+    std::vector<pool::Migration> migrations;
+    PoolService::Options options;
+    options.clock = &clock;
+    options.test_clock = &clock;
+    if (with_hook) {
+      options.migrate = [&](const pool::Migration& migration) {
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          migrations.push_back(migration);
+        }
+        service->FinishMove(migration.session);  // moved
+      };
+    }
+    ASSERT_TRUE(PoolService::Create(config,
+                                    {pool::PoolGpu{0, 64ull << 20}, pool::PoolGpu{1, 64ull << 20}},
+                                    options, &service)
+                    .ok());
+    pool::Lease lease;
+    for (uint64_t session = 1; session <= 4; ++session) {
+      pool::BorrowRequest request;
+      request.session = session;
+      ASSERT_TRUE(service
+                      ->Borrow(
+                          request, [] { return false; }, [](int) {}, &lease)
+                      .ok());
+    }
+    ASSERT_EQ(lease.slices[0].gpu, 1);
+    service->Return(1);  // GPU 0 slice 0 free
+    std::string summary;
+    ASSERT_TRUE(service->AdvanceTestClock(absl::Minutes(1), &summary).ok());
+    EXPECT_NE(summary.find("moving 1 session(s) to other GPUs (on_rebind = migrate)"),
+              std::string::npos)
+        << summary;
+    absl::Time now;
+    const pool::PoolSnapshot snapshot = service->Snapshot(&now);
+    const std::map<std::string, PoolService::PoolCounters> counters = service->Counters();
+    if (with_hook) {
+      ASSERT_EQ(migrations.size(), 1u);
+      EXPECT_EQ(migrations[0].session, 3u);
+      EXPECT_EQ(migrations[0].to.gpu, 0);
+      ASSERT_EQ(snapshot.gpus[0].holdings.size(), 2u);  // 2, and 3 moved here
+      ASSERT_EQ(snapshot.gpus[1].holdings.size(), 1u);  // 4, draining
+      EXPECT_EQ(snapshot.gpus[1].holdings[0].session, 4u);
+      EXPECT_EQ(counters.at("dev").rebind_migrations, 1u);
+      EXPECT_EQ(counters.at("dev").rebind_migration_fallbacks, 1u);
+      EXPECT_EQ(counters.at("dev").drains, 1u);
+    } else {
+      ASSERT_EQ(snapshot.gpus[1].holdings.size(), 2u);  // both stay, draining
+      for (const pool::HoldingSnapshot& h : snapshot.gpus[1].holdings) {
+        EXPECT_EQ(h.deadline, ShanghaiAt(20, 15));
+      }
+      EXPECT_EQ(snapshot.gpus[0].free_slices, 1);
+      EXPECT_EQ(counters.at("dev").rebind_migrations, 0u);
+      EXPECT_EQ(counters.at("dev").rebind_migration_fallbacks, 2u);
+      EXPECT_EQ(counters.at("dev").drains, 2u);
+    }
+    EXPECT_EQ(counters.at("dev").preemptions, 0u);
+    service->Stop();
+  }
+}
+
 TEST_F(PoolServiceTest, TheTestClockIsRefusedWithoutOne) {
   Make("", /*test_clock=*/false);
   std::string summary;

@@ -107,6 +107,55 @@ memory = 1048576
   EXPECT_FALSE(config.gpus[0].memory.has_value());
 }
 
+// on_rebind = "migrate" in [server] (the default of schedules and manual
+// rebinds) and in a schedule, next to the other two policies.
+TEST(ConfigTest, RebindPolicies) {
+  Config config;
+  Status status = ParseConfig(R"(
+[server]
+default_pool = "p"
+on_rebind = "migrate"
+[pool.p]
+[pool.q]
+[[schedule]]
+pool = "q"
+gpus = [0]
+from = "22:00"
+to = "06:00"
+[[schedule]]
+pool = "q"
+gpus = [1]
+from = "22:00"
+to = "06:00"
+on_rebind = "preempt"
+[[schedule]]
+pool = "q"
+gpus = [2]
+from = "22:00"
+to = "06:00"
+on_rebind = "drain"
+)",
+                              "x.toml", &config);
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  EXPECT_EQ(config.server.on_rebind, RebindPolicy::kMigrate);
+  ASSERT_EQ(config.schedules.size(), 3u);
+  EXPECT_EQ(config.schedules[0].on_rebind, RebindPolicy::kMigrate);  // the [server] default
+  EXPECT_EQ(config.schedules[1].on_rebind, RebindPolicy::kPreempt);
+  EXPECT_EQ(config.schedules[2].on_rebind, RebindPolicy::kDrain);
+  EXPECT_EQ(RebindPolicyName(RebindPolicy::kMigrate), "migrate");
+  EXPECT_EQ(RebindPolicyName(RebindPolicy::kPreempt), "preempt");
+  EXPECT_EQ(RebindPolicyName(RebindPolicy::kDrain), "drain");
+  status = ParseConfig(
+      "[server]\ndefault_pool = \"p\"\n[pool.p]\n[[schedule]]\npool = \"p\"\n"
+      "gpus = [0]\nfrom = \"22:00\"\nto = \"06:00\"\non_rebind = \"move\"\n",
+      "bad.toml", &config);
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("bad.toml:9: schedule[0].on_rebind: 'move' is not \"drain\", "
+                                  "\"preempt\" or \"migrate\""),
+            std::string::npos)
+      << status.message();
+}
+
 TEST(ConfigTest, ServerOnlyMeansNoPools) {
   Config config;
   ASSERT_TRUE(ParseConfig("[server]\nbackend = \"host\"\n", "s.toml", &config).ok());
@@ -378,7 +427,7 @@ TEST(ConfigTest, BadValuesNameFileLineAndKey) {
               "is not a duration");
   ExpectError("[server]\ngrace = 15\n", "bad.toml:2: server.grace", "expected a string");
   ExpectError("[server]\non_rebind = \"kill\"\n", "bad.toml:2: server.on_rebind",
-              "not \"drain\" or \"preempt\"");
+              "'kill' is not \"drain\", \"preempt\" or \"migrate\"");
   ExpectError("[server]\nbackend = \"gpu\"\n", "bad.toml:2: server.backend", "'gpu'");
   ExpectError("[server]\nlisten = []\n", "bad.toml:2: server.listen", "at least one");
   ExpectError("[server]\nlisten = [7070]\n", "bad.toml:2: server.listen", "array of strings");

@@ -600,6 +600,164 @@ TEST_F(PoolStateTest, AMoveHoldsBothSlicesUntilItFinishesOrIsCancelled) {
             StatusCode::kNotFound);  // released
 }
 
+// Pool dev (2 slices per GPU) on GPUs 0 and 1 by day; at night (20:00-08:00
+// Shanghai) GPU 1 serves train, rebinding with `night_policy`.
+std::string NightOnGpuOne(const std::string& night_policy, const std::string& gpus = "[1]") {
+  return "[server]\ndefault_pool = \"dev\"\n[pool.dev]\nslices_per_gpu = 2\n"
+         "[pool.train]\nslices_per_gpu = 1\n"
+         "[[schedule]]\npool = \"train\"\ngpus = " +
+         gpus + "\nfrom = 20:00:00\nto = 08:00:00\ntimezone = \"Asia/Shanghai\"\n" + night_policy;
+}
+
+bool Logged(const PoolChanges& changes, const std::string& text) {
+  return std::any_of(changes.log.begin(), changes.log.end(),
+                     [&](const std::string& line) { return line.find(text) != std::string::npos; });
+}
+
+// on_rebind = "migrate": at 20:00 the holder of GPU 1 for which GPU 0 has a
+// free slice is reported for migration with that slice reserved; the other
+// one, with no free slice left, drains with the grace instead. The move
+// ends with FinishMove: the slice on GPU 1 goes, and the grace of the one
+// left behind runs out as a drain's does.
+TEST_F(PoolStateTest, AMigrateRebindMovesHoldersToFreeSlicesElsewhereElseDrains) {
+  Make(NightOnGpuOne("on_rebind = \"migrate\"\ngrace = \"15m\"\n"), 2,
+       Shanghai(2026, 3, 10, 19, 59));
+  for (uint64_t s = 1; s <= 4; ++s) ASSERT_EQ(Borrow(s).outcome, BorrowOutcome::kGranted);
+  ASSERT_EQ(pool_->FindLease(3)->slices[0].gpu, 1);
+  ASSERT_EQ(pool_->FindLease(4)->slices[0].gpu, 1);
+  pool_->Return(1, clock_->Now());  // GPU 0 slice 0 free
+
+  PoolChanges night = AdvanceTo(Shanghai(2026, 3, 10, 20, 0));
+  EXPECT_TRUE(night.preempted.empty());
+  ASSERT_EQ(night.migrations.size(), 1u);
+  const Migration& m = night.migrations[0];
+  EXPECT_EQ(m.session, 3u);
+  EXPECT_EQ(m.device, 0u);
+  EXPECT_EQ(m.from.gpu, 1);
+  EXPECT_EQ(m.from.slice, 0);
+  EXPECT_EQ(m.to.gpu, 0);
+  EXPECT_EQ(m.to.slice, 0);
+  EXPECT_EQ(m.to.slices_per_gpu, 2);
+  EXPECT_EQ(m.to.memory_quota, 4 * kGiB);
+  EXPECT_EQ(m.rebind.rfind("by the schedule: GPU 1 was rebound from pool dev to pool train", 0), 0u)
+      << m.rebind;
+  EXPECT_EQ(night.drained, std::vector<uint64_t>{4});
+  EXPECT_EQ(night.not_migrated, std::vector<uint64_t>{4});
+  EXPECT_TRUE(Logged(night, "; moving 1 holder to other GPUs, draining 1 holder (grace 15m)"));
+  EXPECT_TRUE(Logged(night,
+                     "session 4 stays on GPU 1 and drains (on_rebind = migrate: no free "
+                     "slice of pool dev on another GPU)"));
+  // The target slice is the session's at once; its old one stays held
+  // until the move ends.
+  EXPECT_EQ(pool_->FindLease(3)->slices[0].gpu, 0);
+  EXPECT_EQ(Gpu(0).free_slices, 0);
+  EXPECT_EQ(Gpu(1).holdings.size(), 2u);
+  EXPECT_EQ(Borrow(5, "dev").outcome, BorrowOutcome::kRefused);
+  ASSERT_EQ(Borrow(6, "train", 1, absl::Hours(1)).outcome, BorrowOutcome::kQueued);
+  EXPECT_EQ(pool_->NextEventTime(clock_->Now()), Shanghai(2026, 3, 10, 20, 15));
+
+  PoolChanges finished;
+  pool_->FinishMove(3, clock_->Now(), &finished);
+  EXPECT_EQ(finished.migrated, std::vector<uint64_t>{3});
+  EXPECT_TRUE(Logged(finished,
+                     "session 3 moved from GPU 1 to GPU 0 (slice 1/2 of pool dev; "
+                     "on_rebind = migrate)"));
+  ASSERT_EQ(Gpu(1).holdings.size(), 1u);
+  EXPECT_EQ(Gpu(1).holdings[0].session, 4u);
+  EXPECT_EQ(Gpu(0).holdings.size(), 2u);
+  EXPECT_EQ(Gpu(0).holdings[1].deadline, absl::InfiniteFuture());  // moved: not draining
+
+  PoolChanges grace = AdvanceTo(Shanghai(2026, 3, 10, 20, 15));
+  ASSERT_EQ(grace.preempted.size(), 1u);
+  EXPECT_EQ(grace.preempted[0].session, 4u);
+  EXPECT_NE(grace.preempted[0].reason.find("the drain grace of 15m ran out"), std::string::npos);
+  EXPECT_EQ(pool_->Return(4, clock_->Now()).granted, std::vector<uint64_t>{6});
+}
+
+// A migration the server cannot make (CancelMove) leaves the holder where it
+// was, draining: the grace, counted from the rebind, does not run out while
+// the move is in flight, and preempts at once if it passed meanwhile. A
+// zero grace (ferryctl rebind --migrate --grace 0) still lets a holder with
+// a target move, and preempts one without.
+TEST_F(PoolStateTest, AMigrationThatFailsDrainsFromTheRebind) {
+  Make(NightOnGpuOne("on_rebind = \"migrate\"\ngrace = \"15m\"\n"), 2,
+       Shanghai(2026, 3, 10, 19, 59));
+  for (uint64_t s = 1; s <= 4; ++s) ASSERT_EQ(Borrow(s).outcome, BorrowOutcome::kGranted);
+  pool_->Return(2, clock_->Now());  // GPU 0 slice 1 free
+  PoolChanges night = AdvanceTo(Shanghai(2026, 3, 10, 20, 0));
+  ASSERT_EQ(night.migrations.size(), 1u);
+  EXPECT_EQ(night.migrations[0].session, 3u);
+  EXPECT_EQ(night.migrations[0].to.slice, 1);  // slice 0 (its own number) is taken
+
+  PoolChanges cancelled;
+  clock_->Advance(absl::Minutes(5));
+  pool_->CancelMove(3, clock_->Now(), &cancelled);
+  EXPECT_EQ(cancelled.drained, std::vector<uint64_t>{3});
+  EXPECT_EQ(cancelled.not_migrated, std::vector<uint64_t>{3});
+  EXPECT_TRUE(cancelled.preempted.empty());
+  EXPECT_TRUE(Logged(cancelled,
+                     "session 3 stays on GPU 1 and drains until 2026-03-10 12:15:00 UTC "
+                     "(on_rebind = migrate: it could not move)"));
+  EXPECT_EQ(pool_->FindLease(3)->slices[0].gpu, 1);
+  EXPECT_EQ(Gpu(0).free_slices, 1);
+  EXPECT_EQ(Gpu(1).holdings[0].deadline, Shanghai(2026, 3, 10, 20, 15));
+
+  // Morning: GPU 1 is dev's again. Tonight's rebind with 3 on GPU 1 and a
+  // free slice on GPU 0: the move is in flight past the grace.
+  AdvanceTo(Shanghai(2026, 3, 10, 20, 15));
+  for (const Preemption& p : preempted_) pool_->Return(p.session, clock_->Now());
+  preempted_.clear();
+  AdvanceTo(Shanghai(2026, 3, 11, 8, 0));
+  ASSERT_EQ(Borrow(7).outcome, BorrowOutcome::kGranted);  // GPU 0 slice 1
+  ASSERT_EQ(Borrow(8).outcome, BorrowOutcome::kGranted);  // GPU 1
+  ASSERT_EQ(pool_->FindLease(8)->slices[0].gpu, 1);
+  pool_->Return(7, clock_->Now());
+  night = AdvanceTo(Shanghai(2026, 3, 11, 20, 0));
+  ASSERT_EQ(night.migrations.size(), 1u);
+  EXPECT_EQ(night.migrations[0].session, 8u);
+  EXPECT_TRUE(AdvanceTo(Shanghai(2026, 3, 11, 20, 30)).preempted.empty());
+  EXPECT_GT(pool_->NextEventTime(clock_->Now()), clock_->Now());
+  cancelled = PoolChanges();
+  pool_->CancelMove(8, clock_->Now(), &cancelled);
+  ASSERT_EQ(cancelled.preempted.size(), 1u);
+  EXPECT_EQ(cancelled.preempted[0].session, 8u);
+  EXPECT_NE(cancelled.preempted[0].reason.find("the drain grace of 15m ran out"),
+            std::string::npos);
+  pool_->Return(8, clock_->Now());
+
+  // ferryctl rebind --migrate --grace 0 at 08:30 next morning.
+  AdvanceTo(Shanghai(2026, 3, 12, 8, 30));
+  for (uint64_t s = 10; s <= 12; ++s) ASSERT_EQ(Borrow(s).outcome, BorrowOutcome::kGranted);
+  // 1 holds GPU 0 slice 0; 10: GPU 0 slice 1; 11, 12: GPU 1.
+  pool_->Return(10, clock_->Now());
+  PoolChanges rebind;
+  ASSERT_TRUE(
+      pool_
+          ->Rebind(1, "train", RebindPolicy::kMigrate, absl::ZeroDuration(), clock_->Now(), &rebind)
+          .ok());
+  ASSERT_EQ(rebind.migrations.size(), 1u);
+  EXPECT_EQ(rebind.migrations[0].session, 11u);
+  EXPECT_EQ(rebind.migrations[0].rebind.rfind("by ferryctl rebind: GPU 1 was rebound", 0), 0u);
+  ASSERT_EQ(rebind.preempted.size(), 1u);
+  EXPECT_EQ(rebind.preempted[0].session, 12u);
+}
+
+// A migrate rebind never moves a holder to a GPU that the same boundary
+// rebinds too (GPU 2 here, free but going to train with GPU 1).
+TEST_F(PoolStateTest, AMigrateRebindSkipsGpusRebindingAtTheSameMoment) {
+  Make(NightOnGpuOne("on_rebind = \"migrate\"\n", "[1, 2]"), 3, Shanghai(2026, 3, 10, 19, 59));
+  for (uint64_t s = 1; s <= 3; ++s) ASSERT_EQ(Borrow(s).outcome, BorrowOutcome::kGranted);
+  ASSERT_EQ(pool_->FindLease(3)->slices[0].gpu, 1);
+  PoolChanges night = AdvanceTo(Shanghai(2026, 3, 10, 20, 0));
+  EXPECT_TRUE(night.migrations.empty());
+  EXPECT_EQ(night.drained, std::vector<uint64_t>{3});
+  EXPECT_TRUE(Logged(night,
+                     "session 3 stays on GPU 1 and drains (on_rebind = migrate: no free "
+                     "slice of pool dev on another GPU)"));
+  EXPECT_EQ(Gpu(2).pool, "train");
+  EXPECT_TRUE(Gpu(2).holdings.empty());
+}
+
 TEST_F(PoolStateTest, APreemptRebindPreemptsReleasedSessionsAtOnce) {
   Make(DayNight("on_rebind = \"preempt\"\n"));
   ASSERT_EQ(Borrow(1).outcome, BorrowOutcome::kGranted);
