@@ -1092,7 +1092,7 @@ void Connection::FollowMove() {
     reply_cv_.notify_all();  // a waiter whose reply came
   }
   if (!marker.status.ok()) {
-    FERRY_LOG(kWarning) << "ferryd at " << server_name_
+    FERRY_LOG(kWarning) << "ferryd at " << (moved_to_.empty() ? server_name_ : moved_to_)
                         << " did not move the session: " << marker.status.message();
     return;
   }
@@ -1123,7 +1123,8 @@ void Connection::FollowMove() {
   }
   if (!joined.ok()) {
     // The source still has everything: say why, and carry on there.
-    FERRY_LOG(kWarning) << "the session stays on ferryd at " << server_name_ << ": ferryd at "
+    FERRY_LOG(kWarning) << "the session stays on ferryd at "
+                        << (moved_to_.empty() ? server_name_ : moved_to_) << ": ferryd at "
                         << address << " did not take it: " << joined.message();
     capnp::MallocMessageBuilder message;
     auto call = message.initRoot<wire::Call>();
@@ -1142,9 +1143,11 @@ void Connection::FollowMove() {
   retired_.back()->Shutdown();
   last_heard_ns_.store(std::chrono::steady_clock::now().time_since_epoch().count(),
                        std::memory_order_relaxed);
-  FERRY_LOG(kInfo) << "the session moved from ferryd at " << server_name_ << " to ferryd at "
-                   << address << " (session " << session << " there, over "
-                   << transport_->Description() << ")";
+  FERRY_LOG(kInfo) << "the session moved from ferryd at "
+                   << (moved_to_.empty() ? server_name_ : moved_to_) << " to ferryd at " << address
+                   << " (session " << session << " there, over " << transport_->Description()
+                   << ")";
+  moved_to_ = address;
 }
 
 void Connection::Fail(const Status& status) {

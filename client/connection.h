@@ -426,6 +426,7 @@ class Connection {
   mutable std::shared_mutex transport_mutex_;
   std::unique_ptr<Transport> transport_;
   std::vector<std::unique_ptr<Transport>> retired_;
+  std::string moved_to_;  // the server a move went to last, for FollowMove's logs; "" = none
 
   // Sending.
   std::mutex send_mutex_;
