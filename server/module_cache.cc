@@ -17,35 +17,48 @@ constexpr int kImageSeals = F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_
 
 Status SealedImage::FromBytes(std::span<const uint8_t> bytes,
                               std::shared_ptr<const SealedImage>* out) {
-  const std::span<const uint8_t> parts[] = {bytes};
-  return FromParts(parts, out);
-}
-
-Status SealedImage::FromParts(std::span<const std::span<const uint8_t>> parts,
-                              std::shared_ptr<const SealedImage>* out) {
-  const int fd = ::memfd_create("ferry-sealed-bytes", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  const int fd = ::memfd_create("ferry-module-image", MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd < 0) return Status::Internal(std::string("memfd_create: ") + std::strerror(errno));
-  uint64_t total = 0;
-  for (std::span<const uint8_t> bytes : parts) {
-    size_t written = 0;
-    while (written < bytes.size()) {
-      const ssize_t n = ::write(fd, bytes.data() + written, bytes.size() - written);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        const int err = errno;
-        ::close(fd);
-        return Status::Internal(std::string("cannot write to a memfd: ") + std::strerror(err));
-      }
-      written += static_cast<size_t>(n);
+  size_t written = 0;
+  while (written < bytes.size()) {
+    const ssize_t n = ::write(fd, bytes.data() + written, bytes.size() - written);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int err = errno;
+      ::close(fd);
+      return Status::Internal(std::string("cannot write a module image to a memfd: ") +
+                              std::strerror(err));
     }
-    total += bytes.size();
+    written += static_cast<size_t>(n);
   }
   if (::fcntl(fd, F_ADD_SEALS, kImageSeals) != 0) {
     const int err = errno;
     ::close(fd);
-    return Status::Internal(std::string("cannot seal a memfd: ") + std::strerror(err));
+    return Status::Internal(std::string("cannot seal a module image: ") + std::strerror(err));
   }
-  return FromFd(fd, total, out);
+  return FromFd(fd, bytes.size(), out);
+}
+
+Status SealedImage::Fill(uint64_t size, const std::function<Status(uint8_t* data)>& fill,
+                         std::shared_ptr<const SealedImage>* out) {
+  const int fd = ::memfd_create("ferry-sealed-bytes", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0) return Status::Internal(std::string("memfd_create: ") + std::strerror(errno));
+  auto fail = [fd](const std::string& what) {
+    const int err = errno;
+    ::close(fd);
+    return Status::Internal(what + ": " + std::strerror(err));
+  };
+  if (size == 0 || ::ftruncate(fd, static_cast<off_t>(size)) != 0) return fail("ftruncate");
+  void* data = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (data == MAP_FAILED) return fail("mmap");
+  Status filled = fill(static_cast<uint8_t*>(data));
+  ::munmap(data, size);  // before the seal: no writable mapping may remain
+  if (!filled.ok()) {
+    ::close(fd);
+    return filled;
+  }
+  if (::fcntl(fd, F_ADD_SEALS, kImageSeals) != 0) return fail("cannot seal a memfd");
+  return FromFd(fd, size, out);
 }
 
 Status SealedImage::FromFd(int fd, uint64_t size, std::shared_ptr<const SealedImage>* out) {

@@ -22,6 +22,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <list>
 #include <map>
 #include <memory>
@@ -66,10 +67,11 @@ class SealedImage {
  public:
   // Copies `bytes` into a new sealed memfd.
   static Status FromBytes(std::span<const uint8_t> bytes, std::shared_ptr<const SealedImage>* out);
-  // The same for `parts`, one after another (a migrating session's offer
-  // and its bytes, for its worker).
-  static Status FromParts(std::span<const std::span<const uint8_t>> parts,
-                          std::shared_ptr<const SealedImage>* out);
+  // `size` bytes that `fill(data)` writes (a migrating session's offer and
+  // its bytes, read from the other ferryd straight into the memfd), then
+  // sealed; fill's error fails it.
+  static Status Fill(uint64_t size, const std::function<Status(uint8_t* data)>& fill,
+                     std::shared_ptr<const SealedImage>* out);
   // Takes `fd` (owned from now on, also on failure), which must be a memfd
   // sealed as above and exactly `size` bytes long.
   static Status FromFd(int fd, uint64_t size, std::shared_ptr<const SealedImage>* out);

@@ -869,9 +869,15 @@ void Server::ServeClient(uint64_t id, std::unique_ptr<Transport> transport,
   auto session = std::make_shared<Session>(id, std::move(transport), backend_, hello,
                                            std::move(grant), module_cache_.get());
   if (arrival != nullptr) {
-    session->SetArrival(SessionArrival{
-        std::move(arrival->offer),
-        backend::HostBytes{arrival->bulk.data, arrival->bulk.data.get(), arrival->bulk.size}});
+    const SealedImage& sealed = *arrival->offer;
+    SessionArrival from;
+    from.offer = kj::heapArray<capnp::word>(arrival->offer_bytes / sizeof(capnp::word));
+    std::memcpy(from.offer.begin(), sealed.data(), arrival->offer_bytes);
+    from.bulk = backend::HostBytes{arrival->offer, sealed.data() + arrival->offer_bytes,
+                                   sealed.size() - arrival->offer_bytes};
+    from.address_hold = std::move(arrival->address_hold);
+    session->SetArrival(std::move(from));
+    arrival->offer.reset();  // the session's copy goes once it has arrived
   }
   session->SetBufferLimit(limits_.session_buffer_bytes);
   session->SetRdma(rdma_);
@@ -974,16 +980,12 @@ void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transpo
   const std::vector<std::string> environment = MpsEnvironment(grant);
   std::shared_ptr<SessionWorker> worker;
   Status status = TakeWorker(environment, &worker);
-  // A session from another server: its offer and bytes, sealed for the worker.
+  // A session from another server: its offer and bytes, sealed, go beside.
   std::shared_ptr<const SealedImage> arrival_bytes;
   uint64_t arrival_offer_bytes = 0;
-  if (status.ok() && arrival != nullptr) {
-    arrival_offer_bytes = arrival->offer.size() * sizeof(capnp::word);
-    const std::span<const uint8_t> parts[] = {
-        std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(arrival->offer.begin()),
-                                 arrival_offer_bytes),
-        std::span<const uint8_t>(arrival->bulk.data.get(), arrival->bulk.size)};
-    status = SealedImage::FromParts(parts, &arrival_bytes);
+  if (arrival != nullptr) {
+    arrival_bytes = arrival->offer;
+    arrival_offer_bytes = arrival->offer_bytes;
   }
   SessionInfo basics;
   basics.id = id;
@@ -1069,6 +1071,7 @@ void Server::ServeClientInWorker(uint64_t id, std::unique_ptr<Transport> transpo
     return;
   }
   transport.reset();  // released: its descriptors are the worker's
+  if (arrival != nullptr) arrival->offer.reset();  // the worker has its own mapping
   FERRY_LOG(kDebug) << who << " runs in worker process " << worker->pid();
   std::string late_preemption;
   {

@@ -206,8 +206,13 @@ class Server {
   struct PendingArrival {
     uint64_t session = 0;
     SessionGrant grant;
-    kj::Array<capnp::word> offer;
-    BulkBuffer bulk;
+    // The MigrationOffer's words (its first `offer_bytes`), then its bulk,
+    // as read from the other ferryd: sealed, so a worker maps the same bytes.
+    std::shared_ptr<const SealedImage> offer;
+    uint64_t offer_bytes = 0;
+    // In process: its device addresses, kept free until it arrives
+    // (GpuBackend::HoldAddresses).
+    std::shared_ptr<void> address_hold;
     std::string source;  // the source ferryd's session, for logs
     bool taken = false;  // its client came (TakeArrival); under mutex_
   };

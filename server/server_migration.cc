@@ -5,6 +5,7 @@
 // coming back with its ticket).
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <string>
 
 #include <capnp/serialize.h>
@@ -54,8 +55,10 @@ Status Server::MigrateToServer(uint64_t id, const std::string& address, int gpu,
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
   char took[32];
   std::snprintf(took, sizeof(took), "%.1f", ms);
-  FERRY_LOG(kInfo) << "ferryctl migrate: " << summary->substr(0, summary->size() - 1)
-                   << "; the client was there " << took << " ms after the request";
+  // The summary ends ")\n": the whole move's time goes inside.
+  if (summary->size() >= 2) summary->resize(summary->size() - 2);
+  *summary += std::string("; the client was there ") + took + " ms after the request)\n";
+  FERRY_LOG(kInfo) << "ferryctl migrate: " << summary->substr(0, summary->size() - 1);
   return Status::Ok();
 }
 
@@ -80,26 +83,58 @@ void Server::ServeMigration(Transport& transport, const std::optional<auth::Toke
     reply.setBackend(std::string(backend_.Name()));
     if (!WriteFrame(transport, wire::FrameKind::HELLO_REPLY, message).ok()) return;
   }
-  Frame frame;
+  // The offer and its bytes go straight into a sealed memfd (a worker maps
+  // it; one copy of the session's memory on the way).
+  wire::FrameKind kind = wire::FrameKind::INVALID;
+  kj::Array<capnp::word> words;
+  uint64_t bulk_bytes = 0;
   transport.SetReadDeadline(std::chrono::steady_clock::now() + kOfferWait);
-  Status read = ReadFrame(transport, &frame);
-  transport.SetReadDeadline(kNoDeadline);
-  if (read.ok() && frame.kind != wire::FrameKind::MIGRATION_OFFER) {
+  Status read = ReadFrameHead(transport, &kind, &words, &bulk_bytes);
+  if (read.ok() && kind != wire::FrameKind::MIGRATION_OFFER) {
     read = Status::Malformed("expected a migration offer");
   }
+  auto arrival = std::make_shared<PendingArrival>();
+  // A session served in this process: its addresses are held before the
+  // buffer its bytes come in is mapped (which would otherwise land where
+  // the session's memory must go); one this process cannot have is refused.
+  Status held;
+  if (read.ok() && worker_command_.empty()) {
+    try {
+      capnp::FlatArrayMessageReader reader(words, PeerReaderOptions());
+      std::vector<std::pair<uint64_t, uint64_t>> ranges;
+      for (auto call : reader.getRoot<wire::MigrationOffer>().getCalls()) {
+        if (call.isMemAllocAt()) {
+          ranges.emplace_back(call.getMemAllocAt().getDptr(), call.getMemAllocAt().getBytes());
+        }
+      }
+      held = backend_.HoldAddresses(ranges, &arrival->address_hold);
+    } catch (const kj::Exception& e) {
+      held = Status::Malformed(std::string("bad migration offer: ") + e.getDescription().cStr());
+    }
+  }
+  if (read.ok()) {
+    arrival->offer_bytes = words.size() * sizeof(capnp::word);
+    read = SealedImage::Fill(arrival->offer_bytes + bulk_bytes,
+                             [&](uint8_t* data) {
+                               std::memcpy(data, words.begin(), arrival->offer_bytes);
+                               return transport.ReadExact(data + arrival->offer_bytes, bulk_bytes);
+                             },
+                             &arrival->offer);
+  }
+  transport.SetReadDeadline(kNoDeadline);
   if (!read.ok()) {
     FERRY_LOG(kWarning) << "ferryd " << peer << " handed no session over: " << read.message();
     return;
   }
-  auto arrival = std::make_shared<PendingArrival>();
   std::string ticket;
   Status accepted;
   try {
-    capnp::FlatArrayMessageReader reader(frame.words, PeerReaderOptions());
+    capnp::FlatArrayMessageReader reader(words, PeerReaderOptions());
     auto offer = reader.getRoot<wire::MigrationOffer>();
     arrival->source = "session " + std::to_string(offer.getSessionId()) + " of " +
                       offer.getSource().cStr() + " (" + peer + ")";
-    accepted = AcceptArrival(offer, transport, arrival);
+    accepted = held.ok() ? AcceptArrival(offer, transport, arrival)
+                         : held.WithContext("this ferryd cannot have the session's addresses");
   } catch (const kj::Exception& e) {
     accepted = Status::Malformed(std::string("bad migration offer: ") + e.getDescription().cStr());
   }
@@ -118,8 +153,6 @@ void Server::ServeMigration(Transport& transport, const std::optional<auth::Toke
       answer.setSessionId(arrival->session);
     }
     if (accepted.ok()) {
-      arrival->offer = std::move(frame.words);
-      arrival->bulk = std::move(frame.bulk);
       std::lock_guard<std::mutex> lock(mutex_);
       arrivals_[ticket] = arrival;
     }
@@ -136,7 +169,7 @@ void Server::ServeMigration(Transport& transport, const std::optional<auth::Toke
     return;
   }
   FERRY_LOG(kInfo) << "handed over: " << arrival->source << ", as session "
-                   << arrival->session << " (" << (arrival->bulk.size >> 20)
+                   << arrival->session << " (" << (bulk_bytes >> 20)
                    << " MiB); waiting for its client";
   // Kept until its client comes, ferryd stops, or the wait is over.
   std::unique_lock<std::mutex> lock(mutex_);

@@ -179,6 +179,9 @@ struct SessionDeparture {
 struct SessionArrival {
   kj::Array<capnp::word> offer;
   backend::HostBytes bulk;
+  // Its addresses, kept free in this process until it places its memory
+  // there (GpuBackend::HoldAddresses); may be null.
+  std::shared_ptr<void> address_hold;
 };
 
 // A live client session as ferryd's Server holds it: a Session in this

@@ -20,7 +20,9 @@ namespace ferry::server {
 using session_internal::Hex;
 
 Status Session::Arrive() {
-  const SessionArrival& arrival = *arrival_;
+  SessionArrival& arrival = *arrival_;
+  // The addresses held for it are its own from here on.
+  arrival.address_hold.reset();
   arriving_ = true;
   struct Done {
     bool& flag;

@@ -1064,6 +1064,17 @@ class GpuBackend {
     return Status::Unimplemented(std::string(Name()) +
                                  " backend cannot place memory at a given address yet");
   }
+  // Keeps the addresses of `ranges` ({address, bytes}) free in this process
+  // until `*held` goes (nothing else this process maps lands there
+  // meanwhile: the buffers an arriving session's bytes come in), so that
+  // MemAllocAt can have them once `*held` is dropped; CUDA_ERROR_ALREADY_MAPPED
+  // naming the first address taken. The default holds nothing (OK, null).
+  virtual Status HoldAddresses(std::span<const std::pair<uint64_t, uint64_t>> ranges,
+                               std::shared_ptr<void>* held) {
+    (void)ranges;
+    held->reset();
+    return Status::Ok();
+  }
   virtual Status MoveTenantToDevice(Tenant& tenant, int from, int to) {
     (void)tenant, (void)from, (void)to;
     return Status::Unimplemented(std::string(Name()) +

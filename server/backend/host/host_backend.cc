@@ -1096,17 +1096,66 @@ class HostBackend final : public GpuBackend {
                                  std::to_string(device_memory_[device]) + " bytes free");
     }
     std::shared_ptr<PlacedPages> pages;
-    Status placed = PlacePages(address, end, &pages);
+    std::vector<std::pair<uint64_t, uint64_t>> reused;
+    Status placed = PlacePages(address, end, &pages, &reused);
     std::lock_guard<std::mutex> lock(mu_);
     if (!placed.ok()) {
       books_->Give(device, rounded);
       return Status::Cuda(CUDA_ERROR_ALREADY_MAPPED,
                           where + " cannot be had in this process: " + placed.message());
     }
-    std::memset(AsPointer(address), 0, rounded);  // a shared page may hold a freed neighbour's bytes
+    // Fresh pages are zero; a shared page may hold a freed neighbour's bytes.
+    for (const auto& [page, page_end] : reused) {
+      const uint64_t from = std::max(page, address), to = std::min(page_end, end);
+      std::memset(AsPointer(from), 0, to - from);
+    }
     // The storage points at `address` and owns the pages under it.
     allocations_.emplace(address, Allocation{std::shared_ptr<void>(pages, AsPointer(address)),
                                              rounded, device, owner, nullptr});
+    return Status::Ok();
+  }
+
+  // Inaccessible mappings over the ranges' pages (adjacent or shared pages
+  // merged), unmapped when the hold goes.
+  Status HoldAddresses(std::span<const std::pair<uint64_t, uint64_t>> ranges,
+                       std::shared_ptr<void>* held) override {
+    const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+    std::vector<std::pair<uint64_t, uint64_t>> spans;  // page-aligned [start, end)
+    for (const auto& [address, bytes] : ranges) {
+      uint64_t end;
+      if (bytes == 0 || !CheckedAdd(address, bytes, &end) || end > UINT64_MAX - page) {
+        return InvalidValue("no memory can be held at " + HexAddress(address));
+      }
+      spans.emplace_back(address / page * page, (end + page - 1) / page * page);
+    }
+    std::sort(spans.begin(), spans.end());
+    std::vector<std::pair<uint64_t, uint64_t>> merged;
+    for (const auto& span : spans) {
+      if (!merged.empty() && span.first <= merged.back().second) {
+        merged.back().second = std::max(merged.back().second, span.second);
+      } else {
+        merged.push_back(span);
+      }
+    }
+    auto release = [](std::vector<std::pair<uint64_t, uint64_t>>* spans) {
+      for (const auto& [start, end] : *spans) munmap(AsPointer(start), end - start);
+      delete spans;
+    };
+    std::unique_ptr<std::vector<std::pair<uint64_t, uint64_t>>, decltype(release)> done(
+        new std::vector<std::pair<uint64_t, uint64_t>>(), release);
+    for (const auto& [start, end] : merged) {
+      void* p = mmap(AsPointer(start), end - start, PROT_NONE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
+      if (p != MAP_FAILED && p != AsPointer(start)) munmap(p, end - start);
+      if (p == MAP_FAILED || p != AsPointer(start)) {
+        return Status::Cuda(CUDA_ERROR_ALREADY_MAPPED,
+                            HexAddress(start) + " is taken in this ferryd's process");
+      }
+      done->emplace_back(start, end);
+    }
+    *held = std::shared_ptr<void>(done.release(), [release](void* spans) {
+      release(static_cast<std::vector<std::pair<uint64_t, uint64_t>>*>(spans));
+    });
     return Status::Ok();
   }
 
@@ -2550,9 +2599,10 @@ class HostBackend final : public GpuBackend {
     std::vector<std::shared_ptr<PlacedMapping>> mappings;
   };
   // Maps [from, to) rounded out to pages at exactly those addresses,
-  // reusing boundary pages placed before; fails, mapping nothing, when any
-  // page is taken.
-  Status PlacePages(uint64_t from, uint64_t to, std::shared_ptr<PlacedPages>* out) {
+  // reusing boundary pages placed before (listed in `reused`, [start, end)
+  // each); fails, mapping nothing, when any page is taken.
+  Status PlacePages(uint64_t from, uint64_t to, std::shared_ptr<PlacedPages>* out,
+                    std::vector<std::pair<uint64_t, uint64_t>>* reused) {
     const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
     const uint64_t first = from / page * page;
     const uint64_t last = (to - 1) / page * page;  // the last page's start
@@ -2579,6 +2629,7 @@ class HostBackend final : public GpuBackend {
       if (it != placed_pages_.end()) {
         if (auto alive = it->second.lock()) {
           result->mappings.push_back(std::move(alive));
+          reused->emplace_back(address, address + page);
           return Status::Ok();
         }
       }

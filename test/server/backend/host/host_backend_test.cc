@@ -503,6 +503,29 @@ TEST_F(HostBackendTest, MemAllocAtPlacesMemoryAtExactlyTheAddress) {
   ASSERT_OK(Released());
 }
 
+// Migration between servers, in process: the arriving session's addresses
+// are held (nothing else lands there) until it places its memory.
+TEST_F(HostBackendTest, HeldAddressesAreFreeForTheArrivalOnly) {
+  constexpr uint64_t kSpan = 1 << 20;
+  void* probe = mmap(nullptr, kSpan, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(probe, MAP_FAILED);
+  ASSERT_EQ(munmap(probe, kSpan), 0);
+  const uint64_t base = reinterpret_cast<uint64_t>(probe);
+  const std::pair<uint64_t, uint64_t> ranges[] = {{base + 256, 512}, {base + 1024, kSpan - 2048}};
+  std::shared_ptr<void> held;
+  ASSERT_OK(b().HoldAddresses(ranges, &held));
+  ASSERT_NE(held, nullptr);
+  std::shared_ptr<void> again;
+  EXPECT_EQ(b().HoldAddresses(ranges, &again).cuda_result(), CUDA_ERROR_ALREADY_MAPPED);
+  EXPECT_EQ(b().MemAllocAt(*ctx_, base + 256, 512).cuda_result(), CUDA_ERROR_ALREADY_MAPPED);
+  held.reset();
+  ASSERT_OK(b().MemAllocAt(*ctx_, base + 256, 512));
+  ASSERT_OK(b().MemAllocAt(*ctx_, base + 1024, kSpan - 2048));
+  ASSERT_OK(b().MemFree(*ctx_, base + 256));
+  ASSERT_OK(b().MemFree(*ctx_, base + 1024));
+  ASSERT_OK(Released());
+}
+
 TEST_F(HostBackendTest, AllocationsAreZeroed) {
   for (uint64_t size : {100ull, 1ull << 20}) {
     uint64_t d = Alloc(size);
