@@ -102,7 +102,8 @@ Status ModuleRegistry::RemoveLibrary(uint64_t id) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = libraries_.find(id);
   if (it == libraries_.end()) return Status::InvalidHandle("not a library of this process");
-  for (const auto& [ctx, module] : it->second.modules) {
+  for (const auto& entry : it->second.modules) {
+    const uint64_t module = entry.second;  // a local: clang before 16 cannot capture a binding
     modules_.erase(module);
     std::erase_if(functions_, [module](const auto& e) { return e.second->module == module; });
   }

@@ -350,12 +350,12 @@ Status Session::DescribeForMove(wire::MigrationOffer::Builder offer,
       args.setFunction(id);
       args.setName(name);
     }});
-    for (const auto& [attribute, value] : f.attributes) {
-      calls.push_back({[id, attribute, value](wire::Call::Builder call) {
+    for (const std::pair<int, int>& set : f.attributes) {
+      calls.push_back({[id, set](wire::Call::Builder call) {
         auto args = call.initFuncSetAttribute();
         args.setFunction(id);
-        args.setAttribute(attribute);
-        args.setValue(value);
+        args.setAttribute(set.first);
+        args.setValue(set.second);
       }});
     }
     if (f.cache_config.has_value()) {
