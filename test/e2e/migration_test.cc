@@ -96,17 +96,7 @@ class MigrationBetweenServersTest : public ::testing::TestWithParam<bool> {
   void Turn(int round) { std::ofstream(dir_ + "/ring.turn" + std::to_string(round)) << "go\n"; }
 
   bool WaitForOutput(ChildProcess& program, const std::string& text) {
-    bool ended = false;
-    const bool printed = test::WaitFor(
-        [&] {
-          if (program.Stdout().find(text) != std::string::npos) return true;
-          ended = program.Poll() && program.Stdout().find(text) == std::string::npos;
-          return ended;
-        },
-        kProgramTimeout, kPollInterval);
-    if (printed && !ended) return true;
-    ADD_FAILURE() << program.name() << " did not print \"" << text << "\"\n" << program.Describe();
-    return false;
+    return test::WaitForOutput(program, text, kProgramTimeout, kPollInterval);
   }
 
   // ferryctl ARGS --server (ferryd `server`'s address); its exit code.

@@ -181,22 +181,8 @@ class PoolTest : public ::testing::Test {
   std::string ReleaseFile(const std::string& name) { return dir_ + "/" + name + ".release"; }
   void Release(const std::string& name) { std::ofstream(ReleaseFile(name)) << "go\n"; }
 
-  // Waits until `program` printed `text`; false (with a failure) if it
-  // exits or takes too long.
   bool WaitForOutput(ChildProcess& program, const std::string& text) {
-    bool ended = false;
-    const bool printed = test::WaitFor(
-        [&] {
-          if (program.Stdout().find(text) != std::string::npos) return true;
-          ended = program.Poll() && program.Stdout().find(text) == std::string::npos;
-          return ended;
-        },
-        kProgramTimeout, kPollInterval);
-    if (printed && !ended) return true;
-    ADD_FAILURE() << program.name() << (ended ? " ended before printing \"" : " did not print \"")
-                  << text << "\"\n"
-                  << program.Describe();
-    return false;
+    return test::WaitForOutput(program, text, kProgramTimeout, kPollInterval);
   }
 
   // Runs ferryctl with `args`; its exit code and output.

@@ -3,6 +3,8 @@
 #include "test/support/child_process.h"
 #include "test/support/wait.h"
 
+#include <gtest/gtest.h>
+
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -164,6 +166,23 @@ std::string ChildProcess::Describe(size_t tail_bytes) const {
       << Tail(Stdout(), tail_bytes) << "\n--- " << name_ << " stderr ---\n"
       << Tail(Stderr(), tail_bytes) << "\n--- end of " << name_ << " ---";
   return out.str();
+}
+
+bool WaitForOutput(ChildProcess& program, const std::string& text,
+                   std::chrono::milliseconds timeout, std::chrono::milliseconds poll) {
+  bool ended = false;
+  const bool printed = WaitFor(
+      [&] {
+        if (program.Stdout().find(text) != std::string::npos) return true;
+        ended = program.Poll() && program.Stdout().find(text) == std::string::npos;
+        return ended;
+      },
+      timeout, poll);
+  if (printed && !ended) return true;
+  ADD_FAILURE() << program.name() << (ended ? " ended before printing \"" : " did not print \"")
+                << text << "\"\n"
+                << program.Describe();
+  return false;
 }
 
 }  // namespace ferry::test

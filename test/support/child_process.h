@@ -81,4 +81,12 @@ std::string ReadWholeFile(const std::string& path);
 // The last `bytes` of `text`, marked when cut.
 std::string Tail(const std::string& text, size_t bytes);
 
+// Waits until `program` printed `text` on its stdout, polling every `poll`
+// for at most `timeout`; false, with a test failure naming the program and
+// showing what it printed, when it ended without printing it or took too
+// long.
+bool WaitForOutput(ChildProcess& program, const std::string& text,
+                   std::chrono::milliseconds timeout,
+                   std::chrono::milliseconds poll = std::chrono::milliseconds(30));
+
 }  // namespace ferry::test

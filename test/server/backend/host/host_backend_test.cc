@@ -463,17 +463,22 @@ TEST_F(HostBackendTest, VirtualMemoryAliasesHonoursHintsAndCountsAgainstTheDevic
             StatusCode::kOutOfMemory);
 }
 
+// Addresses nothing in this process uses now: a range mapped, then given
+// back (0 if none could be had).
+uint64_t UnusedAddresses(uint64_t bytes) {
+  void* probe = mmap(nullptr, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (probe == MAP_FAILED || munmap(probe, bytes) != 0) return 0;
+  return reinterpret_cast<uint64_t>(probe);
+}
+
 // Migration between servers: memory placed at given addresses (a session's
 // from another server). Two small allocations may share a page (they came
 // from malloc there); a range that overlaps memory of this process is
 // refused; freed, the addresses can be had again.
 TEST_F(HostBackendTest, MemAllocAtPlacesMemoryAtExactlyTheAddress) {
-  // Addresses nothing in this process uses: a range mapped, then given back.
   constexpr uint64_t kSpan = 1 << 20;
-  void* probe = mmap(nullptr, kSpan, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  ASSERT_NE(probe, MAP_FAILED);
-  ASSERT_EQ(munmap(probe, kSpan), 0);
-  const uint64_t base = reinterpret_cast<uint64_t>(probe);
+  const uint64_t base = UnusedAddresses(kSpan);
+  ASSERT_NE(base, 0u);
   const uint64_t before = FreeBytes();
   ASSERT_OK(b().MemAllocAt(*ctx_, base + 256, 512));   // one page, shared with the next
   ASSERT_OK(b().MemAllocAt(*ctx_, base + 1024, 8192));  // from that page into two more
@@ -507,10 +512,8 @@ TEST_F(HostBackendTest, MemAllocAtPlacesMemoryAtExactlyTheAddress) {
 // are held (nothing else lands there) until it places its memory.
 TEST_F(HostBackendTest, HeldAddressesAreFreeForTheArrivalOnly) {
   constexpr uint64_t kSpan = 1 << 20;
-  void* probe = mmap(nullptr, kSpan, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  ASSERT_NE(probe, MAP_FAILED);
-  ASSERT_EQ(munmap(probe, kSpan), 0);
-  const uint64_t base = reinterpret_cast<uint64_t>(probe);
+  const uint64_t base = UnusedAddresses(kSpan);
+  ASSERT_NE(base, 0u);
   const std::pair<uint64_t, uint64_t> ranges[] = {{base + 256, 512}, {base + 1024, kSpan - 2048}};
   std::shared_ptr<void> held;
   ASSERT_OK(b().HoldAddresses(ranges, &held));
