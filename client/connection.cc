@@ -522,7 +522,9 @@ Status Connection::Send(Fill fill, OutBytes bulk, bool wants_reply, Waiter* wait
   FERRY_RETURN_IF_ERROR(CheckWaits(call.which(), wants_reply, gate));
   bool wake_flusher = false;
   {
-    std::lock_guard<std::mutex> lock(send_mutex_);
+    std::unique_lock<std::mutex> lock(send_mutex_);
+    // A move to another server holds the program's calls (FollowMove).
+    send_cv_.wait(lock, [this] { return !moving_; });
     if (broken_flag_.load(std::memory_order_acquire)) return health();
     if (waiter != nullptr || async_waiter != nullptr || gate) {
       std::lock_guard<std::mutex> reply_lock(reply_mutex_);
@@ -1059,25 +1061,37 @@ void Connection::WatchdogLoop() {
 }
 
 void Connection::FollowMove() {
-  std::lock_guard<std::mutex> send(send_mutex_);
+  if (!options_.connect_to) return;  // the Hello did not offer to follow: a confused server
   Waiter marker;
   {
-    std::lock_guard<std::mutex> lock(reply_mutex_);
-    if (!broken_.ok() || !revoked_.ok()) return;
-    marker.sent = std::chrono::steady_clock::now();
-    waiters_[next_seq_] = &marker;
-  }
-  {
-    // After everything queued: every call before it is executed there.
+    std::lock_guard<std::mutex> send(send_mutex_);
+    if (moving_) return;  // a second notice while this move runs
+    {
+      std::lock_guard<std::mutex> lock(reply_mutex_);
+      if (!broken_.ok() || !revoked_.ok()) return;
+      marker.sent = std::chrono::steady_clock::now();
+      waiters_[next_seq_] = &marker;
+    }
+    // After everything queued: every call before it is executed there. The
+    // program's calls wait from here on (Send); host gates still open.
+    moving_ = true;
     capnp::MallocMessageBuilder message(16);
     auto call = message.initRoot<wire::Call>();
     call.initMoveMarker();
     AppendLocked(call, message, /*wants_reply=*/true, 0);
-    if (Status flushed = FlushLocked(); !flushed.ok()) {
-      Fail(flushed);
-      return;
-    }
+    if (Status flushed = FlushLocked(); !flushed.ok()) Fail(flushed);
   }
+  // Whatever happens, the program's calls go on (here or there) after this.
+  struct Resume {
+    Connection& c;
+    ~Resume() {
+      {
+        std::lock_guard<std::mutex> send(c.send_mutex_);
+        c.moving_ = false;
+      }
+      c.send_cv_.notify_all();
+    }
+  } resume{*this};
   // This thread keeps the reader role: it hands the replies of the calls
   // before the marker to their waiters, up to the marker's own.
   for (;;) {
@@ -1091,8 +1105,9 @@ void Connection::FollowMove() {
     }
     reply_cv_.notify_all();  // a waiter whose reply came
   }
+  const std::string here = moved_to_.empty() ? server_name_ : moved_to_;
   if (!marker.status.ok()) {
-    FERRY_LOG(kWarning) << "ferryd at " << (moved_to_.empty() ? server_name_ : moved_to_)
+    FERRY_LOG(kWarning) << "ferryd at " << here
                         << " did not move the session: " << marker.status.message();
     return;
   }
@@ -1121,11 +1136,11 @@ void Connection::FollowMove() {
   if (joined.ok()) {
     joined = Handshake(&next, address, borrow, options_, nullptr, &hello_reply, &hello_words);
   }
+  std::lock_guard<std::mutex> send(send_mutex_);
   if (!joined.ok()) {
     // The source still has everything: say why, and carry on there.
-    FERRY_LOG(kWarning) << "the session stays on ferryd at "
-                        << (moved_to_.empty() ? server_name_ : moved_to_) << ": ferryd at "
-                        << address << " did not take it: " << joined.message();
+    FERRY_LOG(kWarning) << "the session stays on ferryd at " << here << ": ferryd at " << address
+                        << " did not take it: " << joined.message();
     capnp::MallocMessageBuilder message;
     auto call = message.initRoot<wire::Call>();
     call.initMoveRefused().setReason(joined.message());
@@ -1134,17 +1149,20 @@ void Connection::FollowMove() {
     return;
   }
   const uint64_t session = hello_reply->getRoot<wire::HelloReply>().getSessionId();
+  std::unique_ptr<Transport> old;
   {
     std::unique_lock<std::shared_mutex> lock(transport_mutex_);
-    retired_.push_back(std::move(transport_));
+    old = std::move(transport_);
     transport_ = std::move(next);
   }
-  // The source's session ends with this connection and frees everything.
-  retired_.back()->Shutdown();
+  // Nobody else holds it: the send lock, the reader role and
+  // transport_mutex_ are all this thread's. The source's session ends with
+  // this connection and frees everything.
+  old->Shutdown();
+  old.reset();
   last_heard_ns_.store(std::chrono::steady_clock::now().time_since_epoch().count(),
                        std::memory_order_relaxed);
-  FERRY_LOG(kInfo) << "the session moved from ferryd at "
-                   << (moved_to_.empty() ? server_name_ : moved_to_) << " to ferryd at " << address
+  FERRY_LOG(kInfo) << "the session moved from ferryd at " << here << " to ferryd at " << address
                    << " (session " << session << " there, over " << transport_->Description()
                    << ")";
   moved_to_ = address;

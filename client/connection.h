@@ -316,7 +316,7 @@ class Connection {
 
   const std::string& server_name() const { return server_name_; }
   // What carries the stream (Transport::Description: "tcp", "tls",
-  // "shm, ring 8 MiB", "rdma ..."), fixed once Open returns.
+  // "shm, ring 8 MiB", "rdma ..."); a move to another server changes it.
   std::string transport_description() const {
     std::shared_lock<std::shared_mutex> lock(transport_mutex_);
     return transport_->Description();
@@ -349,12 +349,14 @@ class Connection {
   Connection(std::unique_ptr<Transport> transport, std::string server_name,
              ConnectionOptions options, Borrow borrow);
   // The server's notice that it moves the session to another server
-  // (Reply.moveNotice; schema MigrationOffer), on the reader: with the send
-  // lock held (every other caller pauses) and the reader role kept, sends
-  // moveMarker, reads on until its answer, and then either connects to the
-  // target with the ticket and carries on there (the old connection
-  // closes), or stays (the source refused, or the target did: moveRefused
-  // tells the source why). The calls in flight are answered either way.
+  // (Reply.moveNotice; schema MigrationOffer), on the reader, which keeps
+  // the role: sends moveMarker after everything queued and holds the
+  // program's calls (moving_; host gates still open, so queued work
+  // reaches its end), reads on until the marker's answer, and then either
+  // connects to the target with the ticket and carries on there (the old
+  // connection closes), or stays (the source refused, or the target did:
+  // moveRefused tells the source why). The calls in flight are answered
+  // either way. A second notice while one move runs is ignored.
   void FollowMove();
   // Gives `call` (the root of `message`) the next seq and serialises it into
   // the batch; send_mutex_ held.
@@ -421,12 +423,12 @@ class Connection {
   const Borrow borrow_;  // the token, for a move's Hello
   // Replaced only by FollowMove, which holds the send lock, the reader role
   // and transport_mutex_ (exclusively) for that; every other user of the
-  // pointer holds one of those. The old one is kept (retired_) until the
-  // connection goes, for whoever still holds it.
+  // pointer holds one of those.
   mutable std::shared_mutex transport_mutex_;
   std::unique_ptr<Transport> transport_;
-  std::vector<std::unique_ptr<Transport>> retired_;
-  std::string moved_to_;  // the server a move went to last, for FollowMove's logs; "" = none
+  // FollowMove (reader role): the server a move went to last, for its logs
+  // ("" = none).
+  std::string moved_to_;
 
   // Sending.
   std::mutex send_mutex_;
@@ -434,6 +436,10 @@ class Connection {
   std::vector<capnp::word> batch_words_ ABSL_GUARDED_BY(send_mutex_);
   std::vector<uint8_t> batch_bulk_ ABSL_GUARDED_BY(send_mutex_);
   size_t batch_calls_ ABSL_GUARDED_BY(send_mutex_) = 0;
+  // A move to another server is under way (FollowMove): the program's calls
+  // wait (send_cv_) until it is done, here or there.
+  bool moving_ ABSL_GUARDED_BY(send_mutex_) = false;
+  std::condition_variable send_cv_;
 
   // Replies.
   std::mutex reply_mutex_;

@@ -120,8 +120,9 @@ enum FrameKind {
   # call deadline (keepalive)
   keepalive @8;    # server -> client: still working on the client's calls (message: an empty Reply)
   # migration between servers: ferryd -> ferryd, on a connection whose Hello.role is migration
-  migrationOffer @9;   # message: MigrationOffer; bulk: its calls' bulk bytes, in order
+  migrationOffer @9;   # message: MigrationOffer (no bulk)
   migrationAnswer @10; # message: MigrationAnswer
+  migrationBytes @11;  # message: MigrationBytes; bulk: the offer's calls' bulk bytes, in order
 }
 
 struct Status {
@@ -626,8 +627,9 @@ struct Call {
 # migration, with the token ferryctl gave) and sends a MigrationOffer: the calls that make the
 # session's objects again under the same ids (contexts, streams, events, modules and libraries
 # with their images, functions), and memAllocAt for every allocation at its address followed by
-# memcpyHtoD of its bytes. The target borrows a slice, checks the offer, and answers a ticket
-# (MigrationAnswer). The source answers the marker with Reply.moved (the target's address and
+# memcpyHtoD of its bytes. The target checks the offer and borrows a slice (a MigrationAnswer
+# without a ticket: go on, or the refusal), then reads the bytes (migrationBytes) and answers a
+# ticket (MigrationAnswer). The source answers the marker with Reply.moved (the target's address and
 # the ticket). The client connects there with Hello.resumeTicket: the target's session makes
 # the objects (refusing if an address cannot be had) and answers the handshake; the client then
 # closes its connection to the source, whose session ends and frees everything, and sends its
@@ -666,8 +668,11 @@ struct MigrationOffer {
 }
 struct MigrationAnswer {
   status @0 :Status;
-  ticket @1 :Data;        # for the client's Hello.resumeTicket
+  ticket @1 :Data;        # after the bytes: for the client's Hello.resumeTicket
   sessionId @2 :UInt64;   # the session's id on the target
+}
+struct MigrationBytes {
+  bytes @0 :UInt64;       # the bulk that follows: the sum of the offer's calls' bulkBytes
 }
 
 # NVML stand-in: the session's device `device` (its ordinal) as a monitor

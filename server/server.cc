@@ -763,6 +763,12 @@ void Server::ServeConnection(uint64_t id, std::unique_ptr<Transport> transport, 
           connections_.erase(it);
         }
       }
+      // However ServeClient ends (a refusal, an exception), the transport is
+      // gone after it: so is its entry.
+      absl::Cleanup forget = [this, session = arrival->session] {
+        std::lock_guard<std::mutex> lock(mutex_);
+        connections_.erase(session);
+      };
       ServeClient(arrival->session, std::move(transport), hello, frame.words.asPtr(), token,
                   arrival);
       ConnectionFinished(id);
@@ -813,6 +819,15 @@ void Server::ServeClient(uint64_t id, std::unique_ptr<Transport> transport,
   SessionGrant grant;
   if (arrival != nullptr) {
     grant = arrival->grant;
+    if (token.has_value() && token->name != arrival->token_name) {
+      FERRY_LOG(kWarning) << "client " << transport->PeerName() << " pid " << hello.getPid()
+                          << " refused " << arrival->source << ": it came with "
+                          << token->Describe() << ", not the session's token";
+      Refuse(*transport, Status::PermissionDenied(
+                             "the session was handed over for another token's holder"));
+      if (pool_ != nullptr) pool_->Return(id);
+      return;
+    }
     if (token.has_value() && grant.pooled && !token->MayBorrowFrom(grant.pool)) {
       FERRY_LOG(kWarning) << "client " << transport->PeerName() << " pid " << hello.getPid()
                           << " refused its session from " << arrival->source << ": "

@@ -214,6 +214,9 @@ class Server {
     // (GpuBackend::HoldAddresses).
     std::shared_ptr<void> address_hold;
     std::string source;  // the source ferryd's session, for logs
+    // The token its client authenticated with there: only that token's
+    // holder may take it here (when this ferryd has a token file).
+    std::string token_name;
     bool taken = false;  // its client came (TakeArrival); under mutex_
   };
   // With `arrival`, the client resumes that session (Hello.resumeTicket):
@@ -245,6 +248,12 @@ class Server {
   // with the ticket (TakeArrival) or kArrivalWait passes (then the slice
   // goes back). On the connection's thread.
   void ServeMigration(Transport& transport, const std::optional<auth::Token>& token);
+  // ServeMigration's look at the offer's calls: only the kinds
+  // Session::DescribeForMove makes, placing no more than the session's
+  // device memory; the ranges placed and the bytes the calls carry.
+  Status CheckOfferCalls(wire::MigrationOffer::Reader offer,
+                         std::vector<std::pair<uint64_t, uint64_t>>* ranges,
+                         uint64_t* bulk_bytes);
   // ServeMigration's checks and borrow: fills `arrival`'s id and grant.
   Status AcceptArrival(wire::MigrationOffer::Reader offer, const Transport& transport,
                        const std::shared_ptr<PendingArrival>& arrival);

@@ -83,94 +83,111 @@ void Server::ServeMigration(Transport& transport, const std::optional<auth::Toke
     reply.setBackend(std::string(backend_.Name()));
     if (!WriteFrame(transport, wire::FrameKind::HELLO_REPLY, message).ok()) return;
   }
-  // The offer and its bytes go straight into a sealed memfd (a worker maps
-  // it; one copy of the session's memory on the way).
-  wire::FrameKind kind = wire::FrameKind::INVALID;
-  kj::Array<capnp::word> words;
-  uint64_t bulk_bytes = 0;
+  auto arrival = std::make_shared<PendingArrival>();
+  auto answer = [&](const Status& status, const std::string& ticket) {
+    capnp::MallocMessageBuilder message;
+    auto a = message.initRoot<wire::MigrationAnswer>();
+    StatusToWire(status, a.initStatus());
+    a.setSessionId(arrival->session);
+    a.setTicket(capnp::Data::Reader(reinterpret_cast<const uint8_t*>(ticket.data()),
+                                    ticket.size()));
+    return WriteFrame(transport, wire::FrameKind::MIGRATION_ANSWER, message);
+  };
+  // What went wrong after the borrow gives the slice back.
+  auto give_back = [&] {
+    if (arrival->session != 0 && pool_ != nullptr) pool_->Return(arrival->session);
+  };
+  // The offer first, small; its bytes only once it is accepted (a refusal
+  // costs no transfer).
+  Frame frame;
   transport.SetReadDeadline(std::chrono::steady_clock::now() + kOfferWait);
-  Status read = ReadFrameHead(transport, &kind, &words, &bulk_bytes);
-  if (read.ok() && kind != wire::FrameKind::MIGRATION_OFFER) {
+  Status read = ReadFrame(transport, &frame, FrameLimits{kMaxMessageBytes, 0, "for an offer"});
+  if (read.ok() && frame.kind != wire::FrameKind::MIGRATION_OFFER) {
     read = Status::Malformed("expected a migration offer");
   }
-  auto arrival = std::make_shared<PendingArrival>();
-  // A session served in this process: its addresses are held before the
-  // buffer its bytes come in is mapped (which would otherwise land where
-  // the session's memory must go); one this process cannot have is refused.
-  Status held;
-  if (read.ok() && worker_command_.empty()) {
-    try {
-      capnp::FlatArrayMessageReader reader(words, PeerReaderOptions());
-      std::vector<std::pair<uint64_t, uint64_t>> ranges;
-      for (auto call : reader.getRoot<wire::MigrationOffer>().getCalls()) {
-        if (call.isMemAllocAt()) {
-          ranges.emplace_back(call.getMemAllocAt().getDptr(), call.getMemAllocAt().getBytes());
-        }
-      }
-      held = backend_.HoldAddresses(ranges, &arrival->address_hold);
-    } catch (const kj::Exception& e) {
-      held = Status::Malformed(std::string("bad migration offer: ") + e.getDescription().cStr());
+  if (!read.ok()) {
+    FERRY_LOG(kWarning) << "ferryd " << peer << " handed no session over: " << read.message();
+    (void)answer(read, "");
+    return;
+  }
+  arrival->offer_bytes = frame.words.size() * sizeof(capnp::word);
+  uint64_t bulk_bytes = 0;
+  Status accepted;
+  try {
+    capnp::FlatArrayMessageReader reader(frame.words, PeerReaderOptions());
+    auto offer = reader.getRoot<wire::MigrationOffer>();
+    arrival->source = "session " + std::to_string(offer.getSessionId()) + " of " +
+                      offer.getSource().cStr() + " (" + peer + ")";
+    arrival->token_name = offer.getTokenName().cStr();
+    std::vector<std::pair<uint64_t, uint64_t>> ranges;
+    accepted = CheckOfferCalls(offer, &ranges, &bulk_bytes);
+    // A session served in this process: its addresses are held before the
+    // buffer its bytes come in is mapped (which would otherwise land where
+    // the session's memory must go); one this process cannot have is refused.
+    if (accepted.ok() && worker_command_.empty()) {
+      accepted = backend_.HoldAddresses(ranges, &arrival->address_hold)
+                     .WithContext("this ferryd cannot have the session's addresses");
     }
+    if (accepted.ok()) accepted = AcceptArrival(offer, transport, arrival);
+  } catch (const kj::Exception& e) {
+    accepted = Status::Malformed(std::string("bad migration offer: ") + e.getDescription().cStr());
+  }
+  if (!accepted.ok()) {
+    FERRY_LOG(kWarning) << arrival->source << " not taken: " << accepted.message();
+    give_back();
+    (void)answer(accepted, "");
+    return;
+  }
+  if (!answer(Status::Ok(), "").ok()) {
+    give_back();
+    return;
+  }
+  // The bytes go straight into a sealed memfd (a worker maps it; one copy
+  // of the session's memory on the way).
+  wire::FrameKind kind = wire::FrameKind::INVALID;
+  kj::Array<capnp::word> words;
+  uint64_t announced = 0;
+  read = ReadFrameHead(transport, &kind, &words, &announced);
+  if (read.ok() && (kind != wire::FrameKind::MIGRATION_BYTES || announced != bulk_bytes)) {
+    read = Status::Malformed("expected the offer's " + std::to_string(bulk_bytes) + " bytes");
   }
   if (read.ok()) {
-    arrival->offer_bytes = words.size() * sizeof(capnp::word);
     read = SealedImage::Fill(arrival->offer_bytes + bulk_bytes,
                              [&](uint8_t* data) {
-                               std::memcpy(data, words.begin(), arrival->offer_bytes);
+                               std::memcpy(data, frame.words.begin(), arrival->offer_bytes);
                                return transport.ReadExact(data + arrival->offer_bytes, bulk_bytes);
                              },
                              &arrival->offer);
   }
   transport.SetReadDeadline(kNoDeadline);
-  if (!read.ok()) {
-    FERRY_LOG(kWarning) << "ferryd " << peer << " handed no session over: " << read.message();
-    return;
-  }
   std::string ticket;
-  Status accepted;
-  try {
-    capnp::FlatArrayMessageReader reader(words, PeerReaderOptions());
-    auto offer = reader.getRoot<wire::MigrationOffer>();
-    arrival->source = "session " + std::to_string(offer.getSessionId()) + " of " +
-                      offer.getSource().cStr() + " (" + peer + ")";
-    accepted = held.ok() ? AcceptArrival(offer, transport, arrival)
-                         : held.WithContext("this ferryd cannot have the session's addresses");
-  } catch (const kj::Exception& e) {
-    accepted = Status::Malformed(std::string("bad migration offer: ") + e.getDescription().cStr());
-  }
-  if (accepted.ok()) {
+  if (read.ok()) {
     uint8_t random[32];
-    accepted = RandomBytes(random, sizeof(random));
+    read = RandomBytes(random, sizeof(random));
     ticket = HexTicket(random, sizeof(random));
   }
-  {
-    capnp::MallocMessageBuilder message;
-    auto answer = message.initRoot<wire::MigrationAnswer>();
-    StatusToWire(accepted, answer.initStatus());
-    if (accepted.ok()) {
-      answer.setTicket(capnp::Data::Reader(reinterpret_cast<const uint8_t*>(ticket.data()),
-                                           ticket.size()));
-      answer.setSessionId(arrival->session);
-    }
-    if (accepted.ok()) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      arrivals_[ticket] = arrival;
-    }
-    if (!WriteFrame(transport, wire::FrameKind::MIGRATION_ANSWER, message).ok() && accepted.ok()) {
-      // The source will not send its client: nobody comes for it.
-      std::lock_guard<std::mutex> lock(mutex_);
-      arrivals_.erase(ticket);
-      arrival->taken = true;
-    }
-  }
-  if (!accepted.ok()) {
-    FERRY_LOG(kWarning) << "handed over: " << arrival->source << "; refused: " << accepted.message();
-    if (arrival->session != 0 && pool_ != nullptr) pool_->Return(arrival->session);
+  if (!read.ok()) {
+    FERRY_LOG(kWarning) << arrival->source << " not taken: its bytes: " << read.message();
+    give_back();
+    (void)answer(read, "");
     return;
   }
-  FERRY_LOG(kInfo) << "handed over: " << arrival->source << ", as session "
-                   << arrival->session << " (" << (bulk_bytes >> 20)
-                   << " MiB); waiting for its client";
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    arrivals_[ticket] = arrival;
+  }
+  if (!answer(Status::Ok(), ticket).ok()) {
+    // The source will not send its client: nobody comes for it.
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (arrivals_.erase(ticket) == 0) return;  // taken already: the session owns the slice
+      arrival->taken = true;
+    }
+    give_back();
+    return;
+  }
+  FERRY_LOG(kInfo) << "handed over: " << arrival->source << ", as session " << arrival->session
+                   << " (" << (bulk_bytes >> 20) << " MiB); waiting for its client";
   // Kept until its client comes, ferryd stops, or the wait is over.
   std::unique_lock<std::mutex> lock(mutex_);
   connections_cv_.wait_for(lock, kArrivalWait, [&] { return arrival->taken || stopping_; });
@@ -181,7 +198,58 @@ void Server::ServeMigration(Transport& transport, const std::optional<auth::Toke
   FERRY_LOG(kWarning) << "session " << arrival->session << " (" << arrival->source
                       << ") was not taken by its client within " << kArrivalWait.count()
                       << " s; its slice goes back";
-  if (pool_ != nullptr) pool_->Return(arrival->session);
+  give_back();
+}
+
+Status Server::CheckOfferCalls(wire::MigrationOffer::Reader offer,
+                               std::vector<std::pair<uint64_t, uint64_t>>* ranges,
+                               uint64_t* bulk_bytes) {
+  // Only what Session::DescribeForMove makes: objects, placed memory and the
+  // copies into it on a legacy stream. Nothing that runs work.
+  uint64_t placed = 0;
+  for (auto call : offer.getCalls()) {
+    switch (call.which()) {
+      case wire::Call::CTX_CREATE:
+      case wire::Call::STREAM_CREATE:
+      case wire::Call::EVENT_CREATE:
+      case wire::Call::EVENT_RECORD:
+      case wire::Call::LIBRARY_LOAD:
+      case wire::Call::LIBRARY_LOAD_MODULE:
+      case wire::Call::MODULE_LOAD:
+      case wire::Call::MODULE_GET_FUNCTION:
+      case wire::Call::FUNC_SET_ATTRIBUTE:
+      case wire::Call::FUNC_SET_CACHE_CONFIG:
+      case wire::Call::MODULE_GET_GLOBAL:
+        break;
+      case wire::Call::MEMCPY_HTO_D:
+        if (call.getMemcpyHtoD().getStream() != 0) {
+          return Status::Malformed("an offer's copy goes on a legacy stream");
+        }
+        break;
+      case wire::Call::MEM_ALLOC_AT: {
+        if (!backend_.CanPlaceMemory()) {
+          return Status::Unimplemented("the " + std::string(backend_.Name()) +
+                                       " backend cannot place memory at given addresses yet");
+        }
+        const uint64_t bytes = call.getMemAllocAt().getBytes();
+        if (bytes > offer.getMemory() - std::min(placed, offer.getMemory())) {
+          return Status::Malformed("the offer places more memory than the session's device has");
+        }
+        placed += bytes;
+        ranges->emplace_back(call.getMemAllocAt().getDptr(), bytes);
+        break;
+      }
+      default:
+        return Status::Malformed("an offer may not carry call kind " +
+                                 std::to_string(static_cast<int>(call.which())));
+    }
+    if (call.getBulkBytes() > kMaxBulkBytes - std::min(*bulk_bytes, kMaxBulkBytes)) {
+      return Status::Malformed("the offer carries more than " + std::to_string(kMaxBulkBytes >> 30) +
+                               " GiB");
+    }
+    *bulk_bytes += call.getBulkBytes();
+  }
+  return Status::Ok();
 }
 
 Status Server::AcceptArrival(wire::MigrationOffer::Reader offer, const Transport& transport,

@@ -428,8 +428,9 @@ class Session final : public ServedSession {
     uint64_t ctx = 0;
     uint64_t param_bytes = 0;  // the packed buffer a launch must supply
     std::string name;          // as fetched
-    // Set by the client (funcSetAttribute, funcSetCacheConfig), in order.
-    std::vector<std::pair<int, int>> attributes;
+    // Set by the client (funcSetAttribute, funcSetCacheConfig): the last
+    // value of each attribute.
+    std::map<int, int> attributes;
     std::optional<int> cache_config;
   };
   // A memory pool: one cuMemPoolCreate made, or the session's default pool
@@ -453,8 +454,10 @@ class Session final : public ServedSession {
     // graph (session_graph_nodes.cc); only a free node or destroying the
     // executable graph frees it, never cuMemFree.
     bool graph = false;
-    // A module global: its name (module != 0).
+    // A module global: its name (module != 0), and whether the client knows
+    // its address (it asked; a move made it anew otherwise, anywhere).
     std::string global;
+    bool known_to_client = true;
   };
   // virtual memory management (session_vmm.cc). Physical memory
   // (cuMemCreate) under the client's id: charged to `device` until the
@@ -1131,13 +1134,14 @@ class Session final : public ServedSession {
   // handshake is answered; exec_mutex_ held).
   Status Arrive();
   // The move asked of the session (Depart), under serve_mutex_: kNoticed
-  // once the client was told, kHandedOver once the marker was answered with
-  // the target's ticket; departure_outcome_ is set when it is decided.
-  enum class DepartureState { kNone, kNoticed, kHandedOver };
-  DepartureState departure_state_ = DepartureState::kNone;
-  SessionDeparture departure_;
-  std::optional<Status> departure_outcome_;
-  std::string departure_summary_;
+  // once the client was told, kOffering while the marker's offer goes to the
+  // target, kHandedOver once the marker was answered with the target's
+  // ticket; departure_outcome_ is set when it is decided.
+  enum class DepartureState { kNone, kNoticed, kOffering, kHandedOver };
+  DepartureState departure_state_ ABSL_GUARDED_BY(serve_mutex_) = DepartureState::kNone;
+  SessionDeparture departure_ ABSL_GUARDED_BY(serve_mutex_);
+  std::optional<Status> departure_outcome_ ABSL_GUARDED_BY(serve_mutex_);
+  std::string departure_summary_ ABSL_GUARDED_BY(serve_mutex_);
   std::optional<SessionArrival> arrival_;
   bool arriving_ = false;  // executor: Arrive runs (memAllocAt is allowed)
   const bool follows_moves_;

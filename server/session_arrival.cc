@@ -5,6 +5,7 @@
 // handle and range is checked and charged as it would be.
 #include <cuda.h>
 
+#include <cstring>
 #include <future>
 #include <string>
 
@@ -21,8 +22,6 @@ using session_internal::Hex;
 
 Status Session::Arrive() {
   SessionArrival& arrival = *arrival_;
-  // The addresses held for it are its own from here on.
-  arrival.address_hold.reset();
   arriving_ = true;
   struct Done {
     bool& flag;
@@ -35,6 +34,9 @@ Status Session::Arrive() {
     auto globals_at = offer.getGlobalsAt();
     uint64_t offset = 0;
     unsigned global = 0;
+    // A global the client never asked for may be anywhere here: the copy
+    // that follows its moduleGetGlobal goes to where it is (0: none).
+    uint64_t relocated_global = 0;
     for (unsigned i = 0; i < calls.size(); ++i) {
       wire::Call::Reader call = calls[i];
       const auto which = call.which();
@@ -51,16 +53,48 @@ Status Session::Arrive() {
       CallContext cx;
       cx.seq = call.getSeq();
       cx.bulk_in = backend::HostBytes{arrival.bulk.owner, arrival.bulk.data + offset, bytes};
+      if (which == wire::Call::MODULE_LOAD || which == wire::Call::LIBRARY_LOAD) {
+        // An image the cache may keep: its own bytes, not a view that would
+        // keep the whole offer (the session's memory) alive with it.
+        auto image = std::shared_ptr<uint8_t[]>(new uint8_t[bytes]);
+        std::memcpy(image.get(), cx.bulk_in.data, bytes);
+        cx.bulk_in = backend::HostBytes{image, image.get(), bytes};
+      }
+      // The addresses held for it are its own once its objects are made
+      // (their threads and stacks came first) and its memory is placed.
+      if (which == wire::Call::MEM_ALLOC_AT) arrival.address_hold.reset();
       offset += bytes;
+      if (which == wire::Call::MEMCPY_HTO_D && relocated_global != 0) {
+        capnp::MallocMessageBuilder moved;
+        auto copy = moved.initRoot<wire::Call>();
+        copy.setSeq(call.getSeq());
+        copy.setBulkBytes(bytes);
+        auto args = copy.initMemcpyHtoD();
+        args.setCtx(call.getMemcpyHtoD().getCtx());
+        args.setStream(0);
+        args.setDst(relocated_global);
+        args.setBytes(call.getMemcpyHtoD().getBytes());
+        relocated_global = 0;
+        FERRY_RETURN_IF_ERROR(Dispatch(copy.asReader(), cx).WithContext(what));
+        continue;
+      }
+      relocated_global = 0;
       FERRY_RETURN_IF_ERROR(Dispatch(call, cx).WithContext(what));
       if (cx.deferred) return Status::Malformed(what + " waits for the GPU; none may");
       if (which == wire::Call::MODULE_GET_GLOBAL) {
-        // The client holds the global's address from the other server.
         if (global >= globals_at.size()) {
           return Status::Malformed(what + ": the offer says not where the global was");
         }
         const uint64_t was = globals_at[global++];
         const uint64_t is = cx.reply.asReader().getModuleGetGlobal().getDptr();
+        if (was == 0) {
+          relocated_global = is;  // the client never saw its address
+          if (auto made = ranges_.FindBase(is); made.value != nullptr) {
+            made.value->known_to_client = false;
+          }
+          continue;
+        }
+        // The client holds the global's address from the other server.
         if (is != was) {
           return Status::Cuda(CUDA_ERROR_ALREADY_MAPPED,
                               "module global " + std::string(call.getModuleGetGlobal().getName()) +

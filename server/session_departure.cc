@@ -64,10 +64,15 @@ Status Session::Depart(const SessionDeparture& to, std::string* summary) {
     reply.setMoveNotice();
     SendReplyMessage(message, {});
   }
-  const auto deadline = std::chrono::steady_clock::now() + kDepartureWait;
   std::unique_lock<std::mutex> lock(serve_mutex_);
-  const bool decided = serve_cv_.wait_until(
-      lock, deadline, [this] { return departure_outcome_.has_value() || serving_ended_; });
+  bool decided = false;
+  for (;;) {
+    decided = serve_cv_.wait_until(lock, std::chrono::steady_clock::now() + kDepartureWait,
+                                   [this] { return departure_outcome_.has_value() || serving_ended_; });
+    // An offer on its way (a large session, a slow link) decides by its
+    // end, which the target's read deadline bounds.
+    if (decided || departure_state_ != DepartureState::kOffering) break;
+  }
   if (departure_outcome_.has_value()) {
     Status outcome = *departure_outcome_;
     departure_outcome_.reset();
@@ -83,9 +88,11 @@ Status Session::Depart(const SessionDeparture& to, std::string* summary) {
     departure_state_ = DepartureState::kNone;
     return Status::Disconnected(who + " ended before it could move");
   }
-  if (departure_state_ == DepartureState::kNoticed) {
-    // A marker that comes later finds no move pending and is answered so.
-    departure_state_ = DepartureState::kNone;
+  const DepartureState state = departure_state_;
+  // A marker or refusal that comes later finds no move and is answered so
+  // (or only logged); a later move may be asked.
+  departure_state_ = DepartureState::kNone;
+  if (state == DepartureState::kNoticed) {
     return Status::Overloaded(who + "'s client did not answer the move within " +
                               std::to_string(kDepartureWait.count()) + " s; it stays");
   }
@@ -101,6 +108,7 @@ Status Session::MoveMarker(wire::MoveMarker::Reader, CallContext& cx) {
     if (departure_state_ != DepartureState::kNoticed) {
       return Status::InvalidArgument("no move to another server is pending");
     }
+    departure_state_ = DepartureState::kOffering;
     to = departure_;
   }
   const int64_t started = SteadyNowNs();
@@ -116,6 +124,7 @@ Status Session::MoveMarker(wire::MoveMarker::Reader, CallContext& cx) {
                         << "): not moved to " << to.address << ": " << status.message();
     std::lock_guard<std::mutex> lock(serve_mutex_);
     departure_outcome_ = status;
+    departure_state_ = DepartureState::kNone;
     serve_cv_.notify_all();
     return status;
   }
@@ -143,10 +152,14 @@ Status Session::MoveMarker(wire::MoveMarker::Reader, CallContext& cx) {
 
 Status Session::MoveRefused(wire::MoveRefused::Reader args) {
   std::lock_guard<std::mutex> lock(serve_mutex_);
-  if (departure_state_ != DepartureState::kHandedOver) {
-    return Status::InvalidArgument("no move to another server was handed over");
-  }
   const std::string reason = args.getReason().cStr();
+  if (departure_state_ != DepartureState::kHandedOver) {
+    // Depart gave up waiting already: nothing to tell, and nothing the
+    // program should see as an error.
+    FERRY_LOG(kInfo) << "session " << id_ << ": its client could not take it elsewhere ("
+                     << reason << "), after the move was given up";
+    return Status::Ok();
+  }
   FERRY_LOG(kWarning) << "session " << id_ << " (" << program_ << "@" << host_
                       << "): its client could not take it to " << departure_.address << ": "
                       << reason << "; it stays here";
@@ -223,22 +236,36 @@ Status Session::OfferTo(const SessionDeparture& to, std::string* ticket,
   } catch (const kj::Exception& e) {
     return Status::Malformed(target + " answered a bad HelloReply");
   }
-  FERRY_RETURN_IF_ERROR(WriteFrame(*transport, wire::FrameKind::MIGRATION_OFFER, message, bulk)
+  // The MigrationAnswer in `frame`: its status, and the ticket when asked.
+  auto read_verdict = [&](std::string* ticket_out) {
+    FERRY_RETURN_IF_ERROR(read_answer(wire::FrameKind::MIGRATION_ANSWER, &frame));
+    try {
+      capnp::FlatArrayMessageReader reader(frame.words, PeerReaderOptions());
+      auto answer = reader.getRoot<wire::MigrationAnswer>();
+      FERRY_RETURN_IF_ERROR(
+          StatusFromWire(answer.getStatus()).WithContext(target + " refused the session"));
+      *target_session = answer.getSessionId();
+      if (ticket_out == nullptr) return Status::Ok();
+      auto bytes = answer.getTicket();
+      if (bytes.size() == 0) return Status::Malformed(target + " answered no ticket");
+      ticket_out->assign(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+    } catch (const kj::Exception& e) {
+      return Status::Malformed(target + " answered a bad MigrationAnswer");
+    }
+    return Status::Ok();
+  };
+  // The offer, then (accepted) its bytes.
+  FERRY_RETURN_IF_ERROR(WriteFrame(*transport, wire::FrameKind::MIGRATION_OFFER, message)
                             .WithContext("sending the session to " + target));
-  FERRY_RETURN_IF_ERROR(read_answer(wire::FrameKind::MIGRATION_ANSWER, &frame));
-  try {
-    capnp::FlatArrayMessageReader reader(frame.words, PeerReaderOptions());
-    auto answer = reader.getRoot<wire::MigrationAnswer>();
-    FERRY_RETURN_IF_ERROR(
-        StatusFromWire(answer.getStatus()).WithContext(target + " refused the session"));
-    auto bytes = answer.getTicket();
-    if (bytes.size() == 0) return Status::Malformed(target + " answered no ticket");
-    ticket->assign(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
-    *target_session = answer.getSessionId();
-  } catch (const kj::Exception& e) {
-    return Status::Malformed(target + " answered a bad MigrationAnswer");
-  }
-  return Status::Ok();
+  FERRY_RETURN_IF_ERROR(read_verdict(nullptr));
+  uint64_t total = 0;
+  for (const ConstBuffer& b : bulk) total += b.size;
+  capnp::MallocMessageBuilder bytes_message(8);
+  bytes_message.initRoot<wire::MigrationBytes>().setBytes(total);
+  FERRY_RETURN_IF_ERROR(
+      WriteFrame(*transport, wire::FrameKind::MIGRATION_BYTES, bytes_message, bulk)
+          .WithContext("sending the session's bytes to " + target));
+  return read_verdict(ticket);
 }
 
 Status Session::DescribeForMove(wire::MigrationOffer::Builder offer,
@@ -350,7 +377,7 @@ Status Session::DescribeForMove(wire::MigrationOffer::Builder offer,
       args.setFunction(id);
       args.setName(name);
     }});
-    for (const std::pair<int, int>& set : f.attributes) {
+    for (const auto& set : f.attributes) {
       calls.push_back({[id, set](wire::Call::Builder call) {
         auto args = call.initFuncSetAttribute();
         args.setFunction(id);
@@ -366,58 +393,73 @@ Status Session::DescribeForMove(wire::MigrationOffer::Builder offer,
       }});
     }
   });
-  // Device memory: allocations made at their addresses, then every range's
-  // bytes (module globals' too) copied in. The streams are idle and the
+  // Device memory: allocations made at their addresses, module globals
+  // found, then their bytes copied in. The streams are idle and the
   // executor is here, so nothing changes the bytes while they are sent.
   const bool direct = backend_.DeviceMemoryIsHostMemory();
-  ranges_.ForEach([&](uint64_t base, uint64_t size, RangeEntry& range) {
-    if (!status.ok() || range.mapped || range.graph) return;
-    if (range.module != 0) {
-      calls.push_back({[module = range.module, name = range.global](wire::Call::Builder call) {
-        auto args = call.initModuleGetGlobal();
-        args.setModule(module);
-        args.setName(name);
-      }});
-      globals_at.push_back(base);
-    } else {
-      calls.push_back({[r_ctx = range.ctx, base, size](wire::Call::Builder call) {
-        auto args = call.initMemAllocAt();
-        args.setCtx(r_ctx);
-        args.setDptr(base);
-        args.setBytes(size);
-      }});
-    }
+  // The copy of [base, base + size) of context `ctx` into place.
+  auto copy_in = [&](uint64_t ctx, uint64_t base, uint64_t size) {
     PlannedCall copy;
-    copy.fill = [r_ctx = range.ctx, base, size](wire::Call::Builder call) {
+    copy.fill = [ctx, base, size](wire::Call::Builder call) {
       auto args = call.initMemcpyHtoD();
-      args.setCtx(r_ctx);
+      args.setCtx(ctx);
       args.setStream(0);
       args.setDst(base);
       args.setBytes(size);
     };
     if (direct) {
       copy.bytes = ConstBuffer{reinterpret_cast<const void*>(base), size};
-    } else {
-      ContextEntry* c = nullptr;
-      status = contexts_.Find(range.ctx, &c);
-      if (!status.ok()) return;
-      auto bytes = std::shared_ptr<uint8_t[]>(new (std::nothrow) uint8_t[size]);
-      if (bytes == nullptr) {
-        status = Status::OutOfMemory("no host memory to send " + std::to_string(size) + " bytes");
-        return;
-      }
-      backend::Stream& legacy = backend_.LegacyStream(*c->context);
-      status = backend_.CopyDeviceToHost(legacy, backend::MutableHostBytes{bytes, bytes.get(), size},
-                                         base);
-      if (!status.ok()) return;
-      std::promise<Status> done;
-      backend_.WhenStreamIdle(legacy, [&done](Status s) { done.set_value(std::move(s)); });
-      status = done.get_future().get();
-      if (!status.ok()) return;
-      keep->push_back(bytes);
-      copy.bytes = ConstBuffer{bytes.get(), size};
+      calls.push_back(std::move(copy));
+      return Status::Ok();
     }
+    ContextEntry* c = nullptr;
+    FERRY_RETURN_IF_ERROR(contexts_.Find(ctx, &c));
+    auto bytes = std::shared_ptr<uint8_t[]>(new (std::nothrow) uint8_t[size]);
+    if (bytes == nullptr) {
+      return Status::OutOfMemory("no host memory to send " + std::to_string(size) + " bytes");
+    }
+    backend::Stream& legacy = backend_.LegacyStream(*c->context);
+    FERRY_RETURN_IF_ERROR(backend_.CopyDeviceToHost(
+        legacy, backend::MutableHostBytes{bytes, bytes.get(), size}, base));
+    std::promise<Status> done;
+    backend_.WhenStreamIdle(legacy, [&done](Status s) { done.set_value(std::move(s)); });
+    FERRY_RETURN_IF_ERROR(done.get_future().get());
+    keep->push_back(bytes);
+    copy.bytes = ConstBuffer{bytes.get(), size};
     calls.push_back(std::move(copy));
+    return Status::Ok();
+  };
+  ranges_.ForEach([&](uint64_t base, uint64_t size, RangeEntry& range) {
+    if (!status.ok() || range.module != 0 || range.mapped || range.graph) return;
+    calls.push_back({[r_ctx = range.ctx, base, size](wire::Call::Builder call) {
+      auto args = call.initMemAllocAt();
+      args.setCtx(r_ctx);
+      args.setDptr(base);
+      args.setBytes(size);
+    }});
+    status = copy_in(range.ctx, base, size);
+  });
+  FERRY_RETURN_IF_ERROR(status);
+  // Every global of every module: a kernel may have changed any. Those the
+  // client asked for must be where it knows them (globalsAt); the others may
+  // land anywhere (0), their bytes copied to wherever they are.
+  modules_.ForEach([&](uint64_t id, ModuleEntry& m) {
+    for (const backend::GlobalDescription& g : m.description->globals) {
+      if (!status.ok()) return;
+      uint64_t dptr = 0, bytes = 0;
+      status = backend_.GetGlobal(*m.module, g.name, &dptr, &bytes);
+      if (!status.ok() || bytes == 0) continue;
+      const auto fetched = ranges_.FindBase(dptr);
+      const bool known = fetched.value != nullptr && fetched.value->module == id &&
+                         fetched.value->known_to_client;
+      calls.push_back({[id, name = g.name](wire::Call::Builder call) {
+        auto args = call.initModuleGetGlobal();
+        args.setModule(id);
+        args.setName(name);
+      }});
+      globals_at.push_back(known ? dptr : 0);
+      status = copy_in(m.ctx, dptr, bytes);
+    }
   });
   FERRY_RETURN_IF_ERROR(status);
   auto list = offer.initCalls(static_cast<unsigned>(calls.size()));

@@ -186,7 +186,12 @@ Status Session::ModuleGetGlobal(wire::ModuleGetGlobal::Reader args, CallContext&
   if (bytes > 0) {
     RangeEntry global{m->ctx, args.getModule(), 0};
     global.global = args.getName().cStr();
-    (void)ranges_.Insert(dptr, bytes, std::move(global));
+    if (!ranges_.Insert(dptr, bytes, std::move(global))) {
+      // Asked again, it is already there; the client knows it now.
+      if (auto known = ranges_.FindBase(dptr); known.value != nullptr) {
+        known.value->known_to_client = true;
+      }
+    }
   }
   auto result = cx.reply.initModuleGetGlobal();
   result.setDptr(dptr);
@@ -208,7 +213,7 @@ Status Session::FuncSetAttribute(wire::FuncAttribute::Reader args) {
   FERRY_RETURN_IF_ERROR(functions_.Find(args.getFunction(), &f));
   FERRY_RETURN_IF_ERROR(
       backend_.SetFunctionAttribute(*f->function, args.getAttribute(), args.getValue()));
-  f->attributes.emplace_back(args.getAttribute(), args.getValue());
+  f->attributes[args.getAttribute()] = args.getValue();
   return Status::Ok();
 }
 

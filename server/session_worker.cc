@@ -1423,6 +1423,7 @@ int RunSessionWorker(int link, backend::GpuBackend* backend, const Status& backe
   reader.join();
   parking.Join();
   moving.Join();
+  departing.Join();  // a depart the reader started after the first join
   {
     std::lock_guard<std::mutex> lock(preempts_mutex);
     for (std::thread& t : preempts) t.join();

@@ -278,7 +278,8 @@ TEST_F(SessionTest, AsyncErrorIsReportedByTheNextCallThatWaitsThenClears) {
 
 // Migration between servers (session_departure.cc, session_arrival.cc): the
 // calls only a move uses, sent by a client when no move is under way, are
-// refused, and a move's marker is not the call a latched error answers.
+// refused (a late refusal of a move only logged), and a move's marker is not
+// the call a latched error answers.
 TEST_F(SessionTest, MoveCallsWithoutAMoveAreRefused) {
   CreateContext();
   auto at = client_->Call([&](wire::Call::Builder c) {
@@ -300,12 +301,11 @@ TEST_F(SessionTest, MoveCallsWithoutAMoveAreRefused) {
   EXPECT_EQ(marker.latched_from, 0u);
   auto ping = client_->Call([&](wire::Call::Builder c) { c.setPing(); });
   EXPECT_EQ(ping.latched_from, bad_free);
-  const uint64_t refused = client_->Send(
-      [&](wire::Call::Builder c) { c.initMoveRefused().setReason("no room"); }, false);
+  // A late refusal (the move was given up) is no error of the program's.
+  client_->Send([&](wire::Call::Builder c) { c.initMoveRefused().setReason("no room"); }, false);
   auto after = client_->Call([&](wire::Call::Builder c) { c.setPing(); });
-  EXPECT_EQ(after.latched_from, refused);
-  EXPECT_NE(after.status.message().find("no move to another server was handed over"),
-            std::string::npos);
+  EXPECT_TRUE(after.status.ok()) << after.status.ToString();
+  EXPECT_EQ(after.latched_from, 0u);
 }
 
 TEST_F(SessionTest, ResetPersistingL2CacheIsFireAndForgetAndItsErrorLatches) {

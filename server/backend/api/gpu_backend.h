@@ -1059,6 +1059,9 @@ class GpuBackend {
   // holds stay right). Every other rule is MemAlloc's (the device's
   // room, MemFree frees it); CUDA_ERROR_ALREADY_MAPPED naming the address
   // when any of it is taken. The default: this backend cannot place memory.
+  // Whether MemAllocAt is built (a target asks before it takes a session's
+  // bytes).
+  virtual bool CanPlaceMemory() const { return false; }
   virtual Status MemAllocAt(Context& ctx, uint64_t address, uint64_t bytes) {
     (void)ctx, (void)address, (void)bytes;
     return Status::Unimplemented(std::string(Name()) +

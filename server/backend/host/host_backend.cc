@@ -1068,6 +1068,7 @@ class HostBackend final : public GpuBackend {
   // with a neighbour placed before (allocations below kMmapThreshold need
   // not start or end on a page), so those are kept per page
   // (placed_pages_) and unmapped when the last allocation on them goes.
+  bool CanPlaceMemory() const override { return true; }
   Status MemAllocAt(Context& ctx, uint64_t address, uint64_t bytes) override {
     const ContextState* owner = AsContext(ctx).state().get();
     const int device = owner->device;
@@ -1099,6 +1100,14 @@ class HostBackend final : public GpuBackend {
     std::vector<std::pair<uint64_t, uint64_t>> reused;
     Status placed = PlacePages(address, end, &pages, &reused);
     std::lock_guard<std::mutex> lock(mu_);
+    // Checked again where it is added: another arrival may have placed a
+    // neighbour on a shared page meanwhile.
+    if (placed.ok() &&
+        std::any_of(allocations_.begin(), allocations_.end(), [&](const auto& a) {
+          return a.first < end && a.first + a.second.bytes > address;
+        })) {
+      placed = Status::Cuda(CUDA_ERROR_ALREADY_MAPPED, "another allocation was placed there");
+    }
     if (!placed.ok()) {
       books_->Give(device, rounded);
       return Status::Cuda(CUDA_ERROR_ALREADY_MAPPED,
