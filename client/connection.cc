@@ -1002,10 +1002,11 @@ void Connection::Revoke(const Status& notice) {
     std::lock_guard<std::mutex> lock(reply_mutex_);
     if (!broken_.ok() || !revoked_.ok()) return;
     revoked_ = notice.ok() ? Status::Cuda(CUDA_ERROR_DEVICE_UNAVAILABLE,
-                                          "ferryd at " + server_name_ + " took the devices away")
+                                          "ferryd at " + ServerNameLocked() +
+                                              " took the devices away")
                            : notice;
     broken_flag_.store(true, std::memory_order_release);
-    FERRY_LOG(kError) << "ferryd at " << server_name_ << ": " << revoked_.message()
+    FERRY_LOG(kError) << "ferryd at " << ServerNameLocked() << ": " << revoked_.message()
                       << "; from now on every CUDA call fails with CUDA_ERROR_DEVICE_UNAVAILABLE";
     // The server answers no call that wants no reply from now on: gates
     // ferry opens itself are told here (the server opened its side).
@@ -1105,7 +1106,11 @@ void Connection::FollowMove() {
     }
     reply_cv_.notify_all();  // a waiter whose reply came
   }
-  const std::string here = moved_to_.empty() ? server_name_ : moved_to_;
+  std::string here;
+  {
+    std::lock_guard<std::mutex> lock(reply_mutex_);
+    here = ServerNameLocked();
+  }
   if (!marker.status.ok()) {
     FERRY_LOG(kWarning) << "ferryd at " << here
                         << " did not move the session: " << marker.status.message();
@@ -1165,6 +1170,7 @@ void Connection::FollowMove() {
   FERRY_LOG(kInfo) << "the session moved from ferryd at " << here << " to ferryd at " << address
                    << " (session " << session << " there, over " << transport_->Description()
                    << ")";
+  std::lock_guard<std::mutex> lock(reply_mutex_);
   moved_to_ = address;
 }
 
@@ -1174,7 +1180,7 @@ void Connection::Fail(const Status& status) {
   {
     std::lock_guard<std::mutex> lock(reply_mutex_);
     if (!broken_.ok()) return;
-    broken_ = Status::Disconnected("lost connection to ferryd at " + server_name_ + ": " +
+    broken_ = Status::Disconnected("lost connection to ferryd at " + ServerNameLocked() + ": " +
                                    status.message());
     broken_flag_.store(true, std::memory_order_release);
     FERRY_LOG(kError) << broken_.message();

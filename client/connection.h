@@ -416,8 +416,8 @@ class Connection {
   // The server's notice that the session lost its devices.
   void Revoke(const Status& notice);
 
-  // The server first connected to; after a move to another server, log
-  // lines and errors still name it (the move itself is logged).
+  // The server first connected to (after a move to another server,
+  // moved_to_ names where the session is).
   const std::string server_name_;
   const ConnectionOptions options_;
   const Borrow borrow_;  // the token, for a move's Hello
@@ -426,9 +426,13 @@ class Connection {
   // pointer holds one of those.
   mutable std::shared_mutex transport_mutex_;
   std::unique_ptr<Transport> transport_;
-  // FollowMove (reader role): the server a move went to last, for its logs
-  // ("" = none).
-  std::string moved_to_;
+  // The server a move went to last ("" = none), for logs and errors
+  // (ServerNameLocked).
+  std::string moved_to_ ABSL_GUARDED_BY(reply_mutex_);
+  // The server the session is on now: server_name_, or where it moved.
+  std::string ServerNameLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(reply_mutex_) {
+    return moved_to_.empty() ? server_name_ : moved_to_;
+  }
 
   // Sending.
   std::mutex send_mutex_;

@@ -93,9 +93,13 @@ void Server::ServeMigration(Transport& transport, const std::optional<auth::Toke
                                     ticket.size()));
     return WriteFrame(transport, wire::FrameKind::MIGRATION_ANSWER, message);
   };
-  // What went wrong after the borrow gives the slice back.
+  // What went wrong after the borrow gives the slice back (and forgets a
+  // preemption that came for it meanwhile: no session will take it).
   auto give_back = [&] {
-    if (arrival->session != 0 && pool_ != nullptr) pool_->Return(arrival->session);
+    if (arrival->session == 0) return;
+    if (pool_ != nullptr) pool_->Return(arrival->session);
+    std::lock_guard<std::mutex> lock(mutex_);
+    early_preemptions_.erase(arrival->session);
   };
   // The offer first, small; its bytes only once it is accepted (a refusal
   // costs no transfer).
