@@ -24,4 +24,17 @@ Status RandomBytes(void* data, size_t size) {
   return Status::Ok();
 }
 
+Status RandomHex(size_t bytes, std::string* out) {
+  std::string random(bytes, '\0');
+  FERRY_RETURN_IF_ERROR(RandomBytes(random.data(), random.size()));
+  static constexpr char kDigits[] = "0123456789abcdef";
+  out->clear();
+  out->reserve(2 * bytes);
+  for (unsigned char b : random) {
+    out->push_back(kDigits[b >> 4]);
+    out->push_back(kDigits[b & 15]);
+  }
+  return Status::Ok();
+}
+
 }  // namespace ferry

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstddef>
+#include <string>
 
 #include "common/status.h"
 
@@ -13,5 +14,9 @@ namespace ferry {
 
 // Fills `size` bytes at `data`; Internal if the kernel refuses.
 Status RandomBytes(void* data, size_t size);
+
+// `bytes` random bytes as 2 * `bytes` lowercase hex digits (names and
+// tickets that travel as text); Internal if the kernel refuses.
+Status RandomHex(size_t bytes, std::string* out);
 
 }  // namespace ferry

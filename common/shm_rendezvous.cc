@@ -87,14 +87,9 @@ Status ShmRendezvous::Open(std::string owner, std::unique_ptr<ShmRendezvous>* ou
   // squats names; a few tries tell that from bad luck.
   std::string last_error;
   for (int attempt = 0; attempt < 3; ++attempt) {
-    uint8_t random[16];
-    FERRY_RETURN_IF_ERROR(RandomBytes(random, sizeof(random)));
-    std::string name = kNamePrefix;
-    static constexpr char kHex[] = "0123456789abcdef";
-    for (uint8_t b : random) {
-      name += kHex[b >> 4];
-      name += kHex[b & 15];
-    }
+    std::string random;
+    FERRY_RETURN_IF_ERROR(RandomHex(16, &random));
+    const std::string name = kNamePrefix + random;
     sockaddr_un address;
     socklen_t length = 0;
     AbstractAddress(name, &address, &length);

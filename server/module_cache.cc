@@ -17,26 +17,13 @@ constexpr int kImageSeals = F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_
 
 Status SealedImage::FromBytes(std::span<const uint8_t> bytes,
                               std::shared_ptr<const SealedImage>* out) {
-  const int fd = ::memfd_create("ferry-module-image", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-  if (fd < 0) return Status::Internal(std::string("memfd_create: ") + std::strerror(errno));
-  size_t written = 0;
-  while (written < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + written, bytes.size() - written);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const int err = errno;
-      ::close(fd);
-      return Status::Internal(std::string("cannot write a module image to a memfd: ") +
-                              std::strerror(err));
-    }
-    written += static_cast<size_t>(n);
-  }
-  if (::fcntl(fd, F_ADD_SEALS, kImageSeals) != 0) {
-    const int err = errno;
-    ::close(fd);
-    return Status::Internal(std::string("cannot seal a module image: ") + std::strerror(err));
-  }
-  return FromFd(fd, bytes.size(), out);
+  return Fill(
+      bytes.size(),
+      [&](uint8_t* data) {
+        std::memcpy(data, bytes.data(), bytes.size());
+        return Status::Ok();
+      },
+      out);
 }
 
 Status SealedImage::Fill(uint64_t size, const std::function<Status(uint8_t* data)>& fill,

@@ -819,21 +819,20 @@ void Server::ServeClient(uint64_t id, std::unique_ptr<Transport> transport,
   SessionGrant grant;
   if (arrival != nullptr) {
     grant = arrival->grant;
+    // Only the token's holder that had it at the source, and only where
+    // that token may borrow.
+    Status allowed;
     if (token.has_value() && token->name != arrival->token_name) {
-      FERRY_LOG(kWarning) << "client " << transport->PeerName() << " pid " << hello.getPid()
-                          << " refused " << arrival->source << ": it came with "
-                          << token->Describe() << ", not the session's token";
-      Refuse(*transport, Status::PermissionDenied(
-                             "the session was handed over for another token's holder"));
-      if (pool_ != nullptr) pool_->Return(id);
-      return;
+      allowed = Status::PermissionDenied(token->Describe() + " is not the token the session was "
+                                         "handed over for");
+    } else if (token.has_value() && grant.pooled && !token->MayBorrowFrom(grant.pool)) {
+      allowed = Status::PermissionDenied(token->Describe() + " may not use pool " + grant.pool +
+                                         ", which its session came to");
     }
-    if (token.has_value() && grant.pooled && !token->MayBorrowFrom(grant.pool)) {
+    if (!allowed.ok()) {
       FERRY_LOG(kWarning) << "client " << transport->PeerName() << " pid " << hello.getPid()
-                          << " refused its session from " << arrival->source << ": "
-                          << token->Describe() << " may not use pool " << grant.pool;
-      Refuse(*transport, Status::PermissionDenied(token->Describe() + " may not use pool " +
-                                                  grant.pool + ", which its session came to"));
+                          << " refused " << arrival->source << ": " << allowed.message();
+      Refuse(*transport, allowed);
       if (pool_ != nullptr) pool_->Return(id);
       return;
     }
@@ -1396,11 +1395,7 @@ void Server::PreemptSession(const pool::Preemption& preemption) {
   }).detach();
 }
 
-Status Server::Migrate(uint64_t id, int gpu, int device, std::string* summary) {
-  if (pool_ == nullptr) {
-    return Status::Unimplemented(
-        "ferryd runs without pools: every session has every GPU already, nothing to move to");
-  }
+Status Server::CanMoveBetweenGpus() const {
   if (cluster_ != nullptr) {
     return Status::Unimplemented("migration is not built for a cluster's pool yet");
   }
@@ -1408,13 +1403,17 @@ Status Server::Migrate(uint64_t id, int gpu, int device, std::string* summary) {
     return Status::Unimplemented(std::string("the ") + std::string(backend_.Name()) +
                                  " backend cannot move a session to another GPU yet");
   }
-  std::shared_ptr<ServedSession> session;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    auto it = sessions_.find(id);
-    if (it == sessions_.end()) return Status::NotFound("no session " + std::to_string(id));
-    session = it->second;
+  return Status::Ok();
+}
+
+Status Server::Migrate(uint64_t id, int gpu, int device, std::string* summary) {
+  if (pool_ == nullptr) {
+    return Status::Unimplemented(
+        "ferryd runs without pools: every session has every GPU already, nothing to move to");
   }
+  FERRY_RETURN_IF_ERROR(CanMoveBetweenGpus());
+  std::shared_ptr<ServedSession> session;
+  FERRY_RETURN_IF_ERROR(FindSession(id, &session));
   const SessionGrant grant = session->grant();
   if (device < 0) {
     if (grant.devices.size() != 1) {
@@ -1481,16 +1480,14 @@ void Server::MigrateForRebind(const pool::Migration& migration) {
   // Why it cannot move at all; else the session, counted in live_connections_.
   std::string refusal;
   std::shared_ptr<ServedSession> session;
+  const Status can_move = CanMoveBetweenGpus();
   {
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = sessions_.find(migration.session);
     if (stopping_) {
       refusal = "ferryd is stopping";
-    } else if (cluster_ != nullptr) {
-      refusal = "migration is not built for a cluster's pool yet";
-    } else if (!backend_.CanMoveTenants()) {
-      refusal = "the " + std::string(backend_.Name()) +
-                " backend cannot move a session to another GPU yet";
+    } else if (!can_move.ok()) {
+      refusal = can_move.message();
     } else if (it == sessions_.end()) {
       refusal = "its session has not started yet";
     } else {
@@ -1767,6 +1764,14 @@ void Server::ServeControl(Transport& transport, const std::optional<auth::Token>
     }
     if (!WriteFrame(transport, wire::FrameKind::CONTROL_REPLY, message).ok()) return;
   }
+}
+
+Status Server::FindSession(uint64_t id, std::shared_ptr<ServedSession>* out) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = sessions_.find(id);
+  if (it == sessions_.end()) return Status::NotFound("no session " + std::to_string(id));
+  *out = it->second;
+  return Status::Ok();
 }
 
 std::vector<std::shared_ptr<ServedSession>> Server::LiveSessions() const {

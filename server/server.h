@@ -254,12 +254,18 @@ class Server {
   Status CheckOfferCalls(wire::MigrationOffer::Reader offer,
                          std::vector<std::pair<uint64_t, uint64_t>>* ranges,
                          uint64_t* bulk_bytes);
-  // ServeMigration's checks and borrow: fills `arrival`'s id and grant.
+  // ServeMigration's checks and borrow: fills `arrival`'s id and grant; on
+  // an error after the borrow the caller returns the slice (arrival's id).
   Status AcceptArrival(wire::MigrationOffer::Reader offer, const Transport& transport,
                        const std::shared_ptr<PendingArrival>& arrival);
   static constexpr std::chrono::seconds kArrivalWait{60};
   // The arrival `ticket` names, taken (once); null when none waits.
   std::shared_ptr<PendingArrival> TakeArrival(const std::string& ticket);
+  // Whether sessions can move between this ferryd's GPUs at all
+  // (Unimplemented saying why not: a cluster's pool, a backend that cannot).
+  Status CanMoveBetweenGpus() const;
+  // Live session `id` (NotFound naming it), for asking it outside the lock.
+  Status FindSession(uint64_t id, std::shared_ptr<ServedSession>* out) const;
   // The sessions now, for asking each outside the lock.
   std::vector<std::shared_ptr<ServedSession>> LiveSessions() const;
   // Session::MemoryPressure for every session: parks the memory of idle

@@ -23,27 +23,12 @@ namespace {
 // included: a session's device memory).
 constexpr std::chrono::minutes kOfferWait{5};
 
-std::string HexTicket(const uint8_t* bytes, size_t size) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string text;
-  for (size_t i = 0; i < size; ++i) {
-    text += kDigits[bytes[i] >> 4];
-    text += kDigits[bytes[i] & 15];
-  }
-  return text;
-}
-
 }  // namespace
 
 Status Server::MigrateToServer(uint64_t id, const std::string& address, int gpu,
                                const std::string& token, std::string* summary) {
   std::shared_ptr<ServedSession> session;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    auto it = sessions_.find(id);
-    if (it == sessions_.end()) return Status::NotFound("no session " + std::to_string(id));
-    session = it->second;
-  }
+  FERRY_RETURN_IF_ERROR(FindSession(id, &session));
   SessionDeparture to;
   to.address = address;
   to.gpu = gpu;
@@ -165,11 +150,7 @@ void Server::ServeMigration(Transport& transport, const std::optional<auth::Toke
   }
   transport.SetReadDeadline(kNoDeadline);
   std::string ticket;
-  if (read.ok()) {
-    uint8_t random[32];
-    read = RandomBytes(random, sizeof(random));
-    ticket = HexTicket(random, sizeof(random));
-  }
+  if (read.ok()) read = RandomHex(32, &ticket);
   if (!read.ok()) {
     FERRY_LOG(kWarning) << arrival->source << " not taken: its bytes: " << read.message();
     give_back();
@@ -314,9 +295,7 @@ Status Server::AcceptArrival(wire::MigrationOffer::Reader offer, const Transport
   // The client was told how much memory its device has: it must stay so.
   const SessionDevice& here = grant.devices[0];
   const uint64_t memory = here.memory_quota != 0 ? here.memory_quota : device.total_memory;
-  if (memory != offer.getMemory()) {
-    if (pool_ != nullptr) pool_->Return(arrival->session);
-    arrival->session = 0;
+  if (memory != offer.getMemory()) {  // the caller gives the slice back
     return Status::Unimplemented("the session's device has " + std::to_string(offer.getMemory() >> 20) +
                                  " MiB; GPU " + std::to_string(gpu) + " gives " +
                                  std::to_string(memory >> 20) +

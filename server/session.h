@@ -1116,6 +1116,13 @@ class Session final : public ServedSession {
   std::atomic<uint64_t> releases_{0}, reborrows_{0};
   std::atomic<uint64_t> moves_{0};  // MoveDevice
 
+  // cuMemAlloc's path, and memAllocAt's (session_memory.cc): the quota
+  // (waiting for releases), room on the device (parking others when it is
+  // overcommitted), the memory `allocate` makes (its address into *dptr),
+  // then the range and the charge. InvalidArgument for 0 bytes.
+  Status AllocateInContext(uint64_t ctx, ContextEntry& c, uint64_t bytes, const char* call,
+                           const std::function<Status(uint64_t* dptr)>& allocate,
+                           uint64_t* dptr);
   // Moves (session_migration.cc): Unimplemented naming what the session
   // holds that cannot move to `where` yet, else OK; then, waiting at most
   // kMoveQuiesceWait, until every reply owed is written and every stream is

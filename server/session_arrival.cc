@@ -137,19 +137,15 @@ Status Session::MemAllocAt(wire::MemAllocAt::Reader args, CallContext& cx) {
         "memAllocAt places the memory of a session that arrives from another server; a client "
         "may not send it");
   }
-  const uint64_t bytes = args.getBytes();
-  if (bytes == 0) return Status::InvalidArgument("memAllocAt of 0 bytes");
-  FERRY_RETURN_IF_ERROR(CheckQuotaAfterReleases(c->device, bytes));
-  FERRY_RETURN_IF_ERROR(WithRoom(c->device, bytes, [&] {
-    return backend_.MemAllocAt(*c->context, args.getDptr(), bytes);
-  }));
-  if (!ranges_.Insert(args.getDptr(), bytes, RangeEntry{args.getCtx(), 0, c->device})) {
-    (void)backend_.MemFree(*c->context, args.getDptr());
-    return Status::Internal("memAllocAt at " + Hex(args.getDptr()) +
-                            " overlaps a range the session holds");
-  }
-  shares_.Charge(c->device, bytes);
-  cx.reply.initMemAlloc().setDptr(args.getDptr());
+  uint64_t dptr = 0;
+  FERRY_RETURN_IF_ERROR(AllocateInContext(
+      args.getCtx(), *c, args.getBytes(), "memAllocAt",
+      [&](uint64_t* out) {
+        *out = args.getDptr();
+        return backend_.MemAllocAt(*c->context, args.getDptr(), args.getBytes());
+      },
+      &dptr));
+  cx.reply.initMemAlloc().setDptr(dptr);
   return Status::Ok();
 }
 

@@ -39,8 +39,8 @@ Status Session::Depart(const SessionDeparture& to, std::string* summary) {
     return Status::Unimplemented(who + "'s client cannot follow a move to another server (its "
                                        "libcuda.so.1 is older than ferryd's)");
   }
-  if (grant().devices.size() != 1) {
-    return Status::Unimplemented(who + " has " + std::to_string(grant().devices.size()) +
+  if (const size_t devices = grant().devices.size(); devices != 1) {
+    return Status::Unimplemented(who + " has " + std::to_string(devices) +
                                  " devices; moves to another server are built for one");
   }
   if (!started_.load()) return Status::Overloaded(who + " has not started yet");

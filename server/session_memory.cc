@@ -36,25 +36,33 @@ Status Session::CheckRange2D(uint64_t address, uint64_t pitch, uint64_t width_by
   return ranges_.Check2DJoined(address, pitch, width_bytes, height, what, kRangeOwner, kBothMapped);
 }
 
+Status Session::AllocateInContext(uint64_t ctx, ContextEntry& c, uint64_t bytes, const char* call,
+                                  const std::function<Status(uint64_t* dptr)>& allocate,
+                                  uint64_t* dptr) {
+  if (bytes == 0) return Status::InvalidArgument(std::string(call) + " of 0 bytes");
+  FERRY_RETURN_IF_ERROR(CheckQuotaAfterReleases(c.device, bytes));
+  // The device may be full (quotas may add up to more than it has: memory
+  // overcommit): idle sessions' memory may be parked to make room.
+  FERRY_RETURN_IF_ERROR(WithRoom(c.device, bytes, [&] { return allocate(dptr); }));
+  if (!ranges_.Insert(*dptr, bytes, RangeEntry{ctx, 0, c.device})) {
+    // The backend gave out memory the session already holds: never keep
+    // two entries for one address.
+    (void)backend_.MemFree(*c.context, *dptr);
+    return Status::Internal(std::string(call) + " returned " + Hex(*dptr) +
+                            ", which overlaps a range the session holds");
+  }
+  shares_.Charge(c.device, bytes);
+  return Status::Ok();
+}
+
 Status Session::MemAlloc(wire::MemAlloc::Reader args, CallContext& cx) {
   ContextEntry* c = nullptr;
   FERRY_RETURN_IF_ERROR(contexts_.Find(args.getCtx(), &c));
-  if (args.getBytes() == 0) return Status::InvalidArgument("cuMemAlloc of 0 bytes");
-  FERRY_RETURN_IF_ERROR(CheckQuotaAfterReleases(c->device, args.getBytes()));
   uint64_t dptr = 0;
-  // The device may be full (quotas may add up to more than it has: memory
-  // overcommit): idle sessions' memory may be parked to make room.
-  FERRY_RETURN_IF_ERROR(WithRoom(c->device, args.getBytes(), [&] {
-    return backend_.MemAlloc(*c->context, args.getBytes(), &dptr);
-  }));
-  if (!ranges_.Insert(dptr, args.getBytes(), RangeEntry{args.getCtx(), 0, c->device})) {
-    // The backend gave out memory the session already holds: never keep
-    // two entries for one address.
-    (void)backend_.MemFree(*c->context, dptr);
-    return Status::Internal("cuMemAlloc returned " + Hex(dptr) +
-                            ", which overlaps a range the session holds");
-  }
-  shares_.Charge(c->device, args.getBytes());
+  FERRY_RETURN_IF_ERROR(AllocateInContext(
+      args.getCtx(), *c, args.getBytes(), "cuMemAlloc",
+      [&](uint64_t* out) { return backend_.MemAlloc(*c->context, args.getBytes(), out); },
+      &dptr));
   cx.reply.initMemAlloc().setDptr(dptr);
   return Status::Ok();
 }

@@ -32,10 +32,6 @@ extern char** environ;
 namespace ferry::server {
 namespace {
 
-// Runs one job at a time on a thread of its own: a job offered while the
-// previous one still runs is refused (its caller answers the request at
-// once), so a peer that floods requests never makes threads pile up. The
-// owner calls Join before what the jobs use goes away.
 // A borrowed device on the link (WorkerStart, MoveRequest).
 void DeviceToWire(const SessionDevice& d, wire::WorkerDevice::Builder o) {
   o.setBackendDevice(d.backend_device);
@@ -61,6 +57,10 @@ SessionDevice DeviceFromWire(wire::WorkerDevice::Reader d) {
   return device;
 }
 
+// Runs one job at a time on a thread of its own: a job offered while the
+// previous one still runs is refused (its caller answers the request at
+// once), so a peer that floods requests never makes threads pile up. The
+// owner calls Join before what the jobs use goes away.
 class OneJobThread {
  public:
   ~OneJobThread() { Join(); }

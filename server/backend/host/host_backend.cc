@@ -1080,16 +1080,6 @@ class HostBackend final : public GpuBackend {
                           std::to_string(bytes) + " bytes)");
     }
     const std::string where = "[" + HexAddress(address) + ", " + HexAddress(end) + ")";
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      // A scan: placing is rare (a session arriving), allocations a hash map.
-      const bool overlaps = std::any_of(allocations_.begin(), allocations_.end(), [&](const auto& a) {
-        return a.first < end && a.first + a.second.bytes > address;
-      });
-      if (overlaps) {
-        return Status::Cuda(CUDA_ERROR_ALREADY_MAPPED, where + " overlaps device memory this server holds");
-      }
-    }
     if (!books_->Take(device, rounded)) {
       return Status::OutOfMemory("cannot allocate " + std::to_string(bytes) + " bytes on device " +
                                  std::to_string(device) + ": " +
@@ -1100,13 +1090,15 @@ class HostBackend final : public GpuBackend {
     std::vector<std::pair<uint64_t, uint64_t>> reused;
     Status placed = PlacePages(address, end, &pages, &reused);
     std::lock_guard<std::mutex> lock(mu_);
-    // Checked again where it is added: another arrival may have placed a
-    // neighbour on a shared page meanwhile.
+    // Checked where it is added (another arrival may place a neighbour on a
+    // shared page meanwhile): a page placed before may be reused, but no
+    // allocation may overlap another. A scan: placing is rare (a session
+    // arriving), allocations a hash map.
     if (placed.ok() &&
         std::any_of(allocations_.begin(), allocations_.end(), [&](const auto& a) {
           return a.first < end && a.first + a.second.bytes > address;
         })) {
-      placed = Status::Cuda(CUDA_ERROR_ALREADY_MAPPED, "another allocation was placed there");
+      placed = Status::Cuda(CUDA_ERROR_ALREADY_MAPPED, "it overlaps device memory this server holds");
     }
     if (!placed.ok()) {
       books_->Give(device, rounded);
