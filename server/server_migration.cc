@@ -110,14 +110,15 @@ void Server::ServeMigration(Transport& transport, const std::optional<auth::Toke
     arrival->token_name = offer.getTokenName().cStr();
     std::vector<std::pair<uint64_t, uint64_t>> ranges;
     accepted = CheckOfferCalls(offer, &ranges, &bulk_bytes);
+    if (accepted.ok()) accepted = AcceptArrival(offer, transport, arrival);
     // A session served in this process: its addresses are held before the
     // buffer its bytes come in is mapped (which would otherwise land where
-    // the session's memory must go); one this process cannot have is refused.
+    // the session's memory must go); one this process cannot have is refused
+    // (after the pool's reasons, which say more to an operator).
     if (accepted.ok() && worker_command_.empty()) {
       accepted = backend_.HoldAddresses(ranges, &arrival->address_hold)
                      .WithContext("this ferryd cannot have the session's addresses");
     }
-    if (accepted.ok()) accepted = AcceptArrival(offer, transport, arrival);
   } catch (const kj::Exception& e) {
     accepted = Status::Malformed(std::string("bad migration offer: ") + e.getDescription().cStr());
   }
